@@ -1,0 +1,94 @@
+"""The protocol between models and KV caches.
+
+A model touches its cache only through :meth:`LayerCache.update_and_attend`:
+it hands over the new tokens' K and V with their absolute positions and the
+queries, and gets the attention output back.  Where and at which precision K/V
+are kept, which tokens are evicted or merged, and how attention reads them is
+the cache's business, so a new policy or width needs no change in ``models/``.
+
+Shapes::
+
+    q    [T, n_head, head_dim]       float32 (RoPE applied)
+    k    [T, n_head_kv, head_dim]    float32 (RoPE applied)
+    v    [T, n_head_kv, head_dim_v]  float32
+    pos  [T]                         int32, absolute positions, increasing
+    out  [T, n_head, head_dim_v]     float32
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What a layer's cache must hold and how its attention is masked."""
+
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    head_dim_v: int
+    window: int = 0  # sliding window in tokens (0: global attention)
+    scale: float = 1.0  # multiplier of q.k
+    softcap: float = 0.0  # attention logit soft-capping (0: off)
+
+
+class LayerCache(ABC):
+    """One layer's K/V store and the attention that reads it."""
+
+    spec: LayerSpec
+
+    @abstractmethod
+    def update_and_attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
+        """Store k, v at ``pos`` and write attention of ``q`` over the cache into ``out``."""
+
+    @abstractmethod
+    def n_tokens(self) -> int:
+        """Tokens held now."""
+
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Bytes of K/V storage and its metadata actually allocated."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget every token."""
+
+    @abstractmethod
+    def truncate(self, n_past: int) -> None:
+        """Forget every token at position >= ``n_past``."""
+
+
+class KVCache:
+    """All layers' caches of one sequence, plus the next free position."""
+
+    def __init__(self, layers: list[LayerCache]) -> None:
+        self.layers = layers
+        self.offset = 0  # absolute position of the next token
+
+    def __getitem__(self, il: int) -> LayerCache:
+        return self.layers[il]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def nbytes(self) -> int:
+        return sum(layer.nbytes() for layer in self.layers)
+
+    def reset(self) -> None:
+        for layer in self.layers:
+            layer.reset()
+        self.offset = 0
+
+    def truncate(self, n_past: int) -> None:
+        if n_past > self.offset:
+            raise ValueError(f"cannot truncate to {n_past}: only {self.offset} positions are cached")
+        for layer in self.layers:
+            layer.truncate(n_past)
+        self.offset = n_past
+
+    def describe(self) -> str:
+        return type(self.layers[0]).__name__ if self.layers else "empty"

@@ -1,0 +1,67 @@
+"""The uncompressed cache: an fp16 ring buffer per layer.
+
+Global layers get one slot per context position; sliding-window layers get a
+ring of ``window + n_batch`` slots, enough that writing a prefill chunk never
+overwrites a key some query of that chunk still sees.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ops.cpu.attention import attend_decode_f16, attend_prefill_f16
+from .base import LayerCache, LayerSpec
+
+_NO_PROBS = np.zeros((0, 0), np.float32)
+
+
+class PlainLayerCache(LayerCache):
+    """fp16 K/V in a ring of ``capacity`` slots, slot = position % capacity."""
+
+    def __init__(self, spec: LayerSpec, capacity: int) -> None:
+        self.spec = spec
+        self.capacity = capacity
+        # k: [n_head_kv, capacity, head_dim] float16 bits; v likewise with head_dim_v
+        self.k = np.zeros((spec.n_head_kv, capacity, spec.head_dim), np.uint16)
+        self.v = np.zeros((spec.n_head_kv, capacity, spec.head_dim_v), np.uint16)
+        self.pos = np.full(capacity, -1, np.int32)  # absolute position per slot
+        self._scores = np.zeros(capacity, np.float32)  # decode scratch
+        self.used = 0  # slots [0, used) have been written at least once
+
+    def update_and_attend(self, q, k, v, pos, out) -> None:
+        T = k.shape[0]
+        if T > self.capacity:
+            raise ValueError(f"batch of {T} tokens exceeds the layer cache of {self.capacity} slots")
+        slots = pos % self.capacity
+        # [T, n_kv, D] -> [n_kv, T, D] scatter into the ring
+        self.k[:, slots] = k.astype(np.float16).view(np.uint16).transpose(1, 0, 2)
+        self.v[:, slots] = v.astype(np.float16).view(np.uint16).transpose(1, 0, 2)
+        self.pos[slots] = pos
+        self.used = max(self.used, int(slots.max()) + 1)
+        s = self.spec
+        if T <= 4:
+            attend_decode_f16(q, self.k, self.v, self.pos, self.used, pos, s.window, s.scale, s.softcap, out, self._scores, _NO_PROBS)
+        else:
+            attend_prefill_f16(q, self.k, self.v, self.pos, pos, s.window, s.scale, s.softcap, out)
+
+    def n_tokens(self) -> int:
+        return int((self.pos >= 0).sum())
+
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes + self.pos.nbytes
+
+    def reset(self) -> None:
+        self.pos[:] = -1
+        self.used = 0
+
+    def truncate(self, n_past: int) -> None:
+        self.pos[self.pos >= n_past] = -1
+
+
+def make_plain_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int) -> list[LayerCache]:
+    """One :class:`PlainLayerCache` per layer spec."""
+    layers: list[LayerCache] = []
+    for spec in specs:
+        cap = n_ctx if spec.window <= 0 else min(n_ctx, spec.window + n_batch)
+        layers.append(PlainLayerCache(spec, cap))
+    return layers

@@ -1,0 +1,362 @@
+"""The ``kvrun`` command.  Commands parse options and call library functions.
+
+Every user error ends as one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from .loaders.errors import KvrunError
+
+MODEL_HELP = "a .gguf path or a known name (smollm2, gemma3-270m); default: smollm2"
+
+
+def _fail(msg: str) -> None:
+    click.echo(f"kvrun: error: {msg}", err=True)
+    sys.exit(2)
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn KvrunError (and a few OS errors) into one line and exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*a: Any, **kw: Any) -> Any:
+        try:
+            return fn(*a, **kw)
+        except KvrunError as e:
+            _fail(str(e))
+        except (OSError, ValueError, MemoryError) as e:
+            _fail(f"{type(e).__name__}: {e}")
+        except KeyboardInterrupt:
+            click.echo("", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _progress_bar(label: str) -> Callable[[int, int], None]:
+    from tqdm import tqdm
+
+    bar: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        if "b" not in bar:
+            bar["b"] = tqdm(total=total, unit="B", unit_scale=True, desc=label, file=sys.stderr, leave=False)
+        b = bar["b"]
+        b.update(done - b.n)
+        if done >= total:
+            b.close()
+
+    return update
+
+
+def _resolve(model: str | None) -> Path:
+    from .loaders.store import resolve
+
+    return resolve(model, progress=_progress_bar("pulling model"))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kvrun")
+def main() -> None:
+    """kvrun: run GGUF language models on the CPU with a compressible KV cache."""
+
+
+# ---------------------------------------------------------------- info
+def model_facts(path: Path) -> dict[str, Any]:
+    """Everything `kvrun info` prints, read from the header only (no weights touched)."""
+    from .loaders.config import load_config
+    from .loaders.gguf_file import GGUFFile
+
+    g = GGUFFile(path)
+    cfg = load_config(g)
+    kinds = {"llama": "SentencePiece (spm)", "gpt2": "byte-level BPE"}
+    tok_model = str(g.get("tokenizer.ggml.model", "none"))
+    types = Counter(t.type_name for t in g.tensors.values())
+    n_params = sum(t.n_elements for t in g.tensors.values())
+    return {
+        "path": str(path),
+        "name": cfg.name,
+        "architecture": cfg.arch,
+        "file_size": g.file_size,
+        "n_params": n_params,
+        "tensor_types": dict(types.most_common()),
+        "context_length": cfg.n_ctx_train,
+        "n_layer": cfg.n_layer,
+        "n_embd": cfg.n_embd,
+        "n_head": cfg.n_head,
+        "n_head_kv": cfg.n_head_kv,
+        "head_dim": cfg.head_dim,
+        "head_dim_v": cfg.head_dim_v,
+        "n_ff": cfg.n_ff,
+        "rope_theta": cfg.rope_theta,
+        "rope_theta_swa": cfg.rope_theta_swa,
+        "rope_scaling": cfg.rope_scaling_type,
+        "rope_neox": cfg.rope_neox,
+        "norm_eps": cfg.norm_eps,
+        "sliding_window": cfg.sliding_window,
+        "n_swa_layers": sum(cfg.swa_layers),
+        "tokenizer": tok_model,
+        "tokenizer_kind": kinds.get(tok_model, tok_model),
+        "tokenizer_pre": g.get("tokenizer.ggml.pre"),
+        "vocab_size": cfg.n_vocab,
+        "bos_token_id": g.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": g.get("tokenizer.ggml.eos_token_id"),
+        "has_chat_template": isinstance(g.get("tokenizer.chat_template"), str),
+        "kv_bytes_per_token": {str(b): cfg.kv_bytes_per_token(b) for b in (16, 8, 4, 2)},
+    }
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--json", "as_json", is_flag=True, help="print the facts as JSON")
+@friendly
+def info(model: str | None, as_json: bool) -> None:
+    """Architecture, size, quant types, geometry, tokenizer and KV cost of MODEL."""
+    f = model_facts(_resolve(model))
+    if as_json:
+        click.echo(json.dumps(f, indent=2))
+        return
+    types = ", ".join(f"{k} x{v}" for k, v in f["tensor_types"].items())
+    lines = [
+        ("model", f"{f['name']} ({f['path']})"),
+        ("architecture", f["architecture"]),
+        ("parameters", f"{f['n_params'] / 1e6:.1f} M"),
+        ("file size", _size(f["file_size"])),
+        ("tensor types", types),
+        ("context length", f["context_length"]),
+        ("layers", f["n_layer"]),
+        ("embedding", f["n_embd"]),
+        ("heads (q / kv)", f"{f['n_head']} / {f['n_head_kv']}  (head_dim {f['head_dim']})"),
+        ("feed-forward", f["n_ff"]),
+        ("rope", f"theta {f['rope_theta']:g}" + (f", local {f['rope_theta_swa']:g}" if f["rope_theta_swa"] else "") + f", {'neox' if f['rope_neox'] else 'normal'}, scaling {f['rope_scaling']}"),
+        ("sliding window", f"{f['sliding_window']} tokens on {f['n_swa_layers']} of {f['n_layer']} layers" if f["sliding_window"] else "none"),
+        ("tokenizer", f"{f['tokenizer_kind']}, {f['vocab_size']} tokens" + (f", pre {f['tokenizer_pre']}" if f["tokenizer_pre"] else "")),
+        ("chat template", "in file" if f["has_chat_template"] else "built-in"),
+        ("KV cache / token", "  ".join(f"{b}-bit {_size(v)}" for b, v in f["kv_bytes_per_token"].items())),
+    ]
+    w = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        click.echo(f"{k:<{w}}  {v}")
+
+
+# ---------------------------------------------------------------- tokenize
+@main.command()
+@click.argument("model")
+@click.argument("text")
+@click.option("--json", "as_json", is_flag=True, help='print {"ids": [...], "pieces": [...]}')
+@click.option("--no-bos", is_flag=True, help="do not add the BOS token")
+@click.option("--no-parse-special", is_flag=True, help="treat special-token text as plain text")
+@click.option("--ids", "ids_only", is_flag=True, help="print only the ids, as a Python list")
+@friendly
+def tokenize(model: str, text: str, as_json: bool, no_bos: bool, no_parse_special: bool, ids_only: bool) -> None:
+    """Token ids and pieces of TEXT, as llama-tokenize prints them."""
+    from .loaders.gguf_file import GGUFFile
+    from .loaders.tokenizer import Tokenizer
+
+    g = GGUFFile(_resolve(model))
+    tok = Tokenizer.from_metadata(g.metadata)
+    ids = tok.encode(text, add_bos=False if no_bos else None, parse_special=not no_parse_special)
+    pieces = [tok.token_to_piece(i) for i in ids]
+    if as_json:
+        click.echo(json.dumps({"ids": ids, "pieces": pieces}, ensure_ascii=False))
+    elif ids_only:
+        click.echo(str(ids))
+    else:
+        for i, p in zip(ids, pieces):
+            click.echo(f"{i:>6} -> '{p}'")
+
+
+# ---------------------------------------------------------------- store
+@main.command()
+@click.argument("name")
+@click.option("--force", is_flag=True, help="fetch again even if present")
+@friendly
+def pull(name: str, force: bool) -> None:
+    """Fetch a known model (smollm2, gemma3-270m) into the models directory."""
+    from .loaders.store import pull as do_pull
+
+    p = do_pull(name, progress=_progress_bar(name), force=force)
+    click.echo(str(p))
+
+
+@main.command("models")
+@friendly
+def models_cmd() -> None:
+    """List the models in the models directory ($KVRUN_MODELS or ~/.cache/kvrun/models)."""
+    from .loaders.store import KNOWN_MODELS, list_models, models_dir
+
+    rows = list_models()
+    click.echo(f"models directory: {models_dir()}")
+    have = {n for n, _, _ in rows}
+    for name, path, size in rows:
+        click.echo(f"  {name:<16} {_size(size):>10}  {path}")
+    for m in KNOWN_MODELS.values():
+        if m.name not in have:
+            click.echo(f"  {m.name:<16} {'-':>10}  not pulled (kvrun pull {m.name}): {m.description}")
+
+
+# ---------------------------------------------------------------- generation options
+def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("-c", "--ctx-size", "ctx_size", type=int, default=4096, show_default=True, help="context length (0: the model's)"),
+        click.option("-b", "--batch-size", "n_batch", type=int, default=256, show_default=True, help="prompt tokens per forward pass"),
+        click.option("-t", "--threads", type=int, default=None, help="CPU threads (default: Numba's)"),
+        click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu", show_default=True),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def sampling_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--temp", type=float, default=0.8, show_default=True, help="temperature (0: greedy)"),
+        click.option("--top-k", type=int, default=40, show_default=True),
+        click.option("--top-p", type=float, default=0.95, show_default=True),
+        click.option("--min-p", type=float, default=0.05, show_default=True),
+        click.option("--repeat-penalty", type=float, default=1.0, show_default=True),
+        click.option("--presence-penalty", type=float, default=0.0, show_default=True),
+        click.option("--frequency-penalty", type=float, default=0.0, show_default=True),
+        click.option("--seed", type=int, default=None, help="random seed (same seed, same text)"),
+        click.option("--stop", multiple=True, help="stop string (repeatable)"),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def _sampling(kw: dict[str, Any]) -> dict[str, Any]:
+    return dict(
+        temperature=kw["temp"],
+        top_k=kw["top_k"],
+        top_p=kw["top_p"],
+        min_p=kw["min_p"],
+        repeat_penalty=kw["repeat_penalty"],
+        presence_penalty=kw["presence_penalty"],
+        frequency_penalty=kw["frequency_penalty"],
+        seed=kw["seed"],
+    )
+
+
+def _load(model: str | None, kw: dict[str, Any]):
+    from .runtime.api import Model
+    from .runtime.engine import Engine
+
+    path = _resolve(model)
+    return Model(Engine(path, device=kw["device"], n_ctx=kw["ctx_size"], n_batch=kw["n_batch"], threads=kw["threads"]))
+
+
+def _stats_line(stats: Any, kv_bytes: int | None = None, kv_budget: int | None = None) -> str:
+    s = f"[prompt {stats.n_prompt} tok, {stats.prompt_tps:.1f} tok/s | gen {stats.n_gen} tok, {stats.gen_tps:.1f} tok/s"
+    if kv_bytes is not None:
+        s += f" | kv {_size(kv_bytes)}" + (f" of {_size(kv_budget)}" if kv_budget else "")
+    return s + "]"
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("-p", "--prompt", default=None, help="prompt text")
+@click.option("-f", "--file", "prompt_file", type=click.Path(exists=True, dir_okay=False), default=None, help="read the prompt from a file")
+@click.option("-n", "--n-predict", "n_predict", type=int, default=128, show_default=True, help="tokens to generate")
+@click.option("--ignore-eos", is_flag=True, help="keep generating past end-of-sequence")
+@click.option("--no-stats", is_flag=True, help="do not print timings")
+@engine_options
+@sampling_options
+@friendly
+def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predict: int, ignore_eos: bool, no_stats: bool, stop: tuple[str, ...], **kw: Any) -> None:
+    """Complete a prompt and stream the text (as llama-cli -p)."""
+    from .runtime.api import _request
+
+    if prompt is None and prompt_file is None:
+        raise KvrunError("give a prompt with -p TEXT or -f FILE")
+    if n_predict < 0:
+        raise KvrunError(f"-n must be >= 0, got {n_predict}")
+    text = prompt if prompt is not None else Path(prompt_file).read_text(encoding="utf-8")
+    m = _load(model, kw)
+    ids = m.tokenize(text)
+    req = _request(n_predict, stop, ignore_eos=ignore_eos, **_sampling(kw))
+    cache = m.new_cache()
+    from .runtime.engine import GenStats
+
+    stats = GenStats()
+    click.echo(text, nl=False)
+    try:
+        for piece in m.engine.generate_text(cache, ids, req, stats):
+            click.echo(piece, nl=False)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        stats.stop_reason = "interrupted"
+    click.echo("")
+    if not no_stats:
+        click.echo(_stats_line(stats, cache.nbytes()) + f" load {m.engine.load_time:.2f} s", err=True)
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("-s", "--system", default=None, help="system prompt")
+@click.option("-n", "--n-predict", "n_predict", type=int, default=512, show_default=True, help="max tokens per reply")
+@engine_options
+@sampling_options
+@friendly
+def chat(model: str | None, system: str | None, n_predict: int, stop: tuple[str, ...], **kw: Any) -> None:
+    """Interactive multi-turn chat with the model's chat template.
+
+    /reset clears the conversation, /exit (or Ctrl-D) leaves; Ctrl-C stops a reply.
+    """
+    m = _load(model, kw)
+    sess = m.session(system=system)
+    interactive = sys.stdin.isatty()
+    click.echo(f"kvrun chat: {m.config.name} ({m.config.arch}), ctx {m.engine.n_ctx}. /reset, /exit; Ctrl-C stops a reply.", err=True)
+    while True:
+        try:
+            if interactive:
+                line = click.prompt("", prompt_suffix="> ", default="", show_default=False)
+            else:
+                line = sys.stdin.readline()
+                if not line:
+                    break
+                line = line.rstrip("\n")
+        except (EOFError, click.exceptions.Abort):
+            break
+        if not line.strip():
+            continue
+        if line.strip() in ("/exit", "/quit", "/bye"):
+            break
+        if line.strip() == "/reset":
+            sess.reset()
+            click.echo("(conversation cleared)", err=True)
+            continue
+        try:
+            for piece in sess.stream(line, max_tokens=n_predict, stop=stop, **_sampling(kw)):
+                click.echo(piece, nl=False)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            click.echo(" [stopped]", nl=False)
+        except KvrunError as e:
+            click.echo("")
+            click.echo(f"kvrun: {e}", err=True)
+            continue
+        click.echo("")
+        click.echo(_stats_line(sess.last_stats, sess.kv_bytes()), err=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

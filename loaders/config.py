@@ -1,0 +1,168 @@
+"""Model hyperparameters read from GGUF metadata.
+
+One typed ``ModelConfig`` covers the llama family (llama, mistral-style), qwen2
+and gemma3.  Per-architecture defaults that llama.cpp hard-codes (Gemma 3's
+sliding-window layer pattern and its local rope base) live in ``_ARCH_DEFAULTS``
+so the numbers are in one place.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import GGUFError, UnsupportedModelError
+from .gguf_file import GGUFFile
+
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma3")
+
+# What llama.cpp fixes in code rather than reading from the file.
+_ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": {"rope_neox": False},
+    "mistral": {"rope_neox": False},
+    "qwen2": {"rope_neox": True},
+    # Gemma 3: 5 sliding-window layers then 1 global, local rope base 10k,
+    # embeddings scaled by sqrt(n_embd), GELU-gated FFN.
+    "gemma3": {"rope_neox": True, "swa_pattern": 6, "rope_theta_swa": 10_000.0},
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters of a decoder-only transformer (names as in llama.cpp)."""
+
+    arch: str
+    name: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int  # per-head width of Q and K
+    head_dim_v: int  # per-head width of V
+    n_ff: int
+    n_vocab: int
+    n_ctx_train: int
+    norm_eps: float
+    rope_theta: float
+    rope_dim: int
+    rope_neox: bool
+    rope_scaling_type: str = "none"  # none | linear | yarn
+    rope_scaling_factor: float = 1.0
+    rope_orig_ctx: int = 0
+    yarn_beta_fast: float = 32.0
+    yarn_beta_slow: float = 1.0
+    yarn_ext_factor: float = -1.0  # <0: derived from scaling factor as llama.cpp does
+    yarn_attn_factor: float = 1.0
+    rope_theta_swa: float = 0.0  # rope base of sliding-window layers (0: same as global)
+    sliding_window: int = 0  # 0: no sliding-window layers
+    swa_layers: tuple[bool, ...] = field(default_factory=tuple)  # per layer: uses the window
+    attn_logit_softcap: float = 0.0
+    final_logit_softcap: float = 0.0
+    file_type: int = -1
+
+    @property
+    def n_gqa(self) -> int:
+        return self.n_head // self.n_head_kv
+
+    def is_swa(self, layer: int) -> bool:
+        return bool(self.swa_layers) and self.swa_layers[layer]
+
+    def kv_bytes_per_token(self, bits: float = 16.0) -> float:
+        """K+V bytes one token occupies over all layers at ``bits`` per value."""
+        per_layer = self.n_head_kv * (self.head_dim + self.head_dim_v)
+        return self.n_layer * per_layer * bits / 8.0
+
+
+def _req(g: GGUFFile, key: str) -> Any:
+    v = g.arch_get(key)
+    if v is None:
+        raise GGUFError(f"{g.path}: metadata {g.architecture}.{key} is missing; the file is not a complete model")
+    return v
+
+
+def load_config(g: GGUFFile) -> ModelConfig:
+    """Read a :class:`ModelConfig` from an open GGUF file.
+
+    Raises
+    ------
+    UnsupportedModelError : the architecture is not one kvrun runs.
+    GGUFError : a required hyperparameter is missing.
+    """
+    arch = g.architecture
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"{g.path}: architecture {arch!r} is not supported; kvrun runs {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+    d = _ARCH_DEFAULTS[arch]
+    n_embd = int(_req(g, "embedding_length"))
+    n_head = int(_req(g, "attention.head_count"))
+    n_head_kv = g.arch_get("attention.head_count_kv", n_head)
+    n_head_kv = int(n_head_kv if not hasattr(n_head_kv, "__len__") else n_head_kv[0])
+    head_dim = int(g.arch_get("attention.key_length", n_embd // n_head))
+    head_dim_v = int(g.arch_get("attention.value_length", head_dim))
+    n_layer = int(_req(g, "block_count"))
+    n_ff = g.arch_get("feed_forward_length")
+    if n_ff is None:
+        raise GGUFError(f"{g.path}: metadata {arch}.feed_forward_length is missing")
+    n_ff = int(n_ff if not hasattr(n_ff, "__len__") else n_ff[0])
+
+    tokens = g.get("tokenizer.ggml.tokens")
+    n_vocab = int(g.arch_get("vocab_size", len(tokens) if tokens is not None else 0))
+    if n_vocab == 0 and "token_embd.weight" in g.tensors:
+        n_vocab = g.tensors["token_embd.weight"].shape[0]
+
+    scaling = str(g.arch_get("rope.scaling.type", "none"))
+    factor = float(g.arch_get("rope.scaling.factor", 1.0) or 1.0)
+    if scaling == "none" and g.arch_get("rope.scale_linear") is not None:
+        scaling, factor = "linear", float(g.arch_get("rope.scale_linear"))
+    if scaling not in ("none", "linear", "yarn"):
+        raise UnsupportedModelError(f"{g.path}: rope scaling {scaling!r} is not supported (none, linear, yarn are)")
+
+    sliding_window = int(g.arch_get("attention.sliding_window", 0) or 0)
+    swa_layers: tuple[bool, ...] = ()
+    if sliding_window:
+        pattern = g.arch_get("attention.sliding_window_pattern")
+        if pattern is not None and hasattr(pattern, "__len__"):
+            swa_layers = tuple(bool(x) for x in pattern)
+        else:
+            period = int(pattern) if pattern is not None else int(d.get("swa_pattern", 0))
+            if period > 0:
+                swa_layers = tuple((il % period) < period - 1 for il in range(n_layer))
+            else:
+                swa_layers = (True,) * n_layer
+
+    return ModelConfig(
+        arch=arch,
+        name=str(g.get("general.name", arch)),
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        head_dim=head_dim,
+        head_dim_v=head_dim_v,
+        n_ff=n_ff,
+        n_vocab=n_vocab,
+        n_ctx_train=int(g.arch_get("context_length", 2048)),
+        norm_eps=float(g.arch_get("attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(g.arch_get("rope.freq_base", 10_000.0)),
+        rope_dim=int(g.arch_get("rope.dimension_count", head_dim)),
+        rope_neox=bool(d["rope_neox"]),
+        rope_scaling_type=scaling,
+        rope_scaling_factor=factor,
+        rope_orig_ctx=int(g.arch_get("rope.scaling.original_context_length", 0) or 0),
+        yarn_beta_fast=float(g.arch_get("rope.scaling.yarn_beta_fast", 32.0)),
+        yarn_beta_slow=float(g.arch_get("rope.scaling.yarn_beta_slow", 1.0)),
+        yarn_attn_factor=float(g.arch_get("rope.scaling.attn_factor", 1.0)),
+        rope_theta_swa=float(g.arch_get("rope.freq_base_swa", d.get("rope_theta_swa", 0.0))),
+        sliding_window=sliding_window,
+        swa_layers=swa_layers,
+        attn_logit_softcap=float(g.arch_get("attn_logit_softcapping", 0.0) or 0.0),
+        final_logit_softcap=float(g.arch_get("final_logit_softcapping", 0.0) or 0.0),
+        file_type=int(g.get("general.file_type", -1)),
+    )
+
+
+def yarn_mscale(factor: float) -> float:
+    """YaRN attention magnitude correction, 0.1*ln(s)+1 (llama.cpp ``rope_yarn``)."""
+    return 1.0 if factor <= 1.0 else 0.1 * math.log(factor) + 1.0

@@ -1,0 +1,27 @@
+"""Architectures, looked up by the GGUF ``general.architecture`` value."""
+
+from __future__ import annotations
+
+from ..loaders.errors import UnsupportedModelError
+from .common import Model
+from .gemma3 import Gemma3Model
+from .llama import LlamaModel
+from .qwen2 import Qwen2Model
+
+MODEL_CLASSES: dict[str, type[Model]] = {}
+for _cls in (LlamaModel, Qwen2Model, Gemma3Model):
+    for _arch in _cls.archs:
+        MODEL_CLASSES[_arch] = _cls
+
+
+def model_class(arch: str) -> type[Model]:
+    """The class that runs ``arch``; a one-line error listing the supported ones otherwise."""
+    try:
+        return MODEL_CLASSES[arch]
+    except KeyError:
+        raise UnsupportedModelError(
+            f"architecture {arch!r} is not supported; kvrun runs {', '.join(sorted(MODEL_CLASSES))}"
+        ) from None
+
+
+__all__ = ["Model", "MODEL_CLASSES", "model_class"]

@@ -1,0 +1,144 @@
+"""What every architecture file shares: weight lookup by GGUF name, buffers, rope tables.
+
+Tensor names are data (``TENSOR_NAMES``), as in llama.cpp's name tables; an
+architecture with other names overrides entries in its own file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..cache.base import KVCache, LayerSpec
+from ..loaders.config import ModelConfig
+from ..loaders.errors import GGUFError, UnsupportedModelError
+from ..loaders.gguf_file import GGUFFile, TensorInfo
+from ..loaders.quants import is_supported
+from ..ops.backend import Backend, Weight
+from ..ops.cpu.nn import rope_tables
+
+# GGUF tensor name patterns ({i}: layer index)
+TENSOR_NAMES: dict[str, str] = {
+    "tok_embd": "token_embd.weight",
+    "output": "output.weight",
+    "output_norm": "output_norm.weight",
+    "attn_norm": "blk.{i}.attn_norm.weight",
+    "wq": "blk.{i}.attn_q.weight",
+    "wk": "blk.{i}.attn_k.weight",
+    "wv": "blk.{i}.attn_v.weight",
+    "wo": "blk.{i}.attn_output.weight",
+    "bq": "blk.{i}.attn_q.bias",
+    "bk": "blk.{i}.attn_k.bias",
+    "bv": "blk.{i}.attn_v.bias",
+    "q_norm": "blk.{i}.attn_q_norm.weight",
+    "k_norm": "blk.{i}.attn_k_norm.weight",
+    "attn_post_norm": "blk.{i}.post_attention_norm.weight",
+    "ffn_norm": "blk.{i}.ffn_norm.weight",
+    "w_gate": "blk.{i}.ffn_gate.weight",
+    "w_up": "blk.{i}.ffn_up.weight",
+    "w_down": "blk.{i}.ffn_down.weight",
+    "ffn_post_norm": "blk.{i}.post_ffw_norm.weight",
+}
+
+
+class WeightLoader:
+    """Fetches tensors by role name, checking types and shapes as it goes."""
+
+    def __init__(self, g: GGUFFile, backend: Backend) -> None:
+        self.g = g
+        self.be = backend
+
+    def _info(self, role: str, i: int | None, required: bool) -> TensorInfo | None:
+        name = TENSOR_NAMES[role].format(i=i)
+        t = self.g.tensors.get(name)
+        if t is None and required:
+            raise GGUFError(f"{self.g.path}: tensor {name!r} is missing; the file is incomplete or not a supported model")
+        if t is not None and not is_supported(t.qtype):
+            raise UnsupportedModelError(
+                f"{self.g.path}: tensor {name!r} has type {t.type_name}, which kvrun cannot run yet; "
+                "use a model quantized to F32/F16/BF16/Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K/Q6_K"
+            )
+        return t
+
+    def matrix(self, role: str, i: int | None = None, required: bool = True) -> Weight | None:
+        """A 2-D weight ``[n_rows, n_cols]`` in its block format."""
+        t = self._info(role, i, required)
+        if t is None:
+            return None
+        shape = (t.shape[0], t.shape[-1]) if len(t.shape) == 2 else (1, t.shape[-1])
+        return self.be.upload(t.rows(), t.qtype, shape)
+
+    def vector(self, role: str, i: int | None = None, required: bool = True) -> Any:
+        """A 1-D float32 tensor (norm weights, biases), dequantized (it is tiny)."""
+        from ..loaders.quants import dequantize
+
+        t = self._info(role, i, required)
+        if t is None:
+            return None
+        return self.be.vector(dequantize(t.data, t.qtype, t.shape).reshape(-1))
+
+
+@dataclass
+class Buffers:
+    """Activations for up to ``n_batch`` tokens, allocated once per model."""
+
+    n_batch: int
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def get(self, name: str, T: int, *dims: int) -> np.ndarray:
+        """A ``[T, *dims]`` view of a buffer shaped ``[n_batch, *dims]``."""
+        a = self.arrays.get(name)
+        if a is None or a.shape[1:] != dims:
+            a = np.zeros((self.n_batch, *dims), np.float32)
+            self.arrays[name] = a
+        return a[:T]
+
+
+def make_rope(cfg: ModelConfig, n_ctx: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin tables for positions ``[0, n_ctx)`` with the model's scaling."""
+    return rope_tables(
+        n_ctx,
+        cfg.rope_dim,
+        theta,
+        scaling=cfg.rope_scaling_type,
+        factor=cfg.rope_scaling_factor,
+        orig_ctx=cfg.rope_orig_ctx or cfg.n_ctx_train,
+        beta_fast=cfg.yarn_beta_fast,
+        beta_slow=cfg.yarn_beta_slow,
+        attn_factor=cfg.yarn_attn_factor,
+    )
+
+
+class Model:
+    """Base of the architecture classes: holds config, backend, buffers and hooks.
+
+    Subclasses implement ``layer_specs()`` and ``forward(tokens, pos, cache, out_rows)``.
+    """
+
+    archs: tuple[str, ...] = ()
+
+    def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
+        self.cfg = cfg
+        self.be = backend
+        self.n_ctx = n_ctx
+        self.n_batch = n_batch
+        self.buf = Buffers(n_batch)
+        self.debug_hook: Callable[[str, np.ndarray], None] | None = None
+
+    def trace(self, name: str, il: int, x: np.ndarray) -> None:
+        """Debug hook: names intermediates like llama.cpp (``attn_norm-12``)."""
+        if self.debug_hook is not None:
+            self.debug_hook(f"{name}-{il}" if il >= 0 else name, x)
+
+    def layer_specs(self) -> list[LayerSpec]:
+        raise NotImplementedError
+
+    def forward(self, tokens: np.ndarray, pos: np.ndarray, cache: KVCache, out_rows: np.ndarray, logits: np.ndarray) -> None:
+        """Run ``tokens`` [T] at positions ``pos`` [T] through the model.
+
+        Writes the logits of the rows ``out_rows`` (indices into the batch) to
+        ``logits`` ``[len(out_rows), n_vocab]``.
+        """
+        raise NotImplementedError

@@ -1,0 +1,125 @@
+"""Gemma 3 (text): https://arxiv.org/abs/2503.19786
+
+Differences from Llama, top to bottom: embeddings scaled by sqrt(n_embd);
+per-head RMSNorm on Q and K; RMSNorm after attention and after the FFN
+("sandwich" norms); GELU-gated FFN; five sliding-window layers (local rope
+base 10k) then one global layer (rope base 1M); queries scaled by
+1/sqrt(head_dim).  Norm weights in GGUF already include Gemma's ``1 + w``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..cache.base import KVCache, LayerSpec
+from ..loaders.config import ModelConfig
+from ..loaders.gguf_file import GGUFFile
+from ..ops.backend import Backend, Weight
+from .common import Model, WeightLoader, make_rope
+
+
+@dataclass
+class Gemma3Layer:
+    attn_norm: Any  # [n_embd]
+    wq: Weight  # [n_head*head_dim, n_embd]
+    wk: Weight  # [n_head_kv*head_dim, n_embd]
+    wv: Weight  # [n_head_kv*head_dim_v, n_embd]
+    wo: Weight  # [n_embd, n_head*head_dim_v]
+    q_norm: Any  # [head_dim]
+    k_norm: Any  # [head_dim]
+    attn_post_norm: Any  # [n_embd]
+    ffn_norm: Any  # [n_embd]
+    w_gate: Weight  # [n_ff, n_embd]
+    w_up: Weight  # [n_ff, n_embd]
+    w_down: Weight  # [n_embd, n_ff]
+    ffn_post_norm: Any  # [n_embd]
+
+
+class Gemma3Model(Model):
+    archs = ("gemma3",)
+
+    def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
+        super().__init__(g, cfg, backend, n_ctx, n_batch)
+        w = WeightLoader(g, backend)
+        self.tok_embd = w.matrix("tok_embd")
+        self.output = w.matrix("output", required=False) or self.tok_embd
+        self.output_norm = w.vector("output_norm")
+        self.layers = [
+            Gemma3Layer(
+                attn_norm=w.vector("attn_norm", i),
+                wq=w.matrix("wq", i),
+                wk=w.matrix("wk", i),
+                wv=w.matrix("wv", i),
+                wo=w.matrix("wo", i),
+                q_norm=w.vector("q_norm", i),
+                k_norm=w.vector("k_norm", i),
+                attn_post_norm=w.vector("attn_post_norm", i),
+                ffn_norm=w.vector("ffn_norm", i),
+                w_gate=w.matrix("w_gate", i),
+                w_up=w.matrix("w_up", i),
+                w_down=w.matrix("w_down", i),
+                ffn_post_norm=w.vector("ffn_post_norm", i),
+            )
+            for i in range(cfg.n_layer)
+        ]
+        self.rope_global = make_rope(cfg, n_ctx, cfg.rope_theta)
+        self.rope_local = make_rope(cfg, n_ctx, cfg.rope_theta_swa or cfg.rope_theta)
+
+    def layer_specs(self) -> list[LayerSpec]:
+        c = self.cfg
+        scale = 1.0 / math.sqrt(c.head_dim)
+        return [
+            LayerSpec(c.n_head, c.n_head_kv, c.head_dim, c.head_dim_v, c.sliding_window if c.is_swa(il) else 0, scale, c.attn_logit_softcap)
+            for il in range(c.n_layer)
+        ]
+
+    def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
+        c, be, buf = self.cfg, self.be, self.buf
+        T = len(tokens)
+        x = buf.get("x", T, c.n_embd)  # residual stream
+        xn = buf.get("xn", T, c.n_embd)
+        q = buf.get("q", T, c.n_head * c.head_dim)
+        k = buf.get("k", T, c.n_head_kv * c.head_dim)
+        v = buf.get("v", T, c.n_head_kv * c.head_dim_v)
+        att = buf.get("att", T, c.n_head * c.head_dim_v)
+        o = buf.get("o", T, c.n_embd)
+        gate = buf.get("gate", T, c.n_ff)
+        up = buf.get("up", T, c.n_ff)
+        q3 = q.reshape(T, c.n_head, c.head_dim)
+        k3 = k.reshape(T, c.n_head_kv, c.head_dim)
+        v3 = v.reshape(T, c.n_head_kv, c.head_dim_v)
+        att3 = att.reshape(T, c.n_head, c.head_dim_v)
+
+        be.get_rows(self.tok_embd, tokens, x)
+        be.scale(x, math.sqrt(c.n_embd))
+        for il, L in enumerate(self.layers):
+            cos, sin = self.rope_local if c.is_swa(il) else self.rope_global
+            be.rms_norm(x, L.attn_norm, c.norm_eps, xn)
+            self.trace("attn_norm", il, xn)
+            be.linear(L.wq, xn, q)
+            be.linear(L.wk, xn, k)
+            be.linear(L.wv, xn, v)
+            be.rms_norm_heads(q3, L.q_norm, c.norm_eps)
+            be.rms_norm_heads(k3, L.k_norm, c.norm_eps)
+            be.rope(q3, pos, cos, sin, c.rope_neox)
+            be.rope(k3, pos, cos, sin, c.rope_neox)
+            cache[il].update_and_attend(q3, k3, v3, pos, att3)
+            self.trace("kqv_out", il, att)
+            be.linear(L.wo, att, o)
+            be.rms_norm(o, L.attn_post_norm, c.norm_eps, o)
+            be.add(x, o)
+            be.rms_norm(x, L.ffn_norm, c.norm_eps, xn)
+            be.linear(L.w_gate, xn, gate)
+            be.linear(L.w_up, xn, up)
+            be.gelu_mul(gate, up, gate)
+            be.linear(L.w_down, gate, o)
+            be.rms_norm(o, L.ffn_post_norm, c.norm_eps, o)
+            be.add(x, o)
+            self.trace("l_out", il, x)
+        xo = buf.get("xo", len(out_rows), c.n_embd)
+        be.rms_norm(x[out_rows], self.output_norm, c.norm_eps, xo)
+        be.linear(self.output, xo, logits)
+        if c.final_logit_softcap > 0:
+            be.softcap(logits, c.final_logit_softcap)

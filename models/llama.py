@@ -1,0 +1,115 @@
+"""Llama family: Llama 2/3, Mistral, SmolLM2, TinyLlama (and Qwen2 via its QKV bias).
+
+Pre-norm decoder: RMSNorm -> attention (GQA, RoPE) -> residual -> RMSNorm ->
+SwiGLU FFN -> residual; tied or separate output head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..cache.base import KVCache, LayerSpec
+from ..loaders.config import ModelConfig
+from ..loaders.gguf_file import GGUFFile
+from ..ops.backend import Backend, Weight
+from .common import Model, WeightLoader, make_rope
+
+
+@dataclass
+class LlamaLayer:
+    attn_norm: Any  # [n_embd]
+    wq: Weight  # [n_head*head_dim, n_embd]
+    wk: Weight  # [n_head_kv*head_dim, n_embd]
+    wv: Weight  # [n_head_kv*head_dim_v, n_embd]
+    wo: Weight  # [n_embd, n_head*head_dim_v]
+    bq: Any  # [n_head*head_dim] or None (Qwen2 has QKV bias)
+    bk: Any
+    bv: Any
+    ffn_norm: Any  # [n_embd]
+    w_gate: Weight  # [n_ff, n_embd]
+    w_up: Weight  # [n_ff, n_embd]
+    w_down: Weight  # [n_embd, n_ff]
+
+
+class LlamaModel(Model):
+    archs = ("llama", "mistral")
+
+    def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
+        super().__init__(g, cfg, backend, n_ctx, n_batch)
+        w = WeightLoader(g, backend)
+        self.tok_embd = w.matrix("tok_embd")  # [n_vocab, n_embd]
+        self.output = w.matrix("output", required=False) or self.tok_embd  # tied when absent
+        self.output_norm = w.vector("output_norm")
+        self.layers = [
+            LlamaLayer(
+                attn_norm=w.vector("attn_norm", i),
+                wq=w.matrix("wq", i),
+                wk=w.matrix("wk", i),
+                wv=w.matrix("wv", i),
+                wo=w.matrix("wo", i),
+                bq=w.vector("bq", i, required=False),
+                bk=w.vector("bk", i, required=False),
+                bv=w.vector("bv", i, required=False),
+                ffn_norm=w.vector("ffn_norm", i),
+                w_gate=w.matrix("w_gate", i),
+                w_up=w.matrix("w_up", i),
+                w_down=w.matrix("w_down", i),
+            )
+            for i in range(cfg.n_layer)
+        ]
+        self.rope_cos, self.rope_sin = make_rope(cfg, n_ctx, cfg.rope_theta)
+
+    def layer_specs(self) -> list[LayerSpec]:
+        c = self.cfg
+        spec = LayerSpec(c.n_head, c.n_head_kv, c.head_dim, c.head_dim_v, 0, 1.0 / np.sqrt(c.head_dim), c.attn_logit_softcap)
+        return [spec] * c.n_layer
+
+    def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
+        c, be, buf = self.cfg, self.be, self.buf
+        T = len(tokens)
+        x = buf.get("x", T, c.n_embd)  # residual stream
+        xn = buf.get("xn", T, c.n_embd)
+        q = buf.get("q", T, c.n_head * c.head_dim)
+        k = buf.get("k", T, c.n_head_kv * c.head_dim)
+        v = buf.get("v", T, c.n_head_kv * c.head_dim_v)
+        att = buf.get("att", T, c.n_head * c.head_dim_v)
+        o = buf.get("o", T, c.n_embd)
+        gate = buf.get("gate", T, c.n_ff)
+        up = buf.get("up", T, c.n_ff)
+        q3 = q.reshape(T, c.n_head, c.head_dim)
+        k3 = k.reshape(T, c.n_head_kv, c.head_dim)
+        v3 = v.reshape(T, c.n_head_kv, c.head_dim_v)
+        att3 = att.reshape(T, c.n_head, c.head_dim_v)
+
+        be.get_rows(self.tok_embd, tokens, x)
+        for il, L in enumerate(self.layers):
+            be.rms_norm(x, L.attn_norm, c.norm_eps, xn)
+            self.trace("attn_norm", il, xn)
+            be.linear(L.wq, xn, q)
+            be.linear(L.wk, xn, k)
+            be.linear(L.wv, xn, v)
+            if L.bq is not None:
+                be.add_bias(q, L.bq)
+                be.add_bias(k, L.bk)
+                be.add_bias(v, L.bv)
+            be.rope(q3, pos, self.rope_cos, self.rope_sin, c.rope_neox)
+            be.rope(k3, pos, self.rope_cos, self.rope_sin, c.rope_neox)
+            cache[il].update_and_attend(q3, k3, v3, pos, att3)
+            self.trace("kqv_out", il, att)
+            be.linear(L.wo, att, o)
+            be.add(x, o)
+            be.rms_norm(x, L.ffn_norm, c.norm_eps, xn)
+            be.linear(L.w_gate, xn, gate)
+            be.linear(L.w_up, xn, up)
+            be.silu_mul(gate, up, gate)
+            be.linear(L.w_down, gate, o)
+            be.add(x, o)
+            self.trace("l_out", il, x)
+        xo = buf.get("xo", len(out_rows), c.n_embd)
+        be.rms_norm(x[out_rows], self.output_norm, c.norm_eps, xo)
+        be.linear(self.output, xo, logits)
+        if c.final_logit_softcap > 0:
+            be.softcap(logits, c.final_logit_softcap)

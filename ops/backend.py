@@ -1,0 +1,56 @@
+"""The backend interface ``models/`` call, implemented by ``ops/cpu`` and ``ops/gpu``.
+
+A backend is a small object of kernels with the same signatures on every
+device; a model never imports a device module itself.  Weights are handed to
+``upload`` once, in their GGUF block format, and come back as a
+:class:`Weight` the kernels read directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Weight:
+    """A weight matrix in its GGUF block format.
+
+    data : raw blocks ``[n_rows, row_bytes]`` uint8 (CPU: a view of the memory map)
+    qtype : ggml type id
+    shape : logical ``(n_rows, n_cols)``; ``y = W @ x`` maps n_cols -> n_rows
+    """
+
+    data: Any
+    qtype: int
+    shape: tuple[int, int]
+
+    @property
+    def n_rows(self) -> int:
+        return self.shape[0]
+
+    @property
+    def n_cols(self) -> int:
+        return self.shape[1]
+
+
+class Backend(Protocol):
+    name: str
+
+    def upload(self, data: np.ndarray, qtype: int, shape: tuple[int, int]) -> Weight: ...
+    def vector(self, a: np.ndarray) -> Any: ...
+    def zeros(self, shape: tuple[int, ...], dtype: Any = np.float32) -> Any: ...
+    def linear(self, w: Weight, x: Any, out: Any) -> None: ...
+    def get_rows(self, w: Weight, ids: Any, out: Any) -> None: ...
+    def rms_norm(self, x: Any, w: Any, eps: float, out: Any) -> None: ...
+    def rms_norm_heads(self, x: Any, w: Any, eps: float) -> None: ...
+    def rope(self, x: Any, pos: Any, cos: Any, sin: Any, neox: bool) -> None: ...
+    def silu_mul(self, gate: Any, up: Any, out: Any) -> None: ...
+    def gelu_mul(self, gate: Any, up: Any, out: Any) -> None: ...
+    def add(self, x: Any, y: Any) -> None: ...
+    def add_bias(self, x: Any, b: Any) -> None: ...
+    def scale(self, x: Any, s: float) -> None: ...
+    def softcap(self, x: Any, cap: float) -> None: ...
+    def to_host(self, x: Any) -> np.ndarray: ...

@@ -1,0 +1,65 @@
+"""The CPU backend: Numba kernels behind the :class:`~kvrun.ops.backend.Backend` interface."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..backend import Weight
+from . import nn, qmatmul
+
+
+class CPUBackend:
+    """Numba kernels on host arrays; ``linear`` picks matvec for one token, matmul for many."""
+
+    name = "cpu"
+
+    def upload(self, data: np.ndarray, qtype: int, shape: tuple[int, int]) -> Weight:
+        return Weight(data.reshape(shape[0], -1), int(qtype), (int(shape[0]), int(shape[1])))
+
+    def vector(self, a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a, dtype=np.float32)
+
+    def zeros(self, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+        return np.zeros(shape, dtype)
+
+    def linear(self, w: Weight, x: np.ndarray, out: np.ndarray) -> None:
+        """out[T, n_rows] = x[T, n_cols] @ W.T"""
+        if x.shape[0] == 1:
+            qmatmul.matvec(w.data, w.qtype, x[0], out[0])
+        else:
+            qmatmul.matmul(w.data, w.qtype, x, out)
+
+    def get_rows(self, w: Weight, ids: np.ndarray, out: np.ndarray) -> None:
+        qmatmul.get_rows(w.data, w.qtype, ids, out)
+
+    def rms_norm(self, x, w, eps, out) -> None:
+        nn.rms_norm(x, w, eps, out)
+
+    def rms_norm_heads(self, x, w, eps) -> None:
+        nn.rms_norm_heads(x, w, eps)
+
+    def rope(self, x, pos, cos, sin, neox) -> None:
+        nn.rope(x, pos, cos, sin, neox)
+
+    def silu_mul(self, gate, up, out) -> None:
+        nn.silu_mul(gate, up, out)
+
+    def gelu_mul(self, gate, up, out) -> None:
+        nn.gelu_mul(gate, up, out)
+
+    def add(self, x, y) -> None:
+        nn.add_inplace(x, y)
+
+    def add_bias(self, x, b) -> None:
+        x += b
+
+    def scale(self, x, s) -> None:
+        nn.scale_inplace(x, s)
+
+    def softcap(self, x, cap) -> None:
+        nn.softcap_inplace(x, cap)
+
+    def to_host(self, x) -> np.ndarray:
+        return x

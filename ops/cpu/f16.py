@@ -1,0 +1,65 @@
+"""float16 <-> float32 inside Numba kernels.
+
+Numba's CPU target has no float16 type, so half-precision data (GGUF F16
+weights, the fp16 KV cache) is held as ``uint16`` bit patterns and widened in
+registers with the exponent-rebias trick: shift the 15 magnitude bits into a
+float32's place and multiply by 2**112, which also handles subnormals and zero
+exactly (inf/nan are not expected in weights or activations).
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+
+@intrinsic
+def bitcast_u32_f32(typingctx, x):  # noqa: ARG001 - numba intrinsic signature
+    """Reinterpret a uint32 as float32 (no conversion)."""
+    if not isinstance(x, types.Integer):
+        return None
+    sig = types.float32(x)
+
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        if v.type.width != 32:
+            v = builder.trunc(v, ir.IntType(32)) if v.type.width > 32 else builder.zext(v, ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+
+    return sig, codegen
+
+
+_TWO_112 = np.float32(2.0**112)
+
+
+@nb.njit(inline="always", cache=True)
+def f16_to_f32(h):
+    """One float16 bit pattern (uint16) -> float32."""
+    u = np.uint32(h)
+    f = bitcast_u32_f32((u & np.uint32(0x7FFF)) << np.uint32(13)) * _TWO_112
+    return -f if u & np.uint32(0x8000) else f
+
+
+@intrinsic
+def bitcast_f32_u32(typingctx, x):  # noqa: ARG001
+    """Reinterpret a float32 as uint32."""
+    if not isinstance(x, types.Float):
+        return None
+    sig = types.uint32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        if v.type != ir.FloatType():
+            v = builder.fptrunc(v, ir.FloatType())
+        return builder.bitcast(v, ir.IntType(32))
+
+    return sig, codegen
+
+
+@nb.njit(inline="always", cache=True)
+def bf16_to_f32(h):
+    """One bfloat16 bit pattern (uint16) -> float32."""
+    return bitcast_u32_f32(np.uint32(h) << np.uint32(16))

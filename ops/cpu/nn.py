@@ -1,0 +1,169 @@
+"""Element-wise and normalisation kernels (Numba, CPU).
+
+Every kernel writes into an ``out`` array the caller allocated once, so the
+per-token loop allocates nothing.  Rows are independent; the loops are long and
+unit-stride so LLVM vectorises them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+_JIT = dict(cache=True, fastmath=True, nogil=True)
+
+
+@nb.njit(**_JIT)
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float, out: np.ndarray) -> None:
+    """out[t] = x[t] / rms(x[t]) * w.    x, out: [T, n]; w: [n] float32."""
+    T, n = x.shape
+    for t in range(T):
+        ss = np.float32(0.0)
+        for i in range(n):
+            ss += x[t, i] * x[t, i]
+        inv = np.float32(1.0 / math.sqrt(ss / n + eps))
+        for i in range(n):
+            out[t, i] = x[t, i] * inv * w[i]
+
+
+@nb.njit(**_JIT)
+def rms_norm_heads(x: np.ndarray, w: np.ndarray, eps: float) -> None:
+    """In-place per-head RMSNorm (Gemma 3 QK-norm).   x: [T, n_head, head_dim]; w: [head_dim]."""
+    T, H, D = x.shape
+    for t in range(T):
+        for h in range(H):
+            ss = np.float32(0.0)
+            for i in range(D):
+                ss += x[t, h, i] * x[t, h, i]
+            inv = np.float32(1.0 / math.sqrt(ss / D + eps))
+            for i in range(D):
+                x[t, h, i] = x[t, h, i] * inv * w[i]
+
+
+@nb.njit(**_JIT)
+def rope(x: np.ndarray, pos: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> None:
+    """Rotary position embedding, in place.
+
+    x: [T, n_head, head_dim]; pos: [T] int; cos, sin: [n_pos, n_rot/2] tables
+    (already holding YaRN/linear scaling and mscale).  ``neox`` rotates
+    (x[i], x[i + n_rot/2]); the normal layout rotates (x[2i], x[2i+1]).
+    Dimensions past n_rot pass through unchanged.
+    """
+    T, H, _ = x.shape
+    half = cos.shape[1]
+    for t in range(T):
+        p = pos[t]
+        for h in range(H):
+            if neox:
+                for i in range(half):
+                    c = cos[p, i]
+                    s = sin[p, i]
+                    a = x[t, h, i]
+                    b = x[t, h, i + half]
+                    x[t, h, i] = a * c - b * s
+                    x[t, h, i + half] = a * s + b * c
+            else:
+                for i in range(half):
+                    c = cos[p, i]
+                    s = sin[p, i]
+                    a = x[t, h, 2 * i]
+                    b = x[t, h, 2 * i + 1]
+                    x[t, h, 2 * i] = a * c - b * s
+                    x[t, h, 2 * i + 1] = a * s + b * c
+
+
+@nb.njit(**_JIT)
+def silu_mul(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
+    """out = silu(gate) * up  (SwiGLU).    all [T, n_ff]."""
+    T, n = gate.shape
+    for t in range(T):
+        for i in range(n):
+            g = gate[t, i]
+            out[t, i] = g / (np.float32(1.0) + np.exp(-g)) * up[t, i]
+
+
+@nb.njit(**_JIT)
+def gelu_mul(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
+    """out = gelu_tanh(gate) * up  (GeGLU, as ggml_gelu).    all [T, n_ff]."""
+    T, n = gate.shape
+    c = np.float32(math.sqrt(2.0 / math.pi))
+    for t in range(T):
+        for i in range(n):
+            g = gate[t, i]
+            out[t, i] = np.float32(0.5) * g * (np.float32(1.0) + np.tanh(c * (g + np.float32(0.044715) * g * g * g))) * up[t, i]
+
+
+@nb.njit(**_JIT)
+def add_inplace(x: np.ndarray, y: np.ndarray) -> None:
+    """x += y.    [T, n]."""
+    T, n = x.shape
+    for t in range(T):
+        for i in range(n):
+            x[t, i] += y[t, i]
+
+
+@nb.njit(**_JIT)
+def scale_inplace(x: np.ndarray, s: float) -> None:
+    """x *= s.    [T, n]."""
+    T, n = x.shape
+    s32 = np.float32(s)
+    for t in range(T):
+        for i in range(n):
+            x[t, i] *= s32
+
+
+@nb.njit(**_JIT)
+def softcap_inplace(x: np.ndarray, cap: float) -> None:
+    """x = cap * tanh(x / cap)  (Gemma 2-style logit soft-capping).    [T, n]."""
+    T, n = x.shape
+    c = np.float32(cap)
+    for t in range(T):
+        for i in range(n):
+            x[t, i] = c * np.tanh(x[t, i] / c)
+
+
+def rope_tables(
+    n_pos: int,
+    n_rot: int,
+    theta: float,
+    scaling: str = "none",
+    factor: float = 1.0,
+    orig_ctx: int = 0,
+    beta_fast: float = 32.0,
+    beta_slow: float = 1.0,
+    attn_factor: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin tables ``[n_pos, n_rot/2]`` float32, as ggml's ``rope_yarn`` computes them.
+
+    ``scaling`` is ``none``, ``linear`` (positions divided by ``factor``) or
+    ``yarn`` (NTK-by-parts interpolation, https://arxiv.org/abs/2309.00071).
+    """
+    half = n_rot // 2
+    i = np.arange(half, dtype=np.float64)
+    # ggml: theta_scale = base^(-2/n_dims), accumulated in float32
+    theta_scale = np.float32(theta) ** np.float32(-2.0 / n_rot)
+    inv_freq = np.cumprod(np.concatenate([[1.0], np.full(half - 1, theta_scale, np.float32)]).astype(np.float32))
+    pos = np.arange(n_pos, dtype=np.float32)
+    theta_extrap = pos[:, None] * inv_freq[None, :]
+    freq_scale = 1.0 / factor if scaling in ("linear", "yarn") and factor > 0 else 1.0
+    theta_interp = theta_extrap * np.float32(freq_scale)
+    mscale = attn_factor
+    if scaling == "yarn":
+        n_ctx_orig = orig_ctx or n_pos
+
+        def corr_dim(n_rot_: float) -> float:
+            return n_rot * math.log(n_ctx_orig / (n_rot_ * 2 * math.pi)) / (2 * math.log(theta))
+
+        low = max(0.0, math.floor(corr_dim(beta_fast)))
+        high = min(n_rot - 1.0, math.ceil(corr_dim(beta_slow)))
+        y = (i - low) / max(0.001, high - low)
+        ramp_mix = 1.0 - np.clip(y, 0.0, 1.0)
+        th = theta_interp * (1 - ramp_mix) + theta_extrap * ramp_mix
+        mscale *= 1.0 + 0.1 * math.log(1.0 / freq_scale)
+    else:
+        th = theta_interp
+    cos = (np.cos(th) * mscale).astype(np.float32)
+    sin = (np.sin(th) * mscale).astype(np.float32)
+    return cos, sin

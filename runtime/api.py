@@ -1,0 +1,183 @@
+"""The Python API an application embeds.
+
+>>> import kvrun
+>>> model = kvrun.load("smollm2", n_ctx=4096)
+>>> for piece in model.generate("The capital of France is", max_tokens=16, temperature=0):
+...     print(piece, end="")
+>>> chat = model.session(system="You are terse.")
+>>> reply = chat.send("Hi!")            # keeps its KV cache between turns
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ..loaders.chat_template import builtin_template, render_chat
+from ..loaders.store import resolve
+from .engine import Engine, GenRequest, GenStats, stream_text
+from .sampling import SamplerConfig
+
+Message = dict[str, str]
+
+
+def _request(max_tokens: int, stop: Any, ignore_eos: bool = False, **sampling: Any) -> GenRequest:
+    cfg = SamplerConfig(**{k: v for k, v in sampling.items() if v is not None})
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    return GenRequest(max_tokens=max_tokens, sampler=cfg, stop=stops, ignore_eos=ignore_eos)
+
+
+class Model:
+    """A loaded model; see :func:`load`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.config = engine.cfg
+        self.last_stats = GenStats()
+        self._cache = None
+
+    # -------------------------------------------------------------- low level
+    def tokenize(self, text: str, add_bos: bool | None = None, parse_special: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_bos=add_bos, parse_special=parse_special)
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """float32 logits ``[len(ids), n_vocab]`` for every position (a fresh cache)."""
+        cache = self.engine.new_cache()
+        return self.engine.eval(cache, ids, logits_all=True)
+
+    def new_cache(self):
+        return self.engine.new_cache()
+
+    # -------------------------------------------------------------- generation
+    def generate(self, prompt: str | list[int], max_tokens: int = 256, stop: Any = None, **sampling: Any) -> Iterator[str]:
+        """Stream the completion of ``prompt`` as text pieces.
+
+        Sampling keywords: temperature, top_k, top_p, min_p, repeat_penalty,
+        presence_penalty, frequency_penalty, seed.
+        """
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        req = _request(max_tokens, stop, **sampling)
+        self.last_stats = GenStats()
+        cache = self.engine.new_cache()
+        yield from self.engine.generate_text(cache, ids, req, self.last_stats)
+
+    def complete(self, prompt: str | list[int], max_tokens: int = 256, **kw: Any) -> str:
+        return "".join(self.generate(prompt, max_tokens=max_tokens, **kw))
+
+    def chat_template(self) -> str:
+        t = self.engine.gguf.get("tokenizer.chat_template")
+        return t if isinstance(t, str) else builtin_template(self.config.arch, self.tokenizer)
+
+    def render(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
+        tk = self.tokenizer
+        return render_chat(
+            self.chat_template(),
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=tk.token_to_piece(tk.bos_id) if tk.bos_id is not None else "",
+            eos_token=tk.token_to_piece(tk.eos_id) if tk.eos_id is not None else "",
+        )
+
+    def chat(self, messages: list[Message], stream: bool = False, max_tokens: int = 512, **sampling: Any) -> Any:
+        """One reply to ``messages``; a text iterator when ``stream`` else the text."""
+        s = self.session()
+        s.messages = list(messages[:-1])
+        it = s.stream(messages[-1]["content"], max_tokens=max_tokens, **sampling)
+        return it if stream else "".join(it)
+
+    def session(self, system: str | None = None) -> Session:
+        return Session(self, system)
+
+
+class Session:
+    """A multi-turn chat that keeps its KV cache between turns.
+
+    Each turn renders the whole conversation with the chat template, keeps the
+    cached prefix that matches the new token sequence, and prefills only the
+    rest, as llama.cpp's chat does.
+    """
+
+    def __init__(self, model: Model, system: str | None = None) -> None:
+        self.model = model
+        self.engine = model.engine
+        self.cache = self.engine.new_cache()
+        self.tokens: list[int] = []  # what the cache holds, in order
+        self.messages: list[Message] = [{"role": "system", "content": system}] if system else []
+        self.system = system
+        self.last_stats = GenStats()
+
+    def reset(self) -> None:
+        self.cache.reset()
+        self.tokens = []
+        self.messages = [{"role": "system", "content": self.system}] if self.system else []
+
+    def stream(self, user: str, max_tokens: int = 512, stop: Any = None, **sampling: Any) -> Iterator[str]:
+        msgs = self.messages + [{"role": "user", "content": user}]
+        prompt = self.model.tokenize(self.model.render(msgs), add_bos=None)
+        n_keep = 0
+        for a, b in zip(self.tokens, prompt):
+            if a != b:
+                break
+            n_keep += 1
+        n_keep = min(n_keep, len(prompt) - 1)  # always evaluate at least one token
+        if n_keep < self.cache.offset:
+            self.cache.truncate(n_keep)
+        self.tokens = self.tokens[:n_keep]
+        self.messages = msgs
+        req = _request(max_tokens, stop, **sampling)
+        self.last_stats = GenStats()
+        new = prompt[n_keep:]
+        self.tokens.extend(new)
+        reply: list[str] = []
+        gen_ids: list[int] = []
+        eng = self.engine
+
+        def _ids() -> Iterator[int]:
+            for t in eng.generate_tokens(self.cache, new, req, self.last_stats):
+                gen_ids.append(t)
+                yield t
+
+        try:
+            for piece in stream_text(eng.tokenizer, _ids(), req.stop, self.last_stats):
+                reply.append(piece)
+                yield piece
+        finally:
+            # the cache holds the prompt and every generated token that was fed back
+            self.tokens.extend(gen_ids[: self.cache.offset - len(self.tokens)])
+            self.messages.append({"role": "assistant", "content": "".join(reply)})
+
+    def send(self, user: str, **kw: Any) -> str:
+        return "".join(self.stream(user, **kw))
+
+    def kv_bytes(self) -> int:
+        return self.cache.nbytes()
+
+
+def load(
+    model: str | os.PathLike | None = None,
+    device: str = "cpu",
+    n_ctx: int = 4096,
+    n_batch: int = 256,
+    threads: int | None = None,
+    kv: Any = None,
+) -> Model:
+    """Load a GGUF model (a path, a known short name, or None for the default).
+
+    Parameters
+    ----------
+    model : path to a ``.gguf`` file or a name from ``kvrun models``.
+    device : ``cpu``, ``gpu`` or ``auto``.
+    n_ctx : context length in tokens (0: the model's training context).
+    n_batch : prompt tokens per forward pass during prefill.
+    threads : Numba threads (None: Numba's default).
+    kv : KV-cache settings (reserved for the compressed cache).
+    """
+    path = resolve(model)
+    return Model(Engine(path, device=device, n_ctx=n_ctx, n_batch=n_batch, threads=threads))

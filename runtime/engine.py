@@ -1,0 +1,194 @@
+"""The engine: load a GGUF, prefill in chunks, decode token by token.
+
+``Engine.eval`` is the one place tokens enter the model: it feeds them in
+chunks of ``n_batch`` (matrix-matrix work) starting at the cache's offset and
+returns the logits the caller asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..cache.base import KVCache
+from ..cache.plain import make_plain_cache
+from ..loaders.config import ModelConfig, load_config
+from ..loaders.errors import KvrunError
+from ..loaders.gguf_file import GGUFFile
+from ..loaders.tokenizer import StreamDecoder, Tokenizer
+from ..models import model_class
+from ..ops import get_backend
+from .sampling import Sampler, SamplerConfig
+
+
+def set_threads(n: int | None) -> int:
+    """Set Numba's thread count (None: the default) and return the count in use."""
+    import numba
+
+    if n is not None:
+        if n < 1:
+            raise KvrunError(f"--threads must be >= 1, got {n}")
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    return numba.get_num_threads()
+
+
+@dataclass
+class GenStats:
+    """Counters of one generation, printed like llama.cpp's timings."""
+
+    n_prompt: int = 0
+    t_prompt: float = 0.0
+    n_gen: int = 0
+    t_gen: float = 0.0
+    stop_reason: str = ""
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.n_prompt / self.t_prompt if self.t_prompt > 0 else 0.0
+
+    @property
+    def gen_tps(self) -> float:
+        return self.n_gen / self.t_gen if self.t_gen > 0 else 0.0
+
+
+@dataclass
+class GenRequest:
+    max_tokens: int = 256
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+
+class Engine:
+    """A loaded model: file, config, tokenizer, weights on a backend."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", n_ctx: int = 4096, n_batch: int = 256, threads: int | None = None) -> None:
+        t0 = time.perf_counter()
+        set_threads(threads)
+        self.path = str(path)
+        self.gguf = GGUFFile(path)
+        self.cfg: ModelConfig = load_config(self.gguf)
+        cls = model_class(self.cfg.arch)
+        if n_ctx <= 0:
+            n_ctx = self.cfg.n_ctx_train
+        if n_ctx < 8:
+            raise KvrunError(f"--ctx-size must be at least 8, got {n_ctx}")
+        self.n_ctx = n_ctx
+        self.n_batch = max(1, min(n_batch, n_ctx))
+        try:
+            self.backend = get_backend(device)
+        except ValueError as e:
+            raise KvrunError(str(e)) from None
+        self.tokenizer = Tokenizer.from_metadata(self.gguf.metadata)
+        self.model = cls(self.gguf, self.cfg, self.backend, self.n_ctx, self.n_batch)
+        self.load_time = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ cache
+    def new_cache(self) -> KVCache:
+        specs = self.model.layer_specs()
+        return KVCache(make_plain_cache(specs, self.n_ctx, self.n_batch))
+
+    # ------------------------------------------------------------------ eval
+    def eval(self, cache: KVCache, tokens: list[int] | np.ndarray, logits_all: bool = False) -> np.ndarray:
+        """Feed ``tokens`` after what ``cache`` holds.
+
+        Returns float32 logits ``[len(tokens), n_vocab]`` when ``logits_all``,
+        else ``[1, n_vocab]`` for the last token.
+        """
+        tokens = np.asarray(tokens, dtype=np.int32)
+        n = len(tokens)
+        if n == 0:
+            raise KvrunError("nothing to evaluate: the prompt is empty")
+        if cache.offset + n > self.n_ctx:
+            raise KvrunError(
+                f"{cache.offset + n} tokens do not fit the context of {self.n_ctx}; "
+                "raise --ctx-size, shorten the prompt, or /reset the chat"
+            )
+        bad = (tokens < 0) | (tokens >= self.cfg.n_vocab)
+        if bad.any():
+            raise KvrunError(f"token id {int(tokens[bad][0])} is outside the vocabulary of {self.cfg.n_vocab}")
+        n_vocab = self.cfg.n_vocab
+        out = np.empty((n if logits_all else 1, n_vocab), np.float32)
+        for s in range(0, n, self.n_batch):
+            chunk = tokens[s : s + self.n_batch]
+            T = len(chunk)
+            pos = np.arange(cache.offset, cache.offset + T, dtype=np.int32)
+            if logits_all:
+                rows = np.arange(T)
+                dst = out[s : s + T]
+            elif s + T == n:
+                rows = np.array([T - 1])
+                dst = out
+            else:
+                rows = np.array([T - 1])
+                dst = self.model.buf.get("discard_logits", 1, n_vocab)
+            self.model.forward(chunk, pos, cache, rows, dst)
+            cache.offset += T
+        return out
+
+    # ------------------------------------------------------------------ generate
+    def generate_tokens(self, cache: KVCache, prompt: list[int], req: GenRequest, stats: GenStats | None = None) -> Iterator[int]:
+        """Prefill ``prompt`` then yield sampled token ids until EOS/EOT, a stop, or max_tokens."""
+        stats = stats if stats is not None else GenStats()
+        sampler = Sampler(req.sampler)
+        history = list(prompt)
+        t0 = time.perf_counter()
+        logits = self.eval(cache, prompt)[-1]
+        stats.n_prompt, stats.t_prompt = len(prompt), time.perf_counter() - t0
+        eot = self.tokenizer.eot_ids
+        t1 = time.perf_counter()
+        try:
+            for _ in range(req.max_tokens):
+                tok = sampler(logits, history)
+                if tok in eot and not req.ignore_eos:
+                    stats.stop_reason = "eos"
+                    return
+                history.append(tok)
+                stats.n_gen += 1
+                yield tok
+                if cache.offset >= self.n_ctx:
+                    stats.stop_reason = "context full"
+                    return
+                logits = self.eval(cache, [tok])[-1]
+            stats.stop_reason = "length"
+        finally:
+            stats.t_gen = time.perf_counter() - t1
+
+    def generate_text(self, cache: KVCache, prompt: list[int], req: GenRequest, stats: GenStats | None = None) -> Iterator[str]:
+        """Like :meth:`generate_tokens` but yields text pieces, honouring stop strings."""
+        stats = stats if stats is not None else GenStats()
+        return stream_text(self.tokenizer, self.generate_tokens(cache, prompt, req, stats), req.stop, stats)
+
+
+def stream_text(tokenizer: Tokenizer, ids: Iterator[int], stop: tuple[str, ...], stats: GenStats) -> Iterator[str]:
+    """Token ids -> text pieces; never splits a UTF-8 character, never prints a stop string.
+
+    Text that could be the start of a stop string is held back until it is
+    known not to be one.
+    """
+    dec = StreamDecoder(tokenizer)
+    pending = ""
+    hold = max((len(s) for s in stop), default=0)
+    for tok in ids:
+        pending += dec.push(tok)
+        if stop:
+            hits = [pending.find(s) for s in stop if s and s in pending]
+            if hits:
+                if pending[: min(hits)]:
+                    yield pending[: min(hits)]
+                stats.stop_reason = "stop string"
+                return
+            safe = len(pending) - hold + 1
+            if safe > 0:
+                yield pending[:safe]
+                pending = pending[safe:]
+        elif pending:
+            yield pending
+            pending = ""
+    pending += dec.flush()
+    if pending:
+        yield pending

@@ -1,0 +1,86 @@
+"""Token sampling: greedy, temperature, top-k, top-p, min-p, penalties, seed.
+
+The order follows llama.cpp's default chain: penalties -> top-k -> top-p ->
+min-p -> temperature -> draw.  A fixed ``seed`` gives the same text for the same
+prompt and settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class SamplerConfig:
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0  # >1 discourages tokens seen in the last repeat_last_n
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_last_n: int = 64
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top-p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.min_p < 1.0:
+            raise ValueError(f"min-p must be in [0, 1), got {self.min_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top-k must be >= 0 (0 = off), got {self.top_k}")
+        if self.repeat_penalty <= 0:
+            raise ValueError(f"repeat penalty must be > 0, got {self.repeat_penalty}")
+
+
+class Sampler:
+    """Draws the next token from a logits vector ``[n_vocab]`` float32."""
+
+    def __init__(self, cfg: SamplerConfig) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.rng = np.random.default_rng(cfg.seed)
+
+    def __call__(self, logits: np.ndarray, history: list[int] | np.ndarray = ()) -> int:
+        cfg = self.cfg
+        logits = np.asarray(logits, np.float32)
+        penalise = cfg.repeat_penalty != 1.0 or cfg.presence_penalty or cfg.frequency_penalty
+        if penalise and len(history):
+            logits = logits.copy()
+            recent = np.asarray(history[-cfg.repeat_last_n :] if cfg.repeat_last_n > 0 else history, np.int64)
+            ids, counts = np.unique(recent, return_counts=True)
+            sel = logits[ids]
+            sel = np.where(sel > 0, sel / cfg.repeat_penalty, sel * cfg.repeat_penalty)
+            sel -= counts * cfg.frequency_penalty + (counts > 0) * cfg.presence_penalty
+            logits[ids] = sel
+        if cfg.temperature <= 0:
+            return int(np.argmax(logits))
+
+        # candidates, best first
+        k = cfg.top_k if 0 < cfg.top_k < logits.size else logits.size
+        if k < logits.size:
+            idx = np.argpartition(-logits, k - 1)[:k]
+        else:
+            idx = np.arange(logits.size)
+        idx = idx[np.argsort(-logits[idx], kind="stable")]
+        z = logits[idx].astype(np.float64)
+        p = np.exp(z - z[0])
+        p /= p.sum()
+        if cfg.top_p < 1.0:
+            keep = int(np.searchsorted(np.cumsum(p), cfg.top_p) + 1)
+            idx, z, p = idx[:keep], z[:keep], p[:keep]
+        if cfg.min_p > 0.0:
+            keep = p >= cfg.min_p * p[0]
+            idx, z = idx[keep], z[keep]
+        z = z / cfg.temperature
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        return int(idx[self.rng.choice(len(idx), p=p)])
+
+
+def greedy() -> SamplerConfig:
+    return SamplerConfig(temperature=0.0)

@@ -1,0 +1,34 @@
+"""Shared fixtures: the real models (pulled through kvrun's own store) and tiny GGUFs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def _real_model(name: str) -> Path:
+    from kvrun.loaders.errors import KvrunError
+    from kvrun.loaders.store import known, local_path, pull
+
+    m = known(name)
+    p = local_path(m)
+    if p.exists():
+        return p
+    if os.environ.get("KVRUN_NO_PULL"):
+        pytest.skip(f"{name} not pulled and KVRUN_NO_PULL is set")
+    try:
+        return pull(name)
+    except KvrunError as e:  # no registry reachable
+        pytest.skip(f"cannot pull {name}: {e}")
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    return _real_model("smollm2")
+
+
+@pytest.fixture(scope="session")
+def gemma3_path() -> Path:
+    return _real_model("gemma3-270m")

@@ -1,0 +1,117 @@
+"""Write tiny random GGUF models with gguf.GGUFWriter, for fast architecture tests.
+
+The vocabulary is GPT-2 byte-level: the 256 byte tokens plus a few merges and
+``<|endoftext|>``, so the real tokenizer code path runs on it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFWriter
+from gguf.quants import quantize
+
+Q = GGMLQuantizationType
+
+
+def _bytes_to_unicode() -> list[str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    table = dict(zip(bs, cs))
+    return [chr(table[b]) for b in range(256)]
+
+
+def byte_vocab() -> tuple[list[str], list[str], list[int]]:
+    toks = _bytes_to_unicode()
+    merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a"]
+    for m in merges:
+        toks.append(m.replace(" ", ""))
+    toks.append("<|endoftext|>")
+    types = [1] * (len(toks) - 1) + [3]
+    return toks, merges, types
+
+
+ARCH_GEOMETRY = {
+    # arch: (n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer)
+    "llama": (64, 4, 2, 16, 96, 2),
+    "qwen2": (64, 4, 2, 16, 96, 2),
+    "gemma3": (64, 2, 1, 32, 96, 6),
+}
+
+
+def write_tiny_model(path: Path, arch: str = "llama", qtype: int = Q.F32, seed: int = 0, sliding_window: int = 8) -> Path:
+    """A random ``arch`` model; matrices stored as ``qtype`` (F32, F16, Q8_0, Q4_0...)."""
+    rng = np.random.default_rng(seed)
+    n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = ARCH_GEOMETRY[arch]
+    toks, merges, types = byte_vocab()
+    n_vocab = len(toks)
+    w = GGUFWriter(str(path), arch)
+    w.add_name(f"tiny-{arch}")
+    w.add_context_length(256)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(10000.0)
+    w.add_file_type(0)
+    if arch == "gemma3":
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+        w.add_sliding_window(sliding_window)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(toks)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_eos_token_id(n_vocab - 1)
+    w.add_bos_token_id(n_vocab - 1)
+    w.add_add_bos_token(False)
+
+    def mat(name: str, rows: int, cols: int, scale: float = 0.1) -> None:
+        a = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+        if qtype == Q.F32:
+            w.add_tensor(name, a)
+        elif qtype == Q.F16:
+            w.add_tensor(name, a.astype(np.float16))
+        else:
+            w.add_tensor(name, quantize(a, qtype), raw_dtype=qtype)
+
+    def vec(name: str, n: int, base: float = 1.0, scale: float = 0.1) -> None:
+        w.add_tensor(name, (base + rng.standard_normal(n) * scale).astype(np.float32))
+
+    mat("token_embd.weight", n_vocab, n_embd, 0.5)
+    vec("output_norm.weight", n_embd)
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        vec(b + "attn_norm.weight", n_embd)
+        mat(b + "attn_q.weight", n_head * head_dim, n_embd)
+        mat(b + "attn_k.weight", n_head_kv * head_dim, n_embd)
+        mat(b + "attn_v.weight", n_head_kv * head_dim, n_embd)
+        mat(b + "attn_output.weight", n_embd, n_head * head_dim)
+        vec(b + "ffn_norm.weight", n_embd)
+        mat(b + "ffn_gate.weight", n_ff, n_embd)
+        mat(b + "ffn_up.weight", n_ff, n_embd)
+        mat(b + "ffn_down.weight", n_embd, n_ff)
+        if arch == "qwen2":
+            vec(b + "attn_q.bias", n_head * head_dim, 0.0)
+            vec(b + "attn_k.bias", n_head_kv * head_dim, 0.0)
+            vec(b + "attn_v.bias", n_head_kv * head_dim, 0.0)
+        if arch == "gemma3":
+            vec(b + "attn_q_norm.weight", head_dim)
+            vec(b + "attn_k_norm.weight", head_dim)
+            vec(b + "post_attention_norm.weight", n_embd)
+            vec(b + "post_ffw_norm.weight", n_embd)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -34,6 +35,11 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*a, **kw)
         except KvrunError as e:
             _fail(str(e))
+        except BrokenPipeError:
+            # output piped into `head` and closed: not an error
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(0)
         except (OSError, ValueError, MemoryError) as e:
             _fail(f"{type(e).__name__}: {e}")
         except KeyboardInterrupt:
@@ -356,6 +362,97 @@ def chat(model: str | None, system: str | None, n_predict: int, stop: tuple[str,
             continue
         click.echo("")
         click.echo(_stats_line(sess.last_stats, sess.kv_bytes()), err=True)
+
+
+# ---------------------------------------------------------------- bench
+@main.command()
+@click.argument("model", required=False)
+@click.option("-p", "--n-prompt", "n_prompt", type=int, default=512, show_default=True, help="prompt tokens (pp test); 0 skips")
+@click.option("-n", "--n-gen", "n_gen", type=int, default=128, show_default=True, help="generated tokens (tg test); 0 skips")
+@click.option("-r", "--repetitions", type=int, default=3, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print results as JSON")
+@engine_options
+@friendly
+def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, as_json: bool, **kw: Any) -> None:
+    """Prompt processing (ppN) and token generation (tgN) speed, as llama-bench."""
+    from .runtime.bench import bench_pp, bench_tg, peak_rss_bytes
+    from .runtime.engine import Engine
+
+    if repetitions < 1:
+        raise KvrunError(f"-r must be >= 1, got {repetitions}")
+    path = _resolve(model)
+    n_batch = max(kw["n_batch"], n_prompt) if n_prompt else kw["n_batch"]
+    n_ctx = max(kw["ctx_size"], n_prompt + 8, n_gen + 8)
+    t0 = time.perf_counter()
+    eng = Engine(path, device=kw["device"], n_ctx=n_ctx, n_batch=n_batch, threads=kw["threads"])
+    load_s = time.perf_counter() - t0
+    from .runtime.engine import set_threads
+
+    threads = set_threads(None)
+    results = []
+    if n_prompt:
+        results.append(bench_pp(eng, n_prompt, repetitions))
+    if n_gen:
+        results.append(bench_tg(eng, n_gen, repetitions))
+    facts = model_facts(path)
+    quant = max(facts["tensor_types"], key=lambda k: facts["tensor_types"][k] if k not in ("F32", "F16") else -1)
+    label = f"{eng.cfg.arch} {facts['n_params'] / 1e6:.0f}M {quant}"
+    rss = peak_rss_bytes()
+    if as_json:
+        click.echo(json.dumps({
+            "model": label, "path": str(path), "size": facts["file_size"], "params": facts["n_params"],
+            "backend": eng.backend.name, "threads": threads, "load_s": load_s, "peak_rss": rss,
+            "results": [{"test": r.test, "tok_s": r.mean, "sd": r.sd, "samples": r.samples} for r in results],
+        }, indent=2))
+        return
+    click.echo("| model                          |       size |     params | backend    | threads |            test |                  t/s |")
+    click.echo("| ------------------------------ | ---------: | ---------: | ---------- | ------: | --------------: | -------------------: |")
+    for r in results:
+        click.echo(
+            f"| {label:<30} | {_size(facts['file_size']):>10} | {facts['n_params'] / 1e6:>8.2f} M | {eng.backend.name.upper():<10} "
+            f"| {threads:>7} | {r.test:>15} | {r.mean:>12.2f} ± {r.sd:>5.2f} |"
+        )
+    click.echo(f"load {load_s:.2f} s, peak RSS {_size(rss)} (model file {_size(facts['file_size'])})")
+
+
+# ---------------------------------------------------------------- perplexity
+@main.command()
+@click.argument("model", required=False)
+@click.option("-f", "--file", "text_file", type=click.Path(exists=True, dir_okay=False), required=True, help="text to score")
+@click.option("--ctx", "n_ctx", type=int, default=512, show_default=True, help="window length")
+@click.option("--chunks", type=int, default=0, help="score at most this many windows (0: all)")
+@click.option("--json", "as_json", is_flag=True, help="print the final figure as JSON")
+@click.option("-t", "--threads", type=int, default=None)
+@click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu", show_default=True)
+@friendly
+def perplexity(model: str | None, text_file: str, n_ctx: int, chunks: int, as_json: bool, threads: int | None, device: str) -> None:
+    """Perplexity of a text over non-overlapping windows (as llama-perplexity)."""
+    from tqdm import tqdm
+
+    from .runtime.engine import Engine
+    from .runtime.perplexity import perplexity as ppl_fn
+
+    if n_ctx < 16:
+        raise KvrunError(f"--ctx must be at least 16, got {n_ctx}")
+    path = _resolve(model)
+    eng = Engine(path, device=device, n_ctx=n_ctx, n_batch=min(512, n_ctx), threads=threads)
+    text = Path(text_file).read_text(encoding="utf-8", errors="replace")
+    tokens = eng.tokenizer.encode(text, add_bos=True if eng.tokenizer.add_bos else False)
+    bar = tqdm(total=max(1, len(tokens) // n_ctx if not chunks else min(chunks, len(tokens) // n_ctx)), desc="perplexity", unit="win", file=sys.stderr, disable=as_json)
+
+    def progress(done: int, total: int, ppl: float) -> None:
+        bar.update(1)
+        bar.set_postfix(ppl=f"{ppl:.4f}")
+
+    t0 = time.perf_counter()
+    res = ppl_fn(eng, tokens, n_ctx, progress=progress, max_chunks=chunks)
+    bar.close()
+    dt = time.perf_counter() - t0
+    if as_json:
+        click.echo(json.dumps({"ppl": res.ppl, "n_tokens": res.n_tokens, "n_chunks": res.n_chunks, "ctx": n_ctx, "seconds": dt}))
+    else:
+        click.echo(f"[{']['.join(f'{p:.4f}' for p in res.chunk_ppl)}]")
+        click.echo(f"Final estimate: PPL = {res.ppl:.4f} over {res.n_tokens} tokens in {res.n_chunks} windows of {n_ctx} ({dt:.1f} s)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -118,6 +118,8 @@ class Gemma3Model(Model):
             be.rms_norm(o, L.ffn_post_norm, c.norm_eps, o)
             be.add(x, o)
             self.trace("l_out", il, x)
+        if len(out_rows) == 0:
+            return
         xo = buf.get("xo", len(out_rows), c.n_embd)
         be.rms_norm(x[out_rows], self.output_norm, c.norm_eps, xo)
         be.linear(self.output, xo, logits)

@@ -108,6 +108,8 @@ class LlamaModel(Model):
             be.linear(L.w_down, gate, o)
             be.add(x, o)
             self.trace("l_out", il, x)
+        if len(out_rows) == 0:
+            return
         xo = buf.get("xo", len(out_rows), c.n_embd)
         be.rms_norm(x[out_rows], self.output_norm, c.norm_eps, xo)
         be.linear(self.output, xo, logits)

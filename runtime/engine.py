@@ -93,11 +93,12 @@ class Engine:
         return KVCache(make_plain_cache(specs, self.n_ctx, self.n_batch))
 
     # ------------------------------------------------------------------ eval
-    def eval(self, cache: KVCache, tokens: list[int] | np.ndarray, logits_all: bool = False) -> np.ndarray:
+    def eval(self, cache: KVCache, tokens: list[int] | np.ndarray, logits_all: bool = False, logits_start: int = 0) -> np.ndarray:
         """Feed ``tokens`` after what ``cache`` holds.
 
-        Returns float32 logits ``[len(tokens), n_vocab]`` when ``logits_all``,
-        else ``[1, n_vocab]`` for the last token.
+        Returns float32 logits ``[len(tokens) - logits_start, n_vocab]`` for the
+        tokens from index ``logits_start`` on when ``logits_all``, else
+        ``[1, n_vocab]`` for the last token.
         """
         tokens = np.asarray(tokens, dtype=np.int32)
         n = len(tokens)
@@ -112,20 +113,19 @@ class Engine:
         if bad.any():
             raise KvrunError(f"token id {int(tokens[bad][0])} is outside the vocabulary of {self.cfg.n_vocab}")
         n_vocab = self.cfg.n_vocab
-        out = np.empty((n if logits_all else 1, n_vocab), np.float32)
+        first = min(max(logits_start, 0), n - 1) if logits_all else n - 1
+        out = np.empty((n - first, n_vocab), np.float32)
         for s in range(0, n, self.n_batch):
             chunk = tokens[s : s + self.n_batch]
             T = len(chunk)
             pos = np.arange(cache.offset, cache.offset + T, dtype=np.int32)
-            if logits_all:
-                rows = np.arange(T)
-                dst = out[s : s + T]
-            elif s + T == n:
-                rows = np.array([T - 1])
-                dst = out
-            else:
-                rows = np.array([T - 1])
-                dst = self.model.buf.get("discard_logits", 1, n_vocab)
+            lo = max(first, s)  # first token of this chunk whose logits are wanted
+            if lo < s + T:
+                rows = np.arange(lo - s, T)
+                dst = out[lo - first : s + T - first]
+            else:  # no logits wanted from this chunk: skip the output head
+                rows = np.zeros(0, np.int64)
+                dst = out[:0]
             self.model.forward(chunk, pos, cache, rows, dst)
             cache.offset += T
         return out

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# helpers (tinymodel, reference) import by plain name
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 def _real_model(name: str) -> Path:

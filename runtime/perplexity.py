@@ -1,0 +1,68 @@
+"""Perplexity over non-overlapping windows, as llama-perplexity computes it.
+
+The text is tokenized once; each window of ``n_ctx`` tokens starts a fresh
+cache (its first token replaced by BOS when the model adds one) and only the
+second half of the window is scored, so every scored token has at least
+``n_ctx/2`` tokens of context.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..loaders.errors import KvrunError
+from .engine import Engine
+
+
+@dataclass
+class PerplexityResult:
+    ppl: float
+    n_tokens: int  # tokens scored
+    n_chunks: int
+    chunk_ppl: list[float]
+
+
+def log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """log p(target) per row.   logits: [n, n_vocab] float32; targets: [n] int."""
+    x = logits.astype(np.float64)
+    m = x.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(x - m).sum(axis=1)) + m[:, 0]
+    return x[np.arange(len(targets)), targets] - lse
+
+
+def perplexity(
+    engine: Engine,
+    tokens: list[int] | np.ndarray,
+    n_ctx: int,
+    make_cache: Callable[[], object] | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+    max_chunks: int = 0,
+) -> PerplexityResult:
+    """Perplexity of ``tokens`` in windows of ``n_ctx``; ``progress(done, total, ppl_so_far)``."""
+    tokens = np.asarray(tokens, np.int64)
+    n_chunks = len(tokens) // n_ctx
+    if max_chunks:
+        n_chunks = min(n_chunks, max_chunks)
+    if n_chunks < 1:
+        raise KvrunError(f"the text has {len(tokens)} tokens; perplexity at --ctx {n_ctx} needs at least {n_ctx} (use a longer text or a smaller --ctx)")
+    add_bos = engine.tokenizer.add_bos and engine.tokenizer.bos_id is not None
+    first = n_ctx // 2
+    nll_total, count = 0.0, 0
+    chunk_ppl = []
+    for c in range(n_chunks):
+        window = tokens[c * n_ctx : (c + 1) * n_ctx].copy()
+        if add_bos:
+            window[0] = engine.tokenizer.bos_id
+        cache = make_cache() if make_cache else engine.new_cache()
+        logits = engine.eval(cache, window, logits_all=True, logits_start=first)
+        lp = log_softmax_at(logits[: n_ctx - 1 - first], tokens[c * n_ctx + first + 1 : (c + 1) * n_ctx])
+        nll_total -= float(lp.sum())
+        count += len(lp)
+        chunk_ppl.append(math.exp(-float(lp.mean())))
+        if progress:
+            progress(c + 1, n_chunks, math.exp(nll_total / count))
+    return PerplexityResult(math.exp(nll_total / count), count, n_chunks, chunk_ppl)

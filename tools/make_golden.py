@@ -1,0 +1,111 @@
+"""Regenerate the llama.cpp golden fixtures (developer tool, never a runtime dependency).
+
+Needs llama-cpp-python (it builds llama.cpp from source)::
+
+    python -m venv /tmp/oracle && /tmp/oracle/bin/pip install llama-cpp-python numpy
+    /tmp/oracle/bin/python tools/make_golden.py SMOLLM2.gguf GEMMA3.gguf
+
+Writes ``tests/fixtures/golden_<name>.npz`` / ``.json`` per model:
+  * ``prompt_ids``: a 256-token prompt (llama.cpp's tokenization of GPL-3 text)
+  * ``top_ids``, ``top_logp``: llama.cpp's 64 most likely tokens and their
+    log-probabilities at every prompt position (to measure top-1 agreement
+    and KL(llama.cpp || kvrun) without committing full 262k-wide logits)
+  * greedy continuations (64 tokens) of 4 short prompts, ids and text
+  * perplexity of GPL-3 at ctx 512 scored as llama-perplexity does.
+It does not import kvrun.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+from llama_cpp import Llama
+
+FIX = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+TEXT = Path("/usr/share/common-licenses/GPL-3")
+GREEDY_PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village,",
+    "The three primary colors are",
+]
+TOPK = 64
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def name_of(path: str) -> str:
+    p = path.lower()
+    return "gemma3" if "gemma" in p else "smollm2" if "smollm" in p else Path(path).stem
+
+
+def main(paths: list[str]) -> None:
+    text = TEXT.read_text()
+    for path in paths:
+        name = name_of(path)
+        llm = Llama(model_path=path, n_ctx=512, n_batch=512, logits_all=True, verbose=False, n_threads=2, seed=0)
+        add_bos = llm._model.add_bos_token() if hasattr(llm._model, "add_bos_token") else True
+        toks = llm.tokenize(text.encode(), add_bos=add_bos, special=False)
+
+        # 1. logits of a 256-token prompt
+        prompt = toks[:256]
+        llm.reset()
+        llm.eval(prompt)
+        lp = log_softmax(np.asarray(llm.scores[: len(prompt)], np.float32))
+        top = np.argsort(-lp, axis=1)[:, :TOPK]
+        top_logp = np.take_along_axis(lp, top, 1).astype(np.float32)
+
+        # 2. greedy continuations
+        greedy = []
+        for pr in GREEDY_PROMPTS:
+            ids = llm.tokenize(pr.encode(), add_bos=add_bos, special=False)
+            llm.reset()
+            llm.eval(ids)
+            out = []
+            for _ in range(64):
+                t = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+                out.append(t)
+                llm.eval([t])
+            greedy.append({"prompt": pr, "prompt_ids": ids, "ids": out, "text": llm.detokenize(out).decode("utf-8", "replace")})
+
+        # 3. perplexity, llama-perplexity style: windows of 512, second half scored
+        n_ctx = 512
+        n_chunks = len(toks) // n_ctx
+        bos = llm.token_bos()
+        nll, count = 0.0, 0
+        for c in range(n_chunks):
+            win = list(toks[c * n_ctx : (c + 1) * n_ctx])
+            if add_bos:
+                win[0] = bos
+            llm.reset()
+            llm.eval(win)
+            lpw = log_softmax(np.asarray(llm.scores[n_ctx // 2 : n_ctx - 1], np.float32))
+            tgt = np.asarray(toks[c * n_ctx + n_ctx // 2 + 1 : (c + 1) * n_ctx])
+            nll -= float(lpw[np.arange(len(tgt)), tgt].sum())
+            count += len(tgt)
+            print(f"{name}: window {c + 1}/{n_chunks} ppl so far {math.exp(nll / count):.4f}", file=sys.stderr)
+        ppl = math.exp(nll / count)
+
+        np.savez_compressed(FIX / f"golden_{name}.npz", prompt_ids=np.asarray(prompt, np.int32), top_ids=top.astype(np.int32), top_logp=top_logp)
+        meta = {
+            "regenerate": "python tools/make_golden.py SMOLLM2.gguf GEMMA3.gguf (with llama-cpp-python installed)",
+            "model_file": Path(path).name,
+            "add_bos": bool(add_bos),
+            "n_text_tokens": len(toks),
+            "perplexity": {"text": str(TEXT), "ctx": n_ctx, "n_chunks": n_chunks, "n_scored": count, "ppl": ppl},
+            "greedy": greedy,
+        }
+        (FIX / f"golden_{name}.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+        print(f"{name}: ppl {ppl:.4f} over {count} tokens; greedy[0]: {greedy[0]['text'][:60]!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -283,10 +283,14 @@ def _mv_generic(kind, w, x, out, tmp):
             out[r] = y
 
 
-@nb.njit(parallel=True, **_JIT)
+@nb.njit(**_JIT)
 def _decode_rows(kind, w, r0, tile):
-    """tile[i] = row r0+i of w, decoded.   tile: [n, n_cols] float32."""
-    for i in nb.prange(tile.shape[0]):
+    """tile[i] = row r0+i of w, decoded.   tile: [n, n_cols] float32.
+
+    Serial on purpose: BLAS runs its own threads right after, and two thread
+    pools taking turns on two vCPUs spin against each other.
+    """
+    for i in range(tile.shape[0]):
         _decode_row(kind, w[r0 + i], tile[i])
 
 
@@ -342,10 +346,13 @@ def matmul(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
     n_rows = w.shape[0]
     n_cols = x.shape[1]
     tile = _scratch.get("tile", (_TILE_ROWS, n_cols))
+    res = _scratch.get("res", (x.shape[0], _TILE_ROWS))
     for r0 in range(0, n_rows, _TILE_ROWS):
         n = min(_TILE_ROWS, n_rows - r0)
         _decode_rows(kind, w, r0, tile[:n])
-        np.matmul(x, tile[:n].T, out=out[:, r0 : r0 + n])
+        # a contiguous result then one copy: BLAS is slow into strided output
+        np.matmul(x, tile[:n].T, out=res[:, :n])
+        out[:, r0 : r0 + n] = res[:, :n]
 
 
 def get_rows(w: np.ndarray, qtype: int, ids: np.ndarray, out: np.ndarray) -> None:

@@ -1,254 +1,620 @@
-"""GGML tensor types: block sizes, byte layouts, and the float32 reference dequantizers.
+"""GGML tensor types: block sizes, byte layouts and the float32 reference dequantizers.
 
-This is the one place that knows each GGUF type's layout; the Numba and CUDA
-kernels follow the layouts written here.  A block of ``block_size`` weights
-takes ``type_size`` bytes; a row of ``n_cols`` weights is ``n_cols/block_size``
-consecutive blocks.  Within a block (all little endian, ``f16`` = IEEE half):
+This module is the one place in kvrun that knows how each GGUF tensor type is
+laid out in bytes.  The Numba (``ops/cpu``) and CUDA (``ops/gpu``) kernels
+follow the layouts written here, and ``tests/test_quants.py`` holds the numpy
+dequantizers below to ``gguf.quants.dequantize`` bit for bit.
 
-* ``F32`` / ``F16`` / ``BF16``: one value per element (block of 1).
-* ``Q4_0`` (32 -> 18 B): ``d f16 | qs u8[16]``; element j<16 is the low nibble
-  of qs[j], element j>=16 the high nibble of qs[j-16]; w = d * (q - 8).
-* ``Q4_1`` (32 -> 20 B): ``d f16 | m f16 | qs u8[16]``; nibbles as Q4_0; w = d*q + m.
-* ``Q5_0`` (32 -> 22 B): ``d f16 | qh u32 | qs u8[16]``; q = nibble | (bit j of qh) << 4;
-  w = d * (q - 16).
-* ``Q5_1`` (32 -> 24 B): ``d f16 | m f16 | qh u32 | qs u8[16]``; w = d*q + m.
-* ``Q8_0`` (32 -> 34 B): ``d f16 | qs i8[32]``; w = d * q.
-* ``Q2_K`` (256 -> 84 B): ``scales u8[16] | qs u8[64] | d f16 | dmin f16``; 16 sub-blocks of
-  16; scale = d*(sc & 15), min = dmin*(sc >> 4); 2-bit q: byte i of each 32-byte half
-  holds elements i, i+32, i+64, i+96 of that half's 128 at shifts 0, 2, 4, 6; w = scale*q - min.
-* ``Q3_K`` (256 -> 110 B): ``hmask u8[32] | qs u8[64] | scales u8[12] | d f16``; 16 sub-blocks of
-  16 with 6-bit signed scales (packed, minus 32); q = 2 low bits (as Q2_K) minus 4 when the
-  hmask bit is 0; w = d*scale*q.
-* ``Q4_K`` (256 -> 144 B): ``d f16 | dmin f16 | scales u8[12] | qs u8[128]``; 8 sub-blocks of 32
-  with 6-bit scale and min packed in 12 bytes (see :func:`k_scale_min`); each 32 bytes of qs
-  hold two sub-blocks (low nibbles, then high nibbles); w = d*sc*q - dmin*m.
-* ``Q5_K`` (256 -> 176 B): ``d | dmin | scales u8[12] | qh u8[32] | qs u8[128]``; as Q4_K with a
-  fifth bit: bit s of qh[i] belongs to sub-block s, element i.
-* ``Q6_K`` (256 -> 210 B): ``ql u8[128] | qh u8[64] | scales i8[16] | d f16``; each 128 elements
-  use 64 ql bytes (low nibbles: elements 0..63, high nibbles: 64..127) and 32 qh bytes (2 bits
-  per element at shifts 0,2,4,6 for elements i, i+32, i+64, i+96); q - 32, 16 sub-blocks of 16
-  with int8 scales; w = d*scale*(q - 32).
+Conventions
+-----------
+* A tensor of logical numpy shape ``(rows..., n_cols)`` (ggml ``ne`` reversed;
+  the last dimension is the contiguous one) is stored row after row.  A row of
+  ``n_cols`` weights is ``n_cols / block_size`` consecutive blocks of
+  ``type_size`` bytes each; ``n_cols`` must be a multiple of ``block_size``.
+* Everything is little endian.  ``f16`` is an IEEE binary16 half, ``bf16`` the
+  upper 16 bits of an IEEE binary32, ``u8``/``i8`` unsigned/signed bytes.
+* In a block of 32 (``Q4_*``/``Q5_*``/``Q8_0``) element ``j`` is weight ``j``
+  of the block; in a K-quant super-block of ``QK_K = 256`` weights the block is
+  split into sub-blocks of 16 or 32 weights that share a scale.
+* "nibbles as Q4_0": ``qs`` is 16 bytes; element ``j < 16`` is the low nibble
+  ``qs[j] & 0xF``, element ``j >= 16`` is the high nibble ``qs[j - 16] >> 4``.
 
-The dequantizers are vectorised numpy and equal ``gguf.quants.dequantize`` bit
-for bit (same float32 operation order); tests/test_quants.py holds them to it.
+Block layouts (``block_size`` weights -> ``type_size`` bytes)
+-------------------------------------------------------------
+``F32``  (1 -> 4):  one little-endian float32.
+``F16``  (1 -> 2):  one f16; ``w = float32(h)``.
+``BF16`` (1 -> 2):  one bf16 ``u16``; ``w`` has the bits ``u16 << 16``.
+
+``Q4_0`` (32 -> 18):  ``d f16 | qs u8[16]``; ``q`` = nibbles as Q4_0;
+    ``w = d * (q - 8)``.
+``Q4_1`` (32 -> 20):  ``d f16 | m f16 | qs u8[16]``; ``q`` = nibbles as Q4_0;
+    ``w = d * q + m``.
+``Q5_0`` (32 -> 22):  ``d f16 | qh u8[4] | qs u8[16]``; ``qh`` is a u32;
+    ``q = nibble_j | ((qh >> j) & 1) << 4``; ``w = d * (q - 16)``.
+``Q5_1`` (32 -> 24):  ``d f16 | m f16 | qh u8[4] | qs u8[16]``; ``q`` as
+    Q5_0; ``w = d * q + m``.
+``Q8_0`` (32 -> 34):  ``d f16 | qs i8[32]``; ``w = q * d``.
+
+``Q2_K`` (256 -> 84):  ``scales u8[16] | qs u8[64] | d f16 | dmin f16``.
+    16 sub-blocks of 16 weights; sub-block ``s = e // 16`` has
+    ``scale = scales[s] & 0xF`` and ``min = scales[s] >> 4``.  The 256 weights
+    are two halves of 128; half ``h`` uses ``qs[32h : 32h + 32]`` and weight
+    ``e = 128h + 32k + l`` (``k`` in 0..3, ``l`` in 0..31) is
+    ``q = (qs[32h + l] >> 2k) & 3``.
+    ``w = (d * scale) * q - dmin * min``.
+``Q3_K`` (256 -> 110):  ``hmask u8[32] | qs u8[64] | scales u8[12] | d f16``.
+    Low 2 bits of ``q`` exactly as Q2_K's ``qs``; high bit of weight
+    ``e = 32k + l`` (``k`` in 0..7) is ``(hmask[l] >> k) & 1``;
+    ``q = low2 - (4 if that bit is 0 else 0)`` (range -4..3).
+    16 sub-blocks of 16 weights with 6-bit scales ``sc[i]``:
+    low 4 bits ``scales[i] & 0xF`` for ``i < 8``, ``scales[i - 8] >> 4`` for
+    ``i >= 8``; high 2 bits ``(scales[8 + i % 4] >> 2 * (i // 4)) & 3``;
+    the signed scale is ``sc[i] - 32``.  ``w = (d * (sc[s] - 32)) * q``.
+``Q4_K`` (256 -> 144):  ``d f16 | dmin f16 | scales u8[12] | qs u8[128]``.
+    8 sub-blocks of 32 weights, each with a 6-bit scale ``sc[s]`` and a 6-bit
+    min ``mn[s]`` packed in the 12 bytes (see :func:`k_scale_min`):
+    ``s < 4``: ``sc = scales[s] & 63``, ``mn = scales[s + 4] & 63``;
+    ``s >= 4``: ``sc = (scales[s + 4] & 0xF) | (scales[s - 4] >> 6) << 4``,
+    ``mn = (scales[s + 4] >> 4) | (scales[s] >> 6) << 4``.
+    Each 32 bytes ``qs[32c : 32c + 32]`` hold sub-block ``2c`` in their low
+    nibbles and sub-block ``2c + 1`` in their high nibbles: weight
+    ``e = 64c + 32t + l`` is ``q = (qs[32c + l] >> 4t) & 0xF``.
+    ``w = (d * sc[s]) * q - dmin * mn[s]``.
+``Q5_K`` (256 -> 176):  ``d f16 | dmin f16 | scales u8[12] | qh u8[32] |
+    qs u8[128]``.  As Q4_K, plus a fifth bit: weight ``e = 32s + l`` gets
+    ``((qh[l] >> s) & 1) << 4``.  ``w = (d * sc[s]) * q - dmin * mn[s]``.
+``Q6_K`` (256 -> 210):  ``ql u8[128] | qh u8[64] | scales i8[16] | d f16``.
+    Two halves of 128 weights; half ``h`` uses ``ql[64h : 64h + 64]`` and
+    ``qh[32h : 32h + 32]``.  Weight ``e = 128h + 64t + m`` (``t`` in 0..1,
+    ``m`` in 0..63) has low 4 bits ``(ql[64h + m] >> 4t) & 0xF``; weight
+    ``e = 128h + 32k + l`` (``k`` in 0..3) has high 2 bits
+    ``(qh[32h + l] >> 2k) & 3``; ``q = (low | high << 4) - 32`` (-32..31).
+    16 sub-blocks of 16 weights with int8 scales: ``w = (d * scales[e // 16]) * q``.
+
+Arithmetic (bit exactness)
+--------------------------
+Reference: ``gguf.quants`` (the same as ggml's C dequantizers).  Scales are
+widened exactly f16 -> float32 and every product is taken in float32.  All
+products are exact: an f16 has 11 significant bits, the integer factors at
+most 7 + 5 (Q6_K ``scale * q``), so ``d * scale * q`` needs <= 23 bits and its
+value does not depend on the order of the factors.  The only rounding is the
+one float32 add of the offset in Q4_1/Q5_1 (``+ m``) and Q2_K/Q4_K/Q5_K
+(``- dmin * min``), so a fused multiply-add, or computing in float64 and
+rounding once to float32, gives the same bits too.  What does break bit
+exactness: products in f16, or rounding an intermediate to f16 / bf16.
 """
 
 from __future__ import annotations
 
+import math
+import operator
+import os
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-QK_K = 256
+__all__ = [
+    "QK_K",
+    "QuantType",
+    "UnsupportedQuantType",
+    "SUPPORTED_TYPES",
+    "QUANT_TYPES",
+    "quant_info",
+    "is_supported",
+    "row_bytes",
+    "dequantize",
+    "dequantize_rows",
+    "k_scale_min",
+]
+
 T = GGMLQuantizationType
+QK_K = 256  #: weights per K-quant super-block
+
+_F32 = np.float32
+_SH2 = np.array([0, 2, 4, 6], np.uint8)  # 2-bit fields of a byte
+_SH4 = np.array([0, 4], np.uint8)  # nibbles of a byte
+_BITS = np.arange(8, dtype=np.uint8)  # bits of a byte
 
 
 class UnsupportedQuantType(ValueError):
-    """A tensor type kvrun has no kernels for."""
+    """A tensor type kvrun cannot decode (no layout, no kernels).
+
+    Attributes
+    ----------
+    qtype : int
+        The ggml type id that was asked for.
+    """
+
+    def __init__(self, qtype: object) -> None:
+        self.qtype = qtype
+        names = ", ".join(QUANT_TYPES[t].name for t in SUPPORTED_TYPES)
+        super().__init__(f"tensor type {_type_label(qtype)} is not supported by kvrun; supported types: {names}")
 
 
 @dataclass(frozen=True)
 class QuantType:
+    """Size facts of one supported GGML tensor type.
+
+    Attributes
+    ----------
+    qtype : int
+        ggml type id (``gguf.GGMLQuantizationType``).
+    name : str
+        ggml type name, e.g. ``"Q4_K"``.
+    block_size : int
+        Weights per block.
+    type_size : int
+        Bytes per block.
+    fields : tuple of (str, int)
+        The block's fields in byte order as ``(name, n_bytes)``; they add up
+        to ``type_size``.  The module docstring says what each field means.
+    """
+
     qtype: int
     name: str
     block_size: int
     type_size: int
+    fields: tuple[tuple[str, int], ...] = field(default=(), compare=False)
+
+    def offset(self, name: str) -> int:
+        """Byte offset of field ``name`` within a block.
+
+        Raises
+        ------
+        KeyError
+            If the block has no such field.
+        """
+        o = 0
+        for f, n in self.fields:
+            if f == name:
+                return o
+            o += n
+        raise KeyError(f"{self.name} blocks have no field {name!r}; fields: {[f for f, _ in self.fields]}")
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Storage cost, ``8 * type_size / block_size``."""
+        return 8.0 * self.type_size / self.block_size
 
 
 # ----------------------------------------------------------------- block dequantizers
-# Each takes blocks [n_blocks, type_size] uint8 and returns [n_blocks, block_size] float32.
+# Each ``_deq_<type>(b, out)`` reads blocks ``b`` [n, type_size] uint8 and writes
+# ``out`` [n, block_size] float32.  The operation order (and float32 dtype of
+# every intermediate) mirrors gguf.quants so results agree bit for bit.
 
 
 def _f16(b: np.ndarray) -> np.ndarray:
-    return b.view(np.float16).astype(np.float32)
+    """Two-byte columns ``[n, 2]`` uint8 -> ``[n, 1]`` float32 (exact)."""
+    return b.view(np.float16).astype(_F32)
 
 
 def _nibbles(qs: np.ndarray) -> np.ndarray:
-    """[n, 16] bytes -> [n, 32] nibbles (low nibbles first)."""
-    return np.concatenate([qs & np.uint8(0x0F), qs >> np.uint8(4)], axis=-1)
+    """``[n, 16]`` bytes -> ``[n, 32]`` uint8 nibbles, the 16 low ones first."""
+    n = qs.shape[0]
+    q = np.empty((n, 2, 16), np.uint8)
+    np.bitwise_and(qs, np.uint8(0x0F), out=q[:, 0])
+    np.right_shift(qs, np.uint8(4), out=q[:, 1])
+    return q.reshape(n, 32)
 
 
-def _qh_bits(qh: np.ndarray) -> np.ndarray:
-    """[n, 4] bytes (u32 little endian) -> [n, 32] bits."""
-    return np.unpackbits(qh, axis=-1, bitorder="little")
+def _deq_f32(b: np.ndarray, out: np.ndarray) -> None:
+    """``F32``: one little-endian float32 per element."""
+    out[...] = b.view(np.float32)
 
 
-def _deq_f32(b: np.ndarray) -> np.ndarray:
-    return b.view(np.float32)
+def _deq_f16(b: np.ndarray, out: np.ndarray) -> None:
+    """``F16``: one IEEE half per element, widened exactly."""
+    out[...] = b.view(np.float16)
 
 
-def _deq_f16(b: np.ndarray) -> np.ndarray:
-    return _f16(b)
+def _deq_bf16(b: np.ndarray, out: np.ndarray) -> None:
+    """``BF16``: the u16 is the upper half of the float32's bits."""
+    np.left_shift(b.view(np.uint16), np.uint32(16), out=out.view(np.uint32))
 
 
-def _deq_bf16(b: np.ndarray) -> np.ndarray:
-    return (b.view(np.int16).astype(np.int32) << 16).view(np.float32)
+def _deq_q4_0(b: np.ndarray, out: np.ndarray) -> None:
+    """``Q4_0`` 18 B: ``d f16 | qs u8[16]``; nibbles as Q4_0; ``w = d * (q - 8)``."""
+    q = _nibbles(b[:, 2:]).view(np.int8)
+    q -= np.int8(8)
+    np.multiply(_f16(b[:, 0:2]), q, out=out)
 
 
-def _deq_q4_0(b: np.ndarray) -> np.ndarray:
-    d = _f16(b[:, :2])
-    q = _nibbles(b[:, 2:]).astype(np.int8) - np.int8(8)
-    return d * q.astype(np.float32)
+def _deq_q4_1(b: np.ndarray, out: np.ndarray) -> None:
+    """``Q4_1`` 20 B: ``d f16 | m f16 | qs u8[16]``; nibbles as Q4_0; ``w = d * q + m``."""
+    np.multiply(_f16(b[:, 0:2]), _nibbles(b[:, 4:]), out=out)
+    out += _f16(b[:, 2:4])
 
 
-def _deq_q4_1(b: np.ndarray) -> np.ndarray:
-    d, m = _f16(b[:, :2]), _f16(b[:, 2:4])
-    return d * _nibbles(b[:, 4:]).astype(np.float32) + m
+def _q5(qh: np.ndarray, qs: np.ndarray) -> np.ndarray:
+    """Q5_0/Q5_1 5-bit values: nibble ``j`` | bit ``j`` of the u32 ``qh`` << 4."""
+    q = _nibbles(qs)
+    q |= np.unpackbits(qh, axis=-1, bitorder="little") << np.uint8(4)
+    return q
 
 
-def _deq_q5_0(b: np.ndarray) -> np.ndarray:
-    d = _f16(b[:, :2])
-    q = (_nibbles(b[:, 6:]) | (_qh_bits(b[:, 2:6]) << np.uint8(4))).astype(np.int8) - np.int8(16)
-    return d * q.astype(np.float32)
+def _deq_q5_0(b: np.ndarray, out: np.ndarray) -> None:
+    """``Q5_0`` 22 B: ``d f16 | qh u8[4] | qs u8[16]``; ``w = d * (q - 16)``."""
+    q = _q5(b[:, 2:6], b[:, 6:]).view(np.int8)
+    q -= np.int8(16)
+    np.multiply(_f16(b[:, 0:2]), q, out=out)
 
 
-def _deq_q5_1(b: np.ndarray) -> np.ndarray:
-    d, m = _f16(b[:, :2]), _f16(b[:, 2:4])
-    q = _nibbles(b[:, 8:]) | (_qh_bits(b[:, 4:8]) << np.uint8(4))
-    return d * q.astype(np.float32) + m
+def _deq_q5_1(b: np.ndarray, out: np.ndarray) -> None:
+    """``Q5_1`` 24 B: ``d f16 | m f16 | qh u8[4] | qs u8[16]``; ``w = d * q + m``."""
+    np.multiply(_f16(b[:, 0:2]), _q5(b[:, 4:8], b[:, 8:]), out=out)
+    out += _f16(b[:, 2:4])
 
 
-def _deq_q8_0(b: np.ndarray) -> np.ndarray:
-    return b[:, 2:].view(np.int8).astype(np.float32) * _f16(b[:, :2])
+def _deq_q8_0(b: np.ndarray, out: np.ndarray) -> None:
+    """``Q8_0`` 34 B: ``d f16 | qs i8[32]``; ``w = q * d``."""
+    np.multiply(b[:, 2:].view(np.int8), _f16(b[:, 0:2]), out=out)
 
 
-def _deq_q2_k(b: np.ndarray) -> np.ndarray:
+def _crumbs(qs: np.ndarray, n_groups: int) -> np.ndarray:
+    """2-bit fields: ``qs`` [n, 32 * n_groups] -> [n, n_groups, 4, 32]; field k of byte l at [.., k, l]."""
+    n = qs.shape[0]
+    return (qs.reshape(n, n_groups, 1, 32) >> _SH2.reshape(1, 1, 4, 1)) & np.uint8(3)
+
+
+def _deq_q2_k(b: np.ndarray, out: np.ndarray) -> None:
+    """``Q2_K`` 84 B: ``scales u8[16] | qs u8[64] | d f16 | dmin f16``; see the module docstring."""
     n = b.shape[0]
-    scales, qs = b[:, :16], b[:, 16:80]
+    scales = b[:, 0:16]
     d, dmin = _f16(b[:, 80:82]), _f16(b[:, 82:84])
-    dl = (d * (scales & 0xF).astype(np.float32)).reshape(n, 16, 1)
-    ml = (dmin * (scales >> 4).astype(np.float32)).reshape(n, 16, 1)
-    shift = np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)
-    q = ((qs.reshape(n, 2, 1, 32) >> shift) & np.uint8(3)).reshape(n, 16, 16).astype(np.float32)
-    return (dl * q - ml).reshape(n, QK_K)
+    dl = (d * (scales & np.uint8(0x0F)).astype(_F32)).reshape(n, 16, 1)
+    ml = (dmin * (scales >> np.uint8(4)).astype(_F32)).reshape(n, 16, 1)
+    o = out.reshape(n, 16, 16)
+    np.multiply(dl, _crumbs(b[:, 16:80], 2).reshape(n, 16, 16), out=o)
+    o -= ml
 
 
-def _deq_q3_k(b: np.ndarray) -> np.ndarray:
+def _deq_q3_k(b: np.ndarray, out: np.ndarray) -> None:
+    """``Q3_K`` 110 B: ``hmask u8[32] | qs u8[64] | scales u8[12] | d f16``; see the module docstring."""
     n = b.shape[0]
-    hmask, qs, sc, d = b[:, :32], b[:, 32:96], b[:, 96:108], _f16(b[:, 108:110])
-    lo = (sc[:, :8].reshape(n, 1, 8) >> np.array([0, 4], np.uint8).reshape(1, 2, 1)).reshape(n, 16)
-    hi = (sc[:, 8:].reshape(n, 1, 4) >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 4, 1)).reshape(n, 16)
-    scales = ((lo & np.uint8(0x0F)) | ((hi & np.uint8(0x03)) << np.uint8(4))).astype(np.int8) - np.int8(32)
-    dl = (d * scales.astype(np.float32)).reshape(n, 16, 1)
-    ql = (qs.reshape(n, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)).reshape(n, 16, 16) & np.uint8(3)
-    qh = (hmask.reshape(n, 1, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(1, 1, 8, 1)).reshape(n, 16, 16) & np.uint8(1)
-    q = (ql.astype(np.int8) - ((qh ^ np.uint8(1)) << np.uint8(2)).astype(np.int8)).astype(np.float32)
-    return (dl * q).reshape(n, QK_K)
+    hmask, sc = b[:, 0:32], b[:, 96:108]
+    lo = (sc[:, 0:8].reshape(n, 1, 8) >> _SH4.reshape(1, 2, 1)).reshape(n, 16) & np.uint8(0x0F)
+    hi = (sc[:, 8:12].reshape(n, 1, 4) >> _SH2.reshape(1, 4, 1)).reshape(n, 16) & np.uint8(3)
+    scale = (lo | (hi << np.uint8(4))).view(np.int8) - np.int8(32)
+    dl = (_f16(b[:, 108:110]) * scale.astype(_F32)).reshape(n, 16, 1)
+    hbit = (hmask.reshape(n, 1, 32) >> _BITS.reshape(1, 8, 1)) & np.uint8(1)  # [n, 8, 32]
+    q = _crumbs(b[:, 32:96], 2).reshape(n, 8, 32) | (hbit << np.uint8(2))
+    q = q.view(np.int8)
+    q -= np.int8(4)  # low2 - 4 * (1 - hbit)
+    np.multiply(dl, q.reshape(n, 16, 16), out=out.reshape(n, 16, 16))
 
 
 def k_scale_min(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Q4_K/Q5_K: 12 packed bytes -> 8 six-bit scales and 8 six-bit mins.
+    """Unpack the 12 scale bytes of Q4_K / Q5_K super-blocks.
 
-    Bytes 0-3 hold scales 0-3 (low 6 bits) and the top 2 bits of scales 4-7;
-    bytes 4-7 hold mins 0-3 likewise; bytes 8-11 hold the low 4 bits of
-    scales 4-7 (low nibble) and mins 4-7 (high nibble).
+    Parameters
+    ----------
+    scales : numpy.ndarray
+        ``[n, 12]`` uint8, the ``scales`` field of ``n`` blocks.
+
+    Returns
+    -------
+    sc, mn : numpy.ndarray
+        ``[n, 8]`` uint8 each: the 6-bit scale and 6-bit min of the 8
+        sub-blocks of 32.  Bytes 0-3 hold ``sc[0..3]`` in their low 6 bits and
+        the top 2 bits of ``sc[4..7]``; bytes 4-7 likewise for ``mn``; bytes
+        8-11 hold the low 4 bits of ``sc[4..7]`` (low nibble) and of
+        ``mn[4..7]`` (high nibble).
     """
     n = scales.shape[0]
     s = scales.reshape(n, 3, 4)
     d, m, md = s[:, 0], s[:, 1], s[:, 2]
-    sc = np.concatenate([d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)], axis=-1)
-    mn = np.concatenate([m & 0x3F, (md >> 4) | ((m >> 2) & 0x30)], axis=-1)
+    sc = np.concatenate([d & np.uint8(0x3F), (md & np.uint8(0x0F)) | ((d >> np.uint8(2)) & np.uint8(0x30))], axis=-1)
+    mn = np.concatenate([m & np.uint8(0x3F), (md >> np.uint8(4)) | ((m >> np.uint8(2)) & np.uint8(0x30))], axis=-1)
     return sc, mn
 
 
-def _deq_q4_k(b: np.ndarray) -> np.ndarray:
+def _k_scales(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K/Q5_K: ``(d * sc, dmin * mn)`` as float32 ``[n, 8, 1]``."""
     n = b.shape[0]
-    d, dmin = _f16(b[:, :2]), _f16(b[:, 2:4])
     sc, mn = k_scale_min(b[:, 4:16])
-    dl = (d * sc.astype(np.float32)).reshape(n, 8, 1)
-    ml = (dmin * mn.astype(np.float32)).reshape(n, 8, 1)
-    q = (b[:, 16:].reshape(n, 4, 1, 32) >> np.array([0, 4], np.uint8).reshape(1, 1, 2, 1)) & np.uint8(0x0F)
-    return (dl * q.reshape(n, 8, 32).astype(np.float32) - ml).reshape(n, QK_K)
+    dl = (_f16(b[:, 0:2]) * sc.astype(_F32)).reshape(n, 8, 1)
+    ml = (_f16(b[:, 2:4]) * mn.astype(_F32)).reshape(n, 8, 1)
+    return dl, ml
 
 
-def _deq_q5_k(b: np.ndarray) -> np.ndarray:
+def _k_nibbles(qs: np.ndarray) -> np.ndarray:
+    """Q4_K/Q5_K ``qs`` [n, 128] -> [n, 8, 32]: sub-block 2c low nibbles, 2c+1 high nibbles of qs[32c:32c+32]."""
+    n = qs.shape[0]
+    q = np.empty((n, 4, 2, 32), np.uint8)
+    c = qs.reshape(n, 4, 32)
+    np.bitwise_and(c, np.uint8(0x0F), out=q[:, :, 0])
+    np.right_shift(c, np.uint8(4), out=q[:, :, 1])
+    return q.reshape(n, 8, 32)
+
+
+def _deq_q4_k(b: np.ndarray, out: np.ndarray) -> None:
+    """``Q4_K`` 144 B: ``d f16 | dmin f16 | scales u8[12] | qs u8[128]``; see the module docstring."""
     n = b.shape[0]
-    d, dmin = _f16(b[:, :2]), _f16(b[:, 2:4])
-    sc, mn = k_scale_min(b[:, 4:16])
-    qh, qs = b[:, 16:48], b[:, 48:]
-    dl = (d * sc.astype(np.float32)).reshape(n, 8, 1)
-    ml = (dmin * mn.astype(np.float32)).reshape(n, 8, 1)
-    ql = ((qs.reshape(n, 4, 1, 32) >> np.array([0, 4], np.uint8).reshape(1, 1, 2, 1)) & np.uint8(0x0F)).reshape(n, 8, 32)
-    hb = ((qh.reshape(n, 1, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(1, 1, 8, 1)) & np.uint8(1)).reshape(n, 8, 32)
-    q = (ql | (hb << np.uint8(4))).astype(np.float32)
-    return (dl * q - ml).reshape(n, QK_K)
+    dl, ml = _k_scales(b)
+    o = out.reshape(n, 8, 32)
+    np.multiply(dl, _k_nibbles(b[:, 16:144]), out=o)
+    o -= ml
 
 
-def _deq_q6_k(b: np.ndarray) -> np.ndarray:
+def _deq_q5_k(b: np.ndarray, out: np.ndarray) -> None:
+    """``Q5_K`` 176 B: ``d f16 | dmin f16 | scales u8[12] | qh u8[32] | qs u8[128]``; see the module docstring."""
     n = b.shape[0]
-    ql, qh, sc, d = b[:, :128], b[:, 128:192], b[:, 192:208], _f16(b[:, 208:210])
-    dl = (d * sc.view(np.int8).astype(np.float32)).reshape(n, 16, 1)
-    lo = ((ql.reshape(n, 2, 1, 64) >> np.array([0, 4], np.uint8).reshape(1, 1, 2, 1)) & np.uint8(0x0F)).reshape(n, 8, 32)
-    hi = ((qh.reshape(n, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)) & np.uint8(3)).reshape(n, 8, 32)
-    q = ((lo | (hi << np.uint8(4))).astype(np.int8) - np.int8(32)).reshape(n, 16, 16).astype(np.float32)
-    return (dl * q).reshape(n, QK_K)
+    dl, ml = _k_scales(b)
+    q = _k_nibbles(b[:, 48:176])
+    q |= ((b[:, 16:48].reshape(n, 1, 32) >> _BITS.reshape(1, 8, 1)) & np.uint8(1)) << np.uint8(4)
+    o = out.reshape(n, 8, 32)
+    np.multiply(dl, q, out=o)
+    o -= ml
 
 
-_DEQUANT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
-    T.F32: _deq_f32,
-    T.F16: _deq_f16,
-    T.BF16: _deq_bf16,
-    T.Q4_0: _deq_q4_0,
-    T.Q4_1: _deq_q4_1,
-    T.Q5_0: _deq_q5_0,
-    T.Q5_1: _deq_q5_1,
-    T.Q8_0: _deq_q8_0,
-    T.Q2_K: _deq_q2_k,
-    T.Q3_K: _deq_q3_k,
-    T.Q4_K: _deq_q4_k,
-    T.Q5_K: _deq_q5_k,
-    T.Q6_K: _deq_q6_k,
+def _deq_q6_k(b: np.ndarray, out: np.ndarray) -> None:
+    """``Q6_K`` 210 B: ``ql u8[128] | qh u8[64] | scales i8[16] | d f16``; see the module docstring."""
+    n = b.shape[0]
+    dl = (_f16(b[:, 208:210]) * b[:, 192:208].view(np.int8).astype(_F32)).reshape(n, 16, 1)
+    q = np.empty((n, 2, 2, 64), np.uint8)
+    ql = b[:, 0:128].reshape(n, 2, 64)
+    np.bitwise_and(ql, np.uint8(0x0F), out=q[:, :, 0])
+    np.right_shift(ql, np.uint8(4), out=q[:, :, 1])
+    q = q.reshape(n, 8, 32)
+    q |= _crumbs(b[:, 128:192], 2).reshape(n, 8, 32) << np.uint8(4)
+    qi = q.view(np.int8)
+    qi -= np.int8(32)
+    np.multiply(dl, qi.reshape(n, 16, 16), out=out.reshape(n, 16, 16))
+
+
+# ----------------------------------------------------------------- the table
+_Kernel = Callable[[np.ndarray, np.ndarray], None]
+
+# type -> (fields in byte order, dequantizer)
+_LAYOUTS: dict[GGMLQuantizationType, tuple[tuple[tuple[str, int], ...], _Kernel]] = {
+    T.F32: ((("f32", 4),), _deq_f32),
+    T.F16: ((("f16", 2),), _deq_f16),
+    T.BF16: ((("bf16", 2),), _deq_bf16),
+    T.Q4_0: ((("d", 2), ("qs", 16)), _deq_q4_0),
+    T.Q4_1: ((("d", 2), ("m", 2), ("qs", 16)), _deq_q4_1),
+    T.Q5_0: ((("d", 2), ("qh", 4), ("qs", 16)), _deq_q5_0),
+    T.Q5_1: ((("d", 2), ("m", 2), ("qh", 4), ("qs", 16)), _deq_q5_1),
+    T.Q8_0: ((("d", 2), ("qs", 32)), _deq_q8_0),
+    T.Q2_K: ((("scales", 16), ("qs", 64), ("d", 2), ("dmin", 2)), _deq_q2_k),
+    T.Q3_K: ((("hmask", 32), ("qs", 64), ("scales", 12), ("d", 2)), _deq_q3_k),
+    T.Q4_K: ((("d", 2), ("dmin", 2), ("scales", 12), ("qs", 128)), _deq_q4_k),
+    T.Q5_K: ((("d", 2), ("dmin", 2), ("scales", 12), ("qh", 32), ("qs", 128)), _deq_q5_k),
+    T.Q6_K: ((("ql", 128), ("qh", 64), ("scales", 16), ("d", 2)), _deq_q6_k),
 }
 
-QUANT_TYPES: dict[int, QuantType] = {
-    int(t): QuantType(int(t), T(t).name, *GGML_QUANT_SIZES[T(t)]) for t in _DEQUANT
-}
+
+def _build_table() -> dict[int, QuantType]:
+    table: dict[int, QuantType] = {}
+    for t, (fields, _) in _LAYOUTS.items():
+        assert t in GGML_QUANT_SIZES, f"gguf {t.name}: no entry in GGML_QUANT_SIZES"
+        block_size, type_size = GGML_QUANT_SIZES[t]
+        assert sum(n for _, n in fields) == type_size, f"{t.name}: documented fields do not add up to {type_size} B"
+        table[int(t)] = QuantType(int(t), t.name, int(block_size), int(type_size), fields)
+    return table
+
+
+#: ggml type id -> :class:`QuantType`, for every supported type.
+QUANT_TYPES: dict[int, QuantType] = _build_table()
+#: ggml type ids kvrun can decode, in table order.
 SUPPORTED_TYPES: tuple[int, ...] = tuple(QUANT_TYPES)
-
-# guard at import: every supported type has its table entry and dequantizer
-assert set(QUANT_TYPES) == set(_DEQUANT)
+_KERNELS: dict[int, _Kernel] = {int(t): k for t, (_, k) in _LAYOUTS.items()}
 
 
-def _type_name(qtype: int) -> str:
+def _type_label(qtype: object) -> str:
     try:
-        return T(qtype).name
-    except ValueError:
-        return f"#{qtype}"
+        return f"{T(qtype).name} ({int(qtype)})"  # type: ignore[call-overload]
+    except (ValueError, TypeError):
+        return f"{qtype!r} (not a GGML type id)"
+
+
+def _as_id(qtype: object) -> int | None:
+    try:
+        return operator.index(qtype)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def is_supported(qtype: int) -> bool:
-    return int(qtype) in QUANT_TYPES
+    """Whether kvrun can decode tensors of ggml type id ``qtype``."""
+    return _as_id(qtype) in QUANT_TYPES
 
 
 def quant_info(qtype: int) -> QuantType:
-    """Block size and bytes per block of ``qtype``; :class:`UnsupportedQuantType` otherwise."""
-    try:
-        return QUANT_TYPES[int(qtype)]
-    except KeyError:
-        names = ", ".join(q.name for q in QUANT_TYPES.values())
-        raise UnsupportedQuantType(f"tensor type {_type_name(qtype)} is not supported; kvrun supports {names}") from None
+    """Block size, bytes per block and field layout of a ggml type.
+
+    Parameters
+    ----------
+    qtype : int
+        ggml type id (a ``gguf.GGMLQuantizationType`` or plain int).
+
+    Returns
+    -------
+    QuantType
+
+    Raises
+    ------
+    UnsupportedQuantType
+        If ``qtype`` is not in :data:`SUPPORTED_TYPES`; the message names the
+        type and lists the supported ones.
+    """
+    info = QUANT_TYPES.get(_as_id(qtype))  # type: ignore[arg-type]
+    if info is None:
+        raise UnsupportedQuantType(qtype)
+    return info
 
 
 def row_bytes(qtype: int, n_cols: int) -> int:
-    """Bytes of one row of ``n_cols`` weights."""
-    q = quant_info(qtype)
-    if n_cols % q.block_size:
-        raise ValueError(f"a row of {n_cols} is not a whole number of {q.name} blocks of {q.block_size}")
-    return n_cols // q.block_size * q.type_size
+    """Bytes taken by one row of ``n_cols`` weights of type ``qtype``.
+
+    Raises
+    ------
+    UnsupportedQuantType
+        If the type is not supported.
+    ValueError
+        If ``n_cols`` is negative or not a whole number of blocks.
+    """
+    info = quant_info(qtype)
+    n = operator.index(n_cols)
+    if n < 0 or n % info.block_size:
+        raise ValueError(f"a row of {n} weights is not a whole number of {info.name} blocks of {info.block_size}")
+    return n // info.block_size * info.type_size
+
+
+# ----------------------------------------------------------------- drivers
+# Large tensors are decoded in chunks (so the kernels' temporaries stay in
+# cache) on a few threads (numpy releases the GIL inside ufunc loops).
+_CHUNK_WEIGHTS = 1 << 18  # weights per chunk (1 MiB of float32)
+_PARALLEL_MIN = 1 << 20  # below this many weights, decode on the calling thread
+_MAX_THREADS = 8
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _n_threads() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, _MAX_THREADS))
+
+
+def _get_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=_n_threads(), thread_name_prefix="kvrun-dequant")
+        return _pool
+
+
+def _quiet(kernel: _Kernel) -> _Kernel:
+    """``kernel`` with float warnings off: a NaN/inf scale in a file decodes to NaN/inf
+    silently, the same on the calling thread and on pool threads (errstate is per thread)."""
+
+    def run(b: np.ndarray, out: np.ndarray) -> None:
+        with np.errstate(all="ignore"):
+            kernel(b, out)
+
+    return run
+
+
+def _run(info: QuantType, blocks: np.ndarray, out: np.ndarray) -> None:
+    """Decode ``blocks`` [n, type_size] into ``out`` [n, block_size] float32."""
+    kernel = _quiet(_KERNELS[info.qtype])
+    n = blocks.shape[0]
+    step = max(1, _CHUNK_WEIGHTS // info.block_size)
+    if n <= step:
+        if n:
+            kernel(blocks, out)
+        return
+    starts = range(0, n, step)
+    if n * info.block_size < _PARALLEL_MIN or _n_threads() == 1:
+        for s in starts:
+            kernel(blocks[s : s + step], out[s : s + step])
+        return
+    for f in [_get_pool().submit(kernel, blocks[s : s + step], out[s : s + step]) for s in starts]:
+        f.result()
+
+
+def _flat_bytes(raw: np.ndarray) -> np.ndarray:
+    a = np.asarray(raw)
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    return a.reshape(-1).view(np.uint8)
 
 
 def dequantize(raw: np.ndarray, qtype: int, shape: tuple[int, ...]) -> np.ndarray:
-    """Raw GGUF bytes -> float32 array of logical ``shape`` (last dim contiguous)."""
-    q = quant_info(qtype)
-    blocks = np.ascontiguousarray(raw).view(np.uint8).reshape(-1, q.type_size)
-    return _DEQUANT[q.qtype](blocks).reshape(shape)
+    """Decode a whole tensor to float32.
+
+    Parameters
+    ----------
+    raw : numpy.ndarray
+        The tensor's bytes: any shape and dtype whose C-order bytes are the
+        blocks (typically a zero-copy uint8 view into the memory-mapped file).
+        A non-contiguous array is copied first.
+    qtype : int
+        ggml type id.
+    shape : tuple of int
+        Logical numpy shape ``(rows..., n_cols)``; the last dimension is the
+        contiguous one and must be a multiple of the block size.
+
+    Returns
+    -------
+    numpy.ndarray
+        A new, writable float32 array of ``shape`` (never a view of ``raw``).
+
+    Raises
+    ------
+    UnsupportedQuantType
+        If the type is not supported.
+    ValueError
+        If ``shape`` is empty, its last dimension is not a whole number of
+        blocks, or ``raw`` does not hold exactly the bytes ``shape`` needs.
+    """
+    info = quant_info(qtype)
+    shape = tuple(operator.index(s) for s in shape)
+    if not shape or min(shape) < 0:
+        raise ValueError(f"bad tensor shape {shape}")
+    rb = row_bytes(info.qtype, shape[-1])
+    buf = _flat_bytes(raw)
+    need = math.prod(shape[:-1]) * rb
+    if buf.size != need:
+        raise ValueError(f"{info.name} tensor of shape {shape} takes {need} bytes, got {buf.size}")
+    out = np.empty(shape, _F32)
+    _run(info, buf.reshape(-1, info.type_size), out.reshape(-1, info.block_size))
+    return out
 
 
 def dequantize_rows(raw2d: np.ndarray, qtype: int, rows: int | np.ndarray) -> np.ndarray:
-    """Rows of a ``[n_rows, row_bytes]`` uint8 matrix -> float32 ``[len(rows), n_cols]``."""
-    q = quant_info(qtype)
-    sel = np.ascontiguousarray(raw2d[np.atleast_1d(rows)])
-    n = sel.shape[0]
-    return _DEQUANT[q.qtype](sel.reshape(-1, q.type_size)).reshape(n, -1)
+    """Decode only some rows of a matrix (embedding lookup).
+
+    Only the selected rows' bytes are read, so this costs the same for a
+    memory-mapped 262144-row table as for a small one.
+
+    Parameters
+    ----------
+    raw2d : numpy.ndarray
+        ``[n_rows, row_bytes]`` uint8, the matrix's blocks row by row (another
+        dtype is viewed as uint8 along its last axis).
+    qtype : int
+        ggml type id.
+    rows : int or array_like of int
+        Row indices; negative indices count from the end as in numpy.
+
+    Returns
+    -------
+    numpy.ndarray
+        New float32 array of shape ``numpy.shape(rows) + (n_cols,)``: ``[n_cols]``
+        for an int, ``[len(rows), n_cols]`` for a 1-D index array.
+
+    Raises
+    ------
+    UnsupportedQuantType
+        If the type is not supported.
+    ValueError
+        If ``raw2d`` is not 2-D or its rows are not a whole number of blocks.
+    IndexError
+        If a row index is out of range.
+    TypeError
+        If ``rows`` is not integer.
+    """
+    info = quant_info(qtype)
+    raw2d = np.asarray(raw2d)
+    if raw2d.ndim != 2:
+        raise ValueError(f"raw2d must be [n_rows, row_bytes], got shape {raw2d.shape}")
+    if raw2d.dtype != np.uint8:
+        raw2d = raw2d.view(np.uint8)
+    if raw2d.shape[1] % info.type_size:
+        raise ValueError(f"rows of {raw2d.shape[1]} bytes are not a whole number of {info.name} blocks of {info.type_size} B")
+    n_cols = raw2d.shape[1] // info.type_size * info.block_size
+    idx = np.asarray(rows)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"row indices must be integers, got {idx.dtype}")
+    # fancy indexing gathers just these rows (np.take would first copy a non-contiguous raw2d whole)
+    sel = np.ascontiguousarray(raw2d[idx.reshape(-1)])
+    out = np.empty((sel.shape[0], n_cols), _F32)
+    _run(info, sel.reshape(-1, info.type_size), out.reshape(-1, info.block_size))
+    return out.reshape(idx.shape + (n_cols,))

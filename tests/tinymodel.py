@@ -54,7 +54,7 @@ def write_tiny_model(path: Path, arch: str = "llama", qtype: int = Q.F32, seed: 
     n_vocab = len(toks)
     w = GGUFWriter(str(path), arch)
     w.add_name(f"tiny-{arch}")
-    w.add_context_length(256)
+    w.add_context_length(1024)
     w.add_embedding_length(n_embd)
     w.add_block_count(n_layer)
     w.add_feed_forward_length(n_ff)

@@ -1,0 +1,144 @@
+"""Engine, sampling, sessions and the CLI on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from tinymodel import write_tiny_model
+
+from kvrun.cli import main
+from kvrun.loaders.errors import KvrunError
+from kvrun.runtime.api import Model
+from kvrun.runtime.engine import Engine, GenRequest
+from kvrun.runtime.sampling import Sampler, SamplerConfig, greedy
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("rt") / "tiny.gguf", "llama")
+
+
+@pytest.fixture(scope="module")
+def model(tiny_path):
+    return Model(Engine(tiny_path, n_ctx=512, n_batch=64))
+
+
+def test_greedy_is_argmax():
+    logits = np.array([0.1, 3.0, 2.9, -1.0], np.float32)
+    assert Sampler(greedy())(logits) == 1
+
+
+def test_same_seed_same_tokens():
+    logits = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
+    cfg = SamplerConfig(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=7)
+    a = [Sampler(cfg)(logits) for _ in range(1)] + [Sampler(cfg)(logits)]
+    s1, s2 = Sampler(cfg), Sampler(cfg)
+    assert [s1(logits) for _ in range(20)] == [s2(logits) for _ in range(20)]
+    assert a[0] == a[1]
+
+
+def test_top_k_and_min_p_restrict_candidates():
+    logits = np.array([5.0, 4.0, 0.0, -5.0], np.float32)
+    s = Sampler(SamplerConfig(temperature=5.0, top_k=2, top_p=1.0, min_p=0.0, seed=1))
+    assert {s(logits) for _ in range(200)} <= {0, 1}
+    s = Sampler(SamplerConfig(temperature=5.0, top_k=0, top_p=1.0, min_p=0.5, seed=1))
+    assert {s(logits) for _ in range(200)} <= {0, 1}
+
+
+def test_repeat_penalty_discourages_history():
+    logits = np.array([2.0, 1.9], np.float32)
+    s = Sampler(SamplerConfig(temperature=0.0, repeat_penalty=1.5))
+    assert s(logits, history=[0]) == 1
+
+
+def test_bad_sampling_settings_are_one_line_errors():
+    with pytest.raises(ValueError, match="top-p"):
+        SamplerConfig(top_p=0.0).validate()
+
+
+def test_generation_is_deterministic_and_stops(model):
+    a = model.complete("the", max_tokens=12, temperature=0)
+    b = model.complete("the", max_tokens=12, temperature=0)
+    assert a == b and len(model.tokenize(a, add_bos=False)) > 0
+    assert model.last_stats.n_gen <= 12
+
+
+def test_stop_string_is_not_printed(model):
+    full = model.complete("the", max_tokens=12, temperature=0)
+    stop = full[3:5]
+    if not stop.strip():
+        pytest.skip("degenerate continuation")
+    cut = model.complete("the", max_tokens=12, temperature=0, stop=stop)
+    assert stop not in cut and full.startswith(cut)
+
+
+def test_logits_cover_every_position(model):
+    ids = model.tokenize("the cat", add_bos=False)
+    lg = model.logits(ids)
+    assert lg.shape == (len(ids), model.config.n_vocab) and lg.dtype == np.float32
+    # the last row equals a fresh single evaluation of the same prefix
+    cache = model.new_cache()
+    last = model.engine.eval(cache, ids)[-1]
+    np.testing.assert_allclose(lg[-1], last, rtol=1e-4, atol=1e-4)
+
+
+def test_session_keeps_cache_between_turns(model):
+    s = model.session(system="sys")
+    s.send("hello", max_tokens=4, temperature=0)
+    first = s.last_stats.n_prompt
+    held = s.cache.offset
+    s.send("again", max_tokens=4, temperature=0)
+    # the second turn prefills only what is new, not the whole conversation
+    assert s.last_stats.n_prompt < held
+    assert first > 0
+
+
+def test_context_overflow_is_a_clear_error(model):
+    with pytest.raises(KvrunError, match="do not fit the context"):
+        model.engine.eval(model.new_cache(), [1] * 600)
+
+
+def test_cli_run(tiny_path):
+    r = CliRunner().invoke(main, ["run", str(tiny_path), "-p", "the", "-n", "8", "--temp", "0", "--no-stats"])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("the")
+
+
+def test_cli_run_bad_flag(tiny_path):
+    r = CliRunner().invoke(main, ["run", str(tiny_path), "-p", "the", "--top-p", "0"])
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "Traceback" not in r.output
+
+
+def test_cli_chat_script(tiny_path):
+    script = "hello\n/reset\nhi again\n/exit\n"
+    r = CliRunner().invoke(main, ["chat", str(tiny_path), "-n", "4", "--temp", "0", "-c", "512"], input=script)
+    assert r.exit_code == 0, r.output
+    assert "conversation cleared" in r.output
+    assert r.output.count("gen ") >= 2  # a stats line after each reply
+
+
+def test_cli_info_and_tokenize(tiny_path):
+    r = CliRunner().invoke(main, ["info", str(tiny_path), "--json"])
+    assert r.exit_code == 0
+    f = json.loads(r.output)
+    assert f["architecture"] == "llama" and f["n_layer"] == 2 and f["n_head_kv"] == 2
+    assert f["kv_bytes_per_token"]["16"] == 2 * 2 * 2 * 16 * 2
+    r = CliRunner().invoke(main, ["tokenize", str(tiny_path), "the cat", "--json"])
+    out = json.loads(r.output)
+    assert len(out["ids"]) == len(out["pieces"]) and "".join(out["pieces"]) == "the cat"
+
+
+def test_cli_bench_and_perplexity(tiny_path, tmp_path):
+    r = CliRunner().invoke(main, ["bench", str(tiny_path), "-p", "16", "-n", "4", "-r", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)["results"]
+    assert [x["test"] for x in res] == ["pp16", "tg4"] and all(x["tok_s"] > 0 for x in res)
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat. " * 40)
+    r = CliRunner().invoke(main, ["perplexity", str(tiny_path), "-f", str(text), "--ctx", "64", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output.strip().splitlines()[-1])
+    assert out["ppl"] > 1 and out["n_tokens"] == out["n_chunks"] * 31

@@ -31,7 +31,9 @@ def get_backend(device: str = "cpu") -> Backend:
     if device == "gpu":
         if not gpu_available():
             raise ValueError("--device gpu needs CuPy and an NVIDIA GPU; install kvrun[gpu] or use --device cpu")
-        raise ValueError("the GPU backend is not available in this build; use --device cpu")
+        from .gpu.backend import GPUBackend
+
+        return GPUBackend()
     raise ValueError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
 
 

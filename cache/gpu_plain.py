@@ -1,0 +1,69 @@
+"""The uncompressed cache on the GPU: cache/plain.py's fp16 ring buffer in device memory.
+
+Same layout and slot rule (slot = position % capacity, one position per slot,
+-1 = empty) and same capacities as :mod:`.plain`, so the two are
+interchangeable and comparable; attention runs in the CUDA kernels of
+``ops/gpu/attention.cu`` (split-K decode, tiled prefill).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ops.gpu import attention as attn
+from ..ops.gpu import kernels as K
+from ..ops.gpu.arrays import device_out, is_device, to_device
+from .base import LayerCache, LayerSpec
+
+DECODE_MAX_TOKENS = 4  # as cache/plain.py: up to this many queries take the decode kernels
+
+
+class GPUPlainLayerCache(LayerCache):
+    """fp16 K/V on the device in a ring of ``capacity`` slots, slot = position % capacity."""
+
+    def __init__(self, spec: LayerSpec, capacity: int) -> None:
+        xp = K.runtime().xp
+        self.spec = spec
+        self.capacity = capacity
+        # k: [n_head_kv, capacity, head_dim] float16; v likewise with head_dim_v
+        self.k = xp.zeros((spec.n_head_kv, capacity, spec.head_dim), np.float16)
+        self.v = xp.zeros((spec.n_head_kv, capacity, spec.head_dim_v), np.float16)
+        self.pos = xp.full(capacity, -1, np.int32)  # absolute position per slot
+        self.used = 0  # slots [0, used) have been written at least once
+
+    def update_and_attend(self, q, k, v, pos, out) -> None:
+        T = k.shape[0]
+        if T > self.capacity:
+            raise ValueError(f"batch of {T} tokens exceeds the layer cache of {self.capacity} slots")
+        # the host needs the slots anyway to know how far the ring has filled
+        pos_h = K.runtime().asnumpy(pos) if is_device(pos) else np.asarray(pos)
+        self.used = max(self.used, int((pos_h % self.capacity).max()) + 1)
+        pd = to_device(pos_h, np.int32)
+        qd, kd, vd = to_device(q), to_device(k), to_device(v)
+        attn.kv_store(kd, vd, pd, self.k, self.v, self.pos)
+        s = self.spec
+        run = attn.attend_decode if T <= DECODE_MAX_TOKENS else attn.attend_prefill
+        with device_out(out) as od:
+            run(qd, self.k, self.v, self.pos, self.used, pd, s.window, s.scale, s.softcap, od)
+
+    def n_tokens(self) -> int:
+        return int((self.pos >= 0).sum())
+
+    def nbytes(self) -> int:
+        return int(self.k.nbytes + self.v.nbytes + self.pos.nbytes)
+
+    def reset(self) -> None:
+        self.pos.fill(-1)
+        self.used = 0
+
+    def truncate(self, n_past: int) -> None:
+        self.pos[self.pos >= n_past] = -1
+
+
+def make_gpu_plain_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int) -> list[LayerCache]:
+    """One :class:`GPUPlainLayerCache` per layer spec (capacities as ``make_plain_cache``)."""
+    layers: list[LayerCache] = []
+    for spec in specs:
+        cap = n_ctx if spec.window <= 0 else min(n_ctx, spec.window + n_batch)
+        layers.append(GPUPlainLayerCache(spec, cap))
+    return layers

@@ -1,0 +1,69 @@
+"""Moving arguments between host and device for the GPU wrappers.
+
+Kernels take C-contiguous device arrays.  A wrapper may still be handed a
+host (numpy) array - today's models allocate their activation buffers with
+numpy and keep token ids, positions and rope tables on the host - so inputs
+are uploaded and outputs written back.  That is correct but costs a transfer
+per call; a model that allocates through ``backend.zeros`` pays nothing.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from . import kernels as K
+
+
+def is_device(a: Any) -> bool:
+    return isinstance(a, K.runtime().xp.ndarray)
+
+
+def to_device(a: Any, dtype: Any = np.float32) -> Any:
+    """``a`` as a C-contiguous device array of ``dtype`` (no copy when it already is one)."""
+    xp = K.runtime().xp
+    if isinstance(a, xp.ndarray):
+        if a.dtype == dtype and a.flags.c_contiguous:
+            return a
+        return xp.ascontiguousarray(a, dtype=dtype)
+    return xp.asarray(np.ascontiguousarray(a, dtype=dtype))
+
+
+@contextmanager
+def device_out(a: Any, dtype: Any = np.float32) -> Iterator[Any]:
+    """A device array to write ``a``'s new contents into; copied back into ``a`` on exit.
+
+    Holds ``a``'s current values too, for kernels that update in place.
+    """
+    d = to_device(a, dtype)
+    yield d
+    if d is not a:
+        if is_device(a):
+            a[...] = d
+        else:
+            a[...] = K.runtime().asnumpy(d).reshape(a.shape)
+
+
+class ConstCache:
+    """Device copies of host arrays that never change (rope tables), keyed by identity."""
+
+    def __init__(self) -> None:
+        self._copies: dict[int, tuple[Any, Any]] = {}
+
+    def get(self, a: Any, dtype: Any = np.float32) -> Any:
+        if is_device(a):
+            return to_device(a, dtype)
+        hit = self._copies.get(id(a))
+        if hit is not None and hit[0]() is a:
+            return hit[1]
+        d = to_device(a, dtype)
+        try:
+            ref = weakref.ref(a)
+        except TypeError:  # not weak-referenceable: do not cache
+            return d
+        self._copies[id(a)] = (ref, d)
+        return d

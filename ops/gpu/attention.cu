@@ -1,0 +1,297 @@
+// Grouped-query attention over the fp16 KV ring buffer of cache/gpu_plain.py.
+//
+// The layout is cache/plain.py's (see ops/cpu/attention.py for the reference):
+//
+//   k     [n_kv, cap, D]   fp16 bits      v  [n_kv, cap, Dv] fp16 bits
+//   kpos  [cap] int32, absolute position of the token in each slot, -1 = empty
+//
+// Slots are position-addressed, so masks are decided per slot from positions:
+// a key at pk is visible to a query at pq when 0 <= pk <= pq and, for a sliding
+// window w > 0, pq - pk < w.  Only slots [0, n_slots) are looked at.
+//
+//   kv_store_f16             write new K/V rows (float32 -> fp16) into the ring
+//   attn_decode_partial_f16  decode: flash-decoding (split-K).  A few queries
+//   attn_decode_reduce         cannot fill a GPU, so the cache is cut into
+//                              chunks of slots; each block does one chunk's
+//                              softmax for all query heads of one KV head
+//                              (K/V are read once per group), and a second
+//                              kernel merges the chunks' (max, sum, output).
+//   attn_prefill_f16         prefill: flash-attention tiles; a block holds a
+//                              tile of queries of one head and streams K/V
+//                              tiles through shared memory with an online
+//                              softmax, skipping tiles no query can see.
+#include "common.cuh"
+
+#define AD_CHUNK 128  // slots per decode split
+#define AD_MAX_D 256  // head_dim held in registers by the decode scores loop (8 per lane)
+
+__device__ __forceinline__ bool visible(int pk, int pq, int window) {
+    return pk >= 0 && pk <= pq && (window <= 0 || pq - pk < window);
+}
+
+// ------------------------------------------------------------------ store
+// grid (T * n_kv), block 128.  One block per (token, kv head); the caller makes
+// sure no two tokens of a batch share a slot (T <= cap).
+extern "C" __global__ void kv_store_f16(const float* __restrict__ k_new, // [T, n_kv, D]
+                                        const float* __restrict__ v_new, // [T, n_kv, Dv]
+                                        const int* __restrict__ pos,     // [T]
+                                        u16* __restrict__ k_cache,       // [n_kv, cap, D]
+                                        u16* __restrict__ v_cache,       // [n_kv, cap, Dv]
+                                        int* __restrict__ kpos,          // [cap]
+                                        int n_kv, int D, int Dv, int cap) {
+    const int t = blockIdx.x / n_kv, h = blockIdx.x % n_kv;
+    const int p = pos[t];
+    const int slot = p % cap;
+    const float* ks = k_new + ((size_t)t * n_kv + h) * D;
+    const float* vs = v_new + ((size_t)t * n_kv + h) * Dv;
+    u16* kd = k_cache + ((size_t)h * cap + slot) * D;
+    u16* vd = v_cache + ((size_t)h * cap + slot) * Dv;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) kd[d] = f2h(ks[d]);
+    for (int d = threadIdx.x; d < Dv; d += blockDim.x) vd[d] = f2h(vs[d]);
+    if (h == 0 && threadIdx.x == 0) kpos[slot] = p;
+}
+
+// ------------------------------------------------------------------ decode
+// grid (n_split, n_kv, T), block 128,
+// dynamic shared: (gqa * D + gqa * AD_CHUNK) floats, gqa = n_head / n_kv.
+// Writes, per (token, head, split): the chunk's max score m, sum of exp(s - m)
+// l, and the unnormalised output sum_j exp(s_j - m) v_j.  A chunk where no
+// slot is visible gets m = -inf, l = 0, o = 0.
+extern "C" __global__ void __launch_bounds__(128) attn_decode_partial_f16(
+    const float* __restrict__ q,    // [T, n_head, D]
+    const u16* __restrict__ k,      // [n_kv, cap, D]
+    const u16* __restrict__ v,      // [n_kv, cap, Dv]
+    const int* __restrict__ kpos,   // [cap]
+    const int* __restrict__ qpos,   // [T]
+    float* __restrict__ part_o,     // [T, n_head, n_split, Dv]
+    float* __restrict__ part_m,     // [T, n_head, n_split]
+    float* __restrict__ part_l,     // [T, n_head, n_split]
+    int n_slots, int cap, int n_head, int n_kv, int D, int Dv, int window, float scale, float softcap) {
+    extern __shared__ float smem[];
+    const int gqa = n_head / n_kv;
+    float* qs = smem;             // [gqa, D]
+    float* sc = smem + gqa * D;   // [gqa, AD_CHUNK] scores, then probabilities
+    const int split = blockIdx.x, kh = blockIdx.y, t = blockIdx.z, n_split = gridDim.x;
+    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, n_warps = blockDim.x / WARP;
+    const int j0 = split * AD_CHUNK;
+    const int nj = min(AD_CHUNK, n_slots - j0);
+    const int pq = qpos[t];
+
+    const float* qg = q + ((size_t)t * n_head + kh * gqa) * D;  // the group's heads are adjacent
+    for (int i = threadIdx.x; i < gqa * D; i += blockDim.x) qs[i] = qg[i];
+    __syncthreads();
+
+    // scores: one warp per slot; the lane's share of the key stays in registers
+    // while it is dotted with every query head of the group
+    for (int jj = warp; jj < nj; jj += n_warps) {
+        const int j = j0 + jj;
+        if (!visible(kpos[j], pq, window)) {
+            for (int g = lane; g < gqa; g += WARP) sc[g * AD_CHUNK + jj] = NEG_INF;
+            continue;
+        }
+        const u16* kr = k + ((size_t)kh * cap + j) * D;
+        float kreg[AD_MAX_D / WARP];
+#pragma unroll
+        for (int r = 0; r < AD_MAX_D / WARP; ++r) {
+            const int d = lane + WARP * r;
+            kreg[r] = d < D ? h2f(kr[d]) : 0.0f;
+        }
+        for (int g = 0; g < gqa; ++g) {
+            float s = 0.0f;
+#pragma unroll
+            for (int r = 0; r < AD_MAX_D / WARP; ++r) {
+                const int d = lane + WARP * r;
+                if (d < D) s += qs[g * D + d] * kreg[r];
+            }
+            s = warp_sum(s) * scale;
+            if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
+            if (lane == 0) sc[g * AD_CHUNK + jj] = s;
+        }
+    }
+    __syncthreads();
+
+    // chunk softmax: one warp per query head
+    for (int g = warp; g < gqa; g += n_warps) {
+        float* sg = sc + g * AD_CHUNK;
+        float m = NEG_INF;
+        for (int jj = lane; jj < nj; jj += WARP) m = fmaxf(m, sg[jj]);
+        m = warp_max(m);
+        float l = 0.0f;
+        for (int jj = lane; jj < nj; jj += WARP) {
+            const float p = m == NEG_INF ? 0.0f : __expf(sg[jj] - m);  // exp(-inf) = 0 for masked slots
+            sg[jj] = p;
+            l += p;
+        }
+        l = warp_sum(l);
+        if (lane == 0) {
+            const size_t o = ((size_t)t * n_head + kh * gqa + g) * n_split + split;
+            part_m[o] = m;
+            part_l[o] = l;
+        }
+    }
+    __syncthreads();
+
+    // P @ V: threads over (head, d), so a row of V is read coalesced
+    for (int i = threadIdx.x; i < gqa * Dv; i += blockDim.x) {
+        const int g = i / Dv, d = i % Dv;
+        const float* pg = sc + g * AD_CHUNK;
+        const u16* vc = v + ((size_t)kh * cap + j0) * Dv + d;
+        float acc = 0.0f;
+        for (int jj = 0; jj < nj; ++jj) {
+            const float p = pg[jj];
+            if (p != 0.0f) acc += p * h2f(vc[(size_t)jj * Dv]);
+        }
+        part_o[(((size_t)t * n_head + kh * gqa + g) * n_split + split) * Dv + d] = acc;
+    }
+}
+
+// grid (n_head, T), block 128, dynamic shared: n_split floats.
+// out = sum_s exp(m_s - M) o_s / sum_s exp(m_s - M) l_s,  M = max_s m_s;
+// 0 when no slot was visible at all (as the CPU kernel).
+extern "C" __global__ void attn_decode_reduce(const float* __restrict__ part_o, // [T, n_head, n_split, Dv]
+                                              const float* __restrict__ part_m, // [T, n_head, n_split]
+                                              const float* __restrict__ part_l, // [T, n_head, n_split]
+                                              float* __restrict__ out,          // [T, n_head, Dv]
+                                              int n_head, int n_split, int Dv) {
+    extern __shared__ float wts[];  // [n_split] weight of each split
+    __shared__ float scratch[WARP];
+    const size_t th = (size_t)blockIdx.y * n_head + blockIdx.x;
+    const float* m = part_m + th * n_split;
+    const float* l = part_l + th * n_split;
+    float mx = NEG_INF;
+    for (int s = threadIdx.x; s < n_split; s += blockDim.x) mx = fmaxf(mx, m[s]);
+    mx = warp_max(mx);  // block max: per warp, then over the warps' results
+    if (threadIdx.x % WARP == 0) scratch[threadIdx.x / WARP] = mx;
+    __syncthreads();
+    mx = NEG_INF;
+    for (int w = 0; w < (int)(blockDim.x / WARP); ++w) mx = fmaxf(mx, scratch[w]);
+    float lsum = 0.0f;
+    for (int s = threadIdx.x; s < n_split; s += blockDim.x) {
+        const float e = (mx == NEG_INF || m[s] == NEG_INF) ? 0.0f : __expf(m[s] - mx);
+        wts[s] = e;
+        lsum += e * l[s];
+    }
+    lsum = block_sum(lsum, scratch);  // its leading __syncthreads also publishes wts
+    const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
+    for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int s = 0; s < n_split; ++s) acc += wts[s] * part_o[(th * n_split + s) * Dv + d];
+        out[th * Dv + d] = acc * inv;
+    }
+}
+
+// ------------------------------------------------------------------ prefill
+// grid (ceil(T/BQ), n_head), block 128, dynamic shared (bytes):
+//   4 * BQ * (D + Dv + BKV + 3)  +  2 * BKV * (kstride + Dv),
+//   kstride = D + 2 when D % 4 == 0 else D (an odd word stride keeps the
+//   per-key reads of the score loop on distinct banks).
+// BQ and BKV (<= 32, one key per lane in the softmax) are picked by the caller
+// so the tiles fit in 48 KiB.
+extern "C" __global__ void __launch_bounds__(128) attn_prefill_f16(
+    const float* __restrict__ q,   // [T, n_head, D]
+    const u16* __restrict__ k,     // [n_kv, cap, D]
+    const u16* __restrict__ v,     // [n_kv, cap, Dv]
+    const int* __restrict__ kpos,  // [cap]
+    const int* __restrict__ qpos,  // [T], increasing
+    float* __restrict__ out,       // [T, n_head, Dv]
+    int T, int n_slots, int cap, int n_head, int n_kv, int D, int Dv, int window, float scale,
+    float softcap, int BQ, int BKV) {
+    extern __shared__ float smem[];
+    const int kstride = (D % 4 == 0) ? D + 2 : D;
+    float* Qs = smem;              // [BQ, D]
+    float* Os = Qs + BQ * D;       // [BQ, Dv] running output
+    float* Ss = Os + BQ * Dv;      // [BQ, BKV] scores, then probabilities
+    float* m_s = Ss + BQ * BKV;    // [BQ] running max
+    float* l_s = m_s + BQ;         // [BQ] running sum
+    float* a_s = l_s + BQ;         // [BQ] rescale of the old output this tile
+    u16* Ks = (u16*)(a_s + BQ);    // [BKV, kstride]
+    u16* Vs = Ks + BKV * kstride;  // [BKV, Dv]
+
+    const int h = blockIdx.y, kh = h / (n_head / n_kv);
+    const int q0 = blockIdx.x * BQ, nq = min(BQ, T - q0);
+    const int tid = threadIdx.x, lane = tid % WARP, warp = tid / WARP, n_warps = blockDim.x / WARP;
+
+    for (int i = tid; i < BQ * D; i += blockDim.x) {
+        const int qi = i / D;
+        Qs[i] = qi < nq ? q[((size_t)(q0 + qi) * n_head + h) * D + i % D] : 0.0f;
+    }
+    for (int i = tid; i < BQ * Dv; i += blockDim.x) Os[i] = 0.0f;
+    for (int i = tid; i < BQ; i += blockDim.x) {
+        m_s[i] = NEG_INF;
+        l_s[i] = 0.0f;
+    }
+    int qmin = qpos[q0], qmax = qpos[q0];
+    for (int i = 1; i < nq; ++i) {
+        qmin = min(qmin, qpos[q0 + i]);
+        qmax = max(qmax, qpos[q0 + i]);
+    }
+    __syncthreads();  // the tiles above are read by other threads even if every K/V tile is skipped
+
+    for (int j0 = 0; j0 < n_slots; j0 += BKV) {
+        const int nj = min(BKV, n_slots - j0);
+        // skip a tile no query of this block can see (most of the causal upper
+        // triangle, everything outside the window)
+        bool any = false;
+        for (int jj = tid; jj < nj; jj += blockDim.x) {
+            const int pk = kpos[j0 + jj];
+            any |= pk >= 0 && pk <= qmax && (window <= 0 || qmin - pk < window);
+        }
+        if (!__syncthreads_or(any)) continue;
+
+        const u16* kg = k + ((size_t)kh * cap + j0) * D;
+        const u16* vg = v + ((size_t)kh * cap + j0) * Dv;
+        for (int i = tid; i < nj * D; i += blockDim.x) Ks[(i / D) * kstride + i % D] = kg[i];
+        for (int i = tid; i < nj * Dv; i += blockDim.x) Vs[i] = vg[i];
+        __syncthreads();
+
+        for (int i = tid; i < BQ * BKV; i += blockDim.x) {
+            const int qi = i / BKV, jj = i % BKV;
+            float s = NEG_INF;
+            if (qi < nq && jj < nj && visible(kpos[j0 + jj], qpos[q0 + qi], window)) {
+                const float* qr = Qs + qi * D;
+                const u16* kr = Ks + jj * kstride;
+                float dot = 0.0f;
+                for (int d = 0; d < D; ++d) dot += qr[d] * h2f(kr[d]);
+                s = dot * scale;
+                if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
+            }
+            Ss[i] = s;
+        }
+        __syncthreads();
+
+        // online softmax: one warp per query row, one key per lane
+        for (int qi = warp; qi < BQ; qi += n_warps) {
+            const float s = lane < BKV ? Ss[qi * BKV + lane] : NEG_INF;
+            const float m_old = m_s[qi];
+            const float m_new = fmaxf(m_old, warp_max(s));
+            float p = 0.0f, alpha = 1.0f;
+            if (m_new != NEG_INF) {  // else nothing visible yet: keep zeros, no -inf - -inf
+                p = __expf(s - m_new);
+                alpha = __expf(m_old - m_new);
+            }
+            const float psum = warp_sum(p);
+            if (lane < BKV) Ss[qi * BKV + lane] = p;
+            if (lane == 0) {
+                l_s[qi] = alpha * l_s[qi] + psum;
+                m_s[qi] = m_new;
+                a_s[qi] = alpha;
+            }
+        }
+        __syncthreads();
+
+        for (int i = tid; i < BQ * Dv; i += blockDim.x) {
+            const int qi = i / Dv, d = i % Dv;
+            const float* pr = Ss + qi * BKV;
+            float o = Os[i] * a_s[qi];
+            for (int jj = 0; jj < nj; ++jj) o += pr[jj] * h2f(Vs[jj * Dv + d]);
+            Os[i] = o;
+        }
+        __syncthreads();
+    }
+
+    for (int i = tid; i < nq * Dv; i += blockDim.x) {
+        const int qi = i / Dv, d = i % Dv;
+        const float l = l_s[qi];
+        out[((size_t)(q0 + qi) * n_head + h) * Dv + d] = l > 0.0f ? Os[i] / l : 0.0f;
+    }
+}

@@ -1,0 +1,80 @@
+"""Launchers for ``attention.cu``: KV store, split-K decode and tiled prefill attention.
+
+Shapes (``cap`` = slots of the layer's ring buffer; all device arrays)::
+
+    q     [T, n_head, head_dim]        float32
+    k     [n_kv, cap, head_dim]        float16
+    v     [n_kv, cap, head_dim_v]      float16
+    kpos  [cap]                        int32, -1 = empty
+    qpos  [T]                          int32
+    out   [T, n_head, head_dim_v]      float32
+
+Same layout and masks as ``ops/cpu/attention.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import kernels as K
+
+DECODE_CHUNK = 128  # slots per split: AD_CHUNK in attention.cu
+DECODE_MAX_D = 256  # AD_MAX_D: head_dim the decode kernel keeps in registers
+SHARED_LIMIT = 48 * 1024  # dynamic shared memory usable without opting in
+
+
+def kv_store(k_new: Any, v_new: Any, pos: Any, k: Any, v: Any, kpos: Any) -> None:
+    """Write k_new [T, n_kv, D], v_new [T, n_kv, Dv] (float32) at slots pos % cap, as fp16."""
+    T, n_kv, D = k_new.shape
+    Dv = v_new.shape[2]
+    cap = k.shape[1]
+    K.launch("kv_store_f16", (T * n_kv,), (128,), k_new, v_new, pos, k, v, kpos, n_kv, D, Dv, cap)
+
+
+def attend_decode(q: Any, k: Any, v: Any, kpos: Any, n_slots: int, qpos: Any, window: int, scale: float, softcap: float, out: Any) -> None:
+    """Flash-decoding: per-chunk partial softmax, then a reduce over the chunks."""
+    xp = K.runtime().xp
+    T, H, D = q.shape
+    n_kv, cap, Dv = v.shape
+    gqa = H // n_kv
+    if D > DECODE_MAX_D:
+        raise ValueError(f"GPU decode attention supports head_dim <= {DECODE_MAX_D}, got {D}")
+    smem = 4 * gqa * (D + DECODE_CHUNK)
+    if smem > SHARED_LIMIT:
+        raise ValueError(f"GPU decode attention: {gqa} query heads per KV head of dim {D} need {smem} bytes of shared memory")
+    n_split = K.cdiv(n_slots, DECODE_CHUNK)
+    part_o = xp.empty((T, H, n_split, Dv), np.float32)
+    part_m = xp.empty((T, H, n_split), np.float32)
+    part_l = xp.empty((T, H, n_split), np.float32)
+    K.launch(
+        "attn_decode_partial_f16", (n_split, n_kv, T), (128,),
+        q, k, v, kpos, qpos, part_o, part_m, part_l,
+        n_slots, cap, H, n_kv, D, Dv, window, scale, softcap,
+        shared_mem=smem,
+    )  # fmt: skip
+    K.launch("attn_decode_reduce", (H, T), (128,), part_o, part_m, part_l, out, H, n_split, Dv, shared_mem=4 * n_split)
+
+
+def prefill_tiles(D: int, Dv: int) -> tuple[int, int, int]:
+    """(queries per block BQ, keys per tile BKV, shared bytes): the largest tiles that fit 48 KiB."""
+    kstride = D + 2 if D % 4 == 0 else D
+    for bq, bkv in ((32, 32), (16, 32), (16, 16), (8, 16), (4, 16), (2, 8), (1, 8)):
+        smem = 4 * bq * (D + Dv + bkv + 3) + 2 * bkv * (kstride + Dv)
+        if smem <= SHARED_LIMIT:
+            return bq, bkv, smem
+    raise ValueError(f"GPU prefill attention: head_dim {D}/{Dv} is too large for shared memory")
+
+
+def attend_prefill(q: Any, k: Any, v: Any, kpos: Any, n_slots: int, qpos: Any, window: int, scale: float, softcap: float, out: Any) -> None:
+    """Tiled causal / sliding-window attention for a block of queries (online softmax)."""
+    T, H, D = q.shape
+    n_kv, cap, Dv = v.shape
+    bq, bkv, smem = prefill_tiles(D, Dv)
+    K.launch(
+        "attn_prefill_f16", (K.cdiv(T, bq), H), (128,),
+        q, k, v, kpos, qpos, out,
+        T, n_slots, cap, H, n_kv, D, Dv, window, scale, softcap, bq, bkv,
+        shared_mem=smem,
+    )  # fmt: skip

@@ -1,0 +1,151 @@
+"""The GPU backend: CUDA kernels (CuPy RawModule) behind the :class:`~kvrun.ops.backend.Backend` interface.
+
+Orchestration only: shapes are checked, launch geometry is chosen, and the
+kernels of ``qmatmul.cu`` / ``nn.cu`` do the work.  Weights are uploaded once
+in their GGUF block format (a uint8 device array ``[n_rows, row_bytes]``) and
+never dequantized as a whole.
+
+Arrays are CuPy arrays; host (numpy) arguments are accepted and moved for the
+call (see ``arrays.py``), so a model that still allocates on the host runs,
+only slower.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from ..backend import Weight
+from . import kernels as K
+from .arrays import ConstCache, device_out, is_device, to_device
+
+MATVEC_MAX_TOKENS = 4  # up to this many tokens, one warp per weight row per token (decode)
+_EW_BLOCK = 256  # element-wise kernels: threads per block
+_EW_MAX_GRID = 8192  # ... and at most this many blocks (grid-stride loops do the rest)
+
+
+def _ew_grid(n: int) -> tuple[int]:
+    return (min(K.cdiv(n, _EW_BLOCK), _EW_MAX_GRID),)
+
+
+class GPUBackend:
+    """CUDA kernels on device arrays; ``linear`` picks matvec for a few tokens, tiled matmul for more."""
+
+    name = "gpu"
+
+    def __init__(self) -> None:
+        self.rt = K.runtime()
+        self.xp = self.rt.xp
+        self._tables = ConstCache()  # rope cos/sin handed in as host arrays
+
+    # ------------------------------------------------------------------ memory
+    def upload(self, data: np.ndarray, qtype: int, shape: tuple[int, int]) -> Weight:
+        qtype = int(qtype)
+        if qtype not in K.QTYPE_SUFFIX:
+            name = GGMLQuantizationType(qtype).name if qtype in GGMLQuantizationType._value2member_map_ else qtype
+            raise ValueError(f"no GPU kernel for tensor type {name}")
+        n_rows, n_cols = int(shape[0]), int(shape[1])
+        block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
+        if n_cols % block:
+            raise ValueError(f"a row of {n_cols} weights is not a whole number of {block}-weight blocks")
+        rows = np.ascontiguousarray(np.asarray(data).reshape(n_rows, -1))
+        if rows.dtype != np.uint8:
+            rows = rows.view(np.uint8).reshape(n_rows, -1)
+        if rows.shape[1] != n_cols // block * type_size:
+            raise ValueError(f"weight rows hold {rows.shape[1]} bytes, expected {n_cols // block * type_size}")
+        return Weight(self.xp.array(rows, dtype=np.uint8), qtype, (n_rows, n_cols))
+
+    def vector(self, a: np.ndarray) -> Any:
+        return self.xp.array(np.ascontiguousarray(a, dtype=np.float32))
+
+    def zeros(self, shape: tuple[int, ...], dtype: Any = np.float32) -> Any:
+        return self.xp.zeros(shape, dtype)
+
+    def to_host(self, x: Any) -> np.ndarray:
+        return self.rt.asnumpy(x) if is_device(x) else np.asarray(x)
+
+    # ------------------------------------------------------------------ weights
+    def linear(self, w: Weight, x: Any, out: Any) -> None:
+        """out[T, n_rows] = x[T, n_cols] @ W.T"""
+        T, n_cols = x.shape
+        if n_cols != w.n_cols or tuple(out.shape) != (T, w.n_rows):
+            raise ValueError(f"linear: W {w.shape}, x {tuple(x.shape)}, out {tuple(out.shape)} do not match")
+        sfx = K.QTYPE_SUFFIX[w.qtype]
+        row_bytes = w.data.shape[1]
+        xd = to_device(x)
+        with device_out(out) as od:
+            if T <= MATVEC_MAX_TOKENS:
+                K.launch(f"matvec_{sfx}", (K.cdiv(w.n_rows, 4), T), (128,), w.data, xd, od, w.n_rows, n_cols, row_bytes)
+            else:
+                K.launch(f"matmul_{sfx}", (K.cdiv(w.n_rows, 64), K.cdiv(T, 64)), (256,), w.data, xd, od, w.n_rows, n_cols, T, row_bytes)
+
+    def get_rows(self, w: Weight, ids: Any, out: Any) -> None:
+        """out[i] = row ids[i] of W, decoded.   out: [len(ids), n_cols] float32."""
+        if isinstance(ids, (np.ndarray, list, tuple)):  # host ids: cheap to check, and a bad one would fault
+            ids = np.asarray(ids)
+            if ids.size and (ids.min() < 0 or ids.max() >= w.n_rows):
+                raise IndexError(f"row id out of range [0, {w.n_rows})")
+        idd = to_device(ids, np.int32)
+        with device_out(out) as od:
+            K.launch(f"get_rows_{K.QTYPE_SUFFIX[w.qtype]}", (idd.size,), (128,), w.data, idd, od, w.n_cols, w.data.shape[1])
+
+    # ------------------------------------------------------------------ nn
+    def rms_norm(self, x: Any, w: Any, eps: float, out: Any) -> None:
+        """out[t] = x[t] / rms(x[t]) * w.    x, out: [T, n]; out may be x."""
+        T, n = x.shape
+        xd = to_device(x)
+        with device_out(out) as od:
+            K.launch("rms_norm_f32", (T,), (256,), xd, to_device(w), od, n, eps)
+
+    def rms_norm_heads(self, x: Any, w: Any, eps: float) -> None:
+        """In place, per head.   x: [T, n_head, head_dim]; w: [head_dim]."""
+        T, H, D = x.shape
+        with device_out(x) as xd:
+            K.launch("rms_norm_heads_f32", (K.cdiv(T * H, 4),), (128,), xd, to_device(w), T * H, D, eps)
+
+    def rope(self, x: Any, pos: Any, cos: Any, sin: Any, neox: bool) -> None:
+        """In place.   x: [T, n_head, head_dim]; pos: [T]; cos, sin: [n_pos, n_rot/2]."""
+        T, H, D = x.shape
+        half = cos.shape[1]
+        cd, sd = self._tables.get(cos), self._tables.get(sin)
+        pd = to_device(pos, np.int32)
+        with device_out(x) as xd:
+            K.launch("rope_f32", _ew_grid(T * H * half), (_EW_BLOCK,), xd, pd, cd, sd, T, H, D, half, int(bool(neox)))
+
+    def silu_mul(self, gate: Any, up: Any, out: Any) -> None:
+        self._glu("silu_mul_f32", gate, up, out)
+
+    def gelu_mul(self, gate: Any, up: Any, out: Any) -> None:
+        self._glu("gelu_mul_f32", gate, up, out)
+
+    def _glu(self, kernel: str, gate: Any, up: Any, out: Any) -> None:
+        n = int(np.prod(gate.shape))
+        gd, ud = to_device(gate), to_device(up)
+        with device_out(out) as od:
+            K.launch(kernel, _ew_grid(n), (_EW_BLOCK,), gd, ud, od, n)
+
+    def add(self, x: Any, y: Any) -> None:
+        n = int(np.prod(x.shape))
+        yd = to_device(y)
+        with device_out(x) as xd:
+            K.launch("add_f32", _ew_grid(n), (_EW_BLOCK,), xd, yd, n)
+
+    def add_bias(self, x: Any, b: Any) -> None:
+        """x[t, :] += b.   x: [T, n]; b: [n]."""
+        n = x.shape[-1]
+        total = int(np.prod(x.shape))
+        bd = to_device(b)
+        with device_out(x) as xd:
+            K.launch("add_bias_f32", _ew_grid(total), (_EW_BLOCK,), xd, bd, total, n)
+
+    def scale(self, x: Any, s: float) -> None:
+        n = int(np.prod(x.shape))
+        with device_out(x) as xd:
+            K.launch("scale_f32", _ew_grid(n), (_EW_BLOCK,), xd, s, n)
+
+    def softcap(self, x: Any, cap: float) -> None:
+        n = int(np.prod(x.shape))
+        with device_out(x) as xd:
+            K.launch("softcap_f32", _ew_grid(n), (_EW_BLOCK,), xd, cap, n)

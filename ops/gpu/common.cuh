@@ -1,0 +1,81 @@
+// Helpers every kvrun CUDA source shares: half/bfloat16 conversion, unaligned
+// byte loads, warp and block reductions.
+//
+// No system or CUDA headers are included on purpose: NVRTC then needs no
+// include path (the wheel ships none), and the same text compiles with nvcc.
+// The Python loader inlines this file in place of `#include "common.cuh"`, so
+// CuPy's compile cache keys on the full text.
+#pragma once
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef signed char i8;
+
+#define WARP 32
+#define FULL_MASK 0xffffffffu
+#define NEG_INF __int_as_float(0xff800000)
+
+// The #else branches are the same conversions in portable C++ for the CPU
+// emulator (emulate.py), which runs these kernels without a GPU in tests.
+
+// IEEE half bits -> float (one PTX cvt; avoids cuda_fp16.h)
+__device__ __forceinline__ float h2f(u16 h) {
+#ifdef __CUDA_ARCH__
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+#else
+    return emu_h2f(h);
+#endif
+}
+
+// float -> IEEE half bits, round to nearest even (what numpy's astype does)
+__device__ __forceinline__ u16 f2h(float f) {
+#ifdef __CUDA_ARCH__
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+#else
+    return emu_f2h(f);
+#endif
+}
+
+// bfloat16 bits are the top half of a float32
+__device__ __forceinline__ float bf2f(u16 b) { return __int_as_float(((u32)b) << 16); }
+
+// GGUF blocks are only 2-byte aligned (Q4_0 is 18 bytes), so 32-bit words are
+// read as two 16-bit loads.  (The emulator checks the 2-byte alignment.)
+__device__ __forceinline__ u16 ld16(const u8* p) {
+#ifndef __CUDA_ARCH__
+    emu_check_aligned(p, 2);
+#endif
+    return *(const u16*)p;
+}
+__device__ __forceinline__ u32 ld32(const u8* p) { return (u32)ld16(p) | ((u32)ld16(p + 2) << 16); }
+__device__ __forceinline__ float ldh(const u8* p) { return h2f(ld16(p)); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = WARP / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+
+// Sum over the block; every thread gets the result.  scratch: [32] shared floats.
+// Must be reached by all threads of the block.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x % WARP, wid = threadIdx.x / WARP;
+    const int n_warps = (blockDim.x + WARP - 1) / WARP;
+    v = warp_sum(v);
+    __syncthreads();  // scratch may still be read by a previous call
+    if (lane == 0) scratch[wid] = v;
+    __syncthreads();
+    v = lane < n_warps ? scratch[lane] : 0.0f;
+    return warp_sum(v);
+}

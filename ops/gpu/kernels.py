@@ -1,0 +1,200 @@
+"""Loading and launching the CUDA kernels of ``ops/gpu/*.cu``.
+
+Every kernel the Python side launches is declared in :data:`KERNELS` with its
+source file and argument types; :func:`launch` converts the arguments to those
+types (CuPy would otherwise pass a Python ``int`` as 64-bit and a ``float`` as
+double, silently shifting every later argument), and the compile check
+(``compile_check.py``) holds the table to the parameter lists in the compiled
+PTX, so a wrapper and its kernel cannot drift apart unnoticed, GPU or not.
+
+Argument codes: ``p`` device array (pointer), ``i`` int32, ``l`` int64,
+``f`` float32.
+
+Kernels run on a *runtime*: :class:`CupyRuntime` (the GPU) unless
+:func:`set_runtime` installs another, such as ``emulate.EmulatedRuntime``
+which runs them on the CPU for tests.  CuPy is imported only when the CuPy
+runtime is first needed: the CPU path never touches it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+
+KERNEL_DIR = Path(__file__).resolve().parent
+COMPILE_OPTIONS = ("-std=c++17",)
+
+# ggml type id -> kernel name suffix (the X-macro FOR_EACH_QTYPE in quants.cuh)
+QTYPE_SUFFIX: dict[int, str] = {
+    int(T.F32): "f32",
+    int(T.F16): "f16",
+    int(T.BF16): "bf16",
+    int(T.Q4_0): "q4_0",
+    int(T.Q4_1): "q4_1",
+    int(T.Q5_0): "q5_0",
+    int(T.Q5_1): "q5_1",
+    int(T.Q8_0): "q8_0",
+    int(T.Q4_K): "q4_k",
+    int(T.Q5_K): "q5_k",
+    int(T.Q6_K): "q6_k",
+}
+
+
+@dataclass(frozen=True)
+class Kernel:
+    file: str  # .cu file under ops/gpu
+    args: str  # argument codes, one per parameter
+
+
+KERNELS: dict[str, Kernel] = {}
+
+
+def _declare(file: str, name: str, args: str) -> None:
+    KERNELS[name] = Kernel(file, args)
+
+
+for _sfx in QTYPE_SUFFIX.values():
+    _declare("qmatmul.cu", f"matvec_{_sfx}", "pppiii")  # w, x, y, n_rows, n_cols, row_bytes
+    _declare("qmatmul.cu", f"matmul_{_sfx}", "pppiiii")  # w, x, y, n_rows, n_cols, n_tok, row_bytes
+    _declare("qmatmul.cu", f"get_rows_{_sfx}", "pppii")  # w, ids, out, n_cols, row_bytes
+_declare("nn.cu", "rms_norm_f32", "pppif")  # x, w, out, n, eps
+_declare("nn.cu", "rms_norm_heads_f32", "ppiif")  # x, w, n_rows, head_dim, eps
+_declare("nn.cu", "rope_f32", "ppppiiiii")  # x, pos, cos, sin, T, n_head, head_dim, half, neox
+_declare("nn.cu", "silu_mul_f32", "pppl")  # gate, up, out, n
+_declare("nn.cu", "gelu_mul_f32", "pppl")
+_declare("nn.cu", "add_f32", "ppl")  # x, y, n
+_declare("nn.cu", "add_bias_f32", "ppli")  # x, b, total, n
+_declare("nn.cu", "scale_f32", "pfl")  # x, s, n
+_declare("nn.cu", "softcap_f32", "pfl")  # x, cap, n
+# k_new, v_new, pos, k_cache, v_cache, kpos, n_kv, D, Dv, cap
+_declare("attention.cu", "kv_store_f16", "ppppppiiii")
+# q, k, v, kpos, qpos, part_o, part_m, part_l, n_slots, cap, n_head, n_kv, D, Dv, window, scale, softcap
+_declare("attention.cu", "attn_decode_partial_f16", "ppppppppiiiiiiiff")
+# part_o, part_m, part_l, out, n_head, n_split, Dv
+_declare("attention.cu", "attn_decode_reduce", "ppppiii")
+# q, k, v, kpos, qpos, out, T, n_slots, cap, n_head, n_kv, D, Dv, window, scale, softcap, BQ, BKV
+_declare("attention.cu", "attn_prefill_f16", "ppppppiiiiiiiiffii")
+
+
+def cu_files() -> list[str]:
+    """Every kernel source, sorted (headers ``*.cuh`` are inlined into these)."""
+    return sorted(p.name for p in KERNEL_DIR.glob("*.cu"))
+
+
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+
+
+def source(name: str, directory: Path = KERNEL_DIR) -> str:
+    """The text of ``name`` with its local ``#include "x.cuh"`` lines inlined.
+
+    Inlining (rather than an include path) makes CuPy's compile cache key on
+    the headers too, and lets NVRTC compile without any file system access.
+    ``#line`` directives keep compiler messages pointing at the right file
+    and line.  Each header is inlined once (they all ``#pragma once``).
+    """
+    seen: set[str] = set()
+
+    def expand(fname: str) -> list[str]:
+        path = directory / fname
+        out = [f'#line 1 "{fname}"']
+        for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+            m = _INCLUDE.match(line)
+            if m:
+                inc = m.group(1)
+                if inc not in seen:
+                    seen.add(inc)
+                    out.extend(expand(inc))
+                out.append(f'#line {lineno + 1} "{fname}"')
+            elif line.strip() == "#pragma once":
+                out.append("")
+            else:
+                out.append(line)
+        return out
+
+    seen.add(name)
+    return "\n".join(expand(name)) + "\n"
+
+
+# ----------------------------------------------------------------- runtimes
+class CupyRuntime:
+    """Kernels compiled by CuPy (NVRTC) for the current device; arrays are CuPy arrays."""
+
+    name = "cuda"
+
+    def __init__(self) -> None:
+        import cupy
+
+        self.xp = cupy
+
+    @functools.lru_cache(maxsize=None)  # noqa: B019 - one runtime per process
+    def module(self, file: str) -> Any:
+        """The compiled ``RawModule`` of one .cu file (CuPy also caches the binary on disk)."""
+        return self.xp.RawModule(code=source(file), options=COMPILE_OPTIONS)
+
+    @functools.lru_cache(maxsize=None)  # noqa: B019
+    def function(self, name: str) -> Any:
+        return self.module(KERNELS[name].file).get_function(name)
+
+    def launch(self, name: str, grid: tuple[int, ...], block: tuple[int, ...], args: tuple, shared_mem: int) -> None:
+        self.function(name)(grid, block, args, shared_mem=shared_mem)
+
+    def asnumpy(self, a: Any) -> np.ndarray:
+        return self.xp.asnumpy(a)
+
+    def synchronize(self) -> None:
+        self.xp.cuda.Device().synchronize()
+
+
+_runtime: Any = None
+
+
+def runtime() -> Any:
+    """The runtime kernels launch on: CuPy unless :func:`set_runtime` chose another."""
+    global _runtime
+    if _runtime is None:
+        _runtime = CupyRuntime()
+    return _runtime
+
+
+def set_runtime(rt: Any) -> Any:
+    """Make ``rt`` (e.g. ``emulate.EmulatedRuntime()``) the runtime; returns the previous one."""
+    global _runtime
+    prev, _runtime = _runtime, rt
+    return prev
+
+
+_CONVERT = {"i": np.int32, "l": np.int64, "f": np.float32}
+
+
+def launch(name: str, grid: tuple[int, ...], block: tuple[int, ...], *args: Any, shared_mem: int = 0) -> None:
+    """Run kernel ``name`` with its arguments converted to the declared C types.
+
+    Array arguments must be C-contiguous: kernels index them as dense buffers
+    from their data pointer.
+    """
+    spec = KERNELS[name].args
+    if len(args) != len(spec):
+        raise TypeError(f"kernel {name} takes {len(spec)} arguments, got {len(args)}")
+    conv = []
+    for i, (c, a) in enumerate(zip(spec, args)):
+        if c == "p":
+            if not getattr(a, "flags", None) or not a.flags.c_contiguous:
+                raise TypeError(f"kernel {name}: argument {i} must be a C-contiguous device array, got {type(a).__name__}")
+            conv.append(a)
+        else:
+            conv.append(_CONVERT[c](a))
+    grid = tuple(int(g) for g in grid)
+    block = tuple(int(b) for b in block)
+    if min(grid) <= 0:  # nothing to do (an empty batch); CUDA rejects an empty grid
+        return
+    runtime().launch(name, grid, block, tuple(conv), int(shared_mem))
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)

@@ -1,0 +1,124 @@
+// Normalisation, rotary embedding and element-wise kernels (float32, contiguous).
+//
+// Each is the CUDA twin of the Numba kernel of the same name in ops/cpu/nn.py
+// and follows its arithmetic (same formulas, float32 throughout).
+// Element-wise kernels use a grid-stride loop so one launch shape serves any n.
+#include "common.cuh"
+
+// ------------------------------------------------------------------ RMSNorm
+// One block per row: rows are n_embd wide (thousands), so a whole block shares
+// the sum of squares.  out may alias x (Gemma's post-norms normalise in place):
+// every thread reads its elements for the sum before any writes them.
+// grid (n_rows), block 256
+extern "C" __global__ void rms_norm_f32(const float* x,             // [n_rows, n]
+                                        const float* __restrict__ w, // [n]
+                                        float* out,                  // [n_rows, n], may be x
+                                        int n, float eps) {
+    __shared__ float scratch[WARP];
+    const float* xr = x + (size_t)blockIdx.x * n;
+    float* orow = out + (size_t)blockIdx.x * n;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = block_sum(ss, scratch);
+    const float inv = rsqrtf(ss / (float)n + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) orow[i] = xr[i] * inv * w[i];
+}
+
+// Per-head RMSNorm in place (Gemma 3 QK-norm): rows are head_dim wide (64..256),
+// too short for a block, so one warp per (token, head) row.
+// grid (ceil(n_rows/4)), block 128
+extern "C" __global__ void rms_norm_heads_f32(float* x,                    // [T * n_head, head_dim]
+                                              const float* __restrict__ w, // [head_dim]
+                                              int n_rows, int head_dim, float eps) {
+    const int row = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+    const int lane = threadIdx.x % WARP;
+    if (row >= n_rows) return;
+    float* xr = x + (size_t)row * head_dim;
+    float ss = 0.0f;
+    for (int i = lane; i < head_dim; i += WARP) ss += xr[i] * xr[i];
+    ss = warp_sum(ss);
+    const float inv = rsqrtf(ss / (float)head_dim + eps);
+    for (int i = lane; i < head_dim; i += WARP) xr[i] = xr[i] * inv * w[i];
+}
+
+// ------------------------------------------------------------------ RoPE
+// In place, from cos/sin tables that already hold YaRN/linear scaling and
+// mscale (ops/cpu/nn.py rope_tables), so the kernel is a plain 2-D rotation.
+// neox rotates (x[i], x[i + n_rot/2]); the normal layout (x[2i], x[2i+1]).
+// Dimensions past n_rot are not touched.  One thread per rotated pair.
+// grid (ceil(T*n_head*half / 256)), block 256
+extern "C" __global__ void rope_f32(float* x,                      // [T, n_head, head_dim]
+                                    const int* __restrict__ pos,   // [T]
+                                    const float* __restrict__ cos_t, // [n_pos, half]
+                                    const float* __restrict__ sin_t, // [n_pos, half]
+                                    int T, int n_head, int head_dim, int half, int neox) {
+    const long long n_pairs = (long long)T * n_head * half;
+    for (long long p = blockIdx.x * (long long)blockDim.x + threadIdx.x; p < n_pairs;
+         p += (long long)gridDim.x * blockDim.x) {
+        const int i = (int)(p % half);
+        const long long th = p / half;  // t * n_head + h
+        const int t = (int)(th / n_head);
+        float* xh = x + th * head_dim;
+        const float c = cos_t[(size_t)pos[t] * half + i];
+        const float s = sin_t[(size_t)pos[t] * half + i];
+        const int i0 = neox ? i : 2 * i;
+        const int i1 = neox ? i + half : 2 * i + 1;
+        const float a = xh[i0], b = xh[i1];
+        xh[i0] = a * c - b * s;
+        xh[i1] = a * s + b * c;
+    }
+}
+
+// ------------------------------------------------------------------ element-wise
+#define GRID_STRIDE(i, n)                                                                   \
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (long long)(n); \
+         i += (long long)gridDim.x * blockDim.x)
+
+// out = silu(gate) * up  (SwiGLU); out may alias gate.  grid-stride, block 256
+extern "C" __global__ void silu_mul_f32(const float* gate, // [n]
+                                        const float* up,   // [n]
+                                        float* out,        // [n]
+                                        long long n) {
+    GRID_STRIDE(i, n) {
+        const float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+// out = gelu_tanh(gate) * up  (GeGLU, as ggml_gelu); out may alias gate
+extern "C" __global__ void gelu_mul_f32(const float* gate, // [n]
+                                        const float* up,   // [n]
+                                        float* out,        // [n]
+                                        long long n) {
+    const float c = 0.7978845608028654f;  // sqrt(2/pi)
+    GRID_STRIDE(i, n) {
+        const float g = gate[i];
+        out[i] = 0.5f * g * (1.0f + tanhf(c * (g + 0.044715f * g * g * g))) * up[i];
+    }
+}
+
+// x += y
+extern "C" __global__ void add_f32(float* x,       // [n]
+                                   const float* y, // [n]
+                                   long long n) {
+    GRID_STRIDE(i, n) x[i] += y[i];
+}
+
+// x[t, :] += b  (QKV bias)
+extern "C" __global__ void add_bias_f32(float* x,                    // [T, n]
+                                        const float* __restrict__ b, // [n]
+                                        long long total, int n) {
+    GRID_STRIDE(i, total) x[i] += b[i % n];
+}
+
+// x *= s
+extern "C" __global__ void scale_f32(float* x, // [n]
+                                     float s, long long n) {
+    GRID_STRIDE(i, n) x[i] *= s;
+}
+
+// x = cap * tanh(x / cap)  (logit soft-capping)
+extern "C" __global__ void softcap_f32(float* x, // [n]
+                                       float cap, long long n) {
+    GRID_STRIDE(i, n) x[i] = cap * tanhf(x[i] / cap);
+}

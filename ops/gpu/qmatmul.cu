@@ -1,0 +1,158 @@
+// Products with weights in their GGUF block format, and the embedding lookup.
+//
+// Weights stay in the file's blocks on the device (w: [n_rows, row_bytes] u8);
+// every kernel decodes the chunks it needs in registers (quants.cuh), so no
+// float copy of a matrix ever exists.  Activations stay float32: decode reads
+// each weight byte once and is bound by weight bandwidth, so quantizing x to
+// q8 (llama.cpp's mmvq) would save little here and cost accuracy.
+//
+//   matvec_<type>   decode, 1..few tokens: one warp per weight row
+//   matmul_<type>   prefill: 64x64 output tiles, the weight K-tile decoded once
+//                   into shared memory and reused by all 64 tokens
+//   get_rows_<type> embedding lookup: one block per requested row
+#include "quants.cuh"
+
+// ------------------------------------------------------------------ matvec
+// Lanes walk consecutive chunks of the row, so a warp reads 32 adjacent chunks
+// (e.g. 8 whole Q4_0 blocks) per step: coalesced, and no shared memory needed.
+// blockIdx.y is the token, so a few decode tokens share one launch and the
+// weight rows they read come from L2 for all but the first.
+#define MV_WARPS 4  // rows per block of 128 threads
+
+template <class Q>
+__device__ __forceinline__ void matvec_impl(const u8* __restrict__ w, const float* __restrict__ x,
+                                            float* __restrict__ y, int n_rows, int n_cols, int row_bytes) {
+    const int row = blockIdx.x * MV_WARPS + threadIdx.x / WARP;
+    const int lane = threadIdx.x % WARP;
+    if (row >= n_rows) return;  // the whole warp leaves together
+    x += (size_t)blockIdx.y * n_cols;
+    y += (size_t)blockIdx.y * n_rows;
+    const u8* r = w + (size_t)row * row_bytes;
+    const int n_chunks = (n_cols + 7) / 8;
+    float acc = 0.0f;
+    for (int c = lane; c < n_chunks; c += WARP) {
+        const Chunk ch = Q::decode(r, c, n_cols);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            if (!Q::TAIL || ch.c0 + k < n_cols) acc += ch.v[k] * x[ch.c0 + k];
+            if (!Q::TAIL || ch.c1 + k < n_cols) acc += ch.v[4 + k] * x[ch.c1 + k];
+        }
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) y[row] = acc;
+}
+
+// ------------------------------------------------------------------ matmul
+#define MM_BN 64   // weight rows per block
+#define MM_BT 64   // tokens per block
+#define MM_BK 64   // columns per K-step: 8 chunks of every row, whatever the type
+#define MM_THREADS 256  // 16 x 16 threads, each owning 4 rows x 4 tokens of the tile
+
+template <class Q>
+__device__ __forceinline__ void matmul_impl(const u8* __restrict__ w, const float* __restrict__ x,
+                                            float* __restrict__ y, int n_rows, int n_cols, int n_tok,
+                                            int row_bytes) {
+    // k-major tiles; the +1 column keeps the transposed stores off one bank
+    __shared__ float Ws[MM_BK][MM_BN + 1];
+    __shared__ float Xs[MM_BK][MM_BT + 1];
+    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+    const int n0 = blockIdx.x * MM_BN, t0 = blockIdx.y * MM_BT;
+    float acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+
+    for (int k0 = 0; k0 < n_cols; k0 += MM_BK) {
+        // weight tile: 64 rows x 8 chunks; 8 consecutive threads read one row's chunks
+        for (int idx = tid; idx < MM_BN * 8; idx += MM_THREADS) {
+            const int n = idx / 8, c = k0 / 8 + idx % 8;
+            if (n0 + n >= n_rows || 8 * c >= n_cols) continue;  // rows past the end are never stored
+            const Chunk ch = Q::decode(w + (size_t)(n0 + n) * row_bytes, c, n_cols);
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                Ws[ch.c0 - k0 + k][n] = ch.v[k];
+                Ws[ch.c1 - k0 + k][n] = ch.v[4 + k];
+            }
+        }
+        // columns past n_cols (a last partial tile) must be 0, not stale: 0 * NaN is NaN
+        if (k0 + MM_BK > n_cols) {
+            for (int idx = tid; idx < MM_BK * MM_BN; idx += MM_THREADS) {
+                const int kk = idx / MM_BN;
+                if (k0 + kk >= n_cols) Ws[kk][idx % MM_BN] = 0.0f;
+            }
+        }
+        for (int idx = tid; idx < MM_BT * MM_BK; idx += MM_THREADS) {
+            const int t = idx / MM_BK, kk = idx % MM_BK;
+            Xs[kk][t] = (t0 + t < n_tok && k0 + kk < n_cols) ? x[(size_t)(t0 + t) * n_cols + k0 + kk] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll 8
+        for (int kk = 0; kk < MM_BK; ++kk) {
+            float wv[4], xv[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) wv[i] = Ws[kk][tx + 16 * i];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) xv[j] = Xs[kk][ty + 16 * j];
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][j] += wv[i] * xv[j];
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int t = t0 + ty + 16 * j;
+        if (t >= n_tok) continue;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int n = n0 + tx + 16 * i;
+            if (n < n_rows) y[(size_t)t * n_rows + n] = acc[i][j];
+        }
+    }
+}
+
+// ------------------------------------------------------------------ get_rows
+template <class Q>
+__device__ __forceinline__ void get_rows_impl(const u8* __restrict__ w, const int* __restrict__ ids,
+                                              float* __restrict__ out, int n_cols, int row_bytes) {
+    const u8* r = w + (size_t)ids[blockIdx.x] * row_bytes;
+    float* o = out + (size_t)blockIdx.x * n_cols;
+    for (int c = threadIdx.x; 8 * c < n_cols; c += blockDim.x) {
+        const Chunk ch = Q::decode(r, c, n_cols);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            if (!Q::TAIL || ch.c0 + k < n_cols) o[ch.c0 + k] = ch.v[k];
+            if (!Q::TAIL || ch.c1 + k < n_cols) o[ch.c1 + k] = ch.v[4 + k];
+        }
+    }
+}
+
+// ------------------------------------------------------------------ entry points
+#define QMATMUL_KERNELS(name, Q)                                                                  \
+    /* grid (ceil(n_rows/4), n_tok), block 128 */                                                  \
+    extern "C" __global__ void __launch_bounds__(MV_WARPS * WARP) matvec_##name(                  \
+        const u8* __restrict__ w,   /* [n_rows, row_bytes] GGUF blocks */                          \
+        const float* __restrict__ x, /* [n_tok, n_cols] */                                         \
+        float* __restrict__ y,       /* [n_tok, n_rows] */                                         \
+        int n_rows, int n_cols, int row_bytes) {                                                   \
+        matvec_impl<Q>(w, x, y, n_rows, n_cols, row_bytes);                                        \
+    }                                                                                              \
+    /* grid (ceil(n_rows/64), ceil(n_tok/64)), block 256 */                                        \
+    extern "C" __global__ void __launch_bounds__(MM_THREADS) matmul_##name(                       \
+        const u8* __restrict__ w,    /* [n_rows, row_bytes] GGUF blocks */                         \
+        const float* __restrict__ x, /* [n_tok, n_cols] */                                         \
+        float* __restrict__ y,       /* [n_tok, n_rows] */                                         \
+        int n_rows, int n_cols, int n_tok, int row_bytes) {                                        \
+        matmul_impl<Q>(w, x, y, n_rows, n_cols, n_tok, row_bytes);                                 \
+    }                                                                                              \
+    /* grid (n_ids), block 128 */                                                                  \
+    extern "C" __global__ void get_rows_##name(const u8* __restrict__ w, /* [n_rows, row_bytes] */ \
+                                               const int* __restrict__ ids, /* [n_ids] */          \
+                                               float* __restrict__ out,     /* [n_ids, n_cols] */  \
+                                               int n_cols, int row_bytes) {                        \
+        get_rows_impl<Q>(w, ids, out, n_cols, row_bytes);                                          \
+    }
+
+FOR_EACH_QTYPE(QMATMUL_KERNELS)

@@ -232,6 +232,51 @@ def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def kv_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The compressed-cache flags, shared by run, chat, perplexity and bench."""
+    opts = [
+        click.option("--kv-preset", type=str, default=None, help="named KV setting: lossless, balanced, edge"),
+        click.option("--kv-bits", type=int, default=None, help="KV width: 16, 8, 4, 3, 2"),
+        click.option("--kv-bits-k", type=int, default=None, help="key width (overrides --kv-bits)"),
+        click.option("--kv-bits-v", type=int, default=None, help="value width (overrides --kv-bits)"),
+        click.option("--kv-group", type=int, default=None, help="values per quantization group (default 32)"),
+        click.option("--kv-residual", type=int, default=None, help="recent tokens kept in fp16"),
+        click.option("--kv-rotate/--kv-no-rotate", default=None, help="Hadamard-rotate K/V before quantizing"),
+        click.option("--kv-mixed", type=str, default=None, help='importance-based widths "HI/LO", e.g. 8/2'),
+        click.option("--kv-policy", type=str, default=None, help="eviction policy: streaming, h2o, tova, snapkv, keydiff, gkv"),
+        click.option("--kv-budget", type=int, default=None, help="tokens kept per layer"),
+        click.option("--kv-ratio", type=float, default=None, help="budget as a share of the context"),
+        click.option("--kv-sinks", type=int, default=None, help="first tokens never evicted (default 4)"),
+        click.option("--kv-merge", type=str, default=None, help="merge evicted tokens: mean, keepkv"),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+_KV_FLAGS = {
+    "kv_bits": "bits", "kv_bits_k": "bits_k", "kv_bits_v": "bits_v", "kv_group": "group", "kv_residual": "residual",
+    "kv_rotate": "rotate", "kv_mixed": "mixed", "kv_policy": "policy", "kv_budget": "budget", "kv_ratio": "ratio",
+    "kv_sinks": "sinks", "kv_merge": "merge",
+}
+
+
+def kv_config(kw: dict[str, Any]):
+    """KVConfig from the --kv-* flags (None when none is given: the plain fp16 cache)."""
+    from .cache.kvconfig import KVConfig
+
+    preset = kw.pop("kv_preset", None)
+    given = {field: kw.pop(flag) for flag, field in _KV_FLAGS.items() if flag in kw}
+    given = {k: v for k, v in given.items() if v is not None}
+    if preset is None and not given:
+        return None
+    try:
+        cfg = KVConfig.preset(preset) if preset else KVConfig()
+        return cfg.with_(**given) if given else cfg
+    except (ValueError, TypeError) as e:
+        raise KvrunError(str(e)) from None
+
+
 def sampling_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option("--temp", type=float, default=0.8, show_default=True, help="temperature (0: greedy)"),
@@ -266,14 +311,16 @@ def _load(model: str | None, kw: dict[str, Any]):
     from .runtime.api import Model
     from .runtime.engine import Engine
 
+    kv = kv_config(kw)
     path = _resolve(model)
-    return Model(Engine(path, device=kw["device"], n_ctx=kw["ctx_size"], n_batch=kw["n_batch"], threads=kw["threads"]))
+    return Model(Engine(path, device=kw["device"], n_ctx=kw["ctx_size"], n_batch=kw["n_batch"], threads=kw["threads"], kv=kv))
 
 
-def _stats_line(stats: Any, kv_bytes: int | None = None, kv_budget: int | None = None) -> str:
+def _stats_line(stats: Any, cache: Any = None) -> str:
     s = f"[prompt {stats.n_prompt} tok, {stats.prompt_tps:.1f} tok/s | gen {stats.n_gen} tok, {stats.gen_tps:.1f} tok/s"
-    if kv_bytes is not None:
-        s += f" | kv {_size(kv_bytes)}" + (f" of {_size(kv_budget)}" if kv_budget else "")
+    if cache is not None:
+        held = max((layer.n_tokens() for layer in cache.layers), default=0)
+        s += f" | kv {_size(cache.nbytes())} holding {held} of {cache.offset} tokens"
     return s + "]"
 
 
@@ -285,6 +332,7 @@ def _stats_line(stats: Any, kv_bytes: int | None = None, kv_budget: int | None =
 @click.option("--ignore-eos", is_flag=True, help="keep generating past end-of-sequence")
 @click.option("--no-stats", is_flag=True, help="do not print timings")
 @engine_options
+@kv_options
 @sampling_options
 @friendly
 def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predict: int, ignore_eos: bool, no_stats: bool, stop: tuple[str, ...], **kw: Any) -> None:
@@ -312,7 +360,7 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
         stats.stop_reason = "interrupted"
     click.echo("")
     if not no_stats:
-        click.echo(_stats_line(stats, cache.nbytes()) + f" load {m.engine.load_time:.2f} s", err=True)
+        click.echo(_stats_line(stats, cache) + f" load {m.engine.load_time:.2f} s", err=True)
 
 
 @main.command()
@@ -320,6 +368,7 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
 @click.option("-s", "--system", default=None, help="system prompt")
 @click.option("-n", "--n-predict", "n_predict", type=int, default=512, show_default=True, help="max tokens per reply")
 @engine_options
+@kv_options
 @sampling_options
 @friendly
 def chat(model: str | None, system: str | None, n_predict: int, stop: tuple[str, ...], **kw: Any) -> None:
@@ -361,7 +410,7 @@ def chat(model: str | None, system: str | None, n_predict: int, stop: tuple[str,
             click.echo(f"kvrun: {e}", err=True)
             continue
         click.echo("")
-        click.echo(_stats_line(sess.last_stats, sess.kv_bytes()), err=True)
+        click.echo(_stats_line(sess.last_stats, sess.cache), err=True)
 
 
 # ---------------------------------------------------------------- bench
@@ -372,6 +421,7 @@ def chat(model: str | None, system: str | None, n_predict: int, stop: tuple[str,
 @click.option("-r", "--repetitions", type=int, default=3, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print results as JSON")
 @engine_options
+@kv_options
 @friendly
 def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, as_json: bool, **kw: Any) -> None:
     """Prompt processing (ppN) and token generation (tgN) speed, as llama-bench."""
@@ -384,7 +434,7 @@ def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, as_jso
     n_batch = max(kw["n_batch"], n_prompt) if n_prompt else kw["n_batch"]
     n_ctx = max(kw["ctx_size"], n_prompt + 8, n_gen + 8)
     t0 = time.perf_counter()
-    eng = Engine(path, device=kw["device"], n_ctx=n_ctx, n_batch=n_batch, threads=kw["threads"])
+    eng = Engine(path, device=kw["device"], n_ctx=n_ctx, n_batch=n_batch, threads=kw["threads"], kv=kv_config(kw))
     load_s = time.perf_counter() - t0
     from .runtime.engine import set_threads
 
@@ -424,8 +474,9 @@ def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, as_jso
 @click.option("--json", "as_json", is_flag=True, help="print the final figure as JSON")
 @click.option("-t", "--threads", type=int, default=None)
 @click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu", show_default=True)
+@kv_options
 @friendly
-def perplexity(model: str | None, text_file: str, n_ctx: int, chunks: int, as_json: bool, threads: int | None, device: str) -> None:
+def perplexity(model: str | None, text_file: str, n_ctx: int, chunks: int, as_json: bool, threads: int | None, device: str, **kw: Any) -> None:
     """Perplexity of a text over non-overlapping windows (as llama-perplexity)."""
     from tqdm import tqdm
 
@@ -435,7 +486,7 @@ def perplexity(model: str | None, text_file: str, n_ctx: int, chunks: int, as_js
     if n_ctx < 16:
         raise KvrunError(f"--ctx must be at least 16, got {n_ctx}")
     path = _resolve(model)
-    eng = Engine(path, device=device, n_ctx=n_ctx, n_batch=min(512, n_ctx), threads=threads)
+    eng = Engine(path, device=device, n_ctx=n_ctx, n_batch=min(512, n_ctx), threads=threads, kv=kv_config(kw))
     text = Path(text_file).read_text(encoding="utf-8", errors="replace")
     tokens = eng.tokenizer.encode(text, add_bos=True if eng.tokenizer.add_bos else False)
     bar = tqdm(total=max(1, len(tokens) // n_ctx if not chunks else min(chunks, len(tokens) // n_ctx)), desc="perplexity", unit="win", file=sys.stderr, disable=as_json)
@@ -453,6 +504,132 @@ def perplexity(model: str | None, text_file: str, n_ctx: int, chunks: int, as_js
     else:
         click.echo(f"[{']['.join(f'{p:.4f}' for p in res.chunk_ppl)}]")
         click.echo(f"Final estimate: PPL = {res.ppl:.4f} over {res.n_tokens} tokens in {res.n_chunks} windows of {n_ctx} ({dt:.1f} s)")
+
+
+
+# ---------------------------------------------------------------- kv-eval / needle
+DEFAULT_KV_CONFIGS = "16; 8; 4; 2; 2,policy=streaming,ratio=0.25; 2,policy=h2o,ratio=0.25; 2,policy=snapkv,ratio=0.25,merge=keepkv"
+
+
+def _parse_configs(spec: str) -> list[Any]:
+    from .cache.kvconfig import KVConfig
+
+    out = []
+    for part in (p.strip() for p in spec.split(";")):
+        if not part:
+            continue
+        try:
+            out.append(KVConfig.parse(part))
+        except (ValueError, TypeError) as e:
+            raise KvrunError(f"--configs {part!r}: {e}") from None
+    if not out:
+        raise KvrunError('--configs is empty; give e.g. "16; 4; 2; 2,policy=h2o,ratio=0.25"')
+    return out
+
+
+@main.command("kv-eval")
+@click.argument("model", required=False)
+@click.option("-f", "--file", "text_file", type=click.Path(exists=True, dir_okay=False), required=True, help="text to decode")
+@click.option("--ctx", "n_ctx", type=int, default=2048, show_default=True, help="tokens decoded (context reached)")
+@click.option("--configs", default=DEFAULT_KV_CONFIGS, show_default=True, help='";"-separated KV settings, each "BITS[,key=value...]" or a preset')
+@click.option("--score-from", type=float, default=0.5, show_default=True, help="share of positions skipped before scoring")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object per configuration, in a list")
+@click.option("-t", "--threads", type=int, default=None)
+@click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu", show_default=True)
+@friendly
+def kv_eval_cmd(model: str | None, text_file: str, n_ctx: int, configs: str, score_from: float, as_json: bool, threads: int | None, device: str) -> None:
+    """Quality, size and speed of KV cache settings against the fp16 cache.
+
+    Decodes the text token by token with every setting in lock step, so eviction
+    and quantization act as in a long generation.
+    """
+    from tqdm import tqdm
+
+    from .runtime.engine import Engine
+    from .runtime.kveval import format_table, kv_eval
+
+    if n_ctx < 64:
+        raise KvrunError(f"--ctx must be at least 64, got {n_ctx}")
+    if not 0.0 <= score_from < 1.0:
+        raise KvrunError(f"--score-from must be in [0, 1), got {score_from}")
+    cfgs = _parse_configs(configs)
+    for c in cfgs:
+        try:
+            c.validate(n_ctx)
+        except ValueError as e:
+            raise KvrunError(f"--configs {c}: {e}") from None
+    eng = Engine(_resolve(model), device=device, n_ctx=n_ctx, n_batch=1, threads=threads)
+    text = Path(text_file).read_text(encoding="utf-8", errors="replace")
+    tokens = eng.tokenizer.encode(text, add_bos=True if eng.tokenizer.add_bos else False)
+    bar = tqdm(total=n_ctx - 1, desc=f"kv-eval ({len(cfgs)} configs + fp16)", unit="tok", file=sys.stderr, disable=as_json)
+
+    def progress(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+
+    res = kv_eval(eng, tokens, cfgs, n_ctx, progress=progress, score_from=score_from)
+    bar.close()
+    if as_json:
+        click.echo(json.dumps(res, indent=1))
+    else:
+        click.echo(f"{Path(str(eng.path)).name}, ctx {n_ctx}, fp16 cache: ppl {res[0]['ppl_ref']:.4f}, {res[0]['tok_s_ref']:.2f} tok/s")
+        click.echo(format_table(res))
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--ctx", "n_ctx", type=int, default=2048, show_default=True, help="prompt length (filler + key + question)")
+@click.option("--depths", default="10,50,90", show_default=True, help="where the key sits, percent of the prompt")
+@click.option("--trials", type=int, default=3, show_default=True, help="keys tried per depth")
+@click.option("--configs", default="16", show_default=True, help='";"-separated KV settings (as kv-eval)')
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print results as JSON")
+@click.option("-t", "--threads", type=int, default=None)
+@click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu", show_default=True)
+@friendly
+def needle(model: str | None, n_ctx: int, depths: str, trials: int, configs: str, seed: int, as_json: bool, threads: int | None, device: str) -> None:
+    """Passkey retrieval: a 5-digit key hidden in filler text at each depth."""
+    from tqdm import tqdm
+
+    from .cache.base import KVCache
+    from .cache.factory import make_cache
+    from .runtime.engine import Engine
+    from .runtime.needle import needle_test
+
+    try:
+        depth_list = [int(d) for d in depths.split(",") if d.strip()]
+    except ValueError:
+        raise KvrunError(f"--depths {depths!r}: give percentages, e.g. 10,50,90") from None
+    if not depth_list or any(not 0 <= d <= 100 for d in depth_list):
+        raise KvrunError(f"--depths {depths!r}: give percentages between 0 and 100, e.g. 10,50,90")
+    if trials < 1:
+        raise KvrunError(f"--trials must be at least 1, got {trials}")
+    cfgs = _parse_configs(configs)
+    for c in cfgs:
+        try:
+            c.validate(n_ctx + 16)
+        except ValueError as e:
+            raise KvrunError(f"--configs {c}: {e}") from None
+    eng = Engine(_resolve(model), device=device, n_ctx=n_ctx + 16, n_batch=256, threads=threads)
+    specs = eng.model.layer_specs()
+    bar = tqdm(total=len(cfgs) * len(depth_list) * trials, desc="needle", unit="trial", file=sys.stderr, disable=as_json)
+    rows = []
+    for c in cfgs:
+        try:
+            res = needle_test(
+                eng, n_ctx, depth_list, trials, make_cache=lambda c=c: KVCache(make_cache(specs, eng.n_ctx, eng.n_batch, c)), seed=seed, progress=lambda: bar.update(1)
+            )
+        except ValueError as e:
+            raise KvrunError(str(e)) from None
+        rows.append({"config": str(c), "depths": {r.depth: r.accuracy for r in res}, "accuracy": sum(r.correct for r in res) / sum(r.trials for r in res)})
+    bar.close()
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    head = f"{'config':<44} " + " ".join(f"{f'{d}%':>6}" for d in depth_list) + f" {'all':>6}"
+    click.echo(head)
+    click.echo("-" * len(head))
+    for r in rows:
+        click.echo(f"{r['config']:<44} " + " ".join(f"{r['depths'][d]:>6.2f}" for d in depth_list) + f" {r['accuracy']:>6.2f}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,60 +1,148 @@
-"""Tokenizers built from GGUF metadata, matching llama.cpp's token ids.
+"""Tokenizers built from GGUF metadata, giving llama.cpp's token ids.
 
 * ``tokenizer.ggml.model == "llama"`` (SentencePiece vocabularies, e.g. Gemma 3):
-  a SentencePiece BPE model is serialised from the GGUF tokens, scores and
-  types and loaded with ``sentencepiece``.
+  a SentencePiece BPE ``ModelProto`` is serialised from the GGUF tokens, scores
+  and types and loaded with ``sentencepiece``.
 * ``"gpt2"`` (byte-level BPE, e.g. SmolLM2, Qwen2, Llama 3): a ``tokenizers``
   BPE model from the vocab and merges, behind the pre-tokenizer regexes that
-  ``tokenizer.ggml.pre`` names (as llama.cpp's ``llama-vocab.cpp`` defines them).
+  ``tokenizer.ggml.pre`` names (as llama.cpp's ``src/llama-vocab.cpp`` defines them).
 
-Special tokens are split out of the text first, as llama.cpp does: CONTROL
-tokens only when ``parse_special``, USER_DEFINED tokens always.
+What follows llama.cpp (``llama_vocab::impl``) on purpose:
+
+* token attributes: the GGUF token types, plus the fix-ups llama.cpp applies at
+  load (end-of-generation and FIM tokens found by their text become CONTROL...);
+* special tokens are split out of the text before the sub-word model runs,
+  longest token first (``tokenizer_st_partition``): CONTROL/UNKNOWN tokens only
+  when ``parse_special``, USER_DEFINED tokens always;
+* SentencePiece vocabularies add the dummy-prefix space to the first text
+  fragment and to every fragment that follows a special token;
+* ``add_bos`` True/None means llama.cpp's ``add_special``: the BOS/EOS the
+  vocabulary asks for (``tokenizer.ggml.add_bos_token`` / ``add_eos_token``);
+* pieces are ``llama_token_to_piece``'s; ``eot_ids`` is ``llama_vocab_is_eog``.
 """
 
 from __future__ import annotations
 
 import re
-import struct
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
-# GGUF token types (llama.cpp's llama_token_type)
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+# GGUF token types (gguf-py TokenType / llama.cpp llama_token_type)
+T_UNDEFINED, T_NORMAL, T_UNKNOWN, T_CONTROL, T_USER_DEFINED, T_UNUSED, T_BYTE = 0, 1, 2, 3, 4, 5, 6
 
-# pre-tokenizer regexes by tokenizer.ggml.pre (llama.cpp llm_tokenizer_bpe)
+# llama.cpp llama_token_attr bits
+A_UNDEFINED = 0
+A_UNKNOWN = 1 << 0
+A_UNUSED = 1 << 1
+A_NORMAL = 1 << 2
+A_CONTROL = 1 << 3
+A_USER_DEFINED = 1 << 4
+A_BYTE = 1 << 5
+A_LSTRIP = 1 << 7
+A_RSTRIP = 1 << 8
+
+_ATTR_OF_TYPE = np.array([A_UNDEFINED, A_NORMAL, A_UNKNOWN, A_CONTROL, A_USER_DEFINED, A_UNUSED, A_BYTE], np.int32)
+_A_SPECIAL = A_UNKNOWN | A_CONTROL  # rendered only with special=True, parsed only with parse_special=True
+
+# ------------------------------------------------------------------ pre-tokenizers
+# regexes as llama.cpp's llm_tokenizer_bpe defines them, by tokenizer.ggml.pre
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
-_LLAMA3 = (
-    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_CONTR = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+_LLAMA3 = _CONTR + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_QWEN2 = _CONTR + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_QWEN35 = _CONTR + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+# gpt-4o and tekken: llama.cpp's adaptations (lookaheads instead of \p{Lu}/\p{Ll}...), which it
+# matches on its own; they differ from the tokenizer.json originals on combining marks
+_UPPERISH, _LOWERISH = r"((?=[\p{L}])([^a-z]))", r"((?=[\p{L}])([^A-Z]))"
+_GPT4O = (
+    r"[^\r\n\p{L}\p{N}]?" + _UPPERISH + "*" + _LOWERISH + "+" + _CONTR + "?"
+    r"|[^\r\n\p{L}\p{N}]?" + _UPPERISH + "+" + _LOWERISH + "*" + _CONTR + "?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_QWEN2 = (
-    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_TEKKEN = (
+    r"[^\r\n\p{L}\p{N}]?" + _UPPERISH + "*" + _LOWERISH + "+"
+    r"|[^\r\n\p{L}\p{N}]?" + _UPPERISH + "+" + _LOWERISH + "*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-PRE_TOKENIZERS: dict[str, list[str]] = {
-    "default": [r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"],
-    "llama3": [_LLAMA3],
-    "llama-bpe": [_LLAMA3],
-    "llama-v3": [_LLAMA3],
-    "smollm": [r"\p{N}", _GPT2],
-    "starcoder": [r"\p{N}", _GPT2],
-    "refact": [r"\p{N}", _GPT2],
-    "qwen2": [_QWEN2],
-    "deepseek-r1-qwen": [_QWEN2],
-    "gpt2": [_GPT2],
-    "gpt-2": [_GPT2],
-    "olmo": [_GPT2],
-    "jais": [_GPT2],
-}
+_PORO = r" ?[^(\s|.,!?…。，、।۔،)]+"
 
-# tokens that end a generation when present (llama.cpp's end-of-generation set)
-_EOG_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>", "<EOT>", "</s>", "<|return|>", "<|end_of_text|>")
+_DEFAULT = [r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"]
+_STARCODER = [r"\p{N}", _GPT2]
+
+PRE_TOKENIZERS: dict[str, list[str]] = {"default": _DEFAULT}
+for _names, _rx in [
+    (("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano", "dbrx", "smaug-bpe"), [_LLAMA3]),
+    (("chatglm-bpe", "glm4", "glm5"), [_LLAMA3]),
+    (("starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b", "mellum2"), _STARCODER),
+    (
+        (
+            "gpt-2", "gpt2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0", "mellum", "modern-bert",
+            "jina-v1-en", "jina-v2-code", "roberta-bpe", "mpt", "olmo", "jais", "trillion", "granite-docling", "exaone4",
+        ),
+        [_GPT2],
+    ),
+    (("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "stablelm2", "megrez", "hunyuan", "solar-open", "grok-2"), [_QWEN2]),
+    (("qwen35",), [_QWEN35]),
+    (("falcon",), [r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, r"[0-9][0-9][0-9]"]),
+    (("poro-chat", "bloom", "gpt3-finnish"), [_PORO]),
+    (("viking",), [_PORO, r"\p{N}"]),
+    (("tekken",), [_TEKKEN]),
+    (("gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"), [_GPT4O]),
+    (("deepseek-coder",), [r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", r"\p{N}"]),
+    (
+        ("seed-coder",),
+        [_CONTR + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+"],
+    ),
+    (
+        ("bailingmoe", "bailingmoe2", "llada-moe"),
+        [r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"],
+    ),
+]:
+    for _n in _names:
+        PRE_TOKENIZERS[_n] = _rx
+
+# pre-tokenizers for which llama.cpp sets ignore_merges / a default add_bos of True
+_IGNORE_MERGES = {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano", "tekken", "glm4", "glm5"}
+_ADD_BOS = {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano", "tekken", "chameleon"}
+
+# ------------------------------------------------------------------ special tokens found by text (llama_vocab::impl::load)
+_EOT_TEXTS = (
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>", "_<EOT>", "[EOT]",
+    "<｜end▁of▁sentence｜>", "<end_of_utterance>",
+)
+_EOM_TEXTS = ("<|eom_id|>",)
+_FIM_TEXTS = {
+    "fim_pre": ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>", "<|prefix|>"),
+    "fim_suf": ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>", "<|suffix|>"),
+    "fim_mid": ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>", "<|middle|>"),
+    "fim_pad": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
+    "fim_rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+    "fim_sep": ("<|file_sep|>",),
+}
+_FIM_KEYS = {
+    "fim_pre": ("fim_pre_token_id", "prefix_token_id"),
+    "fim_suf": ("fim_suf_token_id", "suffix_token_id"),
+    "fim_mid": ("fim_mid_token_id", "middle_token_id"),
+    "fim_pad": ("fim_pad_token_id",),
+    "fim_rep": ("fim_rep_token_id",),
+    "fim_sep": ("fim_sep_token_id",),
+}
+_EOG_TEXTS = (
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "<end_of_turn>", "<|endoftext|>",
+    "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>",
+    "<|tool_response>", "<｜end▁of▁sentence｜>", "[e~[",
+)
+_ALWAYS_RENDERED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")  # gpt-oss: USER_DEFINED
+
+_C_SPACE = " \t\n\v\f\r"  # C isspace()
+_BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{1,2})")
 
 
 def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte <-> printable character map (byte-level BPE)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
@@ -67,10 +155,9 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 _BYTE_DECODER = {c: b for b, c in _bytes_to_unicode().items()}
-_BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
-# ----------------------------------------------------------------- SentencePiece model proto
+# ------------------------------------------------------------------ SentencePiece model proto
 def _varint(n: int) -> bytes:
     out = bytearray()
     while True:
@@ -83,161 +170,396 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
+_VARINTS = [_varint(i) for i in range(1 << 14)]
+
+
+def _vi(n: int) -> bytes:
+    return _VARINTS[n] if n < 16384 else _varint(n)
+
+
 def _field_bytes(num: int, data: bytes) -> bytes:
-    return _varint(num << 3 | 2) + _varint(len(data)) + data
+    return _vi(num << 3 | 2) + _vi(len(data)) + data
 
 
 def _field_varint(num: int, v: int) -> bytes:
-    return _varint(num << 3) + _varint(v)
+    return _vi(num << 3) + _varint(v)
 
 
-def _spm_model_proto(tokens: list[str], scores: np.ndarray, types: np.ndarray, add_dummy_prefix: bool) -> bytes:
-    """Serialise a sentencepiece ``ModelProto`` (BPE, byte fallback, identity normaliser).
+# sentencepiece_model.proto field numbers
+_SP_NORMAL, _SP_UNKNOWN, _SP_BYTE = 1, 2, 6
 
-    Written by hand rather than through protobuf's Python classes: it is 30
-    lines and builds a 262k-piece model in a fraction of the time.
+
+def _spm_model_proto(pieces: list[str], scores: np.ndarray, sp_types: np.ndarray) -> bytes:
+    """Serialise a sentencepiece ``ModelProto``: BPE, byte fallback, identity normaliser.
+
+    Written by hand rather than through protobuf's Python classes: it builds a
+    262k-piece model several times faster.  ``ModelProto``: 1 pieces, 2
+    trainer_spec, 3 normalizer_spec; ``SentencePiece``: 1 piece, 2 score
+    (float), 3 type; ``TrainerSpec``: 3 model_type (2 = BPE), 35 byte_fallback,
+    40-43 unk/bos/eos/pad ids; ``NormalizerSpec``: 1 name, 3 add_dummy_prefix,
+    4 remove_extra_whitespaces, 5 escape_whitespaces.
     """
+    sc = np.ascontiguousarray(scores, "<f4").tobytes()
+    ty = sp_types.tolist()
+    typ = {t: b"\x18" + _vi(t) for t in set(ty)}
     parts = []
-    for tok, score, typ in zip(tokens, scores.tolist(), types.tolist()):
-        t = int(typ) if int(typ) in (NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE) else NORMAL
-        piece = _field_bytes(1, tok.encode("utf-8")) + b"\x15" + struct.pack("<f", score) + _field_varint(3, t)
-        parts.append(_field_bytes(1, piece))
-    unk = next((i for i, t in enumerate(types.tolist()) if t == UNKNOWN), 0)
-    trainer = _field_varint(3, 2) + _field_varint(35, 1) + _field_varint(40, unk)  # model_type=BPE, byte_fallback, unk_id
-    trainer += _field_varint(41, 0xFFFFFFFF) + _field_varint(42, 0xFFFFFFFF) + _field_varint(43, 0xFFFFFFFF)  # bos/eos/pad = -1... (as uint32)
-    normalizer = _field_bytes(1, b"identity") + _field_varint(3, int(add_dummy_prefix)) + _field_varint(4, 0) + _field_varint(5, 1)
+    app = parts.append
+    for i, p in enumerate(pieces):
+        b = p.encode("utf-8")
+        inner = b"\n" + _vi(len(b)) + b + b"\x15" + sc[4 * i : 4 * i + 4] + typ[ty[i]]
+        app(b"\n" + _vi(len(inner)) + inner)
+    unk = ty.index(_SP_UNKNOWN)
+    minus1 = 0xFFFFFFFFFFFFFFFF  # int32 -1 as a protobuf varint
+    trainer = _field_varint(3, 2) + _field_varint(35, 1) + _field_varint(40, unk)
+    trainer += _field_varint(41, minus1) + _field_varint(42, minus1) + _field_varint(43, minus1)
+    normalizer = _field_bytes(1, b"identity") + _field_varint(3, 0) + _field_varint(4, 0) + _field_varint(5, 0)
     return b"".join(parts) + _field_bytes(2, trainer) + _field_bytes(3, normalizer)
 
 
+# ------------------------------------------------------------------ the tokenizer
 class Tokenizer:
-    """Text <-> token ids for one GGUF vocabulary.   Build with :meth:`from_metadata`."""
+    """Text <-> token ids for one GGUF vocabulary.  Build with :meth:`from_metadata`.
+
+    Attributes: ``kind`` ("spm" or "bpe"), ``n_vocab``, ``bos_id``, ``eos_id``,
+    ``unk_id`` (None when absent), ``add_bos``/``add_eos`` (what the vocabulary
+    asks for), ``eot_ids`` (every id that ends a generation), ``tokens``
+    (token texts), ``attrs`` (llama.cpp token attribute bits, int32 array).
+    """
 
     def __init__(self, md: Mapping[str, Any]) -> None:
         self.model = str(md.get("tokenizer.ggml.model", ""))
         if self.model not in ("llama", "gpt2"):
-            raise ValueError(f"tokenizer model {self.model!r} is not supported (llama/SentencePiece and gpt2/BPE are)")
+            raise ValueError(f"tokenizer model {self.model!r} is not supported (llama/SentencePiece and gpt2/byte-level BPE are)")
         self.kind = "spm" if self.model == "llama" else "bpe"
-        self.tokens: list[str] = list(md["tokenizer.ggml.tokens"])
-        n = len(self.tokens)
+        self.pre = str(md.get("tokenizer.ggml.pre", "default") or "default")
+
+        tokens = list(md["tokenizer.ggml.tokens"])
+        for i in (i for i, t in enumerate(tokens) if not t):
+            tokens[i] = f"[EMPTY_{i}]"  # as llama.cpp renames empty tokens
+        self.tokens: list[str] = tokens
+        n = self.n_vocab = len(tokens)
+        self._ids: dict[str, int] = {t: i for i, t in enumerate(tokens)}  # duplicates: the last id wins, as in llama.cpp
+
         types = md.get("tokenizer.ggml.token_type")
-        self.types = np.asarray(types, np.int32) if types is not None else np.full(n, NORMAL, np.int32)
-        self.n_vocab = n
-        self.bos_id = _opt_int(md.get("tokenizer.ggml.bos_token_id"))
-        self.eos_id = _opt_int(md.get("tokenizer.ggml.eos_token_id"))
-        self.add_bos = bool(md.get("tokenizer.ggml.add_bos_token", self.kind == "spm"))
-        self.add_eos = bool(md.get("tokenizer.ggml.add_eos_token", False))
-        self.add_space_prefix = bool(md.get("tokenizer.ggml.add_space_prefix", self.kind == "spm"))
-        self.pre = str(md.get("tokenizer.ggml.pre", "default"))
+        if types is None:
+            self.attrs = np.full(n, A_NORMAL, np.int32)
+        else:
+            t = np.asarray(types, np.int64)[:n]
+            self.attrs = np.where((t >= 0) & (t <= 6), _ATTR_OF_TYPE[np.clip(t, 0, 6)], A_UNDEFINED).astype(np.int32)
+
+        # defaults by vocabulary type, then the GGUF's keys (llama_vocab::impl::load)
+        if self.kind == "spm":
+            bos, eos, unk = 1, 2, 0
+            add_bos, add_eos, self.add_space_prefix = True, False, True
+            self.ignore_merges = False
+        else:
+            bos, eos, unk = 11, 11, None
+            known = self.pre in PRE_TOKENIZERS
+            add_bos, add_eos, self.add_space_prefix = self.pre in _ADD_BOS, False, False
+            self.ignore_merges = self.pre in _IGNORE_MERGES
+            if not known:
+                warnings.warn(f"unknown pre-tokenizer {self.pre!r}; using the default regexes (token ids may differ from llama.cpp)", stacklevel=3)
+        self.add_space_prefix = bool(md.get("tokenizer.ggml.add_space_prefix", self.add_space_prefix))
+        self.bos_id = self._special_id(md, "bos_token_id", bos)
+        self.eos_id = self._special_id(md, "eos_token_id", eos)
+        self.unk_id = self._special_id(md, "unknown_token_id", unk)
+        self.add_bos = bool(md.get("tokenizer.ggml.add_bos_token", add_bos))
+        self.add_eos = bool(md.get("tokenizer.ggml.add_eos_token", add_eos))
+        if self.add_bos and self.bos_id is None:
+            self.add_bos = False
+        if self.add_eos and self.eos_id is None:
+            self.add_eos = False
+
+        self._fix_attrs_and_eog(md)
+        self._build_special_matcher(str(md.get("general.name", "")))
         self._piece_cache: dict[int, bytes] = {}
-
-        ids = {t: i for i, t in enumerate(self.tokens)}
-        self._ids = ids
-        eog = {i for i in (self.eos_id, _opt_int(md.get("tokenizer.ggml.eot_token_id")), _opt_int(md.get("tokenizer.ggml.eom_token_id"))) if i is not None}
-        eog |= {ids[t] for t in _EOG_TEXTS if t in ids and self.types[ids[t]] in (CONTROL, USER_DEFINED)}
-        self.eot_ids: frozenset[int] = frozenset(eog)
-
-        # special tokens split out of text before the sub-word model runs
-        ctrl = [(t, i) for i, t in enumerate(self.tokens) if self.types[i] == CONTROL and t]
-        user = [(t, i) for i, t in enumerate(self.tokens) if self.types[i] == USER_DEFINED and t]
-        self._special_re = _alternation([t for t, _ in ctrl + user])
-        self._user_re = _alternation([t for t, _ in user])
 
         if self.kind == "spm":
             import sentencepiece as spm
 
-            scores = np.asarray(md.get("tokenizer.ggml.scores", np.zeros(n, np.float32)), np.float32)
-            proto = _spm_model_proto(self.tokens, scores, self.types, self.add_space_prefix)
-            self._sp = spm.SentencePieceProcessor(model_proto=proto)
+            scores = md.get("tokenizer.ggml.scores")
+            scores = np.zeros(n, np.float32) if scores is None else np.asarray(scores, np.float32)[:n]
+            pieces, sp_types = self._sp_pieces()
+            self._sp = spm.SentencePieceProcessor()
+            self._sp.LoadFromSerializedProto(_spm_model_proto(pieces, np.append(scores, np.float32(0)), sp_types))
         else:
-            self._hf = _build_bpe(self.tokens, list(md.get("tokenizer.ggml.merges", [])), self.pre)
+            self._hf = _build_bpe(tokens, md.get("tokenizer.ggml.merges") or [], PRE_TOKENIZERS.get(self.pre, _DEFAULT), self.ignore_merges)
 
     @classmethod
-    def from_metadata(cls, md: Mapping[str, Any]) -> Tokenizer:
-        return cls(md)
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:
+        """Build from GGUF metadata (``tokenizer.ggml.*`` keys)."""
+        return cls(metadata)
+
+    # ----------------------------------------------------------------- load-time fix-ups
+    def _special_id(self, md: Mapping[str, Any], key: str, default: int | None) -> int | None:
+        v = md.get(f"tokenizer.ggml.{key}")
+        if v is not None and 0 <= int(v) < self.n_vocab:
+            return int(v)
+        return default if default is not None and 0 <= default < self.n_vocab else None
+
+    def _fix_attrs_and_eog(self, md: Mapping[str, Any]) -> None:
+        """End-of-generation set and attribute overrides, as llama.cpp derives them."""
+        ids, attrs = self._ids, self.attrs
+
+        def by_text(texts: Iterable[str]) -> list[int]:
+            return [ids[t] for t in texts if t in ids]
+
+        def first(key_names: tuple[str, ...], texts: tuple[str, ...]) -> int | None:
+            for k in key_names:
+                v = md.get(f"tokenizer.ggml.{k}")
+                if v is not None and 0 <= int(v) < self.n_vocab:
+                    return int(v)
+            found = by_text(texts)
+            if found:
+                attrs[found[0]] |= A_CONTROL
+                return found[0]
+            return None
+
+        eot = first(("eot_token_id",), _EOT_TEXTS)
+        eom = first(("eom_token_id",), _EOM_TEXTS)
+        fim = {k: first(_FIM_KEYS[k], _FIM_TEXTS[k]) for k in _FIM_TEXTS}
+        self.eot_id, self.eom_id = eot, eom
+        self.fim_ids = fim
+
+        # CONTROL tokens whose text says "unused" are marked UNUSED
+        for i in np.nonzero(attrs & A_CONTROL)[0].tolist():
+            if "unused" in self.tokens[i]:
+                attrs[i] |= A_UNUSED
+
+        eog = {i for i in (fim["fim_pad"], fim["fim_rep"], fim["fim_sep"]) if i is not None}
+        for i in by_text(_EOG_TEXTS):
+            eog.add(i)
+            attrs[i] |= A_CONTROL
+        for i in by_text(_ALWAYS_RENDERED):
+            attrs[i] = A_USER_DEFINED
+        eog |= {i for i in (self.eos_id, eot, eom) if i is not None}
+        texts = {self.tokens[i]: i for i in eog}
+        has_call = "<|call|>" in texts or "<|calls|>" in texts
+        if "<|end|>" in texts and has_call and ("<|return|>" in texts or "<|flush|>" in texts):
+            eog.discard(texts["<|end|>"])
+            attrs[texts["<|end|>"]] = A_USER_DEFINED
+        if "</s>" in texts and ("<|tool_response>" in texts or "<|plamo:eos|>" in texts):
+            eog.discard(texts["</s>"])
+            attrs[texts["</s>"]] = A_NORMAL
+        self.eot_ids: frozenset[int] = frozenset(eog)
+
+    def _build_special_matcher(self, model_name: str) -> None:
+        """The special-token cache (CONTROL/USER_DEFINED/UNKNOWN), longest first, and a trie to find them."""
+        attrs = self.attrs
+        special = np.nonzero(attrs & (A_CONTROL | A_USER_DEFINED | A_UNKNOWN))[0].tolist()
+        name = model_name.lower()
+        if "phi-3" in name or "phi3" in name:  # llama.cpp's per-model attributes
+            for i in special:
+                attrs[i] |= A_RSTRIP
+            if "</s>" in self._ids:
+                attrs[self._ids["</s>"]] |= A_RSTRIP
+            for t in ("<unk>", "<s>", "<|endoftext|>"):
+                if t in self._ids:
+                    attrs[self._ids[t]] &= ~A_RSTRIP
+        elif "jina-v2" in self.pre and "<mask>" in self._ids:
+            attrs[self._ids["<mask>"]] |= A_LSTRIP
+        special.sort(key=lambda i: -len(self.tokens[i].encode("utf-8")))  # stable: ties keep id order
+        self._special_rank = {tid: r for r, tid in enumerate(special)}
+        trie: dict = {}
+        for tid in special:
+            node = trie
+            for ch in self.tokens[tid]:
+                node = node.setdefault(ch, {})
+            node[""] = tid
+        self._trie = trie
+        self._first_chars = re.compile("[" + "".join(re.escape(c) for c in sorted(trie)) + "]") if trie else None
+
+    def _sp_pieces(self) -> tuple[list[str], np.ndarray]:
+        """Pieces and sentencepiece types mirroring llama.cpp's SPM session.
+
+        llama.cpp merges into (and outputs) any token whose text matches,
+        whatever its type, so every token is a NORMAL piece except the byte
+        tokens (sentencepiece's byte fallback needs them); an extra piece past
+        the vocabulary is the UNKNOWN piece sentencepiece requires.  Duplicate
+        texts keep only the last id reachable, as llama.cpp's text->id map does.
+        """
+        pieces = list(self.tokens)
+        sp_types = np.full(self.n_vocab + 1, _SP_NORMAL, np.int32)
+        is_byte = (self.attrs & A_BYTE) != 0
+        sp_types[:-1][is_byte] = _SP_BYTE
+        if len(self._ids) != self.n_vocab:
+            for i, t in enumerate(pieces):
+                if self._ids[t] != i:
+                    pieces[i] = f"\ue000kvrun-duplicate-{i}\ue000"
+        for i in np.nonzero(is_byte)[0].tolist():  # sentencepiece wants byte pieces spelled <0xXX>
+            m = _BYTE_TOKEN.match(pieces[i])
+            if not m or pieces[i] != f"<0x{int(m.group(1), 16):02X}>":
+                sp_types[i] = _SP_NORMAL
+        pieces.append("\ue000kvrun-unknown\ue000")
+        sp_types[-1] = _SP_UNKNOWN
+        return pieces, sp_types
 
     # ----------------------------------------------------------------- encode
-    def _split_special(self, text: str, parse_special: bool) -> list[str | int]:
-        rx = self._special_re if parse_special else self._user_re
-        if rx is None:
-            return [text] if text else []
-        out: list[str | int] = []
-        last = 0
-        for m in rx.finditer(text):
-            if m.start() > last:
-                out.append(text[last : m.start()])
-            out.append(self._ids[m.group(0)])
-            last = m.end()
-        if last < len(text):
-            out.append(text[last:])
-        return out
-
-    def _encode_fragment(self, frag: str, first: bool) -> list[int]:
-        if self.kind == "spm":
-            # llama.cpp adds the dummy-prefix space only to the first raw fragment
-            if self.add_space_prefix and first:
-                frag = " " + frag
-            return list(self._sp.encode(frag.replace(" ", "\u2581"), add_bos=False, add_eos=False)) if frag else []
-        return self._hf.encode(frag, add_special_tokens=False).ids if frag else []
+    def _partition(self, text: str, parse_special: bool) -> list[tuple[int, int] | int]:
+        """``text`` as raw spans ``(start, end)`` and special token ids (llama.cpp ``tokenizer_st_partition``)."""
+        if not text:
+            return []
+        frags: list[tuple[int, int] | int] = [(0, len(text))]
+        if self._first_chars is None:
+            return frags
+        # the special tokens that occur anywhere in the text
+        found: set[int] = set()
+        trie, n = self._trie, len(text)
+        for m in self._first_chars.finditer(text):
+            node, i = trie, m.start()
+            while i < n:
+                node = node.get(text[i])
+                if node is None:
+                    break
+                i += 1
+                tid = node.get("")
+                if tid is not None:
+                    found.add(tid)
+        if not parse_special:
+            found = {t for t in found if not self.attrs[t] & _A_SPECIAL}
+        if not found:
+            return frags
+        for tid in sorted(found, key=self._special_rank.__getitem__):
+            tok, attr = self.tokens[tid], int(self.attrs[tid])
+            out: list[tuple[int, int] | int] = []
+            for f in frags:
+                if isinstance(f, int):
+                    out.append(f)
+                    continue
+                s, e = f
+                while True:
+                    m = text.find(tok, s, e)
+                    if m < 0:
+                        break
+                    le = m
+                    if attr & A_LSTRIP:
+                        while le > s and text[le - 1] in _C_SPACE:
+                            le -= 1
+                    if le > s:
+                        out.append((s, le))
+                    out.append(tid)
+                    s = m + len(tok)
+                    if attr & A_RSTRIP:
+                        while s < e and text[s] in _C_SPACE:
+                            s += 1
+                    if s >= e:
+                        break
+                if s < e:
+                    out.append((s, e))
+            frags = out
+        return frags
 
     def encode(self, text: str, add_bos: bool | None = None, parse_special: bool = True) -> list[int]:
-        """Token ids of ``text``.
+        """Token ids of ``text``, equal to llama.cpp's ``llama_tokenize``.
 
-        add_bos : add the special prefix the vocabulary asks for (its
-            ``tokenizer.ggml.add_bos_token``); None and True both follow the
-            vocabulary, as llama.cpp's ``add_special`` does; False never adds BOS.
-        parse_special : split control-token text (``<|im_start|>``) into its token.
+        add_bos : None or True add what the vocabulary asks for (BOS when its
+            ``add_bos_token`` is set, EOS when ``add_eos_token`` is), as
+            llama.cpp's ``add_special`` does; False adds neither.
+        parse_special : turn control-token text (``<|im_start|>``) into its
+            token; user-defined tokens are always parsed, as in llama.cpp.
         """
+        add_special = add_bos is not False
+        frags = self._partition(text, parse_special)
         ids: list[int] = []
-        if add_bos is not False and self.add_bos and self.bos_id is not None:
+        if add_special and self.add_bos:
             ids.append(self.bos_id)
-        first = True
-        for part in self._split_special(text, parse_special):
-            if isinstance(part, int):
-                ids.append(part)
-            else:
-                ids.extend(self._encode_fragment(part, first))
-            first = False
-        if add_bos is not False and self.add_eos and self.eos_id is not None:
+        if self.kind == "spm":
+            texts: list[str] = []
+            prev_special = True
+            for f in frags:
+                if isinstance(f, int):
+                    prev_special = True
+                    continue
+                s = text[f[0] : f[1]]
+                texts.append(((" " + s) if self.add_space_prefix and prev_special else s).replace(" ", "\u2581"))
+                prev_special = False
+            encoded = iter(self._sp.encode(texts) if texts else [])
+            unk = self.n_vocab
+            for f in frags:
+                if isinstance(f, int):
+                    ids.append(f)
+                else:
+                    part = next(encoded)
+                    if unk in part:  # a character with neither a token nor byte tokens
+                        part = [self.unk_id if t == unk else t for t in part if t != unk or self.unk_id is not None]
+                    ids.extend(part)
+        else:
+            enc = self._hf.encode
+            for f in frags:
+                if isinstance(f, int):
+                    ids.append(f)
+                else:
+                    ids.extend(enc(text[f[0] : f[1]], add_special_tokens=False).ids)
+        if add_special and self.add_eos:
             ids.append(self.eos_id)
         return ids
 
     # ----------------------------------------------------------------- decode
     def token_bytes(self, tid: int, special: bool = True) -> bytes:
-        """Bytes a token stands for (control tokens: their text when ``special``, else nothing)."""
-        t = self.types[tid] if 0 <= tid < self.n_vocab else UNKNOWN
-        if t == CONTROL:
-            return self.tokens[tid].encode("utf-8") if special else b""
-        key = tid
-        b = self._piece_cache.get(key)
-        if b is not None:
-            return b
-        tok = self.tokens[tid]
-        if t == USER_DEFINED:
-            b = tok.encode("utf-8")
-        elif self.kind == "spm":
-            m = _BYTE_TOKEN.match(tok) if t == BYTE else None
-            b = bytes([int(m.group(1), 16)]) if m else tok.replace("\u2581", " ").encode("utf-8")
-        else:
-            try:
-                b = bytes(_BYTE_DECODER[c] for c in tok)
-            except KeyError:
-                b = tok.encode("utf-8")
-        self._piece_cache[key] = b
+        """The bytes of one token, as ``llama_token_to_piece(..., special)`` gives them.
+
+        Control and unknown tokens give their text only when ``special``;
+        byte tokens give their one byte; out-of-range ids give nothing.
+        """
+        if not 0 <= tid < self.n_vocab:
+            return b""
+        attr = int(self.attrs[tid])
+        if not special and attr & _A_SPECIAL:
+            return b""
+        b = self._piece_cache.get(tid)
+        if b is None:
+            b = self._piece_cache[tid] = self._piece(tid, attr)
         return b
 
-    def token_to_piece(self, tid: int) -> str:
-        return self.token_bytes(tid).decode("utf-8", errors="replace")
+    def _piece(self, tid: int, attr: int) -> bytes:
+        tok = self.tokens[tid]
+        if attr & (_A_SPECIAL | A_USER_DEFINED):
+            return tok.encode("utf-8")
+        if attr & A_NORMAL:
+            if self.kind == "spm":
+                return tok.replace("\u2581", " ").encode("utf-8")
+            return _decode_byte_level(tok)
+        if attr & A_BYTE:
+            m = _BYTE_TOKEN.match(tok)
+            return bytes([int(m.group(1), 16)]) if m else b"\x00"
+        return b""
 
-    def decode(self, ids: list[int], skip_special: bool = False) -> str:
-        data = b"".join(self.token_bytes(i, special=not skip_special) for i in ids)
+    def token_to_piece(self, tid: int, special: bool = True) -> str:
+        """The piece as ``llama-tokenize`` prints it (a lone partial UTF-8 byte shows as U+FFFD)."""
+        return self.token_bytes(tid, special).decode("utf-8", errors="replace")
+
+    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+        """Concatenated pieces of ``ids``; ``skip_special`` drops control tokens' text."""
+        data = b"".join(self.token_bytes(int(i), special=not skip_special) for i in ids)
         return data.decode("utf-8", errors="replace")
 
     def is_special(self, tid: int) -> bool:
-        return int(self.types[tid]) in (CONTROL, USER_DEFINED)
+        """A control/unknown token: rendered only on request, parsed only with ``parse_special``."""
+        return 0 <= tid < self.n_vocab and bool(self.attrs[tid] & _A_SPECIAL)
+
+    def is_eog(self, tid: int) -> bool:
+        return tid in self.eot_ids
+
+    def token_id(self, text: str) -> int | None:
+        """The id of the token whose text is exactly ``text``, else None."""
+        return self._ids.get(text)
+
+    def __len__(self) -> int:
+        return self.n_vocab
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(kind={self.kind!r}, pre={self.pre!r}, n_vocab={self.n_vocab}, bos={self.bos_id}, eos={self.eos_id}, add_bos={self.add_bos})"
 
 
 class StreamDecoder:
-    """Token ids -> text, one piece at a time, never splitting a UTF-8 character."""
+    """Token ids -> text, one token at a time, never splitting a UTF-8 character.
+
+    ``push(id)`` returns the text that is complete so far (possibly ""); byte
+    tokens (``<0xE2>``...) are held until their character is whole.
+    ``flush()`` returns what is left (an unfinished sequence as U+FFFD).
+    ``special`` renders control tokens' text (default False, as llama.cpp's
+    generation output does not show them).
+    """
 
     def __init__(self, tokenizer: Tokenizer, special: bool = False) -> None:
         self.tok = tokenizer
@@ -246,6 +568,8 @@ class StreamDecoder:
 
     def push(self, tid: int) -> str:
         self.buf += self.tok.token_bytes(tid, special=self.special)
+        if not self.buf:
+            return ""
         cut = _complete_utf8_prefix(self.buf)
         text = self.buf[:cut].decode("utf-8", errors="replace")
         self.buf = self.buf[cut:]
@@ -269,26 +593,37 @@ def _complete_utf8_prefix(b: bytes) -> int:
     return n
 
 
-def _alternation(texts: list[str]) -> re.Pattern[str] | None:
-    if not texts:
-        return None
-    texts = sorted(set(texts), key=len, reverse=True)  # longest match first
-    return re.compile("|".join(re.escape(t) for t in texts))
+def _decode_byte_level(tok: str) -> bytes:
+    """llama.cpp's ``llama_decode_text``: byte-level characters back to bytes."""
+    try:
+        return bytes(_BYTE_DECODER[c] for c in tok)
+    except KeyError:
+        out = bytearray()
+        for c in tok:
+            if c in _BYTE_DECODER:
+                out.append(_BYTE_DECODER[c])
+            else:
+                out += b"[UNK_BYTE_0x" + c.encode("utf-8").hex().encode() + tok.encode("utf-8") + b"]"
+        return bytes(out)
 
 
-def _opt_int(v: Any) -> int | None:
-    return None if v is None else int(v)
+def _build_bpe(tokens: list[str], merges: Iterable[str], regexes: list[str], ignore_merges: bool):
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
 
-
-def _build_bpe(tokens: list[str], merges: list[str], pre: str):
-    from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
-
-    if pre not in PRE_TOKENIZERS:
-        warnings.warn(f"unknown pre-tokenizer {pre!r}; using the default (token ids may differ from llama.cpp)", stacklevel=3)
-    regexes = PRE_TOKENIZERS.get(pre, PRE_TOKENIZERS["default"])
     vocab = {t: i for i, t in enumerate(tokens)}
-    pairs = [tuple(m.split(" ", 1)) for m in merges]
-    tk = HFTokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=False))
+    pairs, seen, dropped = [], set(), 0
+    for m in merges:
+        k = m.find(" ", 1)  # llama.cpp splits at the first space after the first character
+        a, b = (m[:k], m[k + 1 :]) if k >= 0 else ("", "")
+        if a in vocab and b in vocab and a + b in vocab and (a, b) not in seen:
+            pairs.append((a, b))
+            seen.add((a, b))
+        else:
+            dropped += 1
+    if dropped:
+        warnings.warn(f"{dropped} BPE merges name tokens outside the vocabulary; ignored", stacklevel=3)
+    tk = HFTokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges))
     tk.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes] + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
     )

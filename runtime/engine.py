@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..cache.base import KVCache
-from ..cache.plain import make_plain_cache
+from ..cache.factory import make_cache
+from ..cache.kvconfig import KVConfig
 from ..loaders.config import ModelConfig, load_config
 from ..loaders.errors import KvrunError
 from ..loaders.gguf_file import GGUFFile
@@ -66,7 +67,15 @@ class GenRequest:
 class Engine:
     """A loaded model: file, config, tokenizer, weights on a backend."""
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", n_ctx: int = 4096, n_batch: int = 256, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        device: str = "cpu",
+        n_ctx: int = 4096,
+        n_batch: int = 256,
+        threads: int | None = None,
+        kv: KVConfig | None = None,
+    ) -> None:
         t0 = time.perf_counter()
         set_threads(threads)
         self.path = str(path)
@@ -79,6 +88,10 @@ class Engine:
             raise KvrunError(f"--ctx-size must be at least 8, got {n_ctx}")
         self.n_ctx = n_ctx
         self.n_batch = max(1, min(n_batch, n_ctx))
+        try:  # KV cache compression (None: plain fp16)
+            self.kv = kv.validate(n_ctx) if kv is not None else None
+        except ValueError as e:
+            raise KvrunError(f"KV cache: {e}") from None
         try:
             self.backend = get_backend(device)
         except ValueError as e:
@@ -90,7 +103,7 @@ class Engine:
     # ------------------------------------------------------------------ cache
     def new_cache(self) -> KVCache:
         specs = self.model.layer_specs()
-        return KVCache(make_plain_cache(specs, self.n_ctx, self.n_batch))
+        return KVCache(make_cache(specs, self.n_ctx, self.n_batch, self.kv))
 
     # ------------------------------------------------------------------ eval
     def eval(self, cache: KVCache, tokens: list[int] | np.ndarray, logits_all: bool = False, logits_start: int = 0) -> np.ndarray:

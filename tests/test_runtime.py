@@ -142,3 +142,44 @@ def test_cli_bench_and_perplexity(tiny_path, tmp_path):
     assert r.exit_code == 0, r.output
     out = json.loads(r.output.strip().splitlines()[-1])
     assert out["ppl"] > 1 and out["n_tokens"] == out["n_chunks"] * 31
+
+
+def test_cli_kv_eval_json_has_one_object_per_config(tiny_path, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat and the dog ate the hat. " * 40)
+    configs = "16; 4; 2,residual=8; 2,policy=h2o,budget=40,residual=8"
+    r = CliRunner().invoke(main, ["kv-eval", str(tiny_path), "-f", str(text), "--ctx", "96", "--configs", configs, "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    assert [x["config"].split(",")[0] for x in rows] == ["16", "4", "2", "2"]
+    for x in rows:
+        assert {"config", "kv_bytes", "bits_per_value", "ppl", "dppl_pct", "kl", "top1", "tok_s"} <= set(x)
+    fp16, q4, q2, h2o = rows
+    assert fp16["dppl_pct"] == 0.0 and fp16["kl"] < 1e-9 and fp16["top1"] == 1.0  # 16 bits is the reference itself
+    assert q2["bits_per_value"] < q4["bits_per_value"] < fp16["bits_per_value"]
+    assert h2o["kv_bytes"] < q2["kv_bytes"]  # a budget of 40 of 96 tokens allocates less
+
+
+def test_cli_kv_eval_bad_config_is_one_line(tiny_path, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("the cat " * 200)
+    for bad in ["5", "2,policy=nope", "2,policy=h2o,budget=3", "2,frobnicate=1"]:
+        r = CliRunner().invoke(main, ["kv-eval", str(tiny_path), "-f", str(text), "--ctx", "96", "--configs", bad])
+        assert r.exit_code == 2 and r.output.count("\n") == 1 and "Traceback" not in r.output, (bad, r.output)
+
+
+def test_cli_run_with_kv_flags_reports_kv_memory(tiny_path):
+    r = CliRunner().invoke(main, ["run", str(tiny_path), "-p", "the", "-n", "8", "--temp", "0", "--kv-bits", "2", "--kv-residual", "8"])
+    assert r.exit_code == 0, r.output
+    assert "| kv " in r.output and "holding" in r.output
+    r = CliRunner().invoke(main, ["run", str(tiny_path), "-p", "the", "--kv-bits", "5"])
+    assert r.exit_code == 2 and "bits=5" in r.output and r.output.count("\n") == 1
+
+
+def test_cli_needle_runs_every_depth(tiny_path):
+    r = CliRunner().invoke(main, ["needle", str(tiny_path), "--ctx", "400", "--depths", "10,90", "--trials", "1", "--configs", "16; 2,residual=8", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    assert len(rows) == 2 and all(set(x["depths"]) == {"10", "90"} for x in rows)
+    r = CliRunner().invoke(main, ["needle", str(tiny_path), "--depths", "ten"])
+    assert r.exit_code == 2 and r.output.count("\n") == 1

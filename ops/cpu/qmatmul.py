@@ -1,59 +1,722 @@
 """Products with weights in their GGUF block format (Numba, CPU).
 
-``w`` is always the raw weight ``[n_rows, row_bytes]`` uint8 (a view of the
-memory-mapped file); byte layouts are documented in ``loaders/quants.py``.
+``w`` is always the raw weight ``[n_rows, row_bytes]`` uint8 (a zero-copy view
+of the memory-mapped file, rows of ``n_cols / block_size`` blocks); byte
+layouts are documented in ``loaders/quants.py``.  Weights are never copied or
+converted as a whole.
 
-* ``matvec`` (decode, one token): per row, the blocks are decoded in registers
-  and dotted with ``x``; rows run in parallel.
-* ``matmul`` (prefill, many tokens): compute-bound, so a tile of rows is
-  decoded into a reused float32 buffer and handed to BLAS.
-* ``get_rows``: embedding lookup, decoding only the rows asked for.
+* :func:`matvec` (decode, one token; memory-bound).  As llama.cpp does, ``x``
+  is quantized once per call to int8 blocks of 32 (int16 for Q8_0 weights)
+  into a reused scratch row, with per-block sums of the quantized ``x`` on the
+  side; each weight row is then dotted block by block with integer SIMD
+  (``vpmaddubsw``/``vpmaddwd``, written as LLVM vector IR below), one float
+  FMA per 32 weights, constant offsets and minimums folded into the block
+  sums, software prefetch ahead of the 32-block rows.  Matrices smaller than
+  :data:`PAR_MIN_BYTES` run on the calling thread (an OpenMP fork/join costs
+  more than they do), larger ones on all Numba threads over row ranges.
+* :func:`matmul` (prefill, many tokens; compute-bound).  Fewer than
+  :data:`BLAS_MIN_TOKENS` tokens: the same integer kernel, each weight row
+  dotted with every token while it is in L1.  More: :data:`TILE_ROWS` rows at a
+  time are decoded (SIMD, bit-exact) into a reused float32 tile and multiplied
+  with numpy's BLAS; the whole matrix is never dequantized at once.
+* :func:`get_rows`: embedding lookup, decoding only the rows asked for; equal
+  bit for bit to ``gguf.quants.dequantize`` (no FMA contraction).
 
-Each type has one ``_row_<type>(row, out)`` decoder; the fast matvec kernels for
-the types real models use fold the block scale out of the inner loop.
+Error: ``matvec`` and few-token ``matmul`` compute W @ x_q exactly up to float32
+rounding, where x_q is x quantized per 32; for 4/5/6-bit weights that is a
+relative error of about 0.5% of ``|out|`` (as llama.cpp), for Q8_0 weights
+(int16 x) about 2e-5.  Float weights (F32/F16/BF16) and the BLAS path are
+float32 throughout.
+
+Hosts without AVX2/F16C/FMA (:data:`HAVE_AVX2` false) fall back to plain
+Numba loops over decoded rows (float32 results, much slower).
+
+Measured speeds and the choices behind them: ``python -m
+kvrun.ops.cpu.bench_matmul --threads 1``.
 """
 
 from __future__ import annotations
 
+import threading
+
+import llvmlite.binding as llvm
 import numba as nb
 import numpy as np
 from gguf import GGMLQuantizationType as T
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from .f16 import bf16_to_f32, f16_to_f32
 
 _JIT = dict(cache=True, fastmath=True, nogil=True)
-_TILE_ROWS = 256  # rows decoded per BLAS call in matmul
+_JIT_EXACT = dict(cache=True, nogil=True)  # decoders: no FMA contraction, bit-exact weights
+
+# ================================================================= SIMD kernels (LLVM vector IR)
+# These live in this file (not a submodule) on purpose: Numba's on-disk cache
+# is invalidated only by changes to the file that defines a cached function, so
+# intrinsics in another module could leave stale machine code behind.
+#
+# Block dot products written as LLVM vector IR (Numba intrinsics), AVX2-shaped.
+#
+# Each ``dot_<type>(w, xq, xd, xs, xs16, n)`` returns the float32 dot product of
+# one weight row with an activation vector that was quantized once per call:
+#
+# * ``w``    address of the row's first block (raw GGUF bytes)
+# * ``xq``   address of the quantized activations: int8 ``[n_cols]`` (int16 for
+#   Q8_0 weights, see ``quant_x16``)
+# * ``xd``   address of float32 ``[n_cols/32]`` per-32 scales (x ~= xd * xq)
+# * ``xs``   address of float32 ``[n_cols/32]``: sums of the quantized x per 32
+#   (``xd * sum(xq)``)
+# * ``xs16`` address of float32 ``[n_cols/16]``: the same per 16
+# * ``n``    number of GGUF blocks in the row
+#
+# All arguments are int64 (addresses come from ``arr.ctypes.data``), so the
+# callers keep the arrays alive.  The integer work follows llama.cpp's AVX2
+# ``ggml_vec_dot_*``: nibbles are unpacked to unsigned bytes, multiplied with the
+# signed int8 activations by ``vpmaddubsw`` (pairs summed to int16, no overflow:
+# |q| <= 63, |x| <= 127), widened and summed by ``vpmaddwd``, converted to float
+# and accumulated with one FMA per 32 weights using ``d_w * d_x``.  Constant
+# offsets (Q4_0's -8, Q5_0's -16, Q6_K's -32) and the minimums of Q4_1/Q5_1/K
+# types are folded into per-block sums of the quantized x, so each row's result
+# is exactly (up to float32 rounding) the dot product of the row with the
+# quantized x.  Q8_0 weights (signed, so no vpmaddubsw) are sign-extended to
+# int16 and meet int16 activations in two vpmaddwd: same instruction count,
+# 250x smaller activation error, which matters for the logits (output layer).
+# The 32-block loops are unrolled by two into two accumulators (halving the FMA
+# latency chains); the K types alternate accumulators between sub-blocks.
+#
+# The vector instructions are spelled as LLVM intrinsics
+# (``llvm.x86.avx2.pmadd.ub.sw`` etc.), so this module needs an x86-64 CPU with
+# AVX2 and F16C; :data:`HAVE_AVX2` says whether the host has them, and the
+# callers fall back to plain Numba loops when it does not.
 
 
+def _host_has_avx2() -> bool:
+    try:
+        feats = llvm.get_host_cpu_features()
+        return bool(feats.get("avx2")) and bool(feats.get("f16c")) and bool(feats.get("fma"))
+    except Exception:  # pragma: no cover - non-x86 hosts
+        return False
+
+
+HAVE_AVX2 = _host_has_avx2()
+
+LI1, LI8, LI16, LI32, LI64 = (ir.IntType(n) for n in (1, 8, 16, 32, 64))
+LF32 = ir.FloatType()
+LF16 = ir.HalfType()
+
+
+def V(t: ir.Type, n: int) -> ir.VectorType:
+    return ir.VectorType(t, n)
+
+
+V32I8, V16I8, V16I16, V8I32, V8F32 = V(LI8, 32), V(LI8, 16), V(LI16, 16), V(LI32, 8), V(LF32, 8)
+
+
+def _cvec(t: ir.Type, n: int, val: int) -> ir.Constant:
+    return ir.Constant(V(t, n), [ir.Constant(t, val)] * n)
+
+
+class _G:
+    """Small IR-emitting helpers around one builder."""
+
+    def __init__(self, builder: ir.IRBuilder) -> None:
+        self.b = builder
+        self.m = builder.module
+
+    # ---- memory
+    def addr(self, a: ir.Value) -> ir.Value:
+        """int64 address -> i8*"""
+        return self.b.inttoptr(a, LI8.as_pointer())
+
+    def off(self, p: ir.Value, o) -> ir.Value:
+        return self.b.gep(p, [o if isinstance(o, ir.Value) else ir.Constant(LI64, o)])
+
+    def load(self, p: ir.Value, o, ty: ir.Type) -> ir.Value:
+        q = self.b.bitcast(self.off(p, o), ty.as_pointer())
+        return self.b.load(q, align=1)
+
+    def f16(self, p: ir.Value, o) -> ir.Value:
+        h = self.b.bitcast(self.load(p, o, LI16), LF16)
+        return self.b.fpext(h, LF32)
+
+    def f16x2(self, p: ir.Value, o) -> tuple[ir.Value, ir.Value]:
+        """Two adjacent float16 (d, m) converted together."""
+        h = self.b.bitcast(self.load(p, o, V(LI16, 2)), V(LF16, 2))
+        f = self.b.fpext(h, V(LF32, 2))
+        return self.b.extract_element(f, ir.Constant(LI32, 0)), self.b.extract_element(f, ir.Constant(LI32, 1))
+
+    def prefetch(self, p: ir.Value, o) -> None:
+        self.call("llvm.prefetch.p0", ir.VoidType(), [self.off(p, o), ir.Constant(LI32, 0), ir.Constant(LI32, 3), ir.Constant(LI32, 1)])
+
+    def u8(self, p: ir.Value, o) -> ir.Value:
+        return self.b.zext(self.load(p, o, LI8), LI32)
+
+    def i8(self, p: ir.Value, o) -> ir.Value:
+        return self.b.sext(self.load(p, o, LI8), LI32)
+
+    # ---- intrinsics
+    def call(self, name: str, ret: ir.Type, args: list[ir.Value]) -> ir.Value:
+        fnty = ir.FunctionType(ret, [a.type for a in args])
+        fn = cgutils.get_or_insert_function(self.m, fnty, name)
+        return self.b.call(fn, args)
+
+    def maddubs(self, u: ir.Value, s: ir.Value) -> ir.Value:
+        """<32 x u8> * <32 x i8>, adjacent pairs summed -> <16 x i16> (saturating)."""
+        return self.call("llvm.x86.avx2.pmadd.ub.sw", V16I16, [u, s])
+
+    def maddwd(self, a: ir.Value, b: ir.Value) -> ir.Value:
+        """<16 x i16> * <16 x i16>, adjacent pairs summed -> <8 x i32>."""
+        return self.call("llvm.x86.avx2.pmadd.wd", V8I32, [a, b])
+
+    def psign(self, a: ir.Value, b: ir.Value) -> ir.Value:
+        return self.call("llvm.x86.avx2.psign.b", V32I8, [a, b])
+
+    def fma(self, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
+        return self.call("llvm.fma.v8f32", V8F32, [a, b, c])
+
+    def splat(self, v: ir.Value, n: int = 8) -> ir.Value:
+        u = ir.Constant(V(v.type, n), ir.Undefined)
+        u = self.b.insert_element(u, v, ir.Constant(LI32, 0))
+        return self.b.shuffle_vector(u, u, ir.Constant(V(LI32, n), [0] * n))
+
+    def and_(self, v: ir.Value, c: int) -> ir.Value:
+        return self.b.and_(v, _cvec(v.type.element, v.type.count, c))
+
+    def shr(self, v: ir.Value, c: int) -> ir.Value:
+        return self.b.lshr(v, _cvec(v.type.element, v.type.count, c)) if c else v
+
+    def shl(self, v: ir.Value, c: int) -> ir.Value:
+        return self.b.shl(v, _cvec(v.type.element, v.type.count, c)) if c else v
+
+    def nibbles(self, q16: ir.Value) -> ir.Value:
+        """<16 x i8> packed nibbles -> <32 x i8>: low nibbles then high nibbles."""
+        lo = self.and_(q16, 15)
+        hi = self.shr(q16, 4)
+        return self.b.shuffle_vector(lo, hi, ir.Constant(V(LI32, 32), list(range(32))))
+
+    def dot_u8s8(self, q: ir.Value, x: ir.Value) -> ir.Value:
+        """sum over 32 lanes of u8 q * s8 x as <8 x float> partial sums."""
+        p = self.maddwd(self.maddubs(q, x), _cvec(LI16, 16, 1))
+        return self.b.sitofp(p, V8F32)
+
+    def bits32(self, qh: ir.Value) -> ir.Value:
+        """i32 -> <32 x i8> holding 16 where bit j is set (lane j), else 0."""
+        m = self.b.bitcast(qh, V(LI1, 32))
+        return self.shl(self.b.zext(m, V32I8), 4)
+
+    def hsum(self, v: ir.Value) -> ir.Value:
+        n = v.type.count
+        while n > 1:
+            h = n // 2
+            lo = self.b.shuffle_vector(v, v, ir.Constant(V(LI32, h), list(range(h))))
+            hi = self.b.shuffle_vector(v, v, ir.Constant(V(LI32, h), list(range(h, n))))
+            v = self.b.fadd(lo, hi)
+            n = h
+        return self.b.extract_element(v, ir.Constant(LI32, 0))
+
+
+_PREFETCH = 1024  # bytes ahead for software prefetch in the 32-block row loops (Q8_0 cold: +15%)
+
+_SIG = types.float32(types.int64, types.int64, types.int64, types.int64, types.int64, types.int64)
+
+
+def _row_dot(block_bytes: int, x_per_block: int, x_bytes: int, emit, unroll: int, prefetch: int = 0):
+    """An intrinsic looping over the blocks of one row.
+
+    ``emit(g, wb, xq, xd, xs, xs16, st, u)`` emits one block: ``wb`` points at
+    the block, ``xq`` at its quantized activations, ``xd``/``xs`` at its float
+    scales/sums (float*) and ``xs16`` at its sums per 16.  ``st`` is the state,
+    a list ``[acc0, acc1, s0, s1]`` of two <8 x float> accumulators and two
+    scalar ones (two of each to halve the FMA latency chains); ``u`` is the
+    unroll slot of this block (0 or 1).  It returns the new state.  Blocks are
+    emitted ``unroll`` at a time, slot ``u`` for the u-th of them.
+    """
+
+    def codegen(context, builder, sig, args):
+        g = _G(builder)
+        w, xq, xd, xs, xs16, n = args
+        wp, xqp = g.addr(w), g.addr(xq)
+        fp = LF32.as_pointer()
+        xdp = builder.inttoptr(xd, fp)
+        xsp = builder.inttoptr(xs, fp)
+        x16p = builder.inttoptr(xs16, fp)
+        zv = ir.Constant(V8F32, [ir.Constant(LF32, 0.0)] * 8)
+        slots = [cgutils.alloca_once_value(builder, v) for v in (zv, zv, _c(0.0), _c(0.0))]
+        nsub = x_per_block // 32
+
+        def block(i, u):
+            wb = g.off(wp, builder.mul(i, ir.Constant(LI64, block_bytes)))
+            if prefetch and u == 0:
+                g.prefetch(wb, prefetch)
+            xqb = g.off(xqp, builder.mul(i, ir.Constant(LI64, x_bytes)))
+            j = builder.mul(i, ir.Constant(LI64, nsub))
+            xdb = builder.gep(xdp, [j])
+            xsb = builder.gep(xsp, [j])
+            x16b = builder.gep(x16p, [builder.mul(j, ir.Constant(LI64, 2))])
+            st = emit(g, wb, xqb, xdb, xsb, x16b, [builder.load(s) for s in slots], u)
+            for s, v in zip(slots, st):
+                builder.store(v, s)
+
+        cnt = builder.udiv(n, ir.Constant(LI64, unroll)) if unroll > 1 else n
+        with cgutils.for_range(builder, cnt) as loop:
+            for u in range(unroll):
+                block(builder.add(builder.mul(loop.index, ir.Constant(LI64, unroll)), ir.Constant(LI64, u)), u)
+        if unroll > 1:
+            with cgutils.for_range(builder, builder.sub(n, builder.mul(cnt, ir.Constant(LI64, unroll)))) as loop:
+                block(builder.add(builder.mul(cnt, ir.Constant(LI64, unroll)), loop.index), 0)
+        acc0, acc1, s0, s1 = (builder.load(s) for s in slots)
+        return builder.fadd(g.hsum(builder.fadd(acc0, acc1)), builder.fadd(s0, s1))
+
+    def typer(typingctx, w, xq, xd, xs, xs16, n):  # noqa: ARG001
+        return _SIG, codegen
+
+    return intrinsic(typer)
+
+
+def _blk32(core):
+    """Adapt ``core(g, wb, xq, xd, xs, acc, sacc) -> (acc, sacc)`` to the state protocol."""
+
+    def emit(g, wb, xq, xd, xs, xs16, st, u):
+        st = list(st)
+        st[u], st[2 + u] = core(g, wb, xq, xd, xs, st[u], st[2 + u])
+        return st
+
+    return emit
+
+
+def _fl(p: ir.Value, k: int, g: _G) -> ir.Value:
+    return g.b.load(g.b.gep(p, [ir.Constant(LI64, k)]))
+
+
+def _c(v: float) -> ir.Constant:
+    return ir.Constant(LF32, v)
+
+
+# ----------------------------------------------------------------- SIMD: 32-element block types
+def _emit_q4_0(g, wb, xq, xd, xs, acc, sacc):
+    b = g.b
+    d = g.f16(wb, 0)
+    q = g.nibbles(g.load(wb, 2, V16I8))
+    p = g.dot_u8s8(q, g.load(xq, 0, V32I8))
+    acc = g.fma(p, g.splat(b.fmul(d, _fl(xd, 0, g))), acc)
+    sacc = b.fsub(sacc, b.fmul(b.fmul(d, _c(8.0)), _fl(xs, 0, g)))
+    return acc, sacc
+
+
+def _emit_q4_1(g, wb, xq, xd, xs, acc, sacc):
+    b = g.b
+    d, m = g.f16x2(wb, 0)
+    q = g.nibbles(g.load(wb, 4, V16I8))
+    p = g.dot_u8s8(q, g.load(xq, 0, V32I8))
+    acc = g.fma(p, g.splat(b.fmul(d, _fl(xd, 0, g))), acc)
+    sacc = b.fadd(sacc, b.fmul(m, _fl(xs, 0, g)))
+    return acc, sacc
+
+
+def _emit_q5_0(g, wb, xq, xd, xs, acc, sacc):
+    b = g.b
+    d = g.f16(wb, 0)
+    qh = g.bits32(g.load(wb, 2, LI32))
+    q = b.or_(g.nibbles(g.load(wb, 6, V16I8)), qh)
+    p = g.dot_u8s8(q, g.load(xq, 0, V32I8))
+    acc = g.fma(p, g.splat(b.fmul(d, _fl(xd, 0, g))), acc)
+    sacc = b.fsub(sacc, b.fmul(b.fmul(d, _c(16.0)), _fl(xs, 0, g)))
+    return acc, sacc
+
+
+def _emit_q5_1(g, wb, xq, xd, xs, acc, sacc):
+    b = g.b
+    d, m = g.f16x2(wb, 0)
+    qh = g.bits32(g.load(wb, 4, LI32))
+    q = b.or_(g.nibbles(g.load(wb, 8, V16I8)), qh)
+    p = g.dot_u8s8(q, g.load(xq, 0, V32I8))
+    acc = g.fma(p, g.splat(b.fmul(d, _fl(xd, 0, g))), acc)
+    sacc = b.fadd(sacc, b.fmul(m, _fl(xs, 0, g)))
+    return acc, sacc
+
+
+def _emit_q8_0(g, wb, xq, xd, xs, acc, sacc):
+    """Q8_0 weights with int16 activations: sign-extend both halves, two vpmaddwd."""
+    b = g.b
+    d = g.f16(wb, 0)
+    q = g.load(wb, 2, V32I8)
+    lo = b.sext(b.shuffle_vector(q, q, ir.Constant(V(LI32, 16), list(range(16)))), V16I16)
+    hi = b.sext(b.shuffle_vector(q, q, ir.Constant(V(LI32, 16), list(range(16, 32)))), V16I16)
+    p = b.add(g.maddwd(lo, g.load(xq, 0, V16I16)), g.maddwd(hi, g.load(xq, 32, V16I16)))
+    acc = g.fma(b.sitofp(p, V8F32), g.splat(b.fmul(d, _fl(xd, 0, g))), acc)
+    return acc, sacc
+
+
+dot_q4_0 = _row_dot(18, 32, 32, _blk32(_emit_q4_0), 2, _PREFETCH)
+dot_q4_1 = _row_dot(20, 32, 32, _blk32(_emit_q4_1), 2, _PREFETCH)
+dot_q5_0 = _row_dot(22, 32, 32, _blk32(_emit_q5_0), 2, _PREFETCH)
+dot_q5_1 = _row_dot(24, 32, 32, _blk32(_emit_q5_1), 2, _PREFETCH)
+dot_q8_0 = _row_dot(34, 32, 64, _blk32(_emit_q8_0), 2, _PREFETCH)
+
+
+# ----------------------------------------------------------------- SIMD: K super-blocks (256)
+def _k_scales(g, wb, o):
+    """6-bit (scale, min) pairs of the 8 sub-blocks from the 12 bytes at wb+o, as i32."""
+    by = [g.u8(wb, o + k) for k in range(12)]
+    b = g.b
+
+    def c(v):
+        return ir.Constant(LI32, v)
+
+    out = []
+    for j in range(8):
+        if j < 4:
+            sc = b.and_(by[j], c(63))
+            mn = b.and_(by[j + 4], c(63))
+        else:
+            sc = b.or_(b.and_(by[j + 4], c(15)), b.shl(b.lshr(by[j - 4], c(6)), c(4)))
+            mn = b.or_(b.lshr(by[j + 4], c(4)), b.shl(b.lshr(by[j], c(6)), c(4)))
+        out.append((sc, mn))
+    return out
+
+
+def _emit_qk45(five: bool):
+    qs_off = 48 if five else 16
+
+    def emit(g, wb, xq, xd, xs, xs16, st, u):  # noqa: ARG001
+        b = g.b
+        accs = [st[0], st[1]]
+        d, dmin = g.f16x2(wb, 0)
+        sm = _k_scales(g, wb, 4)
+        qh = g.load(wb, 16, V32I8) if five else None
+        msum = _c(0.0)
+        for j in range(4):
+            raw = g.load(wb, qs_off + 32 * j, V32I8)
+            for h in range(2):
+                s = 2 * j + h
+                q = g.and_(raw, 15) if h == 0 else g.shr(raw, 4)
+                if five:
+                    hb = g.and_(g.shl(qh, 4 - s) if s <= 4 else g.shr(qh, s - 4), 16)
+                    q = b.or_(q, hb)
+                sc, mn = sm[s]
+                p = g.dot_u8s8(q, g.load(xq, 32 * s, V32I8))
+                ds = b.fmul(b.fmul(d, b.sitofp(sc, LF32)), _fl(xd, s, g))
+                accs[h] = g.fma(p, g.splat(ds), accs[h])
+                msum = b.fadd(msum, b.fmul(b.sitofp(mn, LF32), _fl(xs, s, g)))
+        return [accs[0], accs[1], b.fsub(st[2], b.fmul(dmin, msum)), st[3]]
+
+    return emit
+
+
+def _emit_q6_k(g, wb, xq, xd, xs, xs16, st, u):  # noqa: ARG001
+    b = g.b
+    accs = [st[0], st[1]]
+    d = g.f16(wb, 208)
+    sc8 = g.load(wb, 192, V16I8)  # int8 scales of the 16 groups of 16
+    for h in range(2):
+        ql0 = g.load(wb, 64 * h, V32I8)
+        ql1 = g.load(wb, 64 * h + 32, V32I8)
+        qh = g.load(wb, 128 + 32 * h, V32I8)
+        qs = [
+            b.or_(g.and_(ql0, 15), g.shl(g.and_(qh, 3), 4)),
+            b.or_(g.and_(ql1, 15), g.shl(g.and_(qh, 12), 2)),
+            b.or_(g.shr(ql0, 4), g.and_(qh, 48)),
+            b.or_(g.shr(ql1, 4), g.shr(g.and_(qh, 192), 2)),
+        ]
+        for k in range(4):
+            s = 4 * h + k  # 32-element sub-block: groups 2s, 2s+1
+            pick = b.shuffle_vector(sc8, sc8, ir.Constant(V(LI32, 16), [2 * s] * 8 + [2 * s + 1] * 8))
+            scv = b.sext(pick, V16I16)  # vpshufb xmm + vpmovsxbw
+            p16 = g.maddubs(qs[k], g.load(xq, 32 * s, V32I8))
+            p = b.sitofp(g.maddwd(p16, scv), V8F32)
+            accs[k & 1] = g.fma(p, g.splat(b.fmul(d, _fl(xd, s, g))), accs[k & 1])
+    # the -32 offsets: -32 d sum_g scale_g * xs16_g, as two 8-lane products
+    fp8 = V8F32.as_pointer()
+    x16v = b.bitcast(xs16, fp8)
+    lo = b.sitofp(b.sext(b.shuffle_vector(sc8, sc8, ir.Constant(V(LI32, 8), list(range(8)))), V8I32), V8F32)
+    hi = b.sitofp(b.sext(b.shuffle_vector(sc8, sc8, ir.Constant(V(LI32, 8), list(range(8, 16)))), V8I32), V8F32)
+    t = b.fmul(lo, b.load(x16v, align=4))
+    t = g.fma(hi, b.load(b.gep(x16v, [ir.Constant(LI64, 1)]), align=4), t)
+    accs[0] = g.fma(t, g.splat(b.fmul(d, _c(-32.0))), accs[0])
+    return [accs[0], accs[1], st[2], st[3]]
+
+
+dot_q4_k = _row_dot(144, 256, 256, _emit_qk45(False), 1)
+dot_q5_k = _row_dot(176, 256, 256, _emit_qk45(True), 1)
+dot_q6_k = _row_dot(210, 256, 256, _emit_q6_k, 1)
+
+
+# ----------------------------------------------------------------- SIMD: activation quantization
+def _quant_codegen(bits16: bool):
+    """quant(x, n_blocks, xq, xf): x float32 [32 n] -> xq int8 (int16) [32 n], xf float32 [4 n].
+
+    xf holds xd[n] (scale), xs[n] (xd * sum q per 32) and xs16[2n] (per 16); int8
+    scales to +-127, int16 to +-32767, rounding half to even.
+    """
+    qmax = 32767.0 if bits16 else 127.0
+    qt = LI16 if bits16 else LI8
+
+    def codegen(context, builder, sig, args):
+        g = _G(builder)
+        b = builder
+        x, n, xq, xf = args
+        fp8 = V8F32.as_pointer()
+        xp = b.inttoptr(x, fp8)
+        xfp = b.inttoptr(xf, LF32.as_pointer())
+        qp = b.inttoptr(xq, V(qt, 8).as_pointer())
+        with cgutils.for_range(b, n) as loop:
+            i = loop.index
+            v = [b.load(b.gep(xp, [b.add(b.mul(i, ir.Constant(LI64, 4)), ir.Constant(LI64, k))]), align=4) for k in range(4)]
+            a = [g.call("llvm.fabs.v8f32", V8F32, [t]) for t in v]
+            m = _vmax(b, _vmax(b, a[0], a[1]), _vmax(b, a[2], a[3]))
+            for h in (4, 2, 1):
+                m = _vmax(b, m, b.shuffle_vector(m, m, ir.Constant(V(LI32, 8), [(j + h) % 8 for j in range(8)])))
+            amax = b.extract_element(m, ir.Constant(LI32, 0))
+            pos = b.fcmp_ordered(">", amax, _c(0.0))
+            idd = b.select(pos, b.fdiv(_c(qmax), amax), _c(0.0))
+            d = b.fdiv(amax, _c(qmax))
+            ids = g.splat(idd)
+            q = [b.fptosi(g.call("llvm.rint.v8f32", V8F32, [b.fmul(t, ids)]), V8I32) for t in v]
+            p01 = g.call("llvm.x86.avx2.packssdw", V16I16, [q[0], q[1]])  # lanes interleaved
+            p23 = g.call("llvm.x86.avx2.packssdw", V16I16, [q[2], q[3]])
+            if bits16:
+                fix = ir.Constant(V(LI32, 4), [0, 2, 1, 3])
+                for k, pk in enumerate((p01, p23)):
+                    o = b.shuffle_vector(b.bitcast(pk, V(LI64, 4)), ir.Constant(V(LI64, 4), ir.Undefined), fix)
+                    b.store(o, b.bitcast(b.gep(qp, [b.add(b.mul(i, ir.Constant(LI64, 4)), ir.Constant(LI64, 2 * k))]), V(LI64, 4).as_pointer()), align=1)
+            else:
+                p8 = g.call("llvm.x86.avx2.packsswb", V32I8, [p01, p23])
+                fix = ir.Constant(V(LI32, 8), [0, 4, 1, 5, 2, 6, 3, 7])
+                o = b.shuffle_vector(b.bitcast(p8, V8I32), ir.Constant(V8I32, ir.Undefined), fix)
+                b.store(o, b.bitcast(b.gep(qp, [b.mul(i, ir.Constant(LI64, 4))]), V8I32.as_pointer()), align=1)
+            t = b.add(q[0], q[1])
+            u = b.add(q[2], q[3])
+            w = b.add(b.shuffle_vector(t, u, ir.Constant(V(LI32, 8), [0, 1, 2, 3, 8, 9, 10, 11])),
+                      b.shuffle_vector(t, u, ir.Constant(V(LI32, 8), [4, 5, 6, 7, 12, 13, 14, 15])))
+            w = b.add(w, b.shuffle_vector(w, w, ir.Constant(V(LI32, 8), [2, 3, 2, 3, 6, 7, 6, 7])))
+            w = b.add(w, b.shuffle_vector(w, w, ir.Constant(V(LI32, 8), [1, 1, 1, 1, 5, 5, 5, 5])))
+            s0 = b.sitofp(b.extract_element(w, ir.Constant(LI32, 0)), LF32)
+            s1 = b.sitofp(b.extract_element(w, ir.Constant(LI32, 4)), LF32)
+            b.store(d, b.gep(xfp, [i]))
+            if not bits16:
+                b.store(b.fmul(d, b.fadd(s0, s1)), b.gep(xfp, [b.add(i, n)]))
+                base16 = b.add(b.mul(n, ir.Constant(LI64, 2)), b.mul(i, ir.Constant(LI64, 2)))
+                b.store(b.fmul(d, s0), b.gep(xfp, [base16]))
+                b.store(b.fmul(d, s1), b.gep(xfp, [b.add(base16, ir.Constant(LI64, 1))]))
+        return context.get_dummy_value()
+
+    def typer(typingctx, x, n, xq, xf):  # noqa: ARG001
+        return types.none(types.int64, types.int64, types.int64, types.int64), codegen
+
+    return intrinsic(typer)
+
+
+def _vmax(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    """max without NaN handling (a single vmaxps)."""
+    return b.select(b.fcmp_ordered(">", x, y), x, y)
+
+
+def _hsum_i(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
+    n = v.type.count
+    while n > 1:
+        h = n // 2
+        lo = b.shuffle_vector(v, v, ir.Constant(V(LI32, h), list(range(h))))
+        hi = b.shuffle_vector(v, v, ir.Constant(V(LI32, h), list(range(h, n))))
+        v = b.add(lo, hi)
+        n = h
+    return b.extract_element(v, ir.Constant(LI32, 0))
+
+
+quant_x8 = _quant_codegen(False)
+quant_x16 = _quant_codegen(True)
+
+
+# ----------------------------------------------------------------- SIMD: block decoders (float32, bit-exact)
+# deq_<type>(w, n, out): the n blocks at address w -> float32 at address out.
+# Same float32 operations in the same order as gguf.quants.dequantize (no FMA
+# contraction: no fast-math flags on these instructions), so bit-identical.
+_DEQ_SIG = types.none(types.int64, types.int64, types.int64)
+
+
+def _deq_driver(block_bytes: int, elems: int, emit):
+    def codegen(context, builder, sig, args):
+        g = _G(builder)
+        w, n, out = args
+        wp, op = g.addr(w), g.addr(out)
+        with cgutils.for_range(builder, n) as loop:
+            i = loop.index
+            wb = g.off(wp, builder.mul(i, ir.Constant(LI64, block_bytes)))
+            ob = g.off(op, builder.mul(i, ir.Constant(LI64, elems * 4)))
+            emit(g, wb, ob)
+        return context.get_dummy_value()
+
+    def typer(typingctx, w, n, out):  # noqa: ARG001
+        return _DEQ_SIG, codegen
+
+    return intrinsic(typer)
+
+
+def _put32(g, q, lo, hi, m, sub, ob, o):
+    """Store 32 floats at ob+o: (q[j] as float) * (lo for j < 16, else hi), then +m (or -m if sub)."""
+    b = g.b
+    for k in range(4):
+        part = b.shuffle_vector(q, q, ir.Constant(V(LI32, 8), list(range(8 * k, 8 * k + 8))))
+        v = b.fmul(b.sitofp(b.sext(part, V8I32), V8F32), g.splat(lo if k < 2 else hi))
+        if m is not None:
+            v = b.fsub(v, g.splat(m)) if sub else b.fadd(v, g.splat(m))
+        b.store(v, b.bitcast(g.off(ob, o + 32 * k), V8F32.as_pointer()), align=4)
+
+
+def _sub8(g, v, c):
+    return g.b.sub(v, _cvec(LI8, 32, c))
+
+
+def _deq_q4_0(g, wb, ob):
+    d = g.f16(wb, 0)
+    _put32(g, _sub8(g, g.nibbles(g.load(wb, 2, V16I8)), 8), d, d, None, False, ob, 0)
+
+
+def _deq_q4_1(g, wb, ob):
+    d = g.f16(wb, 0)
+    _put32(g, g.nibbles(g.load(wb, 4, V16I8)), d, d, g.f16(wb, 2), False, ob, 0)
+
+
+def _deq_q5_0(g, wb, ob):
+    d = g.f16(wb, 0)
+    q = g.b.or_(g.nibbles(g.load(wb, 6, V16I8)), g.bits32(g.load(wb, 2, LI32)))
+    _put32(g, _sub8(g, q, 16), d, d, None, False, ob, 0)
+
+
+def _deq_q5_1(g, wb, ob):
+    d = g.f16(wb, 0)
+    q = g.b.or_(g.nibbles(g.load(wb, 8, V16I8)), g.bits32(g.load(wb, 4, LI32)))
+    _put32(g, q, d, d, g.f16(wb, 2), False, ob, 0)
+
+
+def _deq_q8_0(g, wb, ob):
+    d = g.f16(wb, 0)
+    _put32(g, g.load(wb, 2, V32I8), d, d, None, False, ob, 0)
+
+
+def _deq_qk45(five: bool):
+    qs_off = 48 if five else 16
+
+    def emit(g, wb, ob):
+        b = g.b
+        d = g.f16(wb, 0)
+        dmin = g.f16(wb, 2)
+        sm = _k_scales(g, wb, 4)
+        qh = g.load(wb, 16, V32I8) if five else None
+        for j in range(4):
+            raw = g.load(wb, qs_off + 32 * j, V32I8)
+            for h in range(2):
+                s = 2 * j + h
+                q = g.and_(raw, 15) if h == 0 else g.shr(raw, 4)
+                if five:
+                    q = b.or_(q, g.and_(g.shl(qh, 4 - s) if s <= 4 else g.shr(qh, s - 4), 16))
+                sc, mn = sm[s]
+                dl = b.fmul(d, b.sitofp(sc, LF32))
+                ml = b.fmul(dmin, b.sitofp(mn, LF32))
+                _put32(g, q, dl, dl, ml, True, ob, 128 * s)
+
+    return emit
+
+
+def _deq_q6_k(g, wb, ob):
+    b = g.b
+    d = g.f16(wb, 208)
+    for h in range(2):
+        ql0 = g.load(wb, 64 * h, V32I8)
+        ql1 = g.load(wb, 64 * h + 32, V32I8)
+        qh = g.load(wb, 128 + 32 * h, V32I8)
+        qs = [
+            b.or_(g.and_(ql0, 15), g.shl(g.and_(qh, 3), 4)),
+            b.or_(g.and_(ql1, 15), g.shl(g.and_(qh, 12), 2)),
+            b.or_(g.shr(ql0, 4), g.and_(qh, 48)),
+            b.or_(g.shr(ql1, 4), g.shr(g.and_(qh, 192), 2)),
+        ]
+        for k in range(4):
+            s = 4 * h + k
+            sa = b.sitofp(g.i8(wb, 192 + 2 * s), LF32)
+            sb = b.sitofp(g.i8(wb, 192 + 2 * s + 1), LF32)
+            _put32(g, _sub8(g, qs[k], 32), b.fmul(d, sa), b.fmul(d, sb), None, False, ob, 128 * s)
+
+
+deq_q4_0 = _deq_driver(18, 32, _deq_q4_0)
+deq_q4_1 = _deq_driver(20, 32, _deq_q4_1)
+deq_q5_0 = _deq_driver(22, 32, _deq_q5_0)
+deq_q5_1 = _deq_driver(24, 32, _deq_q5_1)
+deq_q8_0 = _deq_driver(34, 32, _deq_q8_0)
+deq_q4_k = _deq_driver(144, 256, _deq_qk45(False))
+deq_q5_k = _deq_driver(176, 256, _deq_qk45(True))
+deq_q6_k = _deq_driver(210, 256, _deq_q6_k)
+
+
+# ----------------------------------------------------------------- types
+# kind: index used inside the kernels
+F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K = range(11)
+_TYPES = {  # ggml id -> (kind, block elements, block bytes)
+    int(T.F32): (F32, 1, 4),
+    int(T.F16): (F16, 1, 2),
+    int(T.BF16): (BF16, 1, 2),
+    int(T.Q4_0): (Q4_0, 32, 18),
+    int(T.Q4_1): (Q4_1, 32, 20),
+    int(T.Q5_0): (Q5_0, 32, 22),
+    int(T.Q5_1): (Q5_1, 32, 24),
+    int(T.Q8_0): (Q8_0, 32, 34),
+    int(T.Q4_K): (Q4_K, 256, 144),
+    int(T.Q5_K): (Q5_K, 256, 176),
+    int(T.Q6_K): (Q6_K, 256, 210),
+}
+SUPPORTED: tuple[int, ...] = tuple(_TYPES)
+
+#: matrices smaller than this run on one thread in matvec (fork/join costs more)
+PAR_MIN_BYTES = 4 << 20
+#: matmul with fewer tokens than this uses the integer kernel, else tile + BLAS
+BLAS_MIN_TOKENS = 8
+#: rows decoded per BLAS call in matmul
+TILE_ROWS = 128
+
+_USE_SIMD = HAVE_AVX2
+
+
+def _type(qtype: int) -> tuple[int, int, int]:
+    try:
+        return _TYPES[int(qtype)]
+    except (KeyError, TypeError, ValueError):
+        try:
+            name = T(int(qtype)).name
+        except (ValueError, TypeError):
+            name = repr(qtype)
+        supported = ", ".join(T(t).name for t in SUPPORTED)
+        raise ValueError(f"no CPU kernel for tensor type {name}; supported: {supported}") from None
+
+
+# ----------------------------------------------------------------- row decoders (float32, bit-exact)
 @nb.njit(inline="always", cache=True)
 def _h(row, o):
     """float16 at byte offset o of a uint8 row."""
     return f16_to_f32(np.uint16(row[o]) | (np.uint16(row[o + 1]) << np.uint16(8)))
 
 
-# ----------------------------------------------------------------- row decoders
-@nb.njit(**_JIT)
+@nb.njit(**_JIT_EXACT)
 def _row_f32(row, out):
-    v = row.view(np.float32)
+    v = row[: out.size * 4].view(np.float32)
     for i in range(out.size):
         out[i] = v[i]
 
 
-@nb.njit(**_JIT)
+@nb.njit(**_JIT_EXACT)
 def _row_f16(row, out):
-    v = row.view(np.uint16)
     for i in range(out.size):
-        out[i] = f16_to_f32(v[i])
+        out[i] = _h(row, 2 * i)
 
 
-@nb.njit(**_JIT)
+@nb.njit(**_JIT_EXACT)
 def _row_bf16(row, out):
-    v = row.view(np.uint16)
     for i in range(out.size):
-        out[i] = bf16_to_f32(v[i])
+        out[i] = bf16_to_f32(np.uint16(row[2 * i]) | (np.uint16(row[2 * i + 1]) << np.uint16(8)))
 
 
-@nb.njit(**_JIT)
+@nb.njit(**_JIT_EXACT)
 def _row_q4_0(row, out):
     for b in range(out.size // 32):
         o = b * 18
@@ -64,7 +727,7 @@ def _row_q4_0(row, out):
             out[b * 32 + 16 + j] = d * np.float32((q >> 4) - 8)
 
 
-@nb.njit(**_JIT)
+@nb.njit(**_JIT_EXACT)
 def _row_q4_1(row, out):
     for b in range(out.size // 32):
         o = b * 20
@@ -76,12 +739,17 @@ def _row_q4_1(row, out):
             out[b * 32 + 16 + j] = d * np.float32(q >> 4) + m
 
 
-@nb.njit(**_JIT)
+@nb.njit(inline="always", cache=True)
+def _u32(row, o):
+    return np.uint32(row[o]) | (np.uint32(row[o + 1]) << 8) | (np.uint32(row[o + 2]) << 16) | (np.uint32(row[o + 3]) << 24)
+
+
+@nb.njit(**_JIT_EXACT)
 def _row_q5_0(row, out):
     for b in range(out.size // 32):
         o = b * 22
         d = _h(row, o)
-        qh = np.uint32(row[o + 2]) | (np.uint32(row[o + 3]) << 8) | (np.uint32(row[o + 4]) << 16) | (np.uint32(row[o + 5]) << 24)
+        qh = _u32(row, o + 2)
         for j in range(16):
             q = np.int32(row[o + 6 + j])
             h0 = np.int32((qh >> j) & 1) << 4
@@ -90,13 +758,13 @@ def _row_q5_0(row, out):
             out[b * 32 + 16 + j] = d * np.float32(((q >> 4) | h1) - 16)
 
 
-@nb.njit(**_JIT)
+@nb.njit(**_JIT_EXACT)
 def _row_q5_1(row, out):
     for b in range(out.size // 32):
         o = b * 24
         d = _h(row, o)
         m = _h(row, o + 2)
-        qh = np.uint32(row[o + 4]) | (np.uint32(row[o + 5]) << 8) | (np.uint32(row[o + 6]) << 16) | (np.uint32(row[o + 7]) << 24)
+        qh = _u32(row, o + 4)
         for j in range(16):
             q = np.int32(row[o + 8 + j])
             h0 = np.int32((qh >> j) & 1) << 4
@@ -105,13 +773,13 @@ def _row_q5_1(row, out):
             out[b * 32 + 16 + j] = d * np.float32((q >> 4) | h1) + m
 
 
-@nb.njit(**_JIT)
+@nb.njit(**_JIT_EXACT)
 def _row_q8_0(row, out):
     for b in range(out.size // 32):
         o = b * 34
         d = _h(row, o)
         for j in range(32):
-            out[b * 32 + j] = np.float32(np.int8(row[o + 2 + j])) * d
+            out[b * 32 + j] = d * np.float32(np.int8(row[o + 2 + j]))
 
 
 @nb.njit(inline="always", cache=True)
@@ -126,7 +794,7 @@ def _k_scale_min(row, o, j):
     return sc, mn
 
 
-@nb.njit(**_JIT)
+@nb.njit(**_JIT_EXACT)
 def _row_q4_k(row, out):
     for b in range(out.size // 256):
         o = b * 144
@@ -142,7 +810,7 @@ def _row_q4_k(row, out):
                 out[b * 256 + s * 32 + j] = dl * np.float32((np.int32(row[qo + j]) >> shift) & 15) - ml
 
 
-@nb.njit(**_JIT)
+@nb.njit(**_JIT_EXACT)
 def _row_q5_k(row, out):
     for b in range(out.size // 256):
         o = b * 176
@@ -159,7 +827,7 @@ def _row_q5_k(row, out):
                 out[b * 256 + s * 32 + j] = dl * np.float32(q) - ml
 
 
-@nb.njit(**_JIT)
+@nb.njit(**_JIT_EXACT)
 def _row_q6_k(row, out):
     for b in range(out.size // 256):
         o = b * 210
@@ -182,94 +850,216 @@ def _row_q6_k(row, out):
                 out[base + 96 + j] = d * np.float32(np.int8(row[sc + isc + 6])) * np.float32(q4)
 
 
-_DECODERS = {
-    int(T.F32): 0,
-    int(T.F16): 1,
-    int(T.BF16): 2,
-    int(T.Q4_0): 3,
-    int(T.Q4_1): 4,
-    int(T.Q5_0): 5,
-    int(T.Q5_1): 6,
-    int(T.Q8_0): 7,
-    int(T.Q4_K): 8,
-    int(T.Q5_K): 9,
-    int(T.Q6_K): 10,
-}
-SUPPORTED = tuple(_DECODERS)
-
-
 @nb.njit(inline="always", cache=True)
 def _decode_row(kind, row, out):
-    if kind == 0:
+    if kind == F32:
         _row_f32(row, out)
-    elif kind == 1:
+    elif kind == F16:
         _row_f16(row, out)
-    elif kind == 2:
+    elif kind == BF16:
         _row_bf16(row, out)
-    elif kind == 3:
+    elif kind == Q4_0:
         _row_q4_0(row, out)
-    elif kind == 4:
+    elif kind == Q4_1:
         _row_q4_1(row, out)
-    elif kind == 5:
+    elif kind == Q5_0:
         _row_q5_0(row, out)
-    elif kind == 6:
+    elif kind == Q5_1:
         _row_q5_1(row, out)
-    elif kind == 7:
+    elif kind == Q8_0:
         _row_q8_0(row, out)
-    elif kind == 8:
+    elif kind == Q4_K:
         _row_q4_k(row, out)
-    elif kind == 9:
+    elif kind == Q5_K:
         _row_q5_k(row, out)
     else:
         _row_q6_k(row, out)
 
 
-# ----------------------------------------------------------------- fast matvec kernels
-@nb.njit(parallel=True, **_JIT)
-def _mv_q4_1(w, x, out, xs):
-    """Q4_1 rows . x:  sum_b d_b * sum_j q_j x_j + m_b * sum_j x_j  (xs: [n_blocks] block sums)."""
-    n_rows, rb = w.shape
-    nbk = rb // 20
-    for b in range(nbk):
-        s = np.float32(0.0)
-        for j in range(32):
-            s += x[b * 32 + j]
-        xs[b] = s
-    for r in nb.prange(n_rows):
-        row = w[r]
-        y = np.float32(0.0)
-        for b in range(nbk):
-            o = b * 20 + 4
-            xb = b * 32
-            acc = np.float32(0.0)
-            for j in range(16):
-                acc += np.float32(np.int32(row[o + j]) & 15) * x[xb + j]
-            for j in range(16):
-                acc += np.float32(np.int32(row[o + j]) >> 4) * x[xb + 16 + j]
-            y += _h(row, o - 4) * acc + _h(row, o - 2) * xs[b]
-        out[r] = y
+@nb.njit(inline="always", cache=True)
+def _decode_row_simd(kind, row, out):
+    """As _decode_row, with the AVX2 block decoders for the block types."""
+    if kind == F32:
+        _row_f32(row, out)
+        return
+    if kind == F16:
+        _row_f16(row, out)
+        return
+    if kind == BF16:
+        _row_bf16(row, out)
+        return
+    a = row.ctypes.data
+    o = out.ctypes.data
+    n = out.size
+    if kind == Q4_0:
+        deq_q4_0(a, n // 32, o)
+    elif kind == Q4_1:
+        deq_q4_1(a, n // 32, o)
+    elif kind == Q5_0:
+        deq_q5_0(a, n // 32, o)
+    elif kind == Q5_1:
+        deq_q5_1(a, n // 32, o)
+    elif kind == Q8_0:
+        deq_q8_0(a, n // 32, o)
+    elif kind == Q4_K:
+        deq_q4_k(a, n // 256, o)
+    elif kind == Q5_K:
+        deq_q5_k(a, n // 256, o)
+    else:
+        deq_q6_k(a, n // 256, o)
+
+
+# ----------------------------------------------------------------- activation quantization
+# Scratch for one token, a uint8 row of _scratch_bytes(n) bytes:
+#   [0, 2n)            quantized x: int8 [n] (int16 [n] for Q8_0 weights)
+#   [2n, 2n + 4*nb)    xd   float32 [nb]     scale per 32 (x ~= xd * q)
+#   [.., + 4*nb)       xs   float32 [nb]     sum of the quantized x per 32 (xd * sum q)
+#   [.., + 8*nb)       xs16 float32 [2*nb]   the same per 16
+# The sums are of the *quantized* x so that offsets and minimums multiply the
+# same x as the integer part: the result is exactly W . x_quantized, whose
+# error sum_j w_j e_j is centred (an exact float sum would leave d * sum_j q_j e_j
+# with unsigned q, about twice as large).
+def _scratch_bytes(n_cols: int) -> int:
+    return 2 * n_cols + 16 * (n_cols // 32) + 64
+
+
+@nb.njit(inline="always", cache=True)
+def _quant_x(kind, x, sc):
+    """Quantize x [n] into the scratch row sc; returns the kernel addresses (xq, xd, xs, xs16)."""
+    n = x.size
+    nbk = n // 32
+    a = sc.ctypes.data
+    xd = a + 2 * n
+    if not x.flags.c_contiguous:
+        raise ValueError("x must be contiguous")
+    if kind == Q8_0:
+        quant_x16(x.ctypes.data, nbk, a, xd)
+    else:
+        quant_x8(x.ctypes.data, nbk, a, xd)
+    return a, xd, xd + 4 * nbk, xd + 8 * nbk
+
+
+# ----------------------------------------------------------------- row dot products
+@nb.njit(inline="always", cache=True)
+def _dot_float(kind, row, x):
+    """F32/F16/BF16 row (uint8 bytes) . float x."""
+    y = np.float32(0.0)
+    if kind == F32:
+        v = row[: x.size * 4].view(np.float32)
+        for i in range(x.size):
+            y += v[i] * x[i]
+    elif kind == F16:
+        v = row[: x.size * 2].view(np.uint16)
+        for i in range(x.size):
+            y += f16_to_f32(v[i]) * x[i]
+    else:
+        v = row[: x.size * 2].view(np.uint16)
+        for i in range(x.size):
+            y += bf16_to_f32(v[i]) * x[i]
+    return y
+
+
+@nb.njit(**_JIT)
+def _rows_q(kind, w, r0, r1, out, xq, xd, xs, x16):
+    """out[r] = row r . quantized x for r in [r0, r1) (one loop per type: the
+    kind test stays outside the loops so each loop is compiled on its own)."""
+    wa = w.ctypes.data
+    rs = w.strides[0]
+    rb = w.shape[1]
+    if kind == Q4_0:
+        for r in range(r0, r1):
+            out[r] = dot_q4_0(wa + r * rs, xq, xd, xs, x16, rb // 18)
+    elif kind == Q4_1:
+        for r in range(r0, r1):
+            out[r] = dot_q4_1(wa + r * rs, xq, xd, xs, x16, rb // 20)
+    elif kind == Q5_0:
+        for r in range(r0, r1):
+            out[r] = dot_q5_0(wa + r * rs, xq, xd, xs, x16, rb // 22)
+    elif kind == Q5_1:
+        for r in range(r0, r1):
+            out[r] = dot_q5_1(wa + r * rs, xq, xd, xs, x16, rb // 24)
+    elif kind == Q8_0:
+        for r in range(r0, r1):
+            out[r] = dot_q8_0(wa + r * rs, xq, xd, xs, x16, rb // 34)
+    elif kind == Q4_K:
+        for r in range(r0, r1):
+            out[r] = dot_q4_k(wa + r * rs, xq, xd, xs, x16, rb // 144)
+    elif kind == Q5_K:
+        for r in range(r0, r1):
+            out[r] = dot_q5_k(wa + r * rs, xq, xd, xs, x16, rb // 176)
+    else:
+        for r in range(r0, r1):
+            out[r] = dot_q6_k(wa + r * rs, xq, xd, xs, x16, rb // 210)
+
+
+@nb.njit(**_JIT)
+def _rows_f(kind, w, r0, r1, out, x):
+    for r in range(r0, r1):
+        out[r] = _dot_float(kind, w[r], x)
+
+
+@nb.njit(inline="always", cache=True)
+def _check(kind, w, n_cols, out_n):
+    if w.strides[1] != 1:
+        raise ValueError("weight rows must be contiguous bytes")
+    if kind == F32:
+        nc = w.shape[1] // 4
+    elif kind <= BF16:
+        nc = w.shape[1] // 2
+    elif kind == Q4_0:
+        nc = w.shape[1] // 18 * 32
+    elif kind == Q4_1:
+        nc = w.shape[1] // 20 * 32
+    elif kind == Q5_0:
+        nc = w.shape[1] // 22 * 32
+    elif kind == Q5_1:
+        nc = w.shape[1] // 24 * 32
+    elif kind == Q8_0:
+        nc = w.shape[1] // 34 * 32
+    elif kind == Q4_K:
+        nc = w.shape[1] // 144 * 256
+    elif kind == Q5_K:
+        nc = w.shape[1] // 176 * 256
+    else:
+        nc = w.shape[1] // 210 * 256
+    if nc != n_cols:
+        raise ValueError("x length does not match the weight's row length")
+    if out_n != w.shape[0]:
+        raise ValueError("out length does not match the weight's row count")
+
+
+# ----------------------------------------------------------------- matvec kernels
+@nb.njit(**_JIT)
+def _mv_1(kind, w, x, out, sc):
+    """One thread: out[n_rows] = W @ x."""
+    _check(kind, w, x.size, out.size)
+    if kind <= BF16:
+        _rows_f(kind, w, 0, w.shape[0], out, x)
+    else:
+        xq, xd, xs, x16 = _quant_x(kind, x, sc)
+        _rows_q(kind, w, 0, w.shape[0], out, xq, xd, xs, x16)
 
 
 @nb.njit(parallel=True, **_JIT)
-def _mv_q8_0(w, x, out):
-    n_rows, rb = w.shape
-    nbk = rb // 34
-    for r in nb.prange(n_rows):
-        row = w[r]
-        y = np.float32(0.0)
-        for b in range(nbk):
-            o = b * 34 + 2
-            xb = b * 32
-            acc = np.float32(0.0)
-            for j in range(32):
-                acc += np.float32(np.int8(row[o + j])) * x[xb + j]
-            y += _h(row, o - 2) * acc
-        out[r] = y
+def _mv_n(kind, w, x, out, sc, nt):
+    """nt threads (nb.get_num_threads(), passed in: reading it here would stop
+    the caching), contiguous row ranges: out[n_rows] = W @ x."""
+    _check(kind, w, x.size, out.size)
+    n = w.shape[0]
+    chunk = (n + nt - 1) // nt
+    if kind <= BF16:
+        for t in nb.prange(nt):
+            _rows_f(kind, w, t * chunk, min(n, (t + 1) * chunk), out, x)
+    else:
+        xq, xd, xs, x16 = _quant_x(kind, x, sc)
+        for t in nb.prange(nt):
+            _rows_q(kind, w, t * chunk, min(n, (t + 1) * chunk), out, xq, xd, xs, x16)
 
 
 @nb.njit(parallel=True, **_JIT)
 def _mv_generic(kind, w, x, out, tmp):
-    """Decode each row into a per-thread float buffer, then dot.  tmp: [n_threads, n_cols]."""
+    """Fallback without AVX2: decode each row into a per-thread float buffer, then dot.  tmp: [n_threads, n_cols]."""
+    _check(kind, w, x.size, out.size)
     n_rows = w.shape[0]
     n_thr = tmp.shape[0]
     chunk = (n_rows + n_thr - 1) // n_thr
@@ -283,9 +1073,47 @@ def _mv_generic(kind, w, x, out, tmp):
             out[r] = y
 
 
+# ----------------------------------------------------------------- matmul kernels
+@nb.njit(inline="always", cache=True)
+def _mm_rows(kind, w, x, out, sc, r0, r1):
+    """out[t, r] for r in [r0, r1), every token t: chunks of 16 rows (a few KB,
+    they stay in L1) are dotted with each token in turn."""
+    n = x.shape[1]
+    nbk = n // 32
+    ss = sc.strides[0]
+    base = sc.ctypes.data
+    for c in range(r0, r1, 16):
+        ce = min(c + 16, r1)
+        for t in range(x.shape[0]):
+            xq = base + t * ss
+            xd = xq + 2 * n
+            _rows_q(kind, w, c, ce, out[t], xq, xd, xd + 4 * nbk, xd + 8 * nbk)
+
+
 @nb.njit(**_JIT)
+def _mm_int_1(kind, w, x, out, sc):
+    """One thread, quantized x: out[n_tok, n_rows] = x @ W.T.  sc: [n_tok, scratch bytes]."""
+    _check(kind, w, x.shape[1], out.shape[1])
+    for t in range(x.shape[0]):
+        _quant_x(kind, x[t], sc[t])
+    _mm_rows(kind, w, x, out, sc, 0, w.shape[0])
+
+
+@nb.njit(parallel=True, **_JIT)
+def _mm_int_n(kind, w, x, out, sc, nt):
+    """nt threads (rows split), quantized x: out[n_tok, n_rows] = x @ W.T."""
+    _check(kind, w, x.shape[1], out.shape[1])
+    for t in range(x.shape[0]):
+        _quant_x(kind, x[t], sc[t])
+    n = w.shape[0]
+    chunk = (n + nt - 1) // nt
+    for t in nb.prange(nt):
+        _mm_rows(kind, w, x, out, sc, t * chunk, min(n, (t + 1) * chunk))
+
+
+@nb.njit(**_JIT_EXACT)
 def _decode_rows(kind, w, r0, tile):
-    """tile[i] = row r0+i of w, decoded.   tile: [n, n_cols] float32.
+    """tile[i] = row r0+i of w, decoded.   tile: [n, n_cols] float32, C-contiguous.
 
     Serial on purpose: BLAS runs its own threads right after, and two thread
     pools taking turns on two vCPUs spin against each other.
@@ -294,67 +1122,158 @@ def _decode_rows(kind, w, r0, tile):
         _decode_row(kind, w[r0 + i], tile[i])
 
 
-@nb.njit(parallel=True, **_JIT)
+@nb.njit(**_JIT_EXACT)
+def _decode_rows_simd(kind, w, r0, tile):
+    """As _decode_rows with the AVX2 block decoders (bit-identical results)."""
+    for i in range(tile.shape[0]):
+        _decode_row_simd(kind, w[r0 + i], tile[i])
+
+
+@nb.njit(inline="always", cache=True)
+def _check_rows(kind, w, ids, out):
+    if w.strides[1] != 1 or out.strides[1] != 4:
+        raise ValueError("weight rows and out rows must be contiguous")
+    if ids.size != out.shape[0]:
+        raise ValueError("out must have one row per id")
+    _check(kind, w, out.shape[1], w.shape[0])
+    for i in range(ids.size):
+        if ids[i] < 0 or ids[i] >= w.shape[0]:
+            raise IndexError("row id out of range")
+
+
+@nb.njit(**_JIT_EXACT)
 def _gather_rows(kind, w, ids, out):
-    for i in nb.prange(ids.size):
+    _check_rows(kind, w, ids, out)
+    for i in range(ids.size):
         _decode_row(kind, w[ids[i]], out[i])
 
 
-# ----------------------------------------------------------------- public API
-class _Scratch:
-    """Buffers reused across calls (sized on first use, grown when needed)."""
+@nb.njit(**_JIT_EXACT)
+def _gather_rows_simd(kind, w, ids, out):
+    _check_rows(kind, w, ids, out)
+    for i in range(ids.size):
+        _decode_row_simd(kind, w[ids[i]], out[i])
+
+
+# ----------------------------------------------------------------- scratch
+class _Scratch(threading.local):
+    """Buffers reused across calls, one set per Python thread (the kernels
+    release the GIL, so two threads must not share them); sized on first use,
+    grown when needed."""
 
     def __init__(self) -> None:
-        self.bufs: dict[str, np.ndarray] = {}
+        self.bufs: dict[tuple[str, int], np.ndarray] = {}
+        self.xsc: dict[int, np.ndarray] = {}  # n_cols -> matvec activation scratch
 
-    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        a = self.bufs.get(name)
-        if a is None or a.shape[0] < shape[0] or a.shape[1:] != shape[1:]:
-            a = np.empty(shape, np.float32)
-            self.bufs[name] = a
-        return a[: shape[0]]
+    def get(self, name: str, rows: int, cols: int, dtype=np.float32) -> np.ndarray:
+        a = self.bufs.get((name, cols))
+        if a is None or a.shape[0] < rows:
+            a = np.zeros((max(rows, 1), cols), dtype)
+            self.bufs[(name, cols)] = a
+        return a[:rows]
+
+    def x(self, n_cols: int) -> np.ndarray:
+        sc = self.xsc.get(n_cols)
+        if sc is None:
+            sc = self.xsc[n_cols] = np.zeros(_scratch_bytes(n_cols), np.uint8)
+        return sc
 
 
 _scratch = _Scratch()
+_n_threads = nb.get_num_threads
+_EMPTY = np.zeros(64, np.uint8)
 
 
-def _kind(qtype: int) -> int:
-    try:
-        return _DECODERS[int(qtype)]
-    except KeyError:
-        raise ValueError(f"no CPU kernel for tensor type {T(qtype).name if qtype in T._value2member_map_ else qtype}") from None
-
-
+# ----------------------------------------------------------------- public API
 def matvec(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
-    """out[n_rows] = W @ x.   w: [n_rows, row_bytes] uint8; x: [n_cols] float32."""
-    kind = _kind(qtype)
-    if kind == 4:
-        _mv_q4_1(w, x, out, _scratch.get("xs", (x.size // 32,)))
-    elif kind == 7:
-        _mv_q8_0(w, x, out)
+    """out = W @ x (decode, one token).
+
+    w : uint8 ``[n_rows, row_bytes]``, the raw GGUF blocks (a zero-copy view of
+        the memory map is fine: rows may be strided, bytes within a row contiguous)
+    qtype : ggml type id (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)
+    x : float32 ``[n_cols]``, contiguous
+    out : float32 ``[n_rows]``, written in place
+
+    Block types quantize ``x`` to int8 per 32 (int16 for Q8_0) into a reused
+    scratch row; the result is W @ x_quantized (see the module docstring for
+    the error).  Matrices of at least :data:`PAR_MIN_BYTES` run on all Numba
+    threads, smaller ones on the calling thread.  Allocates nothing after the
+    first call for a given ``n_cols``.
+
+    Raises ValueError for an unsupported type or mismatched shapes.
+    """
+    t = _TYPES.get(qtype)
+    kind = t[0] if t is not None else _type(qtype)[0]
+    if kind <= BF16:
+        sc = _EMPTY
+    elif _USE_SIMD:
+        sc = _scratch.xsc.get(x.shape[0])
+        if sc is None:
+            sc = _scratch.x(x.shape[0])
     else:
-        _mv_generic(kind, w, x, out, _scratch.get("mv_tmp", (nb.get_num_threads(), x.size)))
+        _mv_generic(kind, w, x, out, _scratch.get("mv_tmp", _n_threads(), x.size))
+        return
+    if w.nbytes >= PAR_MIN_BYTES and (nt := _n_threads()) > 1:
+        _mv_n(kind, w, x, out, sc, nt)
+    else:
+        _mv_1(kind, w, x, out, sc)
 
 
 def matmul(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
-    """out[n_tok, n_rows] = x @ W.T.   x: [n_tok, n_cols] float32.
+    """out = x @ W.T (prefill, many tokens).
 
-    Rows of W are decoded a tile at a time into a reused buffer and multiplied
-    with BLAS; the whole matrix is never dequantized at once.
+    w : uint8 ``[n_rows, row_bytes]`` raw GGUF blocks
+    qtype : ggml type id
+    x : float32 ``[n_tok, n_cols]``
+    out : float32 ``[n_tok, n_rows]``, written in place
+
+    Fewer than :data:`BLAS_MIN_TOKENS` tokens: the quantized-activation integer
+    kernel (as :func:`matvec`, each weight row reused across the tokens).
+    Otherwise rows of W are decoded :data:`TILE_ROWS` at a time into a reused
+    float32 buffer and multiplied with numpy's BLAS (float32 throughout; BLAS
+    uses its own threads, see ``OPENBLAS_NUM_THREADS``).
     """
-    kind = _kind(qtype)
+    kind = _type(qtype)[0]
+    n_tok, n_cols = x.shape
     n_rows = w.shape[0]
-    n_cols = x.shape[1]
-    tile = _scratch.get("tile", (_TILE_ROWS, n_cols))
-    res = _scratch.get("res", (x.shape[0], _TILE_ROWS))
-    for r0 in range(0, n_rows, _TILE_ROWS):
-        n = min(_TILE_ROWS, n_rows - r0)
-        _decode_rows(kind, w, r0, tile[:n])
-        # a contiguous result then one copy: BLAS is slow into strided output
-        np.matmul(x, tile[:n].T, out=res[:, :n])
-        out[:, r0 : r0 + n] = res[:, :n]
+    if out.shape != (n_tok, n_rows):
+        raise ValueError(f"out has shape {out.shape}, expected {(n_tok, n_rows)}")
+    if n_tok == 1:
+        matvec(w, qtype, x[0], out[0])
+        return
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    if kind > BF16 and _USE_SIMD and n_tok < BLAS_MIN_TOKENS:
+        sc = _scratch.get("xm", n_tok, _scratch_bytes(n_cols), np.uint8)
+        if w.nbytes * n_tok >= PAR_MIN_BYTES and (nt := _n_threads()) > 1:
+            _mm_int_n(kind, w, x, out, sc, nt)
+        else:
+            _mm_int_1(kind, w, x, out, sc)
+        return
+    if kind == F32 and w.shape[1] == 4 * n_cols and w.strides[1] == 1 and w.strides[0] % 4 == 0:
+        np.matmul(x, w.view(np.float32).T, out=out)  # already float32: no decoding
+        return
+    tile = _scratch.get("tile", TILE_ROWS, n_cols)
+    decode = _decode_rows_simd if _USE_SIMD else _decode_rows
+    for r0 in range(0, n_rows, TILE_ROWS):
+        n = min(TILE_ROWS, n_rows - r0)
+        decode(kind, w, r0, tile[:n])
+        np.matmul(x, tile[:n].T, out=out[:, r0 : r0 + n])
 
 
 def get_rows(w: np.ndarray, qtype: int, ids: np.ndarray, out: np.ndarray) -> None:
-    """out[i] = row ids[i] of W, decoded.   out: [len(ids), n_cols] float32."""
-    _gather_rows(_kind(qtype), w, np.asarray(ids, np.int64), out)
+    """out[i] = row ids[i] of W, decoded to float32 (embedding lookup).
+
+    w : uint8 ``[n_rows, row_bytes]`` raw GGUF blocks
+    ids : integer ``[n]``
+    out : float32 ``[n, n_cols]`` (rows contiguous); equal bit for bit to
+        ``gguf.quants.dequantize`` of those rows
+
+    Raises ValueError for an unsupported type or shapes, IndexError for an id
+    outside ``[0, n_rows)``.
+    """
+    kind = _type(qtype)[0]
+    (_gather_rows_simd if _USE_SIMD else _gather_rows)(kind, w, np.asarray(ids, np.int64).reshape(-1), out)
+
+
+__all__ = ["matvec", "matmul", "get_rows", "SUPPORTED", "HAVE_AVX2", "PAR_MIN_BYTES", "BLAS_MIN_TOKENS", "TILE_ROWS"]

@@ -1,0 +1,231 @@
+"""One spec for a compressed KV cache: widths, residual window, rotation, mixed precision, eviction, merging.
+
+``KVConfig.parse("2,policy=h2o,ratio=0.25")``: the first bare number is
+``bits``, the rest are ``key=value`` pairs naming the fields below.
+``KVConfig.preset("balanced")`` gives a named default.  ``str(cfg)`` prints
+the canonical spec back (only fields that differ from the defaults).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+BITS = (16, 8, 4, 3, 2)
+MERGES = ("mean", "keepkv")
+
+# residual window (tokens kept in fp16) when not given: 2-3 bit caches keep a
+# short one so that all metadata counted they stay near 3 bits per value
+DEFAULT_RESIDUAL = {16: 32, 8: 32, 4: 64, 3: 64, 2: 64}
+
+PRESETS: dict[str, str] = {
+    "lossless": "8",  # 8-bit K and V: KL ~ 1e-4 on SmolLM2
+    "balanced": "4",  # 4-bit, rotated: ~4.5 bits/value
+    "edge": "2,policy=snapkv,ratio=0.5",  # 2-bit and half the tokens: +4.4% PPL on SmolLM2 at ctx 1024
+}
+
+
+def _known_policies() -> tuple[str, ...]:
+    from .policies import POLICIES
+
+    return tuple(sorted(POLICIES))
+
+
+@dataclass(frozen=True)
+class KVConfig:
+    """How a KV cache is compressed.
+
+    Attributes
+    ----------
+    bits : int
+        Width of the quantized slots, one of 16, 8, 4, 3, 2 (16: fp16, no quantization).
+    bits_k, bits_v : int or None
+        Separate key / value widths (None: ``bits``).
+    group : int
+        Values per quantization group (per token, along the head dimension).
+    residual : int or None
+        Most recent tokens kept in fp16 before they are quantized (None: per-width default).
+    rotate : bool or None
+        Hadamard-rotate K and V before quantizing (None: on below 8 bits).
+    mixed : str or None
+        ``"HI/LO"`` widths, e.g. ``"8/2"``: the most important tokens (by the
+        policy's score) keep HI bits, the rest LO bits (MiKV).  LO overrides ``bits``.
+    hi_frac : float
+        Share of the quantized slots held at the HI width when ``mixed``.
+    policy : str or None
+        Eviction policy name (see ``kvrun.cache.policies``); None: keep every token.
+    budget : int
+        Tokens kept per global layer, sinks and residual window included (0: from ``ratio``).
+    ratio : float
+        Budget as a share of the context when ``budget`` is 0 (0: the whole context).
+    sinks : int
+        First tokens never evicted and kept in fp16 (attention sinks).
+    merge : str or None
+        Fold evicted tokens into their most similar kept token: ``mean`` or ``keepkv``.
+    """
+
+    bits: int = 16
+    bits_k: int | None = None
+    bits_v: int | None = None
+    group: int = 32
+    residual: int | None = None
+    rotate: bool | None = None
+    mixed: str | None = None
+    hi_frac: float = 0.25
+    policy: str | None = None
+    budget: int = 0
+    ratio: float = 0.0
+    sinks: int = 4
+    merge: str | None = None
+
+    # ------------------------------------------------------------ derived
+    @property
+    def widths(self) -> tuple[int, int]:
+        """(bits of K, bits of V) in the low-precision pool."""
+        lo = self.mixed_widths[1] if self.mixed else self.bits
+        return (self.bits_k or lo, self.bits_v or lo)
+
+    @property
+    def mixed_widths(self) -> tuple[int, int]:
+        """(HI, LO) of ``mixed``."""
+        try:
+            hi, lo = (int(x) for x in str(self.mixed).split("/"))
+        except ValueError:
+            raise ValueError(f"mixed={self.mixed!r} is not HI/LO widths; write it like mixed=8/2") from None
+        return hi, lo
+
+    @property
+    def residual_tokens(self) -> int:
+        if self.residual is not None:
+            return self.residual
+        return DEFAULT_RESIDUAL[min(self.widths)] if self.is_compressed else 0
+
+    @property
+    def rotated(self) -> bool:
+        return self.rotate if self.rotate is not None else min(self.widths) < 8
+
+    @property
+    def is_compressed(self) -> bool:
+        """False when the plain fp16 cache does the same job."""
+        return min(self.widths) < 16 or self.policy is not None or self.mixed is not None
+
+    def budget_tokens(self, n_ctx: int) -> int:
+        """Tokens a global layer keeps (``n_ctx`` when nothing is evicted)."""
+        if self.policy is None:
+            return n_ctx
+        if self.budget > 0:
+            return min(self.budget, n_ctx)
+        if self.ratio > 0:
+            return max(1, min(n_ctx, int(round(self.ratio * n_ctx))))
+        return n_ctx
+
+    # ------------------------------------------------------------ checks
+    def validate(self, n_ctx: int) -> KVConfig:
+        """Raise ``ValueError`` (one line: the problem and the fix) for an impossible combination."""
+        for name in ("bits", "bits_k", "bits_v"):
+            b = getattr(self, name)
+            if b is not None and b not in BITS:
+                raise ValueError(f"{name}={b} is not supported; use one of {', '.join(map(str, BITS))}")
+        if self.mixed is not None:
+            hi, lo = self.mixed_widths
+            if hi not in BITS or lo not in BITS or hi <= lo:
+                raise ValueError(f"mixed={self.mixed} needs HI > LO, both in {', '.join(map(str, BITS))}; e.g. mixed=8/2")
+            if not 0.0 < self.hi_frac < 1.0:
+                raise ValueError(f"hi_frac={self.hi_frac} must be between 0 and 1, e.g. hi_frac=0.25")
+        if self.group < 8 or self.group & (self.group - 1):
+            raise ValueError(f"group={self.group} must be a power of two >= 8, e.g. group=32")
+        if self.policy is not None and self.policy not in _known_policies():
+            raise ValueError(f"unknown policy {self.policy!r}; known: {', '.join(_known_policies())}")
+        if self.merge is not None and self.merge not in MERGES:
+            raise ValueError(f"unknown merge {self.merge!r}; known: {', '.join(MERGES)}")
+        if self.merge is not None and self.policy is None:
+            raise ValueError(f"merge={self.merge} folds evicted tokens but nothing is evicted; add a policy, e.g. policy=h2o,ratio=0.25")
+        if self.sinks < 0 or self.residual_tokens < 0:
+            raise ValueError("sinks and residual must be >= 0")
+        if not 0.0 <= self.ratio <= 1.0:
+            raise ValueError(f"ratio={self.ratio} must be in (0, 1], the share of the context kept")
+        if self.budget < 0:
+            raise ValueError(f"budget={self.budget} must be >= 0 tokens")
+        if (self.budget or self.ratio) and self.policy is None:
+            raise ValueError("a budget or ratio evicts tokens, which needs a policy; add e.g. policy=h2o")
+        if self.policy is not None:
+            if self.residual_tokens < 1:
+                raise ValueError("an eviction policy needs residual >= 1 so the newest token is never its victim")
+            need = self.sinks + self.residual_tokens + 1
+            if self.budget_tokens(n_ctx) < need:
+                raise ValueError(
+                    f"budget of {self.budget_tokens(n_ctx)} tokens is below sinks + residual + 1 = {need}; "
+                    f"raise budget/ratio or lower sinks/residual"
+                )
+        return self
+
+    # ------------------------------------------------------------ text
+    @classmethod
+    def parse(cls, spec: str) -> KVConfig:
+        """``"2,policy=h2o,ratio=0.25"`` -> KVConfig (a preset name works too)."""
+        spec = spec.strip()
+        if spec in PRESETS:
+            return cls.preset(spec)
+        kw: dict[str, object] = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for i, part in enumerate(p.strip() for p in spec.split(",") if p.strip()):
+            if "=" not in part:
+                if i != 0:
+                    raise ValueError(f"{part!r}: only the first item may be a bare number (the bits); write key=value")
+                kw["bits"] = _int(part, "bits")
+                continue
+            key, val = (s.strip() for s in part.split("=", 1))
+            key = {"k": "bits_k", "v": "bits_v", "kbits": "bits_k", "vbits": "bits_v"}.get(key, key)
+            if key not in types:
+                raise ValueError(f"unknown KV cache option {key!r}; known: {', '.join(types)}")
+            kw[key] = _convert(key, val, str(types[key]))
+        return cls(**kw)  # type: ignore[arg-type]
+
+    @classmethod
+    def preset(cls, name: str) -> KVConfig:
+        """A named configuration: ``lossless``, ``balanced`` or ``edge``."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown KV preset {name!r}; known: {', '.join(PRESETS)}")
+        return cls.parse(PRESETS[name])
+
+    def __str__(self) -> str:
+        parts = [str(self.bits)]
+        default = KVConfig()
+        for f in fields(self):
+            if f.name == "bits":
+                continue
+            v = getattr(self, f.name)
+            if v != getattr(default, f.name):
+                if isinstance(v, bool):
+                    v = int(v)
+                parts.append(f"{f.name}={v}")
+        return ",".join(parts)
+
+    def with_(self, **kw: object) -> KVConfig:
+        """A copy with some fields changed."""
+        return replace(self, **kw)  # type: ignore[arg-type]
+
+
+def _int(s: str, key: str) -> int:
+    try:
+        return int(s)
+    except ValueError:
+        raise ValueError(f"{key}={s!r} is not an integer") from None
+
+
+def _convert(key: str, val: str, typ: str) -> object:
+    if val.lower() in ("none", "") and "None" in typ:
+        return None
+    if "bool" in typ:
+        if val.lower() in ("1", "true", "yes", "on"):
+            return True
+        if val.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{key}={val!r} is not a boolean; use 1 or 0")
+    if "float" in typ:
+        try:
+            return float(val)
+        except ValueError:
+            raise ValueError(f"{key}={val!r} is not a number") from None
+    if "int" in typ:
+        return _int(val, key)
+    return val

@@ -1,0 +1,55 @@
+"""G-KV: a global score mixing the current (local) attention with decayed history.
+
+Liao et al., *G-KV: Decoding-Time KV Cache Eviction with Global Attention*,
+https://arxiv.org/abs/2512.00504.  Each step, with ``a`` the attention the
+token just received: ``hist <- gamma * hist + a`` and
+``score = alpha * a + (1 - alpha) * (1 - gamma) * hist``, so a token that was
+important long ago fades slowly instead of being dropped at the first quiet
+step (TOVA) or kept forever (H2O).
+
+Shapes: score, acc (this step), hist [n_kv, N] float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Policy
+
+
+class GKV(Policy):
+    name = "gkv"
+    alpha = 0.5  # weight of the current attention
+    gamma = 0.95  # decay of the history per step
+
+    def __init__(self, n_kv: int, n_slots: int) -> None:
+        super().__init__(n_kv, n_slots)
+        self.acc = np.zeros_like(self.score)
+        self.hist = np.zeros_like(self.score)
+
+    def per_slot(self) -> list[np.ndarray]:
+        return [self.score, self.acc, self.hist]
+
+    def before_step(self) -> None:
+        self.acc[:] = 0.0
+
+    def after_step(self) -> None:
+        self.hist *= np.float32(self.gamma)
+        self.hist += self.acc
+        np.multiply(self.acc, np.float32(self.alpha), out=self.score)
+        self.score += np.float32((1 - self.alpha) * (1 - self.gamma)) * self.hist
+
+    def prefill(self, head: int, probs: np.ndarray | None, old: np.ndarray) -> None:
+        T = probs.shape[0]
+        w = np.float32(self.gamma) ** np.arange(T - 1, -1, -1, dtype=np.float32)  # [T]
+        hist = w @ probs  # [n_old + T]: decayed over the chunk's queries
+        cur = probs[-1]
+        a, b = np.float32(self.alpha), np.float32((1 - self.alpha) * (1 - self.gamma))
+        n = len(old)
+        self.hist[head, old] = self.hist[head, old] * np.float32(self.gamma) ** T + hist[:n]
+        self.score[head, old] = a * cur[:n] + b * self.hist[head, old]
+        self._pending[head] = [(self.score, a * cur[n:] + b * hist[n:]), (self.hist, hist[n:])]
+
+    def fold(self, head: int, src: int, dst: int) -> None:
+        self.score[head, dst] += self.score[head, src]
+        self.hist[head, dst] += self.hist[head, src]

@@ -1,0 +1,29 @@
+"""StreamingLLM: keep the attention sinks and the most recent tokens.
+
+Xiao et al., *Efficient Streaming Language Models with Attention Sinks*,
+https://arxiv.org/abs/2309.17453.  Sinks are kept by the cache itself; this
+policy scores a token by its position, so the victim is always the oldest
+non-sink token.  Attention-free: ``needs_probs`` is False.
+
+Shapes: score [n_kv, N] float32 (the position), as in :mod:`.base`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Policy
+
+
+class Streaming(Policy):
+    name = "streaming"
+    needs_probs = False
+
+    def on_insert(self, slots: np.ndarray, pos: int, k: np.ndarray) -> None:
+        self.score[np.arange(len(slots)), slots] = pos
+
+    def prefill(self, head: int, probs: np.ndarray | None, old: np.ndarray) -> None:
+        pass  # positions are set by on_insert
+
+    def fold(self, head: int, src: int, dst: int) -> None:
+        pass  # a merged token keeps its own position

@@ -1,0 +1,26 @@
+"""TOVA: evict the token the current query attends to least.
+
+Oren et al., *Transformers are Multi-State RNNs*,
+https://arxiv.org/abs/2401.06104.  The score is the attention of the latest
+query only (summed over the query heads of the GQA group), reset every step.
+
+Shapes: score = acc [n_kv, N] float32, zeroed before each decode step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Policy
+
+
+class TOVA(Policy):
+    name = "tova"
+
+    def before_step(self) -> None:
+        self.score[:] = 0.0
+
+    def prefill(self, head: int, probs: np.ndarray | None, old: np.ndarray) -> None:
+        last = probs[-1]  # [n_old + T]: the last query of the chunk
+        self.score[head, old] = last[: len(old)]
+        self._pending[head] = [(self.score, last[len(old) :])]

@@ -1,0 +1,87 @@
+"""A pool of quantized KV slots of one (K width, V width), per KV head.
+
+Shapes (``C`` slots, ``G`` values per group, ``w`` container bits)::
+
+    kc [n_kv, C, D * w_k / 8]   uint8   key codes (16 bits: float16 bytes)
+    km [n_kv, C, D / G, 2]      uint8   key (scale code, zero code) per group
+    vc [n_kv, C, Dv * w_v / 8]  uint8   value codes
+    vm [n_kv, C, Dv / G, 2]     uint8
+    klut, vlut [256]            float32 scale tables (calibrated on the first write)
+
+Rows are written and read in the cache's (possibly rotated) basis; the pool
+does not know about positions or scores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ops.cpu.qattention import dequantize_rows
+from .quant import calibrate_lut, quantize_into, row_bytes
+
+
+class Pool:
+    """``cap`` quantized slots per KV head; see the module docstring for the layout."""
+
+    def __init__(self, n_kv: int, cap: int, D: int, Dv: int, bits_k: int, bits_v: int, G: int) -> None:
+        self.cap, self.D, self.Dv, self.G = cap, D, Dv, G
+        self.bits_k, self.bits_v = bits_k, bits_v
+        self.kc = np.zeros((n_kv, cap, row_bytes(D, bits_k)), np.uint8)
+        self.km = np.zeros((n_kv, cap, D // G if bits_k < 16 else 0, 2), np.uint8)
+        self.vc = np.zeros((n_kv, cap, row_bytes(Dv, bits_v)), np.uint8)
+        self.vm = np.zeros((n_kv, cap, Dv // G if bits_v < 16 else 0, 2), np.uint8)
+        self.klut = np.ones(256, np.float32)
+        self.vlut = np.ones(256, np.float32)
+        self.calibrated = False
+        self._tmp = np.zeros(2 * G, np.int32)  # quantizer scratch
+        self._slots = np.full(n_kv, -1, np.int64)  # [n_kv] one-head writes
+
+    def calibrate(self, k: np.ndarray, v: np.ndarray) -> None:
+        """Fix the scale tables from sample rows.  k: [..., D]; v: [..., Dv] float32."""
+        if self.bits_k < 16:
+            self.klut[:] = calibrate_lut(k, self.bits_k)
+        if self.bits_v < 16:
+            self.vlut[:] = calibrate_lut(v, self.bits_v)
+        self.calibrated = True
+
+    def write(self, slots: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
+        """Quantize k[h], v[h] into slot ``slots[h]`` of each head (-1: skip).
+
+        slots: [n_kv] int64; k: [n_kv, D]; v: [n_kv, Dv] float32.
+        """
+        if not self.calibrated:
+            self.calibrate(k, v)
+        quantize_into(k, slots, self.bits_k, self.G, self.klut, self.kc, self.km, self._tmp)
+        quantize_into(v, slots, self.bits_v, self.G, self.vlut, self.vc, self.vm, self._tmp)
+
+    def write_one(self, head: int, slot: int, k: np.ndarray, v: np.ndarray) -> None:
+        """One head's row.  k: [D]; v: [Dv] float32."""
+        s = self._slots
+        s[:] = -1
+        s[head] = slot
+        n_kv = s.shape[0]
+        kk = np.broadcast_to(k, (n_kv, self.D))
+        vv = np.broadcast_to(v, (n_kv, self.Dv))
+        self.write(s, np.ascontiguousarray(kk), np.ascontiguousarray(vv))
+
+    def read(self, head: int, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Dequantized rows of ``slots`` ([n] int) of one head: ([n, D], [n, Dv]) float32."""
+        k = np.empty((len(slots), self.D), np.float32)
+        v = np.empty((len(slots), self.Dv), np.float32)
+        _dequant(self.kc[head, slots], self.km[head, slots], self.klut, self.bits_k, self.G, k)
+        _dequant(self.vc[head, slots], self.vm[head, slots], self.vlut, self.bits_v, self.G, v)
+        return k, v
+
+    def slot_bytes(self) -> int:
+        """Bytes of one slot of one head (codes and metadata of K and V)."""
+        return self.kc.shape[2] + self.km.shape[2] * 2 + self.vc.shape[2] + self.vm.shape[2] * 2
+
+    def nbytes(self) -> int:
+        return self.kc.nbytes + self.km.nbytes + self.vc.nbytes + self.vm.nbytes + self.klut.nbytes + self.vlut.nbytes
+
+
+def _dequant(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, bits: int, G: int, out: np.ndarray) -> None:
+    if bits == 16:
+        out[:] = codes.view(np.float16).astype(np.float32).reshape(out.shape)
+    else:
+        dequantize_rows(codes, meta, lut, bits, G, out)

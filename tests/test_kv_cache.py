@@ -1,0 +1,271 @@
+"""The compressed cache: spec parsing, fixed memory, sinks/residual protection, equivalence, and the full cross product.
+
+Everything composes: every width x policy x merge (x mixed precision) runs
+through tiny Llama and Gemma 3 models (the latter with sliding-window layers)
+in both prefill and decode, and quality degrades in the order it should.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from reference import Reference
+from tinymodel import write_tiny_model
+
+from kvrun.cache.base import KVCache, LayerSpec
+from kvrun.cache.compressed import CompressedLayerCache
+from kvrun.cache.factory import bits_per_value, make_cache
+from kvrun.cache.kvconfig import KVConfig
+from kvrun.cache.plain import PlainLayerCache
+from kvrun.cache.policies import POLICIES
+from kvrun.loaders.config import load_config
+from kvrun.loaders.gguf_file import GGUFFile
+from kvrun.models import model_class
+from kvrun.ops import get_backend
+
+SPEC = LayerSpec(4, 2, 64, 64, 0, 0.125, 0.0)
+
+
+def _qkv(n: int, seed: int = 0, spec: LayerSpec = SPEC):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((n, spec.n_head, spec.head_dim)).astype(np.float32)
+    k = rng.standard_normal((n, spec.n_head_kv, spec.head_dim)).astype(np.float32)
+    v = rng.standard_normal((n, spec.n_head_kv, spec.head_dim_v)).astype(np.float32)
+    return q, k, v
+
+
+def _feed(cache, q, k, v, chunk: int = 1) -> np.ndarray:
+    out = np.zeros(q.shape[:2] + (k.shape[2],), np.float32)
+    for s in range(0, len(q), chunk):
+        e = min(len(q), s + chunk)
+        cache.update_and_attend(q[s:e], k[s:e], v[s:e], np.arange(s, e, dtype=np.int32), out[s:e])
+    return out
+
+
+# ------------------------------------------------------------------ KVConfig
+def test_parse_first_number_is_bits_then_key_values():
+    kv = KVConfig.parse("2,policy=h2o,ratio=0.25")
+    assert (kv.bits, kv.policy, kv.ratio) == (2, "h2o", 0.25)
+    kv = KVConfig.parse("4,k=8,v=2,group=64,residual=16,rotate=0,mixed=8/2,merge=keepkv,policy=tova,budget=100,sinks=2")
+    assert (kv.bits_k, kv.bits_v, kv.group, kv.residual, kv.rotate, kv.mixed, kv.merge, kv.budget, kv.sinks) == (8, 2, 64, 16, False, "8/2", "keepkv", 100, 2)
+    assert KVConfig.parse(str(kv)) == kv
+    assert str(KVConfig.parse("2,policy=h2o,ratio=0.25")) == "2,policy=h2o,ratio=0.25"
+
+
+def test_presets():
+    assert KVConfig.preset("lossless").bits in (8, 16)
+    assert KVConfig.preset("balanced").bits == 4
+    edge = KVConfig.preset("edge")
+    assert edge.bits == 2 and edge.policy is not None and edge.budget_tokens(2048) < 2048
+    assert KVConfig.parse("edge") == edge
+    with pytest.raises(ValueError, match="known: lossless, balanced, edge"):
+        KVConfig.preset("tiny")
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("5", "bits=5 is not supported; use one of 16, 8, 4, 3, 2"),
+        ("2,policy=lru", "unknown policy 'lru'; known: gkv, h2o, keydiff, snapkv, streaming, tova"),
+        ("2,policy=h2o,merge=avg", "unknown merge 'avg'; known: mean, keepkv"),
+        ("2,merge=mean", "add a policy"),
+        ("2,ratio=0.5", "needs a policy"),
+        ("2,policy=h2o,budget=40", "budget of 40 tokens is below sinks \\+ residual \\+ 1 = 69"),
+        ("2,mixed=2/8", "needs HI > LO"),
+        ("2,group=24", "power of two"),
+        ("2,colour=red", "unknown KV cache option 'colour'"),
+        ("2,4", "only the first item may be a bare number"),
+    ],
+)
+def test_validate_names_the_problem_in_one_line(spec, message):
+    with pytest.raises(ValueError, match=message) as e:
+        KVConfig.parse(spec).validate(2048)
+    assert "\n" not in str(e.value)
+
+
+def test_two_bit_defaults_fit_3_2_bits_per_value_at_2048():
+    """All metadata and the fp16 window counted, on SmolLM2's geometry (30 layers, 3 KV heads of 64)."""
+    specs = [LayerSpec(9, 3, 64, 64, 0, 0.125, 0.0)] * 30
+    layers = make_cache(specs, 2048, 256, KVConfig.parse("2"))
+    bpv = bits_per_value(layers, 2048)
+    assert 2.5 < bpv <= 3.2, bpv
+    assert bits_per_value(make_cache(specs, 2048, 256, KVConfig.parse("4")), 2048) <= 5.0
+    assert bits_per_value(make_cache(specs, 2048, 256, None), 2048) == pytest.approx(16 + 32 / 384)
+
+
+# ------------------------------------------------------------------ factory
+def test_factory_gives_the_plain_cache_when_nothing_is_compressed():
+    for kv in (None, KVConfig(), KVConfig.parse("16")):
+        assert all(isinstance(c, PlainLayerCache) for c in make_cache([SPEC], 64, 16, kv))
+    assert all(isinstance(c, CompressedLayerCache) for c in make_cache([SPEC], 64, 16, KVConfig.parse("4")))
+
+
+def test_fp16_storage_through_the_compressed_path_equals_the_plain_cache():
+    q, k, v = _qkv(90)
+    ref = _feed(PlainLayerCache(SPEC, 128), q, k, v)
+    for chunk in (1, 3, 32):
+        got = _feed(CompressedLayerCache(SPEC, KVConfig.parse("16,policy=h2o").validate(128), 128), q, k, v, chunk)
+        np.testing.assert_allclose(got, ref, atol=2e-6 if chunk <= 4 else 1e-2)
+
+
+@pytest.mark.parametrize("bits, bound", [(8, 0.01), (4, 0.08), (3, 0.12), (2, 0.3)])
+def test_quantized_attention_error_shrinks_with_width(bits, bound):
+    q, k, v = _qkv(160, seed=1)
+    ref = _feed(PlainLayerCache(SPEC, 256), q, k, v)
+    kv = KVConfig.parse(f"{bits},residual=8").validate(256)
+    got = _feed(CompressedLayerCache(SPEC, kv, 256), q, k, v)
+    err = np.abs(got - ref).max() / np.abs(ref).max()
+    assert err < bound, err
+
+
+def test_memory_is_fixed_and_tokens_never_exceed_the_budget():
+    q, k, v = _qkv(300, seed=2)
+    kv = KVConfig.parse("2,policy=h2o,budget=80,residual=16").validate(512)
+    c = CompressedLayerCache(SPEC, kv, 512)
+    n0 = c.nbytes()
+    _feed(c, q[:100], k[:100], v[:100])
+    _feed(c, q[100:], k[100:], v[100:], chunk=50)
+    assert c.nbytes() == n0
+    assert c.n_tokens() == 80
+    # every allocated array is counted
+    arrays = [c.k16, c.v16, c.pos] + [a for p in c.pools for a in (p.kc, p.km, p.vc, p.vm, p.klut, p.vlut)] + c.policy.per_slot()
+    assert n0 == sum(a.nbytes for a in arrays)
+
+
+def test_sinks_and_residual_window_are_never_evicted():
+    q, k, v = _qkv(200, seed=3)
+    kv = KVConfig.parse("4,policy=tova,budget=40,residual=8,sinks=4").validate(256)
+    c = CompressedLayerCache(SPEC, kv, 256)
+    _feed(c, q, k, v)
+    for h in range(SPEC.n_head_kv):
+        held = set(c.pos[h][c.pos[h] >= 0].tolist())
+        assert {0, 1, 2, 3} <= held
+        assert set(range(192, 200)) <= held
+        assert len(held) == 40
+
+
+@pytest.mark.parametrize("n_kv", [2, 1])
+def test_heavy_hitter_survives_h2o_but_not_streaming(n_kv):
+    """A key every query attends to is kept by attention-scored policies and dropped by StreamingLLM."""
+    spec = LayerSpec(4, n_kv, 64, 64, 0, 0.125, 0.0)
+    q, k, v = _qkv(120, seed=4, spec=spec)
+    target = np.ones(spec.head_dim, np.float32)
+    q[:] = target + 0.1 * q
+    k[10] = 2.0 * target
+    kept = {}
+    for name in ("streaming", "h2o", "gkv", "snapkv", "tova"):
+        kv = KVConfig.parse(f"16,policy={name},budget=30,residual=8").validate(256)
+        c = CompressedLayerCache(spec, kv, 256)
+        _feed(c, q, k, v)
+        kept[name] = all(10 in c.pos[h] for h in range(n_kv))
+    assert kept == {"streaming": False, "h2o": True, "gkv": True, "snapkv": True, "tova": True}
+
+
+@pytest.mark.parametrize("merge", ["mean", "keepkv"])
+def test_merging_folds_evicted_tokens_into_kept_ones(merge):
+    q, k, v = _qkv(100, seed=5)
+    k[50:] = k[49]  # near-duplicate keys: merging targets exist
+    kv = KVConfig.parse(f"4,policy=h2o,budget=40,residual=8,merge={merge}").validate(128)
+    c = CompressedLayerCache(SPEC, kv, 128)
+    _feed(c, q, k, v)
+    assert c.n_tokens() == 40
+    if merge == "keepkv":
+        votes = np.exp(c.logw[:, c.pos[0] >= 0]).sum(axis=1)
+        np.testing.assert_allclose(votes, 100, rtol=1e-4)  # every token still counted once
+    else:
+        assert c.logw.size == 0
+
+
+def test_mixed_precision_demotes_instead_of_dropping():
+    q, k, v = _qkv(200, seed=6)
+    kv = KVConfig.parse("2,mixed=8/2,hi_frac=0.25,residual=8").validate(256)
+    c = CompressedLayerCache(SPEC, kv, 256)
+    assert (c.pools[0].bits_k, c.pools[1].bits_k) == (8, 2)
+    ref = _feed(PlainLayerCache(SPEC, 256), q, k, v)
+    got = _feed(c, q, k, v)
+    assert c.n_tokens() == 200  # nothing evicted, only demoted
+    lo_only = CompressedLayerCache(SPEC, KVConfig.parse("2,residual=8").validate(256), 256)
+    e_mixed = np.abs(got - ref).mean()
+    e_lo = np.abs(_feed(lo_only, q, k, v) - ref).mean()
+    assert e_mixed < e_lo
+
+
+def test_sliding_window_layer_keeps_a_ring_of_its_window():
+    spec = LayerSpec(4, 2, 64, 64, 16, 0.125, 0.0)
+    q, k, v = _qkv(100, seed=7, spec=spec)
+    ref = _feed(PlainLayerCache(spec, 16 + 32), q, k, v, chunk=32)
+    c = CompressedLayerCache(spec, KVConfig.parse("8,policy=h2o,budget=64,residual=4").validate(128), 128)
+    got = _feed(c, q, k, v)
+    assert c.N == 16 + 4 and c.policy is None  # the window ring, no budget/policy on local layers
+    assert np.abs(got - ref).max() / np.abs(ref).max() < 0.02
+
+
+def test_truncate_and_reset():
+    q, k, v = _qkv(60, seed=8)
+    c = CompressedLayerCache(SPEC, KVConfig.parse("4,residual=8").validate(64), 64)
+    _feed(c, q, k, v)
+    c.truncate(30)
+    assert c.n_tokens() == 30 and c.pos.max() == 29
+    c.reset()
+    assert c.n_tokens() == 0
+
+
+# ------------------------------------------------------------------ cross product on tiny models
+N_CTX, N_BATCH, N_TOK = 96, 16, 80
+WIDTHS = ["16", "8", "4", "3", "2", "4,k=8,v=2", "2,mixed=8/2"]
+CHOICES = [None] + sorted(POLICIES)
+MERGES = [None, "mean", "keepkv"]
+
+
+def _model(tmp_path_factory, arch):
+    path = write_tiny_model(tmp_path_factory.mktemp(arch) / f"{arch}.gguf", arch, sliding_window=8)
+    g = GGUFFile(path)
+    cfg = load_config(g)
+    return path, cfg, model_class(cfg.arch)(g, cfg, get_backend("cpu"), N_CTX, N_BATCH)
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma3"])
+def tiny(request, tmp_path_factory):
+    path, cfg, model = _model(tmp_path_factory, request.param)
+    tokens = np.random.default_rng(1).integers(0, cfg.n_vocab, N_TOK).astype(np.int32)
+    return cfg, model, tokens, Reference(path).logits(tokens)
+
+
+def _run(model, cfg, tokens, kv, chunk):
+    cache = KVCache(make_cache(model.layer_specs(), N_CTX, N_BATCH, kv))
+    out = np.zeros((len(tokens), cfg.n_vocab), np.float32)
+    for s in range(0, len(tokens), chunk):
+        ch = tokens[s : s + chunk]
+        pos = np.arange(cache.offset, cache.offset + len(ch), dtype=np.int32)
+        model.forward(ch, pos, cache, np.arange(len(ch)), out[s : s + len(ch)])
+        cache.offset += len(ch)
+    return out, cache
+
+
+def _combos():
+    for w, p, m in itertools.product(WIDTHS, CHOICES, MERGES):
+        if m is not None and p is None:
+            continue
+        spec = f"{w},group=16" if p is None else f"{w},group=16,policy={p},budget=48,residual=8"
+        if m:
+            spec += f",merge={m}"
+        yield spec
+
+
+@pytest.mark.parametrize("spec", list(_combos()))
+def test_every_width_policy_merge_runs_on_tiny_models(tiny, spec):
+    cfg, model, tokens, ref = tiny
+    kv = KVConfig.parse(spec).validate(N_CTX)
+    for chunk in (N_BATCH, 1):
+        got, cache = _run(model, cfg, tokens, kv, chunk)
+        assert np.isfinite(got).all()
+        assert cache.nbytes() == sum(layer.nbytes() for layer in cache.layers)
+        err = np.abs(got - ref).max() / np.abs(ref).max()
+        # no eviction: close to the float64 reference, tighter with more bits
+        if kv.policy is None:
+            bound = {"16": 3e-3, "8": 0.03}.get(spec.split(",")[0] if "," in spec[:3] else spec, 0.35)
+            assert err < bound, f"{spec} chunk {chunk}: {err:.3g}"
+        else:
+            assert err < 1.0

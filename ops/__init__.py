@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from .backend import Backend, Weight
 
 DEVICES = ("cpu", "gpu", "auto")
@@ -20,6 +22,10 @@ def gpu_available() -> bool:
 def get_backend(device: str = "cpu") -> Backend:
     """The kernels for ``device`` (``cpu``, ``gpu`` or ``auto``).
 
+    With ``KVRUN_GPU_EMULATE=1`` in the environment, ``gpu`` runs the CUDA
+    kernels on the CPU emulator (``ops/gpu/emulate.py``): slow, for testing the
+    whole GPU path on machines without a GPU.
+
     Raises ValueError with a one-line reason when the device cannot be used.
     """
     if device == "auto":
@@ -29,7 +35,12 @@ def get_backend(device: str = "cpu") -> Backend:
 
         return CPUBackend()
     if device == "gpu":
-        if not gpu_available():
+        if os.environ.get("KVRUN_GPU_EMULATE"):  # tests: the CUDA kernels compiled for the CPU
+            from .gpu import emulate, kernels
+
+            if not isinstance(kernels.runtime_or_none(), emulate.EmulatedRuntime):
+                kernels.set_runtime(emulate.EmulatedRuntime())
+        elif not gpu_available():
             raise ValueError("--device gpu needs CuPy and an NVIDIA GPU; install kvrun[gpu] or use --device cpu")
         from .gpu.backend import GPUBackend
 

@@ -96,6 +96,8 @@ class Engine:
             self.backend = get_backend(device)
         except ValueError as e:
             raise KvrunError(str(e)) from None
+        if self.backend.name == "gpu" and self.kv is not None and self.kv.is_compressed:
+            raise KvrunError("the compressed KV cache (--kv-*) runs on --device cpu only so far; drop the --kv-* flags or use --device cpu")
         self.tokenizer = Tokenizer.from_metadata(self.gguf.metadata)
         self.model = cls(self.gguf, self.cfg, self.backend, self.n_ctx, self.n_batch)
         self.load_time = time.perf_counter() - t0
@@ -103,6 +105,10 @@ class Engine:
     # ------------------------------------------------------------------ cache
     def new_cache(self) -> KVCache:
         specs = self.model.layer_specs()
+        if self.backend.name == "gpu":
+            from ..cache.gpu_plain import make_gpu_plain_cache
+
+            return KVCache(make_gpu_plain_cache(specs, self.n_ctx, self.n_batch))
         return KVCache(make_cache(specs, self.n_ctx, self.n_batch, self.kv))
 
     # ------------------------------------------------------------------ eval

@@ -162,6 +162,11 @@ def runtime() -> Any:
     return _runtime
 
 
+def runtime_or_none() -> Any:
+    """The runtime installed so far, or None (does not create the CuPy one)."""
+    return _runtime
+
+
 def set_runtime(rt: Any) -> Any:
     """Make ``rt`` (e.g. ``emulate.EmulatedRuntime()``) the runtime; returns the previous one."""
     global _runtime

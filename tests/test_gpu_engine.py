@@ -1,0 +1,75 @@
+"""The whole GPU path through the engine and the CLI: `--device gpu` on the kernel
+emulator (KVRUN_GPU_EMULATE=1: the CUDA sources compiled for the CPU), so it runs
+in CI without a GPU; on a machine with one, the same checks run on the device."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from tinymodel import write_tiny_model
+
+from kvrun.cli import main
+from gguf import GGMLQuantizationType as Q
+from kvrun.loaders.errors import KvrunError
+from kvrun.ops import gpu_available
+from kvrun.ops.gpu import emulate
+from kvrun.runtime.engine import Engine, GenRequest
+from kvrun.runtime.sampling import greedy
+
+pytestmark = pytest.mark.skipif(not gpu_available() and not emulate.available(), reason="no GPU and no host C++ compiler for the emulator")
+
+
+@pytest.fixture
+def gpu_env(monkeypatch):
+    if not gpu_available():
+        monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("gpu") / "tiny.gguf", "llama", qtype=Q.Q4_0)
+
+
+def test_engine_on_gpu_generates_the_cpu_greedy_text(gpu_env, tiny):
+    prompt = [1, 5, 9, 14, 3, 7]
+    req = GenRequest(max_tokens=12, sampler=greedy(), ignore_eos=True)
+    runs = {}
+    for dev in ("cpu", "gpu"):
+        eng = Engine(tiny, device=dev, n_ctx=64, n_batch=16)
+        assert eng.backend.name == dev
+        runs[dev] = list(eng.generate_tokens(eng.new_cache(), prompt, req))
+    assert runs["gpu"] == runs["cpu"]
+
+
+def test_gpu_logits_match_cpu(gpu_env, tiny):
+    ids = list(np.random.default_rng(3).integers(0, 200, 20))
+    cpu = Engine(tiny, device="cpu", n_ctx=64, n_batch=16)
+    gpu = Engine(tiny, device="gpu", n_ctx=64, n_batch=16)
+    a = cpu.eval(cpu.new_cache(), ids, logits_all=True)
+    b = gpu.eval(gpu.new_cache(), ids, logits_all=True)
+    assert isinstance(b, np.ndarray) and b.shape == a.shape
+    assert np.abs(a - b).max() / np.abs(a).max() < 2e-2
+
+
+def test_cli_run_on_gpu(gpu_env, tiny):
+    args = ["run", str(tiny), "-p", "the", "-n", "6", "--temp", "0", "--no-stats", "-c", "64"]
+    cpu = CliRunner().invoke(main, args + ["--device", "cpu"])
+    gpu = CliRunner().invoke(main, args + ["--device", "gpu"])
+    assert cpu.exit_code == 0 and gpu.exit_code == 0, gpu.output
+    assert gpu.output == cpu.output
+
+
+def test_compressed_cache_on_gpu_is_a_clear_error(gpu_env, tiny):
+    from kvrun.cache.kvconfig import KVConfig
+
+    with pytest.raises(KvrunError, match="--device cpu"):
+        Engine(tiny, device="gpu", n_ctx=64, kv=KVConfig(bits=2))
+
+
+def test_gpu_without_cupy_or_device_is_one_line(monkeypatch, tiny):
+    if gpu_available():
+        pytest.skip("a GPU is present")
+    monkeypatch.delenv("KVRUN_GPU_EMULATE", raising=False)
+    r = CliRunner().invoke(main, ["run", str(tiny), "-p", "the", "-n", "2", "--device", "gpu"])
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "--device cpu" in r.output

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["load", "KvrunError", "__version__"]
+__all__ = ["load", "KVConfig", "KvrunError", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,6 +19,10 @@ def __getattr__(name: str) -> Any:
         from .runtime.api import load
 
         return load
+    if name == "KVConfig":
+        from .cache.kvconfig import KVConfig
+
+        return KVConfig
     if name == "KvrunError":
         from .loaders.errors import KvrunError
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cache.kvconfig import KVConfig
 from ..loaders.chat_template import builtin_template, render_chat
 from ..loaders.errors import KvrunError
 from ..loaders.store import resolve
@@ -191,7 +192,7 @@ def load(
     n_ctx: int = 4096,
     n_batch: int = 256,
     threads: int | None = None,
-    kv: Any = None,
+    kv: KVConfig | str | None = None,
 ) -> Model:
     """Load a GGUF model (a path, a known short name, or None for the default).
 
@@ -202,7 +203,13 @@ def load(
     n_ctx : context length in tokens (0: the model's training context).
     n_batch : prompt tokens per forward pass during prefill.
     threads : Numba threads (None: Numba's default).
-    kv : KV-cache settings (reserved for the compressed cache).
+    kv : KV cache compression: a :class:`~kvrun.cache.kvconfig.KVConfig`, a spec
+        string such as ``"2,policy=h2o,budget=512"`` or a preset name; None: fp16.
     """
+    if isinstance(kv, str):
+        try:
+            kv = KVConfig.parse(kv)
+        except ValueError as e:
+            raise KvrunError(f"kv={kv!r}: {e}") from None
     path = resolve(model)
-    return Model(Engine(path, device=device, n_ctx=n_ctx, n_batch=n_batch, threads=threads))
+    return Model(Engine(path, device=device, n_ctx=n_ctx, n_batch=n_batch, threads=threads, kv=kv))

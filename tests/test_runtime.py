@@ -213,3 +213,16 @@ def test_session_shifts_out_old_turns_when_the_context_fills(model):
     assert "message number 11" in s.messages[-2]["content"]
     with pytest.raises(KvrunError, match="raise --ctx-size"):
         s.send("x" * 2000, max_tokens=8)
+
+
+def test_load_takes_a_kv_config_or_spec(tiny_path):
+    import kvrun
+
+    m = kvrun.load(str(tiny_path), n_ctx=256, kv=kvrun.KVConfig(bits=2, policy="h2o", budget=96))
+    m2 = kvrun.load(str(tiny_path), n_ctx=256, kv="2,policy=h2o,budget=96")
+    assert m.engine.kv == m2.engine.kv
+    s = m.session()
+    s.send("the cat sat on the mat " * 10, max_tokens=30, temperature=0)
+    assert max(layer.n_tokens() for layer in s.cache.layers) <= 96
+    with pytest.raises(KvrunError, match="policy"):
+        kvrun.load(str(tiny_path), kv="2,policy=nope")

@@ -16,16 +16,11 @@ Q = GGMLQuantizationType
 
 
 def _bytes_to_unicode() -> list[str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    table = dict(zip(bs, cs))
-    return [chr(table[b]) for b in range(256)]
+    """GPT-2's printable character for every byte, in byte order (the tokenizer's own map)."""
+    from kvrun.loaders.tokenizer import _bytes_to_unicode as table
+
+    t = table()
+    return [t[b] for b in range(256)]
 
 
 def byte_vocab() -> tuple[list[str], list[str], list[int]]:

@@ -41,10 +41,12 @@ def kl_top(top_logp: np.ndarray, top_ids: np.ndarray, logits: np.ndarray) -> np.
     return kl + p_rest * (np.log(p_rest) - np.log(q_rest))
 
 
-# llama.cpp quantizes activations to 8 bits before every product and kvrun's
-# float path does not, so the two differ by ~0.1 nat at near-ties: KL is the
-# measure that must be small; top-1 is held to what that noise allows
-# (measured 0.965 / 0.969; the 0.99 needs llama.cpp's exact rounding).
+# llama.cpp's logits carry ~0.1 nat of arithmetic noise (8-bit activations, and
+# its prompt and decode paths differ): its own token-by-token logits agree with
+# its own batch logits (the fixture) on top-1 at only 0.961 / 0.965, KL 0.0045 /
+# 0.0076 (tools/llamacpp_self_agreement.py).  kvrun, whose arithmetic equals a
+# float64 forward (last test), agrees with the fixture at 0.965 / 0.969, KL 0.0043
+# / 0.0059: KL is what must be small; top-1 is held to what that noise allows.
 TOP1_MIN = 0.95
 NEAR_TIE = 0.5  # logits; measured max 0.27 (SmolLM2) / 0.24 (Gemma 3)
 

@@ -320,11 +320,15 @@ def _load(model: str | None, kw: dict[str, Any]):
     return Model(Engine(path, device=kw["device"], n_ctx=kw["ctx_size"], n_batch=kw["n_batch"], threads=kw["threads"], kv=kv))
 
 
-def _stats_line(stats: Any, cache: Any = None) -> str:
+def _stats_line(stats: Any, cache: Any = None, engine: Any = None) -> str:
     s = f"[prompt {stats.n_prompt} tok, {stats.prompt_tps:.1f} tok/s | gen {stats.n_gen} tok, {stats.gen_tps:.1f} tok/s"
     if cache is not None:
         held = max((layer.n_tokens() for layer in cache.layers), default=0)
         s += f" | kv {_size(cache.nbytes())} holding {held} of {cache.offset} tokens"
+        if engine is not None:
+            kv = engine.kv
+            budget = kv.budget_tokens(engine.n_ctx) if kv is not None and kv.policy else engine.n_ctx
+            s += f", budget {budget} | cache {kv if kv is not None else 'fp16'}"
     return s + "]"
 
 
@@ -364,7 +368,7 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
         stats.stop_reason = "interrupted"
     click.echo("")
     if not no_stats:
-        click.echo(_stats_line(stats, cache) + f" load {m.engine.load_time:.2f} s", err=True)
+        click.echo(_stats_line(stats, cache, m.engine) + f" load {m.engine.load_time:.2f} s", err=True)
 
 
 @main.command()
@@ -418,7 +422,7 @@ def chat(model: str | None, system: str | None, n_predict: int, stop: tuple[str,
             click.echo(f"kvrun: {e}", err=True)
             continue
         click.echo("")
-        click.echo(_stats_line(sess.last_stats, sess.cache), err=True)
+        click.echo(_stats_line(sess.last_stats, sess.cache, m.engine), err=True)
 
 
 # ---------------------------------------------------------------- bench

@@ -195,7 +195,7 @@ def test_cli_chat_60_turns_with_a_2bit_budgeted_cache_keeps_memory_flat(tiny_pat
     args = ["chat", str(tiny_path), "-n", "80", "--temp", "0", "-c", "2048", "--kv-bits", "2", "--kv-budget", "512"]
     r = CliRunner().invoke(main, args, input=script)
     assert r.exit_code == 0, r.output
-    stats = re.findall(r"\[prompt (\d+) tok.*\| gen (\d+) tok.*\| kv ([\d.]+ \w+) holding (\d+) of (\d+) tokens\]", r.output)
+    stats = re.findall(r"\[prompt (\d+) tok.*\| gen (\d+) tok.*\| kv ([\d.]+ \w+) holding (\d+) of (\d+) tokens, budget 512 \| cache 2,policy=h2o,budget=512\]", r.output)
     assert len(stats) == 60 and "error" not in r.output
     assert sum(int(p) + int(g) for p, g, *_ in stats) > 10_000
     assert len({kv for _, _, kv, _, _ in stats}) == 1  # flat memory

@@ -31,7 +31,7 @@ def test_kv_eval_reports_every_metric(tiny_engine):
         assert math.isfinite(r["ppl"]) and r["tok_s"] > 0 and r["kv_bytes"] > 0
     same, q8, q2, evict = res
     # fp16 storage through the compressed path, nothing evicted: the reference's own distribution
-    assert same["kl"] < 1e-6 and same["top1"] == 1.0 and abs(same["dppl_pct"]) < 1e-3
+    assert same["kl"] < 1e-6 and same["top1"] == 1.0 and abs(same["dppl_pct"]) < 1e-2
     assert q8["kl"] < q2["kl"] and q8["bits_per_value"] < 16 and q2["bits_per_value"] < q8["bits_per_value"]
     assert evict["kl"] > 0 and evict["kv_bytes"] < same["kv_bytes"]
     table = format_table(res)

@@ -355,6 +355,8 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
     m = _load(model, kw)
     ids = m.tokenize(text)
     req = _request(n_predict, stop, ignore_eos=ignore_eos, **_sampling(kw))
+    if len(ids) > m.engine.n_ctx:  # say so before echoing the prompt
+        raise KvrunError(f"the prompt is {len(ids)} tokens, the context {m.engine.n_ctx}; raise --ctx-size or shorten the prompt")
     cache = m.new_cache()
     from .runtime.engine import GenStats
 
@@ -431,20 +433,26 @@ def chat(model: str | None, system: str | None, n_predict: int, stop: tuple[str,
 @click.option("-p", "--n-prompt", "n_prompt", type=int, default=512, show_default=True, help="prompt tokens (pp test); 0 skips")
 @click.option("-n", "--n-gen", "n_gen", type=int, default=128, show_default=True, help="generated tokens (tg test); 0 skips")
 @click.option("-r", "--repetitions", type=int, default=3, show_default=True)
+@click.option("-d", "--n-depth", "n_depth", type=int, default=0, show_default=True, help="tokens already in the cache when each test starts (llama-bench -d)")
 @click.option("--json", "as_json", is_flag=True, help="print results as JSON")
 @engine_options
 @kv_options
 @friendly
-def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, as_json: bool, **kw: Any) -> None:
-    """Prompt processing (ppN) and token generation (tgN) speed, as llama-bench."""
-    from .runtime.bench import bench_pp, bench_tg, peak_rss_bytes
+def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, n_depth: int, as_json: bool, **kw: Any) -> None:
+    """Prompt processing (ppN) and token generation (tgN) speed, as llama-bench.
+
+    The context is sized to the test (depth + the longer of -p/-n), as
+    llama-bench does, so peak RSS is that of the test, not of --ctx-size."""
+    from .runtime.bench import bench_pp, bench_tg, peak_rss_bytes, rss_parts
     from .runtime.engine import Engine
 
     if repetitions < 1:
         raise KvrunError(f"-r must be >= 1, got {repetitions}")
+    if min(n_prompt, n_gen, n_depth) < 0:
+        raise KvrunError("-p, -n and -d must be >= 0")
     path = _resolve(model)
     n_batch = max(kw["n_batch"], n_prompt) if n_prompt else kw["n_batch"]
-    n_ctx = max(kw["ctx_size"], n_prompt + 8, n_gen + 8)
+    n_ctx = n_depth + max(n_prompt, n_gen) + 8
     t0 = time.perf_counter()
     eng = Engine(path, device=kw["device"], n_ctx=n_ctx, n_batch=n_batch, threads=kw["threads"], kv=kv_config(kw))
     load_s = time.perf_counter() - t0
@@ -453,17 +461,18 @@ def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, as_jso
     threads = set_threads(None)
     results = []
     if n_prompt:
-        results.append(bench_pp(eng, n_prompt, repetitions))
+        results.append(bench_pp(eng, n_prompt, repetitions, depth=n_depth))
     if n_gen:
-        results.append(bench_tg(eng, n_gen, repetitions))
+        results.append(bench_tg(eng, n_gen, repetitions, depth=n_depth))
     facts = model_facts(path)
     quant = max(facts["tensor_types"], key=lambda k: facts["tensor_types"][k] if k not in ("F32", "F16") else -1)
     label = f"{eng.cfg.arch} {facts['n_params'] / 1e6:.0f}M {quant}"
-    rss = peak_rss_bytes()
+    rss, parts = peak_rss_bytes(), rss_parts()
     if as_json:
         click.echo(json.dumps({
             "model": label, "path": str(path), "size": facts["file_size"], "params": facts["n_params"],
             "backend": eng.backend.name, "threads": threads, "load_s": load_s, "peak_rss": rss,
+            "rss_anon": parts.get("anon"), "rss_file": parts.get("file"), "n_depth": n_depth, "kv": str(eng.kv) if eng.kv else "fp16",
             "results": [{"test": r.test, "tok_s": r.mean, "sd": r.sd, "samples": r.samples} for r in results],
         }, indent=2))
         return
@@ -474,7 +483,8 @@ def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, as_jso
             f"| {label:<30} | {_size(facts['file_size']):>10} | {facts['n_params'] / 1e6:>8.2f} M | {eng.backend.name.upper():<10} "
             f"| {threads:>7} | {r.test:>15} | {r.mean:>12.2f} ± {r.sd:>5.2f} |"
         )
-    click.echo(f"load {load_s:.2f} s, peak RSS {_size(rss)} (model file {_size(facts['file_size'])})")
+    split = f"; now {_size(parts['anon'])} anonymous + {_size(parts['file'])} mapped files" if parts else ""
+    click.echo(f"load {load_s:.2f} s, peak RSS {_size(rss)} (model file {_size(facts['file_size'])}{split}), kv cache {eng.kv if eng.kv else 'fp16'}")
 
 
 # ---------------------------------------------------------------- perplexity
@@ -483,13 +493,19 @@ def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, as_jso
 @click.option("-f", "--file", "text_file", type=click.Path(exists=True, dir_okay=False), required=True, help="text to score")
 @click.option("--ctx", "n_ctx", type=int, default=512, show_default=True, help="window length")
 @click.option("--chunks", type=int, default=0, help="score at most this many windows (0: all)")
+@click.option("-b", "--batch-size", "n_batch", type=int, default=None, help="tokens per forward pass (default: 512; 1 with a compressed --kv-* cache)")
 @click.option("--json", "as_json", is_flag=True, help="print the final figure as JSON")
 @click.option("-t", "--threads", type=int, default=None)
 @click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu", show_default=True)
 @kv_options
 @friendly
-def perplexity(model: str | None, text_file: str, n_ctx: int, chunks: int, as_json: bool, threads: int | None, device: str, **kw: Any) -> None:
-    """Perplexity of a text over non-overlapping windows (as llama-perplexity)."""
+def perplexity(model: str | None, text_file: str, n_ctx: int, chunks: int, n_batch: int | None, as_json: bool, threads: int | None, device: str, **kw: Any) -> None:
+    """Perplexity of a text over non-overlapping windows (as llama-perplexity).
+
+    With a compressed KV cache the windows are decoded token by token by
+    default: a prompt chunk attends to its own tokens at full precision
+    before they are stored, so batched windows would hide what quantization
+    and eviction do to a long generation."""
     from tqdm import tqdm
 
     from .runtime.engine import Engine
@@ -497,8 +513,13 @@ def perplexity(model: str | None, text_file: str, n_ctx: int, chunks: int, as_js
 
     if n_ctx < 16:
         raise KvrunError(f"--ctx must be at least 16, got {n_ctx}")
+    if n_batch is not None and n_batch < 1:
+        raise KvrunError(f"--batch-size must be >= 1, got {n_batch}")
     path = _resolve(model)
-    eng = Engine(path, device=device, n_ctx=n_ctx, n_batch=min(512, n_ctx), threads=threads, kv=kv_config(kw))
+    kv = kv_config(kw)
+    if n_batch is None:
+        n_batch = 1 if kv is not None and kv.is_compressed else 512
+    eng = Engine(path, device=device, n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), threads=threads, kv=kv)
     text = Path(text_file).read_text(encoding="utf-8", errors="replace")
     tokens = eng.tokenizer.encode(text, add_bos=True if eng.tokenizer.add_bos else False)
     bar = tqdm(total=max(1, len(tokens) // n_ctx if not chunks else min(chunks, len(tokens) // n_ctx)), desc="perplexity", unit="win", file=sys.stderr, disable=as_json)

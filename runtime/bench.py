@@ -2,6 +2,9 @@
 
 ``pp N``: N random tokens evaluated in batches on an empty cache.
 ``tg N``: N tokens evaluated one at a time on an empty cache.
+With ``depth`` D (llama-bench's ``-d``) both start after D tokens already in
+the cache (prefilled, not timed): ``tg128 @ d4096`` is decode speed with 4096
+tokens of context, where attention over the cache matters.
 Each test is repeated; the figures are mean and standard deviation of tok/s.
 """
 
@@ -36,34 +39,65 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def rss_parts() -> dict[str, int]:
+    """Current resident memory split as the kernel counts it (bytes): ``anon``
+    (heap, arrays, JIT code), ``file`` (mapped files: the model's pages and
+    shared libraries); empty where /proc is not available."""
+    out = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                if key in ("RssAnon", "RssFile"):
+                    out[key[3:].lower()] = int(val.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
 def _tokens(engine: Engine, n: int, rng: np.random.Generator) -> np.ndarray:
     return rng.integers(0, engine.cfg.n_vocab, n).astype(np.int32)
 
 
-def bench_pp(engine: Engine, n: int, repeats: int, seed: int = 0) -> BenchResult:
+def _cache_at(engine: Engine, depth: int, rng: np.random.Generator):
+    """A fresh cache holding ``depth`` random tokens (prefilled, untimed)."""
+    cache = engine.new_cache()
+    if depth:
+        engine.eval(cache, _tokens(engine, depth, rng))
+    return cache
+
+
+def _label(test: str, depth: int) -> str:
+    return f"{test} @ d{depth}" if depth else test
+
+
+def bench_pp(engine: Engine, n: int, repeats: int, seed: int = 0, depth: int = 0) -> BenchResult:
     rng = np.random.default_rng(seed)
-    res = BenchResult(f"pp{n}", n)
+    res = BenchResult(_label(f"pp{n}", depth), n)
     engine.eval(engine.new_cache(), _tokens(engine, min(n, 32), rng))  # warm-up (JIT, caches)
     for _ in range(repeats):
-        cache = engine.new_cache()
+        cache = _cache_at(engine, depth, rng)
         toks = _tokens(engine, n, rng)
         t0 = time.perf_counter()
         engine.eval(cache, toks)
         res.samples.append(n / (time.perf_counter() - t0))
+        del cache  # one cache alive at a time: peak RSS is what a user sees
     return res
 
 
-def bench_tg(engine: Engine, n: int, repeats: int, seed: int = 0) -> BenchResult:
+def bench_tg(engine: Engine, n: int, repeats: int, seed: int = 0, depth: int = 0) -> BenchResult:
     rng = np.random.default_rng(seed)
-    res = BenchResult(f"tg{n}", n)
+    res = BenchResult(_label(f"tg{n}", depth), n)
     warm = engine.new_cache()
     for t in _tokens(engine, 4, rng):
         engine.eval(warm, [int(t)])
+    del warm
     for _ in range(repeats):
-        cache = engine.new_cache()
+        cache = _cache_at(engine, depth, rng)
         toks = _tokens(engine, n, rng)
         t0 = time.perf_counter()
         for t in toks:
             engine.eval(cache, [int(t)])
         res.samples.append(n / (time.perf_counter() - t0))
+        del cache
     return res

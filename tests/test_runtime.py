@@ -144,6 +144,28 @@ def test_cli_bench_and_perplexity(tiny_path, tmp_path):
     assert out["ppl"] > 1 and out["n_tokens"] == out["n_chunks"] * 31
 
 
+def test_cli_bench_at_depth_labels_tests_like_llama_bench(tiny_path):
+    r = CliRunner().invoke(main, ["bench", str(tiny_path), "-p", "8", "-n", "4", "-r", "1", "-d", "24", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert [x["test"] for x in out["results"]] == ["pp8 @ d24", "tg4 @ d24"] and out["n_depth"] == 24
+
+
+def test_cli_perplexity_decodes_a_compressed_cache_token_by_token(tiny_path, tmp_path):
+    """Batched windows would attend each chunk to itself in fp16 and hide the
+    quantization; token by token, 2-bit K/V must change the figure."""
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat. " * 40)
+    args = ["perplexity", str(tiny_path), "-f", str(text), "--ctx", "64", "--chunks", "2", "--json"]
+    ppl = {}
+    for name, extra in {"fp16": [], "q2": ["--kv-bits", "2", "--kv-residual", "8", "--kv-group", "16"], "fp16_b1": ["-b", "1"]}.items():
+        r = CliRunner().invoke(main, args + extra)
+        assert r.exit_code == 0, r.output
+        ppl[name] = json.loads(r.output.strip().splitlines()[-1])["ppl"]
+    assert abs(ppl["fp16_b1"] / ppl["fp16"] - 1) < 1e-3  # batching itself changes nothing
+    assert abs(ppl["q2"] / ppl["fp16"] - 1) > 1e-4
+
+
 def test_cli_kv_eval_json_has_one_object_per_config(tiny_path, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("the cat sat on the mat and the dog ate the hat. " * 40)

@@ -591,8 +591,6 @@ def kv_eval_cmd(model: str | None, text_file: str, n_ctx: int, configs: str, sco
             c.validate(n_ctx)
         except ValueError as e:
             raise KvrunError(f"--configs {c}: {e}") from None
-    if device != "cpu":
-        raise KvrunError("kv-eval runs on --device cpu only so far (the compressed cache has no GPU kernels yet)")
     eng = Engine(_resolve(model), device=device, n_ctx=n_ctx, n_batch=1, threads=threads)
     text = Path(text_file).read_text(encoding="utf-8", errors="replace")
     tokens = eng.tokenizer.encode(text, add_bos=True if eng.tokenizer.add_bos else False)
@@ -625,8 +623,6 @@ def needle(model: str | None, n_ctx: int, depths: str, trials: int, configs: str
     """Passkey retrieval: a 5-digit key hidden in filler text at each depth."""
     from tqdm import tqdm
 
-    from .cache.base import KVCache
-    from .cache.factory import make_cache
     from .runtime.engine import Engine
     from .runtime.needle import needle_test
 
@@ -645,13 +641,12 @@ def needle(model: str | None, n_ctx: int, depths: str, trials: int, configs: str
         except ValueError as e:
             raise KvrunError(f"--configs {c}: {e}") from None
     eng = Engine(_resolve(model), device=device, n_ctx=n_ctx + 16, n_batch=256, threads=threads)
-    specs = eng.model.layer_specs()
     bar = tqdm(total=len(cfgs) * len(depth_list) * trials, desc="needle", unit="trial", file=sys.stderr, disable=as_json)
     rows = []
     for c in cfgs:
         try:
             res = needle_test(
-                eng, n_ctx, depth_list, trials, make_cache=lambda c=c: KVCache(make_cache(specs, eng.n_ctx, eng.n_batch, c)), seed=seed, progress=lambda: bar.update(1)
+                eng, n_ctx, depth_list, trials, make_cache=lambda c=c: eng.cache_for(c, eng.n_ctx, eng.n_batch), seed=seed, progress=lambda: bar.update(1)
             )
         except ValueError as e:
             raise KvrunError(str(e)) from None

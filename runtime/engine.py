@@ -96,20 +96,26 @@ class Engine:
             self.backend = get_backend(device)
         except ValueError as e:
             raise KvrunError(str(e)) from None
-        if self.backend.name == "gpu" and self.kv is not None and self.kv.is_compressed:
-            raise KvrunError("the compressed KV cache (--kv-*) runs on --device cpu only so far; drop the --kv-* flags or use --device cpu")
         self.tokenizer = Tokenizer.from_metadata(self.gguf.metadata)
         self.model = cls(self.gguf, self.cfg, self.backend, self.n_ctx, self.n_batch)
         self.load_time = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ cache
     def new_cache(self) -> KVCache:
+        """An empty cache of the engine's KV setting, context and batch size."""
+        return self.cache_for(self.kv, self.n_ctx, self.n_batch)
+
+    def cache_for(self, kv: KVConfig | None, n_ctx: int, n_batch: int) -> KVCache:
+        """An empty cache of any KV setting (None: plain fp16) on the engine's backend.
+
+        ``kv-eval`` and ``needle`` compare several settings on one loaded model.
+        """
         specs = self.model.layer_specs()
         if self.backend.name == "gpu":
-            from ..cache.gpu_plain import make_gpu_plain_cache
+            from ..cache.gpu_compressed import make_gpu_compressed_cache
 
-            return KVCache(make_gpu_plain_cache(specs, self.n_ctx, self.n_batch))
-        return KVCache(make_cache(specs, self.n_ctx, self.n_batch, self.kv))
+            return KVCache(make_gpu_compressed_cache(specs, n_ctx, n_batch, kv))
+        return KVCache(make_cache(specs, n_ctx, n_batch, kv))
 
     # ------------------------------------------------------------------ eval
     def eval(self, cache: KVCache, tokens: list[int] | np.ndarray, logits_all: bool = False, logits_start: int = 0) -> np.ndarray:

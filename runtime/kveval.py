@@ -15,10 +15,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..cache.base import KVCache
-from ..cache.factory import bits_per_value, make_cache
+from ..cache.factory import bits_per_value
 from ..cache.kvconfig import KVConfig
-from ..cache.plain import make_plain_cache
 from ..loaders.errors import KvrunError
 from .engine import Engine
 
@@ -77,10 +75,9 @@ def kv_eval(
     tok = engine.tokenizer
     if tok.add_bos and tok.bos_id is not None:
         tokens[0] = tok.bos_id
-    specs = engine.model.layer_specs()
     for kv in configs:
         kv.validate(ctx)
-    caches = [KVCache(make_plain_cache(specs, ctx, 1))] + [KVCache(make_cache(specs, ctx, 1, kv)) for kv in configs]
+    caches = [engine.cache_for(None, ctx, 1)] + [engine.cache_for(kv, ctx, 1) for kv in configs]
     M = len(caches)
     n_vocab = engine.cfg.n_vocab
     logits = np.zeros((M, n_vocab), np.float32)

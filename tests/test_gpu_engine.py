@@ -11,7 +11,6 @@ from tinymodel import write_tiny_model
 
 from kvrun.cli import main
 from gguf import GGMLQuantizationType as Q
-from kvrun.loaders.errors import KvrunError
 from kvrun.ops import gpu_available
 from kvrun.ops.gpu import emulate
 from kvrun.runtime.engine import Engine, GenRequest
@@ -60,11 +59,13 @@ def test_cli_run_on_gpu(gpu_env, tiny):
     assert gpu.output == cpu.output
 
 
-def test_compressed_cache_on_gpu_is_a_clear_error(gpu_env, tiny):
+def test_compressed_cache_on_gpu(gpu_env, tiny):
+    """--kv-* on the GPU: the compressed cache with device decode (tests/test_gpu_qattention.py checks it)."""
+    from kvrun.cache.gpu_compressed import GPUCompressedLayerCache
     from kvrun.cache.kvconfig import KVConfig
 
-    with pytest.raises(KvrunError, match="--device cpu"):
-        Engine(tiny, device="gpu", n_ctx=64, kv=KVConfig(bits=2))
+    eng = Engine(tiny, device="gpu", n_ctx=64, kv=KVConfig(bits=2))
+    assert all(isinstance(layer, GPUCompressedLayerCache) for layer in eng.new_cache().layers)
 
 
 def test_gpu_without_cupy_or_device_is_one_line(monkeypatch, tiny):
@@ -73,3 +74,17 @@ def test_gpu_without_cupy_or_device_is_one_line(monkeypatch, tiny):
     monkeypatch.delenv("KVRUN_GPU_EMULATE", raising=False)
     r = CliRunner().invoke(main, ["run", str(tiny), "-p", "the", "-n", "2", "--device", "gpu"])
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "--device cpu" in r.output
+
+
+def test_kv_eval_on_gpu_matches_cpu(gpu_env, tmp_path):
+    """kvrun kv-eval --device gpu: the same table as the CPU (float32 weights, so the quantizer sees the same K/V)."""
+    from kvrun.cache.kvconfig import KVConfig
+    from kvrun.runtime.kveval import kv_eval
+
+    path = write_tiny_model(tmp_path / "f32.gguf", "llama", qtype=Q.F32)
+    tokens = np.random.default_rng(1).integers(0, 200, 64)
+    configs = [KVConfig.parse("2,residual=8,group=16"), KVConfig.parse("4,policy=h2o,budget=40,residual=8,group=16")]
+    res = {dev: kv_eval(Engine(path, device=dev, n_ctx=48, n_batch=1), tokens, configs, 48) for dev in ("cpu", "gpu")}
+    for a, b in zip(res["cpu"], res["gpu"]):
+        assert a["config"] == b["config"] and a["kv_bytes"] == b["kv_bytes"]
+        assert abs(a["ppl"] / b["ppl"] - 1) < 5e-3 and b["top1"] > 0.9

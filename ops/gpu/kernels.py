@@ -80,6 +80,12 @@ _declare("attention.cu", "attn_decode_partial_f16", "ppppppppiiiiiiiff")
 _declare("attention.cu", "attn_decode_reduce", "ppppiii")
 # q, k, v, kpos, qpos, out, T, n_slots, cap, n_head, n_kv, D, Dv, window, scale, softcap, BQ, BKV
 _declare("attention.cu", "attn_prefill_f16", "ppppppiiiiiiiiffii")
+# compressed cache (qattention.cu): q, qpos, k16, v16, kc0, km0, vc0, vm0, kc1, km1, vc1, vm1, luts, kpos, logw,
+# part_o, part_m, part_l, scores, F, C0, C1, n_head, n_kv, D, Dv, G, wk0, wv0, wk1, wv1, P, use_logw,
+# write_scores, window, scale, softcap
+_declare("qattention.cu", "qattn_decode_partial", "p" * 19 + "i" * 16 + "ff")
+# scores, part_m, part_l, acc, T, n_head, n_kv, N, n_split
+_declare("qattention.cu", "qattn_decode_probs", "ppppiiiii")
 
 
 def cu_files() -> list[str]:

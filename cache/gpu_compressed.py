@@ -1,0 +1,240 @@
+"""The compressed KV cache on the GPU: cache/compressed.py's bookkeeping on the host, attention on the device.
+
+:class:`GPUCompressedLayerCache` *is* a :class:`~.compressed.CompressedLayerCache`:
+slot choice, the Numba quantizer, calibration, eviction policies, merging and
+prefill attention all run on the host exactly as on the CPU, on the same host
+arrays, so the two caches hold the same bits for the same K/V.  What it adds
+is a device mirror of the storage the decode kernel reads::
+
+    k16, v16        [n_kv, F, D] / [n_kv, F, Dv]  uint16 fp16 bits
+    pool i          kc, km, vc, vm (cache/pool.py layout)  uint8
+    luts            [4, 256]  float32: klut0, vlut0, klut1, vlut1
+    pos             [P, N]    int32
+    logw            [n_kv, N] float32 (KeepKV only)
+
+and decode (T <= 4 tokens) runs ``ops/gpu/qattention.cu`` on it, reading the
+quantized slots in place.
+
+The mirror is updated incrementally: every write to the host storage goes
+through ``_push`` (the fp16 area) or a pool's ``write`` (quantization,
+demotion, merging), which record the slots they touched; before attention
+only those slot columns (and the pos/logw columns of the same slots) are
+copied up.  ``reset`` and ``truncate`` change positions only, so they re-send
+the small pos/logw arrays; nothing re-sends the whole storage.
+
+Host <-> device traffic per layer and decode step: the new tokens' K/V come
+down (the quantizer runs on the host), the written slots go up, and, when the
+policy scores with attention (h2o, tova, snapkv, gkv), the per-slot
+probabilities ``acc`` [n_kv, N] float32 come back down — the one remaining
+device-to-host copy that grows with the cache.  Queries, the Hadamard rotation
+of q and the un-rotation of the output stay on the device.
+
+Prefill chunks (T > 4) run the host path (BLAS over dequantized rows, which
+also gives the policies their prefill scores) and upload the output.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..ops.gpu import kernels as K
+from ..ops.gpu import qattention as qa
+from ..ops.gpu.arrays import device_out, is_device, to_device
+from .base import LayerCache, LayerSpec
+from .compressed import MAX_DECODE_T, CompressedLayerCache
+from .factory import _fit_group
+from .gpu_plain import make_gpu_plain_cache
+from .kvconfig import KVConfig
+from .pool import Pool
+
+
+class _TrackedPool(Pool):
+    """A :class:`Pool` that records the slots each write touched and whether its tables changed."""
+
+    def __init__(self, n_kv: int, cap: int, D: int, Dv: int, bits_k: int, bits_v: int, G: int) -> None:
+        super().__init__(n_kv, cap, D, Dv, bits_k, bits_v, G)
+        self.dirty: set[int] = set()  # pool-local slot ids written since the last upload
+        self.lut_dirty = True
+
+    def calibrate(self, k: np.ndarray, v: np.ndarray) -> None:
+        super().calibrate(k, v)
+        self.lut_dirty = True
+
+    def write(self, slots: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
+        super().write(slots, k, v)
+        self.dirty.update(slots[slots >= 0].tolist())
+
+
+def _host(a: Any, dtype: Any = np.float32) -> np.ndarray:
+    """``a`` as a C-contiguous host array of ``dtype`` (a device array is copied down)."""
+    if is_device(a):
+        a = K.runtime().asnumpy(a)
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+class GPUCompressedLayerCache(CompressedLayerCache):
+    """A compressed layer cache whose decode attention runs on the device; see the module docstring.
+
+    Parameters
+    ----------
+    spec : LayerSpec
+        Head counts and sizes, sliding window, scale, softcap.
+    kv : KVConfig
+        The compression spec (validated, group fitted to the head size).
+    n_ctx : int
+        Context size.
+    """
+
+    def __init__(self, spec: LayerSpec, kv: KVConfig, n_ctx: int) -> None:
+        super().__init__(spec, kv, n_ctx)
+        n_kv = spec.n_head_kv
+        # same pools, recording their writes (the parent's are still empty)
+        self.pools = [_TrackedPool(n_kv, p.cap, p.D, p.Dv, p.bits_k, p.bits_v, p.G) for p in self.pools]
+        self._dirty16: set[int] = set()  # fp16-area slots written since the last upload
+        self.last_upload = 0  # slot columns the last upload sent (tests check it stays small)
+        xp = K.runtime().xp
+        self._xp = xp
+        self.d_k16 = xp.array(self.k16)  # [n_kv, F, D] uint16
+        self.d_v16 = xp.array(self.v16)  # [n_kv, F, Dv] uint16
+        self.d_pools = [qa.DevicePool(xp.array(p.kc), xp.array(p.km), xp.array(p.vc), xp.array(p.vm), p.bits_k, p.bits_v) for p in self.pools]
+        self.d_luts = xp.zeros((4, 256), np.float32)  # klut0, vlut0, klut1, vlut1
+        self.d_pos = xp.array(self.pos)  # [P, N] int32
+        self.d_logw = xp.array(self.logw)  # [n_kv, N] float32, or [0, 0]
+        self.d_rot_k = xp.array(self.rot_k) if self.rot_k is not None else None  # [D, D]
+        self.d_rot_v = xp.array(self.rot_v) if self.rot_v is not None else None  # [Dv, Dv]
+        pol = self.policy
+        self.d_acc = xp.zeros((n_kv, self.N), np.float32) if pol is not None and pol.needs_probs else None  # [n_kv, N]
+        self._upload_luts()
+
+    # ------------------------------------------------------------ protocol
+    def update_and_attend(self, q, k, v, pos, out) -> None:
+        kh, vh, ph = _host(k), _host(v), _host(pos, np.int32)
+        if q.shape[0] <= MAX_DECODE_T:  # push on the host, then _attend_decode below on the device
+            super().update_and_attend(q, kh, vh, ph, out)
+            return
+        oh = out if isinstance(out, np.ndarray) else np.empty(out.shape, np.float32)
+        super().update_and_attend(_host(q), kh, vh, ph, oh)
+        if oh is not out:
+            out[...] = to_device(oh)
+
+    def reset(self) -> None:
+        super().reset()
+        self._upload_meta()
+
+    def truncate(self, n_past: int) -> None:
+        super().truncate(n_past)
+        self._upload_meta()
+
+    # ------------------------------------------------------------ mirror
+    def _push(self, k: np.ndarray, v: np.ndarray, p: int, t: int = -1) -> None:
+        super()._push(k, v, p, t)
+        # the token went to the fp16 slot now holding position p (positions are
+        # unique), or straight into a pool (recorded by the pool)
+        self._dirty16.update(np.flatnonzero(self.pos[0, : self.F] == p).tolist())
+
+    def _upload_luts(self) -> None:
+        for i, p in enumerate(self.pools):
+            if p.lut_dirty:
+                self.d_luts[2 * i] = to_device(p.klut)
+                self.d_luts[2 * i + 1] = to_device(p.vlut)
+                p.lut_dirty = False
+
+    def _upload_meta(self) -> None:
+        """Re-send positions and merge weights whole (after reset / truncate: [P, N] + [n_kv, N])."""
+        self.d_pos[...] = to_device(self.pos, np.int32)
+        if self.logw.size:
+            self.d_logw[...] = to_device(self.logw)
+
+    def _sync(self) -> None:
+        """Copy the slots written since the last call to the device mirror."""
+        xp = self._xp
+        cols: list[int] = []
+        if self._dirty16:
+            f = np.array(sorted(self._dirty16), np.int64)
+            fd = xp.asarray(f)
+            self.d_k16[:, fd] = to_device(self.k16[:, f], np.uint16)
+            self.d_v16[:, fd] = to_device(self.v16[:, f], np.uint16)
+            cols.extend(f.tolist())
+            self._dirty16.clear()
+        for i, (p, d) in enumerate(zip(self.pools, self.d_pools)):
+            if not p.dirty:
+                continue
+            c = np.array(sorted(p.dirty), np.int64)
+            cd = xp.asarray(c)
+            for host, dev in ((p.kc, d.kc), (p.km, d.km), (p.vc, d.vc), (p.vm, d.vm)):
+                if host.size:
+                    dev[:, cd] = to_device(host[:, c], np.uint8)
+            cols.extend((c + self.lo[i]).tolist())
+            p.dirty.clear()
+        self._upload_luts()
+        if cols:
+            j = np.array(cols, np.int64)
+            jd = xp.asarray(j)
+            self.d_pos[:, jd] = to_device(self.pos[:, j], np.int32)
+            if self.logw.size:
+                self.d_logw[:, jd] = to_device(self.logw[:, j])
+        self.last_upload = len(cols)
+
+    def mirror_mismatches(self) -> list[str]:
+        """Names of device arrays that differ from the host storage (after a sync; for tests)."""
+        self._sync()
+        rt = K.runtime()
+        pairs = [("k16", self.k16, self.d_k16), ("v16", self.v16, self.d_v16), ("pos", self.pos, self.d_pos), ("logw", self.logw, self.d_logw)]
+        for i, (p, d) in enumerate(zip(self.pools, self.d_pools)):
+            pairs += [(f"pool{i}.{n}", getattr(p, n), getattr(d, n)) for n in ("kc", "km", "vc", "vm")]
+            pairs += [(f"pool{i}.klut", p.klut, self.d_luts[2 * i]), (f"pool{i}.vlut", p.vlut, self.d_luts[2 * i + 1])]
+        return [n for n, h, d in pairs if not np.array_equal(h, rt.asnumpy(d))]
+
+    # ------------------------------------------------------------ attention
+    def _attend_decode(self, q: Any, pos: np.ndarray, out: Any) -> None:
+        """Decode attention of T <= 4 queries on the device mirror (the host pushes are done)."""
+        self._sync()
+        xp = self._xp
+        s, T = self.spec, q.shape[0]
+        qd = to_device(q)
+        if self.d_rot_k is not None:  # the cache holds K in the rotated basis: rotate q alike
+            qd = xp.matmul(qd, self.d_rot_k)
+        pol = self.policy
+        probs = pol is not None and pol.needs_probs
+        if probs:
+            pol.before_step()
+        p0, p1 = self.d_pools
+        with device_out(out) as od:
+            o = od if self.d_rot_v is None else xp.empty((T, s.n_head, s.head_dim_v), np.float32)
+            qa.attend_decode_q(
+                qd, to_device(pos, np.int32), self.d_k16, self.d_v16, p0, p1, self.d_luts, self.kv.group,
+                self.d_pos, self.d_logw, s.window, s.scale, s.softcap, o, self.d_acc if probs else None,
+            )  # fmt: skip
+            if self.d_rot_v is not None:  # back from the rotated V basis (H is its own inverse)
+                xp.matmul(o, self.d_rot_v, out=od)
+        if probs:
+            pol.acc += K.runtime().asnumpy(self.d_acc)  # the remaining device-to-host copy: [n_kv, N]
+            pol.after_step()
+
+
+def make_gpu_compressed_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | None = None) -> list[LayerCache]:
+    """Layer caches on the device, as :func:`kvrun.cache.factory.make_cache` chooses them.
+
+    Parameters
+    ----------
+    specs : list[LayerSpec]
+        One per layer.
+    n_ctx : int
+        Context size.
+    n_batch : int
+        Largest chunk a forward call feeds (sizes the plain cache's window rings).
+    kv : KVConfig or None
+        None or nothing compressed: :class:`~.gpu_plain.GPUPlainLayerCache`;
+        otherwise :class:`GPUCompressedLayerCache` per layer.
+
+    Raises
+    ------
+    ValueError
+        One line naming an impossible combination and what to do.
+    """
+    if kv is None or not kv.is_compressed:
+        return make_gpu_plain_cache(specs, n_ctx, n_batch)
+    kv.validate(n_ctx)
+    return [GPUCompressedLayerCache(spec, _fit_group(kv, spec), n_ctx) for spec in specs]

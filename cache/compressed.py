@@ -102,6 +102,13 @@ class CompressedLayerCache(LayerCache):
         self.policy = make_policy(policy, n_kv, self.N) if policy else None
         self.merger = make_merger(merge) if merge else None
         self.logw = np.zeros((n_kv, self.N), np.float32) if merge == "keepkv" else _EMPTY2  # [n_kv, N]
+        # keys' per-head mean, subtracted from every stored key once known (at
+        # the first spill): softmax is shift-invariant, q.(k - mu) differs from
+        # q.k by the same constant for every slot, so attention is unchanged,
+        # but the codes no longer spend their range on the mean (a constant
+        # offset per channel, which the rotation spreads over every channel)
+        self.center = kv.centered and spec.softcap <= 0 and self.R > 0 and self.N > self.F
+        self.kmu: np.ndarray | None = None  # [n_kv, D] float32, cache basis
         self.rot_k = hadamard(D) if kv.rotated else None  # [D, D]
         self.rot_v = hadamard(Dv) if kv.rotated else None  # [Dv, Dv]
         gqa = spec.n_head // n_kv
@@ -186,6 +193,7 @@ class CompressedLayerCache(LayerCache):
         t >= 0: the token is row t of a prefill chunk whose scores the policy holds.
         """
         n_kv = k.shape[0]
+        k_in = k
         if p < self.S:
             j = p
         elif self.R > 0:
@@ -199,6 +207,8 @@ class CompressedLayerCache(LayerCache):
         else:  # no fp16 window: straight into the pools
             self._to_pools(k, v, p, src=-1)
             return
+        if self.kmu is not None:  # (known only after the spill above, the first time)
+            k = k - self.kmu
         self.k16[:, j] = k.astype(np.float16).view(np.uint16)
         self.v16[:, j] = v.astype(np.float16).view(np.uint16)
         self.pos[:, j] = p
@@ -206,22 +216,31 @@ class CompressedLayerCache(LayerCache):
             self.logw[:, j] = 0.0
         if self.policy is not None:
             slots = np.full(n_kv, j, np.int64)
-            self.policy.on_insert(slots, p, k)
+            self.policy.on_insert(slots, p, k_in)
             if t >= 0:
                 self.policy.adopt(slots, t)
 
     def _spill(self, j: int) -> None:
         """Quantize the token in fp16 slot ``j`` into the pools."""
-        k = self.k16[:, j].view(np.float16).astype(np.float32)  # [n_kv, D]
-        v = self.v16[:, j].view(np.float16).astype(np.float32)
-        if not self.pools[0].calibrated:  # scale tables from the whole window
+        if not self.pools[0].calibrated:  # key mean and scale tables from the whole window
             live = self.pos[0, : self.F] >= 0
-            live[: self.S] = False
-            kw = self.k16[:, live].view(np.float16).astype(np.float32)
-            vw = self.v16[:, live].view(np.float16).astype(np.float32)
+            window = live.copy()
+            window[: self.S] = False
+            if self.center and self.kmu is None:
+                self.kmu = self.k16[:, window].view(np.float16).astype(np.float32).mean(axis=1)  # [n_kv, D]
+                kl = self.k16[:, live].view(np.float16).astype(np.float32) - self.kmu[:, None]
+                self.k16[:, live] = kl.astype(np.float16).view(np.uint16)
+                self._fp16_rewritten(np.flatnonzero(live))
+            kw = self.k16[:, window].view(np.float16).astype(np.float32)
+            vw = self.v16[:, window].view(np.float16).astype(np.float32)
             for pl in self.pools:
                 pl.calibrate(kw, vw)
+        k = self.k16[:, j].view(np.float16).astype(np.float32)  # [n_kv, D]
+        v = self.v16[:, j].view(np.float16).astype(np.float32)
         self._to_pools(k, v, int(self.pos[0, j]), src=j)
+
+    def _fp16_rewritten(self, slots: np.ndarray) -> None:
+        """Hook: fp16-area ``slots`` were rewritten in place (the GPU mirror re-sends them)."""
 
     def _to_pools(self, k: np.ndarray, v: np.ndarray, p: int, src: int) -> None:
         if self.policy is None:  # every head keeps the same tokens: one slot for all
@@ -315,7 +334,8 @@ class CompressedLayerCache(LayerCache):
         n_kv = s.n_head_kv
         gqa = H // n_kv
         qr = self._rot(q, self.rot_k)
-        k16 = kr.astype(np.float16).astype(np.float32)  # what the fp16 window will hold
+        kc = kr if self.kmu is None else kr - self.kmu[None]
+        k16 = kc.astype(np.float16).astype(np.float32)  # what the fp16 window will hold
         v16 = vr.astype(np.float16).astype(np.float32)
         pq = pos.astype(np.int64)
         o = np.empty((T, H, s.head_dim_v), np.float32)

@@ -134,6 +134,9 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         # unique), or straight into a pool (recorded by the pool)
         self._dirty16.update(np.flatnonzero(self.pos[0, : self.F] == p).tolist())
 
+    def _fp16_rewritten(self, slots: np.ndarray) -> None:
+        self._dirty16.update(slots.tolist())
+
     def _upload_luts(self) -> None:
         for i, p in enumerate(self.pools):
             if p.lut_dirty:

@@ -46,6 +46,10 @@ class KVConfig:
         Most recent tokens kept in fp16 before they are quantized (None: per-width default).
     rotate : bool or None
         Hadamard-rotate K and V before quantizing (None: on below 8 bits).
+    center : bool or None
+        Subtract the keys' per-head mean (from the first fp16 window) before
+        quantizing; exact for attention, which is shift-invariant (None: on
+        when K is quantized).
     mixed : str or None
         ``"HI/LO"`` widths, e.g. ``"8/2"``: the most important tokens (by the
         policy's score) keep HI bits, the rest LO bits (MiKV).  LO overrides ``bits``.
@@ -69,6 +73,7 @@ class KVConfig:
     group: int = 32
     residual: int | None = None
     rotate: bool | None = None
+    center: bool | None = None
     mixed: str | None = None
     hi_frac: float = 0.25
     policy: str | None = None
@@ -102,6 +107,10 @@ class KVConfig:
     @property
     def rotated(self) -> bool:
         return self.rotate if self.rotate is not None else min(self.widths) < 8
+
+    @property
+    def centered(self) -> bool:
+        return self.center if self.center is not None else self.widths[0] < 16
 
     @property
     def is_compressed(self) -> bool:

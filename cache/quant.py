@@ -21,10 +21,11 @@ Encoding of a group (the layout ``kvrun.ops.cpu.qattention`` reads):
 
 So a group costs 16 bits of metadata (0.5 bit/value at G = 32) instead of two
 fp16 numbers.  The scale is rounded *up* to the table and the codes are
-computed with the stored ``s`` and ``z``, so the table only widens the step
-(by at most 4.4%), never biases it.  Among a few clipping ratios of the range
-the one with the least squared error is kept (MSE-optimal clipping, as
-llama.cpp's ``make_qkx`` searches), which is what makes 2 bits usable.
+computed with the stored ``s`` and ``z``.  Among a few clipping ratios of the
+range, each followed by one least-squares refit of step and offset to its
+codes, the candidate with the least squared error is kept (MSE-optimal
+clipping, as llama.cpp's ``make_qkx2_quants`` searches), which is what makes
+2 bits usable.
 """
 
 from __future__ import annotations
@@ -109,24 +110,53 @@ def _quantize_group(x, o0, G, bits, lut, clips, codes_tmp, best):
             zc = 0
         if zc > 255:
             zc = 255
-        z = np.float32(zc) * np.float32(L) / np.float32(255.0)
-        err = 0.0
-        inv = np.float32(1.0) / s
-        for d in range(G):
-            q = round(x[o0 + d] * inv + z)
-            if q < 0:
-                q = 0
-            if q > L:
-                q = L
-            codes_tmp[d] = q
-            e = s * (np.float32(q) - z) - x[o0 + d]
-            err += e * e
-        if err < best_err:
-            best_err = err
-            bu = u
-            bz = zc
+        for refine in range(2):
+            z = np.float32(zc) * np.float32(L) / np.float32(255.0)
+            err = 0.0
+            inv = np.float32(1.0) / s
+            sq = 0.0
+            sqq = 0.0
+            sx = 0.0
+            sqx = 0.0
             for d in range(G):
-                best[d] = codes_tmp[d]
+                q = round(x[o0 + d] * inv + z)
+                if q < 0:
+                    q = 0
+                if q > L:
+                    q = L
+                codes_tmp[d] = q
+                e = s * (np.float32(q) - z) - x[o0 + d]
+                err += e * e
+                sq += q
+                sqq += q * q
+                sx += x[o0 + d]
+                sqx += q * x[o0 + d]
+            if err < best_err:
+                best_err = err
+                bu = u
+                bz = zc
+                for d in range(G):
+                    best[d] = codes_tmp[d]
+            # second pass: the least-squares step and offset for these codes
+            # (x ~ a q + b), re-encoded to the table (as llama.cpp's make_qkx2_quants)
+            den = G * sqq - sq * sq
+            if refine == 1 or den <= 0:
+                break
+            a = (G * sqx - sq * sx) / den
+            if a <= 0:
+                break
+            b = (sx - a * sq) / G
+            u = int(round((math.log2(a) - e0) * 16.0))
+            if u < 0:
+                u = 0
+            if u > 255:
+                u = 255
+            s = lut[u]
+            zc = int(round(-b / s * 255.0 / L))
+            if zc < 0:
+                zc = 0
+            if zc > 255:
+                zc = 255
     return bu, bz
 
 

@@ -120,6 +120,37 @@ def test_quantized_attention_error_shrinks_with_width(bits, bound):
     assert err < bound, err
 
 
+def _offset_keys(n: int, seed: int):
+    """Keys with a large mean shared by every token (real models' keys have one)."""
+    q, k, v = _qkv(n, seed=seed)
+    k += 6.0 * np.random.default_rng(seed + 100).standard_normal((1, SPEC.n_head_kv, SPEC.head_dim)).astype(np.float32)
+    return q * 0.3, k, v
+
+
+@pytest.mark.parametrize("chunk", [1, 32])
+def test_key_centering_leaves_attention_unchanged(chunk):
+    """Subtracting the keys' mean shifts every logit of a query by q.mu: softmax
+    cannot see it, so with lossless (fp16) pools the output is the same."""
+    q, k, v = _offset_keys(120, seed=4)
+    ref = _feed(PlainLayerCache(SPEC, 128), q, k, v, chunk)
+    kv = KVConfig.parse("16,policy=streaming,center=1,residual=16").validate(128)
+    cache = CompressedLayerCache(SPEC, kv, 128)
+    got = _feed(cache, q, k, v, chunk)
+    assert cache.kmu is not None and np.abs(cache.kmu).max() > 1.0  # the mean was found and taken out
+    np.testing.assert_allclose(got, ref, atol=2e-2)
+
+
+def test_key_centering_cuts_two_bit_error_when_keys_share_a_mean():
+    q, k, v = _offset_keys(160, seed=5)
+    ref = _feed(PlainLayerCache(SPEC, 256), q, k, v)
+    err = {}
+    for center in (0, 1):
+        kv = KVConfig.parse(f"2,residual=16,center={center}").validate(256)
+        got = _feed(CompressedLayerCache(SPEC, kv, 256), q, k, v)
+        err[center] = np.abs(got - ref).mean()
+    assert err[1] < 0.7 * err[0], err
+
+
 def test_memory_is_fixed_and_tokens_never_exceed_the_budget():
     q, k, v = _qkv(300, seed=2)
     kv = KVConfig.parse("2,policy=h2o,budget=80,residual=16").validate(512)

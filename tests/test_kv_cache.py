@@ -95,6 +95,13 @@ def test_two_bit_defaults_fit_3_2_bits_per_value_at_2048():
     assert bits_per_value(make_cache(specs, 2048, 256, None), 2048) == pytest.approx(16 + 32 / 384)
 
 
+def test_four_bit_defaults_fit_5_bits_per_value_with_sliding_window_layers():
+    """Gemma 3 270M's geometry: 5 of every 6 layers slide over 512 tokens, 1 KV head of 256."""
+    local, glob = LayerSpec(4, 1, 256, 256, 512, 0.0625, 0.0), LayerSpec(4, 1, 256, 256, 0, 0.0625, 0.0)
+    specs = ([local] * 5 + [glob]) * 3
+    assert bits_per_value(make_cache(specs, 2048, 256, KVConfig.parse("4")), 2048) <= 5.0
+
+
 # ------------------------------------------------------------------ factory
 def test_factory_gives_the_plain_cache_when_nothing_is_compressed():
     for kv in (None, KVConfig(), KVConfig.parse("16")):

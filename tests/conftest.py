@@ -36,3 +36,28 @@ def smollm2_path() -> Path:
 @pytest.fixture(scope="session")
 def gemma3_path() -> Path:
     return _real_model("gemma3-270m")
+
+
+def _gpu_runtimes() -> list:
+    from kvrun.ops import gpu_available
+    from kvrun.ops.gpu import emulate
+
+    return [
+        pytest.param(
+            "cuda",
+            marks=[pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs an NVIDIA GPU with CuPy (kvrun.ops.gpu_available() is False)")],
+        ),
+        pytest.param("emulated", marks=pytest.mark.skipif(not emulate.available(), reason="no host C++ compiler for the kernel emulator")),
+    ]
+
+
+@pytest.fixture(scope="module", params=_gpu_runtimes())
+def rt(request):
+    """The CUDA kernels' runtime: CuPy on a real GPU, or the CPU emulator of the same sources."""
+    from kvrun.ops.gpu import emulate
+    from kvrun.ops.gpu import kernels as K
+
+    runtime = K.CupyRuntime() if request.param == "cuda" else emulate.EmulatedRuntime()
+    prev = K.set_runtime(runtime)
+    yield runtime
+    K.set_runtime(prev)

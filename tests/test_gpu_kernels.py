@@ -37,29 +37,12 @@ from gguf.quants import dequantize, quantize
 from kvrun.cache.base import KVCache, LayerSpec
 from kvrun.cache.gpu_plain import GPUPlainLayerCache, make_gpu_plain_cache
 from kvrun.cache.plain import PlainLayerCache, make_plain_cache
-from kvrun.ops import gpu_available
 from kvrun.ops.cpu import nn
 from kvrun.ops.cpu.backend import CPUBackend
-from kvrun.ops.gpu import emulate
-from kvrun.ops.gpu import kernels as K
 
 QTYPES = [Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K]
 
-RUNTIMES = [
-    pytest.param(
-        "cuda",
-        marks=[pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs an NVIDIA GPU with CuPy (kvrun.ops.gpu_available() is False)")],
-    ),
-    pytest.param("emulated", marks=pytest.mark.skipif(not emulate.available(), reason="no host C++ compiler for the kernel emulator")),
-]
-
-
-@pytest.fixture(scope="module", params=RUNTIMES)
-def rt(request):
-    runtime = K.CupyRuntime() if request.param == "cuda" else emulate.EmulatedRuntime()
-    prev = K.set_runtime(runtime)
-    yield runtime
-    K.set_runtime(prev)
+# the `rt` fixture (real CUDA where a GPU is, else the kernel emulator) is in conftest.py
 
 
 @pytest.fixture(scope="module")

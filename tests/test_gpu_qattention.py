@@ -32,27 +32,12 @@ from kvrun.cli import main
 from kvrun.ops import gpu_available
 from kvrun.ops.cpu.qattention import attend_decode_q as cpu_attend
 from kvrun.ops.gpu import emulate
-from kvrun.ops.gpu import kernels as K
 from kvrun.ops.gpu import qattention as qa
 from kvrun.runtime.engine import Engine
 
 pytestmark = pytest.mark.skipif(not gpu_available() and not emulate.available(), reason="no GPU and no host C++ compiler for the emulator")
 
-RUNTIMES = [
-    pytest.param(
-        "cuda",
-        marks=[pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs an NVIDIA GPU with CuPy (kvrun.ops.gpu_available() is False)")],
-    ),
-    pytest.param("emulated", marks=pytest.mark.skipif(not emulate.available(), reason="no host C++ compiler for the kernel emulator")),
-]
-
-
-@pytest.fixture(scope="module", params=RUNTIMES)
-def rt(request):
-    runtime = K.CupyRuntime() if request.param == "cuda" else emulate.EmulatedRuntime()
-    prev = K.set_runtime(runtime)
-    yield runtime
-    K.set_runtime(prev)
+# the `rt` fixture (real CUDA where a GPU is, else the kernel emulator) is in conftest.py
 
 
 @pytest.fixture

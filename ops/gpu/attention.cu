@@ -110,25 +110,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_decode_partial_f16(
     }
     __syncthreads();
 
-    // chunk softmax: one warp per query head
-    for (int g = warp; g < gqa; g += n_warps) {
-        float* sg = sc + g * AD_CHUNK;
-        float m = NEG_INF;
-        for (int jj = lane; jj < nj; jj += WARP) m = fmaxf(m, sg[jj]);
-        m = warp_max(m);
-        float l = 0.0f;
-        for (int jj = lane; jj < nj; jj += WARP) {
-            const float p = m == NEG_INF ? 0.0f : __expf(sg[jj] - m);  // exp(-inf) = 0 for masked slots
-            sg[jj] = p;
-            l += p;
-        }
-        l = warp_sum(l);
-        if (lane == 0) {
-            const size_t o = ((size_t)t * n_head + kh * gqa + g) * n_split + split;
-            part_m[o] = m;
-            part_l[o] = l;
-        }
-    }
+    chunk_softmax(sc, AD_CHUNK, gqa, nj, part_m, part_l, ((size_t)t * n_head + kh * gqa) * n_split + split, n_split);
     __syncthreads();
 
     // P @ V: threads over (head, d), so a row of V is read coalesced

@@ -67,6 +67,31 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+// Split-K decode: softmax of one chunk of logits, in place, one warp per query
+// head.  sc: [gqa, stride] logits of the chunk's nj slots -> exp(s - m);
+// the chunk's max and sum go to part_m / part_l [o0 + g * n_split] for the
+// reduce kernel (attn_decode_reduce).  A fully masked chunk gives m = -inf, l = 0.
+__device__ __forceinline__ void chunk_softmax(float* sc, int stride, int gqa, int nj, float* part_m, float* part_l, size_t o0, int n_split) {
+    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, n_warps = blockDim.x / WARP;
+    for (int g = warp; g < gqa; g += n_warps) {
+        float* sg = sc + g * stride;
+        float m = NEG_INF;
+        for (int jj = lane; jj < nj; jj += WARP) m = fmaxf(m, sg[jj]);
+        m = warp_max(m);
+        float l = 0.0f;
+        for (int jj = lane; jj < nj; jj += WARP) {
+            const float p = m == NEG_INF ? 0.0f : __expf(sg[jj] - m);  // exp(-inf) = 0 for masked slots
+            sg[jj] = p;
+            l += p;
+        }
+        l = warp_sum(l);
+        if (lane == 0) {
+            part_m[o0 + (size_t)g * n_split] = m;
+            part_l[o0 + (size_t)g * n_split] = l;
+        }
+    }
+}
+
 // Sum over the block; every thread gets the result.  scratch: [32] shared floats.
 // Must be reached by all threads of the block.
 __device__ __forceinline__ float block_sum(float v, float* scratch) {

@@ -45,6 +45,7 @@ import numpy as np
 from ..ops.cpu.qattention import attend_decode_q
 from .base import LayerCache, LayerSpec
 from .kvconfig import KVConfig
+from .keybasis import KeyBasis
 from .merge import make_merger
 from .policies import make_policy
 from .pool import Pool
@@ -102,14 +103,13 @@ class CompressedLayerCache(LayerCache):
         self.policy = make_policy(policy, n_kv, self.N) if policy else None
         self.merger = make_merger(merge) if merge else None
         self.logw = np.zeros((n_kv, self.N), np.float32) if merge == "keepkv" else _EMPTY2  # [n_kv, N]
-        # keys' per-head mean, subtracted from every stored key once known (at
-        # the first spill): softmax is shift-invariant, q.(k - mu) differs from
-        # q.k by the same constant for every slot, so attention is unchanged,
-        # but the codes no longer spend their range on the mean (a constant
-        # offset per channel, which the rotation spreads over every channel)
-        self.center = kv.centered and spec.softcap <= 0 and self.R > 0 and self.N > self.F
-        self.kmu: np.ndarray | None = None  # [n_kv, D] float32, cache basis
-        self.rot_k = hadamard(D) if kv.rotated else None  # [D, D]
+        # the basis keys are stored in (rotation, centering, query-aware
+        # smoothing; exact for attention, see keybasis.py), fixed at the first spill
+        calib = self.R > 0 and self.N > self.F
+        self.basis = KeyBasis(
+            n_kv, D, hadamard(D) if kv.rotated else None,
+            center=kv.centered and spec.softcap <= 0 and calib, smooth=kv.smoothed and calib,
+        )  # fmt: skip
         self.rot_v = hadamard(Dv) if kv.rotated else None  # [Dv, Dv]
         gqa = spec.n_head // n_kv
         # decode scratch, allocated once
@@ -124,14 +124,16 @@ class CompressedLayerCache(LayerCache):
     # ------------------------------------------------------------ protocol
     def update_and_attend(self, q, k, v, pos, out) -> None:
         T = q.shape[0]
-        kr = self._rot(k, self.rot_k)  # [T, n_kv, D] in the cache basis
-        vr = self._rot(v, self.rot_v)
+        if self.basis.wants_queries:
+            self.basis.observe(q)
+        k = np.ascontiguousarray(k, np.float32)  # [T, n_kv, D] original basis (_push stores it)
+        vr = self._rot(v, self.rot_v)  # [T, n_kv, Dv] cache basis
         if T <= MAX_DECODE_T:
             for t in range(T):
-                self._push(kr[t], vr[t], int(pos[t]))
+                self._push(k[t], vr[t], int(pos[t]))
             self._attend_decode(q, pos, out)
         else:
-            self._prefill(q, kr, vr, pos, out)
+            self._prefill(q, k, vr, pos, out)
 
     def n_tokens(self) -> int:
         return int((self.pos[0] >= 0).sum())
@@ -188,12 +190,11 @@ class CompressedLayerCache(LayerCache):
         return np.ascontiguousarray(x, np.float32) if h is None else np.matmul(x, h)
 
     def _push(self, k: np.ndarray, v: np.ndarray, p: int, t: int = -1) -> None:
-        """Store one token (all heads).  k: [n_kv, D]; v: [n_kv, Dv] float32, cache basis.
+        """Store one token (all heads).  k: [n_kv, D] original basis; v: [n_kv, Dv] cache basis.
 
         t >= 0: the token is row t of a prefill chunk whose scores the policy holds.
         """
         n_kv = k.shape[0]
-        k_in = k
         if p < self.S:
             j = p
         elif self.R > 0:
@@ -205,32 +206,33 @@ class CompressedLayerCache(LayerCache):
                 if self.N > self.F:
                     self._spill(j)
         else:  # no fp16 window: straight into the pools
-            self._to_pools(k, v, p, src=-1)
+            self._to_pools(self.basis.keys(k), v, p, src=-1)
             return
-        if self.kmu is not None:  # (known only after the spill above, the first time)
-            k = k - self.kmu
-        self.k16[:, j] = k.astype(np.float16).view(np.uint16)
+        kc = self.basis.keys(k)  # (after the spill above: it may have fixed the basis)
+        self.k16[:, j] = kc.astype(np.float16).view(np.uint16)
         self.v16[:, j] = v.astype(np.float16).view(np.uint16)
         self.pos[:, j] = p
         if self.logw.size:
             self.logw[:, j] = 0.0
         if self.policy is not None:
             slots = np.full(n_kv, j, np.int64)
-            self.policy.on_insert(slots, p, k_in)
+            self.policy.on_insert(slots, p, k)
             if t >= 0:
                 self.policy.adopt(slots, t)
 
     def _spill(self, j: int) -> None:
         """Quantize the token in fp16 slot ``j`` into the pools."""
-        if not self.pools[0].calibrated:  # key mean and scale tables from the whole window
+        if not self.pools[0].calibrated:  # key basis and scale tables from the whole window
             live = self.pos[0, : self.F] >= 0
             window = live.copy()
             window[: self.S] = False
-            if self.center and self.kmu is None:
-                self.kmu = self.k16[:, window].view(np.float16).astype(np.float32).mean(axis=1)  # [n_kv, D]
-                kl = self.k16[:, live].view(np.float16).astype(np.float32) - self.kmu[:, None]
-                self.k16[:, live] = kl.astype(np.float16).view(np.uint16)
-                self._fp16_rewritten(np.flatnonzero(live))
+            if not self.basis.calibrated:
+                idx = np.flatnonzero(live)
+                korig = self.basis.to_original(self.k16[:, idx].view(np.float16).astype(np.float32))  # [n_kv, n, D]
+                self.basis.calibrate(korig[:, window[idx]])
+                kc = self.basis.keys(korig.transpose(1, 0, 2)).transpose(1, 0, 2)  # the stored keys, re-expressed
+                self.k16[:, idx] = kc.astype(np.float16).view(np.uint16)
+                self._fp16_rewritten(idx)
             kw = self.k16[:, window].view(np.float16).astype(np.float32)
             vw = self.v16[:, window].view(np.float16).astype(np.float32)
             for pl in self.pools:
@@ -289,11 +291,7 @@ class CompressedLayerCache(LayerCache):
     def _attend_decode(self, q: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
         T = q.shape[0]
         s, p0, p1 = self.spec, self.pools[0], self.pools[1]
-        qr = self._qr[:T]
-        if self.rot_k is None:
-            qr[:] = q
-        else:
-            np.matmul(q, self.rot_k, out=qr)
+        qr = self.basis.queries(q, out=self._qr[:T])
         o = out if self.rot_v is None else self._or[:T]
         pol = self.policy
         acc = _EMPTY2
@@ -327,15 +325,14 @@ class CompressedLayerCache(LayerCache):
             vs.append(vq)
         return ids, np.concatenate(ks), np.concatenate(vs)
 
-    def _prefill(self, q: np.ndarray, kr: np.ndarray, vr: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
+    def _prefill(self, q: np.ndarray, k: np.ndarray, vr: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
         """Attend the chunk over stored slots + its own tokens (BLAS), then insert its tokens."""
         s = self.spec
         T, H, D = q.shape
         n_kv = s.n_head_kv
         gqa = H // n_kv
-        qr = self._rot(q, self.rot_k)
-        kc = kr if self.kmu is None else kr - self.kmu[None]
-        k16 = kc.astype(np.float16).astype(np.float32)  # what the fp16 window will hold
+        qr = self.basis.queries(np.ascontiguousarray(q, np.float32))
+        k16 = self.basis.keys(k).astype(np.float16).astype(np.float32)  # what the fp16 window will hold
         v16 = vr.astype(np.float16).astype(np.float32)
         pq = pos.astype(np.int64)
         o = np.empty((T, H, s.head_dim_v), np.float32)
@@ -365,4 +362,4 @@ class CompressedLayerCache(LayerCache):
         else:
             out[:] = o
         for t in range(T):
-            self._push(kr[t], vr[t], int(pos[t]), t=t)
+            self._push(k[t], vr[t], int(pos[t]), t=t)

@@ -102,7 +102,8 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         self.d_luts = xp.zeros((4, 256), np.float32)  # klut0, vlut0, klut1, vlut1
         self.d_pos = xp.array(self.pos)  # [P, N] int32
         self.d_logw = xp.array(self.logw)  # [n_kv, N] float32, or [0, 0]
-        self.d_rot_k = xp.array(self.rot_k) if self.rot_k is not None else None  # [D, D]
+        self.d_qin = None  # [n_kv, D, D] the query transforms (keybasis.py), sent when they change
+        self._qin_version = -1
         self.d_rot_v = xp.array(self.rot_v) if self.rot_v is not None else None  # [Dv, Dv]
         pol = self.policy
         self.d_acc = xp.zeros((n_kv, self.N), np.float32) if pol is not None and pol.needs_probs else None  # [n_kv, N]
@@ -197,8 +198,14 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         xp = self._xp
         s, T = self.spec, q.shape[0]
         qd = to_device(q)
-        if self.d_rot_k is not None:  # the cache holds K in the rotated basis: rotate q alike
-            qd = xp.matmul(qd, self.d_rot_k)
+        b = self.basis
+        if b.qin is not None:  # the cache holds K in its own basis: take q there alike, per KV head
+            if self._qin_version != b.version:
+                self.d_qin = to_device(b.qin)
+                self._qin_version = b.version
+            g = s.n_head // s.n_head_kv
+            qd = xp.matmul(qd.reshape(T, s.n_head_kv, g, s.head_dim).transpose(1, 0, 2, 3), self.d_qin[:, None])
+            qd = xp.ascontiguousarray(qd.transpose(1, 0, 2, 3).reshape(T, s.n_head, s.head_dim))
         pol = self.policy
         probs = pol is not None and pol.needs_probs
         if probs:

@@ -52,6 +52,9 @@ class KVConfig:
         Subtract the keys' per-head mean (from the first fp16 window) before
         quantizing; exact for attention, which is shift-invariant (None: on
         when K is quantized).
+    smooth : bool or None
+        Scale key channels by ``(query energy / key variance)^(1/4)`` and the
+        queries inversely before quantizing (exact; None: on below 8 bits).
     mixed : str or None
         ``"HI/LO"`` widths, e.g. ``"8/2"``: the most important tokens (by the
         policy's score) keep HI bits, the rest LO bits (MiKV).  LO overrides ``bits``.
@@ -76,6 +79,7 @@ class KVConfig:
     residual: int | None = None
     rotate: bool | None = None
     center: bool | None = None
+    smooth: bool | None = None
     mixed: str | None = None
     hi_frac: float = 0.25
     policy: str | None = None
@@ -113,6 +117,10 @@ class KVConfig:
     @property
     def centered(self) -> bool:
         return self.center if self.center is not None else self.widths[0] < 16
+
+    @property
+    def smoothed(self) -> bool:
+        return self.smooth if self.smooth is not None else self.widths[0] < 8
 
     @property
     def is_compressed(self) -> bool:

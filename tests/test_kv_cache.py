@@ -140,10 +140,10 @@ def test_key_centering_leaves_attention_unchanged(chunk):
     cannot see it, so with lossless (fp16) pools the output is the same."""
     q, k, v = _offset_keys(120, seed=4)
     ref = _feed(PlainLayerCache(SPEC, 128), q, k, v, chunk)
-    kv = KVConfig.parse("16,policy=streaming,center=1,residual=16").validate(128)
+    kv = KVConfig.parse("16,policy=streaming,center=1,smooth=1,residual=16").validate(128)
     cache = CompressedLayerCache(SPEC, kv, 128)
     got = _feed(cache, q, k, v, chunk)
-    assert cache.kmu is not None and np.abs(cache.kmu).max() > 1.0  # the mean was found and taken out
+    assert cache.basis.mu is not None and np.abs(cache.basis.mu).max() > 1.0  # the mean was found and taken out
     np.testing.assert_allclose(got, ref, atol=2e-2)
 
 
@@ -156,6 +156,25 @@ def test_key_centering_cuts_two_bit_error_when_keys_share_a_mean():
         got = _feed(CompressedLayerCache(SPEC, kv, 256), q, k, v)
         err[center] = np.abs(got - ref).mean()
     assert err[1] < 0.7 * err[0], err
+
+
+def test_query_aware_smoothing_cuts_two_bit_error_when_queries_and_keys_disagree():
+    """Key channels the queries barely read (large key variance, small query
+    energy) get a smaller scale, the others a larger one (keybasis.py)."""
+    q, k, v = _qkv(160, seed=6)
+    w = np.linspace(0.2, 3.0, SPEC.head_dim).astype(np.float32)
+    k *= w  # key variance rises across the channels ...
+    q *= 0.4 / w  # ... where the queries' energy falls
+    ref = _feed(PlainLayerCache(SPEC, 256), q, k, v)
+    err = {}
+    for smooth in (0, 1):
+        kv = KVConfig.parse(f"2,residual=16,smooth={smooth}").validate(256)
+        cache = CompressedLayerCache(SPEC, kv, 256)
+        got = _feed(cache, q, k, v)
+        err[smooth] = np.abs(got - ref).mean()
+    t = cache.basis.t  # [n_kv, D]: small where the keys are wide
+    assert t[:, :8].mean() > 2 * t[:, -8:].mean()
+    assert err[1] < 0.9 * err[0], err
 
 
 def test_memory_is_fixed_and_tokens_never_exceed_the_budget():

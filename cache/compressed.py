@@ -40,8 +40,9 @@ hurts (+5.5%), a 32-token window hurts (+7.3%).
 Later, keys got their own basis (:mod:`.keybasis`): centering and
 query-aware channel smoothing, both exact for attention.  2-bit K and V, GPL-3,
 all 14 windows of 512 decoded token by token, vs fp16: SmolLM2 +8.6% ->
-+6.2% (and +5.1% with the 80-token window now default), Gemma 3 (whose keys
-carry a large mean) +64% -> +5.8%; the quantizer's least-squares refit cut the
++6.2% (and +5.1% with the 80-token window now default); Gemma 3, whose keys
+carry a large mean, +64% uncentered (first 2 windows) -> +10.7% centered ->
++4.9% smoothed too (all 14 windows: +5.8%); the quantizer's least-squares refit cut the
 2-bit MSE of Gaussian rows by another 5%.
 """
 

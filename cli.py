@@ -242,6 +242,8 @@ def kv_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--kv-group", type=int, default=None, help="values per quantization group (default 32)"),
         click.option("--kv-residual", type=int, default=None, help="recent tokens kept in fp16"),
         click.option("--kv-rotate/--kv-no-rotate", default=None, help="Hadamard-rotate K/V before quantizing"),
+        click.option("--kv-center/--kv-no-center", default=None, help="subtract the keys' mean before quantizing (exact)"),
+        click.option("--kv-smooth/--kv-no-smooth", default=None, help="query-aware key channel scaling before quantizing (exact)"),
         click.option("--kv-mixed", type=str, default=None, help='importance-based widths "HI/LO", e.g. 8/2'),
         click.option("--kv-policy", type=str, default=None, help="eviction policy: streaming, h2o, tova, snapkv, keydiff, gkv"),
         click.option("--kv-budget", type=int, default=None, help="tokens kept per layer (evicting with h2o unless --kv-policy says)"),
@@ -258,7 +260,7 @@ DEFAULT_POLICY = "h2o"  # what --kv-budget/--kv-ratio evict with when --kv-polic
 
 _KV_FLAGS = {
     "kv_bits": "bits", "kv_bits_k": "bits_k", "kv_bits_v": "bits_v", "kv_group": "group", "kv_residual": "residual",
-    "kv_rotate": "rotate", "kv_mixed": "mixed", "kv_policy": "policy", "kv_budget": "budget", "kv_ratio": "ratio",
+    "kv_rotate": "rotate", "kv_center": "center", "kv_smooth": "smooth", "kv_mixed": "mixed", "kv_policy": "policy", "kv_budget": "budget", "kv_ratio": "ratio",
     "kv_sinks": "sinks", "kv_merge": "merge",
 }
 

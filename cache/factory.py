@@ -8,8 +8,8 @@ from .kvconfig import KVConfig
 from .plain import PlainLayerCache, make_plain_cache
 
 
-def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | None = None) -> list[LayerCache]:
-    """Layer caches for a model.
+def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | None = None, device: str = "cpu") -> list[LayerCache]:
+    """Layer caches for a model, in host memory or (``device="gpu"``) on the GPU.
 
     Parameters
     ----------
@@ -24,16 +24,23 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
         cache.  Otherwise :class:`CompressedLayerCache` per layer; sliding-window
         layers keep a ring of their window (quantized alike), the budget and the
         policy apply to global layers.
+    device : str
+        ``"cpu"`` or ``"gpu"`` (the same choice with the GPU classes of
+        :mod:`.gpu_plain` / :mod:`.gpu_compressed`).
 
     Raises
     ------
     ValueError
         One line naming an impossible combination and what to do.
     """
+    layer_cls, plain = CompressedLayerCache, make_plain_cache
+    if device == "gpu":  # imported here: the CPU path never needs CuPy or the GPU kernels
+        from .gpu_compressed import GPUCompressedLayerCache as layer_cls
+        from .gpu_plain import make_gpu_plain_cache as plain
     if kv is None or not kv.is_compressed:
-        return make_plain_cache(specs, n_ctx, n_batch)
+        return plain(specs, n_ctx, n_batch)
     kv.validate(n_ctx)
-    return [CompressedLayerCache(spec, _fit_group(kv, spec), n_ctx) for spec in specs]
+    return [layer_cls(spec, _fit_group(kv, spec), n_ctx) for spec in specs]
 
 
 def _fit_group(kv: KVConfig, spec: LayerSpec) -> KVConfig:

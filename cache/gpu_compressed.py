@@ -44,8 +44,7 @@ from ..ops.gpu import qattention as qa
 from ..ops.gpu.arrays import device_out, is_device, to_device
 from .base import LayerCache, LayerSpec
 from .compressed import MAX_DECODE_T, CompressedLayerCache
-from .factory import _fit_group
-from .gpu_plain import make_gpu_plain_cache
+from .factory import make_cache
 from .kvconfig import KVConfig
 from .pool import Pool
 
@@ -225,26 +224,5 @@ class GPUCompressedLayerCache(CompressedLayerCache):
 
 
 def make_gpu_compressed_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | None = None) -> list[LayerCache]:
-    """Layer caches on the device, as :func:`kvrun.cache.factory.make_cache` chooses them.
-
-    Parameters
-    ----------
-    specs : list[LayerSpec]
-        One per layer.
-    n_ctx : int
-        Context size.
-    n_batch : int
-        Largest chunk a forward call feeds (sizes the plain cache's window rings).
-    kv : KVConfig or None
-        None or nothing compressed: :class:`~.gpu_plain.GPUPlainLayerCache`;
-        otherwise :class:`GPUCompressedLayerCache` per layer.
-
-    Raises
-    ------
-    ValueError
-        One line naming an impossible combination and what to do.
-    """
-    if kv is None or not kv.is_compressed:
-        return make_gpu_plain_cache(specs, n_ctx, n_batch)
-    kv.validate(n_ctx)
-    return [GPUCompressedLayerCache(spec, _fit_group(kv, spec), n_ctx) for spec in specs]
+    """:func:`kvrun.cache.factory.make_cache` on the device: plain or compressed as ``kv`` says."""
+    return make_cache(specs, n_ctx, n_batch, kv, device="gpu")

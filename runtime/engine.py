@@ -110,12 +110,7 @@ class Engine:
 
         ``kv-eval`` and ``needle`` compare several settings on one loaded model.
         """
-        specs = self.model.layer_specs()
-        if self.backend.name == "gpu":
-            from ..cache.gpu_compressed import make_gpu_compressed_cache
-
-            return KVCache(make_gpu_compressed_cache(specs, n_ctx, n_batch, kv))
-        return KVCache(make_cache(specs, n_ctx, n_batch, kv))
+        return KVCache(make_cache(self.model.layer_specs(), n_ctx, n_batch, kv, device=self.backend.name))
 
     # ------------------------------------------------------------------ eval
     def eval(self, cache: KVCache, tokens: list[int] | np.ndarray, logits_all: bool = False, logits_start: int = 0) -> np.ndarray:

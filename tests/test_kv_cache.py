@@ -72,7 +72,7 @@ def test_presets():
         ("2,policy=h2o,merge=avg", "unknown merge 'avg'; known: mean, keepkv"),
         ("2,merge=mean", "add a policy"),
         ("2,ratio=0.5", "needs a policy"),
-        ("2,policy=h2o,budget=40", "budget of 40 tokens is below sinks \\+ residual \\+ 1 = 69"),
+        ("2,policy=h2o,budget=40", "budget of 40 tokens is below sinks \\+ residual \\+ 1 = 85"),
         ("2,mixed=2/8", "needs HI > LO"),
         ("2,group=24", "power of two"),
         ("2,colour=red", "unknown KV cache option 'colour'"),

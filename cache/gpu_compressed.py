@@ -76,14 +76,7 @@ def _host(a: Any, dtype: Any = np.float32) -> np.ndarray:
 class GPUCompressedLayerCache(CompressedLayerCache):
     """A compressed layer cache whose decode attention runs on the device; see the module docstring.
 
-    Parameters
-    ----------
-    spec : LayerSpec
-        Head counts and sizes, sliding window, scale, softcap.
-    kv : KVConfig
-        The compression spec (validated, group fitted to the head size).
-    n_ctx : int
-        Context size.
+    Parameters are those of :class:`~.compressed.CompressedLayerCache`.
     """
 
     def __init__(self, spec: LayerSpec, kv: KVConfig, n_ctx: int) -> None:

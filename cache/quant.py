@@ -20,8 +20,9 @@ Encoding of a group (the layout ``kvrun.ops.cpu.qattention`` reads):
 * zero point ``z = zc (2^b - 1) / 255``, ``zc`` one byte; ``x ~ s (c - z)``.
 
 So a group costs 16 bits of metadata (0.5 bit/value at G = 32) instead of two
-fp16 numbers.  The scale is rounded *up* to the table and the codes are
-computed with the stored ``s`` and ``z``.  Among a few clipping ratios of the
+fp16 numbers.  A clipping candidate's scale is rounded *up* to the table (the
+refit's to the nearest entry) and the codes are always computed with the
+stored ``s`` and ``z``, so what is scored is what is stored.  Among a few clipping ratios of the
 range, each followed by one least-squares refit of step and offset to its
 codes, the candidate with the least squared error is kept (MSE-optimal
 clipping, as llama.cpp's ``make_qkx2_quants`` searches), which is what makes
@@ -76,6 +77,12 @@ def calibrate_lut(x: np.ndarray, bits: int) -> np.ndarray:
     return scale_lut(e0)
 
 
+@nb.njit(inline="always", **_JIT)
+def _byte(v: int) -> int:
+    """``v`` clamped to a one-byte code [0, 255]."""
+    return 0 if v < 0 else (255 if v > 255 else v)
+
+
 @nb.njit(**_JIT)
 def _quantize_group(x, o0, G, bits, lut, clips, codes_tmp, best):
     """Best (u, zc) of one group and its codes into best[:G]; returns (u, zc)."""
@@ -99,17 +106,9 @@ def _quantize_group(x, o0, G, bits, lut, clips, codes_tmp, best):
     for ci in range(clips.shape[0]):
         c = clips[ci]
         target = (hi - lo) * c / L
-        u = int(math.ceil((math.log2(target) - e0) * 16.0 - 1e-6))
-        if u < 0:
-            u = 0
-        if u > 255:
-            u = 255
+        u = _byte(int(math.ceil((math.log2(target) - e0) * 16.0 - 1e-6)))
         s = lut[u]
-        zc = int(round(-lo * c / s * 255.0 / L))
-        if zc < 0:
-            zc = 0
-        if zc > 255:
-            zc = 255
+        zc = _byte(int(round(-lo * c / s * 255.0 / L)))
         for refine in range(2):
             z = np.float32(zc) * np.float32(L) / np.float32(255.0)
             err = 0.0
@@ -146,17 +145,9 @@ def _quantize_group(x, o0, G, bits, lut, clips, codes_tmp, best):
             if a <= 0:
                 break
             b = (sx - a * sq) / G
-            u = int(round((math.log2(a) - e0) * 16.0))
-            if u < 0:
-                u = 0
-            if u > 255:
-                u = 255
+            u = _byte(int(round((math.log2(a) - e0) * 16.0)))
             s = lut[u]
-            zc = int(round(-b / s * 255.0 / L))
-            if zc < 0:
-                zc = 0
-            if zc > 255:
-                zc = 255
+            zc = _byte(int(round(-b / s * 255.0 / L)))
     return bu, bz
 
 

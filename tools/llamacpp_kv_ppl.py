@@ -15,22 +15,15 @@ Prints one line per cache type: type, bits per value, perplexity, change vs f16.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import llama_cpp
-import numpy as np
 from llama_cpp import Llama
+from make_golden import window_perplexity  # tools/ is on sys.path when run as a script
 
 TEXT = Path("/usr/share/common-licenses/GPL-3")
 GGML_TYPE = {"f16": 1, "q8_0": 8, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7}
 BITS = {"f16": 16.0, "q8_0": 8.5, "q4_0": 4.5, "q4_1": 5.0, "q5_0": 5.5, "q5_1": 6.0}
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
 def ppl(path: str, text: str, n_ctx: int, kv_type: str, threads: int) -> tuple[float, int]:
@@ -41,18 +34,7 @@ def ppl(path: str, text: str, n_ctx: int, kv_type: str, threads: int) -> tuple[f
     )  # fmt: skip
     add_bos = llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(llm.model))
     toks = llm.tokenize(text.encode(), add_bos=add_bos, special=False)
-    nll, count = 0.0, 0
-    for c in range(len(toks) // n_ctx):
-        win = list(toks[c * n_ctx : (c + 1) * n_ctx])
-        if add_bos:
-            win[0] = llm.token_bos()
-        llm.reset()
-        llm.eval(win)
-        lp = log_softmax(np.asarray(llm.scores[n_ctx // 2 : n_ctx - 1], np.float32))
-        tgt = np.asarray(toks[c * n_ctx + n_ctx // 2 + 1 : (c + 1) * n_ctx])
-        nll -= float(lp[np.arange(len(tgt)), tgt].sum())
-        count += len(tgt)
-    return math.exp(nll / count), count
+    return window_perplexity(llm, toks, n_ctx, add_bos)
 
 
 def main() -> None:

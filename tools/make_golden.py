@@ -42,6 +42,26 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
+def window_perplexity(llm: Llama, toks: list[int], n_ctx: int, add_bos: bool, progress=None) -> tuple[float, int]:
+    """llama-perplexity's figure: non-overlapping windows of ``n_ctx`` (first token
+    BOS when the model adds one), each evaluated in one batch on a fresh cache,
+    the second half scored.  Returns (perplexity, tokens scored)."""
+    nll, count = 0.0, 0
+    for c in range(len(toks) // n_ctx):
+        win = list(toks[c * n_ctx : (c + 1) * n_ctx])
+        if add_bos:
+            win[0] = llm.token_bos()
+        llm.reset()
+        llm.eval(win)
+        lp = log_softmax(np.asarray(llm.scores[n_ctx // 2 : n_ctx - 1], np.float32))
+        tgt = np.asarray(toks[c * n_ctx + n_ctx // 2 + 1 : (c + 1) * n_ctx])
+        nll -= float(lp[np.arange(len(tgt)), tgt].sum())
+        count += len(tgt)
+        if progress:
+            progress(c + 1, math.exp(nll / count))
+    return math.exp(nll / count), count
+
+
 def name_of(path: str) -> str:
     p = path.lower()
     return "gemma3" if "gemma" in p else "smollm2" if "smollm" in p else Path(path).stem
@@ -79,20 +99,10 @@ def main(paths: list[str]) -> None:
         # 3. perplexity, llama-perplexity style: windows of 512, second half scored
         n_ctx = 512
         n_chunks = len(toks) // n_ctx
-        bos = llm.token_bos()
-        nll, count = 0.0, 0
-        for c in range(n_chunks):
-            win = list(toks[c * n_ctx : (c + 1) * n_ctx])
-            if add_bos:
-                win[0] = bos
-            llm.reset()
-            llm.eval(win)
-            lpw = log_softmax(np.asarray(llm.scores[n_ctx // 2 : n_ctx - 1], np.float32))
-            tgt = np.asarray(toks[c * n_ctx + n_ctx // 2 + 1 : (c + 1) * n_ctx])
-            nll -= float(lpw[np.arange(len(tgt)), tgt].sum())
-            count += len(tgt)
-            print(f"{name}: window {c + 1}/{n_chunks} ppl so far {math.exp(nll / count):.4f}", file=sys.stderr)
-        ppl = math.exp(nll / count)
+        ppl, count = window_perplexity(
+            llm, toks, n_ctx, add_bos,
+            progress=lambda c, p: print(f"{name}: window {c}/{n_chunks} ppl so far {p:.4f}", file=sys.stderr),
+        )  # fmt: skip
 
         np.savez_compressed(FIX / f"golden_{name}.npz", prompt_ids=np.asarray(prompt, np.int32), top_ids=top.astype(np.int32), top_logp=top_logp)
         meta = {

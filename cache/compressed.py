@@ -122,9 +122,6 @@ class CompressedLayerCache(LayerCache):
         gqa = spec.n_head // n_kv
         # decode scratch, allocated once
         self._s = np.zeros((n_kv, gqa, self.N), np.float32)
-        self._acc = np.zeros((n_kv, gqa, Dv), np.float32)
-        self._cbuf = np.zeros((n_kv, max(D, Dv)), np.float32)
-        self._mrun = np.zeros((n_kv, gqa), np.float32)
         self._qr = np.zeros((MAX_DECODE_T, spec.n_head, D), np.float32)
         self._or = np.zeros((MAX_DECODE_T, spec.n_head, Dv), np.float32)
         self._free = [np.full(self.P, c, np.int64) for c in caps]  # free slots per pool and pos row
@@ -312,7 +309,7 @@ class CompressedLayerCache(LayerCache):
             p1.kc, p1.km, p1.vc, p1.vm, p1.bits_k, p1.bits_v,
             p0.klut, p0.vlut, p1.klut, p1.vlut, self.kv.group, self.pos, self.logw,
             s.window, s.scale, s.softcap, o,
-            self._s, self._acc, self._cbuf, self._mrun, acc,
+            self._s, acc,
         )  # fmt: skip
         if pol is not None and pol.needs_probs:
             pol.after_step()

@@ -42,7 +42,7 @@ class Merger:
             kk = pool.kc[h].view(np.float16).astype(np.float32)  # [C, D]
             sims[:] = kk @ k / np.maximum(np.linalg.norm(kk, axis=1) * np.linalg.norm(k), 1e-12)
         else:
-            key_similarity(k, pool.kc, pool.km, pool.klut, pool.bits_k, pool.G, h, sims, cache._cbuf[0, : k.shape[0]])
+            key_similarity(k, pool.kc, pool.km, pool.klut, pool.bits_k, pool.G, h, sims)
         sims[j - lo] = -np.inf
         sims[cache.pos[h, lo : lo + pool.cap] < 0] = -np.inf
         t = int(np.argmax(sims))

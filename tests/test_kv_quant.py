@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from kvrun.cache.quant import calibrate_lut, dequantize, hadamard, quantize, row_bytes
-from kvrun.ops.cpu.qattention import attend_decode_q
+from kvrun.ops.cpu.qattention import attend_decode_q, decode_rows, dequantize_rows
 
 D, G = 64, 32
 
@@ -44,6 +44,33 @@ def test_layout_matches_documentation(bits):
     x = _gauss(8)
     codes, meta, lut = quantize(x, bits, G)
     np.testing.assert_allclose(dequantize(codes, meta, lut, bits, G, D), _unpack_reference(codes, meta, lut, bits, G, D), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("G", [8, 16, 32, 64, 128])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8, 16])
+def test_vector_decoders_read_the_documented_layout(bits, G):
+    """Every (width, group) decoder the attention kernel uses (vector IR, or the plain loop for other groups)."""
+    rng = np.random.default_rng(bits * 1000 + G)
+    D, n = 128, 70
+    w = 4 if bits == 3 else bits
+    codes = rng.integers(0, 256, (n, D * w // 8), dtype=np.uint8)
+    if bits == 3:  # 3-bit codes in 4-bit containers: the top bit of each nibble is clear
+        codes &= 0x77
+    meta = rng.integers(0, 256, (n, D // G if bits < 16 else 0, 2), dtype=np.uint8)
+    lut = (2.0 ** (-12 + np.arange(256) / 16)).astype(np.float32)
+    if bits == 16:
+        codes = rng.standard_normal((n, D)).astype(np.float16).view(np.uint8)
+        want = codes.view(np.float16).astype(np.float32)
+    else:
+        want = _unpack_reference(codes, meta, lut, bits, G, D)
+    got = np.full((n, D), np.nan, np.float32)
+    dequantize_rows(codes, meta, lut, bits, G, got)
+    tol = 1e-6 * float(np.abs(want).max())  # float32 rounding of s c - s z
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=tol)
+    tile = np.full(5 * D + 3, np.nan, np.float32)  # rows r0..r0+5 of the pool into a flat tile
+    decode_rows(codes, meta, lut, bits, G, 11, 5, tile)
+    np.testing.assert_allclose(tile[: 5 * D].reshape(5, D), want[11:16], rtol=1e-6, atol=tol)
+    assert np.isnan(tile[5 * D :]).all()
 
 
 @pytest.mark.parametrize("bits, nbytes", [(2, 16), (3, 32), (4, 32), (8, 64), (16, 128)])
@@ -166,7 +193,7 @@ def test_decode_kernel_equals_attention_over_dequantized_cache(bits):
     out = np.zeros((1, H, D), np.float32)
     gqa = H // n_kv
     probs = np.zeros((n_kv, N), np.float32)
-    scratch = (np.zeros((n_kv, gqa, N), np.float32), np.zeros((n_kv, gqa, D), np.float32), np.zeros((n_kv, D), np.float32), np.zeros((n_kv, gqa), np.float32))
+    scratch = (np.zeros((n_kv, gqa, N), np.float32),)
     attend_decode_q(
         q, np.array([N - 1], np.int32), k16.view(np.uint16), v16.view(np.uint16),
         kc, km, vc, vm, bits, bits, e_c, e_m, e_c, e_m, 2, 2,

@@ -37,11 +37,17 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from .f16 import f16_to_f32
+from .qmatmul import LF16, LF32, LI8, LI16, LI32, LI64, V, _G
 
 _JIT = dict(cache=True, fastmath=True, nogil=True)
 _NEG_INF = np.float32(-1e30)  # masked logit: finite, so exp() needs no branch (and fastmath stays valid)
+TILE = 64  # rows dequantized at a time into an L1-resident float scratch
 
 
 @nb.njit(inline="always", **_JIT)
@@ -50,12 +56,133 @@ def container(bits: int) -> int:
     return 4 if bits == 3 else bits
 
 
+# ================================================================= row decoders (LLVM vector IR)
+# Why IR: Numba types ``uint8 >> int`` and ``& 3`` as int64, and AVX2 has no
+# int64 -> float conversion, so a Numba unpack loop stays scalar (~27 ns per
+# 2-bit row of 64).  Written as <n x i32> vectors, a group is a handful of
+# shifts, masks, conversions and FMAs (~4 ns a row).  Only generic LLVM
+# operations are used (no x86 intrinsics), so this compiles on any host.
+# Defined in this file: Numba's cache is invalidated per defining file.
+
+_DEQ_SIG = types.void(types.int64, types.int64, types.int64, types.float32, types.int64, types.int64)
+
+
+def _group_decoder(w: int, G: int):
+    """An intrinsic ``(codes, meta, lut, zs, out, n)``: ``n`` consecutive groups of ``G`` codes of ``w`` bits.
+
+    Addresses (int64): ``codes`` uint8 (``G w / 8`` bytes a group,
+    group-planar), ``meta`` uint8 pairs (scale code, zero code), ``lut``
+    float32[256], ``out`` float32 (``G`` a group).  ``zs``: zero-code step.
+    Writes ``out[g G + i] = s_g c_i - s_g z_g`` (see the module docstring).
+    """
+    nb_ = G * w // 8  # bytes a group = values a plane
+    planes = 8 // w
+    vf = V(LF32, nb_)
+
+    def codegen(context, builder, sig, args):
+        g = _G(builder)
+        cp, mp, lp, zs, op, n = args
+        cpp, mpp = g.addr(cp), g.addr(mp)
+        lpp = builder.inttoptr(lp, LF32.as_pointer())
+        opp = builder.inttoptr(op, LF32.as_pointer())
+        with cgutils.for_range(builder, n) as loop:
+            i = loop.index
+            mo = builder.mul(i, ir.Constant(LI64, 2))
+            sg = builder.load(builder.gep(lpp, [g.u8(mpp, mo)]))
+            zc = builder.uitofp(g.u8(mpp, builder.add(mo, ir.Constant(LI64, 1))), LF32)
+            mg = builder.fneg(builder.fmul(builder.fmul(sg, zc), zs))
+            x = builder.zext(g.load(cpp, builder.mul(i, ir.Constant(LI64, nb_)), V(LI8, nb_)), V(LI32, nb_))
+            s_v, m_v = g.splat(sg, nb_), g.splat(mg, nb_)
+            base = builder.mul(i, ir.Constant(LI64, G))
+            for m in range(planes):
+                c = g.and_(g.shr(x, w * m), (1 << w) - 1) if w < 8 else x
+                y = g.call(f"llvm.fma.v{nb_}f32", vf, [builder.sitofp(c, vf), s_v, m_v])
+                dst = builder.gep(opp, [builder.add(base, ir.Constant(LI64, m * nb_))])
+                builder.store(y, builder.bitcast(dst, vf.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    def typer(typingctx, cp, mp, lp, zs, op, n):  # noqa: ARG001
+        return _DEQ_SIG, codegen
+
+    return intrinsic(typer)
+
+
+def _half_decoder():
+    """An intrinsic ``(src, out, n)``: ``8 n`` float16 values (uint16 bits) -> float32."""
+
+    def codegen(context, builder, sig, args):
+        g = _G(builder)
+        sp, op, n = args
+        spp = g.addr(sp)
+        opp = builder.inttoptr(op, LF32.as_pointer())
+        with cgutils.for_range(builder, n) as loop:
+            i = loop.index
+            h = builder.bitcast(g.load(spp, builder.mul(i, ir.Constant(LI64, 16)), V(LI16, 8)), V(LF16, 8))
+            dst = builder.gep(opp, [builder.mul(i, ir.Constant(LI64, 8))])
+            builder.store(builder.fpext(h, V(LF32, 8)), builder.bitcast(dst, V(LF32, 8).as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    def typer(typingctx, sp, op, n):  # noqa: ARG001
+        return types.void(types.int64, types.int64, types.int64), codegen
+
+    return intrinsic(typer)
+
+
+_deq_f16 = _half_decoder()
+# one decoder per (container bits, group) that the cache allows at speed;
+# other groups take the plain loop in ``dequant_row``
+_d2_16, _d2_32, _d2_64, _d2_128 = (_group_decoder(2, G) for G in (16, 32, 64, 128))
+_d4_16, _d4_32, _d4_64, _d4_128 = (_group_decoder(4, G) for G in (16, 32, 64, 128))
+_d8_16, _d8_32, _d8_64, _d8_128 = (_group_decoder(8, G) for G in (16, 32, 64, 128))
+
+
+@nb.njit(inline="always", **_JIT)
+def _decode_groups(w: int, G: int, cp: int, mp: int, lp: int, zs: float, op: int, n: int) -> bool:
+    """Run the vector decoder for (w, G) if there is one; False when there is not."""
+    z = np.float32(zs)
+    if w == 2:
+        if G == 32:
+            _d2_32(cp, mp, lp, z, op, n)
+        elif G == 64:
+            _d2_64(cp, mp, lp, z, op, n)
+        elif G == 16:
+            _d2_16(cp, mp, lp, z, op, n)
+        elif G == 128:
+            _d2_128(cp, mp, lp, z, op, n)
+        else:
+            return False
+    elif w == 4:
+        if G == 32:
+            _d4_32(cp, mp, lp, z, op, n)
+        elif G == 64:
+            _d4_64(cp, mp, lp, z, op, n)
+        elif G == 16:
+            _d4_16(cp, mp, lp, z, op, n)
+        elif G == 128:
+            _d4_128(cp, mp, lp, z, op, n)
+        else:
+            return False
+    elif w == 8:
+        if G == 32:
+            _d8_32(cp, mp, lp, z, op, n)
+        elif G == 64:
+            _d8_64(cp, mp, lp, z, op, n)
+        elif G == 16:
+            _d8_16(cp, mp, lp, z, op, n)
+        elif G == 128:
+            _d8_128(cp, mp, lp, z, op, n)
+        else:
+            return False
+    else:
+        return False
+    return True
+
+
 @nb.njit(inline="always", **_JIT)
 def dequant_row(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, bits: int, G: int, out: np.ndarray) -> None:
-    """One row, dequantized: ``out[d] = s_g c_d + m_g``.
+    """One row, dequantized: ``out[d] = s_g c_d + m_g`` (plain loops; the reference for the decoders).
 
-    codes: [D*w/8] uint8; meta: [D/G, 2] uint8; lut: [256] float32; out: [D]
-    float32.  One specialised, unit-stride loop per width (vectorised by LLVM).
+    codes: [D*w/8] uint8; meta: [D/G, 2] uint8; lut: [256] float32; out: [D] float32.
     """
     D = out.shape[0]
     if bits == 16:
@@ -63,55 +190,58 @@ def dequant_row(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, bits: int,
             out[d] = f16_to_f32(np.uint16(codes[2 * d]) | (np.uint16(codes[2 * d + 1]) << np.uint16(8)))
         return
     zs = np.float32((1 << bits) - 1) / np.float32(255.0)
-    if bits == 2 and G == 32:
-        _deq2_g32(codes, meta, lut, zs, out)
-        return
-    if bits in (3, 4) and G == 32:
-        _deq4_g32(codes, meta, lut, zs, out)
-        return
+    w = container(bits)
+    nbg = G * w // 8
+    mask = (1 << w) - 1
     for g in range(D // G):
         sg = lut[meta[g, 0]]
         mg = -sg * np.float32(meta[g, 1]) * zs
-        o0 = g * G
-        if bits == 2:
-            nbg = G // 4
-            b0 = g * nbg
-            for m in range(4):
-                sh = np.int32(2 * m)
-                for i in range(nbg):
-                    out[o0 + m * nbg + i] = sg * np.float32((np.int32(codes[b0 + i]) >> sh) & np.int32(3)) + mg
-        elif bits == 8:
-            for i in range(G):
-                out[o0 + i] = sg * np.float32(codes[o0 + i]) + mg
-        else:  # 3 or 4 bits in 4-bit containers
-            nbg = G // 2
-            b0 = g * nbg
-            for m in range(2):
-                sh = np.int32(4 * m)
-                for i in range(nbg):
-                    out[o0 + m * nbg + i] = sg * np.float32((np.int32(codes[b0 + i]) >> sh) & np.int32(15)) + mg
+        for m in range(8 // w):
+            for i in range(nbg):
+                out[g * G + m * nbg + i] = sg * np.float32((np.int32(codes[g * nbg + i]) >> np.int32(w * m)) & mask) + mg
 
 
-@nb.njit(inline="always", **_JIT)
-def _deq2_g32(codes, meta, lut, zs, out):
-    """2-bit rows, G = 32: 8 bytes per group, four 8-wide planes (one AVX2 vector each)."""
-    for g in range(out.shape[0] // 32):
-        sg = lut[meta[g, 0]]
-        mg = -sg * np.float32(meta[g, 1]) * zs
-        for m in range(4):
-            for i in range(8):
-                out[g * 32 + m * 8 + i] = sg * np.float32((np.int32(codes[g * 8 + i]) >> np.int32(2 * m)) & np.int32(3)) + mg
+@nb.njit(**_JIT)
+def decode_rows(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, bits: int, G: int, r0: int, n: int, out: np.ndarray) -> None:
+    """Rows ``r0 .. r0+n`` of one head's pool, dequantized into ``out[:n*D]`` (flat, row after row).
+
+    codes: [C, D*w/8] uint8 (16 bits: float16 bytes); meta: [C, D/G, 2] uint8;
+    lut: [256] float32; out: flat float32.  Each row must be contiguous.
+    """
+    D = codes.shape[1] * 8 // container(bits)
+    o0 = out.ctypes.data
+    if bits == 16:
+        if D % 8 == 0:
+            for r in range(n):
+                _deq_f16(codes.ctypes.data + (r0 + r) * codes.strides[0], o0 + 4 * r * D, D // 8)
+            return
+    elif D % G == 0:
+        zs = np.float32((1 << bits) - 1) / np.float32(255.0)
+        w = container(bits)
+        ok = True
+        for r in range(n):
+            cp = codes.ctypes.data + (r0 + r) * codes.strides[0]
+            mp = meta.ctypes.data + (r0 + r) * meta.strides[0]
+            ok = _decode_groups(w, G, cp, mp, lut.ctypes.data, zs, o0 + 4 * r * D, D // G)
+            if not ok:
+                break
+        if ok:
+            return
+    for r in range(n):
+        dequant_row(codes[r0 + r], meta[r0 + r], lut, bits, G, out[r * D : (r + 1) * D])
 
 
-@nb.njit(inline="always", **_JIT)
-def _deq4_g32(codes, meta, lut, zs, out):
-    """4-bit (and 3-bit) rows, G = 32: 16 bytes per group, two 16-wide planes."""
-    for g in range(out.shape[0] // 32):
-        sg = lut[meta[g, 0]]
-        mg = -sg * np.float32(meta[g, 1]) * zs
-        for m in range(2):
-            for i in range(16):
-                out[g * 32 + m * 16 + i] = sg * np.float32((np.int32(codes[g * 16 + i]) >> np.int32(4 * m)) & np.int32(15)) + mg
+@nb.njit(**_JIT)
+def decode_half_rows(x: np.ndarray, r0: int, n: int, out: np.ndarray) -> None:
+    """Rows ``r0 .. r0+n`` of a [R, D] uint16 (float16 bits) array into ``out[:n*D]``."""
+    D = x.shape[1]
+    if D % 8 == 0 and x.strides[1] == 2:
+        for r in range(n):
+            _deq_f16(x.ctypes.data + (r0 + r) * x.strides[0], out.ctypes.data + 4 * r * D, D // 8)
+        return
+    for r in range(n):
+        for d in range(D):
+            out[r * D + d] = f16_to_f32(x[r0 + r, d])
 
 
 @nb.njit(**_JIT)
@@ -119,42 +249,29 @@ def dequantize_rows(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, bits: 
     """Rows of a pool back to float32 (prefill scratch, merging, tests).
 
     codes: [n, D*w/8] uint8; meta: [n, D/G, 2] uint8 ([n, 0, 2] for 16 bits);
-    lut: [256] float32; out: [n, D] float32.
+    lut: [256] float32; out: [n, D] float32 (C-contiguous).
     """
-    for r in range(out.shape[0]):
-        dequant_row(codes[r], meta[r], lut, bits, G, out[r])
+    decode_rows(codes, meta, lut, bits, G, 0, out.shape[0], out.reshape(-1))
 
 
 @nb.njit(inline="always", **_JIT)
-def _visible(pk: int, pq: int, window: int) -> bool:
-    return pk >= 0 and pk <= pq and not (window > 0 and pq - pk >= window)
-
-
-@nb.njit(inline="always", **_JIT)
-def _score_row(q, t, h0, gqa, row, sc, softcap, lw, s, j, m_run):
-    """s[hh, j] = logit of query head h0+hh against a dequantized key row; tracks the max."""
-    D = row.shape[0]
-    for hh in range(gqa):
-        a = np.float32(0.0)
-        for d in range(D):
-            a += q[t, h0 + hh, d] * row[d]
-        a *= sc
-        if softcap > 0:
-            a = np.float32(softcap) * np.tanh(a / np.float32(softcap))
-        a += lw
-        s[hh, j] = a
-        if a > m_run[hh]:
-            m_run[hh] = a
-
-
-@nb.njit(inline="always", **_JIT)
-def _add_row(s, j, gqa, row, acc):
-    """acc[hh] += p[hh, j] * row for every query head of the group."""
-    Dv = row.shape[0]
-    for hh in range(gqa):
-        p = s[hh, j]
-        for d in range(Dv):
-            acc[hh, d] += p * row[d]
+def _fill_tile(j0: int, n: int, F: int, C0: int, x16: np.ndarray, c0: np.ndarray, m0: np.ndarray, lut0: np.ndarray, w0: int,
+               c1: np.ndarray, m1: np.ndarray, lut1: np.ndarray, w1: int, G: int, D: int, tile: np.ndarray) -> None:
+    """Slots ``j0 .. j0+n`` of one head (fp16 area, pool 0, pool 1: a tile may straddle them) as floats."""
+    j = j0
+    end = j0 + n
+    while j < end:
+        o = tile[(j - j0) * D :]
+        if j < F:
+            e = min(end, F)
+            decode_half_rows(x16, j, e - j, o)
+        elif j < F + C0:
+            e = min(end, F + C0)
+            decode_rows(c0, m0, lut0, w0, G, j - F, e - j, o)
+        else:
+            e = end
+            decode_rows(c1, m1, lut1, w1, G, j - F - C0, e - j, o)
+        j = e
 
 
 @nb.njit(**_JIT)
@@ -187,9 +304,6 @@ def attend_decode_q(
     softcap: float,
     out: np.ndarray,
     s_all: np.ndarray,
-    acc_all: np.ndarray,
-    cbuf_all: np.ndarray,
-    m_all: np.ndarray,
     probs_acc: np.ndarray,
 ) -> None:
     """Attention of a few queries over fp16 slots and up to two quantized pools.
@@ -205,15 +319,15 @@ def attend_decode_q(
     logw: [n_kv, N] float32 log merge weights added to the logits
     (KeepKV's electoral votes) or ``[0, 0]``; out: [T, n_head, Dv] float32.
 
-    Each visible row is dequantized once into ``cbuf`` and dotted with every
-    query head of its GQA group, so the cache is read once per step.
+    Slots are decoded ``TILE`` rows at a time into an L1-resident float
+    scratch (vector decoders, one per width) and each row is dotted with every
+    query head of its GQA group, so every byte of the cache is read once per
+    query and no float copy of the cache is ever made.  (A parallel loop over
+    KV heads measured slower with Numba's threads on 2 vCPUs.)
 
-    Scratch, per KV head (ready for a parallel loop over heads, which
-    measured slower with Numba's threads on 2 vCPUs):
-    s [n_kv, gqa, N], acc [n_kv, gqa, Dv], cbuf [n_kv, max(D, Dv)],
-    m_run [n_kv, gqa] float32.  probs_acc: [n_kv, N] float32 receives the softmax probabilities
-    summed over each KV head's query heads (what eviction policies score
-    with), or ``[0, 0]`` to skip.
+    s_all: [n_kv, gqa, N] float32 scratch.  probs_acc: [n_kv, N] float32
+    receives the softmax probabilities summed over each KV head's query heads
+    (what eviction policies score with), or ``[0, 0]`` to skip.
     """
     T, H, D = q.shape
     n_kv = k16.shape[0]
@@ -224,36 +338,42 @@ def attend_decode_q(
     N = F + C0 + C1
     gqa = H // n_kv
     sc = np.float32(scale)
+    cap = np.float32(softcap)
     use_logw = logw.shape[0] > 0
     use_acc = probs_acc.shape[0] > 0
     ph = 1 if kpos.shape[0] > 1 else 0  # pos row stride over KV heads
+    tile = np.empty(TILE * max(D, Dv), np.float32)
+    qh = np.empty((gqa, D), np.float32)
+    acc = np.empty((gqa, Dv), np.float32)
+    m_run = np.empty(gqa, np.float32)
     for t in range(T):
         pq = qpos[t]
         for kh in range(n_kv):
-            kb = cbuf_all[kh, :D]
-            vb = cbuf_all[kh, :Dv]
             s = s_all[kh]
-            acc = acc_all[kh]
-            m_run = m_all[kh]
-            h0 = kh * gqa
             prow = kh * ph
             for hh in range(gqa):
                 m_run[hh] = _NEG_INF
+                for d in range(D):
+                    qh[hh, d] = q[t, kh * gqa + hh, d]
             # ---- scores
-            for j in range(N):
-                if not _visible(kpos[prow, j], pq, window):
+            for j0 in range(0, N, TILE):
+                n = min(TILE, N - j0)
+                _fill_tile(j0, n, F, C0, k16[kh], kc0[kh], km0[kh], klut0, kw0, kc1[kh], km1[kh], klut1, kw1, G, D, tile)
+                for r in range(n):
+                    j = j0 + r
+                    pk = kpos[prow, j]
+                    visible = pk >= 0 and pk <= pq and not (window > 0 and pq - pk >= window)
+                    lw = logw[kh, j] if use_logw else np.float32(0.0)
                     for hh in range(gqa):
-                        s[hh, j] = _NEG_INF
-                    continue
-                if j < F:
-                    for d in range(D):
-                        kb[d] = f16_to_f32(k16[kh, j, d])
-                elif j < F + C0:
-                    dequant_row(kc0[kh, j - F], km0[kh, j - F], klut0, kw0, G, kb)
-                else:
-                    dequant_row(kc1[kh, j - F - C0], km1[kh, j - F - C0], klut1, kw1, G, kb)
-                lw = logw[kh, j] if use_logw else np.float32(0.0)
-                _score_row(q, t, h0, gqa, kb, sc, softcap, lw, s, j, m_run)
+                        a = np.float32(0.0)
+                        for d in range(D):
+                            a += qh[hh, d] * tile[r * D + d]
+                        a *= sc
+                        if softcap > 0:
+                            a = cap * np.tanh(a / cap)
+                        a = a + lw if visible else _NEG_INF
+                        s[hh, j] = a
+                        m_run[hh] = max(m_run[hh], a)
             # ---- softmax
             for hh in range(gqa):
                 tot = np.float32(0.0)
@@ -274,44 +394,41 @@ def attend_decode_q(
                         a += s[hh, j]
                     probs_acc[kh, j] += a
             # ---- values
-            for j in range(N):
-                live = False
-                for hh in range(gqa):
-                    if s[hh, j] != 0.0:
-                        live = True
-                if not live:
-                    continue
-                if j < F:
-                    for d in range(Dv):
-                        vb[d] = f16_to_f32(v16[kh, j, d])
-                elif j < F + C0:
-                    dequant_row(vc0[kh, j - F], vm0[kh, j - F], vlut0, vw0, G, vb)
-                else:
-                    dequant_row(vc1[kh, j - F - C0], vm1[kh, j - F - C0], vlut1, vw1, G, vb)
-                _add_row(s, j, gqa, vb, acc)
+            for j0 in range(0, N, TILE):
+                n = min(TILE, N - j0)
+                _fill_tile(j0, n, F, C0, v16[kh], vc0[kh], vm0[kh], vlut0, vw0, vc1[kh], vm1[kh], vlut1, vw1, G, Dv, tile)
+                for r in range(n):
+                    for hh in range(gqa):
+                        p = s[hh, j0 + r]
+                        for d in range(Dv):
+                            acc[hh, d] += p * tile[r * Dv + d]
             for hh in range(gqa):
                 for d in range(Dv):
-                    out[t, h0 + hh, d] = acc[hh, d]
+                    out[t, kh * gqa + hh, d] = acc[hh, d]
 
 
 @nb.njit(**_JIT)
-def key_similarity(kvec: np.ndarray, kc: np.ndarray, km: np.ndarray, lut: np.ndarray, bits: int, G: int, kh: int, out: np.ndarray, cbuf: np.ndarray) -> None:
+def key_similarity(kvec: np.ndarray, kc: np.ndarray, km: np.ndarray, lut: np.ndarray, bits: int, G: int, kh: int, out: np.ndarray) -> None:
     """Cosine similarity of one key with every key of head ``kh`` in a pool.
 
     kvec: [D] float32; kc: [n_kv, C, D*w/8] uint8; km: [n_kv, C, D/G, 2] uint8;
-    out: [C] float32; cbuf: [D] float32 scratch.  Used to find a merge target.
+    out: [C] float32.  Used to find a merge target.
     """
     C = kc.shape[1]
     D = kvec.shape[0]
+    tile = np.empty(TILE * D, np.float32)
     nq = np.float32(0.0)
     for d in range(D):
         nq += kvec[d] * kvec[d]
-    for j in range(C):
-        dequant_row(kc[kh, j], km[kh, j], lut, bits, G, cbuf)
-        dot = np.float32(0.0)
-        nk = np.float32(0.0)
-        for d in range(D):
-            dot += cbuf[d] * kvec[d]
-            nk += cbuf[d] * cbuf[d]
-        den = np.sqrt(nq * nk)
-        out[j] = dot / den if den > 0 else np.float32(0.0)
+    for j0 in range(0, C, TILE):
+        n = min(TILE, C - j0)
+        decode_rows(kc[kh], km[kh], lut, bits, G, j0, n, tile)
+        for r in range(n):
+            dot = np.float32(0.0)
+            nk = np.float32(0.0)
+            for d in range(D):
+                x = tile[r * D + d]
+                dot += x * kvec[d]
+                nk += x * x
+            den = np.sqrt(nq * nk)
+            out[j0 + r] = dot / den if den > 0 else np.float32(0.0)

@@ -171,9 +171,14 @@ def _reference_attention(q, k, v, scale):
     return out, probs
 
 
+@pytest.mark.parametrize("group", [16, 32])
 @pytest.mark.parametrize("bits", [2, 4, 8, 16])
-def test_decode_kernel_equals_attention_over_dequantized_cache(bits):
-    """The kernel reads fp16 slots and a quantized pool in place; same result as dequantize-then-attend."""
+def test_decode_kernel_equals_attention_over_dequantized_cache(bits, group):
+    """The kernel reads fp16 slots and a quantized pool in place; same result as dequantize-then-attend.
+
+    Group 32 takes the fused vector-IR row kernels, group 16 the tile-at-a-time fallback.
+    """
+    G = group
     rng = np.random.default_rng(7)
     n_kv, H, F, C = 2, 4, 3, 20
     N = F + C

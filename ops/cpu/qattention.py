@@ -48,6 +48,7 @@ from .qmatmul import LF16, LF32, LI8, LI16, LI32, LI64, V, _G
 _JIT = dict(cache=True, fastmath=True, nogil=True)
 _NEG_INF = np.float32(-1e30)  # masked logit: finite, so exp() needs no branch (and fastmath stays valid)
 TILE = 64  # rows dequantized at a time into an L1-resident float scratch
+MAX_FUSED_GQA = 32  # query heads per KV head the fused row kernels keep accumulators for
 
 
 @nb.njit(inline="always", **_JIT)
@@ -64,6 +65,108 @@ def container(bits: int) -> int:
 # operations are used (no x86 intrinsics), so this compiles on any host.
 # Defined in this file: Numba's cache is invalidated per defining file.
 
+def _emit_group(g: _G, w: int, G: int, cpp, mpp, lpp, zs, gi) -> list:
+    """IR: group ``gi`` of a row, decoded into ``G/8`` <8 x float> vectors (value order).
+
+    ``cpp``/``mpp``: i8* to the row's codes / meta; ``lpp``: float* scale
+    table; ``zs``: float zero-code step.  ``w = 16``: raw float16, no meta.
+    Plane ``m`` of the group's ``nb`` bytes holds values ``m nb .. m nb + nb``,
+    so an 8-byte chunk ``c`` of plane ``m`` is vector ``m nb/8 + c``.
+    """
+    b = g.b
+    if w == 16:
+        base = b.mul(gi, ir.Constant(LI64, 2 * G))
+        out = []
+        for k in range(G // 8):
+            h = b.bitcast(g.load(cpp, b.add(base, ir.Constant(LI64, 16 * k)), V(LI16, 8)), V(LF16, 8))
+            out.append(b.fpext(h, V(LF32, 8)))
+        return out
+    nb_ = G * w // 8
+    mo = b.mul(gi, ir.Constant(LI64, 2))
+    sg = b.load(b.gep(lpp, [g.u8(mpp, mo)]))
+    zc = b.uitofp(g.u8(mpp, b.add(mo, ir.Constant(LI64, 1))), LF32)
+    s_v = g.splat(sg)
+    m_v = g.splat(b.fneg(b.fmul(b.fmul(sg, zc), zs)))
+    out = [None] * (G // 8)
+    base = b.mul(gi, ir.Constant(LI64, nb_))
+    for c in range(nb_ // 8):
+        x = b.zext(g.load(cpp, b.add(base, ir.Constant(LI64, 8 * c)), V(LI8, 8)), V(LI32, 8))
+        for m in range(8 // w):
+            code = g.and_(g.shr(x, w * m), (1 << w) - 1) if w < 8 else x
+            out[m * (nb_ // 8) + c] = g.fma(b.sitofp(code, V(LF32, 8)), s_v, m_v)
+    return out
+
+
+def _i64(v: int) -> ir.Constant:
+    return ir.Constant(LI64, v)
+
+
+def _fptr(b: ir.IRBuilder, addr) -> ir.Value:
+    return b.inttoptr(addr, LF32.as_pointer())
+
+
+def _vptr(b: ir.IRBuilder, fp, idx) -> ir.Value:
+    """<8 x float>* at float index ``idx`` of float* ``fp``."""
+    return b.bitcast(b.gep(fp, [idx]), V(LF32, 8).as_pointer())
+
+
+_ROWS_SIG = types.void(*([types.int64] * 5 + [types.float32] + [types.int64] * 6))
+
+
+def _row_kernel(w: int, G: int, kind: str):
+    """An intrinsic that decodes ``n`` rows of a pool in registers and, per row, either
+
+    * ``kind="qk"``: dots them with ``gqa`` query heads: ``x[hh * xs + r] = q_hh . row_r``
+      (``x`` = scores, ``q``: [gqa, D] float32), or
+    * ``kind="pv"``: adds them to ``gqa`` accumulators: ``acc_hh += x[hh * xs + r] row_r``
+      (``x`` = probabilities, ``acc``: [gqa, D] float32).
+
+    Arguments (int64 unless said): codes, row stride of codes (bytes), meta,
+    row stride of meta, lut, zs (float32), q-or-acc, gqa, D, x, x stride
+    (floats), n.  Each row's bytes are read once and never stored as floats.
+    """
+    def codegen(context, builder, sig, args):
+        g, b = _G(builder), builder
+        cp, cs, mp, ms, lp, zs, yp, gqa, D, xp, xs, n = args
+        lpp, ypp, xpp = _fptr(b, lp), _fptr(b, yp), _fptr(b, xp)
+        n_groups = b.udiv(D, _i64(G))
+        zero = ir.Constant(V(LF32, 8), [ir.Constant(LF32, 0.0)] * 8)
+        with cgutils.for_range(b, n) as rl:
+            r = rl.index
+            rc = g.addr(b.add(cp, b.mul(r, cs)))
+            rm = g.addr(b.add(mp, b.mul(r, ms)))
+            if kind == "qk":
+                with cgutils.for_range(b, gqa) as hl:
+                    b.store(ir.Constant(LF32, 0.0), b.gep(xpp, [b.add(b.mul(hl.index, xs), r)]))
+            with cgutils.for_range(b, n_groups) as gl:
+                gi = gl.index
+                vecs = _emit_group(g, w, G, rc, rm, lpp, zs, gi)
+                with cgutils.for_range(b, gqa) as hl:
+                    hh = hl.index
+                    off = b.add(b.mul(hh, D), b.mul(gi, _i64(G)))  # float index of this group in q / acc row hh
+                    if kind == "qk":
+                        a0 = a1 = zero
+                        for k, v in enumerate(vecs):  # two chains: half the FMA latency
+                            qv = b.load(_vptr(b, ypp, b.add(off, _i64(8 * k))), align=4)
+                            if k % 2 == 0:
+                                a0 = g.fma(v, qv, a0)
+                            else:
+                                a1 = g.fma(v, qv, a1)
+                        sp = b.gep(xpp, [b.add(b.mul(hh, xs), r)])
+                        b.store(b.fadd(b.load(sp), g.hsum(b.fadd(a0, a1))), sp)
+                    else:
+                        pv = g.splat(b.load(b.gep(xpp, [b.add(b.mul(hh, xs), r)])))
+                        for k, v in enumerate(vecs):
+                            ap = _vptr(b, ypp, b.add(off, _i64(8 * k)))
+                            b.store(g.fma(pv, v, b.load(ap, align=4)), ap, align=4)
+        return context.get_dummy_value()
+
+    def typer(typingctx, cp, cs, mp, ms, lp, zs, yp, gqa, D, xp, xs, n):  # noqa: ARG001
+        return _ROWS_SIG, codegen
+
+    return intrinsic(typer)
+
+
 _DEQ_SIG = types.void(types.int64, types.int64, types.int64, types.float32, types.int64, types.int64)
 
 
@@ -75,30 +178,15 @@ def _group_decoder(w: int, G: int):
     float32[256], ``out`` float32 (``G`` a group).  ``zs``: zero-code step.
     Writes ``out[g G + i] = s_g c_i - s_g z_g`` (see the module docstring).
     """
-    nb_ = G * w // 8  # bytes a group = values a plane
-    planes = 8 // w
-    vf = V(LF32, nb_)
 
     def codegen(context, builder, sig, args):
-        g = _G(builder)
+        g, b = _G(builder), builder
         cp, mp, lp, zs, op, n = args
-        cpp, mpp = g.addr(cp), g.addr(mp)
-        lpp = builder.inttoptr(lp, LF32.as_pointer())
-        opp = builder.inttoptr(op, LF32.as_pointer())
-        with cgutils.for_range(builder, n) as loop:
+        lpp, opp = _fptr(b, lp), _fptr(b, op)
+        with cgutils.for_range(b, n) as loop:
             i = loop.index
-            mo = builder.mul(i, ir.Constant(LI64, 2))
-            sg = builder.load(builder.gep(lpp, [g.u8(mpp, mo)]))
-            zc = builder.uitofp(g.u8(mpp, builder.add(mo, ir.Constant(LI64, 1))), LF32)
-            mg = builder.fneg(builder.fmul(builder.fmul(sg, zc), zs))
-            x = builder.zext(g.load(cpp, builder.mul(i, ir.Constant(LI64, nb_)), V(LI8, nb_)), V(LI32, nb_))
-            s_v, m_v = g.splat(sg, nb_), g.splat(mg, nb_)
-            base = builder.mul(i, ir.Constant(LI64, G))
-            for m in range(planes):
-                c = g.and_(g.shr(x, w * m), (1 << w) - 1) if w < 8 else x
-                y = g.call(f"llvm.fma.v{nb_}f32", vf, [builder.sitofp(c, vf), s_v, m_v])
-                dst = builder.gep(opp, [builder.add(base, ir.Constant(LI64, m * nb_))])
-                builder.store(y, builder.bitcast(dst, vf.as_pointer()), align=4)
+            for k, v in enumerate(_emit_group(g, w, G, g.addr(cp), g.addr(mp), lpp, zs, i)):
+                b.store(v, _vptr(b, opp, b.add(b.mul(i, _i64(G)), _i64(8 * k))), align=4)
         return context.get_dummy_value()
 
     def typer(typingctx, cp, mp, lp, zs, op, n):  # noqa: ARG001
@@ -107,33 +195,85 @@ def _group_decoder(w: int, G: int):
     return intrinsic(typer)
 
 
-def _half_decoder():
-    """An intrinsic ``(src, out, n)``: ``8 n`` float16 values (uint16 bits) -> float32."""
-
-    def codegen(context, builder, sig, args):
-        g = _G(builder)
-        sp, op, n = args
-        spp = g.addr(sp)
-        opp = builder.inttoptr(op, LF32.as_pointer())
-        with cgutils.for_range(builder, n) as loop:
-            i = loop.index
-            h = builder.bitcast(g.load(spp, builder.mul(i, ir.Constant(LI64, 16)), V(LI16, 8)), V(LF16, 8))
-            dst = builder.gep(opp, [builder.mul(i, ir.Constant(LI64, 8))])
-            builder.store(builder.fpext(h, V(LF32, 8)), builder.bitcast(dst, V(LF32, 8).as_pointer()), align=4)
-        return context.get_dummy_value()
-
-    def typer(typingctx, sp, op, n):  # noqa: ARG001
-        return types.void(types.int64, types.int64, types.int64), codegen
-
-    return intrinsic(typer)
-
-
-_deq_f16 = _half_decoder()
-# one decoder per (container bits, group) that the cache allows at speed;
+_deq_f16 = _group_decoder(16, 8)  # (codes, -, -, -, out, n): 8 n float16 values
+# one decoder per (container bits, group) with whole 8-byte chunks per plane;
 # other groups take the plain loop in ``dequant_row``
-_d2_16, _d2_32, _d2_64, _d2_128 = (_group_decoder(2, G) for G in (16, 32, 64, 128))
+_d2_32, _d2_64, _d2_128 = (_group_decoder(2, G) for G in (32, 64, 128))
 _d4_16, _d4_32, _d4_64, _d4_128 = (_group_decoder(4, G) for G in (16, 32, 64, 128))
 _d8_16, _d8_32, _d8_64, _d8_128 = (_group_decoder(8, G) for G in (16, 32, 64, 128))
+# fused decode-and-dot / decode-and-accumulate, per (container bits, group);
+# 16 bits (float16 rows) read in chunks of 32
+_qk16, _pv16 = _row_kernel(16, 32, "qk"), _row_kernel(16, 32, "pv")
+_qk2_32, _qk2_64, _qk2_128 = (_row_kernel(2, G, "qk") for G in (32, 64, 128))
+_qk4_32, _qk4_64, _qk4_128 = (_row_kernel(4, G, "qk") for G in (32, 64, 128))
+_qk8_32, _qk8_64, _qk8_128 = (_row_kernel(8, G, "qk") for G in (32, 64, 128))
+_pv2_32, _pv2_64, _pv2_128 = (_row_kernel(2, G, "pv") for G in (32, 64, 128))
+_pv4_32, _pv4_64, _pv4_128 = (_row_kernel(4, G, "pv") for G in (32, 64, 128))
+_pv8_32, _pv8_64, _pv8_128 = (_row_kernel(8, G, "pv") for G in (32, 64, 128))
+
+
+@nb.njit(inline="always", **_JIT)
+def fused_ok(bits: int, G: int, D: int) -> bool:
+    """Whether the fused row kernels cover this (width, group, head size)."""
+    if bits == 16:
+        return D % 32 == 0
+    return (G == 32 or G == 64 or G == 128) and D % G == 0
+
+
+@nb.njit(inline="always", **_JIT)
+def _rows(kind_qk: bool, bits: int, G: int, cp: int, cs: int, mp: int, ms: int, lp: int, zs: float,
+          yp: int, gqa: int, D: int, xp: int, xs: int, n: int) -> None:
+    """Dispatch to the fused row kernel of (kind, width, group); see ``_row_kernel``."""
+    z = np.float32(zs)
+    w = container(bits)
+    if kind_qk:
+        if w == 16:
+            _qk16(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+        elif w == 2:
+            if G == 32:
+                _qk2_32(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+            elif G == 64:
+                _qk2_64(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+            else:
+                _qk2_128(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+        elif w == 4:
+            if G == 32:
+                _qk4_32(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+            elif G == 64:
+                _qk4_64(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+            else:
+                _qk4_128(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+        else:
+            if G == 32:
+                _qk8_32(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+            elif G == 64:
+                _qk8_64(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+            else:
+                _qk8_128(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+    else:
+        if w == 16:
+            _pv16(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+        elif w == 2:
+            if G == 32:
+                _pv2_32(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+            elif G == 64:
+                _pv2_64(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+            else:
+                _pv2_128(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+        elif w == 4:
+            if G == 32:
+                _pv4_32(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+            elif G == 64:
+                _pv4_64(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+            else:
+                _pv4_128(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+        else:
+            if G == 32:
+                _pv8_32(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+            elif G == 64:
+                _pv8_64(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+            else:
+                _pv8_128(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
 
 
 @nb.njit(inline="always", **_JIT)
@@ -145,8 +285,6 @@ def _decode_groups(w: int, G: int, cp: int, mp: int, lp: int, zs: float, op: int
             _d2_32(cp, mp, lp, z, op, n)
         elif G == 64:
             _d2_64(cp, mp, lp, z, op, n)
-        elif G == 16:
-            _d2_16(cp, mp, lp, z, op, n)
         elif G == 128:
             _d2_128(cp, mp, lp, z, op, n)
         else:
@@ -213,7 +351,7 @@ def decode_rows(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, bits: int,
     if bits == 16:
         if D % 8 == 0:
             for r in range(n):
-                _deq_f16(codes.ctypes.data + (r0 + r) * codes.strides[0], o0 + 4 * r * D, D // 8)
+                _deq_f16(codes.ctypes.data + (r0 + r) * codes.strides[0], 0, 0, np.float32(0.0), o0 + 4 * r * D, D // 8)
             return
     elif D % G == 0:
         zs = np.float32((1 << bits) - 1) / np.float32(255.0)
@@ -237,7 +375,7 @@ def decode_half_rows(x: np.ndarray, r0: int, n: int, out: np.ndarray) -> None:
     D = x.shape[1]
     if D % 8 == 0 and x.strides[1] == 2:
         for r in range(n):
-            _deq_f16(x.ctypes.data + (r0 + r) * x.strides[0], out.ctypes.data + 4 * r * D, D // 8)
+            _deq_f16(x.ctypes.data + (r0 + r) * x.strides[0], 0, 0, np.float32(0.0), out.ctypes.data + 4 * r * D, D // 8)
         return
     for r in range(n):
         for d in range(D):
@@ -342,69 +480,112 @@ def attend_decode_q(
     use_logw = logw.shape[0] > 0
     use_acc = probs_acc.shape[0] > 0
     ph = 1 if kpos.shape[0] > 1 else 0  # pos row stride over KV heads
+    fk = gqa <= MAX_FUSED_GQA and _all_fused(k16, kc0, km0, kw0, kc1, km1, kw1, G, D)
+    fv = gqa <= MAX_FUSED_GQA and _all_fused(v16, vc0, vm0, vw0, vc1, vm1, vw1, G, Dv)
     tile = np.empty(TILE * max(D, Dv), np.float32)
     qh = np.empty((gqa, D), np.float32)
     acc = np.empty((gqa, Dv), np.float32)
-    m_run = np.empty(gqa, np.float32)
+    inv = np.empty(gqa, np.float32)
+    bias = np.empty(N, np.float32)
     for t in range(T):
         pq = qpos[t]
         for kh in range(n_kv):
             s = s_all[kh]
             prow = kh * ph
             for hh in range(gqa):
-                m_run[hh] = _NEG_INF
                 for d in range(D):
                     qh[hh, d] = q[t, kh * gqa + hh, d]
-            # ---- scores
-            for j0 in range(0, N, TILE):
-                n = min(TILE, N - j0)
-                _fill_tile(j0, n, F, C0, k16[kh], kc0[kh], km0[kh], klut0, kw0, kc1[kh], km1[kh], klut1, kw1, G, D, tile)
-                for r in range(n):
-                    j = j0 + r
-                    pk = kpos[prow, j]
-                    visible = pk >= 0 and pk <= pq and not (window > 0 and pq - pk >= window)
-                    lw = logw[kh, j] if use_logw else np.float32(0.0)
-                    for hh in range(gqa):
-                        a = np.float32(0.0)
-                        for d in range(D):
-                            a += qh[hh, d] * tile[r * D + d]
-                        a *= sc
-                        if softcap > 0:
-                            a = cap * np.tanh(a / cap)
-                        a = a + lw if visible else _NEG_INF
-                        s[hh, j] = a
-                        m_run[hh] = max(m_run[hh], a)
-            # ---- softmax
+            # ---- raw scores q . k
+            if fk:
+                _areas(True, kh, k16, kc0, km0, klut0, kw0, kc1, km1, klut1, kw1, G, D, qh, s_all, gqa)
+            else:
+                for j0 in range(0, N, TILE):
+                    n = min(TILE, N - j0)
+                    _fill_tile(j0, n, F, C0, k16[kh], kc0[kh], km0[kh], klut0, kw0, kc1[kh], km1[kh], klut1, kw1, G, D, tile)
+                    for r in range(n):
+                        for hh in range(gqa):
+                            a = np.float32(0.0)
+                            for d in range(D):
+                                a += qh[hh, d] * tile[r * D + d]
+                            s[hh, j0 + r] = a
+            # ---- logits, masks, softmax (probabilities left unnormalised: out is scaled by 1/sum at the end)
+            for j in range(N):  # additive bias per slot: merge log-weight, or the mask
+                pk = kpos[prow, j]
+                visible = pk >= 0 and pk <= pq and not (window > 0 and pq - pk >= window)
+                lw = logw[kh, j] if use_logw else np.float32(0.0)
+                bias[j] = lw if visible else _NEG_INF
             for hh in range(gqa):
+                mh = _NEG_INF
+                if softcap > 0:
+                    for j in range(N):
+                        a = cap * np.tanh(s[hh, j] * sc / cap) + bias[j]
+                        s[hh, j] = a
+                        mh = max(mh, a)
+                else:
+                    for j in range(N):
+                        a = s[hh, j] * sc + bias[j]
+                        s[hh, j] = a
+                        mh = max(mh, a)
                 tot = np.float32(0.0)
-                mh = m_run[hh]
                 for j in range(N):
                     e = np.exp(s[hh, j] - mh)  # exactly 0 for masked slots
                     s[hh, j] = e
                     tot += e
-                inv = np.float32(1.0) / tot if mh > _NEG_INF else np.float32(0.0)
-                for j in range(N):
-                    s[hh, j] *= inv
+                inv[hh] = np.float32(1.0) / tot if mh > np.float32(0.5) * _NEG_INF else np.float32(0.0)
                 for d in range(Dv):
                     acc[hh, d] = 0.0
             if use_acc:
                 for j in range(N):
                     a = np.float32(0.0)
                     for hh in range(gqa):
-                        a += s[hh, j]
+                        a += s[hh, j] * inv[hh]
                     probs_acc[kh, j] += a
             # ---- values
-            for j0 in range(0, N, TILE):
-                n = min(TILE, N - j0)
-                _fill_tile(j0, n, F, C0, v16[kh], vc0[kh], vm0[kh], vlut0, vw0, vc1[kh], vm1[kh], vlut1, vw1, G, Dv, tile)
-                for r in range(n):
-                    for hh in range(gqa):
-                        p = s[hh, j0 + r]
-                        for d in range(Dv):
-                            acc[hh, d] += p * tile[r * Dv + d]
+            if fv:
+                _areas(False, kh, v16, vc0, vm0, vlut0, vw0, vc1, vm1, vlut1, vw1, G, Dv, acc, s_all, gqa)
+            else:
+                for j0 in range(0, N, TILE):
+                    n = min(TILE, N - j0)
+                    _fill_tile(j0, n, F, C0, v16[kh], vc0[kh], vm0[kh], vlut0, vw0, vc1[kh], vm1[kh], vlut1, vw1, G, Dv, tile)
+                    for r in range(n):
+                        for hh in range(gqa):
+                            p = s[hh, j0 + r]
+                            for d in range(Dv):
+                                acc[hh, d] += p * tile[r * Dv + d]
             for hh in range(gqa):
                 for d in range(Dv):
-                    out[t, kh * gqa + hh, d] = acc[hh, d]
+                    out[t, kh * gqa + hh, d] = acc[hh, d] * inv[hh]
+
+
+@nb.njit(inline="always", **_JIT)
+def _all_fused(x16: np.ndarray, c0: np.ndarray, m0: np.ndarray, w0: int, c1: np.ndarray, m1: np.ndarray, w1: int, G: int, D: int) -> bool:
+    """Whether every area of K (or V) can go through the fused row kernels (unit inner strides, covered widths)."""
+    ok = fused_ok(16, G, D) and x16.strides[2] == 2
+    for c, m, w in ((c0, m0, w0), (c1, m1, w1)):
+        if c.shape[1] > 0:
+            ok = ok and fused_ok(w, G, D) and c.strides[2] == 1 and (w == 16 or (m.strides[3] == 1 and m.strides[2] == 2))
+    return ok
+
+
+@nb.njit(inline="always", **_JIT)
+def _areas(kind_qk: bool, kh: int, x16: np.ndarray, c0: np.ndarray, m0: np.ndarray, lut0: np.ndarray, w0: int,
+           c1: np.ndarray, m1: np.ndarray, lut1: np.ndarray, w1: int, G: int, D: int, y: np.ndarray, s_all: np.ndarray, gqa: int) -> None:
+    """One KV head's three areas through the fused row kernels: scores into ``s_all[kh]`` (qk) or values into ``y`` (pv)."""
+    F = x16.shape[1]
+    C0 = c0.shape[1]
+    xs = s_all.strides[1] // 4
+    xp = s_all.ctypes.data + kh * s_all.strides[0]
+    yp = y.ctypes.data
+    if F > 0:
+        _rows(kind_qk, 16, G, x16.ctypes.data + kh * x16.strides[0], x16.strides[1], 0, 0, 0, 0.0, yp, gqa, D, xp, xs, F)
+    if C0 > 0:
+        zs = np.float32((1 << w0) - 1) / np.float32(255.0)
+        _rows(kind_qk, w0, G, c0.ctypes.data + kh * c0.strides[0], c0.strides[1], m0.ctypes.data + kh * m0.strides[0], m0.strides[1],
+              lut0.ctypes.data, zs, yp, gqa, D, xp + 4 * F, xs, C0)
+    if c1.shape[1] > 0:
+        zs = np.float32((1 << w1) - 1) / np.float32(255.0)
+        _rows(kind_qk, w1, G, c1.ctypes.data + kh * c1.strides[0], c1.strides[1], m1.ctypes.data + kh * m1.strides[0], m1.strides[1],
+              lut1.ctypes.data, zs, yp, gqa, D, xp + 4 * (F + C0), xs, c1.shape[1])
 
 
 @nb.njit(**_JIT)

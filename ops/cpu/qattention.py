@@ -25,12 +25,14 @@ shift-and-mask.  A value is ``x = s * c + m`` with ``s = lut[scale code]``
 4-bit containers): asymmetric integer quantization whose
 zero point has 8 fractional bits of resolution.
 
-Decode reads the cache in place: each visible row is unpacked and scaled
-once (``s_g c_d + m_g``, a unit-stride loop specialised per width) into a
-``D``-float scratch that stays in L1, and dotted with every query head of the
-GQA group; values likewise.  So each byte of the cache is read once per step
-and no float copy of the cache is ever made (prefill, compute-bound, may
-dequantize into a per-call scratch and use BLAS).
+Decode reads the cache in place: fused row kernels (LLVM vector IR, one per
+width and group) decode each row into registers and dot it with every query
+head of its GQA group (keys) or add it, weighted, to their accumulators
+(values).  So each byte of the cache is read once per query, no float copy of
+the cache is ever made, and the unpacking is shared by the group's heads.
+Geometries the fused kernels do not cover take a tile-at-a-time path (rows
+decoded into an L1-resident scratch).  Prefill, compute-bound, may
+dequantize into a per-call scratch and use BLAS.
 """
 
 from __future__ import annotations
@@ -412,7 +414,7 @@ def _fill_tile(j0: int, n: int, F: int, C0: int, x16: np.ndarray, c0: np.ndarray
         j = e
 
 
-@nb.njit(**_JIT)
+@nb.njit(parallel=True, **_JIT)
 def attend_decode_q(
     q: np.ndarray,
     qpos: np.ndarray,
@@ -460,8 +462,10 @@ def attend_decode_q(
     Slots are decoded ``TILE`` rows at a time into an L1-resident float
     scratch (vector decoders, one per width) and each row is dotted with every
     query head of its GQA group, so every byte of the cache is read once per
-    query and no float copy of the cache is ever made.  (A parallel loop over
-    KV heads measured slower with Numba's threads on 2 vCPUs.)
+    query and no float copy of the cache is ever made.  KV heads run in
+    parallel (``prange``; each has its own scratch): SmolLM2's 3 KV heads at
+    4096 slots, 2 threads, 2-bit: 0.50 -> 0.34 ms a layer-step (fp16 ring,
+    serial: 0.43 ms).
 
     s_all: [n_kv, gqa, N] float32 scratch.  probs_acc: [n_kv, N] float32
     receives the softmax probabilities summed over each KV head's query heads
@@ -482,14 +486,14 @@ def attend_decode_q(
     ph = 1 if kpos.shape[0] > 1 else 0  # pos row stride over KV heads
     fk = gqa <= MAX_FUSED_GQA and _all_fused(k16, kc0, km0, kw0, kc1, km1, kw1, G, D)
     fv = gqa <= MAX_FUSED_GQA and _all_fused(v16, vc0, vm0, vw0, vc1, vm1, vw1, G, Dv)
-    tile = np.empty(TILE * max(D, Dv), np.float32)
-    qh = np.empty((gqa, D), np.float32)
-    acc = np.empty((gqa, Dv), np.float32)
-    inv = np.empty(gqa, np.float32)
-    bias = np.empty(N, np.float32)
     for t in range(T):
         pq = qpos[t]
-        for kh in range(n_kv):
+        for kh in nb.prange(n_kv):
+            tile = np.empty(TILE * max(D, Dv), np.float32)
+            qh = np.empty((gqa, D), np.float32)
+            acc = np.empty((gqa, Dv), np.float32)
+            inv = np.empty(gqa, np.float32)
+            bias = np.empty(N, np.float32)
             s = s_all[kh]
             prow = kh * ph
             for hh in range(gqa):

@@ -112,58 +112,67 @@ def _vptr(b: ir.IRBuilder, fp, idx) -> ir.Value:
     return b.bitcast(b.gep(fp, [idx]), V(LF32, 8).as_pointer())
 
 
-_ROWS_SIG = types.void(*([types.int64] * 5 + [types.float32] + [types.int64] * 6))
+_ROWS_SIG = types.void(*([types.int64] * 6 + [types.float32] + [types.int64] * 6))
 
 
-def _row_kernel(w: int, G: int, kind: str):
+def _row_kernel(w: int, G: int):
     """An intrinsic that decodes ``n`` rows of a pool in registers and, per row, either
 
-    * ``kind="qk"``: dots them with ``gqa`` query heads: ``x[hh * xs + r] = q_hh . row_r``
-      (``x`` = scores, ``q``: [gqa, D] float32), or
-    * ``kind="pv"``: adds them to ``gqa`` accumulators: ``acc_hh += x[hh * xs + r] row_r``
-      (``x`` = probabilities, ``acc``: [gqa, D] float32).
+    * ``qk != 0``: dots them with ``gqa`` query heads: ``x[hh * xs + r] = q_hh . row_r``
+      (``x`` = scores, ``y`` = q: [gqa, D] float32), or
+    * ``qk == 0``: adds them to ``gqa`` accumulators: ``acc_hh += x[hh * xs + r] row_r``
+      (``x`` = probabilities, ``y`` = acc: [gqa, D] float32).
 
-    Arguments (int64 unless said): codes, row stride of codes (bytes), meta,
-    row stride of meta, lut, zs (float32), q-or-acc, gqa, D, x, x stride
+    Arguments (int64 unless said): qk, codes, row stride of codes (bytes),
+    meta, row stride of meta, lut, zs (float32), y, gqa, D, x, x stride
     (floats), n.  Each row's bytes are read once and never stored as floats.
     """
+
     def codegen(context, builder, sig, args):
         g, b = _G(builder), builder
-        cp, cs, mp, ms, lp, zs, yp, gqa, D, xp, xs, n = args
+        qk, cp, cs, mp, ms, lp, zs, yp, gqa, D, xp, xs, n = args
         lpp, ypp, xpp = _fptr(b, lp), _fptr(b, yp), _fptr(b, xp)
         n_groups = b.udiv(D, _i64(G))
         zero = ir.Constant(V(LF32, 8), [ir.Constant(LF32, 0.0)] * 8)
-        with cgutils.for_range(b, n) as rl:
-            r = rl.index
-            rc = g.addr(b.add(cp, b.mul(r, cs)))
-            rm = g.addr(b.add(mp, b.mul(r, ms)))
-            if kind == "qk":
-                with cgutils.for_range(b, gqa) as hl:
-                    b.store(ir.Constant(LF32, 0.0), b.gep(xpp, [b.add(b.mul(hl.index, xs), r)]))
-            with cgutils.for_range(b, n_groups) as gl:
-                gi = gl.index
-                vecs = _emit_group(g, w, G, rc, rm, lpp, zs, gi)
-                with cgutils.for_range(b, gqa) as hl:
-                    hh = hl.index
-                    off = b.add(b.mul(hh, D), b.mul(gi, _i64(G)))  # float index of this group in q / acc row hh
-                    if kind == "qk":
-                        a0 = a1 = zero
-                        for k, v in enumerate(vecs):  # two chains: half the FMA latency
-                            qv = b.load(_vptr(b, ypp, b.add(off, _i64(8 * k))), align=4)
-                            if k % 2 == 0:
-                                a0 = g.fma(v, qv, a0)
-                            else:
-                                a1 = g.fma(v, qv, a1)
-                        sp = b.gep(xpp, [b.add(b.mul(hh, xs), r)])
-                        b.store(b.fadd(b.load(sp), g.hsum(b.fadd(a0, a1))), sp)
-                    else:
-                        pv = g.splat(b.load(b.gep(xpp, [b.add(b.mul(hh, xs), r)])))
-                        for k, v in enumerate(vecs):
-                            ap = _vptr(b, ypp, b.add(off, _i64(8 * k)))
-                            b.store(g.fma(pv, v, b.load(ap, align=4)), ap, align=4)
+
+        def rows(dot: bool) -> None:
+            with cgutils.for_range(b, n) as rl:
+                r = rl.index
+                rc = g.addr(b.add(cp, b.mul(r, cs)))
+                rm = g.addr(b.add(mp, b.mul(r, ms)))
+                if dot:
+                    with cgutils.for_range(b, gqa) as hl:
+                        b.store(ir.Constant(LF32, 0.0), b.gep(xpp, [b.add(b.mul(hl.index, xs), r)]))
+                with cgutils.for_range(b, n_groups) as gl:
+                    gi = gl.index
+                    vecs = _emit_group(g, w, G, rc, rm, lpp, zs, gi)
+                    with cgutils.for_range(b, gqa) as hl:
+                        hh = hl.index
+                        off = b.add(b.mul(hh, D), b.mul(gi, _i64(G)))  # float index of this group in q / acc row hh
+                        xh = b.gep(xpp, [b.add(b.mul(hh, xs), r)])
+                        if dot:
+                            a0 = a1 = zero
+                            for k, v in enumerate(vecs):  # two chains: half the FMA latency
+                                qv = b.load(_vptr(b, ypp, b.add(off, _i64(8 * k))), align=4)
+                                if k % 2 == 0:
+                                    a0 = g.fma(v, qv, a0)
+                                else:
+                                    a1 = g.fma(v, qv, a1)
+                            b.store(b.fadd(b.load(xh), g.hsum(b.fadd(a0, a1))), xh)
+                        else:
+                            pv = g.splat(b.load(xh))
+                            for k, v in enumerate(vecs):
+                                ap = _vptr(b, ypp, b.add(off, _i64(8 * k)))
+                                b.store(g.fma(pv, v, b.load(ap, align=4)), ap, align=4)
+
+        with b.if_else(b.icmp_unsigned("!=", qk, _i64(0))) as (then, otherwise):
+            with then:
+                rows(True)
+            with otherwise:
+                rows(False)
         return context.get_dummy_value()
 
-    def typer(typingctx, cp, cs, mp, ms, lp, zs, yp, gqa, D, xp, xs, n):  # noqa: ARG001
+    def typer(typingctx, qk, cp, cs, mp, ms, lp, zs, yp, gqa, D, xp, xs, n):  # noqa: ARG001
         return _ROWS_SIG, codegen
 
     return intrinsic(typer)
@@ -205,13 +214,10 @@ _d4_16, _d4_32, _d4_64, _d4_128 = (_group_decoder(4, G) for G in (16, 32, 64, 12
 _d8_16, _d8_32, _d8_64, _d8_128 = (_group_decoder(8, G) for G in (16, 32, 64, 128))
 # fused decode-and-dot / decode-and-accumulate, per (container bits, group);
 # 16 bits (float16 rows) read in chunks of 32
-_qk16, _pv16 = _row_kernel(16, 32, "qk"), _row_kernel(16, 32, "pv")
-_qk2_32, _qk2_64, _qk2_128 = (_row_kernel(2, G, "qk") for G in (32, 64, 128))
-_qk4_32, _qk4_64, _qk4_128 = (_row_kernel(4, G, "qk") for G in (32, 64, 128))
-_qk8_32, _qk8_64, _qk8_128 = (_row_kernel(8, G, "qk") for G in (32, 64, 128))
-_pv2_32, _pv2_64, _pv2_128 = (_row_kernel(2, G, "pv") for G in (32, 64, 128))
-_pv4_32, _pv4_64, _pv4_128 = (_row_kernel(4, G, "pv") for G in (32, 64, 128))
-_pv8_32, _pv8_64, _pv8_128 = (_row_kernel(8, G, "pv") for G in (32, 64, 128))
+_rk16 = _row_kernel(16, 32)
+_rk2_32, _rk2_64, _rk2_128 = (_row_kernel(2, G) for G in (32, 64, 128))
+_rk4_32, _rk4_64, _rk4_128 = (_row_kernel(4, G) for G in (32, 64, 128))
+_rk8_32, _rk8_64, _rk8_128 = (_row_kernel(8, G) for G in (32, 64, 128))
 
 
 @nb.njit(inline="always", **_JIT)
@@ -225,57 +231,33 @@ def fused_ok(bits: int, G: int, D: int) -> bool:
 @nb.njit(inline="always", **_JIT)
 def _rows(kind_qk: bool, bits: int, G: int, cp: int, cs: int, mp: int, ms: int, lp: int, zs: float,
           yp: int, gqa: int, D: int, xp: int, xs: int, n: int) -> None:
-    """Dispatch to the fused row kernel of (kind, width, group); see ``_row_kernel``."""
+    """Dispatch to the fused row kernel of (width, group); see ``_row_kernel``."""
     z = np.float32(zs)
     w = container(bits)
-    if kind_qk:
-        if w == 16:
-            _qk16(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
-        elif w == 2:
-            if G == 32:
-                _qk2_32(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
-            elif G == 64:
-                _qk2_64(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
-            else:
-                _qk2_128(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
-        elif w == 4:
-            if G == 32:
-                _qk4_32(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
-            elif G == 64:
-                _qk4_64(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
-            else:
-                _qk4_128(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+    k = 1 if kind_qk else 0
+    if w == 16:
+        _rk16(k, cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+    elif w == 2:
+        if G == 32:
+            _rk2_32(k, cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+        elif G == 64:
+            _rk2_64(k, cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
         else:
-            if G == 32:
-                _qk8_32(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
-            elif G == 64:
-                _qk8_64(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
-            else:
-                _qk8_128(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+            _rk2_128(k, cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+    elif w == 4:
+        if G == 32:
+            _rk4_32(k, cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+        elif G == 64:
+            _rk4_64(k, cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+        else:
+            _rk4_128(k, cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
     else:
-        if w == 16:
-            _pv16(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
-        elif w == 2:
-            if G == 32:
-                _pv2_32(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
-            elif G == 64:
-                _pv2_64(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
-            else:
-                _pv2_128(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
-        elif w == 4:
-            if G == 32:
-                _pv4_32(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
-            elif G == 64:
-                _pv4_64(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
-            else:
-                _pv4_128(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+        if G == 32:
+            _rk8_32(k, cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+        elif G == 64:
+            _rk8_64(k, cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
         else:
-            if G == 32:
-                _pv8_32(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
-            elif G == 64:
-                _pv8_64(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
-            else:
-                _pv8_128(cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+            _rk8_128(k, cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
 
 
 @nb.njit(inline="always", **_JIT)

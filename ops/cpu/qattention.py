@@ -50,7 +50,6 @@ from .qmatmul import LF16, LF32, LI8, LI16, LI32, LI64, V, _G
 _JIT = dict(cache=True, fastmath=True, nogil=True)
 _NEG_INF = np.float32(-1e30)  # masked logit: finite, so exp() needs no branch (and fastmath stays valid)
 TILE = 64  # rows dequantized at a time into an L1-resident float scratch
-MAX_FUSED_GQA = 32  # query heads per KV head the fused row kernels keep accumulators for
 
 
 @nb.njit(inline="always", **_JIT)
@@ -466,8 +465,8 @@ def attend_decode_q(
     use_logw = logw.shape[0] > 0
     use_acc = probs_acc.shape[0] > 0
     ph = 1 if kpos.shape[0] > 1 else 0  # pos row stride over KV heads
-    fk = gqa <= MAX_FUSED_GQA and _all_fused(k16, kc0, km0, kw0, kc1, km1, kw1, G, D)
-    fv = gqa <= MAX_FUSED_GQA and _all_fused(v16, vc0, vm0, vw0, vc1, vm1, vw1, G, Dv)
+    fk = _all_fused(k16, kc0, km0, kw0, kc1, km1, kw1, G, D)
+    fv = _all_fused(v16, vc0, vm0, vw0, vc1, vm1, vw1, G, Dv)
     for t in range(T):
         pq = qpos[t]
         for kh in nb.prange(n_kv):

@@ -50,6 +50,7 @@ from .qmatmul import LF16, LF32, LI8, LI16, LI32, LI64, V, _G
 _JIT = dict(cache=True, fastmath=True, nogil=True)
 _NEG_INF = np.float32(-1e30)  # masked logit: finite, so exp() needs no branch (and fastmath stays valid)
 TILE = 64  # rows dequantized at a time into an L1-resident float scratch
+STORE, DOT, ADD = 0, 1, 2  # modes of the fused row kernels (see ``_row_kernel``)
 
 
 @nb.njit(inline="always", **_JIT)
@@ -117,28 +118,38 @@ _ROWS_SIG = types.void(*([types.int64] * 6 + [types.float32] + [types.int64] * 6
 def _row_kernel(w: int, G: int):
     """An intrinsic that decodes ``n`` rows of a pool in registers and, per row, either
 
-    * ``qk != 0``: dots them with ``gqa`` query heads: ``x[hh * xs + r] = q_hh . row_r``
-      (``x`` = scores, ``y`` = q: [gqa, D] float32), or
-    * ``qk == 0``: adds them to ``gqa`` accumulators: ``acc_hh += x[hh * xs + r] row_r``
-      (``x`` = probabilities, ``y`` = acc: [gqa, D] float32).
+    * ``mode == DOT``: dots them with ``gqa`` query heads: ``x[hh * xs + r] = q_hh . row_r``
+      (``x`` = scores, ``y`` = q: [gqa, D] float32),
+    * ``mode == ADD``: adds them to ``gqa`` accumulators: ``acc_hh += x[hh * xs + r] row_r``
+      (``x`` = probabilities, ``y`` = acc: [gqa, D] float32), or
+    * ``mode == STORE``: stores them as floats, ``y[r D : (r+1) D] = row_r``
+      (prefill scratch, merging, the tile path; ``gqa``, ``x``, ``xs`` unused).
 
-    Arguments (int64 unless said): qk, codes, row stride of codes (bytes),
+    Arguments (int64 unless said): mode, codes, row stride of codes (bytes),
     meta, row stride of meta, lut, zs (float32), y, gqa, D, x, x stride
     (floats), n.  Each row's bytes are read once and never stored as floats.
     """
 
     def codegen(context, builder, sig, args):
         g, b = _G(builder), builder
-        qk, cp, cs, mp, ms, lp, zs, yp, gqa, D, xp, xs, n = args
+        mode, cp, cs, mp, ms, lp, zs, yp, gqa, D, xp, xs, n = args
         lpp, ypp, xpp = _fptr(b, lp), _fptr(b, yp), _fptr(b, xp)
         n_groups = b.udiv(D, _i64(G))
         zero = ir.Constant(V(LF32, 8), [ir.Constant(LF32, 0.0)] * 8)
 
-        def rows(dot: bool) -> None:
+        def rows(mode: int) -> None:
+            dot = mode == DOT
             with cgutils.for_range(b, n) as rl:
                 r = rl.index
                 rc = g.addr(b.add(cp, b.mul(r, cs)))
                 rm = g.addr(b.add(mp, b.mul(r, ms)))
+                if mode == STORE:
+                    with cgutils.for_range(b, n_groups) as gl:
+                        gi = gl.index
+                        o = b.add(b.mul(r, D), b.mul(gi, _i64(G)))
+                        for k, v in enumerate(_emit_group(g, w, G, rc, rm, lpp, zs, gi)):
+                            b.store(v, _vptr(b, ypp, b.add(o, _i64(8 * k))), align=4)
+                    return
                 if dot:
                     with cgutils.for_range(b, gqa) as hl:
                         b.store(ir.Constant(LF32, 0.0), b.gep(xpp, [b.add(b.mul(hl.index, xs), r)]))
@@ -164,54 +175,24 @@ def _row_kernel(w: int, G: int):
                                 ap = _vptr(b, ypp, b.add(off, _i64(8 * k)))
                                 b.store(g.fma(pv, v, b.load(ap, align=4)), ap, align=4)
 
-        with b.if_else(b.icmp_unsigned("!=", qk, _i64(0))) as (then, otherwise):
+        with b.if_else(b.icmp_unsigned("==", mode, _i64(STORE))) as (then, otherwise):
             with then:
-                rows(True)
+                rows(STORE)
             with otherwise:
-                rows(False)
+                with b.if_else(b.icmp_unsigned("==", mode, _i64(DOT))) as (t2, o2):
+                    with t2:
+                        rows(DOT)
+                    with o2:
+                        rows(ADD)
         return context.get_dummy_value()
 
-    def typer(typingctx, qk, cp, cs, mp, ms, lp, zs, yp, gqa, D, xp, xs, n):  # noqa: ARG001
+    def typer(typingctx, mode, cp, cs, mp, ms, lp, zs, yp, gqa, D, xp, xs, n):  # noqa: ARG001
         return _ROWS_SIG, codegen
 
     return intrinsic(typer)
 
 
-_DEQ_SIG = types.void(types.int64, types.int64, types.int64, types.float32, types.int64, types.int64)
-
-
-def _group_decoder(w: int, G: int):
-    """An intrinsic ``(codes, meta, lut, zs, out, n)``: ``n`` consecutive groups of ``G`` codes of ``w`` bits.
-
-    Addresses (int64): ``codes`` uint8 (``G w / 8`` bytes a group,
-    group-planar), ``meta`` uint8 pairs (scale code, zero code), ``lut``
-    float32[256], ``out`` float32 (``G`` a group).  ``zs``: zero-code step.
-    Writes ``out[g G + i] = s_g c_i - s_g z_g`` (see the module docstring).
-    """
-
-    def codegen(context, builder, sig, args):
-        g, b = _G(builder), builder
-        cp, mp, lp, zs, op, n = args
-        lpp, opp = _fptr(b, lp), _fptr(b, op)
-        with cgutils.for_range(b, n) as loop:
-            i = loop.index
-            for k, v in enumerate(_emit_group(g, w, G, g.addr(cp), g.addr(mp), lpp, zs, i)):
-                b.store(v, _vptr(b, opp, b.add(b.mul(i, _i64(G)), _i64(8 * k))), align=4)
-        return context.get_dummy_value()
-
-    def typer(typingctx, cp, mp, lp, zs, op, n):  # noqa: ARG001
-        return _DEQ_SIG, codegen
-
-    return intrinsic(typer)
-
-
-_deq_f16 = _group_decoder(16, 8)  # (codes, -, -, -, out, n): 8 n float16 values
-# one decoder per (container bits, group) with whole 8-byte chunks per plane;
-# other groups take the plain loop in ``dequant_row``
-_d2_32, _d2_64, _d2_128 = (_group_decoder(2, G) for G in (32, 64, 128))
-_d4_16, _d4_32, _d4_64, _d4_128 = (_group_decoder(4, G) for G in (16, 32, 64, 128))
-_d8_16, _d8_32, _d8_64, _d8_128 = (_group_decoder(8, G) for G in (16, 32, 64, 128))
-# fused decode-and-dot / decode-and-accumulate, per (container bits, group);
+# fused row kernels (decode-and-dot / decode-and-accumulate / decode-and-store), per (container bits, group);
 # 16 bits (float16 rows) read in chunks of 32
 _rk16 = _row_kernel(16, 32)
 _rk2_32, _rk2_64, _rk2_128 = (_row_kernel(2, G) for G in (32, 64, 128))
@@ -228,12 +209,12 @@ def fused_ok(bits: int, G: int, D: int) -> bool:
 
 
 @nb.njit(inline="always", **_JIT)
-def _rows(kind_qk: bool, bits: int, G: int, cp: int, cs: int, mp: int, ms: int, lp: int, zs: float,
+def _rows(mode: int, bits: int, G: int, cp: int, cs: int, mp: int, ms: int, lp: int, zs: float,
           yp: int, gqa: int, D: int, xp: int, xs: int, n: int) -> None:
     """Dispatch to the fused row kernel of (width, group); see ``_row_kernel``."""
     z = np.float32(zs)
     w = container(bits)
-    k = 1 if kind_qk else 0
+    k = mode
     if w == 16:
         _rk16(k, cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
     elif w == 2:
@@ -257,46 +238,6 @@ def _rows(kind_qk: bool, bits: int, G: int, cp: int, cs: int, mp: int, ms: int, 
             _rk8_64(k, cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
         else:
             _rk8_128(k, cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
-
-
-@nb.njit(inline="always", **_JIT)
-def _decode_groups(w: int, G: int, cp: int, mp: int, lp: int, zs: float, op: int, n: int) -> bool:
-    """Run the vector decoder for (w, G) if there is one; False when there is not."""
-    z = np.float32(zs)
-    if w == 2:
-        if G == 32:
-            _d2_32(cp, mp, lp, z, op, n)
-        elif G == 64:
-            _d2_64(cp, mp, lp, z, op, n)
-        elif G == 128:
-            _d2_128(cp, mp, lp, z, op, n)
-        else:
-            return False
-    elif w == 4:
-        if G == 32:
-            _d4_32(cp, mp, lp, z, op, n)
-        elif G == 64:
-            _d4_64(cp, mp, lp, z, op, n)
-        elif G == 16:
-            _d4_16(cp, mp, lp, z, op, n)
-        elif G == 128:
-            _d4_128(cp, mp, lp, z, op, n)
-        else:
-            return False
-    elif w == 8:
-        if G == 32:
-            _d8_32(cp, mp, lp, z, op, n)
-        elif G == 64:
-            _d8_64(cp, mp, lp, z, op, n)
-        elif G == 16:
-            _d8_16(cp, mp, lp, z, op, n)
-        elif G == 128:
-            _d8_128(cp, mp, lp, z, op, n)
-        else:
-            return False
-    else:
-        return False
-    return True
 
 
 @nb.njit(inline="always", **_JIT)
@@ -330,24 +271,11 @@ def decode_rows(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, bits: int,
     lut: [256] float32; out: flat float32.  Each row must be contiguous.
     """
     D = codes.shape[1] * 8 // container(bits)
-    o0 = out.ctypes.data
-    if bits == 16:
-        if D % 8 == 0:
-            for r in range(n):
-                _deq_f16(codes.ctypes.data + (r0 + r) * codes.strides[0], 0, 0, np.float32(0.0), o0 + 4 * r * D, D // 8)
-            return
-    elif D % G == 0:
-        zs = np.float32((1 << bits) - 1) / np.float32(255.0)
-        w = container(bits)
-        ok = True
-        for r in range(n):
-            cp = codes.ctypes.data + (r0 + r) * codes.strides[0]
-            mp = meta.ctypes.data + (r0 + r) * meta.strides[0]
-            ok = _decode_groups(w, G, cp, mp, lut.ctypes.data, zs, o0 + 4 * r * D, D // G)
-            if not ok:
-                break
-        if ok:
-            return
+    if fused_ok(bits, G, D) and codes.strides[1] == 1 and (bits == 16 or (meta.strides[2] == 1 and meta.strides[1] == 2)):
+        zs = np.float32((1 << bits) - 1) / np.float32(255.0) if bits < 16 else np.float32(0.0)
+        _rows(STORE, bits, G, codes.ctypes.data + r0 * codes.strides[0], codes.strides[0],
+              meta.ctypes.data + r0 * meta.strides[0], meta.strides[0], lut.ctypes.data, zs, out.ctypes.data, 1, D, 0, 0, n)
+        return
     for r in range(n):
         dequant_row(codes[r0 + r], meta[r0 + r], lut, bits, G, out[r * D : (r + 1) * D])
 
@@ -356,9 +284,8 @@ def decode_rows(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, bits: int,
 def decode_half_rows(x: np.ndarray, r0: int, n: int, out: np.ndarray) -> None:
     """Rows ``r0 .. r0+n`` of a [R, D] uint16 (float16 bits) array into ``out[:n*D]``."""
     D = x.shape[1]
-    if D % 8 == 0 and x.strides[1] == 2:
-        for r in range(n):
-            _deq_f16(x.ctypes.data + (r0 + r) * x.strides[0], 0, 0, np.float32(0.0), out.ctypes.data + 4 * r * D, D // 8)
+    if fused_ok(16, 32, D) and x.strides[1] == 2:
+        _rows(STORE, 16, 32, x.ctypes.data + r0 * x.strides[0], x.strides[0], 0, 0, 0, 0.0, out.ctypes.data, 1, D, 0, 0, n)
         return
     for r in range(n):
         for d in range(D):
@@ -482,7 +409,7 @@ def attend_decode_q(
                     qh[hh, d] = q[t, kh * gqa + hh, d]
             # ---- raw scores q . k
             if fk:
-                _areas(True, kh, k16, kc0, km0, klut0, kw0, kc1, km1, klut1, kw1, G, D, qh, s_all, gqa)
+                _areas(DOT, kh, k16, kc0, km0, klut0, kw0, kc1, km1, klut1, kw1, G, D, qh, s_all, gqa)
             else:
                 for j0 in range(0, N, TILE):
                     n = min(TILE, N - j0)
@@ -527,7 +454,7 @@ def attend_decode_q(
                     probs_acc[kh, j] += a
             # ---- values
             if fv:
-                _areas(False, kh, v16, vc0, vm0, vlut0, vw0, vc1, vm1, vlut1, vw1, G, Dv, acc, s_all, gqa)
+                _areas(ADD, kh, v16, vc0, vm0, vlut0, vw0, vc1, vm1, vlut1, vw1, G, Dv, acc, s_all, gqa)
             else:
                 for j0 in range(0, N, TILE):
                     n = min(TILE, N - j0)
@@ -553,7 +480,7 @@ def _all_fused(x16: np.ndarray, c0: np.ndarray, m0: np.ndarray, w0: int, c1: np.
 
 
 @nb.njit(inline="always", **_JIT)
-def _areas(kind_qk: bool, kh: int, x16: np.ndarray, c0: np.ndarray, m0: np.ndarray, lut0: np.ndarray, w0: int,
+def _areas(mode: int, kh: int, x16: np.ndarray, c0: np.ndarray, m0: np.ndarray, lut0: np.ndarray, w0: int,
            c1: np.ndarray, m1: np.ndarray, lut1: np.ndarray, w1: int, G: int, D: int, y: np.ndarray, s_all: np.ndarray, gqa: int) -> None:
     """One KV head's three areas through the fused row kernels: scores into ``s_all[kh]`` (qk) or values into ``y`` (pv)."""
     F = x16.shape[1]
@@ -562,14 +489,14 @@ def _areas(kind_qk: bool, kh: int, x16: np.ndarray, c0: np.ndarray, m0: np.ndarr
     xp = s_all.ctypes.data + kh * s_all.strides[0]
     yp = y.ctypes.data
     if F > 0:
-        _rows(kind_qk, 16, G, x16.ctypes.data + kh * x16.strides[0], x16.strides[1], 0, 0, 0, 0.0, yp, gqa, D, xp, xs, F)
+        _rows(mode, 16, G, x16.ctypes.data + kh * x16.strides[0], x16.strides[1], 0, 0, 0, 0.0, yp, gqa, D, xp, xs, F)
     if C0 > 0:
         zs = np.float32((1 << w0) - 1) / np.float32(255.0)
-        _rows(kind_qk, w0, G, c0.ctypes.data + kh * c0.strides[0], c0.strides[1], m0.ctypes.data + kh * m0.strides[0], m0.strides[1],
+        _rows(mode, w0, G, c0.ctypes.data + kh * c0.strides[0], c0.strides[1], m0.ctypes.data + kh * m0.strides[0], m0.strides[1],
               lut0.ctypes.data, zs, yp, gqa, D, xp + 4 * F, xs, C0)
     if c1.shape[1] > 0:
         zs = np.float32((1 << w1) - 1) / np.float32(255.0)
-        _rows(kind_qk, w1, G, c1.ctypes.data + kh * c1.strides[0], c1.strides[1], m1.ctypes.data + kh * m1.strides[0], m1.strides[1],
+        _rows(mode, w1, G, c1.ctypes.data + kh * c1.strides[0], c1.strides[1], m1.ctypes.data + kh * m1.strides[0], m1.strides[1],
               lut1.ctypes.data, zs, yp, gqa, D, xp + 4 * (F + C0), xs, c1.shape[1])
 
 

@@ -56,8 +56,9 @@ from .kvconfig import KVConfig
 from .keybasis import KeyBasis
 from .merge import make_merger
 from .policies import make_policy
+from .insert import decode_push, fwht_rows
 from .pool import Pool
-from .quant import hadamard
+from .quant import CLIPS, hadamard
 
 _EMPTY2 = np.zeros((0, 0), np.float32)
 MAX_DECODE_T = 4  # chunks up to this size use the decode kernel
@@ -127,8 +128,13 @@ class CompressedLayerCache(LayerCache):
         self._free = [np.full(self.P, c, np.int64) for c in caps]  # free slots per pool and pos row
 
     # ------------------------------------------------------------ protocol
+    FAST_DECODE = True  # steady-state decode steps in one Numba call (the GPU mirror tracks each write instead)
+
     def update_and_attend(self, q, k, v, pos, out) -> None:
         T = q.shape[0]
+        if T == 1 and self._fast_decode_ready(int(pos[0])):
+            self._decode_fast(q, k, v, pos, out)
+            return
         if self.basis.wants_queries:
             self.basis.observe(q)
         k = np.ascontiguousarray(k, np.float32)  # [T, n_kv, D] original basis (_push stores it)
@@ -292,11 +298,46 @@ class CompressedLayerCache(LayerCache):
         elif self.logw.size:
             self.logw[h, j] = 0.0
 
+    # ------------------------------------------------------------ steady-state decode
+    def _fast_decode_ready(self, p: int) -> bool:
+        """Whether this step is the plain steady state :func:`.insert.decode_push` does in one call."""
+        p0 = self.pools[0]
+        return (
+            self.FAST_DECODE and self.policy is None and not self.logw.size and self.R > 0 and p >= self.S
+            and p0.calibrated and self.basis.calibrated and p0.bits_k < 16 and p0.bits_v < 16
+        )  # fmt: skip
+
+    def _fast_basis(self) -> tuple[np.ndarray, np.ndarray]:
+        """(t, mu) of the key basis as dense [n_kv, D] arrays (ones / zeros where unused), cached per basis version."""
+        b = self.basis
+        if getattr(self, "_fb_version", None) != b.version:
+            n_kv, D = b.n_kv, b.D
+            self._fb = (
+                np.ascontiguousarray(b.t if b.t is not None else np.ones((n_kv, D)), np.float32),
+                np.ascontiguousarray(b.mu if b.mu is not None else np.zeros((n_kv, D)), np.float32),
+            )  # fmt: skip
+            self._fb_version = b.version
+        return self._fb
+
+    def _decode_fast(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
+        p0 = self.pools[0]
+        t_k, mu = self._fast_basis()
+        qr = self._qr[:1]
+        decode_push(
+            np.ascontiguousarray(q[0], np.float32), np.ascontiguousarray(k[0], np.float32), np.ascontiguousarray(v[0], np.float32), int(pos[0]),
+            self.basis.rot is not None, self.rot_v is not None, t_k, mu,
+            self.k16, self.v16, self.pos, self.S, self.F, self.lo[0], self._free[0],
+            p0.kc, p0.km, p0.vc, p0.vm, p0.bits_k, p0.bits_v, self.kv.group, p0.klut, p0.vlut,
+            CLIPS[p0.bits_k], CLIPS[p0.bits_v], p0._tmp, qr[0],
+        )  # fmt: skip
+        self._attend_decode(q, pos, out, qr=qr)
+
     # ------------------------------------------------------------ attention
-    def _attend_decode(self, q: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
+    def _attend_decode(self, q: np.ndarray, pos: np.ndarray, out: np.ndarray, qr: np.ndarray | None = None) -> None:
         T = q.shape[0]
         s, p0, p1 = self.spec, self.pools[0], self.pools[1]
-        qr = self.basis.queries(q, out=self._qr[:T])
+        if qr is None:
+            qr = self.basis.queries(q, out=self._qr[:T])
         o = out if self.rot_v is None else self._or[:T]
         pol = self.policy
         acc = _EMPTY2
@@ -314,7 +355,7 @@ class CompressedLayerCache(LayerCache):
         if pol is not None and pol.needs_probs:
             pol.after_step()
         if self.rot_v is not None:
-            np.matmul(o, self.rot_v, out=out)
+            fwht_rows(o, out)
 
     def dequantized(self, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Slot ids, keys and values of head ``h`` in the cache basis: ([n], [n, D], [n, Dv])."""

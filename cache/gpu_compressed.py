@@ -79,6 +79,8 @@ class GPUCompressedLayerCache(CompressedLayerCache):
     Parameters are those of :class:`~.compressed.CompressedLayerCache`.
     """
 
+    FAST_DECODE = False  # every host write is recorded for the device mirror (_push, the tracked pools)
+
     def __init__(self, spec: LayerSpec, kv: KVConfig, n_ctx: int) -> None:
         super().__init__(spec, kv, n_ctx)
         n_kv = spec.n_head_kv

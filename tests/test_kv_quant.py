@@ -171,16 +171,19 @@ def _reference_attention(q, k, v, scale):
     return out, probs
 
 
+@pytest.mark.parametrize("geometry", [(2, 4, 3, 20, 0), (1, 4, 40, 2000, 2), (1, 4, 1100, 1000, 3), (2, 6, 16, 1500, 8)])
 @pytest.mark.parametrize("group", [16, 32])
 @pytest.mark.parametrize("bits", [2, 4, 8, 16])
-def test_decode_kernel_equals_attention_over_dequantized_cache(bits, group):
+def test_decode_kernel_equals_attention_over_dequantized_cache(bits, group, geometry):
     """The kernel reads fp16 slots and a quantized pool in place; same result as dequantize-then-attend.
 
     Group 32 takes the fused vector-IR row kernels, group 16 the tile-at-a-time fallback.
+    Long caches with fewer KV heads than threads are split across threads
+    (split-K; chunk borders inside the fp16 area and inside the pool).
     """
     G = group
     rng = np.random.default_rng(7)
-    n_kv, H, F, C = 2, 4, 3, 20
+    n_kv, H, F, C, n_threads = geometry
     N = F + C
     k = rng.standard_normal((n_kv, N, D)).astype(np.float32)
     v = rng.standard_normal((n_kv, N, D)).astype(np.float32)
@@ -202,7 +205,7 @@ def test_decode_kernel_equals_attention_over_dequantized_cache(bits, group):
     attend_decode_q(
         q, np.array([N - 1], np.int32), k16.view(np.uint16), v16.view(np.uint16),
         kc, km, vc, vm, bits, bits, e_c, e_m, e_c, e_m, 2, 2,
-        klut, vlut, klut, vlut, G, pos, np.zeros((0, 0), np.float32), 0, 0.125, 0.0, out, *scratch, probs,
+        klut, vlut, klut, vlut, G, pos, np.zeros((0, 0), np.float32), 0, 0.125, 0.0, out, *scratch, probs, n_threads=n_threads,
     )  # fmt: skip
     kk = np.concatenate([k16.astype(np.float32), kd], axis=1)
     vv = np.concatenate([v16.astype(np.float32), vd], axis=1)

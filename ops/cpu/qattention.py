@@ -50,6 +50,7 @@ from .qmatmul import LF16, LF32, LI8, LI16, LI32, LI64, V, _G
 _JIT = dict(cache=True, fastmath=True, nogil=True)
 _NEG_INF = np.float32(-1e30)  # masked logit: finite, so exp() needs no branch (and fastmath stays valid)
 TILE = 64  # rows dequantized at a time into an L1-resident float scratch
+SPLIT_MIN_SLOTS = 1024  # a KV head is split across threads from this many slots (split-K)
 STORE, DOT, ADD = 0, 1, 2  # modes of the fused row kernels (see ``_row_kernel``)
 
 
@@ -322,7 +323,6 @@ def _fill_tile(j0: int, n: int, F: int, C0: int, x16: np.ndarray, c0: np.ndarray
         j = e
 
 
-@nb.njit(parallel=True, **_JIT)
 def attend_decode_q(
     q: np.ndarray,
     qpos: np.ndarray,
@@ -353,6 +353,7 @@ def attend_decode_q(
     out: np.ndarray,
     s_all: np.ndarray,
     probs_acc: np.ndarray,
+    n_threads: int = 0,
 ) -> None:
     """Attention of a few queries over fp16 slots and up to two quantized pools.
 
@@ -370,15 +371,25 @@ def attend_decode_q(
     Slots are decoded ``TILE`` rows at a time into an L1-resident float
     scratch (vector decoders, one per width) and each row is dotted with every
     query head of its GQA group, so every byte of the cache is read once per
-    query and no float copy of the cache is ever made.  KV heads run in
-    parallel (``prange``; each has its own scratch): SmolLM2's 3 KV heads at
-    4096 slots, 2 threads, 2-bit: 0.50 -> 0.34 ms a layer-step (fp16 ring,
-    serial: 0.43 ms).
+    query and no float copy of the cache is ever made.  Work items run in
+    parallel (``prange``): one per KV head, or, with fewer KV heads than
+    threads and at least ``SPLIT_MIN_SLOTS`` slots, a head's slots are cut into
+    chunks that each keep their own softmax maximum and are combined at the
+    end (flash-decoding's split-K).  SmolLM2's 3 KV heads at 4096 slots, 2
+    threads, 2-bit: 0.50 -> 0.34 ms a layer-step (fp16 ring, serial: 0.43 ms).
 
     s_all: [n_kv, gqa, N] float32 scratch.  probs_acc: [n_kv, N] float32
     receives the softmax probabilities summed over each KV head's query heads
-    (what eviction policies score with), or ``[0, 0]`` to skip.
+    (what eviction policies score with), or ``[0, 0]`` to skip.  n_threads:
+    threads the split is planned for (0: Numba's current count).
     """
+    _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, vc1, vm1, kw1, vw1, klut0, vlut0, klut1, vlut1,
+                     G, kpos, logw, window, scale, softcap, out, s_all, probs_acc, n_threads or nb.get_num_threads())
+
+
+@nb.njit(parallel=True, **_JIT)
+def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, vc1, vm1, kw1, vw1, klut0, vlut0, klut1, vlut1,
+                     G, kpos, logw, window, scale, softcap, out, s_all, probs_acc, n_threads):
     T, H, D = q.shape
     n_kv = k16.shape[0]
     F = k16.shape[1]
@@ -394,79 +405,129 @@ def attend_decode_q(
     ph = 1 if kpos.shape[0] > 1 else 0  # pos row stride over KV heads
     fk = _all_fused(k16, kc0, km0, kw0, kc1, km1, kw1, G, D)
     fv = _all_fused(v16, vc0, vm0, vw0, vc1, vm1, vw1, G, Dv)
+    # work items: (KV head, slot chunk); a head is split when there are fewer
+    # heads than threads and enough slots (Gemma 3 has one KV head)
+    nc = 1
+    if n_kv < n_threads and N >= SPLIT_MIN_SLOTS:
+        nc = min(-(-n_threads // n_kv), N // (SPLIT_MIN_SLOTS // 2))
+    step = -(-N // nc)
+    step = max(TILE, -(-step // TILE) * TILE)
+    nc = -(-N // step)
+    items = n_kv * nc
+    part = np.empty((items, gqa, Dv), np.float32)  # per item: value sums weighted by exp(logit - its max)
+    mx = np.empty((items, gqa), np.float32)  # per item: max logit
+    tot = np.empty((items, gqa), np.float32)  # per item: sum of exp(logit - max)
+    qt = np.empty((H, D), np.float32)
     for t in range(T):
         pq = qpos[t]
-        for kh in nb.prange(n_kv):
-            tile = np.empty(TILE * max(D, Dv), np.float32)
-            qh = np.empty((gqa, D), np.float32)
-            acc = np.empty((gqa, Dv), np.float32)
-            inv = np.empty(gqa, np.float32)
-            bias = np.empty(N, np.float32)
+        qt[:] = q[t]
+        for it in nb.prange(items):
+            kh = it // nc
+            j0 = (it % nc) * step
+            j1 = min(N, j0 + step)
             s = s_all[kh]
             prow = kh * ph
-            for hh in range(gqa):
-                for d in range(D):
-                    qh[hh, d] = q[t, kh * gqa + hh, d]
+            bias = np.empty(j1 - j0, np.float32)
             # ---- raw scores q . k
-            if fk:
-                _areas(DOT, kh, k16, kc0, km0, klut0, kw0, kc1, km1, klut1, kw1, G, D, qh, s_all, gqa)
-            else:
-                for j0 in range(0, N, TILE):
-                    n = min(TILE, N - j0)
-                    _fill_tile(j0, n, F, C0, k16[kh], kc0[kh], km0[kh], klut0, kw0, kc1[kh], km1[kh], klut1, kw1, G, D, tile)
-                    for r in range(n):
-                        for hh in range(gqa):
-                            a = np.float32(0.0)
-                            for d in range(D):
-                                a += qh[hh, d] * tile[r * D + d]
-                            s[hh, j0 + r] = a
-            # ---- logits, masks, softmax (probabilities left unnormalised: out is scaled by 1/sum at the end)
-            for j in range(N):  # additive bias per slot: merge log-weight, or the mask
+            _scores(kh, j0, j1, fk, k16, kc0, km0, klut0, kw0, kc1, km1, klut1, kw1, G, D, qt, s_all, gqa)
+            # ---- logits, masks, softmax over this item's slots (flash-decoding: each item keeps
+            # its own max; probabilities stay unnormalised until the items are combined)
+            for j in range(j0, j1):  # additive bias per slot: merge log-weight, or the mask
                 pk = kpos[prow, j]
                 visible = pk >= 0 and pk <= pq and not (window > 0 and pq - pk >= window)
                 lw = logw[kh, j] if use_logw else np.float32(0.0)
-                bias[j] = lw if visible else _NEG_INF
+                bias[j - j0] = lw if visible else _NEG_INF
             for hh in range(gqa):
                 mh = _NEG_INF
                 if softcap > 0:
-                    for j in range(N):
-                        a = cap * np.tanh(s[hh, j] * sc / cap) + bias[j]
+                    for j in range(j0, j1):
+                        a = cap * np.tanh(s[hh, j] * sc / cap) + bias[j - j0]
                         s[hh, j] = a
                         mh = max(mh, a)
                 else:
-                    for j in range(N):
-                        a = s[hh, j] * sc + bias[j]
+                    for j in range(j0, j1):
+                        a = s[hh, j] * sc + bias[j - j0]
                         s[hh, j] = a
                         mh = max(mh, a)
-                tot = np.float32(0.0)
-                for j in range(N):
+                sm = np.float32(0.0)
+                for j in range(j0, j1):
                     e = np.exp(s[hh, j] - mh)  # exactly 0 for masked slots
                     s[hh, j] = e
-                    tot += e
-                inv[hh] = np.float32(1.0) / tot if mh > np.float32(0.5) * _NEG_INF else np.float32(0.0)
-                for d in range(Dv):
-                    acc[hh, d] = 0.0
-            if use_acc:
-                for j in range(N):
-                    a = np.float32(0.0)
-                    for hh in range(gqa):
-                        a += s[hh, j] * inv[hh]
-                    probs_acc[kh, j] += a
+                    sm += e
+                mx[it, hh] = mh
+                tot[it, hh] = sm
             # ---- values
-            if fv:
-                _areas(ADD, kh, v16, vc0, vm0, vlut0, vw0, vc1, vm1, vlut1, vw1, G, Dv, acc, s_all, gqa)
-            else:
-                for j0 in range(0, N, TILE):
-                    n = min(TILE, N - j0)
-                    _fill_tile(j0, n, F, C0, v16[kh], vc0[kh], vm0[kh], vlut0, vw0, vc1[kh], vm1[kh], vlut1, vw1, G, Dv, tile)
-                    for r in range(n):
-                        for hh in range(gqa):
-                            p = s[hh, j0 + r]
-                            for d in range(Dv):
-                                acc[hh, d] += p * tile[r * Dv + d]
+            acc = part[it]
+            acc[:] = 0.0
+            _values(kh, j0, j1, fv, v16, vc0, vm0, vlut0, vw0, vc1, vm1, vlut1, vw1, G, Dv, acc, s_all, gqa)
+        # ---- combine the items of each head
+        for kh in range(n_kv):
             for hh in range(gqa):
+                m = _NEG_INF
+                for c in range(nc):
+                    m = max(m, mx[kh * nc + c, hh])
+                den = np.float32(0.0)
+                for c in range(nc):
+                    w = np.exp(mx[kh * nc + c, hh] - m)
+                    mx[kh * nc + c, hh] = w  # now the item's weight
+                    den += w * tot[kh * nc + c, hh]
+                inv = np.float32(1.0) / den if m > np.float32(0.5) * _NEG_INF else np.float32(0.0)
+                o = out[t, kh * gqa + hh]
+                o[:] = 0.0
+                for c in range(nc):
+                    w = mx[kh * nc + c, hh] * inv
+                    pc = part[kh * nc + c, hh]
+                    for d in range(Dv):
+                        o[d] += w * pc[d]
+                if use_acc:
+                    for c in range(nc):
+                        w = mx[kh * nc + c, hh] * inv
+                        for j in range(c * step, min(N, (c + 1) * step)):
+                            probs_acc[kh, j] += s_all[kh, hh, j] * w
+
+
+@nb.njit(inline="always", **_JIT)
+def _scores(kh: int, j0: int, j1: int, fused: bool, k16: np.ndarray, kc0: np.ndarray, km0: np.ndarray, klut0: np.ndarray, kw0: int,
+            kc1: np.ndarray, km1: np.ndarray, klut1: np.ndarray, kw1: int, G: int, D: int, qt: np.ndarray, s_all: np.ndarray, gqa: int) -> None:
+    """``s_all[kh, hh, j] = q_hh . k_j`` for the slots ``j0 .. j1`` of KV head ``kh``."""
+    qh = qt[kh * gqa : (kh + 1) * gqa]
+    if fused:
+        _areas(DOT, kh, j0, j1, k16, kc0, km0, klut0, kw0, kc1, km1, klut1, kw1, G, D, qh.ctypes.data, s_all)
+        return
+    s = s_all[kh]
+    F = k16.shape[1]
+    C0 = kc0.shape[1]
+    tile = np.empty(TILE * D, np.float32)
+    for a0 in range(j0, j1, TILE):
+        n = min(TILE, j1 - a0)
+        _fill_tile(a0, n, F, C0, k16[kh], kc0[kh], km0[kh], klut0, kw0, kc1[kh], km1[kh], klut1, kw1, G, D, tile)
+        for r in range(n):
+            for hh in range(gqa):
+                a = np.float32(0.0)
+                for d in range(D):
+                    a += qh[hh, d] * tile[r * D + d]
+                s[hh, a0 + r] = a
+
+
+@nb.njit(inline="always", **_JIT)
+def _values(kh: int, j0: int, j1: int, fused: bool, v16: np.ndarray, vc0: np.ndarray, vm0: np.ndarray, vlut0: np.ndarray, vw0: int,
+            vc1: np.ndarray, vm1: np.ndarray, vlut1: np.ndarray, vw1: int, G: int, Dv: int, acc: np.ndarray, s_all: np.ndarray, gqa: int) -> None:
+    """``acc[hh] += sum_j p[kh, hh, j] v_j`` over the slots ``j0 .. j1`` of KV head ``kh``."""
+    if fused:
+        _areas(ADD, kh, j0, j1, v16, vc0, vm0, vlut0, vw0, vc1, vm1, vlut1, vw1, G, Dv, acc.ctypes.data, s_all)
+        return
+    s = s_all[kh]
+    F = v16.shape[1]
+    C0 = vc0.shape[1]
+    tile = np.empty(TILE * Dv, np.float32)
+    for a0 in range(j0, j1, TILE):
+        n = min(TILE, j1 - a0)
+        _fill_tile(a0, n, F, C0, v16[kh], vc0[kh], vm0[kh], vlut0, vw0, vc1[kh], vm1[kh], vlut1, vw1, G, Dv, tile)
+        for r in range(n):
+            for hh in range(gqa):
+                p = s[hh, a0 + r]
                 for d in range(Dv):
-                    out[t, kh * gqa + hh, d] = acc[hh, d] * inv[hh]
+                    acc[hh, d] += p * tile[r * Dv + d]
 
 
 @nb.njit(inline="always", **_JIT)
@@ -480,24 +541,30 @@ def _all_fused(x16: np.ndarray, c0: np.ndarray, m0: np.ndarray, w0: int, c1: np.
 
 
 @nb.njit(inline="always", **_JIT)
-def _areas(mode: int, kh: int, x16: np.ndarray, c0: np.ndarray, m0: np.ndarray, lut0: np.ndarray, w0: int,
-           c1: np.ndarray, m1: np.ndarray, lut1: np.ndarray, w1: int, G: int, D: int, y: np.ndarray, s_all: np.ndarray, gqa: int) -> None:
-    """One KV head's three areas through the fused row kernels: scores into ``s_all[kh]`` (qk) or values into ``y`` (pv)."""
+def _areas(mode: int, kh: int, j0: int, j1: int, x16: np.ndarray, c0: np.ndarray, m0: np.ndarray, lut0: np.ndarray, w0: int,
+           c1: np.ndarray, m1: np.ndarray, lut1: np.ndarray, w1: int, G: int, D: int, yp: int, s_all: np.ndarray) -> None:
+    """Slots ``j0 .. j1`` of one KV head (they may straddle the three areas) through the fused row kernels:
+    scores into ``s_all[kh]`` (``DOT``, y = the group's queries) or values into y (``ADD``, y = accumulators)."""
     F = x16.shape[1]
     C0 = c0.shape[1]
+    gqa = s_all.shape[1]
     xs = s_all.strides[1] // 4
     xp = s_all.ctypes.data + kh * s_all.strides[0]
-    yp = y.ctypes.data
-    if F > 0:
-        _rows(mode, 16, G, x16.ctypes.data + kh * x16.strides[0], x16.strides[1], 0, 0, 0, 0.0, yp, gqa, D, xp, xs, F)
-    if C0 > 0:
+    a, e = max(j0, 0), min(j1, F)
+    if e > a:
+        _rows(mode, 16, G, x16.ctypes.data + kh * x16.strides[0] + a * x16.strides[1], x16.strides[1], 0, 0, 0, 0.0, yp, gqa, D, xp + 4 * a, xs, e - a)
+    a, e = max(j0, F), min(j1, F + C0)
+    if e > a:
+        r = a - F
         zs = np.float32((1 << w0) - 1) / np.float32(255.0)
-        _rows(mode, w0, G, c0.ctypes.data + kh * c0.strides[0], c0.strides[1], m0.ctypes.data + kh * m0.strides[0], m0.strides[1],
-              lut0.ctypes.data, zs, yp, gqa, D, xp + 4 * F, xs, C0)
-    if c1.shape[1] > 0:
+        _rows(mode, w0, G, c0.ctypes.data + kh * c0.strides[0] + r * c0.strides[1], c0.strides[1],
+              m0.ctypes.data + kh * m0.strides[0] + r * m0.strides[1], m0.strides[1], lut0.ctypes.data, zs, yp, gqa, D, xp + 4 * a, xs, e - a)
+    a, e = max(j0, F + C0), j1
+    if e > a:
+        r = a - F - C0
         zs = np.float32((1 << w1) - 1) / np.float32(255.0)
-        _rows(mode, w1, G, c1.ctypes.data + kh * c1.strides[0], c1.strides[1], m1.ctypes.data + kh * m1.strides[0], m1.strides[1],
-              lut1.ctypes.data, zs, yp, gqa, D, xp + 4 * (F + C0), xs, c1.shape[1])
+        _rows(mode, w1, G, c1.ctypes.data + kh * c1.strides[0] + r * c1.strides[1], c1.strides[1],
+              m1.ctypes.data + kh * m1.strides[0] + r * m1.strides[1], m1.strides[1], lut1.ctypes.data, zs, yp, gqa, D, xp + 4 * a, xs, e - a)
 
 
 @nb.njit(**_JIT)

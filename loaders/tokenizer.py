@@ -202,18 +202,21 @@ def _spm_model_proto(pieces: list[str], scores: np.ndarray, sp_types: np.ndarray
     sc = np.ascontiguousarray(scores, "<f4").tobytes()
     ty = sp_types.tolist()
     typ = {t: b"\x18" + _vi(t) for t in set(ty)}
-    parts = []
-    app = parts.append
+    out = bytearray()  # appended in place: no list of 262k small bytes objects (peak memory)
     for i, p in enumerate(pieces):
         b = p.encode("utf-8")
         inner = b"\n" + _vi(len(b)) + b + b"\x15" + sc[4 * i : 4 * i + 4] + typ[ty[i]]
-        app(b"\n" + _vi(len(inner)) + inner)
+        out += b"\n"
+        out += _vi(len(inner))
+        out += inner
     unk = ty.index(_SP_UNKNOWN)
     minus1 = 0xFFFFFFFFFFFFFFFF  # int32 -1 as a protobuf varint
     trainer = _field_varint(3, 2) + _field_varint(35, 1) + _field_varint(40, unk)
     trainer += _field_varint(41, minus1) + _field_varint(42, minus1) + _field_varint(43, minus1)
     normalizer = _field_bytes(1, b"identity") + _field_varint(3, 0) + _field_varint(4, 0) + _field_varint(5, 0)
-    return b"".join(parts) + _field_bytes(2, trainer) + _field_bytes(3, normalizer)
+    out += _field_bytes(2, trainer)
+    out += _field_bytes(3, normalizer)
+    return bytes(out)
 
 
 # ------------------------------------------------------------------ the tokenizer
@@ -284,6 +287,7 @@ class Tokenizer:
             self._sp.LoadFromSerializedProto(_spm_model_proto(pieces, np.append(scores, np.float32(0)), sp_types))
         else:
             self._hf = _build_bpe(tokens, md.get("tokenizer.ggml.merges") or [], PRE_TOKENIZERS.get(self.pre, _DEFAULT), self.ignore_merges)
+        del self._ids  # the text -> id map is only needed while loading (15 MiB for a 262k vocabulary)
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:
@@ -541,8 +545,14 @@ class Tokenizer:
         return tid in self.eot_ids
 
     def token_id(self, text: str) -> int | None:
-        """The id of the token whose text is exactly ``text``, else None."""
-        return self._ids.get(text)
+        """The id of the token whose text is exactly ``text`` (the last one, as llama.cpp's map), else None.
+
+        A scan (a few ms for 262k tokens): the text -> id map is not kept after loading.
+        """
+        try:
+            return self.n_vocab - 1 - self.tokens[::-1].index(text)
+        except ValueError:
+            return None
 
     def __len__(self) -> int:
         return self.n_vocab

@@ -429,7 +429,7 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
             prow = kh * ph
             bias = np.empty(j1 - j0, np.float32)
             # ---- raw scores q . k
-            _scores(kh, j0, j1, fk, k16, kc0, km0, klut0, kw0, kc1, km1, klut1, kw1, G, D, qt, s_all, gqa)
+            _pass(DOT, kh, j0, j1, fk, k16, kc0, km0, klut0, kw0, kc1, km1, klut1, kw1, G, D, qt[kh * gqa : (kh + 1) * gqa], s_all, gqa)
             # ---- logits, masks, softmax over this item's slots (flash-decoding: each item keeps
             # its own max; probabilities stay unnormalised until the items are combined)
             for j in range(j0, j1):  # additive bias per slot: merge log-weight, or the mask
@@ -459,7 +459,7 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
             # ---- values
             acc = part[it]
             acc[:] = 0.0
-            _values(kh, j0, j1, fv, v16, vc0, vm0, vlut0, vw0, vc1, vm1, vlut1, vw1, G, Dv, acc, s_all, gqa)
+            _pass(ADD, kh, j0, j1, fv, v16, vc0, vm0, vlut0, vw0, vc1, vm1, vlut1, vw1, G, Dv, acc, s_all, gqa)
         # ---- combine the items of each head
         for kh in range(n_kv):
             for hh in range(gqa):
@@ -487,47 +487,31 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
 
 
 @nb.njit(inline="always", **_JIT)
-def _scores(kh: int, j0: int, j1: int, fused: bool, k16: np.ndarray, kc0: np.ndarray, km0: np.ndarray, klut0: np.ndarray, kw0: int,
-            kc1: np.ndarray, km1: np.ndarray, klut1: np.ndarray, kw1: int, G: int, D: int, qt: np.ndarray, s_all: np.ndarray, gqa: int) -> None:
-    """``s_all[kh, hh, j] = q_hh . k_j`` for the slots ``j0 .. j1`` of KV head ``kh``."""
-    qh = qt[kh * gqa : (kh + 1) * gqa]
+def _pass(mode: int, kh: int, j0: int, j1: int, fused: bool, x16: np.ndarray, c0: np.ndarray, m0: np.ndarray, lut0: np.ndarray, w0: int,
+          c1: np.ndarray, m1: np.ndarray, lut1: np.ndarray, w1: int, G: int, D: int, y: np.ndarray, s_all: np.ndarray, gqa: int) -> None:
+    """One pass over the slots ``j0 .. j1`` of KV head ``kh``: ``DOT``: ``s_all[kh, hh, j] = y_hh . k_j``
+    (y: the group's queries [gqa, D]); ``ADD``: ``y_hh += s_all[kh, hh, j] v_j`` (y: accumulators)."""
     if fused:
-        _areas(DOT, kh, j0, j1, k16, kc0, km0, klut0, kw0, kc1, km1, klut1, kw1, G, D, qh.ctypes.data, s_all)
+        _areas(mode, kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, y.ctypes.data, s_all)
         return
     s = s_all[kh]
-    F = k16.shape[1]
-    C0 = kc0.shape[1]
+    F = x16.shape[1]
+    C0 = c0.shape[1]
     tile = np.empty(TILE * D, np.float32)
     for a0 in range(j0, j1, TILE):
         n = min(TILE, j1 - a0)
-        _fill_tile(a0, n, F, C0, k16[kh], kc0[kh], km0[kh], klut0, kw0, kc1[kh], km1[kh], klut1, kw1, G, D, tile)
+        _fill_tile(a0, n, F, C0, x16[kh], c0[kh], m0[kh], lut0, w0, c1[kh], m1[kh], lut1, w1, G, D, tile)
         for r in range(n):
             for hh in range(gqa):
-                a = np.float32(0.0)
-                for d in range(D):
-                    a += qh[hh, d] * tile[r * D + d]
-                s[hh, a0 + r] = a
-
-
-@nb.njit(inline="always", **_JIT)
-def _values(kh: int, j0: int, j1: int, fused: bool, v16: np.ndarray, vc0: np.ndarray, vm0: np.ndarray, vlut0: np.ndarray, vw0: int,
-            vc1: np.ndarray, vm1: np.ndarray, vlut1: np.ndarray, vw1: int, G: int, Dv: int, acc: np.ndarray, s_all: np.ndarray, gqa: int) -> None:
-    """``acc[hh] += sum_j p[kh, hh, j] v_j`` over the slots ``j0 .. j1`` of KV head ``kh``."""
-    if fused:
-        _areas(ADD, kh, j0, j1, v16, vc0, vm0, vlut0, vw0, vc1, vm1, vlut1, vw1, G, Dv, acc.ctypes.data, s_all)
-        return
-    s = s_all[kh]
-    F = v16.shape[1]
-    C0 = vc0.shape[1]
-    tile = np.empty(TILE * Dv, np.float32)
-    for a0 in range(j0, j1, TILE):
-        n = min(TILE, j1 - a0)
-        _fill_tile(a0, n, F, C0, v16[kh], vc0[kh], vm0[kh], vlut0, vw0, vc1[kh], vm1[kh], vlut1, vw1, G, Dv, tile)
-        for r in range(n):
-            for hh in range(gqa):
-                p = s[hh, a0 + r]
-                for d in range(Dv):
-                    acc[hh, d] += p * tile[r * Dv + d]
+                if mode == DOT:
+                    a = np.float32(0.0)
+                    for d in range(D):
+                        a += y[hh, d] * tile[r * D + d]
+                    s[hh, a0 + r] = a
+                else:
+                    p = s[hh, a0 + r]
+                    for d in range(D):
+                        y[hh, d] += p * tile[r * D + d]
 
 
 @nb.njit(inline="always", **_JIT)

@@ -1,4 +1,7 @@
-"""Grouped-query attention over an fp16 KV ring buffer (Numba, CPU).
+"""Grouped-query prefill attention over an fp16 KV ring buffer (Numba, CPU).
+
+(Decode over the same ring uses :func:`kvrun.ops.cpu.qattention.attend_decode_q`
+with no quantized pools: its fused fp16 row kernels and split-K.)
 
 The cache is position-addressed: every slot carries the absolute position of
 the token it holds (-1 when empty), so causal and sliding-window masks are
@@ -21,83 +24,8 @@ from __future__ import annotations
 
 import math
 
-import numba as nb
 import numpy as np
 
-from .f16 import f16_to_f32
-
-_NEG_INF = np.float32(-np.inf)
-
-
-@nb.njit(cache=True, fastmath=True, nogil=True)
-def attend_decode_f16(
-    q: np.ndarray,
-    k: np.ndarray,
-    v: np.ndarray,
-    kpos: np.ndarray,
-    n_slots: int,
-    qpos: np.ndarray,
-    window: int,
-    scale: float,
-    softcap: float,
-    out: np.ndarray,
-    scores: np.ndarray,
-    probs_acc: np.ndarray,
-) -> None:
-    """Attention for a few queries, reading the fp16 cache in place.
-
-    Only slots ``[0, n_slots)`` are looked at (the ring fills from slot 0).
-
-    scores: [cap] float32 scratch.  probs_acc: [n_head_kv, cap] float32; when it
-    has cap columns the softmax probabilities are added to it (per KV head,
-    summed over the heads of its group) so eviction policies can score tokens
-    without a second pass; pass a ``[0, 0]`` array to skip.
-    """
-    T, H, D = q.shape
-    n_kv, _, Dv = v.shape
-    cap = n_slots
-    gqa = H // n_kv
-    acc_probs = probs_acc.shape[1] >= cap
-    sc = np.float32(scale)
-    cap_f = np.float32(softcap)
-    for t in range(T):
-        pq = qpos[t]
-        for h in range(H):
-            kh = h // gqa
-            m = _NEG_INF
-            for j in range(cap):
-                pk = kpos[j]
-                if pk < 0 or pk > pq or (window > 0 and pq - pk >= window):
-                    scores[j] = _NEG_INF
-                    continue
-                s = np.float32(0.0)
-                for d in range(D):
-                    s += q[t, h, d] * f16_to_f32(k[kh, j, d])
-                s *= sc
-                if softcap > 0:
-                    s = cap_f * np.tanh(s / cap_f)
-                scores[j] = s
-                if s > m:
-                    m = s
-            total = np.float32(0.0)
-            for j in range(cap):
-                if scores[j] == _NEG_INF:
-                    scores[j] = 0.0
-                else:
-                    e = np.exp(scores[j] - m)
-                    scores[j] = e
-                    total += e
-            inv = np.float32(1.0) / total if total > 0 else np.float32(0.0)
-            for d in range(Dv):
-                out[t, h, d] = 0.0
-            for j in range(cap):
-                p = scores[j] * inv
-                if p == 0.0:
-                    continue
-                if acc_probs:
-                    probs_acc[kh, j] += p
-                for d in range(Dv):
-                    out[t, h, d] += p * f16_to_f32(v[kh, j, d])
 
 
 def attend_prefill_f16(

@@ -239,8 +239,10 @@ def kv_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--kv-bits", type=int, default=None, help="KV width: 16, 8, 4, 3, 2"),
         click.option("--kv-bits-k", type=int, default=None, help="key width (overrides --kv-bits)"),
         click.option("--kv-bits-v", type=int, default=None, help="value width (overrides --kv-bits)"),
-        click.option("--kv-group", type=int, default=None, help="values per quantization group (default 32)"),
+        click.option("--kv-group", type=int, default=None, help="values per quantization group (default 64 at 2 bits, else 32)"),
         click.option("--kv-residual", type=int, default=None, help="recent tokens kept in fp16"),
+        click.option("--kv-warm", type=int, default=None, help="newest quantized tokens whose keys keep --kv-warm-bits (default: 35%% of them at 2 bits; 0: off)"),
+        click.option("--kv-warm-bits", type=int, default=None, help="key width of the warm tier (default 4)"),
         click.option("--kv-rotate/--kv-no-rotate", default=None, help="Hadamard-rotate K/V before quantizing"),
         click.option("--kv-center/--kv-no-center", default=None, help="subtract the keys' mean before quantizing (exact)"),
         click.option("--kv-smooth/--kv-no-smooth", default=None, help="query-aware key channel scaling before quantizing (exact)"),
@@ -261,7 +263,7 @@ DEFAULT_POLICY = "h2o"  # what --kv-budget/--kv-ratio evict with when --kv-polic
 _KV_FLAGS = {
     "kv_bits": "bits", "kv_bits_k": "bits_k", "kv_bits_v": "bits_v", "kv_group": "group", "kv_residual": "residual",
     "kv_rotate": "rotate", "kv_center": "center", "kv_smooth": "smooth", "kv_mixed": "mixed", "kv_policy": "policy", "kv_budget": "budget", "kv_ratio": "ratio",
-    "kv_sinks": "sinks", "kv_merge": "merge",
+    "kv_sinks": "sinks", "kv_merge": "merge", "kv_warm": "warm", "kv_warm_bits": "warm_bits",
 }
 
 

@@ -78,6 +78,7 @@ class CompressedLayerCache(LayerCache):
     """
 
     def __init__(self, spec: LayerSpec, kv: KVConfig, n_ctx: int) -> None:
+        kv = kv.resolved()
         self.spec, self.kv = spec, kv
         n_kv, D, Dv, G = spec.n_head_kv, spec.head_dim, spec.head_dim_v, kv.group
         if min(kv.widths) < 16 and (D % G or Dv % G):
@@ -98,6 +99,10 @@ class CompressedLayerCache(LayerCache):
             hi = kv.mixed_widths[0]
             C0 = min(Cq, max(1, int(round(kv.hi_frac * Cq))))
             widths = [(max(hi, bk), max(hi, bv)), (bk, bv)]
+            caps = [C0, Cq - C0]
+        elif kv.warm_slots(Cq) > 0:  # warm tier: the newest quantized tokens keep wider keys
+            C0 = kv.warm_slots(Cq)
+            widths = [(kv.warm_bits, bv), (bk, bv)]
             caps = [C0, Cq - C0]
         else:
             widths, caps = [(bk, bv), (bk, bv)], [Cq, 0]
@@ -258,6 +263,8 @@ class CompressedLayerCache(LayerCache):
     def _to_pools(self, k: np.ndarray, v: np.ndarray, p: int, src: int) -> None:
         if self.policy is None:  # every head keeps the same tokens: one slot for all
             j = self._take_shared(0)
+            if self.pos[0, j] >= 0 and self.pools[1].cap > 0:  # warm tier full: its oldest token cools
+                self._cool(j)
             self.pools[0].write(np.full(k.shape[0], j - self.lo[0], np.int64), k, v)
             self.pos[0, j] = p
             if self.logw.size and src >= 0:
@@ -265,6 +272,21 @@ class CompressedLayerCache(LayerCache):
             return
         for h in range(k.shape[0]):
             self._place(0, h, k[h], v[h], p, src)
+
+    def _cool(self, j: int) -> None:
+        """Move the token in warm slot ``j`` (pool 0) to the cold pool, re-quantized at its widths."""
+        p0, p1 = self.pools
+        n_kv = self.spec.n_head_kv
+        kd = np.empty((n_kv, p0.D), np.float32)
+        vd = np.empty((n_kv, p0.Dv), np.float32)
+        for h in range(n_kv):
+            kr, vr = p0.read(h, np.array([j - self.lo[0]]))
+            kd[h], vd[h] = kr[0], vr[0]
+        c = self._take_shared(1)
+        p1.write(np.full(n_kv, c - self.lo[1], np.int64), kd, vd)
+        self.pos[0, c] = self.pos[0, j]
+        if self.logw.size:
+            self.logw[:, c] = self.logw[:, j]
 
     def _take_shared(self, i: int) -> int:
         """A slot of pool ``i`` for all heads (pos row shared): a free one, else the oldest."""
@@ -305,6 +327,7 @@ class CompressedLayerCache(LayerCache):
         return (
             self.FAST_DECODE and self.policy is None and not self.logw.size and self.R > 0 and p >= self.S
             and p0.calibrated and self.basis.calibrated and p0.bits_k < 16 and p0.bits_v < 16
+            and (self.pools[1].cap == 0 or (self.pools[1].bits_k < 16 and self.pools[1].bits_v < 16))
         )  # fmt: skip
 
     def _fast_basis(self) -> tuple[np.ndarray, np.ndarray]:
@@ -320,7 +343,7 @@ class CompressedLayerCache(LayerCache):
         return self._fb
 
     def _decode_fast(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
-        p0 = self.pools[0]
+        p0, p1 = self.pools
         t_k, mu = self._fast_basis()
         qr = self._qr[:1]
         decode_push(
@@ -328,7 +351,9 @@ class CompressedLayerCache(LayerCache):
             self.basis.rot is not None, self.rot_v is not None, t_k, mu,
             self.k16, self.v16, self.pos, self.S, self.F, self.lo[0], self._free[0],
             p0.kc, p0.km, p0.vc, p0.vm, p0.bits_k, p0.bits_v, self.kv.group, p0.klut, p0.vlut,
-            CLIPS[p0.bits_k], CLIPS[p0.bits_v], p0._tmp, qr[0],
+            CLIPS[p0.bits_k], CLIPS[p0.bits_v],
+            self.lo[1], self._free[1], p1.kc, p1.km, p1.vc, p1.vm, p1.bits_k, p1.bits_v, p1.klut, p1.vlut,
+            CLIPS[p1.bits_k], CLIPS[p1.bits_v], p0._tmp, qr[0],
         )  # fmt: skip
         self._attend_decode(q, pos, out, qr=qr)
 

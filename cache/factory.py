@@ -39,7 +39,7 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
         from .gpu_plain import make_gpu_plain_cache as plain
     if kv is None or not kv.is_compressed:
         return plain(specs, n_ctx, n_batch)
-    kv.validate(n_ctx)
+    kv = kv.validate(n_ctx)
     return [layer_cls(spec, _fit_group(kv, spec), n_ctx) for spec in specs]
 
 

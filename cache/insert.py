@@ -22,6 +22,7 @@ import numba as nb
 import numpy as np
 
 from ..ops.cpu.f16 import bitcast_f32_u32, bitcast_u32_f32, f16_to_f32
+from ..ops.cpu.qattention import dequant_row
 from .quant import quantize_row
 
 _JIT = dict(cache=True, nogil=True)
@@ -125,6 +126,18 @@ def decode_push(
     vlut: np.ndarray,
     clips_k: np.ndarray,
     clips_v: np.ndarray,
+    lo1: int,
+    free1: np.ndarray,
+    kc1: np.ndarray,
+    km1: np.ndarray,
+    vc1: np.ndarray,
+    vm1: np.ndarray,
+    bits_k1: int,
+    bits_v1: int,
+    klut1: np.ndarray,
+    vlut1: np.ndarray,
+    clips_k1: np.ndarray,
+    clips_v1: np.ndarray,
     tmp: np.ndarray,
     qr: np.ndarray,
 ) -> None:
@@ -137,8 +150,11 @@ def decode_push(
     (sinks then the residual window ``[S, F)``); pos: [1, N] int32 shared
     positions; pool 0 starts at slot ``lo`` with ``kc.shape[1]`` slots,
     ``free[0]`` of them never used; kc/km/vc/vm, luts and clips as
-    :func:`kvrun.cache.quant.quantize_row` takes them; tmp: [2G] int32;
-    qr: [n_head, D] float32 output.
+    :func:`kvrun.cache.quant.quantize_row` takes them; pool 1 likewise
+    (``*1``; ``kc1.shape[1] == 0`` for none): with a warm tier, pool 0 holds the
+    newest quantized tokens and, when it is full, its oldest token is
+    re-quantized into pool 1 to make room; tmp: [2G] int32; qr: [n_head, D]
+    float32 output.
     """
     n_kv, D = k.shape
     Dv = v.shape[1]
@@ -173,6 +189,27 @@ def decode_push(
                     if pos[0, lo + s] < pos[0, lo + best]:
                         best = s
                 jq = best
+            cap1 = kc1.shape[1]
+            if cap1 > 0 and pos[0, lo + jq] >= 0:  # the warm tier is full: its oldest token cools
+                jc = -1
+                if free1[0] > 0:
+                    free1[0] -= 1
+                    for s in range(cap1):
+                        if pos[0, lo1 + s] < 0:
+                            jc = s
+                            break
+                else:
+                    best = 0
+                    for s in range(1, cap1):
+                        if pos[0, lo1 + s] < pos[0, lo1 + best]:
+                            best = s
+                    jc = best
+                for h in range(n_kv):
+                    dequant_row(kc[h, jq], km[h, jq], klut, bits_k, G, kf)
+                    dequant_row(vc[h, jq], vm[h, jq], vlut, bits_v, G, vf)
+                    quantize_row(kf, bits_k1, G, klut1, clips_k1, kc1[h, jc], km1[h, jc], tmp)
+                    quantize_row(vf, bits_v1, G, vlut1, clips_v1, vc1[h, jc], vm1[h, jc], tmp)
+                pos[0, lo1 + jc] = pos[0, lo + jq]
             for h in range(n_kv):
                 for d in range(D):
                     kf[d] = f16_to_f32(k16[h, j, d])

@@ -20,7 +20,20 @@ MERGES = ("mean", "keepkv")
 # at 4 bits 24 tokens is the most that keeps Gemma 3 (15 sliding-window layers
 # of 512, where the window is a large share) under 5 bits per value all counted
 # (there it halves KL vs fp16 against 16 tokens: 0.0157 -> 0.0082 at ctx 2048)
-DEFAULT_RESIDUAL = {16: 32, 8: 32, 4: 24, 3: 24, 2: 80}
+DEFAULT_RESIDUAL = {16: 32, 8: 32, 4: 24, 3: 24, 2: 24}
+
+# warm tier (quantized tokens, newest first, whose keys keep ``warm_bits``) when not given:
+# keys carry most of the 2-bit error (SmolLM2, GPL-3, ctx 2048: 4-bit keys alone
+# KL 0.096 -> 0.022, 4-bit values alone -> 0.070), and attention falls mostly on
+# recent tokens: the ~245 newest quantized tokens at 4 bits (K and V) took KL
+# 0.096 -> 0.041, importance-chosen (h2o) ones only to 0.059
+DEFAULT_WARM_SHARE = {2: 0.35}  # share of a layer's quantized slots in the warm tier
+
+# group size when not given: at 2 bits the warm tier is paid for with groups of 64
+# (0.25 instead of 0.5 bit of metadata per value); both models then stay under
+# 3.2 bits per value at ctx 2048 (SmolLM2 2.91, Gemma 3 3.17, whose sliding-window
+# layers hold most values)
+DEFAULT_GROUP = {2: 64}
 
 PRESETS: dict[str, str] = {
     "lossless": "8",  # 8-bit K and V: KL ~ 1e-4 on SmolLM2
@@ -45,8 +58,9 @@ class KVConfig:
         Width of the quantized slots, one of 16, 8, 4, 3, 2 (16: fp16, no quantization).
     bits_k, bits_v : int or None
         Separate key / value widths (None: ``bits``).
-    group : int
-        Values per quantization group (per token, along the head dimension).
+    group : int or None
+        Values per quantization group (per token, along the head dimension;
+        None: per-width default, 64 at 2 bits, else 32).
     residual : int or None
         Most recent tokens kept in fp16 before they are quantized (None: per-width default).
     rotate : bool or None
@@ -73,12 +87,18 @@ class KVConfig:
         First tokens never evicted and kept in fp16 (attention sinks).
     merge : str or None
         Fold evicted tokens into their most similar kept token: ``mean`` or ``keepkv``.
+    warm : int or None
+        Newest quantized tokens (just out of the fp16 window) whose keys keep
+        ``warm_bits``; older ones are re-quantized to the low width (None: per-width
+        default, a share of each layer's quantized slots: half at 2 bits; 0: off).  Only without a policy or ``mixed``, which own the two pools.
+    warm_bits : int
+        Key width of the warm tier.
     """
 
     bits: int = 16
     bits_k: int | None = None
     bits_v: int | None = None
-    group: int = 32
+    group: int | None = None
     residual: int | None = None
     rotate: bool | None = None
     center: bool | None = None
@@ -90,6 +110,8 @@ class KVConfig:
     ratio: float = 0.0
     sinks: int = 4
     merge: str | None = None
+    warm: int | None = None
+    warm_bits: int = 4
 
     # ------------------------------------------------------------ derived
     @property
@@ -112,6 +134,14 @@ class KVConfig:
         if self.residual is not None:
             return self.residual
         return DEFAULT_RESIDUAL[min(self.widths)] if self.is_compressed else 0
+
+    def warm_slots(self, n_quantized: int) -> int:
+        """Slots of the warm tier in a layer with ``n_quantized`` quantized slots (0: none)."""
+        if self.policy is not None or self.mixed is not None or self.widths[0] >= self.warm_bits:
+            return 0
+        if self.warm is not None:
+            return min(self.warm, n_quantized)
+        return int(round(DEFAULT_WARM_SHARE.get(self.widths[0], 0.0) * n_quantized))
 
     @property
     def rotated(self) -> bool:
@@ -140,9 +170,21 @@ class KVConfig:
             return max(1, min(n_ctx, int(round(self.ratio * n_ctx))))
         return n_ctx
 
+    @property
+    def default_group(self) -> int:
+        return DEFAULT_GROUP.get(min(self.widths), 32)
+
+    def resolved(self) -> KVConfig:
+        """A copy with the per-width defaults that change the layout (the group size) filled in."""
+        return self if self.group is not None else replace(self, group=self.default_group)
+
     # ------------------------------------------------------------ checks
     def validate(self, n_ctx: int) -> KVConfig:
-        """Raise ``ValueError`` (one line: the problem and the fix) for an impossible combination."""
+        """Raise ``ValueError`` (one line: the problem and the fix) for an impossible combination.
+
+        Returns the configuration with its defaults resolved (:meth:`resolved`).
+        """
+        self = self.resolved()
         for name in ("bits", "bits_k", "bits_v"):
             b = getattr(self, name)
             if b is not None and b not in BITS:
@@ -161,6 +203,13 @@ class KVConfig:
             raise ValueError(f"unknown merge {self.merge!r}; known: {', '.join(MERGES)}")
         if self.merge is not None and self.policy is None:
             raise ValueError(f"merge={self.merge} folds evicted tokens but nothing is evicted; add a policy, e.g. policy=h2o,ratio=0.25")
+        if self.warm is not None and self.warm > 0:
+            if self.policy is not None or self.mixed is not None:
+                raise ValueError("warm tiers the pools by age and needs neither a policy nor mixed; drop one of them")
+            if self.warm_bits not in BITS or self.warm_bits <= self.widths[0]:
+                raise ValueError(f"warm_bits={self.warm_bits} must be a width above the keys' {self.widths[0]} bits, e.g. warm_bits=4")
+        if self.warm is not None and self.warm < 0:
+            raise ValueError(f"warm={self.warm} must be >= 0 tokens")
         if self.sinks < 0 or self.residual_tokens < 0:
             raise ValueError("sinks and residual must be >= 0")
         if not 0.0 <= self.ratio <= 1.0:

@@ -72,7 +72,8 @@ def test_presets():
         ("2,policy=h2o,merge=avg", "unknown merge 'avg'; known: mean, keepkv"),
         ("2,merge=mean", "add a policy"),
         ("2,ratio=0.5", "needs a policy"),
-        ("2,policy=h2o,budget=40", "budget of 40 tokens is below sinks \\+ residual \\+ 1 = 85"),
+        ("2,policy=h2o,budget=20", "budget of 20 tokens is below sinks \\+ residual \\+ 1 = 29"),
+        ("2,warm=64,policy=h2o", "warm tiers the pools by age"),
         ("2,mixed=2/8", "needs HI > LO"),
         ("2,group=24", "power of two"),
         ("2,colour=red", "unknown KV cache option 'colour'"),
@@ -100,6 +101,25 @@ def test_four_bit_defaults_fit_5_bits_per_value_with_sliding_window_layers():
     local, glob = LayerSpec(4, 1, 256, 256, 512, 0.0625, 0.0), LayerSpec(4, 1, 256, 256, 0, 0.0625, 0.0)
     specs = ([local] * 5 + [glob]) * 3
     assert bits_per_value(make_cache(specs, 2048, 256, KVConfig.parse("4")), 2048) <= 5.0
+    assert bits_per_value(make_cache(specs, 2048, 256, KVConfig.parse("2")), 2048) <= 3.2
+
+
+def test_two_bit_default_keeps_a_warm_tier_of_wider_keys():
+    """At 2 bits the newest quantized tokens (35% of a layer's quantized slots) keep 4-bit keys
+    in pool 0; older ones are re-quantized into the 2-bit pool 1, oldest first."""
+    kv = KVConfig.parse("2,residual=8").validate(256)
+    cache = CompressedLayerCache(SPEC, kv, 256)
+    (wk, wv), (ck, cv) = ((p.bits_k, p.bits_v) for p in cache.pools)
+    assert (wk, wv, ck, cv) == (4, 2, 2, 2) and kv.group == 64
+    n_q = 256 - 4 - 8
+    assert cache.pools[0].cap == round(0.35 * n_q) and cache.pools[1].cap == n_q - cache.pools[0].cap
+    q, k, v = _qkv(200, seed=3)
+    _feed(cache, q, k, v)
+    warm = cache.pos[0, cache.lo[0] : cache.lo[0] + cache.pools[0].cap]
+    cold = cache.pos[0, cache.lo[1] : cache.lo[1] + cache.pools[1].cap]
+    cold = cold[cold >= 0]
+    assert warm.min() > cold.max()  # the warm tier holds the newest quantized tokens
+    assert sorted(np.concatenate([warm, cold]).tolist()) == list(range(4, 200 - 8))  # nothing lost
 
 
 # ------------------------------------------------------------------ factory
@@ -127,7 +147,7 @@ def test_quantized_attention_error_shrinks_with_width(bits, bound):
     assert err < bound, err
 
 
-@pytest.mark.parametrize("spec_s", ["2", "4,rotate=0", "8", "2,bits_k=4,group=16", "3,sinks=0"])
+@pytest.mark.parametrize("spec_s", ["2", "4,rotate=0", "8", "2,bits_k=4,group=16", "3,sinks=0", "2,warm=24", "3,warm=8,warm_bits=8"])
 @pytest.mark.parametrize("window", [0, 40])
 def test_one_call_decode_step_equals_the_general_path(spec_s, window):
     """The steady-state decode step (:mod:`kvrun.cache.insert`, one Numba call)
@@ -141,9 +161,13 @@ def test_one_call_decode_step_equals_the_general_path(spec_s, window):
     fast._decode_fast = lambda *a, _f=fast._decode_fast: (calls.append(1), _f(*a))  # count the fast steps
     got, ref = _feed(fast, q, k, v), _feed(slow, q, k, v)
     assert len(calls) > 100  # every step after the first spill took the one-call path
-    np.testing.assert_allclose(got, ref, atol=2e-3)
+    # fp16 and code roundings may differ (a fast Walsh-Hadamard transform vs a
+    # matrix product; re-quantizing a cooled warm token can flip a 2-bit code)
+    np.testing.assert_allclose(got, ref, atol=1e-2)
+    assert np.abs(got - ref).mean() < 1e-3  # the 2-bit error itself is ~0.1
     np.testing.assert_array_equal(fast.pos, slow.pos)
-    assert (fast.k16 != slow.k16).mean() < 0.01 and (fast.pools[0].kc != slow.pools[0].kc).mean() < 0.01
+    assert (fast.k16 != slow.k16).mean() < 0.01
+    assert all(f.cap == 0 or ((f.kc != s.kc).mean() < 0.01 and (f.vc != s.vc).mean() < 0.01) for f, s in zip(fast.pools, slow.pools))
 
 
 def _offset_keys(n: int, seed: int):
@@ -171,7 +195,7 @@ def test_key_centering_cuts_two_bit_error_when_keys_share_a_mean():
     ref = _feed(PlainLayerCache(SPEC, 256), q, k, v)
     err = {}
     for center in (0, 1):
-        kv = KVConfig.parse(f"2,residual=16,center={center}").validate(256)
+        kv = KVConfig.parse(f"2,residual=16,warm=0,center={center}").validate(256)
         got = _feed(CompressedLayerCache(SPEC, kv, 256), q, k, v)
         err[center] = np.abs(got - ref).mean()
     assert err[1] < 0.7 * err[0], err
@@ -187,7 +211,7 @@ def test_query_aware_smoothing_cuts_two_bit_error_when_queries_and_keys_disagree
     ref = _feed(PlainLayerCache(SPEC, 256), q, k, v)
     err = {}
     for smooth in (0, 1):
-        kv = KVConfig.parse(f"2,residual=16,smooth={smooth}").validate(256)
+        kv = KVConfig.parse(f"2,residual=16,warm=0,smooth={smooth}").validate(256)
         cache = CompressedLayerCache(SPEC, kv, 256)
         got = _feed(cache, q, k, v)
         err[smooth] = np.abs(got - ref).mean()

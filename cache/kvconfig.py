@@ -265,6 +265,8 @@ class KVConfig:
             if f.name == "bits":
                 continue
             v = getattr(self, f.name)
+            if f.name == "group" and v == self.default_group:
+                continue  # a resolved default reads back as itself
             if v != getattr(default, f.name):
                 if isinstance(v, bool):
                     v = int(v)

@@ -50,7 +50,8 @@ def test_parse_first_number_is_bits_then_key_values():
     assert (kv.bits, kv.policy, kv.ratio) == (2, "h2o", 0.25)
     kv = KVConfig.parse("4,k=8,v=2,group=64,residual=16,rotate=0,mixed=8/2,merge=keepkv,policy=tova,budget=100,sinks=2")
     assert (kv.bits_k, kv.bits_v, kv.group, kv.residual, kv.rotate, kv.mixed, kv.merge, kv.budget, kv.sinks) == (8, 2, 64, 16, False, "8/2", "keepkv", 100, 2)
-    assert KVConfig.parse(str(kv)) == kv
+    assert KVConfig.parse(str(kv)).resolved() == kv.resolved()
+    assert str(KVConfig.parse("2").validate(2048)) == "2"  # resolved defaults are not spelled out
     assert str(KVConfig.parse("2,policy=h2o,ratio=0.25")) == "2,policy=h2o,ratio=0.25"
 
 

@@ -20,7 +20,8 @@ MERGES = ("mean", "keepkv")
 # at 4 bits 24 tokens is the most that keeps Gemma 3 (15 sliding-window layers
 # of 512, where the window is a large share) under 5 bits per value all counted
 # (there it halves KL vs fp16 against 16 tokens: 0.0157 -> 0.0082 at ctx 2048)
-DEFAULT_RESIDUAL = {16: 32, 8: 32, 4: 24, 3: 24, 2: 24}
+DEFAULT_RESIDUAL = {16: 32, 8: 32, 4: 24, 3: 24, 2: 80}
+DEFAULT_RESIDUAL_WARM = 24  # with a warm tier (2 bits, no policy): it takes over from the fp16 window
 
 # warm tier (quantized tokens, newest first, whose keys keep ``warm_bits``) when not given:
 # keys carry most of the 2-bit error (SmolLM2, GPL-3, ctx 2048: 4-bit keys alone
@@ -29,7 +30,7 @@ DEFAULT_RESIDUAL = {16: 32, 8: 32, 4: 24, 3: 24, 2: 24}
 # 0.096 -> 0.041, importance-chosen (h2o) ones only to 0.059
 DEFAULT_WARM_SHARE = {2: 0.35}  # share of a layer's quantized slots in the warm tier
 
-# group size when not given: at 2 bits the warm tier is paid for with groups of 64
+# group size when not given: at 2 bits the default warm tier is paid for with groups of 64
 # (0.25 instead of 0.5 bit of metadata per value); both models then stay under
 # 3.2 bits per value at ctx 2048 (SmolLM2 2.91, Gemma 3 3.17, whose sliding-window
 # layers hold most values)
@@ -133,7 +134,16 @@ class KVConfig:
     def residual_tokens(self) -> int:
         if self.residual is not None:
             return self.residual
-        return DEFAULT_RESIDUAL[min(self.widths)] if self.is_compressed else 0
+        if not self.is_compressed:
+            return 0
+        return DEFAULT_RESIDUAL_WARM if self.warm_on else DEFAULT_RESIDUAL[min(self.widths)]
+
+    @property
+    def warm_on(self) -> bool:
+        """Whether the cache has a warm tier (the window and group defaults follow it)."""
+        if self.policy is not None or self.mixed is not None or self.widths[0] >= self.warm_bits:
+            return False
+        return self.warm > 0 if self.warm is not None else DEFAULT_WARM_SHARE.get(self.widths[0], 0.0) > 0
 
     def warm_slots(self, n_quantized: int) -> int:
         """Slots of the warm tier in a layer with ``n_quantized`` quantized slots (0: none)."""
@@ -172,7 +182,7 @@ class KVConfig:
 
     @property
     def default_group(self) -> int:
-        return DEFAULT_GROUP.get(min(self.widths), 32)
+        return DEFAULT_GROUP.get(min(self.widths), 32) if self.warm_on else 32
 
     def resolved(self) -> KVConfig:
         """A copy with the per-width defaults that change the layout (the group size) filled in."""

@@ -73,7 +73,7 @@ def test_presets():
         ("2,policy=h2o,merge=avg", "unknown merge 'avg'; known: mean, keepkv"),
         ("2,merge=mean", "add a policy"),
         ("2,ratio=0.5", "needs a policy"),
-        ("2,policy=h2o,budget=20", "budget of 20 tokens is below sinks \\+ residual \\+ 1 = 29"),
+        ("2,policy=h2o,budget=40", "budget of 40 tokens is below sinks \\+ residual \\+ 1 = 85"),
         ("2,warm=64,policy=h2o", "warm tiers the pools by age"),
         ("2,mixed=2/8", "needs HI > LO"),
         ("2,group=24", "power of two"),

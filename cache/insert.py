@@ -98,6 +98,22 @@ def fwht_rows(x: np.ndarray, out: np.ndarray) -> None:
             fwht(row)
 
 
+@nb.njit(inline="always", **_JIT)
+def _take_slot(pos: np.ndarray, lo: int, cap: int, free: np.ndarray) -> int:
+    """A slot of the pool at ``[lo, lo + cap)`` for all heads: a never-used one, else the oldest
+    (as ``CompressedLayerCache._take_shared``); returns its index within the pool."""
+    if free[0] > 0:
+        free[0] -= 1
+        for s in range(cap):
+            if pos[0, lo + s] < 0:
+                return s
+    best = 0
+    for s in range(1, cap):
+        if pos[0, lo + s] < pos[0, lo + best]:
+            best = s
+    return best
+
+
 @nb.njit(**_JIT)
 def decode_push(
     q: np.ndarray,
@@ -176,34 +192,10 @@ def decode_push(
     if j < 0:
         j = oldest
         if cap > 0:
-            jq = -1
-            if free[0] > 0:
-                free[0] -= 1
-                for s in range(cap):
-                    if pos[0, lo + s] < 0:
-                        jq = s
-                        break
-            else:
-                best = 0
-                for s in range(1, cap):
-                    if pos[0, lo + s] < pos[0, lo + best]:
-                        best = s
-                jq = best
+            jq = _take_slot(pos, lo, cap, free)
             cap1 = kc1.shape[1]
             if cap1 > 0 and pos[0, lo + jq] >= 0:  # the warm tier is full: its oldest token cools
-                jc = -1
-                if free1[0] > 0:
-                    free1[0] -= 1
-                    for s in range(cap1):
-                        if pos[0, lo1 + s] < 0:
-                            jc = s
-                            break
-                else:
-                    best = 0
-                    for s in range(1, cap1):
-                        if pos[0, lo1 + s] < pos[0, lo1 + best]:
-                            best = s
-                    jc = best
+                jc = _take_slot(pos, lo1, cap1, free1)
                 for h in range(n_kv):
                     dequant_row(kc[h, jq], km[h, jq], klut, bits_k, G, kf)
                     dequant_row(vc[h, jq], vm[h, jq], vlut, bits_v, G, vf)

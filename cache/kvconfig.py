@@ -147,7 +147,7 @@ class KVConfig:
 
     def warm_slots(self, n_quantized: int) -> int:
         """Slots of the warm tier in a layer with ``n_quantized`` quantized slots (0: none)."""
-        if self.policy is not None or self.mixed is not None or self.widths[0] >= self.warm_bits:
+        if not self.warm_on:
             return 0
         if self.warm is not None:
             return min(self.warm, n_quantized)

@@ -241,7 +241,7 @@ def kv_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--kv-bits-v", type=int, default=None, help="value width (overrides --kv-bits)"),
         click.option("--kv-group", type=int, default=None, help="values per quantization group (default 64 at 2 bits, else 32)"),
         click.option("--kv-residual", type=int, default=None, help="recent tokens kept in fp16"),
-        click.option("--kv-warm", type=int, default=None, help="newest quantized tokens whose keys keep --kv-warm-bits (default: 35%% of them at 2 bits; 0: off)"),
+        click.option("--kv-warm", type=int, default=None, help="newest quantized tokens whose keys keep --kv-warm-bits (default at 2 bits: a sliding-window layer's whole window, in global layers what fits 3.19 bits/value; 0: off)"),
         click.option("--kv-warm-bits", type=int, default=None, help="key width of the warm tier (default 4)"),
         click.option("--kv-rotate/--kv-no-rotate", default=None, help="Hadamard-rotate K/V before quantizing"),
         click.option("--kv-center/--kv-no-center", default=None, help="subtract the keys' mean before quantizing (exact)"),

@@ -58,7 +58,7 @@ from .merge import make_merger
 from .policies import make_policy
 from .insert import decode_push, fwht_rows
 from .pool import Pool
-from .quant import CLIPS, hadamard
+from .quant import CLIPS, TABLE_BYTES, hadamard
 
 _EMPTY2 = np.zeros((0, 0), np.float32)
 MAX_DECODE_T = 4  # chunks up to this size use the decode kernel
@@ -100,8 +100,8 @@ class CompressedLayerCache(LayerCache):
             C0 = min(Cq, max(1, int(round(kv.hi_frac * Cq))))
             widths = [(max(hi, bk), max(hi, bv)), (bk, bv)]
             caps = [C0, Cq - C0]
-        elif kv.warm_slots(Cq) > 0:  # warm tier: the newest quantized tokens keep wider keys
-            C0 = kv.warm_slots(Cq)
+        elif kv.warm_slots(Cq, local) > 0:  # warm tier: the newest quantized tokens keep wider keys
+            C0 = kv.warm_slots(Cq, local)
             widths = [(kv.warm_bits, bv), (bk, bv)]
             caps = [C0, Cq - C0]
         else:
@@ -171,7 +171,7 @@ class CompressedLayerCache(LayerCache):
         rest = n - f
         for p in self.pools:
             c = min(rest, p.cap)
-            b += c * n_kv * p.slot_bytes() + (p.klut.nbytes + p.vlut.nbytes if p.cap else 0)
+            b += c * n_kv * p.slot_bytes() + (2 * TABLE_BYTES if p.cap else 0)
             rest -= c
         per_slot = self.P * 4 + (self.logw.shape[0] * 4)
         if self.policy is not None:

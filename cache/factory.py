@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .base import LayerCache, LayerSpec
 from .compressed import CompressedLayerCache
-from .kvconfig import KVConfig
+from .kvconfig import DEFAULT_WARM_TARGET, KVConfig
 from .plain import PlainLayerCache, make_plain_cache
 
 
@@ -40,7 +40,42 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
     if kv is None or not kv.is_compressed:
         return plain(specs, n_ctx, n_batch)
     kv = kv.validate(n_ctx)
-    return [layer_cls(spec, _fit_group(kv, spec), n_ctx) for spec in specs]
+    kvs = [_fit_group(kv, spec) for spec in specs]
+    if kv.warm is None and kv.warm_on:
+        kvs = _size_warm_tiers(specs, kvs, n_ctx, DEFAULT_WARM_TARGET[kv.widths[0]])
+    return [layer_cls(spec, k, n_ctx) for spec, k in zip(specs, kvs)]
+
+
+def _size_warm_tiers(specs: list[LayerSpec], kvs: list[KVConfig], n_ctx: int, target_bpv: float) -> list[KVConfig]:
+    """Explicit warm-tier sizes for a default (``warm=None``) cache.
+
+    The tiers grow until the whole cache, full and everything counted, reaches
+    ``target_bpv`` bits per value: first the sliding-window layers' (up to their
+    whole quantized window: all of it is recent, and those layers are where 2-bit
+    keys hurt most), then the global layers', as one share of their quantized
+    slots.  Bytes grow linearly with a tier, so one trial layout with one-slot
+    tiers gives the shares.  The window and group the tier implies are pinned
+    first, so a tier that comes out at one slot keeps that layout.
+    """
+    kvs = [k.with_(residual=k.residual_tokens) for k in kvs]
+    trial = [k.with_(warm=1) for k in kvs]
+    used = vals = 0
+    room: dict[bool, list[tuple[int, int, int]]] = {True: [], False: []}  # sliding? -> (layer, quantized slots, bytes per warm slot)
+    for i, (s, k) in enumerate(zip(specs, trial)):
+        layer = CompressedLayerCache(s, k, n_ctx)
+        b, v = layer.footprint(n_ctx)
+        used, vals = used + b, vals + v
+        if len(layer.pools) > 1 and layer.pools[1].cap + layer.pools[0].cap > 1:
+            warm, cold = layer.pools
+            room[s.window > 0].append((i, warm.cap + cold.cap, s.n_head_kv * (warm.slot_bytes() - cold.slot_bytes())))
+    left = target_bpv * vals / 8 - used
+    for sliding in (True, False):
+        extra = sum((cq - 1) * per for _, cq, per in room[sliding])
+        share = min(max(left / extra, 0.0), 1.0) if extra > 0 else 0.0
+        left -= share * extra
+        for i, cq, _ in room[sliding]:
+            trial[i] = kvs[i].with_(warm=1 + int(share * (cq - 1)))
+    return trial
 
 
 def _fit_group(kv: KVConfig, spec: LayerSpec) -> KVConfig:

@@ -21,19 +21,24 @@ MERGES = ("mean", "keepkv")
 # of 512, where the window is a large share) under 5 bits per value all counted
 # (there it halves KL vs fp16 against 16 tokens: 0.0157 -> 0.0082 at ctx 2048)
 DEFAULT_RESIDUAL = {16: 32, 8: 32, 4: 24, 3: 24, 2: 80}
-DEFAULT_RESIDUAL_WARM = 24  # with a warm tier (2 bits, no policy): it takes over from the fp16 window
+DEFAULT_RESIDUAL_WARM = 16  # with a warm tier (2 bits, no policy): it takes over from the fp16 window
 
 # warm tier (quantized tokens, newest first, whose keys keep ``warm_bits``) when not given:
 # keys carry most of the 2-bit error (SmolLM2, GPL-3, ctx 2048: 4-bit keys alone
 # KL 0.096 -> 0.022, 4-bit values alone -> 0.070), and attention falls mostly on
 # recent tokens: the ~245 newest quantized tokens at 4 bits (K and V) took KL
-# 0.096 -> 0.041, importance-chosen (h2o) ones only to 0.059
-DEFAULT_WARM_SHARE = {2: 0.35}  # share of a layer's quantized slots in the warm tier
+# 0.096 -> 0.041, importance-chosen (h2o) ones only to 0.059.
+# Sliding-window layers put every quantized slot in the tier: their whole window
+# is recent, and on Gemma 3 (GPL-3, ctx 2048, 2 bits) they carry the damage: its
+# sliding-window layers alone at 2 bits KL 0.052, its global layers alone 0.015;
+# 4-bit keys over the whole window took the model's KL 0.066 -> 0.032.  Global
+# layers then get the largest tier that keeps the whole cache (everything counted)
+# at DEFAULT_WARM_TARGET bits per value (``cache.factory.make_cache`` sizes it).
+DEFAULT_WARM_TARGET = {2: 3.19}
+DEFAULT_WARM_SHARE = 0.35  # a global layer's tier when a layer cache is built on its own
 
 # group size when not given: at 2 bits the default warm tier is paid for with groups of 64
-# (0.25 instead of 0.5 bit of metadata per value); both models then stay under
-# 3.2 bits per value at ctx 2048 (SmolLM2 2.91, Gemma 3 3.17, whose sliding-window
-# layers hold most values)
+# (0.25 instead of 0.5 bit of metadata per value)
 DEFAULT_GROUP = {2: 64}
 
 PRESETS: dict[str, str] = {
@@ -90,8 +95,10 @@ class KVConfig:
         Fold evicted tokens into their most similar kept token: ``mean`` or ``keepkv``.
     warm : int or None
         Newest quantized tokens (just out of the fp16 window) whose keys keep
-        ``warm_bits``; older ones are re-quantized to the low width (None: per-width
-        default, a share of each layer's quantized slots: half at 2 bits; 0: off).  Only without a policy or ``mixed``, which own the two pools.
+        ``warm_bits``; older ones are re-quantized to the low width (None: at 2
+        bits, all of a sliding-window layer's quantized slots and, in global
+        layers, as many as keep the cache at ``DEFAULT_WARM_TARGET`` bits per
+        value; 0: off).  Only without a policy or ``mixed``, which own the two pools.
     warm_bits : int
         Key width of the warm tier.
     """
@@ -143,15 +150,20 @@ class KVConfig:
         """Whether the cache has a warm tier (the window and group defaults follow it)."""
         if self.policy is not None or self.mixed is not None or self.widths[0] >= self.warm_bits:
             return False
-        return self.warm > 0 if self.warm is not None else DEFAULT_WARM_SHARE.get(self.widths[0], 0.0) > 0
+        return self.warm > 0 if self.warm is not None else self.widths[0] in DEFAULT_WARM_TARGET
 
-    def warm_slots(self, n_quantized: int) -> int:
-        """Slots of the warm tier in a layer with ``n_quantized`` quantized slots (0: none)."""
+    def warm_slots(self, n_quantized: int, sliding: bool = False) -> int:
+        """Slots of the warm tier in a layer with ``n_quantized`` quantized slots (0: none).
+
+        Without an explicit ``warm``: all of a sliding-window layer's, and
+        :data:`DEFAULT_WARM_SHARE` of a global layer's (``make_cache`` gives
+        global layers an explicit size that fits the whole cache's bit target).
+        """
         if not self.warm_on:
             return 0
         if self.warm is not None:
             return min(self.warm, n_quantized)
-        return int(round(DEFAULT_WARM_SHARE.get(self.widths[0], 0.0) * n_quantized))
+        return n_quantized if sliding else int(round(DEFAULT_WARM_SHARE * n_quantized))
 
     @property
     def rotated(self) -> bool:

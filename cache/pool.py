@@ -6,7 +6,9 @@ Shapes (``C`` slots, ``G`` values per group, ``w`` container bits)::
     km [n_kv, C, D / G, 2]      uint8   key (scale code, zero code) per group
     vc [n_kv, C, Dv * w_v / 8]  uint8   value codes
     vm [n_kv, C, Dv / G, 2]     uint8
-    klut, vlut [256]            float32 scale tables (calibrated on the first write)
+    klut, vlut [256]            float32 scale tables (calibrated on the first write):
+                                views of one shared table, so each costs one
+                                exponent (``quant.TABLE_BYTES``)
 
 Rows are written and read in the cache's (possibly rotated) basis; the pool
 does not know about positions or scores.
@@ -17,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops.cpu.qattention import dequantize_rows
-from .quant import calibrate_lut, quantize_into, row_bytes
+from .quant import TABLE_BYTES, calibrate_lut, quantize_into, row_bytes, scale_lut
 
 
 class Pool:
@@ -30,8 +32,8 @@ class Pool:
         self.km = np.zeros((n_kv, cap, D // G if bits_k < 16 else 0, 2), np.uint8)
         self.vc = np.zeros((n_kv, cap, row_bytes(Dv, bits_v)), np.uint8)
         self.vm = np.zeros((n_kv, cap, Dv // G if bits_v < 16 else 0, 2), np.uint8)
-        self.klut = np.ones(256, np.float32)
-        self.vlut = np.ones(256, np.float32)
+        self.klut = scale_lut(-8)  # placeholders until the first write calibrates them
+        self.vlut = scale_lut(-8)
         self.calibrated = False
         self._tmp = np.zeros(2 * G, np.int32)  # quantizer scratch
         self._slots = np.full(n_kv, -1, np.int64)  # [n_kv] one-head writes
@@ -39,9 +41,9 @@ class Pool:
     def calibrate(self, k: np.ndarray, v: np.ndarray) -> None:
         """Fix the scale tables from sample rows.  k: [..., D]; v: [..., Dv] float32."""
         if self.bits_k < 16:
-            self.klut[:] = calibrate_lut(k, self.bits_k)
+            self.klut = calibrate_lut(k, self.bits_k)
         if self.bits_v < 16:
-            self.vlut[:] = calibrate_lut(v, self.bits_v)
+            self.vlut = calibrate_lut(v, self.bits_v)
         self.calibrated = True
 
     def write(self, slots: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
@@ -77,7 +79,7 @@ class Pool:
         return self.kc.shape[2] + self.km.shape[2] * 2 + self.vc.shape[2] + self.vm.shape[2] * 2
 
     def nbytes(self) -> int:
-        return self.kc.nbytes + self.km.nbytes + self.vc.nbytes + self.vm.nbytes + self.klut.nbytes + self.vlut.nbytes
+        return self.kc.nbytes + self.km.nbytes + self.vc.nbytes + self.vm.nbytes + 2 * TABLE_BYTES
 
 
 def _dequant(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, bits: int, G: int, out: np.ndarray) -> None:

@@ -76,9 +76,16 @@ def test_gpu_without_cupy_or_device_is_one_line(monkeypatch, tiny):
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "--device cpu" in r.output
 
 
-def test_kv_eval_on_gpu_matches_cpu(gpu_env, tmp_path):
-    """kvrun kv-eval --device gpu: the same table as the CPU (float32 weights, so the quantizer sees the same K/V)."""
+def test_kv_eval_on_gpu_matches_cpu(gpu_env, tmp_path, monkeypatch):
+    """kvrun kv-eval --device gpu: the same table as the CPU (float32 weights, so the quantizer sees the same K/V).
+
+    The CPU takes its step-by-step path, as the GPU cache does: the one-call decode
+    step rounds a little differently (its own test bounds that), and on a random
+    model's near-uniform logits those roundings alone move the perplexity ~0.5%."""
+    from kvrun.cache.compressed import CompressedLayerCache
     from kvrun.cache.kvconfig import KVConfig
+
+    monkeypatch.setattr(CompressedLayerCache, "FAST_DECODE", False)
     from kvrun.runtime.kveval import kv_eval
 
     path = write_tiny_model(tmp_path / "f32.gguf", "llama", qtype=Q.F32)

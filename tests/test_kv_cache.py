@@ -17,7 +17,9 @@ from tinymodel import write_tiny_model
 from kvrun.cache.base import KVCache, LayerSpec
 from kvrun.cache.compressed import CompressedLayerCache
 from kvrun.cache.factory import bits_per_value, make_cache
-from kvrun.cache.kvconfig import KVConfig
+from kvrun.cache import quant
+from kvrun.cache.quant import TABLE_BYTES
+from kvrun.cache.kvconfig import DEFAULT_WARM_TARGET, KVConfig
 from kvrun.cache.plain import PlainLayerCache
 from kvrun.cache.policies import POLICIES
 from kvrun.loaders.config import load_config
@@ -105,6 +107,26 @@ def test_four_bit_defaults_fit_5_bits_per_value_with_sliding_window_layers():
     assert bits_per_value(make_cache(specs, 2048, 256, KVConfig.parse("2")), 2048) <= 3.2
 
 
+def test_default_warm_tiers_cover_sliding_windows_and_fill_global_layers_to_the_target():
+    """Gemma 3's geometry at 2 bits: a sliding-window layer keeps 4-bit keys for its whole
+    quantized window; global layers get the largest tier that keeps the cache at the
+    target bits per value; an explicit --kv-warm is taken as given."""
+    local, glob = LayerSpec(4, 1, 256, 256, 512, 0.0625, 0.0), LayerSpec(4, 1, 256, 256, 0, 0.0625, 0.0)
+    specs = ([local] * 5 + [glob]) * 3
+    for n_ctx in (2048, 4096):
+        layers = make_cache(specs, n_ctx, 256, KVConfig.parse("2"))
+        w = layers[0]
+        assert w.pools[0].bits_k == 4 and w.pools[1].cap == 0 and w.pools[0].cap == w.N - w.F
+        g = layers[5]
+        assert g.pools[1].cap > 0 and g.pools[0].bits_k == 4 and g.pools[1].bits_k == 2
+        bpv = bits_per_value(layers, n_ctx)
+        assert DEFAULT_WARM_TARGET[2] - 0.01 < bpv <= DEFAULT_WARM_TARGET[2], bpv
+    wider = make_cache(specs, 4096, 256, KVConfig.parse("2"))[5].pools[0].cap
+    assert wider > make_cache(specs, 2048, 256, KVConfig.parse("2"))[5].pools[0].cap  # longer context: more room
+    fixed = make_cache(specs, 2048, 256, KVConfig.parse("2,warm=100"))
+    assert fixed[0].pools[0].cap == 100 and fixed[5].pools[0].cap == 100
+
+
 def test_two_bit_default_keeps_a_warm_tier_of_wider_keys():
     """At 2 bits the newest quantized tokens (35% of a layer's quantized slots) keep 4-bit keys
     in pool 0; older ones are re-quantized into the 2-bit pool 1, oldest first."""
@@ -148,7 +170,7 @@ def test_quantized_attention_error_shrinks_with_width(bits, bound):
     assert err < bound, err
 
 
-@pytest.mark.parametrize("spec_s", ["2", "4,rotate=0", "8", "2,bits_k=4,group=16", "3,sinks=0", "2,warm=24", "3,warm=8,warm_bits=8"])
+@pytest.mark.parametrize("spec_s", ["2", "4,rotate=0", "8", "2,bits_k=4,group=16", "3,sinks=0", "2,warm=24", "2,warm=1000", "3,warm=8,warm_bits=8"])
 @pytest.mark.parametrize("window", [0, 40])
 def test_one_call_decode_step_equals_the_general_path(spec_s, window):
     """The steady-state decode step (:mod:`kvrun.cache.insert`, one Numba call)
@@ -230,9 +252,11 @@ def test_memory_is_fixed_and_tokens_never_exceed_the_budget():
     _feed(c, q[100:], k[100:], v[100:], chunk=50)
     assert c.nbytes() == n0
     assert c.n_tokens() == 80
-    # every allocated array is counted
-    arrays = [c.k16, c.v16, c.pos] + [a for p in c.pools for a in (p.kc, p.km, p.vc, p.vm, p.klut, p.vlut)] + c.policy.per_slot()
-    assert n0 == sum(a.nbytes for a in arrays)
+    # every allocated array is counted; a pool's two scale tables are views of one
+    # shared table, so each costs its starting exponent
+    arrays = [c.k16, c.v16, c.pos] + [a for p in c.pools for a in (p.kc, p.km, p.vc, p.vm)] + c.policy.per_slot()
+    assert n0 == sum(a.nbytes for a in arrays) + 2 * TABLE_BYTES * len(c.pools)
+    assert all(np.shares_memory(t, quant._SCALES) for p in c.pools for t in (p.klut, p.vlut))
 
 
 def test_sinks_and_residual_window_are_never_evicted():

@@ -20,7 +20,7 @@ MERGES = ("mean", "keepkv")
 # at 4 bits 24 tokens is the most that keeps Gemma 3 (15 sliding-window layers
 # of 512, where the window is a large share) under 5 bits per value all counted
 # (there it halves KL vs fp16 against 16 tokens: 0.0157 -> 0.0082 at ctx 2048)
-DEFAULT_RESIDUAL = {16: 32, 8: 32, 4: 24, 3: 24, 2: 80}
+DEFAULT_RESIDUAL = {16: 32, 8: 32, 4: 36, 3: 24, 2: 80}
 DEFAULT_RESIDUAL_WARM = 16  # with a warm tier (2 bits, no policy): it takes over from the fp16 window
 
 # warm tier (quantized tokens, newest first, whose keys keep ``warm_bits``) when not given:
@@ -38,8 +38,8 @@ DEFAULT_WARM_TARGET = {2: 3.19}
 DEFAULT_WARM_SHARE = 0.35  # a global layer's tier when a layer cache is built on its own
 
 # group size when not given: at 2 bits the default warm tier is paid for with groups of 64
-# (0.25 instead of 0.5 bit of metadata per value)
-DEFAULT_GROUP = {2: 64}
+# (0.25 instead of 0.5 bit of metadata per value), and at 4 bits the longer fp16 window
+DEFAULT_GROUP = {2: 64, 4: 64}
 
 PRESETS: dict[str, str] = {
     "lossless": "8",  # 8-bit K and V: KL ~ 1e-4 on SmolLM2
@@ -66,7 +66,7 @@ class KVConfig:
         Separate key / value widths (None: ``bits``).
     group : int or None
         Values per quantization group (per token, along the head dimension;
-        None: per-width default, 64 at 2 bits, else 32).
+        None: per-width default, 64 at 2 bits with the warm tier and at 4 bits, else 32).
     residual : int or None
         Most recent tokens kept in fp16 before they are quantized (None: per-width default).
     rotate : bool or None
@@ -194,7 +194,10 @@ class KVConfig:
 
     @property
     def default_group(self) -> int:
-        return DEFAULT_GROUP.get(min(self.widths), 32) if self.warm_on else 32
+        w = min(self.widths)
+        if w == 2 and not self.warm_on:
+            return 32  # a policy or mixed precision: 2-bit codes without the warm tier need the finer groups
+        return DEFAULT_GROUP.get(w, 32)
 
     def resolved(self) -> KVConfig:
         """A copy with the per-width defaults that change the layout (the group size) filled in."""

@@ -57,7 +57,7 @@ def _size_warm_tiers(specs: list[LayerSpec], kvs: list[KVConfig], n_ctx: int, ta
     tiers gives the shares.  The window and group the tier implies are pinned
     first, so a tier that comes out at one slot keeps that layout.
     """
-    kvs = [k.with_(residual=k.residual_tokens) for k in kvs]
+    kvs = [k.with_(residual=k.residual_for(s.window > 0)) for s, k in zip(specs, kvs)]
     trial = [k.with_(warm=1) for k in kvs]
     used = vals = 0
     room: dict[bool, list[tuple[int, int, int]]] = {True: [], False: []}  # sliding? -> (layer, quantized slots, bytes per warm slot)

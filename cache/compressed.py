@@ -92,7 +92,7 @@ class CompressedLayerCache(LayerCache):
             S, policy, merge, mixed = min(kv.sinks, budget), kv.policy, kv.merge, kv.mixed
         if mixed and policy is None:
             policy = "h2o"  # importance for precision only; nothing is evicted
-        R = min(kv.residual_for(local), budget - S)
+        R = min(kv.residual_tokens, budget - S)
         Cq = budget - S - R
         bk, bv = kv.widths
         if mixed:

@@ -55,9 +55,11 @@ def _size_warm_tiers(specs: list[LayerSpec], kvs: list[KVConfig], n_ctx: int, ta
     keys hurt most), then the global layers', as one share of their quantized
     slots.  Bytes grow linearly with a tier, so one trial layout with one-slot
     tiers gives the shares.  The window and group the tier implies are pinned
-    first, so a tier that comes out at one slot keeps that layout.
+    first, so a tier that comes out at one slot keeps that layout (global layers of a
+    model with sliding-window layers keep a shorter window: see ``kvconfig``).
     """
-    kvs = [k.with_(residual=k.residual_for(s.window > 0)) for s, k in zip(specs, kvs)]
+    hybrid = any(s.window > 0 for s in specs)
+    kvs = [k.with_(residual=k.residual_for(hybrid and s.window <= 0)) for s, k in zip(specs, kvs)]
     trial = [k.with_(warm=1) for k in kvs]
     used = vals = 0
     room: dict[bool, list[tuple[int, int, int]]] = {True: [], False: []}  # sliding? -> (layer, quantized slots, bytes per warm slot)

@@ -22,10 +22,12 @@ MERGES = ("mean", "keepkv")
 # (there it halves KL vs fp16 against 16 tokens: 0.0157 -> 0.0082 at ctx 2048)
 DEFAULT_RESIDUAL = {16: 32, 8: 32, 4: 36, 3: 24, 2: 80}
 # with a warm tier (2 bits, no policy) the tier takes over from the fp16 window: 16 tokens
-# in sliding-window layers (8 or 12 cost Gemma 3 far more KL), 8 in global layers, whose
-# freed bits buy a larger warm tier (Gemma 3, GPL-3, ctx 2048 at 3.19 bits/value:
-# 16-token window and 184 warm tokens +5.05% (KL 0.052), 8 and 290 +3.80% (KL 0.047))
-DEFAULT_RESIDUAL_WARM = {True: 16, False: 8}  # sliding-window layer? -> tokens
+# (8 or 12 cost Gemma 3's sliding-window layers far more KL, and 8 cost SmolLM2 +2.35% ->
+# +5.55% PPL), except in the global layers of a model that also has sliding-window
+# layers, where 8 tokens free bits for a larger warm tier (Gemma 3, GPL-3, ctx 2048, at
+# 3.19 bits/value: 16-token window and 184 warm tokens KL 0.052, 8 and 294 KL 0.047)
+DEFAULT_RESIDUAL_WARM = 16
+DEFAULT_RESIDUAL_WARM_HYBRID_GLOBAL = 8
 
 # warm tier (quantized tokens, newest first, whose keys keep ``warm_bits``) when not given:
 # keys carry most of the 2-bit error (SmolLM2, GPL-3, ctx 2048: 4-bit keys alone
@@ -143,16 +145,19 @@ class KVConfig:
 
     @property
     def residual_tokens(self) -> int:
-        """The fp16 window of a global layer (see :meth:`residual_for`)."""
+        """The fp16 window of a layer (see :meth:`residual_for`)."""
         return self.residual_for(False)
 
-    def residual_for(self, sliding: bool) -> int:
-        """The fp16 window of a sliding-window (``sliding``) or global layer."""
+    def residual_for(self, hybrid_global: bool) -> int:
+        """The fp16 window of a layer; ``hybrid_global``: a global layer of a model
+        that also has sliding-window layers."""
         if self.residual is not None:
             return self.residual
         if not self.is_compressed:
             return 0
-        return DEFAULT_RESIDUAL_WARM[sliding] if self.warm_on else DEFAULT_RESIDUAL[min(self.widths)]
+        if not self.warm_on:
+            return DEFAULT_RESIDUAL[min(self.widths)]
+        return DEFAULT_RESIDUAL_WARM_HYBRID_GLOBAL if hybrid_global else DEFAULT_RESIDUAL_WARM
 
     @property
     def warm_on(self) -> bool:

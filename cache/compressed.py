@@ -100,8 +100,7 @@ class CompressedLayerCache(LayerCache):
             C0 = min(Cq, max(1, int(round(kv.hi_frac * Cq))))
             widths = [(max(hi, bk), max(hi, bv)), (bk, bv)]
             caps = [C0, Cq - C0]
-        elif kv.warm_slots(Cq, local) > 0:  # warm tier: the newest quantized tokens keep wider keys
-            C0 = kv.warm_slots(Cq, local)
+        elif (C0 := kv.warm_slots(Cq, local)) > 0:  # warm tier: the newest quantized tokens keep wider keys
             widths = [(kv.warm_bits, bv), (bk, bv)]
             caps = [C0, Cq - C0]
         else:

@@ -3,8 +3,8 @@
 ``gguf.GGUFReader`` builds a numpy object per array item, which takes ~5 s for
 SmolLM2's 49k-token vocabulary and ~27 s for Gemma 3's 262k one.  This reader
 walks the header once over the memory map: numeric arrays become zero-copy numpy
-views, string arrays are decoded in one tight loop, and tensor data is exposed
-as uint8 views of the map — weights are never copied or dequantized here.
+views, string arrays are indexed in one tight loop and decoded only on access,
+and tensor data is exposed as uint8 views of the map — weights are never copied or dequantized here.
 
 Layout (GGUF v2/v3, little endian)::
 
@@ -31,6 +31,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .errors import GGUFError
+from .strings import StringArray
 
 GGUF_MAGIC = b"GGUF"
 
@@ -150,23 +151,17 @@ class _Cursor:
         self.pos += nbytes
         return v.astype(bool) if itype == _T_BOOL else v
 
-    def _string_array(self, count: int) -> list[str]:
-        # The hot loop of start-up (262k strings for Gemma 3): slicing the mmap
-        # object directly is the cheapest thing Python offers here.
-        mm, pos, size = self.mm, self.pos, self.size
-        if count * 8 > size - pos:
+    def _string_array(self, count: int) -> StringArray:
+        # The hot loop of start-up (262k strings for Gemma 3): lengths only, the
+        # bytes stay in the map until a string is asked for (loaders/strings.py).
+        if count * 8 > self.size - self.pos:
             self.need(count * 8)
-        out: list[str] = [""] * count
-        from_bytes = int.from_bytes
-        for i in range(count):
-            n = from_bytes(mm[pos : pos + 8], "little")
-            end = pos + 8 + n
-            if end > size:
-                self.pos = pos
-                self.need(8 + n)
-            out[i] = mm[pos + 8 : end].decode("utf-8", errors="replace")
-            pos = end
-        self.pos = pos
+        try:
+            out, self.pos = StringArray.parse_gguf(self.mm, self.pos, count)
+        except EOFError as e:
+            self.pos = e.args[0]
+            self.need(self.size)  # raises the truncation error at that offset
+            raise
         return out
 
     def value(self, vtype: int) -> Any:
@@ -185,7 +180,8 @@ class GGUFFile:
     Attributes
     ----------
     metadata : key -> value; scalars as Python values, string arrays as
-        ``list[str]``, numeric arrays as 1-D numpy views.
+        :class:`~.strings.StringArray` (a sequence of str decoded on access),
+        numeric arrays as 1-D numpy views.
     tensors : name -> :class:`TensorInfo`, in file order.
     version, file_size, alignment, data_offset.
 

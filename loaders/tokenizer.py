@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from .strings import StringArray
+
 # GGUF token types (gguf-py TokenType / llama.cpp llama_token_type)
 T_UNDEFINED, T_NORMAL, T_UNKNOWN, T_CONTROL, T_USER_DEFINED, T_UNUSED, T_BYTE = 0, 1, 2, 3, 4, 5, 6
 
@@ -189,7 +191,7 @@ def _field_varint(num: int, v: int) -> bytes:
 _SP_NORMAL, _SP_UNKNOWN, _SP_BYTE = 1, 2, 6
 
 
-def _spm_model_proto(pieces: list[str], scores: np.ndarray, sp_types: np.ndarray) -> bytes:
+def _spm_model_proto(pieces: StringArray, scores: np.ndarray, sp_types: np.ndarray) -> bytes:
     """Serialise a sentencepiece ``ModelProto``: BPE, byte fallback, identity normaliser.
 
     Written by hand rather than through protobuf's Python classes: it builds a
@@ -203,8 +205,7 @@ def _spm_model_proto(pieces: list[str], scores: np.ndarray, sp_types: np.ndarray
     ty = sp_types.tolist()
     typ = {t: b"\x18" + _vi(t) for t in set(ty)}
     out = bytearray()  # appended in place: no list of 262k small bytes objects (peak memory)
-    for i, p in enumerate(pieces):
-        b = p.encode("utf-8")
+    for i, b in enumerate(pieces.iter_bytes()):
         inner = b"\n" + _vi(len(b)) + b + b"\x15" + sc[4 * i : 4 * i + 4] + typ[ty[i]]
         out += b"\n"
         out += _vi(len(inner))
@@ -226,7 +227,7 @@ class Tokenizer:
     Attributes: ``kind`` ("spm" or "bpe"), ``n_vocab``, ``bos_id``, ``eos_id``,
     ``unk_id`` (None when absent), ``add_bos``/``add_eos`` (what the vocabulary
     asks for), ``eot_ids`` (every id that ends a generation), ``tokens``
-    (token texts), ``attrs`` (llama.cpp token attribute bits, int32 array).
+    (token texts, a :class:`~.strings.StringArray`), ``attrs`` (llama.cpp token attribute bits, int32 array).
     """
 
     def __init__(self, md: Mapping[str, Any]) -> None:
@@ -236,12 +237,13 @@ class Tokenizer:
         self.kind = "spm" if self.model == "llama" else "bpe"
         self.pre = str(md.get("tokenizer.ggml.pre", "default") or "default")
 
-        tokens = list(md["tokenizer.ggml.tokens"])
-        for i in (i for i, t in enumerate(tokens) if not t):
-            tokens[i] = f"[EMPTY_{i}]"  # as llama.cpp renames empty tokens
-        self.tokens: list[str] = tokens
-        n = self.n_vocab = len(tokens)
-        self._ids: dict[str, int] = {t: i for i, t in enumerate(tokens)}  # duplicates: the last id wins, as in llama.cpp
+        tokens = md["tokenizer.ggml.tokens"]
+        if not isinstance(tokens, StringArray):
+            tokens = StringArray.from_strings(tokens)
+        empty = np.flatnonzero(tokens.lengths == 0).tolist()
+        # as llama.cpp renames empty tokens; no copy of the vocabulary otherwise
+        self.tokens: StringArray = tokens.replaced({i: f"[EMPTY_{i}]" for i in empty})
+        n = self.n_vocab = len(self.tokens)
 
         types = md.get("tokenizer.ggml.token_type")
         if types is None:
@@ -286,8 +288,7 @@ class Tokenizer:
             self._sp = spm.SentencePieceProcessor()
             self._sp.LoadFromSerializedProto(_spm_model_proto(pieces, np.append(scores, np.float32(0)), sp_types))
         else:
-            self._hf = _build_bpe(tokens, md.get("tokenizer.ggml.merges") or [], PRE_TOKENIZERS.get(self.pre, _DEFAULT), self.ignore_merges)
-        del self._ids  # the text -> id map is only needed while loading (15 MiB for a 262k vocabulary)
+            self._hf = _build_bpe(list(self.tokens), md.get("tokenizer.ggml.merges") or [], PRE_TOKENIZERS.get(self.pre, _DEFAULT), self.ignore_merges)
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:
@@ -303,10 +304,10 @@ class Tokenizer:
 
     def _fix_attrs_and_eog(self, md: Mapping[str, Any]) -> None:
         """End-of-generation set and attribute overrides, as llama.cpp derives them."""
-        ids, attrs = self._ids, self.attrs
+        attrs = self.attrs
 
         def by_text(texts: Iterable[str]) -> list[int]:
-            return [ids[t] for t in texts if t in ids]
+            return [i for i in map(self.token_id, texts) if i is not None]
 
         def first(key_names: tuple[str, ...], texts: tuple[str, ...]) -> int | None:
             for k in key_names:
@@ -355,13 +356,13 @@ class Tokenizer:
         if "phi-3" in name or "phi3" in name:  # llama.cpp's per-model attributes
             for i in special:
                 attrs[i] |= A_RSTRIP
-            if "</s>" in self._ids:
-                attrs[self._ids["</s>"]] |= A_RSTRIP
+            if (i := self.token_id("</s>")) is not None:
+                attrs[i] |= A_RSTRIP
             for t in ("<unk>", "<s>", "<|endoftext|>"):
-                if t in self._ids:
-                    attrs[self._ids[t]] &= ~A_RSTRIP
-        elif "jina-v2" in self.pre and "<mask>" in self._ids:
-            attrs[self._ids["<mask>"]] |= A_LSTRIP
+                if (i := self.token_id(t)) is not None:
+                    attrs[i] &= ~A_RSTRIP
+        elif "jina-v2" in self.pre and (i := self.token_id("<mask>")) is not None:
+            attrs[i] |= A_LSTRIP
         special.sort(key=lambda i: -len(self.tokens[i].encode("utf-8")))  # stable: ties keep id order
         self._special_rank = {tid: r for r, tid in enumerate(special)}
         trie: dict = {}
@@ -373,7 +374,7 @@ class Tokenizer:
         self._trie = trie
         self._first_chars = re.compile("[" + "".join(re.escape(c) for c in sorted(trie)) + "]") if trie else None
 
-    def _sp_pieces(self) -> tuple[list[str], np.ndarray]:
+    def _sp_pieces(self) -> tuple[StringArray, np.ndarray]:
         """Pieces and sentencepiece types mirroring llama.cpp's SPM session.
 
         llama.cpp merges into (and outputs) any token whose text matches,
@@ -382,21 +383,17 @@ class Tokenizer:
         the vocabulary is the UNKNOWN piece sentencepiece requires.  Duplicate
         texts keep only the last id reachable, as llama.cpp's text->id map does.
         """
-        pieces = list(self.tokens)
         sp_types = np.full(self.n_vocab + 1, _SP_NORMAL, np.int32)
         is_byte = (self.attrs & A_BYTE) != 0
         sp_types[:-1][is_byte] = _SP_BYTE
-        if len(self._ids) != self.n_vocab:
-            for i, t in enumerate(pieces):
-                if self._ids[t] != i:
-                    pieces[i] = f"\ue000kvrun-duplicate-{i}\ue000"
+        renamed = {i: f"\ue000kvrun-duplicate-{i}\ue000" for i in self.tokens.shadowed().tolist()}
         for i in np.nonzero(is_byte)[0].tolist():  # sentencepiece wants byte pieces spelled <0xXX>
-            m = _BYTE_TOKEN.match(pieces[i])
-            if not m or pieces[i] != f"<0x{int(m.group(1), 16):02X}>":
+            t = renamed.get(i) or self.tokens[i]
+            m = _BYTE_TOKEN.match(t)
+            if not m or t != f"<0x{int(m.group(1), 16):02X}>":
                 sp_types[i] = _SP_NORMAL
-        pieces.append("\ue000kvrun-unknown\ue000")
         sp_types[-1] = _SP_UNKNOWN
-        return pieces, sp_types
+        return self.tokens.replaced(renamed, extra=["\ue000kvrun-unknown\ue000"]), sp_types
 
     # ----------------------------------------------------------------- encode
     def _partition(self, text: str, parse_special: bool) -> list[tuple[int, int] | int]:
@@ -547,12 +544,10 @@ class Tokenizer:
     def token_id(self, text: str) -> int | None:
         """The id of the token whose text is exactly ``text`` (the last one, as llama.cpp's map), else None.
 
-        A scan (a few ms for 262k tokens): the text -> id map is not kept after loading.
+        A vectorised scan of the vocabulary's lengths and bytes (well under a
+        millisecond for 262k tokens): no text -> id map is kept.
         """
-        try:
-            return self.n_vocab - 1 - self.tokens[::-1].index(text)
-        except ValueError:
-            return None
+        return self.tokens.last_index(text)
 
     def __len__(self) -> int:
         return self.n_vocab

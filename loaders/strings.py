@@ -1,0 +1,157 @@
+"""A GGUF string array kept as its bytes, not as Python strings.
+
+A vocabulary of 262k tokens as a ``list[str]`` costs ~25 MiB of Python objects
+(about 90 bytes a string), made again by every copy a tokenizer takes.  Here it
+is one uint8 buffer (a view of the memory-mapped file, or a small copy) with
+``starts``/``lengths`` arrays: ~4 MiB of index for Gemma 3, and an item becomes a
+``str`` only when someone asks for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+_FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
+
+
+class StringArray(Sequence[str]):
+    """Read-only sequence of utf-8 strings over one byte buffer.
+
+    Parameters
+    ----------
+    data : uint8 array holding every item's bytes.
+    starts, lengths : int64 arrays [n]: item ``i`` is ``data[starts[i] : starts[i] + lengths[i]]``.
+
+    Items decode with ``errors="replace"``, as the GGUF reader always did.
+    Equal to any sequence of the same strings (``StringArray == list``).
+    """
+
+    def __init__(self, data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> None:
+        self.data = data
+        self.starts = np.asarray(starts, np.int64)
+        self.lengths = np.asarray(lengths, np.int64)
+        self._mv = memoryview(data)
+
+    # ------------------------------------------------------------ building
+    @classmethod
+    def from_strings(cls, items: Iterable[str]) -> StringArray:
+        raw = [s.encode("utf-8") for s in items]
+        lengths = np.fromiter((len(b) for b in raw), np.int64, len(raw))
+        starts = np.zeros(len(raw), np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        return cls(np.frombuffer(b"".join(raw) or b"\0", np.uint8).copy(), starts, lengths)
+
+    @classmethod
+    def parse_gguf(cls, buf: memoryview | bytes, pos: int, count: int) -> tuple[StringArray, int]:
+        """Read ``count`` GGUF strings (u64 length, bytes) from ``buf`` at ``pos``.
+
+        Returns the array (its data a zero-copy view of ``buf``) and the end
+        position.  Raises ``EOFError(offset)`` where an item runs past the end.
+        """
+        size = len(buf)
+        lens = [0] * count
+        from_bytes, p = int.from_bytes, pos
+        for i in range(count):  # the one sequential pass: each length says where the next one is
+            if p + 8 > size:
+                raise EOFError(p)
+            n = from_bytes(buf[p : p + 8], "little")
+            lens[i] = n
+            p += 8 + n
+        if p > size:
+            raise EOFError(p - 8 - lens[-1])
+        lengths = np.array(lens, np.int64)
+        starts = np.empty(count, np.int64)
+        if count:
+            starts[0] = 8
+            np.cumsum(lengths[:-1] + 8, out=starts[1:])
+            starts[1:] += 8
+        data = np.frombuffer(buf, np.uint8, p - pos, pos) if p > pos else np.zeros(1, np.uint8)
+        return cls(data, starts, lengths), p
+
+    def replaced(self, items: Mapping[int, str], extra: Sequence[str] = ()) -> StringArray:
+        """A copy with ``items`` (index -> text) swapped in and ``extra`` appended (copies the bytes once)."""
+        add = [items[i].encode("utf-8") for i in items] + [s.encode("utf-8") for s in extra]
+        if not add:
+            return self
+        tail = b"".join(add)
+        data = np.concatenate([self.data, np.frombuffer(tail or b"\0", np.uint8)])
+        lens = np.fromiter((len(b) for b in add), np.int64, len(add))
+        new_starts = len(self.data) + np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+        starts = np.concatenate([self.starts, new_starts[len(items) :]])
+        lengths = np.concatenate([self.lengths, lens[len(items) :]])
+        idx = np.fromiter(items.keys(), np.int64, len(items))
+        starts[idx] = new_starts[: len(items)]
+        lengths[idx] = lens[: len(items)]
+        return StringArray(data, starts, lengths)
+
+    # ------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def raw(self, i: int) -> bytes:
+        """Item ``i`` as bytes."""
+        s = int(self.starts[i])
+        return bytes(self._mv[s : s + int(self.lengths[i])])
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.raw(i).decode("utf-8", errors="replace")
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        mv = self._mv
+        for s, n in zip(self.starts.tolist(), self.lengths.tolist()):
+            yield bytes(mv[s : s + n])
+
+    def __iter__(self) -> Iterator[str]:
+        for b in self.iter_bytes():
+            yield b.decode("utf-8", errors="replace")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (StringArray, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        head = ", ".join(repr(s) for s in self[:3])
+        return f"StringArray([{head}{', ...' if len(self) > 3 else ''}], n={len(self)})"
+
+    # ------------------------------------------------------------ search
+    def find(self, text: str) -> np.ndarray:
+        """Indices of the items equal to ``text`` (ascending)."""
+        b = np.frombuffer(text.encode("utf-8"), np.uint8)
+        cand = np.flatnonzero(self.lengths == len(b))
+        if len(cand) == 0 or len(b) == 0:
+            return cand
+        got = self.data[self.starts[cand][:, None] + np.arange(len(b))]
+        return cand[(got == b).all(axis=1)]
+
+    def last_index(self, text: str) -> int | None:
+        """The last index holding ``text`` (as a text -> id map built in order would give), else None."""
+        f = self.find(text)
+        return int(f[-1]) if len(f) else None
+
+    def shadowed(self) -> np.ndarray:
+        """Indices whose text occurs again at a later index (ascending)."""
+        n = len(self)
+        h = np.full(n, _FNV_OFFSET, np.uint64)
+        live = np.flatnonzero(self.lengths > 0)
+        j = 0
+        with np.errstate(over="ignore"):
+            while len(live):  # FNV-1a over every item at once, one byte column at a time
+                h[live] = (h[live] ^ self.data[self.starts[live] + j].astype(np.uint64)) * _FNV_PRIME
+                j += 1
+                live = live[self.lengths[live] > j]
+        key = np.stack([h, self.lengths.astype(np.uint64)], 1)
+        order = np.lexsort((np.arange(n), key[:, 1], key[:, 0]))
+        same_next = np.flatnonzero((key[order[1:]] == key[order[:-1]]).all(axis=1))
+        out = [int(order[k]) for k in same_next.tolist() if self.raw(int(order[k])) == self.raw(int(order[k + 1]))]
+        return np.array(sorted(out), np.int64)

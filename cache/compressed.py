@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ops.cpu.attention import attend_group
 from ..ops.cpu.qattention import attend_decode_q
 from .base import LayerCache, LayerSpec
 from .kvconfig import KVConfig
@@ -412,21 +413,12 @@ class CompressedLayerCache(LayerCache):
             pk = np.concatenate([self.pos[h if self.P > 1 else 0, ids].astype(np.int64), pq])
             kall = np.concatenate([kd, k16[:, h]])
             vall = np.concatenate([vd, v16[:, h]])
-            mask = pk[None, :] <= pq[:, None]
-            if s.window > 0:
-                mask &= (pq[:, None] - pk[None, :]) < s.window
-            lg = np.matmul(qr[:, h * gqa : (h + 1) * gqa], kall.T) * np.float32(s.scale)  # [T, gqa, n]
-            if s.softcap > 0:
-                lg = np.float32(s.softcap) * np.tanh(lg / np.float32(s.softcap))
-            if self.logw.size:
-                lg[:, :, : len(ids)] += self.logw[h, ids]
-            lg = np.where(mask[:, None, :], lg, -np.inf)
-            lg -= lg.max(axis=-1, keepdims=True)
-            np.exp(lg, out=lg)
-            lg /= lg.sum(axis=-1, keepdims=True)
-            np.matmul(lg, vall, out=o[:, h * gqa : (h + 1) * gqa])
+            bias = np.concatenate([self.logw[h, ids], np.zeros(T, np.float32)]) if self.logw.size else None
+            g = slice(h * gqa, (h + 1) * gqa)
+            want = pol is not None and pol.needs_probs
+            probs = attend_group(qr[:, g], kall, vall, pk, pq, s.window, s.scale, s.softcap, o[:, g], bias, probs=want)
             if pol is not None:
-                pol.prefill(h, lg.sum(axis=1) if pol.needs_probs else None, ids)
+                pol.prefill(h, probs, ids)
         if self.rot_v is not None:
             np.matmul(o, self.rot_v, out=out)
         else:

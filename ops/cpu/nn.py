@@ -86,13 +86,18 @@ def silu_mul(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
 
 @nb.njit(**_JIT)
 def gelu_mul(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
-    """out = gelu_tanh(gate) * up  (GeGLU, as ggml_gelu).    all [T, n_ff]."""
+    """out = gelu_tanh(gate) * up  (GeGLU, as ggml_gelu).    all [T, n_ff].
+
+    gelu_tanh(g) = g * (1 + tanh(u)) / 2 with u = sqrt(2/pi) (g + 0.044715 g^3),
+    computed as g / (1 + exp(-2u)) (the same function): exp is several times
+    cheaper than tanh here, as in silu_mul.
+    """
     T, n = gate.shape
-    c = np.float32(math.sqrt(2.0 / math.pi))
+    c2 = np.float32(-2.0 * math.sqrt(2.0 / math.pi))
     for t in range(T):
         for i in range(n):
             g = gate[t, i]
-            out[t, i] = np.float32(0.5) * g * (np.float32(1.0) + np.tanh(c * (g + np.float32(0.044715) * g * g * g))) * up[t, i]
+            out[t, i] = g / (np.float32(1.0) + np.exp(c2 * (g + np.float32(0.044715) * g * g * g))) * up[t, i]
 
 
 @nb.njit(**_JIT)

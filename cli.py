@@ -315,13 +315,26 @@ def _sampling(kw: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def _engine(path: Any, **kw: Any):
+    """An Engine; on a cold kernel cache, one stderr line says why the first reply is slow."""
+    from .runtime.engine import Engine
+
+    eng = Engine(path, **kw)
+    if eng.kernels_cold:
+        click.echo(
+            "kvrun: first run on this machine: compiling the CPU kernels (about half a minute, once; "
+            "later starts load them from the cache)",
+            err=True,
+        )
+    return eng
+
+
 def _load(model: str | None, kw: dict[str, Any]):
     from .runtime.api import Model
-    from .runtime.engine import Engine
 
     kv = kv_config(kw)
     path = _resolve(model)
-    return Model(Engine(path, device=kw["device"], n_ctx=kw["ctx_size"], n_batch=kw["n_batch"], threads=kw["threads"], kv=kv))
+    return Model(_engine(path, device=kw["device"], n_ctx=kw["ctx_size"], n_batch=kw["n_batch"], threads=kw["threads"], kv=kv))
 
 
 def _stats_line(stats: Any, cache: Any = None, engine: Any = None) -> str:
@@ -448,7 +461,6 @@ def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, n_dept
     The context is sized to the test (depth + the longer of -p/-n), as
     llama-bench does, so peak RSS is that of the test, not of --ctx-size."""
     from .runtime.bench import bench_pp, bench_tg, peak_rss_bytes, rss_parts
-    from .runtime.engine import Engine
 
     if repetitions < 1:
         raise KvrunError(f"-r must be >= 1, got {repetitions}")
@@ -458,7 +470,7 @@ def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, n_dept
     n_batch = max(kw["n_batch"], n_prompt) if n_prompt else kw["n_batch"]
     n_ctx = n_depth + max(n_prompt, n_gen) + 8
     t0 = time.perf_counter()
-    eng = Engine(path, device=kw["device"], n_ctx=n_ctx, n_batch=n_batch, threads=kw["threads"], kv=kv_config(kw))
+    eng = _engine(path, device=kw["device"], n_ctx=n_ctx, n_batch=n_batch, threads=kw["threads"], kv=kv_config(kw))
     load_s = time.perf_counter() - t0
     from .runtime.engine import set_threads
 
@@ -512,7 +524,6 @@ def perplexity(model: str | None, text_file: str, n_ctx: int, chunks: int, n_bat
     and eviction do to a long generation."""
     from tqdm import tqdm
 
-    from .runtime.engine import Engine
     from .runtime.perplexity import perplexity as ppl_fn
 
     if n_ctx < 16:
@@ -523,7 +534,7 @@ def perplexity(model: str | None, text_file: str, n_ctx: int, chunks: int, n_bat
     kv = kv_config(kw)
     if n_batch is None:
         n_batch = 1 if kv is not None and kv.is_compressed else 512
-    eng = Engine(path, device=device, n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), threads=threads, kv=kv)
+    eng = _engine(path, device=device, n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), threads=threads, kv=kv)
     text = Path(text_file).read_text(encoding="utf-8", errors="replace")
     tokens = eng.tokenizer.encode(text, add_bos=True if eng.tokenizer.add_bos else False)
     bar = tqdm(total=max(1, len(tokens) // n_ctx if not chunks else min(chunks, len(tokens) // n_ctx)), desc="perplexity", unit="win", file=sys.stderr, disable=as_json)
@@ -582,7 +593,6 @@ def kv_eval_cmd(model: str | None, text_file: str, n_ctx: int, configs: str, sco
     """
     from tqdm import tqdm
 
-    from .runtime.engine import Engine
     from .runtime.kveval import format_table, kv_eval
 
     if n_ctx < 64:
@@ -595,7 +605,7 @@ def kv_eval_cmd(model: str | None, text_file: str, n_ctx: int, configs: str, sco
             c.validate(n_ctx)
         except ValueError as e:
             raise KvrunError(f"--configs {c}: {e}") from None
-    eng = Engine(_resolve(model), device=device, n_ctx=n_ctx, n_batch=1, threads=threads)
+    eng = _engine(_resolve(model), device=device, n_ctx=n_ctx, n_batch=1, threads=threads)
     text = Path(text_file).read_text(encoding="utf-8", errors="replace")
     tokens = eng.tokenizer.encode(text, add_bos=True if eng.tokenizer.add_bos else False)
     bar = tqdm(total=n_ctx - 1, desc=f"kv-eval ({len(cfgs)} configs + fp16)", unit="tok", file=sys.stderr, disable=as_json)
@@ -627,7 +637,6 @@ def needle(model: str | None, n_ctx: int, depths: str, trials: int, configs: str
     """Passkey retrieval: a 5-digit key hidden in filler text at each depth."""
     from tqdm import tqdm
 
-    from .runtime.engine import Engine
     from .runtime.needle import needle_test
 
     try:
@@ -644,7 +653,7 @@ def needle(model: str | None, n_ctx: int, depths: str, trials: int, configs: str
             c.validate(n_ctx + 16)
         except ValueError as e:
             raise KvrunError(f"--configs {c}: {e}") from None
-    eng = Engine(_resolve(model), device=device, n_ctx=n_ctx + 16, n_batch=256, threads=threads)
+    eng = _engine(_resolve(model), device=device, n_ctx=n_ctx + 16, n_batch=256, threads=threads)
     bar = tqdm(total=len(cfgs) * len(depth_list) * trials, desc="needle", unit="trial", file=sys.stderr, disable=as_json)
     rows = []
     for c in cfgs:

@@ -99,6 +99,8 @@ class Engine:
         self.tokenizer = Tokenizer.from_metadata(self.gguf.metadata)
         self.model = cls(self.gguf, self.cfg, self.backend, self.n_ctx, self.n_batch)
         self.load_time = time.perf_counter() - t0
+        # the first forward compiles the kernels when their on-disk cache is cold
+        self.kernels_cold = not getattr(self.backend, "kernels_cached", lambda: True)()
 
     # ------------------------------------------------------------------ cache
     def new_cache(self) -> KVCache:

@@ -107,6 +107,19 @@ def test_cli_run(tiny_path):
     assert r.output.startswith("the")
 
 
+def test_cli_says_when_the_first_run_compiles(tiny_path, monkeypatch):
+    from kvrun.ops.cpu import jitcache
+    from kvrun.ops.cpu.backend import CPUBackend
+
+    args = ["run", str(tiny_path), "-p", "the", "-n", "2", "--temp", "0", "--no-stats"]
+    CliRunner().invoke(main, args)  # compiles (and caches) the kernels if no earlier test did
+    assert jitcache.kernels_cached()
+    assert "compiling" not in CliRunner().invoke(main, args).output
+    monkeypatch.setattr(CPUBackend, "kernels_cached", lambda self: False)
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0 and "first run on this machine: compiling the CPU kernels" in r.output
+
+
 def test_cli_run_bad_flag(tiny_path):
     r = CliRunner().invoke(main, ["run", str(tiny_path), "-p", "the", "--top-p", "0"])
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "Traceback" not in r.output

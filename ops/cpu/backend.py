@@ -63,3 +63,9 @@ class CPUBackend:
 
     def to_host(self, x) -> np.ndarray:
         return x
+
+    def kernels_cached(self) -> bool:
+        """False when the first forward will compile the kernels (a cold Numba cache)."""
+        from .jitcache import kernels_cached
+
+        return kernels_cached()

@@ -1,0 +1,24 @@
+"""Is Numba's on-disk cache warm?  The first forward on a machine compiles every
+kernel (about half a minute here); later starts load them in well under a second.
+The CLI says so before that first forward, instead of going silent."""
+
+from __future__ import annotations
+
+import os
+
+
+def kernels_cached() -> bool:
+    """True when the cache holds an index for each main decode kernel (else the first forward compiles).
+
+    Reads Numba's cache locator (an internal API): where it is not there, says True
+    (no notice) rather than fail.
+    """
+    from . import nn, qattention, qmatmul
+
+    def cached(k) -> bool:
+        return os.path.exists(k._cache._cache_file._index_path)
+
+    try:  # one matvec (one thread or many, as --threads says), attention, a norm
+        return (cached(qmatmul._mv_1) or cached(qmatmul._mv_n)) and cached(qattention._attend_decode_q) and cached(nn.rms_norm)
+    except AttributeError:
+        return True

@@ -1,10 +1,14 @@
-"""The compressed KV cache on the GPU: cache/compressed.py's bookkeeping on the host, attention on the device.
+"""The compressed KV cache on the GPU: cache/compressed.py's bookkeeping on the host, attention and scores on the device.
 
 :class:`GPUCompressedLayerCache` *is* a :class:`~.compressed.CompressedLayerCache`:
-slot choice, the Numba quantizer, calibration, eviction policies, merging and
-prefill attention all run on the host exactly as on the CPU, on the same host
-arrays, so the two caches hold the same bits for the same K/V.  What it adds
-is a device mirror of the storage the decode kernel reads::
+slot choice, the Numba quantizer, calibration, merging and prefill attention
+all run on the host exactly as on the CPU, on the same host arrays, so the two
+caches hold the same bits for the same K/V.  The eviction policy is the same
+code too, built with the device array module: its per-slot scores
+(``score``, ``acc``, G-KV's ``hist``; [n_kv, N] float32) live on the device,
+where the decode kernel's probabilities are folded into them, and it ranks
+and picks victims there (see ``policies/base.py``).  What the cache adds is
+a device mirror of the storage the decode kernel reads::
 
     k16, v16        [n_kv, F, D] / [n_kv, F, Dv]  uint16 fp16 bits
     pool i          kc, km, vc, vm (cache/pool.py layout)  uint8
@@ -23,14 +27,20 @@ copied up.  ``reset`` and ``truncate`` change positions only, so they re-send
 the small pos/logw arrays; nothing re-sends the whole storage.
 
 Host <-> device traffic per layer and decode step: the new tokens' K/V come
-down (the quantizer runs on the host), the written slots go up, and, when the
-policy scores with attention (h2o, tova, snapkv, gkv), the per-slot
-probabilities ``acc`` [n_kv, N] float32 come back down — the one remaining
-device-to-host copy that grows with the cache.  Queries, the Hadamard rotation
-of q and the un-rotation of the output stay on the device.
+down (the quantizer runs on the host; [T, n_kv, D], and the queries too while
+the key basis still learns from them, until the first spill), the written
+slots go up.  Nothing that grows with the cache comes down: the per-slot
+probabilities (``d_acc``, added into the policy's ``acc`` there) and the
+policy's whole state stay on the device.  Per eviction (a policy names a
+victim, per KV head and pool), the candidates' positions go up ([C] int32)
+and the victim's slot number comes down (one scalar); a KeepKV merge reads
+the two scores it weighs (two scalars).  Queries (once the basis is fixed),
+the Hadamard rotation of q and the un-rotation of the output stay on the
+device.
 
 Prefill chunks (T > 4) run the host path (BLAS over dequantized rows, which
-also gives the policies their prefill scores) and upload the output.
+also gives the policies their prefill scores, reduced on the host and
+uploaded: O(chunk + stored) per KV head) and upload the output.
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ from .base import LayerCache, LayerSpec
 from .compressed import MAX_DECODE_T, CompressedLayerCache
 from .factory import make_cache
 from .kvconfig import KVConfig
+from .policies import make_policy
 from .pool import Pool
 
 
@@ -99,7 +110,10 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         self.d_qin = None  # [n_kv, D, D] the query transforms (keybasis.py), sent when they change
         self._qin_version = -1
         self.d_rot_v = xp.array(self.rot_v) if self.rot_v is not None else None  # [Dv, Dv]
+        if self.policy is not None:  # the same policy, its scores on the device (the parent's has seen no token yet)
+            self.policy = make_policy(self.policy.name, n_kv, self.N, xp)
         pol = self.policy
+        # the kernel writes a step's probabilities here; they are added into pol.acc on the device
         self.d_acc = xp.zeros((n_kv, self.N), np.float32) if pol is not None and pol.needs_probs else None  # [n_kv, N]
         self._upload_luts()
 
@@ -107,9 +121,11 @@ class GPUCompressedLayerCache(CompressedLayerCache):
     def update_and_attend(self, q, k, v, pos, out) -> None:
         kh, vh, ph = _host(k), _host(v), _host(pos, np.int32)
         if q.shape[0] <= MAX_DECODE_T:  # push on the host, then _attend_decode below on the device
-            super().update_and_attend(q, kh, vh, ph, out)
+            # the key basis learns from the queries on the host until it is fixed (the first spill)
+            qh = _host(q) if self.basis.wants_queries and is_device(q) else q
+            super().update_and_attend(qh, kh, vh, ph, out)
             return
-        oh = out if isinstance(out, np.ndarray) else np.empty(out.shape, np.float32)
+        oh = np.empty(out.shape, np.float32) if is_device(out) else out  # the host path writes a host buffer
         super().update_and_attend(_host(q), kh, vh, ph, oh)
         if oh is not out:
             out[...] = to_device(oh)
@@ -214,7 +230,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
             if self.d_rot_v is not None:  # back from the rotated V basis (H is its own inverse)
                 xp.matmul(o, self.d_rot_v, out=od)
         if probs:
-            pol.acc += K.runtime().asnumpy(self.d_acc)  # the remaining device-to-host copy: [n_kv, N]
+            pol.acc += self.d_acc  # on the device: the policy's state never comes down
             pol.after_step()
 
 

@@ -82,8 +82,10 @@ class KeepKVMerge(Merger):
         ae = ne
         at = nt
         if cache.policy is not None and cache.policy.needs_probs:
-            ae *= max(float(cache.policy.score[h, j]), 1e-6)
-            at *= max(float(cache.policy.score[h, tgt]), 1e-6)
+            # both scores in one read: one copy down where the policy keeps them on the device
+            sj, st = cache.policy.score[h, [j, tgt]].tolist()
+            ae *= max(sj, 1e-6)
+            at *= max(st, 1e-6)
         we, wt = ae / (ae + at), at / (ae + at)
         lw[h, tgt] = np.float32(math.log(ne + nt))
         return (wt * kt + we * k).astype(np.float32), (wt * vt + we * v).astype(np.float32)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
+
 from .base import Policy
 from .gkv import GKV
 from .h2o import H2O
@@ -20,13 +24,17 @@ POLICIES: dict[str, type[Policy]] = {
 }
 
 
-def make_policy(name: str, n_kv: int, n_slots: int) -> Policy:
-    """An instance of the policy registered as ``name``."""
+def make_policy(name: str, n_kv: int, n_slots: int, xp: Any = np) -> Policy:
+    """An instance of the policy registered as ``name``, its per-slot state allocated with ``xp``.
+
+    xp: numpy (the CPU cache) or the device array module (the GPU cache keeps
+    the scores on the device; see :mod:`.base`).
+    """
     try:
         cls = POLICIES[name]
     except KeyError:
         raise ValueError(f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}") from None
-    return cls(n_kv, n_slots)
+    return cls(n_kv, n_slots, xp)
 
 
 __all__ = ["POLICIES", "Policy", "make_policy"]

@@ -11,11 +11,28 @@ Shapes (``n_kv`` KV heads, ``N`` slots of the layer, ``D`` head size)::
     score  [n_kv, N]  float32   importance, higher = keep
     acc    [n_kv, N]  float32   where the kernel adds this step's probabilities
     probs  [T, n_cols]        prefill attention of T queries over one KV head's columns
+
+Where the state lives: every per-slot array (``score``, ``acc`` and a
+policy's own, such as G-KV's ``hist``) is allocated with the array module
+``xp`` the policy is built with: numpy on the CPU, the device module on the
+GPU (CuPy, or the emulator's numpy stand-in), so the GPU cache keeps it next
+to the decode kernel's probabilities.  Every hook then works on it with
+``xp`` operations and it never leaves the device: per decode step nothing
+comes down, and per eviction only the victim's slot number (one scalar, in
+:meth:`Policy.victim`).  What a hook is handed on the host (prefill
+probabilities, slot ids, positions, keys) is reduced on the host where the
+hook reduces it, then uploaded with ``xp.asarray`` (no copy with numpy), so
+the CPU policies compute exactly what they did before and a device policy
+the same values.  ``rank`` and ``top_k`` return arrays of ``xp``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+Array = Any  # an array of the policy's module ``xp``: numpy.ndarray, or a device array
 
 
 class Policy:
@@ -27,25 +44,46 @@ class Policy:
         KV heads of the layer.
     n_slots : int
         Slots of the layer (fp16 area and pools).
+    xp : module
+        Array module of the per-slot state: numpy (default; the CPU cache) or
+        the device module (the GPU cache), see the module docstring.
     """
 
     name = "base"
     needs_probs = True  # the attention kernels must report probabilities
 
-    def __init__(self, n_kv: int, n_slots: int) -> None:
-        self.score = np.zeros((n_kv, n_slots), np.float32)  # [n_kv, N]
+    def __init__(self, n_kv: int, n_slots: int, xp: Any = np) -> None:
+        self.xp = xp
+        self.score = xp.zeros((n_kv, n_slots), np.float32)  # [n_kv, N]
         self.acc = self.score  # [n_kv, N]; accumulators may alias score
-        self._pending: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}  # head -> (array, [T] values)
+        self._pending: dict[int, list[tuple[Array, Array]]] = {}  # head -> (array, [T] values)
+
+    # ------------------------------------------------------------ host -> xp
+    def _up(self, a: np.ndarray) -> Array:
+        """Host array ``a`` as an array of :attr:`xp`: an upload on the device, ``a`` itself with numpy."""
+        return self.xp.asarray(a)
+
+    def _heads(self, slots: np.ndarray) -> tuple[Any, Any]:
+        """Index of slot ``slots[h]`` of each head ``h`` in a [n_kv, N] array; slots: [n] int64, host.
+
+        The cache puts a token in the same slot of every head: then a column
+        (basic indexing, nothing to upload), else the two index arrays.
+        """
+        n = len(slots)
+        if n == self.score.shape[0] and (slots == slots[0]).all():
+            return slice(None), int(slots[0])
+        return self._up(np.arange(n)), self._up(slots)
 
     # ------------------------------------------------------------ hooks
-    def per_slot(self) -> list[np.ndarray]:
+    def per_slot(self) -> list[Array]:
         """Arrays [n_kv, N] whose entries travel with a token from slot to slot."""
         return [self.score] if self.acc is self.score else [self.score, self.acc]
 
     def on_insert(self, slots: np.ndarray, pos: int, k: np.ndarray) -> None:
-        """A token enters ``slots`` ([n_kv] int64, one per head); ``k``: [n_kv, D] float32."""
+        """A token enters ``slots`` ([n_kv] int64, one per head); ``k``: [n_kv, D] float32 (host)."""
+        idx = self._heads(slots)
         for arr in self.per_slot():
-            arr[np.arange(len(slots)), slots] = 0.0
+            arr[idx] = 0.0
 
     def before_step(self) -> None:
         """Called before the decode kernel adds probabilities into :attr:`acc`."""
@@ -56,15 +94,15 @@ class Policy:
     def prefill(self, head: int, probs: np.ndarray | None, old: np.ndarray) -> None:
         """Score from a prefill chunk's attention (one KV head).
 
-        probs: [T, n_old + T] float32, the attention of the chunk's T queries
-        (summed over the head's query heads) over its ``n_old`` stored slots
-        ``old`` ([n_old] int64), then over the chunk's own T tokens; None when
-        :attr:`needs_probs` is False.  Update the stored slots' scores and keep
-        the new tokens' for :meth:`adopt`.
+        probs: [T, n_old + T] float32 (host), the attention of the chunk's T
+        queries (summed over the head's query heads) over its ``n_old`` stored
+        slots ``old`` ([n_old] int64, host), then over the chunk's own T
+        tokens; None when :attr:`needs_probs` is False.  Update the stored
+        slots' scores and keep the new tokens' for :meth:`adopt`.
         """
         n_old = len(old)
-        col = probs.sum(axis=0)  # [n_old + T]
-        self.score[head, old] += col[:n_old]
+        col = self._up(probs.sum(axis=0))  # [n_old + T], reduced on the host
+        self.score[head, self._up(old)] += col[:n_old]
         self._pending[head] = [(self.score, col[n_old:])]
 
     def adopt(self, slots: np.ndarray, t: int) -> None:
@@ -83,22 +121,34 @@ class Policy:
         """The token in ``src`` was merged into ``dst``: its importance adds up."""
         self.score[head, dst] += self.score[head, src]
 
-    def rank(self, head: int, slots: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        """Importance of candidate ``slots`` of ``head`` ([n] -> [n] float); ``pos``: their positions."""
-        return self.score[head, slots]
+    def rank(self, head: int, slots: Array, pos: Array) -> Array:
+        """Importance of candidate ``slots`` of ``head`` ([n] -> [n] float); ``pos``: their positions.
+
+        slots, pos: arrays of :attr:`xp` (or host arrays, uploaded).
+        """
+        return self.score[head, self._up(slots)]
 
     def victim(self, head: int, lo: int, hi: int, pos: np.ndarray) -> int:
         """The slot in ``[lo, hi)`` of ``head`` to evict: the least important (oldest on ties).
 
-        pos: [hi - lo] int32 positions of those slots (all occupied).
+        pos: [hi - lo] int32 positions of those slots (all occupied; host).
+        The choice is made with :attr:`xp`; only its index comes back (one
+        scalar; the positions go up for the tie-break).
         """
-        r = self.rank(head, np.arange(lo, hi), pos)
-        m = r.min()
-        cand = np.flatnonzero(r == m)
-        return lo + int(cand[np.argmin(pos[cand])]) if len(cand) > 1 else lo + int(cand[0])
+        xp = self.xp
+        p = self._up(pos)
+        r = self.rank(head, xp.arange(lo, hi), p)  # [n]
+        # the oldest of the least important: ties keep their position as the
+        # key, the rest get one no position reaches (positions are unique)
+        key = xp.where(r == r.min(), p, np.iinfo(p.dtype).max)
+        return lo + int(key.argmin())
 
-    def top_k(self, head: int, slots: np.ndarray, pos: np.ndarray, k: int) -> np.ndarray:
-        """The ``k`` most important of ``slots`` (for prompt compression and tests)."""
-        r = self.rank(head, slots, pos)
-        order = np.lexsort((-pos, -r))  # by score desc, then newest first
-        return slots[order[:k]]
+    def top_k(self, head: int, slots: Array, pos: Array, k: int) -> Array:
+        """The ``k`` most important of ``slots`` (for prompt compression and tests); an array of :attr:`xp`."""
+        xp = self.xp
+        s, p = self._up(slots), self._up(pos)
+        r = self.rank(head, s, p)
+        # by score desc, then newest first (the last key is the primary one);
+        # stacked: CuPy's lexsort takes one [2, n] array (float64: exact for both)
+        order = xp.lexsort(xp.stack([-p, -r]))
+        return s[order[:k]]

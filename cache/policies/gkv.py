@@ -7,14 +7,17 @@ token just received: ``hist <- gamma * hist + a`` and
 important long ago fades slowly instead of being dropped at the first quiet
 step (TOVA) or kept forever (H2O).
 
-Shapes: score, acc (this step), hist [n_kv, N] float32.
+Shapes: score, acc (this step), hist [n_kv, N] float32 (arrays of ``xp``, see
+:mod:`.base`).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from .base import Policy
+from .base import Array, Policy
 
 
 class GKV(Policy):
@@ -22,12 +25,12 @@ class GKV(Policy):
     alpha = 0.5  # weight of the current attention
     gamma = 0.95  # decay of the history per step
 
-    def __init__(self, n_kv: int, n_slots: int) -> None:
-        super().__init__(n_kv, n_slots)
-        self.acc = np.zeros_like(self.score)
-        self.hist = np.zeros_like(self.score)
+    def __init__(self, n_kv: int, n_slots: int, xp: Any = np) -> None:
+        super().__init__(n_kv, n_slots, xp)
+        self.acc = xp.zeros_like(self.score)
+        self.hist = xp.zeros_like(self.score)
 
-    def per_slot(self) -> list[np.ndarray]:
+    def per_slot(self) -> list[Array]:
         return [self.score, self.acc, self.hist]
 
     def before_step(self) -> None:
@@ -36,18 +39,19 @@ class GKV(Policy):
     def after_step(self) -> None:
         self.hist *= np.float32(self.gamma)
         self.hist += self.acc
-        np.multiply(self.acc, np.float32(self.alpha), out=self.score)
+        self.xp.multiply(self.acc, np.float32(self.alpha), out=self.score)
         self.score += np.float32((1 - self.alpha) * (1 - self.gamma)) * self.hist
 
     def prefill(self, head: int, probs: np.ndarray | None, old: np.ndarray) -> None:
         T = probs.shape[0]
         w = np.float32(self.gamma) ** np.arange(T - 1, -1, -1, dtype=np.float32)  # [T]
-        hist = w @ probs  # [n_old + T]: decayed over the chunk's queries
-        cur = probs[-1]
+        hist = self._up(w @ probs)  # [n_old + T]: decayed over the chunk's queries (reduced on the host)
+        cur = self._up(probs[-1])
         a, b = np.float32(self.alpha), np.float32((1 - self.alpha) * (1 - self.gamma))
         n = len(old)
-        self.hist[head, old] = self.hist[head, old] * np.float32(self.gamma) ** T + hist[:n]
-        self.score[head, old] = a * cur[:n] + b * self.hist[head, old]
+        o = self._up(old)
+        self.hist[head, o] = self.hist[head, o] * np.float32(self.gamma) ** T + hist[:n]
+        self.score[head, o] = a * cur[:n] + b * self.hist[head, o]
         self._pending[head] = [(self.score, a * cur[n:] + b * hist[n:]), (self.hist, hist[n:])]
 
     def fold(self, head: int, src: int, dst: int) -> None:

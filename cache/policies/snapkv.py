@@ -8,14 +8,17 @@ positions so kept tokens come in clusters (per KV head).  During decode the
 observation window slides: the score decays by ``1 - 1/window`` per step and
 adds the step's attention.
 
-Shapes: score [n_kv, N], acc [n_kv, N] float32; probs [T, n_cols] per KV head.
+Shapes: score [n_kv, N], acc [n_kv, N] float32 (arrays of ``xp``, see
+:mod:`.base`); probs [T, n_cols] per KV head (host).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from .base import Policy
+from .base import Array, Policy
 
 
 class SnapKV(Policy):
@@ -23,9 +26,9 @@ class SnapKV(Policy):
     window = 32  # observation window, in queries
     kernel = 7  # pooling width, in positions
 
-    def __init__(self, n_kv: int, n_slots: int) -> None:
-        super().__init__(n_kv, n_slots)
-        self.acc = np.zeros_like(self.score)  # [n_kv, N] this step's attention
+    def __init__(self, n_kv: int, n_slots: int, xp: Any = np) -> None:
+        super().__init__(n_kv, n_slots, xp)
+        self.acc = xp.zeros_like(self.score)  # [n_kv, N] this step's attention
         self.decay = np.float32(1.0 - 1.0 / self.window)
 
     def before_step(self) -> None:
@@ -36,17 +39,28 @@ class SnapKV(Policy):
         self.score += self.acc
 
     def prefill(self, head: int, probs: np.ndarray | None, old: np.ndarray) -> None:
-        obs = probs[-self.window :].sum(axis=0)  # [n_old + T]: the observation window
-        self.score[head, old] = obs[: len(old)]
-        self.acc[head, old] = 0.0
+        obs = self._up(probs[-self.window :].sum(axis=0))  # [n_old + T]: the observation window
+        o = self._up(old)
+        self.score[head, o] = obs[: len(old)]
+        self.acc[head, o] = 0.0
         self._pending[head] = [(self.score, obs[len(old) :])]
 
-    def rank(self, head: int, slots: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        order = np.argsort(pos, kind="stable")
-        s = self.score[head, slots[order]]
+    def rank(self, head: int, slots: Array, pos: Array) -> Array:
+        xp = self.xp
+        order = self._argsort(self._up(pos))  # [n] the candidates by position
+        s = self.score[head, self._up(slots)[order]]
         half = self.kernel // 2
-        padded = np.pad(s, half, mode="edge")
-        win = np.lib.stride_tricks.sliding_window_view(padded, self.kernel)  # [n, kernel]
-        pooled = np.empty_like(s)
-        pooled[order] = win.max(axis=1)
+        padded = xp.pad(s, half, mode="edge")  # [n + kernel - 1]
+        n = len(s)
+        # max over each position's window of `kernel` neighbours, one shift at a time: element-wise
+        # maxima any xp has, exact as numpy's sliding-window max
+        pooled_sorted = padded[:n]
+        for i in range(1, self.kernel):
+            pooled_sorted = xp.maximum(pooled_sorted, padded[i : i + n])
+        pooled = xp.empty_like(s)
+        pooled[order] = pooled_sorted
         return pooled
+
+    def _argsort(self, a: Array) -> Array:
+        """Stable argsort with :attr:`xp` (CuPy's sort is always stable and takes no ``kind``)."""
+        return np.argsort(a, kind="stable") if self.xp is np else self.xp.argsort(a)

@@ -5,7 +5,7 @@ https://arxiv.org/abs/2309.17453.  Sinks are kept by the cache itself; this
 policy scores a token by its position, so the victim is always the oldest
 non-sink token.  Attention-free: ``needs_probs`` is False.
 
-Shapes: score [n_kv, N] float32 (the position), as in :mod:`.base`.
+Shapes: score [n_kv, N] float32 (the position), an array of ``xp`` as in :mod:`.base`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ class Streaming(Policy):
     needs_probs = False
 
     def on_insert(self, slots: np.ndarray, pos: int, k: np.ndarray) -> None:
-        self.score[np.arange(len(slots)), slots] = pos
+        self.score[self._heads(slots)] = pos
 
     def prefill(self, head: int, probs: np.ndarray | None, old: np.ndarray) -> None:
         pass  # positions are set by on_insert

@@ -1,0 +1,238 @@
+"""Eviction policies on the device: their scores stay there, and they evict what the host policies evict.
+
+Two levels:
+
+* a policy built with a device array module against the same policy on
+  numpy, driven through the same hook calls (prefill, adopt, decode steps
+  with probabilities, victims, moves, merges): the same victims and, bit for
+  bit, the same state, on ``strict`` (``devicexp.py``: a CuPy stand-in on
+  numpy that refuses host operands and logs every copy down) and on ``cupy``
+  (a real GPU, ``@pytest.mark.gpu``);
+* the GPU compressed layer cache on the kernel emulator with device arrays
+  (``devicexp.StrictRuntime``), budget small enough to evict: in a decode
+  step nothing that grows with the cache comes down (only the new token's
+  K/V, and q while the key basis learns: [T, heads, D]; one scalar per
+  victim; two per KeepKV merge), and it holds the same positions as the CPU
+  cache fed the same tokens at every step.
+
+Tolerances: policy level exact (the same float32 operations in the same
+order); cache level positions exact, outputs and scores within 1e-4 of the
+CPU's (the emulated decode kernel sums probabilities in another order, far
+from any tie these inputs make), 3e-2 with KeepKV merges (see the test).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import devicexp
+import numpy as np
+import pytest
+from devicexp import COPIES, StrictRuntime
+
+from kvrun.cache.base import LayerSpec
+from kvrun.cache.compressed import CompressedLayerCache
+from kvrun.cache.gpu_compressed import GPUCompressedLayerCache
+from kvrun.cache.kvconfig import KVConfig
+from kvrun.cache.policies import POLICIES, Policy, make_policy
+from kvrun.ops import gpu_available
+from kvrun.ops.gpu import emulate
+from kvrun.ops.gpu import kernels as K
+
+# ----------------------------------------------------------------- one policy, two array modules
+N_KV, N, D = 2, 48, 8
+LO, HI = 4, 32  # the pool the scenario evicts from
+WIN = range(32, 40)  # a ring of fp16 window slots: a new token enters here, the one it replaces spills to a victim's slot
+
+
+class Module:
+    """An array module the policies can be built with: ``xp``, an upload and a download."""
+
+    def __init__(self, xp: Any, up: Callable[[np.ndarray], Any], down: Callable[[Any], np.ndarray], logs: bool) -> None:
+        self.xp, self.up, self.down, self.logs = xp, up, down, logs
+
+
+@pytest.fixture(
+    params=[
+        "strict",
+        pytest.param("cupy", marks=[pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs an NVIDIA GPU with CuPy")]),
+    ]
+)
+def device(request) -> Module:
+    if request.param == "cupy":
+        import cupy
+
+        return Module(cupy, cupy.asarray, cupy.asnumpy, logs=False)
+    xp = devicexp.DeviceModule()
+    return Module(xp, xp.asarray, StrictRuntime().asnumpy, logs=True)
+
+
+HOST = Module(np, np.asarray, np.asarray, logs=False)
+
+
+def _scenario(p: Policy, m: Module, seed: int) -> tuple[list[int], np.ndarray]:
+    """A cache's life as hook calls, the same whatever the array module; returns the victims and the final positions [N_KV, N].
+
+    20 tokens stored (the same slot in every head), a prefill chunk of 12 over
+    them whose tokens go to different slots per head, then 30 decode steps:
+    probabilities in (with exact zeros, so scores tie), a victim per head in
+    [LO, HI) taking the token that leaves the window, sometimes merged into a
+    neighbour first.
+    """
+    rng = np.random.default_rng(seed)
+    keys = lambda: rng.standard_normal((N_KV, D)).astype(np.float32)  # noqa: E731
+    pos = np.full((N_KV, N), -1, np.int32)
+    for j in range(20):
+        p.on_insert(np.full(N_KV, j, np.int64), j, keys())
+        pos[:, j] = j
+    T = 12
+    for h in range(N_KV):
+        probs = rng.random((T, 20 + T)).astype(np.float32) if p.needs_probs else None
+        if probs is not None:
+            probs[:, rng.random(20 + T) < 0.2] = 0.0
+        p.prefill(h, probs, np.arange(20, dtype=np.int64))
+    for t in range(T):
+        slots = np.array([20 + t, 31 - t], np.int64)  # head 1 fills its slots backwards
+        p.on_insert(slots, 20 + t, keys())
+        p.adopt(slots, t)
+        pos[0, 20 + t] = pos[1, 31 - t] = 20 + t
+    victims = []
+    for step in range(30):
+        if p.needs_probs:
+            probs = rng.random((N_KV, N)).astype(np.float32)
+            probs[(rng.random((N_KV, N)) < 0.3) | (pos < 0)] = 0.0
+            p.before_step()
+            p.acc += m.up(probs)  # as the decode kernel's probabilities, already on the device
+            p.after_step()
+        w = WIN[step % len(WIN)]
+        for h in range(N_KV):
+            if pos[h, w] < 0:
+                continue
+            v = p.victim(h, LO, HI, pos[h, LO:HI].copy())
+            victims.append(v)
+            if step % 3 == 0:
+                p.fold(h, v, LO + (v - LO + 1) % (HI - LO))
+            p.move(h, w, v)
+            pos[h, v] = pos[h, w]
+        p.on_insert(np.full(N_KV, w, np.int64), 32 + step, keys())
+        pos[:, w] = 32 + step
+    return victims, pos
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_device_policy_evicts_as_the_numpy_one_and_keeps_its_state_on_the_device(device, name):
+    seed = zlib.crc32(name.encode())
+    host, dev = make_policy(name, N_KV, N), make_policy(name, N_KV, N, device.xp)
+    assert all(isinstance(a, device.xp.ndarray) for a in dev.per_slot())
+    want, pos = _scenario(host, HOST, seed)
+    COPIES.clear()
+    got, _ = _scenario(dev, device, seed)
+    assert got == want and len(got) > 40
+    if device.logs:  # nothing came down but one scalar per victim
+        assert COPIES == [("int", ())] * len(got)
+    for a, b in zip(dev.per_slot(), host.per_slot(), strict=True):
+        np.testing.assert_array_equal(device.down(a), b)
+    slots = np.arange(40)
+    for h in range(N_KV):
+        np.testing.assert_array_equal(device.down(dev.rank(h, device.up(slots), device.up(pos[h, :40]))), host.rank(h, slots, pos[h, :40]))
+        np.testing.assert_array_equal(device.down(dev.top_k(h, slots, pos[h, :40], 12)), host.top_k(h, slots, pos[h, :40], 12))
+
+
+@pytest.mark.parametrize("name", ["h2o", "snapkv"])
+def test_device_victim_breaks_ties_by_age(device, name):
+    """Equal scores: the oldest position goes, wherever its slot is, on the device as on the host."""
+    for m in (HOST, device):
+        p = make_policy(name, 1, 8, m.xp)
+        assert p.victim(0, 2, 8, np.array([9, 3, 7, 5, 2, 4], np.int32)) == 6  # all zero: position 2, slot 6
+        p.acc += m.up(np.array([[0, 0, 1, 1, 1, 1, 1, 0]], np.float32))
+        p.after_step()
+        # h2o: slot 7 alone scores 0; snapkv: pooled over 7 neighbours every score is 1, the oldest (3, slot 3) goes
+        assert p.victim(0, 2, 8, np.array([9, 3, 7, 5, 11, 4], np.int32)) == (7 if name == "h2o" else 3)
+
+
+# ----------------------------------------------------------------- the GPU layer cache
+
+SPEC = LayerSpec(n_head=4, n_head_kv=2, head_dim=32, head_dim_v=32, scale=32**-0.5)
+CACHE_KV = [
+    "2,policy=h2o,budget=24,residual=4,sinks=2,group=16",
+    "2,policy=tova,budget=24,residual=4,merge=mean,group=16",
+    "2,policy=snapkv,budget=24,residual=4,sinks=2,group=16",
+    "2,policy=gkv,budget=24,residual=4,group=16",
+    "2,policy=h2o,budget=24,residual=4,sinks=2,merge=keepkv,mixed=4/2,group=16",  # demotions: two victims per head and step
+    "3,policy=snapkv,budget=24,residual=4,merge=keepkv,group=16",
+    "2,policy=gkv,budget=24,residual=4,mixed=4/2,group=16",
+    "2,policy=keydiff,budget=24,residual=4,group=16",
+    "2,policy=streaming,budget=24,residual=4,sinks=2,group=16",
+]
+
+
+@pytest.fixture(scope="module")
+def strict() -> Iterator[StrictRuntime]:
+    rt = StrictRuntime()
+    prev = K.set_runtime(rt)
+    yield rt
+    K.set_runtime(prev)
+
+
+def _rel_err(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+
+
+def _counting_victims(policy: Policy) -> list[int]:
+    """Count the policy's victim() calls (an instance attribute shadows the method)."""
+    calls: list[int] = []
+    orig = policy.victim
+
+    def victim(*args: Any) -> int:
+        calls.append(1)
+        return orig(*args)
+
+    policy.victim = victim  # type: ignore[method-assign]
+    return calls
+
+
+@pytest.mark.skipif(not emulate.available(), reason="no host C++ compiler for the kernel emulator")
+@pytest.mark.parametrize("spec", CACHE_KV)
+def test_gpu_cache_decode_copies_nothing_that_grows_and_evicts_as_the_cpu(strict, spec):
+    kv = KVConfig.parse(spec).validate(128)
+    cpu = CompressedLayerCache(SPEC, kv, 128)
+    gpu = GPUCompressedLayerCache(SPEC, kv, 128)
+    assert all(isinstance(a, strict.xp.ndarray) for a in gpu.policy.per_slot())
+    victims = _counting_victims(gpu.policy)
+    xp, rng = strict.xp, np.random.default_rng(zlib.crc32(spec.encode()))
+    n_kv, H, Dk = SPEC.n_head_kv, SPEC.n_head, SPEC.head_dim
+    # KeepKV weighs a merge by the two scores: a float difference between the kernels becomes a
+    # K/V difference the next steps carry on (1.1e-2 at worst here, the same before the scores
+    # moved to the device; cf. test_gpu_qattention's keepkv engine test)
+    tol = 3e-2 if "keepkv" in spec else 1e-4
+    p, scalars = 0, 0
+    for T in [10] + [1] * 30 + [3, 1, 2, 4] + [1] * 30:
+        q = rng.standard_normal((T, H, Dk)).astype(np.float32)
+        k = rng.standard_normal((T, n_kv, Dk)).astype(np.float32)
+        v = rng.standard_normal((T, n_kv, Dk)).astype(np.float32)
+        pos = np.arange(p, p + T, dtype=np.int32)
+        want = np.zeros((T, H, Dk), np.float32)
+        cpu.update_and_attend(q, k, v, pos, want)
+        out = xp.full((T, H, Dk), np.nan, np.float32)
+        COPIES.clear()
+        n_victims = len(victims)
+        gpu.update_and_attend(xp.asarray(q), xp.asarray(k), xp.asarray(v), pos, out)
+        step = list(COPIES)
+        n_victims = len(victims) - n_victims
+        if T <= 4:  # a decode step: K/V (and q) of the new tokens, a scalar per victim, two per KeepKV merge
+            big = [s for how, s in step if how == "asnumpy"]
+            assert all(s in {(T, n_kv, Dk), (T, H, Dk)} for s in big), f"at {p}: {step}"
+            small = [(how, s) for how, s in step if how != "asnumpy"]
+            assert [h for h, _ in small].count("int") == n_victims, f"at {p}: {step}"
+            assert all(s == () or (how == "tolist" and s == (2,)) for how, s in small), f"at {p}: {step}"
+            scalars += len(small)
+        np.testing.assert_array_equal(gpu.pos, cpu.pos, err_msg=f"held positions differ after the chunk at {p}")
+        assert _rel_err(strict.asnumpy(out), want) <= tol, f"chunk of {T} at {p}"
+        for a, b in zip(gpu.policy.per_slot(), cpu.policy.per_slot(), strict=True):
+            np.testing.assert_allclose(strict.asnumpy(a), b, rtol=tol, atol=1e-6)
+        p += T
+    assert len(victims) > 50 and scalars > 50  # the budget made it evict, in decode steps too
+    assert gpu.n_tokens() == cpu.n_tokens() == 24
+    assert gpu.mirror_mismatches() == []

@@ -23,17 +23,19 @@ from ..loaders.gguf_file import GGUFFile
 from ..loaders.tokenizer import StreamDecoder, Tokenizer
 from ..models import model_class
 from ..ops import get_backend
+from ..ops.cpu.blas import set_blas_threads
 from .sampling import Sampler, SamplerConfig
 
 
 def set_threads(n: int | None) -> int:
-    """Set Numba's thread count (None: the default) and return the count in use."""
+    """Set Numba's and numpy's BLAS thread counts (None: leave the defaults); returns Numba's count in use."""
     import numba
 
     if n is not None:
         if n < 1:
             raise KvrunError(f"--threads must be >= 1, got {n}")
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+        set_blas_threads(n)  # prefill's GEMMs: numpy's BLAS keeps a pool of its own
     return numba.get_num_threads()
 
 

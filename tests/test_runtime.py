@@ -107,6 +107,22 @@ def test_cli_run(tiny_path):
     assert r.output.startswith("the")
 
 
+def test_threads_bound_numba_and_blas():
+    import numba
+
+    from kvrun.ops.cpu.blas import blas_threads, set_blas_threads
+    from kvrun.runtime.engine import set_threads
+
+    before = (numba.get_num_threads(), blas_threads())
+    try:
+        assert set_threads(1) == 1
+        assert blas_threads() in (1, None)  # None: numpy's BLAS is not OpenBLAS here
+    finally:
+        numba.set_num_threads(before[0])
+        if before[1] is not None:
+            set_blas_threads(before[1])
+
+
 def test_cli_says_when_the_first_run_compiles(tiny_path, monkeypatch):
     from kvrun.ops.cpu import jitcache
     from kvrun.ops.cpu.backend import CPUBackend

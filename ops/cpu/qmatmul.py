@@ -1234,7 +1234,7 @@ def matmul(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
     kernel (as :func:`matvec`, each weight row reused across the tokens).
     Otherwise rows of W are decoded :data:`TILE_ROWS` at a time into a reused
     float32 buffer and multiplied with numpy's BLAS (float32 throughout; BLAS
-    uses its own threads, see ``OPENBLAS_NUM_THREADS``).
+    uses its own thread pool, which ``--threads`` sizes too: ``ops/cpu/blas.py``).
     """
     kind = _type(qtype)[0]
     n_tok, n_cols = x.shape

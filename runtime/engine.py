@@ -25,6 +25,7 @@ from ..models import model_class
 from ..ops import get_backend
 from ..ops.cpu.blas import set_blas_threads
 from .sampling import Sampler, SamplerConfig
+from .threads import ThreadTuner
 
 
 def set_threads(n: int | None) -> int:
@@ -79,7 +80,7 @@ class Engine:
         kv: KVConfig | None = None,
     ) -> None:
         t0 = time.perf_counter()
-        set_threads(threads)
+        n_threads = set_threads(threads)
         self.path = str(path)
         self.gguf = GGUFFile(path)
         self.cfg: ModelConfig = load_config(self.gguf)
@@ -101,6 +102,8 @@ class Engine:
         self.tokenizer = Tokenizer.from_metadata(self.gguf.metadata)
         self.model = cls(self.gguf, self.cfg, self.backend, self.n_ctx, self.n_batch)
         self.load_time = time.perf_counter() - t0
+        # no --threads: decode measures whether all cores or one is faster now (runtime/threads.py)
+        self.tuner = ThreadTuner(n_threads) if threads is None and self.backend.name == "cpu" else None
         # the first forward compiles the kernels when their on-disk cache is cold
         self.kernels_cold = not getattr(self.backend, "kernels_cached", lambda: True)()
 
@@ -150,7 +153,13 @@ class Engine:
             else:  # no logits wanted from this chunk: skip the output head
                 rows = np.zeros(0, np.int64)
                 dst = out[:0]
-            self.model.forward(chunk, pos, cache, rows, dst)
+            if T == 1 and self.tuner is not None:
+                self.tuner.begin()
+                t1 = time.perf_counter()
+                self.model.forward(chunk, pos, cache, rows, dst)
+                self.tuner.end(time.perf_counter() - t1)
+            else:
+                self.model.forward(chunk, pos, cache, rows, dst)
             cache.offset += T
         return out
 

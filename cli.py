@@ -224,7 +224,7 @@ def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option("-c", "--ctx-size", "ctx_size", type=int, default=4096, show_default=True, help="context length (0: the model's)"),
         click.option("-b", "--batch-size", "n_batch", type=int, default=256, show_default=True, help="prompt tokens per forward pass"),
-        click.option("-t", "--threads", type=int, default=None, help="CPU threads (default: Numba's)"),
+        click.option("-t", "--threads", type=int, default=None, help="CPU threads for kernels and BLAS (default: all cores, or one while decode measures one faster, e.g. beside a busy process)"),
         click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu", show_default=True),
     ]
     for o in reversed(opts):
@@ -511,7 +511,7 @@ def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, n_dept
 @click.option("--chunks", type=int, default=0, help="score at most this many windows (0: all)")
 @click.option("-b", "--batch-size", "n_batch", type=int, default=None, help="tokens per forward pass (default: 512; 1 with a compressed --kv-* cache)")
 @click.option("--json", "as_json", is_flag=True, help="print the final figure as JSON")
-@click.option("-t", "--threads", type=int, default=None)
+@click.option("-t", "--threads", type=int, default=None, help="CPU threads (default: chosen from measured decode speed)")
 @click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu", show_default=True)
 @kv_options
 @friendly
@@ -582,7 +582,7 @@ def _parse_configs(spec: str) -> list[Any]:
 @click.option("--configs", default=DEFAULT_KV_CONFIGS, show_default=True, help='";"-separated KV settings, each "BITS[,key=value...]" or a preset')
 @click.option("--score-from", type=float, default=0.5, show_default=True, help="share of positions skipped before scoring")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object per configuration, in a list")
-@click.option("-t", "--threads", type=int, default=None)
+@click.option("-t", "--threads", type=int, default=None, help="CPU threads (default: chosen from measured decode speed)")
 @click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu", show_default=True)
 @friendly
 def kv_eval_cmd(model: str | None, text_file: str, n_ctx: int, configs: str, score_from: float, as_json: bool, threads: int | None, device: str) -> None:
@@ -630,7 +630,7 @@ def kv_eval_cmd(model: str | None, text_file: str, n_ctx: int, configs: str, sco
 @click.option("--configs", default="16", show_default=True, help='";"-separated KV settings (as kv-eval)')
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print results as JSON")
-@click.option("-t", "--threads", type=int, default=None)
+@click.option("-t", "--threads", type=int, default=None, help="CPU threads (default: chosen from measured decode speed)")
 @click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu", show_default=True)
 @friendly
 def needle(model: str | None, n_ctx: int, depths: str, trials: int, configs: str, seed: int, as_json: bool, threads: int | None, device: str) -> None:

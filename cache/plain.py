@@ -10,11 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops.cpu.attention import attend_prefill_f16
-from ..ops.cpu.qattention import attend_decode_q
+from ..ops.cpu.qattention import attend_decode_f16
 from .base import LayerCache, LayerSpec
 
-_NO_PROBS = np.zeros((0, 0), np.float32)
-_NO_LUT = np.ones(256, np.float32)
 
 
 class PlainLayerCache(LayerCache):
@@ -28,11 +26,8 @@ class PlainLayerCache(LayerCache):
         self.v = np.zeros((spec.n_head_kv, capacity, spec.head_dim_v), np.uint16)
         self.pos = np.full(capacity, -1, np.int32)  # absolute position per slot
         self._s = np.zeros((spec.n_head_kv, spec.n_head // spec.n_head_kv, capacity), np.float32)  # decode scores
-        # decode goes through the compressed cache's kernel with no quantized pools (its fp16
-        # area is this ring): fused fp16 row kernels, split-K across threads for few KV heads
-        self._no_k = np.zeros((spec.n_head_kv, 0, spec.head_dim // 4), np.uint8)
-        self._no_v = np.zeros((spec.n_head_kv, 0, spec.head_dim_v // 4), np.uint8)
-        self._no_m = np.zeros((spec.n_head_kv, 0, 1, 2), np.uint8)
+        # decode: the compressed cache's kernel cut to fp16 rows (attend_decode_f16): fused
+        # fp16 row kernels, split-K across threads for few KV heads
         self.used = 0  # slots [0, used) have been written at least once
 
     def update_and_attend(self, q, k, v, pos, out) -> None:
@@ -48,11 +43,9 @@ class PlainLayerCache(LayerCache):
         s = self.spec
         if T <= 4:
             n = self.used
-            nk, nv, nm = self._no_k, self._no_v, self._no_m
-            attend_decode_q(
+            attend_decode_f16(
                 np.ascontiguousarray(q, np.float32), pos.astype(np.int32, copy=False), self.k[:, :n], self.v[:, :n],
-                nk, nm, nv, nm, 2, 2, nk, nm, nv, nm, 2, 2, _NO_LUT, _NO_LUT, _NO_LUT, _NO_LUT, 32,
-                self.pos[None, :n], _NO_PROBS, s.window, s.scale, s.softcap, out, self._s[:, :, :n], _NO_PROBS,
+                self.pos[None, :n], s.window, s.scale, s.softcap, out, self._s[:, :, :n],
             )  # fmt: skip
         else:
             attend_prefill_f16(q, self.k, self.v, self.pos, pos, s.window, s.scale, s.softcap, out)

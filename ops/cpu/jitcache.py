@@ -1,5 +1,5 @@
 """Is Numba's on-disk cache warm?  The first forward on a machine compiles every
-kernel (about half a minute here); later starts load them in well under a second.
+kernel (about 20 s here); later starts load them in well under a second.
 The CLI says so before that first forward, instead of going silent."""
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ def kernels_cached() -> bool:
     def cached(k) -> bool:
         return os.path.exists(k._cache._cache_file._index_path)
 
-    try:  # one matvec (one thread or many, as --threads says), attention, a norm
-        return (cached(qmatmul._mv_1) or cached(qmatmul._mv_n)) and cached(qattention._attend_decode_q) and cached(nn.rms_norm)
+    try:  # one matvec (one thread or many), decode attention, a norm
+        attention = cached(qattention._attend_decode_f16) or cached(qattention._attend_decode_q)  # plain or compressed cache
+        return (cached(qmatmul._mv_1) or cached(qmatmul._mv_n)) and attention and cached(nn.rms_norm)
     except AttributeError:
         return True

@@ -37,6 +37,8 @@ dequantize into a per-call scratch and use BLAS.
 
 from __future__ import annotations
 
+import types as types_
+
 import numba as nb
 import numpy as np
 from llvmlite import ir
@@ -576,3 +578,59 @@ def key_similarity(kvec: np.ndarray, kc: np.ndarray, km: np.ndarray, lut: np.nda
                 nk += x * x
             den = np.sqrt(nq * nk)
             out[j0 + r] = dot / den if den > 0 else np.float32(0.0)
+
+
+# ----------------------------------------------------------------- the fp16-only kernel
+# The plain fp16 cache (the default) has no pools, but the general kernel above
+# carries the fused row kernels of every (width, group): compiling it takes ~27 s
+# of a first run's ~34.  This is the same body with the row dispatch cut to fp16
+# rows, built by swapping one global of each inlined layer.
+def _variant(f, name: str, **swap):
+    """A copy of function ``f`` named ``name`` whose globals in ``swap`` are replaced.
+
+    Numba keys its on-disk cache by name, so a variant never loads the original's code.
+    """
+    g = types_.FunctionType(f.__code__, dict(f.__globals__, **swap), name, f.__defaults__, f.__closure__)
+    g.__qualname__ = name
+    return g
+
+
+@nb.njit(inline="always", **_JIT)
+def _fill_tile16(j0: int, n: int, F: int, C0: int, x16: np.ndarray, c0: np.ndarray, m0: np.ndarray, lut0: np.ndarray, w0: int,
+                 c1: np.ndarray, m1: np.ndarray, lut1: np.ndarray, w1: int, G: int, D: int, tile: np.ndarray) -> None:
+    """``_fill_tile`` for fp16 rows only."""
+    decode_half_rows(x16, j0, n, tile)
+
+
+@nb.njit(inline="always", **_JIT)
+def _areas16(mode: int, kh: int, j0: int, j1: int, x16: np.ndarray, c0: np.ndarray, m0: np.ndarray, lut0: np.ndarray, w0: int,
+             c1: np.ndarray, m1: np.ndarray, lut1: np.ndarray, w1: int, G: int, D: int, yp: int, s_all: np.ndarray) -> None:
+    """``_areas`` when every slot is in the fp16 area (one row kernel, not three)."""
+    xs = s_all.strides[1] // 4
+    xp = s_all.ctypes.data + kh * s_all.strides[0]
+    a, e = max(j0, 0), min(j1, x16.shape[1])
+    if e > a:
+        _rk16(mode, x16.ctypes.data + kh * x16.strides[0] + a * x16.strides[1], x16.strides[1], 0, 0, 0, np.float32(0.0),
+              yp, s_all.shape[1], D, xp + 4 * a, xs, e - a)
+
+
+_pass16 = nb.njit(inline="always", **_JIT)(_variant(_pass.py_func, "_pass16", _areas=_areas16, _fill_tile=_fill_tile16))
+_attend_decode_f16 = nb.njit(parallel=True, **_JIT)(_variant(_attend_decode_q.py_func, "_attend_decode_f16", _pass=_pass16))
+
+_NO_CODES = np.zeros((4096, 0, 1), np.uint8)  # no pools (0 slots; indexable by any KV head)
+_NO_META = np.zeros((4096, 0, 1, 2), np.uint8)
+_NO_LUT = np.ones(256, np.float32)
+_NO_PROBS = np.zeros((0, 0), np.float32)
+
+
+def attend_decode_f16(q: np.ndarray, qpos: np.ndarray, k16: np.ndarray, v16: np.ndarray, kpos: np.ndarray,
+                      window: int, scale: float, softcap: float, out: np.ndarray, s_all: np.ndarray, n_threads: int = 0) -> None:
+    """:func:`attend_decode_q` over fp16 slots only (the plain ring): same arithmetic, a small kernel.
+
+    q: [T, n_head, D] float32; k16/v16: [n_kv, N, D] / [n_kv, N, Dv] uint16; kpos: [1, N] int32;
+    out: [T, n_head, Dv] float32; s_all: [n_kv, gqa, N] float32 scratch.
+    """
+    nk = _NO_CODES
+    nm = _NO_META
+    _attend_decode_f16(q, qpos, k16, v16, nk, nm, nk, nm, 16, 16, nk, nm, nk, nm, 16, 16, _NO_LUT, _NO_LUT, _NO_LUT, _NO_LUT,
+                       32, kpos, _NO_PROBS, window, scale, softcap, out, s_all, _NO_PROBS, n_threads or nb.get_num_threads())

@@ -85,24 +85,46 @@ def attend_group(
     (:func:`_mask_shift`); numpy's SIMD ``exp`` makes them weights in place,
     several times faster than a scalar exp in a Numba loop; a second GEMM
     applies them to the values, and the rows are normalised at the end,
-    ``[T * gqa, Dv]`` divisions instead of ``[T * gqa, n]``.
+    ``[T * gqa, Dv]`` divisions instead of ``[T * gqa, n]``.  Queries go
+    :data:`QUERY_BLOCK` at a time, each block with only the keys some query of
+    it may see: a causal chunk skips most of its masked upper triangle.
     """
     T, gqa, D = q.shape
-    s = np.matmul(np.ascontiguousarray(q, np.float32).reshape(T * gqa, D), k.T)  # [T * gqa, n]
+    qf = np.ascontiguousarray(q, np.float32).reshape(T * gqa, D)
+    kp = np.ascontiguousarray(kpos, np.int32)
+    qp = np.ascontiguousarray(qpos, np.int32)
     b = _NO_BIAS if bias is None else np.ascontiguousarray(bias, np.float32)
-    _mask_shift(s, b, np.ascontiguousarray(kpos, np.int32), np.ascontiguousarray(qpos, np.int32), gqa, window, scale, softcap)
-    np.exp(s, out=s)  # masked keys: exp(-inf) = 0
-    o = np.matmul(s, v)
-    tot = s.sum(axis=1, keepdims=True)
-    tot[tot == 0] = 1  # a query that sees no key gets zeros
-    o /= tot
-    out[...] = o.reshape(T, gqa, -1)
-    if not probs:
-        return None
-    s /= tot
-    return s.reshape(T, gqa, -1).sum(axis=1)
+    o = np.empty((T, gqa, v.shape[1]), np.float32)
+    p = np.zeros((T, k.shape[0]), np.float32) if probs else None
+    for t0 in range(0, T, QUERY_BLOCK):
+        t1 = min(T, t0 + QUERY_BLOCK)
+        see = kp <= qp[t1 - 1]  # keys some query of the block may see (positions increase along the chunk)
+        if window > 0:
+            see &= kp > qp[t0] - window
+        cols = None if see.all() else np.flatnonzero(see)
+        kb, vb, pb = (k, v, kp) if cols is None else (k[cols], v[cols], kp[cols])
+        bb = b if cols is None or b.size == 0 else b[cols]
+        s = np.matmul(qf[t0 * gqa : t1 * gqa], kb.T)  # [(t1 - t0) * gqa, n_cols]
+        _mask_shift(s, bb, pb, qp[t0:t1], gqa, window, scale, softcap)
+        np.exp(s, out=s)  # masked keys: exp(-inf) = 0
+        ob = np.matmul(s, vb)
+        tot = s.sum(axis=1, keepdims=True)
+        tot[tot == 0] = 1  # a query that sees no key gets zeros
+        ob /= tot
+        o[t0:t1] = ob.reshape(t1 - t0, gqa, -1)
+        if p is not None:
+            s /= tot
+            pg = s.reshape(t1 - t0, gqa, -1).sum(axis=1)
+            if cols is None:
+                p[t0:t1] = pg
+            else:
+                p[t0:t1, cols] = pg
+    out[...] = o
+    return p
 
 
+#: queries per block in prefill attention (a block attends only the keys it may see)
+QUERY_BLOCK = 128
 _NO_BIAS = np.zeros(0, np.float32)
 
 

@@ -74,9 +74,51 @@ def rope(x: np.ndarray, pos: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox:
                     x[t, h, 2 * i + 1] = a * s + b * c
 
 
-@nb.njit(**_JIT)
 def silu_mul(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
-    """out = silu(gate) * up  (SwiGLU).    all [T, n_ff]."""
+    """out = silu(gate) * up  (SwiGLU).    all [T, n_ff]; out may be gate.
+
+    A few tokens: one Numba loop (nothing allocated); a prefill chunk: numpy's
+    SIMD exp over the whole block, ~3x faster than the loop's scalar exp.
+    """
+    if gate.shape[0] < WIDE_ROWS:
+        _silu_mul_loop(gate, up, out)
+        return
+    t = np.negative(gate)
+    with np.errstate(over="ignore"):  # exp -> inf gives g / inf = 0, the right limit
+        np.exp(t, out=t)
+    t += np.float32(1.0)
+    np.divide(gate, t, out=t)
+    np.multiply(t, up, out=out)
+
+
+def gelu_mul(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
+    """out = gelu_tanh(gate) * up  (GeGLU, as ggml_gelu).    all [T, n_ff]; out may be gate.
+
+    gelu_tanh(g) = g * (1 + tanh(u)) / 2 with u = sqrt(2/pi) (g + 0.044715 g^3),
+    computed as g / (1 + exp(-2u)) (the same function): exp is several times
+    cheaper than tanh.  Few tokens: a Numba loop; a prefill chunk: numpy's SIMD exp.
+    """
+    if gate.shape[0] < WIDE_ROWS:
+        _gelu_mul_loop(gate, up, out)
+        return
+    t = np.multiply(gate, gate)
+    t *= np.float32(0.044715)
+    t += np.float32(1.0)
+    t *= gate
+    t *= np.float32(-2.0 * math.sqrt(2.0 / math.pi))
+    with np.errstate(over="ignore"):
+        np.exp(t, out=t)
+    t += np.float32(1.0)
+    np.divide(gate, t, out=t)
+    np.multiply(t, up, out=out)
+
+
+#: rows from which the gated activations run as whole-block numpy (SIMD exp) instead of a loop
+WIDE_ROWS = 8
+
+
+@nb.njit(**_JIT)
+def _silu_mul_loop(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
     T, n = gate.shape
     for t in range(T):
         for i in range(n):
@@ -85,13 +127,7 @@ def silu_mul(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
 
 
 @nb.njit(**_JIT)
-def gelu_mul(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
-    """out = gelu_tanh(gate) * up  (GeGLU, as ggml_gelu).    all [T, n_ff].
-
-    gelu_tanh(g) = g * (1 + tanh(u)) / 2 with u = sqrt(2/pi) (g + 0.044715 g^3),
-    computed as g / (1 + exp(-2u)) (the same function): exp is several times
-    cheaper than tanh here, as in silu_mul.
-    """
+def _gelu_mul_loop(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
     T, n = gate.shape
     c2 = np.float32(-2.0 * math.sqrt(2.0 / math.pi))
     for t in range(T):

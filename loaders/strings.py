@@ -3,7 +3,7 @@
 A vocabulary of 262k tokens as a ``list[str]`` costs ~25 MiB of Python objects
 (about 90 bytes a string), made again by every copy a tokenizer takes.  Here it
 is one uint8 buffer (a view of the memory-mapped file, or a small copy) with
-``starts``/``lengths`` arrays: ~4 MiB of index for Gemma 3, and an item becomes a
+``starts``/``lengths`` arrays: 2 MiB of index for Gemma 3, and an item becomes a
 ``str`` only when someone asks for it.
 """
 
@@ -22,7 +22,7 @@ class StringArray(Sequence[str]):
     Parameters
     ----------
     data : uint8 array holding every item's bytes.
-    starts, lengths : int64 arrays [n]: item ``i`` is ``data[starts[i] : starts[i] + lengths[i]]``.
+    starts, lengths : integer arrays [n] (kept as int32 below 2 GiB of data): item ``i`` is ``data[starts[i] : starts[i] + lengths[i]]``.
 
     Items decode with ``errors="replace"``, as the GGUF reader always did.
     Equal to any sequence of the same strings (``StringArray == list``).
@@ -30,8 +30,9 @@ class StringArray(Sequence[str]):
 
     def __init__(self, data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> None:
         self.data = data
-        self.starts = np.asarray(starts, np.int64)
-        self.lengths = np.asarray(lengths, np.int64)
+        idx = np.int32 if len(data) < 2**31 else np.int64  # half the index of a 262k vocabulary
+        self.starts = np.asarray(starts, idx)
+        self.lengths = np.asarray(lengths, idx)
         self._mv = memoryview(data)
 
     # ------------------------------------------------------------ building

@@ -94,7 +94,6 @@ def attend_group(
     kp = np.ascontiguousarray(kpos, np.int32)
     qp = np.ascontiguousarray(qpos, np.int32)
     b = _NO_BIAS if bias is None else np.ascontiguousarray(bias, np.float32)
-    o = np.empty((T, gqa, v.shape[1]), np.float32)
     p = np.zeros((T, k.shape[0]), np.float32) if probs else None
     for t0 in range(0, T, QUERY_BLOCK):
         t1 = min(T, t0 + QUERY_BLOCK)
@@ -111,7 +110,7 @@ def attend_group(
         tot = s.sum(axis=1, keepdims=True)
         tot[tot == 0] = 1  # a query that sees no key gets zeros
         ob /= tot
-        o[t0:t1] = ob.reshape(t1 - t0, gqa, -1)
+        out[t0:t1] = ob.reshape(t1 - t0, gqa, -1)
         if p is not None:
             s /= tot
             pg = s.reshape(t1 - t0, gqa, -1).sum(axis=1)
@@ -119,7 +118,6 @@ def attend_group(
                 p[t0:t1] = pg
             else:
                 p[t0:t1, cols] = pg
-    out[...] = o
     return p
 
 

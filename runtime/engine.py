@@ -153,13 +153,13 @@ class Engine:
             else:  # no logits wanted from this chunk: skip the output head
                 rows = np.zeros(0, np.int64)
                 dst = out[:0]
-            if T == 1 and self.tuner is not None:
+            tune = T == 1 and self.tuner is not None
+            if tune:
                 self.tuner.begin()
                 t1 = time.perf_counter()
-                self.model.forward(chunk, pos, cache, rows, dst)
+            self.model.forward(chunk, pos, cache, rows, dst)
+            if tune:
                 self.tuner.end(time.perf_counter() - t1)
-            else:
-                self.model.forward(chunk, pos, cache, rows, dst)
             cache.offset += T
         return out
 

@@ -45,7 +45,7 @@ class ThreadTuner:
             self.next_probe = self.step + self.probe_every
             self.time.pop(self._other(), None)  # measure it afresh: the load may have changed
         self.current = self._other() if self.probe_left > 0 else self.best
-        numba.set_num_threads(self.current)
+        numba.set_num_threads(self.current)  # always: another engine may have set another count
         return self.current
 
     def end(self, seconds: float) -> None:
@@ -61,4 +61,5 @@ class ThreadTuner:
                 if best != self.best:
                     self.best = best
                     set_blas_threads(best)
-        numba.set_num_threads(self.best)  # whatever runs next (a prefill) gets the chosen count
+        if self.current != self.best:  # a probe step, or the choice just changed
+            numba.set_num_threads(self.best)  # whatever runs next (a prefill) gets the chosen count

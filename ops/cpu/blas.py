@@ -8,19 +8,21 @@ a C call to resize that pool; this finds the library numpy loaded and calls it.
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
 import os
 
 import numpy as np
 
-# exported names of openblas_set_num_threads in the builds numpy has shipped
-_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads_64_", "openblas_set_num_threads64_", "openblas_set_num_threads")
+# the exported names of each call, in the builds numpy has shipped
+_SET = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads_64_", "openblas_set_num_threads64_", "openblas_set_num_threads")
+_GET = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads_64_", "openblas_get_num_threads64_", "openblas_get_num_threads")
 
 
+@functools.lru_cache(maxsize=1)
 def _openblas() -> ctypes.CDLL | None:
     base = os.path.dirname(os.path.dirname(np.__file__))  # site-packages
-    pats = ("numpy.libs/*openblas*", "numpy/.libs/*openblas*", "numpy/.dylibs/*openblas*")
-    for pat in pats:
+    for pat in ("numpy.libs/*openblas*", "numpy/.libs/*openblas*", "numpy/.dylibs/*openblas*"):
         for path in glob.glob(os.path.join(base, pat)):
             try:
                 return ctypes.CDLL(path)  # already loaded by numpy: the same library, not a second copy
@@ -29,25 +31,25 @@ def _openblas() -> ctypes.CDLL | None:
     return None
 
 
+def _function(names: tuple[str, ...]):
+    """The first of ``names`` that numpy's OpenBLAS exports, or None."""
+    lib = _openblas()
+    return next((f for f in (getattr(lib, n, None) for n in names) if f is not None), None) if lib is not None else None
+
+
 def set_blas_threads(n: int) -> bool:
     """Give numpy's OpenBLAS ``n`` threads; False where numpy's BLAS is another library (nothing changes)."""
-    lib = _openblas()
-    if lib is None:
+    fn = _function(_SET)
+    if fn is None:
         return False
-    for name in _SETTERS:
-        fn = getattr(lib, name, None)
-        if fn is not None:
-            fn(ctypes.c_int(n))
-            return True
-    return False
+    fn(ctypes.c_int(n))
+    return True
 
 
 def blas_threads() -> int | None:
     """OpenBLAS's current thread count, or None where it cannot be read."""
-    lib = _openblas()
-    for name in ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads_64_", "openblas_get_num_threads64_", "openblas_get_num_threads"):
-        fn = getattr(lib, name, None) if lib is not None else None
-        if fn is not None:
-            fn.restype = ctypes.c_int
-            return int(fn())
-    return None
+    fn = _function(_GET)
+    if fn is None:
+        return None
+    fn.restype = ctypes.c_int
+    return int(fn())

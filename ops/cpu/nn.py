@@ -77,21 +77,12 @@ def rope(x: np.ndarray, pos: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox:
 def silu_mul(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
     """out = silu(gate) * up  (SwiGLU).    all [T, n_ff]; out may be gate.
 
-    A few tokens: one Numba loop (nothing allocated); a prefill chunk: numpy's
-    SIMD exp, ~3x faster than the loop's scalar exp, :data:`WIDE_ROWS` rows at
-    a time (the scratch stays small).
+    silu(g) = g / (1 + exp(-g)).  See :func:`_gated` for how it runs.
     """
     if gate.shape[0] < WIDE_ROWS:
         _silu_mul_loop(gate, up, out)
-        return
-    for r in range(0, gate.shape[0], WIDE_ROWS):
-        g, u = gate[r : r + WIDE_ROWS], up[r : r + WIDE_ROWS]
-        t = np.negative(g)
-        with np.errstate(over="ignore"):  # exp -> inf gives g / inf = 0, the right limit
-            np.exp(t, out=t)
-        t += np.float32(1.0)
-        np.divide(g, t, out=t)
-        np.multiply(t, u, out=out[r : r + WIDE_ROWS])
+    else:
+        _gated(gate, up, out, np.negative)
 
 
 def gelu_mul(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
@@ -99,24 +90,39 @@ def gelu_mul(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
 
     gelu_tanh(g) = g * (1 + tanh(u)) / 2 with u = sqrt(2/pi) (g + 0.044715 g^3),
     computed as g / (1 + exp(-2u)) (the same function): exp is several times
-    cheaper than tanh.  Few tokens: a Numba loop; a prefill chunk: numpy's SIMD
-    exp, :data:`WIDE_ROWS` rows at a time.
+    cheaper than tanh.  See :func:`_gated` for how it runs.
     """
     if gate.shape[0] < WIDE_ROWS:
         _gelu_mul_loop(gate, up, out)
-        return
+    else:
+        _gated(gate, up, out, _gelu_exponent)
+
+
+def _gelu_exponent(g: np.ndarray) -> np.ndarray:
+    """-2u of gelu_tanh, as a new array."""
+    t = np.multiply(g, g)
+    t *= np.float32(0.044715)
+    t += np.float32(1.0)
+    t *= g
+    t *= np.float32(-2.0 * math.sqrt(2.0 / math.pi))
+    return t
+
+
+def _gated(gate: np.ndarray, up: np.ndarray, out: np.ndarray, exponent) -> None:
+    """out = gate / (1 + exp(exponent(gate))) * up for a prefill chunk.
+
+    Decode's few tokens take the Numba loops (nothing allocated); a chunk takes
+    numpy's SIMD exp, ~3x faster than a loop's scalar exp, :data:`WIDE_ROWS`
+    rows at a time (the scratch stays small).
+    """
     for r in range(0, gate.shape[0], WIDE_ROWS):
-        g, u = gate[r : r + WIDE_ROWS], up[r : r + WIDE_ROWS]
-        t = np.multiply(g, g)
-        t *= np.float32(0.044715)
-        t += np.float32(1.0)
-        t *= g
-        t *= np.float32(-2.0 * math.sqrt(2.0 / math.pi))
-        with np.errstate(over="ignore"):
+        g = gate[r : r + WIDE_ROWS]
+        t = exponent(g)
+        with np.errstate(over="ignore"):  # exp -> inf gives g / inf = 0, the right limit
             np.exp(t, out=t)
         t += np.float32(1.0)
         np.divide(g, t, out=t)
-        np.multiply(t, u, out=out[r : r + WIDE_ROWS])
+        np.multiply(t, up[r : r + WIDE_ROWS], out=out[r : r + WIDE_ROWS])
 
 
 #: rows from which the gated activations run as numpy (SIMD exp) instead of a loop, and rows per numpy step

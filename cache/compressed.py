@@ -323,9 +323,13 @@ class CompressedLayerCache(LayerCache):
     # ------------------------------------------------------------ steady-state decode
     def _fast_decode_ready(self, p: int) -> bool:
         """Whether this step is the plain steady state :func:`.insert.decode_push` does in one call."""
+        return self.FAST_DECODE and self._steady_state(p)
+
+    def _steady_state(self, p: int) -> bool:
+        """Whether a decode token at position ``p`` only moves slots by age: no policy, no merge weights, calibrated."""
         p0 = self.pools[0]
         return (
-            self.FAST_DECODE and self.policy is None and not self.logw.size and self.R > 0 and p >= self.S
+            self.policy is None and not self.logw.size and self.R > 0 and p >= self.S
             and p0.calibrated and self.basis.calibrated and p0.bits_k < 16 and p0.bits_v < 16
             and (self.pools[1].cap == 0 or (self.pools[1].bits_k < 16 and self.pools[1].bits_v < 16))
         )  # fmt: skip

@@ -50,14 +50,17 @@ from typing import Any
 import numpy as np
 
 from ..ops.gpu import kernels as K
+from ..ops.gpu import kvquant
 from ..ops.gpu import qattention as qa
 from ..ops.gpu.arrays import device_out, is_device, to_device
 from .base import LayerCache, LayerSpec
 from .compressed import MAX_DECODE_T, CompressedLayerCache
 from .factory import make_cache
+from .insert import plan_push
 from .kvconfig import KVConfig
 from .policies import make_policy
 from .pool import Pool
+from .quant import CLIPS
 
 
 class _TrackedPool(Pool):
@@ -116,9 +119,22 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         # the kernel writes a step's probabilities here; they are added into pol.acc on the device
         self.d_acc = xp.zeros((n_kv, self.N), np.float32) if pol is not None and pol.needs_probs else None  # [n_kv, N]
         self._upload_luts()
+        # steady-state decode writes the device storage itself (kvquant.cu): then the
+        # host copy is stale until _pull brings it down for a host-path step
+        self._stale = False
+        self._on_device = kvquant.supported(spec.head_dim, spec.head_dim_v, kv.resolved().group) is None
+        p0, p1 = self.pools
+        self.d_clips = to_device(kvquant.clip_table([CLIPS[p0.bits_k], CLIPS[p0.bits_v], CLIPS[p1.bits_k], CLIPS[p1.bits_v]]))
+        self.d_t_k = self.d_mu = None  # [n_kv, D] the key basis, sent when it changes
+        self._basis_version = -1
+        self.d_qr = xp.empty((1, spec.n_head, spec.head_dim), np.float32)  # [1, n_head, D] queries in the cache basis
 
     # ------------------------------------------------------------ protocol
     def update_and_attend(self, q, k, v, pos, out) -> None:
+        if q.shape[0] == 1 and self._on_device and self._steady_state(int(pos[0])):
+            self._decode_on_device(q, k, v, pos, out)
+            return
+        self._pull()  # the host path reads and writes the host storage
         kh, vh, ph = _host(k), _host(v), _host(pos, np.int32)
         if q.shape[0] <= MAX_DECODE_T:  # push on the host, then _attend_decode below on the device
             # the key basis learns from the queries on the host until it is fixed (the first spill)
@@ -137,6 +153,46 @@ class GPUCompressedLayerCache(CompressedLayerCache):
     def truncate(self, n_past: int) -> None:
         super().truncate(n_past)
         self._upload_meta()
+
+    def dequantized(self, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self._pull()
+        return super().dequantized(h)
+
+    # ------------------------------------------------------------ device writes
+    def _decode_on_device(self, q: Any, k: Any, v: Any, pos: np.ndarray, out: Any) -> None:
+        """One steady-state decode token, stored and attended on the device: no K/V comes down.
+
+        The host only chooses the slots (:func:`~.insert.plan_push`, from the
+        positions it keeps); ``kvquant.cu`` moves and quantizes the tokens.
+        """
+        self._sync()  # host-path writes not yet mirrored (a prefill chunk's) go up before the device writes
+        p = int(pos[0])
+        p0, p1 = self.pools
+        slots = plan_push(self.pos, p, self.S, self.F, self.lo[0], p0.cap, self._free[0], self.lo[1], p1.cap, self._free[1])
+        self._stale = True
+        if self._basis_version != self.basis.version:
+            t_k, mu = self._fast_basis()
+            self.d_t_k, self.d_mu = to_device(t_k), to_device(mu)
+            self._basis_version = self.basis.version
+        self._upload_luts()
+        kvquant.decode_push(
+            to_device(q[0]), to_device(k[0]), to_device(v[0]), self.d_t_k, self.d_mu, self.d_k16, self.d_v16,
+            self.d_pools[0], self.d_pools[1], self.d_luts, self.d_clips, self.d_pos, self.d_qr[0],
+            slots, p, self.kv.group, self.basis.rot is not None, self.rot_v is not None,
+        )  # fmt: skip
+        self._attend_decode(q, pos, out, qr=self.d_qr)
+
+    def _pull(self) -> None:
+        """Bring the device storage down after device writes (before a host-path step: a prefill chunk, a policy)."""
+        if not self._stale:
+            return
+        rt = K.runtime()
+        self.k16[...] = rt.asnumpy(self.d_k16)
+        self.v16[...] = rt.asnumpy(self.d_v16)
+        for p, d in zip(self.pools, self.d_pools):
+            for name in ("kc", "km", "vc", "vm"):
+                getattr(p, name)[...] = rt.asnumpy(getattr(d, name))
+        self._stale = False
 
     # ------------------------------------------------------------ mirror
     def _push(self, k: np.ndarray, v: np.ndarray, p: int, t: int = -1) -> None:
@@ -193,6 +249,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
 
     def mirror_mismatches(self) -> list[str]:
         """Names of device arrays that differ from the host storage (after a sync; for tests)."""
+        self._pull()
         self._sync()
         rt = K.runtime()
         pairs = [("k16", self.k16, self.d_k16), ("v16", self.v16, self.d_v16), ("pos", self.pos, self.d_pos), ("logw", self.logw, self.d_logw)]
@@ -202,14 +259,17 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         return [n for n, h, d in pairs if not np.array_equal(h, rt.asnumpy(d))]
 
     # ------------------------------------------------------------ attention
-    def _attend_decode(self, q: Any, pos: np.ndarray, out: Any) -> None:
-        """Decode attention of T <= 4 queries on the device mirror (the host pushes are done)."""
+    def _attend_decode(self, q: Any, pos: np.ndarray, out: Any, qr: Any = None) -> None:
+        """Decode attention of T <= 4 queries on the device mirror (the pushes are done).
+
+        qr: the queries already in the cache basis (device), or None to move ``q`` there.
+        """
         self._sync()
         xp = self._xp
         s, T = self.spec, q.shape[0]
-        qd = to_device(q)
+        qd = to_device(q) if qr is None else qr
         b = self.basis
-        if b.qin is not None:  # the cache holds K in its own basis: take q there alike, per KV head
+        if qr is None and b.qin is not None:  # the cache holds K in its own basis: take q there alike, per KV head
             if self._qin_version != b.version:
                 self.d_qin = to_device(b.qin)
                 self._qin_version = b.version

@@ -115,6 +115,40 @@ def _take_slot(pos: np.ndarray, lo: int, cap: int, free: np.ndarray) -> int:
 
 
 @nb.njit(**_JIT)
+def plan_push(pos: np.ndarray, p: int, S: int, F: int, lo: int, cap: int, free: np.ndarray, lo1: int, cap1: int, free1: np.ndarray) -> tuple[int, int, int]:
+    """Choose the slots of one decode token and move the shared positions; no K/V is touched.
+
+    Returns (j, jq, jc): the new token goes to fp16 slot ``j`` (a free window
+    slot, else the oldest); ``jq >= 0``: slot j's old token first spills into
+    pool 0 slot ``jq`` (pool-local); ``jc >= 0``: pool 0 was full, so that
+    slot's old token first cools into pool 1 slot ``jc``.  ``pos`` [1, N] and
+    the free counts are updated as if the moves were done: the data moves
+    (:func:`decode_push` here, ``kvquant.cu`` on the GPU) read only slots.
+    """
+    j = -1
+    oldest = 0
+    for s in range(S, F):
+        ps = pos[0, s]
+        if ps < 0:
+            j = s
+            break
+        if s == S or ps < pos[0, oldest]:
+            oldest = s
+    jq = -1
+    jc = -1
+    if j < 0:
+        j = oldest
+        if cap > 0:
+            jq = _take_slot(pos, lo, cap, free)
+            if cap1 > 0 and pos[0, lo + jq] >= 0:
+                jc = _take_slot(pos, lo1, cap1, free1)
+                pos[0, lo1 + jc] = pos[0, lo + jq]
+            pos[0, lo + jq] = pos[0, j]
+    pos[0, j] = p
+    return j, jq, jc
+
+
+@nb.njit(**_JIT)
 def decode_push(
     q: np.ndarray,
     k: np.ndarray,
@@ -176,40 +210,23 @@ def decode_push(
     Dv = v.shape[1]
     H = q.shape[0]
     gqa = H // n_kv
-    cap = kc.shape[1]
     kf = np.empty(D, np.float32)
     vf = np.empty(Dv, np.float32)
-    # ---- the window slot: a free one, else the oldest, which spills into pool 0
-    j = -1
-    oldest = 0
-    for s in range(S, F):
-        ps = pos[0, s]
-        if ps < 0:
-            j = s
-            break
-        if s == S or ps < pos[0, oldest]:
-            oldest = s
-    if j < 0:
-        j = oldest
-        if cap > 0:
-            jq = _take_slot(pos, lo, cap, free)
-            cap1 = kc1.shape[1]
-            if cap1 > 0 and pos[0, lo + jq] >= 0:  # the warm tier is full: its oldest token cools
-                jc = _take_slot(pos, lo1, cap1, free1)
-                for h in range(n_kv):
-                    dequant_row(kc[h, jq], km[h, jq], klut, bits_k, G, kf)
-                    dequant_row(vc[h, jq], vm[h, jq], vlut, bits_v, G, vf)
-                    quantize_row(kf, bits_k1, G, klut1, clips_k1, kc1[h, jc], km1[h, jc], tmp)
-                    quantize_row(vf, bits_v1, G, vlut1, clips_v1, vc1[h, jc], vm1[h, jc], tmp)
-                pos[0, lo1 + jc] = pos[0, lo + jq]
-            for h in range(n_kv):
-                for d in range(D):
-                    kf[d] = f16_to_f32(k16[h, j, d])
-                for d in range(Dv):
-                    vf[d] = f16_to_f32(v16[h, j, d])
-                quantize_row(kf, bits_k, G, klut, clips_k, kc[h, jq], km[h, jq], tmp)
-                quantize_row(vf, bits_v, G, vlut, clips_v, vc[h, jq], vm[h, jq], tmp)
-            pos[0, lo + jq] = pos[0, j]
+    j, jq, jc = plan_push(pos, p, S, F, lo, kc.shape[1], free, lo1, kc1.shape[1], free1)
+    if jc >= 0:  # the warm tier was full: its oldest token cools into pool 1
+        for h in range(n_kv):
+            dequant_row(kc[h, jq], km[h, jq], klut, bits_k, G, kf)
+            dequant_row(vc[h, jq], vm[h, jq], vlut, bits_v, G, vf)
+            quantize_row(kf, bits_k1, G, klut1, clips_k1, kc1[h, jc], km1[h, jc], tmp)
+            quantize_row(vf, bits_v1, G, vlut1, clips_v1, vc1[h, jc], vm1[h, jc], tmp)
+    if jq >= 0:  # the window's oldest token spills into pool 0
+        for h in range(n_kv):
+            for d in range(D):
+                kf[d] = f16_to_f32(k16[h, j, d])
+            for d in range(Dv):
+                vf[d] = f16_to_f32(v16[h, j, d])
+            quantize_row(kf, bits_k, G, klut, clips_k, kc[h, jq], km[h, jq], tmp)
+            quantize_row(vf, bits_v, G, vlut, clips_v, vc[h, jq], vm[h, jq], tmp)
     # ---- the new token into slot j, in the cache basis
     for h in range(n_kv):
         for d in range(D):
@@ -230,4 +247,3 @@ def decode_push(
                 r[d] = q[h * gqa + i, d] / t_k[h, d]
             if rot_k:
                 fwht(r)
-    pos[0, j] = p

@@ -86,6 +86,13 @@ _declare("attention.cu", "attn_prefill_f16", "ppppppiiiiiiiiffii")
 _declare("qattention.cu", "qattn_decode_partial", "p" * 19 + "i" * 16 + "ff")
 # scores, part_m, part_l, acc, T, n_head, n_kv, N, n_split
 _declare("qattention.cu", "qattn_decode_probs", "ppppiiiii")
+# x16, codes0, meta0, codes1, meta1, lut0, lut1, ids, out, F, C0, C1, Dx, G, w0, w1, stride
+_declare("qattention.cu", "qattn_gather_f16", "p" * 9 + "i" * 8)
+# writing the compressed cache (kvquant.cu): x, codes, meta, lut, clips, Dx, bits, G
+_declare("kvquant.cu", "kvq_quantize_rows", "pppppiii")
+# q, k, v, t_k, mu, k16, v16, kc0, km0, vc0, vm0, kc1, km1, vc1, vm1, luts, clips, pos, qr,
+# j, jq, jc, p, F, C0, C1, n_head, D, Dv, G, wk0, wv0, wk1, wv1, rot_k, rot_v
+_declare("kvquant.cu", "kv_decode_push", "p" * 19 + "i" * 17)
 
 
 def cu_files() -> list[str]:

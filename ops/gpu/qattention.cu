@@ -172,3 +172,20 @@ extern "C" __global__ void qattn_decode_probs(const float* __restrict__ scores, 
     }
     acc[(size_t)kh * N + j] = a;
 }
+
+// Prefill over the compressed cache: the stored slots a chunk attends to, as a
+// dense fp16 buffer for attn_prefill_f16 (attention.cu).  A prefill chunk's
+// attention is compute-bound over (stored + chunk) keys, so each stored row is
+// dequantized once per chunk here rather than once per query tile there.
+// out[h, i, :] = row ids[i] of KV head h (K or V: the area says which), fp16.
+// grid (n, n_kv), block 128; out [n_kv, stride, Dx] fp16 bits, rows [0, n) written.
+extern "C" __global__ void qattn_gather_f16(const u16* __restrict__ x16, const u8* __restrict__ codes0, const u8* __restrict__ meta0,
+                                            const u8* __restrict__ codes1, const u8* __restrict__ meta1, const float* __restrict__ lut0,
+                                            const float* __restrict__ lut1, const int* __restrict__ ids, u16* __restrict__ out, int F, int C0,
+                                            int C1, int Dx, int G, int w0, int w1, int stride) {
+    const int i = blockIdx.x, h = blockIdx.y;
+    const KVQArea a{x16, codes0, meta0, codes1, meta1, lut0, lut1, F, C0, C1, Dx, G, w0, w1, kvq_log2_exact(G)};
+    const KVQRow r = kvq_row(a, h, ids[i]);
+    u16* o = out + ((size_t)h * stride + i) * Dx;
+    for (int d = threadIdx.x; d < Dx; d += blockDim.x) o[d] = r.bits == 16 ? ((const u16*)r.codes)[d] : f2h(kvq_value(r, G, a.lgG, d));
+}

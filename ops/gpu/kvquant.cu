@@ -1,0 +1,229 @@
+// Writing the compressed KV cache on the device: the quantizer of
+// cache/quant.py and a steady-state decode step of cache/insert.py, so a
+// policy-free compressed cache on the GPU never copies a token's K/V down.
+//
+// Layout (kvq.cuh, cache/pool.py): a row is one token's K (or V) of one KV
+// head, Dx values in groups of G; per group a scale code u (s = lut[u]) and a
+// zero code zc (z = zc (2^b - 1) / 255), codes c = clamp(floor(x / s + z + 1/2))
+// packed group-planar.  Per group the quantizer tries each clipping ratio of
+// the range (the range always includes 0), then one least-squares refit of
+// step and offset to that ratio's codes, and keeps whichever candidate has the
+// least squared error: cache/quant.py's _quantize_group, with the same float32
+// and float64 steps (Numba promotes float32 op int to float64, so do we).  Only
+// the order of the group sums differs (a butterfly here, vector lanes there),
+// so a rare near-tie between two candidates can go the other way.
+//
+// One block per row (kvq_quantize_rows) or per KV head (kv_decode_push), one
+// thread per value: blockDim.x = the row width rounded up to a multiple of 32
+// (<= 1024).  A group's sums are warp butterflies (G <= 32) plus, for G > 32,
+// one pass through shared memory; every lane of a group gets bitwise the same
+// sums (IEEE addition commutes), so the lanes take the same branches.  Control
+// flow stays uniform across the whole block (flags, not breaks): the shuffles
+// and barriers need every thread.
+#include "kvq.cuh"
+
+#define KQ_MAX_T 1024    // threads per block (the widest row)
+#define KQ_MAX_CLIPS 8   // clipping ratios per width (cache/quant.py CLIPS), 0-terminated
+
+// Reduction ops over one group of G consecutive threads (G a power of two).
+#define KQ_SUM 0
+#define KQ_MIN 1
+#define KQ_MAX 2
+
+__device__ __forceinline__ float kq_op(int op, float a, float b) { return op == KQ_SUM ? a + b : op == KQ_MIN ? fminf(a, b) : fmaxf(a, b); }
+
+// Every thread of the block must call this; each gets its own group's result.
+// scr: [32] shared floats.
+__device__ __forceinline__ float kq_group(int op, float v, int G, float* scr) {
+    const int lim = G < WARP ? G : WARP;
+    for (int o = lim / 2; o > 0; o >>= 1) v = kq_op(op, v, __shfl_xor_sync(FULL_MASK, v, o));
+    if (G > WARP) {  // combine the group's warps, in warp order (the same order for every lane)
+        const int lane = threadIdx.x % WARP, wid = threadIdx.x / WARP, per = G / WARP;
+        __syncthreads();
+        if (lane == 0) scr[wid] = v;
+        __syncthreads();
+        const int w0 = wid / per * per;
+        v = scr[w0];
+        for (int i = 1; i < per; ++i) v = kq_op(op, v, scr[w0 + i]);
+    }
+    return v;
+}
+
+__device__ __forceinline__ int kq_byte(double v) { return v < 0.0 ? 0 : v > 255.0 ? 255 : (int)v; }
+
+// Quantize one row held one value per thread (thread d < Dx holds x; the rest
+// pass anything and `on` = false) into codes [Dx * w / 8] and meta [Dx / G, 2].
+// clips: this width's clipping ratios, 0-terminated.  cs: [KQ_MAX_T] shared ints.
+__device__ void kq_quantize_row(float x, bool on, int Dx, int bits, int G, const float* lut, const float* clips, u8* codes, u8* meta,
+                                int* cs, float* scr) {
+    const int d = threadIdx.x;
+    const int L = (1 << bits) - 1;
+    const float Lf = (float)L;
+    const float lo = kq_group(KQ_MIN, on ? fminf(x, 0.0f) : 0.0f, G, scr);
+    const float hi = kq_group(KQ_MAX, on ? fmaxf(x, 0.0f) : 0.0f, G, scr);
+    const float sx = kq_group(KQ_SUM, on ? x : 0.0f, G, scr);
+    const double e0 = log2((double)lut[0]);
+    const bool flat = !(hi - lo > 0.0f);  // an all-zero group: codes 0, u = zc = 0
+    float best_err = 3.0e38f;
+    int bu = 0, bz = 0, bc = 0;
+    for (int ci = 0; ci < KQ_MAX_CLIPS && clips[ci] > 0.0f; ++ci) {
+        const float c = clips[ci];
+        int u = 0, zc = 0;
+        if (!flat) {
+            const double target = (double)((hi - lo) * c) / L;
+            u = kq_byte(ceil((log2(target) - e0) * 16.0 - 1e-6));
+            zc = kq_byte(rint((double)(-lo * c / lut[u]) * 255.0 / L));
+        }
+        bool live = !flat;
+        for (int refine = 0; refine < 2; ++refine) {
+            const float s = lut[u];
+            const float z = (float)zc * Lf / 255.0f;
+            const float inv = 1.0f / s;
+            const float qf = fminf(fmaxf(floorf(x * inv + z + 0.5f), 0.0f), Lf);
+            const float e = s * (qf - z) - x;
+            const float err = kq_group(KQ_SUM, on ? e * e : 0.0f, G, scr);
+            const float sq = kq_group(KQ_SUM, on ? qf : 0.0f, G, scr);
+            const float sqq = kq_group(KQ_SUM, on ? qf * qf : 0.0f, G, scr);
+            const float sqx = kq_group(KQ_SUM, on ? qf * x : 0.0f, G, scr);
+            if (live && err < best_err) {
+                best_err = err;
+                bu = u;
+                bz = zc;
+                bc = (int)qf;
+            }
+            // the least-squares step and offset for these codes (x ~ a q + b), re-encoded to the table
+            const double den = (double)G * sqq - (double)(sq * sq);
+            if (refine == 1 || den <= 0.0) live = false;
+            if (live) {
+                const double a = ((double)G * sqx - (double)(sq * sx)) / den;
+                if (a <= 0.0) {
+                    live = false;
+                } else {
+                    const double b = (sx - a * sq) / G;
+                    u = kq_byte(rint((log2(a) - e0) * 16.0));
+                    zc = kq_byte(rint(-b / lut[u] * 255.0 / L));
+                }
+            }
+        }
+    }
+    // pack group-planar: byte i of a group holds values i, i + nb, ... at bits 0, w, ...
+    const int w = kvq_container(bits), per = 8 / w, nb = G * w / 8;
+    __syncthreads();  // cs may still be read by a previous row's packing
+    if (on) cs[d] = bc;
+    if (on && d % G == 0) {
+        meta[2 * (d / G)] = (u8)bu;
+        meta[2 * (d / G) + 1] = (u8)bz;
+    }
+    __syncthreads();
+    for (int b = d; b < Dx * w / 8; b += blockDim.x) {
+        const int g = b / nb, i = b - g * nb;
+        int byte = 0;
+        for (int m = 0; m < per; ++m) byte |= cs[g * G + m * nb + i] << (m * w);
+        codes[b] = (u8)byte;
+    }
+}
+
+// x <- x @ H for the orthonormal Sylvester-Hadamard H, in shared memory (n a
+// power of two): the butterfly network of cache/insert.py's fwht, stage by
+// stage in the same order, so the result is bitwise the CPU's.
+__device__ void kq_fwht(float* x, int n) {
+    for (int h = 1; h < n; h <<= 1) {
+        __syncthreads();
+        for (int t = threadIdx.x; t < n / 2; t += blockDim.x) {
+            const int i = (t / h) * 2 * h + (t % h);
+            const float a = x[i], b = x[i + h];
+            x[i] = a + b;
+            x[i + h] = a - b;
+        }
+    }
+    __syncthreads();
+    const float s = (float)(1.0 / sqrt((double)n));
+    for (int t = threadIdx.x; t < n; t += blockDim.x) x[t] *= s;
+    __syncthreads();
+}
+
+// Quantize rows: x [n_rows, Dx] float32 -> codes [n_rows, Dx*w/8], meta [n_rows, Dx/G, 2].
+// grid (n_rows), block (Dx rounded up to 32).
+extern "C" __global__ void kvq_quantize_rows(const float* x, u8* codes, u8* meta, const float* lut, const float* clips, int Dx, int bits,
+                                             int G) {
+    __shared__ int cs[KQ_MAX_T];
+    __shared__ float scr[WARP];
+    const size_t r = blockIdx.x;
+    const int d = threadIdx.x;
+    const bool on = d < Dx;
+    const int rb = Dx * kvq_container(bits) / 8;
+    kq_quantize_row(on ? x[r * Dx + d] : 0.0f, on, Dx, bits, G, lut, clips, codes + r * rb, meta + r * (Dx / G) * 2, cs, scr);
+}
+
+// One steady-state decode step of a policy-free compressed layer
+// (cache/insert.py decode_push; the host chose the slots with plan_push):
+//
+//   jc >= 0: pool 0 slot jq's token cools: dequantized, re-quantized into pool 1 slot jc;
+//   jq >= 0: fp16 slot j's token spills: quantized into pool 0 slot jq;
+//   always:  the new token goes to fp16 slot j in the cache basis,
+//            keys (k * t_k) @ H - mu, values v @ H (H where rot_*);
+//            its queries go to qr as (q / t_k) @ H;
+//   and the shared positions follow: pos[lo1 + jc] = pos[lo0 + jq], pos[lo0 + jq] = pos[j], pos[j] = p.
+//
+// q [n_head, D], k [n_kv, D], v [n_kv, Dv], t_k, mu [n_kv, D] float32;
+// k16 [n_kv, F, D], v16 [n_kv, F, Dv] fp16 bits; pools as kvq.cuh;
+// luts [4, 256] (klut0, vlut0, klut1, vlut1); clips [4, KQ_MAX_CLIPS] the same four;
+// pos [1, F + C0 + C1] int32; qr [n_head, D] float32 out.
+// grid (n_kv), block (max(D, Dv) rounded up to 32).
+extern "C" __global__ void kv_decode_push(const float* q, const float* k, const float* v, const float* t_k, const float* mu, u16* k16, u16* v16,
+                                          u8* kc0, u8* km0, u8* vc0, u8* vm0, u8* kc1, u8* km1, u8* vc1, u8* vm1, const float* luts,
+                                          const float* clips, int* pos, float* qr, int j, int jq, int jc, int p, int F, int C0, int C1,
+                                          int n_head, int D, int Dv, int G, int wk0, int wv0, int wk1, int wv1, int rot_k, int rot_v) {
+    __shared__ float xs[KQ_MAX_T];
+    __shared__ int cs[KQ_MAX_T];
+    __shared__ float scr[WARP];
+    const int h = blockIdx.x, n_kv = gridDim.x, d = threadIdx.x;
+    const bool onk = d < D, onv = d < Dv;
+    const int lgG = kvq_log2_exact(G);
+    const size_t kb0 = (size_t)D * kvq_container(wk0) / 8, vb0 = (size_t)Dv * kvq_container(wv0) / 8;
+    const size_t kb1 = (size_t)D * kvq_container(wk1) / 8, vb1 = (size_t)Dv * kvq_container(wv1) / 8;
+    const size_t km = (size_t)(D / G) * 2, vm = (size_t)(Dv / G) * 2;
+    if (jc >= 0) {  // the warm pool's oldest token moves to the cold pool at its widths
+        const size_t r0 = (size_t)h * C0 + jq, r1 = (size_t)h * C1 + jc;
+        KVQRow rk{kc0 + r0 * kb0, km0 + r0 * km, luts, wk0};
+        KVQRow rv{vc0 + r0 * vb0, vm0 + r0 * vm, luts + 256, wv0};
+        const float xk = onk ? kvq_value(rk, G, lgG, d) : 0.0f;
+        const float xv = onv ? kvq_value(rv, G, lgG, d) : 0.0f;
+        kq_quantize_row(xk, onk, D, wk1, G, luts + 512, clips + 2 * KQ_MAX_CLIPS, kc1 + r1 * kb1, km1 + r1 * km, cs, scr);
+        kq_quantize_row(xv, onv, Dv, wv1, G, luts + 768, clips + 3 * KQ_MAX_CLIPS, vc1 + r1 * vb1, vm1 + r1 * vm, cs, scr);
+    }
+    if (jq >= 0) {  // the window's oldest token spills into pool 0
+        const size_t r0 = (size_t)h * C0 + jq;
+        const float xk = onk ? h2f(k16[((size_t)h * F + j) * D + d]) : 0.0f;
+        const float xv = onv ? h2f(v16[((size_t)h * F + j) * Dv + d]) : 0.0f;
+        kq_quantize_row(xk, onk, D, wk0, G, luts, clips, kc0 + r0 * kb0, km0 + r0 * km, cs, scr);
+        kq_quantize_row(xv, onv, Dv, wv0, G, luts + 256, clips + KQ_MAX_CLIPS, vc0 + r0 * vb0, vm0 + r0 * vm, cs, scr);
+    }
+    __syncthreads();  // the spill read slot j; the new token overwrites it
+    // the new key, in the cache basis
+    if (onk) xs[d] = k[(size_t)h * D + d] * t_k[(size_t)h * D + d];
+    if (rot_k) kq_fwht(xs, D);
+    __syncthreads();
+    if (onk) k16[((size_t)h * F + j) * D + d] = f2h(xs[d] - mu[(size_t)h * D + d]);
+    __syncthreads();
+    // the new value
+    if (onv) xs[d] = v[(size_t)h * Dv + d];
+    if (rot_v) kq_fwht(xs, Dv);
+    __syncthreads();
+    if (onv) v16[((size_t)h * F + j) * Dv + d] = f2h(xs[d]);
+    // the queries of this KV head's group
+    const int gqa = n_head / n_kv;
+    for (int i = 0; i < gqa; ++i) {
+        const size_t row = (size_t)(h * gqa + i) * D;
+        __syncthreads();
+        if (onk) xs[d] = q[row + d] / t_k[(size_t)h * D + d];
+        if (rot_k) kq_fwht(xs, D);
+        __syncthreads();
+        if (onk) qr[row + d] = xs[d];
+    }
+    if (h == 0 && d == 0) {  // positions are shared by all heads (no policy): one thread moves them
+        if (jc >= 0) pos[F + C0 + jc] = pos[F + jq];
+        if (jq >= 0) pos[F + jq] = pos[j];
+        pos[j] = p;
+    }
+}

@@ -1,0 +1,99 @@
+"""Launchers for ``kvquant.cu``: writing the compressed KV cache on the device.
+
+The device twins of :func:`kvrun.cache.quant.quantize_row` (the MSE-clipped
+group quantizer) and :func:`kvrun.cache.insert.decode_push` (one steady-state
+decode step of a policy-free compressed layer).  The layouts are
+``cache/pool.py``'s and ``kvq.cuh``'s; the clipping ratios are passed in
+(``cache/quant.py`` owns them), as a [4, MAX_CLIPS] table, 0-terminated rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import kernels as K
+from .qattention import DevicePool
+
+MAX_CLIPS = 8  # KQ_MAX_CLIPS
+MAX_THREADS = 1024  # KQ_MAX_T: the widest row
+
+
+def _threads(*widths: int) -> int:
+    return K.cdiv(max(widths), 32) * 32
+
+
+def supported(D: int, Dv: int, G: int) -> str | None:
+    """Why rows of these sizes cannot be written on the device, or None when they can."""
+    if G < 4 or G & (G - 1):
+        return f"group {G} is not a power of two >= 4"
+    if D % 32 or Dv % 32 or D % G or Dv % G:
+        return f"head sizes {D}/{Dv} are not multiples of 32 and of the group {G}"
+    if max(D, Dv) > MAX_THREADS:
+        return f"head size {max(D, Dv)} exceeds {MAX_THREADS}"
+    return None
+
+
+def clip_table(rows: list[np.ndarray]) -> np.ndarray:
+    """Up to four clipping-ratio lists as the kernels' [4, MAX_CLIPS] float32 table (0 ends a row)."""
+    t = np.zeros((4, MAX_CLIPS), np.float32)
+    for i, r in enumerate(rows):
+        if len(r) > MAX_CLIPS:
+            raise ValueError(f"at most {MAX_CLIPS} clipping ratios, got {len(r)}")
+        t[i, : len(r)] = r
+    return t
+
+
+def quantize_rows(x: Any, bits: int, G: int, lut: Any, clips: Any, codes: Any, meta: Any) -> None:
+    """Quantize rows into codes and (scale, zero) codes, as ``cache.quant.quantize_row`` does each.
+
+    x: [n, Dx] float32; codes: [n, Dx*w/8] uint8; meta: [n, Dx/G, 2] uint8;
+    lut: [256] float32; clips: [MAX_CLIPS] float32, 0-terminated (device arrays).
+    """
+    n, Dx = x.shape
+    why = supported(Dx, Dx, G)
+    if why or bits not in (2, 3, 4, 8):
+        raise ValueError(f"no device quantizer for {bits}-bit rows of {Dx}: {why or 'widths are 2, 3, 4, 8'}")
+    K.launch("kvq_quantize_rows", (n,), (_threads(Dx),), x, codes, meta, lut, clips, Dx, bits, G)
+
+
+def decode_push(
+    q: Any,
+    k: Any,
+    v: Any,
+    t_k: Any,
+    mu: Any,
+    k16: Any,
+    v16: Any,
+    pool0: DevicePool,
+    pool1: DevicePool,
+    luts: Any,
+    clips: Any,
+    pos: Any,
+    qr: Any,
+    slots: tuple[int, int, int],
+    p: int,
+    group: int,
+    rot_k: bool,
+    rot_v: bool,
+) -> None:
+    """One decode token into a policy-free compressed layer, on the device; its queries into the cache basis.
+
+    q [n_head, D], k [n_kv, D], v [n_kv, Dv], t_k / mu [n_kv, D] float32;
+    k16 / v16 the fp16 area; luts [4, 256]; clips [4, MAX_CLIPS]; pos [1, N]
+    int32 (updated); qr [n_head, D] float32 out.  ``slots`` = (j, jq, jc) as
+    :func:`kvrun.cache.insert.plan_push` chose them (-1: no spill / no cool).
+    """
+    n_kv, F, D = k16.shape
+    Dv = v16.shape[2]
+    H = q.shape[0]
+    j, jq, jc = slots
+    K.launch(
+        "kv_decode_push", (n_kv,), (_threads(D, Dv),),
+        q, k, v, t_k, mu, k16, v16,
+        pool0.kc, pool0.km, pool0.vc, pool0.vm, pool1.kc, pool1.km, pool1.vc, pool1.vm,
+        luts, clips, pos, qr,
+        j, jq, jc, p, F, pool0.kc.shape[1], pool1.kc.shape[1], H, D, Dv, group,
+        pool0.bits_k, pool0.bits_v, pool1.bits_k, pool1.bits_v, int(rot_k), int(rot_v),
+    )  # fmt: skip

@@ -1,14 +1,13 @@
-"""The compressed KV cache on the GPU: cache/compressed.py's bookkeeping on the host, attention and scores on the device.
+"""The compressed KV cache on the GPU: cache/compressed.py's bookkeeping on the host, the data on the device.
 
 :class:`GPUCompressedLayerCache` *is* a :class:`~.compressed.CompressedLayerCache`:
-slot choice, the Numba quantizer, calibration, merging and prefill attention
-all run on the host exactly as on the CPU, on the same host arrays, so the two
-caches hold the same bits for the same K/V.  The eviction policy is the same
-code too, built with the device array module: its per-slot scores
-(``score``, ``acc``, G-KV's ``hist``; [n_kv, N] float32) live on the device,
-where the decode kernel's probabilities are folded into them, and it ranks
-and picks victims there (see ``policies/base.py``).  What the cache adds is
-a device mirror of the storage the decode kernel reads::
+slot choice, calibration, the eviction policy's decisions and merging are
+the same code on the same host metadata (positions, free counts), so the two
+caches hold the same tokens in the same slots.  The policy is built with the
+device array module: its per-slot scores (``score``, ``acc``, G-KV's
+``hist``; [n_kv, N] float32) live on the device, where the decode kernel's
+probabilities are folded into them, and it ranks and picks victims there
+(see ``policies/base.py``).  The storage the kernels read lives on the device::
 
     k16, v16        [n_kv, F, D] / [n_kv, F, Dv]  uint16 fp16 bits
     pool i          kc, km, vc, vm (cache/pool.py layout)  uint8
@@ -16,31 +15,30 @@ a device mirror of the storage the decode kernel reads::
     pos             [P, N]    int32
     logw            [n_kv, N] float32 (KeepKV only)
 
-and decode (T <= 4 tokens) runs ``ops/gpu/qattention.cu`` on it, reading the
-quantized slots in place.
+Two ways a token gets there:
 
-The mirror is updated incrementally: every write to the host storage goes
-through ``_push`` (the fp16 area) or a pool's ``write`` (quantization,
-demotion, merging), which record the slots they touched; before attention
-only those slot columns (and the pos/logw columns of the same slots) are
-copied up.  ``reset`` and ``truncate`` change positions only, so they re-send
-the small pos/logw arrays; nothing re-sends the whole storage.
+* **On the device** (a policy-free layer once its key basis and scale tables
+  are calibrated, the steady state of ``--kv-bits N`` without a policy): the
+  host plans the slots (:func:`~.insert.plan_push`, from the positions alone)
+  and ``ops/gpu/kvquant.cu`` moves, rotates and quantizes the tokens, the
+  CPU's quantizer step for step.  A decode step then copies nothing down,
+  and nothing up but its positions; a prefill chunk likewise.  The host copy
+  of the storage goes stale (``_stale``) until :meth:`_pull` brings it down
+  for a host-path step.
+* **On the host** (policies, KeepKV, calibration): the host storage is
+  written as on the CPU, every write recorded (``_push``, the tracked pools),
+  and before attention only the touched slot columns go up (:meth:`_sync`).
+  Per decode step the new tokens' K/V come down ([T, n_kv, D]; q too while
+  the key basis learns); per eviction the candidates' positions go up and
+  the victim's slot comes down (one scalar; a KeepKV merge reads two).
 
-Host <-> device traffic per layer and decode step: the new tokens' K/V come
-down (the quantizer runs on the host; [T, n_kv, D], and the queries too while
-the key basis still learns from them, until the first spill), the written
-slots go up.  Nothing that grows with the cache comes down: the per-slot
-probabilities (``d_acc``, added into the policy's ``acc`` there) and the
-policy's whole state stay on the device.  Per eviction (a policy names a
-victim, per KV head and pool), the candidates' positions go up ([C] int32)
-and the victim's slot number comes down (one scalar); a KeepKV merge reads
-the two scores it weighs (two scalars).  Queries (once the basis is fixed),
-the Hadamard rotation of q and the un-rotation of the output stay on the
-device.
-
-Prefill chunks (T > 4) run the host path (BLAS over dequantized rows, which
-also gives the policies their prefill scores, reduced on the host and
-uploaded: O(chunk + stored) per KV head) and upload the output.
+Attention runs on the device either way: decode (T <= 4) with
+``qattention.cu`` reading the quantized slots in place; a prefill chunk of a
+policy-free layer with the tiled fp16 prefill kernel over the stored rows
+(dequantized once per chunk by ``qattn_gather_f16``) and its own tokens.
+Chunks that feed a policy's prefill scores or KeepKV weights run the host
+path (BLAS over dequantized rows, which gives the policies their scores) and
+upload the output.
 """
 
 from __future__ import annotations
@@ -49,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from ..ops.gpu import attention as attn
 from ..ops.gpu import kernels as K
 from ..ops.gpu import kvquant
 from ..ops.gpu import qattention as qa
@@ -125,7 +124,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         self._on_device = kvquant.supported(spec.head_dim, spec.head_dim_v, kv.resolved().group) is None
         p0, p1 = self.pools
         self.d_clips = to_device(kvquant.clip_table([CLIPS[p0.bits_k], CLIPS[p0.bits_v], CLIPS[p1.bits_k], CLIPS[p1.bits_v]]))
-        self.d_t_k = self.d_mu = None  # [n_kv, D] the key basis, sent when it changes
+        self.d_t_k = self.d_mu = self._d_rot_k = None  # [n_kv, D], [n_kv, D], [D, D]: the key basis, sent when it changes
         self._basis_version = -1
         self.d_qr = xp.empty((1, spec.n_head, spec.head_dim), np.float32)  # [1, n_head, D] queries in the cache basis
 
@@ -133,6 +132,9 @@ class GPUCompressedLayerCache(CompressedLayerCache):
     def update_and_attend(self, q, k, v, pos, out) -> None:
         if q.shape[0] == 1 and self._on_device and self._steady_state(int(pos[0])):
             self._decode_on_device(q, k, v, pos, out)
+            return
+        if q.shape[0] > MAX_DECODE_T and self.policy is None and not self.logw.size:
+            self._prefill_on_device(q, k, v, _host(pos, np.int32), out)
             return
         self._pull()  # the host path reads and writes the host storage
         kh, vh, ph = _host(k), _host(v), _host(pos, np.int32)
@@ -170,17 +172,80 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         p0, p1 = self.pools
         slots = plan_push(self.pos, p, self.S, self.F, self.lo[0], p0.cap, self._free[0], self.lo[1], p1.cap, self._free[1])
         self._stale = True
-        if self._basis_version != self.basis.version:
-            t_k, mu = self._fast_basis()
-            self.d_t_k, self.d_mu = to_device(t_k), to_device(mu)
-            self._basis_version = self.basis.version
-        self._upload_luts()
+        t_k, mu = self._device_basis()
         kvquant.decode_push(
-            to_device(q[0]), to_device(k[0]), to_device(v[0]), self.d_t_k, self.d_mu, self.d_k16, self.d_v16,
+            to_device(q[0]), to_device(k[0]), to_device(v[0]), t_k, mu, self.d_k16, self.d_v16,
             self.d_pools[0], self.d_pools[1], self.d_luts, self.d_clips, self.d_pos, self.d_qr[0],
             slots, p, self.kv.group, self.basis.rot is not None, self.rot_v is not None,
         )  # fmt: skip
         self._attend_decode(q, pos, out, qr=self.d_qr)
+
+    def _prefill_on_device(self, q: Any, k: Any, v: Any, pos: np.ndarray, out: Any) -> None:
+        """A prefill chunk of a policy-free layer: attention on the device, and the inserts too once calibrated.
+
+        The chunk attends to the stored slots (dequantized once into an fp16
+        buffer by ``qattn_gather_f16``) and to its own tokens, through the tiled
+        prefill kernel of the plain cache.  Then its tokens go in: in steady
+        state on the device (``kv_push_tokens``, slots planned here), else, while
+        the key basis and scale tables are still to be calibrated from the
+        first window, on the host, for which the chunk's K/V come down.
+        """
+        xp, s = self._xp, self.spec
+        T, n_kv = q.shape[0], s.n_head_kv
+        steady = self._on_device and self._steady_state(int(pos[0]))
+        if not steady:
+            self._pull()
+            if self.basis.wants_queries:  # the key basis learns from the queries until the first spill
+                self.basis.observe(_host(q))
+        self._sync()
+        t_k, mu = self._device_basis()
+        kd, vd = to_device(k), to_device(v)  # [T, n_kv, D] original basis
+        kc = kd * t_k
+        if self.basis.rot is not None:
+            kc = xp.matmul(kc, self._d_rot_k)
+        kc = kc - mu  # the cache basis
+        vr = vd if self.d_rot_v is None else xp.matmul(vd, self.d_rot_v)
+        ids = np.flatnonzero(self.pos[0] >= 0).astype(np.int32)
+        n = len(ids)
+        kbuf = xp.empty((n_kv, n + T, s.head_dim), np.uint16)
+        vbuf = xp.empty((n_kv, n + T, s.head_dim_v), np.uint16)
+        p0, p1 = self.d_pools
+        if n:
+            d_ids = to_device(ids, np.int32)
+            qa.gather_f16(self.d_k16, p0, p1, self.d_luts, self.kv.group, d_ids, kbuf)
+            qa.gather_f16(self.d_v16, p0, p1, self.d_luts, self.kv.group, d_ids, vbuf, values=True)
+        # the chunk's own tokens as the fp16 window will hold them
+        kbuf[:, n:] = kc.astype(np.float16).view(np.uint16).transpose(1, 0, 2)
+        vbuf[:, n:] = vr.astype(np.float16).view(np.uint16).transpose(1, 0, 2)
+        kpos = to_device(np.concatenate([self.pos[0, ids], pos]), np.int32)
+        with device_out(out) as od:
+            o = od if self.d_rot_v is None else xp.empty((T, s.n_head, s.head_dim_v), np.float32)
+            attn.attend_prefill(self._device_queries(q), kbuf, vbuf, kpos, n + T, to_device(pos, np.int32), s.window, s.scale, s.softcap, o)
+            if self.d_rot_v is not None:  # back from the rotated V basis
+                xp.matmul(o, self.d_rot_v, out=od)
+        if not steady:
+            kh, vh = _host(k), _host(vr)
+            for t in range(T):
+                self._push(kh[t], vh[t], int(pos[t]))
+            return
+        pl0, pl1 = self.pools
+        slots = np.empty((T, 3), np.int32)
+        for t in range(T):
+            slots[t] = plan_push(self.pos, int(pos[t]), self.S, self.F, self.lo[0], pl0.cap, self._free[0], self.lo[1], pl1.cap, self._free[1])
+        self._stale = True
+        kvquant.push_tokens(
+            kd, to_device(v), t_k, mu, self.d_k16, self.d_v16, p0, p1, self.d_luts, self.d_clips, self.d_pos,
+            to_device(slots, np.int32), to_device(pos, np.int32), self.kv.group, self.basis.rot is not None, self.rot_v is not None,
+        )  # fmt: skip
+
+    def _device_basis(self) -> tuple[Any, Any]:
+        """(t_k, mu) of the key basis on the device, [n_kv, D] each (ones / zeros where unused), sent when it changes."""
+        if self._basis_version != self.basis.version:
+            t_k, mu = self._fast_basis()
+            self.d_t_k, self.d_mu = to_device(t_k), to_device(mu)
+            self._d_rot_k = to_device(self.basis.rot) if self.basis.rot is not None else None
+            self._basis_version = self.basis.version
+        return self.d_t_k, self.d_mu
 
     def _pull(self) -> None:
         """Bring the device storage down after device writes (before a host-path step: a prefill chunk, a policy)."""
@@ -259,6 +324,19 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         return [n for n, h, d in pairs if not np.array_equal(h, rt.asnumpy(d))]
 
     # ------------------------------------------------------------ attention
+    def _device_queries(self, q: Any) -> Any:
+        """q [T, n_head, D] moved into the cache's key basis, on the device (per KV head: q @ Qin_h)."""
+        xp, s, b = self._xp, self.spec, self.basis
+        qd = to_device(q)
+        if b.qin is None:
+            return qd
+        if self._qin_version != b.version:
+            self.d_qin = to_device(b.qin)
+            self._qin_version = b.version
+        T, g = q.shape[0], s.n_head // s.n_head_kv
+        qd = xp.matmul(qd.reshape(T, s.n_head_kv, g, s.head_dim).transpose(1, 0, 2, 3), self.d_qin[:, None])
+        return xp.ascontiguousarray(qd.transpose(1, 0, 2, 3).reshape(T, s.n_head, s.head_dim))
+
     def _attend_decode(self, q: Any, pos: np.ndarray, out: Any, qr: Any = None) -> None:
         """Decode attention of T <= 4 queries on the device mirror (the pushes are done).
 
@@ -267,15 +345,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         self._sync()
         xp = self._xp
         s, T = self.spec, q.shape[0]
-        qd = to_device(q) if qr is None else qr
-        b = self.basis
-        if qr is None and b.qin is not None:  # the cache holds K in its own basis: take q there alike, per KV head
-            if self._qin_version != b.version:
-                self.d_qin = to_device(b.qin)
-                self._qin_version = b.version
-            g = s.n_head // s.n_head_kv
-            qd = xp.matmul(qd.reshape(T, s.n_head_kv, g, s.head_dim).transpose(1, 0, 2, 3), self.d_qin[:, None])
-            qd = xp.ascontiguousarray(qd.transpose(1, 0, 2, 3).reshape(T, s.n_head, s.head_dim))
+        qd = self._device_queries(q) if qr is None else qr
         pol = self.policy
         probs = pol is not None and pol.needs_probs
         if probs:

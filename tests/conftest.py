@@ -61,3 +61,16 @@ def rt(request):
     prev = K.set_runtime(runtime)
     yield runtime
     K.set_runtime(prev)
+
+
+@pytest.fixture(scope="module")
+def strict():
+    """The kernel emulator on device arrays that refuse host operands and log every copy down (devicexp.py)."""
+    from devicexp import StrictRuntime
+
+    from kvrun.ops.gpu import kernels as K
+
+    runtime = StrictRuntime()
+    prev = K.set_runtime(runtime)
+    yield runtime
+    K.set_runtime(prev)

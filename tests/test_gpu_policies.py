@@ -24,13 +24,13 @@ from any tie these inputs make), 3e-2 with KeepKV merges (see the test).
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import devicexp
 import numpy as np
 import pytest
-from devicexp import COPIES, StrictRuntime
+from devicexp import COPIES
 
 from kvrun.cache.base import LayerSpec
 from kvrun.cache.compressed import CompressedLayerCache
@@ -39,7 +39,6 @@ from kvrun.cache.kvconfig import KVConfig
 from kvrun.cache.policies import POLICIES, Policy, make_policy
 from kvrun.ops import gpu_available
 from kvrun.ops.gpu import emulate
-from kvrun.ops.gpu import kernels as K
 
 # ----------------------------------------------------------------- one policy, two array modules
 N_KV, N, D = 2, 48, 8
@@ -66,7 +65,7 @@ def device(request) -> Module:
 
         return Module(cupy, cupy.asarray, cupy.asnumpy, logs=False)
     xp = devicexp.DeviceModule()
-    return Module(xp, xp.asarray, StrictRuntime().asnumpy, logs=True)
+    return Module(xp, xp.asarray, devicexp.StrictRuntime().asnumpy, logs=True)
 
 
 HOST = Module(np, np.asarray, np.asarray, logs=False)
@@ -166,14 +165,6 @@ CACHE_KV = [
     "2,policy=keydiff,budget=24,residual=4,group=16",
     "2,policy=streaming,budget=24,residual=4,sinks=2,group=16",
 ]
-
-
-@pytest.fixture(scope="module")
-def strict() -> Iterator[StrictRuntime]:
-    rt = StrictRuntime()
-    prev = K.set_runtime(rt)
-    yield rt
-    K.set_runtime(prev)
 
 
 def _rel_err(got: np.ndarray, want: np.ndarray) -> float:

@@ -90,9 +90,11 @@ _declare("qattention.cu", "qattn_decode_probs", "ppppiiiii")
 _declare("qattention.cu", "qattn_gather_f16", "p" * 9 + "i" * 8)
 # writing the compressed cache (kvquant.cu): x, codes, meta, lut, clips, Dx, bits, G
 _declare("kvquant.cu", "kvq_quantize_rows", "pppppiii")
-# q, k, v, t_k, mu, k16, v16, kc0, km0, vc0, vm0, kc1, km1, vc1, vm1, luts, clips, pos, qr,
-# j, jq, jc, p, F, C0, C1, n_head, D, Dv, G, wk0, wv0, wk1, wv1, rot_k, rot_v
-_declare("kvquant.cu", "kv_decode_push", "p" * 19 + "i" * 17)
+# the pools: k16, v16, kc0, km0, vc0, vm0, kc1, km1, vc1, vm1, luts, clips, pos; sizes F, C0, C1, D, Dv, G, wk0, wv0, wk1, wv1
+# q, k, v, t_k, mu, pools, qr, j, jq, jc, p, n_head, rot_k, rot_v, sizes
+_declare("kvquant.cu", "kv_decode_push", "p" * 19 + "i" * 7 + "i" * 10)
+# k, v, t_k, mu, pools, slots, ppos, T, rot_k, rot_v, sizes
+_declare("kvquant.cu", "kv_push_tokens", "p" * 19 + "i" * 3 + "i" * 10)
 
 
 def cu_files() -> list[str]:

@@ -155,75 +155,109 @@ extern "C" __global__ void kvq_quantize_rows(const float* x, u8* codes, u8* meta
     kq_quantize_row(on ? x[r * Dx + d] : 0.0f, on, Dx, bits, G, lut, clips, codes + r * rb, meta + r * (Dx / G) * 2, cs, scr);
 }
 
-// One steady-state decode step of a policy-free compressed layer
-// (cache/insert.py decode_push; the host chose the slots with plan_push):
+// One token into a policy-free compressed layer, for one KV head (the block's):
 //
 //   jc >= 0: pool 0 slot jq's token cools: dequantized, re-quantized into pool 1 slot jc;
 //   jq >= 0: fp16 slot j's token spills: quantized into pool 0 slot jq;
 //   always:  the new token goes to fp16 slot j in the cache basis,
 //            keys (k * t_k) @ H - mu, values v @ H (H where rot_*);
-//            its queries go to qr as (q / t_k) @ H;
-//   and the shared positions follow: pos[lo1 + jc] = pos[lo0 + jq], pos[lo0 + jq] = pos[j], pos[j] = p.
+//   and (block 0) the shared positions follow: pos[lo1 + jc] = pos[lo0 + jq], pos[lo0 + jq] = pos[j], pos[j] = p.
 //
-// q [n_head, D], k [n_kv, D], v [n_kv, Dv], t_k, mu [n_kv, D] float32;
-// k16 [n_kv, F, D], v16 [n_kv, F, Dv] fp16 bits; pools as kvq.cuh;
-// luts [4, 256] (klut0, vlut0, klut1, vlut1); clips [4, KQ_MAX_CLIPS] the same four;
-// pos [1, F + C0 + C1] int32; qr [n_head, D] float32 out.
+// (cache/insert.py decode_push; the host chose the slots with plan_push.)
+// k [D], v [Dv] this head's new row; t_k, mu [D] this head's basis.
+struct KQPools {
+    u16 *k16, *v16;
+    u8 *kc0, *km0, *vc0, *vm0, *kc1, *km1, *vc1, *vm1;
+    const float *luts, *clips;  // [4, 256] klut0, vlut0, klut1, vlut1; [4, KQ_MAX_CLIPS] the same four
+    int* pos;                   // [1, F + C0 + C1]
+    int F, C0, C1, D, Dv, G, wk0, wv0, wk1, wv1;
+};
+
+__device__ void kq_push_token(const KQPools& c, const float* k, const float* v, const float* t_k, const float* mu, int j, int jq, int jc,
+                              int p, int rot_k, int rot_v, float* xs, int* cs, float* scr) {
+    const int h = blockIdx.x, d = threadIdx.x;
+    const int D = c.D, Dv = c.Dv, G = c.G, F = c.F;
+    const bool onk = d < D, onv = d < Dv;
+    const int lgG = kvq_log2_exact(G);
+    const size_t kb0 = (size_t)D * kvq_container(c.wk0) / 8, vb0 = (size_t)Dv * kvq_container(c.wv0) / 8;
+    const size_t kb1 = (size_t)D * kvq_container(c.wk1) / 8, vb1 = (size_t)Dv * kvq_container(c.wv1) / 8;
+    const size_t km = (size_t)(D / G) * 2, vm = (size_t)(Dv / G) * 2;
+    if (jc >= 0) {  // the warm pool's oldest token moves to the cold pool at its widths
+        const size_t r0 = (size_t)h * c.C0 + jq, r1 = (size_t)h * c.C1 + jc;
+        KVQRow rk{c.kc0 + r0 * kb0, c.km0 + r0 * km, c.luts, c.wk0};
+        KVQRow rv{c.vc0 + r0 * vb0, c.vm0 + r0 * vm, c.luts + 256, c.wv0};
+        const float xk = onk ? kvq_value(rk, G, lgG, d) : 0.0f;
+        const float xv = onv ? kvq_value(rv, G, lgG, d) : 0.0f;
+        kq_quantize_row(xk, onk, D, c.wk1, G, c.luts + 512, c.clips + 2 * KQ_MAX_CLIPS, c.kc1 + r1 * kb1, c.km1 + r1 * km, cs, scr);
+        kq_quantize_row(xv, onv, Dv, c.wv1, G, c.luts + 768, c.clips + 3 * KQ_MAX_CLIPS, c.vc1 + r1 * vb1, c.vm1 + r1 * vm, cs, scr);
+    }
+    if (jq >= 0) {  // the window's oldest token spills into pool 0
+        const size_t r0 = (size_t)h * c.C0 + jq;
+        const float xk = onk ? h2f(c.k16[((size_t)h * F + j) * D + d]) : 0.0f;
+        const float xv = onv ? h2f(c.v16[((size_t)h * F + j) * Dv + d]) : 0.0f;
+        kq_quantize_row(xk, onk, D, c.wk0, G, c.luts, c.clips, c.kc0 + r0 * kb0, c.km0 + r0 * km, cs, scr);
+        kq_quantize_row(xv, onv, Dv, c.wv0, G, c.luts + 256, c.clips + KQ_MAX_CLIPS, c.vc0 + r0 * vb0, c.vm0 + r0 * vm, cs, scr);
+    }
+    __syncthreads();  // the spill read slot j; the new token overwrites it
+    if (onk) xs[d] = k[d] * t_k[d];
+    if (rot_k) kq_fwht(xs, D);
+    __syncthreads();
+    if (onk) c.k16[((size_t)h * F + j) * D + d] = f2h(xs[d] - mu[d]);
+    __syncthreads();
+    if (onv) xs[d] = v[d];
+    if (rot_v) kq_fwht(xs, Dv);
+    __syncthreads();
+    if (onv) c.v16[((size_t)h * F + j) * Dv + d] = f2h(xs[d]);
+    __syncthreads();
+    if (h == 0 && d == 0) {  // positions are shared by all heads (no policy): one thread moves them, in token order
+        if (jc >= 0) c.pos[F + c.C0 + jc] = c.pos[F + jq];
+        if (jq >= 0) c.pos[F + jq] = c.pos[j];
+        c.pos[j] = p;
+    }
+}
+
+#define KQ_POOL_PARAMS                                                                                                                 \
+    u16 *k16, u16 *v16, u8 *kc0, u8 *km0, u8 *vc0, u8 *vm0, u8 *kc1, u8 *km1, u8 *vc1, u8 *vm1, const float *luts, const float *clips, \
+        int *pos
+#define KQ_POOL_SIZES int F, int C0, int C1, int D, int Dv, int G, int wk0, int wv0, int wk1, int wv1
+#define KQ_POOLS {k16, v16, kc0, km0, vc0, vm0, kc1, km1, vc1, vm1, luts, clips, pos, F, C0, C1, D, Dv, G, wk0, wv0, wk1, wv1}
+
+// A decode token (kq_push_token, slots as scalars: no upload) and its queries
+// into the cache basis: qr = (q / t_k) @ H.
+// q [n_head, D], k [n_kv, D], v [n_kv, Dv], t_k, mu [n_kv, D] float32; qr [n_head, D] out.
 // grid (n_kv), block (max(D, Dv) rounded up to 32).
-extern "C" __global__ void kv_decode_push(const float* q, const float* k, const float* v, const float* t_k, const float* mu, u16* k16, u16* v16,
-                                          u8* kc0, u8* km0, u8* vc0, u8* vm0, u8* kc1, u8* km1, u8* vc1, u8* vm1, const float* luts,
-                                          const float* clips, int* pos, float* qr, int j, int jq, int jc, int p, int F, int C0, int C1,
-                                          int n_head, int D, int Dv, int G, int wk0, int wv0, int wk1, int wv1, int rot_k, int rot_v) {
+extern "C" __global__ void kv_decode_push(const float* q, const float* k, const float* v, const float* t_k, const float* mu, KQ_POOL_PARAMS,
+                                          float* qr, int j, int jq, int jc, int p, int n_head, int rot_k, int rot_v, KQ_POOL_SIZES) {
     __shared__ float xs[KQ_MAX_T];
     __shared__ int cs[KQ_MAX_T];
     __shared__ float scr[WARP];
+    const KQPools c KQ_POOLS;
     const int h = blockIdx.x, n_kv = gridDim.x, d = threadIdx.x;
-    const bool onk = d < D, onv = d < Dv;
-    const int lgG = kvq_log2_exact(G);
-    const size_t kb0 = (size_t)D * kvq_container(wk0) / 8, vb0 = (size_t)Dv * kvq_container(wv0) / 8;
-    const size_t kb1 = (size_t)D * kvq_container(wk1) / 8, vb1 = (size_t)Dv * kvq_container(wv1) / 8;
-    const size_t km = (size_t)(D / G) * 2, vm = (size_t)(Dv / G) * 2;
-    if (jc >= 0) {  // the warm pool's oldest token moves to the cold pool at its widths
-        const size_t r0 = (size_t)h * C0 + jq, r1 = (size_t)h * C1 + jc;
-        KVQRow rk{kc0 + r0 * kb0, km0 + r0 * km, luts, wk0};
-        KVQRow rv{vc0 + r0 * vb0, vm0 + r0 * vm, luts + 256, wv0};
-        const float xk = onk ? kvq_value(rk, G, lgG, d) : 0.0f;
-        const float xv = onv ? kvq_value(rv, G, lgG, d) : 0.0f;
-        kq_quantize_row(xk, onk, D, wk1, G, luts + 512, clips + 2 * KQ_MAX_CLIPS, kc1 + r1 * kb1, km1 + r1 * km, cs, scr);
-        kq_quantize_row(xv, onv, Dv, wv1, G, luts + 768, clips + 3 * KQ_MAX_CLIPS, vc1 + r1 * vb1, vm1 + r1 * vm, cs, scr);
-    }
-    if (jq >= 0) {  // the window's oldest token spills into pool 0
-        const size_t r0 = (size_t)h * C0 + jq;
-        const float xk = onk ? h2f(k16[((size_t)h * F + j) * D + d]) : 0.0f;
-        const float xv = onv ? h2f(v16[((size_t)h * F + j) * Dv + d]) : 0.0f;
-        kq_quantize_row(xk, onk, D, wk0, G, luts, clips, kc0 + r0 * kb0, km0 + r0 * km, cs, scr);
-        kq_quantize_row(xv, onv, Dv, wv0, G, luts + 256, clips + KQ_MAX_CLIPS, vc0 + r0 * vb0, vm0 + r0 * vm, cs, scr);
-    }
-    __syncthreads();  // the spill read slot j; the new token overwrites it
-    // the new key, in the cache basis
-    if (onk) xs[d] = k[(size_t)h * D + d] * t_k[(size_t)h * D + d];
-    if (rot_k) kq_fwht(xs, D);
-    __syncthreads();
-    if (onk) k16[((size_t)h * F + j) * D + d] = f2h(xs[d] - mu[(size_t)h * D + d]);
-    __syncthreads();
-    // the new value
-    if (onv) xs[d] = v[(size_t)h * Dv + d];
-    if (rot_v) kq_fwht(xs, Dv);
-    __syncthreads();
-    if (onv) v16[((size_t)h * F + j) * Dv + d] = f2h(xs[d]);
-    // the queries of this KV head's group
+    kq_push_token(c, k + (size_t)h * D, v + (size_t)h * Dv, t_k + (size_t)h * D, mu + (size_t)h * D, j, jq, jc, p, rot_k, rot_v, xs, cs, scr);
     const int gqa = n_head / n_kv;
     for (int i = 0; i < gqa; ++i) {
         const size_t row = (size_t)(h * gqa + i) * D;
         __syncthreads();
-        if (onk) xs[d] = q[row + d] / t_k[(size_t)h * D + d];
+        if (d < D) xs[d] = q[row + d] / t_k[(size_t)h * D + d];
         if (rot_k) kq_fwht(xs, D);
         __syncthreads();
-        if (onk) qr[row + d] = xs[d];
+        if (d < D) qr[row + d] = xs[d];
     }
-    if (h == 0 && d == 0) {  // positions are shared by all heads (no policy): one thread moves them
-        if (jc >= 0) pos[F + C0 + jc] = pos[F + jq];
-        if (jq >= 0) pos[F + jq] = pos[j];
-        pos[j] = p;
+}
+
+// A prefill chunk's tokens, in order (each may spill the one before it):
+// k [T, n_kv, D], v [T, n_kv, Dv]; slots [T, 3] (j, jq, jc) and ppos [T] as
+// plan_push gave them token by token.  grid (n_kv), block as kv_decode_push.
+extern "C" __global__ void kv_push_tokens(const float* k, const float* v, const float* t_k, const float* mu, KQ_POOL_PARAMS, const int* slots,
+                                          const int* ppos, int T, int rot_k, int rot_v, KQ_POOL_SIZES) {
+    __shared__ float xs[KQ_MAX_T];
+    __shared__ int cs[KQ_MAX_T];
+    __shared__ float scr[WARP];
+    const KQPools c KQ_POOLS;
+    const int h = blockIdx.x, n_kv = gridDim.x;
+    for (int t = 0; t < T; ++t) {
+        const int* sl = slots + 3 * t;
+        kq_push_token(c, k + ((size_t)t * n_kv + h) * D, v + ((size_t)t * n_kv + h) * Dv, t_k + (size_t)h * D, mu + (size_t)h * D, sl[0], sl[1],
+                      sl[2], ppos[t], rot_k, rot_v, xs, cs, scr);
     }
 }

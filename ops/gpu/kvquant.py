@@ -28,8 +28,8 @@ def supported(D: int, Dv: int, G: int) -> str | None:
     """Why rows of these sizes cannot be written on the device, or None when they can."""
     if G < 4 or G & (G - 1):
         return f"group {G} is not a power of two >= 4"
-    if D % 32 or Dv % 32 or D % G or Dv % G:
-        return f"head sizes {D}/{Dv} are not multiples of 32 and of the group {G}"
+    if D % G or Dv % G:  # (a block is padded to whole warps: the lanes past a row form whole groups of their own)
+        return f"head sizes {D}/{Dv} are not multiples of the group {G}"
     if max(D, Dv) > MAX_THREADS:
         return f"head size {max(D, Dv)} exceeds {MAX_THREADS}"
     return None
@@ -56,6 +56,13 @@ def quantize_rows(x: Any, bits: int, G: int, lut: Any, clips: Any, codes: Any, m
     if why or bits not in (2, 3, 4, 8):
         raise ValueError(f"no device quantizer for {bits}-bit rows of {Dx}: {why or 'widths are 2, 3, 4, 8'}")
     K.launch("kvq_quantize_rows", (n,), (_threads(Dx),), x, codes, meta, lut, clips, Dx, bits, G)
+
+
+def _pools(k16: Any, v16: Any, pool0: DevicePool, pool1: DevicePool, luts: Any, clips: Any, pos: Any, group: int) -> tuple[tuple, tuple]:
+    """The kernels' pool arguments: (arrays, sizes) in KQ_POOL_PARAMS / KQ_POOL_SIZES order."""
+    arrays = (k16, v16, pool0.kc, pool0.km, pool0.vc, pool0.vm, pool1.kc, pool1.km, pool1.vc, pool1.vm, luts, clips, pos)
+    sizes = (k16.shape[1], pool0.kc.shape[1], pool1.kc.shape[1], k16.shape[2], v16.shape[2], group, pool0.bits_k, pool0.bits_v, pool1.bits_k, pool1.bits_v)
+    return arrays, sizes
 
 
 def decode_push(
@@ -85,15 +92,36 @@ def decode_push(
     int32 (updated); qr [n_head, D] float32 out.  ``slots`` = (j, jq, jc) as
     :func:`kvrun.cache.insert.plan_push` chose them (-1: no spill / no cool).
     """
-    n_kv, F, D = k16.shape
-    Dv = v16.shape[2]
-    H = q.shape[0]
+    arrays, sizes = _pools(k16, v16, pool0, pool1, luts, clips, pos, group)
     j, jq, jc = slots
-    K.launch(
-        "kv_decode_push", (n_kv,), (_threads(D, Dv),),
-        q, k, v, t_k, mu, k16, v16,
-        pool0.kc, pool0.km, pool0.vc, pool0.vm, pool1.kc, pool1.km, pool1.vc, pool1.vm,
-        luts, clips, pos, qr,
-        j, jq, jc, p, F, pool0.kc.shape[1], pool1.kc.shape[1], H, D, Dv, group,
-        pool0.bits_k, pool0.bits_v, pool1.bits_k, pool1.bits_v, int(rot_k), int(rot_v),
-    )  # fmt: skip
+    threads = _threads(k16.shape[2], v16.shape[2])
+    K.launch("kv_decode_push", (k16.shape[0],), (threads,), q, k, v, t_k, mu, *arrays, qr, j, jq, jc, p, q.shape[0], int(rot_k), int(rot_v), *sizes)
+
+
+def push_tokens(
+    k: Any,
+    v: Any,
+    t_k: Any,
+    mu: Any,
+    k16: Any,
+    v16: Any,
+    pool0: DevicePool,
+    pool1: DevicePool,
+    luts: Any,
+    clips: Any,
+    pos: Any,
+    slots: Any,
+    ppos: Any,
+    group: int,
+    rot_k: bool,
+    rot_v: bool,
+) -> None:
+    """A prefill chunk's tokens into a policy-free compressed layer, in order, on the device.
+
+    k [T, n_kv, D], v [T, n_kv, Dv] float32; slots [T, 3] int32, (j, jq, jc)
+    per token as :func:`kvrun.cache.insert.plan_push` chose them one after
+    another; ppos [T] int32 their positions; the rest as :func:`decode_push`.
+    """
+    arrays, sizes = _pools(k16, v16, pool0, pool1, luts, clips, pos, group)
+    threads = _threads(k16.shape[2], v16.shape[2])
+    K.launch("kv_push_tokens", (k16.shape[0],), (threads,), k, v, t_k, mu, *arrays, slots, ppos, k.shape[0], int(rot_k), int(rot_v), *sizes)

@@ -124,3 +124,22 @@ def attend_decode_q(
     K.launch("attn_decode_reduce", (H, T), (128,), part_o, part_m, part_l, out, H, n_split, Dv, shared_mem=4 * n_split)
     if acc is not None:
         K.launch("qattn_decode_probs", (K.cdiv(N, 128), n_kv), (128,), scores, part_m, part_l, acc, T, H, n_kv, N, n_split, shared_mem=8 * T * gqa)
+
+
+def gather_f16(x16: Any, pool0: DevicePool, pool1: DevicePool, luts: Any, group: int, ids: Any, out: Any, values: bool = False) -> None:
+    """Rows ``ids`` of the keys (or ``values``) of every KV head, as fp16 bits, into ``out[:, :len(ids)]``.
+
+    x16: the fp16 area [n_kv, F, Dx]; ids: [n] int32 slot numbers; out:
+    [n_kv, stride, Dx] uint16 (stride >= n).  Quantized rows are dequantized,
+    fp16 rows copied.
+    """
+    n_kv, F, Dx = x16.shape
+    n = ids.shape[0]
+    p0 = (pool0.vc, pool0.vm, pool0.bits_v) if values else (pool0.kc, pool0.km, pool0.bits_k)
+    p1 = (pool1.vc, pool1.vm, pool1.bits_v) if values else (pool1.kc, pool1.km, pool1.bits_k)
+    lut0, lut1 = (luts[1], luts[3]) if values else (luts[0], luts[2])
+    K.launch(
+        "qattn_gather_f16", (n, n_kv), (128,),
+        x16, p0[0], p0[1], p1[0], p1[1], lut0, lut1, ids, out,
+        F, p0[0].shape[1], p1[0].shape[1], Dx, group, p0[2], p1[2], out.shape[1],
+    )  # fmt: skip

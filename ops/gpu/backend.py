@@ -12,6 +12,8 @@ only slower.
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 import numpy as np
@@ -121,13 +123,13 @@ class GPUBackend:
         self._glu("gelu_mul_f32", gate, up, out)
 
     def _glu(self, kernel: str, gate: Any, up: Any, out: Any) -> None:
-        n = int(np.prod(gate.shape))
+        n = math.prod(gate.shape)
         gd, ud = to_device(gate), to_device(up)
         with device_out(out) as od:
             K.launch(kernel, _ew_grid(n), (_EW_BLOCK,), gd, ud, od, n)
 
     def add(self, x: Any, y: Any) -> None:
-        n = int(np.prod(x.shape))
+        n = math.prod(x.shape)
         yd = to_device(y)
         with device_out(x) as xd:
             K.launch("add_f32", _ew_grid(n), (_EW_BLOCK,), xd, yd, n)
@@ -135,17 +137,17 @@ class GPUBackend:
     def add_bias(self, x: Any, b: Any) -> None:
         """x[t, :] += b.   x: [T, n]; b: [n]."""
         n = x.shape[-1]
-        total = int(np.prod(x.shape))
+        total = math.prod(x.shape)
         bd = to_device(b)
         with device_out(x) as xd:
             K.launch("add_bias_f32", _ew_grid(total), (_EW_BLOCK,), xd, bd, total, n)
 
     def scale(self, x: Any, s: float) -> None:
-        n = int(np.prod(x.shape))
+        n = math.prod(x.shape)
         with device_out(x) as xd:
             K.launch("scale_f32", _ew_grid(n), (_EW_BLOCK,), xd, s, n)
 
     def softcap(self, x: Any, cap: float) -> None:
-        n = int(np.prod(x.shape))
+        n = math.prod(x.shape)
         with device_out(x) as xd:
             K.launch("softcap_f32", _ew_grid(n), (_EW_BLOCK,), xd, cap, n)

@@ -76,7 +76,6 @@ class LlamaModel(Model):
         k = buf.get("k", T, c.n_head_kv * c.head_dim)
         v = buf.get("v", T, c.n_head_kv * c.head_dim_v)
         att = buf.get("att", T, c.n_head * c.head_dim_v)
-        o = buf.get("o", T, c.n_embd)
         gate = buf.get("gate", T, c.n_ff)
         up = buf.get("up", T, c.n_ff)
         q3 = q.reshape(T, c.n_head, c.head_dim)
@@ -88,9 +87,7 @@ class LlamaModel(Model):
         for il, L in enumerate(self.layers):
             be.rms_norm(x, L.attn_norm, c.norm_eps, xn)
             self.trace("attn_norm", il, xn)
-            be.linear(L.wq, xn, q)
-            be.linear(L.wk, xn, k)
-            be.linear(L.wv, xn, v)
+            be.linear_many((L.wq, L.wk, L.wv), xn, (q, k, v))
             if L.bq is not None:
                 be.add_bias(q, L.bq)
                 be.add_bias(k, L.bk)
@@ -99,14 +96,11 @@ class LlamaModel(Model):
             be.rope(k3, pos, self.rope_cos, self.rope_sin, c.rope_neox)
             cache[il].update_and_attend(q3, k3, v3, pos, att3)
             self.trace("kqv_out", il, att)
-            be.linear(L.wo, att, o)
-            be.add(x, o)
+            be.linear_add(L.wo, att, x)
             be.rms_norm(x, L.ffn_norm, c.norm_eps, xn)
-            be.linear(L.w_gate, xn, gate)
-            be.linear(L.w_up, xn, up)
+            be.linear_many((L.w_gate, L.w_up), xn, (gate, up))
             be.silu_mul(gate, up, gate)
-            be.linear(L.w_down, gate, o)
-            be.add(x, o)
+            be.linear_add(L.w_down, gate, x)
             self.trace("l_out", il, x)
         if len(out_rows) == 0:
             return

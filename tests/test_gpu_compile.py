@@ -48,9 +48,9 @@ def test_every_kernel_is_declared(ptx):
     assert compiled == set(K.KERNELS)
 
 
-def test_a_quant_type_has_all_three_kernels():
+def test_a_quant_type_has_all_four_kernels():
     for sfx in K.QTYPE_SUFFIX.values():
-        for kind in ("matvec", "matmul", "get_rows"):
+        for kind in ("matvec", "matvec3", "matmul", "get_rows"):
             assert f"{kind}_{sfx}" in K.KERNELS
 
 
@@ -108,4 +108,5 @@ def test_device_gpu_without_a_gpu_says_what_to_do():
 def test_cli_entry_point():
     r = subprocess.run([sys.executable, "-m", "kvrun.ops.gpu.compile_check"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "qmatmul.cu" in r.stdout and "33 kernels" in r.stdout
+    n = sum(k.file == "qmatmul.cu" for k in K.KERNELS.values())  # four per quant type
+    assert n == 4 * len(K.QTYPE_SUFFIX) and "qmatmul.cu: " in r.stdout and f"{n} kernels" in r.stdout

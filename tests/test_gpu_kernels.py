@@ -110,6 +110,50 @@ def test_linear(rt, gpu, cpu, qtype, n_tok):
     assert nmse(got, exact) < 1e-9
 
 
+@pytest.mark.parametrize("n_tok", [1, 3, 70], ids=["matvec", "matvec-3tok", "matmul"])
+@pytest.mark.parametrize("qtype", [Q.F16, Q.Q4_1, Q.Q6_K], ids=lambda q: Q(q).name)
+@pytest.mark.parametrize("rows", [(72, 24, 24), (40, 72)], ids=["qkv", "gate-up"])
+def test_linear_many_is_each_linear(rt, gpu, cpu, qtype, n_tok, rows):
+    """Projections of one input in one launch (matvec3_): each output as its own linear gives it."""
+    rng = np.random.default_rng(int(qtype) + n_tok + len(rows))
+    n_cols = n_cols_for(qtype)
+    raws = [random_weight(qtype, n, n_cols, rng) for n in rows]
+    x = rng.standard_normal((n_tok, n_cols)).astype(np.float32)
+    outs = [rt.xp.full((n_tok, n), np.nan, np.float32) for n in rows]
+    gpu.linear_many([gpu.upload(r, qtype, (n, n_cols)) for r, n in zip(raws, rows)], dev(rt, x), outs)
+    for r, n, out in zip(raws, rows, outs):
+        want = np.zeros((n_tok, n), np.float32)
+        cpu.linear(cpu.upload(r, qtype, (n, n_cols)), x, want)
+        assert nmse(rt.asnumpy(out), want) < 1e-3
+
+
+def test_linear_many_of_mixed_types_falls_back(rt, gpu, cpu):
+    rng = np.random.default_rng(5)
+    a, b = random_weight(Q.Q4_K, 16, 512, rng), random_weight(Q.Q6_K, 8, 512, rng)
+    x = rng.standard_normal((1, 512)).astype(np.float32)
+    outs = [rt.xp.zeros((1, 16), np.float32), rt.xp.zeros((1, 8), np.float32)]
+    gpu.linear_many([gpu.upload(a, Q.Q4_K, (16, 512)), gpu.upload(b, Q.Q6_K, (8, 512))], dev(rt, x), outs)
+    for raw, qt, n, out in ((a, Q.Q4_K, 16, outs[0]), (b, Q.Q6_K, 8, outs[1])):
+        want = np.zeros((1, n), np.float32)
+        cpu.linear(cpu.upload(raw, qt, (n, 512)), x, want)
+        assert nmse(rt.asnumpy(out), want) < 1e-3
+
+
+@pytest.mark.parametrize("n_tok", [1, 70], ids=["matvec", "matmul"])
+@pytest.mark.parametrize("backend", ["gpu", "cpu"])
+def test_linear_add_adds_into_the_output(rt, gpu, cpu, n_tok, backend):
+    rng = np.random.default_rng(n_tok)
+    raw = random_weight(Q.Q8_0, 40, 288, rng)
+    x = rng.standard_normal((n_tok, 288)).astype(np.float32)
+    resid = rng.standard_normal((n_tok, 40)).astype(np.float32)
+    prod = np.zeros((n_tok, 40), np.float32)
+    cpu.linear(cpu.upload(raw, Q.Q8_0, (40, 288)), x, prod)
+    be = gpu if backend == "gpu" else cpu
+    out = dev(rt, resid.copy()) if backend == "gpu" else resid.copy()  # (the emulator's device arrays are numpy: no aliasing)
+    be.linear_add(be.upload(raw, Q.Q8_0, (40, 288)), dev(rt, x) if backend == "gpu" else x, out)
+    assert nmse(rt.asnumpy(out) if backend == "gpu" else out, resid + prod) < 1e-9
+
+
 @pytest.mark.parametrize("qtype", QTYPES, ids=lambda q: Q(q).name)
 def test_get_rows(rt, gpu, cpu, qtype):
     rng = np.random.default_rng(int(qtype))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,9 @@ class CPUBackend:
     """Numba kernels on host arrays; ``linear`` picks matvec for one token, matmul for many."""
 
     name = "cpu"
+
+    def __init__(self) -> None:
+        self._scratch: dict[tuple[int, ...], np.ndarray] = {}  # linear_add's product, per shape
 
     def upload(self, data: np.ndarray, qtype: int, shape: tuple[int, int]) -> Weight:
         return Weight(data.reshape(shape[0], -1), int(qtype), (int(shape[0]), int(shape[1])))
@@ -30,6 +34,17 @@ class CPUBackend:
             qmatmul.matvec(w.data, w.qtype, x[0], out[0])
         else:
             qmatmul.matmul(w.data, w.qtype, x, out)
+
+    def linear_many(self, ws: Sequence[Weight], x: np.ndarray, outs: Sequence[np.ndarray]) -> None:
+        for w, out in zip(ws, outs, strict=True):
+            self.linear(w, x, out)
+
+    def linear_add(self, w: Weight, x: np.ndarray, out: np.ndarray) -> None:
+        tmp = self._scratch.get(out.shape)
+        if tmp is None:
+            tmp = self._scratch[out.shape] = np.empty(out.shape, np.float32)
+        self.linear(w, x, tmp)
+        self.add(out, tmp)
 
     def get_rows(self, w: Weight, ids: np.ndarray, out: np.ndarray) -> None:
         qmatmul.get_rows(w.data, w.qtype, ids, out)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -69,8 +70,8 @@ class GPUBackend:
         return self.rt.asnumpy(x) if is_device(x) else np.asarray(x)
 
     # ------------------------------------------------------------------ weights
-    def linear(self, w: Weight, x: Any, out: Any) -> None:
-        """out[T, n_rows] = x[T, n_cols] @ W.T"""
+    def linear(self, w: Weight, x: Any, out: Any, accumulate: bool = False) -> None:
+        """out[T, n_rows] = x[T, n_cols] @ W.T  (``accumulate``: out += ...)"""
         T, n_cols = x.shape
         if n_cols != w.n_cols or tuple(out.shape) != (T, w.n_rows):
             raise ValueError(f"linear: W {w.shape}, x {tuple(x.shape)}, out {tuple(out.shape)} do not match")
@@ -79,9 +80,41 @@ class GPUBackend:
         xd = to_device(x)
         with device_out(out) as od:
             if T <= MATVEC_MAX_TOKENS:
-                K.launch(f"matvec_{sfx}", (K.cdiv(w.n_rows, 4), T), (128,), w.data, xd, od, w.n_rows, n_cols, row_bytes)
+                K.launch(f"matvec_{sfx}", (K.cdiv(w.n_rows, 4), T), (128,), w.data, xd, od, w.n_rows, n_cols, row_bytes, int(accumulate))
+            elif accumulate:  # prefill: the add is one more launch among hundreds of tokens' work
+                y = self.xp.empty((T, w.n_rows), np.float32)
+                self.linear(w, xd, y)
+                self.add(od, y)
             else:
                 K.launch(f"matmul_{sfx}", (K.cdiv(w.n_rows, 64), K.cdiv(T, 64)), (256,), w.data, xd, od, w.n_rows, n_cols, T, row_bytes)
+
+    def linear_add(self, w: Weight, x: Any, out: Any) -> None:
+        """out += x @ W.T: in decode the add rides in the matvec (one launch fewer per projection)."""
+        self.linear(w, x, out, accumulate=True)
+
+    def linear_many(self, ws: Sequence[Weight], x: Any, outs: Sequence[Any]) -> None:
+        """outs[i] = x @ ws[i].T; in decode, up to three matrices of one type in one launch (matvec3_)."""
+        T = x.shape[0]
+        w0 = ws[0]
+        if T > MATVEC_MAX_TOKENS or not 2 <= len(ws) <= 3 or any(w.qtype != w0.qtype or w.n_cols != w0.n_cols for w in ws):
+            for w, out in zip(ws, outs, strict=True):
+                self.linear(w, x, out)
+            return
+        if x.shape[1] != w0.n_cols or any(tuple(o.shape) != (T, w.n_rows) for w, o in zip(ws, outs, strict=True)):
+            raise ValueError(f"linear_many: W {[w.shape for w in ws]}, x {tuple(x.shape)}, outs {[tuple(o.shape) for o in outs]} do not match")
+        xd = to_device(x)
+        ctx = [device_out(o) for o in outs]
+        ys = [c.__enter__() for c in ctx]
+        n = [w.n_rows for w in ws]
+        if len(ws) == 2:  # the third run is empty
+            ws, ys, n = [*ws, ws[1]], [*ys, ys[1]], [*n, 0]
+        blocks = sum(K.cdiv(r, 4) for r in n)
+        K.launch(
+            f"matvec3_{K.QTYPE_SUFFIX[w0.qtype]}", (blocks, T), (128,),
+            ws[0].data, ws[1].data, ws[2].data, xd, ys[0], ys[1], ys[2], n[0], n[1], n[2], w0.n_cols, w0.data.shape[1],
+        )  # fmt: skip
+        for c in ctx:
+            c.__exit__(None, None, None)
 
     def get_rows(self, w: Weight, ids: Any, out: Any) -> None:
         """out[i] = row ids[i] of W, decoded.   out: [len(ids), n_cols] float32."""

@@ -6,7 +6,7 @@
 // each weight byte once and is bound by weight bandwidth, so quantizing x to
 // q8 (llama.cpp's mmvq) would save little here and cost accuracy.
 //
-//   matvec_<type>   decode, 1..few tokens: one warp per weight row
+//   matvec_<type>   decode, 1..few tokens: one warp per weight row (matvec3_: up to three matrices)
 //   matmul_<type>   prefill: 64x64 output tiles, the weight K-tile decoded once
 //                   into shared memory and reused by all 64 tokens
 //   get_rows_<type> embedding lookup: one block per requested row
@@ -19,10 +19,11 @@
 // weight rows they read come from L2 for all but the first.
 #define MV_WARPS 4  // rows per block of 128 threads
 
+// One warp: y[row] (+)= w[row] . x for the token blockIdx.y; acc != 0 adds to y
+// (the residual add fused into the output projections).
 template <class Q>
-__device__ __forceinline__ void matvec_impl(const u8* __restrict__ w, const float* __restrict__ x,
-                                            float* __restrict__ y, int n_rows, int n_cols, int row_bytes) {
-    const int row = blockIdx.x * MV_WARPS + threadIdx.x / WARP;
+__device__ __forceinline__ void matvec_row(const u8* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, int row,
+                                           int n_rows, int n_cols, int row_bytes, int acc_y) {
     const int lane = threadIdx.x % WARP;
     if (row >= n_rows) return;  // the whole warp leaves together
     x += (size_t)blockIdx.y * n_cols;
@@ -39,7 +40,39 @@ __device__ __forceinline__ void matvec_impl(const u8* __restrict__ w, const floa
         }
     }
     acc = warp_sum(acc);
-    if (lane == 0) y[row] = acc;
+    if (lane == 0) y[row] = acc_y ? y[row] + acc : acc;
+}
+
+template <class Q>
+__device__ __forceinline__ void matvec_impl(const u8* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, int n_rows,
+                                            int n_cols, int row_bytes, int acc_y) {
+    matvec_row<Q>(w, x, y, blockIdx.x * MV_WARPS + threadIdx.x / WARP, n_rows, n_cols, row_bytes, acc_y);
+}
+
+// Up to three matrices of one type over the same x in one launch (Q/K/V, gate/up):
+// decode makes ~17 small launches a layer, and at a few microseconds of host
+// time each the launches, not the GPU, set the pace.  Each matrix owns a run of
+// whole blocks; n2 = 0 for two.
+template <class Q>
+__device__ __forceinline__ void matvec3_impl(const u8* w0, const u8* w1, const u8* w2, const float* x, float* y0, float* y1, float* y2,
+                                             int n0, int n1, int n2, int n_cols, int row_bytes) {
+    const int b0 = (n0 + MV_WARPS - 1) / MV_WARPS, b1 = (n1 + MV_WARPS - 1) / MV_WARPS;
+    int b = blockIdx.x;
+    const u8* w = w0;
+    float* y = y0;
+    int n = n0;
+    if (b >= b0 + b1) {
+        b -= b0 + b1;
+        w = w2;
+        y = y2;
+        n = n2;
+    } else if (b >= b0) {
+        b -= b0;
+        w = w1;
+        y = y1;
+        n = n1;
+    }
+    matvec_row<Q>(w, x, y, b * MV_WARPS + threadIdx.x / WARP, n, n_cols, row_bytes, 0);
 }
 
 // ------------------------------------------------------------------ matmul
@@ -136,8 +169,14 @@ __device__ __forceinline__ void get_rows_impl(const u8* __restrict__ w, const in
         const u8* __restrict__ w,   /* [n_rows, row_bytes] GGUF blocks */                          \
         const float* __restrict__ x, /* [n_tok, n_cols] */                                         \
         float* __restrict__ y,       /* [n_tok, n_rows] */                                         \
-        int n_rows, int n_cols, int row_bytes) {                                                   \
-        matvec_impl<Q>(w, x, y, n_rows, n_cols, row_bytes);                                        \
+        int n_rows, int n_cols, int row_bytes, int acc) { /* acc: y += W x */                      \
+        matvec_impl<Q>(w, x, y, n_rows, n_cols, row_bytes, acc);                                   \
+    }                                                                                              \
+    /* grid (sum of ceil(n_i/4), n_tok), block 128: y_i = W_i x for i < 3 */                       \
+    extern "C" __global__ void __launch_bounds__(MV_WARPS * WARP) matvec3_##name(                 \
+        const u8* w0, const u8* w1, const u8* w2, const float* x, float* y0, float* y1, float* y2, \
+        int n0, int n1, int n2, int n_cols, int row_bytes) {                                       \
+        matvec3_impl<Q>(w0, w1, w2, x, y0, y1, y2, n0, n1, n2, n_cols, row_bytes);                 \
     }                                                                                              \
     /* grid (ceil(n_rows/64), ceil(n_tok/64)), block 256 */                                        \
     extern "C" __global__ void __launch_bounds__(MM_THREADS) matmul_##name(                       \

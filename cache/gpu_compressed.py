@@ -51,7 +51,7 @@ from ..ops.gpu import attention as attn
 from ..ops.gpu import kernels as K
 from ..ops.gpu import kvquant
 from ..ops.gpu import qattention as qa
-from ..ops.gpu.arrays import device_out, is_device, to_device
+from ..ops.gpu.arrays import device_out, is_device, positions, to_device
 from .base import LayerCache, LayerSpec
 from .compressed import MAX_DECODE_T, CompressedLayerCache
 from .factory import make_cache
@@ -220,7 +220,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         kpos = to_device(np.concatenate([self.pos[0, ids], pos]), np.int32)
         with device_out(out) as od:
             o = od if self.d_rot_v is None else xp.empty((T, s.n_head, s.head_dim_v), np.float32)
-            attn.attend_prefill(self._device_queries(q), kbuf, vbuf, kpos, n + T, to_device(pos, np.int32), s.window, s.scale, s.softcap, o)
+            attn.attend_prefill(self._device_queries(q), kbuf, vbuf, kpos, n + T, positions(pos), s.window, s.scale, s.softcap, o)
             if self.d_rot_v is not None:  # back from the rotated V basis
                 xp.matmul(o, self.d_rot_v, out=od)
         if not steady:
@@ -235,7 +235,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         self._stale = True
         kvquant.push_tokens(
             kd, to_device(v), t_k, mu, self.d_k16, self.d_v16, p0, p1, self.d_luts, self.d_clips, self.d_pos,
-            to_device(slots, np.int32), to_device(pos, np.int32), self.kv.group, self.basis.rot is not None, self.rot_v is not None,
+            to_device(slots, np.int32), positions(pos), self.kv.group, self.basis.rot is not None, self.rot_v is not None,
         )  # fmt: skip
 
     def _device_basis(self) -> tuple[Any, Any]:
@@ -354,7 +354,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         with device_out(out) as od:
             o = od if self.d_rot_v is None else xp.empty((T, s.n_head, s.head_dim_v), np.float32)
             qa.attend_decode_q(
-                qd, to_device(pos, np.int32), self.d_k16, self.d_v16, p0, p1, self.d_luts, self.kv.group,
+                qd, positions(pos), self.d_k16, self.d_v16, p0, p1, self.d_luts, self.kv.group,
                 self.d_pos, self.d_logw, s.window, s.scale, s.softcap, o, self.d_acc if probs else None,
             )  # fmt: skip
             if self.d_rot_v is not None:  # back from the rotated V basis (H is its own inverse)

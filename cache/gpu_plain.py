@@ -12,7 +12,7 @@ import numpy as np
 
 from ..ops.gpu import attention as attn
 from ..ops.gpu import kernels as K
-from ..ops.gpu.arrays import device_out, is_device, to_device
+from ..ops.gpu.arrays import device_out, is_device, positions, to_device
 from .base import LayerCache, LayerSpec
 
 DECODE_MAX_TOKENS = 4  # as cache/plain.py: up to this many queries take the decode kernels
@@ -38,7 +38,7 @@ class GPUPlainLayerCache(LayerCache):
         # the host needs the slots anyway to know how far the ring has filled
         pos_h = K.runtime().asnumpy(pos) if is_device(pos) else np.asarray(pos)
         self.used = max(self.used, int((pos_h % self.capacity).max()) + 1)
-        pd = to_device(pos_h, np.int32)
+        pd = positions(pos_h)
         qd, kd, vd = to_device(q), to_device(k), to_device(v)
         attn.kv_store(kd, vd, pd, self.k, self.v, self.pos)
         s = self.spec

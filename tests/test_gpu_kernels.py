@@ -39,6 +39,7 @@ from kvrun.cache.gpu_plain import GPUPlainLayerCache, make_gpu_plain_cache
 from kvrun.cache.plain import PlainLayerCache, make_plain_cache
 from kvrun.ops.cpu import nn
 from kvrun.ops.cpu.backend import CPUBackend
+from kvrun.ops.gpu import emulate
 
 QTYPES = [Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K]
 
@@ -377,3 +378,19 @@ def test_tiny_model_forward_matches_cpu(rt, gpu, cpu, tmp_path, arch, qtype):
     ref = Reference(path).logits(tokens)
     err_ref = np.abs(got - ref).max() / np.abs(ref).max()
     assert err_ref < 2e-3, f"max error {err_ref:.2e} against the float64 reference"
+
+
+@pytest.mark.skipif(not emulate.available(), reason="no host C++ compiler for the kernel emulator")
+def test_positions_are_uploaded_once_per_content(strict):
+    """Every layer asks for the step's positions: one upload serves them all, and a reused host array is re-read.
+
+    (On device arrays distinct from numpy's: the plain emulator's device arrays *are* host arrays.)"""
+    from kvrun.ops.gpu.arrays import positions
+
+    rt = strict
+    pos = np.arange(5, 8)
+    a = positions(pos)
+    assert positions(pos.copy()) is a and positions(pos.astype(np.int64)) is a
+    pos[:] = [8, 9, 10]  # the caller reuses its array for the next step
+    b = positions(pos)
+    assert b is not a and rt.asnumpy(b).tolist() == [8, 9, 10] and rt.asnumpy(a).tolist() == [5, 6, 7]

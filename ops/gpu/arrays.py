@@ -31,6 +31,32 @@ def to_device(a: Any, dtype: Any = np.float32) -> Any:
     return xp.asarray(np.ascontiguousarray(a, dtype=dtype))
 
 
+_last_positions: tuple[bytes, Any] | None = None
+
+
+def positions(pos: Any) -> Any:
+    """Token positions [T] as a device int32 array, uploaded once per forward.
+
+    Every layer's RoPE and cache take the same host positions: one upload
+    instead of three a layer (each a host-to-device copy of a few bytes at
+    several microseconds of host time).  The copy is remembered by content,
+    so a caller may reuse its host array; kernels only read positions.
+    """
+    global _last_positions
+    if is_device(pos):
+        return to_device(pos, np.int32)
+    h = np.ascontiguousarray(pos, dtype=np.int32)
+    key = h.tobytes()
+    last = _last_positions
+    if last is not None and last[0] == key and isinstance(last[1], K.runtime().xp.ndarray):
+        return last[1]
+    d = to_device(h, np.int32)
+    if d is h:  # a runtime whose device arrays are host arrays (the emulator): no copy to remember
+        d = h.copy()
+    _last_positions = (key, d)
+    return d
+
+
 class device_out:  # noqa: N801 - used as a function: ``with device_out(a) as d``
     """A device array to write ``a``'s new contents into; copied back into ``a`` on exit.
 

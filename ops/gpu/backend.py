@@ -22,7 +22,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ..backend import Weight
 from . import kernels as K
-from .arrays import ConstCache, device_out, is_device, to_device
+from .arrays import ConstCache, device_out, is_device, positions, to_device
 
 MATVEC_MAX_TOKENS = 4  # up to this many tokens, one warp per weight row per token (decode)
 _EW_BLOCK = 256  # element-wise kernels: threads per block
@@ -145,7 +145,7 @@ class GPUBackend:
         T, H, D = x.shape
         half = cos.shape[1]
         cd, sd = self._tables.get(cos), self._tables.get(sin)
-        pd = to_device(pos, np.int32)
+        pd = positions(pos)
         with device_out(x) as xd:
             K.launch("rope_f32", _ew_grid(T * H * half), (_EW_BLOCK,), xd, pd, cd, sd, T, H, D, half, int(bool(neox)))
 

@@ -121,12 +121,13 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         # steady-state decode writes the device storage itself (kvquant.cu): then the
         # host copy is stale until _pull brings it down for a host-path step
         self._stale = False
-        self._on_device = kvquant.supported(spec.head_dim, spec.head_dim_v, kv.resolved().group) is None
+        self._on_device = kvquant.supported(spec.head_dim, spec.head_dim_v, self.kv.group) is None
         p0, p1 = self.pools
         self.d_clips = to_device(kvquant.clip_table([CLIPS[p0.bits_k], CLIPS[p0.bits_v], CLIPS[p1.bits_k], CLIPS[p1.bits_v]]))
         self.d_t_k = self.d_mu = self._d_rot_k = None  # [n_kv, D], [n_kv, D], [D, D]: the key basis, sent when it changes
         self._basis_version = -1
         self.d_qr = xp.empty((1, spec.n_head, spec.head_dim), np.float32)  # [1, n_head, D] queries in the cache basis
+        self.d_store = kvquant.DeviceStore(self.d_k16, self.d_v16, *self.d_pools, self.d_luts, self.d_clips, self.d_pos, self.kv.group)
 
     # ------------------------------------------------------------ protocol
     def update_and_attend(self, q, k, v, pos, out) -> None:
@@ -174,9 +175,8 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         self._stale = True
         t_k, mu = self._device_basis()
         kvquant.decode_push(
-            to_device(q[0]), to_device(k[0]), to_device(v[0]), t_k, mu, self.d_k16, self.d_v16,
-            self.d_pools[0], self.d_pools[1], self.d_luts, self.d_clips, self.d_pos, self.d_qr[0],
-            slots, p, self.kv.group, self.basis.rot is not None, self.rot_v is not None,
+            to_device(q[0]), to_device(k[0]), to_device(v[0]), t_k, mu, self.d_store, self.d_qr[0],
+            slots, p, self.basis.rot is not None, self.rot_v is not None,
         )  # fmt: skip
         self._attend_decode(q, pos, out, qr=self.d_qr)
 
@@ -234,8 +234,8 @@ class GPUCompressedLayerCache(CompressedLayerCache):
             slots[t] = plan_push(self.pos, int(pos[t]), self.S, self.F, self.lo[0], pl0.cap, self._free[0], self.lo[1], pl1.cap, self._free[1])
         self._stale = True
         kvquant.push_tokens(
-            kd, to_device(v), t_k, mu, self.d_k16, self.d_v16, p0, p1, self.d_luts, self.d_clips, self.d_pos,
-            to_device(slots, np.int32), positions(pos), self.kv.group, self.basis.rot is not None, self.rot_v is not None,
+            kd, to_device(v), t_k, mu, self.d_store, to_device(slots, np.int32), positions(pos),
+            self.basis.rot is not None, self.rot_v is not None,
         )  # fmt: skip
 
     def _device_basis(self) -> tuple[Any, Any]:

@@ -55,7 +55,7 @@ run)
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >>"$S" 2>&1
 
     timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_kernels.py tests/test_gpu_qattention.py \
-        tests/test_gpu_engine.py tests/test_gpu_policies.py >"$OUT/pytest.log" 2>&1
+        tests/test_gpu_engine.py tests/test_gpu_policies.py tests/test_gpu_kvquant.py >"$OUT/pytest.log" 2>&1
     echo "gpu tests: $(tail -1 "$OUT/pytest.log")" >>"$S"
 
     for m in "${MODELS[@]}"; do

@@ -9,7 +9,7 @@ decode step of a policy-free compressed layer).  The layouts are
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -58,70 +58,47 @@ def quantize_rows(x: Any, bits: int, G: int, lut: Any, clips: Any, codes: Any, m
     K.launch("kvq_quantize_rows", (n,), (_threads(Dx),), x, codes, meta, lut, clips, Dx, bits, G)
 
 
-def _pools(k16: Any, v16: Any, pool0: DevicePool, pool1: DevicePool, luts: Any, clips: Any, pos: Any, group: int) -> tuple[tuple, tuple]:
+class DeviceStore(NamedTuple):
+    """One compressed layer's device storage, as the push kernels write it (``cache/gpu_compressed.py`` layout)."""
+
+    k16: Any  # [n_kv, F, D] uint16 fp16 bits
+    v16: Any  # [n_kv, F, Dv]
+    pool0: DevicePool
+    pool1: DevicePool  # 0 slots when there is none
+    luts: Any  # [4, 256] float32: klut0, vlut0, klut1, vlut1
+    clips: Any  # [4, MAX_CLIPS] float32, the same four (clip_table)
+    pos: Any  # [1, N] int32 shared positions, updated by the kernels
+    group: int
+
+
+def _pools(st: DeviceStore) -> tuple[tuple, tuple]:
     """The kernels' pool arguments: (arrays, sizes) in KQ_POOL_PARAMS / KQ_POOL_SIZES order."""
-    arrays = (k16, v16, pool0.kc, pool0.km, pool0.vc, pool0.vm, pool1.kc, pool1.km, pool1.vc, pool1.vm, luts, clips, pos)
-    sizes = (k16.shape[1], pool0.kc.shape[1], pool1.kc.shape[1], k16.shape[2], v16.shape[2], group, pool0.bits_k, pool0.bits_v, pool1.bits_k, pool1.bits_v)
+    p0, p1 = st.pool0, st.pool1
+    arrays = (st.k16, st.v16, p0.kc, p0.km, p0.vc, p0.vm, p1.kc, p1.km, p1.vc, p1.vm, st.luts, st.clips, st.pos)
+    sizes = (st.k16.shape[1], p0.kc.shape[1], p1.kc.shape[1], st.k16.shape[2], st.v16.shape[2], st.group, p0.bits_k, p0.bits_v, p1.bits_k, p1.bits_v)
     return arrays, sizes
 
 
-def decode_push(
-    q: Any,
-    k: Any,
-    v: Any,
-    t_k: Any,
-    mu: Any,
-    k16: Any,
-    v16: Any,
-    pool0: DevicePool,
-    pool1: DevicePool,
-    luts: Any,
-    clips: Any,
-    pos: Any,
-    qr: Any,
-    slots: tuple[int, int, int],
-    p: int,
-    group: int,
-    rot_k: bool,
-    rot_v: bool,
-) -> None:
+def decode_push(q: Any, k: Any, v: Any, t_k: Any, mu: Any, st: DeviceStore, qr: Any, slots: tuple[int, int, int], p: int, rot_k: bool, rot_v: bool) -> None:
     """One decode token into a policy-free compressed layer, on the device; its queries into the cache basis.
 
-    q [n_head, D], k [n_kv, D], v [n_kv, Dv], t_k / mu [n_kv, D] float32;
-    k16 / v16 the fp16 area; luts [4, 256]; clips [4, MAX_CLIPS]; pos [1, N]
-    int32 (updated); qr [n_head, D] float32 out.  ``slots`` = (j, jq, jc) as
+    q [n_head, D], k [n_kv, D], v [n_kv, Dv], t_k / mu [n_kv, D] float32 (the
+    key basis); qr [n_head, D] float32 out.  ``slots`` = (j, jq, jc) as
     :func:`kvrun.cache.insert.plan_push` chose them (-1: no spill / no cool).
     """
-    arrays, sizes = _pools(k16, v16, pool0, pool1, luts, clips, pos, group)
+    arrays, sizes = _pools(st)
     j, jq, jc = slots
-    threads = _threads(k16.shape[2], v16.shape[2])
-    K.launch("kv_decode_push", (k16.shape[0],), (threads,), q, k, v, t_k, mu, *arrays, qr, j, jq, jc, p, q.shape[0], int(rot_k), int(rot_v), *sizes)
+    threads = _threads(st.k16.shape[2], st.v16.shape[2])
+    K.launch("kv_decode_push", (st.k16.shape[0],), (threads,), q, k, v, t_k, mu, *arrays, qr, j, jq, jc, p, q.shape[0], int(rot_k), int(rot_v), *sizes)
 
 
-def push_tokens(
-    k: Any,
-    v: Any,
-    t_k: Any,
-    mu: Any,
-    k16: Any,
-    v16: Any,
-    pool0: DevicePool,
-    pool1: DevicePool,
-    luts: Any,
-    clips: Any,
-    pos: Any,
-    slots: Any,
-    ppos: Any,
-    group: int,
-    rot_k: bool,
-    rot_v: bool,
-) -> None:
+def push_tokens(k: Any, v: Any, t_k: Any, mu: Any, st: DeviceStore, slots: Any, ppos: Any, rot_k: bool, rot_v: bool) -> None:
     """A prefill chunk's tokens into a policy-free compressed layer, in order, on the device.
 
     k [T, n_kv, D], v [T, n_kv, Dv] float32; slots [T, 3] int32, (j, jq, jc)
     per token as :func:`kvrun.cache.insert.plan_push` chose them one after
     another; ppos [T] int32 their positions; the rest as :func:`decode_push`.
     """
-    arrays, sizes = _pools(k16, v16, pool0, pool1, luts, clips, pos, group)
-    threads = _threads(k16.shape[2], v16.shape[2])
-    K.launch("kv_push_tokens", (k16.shape[0],), (threads,), k, v, t_k, mu, *arrays, slots, ppos, k.shape[0], int(rot_k), int(rot_v), *sizes)
+    arrays, sizes = _pools(st)
+    threads = _threads(st.k16.shape[2], st.v16.shape[2])
+    K.launch("kv_push_tokens", (st.k16.shape[0],), (threads,), k, v, t_k, mu, *arrays, slots, ppos, k.shape[0], int(rot_k), int(rot_v), *sizes)

@@ -65,6 +65,7 @@ run)
         [ "$a" == "$b" ] && r=EQUAL || r=DIFFERENT
         printf '%s\ncpu: %s\ngpu: %s\n' "$m" "$a" "$b" >>"$OUT/greedy.log"
         echo "greedy 32 tokens $m: $r" >>"$S"
+        timeout 120 python3 tools/device_agreement.py "$p" --device $DEV -n 32 2>>"$OUT/greedy.log" | sed "s/^/$m: /" >>"$S"
         $K bench "$p" --device $DEV -p 512 -n 128 -r 3 >"$OUT/bench_$m.log" 2>&1
         grep -E "pp512|tg128" "$OUT/bench_$m.log" | sed 's/  */ /g' >>"$S"
         for d in $DEV cpu; do

@@ -233,6 +233,23 @@ def test_rope(rt, gpu, neox):
     close(rt.asnumpy(xd), want)
 
 
+@pytest.mark.parametrize("neox", [False, True])
+def test_rope_qk_is_rope_of_each(rt, gpu, cpu, neox):
+    """Queries and keys (GQA: fewer key heads) rotated in one launch, as two rope calls would."""
+    rng = np.random.default_rng(6)
+    cos, sin = nn.rope_tables(64, 24, 10000.0)
+    q = rng.standard_normal((5, 6, 32)).astype(np.float32)
+    k = rng.standard_normal((5, 2, 32)).astype(np.float32)
+    pos = np.array([0, 7, 8, 40, 63], np.int32)
+    wq, wk = q.copy(), k.copy()
+    cpu.rope_qk(wq, wk, pos, cos, sin, neox)
+    qd, kd = dev(rt, q.copy()), dev(rt, k.copy())
+    gpu.rope_qk(qd, kd, pos, cos, sin, neox)
+    close(rt.asnumpy(qd), wq)
+    close(rt.asnumpy(kd), wk)
+    assert not np.allclose(wq, q)  # (the reference did rotate)
+
+
 @pytest.mark.parametrize("op", ["silu_mul", "gelu_mul", "add", "add_bias", "scale", "softcap"])
 def test_elementwise(rt, gpu, op):
     rng = np.random.default_rng(4)

@@ -58,6 +58,10 @@ class CPUBackend:
     def rope(self, x, pos, cos, sin, neox) -> None:
         nn.rope(x, pos, cos, sin, neox)
 
+    def rope_qk(self, q, k, pos, cos, sin, neox) -> None:
+        nn.rope(q, pos, cos, sin, neox)
+        nn.rope(k, pos, cos, sin, neox)
+
     def silu_mul(self, gate, up, out) -> None:
         nn.silu_mul(gate, up, out)
 

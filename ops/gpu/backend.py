@@ -149,6 +149,19 @@ class GPUBackend:
         with device_out(x) as xd:
             K.launch("rope_f32", _ew_grid(T * H * half), (_EW_BLOCK,), xd, pd, cd, sd, T, H, D, half, int(bool(neox)))
 
+    def rope_qk(self, q: Any, k: Any, pos: Any, cos: Any, sin: Any, neox: bool) -> None:
+        """:meth:`rope` of q [T, n_head, D] and k [T, n_head_kv, D] in one launch."""
+        if q.shape[2] != k.shape[2]:  # (no model has it; the kernel takes one head size)
+            self.rope(q, pos, cos, sin, neox)
+            self.rope(k, pos, cos, sin, neox)
+            return
+        T, Hq, D = q.shape
+        Hk, half = k.shape[1], cos.shape[1]
+        cd, sd = self._tables.get(cos), self._tables.get(sin)
+        pd = positions(pos)
+        with device_out(q) as qd, device_out(k) as kd:
+            K.launch("rope_qk_f32", _ew_grid(T * (Hq + Hk) * half), (_EW_BLOCK,), qd, kd, pd, cd, sd, T, Hq, Hk, D, half, int(bool(neox)))
+
     def silu_mul(self, gate: Any, up: Any, out: Any) -> None:
         self._glu("silu_mul_f32", gate, up, out)
 

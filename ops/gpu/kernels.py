@@ -67,6 +67,7 @@ for _sfx in QTYPE_SUFFIX.values():
 _declare("nn.cu", "rms_norm_f32", "pppif")  # x, w, out, n, eps
 _declare("nn.cu", "rms_norm_heads_f32", "ppiif")  # x, w, n_rows, head_dim, eps
 _declare("nn.cu", "rope_f32", "ppppiiiii")  # x, pos, cos, sin, T, n_head, head_dim, half, neox
+_declare("nn.cu", "rope_qk_f32", "pppppiiiiii")  # q, k, pos, cos, sin, T, n_head_q, n_head_k, head_dim, half, neox
 _declare("nn.cu", "silu_mul_f32", "pppl")  # gate, up, out, n
 _declare("nn.cu", "gelu_mul_f32", "pppl")
 _declare("nn.cu", "add_f32", "ppl")  # x, y, n

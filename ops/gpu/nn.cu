@@ -46,6 +46,16 @@ extern "C" __global__ void rms_norm_heads_f32(float* x,                    // [T
 // mscale (ops/cpu/nn.py rope_tables), so the kernel is a plain 2-D rotation.
 // neox rotates (x[i], x[i + n_rot/2]); the normal layout (x[2i], x[2i+1]).
 // Dimensions past n_rot are not touched.  One thread per rotated pair.
+__device__ __forceinline__ void rope_pair(float* xh, int t, int i, const int* pos, const float* cos_t, const float* sin_t, int half, int neox) {
+    const float c = cos_t[(size_t)pos[t] * half + i];
+    const float s = sin_t[(size_t)pos[t] * half + i];
+    const int i0 = neox ? i : 2 * i;
+    const int i1 = neox ? i + half : 2 * i + 1;
+    const float a = xh[i0], b = xh[i1];
+    xh[i0] = a * c - b * s;
+    xh[i1] = a * s + b * c;
+}
+
 // grid (ceil(T*n_head*half / 256)), block 256
 extern "C" __global__ void rope_f32(float* x,                      // [T, n_head, head_dim]
                                     const int* __restrict__ pos,   // [T]
@@ -55,17 +65,28 @@ extern "C" __global__ void rope_f32(float* x,                      // [T, n_head
     const long long n_pairs = (long long)T * n_head * half;
     for (long long p = blockIdx.x * (long long)blockDim.x + threadIdx.x; p < n_pairs;
          p += (long long)gridDim.x * blockDim.x) {
-        const int i = (int)(p % half);
         const long long th = p / half;  // t * n_head + h
-        const int t = (int)(th / n_head);
-        float* xh = x + th * head_dim;
-        const float c = cos_t[(size_t)pos[t] * half + i];
-        const float s = sin_t[(size_t)pos[t] * half + i];
-        const int i0 = neox ? i : 2 * i;
-        const int i1 = neox ? i + half : 2 * i + 1;
-        const float a = xh[i0], b = xh[i1];
-        xh[i0] = a * c - b * s;
-        xh[i1] = a * s + b * c;
+        rope_pair(x + th * head_dim, (int)(th / n_head), (int)(p % half), pos, cos_t, sin_t, half, neox);
+    }
+}
+
+// Queries and keys of one step in one launch (a decode layer is a dozen small
+// launches; this saves one): the pairs of q, then those of k.
+// grid (ceil(T*(n_head_q + n_head_k)*half / 256)), block 256
+extern "C" __global__ void rope_qk_f32(float* q,                       // [T, n_head_q, head_dim]
+                                       float* k,                       // [T, n_head_k, head_dim]
+                                       const int* __restrict__ pos,    // [T]
+                                       const float* __restrict__ cos_t, // [n_pos, half]
+                                       const float* __restrict__ sin_t, // [n_pos, half]
+                                       int T, int n_head_q, int n_head_k, int head_dim, int half, int neox) {
+    const long long n_q = (long long)T * n_head_q * half, n_pairs = n_q + (long long)T * n_head_k * half;
+    for (long long p = blockIdx.x * (long long)blockDim.x + threadIdx.x; p < n_pairs;
+         p += (long long)gridDim.x * blockDim.x) {
+        const bool is_q = p < n_q;
+        const long long pp = is_q ? p : p - n_q;
+        const int H = is_q ? n_head_q : n_head_k;
+        const long long th = pp / half;  // t * H + h
+        rope_pair((is_q ? q : k) + th * head_dim, (int)(th / H), (int)(pp % half), pos, cos_t, sin_t, half, neox);
     }
 }
 

@@ -8,12 +8,17 @@ never dequantized as a whole.
 Arrays are CuPy arrays; host (numpy) arguments are accepted and moved for the
 call (see ``arrays.py``), so a model that still allocates on the host runs,
 only slower.
+
+Decode is launch-bound on small models: a SmolLM2 token is ~330 small kernels,
+and each costs host time before the GPU sees it.  So the projections of one
+input go out as one launch (``linear_many``: Q/K/V, gate/up), residual adds
+ride in the output matvecs (``linear_add``), q and k rotate together
+(``rope_qk``), and a step's positions go up once (``arrays.positions``).
 """
 
 from __future__ import annotations
 
 import math
-
 from collections.abc import Sequence
 from typing import Any
 

@@ -144,7 +144,7 @@ __device__ void kq_fwht(float* x, int n) {
 
 // Quantize rows: x [n_rows, Dx] float32 -> codes [n_rows, Dx*w/8], meta [n_rows, Dx/G, 2].
 // grid (n_rows), block (Dx rounded up to 32).
-extern "C" __global__ void kvq_quantize_rows(const float* x, u8* codes, u8* meta, const float* lut, const float* clips, int Dx, int bits,
+extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kvq_quantize_rows(const float* x, u8* codes, u8* meta, const float* lut, const float* clips, int Dx, int bits,
                                              int G) {
     __shared__ int cs[KQ_MAX_T];
     __shared__ float scr[WARP];
@@ -226,7 +226,7 @@ __device__ void kq_push_token(const KQPools& c, const float* k, const float* v, 
 // into the cache basis: qr = (q / t_k) @ H.
 // q [n_head, D], k [n_kv, D], v [n_kv, Dv], t_k, mu [n_kv, D] float32; qr [n_head, D] out.
 // grid (n_kv), block (max(D, Dv) rounded up to 32).
-extern "C" __global__ void kv_decode_push(const float* q, const float* k, const float* v, const float* t_k, const float* mu, KQ_POOL_PARAMS,
+extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_decode_push(const float* q, const float* k, const float* v, const float* t_k, const float* mu, KQ_POOL_PARAMS,
                                           float* qr, int j, int jq, int jc, int p, int n_head, int rot_k, int rot_v, KQ_POOL_SIZES) {
     __shared__ float xs[KQ_MAX_T];
     __shared__ int cs[KQ_MAX_T];
@@ -248,7 +248,7 @@ extern "C" __global__ void kv_decode_push(const float* q, const float* k, const 
 // A prefill chunk's tokens, in order (each may spill the one before it):
 // k [T, n_kv, D], v [T, n_kv, Dv]; slots [T, 3] (j, jq, jc) and ppos [T] as
 // plan_push gave them token by token.  grid (n_kv), block as kv_decode_push.
-extern "C" __global__ void kv_push_tokens(const float* k, const float* v, const float* t_k, const float* mu, KQ_POOL_PARAMS, const int* slots,
+extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_push_tokens(const float* k, const float* v, const float* t_k, const float* mu, KQ_POOL_PARAMS, const int* slots,
                                           const int* ppos, int T, int rot_k, int rot_v, KQ_POOL_SIZES) {
     __shared__ float xs[KQ_MAX_T];
     __shared__ int cs[KQ_MAX_T];

@@ -75,8 +75,13 @@ class device_out:  # noqa: N801 - used as a function: ``with device_out(a) as d`
         return self.d
 
     def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            self.close()
+
+    def close(self) -> None:
+        """Copy the device array back into ``a`` (when they differ); what ``with`` does on a clean exit."""
         d, a = self.d, self.a
-        if d is not a and exc[0] is None:
+        if d is not a:
             if is_device(a):
                 a[...] = d
             else:

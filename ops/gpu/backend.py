@@ -108,8 +108,8 @@ class GPUBackend:
         if x.shape[1] != w0.n_cols or any(tuple(o.shape) != (T, w.n_rows) for w, o in zip(ws, outs, strict=True)):
             raise ValueError(f"linear_many: W {[w.shape for w in ws]}, x {tuple(x.shape)}, outs {[tuple(o.shape) for o in outs]} do not match")
         xd = to_device(x)
-        ctx = [device_out(o) for o in outs]
-        ys = [c.__enter__() for c in ctx]
+        outs_d = [device_out(o) for o in outs]
+        ys = [o.d for o in outs_d]
         n = [w.n_rows for w in ws]
         if len(ws) == 2:  # the third run is empty
             ws, ys, n = [*ws, ws[1]], [*ys, ys[1]], [*n, 0]
@@ -118,8 +118,8 @@ class GPUBackend:
             f"matvec3_{K.QTYPE_SUFFIX[w0.qtype]}", (blocks, T), (128,),
             ws[0].data, ws[1].data, ws[2].data, xd, ys[0], ys[1], ys[2], n[0], n[1], n[2], w0.n_cols, w0.data.shape[1],
         )  # fmt: skip
-        for c in ctx:
-            c.__exit__(None, None, None)
+        for o in outs_d:
+            o.close()
 
     def get_rows(self, w: Weight, ids: Any, out: Any) -> None:
         """out[i] = row ids[i] of W, decoded.   out: [len(ids), n_cols] float32."""

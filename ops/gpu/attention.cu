@@ -56,7 +56,9 @@ extern "C" __global__ void kv_store_f16(const float* __restrict__ k_new, // [T, 
 // dynamic shared: (gqa * D + gqa * AD_CHUNK) floats, gqa = n_head / n_kv.
 // Writes, per (token, head, split): the chunk's max score m, sum of exp(s - m)
 // l, and the unnormalised output sum_j exp(s_j - m) v_j.  A chunk where no
-// slot is visible gets m = -inf, l = 0, o = 0.
+// slot is visible gets m = -inf, l = 0, o = 0.  direct (n_split == 1, up to
+// AD_CHUNK slots): the output itself, o / l, into out, as attn_decode_reduce
+// would write it; short contexts then need no reduce launch.
 extern "C" __global__ void __launch_bounds__(128) attn_decode_partial_f16(
     const float* __restrict__ q,    // [T, n_head, D]
     const u16* __restrict__ k,      // [n_kv, cap, D]
@@ -66,7 +68,8 @@ extern "C" __global__ void __launch_bounds__(128) attn_decode_partial_f16(
     float* __restrict__ part_o,     // [T, n_head, n_split, Dv]
     float* __restrict__ part_m,     // [T, n_head, n_split]
     float* __restrict__ part_l,     // [T, n_head, n_split]
-    int n_slots, int cap, int n_head, int n_kv, int D, int Dv, int window, float scale, float softcap) {
+    float* __restrict__ out,        // [T, n_head, Dv], written when direct
+    int n_slots, int cap, int n_head, int n_kv, int D, int Dv, int window, float scale, float softcap, int direct) {
     extern __shared__ float smem[];
     const int gqa = n_head / n_kv;
     float* qs = smem;             // [gqa, D]
@@ -123,7 +126,13 @@ extern "C" __global__ void __launch_bounds__(128) attn_decode_partial_f16(
             const float p = pg[jj];
             if (p != 0.0f) acc += p * h2f(vc[(size_t)jj * Dv]);
         }
-        part_o[(((size_t)t * n_head + kh * gqa + g) * n_split + split) * Dv + d] = acc;
+        const size_t th = (size_t)t * n_head + kh * gqa + g;
+        if (direct) {  // part_l of this head was written before the barrier above
+            const float l = part_l[th];
+            out[th * Dv + d] = acc * (l > 0.0f ? 1.0f / l : 0.0f);
+        } else {
+            part_o[(th * n_split + split) * Dv + d] = acc;
+        }
     }
 }
 

@@ -45,16 +45,18 @@ def attend_decode(q: Any, k: Any, v: Any, kpos: Any, n_slots: int, qpos: Any, wi
     if smem > SHARED_LIMIT:
         raise ValueError(f"GPU decode attention: {gqa} query heads per KV head of dim {D} need {smem} bytes of shared memory")
     n_split = K.cdiv(n_slots, DECODE_CHUNK)
-    part_o = xp.empty((T, H, n_split, Dv), np.float32)
+    direct = n_split == 1  # one chunk: the partial kernel normalises and writes out, no reduce launch
+    part_o = out if direct else xp.empty((T, H, n_split, Dv), np.float32)  # (unused when direct)
     part_m = xp.empty((T, H, n_split), np.float32)
     part_l = xp.empty((T, H, n_split), np.float32)
     K.launch(
         "attn_decode_partial_f16", (n_split, n_kv, T), (128,),
-        q, k, v, kpos, qpos, part_o, part_m, part_l,
-        n_slots, cap, H, n_kv, D, Dv, window, scale, softcap,
+        q, k, v, kpos, qpos, part_o, part_m, part_l, out,
+        n_slots, cap, H, n_kv, D, Dv, window, scale, softcap, int(direct),
         shared_mem=smem,
     )  # fmt: skip
-    K.launch("attn_decode_reduce", (H, T), (128,), part_o, part_m, part_l, out, H, n_split, Dv, shared_mem=4 * n_split)
+    if not direct:
+        K.launch("attn_decode_reduce", (H, T), (128,), part_o, part_m, part_l, out, H, n_split, Dv, shared_mem=4 * n_split)
 
 
 def prefill_tiles(D: int, Dv: int) -> tuple[int, int, int]:

@@ -76,8 +76,8 @@ _declare("nn.cu", "scale_f32", "pfl")  # x, s, n
 _declare("nn.cu", "softcap_f32", "pfl")  # x, cap, n
 # k_new, v_new, pos, k_cache, v_cache, kpos, n_kv, D, Dv, cap
 _declare("attention.cu", "kv_store_f16", "ppppppiiii")
-# q, k, v, kpos, qpos, part_o, part_m, part_l, n_slots, cap, n_head, n_kv, D, Dv, window, scale, softcap
-_declare("attention.cu", "attn_decode_partial_f16", "ppppppppiiiiiiiff")
+# q, k, v, kpos, qpos, part_o, part_m, part_l, out, n_slots, cap, n_head, n_kv, D, Dv, window, scale, softcap, direct
+_declare("attention.cu", "attn_decode_partial_f16", "pppppppppiiiiiiiffi")
 # part_o, part_m, part_l, out, n_head, n_split, Dv
 _declare("attention.cu", "attn_decode_reduce", "ppppiii")
 # q, k, v, kpos, qpos, out, T, n_slots, cap, n_head, n_kv, D, Dv, window, scale, softcap, BQ, BKV

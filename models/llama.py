@@ -98,8 +98,7 @@ class LlamaModel(Model):
             be.linear_add(L.wo, att, x)
             be.rms_norm(x, L.ffn_norm, c.norm_eps, xn)
             be.linear_many((L.w_gate, L.w_up), xn, (gate, up))
-            be.silu_mul(gate, up, gate)
-            be.linear_add(L.w_down, gate, x)
+            be.linear_glu(L.w_down, gate, up, x, "silu", accumulate=True)
             self.trace("l_out", il, x)
         if len(out_rows) == 0:
             return

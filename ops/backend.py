@@ -49,6 +49,10 @@ class Backend(Protocol):
         """``outs[i] = x @ ws[i].T`` for projections of one input (Q/K/V, gate/up); a backend may fuse them."""
         ...
 
+    def linear_glu(self, w: Weight, gate: Any, up: Any, out: Any, act: str, accumulate: bool = False) -> None:
+        """``out (+)= (act(gate) * up) @ w.T``, act "silu" or "gelu" (an FFN's down projection); ``gate`` may be overwritten."""
+        ...
+
     def linear_add(self, w: Weight, x: Any, out: Any) -> None:
         """``out += x @ w.T`` (an output projection into the residual stream); a backend may fuse the add."""
         ...

@@ -155,6 +155,26 @@ def test_linear_add_adds_into_the_output(rt, gpu, cpu, n_tok, backend):
     assert nmse(rt.asnumpy(out) if backend == "gpu" else out, resid + prod) < 1e-9
 
 
+@pytest.mark.parametrize("n_tok", [1, 70], ids=["matvec", "matmul"])
+@pytest.mark.parametrize("act", ["silu", "gelu"])
+@pytest.mark.parametrize("accumulate", [False, True], ids=["set", "add"])
+def test_linear_glu_is_the_activation_then_the_product(rt, gpu, cpu, n_tok, act, accumulate):
+    """An FFN's down projection reading gate and up (in decode the matvec applies the activation as it reads x)."""
+    rng = np.random.default_rng(n_tok + len(act))
+    raw = random_weight(Q.Q4_K, 24, 512, rng)
+    gate = rng.standard_normal((n_tok, 512)).astype(np.float32)
+    up = rng.standard_normal((n_tok, 512)).astype(np.float32)
+    resid = rng.standard_normal((n_tok, 24)).astype(np.float32)
+    want = resid.copy()
+    cpu.linear_glu(cpu.upload(raw, Q.Q4_K, (24, 512)), gate.copy(), up, want, act, accumulate)
+    out = dev(rt, resid.copy())
+    gpu.linear_glu(gpu.upload(raw, Q.Q4_K, (24, 512)), dev(rt, gate.copy()), dev(rt, up), out, act, accumulate)
+    g = gate / (1 + np.exp(-gate)) if act == "silu" else 0.5 * gate * (1 + np.tanh(0.7978845608 * (gate + 0.044715 * gate**3)))
+    exact = (resid if accumulate else 0) + (g * up).astype(np.float64) @ dequantize(raw, Q.Q4_K).reshape(24, 512).astype(np.float64).T
+    assert nmse(rt.asnumpy(out), exact) < 1e-9
+    assert nmse(rt.asnumpy(out), want) < 1e-3  # (the CPU's decode quantizes x per 32)
+
+
 @pytest.mark.parametrize("qtype", QTYPES, ids=lambda q: Q(q).name)
 def test_get_rows(rt, gpu, cpu, qtype):
     rng = np.random.default_rng(int(qtype))

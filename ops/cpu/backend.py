@@ -46,6 +46,10 @@ class CPUBackend:
         self.linear(w, x, tmp)
         self.add(out, tmp)
 
+    def linear_glu(self, w: Weight, gate: np.ndarray, up: np.ndarray, out: np.ndarray, act: str, accumulate: bool = False) -> None:
+        (nn.silu_mul if act == "silu" else nn.gelu_mul)(gate, up, gate)
+        (self.linear_add if accumulate else self.linear)(w, gate, out)
+
     def get_rows(self, w: Weight, ids: np.ndarray, out: np.ndarray) -> None:
         qmatmul.get_rows(w.data, w.qtype, ids, out)
 

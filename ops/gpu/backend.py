@@ -34,6 +34,9 @@ _EW_BLOCK = 256  # element-wise kernels: threads per block
 _EW_MAX_GRID = 8192  # ... and at most this many blocks (grid-stride loops do the rest)
 
 
+_ACT = {"silu": 1, "gelu": 2}  # ACT_SILU, ACT_GELU in qmatmul.cu
+
+
 def _ew_grid(n: int) -> tuple[int]:
     return (min(K.cdiv(n, _EW_BLOCK), _EW_MAX_GRID),)
 
@@ -85,13 +88,29 @@ class GPUBackend:
         xd = to_device(x)
         with device_out(out) as od:
             if T <= MATVEC_MAX_TOKENS:
-                K.launch(f"matvec_{sfx}", (K.cdiv(w.n_rows, 4), T), (128,), w.data, xd, od, w.n_rows, n_cols, row_bytes, int(accumulate))
+                K.launch(f"matvec_{sfx}", (K.cdiv(w.n_rows, 4), T), (128,), w.data, xd, xd, od, w.n_rows, n_cols, row_bytes, int(accumulate), 0)
             elif accumulate:  # prefill: the add is one more launch among hundreds of tokens' work
                 y = self.xp.empty((T, w.n_rows), np.float32)
                 self.linear(w, xd, y)
                 self.add(od, y)
             else:
                 K.launch(f"matmul_{sfx}", (K.cdiv(w.n_rows, 64), K.cdiv(T, 64)), (256,), w.data, xd, od, w.n_rows, n_cols, T, row_bytes)
+
+    def linear_glu(self, w: Weight, gate: Any, up: Any, out: Any, act: str, accumulate: bool = False) -> None:
+        """out (+)= (act(gate) * up) @ W.T; in decode the activation is computed as the matvec reads x (no launch of its own)."""
+        T, n_cols = gate.shape
+        if T > MATVEC_MAX_TOKENS:
+            self._glu(f"{act}_mul_f32", gate, up, gate)
+            self.linear(w, gate, out, accumulate)
+            return
+        if n_cols != w.n_cols or tuple(up.shape) != (T, n_cols) or tuple(out.shape) != (T, w.n_rows):
+            raise ValueError(f"linear_glu: W {w.shape}, gate {tuple(gate.shape)}, up {tuple(up.shape)}, out {tuple(out.shape)} do not match")
+        gd, ud = to_device(gate), to_device(up)
+        with device_out(out) as od:
+            K.launch(
+                f"matvec_{K.QTYPE_SUFFIX[w.qtype]}", (K.cdiv(w.n_rows, 4), T), (128,),
+                w.data, gd, ud, od, w.n_rows, n_cols, w.data.shape[1], int(accumulate), _ACT[act],
+            )  # fmt: skip
 
     def linear_add(self, w: Weight, x: Any, out: Any) -> None:
         """out += x @ W.T: in decode the add rides in the matvec (one launch fewer per projection)."""

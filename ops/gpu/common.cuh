@@ -55,6 +55,14 @@ __device__ __forceinline__ u16 ld16(const u8* p) {
 __device__ __forceinline__ u32 ld32(const u8* p) { return (u32)ld16(p) | ((u32)ld16(p + 2) << 16); }
 __device__ __forceinline__ float ldh(const u8* p) { return h2f(ld16(p)); }
 
+// The gated FFN activations (nn.cu's *_mul kernels and the fused down
+// projection of qmatmul.cu compute them with this one text, so the same bits).
+__device__ __forceinline__ float silu_f(float g) { return g / (1.0f + expf(-g)); }
+__device__ __forceinline__ float gelu_f(float g) {  // tanh approximation, as ggml_gelu
+    const float c = 0.7978845608028654f;            // sqrt(2/pi)
+    return 0.5f * g * (1.0f + tanhf(c * (g + 0.044715f * g * g * g)));
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);

@@ -60,7 +60,7 @@ def _declare(file: str, name: str, args: str) -> None:
 
 
 for _sfx in QTYPE_SUFFIX.values():
-    _declare("qmatmul.cu", f"matvec_{_sfx}", "pppiiii")  # w, x, y, n_rows, n_cols, row_bytes, acc
+    _declare("qmatmul.cu", f"matvec_{_sfx}", "ppppiiiii")  # w, x, up, y, n_rows, n_cols, row_bytes, acc, act
     _declare("qmatmul.cu", f"matvec3_{_sfx}", "pppppppiiiii")  # w0, w1, w2, x, y0, y1, y2, n0, n1, n2, n_cols, row_bytes
     _declare("qmatmul.cu", f"matmul_{_sfx}", "pppiiii")  # w, x, y, n_rows, n_cols, n_tok, row_bytes
     _declare("qmatmul.cu", f"get_rows_{_sfx}", "pppii")  # w, ids, out, n_cols, row_bytes

@@ -100,10 +100,7 @@ extern "C" __global__ void silu_mul_f32(const float* gate, // [n]
                                         const float* up,   // [n]
                                         float* out,        // [n]
                                         long long n) {
-    GRID_STRIDE(i, n) {
-        const float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
-    }
+    GRID_STRIDE(i, n) out[i] = silu_f(gate[i]) * up[i];
 }
 
 // out = gelu_tanh(gate) * up  (GeGLU, as ggml_gelu); out may alias gate
@@ -111,11 +108,7 @@ extern "C" __global__ void gelu_mul_f32(const float* gate, // [n]
                                         const float* up,   // [n]
                                         float* out,        // [n]
                                         long long n) {
-    const float c = 0.7978845608028654f;  // sqrt(2/pi)
-    GRID_STRIDE(i, n) {
-        const float g = gate[i];
-        out[i] = 0.5f * g * (1.0f + tanhf(c * (g + 0.044715f * g * g * g))) * up[i];
-    }
+    GRID_STRIDE(i, n) out[i] = gelu_f(gate[i]) * up[i];
 }
 
 // x += y

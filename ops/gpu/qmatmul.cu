@@ -19,14 +19,27 @@
 // weight rows they read come from L2 for all but the first.
 #define MV_WARPS 4  // rows per block of 128 threads
 
+// x[c], or with a gated activation (the FFN's down projection reading its
+// gate and up halves: no separate activation launch) act(x[c]) * up[c]
+#define ACT_NONE 0
+#define ACT_SILU 1
+#define ACT_GELU 2
+template <int ACT>
+__device__ __forceinline__ float mv_x(const float* __restrict__ x, const float* __restrict__ up, int c) {
+    if (ACT == ACT_SILU) return silu_f(x[c]) * up[c];
+    if (ACT == ACT_GELU) return gelu_f(x[c]) * up[c];
+    return x[c];
+}
+
 // One warp: y[row] (+)= w[row] . x for the token blockIdx.y; acc != 0 adds to y
 // (the residual add fused into the output projections).
-template <class Q>
+template <class Q, int ACT = ACT_NONE>
 __device__ __forceinline__ void matvec_row(const u8* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, int row,
-                                           int n_rows, int n_cols, int row_bytes, int acc_y) {
+                                           int n_rows, int n_cols, int row_bytes, int acc_y, const float* __restrict__ up = nullptr) {
     const int lane = threadIdx.x % WARP;
     if (row >= n_rows) return;  // the whole warp leaves together
     x += (size_t)blockIdx.y * n_cols;
+    if (ACT != ACT_NONE) up += (size_t)blockIdx.y * n_cols;
     y += (size_t)blockIdx.y * n_rows;
     const u8* r = w + (size_t)row * row_bytes;
     const int n_chunks = (n_cols + 7) / 8;
@@ -35,8 +48,8 @@ __device__ __forceinline__ void matvec_row(const u8* __restrict__ w, const float
         const Chunk ch = Q::decode(r, c, n_cols);
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-            if (!Q::TAIL || ch.c0 + k < n_cols) acc += ch.v[k] * x[ch.c0 + k];
-            if (!Q::TAIL || ch.c1 + k < n_cols) acc += ch.v[4 + k] * x[ch.c1 + k];
+            if (!Q::TAIL || ch.c0 + k < n_cols) acc += ch.v[k] * mv_x<ACT>(x, up, ch.c0 + k);
+            if (!Q::TAIL || ch.c1 + k < n_cols) acc += ch.v[4 + k] * mv_x<ACT>(x, up, ch.c1 + k);
         }
     }
     acc = warp_sum(acc);
@@ -44,9 +57,15 @@ __device__ __forceinline__ void matvec_row(const u8* __restrict__ w, const float
 }
 
 template <class Q>
-__device__ __forceinline__ void matvec_impl(const u8* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, int n_rows,
-                                            int n_cols, int row_bytes, int acc_y) {
-    matvec_row<Q>(w, x, y, blockIdx.x * MV_WARPS + threadIdx.x / WARP, n_rows, n_cols, row_bytes, acc_y);
+__device__ __forceinline__ void matvec_impl(const u8* __restrict__ w, const float* __restrict__ x, const float* __restrict__ up,
+                                            float* __restrict__ y, int n_rows, int n_cols, int row_bytes, int acc_y, int act) {
+    const int row = blockIdx.x * MV_WARPS + threadIdx.x / WARP;
+    if (act == ACT_SILU)
+        matvec_row<Q, ACT_SILU>(w, x, y, row, n_rows, n_cols, row_bytes, acc_y, up);
+    else if (act == ACT_GELU)
+        matvec_row<Q, ACT_GELU>(w, x, y, row, n_rows, n_cols, row_bytes, acc_y, up);
+    else
+        matvec_row<Q>(w, x, y, row, n_rows, n_cols, row_bytes, acc_y);
 }
 
 // Up to three matrices of one type over the same x in one launch (Q/K/V, gate/up):
@@ -168,9 +187,11 @@ __device__ __forceinline__ void get_rows_impl(const u8* __restrict__ w, const in
     extern "C" __global__ void __launch_bounds__(MV_WARPS * WARP) matvec_##name(                  \
         const u8* __restrict__ w,   /* [n_rows, row_bytes] GGUF blocks */                          \
         const float* __restrict__ x, /* [n_tok, n_cols] */                                         \
+        const float* __restrict__ up, /* [n_tok, n_cols] when act: x <- act(x) * up */            \
         float* __restrict__ y,       /* [n_tok, n_rows] */                                         \
-        int n_rows, int n_cols, int row_bytes, int acc) { /* acc: y += W x */                      \
-        matvec_impl<Q>(w, x, y, n_rows, n_cols, row_bytes, acc);                                   \
+        int n_rows, int n_cols, int row_bytes, int acc, /* acc: y += W x */                        \
+        int act) { /* ACT_NONE, ACT_SILU, ACT_GELU */                                              \
+        matvec_impl<Q>(w, x, up, y, n_rows, n_cols, row_bytes, acc, act);                          \
     }                                                                                              \
     /* grid (sum of ceil(n_i/4), n_tok), block 128: y_i = W_i x for i < 3 */                       \
     extern "C" __global__ void __launch_bounds__(MV_WARPS * WARP) matvec3_##name(                 \

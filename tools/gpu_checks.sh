@@ -7,7 +7,7 @@
 # 241 MiB) and the machine cannot download, so they travel in chunks over several
 # calls while the machine stays warm (30 s idle):
 #
-#   here:    bash tools/gpu_checks.sh split          # .gpu/: 56 MiB chunks + the gguf wheel
+#   here:    bash tools/gpu_checks.sh split          # .gpu/: 56 MiB chunks, the gguf wheel, the CPU kv-eval
 #   device:  one call per chunk, carry [".gpu/<chunk>"], command
 #            "bash tools/gpu_checks.sh stage"        # appends the carried chunks to /tmp/kvrun-parts
 #   device:  carry [".gpu/whl"], command "bash tools/gpu_checks.sh run tests", timeout_s 300
@@ -35,6 +35,15 @@ split)
     rm -rf .gpu && mkdir -p .gpu/whl
     for m in "${MODELS[@]}"; do split -b 56M -d "$src/$m" ".gpu/$m.part"; done
     python3 -m pip download --no-deps --only-binary=:all: -d .gpu/whl gguf >/dev/null
+    # the CPU side of the kv-eval check, computed here (it travels with the wheel): saves
+    # the device minutes of running it there; `run` falls back to running it when absent
+    CTX=${KVRUN_CHECK_CTX:-1024}
+    TEXT=/usr/share/common-licenses/GPL-3
+    [ -f "$TEXT" ] || TEXT=README.md
+    for m in "${MODELS[@]}"; do
+        python3 -m kvrun.cli kv-eval "$src/$m" -f "$TEXT" --ctx "$CTX" --configs "16; 4; 2" --json --device cpu \
+            >".gpu/whl/kveval_cpu_${CTX}_$m.json"
+    done
     ls -la .gpu .gpu/whl
     ;;
 stage)
@@ -77,6 +86,10 @@ run)
         $K bench "$p" --device $DEV -p 512 -n 128 -r 3 >"$OUT/bench_$m.log" 2>&1
         grep -E "pp512|tg128" "$OUT/bench_$m.log" | sed 's/  */ /g' >>"$S"
         for d in $DEV cpu; do
+            if [ "$d" == cpu ] && [ -s ".gpu/whl/kveval_cpu_${CTX}_$m.json" ]; then  # computed by `split`
+                cp ".gpu/whl/kveval_cpu_${CTX}_$m.json" "$OUT/kveval_cpu_$m.json"
+                continue
+            fi
             timeout 200 $K kv-eval "$p" -f "$TEXT" --ctx "$CTX" --configs "16; 4; 2" --json --device $d \
                 >"$OUT/kveval_${d}_$m.json" 2>"$OUT/kveval_${d}_$m.log"
         done

@@ -43,7 +43,7 @@ upload the output.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -55,7 +55,7 @@ from ..ops.gpu.arrays import device_out, is_device, positions, to_device
 from .base import LayerCache, LayerSpec
 from .compressed import MAX_DECODE_T, CompressedLayerCache
 from .factory import make_cache
-from .insert import plan_push
+from .insert import plan_chunk, plan_push
 from .kvconfig import KVConfig
 from .policies import make_policy
 from .pool import Pool
@@ -77,6 +77,16 @@ class _TrackedPool(Pool):
     def write(self, slots: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
         super().write(slots, k, v)
         self.dirty.update(slots[slots >= 0].tolist())
+
+
+class _DeviceBasis(NamedTuple):
+    """Device copies of a :class:`~.keybasis.KeyBasis` at one version."""
+
+    version: int
+    kin: Any  # [n_kv, D, D] keys: k @ Kin_h - mu (None: identity)
+    qin: Any  # [n_kv, D, D] queries: q @ Qin_h (None: identity)
+    t_k: Any  # [n_kv, D] channel scales (ones when unused): what kvquant.cu applies before its butterflies
+    mu: Any  # [n_kv, D] key mean in the cache basis (zeros when unused)
 
 
 def _host(a: Any, dtype: Any = np.float32) -> np.ndarray:
@@ -109,8 +119,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         self.d_luts = xp.zeros((4, 256), np.float32)  # klut0, vlut0, klut1, vlut1
         self.d_pos = xp.array(self.pos)  # [P, N] int32
         self.d_logw = xp.array(self.logw)  # [n_kv, N] float32, or [0, 0]
-        self.d_qin = None  # [n_kv, D, D] the query transforms (keybasis.py), sent when they change
-        self._qin_version = -1
+        self._d_basis: _DeviceBasis | None = None  # the key basis on the device, sent when it changes
         self.d_rot_v = xp.array(self.rot_v) if self.rot_v is not None else None  # [Dv, Dv]
         if self.policy is not None:  # the same policy, its scores on the device (the parent's has seen no token yet)
             self.policy = make_policy(self.policy.name, n_kv, self.N, xp)
@@ -124,8 +133,6 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         self._on_device = kvquant.supported(spec.head_dim, spec.head_dim_v, self.kv.group) is None
         p0, p1 = self.pools
         self.d_clips = to_device(kvquant.clip_table([CLIPS[p0.bits_k], CLIPS[p0.bits_v], CLIPS[p1.bits_k], CLIPS[p1.bits_v]]))
-        self.d_t_k = self.d_mu = self._d_rot_k = None  # [n_kv, D], [n_kv, D], [D, D]: the key basis, sent when it changes
-        self._basis_version = -1
         self.d_qr = xp.empty((1, spec.n_head, spec.head_dim), np.float32)  # [1, n_head, D] queries in the cache basis
         self.d_store = kvquant.DeviceStore(self.d_k16, self.d_v16, *self.d_pools, self.d_luts, self.d_clips, self.d_pos, self.kv.group)
 
@@ -173,9 +180,9 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         p0, p1 = self.pools
         slots = plan_push(self.pos, p, self.S, self.F, self.lo[0], p0.cap, self._free[0], self.lo[1], p1.cap, self._free[1])
         self._stale = True
-        t_k, mu = self._device_basis()
+        db = self._device_basis()
         kvquant.decode_push(
-            to_device(q[0]), to_device(k[0]), to_device(v[0]), t_k, mu, self.d_store, self.d_qr[0],
+            to_device(q[0]), to_device(k[0]), to_device(v[0]), db.t_k, db.mu, self.d_store, self.d_qr[0],
             slots, p, self.basis.rot is not None, self.rot_v is not None,
         )  # fmt: skip
         self._attend_decode(q, pos, out, qr=self.d_qr)
@@ -198,12 +205,9 @@ class GPUCompressedLayerCache(CompressedLayerCache):
             if self.basis.wants_queries:  # the key basis learns from the queries until the first spill
                 self.basis.observe(_host(q))
         self._sync()
-        t_k, mu = self._device_basis()
+        db = self._device_basis()
         kd, vd = to_device(k), to_device(v)  # [T, n_kv, D] original basis
-        kc = kd * t_k
-        if self.basis.rot is not None:
-            kc = xp.matmul(kc, self._d_rot_k)
-        kc = kc - mu  # the cache basis
+        kc = self._per_head(kd, db.kin) - db.mu  # the cache basis, as KeyBasis.keys on the host
         vr = vd if self.d_rot_v is None else xp.matmul(vd, self.d_rot_v)
         ids = np.flatnonzero(self.pos[0] >= 0).astype(np.int32)
         n = len(ids)
@@ -229,23 +233,31 @@ class GPUCompressedLayerCache(CompressedLayerCache):
                 self._push(kh[t], vh[t], int(pos[t]))
             return
         pl0, pl1 = self.pools
-        slots = np.empty((T, 3), np.int32)
-        for t in range(T):
-            slots[t] = plan_push(self.pos, int(pos[t]), self.S, self.F, self.lo[0], pl0.cap, self._free[0], self.lo[1], pl1.cap, self._free[1])
+        slots = plan_chunk(self.pos, pos, self.S, self.F, self.lo[0], pl0.cap, self._free[0], self.lo[1], pl1.cap, self._free[1])
         self._stale = True
         kvquant.push_tokens(
-            kd, to_device(v), t_k, mu, self.d_store, to_device(slots, np.int32), positions(pos),
+            kd, vd, db.t_k, db.mu, self.d_store, to_device(slots, np.int32), positions(pos),
             self.basis.rot is not None, self.rot_v is not None,
         )  # fmt: skip
 
-    def _device_basis(self) -> tuple[Any, Any]:
-        """(t_k, mu) of the key basis on the device, [n_kv, D] each (ones / zeros where unused), sent when it changes."""
-        if self._basis_version != self.basis.version:
+    def _device_basis(self) -> _DeviceBasis:
+        """The key basis (keybasis.py) on the device, sent again only when its version changes."""
+        b = self.basis
+        if self._d_basis is None or self._d_basis.version != b.version:
             t_k, mu = self._fast_basis()
-            self.d_t_k, self.d_mu = to_device(t_k), to_device(mu)
-            self._d_rot_k = to_device(self.basis.rot) if self.basis.rot is not None else None
-            self._basis_version = self.basis.version
-        return self.d_t_k, self.d_mu
+            up = lambda m: None if m is None else to_device(m)  # noqa: E731
+            self._d_basis = _DeviceBasis(b.version, up(b.kin), up(b.qin), to_device(t_k), to_device(mu))
+        return self._d_basis
+
+    def _per_head(self, x: Any, m: Any) -> Any:
+        """x [T, H, D] (heads grouped by KV head) times m[h] [D, D] per KV head, on the device; x itself when m is None."""
+        if m is None:
+            return x
+        xp = self._xp
+        T, H, D = x.shape
+        n_kv = m.shape[0]
+        y = xp.matmul(x.reshape(T, n_kv, H // n_kv, D).transpose(1, 0, 2, 3), m[:, None])
+        return xp.ascontiguousarray(y.transpose(1, 0, 2, 3).reshape(T, H, D))
 
     def _pull(self) -> None:
         """Bring the device storage down after device writes (before a host-path step: a prefill chunk, a policy)."""
@@ -326,16 +338,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
     # ------------------------------------------------------------ attention
     def _device_queries(self, q: Any) -> Any:
         """q [T, n_head, D] moved into the cache's key basis, on the device (per KV head: q @ Qin_h)."""
-        xp, s, b = self._xp, self.spec, self.basis
-        qd = to_device(q)
-        if b.qin is None:
-            return qd
-        if self._qin_version != b.version:
-            self.d_qin = to_device(b.qin)
-            self._qin_version = b.version
-        T, g = q.shape[0], s.n_head // s.n_head_kv
-        qd = xp.matmul(qd.reshape(T, s.n_head_kv, g, s.head_dim).transpose(1, 0, 2, 3), self.d_qin[:, None])
-        return xp.ascontiguousarray(qd.transpose(1, 0, 2, 3).reshape(T, s.n_head, s.head_dim))
+        return self._per_head(to_device(q), self._device_basis().qin)
 
     def _attend_decode(self, q: Any, pos: np.ndarray, out: Any, qr: Any = None) -> None:
         """Decode attention of T <= 4 queries on the device mirror (the pushes are done).

@@ -149,6 +149,16 @@ def plan_push(pos: np.ndarray, p: int, S: int, F: int, lo: int, cap: int, free: 
 
 
 @nb.njit(**_JIT)
+def plan_chunk(pos: np.ndarray, ppos: np.ndarray, S: int, F: int, lo: int, cap: int, free: np.ndarray, lo1: int, cap1: int, free1: np.ndarray) -> np.ndarray:
+    """:func:`plan_push` for each token of a chunk in turn (positions ``ppos`` [T]); returns (j, jq, jc) per token, [T, 3] int32."""
+    out = np.empty((ppos.shape[0], 3), np.int32)
+    for t in range(ppos.shape[0]):
+        j, jq, jc = plan_push(pos, ppos[t], S, F, lo, cap, free, lo1, cap1, free1)
+        out[t, 0], out[t, 1], out[t, 2] = j, jq, jc
+    return out
+
+
+@nb.njit(**_JIT)
 def decode_push(
     q: np.ndarray,
     k: np.ndarray,

@@ -83,15 +83,28 @@ class GPUBackend:
         T, n_cols = x.shape
         if n_cols != w.n_cols or tuple(out.shape) != (T, w.n_rows):
             raise ValueError(f"linear: W {w.shape}, x {tuple(x.shape)}, out {tuple(out.shape)} do not match")
+        self._matvec_or_matmul(w, x, out, accumulate)
+
+    def _matvec_or_matmul(self, w: Weight, x: Any, out: Any, accumulate: bool, up: Any = None, act: str | None = None) -> None:
+        """The one launch site of the weight products: matvec for a few tokens (where ``act`` makes
+        x = act(x) * up as it is read), tiled matmul for more (the activation a launch of its own)."""
+        T, n_cols = x.shape
         sfx = K.QTYPE_SUFFIX[w.qtype]
         row_bytes = w.data.shape[1]
         xd = to_device(x)
         with device_out(out) as od:
             if T <= MATVEC_MAX_TOKENS:
-                K.launch(f"matvec_{sfx}", (K.cdiv(w.n_rows, 4), T), (128,), w.data, xd, xd, od, w.n_rows, n_cols, row_bytes, int(accumulate), 0)
-            elif accumulate:  # prefill: the add is one more launch among hundreds of tokens' work
+                ud = xd if act is None else to_device(up)
+                K.launch(
+                    f"matvec_{sfx}", (K.cdiv(w.n_rows, 4), T), (128,),
+                    w.data, xd, ud, od, w.n_rows, n_cols, row_bytes, int(accumulate), _ACT.get(act, 0),
+                )  # fmt: skip
+                return
+            if act is not None:  # in place: the caller's gate is scratch
+                self._glu(f"{act}_mul_f32", xd, up, xd)
+            if accumulate:  # prefill: the add is one more launch among hundreds of tokens' work
                 y = self.xp.empty((T, w.n_rows), np.float32)
-                self.linear(w, xd, y)
+                K.launch(f"matmul_{sfx}", (K.cdiv(w.n_rows, 64), K.cdiv(T, 64)), (256,), w.data, xd, y, w.n_rows, n_cols, T, row_bytes)
                 self.add(od, y)
             else:
                 K.launch(f"matmul_{sfx}", (K.cdiv(w.n_rows, 64), K.cdiv(T, 64)), (256,), w.data, xd, od, w.n_rows, n_cols, T, row_bytes)
@@ -99,18 +112,9 @@ class GPUBackend:
     def linear_glu(self, w: Weight, gate: Any, up: Any, out: Any, act: str, accumulate: bool = False) -> None:
         """out (+)= (act(gate) * up) @ W.T; in decode the activation is computed as the matvec reads x (no launch of its own)."""
         T, n_cols = gate.shape
-        if T > MATVEC_MAX_TOKENS:
-            self._glu(f"{act}_mul_f32", gate, up, gate)
-            self.linear(w, gate, out, accumulate)
-            return
         if n_cols != w.n_cols or tuple(up.shape) != (T, n_cols) or tuple(out.shape) != (T, w.n_rows):
             raise ValueError(f"linear_glu: W {w.shape}, gate {tuple(gate.shape)}, up {tuple(up.shape)}, out {tuple(out.shape)} do not match")
-        gd, ud = to_device(gate), to_device(up)
-        with device_out(out) as od:
-            K.launch(
-                f"matvec_{K.QTYPE_SUFFIX[w.qtype]}", (K.cdiv(w.n_rows, 4), T), (128,),
-                w.data, gd, ud, od, w.n_rows, n_cols, w.data.shape[1], int(accumulate), _ACT[act],
-            )  # fmt: skip
+        self._matvec_or_matmul(w, gate, out, accumulate, up, act)
 
     def linear_add(self, w: Weight, x: Any, out: Any) -> None:
         """out += x @ W.T: in decode the add rides in the matvec (one launch fewer per projection)."""

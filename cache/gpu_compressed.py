@@ -17,15 +17,26 @@ probabilities are folded into them, and it ranks and picks victims there
 
 Two ways a token gets there:
 
-* **On the device** (a policy-free layer once its key basis and scale tables
-  are calibrated, the steady state of ``--kv-bits N`` without a policy): the
-  host plans the slots (:func:`~.insert.plan_push`, from the positions alone)
-  and ``ops/gpu/kvquant.cu`` moves, rotates and quantizes the tokens, the
-  CPU's quantizer step for step.  A decode step then copies nothing down,
-  and nothing up but its positions; a prefill chunk likewise.  The host copy
-  of the storage goes stale (``_stale``) until :meth:`_pull` brings it down
-  for a host-path step.
-* **On the host** (policies, KeepKV, calibration): the host storage is
+* **On the device**, once a layer's key basis and scale tables are
+  calibrated:
+
+  - a policy-free layer (the steady state of ``--kv-bits N``): the host
+    plans the slots (:func:`~.insert.plan_push`, from the positions alone)
+    and ``ops/gpu/kvquant.cu`` moves, rotates and quantizes the tokens, the
+    CPU's quantizer step for step.  A decode step or a prefill chunk copies
+    nothing down.
+  - a decode token of a layer with an eviction policy and no merging: the
+    host picks only the fp16 window slot (the same for every head);
+    ``kv_policy_push`` picks each head's pool slot over the policy's ranks
+    (:meth:`~.policies.base.Policy.rank_rows`, on the device), demotes or
+    drops the victim and moves the policy's per-slot state with the tokens.
+    Nothing comes down; the pools' positions are then the device's alone
+    (``_pos_stale``) until :meth:`_pull_positions`.
+
+  The host copy of the storage goes stale (``_stale``) until :meth:`_pull`
+  brings it down for a host-path step.
+* **On the host** (KeepKV and mean merging, prefill chunks that feed a
+  policy, calibration, steps of 2 to 4 tokens with a policy): the host storage is
   written as on the CPU, every write recorded (``_push``, the tracked pools),
   and before attention only the touched slot columns go up (:meth:`_sync`).
   Per decode step the new tokens' K/V come down ([T, n_kv, D]; q too while
@@ -55,7 +66,7 @@ from ..ops.gpu.arrays import device_out, is_device, positions, to_device
 from .base import LayerCache, LayerSpec
 from .compressed import MAX_DECODE_T, CompressedLayerCache
 from .factory import make_cache
-from .insert import plan_chunk, plan_push
+from .insert import plan_chunk, plan_push, window_slot
 from .kvconfig import KVConfig
 from .policies import make_policy
 from .pool import Pool
@@ -130,6 +141,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         # steady-state decode writes the device storage itself (kvquant.cu): then the
         # host copy is stale until _pull brings it down for a host-path step
         self._stale = False
+        self._pos_stale = False  # with a policy, device steps choose pool slots the host does not learn
         self._on_device = kvquant.supported(spec.head_dim, spec.head_dim_v, self.kv.group) is None
         p0, p1 = self.pools
         self.d_clips = to_device(kvquant.clip_table([CLIPS[p0.bits_k], CLIPS[p0.bits_v], CLIPS[p1.bits_k], CLIPS[p1.bits_v]]))
@@ -140,6 +152,9 @@ class GPUCompressedLayerCache(CompressedLayerCache):
     def update_and_attend(self, q, k, v, pos, out) -> None:
         if q.shape[0] == 1 and self._on_device and self._steady_state(int(pos[0])):
             self._decode_on_device(q, k, v, pos, out)
+            return
+        if q.shape[0] == 1 and self._on_device and self._policy_steady(int(pos[0])):
+            self._policy_decode_on_device(q, k, v, pos, out)
             return
         if q.shape[0] > MAX_DECODE_T and self.policy is None and not self.logw.size:
             self._prefill_on_device(q, k, v, _host(pos, np.int32), out)
@@ -158,11 +173,22 @@ class GPUCompressedLayerCache(CompressedLayerCache):
 
     def reset(self) -> None:
         super().reset()
+        self._pos_stale = False  # all empty, on both sides after the upload
         self._upload_meta()
 
     def truncate(self, n_past: int) -> None:
+        self._pull()  # the held positions may be the device's alone
         super().truncate(n_past)
         self._upload_meta()
+
+    def n_tokens(self) -> int:
+        self._pull_positions()
+        return super().n_tokens()
+
+    def held_positions(self) -> np.ndarray:
+        """[P, N] the position each slot holds (-1: empty), brought down where the device alone knows them."""
+        self._pull_positions()
+        return self.pos
 
     def dequantized(self, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         self._pull()
@@ -185,6 +211,49 @@ class GPUCompressedLayerCache(CompressedLayerCache):
             to_device(q[0]), to_device(k[0]), to_device(v[0]), db.t_k, db.mu, self.d_store, self.d_qr[0],
             slots, p, self.basis.rot is not None, self.rot_v is not None,
         )  # fmt: skip
+        self._attend_decode(q, pos, out, qr=self.d_qr)
+
+    def _policy_steady(self, p: int) -> bool:
+        """Whether a decode token at ``p`` can go in on the device with the policy's victims picked there (no merging)."""
+        return self.policy is not None and self.merger is None and self._calibrated_entry(p)
+
+    def _policy_decode_on_device(self, q: Any, k: Any, v: Any, pos: np.ndarray, out: Any) -> None:
+        """One decode token of a layer with an eviction policy, stored and attended on the device: nothing comes down.
+
+        The host picks the fp16 window slot (the same for every head; it keeps
+        the window's positions); ``kv_policy_push`` picks each head's pool
+        slot over the policy's ranks (:meth:`Policy.rank_rows`, computed on the
+        device only where a head's pool is full), moves and quantizes the
+        tokens and moves the policy's per-slot state with them.  The pools'
+        positions are then the device's alone (``_pos_stale``); the host
+        keeps only how many empty slots each head has left.
+        """
+        self._sync()
+        p = int(pos[0])
+        p0, p1 = self.pools
+        j, full = window_slot(self.pos, self.S, self.F)
+        spill = full and self.N > self.F
+        rank0 = rank1 = None
+        if spill:
+            lo0, lo1, pol = self.lo[0], self.lo[1], self.policy
+            took0 = self._free[0] > 0  # heads whose spill takes an empty pool-0 slot; the rest pick a victim
+            if not took0.all():
+                rank0 = pol.rank_rows(lo0, lo0 + p0.cap, self.d_pos[:, lo0 : lo0 + p0.cap])
+            took1 = ~took0 & (self._free[1] > 0)  # victims demoted into an empty pool-1 slot
+            if p1.cap and not (took0 | took1).all():
+                rank1 = pol.rank_rows(lo1, lo1 + p1.cap, self.d_pos[:, lo1 : lo1 + p1.cap])
+            self._free[0][took0] -= 1
+            if p1.cap:
+                self._free[1][took1] -= 1
+        self.pos[:, j] = p  # the window's positions stay right on the host
+        self._stale = self._pos_stale = True
+        db = self._device_basis()
+        kd = to_device(k[0])
+        kvquant.policy_push(
+            to_device(q[0]), kd, to_device(v[0]), db.t_k, db.mu, self.d_store, self.d_qr[0], j, spill, p,
+            self.basis.rot is not None, self.rot_v is not None, rank0, rank1, self.policy.per_slot(),
+        )  # fmt: skip
+        self.policy.on_insert(np.full(self.spec.n_head_kv, j, np.int64), p, kd)
         self._attend_decode(q, pos, out, qr=self.d_qr)
 
     def _prefill_on_device(self, q: Any, k: Any, v: Any, pos: np.ndarray, out: Any) -> None:
@@ -259,8 +328,15 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         y = xp.matmul(x.reshape(T, n_kv, H // n_kv, D).transpose(1, 0, 2, 3), m[:, None])
         return xp.ascontiguousarray(y.transpose(1, 0, 2, 3).reshape(T, H, D))
 
+    def _pull_positions(self) -> None:
+        """Bring the held positions down where the device alone knows them (after a policy's device steps)."""
+        if self._pos_stale:
+            self.pos[...] = K.runtime().asnumpy(self.d_pos)
+            self._pos_stale = False
+
     def _pull(self) -> None:
         """Bring the device storage down after device writes (before a host-path step: a prefill chunk, a policy)."""
+        self._pull_positions()
         if not self._stale:
             return
         rt = K.runtime()

@@ -115,6 +115,23 @@ def _take_slot(pos: np.ndarray, lo: int, cap: int, free: np.ndarray) -> int:
 
 
 @nb.njit(**_JIT)
+def window_slot(pos: np.ndarray, S: int, F: int) -> tuple[int, bool]:
+    """The residual-window slot of ``[S, F)`` a new token takes: the first empty one, else the oldest.
+
+    pos: [P, N] int32 (row 0 read: every row holds the same window).  Returns
+    (slot, full): ``full`` when the slot's token must first spill to the pools.
+    """
+    oldest = S
+    for s in range(S, F):
+        ps = pos[0, s]
+        if ps < 0:
+            return s, False
+        if ps < pos[0, oldest]:
+            oldest = s
+    return oldest, True
+
+
+@nb.njit(**_JIT)
 def plan_push(pos: np.ndarray, p: int, S: int, F: int, lo: int, cap: int, free: np.ndarray, lo1: int, cap1: int, free1: np.ndarray) -> tuple[int, int, int]:
     """Choose the slots of one decode token and move the shared positions; no K/V is touched.
 
@@ -125,19 +142,10 @@ def plan_push(pos: np.ndarray, p: int, S: int, F: int, lo: int, cap: int, free: 
     the free counts are updated as if the moves were done: the data moves
     (:func:`decode_push` here, ``kvquant.cu`` on the GPU) read only slots.
     """
-    j = -1
-    oldest = 0
-    for s in range(S, F):
-        ps = pos[0, s]
-        if ps < 0:
-            j = s
-            break
-        if s == S or ps < pos[0, oldest]:
-            oldest = s
+    j, full = window_slot(pos, S, F)
     jq = -1
     jc = -1
-    if j < 0:
-        j = oldest
+    if full:
         if cap > 0:
             jq = _take_slot(pos, lo, cap, free)
             if cap1 > 0 and pos[0, lo + jq] >= 0:

@@ -24,6 +24,7 @@ asking it); no code under test does that, it goes through ``asnumpy``.
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import numpy as np
@@ -132,10 +133,35 @@ class DeviceArray(np.ndarray):
         return f"DeviceArray({np.ndarray.__repr__(self.view(np.ndarray))})"
 
 
-class DeviceModule:
+class _DeviceNamespace:
+    """Functions of a numpy namespace (numpy itself, ``numpy.linalg``) on device arrays: host operands refused."""
+
+    def __init__(self, ns: Any, prefix: str) -> None:
+        self._ns, self._prefix = ns, prefix
+
+    def __getattr__(self, name: str) -> Any:
+        obj = getattr(self._ns, name)
+        if isinstance(obj, types.ModuleType):  # xp.linalg, xp.random, ...
+            return _DeviceNamespace(obj, f"{self._prefix}{name}.")
+        if isinstance(obj, type) or not callable(obj):  # dtypes, iinfo, constants
+            return obj
+        what = f"{self._prefix}{name}"
+
+        def on_device(*args: Any, **kwargs: Any) -> Any:
+            _refuse_host(args, what)
+            _refuse_host(tuple(kwargs.values()), what)
+            return _dev(obj(*_base(args), **{k: _base(v) for k, v in kwargs.items()}))
+
+        return on_device
+
+
+class DeviceModule(_DeviceNamespace):
     """The stand-in's ``xp``: numpy's names, device arrays in and out (host arrays only through the uploads)."""
 
     ndarray = DeviceArray
+
+    def __init__(self) -> None:
+        super().__init__(np, "xp.")
 
     # ------------------------------------------------------------ uploads: always a copy
     def asarray(self, a: Any, dtype: Any = None) -> DeviceArray:
@@ -154,19 +180,6 @@ class DeviceModule:
     def argsort(self, a: Any, axis: int = -1, kind: Any = None) -> DeviceArray:
         _refuse_host((a,), "xp.argsort")
         return _dev(np.argsort(_base(a), axis=axis, kind="stable"))
-
-    # ------------------------------------------------------------ the rest of numpy, on device arrays
-    def __getattr__(self, name: str) -> Any:
-        obj = getattr(np, name)
-        if isinstance(obj, type) or not callable(obj):  # dtypes, iinfo, constants
-            return obj
-
-        def on_device(*args: Any, **kwargs: Any) -> Any:
-            _refuse_host(args, f"xp.{name}")
-            _refuse_host(tuple(kwargs.values()), f"xp.{name}")
-            return _dev(obj(*_base(args), **{k: _base(v) for k, v in kwargs.items()}))
-
-        return on_device
 
 
 class StrictRuntime(EmulatedRuntime):

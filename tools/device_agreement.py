@@ -23,7 +23,11 @@ GPU follows the CPU's decode path as closely as the CPU's own batch path
 does.  Quantizing x on the GPU as the CPU does (tried) gave 30/32 and 0.62:
 rounding flips upstream saturate within a few layers, so the GPU keeps float x.
 
-    python tools/device_agreement.py MODEL --device gpu -n 32
+    python tools/device_agreement.py MODEL --device gpu -n 32 [--kv "4,policy=h2o,budget=32,residual=8"]
+
+With ``--kv`` both engines use that compressed cache (the batch row then
+attends once over the whole text, so it evicts nothing: with a budget it is
+no baseline).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import argparse
 
 import numpy as np
 
+from kvrun.cache.kvconfig import KVConfig
 from kvrun.runtime.engine import Engine
 
 
@@ -55,11 +60,13 @@ def main() -> None:
     ap.add_argument("--device", default="gpu")
     ap.add_argument("-p", "--prompt", default="The history of the printing press")
     ap.add_argument("-n", type=int, default=32)
+    ap.add_argument("--kv", default=None, help='compressed cache on both devices, a KVConfig spec such as "4,policy=h2o,budget=32"')
     a = ap.parse_args()
 
     cpu = Engine(a.model, device="cpu", n_ctx=512)
+    kv = KVConfig.parse(a.kv).validate(512) if a.kv else None
     toks = cpu.tokenizer.encode(a.prompt)
-    cache = cpu.new_cache()
+    cache = cpu.cache_for(kv, 512, cpu.n_batch)
     logits = [np.asarray(cpu.eval(cache, toks)[-1], np.float32)]
     seq = []
     for _ in range(a.n - 1):  # the CPU's greedy continuation, decode path
@@ -67,11 +74,11 @@ def main() -> None:
         logits.append(np.asarray(cpu.eval(cache, [seq[-1]])[-1], np.float32))
     ref = np.stack(logits)  # [n, vocab]: after the prompt, then after each generated token
 
-    batch = np.asarray(cpu.eval(cpu.new_cache(), toks + seq, logits_all=True, logits_start=len(toks) - 1), np.float32)
+    batch = np.asarray(cpu.eval(cpu.cache_for(kv, 512, cpu.n_batch), toks + seq, logits_all=True, logits_start=len(toks) - 1), np.float32)
     _compare("cpu batch vs cpu decode", ref, batch)
 
     dev = Engine(a.model, device=a.device, n_ctx=512)
-    cache = dev.new_cache()
+    cache = dev.cache_for(kv, 512, dev.n_batch)
     got = [np.asarray(dev.eval(cache, toks)[-1], np.float32)]
     for t in seq:
         got.append(np.asarray(dev.eval(cache, [t])[-1], np.float32))

@@ -18,8 +18,10 @@ policy's own, such as G-KV's ``hist``) is allocated with the array module
 GPU (CuPy, or the emulator's numpy stand-in), so the GPU cache keeps it next
 to the decode kernel's probabilities.  Every hook then works on it with
 ``xp`` operations and it never leaves the device: per decode step nothing
-comes down, and per eviction only the victim's slot number (one scalar, in
-:meth:`Policy.victim`).  What a hook is handed on the host (prefill
+comes down.  The GPU cache's decode step picks every head's victim on the
+device, from :meth:`Policy.rank_rows`, in its push kernel; on its host path
+(merging, several tokens) an eviction brings down only the victim's slot
+number (one scalar, in :meth:`Policy.victim`).  What a hook is handed on the host (prefill
 probabilities, slot ids, positions, keys) is reduced on the host where the
 hook reduces it, then uploaded with ``xp.asarray`` (no copy with numpy), so
 the CPU policies compute exactly what they did before and a device policy
@@ -127,6 +129,17 @@ class Policy:
         slots, pos: arrays of :attr:`xp` (or host arrays, uploaded).
         """
         return self.score[head, self._up(slots)]
+
+    def rank_rows(self, lo: int, hi: int, pos: Array) -> Array:
+        """Importance of slots ``[lo, hi)`` of every head at once: [n_kv, hi - lo] float32, C-contiguous.
+
+        pos: [n_kv, hi - lo] their positions (an array of :attr:`xp`; rows with
+        empty slots may rank anything there).  For the device decode step,
+        which picks each head's victim from these in one kernel
+        (``ops/gpu/kvquant.cu`` kq_pick: least important, oldest on ties, as
+        :meth:`victim`); row ``h`` equals :meth:`rank` of head ``h``.
+        """
+        return self.xp.ascontiguousarray(self.score[:, lo:hi])
 
     def victim(self, head: int, lo: int, hi: int, pos: np.ndarray) -> int:
         """The slot in ``[lo, hi)`` of ``head`` to evict: the least important (oldest on ties).

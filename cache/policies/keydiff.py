@@ -8,8 +8,9 @@ cosine similarity of its key to the anchor, the running mean of the
 normalised keys of its KV head, taken when the token enters the cache.
 
 Shapes: score [n_kv, N] float32 (an array of ``xp``, see :mod:`.base`);
-anchor [n_kv, D] float32 (sum of unit keys), on the host with the keys it
-comes from: only the new token's [n_kv] scores go up.
+anchor [n_kv, D] float32 (sum of unit keys), an array of ``xp`` too: the
+GPU cache's device decode step hands it the new key on the device, and a
+host-path key goes up.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Policy
+from .base import Array, Policy
 
 
 class KeyDiff(Policy):
@@ -29,12 +30,14 @@ class KeyDiff(Policy):
         super().__init__(n_kv, n_slots, xp)
         self.anchor: np.ndarray | None = None  # [n_kv, D]
 
-    def on_insert(self, slots: np.ndarray, pos: int, k: np.ndarray) -> None:
-        unit = k / np.maximum(np.linalg.norm(k, axis=1, keepdims=True), 1e-12)  # [n_kv, D]
+    def on_insert(self, slots: np.ndarray, pos: int, k: Array) -> None:
+        xp = self.xp
+        k = self._up(k)  # a host key goes up; a device one (the GPU cache's device step) stays
+        unit = k / xp.maximum(xp.linalg.norm(k, axis=1, keepdims=True), np.float32(1e-12))  # [n_kv, D]
         if self.anchor is None:
-            self.anchor = np.zeros_like(unit)
-        a = self.anchor / np.maximum(np.linalg.norm(self.anchor, axis=1, keepdims=True), 1e-12)
-        self.score[self._heads(slots)] = self._up(-(unit * a).sum(axis=1))
+            self.anchor = xp.zeros_like(unit)
+        a = self.anchor / xp.maximum(xp.linalg.norm(self.anchor, axis=1, keepdims=True), np.float32(1e-12))
+        self.score[self._heads(slots)] = -(unit * a).sum(axis=1)
         self.anchor += unit
 
     def prefill(self, head: int, probs: np.ndarray | None, old: np.ndarray) -> None:

@@ -46,21 +46,29 @@ class SnapKV(Policy):
         self._pending[head] = [(self.score, obs[len(old) :])]
 
     def rank(self, head: int, slots: Array, pos: Array) -> Array:
+        s = self.score[head, self._up(slots)]
+        return self._pooled(s[None], self._up(pos)[None])[0]
+
+    def rank_rows(self, lo: int, hi: int, pos: Array) -> Array:
+        return self._pooled(self.score[:, lo:hi], pos)
+
+    def _pooled(self, s: Array, pos: Array) -> Array:
+        """Scores s [m, n] max-pooled over ``kernel`` neighbours in position order (pos [m, n]), per row."""
         xp = self.xp
-        order = self._argsort(self._up(pos))  # [n] the candidates by position
-        s = self.score[head, self._up(slots)[order]]
+        m, n = s.shape
+        rows = xp.arange(m)[:, None]
+        order = self._argsort(pos)  # [m, n] each row's candidates by position
         half = self.kernel // 2
-        padded = xp.pad(s, half, mode="edge")  # [n + kernel - 1]
-        n = len(s)
+        padded = xp.pad(s[rows, order], ((0, 0), (half, half)), mode="edge")  # [m, n + kernel - 1]
         # max over each position's window of `kernel` neighbours, one shift at a time: element-wise
         # maxima any xp has, exact as numpy's sliding-window max
-        pooled_sorted = padded[:n]
+        pooled_sorted = padded[:, :n]
         for i in range(1, self.kernel):
-            pooled_sorted = xp.maximum(pooled_sorted, padded[i : i + n])
-        pooled = xp.empty_like(s)
-        pooled[order] = pooled_sorted
+            pooled_sorted = xp.maximum(pooled_sorted, padded[:, i : i + n])
+        pooled = xp.empty((m, n), np.float32)
+        pooled[rows, order] = pooled_sorted
         return pooled
 
     def _argsort(self, a: Array) -> Array:
-        """Stable argsort with :attr:`xp` (CuPy's sort is always stable and takes no ``kind``)."""
-        return np.argsort(a, kind="stable") if self.xp is np else self.xp.argsort(a)
+        """Stable argsort along the last axis with :attr:`xp` (CuPy's sort is always stable and takes no ``kind``)."""
+        return np.argsort(a, axis=-1, kind="stable") if self.xp is np else self.xp.argsort(a, axis=-1)

@@ -161,20 +161,22 @@ extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kvq_quantize_rows(const f
 //   jq >= 0: fp16 slot j's token spills: quantized into pool 0 slot jq;
 //   always:  the new token goes to fp16 slot j in the cache basis,
 //            keys (k * t_k) @ H - mu, values v @ H (H where rot_*);
-//   and (block 0) the shared positions follow: pos[lo1 + jc] = pos[lo0 + jq], pos[lo0 + jq] = pos[j], pos[j] = p.
+//   and the positions follow in prow (when given): prow[lo1 + jc] = prow[lo0 + jq], prow[lo0 + jq] = prow[j], prow[j] = p.
 //
 // (cache/insert.py decode_push; the host chose the slots with plan_push.)
-// k [D], v [Dv] this head's new row; t_k, mu [D] this head's basis.
+// k [D], v [Dv] this head's new row; t_k, mu [D] this head's basis; prow: the
+// position row this block moves (block 0's shared row without a policy, the
+// head's own row with one), nullptr for none.
 struct KQPools {
     u16 *k16, *v16;
     u8 *kc0, *km0, *vc0, *vm0, *kc1, *km1, *vc1, *vm1;
     const float *luts, *clips;  // [4, 256] klut0, vlut0, klut1, vlut1; [4, KQ_MAX_CLIPS] the same four
-    int* pos;                   // [1, F + C0 + C1]
+    int* pos;                   // [P, F + C0 + C1]: P = 1 shared row (no policy), else one row per KV head
     int F, C0, C1, D, Dv, G, wk0, wv0, wk1, wv1;
 };
 
 __device__ void kq_push_token(const KQPools& c, const float* k, const float* v, const float* t_k, const float* mu, int j, int jq, int jc,
-                              int p, int rot_k, int rot_v, float* xs, int* cs, float* scr) {
+                              int p, int rot_k, int rot_v, int* prow, float* xs, int* cs, float* scr) {
     const int h = blockIdx.x, d = threadIdx.x;
     const int D = c.D, Dv = c.Dv, G = c.G, F = c.F;
     const bool onk = d < D, onv = d < Dv;
@@ -209,10 +211,25 @@ __device__ void kq_push_token(const KQPools& c, const float* k, const float* v, 
     __syncthreads();
     if (onv) c.v16[((size_t)h * F + j) * Dv + d] = f2h(xs[d]);
     __syncthreads();
-    if (h == 0 && d == 0) {  // positions are shared by all heads (no policy): one thread moves them, in token order
-        if (jc >= 0) c.pos[F + c.C0 + jc] = c.pos[F + jq];
-        if (jq >= 0) c.pos[F + jq] = c.pos[j];
-        c.pos[j] = p;
+    if (prow != nullptr && d == 0) {  // one thread moves the positions, in token order
+        if (jc >= 0) prow[F + c.C0 + jc] = prow[F + jq];
+        if (jq >= 0) prow[F + jq] = prow[j];
+        prow[j] = p;
+    }
+}
+
+// qr = (q / t_k) @ H for the query heads of this block's KV head (H where rot_k).
+// q, qr [n_head, D]; t_k [n_kv, D].
+__device__ void kq_queries(const float* q, const float* t_k, float* qr, int n_head, int D, int rot_k, float* xs) {
+    const int h = blockIdx.x, n_kv = gridDim.x, d = threadIdx.x;
+    const int gqa = n_head / n_kv;
+    for (int i = 0; i < gqa; ++i) {
+        const size_t row = (size_t)(h * gqa + i) * D;
+        __syncthreads();
+        if (d < D) xs[d] = q[row + d] / t_k[(size_t)h * D + d];
+        if (rot_k) kq_fwht(xs, D);
+        __syncthreads();
+        if (d < D) qr[row + d] = xs[d];
     }
 }
 
@@ -232,17 +249,11 @@ extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_decode_push(const floa
     __shared__ int cs[KQ_MAX_T];
     __shared__ float scr[WARP];
     const KQPools c KQ_POOLS;
-    const int h = blockIdx.x, n_kv = gridDim.x, d = threadIdx.x;
-    kq_push_token(c, k + (size_t)h * D, v + (size_t)h * Dv, t_k + (size_t)h * D, mu + (size_t)h * D, j, jq, jc, p, rot_k, rot_v, xs, cs, scr);
-    const int gqa = n_head / n_kv;
-    for (int i = 0; i < gqa; ++i) {
-        const size_t row = (size_t)(h * gqa + i) * D;
-        __syncthreads();
-        if (d < D) xs[d] = q[row + d] / t_k[(size_t)h * D + d];
-        if (rot_k) kq_fwht(xs, D);
-        __syncthreads();
-        if (d < D) qr[row + d] = xs[d];
-    }
+    const int h = blockIdx.x;
+    // positions are shared by all heads (no policy): block 0 moves them
+    kq_push_token(c, k + (size_t)h * D, v + (size_t)h * Dv, t_k + (size_t)h * D, mu + (size_t)h * D, j, jq, jc, p, rot_k, rot_v,
+                  h == 0 ? c.pos : nullptr, xs, cs, scr);
+    kq_queries(q, t_k, qr, n_head, D, rot_k, xs);
 }
 
 // A prefill chunk's tokens, in order (each may spill the one before it):
@@ -258,6 +269,82 @@ extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_push_tokens(const floa
     for (int t = 0; t < T; ++t) {
         const int* sl = slots + 3 * t;
         kq_push_token(c, k + ((size_t)t * n_kv + h) * D, v + ((size_t)t * n_kv + h) * Dv, t_k + (size_t)h * D, mu + (size_t)h * D, sl[0], sl[1],
-                      sl[2], ppos[t], rot_k, rot_v, xs, cs, scr);
+                      sl[2], ppos[t], rot_k, rot_v, h == 0 ? c.pos : nullptr, xs, cs, scr);
     }
+}
+
+// The slot of one head's pool to fill: its first empty slot (position < 0),
+// else the least important by `rank` (the policy's, [C]; nullptr: all equal),
+// the oldest of those on ties: Policy.victim in cache/policies/base.py.  prow:
+// the pool's [C] positions.  Warp 0 scans (lanes stride the slots, then a
+// butterfly keeps the best); every thread gets the slot, and *was_empty.
+__device__ int kq_pick(const int* prow, const float* rank, int C, bool* was_empty, int* si) {
+    const int d = threadIdx.x;
+    __syncthreads();  // si may still be read from the last call
+    if (d < WARP) {
+        int e = C, bi = -1, bp = 0;  // first empty slot; best occupied slot and its position
+        float br = 0.0f;
+        for (int s = d; s < C; s += WARP) {
+            const int ps = prow[s];
+            const float r = rank != nullptr ? rank[s] : 0.0f;
+            if (ps < 0) {
+                if (s < e) e = s;
+            } else if (bi < 0 || r < br || (r == br && ps < bp)) {
+                bi = s, br = r, bp = ps;
+            }
+        }
+        for (int o = WARP / 2; o > 0; o >>= 1) {
+            const int e2 = __shfl_xor_sync(FULL_MASK, e, o), bi2 = __shfl_xor_sync(FULL_MASK, bi, o);
+            const int bp2 = __shfl_xor_sync(FULL_MASK, bp, o);
+            const float br2 = __shfl_xor_sync(FULL_MASK, br, o);
+            e = e2 < e ? e2 : e;
+            if (bi2 >= 0 && (bi < 0 || br2 < br || (br2 == br && bp2 < bp))) bi = bi2, br = br2, bp = bp2;
+        }
+        if (d == 0) si[0] = e < C ? e : bi, si[1] = e < C;
+    }
+    __syncthreads();
+    *was_empty = si[1] != 0;
+    return si[0];
+}
+
+// A decode token into a compressed layer with an eviction policy (no merging),
+// one block per KV head; each head keeps its own tokens (pos [n_kv, N]):
+//
+//   spill: fp16 slot j's token goes to this head's pool-0 slot jq: the first
+//          empty one, else the policy's victim (kq_pick over rank0 [n_kv, C0]);
+//          a victim is demoted to pool 1 (slot jc, picked over rank1 [n_kv, C1])
+//          when there is a pool 1, else dropped;
+//   then the new token into fp16 slot j, and the queries into the cache basis
+//   (as kv_decode_push);
+//   the policy's per-slot state (n_ps arrays [n_kv, N]: ps0, ps1, ps2) moves
+//   with its tokens, as Policy.move does: jc <- jq, jq <- j.
+//
+// (cache/compressed.py _push / _place with the policy's victims: the host
+// knows j, the same for every head, and does not learn jq or jc.)
+extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_policy_push(const float* q, const float* k, const float* v, const float* t_k, const float* mu, KQ_POOL_PARAMS,
+                                          float* qr, const float* rank0, const float* rank1, float* ps0, float* ps1, float* ps2, int n_ps,
+                                          int j, int spill, int p, int n_head, int rot_k, int rot_v, int has_rank0, int has_rank1, KQ_POOL_SIZES) {
+    __shared__ float xs[KQ_MAX_T];
+    __shared__ int cs[KQ_MAX_T];
+    __shared__ float scr[WARP];
+    __shared__ int si[2];
+    const KQPools c KQ_POOLS;
+    const int h = blockIdx.x, d = threadIdx.x;
+    const int N = F + C0 + C1;
+    int* prow = c.pos + (size_t)h * N;
+    int jq = -1, jc = -1;
+    if (spill) {
+        bool empty = false;
+        jq = kq_pick(prow + F, has_rank0 ? rank0 + (size_t)h * C0 : nullptr, C0, &empty, si);
+        if (!empty && C1 > 0) jc = kq_pick(prow + F + C0, has_rank1 ? rank1 + (size_t)h * C1 : nullptr, C1, &empty, si);
+    }
+    __syncthreads();  // the picks read prow; kq_push_token moves it
+    kq_push_token(c, k + (size_t)h * D, v + (size_t)h * Dv, t_k + (size_t)h * D, mu + (size_t)h * D, j, jq, jc, p, rot_k, rot_v, prow, xs, cs,
+                  scr);
+    if (d < n_ps) {  // one thread per state array
+        float* a = (d == 0 ? ps0 : d == 1 ? ps1 : ps2) + (size_t)h * N;
+        if (jc >= 0) a[F + C0 + jc] = a[F + jq];
+        if (jq >= 0) a[F + jq] = a[j];
+    }
+    kq_queries(q, t_k, qr, n_head, D, rot_k, xs);
 }

@@ -67,7 +67,7 @@ class DeviceStore(NamedTuple):
     pool1: DevicePool  # 0 slots when there is none
     luts: Any  # [4, 256] float32: klut0, vlut0, klut1, vlut1
     clips: Any  # [4, MAX_CLIPS] float32, the same four (clip_table)
-    pos: Any  # [1, N] int32 shared positions, updated by the kernels
+    pos: Any  # [P, N] int32 positions, updated by the kernels: [1, N] shared without a policy, a row per KV head with one
     group: int
 
 
@@ -102,3 +102,30 @@ def push_tokens(k: Any, v: Any, t_k: Any, mu: Any, st: DeviceStore, slots: Any, 
     arrays, sizes = _pools(st)
     threads = _threads(st.k16.shape[2], st.v16.shape[2])
     K.launch("kv_push_tokens", (st.k16.shape[0],), (threads,), k, v, t_k, mu, *arrays, slots, ppos, k.shape[0], int(rot_k), int(rot_v), *sizes)
+
+
+def policy_push(
+    q: Any, k: Any, v: Any, t_k: Any, mu: Any, st: DeviceStore, qr: Any, j: int, spill: bool, p: int, rot_k: bool, rot_v: bool,
+    rank0: Any, rank1: Any, state: list[Any],
+) -> None:  # fmt: skip
+    """One decode token into a compressed layer with an eviction policy (no merging), on the device.
+
+    Each KV head keeps its own tokens (``st.pos`` [n_kv, N]).  The new token
+    goes to fp16 slot ``j`` (the host's choice, the same for every head);
+    with ``spill`` the token there first moves to each head's pool 0: to its
+    first empty slot, else over the policy's least important (``rank0``
+    [n_kv, C0] float32, or None where no head's pool 0 is full), which is
+    demoted to pool 1 (picked over ``rank1`` [n_kv, C1] likewise) when there is
+    one, else dropped.  ``state``: the policy's per-slot arrays ([n_kv, N]
+    float32, at most 3), moved with their tokens.  The rest as :func:`decode_push`.
+    """
+    if len(state) > 3:
+        raise ValueError(f"at most 3 per-slot policy arrays, got {len(state)}")
+    arrays, sizes = _pools(st)
+    threads = _threads(st.k16.shape[2], st.v16.shape[2])
+    ps = list(state) + [qr] * (3 - len(state))  # unused pointers: any array
+    K.launch(
+        "kv_policy_push", (st.k16.shape[0],), (threads,), q, k, v, t_k, mu, *arrays, qr,
+        qr if rank0 is None else rank0, qr if rank1 is None else rank1, *ps, len(state),
+        j, int(spill), p, q.shape[0], int(rot_k), int(rot_v), int(rank0 is not None), int(rank1 is not None), *sizes,
+    )  # fmt: skip

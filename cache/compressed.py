@@ -327,13 +327,13 @@ class CompressedLayerCache(LayerCache):
 
     def _steady_state(self, p: int) -> bool:
         """Whether a decode token at position ``p`` only moves slots by age: no policy, no merge weights, calibrated."""
-        return self.policy is None and self._calibrated_entry(p)
+        return self.policy is None and not self.logw.size and self._calibrated_entry(p)
 
     def _calibrated_entry(self, p: int) -> bool:
-        """Whether a token at position ``p`` enters the fp16 window of a calibrated cache with lossy pools and no merge weights."""
+        """Whether a token at position ``p`` enters the fp16 window of a calibrated cache with lossy pools."""
         p0 = self.pools[0]
         return (
-            not self.logw.size and self.R > 0 and p >= self.S
+            self.R > 0 and p >= self.S
             and p0.calibrated and self.basis.calibrated and p0.bits_k < 16 and p0.bits_v < 16
             and (self.pools[1].cap == 0 or (self.pools[1].bits_k < 16 and self.pools[1].bits_v < 16))
         )  # fmt: skip

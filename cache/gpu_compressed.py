@@ -25,18 +25,19 @@ Two ways a token gets there:
     and ``ops/gpu/kvquant.cu`` moves, rotates and quantizes the tokens, the
     CPU's quantizer step for step.  A decode step or a prefill chunk copies
     nothing down.
-  - a decode token of a layer with an eviction policy and no merging: the
-    host picks only the fp16 window slot (the same for every head);
-    ``kv_policy_push`` picks each head's pool slot over the policy's ranks
-    (:meth:`~.policies.base.Policy.rank_rows`, on the device), demotes or
-    drops the victim and moves the policy's per-slot state with the tokens.
+  - a decode token of a layer with an eviction policy: the host picks only
+    the fp16 window slot (the same for every head); ``kv_policy_push`` picks
+    each head's pool slot over the policy's ranks
+    (:meth:`~.policies.base.Policy.rank_rows`, on the device), demotes,
+    merges (mean, KeepKV) or drops the victim and moves the policy's
+    per-slot state and the merge log-weights with the tokens.
     Nothing comes down; the pools' positions are then the device's alone
     (``_pos_stale``) until :meth:`_pull_positions`.
 
   The host copy of the storage goes stale (``_stale``) until :meth:`_pull`
   brings it down for a host-path step.
-* **On the host** (KeepKV and mean merging, prefill chunks that feed a
-  policy, calibration, steps of 2 to 4 tokens with a policy): the host storage is
+* **On the host** (prefill chunks that feed a policy or KeepKV weights,
+  calibration, steps of 2 to 4 tokens with a policy): the host storage is
   written as on the CPU, every write recorded (``_push``, the tracked pools),
   and before attention only the touched slot columns go up (:meth:`_sync`).
   Per decode step the new tokens' K/V come down ([T, n_kv, D]; q too while
@@ -71,6 +72,9 @@ from .kvconfig import KVConfig
 from .policies import make_policy
 from .pool import Pool
 from .quant import CLIPS
+
+
+_DEVICE_MERGES = {"mean": kvquant.MERGE_MEAN, "keepkv": kvquant.MERGE_KEEPKV}  # mergers kv_policy_push does (cache/merge.py)
 
 
 class _TrackedPool(Pool):
@@ -214,11 +218,20 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         self._attend_decode(q, pos, out, qr=self.d_qr)
 
     def _policy_steady(self, p: int) -> bool:
-        """Whether a decode token at ``p`` can go in on the device with the policy's victims picked there (no merging)."""
-        return self.policy is not None and self.merger is None and self._calibrated_entry(p)
+        """Whether a decode token at ``p`` can go in on the device, the policy's victims picked (and merged) there."""
+        return self.policy is not None and (self.merger is None or self.merger.name in _DEVICE_MERGES) and self._calibrated_entry(p)
+
+    def _device_merge(self) -> kvquant.DeviceMerge | None:
+        """The merger's parameters for ``kv_policy_push`` (None: evicted tokens are dropped)."""
+        m, pol = self.merger, self.policy
+        if m is None:
+            return None
+        keepkv = m.name == "keepkv"
+        score = pol.score if keepkv and pol.needs_probs else None  # KeepKV weighs by the scores the policy accumulates
+        return kvquant.DeviceMerge(_DEVICE_MERGES[m.name], float(m.threshold), self.d_logw if keepkv else None, score, pol.fold_arrays())
 
     def _policy_decode_on_device(self, q: Any, k: Any, v: Any, pos: np.ndarray, out: Any) -> None:
-        """One decode token of a layer with an eviction policy, stored and attended on the device: nothing comes down.
+        """One decode token of a layer with an eviction policy (and merging), stored and attended on the device: nothing comes down.
 
         The host picks the fp16 window slot (the same for every head; it keeps
         the window's positions); ``kv_policy_push`` picks each head's pool
@@ -252,6 +265,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         kvquant.policy_push(
             to_device(q[0]), kd, to_device(v[0]), db.t_k, db.mu, self.d_store, self.d_qr[0], j, spill, p,
             self.basis.rot is not None, self.rot_v is not None, rank0, rank1, self.policy.per_slot(),
+            self._device_merge(), self.d_logw if self.logw.size else None,
         )  # fmt: skip
         self.policy.on_insert(np.full(self.spec.n_head_kv, j, np.int64), p, kd)
         self._attend_decode(q, pos, out, qr=self.d_qr)
@@ -329,9 +343,11 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         return xp.ascontiguousarray(y.transpose(1, 0, 2, 3).reshape(T, H, D))
 
     def _pull_positions(self) -> None:
-        """Bring the held positions down where the device alone knows them (after a policy's device steps)."""
+        """Bring the held positions (and merge weights) down where the device alone knows them (after a policy's device steps)."""
         if self._pos_stale:
             self.pos[...] = K.runtime().asnumpy(self.d_pos)
+            if self.logw.size:
+                self.logw[...] = K.runtime().asnumpy(self.d_logw)
             self._pos_stale = False
 
     def _pull(self) -> None:

@@ -161,13 +161,16 @@ def test_bad_arguments_are_refused(rt):
 
 # ----------------------------------------------------------------- the layer cache
 def test_layer_cache_mirror_is_incremental(rt):
-    """Decode steps upload only the slots they wrote; the mirror equals the host storage after
-    prefill, decode, eviction with merging, truncate and reset."""
+    """Host-path steps upload only the slots they wrote, device steps (kv_policy_push) none; the
+    mirror equals the host storage after prefill, decode, eviction with merging, truncate and reset.
+
+    Outputs within 2e-3: the one-token steps quantize and merge on the device (test_gpu_policies;
+    mixed 8/2 there and here: see its CACHE_KV for why not 4/2)."""
     from kvrun.cache.base import LayerSpec
     from kvrun.cache.compressed import CompressedLayerCache
 
     spec = LayerSpec(n_head=4, n_head_kv=2, head_dim=32, head_dim_v=32, scale=32**-0.5)
-    kv = KVConfig.parse("2,policy=h2o,budget=24,residual=4,sinks=2,merge=keepkv,mixed=4/2,group=16").validate(64)
+    kv = KVConfig.parse("2,policy=h2o,budget=24,residual=4,sinks=2,merge=keepkv,mixed=8/2,group=16").validate(64)
     cpu_c = CompressedLayerCache(spec, kv, 64)
     gpu_c = GPUCompressedLayerCache(spec, kv, 64)
     rng = np.random.default_rng(4)
@@ -182,8 +185,8 @@ def test_layer_cache_mirror_is_incremental(rt):
         cpu_c.update_and_attend(q, k, v, pos, want)
         out = rt.xp.full((T, 4, 32), np.nan, np.float32)
         gpu_c.update_and_attend(rt.xp.asarray(q), rt.xp.asarray(k), rt.xp.asarray(v), pos, out)
-        assert rel_err(rt.asnumpy(out), want) <= 1e-4, f"chunk of {T} at {p}"
-        np.testing.assert_allclose(rt.asnumpy(gpu_c.policy.score), cpu_c.policy.score, rtol=1e-4, atol=1e-6)  # the scores live on the device
+        assert rel_err(rt.asnumpy(out), want) <= 2e-3, f"chunk of {T} at {p}"
+        np.testing.assert_allclose(rt.asnumpy(gpu_c.policy.score), cpu_c.policy.score, rtol=2e-3, atol=1e-6)  # the scores live on the device
         if p > 10 and T == 1:
             uploads.append(gpu_c.last_upload)
         p += T

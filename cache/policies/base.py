@@ -119,9 +119,14 @@ class Policy:
         for arr in self.per_slot():
             arr[head, dst] = arr[head, src]
 
+    def fold_arrays(self) -> list[Array]:
+        """Arrays [n_kv, N] whose entries add up when a token is merged into another (:meth:`fold`)."""
+        return [self.score]
+
     def fold(self, head: int, src: int, dst: int) -> None:
         """The token in ``src`` was merged into ``dst``: its importance adds up."""
-        self.score[head, dst] += self.score[head, src]
+        for arr in self.fold_arrays():
+            arr[head, dst] += arr[head, src]
 
     def rank(self, head: int, slots: Array, pos: Array) -> Array:
         """Importance of candidate ``slots`` of ``head`` ([n] -> [n] float); ``pos``: their positions.

@@ -54,6 +54,5 @@ class GKV(Policy):
         self.score[head, o] = a * cur[:n] + b * self.hist[head, o]
         self._pending[head] = [(self.score, a * cur[n:] + b * hist[n:]), (self.hist, hist[n:])]
 
-    def fold(self, head: int, src: int, dst: int) -> None:
-        self.score[head, dst] += self.score[head, src]
-        self.hist[head, dst] += self.hist[head, src]
+    def fold_arrays(self) -> list[Array]:
+        return [self.score, self.hist]

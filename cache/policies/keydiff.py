@@ -43,5 +43,5 @@ class KeyDiff(Policy):
     def prefill(self, head: int, probs: np.ndarray | None, old: np.ndarray) -> None:
         pass  # keys are scored by on_insert
 
-    def fold(self, head: int, src: int, dst: int) -> None:
-        pass
+    def fold_arrays(self) -> list[Array]:
+        return []  # a key's score is its own

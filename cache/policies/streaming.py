@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Policy
+from .base import Array, Policy
 
 
 class Streaming(Policy):
@@ -25,5 +25,5 @@ class Streaming(Policy):
     def prefill(self, head: int, probs: np.ndarray | None, old: np.ndarray) -> None:
         pass  # positions are set by on_insert
 
-    def fold(self, head: int, src: int, dst: int) -> None:
-        pass  # a merged token keeps its own position
+    def fold_arrays(self) -> list[Array]:
+        return []  # a merged token keeps its own position

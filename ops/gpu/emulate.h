@@ -165,6 +165,20 @@ static inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
     return r;
 }
 
+static inline int __shfl_xor_sync(unsigned m, int v, int lane_mask) {  // the bits travel through the float slot
+    float f;
+    std::memcpy(&f, &v, 4);
+    f = __shfl_xor_sync(m, f, lane_mask);
+    int r;
+    std::memcpy(&r, &f, 4);
+    return r;
+}
+
+// rounding-mode intrinsics (round to nearest, never contracted: the host compiler does not contract either)
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fdiv_rn(float a, float b) { return a / b; }
+
 static void emu_entry() {
     (*emu_body)();
     emu_fibers[emu_cur].done = true;

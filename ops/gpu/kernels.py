@@ -97,8 +97,9 @@ _declare("kvquant.cu", "kvq_quantize_rows", "pppppiii")
 _declare("kvquant.cu", "kv_decode_push", "p" * 19 + "i" * 7 + "i" * 10)
 # k, v, t_k, mu, pools, slots, ppos, T, rot_k, rot_v, sizes
 _declare("kvquant.cu", "kv_push_tokens", "p" * 19 + "i" * 3 + "i" * 10)
-# q, k, v, t_k, mu, pools (13), qr, rank0, rank1, ps0..2, n_ps, j, spill, p, n_head, rot_k, rot_v, has_rank0, has_rank1, sizes (10)
-_declare("kvquant.cu", "kv_policy_push", "p" * 24 + "i" * 9 + "i" * 10)
+# q, k, v, t_k, mu, pools (13), qr, rank0, rank1, ps0..2, logw, score, fold0, fold1; n_ps, j, spill, p, n_head, rot_k, rot_v,
+# has_rank0, has_rank1, merge, threshold, has_logw, has_score, n_fold, sizes (10)
+_declare("kvquant.cu", "kv_policy_push", "p" * 28 + "i" * 10 + "f" + "iii" + "i" * 10)
 
 
 def cu_files() -> list[str]:

@@ -307,28 +307,154 @@ __device__ int kq_pick(const int* prow, const float* rank, int C, bool* was_empt
     return si[0];
 }
 
-// A decode token into a compressed layer with an eviction policy (no merging),
-// one block per KV head; each head keeps its own tokens (pos [n_kv, N]):
+// Merging into a kept token (cache/merge.py Merger.evict): what kq_merge needs beyond the pools.
+struct KQMerge {
+    int mode;         // 0 none, 1 mean (D2O/CaM averaging above `threshold`), 2 keepkv (votes and scores)
+    float threshold;  // least cosine similarity that merges (below: the victim is dropped)
+    float* logw;      // [n_kv, N] log merge weights (keepkv), else nullptr
+    const float* score;  // [n_kv, N] the policy's scores, weighing a keepkv merge, else nullptr
+    float* fold0;     // [n_kv, N] state the victim's entry adds into the target's (Policy.fold_arrays), or nullptr
+    float* fold1;
+};
+
+// Block-wide sum of one value per thread, in warp order (every thread gets it).  red: [32] shared floats.
+__device__ float kq_block_sum(float v, float* red) {
+    const int lane = threadIdx.x % WARP, wid = threadIdx.x / WARP, nw = (blockDim.x + WARP - 1) / WARP;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) red[wid] = v;
+    __syncthreads();
+    float s = 0.0f;
+    for (int i = 0; i < nw; ++i) s += red[i];
+    return s;
+}
+
+// The token in slot v of pool `pool` (this block's head) is evicted: fold it into the kept
+// token of that pool whose key is most similar (cosine; the first on ties), when at least
+// m.threshold; re-quantize that target; add the victim's state into the target's.  As
+// Merger.evict: called before the slot is overwritten.  xs: [KQ_MAX_T] shared floats, cs as kq_quantize_row's;
+// red: [32] shared floats; redi: [32] shared ints.
+__device__ void kq_merge(const KQPools& c, const KQMerge& m, int pool, int v, float* xs, int* cs, float* scr, float* red, int* redi) {
+    const int h = blockIdx.x, d = threadIdx.x, lane = d % WARP, wid = d / WARP, nw = (blockDim.x + WARP - 1) / WARP;
+    const int D = c.D, Dv = c.Dv, G = c.G, lgG = kvq_log2_exact(G);
+    const int C = pool ? c.C1 : c.C0, lo = c.F + (pool ? c.C0 : 0), N = c.F + c.C0 + c.C1;
+    const int wk = pool ? c.wk1 : c.wk0, wv = pool ? c.wv1 : c.wv0;
+    u8* kc = pool ? c.kc1 : c.kc0;
+    u8* kmeta = pool ? c.km1 : c.km0;
+    u8* vc = pool ? c.vc1 : c.vc0;
+    u8* vmeta = pool ? c.vm1 : c.vm0;
+    const float* klut = c.luts + (pool ? 512 : 0);
+    const float* vlut = klut + 256;
+    const float* kclips = c.clips + (pool ? 2 : 0) * KQ_MAX_CLIPS;
+    const float* vclips = kclips + KQ_MAX_CLIPS;
+    const size_t kb = (size_t)D * kvq_container(wk) / 8, vb = (size_t)Dv * kvq_container(wv) / 8;
+    const size_t kmb = (size_t)(D / G) * 2, vmb = (size_t)(Dv / G) * 2;
+    const int* prow = c.pos + (size_t)h * N + lo;
+    const bool onk = d < D, onv = d < Dv;
+    // the victim's key in shared memory (every warp reads it), its value in a register
+    const size_t rv = (size_t)h * C + v;
+    const KVQRow vkr{kc + rv * kb, kmeta + rv * kmb, klut, wk};
+    const KVQRow vvr{vc + rv * vb, vmeta + rv * vmb, vlut, wv};
+    const float ke = onk ? kvq_value(vkr, G, lgG, d) : 0.0f;
+    const float ve = onv ? kvq_value(vvr, G, lgG, d) : 0.0f;
+    __syncthreads();
+    if (onk) xs[d] = ke;
+    const float nq = kq_block_sum(onk ? ke * ke : 0.0f, red);  // (its barriers publish xs too)
+    // similarities: warp w takes slots w, w + nw, ...; each keeps its best (the first of equals)
+    float best = NEG_INF;
+    int bt = -1;
+    for (int s = wid; s < C; s += nw) {
+        float sim = NEG_INF;
+        if (s != v && prow[s] >= 0) {
+            const size_t r = (size_t)h * C + s;
+            const KVQRow kr{kc + r * kb, kmeta + r * kmb, klut, wk};
+            float dot = 0.0f, nk = 0.0f;
+            for (int e = lane; e < D; e += WARP) {
+                const float x = kvq_value(kr, G, lgG, e);
+                dot += x * xs[e];
+                nk += x * x;
+            }
+            dot = warp_sum(dot);
+            nk = warp_sum(nk);
+            const float den = sqrtf(nq * nk);
+            sim = den > 0.0f ? dot / den : 0.0f;
+        }
+        if (bt < 0 || sim > best) best = sim, bt = s;  // s rises: a later equal never wins
+    }
+    __syncthreads();
+    if (lane == 0) red[wid] = best, redi[wid] = bt;
+    __syncthreads();
+    int t = -1;
+    float st = NEG_INF;
+    for (int i = 0; i < nw; ++i)  // warps in order; within equal sims the smaller slot
+        if (redi[i] >= 0 && (t < 0 || red[i] > st || (red[i] == st && redi[i] < t))) st = red[i], t = redi[i];
+    if (t < 0 || !(st >= m.threshold)) return;  // nothing similar enough: the victim is dropped (uniform: every thread saw the same)
+    // combine with the target's rows (cache/merge.py combine; float32 products and sums, not contracted)
+    const size_t rt = (size_t)h * C + t;
+    const KVQRow tkr{kc + rt * kb, kmeta + rt * kmb, klut, wk};
+    const KVQRow tvr{vc + rt * vb, vmeta + rt * vmb, vlut, wv};
+    const float kt = onk ? kvq_value(tkr, G, lgG, d) : 0.0f;
+    const float vt = onv ? kvq_value(tvr, G, lgG, d) : 0.0f;
+    float kn, vn;
+    const int je = lo + v, jt = lo + t;
+    if (m.mode == 1) {  // (kt + w ke) / (1 + w), w = the similarity
+        const float w = st, one_w = __fadd_rn(1.0f, w);
+        kn = __fdiv_rn(__fadd_rn(kt, __fmul_rn(w, ke)), one_w);
+        vn = __fdiv_rn(__fadd_rn(vt, __fmul_rn(w, ve)), one_w);
+    } else {  // KeepKV: votes exp(logw), times the scores when the policy has them; weights in double as the host's
+        const float* lw = m.logw + (size_t)h * N;
+        const double ne = exp((double)lw[je]), nt = exp((double)lw[jt]);
+        double ae = ne, at = nt;
+        if (m.score != nullptr) {
+            const float* sc = m.score + (size_t)h * N;
+            ae *= fmax((double)sc[je], 1e-6);
+            at *= fmax((double)sc[jt], 1e-6);
+        }
+        const float we = (float)(ae / (ae + at)), wt = (float)(at / (ae + at));
+        kn = __fadd_rn(__fmul_rn(wt, kt), __fmul_rn(we, ke));
+        vn = __fadd_rn(__fmul_rn(wt, vt), __fmul_rn(we, ve));
+        __syncthreads();  // every thread read lw[jt] before it changes
+        if (d == 0) m.logw[(size_t)h * N + jt] = (float)log(ne + nt);
+    }
+    kq_quantize_row(kn, onk, D, wk, G, klut, kclips, kc + rt * kb, kmeta + rt * kmb, cs, scr);
+    kq_quantize_row(vn, onv, Dv, wv, G, vlut, vclips, vc + rt * vb, vmeta + rt * vmb, cs, scr);
+    if (d == 0) {  // Policy.fold: the victim's importance adds up in the target
+        if (m.fold0 != nullptr) m.fold0[(size_t)h * N + jt] += m.fold0[(size_t)h * N + je];
+        if (m.fold1 != nullptr) m.fold1[(size_t)h * N + jt] += m.fold1[(size_t)h * N + je];
+    }
+    __syncthreads();
+}
+
+// A decode token into a compressed layer with an eviction policy, one block per
+// KV head; each head keeps its own tokens (pos [n_kv, N]):
 //
 //   spill: fp16 slot j's token goes to this head's pool-0 slot jq: the first
 //          empty one, else the policy's victim (kq_pick over rank0 [n_kv, C0]);
 //          a victim is demoted to pool 1 (slot jc, picked over rank1 [n_kv, C1])
-//          when there is a pool 1, else dropped;
+//          when there is a pool 1, else evicted; an evicted token (pool 0's
+//          without a pool 1, pool 1's to make room for a demotion) is merged
+//          into its most similar kept token when m.mode says (kq_merge), else dropped;
 //   then the new token into fp16 slot j, and the queries into the cache basis
 //   (as kv_decode_push);
-//   the policy's per-slot state (n_ps arrays [n_kv, N]: ps0, ps1, ps2) moves
-//   with its tokens, as Policy.move does: jc <- jq, jq <- j.
+//   the policy's per-slot state (n_ps arrays [n_kv, N]: ps0, ps1, ps2) and the
+//   merge log-weights (m.logw) move with their tokens, as Policy.move does:
+//   jc <- jq, jq <- j; the new token's log-weight is 0.
 //
 // (cache/compressed.py _push / _place with the policy's victims: the host
 // knows j, the same for every head, and does not learn jq or jc.)
 extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_policy_push(const float* q, const float* k, const float* v, const float* t_k, const float* mu, KQ_POOL_PARAMS,
-                                          float* qr, const float* rank0, const float* rank1, float* ps0, float* ps1, float* ps2, int n_ps,
-                                          int j, int spill, int p, int n_head, int rot_k, int rot_v, int has_rank0, int has_rank1, KQ_POOL_SIZES) {
+                                          float* qr, const float* rank0, const float* rank1, float* ps0, float* ps1, float* ps2, float* logw,
+                                          const float* score, float* fold0, float* fold1, int n_ps, int j, int spill, int p, int n_head, int rot_k,
+                                          int rot_v, int has_rank0, int has_rank1, int merge, float threshold, int has_logw, int has_score,
+                                          int n_fold, KQ_POOL_SIZES) {
     __shared__ float xs[KQ_MAX_T];
     __shared__ int cs[KQ_MAX_T];
     __shared__ float scr[WARP];
-    __shared__ int si[2];
+    __shared__ float red[WARP];
+    __shared__ int si[WARP];
     const KQPools c KQ_POOLS;
+    const KQMerge m{merge, threshold, has_logw ? logw : nullptr, has_score ? score : nullptr, n_fold > 0 ? fold0 : nullptr,
+                    n_fold > 1 ? fold1 : nullptr};
     const int h = blockIdx.x, d = threadIdx.x;
     const int N = F + C0 + C1;
     int* prow = c.pos + (size_t)h * N;
@@ -336,15 +462,21 @@ extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_policy_push(const floa
     if (spill) {
         bool empty = false;
         jq = kq_pick(prow + F, has_rank0 ? rank0 + (size_t)h * C0 : nullptr, C0, &empty, si);
-        if (!empty && C1 > 0) jc = kq_pick(prow + F + C0, has_rank1 ? rank1 + (size_t)h * C1 : nullptr, C1, &empty, si);
+        if (!empty && C1 > 0) {
+            jc = kq_pick(prow + F + C0, has_rank1 ? rank1 + (size_t)h * C1 : nullptr, C1, &empty, si);
+            if (!empty && merge) kq_merge(c, m, 1, jc, xs, cs, scr, red, si);
+        } else if (!empty && merge) {
+            kq_merge(c, m, 0, jq, xs, cs, scr, red, si);
+        }
     }
-    __syncthreads();  // the picks read prow; kq_push_token moves it
+    __syncthreads();  // the picks and merges read prow; kq_push_token moves it
     kq_push_token(c, k + (size_t)h * D, v + (size_t)h * Dv, t_k + (size_t)h * D, mu + (size_t)h * D, j, jq, jc, p, rot_k, rot_v, prow, xs, cs,
                   scr);
-    if (d < n_ps) {  // one thread per state array
-        float* a = (d == 0 ? ps0 : d == 1 ? ps1 : ps2) + (size_t)h * N;
+    if (d < n_ps + (m.logw != nullptr)) {  // one thread per state array
+        float* a = (d == n_ps ? m.logw : d == 0 ? ps0 : d == 1 ? ps1 : ps2) + (size_t)h * N;
         if (jc >= 0) a[F + C0 + jc] = a[F + jq];
         if (jq >= 0) a[F + jq] = a[j];
+        if (d == n_ps) a[j] = 0.0f;  // the new token stands for itself
     }
     kq_queries(q, t_k, qr, n_head, D, rot_k, xs);
 }

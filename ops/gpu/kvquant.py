@@ -104,11 +104,24 @@ def push_tokens(k: Any, v: Any, t_k: Any, mu: Any, st: DeviceStore, slots: Any, 
     K.launch("kv_push_tokens", (st.k16.shape[0],), (threads,), k, v, t_k, mu, *arrays, slots, ppos, k.shape[0], int(rot_k), int(rot_v), *sizes)
 
 
+class DeviceMerge(NamedTuple):
+    """How an evicted token is merged on the device (``cache/merge.py``), for :func:`policy_push`."""
+
+    mode: int  # MERGE_MEAN or MERGE_KEEPKV
+    threshold: float  # least cosine similarity that merges
+    logw: Any  # [n_kv, N] float32 log merge weights (KeepKV), or None
+    score: Any  # [n_kv, N] float32 the policy's scores weighing a KeepKV merge, or None
+    fold: list[Any]  # [n_kv, N] float32 arrays where the victim's entry adds into the target's (at most 2)
+
+
+MERGE_MEAN, MERGE_KEEPKV = 1, 2
+
+
 def policy_push(
     q: Any, k: Any, v: Any, t_k: Any, mu: Any, st: DeviceStore, qr: Any, j: int, spill: bool, p: int, rot_k: bool, rot_v: bool,
-    rank0: Any, rank1: Any, state: list[Any],
+    rank0: Any, rank1: Any, state: list[Any], merge: DeviceMerge | None = None, logw: Any = None,
 ) -> None:  # fmt: skip
-    """One decode token into a compressed layer with an eviction policy (no merging), on the device.
+    """One decode token into a compressed layer with an eviction policy, on the device.
 
     Each KV head keeps its own tokens (``st.pos`` [n_kv, N]).  The new token
     goes to fp16 slot ``j`` (the host's choice, the same for every head);
@@ -116,16 +129,22 @@ def policy_push(
     first empty slot, else over the policy's least important (``rank0``
     [n_kv, C0] float32, or None where no head's pool 0 is full), which is
     demoted to pool 1 (picked over ``rank1`` [n_kv, C1] likewise) when there is
-    one, else dropped.  ``state``: the policy's per-slot arrays ([n_kv, N]
-    float32, at most 3), moved with their tokens.  The rest as :func:`decode_push`.
+    one, else evicted.  An evicted token is merged as ``merge`` says (None:
+    dropped).  ``state``: the policy's per-slot arrays ([n_kv, N] float32, at
+    most 3) and ``logw`` (the merge log-weights, or None) move with their
+    tokens.  The rest as :func:`decode_push`.
     """
-    if len(state) > 3:
-        raise ValueError(f"at most 3 per-slot policy arrays, got {len(state)}")
+    if len(state) > 3 or (merge is not None and len(merge.fold) > 2):
+        raise ValueError(f"at most 3 per-slot policy arrays and 2 folded ones, got {len(state)}")
     arrays, sizes = _pools(st)
     threads = _threads(st.k16.shape[2], st.v16.shape[2])
-    ps = list(state) + [qr] * (3 - len(state))  # unused pointers: any array
+    any_ = lambda a: qr if a is None else a  # noqa: E731  (an unused pointer: any array)
+    ps = [*state, qr, qr, qr][:3]
+    mode, thr, score, fold = (0, 0.0, None, []) if merge is None else (merge.mode, merge.threshold, merge.score, merge.fold)
+    folds = [*fold, qr, qr][:2]
     K.launch(
         "kv_policy_push", (st.k16.shape[0],), (threads,), q, k, v, t_k, mu, *arrays, qr,
-        qr if rank0 is None else rank0, qr if rank1 is None else rank1, *ps, len(state),
-        j, int(spill), p, q.shape[0], int(rot_k), int(rot_v), int(rank0 is not None), int(rank1 is not None), *sizes,
+        any_(rank0), any_(rank1), *ps, any_(logw), any_(score), *folds, len(state),
+        j, int(spill), p, q.shape[0], int(rot_k), int(rot_v), int(rank0 is not None), int(rank1 is not None),
+        mode, float(thr), int(logw is not None), int(score is not None), len(fold), *sizes,
     )  # fmt: skip

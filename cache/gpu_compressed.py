@@ -74,9 +74,6 @@ from .pool import Pool
 from .quant import CLIPS
 
 
-_DEVICE_MERGES = {"mean": kvquant.MERGE_MEAN, "keepkv": kvquant.MERGE_KEEPKV}  # mergers kv_policy_push does (cache/merge.py)
-
-
 class _TrackedPool(Pool):
     """A :class:`Pool` that records the slots each write touched and whether its tables changed."""
 
@@ -217,18 +214,12 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         )  # fmt: skip
         self._attend_decode(q, pos, out, qr=self.d_qr)
 
-    def _policy_steady(self, p: int) -> bool:
-        """Whether a decode token at ``p`` can go in on the device, the policy's victims picked (and merged) there."""
-        return self.policy is not None and (self.merger is None or self.merger.name in _DEVICE_MERGES) and self._calibrated_entry(p)
-
     def _device_merge(self) -> kvquant.DeviceMerge | None:
         """The merger's parameters for ``kv_policy_push`` (None: evicted tokens are dropped)."""
-        m, pol = self.merger, self.policy
-        if m is None:
+        mode, thr, score = self._merge_args()
+        if not mode:
             return None
-        keepkv = m.name == "keepkv"
-        score = pol.score if keepkv and pol.needs_probs else None  # KeepKV weighs by the scores the policy accumulates
-        return kvquant.DeviceMerge(_DEVICE_MERGES[m.name], float(m.threshold), self.d_logw if keepkv else None, score, pol.fold_arrays())
+        return kvquant.DeviceMerge(mode, thr, self.d_logw if self.logw.size else None, score, self.policy.fold_arrays())
 
     def _policy_decode_on_device(self, q: Any, k: Any, v: Any, pos: np.ndarray, out: Any) -> None:
         """One decode token of a layer with an eviction policy (and merging), stored and attended on the device: nothing comes down.
@@ -248,13 +239,10 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         spill = full and self.N > self.F
         rank0 = rank1 = None
         if spill:
-            lo0, lo1, pol = self.lo[0], self.lo[1], self.policy
-            took0 = self._free[0] > 0  # heads whose spill takes an empty pool-0 slot; the rest pick a victim
-            if not took0.all():
-                rank0 = pol.rank_rows(lo0, lo0 + p0.cap, self.d_pos[:, lo0 : lo0 + p0.cap])
-            took1 = ~took0 & (self._free[1] > 0)  # victims demoted into an empty pool-1 slot
-            if p1.cap and not (took0 | took1).all():
-                rank1 = pol.rank_rows(lo1, lo1 + p1.cap, self.d_pos[:, lo1 : lo1 + p1.cap])
+            rank0, rank1 = self._victim_ranks(self.d_pos)
+            # the host's empty-slot counts follow (which slots, only the device knows)
+            took0 = self._free[0] > 0
+            took1 = ~took0 & (self._free[1] > 0)
             self._free[0][took0] -= 1
             if p1.cap:
                 self._free[1][took1] -= 1

@@ -22,7 +22,7 @@ import numba as nb
 import numpy as np
 
 from ..ops.cpu.f16 import bitcast_f32_u32, bitcast_u32_f32, f16_to_f32
-from ..ops.cpu.qattention import dequant_row
+from ..ops.cpu.qattention import dequant_row, key_similarity
 from .quant import quantize_row
 
 _JIT = dict(cache=True, nogil=True)
@@ -225,43 +225,200 @@ def decode_push(
     float32 output.
     """
     n_kv, D = k.shape
-    Dv = v.shape[1]
-    H = q.shape[0]
-    gqa = H // n_kv
     kf = np.empty(D, np.float32)
-    vf = np.empty(Dv, np.float32)
+    vf = np.empty(v.shape[1], np.float32)
     j, jq, jc = plan_push(pos, p, S, F, lo, kc.shape[1], free, lo1, kc1.shape[1], free1)
-    if jc >= 0:  # the warm tier was full: its oldest token cools into pool 1
-        for h in range(n_kv):
-            dequant_row(kc[h, jq], km[h, jq], klut, bits_k, G, kf)
-            dequant_row(vc[h, jq], vm[h, jq], vlut, bits_v, G, vf)
-            quantize_row(kf, bits_k1, G, klut1, clips_k1, kc1[h, jc], km1[h, jc], tmp)
-            quantize_row(vf, bits_v1, G, vlut1, clips_v1, vc1[h, jc], vm1[h, jc], tmp)
-    if jq >= 0:  # the window's oldest token spills into pool 0
-        for h in range(n_kv):
-            for d in range(D):
-                kf[d] = f16_to_f32(k16[h, j, d])
-            for d in range(Dv):
-                vf[d] = f16_to_f32(v16[h, j, d])
-            quantize_row(kf, bits_k, G, klut, clips_k, kc[h, jq], km[h, jq], tmp)
-            quantize_row(vf, bits_v, G, vlut, clips_v, vc[h, jq], vm[h, jq], tmp)
-    # ---- the new token into slot j, in the cache basis
     for h in range(n_kv):
+        _move_token(h, j, jq, jc, k16, v16, kc, km, vc, vm, bits_k, bits_v, klut, vlut, clips_k, clips_v,
+                    kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1, clips_k1, clips_v1, G, kf, vf, tmp)  # fmt: skip
+        _new_token(h, j, q, k, v, rot_k, rot_v, t_k, mu, k16, v16, qr, kf, vf)
+
+
+@nb.njit(**_JIT)
+def dequant_pair(kc, km, klut, bits_k, vc, vm, vlut, bits_v, G, kf, vf) -> None:
+    """One slot's key and value rows dequantized as the one-call steps here read them (``Pool.read_row``)."""
+    dequant_row(kc, km, klut, bits_k, G, kf)
+    dequant_row(vc, vm, vlut, bits_v, G, vf)
+
+
+@nb.njit(inline="always", **_JIT)
+def _move_token(h, j, jq, jc, k16, v16, kc, km, vc, vm, bits_k, bits_v, klut, vlut, clips_k, clips_v,
+                kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1, clips_k1, clips_v1, G, kf, vf, tmp):  # fmt: skip
+    """Head ``h``'s data moves before a new token takes fp16 slot ``j`` (positions apart).
+
+    jc >= 0: pool 0 slot jq's token is re-quantized into pool 1 slot jc (a
+    warm tier's cooling, a policy's demotion); jq >= 0: fp16 slot j's token is
+    quantized into pool 0 slot jq.  kf, vf: [D], [Dv] float32 scratch.
+    """
+    if jc >= 0:
+        dequant_row(kc[h, jq], km[h, jq], klut, bits_k, G, kf)
+        dequant_row(vc[h, jq], vm[h, jq], vlut, bits_v, G, vf)
+        quantize_row(kf, bits_k1, G, klut1, clips_k1, kc1[h, jc], km1[h, jc], tmp)
+        quantize_row(vf, bits_v1, G, vlut1, clips_v1, vc1[h, jc], vm1[h, jc], tmp)
+    if jq >= 0:
+        for d in range(kf.shape[0]):
+            kf[d] = f16_to_f32(k16[h, j, d])
+        for d in range(vf.shape[0]):
+            vf[d] = f16_to_f32(v16[h, j, d])
+        quantize_row(kf, bits_k, G, klut, clips_k, kc[h, jq], km[h, jq], tmp)
+        quantize_row(vf, bits_v, G, vlut, clips_v, vc[h, jq], vm[h, jq], tmp)
+
+
+@nb.njit(inline="always", **_JIT)
+def _new_token(h, j, q, k, v, rot_k, rot_v, t_k, mu, k16, v16, qr, kf, vf):
+    """Head ``h``'s new key ``(k t_k) H - mu`` and value ``v H`` into fp16 slot ``j``; its queries ``(q / t_k) H`` into qr."""
+    n_kv, D = k.shape
+    Dv = v.shape[1]
+    gqa = q.shape[0] // n_kv
+    for d in range(D):
+        kf[d] = k[h, d] * t_k[h, d]
+    if rot_k:
+        fwht(kf)
+    for d in range(D):
+        k16[h, j, d] = f32_to_f16(kf[d] - mu[h, d])
+    for d in range(Dv):
+        vf[d] = v[h, d]
+    if rot_v:
+        fwht(vf)
+    for d in range(Dv):
+        v16[h, j, d] = f32_to_f16(vf[d])
+    for i in range(gqa):
+        r = qr[h * gqa + i]
         for d in range(D):
-            kf[d] = k[h, d] * t_k[h, d]
+            r[d] = q[h * gqa + i, d] / t_k[h, d]
         if rot_k:
-            fwht(kf)
+            fwht(r)
+
+
+# ----------------------------------------------------------------- with an eviction policy
+@nb.njit(inline="always", **_JIT)
+def _pick(prow: np.ndarray, lo: int, cap: int, rank: np.ndarray, has_rank: bool) -> tuple[int, bool]:
+    """The slot of one head's pool ``[lo, lo + cap)`` to fill: the first empty one, else the
+    least important by ``rank`` ([cap]; all equal without), the oldest on ties
+    (``Policy.victim``; ``kvquant.cu`` kq_pick).  Returns (pool-local slot, was empty)."""
+    bi, br, bp = -1, np.float32(0.0), 0
+    for s in range(cap):
+        ps = prow[lo + s]
+        if ps < 0:
+            return s, True
+        r = rank[s] if has_rank else np.float32(0.0)
+        if bi < 0 or r < br or (r == br and ps < bp):
+            bi, br, bp = s, r, ps
+    return bi, False
+
+
+@nb.njit(**_JIT)
+def _merge(h, v, lo, prow, kc, km, vc, vm, bits_k, bits_v, G, klut, vlut, clips_k, clips_v,
+           mode, threshold, logw, score, folds, n_fold, kf, vf, kt, vt, sims, tmp):  # fmt: skip
+    """Fold head ``h``'s token in pool slot ``v`` (pool-local; the pool starts at slot ``lo``) into the
+    kept token of that pool whose key is most similar, when at least ``threshold``
+    (cache/merge.py ``Merger.evict``; ``kvquant.cu`` kq_merge).  mode 1: mean, 2: KeepKV
+    (``logw`` [n_kv, N]; ``score``: the policy's, or [0, 0] when it has none); ``folds``:
+    a tuple of [n_kv, N] arrays, the first ``n_fold`` add the victim's entry into the target's."""
+    C = kc.shape[1]
+    D, Dv = kf.shape[0], vf.shape[0]
+    dequant_row(kc[h, v], km[h, v], klut, bits_k, G, kf)
+    dequant_row(vc[h, v], vm[h, v], vlut, bits_v, G, vf)
+    key_similarity(kf, kc, km, klut, bits_k, G, h, sims)  # the host path's function: the same target on ties
+    t, st = -1, np.float32(-np.inf)
+    for s in range(C):
+        if s != v and prow[lo + s] >= 0 and (t < 0 or sims[s] > st):
+            t, st = s, sims[s]
+    if t < 0 or not st >= threshold:
+        return  # nothing similar enough: dropped
+    dequant_row(kc[h, t], km[h, t], klut, bits_k, G, kt)
+    dequant_row(vc[h, t], vm[h, t], vlut, bits_v, G, vt)
+    je, jt = lo + v, lo + t
+    if mode == 1:
+        w = np.float32(st)
         for d in range(D):
-            k16[h, j, d] = f32_to_f16(kf[d] - mu[h, d])
+            kt[d] = (kt[d] + w * kf[d]) / (np.float32(1.0) + w)
         for d in range(Dv):
-            vf[d] = v[h, d]
-        if rot_v:
-            fwht(vf)
+            vt[d] = (vt[d] + w * vf[d]) / (np.float32(1.0) + w)
+    else:
+        ne, nt = math.exp(float(logw[h, je])), math.exp(float(logw[h, jt]))
+        ae, at = ne, nt
+        if score.shape[0] > 0:
+            ae *= max(float(score[h, je]), 1e-6)
+            at *= max(float(score[h, jt]), 1e-6)
+        we, wt = np.float32(ae / (ae + at)), np.float32(at / (ae + at))
+        for d in range(D):
+            kt[d] = wt * kt[d] + we * kf[d]
         for d in range(Dv):
-            v16[h, j, d] = f32_to_f16(vf[d])
-        for i in range(gqa):
-            r = qr[h * gqa + i]
-            for d in range(D):
-                r[d] = q[h * gqa + i, d] / t_k[h, d]
-            if rot_k:
-                fwht(r)
+            vt[d] = wt * vt[d] + we * vf[d]
+        logw[h, jt] = np.float32(math.log(ne + nt))
+    quantize_row(kt, bits_k, G, klut, clips_k, kc[h, t], km[h, t], tmp)
+    quantize_row(vt, bits_v, G, vlut, clips_v, vc[h, t], vm[h, t], tmp)
+    for i in range(n_fold):
+        folds[i][h, jt] += folds[i][h, je]
+
+
+@nb.njit(inline="always", **_JIT)
+def _follow(a, h, j, jq, jc, lo, lo1):
+    """Per-slot state [n_kv, N] follows head ``h``'s tokens (``Policy.move``): jc <- jq, jq <- j."""
+    if jc >= 0:
+        a[h, lo1 + jc] = a[h, lo + jq]
+    if jq >= 0:
+        a[h, lo + jq] = a[h, j]
+
+
+@nb.njit(**_JIT)
+def policy_push(
+    q, k, v, p, rot_k, rot_v, t_k, mu, k16, v16, pos, F, j, spill,
+    lo, free, kc, km, vc, vm, bits_k, bits_v, G, klut, vlut, clips_k, clips_v, rank0, has_rank0,
+    lo1, free1, kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1, clips_k1, clips_v1, rank1, has_rank1,
+    state, n_state, folds, n_fold, logw, mode, threshold, score, tmp, qr,
+) -> None:  # fmt: skip
+    """One decode token into a compressed layer with an eviction policy: ``kvquant.cu`` kv_policy_push on the CPU.
+
+    Each KV head keeps its own tokens (pos [n_kv, N]).  The new token goes to
+    fp16 slot ``j`` (:func:`window_slot`); with ``spill`` the token there first
+    moves to each head's pool 0: its first empty slot, else the least
+    important by ``rank0`` [n_kv, C0] (``Policy.rank_rows``), which is demoted
+    to pool 1 (picked over ``rank1``) when there is one, else evicted; an
+    evicted token (pool 0's without a pool 1, pool 1's to make room) is merged
+    (``mode`` 1 mean, 2 KeepKV; 0 drops it, see :func:`_merge`).  ``state``:
+    a tuple of the policy's per-slot arrays [n_kv, N], the first ``n_state``
+    moving with their tokens; ``folds``: a tuple of those a merged token's
+    entry adds into, the first ``n_fold``; ``logw`` [n_kv, N] the merge
+    log-weights ([0, 0]: none), moved too; rank0/rank1 [n_kv, >= 1] (read
+    only where has_rank*).  ``free``/``free1`` [n_kv]: empty slots per head,
+    kept up to date.  The rest as :func:`decode_push`.
+    """
+    n_kv, D = k.shape
+    Dv = v.shape[1]
+    kf, vf = np.empty(D, np.float32), np.empty(Dv, np.float32)
+    kt, vt = np.empty(D, np.float32), np.empty(Dv, np.float32)
+    C0, C1 = kc.shape[1], kc1.shape[1]
+    sims0, sims1 = np.empty(C0, np.float32), np.empty(C1, np.float32)
+    for h in range(n_kv):
+        prow = pos[h]
+        jq, jc = -1, -1
+        if spill:
+            jq, empty = _pick(prow, lo, C0, rank0[h], has_rank0)
+            if empty:
+                free[h] -= 1
+            elif C1 > 0:
+                jc, empty1 = _pick(prow, lo1, C1, rank1[h], has_rank1)
+                if empty1:
+                    free1[h] -= 1
+                elif mode:
+                    _merge(h, jc, lo1, prow, kc1, km1, vc1, vm1, bits_k1, bits_v1, G, klut1, vlut1, clips_k1, clips_v1,
+                           mode, threshold, logw, score, folds, n_fold, kf, vf, kt, vt, sims1, tmp)  # fmt: skip
+            elif mode:
+                _merge(h, jq, lo, prow, kc, km, vc, vm, bits_k, bits_v, G, klut, vlut, clips_k, clips_v,
+                       mode, threshold, logw, score, folds, n_fold, kf, vf, kt, vt, sims0, tmp)  # fmt: skip
+        _move_token(h, j, jq, jc, k16, v16, kc, km, vc, vm, bits_k, bits_v, klut, vlut, clips_k, clips_v,
+                    kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1, clips_k1, clips_v1, G, kf, vf, tmp)  # fmt: skip
+        # positions and per-slot state follow their tokens (Policy.move): jc <- jq, jq <- j
+        if jc >= 0:
+            prow[lo1 + jc] = prow[lo + jq]
+        if jq >= 0:
+            prow[lo + jq] = prow[j]
+        prow[j] = p
+        for i in range(n_state):
+            _follow(state[i], h, j, jq, jc, lo, lo1)
+        if logw.shape[0] > 0:
+            _follow(logw, h, j, jq, jc, lo, lo1)
+            logw[h, j] = 0.0
+        _new_token(h, j, q, k, v, rot_k, rot_v, t_k, mu, k16, v16, qr, kf, vf)

@@ -33,6 +33,7 @@ class Merger:
 
     name = "base"
     threshold = -1.0  # minimum cosine similarity to merge
+    mode = 0  # its code in the one-call decode steps (insert.policy_push, kvquant.cu); 0: not there, merged by evict()
 
     def evict(self, cache, i: int, h: int, j: int, k: np.ndarray, v: np.ndarray) -> int:
         """Token in slot ``j`` of pool ``i``, head ``h`` (k: [D], v: [Dv]) is evicted; return the target slot or -1."""
@@ -49,8 +50,8 @@ class Merger:
         if not sims[t] >= self.threshold:
             return -1
         tgt = lo + t
-        kt, vt = pool.read(h, np.array([t]))
-        k_new, v_new = self.combine(cache, h, j, tgt, float(sims[t]), k, v, kt[0], vt[0])
+        kt, vt = pool.read_row(h, t)
+        k_new, v_new = self.combine(cache, h, j, tgt, float(sims[t]), k, v, kt, vt)
         pool.write_one(h, t, k_new, v_new)
         if cache.policy is not None:
             cache.policy.fold(h, j, tgt)
@@ -65,6 +66,7 @@ class MeanMerge(Merger):
 
     name = "mean"
     threshold = 0.5
+    mode = 1
 
     def combine(self, cache, h, j, tgt, sim, k, v, kt, vt):
         w = np.float32(sim)
@@ -75,6 +77,7 @@ class KeepKVMerge(Merger):
     """KeepKV electoral votes: counts as log weights, vote- and attention-weighted averages."""
 
     name = "keepkv"
+    mode = 2
 
     def combine(self, cache, h, j, tgt, sim, k, v, kt, vt):
         lw = cache.logw

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops.cpu.qattention import dequantize_rows
+from .insert import dequant_pair
 from .quant import TABLE_BYTES, calibrate_lut, quantize_into, row_bytes, scale_lut
 
 
@@ -72,6 +73,23 @@ class Pool:
         v = np.empty((len(slots), self.Dv), np.float32)
         _dequant(self.kc[head, slots], self.km[head, slots], self.klut, self.bits_k, self.G, k)
         _dequant(self.vc[head, slots], self.vm[head, slots], self.vlut, self.bits_v, self.G, v)
+        return k, v
+
+    def read_row(self, head: int, slot: int) -> tuple[np.ndarray, np.ndarray]:
+        """One slot's rows ([D], [Dv] float32) for moving a token (demotion, cooling, merging).
+
+        Bit for bit what the one-call decode steps (:func:`.insert.policy_push`,
+        :func:`.insert.decode_push`) and the CUDA kernels (``kvq.cuh``) read, so
+        that a re-quantized token gets the same codes on every path; :meth:`read`
+        (the fused decoders, for attention) may differ by an ulp.
+        """
+        k = np.empty(self.D, np.float32)
+        v = np.empty(self.Dv, np.float32)
+        if self.bits_k == 16 or self.bits_v == 16:
+            kr, vr = self.read(head, np.array([slot]))
+            return kr[0], vr[0]
+        dequant_pair(self.kc[head, slot], self.km[head, slot], self.klut, self.bits_k,
+                     self.vc[head, slot], self.vm[head, slot], self.vlut, self.bits_v, self.G, k, v)  # fmt: skip
         return k, v
 
     def slot_bytes(self) -> int:

@@ -203,7 +203,7 @@ def test_gpu_cache_decode_copies_nothing_that_grows_and_evicts_as_the_cpu(strict
     cpu = CompressedLayerCache(SPEC, kv, 128)
     gpu = GPUCompressedLayerCache(SPEC, kv, 128)
     assert all(isinstance(a, strict.xp.ndarray) for a in gpu.policy.per_slot())
-    victims, cpu_victims = _counting_victims(gpu.policy), _counting_victims(cpu.policy)
+    victims = _counting_victims(gpu.policy)
     xp, rng = strict.xp, np.random.default_rng(zlib.crc32(spec.encode()))
     n_kv, H, Dk = SPEC.n_head_kv, SPEC.n_head, SPEC.head_dim
     stored = {tuple(a.shape) for a in [gpu.d_k16, gpu.d_v16, gpu.d_pos, *(getattr(d, n) for d in gpu.d_pools for n in ("kc", "km", "vc", "vm"))]}
@@ -245,7 +245,7 @@ def test_gpu_cache_decode_copies_nothing_that_grows_and_evicts_as_the_cpu(strict
         for a, b in zip(gpu.policy.per_slot(), cpu.policy.per_slot(), strict=True):
             np.testing.assert_allclose(strict.asnumpy(a), b, rtol=tol, atol=1e-6)
         p += T
-    assert len(cpu_victims) > 50  # the budget made it evict, in decode steps too
+    assert p - cpu.n_tokens() > 50  # the budget made it evict, in decode steps too
     assert device_steps == 60  # every one-token step after the first chunk
     assert len(victims) >= 2 * 9  # the 3-, 2- and 4-token steps evicted on the host, a scalar each
     assert gpu.n_tokens() == cpu.n_tokens() == 24

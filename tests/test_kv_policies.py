@@ -6,6 +6,8 @@ one layer, 2 KV heads.
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -141,3 +143,65 @@ def test_victim_is_inside_the_range_and_ties_go_to_the_oldest(name):
     assert 2 <= v < 6
     if name not in ("keydiff",):  # all scores equal -> the oldest (position 3, slot 3)
         assert v == 3
+
+
+# ----------------------------------------------------------------- the one-call decode step
+ONE_CALL_KV = [
+    "2,policy=h2o,budget=24,residual=4,sinks=2,group=16",
+    "4,policy=snapkv,budget=24,residual=4,group=16",
+    "2,policy=gkv,budget=24,residual=4,mixed=4/2,group=16",  # demotions
+    "2,policy=tova,budget=24,residual=4,merge=mean,group=16",
+    "4,policy=h2o,budget=24,residual=4,sinks=2,merge=keepkv,group=16",
+    "3,policy=keydiff,budget=24,residual=4,merge=keepkv,mixed=8/3,group=16",  # demotions and merges in pool 1
+    "2,policy=streaming,budget=24,residual=4,sinks=2,group=16",
+]
+
+
+@pytest.mark.parametrize("spec", ONE_CALL_KV)
+def test_one_call_policy_decode_keeps_what_the_step_by_step_path_keeps(spec):
+    """insert.policy_push (one Numba call per layer-step) against CompressedLayerCache's
+    Python path (_push/_place/Merger.evict): the same held positions at every step, the
+    same merge weights, scores and outputs to float noise (the similarity sums run in
+    another order), codes equal but for rare near-ties."""
+    from kvrun.cache.base import LayerSpec
+    from kvrun.cache.compressed import CompressedLayerCache
+    from kvrun.cache.kvconfig import KVConfig
+
+    spec_l = LayerSpec(n_head=4, n_head_kv=2, head_dim=32, head_dim_v=32, scale=32**-0.5)
+    kv = KVConfig.parse(spec).validate(128)
+    fast, slow = CompressedLayerCache(spec_l, kv, 128), CompressedLayerCache(spec_l, kv, 128)
+    slow.FAST_DECODE = False
+    calls = []
+    orig = fast._policy_decode_fast
+    fast._policy_decode_fast = lambda *a: (calls.append(1), orig(*a))  # type: ignore[method-assign]
+    rng = np.random.default_rng(zlib.crc32(spec.encode()))
+    # KeepKV weighs a merge by the two tokens' scores, and the scores carry float noise (the
+    # one call moves the queries into the cache basis by butterflies, the Python path by a
+    # matmul): a merged row then differs in its last bits, a later re-quantization may round it
+    # the other way, and the merges carry that on (at 2 bits: 2.8e-3 by step 36, 7.6e-2 by 69;
+    # hence 4 bits here, where the outputs stay within the bound); positions and weights stay exact
+    tol = 2e-3
+    p = 0
+    for T in [10] + [1] * 60:
+        q = rng.standard_normal((T, 4, 32)).astype(np.float32)
+        k = rng.standard_normal((T, 2, 32)).astype(np.float32)
+        v = rng.standard_normal((T, 2, 32)).astype(np.float32)
+        pos = np.arange(p, p + T, dtype=np.int32)
+        want, got = np.zeros((T, 4, 32), np.float32), np.zeros((T, 4, 32), np.float32)
+        slow.update_and_attend(q, k, v, pos, want)
+        fast.update_and_attend(q, k, v, pos, got)
+        np.testing.assert_array_equal(fast.pos, slow.pos, err_msg=f"held positions at {p}")
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max(), err_msg=f"output at {p}")
+        for a, b in zip(fast.policy.per_slot(), slow.policy.per_slot(), strict=True):
+            np.testing.assert_allclose(a, b, rtol=tol, atol=1e-6)
+        p += T
+    assert len(calls) == 60 and p - fast.n_tokens() > 40  # every decode step took the one call, and evicted
+    np.testing.assert_allclose(fast.logw, slow.logw, rtol=1e-5)
+    if "keepkv" in spec:
+        assert (fast.logw > 0).any()
+    for i, (a, b) in enumerate(zip(fast._free, slow._free, strict=True)):
+        np.testing.assert_array_equal(a, b, err_msg=f"empty slots of pool {i}")
+    for a, b in zip(fast.pools, slow.pools, strict=True):
+        for name in ("kc", "km", "vc", "vm"):
+            if getattr(b, name).size:
+                assert (getattr(a, name) == getattr(b, name)).mean() >= 0.99, name

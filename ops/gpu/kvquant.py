@@ -107,14 +107,11 @@ def push_tokens(k: Any, v: Any, t_k: Any, mu: Any, st: DeviceStore, slots: Any, 
 class DeviceMerge(NamedTuple):
     """How an evicted token is merged on the device (``cache/merge.py``), for :func:`policy_push`."""
 
-    mode: int  # MERGE_MEAN or MERGE_KEEPKV
+    mode: int  # the merger's code (cache/merge.py Merger.mode): 1 mean, 2 KeepKV
     threshold: float  # least cosine similarity that merges
     logw: Any  # [n_kv, N] float32 log merge weights (KeepKV), or None
     score: Any  # [n_kv, N] float32 the policy's scores weighing a KeepKV merge, or None
     fold: list[Any]  # [n_kv, N] float32 arrays where the victim's entry adds into the target's (at most 2)
-
-
-MERGE_MEAN, MERGE_KEEPKV = 1, 2
 
 
 def policy_push(

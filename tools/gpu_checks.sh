@@ -15,7 +15,8 @@
 #
 # `run` assembles the models, then: the GPU tests (the real-CUDA params, `-m gpu`;
 # CI runs the rest), greedy text CPU vs GPU for 32 tokens and the teacher-forced
-# agreement (tools/device_agreement.py) on each model, `bench --device gpu`, and
+# agreement (tools/device_agreement.py) on each model, plain and with an eviction
+# policy that merges (h2o + KeepKV), `bench --device gpu` (also with a policy), and
 # `kv-eval` perplexities GPU vs CPU for --kv-bits 16, 4, 2.  One call may run all
 # (`run`), or a part (`run tests`, `run 0`, `run 1`) so each stays under the
 # 600 s a device call may take; parts append to the summary.
@@ -85,6 +86,11 @@ run)
         timeout 120 python3 tools/device_agreement.py "$p" --device $DEV -n 32 2>>"$OUT/greedy.log" | sed "s/^/$m: /" >>"$S"
         $K bench "$p" --device $DEV -p 512 -n 128 -r 3 >"$OUT/bench_$m.log" 2>&1
         grep -E "pp512|tg128" "$OUT/bench_$m.log" | sed 's/  */ /g' >>"$S"
+        # an eviction policy with merging: its decode steps pick, demote and merge on the device
+        timeout 120 python3 tools/device_agreement.py "$p" --device $DEV -n 32 --kv "2,policy=h2o,budget=64,residual=16,merge=keepkv" \
+            2>>"$OUT/greedy.log" | sed "s/^/$m h2o+keepkv: /" >>"$S"
+        $K bench "$p" --device $DEV -p 0 -n 128 -d 512 -r 2 --kv-bits 4 --kv-policy h2o --kv-budget 256 >"$OUT/bench_policy_$m.log" 2>&1
+        grep -E "tg128" "$OUT/bench_policy_$m.log" | sed 's/  */ /g; s/^/h2o budget 256: /' >>"$S"
         for d in $DEV cpu; do
             if [ "$d" == cpu ] && [ -s ".gpu/whl/kveval_cpu_${CTX}_$m.json" ]; then  # computed by `split`
                 cp ".gpu/whl/kveval_cpu_${CTX}_$m.json" "$OUT/kveval_cpu_$m.json"

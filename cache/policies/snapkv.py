@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba as nb
 import numpy as np
 
 from .base import Array, Policy
@@ -56,6 +57,10 @@ class SnapKV(Policy):
         """Scores s [m, n] max-pooled over ``kernel`` neighbours in position order (pos [m, n]), per row."""
         xp = self.xp
         m, n = s.shape
+        if xp is np:  # one Numba call (the decode step ranks every layer's pool each token)
+            out = np.empty((m, n), np.float32)
+            _pooled_rows(s, pos, self.kernel, out)
+            return out
         rows = xp.arange(m)[:, None]
         order = self._argsort(pos)  # [m, n] each row's candidates by position
         half = self.kernel // 2
@@ -72,3 +77,19 @@ class SnapKV(Policy):
     def _argsort(self, a: Array) -> Array:
         """Stable argsort along the last axis with :attr:`xp` (CuPy's sort is always stable and takes no ``kind``)."""
         return np.argsort(a, axis=-1, kind="stable") if self.xp is np else self.xp.argsort(a, axis=-1)
+
+
+@nb.njit(cache=True, nogil=True)
+def _pooled_rows(s: np.ndarray, pos: np.ndarray, kernel: int, out: np.ndarray) -> None:
+    """:meth:`SnapKV._pooled` on the host: per row, the max over each slot's ``kernel`` position
+    neighbours (the ends repeated, as numpy's edge padding), in one pass."""
+    m, n = s.shape
+    half = kernel // 2
+    for r in range(m):
+        order = np.argsort(pos[r], kind="mergesort")  # stable, as the xp path
+        for i in range(n):
+            best = s[r, order[i]]
+            for o in range(-half, kernel - half):
+                t = min(max(i + o, 0), n - 1)
+                best = max(best, s[r, order[t]])
+            out[r, order[i]] = best

@@ -33,11 +33,14 @@ Two ways a token gets there:
     per-slot state and the merge log-weights with the tokens.
     Nothing comes down; the pools' positions are then the device's alone
     (``_pos_stale``) until :meth:`_pull_positions`.
+  - a prefill chunk of a calibrated layer with a policy: attention over
+    every slot as batched GEMMs, its probabilities to the policy's prefill
+    hook, then the tokens one by one through ``kv_policy_push``.
 
   The host copy of the storage goes stale (``_stale``) until :meth:`_pull`
   brings it down for a host-path step.
-* **On the host** (prefill chunks that feed a policy or KeepKV weights,
-  calibration, steps of 2 to 4 tokens with a policy): the host storage is
+* **On the host** (calibration, the first chunk, steps of 2 to 4 tokens with
+  a policy): the host storage is
   written as on the CPU, every write recorded (``_push``, the tracked pools),
   and before attention only the touched slot columns go up (:meth:`_sync`).
   Per decode step the new tokens' K/V come down ([T, n_kv, D]; q too while
@@ -160,6 +163,9 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         if q.shape[0] > MAX_DECODE_T and self.policy is None and not self.logw.size:
             self._prefill_on_device(q, k, v, _host(pos, np.int32), out)
             return
+        if q.shape[0] > MAX_DECODE_T and self._on_device and self._policy_steady(int(pos[0])):
+            self._policy_prefill_on_device(q, k, v, _host(pos, np.int32), out)
+            return
         self._pull()  # the host path reads and writes the host storage
         kh, vh, ph = _host(k), _host(v), _host(pos, np.int32)
         if q.shape[0] <= MAX_DECODE_T:  # push on the host, then _attend_decode below on the device
@@ -222,19 +228,25 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         return kvquant.DeviceMerge(mode, thr, self.d_logw if self.logw.size else None, score, self.policy.fold_arrays())
 
     def _policy_decode_on_device(self, q: Any, k: Any, v: Any, pos: np.ndarray, out: Any) -> None:
-        """One decode token of a layer with an eviction policy (and merging), stored and attended on the device: nothing comes down.
-
-        The host picks the fp16 window slot (the same for every head; it keeps
-        the window's positions); ``kv_policy_push`` picks each head's pool
-        slot over the policy's ranks (:meth:`Policy.rank_rows`, computed on the
-        device only where a head's pool is full), moves and quantizes the
-        tokens and moves the policy's per-slot state with them.  The pools'
-        positions are then the device's alone (``_pos_stale``); the host
-        keeps only how many empty slots each head has left.
-        """
+        """One decode token of a layer with an eviction policy (and merging), stored and attended on the device: nothing comes down."""
         self._sync()
-        p = int(pos[0])
-        p0, p1 = self.pools
+        self._policy_push_on_device(to_device(q[0]), to_device(k[0]), to_device(v[0]), int(pos[0]))
+        self._attend_decode(q, pos, out, qr=self.d_qr)
+
+    def _policy_push_on_device(self, q: Any, k: Any, v: Any, p: int, t: int = -1) -> None:
+        """One token into a layer with an eviction policy, on the device (``kv_policy_push``); its queries into ``d_qr``.
+
+        q [n_head, D], k [n_kv, D], v [n_kv, Dv] device arrays.  The host picks
+        the fp16 window slot (the same for every head; it keeps the window's
+        positions); the kernel picks each head's pool slot over the policy's
+        ranks (:meth:`Policy.rank_rows`, computed on the device only where a
+        head's pool is full), demotes, merges or drops the victim, quantizes
+        the tokens and moves the policy's per-slot state with them.  The pools'
+        positions are then the device's alone (``_pos_stale``); the host keeps
+        only how many empty slots each head has left.  t >= 0: the token is row
+        t of a prefill chunk whose scores the policy holds (``adopt``).
+        """
+        p1 = self.pools[1]
         j, full = window_slot(self.pos, self.S, self.F)
         spill = full and self.N > self.F
         rank0 = rank1 = None
@@ -249,14 +261,61 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         self.pos[:, j] = p  # the window's positions stay right on the host
         self._stale = self._pos_stale = True
         db = self._device_basis()
-        kd = to_device(k[0])
         kvquant.policy_push(
-            to_device(q[0]), kd, to_device(v[0]), db.t_k, db.mu, self.d_store, self.d_qr[0], j, spill, p,
+            q, k, v, db.t_k, db.mu, self.d_store, self.d_qr[0], j, spill, p,
             self.basis.rot is not None, self.rot_v is not None, rank0, rank1, self.policy.per_slot(),
             self._device_merge(), self.d_logw if self.logw.size else None,
         )  # fmt: skip
-        self.policy.on_insert(np.full(self.spec.n_head_kv, j, np.int64), p, kd)
-        self._attend_decode(q, pos, out, qr=self.d_qr)
+        slots = np.full(self.spec.n_head_kv, j, np.int64)
+        self.policy.on_insert(slots, p, k)
+        if t >= 0:
+            self.policy.adopt(slots, t)
+
+    def _policy_prefill_on_device(self, q: Any, k: Any, v: Any, pos: np.ndarray, out: Any) -> None:
+        """A prefill chunk of a calibrated layer with a policy, on the device: nothing comes down.
+
+        Attention over every slot (the stored ones dequantized once into fp16
+        by ``qattn_gather_f16``, empty ones masked by their position -1) and the
+        chunk's own tokens, as two batched GEMMs per KV head group; the
+        probabilities, summed over each group's query heads, go to the policy's
+        prefill hook on the device (a global layer: no sliding window).  Then
+        the chunk's tokens go in one by one (:meth:`_policy_push_on_device`).
+        """
+        xp, s = self._xp, self.spec
+        T, H, D = q.shape
+        n_kv, N = s.n_head_kv, self.N
+        gqa = H // n_kv
+        self._sync()
+        db = self._device_basis()
+        qd, kd, vd = (xp.ascontiguousarray(to_device(a)) for a in (q, k, v))  # [T, heads, D] original basis
+        kbuf, vbuf = self._rows_f16(xp.arange(N, dtype=np.int32), kd, vd, db)
+        kall = kbuf.view(np.float16).astype(np.float32)  # [n_kv, N + T, D]
+        vall = vbuf.view(np.float16).astype(np.float32)
+        qp = positions(pos)  # [T]
+        kpos = xp.concatenate([self.d_pos, xp.broadcast_to(qp[None], (n_kv, T))], axis=1)  # [n_kv, N + T]
+        qh = self._device_queries(qd).reshape(T, n_kv, gqa, D).transpose(1, 2, 0, 3)  # [n_kv, gqa, T, D]
+        sc = xp.matmul(qh, kall[:, None].transpose(0, 1, 3, 2)) * np.float32(s.scale)  # [n_kv, gqa, T, N + T]
+        if s.softcap > 0:
+            sc = np.float32(s.softcap) * xp.tanh(sc / np.float32(s.softcap))
+        if self.logw.size:  # KeepKV: a merged slot stands for several tokens
+            sc = sc + xp.concatenate([self.d_logw, xp.zeros((n_kv, T), np.float32)], axis=1)[:, None, None, :]
+        see = (kpos[:, None, None, :] >= 0) & (kpos[:, None, None, :] <= qp[None, None, :, None])
+        sc = xp.where(see, sc, np.float32(-np.inf))
+        e = xp.where(see, xp.exp(sc - sc.max(axis=-1, keepdims=True)), np.float32(0.0))
+        pr = e / e.sum(axis=-1, keepdims=True)  # [n_kv, gqa, T, N + T]
+        o = xp.matmul(pr, vall[:, None]).transpose(2, 0, 1, 3).reshape(T, H, s.head_dim_v)
+        with device_out(out) as od:
+            if self.d_rot_v is None:
+                od[...] = o
+            else:  # back from the rotated V basis
+                xp.matmul(o, self.d_rot_v, out=od)
+        pol = self.policy
+        probs = pr.sum(axis=1) if pol.needs_probs else None  # [n_kv, T, N + T]
+        old = np.arange(N, dtype=np.int64)  # every slot: an empty one's column is 0, its state reset when filled
+        for h in range(n_kv):
+            pol.prefill(h, None if probs is None else probs[h], old)
+        for t in range(T):
+            self._policy_push_on_device(qd[t], kd[t], vd[t], int(pos[t]), t)
 
     def _prefill_on_device(self, q: Any, k: Any, v: Any, pos: np.ndarray, out: Any) -> None:
         """A prefill chunk of a policy-free layer: attention on the device, and the inserts too once calibrated.
@@ -269,7 +328,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         first window, on the host, for which the chunk's K/V come down.
         """
         xp, s = self._xp, self.spec
-        T, n_kv = q.shape[0], s.n_head_kv
+        T = q.shape[0]
         steady = self._on_device and self._steady_state(int(pos[0]))
         if not steady:
             self._pull()
@@ -278,20 +337,9 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         self._sync()
         db = self._device_basis()
         kd, vd = to_device(k), to_device(v)  # [T, n_kv, D] original basis
-        kc = self._per_head(kd, db.kin) - db.mu  # the cache basis, as KeyBasis.keys on the host
-        vr = vd if self.d_rot_v is None else xp.matmul(vd, self.d_rot_v)
         ids = np.flatnonzero(self.pos[0] >= 0).astype(np.int32)
         n = len(ids)
-        kbuf = xp.empty((n_kv, n + T, s.head_dim), np.uint16)
-        vbuf = xp.empty((n_kv, n + T, s.head_dim_v), np.uint16)
-        p0, p1 = self.d_pools
-        if n:
-            d_ids = to_device(ids, np.int32)
-            qa.gather_f16(self.d_k16, p0, p1, self.d_luts, self.kv.group, d_ids, kbuf)
-            qa.gather_f16(self.d_v16, p0, p1, self.d_luts, self.kv.group, d_ids, vbuf, values=True)
-        # the chunk's own tokens as the fp16 window will hold them
-        kbuf[:, n:] = kc.astype(np.float16).view(np.uint16).transpose(1, 0, 2)
-        vbuf[:, n:] = vr.astype(np.float16).view(np.uint16).transpose(1, 0, 2)
+        kbuf, vbuf = self._rows_f16(to_device(ids, np.int32), kd, vd, db)
         kpos = to_device(np.concatenate([self.pos[0, ids], pos]), np.int32)
         with device_out(out) as od:
             o = od if self.d_rot_v is None else xp.empty((T, s.n_head, s.head_dim_v), np.float32)
@@ -299,7 +347,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
             if self.d_rot_v is not None:  # back from the rotated V basis
                 xp.matmul(o, self.d_rot_v, out=od)
         if not steady:
-            kh, vh = _host(k), _host(vr)
+            kh, vh = _host(k), self._rot(_host(v), self.rot_v)  # values in the cache basis, as the CPU's
             for t in range(T):
                 self._push(kh[t], vh[t], int(pos[t]))
             return
@@ -310,6 +358,26 @@ class GPUCompressedLayerCache(CompressedLayerCache):
             kd, vd, db.t_k, db.mu, self.d_store, to_device(slots, np.int32), positions(pos),
             self.basis.rot is not None, self.rot_v is not None,
         )  # fmt: skip
+
+    def _rows_f16(self, ids: Any, k: Any, v: Any, db: _DeviceBasis) -> tuple[Any, Any]:
+        """The stored slots ``ids`` ([n] int32, device) dequantized once, then a chunk's own tokens
+        as the fp16 window will hold them: ([n_kv, n + T, D], [n_kv, n + T, Dv]) uint16 fp16 bits.
+
+        k [T, n_kv, D], v [T, n_kv, Dv]: the chunk's K/V in the model's basis (device).
+        """
+        xp, s = self._xp, self.spec
+        n, T, n_kv = ids.shape[0], k.shape[0], s.n_head_kv
+        kbuf = xp.empty((n_kv, n + T, s.head_dim), np.uint16)
+        vbuf = xp.empty((n_kv, n + T, s.head_dim_v), np.uint16)
+        if n:
+            p0, p1 = self.d_pools
+            qa.gather_f16(self.d_k16, p0, p1, self.d_luts, self.kv.group, ids, kbuf)
+            qa.gather_f16(self.d_v16, p0, p1, self.d_luts, self.kv.group, ids, vbuf, values=True)
+        kc = self._per_head(k, db.kin) - db.mu  # the cache basis, as KeyBasis.keys on the host
+        vr = v if self.d_rot_v is None else xp.matmul(v, self.d_rot_v)
+        kbuf[:, n:] = kc.astype(np.float16).view(np.uint16).transpose(1, 0, 2)
+        vbuf[:, n:] = vr.astype(np.float16).view(np.uint16).transpose(1, 0, 2)
+        return kbuf, vbuf
 
     def _device_basis(self) -> _DeviceBasis:
         """The key basis (keybasis.py) on the device, sent again only when its version changes."""

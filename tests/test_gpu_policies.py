@@ -10,9 +10,9 @@ Two levels:
   (a real GPU, ``@pytest.mark.gpu``);
 * the GPU compressed layer cache on the kernel emulator with device arrays
   (``devicexp.StrictRuntime``), budget small enough to evict: a one-token
-  decode step of a calibrated cache copies *nothing* down (``kv_policy_push``
-  picks, demotes and merges the victims on the device); a step that takes
-  the host path (several tokens, calibration) brings down only the
+  decode step or prefill chunk of a calibrated cache copies *nothing* down
+  (``kv_policy_push`` picks, demotes and merges the victims on the device); a
+  step that takes the host path (2 to 4 tokens, calibration) brings down only the
   new tokens' K/V (and q while the key basis learns: [T, heads, D]), one
   scalar per victim, two per KeepKV merge, and the stored slots once when
   device steps came before; and the cache holds the same positions as the
@@ -214,7 +214,7 @@ def test_gpu_cache_decode_copies_nothing_that_grows_and_evicts_as_the_cpu(strict
     # difference in the scores became a K/V difference the next steps carried on.)
     tol = 2e-3
     p, scalars, device_steps, after_device = 0, 0, 0, False
-    for T in [10] + [1] * 30 + [3, 1, 2, 4] + [1] * 30:
+    for T in [10] + [1] * 30 + [9, 3, 1, 2, 4] + [1] * 30:
         q = rng.standard_normal((T, H, Dk)).astype(np.float32)
         k = rng.standard_normal((T, n_kv, Dk)).astype(np.float32)
         v = rng.standard_normal((T, n_kv, Dk)).astype(np.float32)
@@ -227,9 +227,9 @@ def test_gpu_cache_decode_copies_nothing_that_grows_and_evicts_as_the_cpu(strict
         gpu.update_and_attend(xp.asarray(q), xp.asarray(k), xp.asarray(v), pos, out)
         step = list(COPIES)
         n_victims = len(victims) - n_victims
-        if T == 1 and p > 10:  # calibrated by the first chunk: the device picks (and merges) the victims
+        if (T == 1 or T > 4) and p > 10:  # calibrated by the first chunk: the device picks (and merges) the victims
             assert step == [] and n_victims == 0, f"at {p}: {step}"
-            device_steps += 1
+            device_steps += T == 1
             after_device = True
         elif T <= 4:  # the host path: K/V (and q) of the new tokens, a scalar per victim, two per KeepKV merge
             big = [s for how, s in step if how == "asnumpy"]

@@ -25,7 +25,9 @@ number (one scalar, in :meth:`Policy.victim`).  What a hook is handed on the hos
 probabilities, slot ids, positions, keys) is reduced on the host where the
 hook reduces it, then uploaded with ``xp.asarray`` (no copy with numpy), so
 the CPU policies compute exactly what they did before and a device policy
-the same values.  ``rank`` and ``top_k`` return arrays of ``xp``.
+the same values; the GPU cache's device prefill hands over its probabilities
+on the device, and the hooks reduce them there.  ``rank`` and ``top_k``
+return arrays of ``xp``.
 """
 
 from __future__ import annotations
@@ -96,8 +98,9 @@ class Policy:
     def prefill(self, head: int, probs: np.ndarray | None, old: np.ndarray) -> None:
         """Score from a prefill chunk's attention (one KV head).
 
-        probs: [T, n_old + T] float32 (host), the attention of the chunk's T
-        queries (summed over the head's query heads) over its ``n_old`` stored
+        probs: [T, n_old + T] float32 (host, or an array of :attr:`xp` on the
+        GPU cache's device path), the attention of the chunk's T queries
+        (summed over the head's query heads) over its ``n_old`` stored
         slots ``old`` ([n_old] int64, host), then over the chunk's own T
         tokens; None when :attr:`needs_probs` is False.  Update the stored
         slots' scores and keep the new tokens' for :meth:`adopt`.

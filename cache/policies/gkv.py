@@ -45,7 +45,7 @@ class GKV(Policy):
     def prefill(self, head: int, probs: np.ndarray | None, old: np.ndarray) -> None:
         T = probs.shape[0]
         w = np.float32(self.gamma) ** np.arange(T - 1, -1, -1, dtype=np.float32)  # [T]
-        hist = self._up(w @ probs)  # [n_old + T]: decayed over the chunk's queries (reduced on the host)
+        hist = self._up(w) @ self._up(probs)  # [n_old + T]: decayed over the chunk's queries
         cur = self._up(probs[-1])
         a, b = np.float32(self.alpha), np.float32((1 - self.alpha) * (1 - self.gamma))
         n = len(old)

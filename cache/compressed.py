@@ -48,6 +48,7 @@ carry a large mean, +64% uncentered (first 2 windows) -> +10.7% centered ->
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -347,26 +348,38 @@ class CompressedLayerCache(LayerCache):
         """Whether a decode token at ``p`` of a layer with a policy goes in with one call (the victims picked, demoted and merged there)."""
         return self.policy is not None and (self.merger is None or self.merger.mode > 0) and self._calibrated_entry(p)
 
-    def _victim_ranks(self, pos: Any) -> tuple[Any, Any]:
+    def _empty_takes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per head ([n_kv] bool): whether a spill takes an empty pool-0 slot, and whether its
+        demoted victim takes an empty pool-1 slot (the rest pick a victim there)."""
+        took0 = self._free[0] > 0
+        return took0, ~took0 & (self._free[1] > 0)
+
+    def _victim_ranks(self, pos: Any, took0: np.ndarray, took1: np.ndarray) -> tuple[Any, Any]:
         """The policy's ranks (``Policy.rank_rows``) of pool 0 and pool 1 where some head must pick a victim there, else None.
 
-        pos: the held positions [n_kv, N] (an array of the policy's module).
-        A head picks a victim in pool 0 when it has no empty slot left, and in
-        pool 1 when it demotes one (pool 0 full) and pool 1 is full too.
+        pos: the held positions [n_kv, N] (an array of the policy's module);
+        took0, took1: :meth:`_empty_takes`.
         """
         (p0, p1), (lo0, lo1), pol = self.pools, self.lo, self.policy
-        took0 = self._free[0] > 0
         r0 = None if took0.all() else pol.rank_rows(lo0, lo0 + p0.cap, pos[:, lo0 : lo0 + p0.cap])
-        took1 = ~took0 & (self._free[1] > 0)
         r1 = None if not p1.cap or (took0 | took1).all() else pol.rank_rows(lo1, lo1 + p1.cap, pos[:, lo1 : lo1 + p1.cap])
         return r0, r1
 
-    def _merge_args(self, xp: Any = np) -> tuple[int, float, Any]:
-        """(mode, threshold, score) of the merger for the one-call steps; score: the policy's that weighs a KeepKV merge, or None."""
+    @functools.cached_property
+    def _merge_args(self) -> tuple[int, float, Any]:
+        """(mode, threshold, score) of the merger for the one-call steps; score: the policy's that weighs a KeepKV merge, or None.
+
+        Fixed for the cache's life (the policy updates its arrays in place): computed at the first step.
+        """
         m, pol = self.merger, self.policy
         if m is None:
             return 0, 0.0, None
         return m.mode, float(m.threshold), pol.score if m.name == "keepkv" and pol.needs_probs else None
+
+    @functools.cached_property
+    def _policy_state(self) -> tuple[tuple, tuple]:
+        """The policy's per-slot arrays and the ones a merge adds up in, as the one-call steps take them (fixed, as :attr:`_merge_args`)."""
+        return tuple(self.policy.per_slot()), tuple(self.policy.fold_arrays())
 
     def _policy_decode_fast(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
         """A decode token of a layer with a policy in one Numba call (:func:`.insert.policy_push`)."""
@@ -375,11 +388,11 @@ class CompressedLayerCache(LayerCache):
         pol = self.policy
         j, full = window_slot(self.pos, self.S, self.F)
         spill = full and self.N > self.F
-        r0, r1 = self._victim_ranks(self.pos) if spill else (None, None)
+        r0, r1 = self._victim_ranks(self.pos, *self._empty_takes()) if spill else (None, None)
         dummy = self._dummy  # [n_kv, 1]: a rank (or fold) array never read
         t_k, mu = self._fast_basis()
-        mode, thr, score = self._merge_args()
-        state, folds = tuple(pol.per_slot()), tuple(pol.fold_arrays())
+        mode, thr, score = self._merge_args
+        state, folds = self._policy_state
         qr = self._qr[:1]
         k0 = np.ascontiguousarray(k[0], np.float32)
         policy_push(

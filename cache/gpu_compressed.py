@@ -58,6 +58,7 @@ upload the output.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -220,12 +221,11 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         )  # fmt: skip
         self._attend_decode(q, pos, out, qr=self.d_qr)
 
+    @functools.cached_property
     def _device_merge(self) -> kvquant.DeviceMerge | None:
-        """The merger's parameters for ``kv_policy_push`` (None: evicted tokens are dropped)."""
-        mode, thr, score = self._merge_args()
-        if not mode:
-            return None
-        return kvquant.DeviceMerge(mode, thr, self.d_logw if self.logw.size else None, score, self.policy.fold_arrays())
+        """The merger's parameters for ``kv_policy_push`` (None: evicted tokens are dropped); fixed, as :attr:`_merge_args`."""
+        mode, thr, score = self._merge_args
+        return kvquant.DeviceMerge(mode, thr, score, list(self._policy_state[1])) if mode else None
 
     def _policy_decode_on_device(self, q: Any, k: Any, v: Any, pos: np.ndarray, out: Any) -> None:
         """One decode token of a layer with an eviction policy (and merging), stored and attended on the device: nothing comes down."""
@@ -251,10 +251,9 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         spill = full and self.N > self.F
         rank0 = rank1 = None
         if spill:
-            rank0, rank1 = self._victim_ranks(self.d_pos)
+            took0, took1 = self._empty_takes()
+            rank0, rank1 = self._victim_ranks(self.d_pos, took0, took1)
             # the host's empty-slot counts follow (which slots, only the device knows)
-            took0 = self._free[0] > 0
-            took1 = ~took0 & (self._free[1] > 0)
             self._free[0][took0] -= 1
             if p1.cap:
                 self._free[1][took1] -= 1
@@ -263,8 +262,8 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         db = self._device_basis()
         kvquant.policy_push(
             q, k, v, db.t_k, db.mu, self.d_store, self.d_qr[0], j, spill, p,
-            self.basis.rot is not None, self.rot_v is not None, rank0, rank1, self.policy.per_slot(),
-            self._device_merge(), self.d_logw if self.logw.size else None,
+            self.basis.rot is not None, self.rot_v is not None, rank0, rank1, list(self._policy_state[0]),
+            self._device_merge, self.d_logw if self.logw.size else None,
         )  # fmt: skip
         slots = np.full(self.spec.n_head_kv, j, np.int64)
         self.policy.on_insert(slots, p, k)

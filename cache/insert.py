@@ -234,9 +234,9 @@ def decode_push(
         _new_token(h, j, q, k, v, rot_k, rot_v, t_k, mu, k16, v16, qr, kf, vf)
 
 
-@nb.njit(**_JIT)
+@nb.njit(inline="always", **_JIT)
 def dequant_pair(kc, km, klut, bits_k, vc, vm, vlut, bits_v, G, kf, vf) -> None:
-    """One slot's key and value rows dequantized as the one-call steps here read them (``Pool.read_row``)."""
+    """One slot's key and value rows dequantized as the one-call steps here read them (and ``Pool.read_row``)."""
     dequant_row(kc, km, klut, bits_k, G, kf)
     dequant_row(vc, vm, vlut, bits_v, G, vf)
 
@@ -251,8 +251,7 @@ def _move_token(h, j, jq, jc, k16, v16, kc, km, vc, vm, bits_k, bits_v, klut, vl
     quantized into pool 0 slot jq.  kf, vf: [D], [Dv] float32 scratch.
     """
     if jc >= 0:
-        dequant_row(kc[h, jq], km[h, jq], klut, bits_k, G, kf)
-        dequant_row(vc[h, jq], vm[h, jq], vlut, bits_v, G, vf)
+        dequant_pair(kc[h, jq], km[h, jq], klut, bits_k, vc[h, jq], vm[h, jq], vlut, bits_v, G, kf, vf)
         quantize_row(kf, bits_k1, G, klut1, clips_k1, kc1[h, jc], km1[h, jc], tmp)
         quantize_row(vf, bits_v1, G, vlut1, clips_v1, vc1[h, jc], vm1[h, jc], tmp)
     if jq >= 0:
@@ -317,8 +316,7 @@ def _merge(h, v, lo, prow, kc, km, vc, vm, bits_k, bits_v, G, klut, vlut, clips_
     a tuple of [n_kv, N] arrays, the first ``n_fold`` add the victim's entry into the target's."""
     C = kc.shape[1]
     D, Dv = kf.shape[0], vf.shape[0]
-    dequant_row(kc[h, v], km[h, v], klut, bits_k, G, kf)
-    dequant_row(vc[h, v], vm[h, v], vlut, bits_v, G, vf)
+    dequant_pair(kc[h, v], km[h, v], klut, bits_k, vc[h, v], vm[h, v], vlut, bits_v, G, kf, vf)
     key_similarity(kf, kc, km, klut, bits_k, G, h, sims)  # the host path's function: the same target on ties
     t, st = -1, np.float32(-np.inf)
     for s in range(C):
@@ -326,8 +324,7 @@ def _merge(h, v, lo, prow, kc, km, vc, vm, bits_k, bits_v, G, klut, vlut, clips_
             t, st = s, sims[s]
     if t < 0 or not st >= threshold:
         return  # nothing similar enough: dropped
-    dequant_row(kc[h, t], km[h, t], klut, bits_k, G, kt)
-    dequant_row(vc[h, t], vm[h, t], vlut, bits_v, G, vt)
+    dequant_pair(kc[h, t], km[h, t], klut, bits_k, vc[h, t], vm[h, t], vlut, bits_v, G, kt, vt)
     je, jt = lo + v, lo + t
     if mode == 1:
         w = np.float32(st)

@@ -85,9 +85,6 @@ class Pool:
         """
         k = np.empty(self.D, np.float32)
         v = np.empty(self.Dv, np.float32)
-        if self.bits_k == 16 or self.bits_v == 16:
-            kr, vr = self.read(head, np.array([slot]))
-            return kr[0], vr[0]
         dequant_pair(self.kc[head, slot], self.km[head, slot], self.klut, self.bits_k,
                      self.vc[head, slot], self.vm[head, slot], self.vlut, self.bits_v, self.G, k, v)  # fmt: skip
         return k, v

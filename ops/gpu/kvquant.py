@@ -108,8 +108,7 @@ class DeviceMerge(NamedTuple):
     """How an evicted token is merged on the device (``cache/merge.py``), for :func:`policy_push`."""
 
     mode: int  # the merger's code (cache/merge.py Merger.mode): 1 mean, 2 KeepKV
-    threshold: float  # least cosine similarity that merges
-    logw: Any  # [n_kv, N] float32 log merge weights (KeepKV), or None
+    threshold: float  # least cosine similarity that merges (KeepKV's log-weights: policy_push's logw)
     score: Any  # [n_kv, N] float32 the policy's scores weighing a KeepKV merge, or None
     fold: list[Any]  # [n_kv, N] float32 arrays where the victim's entry adds into the target's (at most 2)
 

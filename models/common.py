@@ -82,16 +82,22 @@ class WeightLoader:
 
 @dataclass
 class Buffers:
-    """Activations for up to ``n_batch`` tokens, allocated once per model."""
+    """Activations for up to ``n_batch`` tokens, allocated once per model with ``zeros``.
+
+    ``zeros`` is the backend's: on the GPU the activations live on the device, so
+    a forward pass moves no activation between host and device (a host buffer
+    there would cost an upload and a synchronising copy down per kernel).
+    """
 
     n_batch: int
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    zeros: Callable[..., Any] = np.zeros
+    arrays: dict[str, Any] = field(default_factory=dict)
 
-    def get(self, name: str, T: int, *dims: int) -> np.ndarray:
+    def get(self, name: str, T: int, *dims: int) -> Any:
         """A ``[T, *dims]`` view of a buffer shaped ``[n_batch, *dims]``."""
         a = self.arrays.get(name)
         if a is None or a.shape[1:] != dims:
-            a = np.zeros((self.n_batch, *dims), np.float32)
+            a = self.zeros((self.n_batch, *dims), np.float32)
             self.arrays[name] = a
         return a[:T]
 
@@ -124,13 +130,13 @@ class Model:
         self.be = backend
         self.n_ctx = n_ctx
         self.n_batch = n_batch
-        self.buf = Buffers(n_batch)
+        self.buf = Buffers(n_batch, backend.zeros)
         self.debug_hook: Callable[[str, np.ndarray], None] | None = None
 
     def trace(self, name: str, il: int, x: np.ndarray) -> None:
         """Debug hook: names intermediates like llama.cpp (``attn_norm-12``)."""
         if self.debug_hook is not None:
-            self.debug_hook(f"{name}-{il}" if il >= 0 else name, x)
+            self.debug_hook(f"{name}-{il}" if il >= 0 else name, self.be.to_host(x))
 
     def layer_specs(self) -> list[LayerSpec]:
         raise NotImplementedError
@@ -138,7 +144,25 @@ class Model:
     def forward(self, tokens: np.ndarray, pos: np.ndarray, cache: KVCache, out_rows: np.ndarray, logits: np.ndarray) -> None:
         """Run ``tokens`` [T] at positions ``pos`` [T] through the model.
 
-        Writes the logits of the rows ``out_rows`` (indices into the batch) to
-        ``logits`` ``[len(out_rows), n_vocab]``.
+        Writes the logits of the rows ``out_rows`` (consecutive indices into
+        the batch) to ``logits`` ``[len(out_rows), n_vocab]``.
         """
         raise NotImplementedError
+
+    def output_head(self, x: Any, out_rows: np.ndarray, logits: np.ndarray) -> None:
+        """Final norm, output projection (and soft-cap) of the rows ``out_rows`` of the residual stream ``x``.
+
+        The rows are taken as a slice, which every array type (device ones too) takes without an index upload.
+        """
+        n = len(out_rows)
+        if n == 0:
+            return
+        lo = int(out_rows[0])
+        if np.any(np.asarray(out_rows) != np.arange(lo, lo + n)):
+            raise ValueError("out_rows must be consecutive batch rows")
+        c, be = self.cfg, self.be
+        xo = self.buf.get("xo", n, c.n_embd)
+        be.rms_norm(x[lo : lo + n], self.output_norm, c.norm_eps, xo)
+        be.linear(self.output, xo, logits)
+        if c.final_logit_softcap > 0:
+            be.softcap(logits, c.final_logit_softcap)

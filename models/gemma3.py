@@ -96,27 +96,15 @@ class Gemma3Model(Model):
         be.scale(x, math.sqrt(c.n_embd))
         for il, L in enumerate(self.layers):
             cos, sin = self.rope_local if c.is_swa(il) else self.rope_global
-            be.rms_norm(x, L.attn_norm, c.norm_eps, xn)
+            be.norm_linear_many(x, L.attn_norm, c.norm_eps, xn, (L.wq, L.wk, L.wv), (q, k, v))
             self.trace("attn_norm", il, xn)
-            be.linear_many((L.wq, L.wk, L.wv), xn, (q, k, v))
-            be.rms_norm_heads(q3, L.q_norm, c.norm_eps)
-            be.rms_norm_heads(k3, L.k_norm, c.norm_eps)
-            be.rope_qk(q3, k3, pos, cos, sin, c.rope_neox)
+            be.norm_rope_qk(q3, k3, L.q_norm, L.k_norm, c.norm_eps, pos, cos, sin, c.rope_neox)
             cache[il].update_and_attend(q3, k3, v3, pos, att3)
             self.trace("kqv_out", il, att)
             be.linear(L.wo, att, o)
-            be.rms_norm(o, L.attn_post_norm, c.norm_eps, o)
-            be.add(x, o)
-            be.rms_norm(x, L.ffn_norm, c.norm_eps, xn)
-            be.linear_many((L.w_gate, L.w_up), xn, (gate, up))
+            be.rms_norm_add(o, L.attn_post_norm, c.norm_eps, x)
+            be.norm_linear_many(x, L.ffn_norm, c.norm_eps, xn, (L.w_gate, L.w_up), (gate, up))
             be.linear_glu(L.w_down, gate, up, o, "gelu")
-            be.rms_norm(o, L.ffn_post_norm, c.norm_eps, o)
-            be.add(x, o)
+            be.rms_norm_add(o, L.ffn_post_norm, c.norm_eps, x)
             self.trace("l_out", il, x)
-        if len(out_rows) == 0:
-            return
-        xo = buf.get("xo", len(out_rows), c.n_embd)
-        be.rms_norm(x[out_rows], self.output_norm, c.norm_eps, xo)
-        be.linear(self.output, xo, logits)
-        if c.final_logit_softcap > 0:
-            be.softcap(logits, c.final_logit_softcap)
+        self.output_head(x, out_rows, logits)

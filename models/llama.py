@@ -85,9 +85,8 @@ class LlamaModel(Model):
 
         be.get_rows(self.tok_embd, tokens, x)
         for il, L in enumerate(self.layers):
-            be.rms_norm(x, L.attn_norm, c.norm_eps, xn)
+            be.norm_linear_many(x, L.attn_norm, c.norm_eps, xn, (L.wq, L.wk, L.wv), (q, k, v))
             self.trace("attn_norm", il, xn)
-            be.linear_many((L.wq, L.wk, L.wv), xn, (q, k, v))
             if L.bq is not None:
                 be.add_bias(q, L.bq)
                 be.add_bias(k, L.bk)
@@ -96,14 +95,7 @@ class LlamaModel(Model):
             cache[il].update_and_attend(q3, k3, v3, pos, att3)
             self.trace("kqv_out", il, att)
             be.linear_add(L.wo, att, x)
-            be.rms_norm(x, L.ffn_norm, c.norm_eps, xn)
-            be.linear_many((L.w_gate, L.w_up), xn, (gate, up))
+            be.norm_linear_many(x, L.ffn_norm, c.norm_eps, xn, (L.w_gate, L.w_up), (gate, up))
             be.linear_glu(L.w_down, gate, up, x, "silu", accumulate=True)
             self.trace("l_out", il, x)
-        if len(out_rows) == 0:
-            return
-        xo = buf.get("xo", len(out_rows), c.n_embd)
-        be.rms_norm(x[out_rows], self.output_norm, c.norm_eps, xo)
-        be.linear(self.output, xo, logits)
-        if c.final_logit_softcap > 0:
-            be.softcap(logits, c.final_logit_softcap)
+        self.output_head(x, out_rows, logits)

@@ -51,6 +51,34 @@ def test_gpu_logits_match_cpu(gpu_env, tiny):
     assert np.abs(a - b).max() / np.abs(a).max() < 2e-2
 
 
+@pytest.mark.parametrize(
+    "arch,kv", [("llama", None), ("gemma3", None), ("llama", "2,policy=h2o,budget=16,residual=4,merge=keepkv")], ids=["llama", "gemma3", "llama-h2o-keepkv"]
+)
+def test_a_decode_step_copies_only_its_logits_down(monkeypatch, tmp_path, arch, kv):
+    """The activations live on the device: a decode step's one copy to the host is the logits the sampler needs
+    (a host activation buffer would cost an upload and a synchronising copy down per kernel)."""
+    if gpu_available():
+        pytest.skip("checks the strict CuPy stand-in (devicexp.py); on a GPU the other tests run the device itself")
+    from devicexp import COPIES, StrictRuntime
+
+    from kvrun.cache.kvconfig import KVConfig
+    from kvrun.ops.gpu import kernels as K
+
+    monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
+    path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, qtype=Q.Q4_0)
+    prev = K.set_runtime(StrictRuntime())
+    try:
+        eng = Engine(path, device="gpu", n_ctx=64, n_batch=16, kv=KVConfig.parse(kv) if kv else None)
+        cache = eng.new_cache()
+        eng.eval(cache, list(range(3, 27)))  # past the budget: the policy evicts (and merges) in the steps below
+        for tok in (5, 9):
+            COPIES.clear()
+            logits = eng.eval(cache, [tok])
+            assert COPIES == [("asnumpy", logits.shape)]
+    finally:
+        K.set_runtime(prev)
+
+
 def test_cli_run_on_gpu(gpu_env, tiny):
     args = ["run", str(tiny), "-p", "the", "-n", "6", "--temp", "0", "--no-stats", "-c", "64"]
     cpu = CliRunner().invoke(main, args + ["--device", "cpu"])

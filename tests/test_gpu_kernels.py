@@ -139,6 +139,28 @@ def test_linear_many_of_mixed_types_falls_back(rt, gpu, cpu):
         cpu.linear(cpu.upload(raw, qt, (n, 512)), x, want)
         assert nmse(rt.asnumpy(out), want) < 1e-3
 
+@pytest.mark.parametrize("n_tok", [1, 3, 70], ids=["matvec", "matvec-3tok", "matmul"])
+@pytest.mark.parametrize("kinds", [(Q.Q4_1, Q.Q4_1, Q.Q4_1), (Q.Q4_K, Q.Q6_K)], ids=["qkv-one-type", "gate-up-mixed"])
+def test_norm_linear_many_is_the_norm_then_the_projections(rt, gpu, cpu, n_tok, kinds):
+    """The pre-attention/pre-FFN RMSNorm riding in the matvecs gives what a norm launch and linear_many give, xn included."""
+    rng = np.random.default_rng(len(kinds) * 10 + n_tok)
+    n_cols = 512
+    rows = [40, 24, 24][: len(kinds)]
+    raws = [random_weight(qt, n, n_cols, rng) for qt, n in zip(kinds, rows)]
+    x = (rng.standard_normal((n_tok, n_cols)) * 4).astype(np.float32)
+    nw = rng.uniform(0.5, 1.5, n_cols).astype(np.float32)
+    want_xn = np.zeros_like(x)
+    wants = [np.zeros((n_tok, n), np.float32) for n in rows]
+    cpu.norm_linear_many(x, nw, 1e-6, want_xn, [cpu.upload(r, qt, (n, n_cols)) for r, qt, n in zip(raws, kinds, rows)], wants)
+    xn = rt.xp.full((n_tok, n_cols), np.nan, np.float32)
+    outs = [rt.xp.full((n_tok, n), np.nan, np.float32) for n in rows]
+    ws = [gpu.upload(r, qt, (n, n_cols)) for r, qt, n in zip(raws, kinds, rows)]
+    gpu.norm_linear_many(dev(rt, x), gpu.vector(nw), 1e-6, xn, ws, outs)
+    close(rt.asnumpy(xn), want_xn)
+    for out, want in zip(outs, wants):
+        assert nmse(rt.asnumpy(out), want) < 1e-3
+
+
 
 @pytest.mark.parametrize("n_tok", [1, 70], ids=["matvec", "matmul"])
 @pytest.mark.parametrize("backend", ["gpu", "cpu"])
@@ -251,6 +273,36 @@ def test_rope(rt, gpu, neox):
     xd = dev(rt, x)
     gpu.rope(xd, pos, cos, sin, neox)  # host tables and positions, as models pass them
     close(rt.asnumpy(xd), want)
+
+
+def test_rms_norm_add_adds_the_norm_to_the_residual(rt, gpu, cpu):
+    rng = np.random.default_rng(7)
+    y = rng.standard_normal((3, 300)).astype(np.float32)
+    x = rng.standard_normal((3, 300)).astype(np.float32)
+    w = rng.standard_normal(300).astype(np.float32)
+    want = x.copy()
+    cpu.rms_norm_add(y.copy(), w, 1e-6, want)
+    xd = dev(rt, x)
+    gpu.rms_norm_add(dev(rt, y), gpu.vector(w), 1e-6, xd)
+    close(rt.asnumpy(xd), want)
+    assert not np.allclose(want, x)
+
+
+@pytest.mark.parametrize("neox", [False, True], ids=["normal", "neox"])
+def test_norm_rope_qk_is_qk_norm_then_rope(rt, gpu, cpu, neox):
+    """Gemma 3's QK-norm and RoPE in one launch, as rms_norm_heads twice and rope_qk give (n_rot < head_dim)."""
+    rng = np.random.default_rng(8)
+    cos, sin = nn.rope_tables(64, 72, 10000.0)  # head_dim 80: lanes own pairs past 32, and an unrotated tail
+    q = (rng.standard_normal((3, 4, 80)) * 3).astype(np.float32)
+    k = (rng.standard_normal((3, 2, 80)) * 3).astype(np.float32)
+    wq, wk = rng.uniform(0.5, 1.5, 80).astype(np.float32), rng.uniform(0.5, 1.5, 80).astype(np.float32)
+    pos = np.array([1, 9, 50], np.int32)
+    want_q, want_k = q.copy(), k.copy()
+    cpu.norm_rope_qk(want_q, want_k, wq, wk, 1e-6, pos, cos, sin, neox)
+    qd, kd = dev(rt, q), dev(rt, k)
+    gpu.norm_rope_qk(qd, kd, gpu.vector(wq), gpu.vector(wk), 1e-6, pos, cos, sin, neox)
+    close(rt.asnumpy(qd), want_q)
+    close(rt.asnumpy(kd), want_k)
 
 
 @pytest.mark.parametrize("neox", [False, True])

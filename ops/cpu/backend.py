@@ -39,6 +39,10 @@ class CPUBackend:
         for w, out in zip(ws, outs, strict=True):
             self.linear(w, x, out)
 
+    def norm_linear_many(self, x, norm_w, eps, xn, ws: Sequence[Weight], outs: Sequence[np.ndarray]) -> None:
+        nn.rms_norm(x, norm_w, eps, xn)
+        self.linear_many(ws, xn, outs)
+
     def linear_add(self, w: Weight, x: np.ndarray, out: np.ndarray) -> None:
         tmp = self._scratch.get(out.shape)
         if tmp is None:
@@ -56,6 +60,10 @@ class CPUBackend:
     def rms_norm(self, x, w, eps, out) -> None:
         nn.rms_norm(x, w, eps, out)
 
+    def rms_norm_add(self, y, w, eps, x) -> None:
+        nn.rms_norm(y, w, eps, y)
+        nn.add_inplace(x, y)
+
     def rms_norm_heads(self, x, w, eps) -> None:
         nn.rms_norm_heads(x, w, eps)
 
@@ -65,6 +73,11 @@ class CPUBackend:
     def rope_qk(self, q, k, pos, cos, sin, neox) -> None:
         nn.rope(q, pos, cos, sin, neox)
         nn.rope(k, pos, cos, sin, neox)
+
+    def norm_rope_qk(self, q, k, q_norm, k_norm, eps, pos, cos, sin, neox) -> None:
+        nn.rms_norm_heads(q, q_norm, eps)
+        nn.rms_norm_heads(k, k_norm, eps)
+        self.rope_qk(q, k, pos, cos, sin, neox)
 
     def silu_mul(self, gate, up, out) -> None:
         nn.silu_mul(gate, up, out)

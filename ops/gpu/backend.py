@@ -9,11 +9,14 @@ Arrays are CuPy arrays; host (numpy) arguments are accepted and moved for the
 call (see ``arrays.py``), so a model that still allocates on the host runs,
 only slower.
 
-Decode is launch-bound on small models: a SmolLM2 token is ~330 small kernels,
-and each costs host time before the GPU sees it.  So the projections of one
-input go out as one launch (``linear_many``: Q/K/V, gate/up), residual adds
-ride in the output matvecs (``linear_add``), q and k rotate together
-(``rope_qk``), and a step's positions go up once (``arrays.positions``).
+Decode is launch-bound on small models: every kernel costs host time before
+the GPU sees it.  So the projections of one input go out as one launch
+(``linear_many``: Q/K/V, gate/up), the RMSNorm before them rides in that
+launch (``norm_linear_many``), residual adds ride in the output matvecs
+(``linear_add``) and post-norms (``rms_norm_add``), q and k are normalised
+and rotated together (``rope_qk``, ``norm_rope_qk``), and a step's positions
+go up once (``arrays.positions``): a decode token is 213 launches on SmolLM2
+(7 a layer) and 184 on Gemma 3 270M (10 a layer).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ _EW_MAX_GRID = 8192  # ... and at most this many blocks (grid-stride loops do th
 
 
 _ACT = {"silu": 1, "gelu": 2}  # ACT_SILU, ACT_GELU in qmatmul.cu
+_ACT_NORM = 3  # matvec reads RMSNorm(x) * up
 
 
 def _ew_grid(n: int) -> tuple[int]:
@@ -90,24 +94,29 @@ class GPUBackend:
         x = act(x) * up as it is read), tiled matmul for more (the activation a launch of its own)."""
         T, n_cols = x.shape
         sfx = K.QTYPE_SUFFIX[w.qtype]
-        row_bytes = w.data.shape[1]
         xd = to_device(x)
         with device_out(out) as od:
             if T <= MATVEC_MAX_TOKENS:
-                ud = xd if act is None else to_device(up)
-                K.launch(
-                    f"matvec_{sfx}", (K.cdiv(w.n_rows, 4), T), (128,),
-                    w.data, xd, ud, od, w.n_rows, n_cols, row_bytes, int(accumulate), _ACT.get(act, 0),
-                )  # fmt: skip
+                self._matvec(w, xd, xd if act is None else to_device(up), od, int(accumulate), _ACT.get(act, 0))
                 return
             if act is not None:  # in place: the caller's gate is scratch
                 self._glu(f"{act}_mul_f32", xd, up, xd)
+            row_bytes = w.data.shape[1]
             if accumulate:  # prefill: the add is one more launch among hundreds of tokens' work
                 y = self.xp.empty((T, w.n_rows), np.float32)
                 K.launch(f"matmul_{sfx}", (K.cdiv(w.n_rows, 64), K.cdiv(T, 64)), (256,), w.data, xd, y, w.n_rows, n_cols, T, row_bytes)
                 self.add(od, y)
             else:
                 K.launch(f"matmul_{sfx}", (K.cdiv(w.n_rows, 64), K.cdiv(T, 64)), (256,), w.data, xd, od, w.n_rows, n_cols, T, row_bytes)
+
+    @staticmethod
+    def _matvec(w: Weight, xd: Any, up: Any, od: Any, acc: int, act: int, xn: Any = None, eps: float = 0.0) -> None:
+        """One matvec launch on device arrays; ``xn`` (with ACT_NORM) also receives the normalised x."""
+        T, n_cols = xd.shape
+        K.launch(
+            f"matvec_{K.QTYPE_SUFFIX[w.qtype]}", (K.cdiv(w.n_rows, 4), T), (128,),
+            w.data, xd, up, od, od if xn is None else xn, w.n_rows, n_cols, w.data.shape[1], acc, act, int(xn is not None), eps,
+        )  # fmt: skip
 
     def linear_glu(self, w: Weight, gate: Any, up: Any, out: Any, act: str, accumulate: bool = False) -> None:
         """out (+)= (act(gate) * up) @ W.T; in decode the activation is computed as the matvec reads x (no launch of its own)."""
@@ -122,15 +131,44 @@ class GPUBackend:
 
     def linear_many(self, ws: Sequence[Weight], x: Any, outs: Sequence[Any]) -> None:
         """outs[i] = x @ ws[i].T; in decode, up to three matrices of one type in one launch (matvec3_)."""
-        T = x.shape[0]
-        w0 = ws[0]
-        if T > MATVEC_MAX_TOKENS or not 2 <= len(ws) <= 3 or any(w.qtype != w0.qtype or w.n_cols != w0.n_cols for w in ws):
+        if not self._matvec3_fits(ws, x, outs):
             for w, out in zip(ws, outs, strict=True):
                 self.linear(w, x, out)
             return
+        self._matvec3(ws, to_device(x), outs)
+
+    def norm_linear_many(self, x: Any, norm_w: Any, eps: float, xn: Any, ws: Sequence[Weight], outs: Sequence[Any]) -> None:
+        """xn = RMSNorm(x) * norm_w, outs[i] = xn @ ws[i].T: in decode the norm rides in the matvecs
+        (ACT_NORM: each warp normalises x itself), so it costs no launch of its own."""
+        T, n_cols = x.shape
+        if T > MATVEC_MAX_TOKENS or x is xn or any(w.n_cols != n_cols for w in ws):
+            self.rms_norm(x, norm_w, eps, xn)
+            self.linear_many(ws, xn, outs)
+            return
+        xd, nwd = to_device(x), to_device(norm_w)
+        with device_out(xn) as xnd:
+            if self._matvec3_fits(ws, x, outs):
+                self._matvec3(ws, xd, outs, nwd, xnd, eps)
+                return
+            for i, (w, out) in enumerate(zip(ws, outs, strict=True)):  # mixed types: one matvec each, all normalising
+                if tuple(out.shape) != (T, w.n_rows):
+                    raise ValueError(f"norm_linear_many: W {w.shape}, out {tuple(out.shape)} do not match")
+                with device_out(out) as od:
+                    self._matvec(w, xd, nwd, od, 0, _ACT_NORM, xnd if i == 0 else None, eps)
+
+    @staticmethod
+    def _matvec3_fits(ws: Sequence[Weight], x: Any, outs: Sequence[Any]) -> bool:
+        T = x.shape[0]
+        w0 = ws[0]
+        if T > MATVEC_MAX_TOKENS or not 2 <= len(ws) <= 3 or any(w.qtype != w0.qtype or w.n_cols != w0.n_cols for w in ws):
+            return False
         if x.shape[1] != w0.n_cols or any(tuple(o.shape) != (T, w.n_rows) for w, o in zip(ws, outs, strict=True)):
             raise ValueError(f"linear_many: W {[w.shape for w in ws]}, x {tuple(x.shape)}, outs {[tuple(o.shape) for o in outs]} do not match")
-        xd = to_device(x)
+        return True
+
+    @staticmethod
+    def _matvec3(ws: Sequence[Weight], xd: Any, outs: Sequence[Any], nw: Any = None, xn: Any = None, eps: float = 0.0) -> None:
+        """One matvec3_ launch; with ``nw`` the matrices read RMSNorm(x) * nw and ``xn`` receives it."""
         outs_d = [device_out(o) for o in outs]
         ys = [o.d for o in outs_d]
         n = [w.n_rows for w in ws]
@@ -138,8 +176,9 @@ class GPUBackend:
             ws, ys, n = [*ws, ws[1]], [*ys, ys[1]], [*n, 0]
         blocks = sum(K.cdiv(r, 4) for r in n)
         K.launch(
-            f"matvec3_{K.QTYPE_SUFFIX[w0.qtype]}", (blocks, T), (128,),
-            ws[0].data, ws[1].data, ws[2].data, xd, ys[0], ys[1], ys[2], n[0], n[1], n[2], w0.n_cols, w0.data.shape[1],
+            f"matvec3_{K.QTYPE_SUFFIX[ws[0].qtype]}", (blocks, xd.shape[0]), (128,),
+            ws[0].data, ws[1].data, ws[2].data, xd, ys[0], ys[1], ys[2], xd if nw is None else nw, ys[0] if xn is None else xn,
+            n[0], n[1], n[2], ws[0].n_cols, ws[0].data.shape[1], 0 if nw is None else 2, eps,
         )  # fmt: skip
         for o in outs_d:
             o.close()
@@ -157,10 +196,17 @@ class GPUBackend:
     # ------------------------------------------------------------------ nn
     def rms_norm(self, x: Any, w: Any, eps: float, out: Any) -> None:
         """out[t] = x[t] / rms(x[t]) * w.    x, out: [T, n]; out may be x."""
+        self._rms_norm(x, w, eps, out, 0)
+
+    def rms_norm_add(self, y: Any, w: Any, eps: float, x: Any) -> None:
+        """x += RMSNorm(y) * w in one launch (Gemma's post-norms into the residual stream)."""
+        self._rms_norm(y, w, eps, x, 1)
+
+    def _rms_norm(self, x: Any, w: Any, eps: float, out: Any, acc: int) -> None:
         T, n = x.shape
         xd = to_device(x)
         with device_out(out) as od:
-            K.launch("rms_norm_f32", (T,), (256,), xd, to_device(w), od, n, eps)
+            K.launch("rms_norm_f32", (T,), (256,), xd, to_device(w), od, n, eps, acc)
 
     def rms_norm_heads(self, x: Any, w: Any, eps: float) -> None:
         """In place, per head.   x: [T, n_head, head_dim]; w: [head_dim]."""
@@ -189,6 +235,23 @@ class GPUBackend:
         pd = positions(pos)
         with device_out(q) as qd, device_out(k) as kd:
             K.launch("rope_qk_f32", _ew_grid(T * (Hq + Hk) * half), (_EW_BLOCK,), qd, kd, pd, cd, sd, T, Hq, Hk, D, half, int(bool(neox)))
+
+    def norm_rope_qk(self, q: Any, k: Any, q_norm: Any, k_norm: Any, eps: float, pos: Any, cos: Any, sin: Any, neox: bool) -> None:
+        """Per-head RMSNorm of q and k (Gemma 3's QK-norm), then :meth:`rope_qk`: one launch, not three."""
+        if q.shape[2] != k.shape[2]:
+            self.rms_norm_heads(q, q_norm, eps)
+            self.rms_norm_heads(k, k_norm, eps)
+            self.rope_qk(q, k, pos, cos, sin, neox)
+            return
+        T, Hq, D = q.shape
+        Hk, half = k.shape[1], cos.shape[1]
+        cd, sd = self._tables.get(cos), self._tables.get(sin)
+        pd = positions(pos)
+        with device_out(q) as qd, device_out(k) as kd:
+            K.launch(
+                "rope_qk_norm_f32", (K.cdiv(T * (Hq + Hk), 4),), (128,),
+                qd, kd, to_device(q_norm), to_device(k_norm), pd, cd, sd, T, Hq, Hk, D, half, int(bool(neox)), eps,
+            )  # fmt: skip
 
     def silu_mul(self, gate: Any, up: Any, out: Any) -> None:
         self._glu("silu_mul_f32", gate, up, out)

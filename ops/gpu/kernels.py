@@ -60,14 +60,18 @@ def _declare(file: str, name: str, args: str) -> None:
 
 
 for _sfx in QTYPE_SUFFIX.values():
-    _declare("qmatmul.cu", f"matvec_{_sfx}", "ppppiiiii")  # w, x, up, y, n_rows, n_cols, row_bytes, acc, act
-    _declare("qmatmul.cu", f"matvec3_{_sfx}", "pppppppiiiii")  # w0, w1, w2, x, y0, y1, y2, n0, n1, n2, n_cols, row_bytes
+    # w, x, up, y, xn, n_rows, n_cols, row_bytes, acc, act, write_xn, eps
+    _declare("qmatmul.cu", f"matvec_{_sfx}", "pppppiiiiiif")
+    # w0, w1, w2, x, y0, y1, y2, nw, xn, n0, n1, n2, n_cols, row_bytes, norm, eps
+    _declare("qmatmul.cu", f"matvec3_{_sfx}", "pppppppppiiiiiif")
     _declare("qmatmul.cu", f"matmul_{_sfx}", "pppiiii")  # w, x, y, n_rows, n_cols, n_tok, row_bytes
     _declare("qmatmul.cu", f"get_rows_{_sfx}", "pppii")  # w, ids, out, n_cols, row_bytes
-_declare("nn.cu", "rms_norm_f32", "pppif")  # x, w, out, n, eps
+_declare("nn.cu", "rms_norm_f32", "pppifi")  # x, w, out, n, eps, acc
 _declare("nn.cu", "rms_norm_heads_f32", "ppiif")  # x, w, n_rows, head_dim, eps
 _declare("nn.cu", "rope_f32", "ppppiiiii")  # x, pos, cos, sin, T, n_head, head_dim, half, neox
 _declare("nn.cu", "rope_qk_f32", "pppppiiiiii")  # q, k, pos, cos, sin, T, n_head_q, n_head_k, head_dim, half, neox
+# q, k, wq, wk, pos, cos, sin, T, n_head_q, n_head_k, head_dim, half, neox, eps
+_declare("nn.cu", "rope_qk_norm_f32", "pppppppiiiiiif")
 _declare("nn.cu", "silu_mul_f32", "pppl")  # gate, up, out, n
 _declare("nn.cu", "gelu_mul_f32", "pppl")
 _declare("nn.cu", "add_f32", "ppl")  # x, y, n

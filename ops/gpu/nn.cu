@@ -9,11 +9,13 @@
 // One block per row: rows are n_embd wide (thousands), so a whole block shares
 // the sum of squares.  out may alias x (Gemma's post-norms normalise in place):
 // every thread reads its elements for the sum before any writes them.
+// acc != 0 adds to out instead (Gemma's post-norms feeding the residual stream:
+// x += RMSNorm(o) * w in one launch, not two).
 // grid (n_rows), block 256
 extern "C" __global__ void rms_norm_f32(const float* x,             // [n_rows, n]
                                         const float* __restrict__ w, // [n]
-                                        float* out,                  // [n_rows, n], may be x
-                                        int n, float eps) {
+                                        float* out,                  // [n_rows, n], may be x (not with acc)
+                                        int n, float eps, int acc) {
     __shared__ float scratch[WARP];
     const float* xr = x + (size_t)blockIdx.x * n;
     float* orow = out + (size_t)blockIdx.x * n;
@@ -21,7 +23,10 @@ extern "C" __global__ void rms_norm_f32(const float* x,             // [n_rows, 
     for (int i = threadIdx.x; i < n; i += blockDim.x) ss += xr[i] * xr[i];
     ss = block_sum(ss, scratch);
     const float inv = rsqrtf(ss / (float)n + eps);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) orow[i] = xr[i] * inv * w[i];
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = xr[i] * inv * w[i];
+        orow[i] = acc ? orow[i] + v : v;
+    }
 }
 
 // Per-head RMSNorm in place (Gemma 3 QK-norm): rows are head_dim wide (64..256),
@@ -88,6 +93,43 @@ extern "C" __global__ void rope_qk_f32(float* q,                       // [T, n_
         const long long th = pp / half;  // t * H + h
         rope_pair((is_q ? q : k) + th * head_dim, (int)(th / H), (int)(pp % half), pos, cos_t, sin_t, half, neox);
     }
+}
+
+// Gemma 3's QK-norm and RoPE in one launch (two per-head norms and a rotation
+// were three): one warp per (token, head) row of q, then of k.  Each lane
+// normalises and rotates the pairs it owns, so no element is read by one lane
+// after another wrote it; the dimensions past n_rot are only normalised.
+// grid (ceil(T*(n_head_q + n_head_k)/4)), block 128
+extern "C" __global__ void rope_qk_norm_f32(float* q,                        // [T, n_head_q, head_dim]
+                                            float* k,                        // [T, n_head_k, head_dim]
+                                            const float* __restrict__ wq,    // [head_dim] q norm weight
+                                            const float* __restrict__ wk,    // [head_dim] k norm weight
+                                            const int* __restrict__ pos,     // [T]
+                                            const float* __restrict__ cos_t, // [n_pos, half]
+                                            const float* __restrict__ sin_t, // [n_pos, half]
+                                            int T, int n_head_q, int n_head_k, int head_dim, int half, int neox,
+                                            float eps) {
+    const int row = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+    const int lane = threadIdx.x % WARP;
+    const int n_q = T * n_head_q;
+    if (row >= n_q + T * n_head_k) return;  // the whole warp leaves together
+    const bool is_q = row < n_q;
+    const int r = is_q ? row : row - n_q;
+    const int t = r / (is_q ? n_head_q : n_head_k);
+    float* xh = (is_q ? q : k) + (size_t)r * head_dim;
+    const float* w = is_q ? wq : wk;
+    float ss = 0.0f;
+    for (int i = lane; i < head_dim; i += WARP) ss += xh[i] * xh[i];
+    const float inv = rsqrtf(warp_sum(ss) / (float)head_dim + eps);
+    const float* cr = cos_t + (size_t)pos[t] * half;
+    const float* sr = sin_t + (size_t)pos[t] * half;
+    for (int i = lane; i < half; i += WARP) {
+        const int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
+        const float a = xh[i0] * inv * w[i0], b = xh[i1] * inv * w[i1];
+        xh[i0] = a * cr[i] - b * sr[i];
+        xh[i1] = a * sr[i] + b * cr[i];
+    }
+    for (int i = 2 * half + lane; i < head_dim; i += WARP) xh[i] = xh[i] * inv * w[i];
 }
 
 // ------------------------------------------------------------------ element-wise

@@ -19,28 +19,54 @@
 // weight rows they read come from L2 for all but the first.
 #define MV_WARPS 4  // rows per block of 128 threads
 
-// x[c], or with a gated activation (the FFN's down projection reading its
-// gate and up halves: no separate activation launch) act(x[c]) * up[c]
+// x[c]; or with a gated activation (the FFN's down projection reading its
+// gate and up halves: no separate activation launch) act(x[c]) * up[c]; or
+// with ACT_NORM (a projection of the RMSNorm of x: no separate norm launch)
+// x[c] * inv_rms * up[c], up holding the norm's weight
 #define ACT_NONE 0
 #define ACT_SILU 1
 #define ACT_GELU 2
+#define ACT_NORM 3
 template <int ACT>
-__device__ __forceinline__ float mv_x(const float* __restrict__ x, const float* __restrict__ up, int c) {
+__device__ __forceinline__ float mv_x(const float* __restrict__ x, const float* __restrict__ up, int c, float inv) {
     if (ACT == ACT_SILU) return silu_f(x[c]) * up[c];
     if (ACT == ACT_GELU) return gelu_f(x[c]) * up[c];
+    if (ACT == ACT_NORM) return x[c] * inv * up[c];
     return x[c];
+}
+
+// ACT_NORM: every warp finds 1/rms(x) of its token itself.  x is a few KB that
+// the warp's row reads anyway (L1/L2), so this costs a second pass over it, where
+// a norm launch of its own would cost a launch (decode is launch-bound) and a
+// round trip of xn through memory.  The CPU's rms_norm sums in another order,
+// so the two differ by float32 rounding.  xn != nullptr: the warp also writes
+// the normalised row (the caller picks one warp per token).
+template <int ACT>
+__device__ __forceinline__ float mv_inv_rms(const float* __restrict__ x, const float* __restrict__ nw, float* __restrict__ xn,
+                                            int n_cols, float eps) {
+    if (ACT != ACT_NORM) return 0.0f;
+    const int lane = threadIdx.x % WARP;
+    float ss = 0.0f;
+    for (int c = lane; c < n_cols; c += WARP) ss += x[c] * x[c];
+    const float inv = rsqrtf(warp_sum(ss) / (float)n_cols + eps);
+    if (xn != nullptr)
+        for (int c = lane; c < n_cols; c += WARP) xn[c] = x[c] * inv * nw[c];
+    return inv;
 }
 
 // One warp: y[row] (+)= w[row] . x for the token blockIdx.y; acc != 0 adds to y
 // (the residual add fused into the output projections).
 template <class Q, int ACT = ACT_NONE>
 __device__ __forceinline__ void matvec_row(const u8* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, int row,
-                                           int n_rows, int n_cols, int row_bytes, int acc_y, const float* __restrict__ up = nullptr) {
+                                           int n_rows, int n_cols, int row_bytes, int acc_y, const float* __restrict__ up = nullptr,
+                                           float* __restrict__ xn = nullptr, float eps = 0.0f) {
     const int lane = threadIdx.x % WARP;
     if (row >= n_rows) return;  // the whole warp leaves together
     x += (size_t)blockIdx.y * n_cols;
-    if (ACT != ACT_NONE) up += (size_t)blockIdx.y * n_cols;
+    if (ACT == ACT_SILU || ACT == ACT_GELU) up += (size_t)blockIdx.y * n_cols;
+    if (xn != nullptr) xn += (size_t)blockIdx.y * n_cols;
     y += (size_t)blockIdx.y * n_rows;
+    const float inv = mv_inv_rms<ACT>(x, up, xn, n_cols, eps);
     const u8* r = w + (size_t)row * row_bytes;
     const int n_chunks = (n_cols + 7) / 8;
     float acc = 0.0f;
@@ -48,22 +74,30 @@ __device__ __forceinline__ void matvec_row(const u8* __restrict__ w, const float
         const Chunk ch = Q::decode(r, c, n_cols);
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-            if (!Q::TAIL || ch.c0 + k < n_cols) acc += ch.v[k] * mv_x<ACT>(x, up, ch.c0 + k);
-            if (!Q::TAIL || ch.c1 + k < n_cols) acc += ch.v[4 + k] * mv_x<ACT>(x, up, ch.c1 + k);
+            if (!Q::TAIL || ch.c0 + k < n_cols) acc += ch.v[k] * mv_x<ACT>(x, up, ch.c0 + k, inv);
+            if (!Q::TAIL || ch.c1 + k < n_cols) acc += ch.v[4 + k] * mv_x<ACT>(x, up, ch.c1 + k, inv);
         }
     }
     acc = warp_sum(acc);
     if (lane == 0) y[row] = acc_y ? y[row] + acc : acc;
 }
 
+// the first warp of the grid's row of blocks for a token writes xn (write_xn != 0)
+__device__ __forceinline__ float* mv_xn_writer(float* xn, int write_xn) {
+    return write_xn && blockIdx.x == 0 && threadIdx.x < WARP ? xn : nullptr;
+}
+
 template <class Q>
 __device__ __forceinline__ void matvec_impl(const u8* __restrict__ w, const float* __restrict__ x, const float* __restrict__ up,
-                                            float* __restrict__ y, int n_rows, int n_cols, int row_bytes, int acc_y, int act) {
+                                            float* __restrict__ y, float* __restrict__ xn, int n_rows, int n_cols, int row_bytes,
+                                            int acc_y, int act, int write_xn, float eps) {
     const int row = blockIdx.x * MV_WARPS + threadIdx.x / WARP;
     if (act == ACT_SILU)
         matvec_row<Q, ACT_SILU>(w, x, y, row, n_rows, n_cols, row_bytes, acc_y, up);
     else if (act == ACT_GELU)
         matvec_row<Q, ACT_GELU>(w, x, y, row, n_rows, n_cols, row_bytes, acc_y, up);
+    else if (act == ACT_NORM)
+        matvec_row<Q, ACT_NORM>(w, x, y, row, n_rows, n_cols, row_bytes, acc_y, up, mv_xn_writer(xn, write_xn), eps);
     else
         matvec_row<Q>(w, x, y, row, n_rows, n_cols, row_bytes, acc_y);
 }
@@ -71,10 +105,12 @@ __device__ __forceinline__ void matvec_impl(const u8* __restrict__ w, const floa
 // Up to three matrices of one type over the same x in one launch (Q/K/V, gate/up):
 // decode makes ~17 small launches a layer, and at a few microseconds of host
 // time each the launches, not the GPU, set the pace.  Each matrix owns a run of
-// whole blocks; n2 = 0 for two.
+// whole blocks; n2 = 0 for two.  norm != 0: the matrices read RMSNorm(x) * nw
+// (the pre-attention / pre-FFN norm, ACT_NORM), and norm == 2 also writes it to xn.
 template <class Q>
 __device__ __forceinline__ void matvec3_impl(const u8* w0, const u8* w1, const u8* w2, const float* x, float* y0, float* y1, float* y2,
-                                             int n0, int n1, int n2, int n_cols, int row_bytes) {
+                                             const float* nw, float* xn, int n0, int n1, int n2, int n_cols, int row_bytes, int norm,
+                                             float eps) {
     const int b0 = (n0 + MV_WARPS - 1) / MV_WARPS, b1 = (n1 + MV_WARPS - 1) / MV_WARPS;
     int b = blockIdx.x;
     const u8* w = w0;
@@ -91,7 +127,11 @@ __device__ __forceinline__ void matvec3_impl(const u8* w0, const u8* w1, const u
         y = y1;
         n = n1;
     }
-    matvec_row<Q>(w, x, y, b * MV_WARPS + threadIdx.x / WARP, n, n_cols, row_bytes, 0);
+    const int row = b * MV_WARPS + threadIdx.x / WARP;
+    if (norm)
+        matvec_row<Q, ACT_NORM>(w, x, y, row, n, n_cols, row_bytes, 0, nw, mv_xn_writer(xn, norm == 2), eps);
+    else
+        matvec_row<Q>(w, x, y, row, n, n_cols, row_bytes, 0);
 }
 
 // ------------------------------------------------------------------ matmul
@@ -187,17 +227,19 @@ __device__ __forceinline__ void get_rows_impl(const u8* __restrict__ w, const in
     extern "C" __global__ void __launch_bounds__(MV_WARPS * WARP) matvec_##name(                  \
         const u8* __restrict__ w,   /* [n_rows, row_bytes] GGUF blocks */                          \
         const float* __restrict__ x, /* [n_tok, n_cols] */                                         \
-        const float* __restrict__ up, /* [n_tok, n_cols] when act: x <- act(x) * up */            \
+        const float* __restrict__ up, /* [n_tok, n_cols] act SILU/GELU; [n_cols] norm weight */   \
         float* __restrict__ y,       /* [n_tok, n_rows] */                                         \
+        float* __restrict__ xn,      /* [n_tok, n_cols] RMSNorm(x) * up, when write_xn */         \
         int n_rows, int n_cols, int row_bytes, int acc, /* acc: y += W x */                        \
-        int act) { /* ACT_NONE, ACT_SILU, ACT_GELU */                                              \
-        matvec_impl<Q>(w, x, up, y, n_rows, n_cols, row_bytes, acc, act);                          \
+        int act, int write_xn, float eps) { /* ACT_NONE, ACT_SILU, ACT_GELU, ACT_NORM */           \
+        matvec_impl<Q>(w, x, up, y, xn, n_rows, n_cols, row_bytes, acc, act, write_xn, eps);       \
     }                                                                                              \
-    /* grid (sum of ceil(n_i/4), n_tok), block 128: y_i = W_i x for i < 3 */                       \
+    /* grid (sum of ceil(n_i/4), n_tok), block 128: y_i = W_i x (or W_i RMSNorm(x)) for i < 3 */   \
     extern "C" __global__ void __launch_bounds__(MV_WARPS * WARP) matvec3_##name(                 \
         const u8* w0, const u8* w1, const u8* w2, const float* x, float* y0, float* y1, float* y2, \
-        int n0, int n1, int n2, int n_cols, int row_bytes) {                                       \
-        matvec3_impl<Q>(w0, w1, w2, x, y0, y1, y2, n0, n1, n2, n_cols, row_bytes);                 \
+        const float* nw, float* xn, int n0, int n1, int n2, int n_cols, int row_bytes, int norm,   \
+        float eps) {                                                                               \
+        matvec3_impl<Q>(w0, w1, w2, x, y0, y1, y2, nw, xn, n0, n1, n2, n_cols, row_bytes, norm, eps); \
     }                                                                                              \
     /* grid (ceil(n_rows/64), ceil(n_tok/64)), block 256 */                                        \
     extern "C" __global__ void __launch_bounds__(MM_THREADS) matmul_##name(                       \

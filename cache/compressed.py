@@ -141,10 +141,11 @@ class CompressedLayerCache(LayerCache):
 
     def update_and_attend(self, q, k, v, pos, out) -> None:
         T = q.shape[0]
-        if T == 1 and self._fast_decode_ready(int(pos[0])):
+        # a step of up to MAX_DECODE_T tokens: entry is monotone in the position, so the first token's decides
+        if T <= MAX_DECODE_T and self._fast_decode_ready(int(pos[0])):
             self._decode_fast(q, k, v, pos, out)
             return
-        if T == 1 and self.FAST_DECODE and self._policy_steady(int(pos[0])):
+        if T <= MAX_DECODE_T and self.FAST_DECODE and self._policy_steady(int(pos[0])):
             self._policy_decode_fast(q, k, v, pos, out)
             return
         if self.basis.wants_queries:
@@ -382,31 +383,33 @@ class CompressedLayerCache(LayerCache):
         return tuple(self.policy.per_slot()), tuple(self.policy.fold_arrays())
 
     def _policy_decode_fast(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
-        """A decode token of a layer with a policy in one Numba call (:func:`.insert.policy_push`)."""
-        p = int(pos[0])
+        """A decode step (up to MAX_DECODE_T tokens) of a layer with a policy: each token in one Numba call
+        (:func:`.insert.policy_push`), then the step's queries attend."""
         p0, p1 = self.pools
         pol = self.policy
-        j, full = window_slot(self.pos, self.S, self.F)
-        spill = full and self.N > self.F
-        r0, r1 = self._victim_ranks(self.pos, *self._empty_takes()) if spill else (None, None)
         dummy = self._dummy  # [n_kv, 1]: a rank (or fold) array never read
         t_k, mu = self._fast_basis()
         mode, thr, score = self._merge_args
         state, folds = self._policy_state
-        qr = self._qr[:1]
-        k0 = np.ascontiguousarray(k[0], np.float32)
-        policy_push(
-            np.ascontiguousarray(q[0], np.float32), k0, np.ascontiguousarray(v[0], np.float32), p,
-            self.basis.rot is not None, self.rot_v is not None, t_k, mu, self.k16, self.v16, self.pos, self.F, j, spill,
-            self.lo[0], self._free[0], p0.kc, p0.km, p0.vc, p0.vm, p0.bits_k, p0.bits_v, self.kv.group, p0.klut, p0.vlut,
-            CLIPS[p0.bits_k], CLIPS[p0.bits_v], dummy if r0 is None else r0, r0 is not None,
-            self.lo[1], self._free[1], p1.kc, p1.km, p1.vc, p1.vm, p1.bits_k, p1.bits_v, p1.klut, p1.vlut,
-            CLIPS[p1.bits_k], CLIPS[p1.bits_v], dummy if r1 is None else r1, r1 is not None,
-            state, len(state), folds or (dummy,), len(folds), self.logw, mode, thr, _EMPTY2 if score is None else score,
-            p0._tmp, qr[0],
-        )  # fmt: skip
-        pol.on_insert(np.full(self.spec.n_head_kv, j, np.int64), p, k0)
-        self._attend_decode(q, pos, out, qr=qr)
+        T = q.shape[0]
+        for t in range(T):
+            p = int(pos[t])
+            j, full = window_slot(self.pos, self.S, self.F)
+            spill = full and self.N > self.F
+            r0, r1 = self._victim_ranks(self.pos, *self._empty_takes()) if spill else (None, None)
+            kt = np.ascontiguousarray(k[t], np.float32)
+            policy_push(
+                np.ascontiguousarray(q[t], np.float32), kt, np.ascontiguousarray(v[t], np.float32), p,
+                self.basis.rot is not None, self.rot_v is not None, t_k, mu, self.k16, self.v16, self.pos, self.F, j, spill,
+                self.lo[0], self._free[0], p0.kc, p0.km, p0.vc, p0.vm, p0.bits_k, p0.bits_v, self.kv.group, p0.klut, p0.vlut,
+                CLIPS[p0.bits_k], CLIPS[p0.bits_v], dummy if r0 is None else r0, r0 is not None,
+                self.lo[1], self._free[1], p1.kc, p1.km, p1.vc, p1.vm, p1.bits_k, p1.bits_v, p1.klut, p1.vlut,
+                CLIPS[p1.bits_k], CLIPS[p1.bits_v], dummy if r1 is None else r1, r1 is not None,
+                state, len(state), folds or (dummy,), len(folds), self.logw, mode, thr, _EMPTY2 if score is None else score,
+                p0._tmp, self._qr[t],
+            )  # fmt: skip
+            pol.on_insert(np.full(self.spec.n_head_kv, j, np.int64), p, kt)
+        self._attend_decode(q, pos, out, qr=self._qr[:T])
 
     def _fast_basis(self) -> tuple[np.ndarray, np.ndarray]:
         """(t, mu) of the key basis as dense [n_kv, D] arrays (ones / zeros where unused), cached per basis version."""
@@ -421,19 +424,22 @@ class CompressedLayerCache(LayerCache):
         return self._fb
 
     def _decode_fast(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
+        """A steady-state decode step (up to MAX_DECODE_T tokens): each token in one Numba call
+        (:func:`.insert.decode_push`), then the step's queries attend."""
         p0, p1 = self.pools
         t_k, mu = self._fast_basis()
-        qr = self._qr[:1]
-        decode_push(
-            np.ascontiguousarray(q[0], np.float32), np.ascontiguousarray(k[0], np.float32), np.ascontiguousarray(v[0], np.float32), int(pos[0]),
-            self.basis.rot is not None, self.rot_v is not None, t_k, mu,
-            self.k16, self.v16, self.pos, self.S, self.F, self.lo[0], self._free[0],
-            p0.kc, p0.km, p0.vc, p0.vm, p0.bits_k, p0.bits_v, self.kv.group, p0.klut, p0.vlut,
-            CLIPS[p0.bits_k], CLIPS[p0.bits_v],
-            self.lo[1], self._free[1], p1.kc, p1.km, p1.vc, p1.vm, p1.bits_k, p1.bits_v, p1.klut, p1.vlut,
-            CLIPS[p1.bits_k], CLIPS[p1.bits_v], p0._tmp, qr[0],
-        )  # fmt: skip
-        self._attend_decode(q, pos, out, qr=qr)
+        T = q.shape[0]
+        for t in range(T):
+            decode_push(
+                np.ascontiguousarray(q[t], np.float32), np.ascontiguousarray(k[t], np.float32), np.ascontiguousarray(v[t], np.float32),
+                int(pos[t]), self.basis.rot is not None, self.rot_v is not None, t_k, mu,
+                self.k16, self.v16, self.pos, self.S, self.F, self.lo[0], self._free[0],
+                p0.kc, p0.km, p0.vc, p0.vm, p0.bits_k, p0.bits_v, self.kv.group, p0.klut, p0.vlut,
+                CLIPS[p0.bits_k], CLIPS[p0.bits_v],
+                self.lo[1], self._free[1], p1.kc, p1.km, p1.vc, p1.vm, p1.bits_k, p1.bits_v, p1.klut, p1.vlut,
+                CLIPS[p1.bits_k], CLIPS[p1.bits_v], p0._tmp, self._qr[t],
+            )  # fmt: skip
+        self._attend_decode(q, pos, out, qr=self._qr[:T])
 
     # ------------------------------------------------------------ attention
     def _attend_decode(self, q: np.ndarray, pos: np.ndarray, out: np.ndarray, qr: np.ndarray | None = None) -> None:

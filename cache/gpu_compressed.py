@@ -23,9 +23,10 @@ Two ways a token gets there:
   - a policy-free layer (the steady state of ``--kv-bits N``): the host
     plans the slots (:func:`~.insert.plan_push`, from the positions alone)
     and ``ops/gpu/kvquant.cu`` moves, rotates and quantizes the tokens, the
-    CPU's quantizer step for step.  A decode step or a prefill chunk copies
-    nothing down.
-  - a decode token of a layer with an eviction policy: the host picks only
+    CPU's quantizer step for step.  A decode step (1 to 4 tokens) or a
+    prefill chunk copies nothing down.
+  - a decode step (1 to 4 tokens, one by one) of a layer with an eviction
+    policy: the host picks only
     the fp16 window slot (the same for every head); ``kv_policy_push`` picks
     each head's pool slot over the policy's ranks
     (:meth:`~.policies.base.Policy.rank_rows`, on the device), demotes,
@@ -39,8 +40,8 @@ Two ways a token gets there:
 
   The host copy of the storage goes stale (``_stale``) until :meth:`_pull`
   brings it down for a host-path step.
-* **On the host** (calibration, the first chunk, steps of 2 to 4 tokens with
-  a policy): the host storage is
+* **On the host** (calibration: the first chunk, and the steps before the
+  key basis and scale tables are fixed): the host storage is
   written as on the CPU, every write recorded (``_push``, the tracked pools),
   and before attention only the touched slot columns go up (:meth:`_sync`).
   Per decode step the new tokens' K/V come down ([T, n_kv, D]; q too while
@@ -150,15 +151,16 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         self._on_device = kvquant.supported(spec.head_dim, spec.head_dim_v, self.kv.group) is None
         p0, p1 = self.pools
         self.d_clips = to_device(kvquant.clip_table([CLIPS[p0.bits_k], CLIPS[p0.bits_v], CLIPS[p1.bits_k], CLIPS[p1.bits_v]]))
-        self.d_qr = xp.empty((1, spec.n_head, spec.head_dim), np.float32)  # [1, n_head, D] queries in the cache basis
+        self.d_qr = xp.empty((MAX_DECODE_T, spec.n_head, spec.head_dim), np.float32)  # a step's queries in the cache basis
         self.d_store = kvquant.DeviceStore(self.d_k16, self.d_v16, *self.d_pools, self.d_luts, self.d_clips, self.d_pos, self.kv.group)
 
     # ------------------------------------------------------------ protocol
     def update_and_attend(self, q, k, v, pos, out) -> None:
-        if q.shape[0] == 1 and self._on_device and self._steady_state(int(pos[0])):
+        # a step of up to MAX_DECODE_T tokens: entry is monotone in the position, so the first token's decides
+        if q.shape[0] <= MAX_DECODE_T and self._on_device and self._steady_state(int(pos[0])):
             self._decode_on_device(q, k, v, pos, out)
             return
-        if q.shape[0] == 1 and self._on_device and self._policy_steady(int(pos[0])):
+        if q.shape[0] <= MAX_DECODE_T and self._on_device and self._policy_steady(int(pos[0])):
             self._policy_decode_on_device(q, k, v, pos, out)
             return
         if q.shape[0] > MAX_DECODE_T and self.policy is None and not self.logw.size:
@@ -204,22 +206,26 @@ class GPUCompressedLayerCache(CompressedLayerCache):
 
     # ------------------------------------------------------------ device writes
     def _decode_on_device(self, q: Any, k: Any, v: Any, pos: np.ndarray, out: Any) -> None:
-        """One steady-state decode token, stored and attended on the device: no K/V comes down.
+        """A steady-state decode step (up to MAX_DECODE_T tokens), stored and attended on the device: no K/V comes down.
 
         The host only chooses the slots (:func:`~.insert.plan_push`, from the
-        positions it keeps); ``kvquant.cu`` moves and quantizes the tokens.
+        positions it keeps); ``kvquant.cu`` moves and quantizes the tokens, one
+        launch each, in order, then the step's queries attend as on the host
+        path (all tokens in, then attention under the causal mask).
         """
         self._sync()  # host-path writes not yet mirrored (a prefill chunk's) go up before the device writes
-        p = int(pos[0])
         p0, p1 = self.pools
-        slots = plan_push(self.pos, p, self.S, self.F, self.lo[0], p0.cap, self._free[0], self.lo[1], p1.cap, self._free[1])
         self._stale = True
         db = self._device_basis()
-        kvquant.decode_push(
-            to_device(q[0]), to_device(k[0]), to_device(v[0]), db.t_k, db.mu, self.d_store, self.d_qr[0],
-            slots, p, self.basis.rot is not None, self.rot_v is not None,
-        )  # fmt: skip
-        self._attend_decode(q, pos, out, qr=self.d_qr)
+        T = q.shape[0]
+        for t in range(T):
+            p = int(pos[t])
+            slots = plan_push(self.pos, p, self.S, self.F, self.lo[0], p0.cap, self._free[0], self.lo[1], p1.cap, self._free[1])
+            kvquant.decode_push(
+                to_device(q[t]), to_device(k[t]), to_device(v[t]), db.t_k, db.mu, self.d_store, self.d_qr[t],
+                slots, p, self.basis.rot is not None, self.rot_v is not None,
+            )  # fmt: skip
+        self._attend_decode(q, pos, out, qr=self.d_qr[:T])
 
     @functools.cached_property
     def _device_merge(self) -> kvquant.DeviceMerge | None:
@@ -228,13 +234,17 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         return kvquant.DeviceMerge(mode, thr, score, list(self._policy_state[1])) if mode else None
 
     def _policy_decode_on_device(self, q: Any, k: Any, v: Any, pos: np.ndarray, out: Any) -> None:
-        """One decode token of a layer with an eviction policy (and merging), stored and attended on the device: nothing comes down."""
+        """A decode step (up to MAX_DECODE_T tokens) of a layer with an eviction policy (and merging), stored and
+        attended on the device: nothing comes down.  The tokens go in one by one, then the queries attend, as on the host."""
         self._sync()
-        self._policy_push_on_device(to_device(q[0]), to_device(k[0]), to_device(v[0]), int(pos[0]))
-        self._attend_decode(q, pos, out, qr=self.d_qr)
+        T = q.shape[0]
+        for t in range(T):
+            self._policy_push_on_device(to_device(q[t]), to_device(k[t]), to_device(v[t]), int(pos[t]), qr=self.d_qr[t])
+        self._attend_decode(q, pos, out, qr=self.d_qr[:T])
 
-    def _policy_push_on_device(self, q: Any, k: Any, v: Any, p: int, t: int = -1) -> None:
-        """One token into a layer with an eviction policy, on the device (``kv_policy_push``); its queries into ``d_qr``.
+    def _policy_push_on_device(self, q: Any, k: Any, v: Any, p: int, t: int = -1, qr: Any = None) -> None:
+        """One token into a layer with an eviction policy, on the device (``kv_policy_push``); its queries into ``qr``
+        (default: ``d_qr[0]``, scratch).
 
         q [n_head, D], k [n_kv, D], v [n_kv, Dv] device arrays.  The host picks
         the fp16 window slot (the same for every head; it keeps the window's
@@ -261,7 +271,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         self._stale = self._pos_stale = True
         db = self._device_basis()
         kvquant.policy_push(
-            q, k, v, db.t_k, db.mu, self.d_store, self.d_qr[0], j, spill, p,
+            q, k, v, db.t_k, db.mu, self.d_store, self.d_qr[0] if qr is None else qr, j, spill, p,
             self.basis.rot is not None, self.rot_v is not None, rank0, rank1, list(self._policy_state[0]),
             self._device_merge, self.d_logw if self.logw.size else None,
         )  # fmt: skip

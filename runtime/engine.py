@@ -120,12 +120,15 @@ class Engine:
         return KVCache(make_cache(self.model.layer_specs(), n_ctx, n_batch, kv, device=self.backend.name))
 
     # ------------------------------------------------------------------ eval
-    def eval(self, cache: KVCache, tokens: list[int] | np.ndarray, logits_all: bool = False, logits_start: int = 0) -> np.ndarray:
+    def eval(
+        self, cache: KVCache, tokens: list[int] | np.ndarray, logits_all: bool = False, logits_start: int = 0, on_device: bool = False
+    ) -> np.ndarray:
         """Feed ``tokens`` after what ``cache`` holds.
 
         Returns float32 logits ``[len(tokens) - logits_start, n_vocab]`` for the
         tokens from index ``logits_start`` on when ``logits_all``, else
-        ``[1, n_vocab]`` for the last token.
+        ``[1, n_vocab]`` for the last token.  ``on_device``: an array of the
+        backend's (on the GPU it stays there, for :meth:`Sampler.sample`).
         """
         tokens = np.asarray(tokens, dtype=np.int32)
         n = len(tokens)
@@ -141,7 +144,7 @@ class Engine:
             raise KvrunError(f"token id {int(tokens[bad][0])} is outside the vocabulary of {self.cfg.n_vocab}")
         n_vocab = self.cfg.n_vocab
         first = min(max(logits_start, 0), n - 1) if logits_all else n - 1
-        out = np.empty((n - first, n_vocab), np.float32)
+        out = self.backend.zeros((n - first, n_vocab), np.float32) if on_device else np.empty((n - first, n_vocab), np.float32)
         for s in range(0, n, self.n_batch):
             chunk = tokens[s : s + self.n_batch]
             T = len(chunk)
@@ -170,13 +173,16 @@ class Engine:
         sampler = Sampler(req.sampler)
         history = list(prompt)
         t0 = time.perf_counter()
-        logits = self.eval(cache, prompt)[-1]
+        # on the GPU the logits stay there: a greedy step brings down one id, a top-k draw k candidates
+        on_device = self.backend.name != "cpu"
+        xp = getattr(self.backend, "xp", np)
+        logits = self.eval(cache, prompt, on_device=on_device)[-1]
         stats.n_prompt, stats.t_prompt = len(prompt), time.perf_counter() - t0
         eot = self.tokenizer.eot_ids
         t1 = time.perf_counter()
         try:
             for _ in range(req.max_tokens):
-                tok = sampler(logits, history)
+                tok = sampler.sample(logits, history, xp, self.backend.to_host)
                 if tok in eot and not req.ignore_eos:
                     stats.stop_reason = "eos"
                     return
@@ -186,7 +192,7 @@ class Engine:
                 if cache.offset >= self.n_ctx:
                     stats.stop_reason = "context full"
                     return
-                logits = self.eval(cache, [tok])[-1]
+                logits = self.eval(cache, [tok], on_device=on_device)[-1]
             stats.stop_reason = "length"
         finally:
             stats.t_gen = time.perf_counter() - t1

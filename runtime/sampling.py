@@ -8,6 +8,7 @@ prompt and settings.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -48,8 +49,7 @@ class Sampler:
     def __call__(self, logits: np.ndarray, history: list[int] | np.ndarray = ()) -> int:
         cfg = self.cfg
         logits = np.asarray(logits, np.float32)
-        penalise = cfg.repeat_penalty != 1.0 or cfg.presence_penalty or cfg.frequency_penalty
-        if penalise and len(history):
+        if self._penalises(history):
             logits = logits.copy()
             recent = np.asarray(history[-cfg.repeat_last_n :] if cfg.repeat_last_n > 0 else history, np.int64)
             ids, counts = np.unique(recent, return_counts=True)
@@ -59,15 +59,41 @@ class Sampler:
             logits[ids] = sel
         if cfg.temperature <= 0:
             return int(np.argmax(logits))
-
-        # candidates, best first
         k = cfg.top_k if 0 < cfg.top_k < logits.size else logits.size
         if k < logits.size:
             idx = np.argpartition(-logits, k - 1)[:k]
         else:
             idx = np.arange(logits.size)
-        idx = idx[np.argsort(-logits[idx], kind="stable")]
-        z = logits[idx].astype(np.float64)
+        return self._draw(idx, logits[idx])
+
+    def sample(self, logits: Any, history: list[int] | np.ndarray, xp: Any, to_host: Callable[[Any], np.ndarray]) -> int:
+        """The same draw from logits ``[n_vocab]`` of array module ``xp`` (a device's), bringing down only what it needs.
+
+        Greedy brings down one id, top-k sampling the k candidates (ids and
+        logits, one copy); penalties or a sampler without top-k need every
+        logit on the host, and get them.
+        """
+        cfg = self.cfg
+        n = logits.size
+        if self._penalises(history) or (cfg.temperature > 0 and not 0 < cfg.top_k < n):
+            return self(to_host(logits), history)
+        if cfg.temperature <= 0:
+            return int(to_host(xp.argmax(logits)))
+        k = cfg.top_k
+        idx = xp.argpartition(-logits, k - 1)[:k]
+        both = to_host(xp.concatenate([logits[idx].astype(xp.float64), idx.astype(xp.float64)]))  # ids < 2**53: exact
+        return self._draw(both[k:].astype(np.int64), both[:k].astype(np.float32))
+
+    def _penalises(self, history: list[int] | np.ndarray) -> bool:
+        cfg = self.cfg
+        return bool((cfg.repeat_penalty != 1.0 or cfg.presence_penalty or cfg.frequency_penalty) and len(history))
+
+    def _draw(self, idx: np.ndarray, cand: np.ndarray) -> int:
+        """top-p, min-p, temperature and the draw, over the top-k candidates ``idx`` with logits ``cand``."""
+        cfg = self.cfg
+        order = np.argsort(-cand, kind="stable")  # best first
+        idx = idx[order]
+        z = cand[order].astype(np.float64)
         p = np.exp(z - z[0])
         p /= p.sum()
         if cfg.top_p < 1.0:

@@ -14,7 +14,7 @@ from gguf import GGMLQuantizationType as Q
 from kvrun.ops import gpu_available
 from kvrun.ops.gpu import emulate
 from kvrun.runtime.engine import Engine, GenRequest
-from kvrun.runtime.sampling import greedy
+from kvrun.runtime.sampling import SamplerConfig, greedy
 
 pytestmark = pytest.mark.skipif(not gpu_available() and not emulate.available(), reason="no GPU and no host C++ compiler for the emulator")
 
@@ -75,6 +75,14 @@ def test_a_decode_step_copies_only_its_logits_down(monkeypatch, tmp_path, arch, 
             COPIES.clear()
             logits = eng.eval(cache, [tok])
             assert COPIES == [("asnumpy", logits.shape)]
+        # generating, the logits stay on the device: greedy brings down the sampled id, top-k its candidates
+        for sampler, pulled in ((greedy(), ()), (SamplerConfig(top_k=8, seed=1), (16,))):
+            cache = eng.new_cache()
+            eng.eval(cache, list(range(3, 27)))
+            COPIES.clear()
+            gen = eng.generate_tokens(cache, [30], GenRequest(max_tokens=4, sampler=sampler, ignore_eos=True))
+            assert len(list(gen)) == 4
+            assert COPIES == [("asnumpy", pulled)] * 4
     finally:
         K.set_runtime(prev)
 

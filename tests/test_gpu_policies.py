@@ -9,14 +9,11 @@ Two levels:
   numpy that refuses host operands and logs every copy down) and on ``cupy``
   (a real GPU, ``@pytest.mark.gpu``);
 * the GPU compressed layer cache on the kernel emulator with device arrays
-  (``devicexp.StrictRuntime``), budget small enough to evict: a one-token
-  decode step or prefill chunk of a calibrated cache copies *nothing* down
-  (``kv_policy_push`` picks, demotes and merges the victims on the device); a
-  step that takes the host path (2 to 4 tokens, calibration) brings down only the
-  new tokens' K/V (and q while the key basis learns: [T, heads, D]), one
-  scalar per victim, two per KeepKV merge, and the stored slots once when
-  device steps came before; and the cache holds the same positions as the
-  CPU cache fed the same tokens at every step.
+  (``devicexp.StrictRuntime``), budget small enough to evict: a decode step
+  (1 to 4 tokens) or prefill chunk of a calibrated cache copies *nothing* down
+  (``kv_policy_push`` picks, demotes and merges the victims on the device); and
+  the cache holds the same positions as the CPU cache fed the same tokens at
+  every step.
 
 Tolerances: policy level exact (the same float32 operations in the same
 order); cache level positions exact, outputs and scores within 2e-3 of the
@@ -206,14 +203,16 @@ def test_gpu_cache_decode_copies_nothing_that_grows_and_evicts_as_the_cpu(strict
     victims = _counting_victims(gpu.policy)
     xp, rng = strict.xp, np.random.default_rng(zlib.crc32(spec.encode()))
     n_kv, H, Dk = SPEC.n_head_kv, SPEC.n_head, SPEC.head_dim
-    stored = {tuple(a.shape) for a in [gpu.d_k16, gpu.d_v16, gpu.d_pos, *(getattr(d, n) for d in gpu.d_pools for n in ("kc", "km", "vc", "vm"))]}
     # The device quantizes and merges the tokens itself (kvquant.cu): its fp16 keys come from
     # butterflies, not the host's matmul, and rare near-tie groups pick other codes, as in
     # test_gpu_kvquant (2e-3 there); the victims and merge targets still agree (positions are
     # compared exactly).  (KeepKV merges on the host with the device's scores needed 3e-2: a float
     # difference in the scores became a K/V difference the next steps carried on.)
     tol = 2e-3
-    p, scalars, device_steps, after_device = 0, 0, 0, False
+    p, device_steps = 0, 0
+    # (a first chunk of 2 or 3 tokens, the host path, would shift the data: one sequence tried so put a 3-bit
+    # KeepKV key group on a near-tie that the device prefill chunk at 45 coded otherwise, 1 byte in 500, and
+    # the outputs attending to it then differ by up to 6e-2; the codes check below allows 1% of such bytes)
     for T in [10] + [1] * 30 + [9, 3, 1, 2, 4] + [1] * 30:
         q = rng.standard_normal((T, H, Dk)).astype(np.float32)
         k = rng.standard_normal((T, n_kv, Dk)).astype(np.float32)
@@ -227,27 +226,16 @@ def test_gpu_cache_decode_copies_nothing_that_grows_and_evicts_as_the_cpu(strict
         gpu.update_and_attend(xp.asarray(q), xp.asarray(k), xp.asarray(v), pos, out)
         step = list(COPIES)
         n_victims = len(victims) - n_victims
-        if (T == 1 or T > 4) and p > 10:  # calibrated by the first chunk: the device picks (and merges) the victims
+        if p > 10:  # calibrated by the first chunk: every step, of 1 to 4 tokens or a chunk, on the device
             assert step == [] and n_victims == 0, f"at {p}: {step}"
-            device_steps += T == 1
-            after_device = True
-        elif T <= 4:  # the host path: K/V (and q) of the new tokens, a scalar per victim, two per KeepKV merge
-            big = [s for how, s in step if how == "asnumpy"]
-            allowed = {(T, n_kv, Dk), (T, H, Dk)} | (stored if after_device else set())  # the pull after device steps
-            assert all(s in allowed for s in big), f"at {p}: {step}"
-            small = [(how, s) for how, s in step if how != "asnumpy"]
-            assert [h for h, _ in small].count("int") == n_victims, f"at {p}: {step}"
-            assert all(s == () or (how == "tolist" and s == (2,)) for how, s in small), f"at {p}: {step}"
-            scalars += len(small)
-            after_device = False
+            device_steps += T <= 4
         np.testing.assert_array_equal(gpu.held_positions(), cpu.pos, err_msg=f"held positions differ after the chunk at {p}")
         assert _rel_err(strict.asnumpy(out), want) <= tol, f"chunk of {T} at {p}"
         for a, b in zip(gpu.policy.per_slot(), cpu.policy.per_slot(), strict=True):
             np.testing.assert_allclose(strict.asnumpy(a), b, rtol=tol, atol=1e-6)
         p += T
     assert p - cpu.n_tokens() > 50  # the budget made it evict, in decode steps too
-    assert device_steps == 60  # every one-token step after the first chunk
-    assert len(victims) >= 2 * 9  # the 3-, 2- and 4-token steps evicted on the host, a scalar each
+    assert device_steps == 63  # every step of 1 to 4 tokens past position 10
     assert gpu.n_tokens() == cpu.n_tokens() == 24
     assert gpu.mirror_mismatches() == []
     np.testing.assert_array_equal(gpu.pos, cpu.pos)

@@ -54,6 +54,30 @@ def test_repeat_penalty_discourages_history():
     assert s(logits, history=[0]) == 1
 
 
+@pytest.mark.parametrize(
+    "cfg",
+    [greedy(), SamplerConfig(seed=3), SamplerConfig(top_k=0, seed=3), SamplerConfig(repeat_penalty=1.3, seed=3)],
+    ids=["greedy", "top-k", "no-top-k", "penalty"],
+)
+def test_sample_from_an_array_module_draws_what_the_host_sampler_draws(cfg):
+    """Sampler.sample (device logits: only the id or the top-k candidates come down) follows __call__ draw for draw."""
+    logits = (np.random.default_rng(1).standard_normal(5000) * 3).astype(np.float32)
+    host, dev = Sampler(cfg), Sampler(SamplerConfig(**vars(cfg)))
+    pulled = []
+
+    def to_host(a):
+        pulled.append(np.shape(a))
+        return np.asarray(a)
+
+    history = [5, 9, 9]
+    assert [host(logits, history) for _ in range(30)] == [dev.sample(logits, history, np, to_host) for _ in range(30)]
+    want = {"greedy": (), "top-k": (2 * cfg.top_k,)}.get("greedy" if cfg.temperature <= 0 else "top-k")
+    if cfg.repeat_penalty == 1.0 and cfg.top_k:
+        assert set(pulled) == {want}
+    else:  # penalties and an untruncated draw need every logit
+        assert set(pulled) == {(5000,)}
+
+
 def test_bad_sampling_settings_are_one_line_errors():
     with pytest.raises(ValueError, match="top-p"):
         SamplerConfig(top_p=0.0).validate()

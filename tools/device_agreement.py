@@ -12,16 +12,23 @@ and prints, for each against the CPU's decode logits, the top-1 agreement,
 the mean KL, and the mean largest |logit difference|.  Greedy texts part at
 the first step whose top two logits are closer than that noise.
 
-Measured on SmolLM2 Q4_1, "The history of the printing press", 32 steps:
+Measured on SmolLM2 Q4_1, "The history of the printing press", 32 steps
+(the CUDA kernels on the CPU emulator, KVRUN_GPU_EMULATE=1):
 
     cpu batch vs cpu decode        top-1 29/32  KL 0.00266  mean max|dlogit| 0.606
-    gpu decode vs cpu decode       top-1 29/32               mean max|dlogit| 0.606
-      (the CUDA kernels on the CPU emulator, KVRUN_GPU_EMULATE=1)
+    gpu decode vs cpu decode       top-1 29/32  KL 0.00266  mean max|dlogit| 0.606
+    gpu decode vs cpu batch        top-1 32/32  KL 0.00000  mean max|dlogit| 0.004
 
-and Gemma 3 270M: cpu batch vs cpu decode 31/32, KL 0.00112, 0.470.  The
-GPU follows the CPU's decode path as closely as the CPU's own batch path
-does.  Quantizing x on the GPU as the CPU does (tried) gave 30/32 and 0.62:
-rounding flips upstream saturate within a few layers, so the GPU keeps float x.
+and Gemma 3 270M: cpu batch vs cpu decode 31/32, KL 0.00112, 0.470, the GPU
+the same against the CPU's decode.  The GPU keeps activations in float32 as
+the CPU's batch path does, and follows that path to 0.004 of a logit; both
+part from the CPU's decode, whose products quantize x to int8 per 32 (as
+llama.cpp's CPU does), by the same amount.  Greedy texts part where that
+difference meets a near-tie: on SmolLM2 the CPU's decode says "is a
+fascinating tale of innovation", its batch path and the GPU "is a story of
+innovation" (``--texts`` prints the three).  Quantizing x on the GPU as the
+CPU does (tried) gave 30/32 and 0.62: rounding flips upstream saturate within
+a few layers, so the GPU keeps float x.
 
     python tools/device_agreement.py MODEL --device gpu -n 32 [--kv "4,policy=h2o,budget=32,residual=8"]
 
@@ -60,6 +67,7 @@ def main() -> None:
     ap.add_argument("--device", default="gpu")
     ap.add_argument("-p", "--prompt", default="The history of the printing press")
     ap.add_argument("-n", type=int, default=32)
+    ap.add_argument("--texts", action="store_true", help="also print the greedy texts: CPU decode, CPU batch path, device decode")
     ap.add_argument("--kv", default=None, help='compressed cache on both devices, a KVConfig spec such as "4,policy=h2o,budget=32"')
     a = ap.parse_args()
 
@@ -85,6 +93,24 @@ def main() -> None:
     got = np.stack(got)
     _compare(f"{a.device} decode vs cpu decode", ref, got)
     _compare(f"{a.device} decode vs cpu batch", batch, got)  # both keep x in float: the GPU's own noise
+    if a.texts:
+        _texts(cpu, dev, kv, toks, seq + [int(np.argmax(ref[-1]))], a.n, a.device)
+
+
+def _texts(cpu: Engine, dev: Engine, kv: KVConfig | None, toks: list[int], seq: list[int], n: int, device: str) -> None:
+    """Greedy continuations of ``n`` tokens: the CPU's decode (``seq``), the CPU's batch path (each step re-evaluated as one
+    batch: float activations, as the GPU keeps them) and the device's own decode."""
+    fl = list(toks)
+    for _ in range(n):
+        fl.append(int(np.argmax(cpu.eval(cpu.cache_for(kv, 512, cpu.n_batch), fl)[-1])))
+    cache = dev.cache_for(kv, 512, dev.n_batch)
+    dv = list(toks)
+    logits = dev.eval(cache, dv)[-1]
+    for _ in range(n):
+        dv.append(int(np.argmax(logits)))
+        logits = dev.eval(cache, [dv[-1]])[-1]
+    for name, ids in (("cpu decode", seq), ("cpu batch", fl[len(toks) :]), (f"{device} decode", dv[len(toks) :])):
+        print(f"{name + ' greedy':28s} {cpu.tokenizer.decode(ids)!r}", flush=True)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,8 @@ run)
         if [ -z "$a" ] || [ -z "$b" ]; then r="NO TEXT (see greedy.log)"; elif [ "$a" == "$b" ]; then r=EQUAL; else r=DIFFERENT; fi
         printf '%s\ncpu: %s\ngpu: %s\n' "$m" "$a" "$b" >>"$OUT/greedy.log"
         echo "greedy 32 tokens $m: $r" >>"$S"
-        timeout 120 python3 tools/device_agreement.py "$p" --device $DEV -n 32 2>>"$OUT/greedy.log" | sed "s/^/$m: /" >>"$S"
+        # with --texts: the three greedy texts (CPU decode, CPU batch path = float activations as the GPU, GPU decode)
+        timeout 180 python3 tools/device_agreement.py "$p" --device $DEV -n 32 --texts 2>>"$OUT/greedy.log" | sed "s/^/$m: /" >>"$S"
         $K bench "$p" --device $DEV -p 512 -n 128 -r 3 >"$OUT/bench_$m.log" 2>&1
         grep -E "pp512|tg128" "$OUT/bench_$m.log" | sed 's/  */ /g' >>"$S"
         # an eviction policy with merging: its decode steps pick, demote and merge on the device

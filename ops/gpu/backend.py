@@ -225,7 +225,17 @@ class GPUBackend:
 
     def rope_qk(self, q: Any, k: Any, pos: Any, cos: Any, sin: Any, neox: bool) -> None:
         """:meth:`rope` of q [T, n_head, D] and k [T, n_head_kv, D] in one launch."""
-        if q.shape[2] != k.shape[2]:  # (no model has it; the kernel takes one head size)
+        self._rope_qk(q, k, pos, cos, sin, neox)
+
+    def norm_rope_qk(self, q: Any, k: Any, q_norm: Any, k_norm: Any, eps: float, pos: Any, cos: Any, sin: Any, neox: bool) -> None:
+        """Per-head RMSNorm of q and k (Gemma 3's QK-norm), then :meth:`rope_qk`: one launch, not three."""
+        self._rope_qk(q, k, pos, cos, sin, neox, (q_norm, k_norm, eps))
+
+    def _rope_qk(self, q: Any, k: Any, pos: Any, cos: Any, sin: Any, neox: bool, norm: tuple[Any, Any, float] | None = None) -> None:
+        if q.shape[2] != k.shape[2]:  # (no model has it; the kernels take one head size)
+            if norm is not None:
+                self.rms_norm_heads(q, norm[0], norm[2])
+                self.rms_norm_heads(k, norm[1], norm[2])
             self.rope(q, pos, cos, sin, neox)
             self.rope(k, pos, cos, sin, neox)
             return
@@ -234,23 +244,12 @@ class GPUBackend:
         cd, sd = self._tables.get(cos), self._tables.get(sin)
         pd = positions(pos)
         with device_out(q) as qd, device_out(k) as kd:
-            K.launch("rope_qk_f32", _ew_grid(T * (Hq + Hk) * half), (_EW_BLOCK,), qd, kd, pd, cd, sd, T, Hq, Hk, D, half, int(bool(neox)))
-
-    def norm_rope_qk(self, q: Any, k: Any, q_norm: Any, k_norm: Any, eps: float, pos: Any, cos: Any, sin: Any, neox: bool) -> None:
-        """Per-head RMSNorm of q and k (Gemma 3's QK-norm), then :meth:`rope_qk`: one launch, not three."""
-        if q.shape[2] != k.shape[2]:
-            self.rms_norm_heads(q, q_norm, eps)
-            self.rms_norm_heads(k, k_norm, eps)
-            self.rope_qk(q, k, pos, cos, sin, neox)
-            return
-        T, Hq, D = q.shape
-        Hk, half = k.shape[1], cos.shape[1]
-        cd, sd = self._tables.get(cos), self._tables.get(sin)
-        pd = positions(pos)
-        with device_out(q) as qd, device_out(k) as kd:
-            K.launch(
+            if norm is None:  # one thread per rotated pair
+                K.launch("rope_qk_f32", _ew_grid(T * (Hq + Hk) * half), (_EW_BLOCK,), qd, kd, pd, cd, sd, T, Hq, Hk, D, half, int(bool(neox)))
+                return
+            K.launch(  # one warp per head row: the norm is a reduction over it
                 "rope_qk_norm_f32", (K.cdiv(T * (Hq + Hk), 4),), (128,),
-                qd, kd, to_device(q_norm), to_device(k_norm), pd, cd, sd, T, Hq, Hk, D, half, int(bool(neox)), eps,
+                qd, kd, to_device(norm[0]), to_device(norm[1]), pd, cd, sd, T, Hq, Hk, D, half, int(bool(neox)), norm[2],
             )  # fmt: skip
 
     def silu_mul(self, gate: Any, up: Any, out: Any) -> None:

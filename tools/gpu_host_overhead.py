@@ -9,7 +9,7 @@ for the same code): repeat, and compare versions alternately.
 
 Measured on SmolLM2 Q4_1, this machine: 513 launches / 4.63 ms at the start of
 stop 12, 273 launches / ~1.3 ms at its end; 213 launches once the pre-norms rode in
-the projections (stop 14; Gemma 3 270M 309 -> 184 with its QK-norm and post-norms fused).
+the projections (stop 14; Gemma 3 270M 292 -> 184 with its QK-norm and post-norms fused).
 
     KVRUN_GPU_EMULATE=1 python tools/gpu_host_overhead.py MODEL [--profile]
 """

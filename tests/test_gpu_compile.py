@@ -33,6 +33,13 @@ def test_every_cu_file_compiles(ptx):
         assert cc.ptx_entries(text), f"{f}: no kernels in the PTX"
 
 
+def test_the_quantizer_rounds_as_the_cpu_does(ptx):
+    """kvquant.cu picks codes (floor(x * inv + z + 0.5)) and merge targets: compiled without FMA contraction
+    (kernels.FILE_OPTIONS), every product rounds on its own, as in the CPU's quantizer and the emulator."""
+    assert "fma.rn.f32" not in ptx["kvquant.cu"]  # (double log/exp of KeepKV's weights keep libdevice's own fma.rn.f64)
+    assert "fma.rn.f32" in ptx["qmatmul.cu"]  # (elsewhere contraction stays on: continuous results)
+
+
 def test_compile_all_reports_sizes():
     sizes = cc.compile_all()
     assert set(sizes) == set(K.cu_files()) and all(n > 1000 for n in sizes.values())

@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .kernels import COMPILE_OPTIONS, KERNELS, cu_files, source
+from .kernels import KERNELS, compile_options, cu_files, source
 
 
 class CompileError(RuntimeError):
@@ -84,7 +84,7 @@ def _compile_nvrtc(src: str, name: str, arch: str) -> str:
     nvrtc = _nvrtc()
     prog = nvrtc.createProgram(src, name, [], [])
     try:
-        opts = [*COMPILE_OPTIONS, f"--gpu-architecture={arch.replace('sm_', 'compute_')}"]
+        opts = [*compile_options(name), f"--gpu-architecture={arch.replace('sm_', 'compute_')}"]
         try:
             nvrtc.compileProgram(prog, opts)
         except nvrtc.NVRTCError:
@@ -102,7 +102,7 @@ def _compile_nvcc(src: str, name: str, arch: str) -> str:
         cu.write_text(src)
         ptx = Path(d) / "out.ptx"
         r = subprocess.run(
-            ["nvcc", "-ptx", f"-arch={arch}", *COMPILE_OPTIONS, str(cu), "-o", str(ptx)],
+            ["nvcc", "-ptx", f"-arch={arch}", *compile_options(name), str(cu), "-o", str(ptx)],
             capture_output=True,
             text=True,
         )

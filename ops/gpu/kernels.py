@@ -29,6 +29,15 @@ from gguf import GGMLQuantizationType as T
 
 KERNEL_DIR = Path(__file__).resolve().parent
 COMPILE_OPTIONS = ("-std=c++17",)
+# kvquant.cu makes discrete choices (a value's code: floor(x * inv + z + 0.5); a merge's target).
+# Contracted into an FMA, x * inv + z rounds once where the CPU's quantizer (and the emulator)
+# round twice, and a group on a near-tie would take another code on the device than on the CPU.
+FILE_OPTIONS: dict[str, tuple[str, ...]] = {"kvquant.cu": ("--fmad=false",)}
+
+
+def compile_options(file: str) -> tuple[str, ...]:
+    """NVRTC / nvcc options for one .cu file (CuPy's compile and the compile check use the same)."""
+    return COMPILE_OPTIONS + FILE_OPTIONS.get(file, ())
 
 # ggml type id -> kernel name suffix (the X-macro FOR_EACH_QTYPE in quants.cuh)
 QTYPE_SUFFIX: dict[int, str] = {
@@ -160,7 +169,7 @@ class CupyRuntime:
     @functools.lru_cache(maxsize=None)  # noqa: B019 - one runtime per process
     def module(self, file: str) -> Any:
         """The compiled ``RawModule`` of one .cu file (CuPy also caches the binary on disk)."""
-        return self.xp.RawModule(code=source(file), options=COMPILE_OPTIONS)
+        return self.xp.RawModule(code=source(file), options=compile_options(file))
 
     @functools.lru_cache(maxsize=None)  # noqa: B019
     def function(self, name: str) -> Any:

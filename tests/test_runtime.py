@@ -12,7 +12,7 @@ from tinymodel import write_tiny_model
 from kvrun.cli import main
 from kvrun.loaders.errors import KvrunError
 from kvrun.runtime.api import Model
-from kvrun.runtime.engine import Engine, GenRequest
+from kvrun.runtime.engine import Engine
 from kvrun.runtime.sampling import Sampler, SamplerConfig, greedy
 
 

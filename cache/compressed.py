@@ -366,6 +366,16 @@ class CompressedLayerCache(LayerCache):
         r1 = None if not p1.cap or (took0 | took1).all() else pol.rank_rows(lo1, lo1 + p1.cap, pos[:, lo1 : lo1 + p1.cap])
         return r0, r1
 
+    def _policy_entry(self, pos: Any) -> tuple[int, bool, tuple[np.ndarray, np.ndarray] | None, Any, Any]:
+        """Where a policy layer's next token goes: (its fp16 window slot j, whether the token there
+        spills, then which heads take an empty slot (:meth:`_empty_takes`) and the victim ranks
+        (:meth:`_victim_ranks` over ``pos``), None without a spill)."""
+        j, full = window_slot(self.pos, self.S, self.F)
+        if not (full and self.N > self.F):
+            return j, False, None, None, None
+        took = self._empty_takes()
+        return (j, True, took, *self._victim_ranks(pos, *took))
+
     @functools.cached_property
     def _merge_args(self) -> tuple[int, float, Any]:
         """(mode, threshold, score) of the merger for the one-call steps; score: the policy's that weighs a KeepKV merge, or None.
@@ -394,9 +404,7 @@ class CompressedLayerCache(LayerCache):
         T = q.shape[0]
         for t in range(T):
             p = int(pos[t])
-            j, full = window_slot(self.pos, self.S, self.F)
-            spill = full and self.N > self.F
-            r0, r1 = self._victim_ranks(self.pos, *self._empty_takes()) if spill else (None, None)
+            j, spill, _, r0, r1 = self._policy_entry(self.pos)
             kt = np.ascontiguousarray(k[t], np.float32)
             policy_push(
                 np.ascontiguousarray(q[t], np.float32), kt, np.ascontiguousarray(v[t], np.float32), p,

@@ -72,7 +72,7 @@ from ..ops.gpu.arrays import device_out, is_device, positions, to_device
 from .base import LayerCache, LayerSpec
 from .compressed import MAX_DECODE_T, CompressedLayerCache
 from .factory import make_cache
-from .insert import plan_chunk, plan_push, window_slot
+from .insert import plan_chunk, plan_push
 from .kvconfig import KVConfig
 from .policies import make_policy
 from .pool import Pool
@@ -256,23 +256,17 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         only how many empty slots each head has left.  t >= 0: the token is row
         t of a prefill chunk whose scores the policy holds (``adopt``).
         """
-        p1 = self.pools[1]
-        j, full = window_slot(self.pos, self.S, self.F)
-        spill = full and self.N > self.F
-        rank0 = rank1 = None
-        if spill:
-            took0, took1 = self._empty_takes()
-            rank0, rank1 = self._victim_ranks(self.d_pos, took0, took1)
-            # the host's empty-slot counts follow (which slots, only the device knows)
-            self._free[0][took0] -= 1
-            if p1.cap:
-                self._free[1][took1] -= 1
+        j, spill, took, rank0, rank1 = self._policy_entry(self.d_pos)
+        if spill:  # the host's empty-slot counts follow (which slots, only the device knows)
+            self._free[0][took[0]] -= 1
+            if self.pools[1].cap:
+                self._free[1][took[1]] -= 1
         self.pos[:, j] = p  # the window's positions stay right on the host
         self._stale = self._pos_stale = True
         db = self._device_basis()
         kvquant.policy_push(
             q, k, v, db.t_k, db.mu, self.d_store, self.d_qr[0] if qr is None else qr, j, spill, p,
-            self.basis.rot is not None, self.rot_v is not None, rank0, rank1, list(self._policy_state[0]),
+            self.basis.rot is not None, self.rot_v is not None, rank0, rank1, self._policy_state[0],
             self._device_merge, self.d_logw if self.logw.size else None,
         )  # fmt: skip
         slots = np.full(self.spec.n_head_kv, j, np.int64)
@@ -296,7 +290,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         gqa = H // n_kv
         self._sync()
         db = self._device_basis()
-        qd, kd, vd = (xp.ascontiguousarray(to_device(a)) for a in (q, k, v))  # [T, heads, D] original basis
+        qd, kd, vd = (to_device(a) for a in (q, k, v))  # [T, heads, D] original basis
         kbuf, vbuf = self._rows_f16(xp.arange(N, dtype=np.int32), kd, vd, db)
         kall = kbuf.view(np.float16).astype(np.float32)  # [n_kv, N + T, D]
         vall = vbuf.view(np.float16).astype(np.float32)

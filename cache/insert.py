@@ -99,19 +99,32 @@ def fwht_rows(x: np.ndarray, out: np.ndarray) -> None:
 
 
 @nb.njit(inline="always", **_JIT)
+def _pick(prow: np.ndarray, lo: int, cap: int, rank: np.ndarray, has_rank: bool) -> tuple[int, bool]:
+    """The slot of a pool ``[lo, lo + cap)`` to fill, from its positions ``prow``: the first empty one,
+    else the least important by ``rank`` ([cap]; all equal without: the oldest), the oldest on
+    ties (``Policy.victim``; ``kvquant.cu`` kq_pick).  Returns (pool-local slot, was empty)."""
+    bi, br, bp = -1, np.float32(0.0), 0
+    for s in range(cap):
+        ps = prow[lo + s]
+        if ps < 0:
+            return s, True
+        r = rank[s] if has_rank else np.float32(0.0)
+        if bi < 0 or r < br or (r == br and ps < bp):
+            bi, br, bp = s, r, ps
+    return bi, False
+
+
+_NO_RANK = np.zeros(1, np.float32)  # _pick's rank where there is none (never read)
+
+
+@nb.njit(inline="always", **_JIT)
 def _take_slot(pos: np.ndarray, lo: int, cap: int, free: np.ndarray) -> int:
-    """A slot of the pool at ``[lo, lo + cap)`` for all heads: a never-used one, else the oldest
-    (as ``CompressedLayerCache._take_shared``); returns its index within the pool."""
-    if free[0] > 0:
+    """A slot of the pool at ``[lo, lo + cap)`` for all heads (positions shared, row 0): a never-used
+    one, else the oldest (as ``CompressedLayerCache._take_shared``); returns its index within the pool."""
+    s, empty = _pick(pos[0], lo, cap, _NO_RANK, False)
+    if empty:
         free[0] -= 1
-        for s in range(cap):
-            if pos[0, lo + s] < 0:
-                return s
-    best = 0
-    for s in range(1, cap):
-        if pos[0, lo + s] < pos[0, lo + best]:
-            best = s
-    return best
+    return s
 
 
 @nb.njit(**_JIT)
@@ -290,22 +303,6 @@ def _new_token(h, j, q, k, v, rot_k, rot_v, t_k, mu, k16, v16, qr, kf, vf):
 
 
 # ----------------------------------------------------------------- with an eviction policy
-@nb.njit(inline="always", **_JIT)
-def _pick(prow: np.ndarray, lo: int, cap: int, rank: np.ndarray, has_rank: bool) -> tuple[int, bool]:
-    """The slot of one head's pool ``[lo, lo + cap)`` to fill: the first empty one, else the
-    least important by ``rank`` ([cap]; all equal without), the oldest on ties
-    (``Policy.victim``; ``kvquant.cu`` kq_pick).  Returns (pool-local slot, was empty)."""
-    bi, br, bp = -1, np.float32(0.0), 0
-    for s in range(cap):
-        ps = prow[lo + s]
-        if ps < 0:
-            return s, True
-        r = rank[s] if has_rank else np.float32(0.0)
-        if bi < 0 or r < br or (r == br and ps < bp):
-            bi, br, bp = s, r, ps
-    return bi, False
-
-
 @nb.njit(**_JIT)
 def _merge(h, v, lo, prow, kc, km, vc, vm, bits_k, bits_v, G, klut, vlut, clips_k, clips_v,
            mode, threshold, logw, score, folds, n_fold, kf, vf, kt, vt, sims, tmp):  # fmt: skip
@@ -408,10 +405,7 @@ def policy_push(
         _move_token(h, j, jq, jc, k16, v16, kc, km, vc, vm, bits_k, bits_v, klut, vlut, clips_k, clips_v,
                     kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1, clips_k1, clips_v1, G, kf, vf, tmp)  # fmt: skip
         # positions and per-slot state follow their tokens (Policy.move): jc <- jq, jq <- j
-        if jc >= 0:
-            prow[lo1 + jc] = prow[lo + jq]
-        if jq >= 0:
-            prow[lo + jq] = prow[j]
+        _follow(pos, h, j, jq, jc, lo, lo1)
         prow[j] = p
         for i in range(n_state):
             _follow(state[i], h, j, jq, jc, lo, lo1)

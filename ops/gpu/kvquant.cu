@@ -317,18 +317,6 @@ struct KQMerge {
     float* fold1;
 };
 
-// Block-wide sum of one value per thread, in warp order (every thread gets it).  red: [32] shared floats.
-__device__ float kq_block_sum(float v, float* red) {
-    const int lane = threadIdx.x % WARP, wid = threadIdx.x / WARP, nw = (blockDim.x + WARP - 1) / WARP;
-    v = warp_sum(v);
-    __syncthreads();
-    if (lane == 0) red[wid] = v;
-    __syncthreads();
-    float s = 0.0f;
-    for (int i = 0; i < nw; ++i) s += red[i];
-    return s;
-}
-
 // The token in slot v of pool `pool` (this block's head) is evicted: fold it into the kept
 // token of that pool whose key is most similar (cosine; the first on ties), when at least
 // m.threshold; re-quantize that target; add the victim's state into the target's.  As
@@ -359,7 +347,7 @@ __device__ void kq_merge(const KQPools& c, const KQMerge& m, int pool, int v, fl
     const float ve = onv ? kvq_value(vvr, G, lgG, d) : 0.0f;
     __syncthreads();
     if (onk) xs[d] = ke;
-    const float nq = kq_block_sum(onk ? ke * ke : 0.0f, red);  // (its barriers publish xs too)
+    const float nq = block_sum(onk ? ke * ke : 0.0f, red);  // (its barriers publish xs too)
     // similarities: warp w takes slots w, w + nw, ...; each keeps its best (the first of equals)
     float best = NEG_INF;
     int bt = -1;

@@ -9,6 +9,7 @@ decode step of a policy-free compressed layer).  The layouts are
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -71,12 +72,13 @@ class DeviceStore(NamedTuple):
     group: int
 
 
-def _pools(st: DeviceStore) -> tuple[tuple, tuple]:
-    """The kernels' pool arguments: (arrays, sizes) in KQ_POOL_PARAMS / KQ_POOL_SIZES order."""
+def _launch_push(name: str, st: DeviceStore, before: tuple, after: tuple) -> None:
+    """Launch a push kernel: a block per KV head, a thread per channel; its arguments ``before``,
+    the pools (KQ_POOL_PARAMS), ``after``, then the pool sizes (KQ_POOL_SIZES)."""
     p0, p1 = st.pool0, st.pool1
     arrays = (st.k16, st.v16, p0.kc, p0.km, p0.vc, p0.vm, p1.kc, p1.km, p1.vc, p1.vm, st.luts, st.clips, st.pos)
     sizes = (st.k16.shape[1], p0.kc.shape[1], p1.kc.shape[1], st.k16.shape[2], st.v16.shape[2], st.group, p0.bits_k, p0.bits_v, p1.bits_k, p1.bits_v)
-    return arrays, sizes
+    K.launch(name, (st.k16.shape[0],), (_threads(st.k16.shape[2], st.v16.shape[2]),), *before, *arrays, *after, *sizes)
 
 
 def decode_push(q: Any, k: Any, v: Any, t_k: Any, mu: Any, st: DeviceStore, qr: Any, slots: tuple[int, int, int], p: int, rot_k: bool, rot_v: bool) -> None:
@@ -86,10 +88,7 @@ def decode_push(q: Any, k: Any, v: Any, t_k: Any, mu: Any, st: DeviceStore, qr: 
     key basis); qr [n_head, D] float32 out.  ``slots`` = (j, jq, jc) as
     :func:`kvrun.cache.insert.plan_push` chose them (-1: no spill / no cool).
     """
-    arrays, sizes = _pools(st)
-    j, jq, jc = slots
-    threads = _threads(st.k16.shape[2], st.v16.shape[2])
-    K.launch("kv_decode_push", (st.k16.shape[0],), (threads,), q, k, v, t_k, mu, *arrays, qr, j, jq, jc, p, q.shape[0], int(rot_k), int(rot_v), *sizes)
+    _launch_push("kv_decode_push", st, (q, k, v, t_k, mu), (qr, *slots, p, q.shape[0], int(rot_k), int(rot_v)))
 
 
 def push_tokens(k: Any, v: Any, t_k: Any, mu: Any, st: DeviceStore, slots: Any, ppos: Any, rot_k: bool, rot_v: bool) -> None:
@@ -99,9 +98,7 @@ def push_tokens(k: Any, v: Any, t_k: Any, mu: Any, st: DeviceStore, slots: Any, 
     per token as :func:`kvrun.cache.insert.plan_push` chose them one after
     another; ppos [T] int32 their positions; the rest as :func:`decode_push`.
     """
-    arrays, sizes = _pools(st)
-    threads = _threads(st.k16.shape[2], st.v16.shape[2])
-    K.launch("kv_push_tokens", (st.k16.shape[0],), (threads,), k, v, t_k, mu, *arrays, slots, ppos, k.shape[0], int(rot_k), int(rot_v), *sizes)
+    _launch_push("kv_push_tokens", st, (k, v, t_k, mu), (slots, ppos, k.shape[0], int(rot_k), int(rot_v)))
 
 
 class DeviceMerge(NamedTuple):
@@ -115,7 +112,7 @@ class DeviceMerge(NamedTuple):
 
 def policy_push(
     q: Any, k: Any, v: Any, t_k: Any, mu: Any, st: DeviceStore, qr: Any, j: int, spill: bool, p: int, rot_k: bool, rot_v: bool,
-    rank0: Any, rank1: Any, state: list[Any], merge: DeviceMerge | None = None, logw: Any = None,
+    rank0: Any, rank1: Any, state: Sequence[Any], merge: DeviceMerge | None = None, logw: Any = None,
 ) -> None:  # fmt: skip
     """One decode token into a compressed layer with an eviction policy, on the device.
 
@@ -132,15 +129,12 @@ def policy_push(
     """
     if len(state) > 3 or (merge is not None and len(merge.fold) > 2):
         raise ValueError(f"at most 3 per-slot policy arrays and 2 folded ones, got {len(state)}")
-    arrays, sizes = _pools(st)
-    threads = _threads(st.k16.shape[2], st.v16.shape[2])
     any_ = lambda a: qr if a is None else a  # noqa: E731  (an unused pointer: any array)
     ps = [*state, qr, qr, qr][:3]
     mode, thr, score, fold = (0, 0.0, None, []) if merge is None else (merge.mode, merge.threshold, merge.score, merge.fold)
     folds = [*fold, qr, qr][:2]
-    K.launch(
-        "kv_policy_push", (st.k16.shape[0],), (threads,), q, k, v, t_k, mu, *arrays, qr,
-        any_(rank0), any_(rank1), *ps, any_(logw), any_(score), *folds, len(state),
+    _launch_push("kv_policy_push", st, (q, k, v, t_k, mu), (
+        qr, any_(rank0), any_(rank1), *ps, any_(logw), any_(score), *folds, len(state),
         j, int(spill), p, q.shape[0], int(rot_k), int(rot_v), int(rank0 is not None), int(rank1 is not None),
-        mode, float(thr), int(logw is not None), int(score is not None), len(fold), *sizes,
-    )  # fmt: skip
+        mode, float(thr), int(logw is not None), int(score is not None), len(fold),
+    ))  # fmt: skip

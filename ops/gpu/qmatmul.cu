@@ -4,7 +4,8 @@
 // every kernel decodes the chunks it needs in registers (quants.cuh), so no
 // float copy of a matrix ever exists.  Activations stay float32: decode reads
 // each weight byte once and is bound by weight bandwidth, so quantizing x to
-// q8 (llama.cpp's mmvq) would save little here and cost accuracy.
+// q8 (llama.cpp's mmvq) would save little here and cost accuracy; nor would
+// it make the GPU's decode follow the CPU's (tried: tools/device_agreement.py).
 //
 //   matvec_<type>   decode, 1..few tokens: one warp per weight row (matvec3_: up to three matrices)
 //   matmul_<type>   prefill: 64x64 output tiles, the weight K-tile decoded once

@@ -37,14 +37,27 @@ class GPUPlainLayerCache(LayerCache):
             raise ValueError(f"batch of {T} tokens exceeds the layer cache of {self.capacity} slots")
         # the host needs the slots anyway to know how far the ring has filled
         pos_h = K.runtime().asnumpy(pos) if is_device(pos) else np.asarray(pos)
-        self.used = max(self.used, int((pos_h % self.capacity).max()) + 1)
+        self.note_positions(pos_h)
         pd = positions(pos_h)
         qd, kd, vd = to_device(q), to_device(k), to_device(v)
         attn.kv_store(kd, vd, pd, self.k, self.v, self.pos)
         s = self.spec
-        run = attn.attend_decode if T <= DECODE_MAX_TOKENS else attn.attend_prefill
         with device_out(out) as od:
-            run(qd, self.k, self.v, self.pos, self.used, pd, s.window, s.scale, s.softcap, od)
+            if T <= DECODE_MAX_TOKENS:
+                attn.attend_decode(qd, self.k, self.v, self.pos, self.decode_slots(), pd, s.window, s.scale, s.softcap, od)
+            else:
+                attn.attend_prefill(qd, self.k, self.v, self.pos, self.used, pd, s.window, s.scale, s.softcap, od)
+
+    def note_positions(self, pos: np.ndarray) -> None:
+        """Host bookkeeping of a step storing positions ``pos``: how far the ring has filled."""
+        self.used = max(self.used, int((pos % self.capacity).max()) + 1)
+
+    def decode_slots(self, used: int | None = None) -> int:
+        """Slots a decode step attends over: ``used`` rounded up to whole splits of the decode
+        kernel (the extra slots are empty, so masked).  The launches of a decode step then stay
+        the same for DECODE_CHUNK tokens at a time, which a captured CUDA graph needs."""
+        used = self.used if used is None else used
+        return min(self.capacity, K.cdiv(used, attn.DECODE_CHUNK) * attn.DECODE_CHUNK)
 
     def n_tokens(self) -> int:
         return int((self.pos >= 0).sum())

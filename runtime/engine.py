@@ -104,6 +104,12 @@ class Engine:
         self.load_time = time.perf_counter() - t0
         # no --threads: decode measures whether all cores or one is faster now (runtime/threads.py)
         self.tuner = ThreadTuner(n_threads) if threads is None and self.backend.name == "cpu" else None
+        # on the GPU, one-token decode steps with the plain cache replay captured CUDA graphs
+        self.graphs = None
+        if self.backend.name == "gpu":
+            from .graphs import DecodeGraphs
+
+            self.graphs = DecodeGraphs(self.model, self.backend.xp, self.cfg.n_vocab)
         # the first forward compiles the kernels when their on-disk cache is cold
         self.kernels_cold = not getattr(self.backend, "kernels_cached", lambda: True)()
 
@@ -156,6 +162,10 @@ class Engine:
             else:  # no logits wanted from this chunk: skip the output head
                 rows = np.zeros(0, np.int64)
                 dst = out[:0]
+            graphs = self.graphs if T == 1 and len(rows) == 1 and self.graphs is not None and self.graphs.usable(cache) else None
+            if graphs is not None and graphs.replay(cache, int(chunk[0]), int(pos[0]), dst):
+                cache.offset += T
+                continue
             tune = T == 1 and self.tuner is not None
             if tune:
                 self.tuner.begin()
@@ -163,6 +173,8 @@ class Engine:
             self.model.forward(chunk, pos, cache, rows, dst)
             if tune:
                 self.tuner.end(time.perf_counter() - t1)
+            if graphs is not None:
+                graphs.capture(cache, int(chunk[0]), int(pos[0]), dst)
             cache.offset += T
         return out
 

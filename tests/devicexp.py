@@ -34,7 +34,17 @@ from kvrun.ops.gpu.emulate import EmulatedRuntime
 COPIES: list[tuple[str, tuple[int, ...]]] = []  # (how, shape) of every device-to-host copy since the last clear
 
 
+_capturing = False  # inside StrictRuntime.capture: CUDA refuses copies either way
+
+
+def _up() -> None:
+    if _capturing:
+        raise RuntimeError("a host-to-device copy while capturing a CUDA graph")
+
+
 def _down(how: str, a: np.ndarray) -> None:
+    if _capturing:
+        raise RuntimeError(f"{how}: a device-to-host copy while capturing a CUDA graph")
     COPIES.append((how, tuple(a.shape)))
 
 
@@ -129,6 +139,12 @@ class DeviceArray(np.ndarray):
         _down("get", self)
         return np.array(self.view(np.ndarray))
 
+    def set(self, arr: np.ndarray) -> None:
+        """CuPy's upload into an existing array (host to device: not logged)."""
+        if tuple(np.shape(arr)) != self.shape:
+            raise ValueError(f"set: shape {np.shape(arr)} into {self.shape}")
+        self.view(np.ndarray)[...] = arr
+
     def __repr__(self) -> str:  # for assertion messages: not a copy the code made
         return f"DeviceArray({np.ndarray.__repr__(self.view(np.ndarray))})"
 
@@ -167,14 +183,18 @@ class DeviceModule(_DeviceNamespace):
     def asarray(self, a: Any, dtype: Any = None) -> DeviceArray:
         if isinstance(a, DeviceArray):
             return a if dtype is None or a.dtype == dtype else a.astype(dtype)
+        _up()
         return np.array(a, dtype=dtype).view(DeviceArray)
 
     def array(self, a: Any, dtype: Any = None) -> DeviceArray:
+        if not isinstance(a, DeviceArray):
+            _up()
         return np.array(_base(a), dtype=dtype).view(DeviceArray)
 
     def ascontiguousarray(self, a: Any, dtype: Any = None) -> DeviceArray:
         if isinstance(a, DeviceArray):
             return _dev(np.ascontiguousarray(_base(a), dtype=dtype))
+        _up()
         return np.array(a, dtype=dtype, order="C").view(DeviceArray)
 
     def argsort(self, a: Any, axis: int = -1, kind: Any = None) -> DeviceArray:
@@ -187,6 +207,15 @@ class StrictRuntime(EmulatedRuntime):
 
     name = "strict-emulated"
     xp = DeviceModule()
+
+    def capture(self, step: Any) -> Any:
+        """As the emulator's, and like CUDA stream capture it refuses copies between host and device."""
+        global _capturing
+        _capturing = True
+        try:
+            return super().capture(step)
+        finally:
+            _capturing = False
 
     def asnumpy(self, a: Any) -> np.ndarray:
         if not isinstance(a, DeviceArray):  # as cupy.asnumpy: a host array passes through

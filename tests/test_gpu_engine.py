@@ -52,9 +52,11 @@ def test_gpu_logits_match_cpu(gpu_env, tiny):
 
 
 @pytest.mark.parametrize(
-    "arch,kv", [("llama", None), ("gemma3", None), ("llama", "2,policy=h2o,budget=16,residual=4,merge=keepkv")], ids=["llama", "gemma3", "llama-h2o-keepkv"]
+    "arch,kv,graphs",
+    [("llama", None, "1"), ("llama", None, "0"), ("gemma3", None, "1"), ("llama", "2,policy=h2o,budget=16,residual=4,merge=keepkv", "1")],
+    ids=["llama", "llama-no-graphs", "gemma3", "llama-h2o-keepkv"],
 )
-def test_a_decode_step_copies_only_its_logits_down(monkeypatch, tmp_path, arch, kv):
+def test_a_decode_step_copies_only_its_logits_down(monkeypatch, tmp_path, arch, kv, graphs):
     """The activations live on the device: a decode step's one copy to the host is the logits the sampler needs
     (a host activation buffer would cost an upload and a synchronising copy down per kernel)."""
     if gpu_available():
@@ -65,12 +67,16 @@ def test_a_decode_step_copies_only_its_logits_down(monkeypatch, tmp_path, arch, 
     from kvrun.ops.gpu import kernels as K
 
     monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
+    monkeypatch.setenv("KVRUN_CUDA_GRAPHS", graphs)
     path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, qtype=Q.Q4_0)
     prev = K.set_runtime(StrictRuntime())
     try:
         eng = Engine(path, device="gpu", n_ctx=64, n_batch=16, kv=KVConfig.parse(kv) if kv else None)
         cache = eng.new_cache()
         eng.eval(cache, list(range(3, 27)))  # past the budget: the policy evicts (and merges) in the steps below
+        eng.eval(cache, [4])  # (with the plain cache the first step also captures its CUDA graph and checks a replay)
+        # the capture copied nothing either way (the stand-in refuses copies while capturing, as CUDA does)
+        assert eng.graphs.n_captures == (1 if graphs == "1" and kv is None else 0)
         for tok in (5, 9):
             COPIES.clear()
             logits = eng.eval(cache, [tok])
@@ -79,6 +85,7 @@ def test_a_decode_step_copies_only_its_logits_down(monkeypatch, tmp_path, arch, 
         for sampler, pulled in ((greedy(), ()), (SamplerConfig(top_k=8, seed=1), (16,))):
             cache = eng.new_cache()
             eng.eval(cache, list(range(3, 27)))
+            eng.eval(cache, [4])  # the capture step, as above
             COPIES.clear()
             gen = eng.generate_tokens(cache, [30], GenRequest(max_tokens=4, sampler=sampler, ignore_eos=True))
             assert len(list(gen)) == 4
@@ -128,3 +135,54 @@ def test_kv_eval_on_gpu_matches_cpu(gpu_env, tmp_path):
     for a, b in zip(res["cpu"], res["gpu"]):
         assert a["config"] == b["config"] and a["kv_bytes"] == b["kv_bytes"]
         assert abs(a["ppl"] / b["ppl"] - 1) < 5e-3 and b["top1"] > 0.9
+
+
+@pytest.mark.parametrize(("arch", "n_ctx", "n_prompt", "n_captures"), [("llama", 256, 120, 2), ("gemma3", 64, 20, 1)])
+def test_decode_steps_replayed_from_cuda_graphs_equal_the_eager_steps(gpu_env, monkeypatch, tmp_path, arch, n_ctx, n_prompt, n_captures):
+    """One-token decode steps with the plain cache replay a captured graph (runtime/graphs.py): the same
+    logits bit for bit as launching every kernel, across the 128-slot splits of decode attention (llama:
+    a capture for slots 0-127, another from 128 on) and around the ring of Gemma 3's sliding-window layers."""
+    path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, qtype=Q.Q4_0, sliding_window=8)
+    ids = [int(t) for t in np.random.default_rng(3).integers(0, 200, n_prompt + 30)]
+    runs = {}
+    for graphs in ("0", "1"):
+        monkeypatch.setenv("KVRUN_CUDA_GRAPHS", graphs)
+        eng = Engine(path, device="gpu", n_ctx=n_ctx, n_batch=16)
+        cache = eng.new_cache()
+        eng.eval(cache, ids[:n_prompt])
+        runs[graphs] = np.concatenate([eng.eval(cache, [t]) for t in ids[n_prompt:]])
+        if graphs == "1":
+            assert eng.graphs.enabled and eng.graphs.n_captures == n_captures
+            assert eng.graphs.n_replays == 30 - n_captures
+        else:
+            assert not eng.graphs.enabled and eng.graphs.n_replays == 0
+    np.testing.assert_array_equal(runs["1"], runs["0"])
+
+
+def test_a_failed_capture_leaves_decoding_eager(gpu_env, tiny, monkeypatch, capsys):
+    from kvrun.ops.gpu import kernels as K
+
+    eng = Engine(tiny, device="gpu", n_ctx=64, n_batch=16)
+    want = [eng.eval(c := eng.new_cache(), [1, 5, 9])] + [eng.eval(c, [t]) for t in (3, 4, 6)]
+
+    def refuse(step):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(K.runtime(), "capture", refuse, raising=False)
+    eng = Engine(tiny, device="gpu", n_ctx=64, n_batch=16)
+    got = [eng.eval(c := eng.new_cache(), [1, 5, 9])] + [eng.eval(c, [t]) for t in (3, 4, 6)]
+    assert not eng.graphs.enabled
+    assert capsys.readouterr().err.count("CUDA graphs off") == 1
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_compressed_caches_decode_eagerly(gpu_env, tiny):
+    from kvrun.cache.kvconfig import KVConfig
+
+    eng = Engine(tiny, device="gpu", n_ctx=64, n_batch=16, kv=KVConfig.parse("4"))
+    cache = eng.new_cache()
+    eng.eval(cache, [1, 5, 9])
+    for t in (3, 4, 6):
+        eng.eval(cache, [t])
+    assert not eng.graphs.usable(cache) and eng.graphs.n_captures == 0

@@ -16,7 +16,8 @@
 # `run` assembles the models, then: the GPU tests (the real-CUDA params, `-m gpu`;
 # CI runs the rest), greedy text CPU vs GPU for 32 tokens and the teacher-forced
 # agreement (tools/device_agreement.py) on each model, plain and with an eviction
-# policy that merges (h2o + KeepKV), `bench --device gpu` (also with a policy), and
+# policy that merges (h2o + KeepKV), `bench --device gpu` (also with a policy, and
+# without CUDA graphs), and
 # `kv-eval` perplexities GPU vs CPU for --kv-bits 16, 4, 2.  One call may run all
 # (`run`), or a part (`run tests`, `run 0`, `run 1`) so each stays under the
 # 600 s a device call may take; parts append to the summary.
@@ -86,7 +87,10 @@ run)
         # with --texts: the three greedy texts (CPU decode, CPU batch path = float activations as the GPU, GPU decode)
         timeout 180 python3 tools/device_agreement.py "$p" --device $DEV -n 32 --texts 2>>"$OUT/greedy.log" | sed "s/^/$m: /" >>"$S"
         $K bench "$p" --device $DEV -p 512 -n 128 -r 3 >"$OUT/bench_$m.log" 2>&1
-        grep -E "pp512|tg128" "$OUT/bench_$m.log" | sed 's/  */ /g' >>"$S"
+        grep -E "pp512|tg128|CUDA graphs off" "$OUT/bench_$m.log" | sed 's/  */ /g' >>"$S"
+        # decode without CUDA graphs (every kernel launched from Python): what the graphs gain
+        KVRUN_CUDA_GRAPHS=0 $K bench "$p" --device $DEV -p 0 -n 128 -r 2 >"$OUT/bench_eager_$m.log" 2>&1
+        grep -E "tg128" "$OUT/bench_eager_$m.log" | sed 's/  */ /g; s/^/no graphs: /' >>"$S"
         # an eviction policy with merging: its decode steps pick, demote and merge on the device
         timeout 120 python3 tools/device_agreement.py "$p" --device $DEV -n 32 --kv "2,policy=h2o,budget=64,residual=16,merge=keepkv" \
             2>>"$OUT/greedy.log" | sed "s/^/$m h2o+keepkv: /" >>"$S"

@@ -10,6 +10,9 @@ for the same code): repeat, and compare versions alternately.
 Measured on SmolLM2 Q4_1, this machine: 513 launches / 4.63 ms at the start of
 stop 12, 273 launches / ~1.3 ms at its end; 213 launches once the pre-norms rode in
 the projections (stop 14; Gemma 3 270M 292 -> 184 with its QK-norm and post-norms fused).
+Stop 15: with the plain cache, decode steps replay a captured CUDA graph (runtime/graphs.py):
+3.3-5.7 ms eager (KVRUN_CUDA_GRAPHS=0, this machine at its slow speed) vs 0.54-0.62 ms replayed,
+most of which is the emulator's replay loop over the 213 recorded launches (one driver call on CUDA).
 
     KVRUN_GPU_EMULATE=1 python tools/gpu_host_overhead.py MODEL [--profile]
 """
@@ -36,7 +39,17 @@ def main() -> None:
     rt = K.runtime()
     rt.checks = False  # as on CuPy: no per-launch layout checks
     counts: collections.Counter[str] = collections.Counter()
-    rt.launch = lambda name, *args, **kw: counts.update([name])  # kernels do not run: host time only
+    record = rt.launch
+
+    def launch(name, *args, **kw):  # kernels do not run: host time only (a graph capture still records them)
+        if rt._recording is not None:
+            record(name, *args, **kw)
+        else:
+            counts.update([name])
+
+    rt.launch = launch
+    if eng.graphs is not None:
+        eng.graphs.verify = False  # (no kernel runs, so no replay to check)
     cache = eng.new_cache()
     eng.eval(cache, [1, 2, 3, 4, 5])
     counts.clear()
@@ -47,7 +60,9 @@ def main() -> None:
             eng.eval(cache, [6])
         best = min(best, (time.perf_counter() - t) / 20)
         steps += 20
-    print(f"{best * 1e3:.2f} ms of host time and {sum(counts.values()) / steps:.0f} launches per decode token")
+    replays = eng.graphs.n_replays if eng.graphs is not None else 0
+    how = f", {replays} of {steps} steps replayed from a captured graph (one driver call each on CUDA)" if replays else ""
+    print(f"{best * 1e3:.2f} ms of host time and {sum(counts.values()) / steps:.0f} launches per decode token{how}")
     if a.profile:
         import cProfile
         import pstats

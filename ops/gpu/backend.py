@@ -186,8 +186,8 @@ class GPUBackend:
     def get_rows(self, w: Weight, ids: Any, out: Any) -> None:
         """out[i] = row ids[i] of W, decoded.   out: [len(ids), n_cols] float32."""
         if isinstance(ids, (np.ndarray, list, tuple)):  # host ids: cheap to check, and a bad one would fault
-            ids = np.asarray(ids)
-            if ids.size and (ids.min() < 0 or ids.max() >= w.n_rows):
+            h = np.asarray(ids)  # (checked apart: ids itself may be a device buffer a captured step reads)
+            if h.size and (h.min() < 0 or h.max() >= w.n_rows):
                 raise IndexError(f"row id out of range [0, {w.n_rows})")
         idd = to_device(ids, np.int32)
         with device_out(out) as od:

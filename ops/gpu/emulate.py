@@ -120,8 +120,24 @@ class EmulatedRuntime:
 
     name = "emulated"
     xp = np
+    _recording: list | None = None  # launches being captured (see capture)
+
+    def capture(self, step: Any) -> "EmulatedGraph":
+        """CUDA graph capture, emulated: ``step()``'s launches are recorded, not run, with
+        their arguments as they are now; ``launch()`` replays them.  Like a CUDA graph,
+        a replay sees the arrays' current contents but the scalars of the capture."""
+        rec: list = []
+        self._recording = rec
+        try:
+            step()
+        finally:
+            self._recording = None
+        return EmulatedGraph(self, rec)
 
     def launch(self, name: str, grid: tuple[int, ...], block: tuple[int, ...], args: tuple, shared_mem: int) -> None:
+        if self._recording is not None:
+            self._recording.append((name, grid, block, args, shared_mem))
+            return
         if int(np.prod(block)) > 1024:
             raise ValueError(f"{name}: {int(np.prod(block))} threads per block exceed CUDA's 1024")
         if shared_mem > 48 * 1024:
@@ -137,3 +153,14 @@ class EmulatedRuntime:
 
     def synchronize(self) -> None:
         pass
+
+
+class EmulatedGraph:
+    """Recorded launches (:meth:`EmulatedRuntime.capture`), replayed in order by ``launch``."""
+
+    def __init__(self, rt: EmulatedRuntime, launches: list) -> None:
+        self.rt, self.launches = rt, launches
+
+    def launch(self) -> None:
+        for entry in self.launches:
+            self.rt.launch(*entry)

@@ -184,6 +184,38 @@ class CupyRuntime:
     def synchronize(self) -> None:
         self.xp.cuda.Device().synchronize()
 
+    def capture(self, step: Any) -> "CudaGraph":
+        """What ``step()`` launches, captured as a CUDA graph (nothing runs now); ``launch()`` replays it.
+
+        The graph keeps the pointers and scalars of every launch, so ``step``
+        must read what changes between replays from device buffers.  Arrays
+        it allocates come from a memory pool of the graph's own, so memory
+        the graph uses is never handed to another array.  Any host-device
+        copy inside ``step`` makes the capture fail (the caller then stays eager).
+        """
+        cp = self.xp
+        pool = cp.cuda.MemoryPool()
+        stream = cp.cuda.Stream(non_blocking=True)  # the legacy default stream cannot capture
+        with cp.cuda.using_allocator(pool.malloc), stream:
+            stream.begin_capture()
+            try:
+                step()
+            finally:
+                graph = stream.end_capture()
+        return CudaGraph(graph, pool)
+
+
+class CudaGraph:
+    """A captured decode step; ``launch`` enqueues it on the default stream, after what came before."""
+
+    def __init__(self, graph: Any, pool: Any) -> None:
+        self.graph, self.pool = graph, pool  # the pool holds the memory the graph's launches use
+
+    def launch(self) -> None:
+        import cupy
+
+        self.graph.launch(stream=cupy.cuda.Stream.null)
+
 
 _runtime: Any = None
 

@@ -96,6 +96,7 @@ def model_facts(path: Path) -> dict[str, Any]:
         "file_size": g.file_size,
         "n_params": n_params,
         "tensor_types": dict(types.most_common()),
+        "file_type": _quant_label(cfg.file_type, dict(types)),
         "context_length": cfg.n_ctx_train,
         "n_layer": cfg.n_layer,
         "n_embd": cfg.n_embd,
@@ -146,7 +147,7 @@ def info(model: str | None, as_json: bool) -> None:
         ("architecture", f["architecture"]),
         ("parameters", f"{f['n_params'] / 1e6:.1f} M"),
         ("file size", _size(f["file_size"])),
-        ("tensor types", types),
+        ("tensor types", f"{types}  ({f['file_type']})"),
         ("context length", f["context_length"]),
         ("layers", f["n_layer"]),
         ("embedding", f["n_embd"]),
@@ -445,6 +446,17 @@ def chat(model: str | None, system: str | None, n_predict: int, stop: tuple[str,
 
 
 # ---------------------------------------------------------------- bench
+def _quant_label(file_type: int, tensor_types: dict[str, int]) -> str:
+    """The file's quantization as llama.cpp names it (``general.file_type``: Q4_K_M), else its commonest weight type.
+
+    (A Q4_K_M file of a model whose rows are not a multiple of 256 holds more Q5_0 than Q4_K tensors.)"""
+    from gguf import LlamaFileType
+
+    if file_type in LlamaFileType._value2member_map_:
+        return LlamaFileType(file_type).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    return max(tensor_types, key=lambda k: tensor_types[k] if k not in ("F32", "F16") else -1)
+
+
 @main.command()
 @click.argument("model", required=False)
 @click.option("-p", "--n-prompt", "n_prompt", type=int, default=512, show_default=True, help="prompt tokens (pp test); 0 skips")
@@ -481,8 +493,7 @@ def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, n_dept
     if n_gen:
         results.append(bench_tg(eng, n_gen, repetitions, depth=n_depth))
     facts = model_facts(path)
-    quant = max(facts["tensor_types"], key=lambda k: facts["tensor_types"][k] if k not in ("F32", "F16") else -1)
-    label = f"{eng.cfg.arch} {facts['n_params'] / 1e6:.0f}M {quant}"
+    label = f"{eng.cfg.arch} {facts['n_params'] / 1e6:.0f}M {facts['file_type']}"
     rss, parts = peak_rss_bytes(), rss_parts()
     if as_json:
         click.echo(json.dumps({

@@ -197,6 +197,15 @@ def test_cli_bench_and_perplexity(tiny_path, tmp_path):
     assert out["ppl"] > 1 and out["n_tokens"] == out["n_chunks"] * 31
 
 
+def test_bench_names_the_file_type_as_llama_cpp():
+    from kvrun.cli import _quant_label
+
+    # general.file_type wins: a Q4_K_M Gemma 3 270M holds more Q5_0 tensors than Q4_K ones
+    assert _quant_label(15, {"Q5_0": 81, "Q4_K": 27, "F32": 109}) == "Q4_K_M"
+    assert _quant_label(3, {}) == "Q4_1" and _quant_label(0, {}) == "F32"
+    assert _quant_label(-1, {"Q4_0": 3, "F32": 9}) == "Q4_0"  # no file type: the commonest quantized type
+
+
 def test_cli_bench_at_depth_labels_tests_like_llama_bench(tiny_path):
     r = CliRunner().invoke(main, ["bench", str(tiny_path), "-p", "8", "-n", "4", "-r", "1", "-d", "24", "--json"])
     assert r.exit_code == 0, r.output

@@ -10,7 +10,7 @@
 #   here:    bash tools/gpu_checks.sh split          # .gpu/: 56 MiB chunks, the gguf wheel, the CPU kv-eval
 #   device:  one call per chunk, carry [".gpu/<chunk>"], command
 #            "bash tools/gpu_checks.sh stage"        # appends the carried chunks to /tmp/kvrun-parts
-#   device:  carry [".gpu/whl"], command "bash tools/gpu_checks.sh run tests", timeout_s 300
+#   device:  carry [".gpu/whl"], command "bash tools/gpu_checks.sh run tests", timeout_s 400
 #            then "... run 0" (SmolLM2) and "... run 1" (Gemma 3), timeout_s 600 each
 #
 # `run` assembles the models, then: the GPU tests (the real-CUDA params, `-m gpu`;
@@ -73,6 +73,9 @@ run)
     if [ "$PART" == all ] || [ "$PART" == tests ]; then
         timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ >"$OUT/pytest.log" 2>&1
         echo "gpu tests: $(tail -1 "$OUT/pytest.log")" >>"$S"
+        # the engine on the device (unmarked: with a GPU they run it, not the emulator), CUDA graphs included
+        timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_engine.py >"$OUT/pytest_engine.log" 2>&1
+        echo "gpu engine tests: $(tail -1 "$OUT/pytest_engine.log")" >>"$S"
     fi
 
     for i in "${!MODELS[@]}"; do

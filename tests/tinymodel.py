@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
 from gguf.quants import quantize
 
 Q = GGMLQuantizationType
@@ -57,7 +57,8 @@ def write_tiny_model(path: Path, arch: str = "llama", qtype: int = Q.F32, seed: 
     w.add_head_count_kv(n_head_kv)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(10000.0)
-    w.add_file_type(0)
+    ftype = getattr(LlamaFileType, f"MOSTLY_{Q(qtype).name}", LlamaFileType.ALL_F32)  # as llama.cpp's quantizer names the file
+    w.add_file_type(int(ftype))
     if arch == "gemma3":
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)

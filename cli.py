@@ -78,6 +78,19 @@ def main() -> None:
 
 
 # ---------------------------------------------------------------- info
+def _quant_label(file_type: int, tensor_types: dict[str, int]) -> str:
+    """The file's quantization as llama.cpp names it (``general.file_type``: Q4_K_M), else its commonest weight type.
+
+    (A Q4_K_M file of a model whose rows are not a multiple of 256 holds more Q5_0 than Q4_K tensors.)"""
+    from gguf import LlamaFileType
+
+    try:
+        return LlamaFileType(file_type).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    except ValueError:  # absent (-1) or unknown
+        pass
+    return max(tensor_types, key=lambda k: tensor_types[k] if k not in ("F32", "F16") else -1)
+
+
 def model_facts(path: Path) -> dict[str, Any]:
     """Everything `kvrun info` prints, read from the header only (no weights touched)."""
     from .loaders.config import load_config
@@ -446,17 +459,6 @@ def chat(model: str | None, system: str | None, n_predict: int, stop: tuple[str,
 
 
 # ---------------------------------------------------------------- bench
-def _quant_label(file_type: int, tensor_types: dict[str, int]) -> str:
-    """The file's quantization as llama.cpp names it (``general.file_type``: Q4_K_M), else its commonest weight type.
-
-    (A Q4_K_M file of a model whose rows are not a multiple of 256 holds more Q5_0 than Q4_K tensors.)"""
-    from gguf import LlamaFileType
-
-    if file_type in LlamaFileType._value2member_map_:
-        return LlamaFileType(file_type).name.removeprefix("MOSTLY_").removeprefix("ALL_")
-    return max(tensor_types, key=lambda k: tensor_types[k] if k not in ("F32", "F16") else -1)
-
-
 @main.command()
 @click.argument("model", required=False)
 @click.option("-p", "--n-prompt", "n_prompt", type=int, default=512, show_default=True, help="prompt tokens (pp test); 0 skips")

@@ -52,12 +52,11 @@ class GPUPlainLayerCache(LayerCache):
         """Host bookkeeping of a step storing positions ``pos``: how far the ring has filled."""
         self.used = max(self.used, int((pos % self.capacity).max()) + 1)
 
-    def decode_slots(self, used: int | None = None) -> int:
+    def decode_slots(self) -> int:
         """Slots a decode step attends over: ``used`` rounded up to whole splits of the decode
         kernel (the extra slots are empty, so masked).  The launches of a decode step then stay
         the same for DECODE_CHUNK tokens at a time, which a captured CUDA graph needs."""
-        used = self.used if used is None else used
-        return min(self.capacity, K.cdiv(used, attn.DECODE_CHUNK) * attn.DECODE_CHUNK)
+        return min(self.capacity, K.cdiv(self.used, attn.DECODE_CHUNK) * attn.DECODE_CHUNK)
 
     def n_tokens(self) -> int:
         return int((self.pos >= 0).sum())

@@ -67,15 +67,15 @@ class DecodeGraphs:
     def replay(self, cache: KVCache, token: int, pos: int, dst: Any) -> bool:
         """The decode step of ``token`` at ``pos`` from its captured graph, logits into ``dst``
         [1, n_vocab]; False when none is captured for it (the caller runs it eagerly)."""
-        key = self._key(cache, pos)
+        pos_h = np.array([pos], np.int32)
+        for layer in cache.layers:  # (an eager step after a miss notes the same again: no harm)
+            layer.note_positions(pos_h)
+        key = self._key(cache)
         entry = self.graphs.get(key)
         if entry is None or entry[0]() is not cache:
             return False
         self.graphs.move_to_end(key)
         self._upload(token, pos)
-        pos_h = np.array([pos], np.int32)
-        for layer in cache.layers:
-            layer.note_positions(pos_h)
         entry[1].launch()
         self._logits_into(dst)
         self.n_replays += 1
@@ -84,7 +84,7 @@ class DecodeGraphs:
     def capture(self, cache: KVCache, token: int, pos: int, dst: Any) -> None:
         """Capture the decode step of ``token`` at ``pos``, which just ran eagerly and wrote ``dst``,
         and keep it if its replay gives the same logits."""
-        key = self._key(cache, pos)
+        key = self._key(cache)
         pos_h = np.array([pos], np.int32)
         tok_d, pos_d = self.d_in[:1], self.d_in[1:]
 
@@ -113,14 +113,17 @@ class DecodeGraphs:
         self.graphs[key] = (weakref.ref(cache), graph)
         self.n_captures += 1
 
-    def _key(self, cache: KVCache, pos: int) -> tuple:
-        return (id(cache), *(layer.decode_slots(max(layer.used, pos % layer.capacity + 1)) for layer in cache.layers))
+    @staticmethod
+    def _key(cache: KVCache) -> tuple:
+        """What a captured step depends on besides its buffers: the cache, and each layer's decode slots
+        (once the step's position is noted)."""
+        return (id(cache), *(layer.decode_slots() for layer in cache.layers))
 
     def _upload(self, token: int, pos: int) -> None:
         h = np.array([token, pos], np.int32)
-        if is_device(self.d_in) and hasattr(self.d_in, "set"):
+        if hasattr(self.d_in, "set"):
             self.d_in.set(h)  # CuPy: one host-to-device copy
-        else:
+        else:  # the emulator: device arrays are numpy's
             self.d_in[...] = h
 
     def _logits_into(self, dst: Any) -> None:

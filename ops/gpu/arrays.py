@@ -56,15 +56,15 @@ def positions(pos: Any) -> Any:
     so a caller may reuse its host array; kernels only read positions.
     """
     global _last_positions
-    if _served is not None and isinstance(pos, np.ndarray) and pos.astype(np.int32, copy=False).tobytes() == _served[0]:
-        return _served[1]
-    if is_device(pos):
+    if is_device(pos) and not isinstance(pos, np.ndarray):  # CuPy positions: nothing to remember
         return to_device(pos, np.int32)
     h = np.ascontiguousarray(pos, dtype=np.int32)
     key = h.tobytes()
     last = _last_positions
     if last is not None and last[0] == key and isinstance(last[1], K.runtime().xp.ndarray):
-        return last[1]
+        return last[1]  # (also what serve_positions set)
+    if is_device(pos):  # the emulator's device arrays are numpy's: nothing to upload
+        return to_device(pos, np.int32)
     d = to_device(h, np.int32)
     if d is h:  # a runtime whose device arrays are host arrays (the emulator): no copy to remember
         d = h.copy()
@@ -72,15 +72,12 @@ def positions(pos: Any) -> Any:
     return d
 
 
-_served: tuple[bytes, Any] | None = None
-
-
 def serve_positions(pos: Any, d: Any) -> None:
     """Make :func:`positions` answer the host positions ``pos`` with the device array ``d``
-    (``d=None``: stop).  A captured decode step reads its position from a buffer that
-    each replay refills; nothing may be uploaded while capturing."""
-    global _served
-    _served = None if d is None else (np.ascontiguousarray(pos, dtype=np.int32).tobytes(), d)
+    (``d=None``: forget it, so the next call uploads).  A captured decode step reads its
+    position from a buffer that each replay refills; nothing may be uploaded while capturing."""
+    global _last_positions
+    _last_positions = None if d is None else (np.ascontiguousarray(pos, dtype=np.int32).tobytes(), d)
 
 
 class device_out:  # noqa: N801 - used as a function: ``with device_out(a) as d``

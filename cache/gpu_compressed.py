@@ -148,6 +148,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         # host copy is stale until _pull brings it down for a host-path step
         self._stale = False
         self._pos_stale = False  # with a policy, device steps choose pool slots the host does not learn
+        self._served_plan: Any = None  # while a CUDA graph is captured: the device buffer its replays' slots come from
         self._on_device = kvquant.supported(spec.head_dim, spec.head_dim_v, self.kv.group) is None
         p0, p1 = self.pools
         self.d_clips = to_device(kvquant.clip_table([CLIPS[p0.bits_k], CLIPS[p0.bits_v], CLIPS[p1.bits_k], CLIPS[p1.bits_v]]))
@@ -218,14 +219,51 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         self._stale = True
         db = self._device_basis()
         T = q.shape[0]
+        pd = positions(pos)
         for t in range(T):
-            p = int(pos[t])
-            slots = plan_push(self.pos, p, self.S, self.F, self.lo[0], p0.cap, self._free[0], self.lo[1], p1.cap, self._free[1])
+            # capturing a CUDA graph, the slots come from its input buffer: each replay's host plans them (graph_step)
+            slots = self._served_plan if self._served_plan is not None else self._plan(int(pos[t]))
             kvquant.decode_push(
                 to_device(q[t]), to_device(k[t]), to_device(v[t]), db.t_k, db.mu, self.d_store, self.d_qr[t],
-                slots, p, self.basis.rot is not None, self.rot_v is not None,
+                slots, pd[t : t + 1], self.basis.rot is not None, self.rot_v is not None,
             )  # fmt: skip
         self._attend_decode(q, pos, out, qr=self.d_qr[:T])
+
+    def _plan(self, p: int) -> tuple[int, int, int]:
+        """The slots of a steady-state decode token at ``p`` (:func:`~.insert.plan_push`; the host's positions move)."""
+        p0, p1 = self.pools
+        self._stale = True
+        return plan_push(self.pos, p, self.S, self.F, self.lo[0], p0.cap, self._free[0], self.lo[1], p1.cap, self._free[1])
+
+    # ------------------------------------------------------------ CUDA graphs (runtime/graphs.py)
+    def graph_key(self, p: int) -> tuple | None:
+        """What a captured one-token decode step at ``p`` depends on besides its buffers, or None when it cannot
+        be captured: only the policy-free steady state replays (its slots are planned on the host from the
+        positions alone, and nothing goes up), with every host write already on the device."""
+        if not (self._on_device and self._steady_state(p)) or self._dirty16 or any(pl.dirty or pl.lut_dirty for pl in self.pools):
+            return None
+        return ("compressed", self.basis.version)  # a new basis is new device arrays (_device_basis)
+
+    def graph_step(self, p: int) -> tuple[int, int, int]:
+        """The host's part of a replayed decode step at ``p``: its slots, for the graph's input buffer."""
+        return self._plan(p)
+
+    def serve_plan(self, buf: Any) -> None:
+        """While a step is captured: read the slots from ``buf`` (device [3] int32) instead of planning them (None: plan)."""
+        self._served_plan = buf
+
+    def snapshot(self) -> tuple:
+        """What a decode step changes (the device storage and the host's positions), copied: for :meth:`restore`."""
+        return [a.copy() for a in self._step_arrays()], self._stale
+
+    def restore(self, snap: tuple) -> None:
+        arrays, self._stale = snap
+        for a, b in zip(self._step_arrays(), arrays):
+            a[...] = b
+
+    def _step_arrays(self) -> list[Any]:
+        pools = [getattr(d, n) for d in self.d_pools for n in ("kc", "km", "vc", "vm")]
+        return [self.d_k16, self.d_v16, self.d_pos, *pools, self.pos, *self._free]
 
     @functools.cached_property
     def _device_merge(self) -> kvquant.DeviceMerge | None:
@@ -511,8 +549,8 @@ class GPUCompressedLayerCache(CompressedLayerCache):
                 qd, positions(pos), self.d_k16, self.d_v16, p0, p1, self.d_luts, self.kv.group,
                 self.d_pos, self.d_logw, s.window, s.scale, s.softcap, o, self.d_acc if probs else None,
             )  # fmt: skip
-            if self.d_rot_v is not None:  # back from the rotated V basis (H is its own inverse)
-                xp.matmul(o, self.d_rot_v, out=od)
+            if self.d_rot_v is not None:  # back from the rotated V basis (H is its own inverse), as a kernel a graph keeps
+                kvquant.fwht_rows(o, od)
         if probs:
             pol.acc += self.d_acc  # on the device: the policy's state never comes down
             pol.after_step()

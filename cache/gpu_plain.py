@@ -58,6 +58,27 @@ class GPUPlainLayerCache(LayerCache):
         the same for DECODE_CHUNK tokens at a time, which a captured CUDA graph needs."""
         return min(self.capacity, K.cdiv(self.used, attn.DECODE_CHUNK) * attn.DECODE_CHUNK)
 
+    # ------------------------------------------------------------ CUDA graphs (runtime/graphs.py)
+    def graph_key(self, p: int) -> int:
+        """What a captured one-token decode step at ``p`` depends on besides its buffers: the slots it attends
+        over.  Notes the position first (a max: the eager step of a miss noting it again does no harm)."""
+        self.note_positions(np.array([p], np.int32))
+        return self.decode_slots()
+
+    def graph_step(self, p: int) -> None:
+        """The host's part of a replayed step: none left (``graph_key`` noted the position)."""
+        return None
+
+    def serve_plan(self, buf: object) -> None:
+        """(Nothing to plan: a step's slot is its position modulo the capacity, read on the device.)"""
+
+    def snapshot(self) -> None:
+        """Nothing to keep: a step stores its K/V at its position's slot, so running it again changes nothing."""
+        return None
+
+    def restore(self, snap: None) -> None:
+        pass
+
     def n_tokens(self) -> int:
         return int((self.pos >= 0).sum())
 

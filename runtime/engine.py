@@ -109,7 +109,7 @@ class Engine:
         if self.backend.name == "gpu":
             from .graphs import DecodeGraphs
 
-            self.graphs = DecodeGraphs(self.model, self.backend.xp, self.cfg.n_vocab)
+            self.graphs = DecodeGraphs(self.model, self.backend.xp, self.cfg.n_vocab, len(self.model.layer_specs()))
         # the first forward compiles the kernels when their on-disk cache is cold
         self.kernels_cold = not getattr(self.backend, "kernels_cached", lambda: True)()
 
@@ -162,10 +162,11 @@ class Engine:
             else:  # no logits wanted from this chunk: skip the output head
                 rows = np.zeros(0, np.int64)
                 dst = out[:0]
-            graphs = self.graphs if T == 1 and len(rows) == 1 and self.graphs is not None and self.graphs.usable(cache) else None
-            if graphs is not None and graphs.replay(cache, int(chunk[0]), int(pos[0]), dst):
-                cache.offset += T
-                continue
+            if T == 1 and len(rows) == 1 and self.graphs is not None:  # replayed from a CUDA graph, or run and captured
+                eager = lambda: self.model.forward(chunk, pos, cache, rows, dst)  # noqa: E731
+                if self.graphs.decode(cache, int(chunk[0]), int(pos[0]), dst, eager):
+                    cache.offset += T
+                    continue
             tune = T == 1 and self.tuner is not None
             if tune:
                 self.tuner.begin()
@@ -173,8 +174,6 @@ class Engine:
             self.model.forward(chunk, pos, cache, rows, dst)
             if tune:
                 self.tuner.end(time.perf_counter() - t1)
-            if graphs is not None:
-                graphs.capture(cache, int(chunk[0]), int(pos[0]), dst)
             cache.offset += T
         return out
 

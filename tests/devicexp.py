@@ -141,6 +141,7 @@ class DeviceArray(np.ndarray):
 
     def set(self, arr: np.ndarray) -> None:
         """CuPy's upload into an existing array (host to device: not logged)."""
+        _up()
         if tuple(np.shape(arr)) != self.shape:
             raise ValueError(f"set: shape {np.shape(arr)} into {self.shape}")
         self.view(np.ndarray)[...] = arr

@@ -53,8 +53,14 @@ def test_gpu_logits_match_cpu(gpu_env, tiny):
 
 @pytest.mark.parametrize(
     "arch,kv,graphs",
-    [("llama", None, "1"), ("llama", None, "0"), ("gemma3", None, "1"), ("llama", "2,policy=h2o,budget=16,residual=4,merge=keepkv", "1")],
-    ids=["llama", "llama-no-graphs", "gemma3", "llama-h2o-keepkv"],
+    [
+        ("llama", None, "1"),
+        ("llama", None, "0"),
+        ("gemma3", None, "1"),
+        ("llama", "2,residual=8", "1"),
+        ("llama", "2,policy=h2o,budget=16,residual=4,merge=keepkv", "1"),
+    ],
+    ids=["llama", "llama-no-graphs", "gemma3", "llama-2bit", "llama-h2o-keepkv"],
 )
 def test_a_decode_step_copies_only_its_logits_down(monkeypatch, tmp_path, arch, kv, graphs):
     """The activations live on the device: a decode step's one copy to the host is the logits the sampler needs
@@ -74,9 +80,9 @@ def test_a_decode_step_copies_only_its_logits_down(monkeypatch, tmp_path, arch, 
         eng = Engine(path, device="gpu", n_ctx=64, n_batch=16, kv=KVConfig.parse(kv) if kv else None)
         cache = eng.new_cache()
         eng.eval(cache, list(range(3, 27)))  # past the budget: the policy evicts (and merges) in the steps below
-        eng.eval(cache, [4])  # (with the plain cache the first step also captures its CUDA graph and checks a replay)
+        eng.eval(cache, [4])  # (the first step also captures its CUDA graph and checks a replay; a policy's decodes eagerly)
         # the capture copied nothing either way (the stand-in refuses copies while capturing, as CUDA does)
-        assert eng.graphs.n_captures == (1 if graphs == "1" and kv is None else 0)
+        assert eng.graphs.n_captures == (1 if graphs == "1" and "policy" not in (kv or "") else 0)
         for tok in (5, 9):
             COPIES.clear()
             logits = eng.eval(cache, [tok])
@@ -157,26 +163,42 @@ def graph_runtime(request, gpu_env):
         K.set_runtime(prev)
 
 
-@pytest.mark.parametrize(("arch", "n_ctx", "n_prompt", "n_captures"), [("llama", 256, 120, 2), ("gemma3", 64, 20, 1)])
-def test_decode_steps_replayed_from_cuda_graphs_equal_the_eager_steps(graph_runtime, monkeypatch, tmp_path, arch, n_ctx, n_prompt, n_captures):
-    """One-token decode steps with the plain cache replay a captured graph (runtime/graphs.py): the same
-    logits bit for bit as launching every kernel, across the 128-slot splits of decode attention (llama:
-    a capture for slots 0-127, another from 128 on) and around the ring of Gemma 3's sliding-window layers."""
+@pytest.mark.parametrize(
+    ("arch", "kv", "n_ctx", "n_prompt", "n_captures"),
+    [
+        ("llama", None, 256, 120, 2),
+        ("gemma3", None, 64, 20, 1),
+        ("llama", "4,residual=8,group=16", 64, 20, 1),
+        ("gemma3", "2,residual=8", 64, 20, 1),
+        ("llama", "2,warm=8,residual=8,group=16", 64, 20, 1),
+    ],
+    ids=["llama", "gemma3", "llama-4bit", "gemma3-2bit", "llama-2bit-warm"],
+)
+def test_decode_steps_replayed_from_cuda_graphs_equal_the_eager_steps(graph_runtime, monkeypatch, tmp_path, arch, kv, n_ctx, n_prompt, n_captures):
+    """One-token decode steps replay a captured graph (runtime/graphs.py): the same logits bit for bit as
+    launching every kernel.  The plain cache across the 128-slot splits of decode attention (llama: a
+    capture for slots 0-127, another from 128 on) and around the ring of Gemma 3's sliding-window layers;
+    the compressed cache with the slots planned on the host for each replay, tokens spilling from the fp16
+    window into the pool and (warm) on from the warm pool to the cold one."""
+    from kvrun.cache.kvconfig import KVConfig
+
     path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, qtype=Q.Q4_0, sliding_window=8)
     ids = [int(t) for t in np.random.default_rng(3).integers(0, 200, n_prompt + 30)]
-    runs = {}
+    runs, held = {}, {}
     for graphs in ("0", "1"):
         monkeypatch.setenv("KVRUN_CUDA_GRAPHS", graphs)
-        eng = Engine(path, device="gpu", n_ctx=n_ctx, n_batch=16)
+        eng = Engine(path, device="gpu", n_ctx=n_ctx, n_batch=16, kv=KVConfig.parse(kv) if kv else None)
         cache = eng.new_cache()
         eng.eval(cache, ids[:n_prompt])
         runs[graphs] = np.concatenate([eng.eval(cache, [t]) for t in ids[n_prompt:]])
+        held[graphs] = [layer.n_tokens() for layer in cache.layers]
         if graphs == "1":
             assert eng.graphs.enabled and eng.graphs.n_captures == n_captures
             assert eng.graphs.n_replays == 30 - n_captures
         else:
             assert not eng.graphs.enabled and eng.graphs.n_replays == 0
     np.testing.assert_array_equal(runs["1"], runs["0"])
+    assert held["1"] == held["0"]
 
 
 def test_a_failed_capture_leaves_decoding_eager(gpu_env, tiny, monkeypatch, capsys):
@@ -197,12 +219,13 @@ def test_a_failed_capture_leaves_decoding_eager(gpu_env, tiny, monkeypatch, caps
         np.testing.assert_array_equal(a, b)
 
 
-def test_compressed_caches_decode_eagerly(gpu_env, tiny):
+def test_eviction_policies_decode_eagerly(gpu_env, tiny):
+    """A policy picks its victims on the device, so a step's launches follow the data: no graph."""
     from kvrun.cache.kvconfig import KVConfig
 
-    eng = Engine(tiny, device="gpu", n_ctx=64, n_batch=16, kv=KVConfig.parse("4"))
+    eng = Engine(tiny, device="gpu", n_ctx=64, n_batch=16, kv=KVConfig.parse("4,policy=h2o,budget=16,residual=4"))
     cache = eng.new_cache()
-    eng.eval(cache, [1, 5, 9])
+    eng.eval(cache, list(range(3, 27)))
     for t in (3, 4, 6):
         eng.eval(cache, [t])
-    assert not eng.graphs.usable(cache) and eng.graphs.n_captures == 0
+    assert eng.graphs.enabled and eng.graphs.n_captures == 0 and eng.graphs.n_replays == 0

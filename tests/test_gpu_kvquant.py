@@ -55,6 +55,19 @@ def test_quantize_rows_matches_the_cpu_quantizer(rt, bits, D, G):
     assert np.all(got[::7] == 0.0)
 
 
+@pytest.mark.parametrize("n", [16, 64, 128, 256])
+def test_fwht_rows_is_the_hadamard_product(rt, n):
+    """A decode step's output back from the rotated V basis: x @ H, as the CPU's matmul by H (to float rounding)."""
+    from kvrun.cache.quant import hadamard
+
+    x = np.random.default_rng(n).standard_normal((3, 5, n)).astype(np.float32)
+    out = rt.xp.zeros(x.shape, np.float32)
+    kvquant.fwht_rows(rt.xp.asarray(x), out)
+    np.testing.assert_allclose(rt.asnumpy(out), x @ hadamard(n), rtol=0, atol=2e-6 * np.abs(x).max() * np.sqrt(n))
+    with pytest.raises(ValueError, match="power of two"):
+        kvquant.fwht_rows(rt.xp.zeros((2, 48), np.float32), rt.xp.zeros((2, 48), np.float32))
+
+
 def test_unsupported_rows_are_refused(rt):
     assert kvquant.supported(64, 64, 32) is None
     assert "power of two" in kvquant.supported(64, 64, 24)

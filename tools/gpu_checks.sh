@@ -94,6 +94,9 @@ run)
         # decode without CUDA graphs (every kernel launched from Python): what the graphs gain
         KVRUN_CUDA_GRAPHS=0 $K bench "$p" --device $DEV -p 0 -n 128 -r 2 >"$OUT/bench_eager_$m.log" 2>&1
         grep -E "tg128" "$OUT/bench_eager_$m.log" | sed 's/  */ /g; s/^/no graphs: /' >>"$S"
+        # the 2-bit cache past its fp16 window: steady-state steps replay a graph, slots planned on the host
+        $K bench "$p" --device $DEV -p 0 -n 128 -d 512 -r 2 --kv-bits 2 >"$OUT/bench_kv2_$m.log" 2>&1
+        grep -E "tg128|CUDA graphs off" "$OUT/bench_kv2_$m.log" | sed 's/  */ /g; s/^/kv-bits 2: /' >>"$S"
         # an eviction policy with merging: its decode steps pick, demote and merge on the device
         timeout 120 python3 tools/device_agreement.py "$p" --device $DEV -n 32 --kv "2,policy=h2o,budget=64,residual=16,merge=keepkv" \
             2>>"$OUT/greedy.log" | sed "s/^/$m h2o+keepkv: /" >>"$S"

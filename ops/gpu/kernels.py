@@ -106,8 +106,9 @@ _declare("qattention.cu", "qattn_gather_f16", "p" * 9 + "i" * 8)
 # writing the compressed cache (kvquant.cu): x, codes, meta, lut, clips, Dx, bits, G
 _declare("kvquant.cu", "kvq_quantize_rows", "pppppiii")
 # the pools: k16, v16, kc0, km0, vc0, vm0, kc1, km1, vc1, vm1, luts, clips, pos; sizes F, C0, C1, D, Dv, G, wk0, wv0, wk1, wv1
-# q, k, v, t_k, mu, pools, qr, j, jq, jc, p, n_head, rot_k, rot_v, sizes
-_declare("kvquant.cu", "kv_decode_push", "p" * 19 + "i" * 7 + "i" * 10)
+# q, k, v, t_k, mu, pools, qr, plan, ppos, use_plan, j, jq, jc, n_head, rot_k, rot_v, sizes
+_declare("kvquant.cu", "kv_decode_push", "p" * 21 + "i" * 7 + "i" * 10)
+_declare("kvquant.cu", "kv_fwht_rows", "ppi")  # x, y, n
 # k, v, t_k, mu, pools, slots, ppos, T, rot_k, rot_v, sizes
 _declare("kvquant.cu", "kv_push_tokens", "p" * 19 + "i" * 3 + "i" * 10)
 # q, k, v, t_k, mu, pools (13), qr, rank0, rank1, ps0..2, logw, score, fold0, fold1; n_ps, j, spill, p, n_head, rot_k, rot_v,

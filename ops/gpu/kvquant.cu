@@ -142,6 +142,17 @@ __device__ void kq_fwht(float* x, int n) {
     __syncthreads();
 }
 
+// y = x @ H row by row (kq_fwht): x, y [n_rows, n] float32, n a power of two.  A decode
+// step's output back from the rotated V basis (H is its own inverse), as a kernel a
+// captured CUDA graph replays.  grid (n_rows), block (n rounded up to 32).
+extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_fwht_rows(const float* x, float* y, int n) {
+    __shared__ float xs[KQ_MAX_T];
+    const size_t r = blockIdx.x;
+    for (int t = threadIdx.x; t < n; t += blockDim.x) xs[t] = x[r * n + t];
+    kq_fwht(xs, n);
+    for (int t = threadIdx.x; t < n; t += blockDim.x) y[r * n + t] = xs[t];
+}
+
 // Quantize rows: x [n_rows, Dx] float32 -> codes [n_rows, Dx*w/8], meta [n_rows, Dx/G, 2].
 // grid (n_rows), block (Dx rounded up to 32).
 extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kvq_quantize_rows(const float* x, u8* codes, u8* meta, const float* lut, const float* clips, int Dx, int bits,
@@ -239,17 +250,23 @@ __device__ void kq_queries(const float* q, const float* t_k, float* qr, int n_he
 #define KQ_POOL_SIZES int F, int C0, int C1, int D, int Dv, int G, int wk0, int wv0, int wk1, int wv1
 #define KQ_POOLS {k16, v16, kc0, km0, vc0, vm0, kc1, km1, vc1, vm1, luts, clips, pos, F, C0, C1, D, Dv, G, wk0, wv0, wk1, wv1}
 
-// A decode token (kq_push_token, slots as scalars: no upload) and its queries
-// into the cache basis: qr = (q / t_k) @ H.
+// A decode token (kq_push_token) and its queries into the cache basis:
+// qr = (q / t_k) @ H.  Its slots (j, jq, jc) come as scalars (an eager step:
+// no upload), or from plan [3] when use_plan (a captured CUDA graph, whose
+// launch arguments are fixed: the host writes each replay's plan into the
+// graph's input buffer); its position is ppos[0] (the step's device positions).
 // q [n_head, D], k [n_kv, D], v [n_kv, Dv], t_k, mu [n_kv, D] float32; qr [n_head, D] out.
 // grid (n_kv), block (max(D, Dv) rounded up to 32).
 extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_decode_push(const float* q, const float* k, const float* v, const float* t_k, const float* mu, KQ_POOL_PARAMS,
-                                          float* qr, int j, int jq, int jc, int p, int n_head, int rot_k, int rot_v, KQ_POOL_SIZES) {
+                                          float* qr, const int* plan, const int* ppos, int use_plan, int j, int jq, int jc, int n_head, int rot_k,
+                                          int rot_v, KQ_POOL_SIZES) {
     __shared__ float xs[KQ_MAX_T];
     __shared__ int cs[KQ_MAX_T];
     __shared__ float scr[WARP];
     const KQPools c KQ_POOLS;
     const int h = blockIdx.x;
+    const int p = ppos[0];
+    if (use_plan) j = plan[0], jq = plan[1], jc = plan[2];  // a replayed CUDA graph: the host refills plan each step
     // positions are shared by all heads (no policy): block 0 moves them
     kq_push_token(c, k + (size_t)h * D, v + (size_t)h * Dv, t_k + (size_t)h * D, mu + (size_t)h * D, j, jq, jc, p, rot_k, rot_v,
                   h == 0 ? c.pos : nullptr, xs, cs, scr);

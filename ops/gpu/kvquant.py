@@ -81,14 +81,30 @@ def _launch_push(name: str, st: DeviceStore, before: tuple, after: tuple) -> Non
     K.launch(name, (st.k16.shape[0],), (_threads(st.k16.shape[2], st.v16.shape[2]),), *before, *arrays, *after, *sizes)
 
 
-def decode_push(q: Any, k: Any, v: Any, t_k: Any, mu: Any, st: DeviceStore, qr: Any, slots: tuple[int, int, int], p: int, rot_k: bool, rot_v: bool) -> None:
+def decode_push(
+    q: Any, k: Any, v: Any, t_k: Any, mu: Any, st: DeviceStore, qr: Any, slots: tuple[int, int, int] | Any, ppos: Any, rot_k: bool, rot_v: bool
+) -> None:  # fmt: skip
     """One decode token into a policy-free compressed layer, on the device; its queries into the cache basis.
 
     q [n_head, D], k [n_kv, D], v [n_kv, Dv], t_k / mu [n_kv, D] float32 (the
-    key basis); qr [n_head, D] float32 out.  ``slots`` = (j, jq, jc) as
-    :func:`kvrun.cache.insert.plan_push` chose them (-1: no spill / no cool).
+    key basis); qr [n_head, D] float32 out; ppos [1] int32 its position
+    (device).  ``slots`` = (j, jq, jc) as :func:`kvrun.cache.insert.plan_push`
+    chose them (-1: no spill / no cool), or a device [3] int32 array the kernel
+    reads them from (a captured CUDA graph: refilled before each replay).
     """
-    _launch_push("kv_decode_push", st, (q, k, v, t_k, mu), (qr, *slots, p, q.shape[0], int(rot_k), int(rot_v)))
+    plan = None if isinstance(slots, tuple) else slots
+    scalars = (-1, -1, -1) if plan is not None else slots
+    args = (qr, ppos if plan is None else plan, ppos, int(plan is not None), *scalars, q.shape[0], int(rot_k), int(rot_v))
+    _launch_push("kv_decode_push", st, (q, k, v, t_k, mu), args)
+
+
+def fwht_rows(x: Any, out: Any) -> None:
+    """out = x @ H over the last axis (the orthonormal Sylvester-Hadamard H, a power-of-two width <= MAX_THREADS);
+    x and out float32 device arrays of one shape, C-contiguous."""
+    n = x.shape[-1]
+    if n & (n - 1) or n > MAX_THREADS or tuple(out.shape) != tuple(x.shape):
+        raise ValueError(f"fwht_rows: rows of {n} (a power of two <= {MAX_THREADS}) into {tuple(out.shape)}")
+    K.launch("kv_fwht_rows", (x.size // n,), (_threads(n),), x, out, n)
 
 
 def push_tokens(k: Any, v: Any, t_k: Any, mu: Any, st: DeviceStore, slots: Any, ppos: Any, rot_k: bool, rot_v: bool) -> None:

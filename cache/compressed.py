@@ -60,7 +60,7 @@ from .kvconfig import KVConfig
 from .keybasis import KeyBasis
 from .merge import make_merger
 from .policies import make_policy
-from .insert import decode_push, fwht_rows, policy_push, window_slot
+from .insert import decode_push, fwht_rows, policy_push, push_tokens, window_slot
 from .pool import Pool
 from .quant import CLIPS, TABLE_BYTES, hadamard
 
@@ -395,29 +395,39 @@ class CompressedLayerCache(LayerCache):
     def _policy_decode_fast(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
         """A decode step (up to MAX_DECODE_T tokens) of a layer with a policy: each token in one Numba call
         (:func:`.insert.policy_push`), then the step's queries attend."""
+        T = q.shape[0]
+        for t in range(T):
+            self._policy_push_fast(q[t], k[t], v[t], int(pos[t]), self.rot_v is not None, self._qr[t])
+        self._attend_decode(q, pos, out, qr=self._qr[:T])
+
+    def _policy_push_fast(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, p: int, rot_v: bool, qr: np.ndarray, t: int = -1) -> None:
+        """One token into a layer with a policy in one Numba call (:func:`.insert.policy_push`); its queries into ``qr``.
+
+        q [n_head, D], k [n_kv, D] original basis; v [n_kv, Dv], rotated into the
+        cache basis there when ``rot_v``.  t >= 0: row t of a prefill chunk whose
+        scores the policy holds (``adopt``).
+        """
         p0, p1 = self.pools
-        pol = self.policy
         dummy = self._dummy  # [n_kv, 1]: a rank (or fold) array never read
         t_k, mu = self._fast_basis()
         mode, thr, score = self._merge_args
         state, folds = self._policy_state
-        T = q.shape[0]
-        for t in range(T):
-            p = int(pos[t])
-            j, spill, _, r0, r1 = self._policy_entry(self.pos)
-            kt = np.ascontiguousarray(k[t], np.float32)
-            policy_push(
-                np.ascontiguousarray(q[t], np.float32), kt, np.ascontiguousarray(v[t], np.float32), p,
-                self.basis.rot is not None, self.rot_v is not None, t_k, mu, self.k16, self.v16, self.pos, self.F, j, spill,
-                self.lo[0], self._free[0], p0.kc, p0.km, p0.vc, p0.vm, p0.bits_k, p0.bits_v, self.kv.group, p0.klut, p0.vlut,
-                CLIPS[p0.bits_k], CLIPS[p0.bits_v], dummy if r0 is None else r0, r0 is not None,
-                self.lo[1], self._free[1], p1.kc, p1.km, p1.vc, p1.vm, p1.bits_k, p1.bits_v, p1.klut, p1.vlut,
-                CLIPS[p1.bits_k], CLIPS[p1.bits_v], dummy if r1 is None else r1, r1 is not None,
-                state, len(state), folds or (dummy,), len(folds), self.logw, mode, thr, _EMPTY2 if score is None else score,
-                p0._tmp, self._qr[t],
-            )  # fmt: skip
-            pol.on_insert(np.full(self.spec.n_head_kv, j, np.int64), p, kt)
-        self._attend_decode(q, pos, out, qr=self._qr[:T])
+        j, spill, _, r0, r1 = self._policy_entry(self.pos)
+        kt = np.ascontiguousarray(k, np.float32)
+        policy_push(
+            np.ascontiguousarray(q, np.float32), kt, np.ascontiguousarray(v, np.float32), p,
+            self.basis.rot is not None, rot_v, t_k, mu, self.k16, self.v16, self.pos, self.F, j, spill,
+            self.lo[0], self._free[0], p0.kc, p0.km, p0.vc, p0.vm, p0.bits_k, p0.bits_v, self.kv.group, p0.klut, p0.vlut,
+            CLIPS[p0.bits_k], CLIPS[p0.bits_v], dummy if r0 is None else r0, r0 is not None,
+            self.lo[1], self._free[1], p1.kc, p1.km, p1.vc, p1.vm, p1.bits_k, p1.bits_v, p1.klut, p1.vlut,
+            CLIPS[p1.bits_k], CLIPS[p1.bits_v], dummy if r1 is None else r1, r1 is not None,
+            state, len(state), folds or (dummy,), len(folds), self.logw, mode, thr, _EMPTY2 if score is None else score,
+            p0._tmp, qr,
+        )  # fmt: skip
+        slots = np.full(self.spec.n_head_kv, j, np.int64)
+        self.policy.on_insert(slots, p, kt)
+        if t >= 0:
+            self.policy.adopt(slots, t)
 
     def _fast_basis(self) -> tuple[np.ndarray, np.ndarray]:
         """(t, mu) of the key basis as dense [n_kv, D] arrays (ones / zeros where unused), cached per basis version."""
@@ -516,4 +526,26 @@ class CompressedLayerCache(LayerCache):
         else:
             out[:] = o
         for t in range(T):
+            # once calibrated (maybe by this chunk's first spill), the rest of the chunk goes in by the one-call steps
+            if self.FAST_DECODE and self._steady_state(int(pos[t])):  # every token only moves slots by age: one call
+                self._push_chunk_fast(k[t:], vr[t:], pos[t:])
+                return
+            if self.FAST_DECODE and self._policy_steady(int(pos[t])):  # a Numba call a token (victims picked there)
+                qs, qr = self._qr[1], self._qr[0]  # (the queries it moves are not wanted: scratch)
+                for u in range(t, T):
+                    self._policy_push_fast(qs, k[u], vr[u], int(pos[u]), False, qr, t=u)
+                return
             self._push(k[t], vr[t], int(pos[t]), t=t)
+
+    def _push_chunk_fast(self, k: np.ndarray, vr: np.ndarray, pos: np.ndarray) -> None:
+        """A steady-state prefill chunk's tokens in one Numba call (:func:`.insert.push_tokens`).
+        k: [T, n_kv, D] original basis; vr: [T, n_kv, Dv] already in the cache basis."""
+        p0, p1 = self.pools
+        t_k, mu = self._fast_basis()
+        push_tokens(
+            np.ascontiguousarray(k, np.float32), np.ascontiguousarray(vr, np.float32), np.asarray(pos, np.int64),
+            self.basis.rot is not None, False, t_k, mu, self.k16, self.v16, self.pos, self.S, self.F, self.lo[0], self._free[0],
+            p0.kc, p0.km, p0.vc, p0.vm, p0.bits_k, p0.bits_v, self.kv.group, p0.klut, p0.vlut, CLIPS[p0.bits_k], CLIPS[p0.bits_v],
+            self.lo[1], self._free[1], p1.kc, p1.km, p1.vc, p1.vm, p1.bits_k, p1.bits_v, p1.klut, p1.vlut,
+            CLIPS[p1.bits_k], CLIPS[p1.bits_v], p0._tmp,
+        )  # fmt: skip

@@ -390,14 +390,23 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         if not steady:
             kh, vh = _host(k), self._rot(_host(v), self.rot_v)  # values in the cache basis, as the CPU's
             for t in range(T):
+                if self._on_device and self._steady_state(int(pos[t])):  # calibrated by this chunk's first spill
+                    self._push_on_device(kd[t:], vd[t:], pos[t:], to_device(pos[t:], np.int32))
+                    return
                 self._push(kh[t], vh[t], int(pos[t]))
             return
+        self._push_on_device(kd, vd, pos, positions(pos))
+
+    def _push_on_device(self, k: Any, v: Any, pos: np.ndarray, pd: Any) -> None:
+        """Tokens of a calibrated policy-free layer into the device storage (``kv_push_tokens``), slots planned here.
+        k [T, n_kv, D], v [T, n_kv, Dv] device, the model's basis; pos [T] host, pd the same on the device."""
+        self._sync()  # host writes not yet mirrored (the calibration's) go up first
+        db = self._device_basis()
         pl0, pl1 = self.pools
         slots = plan_chunk(self.pos, pos, self.S, self.F, self.lo[0], pl0.cap, self._free[0], self.lo[1], pl1.cap, self._free[1])
         self._stale = True
         kvquant.push_tokens(
-            kd, vd, db.t_k, db.mu, self.d_store, to_device(slots, np.int32), positions(pos),
-            self.basis.rot is not None, self.rot_v is not None,
+            k, v, db.t_k, db.mu, self.d_store, to_device(slots, np.int32), pd, self.basis.rot is not None, self.rot_v is not None,
         )  # fmt: skip
 
     def _rows_f16(self, ids: Any, k: Any, v: Any, db: _DeviceBasis) -> tuple[Any, Any]:

@@ -280,8 +280,21 @@ def _move_token(h, j, jq, jc, k16, v16, kc, km, vc, vm, bits_k, bits_v, klut, vl
 def _new_token(h, j, q, k, v, rot_k, rot_v, t_k, mu, k16, v16, qr, kf, vf):
     """Head ``h``'s new key ``(k t_k) H - mu`` and value ``v H`` into fp16 slot ``j``; its queries ``(q / t_k) H`` into qr."""
     n_kv, D = k.shape
-    Dv = v.shape[1]
     gqa = q.shape[0] // n_kv
+    _store_token(h, j, k, v, rot_k, rot_v, t_k, mu, k16, v16, kf, vf)
+    for i in range(gqa):
+        r = qr[h * gqa + i]
+        for d in range(D):
+            r[d] = q[h * gqa + i, d] / t_k[h, d]
+        if rot_k:
+            fwht(r)
+
+
+@nb.njit(inline="always", **_JIT)
+def _store_token(h, j, k, v, rot_k, rot_v, t_k, mu, k16, v16, kf, vf):
+    """Head ``h``'s new key ``(k t_k) H - mu`` and value ``v H`` into fp16 slot ``j``."""
+    D = k.shape[1]
+    Dv = v.shape[1]
     for d in range(D):
         kf[d] = k[h, d] * t_k[h, d]
     if rot_k:
@@ -294,12 +307,65 @@ def _new_token(h, j, q, k, v, rot_k, rot_v, t_k, mu, k16, v16, qr, kf, vf):
         fwht(vf)
     for d in range(Dv):
         v16[h, j, d] = f32_to_f16(vf[d])
-    for i in range(gqa):
-        r = qr[h * gqa + i]
-        for d in range(D):
-            r[d] = q[h * gqa + i, d] / t_k[h, d]
-        if rot_k:
-            fwht(r)
+
+
+@nb.njit(**_JIT)
+def push_tokens(
+    k: np.ndarray,
+    v: np.ndarray,
+    ppos: np.ndarray,
+    rot_k: bool,
+    rot_v: bool,
+    t_k: np.ndarray,
+    mu: np.ndarray,
+    k16: np.ndarray,
+    v16: np.ndarray,
+    pos: np.ndarray,
+    S: int,
+    F: int,
+    lo: int,
+    free: np.ndarray,
+    kc: np.ndarray,
+    km: np.ndarray,
+    vc: np.ndarray,
+    vm: np.ndarray,
+    bits_k: int,
+    bits_v: int,
+    G: int,
+    klut: np.ndarray,
+    vlut: np.ndarray,
+    clips_k: np.ndarray,
+    clips_v: np.ndarray,
+    lo1: int,
+    free1: np.ndarray,
+    kc1: np.ndarray,
+    km1: np.ndarray,
+    vc1: np.ndarray,
+    vm1: np.ndarray,
+    bits_k1: int,
+    bits_v1: int,
+    klut1: np.ndarray,
+    vlut1: np.ndarray,
+    clips_k1: np.ndarray,
+    clips_v1: np.ndarray,
+    tmp: np.ndarray,
+) -> None:
+    """A prefill chunk's tokens, in order, each stored as :func:`decode_push` stores one (no queries).
+
+    k: [T, n_kv, D], v: [T, n_kv, Dv] float32 in the model's basis; ppos: [T]
+    their positions (each >= S); the rest as :func:`decode_push`.  The CPU's
+    twin of ``kvquant.cu`` kv_push_tokens: one call a chunk instead of a
+    Python step per token.
+    """
+    T, n_kv, D = k.shape
+    kf = np.empty(D, np.float32)
+    vf = np.empty(v.shape[2], np.float32)
+    for t in range(T):
+        j, jq, jc = plan_push(pos, ppos[t], S, F, lo, kc.shape[1], free, lo1, kc1.shape[1], free1)
+        for h in range(n_kv):
+            _move_token(h, j, jq, jc, k16, v16, kc, km, vc, vm, bits_k, bits_v, klut, vlut, clips_k, clips_v,
+                        kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1, clips_k1, clips_v1, G, kf, vf, tmp)  # fmt: skip
+            _store_token(h, j, k[t], v[t], rot_k, rot_v, t_k, mu, k16, v16, kf, vf)
 
 
 # ----------------------------------------------------------------- with an eviction policy

@@ -229,3 +229,27 @@ def test_eviction_policies_decode_eagerly(gpu_env, tiny):
     for t in (3, 4, 6):
         eng.eval(cache, [t])
     assert eng.graphs.enabled and eng.graphs.n_captures == 0 and eng.graphs.n_replays == 0
+
+
+def test_a_chunk_that_calibrates_the_cache_stores_the_rest_on_the_device(gpu_env, tmp_path, monkeypatch):
+    """The first spill of a prefill chunk calibrates a compressed layer on the host; the chunk's later tokens
+    then go in on the device (kv_push_tokens), holding what the CPU holds."""
+    from kvrun.cache.gpu_compressed import GPUCompressedLayerCache
+    from kvrun.cache.kvconfig import KVConfig
+
+    sizes = []
+    orig = GPUCompressedLayerCache._push_on_device
+    monkeypatch.setattr(GPUCompressedLayerCache, "_push_on_device", lambda self, k, v, pos, pd: (sizes.append(len(pos)), orig(self, k, v, pos, pd))[1])
+    path = write_tiny_model(tmp_path / "f32.gguf", "llama", qtype=Q.F32)
+    ids = list(np.random.default_rng(1).integers(0, 200, 40))
+    runs, held = {}, {}
+    for dev in ("cpu", "gpu"):
+        eng = Engine(path, device=dev, n_ctx=64, n_batch=16, kv=KVConfig.parse("4,residual=8,group=16"))
+        cache = eng.new_cache()
+        runs[dev] = eng.eval(cache, ids, logits_all=True)
+        held[dev] = [np.array(getattr(layer, "held_positions", lambda: layer.pos)()) for layer in cache.layers]
+    assert sizes[:2] == [3, 3]  # both layers: the first chunk's last 3 tokens, after the spill at its 14th
+    assert sizes[2:] == [16, 16, 8, 8]  # the later chunks whole
+    for a, b in zip(held["cpu"], held["gpu"]):
+        np.testing.assert_array_equal(a, b)
+    assert np.abs(runs["gpu"] - runs["cpu"]).max() < 2e-3 * np.abs(runs["cpu"]).max()

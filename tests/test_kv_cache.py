@@ -195,6 +195,29 @@ def test_one_call_decode_step_equals_the_general_path(spec_s, window, step):
     assert all(f.cap == 0 or ((f.kc != s.kc).mean() < 0.01 and (f.vc != s.vc).mean() < 0.01) for f, s in zip(fast.pools, slow.pools))
 
 
+@pytest.mark.parametrize("spec_s", ["2", "4,rotate=0", "2,bits_k=4,group=16", "3,sinks=0", "2,warm=24", "3,warm=8,warm_bits=8"])
+@pytest.mark.parametrize("window", [0, 40])
+def test_one_call_prefill_chunk_equals_the_general_path(spec_s, window):
+    """A steady-state prefill chunk stores its tokens in one Numba call (:func:`kvrun.cache.insert.push_tokens`),
+    the same slots as the token-by-token path and the same codes but for rounding."""
+    spec = LayerSpec(4, 2, 64, 64, window, 0.125, 0.0)
+    q, k, v = _offset_keys(150, seed=9)
+    kv = KVConfig.parse(spec_s + ",residual=16").validate(256)
+    fast, slow = CompressedLayerCache(spec, kv, 256), CompressedLayerCache(spec, kv, 256)
+    slow.FAST_DECODE = False
+    calls = []
+    fast._push_chunk_fast = lambda *a, _f=fast._push_chunk_fast: (calls.append(1), _f(*a))
+    got, ref = _feed(fast, q, k, v, 24), _feed(slow, q, k, v, 24)
+    assert len(calls) == 7  # every chunk, the first from its first spill on (which calibrates the layer), took the one call
+    np.testing.assert_allclose(got, ref, atol=1e-2)
+    assert np.abs(got - ref).mean() < 1e-3
+    np.testing.assert_array_equal(fast.pos, slow.pos)
+    for a, b in zip(fast._free, slow._free):
+        np.testing.assert_array_equal(a, b)
+    assert (fast.k16 != slow.k16).mean() < 0.01 and (fast.v16 == slow.v16).all()
+    assert all(f.cap == 0 or ((f.kc != s.kc).mean() < 0.01 and (f.vc != s.vc).mean() < 0.01) for f, s in zip(fast.pools, slow.pools))
+
+
 def _offset_keys(n: int, seed: int):
     """Keys with a large mean shared by every token (real models' keys have one)."""
     q, k, v = _qkv(n, seed=seed)

@@ -163,6 +163,23 @@ def test_one_call_policy_decode_keeps_what_the_step_by_step_path_keeps(spec):
     Python path (_push/_place/Merger.evict): the same held positions at every step, the
     same merge weights, scores and outputs to float noise (the similarity sums run in
     another order), codes equal but for rare near-ties."""
+    calls = _one_call_against_step_by_step(spec, [10] + [1] * 30 + [3, 2, 4] + [1] * 27)  # steps of up to 4 tokens: token by token
+    assert calls["decode"] == 30 + 3 + 2 + 4 + 27  # every decode token took the one call
+
+
+@pytest.mark.parametrize("spec", ONE_CALL_KV)
+def test_one_call_policy_prefill_keeps_what_the_step_by_step_path_keeps(spec):
+    """Prefill chunks once the layer is calibrated: each token in one policy_push call, given the
+    chunk's scores (adopt), as the Python path places them."""
+    calls = _one_call_against_step_by_step(spec, [10] + [1] * 10 + [12, 8, 16] + [1] * 8 + [20, 6])
+    # (the first chunk too, from the spill that calibrates the layer on)
+    assert 12 + 8 + 16 + 20 + 6 < calls["prefill"] < 10 + 12 + 8 + 16 + 20 + 6 and calls["decode"] == 18
+
+
+def _one_call_against_step_by_step(spec: str, steps: list[int]) -> dict[str, int]:
+    """Feed one random stream through a layer taking the one-call steps and one taking the Python path
+    (FAST_DECODE off), checking they keep the same tokens after every step; returns how many tokens
+    went in by the one call in decode steps and in prefill chunks."""
     from kvrun.cache.base import LayerSpec
     from kvrun.cache.compressed import CompressedLayerCache
     from kvrun.cache.kvconfig import KVConfig
@@ -171,9 +188,14 @@ def test_one_call_policy_decode_keeps_what_the_step_by_step_path_keeps(spec):
     kv = KVConfig.parse(spec).validate(128)
     fast, slow = CompressedLayerCache(spec_l, kv, 128), CompressedLayerCache(spec_l, kv, 128)
     slow.FAST_DECODE = False
-    calls = []
-    orig = fast._policy_decode_fast
-    fast._policy_decode_fast = lambda *a: (calls.append(1), orig(*a))  # type: ignore[method-assign]
+    calls = {"decode": 0, "prefill": 0}
+    orig = fast._policy_push_fast
+
+    def counted(*a, t=-1):
+        calls["prefill" if t >= 0 else "decode"] += 1
+        orig(*a, t=t)
+
+    fast._policy_push_fast = counted  # type: ignore[method-assign]
     rng = np.random.default_rng(zlib.crc32(spec.encode()))
     # KeepKV weighs a merge by the two tokens' scores, and the scores carry float noise (the
     # one call moves the queries into the cache basis by butterflies, the Python path by a
@@ -182,7 +204,7 @@ def test_one_call_policy_decode_keeps_what_the_step_by_step_path_keeps(spec):
     # hence 4 bits here, where the outputs stay within the bound); positions and weights stay exact
     tol = 2e-3
     p = 0
-    for T in [10] + [1] * 30 + [3, 2, 4] + [1] * 27:  # steps of up to 4 tokens take the one call too, token by token
+    for T in steps:
         q = rng.standard_normal((T, 4, 32)).astype(np.float32)
         k = rng.standard_normal((T, 2, 32)).astype(np.float32)
         v = rng.standard_normal((T, 2, 32)).astype(np.float32)
@@ -195,7 +217,7 @@ def test_one_call_policy_decode_keeps_what_the_step_by_step_path_keeps(spec):
         for a, b in zip(fast.policy.per_slot(), slow.policy.per_slot(), strict=True):
             np.testing.assert_allclose(a, b, rtol=tol, atol=1e-6)
         p += T
-    assert len(calls) == 60 and p - fast.n_tokens() > 40  # every decode step took the one call, and evicted
+    assert p - fast.n_tokens() > 40  # evicted
     np.testing.assert_allclose(fast.logw, slow.logw, rtol=1e-5)
     if "keepkv" in spec:
         assert (fast.logw > 0).any()
@@ -205,3 +227,4 @@ def test_one_call_policy_decode_keeps_what_the_step_by_step_path_keeps(spec):
         for name in ("kc", "km", "vc", "vm"):
             if getattr(b, name).size:
                 assert (getattr(a, name) == getattr(b, name)).mean() >= 0.99, name
+    return calls

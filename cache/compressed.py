@@ -444,20 +444,26 @@ class CompressedLayerCache(LayerCache):
     def _decode_fast(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
         """A steady-state decode step (up to MAX_DECODE_T tokens): each token in one Numba call
         (:func:`.insert.decode_push`), then the step's queries attend."""
-        p0, p1 = self.pools
-        t_k, mu = self._fast_basis()
+        store = self._store_args()
         T = q.shape[0]
         for t in range(T):
             decode_push(
                 np.ascontiguousarray(q[t], np.float32), np.ascontiguousarray(k[t], np.float32), np.ascontiguousarray(v[t], np.float32),
-                int(pos[t]), self.basis.rot is not None, self.rot_v is not None, t_k, mu,
-                self.k16, self.v16, self.pos, self.S, self.F, self.lo[0], self._free[0],
-                p0.kc, p0.km, p0.vc, p0.vm, p0.bits_k, p0.bits_v, self.kv.group, p0.klut, p0.vlut,
-                CLIPS[p0.bits_k], CLIPS[p0.bits_v],
-                self.lo[1], self._free[1], p1.kc, p1.km, p1.vc, p1.vm, p1.bits_k, p1.bits_v, p1.klut, p1.vlut,
-                CLIPS[p1.bits_k], CLIPS[p1.bits_v], p0._tmp, self._qr[t],
+                int(pos[t]), self.basis.rot is not None, self.rot_v is not None, *store, self._qr[t],
             )  # fmt: skip
         self._attend_decode(q, pos, out, qr=self._qr[:T])
+
+    def _store_args(self) -> tuple:
+        """What :func:`.insert.decode_push` and :func:`.insert.push_tokens` take after the rotation flags:
+        the key basis, the fp16 area, the positions, both pools and the quantizer's scratch."""
+        p0, p1 = self.pools
+        t_k, mu = self._fast_basis()
+        return (
+            t_k, mu, self.k16, self.v16, self.pos, self.S, self.F, self.lo[0], self._free[0],
+            p0.kc, p0.km, p0.vc, p0.vm, p0.bits_k, p0.bits_v, self.kv.group, p0.klut, p0.vlut, CLIPS[p0.bits_k], CLIPS[p0.bits_v],
+            self.lo[1], self._free[1], p1.kc, p1.km, p1.vc, p1.vm, p1.bits_k, p1.bits_v, p1.klut, p1.vlut,
+            CLIPS[p1.bits_k], CLIPS[p1.bits_v], p0._tmp,
+        )  # fmt: skip
 
     # ------------------------------------------------------------ attention
     def _attend_decode(self, q: np.ndarray, pos: np.ndarray, out: np.ndarray, qr: np.ndarray | None = None) -> None:
@@ -540,12 +546,7 @@ class CompressedLayerCache(LayerCache):
     def _push_chunk_fast(self, k: np.ndarray, vr: np.ndarray, pos: np.ndarray) -> None:
         """A steady-state prefill chunk's tokens in one Numba call (:func:`.insert.push_tokens`).
         k: [T, n_kv, D] original basis; vr: [T, n_kv, Dv] already in the cache basis."""
-        p0, p1 = self.pools
-        t_k, mu = self._fast_basis()
         push_tokens(
             np.ascontiguousarray(k, np.float32), np.ascontiguousarray(vr, np.float32), np.asarray(pos, np.int64),
-            self.basis.rot is not None, False, t_k, mu, self.k16, self.v16, self.pos, self.S, self.F, self.lo[0], self._free[0],
-            p0.kc, p0.km, p0.vc, p0.vm, p0.bits_k, p0.bits_v, self.kv.group, p0.klut, p0.vlut, CLIPS[p0.bits_k], CLIPS[p0.bits_v],
-            self.lo[1], self._free[1], p1.kc, p1.km, p1.vc, p1.vm, p1.bits_k, p1.bits_v, p1.klut, p1.vlut,
-            CLIPS[p1.bits_k], CLIPS[p1.bits_v], p0._tmp,
+            self.basis.rot is not None, False, *self._store_args(),
         )  # fmt: skip

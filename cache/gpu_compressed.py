@@ -215,7 +215,6 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         path (all tokens in, then attention under the causal mask).
         """
         self._sync()  # host-path writes not yet mirrored (a prefill chunk's) go up before the device writes
-        p0, p1 = self.pools
         self._stale = True
         db = self._device_basis()
         T = q.shape[0]

@@ -104,6 +104,8 @@ def fwht_rows(x: Any, out: Any) -> None:
     n = x.shape[-1]
     if n & (n - 1) or n > MAX_THREADS or tuple(out.shape) != tuple(x.shape):
         raise ValueError(f"fwht_rows: rows of {n} (a power of two <= {MAX_THREADS}) into {tuple(out.shape)}")
+    if not (x.flags.c_contiguous and out.flags.c_contiguous):
+        raise ValueError("fwht_rows: x and out must be C-contiguous")
     K.launch("kv_fwht_rows", (x.size // n,), (_threads(n),), x, out, n)
 
 

@@ -370,11 +370,17 @@ class CompressedLayerCache(LayerCache):
         """Where a policy layer's next token goes: (its fp16 window slot j, whether the token there
         spills, then which heads take an empty slot (:meth:`_empty_takes`) and the victim ranks
         (:meth:`_victim_ranks` over ``pos``), None without a spill)."""
+        j, spill, took = self._window_entry()
+        if not spill:
+            return j, False, None, None, None
+        return (j, True, took, *self._victim_ranks(pos, *took))
+
+    def _window_entry(self) -> tuple[int, bool, tuple[np.ndarray, np.ndarray] | None]:
+        """:meth:`_policy_entry` without the ranks: (j, spill, which heads take an empty slot or None)."""
         j, full = window_slot(self.pos, self.S, self.F)
         if not (full and self.N > self.F):
-            return j, False, None, None, None
-        took = self._empty_takes()
-        return (j, True, took, *self._victim_ranks(pos, *took))
+            return j, False, None
+        return j, True, self._empty_takes()
 
     @functools.cached_property
     def _merge_args(self) -> tuple[int, float, Any]:

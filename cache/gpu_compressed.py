@@ -33,7 +33,10 @@ Two ways a token gets there:
     merges (mean, KeepKV) or drops the victim and moves the policy's
     per-slot state and the merge log-weights with the tokens.
     Nothing comes down; the pools' positions are then the device's alone
-    (``_pos_stale``) until :meth:`_pull_positions`.
+    (``_pos_stale``) until :meth:`_pull_positions`.  Once the window and every
+    pool are full, the launches are the same each step but for j, so a CUDA
+    graph replays it (``graph_key``): the host writes j into its input buffer
+    and the kernel and the policy's hooks (a ``Column``) read it there.
   - a prefill chunk of a calibrated layer with a policy: attention over
     every slot as batched GEMMs, its probabilities to the policy's prefill
     hook, then the tokens one by one through ``kv_policy_push``.
@@ -75,6 +78,7 @@ from .factory import make_cache
 from .insert import plan_chunk, plan_push
 from .kvconfig import KVConfig
 from .policies import make_policy
+from .policies.base import Column
 from .pool import Pool
 from .quant import CLIPS
 
@@ -237,14 +241,26 @@ class GPUCompressedLayerCache(CompressedLayerCache):
     # ------------------------------------------------------------ CUDA graphs (runtime/graphs.py)
     def graph_key(self, p: int) -> tuple | None:
         """What a captured one-token decode step at ``p`` depends on besides its buffers, or None when it cannot
-        be captured: only the policy-free steady state replays (its slots are planned on the host from the
-        positions alone, and nothing goes up), with every host write already on the device."""
-        if not (self._on_device and self._steady_state(p)) or self._dirty16 or any(pl.dirty or pl.lut_dirty for pl in self.pools):
+        be captured.  Replayed, with every host write already on the device: the policy-free steady state (its
+        slots planned on the host from the positions alone), and a policy's once its window and pools are full
+        (every step then spills and picks a victim in each pool, on the device: the launches are the same, only
+        the window slot changes) where the runtime records array operations in a capture (the policy's hooks)."""
+        if not self._on_device or self._dirty16 or any(pl.dirty or pl.lut_dirty for pl in self.pools):
             return None
-        return ("compressed", self.basis.version)  # a new basis is new device arrays (_device_basis)
+        if self._steady_state(p):
+            return ("compressed", self.basis.version)  # a new basis is new device arrays (_device_basis)
+        pol = self.policy
+        if not (self._policy_steady(p) and pol.capturable and getattr(K.runtime(), "records_xp", False)):
+            return None
+        _, spill, took = self._window_entry()
+        if not spill or any(t.any() for t in took):  # a head still has an empty pool slot: the host counts them
+            return None
+        return ("policy", self.basis.version)
 
     def graph_step(self, p: int) -> tuple[int, int, int]:
         """The host's part of a replayed decode step at ``p``: its slots, for the graph's input buffer."""
+        if self.policy is not None:
+            return self._policy_host_step(p)[0], -1, -1
         return self._plan(p)
 
     def serve_plan(self, buf: Any) -> None:
@@ -253,16 +269,19 @@ class GPUCompressedLayerCache(CompressedLayerCache):
 
     def snapshot(self) -> tuple:
         """What a decode step changes (the device storage and the host's positions), copied: for :meth:`restore`."""
-        return [a.copy() for a in self._step_arrays()], self._stale
+        return [a.copy() for a in self._step_arrays()], self._stale, self._pos_stale
 
     def restore(self, snap: tuple) -> None:
-        arrays, self._stale = snap
+        arrays, self._stale, self._pos_stale = snap
         for a, b in zip(self._step_arrays(), arrays):
             a[...] = b
 
     def _step_arrays(self) -> list[Any]:
         pools = [getattr(d, n) for d in self.d_pools for n in ("kc", "km", "vc", "vm")]
-        return [self.d_k16, self.d_v16, self.d_pos, *pools, self.pos, *self._free]
+        # a policy's state: its per-slot arrays and any other it keeps on the device (KeyDiff's anchor)
+        pol = [a for a in vars(self.policy).values() if is_device(a)] if self.policy is not None else []
+        extra = [a for a in (self.d_logw, self.d_acc) if a is not None and a.size]
+        return [self.d_k16, self.d_v16, self.d_pos, *pools, self.pos, *self._free, *pol, *extra]
 
     @functools.cached_property
     def _device_merge(self) -> kvquant.DeviceMerge | None:
@@ -275,13 +294,27 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         attended on the device: nothing comes down.  The tokens go in one by one, then the queries attend, as on the host."""
         self._sync()
         T = q.shape[0]
+        pd = positions(pos)
         for t in range(T):
-            self._policy_push_on_device(to_device(q[t]), to_device(k[t]), to_device(v[t]), int(pos[t]), qr=self.d_qr[t])
+            self._policy_push_on_device(to_device(q[t]), to_device(k[t]), to_device(v[t]), int(pos[t]), pd[t : t + 1], qr=self.d_qr[t])
         self._attend_decode(q, pos, out, qr=self.d_qr[:T])
 
-    def _policy_push_on_device(self, q: Any, k: Any, v: Any, p: int, t: int = -1, qr: Any = None) -> None:
+    def _policy_host_step(self, p: int) -> tuple[int, bool, tuple[np.ndarray, np.ndarray] | None]:
+        """The host's part of a policy token at ``p`` (:meth:`_window_entry`): its fp16 window slot j, whether the
+        token there spills, which heads take an empty pool slot; the host's window positions and empty-slot counts
+        follow (which pool slots, only the device knows)."""
+        j, spill, took = self._window_entry()
+        if spill:
+            self._free[0][took[0]] -= 1
+            if self.pools[1].cap:
+                self._free[1][took[1]] -= 1
+        self.pos[:, j] = p  # the window's positions stay right on the host
+        self._stale = self._pos_stale = True
+        return j, spill, took
+
+    def _policy_push_on_device(self, q: Any, k: Any, v: Any, p: int, pd: Any, t: int = -1, qr: Any = None) -> None:
         """One token into a layer with an eviction policy, on the device (``kv_policy_push``); its queries into ``qr``
-        (default: ``d_qr[0]``, scratch).
+        (default: ``d_qr[0]``, scratch); pd: its position, [1] int32 on the device.
 
         q [n_head, D], k [n_kv, D], v [n_kv, Dv] device arrays.  The host picks
         the fp16 window slot (the same for every head; it keeps the window's
@@ -292,22 +325,26 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         positions are then the device's alone (``_pos_stale``); the host keeps
         only how many empty slots each head has left.  t >= 0: the token is row
         t of a prefill chunk whose scores the policy holds (``adopt``).
+
+        While a CUDA graph is captured (``serve_plan``), the host's part ran before (graph_step, every replay):
+        the token spills, every pool is full (graph_key), and the window slot is read from the graph's input
+        buffer, by the kernel and by the policy's hook (a :class:`~.policies.base.Column`).
         """
-        j, spill, took, rank0, rank1 = self._policy_entry(self.d_pos)
-        if spill:  # the host's empty-slot counts follow (which slots, only the device knows)
-            self._free[0][took[0]] -= 1
-            if self.pools[1].cap:
-                self._free[1][took[1]] -= 1
-        self.pos[:, j] = p  # the window's positions stay right on the host
-        self._stale = self._pos_stale = True
+        if self._served_plan is None:
+            j, spill, took = self._policy_host_step(p)
+            slots: Any = np.full(self.spec.n_head_kv, j, np.int64)
+            where: Any = p
+        else:
+            j, spill, took = self._served_plan, True, self._empty_takes()
+            slots, where = Column(self._served_plan[:1]), pd
+        rank0, rank1 = self._victim_ranks(self.d_pos, *took) if spill else (None, None)
         db = self._device_basis()
         kvquant.policy_push(
-            q, k, v, db.t_k, db.mu, self.d_store, self.d_qr[0] if qr is None else qr, j, spill, p,
+            q, k, v, db.t_k, db.mu, self.d_store, self.d_qr[0] if qr is None else qr, j, spill, pd,
             self.basis.rot is not None, self.rot_v is not None, rank0, rank1, self._policy_state[0],
             self._device_merge, self.d_logw if self.logw.size else None,
         )  # fmt: skip
-        slots = np.full(self.spec.n_head_kv, j, np.int64)
-        self.policy.on_insert(slots, p, k)
+        self.policy.on_insert(slots, where, k)
         if t >= 0:
             self.policy.adopt(slots, t)
 
@@ -355,7 +392,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         for h in range(n_kv):
             pol.prefill(h, None if probs is None else probs[h], old)
         for t in range(T):
-            self._policy_push_on_device(qd[t], kd[t], vd[t], int(pos[t]), t)
+            self._policy_push_on_device(qd[t], kd[t], vd[t], int(pos[t]), qp[t : t + 1], t)
 
     def _prefill_on_device(self, q: Any, k: Any, v: Any, pos: np.ndarray, out: Any) -> None:
         """A prefill chunk of a policy-free layer: attention on the device, and the inserts too once calibrated.

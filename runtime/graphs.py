@@ -14,9 +14,15 @@ arguments for ``DECODE_CHUNK`` (128) tokens at a time
 (``GPUPlainLayerCache.decode_slots``).  The compressed cache replays in its
 policy-free steady state: the host plans the slots (``plan_push``, from the
 positions alone) and the push kernel reads them from the buffer; its decode
-attention always spans every slot.  Eviction policies, merging and the steps
-before the cache is calibrated decode eagerly: their launches follow the
-data.
+attention always spans every slot.  With an eviction policy it replays once
+the fp16 window and every pool are full: each step then spills, picks a victim
+in each pool and merges on the device, and the policy's hooks are array
+operations the capture records too (CuPy's are kernels), so only the window
+slot changes, planned by the host into the buffer as above.  Policies whose
+hooks cannot be captured (``Policy.capturable``: SnapKV sorts), runtimes that
+cannot record array operations (the plain emulator, whose ``xp`` is numpy) and
+the steps before the cache is calibrated or full decode eagerly: their launches
+follow the data.
 
     graph_key(p) -> hashable | None   the step at p's launches (None: eager)
     graph_step(p) -> (j, jq, jc) | None   the host's part of a replay: the slots
@@ -48,7 +54,7 @@ from ..ops.gpu import kernels as K
 from ..ops.gpu.arrays import is_device, serve_positions
 
 MAX_GRAPHS = 4  # captured steps kept (a chat's plain cache needs one per 128 tokens of context, in turn)
-PLAN = 3  # int32s of a layer's slots in the input buffer (kvquant.cu kv_decode_push: j, jq, jc)
+PLAN = 3  # int32s of a layer's slots in the input buffer (kvquant.cu kv_decode_push: j, jq, jc; kv_policy_push: j)
 
 
 def graphs_wanted() -> bool:

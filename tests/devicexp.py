@@ -18,6 +18,16 @@ like ``cupy.ndarray`` where it matters:
 * results that numpy gives as scalars (reductions, integer indexing,
   ``argmin``) are 0-d device arrays, as in CuPy, and ``argsort`` is stable.
 
+While :meth:`StrictRuntime.capture` runs, nothing runs on the "device", as in
+a CUDA stream capture: kernel launches are recorded (the emulator's capture),
+and so is every operation on device arrays, in order with them.  An operation
+that writes an existing array (``a[i] = v``, ``a += b``, ``out=``, ``fill``) is
+only recorded; one that makes a new array computes it now for its shape and
+records a recomputation into that same array (memory the graph owns), so a
+replay sees the arrays' current contents; views are views.  Operations whose
+result's shape depends on the data (boolean masks, ``nonzero``) are refused,
+as CuPy must synchronise for them.
+
 Not caught: ``np.asarray(device_array)`` (numpy views a subclass without
 asking it); no code under test does that, it goes through ``asnumpy``.
 """
@@ -34,18 +44,63 @@ from kvrun.ops.gpu.emulate import EmulatedRuntime
 COPIES: list[tuple[str, tuple[int, ...]]] = []  # (how, shape) of every device-to-host copy since the last clear
 
 
-_capturing = False  # inside StrictRuntime.capture: CUDA refuses copies either way
+_tape: list | None = None  # inside StrictRuntime.capture: the graph's recorded launches, device array operations among them
 
 
 def _up() -> None:
-    if _capturing:
+    if _tape is not None:
         raise RuntimeError("a host-to-device copy while capturing a CUDA graph")
 
 
 def _down(how: str, a: np.ndarray) -> None:
-    if _capturing:
+    if _tape is not None:
         raise RuntimeError(f"{how}: a device-to-host copy while capturing a CUDA graph")
     COPIES.append((how, tuple(a.shape)))
+
+
+def _in_place(run: Any) -> None:
+    """An operation writing existing device memory: run now, or recorded while capturing (a captured kernel does not run)."""
+    if _tape is None:
+        run()
+    else:
+        _tape.append(run)
+
+
+def _made(compute: Any, *inputs: Any) -> Any:
+    """The result of an operation on device arrays (``compute()``, numpy on the bases).  While capturing, a result
+    in new memory is also recorded: each replay computes it again into the same array; a view of an input
+    (basic indexing, a reshape that needs no copy) shares its memory and needs nothing."""
+    if _tape is None:
+        return _dev(compute())
+    with np.errstate(all="ignore"):  # computed on whatever the arrays hold now, for its shape only
+        r = _dev(compute())
+    if not isinstance(r, DeviceArray):
+        if isinstance(r, tuple):
+            raise RuntimeError("an operation returning several arrays while capturing a CUDA graph")
+        return r
+    srcs = [x.view(np.ndarray) for x in _flat(inputs) if isinstance(x, np.ndarray)]
+    if any(np.may_share_memory(r.view(np.ndarray), x) for x in srcs):
+        return r
+    dst = r.view(np.ndarray)
+
+    def again() -> None:
+        dst[...] = compute()
+
+    _tape.append(again)
+    return r
+
+
+def _flat(x: Any) -> list:
+    if isinstance(x, (tuple, list)):
+        return [v for e in x for v in _flat(e)]
+    if isinstance(x, dict):
+        return _flat(list(x.values()))
+    return [x]
+
+
+def _no_mask(idx: Any) -> None:
+    if _tape is not None and any(isinstance(x, np.ndarray) and x.dtype == bool for x in _flat(idx)):
+        raise RuntimeError("boolean-mask indexing while capturing a CUDA graph (its shape needs the data)")
 
 
 def _base(x: Any) -> Any:
@@ -80,35 +135,56 @@ class DeviceArray(np.ndarray):
     # ------------------------------------------------------------ arithmetic stays on the device
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, out: Any = None, **kwargs: Any) -> Any:
         _refuse_host(inputs, f"device {ufunc.__name__}")
+        args = _base(inputs)
         if out is not None:
             _refuse_host(out, f"device {ufunc.__name__} out=")
-            kwargs["out"] = _base(out)
-        r = getattr(ufunc, method)(*_base(inputs), **kwargs)
-        if out is not None:
+            kw = {**kwargs, "out": _base(out)}
+            _in_place(lambda: getattr(ufunc, method)(*args, **kw))
             return out[0] if len(out) == 1 else out
-        return _dev(r)
+        return _made(lambda: getattr(ufunc, method)(*args, **kwargs), inputs)
 
     def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
         raise TypeError(f"numpy.{func.__name__} called on a device array (use xp.{func.__name__})")
 
     def __getitem__(self, idx: Any) -> Any:
-        return _dev(super().__getitem__(_base(idx)))
+        _no_mask(idx)
+        a, i = self.view(np.ndarray), _base(idx)
+        return _made(lambda: a[i], self)
 
     def __setitem__(self, idx: Any, value: Any) -> None:
         _refuse_host((value,), "device setitem")
-        super().__setitem__(_base(idx), _base(value))
+        _no_mask(idx)
+        a, i, v = self.view(np.ndarray), _base(idx), _base(value)
+        _in_place(lambda: a.__setitem__(i, v))
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
+    def _method(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        a = self.view(np.ndarray)
+        return _made(lambda: getattr(a, name)(*args, **kwargs), self)
+
     def argmin(self, *args: Any, **kwargs: Any) -> Any:
-        return _dev(self.view(np.ndarray).argmin(*args, **kwargs))
+        return self._method("argmin", *args, **kwargs)
 
     def argmax(self, *args: Any, **kwargs: Any) -> Any:
-        return _dev(self.view(np.ndarray).argmax(*args, **kwargs))
+        return self._method("argmax", *args, **kwargs)
 
     def argsort(self, axis: int = -1, kind: Any = None) -> Any:
-        return _dev(self.view(np.ndarray).argsort(axis=axis, kind="stable"))  # CuPy sorts stably, always
+        return self._method("argsort", axis=axis, kind="stable")  # CuPy sorts stably, always
+
+    def astype(self, *args: Any, **kwargs: Any) -> Any:
+        return self._method("astype", *args, **kwargs)
+
+    def copy(self, *args: Any, **kwargs: Any) -> Any:
+        return self._method("copy", *args, **kwargs)
+
+    def reshape(self, *args: Any, **kwargs: Any) -> Any:  # a copy where the layout needs one
+        return self._method("reshape", *args, **kwargs)
+
+    def fill(self, value: Any) -> None:
+        a = self.view(np.ndarray)
+        _in_place(lambda: a.fill(value))
 
     # ------------------------------------------------------------ everything that comes down is logged
     def __int__(self) -> int:
@@ -167,7 +243,13 @@ class _DeviceNamespace:
         def on_device(*args: Any, **kwargs: Any) -> Any:
             _refuse_host(args, what)
             _refuse_host(tuple(kwargs.values()), what)
-            return _dev(obj(*_base(args), **{k: _base(v) for k, v in kwargs.items()}))
+            a, kw = _base(args), {k: _base(v) for k, v in kwargs.items()}
+            if kwargs.get("out") is not None:
+                _in_place(lambda: obj(*a, **kw))
+                return kwargs["out"]
+            if _tape is not None and name in ("nonzero", "flatnonzero", "argwhere", "unique", "compress", "extract"):
+                raise RuntimeError(f"{what} while capturing a CUDA graph (its shape needs the data)")
+            return _made(lambda: obj(*a, **kw), args, kwargs)
 
         return on_device
 
@@ -190,17 +272,21 @@ class DeviceModule(_DeviceNamespace):
     def array(self, a: Any, dtype: Any = None) -> DeviceArray:
         if not isinstance(a, DeviceArray):
             _up()
-        return np.array(_base(a), dtype=dtype).view(DeviceArray)
+            return np.array(a, dtype=dtype).view(DeviceArray)
+        b = a.view(np.ndarray)
+        return _made(lambda: np.array(b, dtype=dtype), a)
 
     def ascontiguousarray(self, a: Any, dtype: Any = None) -> DeviceArray:
         if isinstance(a, DeviceArray):
-            return _dev(np.ascontiguousarray(_base(a), dtype=dtype))
+            b = a.view(np.ndarray)
+            return _made(lambda: np.ascontiguousarray(b, dtype=dtype), a)
         _up()
         return np.array(a, dtype=dtype, order="C").view(DeviceArray)
 
     def argsort(self, a: Any, axis: int = -1, kind: Any = None) -> DeviceArray:
         _refuse_host((a,), "xp.argsort")
-        return _dev(np.argsort(_base(a), axis=axis, kind="stable"))
+        b = _base(a)
+        return _made(lambda: np.argsort(b, axis=axis, kind="stable"), a)
 
 
 class StrictRuntime(EmulatedRuntime):
@@ -208,15 +294,22 @@ class StrictRuntime(EmulatedRuntime):
 
     name = "strict-emulated"
     xp = DeviceModule()
+    records_xp = True  # operations on device arrays are recorded in a capture, as CuPy's kernels are
 
     def capture(self, step: Any) -> Any:
-        """As the emulator's, and like CUDA stream capture it refuses copies between host and device."""
-        global _capturing
-        _capturing = True
+        """As the emulator's, recording the device array operations too (see the module docstring); like
+        CUDA stream capture it refuses copies between host and device."""
+
+        def recorded() -> None:
+            global _tape
+            _tape = self._recording  # the emulator's list of the capture's launches
+            step()
+
+        global _tape
         try:
-            return super().capture(step)
+            return super().capture(recorded)
         finally:
-            _capturing = False
+            _tape = None
 
     def asnumpy(self, a: Any) -> np.ndarray:
         if not isinstance(a, DeviceArray):  # as cupy.asnumpy: a host array passes through

@@ -80,9 +80,9 @@ def test_a_decode_step_copies_only_its_logits_down(monkeypatch, tmp_path, arch, 
         eng = Engine(path, device="gpu", n_ctx=64, n_batch=16, kv=KVConfig.parse(kv) if kv else None)
         cache = eng.new_cache()
         eng.eval(cache, list(range(3, 27)))  # past the budget: the policy evicts (and merges) in the steps below
-        eng.eval(cache, [4])  # (the first step also captures its CUDA graph and checks a replay; a policy's decodes eagerly)
-        # the capture copied nothing either way (the stand-in refuses copies while capturing, as CUDA does)
-        assert eng.graphs.n_captures == (1 if graphs == "1" and "policy" not in (kv or "") else 0)
+        eng.eval(cache, [4])  # (the first step also captures its CUDA graph and checks a replay; a policy's too, its pools full)
+        # the capture copied nothing (the stand-in refuses copies while capturing, as CUDA does)
+        assert eng.graphs.n_captures == (1 if graphs == "1" else 0)
         for tok in (5, 9):
             COPIES.clear()
             logits = eng.eval(cache, [tok])
@@ -163,6 +163,38 @@ def graph_runtime(request, gpu_env):
         K.set_runtime(prev)
 
 
+def test_the_strict_stand_in_records_array_operations_while_capturing():
+    """As a CUDA stream capture: nothing runs while capturing; each replay runs the recorded kernels and array
+    operations in order, on the arrays' contents at that time, into the same memory; an operation whose
+    shape needs the data, or a copy either way, is refused."""
+    if gpu_available():
+        pytest.skip("the strict stand-in is for machines without a GPU")
+    from devicexp import StrictRuntime
+
+    rt = StrictRuntime()
+    xp = rt.xp
+    a = xp.asarray(np.arange(4, dtype=np.float32))
+    j = xp.asarray(np.array([1], np.int32))
+    out = xp.zeros(4, np.float32)
+
+    def step():
+        b = a * 2  # new memory, computed again by each replay
+        out[...] = b + 1
+        out[j] = 0  # the index read at replay time
+
+    graph = rt.capture(step)
+    assert rt.asnumpy(out).tolist() == [0, 0, 0, 0]
+    graph.launch()
+    assert rt.asnumpy(out).tolist() == [1, 0, 5, 7]
+    a[...] = xp.asarray(np.ones(4, np.float32))
+    j[...] = xp.asarray(np.array([3], np.int32))
+    graph.launch()
+    assert rt.asnumpy(out).tolist() == [3, 3, 3, 0]
+    for refused in (lambda: a[a > 1], lambda: xp.flatnonzero(a), lambda: int(a[0]), lambda: xp.asarray(np.ones(2))):
+        with pytest.raises(RuntimeError):
+            rt.capture(refused)
+
+
 @pytest.mark.parametrize(
     ("arch", "kv", "n_ctx", "n_prompt", "n_captures"),
     [
@@ -171,20 +203,34 @@ def graph_runtime(request, gpu_env):
         ("llama", "4,residual=8,group=16", 64, 20, 1),
         ("gemma3", "2,residual=8", 64, 20, 1),
         ("llama", "2,warm=8,residual=8,group=16", 64, 20, 1),
+        ("llama", "4,policy=h2o,budget=16,residual=4,merge=keepkv", 64, 20, 1),
+        ("gemma3", "2,policy=tova,budget=16,residual=4,merge=mean", 64, 20, 1),
+        ("llama", "2,policy=gkv,budget=24,residual=4,mixed=4/2,group=16", 64, 28, 1),
+        ("llama", "4,policy=keydiff,budget=16,residual=4", 64, 20, 1),
+        ("llama", "4,policy=streaming,budget=16,residual=4", 64, 20, 1),
+        ("llama", "4,policy=snapkv,budget=16,residual=4", 64, 20, 0),
     ],
-    ids=["llama", "gemma3", "llama-4bit", "gemma3-2bit", "llama-2bit-warm"],
-)
+    ids=["llama", "gemma3", "llama-4bit", "gemma3-2bit", "llama-2bit-warm", "h2o-keepkv", "gemma3-tova-mean", "gkv-mixed", "keydiff", "streaming", "snapkv"],
+)  # fmt: skip
 def test_decode_steps_replayed_from_cuda_graphs_equal_the_eager_steps(graph_runtime, monkeypatch, tmp_path, arch, kv, n_ctx, n_prompt, n_captures):
     """One-token decode steps replay a captured graph (runtime/graphs.py): the same logits bit for bit as
     launching every kernel.  The plain cache across the 128-slot splits of decode attention (llama: a
     capture for slots 0-127, another from 128 on) and around the ring of Gemma 3's sliding-window layers;
     the compressed cache with the slots planned on the host for each replay, tokens spilling from the fp16
-    window into the pool and (warm) on from the warm pool to the cold one."""
+    window into the pool and (warm) on from the warm pool to the cold one; with an eviction policy, once
+    its pools are full, each step picking its victims, merging them, and moving and updating the policy's
+    scores on the device from the window slot the host writes before each replay.  SnapKV's ranking sorts,
+    which a CUDA graph cannot hold: it stays eager, as do policies where the runtime cannot record array
+    operations in a capture (the plain emulator, whose xp is numpy itself)."""
     from kvrun.cache.kvconfig import KVConfig
+    from kvrun.ops.gpu import kernels as K
+
+    if "policy" in (kv or "") and not K.runtime().records_xp:
+        n_captures = 0
 
     path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, qtype=Q.Q4_0, sliding_window=8)
     ids = [int(t) for t in np.random.default_rng(3).integers(0, 200, n_prompt + 30)]
-    runs, held = {}, {}
+    runs, held, states = {}, {}, {}
     for graphs in ("0", "1"):
         monkeypatch.setenv("KVRUN_CUDA_GRAPHS", graphs)
         eng = Engine(path, device="gpu", n_ctx=n_ctx, n_batch=16, kv=KVConfig.parse(kv) if kv else None)
@@ -192,13 +238,19 @@ def test_decode_steps_replayed_from_cuda_graphs_equal_the_eager_steps(graph_runt
         eng.eval(cache, ids[:n_prompt])
         runs[graphs] = np.concatenate([eng.eval(cache, [t]) for t in ids[n_prompt:]])
         held[graphs] = [layer.n_tokens() for layer in cache.layers]
+        # and the same state: which positions each slot holds, the policy's scores
+        states[graphs] = [np.array(layer.held_positions()) for layer in cache.layers if hasattr(layer, "held_positions")]
+        states[graphs] += [K.runtime().asnumpy(a) for layer in cache.layers if getattr(layer, "policy", None) for a in layer.policy.per_slot()]
         if graphs == "1":
             assert eng.graphs.enabled and eng.graphs.n_captures == n_captures
-            assert eng.graphs.n_replays == 30 - n_captures
+            assert eng.graphs.n_replays == (30 - n_captures if n_captures else 0)
         else:
             assert not eng.graphs.enabled and eng.graphs.n_replays == 0
     np.testing.assert_array_equal(runs["1"], runs["0"])
     assert held["1"] == held["0"]
+    assert len(states["1"]) == len(states["0"])
+    for a, b in zip(states["1"], states["0"]):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_a_failed_capture_leaves_decoding_eager(gpu_env, tiny, monkeypatch, capsys):
@@ -219,11 +271,12 @@ def test_a_failed_capture_leaves_decoding_eager(gpu_env, tiny, monkeypatch, caps
         np.testing.assert_array_equal(a, b)
 
 
-def test_eviction_policies_decode_eagerly(gpu_env, tiny):
-    """A policy picks its victims on the device, so a step's launches follow the data: no graph."""
+def test_a_policy_that_sorts_decodes_eagerly(gpu_env, tiny):
+    """SnapKV ranks its slots by sorting them by position, which a CUDA graph cannot hold (CuPy sorts with
+    Thrust): its decode steps launch eagerly, with no capture tried."""
     from kvrun.cache.kvconfig import KVConfig
 
-    eng = Engine(tiny, device="gpu", n_ctx=64, n_batch=16, kv=KVConfig.parse("4,policy=h2o,budget=16,residual=4"))
+    eng = Engine(tiny, device="gpu", n_ctx=64, n_batch=16, kv=KVConfig.parse("4,policy=snapkv,budget=16,residual=4"))
     cache = eng.new_cache()
     eng.eval(cache, list(range(3, 27)))
     for t in (3, 4, 6):

@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("KVRUN_GPU_EMULATE", "1")
 
@@ -39,8 +41,18 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also print the top functions by own time")
     ap.add_argument("--kv", default=None, help="KV cache setting, as kvrun's --kv (default: the plain fp16 cache)")
     ap.add_argument("--prompt", type=int, default=0, help="also time a prefill of this many tokens")
+    ap.add_argument(
+        "--strict", action="store_true",
+        help="run on the tests' CuPy stand-in (tests/devicexp.py), whose captures record array operations as CuPy's do: "
+        "an eviction policy's steps then replay too (its recorded array operations run on the host in a replay, unlike CUDA's)",
+    )  # fmt: skip
     a = ap.parse_args()
     kv = KVConfig.parse(a.kv) if a.kv else None
+    if a.strict:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from devicexp import StrictRuntime
+
+        K.set_runtime(StrictRuntime())
     eng = Engine(a.model, device="gpu", n_ctx=max(256, 2 * a.prompt), kv=kv)
     rt = K.runtime()
     rt.checks = False  # as on CuPy: no per-launch layout checks

@@ -32,11 +32,18 @@ return arrays of ``xp``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 Array = Any  # an array of the policy's module ``xp``: numpy.ndarray, or a device array
+
+
+class Column(NamedTuple):
+    """Slot ``j[0]`` of every head, read when the operation runs: a captured CUDA graph's decode
+    step, whose slot the host writes into a device buffer before each replay (runtime/graphs.py)."""
+
+    j: Array  # [1] int32, an array of ``xp``
 
 
 class Policy:
@@ -55,9 +62,12 @@ class Policy:
 
     name = "base"
     needs_probs = True  # the attention kernels must report probabilities
+    # its decode-step hooks are array operations a CUDA graph can capture (no library call that synchronises)
+    capturable = True
 
     def __init__(self, n_kv: int, n_slots: int, xp: Any = np) -> None:
         self.xp = xp
+        self._rows = xp.arange(n_kv)  # [n_kv]: every head, to index a Column with
         self.score = xp.zeros((n_kv, n_slots), np.float32)  # [n_kv, N]
         self.acc = self.score  # [n_kv, N]; accumulators may alias score
         self._pending: dict[int, list[tuple[Array, Array]]] = {}  # head -> (array, [T] values)
@@ -67,12 +77,15 @@ class Policy:
         """Host array ``a`` as an array of :attr:`xp`: an upload on the device, ``a`` itself with numpy."""
         return self.xp.asarray(a)
 
-    def _heads(self, slots: np.ndarray) -> tuple[Any, Any]:
-        """Index of slot ``slots[h]`` of each head ``h`` in a [n_kv, N] array; slots: [n] int64, host.
+    def _heads(self, slots: np.ndarray | Column) -> tuple[Any, Any]:
+        """Index of slot ``slots[h]`` of each head ``h`` in a [n_kv, N] array; slots: [n] int64, host,
+        or a :class:`Column` (the slot on the device).
 
         The cache puts a token in the same slot of every head: then a column
         (basic indexing, nothing to upload), else the two index arrays.
         """
+        if isinstance(slots, Column):
+            return self._rows, slots.j
         n = len(slots)
         if n == self.score.shape[0] and (slots == slots[0]).all():
             return slice(None), int(slots[0])
@@ -83,8 +96,9 @@ class Policy:
         """Arrays [n_kv, N] whose entries travel with a token from slot to slot."""
         return [self.score] if self.acc is self.score else [self.score, self.acc]
 
-    def on_insert(self, slots: np.ndarray, pos: int, k: np.ndarray) -> None:
-        """A token enters ``slots`` ([n_kv] int64, one per head); ``k``: [n_kv, D] float32 (host)."""
+    def on_insert(self, slots: np.ndarray | Column, pos: int | Array, k: np.ndarray) -> None:
+        """A token enters ``slots`` ([n_kv] int64, one per head, or a :class:`Column`); ``k``: [n_kv, D]
+        float32 (host, or on the device); ``pos``: its position (with a Column: [1] int32 on the device)."""
         idx = self._heads(slots)
         for arr in self.per_slot():
             arr[idx] = 0.0

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Array, Policy
+from .base import Array, Column, Policy
 
 
 class KeyDiff(Policy):
@@ -30,7 +30,11 @@ class KeyDiff(Policy):
         super().__init__(n_kv, n_slots, xp)
         self.anchor: np.ndarray | None = None  # [n_kv, D]
 
-    def on_insert(self, slots: np.ndarray, pos: int, k: Array) -> None:
+    @property
+    def capturable(self) -> bool:  # the anchor exists from the first token on (its allocation is not captured)
+        return self.anchor is not None
+
+    def on_insert(self, slots: np.ndarray | Column, pos: int | Array, k: Array) -> None:
         xp = self.xp
         k = self._up(k)  # a host key goes up; a device one (the GPU cache's device step) stays
         unit = k / xp.maximum(xp.linalg.norm(k, axis=1, keepdims=True), np.float32(1e-12))  # [n_kv, D]

@@ -24,6 +24,9 @@ from .base import Array, Policy
 
 class SnapKV(Policy):
     name = "snapkv"
+    # its device ranking sorts (CuPy's argsort runs Thrust, which may allocate and synchronise:
+    # not allowed in a stream capture), so its decode steps stay eager on the GPU
+    capturable = False
     window = 32  # observation window, in queries
     kernel = 7  # pooling width, in positions
 

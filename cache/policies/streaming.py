@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Array, Policy
+from .base import Array, Column, Policy
 
 
 class Streaming(Policy):
     name = "streaming"
     needs_probs = False
 
-    def on_insert(self, slots: np.ndarray, pos: int, k: np.ndarray) -> None:
-        self.score[self._heads(slots)] = pos
+    def on_insert(self, slots: np.ndarray | Column, pos: int | Array, k: np.ndarray) -> None:
+        # (a position on the device, in a captured step, is int32: cast as the score is, not left to the scatter)
+        self.score[self._heads(slots)] = pos if isinstance(pos, (int, np.integer)) else pos.astype(np.float32)
 
     def prefill(self, head: int, probs: np.ndarray | None, old: np.ndarray) -> None:
         pass  # positions are set by on_insert

@@ -113,7 +113,7 @@ _declare("kvquant.cu", "kv_fwht_rows", "ppi")  # x, y, n
 _declare("kvquant.cu", "kv_push_tokens", "p" * 19 + "i" * 3 + "i" * 10)
 # q, k, v, t_k, mu, pools (13), qr, rank0, rank1, ps0..2, logw, score, fold0, fold1; n_ps, j, spill, p, n_head, rot_k, rot_v,
 # has_rank0, has_rank1, merge, threshold, has_logw, has_score, n_fold, sizes (10)
-_declare("kvquant.cu", "kv_policy_push", "p" * 28 + "i" * 10 + "f" + "iii" + "i" * 10)
+_declare("kvquant.cu", "kv_policy_push", "p" * 30 + "i" * 10 + "f" + "iii" + "i" * 10)
 
 
 def cu_files() -> list[str]:
@@ -161,6 +161,7 @@ class CupyRuntime:
 
     name = "cuda"
     checks = False  # launch() trusts the argument layout (the emulated test runs check it)
+    records_xp = True  # a stream capture records CuPy's array operations too (they are kernels)
 
     def __init__(self) -> None:
         import cupy

@@ -440,7 +440,8 @@ __device__ void kq_merge(const KQPools& c, const KQMerge& m, int pool, int v, fl
 //          without a pool 1, pool 1's to make room for a demotion) is merged
 //          into its most similar kept token when m.mode says (kq_merge), else dropped;
 //   then the new token into fp16 slot j, and the queries into the cache basis
-//   (as kv_decode_push);
+//   (as kv_decode_push; its position is ppos[0], and j comes from plan[0] when
+//   use_plan);
 //   the policy's per-slot state (n_ps arrays [n_kv, N]: ps0, ps1, ps2) and the
 //   merge log-weights (m.logw) move with their tokens, as Policy.move does:
 //   jc <- jq, jq <- j; the new token's log-weight is 0.
@@ -449,9 +450,9 @@ __device__ void kq_merge(const KQPools& c, const KQMerge& m, int pool, int v, fl
 // knows j, the same for every head, and does not learn jq or jc.)
 extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_policy_push(const float* q, const float* k, const float* v, const float* t_k, const float* mu, KQ_POOL_PARAMS,
                                           float* qr, const float* rank0, const float* rank1, float* ps0, float* ps1, float* ps2, float* logw,
-                                          const float* score, float* fold0, float* fold1, int n_ps, int j, int spill, int p, int n_head, int rot_k,
-                                          int rot_v, int has_rank0, int has_rank1, int merge, float threshold, int has_logw, int has_score,
-                                          int n_fold, KQ_POOL_SIZES) {
+                                          const float* score, float* fold0, float* fold1, const int* plan, const int* ppos, int n_ps, int use_plan,
+                                          int j, int spill, int n_head, int rot_k, int rot_v, int has_rank0, int has_rank1, int merge,
+                                          float threshold, int has_logw, int has_score, int n_fold, KQ_POOL_SIZES) {
     __shared__ float xs[KQ_MAX_T];
     __shared__ int cs[KQ_MAX_T];
     __shared__ float scr[WARP];
@@ -462,6 +463,8 @@ extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_policy_push(const floa
                     n_fold > 1 ? fold1 : nullptr};
     const int h = blockIdx.x, d = threadIdx.x;
     const int N = F + C0 + C1;
+    const int p = ppos[0];
+    if (use_plan) j = plan[0];  // a replayed CUDA graph: the host refills plan each step (as kv_decode_push)
     int* prow = c.pos + (size_t)h * N;
     int jq = -1, jc = -1;
     if (spill) {

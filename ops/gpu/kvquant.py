@@ -129,13 +129,15 @@ class DeviceMerge(NamedTuple):
 
 
 def policy_push(
-    q: Any, k: Any, v: Any, t_k: Any, mu: Any, st: DeviceStore, qr: Any, j: int, spill: bool, p: int, rot_k: bool, rot_v: bool,
+    q: Any, k: Any, v: Any, t_k: Any, mu: Any, st: DeviceStore, qr: Any, j: int | Any, spill: bool, ppos: Any, rot_k: bool, rot_v: bool,
     rank0: Any, rank1: Any, state: Sequence[Any], merge: DeviceMerge | None = None, logw: Any = None,
 ) -> None:  # fmt: skip
     """One decode token into a compressed layer with an eviction policy, on the device.
 
     Each KV head keeps its own tokens (``st.pos`` [n_kv, N]).  The new token
-    goes to fp16 slot ``j`` (the host's choice, the same for every head);
+    (its position ``ppos`` [1] int32, device) goes to fp16 slot ``j`` (the
+    host's choice, the same for every head; or a device int32 array whose
+    first entry the kernel reads, as :func:`decode_push`'s plan);
     with ``spill`` the token there first moves to each head's pool 0: to its
     first empty slot, else over the policy's least important (``rank0``
     [n_kv, C0] float32, or None where no head's pool 0 is full), which is
@@ -151,8 +153,10 @@ def policy_push(
     ps = [*state, qr, qr, qr][:3]
     mode, thr, score, fold = (0, 0.0, None, []) if merge is None else (merge.mode, merge.threshold, merge.score, merge.fold)
     folds = [*fold, qr, qr][:2]
+    plan = None if isinstance(j, (int, np.integer)) else j
     _launch_push("kv_policy_push", st, (q, k, v, t_k, mu), (
-        qr, any_(rank0), any_(rank1), *ps, any_(logw), any_(score), *folds, len(state),
-        j, int(spill), p, q.shape[0], int(rot_k), int(rot_v), int(rank0 is not None), int(rank1 is not None),
+        qr, any_(rank0), any_(rank1), *ps, any_(logw), any_(score), *folds, ppos if plan is None else plan, ppos, len(state),
+        int(plan is not None), -1 if plan is not None else int(j), int(spill), q.shape[0], int(rot_k), int(rot_v),
+        int(rank0 is not None), int(rank1 is not None),
         mode, float(thr), int(logw is not None), int(score is not None), len(fold),
     ))  # fmt: skip

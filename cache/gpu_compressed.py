@@ -39,7 +39,11 @@ Two ways a token gets there:
     and the kernel and the policy's hooks (a ``Column``) read it there.
   - a prefill chunk of a calibrated layer with a policy: attention over
     every slot as batched GEMMs, its probabilities to the policy's prefill
-    hook, then the tokens one by one through ``kv_policy_push``.
+    hook, then the tokens in one launch (``kv_policy_push_tokens``: the host
+    picks each token's window slot, the kernel reads the ranks from the
+    policy's score in place and starts each token's state from
+    ``Policy.insert_chunk``); SnapKV, whose ranks are pooled, one by one
+    through ``kv_policy_push``.
 
   The host copy of the storage goes stale (``_stale``) until :meth:`_pull`
   brings it down for a host-path step.
@@ -356,7 +360,9 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         chunk's own tokens, as two batched GEMMs per KV head group; the
         probabilities, summed over each group's query heads, go to the policy's
         prefill hook on the device (a global layer: no sliding window).  Then
-        the chunk's tokens go in one by one (:meth:`_policy_push_on_device`).
+        the chunk's tokens go in: with one launch (``kv_policy_push_tokens``)
+        where the policy ranks by its score, else one by one
+        (:meth:`_policy_push_on_device`).
         """
         xp, s = self._xp, self.spec
         T, H, D = q.shape
@@ -391,8 +397,16 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         old = np.arange(N, dtype=np.int64)  # every slot: an empty one's column is 0, its state reset when filled
         for h in range(n_kv):
             pol.prefill(h, None if probs is None else probs[h], old)
-        for t in range(T):
-            self._policy_push_on_device(qd[t], kd[t], vd[t], int(pos[t]), qp[t : t + 1], t)
+        if not pol.ranks_by_score:  # (SnapKV: ranks pooled over the positions, computed token by token)
+            for t in range(T):
+                self._policy_push_on_device(qd[t], kd[t], vd[t], int(pos[t]), qp[t : t + 1], t)
+            return
+        # one launch: the host chooses each token's window slot (as _policy_push_on_device), the kernel the rest
+        plan = np.array([self._policy_host_step(int(p))[:2] for p in pos], np.int32)  # [T, 2] (j, spill)
+        kvquant.policy_push_tokens(
+            kd, vd, db.t_k, db.mu, self.d_store, to_device(plan, np.int32), qp, pol.insert_chunk(qp, kd), self.basis.rot is not None,
+            self.rot_v is not None, self._policy_state[0], self._device_merge, self.d_logw if self.logw.size else None,
+        )  # fmt: skip
 
     def _prefill_on_device(self, q: Any, k: Any, v: Any, pos: np.ndarray, out: Any) -> None:
         """A prefill chunk of a policy-free layer: attention on the device, and the inserts too once calibrated.

@@ -246,3 +246,52 @@ def test_gpu_cache_decode_copies_nothing_that_grows_and_evicts_as_the_cpu(strict
         for name in ("kc", "km", "vc", "vm"):
             if getattr(b, name).size:
                 assert (getattr(a, name) == getattr(b, name)).mean() >= 0.99, name
+
+
+@pytest.mark.skipif(not emulate.available(), reason="no host C++ compiler for the kernel emulator")
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "2,policy=h2o,budget=24,residual=4,sinks=2,merge=keepkv,mixed=8/2,group=16",
+        "2,policy=tova,budget=24,residual=4,merge=mean,group=16",
+        "2,policy=gkv,budget=24,residual=4,mixed=8/2,group=16",
+        "2,policy=keydiff,budget=24,residual=4,group=16",
+        "2,policy=streaming,budget=24,residual=4,sinks=2,group=16",
+    ],
+)
+def test_a_prefill_chunk_goes_in_with_one_launch_as_token_by_token(strict, spec):
+    """A calibrated layer's prefill chunk goes in with one kernel launch (kv_policy_push_tokens: the ranks read
+    from the score in place, each token's first state from Policy.insert_chunk): the same tokens, codes, state
+    and outputs as one kv_policy_push and the on_insert / adopt hooks per token."""
+    from kvrun.ops.gpu import kernels as K
+
+    kv = KVConfig.parse(spec).validate(128)
+    xp, rng = strict.xp, np.random.default_rng(zlib.crc32(spec.encode()))
+    steps = [(rng.standard_normal((T, SPEC.n_head, 32)), rng.standard_normal((T, 2, 32)), rng.standard_normal((T, 2, 32))) for T in (12, 16, 1, 16, 9)]
+    runs = {}
+    for one_launch in (True, False):
+        gpu = GPUCompressedLayerCache(SPEC, kv, 128)
+        gpu.policy.ranks_by_score = one_launch  # False: the token-by-token path (SnapKV's)
+        launches: list[str] = []
+        orig = K.launch
+        K.launch = lambda name, *a, **kw: (launches.append(name), orig(name, *a, **kw))[1]  # type: ignore[assignment]
+        try:
+            p, outs = 0, []
+            for q, k, v in steps:
+                T = q.shape[0]
+                out = xp.zeros((T, SPEC.n_head, 32), np.float32)
+                gpu.update_and_attend(*(xp.asarray(a.astype(np.float32)) for a in (q, k, v)), np.arange(p, p + T, dtype=np.int32), out)
+                outs.append(strict.asnumpy(out))
+                p += T
+        finally:
+            K.launch = orig
+        assert launches.count("kv_policy_push_tokens") == (3 if one_launch else 0)  # the chunks at 12, 29 and 45
+        runs[one_launch] = outs, gpu.held_positions().copy(), [strict.asnumpy(a) for a in gpu.policy.per_slot()], gpu
+    (o1, pos1, st1, g1), (o0, pos0, st0, g0) = runs[True], runs[False]
+    assert p - g1.n_tokens() > 20  # it evicted
+    np.testing.assert_array_equal(pos1, pos0)
+    for a, b in zip(st1 + o1, st0 + o0, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    for a, b in zip(g1.pools, g0.pools, strict=True):
+        for name in ("kc", "km", "vc", "vm"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))

@@ -64,6 +64,8 @@ class Policy:
     needs_probs = True  # the attention kernels must report probabilities
     # its decode-step hooks are array operations a CUDA graph can capture (no library call that synchronises)
     capturable = True
+    # rank_rows is the score itself (per_slot()[0]): a kernel can read the ranks in place as tokens come
+    ranks_by_score = True
 
     def __init__(self, n_kv: int, n_slots: int, xp: Any = np) -> None:
         self.xp = xp
@@ -129,6 +131,21 @@ class Policy:
         for h, items in self._pending.items():
             for arr, vals in items:
                 arr[h, slots[h]] = vals[t]
+
+    def insert_chunk(self, pos: Array, k: Array) -> Array:
+        """The last prefill chunk's T tokens enter, in order, one slot per head each: the state each starts with,
+        [len(per_slot()), n_kv, T] float32, an array of :attr:`xp` (what :meth:`on_insert` then :meth:`adopt`
+        leave in its slot, token by token; a kernel writes them as it places the tokens).
+
+        pos: [T] int32 their positions; k: [T, n_kv, D] float32 their keys (arrays of :attr:`xp`, or host).
+        Here: zero, then the chunk's own scores from :meth:`prefill`.
+        """
+        arrays = self.per_slot()
+        init = self.xp.zeros((len(arrays), self.score.shape[0], k.shape[0]), np.float32)
+        for h, items in self._pending.items():
+            for arr, vals in items:
+                init[next(i for i, a in enumerate(arrays) if a is arr), h] = vals
+        return init
 
     # ------------------------------------------------------------ selection
     def move(self, head: int, src: int, dst: int) -> None:

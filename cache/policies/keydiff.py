@@ -44,6 +44,18 @@ class KeyDiff(Policy):
         self.score[self._heads(slots)] = -(unit * a).sum(axis=1)
         self.anchor += unit
 
+    def insert_chunk(self, pos: Array, k: Array) -> Array:
+        xp = self.xp
+        k = self._up(k)  # [T, n_kv, D]
+        unit = k / xp.maximum(xp.linalg.norm(k, axis=2, keepdims=True), np.float32(1e-12))
+        if self.anchor is None:
+            self.anchor = xp.zeros_like(unit[0])
+        # the anchor before each token, then after the chunk: [T + 1, n_kv, D] (a running sum, in order, as on_insert's)
+        run = xp.cumsum(xp.concatenate([self.anchor[None], unit]), axis=0)
+        a = run[:-1] / xp.maximum(xp.linalg.norm(run[:-1], axis=2, keepdims=True), np.float32(1e-12))
+        self.anchor[...] = run[-1]
+        return xp.ascontiguousarray(-(unit * a).sum(axis=2).T[None])  # [1, n_kv, T]
+
     def prefill(self, head: int, probs: np.ndarray | None, old: np.ndarray) -> None:
         pass  # keys are scored by on_insert
 

@@ -27,6 +27,7 @@ class SnapKV(Policy):
     # its device ranking sorts (CuPy's argsort runs Thrust, which may allocate and synchronise:
     # not allowed in a stream capture), so its decode steps stay eager on the GPU
     capturable = False
+    ranks_by_score = False  # pooled over position neighbours
     window = 32  # observation window, in queries
     kernel = 7  # pooling width, in positions
 

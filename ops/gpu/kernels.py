@@ -111,9 +111,12 @@ _declare("kvquant.cu", "kv_decode_push", "p" * 21 + "i" * 7 + "i" * 10)
 _declare("kvquant.cu", "kv_fwht_rows", "ppi")  # x, y, n
 # k, v, t_k, mu, pools, slots, ppos, T, rot_k, rot_v, sizes
 _declare("kvquant.cu", "kv_push_tokens", "p" * 19 + "i" * 3 + "i" * 10)
-# q, k, v, t_k, mu, pools (13), qr, rank0, rank1, ps0..2, logw, score, fold0, fold1; n_ps, j, spill, p, n_head, rot_k, rot_v,
-# has_rank0, has_rank1, merge, threshold, has_logw, has_score, n_fold, sizes (10)
+# q, k, v, t_k, mu, pools (13), qr, rank0, rank1, ps0..2, logw, score, fold0, fold1, plan, ppos; n_ps, use_plan, j, spill,
+# n_head, rot_k, rot_v, has_rank0, has_rank1, merge, threshold, has_logw, has_score, n_fold, sizes (10)
 _declare("kvquant.cu", "kv_policy_push", "p" * 30 + "i" * 10 + "f" + "iii" + "i" * 10)
+# k, v, t_k, mu, pools (13), ps0..2, logw, score, fold0, fold1, plan, ppos, init; T, n_ps, rot_k, rot_v, merge, threshold,
+# has_logw, has_score, n_fold, sizes (10)
+_declare("kvquant.cu", "kv_policy_push_tokens", "p" * 27 + "i" * 5 + "f" + "iii" + "i" * 10)
 
 
 def cu_files() -> list[str]:

@@ -430,24 +430,58 @@ __device__ void kq_merge(const KQPools& c, const KQMerge& m, int pool, int v, fl
     __syncthreads();
 }
 
-// A decode token into a compressed layer with an eviction policy, one block per
-// KV head; each head keeps its own tokens (pos [n_kv, N]):
+// A token into a compressed layer with an eviction policy, this block's KV head;
+// each head keeps its own tokens (pos [n_kv, N]):
 //
 //   spill: fp16 slot j's token goes to this head's pool-0 slot jq: the first
-//          empty one, else the policy's victim (kq_pick over rank0 [n_kv, C0]);
-//          a victim is demoted to pool 1 (slot jc, picked over rank1 [n_kv, C1])
+//          empty one, else the policy's victim (kq_pick over rank0 [C0]);
+//          a victim is demoted to pool 1 (slot jc, picked over rank1 [C1])
 //          when there is a pool 1, else evicted; an evicted token (pool 0's
 //          without a pool 1, pool 1's to make room for a demotion) is merged
 //          into its most similar kept token when m.mode says (kq_merge), else dropped;
-//   then the new token into fp16 slot j, and the queries into the cache basis
-//   (as kv_decode_push; its position is ppos[0], and j comes from plan[0] when
-//   use_plan);
+//   then the new token (k, v: this head's rows) at position p into fp16 slot j;
 //   the policy's per-slot state (n_ps arrays [n_kv, N]: ps0, ps1, ps2) and the
 //   merge log-weights (m.logw) move with their tokens, as Policy.move does:
-//   jc <- jq, jq <- j; the new token's log-weight is 0.
+//   jc <- jq, jq <- j; the new token's log-weight is 0, and its state init[i *
+//   init_stride] for array i (Policy.insert_chunk), or left to the policy's
+//   on_insert hook when init is nullptr.
 //
 // (cache/compressed.py _push / _place with the policy's victims: the host
 // knows j, the same for every head, and does not learn jq or jc.)
+__device__ void kq_policy_token(const KQPools& c, const KQMerge& m, const float* k, const float* v, const float* t_k, const float* mu,
+                                const float* rank0, const float* rank1, float* ps0, float* ps1, float* ps2, int n_ps, const float* init,
+                                size_t init_stride, int j, int spill, int p, int rot_k, int rot_v, float* xs, int* cs, float* scr, float* red,
+                                int* si) {
+    const int h = blockIdx.x, d = threadIdx.x;
+    const int F = c.F, C0 = c.C0, C1 = c.C1, N = F + C0 + C1;
+    int* prow = c.pos + (size_t)h * N;
+    int jq = -1, jc = -1;
+    if (spill) {
+        bool empty = false;
+        jq = kq_pick(prow + F, rank0, C0, &empty, si);
+        if (!empty && C1 > 0) {
+            jc = kq_pick(prow + F + C0, rank1, C1, &empty, si);
+            if (!empty && m.mode) kq_merge(c, m, 1, jc, xs, cs, scr, red, si);
+        } else if (!empty && m.mode) {
+            kq_merge(c, m, 0, jq, xs, cs, scr, red, si);
+        }
+    }
+    __syncthreads();  // the picks and merges read prow; kq_push_token moves it
+    kq_push_token(c, k, v, t_k + (size_t)h * c.D, mu + (size_t)h * c.D, j, jq, jc, p, rot_k, rot_v, prow, xs, cs, scr);
+    if (d < n_ps + (m.logw != nullptr)) {  // one thread per state array
+        float* a = (d == n_ps ? m.logw : d == 0 ? ps0 : d == 1 ? ps1 : ps2) + (size_t)h * N;
+        if (jc >= 0) a[F + C0 + jc] = a[F + jq];
+        if (jq >= 0) a[F + jq] = a[j];
+        if (d == n_ps) a[j] = 0.0f;  // the new token stands for itself
+        else if (init != nullptr) a[j] = init[d * init_stride];
+    }
+    __syncthreads();  // the state (a next token's ranks) and positions are written before anyone reads them
+}
+
+// A decode token (kq_policy_token; ranks from Policy.rank_rows, nullptr where no
+// head's pool is full), then the queries into the cache basis (as
+// kv_decode_push; its position is ppos[0], and j comes from plan[0] when
+// use_plan: a captured CUDA graph).  grid (n_kv), block as kv_decode_push.
 extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_policy_push(const float* q, const float* k, const float* v, const float* t_k, const float* mu, KQ_POOL_PARAMS,
                                           float* qr, const float* rank0, const float* rank1, float* ps0, float* ps1, float* ps2, float* logw,
                                           const float* score, float* fold0, float* fold1, const int* plan, const int* ppos, int n_ps, int use_plan,
@@ -461,30 +495,36 @@ extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_policy_push(const floa
     const KQPools c KQ_POOLS;
     const KQMerge m{merge, threshold, has_logw ? logw : nullptr, has_score ? score : nullptr, n_fold > 0 ? fold0 : nullptr,
                     n_fold > 1 ? fold1 : nullptr};
-    const int h = blockIdx.x, d = threadIdx.x;
-    const int N = F + C0 + C1;
-    const int p = ppos[0];
+    const int h = blockIdx.x;
     if (use_plan) j = plan[0];  // a replayed CUDA graph: the host refills plan each step (as kv_decode_push)
-    int* prow = c.pos + (size_t)h * N;
-    int jq = -1, jc = -1;
-    if (spill) {
-        bool empty = false;
-        jq = kq_pick(prow + F, has_rank0 ? rank0 + (size_t)h * C0 : nullptr, C0, &empty, si);
-        if (!empty && C1 > 0) {
-            jc = kq_pick(prow + F + C0, has_rank1 ? rank1 + (size_t)h * C1 : nullptr, C1, &empty, si);
-            if (!empty && merge) kq_merge(c, m, 1, jc, xs, cs, scr, red, si);
-        } else if (!empty && merge) {
-            kq_merge(c, m, 0, jq, xs, cs, scr, red, si);
-        }
-    }
-    __syncthreads();  // the picks and merges read prow; kq_push_token moves it
-    kq_push_token(c, k + (size_t)h * D, v + (size_t)h * Dv, t_k + (size_t)h * D, mu + (size_t)h * D, j, jq, jc, p, rot_k, rot_v, prow, xs, cs,
-                  scr);
-    if (d < n_ps + (m.logw != nullptr)) {  // one thread per state array
-        float* a = (d == n_ps ? m.logw : d == 0 ? ps0 : d == 1 ? ps1 : ps2) + (size_t)h * N;
-        if (jc >= 0) a[F + C0 + jc] = a[F + jq];
-        if (jq >= 0) a[F + jq] = a[j];
-        if (d == n_ps) a[j] = 0.0f;  // the new token stands for itself
-    }
+    kq_policy_token(c, m, k + (size_t)h * D, v + (size_t)h * Dv, t_k, mu, has_rank0 ? rank0 + (size_t)h * C0 : nullptr,
+                    has_rank1 ? rank1 + (size_t)h * C1 : nullptr, ps0, ps1, ps2, n_ps, nullptr, 0, j, spill, ppos[0], rot_k, rot_v, xs, cs,
+                    scr, red, si);
     kq_queries(q, t_k, qr, n_head, D, rot_k, xs);
+}
+
+// A prefill chunk's tokens, in order, into a layer whose policy ranks its slots by
+// its score (Policy.ranks_by_score: ps0, read in place as each token comes):
+// k [T, n_kv, D], v [T, n_kv, Dv]; plan [T, 2] (j, spill) as the host chose them
+// token by token; ppos [T]; init [n_ps, n_kv, T] each token's state
+// (Policy.insert_chunk).  grid (n_kv), block as kv_decode_push.
+extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_policy_push_tokens(const float* k, const float* v, const float* t_k, const float* mu,
+                                          KQ_POOL_PARAMS, float* ps0, float* ps1, float* ps2, float* logw, const float* score, float* fold0,
+                                          float* fold1, const int* plan, const int* ppos, const float* init, int T, int n_ps, int rot_k,
+                                          int rot_v, int merge, float threshold, int has_logw, int has_score, int n_fold, KQ_POOL_SIZES) {
+    __shared__ float xs[KQ_MAX_T];
+    __shared__ int cs[KQ_MAX_T];
+    __shared__ float scr[WARP];
+    __shared__ float red[WARP];
+    __shared__ int si[WARP];
+    const KQPools c KQ_POOLS;
+    const KQMerge m{merge, threshold, has_logw ? logw : nullptr, has_score ? score : nullptr, n_fold > 0 ? fold0 : nullptr,
+                    n_fold > 1 ? fold1 : nullptr};
+    const int h = blockIdx.x, n_kv = gridDim.x, N = F + C0 + C1;
+    const float* rank = ps0 + (size_t)h * N + F;  // pool 0's ranks, then pool 1's
+    for (int t = 0; t < T; ++t) {
+        kq_policy_token(c, m, k + ((size_t)t * n_kv + h) * D, v + ((size_t)t * n_kv + h) * Dv, t_k, mu, rank, rank + C0, ps0, ps1, ps2,
+                        n_ps, init + (size_t)h * T + t, (size_t)n_kv * T, plan[2 * t], plan[2 * t + 1], ppos[t], rot_k, rot_v, xs, cs,
+                        scr, red, si);
+    }
 }

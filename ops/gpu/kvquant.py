@@ -147,16 +147,42 @@ def policy_push(
     most 3) and ``logw`` (the merge log-weights, or None) move with their
     tokens.  The rest as :func:`decode_push`.
     """
-    if len(state) > 3 or (merge is not None and len(merge.fold) > 2):
-        raise ValueError(f"at most 3 per-slot policy arrays and 2 folded ones, got {len(state)}")
     any_ = lambda a: qr if a is None else a  # noqa: E731  (an unused pointer: any array)
-    ps = [*state, qr, qr, qr][:3]
-    mode, thr, score, fold = (0, 0.0, None, []) if merge is None else (merge.mode, merge.threshold, merge.score, merge.fold)
-    folds = [*fold, qr, qr][:2]
+    arrays, flags = _policy_args(state, merge, logw, qr)
     plan = None if isinstance(j, (int, np.integer)) else j
     _launch_push("kv_policy_push", st, (q, k, v, t_k, mu), (
-        qr, any_(rank0), any_(rank1), *ps, any_(logw), any_(score), *folds, ppos if plan is None else plan, ppos, len(state),
+        qr, any_(rank0), any_(rank1), *arrays, ppos if plan is None else plan, ppos, len(state),
         int(plan is not None), -1 if plan is not None else int(j), int(spill), q.shape[0], int(rot_k), int(rot_v),
-        int(rank0 is not None), int(rank1 is not None),
-        mode, float(thr), int(logw is not None), int(score is not None), len(fold),
+        int(rank0 is not None), int(rank1 is not None), *flags,
     ))  # fmt: skip
+
+
+def policy_push_tokens(
+    k: Any, v: Any, t_k: Any, mu: Any, st: DeviceStore, plan: Any, ppos: Any, init: Any, rot_k: bool, rot_v: bool,
+    state: Sequence[Any], merge: DeviceMerge | None = None, logw: Any = None,
+) -> None:  # fmt: skip
+    """A prefill chunk's tokens, in order, into a compressed layer whose policy ranks by its score (``state[0]``,
+    read in place: ``Policy.ranks_by_score``), on the device: each as :func:`policy_push` but for the queries.
+
+    k [T, n_kv, D], v [T, n_kv, Dv] float32 (the model's basis); plan [T, 2] int32
+    (fp16 window slot, spill) as the host chose them token by token; ppos [T]
+    int32 the positions; init [len(state), n_kv, T] float32 the state each token
+    starts with (``Policy.insert_chunk``).  The rest as :func:`policy_push`.
+    """
+    T = k.shape[0]
+    if tuple(plan.shape) != (T, 2) or tuple(init.shape) != (len(state), k.shape[1], T):
+        raise ValueError(f"policy_push_tokens: plan {tuple(plan.shape)}, init {tuple(init.shape)} for {T} tokens")
+    if (plan.dtype, ppos.dtype, init.dtype) != (np.int32, np.int32, np.float32):
+        raise ValueError(f"policy_push_tokens: plan, ppos int32 and init float32, not {plan.dtype}, {ppos.dtype}, {init.dtype}")
+    arrays, flags = _policy_args(state, merge, logw, init)
+    _launch_push("kv_policy_push_tokens", st, (k, v, t_k, mu), (*arrays, plan, ppos, init, T, len(state), int(rot_k), int(rot_v), *flags))
+
+
+def _policy_args(state: Sequence[Any], merge: DeviceMerge | None, logw: Any, filler: Any) -> tuple[list, tuple]:
+    """The policy-push kernels' state pointers (ps0..2, logw, score, fold0, fold1; ``filler`` where unused)
+    and their merge flags (mode, threshold, has_logw, has_score, n_fold)."""
+    if len(state) > 3 or (merge is not None and len(merge.fold) > 2):
+        raise ValueError(f"at most 3 per-slot policy arrays and 2 folded ones, got {len(state)}")
+    mode, thr, score, fold = (0, 0.0, None, []) if merge is None else (merge.mode, merge.threshold, merge.score, merge.fold)
+    arrays = [*[*state, filler, filler, filler][:3], filler if logw is None else logw, filler if score is None else score, *[*fold, filler, filler][:2]]
+    return arrays, (mode, float(thr), int(logw is not None), int(score is not None), len(fold))

@@ -60,7 +60,7 @@ from .kvconfig import KVConfig
 from .keybasis import KeyBasis
 from .merge import make_merger
 from .policies import make_policy
-from .insert import decode_push, fwht_rows, policy_push, push_tokens, window_slot
+from .insert import decode_push, fwht_rows, policy_push, policy_push_tokens, push_tokens, window_slot
 from .pool import Pool
 from .quant import CLIPS, TABLE_BYTES, hadamard
 
@@ -542,12 +542,35 @@ class CompressedLayerCache(LayerCache):
             if self.FAST_DECODE and self._steady_state(int(pos[t])):  # every token only moves slots by age: one call
                 self._push_chunk_fast(k[t:], vr[t:], pos[t:])
                 return
-            if self.FAST_DECODE and self._policy_steady(int(pos[t])):  # a Numba call a token (victims picked there)
-                qs, qr = self._qr[1], self._qr[0]  # (the queries it moves are not wanted: scratch)
+            if self.FAST_DECODE and self._policy_steady(int(pos[t])):  # victims picked in Numba
+                if pol.ranks_by_score:  # the rest of the chunk in one call
+                    self._policy_chunk_fast(k[t:], vr[t:], pos[t:], t)
+                    return
+                qs, qr = self._qr[1], self._qr[0]  # a call a token (the queries it moves are not wanted: scratch)
                 for u in range(t, T):
                     self._policy_push_fast(qs, k[u], vr[u], int(pos[u]), False, qr, t=u)
                 return
             self._push(k[t], vr[t], int(pos[t]), t=t)
+
+    def _policy_chunk_fast(self, k: np.ndarray, vr: np.ndarray, pos: np.ndarray, first: int) -> None:
+        """Rows ``first`` on of a prefill chunk into a layer whose policy ranks by its score, in one Numba call
+        (:func:`.insert.policy_push_tokens`; each token's first state from ``Policy.insert_chunk``).
+        k: [T, n_kv, D] original basis; vr: [T, n_kv, Dv] already in the cache basis."""
+        p0, p1 = self.pools
+        t_k, mu = self._fast_basis()
+        mode, thr, score = self._merge_args
+        state, folds = self._policy_state
+        init = np.ascontiguousarray(self.policy.insert_chunk(pos, k, first), np.float32)
+        policy_push_tokens(
+            np.ascontiguousarray(k, np.float32), np.ascontiguousarray(vr, np.float32), np.asarray(pos, np.int64),
+            self.basis.rot is not None, False, t_k, mu, self.k16, self.v16, self.pos, self.S, self.F,
+            self.lo[0], self._free[0], p0.kc, p0.km, p0.vc, p0.vm, p0.bits_k, p0.bits_v, self.kv.group, p0.klut, p0.vlut,
+            CLIPS[p0.bits_k], CLIPS[p0.bits_v],
+            self.lo[1], self._free[1], p1.kc, p1.km, p1.vc, p1.vm, p1.bits_k, p1.bits_v, p1.klut, p1.vlut,
+            CLIPS[p1.bits_k], CLIPS[p1.bits_v],
+            state, len(state), folds or (self._dummy,), len(folds), self.logw, mode, thr, _EMPTY2 if score is None else score,
+            init, p0._tmp,
+        )  # fmt: skip
 
     def _push_chunk_fast(self, k: np.ndarray, vr: np.ndarray, pos: np.ndarray) -> None:
         """A steady-state prefill chunk's tokens in one Numba call (:func:`.insert.push_tokens`).

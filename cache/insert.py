@@ -279,9 +279,15 @@ def _move_token(h, j, jq, jc, k16, v16, kc, km, vc, vm, bits_k, bits_v, klut, vl
 @nb.njit(inline="always", **_JIT)
 def _new_token(h, j, q, k, v, rot_k, rot_v, t_k, mu, k16, v16, qr, kf, vf):
     """Head ``h``'s new key ``(k t_k) H - mu`` and value ``v H`` into fp16 slot ``j``; its queries ``(q / t_k) H`` into qr."""
-    n_kv, D = k.shape
-    gqa = q.shape[0] // n_kv
     _store_token(h, j, k, v, rot_k, rot_v, t_k, mu, k16, v16, kf, vf)
+    _head_queries(h, q, t_k, rot_k, qr)
+
+
+@nb.njit(inline="always", **_JIT)
+def _head_queries(h, q, t_k, rot_k, qr):
+    """The queries of KV head ``h`` into the cache basis: ``(q / t_k) H`` into qr [n_head, D]."""
+    n_kv, D = t_k.shape
+    gqa = q.shape[0] // n_kv
     for i in range(gqa):
         r = qr[h * gqa + i]
         for d in range(D):
@@ -445,6 +451,57 @@ def policy_push(
     only where has_rank*).  ``free``/``free1`` [n_kv]: empty slots per head,
     kept up to date.  The rest as :func:`decode_push`.
     """
+    _policy_token(
+        k, v, p, rot_k, rot_v, t_k, mu, k16, v16, pos, j, spill,
+        lo, free, kc, km, vc, vm, bits_k, bits_v, G, klut, vlut, clips_k, clips_v, rank0, has_rank0,
+        lo1, free1, kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1, clips_k1, clips_v1, rank1, has_rank1,
+        state, n_state, folds, n_fold, logw, mode, threshold, score, logw[:0], False, tmp,
+    )  # fmt: skip
+    for h in range(k.shape[0]):
+        _head_queries(h, q, t_k, rot_k, qr)
+
+
+@nb.njit(**_JIT)
+def policy_push_tokens(
+    k, v, ppos, rot_k, rot_v, t_k, mu, k16, v16, pos, S, F,
+    lo, free, kc, km, vc, vm, bits_k, bits_v, G, klut, vlut, clips_k, clips_v,
+    lo1, free1, kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1, clips_k1, clips_v1,
+    state, n_state, folds, n_fold, logw, mode, threshold, score, init, tmp,
+) -> None:  # fmt: skip
+    """A prefill chunk's tokens, in order, into a layer whose policy ranks by its score
+    (``Policy.ranks_by_score``: ``state[0]``, read in place as each token comes): ``kvquant.cu``
+    kv_policy_push_tokens on the CPU.
+
+    k [T, n_kv, D], v [T, n_kv, Dv] (values in the cache basis when not
+    ``rot_v``); ppos [T] their positions; each takes the window slot
+    :func:`window_slot` gives, spilling when the window is full; init
+    [n_state, n_kv, T] float32 the state each starts with
+    (``Policy.insert_chunk``).  The rest as :func:`policy_push`.
+    """
+    N = pos.shape[1]
+    C0, C1 = kc.shape[1], kc1.shape[1]
+    rank0 = state[0][:, lo : lo + C0]
+    rank1 = state[0][:, lo1 : lo1 + C1]
+    for t in range(k.shape[0]):
+        j, full = window_slot(pos, S, F)
+        spill = full and N > F
+        _policy_token(
+            k[t], v[t], ppos[t], rot_k, rot_v, t_k, mu, k16, v16, pos, j, spill,
+            lo, free, kc, km, vc, vm, bits_k, bits_v, G, klut, vlut, clips_k, clips_v, rank0, True,
+            lo1, free1, kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1, clips_k1, clips_v1, rank1, True,
+            state, n_state, folds, n_fold, logw, mode, threshold, score, init[:, :, t], True, tmp,
+        )  # fmt: skip
+
+
+@nb.njit(**_JIT)
+def _policy_token(
+    k, v, p, rot_k, rot_v, t_k, mu, k16, v16, pos, j, spill,
+    lo, free, kc, km, vc, vm, bits_k, bits_v, G, klut, vlut, clips_k, clips_v, rank0, has_rank0,
+    lo1, free1, kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1, clips_k1, clips_v1, rank1, has_rank1,
+    state, n_state, folds, n_fold, logw, mode, threshold, score, init, has_init, tmp,
+) -> None:  # fmt: skip
+    """One token into every head of a layer with a policy (:func:`policy_push` but for the queries); with
+    ``has_init`` its state starts at ``init`` [n_state, n_kv] (else left to the policy's on_insert)."""
     n_kv, D = k.shape
     Dv = v.shape[1]
     kf, vf = np.empty(D, np.float32), np.empty(Dv, np.float32)
@@ -475,7 +532,9 @@ def policy_push(
         prow[j] = p
         for i in range(n_state):
             _follow(state[i], h, j, jq, jc, lo, lo1)
+            if has_init:
+                state[i][h, j] = init[i, h]
         if logw.shape[0] > 0:
             _follow(logw, h, j, jq, jc, lo, lo1)
             logw[h, j] = 0.0
-        _new_token(h, j, q, k, v, rot_k, rot_v, t_k, mu, k16, v16, qr, kf, vf)
+        _store_token(h, j, k, v, rot_k, rot_v, t_k, mu, k16, v16, kf, vf)

@@ -169,11 +169,14 @@ def test_one_call_policy_decode_keeps_what_the_step_by_step_path_keeps(spec):
 
 @pytest.mark.parametrize("spec", ONE_CALL_KV)
 def test_one_call_policy_prefill_keeps_what_the_step_by_step_path_keeps(spec):
-    """Prefill chunks once the layer is calibrated: each token in one policy_push call, given the
-    chunk's scores (adopt), as the Python path places them."""
+    """Prefill chunks once the layer is calibrated, as the Python path places them: in one
+    policy_push_tokens call each where the policy ranks by its score (read in place; each token's
+    state from Policy.insert_chunk), else each token in one policy_push call, given the chunk's
+    scores (adopt)."""
     calls = _one_call_against_step_by_step(spec, [10] + [1] * 10 + [12, 8, 16] + [1] * 8 + [20, 6])
     # (the first chunk too, from the spill that calibrates the layer on)
     assert 12 + 8 + 16 + 20 + 6 < calls["prefill"] < 10 + 12 + 8 + 16 + 20 + 6 and calls["decode"] == 18
+    assert calls["chunks"] == (6 if "snapkv" not in spec else 0)
 
 
 def _one_call_against_step_by_step(spec: str, steps: list[int]) -> dict[str, int]:
@@ -188,7 +191,7 @@ def _one_call_against_step_by_step(spec: str, steps: list[int]) -> dict[str, int
     kv = KVConfig.parse(spec).validate(128)
     fast, slow = CompressedLayerCache(spec_l, kv, 128), CompressedLayerCache(spec_l, kv, 128)
     slow.FAST_DECODE = False
-    calls = {"decode": 0, "prefill": 0}
+    calls = {"decode": 0, "prefill": 0, "chunks": 0}
     orig = fast._policy_push_fast
 
     def counted(*a, t=-1):
@@ -196,6 +199,14 @@ def _one_call_against_step_by_step(spec: str, steps: list[int]) -> dict[str, int
         orig(*a, t=t)
 
     fast._policy_push_fast = counted  # type: ignore[method-assign]
+    chunk = fast._policy_chunk_fast
+
+    def counted_chunk(k, vr, pos, first):
+        calls["prefill"] += len(pos)
+        calls["chunks"] += 1
+        chunk(k, vr, pos, first)
+
+    fast._policy_chunk_fast = counted_chunk  # type: ignore[method-assign]
     rng = np.random.default_rng(zlib.crc32(spec.encode()))
     # KeepKV weighs a merge by the two tokens' scores, and the scores carry float noise (the
     # one call moves the queries into the cache basis by butterflies, the Python path by a

@@ -132,19 +132,21 @@ class Policy:
             for arr, vals in items:
                 arr[h, slots[h]] = vals[t]
 
-    def insert_chunk(self, pos: Array, k: Array) -> Array:
-        """The last prefill chunk's T tokens enter, in order, one slot per head each: the state each starts with,
-        [len(per_slot()), n_kv, T] float32, an array of :attr:`xp` (what :meth:`on_insert` then :meth:`adopt`
-        leave in its slot, token by token; a kernel writes them as it places the tokens).
+    def insert_chunk(self, pos: Array, k: Array, first: int = 0) -> Array:
+        """Rows ``first`` on of the last prefill chunk, T tokens, enter in order, one slot per head each: the
+        state each starts with, [len(per_slot()), n_kv, T] float32, an array of :attr:`xp` (what
+        :meth:`on_insert` then :meth:`adopt` leave in its slot, token by token; a kernel writes them as it
+        places the tokens).
 
-        pos: [T] int32 their positions; k: [T, n_kv, D] float32 their keys (arrays of :attr:`xp`, or host).
+        pos: [T] their positions; k: [T, n_kv, D] float32 their keys (arrays of :attr:`xp`, or host).
         Here: zero, then the chunk's own scores from :meth:`prefill`.
         """
         arrays = self.per_slot()
-        init = self.xp.zeros((len(arrays), self.score.shape[0], k.shape[0]), np.float32)
+        T = k.shape[0]
+        init = self.xp.zeros((len(arrays), self.score.shape[0], T), np.float32)
         for h, items in self._pending.items():
             for arr, vals in items:
-                init[next(i for i, a in enumerate(arrays) if a is arr), h] = vals
+                init[next(i for i, a in enumerate(arrays) if a is arr), h] = vals[first : first + T]
         return init
 
     # ------------------------------------------------------------ selection

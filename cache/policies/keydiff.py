@@ -44,7 +44,7 @@ class KeyDiff(Policy):
         self.score[self._heads(slots)] = -(unit * a).sum(axis=1)
         self.anchor += unit
 
-    def insert_chunk(self, pos: Array, k: Array) -> Array:
+    def insert_chunk(self, pos: Array, k: Array, first: int = 0) -> Array:
         xp = self.xp
         k = self._up(k)  # [T, n_kv, D]
         unit = k / xp.maximum(xp.linalg.norm(k, axis=2, keepdims=True), np.float32(1e-12))

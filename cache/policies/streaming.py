@@ -23,7 +23,7 @@ class Streaming(Policy):
         # (a position on the device, in a captured step, is int32: cast as the score is, not left to the scatter)
         self.score[self._heads(slots)] = pos if isinstance(pos, (int, np.integer)) else pos.astype(np.float32)
 
-    def insert_chunk(self, pos: Array, k: Array) -> Array:
+    def insert_chunk(self, pos: Array, k: Array, first: int = 0) -> Array:
         p = self._up(pos).astype(np.float32)  # [T]
         return self.xp.ascontiguousarray(self.xp.broadcast_to(p[None, None], (1, self.score.shape[0], p.shape[0])))
 

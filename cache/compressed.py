@@ -569,7 +569,7 @@ class CompressedLayerCache(LayerCache):
             self.lo[1], self._free[1], p1.kc, p1.km, p1.vc, p1.vm, p1.bits_k, p1.bits_v, p1.klut, p1.vlut,
             CLIPS[p1.bits_k], CLIPS[p1.bits_v],
             state, len(state), folds or (self._dummy,), len(folds), self.logw, mode, thr, _EMPTY2 if score is None else score,
-            init, p0._tmp,
+            init, self.policy.rank_pool, p0._tmp,
         )  # fmt: skip
 
     def _push_chunk_fast(self, k: np.ndarray, vr: np.ndarray, pos: np.ndarray) -> None:

@@ -42,8 +42,7 @@ Two ways a token gets there:
     hook, then the tokens in one launch (``kv_policy_push_tokens``: the host
     picks each token's window slot, the kernel reads the ranks from the
     policy's score in place and starts each token's state from
-    ``Policy.insert_chunk``); SnapKV, whose ranks are pooled, one by one
-    through ``kv_policy_push``.
+    ``Policy.insert_chunk``; SnapKV's ranks pooled there as each token comes).
 
   The host copy of the storage goes stale (``_stale``) until :meth:`_pull`
   brings it down for a host-path step.
@@ -397,7 +396,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         old = np.arange(N, dtype=np.int64)  # every slot: an empty one's column is 0, its state reset when filled
         for h in range(n_kv):
             pol.prefill(h, None if probs is None else probs[h], old)
-        if not pol.ranks_by_score:  # (SnapKV: ranks pooled over the positions, computed token by token)
+        if not pol.ranks_by_score:  # a policy whose ranks are not (pooled) scores: token by token
             for t in range(T):
                 self._policy_push_on_device(qd[t], kd[t], vd[t], int(pos[t]), qp[t : t + 1], t)
             return
@@ -405,7 +404,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         plan = np.array([self._policy_host_step(int(p))[:2] for p in pos], np.int32)  # [T, 2] (j, spill)
         kvquant.policy_push_tokens(
             kd, vd, db.t_k, db.mu, self.d_store, to_device(plan, np.int32), qp, pol.insert_chunk(qp, kd), self.basis.rot is not None,
-            self.rot_v is not None, self._policy_state[0], self._device_merge, self.d_logw if self.logw.size else None,
+            self.rot_v is not None, self._policy_state[0], self._device_merge, self.d_logw if self.logw.size else None, pol.rank_pool,
         )  # fmt: skip
 
     def _prefill_on_device(self, q: Any, k: Any, v: Any, pos: np.ndarray, out: Any) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..ops.cpu.f16 import bitcast_f32_u32, bitcast_u32_f32, f16_to_f32
 from ..ops.cpu.qattention import dequant_row, key_similarity
+from .policies.snapkv import pooled_rows
 from .quant import quantize_row
 
 _JIT = dict(cache=True, nogil=True)
@@ -466,11 +467,12 @@ def policy_push_tokens(
     k, v, ppos, rot_k, rot_v, t_k, mu, k16, v16, pos, S, F,
     lo, free, kc, km, vc, vm, bits_k, bits_v, G, klut, vlut, clips_k, clips_v,
     lo1, free1, kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1, clips_k1, clips_v1,
-    state, n_state, folds, n_fold, logw, mode, threshold, score, init, tmp,
+    state, n_state, folds, n_fold, logw, mode, threshold, score, init, pool_width, tmp,
 ) -> None:  # fmt: skip
     """A prefill chunk's tokens, in order, into a layer whose policy ranks by its score
-    (``Policy.ranks_by_score``: ``state[0]``, read in place as each token comes): ``kvquant.cu``
-    kv_policy_push_tokens on the CPU.
+    (``Policy.ranks_by_score``: ``state[0]``, read in place as each token comes, or max-pooled
+    over ``pool_width`` neighbours in position order when > 0, ``Policy.rank_pool``):
+    ``kvquant.cu`` kv_policy_push_tokens on the CPU.
 
     k [T, n_kv, D], v [T, n_kv, Dv] (values in the cache basis when not
     ``rot_v``); ppos [T] their positions; each takes the window slot
@@ -480,11 +482,19 @@ def policy_push_tokens(
     """
     N = pos.shape[1]
     C0, C1 = kc.shape[1], kc1.shape[1]
-    rank0 = state[0][:, lo : lo + C0]
-    rank1 = state[0][:, lo1 : lo1 + C1]
+    s0, s1 = state[0][:, lo : lo + C0], state[0][:, lo1 : lo1 + C1]
+    p0, p1 = pos[:, lo : lo + C0], pos[:, lo1 : lo1 + C1]
+    rank0, rank1 = np.empty((k.shape[1], C0), np.float32), np.empty((k.shape[1], C1), np.float32)
     for t in range(k.shape[0]):
         j, full = window_slot(pos, S, F)
         spill = full and N > F
+        if spill:  # the ranks as the token comes (the state moved with the last one)
+            if pool_width > 0:
+                pooled_rows(s0, p0, pool_width, rank0)
+                pooled_rows(s1, p1, pool_width, rank1)
+            else:
+                rank0[:] = s0
+                rank1[:] = s1
         _policy_token(
             k[t], v[t], ppos[t], rot_k, rot_v, t_k, mu, k16, v16, pos, j, spill,
             lo, free, kc, km, vc, vm, bits_k, bits_v, G, klut, vlut, clips_k, clips_v, rank0, True,

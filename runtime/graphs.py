@@ -19,7 +19,9 @@ the fp16 window and every pool are full: each step then spills, picks a victim
 in each pool and merges on the device, and the policy's hooks are array
 operations the capture records too (CuPy's are kernels), so only the window
 slot changes, planned by the host into the buffer as above.  Policies whose
-hooks cannot be captured (``Policy.capturable``: SnapKV sorts), runtimes that
+hooks cannot be captured yet (``Policy.capturable``: KeyDiff before its first
+token; no hook sorts on the device, which CuPy does with Thrust, outside what a
+graph can hold: SnapKV's ranks come from a kernel), runtimes that
 cannot record array operations (the plain emulator, whose ``xp`` is numpy) and
 the steps before the cache is calibrated or full decode eagerly: their launches
 follow the data.

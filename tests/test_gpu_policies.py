@@ -58,13 +58,20 @@ class Module:
         pytest.param("cupy", marks=[pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs an NVIDIA GPU with CuPy")]),
     ]
 )
-def device(request) -> Module:
+def device(request):
     if request.param == "cupy":
         import cupy
 
-        return Module(cupy, cupy.asarray, cupy.asnumpy, logs=False)
-    xp = devicexp.DeviceModule()
-    return Module(xp, xp.asarray, devicexp.StrictRuntime().asnumpy, logs=True)
+        yield Module(cupy, cupy.asarray, cupy.asnumpy, logs=False)
+        return
+    from kvrun.ops.gpu import kernels as K
+
+    rt = devicexp.StrictRuntime()  # (its kernels, such as SnapKV's device ranks, run on the emulator)
+    prev = K.set_runtime(rt)
+    try:
+        yield Module(rt.xp, rt.xp.asarray, rt.asnumpy, logs=True)
+    finally:
+        K.set_runtime(prev)
 
 
 HOST = Module(np, np.asarray, np.asarray, logs=False)
@@ -154,6 +161,20 @@ def test_device_victim_breaks_ties_by_age(device, name):
         p.after_step()
         # h2o: slot 7 alone scores 0; snapkv: pooled over 7 neighbours every score is 1, the oldest (3, slot 3) goes
         assert p.victim(0, 2, 8, np.array([9, 3, 7, 5, 11, 4], np.int32)) == (7 if name == "h2o" else 3)
+
+
+@pytest.mark.parametrize("n", [1, 6, 40, 1100])
+def test_snapkv_device_ranks_pool_the_scores_in_position_order_without_a_sort(device, n):
+    """ops/gpu/ranks.cu: each slot's score max-pooled over its neighbours in position order, as the host's
+    sort-based _pooled, bit for bit; empty slots (position -1, several) in a stable order; scores tied."""
+    from kvrun.ops.gpu.ranks import pooled_ranks
+
+    rng = np.random.default_rng(n)
+    s = rng.integers(0, 5, (3, n)).astype(np.float32)  # few values: ties
+    pos = np.stack([rng.permutation(n) for _ in range(3)]).astype(np.int32) + 100
+    pos[:, rng.random(n) < 0.2] = -1
+    want = make_policy("snapkv", 3, n)._pooled(s, pos)
+    np.testing.assert_array_equal(device.down(pooled_ranks(device.up(s), device.up(pos), 7)), want)
 
 
 # ----------------------------------------------------------------- the GPU layer cache
@@ -257,12 +278,13 @@ def test_gpu_cache_decode_copies_nothing_that_grows_and_evicts_as_the_cpu(strict
         "2,policy=gkv,budget=24,residual=4,mixed=8/2,group=16",
         "2,policy=keydiff,budget=24,residual=4,group=16",
         "2,policy=streaming,budget=24,residual=4,sinks=2,group=16",
+        "3,policy=snapkv,budget=24,residual=4,merge=keepkv,mixed=8/3,group=16",
     ],
 )
 def test_a_prefill_chunk_goes_in_with_one_launch_as_token_by_token(strict, spec):
     """A calibrated layer's prefill chunk goes in with one kernel launch (kv_policy_push_tokens: the ranks read
-    from the score in place, each token's first state from Policy.insert_chunk): the same tokens, codes, state
-    and outputs as one kv_policy_push and the on_insert / adopt hooks per token."""
+    from the score in place, or SnapKV's pooled there, each token's first state from Policy.insert_chunk): the
+    same tokens, codes, state and outputs as one kv_policy_push and the on_insert / adopt hooks per token."""
     from kvrun.ops.gpu import kernels as K
 
     kv = KVConfig.parse(spec).validate(128)
@@ -271,7 +293,7 @@ def test_a_prefill_chunk_goes_in_with_one_launch_as_token_by_token(strict, spec)
     runs = {}
     for one_launch in (True, False):
         gpu = GPUCompressedLayerCache(SPEC, kv, 128)
-        gpu.policy.ranks_by_score = one_launch  # False: the token-by-token path (SnapKV's)
+        gpu.policy.ranks_by_score = one_launch  # False: the token-by-token path
         launches: list[str] = []
         orig = K.launch
         K.launch = lambda name, *a, **kw: (launches.append(name), orig(name, *a, **kw))[1]  # type: ignore[assignment]

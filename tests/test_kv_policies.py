@@ -170,13 +170,12 @@ def test_one_call_policy_decode_keeps_what_the_step_by_step_path_keeps(spec):
 @pytest.mark.parametrize("spec", ONE_CALL_KV)
 def test_one_call_policy_prefill_keeps_what_the_step_by_step_path_keeps(spec):
     """Prefill chunks once the layer is calibrated, as the Python path places them: in one
-    policy_push_tokens call each where the policy ranks by its score (read in place; each token's
-    state from Policy.insert_chunk), else each token in one policy_push call, given the chunk's
-    scores (adopt)."""
+    policy_push_tokens call each, the ranks from the score as each token comes (SnapKV's pooled),
+    each token's state from Policy.insert_chunk."""
     calls = _one_call_against_step_by_step(spec, [10] + [1] * 10 + [12, 8, 16] + [1] * 8 + [20, 6])
     # (the first chunk too, from the spill that calibrates the layer on)
     assert 12 + 8 + 16 + 20 + 6 < calls["prefill"] < 10 + 12 + 8 + 16 + 20 + 6 and calls["decode"] == 18
-    assert calls["chunks"] == (6 if "snapkv" not in spec else 0)
+    assert calls["chunks"] == 6
 
 
 def _one_call_against_step_by_step(spec: str, steps: list[int]) -> dict[str, int]:

@@ -62,10 +62,13 @@ class Policy:
 
     name = "base"
     needs_probs = True  # the attention kernels must report probabilities
-    # its decode-step hooks are array operations a CUDA graph can capture (no library call that synchronises)
+    # its decode-step hooks are array operations a CUDA graph can capture now (no sort: CuPy's runs Thrust,
+    # which synchronises; no allocation on first use)
     capturable = True
-    # rank_rows is the score itself (per_slot()[0]): a kernel can read the ranks in place as tokens come
+    # rank_rows is the score itself (per_slot()[0]), max-pooled over rank_pool neighbours in position order
+    # when > 0: a kernel can compute the ranks as a chunk's tokens come (kv_policy_push_tokens)
     ranks_by_score = True
+    rank_pool = 0
 
     def __init__(self, n_kv: int, n_slots: int, xp: Any = np) -> None:
         self.xp = xp

@@ -24,12 +24,9 @@ from .base import Array, Policy
 
 class SnapKV(Policy):
     name = "snapkv"
-    # its device ranking sorts (CuPy's argsort runs Thrust, which may allocate and synchronise:
-    # not allowed in a stream capture), so its decode steps stay eager on the GPU
-    capturable = False
-    ranks_by_score = False  # pooled over position neighbours
     window = 32  # observation window, in queries
     kernel = 7  # pooling width, in positions
+    rank_pool = kernel  # (rank_rows: the score pooled over the kernel)
 
     def __init__(self, n_kv: int, n_slots: int, xp: Any = np) -> None:
         super().__init__(n_kv, n_slots, xp)
@@ -55,6 +52,10 @@ class SnapKV(Policy):
         return self._pooled(s[None], self._up(pos)[None])[0]
 
     def rank_rows(self, lo: int, hi: int, pos: Array) -> Array:
+        if self.xp is not np:  # the device decode step: one kernel, no sort (CuPy's runs Thrust, which a CUDA graph cannot hold)
+            from ...ops.gpu.ranks import pooled_ranks
+
+            return pooled_ranks(self.score[:, lo:hi], pos, self.kernel)
         return self._pooled(self.score[:, lo:hi], pos)
 
     def _pooled(self, s: Array, pos: Array) -> Array:
@@ -63,7 +64,7 @@ class SnapKV(Policy):
         m, n = s.shape
         if xp is np:  # one Numba call (the decode step ranks every layer's pool each token)
             out = np.empty((m, n), np.float32)
-            _pooled_rows(s, pos, self.kernel, out)
+            pooled_rows(s, pos, self.kernel, out)
             return out
         rows = xp.arange(m)[:, None]
         order = self._argsort(pos)  # [m, n] each row's candidates by position
@@ -84,7 +85,7 @@ class SnapKV(Policy):
 
 
 @nb.njit(cache=True, nogil=True)
-def _pooled_rows(s: np.ndarray, pos: np.ndarray, kernel: int, out: np.ndarray) -> None:
+def pooled_rows(s: np.ndarray, pos: np.ndarray, kernel: int, out: np.ndarray) -> None:
     """:meth:`SnapKV._pooled` on the host: per row, the max over each slot's ``kernel`` position
     neighbours (the ends repeated, as numpy's edge padding), in one pass."""
     m, n = s.shape

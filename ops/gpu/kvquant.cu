@@ -21,6 +21,7 @@
 // flow stays uniform across the whole block (flags, not breaks): the shuffles
 // and barriers need every thread.
 #include "kvq.cuh"
+#include "ranks.cuh"
 
 #define KQ_MAX_T 1024    // threads per block (the widest row)
 #define KQ_MAX_CLIPS 8   // clipping ratios per width (cache/quant.py CLIPS), 0-terminated
@@ -504,14 +505,17 @@ extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_policy_push(const floa
 }
 
 // A prefill chunk's tokens, in order, into a layer whose policy ranks its slots by
-// its score (Policy.ranks_by_score: ps0, read in place as each token comes):
+// its score (Policy.ranks_by_score: ps0, read in place as each token comes, or
+// max-pooled over pool_width neighbours in position order when > 0, into rs
+// [n_kv, C0 + C1] with ri [n_kv, 2, max(C0, C1)] int scratch: SnapKV):
 // k [T, n_kv, D], v [T, n_kv, Dv]; plan [T, 2] (j, spill) as the host chose them
 // token by token; ppos [T]; init [n_ps, n_kv, T] each token's state
 // (Policy.insert_chunk).  grid (n_kv), block as kv_decode_push.
 extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_policy_push_tokens(const float* k, const float* v, const float* t_k, const float* mu,
                                           KQ_POOL_PARAMS, float* ps0, float* ps1, float* ps2, float* logw, const float* score, float* fold0,
-                                          float* fold1, const int* plan, const int* ppos, const float* init, int T, int n_ps, int rot_k,
-                                          int rot_v, int merge, float threshold, int has_logw, int has_score, int n_fold, KQ_POOL_SIZES) {
+                                          float* fold1, const int* plan, const int* ppos, const float* init, float* rs, int* ri, int T, int n_ps,
+                                          int rot_k, int rot_v, int pool_width, int merge, float threshold, int has_logw, int has_score,
+                                          int n_fold, KQ_POOL_SIZES) {
     __shared__ float xs[KQ_MAX_T];
     __shared__ int cs[KQ_MAX_T];
     __shared__ float scr[WARP];
@@ -520,11 +524,19 @@ extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_policy_push_tokens(con
     const KQPools c KQ_POOLS;
     const KQMerge m{merge, threshold, has_logw ? logw : nullptr, has_score ? score : nullptr, n_fold > 0 ? fold0 : nullptr,
                     n_fold > 1 ? fold1 : nullptr};
-    const int h = blockIdx.x, n_kv = gridDim.x, N = F + C0 + C1;
-    const float* rank = ps0 + (size_t)h * N + F;  // pool 0's ranks, then pool 1's
+    const int h = blockIdx.x, n_kv = gridDim.x, N = F + C0 + C1, Cm = C0 > C1 ? C0 : C1;
+    // pool 0's ranks, then pool 1's: the score in place, or pooled into rs
+    const float* rank = pool_width > 0 ? rs + (size_t)h * (C0 + C1) : ps0 + (size_t)h * N + F;
     for (int t = 0; t < T; ++t) {
+        const int spill = plan[2 * t + 1];
+        if (pool_width > 0 && spill) {  // (uniform over the block: the barriers inside are safe)
+            int* o = ri + (size_t)h * 2 * Cm;
+            const size_t r0 = (size_t)h * N + F;
+            pol_pool_row(ps0 + r0, c.pos + r0, rs + (size_t)h * (C0 + C1), o, o + Cm, C0, pool_width);
+            if (C1 > 0) pol_pool_row(ps0 + r0 + C0, c.pos + r0 + C0, rs + (size_t)h * (C0 + C1) + C0, o, o + Cm, C1, pool_width);
+        }
         kq_policy_token(c, m, k + ((size_t)t * n_kv + h) * D, v + ((size_t)t * n_kv + h) * Dv, t_k, mu, rank, rank + C0, ps0, ps1, ps2,
-                        n_ps, init + (size_t)h * T + t, (size_t)n_kv * T, plan[2 * t], plan[2 * t + 1], ppos[t], rot_k, rot_v, xs, cs,
-                        scr, red, si);
+                        n_ps, init + (size_t)h * T + t, (size_t)n_kv * T, plan[2 * t], spill, ppos[t], rot_k, rot_v, xs, cs, scr, red,
+                        si);
     }
 }

@@ -159,10 +159,11 @@ def policy_push(
 
 def policy_push_tokens(
     k: Any, v: Any, t_k: Any, mu: Any, st: DeviceStore, plan: Any, ppos: Any, init: Any, rot_k: bool, rot_v: bool,
-    state: Sequence[Any], merge: DeviceMerge | None = None, logw: Any = None,
+    state: Sequence[Any], merge: DeviceMerge | None = None, logw: Any = None, pool_width: int = 0,
 ) -> None:  # fmt: skip
     """A prefill chunk's tokens, in order, into a compressed layer whose policy ranks by its score (``state[0]``,
-    read in place: ``Policy.ranks_by_score``), on the device: each as :func:`policy_push` but for the queries.
+    read as each token comes, max-pooled over ``pool_width`` neighbours in position order when > 0:
+    ``Policy.ranks_by_score``, ``Policy.rank_pool``), on the device: each as :func:`policy_push` but for the queries.
 
     k [T, n_kv, D], v [T, n_kv, Dv] float32 (the model's basis); plan [T, 2] int32
     (fp16 window slot, spill) as the host chose them token by token; ppos [T]
@@ -175,7 +176,14 @@ def policy_push_tokens(
     if (plan.dtype, ppos.dtype, init.dtype) != (np.int32, np.int32, np.float32):
         raise ValueError(f"policy_push_tokens: plan, ppos int32 and init float32, not {plan.dtype}, {ppos.dtype}, {init.dtype}")
     arrays, flags = _policy_args(state, merge, logw, init)
-    _launch_push("kv_policy_push_tokens", st, (k, v, t_k, mu), (*arrays, plan, ppos, init, T, len(state), int(rot_k), int(rot_v), *flags))
+    xp = K.runtime().xp
+    n_kv, C0, C1 = k.shape[1], st.pool0.kc.shape[1], st.pool1.kc.shape[1]
+    rs = xp.empty((n_kv, C0 + C1) if pool_width else (1,), np.float32)  # pooled ranks, per token
+    ri = xp.empty((n_kv, 2, max(C0, C1)) if pool_width else (1,), np.int32)  # their scratch: order and rank
+    _launch_push(
+        "kv_policy_push_tokens", st, (k, v, t_k, mu),
+        (*arrays, plan, ppos, init, rs, ri, T, len(state), int(rot_k), int(rot_v), pool_width, *flags),
+    )  # fmt: skip
 
 
 def _policy_args(state: Sequence[Any], merge: DeviceMerge | None, logw: Any, filler: Any) -> tuple[list, tuple]:

@@ -479,6 +479,20 @@ __device__ void kq_policy_token(const KQPools& c, const KQMerge& m, const float*
     __syncthreads();  // the state (a next token's ranks) and positions are written before anyone reads them
 }
 
+// What both policy-push kernels below set up: kq_policy_token's shared scratch, the
+// pools, and the merge parameters from their arguments.
+#define KQ_POLICY_STATE                                                                                                         \
+    __shared__ float xs[KQ_MAX_T];                                                                                              \
+    __shared__ int cs[KQ_MAX_T];                                                                                                \
+    __shared__ float scr[WARP];                                                                                                 \
+    __shared__ float red[WARP];                                                                                                 \
+    __shared__ int si[WARP];                                                                                                    \
+    const KQPools c KQ_POOLS;                                                                                                   \
+    const KQMerge m {                                                                                                           \
+        merge, threshold, has_logw ? logw : nullptr, has_score ? score : nullptr, n_fold > 0 ? fold0 : nullptr,                  \
+            n_fold > 1 ? fold1 : nullptr                                                                                        \
+    }
+
 // A decode token (kq_policy_token; ranks from Policy.rank_rows, nullptr where no
 // head's pool is full), then the queries into the cache basis (as
 // kv_decode_push; its position is ppos[0], and j comes from plan[0] when
@@ -488,14 +502,7 @@ extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_policy_push(const floa
                                           const float* score, float* fold0, float* fold1, const int* plan, const int* ppos, int n_ps, int use_plan,
                                           int j, int spill, int n_head, int rot_k, int rot_v, int has_rank0, int has_rank1, int merge,
                                           float threshold, int has_logw, int has_score, int n_fold, KQ_POOL_SIZES) {
-    __shared__ float xs[KQ_MAX_T];
-    __shared__ int cs[KQ_MAX_T];
-    __shared__ float scr[WARP];
-    __shared__ float red[WARP];
-    __shared__ int si[WARP];
-    const KQPools c KQ_POOLS;
-    const KQMerge m{merge, threshold, has_logw ? logw : nullptr, has_score ? score : nullptr, n_fold > 0 ? fold0 : nullptr,
-                    n_fold > 1 ? fold1 : nullptr};
+    KQ_POLICY_STATE;
     const int h = blockIdx.x;
     if (use_plan) j = plan[0];  // a replayed CUDA graph: the host refills plan each step (as kv_decode_push)
     kq_policy_token(c, m, k + (size_t)h * D, v + (size_t)h * Dv, t_k, mu, has_rank0 ? rank0 + (size_t)h * C0 : nullptr,
@@ -516,14 +523,7 @@ extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_policy_push_tokens(con
                                           float* fold1, const int* plan, const int* ppos, const float* init, float* rs, int* ri, int T, int n_ps,
                                           int rot_k, int rot_v, int pool_width, int merge, float threshold, int has_logw, int has_score,
                                           int n_fold, KQ_POOL_SIZES) {
-    __shared__ float xs[KQ_MAX_T];
-    __shared__ int cs[KQ_MAX_T];
-    __shared__ float scr[WARP];
-    __shared__ float red[WARP];
-    __shared__ int si[WARP];
-    const KQPools c KQ_POOLS;
-    const KQMerge m{merge, threshold, has_logw ? logw : nullptr, has_score ? score : nullptr, n_fold > 0 ? fold0 : nullptr,
-                    n_fold > 1 ? fold1 : nullptr};
+    KQ_POLICY_STATE;
     const int h = blockIdx.x, n_kv = gridDim.x, N = F + C0 + C1, Cm = C0 > C1 ? C0 : C1;
     // pool 0's ranks, then pool 1's: the score in place, or pooled into rs
     const float* rank = pool_width > 0 ? rs + (size_t)h * (C0 + C1) : ps0 + (size_t)h * N + F;

@@ -78,7 +78,7 @@ from ..ops.gpu.arrays import device_out, is_device, positions, to_device
 from .base import LayerCache, LayerSpec
 from .compressed import MAX_DECODE_T, CompressedLayerCache
 from .factory import make_cache
-from .insert import plan_chunk, plan_push
+from .insert import plan_chunk, plan_policy_tokens, plan_push
 from .kvconfig import KVConfig
 from .policies import make_policy
 from .policies.base import Column
@@ -306,14 +306,15 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         """The host's part of a policy token at ``p`` (:meth:`_window_entry`): its fp16 window slot j, whether the
         token there spills, which heads take an empty pool slot; the host's window positions and empty-slot counts
         follow (which pool slots, only the device knows)."""
-        j, spill, took = self._window_entry()
-        if spill:
-            self._free[0][took[0]] -= 1
-            if self.pools[1].cap:
-                self._free[1][took[1]] -= 1
-        self.pos[:, j] = p  # the window's positions stay right on the host
+        took = self._empty_takes()  # (before the counts move)
+        j, spill = self._policy_plan(np.array([p], np.int64))[0]
+        return int(j), bool(spill), took if spill else None
+
+    def _policy_plan(self, pos: np.ndarray) -> np.ndarray:
+        """The host's part of policy tokens at ``pos`` [T] in turn (:func:`~.insert.plan_policy_tokens`: the window's
+        positions stay right on the host, and its empty-slot counts): [T, 2] int32 (window slot, spill)."""
         self._stale = self._pos_stale = True
-        return j, spill, took
+        return plan_policy_tokens(self.pos, pos, self.S, self.F, self._free[0], self._free[1], self.pools[1].cap)
 
     def _policy_push_on_device(self, q: Any, k: Any, v: Any, p: int, pd: Any, t: int = -1, qr: Any = None) -> None:
         """One token into a layer with an eviction policy, on the device (``kv_policy_push``); its queries into ``qr``
@@ -401,7 +402,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
                 self._policy_push_on_device(qd[t], kd[t], vd[t], int(pos[t]), qp[t : t + 1], t)
             return
         # one launch: the host chooses each token's window slot (as _policy_push_on_device), the kernel the rest
-        plan = np.array([self._policy_host_step(int(p))[:2] for p in pos], np.int32)  # [T, 2] (j, spill)
+        plan = self._policy_plan(np.asarray(pos, np.int64))  # [T, 2] (j, spill)
         kvquant.policy_push_tokens(
             kd, vd, db.t_k, db.mu, self.d_store, to_device(plan, np.int32), qp, pol.insert_chunk(qp, kd), self.basis.rot is not None,
             self.rot_v is not None, self._policy_state[0], self._device_merge, self.d_logw if self.logw.size else None, pol.rank_pool,

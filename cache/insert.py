@@ -171,6 +171,30 @@ def plan_push(pos: np.ndarray, p: int, S: int, F: int, lo: int, cap: int, free: 
 
 
 @nb.njit(**_JIT)
+def plan_policy_tokens(pos: np.ndarray, ppos: np.ndarray, S: int, F: int, free: np.ndarray, free1: np.ndarray, cap1: int) -> np.ndarray:
+    """The host's part of tokens (positions ``ppos`` [T]) going in turn into a layer with an eviction policy,
+    whose pool slots the device picks: each one's fp16 window slot j (:func:`window_slot`) and whether the
+    token there spills, [T, 2] int32.  The window's positions (every row of ``pos`` [n_kv, N]) and each
+    head's empty-slot counts follow: a spill fills a head's empty pool-0 slot where it has one, else, the
+    victim demoted, an empty pool-1 slot (``cap1`` > 0) where it has one."""
+    N = pos.shape[1]
+    out = np.empty((ppos.shape[0], 2), np.int32)
+    for t in range(ppos.shape[0]):
+        j, full = window_slot(pos, S, F)
+        spill = full and N > F
+        if spill:
+            for h in range(free.shape[0]):
+                if free[h] > 0:
+                    free[h] -= 1
+                elif cap1 > 0 and free1[h] > 0:
+                    free1[h] -= 1
+        pos[:, j] = ppos[t]
+        out[t, 0] = j
+        out[t, 1] = spill
+    return out
+
+
+@nb.njit(**_JIT)
 def plan_chunk(pos: np.ndarray, ppos: np.ndarray, S: int, F: int, lo: int, cap: int, free: np.ndarray, lo1: int, cap1: int, free1: np.ndarray) -> np.ndarray:
     """:func:`plan_push` for each token of a chunk in turn (positions ``ppos`` [T]); returns (j, jq, jc) per token, [T, 3] int32."""
     out = np.empty((ppos.shape[0], 3), np.int32)

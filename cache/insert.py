@@ -21,42 +21,12 @@ import math
 import numba as nb
 import numpy as np
 
-from ..ops.cpu.f16 import bitcast_f32_u32, bitcast_u32_f32, f16_to_f32
+from ..ops.cpu.f16 import f16_to_f32, f32_to_f16
 from ..ops.cpu.qattention import dequant_row, key_similarity
 from .policies.snapkv import pooled_rows
 from .quant import quantize_row
 
 _JIT = dict(cache=True, nogil=True)
-
-_F16_MAX = np.uint32((127 + 16) << 23)  # float32 bits of 65536: at or above rounds to inf
-_F32_INF = np.uint32(255 << 23)
-_DENORM_MAGIC_BITS = np.uint32(((127 - 15) + (23 - 10) + 1) << 23)
-_DENORM_MAGIC = np.float32(0.5)  # float32 with the bits above (2^-1), see f32_to_f16
-
-
-@nb.njit(inline="always", **_JIT)
-def f32_to_f16(x):
-    """float32 -> float16 bit pattern (uint16), rounding to nearest even like numpy.
-
-    The exponent-rebias method (F. Giesen's ``float_to_half_fast3_rtne``):
-    normal results add the rounding bias in the integer domain, subnormal
-    ones let a float addition of ``2^-1`` align and round the 10 mantissa bits.
-    """
-    u = bitcast_f32_u32(np.float32(x))
-    sign = u & np.uint32(0x80000000)
-    u ^= sign
-    if u >= _F16_MAX:
-        o = np.uint32(0x7E00) if u > _F32_INF else np.uint32(0x7C00)
-    elif u < np.uint32(113 << 23):  # subnormal or zero half
-        f = bitcast_u32_f32(u) + _DENORM_MAGIC
-        o = bitcast_f32_u32(f) - _DENORM_MAGIC_BITS
-    else:
-        odd = (u >> np.uint32(13)) & np.uint32(1)
-        u += np.uint32(((15 - 127) << 23) & 0xFFFFFFFF) + np.uint32(0xFFF)
-        u += odd
-        o = u >> np.uint32(13)
-    return np.uint16((o | (sign >> np.uint32(16))) & np.uint32(0xFFFF))
-
 
 @nb.njit(inline="always", **_JIT)
 def fwht(x: np.ndarray) -> None:

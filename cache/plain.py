@@ -7,10 +7,11 @@ overwrites a key some query of that chunk still sees.
 
 from __future__ import annotations
 
+import numba as nb
 import numpy as np
 
 from ..ops.cpu.attention import attend_prefill_f16
-from ..ops.cpu.qattention import attend_decode_f16
+from ..ops.cpu.qattention import decode_step_f16
 from .base import LayerCache, LayerSpec
 
 
@@ -34,20 +35,19 @@ class PlainLayerCache(LayerCache):
         T = k.shape[0]
         if T > self.capacity:
             raise ValueError(f"batch of {T} tokens exceeds the layer cache of {self.capacity} slots")
-        slots = pos % self.capacity
-        # [T, n_kv, D] -> [n_kv, T, D] scatter into the ring
-        self.k[:, slots] = k.astype(np.float16).view(np.uint16).transpose(1, 0, 2)
-        self.v[:, slots] = v.astype(np.float16).view(np.uint16).transpose(1, 0, 2)
-        self.pos[slots] = pos
-        self.used = max(self.used, int(slots.max()) + 1)
         s = self.spec
-        if T <= 4:
-            n = self.used
-            attend_decode_f16(
-                np.ascontiguousarray(q, np.float32), pos.astype(np.int32, copy=False), self.k[:, :n], self.v[:, :n],
-                self.pos[None, :n], s.window, s.scale, s.softcap, out, self._s[:, :, :n],
+        if T <= 4:  # a decode step: stored and attended in one Numba call
+            self.used = decode_step_f16(
+                np.ascontiguousarray(q, np.float32), k, v, pos, self.k, self.v, self.pos, self.used,
+                s.window, s.scale, s.softcap, out, self._s, nb.get_num_threads(),
             )  # fmt: skip
         else:
+            slots = pos % self.capacity
+            # [T, n_kv, D] -> [n_kv, T, D] scatter into the ring
+            self.k[:, slots] = k.astype(np.float16).view(np.uint16).transpose(1, 0, 2)
+            self.v[:, slots] = v.astype(np.float16).view(np.uint16).transpose(1, 0, 2)
+            self.pos[slots] = pos
+            self.used = max(self.used, int(slots.max()) + 1)
             attend_prefill_f16(q, self.k, self.v, self.pos, pos, s.window, s.scale, s.softcap, out)
 
     def n_tokens(self) -> int:

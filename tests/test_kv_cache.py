@@ -419,3 +419,21 @@ def test_every_width_policy_merge_runs_on_tiny_models(tiny, spec):
             assert err < bound, f"{spec} chunk {chunk}: {err:.3g}"
         else:
             assert err < 1.0
+
+
+def test_a_decode_step_stores_fp16_as_numpy_rounds_it():
+    """The fp16 ring's one-call decode step (decode_step_f16) writes the bits numpy's astype(float16) gives:
+    round to nearest even, subnormals, overflow to inf, signed zero; the prefill path stores with numpy."""
+    rng = np.random.default_rng(5)
+    special = np.array([0.0, -0.0, 6.1e-5, 6.0e-8, 3e-8, 1e-45, 65504, 65519, 65520, 1e6, -1e6, np.inf, -np.inf, 1.0009765625, 1.00048828125], np.float32)
+    vals = np.concatenate([special, (rng.standard_normal(256 - len(special)) * 10.0 ** rng.integers(-8, 5, 256 - len(special))).astype(np.float32)])
+    spec = LayerSpec(n_head=1, n_head_kv=1, head_dim=64, head_dim_v=64, scale=0.125)
+    cache = PlainLayerCache(spec, 16)
+    v = vals.reshape(4, 1, 64)
+    k = np.clip(v[::-1], -6e4, 6e4)  # (finite keys: an infinite one would make the scores NaN)
+    cache.update_and_attend(np.zeros((4, 1, 64), np.float32), k, v, np.arange(4, dtype=np.int32), np.zeros((4, 1, 64), np.float32))
+    with np.errstate(over="ignore"):  # (numpy warns as it rounds 1e6 to inf)
+        want_k, want_v = (a[:, 0].astype(np.float16).view(np.uint16) for a in (k, v))
+    np.testing.assert_array_equal(cache.k[0, :4], want_k)
+    np.testing.assert_array_equal(cache.v[0, :4], want_v)
+    assert cache.used == 4 and list(cache.pos[:5]) == [0, 1, 2, 3, -1]

@@ -63,3 +63,33 @@ def bitcast_f32_u32(typingctx, x):  # noqa: ARG001
 def bf16_to_f32(h):
     """One bfloat16 bit pattern (uint16) -> float32."""
     return bitcast_u32_f32(np.uint32(h) << np.uint32(16))
+
+
+_F16_MAX = np.uint32((127 + 16) << 23)  # float32 bits of 65536: at or above rounds to inf
+_F32_INF = np.uint32(255 << 23)
+_DENORM_MAGIC_BITS = np.uint32(((127 - 15) + (23 - 10) + 1) << 23)
+_DENORM_MAGIC = np.float32(0.5)  # float32 with the bits above (2^-1), see f32_to_f16
+
+
+@nb.njit(inline="always", cache=True)
+def f32_to_f16(x):
+    """float32 -> float16 bit pattern (uint16), rounding to nearest even like numpy.
+
+    The exponent-rebias method (F. Giesen's ``float_to_half_fast3_rtne``):
+    normal results add the rounding bias in the integer domain, subnormal
+    ones let a float addition of ``2^-1`` align and round the 10 mantissa bits.
+    """
+    u = bitcast_f32_u32(np.float32(x))
+    sign = u & np.uint32(0x80000000)
+    u ^= sign
+    if u >= _F16_MAX:
+        o = np.uint32(0x7E00) if u > _F32_INF else np.uint32(0x7C00)
+    elif u < np.uint32(113 << 23):  # subnormal or zero half
+        f = bitcast_u32_f32(u) + _DENORM_MAGIC
+        o = bitcast_f32_u32(f) - _DENORM_MAGIC_BITS
+    else:
+        odd = (u >> np.uint32(13)) & np.uint32(1)
+        u += np.uint32(((15 - 127) << 23) & 0xFFFFFFFF) + np.uint32(0xFFF)
+        u += odd
+        o = u >> np.uint32(13)
+    return np.uint16((o | (sign >> np.uint32(16))) & np.uint32(0xFFFF))

@@ -46,7 +46,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .f16 import f16_to_f32
+from .f16 import f16_to_f32, f32_to_f16
 from .qmatmul import LF16, LF32, LI8, LI16, LI32, LI64, V, _G
 
 _JIT = dict(cache=True, fastmath=True, nogil=True)
@@ -621,6 +621,36 @@ _NO_CODES = np.zeros((4096, 0, 1), np.uint8)  # no pools (0 slots; indexable by 
 _NO_META = np.zeros((4096, 0, 1, 2), np.uint8)
 _NO_LUT = np.ones(256, np.float32)
 _NO_PROBS = np.zeros((0, 0), np.float32)
+
+
+@nb.njit(**_JIT)
+def decode_step_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, k16: np.ndarray, v16: np.ndarray, kpos: np.ndarray,
+                    used: int, window: int, scale: float, softcap: float, out: np.ndarray, s_all: np.ndarray, n_threads: int) -> int:
+    """A decode step of an fp16 ring in one call (a layer-step's dispatch and numpy calls cost more than its
+    arithmetic on a small model): the step's tokens stored, then :func:`attend_decode_f16` over the slots
+    written so far.
+
+    q: [T, n_head, D] float32; k, v: [T, n_kv, D] / [T, n_kv, Dv] float32, stored as fp16 bits (rounded as
+    numpy's astype) at slot = position % capacity of k16/v16 [n_kv, cap, D] uint16 and kpos [cap] int32;
+    used: slots [0, used) written before.  Returns the new ``used``.
+    """
+    cap = kpos.shape[0]
+    for t in range(k.shape[0]):
+        s = pos[t] % cap
+        for h in range(k.shape[1]):
+            for d in range(k.shape[2]):
+                k16[h, s, d] = f32_to_f16(k[t, h, d])
+            for d in range(v.shape[2]):
+                v16[h, s, d] = f32_to_f16(v[t, h, d])
+        kpos[s] = pos[t]
+        used = max(used, s + 1)
+    qpos = np.empty(pos.shape[0], np.int32)
+    qpos[:] = pos
+    no_probs = np.zeros((0, 0), np.float32)  # (the globals are read-only in here, and the kernel may write these)
+    _attend_decode_f16(q, qpos, k16[:, :used], v16[:, :used], _NO_CODES, _NO_META, _NO_CODES, _NO_META, 16, 16,
+                       _NO_CODES, _NO_META, _NO_CODES, _NO_META, 16, 16, _NO_LUT, _NO_LUT, _NO_LUT, _NO_LUT,
+                       32, kpos[:used].reshape((1, used)), no_probs, window, scale, softcap, out, s_all[:, :, :used], no_probs, n_threads)  # fmt: skip
+    return used
 
 
 def attend_decode_f16(q: np.ndarray, qpos: np.ndarray, k16: np.ndarray, v16: np.ndarray, kpos: np.ndarray,

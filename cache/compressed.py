@@ -460,7 +460,8 @@ class CompressedLayerCache(LayerCache):
         self._attend_decode(q, pos, out, qr=self._qr[:T])
 
     def _store_args(self) -> tuple:
-        """What :func:`.insert.decode_push` and :func:`.insert.push_tokens` take after the rotation flags:
+        """What :func:`.insert.decode_push`, :func:`.insert.push_tokens` and :func:`.insert.policy_push_tokens`
+        take after the rotation flags:
         the key basis, the fp16 area, the positions, both pools and the quantizer's scratch."""
         p0, p1 = self.pools
         t_k, mu = self._fast_basis()
@@ -556,20 +557,14 @@ class CompressedLayerCache(LayerCache):
         """Rows ``first`` on of a prefill chunk into a layer whose policy ranks by its score, in one Numba call
         (:func:`.insert.policy_push_tokens`; each token's first state from ``Policy.insert_chunk``).
         k: [T, n_kv, D] original basis; vr: [T, n_kv, Dv] already in the cache basis."""
-        p0, p1 = self.pools
-        t_k, mu = self._fast_basis()
         mode, thr, score = self._merge_args
         state, folds = self._policy_state
         init = np.ascontiguousarray(self.policy.insert_chunk(pos, k, first), np.float32)
         policy_push_tokens(
             np.ascontiguousarray(k, np.float32), np.ascontiguousarray(vr, np.float32), np.asarray(pos, np.int64),
-            self.basis.rot is not None, False, t_k, mu, self.k16, self.v16, self.pos, self.S, self.F,
-            self.lo[0], self._free[0], p0.kc, p0.km, p0.vc, p0.vm, p0.bits_k, p0.bits_v, self.kv.group, p0.klut, p0.vlut,
-            CLIPS[p0.bits_k], CLIPS[p0.bits_v],
-            self.lo[1], self._free[1], p1.kc, p1.km, p1.vc, p1.vm, p1.bits_k, p1.bits_v, p1.klut, p1.vlut,
-            CLIPS[p1.bits_k], CLIPS[p1.bits_v],
+            self.basis.rot is not None, False, *self._store_args(),
             state, len(state), folds or (self._dummy,), len(folds), self.logw, mode, thr, _EMPTY2 if score is None else score,
-            init, self.policy.rank_pool, p0._tmp,
+            init, self.policy.rank_pool,
         )  # fmt: skip
 
     def _push_chunk_fast(self, k: np.ndarray, vr: np.ndarray, pos: np.ndarray) -> None:

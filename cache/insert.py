@@ -460,8 +460,8 @@ def policy_push(
 def policy_push_tokens(
     k, v, ppos, rot_k, rot_v, t_k, mu, k16, v16, pos, S, F,
     lo, free, kc, km, vc, vm, bits_k, bits_v, G, klut, vlut, clips_k, clips_v,
-    lo1, free1, kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1, clips_k1, clips_v1,
-    state, n_state, folds, n_fold, logw, mode, threshold, score, init, pool_width, tmp,
+    lo1, free1, kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1, clips_k1, clips_v1, tmp,
+    state, n_state, folds, n_fold, logw, mode, threshold, score, init, pool_width,
 ) -> None:  # fmt: skip
     """A prefill chunk's tokens, in order, into a layer whose policy ranks by its score
     (``Policy.ranks_by_score``: ``state[0]``, read in place as each token comes, or max-pooled

@@ -27,7 +27,7 @@ class PlainLayerCache(LayerCache):
         self.v = np.zeros((spec.n_head_kv, capacity, spec.head_dim_v), np.uint16)
         self.pos = np.full(capacity, -1, np.int32)  # absolute position per slot
         self._s = np.zeros((spec.n_head_kv, spec.n_head // spec.n_head_kv, capacity), np.float32)  # decode scores
-        # decode: the compressed cache's kernel cut to fp16 rows (attend_decode_f16): fused
+        # decode: the compressed cache's kernel cut to fp16 rows (decode_step_f16): fused
         # fp16 row kernels, split-K across threads for few KV heads
         self.used = 0  # slots [0, used) have been written at least once
 

@@ -620,15 +620,14 @@ _attend_decode_f16 = nb.njit(parallel=True, **_JIT)(_variant(_attend_decode_q.py
 _NO_CODES = np.zeros((4096, 0, 1), np.uint8)  # no pools (0 slots; indexable by any KV head)
 _NO_META = np.zeros((4096, 0, 1, 2), np.uint8)
 _NO_LUT = np.ones(256, np.float32)
-_NO_PROBS = np.zeros((0, 0), np.float32)
 
 
 @nb.njit(**_JIT)
 def decode_step_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, k16: np.ndarray, v16: np.ndarray, kpos: np.ndarray,
                     used: int, window: int, scale: float, softcap: float, out: np.ndarray, s_all: np.ndarray, n_threads: int) -> int:
     """A decode step of an fp16 ring in one call (a layer-step's dispatch and numpy calls cost more than its
-    arithmetic on a small model): the step's tokens stored, then :func:`attend_decode_f16` over the slots
-    written so far.
+    arithmetic on a small model): the step's tokens stored, then :func:`attend_decode_q`'s arithmetic cut
+    to fp16 rows (``_attend_decode_f16``) over the slots written so far.
 
     q: [T, n_head, D] float32; k, v: [T, n_kv, D] / [T, n_kv, Dv] float32, stored as fp16 bits (rounded as
     numpy's astype) at slot = position % capacity of k16/v16 [n_kv, cap, D] uint16 and kpos [cap] int32;
@@ -651,16 +650,3 @@ def decode_step_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray
                        _NO_CODES, _NO_META, _NO_CODES, _NO_META, 16, 16, _NO_LUT, _NO_LUT, _NO_LUT, _NO_LUT,
                        32, kpos[:used].reshape((1, used)), no_probs, window, scale, softcap, out, s_all[:, :, :used], no_probs, n_threads)  # fmt: skip
     return used
-
-
-def attend_decode_f16(q: np.ndarray, qpos: np.ndarray, k16: np.ndarray, v16: np.ndarray, kpos: np.ndarray,
-                      window: int, scale: float, softcap: float, out: np.ndarray, s_all: np.ndarray, n_threads: int = 0) -> None:
-    """:func:`attend_decode_q` over fp16 slots only (the plain ring): same arithmetic, a small kernel.
-
-    q: [T, n_head, D] float32; k16/v16: [n_kv, N, D] / [n_kv, N, Dv] uint16; kpos: [1, N] int32;
-    out: [T, n_head, Dv] float32; s_all: [n_kv, gqa, N] float32 scratch.
-    """
-    nk = _NO_CODES
-    nm = _NO_META
-    _attend_decode_f16(q, qpos, k16, v16, nk, nm, nk, nm, 16, 16, nk, nm, nk, nm, 16, 16, _NO_LUT, _NO_LUT, _NO_LUT, _NO_LUT,
-                       32, kpos, _NO_PROBS, window, scale, softcap, out, s_all, _NO_PROBS, n_threads or nb.get_num_threads())

@@ -1057,7 +1057,7 @@ def _mv_n(kind, w, x, out, sc, nt):
     else:
         xq, xd, xs, x16 = _quant_x(kind, x, sc)
         for t in nb.prange(nt):
-            _rows_q(kind, w, t * chunk, min(n, (t + 1) * chunk), out, xq, xd, xs, x16)
+            _row_range(kind, w, out, t, nt, xq, xd, xs, x16)
 
 
 @nb.njit(parallel=True, **_JIT)

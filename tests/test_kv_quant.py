@@ -171,16 +171,31 @@ def _reference_attention(q, k, v, scale):
     return out, probs
 
 
-@pytest.mark.parametrize("geometry", [(2, 4, 3, 20, 0), (1, 4, 40, 2000, 2), (1, 4, 1100, 1000, 3), (2, 6, 16, 1500, 8)])
+@pytest.mark.parametrize("geometry", [(2, 4, 3, 20, 0), (1, 4, 40, 2000, 2), (1, 4, 1100, 1000, 3), (2, 6, 16, 1500, 8), (3, 9, 600, 600, 2)])
 @pytest.mark.parametrize("group", [16, 32])
 @pytest.mark.parametrize("bits", [2, 4, 8, 16])
 def test_decode_kernel_equals_attention_over_dequantized_cache(bits, group, geometry):
     """The kernel reads fp16 slots and a quantized pool in place; same result as dequantize-then-attend.
 
-    Group 32 takes the fused vector-IR row kernels, group 16 the tile-at-a-time fallback.
-    Long caches with fewer KV heads than threads are split across threads
-    (split-K; chunk borders inside the fp16 area and inside the pool).
+    Group 32 takes the vector-IR row decoders, group 16 the plain-loop fallback.
+    Long caches whose KV heads do not share out evenly over the threads are split
+    (split-K; chunk borders inside the fp16 area and inside the pool): fewer heads
+    than threads, and three heads on two threads.
     """
+    _check_decode_kernel(bits, group, geometry, D)
+
+
+@pytest.mark.parametrize(
+    "head_dim, bits, group",
+    [(96, 4, 32), (80, 2, 16), (256, 8, 32), (128, 16, 32), (12, 16, 4)],
+)
+def test_decode_kernel_takes_any_head_size(head_dim, bits, group):
+    """Head sizes that are not a multiple of 64 (the tile kernels' register block) take its
+    8-float columns; one that is not a multiple of 8 takes plain loops.  Same result either way."""
+    _check_decode_kernel(bits, group, (1, 3, 37, 300, 2), head_dim)
+
+
+def _check_decode_kernel(bits: int, group: int, geometry: tuple, D: int) -> None:
     G = group
     rng = np.random.default_rng(7)
     n_kv, H, F, C, n_threads = geometry
@@ -195,7 +210,7 @@ def test_decode_kernel_equals_attention_over_dequantized_cache(bits, group, geom
     kd = dequantize(kc, km, klut, bits, G, D).reshape(n_kv, C, D)
     vd = dequantize(vc, vm, vlut, bits, G, D).reshape(n_kv, C, D)
     kc, km, vc, vm = (a.reshape(n_kv, C, *a.shape[1:]) for a in (kc, km, vc, vm))
-    e_c = np.zeros((n_kv, 0, D // 4), np.uint8)
+    e_c = np.zeros((n_kv, 0, max(D // 4, 1)), np.uint8)
     e_m = np.zeros((n_kv, 0, D // G, 2), np.uint8)
     pos = np.arange(N, dtype=np.int32)[None, :]
     out = np.zeros((1, H, D), np.float32)

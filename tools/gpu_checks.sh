@@ -13,6 +13,11 @@
 #   device:  carry [".gpu/whl"], command "bash tools/gpu_checks.sh run tests", timeout_s 400
 #            then "... run 0" (SmolLM2) and "... run 1" (Gemma 3), timeout_s 600 each
 #
+# A session has 15 device minutes in all (start-up, idle waits and cold CuPy/Numba caches
+# included), which does not hold all of it: stage SmolLM2's two chunks, `run tests`, then
+# `run 0`; Gemma 3's five chunks and `run 1` only with the time left.  The device image has
+# CuPy (cupy-cuda13x), Numba, click, sentencepiece, tokenizers and jinja2; only gguf travels.
+#
 # `run` assembles the models, then: the GPU tests (the real-CUDA params, `-m gpu`;
 # CI runs the rest), greedy text CPU vs GPU for 32 tokens and the teacher-forced
 # agreement (tools/device_agreement.py) on each model, plain and with an eviction
@@ -69,6 +74,12 @@ run)
     PART=${2:-all}
     [ "$PART" == all ] && : >"$S"
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >>"$S" 2>&1
+    # without CuPy (or a device it sees) every GPU test would skip and the run would look green
+    if ! python3 -c "import cupy, sys; n = cupy.cuda.runtime.getDeviceCount(); print('cupy', cupy.__version__, 'devices', n); sys.exit(n == 0)" >>"$S" 2>&1; then
+        echo "ABORT: CuPy cannot be imported or sees no device; nothing below would test the GPU" >>"$S"
+        cat "$S"
+        exit 1
+    fi
 
     if [ "$PART" == all ] || [ "$PART" == tests ]; then
         timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ >"$OUT/pytest.log" 2>&1

@@ -25,14 +25,14 @@ shift-and-mask.  A value is ``x = s * c + m`` with ``s = lut[scale code]``
 4-bit containers): asymmetric integer quantization whose
 zero point has 8 fractional bits of resolution.
 
-Decode reads the cache in place: fused row kernels (LLVM vector IR, one per
-width and group) decode each row into registers and dot it with every query
-head of its GQA group (keys) or add it, weighted, to their accumulators
-(values).  So each byte of the cache is read once per query, no float copy of
-the cache is ever made, and the unpacking is shared by the group's heads.
-Geometries the fused kernels do not cover take a tile-at-a-time path (rows
-decoded into an L1-resident scratch).  Prefill, compute-bound, may
-dequantize into a per-call scratch and use BLAS.
+Decode reads the cache in place, a tile of rows at a time: vector row
+decoders (LLVM vector IR, one per width and group) turn the tile's rows into
+an L1-resident float tile, and register-blocked tile kernels dot it with every
+query head of its GQA group (keys) or add it, weighted, to their accumulators
+(values).  So each byte of the cache is read once per query, the unpacking is
+shared by the group's heads, and no float copy of the cache is ever made.
+Geometries the vector decoders do not cover fill the tile with plain loops.
+Prefill, compute-bound, may dequantize into a per-call scratch and use BLAS.
 """
 
 from __future__ import annotations
@@ -47,13 +47,14 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .f16 import f16_to_f32, f32_to_f16
+from .vexp import exp32
 from .qmatmul import LF16, LF32, LI8, LI16, LI32, LI64, V, _G
 
 _JIT = dict(cache=True, fastmath=True, nogil=True)
 _NEG_INF = np.float32(-1e30)  # masked logit: finite, so exp() needs no branch (and fastmath stays valid)
 TILE = 64  # rows dequantized at a time into an L1-resident float scratch
 SPLIT_MIN_SLOTS = 1024  # a KV head is split across threads from this many slots (split-K)
-STORE, DOT, ADD = 0, 1, 2  # modes of the fused row kernels (see ``_row_kernel``)
+DOT, ADD = 1, 2  # the two passes of decode attention over a head's slots (see ``_pass``)
 
 
 @nb.njit(inline="always", **_JIT)
@@ -115,88 +116,146 @@ def _vptr(b: ir.IRBuilder, fp, idx) -> ir.Value:
     return b.bitcast(b.gep(fp, [idx]), V(LF32, 8).as_pointer())
 
 
-_ROWS_SIG = types.void(*([types.int64] * 6 + [types.float32] + [types.int64] * 6))
+_ROWS_SIG = types.void(*([types.int64] * 5 + [types.float32] + [types.int64] * 3))
 
 
 def _row_kernel(w: int, G: int):
-    """An intrinsic that decodes ``n`` rows of a pool in registers and, per row, either
+    """An intrinsic that decodes ``n`` rows of a pool in registers and stores them as floats,
+    ``y[r D : (r+1) D] = row_r`` (the attention tiles, prefill scratch, merging).
 
-    * ``mode == DOT``: dots them with ``gqa`` query heads: ``x[hh * xs + r] = q_hh . row_r``
-      (``x`` = scores, ``y`` = q: [gqa, D] float32),
-    * ``mode == ADD``: adds them to ``gqa`` accumulators: ``acc_hh += x[hh * xs + r] row_r``
-      (``x`` = probabilities, ``y`` = acc: [gqa, D] float32), or
-    * ``mode == STORE``: stores them as floats, ``y[r D : (r+1) D] = row_r``
-      (prefill scratch, merging, the tile path; ``gqa``, ``x``, ``xs`` unused).
-
-    Arguments (int64 unless said): mode, codes, row stride of codes (bytes),
-    meta, row stride of meta, lut, zs (float32), y, gqa, D, x, x stride
-    (floats), n.  Each row's bytes are read once and never stored as floats.
+    Arguments (int64 unless said): codes, row stride of codes (bytes), meta, row stride of
+    meta, lut, zs (float32), y, D, n.
     """
 
     def codegen(context, builder, sig, args):
         g, b = _G(builder), builder
-        mode, cp, cs, mp, ms, lp, zs, yp, gqa, D, xp, xs, n = args
-        lpp, ypp, xpp = _fptr(b, lp), _fptr(b, yp), _fptr(b, xp)
+        cp, cs, mp, ms, lp, zs, yp, D, n = args
+        lpp, ypp = _fptr(b, lp), _fptr(b, yp)
         n_groups = b.udiv(D, _i64(G))
-        zero = ir.Constant(V(LF32, 8), [ir.Constant(LF32, 0.0)] * 8)
-
-        def rows(mode: int) -> None:
-            dot = mode == DOT
-            with cgutils.for_range(b, n) as rl:
-                r = rl.index
-                rc = g.addr(b.add(cp, b.mul(r, cs)))
-                rm = g.addr(b.add(mp, b.mul(r, ms)))
-                if mode == STORE:
-                    with cgutils.for_range(b, n_groups) as gl:
-                        gi = gl.index
-                        o = b.add(b.mul(r, D), b.mul(gi, _i64(G)))
-                        for k, v in enumerate(_emit_group(g, w, G, rc, rm, lpp, zs, gi)):
-                            b.store(v, _vptr(b, ypp, b.add(o, _i64(8 * k))), align=4)
-                    return
-                if dot:
-                    with cgutils.for_range(b, gqa) as hl:
-                        b.store(ir.Constant(LF32, 0.0), b.gep(xpp, [b.add(b.mul(hl.index, xs), r)]))
-                with cgutils.for_range(b, n_groups) as gl:
-                    gi = gl.index
-                    vecs = _emit_group(g, w, G, rc, rm, lpp, zs, gi)
-                    with cgutils.for_range(b, gqa) as hl:
-                        hh = hl.index
-                        off = b.add(b.mul(hh, D), b.mul(gi, _i64(G)))  # float index of this group in q / acc row hh
-                        xh = b.gep(xpp, [b.add(b.mul(hh, xs), r)])
-                        if dot:
-                            a0 = a1 = zero
-                            for k, v in enumerate(vecs):  # two chains: half the FMA latency
-                                qv = b.load(_vptr(b, ypp, b.add(off, _i64(8 * k))), align=4)
-                                if k % 2 == 0:
-                                    a0 = g.fma(v, qv, a0)
-                                else:
-                                    a1 = g.fma(v, qv, a1)
-                            b.store(b.fadd(b.load(xh), g.hsum(b.fadd(a0, a1))), xh)
-                        else:
-                            pv = g.splat(b.load(xh))
-                            for k, v in enumerate(vecs):
-                                ap = _vptr(b, ypp, b.add(off, _i64(8 * k)))
-                                b.store(g.fma(pv, v, b.load(ap, align=4)), ap, align=4)
-
-        with b.if_else(b.icmp_unsigned("==", mode, _i64(STORE))) as (then, otherwise):
-            with then:
-                rows(STORE)
-            with otherwise:
-                with b.if_else(b.icmp_unsigned("==", mode, _i64(DOT))) as (t2, o2):
-                    with t2:
-                        rows(DOT)
-                    with o2:
-                        rows(ADD)
+        with cgutils.for_range(b, n) as rl:
+            r = rl.index
+            rc = g.addr(b.add(cp, b.mul(r, cs)))
+            rm = g.addr(b.add(mp, b.mul(r, ms)))
+            with cgutils.for_range(b, n_groups) as gl:
+                gi = gl.index
+                o = b.add(b.mul(r, D), b.mul(gi, _i64(G)))
+                for k, v in enumerate(_emit_group(g, w, G, rc, rm, lpp, zs, gi)):
+                    b.store(v, _vptr(b, ypp, b.add(o, _i64(8 * k))), align=4)
         return context.get_dummy_value()
 
-    def typer(typingctx, mode, cp, cs, mp, ms, lp, zs, yp, gqa, D, xp, xs, n):  # noqa: ARG001
+    def typer(typingctx, cp, cs, mp, ms, lp, zs, yp, D, n):  # noqa: ARG001
         return _ROWS_SIG, codegen
 
     return intrinsic(typer)
 
 
-# fused row kernels (decode-and-dot / decode-and-accumulate / decode-and-store), per (container bits, group);
-# 16 bits (float16 rows) read in chunks of 32
+# ================================================================= fp32 tile kernels (LLVM vector IR)
+# Decode attends a tile of rows at a time: the rows are decoded into an
+# L1-resident float tile once (any width), then every query head of the GQA
+# group runs over the tile with its accumulators in registers.  (Decoding in
+# registers and updating accumulators in memory per row was store-bound: every
+# row re-stored each head's whole accumulator row.)
+_TILE_SIG = types.void(*([types.int64] * 7))
+_V8 = V(LF32, 8)
+_ZERO8 = ir.Constant(_V8, [ir.Constant(LF32, 0.0)] * 8)
+
+
+def _shuf(b: ir.IRBuilder, x: ir.Value, y: ir.Value, idx: list[int]) -> ir.Value:
+    return b.shuffle_vector(x, y, ir.Constant(V(LI32, 8), idx))
+
+
+def _reduce8(b: ir.IRBuilder, a: list) -> ir.Value:
+    """Eight <8 x float> -> one <8 x float> whose lane i is the sum of ``a[i]`` (a transpose-add tree:
+    seven adds and fourteen shuffles for eight sums, where eight separate horizontal sums take 24 of each)."""
+    s = [b.fadd(_shuf(b, x, y, [0, 8, 2, 10, 4, 12, 6, 14]), _shuf(b, x, y, [1, 9, 3, 11, 5, 13, 7, 15])) for x, y in zip(a[0::2], a[1::2])]
+    t = [b.fadd(_shuf(b, x, y, [0, 1, 8, 9, 4, 5, 12, 13]), _shuf(b, x, y, [2, 3, 10, 11, 6, 7, 14, 15])) for x, y in zip(s[0::2], s[1::2])]
+    return b.fadd(_shuf(b, t[0], t[1], [0, 1, 2, 3, 8, 9, 10, 11]), _shuf(b, t[0], t[1], [4, 5, 6, 7, 12, 13, 14, 15]))
+
+
+@intrinsic
+def tile_dot(typingctx, tp, n, D, yp, gqa, xp, xs):  # noqa: ARG001
+    """Scores of a tile: ``x[hh * xs + r] = y_hh . tile_r`` for rows ``r < n`` and heads ``hh < gqa``.
+
+    tile: [n, D] float32; y: [gqa, D] float32 (the group's queries); x: float32 with head stride
+    ``xs`` (floats).  Arguments are int64 addresses and sizes; ``D % 8 == 0``.  Eight rows at a
+    time: eight accumulator registers, one query vector loaded per step, the sums reduced together.
+    """
+
+    def codegen(context, builder, sig, args):
+        g, b = _G(builder), builder
+        tp, n, D, yp, gqa, xp, xs = args
+        tpp, ypp, xpp = _fptr(b, tp), _fptr(b, yp), _fptr(b, xp)
+        nk = b.udiv(D, _i64(8))
+        acc = [cgutils.alloca_once(b, _V8) for _ in range(8)]  # promoted to registers
+        n8 = b.mul(b.udiv(n, _i64(8)), _i64(8))
+        with cgutils.for_range(b, gqa) as hl:
+            qrow, xrow = b.mul(hl.index, D), b.mul(hl.index, xs)
+            with cgutils.for_range_slice(b, _i64(0), n8, _i64(8)) as (r0, _):
+                for a in acc:
+                    b.store(_ZERO8, a)
+                with cgutils.for_range(b, nk) as kl:
+                    k8 = b.mul(kl.index, _i64(8))
+                    qk = b.load(_vptr(b, ypp, b.add(qrow, k8)), align=4)
+                    for i, a in enumerate(acc):
+                        t = b.load(_vptr(b, tpp, b.add(b.mul(b.add(r0, _i64(i)), D), k8)), align=4)
+                        b.store(g.fma(t, qk, b.load(a)), a)
+                b.store(_reduce8(b, [b.load(a) for a in acc]), _vptr(b, xpp, b.add(xrow, r0)), align=4)
+            with cgutils.for_range_slice(b, n8, n, _i64(1)) as (r, _):  # the last n % 8 rows one by one
+                b.store(_ZERO8, acc[0])
+                with cgutils.for_range(b, nk) as kl:
+                    k8 = b.mul(kl.index, _i64(8))
+                    qk = b.load(_vptr(b, ypp, b.add(qrow, k8)), align=4)
+                    t = b.load(_vptr(b, tpp, b.add(b.mul(r, D), k8)), align=4)
+                    b.store(g.fma(t, qk, b.load(acc[0])), acc[0])
+                b.store(g.hsum(b.load(acc[0])), b.gep(xpp, [b.add(xrow, r)]))
+        return context.get_dummy_value()
+
+    return _TILE_SIG, codegen
+
+
+@intrinsic
+def tile_add(typingctx, tp, n, D, yp, gqa, xp, xs):  # noqa: ARG001
+    """Weighted values of a tile: ``y_hh += sum_r x[hh * xs + r] tile_r`` for heads ``hh < gqa``.
+
+    tile: [n, D] float32; y: [gqa, D] float32 accumulators; x: float32 weights with head stride
+    ``xs``.  ``D % 8 == 0``.  A head's accumulators go through the tile 64 floats (eight registers)
+    at a time, so each row costs a broadcast and eight FMAs reading the tile.
+    """
+
+    def codegen(context, builder, sig, args):
+        g, b = _G(builder), builder
+        tp, n, D, yp, gqa, xp, xs = args
+        tpp, ypp, xpp = _fptr(b, tp), _fptr(b, yp), _fptr(b, xp)
+        acc = [cgutils.alloca_once(b, _V8) for _ in range(8)]
+
+        def columns(hh, off, nv: int) -> None:  # floats [off, off + 8 nv) of head hh
+            arow = b.add(b.mul(hh, D), off)
+            for k in range(nv):
+                b.store(b.load(_vptr(b, ypp, b.add(arow, _i64(8 * k))), align=4), acc[k])
+            with cgutils.for_range(b, n) as rl:
+                r = rl.index
+                p = g.splat(b.load(b.gep(xpp, [b.add(b.mul(hh, xs), r)])))
+                trow = b.add(b.mul(r, D), off)
+                for k in range(nv):
+                    t = b.load(_vptr(b, tpp, b.add(trow, _i64(8 * k))), align=4)
+                    b.store(g.fma(p, t, b.load(acc[k])), acc[k])
+            for k in range(nv):
+                b.store(b.load(acc[k]), _vptr(b, ypp, b.add(arow, _i64(8 * k))), align=4)
+
+        n64 = b.udiv(D, _i64(64))
+        n8 = b.udiv(b.urem(D, _i64(64)), _i64(8))  # vectors left after the 64-float blocks
+        with cgutils.for_range(b, gqa) as hl:
+            hh = hl.index
+            with cgutils.for_range(b, n64) as cl:
+                columns(hh, b.mul(cl.index, _i64(64)), 8)
+            with cgutils.for_range(b, n8) as vl:  # head sizes that are not a multiple of 64 (80, 96, ...)
+                columns(hh, b.add(b.mul(n64, _i64(64)), b.mul(vl.index, _i64(8))), 1)
+        return context.get_dummy_value()
+
+    return _TILE_SIG, codegen
+
+
+# row decoders, per (container bits, group); 16 bits (float16 rows) read in chunks of 32
 _rk16 = _row_kernel(16, 32)
 _rk2_32, _rk2_64, _rk2_128 = (_row_kernel(2, G) for G in (32, 64, 128))
 _rk4_32, _rk4_64, _rk4_128 = (_row_kernel(4, G) for G in (32, 64, 128))
@@ -205,42 +264,40 @@ _rk8_32, _rk8_64, _rk8_128 = (_row_kernel(8, G) for G in (32, 64, 128))
 
 @nb.njit(inline="always", **_JIT)
 def fused_ok(bits: int, G: int, D: int) -> bool:
-    """Whether the fused row kernels cover this (width, group, head size)."""
+    """Whether the vector row decoders cover this (width, group, head size)."""
     if bits == 16:
         return D % 32 == 0
     return (G == 32 or G == 64 or G == 128) and D % G == 0
 
 
 @nb.njit(inline="always", **_JIT)
-def _rows(mode: int, bits: int, G: int, cp: int, cs: int, mp: int, ms: int, lp: int, zs: float,
-          yp: int, gqa: int, D: int, xp: int, xs: int, n: int) -> None:
-    """Dispatch to the fused row kernel of (width, group); see ``_row_kernel``."""
+def _rows(bits: int, G: int, cp: int, cs: int, mp: int, ms: int, lp: int, zs: float, yp: int, D: int, n: int) -> None:
+    """Dispatch to the row decoder of (width, group); see ``_row_kernel``."""
     z = np.float32(zs)
     w = container(bits)
-    k = mode
     if w == 16:
-        _rk16(k, cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+        _rk16(cp, cs, mp, ms, lp, z, yp, D, n)
     elif w == 2:
         if G == 32:
-            _rk2_32(k, cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+            _rk2_32(cp, cs, mp, ms, lp, z, yp, D, n)
         elif G == 64:
-            _rk2_64(k, cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+            _rk2_64(cp, cs, mp, ms, lp, z, yp, D, n)
         else:
-            _rk2_128(k, cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+            _rk2_128(cp, cs, mp, ms, lp, z, yp, D, n)
     elif w == 4:
         if G == 32:
-            _rk4_32(k, cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+            _rk4_32(cp, cs, mp, ms, lp, z, yp, D, n)
         elif G == 64:
-            _rk4_64(k, cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+            _rk4_64(cp, cs, mp, ms, lp, z, yp, D, n)
         else:
-            _rk4_128(k, cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+            _rk4_128(cp, cs, mp, ms, lp, z, yp, D, n)
     else:
         if G == 32:
-            _rk8_32(k, cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+            _rk8_32(cp, cs, mp, ms, lp, z, yp, D, n)
         elif G == 64:
-            _rk8_64(k, cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+            _rk8_64(cp, cs, mp, ms, lp, z, yp, D, n)
         else:
-            _rk8_128(k, cp, cs, mp, ms, lp, z, yp, gqa, D, xp, xs, n)
+            _rk8_128(cp, cs, mp, ms, lp, z, yp, D, n)
 
 
 @nb.njit(inline="always", **_JIT)
@@ -276,8 +333,8 @@ def decode_rows(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, bits: int,
     D = codes.shape[1] * 8 // container(bits)
     if fused_ok(bits, G, D) and codes.strides[1] == 1 and (bits == 16 or (meta.strides[2] == 1 and meta.strides[1] == 2)):
         zs = np.float32((1 << bits) - 1) / np.float32(255.0) if bits < 16 else np.float32(0.0)
-        _rows(STORE, bits, G, codes.ctypes.data + r0 * codes.strides[0], codes.strides[0],
-              meta.ctypes.data + r0 * meta.strides[0], meta.strides[0], lut.ctypes.data, zs, out.ctypes.data, 1, D, 0, 0, n)
+        _rows(bits, G, codes.ctypes.data + r0 * codes.strides[0], codes.strides[0],
+              meta.ctypes.data + r0 * meta.strides[0], meta.strides[0], lut.ctypes.data, zs, out.ctypes.data, D, n)
         return
     for r in range(n):
         dequant_row(codes[r0 + r], meta[r0 + r], lut, bits, G, out[r * D : (r + 1) * D])
@@ -288,7 +345,7 @@ def decode_half_rows(x: np.ndarray, r0: int, n: int, out: np.ndarray) -> None:
     """Rows ``r0 .. r0+n`` of a [R, D] uint16 (float16 bits) array into ``out[:n*D]``."""
     D = x.shape[1]
     if fused_ok(16, 32, D) and x.strides[1] == 2:
-        _rows(STORE, 16, 32, x.ctypes.data + r0 * x.strides[0], x.strides[0], 0, 0, 0, 0.0, out.ctypes.data, 1, D, 0, 0, n)
+        _rows(16, 32, x.ctypes.data + r0 * x.strides[0], x.strides[0], 0, 0, 0, 0.0, out.ctypes.data, D, n)
         return
     for r in range(n):
         for d in range(D):
@@ -370,15 +427,16 @@ def attend_decode_q(
     logw: [n_kv, N] float32 log merge weights added to the logits
     (KeepKV's electoral votes) or ``[0, 0]``; out: [T, n_head, Dv] float32.
 
-    Slots are decoded ``TILE`` rows at a time into an L1-resident float
-    scratch (vector decoders, one per width) and each row is dotted with every
+    Slots are decoded a tile of rows at a time into an L1-resident float
+    scratch (vector decoders, one per width) and the tile is dotted with every
     query head of its GQA group, so every byte of the cache is read once per
     query and no float copy of the cache is ever made.  Work items run in
-    parallel (``prange``): one per KV head, or, with fewer KV heads than
-    threads and at least ``SPLIT_MIN_SLOTS`` slots, a head's slots are cut into
-    chunks that each keep their own softmax maximum and are combined at the
-    end (flash-decoding's split-K).  SmolLM2's 3 KV heads at 4096 slots, 2
-    threads, 2-bit: 0.50 -> 0.34 ms a layer-step (fp16 ring, serial: 0.43 ms).
+    parallel (``prange``): one per KV head, or, from ``SPLIT_MIN_SLOTS`` slots on
+    when the heads do not share out evenly over the threads, a head's slots are
+    cut into chunks that each keep their own softmax maximum and are combined at
+    the end (flash-decoding's split-K).  SmolLM2's layer-step at 4096 fp16 slots
+    (3 KV heads, 2 threads, its 30 layers' cache streamed from memory): 0.39 ms
+    before the tile kernels and even split, 0.29 ms after.
 
     s_all: [n_kv, gqa, N] float32 scratch.  probs_acc: [n_kv, N] float32
     receives the softmax probabilities summed over each KV head's query heads
@@ -405,13 +463,15 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
     use_logw = logw.shape[0] > 0
     use_acc = probs_acc.shape[0] > 0
     ph = 1 if kpos.shape[0] > 1 else 0  # pos row stride over KV heads
-    fk = _all_fused(k16, kc0, km0, kw0, kc1, km1, kw1, G, D)
-    fv = _all_fused(v16, vc0, vm0, vw0, vc1, vm1, vw1, G, Dv)
-    # work items: (KV head, slot chunk); a head is split when there are fewer
-    # heads than threads and enough slots (Gemma 3 has one KV head)
+    # work items: (KV head, slot chunk); with enough slots a head is split so that
+    # the items share out evenly over the threads (Gemma 3 has one KV head, SmolLM2
+    # three: on two threads, three whole heads would leave one thread idle a third of the time)
     nc = 1
-    if n_kv < n_threads and N >= SPLIT_MIN_SLOTS:
-        nc = min(-(-n_threads // n_kv), N // (SPLIT_MIN_SLOTS // 2))
+    if n_kv % n_threads != 0 and N >= SPLIT_MIN_SLOTS:
+        a, b = n_kv, n_threads
+        while b:
+            a, b = b, a % b
+        nc = min(n_threads // a, N // (SPLIT_MIN_SLOTS // 2))  # n_threads / gcd: n_kv * nc items divide evenly
     step = -(-N // nc)
     step = max(TILE, -(-step // TILE) * TILE)
     nc = -(-N // step)
@@ -431,37 +491,44 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
             prow = kh * ph
             bias = np.empty(j1 - j0, np.float32)
             # ---- raw scores q . k
-            _pass(DOT, kh, j0, j1, fk, k16, kc0, km0, klut0, kw0, kc1, km1, klut1, kw1, G, D, qt[kh * gqa : (kh + 1) * gqa], s_all, gqa)
+            _pass(DOT, kh, j0, j1, k16, kc0, km0, klut0, kw0, kc1, km1, klut1, kw1, G, D, qt[kh * gqa : (kh + 1) * gqa], s_all, gqa)
             # ---- logits, masks, softmax over this item's slots (flash-decoding: each item keeps
             # its own max; probabilities stay unnormalised until the items are combined)
-            for j in range(j0, j1):  # additive bias per slot: merge log-weight, or the mask
-                pk = kpos[prow, j]
-                visible = pk >= 0 and pk <= pq and not (window > 0 and pq - pk >= window)
-                lw = logw[kh, j] if use_logw else np.float32(0.0)
-                bias[j - j0] = lw if visible else _NEG_INF
+            lo = pq - window if window > 0 else -1  # visible: lo < position <= pq (and not -1: empty)
+            lo = max(lo, -1)
+            # (the loops run over slices from 0: an index from j0 could be negative to Numba, whose
+            # wraparound test keeps a loop from vectorising)
+            kp = kpos[prow, j0:j1]
+            for j in range(j1 - j0):  # additive bias per slot, branch-free: the mask
+                bias[j] = np.float32(0.0) if (kp[j] > lo) & (kp[j] <= pq) else _NEG_INF
+            if use_logw:  # merge log-weights
+                lw = logw[kh, j0:j1]
+                for j in range(j1 - j0):
+                    bias[j] += lw[j]
             for hh in range(gqa):
+                sh = s[hh, j0:j1]
                 mh = _NEG_INF
                 if softcap > 0:
-                    for j in range(j0, j1):
-                        a = cap * np.tanh(s[hh, j] * sc / cap) + bias[j - j0]
-                        s[hh, j] = a
+                    for j in range(j1 - j0):
+                        a = cap * np.tanh(sh[j] * sc / cap) + bias[j]
+                        sh[j] = a
                         mh = max(mh, a)
                 else:
-                    for j in range(j0, j1):
-                        a = s[hh, j] * sc + bias[j - j0]
-                        s[hh, j] = a
+                    for j in range(j1 - j0):
+                        a = sh[j] * sc + bias[j]
+                        sh[j] = a
                         mh = max(mh, a)
                 sm = np.float32(0.0)
-                for j in range(j0, j1):
-                    e = np.exp(s[hh, j] - mh)  # exactly 0 for masked slots
-                    s[hh, j] = e
+                for j in range(j1 - j0):
+                    e = exp32(sh[j] - mh)  # exactly 0 for masked slots
+                    sh[j] = e
                     sm += e
                 mx[it, hh] = mh
                 tot[it, hh] = sm
             # ---- values
             acc = part[it]
             acc[:] = 0.0
-            _pass(ADD, kh, j0, j1, fv, v16, vc0, vm0, vlut0, vw0, vc1, vm1, vlut1, vw1, G, Dv, acc, s_all, gqa)
+            _pass(ADD, kh, j0, j1, v16, vc0, vm0, vlut0, vw0, vc1, vm1, vlut1, vw1, G, Dv, acc, s_all, gqa)
         # ---- combine the items of each head
         for kh in range(n_kv):
             for hh in range(gqa):
@@ -489,21 +556,31 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
 
 
 @nb.njit(inline="always", **_JIT)
-def _pass(mode: int, kh: int, j0: int, j1: int, fused: bool, x16: np.ndarray, c0: np.ndarray, m0: np.ndarray, lut0: np.ndarray, w0: int,
+def _pass(mode: int, kh: int, j0: int, j1: int, x16: np.ndarray, c0: np.ndarray, m0: np.ndarray, lut0: np.ndarray, w0: int,
           c1: np.ndarray, m1: np.ndarray, lut1: np.ndarray, w1: int, G: int, D: int, y: np.ndarray, s_all: np.ndarray, gqa: int) -> None:
     """One pass over the slots ``j0 .. j1`` of KV head ``kh``: ``DOT``: ``s_all[kh, hh, j] = y_hh . k_j``
-    (y: the group's queries [gqa, D]); ``ADD``: ``y_hh += s_all[kh, hh, j] v_j`` (y: accumulators)."""
-    if fused:
-        _areas(mode, kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, y.ctypes.data, s_all)
-        return
+    (y: the group's queries [gqa, D]); ``ADD``: ``y_hh += s_all[kh, hh, j] v_j`` (y: accumulators).
+
+    A tile of rows at a time is decoded into floats (fp16 area and pools alike; a tile may
+    straddle them) and run through the register-blocked tile kernels with every query head."""
     s = s_all[kh]
     F = x16.shape[1]
     C0 = c0.shape[1]
-    tile = np.empty(TILE * D, np.float32)
-    for a0 in range(j0, j1, TILE):
-        n = min(TILE, j1 - a0)
+    R = max(8, min(TILE, 4096 // D))  # tile rows: 16 KB of floats, in L1
+    tile = np.empty(R * D, np.float32)
+    vector = D % 8 == 0 and y.flags.c_contiguous and s_all.strides[2] == 4
+    xs = s_all.strides[1] // 4
+    for a0 in range(j0, j1, R):
+        n = min(R, j1 - a0)
         _fill_tile(a0, n, F, C0, x16[kh], c0[kh], m0[kh], lut0, w0, c1[kh], m1[kh], lut1, w1, G, D, tile)
-        for r in range(n):
+        if vector:
+            xp = s_all.ctypes.data + kh * s_all.strides[0] + 4 * a0
+            if mode == DOT:
+                tile_dot(tile.ctypes.data, n, D, y.ctypes.data, gqa, xp, xs)
+            else:
+                tile_add(tile.ctypes.data, n, D, y.ctypes.data, gqa, xp, xs)
+            continue
+        for r in range(n):  # other head sizes
             for hh in range(gqa):
                 if mode == DOT:
                     a = np.float32(0.0)
@@ -514,43 +591,6 @@ def _pass(mode: int, kh: int, j0: int, j1: int, fused: bool, x16: np.ndarray, c0
                     p = s[hh, a0 + r]
                     for d in range(D):
                         y[hh, d] += p * tile[r * D + d]
-
-
-@nb.njit(inline="always", **_JIT)
-def _all_fused(x16: np.ndarray, c0: np.ndarray, m0: np.ndarray, w0: int, c1: np.ndarray, m1: np.ndarray, w1: int, G: int, D: int) -> bool:
-    """Whether every area of K (or V) can go through the fused row kernels (unit inner strides, covered widths)."""
-    ok = fused_ok(16, G, D) and x16.strides[2] == 2
-    for c, m, w in ((c0, m0, w0), (c1, m1, w1)):
-        if c.shape[1] > 0:
-            ok = ok and fused_ok(w, G, D) and c.strides[2] == 1 and (w == 16 or (m.strides[3] == 1 and m.strides[2] == 2))
-    return ok
-
-
-@nb.njit(inline="always", **_JIT)
-def _areas(mode: int, kh: int, j0: int, j1: int, x16: np.ndarray, c0: np.ndarray, m0: np.ndarray, lut0: np.ndarray, w0: int,
-           c1: np.ndarray, m1: np.ndarray, lut1: np.ndarray, w1: int, G: int, D: int, yp: int, s_all: np.ndarray) -> None:
-    """Slots ``j0 .. j1`` of one KV head (they may straddle the three areas) through the fused row kernels:
-    scores into ``s_all[kh]`` (``DOT``, y = the group's queries) or values into y (``ADD``, y = accumulators)."""
-    F = x16.shape[1]
-    C0 = c0.shape[1]
-    gqa = s_all.shape[1]
-    xs = s_all.strides[1] // 4
-    xp = s_all.ctypes.data + kh * s_all.strides[0]
-    a, e = max(j0, 0), min(j1, F)
-    if e > a:
-        _rows(mode, 16, G, x16.ctypes.data + kh * x16.strides[0] + a * x16.strides[1], x16.strides[1], 0, 0, 0, 0.0, yp, gqa, D, xp + 4 * a, xs, e - a)
-    a, e = max(j0, F), min(j1, F + C0)
-    if e > a:
-        r = a - F
-        zs = np.float32((1 << w0) - 1) / np.float32(255.0)
-        _rows(mode, w0, G, c0.ctypes.data + kh * c0.strides[0] + r * c0.strides[1], c0.strides[1],
-              m0.ctypes.data + kh * m0.strides[0] + r * m0.strides[1], m0.strides[1], lut0.ctypes.data, zs, yp, gqa, D, xp + 4 * a, xs, e - a)
-    a, e = max(j0, F + C0), j1
-    if e > a:
-        r = a - F - C0
-        zs = np.float32((1 << w1) - 1) / np.float32(255.0)
-        _rows(mode, w1, G, c1.ctypes.data + kh * c1.strides[0] + r * c1.strides[1], c1.strides[1],
-              m1.ctypes.data + kh * m1.strides[0] + r * m1.strides[1], m1.strides[1], lut1.ctypes.data, zs, yp, gqa, D, xp + 4 * a, xs, e - a)
 
 
 @nb.njit(**_JIT)
@@ -582,7 +622,7 @@ def key_similarity(kvec: np.ndarray, kc: np.ndarray, km: np.ndarray, lut: np.nda
 
 # ----------------------------------------------------------------- the fp16-only kernel
 # The plain fp16 cache (the default) has no pools, but the general kernel above
-# carries the fused row kernels of every (width, group): compiling it takes ~27 s
+# carries the row decoders of every (width, group): compiling it takes ~27 s
 # of a first run's ~34.  This is the same body with the row dispatch cut to fp16
 # rows, built by swapping one global of each inlined layer.
 def _variant(f, name: str, **swap):
@@ -602,19 +642,7 @@ def _fill_tile16(j0: int, n: int, F: int, C0: int, x16: np.ndarray, c0: np.ndarr
     decode_half_rows(x16, j0, n, tile)
 
 
-@nb.njit(inline="always", **_JIT)
-def _areas16(mode: int, kh: int, j0: int, j1: int, x16: np.ndarray, c0: np.ndarray, m0: np.ndarray, lut0: np.ndarray, w0: int,
-             c1: np.ndarray, m1: np.ndarray, lut1: np.ndarray, w1: int, G: int, D: int, yp: int, s_all: np.ndarray) -> None:
-    """``_areas`` when every slot is in the fp16 area (one row kernel, not three)."""
-    xs = s_all.strides[1] // 4
-    xp = s_all.ctypes.data + kh * s_all.strides[0]
-    a, e = max(j0, 0), min(j1, x16.shape[1])
-    if e > a:
-        _rk16(mode, x16.ctypes.data + kh * x16.strides[0] + a * x16.strides[1], x16.strides[1], 0, 0, 0, np.float32(0.0),
-              yp, s_all.shape[1], D, xp + 4 * a, xs, e - a)
-
-
-_pass16 = nb.njit(inline="always", **_JIT)(_variant(_pass.py_func, "_pass16", _areas=_areas16, _fill_tile=_fill_tile16))
+_pass16 = nb.njit(inline="always", **_JIT)(_variant(_pass.py_func, "_pass16", _fill_tile=_fill_tile16))
 _attend_decode_f16 = nb.njit(parallel=True, **_JIT)(_variant(_attend_decode_q.py_func, "_attend_decode_f16", _pass=_pass16))
 
 _NO_CODES = np.zeros((4096, 0, 1), np.uint8)  # no pools (0 slots; indexable by any KV head)

@@ -437,3 +437,23 @@ def test_a_decode_step_stores_fp16_as_numpy_rounds_it():
     np.testing.assert_array_equal(cache.k[0, :4], want_k)
     np.testing.assert_array_equal(cache.v[0, :4], want_v)
     assert cache.used == 4 and list(cache.pos[:5]) == [0, 1, 2, 3, -1]
+
+
+def test_a_pool_without_ranks_fills_its_first_empty_slot_then_replaces_its_oldest_token():
+    """The slot a spilled token takes (``insert._pick`` without ranks, its vectorised path) against the
+    rule written out: the first empty slot (any negative position) of the pool ``[lo, lo + cap)``, else the
+    one holding the oldest position."""
+    from kvrun.cache.insert import _NO_RANK, _pick
+
+    rng = np.random.default_rng(3)
+    for trial in range(200):
+        n = int(rng.integers(1, 300))
+        row = rng.permutation(10 * n)[: n + 8].astype(np.int32)  # distinct positions
+        lo, cap = 5, n
+        if trial % 3:  # some empty slots, -1 and other negatives
+            holes = rng.choice(cap, int(rng.integers(1, cap + 1)), replace=False)
+            row[lo + holes] = rng.choice(np.int32([-1, -1, -7]), len(holes))
+        seg = row[lo : lo + cap]
+        empty = np.flatnonzero(seg < 0)
+        want = (int(empty[0]), True) if len(empty) else (int(np.argmin(seg)), False)
+        assert _pick(row, lo, cap, _NO_RANK, False) == want

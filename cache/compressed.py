@@ -413,7 +413,6 @@ class CompressedLayerCache(LayerCache):
         cache basis there when ``rot_v``.  t >= 0: row t of a prefill chunk whose
         scores the policy holds (``adopt``).
         """
-        p0, p1 = self.pools
         dummy = self._dummy  # [n_kv, 1]: a rank (or fold) array never read
         t_k, mu = self._fast_basis()
         mode, thr, score = self._merge_args
@@ -422,13 +421,11 @@ class CompressedLayerCache(LayerCache):
         kt = np.ascontiguousarray(k, np.float32)
         policy_push(
             np.ascontiguousarray(q, np.float32), kt, np.ascontiguousarray(v, np.float32), p,
-            self.basis.rot is not None, rot_v, t_k, mu, self.k16, self.v16, self.pos, self.F, j, spill,
-            self.lo[0], self._free[0], p0.kc, p0.km, p0.vc, p0.vm, p0.bits_k, p0.bits_v, self.kv.group, p0.klut, p0.vlut,
-            CLIPS[p0.bits_k], CLIPS[p0.bits_v], dummy if r0 is None else r0, r0 is not None,
-            self.lo[1], self._free[1], p1.kc, p1.km, p1.vc, p1.vm, p1.bits_k, p1.bits_v, p1.klut, p1.vlut,
-            CLIPS[p1.bits_k], CLIPS[p1.bits_v], dummy if r1 is None else r1, r1 is not None,
+            self.basis.rot is not None, rot_v, t_k, mu, self.k16, self.v16, self.pos, self.F, j, spill, self.kv.group,
+            self._pool_args(0), dummy if r0 is None else r0, r0 is not None,
+            self._pool_args(1), dummy if r1 is None else r1, r1 is not None,
             state, len(state), folds or (dummy,), len(folds), self.logw, mode, thr, _EMPTY2 if score is None else score,
-            p0._tmp, qr,
+            self.pools[0]._tmp, qr,
         )  # fmt: skip
         slots = np.full(self.spec.n_head_kv, j, np.int64)
         self.policy.on_insert(slots, p, kt)
@@ -459,18 +456,18 @@ class CompressedLayerCache(LayerCache):
             )  # fmt: skip
         self._attend_decode(q, pos, out, qr=self._qr[:T])
 
+    def _pool_args(self, i: int) -> tuple:
+        """Pool ``i``'s tuple as the one-call steps of :mod:`.insert` take it (see there)."""
+        pl = self.pools[i]
+        return (self.lo[i], self._free[i], pl.kc, pl.km, pl.vc, pl.vm, pl.bits_k, pl.bits_v, pl.klut, pl.vlut,
+                CLIPS[pl.bits_k], CLIPS[pl.bits_v])  # fmt: skip
+
     def _store_args(self) -> tuple:
         """What :func:`.insert.decode_push`, :func:`.insert.push_tokens` and :func:`.insert.policy_push_tokens`
-        take after the rotation flags:
-        the key basis, the fp16 area, the positions, both pools and the quantizer's scratch."""
-        p0, p1 = self.pools
+        take after the rotation flags: the key basis, the fp16 area, the positions, the group size,
+        both pools' tuples and the quantizer's scratch."""
         t_k, mu = self._fast_basis()
-        return (
-            t_k, mu, self.k16, self.v16, self.pos, self.S, self.F, self.lo[0], self._free[0],
-            p0.kc, p0.km, p0.vc, p0.vm, p0.bits_k, p0.bits_v, self.kv.group, p0.klut, p0.vlut, CLIPS[p0.bits_k], CLIPS[p0.bits_v],
-            self.lo[1], self._free[1], p1.kc, p1.km, p1.vc, p1.vm, p1.bits_k, p1.bits_v, p1.klut, p1.vlut,
-            CLIPS[p1.bits_k], CLIPS[p1.bits_v], p0._tmp,
-        )  # fmt: skip
+        return t_k, mu, self.k16, self.v16, self.pos, self.S, self.F, self.kv.group, self._pool_args(0), self._pool_args(1), self.pools[0]._tmp
 
     # ------------------------------------------------------------ attention
     def _attend_decode(self, q: np.ndarray, pos: np.ndarray, out: np.ndarray, qr: np.ndarray | None = None) -> None:

@@ -190,49 +190,15 @@ def plan_chunk(pos: np.ndarray, ppos: np.ndarray, S: int, F: int, lo: int, cap: 
     return out
 
 
+# A pool's arguments travel as one tuple (Numba takes heterogeneous tuples), in this order:
+#   (lo, free, kc, km, vc, vm, bits_k, bits_v, klut, vlut, clips_k, clips_v)
+# lo: its first slot in the layer's numbering; free: [P] its never-used slots per position row;
+# kc/km/vc/vm: codes and meta [n_kv, C, ...]; luts and clips as kvrun.cache.quant.quantize_row takes
+# them (``CompressedLayerCache._pool_args``).  Pool 1 has C = 0 when there is none.
 @nb.njit(**_JIT)
-def decode_push(
-    q: np.ndarray,
-    k: np.ndarray,
-    v: np.ndarray,
-    p: int,
-    rot_k: bool,
-    rot_v: bool,
-    t_k: np.ndarray,
-    mu: np.ndarray,
-    k16: np.ndarray,
-    v16: np.ndarray,
-    pos: np.ndarray,
-    S: int,
-    F: int,
-    lo: int,
-    free: np.ndarray,
-    kc: np.ndarray,
-    km: np.ndarray,
-    vc: np.ndarray,
-    vm: np.ndarray,
-    bits_k: int,
-    bits_v: int,
-    G: int,
-    klut: np.ndarray,
-    vlut: np.ndarray,
-    clips_k: np.ndarray,
-    clips_v: np.ndarray,
-    lo1: int,
-    free1: np.ndarray,
-    kc1: np.ndarray,
-    km1: np.ndarray,
-    vc1: np.ndarray,
-    vm1: np.ndarray,
-    bits_k1: int,
-    bits_v1: int,
-    klut1: np.ndarray,
-    vlut1: np.ndarray,
-    clips_k1: np.ndarray,
-    clips_v1: np.ndarray,
-    tmp: np.ndarray,
-    qr: np.ndarray,
-) -> None:
+def decode_push(q: np.ndarray, k: np.ndarray, v: np.ndarray, p: int, rot_k: bool, rot_v: bool, t_k: np.ndarray, mu: np.ndarray,
+                k16: np.ndarray, v16: np.ndarray, pos: np.ndarray, S: int, F: int, G: int, pool0: tuple, pool1: tuple,
+                tmp: np.ndarray, qr: np.ndarray) -> None:  # fmt: skip
     """Store one token and move its queries into the cache basis.
 
     q: [n_head, D], k: [n_kv, D], v: [n_kv, Dv] float32 in the model's basis;
@@ -240,22 +206,24 @@ def decode_push(
     values ``v @ H``, queries ``(q / t_k) @ H`` (``H`` only where ``rot_*``);
     t_k, mu: [n_kv, D] float32.  k16/v16: [n_kv, F, D/Dv] uint16 fp16 area
     (sinks then the residual window ``[S, F)``); pos: [1, N] int32 shared
-    positions; pool 0 starts at slot ``lo`` with ``kc.shape[1]`` slots,
-    ``free[0]`` of them never used; kc/km/vc/vm, luts and clips as
-    :func:`kvrun.cache.quant.quantize_row` takes them; pool 1 likewise
-    (``*1``; ``kc1.shape[1] == 0`` for none): with a warm tier, pool 0 holds the
-    newest quantized tokens and, when it is full, its oldest token is
-    re-quantized into pool 1 to make room; tmp: [2G] int32; qr: [n_head, D]
-    float32 output.
+    positions; pool0, pool1: the pools' tuples (above; G values a group): with
+    a warm tier, pool 0 holds the newest quantized tokens and, when it is
+    full, its oldest token is re-quantized into pool 1 to make room; tmp:
+    [2G] int32; qr: [n_head, D] float32 output.
     """
     n_kv, D = k.shape
     kf = np.empty(D, np.float32)
     vf = np.empty(v.shape[1], np.float32)
-    j, jq, jc = plan_push(pos, p, S, F, lo, kc.shape[1], free, lo1, kc1.shape[1], free1)
+    j, jq, jc = _plan(pos, p, S, F, pool0, pool1)
     for h in range(n_kv):
-        _move_token(h, j, jq, jc, k16, v16, kc, km, vc, vm, bits_k, bits_v, klut, vlut, clips_k, clips_v,
-                    kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1, clips_k1, clips_v1, G, kf, vf, tmp)  # fmt: skip
+        _move_token(h, j, jq, jc, k16, v16, G, pool0, pool1, kf, vf, tmp)
         _new_token(h, j, q, k, v, rot_k, rot_v, t_k, mu, k16, v16, qr, kf, vf)
+
+
+@nb.njit(inline="always", **_JIT)
+def _plan(pos, p, S, F, pool0, pool1):
+    """:func:`plan_push` with the pools' tuples."""
+    return plan_push(pos, p, S, F, pool0[0], pool0[2].shape[1], pool0[1], pool1[0], pool1[2].shape[1], pool1[1])
 
 
 @nb.njit(inline="always", **_JIT)
@@ -266,14 +234,15 @@ def dequant_pair(kc, km, klut, bits_k, vc, vm, vlut, bits_v, G, kf, vf) -> None:
 
 
 @nb.njit(inline="always", **_JIT)
-def _move_token(h, j, jq, jc, k16, v16, kc, km, vc, vm, bits_k, bits_v, klut, vlut, clips_k, clips_v,
-                kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1, clips_k1, clips_v1, G, kf, vf, tmp):  # fmt: skip
+def _move_token(h, j, jq, jc, k16, v16, G, pool0, pool1, kf, vf, tmp):
     """Head ``h``'s data moves before a new token takes fp16 slot ``j`` (positions apart).
 
     jc >= 0: pool 0 slot jq's token is re-quantized into pool 1 slot jc (a
     warm tier's cooling, a policy's demotion); jq >= 0: fp16 slot j's token is
     quantized into pool 0 slot jq.  kf, vf: [D], [Dv] float32 scratch.
     """
+    kc, km, vc, vm, bits_k, bits_v, klut, vlut, clips_k, clips_v = pool0[2:]
+    kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1, clips_k1, clips_v1 = pool1[2:]
     if jc >= 0:
         dequant_pair(kc[h, jq], km[h, jq], klut, bits_k, vc[h, jq], vm[h, jq], vlut, bits_v, G, kf, vf)
         quantize_row(kf, bits_k1, G, klut1, clips_k1, kc1[h, jc], km1[h, jc], tmp)
@@ -327,46 +296,9 @@ def _store_token(h, j, k, v, rot_k, rot_v, t_k, mu, k16, v16, kf, vf):
 
 
 @nb.njit(**_JIT)
-def push_tokens(
-    k: np.ndarray,
-    v: np.ndarray,
-    ppos: np.ndarray,
-    rot_k: bool,
-    rot_v: bool,
-    t_k: np.ndarray,
-    mu: np.ndarray,
-    k16: np.ndarray,
-    v16: np.ndarray,
-    pos: np.ndarray,
-    S: int,
-    F: int,
-    lo: int,
-    free: np.ndarray,
-    kc: np.ndarray,
-    km: np.ndarray,
-    vc: np.ndarray,
-    vm: np.ndarray,
-    bits_k: int,
-    bits_v: int,
-    G: int,
-    klut: np.ndarray,
-    vlut: np.ndarray,
-    clips_k: np.ndarray,
-    clips_v: np.ndarray,
-    lo1: int,
-    free1: np.ndarray,
-    kc1: np.ndarray,
-    km1: np.ndarray,
-    vc1: np.ndarray,
-    vm1: np.ndarray,
-    bits_k1: int,
-    bits_v1: int,
-    klut1: np.ndarray,
-    vlut1: np.ndarray,
-    clips_k1: np.ndarray,
-    clips_v1: np.ndarray,
-    tmp: np.ndarray,
-) -> None:
+def push_tokens(k: np.ndarray, v: np.ndarray, ppos: np.ndarray, rot_k: bool, rot_v: bool, t_k: np.ndarray, mu: np.ndarray,
+                k16: np.ndarray, v16: np.ndarray, pos: np.ndarray, S: int, F: int, G: int, pool0: tuple, pool1: tuple,
+                tmp: np.ndarray) -> None:  # fmt: skip
     """A prefill chunk's tokens, in order, each stored as :func:`decode_push` stores one (no queries).
 
     k: [T, n_kv, D], v: [T, n_kv, Dv] float32 in the model's basis; ppos: [T]
@@ -378,22 +310,22 @@ def push_tokens(
     kf = np.empty(D, np.float32)
     vf = np.empty(v.shape[2], np.float32)
     for t in range(T):
-        j, jq, jc = plan_push(pos, ppos[t], S, F, lo, kc.shape[1], free, lo1, kc1.shape[1], free1)
+        j, jq, jc = _plan(pos, ppos[t], S, F, pool0, pool1)
         for h in range(n_kv):
-            _move_token(h, j, jq, jc, k16, v16, kc, km, vc, vm, bits_k, bits_v, klut, vlut, clips_k, clips_v,
-                        kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1, clips_k1, clips_v1, G, kf, vf, tmp)  # fmt: skip
+            _move_token(h, j, jq, jc, k16, v16, G, pool0, pool1, kf, vf, tmp)
             _store_token(h, j, k[t], v[t], rot_k, rot_v, t_k, mu, k16, v16, kf, vf)
 
 
 # ----------------------------------------------------------------- with an eviction policy
 @nb.njit(**_JIT)
-def _merge(h, v, lo, prow, kc, km, vc, vm, bits_k, bits_v, G, klut, vlut, clips_k, clips_v,
-           mode, threshold, logw, score, folds, n_fold, kf, vf, kt, vt, sims, tmp):  # fmt: skip
-    """Fold head ``h``'s token in pool slot ``v`` (pool-local; the pool starts at slot ``lo``) into the
+def _merge(h, v, prow, G, pool, mode, threshold, logw, score, folds, n_fold, kf, vf, kt, vt, sims, tmp):
+    """Fold head ``h``'s token in slot ``v`` of ``pool`` (pool-local; the pool's tuple starts with its first slot) into the
     kept token of that pool whose key is most similar, when at least ``threshold``
     (cache/merge.py ``Merger.evict``; ``kvquant.cu`` kq_merge).  mode 1: mean, 2: KeepKV
     (``logw`` [n_kv, N]; ``score``: the policy's, or [0, 0] when it has none); ``folds``:
     a tuple of [n_kv, N] arrays, the first ``n_fold`` add the victim's entry into the target's."""
+    lo = pool[0]
+    kc, km, vc, vm, bits_k, bits_v, klut, vlut, clips_k, clips_v = pool[2:]
     C = kc.shape[1]
     D, Dv = kf.shape[0], vf.shape[0]
     dequant_pair(kc[h, v], km[h, v], klut, bits_k, vc[h, v], vm[h, v], vlut, bits_v, G, kf, vf)
@@ -441,9 +373,7 @@ def _follow(a, h, j, jq, jc, lo, lo1):
 
 @nb.njit(**_JIT)
 def policy_push(
-    q, k, v, p, rot_k, rot_v, t_k, mu, k16, v16, pos, F, j, spill,
-    lo, free, kc, km, vc, vm, bits_k, bits_v, G, klut, vlut, clips_k, clips_v, rank0, has_rank0,
-    lo1, free1, kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1, clips_k1, clips_v1, rank1, has_rank1,
+    q, k, v, p, rot_k, rot_v, t_k, mu, k16, v16, pos, F, j, spill, G, pool0, rank0, has_rank0, pool1, rank1, has_rank1,
     state, n_state, folds, n_fold, logw, mode, threshold, score, tmp, qr,
 ) -> None:  # fmt: skip
     """One decode token into a compressed layer with an eviction policy: ``kvquant.cu`` kv_policy_push on the CPU.
@@ -459,13 +389,11 @@ def policy_push(
     moving with their tokens; ``folds``: a tuple of those a merged token's
     entry adds into, the first ``n_fold``; ``logw`` [n_kv, N] the merge
     log-weights ([0, 0]: none), moved too; rank0/rank1 [n_kv, >= 1] (read
-    only where has_rank*).  ``free``/``free1`` [n_kv]: empty slots per head,
+    only where has_rank*).  The pools' ``free`` [n_kv]: empty slots per head,
     kept up to date.  The rest as :func:`decode_push`.
     """
     _policy_token(
-        k, v, p, rot_k, rot_v, t_k, mu, k16, v16, pos, j, spill,
-        lo, free, kc, km, vc, vm, bits_k, bits_v, G, klut, vlut, clips_k, clips_v, rank0, has_rank0,
-        lo1, free1, kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1, clips_k1, clips_v1, rank1, has_rank1,
+        k, v, p, rot_k, rot_v, t_k, mu, k16, v16, pos, j, spill, G, pool0, rank0, has_rank0, pool1, rank1, has_rank1,
         state, n_state, folds, n_fold, logw, mode, threshold, score, logw[:0], False, tmp,
     )  # fmt: skip
     for h in range(k.shape[0]):
@@ -474,9 +402,7 @@ def policy_push(
 
 @nb.njit(**_JIT)
 def policy_push_tokens(
-    k, v, ppos, rot_k, rot_v, t_k, mu, k16, v16, pos, S, F,
-    lo, free, kc, km, vc, vm, bits_k, bits_v, G, klut, vlut, clips_k, clips_v,
-    lo1, free1, kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1, clips_k1, clips_v1, tmp,
+    k, v, ppos, rot_k, rot_v, t_k, mu, k16, v16, pos, S, F, G, pool0, pool1, tmp,
     state, n_state, folds, n_fold, logw, mode, threshold, score, init, pool_width,
 ) -> None:  # fmt: skip
     """A prefill chunk's tokens, in order, into a layer whose policy ranks by its score
@@ -491,7 +417,8 @@ def policy_push_tokens(
     (``Policy.insert_chunk``).  The rest as :func:`policy_push`.
     """
     N = pos.shape[1]
-    C0, C1 = kc.shape[1], kc1.shape[1]
+    lo, lo1 = pool0[0], pool1[0]
+    C0, C1 = pool0[2].shape[1], pool1[2].shape[1]
     s0, s1 = state[0][:, lo : lo + C0], state[0][:, lo1 : lo1 + C1]
     p0, p1 = pos[:, lo : lo + C0], pos[:, lo1 : lo1 + C1]
     rank0, rank1 = np.empty((k.shape[1], C0), np.float32), np.empty((k.shape[1], C1), np.float32)
@@ -506,18 +433,14 @@ def policy_push_tokens(
                 rank0[:] = s0
                 rank1[:] = s1
         _policy_token(
-            k[t], v[t], ppos[t], rot_k, rot_v, t_k, mu, k16, v16, pos, j, spill,
-            lo, free, kc, km, vc, vm, bits_k, bits_v, G, klut, vlut, clips_k, clips_v, rank0, True,
-            lo1, free1, kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1, clips_k1, clips_v1, rank1, True,
+            k[t], v[t], ppos[t], rot_k, rot_v, t_k, mu, k16, v16, pos, j, spill, G, pool0, rank0, True, pool1, rank1, True,
             state, n_state, folds, n_fold, logw, mode, threshold, score, init[:, :, t], True, tmp,
         )  # fmt: skip
 
 
 @nb.njit(**_JIT)
 def _policy_token(
-    k, v, p, rot_k, rot_v, t_k, mu, k16, v16, pos, j, spill,
-    lo, free, kc, km, vc, vm, bits_k, bits_v, G, klut, vlut, clips_k, clips_v, rank0, has_rank0,
-    lo1, free1, kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1, clips_k1, clips_v1, rank1, has_rank1,
+    k, v, p, rot_k, rot_v, t_k, mu, k16, v16, pos, j, spill, G, pool0, rank0, has_rank0, pool1, rank1, has_rank1,
     state, n_state, folds, n_fold, logw, mode, threshold, score, init, has_init, tmp,
 ) -> None:  # fmt: skip
     """One token into every head of a layer with a policy (:func:`policy_push` but for the queries); with
@@ -526,7 +449,8 @@ def _policy_token(
     Dv = v.shape[1]
     kf, vf = np.empty(D, np.float32), np.empty(Dv, np.float32)
     kt, vt = np.empty(D, np.float32), np.empty(Dv, np.float32)
-    C0, C1 = kc.shape[1], kc1.shape[1]
+    lo, free, lo1, free1 = pool0[0], pool0[1], pool1[0], pool1[1]
+    C0, C1 = pool0[2].shape[1], pool1[2].shape[1]
     sims0, sims1 = np.empty(C0, np.float32), np.empty(C1, np.float32)
     for h in range(n_kv):
         prow = pos[h]
@@ -540,13 +464,10 @@ def _policy_token(
                 if empty1:
                     free1[h] -= 1
                 elif mode:
-                    _merge(h, jc, lo1, prow, kc1, km1, vc1, vm1, bits_k1, bits_v1, G, klut1, vlut1, clips_k1, clips_v1,
-                           mode, threshold, logw, score, folds, n_fold, kf, vf, kt, vt, sims1, tmp)  # fmt: skip
+                    _merge(h, jc, prow, G, pool1, mode, threshold, logw, score, folds, n_fold, kf, vf, kt, vt, sims1, tmp)
             elif mode:
-                _merge(h, jq, lo, prow, kc, km, vc, vm, bits_k, bits_v, G, klut, vlut, clips_k, clips_v,
-                       mode, threshold, logw, score, folds, n_fold, kf, vf, kt, vt, sims0, tmp)  # fmt: skip
-        _move_token(h, j, jq, jc, k16, v16, kc, km, vc, vm, bits_k, bits_v, klut, vlut, clips_k, clips_v,
-                    kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1, clips_k1, clips_v1, G, kf, vf, tmp)  # fmt: skip
+                _merge(h, jq, prow, G, pool0, mode, threshold, logw, score, folds, n_fold, kf, vf, kt, vt, sims0, tmp)
+        _move_token(h, j, jq, jc, k16, v16, G, pool0, pool1, kf, vf, tmp)
         # positions and per-slot state follow their tokens (Policy.move): jc <- jq, jq <- j
         _follow(pos, h, j, jq, jc, lo, lo1)
         prow[j] = p

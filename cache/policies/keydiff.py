@@ -37,27 +37,30 @@ class KeyDiff(Policy):
     def on_insert(self, slots: np.ndarray | Column, pos: int | Array, k: Array) -> None:
         xp = self.xp
         k = self._up(k)  # a host key goes up; a device one (the GPU cache's device step) stays
-        unit = k / xp.maximum(xp.linalg.norm(k, axis=1, keepdims=True), np.float32(1e-12))  # [n_kv, D]
+        unit = _unit(xp, k)  # [n_kv, D]
         if self.anchor is None:
             self.anchor = xp.zeros_like(unit)
-        a = self.anchor / xp.maximum(xp.linalg.norm(self.anchor, axis=1, keepdims=True), np.float32(1e-12))
-        self.score[self._heads(slots)] = -(unit * a).sum(axis=1)
+        self.score[self._heads(slots)] = -(unit * _unit(xp, self.anchor)).sum(axis=1)
         self.anchor += unit
 
     def insert_chunk(self, pos: Array, k: Array, first: int = 0) -> Array:
         xp = self.xp
         k = self._up(k)  # [T, n_kv, D]
-        unit = k / xp.maximum(xp.linalg.norm(k, axis=2, keepdims=True), np.float32(1e-12))
+        unit = _unit(xp, k)
         if self.anchor is None:
             self.anchor = xp.zeros_like(unit[0])
         # the anchor before each token, then after the chunk: [T + 1, n_kv, D] (a running sum, in order, as on_insert's)
         run = xp.cumsum(xp.concatenate([self.anchor[None], unit]), axis=0)
-        a = run[:-1] / xp.maximum(xp.linalg.norm(run[:-1], axis=2, keepdims=True), np.float32(1e-12))
         self.anchor[...] = run[-1]
-        return xp.ascontiguousarray(-(unit * a).sum(axis=2).T[None])  # [1, n_kv, T]
+        return xp.ascontiguousarray(-(unit * _unit(xp, run[:-1])).sum(axis=2).T[None])  # [1, n_kv, T]
 
     def prefill(self, head: int, probs: np.ndarray | None, old: np.ndarray) -> None:
         pass  # keys are scored by on_insert
 
     def fold_arrays(self) -> list[Array]:
         return []  # a key's score is its own
+
+
+def _unit(xp: Any, x: Array) -> Array:
+    """``x`` scaled to unit length along its last axis (a zero vector stays zero)."""
+    return x / xp.maximum(xp.linalg.norm(x, axis=-1, keepdims=True), np.float32(1e-12))

@@ -8,7 +8,8 @@ Measures like llama-bench: ppN = N random tokens in one batch on an empty
 cache; tgN = N tokens one at a time on an empty cache.  ``-d D``: both start
 after D tokens already in the cache (prefilled, untimed), as ``kvrun bench -d``.
 ``--kv TYPE``: llama.cpp's own KV cache quantization (f16, q8_0, q4_0; the
-quantized ones need flash attention, which it then turns on).
+quantized ones need flash attention, which it then turns on; ``--fa`` turns it on
+with f16 too).
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ def main() -> None:
     ap.add_argument("-r", type=int, default=3)
     ap.add_argument("-d", "--depth", type=int, default=0)
     ap.add_argument("--kv", default="f16", choices=sorted(KV_TYPES))
+    ap.add_argument("--fa", action="store_true", help="flash attention with an f16 cache too")
     a = ap.parse_args()
     kv = KV_TYPES[a.kv]
     llm = Llama(
         model_path=a.model, n_ctx=a.depth + max(a.p, a.n) + 16, n_batch=max(a.p, 512), n_threads=a.threads, n_threads_batch=a.threads,
-        type_k=kv, type_v=kv, flash_attn=a.kv != "f16", verbose=False,
+        type_k=kv, type_v=kv, flash_attn=a.fa or a.kv != "f16", verbose=False,
     )  # fmt: skip
     rng = np.random.default_rng(0)
     n_vocab = llm.n_vocab()

@@ -27,8 +27,8 @@ class PlainLayerCache(LayerCache):
         self.v = np.zeros((spec.n_head_kv, capacity, spec.head_dim_v), np.uint16)
         self.pos = np.full(capacity, -1, np.int32)  # absolute position per slot
         self._s = np.zeros((spec.n_head_kv, spec.n_head // spec.n_head_kv, capacity), np.float32)  # decode scores
-        # decode: the compressed cache's kernel cut to fp16 rows (decode_step_f16): fused
-        # fp16 row kernels, split-K across threads for few KV heads
+        # decode: the compressed cache's kernel cut to fp16 rows (decode_step_f16): fp16 tiles
+        # through the register-blocked tile kernels, split-K where heads do not share out over threads
         self.used = 0  # slots [0, used) have been written at least once
 
     def update_and_attend(self, q, k, v, pos, out) -> None:

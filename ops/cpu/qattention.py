@@ -37,6 +37,7 @@ Prefill, compute-bound, may dequantize into a per-call scratch and use BLAS.
 
 from __future__ import annotations
 
+import math
 import types as types_
 
 import numba as nb
@@ -263,7 +264,7 @@ _rk8_32, _rk8_64, _rk8_128 = (_row_kernel(8, G) for G in (32, 64, 128))
 
 
 @nb.njit(inline="always", **_JIT)
-def fused_ok(bits: int, G: int, D: int) -> bool:
+def vector_ok(bits: int, G: int, D: int) -> bool:
     """Whether the vector row decoders cover this (width, group, head size)."""
     if bits == 16:
         return D % 32 == 0
@@ -331,7 +332,7 @@ def decode_rows(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, bits: int,
     lut: [256] float32; out: flat float32.  Each row must be contiguous.
     """
     D = codes.shape[1] * 8 // container(bits)
-    if fused_ok(bits, G, D) and codes.strides[1] == 1 and (bits == 16 or (meta.strides[2] == 1 and meta.strides[1] == 2)):
+    if vector_ok(bits, G, D) and codes.strides[1] == 1 and (bits == 16 or (meta.strides[2] == 1 and meta.strides[1] == 2)):
         zs = np.float32((1 << bits) - 1) / np.float32(255.0) if bits < 16 else np.float32(0.0)
         _rows(bits, G, codes.ctypes.data + r0 * codes.strides[0], codes.strides[0],
               meta.ctypes.data + r0 * meta.strides[0], meta.strides[0], lut.ctypes.data, zs, out.ctypes.data, D, n)
@@ -344,7 +345,7 @@ def decode_rows(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, bits: int,
 def decode_half_rows(x: np.ndarray, r0: int, n: int, out: np.ndarray) -> None:
     """Rows ``r0 .. r0+n`` of a [R, D] uint16 (float16 bits) array into ``out[:n*D]``."""
     D = x.shape[1]
-    if fused_ok(16, 32, D) and x.strides[1] == 2:
+    if vector_ok(16, 32, D) and x.strides[1] == 2:
         _rows(16, 32, x.ctypes.data + r0 * x.strides[0], x.strides[0], 0, 0, 0, 0.0, out.ctypes.data, D, n)
         return
     for r in range(n):
@@ -467,11 +468,8 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
     # the items share out evenly over the threads (Gemma 3 has one KV head, SmolLM2
     # three: on two threads, three whole heads would leave one thread idle a third of the time)
     nc = 1
-    if n_kv % n_threads != 0 and N >= SPLIT_MIN_SLOTS:
-        a, b = n_kv, n_threads
-        while b:
-            a, b = b, a % b
-        nc = min(n_threads // a, N // (SPLIT_MIN_SLOTS // 2))  # n_threads / gcd: n_kv * nc items divide evenly
+    if n_kv % n_threads != 0 and N >= SPLIT_MIN_SLOTS:  # n_kv * nc items divide evenly over the threads
+        nc = min(n_threads // math.gcd(n_kv, n_threads), N // (SPLIT_MIN_SLOTS // 2))
     step = -(-N // nc)
     step = max(TILE, -(-step // TILE) * TILE)
     nc = -(-N // step)
@@ -494,8 +492,7 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
             _pass(DOT, kh, j0, j1, k16, kc0, km0, klut0, kw0, kc1, km1, klut1, kw1, G, D, qt[kh * gqa : (kh + 1) * gqa], s_all, gqa)
             # ---- logits, masks, softmax over this item's slots (flash-decoding: each item keeps
             # its own max; probabilities stay unnormalised until the items are combined)
-            lo = pq - window if window > 0 else -1  # visible: lo < position <= pq (and not -1: empty)
-            lo = max(lo, -1)
+            lo = max(pq - window, -1) if window > 0 else -1  # visible: lo < position <= pq (and not -1: empty)
             # (the loops run over slices from 0: an index from j0 could be negative to Numba, whose
             # wraparound test keeps a loop from vectorising)
             kp = kpos[prow, j0:j1]

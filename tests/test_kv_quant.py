@@ -228,3 +228,60 @@ def _check_decode_kernel(bits: int, group: int, geometry: tuple, D: int) -> None
     np.testing.assert_allclose(out[0], ref, atol=2e-5)
     np.testing.assert_allclose(probs, ref_probs, atol=2e-5)
     assert math.isclose(probs.sum(), H, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "held0, held1",
+    [((700, 900, 650), (0, 0, 0)), ((1500, 1500, 1500), (300, 1100, 5)), ((0, 0, 0), (40, 0, 0)), ((1500, 3, 0), (1200, 0, 64))],
+)
+def test_decode_kernel_reads_each_pool_up_to_its_last_held_slot(held0, held1):
+    """Pools are sized for the whole context and read only up to their last held slot (any KV
+    head's): per-head positions with holes, each head's last slot in a different place, one pool
+    empty, and a split over two threads with chunks in both pools.  Same result as attention over
+    the held tokens alone, and no probability on an empty slot."""
+    rng = np.random.default_rng(11)
+    n_kv, H, D, F, G = 3, 9, 64, 20, 32
+    caps, widths = (1500, 1200), (4, 2)
+    N = F + sum(caps)
+    pos = np.full((n_kv, N), -1, np.int32)
+    pos[:, :F] = np.arange(F)
+    lo = F
+    for cap, held in zip(caps, (held0, held1)):
+        for h in range(n_kv):
+            pos[h, lo : lo + held[h]] = rng.permutation(np.arange(100, 100 + held[h])) + 10_000 * (lo > F)
+            holes = rng.choice(held[h], size=held[h] // 10, replace=False) if held[h] > 1 else []
+            pos[h, lo + np.asarray(holes, np.int64)] = -1
+            if held[h]:
+                pos[h, lo + held[h] - 1] = 20_000 + h  # the last held slot stays held
+        lo += cap
+    k = rng.standard_normal((n_kv, N, D)).astype(np.float32)
+    v = rng.standard_normal((n_kv, N, D)).astype(np.float32)
+    q = rng.standard_normal((1, H, D)).astype(np.float32)
+    k16, v16 = k[:, :F].astype(np.float16), v[:, :F].astype(np.float16)
+    kf, vf = [k16.astype(np.float32)], [v16.astype(np.float32)]
+    pools = []
+    lo = F
+    for cap, bits in zip(caps, widths):
+        kc, km, klut = quantize(k[:, lo : lo + cap].reshape(-1, D), bits, G)
+        vc, vm, vlut = quantize(v[:, lo : lo + cap].reshape(-1, D), bits, G)
+        kf.append(dequantize(kc, km, klut, bits, G, D).reshape(n_kv, cap, D))
+        vf.append(dequantize(vc, vm, vlut, bits, G, D).reshape(n_kv, cap, D))
+        pools.append([a.reshape(n_kv, cap, *a.shape[1:]) for a in (kc, km, vc, vm)] + [klut, vlut])
+        lo += cap
+    (kc0, km0, vc0, vm0, klut0, vlut0), (kc1, km1, vc1, vm1, klut1, vlut1) = pools
+    out = np.zeros((1, H, D), np.float32)
+    probs = np.zeros((n_kv, N), np.float32)
+    attend_decode_q(
+        q, np.array([30_000], np.int32), k16.view(np.uint16), v16.view(np.uint16),
+        kc0, km0, vc0, vm0, 4, 4, kc1, km1, vc1, vm1, 2, 2,
+        klut0, vlut0, klut1, vlut1, G, pos, np.zeros((0, 0), np.float32), 0, 0.125, 0.0, out,
+        np.zeros((n_kv, H // n_kv, N), np.float32), probs, n_threads=2,
+    )  # fmt: skip
+    kk, vv = np.concatenate(kf, axis=1), np.concatenate(vf, axis=1)
+    gqa = H // n_kv
+    for h in range(H):
+        held = pos[h // gqa] >= 0
+        ref, _ = _reference_attention(q[0, h : h + 1], kk[h // gqa : h // gqa + 1, held], vv[h // gqa : h // gqa + 1, held], 0.125)
+        np.testing.assert_allclose(out[0, h], ref[0], atol=2e-5)
+    assert not probs[pos < 0].any()
+    np.testing.assert_allclose(probs.sum(axis=1), gqa, rtol=1e-5)

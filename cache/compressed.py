@@ -51,6 +51,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import numba as nb
 import numpy as np
 
 from ..ops.cpu.attention import attend_group
@@ -60,7 +61,7 @@ from .kvconfig import KVConfig
 from .keybasis import KeyBasis
 from .merge import make_merger
 from .policies import make_policy
-from .insert import decode_push, fwht_rows, policy_push, policy_push_tokens, push_tokens, window_slot
+from .insert import decode_step, fwht_rows, policy_push, policy_push_tokens, push_tokens, window_slot
 from .pool import Pool
 from .quant import CLIPS, TABLE_BYTES, hadamard
 
@@ -329,7 +330,7 @@ class CompressedLayerCache(LayerCache):
 
     # ------------------------------------------------------------ steady-state decode
     def _fast_decode_ready(self, p: int) -> bool:
-        """Whether this step is the plain steady state :func:`.insert.decode_push` does in one call."""
+        """Whether this step is the plain steady state :func:`.insert.decode_step` does in one call."""
         return self.FAST_DECODE and self._steady_state(p)
 
     def _steady_state(self, p: int) -> bool:
@@ -445,16 +446,15 @@ class CompressedLayerCache(LayerCache):
         return self._fb
 
     def _decode_fast(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
-        """A steady-state decode step (up to MAX_DECODE_T tokens): each token in one Numba call
-        (:func:`.insert.decode_push`), then the step's queries attend."""
-        store = self._store_args()
-        T = q.shape[0]
-        for t in range(T):
-            decode_push(
-                np.ascontiguousarray(q[t], np.float32), np.ascontiguousarray(k[t], np.float32), np.ascontiguousarray(v[t], np.float32),
-                int(pos[t]), self.basis.rot is not None, self.rot_v is not None, *store, self._qr[t],
-            )  # fmt: skip
-        self._attend_decode(q, pos, out, qr=self._qr[:T])
+        """A steady-state decode step (up to MAX_DECODE_T tokens) in one Numba call (:func:`.insert.decode_step`):
+        each token stored, then the step's queries attend."""
+        T, s = q.shape[0], self.spec
+        rot_v = self.rot_v is not None
+        decode_step(
+            np.ascontiguousarray(q, np.float32), np.ascontiguousarray(k, np.float32), np.ascontiguousarray(v, np.float32),
+            np.ascontiguousarray(pos, np.int32), self.basis.rot is not None, rot_v, *self._store_args(), self._qr[:T],
+            self.logw, s.window, s.scale, s.softcap, self._or[:T] if rot_v else out, out, self._s, nb.get_num_threads(),
+        )  # fmt: skip
 
     def _pool_args(self, i: int) -> tuple:
         """Pool ``i``'s tuple as the one-call steps of :mod:`.insert` take it (see there)."""

@@ -22,7 +22,7 @@ import numba as nb
 import numpy as np
 
 from ..ops.cpu.f16 import f16_to_f32, f32_to_f16
-from ..ops.cpu.qattention import dequant_row, key_similarity
+from ..ops.cpu.qattention import _attend_decode_q, dequant_row, key_similarity
 from .policies.snapkv import pooled_rows
 from .quant import quantize_row
 
@@ -218,6 +218,31 @@ def decode_push(q: np.ndarray, k: np.ndarray, v: np.ndarray, p: int, rot_k: bool
     for h in range(n_kv):
         _move_token(h, j, jq, jc, k16, v16, G, pool0, pool1, kf, vf, tmp)
         _new_token(h, j, q, k, v, rot_k, rot_v, t_k, mu, k16, v16, qr, kf, vf)
+
+
+@nb.njit(**_JIT)
+def decode_step(q: np.ndarray, k: np.ndarray, v: np.ndarray, qpos: np.ndarray, rot_k: bool, rot_v: bool, t_k: np.ndarray, mu: np.ndarray,
+                k16: np.ndarray, v16: np.ndarray, pos: np.ndarray, S: int, F: int, G: int, pool0: tuple, pool1: tuple,
+                tmp: np.ndarray, qr: np.ndarray, logw: np.ndarray, window: int, scale: float, softcap: float,
+                o: np.ndarray, out: np.ndarray, s_all: np.ndarray, n_threads: int) -> None:  # fmt: skip
+    """A whole steady-state decode step in one call: each token stored by :func:`decode_push`,
+    then the step's queries attend (``attend_decode_q``'s kernel) and, with ``rot_v``, the
+    output is rotated back.  Three calls and their Python between cost ~25 us a layer-step,
+    as much as the 4-bit attention over a few hundred tokens.
+
+    q: [T, n_head, D], k: [T, n_kv, D], v: [T, n_kv, Dv] float32; qpos: [T] int32;
+    qr: [T, n_head, D] scratch for the rotated queries; logw: merge log-weights or [0, 0];
+    o: [T, n_head, Dv] attention output in the cache basis (``out`` itself without
+    ``rot_v``); out: [T, n_head, Dv]; s_all: [n_kv, gqa, N] scratch.  The rest as :func:`decode_push`.
+    """
+    for t in range(q.shape[0]):
+        decode_push(q[t], k[t], v[t], qpos[t], rot_k, rot_v, t_k, mu, k16, v16, pos, S, F, G, pool0, pool1, tmp, qr[t])
+    no_probs = np.empty((0, 0), np.float32)
+    _attend_decode_q(qr, qpos, k16, v16, pool0[2], pool0[3], pool0[4], pool0[5], pool0[6], pool0[7],
+                     pool1[2], pool1[3], pool1[4], pool1[5], pool1[6], pool1[7], pool0[8], pool0[9], pool1[8], pool1[9],
+                     G, pos, logw, window, scale, softcap, o, s_all, no_probs, n_threads)  # fmt: skip
+    if rot_v:
+        fwht_rows(o, out)
 
 
 @nb.njit(inline="always", **_JIT)

@@ -484,6 +484,8 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
     A1 = F + _extent(kpos, F, C0)  # segment A: [0, A1), the fp16 area and pool 0
     B0 = F + C0
     B1 = B0 + _extent(kpos, B0, C1)  # segment B: [B0, B1), pool 1
+    if A1 == B0:  # pool 0 full (pool 1 only fills after it, so the usual case): one segment, split evenly
+        A1, B0 = B1, B1
     M = A1 + B1 - B0
     # work items: (KV head, slot chunk); with enough slots a head is split so that
     # the items share out evenly over the threads (Gemma 3 has one KV head, SmolLM2

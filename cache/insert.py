@@ -237,10 +237,11 @@ def decode_step(q: np.ndarray, k: np.ndarray, v: np.ndarray, qpos: np.ndarray, r
     """
     for t in range(q.shape[0]):
         decode_push(q[t], k[t], v[t], qpos[t], rot_k, rot_v, t_k, mu, k16, v16, pos, S, F, G, pool0, pool1, tmp, qr[t])
+    kc, km, vc, vm, bits_k, bits_v, klut, vlut = pool0[2:10]
+    kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1 = pool1[2:10]
     no_probs = np.empty((0, 0), np.float32)
-    _attend_decode_q(qr, qpos, k16, v16, pool0[2], pool0[3], pool0[4], pool0[5], pool0[6], pool0[7],
-                     pool1[2], pool1[3], pool1[4], pool1[5], pool1[6], pool1[7], pool0[8], pool0[9], pool1[8], pool1[9],
-                     G, pos, logw, window, scale, softcap, o, s_all, no_probs, n_threads)  # fmt: skip
+    _attend_decode_q(qr, qpos, k16, v16, kc, km, vc, vm, bits_k, bits_v, kc1, km1, vc1, vm1, bits_k1, bits_v1,
+                     klut, vlut, klut1, vlut1, G, pos, logw, window, scale, softcap, o, s_all, no_probs, n_threads)  # fmt: skip
     if rot_v:
         fwht_rows(o, out)
 

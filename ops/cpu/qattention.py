@@ -48,6 +48,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .f16 import f16_to_f32, f32_to_f16
+from .parallel import prange_only
 from .vexp import exp32
 from .qmatmul import LF16, LF32, LI8, LI16, LI32, LI64, V, _G
 
@@ -57,19 +58,6 @@ TILE = 64  # rows dequantized at a time into an L1-resident float scratch
 SPLIT_MIN_SLOTS = 256  # a KV head is split across threads from this many slots (split-K): Gemma 3's one KV head
 # over a 516-slot window, 2 threads: 51-66 -> 36 us (fp16), 54 -> 38 us (4-bit); 1024 left its sliding-window layers on one thread
 DOT, ADD = 1, 2  # the two passes of decode attention over a head's slots (see ``_pass``)
-
-
-def prange_only() -> dict:
-    """Numba's ``parallel`` option for a kernel whose only parallel loop is its explicit prange.
-
-    With plain ``parallel=True`` Numba also turns whole-array statements (``o[:] = 0.0``,
-    ``qt[:] = q[t]``, ``np.zeros``) into parallel regions of their own, each a thread-pool
-    launch: ~12 of them a decode step cost 10-14 us, as much as the arithmetic at a few
-    hundred slots (SmolLM2, 150 slots: 29 -> 15 us a layer).  A fresh dict each time:
-    Numba empties the one it is given while compiling, and an empty dict means all passes on.
-    """
-    return dict(prange=True, comprehension=False, setitem=False, numpy=False, reduction=False,
-                inplace_binop=False, stencil=False, fusion=False)  # fmt: skip
 
 
 @nb.njit(inline="always", **_JIT)
@@ -451,7 +439,8 @@ def attend_decode_q(
     cut into chunks that each keep their own softmax maximum and are combined at
     the end (flash-decoding's split-K).  SmolLM2's layer-step at 4096 fp16 slots
     (3 KV heads, 2 threads, its 30 layers' cache streamed from memory): 0.39 ms
-    before the tile kernels and even split, 0.29 ms after.
+    before the tile kernels and even split, 0.29 ms after.  Each pool is read only up to
+    its last held slot (pools are sized for the whole context and fill from the front).
 
     s_all: [n_kv, gqa, N] float32 scratch.  probs_acc: [n_kv, N] float32
     receives the softmax probabilities summed over each KV head's query heads

@@ -50,6 +50,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .f16 import bf16_to_f32, f16_to_f32
+from .parallel import prange_only
 
 _JIT = dict(cache=True, fastmath=True, nogil=True)
 _JIT_EXACT = dict(cache=True, nogil=True)  # decoders: no FMA contraction, bit-exact weights
@@ -1044,7 +1045,7 @@ def _mv_1(kind, w, x, out, sc):
         _rows_q(kind, w, 0, w.shape[0], out, xq, xd, xs, x16)
 
 
-@nb.njit(parallel=True, **_JIT)
+@nb.njit(parallel=prange_only(), **_JIT)
 def _mv_n(kind, w, x, out, sc, nt):
     """nt threads (nb.get_num_threads(), passed in: reading it here would stop
     the caching), contiguous row ranges: out[n_rows] = W @ x."""
@@ -1060,7 +1061,7 @@ def _mv_n(kind, w, x, out, sc, nt):
             _row_range(kind, w, out, t, nt, xq, xd, xs, x16)
 
 
-@nb.njit(parallel=True, **_JIT)
+@nb.njit(parallel=prange_only(), **_JIT)
 def _mv_generic(kind, w, x, out, tmp):
     """Fallback without AVX2: decode each row into a per-thread float buffer, then dot.  tmp: [n_threads, n_cols]."""
     _check(kind, w, x.size, out.size)
@@ -1103,7 +1104,7 @@ def _mm_int_1(kind, w, x, out, sc):
     _mm_rows(kind, w, x, out, sc, 0, w.shape[0])
 
 
-@nb.njit(parallel=True, **_JIT)
+@nb.njit(parallel=prange_only(), **_JIT)
 def _mm_int_n(kind, w, x, out, sc, nt):
     """nt threads (rows split), quantized x: out[n_tok, n_rows] = x @ W.T."""
     _check(kind, w, x.shape[1], out.shape[1])
@@ -1188,7 +1189,7 @@ _n_threads = nb.get_num_threads
 _EMPTY = np.zeros(64, np.uint8)
 
 
-@nb.njit(parallel=True, **_JIT)
+@nb.njit(parallel=prange_only(), **_JIT)
 def _mv3_n(kind, w0, w1, w2, n_w, x, o0, o1, o2, sc, nt):
     """The first n_w (2 or 3) of w0, w1, w2, one block type sharing x (Q/K/V, gate/up), in one parallel
     region: x quantized once, each thread a contiguous row range of each; each out as :func:`_mv_n` gives it."""

@@ -335,16 +335,16 @@ class CompressedLayerCache(LayerCache):
         """Whether this step of ``T`` tokens from position ``p`` is one :func:`.insert.decode_step` call:
         the plain steady state, or, before the first spill calibrates the cache, tokens that only fill
         empty fp16 window slots (the basis is then the rotation alone; the queries are still observed)."""
-        return self.FAST_DECODE and (self._steady_state(p) or self._window_filling(p, T))
+        return self.FAST_DECODE and (self._steady_state(p) or self._window_room(p) >= T)
 
-    def _window_filling(self, p: int, T: int) -> bool:
-        """Whether ``T`` tokens from position ``p`` go into empty fp16 window slots of a cache with
-        no policy and no merge weights, so that nothing spills: before calibration that was the
-        Python path, ~4x a one-call step, for the first R tokens of every conversation (a third of
-        a ``tg128`` from an empty cache at 4 bits)."""
+    def _window_room(self, p: int) -> int:
+        """How many tokens from position ``p`` on go into empty fp16 window slots, so that nothing
+        spills, in a cache with no policy and no merge weights (0 where that does not apply).
+        Before calibration such tokens took the Python path, ~4x a one-call step: the first R
+        tokens of every conversation (a third of a ``tg128`` from an empty cache at 4 bits)."""
         if self.policy is not None or self.logw.size or self.R == 0 or p < self.S:
-            return False
-        return int(np.count_nonzero(self.pos[0, self.S : self.F] < 0)) >= T
+            return 0
+        return int(np.count_nonzero(self.pos[0, self.S : self.F] < 0))
 
     def _steady_state(self, p: int) -> bool:
         """Whether a decode token at position ``p`` only moves slots by age: no policy, no merge weights, calibrated."""
@@ -548,12 +548,14 @@ class CompressedLayerCache(LayerCache):
             np.matmul(o, self.rot_v, out=out)
         else:
             out[:] = o
-        for t in range(T):
+        t = 0
+        while t < T:
+            p = int(pos[t])
             # once calibrated (maybe by this chunk's first spill), the rest of the chunk goes in by the one-call steps
-            if self.FAST_DECODE and self._steady_state(int(pos[t])):  # every token only moves slots by age: one call
+            if self.FAST_DECODE and self._steady_state(p):  # every token only moves slots by age: one call
                 self._push_chunk_fast(k[t:], vr[t:], pos[t:])
                 return
-            if self.FAST_DECODE and self._policy_steady(int(pos[t])):  # victims picked in Numba
+            if self.FAST_DECODE and self._policy_steady(p):  # victims picked in Numba
                 if pol.ranks_by_score:  # the rest of the chunk in one call
                     self._policy_chunk_fast(k[t:], vr[t:], pos[t:], t)
                     return
@@ -561,7 +563,13 @@ class CompressedLayerCache(LayerCache):
                 for u in range(t, T):
                     self._policy_push_fast(qs, k[u], vr[u], int(pos[u]), False, qr, t=u)
                 return
-            self._push(k[t], vr[t], int(pos[t]), t=t)
+            n = min(self._window_room(p), T - t) if self.FAST_DECODE else 0
+            if n > 0:  # tokens that fill empty window slots, before the spill that calibrates: one call
+                self._push_chunk_fast(k[t : t + n], vr[t : t + n], pos[t : t + n])
+                t += n
+                continue
+            self._push(k[t], vr[t], p, t=t)
+            t += 1
 
     def _policy_chunk_fast(self, k: np.ndarray, vr: np.ndarray, pos: np.ndarray, first: int) -> None:
         """Rows ``first`` on of a prefill chunk into a layer whose policy ranks by its score, in one Numba call

@@ -69,8 +69,11 @@ class KeyBasis:
     def keys(self, k: np.ndarray) -> np.ndarray:
         """Original -> cache basis.  k: [..., n_kv, D] float32."""
         out = np.ascontiguousarray(k, np.float32)
-        if self.kin is not None:
-            out = np.einsum("...hd,hde->...he", out, self.kin).astype(np.float32)
+        if self.kin is not None:  # a product per head, [..., n, D] @ [D, D] (einsum ran one per row)
+            if out.ndim == 2:
+                out = np.matmul(out[:, None, :], self.kin)[:, 0, :]
+            else:
+                out = np.ascontiguousarray(np.matmul(out.swapaxes(-2, -3), self.kin).swapaxes(-2, -3))
         if self.mu is not None:
             out = out - self.mu
         return out
@@ -84,8 +87,8 @@ class KeyBasis:
         if self.qin is None:
             out[:] = q
             return out
-        for h in range(self.n_kv):
-            np.matmul(q[:, h * g : (h + 1) * g], self.qin[h], out=out[:, h * g : (h + 1) * g])
+        for h in range(self.n_kv):  # one GEMM per KV head: [T * g, D] @ [D, D] (a [T, g, D] operand ran T small ones)
+            out[:, h * g : (h + 1) * g] = (q[:, h * g : (h + 1) * g].reshape(T * g, D) @ self.qin[h]).reshape(T, g, D)
         return out
 
     def to_original(self, kc: np.ndarray) -> np.ndarray:

@@ -247,13 +247,15 @@ def test_one_call_prefill_chunk_equals_the_general_path(spec_s, window):
     calls = []
     fast._push_chunk_fast = lambda *a, _f=fast._push_chunk_fast: (calls.append(1), _f(*a))
     got, ref = _feed(fast, q, k, v, 24), _feed(slow, q, k, v, 24)
-    assert len(calls) == 7  # every chunk, the first from its first spill on (which calibrates the layer), took the one call
+    assert len(calls) == 8  # every chunk took the one call; the first twice: its tokens that fill the fp16 window, then the rest from the first spill on (which calibrates the layer)
     np.testing.assert_allclose(got, ref, atol=1e-2)
     assert np.abs(got - ref).mean() < 1e-3
     np.testing.assert_array_equal(fast.pos, slow.pos)
     for a, b in zip(fast._free, slow._free):
         np.testing.assert_array_equal(a, b)
-    assert (fast.k16 != slow.k16).mean() < 0.01 and (fast.v16 == slow.v16).all()
+    fk, sk = fast.k16.view(np.float16).astype(np.float32), slow.k16.view(np.float16).astype(np.float32)
+    assert np.abs(fk - sk).max() <= 2e-3 * np.abs(sk).max()  # an fp16 rounding apart, where they differ
+    assert (fast.k16 != slow.k16).mean() < 0.05 and (fast.v16 == slow.v16).all()
     assert all(f.cap == 0 or ((f.kc != s.kc).mean() < 0.01 and (f.vc != s.vc).mean() < 0.01) for f, s in zip(fast.pools, slow.pools))
 
 

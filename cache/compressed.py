@@ -214,7 +214,14 @@ class CompressedLayerCache(LayerCache):
     # ------------------------------------------------------------ insertion
     @staticmethod
     def _rot(x: np.ndarray, h: np.ndarray | None) -> np.ndarray:
-        return np.ascontiguousarray(x, np.float32) if h is None else np.matmul(x, h)
+        """Values [T, n_kv, Dv] into the cache basis: ``x @ h`` for the Hadamard ``h``, by the butterflies
+        the one-call steps use (so a value's fp16 row does not depend on the path that stored it)."""
+        x = np.ascontiguousarray(x, np.float32)
+        if h is None:
+            return x
+        out = np.empty_like(x)
+        fwht_rows(x, out)
+        return out
 
     def _push(self, k: np.ndarray, v: np.ndarray, p: int, t: int = -1) -> None:
         """Store one token (all heads).  k: [n_kv, D] original basis; v: [n_kv, Dv] cache basis.

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .insert import fwht_rows
+
 T_CLIP = 8.0  # largest ratio of a channel's scale to the geometric mean
 
 
@@ -67,13 +69,19 @@ class KeyBasis:
 
     # ------------------------------------------------------------ transforms
     def keys(self, k: np.ndarray) -> np.ndarray:
-        """Original -> cache basis.  k: [..., n_kv, D] float32."""
+        """Original -> cache basis.  k: [..., n_kv, D] float32.
+
+        ``(k * t) @ R - mu`` with ``R`` applied as the butterflies of
+        :func:`.insert.fwht`: bitwise what the one-call steps store, so a
+        token's fp16 row does not depend on which path put it in.
+        """
         out = np.ascontiguousarray(k, np.float32)
-        if self.kin is not None:  # a product per head, [..., n, D] @ [D, D] (einsum ran one per row)
-            if out.ndim == 2:
-                out = np.matmul(out[:, None, :], self.kin)[:, 0, :]
-            else:
-                out = np.ascontiguousarray(np.matmul(out.swapaxes(-2, -3), self.kin).swapaxes(-2, -3))
+        if self.t is not None:
+            out = out * self.t
+        if self.rot is not None:
+            rows = np.empty(out.shape, np.float32)  # (not in place: out may be the caller's k)
+            fwht_rows(out.reshape(-1, 1, self.D), rows.reshape(-1, 1, self.D))
+            out = rows
         if self.mu is not None:
             out = out - self.mu
         return out

@@ -187,15 +187,10 @@ def test_one_call_decode_step_equals_the_general_path(spec_s, window, step):
     fast._decode_fast = lambda *a, _f=fast._decode_fast: (calls.append(1), _f(*a))  # count the fast steps
     got, ref = _feed(fast, q, k, v, step), _feed(slow, q, k, v, step)
     assert len(calls) > 100 // step  # every step after the first spill took the one-call path
-    # fp16 and code roundings may differ (a fast Walsh-Hadamard transform vs a
-    # matrix product; re-quantizing a cooled warm token can flip a 2-bit code)
+    # the queries are turned by butterflies there, a matrix product here: outputs a rounding apart
     np.testing.assert_allclose(got, ref, atol=1e-2)
     assert np.abs(got - ref).mean() < 1e-3  # the 2-bit error itself is ~0.1
-    np.testing.assert_array_equal(fast.pos, slow.pos)
-    fk, sk = fast.k16.view(np.float16).astype(np.float32), slow.k16.view(np.float16).astype(np.float32)
-    assert np.abs(fk - sk).max() <= 2e-3 * np.abs(sk).max()  # an fp16 rounding apart, where they differ
-    assert (fast.k16 != slow.k16).mean() < 0.03
-    assert all(f.cap == 0 or ((f.kc != s.kc).mean() < 0.01 and (f.vc != s.vc).mean() < 0.01) for f, s in zip(fast.pools, slow.pools))
+    _assert_same_storage(fast, slow)
 
 
 @pytest.mark.parametrize("spec_s", ["4", "2,sinks=0", "4,rotate=0,smooth=0"])
@@ -218,20 +213,18 @@ def test_decode_steps_that_fill_the_fp16_window_take_the_one_call_path(spec_s, s
     assert len(calls) == -(-n // step) - sink_steps
     assert not fast.pools[0].calibrated and not fast.basis.calibrated  # nothing spilled yet
     np.testing.assert_allclose(got, ref, atol=2e-3)
-    np.testing.assert_array_equal(fast.pos, slow.pos)
     np.testing.assert_allclose(fast.basis.q2, slow.basis.q2, rtol=1e-6)
-    np.testing.assert_allclose(fast.k16.view(np.float16), slow.k16.view(np.float16), atol=2e-3)
-    np.testing.assert_allclose(fast.v16.view(np.float16), slow.v16.view(np.float16), atol=2e-3)
+    _assert_same_storage(fast, slow)
     # the next step fills the last slot and, but for 1-token steps, spills too
     rest = slice(n, n + 6)
     got, ref = _feed(fast, q[rest], k[rest], v[rest], step, start=n), _feed(slow, q[rest], k[rest], v[rest], step, start=n)
     assert fast.pools[0].calibrated and fast.basis.calibrated
     np.testing.assert_allclose(got, ref, atol=1e-2)
-    np.testing.assert_array_equal(fast.pos, slow.pos)
+    _assert_same_storage(fast, slow)
     for a, b in ((fast.basis.t, slow.basis.t), (fast.basis.mu, slow.basis.mu)):
         assert (a is None) == (b is None)
         if a is not None:
-            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+            np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("spec_s", ["2", "4,rotate=0", "2,bits_k=4,group=16", "3,sinks=0", "2,warm=24", "3,warm=8,warm_bits=8"])
@@ -250,13 +243,20 @@ def test_one_call_prefill_chunk_equals_the_general_path(spec_s, window):
     assert len(calls) == 8  # every chunk took the one call; the first twice: its tokens that fill the fp16 window, then the rest from the first spill on (which calibrates the layer)
     np.testing.assert_allclose(got, ref, atol=1e-2)
     assert np.abs(got - ref).mean() < 1e-3
-    np.testing.assert_array_equal(fast.pos, slow.pos)
     for a, b in zip(fast._free, slow._free):
         np.testing.assert_array_equal(a, b)
-    fk, sk = fast.k16.view(np.float16).astype(np.float32), slow.k16.view(np.float16).astype(np.float32)
-    assert np.abs(fk - sk).max() <= 2e-3 * np.abs(sk).max()  # an fp16 rounding apart, where they differ
-    assert (fast.k16 != slow.k16).mean() < 0.05 and (fast.v16 == slow.v16).all()
-    assert all(f.cap == 0 or ((f.kc != s.kc).mean() < 0.01 and (f.vc != s.vc).mean() < 0.01) for f, s in zip(fast.pools, slow.pools))
+    _assert_same_storage(fast, slow)
+
+
+def _assert_same_storage(fast, slow) -> None:
+    """Both paths hold the same tokens in the same slots, bitwise: the keys go through the same
+    butterflies (``KeyBasis.keys``) and the same quantizer either way."""
+    np.testing.assert_array_equal(fast.pos, slow.pos)
+    np.testing.assert_array_equal(fast.k16, slow.k16)
+    np.testing.assert_array_equal(fast.v16, slow.v16)
+    for f, s in zip(fast.pools, slow.pools):
+        for name in ("kc", "km", "vc", "vm"):
+            np.testing.assert_array_equal(getattr(f, name), getattr(s, name), err_msg=name)
 
 
 def _offset_keys(n: int, seed: int):

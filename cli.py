@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -419,8 +420,34 @@ def chat(model: str | None, system: str | None, n_predict: int, stop: tuple[str,
     """
     m = _load(model, kw)
     sess = m.session(system=system)
-    interactive = sys.stdin.isatty()
+    interactive = _interactive()
     click.echo(f"kvrun chat: {m.config.name} ({m.config.arch}), ctx {m.engine.n_ctx}. /reset, /exit; Ctrl-C stops a reply.", err=True)
+    # the kernels load (or, on a cold cache, compile) while the user types the first message
+    warm = threading.Thread(target=_warm_up_quietly, args=(m.engine,), daemon=True) if interactive and m.engine.backend.name == "cpu" else None
+    if warm is not None:
+        warm.start()
+    try:
+        _chat_loop(m, sess, interactive, warm, n_predict, stop, kw)
+    finally:
+        if warm is not None:
+            warm.join()  # not mid-kernel at interpreter exit
+
+
+def _interactive() -> bool:
+    """Whether a person types the chat (a terminal), not a script piped in."""
+    return sys.stdin.isatty()
+
+
+def _warm_up_quietly(engine: Any) -> None:
+    """``engine.warm_up()``; a failure there is left for the first reply to meet and report."""
+    try:
+        engine.warm_up()
+    except Exception:  # noqa: BLE001 (the same error comes back, reported, on the first reply)
+        pass
+
+
+def _chat_loop(m: Any, sess: Any, interactive: bool, warm: threading.Thread | None, n_predict: int, stop: tuple[str, ...], kw: dict[str, Any]) -> None:
+    """Read a line, answer it, until /exit or end of input; ``warm`` is joined before the first reply."""
     while True:
         try:
             if interactive:
@@ -440,6 +467,8 @@ def chat(model: str | None, system: str | None, n_predict: int, stop: tuple[str,
             sess.reset()
             click.echo("(conversation cleared)", err=True)
             continue
+        if warm is not None:
+            warm.join()
         shifts = sess.n_shifts
         try:
             for piece in sess.stream(line, max_tokens=n_predict, stop=stop, **_sampling(kw)):

@@ -177,6 +177,23 @@ class Engine:
             cache.offset += T
         return out
 
+    def warm_up(self) -> None:
+        """Run once each kernel a conversation runs, on a scratch cache: a prefill past the largest
+        fp16 window (so a compressed cache also spills, calibrates and quantizes), then two decode
+        steps.  Loading the kernels from Numba's cache costs the first reply ~0.3-0.5 s here;
+        ``kvrun chat`` runs this while the user types.  The decode-thread tuner is left out."""
+        cache = self.new_cache()
+        n = max(1, min(self.n_ctx - 2, 100 if self.kv is not None else 8))  # the largest default window is 80 + 4 sinks
+        tokens = np.arange(n, dtype=np.int32) % self.cfg.n_vocab
+        tuner, self.tuner = self.tuner, None
+        try:
+            self.eval(cache, tokens)
+            for t in tokens[:2]:
+                if cache.offset < self.n_ctx:
+                    self.eval(cache, [int(t)])
+        finally:
+            self.tuner = tuner
+
     # ------------------------------------------------------------------ generate
     def generate_tokens(self, cache: KVCache, prompt: list[int], req: GenRequest, stats: GenStats | None = None) -> Iterator[int]:
         """Prefill ``prompt`` then yield sampled token ids until EOS/EOT, a stop, or max_tokens."""

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 from tinymodel import write_tiny_model
 
+from kvrun.cache.kvconfig import KVConfig
 from kvrun.cli import main
 from kvrun.loaders.errors import KvrunError
 from kvrun.runtime.api import Model
@@ -171,6 +172,46 @@ def test_cli_chat_script(tiny_path):
     assert r.exit_code == 0, r.output
     assert "conversation cleared" in r.output
     assert r.output.count("gen ") >= 2  # a stats line after each reply
+
+
+def test_cli_chat_loads_the_kernels_while_the_user_types_and_the_first_reply_waits_for_them(tiny_path, monkeypatch):
+    import time
+
+    import kvrun.cli as cli
+    from kvrun.runtime.api import Session
+
+    events = []
+
+    def slow_warm_up(self):
+        time.sleep(0.3)
+        events.append("warm")
+
+    stream = Session.stream
+
+    def recorded_stream(self, *a, **k):
+        events.append("reply")
+        return stream(self, *a, **k)
+
+    monkeypatch.setattr(cli, "_interactive", lambda: True)
+    monkeypatch.setattr(Engine, "warm_up", slow_warm_up)
+    monkeypatch.setattr(Session, "stream", recorded_stream)
+    r = CliRunner().invoke(main, ["chat", str(tiny_path), "-n", "3", "--temp", "0", "-c", "512"], input="hello\nhi\n/exit\n")
+    assert r.exit_code == 0, r.output
+    assert events == ["warm", "reply", "reply"]
+
+
+def test_warm_up_leaves_the_engine_as_it_was(tiny_path):
+    """The warm-up runs on a scratch cache, past the fp16 window of a 2-bit cache, and hands the
+    decode-thread tuner back: a conversation afterwards is the same as without it."""
+    kv = KVConfig.parse("2")
+    cold, warmed = Engine(tiny_path, n_ctx=256, n_batch=64, kv=kv), Engine(tiny_path, n_ctx=256, n_batch=64, kv=kv)
+    tuner = warmed.tuner
+    warmed.warm_up()
+    assert warmed.tuner is tuner
+    prompt = list(range(5, 40))
+    a, b = cold.new_cache(), warmed.new_cache()
+    np.testing.assert_array_equal(cold.eval(a, prompt), warmed.eval(b, prompt))
+    np.testing.assert_array_equal(cold.eval(a, [7]), warmed.eval(b, [7]))
 
 
 def test_cli_info_and_tokenize(tiny_path):

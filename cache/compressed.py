@@ -341,8 +341,23 @@ class CompressedLayerCache(LayerCache):
     def _fast_decode_ready(self, p: int, T: int = 1) -> bool:
         """Whether this step of ``T`` tokens from position ``p`` is one :func:`.insert.decode_step` call:
         the plain steady state, or, before the first spill calibrates the cache, tokens that only fill
-        empty fp16 window slots (the basis is then the rotation alone; the queries are still observed)."""
-        return self.FAST_DECODE and (self._steady_state(p) or self._window_room(p) >= T)
+        empty fp16 window slots (the basis is then the rotation alone; the queries are still observed).
+        Asked every layer-step, so what cannot change is worked out once (``_one_call_layer``)."""
+        if not (self.FAST_DECODE and self._one_call_layer and p >= self.S):
+            return False
+        if self.pools[0].calibrated and self.basis.calibrated:
+            return True
+        return self._window_room(p) >= T
+
+    @functools.cached_property
+    def _one_call_layer(self) -> bool:
+        """What ``_steady_state`` asks that cannot change: no policy, no merge weights, an fp16
+        window, lossy pools (each decode token after the first spill is quantized)."""
+        p0, p1 = self.pools
+        return (
+            self.policy is None and not self.logw.size and self.R > 0 and p0.bits_k < 16 and p0.bits_v < 16
+            and (p1.cap == 0 or (p1.bits_k < 16 and p1.bits_v < 16))
+        )  # fmt: skip
 
     def _window_room(self, p: int) -> int:
         """How many tokens from position ``p`` on go into empty fp16 window slots, so that nothing
@@ -486,8 +501,13 @@ class CompressedLayerCache(LayerCache):
         """What :func:`.insert.decode_push`, :func:`.insert.push_tokens` and :func:`.insert.policy_push_tokens`
         take after the rotation flags: the key basis, the fp16 area, the positions, the group size,
         both pools' tuples and the quantizer's scratch."""
-        t_k, mu = self._fast_basis()
-        return t_k, mu, self.k16, self.v16, self.pos, self.S, self.F, self.kv.group, self._pool_args(0), self._pool_args(1), self.pools[0]._tmp
+        p0, p1 = self.pools
+        key = (self.basis.version, id(p0.klut), id(p0.vlut), id(p1.klut), id(p1.vlut))  # what calibration replaces
+        if getattr(self, "_sa_key", None) != key:  # built once a calibration (~6 us a layer-step otherwise)
+            t_k, mu = self._fast_basis()
+            self._sa = (t_k, mu, self.k16, self.v16, self.pos, self.S, self.F, self.kv.group, self._pool_args(0), self._pool_args(1), p0._tmp)
+            self._sa_key = key
+        return self._sa
 
     # ------------------------------------------------------------ attention
     def _attend_decode(self, q: np.ndarray, pos: np.ndarray, out: np.ndarray, qr: np.ndarray | None = None) -> None:

@@ -31,6 +31,7 @@ scaling is exact there too.
 
 from __future__ import annotations
 
+import numba as nb
 import numpy as np
 
 from .insert import fwht_rows
@@ -114,8 +115,7 @@ class KeyBasis:
     # ------------------------------------------------------------ statistics
     def observe(self, q: np.ndarray) -> None:
         """Accumulate query energy per channel.  q: [T, n_head, D] original basis."""
-        T, H, D = q.shape
-        self.q2 += (q.reshape(T, self.n_kv, H // self.n_kv, D).astype(np.float64) ** 2).sum(axis=(0, 2))
+        _add_q2(np.ascontiguousarray(q, np.float32), self.q2)
 
     def calibrate(self, k: np.ndarray) -> None:
         """Fix mean and scales from the window's keys.  k: [n_kv, n, D] original basis."""
@@ -139,3 +139,17 @@ class KeyBasis:
         self.qin = ((1.0 / t)[:, :, None] * rot[None]).astype(np.float32)  # diag(1/t) @ R
         self.mu = np.einsum("hd,hde->he", mu, self.kin).astype(np.float32) if self.center else None
         self.version += 1
+
+
+@nb.njit(cache=True, nogil=True)
+def _add_q2(q: np.ndarray, q2: np.ndarray) -> None:
+    """``q2[h, d] += sum of q[t, i, d]^2`` over the T queries and the query heads i of KV head h,
+    in float64.  q: [T, n_head, D] float32; q2: [n_kv, D].  (In numpy, ~20 us a decode step.)"""
+    T, H, D = q.shape
+    g = H // q2.shape[0]
+    for t in range(T):
+        for i in range(H):
+            r = q2[i // g]
+            for d in range(D):
+                x = np.float64(q[t, i, d])
+                r[d] += x * x

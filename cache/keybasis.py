@@ -88,29 +88,33 @@ class KeyBasis:
         return out
 
     def queries(self, q: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Original -> cache basis.  q: [T, n_head, D] (heads grouped by KV head)."""
+        """Original -> cache basis: ``(q / t) @ R``.  q: [T, n_head, D] (heads grouped by KV head).
+
+        Butterflies, as the one-call steps turn them (bitwise the same), and no BLAS: a
+        decode step's small GEMM woke OpenBLAS's threads, which then fought Numba's for
+        the cores (Gemma 3's first spill took 170-370 ms instead of ~20)."""
         T, H, D = q.shape
-        g = H // self.n_kv
+        x = np.ascontiguousarray(q, np.float32)
+        if self.t is not None:
+            x = (x.reshape(T, self.n_kv, H // self.n_kv, D) / self.t[:, None, :]).reshape(T, H, D)
         if out is None:
             out = np.empty((T, H, D), np.float32)
-        if self.qin is None:
-            out[:] = q
-            return out
-        for h in range(self.n_kv):  # one GEMM per KV head: [T * g, D] @ [D, D] (a [T, g, D] operand ran T small ones)
-            out[:, h * g : (h + 1) * g] = (q[:, h * g : (h + 1) * g].reshape(T * g, D) @ self.qin[h]).reshape(T, g, D)
+        if self.rot is not None:
+            fwht_rows(x, out)
+        else:
+            out[:] = x
         return out
 
     def to_original(self, kc: np.ndarray) -> np.ndarray:
-        """Cache -> original basis.  kc: [n_kv, n, D]."""
-        x = kc if self.mu is None else kc + self.mu[:, None]
-        if self.kin is None:
-            return x.astype(np.float32)
-        # Kin = diag(t) R with R orthonormal: Kin^-1 = R^T diag(1/t)
+        """Cache -> original basis: ``(kc + mu) @ R^T / t``, R symmetric (its own inverse).  kc: [n_kv, n, D]."""
+        x = np.ascontiguousarray(kc if self.mu is None else kc + self.mu[:, None], np.float32)
         if self.rot is not None:
-            x = x @ self.rot.T
+            y = np.empty_like(x)
+            fwht_rows(x, y)
+            x = y
         if self.t is not None:
             x = x / self.t[:, None]
-        return x.astype(np.float32)
+        return x
 
     # ------------------------------------------------------------ statistics
     def observe(self, q: np.ndarray) -> None:

@@ -180,11 +180,7 @@ def test_one_call_decode_step_equals_the_general_path(spec_s, window, step):
     same as the step-by-step numpy path."""
     spec = LayerSpec(4, 2, 64, 64, window, 0.125, 0.0)
     q, k, v = _offset_keys(150, seed=8)
-    kv = KVConfig.parse(spec_s + ",residual=16").validate(256)
-    fast, slow = CompressedLayerCache(spec, kv, 256), CompressedLayerCache(spec, kv, 256)
-    slow.FAST_DECODE = False
-    calls = []
-    fast._decode_fast = lambda *a, _f=fast._decode_fast: (calls.append(1), _f(*a))  # count the fast steps
+    fast, slow, calls = _fast_and_slow(spec, spec_s, "_decode_fast")
     got, ref = _feed(fast, q, k, v, step), _feed(slow, q, k, v, step)
     assert len(calls) > 100 // step  # every step after the first spill took the one-call path
     # the queries are turned by butterflies there, a matrix product here: outputs a rounding apart
@@ -202,11 +198,7 @@ def test_decode_steps_that_fill_the_fp16_window_take_the_one_call_path(spec_s, s
     numpy way, which calibrates the layer from the same window and queries."""
     spec = LayerSpec(4, 2, 64, 64, 0, 0.125, 0.0)
     q, k, v = _offset_keys(24, seed=11)
-    kv = KVConfig.parse(spec_s + ",residual=16").validate(256)
-    fast, slow = CompressedLayerCache(spec, kv, 256), CompressedLayerCache(spec, kv, 256)
-    slow.FAST_DECODE = False
-    calls = []
-    fast._decode_fast = lambda *a, _f=fast._decode_fast: (calls.append(1), _f(*a))
+    fast, slow, calls = _fast_and_slow(spec, spec_s, "_decode_fast")
     n = fast.S + fast.R - 1  # one empty window slot left after n tokens
     got, ref = _feed(fast, q[:n], k[:n], v[:n], step), _feed(slow, q[:n], k[:n], v[:n], step)
     sink_steps = -(-fast.S // step)  # steps holding a sink position go the numpy way
@@ -230,15 +222,11 @@ def test_decode_steps_that_fill_the_fp16_window_take_the_one_call_path(spec_s, s
 @pytest.mark.parametrize("spec_s", ["2", "4,rotate=0", "2,bits_k=4,group=16", "3,sinks=0", "2,warm=24", "3,warm=8,warm_bits=8"])
 @pytest.mark.parametrize("window", [0, 40])
 def test_one_call_prefill_chunk_equals_the_general_path(spec_s, window):
-    """A steady-state prefill chunk stores its tokens in one Numba call (:func:`kvrun.cache.insert.push_tokens`),
-    the same slots as the token-by-token path and the same codes but for rounding."""
+    """A steady-state prefill chunk stores its tokens in one Numba call (:func:`kvrun.cache.insert.push_tokens`):
+    the same slots as the token-by-token path, and bitwise the same rows and codes."""
     spec = LayerSpec(4, 2, 64, 64, window, 0.125, 0.0)
     q, k, v = _offset_keys(150, seed=9)
-    kv = KVConfig.parse(spec_s + ",residual=16").validate(256)
-    fast, slow = CompressedLayerCache(spec, kv, 256), CompressedLayerCache(spec, kv, 256)
-    slow.FAST_DECODE = False
-    calls = []
-    fast._push_chunk_fast = lambda *a, _f=fast._push_chunk_fast: (calls.append(1), _f(*a))
+    fast, slow, calls = _fast_and_slow(spec, spec_s, "_push_chunk_fast")
     got, ref = _feed(fast, q, k, v, 24), _feed(slow, q, k, v, 24)
     assert len(calls) == 8  # every chunk took the one call; the first twice: its tokens that fill the fp16 window, then the rest from the first spill on (which calibrates the layer)
     np.testing.assert_allclose(got, ref, atol=1e-2)
@@ -246,6 +234,17 @@ def test_one_call_prefill_chunk_equals_the_general_path(spec_s, window):
     for a, b in zip(fast._free, slow._free):
         np.testing.assert_array_equal(a, b)
     _assert_same_storage(fast, slow)
+
+
+def _fast_and_slow(spec: LayerSpec, spec_s: str, counted: str):
+    """Two layer caches of ``spec_s`` (residual window 16), the second with the one-call paths off,
+    and a list that grows by one at each call of the first's method ``counted``."""
+    kv = KVConfig.parse(spec_s + ",residual=16").validate(256)
+    fast, slow = CompressedLayerCache(spec, kv, 256), CompressedLayerCache(spec, kv, 256)
+    slow.FAST_DECODE = False
+    calls = []
+    setattr(fast, counted, lambda *a, _f=getattr(fast, counted): (calls.append(1), _f(*a)))
+    return fast, slow, calls
 
 
 def _assert_same_storage(fast, slow) -> None:

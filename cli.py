@@ -429,8 +429,8 @@ def chat(model: str | None, system: str | None, n_predict: int, stop: tuple[str,
     try:
         _chat_loop(m, sess, interactive, warm, n_predict, stop, kw)
     finally:
-        if warm is not None:
-            warm.join()  # not mid-kernel at interpreter exit
+        if warm is not None:  # not mid-kernel at interpreter exit; but a first run's compile (tens of
+            warm.join(timeout=3.0)  # seconds, in Python and LLVM) is not waited for when the user leaves at once
 
 
 def _interactive() -> bool:

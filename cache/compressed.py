@@ -61,7 +61,7 @@ from .kvconfig import KVConfig
 from .keybasis import KeyBasis
 from .merge import make_merger
 from .policies import make_policy
-from .insert import decode_step, fwht_rows, policy_push, policy_push_tokens, push_tokens, window_slot
+from .insert import decode_step, fwht_copy, fwht_rows, policy_push, policy_push_tokens, push_tokens, window_slot
 from .pool import Pool
 from .quant import CLIPS, TABLE_BYTES, hadamard
 
@@ -142,17 +142,15 @@ class CompressedLayerCache(LayerCache):
 
     def update_and_attend(self, q, k, v, pos, out) -> None:
         T = q.shape[0]
+        if self.basis.wants_queries:  # until the first spill fixes the key basis
+            self.basis.observe(q)
         # a step of up to MAX_DECODE_T tokens: entry is monotone in the position, so the first token's decides
         if T <= MAX_DECODE_T and self._fast_decode_ready(int(pos[0]), T):
-            if self.basis.wants_queries:
-                self.basis.observe(q)
             self._decode_fast(q, k, v, pos, out)
             return
         if T <= MAX_DECODE_T and self.FAST_DECODE and self._policy_steady(int(pos[0])):
             self._policy_decode_fast(q, k, v, pos, out)
             return
-        if self.basis.wants_queries:
-            self.basis.observe(q)
         k = np.ascontiguousarray(k, np.float32)  # [T, n_kv, D] original basis (_push stores it)
         vr = self._rot(v, self.rot_v)  # [T, n_kv, Dv] cache basis
         if T <= MAX_DECODE_T:
@@ -217,11 +215,7 @@ class CompressedLayerCache(LayerCache):
         """Values [T, n_kv, Dv] into the cache basis: ``x @ h`` for the Hadamard ``h``, by the butterflies
         the one-call steps use (so a value's fp16 row does not depend on the path that stored it)."""
         x = np.ascontiguousarray(x, np.float32)
-        if h is None:
-            return x
-        out = np.empty_like(x)
-        fwht_rows(x, out)
-        return out
+        return x if h is None else fwht_copy(x)
 
     def _push(self, k: np.ndarray, v: np.ndarray, p: int, t: int = -1) -> None:
         """Store one token (all heads).  k: [n_kv, D] original basis; v: [n_kv, Dv] cache basis.
@@ -341,44 +335,39 @@ class CompressedLayerCache(LayerCache):
     def _fast_decode_ready(self, p: int, T: int = 1) -> bool:
         """Whether this step of ``T`` tokens from position ``p`` is one :func:`.insert.decode_step` call:
         the plain steady state, or, before the first spill calibrates the cache, tokens that only fill
-        empty fp16 window slots (the basis is then the rotation alone; the queries are still observed).
-        Asked every layer-step, so what cannot change is worked out once (``_one_call_layer``)."""
-        if not (self.FAST_DECODE and self._one_call_layer and p >= self.S):
-            return False
-        if self.pools[0].calibrated and self.basis.calibrated:
-            return True
-        return self._window_room(p) >= T
-
-    @functools.cached_property
-    def _one_call_layer(self) -> bool:
-        """What ``_steady_state`` asks that cannot change: no policy, no merge weights, an fp16
-        window, lossy pools (each decode token after the first spill is quantized)."""
-        p0, p1 = self.pools
-        return (
-            self.policy is None and not self.logw.size and self.R > 0 and p0.bits_k < 16 and p0.bits_v < 16
-            and (p1.cap == 0 or (p1.bits_k < 16 and p1.bits_v < 16))
-        )  # fmt: skip
+        empty fp16 window slots (the basis is then the rotation alone; the queries are still observed)."""
+        return self.FAST_DECODE and (self._steady_state(p) or self._window_room(p) >= T)
 
     def _window_room(self, p: int) -> int:
         """How many tokens from position ``p`` on go into empty fp16 window slots, so that nothing
-        spills, in a cache with no policy and no merge weights (0 where that does not apply).
+        spills, in a layer without policy or merge weights (0 where that does not apply).
         Before calibration such tokens took the Python path, ~4x a one-call step: the first R
         tokens of every conversation (a third of a ``tg128`` from an empty cache at 4 bits)."""
-        if self.policy is not None or self.logw.size or self.R == 0 or p < self.S:
+        if not self._plain_slots or self.R == 0 or p < self.S:
             return 0
         return int(np.count_nonzero(self.pos[0, self.S : self.F] < 0))
 
     def _steady_state(self, p: int) -> bool:
         """Whether a decode token at position ``p`` only moves slots by age: no policy, no merge weights, calibrated."""
-        return self.policy is None and not self.logw.size and self._calibrated_entry(p)
+        return self._plain_slots and self._calibrated_entry(p)
 
     def _calibrated_entry(self, p: int) -> bool:
         """Whether a token at position ``p`` enters the fp16 window of a calibrated cache with lossy pools."""
-        p0 = self.pools[0]
+        return self._lossy_window and p >= self.S and self.pools[0].calibrated and self.basis.calibrated
+
+    # asked every layer-step (a few us of Python each time otherwise): what cannot change, worked out once
+    @functools.cached_property
+    def _plain_slots(self) -> bool:
+        """No eviction policy and no merge weights: slots move by age alone."""
+        return self.policy is None and not self.logw.size
+
+    @functools.cached_property
+    def _lossy_window(self) -> bool:
+        """An fp16 window in front of lossy pools (every token that leaves the window is quantized)."""
+        p0, p1 = self.pools
         return (
-            self.R > 0 and p >= self.S
-            and p0.calibrated and self.basis.calibrated and p0.bits_k < 16 and p0.bits_v < 16
-            and (self.pools[1].cap == 0 or (self.pools[1].bits_k < 16 and self.pools[1].bits_v < 16))
+            self.R > 0 and p0.bits_k < 16 and p0.bits_v < 16
+            and (p1.cap == 0 or (p1.bits_k < 16 and p1.bits_v < 16))
         )  # fmt: skip
 
     def _policy_steady(self, p: int) -> bool:

@@ -73,6 +73,14 @@ def fwht_rows(x: np.ndarray, out: np.ndarray) -> None:
             fwht(row)
 
 
+def fwht_copy(x: np.ndarray) -> np.ndarray:
+    """``x @ H`` over the last axis, as a new array of x's dtype (float32 or float64), x left as it is."""
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x)
+    fwht_rows(x.reshape(-1, 1, x.shape[-1]), out.reshape(-1, 1, x.shape[-1]))
+    return out
+
+
 @nb.njit(inline="always", **_JIT)
 def _pick(prow: np.ndarray, lo: int, cap: int, rank: np.ndarray, has_rank: bool) -> tuple[int, bool]:
     """The slot of a pool ``[lo, lo + cap)`` to fill, from its positions ``prow``: the first empty one,

@@ -34,7 +34,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from .insert import fwht_rows
+from .insert import fwht_copy, fwht_rows
 
 T_CLIP = 8.0  # largest ratio of a channel's scale to the geometric mean
 
@@ -80,9 +80,7 @@ class KeyBasis:
         if self.t is not None:
             out = out * self.t
         if self.rot is not None:
-            rows = np.empty(out.shape, np.float32)  # (not in place: out may be the caller's k)
-            fwht_rows(out.reshape(-1, 1, self.D), rows.reshape(-1, 1, self.D))
-            out = rows
+            out = fwht_copy(out)  # (a copy: out may be the caller's k)
         if self.mu is not None:
             out = out - self.mu
         return out
@@ -114,9 +112,7 @@ class KeyBasis:
         butterflies here, 0.060 in float64)."""
         x = kc.astype(np.float64) if self.mu is None else kc.astype(np.float64) + self.mu[:, None]
         if self.rot is not None:
-            y = np.empty_like(x)
-            fwht_rows(x, y)
-            x = y
+            x = fwht_copy(x)
         if self.t is not None:
             x = x / self.t[:, None]
         return x.astype(np.float32)

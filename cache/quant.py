@@ -94,12 +94,21 @@ def _byte(v: int) -> int:
 
 
 @nb.njit(fastmath={"reassoc", "contract"}, inline="always", nogil=True)
-def _codes_pass(xs, G, s, z, Lf):
-    """One candidate (step ``s``, zero ``z``) over a group: (squared error, sum q, sum q^2, sum q x).
+def _code(xv, inv, z, Lf):
+    """One value's code ``clamp(floor(x / s + z + 1/2), 0, L)`` as a float32.
 
     ``np.floor``, not ``math.floor``: Numba's ``math.floor`` returns an int64,
-    whose conversion AVX2 cannot vectorise, and that made the pass scalar (~75
+    whose conversion AVX2 cannot vectorise, and that made the passes scalar (~75
     instead of ~40 ns for 64 values); the clamps are selects for the same reason."""
+    zero = np.float32(0.0)
+    qf = np.floor(xv * inv + z + np.float32(0.5))
+    qf = qf if qf > zero else zero
+    return qf if qf < Lf else Lf
+
+
+@nb.njit(fastmath={"reassoc", "contract"}, inline="always", nogil=True)
+def _codes_pass(xs, G, s, z, Lf):
+    """One candidate (step ``s``, zero ``z``) over a group: (squared error, sum q, sum q^2, sum q x)."""
     inv = np.float32(1.0) / s
     zero = np.float32(0.0)
     err = zero
@@ -108,9 +117,7 @@ def _codes_pass(xs, G, s, z, Lf):
     sqx = zero
     for d in range(G):
         xv = xs[d]
-        qf = np.floor(xv * inv + z + np.float32(0.5))
-        qf = qf if qf > zero else zero
-        qf = qf if qf < Lf else Lf
+        qf = _code(xv, inv, z, Lf)
         e = s * (qf - z) - xv
         err += e * e
         sq += qf
@@ -120,13 +127,13 @@ def _codes_pass(xs, G, s, z, Lf):
 
 
 @nb.njit(fastmath={"reassoc", "contract"}, cache=True, nogil=True)
-def _quantize_group(x, o0, G, bits, lut, clips, codes_tmp, best):
+def _quantize_group(x, o0, G, bits, lut, clips, best):
     """Best (u, zc) of one group and its codes into best[:G]; returns (u, zc).
 
     Float32 throughout and reassociable sums (the passes vectorise): 2-bit rows
     of 256 values quantize in ~3 us instead of ~28 us, which matters because a
     decode step spills one token per layer.  The candidates' passes only score;
-    the codes are computed once, for the best.  (codes_tmp is unused.)
+    the codes are computed once, for the best.
     """
     xs = x[o0 : o0 + G]
     L = (1 << bits) - 1
@@ -175,12 +182,8 @@ def _quantize_group(x, o0, G, bits, lut, clips, codes_tmp, best):
     s = lut[bu]
     z = np.float32(bz) * Lf / np.float32(255.0)
     inv = np.float32(1.0) / s
-    zero = np.float32(0.0)
     for d in range(G):
-        qf = np.floor(xs[d] * inv + z + np.float32(0.5))
-        qf = qf if qf > zero else zero
-        qf = qf if qf < Lf else Lf
-        best[d] = np.int32(qf)
+        best[d] = np.int32(_code(xs[d], inv, z, Lf))
     return bu, bz
 
 
@@ -197,7 +200,7 @@ def quantize_row(x: np.ndarray, bits: int, G: int, lut: np.ndarray, clips: np.nd
     per = 8 // width
     nbg = G * width // 8
     for g in range(D // G):
-        u, zc = _quantize_group(x, g * G, G, bits, lut, clips, tmp[:G], tmp[G:])
+        u, zc = _quantize_group(x, g * G, G, bits, lut, clips, tmp[G:])
         meta[g, 0] = np.uint8(u)
         meta[g, 1] = np.uint8(zc)
         b0 = g * nbg

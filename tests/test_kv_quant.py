@@ -230,6 +230,42 @@ def _check_decode_kernel(bits: int, group: int, geometry: tuple, D: int) -> None
     assert math.isclose(probs.sum(), H, rel_tol=1e-5)
 
 
+@pytest.mark.parametrize("geometry", [(3, 9, 64, 600, 1), (3, 9, 64, 600, 2), (1, 4, 256, 516, 2), (2, 4, 96, 37, 1)])
+def test_fp16_slots_read_in_place_equal_the_same_rows_decoded_first(geometry):
+    """The fp16 area is read in place (float16 converted on the way into the FMAs); a 16-bit
+    pool holding the same rows goes through the float tile.  Bitwise the same output and
+    probabilities, with and without a split over threads, from a ring larger than the slots used."""
+    n_kv, H, D, N, n_threads = geometry
+    rng = np.random.default_rng(5)
+    ring = rng.standard_normal((2, n_kv, N + 50, D)).astype(np.float16).view(np.uint16)
+    k16, v16 = ring[0][:, :N], ring[1][:, :N]  # row stride D, head stride N + 50 rows
+    q = rng.standard_normal((1, H, D)).astype(np.float32)
+    pos = np.arange(N, dtype=np.int32)[None, :]
+    none = np.zeros((0, 0), np.float32)
+
+    def attend(area, pool):
+        out, probs = np.zeros((1, H, D), np.float32), np.zeros((n_kv, N), np.float32)
+        (k16_, v16_), (kc, vc) = area, pool
+        e_m = np.zeros((n_kv, kc.shape[1], 0, 2), np.uint8)
+        e_c, e_cm = np.zeros((n_kv, 0, 2 * D), np.uint8), np.zeros((n_kv, 0, 0, 2), np.uint8)
+        lut = np.ones(256, np.float32)
+        attend_decode_q(
+            q, np.array([N], np.int32), k16_, v16_, kc, e_m, vc, e_m, 16, 16, e_c, e_cm, e_c, e_cm, 16, 16,
+            lut, lut, lut, lut, 32, pos, none, 0, 0.125, 0.0, out, np.zeros((n_kv, H // n_kv, N), np.float32), probs,
+            n_threads=n_threads,
+        )  # fmt: skip
+        return out, probs
+
+    no_rows = np.zeros((n_kv, 0, D), np.uint16)
+    as_pool = [np.ascontiguousarray(x).view(np.uint8) for x in (k16, v16)]
+    out_area, probs_area = attend((k16, v16), [np.zeros((n_kv, 0, 2 * D), np.uint8)] * 2)
+    out_pool, probs_pool = attend((no_rows, no_rows), as_pool)
+    assert np.array_equal(out_area, out_pool)
+    assert np.array_equal(probs_area, probs_pool)
+    ref, _ = _reference_attention(q[0], k16.view(np.float16).astype(np.float32), v16.view(np.float16).astype(np.float32), 0.125)
+    np.testing.assert_allclose(out_area[0], ref, atol=2e-5)
+
+
 @pytest.mark.parametrize(
     "held0, held1",
     [((700, 900, 650), (0, 0, 0)), ((1500, 1500, 1500), (300, 1100, 5)), ((0, 0, 0), (40, 0, 0)), ((1500, 3, 0), (1200, 0, 64))],

@@ -158,7 +158,6 @@ def _row_kernel(w: int, G: int):
 # group runs over the tile with its accumulators in registers.  (Decoding in
 # registers and updating accumulators in memory per row was store-bound: every
 # row re-stored each head's whole accumulator row.)
-_TILE_SIG = types.void(*([types.int64] * 7))
 _V8 = V(LF32, 8)
 _ZERO8 = ir.Constant(_V8, [ir.Constant(LF32, 0.0)] * 8)
 
@@ -175,19 +174,33 @@ def _reduce8(b: ir.IRBuilder, a: list) -> ir.Value:
     return b.fadd(_shuf(b, t[0], t[1], [0, 1, 2, 3, 8, 9, 10, 11]), _shuf(b, t[0], t[1], [4, 5, 6, 7, 12, 13, 14, 15]))
 
 
-@intrinsic
-def tile_dot(typingctx, tp, n, D, yp, gqa, xp, xs):  # noqa: ARG001
+_TILE_SIG = types.void(*([types.int64] * 8))
+
+
+def _row_vec(b: ir.IRBuilder, tp: ir.Value, half: bool, row, ts, k8) -> ir.Value:
+    """IR: floats ``k8 .. k8+8`` of tile row ``row`` (row stride ``ts`` elements): float32, or
+    float16 bits converted on the way in (F16C's vcvtph2ps takes its operand from memory)."""
+    idx = b.add(b.mul(row, ts), k8)
+    if not half:
+        return b.load(_vptr(b, tp, idx), align=4)
+    hp = b.bitcast(b.gep(tp, [idx]), V(LI16, 8).as_pointer())
+    return b.fpext(b.bitcast(b.load(hp, align=2), V(LF16, 8)), _V8)
+
+
+def _tile_dot(half: bool):
     """Scores of a tile: ``x[hh * xs + r] = y_hh . tile_r`` for rows ``r < n`` and heads ``hh < gqa``.
 
-    tile: [n, D] float32; y: [gqa, D] float32 (the group's queries); x: float32 with head stride
-    ``xs`` (floats).  Arguments are int64 addresses and sizes; ``D % 8 == 0``.  Eight rows at a
-    time: eight accumulator registers, one query vector loaded per step, the sums reduced together.
+    tile: [n, D] float32 (``half``: float16 bits, read in place) with row stride ``ts`` elements;
+    y: [gqa, D] float32 (the group's queries); x: float32 with head stride ``xs`` (floats).
+    Arguments are int64 addresses and sizes; ``D % 8 == 0``.  Eight rows at a time: eight
+    accumulator registers, one query vector loaded per step, the sums reduced together.
     """
 
     def codegen(context, builder, sig, args):
         g, b = _G(builder), builder
-        tp, n, D, yp, gqa, xp, xs = args
-        tpp, ypp, xpp = _fptr(b, tp), _fptr(b, yp), _fptr(b, xp)
+        tp, ts, n, D, yp, gqa, xp, xs = args
+        tpp = b.inttoptr(tp, (LI16 if half else LF32).as_pointer())
+        ypp, xpp = _fptr(b, yp), _fptr(b, xp)
         nk = b.udiv(D, _i64(8))
         acc = [cgutils.alloca_once(b, _V8) for _ in range(8)]  # promoted to registers
         n8 = b.mul(b.udiv(n, _i64(8)), _i64(8))
@@ -200,7 +213,7 @@ def tile_dot(typingctx, tp, n, D, yp, gqa, xp, xs):  # noqa: ARG001
                     k8 = b.mul(kl.index, _i64(8))
                     qk = b.load(_vptr(b, ypp, b.add(qrow, k8)), align=4)
                     for i, a in enumerate(acc):
-                        t = b.load(_vptr(b, tpp, b.add(b.mul(b.add(r0, _i64(i)), D), k8)), align=4)
+                        t = _row_vec(b, tpp, half, b.add(r0, _i64(i)), ts, k8)
                         b.store(g.fma(t, qk, b.load(a)), a)
                 b.store(_reduce8(b, [b.load(a) for a in acc]), _vptr(b, xpp, b.add(xrow, r0)), align=4)
             with cgutils.for_range_slice(b, n8, n, _i64(1)) as (r, _):  # the last n % 8 rows one by one
@@ -208,27 +221,31 @@ def tile_dot(typingctx, tp, n, D, yp, gqa, xp, xs):  # noqa: ARG001
                 with cgutils.for_range(b, nk) as kl:
                     k8 = b.mul(kl.index, _i64(8))
                     qk = b.load(_vptr(b, ypp, b.add(qrow, k8)), align=4)
-                    t = b.load(_vptr(b, tpp, b.add(b.mul(r, D), k8)), align=4)
+                    t = _row_vec(b, tpp, half, r, ts, k8)
                     b.store(g.fma(t, qk, b.load(acc[0])), acc[0])
                 b.store(g.hsum(b.load(acc[0])), b.gep(xpp, [b.add(xrow, r)]))
         return context.get_dummy_value()
 
-    return _TILE_SIG, codegen
+    def typer(typingctx, tp, ts, n, D, yp, gqa, xp, xs):  # noqa: ARG001
+        return _TILE_SIG, codegen
+
+    return intrinsic(typer)
 
 
-@intrinsic
-def tile_add(typingctx, tp, n, D, yp, gqa, xp, xs):  # noqa: ARG001
+def _tile_add(half: bool):
     """Weighted values of a tile: ``y_hh += sum_r x[hh * xs + r] tile_r`` for heads ``hh < gqa``.
 
-    tile: [n, D] float32; y: [gqa, D] float32 accumulators; x: float32 weights with head stride
-    ``xs``.  ``D % 8 == 0``.  A head's accumulators go through the tile 64 floats (eight registers)
-    at a time, so each row costs a broadcast and eight FMAs reading the tile.
+    tile: [n, D] float32 (``half``: float16 bits, read in place) with row stride ``ts`` elements;
+    y: [gqa, D] float32 accumulators; x: float32 weights with head stride ``xs``.  ``D % 8 == 0``.
+    A head's accumulators go through the tile 64 floats (eight registers) at a time, so each row
+    costs a broadcast and eight FMAs reading the tile.
     """
 
     def codegen(context, builder, sig, args):
         g, b = _G(builder), builder
-        tp, n, D, yp, gqa, xp, xs = args
-        tpp, ypp, xpp = _fptr(b, tp), _fptr(b, yp), _fptr(b, xp)
+        tp, ts, n, D, yp, gqa, xp, xs = args
+        tpp = b.inttoptr(tp, (LI16 if half else LF32).as_pointer())
+        ypp, xpp = _fptr(b, yp), _fptr(b, xp)
         acc = [cgutils.alloca_once(b, _V8) for _ in range(8)]
 
         def columns(hh, off, nv: int) -> None:  # floats [off, off + 8 nv) of head hh
@@ -238,9 +255,8 @@ def tile_add(typingctx, tp, n, D, yp, gqa, xp, xs):  # noqa: ARG001
             with cgutils.for_range(b, n) as rl:
                 r = rl.index
                 p = g.splat(b.load(b.gep(xpp, [b.add(b.mul(hh, xs), r)])))
-                trow = b.add(b.mul(r, D), off)
                 for k in range(nv):
-                    t = b.load(_vptr(b, tpp, b.add(trow, _i64(8 * k))), align=4)
+                    t = _row_vec(b, tpp, half, r, ts, b.add(off, _i64(8 * k)))
                     b.store(g.fma(p, t, b.load(acc[k])), acc[k])
             for k in range(nv):
                 b.store(b.load(acc[k]), _vptr(b, ypp, b.add(arow, _i64(8 * k))), align=4)
@@ -255,7 +271,16 @@ def tile_add(typingctx, tp, n, D, yp, gqa, xp, xs):  # noqa: ARG001
                 columns(hh, b.add(b.mul(n64, _i64(64)), b.mul(vl.index, _i64(8))), 1)
         return context.get_dummy_value()
 
-    return _TILE_SIG, codegen
+    def typer(typingctx, tp, ts, n, D, yp, gqa, xp, xs):  # noqa: ARG001
+        return _TILE_SIG, codegen
+
+    return intrinsic(typer)
+
+
+tile_dot, tile_add = _tile_dot(False), _tile_add(False)
+# the fp16 area is read in place: converting on the way into the FMAs costs less than
+# decoding it into the float tile first and reading that back
+tile_dot16, tile_add16 = _tile_dot(True), _tile_add(True)
 
 
 # row decoders, per (container bits, group); 16 bits (float16 rows) read in chunks of 32
@@ -595,14 +620,33 @@ def _extent(kpos: np.ndarray, lo: int, cap: int) -> int:
     return 0
 
 
+@nb.njit(**_JIT)
+def _half_pass(mode: int, xh: np.ndarray, j0: int, j1: int, R: int, y: np.ndarray, s: np.ndarray, gqa: int) -> None:
+    """``_pass`` over fp16 slots ``j0 .. j1`` (xh: [F, D] uint16 of one KV head, s: its scores
+    [gqa, N]), read in place R rows at a time: a tile's rows stay in L1 while every query head goes
+    over them.  (A call of its own: inlined, it made the pools' loops in ``_pass`` 7% slower.)"""
+    D = y.shape[1]
+    ts = xh.strides[0] // 2
+    xs = s.strides[0] // 4
+    for a0 in range(j0, j1, R):
+        n = min(R, j1 - a0)
+        xp = s.ctypes.data + 4 * a0
+        tp = xh.ctypes.data + a0 * xh.strides[0]
+        if mode == DOT:
+            tile_dot16(tp, ts, n, D, y.ctypes.data, gqa, xp, xs)
+        else:
+            tile_add16(tp, ts, n, D, y.ctypes.data, gqa, xp, xs)
+
+
 @nb.njit(inline="always", **_JIT)
 def _pass(mode: int, kh: int, j0: int, j1: int, x16: np.ndarray, c0: np.ndarray, m0: np.ndarray, lut0: np.ndarray, w0: int,
           c1: np.ndarray, m1: np.ndarray, lut1: np.ndarray, w1: int, G: int, D: int, y: np.ndarray, s_all: np.ndarray, gqa: int) -> None:
     """One pass over the slots ``j0 .. j1`` of KV head ``kh``: ``DOT``: ``s_all[kh, hh, j] = y_hh . k_j``
     (y: the group's queries [gqa, D]); ``ADD``: ``y_hh += s_all[kh, hh, j] v_j`` (y: accumulators).
 
-    A tile of rows at a time is decoded into floats (fp16 area and pools alike; a tile may
-    straddle them) and run through the register-blocked tile kernels with every query head."""
+    The fp16 slots are read in place by the tile kernels' half-precision twins; the pools' rows
+    are decoded a tile at a time into floats (a tile may straddle the two pools) and run through
+    the register-blocked tile kernels with every query head."""
     s = s_all[kh]
     F = x16.shape[1]
     C0 = c0.shape[1]
@@ -610,15 +654,21 @@ def _pass(mode: int, kh: int, j0: int, j1: int, x16: np.ndarray, c0: np.ndarray,
     tile = np.empty(R * D, np.float32)
     vector = D % 8 == 0 and y.flags.c_contiguous and s_all.strides[2] == 4
     xs = s_all.strides[1] // 4
-    for a0 in range(j0, j1, R):
+    a0 = j0
+    if vector and x16.strides[2] == 2 and x16.strides[1] % 2 == 0:  # the fp16 slots in place
+        e = min(j1, F)
+        if j0 < e:
+            _half_pass(mode, x16[kh], j0, e, R, y, s_all[kh], gqa)
+        a0 = max(j0, e)
+    for a0 in range(a0, j1, R):  # (from the first pool slot when the fp16 ones went in place)
         n = min(R, j1 - a0)
         _fill_tile(a0, n, F, C0, x16[kh], c0[kh], m0[kh], lut0, w0, c1[kh], m1[kh], lut1, w1, G, D, tile)
         if vector:
             xp = s_all.ctypes.data + kh * s_all.strides[0] + 4 * a0
             if mode == DOT:
-                tile_dot(tile.ctypes.data, n, D, y.ctypes.data, gqa, xp, xs)
+                tile_dot(tile.ctypes.data, D, n, D, y.ctypes.data, gqa, xp, xs)
             else:
-                tile_add(tile.ctypes.data, n, D, y.ctypes.data, gqa, xp, xs)
+                tile_add(tile.ctypes.data, D, n, D, y.ctypes.data, gqa, xp, xs)
             continue
         for r in range(n):  # other head sizes
             for hh in range(gqa):

@@ -40,3 +40,20 @@ def test_blocked_prefill_equals_dense_softmax(window, softcap, with_bias):
     assert np.abs(out - want).max() < 1e-4
     assert np.abs(probs - want_p).max() < 1e-5
     assert np.allclose(probs.sum(axis=1), gqa, atol=1e-4)
+
+
+def test_a_query_that_sees_no_key_gets_zeros():
+    """Keys only at positions 10..19: the queries at 3 and 5 see none and get zeros (and no
+    probability), the query at 15 attends to positions 10..15 as the dense softmax does."""
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((3, 2, 16)).astype(np.float32)
+    k = rng.standard_normal((10, 16)).astype(np.float32)
+    v = rng.standard_normal((10, 16)).astype(np.float32)
+    kpos = np.arange(10, 20, dtype=np.int32)
+    qpos = np.array([3, 5, 15], np.int32)
+    out = np.full((3, 2, 16), np.nan, np.float32)
+    probs = attend_group(q, k, v, kpos, qpos, 0, 0.25, 0.0, out, probs=True)
+    assert not out[:2].any() and not probs[:2].any()
+    want, want_p = _reference(q[2:], k, v, kpos, qpos[2:], 0, 0.25, 0.0, np.zeros(10))
+    assert np.abs(out[2:] - want).max() < 1e-5
+    assert np.abs(probs[2:] - want_p).max() < 1e-5

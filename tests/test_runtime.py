@@ -214,6 +214,32 @@ def test_warm_up_leaves_the_engine_as_it_was(tiny_path):
     np.testing.assert_array_equal(cold.eval(a, [7]), warmed.eval(b, [7]))
 
 
+def test_bench_tg_times_nothing_before_the_full_warm_up(tiny_path, monkeypatch):
+    """tg is timed only after ``Engine.warm_up`` (a compressed cache's spill and quantized steps
+    included): its first repeat does not load kernels the warm-up could have."""
+    import time
+
+    from kvrun.runtime import bench
+
+    events = []
+    warm_up, perf_counter = Engine.warm_up, time.perf_counter
+
+    def recorded_warm_up(self):
+        events.append("warm")
+        warm_up(self)
+
+    def recorded_clock():
+        events.append("clock")
+        return perf_counter()
+
+    engine = Engine(tiny_path, n_ctx=256, n_batch=64, kv=KVConfig.parse("2"))
+    monkeypatch.setattr(Engine, "warm_up", recorded_warm_up)
+    monkeypatch.setattr(bench.time, "perf_counter", recorded_clock)
+    res = bench.bench_tg(engine, 3, 2)
+    assert events[0] == "warm" and events.count("warm") == 1
+    assert len(res.samples) == 2
+
+
 def test_cli_info_and_tokenize(tiny_path):
     r = CliRunner().invoke(main, ["info", str(tiny_path), "--json"])
     assert r.exit_code == 0

@@ -32,7 +32,6 @@ from .qattention import decode_half_rows
 from .vexp import exp32
 
 
-
 def attend_prefill_f16(
     q: np.ndarray,
     k: np.ndarray,
@@ -132,9 +131,10 @@ QUERY_BLOCK = 128
 
 
 class _Scratch(threading.local):
-    """Scores and widened K/V buffers, reused across calls, one set per Python thread.  A fresh multi-megabyte
-    array each call is fresh pages each call: SmolLM2's 256-token chunk at depth 2048 spent
-    0.72 s of its 2.4 in the first GEMM, 0.24 s writing into a reused buffer."""
+    """Scores and widened K/V buffers, reused across calls, one set per Python thread (held at
+    the largest size seen: a long context's prefill peak stays allocated).  A fresh
+    multi-megabyte array each call is fresh pages each call: SmolLM2's 256-token chunk at
+    depth 2048 spent 0.72 s of its 2.4 in the first GEMM, 0.24 s writing into a reused buffer."""
 
     def __init__(self) -> None:
         self.bufs: dict[str, np.ndarray] = {}
@@ -152,6 +152,7 @@ def _buffer(name: str, rows: int, cols: int) -> np.ndarray:
 
 
 def _scores(rows: int, cols: int) -> np.ndarray:
+    """The scores of a query block, [rows, cols] float32 (this thread's buffer)."""
     return _buffer("scores", rows, cols)
 
 
@@ -160,6 +161,8 @@ def _widen_rows(x: np.ndarray, slots: np.ndarray, out: np.ndarray) -> None:
     """``out[i] = x[slots[i]]`` as float32: x [cap, D] float16 bits, out [n, D] float32."""
     for i in range(slots.size):
         decode_half_rows(x, slots[i], 1, out[i])
+
+
 _NO_BIAS = np.zeros(0, np.float32)
 
 

@@ -23,12 +23,12 @@ for a sliding window w > 0, ``pq - pk < w`` (llama.cpp's standard SWA mask).
 from __future__ import annotations
 
 import math
-import threading
 
 import numba as nb
 import numpy as np
 
 from .qattention import decode_half_rows
+from .qmatmul import _scratch
 from .vexp import exp32
 
 
@@ -130,25 +130,11 @@ def attend_group(
 QUERY_BLOCK = 128
 
 
-class _Scratch(threading.local):
-    """Scores and widened K/V buffers, reused across calls, one set per Python thread (held at
-    the largest size seen: a long context's prefill peak stays allocated).  A fresh
-    multi-megabyte array each call is fresh pages each call: SmolLM2's 256-token chunk at
-    depth 2048 spent 0.72 s of its 2.4 in the first GEMM, 0.24 s writing into a reused buffer."""
-
-    def __init__(self) -> None:
-        self.bufs: dict[str, np.ndarray] = {}
-
-
-_scratch = _Scratch()
-
-
+# Scores and widened K/V go into per-thread buffers reused across calls (qmatmul's scratch).
+# A fresh multi-megabyte array each call is fresh pages each call: SmolLM2's 256-token chunk
+# at depth 2048 spent 0.72 s of its 2.4 in the first GEMM, 0.24 s writing into a reused buffer.
 def _buffer(name: str, rows: int, cols: int) -> np.ndarray:
-    """A [rows, cols] float32 view of this thread's buffer ``name`` (grown as needed)."""
-    buf = _scratch.bufs.get(name)
-    if buf is None or buf.size < rows * cols:
-        buf = _scratch.bufs[name] = np.empty(rows * cols + rows * cols // 4, np.float32)  # headroom: the cache grows
-    return buf[: rows * cols].reshape(rows, cols)
+    return _scratch.grown("attention." + name, rows, cols)
 
 
 def _scores(rows: int, cols: int) -> np.ndarray:

@@ -1169,6 +1169,7 @@ class _Scratch(threading.local):
     def __init__(self) -> None:
         self.bufs: dict[tuple[str, int], np.ndarray] = {}
         self.xsc: dict[int, np.ndarray] = {}  # n_cols -> matvec activation scratch
+        self.flat: dict[str, np.ndarray] = {}  # name -> float32 buffer of any [rows, cols] (see ``grown``)
 
     def get(self, name: str, rows: int, cols: int, dtype=np.float32) -> np.ndarray:
         a = self.bufs.get((name, cols))
@@ -1176,6 +1177,16 @@ class _Scratch(threading.local):
             a = np.zeros((max(rows, 1), cols), dtype)
             self.bufs[(name, cols)] = a
         return a[:rows]
+
+    def grown(self, name: str, rows: int, cols: int) -> np.ndarray:
+        """A [rows, cols] float32 view of the flat buffer ``name``, whatever the width: for
+        shapes that change every call (prefill attention's scores grow with the cache).  Grown
+        with 25% headroom and held at the largest size seen, so a long prefill does not fault
+        in fresh pages every chunk."""
+        buf = self.flat.get(name)
+        if buf is None or buf.size < rows * cols:
+            buf = self.flat[name] = np.empty(rows * cols + rows * cols // 4, np.float32)
+        return buf[: rows * cols].reshape(rows, cols)
 
     def x(self, n_cols: int) -> np.ndarray:
         sc = self.xsc.get(n_cols)

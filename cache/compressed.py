@@ -54,8 +54,8 @@ from typing import Any
 import numba as nb
 import numpy as np
 
-from ..ops.cpu.attention import attend_group
-from ..ops.cpu.qattention import attend_decode_q
+from ..ops.cpu.attention import attend_group, scratch
+from ..ops.cpu.qattention import attend_decode_q, decode_slots
 from .base import LayerCache, LayerSpec
 from .kvconfig import KVConfig
 from .keybasis import KeyBasis
@@ -66,6 +66,8 @@ from .pool import Pool
 from .quant import CLIPS, TABLE_BYTES, hadamard
 
 _EMPTY2 = np.zeros((0, 0), np.float32)
+_F16_META = np.zeros((0, 0, 2), np.uint8)  # the fp16 area's rows carry no quantization metadata
+_F16_LUT = np.ones(256, np.float32)
 MAX_DECODE_T = 4  # chunks up to this size use the decode kernel
 
 
@@ -523,19 +525,25 @@ class CompressedLayerCache(LayerCache):
         if self.rot_v is not None:
             fwht_rows(o, out)
 
-    def dequantized(self, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Slot ids, keys and values of head ``h`` in the cache basis: ([n], [n, D], [n, Dv])."""
+    def stored_rows(self, h: int, spare: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Slot ids of head ``h``'s held tokens, and their keys and values in the cache basis:
+        ([n], [n + spare, D], [n + spare, Dv]), ``spare`` rows left after them (a prefill chunk's own).
+
+        The rows are decoded in place into this thread's reused buffers (the next call overwrites
+        them): fresh multi-megabyte arrays per head and chunk cost page faults (see ``ops/cpu/attention.py``)."""
         row = self.pos[h if self.P > 1 else 0]
         ids = np.flatnonzero(row >= 0)
-        f = ids[ids < self.F]
-        ks = [self.k16[h, f].view(np.float16).astype(np.float32)]
-        vs = [self.v16[h, f].view(np.float16).astype(np.float32)]
+        n = ids.size
+        kb = scratch("cache.k", n + spare, self.spec.head_dim)
+        vb = scratch("cache.v", n + spare, self.spec.head_dim_v)
+        a = int(np.searchsorted(ids, self.F))
+        decode_slots(self.k16[h].view(np.uint8), _F16_META, _F16_LUT, 16, 32, ids[:a], kb[:a])
+        decode_slots(self.v16[h].view(np.uint8), _F16_META, _F16_LUT, 16, 32, ids[:a], vb[:a])
         for i, pl in enumerate(self.pools):
-            sel = ids[(ids >= self.lo[i]) & (ids < self.lo[i] + pl.cap)]
-            kq, vq = pl.read(h, sel - self.lo[i])
-            ks.append(kq)
-            vs.append(vq)
-        return ids, np.concatenate(ks), np.concatenate(vs)
+            e = int(np.searchsorted(ids, self.lo[i] + pl.cap))
+            pl.read_into(h, ids[a:e] - self.lo[i], kb[a:e], vb[a:e])
+            a = e
+        return ids, kb, vb
 
     def _prefill(self, q: np.ndarray, k: np.ndarray, vr: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
         """Attend the chunk over stored slots + its own tokens (BLAS), then insert its tokens."""
@@ -547,21 +555,21 @@ class CompressedLayerCache(LayerCache):
         k16 = self.basis.keys(k).astype(np.float16).astype(np.float32)  # what the fp16 window will hold
         v16 = vr.astype(np.float16).astype(np.float32)
         pq = pos.astype(np.int64)
-        o = np.empty((T, H, s.head_dim_v), np.float32)
+        o = scratch("cache.o", T * H, s.head_dim_v).reshape(T, H, s.head_dim_v)
         pol = self.policy
         for h in range(n_kv):
-            ids, kd, vd = self.dequantized(h)
+            ids, kall, vall = self.stored_rows(h, spare=T)
+            kall[ids.size :] = k16[:, h]
+            vall[ids.size :] = v16[:, h]
             pk = np.concatenate([self.pos[h if self.P > 1 else 0, ids].astype(np.int64), pq])
-            kall = np.concatenate([kd, k16[:, h]])
-            vall = np.concatenate([vd, v16[:, h]])
             bias = np.concatenate([self.logw[h, ids], np.zeros(T, np.float32)]) if self.logw.size else None
             g = slice(h * gqa, (h + 1) * gqa)
             want = pol is not None and pol.needs_probs
             probs = attend_group(qr[:, g], kall, vall, pk, pq, s.window, s.scale, s.softcap, o[:, g], bias, probs=want)
             if pol is not None:
                 pol.prefill(h, probs, ids)
-        if self.rot_v is not None:
-            np.matmul(o, self.rot_v, out=out)
+        if self.rot_v is not None:  # back from the cache basis by the butterflies, as a decode step does
+            fwht_rows(o, out)
         else:
             out[:] = o
         t = 0

@@ -208,9 +208,9 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         self._pull_positions()
         return self.pos
 
-    def dequantized(self, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def stored_rows(self, h: int, spare: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         self._pull()
-        return super().dequantized(h)
+        return super().stored_rows(h, spare)
 
     # ------------------------------------------------------------ device writes
     def _decode_on_device(self, q: Any, k: Any, v: Any, pos: np.ndarray, out: Any) -> None:

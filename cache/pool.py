@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ops.cpu.qattention import dequantize_rows
+from ..ops.cpu.qattention import decode_slots
 from .insert import dequant_pair
 from .quant import TABLE_BYTES, calibrate_lut, quantize_into, row_bytes, scale_lut
 
@@ -67,20 +67,18 @@ class Pool:
         vv = np.broadcast_to(v, (n_kv, self.Dv))
         self.write(s, np.ascontiguousarray(kk), np.ascontiguousarray(vv))
 
-    def read(self, head: int, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Dequantized rows of ``slots`` ([n] int) of one head: ([n, D], [n, Dv]) float32."""
-        k = np.empty((len(slots), self.D), np.float32)
-        v = np.empty((len(slots), self.Dv), np.float32)
-        _dequant(self.kc[head, slots], self.km[head, slots], self.klut, self.bits_k, self.G, k)
-        _dequant(self.vc[head, slots], self.vm[head, slots], self.vlut, self.bits_v, self.G, v)
-        return k, v
+    def read_into(self, head: int, slots: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
+        """Dequantized rows of ``slots`` ([n] int, ascending) of one head into ``k`` [n, D] and ``v`` [n, Dv]
+        float32 (C-contiguous)."""
+        decode_slots(self.kc[head], self.km[head], self.klut, self.bits_k, self.G, slots, k)
+        decode_slots(self.vc[head], self.vm[head], self.vlut, self.bits_v, self.G, slots, v)
 
     def read_row(self, head: int, slot: int) -> tuple[np.ndarray, np.ndarray]:
         """One slot's rows ([D], [Dv] float32) for moving a token (demotion, cooling, merging).
 
         Bit for bit what the one-call decode steps (:func:`.insert.policy_push`,
         :func:`.insert.decode_push`) and the CUDA kernels (``kvq.cuh``) read, so
-        that a re-quantized token gets the same codes on every path; :meth:`read`
+        that a re-quantized token gets the same codes on every path; :meth:`read_into`
         (the fused decoders, for attention) may differ by an ulp.
         """
         k = np.empty(self.D, np.float32)
@@ -95,10 +93,3 @@ class Pool:
 
     def nbytes(self) -> int:
         return self.kc.nbytes + self.km.nbytes + self.vc.nbytes + self.vm.nbytes + 2 * TABLE_BYTES
-
-
-def _dequant(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, bits: int, G: int, out: np.ndarray) -> None:
-    if bits == 16:
-        out[:] = codes.view(np.float16).astype(np.float32).reshape(out.shape)
-    else:
-        dequantize_rows(codes, meta, lut, bits, G, out)

@@ -26,12 +26,20 @@ class PerplexityResult:
     chunk_ppl: list[float]
 
 
-def log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """log p(target) per row.   logits: [n, n_vocab] float32; targets: [n] int."""
-    x = logits.astype(np.float64)
-    m = x.max(axis=1, keepdims=True)
-    lse = np.log(np.exp(x - m).sum(axis=1)) + m[:, 0]
-    return x[np.arange(len(targets)), targets] - lse
+def log_softmax_at(logits: np.ndarray, targets: np.ndarray, block: int = 16) -> np.ndarray:
+    """log p(target) per row.   logits: [n, n_vocab] float32; targets: [n] int.
+
+    A block of rows at a time, the exponentials in float32 and their sums in float64: a float64
+    copy of a window's [256, 262144] logits (Gemma 3) is half a gigabyte, and making it, then its
+    exponentials, took a fifth of the perplexity run."""
+    targets = np.asarray(targets)
+    out = np.empty(len(targets), np.float64)
+    for r0 in range(0, len(targets), block):
+        x = logits[r0 : r0 + block]
+        m = x.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(x - m).sum(axis=1, dtype=np.float64)) + m[:, 0]
+        out[r0 : r0 + block] = x[np.arange(x.shape[0]), targets[r0 : r0 + block]] - lse
+    return out
 
 
 def perplexity(

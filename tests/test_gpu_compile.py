@@ -112,11 +112,13 @@ def test_device_gpu_without_a_gpu_says_what_to_do():
         get_backend("gpu")
 
 
-def test_cli_entry_point():
-    r = subprocess.run([sys.executable, "-m", "kvrun.ops.gpu.compile_check"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+def test_cli_entry_point(capsys):
+    """``python -m kvrun.ops.gpu.compile_check`` (its ``main``, in process: the compiles already made
+    for the tests above are remembered, where a subprocess would make them all again)."""
+    assert cc.main([]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
     n = sum(k.file == "qmatmul.cu" for k in K.KERNELS.values())  # four per quant type
-    assert n == 4 * len(K.QTYPE_SUFFIX) and "qmatmul.cu: " in r.stdout and f"{n} kernels" in r.stdout
+    assert n == 4 * len(K.QTYPE_SUFFIX) and "qmatmul.cu: " in out and f"{n} kernels" in out
 
 
 def test_every_array_function_the_gpu_path_calls_exists_in_cupy():

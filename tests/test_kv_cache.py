@@ -161,6 +161,28 @@ def test_fp16_storage_through_the_compressed_path_equals_the_plain_cache():
         np.testing.assert_allclose(got, ref, atol=2e-6 if chunk <= 4 else 1e-2)
 
 
+@pytest.mark.parametrize("spec_s", ["4,residual=8", "2,mixed=8/2,policy=h2o,budget=40,residual=8", "2,warm=24", "3,policy=tova,budget=48,residual=8"])
+def test_prefill_reads_the_held_slots_in_slot_order_as_a_token_move_reads_them(spec_s):
+    """What a prefill chunk attends to: every held slot (evictions leave holes), the fp16 area widened
+    and the pools decoded as ``Pool.read_row`` decodes a token it moves, the chunk's rows after them."""
+    c = CompressedLayerCache(SPEC, KVConfig.parse(spec_s).validate(128), 128)
+    q, k, v = _qkv(100)
+    _feed(c, q, k, v, chunk=7)
+    for h in range(SPEC.n_head_kv):
+        ids, kb, vb = c.stored_rows(h, spare=5)
+        assert ids.tolist() == np.flatnonzero(c.pos[h if c.P > 1 else 0] >= 0).tolist()
+        assert kb.shape == (ids.size + 5, SPEC.head_dim) and vb.shape == (ids.size + 5, SPEC.head_dim_v)
+        assert ids.size < 100 or "budget" not in spec_s
+        for i, j in enumerate(ids):
+            if j < c.F:
+                want = c.k16[h, j].view(np.float16).astype(np.float32), c.v16[h, j].view(np.float16).astype(np.float32)
+            else:
+                p = 0 if j < c.lo[1] else 1
+                want = c.pools[p].read_row(h, j - c.lo[p])
+            np.testing.assert_allclose(kb[i], want[0], rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(vb[i], want[1], rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("bits, bound", [(8, 0.01), (4, 0.08), (3, 0.12), (2, 0.3)])
 def test_quantized_attention_error_shrinks_with_width(bits, bound):
     q, k, v = _qkv(160, seed=1)

@@ -264,6 +264,20 @@ def test_cli_bench_and_perplexity(tiny_path, tmp_path):
     assert out["ppl"] > 1 and out["n_tokens"] == out["n_chunks"] * 31
 
 
+def test_log_softmax_at_equals_a_float64_log_softmax_across_row_blocks():
+    from kvrun.runtime.perplexity import log_softmax_at
+
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal((37, 5000)) * 8).astype(np.float32)  # 37 rows: two full blocks and a part
+    logits[5, 17] = 60.0  # one near-certain row
+    targets = rng.integers(0, 5000, 37)
+    targets[5] = 17
+    x = logits.astype(np.float64)
+    want = x[np.arange(37), targets] - (np.log(np.exp(x - x.max(1, keepdims=True)).sum(1)) + x.max(1))
+    got = log_softmax_at(logits, targets)
+    assert got.shape == (37,) and np.abs(got - want).max() < 1e-5
+
+
 def test_bench_names_the_file_type_as_llama_cpp():
     from kvrun.cli import _quant_label
 

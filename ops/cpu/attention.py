@@ -27,7 +27,7 @@ import math
 import numba as nb
 import numpy as np
 
-from .qattention import decode_half_rows
+from .qattention import decode_slots
 from .qmatmul import _scratch
 from .vexp import exp32
 
@@ -58,10 +58,10 @@ def attend_prefill_f16(
     pk = kpos[slots]
     for kh in range(n_kv):
         g = slice(kh * gqa, (kh + 1) * gqa)
-        kf = _buffer("k", slots.size, k.shape[2])
-        vf = _buffer("v", slots.size, v.shape[2])
-        _widen_rows(k[kh], slots, kf)
-        _widen_rows(v[kh], slots, vf)
+        kf = scratch("attention.k", slots.size, k.shape[2])
+        vf = scratch("attention.v", slots.size, v.shape[2])
+        decode_slots(k[kh].view(np.uint8), _NO_META, _NO_LUT, 16, 32, slots, kf)
+        decode_slots(v[kh].view(np.uint8), _NO_META, _NO_LUT, 16, 32, slots, vf)
         attend_group(q[:, g], kf, vf, pk, qpos, window, scale, softcap, out[:, g])
 
 
@@ -106,6 +106,8 @@ def attend_group(
         if window > 0:
             see &= kp > qp[t0] - window
         cols = None if see.all() else np.flatnonzero(see)
+        if cols is not None and cols.size and cols[-1] == cols.size - 1:
+            cols = slice(0, cols.size)  # a prefix (stored keys, then the chunk's own: causal): views, not copies
         kb, vb, pb = (k, v, kp) if cols is None else (k[cols], v[cols], kp[cols])
         bb = b if cols is None or b.size == 0 else b[cols]
         s = _scores((t1 - t0) * gqa, kb.shape[0])
@@ -133,22 +135,18 @@ QUERY_BLOCK = 128
 # Scores and widened K/V go into per-thread buffers reused across calls (qmatmul's scratch).
 # A fresh multi-megabyte array each call is fresh pages each call: SmolLM2's 256-token chunk
 # at depth 2048 spent 0.72 s of its 2.4 in the first GEMM, 0.24 s writing into a reused buffer.
-def _buffer(name: str, rows: int, cols: int) -> np.ndarray:
-    return _scratch.grown("attention." + name, rows, cols)
+def scratch(name: str, rows: int, cols: int) -> np.ndarray:
+    """This thread's reused [rows, cols] float32 buffer ``name`` (overwritten by the next call that asks for it)."""
+    return _scratch.grown(name, rows, cols)
 
 
 def _scores(rows: int, cols: int) -> np.ndarray:
     """The scores of a query block, [rows, cols] float32 (this thread's buffer)."""
-    return _buffer("scores", rows, cols)
+    return scratch("attention.scores", rows, cols)
 
 
-@nb.njit(cache=True, nogil=True)
-def _widen_rows(x: np.ndarray, slots: np.ndarray, out: np.ndarray) -> None:
-    """``out[i] = x[slots[i]]`` as float32: x [cap, D] float16 bits, out [n, D] float32."""
-    for i in range(slots.size):
-        decode_half_rows(x, slots[i], 1, out[i])
-
-
+_NO_META = np.zeros((0, 0, 2), np.uint8)  # fp16 rows carry no quantization metadata
+_NO_LUT = np.ones(256, np.float32)
 _NO_BIAS = np.zeros(0, np.float32)
 
 

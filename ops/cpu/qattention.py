@@ -381,6 +381,25 @@ def decode_half_rows(x: np.ndarray, r0: int, n: int, out: np.ndarray) -> None:
 
 
 @nb.njit(**_JIT)
+def decode_slots(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, bits: int, G: int, slots: np.ndarray, out: np.ndarray) -> None:
+    """``out[i] = row slots[i]`` of one head's pool, dequantized (prefill's gather of the held slots).
+
+    codes/meta/lut/bits/G as :func:`decode_rows` (an fp16 ring's [R, D] uint16 rows go in as their
+    uint8 view with bits 16); slots: [n] int, ascending; out: [n, D] float32 (C-contiguous).
+    Runs of consecutive slots (a pool fills from the front, so usually one run) go through the
+    row decoders in one call each."""
+    D = out.shape[1]
+    flat = out.reshape(-1)
+    i = 0
+    while i < slots.size:
+        e = i + 1
+        while e < slots.size and slots[e] == slots[e - 1] + 1:
+            e += 1
+        decode_rows(codes, meta, lut, bits, G, slots[i], e - i, flat[i * D :])
+        i = e
+
+
+@nb.njit(**_JIT)
 def dequantize_rows(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, bits: int, G: int, out: np.ndarray) -> None:
     """Rows of a pool back to float32 (prefill scratch, merging, tests).
 

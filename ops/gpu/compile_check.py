@@ -18,6 +18,7 @@ the PTX.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import re
 import shutil
@@ -129,7 +130,13 @@ def available_compiler() -> str:
 
 def compile_source(src: str, name: str = "kernel.cu", arch: str = "sm_90", compiler: str | None = None) -> str:
     """PTX of one CUDA source text; raises :class:`CompileError` with the log."""
-    compiler = compiler or available_compiler()
+    return _compile_source(src, name, arch, compiler or available_compiler())
+
+
+@functools.lru_cache(maxsize=64)
+def _compile_source(src: str, name: str, arch: str, compiler: str) -> str:
+    """:func:`compile_source`, remembered per (source text, name, arch, compiler): the CI's checks ask for
+    the same sources several times (the whole set takes ~15 s a compiler), and the text decides the PTX."""
     if compiler == "nvrtc":
         return _compile_nvrtc(src, name, arch)
     if compiler == "nvcc":

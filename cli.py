@@ -317,8 +317,14 @@ def sampling_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+_SAMPLING_FLAGS = {"temperature": "--temp", "top-p": "--top-p", "min-p": "--min-p", "top-k": "--top-k", "repeat penalty": "--repeat-penalty"}
+
+
 def _sampling(kw: dict[str, Any]) -> dict[str, Any]:
-    return dict(
+    """The sampling flags as ``SamplerConfig`` fields, checked (a bad value fails here, before the model loads)."""
+    from .runtime.sampling import SamplerConfig
+
+    s = dict(
         temperature=kw["temp"],
         top_k=kw["top_k"],
         top_p=kw["top_p"],
@@ -328,6 +334,15 @@ def _sampling(kw: dict[str, Any]) -> dict[str, Any]:
         frequency_penalty=kw["frequency_penalty"],
         seed=kw["seed"],
     )
+    try:
+        SamplerConfig(**{k: v for k, v in s.items() if v is not None}).validate()
+    except ValueError as e:
+        msg = str(e)
+        for name, flag in _SAMPLING_FLAGS.items():
+            if msg.startswith(name + " "):
+                msg = flag + msg[len(name) :]
+        raise KvrunError(msg) from None
+    return s
 
 
 def _engine(path: Any, **kw: Any):
@@ -383,10 +398,11 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
         raise KvrunError("give a prompt with -p TEXT or -f FILE")
     if n_predict < 0:
         raise KvrunError(f"-n must be >= 0, got {n_predict}")
+    sampling = _sampling(kw)
     text = prompt if prompt is not None else Path(prompt_file).read_text(encoding="utf-8")
     m = _load(model, kw)
     ids = m.tokenize(text)
-    req = _request(n_predict, stop, ignore_eos=ignore_eos, **_sampling(kw))
+    req = _request(n_predict, stop, ignore_eos=ignore_eos, **sampling)
     if len(ids) > m.engine.n_ctx:  # say so before echoing the prompt
         raise KvrunError(f"the prompt is {len(ids)} tokens, the context {m.engine.n_ctx}; raise --ctx-size or shorten the prompt")
     cache = m.new_cache()
@@ -418,6 +434,7 @@ def chat(model: str | None, system: str | None, n_predict: int, stop: tuple[str,
 
     /reset clears the conversation, /exit (or Ctrl-D) leaves; Ctrl-C stops a reply.
     """
+    _sampling(kw)  # a bad sampling flag fails now, not at the first reply
     m = _load(model, kw)
     sess = m.session(system=system)
     interactive = _interactive()

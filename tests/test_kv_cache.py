@@ -128,6 +128,17 @@ def test_default_warm_tiers_cover_sliding_windows_and_fill_global_layers_to_the_
     assert fixed[0].pools[0].cap == 100 and fixed[5].pools[0].cap == 100
 
 
+def test_wider_values_keep_the_default_warm_tiers_of_the_keys():
+    """`--kv-bits 2 --kv-bits-v 4` spends more on values; the keys keep the tiers they have at 2 bits."""
+    local, glob = LayerSpec(4, 1, 256, 256, 512, 0.0625, 0.0), LayerSpec(4, 1, 256, 256, 0, 0.0625, 0.0)
+    specs = ([local] * 5 + [glob]) * 3
+    narrow, wide = (make_cache(specs, 2048, 256, KVConfig.parse(s)) for s in ("2", "2,bits_v=4"))
+    for a, b in zip(narrow, wide):
+        assert [p.cap for p in a.pools] == [p.cap for p in b.pools] and a.F == b.F
+        assert [p.bits_k for p in a.pools] == [p.bits_k for p in b.pools] and all(p.bits_v == 4 for p in b.pools)
+    assert bits_per_value(wide, 2048) > bits_per_value(narrow, 2048) + 0.9
+
+
 def test_two_bit_default_keeps_a_warm_tier_of_wider_keys():
     """At 2 bits the newest quantized tokens (35% of a layer's quantized slots) keep 4-bit keys
     in pool 0; older ones are re-quantized into the 2-bit pool 1, oldest first."""

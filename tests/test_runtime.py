@@ -341,6 +341,16 @@ def test_cli_run_with_kv_flags_reports_kv_memory(tiny_path):
     assert r.exit_code == 2 and "bits=5" in r.output and r.output.count("\n") == 1
 
 
+@pytest.mark.parametrize("cmd", ["run", "chat"])
+@pytest.mark.parametrize("flag, value", [("--temp", "-1"), ("--top-p", "2"), ("--min-p", "1"), ("--top-k", "-2"), ("--repeat-penalty", "0")])
+def test_a_bad_sampling_flag_fails_in_one_line_naming_it_before_the_model_loads(cmd, flag, value, tmp_path):
+    missing = str(tmp_path / "never-opened.gguf")  # the flag is checked first: the model is never looked for
+    args = [cmd, missing, flag, value] + (["-p", "the"] if cmd == "run" else [])
+    r = CliRunner().invoke(main, args, input="hello\n")
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert r.output.startswith(f"kvrun: error: {flag} must be") and "Traceback" not in r.output
+
+
 def test_cli_needle_runs_every_depth(tiny_path):
     r = CliRunner().invoke(main, ["needle", str(tiny_path), "--ctx", "400", "--depths", "10,90", "--trials", "1", "--configs", "16; 2,residual=8", "--json"])
     assert r.exit_code == 0, r.output

@@ -55,7 +55,7 @@ import numba as nb
 import numpy as np
 
 from ..ops.cpu.attention import attend_group, scratch
-from ..ops.cpu.qattention import attend_decode_q, decode_slots
+from ..ops.cpu.qattention import attend_decode_q, decode_half_slots
 from .base import LayerCache, LayerSpec
 from .kvconfig import KVConfig
 from .keybasis import KeyBasis
@@ -66,8 +66,6 @@ from .pool import Pool
 from .quant import CLIPS, TABLE_BYTES, hadamard
 
 _EMPTY2 = np.zeros((0, 0), np.float32)
-_F16_META = np.zeros((0, 0, 2), np.uint8)  # the fp16 area's rows carry no quantization metadata
-_F16_LUT = np.ones(256, np.float32)
 MAX_DECODE_T = 4  # chunks up to this size use the decode kernel
 
 
@@ -537,8 +535,8 @@ class CompressedLayerCache(LayerCache):
         kb = scratch("cache.k", n + spare, self.spec.head_dim)
         vb = scratch("cache.v", n + spare, self.spec.head_dim_v)
         a = int(np.searchsorted(ids, self.F))
-        decode_slots(self.k16[h].view(np.uint8), _F16_META, _F16_LUT, 16, 32, ids[:a], kb[:a])
-        decode_slots(self.v16[h].view(np.uint8), _F16_META, _F16_LUT, 16, 32, ids[:a], vb[:a])
+        decode_half_slots(self.k16[h], ids[:a], kb[:a])
+        decode_half_slots(self.v16[h], ids[:a], vb[:a])
         for i, pl in enumerate(self.pools):
             e = int(np.searchsorted(ids, self.lo[i] + pl.cap))
             pl.read_into(h, ids[a:e] - self.lo[i], kb[a:e], vb[a:e])

@@ -27,7 +27,7 @@ import math
 import numba as nb
 import numpy as np
 
-from .qattention import decode_slots
+from .qattention import decode_half_slots
 from .qmatmul import _scratch
 from .vexp import exp32
 
@@ -60,8 +60,8 @@ def attend_prefill_f16(
         g = slice(kh * gqa, (kh + 1) * gqa)
         kf = scratch("attention.k", slots.size, k.shape[2])
         vf = scratch("attention.v", slots.size, v.shape[2])
-        decode_slots(k[kh].view(np.uint8), _NO_META, _NO_LUT, 16, 32, slots, kf)
-        decode_slots(v[kh].view(np.uint8), _NO_META, _NO_LUT, 16, 32, slots, vf)
+        decode_half_slots(k[kh], slots, kf)
+        decode_half_slots(v[kh], slots, vf)
         attend_group(q[:, g], kf, vf, pk, qpos, window, scale, softcap, out[:, g])
 
 
@@ -145,8 +145,6 @@ def _scores(rows: int, cols: int) -> np.ndarray:
     return scratch("attention.scores", rows, cols)
 
 
-_NO_META = np.zeros((0, 0, 2), np.uint8)  # fp16 rows carry no quantization metadata
-_NO_LUT = np.ones(256, np.float32)
 _NO_BIAS = np.zeros(0, np.float32)
 
 

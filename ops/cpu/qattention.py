@@ -399,6 +399,15 @@ def decode_slots(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, bits: int
         i = e
 
 
+_HALF_META = np.zeros((0, 0, 2), np.uint8)  # float16 rows carry no quantization metadata
+
+
+def decode_half_slots(x: np.ndarray, slots: np.ndarray, out: np.ndarray) -> None:
+    """``out[i] = x[slots[i]]`` widened: x [R, D] uint16 (float16 bits, rows contiguous); slots ascending;
+    out [n, D] float32 (C-contiguous)."""
+    decode_slots(x.view(np.uint8), _HALF_META, _NO_LUT, 16, 32, slots, out)
+
+
 @nb.njit(**_JIT)
 def dequantize_rows(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, bits: int, G: int, out: np.ndarray) -> None:
     """Rows of a pool back to float32 (prefill scratch, merging, tests).

@@ -12,6 +12,7 @@ from kvrun.loaders.config import load_config
 from kvrun.loaders.errors import GGUFError, UnsupportedModelError
 from kvrun.loaders.gguf_file import GGUFFile
 
+from reference import shared_reader
 from tinymodel import write_tiny_model
 
 
@@ -29,9 +30,9 @@ def _same_value(ours, field) -> bool:
     return ours == ref
 
 
-def check_against_reader(path) -> None:
+def check_against_reader(path, ref: GGUFReader | None = None) -> None:
     ours = GGUFFile(path)
-    ref = GGUFReader(str(path))
+    ref = ref if ref is not None else GGUFReader(str(path))
     ref_keys = [k for k in ref.fields if not k.startswith("GGUF.")]
     assert list(ours.metadata) == ref_keys
     for k in ref_keys:
@@ -50,12 +51,12 @@ def test_reader_matches_gguf_on_tiny_model(tiny):
 
 @pytest.mark.real_model
 def test_reader_matches_gguf_on_smollm2(smollm2_path):
-    check_against_reader(smollm2_path)
+    check_against_reader(smollm2_path, shared_reader(smollm2_path))
 
 
 @pytest.mark.real_model
 def test_reader_matches_gguf_on_gemma3(gemma3_path):
-    check_against_reader(gemma3_path)
+    check_against_reader(gemma3_path, shared_reader(gemma3_path))
 
 
 @pytest.mark.real_model

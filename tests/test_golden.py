@@ -83,13 +83,13 @@ def test_greedy_text_matches_llamacpp(case):
 @pytest.mark.parametrize("name", ["smollm2"])
 def test_logits_equal_float64_reference(name, smollm2_path):
     """kvrun's own arithmetic is exact: it equals an independent float64 forward."""
-    from reference import Reference
+    from reference import Reference, shared_reader
 
     from kvrun.runtime.engine import Engine
 
     npz, _ = _golden(name)
     ids = npz["prompt_ids"][:12]
-    ref = Reference(smollm2_path).logits(ids)
+    ref = Reference(smollm2_path, shared_reader(smollm2_path)).logits(ids)
     eng = Engine(smollm2_path, n_ctx=64)
     got = eng.eval(eng.new_cache(), ids, logits_all=True)
     err = np.abs(got - ref).max() / np.abs(ref).max()

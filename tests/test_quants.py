@@ -22,6 +22,7 @@ from gguf import GGML_QUANT_SIZES, GGUFReader
 from gguf import GGMLQuantizationType as T
 from gguf.quants import dequantize as gguf_dequantize
 
+from reference import shared_reader
 from kvrun.loaders import quants as Q
 from kvrun.loaders.quants import (
     SUPPORTED_TYPES,
@@ -341,7 +342,7 @@ SAMPLE_ROWS = 64
 @pytest.fixture(scope="module", params=["smollm2", "gemma3"])
 def real_model(request: pytest.FixtureRequest) -> GGUFReader:
     """The real model through conftest's fixtures (pulled through kvrun's store when absent)."""
-    return GGUFReader(request.getfixturevalue(f"{request.param}_path"))
+    return shared_reader(request.getfixturevalue(f"{request.param}_path"))
 
 
 def _tensor_rows(tensor) -> tuple[np.ndarray, int]:  # noqa: ANN001

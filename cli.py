@@ -295,9 +295,12 @@ def kv_config(kw: dict[str, Any]):
         given["policy"] = DEFAULT_POLICY  # a budget alone means: evict with the default policy
     try:
         cfg = KVConfig.preset(preset) if preset else KVConfig()
-        return cfg.with_(**given) if given else cfg
+        cfg = cfg.with_(**given) if given else cfg
     except (ValueError, TypeError) as e:
         raise KvrunError(str(e)) from None
+    if 3 in cfg.widths:
+        click.echo("kvrun: note: 3-bit codes are stored in 4-bit containers; --kv-bits 4 takes the same memory with less error", err=True)
+    return cfg
 
 
 def sampling_options(fn: Callable[..., Any]) -> Callable[..., Any]:

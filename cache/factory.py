@@ -42,12 +42,7 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
     kv = kv.validate(n_ctx)
     kvs = [_fit_group(kv, spec) for spec in specs]
     if kv.warm is None and kv.warm_on:
-        # sized as if the values were as narrow as the keys (the widths the target is set for), then
-        # given to the real layout: wider values (bits_v=4) must not starve the keys' tier, which holds
-        # most of the 2-bit error (Gemma 3, ctx 1024: sized with 4-bit values, every tier came out at
-        # one slot and PPL rose 23% over fp16, where 2-bit values cost 0.35%)
-        base = _size_warm_tiers(specs, [k.with_(bits_v=k.widths[0]) for k in kvs], n_ctx, DEFAULT_WARM_TARGET[kv.widths[0]])
-        kvs = [k.with_(residual=b.residual, warm=b.warm) for k, b in zip(kvs, base)]
+        kvs = _size_warm_tiers(specs, kvs, n_ctx, DEFAULT_WARM_TARGET[kv.widths[0]])
     return [layer_cls(spec, k, n_ctx) for spec, k in zip(specs, kvs)]
 
 
@@ -62,10 +57,15 @@ def _size_warm_tiers(specs: list[LayerSpec], kvs: list[KVConfig], n_ctx: int, ta
     tiers gives the shares.  The window and group the tier implies are pinned
     first, so a tier that comes out at one slot keeps that layout (global layers of a
     model with sliding-window layers keep a shorter window: see ``kvconfig``).
+
+    The target is for values as narrow as the keys, so the trial layout has them so: wider
+    values (``bits_v=4``) get the same tiers, not starved ones (Gemma 3, ctx 1024: sized with
+    4-bit values, every tier came out at one slot and PPL rose 23% over fp16, against 0.35%
+    with 2-bit values).
     """
     hybrid = any(s.window > 0 for s in specs)
     kvs = [k.with_(residual=k.residual_for(hybrid and s.window <= 0)) for s, k in zip(specs, kvs)]
-    trial = [k.with_(warm=1) for k in kvs]
+    trial = [k.with_(warm=1, bits_v=k.widths[0]) for k in kvs]
     used = vals = 0
     room: dict[bool, list[tuple[int, int, int]]] = {True: [], False: []}  # sliding? -> (layer, quantized slots, bytes per warm slot)
     for i, (s, k) in enumerate(zip(specs, trial)):
@@ -76,13 +76,14 @@ def _size_warm_tiers(specs: list[LayerSpec], kvs: list[KVConfig], n_ctx: int, ta
             warm, cold = layer.pools
             room[s.window > 0].append((i, warm.cap + cold.cap, s.n_head_kv * (warm.slot_bytes() - cold.slot_bytes())))
     left = target_bpv * vals / 8 - used
+    sized = [k.with_(warm=1) for k in kvs]
     for sliding in (True, False):
         extra = sum((cq - 1) * per for _, cq, per in room[sliding])
         share = min(max(left / extra, 0.0), 1.0) if extra > 0 else 0.0
         left -= share * extra
         for i, cq, _ in room[sliding]:
-            trial[i] = kvs[i].with_(warm=1 + int(share * (cq - 1)))
-    return trial
+            sized[i] = kvs[i].with_(warm=1 + int(share * (cq - 1)))
+    return sized
 
 
 def _fit_group(kv: KVConfig, spec: LayerSpec) -> KVConfig:

@@ -173,26 +173,23 @@ def _softmax_rows(s: np.ndarray, bias: np.ndarray, pk: np.ndarray, pq: np.ndarra
         qp = np.int32(pq[r // gqa])
         lo = np.int32(qp - window) if window > 0 else _NO_LO  # visible: lo < pk <= qp (int32 both: vector compares)
         row = s[r]
-        m = _NEG
-        if cap > 0 or has_bias:
-            if cap > 0:
-                for j in range(n):
-                    row[j] = cap * np.tanh(row[j] * sc / cap)
-            else:
+        mul = sc  # the common case (no softcap, no bias): the scaling rides in the masking pass
+        if cap > 0:
+            for j in range(n):
+                row[j] = cap * np.tanh(row[j] * sc / cap)
+            mul = np.float32(1.0)
+        if has_bias:
+            if mul != 1:
                 for j in range(n):
                     row[j] = row[j] * sc
-            if has_bias:
-                for j in range(n):
-                    row[j] += bias[j]
+                mul = np.float32(1.0)
             for j in range(n):
-                x = row[j] if (pk[j] <= qp) & (pk[j] > lo) else _NEG
-                row[j] = x
-                m = max(m, x)
-        else:  # the common case: scaling folded into the masking pass (one pass fewer over the row)
-            for j in range(n):
-                x = row[j] * sc if (pk[j] <= qp) & (pk[j] > lo) else _NEG
-                row[j] = x
-                m = max(m, x)
+                row[j] += bias[j]
+        m = _NEG
+        for j in range(n):
+            x = row[j] * mul if (pk[j] <= qp) & (pk[j] > lo) else _NEG
+            row[j] = x
+            m = max(m, x)
         t = np.float32(0.0)
         if m > np.float32(0.5) * _NEG:
             for j in range(n):

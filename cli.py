@@ -298,8 +298,6 @@ def kv_config(kw: dict[str, Any]):
         cfg = cfg.with_(**given) if given else cfg
     except (ValueError, TypeError) as e:
         raise KvrunError(str(e)) from None
-    if 3 in cfg.widths:
-        click.echo("kvrun: note: 3-bit codes are stored in 4-bit containers; --kv-bits 4 takes the same memory with less error", err=True)
     return cfg
 
 

@@ -1,6 +1,6 @@
 """A pool of quantized KV slots of one (K width, V width), per KV head.
 
-Shapes (``C`` slots, ``G`` values per group, ``w`` container bits)::
+Shapes (``C`` slots, ``G`` values per group, ``w`` bits a code)::
 
     kc [n_kv, C, D * w_k / 8]   uint8   key codes (16 bits: float16 bytes)
     km [n_kv, C, D / G, 2]      uint8   key (scale code, zero code) per group

@@ -13,7 +13,8 @@ its own (see ``kvrun.cache.compressed`` for the numbers).
 Encoding of a group (the layout ``kvrun.ops.cpu.qattention`` reads):
 
 * codes ``c in [0, 2^b - 1]`` packed group-planar (2-bit: 4 per byte, 4-bit:
-  2 per byte, 3-bit in 4-bit containers, 8-bit: 1 per byte);
+  2 per byte, 8-bit: 1 per byte; 3-bit: a 2-bit plane of the low bits and a
+  1-bit plane of the high bits, 3 bytes per 8 values);
 * scale ``s = lut[u]``, ``u`` one byte: a per-pool log table with 16 steps
   per octave over 16 octaves (``2^(e0 + u/16)``), ``e0`` calibrated on the
   first rows the pool receives;
@@ -36,7 +37,7 @@ import math
 import numba as nb
 import numpy as np
 
-from ..ops.cpu.qattention import container, dequantize_rows
+from ..ops.cpu.qattention import dequantize_rows
 
 _JIT = dict(cache=True, fastmath=False, nogil=True)
 
@@ -55,7 +56,7 @@ CLIPS: dict[int, np.ndarray] = {
 
 def row_bytes(D: int, bits: int) -> int:
     """Bytes of one row's codes."""
-    return D * container(bits) // 8
+    return D * bits // 8
 
 
 # Every pool's scale table is a 256-entry window of one process-wide table of
@@ -191,23 +192,35 @@ def _quantize_group(x, o0, G, bits, lut, clips, best):
 def quantize_row(x: np.ndarray, bits: int, G: int, lut: np.ndarray, clips: np.ndarray, codes: np.ndarray, meta: np.ndarray, tmp: np.ndarray) -> None:
     """Quantize one row into packed codes and (scale, zero) codes.
 
-    x: [D] float32; codes: [D*w/8] uint8 (w = container width);
+    x: [D] float32; codes: [D*bits/8] uint8;
     meta: [D/G, 2] uint8; lut: [256] float32; clips: [n] float32;
     tmp: [2*G] int32 scratch.  (16 bits is a plain float16 copy, done in numpy.)
     """
     D = x.shape[0]
-    width = 4 if bits == 3 else bits
-    per = 8 // width
-    nbg = G * width // 8
+    per = 8 // bits
+    nbg = G * bits // 8
     for g in range(D // G):
         u, zc = _quantize_group(x, g * G, G, bits, lut, clips, tmp[G:])
         meta[g, 0] = np.uint8(u)
         meta[g, 1] = np.uint8(zc)
         b0 = g * nbg
+        if bits == 3:  # the low bits 2-bit planar over G/4 bytes, then the high bits 1-bit planar over G/8
+            n2, n1 = G // 4, G // 8
+            for i in range(n2):
+                byte = 0
+                for m in range(4):
+                    byte |= (tmp[G + m * n2 + i] & 3) << (2 * m)
+                codes[b0 + i] = np.uint8(byte)
+            for i in range(n1):
+                byte = 0
+                for m in range(8):
+                    byte |= (tmp[G + m * n1 + i] >> 2) << m
+                codes[b0 + n2 + i] = np.uint8(byte)
+            continue
         for i in range(nbg):
             byte = 0
             for m in range(per):
-                byte |= tmp[G + m * nbg + i] << (m * width)
+                byte |= tmp[G + m * nbg + i] << (m * bits)
             codes[b0 + i] = np.uint8(byte)
 
 

@@ -100,6 +100,16 @@ def test_two_bit_defaults_fit_3_2_bits_per_value_at_2048():
     assert bits_per_value(make_cache(specs, 2048, 256, None), 2048) == pytest.approx(16 + 32 / 384)
 
 
+def test_three_bit_codes_take_three_bits_a_value():
+    """3-bit codes are packed as a 2-bit and a 1-bit plane, not in 4-bit containers:
+    a 3-bit cache sits between the 2-bit and the 4-bit one (SmolLM2's geometry)."""
+    specs = [LayerSpec(9, 3, 64, 64, 0, 0.125, 0.0)] * 30
+    bpv = {b: bits_per_value(make_cache(specs, 2048, 256, KVConfig.parse(f"{b},group=32,residual=24,warm=0")), 2048) for b in (2, 3, 4)}
+    assert bpv[3] - bpv[2] == pytest.approx(1.0, abs=0.05), bpv  # the same metadata and window: one bit a code more
+    assert bpv[4] - bpv[3] == pytest.approx(1.0, abs=0.05), bpv
+    assert bpv[3] < 3.8, bpv
+
+
 def test_four_bit_defaults_fit_5_bits_per_value_with_sliding_window_layers():
     """Gemma 3 270M's geometry: 5 of every 6 layers slide over 512 tokens, 1 KV head of 256."""
     local, glob = LayerSpec(4, 1, 256, 256, 512, 0.0625, 0.0), LayerSpec(4, 1, 256, 256, 0, 0.0625, 0.0)

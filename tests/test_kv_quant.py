@@ -22,19 +22,25 @@ def _gauss(n: int = 64, d: int = D, seed: int = 0) -> np.ndarray:
 
 
 def _unpack_reference(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, bits: int, G: int, D: int) -> np.ndarray:
-    """The documented layout, read with plain Python: group-planar codes, s = lut[u], z = zc (2^b-1)/255."""
-    w = 4 if bits == 3 else bits
-    per, nb = 8 // w, G * w // 8
+    """The documented layout, read with plain Python: group-planar codes, s = lut[u], z = zc (2^b-1)/255.
+
+    3 bits: a 2-bit plane of the low bits (G/4 bytes), then a 1-bit plane of the high bits (G/8 bytes)."""
+    per, nb = 8 // bits, G * bits // 8
     L = (1 << bits) - 1
     out = np.zeros((codes.shape[0], D))
     for r in range(codes.shape[0]):
         for g in range(D // G):
             s = float(lut[meta[r, g, 0]])
             z = int(meta[r, g, 1]) * L / 255
+            if bits == 3:
+                lo = _unpack_reference(codes[r : r + 1, g * nb : g * nb + G // 4], np.zeros((1, 1, 2), np.uint8), np.ones(256, np.float32), 2, G, G)
+                hi = _unpack_reference(codes[r : r + 1, g * nb + G // 4 : (g + 1) * nb], np.zeros((1, 1, 2), np.uint8), np.ones(256, np.float32), 1, G, G)
+                out[r, g * G : (g + 1) * G] = s * (lo[0] + 4 * hi[0] - z)
+                continue
             for i in range(nb):
                 byte = int(codes[r, g * nb + i])
                 for m in range(per):
-                    c = (byte >> (m * w)) & ((1 << w) - 1)
+                    c = (byte >> (m * bits)) & ((1 << bits) - 1)
                     out[r, g * G + m * nb + i] = s * (c - z)
     return out
 
@@ -52,10 +58,7 @@ def test_vector_decoders_read_the_documented_layout(bits, G):
     """Every (width, group) decoder the attention kernel uses (vector IR, or the plain loop for other groups)."""
     rng = np.random.default_rng(bits * 1000 + G)
     D, n = 128, 70
-    w = 4 if bits == 3 else bits
-    codes = rng.integers(0, 256, (n, D * w // 8), dtype=np.uint8)
-    if bits == 3:  # 3-bit codes in 4-bit containers: the top bit of each nibble is clear
-        codes &= 0x77
+    codes = rng.integers(0, 256, (n, D * bits // 8), dtype=np.uint8)
     meta = rng.integers(0, 256, (n, D // G if bits < 16 else 0, 2), dtype=np.uint8)
     lut = (2.0 ** (-12 + np.arange(256) / 16)).astype(np.float32)
     if bits == 16:
@@ -73,9 +76,9 @@ def test_vector_decoders_read_the_documented_layout(bits, G):
     assert np.isnan(tile[5 * D :]).all()
 
 
-@pytest.mark.parametrize("bits, nbytes", [(2, 16), (3, 32), (4, 32), (8, 64), (16, 128)])
+@pytest.mark.parametrize("bits, nbytes", [(2, 16), (3, 24), (4, 32), (8, 64), (16, 128)])
 def test_codes_really_shrink(bits, nbytes):
-    """2-bit: 4 codes per byte; 3 and 4-bit: 2 per byte (3-bit in 4-bit containers); 8: 1; 16: fp16."""
+    """2-bit: 4 codes per byte; 3-bit: 8 codes in 3 bytes; 4-bit: 2 per byte; 8: 1; 16: fp16."""
     assert row_bytes(D, bits) == nbytes
     codes, meta, _ = quantize(_gauss(4), bits, G)
     assert codes.shape == (4, nbytes)

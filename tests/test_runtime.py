@@ -351,14 +351,6 @@ def test_a_bad_sampling_flag_fails_in_one_line_naming_it_before_the_model_loads(
     assert r.output.startswith(f"kvrun: error: {flag} must be") and "Traceback" not in r.output
 
 
-def test_three_bit_codes_say_they_cost_what_four_bit_ones_do(tiny_path):
-    r = CliRunner().invoke(main, ["run", str(tiny_path), "-p", "the", "-n", "2", "--temp", "0", "--kv-bits", "3", "--kv-residual", "8"])
-    assert r.exit_code == 0, r.output
-    assert "3-bit codes are stored in 4-bit containers" in r.output
-    r = CliRunner().invoke(main, ["run", str(tiny_path), "-p", "the", "-n", "2", "--temp", "0", "--kv-bits", "4"])
-    assert r.exit_code == 0 and "containers" not in r.output
-
-
 def test_cli_needle_runs_every_depth(tiny_path):
     r = CliRunner().invoke(main, ["needle", str(tiny_path), "--ctx", "400", "--depths", "10,90", "--trials", "1", "--configs", "16; 2,residual=8", "--json"])
     assert r.exit_code == 0, r.output

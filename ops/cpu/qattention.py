@@ -12,18 +12,20 @@ A layer's slots live in three *areas* that share one slot numbering
 
 Quantized layout (one *row* = one token's K or V of one KV head)::
 
-    codes [n_kv, C, D * w / 8]  uint8   w = container width 2, 4, 8 or 16 bits
+    codes [n_kv, C, D * w / 8]  uint8   w = 2, 3, 4, 8 or 16 bits a code
                                         (16: raw float16 bytes, no meta)
     meta  [n_kv, C, D / G, 2]   uint8   per group of G values: scale code, zero code
 
 A group of ``G`` values holds ``nb = G * w / 8`` bytes, *group-planar*: byte
 ``i`` of the group packs the codes of values ``i, i + nb, i + 2 nb, ...`` at
 bit offsets ``0, w, 2w, ...``, so unpacking is a unit-stride, vectorisable
-shift-and-mask.  A value is ``x = s * c + m`` with ``s = lut[scale code]``
-(a log-spaced table, see ``kvrun.cache.quant``) and ``m = -s * z``,
-``z = zero code * (2^b - 1) / 255`` (b: the code's bits; 3-bit codes sit in
-4-bit containers): asymmetric integer quantization whose
-zero point has 8 fractional bits of resolution.
+shift-and-mask.  A 3-bit group is two such planes: its first ``G/4`` bytes
+hold the codes' low two bits in the 2-bit layout, its last ``G/8`` bytes their
+high bits in the 1-bit layout (value ``v``: bit ``v // (G/8)`` of byte
+``v % (G/8)``), 3 bits a value.  A value is ``x = s * c + m`` with
+``s = lut[scale code]`` (a log-spaced table, see ``kvrun.cache.quant``) and
+``m = -s * z``, ``z = zero code * (2^b - 1) / 255``: asymmetric integer
+quantization whose zero point has 8 fractional bits of resolution.
 
 Decode reads the cache in place, a tile of rows at a time: vector row
 decoders (LLVM vector IR, one per width and group) turn the tile's rows into
@@ -60,12 +62,6 @@ SPLIT_MIN_SLOTS = 256  # a KV head is split across threads from this many slots 
 DOT, ADD = 1, 2  # the two passes of decode attention over a head's slots (see ``_pass``)
 
 
-@nb.njit(inline="always", **_JIT)
-def container(bits: int) -> int:
-    """Bits a code occupies: 3-bit codes are stored in 4-bit containers."""
-    return 4 if bits == 3 else bits
-
-
 # ================================================================= row decoders (LLVM vector IR)
 # Why IR: Numba types ``uint8 >> int`` and ``& 3`` as int64, and AVX2 has no
 # int64 -> float conversion, so a Numba unpack loop stays scalar (~27 ns per
@@ -90,6 +86,8 @@ def _emit_group(g: _G, w: int, G: int, cpp, mpp, lpp, zs, gi) -> list:
             h = b.bitcast(g.load(cpp, b.add(base, ir.Constant(LI64, 16 * k)), V(LI16, 8)), V(LF16, 8))
             out.append(b.fpext(h, V(LF32, 8)))
         return out
+    if w == 3:
+        return _emit_group3(g, G, cpp, mpp, lpp, zs, gi)
     nb_ = G * w // 8
     mo = b.mul(gi, ir.Constant(LI64, 2))
     sg = b.load(b.gep(lpp, [g.u8(mpp, mo)]))
@@ -103,6 +101,35 @@ def _emit_group(g: _G, w: int, G: int, cpp, mpp, lpp, zs, gi) -> list:
         for m in range(8 // w):
             code = g.and_(g.shr(x, w * m), (1 << w) - 1) if w < 8 else x
             out[m * (nb_ // 8) + c] = g.fma(b.sitofp(code, V(LF32, 8)), s_v, m_v)
+    return out
+
+
+def _emit_group3(g: _G, G: int, cpp, mpp, lpp, zs, gi) -> list:
+    """IR: a 3-bit group (a 2-bit plane of the low bits, then a 1-bit plane of the high bits).
+
+    The low plane is the 2-bit layout over ``G/4`` bytes; value ``v``'s high bit is bit
+    ``v // (G/8)`` of byte ``v % (G/8)`` of the high plane.  The high plane (4 to 16 bytes)
+    is loaded once; each output vector picks its 8 lanes out of it with a constant
+    shuffle and shifts each lane by its own constant.
+    """
+    b = g.b
+    n2, n1 = G // 4, G // 8
+    mo = b.mul(gi, ir.Constant(LI64, 2))
+    sg = b.load(b.gep(lpp, [g.u8(mpp, mo)]))
+    zc = b.uitofp(g.u8(mpp, b.add(mo, ir.Constant(LI64, 1))), LF32)
+    s_v = g.splat(sg)
+    m_v = g.splat(b.fneg(b.fmul(b.fmul(sg, zc), zs)))
+    base = b.mul(gi, ir.Constant(LI64, 3 * G // 8))
+    hi = b.zext(g.load(cpp, b.add(base, ir.Constant(LI64, n2)), V(LI8, n1)), V(LI32, n1))
+    out = [None] * (G // 8)
+    for c in range(n2 // 8):
+        x = b.zext(g.load(cpp, b.add(base, ir.Constant(LI64, 8 * c)), V(LI8, 8)), V(LI32, 8))
+        for m in range(4):
+            v0 = m * n2 + 8 * c  # the vector's first value
+            lanes = b.shuffle_vector(hi, hi, ir.Constant(V(LI32, 8), [(v0 + i) % n1 for i in range(8)]))
+            bit = b.and_(b.lshr(lanes, ir.Constant(V(LI32, 8), [(v0 + i) // n1 for i in range(8)])), ir.Constant(V(LI32, 8), [1] * 8))
+            code = b.or_(g.and_(g.shr(x, 2 * m), 3), g.shl(bit, 2))
+            out[v0 // 8] = g.fma(b.sitofp(code, V(LF32, 8)), s_v, m_v)
     return out
 
 
@@ -283,9 +310,10 @@ tile_dot, tile_add = _tile_dot(False), _tile_add(False)
 tile_dot16, tile_add16 = _tile_dot(True), _tile_add(True)
 
 
-# row decoders, per (container bits, group); 16 bits (float16 rows) read in chunks of 32
+# row decoders, per (code bits, group); 16 bits (float16 rows) read in chunks of 32
 _rk16 = _row_kernel(16, 32)
 _rk2_32, _rk2_64, _rk2_128 = (_row_kernel(2, G) for G in (32, 64, 128))
+_rk3_32, _rk3_64, _rk3_128 = (_row_kernel(3, G) for G in (32, 64, 128))
 _rk4_32, _rk4_64, _rk4_128 = (_row_kernel(4, G) for G in (32, 64, 128))
 _rk8_32, _rk8_64, _rk8_128 = (_row_kernel(8, G) for G in (32, 64, 128))
 
@@ -302,7 +330,7 @@ def vector_ok(bits: int, G: int, D: int) -> bool:
 def _rows(bits: int, G: int, cp: int, cs: int, mp: int, ms: int, lp: int, zs: float, yp: int, D: int, n: int) -> None:
     """Dispatch to the row decoder of (width, group); see ``_row_kernel``."""
     z = np.float32(zs)
-    w = container(bits)
+    w = bits
     if w == 16:
         _rk16(cp, cs, mp, ms, lp, z, yp, D, n)
     elif w == 2:
@@ -312,6 +340,13 @@ def _rows(bits: int, G: int, cp: int, cs: int, mp: int, ms: int, lp: int, zs: fl
             _rk2_64(cp, cs, mp, ms, lp, z, yp, D, n)
         else:
             _rk2_128(cp, cs, mp, ms, lp, z, yp, D, n)
+    elif w == 3:
+        if G == 32:
+            _rk3_32(cp, cs, mp, ms, lp, z, yp, D, n)
+        elif G == 64:
+            _rk3_64(cp, cs, mp, ms, lp, z, yp, D, n)
+        else:
+            _rk3_128(cp, cs, mp, ms, lp, z, yp, D, n)
     elif w == 4:
         if G == 32:
             _rk4_32(cp, cs, mp, ms, lp, z, yp, D, n)
@@ -340,9 +375,19 @@ def dequant_row(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, bits: int,
             out[d] = f16_to_f32(np.uint16(codes[2 * d]) | (np.uint16(codes[2 * d + 1]) << np.uint16(8)))
         return
     zs = np.float32((1 << bits) - 1) / np.float32(255.0)
-    w = container(bits)
+    w = bits
     nbg = G * w // 8
     mask = (1 << w) - 1
+    if w == 3:  # the low bits 2-bit planar over G/4 bytes, then the high bits 1-bit planar over G/8
+        n2, n1 = G // 4, G // 8
+        for g in range(D // G):
+            sg = lut[meta[g, 0]]
+            mg = -sg * np.float32(meta[g, 1]) * zs
+            for v in range(G):
+                lo = (np.int32(codes[g * nbg + v % n2]) >> np.int32(2 * (v // n2))) & 3
+                hi = (np.int32(codes[g * nbg + n2 + v % n1]) >> np.int32(v // n1)) & 1
+                out[g * G + v] = sg * np.float32(lo | (hi << 2)) + mg
+        return
     for g in range(D // G):
         sg = lut[meta[g, 0]]
         mg = -sg * np.float32(meta[g, 1]) * zs
@@ -358,7 +403,7 @@ def decode_rows(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, bits: int,
     codes: [C, D*w/8] uint8 (16 bits: float16 bytes); meta: [C, D/G, 2] uint8;
     lut: [256] float32; out: flat float32.  Each row must be contiguous.
     """
-    D = codes.shape[1] * 8 // container(bits)
+    D = codes.shape[1] * 8 // bits
     if vector_ok(bits, G, D) and codes.strides[1] == 1 and (bits == 16 or (meta.strides[2] == 1 and meta.strides[1] == 2)):
         zs = np.float32((1 << bits) - 1) / np.float32(255.0) if bits < 16 else np.float32(0.0)
         _rows(bits, G, codes.ctypes.data + r0 * codes.strides[0], codes.strides[0],

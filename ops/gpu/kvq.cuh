@@ -3,13 +3,15 @@
 // The layout is ops/cpu/qattention.py's (see its module docstring); a row is
 // one token's K (or V) of one KV head, D values:
 //
-//   codes [D * w / 8] u8   w = container width: 2, 4 (3-bit codes too), 8, or 16
+//   codes [D * w / 8] u8   w = bits a code: 2, 3, 4, 8, or 16
 //                          (16: raw fp16 bytes, no meta)
 //   meta  [D / G, 2]  u8   per group of G values: scale code u, zero code zc
 //   lut   [256]      f32   the pool's scale table, s = lut[u]
 //
 // A group holds nb = G * w / 8 bytes, group-planar: byte i of the group packs
 // the codes of values i, i + nb, i + 2 nb, ... at bit offsets 0, w, 2w, ...
+// A 3-bit group is a 2-bit plane of the codes' low bits (G/4 bytes) followed by
+// a 1-bit plane of their high bits (G/8 bytes: value v at bit v / (G/8) of byte v % (G/8)).
 // Value = s * c + m with m = -s * zc * (2^b - 1) / 255 (b: the code's bits).
 //
 // The fp16 area (sinks + residual window) is read through the same struct as a
@@ -38,8 +40,6 @@ struct KVQArea {
     int lgG;  // log2(G), or -1 when G is not a power of two (a head smaller than the group)
 };
 
-__device__ __forceinline__ int kvq_container(int bits) { return bits == 3 ? 4 : bits; }
-
 // log2(x) when x is a power of two, else -1 (once per block: lets kvq_value shift instead of divide)
 __device__ __forceinline__ int kvq_log2_exact(int x) {
     int l = 0;
@@ -60,7 +60,7 @@ __device__ __forceinline__ KVQRow kvq_row(const KVQArea& a, int kh, int j) {
     const bool p0 = j < a.F + a.C0;
     const int w = p0 ? a.w0 : a.w1;
     const size_t row = p0 ? (size_t)kh * a.C0 + (j - a.F) : (size_t)kh * a.C1 + (j - a.F - a.C0);
-    const int row_bytes = a.Dx * kvq_container(w) / 8;
+    const int row_bytes = a.Dx * w / 8;
     const int meta_bytes = w < 16 ? a.Dx / a.G * 2 : 0;
     r.codes = (p0 ? a.codes0 : a.codes1) + row * row_bytes;
     r.meta = (p0 ? a.meta0 : a.meta1) + row * meta_bytes;
@@ -75,7 +75,15 @@ __device__ __forceinline__ KVQRow kvq_row(const KVQArea& a, int kh, int j) {
 // a runtime integer division costs ~20 instructions, three per value.
 __device__ __forceinline__ float kvq_value(const KVQRow& r, int G, int lgG, int d) {
     if (r.bits == 16) return h2f(ld16(r.codes + 2 * d));
-    const int w = kvq_container(r.bits);
+    const int w = r.bits;
+    const float zs = (float)((1 << w) - 1) / 255.0f;
+    if (w == 3) {
+        const int g = d / G, i = d - g * G, n2 = G / 4, n1 = G / 8;
+        const u8* q = r.codes + g * (3 * G / 8);
+        const int c = ((q[i % n2] >> (2 * (i / n2))) & 3) | (((q[n2 + i % n1] >> (i / n1)) & 1) << 2);
+        const float s = r.lut[r.meta[2 * g]];
+        return s * (float)c - s * (float)r.meta[2 * g + 1] * zs;
+    }
     int g, byte_at, plane;
     if (lgG >= 0) {
         const int lnb = lgG + (w == 2 ? 1 : w == 4 ? 2 : 3) - 3;  // log2(bytes per group), G >= 8
@@ -92,7 +100,6 @@ __device__ __forceinline__ float kvq_value(const KVQRow& r, int G, int lgG, int 
     }
     const int c = (r.codes[byte_at] >> (plane * w)) & ((1 << w) - 1);
     const float s = r.lut[r.meta[2 * g]];
-    const float zs = (float)((1 << r.bits) - 1) / 255.0f;
     const float m = -s * (float)r.meta[2 * g + 1] * zs;
     return s * (float)c + m;
 }

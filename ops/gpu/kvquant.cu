@@ -108,7 +108,8 @@ __device__ void kq_quantize_row(float x, bool on, int Dx, int bits, int G, const
         }
     }
     // pack group-planar: byte i of a group holds values i, i + nb, ... at bits 0, w, ...
-    const int w = kvq_container(bits), per = 8 / w, nb = G * w / 8;
+    // (3 bits: the low bits' 2-bit plane over G/4 bytes, then the high bits' 1-bit plane over G/8)
+    const int w = bits, per = 8 / w, nb = G * w / 8;
     __syncthreads();  // cs may still be read by a previous row's packing
     if (on) cs[d] = bc;
     if (on && d % G == 0) {
@@ -119,7 +120,13 @@ __device__ void kq_quantize_row(float x, bool on, int Dx, int bits, int G, const
     for (int b = d; b < Dx * w / 8; b += blockDim.x) {
         const int g = b / nb, i = b - g * nb;
         int byte = 0;
-        for (int m = 0; m < per; ++m) byte |= cs[g * G + m * nb + i] << (m * w);
+        if (w != 3) {
+            for (int m = 0; m < per; ++m) byte |= cs[g * G + m * nb + i] << (m * w);
+        } else if (i < G / 4) {
+            for (int m = 0; m < 4; ++m) byte |= (cs[g * G + m * (G / 4) + i] & 3) << (2 * m);
+        } else {
+            for (int m = 0; m < 8; ++m) byte |= (cs[g * G + m * (G / 8) + i - G / 4] >> 2) << m;
+        }
         codes[b] = (u8)byte;
     }
 }
@@ -163,7 +170,7 @@ extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kvq_quantize_rows(const f
     const size_t r = blockIdx.x;
     const int d = threadIdx.x;
     const bool on = d < Dx;
-    const int rb = Dx * kvq_container(bits) / 8;
+    const int rb = Dx * bits / 8;
     kq_quantize_row(on ? x[r * Dx + d] : 0.0f, on, Dx, bits, G, lut, clips, codes + r * rb, meta + r * (Dx / G) * 2, cs, scr);
 }
 
@@ -193,8 +200,8 @@ __device__ void kq_push_token(const KQPools& c, const float* k, const float* v, 
     const int D = c.D, Dv = c.Dv, G = c.G, F = c.F;
     const bool onk = d < D, onv = d < Dv;
     const int lgG = kvq_log2_exact(G);
-    const size_t kb0 = (size_t)D * kvq_container(c.wk0) / 8, vb0 = (size_t)Dv * kvq_container(c.wv0) / 8;
-    const size_t kb1 = (size_t)D * kvq_container(c.wk1) / 8, vb1 = (size_t)Dv * kvq_container(c.wv1) / 8;
+    const size_t kb0 = (size_t)D * c.wk0 / 8, vb0 = (size_t)Dv * c.wv0 / 8;
+    const size_t kb1 = (size_t)D * c.wk1 / 8, vb1 = (size_t)Dv * c.wv1 / 8;
     const size_t km = (size_t)(D / G) * 2, vm = (size_t)(Dv / G) * 2;
     if (jc >= 0) {  // the warm pool's oldest token moves to the cold pool at its widths
         const size_t r0 = (size_t)h * c.C0 + jq, r1 = (size_t)h * c.C1 + jc;
@@ -353,7 +360,7 @@ __device__ void kq_merge(const KQPools& c, const KQMerge& m, int pool, int v, fl
     const float* vlut = klut + 256;
     const float* kclips = c.clips + (pool ? 2 : 0) * KQ_MAX_CLIPS;
     const float* vclips = kclips + KQ_MAX_CLIPS;
-    const size_t kb = (size_t)D * kvq_container(wk) / 8, vb = (size_t)Dv * kvq_container(wv) / 8;
+    const size_t kb = (size_t)D * wk / 8, vb = (size_t)Dv * wv / 8;
     const size_t kmb = (size_t)(D / G) * 2, vmb = (size_t)(Dv / G) * 2;
     const int* prow = c.pos + (size_t)h * N + lo;
     const bool onk = d < D, onv = d < Dv;

@@ -254,7 +254,7 @@ def kv_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--kv-bits", type=int, default=None, help="KV width: 16, 8, 4, 3, 2"),
         click.option("--kv-bits-k", type=int, default=None, help="key width (overrides --kv-bits)"),
         click.option("--kv-bits-v", type=int, default=None, help="value width (overrides --kv-bits)"),
-        click.option("--kv-group", type=int, default=None, help="values per quantization group (default 64 at 4 bits and at 2 bits with the warm tier, else 32)"),
+        click.option("--kv-group", type=int, default=None, help="values per quantization group (default 64 at 3 and 4 bits and at 2 bits with the warm tier, else 32)"),
         click.option("--kv-residual", type=int, default=None, help="recent tokens kept in fp16"),
         click.option("--kv-warm", type=int, default=None, help="newest quantized tokens whose keys keep --kv-warm-bits (default at 2 bits: a sliding-window layer's whole window, in global layers what fits 3.19 bits/value; 0: off)"),
         click.option("--kv-warm-bits", type=int, default=None, help="key width of the warm tier (default 4)"),

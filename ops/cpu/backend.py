@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import Weight
-from . import nn, qmatmul
+from . import fused, nn, qmatmul
 
 
 class CPUBackend:
@@ -42,18 +42,33 @@ class CPUBackend:
         for w, out in zip(ws, outs, strict=True):
             self.linear(w, x, out)
 
+    # A decode token (x [1, n]) takes the fused kernels (ops/cpu/fused.py): one Numba call each
+    # instead of two or three; they decline (False) where they do not apply.
     def norm_linear_many(self, x, norm_w, eps, xn, ws: Sequence[Weight], outs: Sequence[np.ndarray]) -> None:
+        if x.shape[0] == 1 and fused.matvecs(fused.NORM, x, None, norm_w, eps, xn, ws, outs):
+            return
         nn.rms_norm(x, norm_w, eps, xn)
         self.linear_many(ws, xn, outs)
 
-    def linear_add(self, w: Weight, x: np.ndarray, out: np.ndarray) -> None:
-        tmp = self._scratch.get(out.shape)
+    def _tmp(self, shape: tuple[int, ...]) -> np.ndarray:
+        tmp = self._scratch.get(shape)
         if tmp is None:
-            tmp = self._scratch[out.shape] = np.empty(out.shape, np.float32)
+            tmp = self._scratch[shape] = np.empty(shape, np.float32)
+        return tmp
+
+    def linear_add(self, w: Weight, x: np.ndarray, out: np.ndarray) -> None:
+        tmp = self._tmp(out.shape)
+        if x.shape[0] == 1 and fused.matvecs(fused.NONE, x, None, None, 0.0, x, (w,), (tmp,), out):
+            return
         self.linear(w, x, tmp)
         self.add(out, tmp)
 
     def linear_glu(self, w: Weight, gate: np.ndarray, up: np.ndarray, out: np.ndarray, act: str, accumulate: bool = False) -> None:
+        if gate.shape[0] == 1:
+            pre = fused.SILU if act == "silu" else fused.GELU
+            res = self._tmp(out.shape) if accumulate else out
+            if fused.matvecs(pre, gate, up, None, 0.0, gate, (w,), (res,), out if accumulate else None):
+                return
         (nn.silu_mul if act == "silu" else nn.gelu_mul)(gate, up, gate)
         (self.linear_add if accumulate else self.linear)(w, gate, out)
 
@@ -64,8 +79,7 @@ class CPUBackend:
         nn.rms_norm(x, w, eps, out)
 
     def rms_norm_add(self, y, w, eps, x) -> None:
-        nn.rms_norm(y, w, eps, y)
-        nn.add_inplace(x, y)
+        nn.rms_norm_add(y, w, eps, x)
 
     def rms_norm_heads(self, x, w, eps) -> None:
         nn.rms_norm_heads(x, w, eps)
@@ -74,13 +88,10 @@ class CPUBackend:
         nn.rope(x, pos, cos, sin, neox)
 
     def rope_qk(self, q, k, pos, cos, sin, neox) -> None:
-        nn.rope(q, pos, cos, sin, neox)
-        nn.rope(k, pos, cos, sin, neox)
+        nn.rope_qk(q, k, pos, cos, sin, neox)
 
     def norm_rope_qk(self, q, k, q_norm, k_norm, eps, pos, cos, sin, neox) -> None:
-        nn.rms_norm_heads(q, q_norm, eps)
-        nn.rms_norm_heads(k, k_norm, eps)
-        self.rope_qk(q, k, pos, cos, sin, neox)
+        nn.norm_rope_qk(q, k, q_norm, k_norm, eps, pos, cos, sin, neox)
 
     def silu_mul(self, gate, up, out) -> None:
         nn.silu_mul(gate, up, out)

@@ -13,13 +13,14 @@ def kernels_cached() -> bool:
     Reads Numba's cache locator (an internal API): where it is not there, says True
     (no notice) rather than fail.
     """
-    from . import nn, qattention, qmatmul
+    from . import fused, nn, qattention, qmatmul
 
     def cached(k) -> bool:
         return os.path.exists(k._cache._cache_file._index_path)
 
-    try:  # one matvec (one thread or many), decode attention, a norm
+    try:  # one matvec (one thread or many), a fused norm + products, decode attention, a norm
         attention = cached(qattention._attend_decode_f16) or cached(qattention._attend_decode_q)  # plain or compressed cache
-        return (cached(qmatmul._mv_1) or cached(qmatmul._mv_n)) and attention and cached(nn.rms_norm)
+        products = (cached(qmatmul._mv_1) or cached(qmatmul._mv_n)) and (cached(fused._fused_1) or cached(fused._fused_n))
+        return products and attention and cached(nn.rms_norm)
     except AttributeError:
         return True

@@ -74,6 +74,30 @@ def rope(x: np.ndarray, pos: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox:
                     x[t, h, 2 * i + 1] = a * s + b * c
 
 
+@nb.njit(**_JIT)
+def rope_qk(q: np.ndarray, k: np.ndarray, pos: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> None:
+    """:func:`rope` on q and k in one call (a decode step's dispatch is a good share of the work)."""
+    rope(q, pos, cos, sin, neox)
+    rope(k, pos, cos, sin, neox)
+
+
+@nb.njit(**_JIT)
+def norm_rope_qk(q: np.ndarray, k: np.ndarray, q_norm: np.ndarray, k_norm: np.ndarray, eps: float, pos: np.ndarray,
+                 cos: np.ndarray, sin: np.ndarray, neox: bool) -> None:  # fmt: skip
+    """Per-head RMSNorm of q and k (Gemma 3's QK-norm), then :func:`rope` on both, in one call."""
+    rms_norm_heads(q, q_norm, eps)
+    rms_norm_heads(k, k_norm, eps)
+    rope(q, pos, cos, sin, neox)
+    rope(k, pos, cos, sin, neox)
+
+
+@nb.njit(**_JIT)
+def rms_norm_add(y: np.ndarray, w: np.ndarray, eps: float, x: np.ndarray) -> None:
+    """``y = rms_norm(y) * w`` in place, then ``x += y`` (a post-norm into the residual stream).    [T, n]."""
+    rms_norm(y, w, eps, y)
+    add_inplace(x, y)
+
+
 def silu_mul(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
     """out = silu(gate) * up  (SwiGLU).    all [T, n_ff]; out may be gate.
 

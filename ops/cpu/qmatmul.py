@@ -50,7 +50,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .f16 import bf16_to_f32, f16_to_f32
-from .parallel import prange_only
+from .parallel import num_threads, prange_only
 
 _JIT = dict(cache=True, fastmath=True, nogil=True)
 _JIT_EXACT = dict(cache=True, nogil=True)  # decoders: no FMA contraction, bit-exact weights
@@ -1196,7 +1196,7 @@ class _Scratch(threading.local):
 
 
 _scratch = _Scratch()
-_n_threads = nb.get_num_threads
+_n_threads = num_threads
 _EMPTY = np.zeros(64, np.uint8)
 
 

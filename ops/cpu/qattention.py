@@ -89,11 +89,7 @@ def _emit_group(g: _G, w: int, G: int, cpp, mpp, lpp, zs, gi) -> list:
     if w == 3:
         return _emit_group3(g, G, cpp, mpp, lpp, zs, gi)
     nb_ = G * w // 8
-    mo = b.mul(gi, ir.Constant(LI64, 2))
-    sg = b.load(b.gep(lpp, [g.u8(mpp, mo)]))
-    zc = b.uitofp(g.u8(mpp, b.add(mo, ir.Constant(LI64, 1))), LF32)
-    s_v = g.splat(sg)
-    m_v = g.splat(b.fneg(b.fmul(b.fmul(sg, zc), zs)))
+    s_v, m_v = _group_scale(g, mpp, lpp, zs, gi)
     out = [None] * (G // 8)
     base = b.mul(gi, ir.Constant(LI64, nb_))
     for c in range(nb_ // 8):
@@ -102,6 +98,15 @@ def _emit_group(g: _G, w: int, G: int, cpp, mpp, lpp, zs, gi) -> list:
             code = g.and_(g.shr(x, w * m), (1 << w) - 1) if w < 8 else x
             out[m * (nb_ // 8) + c] = g.fma(b.sitofp(code, V(LF32, 8)), s_v, m_v)
     return out
+
+
+def _group_scale(g: _G, mpp, lpp, zs, gi) -> tuple:
+    """IR: group ``gi``'s step and offset as <8 x float> splats: ``s = lut[u]``, ``m = -s zc zs``."""
+    b = g.b
+    mo = b.mul(gi, ir.Constant(LI64, 2))
+    sg = b.load(b.gep(lpp, [g.u8(mpp, mo)]))
+    zc = b.uitofp(g.u8(mpp, b.add(mo, ir.Constant(LI64, 1))), LF32)
+    return g.splat(sg), g.splat(b.fneg(b.fmul(b.fmul(sg, zc), zs)))
 
 
 def _emit_group3(g: _G, G: int, cpp, mpp, lpp, zs, gi) -> list:
@@ -114,11 +119,7 @@ def _emit_group3(g: _G, G: int, cpp, mpp, lpp, zs, gi) -> list:
     """
     b = g.b
     n2, n1 = G // 4, G // 8
-    mo = b.mul(gi, ir.Constant(LI64, 2))
-    sg = b.load(b.gep(lpp, [g.u8(mpp, mo)]))
-    zc = b.uitofp(g.u8(mpp, b.add(mo, ir.Constant(LI64, 1))), LF32)
-    s_v = g.splat(sg)
-    m_v = g.splat(b.fneg(b.fmul(b.fmul(sg, zc), zs)))
+    s_v, m_v = _group_scale(g, mpp, lpp, zs, gi)
     base = b.mul(gi, ir.Constant(LI64, 3 * G // 8))
     hi = b.zext(g.load(cpp, b.add(base, ir.Constant(LI64, n2)), V(LI8, n1)), V(LI32, n1))
     out = [None] * (G // 8)
@@ -330,24 +331,23 @@ def vector_ok(bits: int, G: int, D: int) -> bool:
 def _rows(bits: int, G: int, cp: int, cs: int, mp: int, ms: int, lp: int, zs: float, yp: int, D: int, n: int) -> None:
     """Dispatch to the row decoder of (width, group); see ``_row_kernel``."""
     z = np.float32(zs)
-    w = bits
-    if w == 16:
+    if bits == 16:
         _rk16(cp, cs, mp, ms, lp, z, yp, D, n)
-    elif w == 2:
+    elif bits == 2:
         if G == 32:
             _rk2_32(cp, cs, mp, ms, lp, z, yp, D, n)
         elif G == 64:
             _rk2_64(cp, cs, mp, ms, lp, z, yp, D, n)
         else:
             _rk2_128(cp, cs, mp, ms, lp, z, yp, D, n)
-    elif w == 3:
+    elif bits == 3:
         if G == 32:
             _rk3_32(cp, cs, mp, ms, lp, z, yp, D, n)
         elif G == 64:
             _rk3_64(cp, cs, mp, ms, lp, z, yp, D, n)
         else:
             _rk3_128(cp, cs, mp, ms, lp, z, yp, D, n)
-    elif w == 4:
+    elif bits == 4:
         if G == 32:
             _rk4_32(cp, cs, mp, ms, lp, z, yp, D, n)
         elif G == 64:
@@ -375,10 +375,9 @@ def dequant_row(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, bits: int,
             out[d] = f16_to_f32(np.uint16(codes[2 * d]) | (np.uint16(codes[2 * d + 1]) << np.uint16(8)))
         return
     zs = np.float32((1 << bits) - 1) / np.float32(255.0)
-    w = bits
-    nbg = G * w // 8
-    mask = (1 << w) - 1
-    if w == 3:  # the low bits 2-bit planar over G/4 bytes, then the high bits 1-bit planar over G/8
+    nbg = G * bits // 8
+    mask = (1 << bits) - 1
+    if bits == 3:  # the low bits 2-bit planar over G/4 bytes, then the high bits 1-bit planar over G/8
         n2, n1 = G // 4, G // 8
         for g in range(D // G):
             sg = lut[meta[g, 0]]
@@ -391,9 +390,9 @@ def dequant_row(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, bits: int,
     for g in range(D // G):
         sg = lut[meta[g, 0]]
         mg = -sg * np.float32(meta[g, 1]) * zs
-        for m in range(8 // w):
+        for m in range(8 // bits):
             for i in range(nbg):
-                out[g * G + m * nbg + i] = sg * np.float32((np.int32(codes[g * nbg + i]) >> np.int32(w * m)) & mask) + mg
+                out[g * G + m * nbg + i] = sg * np.float32((np.int32(codes[g * nbg + i]) >> np.int32(bits * m)) & mask) + mg
 
 
 @nb.njit(**_JIT)

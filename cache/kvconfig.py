@@ -41,14 +41,15 @@ DEFAULT_RESIDUAL_WARM_HYBRID_GLOBAL = 8
 # 4-bit keys over the whole window took the model's KL 0.066 -> 0.032.  Global
 # layers then get the largest tier that keeps the whole cache (everything counted)
 # at DEFAULT_WARM_TARGET bits per value (``cache.factory.make_cache`` sizes it).
-DEFAULT_WARM_TARGET = {2: 3.19}
+# 3 bits gets one too (GPL-3, ctx 2048, against 3-bit keys throughout at 3.51 / 3.72 bits:
+# SmolLM2 KL 0.0385 -> 0.019 at 3.70 bits; Gemma 3 0.0364 -> 0.0344, top-1 0.880 -> 0.901)
+DEFAULT_WARM_TARGET = {2: 3.19, 3: 3.70}
 DEFAULT_WARM_SHARE = 0.35  # a global layer's tier when a layer cache is built on its own
 
 # group size when not given: at 2 bits the default warm tier is paid for with groups of 64
 # (0.25 instead of 0.5 bit of metadata per value), and at 4 bits the longer fp16 window.
-# At 3 bits groups of 64 save 0.25 bit for little KL (GPL-3, ctx 1024: SmolLM2 3.93 ->
-# 3.68 bits, KL 0.018 -> 0.021; Gemma 3 4.08 -> 3.84 bits, KL 0.021 -> 0.027), which
-# puts 3 bits between 2 (3.19 bits, KL 0.041 / 0.062) and 4 (4.79 / 5.03 bits, KL 0.006)
+# At 3 bits groups of 64 save 0.25 bit for little KL (GPL-3, ctx 1024, before 3 bits had a
+# warm tier: SmolLM2 3.93 -> 3.68 bits, KL 0.018 -> 0.021; Gemma 3 4.08 -> 3.84, KL 0.021 -> 0.027)
 DEFAULT_GROUP = {2: 64, 3: 64, 4: 64}
 
 PRESETS: dict[str, str] = {
@@ -106,7 +107,7 @@ class KVConfig:
     warm : int or None
         Newest quantized tokens (just out of the fp16 window) whose keys keep
         ``warm_bits``; older ones are re-quantized to the low width (None: at 2
-        bits, all of a sliding-window layer's quantized slots and, in global
+        and 3 bits, all of a sliding-window layer's quantized slots and, in global
         layers, as many as keep the cache at ``DEFAULT_WARM_TARGET`` bits per
         value; 0: off).  Only without a policy or ``mixed``, which own the two pools.
     warm_bits : int

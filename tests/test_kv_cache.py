@@ -138,6 +138,18 @@ def test_default_warm_tiers_cover_sliding_windows_and_fill_global_layers_to_the_
     assert fixed[0].pools[0].cap == 100 and fixed[5].pools[0].cap == 100
 
 
+def test_three_bit_default_has_a_warm_tier_sized_to_its_target():
+    """At 3 bits too the newest quantized tokens keep 4-bit keys, as many as keep the cache
+    at DEFAULT_WARM_TARGET[3] bits per value (SmolLM2's and Gemma 3's geometries)."""
+    smol = [LayerSpec(9, 3, 64, 64, 0, 0.125, 0.0)] * 30
+    local, glob = LayerSpec(4, 1, 256, 256, 512, 0.0625, 0.0), LayerSpec(4, 1, 256, 256, 0, 0.0625, 0.0)
+    for specs in (smol, ([local] * 5 + [glob]) * 3):
+        layers = make_cache(specs, 2048, 256, KVConfig.parse("3"))
+        assert DEFAULT_WARM_TARGET[3] - 0.01 < bits_per_value(layers, 2048) <= DEFAULT_WARM_TARGET[3]
+        assert all((c.pools[0].bits_k, c.pools[0].bits_v, c.pools[1].bits_k) == (4, 3, 3) for c in layers)
+        assert sum(c.pools[0].cap for c in layers) > 10 * len(layers)  # more than a token or two a layer
+
+
 def test_wider_values_keep_the_default_warm_tiers_of_the_keys():
     """`--kv-bits 2 --kv-bits-v 4` spends more on values; the keys keep the tiers they have at 2 bits."""
     local, glob = LayerSpec(4, 1, 256, 256, 512, 0.0625, 0.0), LayerSpec(4, 1, 256, 256, 0, 0.0625, 0.0)

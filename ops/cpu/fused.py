@@ -51,9 +51,9 @@ def _add(acc, o0):
         acc[i] += o0[i]
 
 
-@nb.njit(**_JIT)
-def _fused_1(pre, x, y, nw, eps, src, k0, k1, k2, n_w, w0, w1, w2, o0, o1, o2, acc, sc):
-    """One thread: prologue, ``o_i = W_i @ src[0]`` for the first n_w, then ``acc += o0`` when acc is not empty."""
+@nb.njit(inline="always", **_JIT)
+def _input(pre, x, y, nw, eps, src, k0, k1, k2, n_w, w0, w1, w2, o0, o1, o2, sc):
+    """The prologue, the shape checks, and src[0] quantized once: (xq, xd, xs, x16) as ``qmatmul._quant_x``."""
     _prologue(pre, x, y, nw, eps, src)
     v = src[0]
     _check(k0, w0, v.size, o0.size)
@@ -61,7 +61,13 @@ def _fused_1(pre, x, y, nw, eps, src, k0, k1, k2, n_w, w0, w1, w2, o0, o1, o2, a
         _check(k1, w1, v.size, o1.size)
     if n_w > 2:
         _check(k2, w2, v.size, o2.size)
-    xq, xd, xs, x16 = _quant_x(k0, v, sc)
+    return _quant_x(k0, v, sc)
+
+
+@nb.njit(**_JIT)
+def _fused_1(pre, x, y, nw, eps, src, k0, k1, k2, n_w, w0, w1, w2, o0, o1, o2, acc, sc):
+    """One thread: prologue, ``o_i = W_i @ src[0]`` for the first n_w, then ``acc += o0`` when acc is not empty."""
+    xq, xd, xs, x16 = _input(pre, x, y, nw, eps, src, k0, k1, k2, n_w, w0, w1, w2, o0, o1, o2, sc)
     _rows_q(k0, w0, 0, w0.shape[0], o0, xq, xd, xs, x16)
     if n_w > 1:
         _rows_q(k1, w1, 0, w1.shape[0], o1, xq, xd, xs, x16)
@@ -73,14 +79,7 @@ def _fused_1(pre, x, y, nw, eps, src, k0, k1, k2, n_w, w0, w1, w2, o0, o1, o2, a
 @nb.njit(parallel=prange_only(), **_JIT)
 def _fused_n(pre, x, y, nw, eps, src, k0, k1, k2, n_w, w0, w1, w2, o0, o1, o2, acc, sc, nt):
     """:func:`_fused_1` on nt threads (passed in, as ``qmatmul._mv_n``), each a contiguous row range of each product."""
-    _prologue(pre, x, y, nw, eps, src)
-    v = src[0]
-    _check(k0, w0, v.size, o0.size)
-    if n_w > 1:
-        _check(k1, w1, v.size, o1.size)
-    if n_w > 2:
-        _check(k2, w2, v.size, o2.size)
-    xq, xd, xs, x16 = _quant_x(k0, v, sc)
+    xq, xd, xs, x16 = _input(pre, x, y, nw, eps, src, k0, k1, k2, n_w, w0, w1, w2, o0, o1, o2, sc)
     for t in nb.prange(nt):
         _row_range(k0, w0, o0, t, nt, xq, xd, xs, x16)
         if n_w > 1:

@@ -100,3 +100,19 @@ def test_declines_what_it_does_not_fuse_and_touches_nothing(group):
     outs = [np.full((1, w.n_rows), np.nan, np.float32) for w in ws]
     assert not fused.matvecs(fused.NORM, x, None, nw, 1e-6, xn, ws, outs)
     assert np.isnan(xn).all() and all(np.isnan(o).all() for o in outs)
+
+
+@pytest.mark.parametrize("group", [*GROUPS, "float rows", "int16 and int8 activations"])
+def test_backend_products_sharing_an_input_are_each_product(group, threads):
+    """CPUBackend.linear_many for a decode token: fused where it applies, one matvec each where it declines."""
+    from kvrun.ops.cpu.backend import CPUBackend
+
+    spec = GROUPS.get(group) or ([(T.F16, 16)] if group == "float rows" else [(T.Q8_0, 16), (T.Q4_1, 24)])
+    ws = [_w(q, n, seed=i) for i, (q, n) in enumerate(spec)]
+    x = _row(N_EMBD, 8)
+    outs = [np.full((1, w.n_rows), np.nan, np.float32) for w in ws]
+    CPUBackend().linear_many(ws, x, outs)
+    for w, out in zip(ws, outs):
+        want = np.empty(w.n_rows, np.float32)
+        qmatmul.matvec(w.data, w.qtype, x[0], want)
+        np.testing.assert_array_equal(out[0], want)

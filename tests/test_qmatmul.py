@@ -98,22 +98,6 @@ def test_matvec_parallel(qtype, threads):
     np.testing.assert_array_equal(out, out1)  # same per-row arithmetic on any thread
 
 
-@pytest.mark.parametrize("qtype", [T.Q4_1, T.Q8_0, T.Q4_K, T.Q6_K, T.F16], ids=lambda t: t.name)
-@pytest.mark.parametrize("rows", [(131, 45), (64, 33, 200)], ids=["two", "three"])
-def test_matvec_many_gives_each_matvec_bit_for_bit(qtype, rows, threads):
-    """Matrices sharing x (Q/K/V, gate/up) in one parallel region, x quantized once: each output as matvec
-    gives it (F16, and mixed types, take the loop)."""
-    k = 512
-    ws = [_weights(qtype, n, k, seed=i) for i, n in enumerate(rows)]
-    x = np.random.default_rng(3).standard_normal(k).astype(np.float32)
-    outs = [np.full(n, np.nan, np.float32) for n in rows]
-    Q.matvec_many(ws, [qtype] * len(ws), x, outs)
-    for w, out in zip(ws, outs):
-        want = np.empty_like(out)
-        Q.matvec(w, qtype, x, want)
-        np.testing.assert_array_equal(out, want)
-
-
 @pytest.mark.parametrize("qtype,n,k", list(_cases()))
 def test_matmul(qtype, n, k):
     w = _weights(qtype, n, k)

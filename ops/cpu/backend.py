@@ -36,9 +36,8 @@ class CPUBackend:
             qmatmul.matmul(w.data, w.qtype, x, out)
 
     def linear_many(self, ws: Sequence[Weight], x: np.ndarray, outs: Sequence[np.ndarray]) -> None:
-        if x.shape[0] == 1:  # decode: the matrices sharing x in one parallel region where they can
-            qmatmul.matvec_many([w.data for w in ws], [w.qtype for w in ws], x[0], [o[0] for o in outs])
-            return
+        if x.shape[0] == 1 and fused.matvecs(fused.NONE, x, None, None, 0.0, x, ws, outs):
+            return  # decode: x quantized once, the products in one parallel region
         for w, out in zip(ws, outs, strict=True):
             self.linear(w, x, out)
 

@@ -13,7 +13,7 @@ sharing it (``x`` quantized once), then an optional residual add:
 * ``NONE``: a plain product added into the residual (the attention output).
 
 The same kernels run in the same order, so the results are bit for bit those of the
-separate calls (``tests/test_qmatmul.py`` checks).
+separate calls (``tests/test_fused.py`` checks).
 """
 
 from __future__ import annotations

@@ -38,7 +38,6 @@ kvrun.ops.cpu.bench_matmul --threads 1``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 
 import llvmlite.binding as llvm
 import numba as nb
@@ -1200,22 +1199,6 @@ _n_threads = num_threads
 _EMPTY = np.zeros(64, np.uint8)
 
 
-@nb.njit(parallel=prange_only(), **_JIT)
-def _mv3_n(kind, w0, w1, w2, n_w, x, o0, o1, o2, sc, nt):
-    """The first n_w (2 or 3) of w0, w1, w2, one block type sharing x (Q/K/V, gate/up), in one parallel
-    region: x quantized once, each thread a contiguous row range of each; each out as :func:`_mv_n` gives it."""
-    _check(kind, w0, x.size, o0.size)
-    _check(kind, w1, x.size, o1.size)
-    if n_w > 2:
-        _check(kind, w2, x.size, o2.size)
-    xq, xd, xs, x16 = _quant_x(kind, x, sc)
-    for t in nb.prange(nt):
-        _row_range(kind, w0, o0, t, nt, xq, xd, xs, x16)
-        _row_range(kind, w1, o1, t, nt, xq, xd, xs, x16)
-        if n_w > 2:
-            _row_range(kind, w2, o2, t, nt, xq, xd, xs, x16)
-
-
 @nb.njit(inline="always", **_JIT)
 def _row_range(kind, w, out, t, nt, xq, xd, xs, x16):
     """Thread t's rows of nt contiguous ranges of w (as :func:`_mv_n` cuts them)."""
@@ -1257,26 +1240,6 @@ def matvec(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
         _mv_n(kind, w, x, out, sc, nt)
     else:
         _mv_1(kind, w, x, out, sc)
-
-
-def matvec_many(ws: Sequence[np.ndarray], qtypes: Sequence[int], x: np.ndarray, outs: Sequence[np.ndarray]) -> None:
-    """outs[i] = ws[i] @ x for matrices sharing one input (Q/K/V, gate/up): as :func:`matvec` each, but two
-    or three of one block type run in one parallel region with x quantized once (a fork/join per matrix
-    costs about as much as a small matrix's rows on a small model).  Results are :func:`matvec`'s, bit for bit."""
-    kind = _TYPES[qtypes[0]][0] if qtypes[0] in _TYPES else -1
-    n = len(ws)
-    if (
-        2 <= n <= 3 and kind > BF16 and _USE_SIMD and all(q == qtypes[0] for q in qtypes)
-        and sum(w.nbytes for w in ws) >= PAR_MIN_BYTES and (nt := _n_threads()) > 1
-    ):  # fmt: skip
-        sc = _scratch.xsc.get(x.shape[0])
-        if sc is None:
-            sc = _scratch.x(x.shape[0])
-        w2, o2 = (ws[2], outs[2]) if n == 3 else (ws[1], outs[1])
-        _mv3_n(kind, ws[0], ws[1], w2, n, x, outs[0], outs[1], o2, sc, nt)
-        return
-    for w, q, out in zip(ws, qtypes, outs, strict=True):
-        matvec(w, q, x, out)
 
 
 def matmul(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:

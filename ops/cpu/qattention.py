@@ -147,37 +147,48 @@ def _vptr(b: ir.IRBuilder, fp, idx) -> ir.Value:
     return b.bitcast(b.gep(fp, [idx]), V(LF32, 8).as_pointer())
 
 
-_ROWS_SIG = types.void(*([types.int64] * 5 + [types.float32] + [types.int64] * 3))
+# The (width, group) pairs with a vector decoder; raw float16 rows are decoded 32 values at a time.
+ROW_DECODERS = ((16, 32), *((w, G) for w in (2, 3, 4, 8) for G in (32, 64, 128)))
 
 
-def _row_kernel(w: int, G: int):
-    """An intrinsic that decodes ``n`` rows of a pool in registers and stores them as floats,
-    ``y[r D : (r+1) D] = row_r`` (the attention tiles, prefill scratch, merging).
+@intrinsic
+def _rows_ir(typingctx, bits, G, cp, cs, mp, ms, lp, zs, yp, D, n):  # noqa: ARG001
+    """Decode ``n`` rows of a pool in registers and store them as floats, ``y[r D : (r+1) D] = row_r``
+    (the attention tiles, prefill scratch, merging): one IR switch over (bits, G) to the loop
+    specialised for that pair in :data:`ROW_DECODERS`; a pair outside it stores nothing
+    (:func:`vector_ok` guards the callers).
 
-    Arguments (int64 unless said): codes, row stride of codes (bytes), meta, row stride of
-    meta, lut, zs (float32), y, D, n.
+    Arguments (int64 unless said): bits, G, codes, row stride of codes (bytes), meta, row
+    stride of meta, lut, zs (float32), y, D, n.
     """
+    sig = types.void(*([types.int64] * 7 + [types.float32] + [types.int64] * 3))
 
     def codegen(context, builder, sig, args):
-        g, b = _G(builder), builder
-        cp, cs, mp, ms, lp, zs, yp, D, n = args
+        b = builder
+        bits_, G_, cp, cs, mp, ms, lp, zs, yp, D, n = args
         lpp, ypp = _fptr(b, lp), _fptr(b, yp)
-        n_groups = b.udiv(D, _i64(G))
-        with cgutils.for_range(b, n) as rl:
-            r = rl.index
-            rc = g.addr(b.add(cp, b.mul(r, cs)))
-            rm = g.addr(b.add(mp, b.mul(r, ms)))
-            with cgutils.for_range(b, n_groups) as gl:
-                gi = gl.index
-                o = b.add(b.mul(r, D), b.mul(gi, _i64(G)))
-                for k, v in enumerate(_emit_group(g, w, G, rc, rm, lpp, zs, gi)):
-                    b.store(v, _vptr(b, ypp, b.add(o, _i64(8 * k))), align=4)
+        done = b.append_basic_block("rows.done")
+        switch = b.switch(b.add(b.mul(bits_, _i64(1024)), G_), done)
+        for w, G in ROW_DECODERS:
+            block = b.append_basic_block(f"rows.{w}.{G}")
+            switch.add_case(_i64(1024 * w + G), block)
+            b.position_at_end(block)
+            g = _G(b)
+            n_groups = b.udiv(D, _i64(G))
+            with cgutils.for_range(b, n) as rl:
+                r = rl.index
+                rc = g.addr(b.add(cp, b.mul(r, cs)))
+                rm = g.addr(b.add(mp, b.mul(r, ms)))
+                with cgutils.for_range(b, n_groups) as gl:
+                    gi = gl.index
+                    o = b.add(b.mul(r, D), b.mul(gi, _i64(G)))
+                    for k, v in enumerate(_emit_group(g, w, G, rc, rm, lpp, zs, gi)):
+                        b.store(v, _vptr(b, ypp, b.add(o, _i64(8 * k))), align=4)
+            b.branch(done)
+        b.position_at_end(done)
         return context.get_dummy_value()
 
-    def typer(typingctx, cp, cs, mp, ms, lp, zs, yp, D, n):  # noqa: ARG001
-        return _ROWS_SIG, codegen
-
-    return intrinsic(typer)
+    return sig, codegen
 
 
 # ================================================================= fp32 tile kernels (LLVM vector IR)
@@ -312,13 +323,6 @@ tile_dot16, tile_add16 = _tile_dot(True), _tile_add(True)
 
 
 # row decoders, per (code bits, group); 16 bits (float16 rows) read in chunks of 32
-_rk16 = _row_kernel(16, 32)
-_rk2_32, _rk2_64, _rk2_128 = (_row_kernel(2, G) for G in (32, 64, 128))
-_rk3_32, _rk3_64, _rk3_128 = (_row_kernel(3, G) for G in (32, 64, 128))
-_rk4_32, _rk4_64, _rk4_128 = (_row_kernel(4, G) for G in (32, 64, 128))
-_rk8_32, _rk8_64, _rk8_128 = (_row_kernel(8, G) for G in (32, 64, 128))
-
-
 @nb.njit(inline="always", **_JIT)
 def vector_ok(bits: int, G: int, D: int) -> bool:
     """Whether the vector row decoders cover this (width, group, head size)."""
@@ -329,38 +333,8 @@ def vector_ok(bits: int, G: int, D: int) -> bool:
 
 @nb.njit(inline="always", **_JIT)
 def _rows(bits: int, G: int, cp: int, cs: int, mp: int, ms: int, lp: int, zs: float, yp: int, D: int, n: int) -> None:
-    """Dispatch to the row decoder of (width, group); see ``_row_kernel``."""
-    z = np.float32(zs)
-    if bits == 16:
-        _rk16(cp, cs, mp, ms, lp, z, yp, D, n)
-    elif bits == 2:
-        if G == 32:
-            _rk2_32(cp, cs, mp, ms, lp, z, yp, D, n)
-        elif G == 64:
-            _rk2_64(cp, cs, mp, ms, lp, z, yp, D, n)
-        else:
-            _rk2_128(cp, cs, mp, ms, lp, z, yp, D, n)
-    elif bits == 3:
-        if G == 32:
-            _rk3_32(cp, cs, mp, ms, lp, z, yp, D, n)
-        elif G == 64:
-            _rk3_64(cp, cs, mp, ms, lp, z, yp, D, n)
-        else:
-            _rk3_128(cp, cs, mp, ms, lp, z, yp, D, n)
-    elif bits == 4:
-        if G == 32:
-            _rk4_32(cp, cs, mp, ms, lp, z, yp, D, n)
-        elif G == 64:
-            _rk4_64(cp, cs, mp, ms, lp, z, yp, D, n)
-        else:
-            _rk4_128(cp, cs, mp, ms, lp, z, yp, D, n)
-    else:
-        if G == 32:
-            _rk8_32(cp, cs, mp, ms, lp, z, yp, D, n)
-        elif G == 64:
-            _rk8_64(cp, cs, mp, ms, lp, z, yp, D, n)
-        else:
-            _rk8_128(cp, cs, mp, ms, lp, z, yp, D, n)
+    """The row decoder of (width, group); see ``_rows_ir``."""
+    _rows_ir(bits, 32 if bits == 16 else G, cp, cs, mp, ms, lp, np.float32(zs), yp, D, n)
 
 
 @nb.njit(inline="always", **_JIT)

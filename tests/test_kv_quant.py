@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 
+import numba as nb
 import numpy as np
 import pytest
 
 from kvrun.cache.quant import calibrate_lut, dequantize, hadamard, quantize, row_bytes
-from kvrun.ops.cpu.qattention import attend_decode_q, decode_rows, dequantize_rows
+from kvrun.ops.cpu.qattention import attend_decode_q, decode_rows, dequantize_rows, tile_add, tile_add16, tile_dot, tile_dot16
 
 D, G = 64, 32
 
@@ -174,7 +175,7 @@ def _reference_attention(q, k, v, scale):
     return out, probs
 
 
-@pytest.mark.parametrize("geometry", [(2, 4, 3, 20, 0), (1, 4, 40, 2000, 2), (1, 4, 1100, 1000, 3), (2, 6, 16, 1500, 8), (3, 9, 600, 600, 2)])
+@pytest.mark.parametrize("geometry", [(2, 4, 3, 20, 0), (1, 4, 40, 2000, 2), (1, 4, 1100, 1000, 3), (2, 6, 16, 1500, 8), (3, 9, 600, 600, 2), (2, 14, 40, 300, 2), (1, 5, 7, 90, 1)])
 @pytest.mark.parametrize("group", [16, 32])
 @pytest.mark.parametrize("bits", [2, 4, 8, 16])
 def test_decode_kernel_equals_attention_over_dequantized_cache(bits, group, geometry):
@@ -196,6 +197,37 @@ def test_decode_kernel_takes_any_head_size(head_dim, bits, group):
     """Head sizes that are not a multiple of 64 (the tile kernels' register block) take its
     8-float columns; one that is not a multiple of 8 takes plain loops.  Same result either way."""
     _check_decode_kernel(bits, group, (1, 3, 37, 300, 2), head_dim)
+
+
+@nb.njit(cache=False)
+def _tiles(half, tile, n, D, y, gqa, x, acc):
+    ts = tile.strides[0] // (2 if half else 4)
+    if half:
+        tile_dot16(tile.ctypes.data, ts, n, D, y.ctypes.data, gqa, x.ctypes.data, x.strides[0] // 4)
+        tile_add16(tile.ctypes.data, ts, n, D, acc.ctypes.data, gqa, x.ctypes.data, x.strides[0] // 4)
+    else:
+        tile_dot(tile.ctypes.data, ts, n, D, y.ctypes.data, gqa, x.ctypes.data, x.strides[0] // 4)
+        tile_add(tile.ctypes.data, ts, n, D, acc.ctypes.data, gqa, x.ctypes.data, x.strides[0] // 4)
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["float32 tile", "float16 in place"])
+@pytest.mark.parametrize("gqa", [1, 2, 3, 4, 5, 7, 8])
+@pytest.mark.parametrize("D, n", [(64, 64), (80, 51), (256, 13)])
+def test_tile_kernels_serve_every_query_head_of_the_group(D, n, gqa, half):
+    """The key pass gives every head's dot with every row, the value pass adds every row weighted
+    into every head's accumulators: heads go several at a time and rows several a step, with
+    leftover heads and rows (n not a multiple of the step) and head sizes not a multiple of 64."""
+    rng = np.random.default_rng(gqa)
+    rows = rng.standard_normal((n + 3, D)).astype(np.float16 if half else np.float32)
+    y = rng.standard_normal((gqa, D)).astype(np.float32)
+    x = np.full((gqa, n + 5), np.nan, np.float32)
+    acc0 = rng.standard_normal((gqa, D)).astype(np.float32)
+    acc = acc0.copy()
+    _tiles(half, rows.view(np.uint16) if half else rows, n, D, y, gqa, x, acc)
+    r = rows[:n].astype(np.float64)
+    np.testing.assert_allclose(x[:, :n], y @ r.T, rtol=1e-5, atol=1e-4)
+    assert np.isnan(x[:, n:]).all()  # nothing written past the tile
+    np.testing.assert_allclose(acc, acc0 + x[:, :n].astype(np.float64) @ r, rtol=1e-5, atol=1e-3)
 
 
 def _check_decode_kernel(bits: int, group: int, geometry: tuple, D: int) -> None:

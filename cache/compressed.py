@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from ..ops.cpu.attention import attend_group, scratch
-from ..ops.cpu.parallel import num_threads
+from ..ops.cpu.parallel import split_threads
 from ..ops.cpu.qattention import attend_decode_q, decode_half_slots
 from .base import LayerCache, LayerSpec
 from .kvconfig import KVConfig
@@ -477,7 +477,7 @@ class CompressedLayerCache(LayerCache):
         decode_step(
             np.ascontiguousarray(q, np.float32), np.ascontiguousarray(k, np.float32), np.ascontiguousarray(v, np.float32),
             np.ascontiguousarray(pos, np.int32), self.basis.rot is not None, rot_v, *self._store_args(), self._qr[:T],
-            self.logw, s.window, s.scale, s.softcap, self._or[:T] if rot_v else out, out, self._s, num_threads(),
+            self.logw, s.window, s.scale, s.softcap, self._or[:T] if rot_v else out, out, self._s, split_threads(),
         )  # fmt: skip
 
     def _pool_args(self, i: int) -> tuple:

@@ -26,7 +26,9 @@ from ..ops.cpu.qattention import _attend_decode_q, dequant_row, key_similarity
 from .policies.snapkv import pooled_rows
 from .quant import quantize_row
 
-_JIT = dict(cache=True, nogil=True)
+# fastmath off, and said so: Numba compiles a callee with its caller's fastmath unless the
+# callee sets it, so rounding would depend on which caller compiled it first
+_JIT = dict(cache=True, nogil=True, fastmath=False)
 
 @nb.njit(inline="always", **_JIT)
 def fwht(x: np.ndarray) -> None:

@@ -146,7 +146,7 @@ class KeyBasis:
         self.version += 1
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, fastmath=False)
 def _add_q2(q: np.ndarray, q2: np.ndarray) -> None:
     """``q2[h, d] += sum of q[t, i, d]^2`` over the T queries and the query heads i of KV head h,
     in float64.  q: [T, n_head, D] float32; q2: [n_kv, D].  (In numpy, ~20 us a decode step.)"""

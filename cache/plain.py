@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops.cpu.attention import attend_prefill_f16
-from ..ops.cpu.parallel import num_threads
+from ..ops.cpu.parallel import split_threads
 from ..ops.cpu.qattention import decode_step_f16
 from .base import LayerCache, LayerSpec
 
@@ -39,7 +39,7 @@ class PlainLayerCache(LayerCache):
         if T <= 4:  # a decode step: stored and attended in one Numba call
             self.used = decode_step_f16(
                 np.ascontiguousarray(q, np.float32), k, v, pos, self.k, self.v, self.pos, self.used,
-                s.window, s.scale, s.softcap, out, self._s, num_threads(),
+                s.window, s.scale, s.softcap, out, self._s, split_threads(),
             )  # fmt: skip
         else:
             slots = pos % self.capacity

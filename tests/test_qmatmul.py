@@ -85,8 +85,10 @@ def test_matvec(qtype, n, k):
         assert _rel(out, W @ x) < _tol(qtype, True)
 
 
-@pytest.mark.parametrize("qtype", [T.Q4_1, T.Q8_0, T.Q6_K, T.F16], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 def test_matvec_parallel(qtype, threads):
+    """Split over threads, every row is the same arithmetic as on one thread, bit for bit: a
+    token's logits do not depend on ``--threads`` (nor on the count the tuner picks meanwhile)."""
     n, k = (131, 512)
     w = _weights(qtype, n, k)
     x = np.random.default_rng(2).standard_normal(k).astype(np.float32)
@@ -118,6 +120,9 @@ def test_matmul_parallel(qtype, threads):
     out = np.full((3, n), np.nan, np.float32)
     Q.matmul(w, qtype, x, out)
     assert _rel(out, x @ _ref(w, qtype, n, k).T) < _tol(qtype, True)
+    out1 = np.empty_like(out)
+    Q._mm_int_1(Q._type(qtype)[0], w, x, out1, np.zeros((3, Q._scratch_bytes(k)), np.uint8))
+    np.testing.assert_array_equal(out, out1)
 
 
 @pytest.mark.parametrize("qtype,n,k", list(_cases()))

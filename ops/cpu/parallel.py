@@ -19,6 +19,14 @@ def prange_only() -> dict:
                 inplace_binop=False, stencil=False, fusion=False)  # fmt: skip
 
 
+def split_threads() -> int:
+    """Threads a split-K plan is made for: the pool's size, not the count in use.  A split changes
+    the order of a softmax's sums, so planning it for the count in use made a token's result
+    depend on ``--threads`` and on what the thread tuner picked meanwhile; run on fewer threads,
+    a plan for more costs only the merging of its chunks (a few hundred floats)."""
+    return numba.config.NUMBA_NUM_THREADS
+
+
 def num_threads() -> int:
     """``numba.get_num_threads()`` without its lock: ~0.2 instead of ~1.2 us, and a decode token asks
     ~150 times.  The public call makes sure the pool is up and rebinds Numba's raw getter (its

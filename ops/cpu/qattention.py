@@ -50,7 +50,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .f16 import f16_to_f32, f32_to_f16
-from .parallel import num_threads, prange_only
+from .parallel import prange_only, split_threads
 from .vexp import exp32
 from .qmatmul import LF16, LF32, LI8, LI16, LI32, LI64, V, _G
 
@@ -578,10 +578,10 @@ def attend_decode_q(
     s_all: [n_kv, gqa, N] float32 scratch.  probs_acc: [n_kv, N] float32
     receives the softmax probabilities summed over each KV head's query heads
     (what eviction policies score with), or ``[0, 0]`` to skip.  n_threads:
-    threads the split is planned for (0: Numba's current count).
+    threads the split is planned for (0: :func:`split_threads`, the pool's size).
     """
     _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, vc1, vm1, kw1, vw1, klut0, vlut0, klut1, vlut1,
-                     G, kpos, logw, window, scale, softcap, out, s_all, probs_acc, n_threads or num_threads())
+                     G, kpos, logw, window, scale, softcap, out, s_all, probs_acc, n_threads or split_threads())
 
 
 @nb.njit(parallel=prange_only(), **_JIT)

@@ -52,7 +52,12 @@ from .f16 import bf16_to_f32, f16_to_f32
 from .parallel import num_threads, prange_only
 
 _JIT = dict(cache=True, fastmath=True, nogil=True)
-_JIT_EXACT = dict(cache=True, nogil=True)  # decoders: no FMA contraction, bit-exact weights
+# decoders and the row loops: no FMA contraction or reassociation, bit-exact weights.  fastmath=False
+# must be said: Numba compiles a callee with its caller's fastmath where the callee leaves it unset,
+# so _rows_q's rounding depended on which caller (serial matvec, a parallel one, a fused kernel)
+# compiled it first: decode logits changed with the thread count and the cache's history
+# (Gemma 3, one decode token: up to 0.5 logits between 1 and 2 threads).
+_JIT_EXACT = dict(cache=True, nogil=True, fastmath=False)
 
 # ================================================================= SIMD kernels (LLVM vector IR)
 # These live in this file (not a submodule) on purpose: Numba's on-disk cache
@@ -963,7 +968,7 @@ def _dot_float(kind, row, x):
     return y
 
 
-@nb.njit(**_JIT)
+@nb.njit(**_JIT_EXACT)
 def _rows_q(kind, w, r0, r1, out, xq, xd, xs, x16):
     """out[r] = row r . quantized x for r in [r0, r1) (one loop per type: the
     kind test stays outside the loops so each loop is compiled on its own)."""

@@ -22,13 +22,12 @@ import numba as nb
 import numpy as np
 
 from ..ops.cpu.f16 import f16_to_f32, f32_to_f16
+from ..ops.cpu.parallel import EXACT_JIT
 from ..ops.cpu.qattention import _attend_decode_q, dequant_row, key_similarity
 from .policies.snapkv import pooled_rows
 from .quant import quantize_row
 
-# fastmath off, and said so: Numba compiles a callee with its caller's fastmath unless the
-# callee sets it, so rounding would depend on which caller compiled it first
-_JIT = dict(cache=True, nogil=True, fastmath=False)
+_JIT = EXACT_JIT
 
 @nb.njit(inline="always", **_JIT)
 def fwht(x: np.ndarray) -> None:

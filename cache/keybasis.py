@@ -34,6 +34,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from ..ops.cpu.parallel import EXACT_JIT
 from .insert import fwht_copy, fwht_rows
 
 T_CLIP = 8.0  # largest ratio of a channel's scale to the geometric mean
@@ -146,7 +147,7 @@ class KeyBasis:
         self.version += 1
 
 
-@nb.njit(cache=True, nogil=True, fastmath=False)
+@nb.njit(**EXACT_JIT)
 def _add_q2(q: np.ndarray, q2: np.ndarray) -> None:
     """``q2[h, d] += sum of q[t, i, d]^2`` over the T queries and the query heads i of KV head h,
     in float64.  q: [T, n_head, D] float32; q2: [n_kv, D].  (In numpy, ~20 us a decode step.)"""

@@ -19,6 +19,7 @@ from typing import Any
 import numba as nb
 import numpy as np
 
+from ...ops.cpu.parallel import EXACT_JIT
 from .base import Array, Policy
 
 
@@ -84,7 +85,7 @@ class SnapKV(Policy):
         return np.argsort(a, axis=-1, kind="stable") if self.xp is np else self.xp.argsort(a, axis=-1)
 
 
-@nb.njit(cache=True, nogil=True, fastmath=False)
+@nb.njit(**EXACT_JIT)
 def pooled_rows(s: np.ndarray, pos: np.ndarray, kernel: int, out: np.ndarray) -> None:
     """:meth:`SnapKV._pooled` on the host: per row, the max over each slot's ``kernel`` position
     neighbours (the ends repeated, as numpy's edge padding), in one pass."""

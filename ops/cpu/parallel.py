@@ -6,6 +6,14 @@ import numba
 import numba.np.ufunc.parallel
 
 
+# Numba options of a kernel whose rounding must not move: no FMA contraction or reassociation.
+# fastmath=False must be said: Numba compiles a callee with its caller's fastmath where the callee
+# leaves it unset, so a row loop's rounding depended on which caller (serial matvec, a parallel
+# one, a fused kernel) compiled it first: decode logits changed with the thread count and the
+# cache's history (Gemma 3, one decode token: up to 0.5 logits between 1 and 2 threads).
+EXACT_JIT = dict(cache=True, nogil=True, fastmath=False)
+
+
 def prange_only() -> dict:
     """Numba's ``parallel`` option for a kernel whose only parallel loop is its explicit prange.
 

@@ -49,15 +49,10 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .f16 import bf16_to_f32, f16_to_f32
-from .parallel import num_threads, prange_only
+from .parallel import EXACT_JIT, num_threads, prange_only
 
 _JIT = dict(cache=True, fastmath=True, nogil=True)
-# decoders and the row loops: no FMA contraction or reassociation, bit-exact weights.  fastmath=False
-# must be said: Numba compiles a callee with its caller's fastmath where the callee leaves it unset,
-# so _rows_q's rounding depended on which caller (serial matvec, a parallel one, a fused kernel)
-# compiled it first: decode logits changed with the thread count and the cache's history
-# (Gemma 3, one decode token: up to 0.5 logits between 1 and 2 threads).
-_JIT_EXACT = dict(cache=True, nogil=True, fastmath=False)
+_JIT_EXACT = EXACT_JIT  # decoders and the row loops: bit-exact weights, the same sums on any thread
 
 # ================================================================= SIMD kernels (LLVM vector IR)
 # These live in this file (not a submodule) on purpose: Numba's on-disk cache

@@ -255,7 +255,7 @@ def _check_decode_kernel(bits: int, group: int, geometry: tuple, D: int) -> None
     attend_decode_q(
         q, np.array([N - 1], np.int32), k16.view(np.uint16), v16.view(np.uint16),
         kc, km, vc, vm, bits, bits, e_c, e_m, e_c, e_m, 2, 2,
-        klut, vlut, klut, vlut, G, pos, np.zeros((0, 0), np.float32), 0, 0.125, 0.0, out, *scratch, probs, n_threads=n_threads,
+        klut, vlut, klut, vlut, G, pos, np.zeros((0, 0), np.float32), 0, 0.125, 0.0, out, *scratch, probs, split_for=n_threads,
     )  # fmt: skip
     kk = np.concatenate([k16.astype(np.float32), kd], axis=1)
     vv = np.concatenate([v16.astype(np.float32), vd], axis=1)
@@ -287,7 +287,7 @@ def test_fp16_slots_read_in_place_equal_the_same_rows_decoded_first(geometry):
         attend_decode_q(
             q, np.array([N], np.int32), k16_, v16_, kc, e_m, vc, e_m, 16, 16, e_c, e_cm, e_c, e_cm, 16, 16,
             lut, lut, lut, lut, 32, pos, none, 0, 0.125, 0.0, out, np.zeros((n_kv, H // n_kv, N), np.float32), probs,
-            n_threads=n_threads,
+            split_for=n_threads,
         )  # fmt: skip
         return out, probs
 
@@ -346,7 +346,7 @@ def test_decode_kernel_reads_each_pool_up_to_its_last_held_slot(held0, held1):
         q, np.array([30_000], np.int32), k16.view(np.uint16), v16.view(np.uint16),
         kc0, km0, vc0, vm0, 4, 4, kc1, km1, vc1, vm1, 2, 2,
         klut0, vlut0, klut1, vlut1, G, pos, np.zeros((0, 0), np.float32), 0, 0.125, 0.0, out,
-        np.zeros((n_kv, H // n_kv, N), np.float32), probs, n_threads=2,
+        np.zeros((n_kv, H // n_kv, N), np.float32), probs, split_for=2,
     )  # fmt: skip
     kk, vv = np.concatenate(kf, axis=1), np.concatenate(vf, axis=1)
     gqa = H // n_kv

@@ -548,7 +548,7 @@ def attend_decode_q(
     out: np.ndarray,
     s_all: np.ndarray,
     probs_acc: np.ndarray,
-    n_threads: int = 0,
+    split_for: int = 0,
 ) -> None:
     """Attention of a few queries over fp16 slots and up to two quantized pools.
 
@@ -577,16 +577,16 @@ def attend_decode_q(
 
     s_all: [n_kv, gqa, N] float32 scratch.  probs_acc: [n_kv, N] float32
     receives the softmax probabilities summed over each KV head's query heads
-    (what eviction policies score with), or ``[0, 0]`` to skip.  n_threads:
+    (what eviction policies score with), or ``[0, 0]`` to skip.  split_for:
     threads the split is planned for (0: :func:`split_threads`, the pool's size).
     """
     _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, vc1, vm1, kw1, vw1, klut0, vlut0, klut1, vlut1,
-                     G, kpos, logw, window, scale, softcap, out, s_all, probs_acc, n_threads or split_threads())
+                     G, kpos, logw, window, scale, softcap, out, s_all, probs_acc, split_for or split_threads())
 
 
 @nb.njit(parallel=prange_only(), **_JIT)
 def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, vc1, vm1, kw1, vw1, klut0, vlut0, klut1, vlut1,
-                     G, kpos, logw, window, scale, softcap, out, s_all, probs_acc, n_threads):
+                     G, kpos, logw, window, scale, softcap, out, s_all, probs_acc, split_for):
     T, H, D = q.shape
     n_kv = k16.shape[0]
     F = k16.shape[1]
@@ -613,8 +613,8 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
     # the items share out evenly over the threads (Gemma 3 has one KV head, SmolLM2
     # three: on two threads, three whole heads would leave one thread idle a third of the time)
     nc = 1
-    if n_kv % n_threads != 0 and M >= SPLIT_MIN_SLOTS:  # n_kv * nc items divide evenly over the threads
-        nc = min(n_threads // math.gcd(n_kv, n_threads), M // (SPLIT_MIN_SLOTS // 2))
+    if n_kv % split_for != 0 and M >= SPLIT_MIN_SLOTS:  # n_kv * nc items divide evenly over the threads
+        nc = min(split_for // math.gcd(n_kv, split_for), M // (SPLIT_MIN_SLOTS // 2))
     step = -(-M // nc)
     step = max(TILE, -(-step // TILE) * TILE)
     na = -(-A1 // step)
@@ -850,7 +850,7 @@ _NO_LUT = np.ones(256, np.float32)
 
 @nb.njit(**_JIT)
 def decode_step_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, k16: np.ndarray, v16: np.ndarray, kpos: np.ndarray,
-                    used: int, window: int, scale: float, softcap: float, out: np.ndarray, s_all: np.ndarray, n_threads: int) -> int:
+                    used: int, window: int, scale: float, softcap: float, out: np.ndarray, s_all: np.ndarray, split_for: int) -> int:
     """A decode step of an fp16 ring in one call (a layer-step's dispatch and numpy calls cost more than its
     arithmetic on a small model): the step's tokens stored, then :func:`attend_decode_q`'s arithmetic cut
     to fp16 rows (``_attend_decode_f16``) over the slots written so far.
@@ -874,5 +874,5 @@ def decode_step_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray
     no_probs = np.zeros((0, 0), np.float32)  # (the globals are read-only in here, and the kernel may write these)
     _attend_decode_f16(q, qpos, k16[:, :used], v16[:, :used], _NO_CODES, _NO_META, _NO_CODES, _NO_META, 16, 16,
                        _NO_CODES, _NO_META, _NO_CODES, _NO_META, 16, 16, _NO_LUT, _NO_LUT, _NO_LUT, _NO_LUT,
-                       32, kpos[:used].reshape((1, used)), no_probs, window, scale, softcap, out, s_all[:, :, :used], no_probs, n_threads)  # fmt: skip
+                       32, kpos[:used].reshape((1, used)), no_probs, window, scale, softcap, out, s_all[:, :, :used], no_probs, split_for)  # fmt: skip
     return used

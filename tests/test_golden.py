@@ -48,7 +48,13 @@ def kl_top(top_logp: np.ndarray, top_ids: np.ndarray, logits: np.ndarray) -> np.
 # float64 forward (last test), agrees with the fixture at 0.965 / 0.969, KL 0.0043
 # / 0.0059: KL is what must be small; top-1 is held to what that noise allows.
 TOP1_MIN = 0.95
-NEAR_TIE = 0.5  # logits; measured max 0.27 (SmolLM2) / 0.24 (Gemma 3)
+NEAR_TIE = 0.5  # logits; measured max 0.40 (SmolLM2) / 0.20 (Gemma 3) over the greedy steps
+# A greedy step is llama.cpp's clear choice when its top logit leads its second by
+# this much.  The two runtimes' margins differ by a median 0.09 and at most 0.54
+# logits at a step (tools/make_golden.py records llama.cpp's); every step where
+# kvrun picks another token has a llama.cpp margin of at most 0.23 (SmolLM2 4 of
+# 128 steps, Gemma 3 6 of 128).  Clear steps: 106 / 99 of 128.
+CLEAR = 0.5
 
 
 def test_logits_agree_with_llamacpp(case):
@@ -62,22 +68,24 @@ def test_logits_agree_with_llamacpp(case):
 
 def test_greedy_text_matches_llamacpp(case):
     """Teacher-forced along llama.cpp's greedy text (decode path, token by token):
-    kvrun picks llama.cpp's token at nearly every step, and where it does not the
-    two candidates are a near-tie (llama.cpp's 8-bit activations tip those; kvrun's
-    arithmetic equals a float64 forward, see the test below).  A wrong kernel
-    shows up as gaps of several logits."""
+    wherever llama.cpp's choice is clear (its top logit beats its second by
+    CLEAR or more) kvrun picks the same token, and wherever it does not, the two
+    candidates are a near-tie in kvrun's logits too.  A wrong kernel shows up as
+    gaps of several logits and flips clear choices."""
     name, eng, _, meta = case
     exact = steps = 0
     for g in meta["greedy"]:
         cache = eng.new_cache()
         logits = eng.eval(cache, g["prompt_ids"]).reshape(-1)
-        for i, tok in enumerate(g["ids"][:32]):
+        for i, (tok, margin) in enumerate(zip(g["ids"][:32], g["margin"])):
             gap = float(logits.max() - logits[tok])
-            assert gap <= NEAR_TIE, f"{name}: {g['prompt']!r} step {i}: llama.cpp's token {tok} is {gap:.2f} logits below kvrun's top"
+            where = f"{name}: {g['prompt']!r} step {i}: llama.cpp's token {tok}"
+            assert gap <= NEAR_TIE, f"{where} is {gap:.2f} logits below kvrun's top"
+            assert gap == 0.0 or margin < CLEAR, f"{where} leads its second by {margin:.2f} logits, but kvrun picks another"
             exact += gap == 0.0
             steps += 1
             logits = eng.eval(cache, [tok]).reshape(-1)
-    assert exact / steps >= 0.95, f"{name}: kvrun's greedy choice equals llama.cpp's at {exact}/{steps} steps"
+    assert exact / steps >= 0.9, f"{name}: kvrun's greedy choice equals llama.cpp's at only {exact}/{steps} steps"
 
 
 @pytest.mark.parametrize("name", ["smollm2"])

@@ -4,13 +4,16 @@ Needs llama-cpp-python (it builds llama.cpp from source)::
 
     python -m venv /tmp/oracle && /tmp/oracle/bin/pip install llama-cpp-python numpy
     /tmp/oracle/bin/python tools/make_golden.py SMOLLM2.gguf GEMMA3.gguf
+    /tmp/oracle/bin/python tools/make_golden.py --greedy-only SMOLLM2.gguf GEMMA3.gguf  # greedy part only (seconds)
 
 Writes ``tests/fixtures/golden_<name>.npz`` / ``.json`` per model:
   * ``prompt_ids``: a 256-token prompt (llama.cpp's tokenization of GPL-3 text)
   * ``top_ids``, ``top_logp``: llama.cpp's 64 most likely tokens and their
     log-probabilities at every prompt position (to measure top-1 agreement
     and KL(llama.cpp || kvrun) without committing full 262k-wide logits)
-  * greedy continuations (64 tokens) of 4 short prompts, ids and text
+  * greedy continuations (64 tokens) of 4 short prompts: ids, text, and at each
+    step llama.cpp's margin (its top logit minus its second), which tells a
+    clear choice from a near-tie that arithmetic noise may tip
   * perplexity of GPL-3 at ctx 512 scored as llama-perplexity does.
 It does not import kvrun.
 """
@@ -62,12 +65,34 @@ def window_perplexity(llm: Llama, toks: list[int], n_ctx: int, add_bos: bool, pr
     return math.exp(nll / count), count
 
 
+def greedy_continuations(llm: Llama, add_bos: bool, n: int = 64) -> list[dict]:
+    """llama.cpp's greedy text after each prompt (decode path, token by token), with its
+    top-1 minus top-2 logit margin at every step."""
+    greedy = []
+    for pr in GREEDY_PROMPTS:
+        ids = llm.tokenize(pr.encode(), add_bos=add_bos, special=False)
+        llm.reset()
+        llm.eval(ids)
+        out, margin = [], []
+        for _ in range(n):
+            x = np.asarray(llm.scores[llm.n_tokens - 1], np.float32)
+            t = int(np.argmax(x))
+            top2 = np.partition(x, -2)[-2:]
+            out.append(t)
+            margin.append(round(float(top2[1] - top2[0]), 4))
+            llm.eval([t])
+        greedy.append({"prompt": pr, "prompt_ids": ids, "ids": out, "margin": margin, "text": llm.detokenize(out).decode("utf-8", "replace")})
+    return greedy
+
+
 def name_of(path: str) -> str:
     p = path.lower()
     return "gemma3" if "gemma" in p else "smollm2" if "smollm" in p else Path(path).stem
 
 
 def main(paths: list[str]) -> None:
+    greedy_only = "--greedy-only" in paths
+    paths = [p for p in paths if p != "--greedy-only"]
     text = TEXT.read_text()
     for path in paths:
         name = name_of(path)
@@ -84,17 +109,16 @@ def main(paths: list[str]) -> None:
         top_logp = np.take_along_axis(lp, top, 1).astype(np.float32)
 
         # 2. greedy continuations
-        greedy = []
-        for pr in GREEDY_PROMPTS:
-            ids = llm.tokenize(pr.encode(), add_bos=add_bos, special=False)
-            llm.reset()
-            llm.eval(ids)
-            out = []
-            for _ in range(64):
-                t = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-                out.append(t)
-                llm.eval([t])
-            greedy.append({"prompt": pr, "prompt_ids": ids, "ids": out, "text": llm.detokenize(out).decode("utf-8", "replace")})
+        greedy = greedy_continuations(llm, add_bos)
+        if greedy_only:
+            meta = json.loads((FIX / f"golden_{name}.json").read_text())
+            for old, new in zip(meta["greedy"], greedy):
+                if old["ids"] != new["ids"]:
+                    print(f"{name}: {old['prompt']!r}: llama.cpp's greedy ids changed (another llama.cpp build?)", file=sys.stderr)
+            meta["greedy"] = greedy
+            (FIX / f"golden_{name}.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+            print(f"{name}: greedy rewritten; smallest margins {sorted(m for g in greedy for m in g['margin'][:32])[:8]}")
+            continue
 
         # 3. perplexity, llama-perplexity style: windows of 512, second half scored
         n_ctx = 512

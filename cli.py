@@ -72,7 +72,29 @@ def _resolve(model: str | None) -> Path:
     return resolve(model, progress=_progress_bar("pulling model"))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineErrors(click.Group):
+    """Click's usage errors (a bad flag or value, a missing argument) as one ``kvrun: error:`` line
+    naming the help to read, like every other error here, instead of click's usage block."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False  # click raises instead of printing; help and --version return 0
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # bare `kvrun` (click >= 8.2): the help, as a request
+                click.echo(e.ctx.get_help() if e.ctx is not None else e.format_message())
+                sys.exit(0)
+            where = e.ctx.command_path if e.ctx is not None else "kvrun"
+            _fail(f"{e.format_message()} (see '{where} --help')")
+        except click.ClickException as e:
+            _fail(e.format_message())
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kvrun")
 def main() -> None:
     """kvrun: run GGUF language models on the CPU with a compressible KV cache."""
@@ -310,7 +332,7 @@ def sampling_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--repeat-penalty", type=float, default=1.0, show_default=True),
         click.option("--presence-penalty", type=float, default=0.0, show_default=True),
         click.option("--frequency-penalty", type=float, default=0.0, show_default=True),
-        click.option("--seed", type=int, default=None, help="random seed (same seed, same text)"),
+        click.option("--seed", type=int, default=None, help="random seed (same seed, same text; -1 or none: random)"),
         click.option("--stop", multiple=True, help="stop string (repeatable)"),
     ]
     for o in reversed(opts):
@@ -318,7 +340,7 @@ def sampling_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-_SAMPLING_FLAGS = {"temperature": "--temp", "top-p": "--top-p", "min-p": "--min-p", "top-k": "--top-k", "repeat penalty": "--repeat-penalty"}
+_SAMPLING_FLAGS = {"temperature": "--temp", "top-p": "--top-p", "min-p": "--min-p", "top-k": "--top-k", "repeat penalty": "--repeat-penalty", "seed": "--seed"}
 
 
 def _sampling(kw: dict[str, Any]) -> dict[str, Any]:

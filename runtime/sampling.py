@@ -36,6 +36,8 @@ class SamplerConfig:
             raise ValueError(f"top-k must be >= 0 (0 = off), got {self.top_k}")
         if self.repeat_penalty <= 0:
             raise ValueError(f"repeat penalty must be > 0, got {self.repeat_penalty}")
+        if self.seed is not None and self.seed < -1:
+            raise ValueError(f"seed must be >= 0, or -1 for a random one, got {self.seed}")
 
 
 class Sampler:
@@ -44,7 +46,7 @@ class Sampler:
     def __init__(self, cfg: SamplerConfig) -> None:
         cfg.validate()
         self.cfg = cfg
-        self.rng = np.random.default_rng(cfg.seed)
+        self.rng = np.random.default_rng(None if cfg.seed == -1 else cfg.seed)  # -1: random, as llama.cpp
 
     def __call__(self, logits: np.ndarray, history: list[int] | np.ndarray = ()) -> int:
         cfg = self.cfg

@@ -41,6 +41,13 @@ def test_same_seed_same_tokens():
     assert a[0] == a[1]
 
 
+def test_seed_minus_one_is_a_random_seed_as_in_llama_cpp():
+    logits = np.zeros(1000, np.float32)  # every token equally likely
+    cfg = SamplerConfig(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=-1)
+    draws = {tuple(Sampler(cfg)(logits) for _ in range(4)) for _ in range(3)}
+    assert len(draws) > 1  # three samplers seeded at random (equal draws: odds 1e-12)
+
+
 def test_top_k_and_min_p_restrict_candidates():
     logits = np.array([5.0, 4.0, 0.0, -5.0], np.float32)
     s = Sampler(SamplerConfig(temperature=5.0, top_k=2, top_p=1.0, min_p=0.0, seed=1))
@@ -164,6 +171,28 @@ def test_cli_says_when_the_first_run_compiles(tiny_path, monkeypatch):
 def test_cli_run_bad_flag(tiny_path):
     r = CliRunner().invoke(main, ["run", str(tiny_path), "-p", "the", "--top-p", "0"])
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["run", "-p", "the", "--device", "tpu"], "Invalid value for '--device'"),
+        (["run", "--no-such-flag"], "No such option '--no-such-flag'"),
+        (["tokenize"], "Missing argument"),
+        (["no-such-command"], "No such command 'no-such-command'"),
+        (["chat", "--kv-bits", "x"], "'x' is not a valid integer"),
+    ],
+)
+def test_a_usage_error_is_one_line_naming_the_help_to_read(args, says):
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert r.output.startswith("kvrun: error: ") and says in r.output and "--help'" in r.output, r.output
+
+
+def test_help_and_version_exit_zero():
+    for args in ([], ["--help"], ["run", "-h"], ["--version"]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 0 and "error" not in r.output, (args, r.output)
 
 
 def test_cli_chat_script(tiny_path):
@@ -342,7 +371,7 @@ def test_cli_run_with_kv_flags_reports_kv_memory(tiny_path):
 
 
 @pytest.mark.parametrize("cmd", ["run", "chat"])
-@pytest.mark.parametrize("flag, value", [("--temp", "-1"), ("--top-p", "2"), ("--min-p", "1"), ("--top-k", "-2"), ("--repeat-penalty", "0")])
+@pytest.mark.parametrize("flag, value", [("--temp", "-1"), ("--top-p", "2"), ("--min-p", "1"), ("--top-k", "-2"), ("--repeat-penalty", "0"), ("--seed", "-5")])
 def test_a_bad_sampling_flag_fails_in_one_line_naming_it_before_the_model_loads(cmd, flag, value, tmp_path):
     missing = str(tmp_path / "never-opened.gguf")  # the flag is checked first: the model is never looked for
     args = [cmd, missing, flag, value] + (["-p", "the"] if cmd == "run" else [])

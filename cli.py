@@ -259,7 +259,7 @@ def models_cmd() -> None:
 # ---------------------------------------------------------------- generation options
 def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
-        click.option("-c", "--ctx-size", "ctx_size", type=int, default=4096, show_default=True, help="context length (0: the model's)"),
+        click.option("-c", "--ctx-size", "ctx_size", type=int, default=None, help="context length (default: 4096, or the model's own if shorter; 0: the model's)"),
         click.option("-b", "--batch-size", "n_batch", type=int, default=256, show_default=True, help="prompt tokens per forward pass"),
         click.option("-t", "--threads", type=int, default=None, help="CPU threads for kernels and BLAS (default: all cores, or one while decode measures one faster, e.g. beside a busy process)"),
         click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu", show_default=True),
@@ -379,6 +379,9 @@ def _engine(path: Any, **kw: Any):
             "later starts load them from the cache)",
             err=True,
         )
+    if eng.n_ctx > eng.cfg.n_ctx_train:  # as llama.cpp warns: positions past training are untrained ground
+        click.echo(f"kvrun: warning: a context of {eng.n_ctx} tokens is past the {eng.cfg.n_ctx_train} the model was trained for; "
+                   "text beyond that degrades", err=True)  # fmt: skip
     return eng
 
 
@@ -549,6 +552,8 @@ def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, n_dept
         raise KvrunError(f"-r must be >= 1, got {repetitions}")
     if min(n_prompt, n_gen, n_depth) < 0:
         raise KvrunError("-p, -n and -d must be >= 0")
+    if n_prompt == n_gen == 0:
+        raise KvrunError("-p and -n are both 0: nothing to measure (e.g. -p 512 -n 128)")
     path = _resolve(model)
     n_batch = max(kw["n_batch"], n_prompt) if n_prompt else kw["n_batch"]
     n_ctx = n_depth + max(n_prompt, n_gen) + 8
@@ -619,15 +624,19 @@ def perplexity(model: str | None, text_file: str, n_ctx: int, chunks: int, n_bat
     eng = _engine(path, device=device, n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), threads=threads, kv=kv)
     text = Path(text_file).read_text(encoding="utf-8", errors="replace")
     tokens = eng.tokenizer.encode(text, add_bos=True if eng.tokenizer.add_bos else False)
-    bar = tqdm(total=max(1, len(tokens) // n_ctx if not chunks else min(chunks, len(tokens) // n_ctx)), desc="perplexity", unit="win", file=sys.stderr, disable=as_json)
+    bar: list[Any] = []  # drawn once the text is checked: a text too short fails in one line, no bar before it
 
     def progress(done: int, total: int, ppl: float) -> None:
-        bar.update(1)
-        bar.set_postfix(ppl=f"{ppl:.4f}")
+        if not bar:
+            bar.append(tqdm(total=total, desc="perplexity", unit="win", file=sys.stderr, disable=as_json))
+        bar[0].update(done - bar[0].n)
+        if done:
+            bar[0].set_postfix(ppl=f"{ppl:.4f}")
 
     t0 = time.perf_counter()
     res = ppl_fn(eng, tokens, n_ctx, progress=progress, max_chunks=chunks)
-    bar.close()
+    for b in bar:
+        b.close()
     dt = time.perf_counter() - t0
     if as_json:
         click.echo(json.dumps({"ppl": res.ppl, "n_tokens": res.n_tokens, "n_chunks": res.n_chunks, "ctx": n_ctx, "seconds": dt}))
@@ -690,13 +699,16 @@ def kv_eval_cmd(model: str | None, text_file: str, n_ctx: int, configs: str, sco
     eng = _engine(_resolve(model), device=device, n_ctx=n_ctx, n_batch=1, threads=threads)
     text = Path(text_file).read_text(encoding="utf-8", errors="replace")
     tokens = eng.tokenizer.encode(text, add_bos=True if eng.tokenizer.add_bos else False)
-    bar = tqdm(total=n_ctx - 1, desc=f"kv-eval ({len(cfgs)} configs + fp16)", unit="tok", file=sys.stderr, disable=as_json)
+    bar: list[Any] = []  # drawn at the first token (as perplexity's)
 
     def progress(done: int, total: int) -> None:
-        bar.update(done - bar.n)
+        if not bar:
+            bar.append(tqdm(total=total, desc=f"kv-eval ({len(cfgs)} configs + fp16)", unit="tok", file=sys.stderr, disable=as_json))
+        bar[0].update(done - bar[0].n)
 
     res = kv_eval(eng, tokens, cfgs, n_ctx, progress=progress, score_from=score_from)
-    bar.close()
+    for b in bar:
+        b.close()
     if as_json:
         click.echo(json.dumps(res, indent=1))
     else:

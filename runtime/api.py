@@ -189,7 +189,7 @@ class Session:
 def load(
     model: str | os.PathLike | None = None,
     device: str = "cpu",
-    n_ctx: int = 4096,
+    n_ctx: int | None = None,
     n_batch: int = 256,
     threads: int | None = None,
     kv: KVConfig | str | None = None,
@@ -200,7 +200,8 @@ def load(
     ----------
     model : path to a ``.gguf`` file or a name from ``kvrun models``.
     device : ``cpu``, ``gpu`` or ``auto``.
-    n_ctx : context length in tokens (0: the model's training context).
+    n_ctx : context length in tokens (None: 4096, or the model's training context if
+        shorter; 0: the model's training context).
     n_batch : prompt tokens per forward pass during prefill.
     threads : Numba threads (None: Numba's default).
     kv : KV cache compression: a :class:`~kvrun.cache.kvconfig.KVConfig`, a spec

@@ -67,6 +67,9 @@ class GenRequest:
     ignore_eos: bool = False
 
 
+DEFAULT_CTX = 4096  # tokens of context when none is asked for (or the model's training context, if shorter)
+
+
 class Engine:
     """A loaded model: file, config, tokenizer, weights on a backend."""
 
@@ -74,7 +77,7 @@ class Engine:
         self,
         path: str | os.PathLike,
         device: str = "cpu",
-        n_ctx: int = 4096,
+        n_ctx: int | None = None,
         n_batch: int = 256,
         threads: int | None = None,
         kv: KVConfig | None = None,
@@ -85,7 +88,9 @@ class Engine:
         self.gguf = GGUFFile(path)
         self.cfg: ModelConfig = load_config(self.gguf)
         cls = model_class(self.cfg.arch)
-        if n_ctx <= 0:
+        if n_ctx is None:  # a chat-sized default, never past what the model was trained for
+            n_ctx = min(DEFAULT_CTX, self.cfg.n_ctx_train)
+        elif n_ctx <= 0:
             n_ctx = self.cfg.n_ctx_train
         if n_ctx < 8:
             raise KvrunError(f"--ctx-size must be at least 8, got {n_ctx}")

@@ -68,7 +68,7 @@ def kv_eval(
     """
     tokens = np.asarray(tokens, np.int32)
     if len(tokens) < ctx:
-        raise KvrunError(f"the text has {len(tokens)} tokens; kv-eval at ctx {ctx} needs at least {ctx}")
+        raise KvrunError(f"the text has {len(tokens)} tokens; kv-eval at ctx {ctx} needs at least {ctx} (use a longer text or a smaller --ctx)")
     if ctx > engine.n_ctx:
         raise KvrunError(f"ctx {ctx} exceeds the engine's context of {engine.n_ctx}")
     tokens = tokens[:ctx].copy()

@@ -50,7 +50,8 @@ def perplexity(
     progress: Callable[[int, int, float], None] | None = None,
     max_chunks: int = 0,
 ) -> PerplexityResult:
-    """Perplexity of ``tokens`` in windows of ``n_ctx``; ``progress(done, total, ppl_so_far)``."""
+    """Perplexity of ``tokens`` in windows of ``n_ctx``; ``progress(done, total, ppl_so_far)`` once before
+    the first window (done 0, ppl NaN) and after each."""
     tokens = np.asarray(tokens, np.int64)
     n_chunks = len(tokens) // n_ctx
     if max_chunks:
@@ -61,6 +62,8 @@ def perplexity(
     first = n_ctx // 2
     nll_total, count = 0.0, 0
     chunk_ppl = []
+    if progress:
+        progress(0, n_chunks, math.nan)  # the work is known and starts (no figure yet)
     for c in range(n_chunks):
         window = tokens[c * n_ctx : (c + 1) * n_ctx].copy()
         if add_bos:

@@ -293,6 +293,31 @@ def test_cli_bench_and_perplexity(tiny_path, tmp_path):
     assert out["ppl"] > 1 and out["n_tokens"] == out["n_chunks"] * 31
 
 
+@pytest.mark.parametrize("cmd", ["perplexity", "kv-eval"])
+def test_a_text_too_short_fails_in_one_line_before_any_progress_bar(cmd, tiny_path, tmp_path):
+    text = tmp_path / "short.txt"
+    text.write_text("the cat")
+    r = CliRunner().invoke(main, [cmd, str(tiny_path), "-f", str(text), "--ctx", "64"] + (["--configs", "4"] if cmd == "kv-eval" else []))
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert r.output.startswith("kvrun: error: the text has") and "smaller --ctx" in r.output
+
+
+def test_bench_with_nothing_to_measure_says_so():
+    r = CliRunner().invoke(main, ["bench", "-p", "0", "-n", "0"])  # fails before the model is looked for
+    assert r.exit_code == 2 and r.output.startswith("kvrun: error: -p and -n are both 0"), r.output
+
+
+def test_the_default_context_stays_within_training_and_a_longer_one_is_warned_about(tiny_path):
+    from kvrun.runtime.engine import Engine
+
+    assert Engine(tiny_path).n_ctx == 1024  # the tiny model's training context, under the default 4096
+    args = ["run", str(tiny_path), "-p", "the", "-n", "1", "--temp", "0", "--no-stats"]
+    for c in ([], ["-c", "1024"], ["-c", "0"]):
+        assert "warning" not in CliRunner().invoke(main, args + c).output, c
+    r = CliRunner().invoke(main, args + ["-c", "1025"])
+    assert r.exit_code == 0 and "kvrun: warning: a context of 1025 tokens is past the 1024 the model was trained for" in r.output
+
+
 def test_log_softmax_at_equals_a_float64_log_softmax_across_row_blocks():
     from kvrun.runtime.perplexity import log_softmax_at
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -458,13 +459,14 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
 def chat(model: str | None, system: str | None, n_predict: int, stop: tuple[str, ...], **kw: Any) -> None:
     """Interactive multi-turn chat with the model's chat template.
 
-    /reset clears the conversation, /exit (or Ctrl-D) leaves; Ctrl-C stops a reply.
+    /reset clears the conversation, /exit (or Ctrl-D) leaves, /help lists the
+    commands; Ctrl-C stops a reply.
     """
     _sampling(kw)  # a bad sampling flag fails now, not at the first reply
     m = _load(model, kw)
     sess = m.session(system=system)
     interactive = _interactive()
-    click.echo(f"kvrun chat: {m.config.name} ({m.config.arch}), ctx {m.engine.n_ctx}. /reset, /exit; Ctrl-C stops a reply.", err=True)
+    click.echo(f"kvrun chat: {m.config.name} ({m.config.arch}), ctx {m.engine.n_ctx}. /help, /reset, /exit; Ctrl-C stops a reply.", err=True)
     # the kernels load (or, on a cold cache, compile) while the user types the first message
     warm = threading.Thread(target=_warm_up_quietly, args=(m.engine,), daemon=True) if interactive and m.engine.backend.name == "cpu" else None
     if warm is not None:
@@ -489,6 +491,12 @@ def _warm_up_quietly(engine: Any) -> None:
         pass
 
 
+CHAT_HELP = """/reset         forget the conversation (the system prompt stays)
+/exit          leave (also /quit, /bye, Ctrl-D)
+/help          this list
+Ctrl-C stops a reply; the stats line after each reply shows the KV cache held."""
+
+
 def _chat_loop(m: Any, sess: Any, interactive: bool, warm: threading.Thread | None, n_predict: int, stop: tuple[str, ...], kw: dict[str, Any]) -> None:
     """Read a line, answer it, until /exit or end of input; ``warm`` is joined before the first reply."""
     while True:
@@ -504,11 +512,18 @@ def _chat_loop(m: Any, sess: Any, interactive: bool, warm: threading.Thread | No
             break
         if not line.strip():
             continue
-        if line.strip() in ("/exit", "/quit", "/bye"):
+        cmd = line.strip()
+        if cmd in ("/exit", "/quit", "/bye"):
             break
-        if line.strip() == "/reset":
+        if cmd == "/reset":
             sess.reset()
             click.echo("(conversation cleared)", err=True)
+            continue
+        if cmd in ("/help", "/?"):
+            click.echo(CHAT_HELP, err=True)
+            continue
+        if re.fullmatch(r"/[A-Za-z?]+", cmd):  # a one-word slash line is a command, not a message: a typo is not sent
+            click.echo(f"kvrun: unknown command {cmd}; /help lists them", err=True)
             continue
         if warm is not None:
             warm.join()

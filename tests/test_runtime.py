@@ -203,6 +203,15 @@ def test_cli_chat_script(tiny_path):
     assert r.output.count("gen ") >= 2  # a stats line after each reply
 
 
+def test_cli_chat_slash_commands_are_not_sent_to_the_model(tiny_path):
+    script = "/help\n/rset\n/usr/bin is a folder\n/bye\nnever read\n"
+    r = CliRunner().invoke(main, ["chat", str(tiny_path), "-n", "2", "--temp", "0", "-c", "512"], input=script)
+    assert r.exit_code == 0, r.output
+    assert "/reset" in r.output and "forget the conversation" in r.output  # the help
+    assert "unknown command /rset; /help lists them" in r.output
+    assert r.output.count("gen ") == 1  # one reply: to the message with words after its slash; /bye left
+
+
 def test_cli_chat_loads_the_kernels_while_the_user_types_and_the_first_reply_waits_for_them(tiny_path, monkeypatch):
     import time
 

@@ -386,6 +386,11 @@ def _engine(path: Any, **kw: Any):
     return eng
 
 
+def _check_n_predict(n: int) -> None:
+    if n < -1:
+        raise KvrunError(f"-n must be >= 0, or -1 for no limit (until the text ends or the context fills); got {n}")
+
+
 def _load(model: str | None, kw: dict[str, Any]):
     from .runtime.api import Model
 
@@ -410,7 +415,7 @@ def _stats_line(stats: Any, cache: Any = None, engine: Any = None) -> str:
 @click.argument("model", required=False)
 @click.option("-p", "--prompt", default=None, help="prompt text")
 @click.option("-f", "--file", "prompt_file", type=click.Path(exists=True, dir_okay=False), default=None, help="read the prompt from a file")
-@click.option("-n", "--n-predict", "n_predict", type=int, default=128, show_default=True, help="tokens to generate")
+@click.option("-n", "--n-predict", "n_predict", type=int, default=128, show_default=True, help="tokens to generate (-1: until the text ends or the context fills)")
 @click.option("--ignore-eos", is_flag=True, help="keep generating past end-of-sequence")
 @click.option("--no-stats", is_flag=True, help="do not print timings")
 @engine_options
@@ -423,8 +428,7 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
 
     if prompt is None and prompt_file is None:
         raise KvrunError("give a prompt with -p TEXT or -f FILE")
-    if n_predict < 0:
-        raise KvrunError(f"-n must be >= 0, got {n_predict}")
+    _check_n_predict(n_predict)
     sampling = _sampling(kw)
     text = prompt if prompt is not None else Path(prompt_file).read_text(encoding="utf-8")
     m = _load(model, kw)
@@ -451,7 +455,7 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
 @main.command()
 @click.argument("model", required=False)
 @click.option("-s", "--system", default=None, help="system prompt")
-@click.option("-n", "--n-predict", "n_predict", type=int, default=512, show_default=True, help="max tokens per reply")
+@click.option("-n", "--n-predict", "n_predict", type=int, default=512, show_default=True, help="max tokens per reply (-1: no limit)")
 @engine_options
 @kv_options
 @sampling_options
@@ -463,6 +467,7 @@ def chat(model: str | None, system: str | None, n_predict: int, stop: tuple[str,
     commands; Ctrl-C stops a reply.
     """
     _sampling(kw)  # a bad sampling flag fails now, not at the first reply
+    _check_n_predict(n_predict)
     m = _load(model, kw)
     sess = m.session(system=system)
     interactive = _interactive()

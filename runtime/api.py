@@ -27,7 +27,11 @@ Message = dict[str, str]
 
 
 def _request(max_tokens: int, stop: Any, ignore_eos: bool = False, **sampling: Any) -> GenRequest:
+    """The request, checked (a bad value raises here, before any state changes)."""
     cfg = SamplerConfig(**{k: v for k, v in sampling.items() if v is not None})
+    cfg.validate()
+    if max_tokens < -1:
+        raise ValueError(f"max_tokens must be >= 0, or -1 for no limit; got {max_tokens}")
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
     return GenRequest(max_tokens=max_tokens, sampler=cfg, stop=stops, ignore_eos=ignore_eos)
 
@@ -122,9 +126,11 @@ class Session:
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
 
     def stream(self, user: str, max_tokens: int = 512, stop: Any = None, **sampling: Any) -> Iterator[str]:
+        req = _request(max_tokens, stop, **sampling)
         msgs = self.messages + [{"role": "user", "content": user}]
         prompt = self.model.tokenize(self.model.render(msgs), add_bos=None)
-        room = self.engine.n_ctx - min(max_tokens, self.engine.n_ctx // 2)
+        reserve = self.engine.n_ctx // 2 if max_tokens < 0 else min(max_tokens, self.engine.n_ctx // 2)  # for the reply
+        room = self.engine.n_ctx - reserve
         if len(prompt) > room:
             msgs, prompt = self._shift(msgs, room)
         n_keep = 0
@@ -137,7 +143,6 @@ class Session:
             self.cache.truncate(n_keep)
         self.tokens = self.tokens[:n_keep]
         self.messages = msgs
-        req = _request(max_tokens, stop, **sampling)
         self.last_stats = GenStats()
         new = prompt[n_keep:]
         self.tokens.extend(new)

@@ -7,6 +7,7 @@ returns the logits the caller asked for.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -61,7 +62,7 @@ class GenStats:
 
 @dataclass
 class GenRequest:
-    max_tokens: int = 256
+    max_tokens: int = 256  # -1: no limit (until the end of text, a stop, or a full context), as llama.cpp's -n -1
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
@@ -201,7 +202,9 @@ class Engine:
 
     # ------------------------------------------------------------------ generate
     def generate_tokens(self, cache: KVCache, prompt: list[int], req: GenRequest, stats: GenStats | None = None) -> Iterator[int]:
-        """Prefill ``prompt`` then yield sampled token ids until EOS/EOT, a stop, or max_tokens."""
+        """Prefill ``prompt`` then yield sampled token ids until EOS/EOT, a stop, or max_tokens (-1: none)."""
+        if req.max_tokens < -1:
+            raise KvrunError(f"max_tokens must be >= 0, or -1 for no limit; got {req.max_tokens}")
         stats = stats if stats is not None else GenStats()
         sampler = Sampler(req.sampler)
         history = list(prompt)
@@ -214,7 +217,7 @@ class Engine:
         eot = self.tokenizer.eot_ids
         t1 = time.perf_counter()
         try:
-            for _ in range(req.max_tokens):
+            for _ in range(req.max_tokens) if req.max_tokens >= 0 else itertools.count():
                 tok = sampler.sample(logits, history, xp, self.backend.to_host)
                 if tok in eot and not req.ignore_eos:
                     stats.stop_reason = "eos"

@@ -128,6 +128,26 @@ def test_session_keeps_cache_between_turns(model):
     assert first > 0
 
 
+def test_max_tokens_minus_one_generates_until_the_context_is_full(tiny_path):
+    from kvrun.runtime.engine import GenRequest, GenStats
+
+    eng = Engine(tiny_path, n_ctx=48, n_batch=16)
+    stats = GenStats()
+    out = list(eng.generate_tokens(eng.new_cache(), [1, 2, 3], GenRequest(max_tokens=-1, sampler=greedy(), ignore_eos=True), stats))
+    assert len(out) == 48 - 3 + 1 and stats.stop_reason == "context full"  # the last one is sampled, never stored
+
+
+def test_a_bad_request_leaves_the_session_as_it_was(model):
+    s = model.session(system="sys")
+    s.send("hello", max_tokens=3, temperature=0)
+    before = (list(s.messages), list(s.tokens), s.cache.offset)
+    for bad in (dict(max_tokens=-2), dict(temperature=-1.0), dict(top_p=0.0)):
+        with pytest.raises(ValueError):
+            s.send("again", **bad)
+        assert (s.messages, s.tokens, s.cache.offset) == before, bad
+    assert s.send("again", max_tokens=-1, temperature=0, stop=["v"]) is not None  # -1: no limit
+
+
 def test_context_overflow_is_a_clear_error(model):
     with pytest.raises(KvrunError, match="do not fit the context"):
         model.engine.eval(model.new_cache(), [1] * 600)
@@ -193,6 +213,14 @@ def test_help_and_version_exit_zero():
     for args in ([], ["--help"], ["run", "-h"], ["--version"]):
         r = CliRunner().invoke(main, args)
         assert r.exit_code == 0 and "error" not in r.output, (args, r.output)
+
+
+def test_cli_n_predict_minus_one_is_no_limit_and_below_it_an_error(tiny_path):
+    args = ["run", str(tiny_path), "-p", "the", "--temp", "0", "-c", "32", "--ignore-eos"]
+    r = CliRunner().invoke(main, args + ["-n", "-1"])
+    assert r.exit_code == 0 and "context full" not in r.output.split("\n")[0], r.output
+    r = CliRunner().invoke(main, args + ["-n", "-2"])
+    assert r.exit_code == 2 and r.output.startswith("kvrun: error: -n must be >= 0, or -1 for no limit"), r.output
 
 
 def test_cli_chat_script(tiny_path):

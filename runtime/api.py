@@ -24,6 +24,7 @@ from .engine import Engine, GenRequest, GenStats, stream_text
 from .sampling import SamplerConfig
 
 Message = dict[str, str]
+ROLES = ("system", "user", "assistant")
 
 
 def _request(max_tokens: int, stop: Any, ignore_eos: bool = False, **sampling: Any) -> GenRequest:
@@ -92,7 +93,13 @@ class Model:
         )
 
     def chat(self, messages: list[Message], stream: bool = False, max_tokens: int = 512, **sampling: Any) -> Any:
-        """One reply to ``messages``; a text iterator when ``stream`` else the text."""
+        """One reply to ``messages`` (``{"role": "system" | "user" | "assistant", "content": str}``, the
+        last one the user's); a text iterator when ``stream`` else the text."""
+        for i, msg in enumerate(messages):
+            if not isinstance(msg, dict) or msg.get("role") not in ROLES or not isinstance(msg.get("content"), str):
+                raise ValueError(f"messages[{i}] must be {{'role': one of {ROLES}, 'content': str}}, got {msg!r:.80}")
+        if not messages or messages[-1]["role"] != "user":
+            raise ValueError("messages must end with the user's message (the one to reply to)")
         s = self.session()
         s.messages = list(messages[:-1])
         it = s.stream(messages[-1]["content"], max_tokens=max_tokens, **sampling)

@@ -148,6 +148,12 @@ def test_a_bad_request_leaves_the_session_as_it_was(model):
     assert s.send("again", max_tokens=-1, temperature=0, stop=["v"]) is not None  # -1: no limit
 
 
+@pytest.mark.parametrize("messages", [[], [{"role": "assistant", "content": "hi"}], [{"role": "user"}], [{"role": "bot", "content": "x"}], ["hi"]])
+def test_chat_names_what_is_wrong_with_its_messages(model, messages):
+    with pytest.raises(ValueError, match="messages"):
+        model.chat(messages, max_tokens=2)
+
+
 def test_context_overflow_is_a_clear_error(model):
     with pytest.raises(KvrunError, match="do not fit the context"):
         model.engine.eval(model.new_cache(), [1] * 600)

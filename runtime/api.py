@@ -103,7 +103,14 @@ class Model:
         s = self.session()
         s.messages = list(messages[:-1])
         it = s.stream(messages[-1]["content"], max_tokens=max_tokens, **sampling)
-        return it if stream else "".join(it)
+
+        def pieces() -> Iterator[str]:
+            try:
+                yield from it
+            finally:
+                self.last_stats = s.last_stats  # as generate() leaves them
+
+        return pieces() if stream else "".join(pieces())
 
     def session(self, system: str | None = None) -> Session:
         return Session(self, system)

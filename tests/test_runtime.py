@@ -148,12 +148,12 @@ def test_a_bad_request_leaves_the_session_as_it_was(model):
     assert s.send("again", max_tokens=-1, temperature=0, stop=["v"]) is not None  # -1: no limit
 
 
-@pytest.mark.parametrize("messages", [[], [{"role": "assistant", "content": "hi"}], [{"role": "user"}], [{"role": "bot", "content": "x"}], ["hi"]])
 def test_chat_leaves_its_stats_on_the_model(model):
     model.chat([{"role": "user", "content": "hello"}], max_tokens=3, temperature=0)
     assert model.last_stats.n_prompt > 0 and 0 < model.last_stats.n_gen <= 3
 
 
+@pytest.mark.parametrize("messages", [[], [{"role": "assistant", "content": "hi"}], [{"role": "user"}], [{"role": "bot", "content": "x"}], ["hi"]])
 def test_chat_names_what_is_wrong_with_its_messages(model, messages):
     with pytest.raises(ValueError, match="messages"):
         model.chat(messages, max_tokens=2)

@@ -414,7 +414,8 @@ def _stats_line(stats: Any, cache: Any = None, engine: Any = None) -> str:
 @main.command()
 @click.argument("model", required=False)
 @click.option("-p", "--prompt", default=None, help="prompt text")
-@click.option("-f", "--file", "prompt_file", type=click.Path(exists=True, dir_okay=False), default=None, help="read the prompt from a file")
+@click.option("-f", "--file", "prompt_file", type=click.Path(exists=True, dir_okay=False, allow_dash=True), default=None,
+              help="read the prompt from a file (-: standard input, also read when piped and no -p/-f is given)")  # fmt: skip
 @click.option("-n", "--n-predict", "n_predict", type=int, default=128, show_default=True, help="tokens to generate (-1: until the text ends or the context fills)")
 @click.option("--ignore-eos", is_flag=True, help="keep generating past end-of-sequence")
 @click.option("--no-stats", is_flag=True, help="do not print timings")
@@ -427,10 +428,19 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
     from .runtime.api import _request
 
     if prompt is None and prompt_file is None:
-        raise KvrunError("give a prompt with -p TEXT or -f FILE")
+        if _interactive():
+            raise KvrunError("give a prompt with -p TEXT or -f FILE (or pipe it in)")
+        prompt_file = "-"  # `echo text | kvrun run`
     _check_n_predict(n_predict)
     sampling = _sampling(kw)
-    text = prompt if prompt is not None else Path(prompt_file).read_text(encoding="utf-8")
+    if prompt is not None:
+        text = prompt
+    elif prompt_file == "-":
+        text = sys.stdin.read()
+        if not text.strip():
+            raise KvrunError("the prompt read from standard input is empty; give one with -p TEXT or -f FILE")
+    else:
+        text = Path(prompt_file).read_text(encoding="utf-8")
     m = _load(model, kw)
     ids = m.tokenize(text)
     req = _request(n_predict, stop, ignore_eos=ignore_eos, **sampling)

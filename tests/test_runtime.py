@@ -234,6 +234,15 @@ def test_cli_n_predict_minus_one_is_no_limit_and_below_it_an_error(tiny_path):
     assert r.exit_code == 2 and r.output.startswith("kvrun: error: -n must be >= 0, or -1 for no limit"), r.output
 
 
+def test_cli_run_reads_a_piped_prompt(tiny_path):
+    args = ["run", str(tiny_path), "-n", "2", "--temp", "0", "--no-stats"]
+    for extra in ([], ["-f", "-"]):
+        r = CliRunner().invoke(main, args + extra, input="the cat")
+        assert r.exit_code == 0 and r.output.startswith("the cat"), (extra, r.output)
+    r = CliRunner().invoke(main, args, input="")
+    assert r.exit_code == 2 and r.output.startswith("kvrun: error: the prompt read from standard input is empty"), r.output
+
+
 def test_cli_chat_script(tiny_path):
     script = "hello\n/reset\nhi again\n/exit\n"
     r = CliRunner().invoke(main, ["chat", str(tiny_path), "-n", "4", "--temp", "0", "-c", "512"], input=script)

@@ -482,6 +482,10 @@ def chat(model: str | None, system: str | None, n_predict: int, stop: tuple[str,
     sess = m.session(system=system)
     interactive = _interactive()
     click.echo(f"kvrun chat: {m.config.name} ({m.config.arch}), ctx {m.engine.n_ctx}. /help, /reset, /exit; Ctrl-C stops a reply.", err=True)
+    if not isinstance(m.engine.gguf.get("tokenizer.chat_template"), str):
+        # e.g. the Gemma 3 270M file `kvrun pull` fetches: a base model, which (in llama.cpp too) continues the text
+        click.echo(f"kvrun: note: the file has no chat template (a base model, not a chat one?); using {m.config.arch}'s "
+                   "built-in one, and replies may not follow the conversation", err=True)  # fmt: skip
     # the kernels load (or, on a cold cache, compile) while the user types the first message
     warm = threading.Thread(target=_warm_up_quietly, args=(m.engine,), daemon=True) if interactive and m.engine.backend.name == "cpu" else None
     if warm is not None:

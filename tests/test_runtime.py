@@ -248,6 +248,7 @@ def test_cli_chat_script(tiny_path):
     r = CliRunner().invoke(main, ["chat", str(tiny_path), "-n", "4", "--temp", "0", "-c", "512"], input=script)
     assert r.exit_code == 0, r.output
     assert "conversation cleared" in r.output
+    assert "the file has no chat template (a base model, not a chat one?)" in r.output  # the tiny file has none
     assert r.output.count("gen ") >= 2  # a stats line after each reply
 
 

@@ -67,6 +67,27 @@ def _progress_bar(label: str) -> Callable[[int, int], None]:
     return update
 
 
+class _LazyBar:
+    """A tqdm bar on stderr drawn at the first progress report, once the work is known and checked:
+    input that fails its checks ends as one error line, with no bar drawn around it."""
+
+    def __init__(self, **tqdm_kw: Any) -> None:
+        self.kw, self.bar = tqdm_kw, None
+
+    def update(self, done: int, total: int, postfix: str | None = None) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, file=sys.stderr, **self.kw)
+        self.bar.update(done - self.bar.n)
+        if postfix is not None:
+            self.bar.set_postfix_str(postfix)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _resolve(model: str | None) -> Path:
     from .loaders.store import resolve
 
@@ -387,8 +408,13 @@ def _engine(path: Any, **kw: Any):
 
 
 def _check_n_predict(n: int) -> None:
-    if n < -1:
-        raise KvrunError(f"-n must be >= 0, or -1 for no limit (until the text ends or the context fills); got {n}")
+    """GenRequest's rule for max_tokens, said with the flag's name (before the model loads)."""
+    from .runtime.engine import GenRequest
+
+    try:
+        GenRequest(max_tokens=n).validate()
+    except ValueError as e:
+        raise KvrunError(str(e).replace("max_tokens", "-n", 1)) from None
 
 
 def _load(model: str | None, kw: dict[str, Any]):
@@ -643,7 +669,6 @@ def perplexity(model: str | None, text_file: str, n_ctx: int, chunks: int, n_bat
     default: a prompt chunk attends to its own tokens at full precision
     before they are stored, so batched windows would hide what quantization
     and eviction do to a long generation."""
-    from tqdm import tqdm
 
     from .runtime.perplexity import perplexity as ppl_fn
 
@@ -658,19 +683,14 @@ def perplexity(model: str | None, text_file: str, n_ctx: int, chunks: int, n_bat
     eng = _engine(path, device=device, n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), threads=threads, kv=kv)
     text = Path(text_file).read_text(encoding="utf-8", errors="replace")
     tokens = eng.tokenizer.encode(text, add_bos=True if eng.tokenizer.add_bos else False)
-    bar: list[Any] = []  # drawn once the text is checked: a text too short fails in one line, no bar before it
+    bar = _LazyBar(desc="perplexity", unit="win", disable=as_json)
 
     def progress(done: int, total: int, ppl: float) -> None:
-        if not bar:
-            bar.append(tqdm(total=total, desc="perplexity", unit="win", file=sys.stderr, disable=as_json))
-        bar[0].update(done - bar[0].n)
-        if done:
-            bar[0].set_postfix(ppl=f"{ppl:.4f}")
+        bar.update(done, total, postfix=f"ppl={ppl:.4f}" if done else None)
 
     t0 = time.perf_counter()
     res = ppl_fn(eng, tokens, n_ctx, progress=progress, max_chunks=chunks)
-    for b in bar:
-        b.close()
+    bar.close()
     dt = time.perf_counter() - t0
     if as_json:
         click.echo(json.dumps({"ppl": res.ppl, "n_tokens": res.n_tokens, "n_chunks": res.n_chunks, "ctx": n_ctx, "seconds": dt}))
@@ -716,7 +736,6 @@ def kv_eval_cmd(model: str | None, text_file: str, n_ctx: int, configs: str, sco
     Decodes the text token by token with every setting in lock step, so eviction
     and quantization act as in a long generation.
     """
-    from tqdm import tqdm
 
     from .runtime.kveval import format_table, kv_eval
 
@@ -733,16 +752,9 @@ def kv_eval_cmd(model: str | None, text_file: str, n_ctx: int, configs: str, sco
     eng = _engine(_resolve(model), device=device, n_ctx=n_ctx, n_batch=1, threads=threads)
     text = Path(text_file).read_text(encoding="utf-8", errors="replace")
     tokens = eng.tokenizer.encode(text, add_bos=True if eng.tokenizer.add_bos else False)
-    bar: list[Any] = []  # drawn at the first token (as perplexity's)
-
-    def progress(done: int, total: int) -> None:
-        if not bar:
-            bar.append(tqdm(total=total, desc=f"kv-eval ({len(cfgs)} configs + fp16)", unit="tok", file=sys.stderr, disable=as_json))
-        bar[0].update(done - bar[0].n)
-
-    res = kv_eval(eng, tokens, cfgs, n_ctx, progress=progress, score_from=score_from)
-    for b in bar:
-        b.close()
+    bar = _LazyBar(desc=f"kv-eval ({len(cfgs)} configs + fp16)", unit="tok", disable=as_json)
+    res = kv_eval(eng, tokens, cfgs, n_ctx, progress=bar.update, score_from=score_from)
+    bar.close()
     if as_json:
         click.echo(json.dumps(res, indent=1))
     else:

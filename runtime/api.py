@@ -30,11 +30,10 @@ ROLES = ("system", "user", "assistant")
 def _request(max_tokens: int, stop: Any, ignore_eos: bool = False, **sampling: Any) -> GenRequest:
     """The request, checked (a bad value raises here, before any state changes)."""
     cfg = SamplerConfig(**{k: v for k, v in sampling.items() if v is not None})
-    cfg.validate()
-    if max_tokens < -1:
-        raise ValueError(f"max_tokens must be >= 0, or -1 for no limit; got {max_tokens}")
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    return GenRequest(max_tokens=max_tokens, sampler=cfg, stop=stops, ignore_eos=ignore_eos)
+    req = GenRequest(max_tokens=max_tokens, sampler=cfg, stop=stops, ignore_eos=ignore_eos)
+    req.validate()
+    return req
 
 
 class Model:

@@ -67,6 +67,12 @@ class GenRequest:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
 
+    def validate(self) -> None:
+        """Raise ValueError for a value no generation can take (the sampler's too)."""
+        self.sampler.validate()
+        if self.max_tokens < -1:
+            raise ValueError(f"max_tokens must be >= 0, or -1 for no limit (until the text ends or the context fills); got {self.max_tokens}")
+
 
 DEFAULT_CTX = 4096  # tokens of context when none is asked for (or the model's training context, if shorter)
 
@@ -203,8 +209,7 @@ class Engine:
     # ------------------------------------------------------------------ generate
     def generate_tokens(self, cache: KVCache, prompt: list[int], req: GenRequest, stats: GenStats | None = None) -> Iterator[int]:
         """Prefill ``prompt`` then yield sampled token ids until EOS/EOT, a stop, or max_tokens (-1: none)."""
-        if req.max_tokens < -1:
-            raise KvrunError(f"max_tokens must be >= 0, or -1 for no limit; got {req.max_tokens}")
+        req.validate()
         stats = stats if stats is not None else GenStats()
         sampler = Sampler(req.sampler)
         history = list(prompt)

@@ -5,17 +5,20 @@
 #
 # The models do not fit one device call (64 MiB a call; SmolLM2 is 94 MiB, Gemma 3
 # 241 MiB) and the machine cannot download, so they travel in chunks over several
-# calls while the machine stays warm (30 s idle):
+# calls while the machine stays warm (30 s idle: issue the next call at once):
 #
-#   here:    bash tools/gpu_checks.sh split          # .gpu/: 56 MiB chunks, the gguf wheel, the CPU kv-eval
-#   device:  one call per chunk, carry [".gpu/<chunk>"], command
-#            "bash tools/gpu_checks.sh stage"        # appends the carried chunks to /tmp/kvrun-parts
-#   device:  carry [".gpu/whl"], command "bash tools/gpu_checks.sh run tests", timeout_s 400
-#            then "... run 0" (SmolLM2) and "... run 1" (Gemma 3), timeout_s 600 each
+#   here:    bash tools/gpu_checks.sh split          # .gpu/: 61 MiB chunks (2 + 4), the gguf wheel,
+#                                                    # the CPU's kv-eval and greedy texts
+#   device:  carry [".gpu/whl", ".gpu/<first SmolLM2 chunk>"],
+#            "bash tools/gpu_checks.sh stage >/dev/null; bash tools/gpu_checks.sh run tests"
+#   device:  carry [".gpu/whl", ".gpu/<second chunk>"], "...stage...; bash tools/gpu_checks.sh run 0"
+#   device:  one call per Gemma chunk, carry [".gpu/<chunk>"], "bash tools/gpu_checks.sh stage",
+#            the last one with ".gpu/whl" and "...; bash tools/gpu_checks.sh run 1"
 #
-# A session has 15 device minutes in all (start-up, idle waits and cold CuPy/Numba caches
-# included), which does not hold all of it: stage SmolLM2's two chunks, `run tests`, then
-# `run 0`; Gemma 3's five chunks and `run 1` only with the time left.  The device image has
+# Seen on an H200 (stop 27), 15 device minutes in all: start ~30 s; stage + `run tests` (cold
+# CuPy and Numba caches, pytest-xdist -n 8) 186 s; stage + `run 0` 146 s; a stage-only call
+# ~4 s; stage + `run 1` 106 s: all of it in ~500 s.  The must-shows run first in each model's
+# part, the diagnostics after while KVRUN_CHECK_BUDGET (s) lasts.  The device image has
 # CuPy (cupy-cuda13x), Numba, click, sentencepiece, tokenizers and jinja2; only gguf travels.
 #
 # `run` assembles the models, then: the GPU tests (the real-CUDA params, `-m gpu`;
@@ -40,7 +43,8 @@ split)
     src=${KVRUN_MODELS:-$HOME/.cache/kvrun/models}
     grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >>.git/info/exclude
     rm -rf .gpu && mkdir -p .gpu/whl
-    for m in "${MODELS[@]}"; do split -b 56M -d "$src/$m" ".gpu/$m.part"; done
+    # 61 MiB chunks: with the tracked tree (~2 MiB) and the wheel a call stays under its 64 MiB
+    for m in "${MODELS[@]}"; do split -b 61M -d "$src/$m" ".gpu/$m.part"; done
     python3 -m pip download --no-deps --only-binary=:all: -d .gpu/whl gguf >/dev/null
     # the CPU side of the kv-eval check, computed here (it travels with the wheel): saves
     # the device minutes of running it there; `run` falls back to running it when absent
@@ -50,6 +54,9 @@ split)
     for m in "${MODELS[@]}"; do
         python3 -m kvrun.cli kv-eval "$src/$m" -f "$TEXT" --ctx "$CTX" --configs "16; 4; 2" --json --device cpu \
             >".gpu/whl/kveval_cpu_${CTX}_$m.json"
+        # and the CPU's greedy text, so the device runs only its own side of that check
+        python3 -m kvrun.cli run "$src/$m" -p "The history of the printing press" -n 32 --temp 0 --no-stats --device cpu \
+            >".gpu/whl/greedy_cpu_$m.txt"
     done
     ls -la .gpu .gpu/whl
     ;;
@@ -61,7 +68,11 @@ stage)
 run)
     export KVRUN_MODELS=/tmp/kvrun-models PYTHONUNBUFFERED=1
     mkdir -p "$KVRUN_MODELS" /tmp/kvrun-pkg
-    for m in "${MODELS[@]}"; do cat "$PARTS/$m".part* >"$KVRUN_MODELS/$m" || exit 1; done
+    # assemble the models whose chunks are staged (a part that needs one still missing says so)
+    for m in "${MODELS[@]}"; do
+        ls "$PARTS/$m".part* >/dev/null 2>&1 && cat "$PARTS/$m".part* >"$KVRUN_MODELS/$m"
+    done
+    ls -l "$KVRUN_MODELS"
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/whl/*.whl || exit 1
     ln -sfn "$ROOT" /tmp/kvrun-pkg/kvrun  # the repository root is the package
     export PYTHONPATH=/tmp/kvrun-pkg:/tmp/site
@@ -82,10 +93,13 @@ run)
     fi
 
     if [ "$PART" == all ] || [ "$PART" == tests ]; then
-        timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ >"$OUT/pytest.log" 2>&1
+        # the device has 16 cores and pytest-xdist: workers cut the cold compiles' wall time
+        XD=""; python3 -c "import xdist" 2>/dev/null && XD="-n 8"
+        python3 -c "import pytest_timeout" 2>/dev/null && XD="$XD --timeout 120"  # a hung kernel fails one test, not the call
+        timeout 200 python3 -m pytest -q -p no:cacheprovider $XD -rfE -m gpu tests/ >"$OUT/pytest.log" 2>&1
         echo "gpu tests: $(tail -1 "$OUT/pytest.log")" >>"$S"
         # the engine on the device (unmarked: with a GPU they run it, not the emulator), CUDA graphs included
-        timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_engine.py >"$OUT/pytest_engine.log" 2>&1
+        timeout 100 python3 -m pytest -q -p no:cacheprovider $XD -rfE tests/test_gpu_engine.py >"$OUT/pytest_engine.log" 2>&1
         echo "gpu engine tests: $(tail -1 "$OUT/pytest_engine.log")" >>"$S"
     fi
 
@@ -93,35 +107,28 @@ run)
         m=${MODELS[$i]}
         [ "$PART" == all ] || [ "$PART" == "$i" ] || continue
         p="$KVRUN_MODELS/$m"
-        a=$($K run "$p" -p "The history of the printing press" -n 32 --temp 0 --no-stats --device cpu 2>>"$OUT/greedy.log")
-        b=$($K run "$p" -p "The history of the printing press" -n 32 --temp 0 --no-stats --device $DEV 2>>"$OUT/greedy.log")
+        t0=$SECONDS
+        if [ ! -s "$p" ]; then echo "$m: not staged, skipped" >>"$S"; continue; fi
+        # the must-shows first (greedy text, bench, kv-eval); the diagnostics after, while time is left
+        if [ -s ".gpu/whl/greedy_cpu_$m.txt" ]; then  # computed by `split`, on the CPU machine
+            a=$(cat ".gpu/whl/greedy_cpu_$m.txt")
+        else
+            a=$($K run "$p" -p "The history of the printing press" -n 32 --temp 0 --no-stats --device cpu 2>>"$OUT/greedy.log")
+        fi
+        b=$(timeout 200 $K run "$p" -p "The history of the printing press" -n 32 --temp 0 --no-stats --device $DEV 2>>"$OUT/greedy.log")
         if [ -z "$a" ] || [ -z "$b" ]; then r="NO TEXT (see greedy.log)"; elif [ "$a" == "$b" ]; then r=EQUAL; else r=DIFFERENT; fi
         printf '%s\ncpu: %s\ngpu: %s\n' "$m" "$a" "$b" >>"$OUT/greedy.log"
-        echo "greedy 32 tokens $m: $r" >>"$S"
-        # with --texts: the three greedy texts (CPU decode, CPU batch path = float activations as the GPU, GPU decode)
-        timeout 180 python3 tools/device_agreement.py "$p" --device $DEV -n 32 --texts 2>>"$OUT/greedy.log" | sed "s/^/$m: /" >>"$S"
-        $K bench "$p" --device $DEV -p 512 -n 128 -r 3 >"$OUT/bench_$m.log" 2>&1
-        grep -E "pp512|tg128|CUDA graphs off" "$OUT/bench_$m.log" | sed 's/  */ /g' >>"$S"
-        # decode without CUDA graphs (every kernel launched from Python): what the graphs gain
-        KVRUN_CUDA_GRAPHS=0 $K bench "$p" --device $DEV -p 0 -n 128 -r 2 >"$OUT/bench_eager_$m.log" 2>&1
-        grep -E "tg128" "$OUT/bench_eager_$m.log" | sed 's/  */ /g; s/^/no graphs: /' >>"$S"
-        # the 2-bit cache past its fp16 window: steady-state steps replay a graph, slots planned on the host
-        $K bench "$p" --device $DEV -p 0 -n 128 -d 512 -r 2 --kv-bits 2 >"$OUT/bench_kv2_$m.log" 2>&1
-        grep -E "tg128|CUDA graphs off" "$OUT/bench_kv2_$m.log" | sed 's/  */ /g; s/^/kv-bits 2: /' >>"$S"
-        # an eviction policy with merging: its decode steps pick, demote and merge on the device
-        timeout 120 python3 tools/device_agreement.py "$p" --device $DEV -n 32 --kv "2,policy=h2o,budget=64,residual=16,merge=keepkv" \
-            2>>"$OUT/greedy.log" | sed "s/^/$m h2o+keepkv: /" >>"$S"
-        # (past its budget its decode steps replay a CUDA graph too; the prompt's chunks go in with one launch each)
-        $K bench "$p" --device $DEV -p 512 -n 128 -d 512 -r 2 --kv-bits 4 --kv-policy h2o --kv-budget 256 >"$OUT/bench_policy_$m.log" 2>&1
-        grep -E "pp512|tg128|CUDA graphs off" "$OUT/bench_policy_$m.log" | sed 's/  */ /g; s/^/h2o budget 256: /' >>"$S"
-        for d in $DEV cpu; do
-            if [ "$d" == cpu ] && [ -s ".gpu/whl/kveval_cpu_${CTX}_$m.json" ]; then  # computed by `split`
-                cp ".gpu/whl/kveval_cpu_${CTX}_$m.json" "$OUT/kveval_cpu_$m.json"
-                continue
-            fi
-            timeout 200 $K kv-eval "$p" -f "$TEXT" --ctx "$CTX" --configs "16; 4; 2" --json --device $d \
-                >"$OUT/kveval_${d}_$m.json" 2>"$OUT/kveval_${d}_$m.log"
-        done
+        echo "greedy 32 tokens $m: $r ($((SECONDS - t0)) s)" >>"$S"
+        timeout 150 $K bench "$p" --device $DEV -p 512 -n 128 -r 3 >"$OUT/bench_$m.log" 2>&1
+        grep -E "pp512|tg128|CUDA graphs off|rror" "$OUT/bench_$m.log" | sed 's/  */ /g' >>"$S"
+        if [ -s ".gpu/whl/kveval_cpu_${CTX}_$m.json" ]; then  # computed by `split`
+            cp ".gpu/whl/kveval_cpu_${CTX}_$m.json" "$OUT/kveval_cpu_$m.json"
+        else
+            timeout 200 $K kv-eval "$p" -f "$TEXT" --ctx "$CTX" --configs "16; 4; 2" --json --device cpu \
+                >"$OUT/kveval_cpu_$m.json" 2>"$OUT/kveval_cpu_$m.log"
+        fi
+        timeout 200 $K kv-eval "$p" -f "$TEXT" --ctx "$CTX" --configs "16; 4; 2" --json --device $DEV \
+            >"$OUT/kveval_${DEV}_$m.json" 2>"$OUT/kveval_${DEV}_$m.log"
         python3 - "$OUT/kveval_${DEV}_$m.json" "$OUT/kveval_cpu_$m.json" >>"$S" <<'EOF'
 import json, sys
 try:
@@ -131,6 +138,24 @@ try:
 except Exception as e:  # a failed run: its log says why
     print(f"kv-eval: no result ({e})")
 EOF
+        echo "must-shows $m: $((SECONDS - t0)) s" >>"$S"
+        # diagnostics, each only while this model's budget (KVRUN_CHECK_BUDGET s from its start) lasts
+        left() { [ $((SECONDS - t0)) -lt "${KVRUN_CHECK_BUDGET:-400}" ]; }
+        # with --texts: the three greedy texts (CPU decode, CPU batch path = float activations as the GPU, GPU decode)
+        left && timeout 180 python3 tools/device_agreement.py "$p" --device $DEV -n 32 --texts 2>>"$OUT/greedy.log" | sed "s/^/$m: /" >>"$S"
+        # decode without CUDA graphs (every kernel launched from Python): what the graphs gain
+        left && KVRUN_CUDA_GRAPHS=0 timeout 100 $K bench "$p" --device $DEV -p 0 -n 128 -r 2 >"$OUT/bench_eager_$m.log" 2>&1
+        grep -sE "tg128" "$OUT/bench_eager_$m.log" | sed 's/  */ /g; s/^/no graphs: /' >>"$S"
+        # the 2-bit cache past its fp16 window: steady-state steps replay a graph, slots planned on the host
+        left && timeout 100 $K bench "$p" --device $DEV -p 0 -n 128 -d 512 -r 2 --kv-bits 2 >"$OUT/bench_kv2_$m.log" 2>&1
+        grep -sE "tg128|CUDA graphs off" "$OUT/bench_kv2_$m.log" | sed 's/  */ /g; s/^/kv-bits 2: /' >>"$S"
+        # an eviction policy with merging: its decode steps pick, demote and merge on the device
+        left && timeout 120 python3 tools/device_agreement.py "$p" --device $DEV -n 32 --kv "2,policy=h2o,budget=64,residual=16,merge=keepkv" \
+            2>>"$OUT/greedy.log" | sed "s/^/$m h2o+keepkv: /" >>"$S"
+        # (past its budget its decode steps replay a CUDA graph too; the prompt's chunks go in with one launch each)
+        left && timeout 100 $K bench "$p" --device $DEV -p 512 -n 128 -d 512 -r 2 --kv-bits 4 --kv-policy h2o --kv-budget 256 >"$OUT/bench_policy_$m.log" 2>&1
+        grep -sE "pp512|tg128|CUDA graphs off" "$OUT/bench_policy_$m.log" | sed 's/  */ /g; s/^/h2o budget 256: /' >>"$S"
+        echo "all checks $m: $((SECONDS - t0)) s" >>"$S"
     done
     cat "$S"
     ;;

@@ -8,7 +8,7 @@
 # calls while the machine stays warm (30 s idle: issue the next call at once):
 #
 #   here:    bash tools/gpu_checks.sh split          # .gpu/: 61 MiB chunks (2 + 4), the gguf wheel,
-#                                                    # the CPU's kv-eval and greedy texts
+#                                                    # the CPU's kv-eval (int8 and float x) and greedy texts
 #   device:  carry [".gpu/whl", ".gpu/<first SmolLM2 chunk>"],
 #            "bash tools/gpu_checks.sh stage >/dev/null; bash tools/gpu_checks.sh run tests"
 #   device:  carry [".gpu/whl", ".gpu/<second chunk>"], "...stage...; bash tools/gpu_checks.sh run 0"
@@ -54,9 +54,14 @@ split)
     for m in "${MODELS[@]}"; do
         python3 -m kvrun.cli kv-eval "$src/$m" -f "$TEXT" --ctx "$CTX" --configs "16; 4; 2" --json --device cpu \
             >".gpu/whl/kveval_cpu_${CTX}_$m.json"
+        # and the CPU with float activations (tools/cpu_float_path.py), what the GPU's arithmetic follows
+        OPENBLAS_NUM_THREADS=1 python3 tools/cpu_float_path.py kv-eval "$src/$m" -f "$TEXT" --ctx "$CTX" --configs "16; 4; 2" \
+            --json --device cpu >".gpu/whl/kveval_cpufloat_${CTX}_$m.json"
         # and the CPU's greedy text, so the device runs only its own side of that check
         python3 -m kvrun.cli run "$src/$m" -p "The history of the printing press" -n 32 --temp 0 --no-stats --device cpu \
             >".gpu/whl/greedy_cpu_$m.txt"
+        OPENBLAS_NUM_THREADS=1 python3 tools/cpu_float_path.py run "$src/$m" -p "The history of the printing press" -n 32 --temp 0 \
+            --no-stats --device cpu >".gpu/whl/greedy_cpufloat_$m.txt"
     done
     ls -la .gpu .gpu/whl
     ;;
@@ -118,6 +123,9 @@ run)
         b=$(timeout 200 $K run "$p" -p "The history of the printing press" -n 32 --temp 0 --no-stats --device $DEV 2>>"$OUT/greedy.log")
         if [ -z "$a" ] || [ -z "$b" ]; then r="NO TEXT (see greedy.log)"; elif [ "$a" == "$b" ]; then r=EQUAL; else r=DIFFERENT; fi
         printf '%s\ncpu: %s\ngpu: %s\n' "$m" "$a" "$b" >>"$OUT/greedy.log"
+        if [ -s ".gpu/whl/greedy_cpufloat_$m.txt" ]; then  # the CPU with float activations, as the GPU keeps them
+            [ "$(cat ".gpu/whl/greedy_cpufloat_$m.txt")" == "$b" ] && r="$r; EQUAL to the CPU's float-x path" || r="$r; DIFFERENT from the CPU's float-x path"
+        fi
         echo "greedy 32 tokens $m: $r ($((SECONDS - t0)) s)" >>"$S"
         timeout 150 $K bench "$p" --device $DEV -p 512 -n 128 -r 3 >"$OUT/bench_$m.log" 2>&1
         grep -E "pp512|tg128|CUDA graphs off|rror" "$OUT/bench_$m.log" | sed 's/  */ /g' >>"$S"
@@ -129,12 +137,16 @@ run)
         fi
         timeout 200 $K kv-eval "$p" -f "$TEXT" --ctx "$CTX" --configs "16; 4; 2" --json --device $DEV \
             >"$OUT/kveval_${DEV}_$m.json" 2>"$OUT/kveval_${DEV}_$m.log"
-        python3 - "$OUT/kveval_${DEV}_$m.json" "$OUT/kveval_cpu_$m.json" >>"$S" <<'EOF'
-import json, sys
+        python3 - "$OUT/kveval_${DEV}_$m.json" "$OUT/kveval_cpu_$m.json" ".gpu/whl/kveval_cpufloat_${CTX}_$m.json" >>"$S" <<'EOF'
+import json, os, sys
 try:
     g, c = (json.load(open(f)) for f in sys.argv[1:3])
-    for a, b in zip(g, c):
-        print(f"kv-eval {a['config']}: gpu ppl {a['ppl']:.4f} cpu {b['ppl']:.4f} ({100 * (a['ppl'] / b['ppl'] - 1):+.2f}%)")
+    fl = json.load(open(sys.argv[3])) if os.path.exists(sys.argv[3]) else [None] * len(g)
+    for a, b, f in zip(g, c, fl):
+        line = f"kv-eval {a['config']}: gpu ppl {a['ppl']:.4f} cpu {b['ppl']:.4f} ({100 * (a['ppl'] / b['ppl'] - 1):+.2f}%)"
+        if f:  # the CPU with float activations, as the GPU keeps them
+            line += f", cpu float-x {f['ppl']:.4f} ({100 * (a['ppl'] / f['ppl'] - 1):+.2f}%)"
+        print(line)
 except Exception as e:  # a failed run: its log says why
     print(f"kv-eval: no result ({e})")
 EOF

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU issue's must-shows in one prepared script, for a session that is lent a
 # device machine (developer tool; CI never runs it).  Each check prints one
-# summary line to $OUT/gpu_checks.txt; full logs go to $OUT/*.log.
+# summary line to $OUT/gpu_checks.txt; the main logs go to $OUT (8 files come back), the rest to /tmp/kvrun-logs.
 #
 # The models do not fit one device call (64 MiB a call; SmolLM2 is 94 MiB, Gemma 3
 # 241 MiB) and the machine cannot download, so they travel in chunks over several
@@ -87,6 +87,8 @@ run)
     TEXT=/usr/share/common-licenses/GPL-3
     [ -f "$TEXT" ] || TEXT=README.md
     S="$OUT/gpu_checks.txt"
+    LOGS=/tmp/kvrun-logs  # logs the summary quotes enough of: at most 8 files come back from $OUT
+    mkdir -p "$LOGS"
     PART=${2:-all}
     [ "$PART" == all ] && : >"$S"
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >>"$S" 2>&1
@@ -133,10 +135,10 @@ run)
             cp ".gpu/whl/kveval_cpu_${CTX}_$m.json" "$OUT/kveval_cpu_$m.json"
         else
             timeout 200 $K kv-eval "$p" -f "$TEXT" --ctx "$CTX" --configs "16; 4; 2" --json --device cpu \
-                >"$OUT/kveval_cpu_$m.json" 2>"$OUT/kveval_cpu_$m.log"
+                >"$OUT/kveval_cpu_$m.json" 2>"$LOGS/kveval_cpu_$m.log"
         fi
         timeout 200 $K kv-eval "$p" -f "$TEXT" --ctx "$CTX" --configs "16; 4; 2" --json --device $DEV \
-            >"$OUT/kveval_${DEV}_$m.json" 2>"$OUT/kveval_${DEV}_$m.log"
+            >"$OUT/kveval_${DEV}_$m.json" 2>"$LOGS/kveval_${DEV}_$m.log"
         python3 - "$OUT/kveval_${DEV}_$m.json" "$OUT/kveval_cpu_$m.json" ".gpu/whl/kveval_cpufloat_${CTX}_$m.json" >>"$S" <<'EOF'
 import json, os, sys
 try:
@@ -153,20 +155,26 @@ EOF
         echo "must-shows $m: $((SECONDS - t0)) s" >>"$S"
         # diagnostics, each only while this model's budget (KVRUN_CHECK_BUDGET s from its start) lasts
         left() { [ $((SECONDS - t0)) -lt "${KVRUN_CHECK_BUDGET:-400}" ]; }
+        # device time per kernel, eager, plain vs 2-bit cache at depth 512: where the compressed
+        # cache's 3-4x slower decode goes (stop 27); the full tables in kernel_times.log
+        for kvs in "" "--kv 2"; do
+            left && timeout 120 python3 tools/gpu_kernel_times.py "$p" --depth 512 -n 32 --top 8 $kvs >>"$OUT/kernel_times.log" 2>&1 &&
+                tail -10 "$OUT/kernel_times.log" | sed "s/^/$m kernels ${kvs:-fp16}: /" >>"$S"
+        done
         # with --texts: the three greedy texts (CPU decode, CPU batch path = float activations as the GPU, GPU decode)
         left && timeout 180 python3 tools/device_agreement.py "$p" --device $DEV -n 32 --texts 2>>"$OUT/greedy.log" | sed "s/^/$m: /" >>"$S"
         # decode without CUDA graphs (every kernel launched from Python): what the graphs gain
-        left && KVRUN_CUDA_GRAPHS=0 timeout 100 $K bench "$p" --device $DEV -p 0 -n 128 -r 2 >"$OUT/bench_eager_$m.log" 2>&1
-        grep -sE "tg128" "$OUT/bench_eager_$m.log" | sed 's/  */ /g; s/^/no graphs: /' >>"$S"
+        left && KVRUN_CUDA_GRAPHS=0 timeout 100 $K bench "$p" --device $DEV -p 0 -n 128 -r 2 >"$LOGS/bench_eager_$m.log" 2>&1
+        grep -sE "tg128" "$LOGS/bench_eager_$m.log" | sed 's/  */ /g; s/^/no graphs: /' >>"$S"
         # the 2-bit cache past its fp16 window: steady-state steps replay a graph, slots planned on the host
-        left && timeout 100 $K bench "$p" --device $DEV -p 0 -n 128 -d 512 -r 2 --kv-bits 2 >"$OUT/bench_kv2_$m.log" 2>&1
-        grep -sE "tg128|CUDA graphs off" "$OUT/bench_kv2_$m.log" | sed 's/  */ /g; s/^/kv-bits 2: /' >>"$S"
+        left && timeout 100 $K bench "$p" --device $DEV -p 0 -n 128 -d 512 -r 2 --kv-bits 2 >"$LOGS/bench_kv2_$m.log" 2>&1
+        grep -sE "tg128|CUDA graphs off" "$LOGS/bench_kv2_$m.log" | sed 's/  */ /g; s/^/kv-bits 2: /' >>"$S"
         # an eviction policy with merging: its decode steps pick, demote and merge on the device
         left && timeout 120 python3 tools/device_agreement.py "$p" --device $DEV -n 32 --kv "2,policy=h2o,budget=64,residual=16,merge=keepkv" \
             2>>"$OUT/greedy.log" | sed "s/^/$m h2o+keepkv: /" >>"$S"
         # (past its budget its decode steps replay a CUDA graph too; the prompt's chunks go in with one launch each)
-        left && timeout 100 $K bench "$p" --device $DEV -p 512 -n 128 -d 512 -r 2 --kv-bits 4 --kv-policy h2o --kv-budget 256 >"$OUT/bench_policy_$m.log" 2>&1
-        grep -sE "pp512|tg128|CUDA graphs off" "$OUT/bench_policy_$m.log" | sed 's/  */ /g; s/^/h2o budget 256: /' >>"$S"
+        left && timeout 100 $K bench "$p" --device $DEV -p 512 -n 128 -d 512 -r 2 --kv-bits 4 --kv-policy h2o --kv-budget 256 >"$LOGS/bench_policy_$m.log" 2>&1
+        grep -sE "pp512|tg128|CUDA graphs off" "$LOGS/bench_policy_$m.log" | sed 's/  */ /g; s/^/h2o budget 256: /' >>"$S"
         echo "all checks $m: $((SECONDS - t0)) s" >>"$S"
     done
     cat "$S"

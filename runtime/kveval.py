@@ -10,6 +10,7 @@ nothing of vocabulary size is kept per position.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -25,6 +26,23 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
     x -= x.max(axis=-1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def paired_dppl(nll: np.ndarray, nll_ref: np.ndarray) -> tuple[float, float]:
+    """Perplexity change of ``nll`` against ``nll_ref`` (per-token negative log-likelihoods of the
+    same tokens), in percent, and its standard error: the tokens are paired, so the error comes
+    from the spread of the per-token differences, much smaller than either perplexity's own.
+
+    ``100 (exp(mean d) - 1)`` with ``d = nll - nll_ref``; error ``100 exp(mean d) std(d) / sqrt(n)``
+    (delta method).  One token gives an error of 0.
+    """
+    d = np.asarray(nll, np.float64) - np.asarray(nll_ref, np.float64)
+    n = d.size
+    if n == 0:
+        return 0.0, 0.0
+    g = math.exp(d.mean())
+    se = d.std(ddof=1) / math.sqrt(n) if n > 1 else 0.0
+    return 100.0 * (g - 1.0), 100.0 * g * se
 
 
 def kv_eval(
@@ -60,7 +78,8 @@ def kv_eval(
     list[dict]
         Per configuration: ``config`` (spec string), ``kv_bytes`` (allocated),
         ``bits_per_value`` (storage and metadata per K/V value at ``ctx``),
-        ``ppl``, ``ppl_ref``, ``dppl_pct`` (vs fp16, percent), ``kl`` (mean
+        ``ppl``, ``ppl_ref``, ``dppl_pct`` (vs fp16, percent) and ``dppl_se_pct`` (its
+        standard error over the scored tokens, see :func:`paired_dppl`), ``kl`` (mean
         KL(fp16 || config) of next-token distributions, nats), ``top1``
         (agreement with the fp16 argmax), ``tok_s`` (decode tokens/s of that
         configuration over the last quarter of the positions, i.e. with at
@@ -84,7 +103,8 @@ def kv_eval(
     row = np.zeros(1, np.int64)
     first = int(ctx * score_from)
     t_speed = ctx - 1 - max(1, (ctx - 1) // 4)  # timing starts here
-    nll, kl, top1 = np.zeros(M), np.zeros(M), np.zeros(M)
+    kl, top1 = np.zeros(M), np.zeros(M)
+    nll_tok = np.zeros((M, max(ctx - 1 - first, 0)))  # per scored token, for the paired errors
     secs = np.zeros(M)
     n_scored = 0
     for t in range(ctx - 1):
@@ -98,7 +118,7 @@ def kv_eval(
                 secs[i] += time.perf_counter() - t0
         if t >= first:
             lp = _log_softmax(logits)  # [M, n_vocab]
-            nll -= lp[:, tokens[t + 1]]
+            nll_tok[:, n_scored] = -lp[:, tokens[t + 1]]
             p_ref = np.exp(lp[0])
             kl += (p_ref[None, :] * (lp[0][None, :] - lp)).sum(axis=1)
             top1 += lp.argmax(axis=1) == lp[0].argmax()
@@ -106,7 +126,9 @@ def kv_eval(
         if progress:
             progress(t + 1, ctx - 1)
     n = max(n_scored, 1)
-    ppl = np.exp(nll / n)
+    nll_tok = nll_tok[:, :n_scored]
+    ppl = np.exp(nll_tok.sum(axis=1) / n)
+    dppl = [paired_dppl(nll_tok[i], nll_tok[0]) for i in range(M)]
     tok_s = (ctx - 1 - t_speed) / np.maximum(secs, 1e-9)
     return [
         {
@@ -116,6 +138,7 @@ def kv_eval(
             "ppl": float(ppl[i]),
             "ppl_ref": float(ppl[0]),
             "dppl_pct": float(100.0 * (ppl[i] / ppl[0] - 1.0)),
+            "dppl_se_pct": float(dppl[i][1]),
             "kl": float(kl[i] / n),
             "top1": float(top1[i] / n),
             "tok_s": float(tok_s[i]),
@@ -127,14 +150,14 @@ def kv_eval(
 
 def format_table(results: list[dict]) -> str:
     """The results as a fixed-width table (one row per configuration)."""
-    head = f"{'config':<44} {'kv_bytes':>11} {'bits/val':>8} {'ppl':>9} {'dPPL%':>7} {'KL':>8} {'top1':>6} {'tok/s':>6}"
+    head = f"{'config':<44} {'kv_bytes':>11} {'bits/val':>8} {'ppl':>9} {'dPPL%':>7} {'±':>5} {'KL':>8} {'top1':>6} {'tok/s':>6}"
     lines = [head, "-" * len(head)]
     for r in results:
         lines.append(
             f"{r['config']:<44} {r['kv_bytes']:>11,} {r['bits_per_value']:>8.2f} {r['ppl']:>9.4f} "
-            f"{r['dppl_pct']:>+7.2f} {r['kl']:>8.5f} {r['top1']:>6.3f} {r['tok_s']:>6.2f}"
+            f"{r['dppl_pct']:>+7.2f} {r['dppl_se_pct']:>5.2f} {r['kl']:>8.5f} {r['top1']:>6.3f} {r['tok_s']:>6.2f}"
         )
     return "\n".join(lines)
 
 
-__all__ = ["format_table", "kv_eval"]
+__all__ = ["format_table", "kv_eval", "paired_dppl"]

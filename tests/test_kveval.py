@@ -10,9 +10,9 @@ from tinymodel import write_tiny_model
 
 from kvrun.cache.kvconfig import KVConfig
 from kvrun.runtime.engine import Engine
-from kvrun.runtime.kveval import format_table, kv_eval
+from kvrun.runtime.kveval import format_table, kv_eval, paired_dppl
 
-KEYS = {"config", "kv_bytes", "bits_per_value", "ppl", "ppl_ref", "dppl_pct", "kl", "top1", "tok_s", "tok_s_ref"}
+KEYS = {"config", "kv_bytes", "bits_per_value", "ppl", "ppl_ref", "dppl_pct", "dppl_se_pct", "kl", "top1", "tok_s", "tok_s_ref"}
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +31,25 @@ def test_kv_eval_reports_every_metric(tiny_engine):
         assert math.isfinite(r["ppl"]) and r["tok_s"] > 0 and r["kv_bytes"] > 0
     same, q8, q2, evict = res
     # fp16 storage through the compressed path, nothing evicted: the reference's own distribution
-    assert same["kl"] < 1e-6 and same["top1"] == 1.0 and abs(same["dppl_pct"]) < 1e-2
+    assert same["kl"] < 1e-6 and same["top1"] == 1.0 and abs(same["dppl_pct"]) < 1e-2 and same["dppl_se_pct"] < 1e-2
+    assert q2["dppl_se_pct"] > 0 and evict["dppl_se_pct"] > 0  # tokens scored otherwise than the reference
     assert q8["kl"] < q2["kl"] and q8["bits_per_value"] < 16 and q2["bits_per_value"] < q8["bits_per_value"]
     assert evict["kl"] > 0 and evict["kv_bytes"] < same["kv_bytes"]
     table = format_table(res)
     assert "dPPL%" in table and len(table.splitlines()) == 2 + len(res)
+
+
+def test_paired_dppl_is_the_perplexity_ratio_with_the_error_of_the_mean_difference():
+    ref = np.array([2.0, 1.0, 3.0, 2.0])
+    nll = ref + np.array([0.1, 0.3, 0.1, 0.3])  # mean difference 0.2, sample std 0.11547
+    pct, se = paired_dppl(nll, ref)
+    assert pct == pytest.approx(100 * (math.exp(nll.mean()) / math.exp(ref.mean()) - 1))  # = ppl / ppl_ref - 1
+    assert pct == pytest.approx(22.140, abs=1e-3)
+    assert se == pytest.approx(100 * math.exp(0.2) * 0.11547005 / 2, rel=1e-6)  # 7.052
+    # a constant shift of every token is known exactly: no error
+    assert paired_dppl(ref + 0.05, ref)[1] == pytest.approx(0.0, abs=1e-9)
+    assert paired_dppl(np.array([1.5]), np.array([1.0]))[1] == 0.0
+    assert paired_dppl(np.array([]), np.array([])) == (0.0, 0.0)
 
 
 def test_kv_eval_needs_enough_text(tiny_engine):

@@ -693,10 +693,10 @@ def perplexity(model: str | None, text_file: str, n_ctx: int, chunks: int, n_bat
     bar.close()
     dt = time.perf_counter() - t0
     if as_json:
-        click.echo(json.dumps({"ppl": res.ppl, "n_tokens": res.n_tokens, "n_chunks": res.n_chunks, "ctx": n_ctx, "seconds": dt}))
+        click.echo(json.dumps({"ppl": res.ppl, "ppl_se": res.ppl_se, "n_tokens": res.n_tokens, "n_chunks": res.n_chunks, "ctx": n_ctx, "seconds": dt}))
     else:
         click.echo(f"[{']['.join(f'{p:.4f}' for p in res.chunk_ppl)}]")
-        click.echo(f"Final estimate: PPL = {res.ppl:.4f} over {res.n_tokens} tokens in {res.n_chunks} windows of {n_ctx} ({dt:.1f} s)")
+        click.echo(f"Final estimate: PPL = {res.ppl:.4f} +/- {res.ppl_se:.5f} over {res.n_tokens} tokens in {res.n_chunks} windows of {n_ctx} ({dt:.1f} s)")
 
 
 

@@ -24,6 +24,7 @@ class PerplexityResult:
     n_tokens: int  # tokens scored
     n_chunks: int
     chunk_ppl: list[float]
+    ppl_se: float = 0.0  # its standard error, as llama-perplexity's "+/-": ppl * std(nll) / sqrt(n - 1)
 
 
 def log_softmax_at(logits: np.ndarray, targets: np.ndarray, block: int = 16) -> np.ndarray:
@@ -60,7 +61,7 @@ def perplexity(
         raise KvrunError(f"the text has {len(tokens)} tokens; perplexity at --ctx {n_ctx} needs at least {n_ctx} (use a longer text or a smaller --ctx)")
     add_bos = engine.tokenizer.add_bos and engine.tokenizer.bos_id is not None
     first = n_ctx // 2
-    nll_total, count = 0.0, 0
+    nll_total, nll_sq, count = 0.0, 0.0, 0
     chunk_ppl = []
     if progress:
         progress(0, n_chunks, math.nan)  # the work is known and starts (no figure yet)
@@ -72,8 +73,12 @@ def perplexity(
         logits = engine.eval(cache, window, logits_all=True, logits_start=first)
         lp = log_softmax_at(logits[: n_ctx - 1 - first], tokens[c * n_ctx + first + 1 : (c + 1) * n_ctx])
         nll_total -= float(lp.sum())
+        nll_sq += float((lp * lp).sum())
         count += len(lp)
         chunk_ppl.append(math.exp(-float(lp.mean())))
         if progress:
             progress(c + 1, n_chunks, math.exp(nll_total / count))
-    return PerplexityResult(math.exp(nll_total / count), count, n_chunks, chunk_ppl)
+    mean = nll_total / count
+    ppl = math.exp(mean)
+    se = math.sqrt(max(nll_sq / count - mean * mean, 0.0) / (count - 1)) if count > 1 else 0.0
+    return PerplexityResult(ppl, count, n_chunks, chunk_ppl, ppl * se)

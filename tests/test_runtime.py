@@ -341,6 +341,27 @@ def test_cli_info_and_tokenize(tiny_path):
     assert len(out["ids"]) == len(out["pieces"]) and "".join(out["pieces"]) == "the cat"
 
 
+def test_perplexity_reports_the_standard_error_llama_perplexity_prints(tiny_path, tmp_path):
+    """PPL +/- ppl * std(nll) / sqrt(n - 1) over the scored tokens: the second half of each window."""
+    from kvrun.runtime.perplexity import log_softmax_at, perplexity
+
+    eng = Engine(tiny_path, n_ctx=64)
+    toks = np.random.default_rng(3).integers(0, eng.cfg.n_vocab, 200)
+    res = perplexity(eng, toks, 64)
+    nll = []
+    for c in range(3):
+        w = toks[c * 64 : (c + 1) * 64].copy()
+        if eng.tokenizer.add_bos and eng.tokenizer.bos_id is not None:
+            w[0] = eng.tokenizer.bos_id
+        logits = eng.eval(eng.new_cache(), w, logits_all=True, logits_start=32)
+        nll.extend(-log_softmax_at(logits[:31], toks[c * 64 + 33 : (c + 1) * 64]))
+    nll = np.array(nll)
+    assert res.n_tokens == len(nll) == 93
+    assert res.ppl == pytest.approx(np.exp(nll.mean()), rel=1e-6)
+    assert res.ppl_se == pytest.approx(res.ppl * nll.std(ddof=1) / np.sqrt(len(nll)), rel=1e-4)
+    assert 0 < res.ppl_se < res.ppl
+
+
 def test_cli_bench_and_perplexity(tiny_path, tmp_path):
     r = CliRunner().invoke(main, ["bench", str(tiny_path), "-p", "16", "-n", "4", "-r", "2", "--json"])
     assert r.exit_code == 0, r.output
@@ -351,7 +372,7 @@ def test_cli_bench_and_perplexity(tiny_path, tmp_path):
     r = CliRunner().invoke(main, ["perplexity", str(tiny_path), "-f", str(text), "--ctx", "64", "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.output.strip().splitlines()[-1])
-    assert out["ppl"] > 1 and out["n_tokens"] == out["n_chunks"] * 31
+    assert out["ppl"] > 1 and out["n_tokens"] == out["n_chunks"] * 31 and 0 < out["ppl_se"] < out["ppl"]
 
 
 @pytest.mark.parametrize("cmd", ["perplexity", "kv-eval"])

@@ -140,6 +140,7 @@ def model_facts(path: Path) -> dict[str, Any]:
     """Everything `kvrun info` prints, read from the header only (no weights touched)."""
     from .loaders.config import load_config
     from .loaders.gguf_file import GGUFFile
+    from .loaders.chat_template import file_template
 
     g = GGUFFile(path)
     cfg = load_config(g)
@@ -176,7 +177,7 @@ def model_facts(path: Path) -> dict[str, Any]:
         "vocab_size": cfg.n_vocab,
         "bos_token_id": g.get("tokenizer.ggml.bos_token_id"),
         "eos_token_id": g.get("tokenizer.ggml.eos_token_id"),
-        "has_chat_template": isinstance(g.get("tokenizer.chat_template"), str),
+        "has_chat_template": file_template(g) is not None,
         "kv_bytes_per_token": {str(b): cfg.kv_bytes_per_token(b) for b in (16, 8, 4, 2)},
     }
 
@@ -508,7 +509,9 @@ def chat(model: str | None, system: str | None, n_predict: int, stop: tuple[str,
     sess = m.session(system=system)
     interactive = _interactive()
     click.echo(f"kvrun chat: {m.config.name} ({m.config.arch}), ctx {m.engine.n_ctx}. /help, /reset, /exit; Ctrl-C stops a reply.", err=True)
-    if not isinstance(m.engine.gguf.get("tokenizer.chat_template"), str):
+    from .loaders.chat_template import file_template
+
+    if file_template(m.engine.gguf) is None:
         # e.g. the Gemma 3 270M file `kvrun pull` fetches: a base model, which (in llama.cpp too) continues the text
         click.echo(f"kvrun: note: the file has no chat template (a base model, not a chat one?); using {m.config.arch}'s "
                    "built-in one, and replies may not follow the conversation", err=True)  # fmt: skip

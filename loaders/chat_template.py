@@ -58,6 +58,12 @@ class ChatTemplateError(ValueError):
     """A chat template that does not compile or render; the message is one line."""
 
 
+def file_template(meta: Any) -> str | None:
+    """The GGUF's own ``tokenizer.chat_template`` (``meta``: its key-value mapping), None when it has none."""
+    t = meta.get("tokenizer.chat_template")
+    return t if isinstance(t, str) else None
+
+
 def builtin_template_name(arch: str, tokens: Any = None) -> str:
     """Which built-in fits: ``gemma`` (gemma architectures, or a vocabulary with
     ``<start_of_turn>``), ``llama3`` (``<|start_header_id|>``), else ``chatml``."""

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..cache.kvconfig import KVConfig
-from ..loaders.chat_template import builtin_template, render_chat
+from ..loaders.chat_template import builtin_template, file_template, render_chat
 from ..loaders.errors import KvrunError
 from ..loaders.store import resolve
 from .engine import Engine, GenRequest, GenStats, stream_text
@@ -78,8 +78,7 @@ class Model:
         return "".join(self.generate(prompt, max_tokens=max_tokens, **kw))
 
     def chat_template(self) -> str:
-        t = self.engine.gguf.get("tokenizer.chat_template")
-        return t if isinstance(t, str) else builtin_template(self.config.arch, self.tokenizer)
+        return file_template(self.engine.gguf) or builtin_template(self.config.arch, self.tokenizer)
 
     def render(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
         tk = self.tokenizer

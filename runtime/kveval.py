@@ -20,6 +20,7 @@ from ..cache.factory import bits_per_value
 from ..cache.kvconfig import KVConfig
 from ..loaders.errors import KvrunError
 from .engine import Engine
+from .perplexity import se_of_mean
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -41,8 +42,7 @@ def paired_dppl(nll: np.ndarray, nll_ref: np.ndarray) -> tuple[float, float]:
     if n == 0:
         return 0.0, 0.0
     g = math.exp(d.mean())
-    se = d.std(ddof=1) / math.sqrt(n) if n > 1 else 0.0
-    return 100.0 * (g - 1.0), 100.0 * g * se
+    return 100.0 * (g - 1.0), 100.0 * g * se_of_mean(d)
 
 
 def kv_eval(
@@ -137,7 +137,7 @@ def kv_eval(
             "bits_per_value": bits_per_value(caches[i].layers, ctx),
             "ppl": float(ppl[i]),
             "ppl_ref": float(ppl[0]),
-            "dppl_pct": float(100.0 * (ppl[i] / ppl[0] - 1.0)),
+            "dppl_pct": float(dppl[i][0]),
             "dppl_se_pct": float(dppl[i][1]),
             "kl": float(kl[i] / n),
             "top1": float(top1[i] / n),

@@ -27,6 +27,12 @@ class PerplexityResult:
     ppl_se: float = 0.0  # its standard error, as llama-perplexity's "+/-": ppl * std(nll) / sqrt(n - 1)
 
 
+def se_of_mean(x: np.ndarray) -> float:
+    """Standard error of the mean of ``x``: ``std(x) / sqrt(n)`` with the sample std (0 under two values)."""
+    x = np.asarray(x, np.float64)
+    return float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else 0.0
+
+
 def log_softmax_at(logits: np.ndarray, targets: np.ndarray, block: int = 16) -> np.ndarray:
     """log p(target) per row.   logits: [n, n_vocab] float32; targets: [n] int.
 
@@ -61,7 +67,7 @@ def perplexity(
         raise KvrunError(f"the text has {len(tokens)} tokens; perplexity at --ctx {n_ctx} needs at least {n_ctx} (use a longer text or a smaller --ctx)")
     add_bos = engine.tokenizer.add_bos and engine.tokenizer.bos_id is not None
     first = n_ctx // 2
-    nll_total, nll_sq, count = 0.0, 0.0, 0
+    nll: list[np.ndarray] = []  # per scored token, window by window
     chunk_ppl = []
     if progress:
         progress(0, n_chunks, math.nan)  # the work is known and starts (no figure yet)
@@ -72,13 +78,10 @@ def perplexity(
         cache = make_cache() if make_cache else engine.new_cache()
         logits = engine.eval(cache, window, logits_all=True, logits_start=first)
         lp = log_softmax_at(logits[: n_ctx - 1 - first], tokens[c * n_ctx + first + 1 : (c + 1) * n_ctx])
-        nll_total -= float(lp.sum())
-        nll_sq += float((lp * lp).sum())
-        count += len(lp)
+        nll.append(-lp)
         chunk_ppl.append(math.exp(-float(lp.mean())))
         if progress:
-            progress(c + 1, n_chunks, math.exp(nll_total / count))
-    mean = nll_total / count
-    ppl = math.exp(mean)
-    se = math.sqrt(max(nll_sq / count - mean * mean, 0.0) / (count - 1)) if count > 1 else 0.0
-    return PerplexityResult(ppl, count, n_chunks, chunk_ppl, ppl * se)
+            progress(c + 1, n_chunks, math.exp(float(np.concatenate(nll).mean())))
+    all_nll = np.concatenate(nll)
+    ppl = math.exp(float(all_nll.mean()))
+    return PerplexityResult(ppl, all_nll.size, n_chunks, chunk_ppl, ppl * se_of_mean(all_nll))

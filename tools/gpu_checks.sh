@@ -7,13 +7,17 @@
 # 241 MiB) and the machine cannot download, so they travel in chunks over several
 # calls while the machine stays warm (30 s idle: issue the next call at once):
 #
-#   here:    bash tools/gpu_checks.sh split          # .gpu/: 61 MiB chunks (2 + 4), the gguf wheel,
-#                                                    # the CPU's kv-eval (int8 and float x) and greedy texts
+#   here:    bash tools/gpu_checks.sh split          # .gpu/: 61 MiB chunks (2 + 4) and the gguf wheel, seconds
+#   here:    bash tools/gpu_checks.sh refs &         # the CPU's greedy texts and kv-eval (int8 and float x)
+#                                                    # into .gpu/whl: ~10 min a model; needed from `run 0` on
 #   device:  carry [".gpu/whl", ".gpu/<first SmolLM2 chunk>"],
 #            "bash tools/gpu_checks.sh stage >/dev/null; bash tools/gpu_checks.sh run tests"
 #   device:  carry [".gpu/whl", ".gpu/<second chunk>"], "...stage...; bash tools/gpu_checks.sh run 0"
 #   device:  one call per Gemma chunk, carry [".gpu/<chunk>"], "bash tools/gpu_checks.sh stage",
 #            the last one with ".gpu/whl" and "...; bash tools/gpu_checks.sh run 1"
+#
+# A machine is lent only now and then (stop 28 was refused one), so `split` and `refs` are worth
+# running at a session's start whether or not `status` says one is lent.
 #
 # Seen on an H200 (stop 27), 15 device minutes in all: start ~30 s; stage + `run tests` (cold
 # CuPy and Numba caches, pytest-xdist -n 8) 186 s; stage + `run 0` 146 s; a stage-only call
@@ -28,7 +32,8 @@
 # without CUDA graphs), and
 # `kv-eval` perplexities GPU vs CPU for --kv-bits 16, 4, 2.  One call may run all
 # (`run`), or a part (`run tests`, `run 0`, `run 1`) so each stays under the
-# 600 s a device call may take; parts append to the summary.
+# 600 s a device call may take; parts append to the summary.  `run kernels`: only the
+# per-kernel device times of the staged models (plain, 4- and 2-bit caches at d512).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -36,6 +41,14 @@ PARTS=/tmp/kvrun-parts
 MODELS=("SmolLM2-135M-Instruct.Q4_1.gguf" "gemma-3-270m-q4_k_m.gguf")
 OUT=${OUT:-/tmp/kvrun-out}
 mkdir -p "$OUT"
+# the checks' arguments, one place for the CPU references (`refs`) and the device (`run`)
+GREEDY=(-p "The history of the printing press" -n 32 --temp 0 --no-stats)
+# kv-eval's own default context: 1024 tokens scored only 511, where the CPU's int8-x and float-x
+# paths alone differ by 1% at 2 bits on SmolLM2 (stop 27); at 2048 by at most 0.25% (stop 28)
+CTX=${KVRUN_CHECK_CTX:-2048}
+TEXT=/usr/share/common-licenses/GPL-3
+[ -f "$TEXT" ] || TEXT=README.md
+KVEVAL=(-f "$TEXT" --ctx "$CTX" --configs "16; 4; 2" --json)
 
 case "${1:-}" in
 split)
@@ -46,24 +59,27 @@ split)
     # 61 MiB chunks: with the tracked tree (~2 MiB) and the wheel a call stays under its 64 MiB
     for m in "${MODELS[@]}"; do split -b 61M -d "$src/$m" ".gpu/$m.part"; done
     python3 -m pip download --no-deps --only-binary=:all: -d .gpu/whl gguf >/dev/null
-    # the CPU side of the kv-eval check, computed here (it travels with the wheel): saves
-    # the device minutes of running it there; `run` falls back to running it when absent
-    CTX=${KVRUN_CHECK_CTX:-1024}
-    TEXT=/usr/share/common-licenses/GPL-3
-    [ -f "$TEXT" ] || TEXT=README.md
-    for m in "${MODELS[@]}"; do
-        python3 -m kvrun.cli kv-eval "$src/$m" -f "$TEXT" --ctx "$CTX" --configs "16; 4; 2" --json --device cpu \
-            >".gpu/whl/kveval_cpu_${CTX}_$m.json"
-        # and the CPU with float activations (tools/cpu_float_path.py), what the GPU's arithmetic follows
-        OPENBLAS_NUM_THREADS=1 python3 tools/cpu_float_path.py kv-eval "$src/$m" -f "$TEXT" --ctx "$CTX" --configs "16; 4; 2" \
-            --json --device cpu >".gpu/whl/kveval_cpufloat_${CTX}_$m.json"
-        # and the CPU's greedy text, so the device runs only its own side of that check
-        python3 -m kvrun.cli run "$src/$m" -p "The history of the printing press" -n 32 --temp 0 --no-stats --device cpu \
-            >".gpu/whl/greedy_cpu_$m.txt"
-        OPENBLAS_NUM_THREADS=1 python3 tools/cpu_float_path.py run "$src/$m" -p "The history of the printing press" -n 32 --temp 0 \
-            --no-stats --device cpu >".gpu/whl/greedy_cpufloat_$m.txt"
-    done
     ls -la .gpu .gpu/whl
+    ;;
+refs)
+    # the CPU side of the greedy and kv-eval checks, computed here (it travels with the wheel, so the
+    # device runs only its own side): ~10 min for SmolLM2, more for Gemma 3; start the device's
+    # `run tests` while it runs.  `refs 0` / `refs 1`: one model.  `run` falls back to computing on
+    # the device's CPU what is absent (another CPU: its greedy text may differ at a near-tie).
+    set -e
+    src=${KVRUN_MODELS:-$HOME/.cache/kvrun/models}
+    mkdir -p .gpu/whl
+    for i in "${!MODELS[@]}"; do
+        m=${MODELS[$i]}
+        [ -z "${2:-}" ] || [ "$2" == "$i" ] || continue
+        python3 -m kvrun.cli run "$src/$m" "${GREEDY[@]}" --device cpu >".gpu/whl/greedy_cpu_$m.txt"
+        # and the CPU with float activations (tools/cpu_float_path.py), what the GPU's arithmetic follows
+        OPENBLAS_NUM_THREADS=1 python3 tools/cpu_float_path.py run "$src/$m" "${GREEDY[@]}" --device cpu >".gpu/whl/greedy_cpufloat_$m.txt"
+        python3 -m kvrun.cli kv-eval "$src/$m" "${KVEVAL[@]}" --device cpu >".gpu/whl/kveval_cpu_${CTX}_$m.json"
+        OPENBLAS_NUM_THREADS=1 python3 tools/cpu_float_path.py kv-eval "$src/$m" "${KVEVAL[@]}" --device cpu \
+            >".gpu/whl/kveval_cpufloat_${CTX}_$m.json"
+    done
+    ls -la .gpu/whl
     ;;
 stage)
     mkdir -p "$PARTS"
@@ -83,9 +99,6 @@ run)
     export PYTHONPATH=/tmp/kvrun-pkg:/tmp/site
     K="python3 -m kvrun.cli"
     DEV=${KVRUN_CHECK_DEVICE:-gpu}  # cpu: a dry run of the script on a machine without a GPU
-    CTX=${KVRUN_CHECK_CTX:-1024}
-    TEXT=/usr/share/common-licenses/GPL-3
-    [ -f "$TEXT" ] || TEXT=README.md
     S="$OUT/gpu_checks.txt"
     LOGS=/tmp/kvrun-logs  # logs the summary quotes enough of: at most 8 files come back from $OUT
     mkdir -p "$LOGS"
@@ -93,7 +106,7 @@ run)
     [ "$PART" == all ] && : >"$S"
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >>"$S" 2>&1
     # without CuPy (or a device it sees) every GPU test would skip and the run would look green
-    if ! python3 -c "import cupy, sys; n = cupy.cuda.runtime.getDeviceCount(); print('cupy', cupy.__version__, 'devices', n); sys.exit(n == 0)" >>"$S" 2>&1; then
+    if [ "$DEV" == gpu ] && ! python3 -c "import cupy, sys; n = cupy.cuda.runtime.getDeviceCount(); print('cupy', cupy.__version__, 'devices', n); sys.exit(n == 0)" >>"$S" 2>&1; then
         echo "ABORT: CuPy cannot be imported or sees no device; nothing below would test the GPU" >>"$S"
         cat "$S"
         exit 1
@@ -110,6 +123,19 @@ run)
         echo "gpu engine tests: $(tail -1 "$OUT/pytest_engine.log")" >>"$S"
     fi
 
+    if [ "$PART" == kernels ]; then
+        # only the per-kernel device times (tools/gpu_kernel_times.py) of the staged models at d512:
+        # plain, 4- and 2-bit caches; a quick look before and after a kernel change
+        for m in "${MODELS[@]}"; do
+            [ -s "$KVRUN_MODELS/$m" ] || continue
+            for kvs in "" "--kv 4" "--kv 2"; do
+                timeout 120 python3 tools/gpu_kernel_times.py "$KVRUN_MODELS/$m" --depth 512 -n 16 --top 14 $kvs >>"$OUT/kernel_times.log" 2>&1
+            done
+        done
+        cat "$OUT/kernel_times.log"
+        exit 0
+    fi
+
     for i in "${!MODELS[@]}"; do
         m=${MODELS[$i]}
         [ "$PART" == all ] || [ "$PART" == "$i" ] || continue
@@ -117,12 +143,12 @@ run)
         t0=$SECONDS
         if [ ! -s "$p" ]; then echo "$m: not staged, skipped" >>"$S"; continue; fi
         # the must-shows first (greedy text, bench, kv-eval); the diagnostics after, while time is left
-        if [ -s ".gpu/whl/greedy_cpu_$m.txt" ]; then  # computed by `split`, on the CPU machine
+        if [ -s ".gpu/whl/greedy_cpu_$m.txt" ]; then  # computed by `refs`, on the CPU machine
             a=$(cat ".gpu/whl/greedy_cpu_$m.txt")
         else
-            a=$($K run "$p" -p "The history of the printing press" -n 32 --temp 0 --no-stats --device cpu 2>>"$OUT/greedy.log")
+            a=$($K run "$p" "${GREEDY[@]}" --device cpu 2>>"$OUT/greedy.log")
         fi
-        b=$(timeout 200 $K run "$p" -p "The history of the printing press" -n 32 --temp 0 --no-stats --device $DEV 2>>"$OUT/greedy.log")
+        b=$(timeout 200 $K run "$p" "${GREEDY[@]}" --device $DEV 2>>"$OUT/greedy.log")
         if [ -z "$a" ] || [ -z "$b" ]; then r="NO TEXT (see greedy.log)"; elif [ "$a" == "$b" ]; then r=EQUAL; else r=DIFFERENT; fi
         printf '%s\ncpu: %s\ngpu: %s\n' "$m" "$a" "$b" >>"$OUT/greedy.log"
         if [ -s ".gpu/whl/greedy_cpufloat_$m.txt" ]; then  # the CPU with float activations, as the GPU keeps them
@@ -131,15 +157,14 @@ run)
         echo "greedy 32 tokens $m: $r ($((SECONDS - t0)) s)" >>"$S"
         timeout 150 $K bench "$p" --device $DEV -p 512 -n 128 -r 3 >"$OUT/bench_$m.log" 2>&1
         grep -E "pp512|tg128|CUDA graphs off|rror" "$OUT/bench_$m.log" | sed 's/  */ /g' >>"$S"
-        if [ -s ".gpu/whl/kveval_cpu_${CTX}_$m.json" ]; then  # computed by `split`
+        if [ -s ".gpu/whl/kveval_cpu_${CTX}_$m.json" ]; then  # computed by `refs`
             cp ".gpu/whl/kveval_cpu_${CTX}_$m.json" "$OUT/kveval_cpu_$m.json"
         else
-            timeout 200 $K kv-eval "$p" -f "$TEXT" --ctx "$CTX" --configs "16; 4; 2" --json --device cpu \
-                >"$OUT/kveval_cpu_$m.json" 2>"$LOGS/kveval_cpu_$m.log"
+            timeout 300 $K kv-eval "$p" "${KVEVAL[@]}" --device cpu >"$OUT/kveval_cpu_$m.json" 2>"$LOGS/kveval_cpu_$m.log"
         fi
-        timeout 200 $K kv-eval "$p" -f "$TEXT" --ctx "$CTX" --configs "16; 4; 2" --json --device $DEV \
-            >"$OUT/kveval_${DEV}_$m.json" 2>"$LOGS/kveval_${DEV}_$m.log"
-        python3 - "$OUT/kveval_${DEV}_$m.json" "$OUT/kveval_cpu_$m.json" ".gpu/whl/kveval_cpufloat_${CTX}_$m.json" >>"$S" <<'EOF'
+        timeout 300 $K kv-eval "$p" "${KVEVAL[@]}" --device $DEV \
+            >"$OUT/kveval_device_$m.json" 2>"$LOGS/kveval_${DEV}_$m.log"
+        python3 - "$OUT/kveval_device_$m.json" "$OUT/kveval_cpu_$m.json" ".gpu/whl/kveval_cpufloat_${CTX}_$m.json" >>"$S" <<'EOF'
 import json, os, sys
 try:
     g, c = (json.load(open(f)) for f in sys.argv[1:3])
@@ -180,7 +205,7 @@ EOF
     cat "$S"
     ;;
 *)
-    echo "usage: bash tools/gpu_checks.sh split|stage|run" >&2
+    echo "usage: bash tools/gpu_checks.sh split|refs [i]|stage|run [tests|kernels|i]" >&2
     exit 2
     ;;
 esac

@@ -52,9 +52,11 @@ def main() -> None:
     rt.synchronize()
 
     marks: list[tuple[str, object, object]] = []
+    last_step: list[tuple] = []  # the last timed step's launches, replayed alone below
     plain_launch = rt.launch
 
     def timed(name, grid, block, args, shared_mem):
+        last_step.append((name, grid, block, args, shared_mem))
         if cuda:
             start, end = rt.xp.cuda.Event(), rt.xp.cuda.Event()
             start.record()
@@ -69,6 +71,7 @@ def main() -> None:
     rt.launch = timed
     t0 = time.perf_counter()
     for i in range(a.n):
+        del last_step[:]
         eng.eval(cache, [13 + i])
     rt.synchronize()
     wall = (time.perf_counter() - t0) * 1e3 / a.n
@@ -80,12 +83,42 @@ def main() -> None:
         per[name][0] += 1
         per[name][1] += ms
     total = sum(ms for _, ms in per.values()) * 1e3 / a.n  # us a token
+    graph_us = _graph_times(rt, last_step, plain_launch) if cuda else {}
     print(f"{a.model.split('/')[-1]}, {a.kv or 'fp16'} cache, depth {a.depth}, {a.n} eager steps on {rt.name}")
-    print(f"{'kernel':<32} {'launches/tok':>12} {'us/tok':>9} {'share':>6}")
+    print(f"{'kernel':<32} {'launches/tok':>12} {'us/tok':>9} {'share':>6} {'graph us/tok':>12}")
     for name, (n, ms) in sorted(per.items(), key=lambda kv_: -kv_[1][1])[: a.top]:
         us = ms * 1e3 / a.n
-        print(f"{name:<32} {n / a.n:>12.1f} {us:>9.1f} {us / max(total, 1e-9):>6.1%}")
+        g = f"{graph_us[name]:>12.1f}" if name in graph_us else f"{'-':>12}"
+        print(f"{name:<32} {n / a.n:>12.1f} {us:>9.1f} {us / max(total, 1e-9):>6.1%} {g}")
     print(f"kernels {total / 1e3:.3f} ms a token, {len(marks) / a.n:.0f} launches; wall {wall:.3f} ms a token (the rest: host and CuPy array ops)")
+    if graph_us:
+        print(f"graph: the last step's launches of each kernel replayed alone, {sum(graph_us.values()) / 1e3:.3f} ms a token in all")
+
+
+def _graph_times(rt, launches: list[tuple], plain_launch, reps: int = 20) -> dict[str, float]:
+    """Device microseconds a token per kernel with no host in between: one step's launches of each kernel
+    captured as a CUDA graph and replayed ``reps`` times between two events.  (The eager figures above
+    also hold each launch's host-side gap whenever the GPU waits for the host.)  The replays rewrite
+    the step's buffers, which no longer matters here."""
+    cp = rt.xp
+    by_name: dict[str, list[tuple]] = collections.defaultdict(list)
+    for launch in launches:
+        by_name[launch[0]].append(launch)
+    out: dict[str, float] = {}
+    for name, ls in by_name.items():
+        try:
+            graph = rt.capture(lambda ls=ls: [plain_launch(*x) for x in ls])
+            graph.launch()  # warm
+            start, end = cp.cuda.Event(), cp.cuda.Event()
+            start.record()
+            for _ in range(reps):
+                graph.launch()
+            end.record()
+            end.synchronize()
+            out[name] = cp.cuda.get_elapsed_time(start, end) * 1e3 / reps
+        except Exception as e:  # a kernel that cannot be captured alone: left out
+            print(f"{name}: no graph time ({type(e).__name__}: {e})")
+    return out
 
 
 if __name__ == "__main__":

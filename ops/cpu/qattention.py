@@ -50,7 +50,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .f16 import f16_to_f32, f32_to_f16
-from .parallel import prange_only, split_threads
+from .parallel import EXACT_JIT, prange_only, split_threads
 from .vexp import exp32
 from .qmatmul import LF16, LF32, LI8, LI16, LI32, LI64, V, _G
 
@@ -584,7 +584,14 @@ def attend_decode_q(
                      G, kpos, logw, window, scale, softcap, out, s_all, probs_acc, split_for or split_threads())
 
 
-@nb.njit(parallel=prange_only(), **_JIT)
+# EXACT_JIT, not _JIT: cache/insert.py's decode_step (EXACT_JIT) calls this kernel from inside
+# Numba, and a parallel callee compiled within its caller took other rounding than the same kernel
+# loaded from Numba's cache, so a first run after an install or an edit gave other logits than every
+# later run (SmolLM2, kv-eval --ctx 2048: 4-bit PPL 20.48 then 20.32, 2-bit 20.66 then 20.89).  With
+# one set of flags for both, both ways compile alike; the vector-IR tiles do the arithmetic that
+# counts, so it is as fast (d4096 decode, 2 and 4 bits: within the noise of 99-104 tok/s either way).
+# tests/test_jit_cache.py runs a compiling process and a cache-loading one and compares their logits.
+@nb.njit(parallel=prange_only(), **EXACT_JIT)
 def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, vc1, vm1, kw1, vw1, klut0, vlut0, klut1, vlut1,
                      G, kpos, logw, window, scale, softcap, out, s_all, probs_acc, split_for):
     T, H, D = q.shape

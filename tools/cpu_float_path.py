@@ -29,6 +29,20 @@ tokens equal this tool's (and llama.cpp's), the default CPU's part at the
 second token, where its top two logits are 0.005 apart.  On Gemma the GPU
 parts from the float path at 4 and 2 bits (+0.46%, -0.37%): not explained yet
 (the emulator is too slow for Gemma's 262k-row output to replay kv-eval).
+Stop 28 found those CPU figures taken in two rounding variants of the compressed
+cache's decode attention: Numba compiled it one way within the run that first
+compiled it and another way when it loaded it from its cache (fixed: both ways
+now compile alike, ``tests/test_jit_cache.py``).  After the fix, on another CPU
+(AMD EPYC), SmolLM2 at 16 / 4 / 2 bits:
+
+    ctx 1024   CPU, int8 x   19.8794  19.9722  20.0361
+               CPU, float x  19.8489  19.9710  20.0540
+    ctx 2048   CPU, int8 x   20.2397  20.3533  20.7427   (kv-eval's default context)
+               CPU, float x  20.2051  20.3588  20.7757
+
+so the H200's stop-27 figures above equal the float path as it was then, not as it
+is now (2 bits: 20.2379 against 20.0540); the GPU has not been measured since.
+At ctx 2048 the two CPU paths are within 0.17% of each other at every width.
 Slow (about 25 tok/s on SmolLM2 here): float copies of every matrix.
 """
 

@@ -43,8 +43,8 @@ OUT=${OUT:-/tmp/kvrun-out}
 mkdir -p "$OUT"
 # the checks' arguments, one place for the CPU references (`refs`) and the device (`run`)
 GREEDY=(-p "The history of the printing press" -n 32 --temp 0 --no-stats)
-# kv-eval's own default context: 1024 tokens scored only 511, where the CPU's int8-x and float-x
-# paths alone differ by 1% at 2 bits on SmolLM2 (stop 27); at 2048 by at most 0.25% (stop 28)
+# kv-eval's own default context: 1024 tokens score only 511, where the CPU's int8-x and float-x
+# paths alone differ by 1% at 2 bits on SmolLM2; at 2048 by at most 0.17% (stop 28)
 CTX=${KVRUN_CHECK_CTX:-2048}
 TEXT=/usr/share/common-licenses/GPL-3
 [ -f "$TEXT" ] || TEXT=README.md

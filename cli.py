@@ -639,7 +639,7 @@ def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, n_dept
             "model": label, "path": str(path), "size": facts["file_size"], "params": facts["n_params"],
             "backend": eng.backend.name, "threads": threads, "load_s": load_s, "peak_rss": rss,
             "rss_anon": parts.get("anon"), "rss_file": parts.get("file"), "n_depth": n_depth, "kv": str(eng.kv) if eng.kv else "fp16",
-            "results": [{"test": r.test, "tok_s": r.mean, "sd": r.sd, "samples": r.samples} for r in results],
+            "results": [{"test": r.test, "tok_s": r.mean, "sd": r.sd, "samples": r.samples, "graph_replays": r.replayed} for r in results],
         }, indent=2))
         return
     click.echo("| model                          |       size |     params | backend    | threads |            test |                  t/s |")
@@ -649,6 +649,9 @@ def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, n_dept
             f"| {label:<30} | {_size(facts['file_size']):>10} | {facts['n_params'] / 1e6:>8.2f} M | {eng.backend.name.upper():<10} "
             f"| {threads:>7} | {r.test:>15} | {r.mean:>12.2f} ± {r.sd:>5.2f} |"
         )
+    for r in results:
+        if r.replayed is not None:  # the GPU: were the decode steps replayed, or launched one by one from Python?
+            click.echo(f"{r.test}: {r.replayed} of {r.steps} decode steps replayed from CUDA graphs")
     split = f"; now {_size(parts['anon'])} anonymous + {_size(parts['file'])} mapped files" if parts else ""
     click.echo(f"load {load_s:.2f} s, peak RSS {_size(rss)} (model file {_size(facts['file_size'])}{split}), kv cache {eng.kv if eng.kv else 'fp16'}")
 

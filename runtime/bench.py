@@ -25,6 +25,10 @@ class BenchResult:
     test: str
     n_tokens: int
     samples: list[float] = field(default_factory=list)  # tok/s per repeat
+    # tg on the GPU: the timed decode steps replayed from a captured CUDA graph (None: the CPU);
+    # a count short of all of them says where decode ran eagerly, each launch from Python
+    replayed: int | None = None
+    steps: int = 0
 
     @property
     def mean(self) -> float:
@@ -92,12 +96,17 @@ def bench_tg(engine: Engine, n: int, repeats: int, seed: int = 0, depth: int = 0
     # too (a few tokens on an empty cache stay in its fp16 window, and the first timed repeat
     # would load the rest from Numba's cache)
     engine.warm_up()
+    graphs = engine.graphs
     for _ in range(repeats):
         cache = _cache_at(engine, depth, rng)
         toks = _tokens(engine, n, rng)
+        before = graphs.n_replays if graphs is not None else 0
         t0 = time.perf_counter()
         for t in toks:
             engine.eval(cache, [int(t)])
         res.samples.append(n / (time.perf_counter() - t0))
+        if graphs is not None:
+            res.replayed = (res.replayed or 0) + graphs.n_replays - before
+        res.steps += n
         del cache
     return res

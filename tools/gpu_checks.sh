@@ -156,7 +156,7 @@ run)
         fi
         echo "greedy 32 tokens $m: $r ($((SECONDS - t0)) s)" >>"$S"
         timeout 150 $K bench "$p" --device $DEV -p 512 -n 128 -r 3 >"$OUT/bench_$m.log" 2>&1
-        grep -E "pp512|tg128|CUDA graphs off|rror" "$OUT/bench_$m.log" | sed 's/  */ /g' >>"$S"
+        grep -E "pp512|tg128|CUDA graphs|rror" "$OUT/bench_$m.log" | sed 's/  */ /g' >>"$S"
         if [ -s ".gpu/whl/kveval_cpu_${CTX}_$m.json" ]; then  # computed by `refs`
             cp ".gpu/whl/kveval_cpu_${CTX}_$m.json" "$OUT/kveval_cpu_$m.json"
         else
@@ -193,13 +193,13 @@ EOF
         grep -sE "tg128" "$LOGS/bench_eager_$m.log" | sed 's/  */ /g; s/^/no graphs: /' >>"$S"
         # the 2-bit cache past its fp16 window: steady-state steps replay a graph, slots planned on the host
         left && timeout 100 $K bench "$p" --device $DEV -p 0 -n 128 -d 512 -r 2 --kv-bits 2 >"$LOGS/bench_kv2_$m.log" 2>&1
-        grep -sE "tg128|CUDA graphs off" "$LOGS/bench_kv2_$m.log" | sed 's/  */ /g; s/^/kv-bits 2: /' >>"$S"
+        grep -sE "tg128|CUDA graphs" "$LOGS/bench_kv2_$m.log" | sed 's/  */ /g; s/^/kv-bits 2: /' >>"$S"
         # an eviction policy with merging: its decode steps pick, demote and merge on the device
         left && timeout 120 python3 tools/device_agreement.py "$p" --device $DEV -n 32 --kv "2,policy=h2o,budget=64,residual=16,merge=keepkv" \
             2>>"$OUT/greedy.log" | sed "s/^/$m h2o+keepkv: /" >>"$S"
         # (past its budget its decode steps replay a CUDA graph too; the prompt's chunks go in with one launch each)
         left && timeout 100 $K bench "$p" --device $DEV -p 512 -n 128 -d 512 -r 2 --kv-bits 4 --kv-policy h2o --kv-budget 256 >"$LOGS/bench_policy_$m.log" 2>&1
-        grep -sE "pp512|tg128|CUDA graphs off" "$LOGS/bench_policy_$m.log" | sed 's/  */ /g; s/^/h2o budget 256: /' >>"$S"
+        grep -sE "pp512|tg128|CUDA graphs" "$LOGS/bench_policy_$m.log" | sed 's/  */ /g; s/^/h2o budget 256: /' >>"$S"
         echo "all checks $m: $((SECONDS - t0)) s" >>"$S"
     done
     cat "$S"

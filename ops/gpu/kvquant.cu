@@ -25,6 +25,8 @@
 
 #define KQ_MAX_T 1024    // threads per block (the widest row)
 #define KQ_MAX_CLIPS 8   // clipping ratios per width (cache/quant.py CLIPS), 0-terminated
+#define KQ_WARPS (KQ_MAX_T / WARP)
+#define KQ_SCR (4 * KQ_WARPS)  // shared floats kq_group needs: up to 4 values at once
 
 // Reduction ops over one group of G consecutive threads (G a power of two).
 #define KQ_SUM 0
@@ -33,21 +35,37 @@
 
 __device__ __forceinline__ float kq_op(int op, float a, float b) { return op == KQ_SUM ? a + b : op == KQ_MIN ? fminf(a, b) : fmaxf(a, b); }
 
-// Every thread of the block must call this; each gets its own group's result.
-// scr: [32] shared floats.
-__device__ __forceinline__ float kq_group(int op, float v, int G, float* scr) {
+// Reduce N values at once over each group of G consecutive threads (G a power of
+// two), value i with op ops[i]; every thread of the block must call this, and each
+// gets its own group's results in v.  Each value takes the butterfly one reduction
+// alone would (so the results are bitwise those of N separate reductions), but the N
+// shuffles of a level are independent and, for G > 32, the group's warps meet at one
+// barrier pair instead of N: the quantizer's clipping search is a chain of such
+// reductions on one block, so their latency is its time.
+// scr: [N * KQ_MAX_T / 32] shared floats.
+template <int N>
+__device__ __forceinline__ void kq_group(const int (&ops)[N], float (&v)[N], int G, float* scr) {
     const int lim = G < WARP ? G : WARP;
-    for (int o = lim / 2; o > 0; o >>= 1) v = kq_op(op, v, __shfl_xor_sync(FULL_MASK, v, o));
+    for (int o = lim / 2; o > 0; o >>= 1) {
+#pragma unroll
+        for (int i = 0; i < N; ++i) v[i] = kq_op(ops[i], v[i], __shfl_xor_sync(FULL_MASK, v[i], o));
+    }
     if (G > WARP) {  // combine the group's warps, in warp order (the same order for every lane)
         const int lane = threadIdx.x % WARP, wid = threadIdx.x / WARP, per = G / WARP;
-        __syncthreads();
-        if (lane == 0) scr[wid] = v;
+        __syncthreads();  // scr may still be read by a previous call
+        if (lane == 0) {
+#pragma unroll
+            for (int i = 0; i < N; ++i) scr[i * KQ_WARPS + wid] = v[i];
+        }
         __syncthreads();
         const int w0 = wid / per * per;
-        v = scr[w0];
-        for (int i = 1; i < per; ++i) v = kq_op(op, v, scr[w0 + i]);
+#pragma unroll
+        for (int i = 0; i < N; ++i) {
+            float a = scr[i * KQ_WARPS + w0];
+            for (int k = 1; k < per; ++k) a = kq_op(ops[i], a, scr[i * KQ_WARPS + w0 + k]);
+            v[i] = a;
+        }
     }
-    return v;
 }
 
 __device__ __forceinline__ int kq_byte(double v) { return v < 0.0 ? 0 : v > 255.0 ? 255 : (int)v; }
@@ -60,9 +78,9 @@ __device__ void kq_quantize_row(float x, bool on, int Dx, int bits, int G, const
     const int d = threadIdx.x;
     const int L = (1 << bits) - 1;
     const float Lf = (float)L;
-    const float lo = kq_group(KQ_MIN, on ? fminf(x, 0.0f) : 0.0f, G, scr);
-    const float hi = kq_group(KQ_MAX, on ? fmaxf(x, 0.0f) : 0.0f, G, scr);
-    const float sx = kq_group(KQ_SUM, on ? x : 0.0f, G, scr);
+    float r3[3] = {on ? fminf(x, 0.0f) : 0.0f, on ? fmaxf(x, 0.0f) : 0.0f, on ? x : 0.0f};
+    kq_group({KQ_MIN, KQ_MAX, KQ_SUM}, r3, G, scr);
+    const float lo = r3[0], hi = r3[1], sx = r3[2];
     const double e0 = log2((double)lut[0]);
     const bool flat = !(hi - lo > 0.0f);  // an all-zero group: codes 0, u = zc = 0
     float best_err = 3.0e38f;
@@ -82,10 +100,9 @@ __device__ void kq_quantize_row(float x, bool on, int Dx, int bits, int G, const
             const float inv = 1.0f / s;
             const float qf = fminf(fmaxf(floorf(x * inv + z + 0.5f), 0.0f), Lf);
             const float e = s * (qf - z) - x;
-            const float err = kq_group(KQ_SUM, on ? e * e : 0.0f, G, scr);
-            const float sq = kq_group(KQ_SUM, on ? qf : 0.0f, G, scr);
-            const float sqq = kq_group(KQ_SUM, on ? qf * qf : 0.0f, G, scr);
-            const float sqx = kq_group(KQ_SUM, on ? qf * x : 0.0f, G, scr);
+            float r4[4] = {on ? e * e : 0.0f, on ? qf : 0.0f, on ? qf * qf : 0.0f, on ? qf * x : 0.0f};
+            kq_group({KQ_SUM, KQ_SUM, KQ_SUM, KQ_SUM}, r4, G, scr);
+            const float err = r4[0], sq = r4[1], sqq = r4[2], sqx = r4[3];
             if (live && err < best_err) {
                 best_err = err;
                 bu = u;
@@ -166,7 +183,7 @@ extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_fwht_rows(const float*
 extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kvq_quantize_rows(const float* x, u8* codes, u8* meta, const float* lut, const float* clips, int Dx, int bits,
                                              int G) {
     __shared__ int cs[KQ_MAX_T];
-    __shared__ float scr[WARP];
+    __shared__ float scr[KQ_SCR];
     const size_t r = blockIdx.x;
     const int d = threadIdx.x;
     const bool on = d < Dx;
@@ -270,7 +287,7 @@ extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_decode_push(const floa
                                           int rot_v, KQ_POOL_SIZES) {
     __shared__ float xs[KQ_MAX_T];
     __shared__ int cs[KQ_MAX_T];
-    __shared__ float scr[WARP];
+    __shared__ float scr[KQ_SCR];
     const KQPools c KQ_POOLS;
     const int h = blockIdx.x;
     const int p = ppos[0];
@@ -288,7 +305,7 @@ extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_push_tokens(const floa
                                           const int* ppos, int T, int rot_k, int rot_v, KQ_POOL_SIZES) {
     __shared__ float xs[KQ_MAX_T];
     __shared__ int cs[KQ_MAX_T];
-    __shared__ float scr[WARP];
+    __shared__ float scr[KQ_SCR];
     const KQPools c KQ_POOLS;
     const int h = blockIdx.x, n_kv = gridDim.x;
     for (int t = 0; t < T; ++t) {
@@ -491,7 +508,7 @@ __device__ void kq_policy_token(const KQPools& c, const KQMerge& m, const float*
 #define KQ_POLICY_STATE                                                                                                         \
     __shared__ float xs[KQ_MAX_T];                                                                                              \
     __shared__ int cs[KQ_MAX_T];                                                                                                \
-    __shared__ float scr[WARP];                                                                                                 \
+    __shared__ float scr[KQ_SCR];                                                                                                 \
     __shared__ float red[WARP];                                                                                                 \
     __shared__ int si[WARP];                                                                                                    \
     const KQPools c KQ_POOLS;                                                                                                   \

@@ -5,7 +5,10 @@ prompt of ``--depth`` tokens, with a CUDA event pair around every launch, and
 prints per kernel its launches and microseconds a token, against the step's
 wall time.  The rest of the wall time is the host (Python, argument conversion,
 launch calls) and CuPy's own array operations, which do not go through
-``kernels.launch`` and are not timed here.
+``kernels.launch`` and are not timed here.  An event pair also holds the gap
+while the GPU waits for the host's launch, so a last column times each kernel
+with no host in between: the last step's launches of it, captured alone as a
+CUDA graph and replayed.
 
 Why: on an H200 (stop 27) the compressed cache's decode ran 3-4x slower than the
 plain cache's (SmolLM2 tg128 @ d512 with ``--kv-bits 2``: 106 tok/s vs 380 for the

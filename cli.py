@@ -732,11 +732,12 @@ def _parse_configs(spec: str) -> list[Any]:
 @click.option("--ctx", "n_ctx", type=int, default=2048, show_default=True, help="tokens decoded (context reached)")
 @click.option("--configs", default=DEFAULT_KV_CONFIGS, show_default=True, help='";"-separated KV settings, each "BITS[,key=value...]" or a preset')
 @click.option("--score-from", type=float, default=0.5, show_default=True, help="share of positions skipped before scoring")
+@click.option("--windows", type=int, default=1, show_default=True, help="consecutive windows of --ctx tokens, each from empty caches, scored together (narrower ±)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object per configuration, in a list")
 @click.option("-t", "--threads", type=int, default=None, help="CPU threads (default: chosen from measured decode speed)")
 @click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu", show_default=True)
 @friendly
-def kv_eval_cmd(model: str | None, text_file: str, n_ctx: int, configs: str, score_from: float, as_json: bool, threads: int | None, device: str) -> None:
+def kv_eval_cmd(model: str | None, text_file: str, n_ctx: int, configs: str, score_from: float, windows: int, as_json: bool, threads: int | None, device: str) -> None:
     """Quality, size and speed of KV cache settings against the fp16 cache.
 
     Decodes the text token by token with every setting in lock step, so eviction
@@ -749,6 +750,8 @@ def kv_eval_cmd(model: str | None, text_file: str, n_ctx: int, configs: str, sco
         raise KvrunError(f"--ctx must be at least 64, got {n_ctx}")
     if not 0.0 <= score_from < 1.0:
         raise KvrunError(f"--score-from must be in [0, 1), got {score_from}")
+    if windows < 1:
+        raise KvrunError(f"--windows must be at least 1, got {windows}")
     cfgs = _parse_configs(configs)
     for c in cfgs:
         try:
@@ -759,12 +762,13 @@ def kv_eval_cmd(model: str | None, text_file: str, n_ctx: int, configs: str, sco
     text = Path(text_file).read_text(encoding="utf-8", errors="replace")
     tokens = eng.tokenizer.encode(text, add_bos=True if eng.tokenizer.add_bos else False)
     bar = _LazyBar(desc=f"kv-eval ({len(cfgs)} configs + fp16)", unit="tok", disable=as_json)
-    res = kv_eval(eng, tokens, cfgs, n_ctx, progress=bar.update, score_from=score_from)
+    res = kv_eval(eng, tokens, cfgs, n_ctx, progress=bar.update, score_from=score_from, windows=windows)
     bar.close()
     if as_json:
         click.echo(json.dumps(res, indent=1))
     else:
-        click.echo(f"{Path(str(eng.path)).name}, ctx {n_ctx}, fp16 cache: ppl {res[0]['ppl_ref']:.4f}, {res[0]['tok_s_ref']:.2f} tok/s")
+        span = f"{windows} windows of ctx {n_ctx}" if windows > 1 else f"ctx {n_ctx}"
+        click.echo(f"{Path(str(eng.path)).name}, {span}, fp16 cache: ppl {res[0]['ppl_ref']:.4f}, {res[0]['tok_s_ref']:.2f} tok/s")
         click.echo(format_table(res))
 
 

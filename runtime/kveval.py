@@ -52,6 +52,7 @@ def kv_eval(
     ctx: int,
     progress: Callable[[int, int], None] | None = None,
     score_from: float = 0.5,
+    windows: int = 1,
 ) -> list[dict]:
     """Quality and size of KV cache configurations against the fp16 cache.
 
@@ -72,6 +73,10 @@ def kv_eval(
         Share of the positions skipped before scoring: with 0.5 the second
         half is scored, where every token has at least ``ctx/2`` of context
         (and evicting/quantizing caches are past their budgets).
+    windows : int
+        Consecutive windows of ``ctx`` tokens, each decoded from empty caches
+        (and starting with BOS where the model adds one), whose scored tokens
+        are pooled: the standard errors narrow as ``1/sqrt(windows)``.
 
     Returns
     -------
@@ -86,50 +91,56 @@ def kv_eval(
         least ``3 ctx / 4`` tokens of context; ``tok_s_ref`` likewise for fp16).
     """
     tokens = np.asarray(tokens, np.int32)
-    if len(tokens) < ctx:
-        raise KvrunError(f"the text has {len(tokens)} tokens; kv-eval at ctx {ctx} needs at least {ctx} (use a longer text or a smaller --ctx)")
+    if windows < 1:
+        raise KvrunError(f"windows must be >= 1, got {windows}")
+    if len(tokens) < ctx * windows:
+        what = f"{windows} windows of ctx {ctx}" if windows > 1 else f"ctx {ctx}"
+        raise KvrunError(
+            f"the text has {len(tokens)} tokens; kv-eval at {what} needs at least {ctx * windows} (use a longer text, a smaller --ctx or fewer --windows)"
+        )
     if ctx > engine.n_ctx:
         raise KvrunError(f"ctx {ctx} exceeds the engine's context of {engine.n_ctx}")
-    tokens = tokens[:ctx].copy()
-    tok = engine.tokenizer
-    if tok.add_bos and tok.bos_id is not None:
-        tokens[0] = tok.bos_id
     for kv in configs:
         kv.validate(ctx)
-    caches = [engine.cache_for(None, ctx, 1)] + [engine.cache_for(kv, ctx, 1) for kv in configs]
-    M = len(caches)
-    n_vocab = engine.cfg.n_vocab
-    logits = np.zeros((M, n_vocab), np.float32)
+    M = len(configs) + 1
+    logits = np.zeros((M, engine.cfg.n_vocab), np.float32)
     row = np.zeros(1, np.int64)
     first = int(ctx * score_from)
     t_speed = ctx - 1 - max(1, (ctx - 1) // 4)  # timing starts here
     kl, top1 = np.zeros(M), np.zeros(M)
-    nll_tok = np.zeros((M, max(ctx - 1 - first, 0)))  # per scored token, for the paired errors
+    per_window = max(ctx - 1 - first, 0)
+    nll_tok = np.zeros((M, per_window * windows))  # per scored token, for the paired errors
     secs = np.zeros(M)
     n_scored = 0
-    for t in range(ctx - 1):
-        tok = tokens[t : t + 1]
-        pos = np.full(1, t, np.int32)
-        for i, cache in enumerate(caches):
-            t0 = time.perf_counter()
-            engine.model.forward(tok, pos, cache, row, logits[i : i + 1])
-            cache.offset += 1
-            if t >= t_speed:
-                secs[i] += time.perf_counter() - t0
-        if t >= first:
-            lp = _log_softmax(logits)  # [M, n_vocab]
-            nll_tok[:, n_scored] = -lp[:, tokens[t + 1]]
-            p_ref = np.exp(lp[0])
-            kl += (p_ref[None, :] * (lp[0][None, :] - lp)).sum(axis=1)
-            top1 += lp.argmax(axis=1) == lp[0].argmax()
-            n_scored += 1
-        if progress:
-            progress(t + 1, ctx - 1)
+    bos = engine.tokenizer.bos_id if engine.tokenizer.add_bos else None
+    for w in range(windows):
+        text = tokens[w * ctx : (w + 1) * ctx].copy()
+        if bos is not None:
+            text[0] = bos  # every window starts as a text does (llama-perplexity's chunks likewise)
+        caches = [engine.cache_for(None, ctx, 1)] + [engine.cache_for(kv, ctx, 1) for kv in configs]
+        for t in range(ctx - 1):
+            tok = text[t : t + 1]
+            pos = np.full(1, t, np.int32)
+            for i, cache in enumerate(caches):
+                t0 = time.perf_counter()
+                engine.model.forward(tok, pos, cache, row, logits[i : i + 1])
+                cache.offset += 1
+                if t >= t_speed:
+                    secs[i] += time.perf_counter() - t0
+            if t >= first:
+                lp = _log_softmax(logits)  # [M, n_vocab]
+                nll_tok[:, n_scored] = -lp[:, text[t + 1]]
+                p_ref = np.exp(lp[0])
+                kl += (p_ref[None, :] * (lp[0][None, :] - lp)).sum(axis=1)
+                top1 += lp.argmax(axis=1) == lp[0].argmax()
+                n_scored += 1
+            if progress:
+                progress(w * (ctx - 1) + t + 1, windows * (ctx - 1))
     n = max(n_scored, 1)
     nll_tok = nll_tok[:, :n_scored]
     ppl = np.exp(nll_tok.sum(axis=1) / n)
     dppl = [paired_dppl(nll_tok[i], nll_tok[0]) for i in range(M)]
-    tok_s = (ctx - 1 - t_speed) / np.maximum(secs, 1e-9)
+    tok_s = windows * (ctx - 1 - t_speed) / np.maximum(secs, 1e-9)
     return [
         {
             "config": str(kv),

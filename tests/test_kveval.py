@@ -59,6 +59,49 @@ def test_kv_eval_needs_enough_text(tiny_engine):
         kv_eval(tiny_engine, [1, 2, 3], [KVConfig.parse("4")], 80)
 
 
+def test_windows_pool_the_scored_tokens_of_consecutive_windows(tiny_engine):
+    """--windows 2 decodes tokens [0, ctx) and [ctx, 2 ctx) from empty caches and scores their tokens
+    together: the perplexity of the pooled tokens, the mean KL and agreement over both."""
+    tokens = np.random.default_rng(1).integers(0, tiny_engine.cfg.n_vocab, 96)
+    configs = [KVConfig.parse("2,group=16,residual=8")]
+    (both,) = kv_eval(tiny_engine, tokens, configs, 48, windows=2)
+    (a,) = kv_eval(tiny_engine, tokens[:48], configs, 48)
+    (b,) = kv_eval(tiny_engine, tokens[48:], configs, 48)
+    # each window scores its last 23 positions, so the pooled perplexity is the geometric mean
+    assert both["ppl"] == pytest.approx(math.sqrt(a["ppl"] * b["ppl"]), rel=1e-6)
+    assert both["ppl_ref"] == pytest.approx(math.sqrt(a["ppl_ref"] * b["ppl_ref"]), rel=1e-6)
+    assert both["dppl_pct"] == pytest.approx(100 * (both["ppl"] / both["ppl_ref"] - 1), rel=1e-6)
+    assert both["kl"] == pytest.approx((a["kl"] + b["kl"]) / 2, rel=1e-6)
+    assert both["top1"] == pytest.approx((a["top1"] + b["top1"]) / 2)
+    assert both["kv_bytes"] == a["kv_bytes"] and both["dppl_se_pct"] > 0
+
+
+def test_windows_need_text_for_all_of_them(tiny_engine):
+    from kvrun.loaders.errors import KvrunError
+
+    with pytest.raises(KvrunError, match="3 windows of ctx 48 needs at least 144"):
+        kv_eval(tiny_engine, list(range(100)), [KVConfig.parse("4")], 48, windows=3)
+
+
+def test_cli_kv_eval_windows(tmp_path, tiny_engine):
+    import json
+
+    from click.testing import CliRunner
+
+    from kvrun.cli import main
+
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 8)
+    args = ["kv-eval", str(tiny_engine.path), "-f", str(text), "--ctx", "64", "--configs", "4,group=16,residual=8"]
+    r = CliRunner().invoke(main, args + ["--windows", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    assert [x["config"] for x in json.loads(r.output)] == ["4,group=16,residual=8"]
+    bad = CliRunner().invoke(main, args + ["--windows", "0"])
+    assert bad.exit_code == 2 and bad.output.count("\n") == 1 and "--windows" in bad.output
+    short = CliRunner().invoke(main, args + ["--windows", "99"])
+    assert short.exit_code == 2 and "fewer --windows" in short.output
+
+
 @pytest.mark.real_model
 def test_smollm2_four_bit_is_close_and_two_bit_degrades_gracefully(smollm2_path):
     eng = Engine(smollm2_path, n_ctx=192, n_batch=32)

@@ -651,7 +651,7 @@ def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, n_dept
         )
     for r in results:
         if r.replayed is not None:  # the GPU: were the decode steps replayed, or launched one by one from Python?
-            click.echo(f"{r.test}: {r.replayed} of {r.steps} decode steps replayed from CUDA graphs")
+            click.echo(f"{r.test}: {r.replayed} of {r.n_tokens * len(r.samples)} decode steps replayed from CUDA graphs")
     split = f"; now {_size(parts['anon'])} anonymous + {_size(parts['file'])} mapped files" if parts else ""
     click.echo(f"load {load_s:.2f} s, peak RSS {_size(rss)} (model file {_size(facts['file_size'])}{split}), kv cache {eng.kv if eng.kv else 'fp16'}")
 

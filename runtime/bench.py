@@ -28,7 +28,6 @@ class BenchResult:
     # tg on the GPU: the timed decode steps replayed from a captured CUDA graph (None: the CPU);
     # a count short of all of them says where decode ran eagerly, each launch from Python
     replayed: int | None = None
-    steps: int = 0
 
     @property
     def mean(self) -> float:
@@ -107,6 +106,5 @@ def bench_tg(engine: Engine, n: int, repeats: int, seed: int = 0, depth: int = 0
         res.samples.append(n / (time.perf_counter() - t0))
         if graphs is not None:
             res.replayed = (res.replayed or 0) + graphs.n_replays - before
-        res.steps += n
         del cache
     return res

@@ -20,7 +20,7 @@ from ..cache.factory import bits_per_value
 from ..cache.kvconfig import KVConfig
 from ..loaders.errors import KvrunError
 from .engine import Engine
-from .perplexity import se_of_mean
+from .perplexity import se_of_mean, text_window
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -112,11 +112,8 @@ def kv_eval(
     nll_tok = np.zeros((M, per_window * windows))  # per scored token, for the paired errors
     secs = np.zeros(M)
     n_scored = 0
-    bos = engine.tokenizer.bos_id if engine.tokenizer.add_bos else None
     for w in range(windows):
-        text = tokens[w * ctx : (w + 1) * ctx].copy()
-        if bos is not None:
-            text[0] = bos  # every window starts as a text does (llama-perplexity's chunks likewise)
+        text = text_window(tokens, w, ctx, engine.tokenizer)
         caches = [engine.cache_for(None, ctx, 1)] + [engine.cache_for(kv, ctx, 1) for kv in configs]
         for t in range(ctx - 1):
             tok = text[t : t + 1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,15 @@ def se_of_mean(x: np.ndarray) -> float:
     """Standard error of the mean of ``x``: ``std(x) / sqrt(n)`` with the sample std (0 under two values)."""
     x = np.asarray(x, np.float64)
     return float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else 0.0
+
+
+def text_window(tokens: np.ndarray, c: int, n_ctx: int, tokenizer: Any) -> np.ndarray:
+    """Window ``c`` of ``n_ctx`` tokens, copied, its first token BOS where the model adds one:
+    each window is scored as a text of its own (llama-perplexity's chunks)."""
+    window = tokens[c * n_ctx : (c + 1) * n_ctx].copy()
+    if tokenizer.add_bos and tokenizer.bos_id is not None:
+        window[0] = tokenizer.bos_id
+    return window
 
 
 def log_softmax_at(logits: np.ndarray, targets: np.ndarray, block: int = 16) -> np.ndarray:
@@ -65,16 +75,13 @@ def perplexity(
         n_chunks = min(n_chunks, max_chunks)
     if n_chunks < 1:
         raise KvrunError(f"the text has {len(tokens)} tokens; perplexity at --ctx {n_ctx} needs at least {n_ctx} (use a longer text or a smaller --ctx)")
-    add_bos = engine.tokenizer.add_bos and engine.tokenizer.bos_id is not None
     first = n_ctx // 2
     nll: list[np.ndarray] = []  # per scored token, window by window
     chunk_ppl = []
     if progress:
         progress(0, n_chunks, math.nan)  # the work is known and starts (no figure yet)
     for c in range(n_chunks):
-        window = tokens[c * n_ctx : (c + 1) * n_ctx].copy()
-        if add_bos:
-            window[0] = engine.tokenizer.bos_id
+        window = text_window(tokens, c, n_ctx, engine.tokenizer)
         cache = make_cache() if make_cache else engine.new_cache()
         logits = engine.eval(cache, window, logits_all=True, logits_start=first)
         lp = log_softmax_at(logits[: n_ctx - 1 - first], tokens[c * n_ctx + first + 1 : (c + 1) * n_ctx])

@@ -29,10 +29,10 @@ tokens equal this tool's (and llama.cpp's), the default CPU's part at the
 second token, where its top two logits are 0.005 apart.  On Gemma the GPU
 parts from the float path at 4 and 2 bits (+0.46%, -0.37%): not explained yet
 (the emulator is too slow for Gemma's 262k-row output to replay kv-eval).
-Stop 28 found those CPU figures taken in two rounding variants of the compressed
-cache's decode attention: Numba compiled it one way within the run that first
-compiled it and another way when it loaded it from its cache (fixed: both ways
-now compile alike, ``tests/test_jit_cache.py``).  After the fix, on another CPU
+Stop 28 found that the compressed cache's decode attention rounded one way in the
+run that compiled it and another way when Numba loaded it from its cache (fixed:
+both ways now compile alike, ``tests/test_jit_cache.py``); those CPU figures may
+be of the two variants (the int8 one comes first in ``gpu_checks.sh``).  After the fix, on another CPU
 (AMD EPYC), SmolLM2 at 16 / 4 / 2 bits:
 
     ctx 1024   CPU, int8 x   19.8794  19.9722  20.0361

@@ -104,6 +104,20 @@ run)
     mkdir -p "$LOGS"
     PART=${2:-all}
     [ "$PART" == all ] && : >"$S"
+    # bench_line LABEL LOG SECONDS ARGS...: `kvrun bench $p --device $DEV ARGS` into LOG, its speed,
+    # graph-replay and error lines into the summary behind LABEL
+    bench_line() {
+        local label=$1 log=$2 secs=$3
+        shift 3
+        timeout "$secs" $K bench "$p" --device $DEV "$@" >"$log" 2>&1
+        grep -sE "pp[0-9]+|tg[0-9]+|CUDA graphs|rror" "$log" | sed "s/  */ /g; s/^/$label/" >>"$S"
+    }
+    # kernel_times MODEL N TOP [--kv SPEC]: tools/gpu_kernel_times.py at d512, appended to kernel_times.log
+    kernel_times() {
+        local model=$1 n=$2 top=$3
+        shift 3
+        timeout 120 python3 tools/gpu_kernel_times.py "$model" --depth 512 -n "$n" --top "$top" "$@" >>"$OUT/kernel_times.log" 2>&1
+    }
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >>"$S" 2>&1
     # without CuPy (or a device it sees) every GPU test would skip and the run would look green
     if [ "$DEV" == gpu ] && ! python3 -c "import cupy, sys; n = cupy.cuda.runtime.getDeviceCount(); print('cupy', cupy.__version__, 'devices', n); sys.exit(n == 0)" >>"$S" 2>&1; then
@@ -129,7 +143,7 @@ run)
         for m in "${MODELS[@]}"; do
             [ -s "$KVRUN_MODELS/$m" ] || continue
             for kvs in "" "--kv 4" "--kv 2"; do
-                timeout 120 python3 tools/gpu_kernel_times.py "$KVRUN_MODELS/$m" --depth 512 -n 16 --top 14 $kvs >>"$OUT/kernel_times.log" 2>&1
+                kernel_times "$KVRUN_MODELS/$m" 16 14 $kvs
             done
         done
         cat "$OUT/kernel_times.log"
@@ -155,8 +169,7 @@ run)
             [ "$(cat ".gpu/whl/greedy_cpufloat_$m.txt")" == "$b" ] && r="$r; EQUAL to the CPU's float-x path" || r="$r; DIFFERENT from the CPU's float-x path"
         fi
         echo "greedy 32 tokens $m: $r ($((SECONDS - t0)) s)" >>"$S"
-        timeout 150 $K bench "$p" --device $DEV -p 512 -n 128 -r 3 >"$OUT/bench_$m.log" 2>&1
-        grep -E "pp512|tg128|CUDA graphs|rror" "$OUT/bench_$m.log" | sed 's/  */ /g' >>"$S"
+        bench_line "" "$OUT/bench_$m.log" 150 -p 512 -n 128 -r 3
         if [ -s ".gpu/whl/kveval_cpu_${CTX}_$m.json" ]; then  # computed by `refs`
             cp ".gpu/whl/kveval_cpu_${CTX}_$m.json" "$OUT/kveval_cpu_$m.json"
         else
@@ -183,23 +196,20 @@ EOF
         # device time per kernel, eager, plain vs 2-bit cache at depth 512: where the compressed
         # cache's 3-4x slower decode goes (stop 27); the full tables in kernel_times.log
         for kvs in "" "--kv 2"; do
-            left && timeout 120 python3 tools/gpu_kernel_times.py "$p" --depth 512 -n 32 --top 8 $kvs >>"$OUT/kernel_times.log" 2>&1 &&
+            left && kernel_times "$p" 32 8 $kvs &&
                 tail -10 "$OUT/kernel_times.log" | sed "s/^/$m kernels ${kvs:-fp16}: /" >>"$S"
         done
         # with --texts: the three greedy texts (CPU decode, CPU batch path = float activations as the GPU, GPU decode)
         left && timeout 180 python3 tools/device_agreement.py "$p" --device $DEV -n 32 --texts 2>>"$OUT/greedy.log" | sed "s/^/$m: /" >>"$S"
         # decode without CUDA graphs (every kernel launched from Python): what the graphs gain
-        left && KVRUN_CUDA_GRAPHS=0 timeout 100 $K bench "$p" --device $DEV -p 0 -n 128 -r 2 >"$LOGS/bench_eager_$m.log" 2>&1
-        grep -sE "tg128" "$LOGS/bench_eager_$m.log" | sed 's/  */ /g; s/^/no graphs: /' >>"$S"
+        left && KVRUN_CUDA_GRAPHS=0 bench_line "no graphs: " "$LOGS/bench_eager_$m.log" 100 -p 0 -n 128 -r 2
         # the 2-bit cache past its fp16 window: steady-state steps replay a graph, slots planned on the host
-        left && timeout 100 $K bench "$p" --device $DEV -p 0 -n 128 -d 512 -r 2 --kv-bits 2 >"$LOGS/bench_kv2_$m.log" 2>&1
-        grep -sE "tg128|CUDA graphs" "$LOGS/bench_kv2_$m.log" | sed 's/  */ /g; s/^/kv-bits 2: /' >>"$S"
+        left && bench_line "kv-bits 2: " "$LOGS/bench_kv2_$m.log" 100 -p 0 -n 128 -d 512 -r 2 --kv-bits 2
         # an eviction policy with merging: its decode steps pick, demote and merge on the device
         left && timeout 120 python3 tools/device_agreement.py "$p" --device $DEV -n 32 --kv "2,policy=h2o,budget=64,residual=16,merge=keepkv" \
             2>>"$OUT/greedy.log" | sed "s/^/$m h2o+keepkv: /" >>"$S"
         # (past its budget its decode steps replay a CUDA graph too; the prompt's chunks go in with one launch each)
-        left && timeout 100 $K bench "$p" --device $DEV -p 512 -n 128 -d 512 -r 2 --kv-bits 4 --kv-policy h2o --kv-budget 256 >"$LOGS/bench_policy_$m.log" 2>&1
-        grep -sE "pp512|tg128|CUDA graphs" "$LOGS/bench_policy_$m.log" | sed 's/  */ /g; s/^/h2o budget 256: /' >>"$S"
+        left && bench_line "h2o budget 256: " "$LOGS/bench_policy_$m.log" 100 -p 512 -n 128 -d 512 -r 2 --kv-bits 4 --kv-policy h2o --kv-budget 256
         echo "all checks $m: $((SECONDS - t0)) s" >>"$S"
     done
     cat "$S"

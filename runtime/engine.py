@@ -24,7 +24,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..loaders.tokenizer import StreamDecoder, Tokenizer
 from ..models import model_class
 from ..ops import get_backend
-from ..ops.cpu.blas import set_blas_threads
+from ..ops.cpu.blas import set_prefill_threads
 from .sampling import Sampler, SamplerConfig
 from .threads import ThreadTuner
 
@@ -37,7 +37,7 @@ def set_threads(n: int | None) -> int:
         if n < 1:
             raise KvrunError(f"--threads must be >= 1, got {n}")
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-        set_blas_threads(n)  # prefill's GEMMs: numpy's BLAS keeps a pool of its own
+    set_prefill_threads(numba.get_num_threads())  # prefill's GEMMs: numpy's BLAS keeps a pool of its own
     return numba.get_num_threads()
 
 

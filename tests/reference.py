@@ -2,6 +2,10 @@
 
 Written for clarity, not speed: whole-sequence causal attention, weights
 dequantized with gguf's own reference, rope computed from its formula.
+
+``quantize_x=True``: every product with a block-quantized weight meets its
+activations quantized per 32 to int8 first (scale amax/127, round half to even),
+as llama.cpp's and kvrun's integer kernels do; the rest stays float64.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import functools
 import math
 
 import numpy as np
-from gguf import GGUFReader
+from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
 
@@ -21,10 +25,22 @@ def shared_reader(path) -> GGUFReader:
     return GGUFReader(str(path))
 
 
+_FLOAT_TYPES = {int(GGMLQuantizationType.F32), int(GGMLQuantizationType.F16), int(GGMLQuantizationType.BF16)}
+
+
+def quantize_x8(x: np.ndarray) -> np.ndarray:
+    """x [.., n] quantized per 32 to int8 codes times their scale, as float64 (the int8 kernels' activations)."""
+    b = x.astype(np.float32).reshape(*x.shape[:-1], -1, 32)
+    amax = np.abs(b).max(-1, keepdims=True)
+    inv = np.where(amax > 0, np.float32(127.0) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    return (np.rint(b * inv) * (amax / np.float32(127.0))).astype(np.float64).reshape(x.shape)
+
+
 class Reference:
-    def __init__(self, path, reader: GGUFReader | None = None) -> None:
+    def __init__(self, path, reader: GGUFReader | None = None, quantize_x: bool = False) -> None:
         r = reader if reader is not None else GGUFReader(str(path))
         self.t = {}
+        self.quantized = {t.name for t in r.tensors if int(t.tensor_type) not in _FLOAT_TYPES} if quantize_x else set()
         for t in r.tensors:
             a = dequantize(t.data, t.tensor_type).astype(np.float64)
             self.t[t.name] = a.reshape([int(x) for x in reversed(t.shape.tolist())]) if a.ndim > 1 or len(t.shape) > 1 else a.reshape(-1)
@@ -38,6 +54,10 @@ class Reference:
         self.eps = f[f"{arch}.attention.layer_norm_rms_epsilon"]
         self.theta = f.get(f"{arch}.rope.freq_base", 10000.0)
         self.window = f.get(f"{arch}.attention.sliding_window", 0)
+
+    def lin(self, x, name):
+        """x @ W.T, x quantized first where the weight is block-quantized and ``quantize_x`` asked."""
+        return (quantize_x8(x) if name in self.quantized else x) @ self.t[name].T
 
     def rms(self, x, w):
         return x / np.sqrt((x * x).mean(-1, keepdims=True) + self.eps) * w
@@ -70,9 +90,9 @@ class Reference:
             swa = gemma and (il % 6) < 5
             theta = 10000.0 if swa else self.theta
             h = self.rms(x, t[b + "attn_norm.weight"])
-            q = h @ t[b + "attn_q.weight"].T
-            k = h @ t[b + "attn_k.weight"].T
-            v = h @ t[b + "attn_v.weight"].T
+            q = self.lin(h, b + "attn_q.weight")
+            k = self.lin(h, b + "attn_k.weight")
+            v = self.lin(h, b + "attn_v.weight")
             if b + "attn_q.bias" in t:
                 q, k, v = q + t[b + "attn_q.bias"], k + t[b + "attn_k.bias"], v + t[b + "attn_v.bias"]
             q, k, v = q.reshape(T, H, D), k.reshape(T, Hkv, D), v.reshape(T, Hkv, D)
@@ -91,21 +111,20 @@ class Reference:
                 p = np.exp(s - s.max(-1, keepdims=True))
                 p /= p.sum(-1, keepdims=True)
                 out[:, hh] = p @ v[:, kh]
-            o = out.reshape(T, H * D) @ t[b + "attn_output.weight"].T
+            o = self.lin(out.reshape(T, H * D), b + "attn_output.weight")
             if gemma:
                 o = self.rms(o, t[b + "post_attention_norm.weight"])
             x = x + o
             h = self.rms(x, t[b + "ffn_norm.weight"])
-            g = h @ t[b + "ffn_gate.weight"].T
-            u = h @ t[b + "ffn_up.weight"].T
+            g = self.lin(h, b + "ffn_gate.weight")
+            u = self.lin(h, b + "ffn_up.weight")
             if gemma:
                 a = 0.5 * g * (1 + np.tanh(math.sqrt(2 / math.pi) * (g + 0.044715 * g**3)))
             else:
                 a = g / (1 + np.exp(-g))
-            d = (a * u) @ t[b + "ffn_down.weight"].T
+            d = self.lin(a * u, b + "ffn_down.weight")
             if gemma:
                 d = self.rms(d, t[b + "post_ffw_norm.weight"])
             x = x + d
         x = self.rms(x, t["output_norm.weight"])
-        out_w = t.get("output.weight", t["token_embd.weight"])
-        return x @ out_w.T
+        return self.lin(x, "output.weight" if "output.weight" in t else "token_embd.weight")

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kvrun.ops.cpu.qmatmul import HAVE_VNNI
+
 pytestmark = pytest.mark.real_model
 
 FIX = Path(__file__).parent / "fixtures"
@@ -88,21 +90,45 @@ def test_greedy_text_matches_llamacpp(case):
     assert exact / steps >= 0.9, f"{name}: kvrun's greedy choice equals llama.cpp's at only {exact}/{steps} steps"
 
 
-@pytest.mark.parametrize("name", ["smollm2"])
-def test_logits_equal_float64_reference(name, smollm2_path):
-    """kvrun's own arithmetic is exact: it equals an independent float64 forward."""
+def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
+    """KL(p || q) per row, nats."""
+    lp = p_logits - p_logits.max(1, keepdims=True)
+    lp -= np.log(np.exp(lp).sum(1, keepdims=True))
+    lq = q_logits - q_logits.max(1, keepdims=True)
+    lq -= np.log(np.exp(lq).sum(1, keepdims=True))
+    return (np.exp(lp) * (lp - lq)).sum(1)
+
+
+@pytest.mark.parametrize("vnni", [False, pytest.param(True, marks=pytest.mark.skipif(not HAVE_VNNI, reason="no AVX-512 VNNI"))])
+def test_logits_equal_float64_reference(vnni, smollm2_path, monkeypatch):
+    """kvrun's own arithmetic is exact: it equals an independent float64 forward.
+
+    Prefill's products on BLAS are float32 throughout: the logits equal the reference's to
+    2e-3.  On the VNNI GEMM they meet int8 activations, as the reference's do with
+    ``quantize_x``; but SmolLM2's outlier channels make each int8 rounding coarse for the
+    rest of its block of 32, so any two int8 forwards part by a few % of the largest logit
+    (measured: kvrun's prefill, kvrun's decode and the reference's int8 forward are 3-4% from
+    one another, mean KL 0.005-0.009 nats to the float64 one).  There the bound is on the
+    distributions: a wrong weight, type or tile would cost whole nats."""
     from reference import Reference, shared_reader
 
+    from kvrun.ops.cpu import qmatmul
     from kvrun.runtime.engine import Engine
 
-    npz, _ = _golden(name)
+    monkeypatch.setattr(qmatmul, "_USE_VNNI", vnni)
+    npz, _ = _golden("smollm2")
     ids = npz["prompt_ids"][:12]
-    ref = Reference(smollm2_path, shared_reader(smollm2_path)).logits(ids)
+    ref = Reference(smollm2_path, shared_reader(smollm2_path), quantize_x=vnni).logits(ids)
     eng = Engine(smollm2_path, n_ctx=64)
     got = eng.eval(eng.new_cache(), ids, logits_all=True)
-    err = np.abs(got - ref).max() / np.abs(ref).max()
-    assert err < 2e-3, f"max relative logit error {err:.2e}"
-    assert (got.argmax(1) == ref.argmax(1)).all()
+    if not vnni:
+        err = np.abs(got - ref).max() / np.abs(ref).max()
+        assert err < 2e-3, f"max relative logit error {err:.2e}"
+        assert (got.argmax(1) == ref.argmax(1)).all()
+    else:
+        kl = _kl(ref, got)
+        assert kl.mean() < 0.015 and kl.max() < 0.04, f"KL to the int8-activation reference: mean {kl.mean():.4f}, max {kl.max():.4f} nats"
+        assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.75
 
 
 def test_perplexity_within_one_percent_of_llamacpp(case):

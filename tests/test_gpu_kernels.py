@@ -169,12 +169,15 @@ def test_linear_add_adds_into_the_output(rt, gpu, cpu, n_tok, backend):
     raw = random_weight(Q.Q8_0, 40, 288, rng)
     x = rng.standard_normal((n_tok, 288)).astype(np.float32)
     resid = rng.standard_normal((n_tok, 40)).astype(np.float32)
-    prod = np.zeros((n_tok, 40), np.float32)
-    cpu.linear(cpu.upload(raw, Q.Q8_0, (40, 288)), x, prod)
     be = gpu if backend == "gpu" else cpu
-    out = dev(rt, resid.copy()) if backend == "gpu" else resid.copy()  # (the emulator's device arrays are numpy: no aliasing)
-    be.linear_add(be.upload(raw, Q.Q8_0, (40, 288)), dev(rt, x) if backend == "gpu" else x, out)
-    assert nmse(rt.asnumpy(out) if backend == "gpu" else out, resid + prod) < 1e-9
+    put = (lambda a: dev(rt, a)) if backend == "gpu" else (lambda a: a)  # (the emulator's device arrays are numpy: no aliasing)
+    get = rt.asnumpy if backend == "gpu" else (lambda a: a)
+    w = be.upload(raw, Q.Q8_0, (40, 288))
+    prod = put(np.zeros((n_tok, 40), np.float32))
+    be.linear(w, put(x), prod)  # the backend's own product (the CPU's prefill may quantize x, the GPU's does not)
+    out = put(resid.copy())
+    be.linear_add(w, put(x), out)
+    assert nmse(get(out), resid + get(prod)) < 1e-9
 
 
 @pytest.mark.parametrize("n_tok", [1, 70], ids=["matvec", "matmul"])

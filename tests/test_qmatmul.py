@@ -6,6 +6,8 @@ Tolerances (relative to the norm of the exact result, per call):
   quantize the activations to int8 per 32 (as llama.cpp), ~0.5% -> 1.5e-2;
 * Q8_0 weights: int16 activations, ~2e-5 -> 2e-4;
 * float weights (F32/F16/BF16) and the tile + BLAS ``matmul``: float32 -> 1e-5;
+* many-token ``matmul`` of block types on an AVX-512 VNNI host (``qgemm``,
+  tested on its own in test_qgemm.py): int8 activations for every type -> 1.5e-2;
 * ``get_rows`` is bit-identical to ``gguf.quants.dequantize``.
 """
 
@@ -100,16 +102,20 @@ def test_matvec_parallel(qtype, threads):
     np.testing.assert_array_equal(out, out1)  # same per-row arithmetic on any thread
 
 
+@pytest.mark.parametrize("vnni", [False, pytest.param(True, marks=pytest.mark.skipif(not Q.HAVE_VNNI, reason="no AVX-512 VNNI"))])
 @pytest.mark.parametrize("qtype,n,k", list(_cases()))
-def test_matmul(qtype, n, k):
+def test_matmul(qtype, n, k, vnni, monkeypatch):
+    monkeypatch.setattr(Q, "_USE_VNNI", vnni)
     w = _weights(qtype, n, k)
     W = _ref(w, qtype, n, k)
     rng = np.random.default_rng(3)
-    for n_tok in (3, Q.BLAS_MIN_TOKENS + 5):  # integer kernel, then tile + BLAS
+    for n_tok in (3, Q.BLAS_MIN_TOKENS + 5):  # integer kernel, then the VNNI GEMM or tile + BLAS
         x = rng.standard_normal((n_tok, k)).astype(np.float32)
         out = np.full((n_tok, n), np.nan, np.float32)
         Q.matmul(w, qtype, x, out)
-        assert _rel(out, x @ W.T) < _tol(qtype, n_tok < Q.BLAS_MIN_TOKENS), n_tok
+        gemm = n_tok >= Q.BLAS_MIN_TOKENS
+        tol = 1.5e-2 if gemm and vnni and qtype not in (T.F32, T.F16, T.BF16) else _tol(qtype, not gemm)
+        assert _rel(out, x @ W.T) < tol, n_tok
 
 
 @pytest.mark.parametrize("qtype", [T.Q4_0, T.Q5_K], ids=lambda t: t.name)
@@ -138,6 +144,7 @@ def test_get_rows_bit_exact(qtype, n, k):
 def test_fallback_without_simd(qtype, monkeypatch):
     """The plain-Numba path used on hosts without AVX2 gives the float32 answer."""
     monkeypatch.setattr(Q, "_USE_SIMD", False)
+    monkeypatch.setattr(Q, "_USE_VNNI", False)  # no AVX2, no AVX-512 either
     n, k = (33, 512)
     w = _weights(qtype, n, k)
     W = _ref(w, qtype, n, k)

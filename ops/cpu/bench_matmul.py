@@ -3,7 +3,8 @@
 matvec (decode): µs per call with the weight hot in cache (the same matrix
 again and again) and cold (cycling through copies that together exceed the
 L3 cache, as a real forward pass does), and the effective bandwidth
-``weight bytes / cold time``.  matmul (prefill): GFLOP/s with 512 tokens.
+``weight bytes / cold time``.  matmul (prefill): GOP/s with 512 tokens, the
+int8 VNNI GEMM beside the tile + BLAS path where the host has AVX-512 VNNI.
 The shapes are the linear layers of SmolLM2-135M and Gemma 3 270M.  Each
 figure is the best of a few repeats (other processes on a shared machine only
 ever make a run slower).
@@ -20,6 +21,7 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
 from . import qmatmul
+from .blas import set_blas_threads
 
 # (model, tensor, type, n_rows, n_cols, count per token)
 SMOLLM2 = [
@@ -113,16 +115,27 @@ def bench_matvec(rows, rng, quick: bool) -> float:
 
 
 def bench_matmul(rows, rng, n_tok: int, quick: bool) -> None:
-    print(f"\nmatmul (prefill), {n_tok} tokens, {nb.get_num_threads()} thread(s)")
-    print(f"{'model':8s} {'tensor':12s} {'type':5s} {'shape':>12s} {'ms':>9s} {'GFLOP/s':>8s}")
+    """Print the matmul table: the default path (the VNNI int8 GEMM where the host has it), then tile + BLAS."""
+    vnni = qmatmul.HAVE_VNNI
+    print(f"\nmatmul (prefill), {n_tok} tokens, {nb.get_num_threads()} thread(s); GOP/s = 2 n_tok n_rows n_cols / time")
+    print(f"{'model':8s} {'tensor':12s} {'type':5s} {'shape':>12s} {'ms':>9s} {'GOP/s':>8s}" + (f" {'BLAS ms':>9s} {'GOP/s':>8s}" if vnni else "")
+          + ("  (int8 GEMM, then tile + BLAS)" if vnni else "  (tile + BLAS: no AVX-512 VNNI here)"))
     for model, name, qt, n, k, _ in rows:
         if n * k > 8_000_000:  # the output layer runs on the last token only
             continue
         w = random_weight(qt, n, k, rng)
         x = rng.standard_normal((n_tok, k)).astype(np.float32)
         out = np.zeros((n_tok, n), np.float32)
-        dt, _ = _best(lambda i: qmatmul.matmul(w, qt, x, out), 1 if quick else 2, 3)
-        print(f"{model:8s} {name:12s} {T(qt).name:5s} {f'{n}x{k}':>12s} {dt * 1e3:9.2f} {2 * n_tok * n * k / dt / 1e9:8.1f}")
+        line = f"{model:8s} {name:12s} {T(qt).name:5s} {f'{n}x{k}':>12s}"
+        for use_vnni in (True, False) if vnni else (False,):
+            qmatmul._USE_VNNI = use_vnni
+            set_blas_threads(1 if use_vnni else nb.get_num_threads())  # BLAS's spinning pool would slow Numba's
+            try:
+                dt, _ = _best(lambda i: qmatmul.matmul(w, qt, x, out), 1 if quick else 2, 3)
+            finally:
+                qmatmul._USE_VNNI = vnni
+            line += f" {dt * 1e3:9.2f} {2 * n_tok * n * k / dt / 1e9:8.1f}"
+        print(line)
 
 
 def _load() -> str:

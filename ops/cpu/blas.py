@@ -1,7 +1,8 @@
 """numpy's BLAS thread count, so that ``--threads`` bounds prefill too.
 
-Prefill hands its GEMMs to the BLAS numpy ships (OpenBLAS), which starts its
-own thread pool of one thread per core whatever Numba was told.  OpenBLAS has
+Prefill hands its GEMMs (attention's; on hosts without AVX-512 VNNI the weight
+products' too) to the BLAS numpy ships (OpenBLAS), which starts its own thread
+pool of one thread per core whatever Numba was told.  OpenBLAS has
 a C call to resize that pool; this finds the library numpy loaded and calls it.
 """
 
@@ -44,6 +45,20 @@ def set_blas_threads(n: int) -> bool:
         return False
     fn(ctypes.c_int(n))
     return True
+
+
+def set_prefill_threads(n: int) -> bool:
+    """BLAS threads beside ``n`` Numba threads: ``n``, or 1 where prefill's products run on Numba's
+    pool (the VNNI GEMM, ``qmatmul.HAVE_VNNI``) and BLAS serves only attention's GEMMs.
+
+    OpenBLAS's idle threads spin for a while after each call: run between Numba's parallel
+    products, they took the cores from them (Gemma 3 pp512, 2 vCPUs: 630-880 tok/s with two
+    BLAS threads, 1850-2000 with one).  One BLAS thread runs on the calling thread and
+    leaves the pool asleep.
+    """
+    from .qmatmul import HAVE_VNNI
+
+    return set_blas_threads(1 if HAVE_VNNI else n)
 
 
 def blas_threads() -> int | None:

@@ -1,0 +1,373 @@
+"""Prefill products on integer dot products: AVX-512 VNNI int8 GEMM (Numba, CPU).
+
+``out[n_tok, n_rows] = x @ W.T`` with ``W`` in its GGUF block format, for hosts
+with AVX-512 VNNI (:data:`HAVE_VNNI`; Zen 4/5, Ice Lake and later Xeons).
+Replaces decode-a-tile-to-float + BLAS sgemm in :func:`qmatmul.matmul`: one
+``vpdpbusd`` does 64 int8 multiply-adds where an FMA does 16 float ones.
+
+How (the same arithmetic as the decode kernels, laid out for many tokens):
+
+* ``x`` is quantized once per call, per 32, to int8 (``qmatmul.quant_x8``: the
+  codes, their scale and the sums of the quantized x per 32 and per 16).
+* :data:`ROWS` (16) weight rows at a time are *packed*: every block type is
+  written as unsigned byte codes ``u`` with, per group of ``G`` values
+  (32; 16 for Q6_K), a scale ``s`` and an offset ``o`` so that ``w = s u + o``
+  (Q4_0: ``u`` = nibble, ``s = d``, ``o = -8 d``; Q4_K: ``s = d sc``,
+  ``o = -dmin m``; Q8_0: ``u = q + 128``, ``o = -128 d``; ...).  Codes are
+  interleaved ``[n_cols/4][16 rows][4]`` so one 64-byte load holds 4 codes
+  of each of the 16 rows: a ``vpdpbusd`` with 4 bytes of one token's x
+  broadcast then adds 4 products into each row's int32 lane.  The packed tile
+  is ~n_cols x 16 bytes (10-32 KB): it stays in L1 while every token passes.
+* Per group and token: the 16 int32 sums are converted to float and added with
+  one FMA by ``s * dx`` and one by ``o * xsum`` (the offset meets the sum of the
+  quantized x, so the result is W . x_quantized exactly up to float rounding,
+  as in ``qmatmul.matvec``).  :data:`TOKENS` (8) tokens share each weight load.
+
+Error: as ``matvec`` (x quantized per 32 to int8, ~0.5% of ``|out|`` for 4-bit
+weights; Q8_0 weights also meet int8 x here, as in llama.cpp's Q8_0 x Q8_0).
+
+Measured on a Zen 5 EPYC, 1 thread, 640 x 2048 x 256 tokens: the kernel alone
+~620 GOPS against OpenBLAS sgemm's ~120 GFLOP/s.  ``python -m
+kvrun.ops.cpu.bench_matmul`` times it against the BLAS path.
+
+The intrinsics live in this file because Numba's cache is invalidated only by
+changes to the file defining a cached function (the IR helpers ``_G`` etc. are
+qmatmul's, as for ``qattention``).
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .parallel import EXACT_JIT, num_threads, prange_only
+from .qmatmul import (
+    LF32, LI8, LI32, LI64, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, V, V16I8, V32I8, V8I32,
+    HAVE_VNNI, _G, _TYPES, _k_scales, _scratch, _scratch_bytes, quant_x8,
+)  # fmt: skip
+
+ROWS = 16  # weight rows per packed tile: the 16 int32 lanes of a zmm register
+TOKENS = 8  # tokens sharing each weight load (8 int32 + 8 float accumulators in registers)
+
+V64I8, V16I32, V16F32 = V(LI8, 64), V(LI32, 16), V(LF32, 16)
+
+
+def _i64(v: int) -> ir.Constant:
+    return ir.Constant(LI64, v)
+
+
+# ================================================================= the tile kernel
+_KERNEL_SIG = types.none(*([types.int64] * 10))
+
+
+def _kernel(G: int, NT: int):
+    """kernel(pk, sp, x, xstr, n_cols, out, ostr, n_tok, n_rows, unused).
+
+    pk: packed codes [n_cols/4][16][4]; sp: float32 s [n_cols/G][16] then o [n_cols/G][16].
+    x: the first token's scratch row (``qmatmul._scratch_bytes`` layout), rows xstr bytes
+    apart; out: float32, token rows ostr floats apart, the tile's first column.  Writes
+    out[t, 0:n_rows] for t < n_tok (n_tok <= NT, n_rows <= 16); reads NT scratch rows.
+    """
+
+    def codegen(context, builder, sig, args):
+        g = _G(builder)
+        b = builder
+        pk, sp, x, xstr, n_cols, out, ostr, n_tok, n_rows, _ = args
+        fp = LF32.as_pointer()
+        nbk = b.udiv(n_cols, _i64(32))
+        nsub = b.udiv(n_cols, _i64(G))
+        pkp, spp = g.addr(pk), b.inttoptr(sp, fp)
+        opp = b.gep(spp, [b.mul(nsub, _i64(16))])
+        rows = [g.addr(b.add(x, b.mul(_i64(t), xstr))) for t in range(NT)]
+        xd = [b.bitcast(g.off(r, b.mul(n_cols, _i64(2))), fp) for r in rows]
+        # offsets meet the sums of the quantized x per G: xs (per 32) or xs16 (per 16)
+        xsum = [b.gep(d, [b.mul(nbk, _i64(1 if G == 32 else 2))]) for d in xd]
+        zf = ir.Constant(V16F32, [ir.Constant(LF32, 0.0)] * 16)
+        zi = ir.Constant(V16I32, [ir.Constant(LI32, 0)] * 16)
+        facc = [cgutils.alloca_once_value(b, zf) for _ in range(NT)]
+        with cgutils.for_range(b, nsub) as loop:
+            gi = loop.index
+            ia = [zi] * NT
+            wbase = b.mul(gi, _i64(16 * G))
+            xbase = b.mul(gi, _i64(G))
+            for k in range(G // 4):
+                wv = g.load(pkp, b.add(wbase, _i64(64 * k)), V64I8)
+                for t in range(NT):
+                    xv = b.bitcast(g.splat(g.load(rows[t], b.add(xbase, _i64(4 * k)), LI32), 16), V64I8)
+                    ia[t] = g.call("llvm.x86.avx512.vpdpbusd.512", V16I32, [ia[t], wv, xv])
+            sv = b.load(b.bitcast(b.gep(spp, [b.mul(gi, _i64(16))]), V16F32.as_pointer()), align=4)
+            ov = b.load(b.bitcast(b.gep(opp, [b.mul(gi, _i64(16))]), V16F32.as_pointer()), align=4)
+            dj = gi if G == 32 else b.udiv(gi, _i64(2))
+            for t in range(NT):
+                dx = g.splat(b.load(b.gep(xd[t], [dj])), 16)
+                xs = g.splat(b.load(b.gep(xsum[t], [gi])), 16)
+                f = g.call("llvm.fma.v16f32", V16F32, [b.sitofp(ia[t], V16F32), b.fmul(sv, dx), b.load(facc[t])])
+                b.store(g.call("llvm.fma.v16f32", V16F32, [ov, xs, f]), facc[t])
+        outp = b.inttoptr(out, fp)
+        lanes = ir.Constant(V16I32, [ir.Constant(LI32, i) for i in range(16)])
+        nr = b.trunc(n_rows, LI32)
+        mask = b.icmp_unsigned("<", lanes, g.splat(nr, 16))
+        for t in range(NT):
+            with b.if_then(b.icmp_signed("<", _i64(t), n_tok)):
+                p = b.gep(outp, [b.mul(_i64(t), ostr)])
+                g.call("llvm.masked.store.v16f32.p0", ir.VoidType(), [b.load(facc[t]), p, ir.Constant(LI32, 4), mask])
+        return context.get_dummy_value()
+
+    def typer(typingctx, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9):  # noqa: ARG001
+        return _KERNEL_SIG, codegen
+
+    return intrinsic(typer)
+
+
+gemm_g32 = _kernel(32, TOKENS)
+gemm_g16 = _kernel(16, TOKENS)
+
+
+# ================================================================= packing a row into a tile lane
+# Each emitter returns, for each 32 values of one block, (codes <32 x u8>, [(s, o)] per group).
+def _q4_0(g, wb):
+    d = g.f16(wb, 0)
+    return [(g.nibbles(g.load(wb, 2, V16I8)), [(d, g.b.fmul(d, _f(-8.0)))])]
+
+
+def _q4_1(g, wb):
+    d, m = g.f16x2(wb, 0)
+    return [(g.nibbles(g.load(wb, 4, V16I8)), [(d, m)])]
+
+
+def _q5_0(g, wb):
+    d = g.f16(wb, 0)
+    q = g.b.or_(g.nibbles(g.load(wb, 6, V16I8)), g.bits32(g.load(wb, 2, LI32)))
+    return [(q, [(d, g.b.fmul(d, _f(-16.0)))])]
+
+
+def _q5_1(g, wb):
+    d, m = g.f16x2(wb, 0)
+    q = g.b.or_(g.nibbles(g.load(wb, 8, V16I8)), g.bits32(g.load(wb, 4, LI32)))
+    return [(q, [(d, m)])]
+
+
+def _q8_0(g, wb):
+    d = g.f16(wb, 0)
+    q = g.b.xor(g.load(wb, 2, V32I8), ir.Constant(V32I8, [ir.Constant(LI8, 0x80)] * 32))  # q + 128 as u8
+    return [(q, [(d, g.b.fmul(d, _f(-128.0)))])]
+
+
+def _qk45(five: bool):
+    qs_off = 48 if five else 16
+
+    def emit(g, wb):
+        b = g.b
+        d, dmin = g.f16x2(wb, 0)
+        sm = _k_scales(g, wb, 4)
+        qh = g.load(wb, 16, V32I8) if five else None
+        res = []
+        for j in range(4):
+            raw = g.load(wb, qs_off + 32 * j, V32I8)
+            for h in range(2):
+                s = 2 * j + h
+                q = g.and_(raw, 15) if h == 0 else g.shr(raw, 4)
+                if five:
+                    q = b.or_(q, g.and_(g.shl(qh, 4 - s) if s <= 4 else g.shr(qh, s - 4), 16))
+                sc, mn = sm[s]
+                res.append((q, [(b.fmul(d, b.sitofp(sc, LF32)), b.fmul(b.fneg(dmin), b.sitofp(mn, LF32)))]))
+        return res
+
+    return emit
+
+
+def _q6_k(g, wb):
+    b = g.b
+    d = g.f16(wb, 208)
+    res = []
+    for h in range(2):
+        ql0 = g.load(wb, 64 * h, V32I8)
+        ql1 = g.load(wb, 64 * h + 32, V32I8)
+        qh = g.load(wb, 128 + 32 * h, V32I8)
+        qs = [
+            b.or_(g.and_(ql0, 15), g.shl(g.and_(qh, 3), 4)),
+            b.or_(g.and_(ql1, 15), g.shl(g.and_(qh, 12), 2)),
+            b.or_(g.shr(ql0, 4), g.and_(qh, 48)),
+            b.or_(g.shr(ql1, 4), g.shr(g.and_(qh, 192), 2)),
+        ]
+        for k in range(4):
+            s = 4 * h + k
+            groups = []
+            for e in range(2):
+                sd = b.fmul(d, b.sitofp(g.i8(wb, 192 + 2 * s + e), LF32))
+                groups.append((sd, b.fmul(sd, _f(-32.0))))
+            res.append((qs[k], groups))
+    return res
+
+
+def _f(v: float) -> ir.Constant:
+    return ir.Constant(LF32, v)
+
+
+_PACK_SIG = types.none(*([types.int64] * 5))
+
+
+def _packer(block_bytes: int, elems: int, G: int, emit):
+    """pack(w, n_blocks, pk, sp, lane): one weight row (n_blocks GGUF blocks at w) into lane
+    ``lane`` of a tile: its codes at pk [n_cols/4][16][4], s and o at sp [2][n_cols/G][16]."""
+
+    def codegen(context, builder, sig, args):
+        g = _G(builder)
+        b = builder
+        w, n, pk, sp, lane = args
+        wp = g.addr(w)
+        pi = b.inttoptr(pk, LI32.as_pointer())
+        fp = b.inttoptr(sp, LF32.as_pointer())
+        nsub = b.mul(n, _i64(elems // G))
+        op = b.gep(fp, [b.mul(nsub, _i64(16))])
+        with cgutils.for_range(b, n) as loop:
+            i = loop.index
+            chunks = emit(g, g.off(wp, b.mul(i, _i64(block_bytes))))
+            for c, (codes, groups) in enumerate(chunks):
+                dw = b.bitcast(codes, V8I32)
+                k4 = b.add(b.mul(i, _i64(elems // 4)), _i64(8 * c))
+                for j in range(8):
+                    idx = b.add(b.mul(b.add(k4, _i64(j)), _i64(16)), lane)
+                    b.store(b.extract_element(dw, ir.Constant(LI32, j)), b.gep(pi, [idx]), align=4)
+                for e, (s, o) in enumerate(groups):
+                    sub = b.add(b.mul(i, _i64(elems // G)), _i64(len(groups) * c + e))
+                    idx = b.add(b.mul(sub, _i64(16)), lane)
+                    b.store(s, b.gep(fp, [idx]), align=4)
+                    b.store(o, b.gep(op, [idx]), align=4)
+        return context.get_dummy_value()
+
+    def typer(typingctx, w, n, pk, sp, lane):  # noqa: ARG001
+        return _PACK_SIG, codegen
+
+    return intrinsic(typer)
+
+
+pack_q4_0 = _packer(18, 32, 32, _q4_0)
+pack_q4_1 = _packer(20, 32, 32, _q4_1)
+pack_q5_0 = _packer(22, 32, 32, _q5_0)
+pack_q5_1 = _packer(24, 32, 32, _q5_1)
+pack_q8_0 = _packer(34, 32, 32, _q8_0)
+pack_q4_k = _packer(144, 256, 32, _qk45(False))
+pack_q5_k = _packer(176, 256, 32, _qk45(True))
+pack_q6_k = _packer(210, 256, 16, _q6_k)
+
+
+# ================================================================= drivers
+@nb.njit(**EXACT_JIT)
+def _pack_tile(kind, w, r0, pk, sp):
+    """Rows r0.. (up to 16) of w into the tile (pk, sp); lanes past the last row get zeros."""
+    n = min(ROWS, w.shape[0] - r0)
+    if n < ROWS:
+        pk[:] = 0
+        sp[:] = 0.0
+    wa = w.ctypes.data
+    rs = w.strides[0]
+    a, s = pk.ctypes.data, sp.ctypes.data
+    rb = w.shape[1]
+    for i in range(n):
+        r = wa + (r0 + i) * rs
+        if kind == Q4_0:
+            pack_q4_0(r, rb // 18, a, s, i)
+        elif kind == Q4_1:
+            pack_q4_1(r, rb // 20, a, s, i)
+        elif kind == Q5_0:
+            pack_q5_0(r, rb // 22, a, s, i)
+        elif kind == Q5_1:
+            pack_q5_1(r, rb // 24, a, s, i)
+        elif kind == Q8_0:
+            pack_q8_0(r, rb // 34, a, s, i)
+        elif kind == Q4_K:
+            pack_q4_k(r, rb // 144, a, s, i)
+        elif kind == Q5_K:
+            pack_q5_k(r, rb // 176, a, s, i)
+        else:
+            pack_q6_k(r, rb // 210, a, s, i)
+
+
+@nb.njit(inline="always", **EXACT_JIT)
+def _tiles(kind, w, sc, n_tok, n_cols, out, tiles0, tiles1, pk, sp):
+    """Row tiles [tiles0, tiles1): pack each, then run every group of TOKENS tokens over it."""
+    n_rows = w.shape[0]
+    xs = sc.strides[0]
+    os = out.strides[0] // 4
+    g16 = kind == Q6_K
+    for tile in range(tiles0, tiles1):
+        r0 = tile * ROWS
+        _pack_tile(kind, w, r0, pk, sp)
+        nr = min(ROWS, n_rows - r0)
+        for t0 in range(0, n_tok, TOKENS):
+            x = sc.ctypes.data + t0 * xs
+            o = out.ctypes.data + (t0 * os + r0) * 4
+            if g16:
+                gemm_g16(pk.ctypes.data, sp.ctypes.data, x, xs, n_cols, o, os, n_tok - t0, nr, 0)
+            else:
+                gemm_g32(pk.ctypes.data, sp.ctypes.data, x, xs, n_cols, o, os, n_tok - t0, nr, 0)
+
+
+@nb.njit(**EXACT_JIT)
+def _quant_rows(x, sc):
+    n = x.shape[1]
+    for t in range(x.shape[0]):
+        a = sc[t].ctypes.data
+        quant_x8(x[t].ctypes.data, n // 32, a, a + 2 * n)
+
+
+@nb.njit(**EXACT_JIT)
+def _gemm_1(kind, w, x, out, sc, pk, sp):
+    _quant_rows(x, sc)
+    _tiles(kind, w, sc, x.shape[0], x.shape[1], out, 0, (w.shape[0] + ROWS - 1) // ROWS, pk[0], sp[0])
+
+
+@nb.njit(parallel=prange_only(), **EXACT_JIT)
+def _gemm_n(kind, w, x, out, sc, pk, sp, nt):
+    _quant_rows(x, sc)
+    n_tiles = (w.shape[0] + ROWS - 1) // ROWS
+    chunk = (n_tiles + nt - 1) // nt
+    for t in nb.prange(nt):
+        _tiles(kind, w, sc, x.shape[0], x.shape[1], out, t * chunk, min(n_tiles, (t + 1) * chunk), pk[t], sp[t])
+
+
+KINDS = (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)
+
+
+#: products with fewer multiply-adds run on the calling thread: measured (Zen 5, 2 vCPUs) 640 x 2048
+#: Q4_K at 8 tokens (10 M) 145 GOPS on one thread, 123 on two
+PAR_MIN_MACS = 1 << 24
+
+
+def matmul(w: np.ndarray, kind: int, x: np.ndarray, out: np.ndarray, threads: int | None = None) -> None:
+    """out[n_tok, n_rows] = x @ W.T on VNNI integer products (see the module docstring).
+
+    w: uint8 [n_rows, row_bytes] raw GGUF blocks of a :data:`KINDS` kind (``qmatmul``'s kind
+    numbers); x: float32 [n_tok, n_cols]; out: float32 [n_tok, n_rows].  threads: Numba threads
+    (None: the count in use).  Only on a host with :data:`HAVE_VNNI`.
+
+    Raises ValueError for another kind or when the shapes do not match.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"no VNNI GEMM for kernel kind {kind}")
+    n_tok, n_cols = x.shape
+    _, elems, bbytes = next(t for t in _TYPES.values() if t[0] == kind)
+    if n_cols % elems or w.shape[1] != n_cols // elems * bbytes or w.strides[1] != 1:
+        raise ValueError(f"x has {n_cols} columns; the weight's rows are {w.shape[1]} bytes of {elems}-value blocks")
+    if out.shape != (n_tok, w.shape[0]):
+        raise ValueError(f"out has shape {out.shape}, expected {(n_tok, w.shape[0])}")
+    x = np.ascontiguousarray(x, np.float32)
+    dst = out if out.dtype == np.float32 and out.strides[1] == 4 else np.empty(out.shape, np.float32)
+    sc = _scratch.get("gemm_x", n_tok + TOKENS, _scratch_bytes(n_cols), np.uint8)  # TOKENS rows of slack: read, never stored
+    nt = max(1, num_threads() if threads is None else threads)
+    pk = _scratch.get("gemm_pk", nt, n_cols * ROWS, np.uint8)
+    sp = _scratch.get("gemm_sp", nt, 2 * (n_cols // 16) * ROWS)
+    if nt > 1 and n_tok * n_cols * w.shape[0] >= PAR_MIN_MACS:
+        _gemm_n(kind, w, x, dst, sc, pk, sp, nt)
+    else:
+        _gemm_1(kind, w, x, dst, sc, pk, sp)
+    if dst is not out:
+        out[...] = dst
+
+
+__all__ = ["HAVE_VNNI", "KINDS", "PAR_MIN_MACS", "ROWS", "TOKENS", "matmul"]

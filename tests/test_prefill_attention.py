@@ -57,3 +57,26 @@ def test_a_query_that_sees_no_key_gets_zeros():
     want, want_p = _reference(q[2:], k, v, kpos, qpos[2:], 0, 0.25, 0.0, np.zeros(10))
     assert np.abs(out[2:] - want).max() < 1e-5
     assert np.abs(probs[2:] - want_p).max() < 1e-5
+
+
+def test_query_blocks_on_threads_give_the_same_bits(monkeypatch):
+    """Beside the VNNI GEMM (BLAS on one thread) the query blocks are shared among threads;
+    each block is the same arithmetic on any thread, so the result does not depend on them."""
+    from kvrun.ops.cpu import attention
+
+    rng = np.random.default_rng(7)
+    T, gqa, D = 3 * QUERY_BLOCK + 5, 2, 32
+    q = rng.standard_normal((T, gqa, D)).astype(np.float32)
+    k = rng.standard_normal((T, D)).astype(np.float32)
+    v = rng.standard_normal((T, D)).astype(np.float32)
+    pos = np.arange(T, dtype=np.int32)
+    got = {}
+    for nt in (1, 3):
+        monkeypatch.setattr(attention, "_pool_threads", lambda nt=nt: nt)
+        out = np.empty((T, gqa, D), np.float32)
+        probs = attend_group(q, k, v, pos, pos, 0, 0.2, 0.0, out, probs=True)
+        got[nt] = (out, probs)
+    np.testing.assert_array_equal(got[1][0], got[3][0])
+    np.testing.assert_array_equal(got[1][1], got[3][1])
+    want, _ = _reference(q, k, v, pos, pos, 0, 0.2, 0.0, np.zeros(T))
+    assert np.abs(got[3][0] - want).max() < 1e-4

@@ -190,3 +190,19 @@ def test_errors():
         Q.matvec(w, T.Q8_0, x, np.zeros(7, np.float32))  # out length
     with pytest.raises(IndexError):
         Q.get_rows(w, T.Q8_0, np.array([8]), np.zeros((1, 64), np.float32))
+
+
+def test_float_products_get_all_threads_where_blas_holds_one(monkeypatch):
+    """Beside the VNNI GEMM BLAS keeps one thread (for attention); a float weight's prefill product still
+    runs on BLAS, with Numba's thread count, and leaves BLAS at one thread after."""
+    calls = []
+    monkeypatch.setattr(Q, "blas_threads", lambda: 1)
+    monkeypatch.setattr(Q, "set_blas_threads", calls.append)
+    monkeypatch.setattr(Q, "_n_threads", lambda: 2)
+    n, k = 24, 64
+    w = _weights(T.F16, n, k)
+    x = np.random.default_rng(8).standard_normal((Q.BLAS_MIN_TOKENS, k)).astype(np.float32)
+    out = np.empty((len(x), n), np.float32)
+    Q.matmul(w, T.F16, x, out)
+    assert calls == [2, 1]
+    assert _rel(out, x @ _ref(w, T.F16, n, k).T) < 1e-5

@@ -81,3 +81,18 @@ def test_a_token_does_not_depend_on_numbas_thread_count(gemma3_path, kv_bits):
             rows.append(eng.eval(cache, [tok]))
         logits[t] = np.concatenate(rows)
     np.testing.assert_array_equal(logits[1], logits[2])
+
+
+@pytest.mark.parametrize("user,want", [(None, "5000"), ("123", "123")])
+def test_importing_kvrun_shortens_openmp_spinning_unless_the_user_set_it(user, want):
+    """libgomp's workers spin 300,000 rounds after each parallel kernel; kvrun asks for 5000 (prefill's
+    attention threads run between those kernels) before Numba loads it, and leaves a user's value."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    if user is not None:
+        env["GOMP_SPINCOUNT"] = user
+    code = "import os, kvrun; print(os.environ['GOMP_SPINCOUNT'])"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == want

@@ -23,10 +23,13 @@ for a sliding window w > 0, ``pq - pk < w`` (llama.cpp's standard SWA mask).
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numba as nb
 import numpy as np
 
+from .blas import blas_threads
+from .parallel import num_threads
 from .qattention import decode_half_slots
 from .qmatmul import _scratch
 from .vexp import exp32
@@ -100,7 +103,8 @@ def attend_group(
     qp = np.ascontiguousarray(qpos, np.int32)
     b = _NO_BIAS if bias is None else np.ascontiguousarray(bias, np.float32)
     p = np.zeros((T, k.shape[0]), np.float32) if probs else None
-    for t0 in range(0, T, QUERY_BLOCK):
+
+    def block(t0: int) -> None:
         t1 = min(T, t0 + QUERY_BLOCK)
         see = kp <= qp[t1 - 1]  # keys some query of the block may see (positions increase along the chunk)
         if window > 0:
@@ -125,7 +129,50 @@ def attend_group(
                 p[t0:t1] = pg
             else:
                 p[t0:t1, cols] = pg
+
+    _each_block(block, range(0, T, QUERY_BLOCK))
     return p
+
+
+def _each_block(block, starts: range) -> None:
+    """block(t0) for each query block: on the calling thread, or shared with the attention pool.
+
+    BLAS runs one thread beside the VNNI GEMM (``blas.set_prefill_threads``), so the
+    blocks themselves go to threads: numpy's GEMMs and the Numba softmax release the
+    GIL, and each thread's scores live in its own scratch.  Blocks are dealt round-robin
+    (a causal chunk's later blocks see more keys).
+    """
+    nt = min(len(starts), _pool_threads())
+    if nt <= 1:
+        for t0 in starts:
+            block(t0)
+        return
+    pool = _pool(nt - 1)
+    jobs = [pool.submit(_run_blocks, block, starts[i::nt]) for i in range(1, nt)]
+    _run_blocks(block, starts[0::nt])
+    for j in jobs:
+        j.result()
+
+
+def _run_blocks(block, starts) -> None:
+    for t0 in starts:
+        block(t0)
+
+
+def _pool_threads() -> int:
+    """Threads for query blocks: Numba's count in use where BLAS has one thread, else one (BLAS threads the GEMMs)."""
+    return num_threads() if blas_threads() == 1 else 1
+
+
+_POOL: list = []  # [ThreadPoolExecutor, its size]
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    if not _POOL or _POOL[1] < workers:
+        if _POOL:
+            _POOL[0].shutdown(wait=False)
+        _POOL[:] = [ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kvrun-attention"), workers]
+    return _POOL[0]
 
 
 #: queries per block in prefill attention (a block attends only the keys it may see)

@@ -48,6 +48,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .blas import blas_threads, set_blas_threads
 from .f16 import bf16_to_f32, f16_to_f32
 from .parallel import EXACT_JIT, num_threads, prange_only
 
@@ -1293,15 +1294,24 @@ def matmul(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
 
         qgemm.matmul(w, kind, x, out)
         return
-    if kind == F32 and w.shape[1] == 4 * n_cols and w.strides[1] == 1 and w.strides[0] % 4 == 0:
-        np.matmul(x, w.view(np.float32).T, out=out)  # already float32: no decoding
-        return
-    tile = _scratch.get("tile", TILE_ROWS, n_cols)
-    decode = _decode_rows_simd if _USE_SIMD else _decode_rows
-    for r0 in range(0, n_rows, TILE_ROWS):
-        n = min(TILE_ROWS, n_rows - r0)
-        decode(kind, w, r0, tile[:n])
-        np.matmul(x, tile[:n].T, out=out[:, r0 : r0 + n])
+    # BLAS may hold one thread for attention beside the VNNI GEMM (blas.set_prefill_threads):
+    # products that still run on it (float weights) get all of Numba's count
+    nt, held = _n_threads(), blas_threads()
+    if held == 1 and nt > 1:
+        set_blas_threads(nt)
+    try:
+        if kind == F32 and w.shape[1] == 4 * n_cols and w.strides[1] == 1 and w.strides[0] % 4 == 0:
+            np.matmul(x, w.view(np.float32).T, out=out)  # already float32: no decoding
+            return
+        tile = _scratch.get("tile", TILE_ROWS, n_cols)
+        decode = _decode_rows_simd if _USE_SIMD else _decode_rows
+        for r0 in range(0, n_rows, TILE_ROWS):
+            n = min(TILE_ROWS, n_rows - r0)
+            decode(kind, w, r0, tile[:n])
+            np.matmul(x, tile[:n].T, out=out[:, r0 : r0 + n])
+    finally:
+        if held == 1 and nt > 1:
+            set_blas_threads(1)
 
 
 def get_rows(w: np.ndarray, qtype: int, ids: np.ndarray, out: np.ndarray) -> None:

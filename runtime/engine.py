@@ -195,7 +195,8 @@ class Engine:
         steps.  Loading the kernels from Numba's cache costs the first reply ~0.3-0.5 s here;
         ``kvrun chat`` runs this while the user types.  The decode-thread tuner is left out."""
         cache = self.new_cache()
-        n = max(1, min(self.n_ctx - 2, 100 if self.kv is not None else 8))  # the largest default window is 80 + 4 sinks
+        # the largest default window is 80 + 4 sinks; 32 tokens reach the prefill GEMM's parallel path
+        n = max(1, min(self.n_ctx - 2, 100 if self.kv is not None else 32))
         tokens = np.arange(n, dtype=np.int32) % self.cfg.n_vocab
         tuner, self.tuner = self.tuner, None
         try:

@@ -82,3 +82,34 @@ def test_errors():
         qgemm.matmul(w, kind, x, np.zeros((8, 15), np.float32))
     with pytest.raises(ValueError, match="kind"):
         qgemm.matmul(w, Q.F16, x, np.zeros((8, 16), np.float32))
+
+
+def test_the_8_lane_kernel_of_avx_vnni_hosts(tmp_path):
+    """Hosts with AVX-VNNI but not AVX-512 (Intel desktops and laptops since Alder Lake) run the kernel
+    on 8-lane ymm vectors, each tile as two halves, 4 tokens a pass.  Forced here in a subprocess
+    with a Numba cache of its own (the cache does not see a module constant change)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import sys, numpy as np
+sys.path.insert(0, sys.argv[1])
+from gguf import GGMLQuantizationType as T
+from reference import quantize_x8
+from test_qmatmul import _ref, _rel, _weights
+from kvrun.ops.cpu import qgemm, qmatmul as Q
+assert (qgemm.LANES, qgemm.TOKENS) == (8, 4)
+for qt, n_rows, n_cols, n_tok in [(T.Q4_0, 67, 96, 13), (T.Q6_K, 21, 768, 6), (T.Q4_K, 16, 256, 4)]:
+    w = _weights(qt, n_rows, n_cols)
+    x = np.random.default_rng(1).standard_normal((n_tok, n_cols)).astype(np.float32)
+    out = np.full((n_tok, n_rows), np.nan, np.float32)
+    qgemm.matmul(w, Q._type(qt)[0], x, out, threads=1)
+    err = _rel(out, quantize_x8(x) @ _ref(w, qt, n_rows, n_cols).T)
+    assert err < 1e-5, (qt.name, err)
+print("ok")
+"""
+    env = dict(os.environ, KVRUN_GEMM_LANES="8", NUMBA_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

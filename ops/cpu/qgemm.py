@@ -1,7 +1,9 @@
-"""Prefill products on integer dot products: AVX-512 VNNI int8 GEMM (Numba, CPU).
+"""Prefill products on integer dot products: a VNNI int8 GEMM (Numba, CPU).
 
 ``out[n_tok, n_rows] = x @ W.T`` with ``W`` in its GGUF block format, for hosts
-with AVX-512 VNNI (:data:`HAVE_VNNI`; Zen 4/5, Ice Lake and later Xeons).
+with VNNI (``qmatmul.HAVE_VNNI``: AVX-512 VNNI on Zen 4/5 and Ice Lake and later
+Xeons, 16 int32 lanes a vector; AVX-VNNI on Alder Lake and later Intel desktops
+and laptops, 8 lanes).
 Replaces decode-a-tile-to-float + BLAS sgemm in :func:`qmatmul.matmul`: one
 ``vpdpbusd`` does 64 int8 multiply-adds where an FMA does 16 float ones.
 
@@ -21,7 +23,8 @@ How (the same arithmetic as the decode kernels, laid out for many tokens):
 * Per group and token: the 16 int32 sums are converted to float and added with
   one FMA by ``s * dx`` and one by ``o * xsum`` (the offset meets the sum of the
   quantized x, so the result is W . x_quantized exactly up to float rounding,
-  as in ``qmatmul.matvec``).  :data:`TOKENS` (8) tokens share each weight load.
+  as in ``qmatmul.matvec``).  :data:`TOKENS` (8; 4 with 8 lanes) tokens share
+  each weight load.
 
 Error: as ``matvec`` (x quantized per 32 to int8, ~0.5% of ``|out|`` for 4-bit
 weights; Q8_0 weights also meet int8 x here, as in llama.cpp's Q8_0 x Q8_0).
@@ -37,6 +40,8 @@ qmatmul's, as for ``qattention``).
 
 from __future__ import annotations
 
+import os
+
 import numba as nb
 import numpy as np
 from llvmlite import ir
@@ -47,11 +52,17 @@ from numba.extending import intrinsic
 from .parallel import EXACT_JIT, num_threads, prange_only
 from .qmatmul import (
     LF32, LI8, LI32, LI64, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, V, V16I8, V32I8, V8I32,
-    HAVE_VNNI, _G, _TYPES, _k_scales, _scratch, _scratch_bytes, quant_x8,
+    HAVE_VNNI, HAVE_VNNI512, _G, _TYPES, _k_scales, _scratch, _scratch_bytes, quant_x8,
 )  # fmt: skip
 
-ROWS = 16  # weight rows per packed tile: the 16 int32 lanes of a zmm register
-TOKENS = 8  # tokens sharing each weight load (8 int32 + 8 float accumulators in registers)
+ROWS = 16  # weight rows per packed tile: the 16 int32 lanes of a zmm register (two ymm)
+#: int32 lanes per vector: 16 (AVX-512 VNNI), else 8 (AVX-VNNI).  KVRUN_GEMM_LANES=8 picks the
+#: ymm kernel on an AVX-512 host (a developer switch: use it with a NUMBA_CACHE_DIR of its own,
+#: since Numba's cache does not see a module constant change)
+LANES = int(os.environ.get("KVRUN_GEMM_LANES", "0")) or (16 if HAVE_VNNI512 else 8)
+#: tokens sharing each weight load: their int32 and float accumulators stay in registers
+#: (32 zmm registers; 16 ymm)
+TOKENS = 8 if LANES == 16 else 4
 
 V64I8, V16I32, V16F32 = V(LI8, 64), V(LI32, 16), V(LF32, 16)
 
@@ -64,14 +75,18 @@ def _i64(v: int) -> ir.Constant:
 _KERNEL_SIG = types.none(*([types.int64] * 10))
 
 
-def _kernel(G: int, NT: int):
-    """kernel(pk, sp, x, xstr, n_cols, out, ostr, n_tok, n_rows, unused).
+def _kernel(G: int, NT: int, L: int):
+    """kernel(pk, sp, x, xstr, n_cols, out, ostr, n_tok, n_rows, unused), on L-lane int32 vectors.
 
     pk: packed codes [n_cols/4][16][4]; sp: float32 s [n_cols/G][16] then o [n_cols/G][16].
     x: the first token's scratch row (``qmatmul._scratch_bytes`` layout), rows xstr bytes
     apart; out: float32, token rows ostr floats apart, the tile's first column.  Writes
     out[t, 0:n_rows] for t < n_tok (n_tok <= NT, n_rows <= 16); reads NT scratch rows.
+    L = 16: one zmm per 16 rows (AVX-512 VNNI); L = 8: two ymm halves (AVX-VNNI).
     """
+    H = ROWS // L  # vector halves per tile row group
+    VB, VI, VF = V(LI8, 4 * L), V(LI32, L), V(LF32, L)
+    dot = f"llvm.x86.avx512.vpdpbusd.{32 * L}"
 
     def codegen(context, builder, sig, args):
         g = _G(builder)
@@ -86,35 +101,40 @@ def _kernel(G: int, NT: int):
         xd = [b.bitcast(g.off(r, b.mul(n_cols, _i64(2))), fp) for r in rows]
         # offsets meet the sums of the quantized x per G: xs (per 32) or xs16 (per 16)
         xsum = [b.gep(d, [b.mul(nbk, _i64(1 if G == 32 else 2))]) for d in xd]
-        zf = ir.Constant(V16F32, [ir.Constant(LF32, 0.0)] * 16)
-        zi = ir.Constant(V16I32, [ir.Constant(LI32, 0)] * 16)
-        facc = [cgutils.alloca_once_value(b, zf) for _ in range(NT)]
+        zf = ir.Constant(VF, [ir.Constant(LF32, 0.0)] * L)
+        zi = ir.Constant(VI, [ir.Constant(LI32, 0)] * L)
+        facc = [[cgutils.alloca_once_value(b, zf) for _ in range(H)] for _ in range(NT)]
+
+        def vec(p, gi, h):  # the L floats of half h of group gi at p [n_groups][16]
+            return b.load(b.bitcast(b.gep(p, [b.add(b.mul(gi, _i64(16)), _i64(L * h))]), VF.as_pointer()), align=4)
+
         with cgutils.for_range(b, nsub) as loop:
             gi = loop.index
-            ia = [zi] * NT
+            ia = [[zi] * H for _ in range(NT)]
             wbase = b.mul(gi, _i64(16 * G))
             xbase = b.mul(gi, _i64(G))
             for k in range(G // 4):
-                wv = g.load(pkp, b.add(wbase, _i64(64 * k)), V64I8)
+                wv = [g.load(pkp, b.add(wbase, _i64(64 * k + 4 * L * h)), VB) for h in range(H)]
                 for t in range(NT):
-                    xv = b.bitcast(g.splat(g.load(rows[t], b.add(xbase, _i64(4 * k)), LI32), 16), V64I8)
-                    ia[t] = g.call("llvm.x86.avx512.vpdpbusd.512", V16I32, [ia[t], wv, xv])
-            sv = b.load(b.bitcast(b.gep(spp, [b.mul(gi, _i64(16))]), V16F32.as_pointer()), align=4)
-            ov = b.load(b.bitcast(b.gep(opp, [b.mul(gi, _i64(16))]), V16F32.as_pointer()), align=4)
+                    xv = b.bitcast(g.splat(g.load(rows[t], b.add(xbase, _i64(4 * k)), LI32), L), VB)
+                    for h in range(H):
+                        ia[t][h] = g.call(dot, VI, [ia[t][h], wv[h], xv])
             dj = gi if G == 32 else b.udiv(gi, _i64(2))
-            for t in range(NT):
-                dx = g.splat(b.load(b.gep(xd[t], [dj])), 16)
-                xs = g.splat(b.load(b.gep(xsum[t], [gi])), 16)
-                f = g.call("llvm.fma.v16f32", V16F32, [b.sitofp(ia[t], V16F32), b.fmul(sv, dx), b.load(facc[t])])
-                b.store(g.call("llvm.fma.v16f32", V16F32, [ov, xs, f]), facc[t])
+            for h in range(H):
+                sv, ov = vec(spp, gi, h), vec(opp, gi, h)
+                for t in range(NT):
+                    dx = g.splat(b.load(b.gep(xd[t], [dj])), L)
+                    xs = g.splat(b.load(b.gep(xsum[t], [gi])), L)
+                    f = g.call(f"llvm.fma.v{L}f32", VF, [b.sitofp(ia[t][h], VF), b.fmul(sv, dx), b.load(facc[t][h])])
+                    b.store(g.call(f"llvm.fma.v{L}f32", VF, [ov, xs, f]), facc[t][h])
         outp = b.inttoptr(out, fp)
-        lanes = ir.Constant(V16I32, [ir.Constant(LI32, i) for i in range(16)])
         nr = b.trunc(n_rows, LI32)
-        mask = b.icmp_unsigned("<", lanes, g.splat(nr, 16))
+        masks = [b.icmp_unsigned("<", ir.Constant(VI, [ir.Constant(LI32, L * h + i) for i in range(L)]), g.splat(nr, L)) for h in range(H)]
         for t in range(NT):
             with b.if_then(b.icmp_signed("<", _i64(t), n_tok)):
                 p = b.gep(outp, [b.mul(_i64(t), ostr)])
-                g.call("llvm.masked.store.v16f32.p0", ir.VoidType(), [b.load(facc[t]), p, ir.Constant(LI32, 4), mask])
+                for h in range(H):
+                    g.call(f"llvm.masked.store.v{L}f32.p0", ir.VoidType(), [b.load(facc[t][h]), b.gep(p, [_i64(L * h)]), ir.Constant(LI32, 4), masks[h]])
         return context.get_dummy_value()
 
     def typer(typingctx, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9):  # noqa: ARG001
@@ -123,8 +143,8 @@ def _kernel(G: int, NT: int):
     return intrinsic(typer)
 
 
-gemm_g32 = _kernel(32, TOKENS)
-gemm_g16 = _kernel(16, TOKENS)
+gemm_g32 = _kernel(32, TOKENS, LANES)
+gemm_g16 = _kernel(16, TOKENS, LANES)
 
 
 # ================================================================= packing a row into a tile lane

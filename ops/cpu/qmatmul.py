@@ -106,16 +106,19 @@ def _host_has_avx2() -> bool:
 HAVE_AVX2 = _host_has_avx2()
 
 
-def _host_has_vnni() -> bool:
+def _host_has(*names: str) -> bool:
     try:
         f = llvm.get_host_cpu_features()
-        return HAVE_AVX2 and all(bool(f.get(k)) for k in ("avx512f", "avx512bw", "avx512vl", "avx512vnni"))
+        return HAVE_AVX2 and all(bool(f.get(k)) for k in names)
     except Exception:  # pragma: no cover - non-x86 hosts
         return False
 
 
-#: AVX-512 VNNI: prefill products run on ``qgemm`` (int8 vpdpbusd) instead of tile + BLAS
-HAVE_VNNI = _host_has_vnni()
+#: AVX-512 VNNI (Zen 4/5, Ice Lake and later Xeons): ``qgemm`` on 512-bit vectors
+HAVE_VNNI512 = _host_has("avx512f", "avx512bw", "avx512vl", "avx512vnni")
+#: int8 dot products (AVX-512 VNNI, or AVX-VNNI on Alder Lake and later Intel desktops and
+#: laptops): prefill products run on ``qgemm`` (vpdpbusd) instead of tile + BLAS
+HAVE_VNNI = HAVE_VNNI512 or _host_has("avxvnni")
 
 LI1, LI8, LI16, LI32, LI64 = (ir.IntType(n) for n in (1, 8, 16, 32, 64))
 LF32 = ir.FloatType()
@@ -1266,7 +1269,7 @@ def matmul(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
 
     Fewer than :data:`BLAS_MIN_TOKENS` tokens: the quantized-activation integer
     kernel (as :func:`matvec`, each weight row reused across the tokens).
-    Otherwise, block types on a host with AVX-512 VNNI (:data:`HAVE_VNNI`): the
+    Otherwise, block types on a host with VNNI (:data:`HAVE_VNNI`): the
     int8 GEMM of ``ops/cpu/qgemm.py`` (x quantized per 32 as for matvec, ~4x the
     BLAS path).  Otherwise rows of W are decoded :data:`TILE_ROWS` at a time into a reused
     float32 buffer and multiplied with numpy's BLAS (float32 throughout; BLAS

@@ -7,6 +7,7 @@ returns the logits the caller asked for.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import time
@@ -24,7 +25,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..loaders.tokenizer import StreamDecoder, Tokenizer
 from ..models import model_class
 from ..ops import get_backend
-from ..ops.cpu.blas import set_prefill_threads
+from ..ops.cpu.blas import one_thread_beside_the_gemm, set_blas_threads
 from .sampling import Sampler, SamplerConfig
 from .threads import ThreadTuner
 
@@ -37,7 +38,7 @@ def set_threads(n: int | None) -> int:
         if n < 1:
             raise KvrunError(f"--threads must be >= 1, got {n}")
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    set_prefill_threads(numba.get_num_threads())  # prefill's GEMMs: numpy's BLAS keeps a pool of its own
+        set_blas_threads(n)  # prefill's GEMMs: numpy's BLAS keeps a pool of its own
     return numba.get_num_threads()
 
 
@@ -163,6 +164,14 @@ class Engine:
         n_vocab = self.cfg.n_vocab
         first = min(max(logits_start, 0), n - 1) if logits_all else n - 1
         out = self.backend.zeros((n - first, n_vocab), np.float32) if on_device else np.empty((n - first, n_vocab), np.float32)
+        # a prefill on the CPU: BLAS at one thread beside the VNNI GEMM (restored after)
+        with one_thread_beside_the_gemm() if n > 1 and self.backend.name == "cpu" else contextlib.nullcontext():
+            self._eval_chunks(cache, tokens, first, out)
+        return out
+
+    def _eval_chunks(self, cache: KVCache, tokens: np.ndarray, first: int, out) -> None:
+        """The forward passes of :meth:`eval`, n_batch tokens each; logits from token ``first`` on into ``out``."""
+        n = len(tokens)
         for s in range(0, n, self.n_batch):
             chunk = tokens[s : s + self.n_batch]
             T = len(chunk)
@@ -187,7 +196,6 @@ class Engine:
             if tune:
                 self.tuner.end(time.perf_counter() - t1)
             cache.offset += T
-        return out
 
     def warm_up(self) -> None:
         """Run once each kernel a conversation runs, on a scratch cache: a prefill past the largest

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numba
 
-from ..ops.cpu.blas import set_prefill_threads
+from ..ops.cpu.blas import set_blas_threads
 
 
 class ThreadTuner:
@@ -60,6 +60,6 @@ class ThreadTuner:
                 best = min(self.time, key=self.time.__getitem__)
                 if best != self.best:
                     self.best = best
-                    set_prefill_threads(best)
+                    set_blas_threads(best)
         if self.current != self.best:  # a probe step, or the choice just changed
             numba.set_num_threads(self.best)  # whatever runs next (a prefill) gets the chosen count

@@ -537,3 +537,28 @@ def test_load_takes_a_kv_config_or_spec(tiny_path):
     assert max(layer.n_tokens() for layer in s.cache.layers) <= 96
     with pytest.raises(KvrunError, match="policy"):
         kvrun.load(str(tiny_path), kv="2,policy=nope")
+
+
+def test_a_prefill_holds_blas_at_one_thread_only_while_it_runs(tiny_path, monkeypatch):
+    """Beside the VNNI GEMM a prefill runs BLAS (attention's GEMMs) on one thread, then gives an
+    application's numpy its threads back; a decode step leaves BLAS alone."""
+    from kvrun.ops.cpu import qmatmul
+    from kvrun.ops.cpu.blas import blas_threads, set_blas_threads
+    from kvrun.runtime.engine import Engine
+
+    before = blas_threads()
+    if before is None or not qmatmul.HAVE_VNNI:
+        pytest.skip("needs numpy's OpenBLAS and a VNNI host")
+    eng = Engine(tiny_path, n_ctx=64)
+    seen = []
+    forward = eng.model.forward
+    monkeypatch.setattr(eng.model, "forward", lambda *a: (seen.append(blas_threads()), forward(*a)))
+    try:
+        set_blas_threads(2)
+        cache = eng.new_cache()
+        eng.eval(cache, list(range(1, 13)))
+        assert blas_threads() == 2
+        eng.eval(cache, [5])
+        assert seen == [1, 2]
+    finally:
+        set_blas_threads(before)

@@ -1,17 +1,19 @@
 """numpy's BLAS thread count, so that ``--threads`` bounds prefill too.
 
-Prefill hands its GEMMs (attention's; on hosts without AVX-512 VNNI the weight
-products' too) to the BLAS numpy ships (OpenBLAS), which starts its own thread
+Prefill hands its GEMMs (attention's; on hosts without VNNI the weight products'
+too) to the BLAS numpy ships (OpenBLAS), which starts its own thread
 pool of one thread per core whatever Numba was told.  OpenBLAS has
 a C call to resize that pool; this finds the library numpy loaded and calls it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import glob
 import os
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -47,18 +49,28 @@ def set_blas_threads(n: int) -> bool:
     return True
 
 
-def set_prefill_threads(n: int) -> bool:
-    """BLAS threads beside ``n`` Numba threads: ``n``, or 1 where prefill's products run on Numba's
-    pool (the VNNI GEMM, ``qmatmul.HAVE_VNNI``) and BLAS serves only attention's GEMMs.
+@contextlib.contextmanager
+def one_thread_beside_the_gemm() -> Iterator[None]:
+    """For a prefill: BLAS at one thread where prefill's products run on Numba's pool (the VNNI
+    GEMM, ``qmatmul.HAVE_VNNI``) and BLAS serves only attention's GEMMs; restored after, so an
+    application's own numpy keeps its threads.
 
     OpenBLAS's idle threads spin for a while after each call: run between Numba's parallel
     products, they took the cores from them (Gemma 3 pp512, 2 vCPUs: 630-880 tok/s with two
-    BLAS threads, 1850-2000 with one).  One BLAS thread runs on the calling thread and
-    leaves the pool asleep.
+    BLAS threads, 1850-2000 with one).  One BLAS thread runs on the calling thread and leaves
+    the pool asleep; attention shares its query blocks among threads of its own instead.
     """
     from .qmatmul import HAVE_VNNI
 
-    return set_blas_threads(1 if HAVE_VNNI else n)
+    held = blas_threads() if HAVE_VNNI else None
+    if held is None or held == 1:
+        yield
+        return
+    set_blas_threads(1)
+    try:
+        yield
+    finally:
+        set_blas_threads(held)
 
 
 def blas_threads() -> int | None:

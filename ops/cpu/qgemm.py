@@ -52,7 +52,7 @@ from numba.extending import intrinsic
 from .parallel import EXACT_JIT, num_threads, prange_only
 from .qmatmul import (
     LF32, LI8, LI32, LI64, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, V, V16I8, V32I8, V8I32,
-    HAVE_VNNI, HAVE_VNNI512, _G, _TYPES, _k_scales, _scratch, _scratch_bytes, quant_x8,
+    HAVE_VNNI, HAVE_VNNI512, _G, _TYPES, _k_scales, _q6_k_codes, _qk45_codes, _scratch, _scratch_bytes, quant_x8,
 )  # fmt: skip
 
 ROWS = 16  # weight rows per packed tile: the 16 int32 lanes of a zmm register (two ymm)
@@ -178,23 +178,14 @@ def _q8_0(g, wb):
 
 
 def _qk45(five: bool):
-    qs_off = 48 if five else 16
-
     def emit(g, wb):
         b = g.b
         d, dmin = g.f16x2(wb, 0)
         sm = _k_scales(g, wb, 4)
-        qh = g.load(wb, 16, V32I8) if five else None
         res = []
-        for j in range(4):
-            raw = g.load(wb, qs_off + 32 * j, V32I8)
-            for h in range(2):
-                s = 2 * j + h
-                q = g.and_(raw, 15) if h == 0 else g.shr(raw, 4)
-                if five:
-                    q = b.or_(q, g.and_(g.shl(qh, 4 - s) if s <= 4 else g.shr(qh, s - 4), 16))
-                sc, mn = sm[s]
-                res.append((q, [(b.fmul(d, b.sitofp(sc, LF32)), b.fmul(b.fneg(dmin), b.sitofp(mn, LF32)))]))
+        for s, q in enumerate(_qk45_codes(g, wb, five)):
+            sc, mn = sm[s]
+            res.append((q, [(b.fmul(d, b.sitofp(sc, LF32)), b.fmul(b.fneg(dmin), b.sitofp(mn, LF32)))]))
         return res
 
     return emit
@@ -205,22 +196,13 @@ def _q6_k(g, wb):
     d = g.f16(wb, 208)
     res = []
     for h in range(2):
-        ql0 = g.load(wb, 64 * h, V32I8)
-        ql1 = g.load(wb, 64 * h + 32, V32I8)
-        qh = g.load(wb, 128 + 32 * h, V32I8)
-        qs = [
-            b.or_(g.and_(ql0, 15), g.shl(g.and_(qh, 3), 4)),
-            b.or_(g.and_(ql1, 15), g.shl(g.and_(qh, 12), 2)),
-            b.or_(g.shr(ql0, 4), g.and_(qh, 48)),
-            b.or_(g.shr(ql1, 4), g.shr(g.and_(qh, 192), 2)),
-        ]
-        for k in range(4):
+        for k, q in enumerate(_q6_k_codes(g, wb, h)):
             s = 4 * h + k
             groups = []
             for e in range(2):
                 sd = b.fmul(d, b.sitofp(g.i8(wb, 192 + 2 * s + e), LF32))
                 groups.append((sd, b.fmul(sd, _f(-32.0))))
-            res.append((qs[k], groups))
+            res.append((q, groups))
     return res
 
 

@@ -395,29 +395,49 @@ def _k_scales(g, wb, o):
     return out
 
 
-def _emit_qk45(five: bool):
-    qs_off = 48 if five else 16
+def _qk45_codes(g, wb, five: bool) -> list:
+    """The unsigned codes (<32 x u8>: 0..15, or 0..31 with Q5_K's high bits) of a Q4_K/Q5_K block's 8 sub-blocks."""
+    b = g.b
+    qh = g.load(wb, 16, V32I8) if five else None
+    codes = []
+    for j in range(4):
+        raw = g.load(wb, (48 if five else 16) + 32 * j, V32I8)
+        for h in range(2):
+            s = 2 * j + h
+            q = g.and_(raw, 15) if h == 0 else g.shr(raw, 4)
+            if five:
+                q = b.or_(q, g.and_(g.shl(qh, 4 - s) if s <= 4 else g.shr(qh, s - 4), 16))
+            codes.append(q)
+    return codes
 
+
+def _q6_k_codes(g, wb, h: int) -> list:
+    """The unsigned 6-bit codes (<32 x u8>, 0..63) of Q6_K sub-blocks 4h..4h+3 (half h of the block)."""
+    b = g.b
+    ql0 = g.load(wb, 64 * h, V32I8)
+    ql1 = g.load(wb, 64 * h + 32, V32I8)
+    qh = g.load(wb, 128 + 32 * h, V32I8)
+    return [
+        b.or_(g.and_(ql0, 15), g.shl(g.and_(qh, 3), 4)),
+        b.or_(g.and_(ql1, 15), g.shl(g.and_(qh, 12), 2)),
+        b.or_(g.shr(ql0, 4), g.and_(qh, 48)),
+        b.or_(g.shr(ql1, 4), g.shr(g.and_(qh, 192), 2)),
+    ]
+
+
+def _emit_qk45(five: bool):
     def emit(g, wb, xq, xd, xs, xs16, st, u):  # noqa: ARG001
         b = g.b
         accs = [st[0], st[1]]
         d, dmin = g.f16x2(wb, 0)
         sm = _k_scales(g, wb, 4)
-        qh = g.load(wb, 16, V32I8) if five else None
         msum = _c(0.0)
-        for j in range(4):
-            raw = g.load(wb, qs_off + 32 * j, V32I8)
-            for h in range(2):
-                s = 2 * j + h
-                q = g.and_(raw, 15) if h == 0 else g.shr(raw, 4)
-                if five:
-                    hb = g.and_(g.shl(qh, 4 - s) if s <= 4 else g.shr(qh, s - 4), 16)
-                    q = b.or_(q, hb)
-                sc, mn = sm[s]
-                p = g.dot_u8s8(q, g.load(xq, 32 * s, V32I8))
-                ds = b.fmul(b.fmul(d, b.sitofp(sc, LF32)), _fl(xd, s, g))
-                accs[h] = g.fma(p, g.splat(ds), accs[h])
-                msum = b.fadd(msum, b.fmul(b.sitofp(mn, LF32), _fl(xs, s, g)))
+        for s, q in enumerate(_qk45_codes(g, wb, five)):
+            sc, mn = sm[s]
+            p = g.dot_u8s8(q, g.load(xq, 32 * s, V32I8))
+            ds = b.fmul(b.fmul(d, b.sitofp(sc, LF32)), _fl(xd, s, g))
+            accs[s % 2] = g.fma(p, g.splat(ds), accs[s % 2])
+            msum = b.fadd(msum, b.fmul(b.sitofp(mn, LF32), _fl(xs, s, g)))
         return [accs[0], accs[1], b.fsub(st[2], b.fmul(dmin, msum)), st[3]]
 
     return emit
@@ -429,15 +449,7 @@ def _emit_q6_k(g, wb, xq, xd, xs, xs16, st, u):  # noqa: ARG001
     d = g.f16(wb, 208)
     sc8 = g.load(wb, 192, V16I8)  # int8 scales of the 16 groups of 16
     for h in range(2):
-        ql0 = g.load(wb, 64 * h, V32I8)
-        ql1 = g.load(wb, 64 * h + 32, V32I8)
-        qh = g.load(wb, 128 + 32 * h, V32I8)
-        qs = [
-            b.or_(g.and_(ql0, 15), g.shl(g.and_(qh, 3), 4)),
-            b.or_(g.and_(ql1, 15), g.shl(g.and_(qh, 12), 2)),
-            b.or_(g.shr(ql0, 4), g.and_(qh, 48)),
-            b.or_(g.shr(ql1, 4), g.shr(g.and_(qh, 192), 2)),
-        ]
+        qs = _q6_k_codes(g, wb, h)
         for k in range(4):
             s = 4 * h + k  # 32-element sub-block: groups 2s, 2s+1
             pick = b.shuffle_vector(sc8, sc8, ir.Constant(V(LI32, 16), [2 * s] * 8 + [2 * s + 1] * 8))
@@ -614,25 +626,16 @@ def _deq_q8_0(g, wb, ob):
 
 
 def _deq_qk45(five: bool):
-    qs_off = 48 if five else 16
-
     def emit(g, wb, ob):
         b = g.b
         d = g.f16(wb, 0)
         dmin = g.f16(wb, 2)
         sm = _k_scales(g, wb, 4)
-        qh = g.load(wb, 16, V32I8) if five else None
-        for j in range(4):
-            raw = g.load(wb, qs_off + 32 * j, V32I8)
-            for h in range(2):
-                s = 2 * j + h
-                q = g.and_(raw, 15) if h == 0 else g.shr(raw, 4)
-                if five:
-                    q = b.or_(q, g.and_(g.shl(qh, 4 - s) if s <= 4 else g.shr(qh, s - 4), 16))
-                sc, mn = sm[s]
-                dl = b.fmul(d, b.sitofp(sc, LF32))
-                ml = b.fmul(dmin, b.sitofp(mn, LF32))
-                _put32(g, q, dl, dl, ml, True, ob, 128 * s)
+        for s, q in enumerate(_qk45_codes(g, wb, five)):
+            sc, mn = sm[s]
+            dl = b.fmul(d, b.sitofp(sc, LF32))
+            ml = b.fmul(dmin, b.sitofp(mn, LF32))
+            _put32(g, q, dl, dl, ml, True, ob, 128 * s)
 
     return emit
 
@@ -641,15 +644,7 @@ def _deq_q6_k(g, wb, ob):
     b = g.b
     d = g.f16(wb, 208)
     for h in range(2):
-        ql0 = g.load(wb, 64 * h, V32I8)
-        ql1 = g.load(wb, 64 * h + 32, V32I8)
-        qh = g.load(wb, 128 + 32 * h, V32I8)
-        qs = [
-            b.or_(g.and_(ql0, 15), g.shl(g.and_(qh, 3), 4)),
-            b.or_(g.and_(ql1, 15), g.shl(g.and_(qh, 12), 2)),
-            b.or_(g.shr(ql0, 4), g.and_(qh, 48)),
-            b.or_(g.shr(ql1, 4), g.shr(g.and_(qh, 192), 2)),
-        ]
+        qs = _q6_k_codes(g, wb, h)
         for k in range(4):
             s = 4 * h + k
             sa = b.sitofp(g.i8(wb, 192 + 2 * s), LF32)

@@ -137,7 +137,7 @@ def attend_group(
 def _each_block(block, starts: range) -> None:
     """block(t0) for each query block: on the calling thread, or shared with the attention pool.
 
-    BLAS runs one thread beside the VNNI GEMM (``blas.set_prefill_threads``), so the
+    A prefill holds BLAS at one thread beside the VNNI GEMM (``blas.one_thread_beside_the_gemm``), so the
     blocks themselves go to threads: numpy's GEMMs and the Numba softmax release the
     GIL, and each thread's scores live in its own scratch.  Blocks are dealt round-robin
     (a causal chunk's later blocks see more keys).

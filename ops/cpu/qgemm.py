@@ -34,8 +34,9 @@ Measured on a Zen 5 EPYC, 1 thread, 640 x 2048 x 256 tokens: the kernel alone
 kvrun.ops.cpu.bench_matmul`` times it against the BLAS path.
 
 The intrinsics live in this file because Numba's cache is invalidated only by
-changes to the file defining a cached function (the IR helpers ``_G`` etc. are
-qmatmul's, as for ``qattention``).
+changes to the file defining a cached function.  The IR helpers (``_G``, the
+K-quant code unpackers) are qmatmul's, as for ``qattention``: after changing
+them, clear Numba's cache (or touch this file) so these kernels recompile.
 """
 
 from __future__ import annotations
@@ -295,7 +296,7 @@ def _tiles(kind, w, sc, n_tok, n_cols, out, tiles0, tiles1, pk, sp):
     """Row tiles [tiles0, tiles1): pack each, then run every group of TOKENS tokens over it."""
     n_rows = w.shape[0]
     xs = sc.strides[0]
-    os = out.strides[0] // 4
+    ostr = out.strides[0] // 4
     g16 = kind == Q6_K
     for tile in range(tiles0, tiles1):
         r0 = tile * ROWS
@@ -303,11 +304,11 @@ def _tiles(kind, w, sc, n_tok, n_cols, out, tiles0, tiles1, pk, sp):
         nr = min(ROWS, n_rows - r0)
         for t0 in range(0, n_tok, TOKENS):
             x = sc.ctypes.data + t0 * xs
-            o = out.ctypes.data + (t0 * os + r0) * 4
+            o = out.ctypes.data + (t0 * ostr + r0) * 4
             if g16:
-                gemm_g16(pk.ctypes.data, sp.ctypes.data, x, xs, n_cols, o, os, n_tok - t0, nr, 0)
+                gemm_g16(pk.ctypes.data, sp.ctypes.data, x, xs, n_cols, o, ostr, n_tok - t0, nr, 0)
             else:
-                gemm_g32(pk.ctypes.data, sp.ctypes.data, x, xs, n_cols, o, os, n_tok - t0, nr, 0)
+                gemm_g32(pk.ctypes.data, sp.ctypes.data, x, xs, n_cols, o, ostr, n_tok - t0, nr, 0)
 
 
 @nb.njit(**EXACT_JIT)
@@ -372,4 +373,4 @@ def matmul(w: np.ndarray, kind: int, x: np.ndarray, out: np.ndarray, threads: in
         out[...] = dst
 
 
-__all__ = ["HAVE_VNNI", "KINDS", "PAR_MIN_MACS", "ROWS", "TOKENS", "matmul"]
+__all__ = ["HAVE_VNNI", "KINDS", "LANES", "PAR_MIN_MACS", "ROWS", "TOKENS", "matmul"]

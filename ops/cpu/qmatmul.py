@@ -16,17 +16,19 @@ converted as a whole.
   more than they do), larger ones on all Numba threads over row ranges.
 * :func:`matmul` (prefill, many tokens; compute-bound).  Fewer than
   :data:`BLAS_MIN_TOKENS` tokens: the same integer kernel, each weight row
-  dotted with every token while it is in L1.  More: :data:`TILE_ROWS` rows at a
-  time are decoded (SIMD, bit-exact) into a reused float32 tile and multiplied
-  with numpy's BLAS; the whole matrix is never dequantized at once.
+  dotted with every token while it is in L1.  More: on a host with VNNI
+  (:data:`HAVE_VNNI`) block types go to the int8 GEMM of ``qgemm.py``; else
+  :data:`TILE_ROWS` rows at a time are decoded (SIMD, bit-exact) into a reused
+  float32 tile and multiplied with numpy's BLAS; the whole matrix is never
+  dequantized at once.
 * :func:`get_rows`: embedding lookup, decoding only the rows asked for; equal
   bit for bit to ``gguf.quants.dequantize`` (no FMA contraction).
 
 Error: ``matvec`` and few-token ``matmul`` compute W @ x_q exactly up to float32
 rounding, where x_q is x quantized per 32; for 4/5/6-bit weights that is a
 relative error of about 0.5% of ``|out|`` (as llama.cpp), for Q8_0 weights
-(int16 x) about 2e-5.  Float weights (F32/F16/BF16) and the BLAS path are
-float32 throughout.
+(int16 x) about 2e-5.  The VNNI GEMM is W @ x_q too, with int8 x for every type.
+Float weights (F32/F16/BF16) and the BLAS path are float32 throughout.
 
 Hosts without AVX2/F16C/FMA (:data:`HAVE_AVX2` false) fall back to plain
 Numba loops over decoded rows (float32 results, much slower).
@@ -1292,7 +1294,7 @@ def matmul(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
 
         qgemm.matmul(w, kind, x, out)
         return
-    # BLAS may hold one thread for attention beside the VNNI GEMM (blas.set_prefill_threads):
+    # a prefill holds BLAS at one thread beside the VNNI GEMM (blas.one_thread_beside_the_gemm):
     # products that still run on it (float weights) get all of Numba's count
     nt, held = _n_threads(), blas_threads()
     if held == 1 and nt > 1:

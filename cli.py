@@ -637,7 +637,7 @@ def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, n_dept
     if as_json:
         click.echo(json.dumps({
             "model": label, "path": str(path), "size": facts["file_size"], "params": facts["n_params"],
-            "backend": eng.backend.name, "threads": threads, "load_s": load_s, "peak_rss": rss,
+            "backend": eng.backend.name, "prefill_products": eng.prefill_products, "threads": threads, "load_s": load_s, "peak_rss": rss,
             "rss_anon": parts.get("anon"), "rss_file": parts.get("file"), "n_depth": n_depth, "kv": str(eng.kv) if eng.kv else "fp16",
             "results": [{"test": r.test, "tok_s": r.mean, "sd": r.sd, "samples": r.samples, "graph_replays": r.replayed} for r in results],
         }, indent=2))
@@ -654,6 +654,8 @@ def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, n_dept
             click.echo(f"{r.test}: {r.replayed} of {r.n_tokens * len(r.samples)} decode steps replayed from CUDA graphs")
     split = f"; now {_size(parts['anon'])} anonymous + {_size(parts['file'])} mapped files" if parts else ""
     click.echo(f"load {load_s:.2f} s, peak RSS {_size(rss)} (model file {_size(facts['file_size'])}{split}), kv cache {eng.kv if eng.kv else 'fp16'}")
+    if eng.prefill_products:
+        click.echo(f"prefill products: {eng.prefill_products}")
 
 
 # ---------------------------------------------------------------- perplexity

@@ -126,6 +126,12 @@ class Engine:
         # the first forward compiles the kernels when their on-disk cache is cold
         self.kernels_cold = not getattr(self.backend, "kernels_cached", lambda: True)()
 
+    @property
+    def prefill_products(self) -> str | None:
+        """How prefill's weight products run on the CPU (an int8 GEMM or float tiles + BLAS); None on a GPU."""
+        fn = getattr(self.backend, "prefill_products", None)
+        return fn() if fn is not None else None
+
     # ------------------------------------------------------------------ cache
     def new_cache(self) -> KVCache:
         """An empty cache of the engine's KV setting, context and batch size."""

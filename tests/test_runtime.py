@@ -365,8 +365,12 @@ def test_perplexity_reports_the_standard_error_llama_perplexity_prints(tiny_path
 def test_cli_bench_and_perplexity(tiny_path, tmp_path):
     r = CliRunner().invoke(main, ["bench", str(tiny_path), "-p", "16", "-n", "4", "-r", "2", "--json"])
     assert r.exit_code == 0, r.output
-    res = json.loads(r.output)["results"]
+    out = json.loads(r.output)
+    res = out["results"]
     assert [x["test"] for x in res] == ["pp16", "tg4"] and all(x["tok_s"] > 0 for x in res)
+    from kvrun.ops.cpu.qmatmul import HAVE_VNNI
+
+    assert out["prefill_products"].startswith("int8 GEMM" if HAVE_VNNI else "float tiles")  # says which path the figures are of
     text = tmp_path / "t.txt"
     text.write_text("the cat sat on the mat. " * 40)
     r = CliRunner().invoke(main, ["perplexity", str(tiny_path), "-f", str(text), "--ctx", "64", "--json"])

@@ -19,6 +19,15 @@ class CPUBackend:
     def __init__(self) -> None:
         self._scratch: dict[tuple[int, ...], np.ndarray] = {}  # linear_add's product, per shape
 
+    @staticmethod
+    def prefill_products() -> str:
+        """How prefill's block-quantized weight products run on this host (``kvrun bench`` says it)."""
+        if not qmatmul.HAVE_VNNI:
+            return "float tiles + BLAS"
+        from . import qgemm
+
+        return f"int8 GEMM, {'AVX-512 VNNI' if qgemm.LANES == 16 else 'AVX-VNNI'}"
+
     def upload(self, data: np.ndarray, qtype: int, shape: tuple[int, int]) -> Weight:
         return Weight(data.reshape(shape[0], -1), int(qtype), (int(shape[0]), int(shape[1])))
 

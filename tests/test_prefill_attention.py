@@ -72,7 +72,7 @@ def test_query_blocks_on_threads_give_the_same_bits(monkeypatch):
     pos = np.arange(T, dtype=np.int32)
     got = {}
     for nt in (1, 3):
-        monkeypatch.setattr(attention, "_pool_threads", lambda nt=nt: nt)
+        monkeypatch.setattr(attention, "numpy_threads", lambda nt=nt: nt)
         out = np.empty((T, gqa, D), np.float32)
         probs = attend_group(q, k, v, pos, pos, 0, 0.2, 0.0, out, probs=True)
         got[nt] = (out, probs)

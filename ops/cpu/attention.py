@@ -23,13 +23,11 @@ for a sliding window w > 0, ``pq - pk < w`` (llama.cpp's standard SWA mask).
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numba as nb
 import numpy as np
 
-from .blas import blas_threads
-from .parallel import num_threads
+from .parallel import each_shared, numpy_threads
 from .qattention import decode_half_slots
 from .qmatmul import _scratch
 from .vexp import exp32
@@ -130,49 +128,10 @@ def attend_group(
             else:
                 p[t0:t1, cols] = pg
 
-    _each_block(block, range(0, T, QUERY_BLOCK))
+    # a prefill holds BLAS at one thread beside the VNNI GEMM: the query blocks go to threads instead
+    # (numpy's GEMMs and the Numba softmax release the GIL; scores live in per-thread scratch)
+    each_shared(block, range(0, T, QUERY_BLOCK), numpy_threads())
     return p
-
-
-def _each_block(block, starts: range) -> None:
-    """block(t0) for each query block: on the calling thread, or shared with the attention pool.
-
-    A prefill holds BLAS at one thread beside the VNNI GEMM (``blas.one_thread_beside_the_gemm``), so the
-    blocks themselves go to threads: numpy's GEMMs and the Numba softmax release the
-    GIL, and each thread's scores live in its own scratch.  Blocks are dealt round-robin
-    (a causal chunk's later blocks see more keys).
-    """
-    nt = min(len(starts), _pool_threads())
-    if nt <= 1:
-        for t0 in starts:
-            block(t0)
-        return
-    pool = _pool(nt - 1)
-    jobs = [pool.submit(_run_blocks, block, starts[i::nt]) for i in range(1, nt)]
-    _run_blocks(block, starts[0::nt])
-    for j in jobs:
-        j.result()
-
-
-def _run_blocks(block, starts) -> None:
-    for t0 in starts:
-        block(t0)
-
-
-def _pool_threads() -> int:
-    """Threads for query blocks: Numba's count in use where BLAS has one thread, else one (BLAS threads the GEMMs)."""
-    return num_threads() if blas_threads() == 1 else 1
-
-
-_POOL: list = []  # [ThreadPoolExecutor, its size]
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    if not _POOL or _POOL[1] < workers:
-        if _POOL:
-            _POOL[0].shutdown(wait=False)
-        _POOL[:] = [ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kvrun-attention"), workers]
-    return _POOL[0]
 
 
 #: queries per block in prefill attention (a block attends only the keys it may see)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numba.np.ufunc.parallel
 
@@ -55,3 +58,47 @@ def _first_num_threads() -> int:
 
 
 _num_threads = _first_num_threads
+
+
+# ---------------------------------------------------------------- numpy work on Python threads
+# Prefill's numpy steps between Numba's kernels (attention's GEMMs on one BLAS thread, the gated
+# activation's SIMD exp) release the GIL: a few Python threads run their row blocks side by side.
+_POOL: list = []  # [ThreadPoolExecutor, its size]
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    if not _POOL or _POOL[1] < workers:
+        if _POOL:
+            _POOL[0].shutdown(wait=False)
+        _POOL[:] = [ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kvrun-prefill"), workers]
+    return _POOL[0]
+
+
+def numpy_threads() -> int:
+    """Threads for prefill's numpy steps: Numba's count in use where a prefill holds BLAS at one
+    thread (``blas.one_thread_beside_the_gemm``), else one (BLAS's own pool threads its GEMMs)."""
+    from .blas import blas_threads
+
+    return num_threads() if blas_threads() == 1 else 1
+
+
+def each_shared(fn: Callable[[int], None], starts: Sequence[int], nt: int) -> None:
+    """fn(s) for each s of starts, dealt round-robin to nt threads: the caller and nt - 1 pool workers.
+
+    Round-robin, since a causal chunk's later query blocks see more keys.  ``fn`` must write
+    disjoint outputs and keep its scratch per thread; its arithmetic is the same on any thread.
+    """
+    nt = min(len(starts), nt)
+    if nt <= 1:
+        for s in starts:
+            fn(s)
+        return
+    jobs = [_pool(nt - 1).submit(_each, fn, starts[i::nt]) for i in range(1, nt)]
+    _each(fn, starts[0::nt])
+    for j in jobs:
+        j.result()
+
+
+def _each(fn: Callable[[int], None], starts: Sequence[int]) -> None:
+    for s in starts:
+        fn(s)

@@ -1,9 +1,10 @@
-"""ops/cpu/qgemm: the AVX-512 VNNI int8 GEMM that prefill's products run on.
+"""ops/cpu/qgemm: the VNNI int8 GEMM that prefill's products run on.
 
 It computes W . x_q, x quantized per 32 to int8 (as ``qmatmul.quant_x8``: scale
 amax/127, round half to even), exactly up to float32 rounding; the reference
 here is that product in float64 from ``gguf.quants.dequantize`` and the
-reference forward's quantization of x (``reference.quantize_x8``), so the tolerance is float32's (1e-5), for every block type.
+reference forward's quantization of x (``reference.quantize_x8``), so the
+tolerance is float32's (1e-5), for every block type.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from kvrun.ops.cpu import qmatmul as Q
 from reference import quantize_x8
 from test_qmatmul import _ref, _rel, _weights
 
-pytestmark = pytest.mark.skipif(not Q.HAVE_VNNI, reason="no AVX-512 VNNI on this host")
+pytestmark = pytest.mark.skipif(not Q.HAVE_VNNI, reason="no VNNI on this host")
 
 BLOCK_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K]
 
@@ -41,17 +42,13 @@ def test_gemm_is_w_dot_quantized_x(qtype, n_rows, n_tok):
 
 
 @pytest.mark.parametrize("qtype", [T.Q5_0, T.Q6_K], ids=lambda t: t.name)
-def test_threads_give_the_same_bits(qtype):
+def test_threads_give_the_same_bits(qtype, monkeypatch):
     """Split over threads by row tiles, each row is the same arithmetic: prefill does not depend on --threads."""
     qgemm, kind, w, x, ref = _case(qtype, 131, 512, 40, seed=3)
     one, two = (np.empty((40, 131), np.float32) for _ in range(2))
     qgemm.matmul(w, kind, x, one, threads=1)
-    old = qgemm.PAR_MIN_MACS
-    qgemm.PAR_MIN_MACS = 0
-    try:
-        qgemm.matmul(w, kind, x, two, threads=2)
-    finally:
-        qgemm.PAR_MIN_MACS = old
+    monkeypatch.setattr(qgemm, "PAR_MIN_MACS", 0)
+    qgemm.matmul(w, kind, x, two, threads=2)
     np.testing.assert_array_equal(one, two)
     assert _rel(one, ref) < 1e-5
 

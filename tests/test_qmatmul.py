@@ -6,7 +6,7 @@ Tolerances (relative to the norm of the exact result, per call):
   quantize the activations to int8 per 32 (as llama.cpp), ~0.5% -> 1.5e-2;
 * Q8_0 weights: int16 activations, ~2e-5 -> 2e-4;
 * float weights (F32/F16/BF16) and the tile + BLAS ``matmul``: float32 -> 1e-5;
-* many-token ``matmul`` of block types on an AVX-512 VNNI host (``qgemm``,
+* many-token ``matmul`` of block types on a VNNI host (``qgemm``,
   tested on its own in test_qgemm.py): int8 activations for every type -> 1.5e-2;
 * ``get_rows`` is bit-identical to ``gguf.quants.dequantize``.
 """
@@ -102,7 +102,7 @@ def test_matvec_parallel(qtype, threads):
     np.testing.assert_array_equal(out, out1)  # same per-row arithmetic on any thread
 
 
-@pytest.mark.parametrize("vnni", [False, pytest.param(True, marks=pytest.mark.skipif(not Q.HAVE_VNNI, reason="no AVX-512 VNNI"))])
+@pytest.mark.parametrize("vnni", [False, pytest.param(True, marks=pytest.mark.skipif(not Q.HAVE_VNNI, reason="no VNNI on this host"))])
 @pytest.mark.parametrize("qtype,n,k", list(_cases()))
 def test_matmul(qtype, n, k, vnni, monkeypatch):
     monkeypatch.setattr(Q, "_USE_VNNI", vnni)

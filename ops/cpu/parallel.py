@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -63,15 +64,10 @@ _num_threads = _first_num_threads
 # ---------------------------------------------------------------- numpy work on Python threads
 # Prefill's numpy steps between Numba's kernels (attention's GEMMs on one BLAS thread, the gated
 # activation's SIMD exp) release the GIL: a few Python threads run their row blocks side by side.
-_POOL: list = []  # [ThreadPoolExecutor, its size]
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    if not _POOL or _POOL[1] < workers:
-        if _POOL:
-            _POOL[0].shutdown(wait=False)
-        _POOL[:] = [ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kvrun-prefill"), workers]
-    return _POOL[0]
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    """The workers beside the calling thread: one fewer than Numba's pool, the most any count in use asks for."""
+    return ThreadPoolExecutor(max_workers=max(1, numba.config.NUMBA_NUM_THREADS - 1), thread_name_prefix="kvrun-prefill")
 
 
 def numpy_threads() -> int:
@@ -88,12 +84,8 @@ def each_shared(fn: Callable[[int], None], starts: Sequence[int], nt: int) -> No
     Round-robin, since a causal chunk's later query blocks see more keys.  ``fn`` must write
     disjoint outputs and keep its scratch per thread; its arithmetic is the same on any thread.
     """
-    nt = min(len(starts), nt)
-    if nt <= 1:
-        for s in starts:
-            fn(s)
-        return
-    jobs = [_pool(nt - 1).submit(_each, fn, starts[i::nt]) for i in range(1, nt)]
+    nt = max(1, min(len(starts), nt))  # one: all on the calling thread, no pool
+    jobs = [_pool().submit(_each, fn, starts[i::nt]) for i in range(1, nt)]
     _each(fn, starts[0::nt])
     for j in jobs:
         j.result()

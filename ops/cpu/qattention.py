@@ -52,7 +52,7 @@ from numba.extending import intrinsic
 from .f16 import f16_to_f32, f32_to_f16
 from .parallel import EXACT_JIT, prange_only, split_threads
 from .vexp import exp32
-from .qmatmul import LF16, LF32, LI8, LI16, LI32, LI64, V, _G
+from .qmatmul import LF16, LF32, LI8, LI16, LI32, LI64, V, _G, _i64
 
 _JIT = dict(cache=True, fastmath=True, nogil=True)
 _NEG_INF = np.float32(-1e30)  # masked logit: finite, so exp() needs no branch (and fastmath stays valid)
@@ -132,10 +132,6 @@ def _emit_group3(g: _G, G: int, cpp, mpp, lpp, zs, gi) -> list:
             code = b.or_(g.and_(g.shr(x, 2 * m), 3), g.shl(bit, 2))
             out[v0 // 8] = g.fma(b.sitofp(code, V(LF32, 8)), s_v, m_v)
     return out
-
-
-def _i64(v: int) -> ir.Constant:
-    return ir.Constant(LI64, v)
 
 
 def _fptr(b: ir.IRBuilder, addr) -> ir.Value:

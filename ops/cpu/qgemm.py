@@ -52,8 +52,8 @@ from numba.extending import intrinsic
 
 from .parallel import EXACT_JIT, num_threads, prange_only
 from .qmatmul import (
-    LF32, LI8, LI32, LI64, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, V, V16I8, V32I8, V8I32,
-    HAVE_VNNI, HAVE_VNNI512, _G, _TYPES, _k_scales, _q6_k_codes, _qk45_codes, _scratch, _scratch_bytes, quant_x8,
+    LF32, LI8, LI32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, V, V16I8, V32I8, V8I32,
+    HAVE_VNNI, HAVE_VNNI512, _G, _TYPES, _c, _i64, _k_scales, _q6_k_codes, _qk45_codes, _scratch, _scratch_bytes, quant_x8,
 )  # fmt: skip
 
 ROWS = 16  # weight rows per packed tile: the 16 int32 lanes of a zmm register (two ymm)
@@ -65,19 +65,12 @@ LANES = int(os.environ.get("KVRUN_GEMM_LANES", "0")) or (16 if HAVE_VNNI512 else
 #: (32 zmm registers; 16 ymm)
 TOKENS = 8 if LANES == 16 else 4
 
-V64I8, V16I32, V16F32 = V(LI8, 64), V(LI32, 16), V(LF32, 16)
-
-
-def _i64(v: int) -> ir.Constant:
-    return ir.Constant(LI64, v)
-
-
 # ================================================================= the tile kernel
-_KERNEL_SIG = types.none(*([types.int64] * 10))
+_KERNEL_SIG = types.none(*([types.int64] * 9))
 
 
 def _kernel(G: int, NT: int, L: int):
-    """kernel(pk, sp, x, xstr, n_cols, out, ostr, n_tok, n_rows, unused), on L-lane int32 vectors.
+    """kernel(pk, sp, x, xstr, n_cols, out, ostr, n_tok, n_rows), on L-lane int32 vectors.
 
     pk: packed codes [n_cols/4][16][4]; sp: float32 s [n_cols/G][16] then o [n_cols/G][16].
     x: the first token's scratch row (``qmatmul._scratch_bytes`` layout), rows xstr bytes
@@ -92,7 +85,7 @@ def _kernel(G: int, NT: int, L: int):
     def codegen(context, builder, sig, args):
         g = _G(builder)
         b = builder
-        pk, sp, x, xstr, n_cols, out, ostr, n_tok, n_rows, _ = args
+        pk, sp, x, xstr, n_cols, out, ostr, n_tok, n_rows = args
         fp = LF32.as_pointer()
         nbk = b.udiv(n_cols, _i64(32))
         nsub = b.udiv(n_cols, _i64(G))
@@ -138,7 +131,7 @@ def _kernel(G: int, NT: int, L: int):
                     g.call(f"llvm.masked.store.v{L}f32.p0", ir.VoidType(), [b.load(facc[t][h]), b.gep(p, [_i64(L * h)]), ir.Constant(LI32, 4), masks[h]])
         return context.get_dummy_value()
 
-    def typer(typingctx, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9):  # noqa: ARG001
+    def typer(typingctx, pk, sp, x, xstr, n_cols, out, ostr, n_tok, n_rows):  # noqa: ARG001
         return _KERNEL_SIG, codegen
 
     return intrinsic(typer)
@@ -152,7 +145,7 @@ gemm_g16 = _kernel(16, TOKENS, LANES)
 # Each emitter returns, for each 32 values of one block, (codes <32 x u8>, [(s, o)] per group).
 def _q4_0(g, wb):
     d = g.f16(wb, 0)
-    return [(g.nibbles(g.load(wb, 2, V16I8)), [(d, g.b.fmul(d, _f(-8.0)))])]
+    return [(g.nibbles(g.load(wb, 2, V16I8)), [(d, g.b.fmul(d, _c(-8.0)))])]
 
 
 def _q4_1(g, wb):
@@ -163,7 +156,7 @@ def _q4_1(g, wb):
 def _q5_0(g, wb):
     d = g.f16(wb, 0)
     q = g.b.or_(g.nibbles(g.load(wb, 6, V16I8)), g.bits32(g.load(wb, 2, LI32)))
-    return [(q, [(d, g.b.fmul(d, _f(-16.0)))])]
+    return [(q, [(d, g.b.fmul(d, _c(-16.0)))])]
 
 
 def _q5_1(g, wb):
@@ -175,7 +168,7 @@ def _q5_1(g, wb):
 def _q8_0(g, wb):
     d = g.f16(wb, 0)
     q = g.b.xor(g.load(wb, 2, V32I8), ir.Constant(V32I8, [ir.Constant(LI8, 0x80)] * 32))  # q + 128 as u8
-    return [(q, [(d, g.b.fmul(d, _f(-128.0)))])]
+    return [(q, [(d, g.b.fmul(d, _c(-128.0)))])]
 
 
 def _qk45(five: bool):
@@ -202,13 +195,9 @@ def _q6_k(g, wb):
             groups = []
             for e in range(2):
                 sd = b.fmul(d, b.sitofp(g.i8(wb, 192 + 2 * s + e), LF32))
-                groups.append((sd, b.fmul(sd, _f(-32.0))))
+                groups.append((sd, b.fmul(sd, _c(-32.0))))
             res.append((q, groups))
     return res
-
-
-def _f(v: float) -> ir.Constant:
-    return ir.Constant(LF32, v)
 
 
 _PACK_SIG = types.none(*([types.int64] * 5))
@@ -306,9 +295,9 @@ def _tiles(kind, w, sc, n_tok, n_cols, out, tiles0, tiles1, pk, sp):
             x = sc.ctypes.data + t0 * xs
             o = out.ctypes.data + (t0 * ostr + r0) * 4
             if g16:
-                gemm_g16(pk.ctypes.data, sp.ctypes.data, x, xs, n_cols, o, ostr, n_tok - t0, nr, 0)
+                gemm_g16(pk.ctypes.data, sp.ctypes.data, x, xs, n_cols, o, ostr, n_tok - t0, nr)
             else:
-                gemm_g32(pk.ctypes.data, sp.ctypes.data, x, xs, n_cols, o, ostr, n_tok - t0, nr, 0)
+                gemm_g32(pk.ctypes.data, sp.ctypes.data, x, xs, n_cols, o, ostr, n_tok - t0, nr)
 
 
 @nb.njit(**EXACT_JIT)

@@ -97,30 +97,21 @@ _JIT_EXACT = EXACT_JIT  # decoders and the row loops: bit-exact weights, the sam
 # callers fall back to plain Numba loops when it does not.
 
 
-def _host_has_avx2() -> bool:
-    try:
-        feats = llvm.get_host_cpu_features()
-        return bool(feats.get("avx2")) and bool(feats.get("f16c")) and bool(feats.get("fma"))
-    except Exception:  # pragma: no cover - non-x86 hosts
-        return False
-
-
-HAVE_AVX2 = _host_has_avx2()
-
-
 def _host_has(*names: str) -> bool:
+    """Whether the host CPU has all these LLVM features."""
     try:
         f = llvm.get_host_cpu_features()
-        return HAVE_AVX2 and all(bool(f.get(k)) for k in names)
+        return all(bool(f.get(k)) for k in names)
     except Exception:  # pragma: no cover - non-x86 hosts
         return False
 
 
+HAVE_AVX2 = _host_has("avx2", "f16c", "fma")
 #: AVX-512 VNNI (Zen 4/5, Ice Lake and later Xeons): ``qgemm`` on 512-bit vectors
-HAVE_VNNI512 = _host_has("avx512f", "avx512bw", "avx512vl", "avx512vnni")
+HAVE_VNNI512 = HAVE_AVX2 and _host_has("avx512f", "avx512bw", "avx512vl", "avx512vnni")
 #: int8 dot products (AVX-512 VNNI, or AVX-VNNI on Alder Lake and later Intel desktops and
 #: laptops): prefill products run on ``qgemm`` (vpdpbusd) instead of tile + BLAS
-HAVE_VNNI = HAVE_VNNI512 or _host_has("avxvnni")
+HAVE_VNNI = HAVE_VNNI512 or (HAVE_AVX2 and _host_has("avxvnni"))
 
 LI1, LI8, LI16, LI32, LI64 = (ir.IntType(n) for n in (1, 8, 16, 32, 64))
 LF32 = ir.FloatType()
@@ -132,6 +123,10 @@ def V(t: ir.Type, n: int) -> ir.VectorType:
 
 
 V32I8, V16I8, V16I16, V8I32, V8F32 = V(LI8, 32), V(LI8, 16), V(LI16, 16), V(LI32, 8), V(LF32, 8)
+
+
+def _i64(v: int) -> ir.Constant:
+    return ir.Constant(LI64, v)
 
 
 def _cvec(t: ir.Type, n: int, val: int) -> ir.Constant:

@@ -580,6 +580,55 @@ def attend_decode_q(
                      G, kpos, logw, window, scale, softcap, out, s_all, probs_acc, split_for or split_threads())
 
 
+LANES = 16  # the softmax's max and sum run in this many independent lanes (see _softmax_part)
+
+
+@nb.njit(inline="always", **EXACT_JIT)
+def _softmax_part(sh: np.ndarray, bias: np.ndarray, sc: float, cap: float, softcap: float, lane: np.ndarray) -> tuple:
+    """Scores ``sh`` -> logits (scaled, soft-capped, plus ``bias``) -> ``exp(logit - max)`` in place;
+    returns (max, sum of the exps).  lane: [LANES] float32 scratch.
+
+    The max and the sum are kept in LANES independent lanes (slot ``j`` in lane ``j % LANES``, the
+    last ``n % LANES`` slots after the lanes): each lane is a plain sequential chain, so LLVM turns the
+    loops into vector code without fast-math's licence to reorder a reduction, and the rounding is the
+    same however the kernel is compiled (this kernel is EXACT_JIT, see below).  As one scalar chain,
+    SmolLM2's layer-step at 2048 slots (3 KV heads, 2 threads) took 80 us instead of 46.
+    """
+    n = sh.shape[0]
+    nl = n - n % LANES
+    if softcap > 0:
+        for j in range(n):
+            sh[j] = cap * np.tanh(sh[j] * sc / cap) + bias[j]
+    else:
+        for j in range(n):
+            sh[j] = sh[j] * sc + bias[j]
+    lane[:] = _NEG_INF
+    for j0 in range(0, nl, LANES):
+        blk = sh[j0 : j0 + LANES]
+        for i in range(LANES):
+            lane[i] = max(lane[i], blk[i])
+    mh = _NEG_INF
+    for i in range(LANES):
+        mh = max(mh, lane[i])
+    for j in range(nl, n):
+        mh = max(mh, sh[j])
+    lane[:] = 0.0
+    for j0 in range(0, nl, LANES):
+        blk = sh[j0 : j0 + LANES]
+        for i in range(LANES):
+            e = exp32(blk[i] - mh)  # exactly 0 for masked slots
+            blk[i] = e
+            lane[i] += e
+    sm = np.float32(0.0)
+    for i in range(LANES):
+        sm += lane[i]
+    for j in range(nl, n):
+        e = exp32(sh[j] - mh)
+        sh[j] = e
+        sm += e
+    return mh, sm
+
+
 # EXACT_JIT, not _JIT: cache/insert.py's decode_step (EXACT_JIT) calls this kernel from inside
 # Numba, and a parallel callee compiled within its caller took other rounding than the same kernel
 # loaded from Numba's cache, so a first run after an install or an edit gave other logits than every
@@ -644,6 +693,7 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
             s = s_all[kh]
             prow = kh * ph
             bias = np.empty(j1 - j0, np.float32)
+            lane = np.empty(LANES, np.float32)
             # ---- raw scores q . k
             _pass(DOT, kh, j0, j1, k16, kc0, km0, klut0, kw0, kc1, km1, klut1, kw1, G, D, qt[kh * gqa : (kh + 1) * gqa], s_all, gqa)
             # ---- logits, masks, softmax over this item's slots (flash-decoding: each item keeps
@@ -659,25 +709,7 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
                 for j in range(j1 - j0):
                     bias[j] += lw[j]
             for hh in range(gqa):
-                sh = s[hh, j0:j1]
-                mh = _NEG_INF
-                if softcap > 0:
-                    for j in range(j1 - j0):
-                        a = cap * np.tanh(sh[j] * sc / cap) + bias[j]
-                        sh[j] = a
-                        mh = max(mh, a)
-                else:
-                    for j in range(j1 - j0):
-                        a = sh[j] * sc + bias[j]
-                        sh[j] = a
-                        mh = max(mh, a)
-                sm = np.float32(0.0)
-                for j in range(j1 - j0):
-                    e = exp32(sh[j] - mh)  # exactly 0 for masked slots
-                    sh[j] = e
-                    sm += e
-                mx[it, hh] = mh
-                tot[it, hh] = sm
+                mx[it, hh], tot[it, hh] = _softmax_part(s[hh, j0:j1], bias, sc, cap, softcap, lane)
             # ---- values
             acc = part[it]
             acc[:] = 0.0

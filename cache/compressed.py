@@ -56,6 +56,7 @@ import numpy as np
 from ..ops.cpu.attention import attend_group, scratch
 from ..ops.cpu.parallel import split_threads
 from ..ops.cpu.qattention import attend_decode_q, decode_half_slots
+from ..ops.cpu.qkeys import INT_KEYS
 from .base import LayerCache, LayerSpec
 from .kvconfig import KVConfig
 from .keybasis import KeyBasis
@@ -81,6 +82,10 @@ class CompressedLayerCache(LayerCache):
     n_ctx : int
         Context size: the budget of a global layer when nothing is evicted.
     """
+
+    #: decode scores 2- and 4-bit keys with int8 queries on VNNI hosts (``kvrun.ops.cpu.qkeys``);
+    #: False: through the float tiles (a comparison with a GPU, whose kernels keep float queries)
+    int_keys: bool = INT_KEYS
 
     def __init__(self, spec: LayerSpec, kv: KVConfig, n_ctx: int) -> None:
         kv = kv.resolved()
@@ -477,7 +482,7 @@ class CompressedLayerCache(LayerCache):
         decode_step(
             np.ascontiguousarray(q, np.float32), np.ascontiguousarray(k, np.float32), np.ascontiguousarray(v, np.float32),
             np.ascontiguousarray(pos, np.int32), self.basis.rot is not None, rot_v, *self._store_args(), self._qr[:T],
-            self.logw, s.window, s.scale, s.softcap, self._or[:T] if rot_v else out, out, self._s, split_threads(),
+            self.logw, s.window, s.scale, s.softcap, self._or[:T] if rot_v else out, out, self._s, split_threads(), self.int_keys,
         )  # fmt: skip
 
     def _pool_args(self, i: int) -> tuple:
@@ -516,7 +521,7 @@ class CompressedLayerCache(LayerCache):
             p1.kc, p1.km, p1.vc, p1.vm, p1.bits_k, p1.bits_v,
             p0.klut, p0.vlut, p1.klut, p1.vlut, self.kv.group, self.pos, self.logw,
             s.window, s.scale, s.softcap, o,
-            self._s, acc,
+            self._s, acc, int_keys=self.int_keys,
         )  # fmt: skip
         if pol is not None and pol.needs_probs:
             pol.after_step()

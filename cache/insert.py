@@ -237,7 +237,7 @@ def decode_push(q: np.ndarray, k: np.ndarray, v: np.ndarray, p: int, rot_k: bool
 def decode_step(q: np.ndarray, k: np.ndarray, v: np.ndarray, qpos: np.ndarray, rot_k: bool, rot_v: bool, t_k: np.ndarray, mu: np.ndarray,
                 k16: np.ndarray, v16: np.ndarray, pos: np.ndarray, S: int, F: int, G: int, pool0: tuple, pool1: tuple,
                 tmp: np.ndarray, qr: np.ndarray, logw: np.ndarray, window: int, scale: float, softcap: float,
-                o: np.ndarray, out: np.ndarray, s_all: np.ndarray, split_for: int) -> None:  # fmt: skip
+                o: np.ndarray, out: np.ndarray, s_all: np.ndarray, split_for: int, int_keys: bool) -> None:  # fmt: skip
     """A whole steady-state decode step in one call: each token stored by :func:`decode_push`,
     then the step's queries attend (``attend_decode_q``'s kernel) and, with ``rot_v``, the
     output is rotated back.  Three calls and their Python between cost ~25 us a layer-step,
@@ -246,7 +246,8 @@ def decode_step(q: np.ndarray, k: np.ndarray, v: np.ndarray, qpos: np.ndarray, r
     q: [T, n_head, D], k: [T, n_kv, D], v: [T, n_kv, Dv] float32; qpos: [T] int32;
     qr: [T, n_head, D] scratch for the rotated queries; logw: merge log-weights or [0, 0];
     o: [T, n_head, Dv] attention output in the cache basis (``out`` itself without
-    ``rot_v``); out: [T, n_head, Dv]; s_all: [n_kv, gqa, N] scratch.  The rest as :func:`decode_push`.
+    ``rot_v``); out: [T, n_head, Dv]; s_all: [n_kv, gqa, N] scratch; int_keys: as ``attend_decode_q``'s.
+    The rest as :func:`decode_push`.
     """
     for t in range(q.shape[0]):
         decode_push(q[t], k[t], v[t], qpos[t], rot_k, rot_v, t_k, mu, k16, v16, pos, S, F, G, pool0, pool1, tmp, qr[t])
@@ -254,7 +255,7 @@ def decode_step(q: np.ndarray, k: np.ndarray, v: np.ndarray, qpos: np.ndarray, r
     kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1 = pool1[2:10]
     no_probs = np.empty((0, 0), np.float32)
     _attend_decode_q(qr, qpos, k16, v16, kc, km, vc, vm, bits_k, bits_v, kc1, km1, vc1, vm1, bits_k1, bits_v1,
-                     klut, vlut, klut1, vlut1, G, pos, logw, window, scale, softcap, o, s_all, no_probs, split_for)  # fmt: skip
+                     klut, vlut, klut1, vlut1, G, pos, logw, window, scale, softcap, o, s_all, no_probs, split_for, int_keys)  # fmt: skip
     if rot_v:
         fwht_rows(o, out)
 

@@ -110,7 +110,7 @@ def test_decode_kernel_matches_cpu(rt, case):
         p0.kc, p0.km, p0.vc, p0.vm, p0.bits_k, p0.bits_v,
         p1.kc, p1.km, p1.vc, p1.vm, p1.bits_k, p1.bits_v,
         p0.klut, p0.vlut, p1.klut, p1.vlut, G, pos, logw, window, scale, softcap, want,
-        np.zeros((n_kv, gqa, N), np.float32), acc_want,
+        np.zeros((n_kv, gqa, N), np.float32), acc_want, int_keys=False,  # float queries, as the device's
     )  # fmt: skip
 
     xp = rt.xp
@@ -172,6 +172,7 @@ def test_layer_cache_mirror_is_incremental(rt):
     spec = LayerSpec(n_head=4, n_head_kv=2, head_dim=32, head_dim_v=32, scale=32**-0.5)
     kv = KVConfig.parse("2,policy=h2o,budget=24,residual=4,sinks=2,merge=keepkv,mixed=8/2,group=16").validate(64)
     cpu_c = CompressedLayerCache(spec, kv, 64)
+    cpu_c.int_keys = False  # float queries, as the device's
     gpu_c = GPUCompressedLayerCache(spec, kv, 64)
     rng = np.random.default_rng(4)
     p = 0
@@ -215,6 +216,8 @@ def _greedy_cpu_vs_gpu(path, kv: KVConfig, n_ctx: int, n_prompt: int, n_gen: int
     engines = {dev: Engine(path, device=dev, n_ctx=n_ctx, n_batch=16, kv=kv) for dev in ("cpu", "gpu")}
     caches = {dev: e.new_cache() for dev, e in engines.items()}
     assert all(isinstance(layer, GPUCompressedLayerCache) for layer in caches["gpu"].layers)
+    for layer in caches["cpu"].layers:
+        layer.int_keys = False  # float queries, as the device's kernels
     prompt = list(np.random.default_rng(11).integers(0, 200, n_prompt))
     la = engines["cpu"].eval(caches["cpu"], prompt)[-1]
     lb = engines["gpu"].eval(caches["gpu"], prompt)[-1]

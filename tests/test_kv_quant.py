@@ -256,6 +256,7 @@ def _check_decode_kernel(bits: int, group: int, geometry: tuple, D: int) -> None
         q, np.array([N - 1], np.int32), k16.view(np.uint16), v16.view(np.uint16),
         kc, km, vc, vm, bits, bits, e_c, e_m, e_c, e_m, 2, 2,
         klut, vlut, klut, vlut, G, pos, np.zeros((0, 0), np.float32), 0, 0.125, 0.0, out, *scratch, probs, split_for=n_threads,
+        int_keys=False,  # the float tiles (tests/test_qkeys.py: the integer key scores)
     )  # fmt: skip
     kk = np.concatenate([k16.astype(np.float32), kd], axis=1)
     vv = np.concatenate([v16.astype(np.float32), vd], axis=1)
@@ -346,7 +347,7 @@ def test_decode_kernel_reads_each_pool_up_to_its_last_held_slot(held0, held1):
         q, np.array([30_000], np.int32), k16.view(np.uint16), v16.view(np.uint16),
         kc0, km0, vc0, vm0, 4, 4, kc1, km1, vc1, vm1, 2, 2,
         klut0, vlut0, klut1, vlut1, G, pos, np.zeros((0, 0), np.float32), 0, 0.125, 0.0, out,
-        np.zeros((n_kv, H // n_kv, N), np.float32), probs, split_for=2,
+        np.zeros((n_kv, H // n_kv, N), np.float32), probs, split_for=2, int_keys=False,
     )  # fmt: skip
     kk, vv = np.concatenate(kf, axis=1), np.concatenate(vf, axis=1)
     gqa = H // n_kv

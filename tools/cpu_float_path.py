@@ -1,8 +1,9 @@
 """Run a kvrun command on the CPU with float activations in every weight product.  (developer tool)
 
-The CPU's decode products quantize x to int8 per 32 values, as llama.cpp's do;
+The CPU's decode products quantize x to int8 per 32 values, as llama.cpp's do
+(and a compressed cache's 2- and 4-bit keys meet int8 queries on VNNI hosts);
 the GPU's keep x in float32.  This tool patches the CPU backend so every
-product is ``x @ dequant(W).T`` in float32 (each matrix dequantized once, with
+product is ``x @ dequant(W).T`` in float32 (and keys meet float queries) (each matrix dequantized once, with
 the ``gguf`` package's reference dequantizers), then runs the ``kvrun``
 command line: the CPU's arithmetic with the GPU's choice of activations.  It
 separates what a GPU result owes to that choice from what it owes to the
@@ -97,9 +98,13 @@ def linear_glu(self, w, gate, up, out, act, accumulate=False) -> None:
 
 
 def patch() -> None:
-    """Every CPU backend made after this computes its products in float (the fused decode kernels bypassed)."""
+    """Every CPU backend made after this computes its products in float (the fused decode kernels bypassed),
+    and compressed caches score their keys with float queries (the float tiles, not ``ops/cpu/qkeys.py``)."""
+    from kvrun.cache.compressed import CompressedLayerCache
+
     for f in (linear, linear_many, norm_linear_many, linear_add, linear_glu):
         setattr(CPUBackend, f.__name__, f)
+    CompressedLayerCache.int_keys = False
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ from .f16 import f16_to_f32, f32_to_f16
 from .parallel import EXACT_JIT, prange_only, split_threads
 from .vexp import exp32
 from .qmatmul import LF16, LF32, LI8, LI16, LI32, LI64, V, _G, _i64
+from .qkeys import CHUNK_GROUPS, INT_KEYS, key_kernel_ok, key_scores, prep_queries
+from .qkeys import L as KEY_LANES
 
 _JIT = dict(cache=True, fastmath=True, nogil=True)
 _NEG_INF = np.float32(-1e30)  # masked logit: finite, so exp() needs no branch (and fastmath stays valid)
@@ -545,6 +547,7 @@ def attend_decode_q(
     s_all: np.ndarray,
     probs_acc: np.ndarray,
     split_for: int = 0,
+    int_keys: bool = INT_KEYS,
 ) -> None:
     """Attention of a few queries over fp16 slots and up to two quantized pools.
 
@@ -574,10 +577,12 @@ def attend_decode_q(
     s_all: [n_kv, gqa, N] float32 scratch.  probs_acc: [n_kv, N] float32
     receives the softmax probabilities summed over each KV head's query heads
     (what eviction policies score with), or ``[0, 0]`` to skip.  split_for:
-    threads the split is planned for (0: :func:`split_threads`, the pool's size).
+    threads the split is planned for (0: :func:`split_threads`, the pool's size).  int_keys: 2- and
+    4-bit keys are scored by integer dot products with the queries quantized to int8
+    (:mod:`.qkeys`; on hosts with VNNI, the default there), else through the float tiles.
     """
     _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, vc1, vm1, kw1, vw1, klut0, vlut0, klut1, vlut1,
-                     G, kpos, logw, window, scale, softcap, out, s_all, probs_acc, split_for or split_threads())
+                     G, kpos, logw, window, scale, softcap, out, s_all, probs_acc, split_for or split_threads(), int_keys)
 
 
 LANES = 16  # the softmax's max and sum run in this many independent lanes (see _softmax_part)
@@ -629,6 +634,40 @@ def _softmax_part(sh: np.ndarray, bias: np.ndarray, sc: float, cap: float, softc
     return mh, sm
 
 
+@nb.njit(inline="always", **EXACT_JIT)
+def _key_queries(H: int, D: int, G: int) -> tuple:
+    """Scratch of :func:`.qkeys.prep_queries` for H query heads (empty with G = 0: no integer keys)."""
+    ng = D // G if G > 0 else 0
+    return (np.empty((H, G * KEY_LANES), np.int8), np.empty((H, 2 * KEY_LANES), np.float32),
+            np.empty((H, D if G > 0 else 0), np.int8), np.empty((H, ng, 2), np.float32))  # fmt: skip
+
+
+@nb.njit(inline="always", **_JIT)
+def _keys(kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, qt, s_all, gqa, ik0, ik1, kq0, kq1) -> None:
+    """Raw scores ``s_all[kh, hh, j] = q_hh . k_j`` over the slots ``j0 .. j1`` of KV head ``kh``: a pool
+    with integer keys (``ik0``/``ik1``, its queries ``kq0``/``kq1`` from :func:`.qkeys.prep_queries`)
+    through :func:`.qkeys.key_scores`, the rest (fp16 slots, other pools) through :func:`_pass`."""
+    F = x16.shape[1]
+    C0 = c0.shape[1]
+    y = qt[kh * gqa : (kh + 1) * gqa]
+    if not (ik0 or ik1):
+        _pass(DOT, kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, y, s_all, gqa)
+        return
+    gs = np.empty((gqa, CHUNK_GROUPS), np.float32)
+    lo, hi = kh * gqa, (kh + 1) * gqa
+    for seg in range(3):  # the fp16 area, pool 0, pool 1
+        a = j0 if seg == 0 else max(j0, F if seg == 1 else F + C0)
+        e = min(j1, F) if seg == 0 else (min(j1, F + C0) if seg == 1 else j1)
+        if a >= e:
+            continue
+        if seg == 1 and ik0:
+            key_scores(c0[kh], m0[kh], lut0, w0, G, a - F, e - a, kq0[0][lo:hi], kq0[1][lo:hi], kq0[2][lo:hi], kq0[3][lo:hi], gs, s_all[kh], a)
+        elif seg == 2 and ik1:
+            key_scores(c1[kh], m1[kh], lut1, w1, G, a - F - C0, e - a, kq1[0][lo:hi], kq1[1][lo:hi], kq1[2][lo:hi], kq1[3][lo:hi], gs, s_all[kh], a)
+        else:
+            _pass(DOT, kh, a, e, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, y, s_all, gqa)
+
+
 # EXACT_JIT, not _JIT: cache/insert.py's decode_step (EXACT_JIT) calls this kernel from inside
 # Numba, and a parallel callee compiled within its caller took other rounding than the same kernel
 # loaded from Numba's cache, so a first run after an install or an edit gave other logits than every
@@ -638,7 +677,7 @@ def _softmax_part(sh: np.ndarray, bias: np.ndarray, sc: float, cap: float, softc
 # tests/test_jit_cache.py runs a compiling process and a cache-loading one and compares their logits.
 @nb.njit(parallel=prange_only(), **EXACT_JIT)
 def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, vc1, vm1, kw1, vw1, klut0, vlut0, klut1, vlut1,
-                     G, kpos, logw, window, scale, softcap, out, s_all, probs_acc, split_for):
+                     G, kpos, logw, window, scale, softcap, out, s_all, probs_acc, split_for, int_keys):
     T, H, D = q.shape
     n_kv = k16.shape[0]
     F = k16.shape[1]
@@ -683,9 +722,18 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
     mx = np.empty((items, gqa), np.float32)  # per item: max logit
     tot = np.empty((items, gqa), np.float32)  # per item: sum of exp(logit - max)
     qt = np.empty((H, D), np.float32)
+    # integer key scores per pool (2/4-bit keys, VNNI): the queries quantized and laid out once a step
+    ik0 = int_keys and C0 > 0 and key_kernel_ok(kw0, G, D)
+    ik1 = int_keys and C1 > 0 and key_kernel_ok(kw1, G, D)
+    kq0 = _key_queries(H, D, G if ik0 else 0)
+    kq1 = _key_queries(H, D, G if ik1 else 0)
     for t in range(T):
         pq = qpos[t]
         qt[:] = q[t]
+        if ik0:
+            prep_queries(qt, kw0, G, *kq0)
+        if ik1:
+            prep_queries(qt, kw1, G, *kq1)
         for it in nb.prange(items):
             kh = it // nc
             j0 = cj0[it % nc]
@@ -695,7 +743,7 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
             bias = np.empty(j1 - j0, np.float32)
             lane = np.empty(LANES, np.float32)
             # ---- raw scores q . k
-            _pass(DOT, kh, j0, j1, k16, kc0, km0, klut0, kw0, kc1, km1, klut1, kw1, G, D, qt[kh * gqa : (kh + 1) * gqa], s_all, gqa)
+            _keys(kh, j0, j1, k16, kc0, km0, klut0, kw0, kc1, km1, klut1, kw1, G, D, qt, s_all, gqa, ik0, ik1, kq0, kq1)
             # ---- logits, masks, softmax over this item's slots (flash-decoding: each item keeps
             # its own max; probabilities stay unnormalised until the items are combined)
             lo = max(pq - window, -1) if window > 0 else -1  # visible: lo < position <= pq (and not -1: empty)
@@ -876,7 +924,8 @@ def _fill_tile16(j0: int, n: int, F: int, C0: int, x16: np.ndarray, c0: np.ndarr
 
 
 _pass16 = nb.njit(inline="always", **_JIT)(_variant(_pass.py_func, "_pass16", _fill_tile=_fill_tile16))
-_attend_decode_f16 = nb.njit(parallel=prange_only(), **_JIT)(_variant(_attend_decode_q.py_func, "_attend_decode_f16", _pass=_pass16))
+_keys16 = nb.njit(inline="always", **_JIT)(_variant(_keys.py_func, "_keys16", _pass=_pass16))
+_attend_decode_f16 = nb.njit(parallel=prange_only(), **_JIT)(_variant(_attend_decode_q.py_func, "_attend_decode_f16", _pass=_pass16, _keys=_keys16))
 
 _NO_CODES = np.zeros((4096, 0, 1), np.uint8)  # no pools (0 slots; indexable by any KV head)
 _NO_META = np.zeros((4096, 0, 1, 2), np.uint8)
@@ -909,5 +958,6 @@ def decode_step_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray
     no_probs = np.zeros((0, 0), np.float32)  # (the globals are read-only in here, and the kernel may write these)
     _attend_decode_f16(q, qpos, k16[:, :used], v16[:, :used], _NO_CODES, _NO_META, _NO_CODES, _NO_META, 16, 16,
                        _NO_CODES, _NO_META, _NO_CODES, _NO_META, 16, 16, _NO_LUT, _NO_LUT, _NO_LUT, _NO_LUT,
-                       32, kpos[:used].reshape((1, used)), no_probs, window, scale, softcap, out, s_all[:, :, :used], no_probs, split_for)  # fmt: skip
+                       32, kpos[:used].reshape((1, used)), no_probs, window, scale, softcap, out, s_all[:, :, :used], no_probs, split_for,
+                       False)  # fmt: skip
     return used

@@ -102,6 +102,7 @@ def test_steady_state_decode_stays_on_the_device_and_stores_what_the_cpu_stores(
     n_ctx = 96
     kv = KVConfig.parse(spec).validate(n_ctx)
     cpu = CompressedLayerCache(layer, kv, n_ctx)
+    cpu.int_keys = False  # float queries, as the device's kernels
     gpu = GPUCompressedLayerCache(layer, kv, n_ctx)
     xp, rng = strict.xp, np.random.default_rng(zlib.crc32(spec.encode()) + layer.window)
     n_kv, H, D = layer.n_head_kv, layer.n_head, layer.head_dim

@@ -223,6 +223,7 @@ def _counting_victims(policy: Policy) -> list[int]:
 def test_gpu_cache_decode_copies_nothing_that_grows_and_evicts_as_the_cpu(strict, spec):
     kv = KVConfig.parse(spec).validate(128)
     cpu = CompressedLayerCache(SPEC, kv, 128)
+    cpu.int_keys = False  # float queries, as the device's kernels
     gpu = GPUCompressedLayerCache(SPEC, kv, 128)
     assert all(isinstance(a, strict.xp.ndarray) for a in gpu.policy.per_slot())
     victims = _counting_victims(gpu.policy)

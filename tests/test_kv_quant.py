@@ -212,11 +212,12 @@ def _tiles(half, tile, n, D, y, gqa, x, acc):
 
 @pytest.mark.parametrize("half", [False, True], ids=["float32 tile", "float16 in place"])
 @pytest.mark.parametrize("gqa", [1, 2, 3, 4, 5, 7, 8])
-@pytest.mark.parametrize("D, n", [(64, 64), (80, 51), (256, 13)])
+@pytest.mark.parametrize("D, n", [(64, 64), (80, 51), (256, 13), (72, 33)])
 def test_tile_kernels_serve_every_query_head_of_the_group(D, n, gqa, half):
     """The key pass gives every head's dot with every row, the value pass adds every row weighted
     into every head's accumulators: heads go several at a time and rows several a step, with
-    leftover heads and rows (n not a multiple of the step) and head sizes not a multiple of 64."""
+    leftover heads and rows (n not a multiple of the step) and head sizes not a multiple of 64
+    (72: not of 16 either, the 8-float vectors on an AVX-512 host)."""
     rng = np.random.default_rng(gqa)
     rows = rng.standard_normal((n + 3, D)).astype(np.float16 if half else np.float32)
     y = rng.standard_normal((gqa, D)).astype(np.float32)

@@ -107,8 +107,10 @@ def _host_has(*names: str) -> bool:
 
 
 HAVE_AVX2 = _host_has("avx2", "f16c", "fma")
+#: AVX-512 (Zen 4/5, Skylake-X and later Xeons): decode attention's tile kernels on 512-bit vectors
+HAVE_AVX512 = HAVE_AVX2 and _host_has("avx512f", "avx512bw", "avx512vl")
 #: AVX-512 VNNI (Zen 4/5, Ice Lake and later Xeons): ``qgemm`` on 512-bit vectors
-HAVE_VNNI512 = HAVE_AVX2 and _host_has("avx512f", "avx512bw", "avx512vl", "avx512vnni")
+HAVE_VNNI512 = HAVE_AVX512 and _host_has("avx512vnni")
 #: int8 dot products (AVX-512 VNNI, or AVX-VNNI on Alder Lake and later Intel desktops and
 #: laptops): prefill products run on ``qgemm`` (vpdpbusd) instead of tile + BLAS
 HAVE_VNNI = HAVE_VNNI512 or (HAVE_AVX2 and _host_has("avxvnni"))

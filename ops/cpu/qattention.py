@@ -72,43 +72,64 @@ DOT, ADD = 1, 2  # the two passes of decode attention over a head's slots (see `
 # operations are used (no x86 intrinsics), so this compiles on any host.
 # Defined in this file: Numba's cache is invalidated per defining file.
 
+#: vector widths of the row decoders and tile kernels: 16 floats (zmm) on an AVX-512 host (tiles: where
+#: the head size is a multiple of 16; decoders: where a group's bytes are), else 8.  Zen 5 runs a zmm
+#: FMA as fast as a ymm one: a decode layer-step at 2048 slots (1 thread, in cache) took SmolLM2 54 ->
+#: 44 us at fp16 and 69 -> 55 at 4 bits, Gemma 3 81 -> 58 and 93 -> 69.  Decoded values and the values'
+#: sums are the same either way (lane-wise FMA chains); the keys' dots add a zmm's halves first.
+_WIDTHS = (8, 16) if HAVE_AVX512 else (8,)
+
+
+def _zero(n: int) -> ir.Constant:
+    return ir.Constant(V(LF32, n), [ir.Constant(LF32, 0.0)] * n)
+
+
+def _fma(g: _G, a: ir.Value, x: ir.Value, c: ir.Value) -> ir.Value:
+    n = a.type.count
+    return g.call(f"llvm.fma.v{n}f32", V(LF32, n), [a, x, c])
+
+
 def _emit_group(g: _G, w: int, G: int, cpp, mpp, lpp, zs, gi) -> list:
-    """IR: group ``gi`` of a row, decoded into ``G/8`` <8 x float> vectors (value order).
+    """IR: group ``gi`` of a row, decoded into float vectors in value order (``G`` values in all).
 
     ``cpp``/``mpp``: i8* to the row's codes / meta; ``lpp``: float* scale
     table; ``zs``: float zero-code step.  ``w = 16``: raw float16, no meta.
     Plane ``m`` of the group's ``nb`` bytes holds values ``m nb .. m nb + nb``,
-    so an 8-byte chunk ``c`` of plane ``m`` is vector ``m nb/8 + c``.
+    so a chunk ``c`` of ``VL`` bytes of plane ``m`` is vector ``m nb/VL + c``.
+    ``VL`` = 16 lanes (zmm) on an AVX-512 host where ``nb`` is a multiple of 16
+    (half the instructions a value), else 8.
     """
     b = g.b
     if w == 16:
+        VL = 16 if 16 in _WIDTHS else 8
         base = b.mul(gi, ir.Constant(LI64, 2 * G))
         out = []
-        for k in range(G // 8):
-            h = b.bitcast(g.load(cpp, b.add(base, ir.Constant(LI64, 16 * k)), V(LI16, 8)), V(LF16, 8))
-            out.append(b.fpext(h, V(LF32, 8)))
+        for k in range(G // VL):
+            h = b.bitcast(g.load(cpp, b.add(base, ir.Constant(LI64, 2 * VL * k)), V(LI16, VL)), V(LF16, VL))
+            out.append(b.fpext(h, V(LF32, VL)))
         return out
     if w == 3:
         return _emit_group3(g, G, cpp, mpp, lpp, zs, gi)
     nb_ = G * w // 8
-    s_v, m_v = _group_scale(g, mpp, lpp, zs, gi)
-    out = [None] * (G // 8)
+    VL = 16 if 16 in _WIDTHS and nb_ % 16 == 0 else 8
+    s_v, m_v = _group_scale(g, mpp, lpp, zs, gi, VL)
+    out = [None] * (G // VL)
     base = b.mul(gi, ir.Constant(LI64, nb_))
-    for c in range(nb_ // 8):
-        x = b.zext(g.load(cpp, b.add(base, ir.Constant(LI64, 8 * c)), V(LI8, 8)), V(LI32, 8))
+    for c in range(nb_ // VL):
+        x = b.zext(g.load(cpp, b.add(base, ir.Constant(LI64, VL * c)), V(LI8, VL)), V(LI32, VL))
         for m in range(8 // w):
             code = g.and_(g.shr(x, w * m), (1 << w) - 1) if w < 8 else x
-            out[m * (nb_ // 8) + c] = g.fma(b.sitofp(code, V(LF32, 8)), s_v, m_v)
+            out[m * (nb_ // VL) + c] = _fma(g, b.sitofp(code, V(LF32, VL)), s_v, m_v)
     return out
 
 
-def _group_scale(g: _G, mpp, lpp, zs, gi) -> tuple:
-    """IR: group ``gi``'s step and offset as <8 x float> splats: ``s = lut[u]``, ``m = -s zc zs``."""
+def _group_scale(g: _G, mpp, lpp, zs, gi, n: int = 8) -> tuple:
+    """IR: group ``gi``'s step and offset as <n x float> splats: ``s = lut[u]``, ``m = -s zc zs``."""
     b = g.b
     mo = b.mul(gi, ir.Constant(LI64, 2))
     sg = b.load(b.gep(lpp, [g.u8(mpp, mo)]))
     zc = b.uitofp(g.u8(mpp, b.add(mo, ir.Constant(LI64, 1))), LF32)
-    return g.splat(sg), g.splat(b.fneg(b.fmul(b.fmul(sg, zc), zs)))
+    return g.splat(sg, n), g.splat(b.fneg(b.fmul(b.fmul(sg, zc), zs)), n)
 
 
 def _emit_group3(g: _G, G: int, cpp, mpp, lpp, zs, gi) -> list:
@@ -180,8 +201,10 @@ def _rows_ir(typingctx, bits, G, cp, cs, mp, ms, lp, zs, yp, D, n):  # noqa: ARG
                 with cgutils.for_range(b, n_groups) as gl:
                     gi = gl.index
                     o = b.add(b.mul(r, D), b.mul(gi, _i64(G)))
-                    for k, v in enumerate(_emit_group(g, w, G, rc, rm, lpp, zs, gi)):
-                        b.store(v, _vptr(b, ypp, b.add(o, _i64(8 * k))), align=4)
+                    at = 0
+                    for v in _emit_group(g, w, G, rc, rm, lpp, zs, gi):
+                        b.store(v, _vptr(b, ypp, b.add(o, _i64(at)), v.type.count), align=4)
+                        at += v.type.count
             b.branch(done)
         b.position_at_end(done)
         return context.get_dummy_value()
@@ -231,22 +254,6 @@ def _reduce4(b: ir.IRBuilder, a: list) -> ir.Value:
     t = b.fadd(_shuf(b, s[0], s[1], [0, 1, 8, 9, 4, 5, 12, 13]), _shuf(b, s[0], s[1], [2, 3, 10, 11, 6, 7, 14, 15]))
     lo, hi = (b.shuffle_vector(t, t, ir.Constant(V(LI32, 4), [h + i for i in range(4)])) for h in (0, 4))
     return b.fadd(lo, hi)
-
-
-#: vector widths of the tile kernels: 16 floats (zmm) where the host has AVX-512 and the head size
-#: is a multiple of 16, else 8.  Zen 5 runs a zmm FMA as fast as a ymm one: a decode layer-step at
-#: 2048 fp16 slots (1 thread, in cache) took SmolLM2 54 -> 44 us, Gemma 3 81 -> 58 (4-bit: 69 -> 59,
-#: 93 -> 75).  The values' sums are the same FMA chains either way; the keys' dots add the halves first.
-_WIDTHS = (8, 16) if HAVE_AVX512 else (8,)
-
-
-def _zero(n: int) -> ir.Constant:
-    return ir.Constant(V(LF32, n), [ir.Constant(LF32, 0.0)] * n)
-
-
-def _fma(g: _G, a: ir.Value, x: ir.Value, c: ir.Value) -> ir.Value:
-    n = a.type.count
-    return g.call(f"llvm.fma.v{n}f32", V(LF32, n), [a, x, c])
 
 
 def _halves(b: ir.IRBuilder, v: ir.Value) -> ir.Value:

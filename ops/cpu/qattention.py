@@ -27,11 +27,12 @@ high bits in the 1-bit layout (value ``v``: bit ``v // (G/8)`` of byte
 ``m = -s * z``, ``z = zero code * (2^b - 1) / 255``: asymmetric integer
 quantization whose zero point has 8 fractional bits of resolution.
 
-Decode reads the cache in place, a tile of rows at a time: vector row
-decoders (LLVM vector IR, one per width and group) turn the tile's rows into
-an L1-resident float tile, and register-blocked tile kernels dot it with every
-query head of its GQA group (keys) or add it, weighted, to their accumulators
-(values).  So each byte of the cache is read once per query, the unpacking is
+Decode reads the cache in place.  On a host with VNNI, 2- and 4-bit keys are
+scored as integer dot products with int8 queries (:mod:`.qkeys`).  Other rows go
+a tile at a time: vector row decoders (LLVM vector IR, one per width and group)
+turn the tile's rows into an L1-resident float tile, and register-blocked tile
+kernels dot it with every query head of its GQA group (keys) or add it,
+weighted, to their accumulators (values).  So each byte of the cache is read once per query, the unpacking is
 shared by the group's heads, and no float copy of the cache is ever made.
 Geometries the vector decoders do not cover fill the tile with plain loops.
 Prefill, compute-bound, may dequantize into a per-call scratch and use BLAS.
@@ -52,7 +53,7 @@ from numba.extending import intrinsic
 from .f16 import f16_to_f32, f32_to_f16
 from .parallel import EXACT_JIT, prange_only, split_threads
 from .vexp import exp32
-from .qmatmul import HAVE_AVX512, LF16, LF32, LI8, LI16, LI32, LI64, V, _G, _i64
+from .qmatmul import HAVE_AVX512, LF16, LF32, LI8, LI16, LI32, LI64, V, _G, _i64, _switch_pairs
 from .qkeys import CHUNK_GROUPS, INT_KEYS, key_kernel_ok, key_scores, prep_queries
 from .qkeys import L as KEY_LANES
 
@@ -186,12 +187,8 @@ def _rows_ir(typingctx, bits, G, cp, cs, mp, ms, lp, zs, yp, D, n):  # noqa: ARG
         b = builder
         bits_, G_, cp, cs, mp, ms, lp, zs, yp, D, n = args
         lpp, ypp = _fptr(b, lp), _fptr(b, yp)
-        done = b.append_basic_block("rows.done")
-        switch = b.switch(b.add(b.mul(bits_, _i64(1024)), G_), done)
-        for w, G in ROW_DECODERS:
-            block = b.append_basic_block(f"rows.{w}.{G}")
-            switch.add_case(_i64(1024 * w + G), block)
-            b.position_at_end(block)
+
+        def decode(w: int, G: int) -> None:
             g = _G(b)
             n_groups = b.udiv(D, _i64(G))
             with cgutils.for_range(b, n) as rl:
@@ -205,8 +202,8 @@ def _rows_ir(typingctx, bits, G, cp, cs, mp, ms, lp, zs, yp, D, n):  # noqa: ARG
                     for v in _emit_group(g, w, G, rc, rm, lpp, zs, gi):
                         b.store(v, _vptr(b, ypp, b.add(o, _i64(at)), v.type.count), align=4)
                         at += v.type.count
-            b.branch(done)
-        b.position_at_end(done)
+
+        _switch_pairs(b, bits_, G_, ROW_DECODERS, "rows", decode)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -322,18 +319,18 @@ def _tile_dot(half: bool):
         tp, ts, n, D, yp, gqa, xp, xs = args
         tpp = b.inttoptr(tp, (LI16 if half else LF32).as_pointer())
         ypp, xpp = _fptr(b, yp), _fptr(b, xp)
-        accs = {n: [[cgutils.alloca_once(b, V(LF32, n)) for _ in range(8)] for _ in range(HEADS_AT_ONCE)] for n in _WIDTHS}
+        accs = {nl: [[cgutils.alloca_once(b, V(LF32, nl)) for _ in range(8)] for _ in range(HEADS_AT_ONCE)] for nl in _WIDTHS}
 
-        def rows(h0, hg: int, r0, rb: int, n: int) -> None:  # rows r0 .. r0 + rb of heads h0 .. h0 + hg, n-lane vectors
-            acc = accs[n]  # promoted to registers
+        def rows(h0, hg: int, r0, rb: int, nl: int) -> None:  # rows r0 .. r0 + rb of heads h0 .. h0 + hg, nl-float vectors
+            acc = accs[nl]  # promoted to registers
             for h in range(hg):
                 for i in range(rb):
-                    b.store(_zero(n), acc[h][i])
-            with cgutils.for_range(b, b.udiv(D, _i64(n))) as kl:
-                k8 = b.mul(kl.index, _i64(n))
-                qk = [b.load(_vptr(b, ypp, b.add(b.mul(b.add(h0, _i64(h)), D), k8), n), align=4) for h in range(hg)]
+                    b.store(_zero(nl), acc[h][i])
+            with cgutils.for_range(b, b.udiv(D, _i64(nl))) as kl:
+                k8 = b.mul(kl.index, _i64(nl))
+                qk = [b.load(_vptr(b, ypp, b.add(b.mul(b.add(h0, _i64(h)), D), k8), nl), align=4) for h in range(hg)]
                 for i in range(rb):  # (in this order 3 heads x 4 rows fit: 12 sums, 3 queries, 1 row)
-                    t = _row_vec(b, tpp, half, b.add(r0, _i64(i)), ts, k8, n)
+                    t = _row_vec(b, tpp, half, b.add(r0, _i64(i)), ts, k8, nl)
                     for h in range(hg):
                         b.store(_fma(g, t, qk[h], b.load(acc[h][i])), acc[h][i])
             for h in range(hg):
@@ -383,7 +380,7 @@ def _tile_add(half: bool):
         tp, ts, n, D, yp, gqa, xp, xs = args
         tpp = b.inttoptr(tp, (LI16 if half else LF32).as_pointer())
         ypp, xpp = _fptr(b, yp), _fptr(b, xp)
-        accs = {n: [[cgutils.alloca_once(b, V(LF32, n)) for _ in range(8)] for _ in range(HEADS_AT_ONCE)] for n in _WIDTHS}
+        accs = {nl: [[cgutils.alloca_once(b, V(LF32, nl)) for _ in range(8)] for _ in range(HEADS_AT_ONCE)] for nl in _WIDTHS}
 
         def columns(h0, hg: int, off, nv: int, nl: int) -> None:  # floats [off, off + nl nv) of heads h0 .. h0 + hg
             acc = accs[nl]
@@ -629,22 +626,22 @@ def attend_decode_q(
                      G, kpos, logw, window, scale, softcap, out, s_all, probs_acc, split_for or split_threads(), int_keys)
 
 
-LANES = 16  # the softmax's max and sum run in this many independent lanes (see _softmax_part)
+SOFTMAX_LANES = 16  # the softmax's max and sum run in this many independent lanes (see _softmax_part)
 
 
 @nb.njit(inline="always", **EXACT_JIT)
 def _softmax_part(sh: np.ndarray, bias: np.ndarray, sc: float, cap: float, softcap: float, lane: np.ndarray) -> tuple:
     """Scores ``sh`` -> logits (scaled, soft-capped, plus ``bias``) -> ``exp(logit - max)`` in place;
-    returns (max, sum of the exps).  lane: [LANES] float32 scratch.
+    returns (max, sum of the exps).  lane: [SOFTMAX_LANES] float32 scratch.
 
-    The max and the sum are kept in LANES independent lanes (slot ``j`` in lane ``j % LANES``, the
-    last ``n % LANES`` slots after the lanes): each lane is a plain sequential chain, so LLVM turns the
+    The max and the sum are kept in SOFTMAX_LANES independent lanes (slot ``j`` in lane ``j % 16``,
+    the last ``n % 16`` slots after the lanes): each lane is a plain sequential chain, so LLVM turns the
     loops into vector code without fast-math's licence to reorder a reduction, and the rounding is the
     same however the kernel is compiled (this kernel is EXACT_JIT, see below).  As one scalar chain,
     SmolLM2's layer-step at 2048 slots (3 KV heads, 2 threads) took 80 us instead of 46.
     """
     n = sh.shape[0]
-    nl = n - n % LANES
+    nl = n - n % SOFTMAX_LANES
     if softcap > 0:
         for j in range(n):
             sh[j] = cap * np.tanh(sh[j] * sc / cap) + bias[j]
@@ -652,24 +649,24 @@ def _softmax_part(sh: np.ndarray, bias: np.ndarray, sc: float, cap: float, softc
         for j in range(n):
             sh[j] = sh[j] * sc + bias[j]
     lane[:] = _NEG_INF
-    for j0 in range(0, nl, LANES):
-        blk = sh[j0 : j0 + LANES]
-        for i in range(LANES):
+    for j0 in range(0, nl, SOFTMAX_LANES):
+        blk = sh[j0 : j0 + SOFTMAX_LANES]
+        for i in range(SOFTMAX_LANES):
             lane[i] = max(lane[i], blk[i])
     mh = _NEG_INF
-    for i in range(LANES):
+    for i in range(SOFTMAX_LANES):
         mh = max(mh, lane[i])
     for j in range(nl, n):
         mh = max(mh, sh[j])
     lane[:] = 0.0
-    for j0 in range(0, nl, LANES):
-        blk = sh[j0 : j0 + LANES]
-        for i in range(LANES):
+    for j0 in range(0, nl, SOFTMAX_LANES):
+        blk = sh[j0 : j0 + SOFTMAX_LANES]
+        for i in range(SOFTMAX_LANES):
             e = exp32(blk[i] - mh)  # exactly 0 for masked slots
             blk[i] = e
             lane[i] += e
     sm = np.float32(0.0)
-    for i in range(LANES):
+    for i in range(SOFTMAX_LANES):
         sm += lane[i]
     for j in range(nl, n):
         e = exp32(sh[j] - mh)
@@ -716,8 +713,8 @@ def _keys(kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, qt, s_all, 
 # Numba, and a parallel callee compiled within its caller took other rounding than the same kernel
 # loaded from Numba's cache, so a first run after an install or an edit gave other logits than every
 # later run (SmolLM2, kv-eval --ctx 2048: 4-bit PPL 20.48 then 20.32, 2-bit 20.66 then 20.89).  With
-# one set of flags for both, both ways compile alike; the vector-IR tiles do the arithmetic that
-# counts, so it is as fast (d4096 decode, 2 and 4 bits: within the noise of 99-104 tok/s either way).
+# one set of flags for both, both ways compile alike; the vector-IR kernels do the arithmetic that
+# counts, and the softmax's reductions run in independent lanes (_softmax_part), so it is as fast.
 # tests/test_jit_cache.py runs a compiling process and a cache-loading one and compares their logits.
 @nb.njit(parallel=prange_only(), **EXACT_JIT)
 def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, vc1, vm1, kw1, vw1, klut0, vlut0, klut1, vlut1,
@@ -785,7 +782,7 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
             s = s_all[kh]
             prow = kh * ph
             bias = np.empty(j1 - j0, np.float32)
-            lane = np.empty(LANES, np.float32)
+            lane = np.empty(SOFTMAX_LANES, np.float32)
             # ---- raw scores q . k
             _keys(kh, j0, j1, k16, kc0, km0, klut0, kw0, kc1, km1, klut1, kw1, G, D, qt, s_all, gqa, ik0, ik1, kq0, kq1)
             # ---- logits, masks, softmax over this item's slots (flash-decoding: each item keeps

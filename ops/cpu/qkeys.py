@@ -54,7 +54,7 @@ from numba.extending import intrinsic
 
 from .parallel import EXACT_JIT
 from .qgemm import LANES
-from .qmatmul import HAVE_VNNI, LF32, LI8, LI32, V, _G, _i64
+from .qmatmul import HAVE_VNNI, LF32, LI8, LI32, V, _G, _i64, _switch_pairs
 
 L = LANES
 #: the default of ``attend_decode_q``'s ``int_keys`` (and of a compressed cache's): on where the
@@ -116,15 +116,7 @@ XX
         if not HAVE_VNNI:
             return context.get_dummy_value()
         w_, G_, cp, mp, lp, zs, qv, qs, nph, qf, gs, hs, nblk, gqa = args
-        done = b.append_basic_block("keys.done")
-        switch = b.switch(b.add(b.mul(w_, _i64(1024)), G_), done)
-        for w, G in PAIRS:
-            block = b.append_basic_block(f"keys.{w}.{G}")
-            switch.add_case(_i64(1024 * w + G), block)
-            b.position_at_end(block)
-            _emit_blocks(_G(b), w, G, cp, mp, lp, zs, qv, qs, nph, qf, gs, hs, nblk, gqa)
-            b.branch(done)
-        b.position_at_end(done)
+        _switch_pairs(b, w_, G_, PAIRS, "keys", lambda w, G: _emit_blocks(_G(b), w, G, cp, mp, lp, zs, qv, qs, nph, qf, gs, hs, nblk, gqa))
         return context.get_dummy_value()
 
     return _SIG, codegen

@@ -131,6 +131,20 @@ def _i64(v: int) -> ir.Constant:
     return ir.Constant(LI64, v)
 
 
+def _switch_pairs(b: ir.IRBuilder, w: ir.Value, G: ir.Value, pairs, tag: str, emit) -> None:
+    """IR: ``emit(pw, pG)`` for the (width, group) pair of ``pairs`` that the run-time ``w``, ``G`` name
+    (a switch; a pair outside ``pairs`` runs nothing).  The kernels specialised per pair use it."""
+    done = b.append_basic_block(f"{tag}.done")
+    switch = b.switch(b.add(b.mul(w, _i64(1024)), G), done)
+    for pw, pG in pairs:
+        block = b.append_basic_block(f"{tag}.{pw}.{pG}")
+        switch.add_case(_i64(1024 * pw + pG), block)
+        b.position_at_end(block)
+        emit(pw, pG)
+        b.branch(done)
+    b.position_at_end(done)
+
+
 def _cvec(t: ir.Type, n: int, val: int) -> ir.Constant:
     return ir.Constant(V(t, n), [ir.Constant(t, val)] * n)
 

@@ -1,5 +1,5 @@
 """Is Numba's on-disk cache warm?  The first forward on a machine compiles every
-kernel (about 20 s here); later starts load them in well under a second.
+kernel (about 30 s here, 50 s with a compressed cache); later starts load them in well under a second.
 The CLI says so before that first forward, instead of going silent."""
 
 from __future__ import annotations

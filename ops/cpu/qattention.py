@@ -772,9 +772,9 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
         pq = qpos[t]
         qt[:] = q[t]
         if ik0:
-            prep_queries(qt, kw0, G, *kq0)
+            prep_queries(qt, kw0, G, kq0[0], kq0[1], kq0[2], kq0[3])
         if ik1:
-            prep_queries(qt, kw1, G, *kq1)
+            prep_queries(qt, kw1, G, kq1[0], kq1[1], kq1[2], kq1[3])
         for it in nb.prange(items):
             kh = it // nc
             j0 = cj0[it % nc]
@@ -965,8 +965,23 @@ def _fill_tile16(j0: int, n: int, F: int, C0: int, x16: np.ndarray, c0: np.ndarr
 
 
 _pass16 = nb.njit(inline="always", **_JIT)(_variant(_pass.py_func, "_pass16", _fill_tile=_fill_tile16))
-_keys16 = nb.njit(inline="always", **_JIT)(_variant(_keys.py_func, "_keys16", _pass=_pass16))
-_attend_decode_f16 = nb.njit(parallel=prange_only(), **_JIT)(_variant(_attend_decode_q.py_func, "_attend_decode_f16", _pass=_pass16, _keys=_keys16))
+
+
+@nb.njit(inline="always", **_JIT)
+def _keys16(kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, qt, s_all, gqa, ik0, ik1, kq0, kq1) -> None:
+    """``_keys`` for fp16 rows only: no pools, so no integer keys (whose kernels, compiled in, took the
+    plain cache's first run 13 -> 24 s to compile)."""
+    _pass16(DOT, kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, qt[kh * gqa : (kh + 1) * gqa], s_all, gqa)
+
+
+@nb.njit(inline="always", **_JIT)
+def _no_prep(q, w, G, qv, qf, qi, qd) -> None:
+    """``prep_queries`` where no pool has integer keys."""
+
+
+_attend_decode_f16 = nb.njit(parallel=prange_only(), **_JIT)(
+    _variant(_attend_decode_q.py_func, "_attend_decode_f16", _pass=_pass16, _keys=_keys16, prep_queries=_no_prep)
+)
 
 _NO_CODES = np.zeros((4096, 0, 1), np.uint8)  # no pools (0 slots; indexable by any KV head)
 _NO_META = np.zeros((4096, 0, 1, 2), np.uint8)

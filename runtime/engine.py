@@ -25,7 +25,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..loaders.tokenizer import StreamDecoder, Tokenizer
 from ..models import model_class
 from ..ops import get_backend
-from ..ops.cpu.blas import one_thread_beside_the_gemm, set_blas_threads
+from ..ops.cpu.blas import set_blas_threads
 from .sampling import Sampler, SamplerConfig
 from .threads import ThreadTuner
 
@@ -170,8 +170,9 @@ class Engine:
         n_vocab = self.cfg.n_vocab
         first = min(max(logits_start, 0), n - 1) if logits_all else n - 1
         out = self.backend.zeros((n - first, n_vocab), np.float32) if on_device else np.empty((n - first, n_vocab), np.float32)
-        # a prefill on the CPU: BLAS at one thread beside the VNNI GEMM (restored after)
-        with one_thread_beside_the_gemm() if n > 1 and self.backend.name == "cpu" else contextlib.nullcontext():
+        # a prefill: what the backend holds around one (the CPU: BLAS at one thread beside its VNNI GEMM)
+        prefill = getattr(self.backend, "prefill", None)
+        with prefill() if n > 1 and prefill is not None else contextlib.nullcontext():
             self._eval_chunks(cache, tokens, first, out)
         return out
 

@@ -28,9 +28,8 @@ def quantize_q(q: np.ndarray, G: int) -> np.ndarray:
 
 
 def _prepared(q: np.ndarray, w: int, G: int) -> tuple:
-    n, D = q.shape
-    L = qkeys.L
-    kq = (np.zeros((n, G * L), np.int8), np.zeros((n, 2 * L), np.float32), np.zeros((n, D), np.int8), np.zeros((n, D // G, 2), np.float32))
+    n, L = q.shape[0], qkeys.L
+    kq = (np.zeros((n, G * L), np.int8), np.zeros((n, 2 * L), np.float32))
     qkeys.prep_queries(q, w, G, *kq)
     return kq
 

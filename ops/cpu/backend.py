@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from ..backend import Weight
 from . import fused, nn, qmatmul
+from .blas import one_thread_beside_the_gemm
 
 
 class CPUBackend:
@@ -27,6 +29,12 @@ class CPUBackend:
         from . import qgemm
 
         return f"int8 GEMM, {'AVX-512 VNNI' if qgemm.LANES == 16 else 'AVX-VNNI'}"
+
+    @staticmethod
+    def prefill() -> contextlib.AbstractContextManager:
+        """Held around a forward pass of several tokens: BLAS at one thread where prefill's products run
+        on the VNNI GEMM (:func:`.blas.one_thread_beside_the_gemm`)."""
+        return one_thread_beside_the_gemm()
 
     def upload(self, data: np.ndarray, qtype: int, shape: tuple[int, int]) -> Weight:
         return Weight(data.reshape(shape[0], -1), int(qtype), (int(shape[0]), int(shape[1])))

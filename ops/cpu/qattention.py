@@ -676,11 +676,9 @@ def _softmax_part(sh: np.ndarray, bias: np.ndarray, sc: float, cap: float, softc
 
 
 @nb.njit(inline="always", **EXACT_JIT)
-def _key_queries(H: int, D: int, G: int) -> tuple:
+def _key_queries(H: int, G: int) -> tuple:
     """Scratch of :func:`.qkeys.prep_queries` for H query heads (empty with G = 0: no integer keys)."""
-    ng = D // G if G > 0 else 0
-    return (np.empty((H, G * KEY_LANES), np.int8), np.empty((H, 2 * KEY_LANES), np.float32),
-            np.empty((H, D if G > 0 else 0), np.int8), np.empty((H, ng, 2), np.float32))  # fmt: skip
+    return np.empty((H, G * KEY_LANES), np.int8), np.empty((H, 2 * KEY_LANES if G > 0 else 0), np.float32)
 
 
 @nb.njit(inline="always", **_JIT)
@@ -702,9 +700,9 @@ def _keys(kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, qt, s_all, 
         if a >= e:
             continue
         if seg == 1 and ik0:
-            key_scores(c0[kh], m0[kh], lut0, w0, G, a - F, e - a, kq0[0][lo:hi], kq0[1][lo:hi], kq0[2][lo:hi], kq0[3][lo:hi], gs, s_all[kh], a)
+            key_scores(c0[kh], m0[kh], lut0, w0, G, a - F, e - a, kq0[0][lo:hi], kq0[1][lo:hi], gs, s_all[kh], a)
         elif seg == 2 and ik1:
-            key_scores(c1[kh], m1[kh], lut1, w1, G, a - F - C0, e - a, kq1[0][lo:hi], kq1[1][lo:hi], kq1[2][lo:hi], kq1[3][lo:hi], gs, s_all[kh], a)
+            key_scores(c1[kh], m1[kh], lut1, w1, G, a - F - C0, e - a, kq1[0][lo:hi], kq1[1][lo:hi], gs, s_all[kh], a)
         else:
             _pass(DOT, kh, a, e, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, y, s_all, gqa)
 
@@ -766,15 +764,15 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
     # integer key scores per pool (2/4-bit keys, VNNI): the queries quantized and laid out once a step
     ik0 = int_keys and C0 > 0 and key_kernel_ok(kw0, G, D)
     ik1 = int_keys and C1 > 0 and key_kernel_ok(kw1, G, D)
-    kq0 = _key_queries(H, D, G if ik0 else 0)
-    kq1 = _key_queries(H, D, G if ik1 else 0)
+    kq0 = _key_queries(H, G if ik0 else 0)
+    kq1 = _key_queries(H, G if ik1 else 0)
     for t in range(T):
         pq = qpos[t]
         qt[:] = q[t]
         if ik0:
-            prep_queries(qt, kw0, G, kq0[0], kq0[1], kq0[2], kq0[3])
+            prep_queries(qt, kw0, G, kq0[0], kq0[1])
         if ik1:
-            prep_queries(qt, kw1, G, kq1[0], kq1[1], kq1[2], kq1[3])
+            prep_queries(qt, kw1, G, kq1[0], kq1[1])
         for it in nb.prange(items):
             kh = it // nc
             j0 = cj0[it % nc]
@@ -975,7 +973,7 @@ def _keys16(kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, qt, s_all
 
 
 @nb.njit(inline="always", **_JIT)
-def _no_prep(q, w, G, qv, qf, qi, qd) -> None:
+def _no_prep(q, w, G, qv, qf) -> None:
     """``prep_queries`` where no pool has integer keys."""
 
 

@@ -189,18 +189,19 @@ def key_kernel_ok(w: int, G: int, D: int) -> bool:
 
 
 @nb.njit(**EXACT_JIT)
-def prep_queries(q: np.ndarray, w: int, G: int, qv: np.ndarray, qf: np.ndarray, qi: np.ndarray, qd: np.ndarray) -> None:
+def prep_queries(q: np.ndarray, w: int, G: int, qv: np.ndarray, qf: np.ndarray) -> None:
     """Queries quantized to int8 per group of G and laid out for :func:`_scores_ir`.
 
     q: [n, D] float32; qv: [n, >= G L] int8 (the (phase, plane) vectors); qf: [n, 2 L] float32
-    (dq and dq sum(qi) of each lane's group); qi: [n, D] int8; qd: [n, D/G, 2] float32 (dq and
-    dq sum(qi) per group).  ``dq = max|q_g| / 127``, ``qi = rint(q / dq)``.
+    (dq and dq sum(qi) of each lane's group).  ``dq = max|q_g| / 127``, ``qi = rint(q / dq)``.
     """
     n, D = q.shape
     ngr = D // G
     nb_ = G * w // 8
     planes = 8 // w
     P = 4 * L // nb_  # groups a load
+    qi = np.empty(D, np.int8)
+    qd = np.empty((ngr, 2), np.float32)  # per group: dq, dq sum(qi)
     for h in range(n):
         for gp in range(ngr):
             seg = q[h, gp * G : (gp + 1) * G]
@@ -211,20 +212,20 @@ def prep_queries(q: np.ndarray, w: int, G: int, qv: np.ndarray, qf: np.ndarray, 
             tot = 0
             for i in range(G):
                 c = min(max(np.int32(np.rint(seg[i] * inv)), -127), 127)
-                qi[h, gp * G + i] = c
+                qi[gp * G + i] = c
                 tot += c
             dq = amax / np.float32(127.0)
-            qd[h, gp, 0] = dq
-            qd[h, gp, 1] = dq * np.float32(tot)
+            qd[gp, 0] = dq
+            qd[gp, 1] = dq * np.float32(tot)
         for k in range(L):  # lane k of a block is the block's group k: group k % ngr of its row
-            qf[h, k] = qd[h, k % ngr, 0]
-            qf[h, L + k] = qd[h, k % ngr, 1]
+            qf[h, k] = qd[k % ngr, 0]
+            qf[h, L + k] = qd[k % ngr, 1]
         for ph in range(_phases(w, G, D)):
             for p in range(P):
                 gp = (ph * P + p) % ngr
                 for m in range(planes):
                     o = (ph * planes + m) * 4 * L + p * nb_
-                    qv[h, o : o + nb_] = qi[h, gp * G + m * nb_ : gp * G + (m + 1) * nb_]
+                    qv[h, o : o + nb_] = qi[gp * G + m * nb_ : gp * G + (m + 1) * nb_]
 
 
 @nb.njit(inline="always", **EXACT_JIT)
@@ -253,15 +254,16 @@ def _tree_sum(x: np.ndarray, o: int, n: int) -> float:
 
 @nb.njit(**EXACT_JIT)
 def key_scores(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, w: int, G: int, r0: int, n: int,
-               qv: np.ndarray, qf: np.ndarray, qi: np.ndarray, qd: np.ndarray, gs: np.ndarray, s: np.ndarray, j: int) -> None:  # fmt: skip
+               qv: np.ndarray, qf: np.ndarray, gs: np.ndarray, s: np.ndarray, j: int) -> None:  # fmt: skip
     """``s[hh, j + r] = q_hh . key(row r0 + r)`` for ``r < n`` and the GQA group's heads ``hh``.
 
     codes: [C, D w/8] uint8 and meta: [C, D/G, 2] uint8 of one KV head (rows contiguous);
-    lut: [256] float32; qv, qf, qi, qd: the group's rows of :func:`prep_queries`; gs: [>= gqa,
+    lut: [256] float32; qv, qf: the group's rows of :func:`prep_queries`; gs: [>= gqa,
     CHUNK_GROUPS] float32 scratch; s: [gqa, N] float32 scores.  Blocks of ``L`` groups go through
     the vector kernel in place; a range's last rows (less than a block) through it from a padded copy.
     """
-    gqa, D = qi.shape
+    gqa = qv.shape[0]
+    D = codes.shape[1] * 8 // w
     ngr = D // G
     RB = L // ngr  # rows a block
     CH = (CHUNK_GROUPS // ngr) // RB * RB  # rows a chunk

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..ops.cpu.qattention import decode_slots
 from .insert import dequant_pair
-from .quant import TABLE_BYTES, calibrate_lut, quantize_into, row_bytes, scale_lut
+from .quant import TABLE_BYTES, calibrate_lut, quant_scratch, quantize_into, row_bytes, scale_lut
 
 
 class Pool:
@@ -36,7 +36,7 @@ class Pool:
         self.klut = scale_lut(-8)  # placeholders until the first write calibrates them
         self.vlut = scale_lut(-8)
         self.calibrated = False
-        self._tmp = np.zeros(2 * G, np.int32)  # quantizer scratch
+        self._tmp = quant_scratch(G)  # quantizer scratch
         self._slots = np.full(n_kv, -1, np.int64)  # [n_kv] one-head writes
 
     def calibrate(self, k: np.ndarray, v: np.ndarray) -> None:

@@ -121,6 +121,63 @@ def test_clipping_search_and_refit_beat_min_max():
     assert errs["refit only"] < naive and errs["search"] < errs["refit only"]
 
 
+def _candidates(g: np.ndarray, bits: int, lut: np.ndarray, clips: np.ndarray) -> list[tuple[int, int]]:
+    """Every (scale code, zero code) the quantizer tries on group ``g``, in plain float64: each clipping
+    ratio's step rounded up to the table, and the least-squares refit of that candidate's codes."""
+    L = (1 << bits) - 1
+    e0 = math.log2(lut[0])
+    lo, hi = min(float(g.min()), 0.0), max(float(g.max()), 0.0)
+    out = []
+    for c in clips.astype(np.float64):
+        u = min(255, max(0, math.ceil((math.log2((hi - lo) * c / L) - e0) * 16 - 1e-6)))
+        zc = min(255, max(0, round(-lo * c / lut[u] * 255 / L)))
+        out.append((u, zc))
+        s, z = float(lut[u]), zc * L / 255
+        q = np.clip(np.floor(g / s + z + 0.5), 0, L)
+        den = len(g) * (q * q).sum() - q.sum() ** 2
+        a = (len(g) * (q * g).sum() - q.sum() * g.sum()) / den if den > 0 else 0.0
+        if a > 0:
+            b = (g.sum() - a * q.sum()) / len(g)
+            u = min(255, max(0, round((math.log2(a) - e0) * 16)))
+            out.append((u, min(255, max(0, round(-b / lut[u] * 255 / L)))))
+    return out
+
+
+@pytest.mark.parametrize("bits, G", [(2, 32), (2, 64), (3, 32), (4, 64), (4, 128)])
+def test_the_quantizer_keeps_the_candidate_of_least_error(bits, G):
+    """Of all clipping candidates and their refits (tried in phases, not one after another), each
+    group keeps the one whose codes reconstruct it best (to float32 rounding of the errors)."""
+    from kvrun.cache import quant
+
+    x = _gauss(64, 2 * G, seed=bits + G)
+    x[:, :3] += 6.0  # an outlier channel, as keys have
+    lut = calibrate_lut(x, bits)
+    c, m, _ = quantize(x, bits, G, lut)
+    y = dequantize(c, m, lut, bits, G, 2 * G).reshape(-1, G).astype(np.float64)
+    L = (1 << bits) - 1
+    for i, g in enumerate(x.reshape(-1, G).astype(np.float64)):
+        kept = ((y[i] - g) ** 2).sum()
+        errs = []
+        for u, zc in _candidates(g, bits, lut, quant.CLIPS[bits]):
+            s, z = float(lut[u]), zc * L / 255
+            errs.append(((s * (np.clip(np.floor(g / s + z + 0.5), 0, L) - z) - g) ** 2).sum())
+        assert kept <= min(errs) * (1 + 1e-4) + 1e-9, (i, kept, min(errs))
+        assert (int(m.reshape(-1, 2)[i, 0]), int(m.reshape(-1, 2)[i, 1])) in _candidates(g, bits, lut, quant.CLIPS[bits])
+
+
+def test_a_short_quantizer_scratch_is_refused():
+    """Numba checks no bounds, so the quantizer checks its scratch (a short one would corrupt the heap)."""
+    from kvrun.cache.quant import CLIPS, quant_scratch, quantize_row
+
+    x = _gauss(1, 64)[0]
+    lut = calibrate_lut(x, 4)
+    codes, meta = np.zeros(32, np.uint8), np.zeros((1, 2), np.uint8)
+    with pytest.raises(ValueError, match="quant_scratch"):
+        quantize_row(x, 4, 64, lut, CLIPS[4], codes, meta, np.zeros(2 * 64, np.int32))
+    quantize_row(x, 4, 64, lut, CLIPS[4], codes, meta, quant_scratch(64))
+    assert meta[0, 0] > 0
+
+
 def test_scale_table_rounds_up_and_zero_groups_are_exact():
     lut = calibrate_lut(np.array([[-4.0, 8.0]], np.float32), 4)
     steps = np.diff(np.log2(lut))

@@ -88,6 +88,36 @@ def test_snapkv_pools_over_neighbouring_positions():
     assert p.score[0, 8] < 1e-2
 
 
+def _pooled_reference(s: np.ndarray, pos: np.ndarray, kernel: int) -> np.ndarray:
+    """SnapKV's pooling as written: per row, slots in stable position order, each the max over its
+    ``kernel`` neighbours there, the ends repeated."""
+    out = np.empty_like(s)
+    half = kernel // 2
+    for r in range(s.shape[0]):
+        order = np.argsort(pos[r], kind="stable")
+        ss = np.pad(s[r, order], (half, kernel - 1 - half), mode="edge")
+        out[r, order] = np.lib.stride_tricks.sliding_window_view(ss, kernel).max(axis=1)
+    return out
+
+
+@pytest.mark.parametrize("top", [40, 60_000, 50_000_000])  # positions needing one, two and four radix bytes
+def test_snapkv_host_pooling_is_the_stable_position_order_max(top):
+    """The host's pooled ranks (a radix sort, as every spilling token ranks each pool) equal the max over
+    neighbours in stable position order, with empty slots (-1), tied scores and any row length."""
+    from kvrun.cache.policies.snapkv import pooled_rows
+
+    rng = np.random.default_rng(top)
+    for n in (1, 2, 7, 33, 300):
+        for kernel in (1, 4, 7):
+            pos = np.stack([rng.permutation(max(top, n))[:n] for _ in range(3)]).astype(np.int32)
+            pos[:, rng.random(n) < 0.2] = -1  # empty slots sort first, in slot order
+            s = rng.random((3, n)).astype(np.float32)
+            s[:, rng.random(n) < 0.2] = 0.5
+            out = np.full_like(s, np.nan)
+            pooled_rows(s, pos, kernel, out)
+            np.testing.assert_array_equal(out, _pooled_reference(s, pos, kernel), err_msg=f"n={n} kernel={kernel}")
+
+
 def test_snapkv_prefill_scores_by_the_observation_window():
     p = make_policy("snapkv", 1, 6)
     T = 40

@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from ..ops.cpu.attention import attend_group, scratch
+from ..ops.cpu.f16 import through_f16
 from ..ops.cpu.parallel import split_threads
 from ..ops.cpu.qattention import attend_decode_q, decode_half_slots
 from ..ops.cpu.qkeys import INT_KEYS
@@ -555,8 +556,8 @@ class CompressedLayerCache(LayerCache):
         n_kv = s.n_head_kv
         gqa = H // n_kv
         qr = self.basis.queries(np.ascontiguousarray(q, np.float32))
-        k16 = self.basis.keys(k).astype(np.float16).astype(np.float32)  # what the fp16 window will hold
-        v16 = vr.astype(np.float16).astype(np.float32)
+        k16 = through_f16(self.basis.keys(k), scratch("cache.k16", T * n_kv, s.head_dim))  # what the fp16 window will hold
+        v16 = through_f16(vr, scratch("cache.v16", T * n_kv, s.head_dim_v))
         pq = pos.astype(np.int64)
         o = scratch("cache.o", T * H, s.head_dim_v).reshape(T, H, s.head_dim_v)
         pol = self.policy

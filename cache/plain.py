@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops.cpu.attention import attend_prefill_f16
+from ..ops.cpu.f16 import scatter_f16
 from ..ops.cpu.parallel import split_threads
 from ..ops.cpu.qattention import decode_step_f16
 from .base import LayerCache, LayerSpec
@@ -44,8 +45,8 @@ class PlainLayerCache(LayerCache):
         else:
             slots = pos % self.capacity
             # [T, n_kv, D] -> [n_kv, T, D] scatter into the ring
-            self.k[:, slots] = k.astype(np.float16).view(np.uint16).transpose(1, 0, 2)
-            self.v[:, slots] = v.astype(np.float16).view(np.uint16).transpose(1, 0, 2)
+            scatter_f16(k, slots, self.k)
+            scatter_f16(v, slots, self.v)
             self.pos[slots] = pos
             self.used = max(self.used, int(slots.max()) + 1)
             attend_prefill_f16(q, self.k, self.v, self.pos, pos, s.window, s.scale, s.softcap, out)

@@ -22,47 +22,13 @@ import numba as nb
 import numpy as np
 
 from ..ops.cpu.f16 import f16_to_f32, f32_to_f16
+from ..ops.cpu.hadamard import fwht
 from ..ops.cpu.parallel import EXACT_JIT
 from ..ops.cpu.qattention import _attend_decode_q, dequant_row, key_similarity
-from .policies.snapkv import pooled_rows
+from .policies.snapkv import NO_ORDER, pooled_rows_kept
 from .quant import quantize_row
 
 _JIT = EXACT_JIT
-
-@nb.njit(inline="always", **_JIT)
-def fwht(x: np.ndarray) -> None:
-    """In place ``x <- x @ H`` for the orthonormal Sylvester-Hadamard ``H`` (len(x) a power of two).
-
-    The first three butterfly stages are done 8 values at a time in registers
-    (the loop over those blocks vectorises), the later ones as long loops over
-    two slices indexed from 0 (indices from ``i`` could be negative to Numba,
-    and its wraparound test kept those loops scalar: 256 values took 850 ns, now 300).
-    """
-    n = x.shape[0]
-    h = 1
-    if n >= 8:
-        for i in range(0, n, 8):
-            a0, a1, a2, a3 = x[i] + x[i + 1], x[i] - x[i + 1], x[i + 2] + x[i + 3], x[i + 2] - x[i + 3]
-            a4, a5, a6, a7 = x[i + 4] + x[i + 5], x[i + 4] - x[i + 5], x[i + 6] + x[i + 7], x[i + 6] - x[i + 7]
-            b0, b1, b2, b3 = a0 + a2, a1 + a3, a0 - a2, a1 - a3
-            b4, b5, b6, b7 = a4 + a6, a5 + a7, a4 - a6, a5 - a7
-            x[i], x[i + 1], x[i + 2], x[i + 3] = b0 + b4, b1 + b5, b2 + b6, b3 + b7
-            x[i + 4], x[i + 5], x[i + 6], x[i + 7] = b0 - b4, b1 - b5, b2 - b6, b3 - b7
-        h = 8
-    while h < n:
-        for i in range(0, n, 2 * h):
-            lo = x[i : i + h]
-            hi = x[i + h : i + 2 * h]
-            for j in range(h):
-                a = lo[j]
-                b = hi[j]
-                lo[j] = a + b
-                hi[j] = a - b
-        h *= 2
-    s = np.float32(1.0 / math.sqrt(n))
-    for j in range(n):
-        x[j] *= s
-
 
 @nb.njit(**_JIT)
 def fwht_rows(x: np.ndarray, out: np.ndarray) -> None:
@@ -462,13 +428,17 @@ def policy_push_tokens(
     s0, s1 = state[0][:, lo : lo + C0], state[0][:, lo1 : lo1 + C1]
     p0, p1 = pos[:, lo : lo + C0], pos[:, lo1 : lo1 + C1]
     rank0, rank1 = np.empty((k.shape[1], C0), np.float32), np.empty((k.shape[1], C1), np.float32)
+    # each pool's position order, kept from token to token (a token moves one or two slots of each)
+    k0, k1 = (C0, C1) if pool_width > 0 else (0, 0)
+    order0, order1 = np.empty((k.shape[1], k0), np.int64), np.empty((k.shape[1], k1), np.int64)
+    prev0, prev1 = np.full((k.shape[1], k0), NO_ORDER, np.int32), np.full((k.shape[1], k1), NO_ORDER, np.int32)
     for t in range(k.shape[0]):
         j, full = window_slot(pos, S, F)
         spill = full and N > F
         if spill:  # the ranks as the token comes (the state moved with the last one)
             if pool_width > 0:
-                pooled_rows(s0, p0, pool_width, rank0)
-                pooled_rows(s1, p1, pool_width, rank1)
+                pooled_rows_kept(s0, p0, pool_width, rank0, order0, prev0)
+                pooled_rows_kept(s1, p1, pool_width, rank1, order1, prev1)
             else:
                 rank0[:] = s0
                 rank1[:] = s1

@@ -33,6 +33,7 @@ class SnapKV(Policy):
         super().__init__(n_kv, n_slots, xp)
         self.acc = xp.zeros_like(self.score)  # [n_kv, N] this step's attention
         self.decay = np.float32(1.0 - 1.0 / self.window)
+        self._kept: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # (lo, hi) -> its rows' position order (host)
 
     def before_step(self) -> None:
         self.acc[:] = 0.0
@@ -57,7 +58,13 @@ class SnapKV(Policy):
             from ...ops.gpu.ranks import pooled_ranks
 
             return pooled_ranks(self.score[:, lo:hi], pos, self.kernel)
-        return self._pooled(self.score[:, lo:hi], pos)
+        s = self.score[:, lo:hi]
+        kept = self._kept.get((lo, hi))
+        if kept is None or kept[0].shape != s.shape:  # every decode step ranks the same pools: their order is kept
+            kept = self._kept[(lo, hi)] = (np.empty(s.shape, np.int64), np.full(s.shape, NO_ORDER, np.int32))
+        out = np.empty(s.shape, np.float32)
+        pooled_rows_kept(s, pos, self.kernel, out, *kept)
+        return out
 
     def _pooled(self, s: Array, pos: Array) -> Array:
         """Scores s [m, n] max-pooled over ``kernel`` neighbours in position order (pos [m, n]), per row."""
@@ -94,33 +101,99 @@ def pooled_rows(s: np.ndarray, pos: np.ndarray, kernel: int, out: np.ndarray) ->
     cheap: the slots are put in position order by a radix sort (stable, so the order equals
     ``argsort(kind="stable")``), whose Numba mergesort had cost 23 us a row of 1024 slots and made
     the ``edge`` preset's prefill at depth 2048 3.5 times slower than plain 2 bits; the scores,
-    gathered into that order, are max-pooled as ``kernel`` shifted vector maxima and scattered back."""
+    gathered into that order, are max-pooled as ``kernel`` shifted vector maxima and scattered back.
+    (:func:`pooled_rows_kept` keeps the order between calls.)"""
+    m, n = s.shape
+    order = np.empty((m, n), np.int64)
+    prev = np.full((m, n), NO_ORDER, np.int32)
+    pooled_rows_kept(s, pos, kernel, out, order, prev)
+
+
+#: ``prev`` of :func:`pooled_rows_kept` with no order kept yet
+NO_ORDER = np.int32(-2)
+#: slots whose positions changed, at most, for which an order is repaired rather than sorted again
+REPAIR_MAX = 8
+
+
+@nb.njit(**EXACT_JIT)
+def pooled_rows_kept(s: np.ndarray, pos: np.ndarray, kernel: int, out: np.ndarray, order: np.ndarray, prev: np.ndarray) -> None:
+    """:func:`pooled_rows` with each row's position order kept between calls: order [m, n] int64 and
+    prev [m, n] int32, the positions that order is of (:data:`NO_ORDER` everywhere: none yet).  A decode
+    step or a spilling token moves one or two slots of a pool, so where at most :data:`REPAIR_MAX`
+    positions changed, those slots are taken out of the kept order (found by a binary search on
+    their old positions) and put back at their new ones, instead of sorting again.  The order
+    is a function of the positions (stable: by position, then slot), so either way it is the same."""
     m, n = s.shape
     if n == 0:
         return
     half = kernel // 2
-    order = np.empty(n, np.int64)
     spare = np.empty(n, np.int64)
     count = np.empty(257, np.int64)
+    moved = np.empty(REPAIR_MAX, np.int64)
     ext = np.empty(n + kernel - 1, np.float32)  # scores in position order, the ends repeated
     best = np.empty(n, np.float32)
     for r in range(m):
-        _order_by_position(pos[r], order, spare, count)
+        p, pp, o = pos[r], prev[r], order[r]
+        nm = 0
+        if pp[0] != NO_ORDER:
+            for i in range(n):
+                if p[i] != pp[i]:
+                    if nm < REPAIR_MAX:
+                        moved[nm] = i
+                    nm += 1
+        if pp[0] == NO_ORDER or nm > REPAIR_MAX:
+            _order_by_position(p, o, spare, count)
+        elif nm > 0:
+            _repair_order(p, pp, o, moved[:nm])
+        pp[:] = p
         sr = s[r]
         for i in range(n):
-            ext[half + i] = sr[order[i]]
+            ext[half + i] = sr[o[i]]
         for i in range(half):
             ext[i] = ext[half]
         for i in range(half + n, n + kernel - 1):
             ext[i] = ext[half + n - 1]
         best[:] = ext[:n]
-        for o in range(1, kernel):
-            sh = ext[o : o + n]
+        for w in range(1, kernel):
+            sh = ext[w : w + n]
             for i in range(n):
                 best[i] = max(best[i], sh[i])
         orow = out[r]
         for i in range(n):
-            orow[order[i]] = best[i]
+            orow[o[i]] = best[i]
+
+
+@nb.njit(inline="always", **EXACT_JIT)
+def _find(keys: np.ndarray, o: np.ndarray, k: int, key: int, slot: int) -> int:
+    """In ``o[:k]``, sorted by (keys[slot], slot): the first index whose entry comes after (key, slot)."""
+    a, b = 0, k
+    while a < b:
+        c = (a + b) // 2
+        e = o[c]
+        if keys[e] < key or (keys[e] == key and e < slot):
+            a = c + 1
+        else:
+            b = c
+    return a
+
+
+@nb.njit(**EXACT_JIT)
+def _repair_order(p: np.ndarray, old: np.ndarray, o: np.ndarray, moved: np.ndarray) -> None:
+    """``o``, the slots in (old position, slot) order, into (p, slot) order, where only the slots of
+    ``moved`` changed position: each taken out at its old place, then each put in at its new one."""
+    n = o.shape[0]
+    k = n
+    for c in moved:  # out: the rest stays sorted by old positions (theirs did not change)
+        i = _find(old, o, k, old[c], c)
+        for t in range(i, k - 1):
+            o[t] = o[t + 1]
+        k -= 1
+    for c in moved:  # in: the rest is sorted by current positions (the same as the old, or put in here)
+        i = _find(p, o, k, p[c], c)
+        for t in range(k, i, -1):
+            o[t] = o[t - 1]
+        o[i] = c
+        k += 1
 
 
 @nb.njit(**EXACT_JIT)

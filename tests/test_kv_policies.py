@@ -118,6 +118,37 @@ def test_snapkv_host_pooling_is_the_stable_position_order_max(top):
             np.testing.assert_array_equal(out, _pooled_reference(s, pos, kernel), err_msg=f"n={n} kernel={kernel}")
 
 
+def test_snapkv_kept_order_follows_moved_slots_as_a_fresh_sort():
+    """The position order kept between rankings (a decode step or a spilling token moves one or two
+    slots; many moved: sorted again) is always the fresh stable order, and the ranks the fresh ones."""
+    from kvrun.cache.policies.snapkv import NO_ORDER, pooled_rows_kept
+
+    rng = np.random.default_rng(7)
+    m, n = 3, 257
+    pos = np.stack([rng.permutation(4 * n)[:n] for _ in range(m)]).astype(np.int32)
+    pos[:, rng.random(n) < 0.3] = -1  # empty slots
+    order, prev = np.empty((m, n), np.int64), np.full((m, n), NO_ORDER, np.int32)
+    top = 4 * n
+    for step in range(60):
+        for r in range(m):
+            for c in rng.choice(n, size=int(rng.choice([0, 1, 2, 5, 30])), replace=False):
+                u = rng.random()
+                if u < 0.15:
+                    pos[r, c] = -1  # emptied (a truncation)
+                elif u < 0.4 and (old := int(rng.integers(0, top))) not in pos[r]:
+                    pos[r, c] = old  # an older token (demoted into a pool)
+                else:
+                    pos[r, c] = top  # the newest (spilled from the window)
+                    top += 1
+        s = rng.random((m, n)).astype(np.float32)
+        s[:, rng.random(n) < 0.2] = 0.25
+        out = np.empty_like(s)
+        pooled_rows_kept(s, pos, 7, out, order, prev)
+        for r in range(m):
+            np.testing.assert_array_equal(order[r], np.argsort(pos[r], kind="stable"), err_msg=f"step {step} row {r}")
+        np.testing.assert_array_equal(out, _pooled_reference(s, pos, 7))
+
+
 def test_snapkv_prefill_scores_by_the_observation_window():
     p = make_policy("snapkv", 1, 6)
     T = 40

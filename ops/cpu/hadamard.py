@@ -87,7 +87,7 @@ def fwht(x: np.ndarray) -> None:
     wraparound test kept those loops scalar: 256 values took 850 ns, then 300).
     """
     n = x.shape[0]
-    if (n == 64 or n == 128 or n == 256) and x.strides[0] == 4:
+    if n in IR_SIZES and x.strides[0] == 4:
         _fwht_ir(x.ctypes.data, n)
         return
     h = 1

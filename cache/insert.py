@@ -232,14 +232,18 @@ def _plan(pos, p, S, F, pool0, pool1):
     return plan_push(pos, p, S, F, pool0[0], pool0[2].shape[1], pool0[1], pool1[0], pool1[2].shape[1], pool1[1])
 
 
-@nb.njit(inline="always", **_JIT)
+# The helpers of the one-call steps below are plain calls, not inline="always": Numba inlines by
+# copying the callee's IR block by block, each copy carrying the function's whole scope, and
+# inlining these five took ~6 s of a first --kv-bits 2 run.  Their flags are the callers' (_JIT is
+# EXACT_JIT here), so they compute what the inlined code did, bit for bit.
+@nb.njit(**_JIT)
 def dequant_pair(kc, km, klut, bits_k, vc, vm, vlut, bits_v, G, kf, vf) -> None:
     """One slot's key and value rows dequantized as the one-call steps here read them (and ``Pool.read_row``)."""
     dequant_row(kc, km, klut, bits_k, G, kf)
     dequant_row(vc, vm, vlut, bits_v, G, vf)
 
 
-@nb.njit(inline="always", **_JIT)
+@nb.njit(**_JIT)
 def _move_token(h, j, jq, jc, k16, v16, G, pool0, pool1, kf, vf, tmp):
     """Head ``h``'s data moves before a new token takes fp16 slot ``j`` (positions apart).
 
@@ -262,14 +266,14 @@ def _move_token(h, j, jq, jc, k16, v16, G, pool0, pool1, kf, vf, tmp):
         quantize_row(vf, bits_v, G, vlut, clips_v, vc[h, jq], vm[h, jq], tmp)
 
 
-@nb.njit(inline="always", **_JIT)
+@nb.njit(**_JIT)
 def _new_token(h, j, q, k, v, rot_k, rot_v, t_k, mu, k16, v16, qr, kf, vf):
     """Head ``h``'s new key ``(k t_k) H - mu`` and value ``v H`` into fp16 slot ``j``; its queries ``(q / t_k) H`` into qr."""
     _store_token(h, j, k, v, rot_k, rot_v, t_k, mu, k16, v16, kf, vf)
     _head_queries(h, q, t_k, rot_k, qr)
 
 
-@nb.njit(inline="always", **_JIT)
+@nb.njit(**_JIT)
 def _head_queries(h, q, t_k, rot_k, qr):
     """The queries of KV head ``h`` into the cache basis: ``(q / t_k) H`` into qr [n_head, D]."""
     n_kv, D = t_k.shape
@@ -282,7 +286,7 @@ def _head_queries(h, q, t_k, rot_k, qr):
             fwht(r)
 
 
-@nb.njit(inline="always", **_JIT)
+@nb.njit(**_JIT)
 def _store_token(h, j, k, v, rot_k, rot_v, t_k, mu, k16, v16, kf, vf):
     """Head ``h``'s new key ``(k t_k) H - mu`` and value ``v H`` into fp16 slot ``j``."""
     D = k.shape[1]

@@ -681,7 +681,10 @@ def _key_queries(H: int, G: int) -> tuple:
     return np.empty((H, G * KEY_LANES), np.int8), np.empty((H, 2 * KEY_LANES if G > 0 else 0), np.float32)
 
 
-@nb.njit(inline="always", **_JIT)
+# _keys and _pass are plain calls, not inline="always" (Numba's IR inlining copies a callee block by
+# block with its whole scope: a first --kv-bits 2 run compiled ~14 s longer with them inlined), and
+# EXACT_JIT, the flags of the kernel they were inlined into, so they round as the inlined code did.
+@nb.njit(**EXACT_JIT)
 def _keys(kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, qt, s_all, gqa, ik0, ik1, kq0, kq1) -> None:
     """Raw scores ``s_all[kh, hh, j] = q_hh . k_j`` over the slots ``j0 .. j1`` of KV head ``kh``: a pool
     with integer keys (``ik0``/``ik1``, its queries ``kq0``/``kq1`` from :func:`.qkeys.prep_queries`)
@@ -868,7 +871,7 @@ def _half_pass(mode: int, xh: np.ndarray, j0: int, j1: int, R: int, y: np.ndarra
             tile_add16(tp, ts, n, D, y.ctypes.data, gqa, xp, xs)
 
 
-@nb.njit(inline="always", **_JIT)
+@nb.njit(**EXACT_JIT)
 def _pass(mode: int, kh: int, j0: int, j1: int, x16: np.ndarray, c0: np.ndarray, m0: np.ndarray, lut0: np.ndarray, w0: int,
           c1: np.ndarray, m1: np.ndarray, lut1: np.ndarray, w1: int, G: int, D: int, y: np.ndarray, s_all: np.ndarray, gqa: int) -> None:
     """One pass over the slots ``j0 .. j1`` of KV head ``kh``: ``DOT``: ``s_all[kh, hh, j] = y_hh . k_j``
@@ -962,10 +965,11 @@ def _fill_tile16(j0: int, n: int, F: int, C0: int, x16: np.ndarray, c0: np.ndarr
     decode_half_rows(x16, j0, n, tile)
 
 
-_pass16 = nb.njit(inline="always", **_JIT)(_variant(_pass.py_func, "_pass16", _fill_tile=_fill_tile16))
+# (_JIT: the flags of _attend_decode_f16, which calls these two)
+_pass16 = nb.njit(**_JIT)(_variant(_pass.py_func, "_pass16", _fill_tile=_fill_tile16))
 
 
-@nb.njit(inline="always", **_JIT)
+@nb.njit(**_JIT)
 def _keys16(kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, qt, s_all, gqa, ik0, ik1, kq0, kq1) -> None:
     """``_keys`` for fp16 rows only: no pools, so no integer keys (whose kernels, compiled in, took the
     plain cache's first run 13 -> 24 s to compile)."""

@@ -51,6 +51,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .f16 import f16_to_f32, f32_to_f16
+from .outline import outline
 from .parallel import EXACT_JIT, prange_only, split_threads
 from .vexp import exp32
 from .qmatmul import HAVE_AVX512, LF16, LF32, LI8, LI16, LI32, LI64, V, _G, _i64, _switch_pairs
@@ -432,10 +433,10 @@ def vector_ok(bits: int, G: int, D: int) -> bool:
     return (G == 32 or G == 64 or G == 128) and D % G == 0
 
 
-@nb.njit(inline="always", **_JIT)
+@outline("kvrun_rows", types.void(*([types.int64] * 7 + [types.float32] + [types.int64] * 3)), **_JIT)
 def _rows(bits: int, G: int, cp: int, cs: int, mp: int, ms: int, lp: int, zs: float, yp: int, D: int, n: int) -> None:
-    """The row decoder of (width, group); see ``_rows_ir``."""
-    _rows_ir(bits, 32 if bits == 16 else G, cp, cs, mp, ms, lp, np.float32(zs), yp, D, n)
+    """The row decoder of (width, group); see ``_rows_ir`` (compiled once, :mod:`.outline`)."""
+    _rows_ir(bits, 32 if bits == 16 else G, cp, cs, mp, ms, lp, zs, yp, D, n)
 
 
 @nb.njit(inline="always", **_JIT)
@@ -853,6 +854,25 @@ def _extent(kpos: np.ndarray, lo: int, cap: int) -> int:
     return 0
 
 
+@outline("kvrun_float_tiles", types.void(*([types.int64] * 9)), **EXACT_JIT)
+def _float_tiles(mode, tp, ts, n, D, yp, gqa, xp, xs):
+    """One float tile through ``tile_dot`` (mode DOT) or ``tile_add``, compiled once (:mod:`.outline`);
+    EXACT_JIT, the flags of ``_pass``, its caller."""
+    if mode == DOT:
+        tile_dot(tp, ts, n, D, yp, gqa, xp, xs)
+    else:
+        tile_add(tp, ts, n, D, yp, gqa, xp, xs)
+
+
+@outline("kvrun_half_tiles", types.void(*([types.int64] * 9)), **_JIT)
+def _half_tiles(mode, tp, ts, n, D, yp, gqa, xp, xs):
+    """One fp16 tile through ``tile_dot16`` (mode DOT) or ``tile_add16``, compiled once (:mod:`.outline`)."""
+    if mode == DOT:
+        tile_dot16(tp, ts, n, D, yp, gqa, xp, xs)
+    else:
+        tile_add16(tp, ts, n, D, yp, gqa, xp, xs)
+
+
 @nb.njit(**_JIT)
 def _half_pass(mode: int, xh: np.ndarray, j0: int, j1: int, R: int, y: np.ndarray, s: np.ndarray, gqa: int) -> None:
     """``_pass`` over fp16 slots ``j0 .. j1`` (xh: [F, D] uint16 of one KV head, s: its scores
@@ -865,10 +885,7 @@ def _half_pass(mode: int, xh: np.ndarray, j0: int, j1: int, R: int, y: np.ndarra
         n = min(R, j1 - a0)
         xp = s.ctypes.data + 4 * a0
         tp = xh.ctypes.data + a0 * xh.strides[0]
-        if mode == DOT:
-            tile_dot16(tp, ts, n, D, y.ctypes.data, gqa, xp, xs)
-        else:
-            tile_add16(tp, ts, n, D, y.ctypes.data, gqa, xp, xs)
+        _half_tiles(mode, tp, ts, n, D, y.ctypes.data, gqa, xp, xs)
 
 
 @nb.njit(**EXACT_JIT)
@@ -898,10 +915,7 @@ def _pass(mode: int, kh: int, j0: int, j1: int, x16: np.ndarray, c0: np.ndarray,
         _fill_tile(a0, n, F, C0, x16[kh], c0[kh], m0[kh], lut0, w0, c1[kh], m1[kh], lut1, w1, G, D, tile)
         if vector:
             xp = s_all.ctypes.data + kh * s_all.strides[0] + 4 * a0
-            if mode == DOT:
-                tile_dot(tile.ctypes.data, D, n, D, y.ctypes.data, gqa, xp, xs)
-            else:
-                tile_add(tile.ctypes.data, D, n, D, y.ctypes.data, gqa, xp, xs)
+            _float_tiles(mode, tile.ctypes.data, D, n, D, y.ctypes.data, gqa, xp, xs)
             continue
         for r in range(n):  # other head sizes
             for hh in range(gqa):

@@ -52,6 +52,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .outline import outline
 from .parallel import EXACT_JIT
 from .qgemm import LANES
 from .qmatmul import HAVE_VNNI, LF32, LI8, LI32, V, _G, _i64, _switch_pairs
@@ -252,6 +253,12 @@ def _tree_sum(x: np.ndarray, o: int, n: int) -> float:
     return a + c
 
 
+@outline("kvrun_key_blocks", _SIG, **EXACT_JIT)
+def _key_blocks(w, G, cp, mp, lp, zs, qv, qs, nph, qf, gs, hs, nblk, gqa):
+    """``_scores_ir`` compiled once (:mod:`.outline`), with the flags of ``key_scores``, its caller."""
+    _scores_ir(w, G, cp, mp, lp, zs, qv, qs, nph, qf, gs, hs, nblk, gqa)
+
+
 @nb.njit(**EXACT_JIT)
 def key_scores(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, w: int, G: int, r0: int, n: int,
                qv: np.ndarray, qf: np.ndarray, gs: np.ndarray, s: np.ndarray, j: int) -> None:  # fmt: skip
@@ -276,7 +283,7 @@ def key_scores(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, w: int, G: 
         nblk = m // RB
         r = r0 + c0
         if nblk > 0:
-            _scores_ir(w, G, codes.ctypes.data + r * codes.strides[0], meta.ctypes.data + r * meta.strides[0], lut.ctypes.data, zs,
+            _key_blocks(w, G, codes.ctypes.data + r * codes.strides[0], meta.ctypes.data + r * meta.strides[0], lut.ctypes.data, zs,
                        qv.ctypes.data, qv.strides[0], _phases(w, G, D), qf.ctypes.data, gs.ctypes.data, gs.strides[0] // 4, nblk, gqa)  # fmt: skip
         if m > nblk * RB:  # the last rows: copied into a zeroed block (its other groups' scores are never read)
             for t in range(m - nblk * RB):
@@ -284,7 +291,7 @@ def key_scores(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, w: int, G: 
                 for gp in range(ngr):
                     pad_m[2 * (t * ngr + gp)] = meta[r + nblk * RB + t, gp, 0]
                     pad_m[2 * (t * ngr + gp) + 1] = meta[r + nblk * RB + t, gp, 1]
-            _scores_ir(w, G, pad_c.ctypes.data, pad_m.ctypes.data, lut.ctypes.data, zs, qv.ctypes.data, qv.strides[0], _phases(w, G, D),
+            _key_blocks(w, G, pad_c.ctypes.data, pad_m.ctypes.data, lut.ctypes.data, zs, qv.ctypes.data, qv.strides[0], _phases(w, G, D),
                        qf.ctypes.data, gs.ctypes.data + 4 * nblk * L, gs.strides[0] // 4, 1, gqa)  # fmt: skip
         for hh in range(gqa):
             sh = s[hh]

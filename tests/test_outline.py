@@ -8,7 +8,10 @@ not optimise and generate the kernel again at every level of callers on a first 
 import numba as nb
 import numpy as np
 
+from numba import types
+
 from kvrun.ops.cpu import qattention
+from kvrun.ops.cpu.outline import outline
 
 
 @nb.njit  # not cached, so its LLVM can be read
@@ -33,7 +36,27 @@ def test_a_caller_holds_the_call_not_the_kernel():
 
 
 def test_every_outlined_kernel_has_its_compiled_function():
-    from kvrun.ops.cpu import qkeys
+    from kvrun.ops.cpu import qkeys, qmatmul
 
-    for call in (qattention._rows, qattention._half_tiles, qattention._float_tiles, qkeys._key_blocks):
-        assert call.cfunc.address != 0
+    calls = [qattention._rows, qattention._half_tiles, qattention._float_tiles, qkeys._key_blocks]
+    if qmatmul.HAVE_AVX2:  # (else the row dots stay plain njit: their AVX2 intrinsics would not compile)
+        calls.append(qmatmul._dot_rows)
+    for call in calls:
+        call.leaf.ensure()  # (registered at import where cached, else when a caller compiles)
+        assert call.leaf.ready and call.leaf.cfunc.address != 0
+
+
+def test_a_kernel_the_host_cannot_run_stays_a_plain_function():
+    def twice(a, p):
+        p[0] = 2 * a
+
+    plain = outline("kvrun_test_never", types.void(types.int64, types.int64), when=False)(twice)
+    assert isinstance(plain, nb.core.registry.CPUDispatcher)  # compiled only when a caller is
+
+    @nb.njit
+    def caller(a):
+        p = np.zeros(1, np.int64)
+        plain(a, p)
+        return p[0]
+
+    assert caller(21) == 42

@@ -9,30 +9,70 @@ fixed name, and gives njit code an intrinsic that calls that name: a caller's mo
 the call, resolved when its code is loaded, from the cache too.
 
 Only scalar arguments (ints, floats: addresses and sizes), so the C signature is plain.
+
+When: the C function is compiled when a caller is first compiled (typing the call), and loaded at
+import where Numba's cache already holds it, which it does wherever a cached caller exists (that
+caller's compile wrote it), so a caller loaded from the cache always finds the name registered.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import llvmlite.binding as llb
 import numba as nb
 from llvmlite import ir
-from numba.core import cgutils, types
+from numba.core import cgutils, sigutils, types
+from numba.core.ccallback import CFunc
 from numba.extending import intrinsic
 
 
-def outline(name: str, sig: types.Signature, **jit) -> Callable:
+class _Leaf:
+    """The C function ``name`` compiled from ``py_func`` with signature ``sig``, registered on demand."""
+
+    def __init__(self, name: str, sig: types.Signature, py_func: Callable, jit: dict) -> None:
+        self.name = name
+        opts = {k: v for k, v in jit.items() if k != "cache"}
+        self.cfunc = CFunc(py_func, sigutils.normalize_signature(sig), locals={}, options=opts)  # as nb.cfunc builds it
+        self.cfunc.enable_caching()
+        self.ready = False
+        if _in_cache(self.cfunc):
+            self.ensure()
+
+    def ensure(self) -> None:
+        """Compile (or load from the cache) and register the address under :attr:`name`, once."""
+        if not self.ready:
+            self.cfunc.compile()
+            llb.add_symbol(self.name, self.cfunc.address)
+            self.ready = True
+
+
+def _in_cache(cf: CFunc) -> bool:
+    """Whether Numba's cache has an index for ``cf`` (its locator is an internal API, as in
+    :mod:`.jitcache`: where it is not there, says True, so the function is loaded or compiled now)."""
+    try:
+        return os.path.exists(cf._cache._cache_file._index_path)
+    except AttributeError:
+        return True
+
+
+def outline(name: str, sig: types.Signature, when: bool = True, **jit) -> Callable:
     """Decorator: ``py_func`` (scalar arguments, no result) compiled as the C function ``name``;
-    returns an njit-callable intrinsic that calls it, each argument cast to ``sig``'s type."""
+    returns an njit-callable intrinsic that calls it, each argument cast to ``sig``'s type.
+
+    ``when`` false (a kernel the host cannot run, as the AVX2 row dots on a host without AVX2,
+    whose callers never call it there): a plain ``njit`` function instead, compiled only if a
+    caller is, as before outlining."""
 
     def deco(py_func: Callable) -> Callable:
-        cf = nb.cfunc(sig, **dict(jit, cache=True))(py_func)
-        llb.add_symbol(name, cf.address)
-        params = ", ".join(f"a{i}" for i in range(len(sig.args)))
-        src = f"def typer(typingctx, {params}):\n    return impl(typingctx, ({params},))\n"
+        if not when:
+            return nb.njit(**jit)(py_func)
+        leaf = _Leaf(name, sig, py_func, jit)
 
         def impl(typingctx, argtys: tuple):
+            leaf.ensure()  # a caller is being compiled: its code will call the name
+
             def codegen(context, builder, s, args):
                 fnty = ir.FunctionType(ir.VoidType(), [context.get_value_type(t) for t in sig.args])
                 fn = cgutils.get_or_insert_function(builder.module, fnty, name)
@@ -41,10 +81,11 @@ def outline(name: str, sig: types.Signature, **jit) -> Callable:
 
             return types.void(*argtys), codegen
 
+        params = ", ".join(f"a{i}" for i in range(len(sig.args)))
         ns: dict = {"impl": impl}
-        exec(src, ns)  # an intrinsic's arity is its typer's
+        exec(f"def typer(typingctx, {params}):\n    return impl(typingctx, ({params},))\n", ns)  # an intrinsic's arity is its typer's
         call = intrinsic(ns["typer"])
-        call.cfunc = cf
+        call.leaf = leaf
         return call
 
     return deco

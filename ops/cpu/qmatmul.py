@@ -52,6 +52,7 @@ from numba.extending import intrinsic
 
 from .blas import blas_threads, set_blas_threads
 from .f16 import bf16_to_f32, f16_to_f32
+from .outline import outline
 from .parallel import EXACT_JIT, num_threads, prange_only
 
 _JIT = dict(cache=True, fastmath=True, nogil=True)
@@ -988,37 +989,53 @@ def _dot_float(kind, row, x):
     return y
 
 
-@nb.njit(**_JIT_EXACT)
-def _rows_q(kind, w, r0, r1, out, xq, xd, xs, x16):
-    """out[r] = row r . quantized x for r in [r0, r1) (one loop per type: the
-    kind test stays outside the loops so each loop is compiled on its own)."""
-    wa = w.ctypes.data
-    rs = w.strides[0]
-    rb = w.shape[1]
+@intrinsic
+def _put_f32(typingctx, addr, value):  # noqa: ARG001
+    """``*(float *)addr = value`` (rounded to float32, as a store into a float32 array)."""
+
+    def codegen(context, builder, sig, args):
+        a, v = args
+        builder.store(context.cast(builder, v, sig.args[1], types.float32), builder.inttoptr(a, LF32.as_pointer()))
+        return context.get_dummy_value()
+
+    return types.void(types.int64, value), codegen
+
+
+@outline("kvrun_dot_rows", types.void(*([types.int64] * 12)), when=HAVE_AVX2, **_JIT_EXACT)
+def _dot_rows(kind, wa, rs, rb, r0, r1, op, os, xq, xd, xs, x16):
+    """``*(op + r os) = row r . quantized x`` for r in [r0, r1) of the weight rows at ``wa`` (row stride
+    ``rs``, ``rb`` bytes): one loop per type, the kind test outside the loops so each loop is compiled
+    on its own.  Compiled once (:mod:`.outline`): every matvec, fused product and int8 matmul calls it."""
     if kind == Q4_0:
         for r in range(r0, r1):
-            out[r] = dot_q4_0(wa + r * rs, xq, xd, xs, x16, rb // 18)
+            _put_f32(op + r * os, dot_q4_0(wa + r * rs, xq, xd, xs, x16, rb // 18))
     elif kind == Q4_1:
         for r in range(r0, r1):
-            out[r] = dot_q4_1(wa + r * rs, xq, xd, xs, x16, rb // 20)
+            _put_f32(op + r * os, dot_q4_1(wa + r * rs, xq, xd, xs, x16, rb // 20))
     elif kind == Q5_0:
         for r in range(r0, r1):
-            out[r] = dot_q5_0(wa + r * rs, xq, xd, xs, x16, rb // 22)
+            _put_f32(op + r * os, dot_q5_0(wa + r * rs, xq, xd, xs, x16, rb // 22))
     elif kind == Q5_1:
         for r in range(r0, r1):
-            out[r] = dot_q5_1(wa + r * rs, xq, xd, xs, x16, rb // 24)
+            _put_f32(op + r * os, dot_q5_1(wa + r * rs, xq, xd, xs, x16, rb // 24))
     elif kind == Q8_0:
         for r in range(r0, r1):
-            out[r] = dot_q8_0(wa + r * rs, xq, xd, xs, x16, rb // 34)
+            _put_f32(op + r * os, dot_q8_0(wa + r * rs, xq, xd, xs, x16, rb // 34))
     elif kind == Q4_K:
         for r in range(r0, r1):
-            out[r] = dot_q4_k(wa + r * rs, xq, xd, xs, x16, rb // 144)
+            _put_f32(op + r * os, dot_q4_k(wa + r * rs, xq, xd, xs, x16, rb // 144))
     elif kind == Q5_K:
         for r in range(r0, r1):
-            out[r] = dot_q5_k(wa + r * rs, xq, xd, xs, x16, rb // 176)
+            _put_f32(op + r * os, dot_q5_k(wa + r * rs, xq, xd, xs, x16, rb // 176))
     else:
         for r in range(r0, r1):
-            out[r] = dot_q6_k(wa + r * rs, xq, xd, xs, x16, rb // 210)
+            _put_f32(op + r * os, dot_q6_k(wa + r * rs, xq, xd, xs, x16, rb // 210))
+
+
+@nb.njit(**_JIT_EXACT)
+def _rows_q(kind, w, r0, r1, out, xq, xd, xs, x16):
+    """out[r] = row r . quantized x for r in [r0, r1) (:func:`_dot_rows`)."""
+    _dot_rows(kind, w.ctypes.data, w.strides[0], w.shape[1], r0, r1, out.ctypes.data, out.strides[0], xq, xd, xs, x16)
 
 
 @nb.njit(**_JIT)

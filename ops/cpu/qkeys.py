@@ -226,7 +226,8 @@ def prep_queries(q: np.ndarray, w: int, G: int, qv: np.ndarray, qf: np.ndarray) 
                 gp = (ph * P + p) % ngr
                 for m in range(planes):
                     o = (ph * planes + m) * 4 * L + p * nb_
-                    qv[h, o : o + nb_] = qi[gp * G + m * nb_ : gp * G + (m + 1) * nb_]
+                    for i in range(nb_):  # (a loop, not a slice assignment: that compiles Numba's
+                        qv[h, o + i] = qi[gp * G + m * nb_ + i]  # shape-mismatch error, ~1.4 s of a first run)
 
 
 @nb.njit(inline="always", **EXACT_JIT)
@@ -287,7 +288,8 @@ def key_scores(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, w: int, G: 
                        qv.ctypes.data, qv.strides[0], _phases(w, G, D), qf.ctypes.data, gs.ctypes.data, gs.strides[0] // 4, nblk, gqa)  # fmt: skip
         if m > nblk * RB:  # the last rows: copied into a zeroed block (its other groups' scores are never read)
             for t in range(m - nblk * RB):
-                pad_c[t * R : (t + 1) * R] = codes[r + nblk * RB + t]
+                for i in range(R):  # (a loop, not a slice assignment: see prep_queries)
+                    pad_c[t * R + i] = codes[r + nblk * RB + t, i]
                 for gp in range(ngr):
                     pad_m[2 * (t * ngr + gp)] = meta[r + nblk * RB + t, gp, 0]
                     pad_m[2 * (t * ngr + gp) + 1] = meta[r + nblk * RB + t, gp, 1]

@@ -21,6 +21,7 @@ import math
 import numba as nb
 import numpy as np
 
+from ..ops.cpu.arraycopy import copy_into
 from ..ops.cpu.f16 import f16_to_f32, f32_to_f16
 from ..ops.cpu.hadamard import fwht
 from ..ops.cpu.parallel import EXACT_JIT
@@ -36,8 +37,7 @@ def fwht_rows(x: np.ndarray, out: np.ndarray) -> None:
     for t in range(x.shape[0]):
         for h in range(x.shape[1]):
             row = out[t, h]
-            for d in range(row.shape[0]):  # (a loop, not row[:] = x[t, h]: an array assignment compiles
-                row[d] = x[t, h, d]  # Numba's shape-mismatch error, string formatting and all, ~1.5 s of a first run)
+            copy_into(row, x[t, h])
             fwht(row)
 
 
@@ -455,13 +455,11 @@ def policy_push_tokens(
                 if need1:
                     pooled_rows_kept(s1, p1, pool_width, rank1, order1, prev1)
             else:
-                # (loops, not rank0[:] = s0: an array assignment compiles Numba's shape-mismatch error, ~1 s)
-                for h in range(k.shape[1] if need0 else 0):
-                    for c in range(s0.shape[1]):
-                        rank0[h, c] = s0[h, c]
-                for h in range(k.shape[1] if need1 else 0):
-                    for c in range(s1.shape[1]):
-                        rank1[h, c] = s1[h, c]
+                for h in range(k.shape[1]):
+                    if need0:
+                        copy_into(rank0[h], s0[h])
+                    if need1:
+                        copy_into(rank1[h], s1[h])
         _policy_token(
             k[t], v[t], ppos[t], rot_k, rot_v, t_k, mu, k16, v16, pos, j, spill, G, pool0, rank0, True, pool1, rank1, True,
             state, n_state, folds, n_fold, logw, mode, threshold, score, init[:, :, t], True, tmp,

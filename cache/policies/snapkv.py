@@ -19,6 +19,7 @@ from typing import Any
 import numba as nb
 import numpy as np
 
+from ...ops.cpu.arraycopy import copy_into
 from ...ops.cpu.parallel import EXACT_JIT
 from .base import Array, Policy
 
@@ -145,8 +146,7 @@ def pooled_rows_kept(s: np.ndarray, pos: np.ndarray, kernel: int, out: np.ndarra
             _order_by_position(p, o, spare, count)
         elif nm > 0:
             _repair_order(p, pp, o, moved[:nm])
-        for i in range(n):  # (loops, not pp[:] = p: an array assignment compiles Numba's shape-mismatch error, ~1.5 s)
-            pp[i] = p[i]
+        copy_into(pp, p)
         sr = s[r]
         for i in range(n):
             ext[half + i] = sr[o[i]]
@@ -154,8 +154,7 @@ def pooled_rows_kept(s: np.ndarray, pos: np.ndarray, kernel: int, out: np.ndarra
             ext[i] = ext[half]
         for i in range(half + n, n + kernel - 1):
             ext[i] = ext[half + n - 1]
-        for i in range(n):
-            best[i] = ext[i]
+        copy_into(best, ext)
         for w in range(1, kernel):
             sh = ext[w : w + n]
             for i in range(n):
@@ -232,5 +231,4 @@ def _order_by_position(p: np.ndarray, order: np.ndarray, spare: np.ndarray, coun
         if (top >> shift) == 0:
             break
     if flips % 2 == 1:  # the result is in spare
-        for i in range(n):  # (a loop: see pooled_rows_kept)
-            order[i] = spare[i]
+        copy_into(order, spare)

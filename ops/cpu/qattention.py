@@ -50,6 +50,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .arraycopy import copy_into
 from .f16 import f16_to_f32, f32_to_f16
 from .outline import outline
 from .parallel import EXACT_JIT, prange_only, split_threads
@@ -772,9 +773,8 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
     kq1 = _key_queries(H, G if ik1 else 0)
     for t in range(T):
         pq = qpos[t]
-        for hh in range(H):  # (loops, not qt[:] = q[t]: an array assignment compiles Numba's shape-mismatch
-            for d in range(D):  # error, string formatting and all, ~2 s of a first run)
-                qt[hh, d] = q[t, hh, d]
+        for hh in range(H):
+            copy_into(qt[hh], q[t, hh])
         if ik0:
             prep_queries(qt, kw0, G, kq0[0], kq0[1])
         if ik1:
@@ -1027,9 +1027,7 @@ def decode_step_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray
                 v16[h, s, d] = f32_to_f16(v[t, h, d])
         kpos[s] = pos[t]
         used = max(used, s + 1)
-    qpos = np.empty(pos.shape[0], np.int32)
-    for t in range(pos.shape[0]):  # (a loop: see qt in _attend_decode_q)
-        qpos[t] = pos[t]
+    qpos = pos.astype(np.int32)
     no_probs = np.zeros((0, 0), np.float32)  # (the globals are read-only in here, and the kernel may write these)
     _attend_decode_f16(q, qpos, k16[:, :used], v16[:, :used], _NO_CODES, _NO_META, _NO_CODES, _NO_META, 16, 16,
                        _NO_CODES, _NO_META, _NO_CODES, _NO_META, 16, 16, _NO_LUT, _NO_LUT, _NO_LUT, _NO_LUT,

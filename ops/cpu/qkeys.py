@@ -52,6 +52,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .arraycopy import copy_range
 from .outline import outline
 from .parallel import EXACT_JIT
 from .qgemm import LANES
@@ -226,8 +227,7 @@ def prep_queries(q: np.ndarray, w: int, G: int, qv: np.ndarray, qf: np.ndarray) 
                 gp = (ph * P + p) % ngr
                 for m in range(planes):
                     o = (ph * planes + m) * 4 * L + p * nb_
-                    for i in range(nb_):  # (a loop, not a slice assignment: that compiles Numba's
-                        qv[h, o + i] = qi[gp * G + m * nb_ + i]  # shape-mismatch error, ~1.4 s of a first run)
+                    copy_range(qv[h], o, qi, gp * G + m * nb_, nb_)
 
 
 @nb.njit(inline="always", **EXACT_JIT)
@@ -288,8 +288,7 @@ def key_scores(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, w: int, G: 
                        qv.ctypes.data, qv.strides[0], _phases(w, G, D), qf.ctypes.data, gs.ctypes.data, gs.strides[0] // 4, nblk, gqa)  # fmt: skip
         if m > nblk * RB:  # the last rows: copied into a zeroed block (its other groups' scores are never read)
             for t in range(m - nblk * RB):
-                for i in range(R):  # (a loop, not a slice assignment: see prep_queries)
-                    pad_c[t * R + i] = codes[r + nblk * RB + t, i]
+                copy_range(pad_c, t * R, codes[r + nblk * RB + t], 0, R)
                 for gp in range(ngr):
                     pad_m[2 * (t * ngr + gp)] = meta[r + nblk * RB + t, gp, 0]
                     pad_m[2 * (t * ngr + gp) + 1] = meta[r + nblk * RB + t, gp, 1]

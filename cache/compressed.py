@@ -145,6 +145,9 @@ class CompressedLayerCache(LayerCache):
 
     # ------------------------------------------------------------ protocol
     FAST_DECODE = True  # steady-state decode steps in one Numba call (the GPU mirror tracks each write instead)
+    #: pool widths the one-call steps store.  16: lossless pools behind the window, as an eviction policy
+    #: alone (``--kv-budget``) makes; until stop 33 their tokens went in through Python, ~2.5x slower
+    STORED_WIDTHS = (16, 8, 4, 3, 2)
 
     def update_and_attend(self, q, k, v, pos, out) -> None:
         T = q.shape[0]
@@ -358,8 +361,8 @@ class CompressedLayerCache(LayerCache):
         return self._plain_slots and self._calibrated_entry(p)
 
     def _calibrated_entry(self, p: int) -> bool:
-        """Whether a token at position ``p`` enters the fp16 window of a calibrated cache with lossy pools."""
-        return self._lossy_window and p >= self.S and self.pools[0].calibrated and self.basis.calibrated
+        """Whether a token at position ``p`` enters the fp16 window of a calibrated cache whose pools the one-call steps store."""
+        return self._stored_window and p >= self.S and self.pools[0].calibrated and self.basis.calibrated
 
     # asked every layer-step (a few us of Python each time otherwise): what cannot change, worked out once
     @functools.cached_property
@@ -368,13 +371,11 @@ class CompressedLayerCache(LayerCache):
         return self.policy is None and not self.logw.size
 
     @functools.cached_property
-    def _lossy_window(self) -> bool:
-        """An fp16 window in front of lossy pools (every token that leaves the window is quantized)."""
+    def _stored_window(self) -> bool:
+        """An fp16 window in front of pools of :attr:`STORED_WIDTHS` (every token that leaves the window is stored there)."""
+        w = self.STORED_WIDTHS
         p0, p1 = self.pools
-        return (
-            self.R > 0 and p0.bits_k < 16 and p0.bits_v < 16
-            and (p1.cap == 0 or (p1.bits_k < 16 and p1.bits_v < 16))
-        )  # fmt: skip
+        return self.R > 0 and p0.bits_k in w and p0.bits_v in w and (p1.cap == 0 or (p1.bits_k in w and p1.bits_v in w))
 
     def _policy_steady(self, p: int) -> bool:
         """Whether a decode token at ``p`` of a layer with a policy goes in with one call (the victims picked, demoted and merged there)."""

@@ -39,11 +39,8 @@ class Merger:
         """Token in slot ``j`` of pool ``i``, head ``h`` (k: [D], v: [Dv]) is evicted; return the target slot or -1."""
         pool, lo = cache.pools[i], cache.lo[i]
         sims = np.empty(pool.cap, np.float32)  # [C]
-        if pool.bits_k == 16:
-            kk = pool.kc[h].view(np.float16).astype(np.float32)  # [C, D]
-            sims[:] = kk @ k / np.maximum(np.linalg.norm(kk, axis=1) * np.linalg.norm(k), 1e-12)
-        else:
-            key_similarity(k, pool.kc, pool.km, pool.klut, pool.bits_k, pool.G, h, sims)
+        # (fp16 pools too: the one-call steps' function, so both paths pick the same target on near-ties)
+        key_similarity(k, pool.kc, pool.km, pool.klut, pool.bits_k, pool.G, h, sims)
         sims[j - lo] = -np.inf
         sims[cache.pos[h, lo : lo + pool.cap] < 0] = -np.inf
         t = int(np.argmax(sims))

@@ -37,6 +37,7 @@ import math
 import numba as nb
 import numpy as np
 
+from ..ops.cpu.f16 import f32_to_f16
 from ..ops.cpu.qattention import dequantize_rows
 
 _JIT = dict(cache=True, fastmath=False, nogil=True)
@@ -218,11 +219,18 @@ def quantize_row(x: np.ndarray, bits: int, G: int, lut: np.ndarray, clips: np.nd
 
     x: [D] float32; codes: [D*bits/8] uint8;
     meta: [D/G, 2] uint8; lut: [256] float32; clips: [n] float32;
-    tmp: int32 scratch (:func:`quant_scratch`).  (16 bits is a plain float16 copy, done in numpy.)
+    tmp: int32 scratch (:func:`quant_scratch`).  16 bits: the float16 bytes of x (little-endian, as
+    numpy's ``astype(np.float16)`` rounds them), no meta: the one-call steps' lossless pools.
     """
     if tmp.shape[0] < 2 * G + 4 * clips.shape[0]:  # (Numba checks no bounds: a short scratch would corrupt the heap)
         raise ValueError("quantize_row: tmp is shorter than quant_scratch(G)")
     D = x.shape[0]
+    if bits == 16:
+        for d in range(D):
+            h = f32_to_f16(x[d])
+            codes[2 * d] = np.uint8(h & np.uint16(0xFF))
+            codes[2 * d + 1] = np.uint8(h >> np.uint16(8))
+        return
     nbg = G * bits // 8
     t = tmp[G : 2 * G]
     for g in range(D // G):

@@ -215,6 +215,10 @@ ONE_CALL_KV = [
     "4,policy=h2o,budget=24,residual=4,sinks=2,merge=keepkv,group=16",
     "3,policy=keydiff,budget=24,residual=4,merge=keepkv,mixed=8/3,group=16",  # demotions and merges in pool 1
     "2,policy=streaming,budget=24,residual=4,sinks=2,group=16",
+    # fp16 pools (an eviction policy alone, --kv-budget): stored by the one call too since stop 33
+    "16,policy=h2o,budget=24,residual=4,sinks=2",
+    "16,policy=snapkv,budget=24,residual=4,merge=keepkv",
+    "2,policy=tova,budget=24,residual=4,mixed=16/2,merge=mean,group=16",  # demotions from fp16 slots
 ]
 
 

@@ -178,6 +178,24 @@ def test_a_short_quantizer_scratch_is_refused():
     assert meta[0, 0] > 0
 
 
+def test_a_16_bit_row_is_its_float16_bytes_as_numpy_rounds_them():
+    """The one-call steps store fp16 pools with quantize_row: its bytes are numpy's float16 ones
+    (the Python path's), ties to even, subnormals, overflow to inf and signed zeros included."""
+    from kvrun.cache.quant import CLIPS, quant_scratch, quantize_row
+
+    rng = np.random.default_rng(5)
+    x = np.concatenate([
+        _gauss(1, 448)[0] * 100,
+        rng.standard_normal(32).astype(np.float32) * 1e-6,  # float16 subnormals
+        np.array([65504, 65520, 70000, -1e9, 0.0, -0.0, 2049, 2051, 6e-8, 3e-8, 1 + 2**-11, 1 + 3 * 2**-11], np.float32),
+        np.zeros(20, np.float32),
+    ]).astype(np.float32)  # fmt: skip
+    codes, meta = np.zeros(2 * x.size, np.uint8), np.zeros((0, 2), np.uint8)
+    quantize_row(x, 16, 32, calibrate_lut(x, 4), CLIPS[16], codes, meta, quant_scratch(32))
+    with np.errstate(over="ignore"):  # (the overflows to inf are meant)
+        np.testing.assert_array_equal(codes, x.astype(np.float16).view(np.uint8))
+
+
 def test_scale_table_rounds_up_and_zero_groups_are_exact():
     lut = calibrate_lut(np.array([[-4.0, 8.0]], np.float32), 4)
     steps = np.diff(np.log2(lut))

@@ -63,7 +63,7 @@ from .kvconfig import KVConfig
 from .keybasis import KeyBasis
 from .merge import make_merger
 from .policies import make_policy
-from .insert import decode_step, fwht_copy, fwht_rows, policy_push, policy_push_tokens, push_tokens, window_slot
+from .insert import decode_step, fwht_copy, fwht_rows, policy_push, policy_push_tokens, push_tokens, ranking_scratch
 from .pool import Pool
 from .quant import CLIPS, TABLE_BYTES, hadamard
 
@@ -142,6 +142,8 @@ class CompressedLayerCache(LayerCache):
         self._or = np.zeros((MAX_DECODE_T, spec.n_head, Dv), np.float32)
         self._free = [np.full(self.P, c, np.int64) for c in caps]  # free slots per pool and pos row
         self._dummy = np.zeros((n_kv, 1), np.float32)  # stands in for an absent array in policy_push
+        # where the one-call steps rank victims, kept between calls (SnapKV's position order is repaired, not re-sorted)
+        self._ranking = ranking_scratch(n_kv, caps[0], caps[1], self.policy.rank_pool if self.policy else 0)
 
     # ------------------------------------------------------------ protocol
     FAST_DECODE = True  # steady-state decode steps in one Numba call (the GPU mirror tracks each write instead)
@@ -157,7 +159,7 @@ class CompressedLayerCache(LayerCache):
         if T <= MAX_DECODE_T and self._fast_decode_ready(int(pos[0]), T):
             self._decode_fast(q, k, v, pos, out)
             return
-        if T <= MAX_DECODE_T and self.FAST_DECODE and self._policy_steady(int(pos[0])):
+        if T <= MAX_DECODE_T and self.policy is not None and self._ranked_steady(int(pos[0])):
             self._policy_decode_fast(q, k, v, pos, out)
             return
         k = np.ascontiguousarray(k, np.float32)  # [T, n_kv, D] original basis (_push stores it)
@@ -381,38 +383,10 @@ class CompressedLayerCache(LayerCache):
         """Whether a decode token at ``p`` of a layer with a policy goes in with one call (the victims picked, demoted and merged there)."""
         return self.policy is not None and (self.merger is None or self.merger.mode > 0) and self._calibrated_entry(p)
 
-    def _empty_takes(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per head ([n_kv] bool): whether a spill takes an empty pool-0 slot, and whether its
-        demoted victim takes an empty pool-1 slot (the rest pick a victim there)."""
-        took0 = self._free[0] > 0
-        return took0, ~took0 & (self._free[1] > 0)
-
-    def _victim_ranks(self, pos: Any, took0: np.ndarray, took1: np.ndarray) -> tuple[Any, Any]:
-        """The policy's ranks (``Policy.rank_rows``) of pool 0 and pool 1 where some head must pick a victim there, else None.
-
-        pos: the held positions [n_kv, N] (an array of the policy's module);
-        took0, took1: :meth:`_empty_takes`.
-        """
-        (p0, p1), (lo0, lo1), pol = self.pools, self.lo, self.policy
-        r0 = None if took0.all() else pol.rank_rows(lo0, lo0 + p0.cap, pos[:, lo0 : lo0 + p0.cap])
-        r1 = None if not p1.cap or (took0 | took1).all() else pol.rank_rows(lo1, lo1 + p1.cap, pos[:, lo1 : lo1 + p1.cap])
-        return r0, r1
-
-    def _policy_entry(self, pos: Any) -> tuple[int, bool, tuple[np.ndarray, np.ndarray] | None, Any, Any]:
-        """Where a policy layer's next token goes: (its fp16 window slot j, whether the token there
-        spills, then which heads take an empty slot (:meth:`_empty_takes`) and the victim ranks
-        (:meth:`_victim_ranks` over ``pos``), None without a spill)."""
-        j, spill, took = self._window_entry()
-        if not spill:
-            return j, False, None, None, None
-        return (j, True, took, *self._victim_ranks(pos, *took))
-
-    def _window_entry(self) -> tuple[int, bool, tuple[np.ndarray, np.ndarray] | None]:
-        """:meth:`_policy_entry` without the ranks: (j, spill, which heads take an empty slot or None)."""
-        j, full = window_slot(self.pos, self.S, self.F)
-        if not (full and self.N > self.F):
-            return j, False, None
-        return j, True, self._empty_takes()
+    def _ranked_steady(self, p: int) -> bool:
+        """:meth:`_policy_steady` where the one-call steps rank the victims themselves, from the policy's
+        score (``Policy.ranks_by_score``; a policy that ranks otherwise goes the Python way)."""
+        return self.FAST_DECODE and self.policy.ranks_by_score and self._policy_steady(p)
 
     @functools.cached_property
     def _merge_args(self) -> tuple[int, float, Any]:
@@ -438,31 +412,22 @@ class CompressedLayerCache(LayerCache):
             self._policy_push_fast(q[t], k[t], v[t], int(pos[t]), self.rot_v is not None, self._qr[t])
         self._attend_decode(q, pos, out, qr=self._qr[:T])
 
-    def _policy_push_fast(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, p: int, rot_v: bool, qr: np.ndarray, t: int = -1) -> None:
-        """One token into a layer with a policy in one Numba call (:func:`.insert.policy_push`); its queries into ``qr``.
+    def _policy_push_fast(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, p: int, rot_v: bool, qr: np.ndarray) -> None:
+        """One decode token into a layer with a policy in one Numba call (:func:`.insert.policy_push`); its queries into ``qr``.
 
-        q [n_head, D], k [n_kv, D] original basis; v [n_kv, Dv], rotated into the
-        cache basis there when ``rot_v``.  t >= 0: row t of a prefill chunk whose
-        scores the policy holds (``adopt``).
+        q [n_head, D], k [n_kv, D] original basis; v [n_kv, Dv], rotated into the cache basis there when ``rot_v``.
         """
-        dummy = self._dummy  # [n_kv, 1]: a rank (or fold) array never read
-        t_k, mu = self._fast_basis()
         mode, thr, score = self._merge_args
         state, folds = self._policy_state
-        j, spill, _, r0, r1 = self._policy_entry(self.pos)
+        t_k, mu, k16, v16, pos, S, F, G, pool0, pool1, tmp = self._store_args()
         kt = np.ascontiguousarray(k, np.float32)
-        policy_push(
-            np.ascontiguousarray(q, np.float32), kt, np.ascontiguousarray(v, np.float32), p,
-            self.basis.rot is not None, rot_v, t_k, mu, self.k16, self.v16, self.pos, self.F, j, spill, self.kv.group,
-            self._pool_args(0), dummy if r0 is None else r0, r0 is not None,
-            self._pool_args(1), dummy if r1 is None else r1, r1 is not None,
-            state, len(state), folds or (dummy,), len(folds), self.logw, mode, thr, _EMPTY2 if score is None else score,
-            self.pools[0]._tmp, qr,
+        j = policy_push(
+            np.ascontiguousarray(q, np.float32), kt, np.ascontiguousarray(v, np.float32), p, self.basis.rot is not None, rot_v,
+            t_k, mu, k16, v16, pos, S, F, G, pool0, pool1, tmp,
+            state, len(state), folds or (self._dummy,), len(folds), self.logw, mode, thr, _EMPTY2 if score is None else score,
+            self.policy.rank_pool, self._ranking, qr,
         )  # fmt: skip
-        slots = np.full(self.spec.n_head_kv, j, np.int64)
-        self.policy.on_insert(slots, p, kt)
-        if t >= 0:
-            self.policy.adopt(slots, t)
+        self.policy.on_insert(np.full(self.spec.n_head_kv, j, np.int64), p, kt)
 
     def _fast_basis(self) -> tuple[np.ndarray, np.ndarray]:
         """(t, mu) of the key basis as dense [n_kv, D] arrays (ones / zeros where unused), cached per basis version."""
@@ -584,13 +549,8 @@ class CompressedLayerCache(LayerCache):
             if self.FAST_DECODE and self._steady_state(p):  # every token only moves slots by age: one call
                 self._push_chunk_fast(k[t:], vr[t:], pos[t:])
                 return
-            if self.FAST_DECODE and self._policy_steady(p):  # victims picked in Numba
-                if pol.ranks_by_score:  # the rest of the chunk in one call
-                    self._policy_chunk_fast(k[t:], vr[t:], pos[t:], t)
-                    return
-                qs, qr = self._qr[1], self._qr[0]  # a call a token (the queries it moves are not wanted: scratch)
-                for u in range(t, T):
-                    self._policy_push_fast(qs, k[u], vr[u], int(pos[u]), False, qr, t=u)
+            if pol is not None and self._ranked_steady(p):  # the rest of the chunk in one call, victims picked there
+                self._policy_chunk_fast(k[t:], vr[t:], pos[t:], t)
                 return
             n = min(self._window_room(p), T - t) if self.FAST_DECODE else 0
             if n > 0:  # tokens that fill empty window slots, before the spill that calibrates: one call
@@ -611,7 +571,7 @@ class CompressedLayerCache(LayerCache):
             np.ascontiguousarray(k, np.float32), np.ascontiguousarray(vr, np.float32), np.asarray(pos, np.int64),
             self.basis.rot is not None, False, *self._store_args(),
             state, len(state), folds or (self._dummy,), len(folds), self.logw, mode, thr, _EMPTY2 if score is None else score,
-            init, self.policy.rank_pool,
+            init, self.policy.rank_pool, self._ranking,
         )  # fmt: skip
 
     def _push_chunk_fast(self, k: np.ndarray, vr: np.ndarray, pos: np.ndarray) -> None:

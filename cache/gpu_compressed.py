@@ -78,7 +78,7 @@ from ..ops.gpu.arrays import device_out, is_device, positions, to_device
 from .base import LayerCache, LayerSpec
 from .compressed import MAX_DECODE_T, CompressedLayerCache
 from .factory import make_cache
-from .insert import plan_chunk, plan_policy_tokens, plan_push
+from .insert import plan_chunk, plan_policy_tokens, plan_push, window_slot
 from .kvconfig import KVConfig
 from .policies import make_policy
 from .policies.base import Column
@@ -302,6 +302,31 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         for t in range(T):
             self._policy_push_on_device(to_device(q[t]), to_device(k[t]), to_device(v[t]), int(pos[t]), pd[t : t + 1], qr=self.d_qr[t])
         self._attend_decode(q, pos, out, qr=self.d_qr[:T])
+
+    def _empty_takes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per head ([n_kv] bool): whether a spill takes an empty pool-0 slot, and whether its
+        demoted victim takes an empty pool-1 slot (the rest pick a victim there)."""
+        took0 = self._free[0] > 0
+        return took0, ~took0 & (self._free[1] > 0)
+
+    def _victim_ranks(self, pos: Any, took0: np.ndarray, took1: np.ndarray) -> tuple[Any, Any]:
+        """The policy's ranks (``Policy.rank_rows``) of pool 0 and pool 1 where some head must pick a victim there, else None.
+
+        pos: the held positions [n_kv, N] (an array of the policy's module);
+        took0, took1: :meth:`_empty_takes`.
+        """
+        (p0, p1), (lo0, lo1), pol = self.pools, self.lo, self.policy
+        r0 = None if took0.all() else pol.rank_rows(lo0, lo0 + p0.cap, pos[:, lo0 : lo0 + p0.cap])
+        r1 = None if not p1.cap or (took0 | took1).all() else pol.rank_rows(lo1, lo1 + p1.cap, pos[:, lo1 : lo1 + p1.cap])
+        return r0, r1
+
+    def _window_entry(self) -> tuple[int, bool, tuple[np.ndarray, np.ndarray] | None]:
+        """Where a policy layer's next token goes: (its fp16 window slot j, whether the token there
+        spills, then which heads take an empty slot (:meth:`_empty_takes`), None without a spill)."""
+        j, full = window_slot(self.pos, self.S, self.F)
+        if not (full and self.N > self.F):
+            return j, False, None
+        return j, True, self._empty_takes()
 
     def _policy_host_step(self, p: int) -> tuple[int, bool, tuple[np.ndarray, np.ndarray] | None]:
         """The host's part of a policy token at ``p`` (:meth:`_window_entry`): its fp16 window slot j, whether the

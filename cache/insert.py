@@ -26,7 +26,7 @@ from ..ops.cpu.f16 import f16_to_f32, f32_to_f16
 from ..ops.cpu.hadamard import fwht
 from ..ops.cpu.parallel import EXACT_JIT
 from ..ops.cpu.qattention import _attend_decode_q, dequant_row, key_similarity
-from .policies.snapkv import NO_ORDER, pooled_rows_kept
+from .policies.snapkv import NO_ORDER, pooled_victim
 from .quant import quantize_row
 
 _JIT = EXACT_JIT
@@ -382,44 +382,92 @@ def _follow(a, h, j, jq, jc, lo, lo1):
         a[h, lo + jq] = a[h, j]
 
 
+def ranking_scratch(n_kv: int, C0: int, C1: int, pool_width: int) -> tuple:
+    """Where :func:`policy_push` and :func:`policy_push_tokens` pick victims, kept by the layer from call
+    to call: (victim0, victim1 [n_kv] int64, then each pool's position order and the positions it is
+    of, ``snapkv.pooled_victim``'s, [n_kv, 0] unless ``pool_width`` > 0: order0, prev0, order1, prev1).
+    A decode step moves one or two slots of a pool, so its order is repaired, not sorted again."""
+    k0, k1 = (C0, C1) if pool_width > 0 else (0, 0)
+    return (
+        np.zeros(n_kv, np.int64), np.zeros(n_kv, np.int64),
+        np.empty((n_kv, k0), np.int64), np.full((n_kv, k0), NO_ORDER, np.int32),
+        np.empty((n_kv, k1), np.int64), np.full((n_kv, k1), NO_ORDER, np.int32),
+    )  # fmt: skip
+
+
+@nb.njit(**_JIT)
+def _spill_victims(pos, pool0, pool1, state, pool_width, ranking) -> None:
+    """Each head's slot (pool-local) that a spilling token takes in pool 0, and, where that holds a
+    token, the one of pool 1 that token is demoted to: the first empty slot, else the least
+    important by the policy's ranks (``Policy.rank_rows``: ``state[0]``, max-pooled over
+    ``pool_width`` neighbours in position order when > 0), the oldest on ties (``Policy.victim``;
+    ``kvquant.cu`` kq_pick), into ranking's victim0 / victim1.  The ranks are computed only where a
+    head has no empty slot (while the pools fill, SnapKV's pooling had cost 3.5 ms a layer-chunk)."""
+    lo, lo1 = pool0[0], pool1[0]
+    C0, C1 = pool0[2].shape[1], pool1[2].shape[1]
+    free0, free1 = pool0[1], pool1[1]
+    v0, v1, order0, prev0, order1, prev1 = ranking
+    s = state[0]
+    for h in range(free0.shape[0]):
+        prow = pos[h]
+        v0[h] = _victim(prow, lo, C0, s[h], free0[h] > 0, pool_width, order0, prev0, h)
+        if C1 > 0 and free0[h] == 0:
+            v1[h] = _victim(prow, lo1, C1, s[h], free1[h] > 0, pool_width, order1, prev1, h)
+
+
+@nb.njit(inline="always", **_JIT)
+def _victim(prow, lo, cap, srow, has_empty, pool_width, order, prev, h) -> int:
+    """:func:`_spill_victims` for one head and pool ``[lo, lo + cap)``."""
+    if has_empty:
+        return _first_empty_or_oldest(prow[lo : lo + cap])[0]
+    if pool_width > 0:
+        return pooled_victim(srow[lo : lo + cap], prow[lo : lo + cap], pool_width, order[h], prev[h])
+    return _pick(prow, lo, cap, srow[lo : lo + cap], True)[0]
+
+
 @nb.njit(**_JIT)
 def policy_push(
-    q, k, v, p, rot_k, rot_v, t_k, mu, k16, v16, pos, F, j, spill, G, pool0, rank0, has_rank0, pool1, rank1, has_rank1,
-    state, n_state, folds, n_fold, logw, mode, threshold, score, tmp, qr,
-) -> None:  # fmt: skip
+    q, k, v, p, rot_k, rot_v, t_k, mu, k16, v16, pos, S, F, G, pool0, pool1, tmp,
+    state, n_state, folds, n_fold, logw, mode, threshold, score, pool_width, ranking, qr,
+) -> int:  # fmt: skip
     """One decode token into a compressed layer with an eviction policy: ``kvquant.cu`` kv_policy_push on the CPU.
+    Returns the fp16 window slot it took (the host's ``Policy.on_insert`` gives it its state there).
 
     Each KV head keeps its own tokens (pos [n_kv, N]).  The new token goes to
-    fp16 slot ``j`` (:func:`window_slot`); with ``spill`` the token there first
-    moves to each head's pool 0: its first empty slot, else the least
-    important by ``rank0`` [n_kv, C0] (``Policy.rank_rows``), which is demoted
-    to pool 1 (picked over ``rank1``) when there is one, else evicted; an
-    evicted token (pool 0's without a pool 1, pool 1's to make room) is merged
-    (``mode`` 1 mean, 2 KeepKV; 0 drops it, see :func:`_merge`).  ``state``:
-    a tuple of the policy's per-slot arrays [n_kv, N], the first ``n_state``
-    moving with their tokens; ``folds``: a tuple of those a merged token's
-    entry adds into, the first ``n_fold``; ``logw`` [n_kv, N] the merge
-    log-weights ([0, 0]: none), moved too; rank0/rank1 [n_kv, >= 1] (read
-    only where has_rank*).  The pools' ``free`` [n_kv]: empty slots per head,
-    kept up to date.  The rest as :func:`decode_push`.
+    the fp16 window slot of ``[S, F)`` :func:`window_slot` gives; when the
+    window is full the token there first moves to each head's pool 0: its
+    first empty slot, else the least important by the policy's ranks
+    (:func:`_spill_ranks`, from ``state[0]``), which is demoted to pool 1
+    (picked likewise) when there is one, else evicted; an evicted token (pool
+    0's without a pool 1, pool 1's to make room) is merged (``mode`` 1 mean,
+    2 KeepKV; 0 drops it, see :func:`_merge`).  ``state``: a tuple of the
+    policy's per-slot arrays [n_kv, N], the first ``n_state`` moving with
+    their tokens; ``folds``: a tuple of those a merged token's entry adds
+    into, the first ``n_fold``; ``logw`` [n_kv, N] the merge log-weights
+    ([0, 0]: none), moved too; ``ranking``: :func:`ranking_scratch`.  The
+    pools' ``free`` [n_kv]: empty slots per head, kept up to date.  The rest
+    as :func:`decode_push`.
     """
+    j, full = window_slot(pos, S, F)
+    spill = full and pos.shape[1] > F
+    if spill:
+        _spill_victims(pos, pool0, pool1, state, pool_width, ranking)
     _policy_token(
-        k, v, p, rot_k, rot_v, t_k, mu, k16, v16, pos, j, spill, G, pool0, rank0, has_rank0, pool1, rank1, has_rank1,
+        k, v, p, rot_k, rot_v, t_k, mu, k16, v16, pos, j, spill, G, pool0, pool1, ranking[0], ranking[1],
         state, n_state, folds, n_fold, logw, mode, threshold, score, logw[:0], False, tmp,
     )  # fmt: skip
     for h in range(k.shape[0]):
         _head_queries(h, q, t_k, rot_k, qr)
+    return j
 
 
 @nb.njit(**_JIT)
 def policy_push_tokens(
     k, v, ppos, rot_k, rot_v, t_k, mu, k16, v16, pos, S, F, G, pool0, pool1, tmp,
-    state, n_state, folds, n_fold, logw, mode, threshold, score, init, pool_width,
+    state, n_state, folds, n_fold, logw, mode, threshold, score, init, pool_width, ranking,
 ) -> None:  # fmt: skip
-    """A prefill chunk's tokens, in order, into a layer whose policy ranks by its score
-    (``Policy.ranks_by_score``: ``state[0]``, read in place as each token comes, or max-pooled
-    over ``pool_width`` neighbours in position order when > 0, ``Policy.rank_pool``):
-    ``kvquant.cu`` kv_policy_push_tokens on the CPU.
+    """A prefill chunk's tokens, in order, into a layer with a policy (the ranks read in place as each
+    token comes, :func:`_spill_ranks`): ``kvquant.cu`` kv_policy_push_tokens on the CPU.
 
     k [T, n_kv, D], v [T, n_kv, Dv] (values in the cache basis when not
     ``rot_v``); ppos [T] their positions; each takes the window slot
@@ -428,51 +476,26 @@ def policy_push_tokens(
     (``Policy.insert_chunk``).  The rest as :func:`policy_push`.
     """
     N = pos.shape[1]
-    lo, lo1 = pool0[0], pool1[0]
-    C0, C1 = pool0[2].shape[1], pool1[2].shape[1]
-    free0, free1 = pool0[1], pool1[1]  # empty slots per head, kept up to date by _policy_token
-    s0, s1 = state[0][:, lo : lo + C0], state[0][:, lo1 : lo1 + C1]
-    p0, p1 = pos[:, lo : lo + C0], pos[:, lo1 : lo1 + C1]
-    rank0, rank1 = np.empty((k.shape[1], C0), np.float32), np.empty((k.shape[1], C1), np.float32)
-    # each pool's position order, kept from token to token (a token moves one or two slots of each)
-    k0, k1 = (C0, C1) if pool_width > 0 else (0, 0)
-    order0, order1 = np.empty((k.shape[1], k0), np.int64), np.empty((k.shape[1], k1), np.int64)
-    prev0, prev1 = np.full((k.shape[1], k0), NO_ORDER, np.int32), np.full((k.shape[1], k1), NO_ORDER, np.int32)
     for t in range(k.shape[0]):
         j, full = window_slot(pos, S, F)
         spill = full and N > F
-        if spill:  # the ranks as the token comes (the state moved with the last one)
-            # only of a pool where some head has no empty slot (an empty one is taken whatever the ranks,
-            # as _victim_ranks on the host): while the pools fill, SnapKV's pooling was 3.5 ms a layer-chunk
-            need0, need1 = False, False
-            for h in range(k.shape[1]):
-                if free0[h] == 0:
-                    need0 = True
-                    need1 |= C1 > 0 and free1[h] == 0
-            if pool_width > 0:
-                if need0:
-                    pooled_rows_kept(s0, p0, pool_width, rank0, order0, prev0)
-                if need1:
-                    pooled_rows_kept(s1, p1, pool_width, rank1, order1, prev1)
-            else:
-                for h in range(k.shape[1]):
-                    if need0:
-                        copy_into(rank0[h], s0[h])
-                    if need1:
-                        copy_into(rank1[h], s1[h])
+        if spill:  # the victims as the token comes (the state moved with the last one)
+            _spill_victims(pos, pool0, pool1, state, pool_width, ranking)
         _policy_token(
-            k[t], v[t], ppos[t], rot_k, rot_v, t_k, mu, k16, v16, pos, j, spill, G, pool0, rank0, True, pool1, rank1, True,
+            k[t], v[t], ppos[t], rot_k, rot_v, t_k, mu, k16, v16, pos, j, spill, G, pool0, pool1, ranking[0], ranking[1],
             state, n_state, folds, n_fold, logw, mode, threshold, score, init[:, :, t], True, tmp,
         )  # fmt: skip
 
 
 @nb.njit(**_JIT)
 def _policy_token(
-    k, v, p, rot_k, rot_v, t_k, mu, k16, v16, pos, j, spill, G, pool0, rank0, has_rank0, pool1, rank1, has_rank1,
+    k, v, p, rot_k, rot_v, t_k, mu, k16, v16, pos, j, spill, G, pool0, pool1, victim0, victim1,
     state, n_state, folds, n_fold, logw, mode, threshold, score, init, has_init, tmp,
 ) -> None:  # fmt: skip
-    """One token into every head of a layer with a policy (:func:`policy_push` but for the queries); with
-    ``has_init`` its state starts at ``init`` [n_state, n_kv] (else left to the policy's on_insert)."""
+    """One token into every head of a layer with a policy (:func:`policy_push` but for the queries): with
+    ``spill``, the token in fp16 slot j first moves to each head's pool-0 slot ``victim0[h]``, whose token
+    (if any) is demoted to pool-1 slot ``victim1[h]`` (:func:`_spill_victims`) or, without a pool 1,
+    evicted.  With ``has_init`` its state starts at ``init`` [n_state, n_kv] (else left to the policy's on_insert)."""
     n_kv, D = k.shape
     Dv = v.shape[1]
     kf, vf = np.empty(D, np.float32), np.empty(Dv, np.float32)
@@ -484,12 +507,12 @@ def _policy_token(
         prow = pos[h]
         jq, jc = -1, -1
         if spill:
-            jq, empty = _pick(prow, lo, C0, rank0[h], has_rank0)
-            if empty:
+            jq = victim0[h]
+            if prow[lo + jq] < 0:
                 free[h] -= 1
             elif C1 > 0:
-                jc, empty1 = _pick(prow, lo1, C1, rank1[h], has_rank1)
-                if empty1:
+                jc = victim1[h]
+                if prow[lo1 + jc] < 0:
                     free1[h] -= 1
                 elif mode:
                     _merge(h, jc, prow, G, pool1, mode, threshold, logw, score, folds, n_fold, kf, vf, kt, vt, sims1, tmp)

@@ -127,41 +127,86 @@ def pooled_rows_kept(s: np.ndarray, pos: np.ndarray, kernel: int, out: np.ndarra
     m, n = s.shape
     if n == 0:
         return
-    half = kernel // 2
-    spare = np.empty(n, np.int64)
-    count = np.empty(257, np.int64)
-    moved = np.empty(REPAIR_MAX, np.int64)
-    ext = np.empty(n + kernel - 1, np.float32)  # scores in position order, the ends repeated
     best = np.empty(n, np.float32)
     for r in range(m):
-        p, pp, o = pos[r], prev[r], order[r]
-        nm = 0
-        if pp[0] != NO_ORDER:
-            for i in range(n):
-                if p[i] != pp[i]:
-                    if nm < REPAIR_MAX:
-                        moved[nm] = i
-                    nm += 1
-        if pp[0] == NO_ORDER or nm > REPAIR_MAX:
-            _order_by_position(p, o, spare, count)
-        elif nm > 0:
-            _repair_order(p, pp, o, moved[:nm])
-        copy_into(pp, p)
-        sr = s[r]
-        for i in range(n):
-            ext[half + i] = sr[o[i]]
-        for i in range(half):
-            ext[i] = ext[half]
-        for i in range(half + n, n + kernel - 1):
-            ext[i] = ext[half + n - 1]
-        copy_into(best, ext)
-        for w in range(1, kernel):
-            sh = ext[w : w + n]
-            for i in range(n):
-                best[i] = max(best[i], sh[i])
-        orow = out[r]
+        _pooled_in_order(s[r], pos[r], kernel, order[r], prev[r], best)
+        o, orow = order[r], out[r]
         for i in range(n):
             orow[o[i]] = best[i]
+
+
+@nb.njit(**EXACT_JIT)
+def pooled_victim(s: np.ndarray, pos: np.ndarray, kernel: int, order: np.ndarray, prev: np.ndarray) -> int:
+    """The slot (index into the row) of least pooled score, the oldest on ties, or the first empty one
+    (position -1): what ``_pick`` finds over :func:`pooled_rows_kept`'s row, without writing the ranks
+    back into slot order and scanning them again (SnapKV's decode step, once a layer-step and head).
+    s, pos [n] one head's row; order, prev [n] its kept order (as :func:`pooled_rows_kept`'s rows)."""
+    n = s.shape[0]
+    best = np.empty(n, np.float32)
+    _pooled_in_order(s, pos, kernel, order, prev, best)
+    if pos[order[0]] < 0:  # empty slots come first in position order, by slot
+        return order[0]
+    # the least, in 16 independent lanes so that the pass vectorises (a compare-select, exact), then the
+    # first slot in position order that holds it (the oldest), a block of 16 compared at a time
+    nb16 = n // 16
+    lanes = np.empty(16, np.float32)
+    for i in range(16):
+        lanes[i] = best[0]
+    for b in range(nb16):
+        for i in range(16):
+            x = best[16 * b + i]
+            lanes[i] = x if x < lanes[i] else lanes[i]
+    least = lanes[0]
+    for i in range(16):
+        least = min(least, lanes[i])
+    for i in range(16 * nb16, n):
+        least = min(least, best[i])
+    start = 16 * nb16
+    for b in range(nb16):
+        hit = False
+        for i in range(16):
+            hit |= best[16 * b + i] == least
+        if hit:
+            start = 16 * b
+            break
+    for i in range(start, n):
+        if best[i] == least:
+            return order[i]
+    return order[0]  # (not reached)
+
+
+@nb.njit(**EXACT_JIT)
+def _pooled_in_order(sr: np.ndarray, p: np.ndarray, kernel: int, o: np.ndarray, pp: np.ndarray, best: np.ndarray) -> None:
+    """One row: its kept position order ``o`` brought up to date with ``p`` (``pp``: the positions it
+    was of, then ``p``), and ``best[i]`` the score of slot ``o[i]`` max-pooled over its ``kernel``
+    neighbours in that order."""
+    n = sr.shape[0]
+    half = kernel // 2
+    nm = 0
+    moved = np.empty(REPAIR_MAX, np.int64)
+    if pp[0] != NO_ORDER:
+        for i in range(n):
+            if p[i] != pp[i]:
+                if nm < REPAIR_MAX:
+                    moved[nm] = i
+                nm += 1
+    if pp[0] == NO_ORDER or nm > REPAIR_MAX:
+        _order_by_position(p, o, np.empty(n, np.int64), np.empty(257, np.int64))
+    elif nm > 0:
+        _repair_order(p, pp, o, moved[:nm])
+    copy_into(pp, p)
+    ext = np.empty(n + kernel - 1, np.float32)  # scores in position order, the ends repeated
+    for i in range(n):
+        ext[half + i] = sr[o[i]]
+    for i in range(half):
+        ext[i] = ext[half]
+    for i in range(half + n, n + kernel - 1):
+        ext[i] = ext[half + n - 1]
+    copy_into(best, ext)
+    for w in range(1, kernel):
+        sh = ext[w : w + n]
+        for i in range(n):
+            best[i] = max(best[i], sh[i])
 
 
 @nb.njit(inline="always", **EXACT_JIT)

@@ -344,9 +344,10 @@ def _check_decode_kernel(bits: int, group: int, geometry: tuple, D: int) -> None
 
 @pytest.mark.parametrize("geometry", [(3, 9, 64, 600, 1), (3, 9, 64, 600, 2), (1, 4, 256, 516, 2), (2, 4, 96, 37, 1)])
 def test_fp16_slots_read_in_place_equal_the_same_rows_decoded_first(geometry):
-    """The fp16 area is read in place (float16 converted on the way into the FMAs); a 16-bit
-    pool holding the same rows goes through the float tile.  Bitwise the same output and
-    probabilities, with and without a split over threads, from a ring larger than the slots used."""
+    """The fp16 area is read in place (float16 converted on the way into the FMAs), and so are 16-bit
+    pools (an eviction policy over fp16 slots).  Bitwise the same output and probabilities from the
+    same rows in either, with and without a split over threads, from a ring larger than the slots
+    used; and the same to float rounding with the rows cut over the area and two 16-bit pools."""
     n_kv, H, D, N, n_threads = geometry
     rng = np.random.default_rng(5)
     ring = rng.standard_normal((2, n_kv, N + 50, D)).astype(np.float16).view(np.uint16)
@@ -355,14 +356,16 @@ def test_fp16_slots_read_in_place_equal_the_same_rows_decoded_first(geometry):
     pos = np.arange(N, dtype=np.int32)[None, :]
     none = np.zeros((0, 0), np.float32)
 
-    def attend(area, pool):
+    def attend(area, pool, pool1=None):
         out, probs = np.zeros((1, H, D), np.float32), np.zeros((n_kv, N), np.float32)
         (k16_, v16_), (kc, vc) = area, pool
         e_m = np.zeros((n_kv, kc.shape[1], 0, 2), np.uint8)
-        e_c, e_cm = np.zeros((n_kv, 0, 2 * D), np.uint8), np.zeros((n_kv, 0, 0, 2), np.uint8)
+        e_c = np.zeros((n_kv, 0, 2 * D), np.uint8)
+        kc1, vc1 = pool1 or (e_c, e_c)
+        e_cm = np.zeros((n_kv, kc1.shape[1], 0, 2), np.uint8)
         lut = np.ones(256, np.float32)
         attend_decode_q(
-            q, np.array([N], np.int32), k16_, v16_, kc, e_m, vc, e_m, 16, 16, e_c, e_cm, e_c, e_cm, 16, 16,
+            q, np.array([N], np.int32), k16_, v16_, kc, e_m, vc, e_m, 16, 16, kc1, e_cm, vc1, e_cm, 16, 16,
             lut, lut, lut, lut, 32, pos, none, 0, 0.125, 0.0, out, np.zeros((n_kv, H // n_kv, N), np.float32), probs,
             split_for=n_threads,
         )  # fmt: skip
@@ -374,6 +377,11 @@ def test_fp16_slots_read_in_place_equal_the_same_rows_decoded_first(geometry):
     out_pool, probs_pool = attend((no_rows, no_rows), as_pool)
     assert np.array_equal(out_area, out_pool)
     assert np.array_equal(probs_area, probs_pool)
+    a, b = N // 3, 2 * N // 3  # the area, pool 0 and pool 1 a third each
+    thirds = [[np.ascontiguousarray(x[:, lo:hi]).view(np.uint8) for x in (k16, v16)] for lo, hi in ((a, b), (b, N))]
+    out_3, probs_3 = attend((k16[:, :a], v16[:, :a]), *thirds)
+    np.testing.assert_allclose(out_3, out_area, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(probs_3, probs_area, rtol=0, atol=1e-6)
     ref, _ = _reference_attention(q[0], k16.view(np.float16).astype(np.float32), v16.view(np.float16).astype(np.float32), 0.125)
     np.testing.assert_allclose(out_area[0], ref, atol=2e-5)
 

@@ -876,17 +876,18 @@ def _half_tiles(mode, tp, ts, n, D, yp, gqa, xp, xs):
 
 
 @nb.njit(**_JIT)
-def _half_pass(mode: int, xh: np.ndarray, j0: int, j1: int, R: int, y: np.ndarray, s: np.ndarray, gqa: int) -> None:
-    """``_pass`` over fp16 slots ``j0 .. j1`` (xh: [F, D] uint16 of one KV head, s: its scores
-    [gqa, N]), read in place R rows at a time: a tile's rows stay in L1 while every query head goes
-    over them.  (A call of its own: inlined, it made the pools' loops in ``_pass`` 7% slower.)"""
+def _half_pass(mode: int, xh: np.ndarray, j0: int, j1: int, R: int, y: np.ndarray, s: np.ndarray, gqa: int, row0: int) -> None:
+    """``_pass`` over fp16 slots ``j0 .. j1`` (xh: one KV head's rows of fp16 bits from slot ``row0`` on:
+    the fp16 area [F, D] uint16, or a 16-bit pool's codes [C, 2D] uint8; s: its scores [gqa, N]), read
+    in place R rows at a time: a tile's rows stay in L1 while every query head goes over them.  (A
+    call of its own: inlined, it made the pools' loops in ``_pass`` 7% slower.)"""
     D = y.shape[1]
     ts = xh.strides[0] // 2
     xs = s.strides[0] // 4
     for a0 in range(j0, j1, R):
         n = min(R, j1 - a0)
         xp = s.ctypes.data + 4 * a0
-        tp = xh.ctypes.data + a0 * xh.strides[0]
+        tp = xh.ctypes.data + (a0 - row0) * xh.strides[0]
         _half_tiles(mode, tp, ts, n, D, y.ctypes.data, gqa, xp, xs)
 
 
@@ -910,9 +911,18 @@ def _pass(mode: int, kh: int, j0: int, j1: int, x16: np.ndarray, c0: np.ndarray,
     if vector and x16.strides[2] == 2 and x16.strides[1] % 2 == 0:  # the fp16 slots in place
         e = min(j1, F)
         if j0 < e:
-            _half_pass(mode, x16[kh], j0, e, R, y, s_all[kh], gqa)
+            _half_pass(mode, x16[kh], j0, e, R, y, s_all[kh], gqa, 0)
         a0 = max(j0, e)
-    for a0 in range(a0, j1, R):  # (from the first pool slot when the fp16 ones went in place)
+        # 16-bit pools (an eviction policy over fp16 slots) likewise: through the float tiles, their
+        # rows decoded first, --kv-budget's attention cost twice as much a slot as the fp16 area's
+        if w0 == 16 and a0 < min(j1, F + C0) and c0.strides[2] == 1 and c0.strides[1] % 2 == 0:
+            e = min(j1, F + C0)
+            _half_pass(mode, c0[kh], a0, e, R, y, s_all[kh], gqa, F)
+            a0 = e
+        if w1 == 16 and F + C0 <= a0 < j1 and c1.strides[2] == 1 and c1.strides[1] % 2 == 0:
+            _half_pass(mode, c1[kh], a0, j1, R, y, s_all[kh], gqa, F + C0)
+            a0 = j1
+    for a0 in range(a0, j1, R):  # (from the first slot the in-place passes left)
         n = min(R, j1 - a0)
         _fill_tile(a0, n, F, C0, x16[kh], c0[kh], m0[kh], lut0, w0, c1[kh], m1[kh], lut1, w1, G, D, tile)
         if vector:

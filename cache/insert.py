@@ -437,7 +437,7 @@ def policy_push(
     the fp16 window slot of ``[S, F)`` :func:`window_slot` gives; when the
     window is full the token there first moves to each head's pool 0: its
     first empty slot, else the least important by the policy's ranks
-    (:func:`_spill_ranks`, from ``state[0]``), which is demoted to pool 1
+    (:func:`_spill_victims`, from ``state[0]``), which is demoted to pool 1
     (picked likewise) when there is one, else evicted; an evicted token (pool
     0's without a pool 1, pool 1's to make room) is merged (``mode`` 1 mean,
     2 KeepKV; 0 drops it, see :func:`_merge`).  ``state``: a tuple of the
@@ -467,7 +467,7 @@ def policy_push_tokens(
     state, n_state, folds, n_fold, logw, mode, threshold, score, init, pool_width, ranking,
 ) -> None:  # fmt: skip
     """A prefill chunk's tokens, in order, into a layer with a policy (the ranks read in place as each
-    token comes, :func:`_spill_ranks`): ``kvquant.cu`` kv_policy_push_tokens on the CPU.
+    token comes, :func:`_spill_victims`): ``kvquant.cu`` kv_policy_push_tokens on the CPU.
 
     k [T, n_kv, D], v [T, n_kv, Dv] (values in the cache basis when not
     ``rot_v``); ppos [T] their positions; each takes the window slot

@@ -336,8 +336,8 @@ def kv_config(kw: dict[str, Any]):
     given = {k: v for k, v in given.items() if v is not None}
     if preset is None and not given:
         return None
-    if ("budget" in given or "ratio" in given) and "policy" not in given and preset is None:
-        given["policy"] = DEFAULT_POLICY  # a budget alone means: evict with the default policy
+    if (given.get("budget") or given.get("ratio")) and "policy" not in given and preset is None:
+        given["policy"] = DEFAULT_POLICY  # a budget alone means: evict with the default policy (0: no budget, nothing to evict)
     try:
         cfg = KVConfig.preset(preset) if preset else KVConfig()
         cfg = cfg.with_(**given) if given else cfg

@@ -530,6 +530,17 @@ def test_session_shifts_out_old_turns_when_the_context_fills(model):
         s.send("x" * 2000, max_tokens=8)
 
 
+def test_a_kv_budget_alone_evicts_with_h2o_and_zero_means_no_budget():
+    """`--kv-budget N` alone evicts with the default policy; `--kv-budget 0` (the whole context, as
+    llama.cpp's 0 for a size) asks for no eviction, so no policy runs and the cache stays the plain one."""
+    from kvrun.cli import kv_config
+
+    assert kv_config({"kv_budget": 512}) == KVConfig(policy="h2o", budget=512)
+    assert kv_config({"kv_ratio": 0.5, "kv_bits": 2}) == KVConfig(bits=2, policy="h2o", ratio=0.5)
+    assert kv_config({"kv_budget": 0, "kv_bits": 2}) == KVConfig(bits=2)
+    assert not kv_config({"kv_budget": 0}).is_compressed
+
+
 def test_load_takes_a_kv_config_or_spec(tiny_path):
     import kvrun
 

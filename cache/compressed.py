@@ -147,8 +147,8 @@ class CompressedLayerCache(LayerCache):
 
     # ------------------------------------------------------------ protocol
     FAST_DECODE = True  # steady-state decode steps in one Numba call (the GPU mirror tracks each write instead)
-    #: pool widths the one-call steps store.  16: lossless pools behind the window, as an eviction policy
-    #: alone (``--kv-budget``) makes; until stop 33 their tokens went in through Python, ~2.5x slower
+    #: pool widths the one-call steps (and the GPU mirror's kvquant.cu) store.  16: lossless pools behind the
+    #: window, as an eviction policy alone (``--kv-budget``) makes; until stop 33 their tokens went in through Python
     STORED_WIDTHS = (16, 8, 4, 3, 2)
 
     def update_and_attend(self, q, k, v, pos, out) -> None:

@@ -127,7 +127,6 @@ class GPUCompressedLayerCache(CompressedLayerCache):
     """
 
     FAST_DECODE = False  # every host write is recorded for the device mirror (_push, the tracked pools)
-    STORED_WIDTHS = (8, 4, 3, 2)  # what kvquant.cu stores on the device; fp16 pools go the host's way
 
     def __init__(self, spec: LayerSpec, kv: KVConfig, n_ctx: int) -> None:
         super().__init__(spec, kv, n_ctx)

@@ -55,6 +55,22 @@ def test_quantize_rows_matches_the_cpu_quantizer(rt, bits, D, G):
     assert np.all(got[::7] == 0.0)
 
 
+@pytest.mark.parametrize("D", [64, 256, 48])
+def test_16_bit_rows_are_the_cpus_float16_bytes(rt, D):
+    """fp16 pools (an eviction policy alone) are stored on the device too: a 16-bit row is its float16
+    bytes, bitwise what the CPU stores (subnormals, overflow to inf and all-zero rows included)."""
+    rng = np.random.default_rng(D)
+    x = _rows(rng, 40, D)
+    x[3, :4] = [1e-6, -3e-8, 70000.0, -0.0]
+    with np.errstate(over="ignore"):  # (the overflow to inf is meant)
+        codes, meta, _ = quantize(x, 16, 32)
+    xp = rt.xp
+    d_codes, d_meta = xp.zeros(codes.shape, np.uint8), xp.zeros(meta.shape, np.uint8)
+    clips = kvquant.clip_table([CLIPS[16]])
+    kvquant.quantize_rows(xp.asarray(x), 16, 32 if D % 32 == 0 else 16, xp.asarray(np.ones(256, np.float32)), xp.asarray(clips[0]), d_codes, d_meta)
+    np.testing.assert_array_equal(rt.asnumpy(d_codes), codes)
+
+
 @pytest.mark.parametrize("n", [16, 64, 128, 256])
 def test_fwht_rows_is_the_hadamard_product(rt, n):
     """A decode step's output back from the rotated V basis: x @ H, as the CPU's matmul by H (to float rounding)."""

@@ -198,6 +198,10 @@ CACHE_KV = [
     "2,policy=gkv,budget=24,residual=4,mixed=8/2,group=16",
     "2,policy=keydiff,budget=24,residual=4,group=16",
     "2,policy=streaming,budget=24,residual=4,sinks=2,group=16",
+    # fp16 pools (an eviction policy alone, --kv-budget): stored on the device too since stop 33
+    "16,policy=h2o,budget=24,residual=4,sinks=2",
+    "16,policy=snapkv,budget=24,residual=4,merge=keepkv",
+    "2,policy=tova,budget=24,residual=4,mixed=16/2,merge=mean,group=16",
 ]
 
 

@@ -71,11 +71,20 @@ __device__ __forceinline__ void kq_group(const int (&ops)[N], float (&v)[N], int
 __device__ __forceinline__ int kq_byte(double v) { return v < 0.0 ? 0 : v > 255.0 ? 255 : (int)v; }
 
 // Quantize one row held one value per thread (thread d < Dx holds x; the rest
-// pass anything and `on` = false) into codes [Dx * w / 8] and meta [Dx / G, 2].
+// pass anything and `on` = false) into codes [Dx * w / 8] and meta [Dx / G, 2]
+// (16 bits: the float16 bytes, as cache/quant.py quantize_row stores them).
 // clips: this width's clipping ratios, 0-terminated.  cs: [KQ_MAX_T] shared ints.
 __device__ void kq_quantize_row(float x, bool on, int Dx, int bits, int G, const float* lut, const float* clips, u8* codes, u8* meta,
                                 int* cs, float* scr) {
     const int d = threadIdx.x;
+    if (bits == 16) {  // an fp16 pool (an eviction policy alone): the value's float16 bytes, little-endian, no meta
+        if (on) {
+            const u16 h = f2h(x);
+            codes[2 * d] = (u8)(h & 0xFF);
+            codes[2 * d + 1] = (u8)(h >> 8);
+        }
+        return;
+    }
     const int L = (1 << bits) - 1;
     const float Lf = (float)L;
     float r3[3] = {on ? fminf(x, 0.0f) : 0.0f, on ? fmaxf(x, 0.0f) : 0.0f, on ? x : 0.0f};

@@ -54,8 +54,8 @@ def quantize_rows(x: Any, bits: int, G: int, lut: Any, clips: Any, codes: Any, m
     """
     n, Dx = x.shape
     why = supported(Dx, Dx, G)
-    if why or bits not in (2, 3, 4, 8):
-        raise ValueError(f"no device quantizer for {bits}-bit rows of {Dx}: {why or 'widths are 2, 3, 4, 8'}")
+    if why or bits not in (2, 3, 4, 8, 16):
+        raise ValueError(f"no device quantizer for {bits}-bit rows of {Dx}: {why or 'widths are 2, 3, 4, 8, 16'}")
     K.launch("kvq_quantize_rows", (n,), (_threads(Dx),), x, codes, meta, lut, clips, Dx, bits, G)
 
 

@@ -159,7 +159,7 @@ class CompressedLayerCache(LayerCache):
         if T <= MAX_DECODE_T and self._fast_decode_ready(int(pos[0]), T):
             self._decode_fast(q, k, v, pos, out)
             return
-        if T <= MAX_DECODE_T and self.policy is not None and self._ranked_steady(int(pos[0])):
+        if T <= MAX_DECODE_T and self._ranked_steady(int(pos[0])):
             self._policy_decode_fast(q, k, v, pos, out)
             return
         k = np.ascontiguousarray(k, np.float32)  # [T, n_kv, D] original basis (_push stores it)
@@ -386,7 +386,7 @@ class CompressedLayerCache(LayerCache):
     def _ranked_steady(self, p: int) -> bool:
         """:meth:`_policy_steady` where the one-call steps rank the victims themselves, from the policy's
         score (``Policy.ranks_by_score``; a policy that ranks otherwise goes the Python way)."""
-        return self.FAST_DECODE and self.policy.ranks_by_score and self._policy_steady(p)
+        return self.FAST_DECODE and self._policy_steady(p) and self.policy.ranks_by_score
 
     @functools.cached_property
     def _merge_args(self) -> tuple[int, float, Any]:
@@ -549,7 +549,7 @@ class CompressedLayerCache(LayerCache):
             if self.FAST_DECODE and self._steady_state(p):  # every token only moves slots by age: one call
                 self._push_chunk_fast(k[t:], vr[t:], pos[t:])
                 return
-            if pol is not None and self._ranked_steady(p):  # the rest of the chunk in one call, victims picked there
+            if self._ranked_steady(p):  # the rest of the chunk in one call, victims picked there
                 self._policy_chunk_fast(k[t:], vr[t:], pos[t:], t)
                 return
             n = min(self._window_room(p), T - t) if self.FAST_DECODE else 0

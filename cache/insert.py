@@ -50,29 +50,24 @@ def fwht_copy(x: np.ndarray) -> np.ndarray:
 
 
 @nb.njit(inline="always", **_JIT)
-def _pick(prow: np.ndarray, lo: int, cap: int, rank: np.ndarray, has_rank: bool) -> tuple[int, bool]:
+def _pick(prow: np.ndarray, lo: int, cap: int, rank: np.ndarray) -> tuple[int, bool]:
     """The slot of a pool ``[lo, lo + cap)`` to fill, from its positions ``prow``: the first empty one,
-    else the least important by ``rank`` ([cap]; all equal without: the oldest), the oldest on
-    ties (``Policy.victim``; ``kvquant.cu`` kq_pick).  Returns (pool-local slot, was empty)."""
-    if not has_rank and cap > 0:
-        return _first_empty_or_oldest(prow[lo : lo + cap])
+    else the least important by ``rank`` ([cap]), the oldest on ties (``Policy.victim``; ``kvquant.cu``
+    kq_pick).  Returns (pool-local slot, was empty).  Without ranks: :func:`_first_empty_or_oldest`."""
     bi, br, bp = -1, np.float32(0.0), 0
     for s in range(cap):
         ps = prow[lo + s]
         if ps < 0:
             return s, True
-        r = rank[s] if has_rank else np.float32(0.0)
+        r = rank[s]
         if bi < 0 or r < br or (r == br and ps < bp):
             bi, br, bp = s, r, ps
     return bi, False
 
 
-_NO_RANK = np.zeros(1, np.float32)  # _pick's rank where there is none (never read)
-
-
 @nb.njit(inline="always", **_JIT)
 def _first_empty_or_oldest(prow: np.ndarray) -> tuple[int, bool]:
-    """:func:`_pick` without ranks: the first empty slot, else the oldest, as the first slot holding the
+    """A pool's slot to fill without ranks: the first empty slot, else the oldest, as the first slot holding the
     least of ``max(position, -1)``.  Two passes that vectorise, where the one-pass compare chain
     took ~5 ns a slot: a full 3500-slot pool cost a decode step 17 us a layer to find its oldest."""
     m = np.int32(2**31 - 1)
@@ -88,7 +83,7 @@ def _first_empty_or_oldest(prow: np.ndarray) -> tuple[int, bool]:
 def _take_slot(pos: np.ndarray, lo: int, cap: int, free: np.ndarray) -> int:
     """A slot of the pool at ``[lo, lo + cap)`` for all heads (positions shared, row 0): a never-used
     one, else the oldest (as ``CompressedLayerCache._take_shared``); returns its index within the pool."""
-    s, empty = _pick(pos[0], lo, cap, _NO_RANK, False)
+    s, empty = _first_empty_or_oldest(pos[0, lo : lo + cap])
     if empty:
         free[0] -= 1
     return s
@@ -422,7 +417,7 @@ def _victim(prow, lo, cap, srow, has_empty, pool_width, order, prev, h) -> int:
         return _first_empty_or_oldest(prow[lo : lo + cap])[0]
     if pool_width > 0:
         return pooled_victim(srow[lo : lo + cap], prow[lo : lo + cap], pool_width, order[h], prev[h])
-    return _pick(prow, lo, cap, srow[lo : lo + cap], True)[0]
+    return _pick(prow, lo, cap, srow[lo : lo + cap])[0]
 
 
 @nb.njit(**_JIT)

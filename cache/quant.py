@@ -268,10 +268,6 @@ def quantize_into(x: np.ndarray, slots: np.ndarray, bits: int, G: int, lut: np.n
     x: [n_kv, D] float32; slots: [n_kv] int64 (-1: skip this head);
     codes: [n_kv, C, D*w/8] uint8; meta: [n_kv, C, D/G, 2] uint8.
     """
-    if bits == 16:
-        heads = np.flatnonzero(slots >= 0)
-        codes[heads, slots[heads]] = x[heads].astype(np.float16).view(np.uint8)
-        return
     _quantize_into(x, slots, bits, G, lut, CLIPS[bits], codes, meta, tmp)
 
 

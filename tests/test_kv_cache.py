@@ -535,10 +535,10 @@ def test_a_decode_step_stores_fp16_as_numpy_rounds_it():
 
 
 def test_a_pool_without_ranks_fills_its_first_empty_slot_then_replaces_its_oldest_token():
-    """The slot a spilled token takes (``insert._pick`` without ranks, its vectorised path) against the
+    """The slot a spilled token takes (``insert._first_empty_or_oldest``, the vectorised pick without ranks) against the
     rule written out: the first empty slot (any negative position) of the pool ``[lo, lo + cap)``, else the
     one holding the oldest position."""
-    from kvrun.cache.insert import _NO_RANK, _pick
+    from kvrun.cache.insert import _first_empty_or_oldest
 
     rng = np.random.default_rng(3)
     for trial in range(200):
@@ -551,4 +551,4 @@ def test_a_pool_without_ranks_fills_its_first_empty_slot_then_replaces_its_oldes
         seg = row[lo : lo + cap]
         empty = np.flatnonzero(seg < 0)
         want = (int(empty[0]), True) if len(empty) else (int(np.argmin(seg)), False)
-        assert _pick(row, lo, cap, _NO_RANK, False) == want
+        assert _first_empty_or_oldest(row[lo : lo + cap]) == want

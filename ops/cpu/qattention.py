@@ -913,8 +913,8 @@ def _pass(mode: int, kh: int, j0: int, j1: int, x16: np.ndarray, c0: np.ndarray,
         if j0 < e:
             _half_pass(mode, x16[kh], j0, e, R, y, s_all[kh], gqa, 0)
         a0 = max(j0, e)
-        # 16-bit pools (an eviction policy over fp16 slots) likewise: through the float tiles, their
-        # rows decoded first, --kv-budget's attention cost twice as much a slot as the fp16 area's
+        # 16-bit pools (an eviction policy over fp16 slots) in place too: decoded into the float tile
+        # first, they had cost --kv-budget's attention twice as much a slot as the fp16 area
         if w0 == 16 and a0 < min(j1, F + C0) and c0.strides[2] == 1 and c0.strides[1] % 2 == 0:
             e = min(j1, F + C0)
             _half_pass(mode, c0[kh], a0, e, R, y, s_all[kh], gqa, F)

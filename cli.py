@@ -617,6 +617,8 @@ def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, n_dept
         raise KvrunError("-p, -n and -d must be >= 0")
     if n_prompt == n_gen == 0:
         raise KvrunError("-p and -n are both 0: nothing to measure (e.g. -p 512 -n 128)")
+    if kw["n_batch"] < 1 or (kw["ctx_size"] or 0) < 0:  # (the test sizes both, but a bad value is still a mistake to say)
+        raise KvrunError("--batch-size must be >= 1" if kw["n_batch"] < 1 else "--ctx-size must be >= 0")
     path = _resolve(model)
     n_batch = max(kw["n_batch"], n_prompt) if n_prompt else kw["n_batch"]
     n_ctx = n_depth + max(n_prompt, n_gen) + 8
@@ -789,7 +791,7 @@ def needle(model: str | None, n_ctx: int, depths: str, trials: int, configs: str
     """Passkey retrieval: a 5-digit key hidden in filler text at each depth."""
     from tqdm import tqdm
 
-    from .runtime.needle import needle_test
+    from .runtime.needle import build_prompt, needle_test
 
     try:
         depth_list = [int(d) for d in depths.split(",") if d.strip()]
@@ -806,6 +808,10 @@ def needle(model: str | None, n_ctx: int, depths: str, trials: int, configs: str
         except ValueError as e:
             raise KvrunError(f"--configs {c}: {e}") from None
     eng = _engine(_resolve(model), device=device, n_ctx=n_ctx + 16, n_batch=256, threads=threads)
+    try:  # a context too small for the prompt fails before the progress bar is drawn
+        build_prompt(eng, n_ctx, 0, "00000")
+    except ValueError as e:
+        raise KvrunError(str(e)) from None
     bar = tqdm(total=len(cfgs) * len(depth_list) * trials, desc="needle", unit="trial", file=sys.stderr, disable=as_json)
     rows = []
     for c in cfgs:

@@ -247,6 +247,8 @@ class KVConfig:
             raise ValueError(f"unknown merge {self.merge!r}; known: {', '.join(MERGES)}")
         if self.merge is not None and self.policy is None:
             raise ValueError(f"merge={self.merge} folds evicted tokens but nothing is evicted; add a policy, e.g. policy=h2o,ratio=0.25")
+        if self.warm_bits not in BITS:  # checked even where no warm tier is made: a typo fails at once, not deep in a run
+            raise ValueError(f"warm_bits={self.warm_bits} is not supported; use one of {', '.join(map(str, BITS))}, e.g. warm_bits=4")
         if self.warm is not None and self.warm > 0:
             if self.policy is not None or self.mixed is not None:
                 raise ValueError("warm tiers the pools by age and needs neither a policy nor mixed; drop one of them")

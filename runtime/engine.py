@@ -91,6 +91,10 @@ class Engine:
         kv: KVConfig | None = None,
     ) -> None:
         t0 = time.perf_counter()
+        if n_ctx is not None and n_ctx < 0:  # (before the file opens: a bad flag costs no load)
+            raise KvrunError(f"--ctx-size must be >= 0 (0: the model's own context), got {n_ctx}")
+        if n_batch < 1:
+            raise KvrunError(f"--batch-size must be >= 1, got {n_batch}")
         n_threads = set_threads(threads)
         self.path = str(path)
         self.gguf = GGUFFile(path)
@@ -98,7 +102,7 @@ class Engine:
         cls = model_class(self.cfg.arch)
         if n_ctx is None:  # a chat-sized default, never past what the model was trained for
             n_ctx = min(DEFAULT_CTX, self.cfg.n_ctx_train)
-        elif n_ctx <= 0:
+        elif n_ctx == 0:
             n_ctx = self.cfg.n_ctx_train
         if n_ctx < 8:
             raise KvrunError(f"--ctx-size must be at least 8, got {n_ctx}")

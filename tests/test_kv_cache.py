@@ -80,6 +80,8 @@ def test_presets():
         ("2,warm=64,policy=h2o", "warm tiers the pools by age"),
         ("2,mixed=2/8", "needs HI > LO"),
         ("2,group=24", "power of two"),
+        ("2,warm_bits=7", "warm_bits=7 is not supported"),  # the default warm tier took it: a KeyError deep in the first spill
+        ("2,warm=64,warm_bits=2", "must be a width above the keys' 2 bits"),
         ("2,colour=red", "unknown KV cache option 'colour'"),
         ("2,4", "only the first item may be a bare number"),
     ],

@@ -205,6 +205,13 @@ def test_cli_run_bad_flag(tiny_path):
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "Traceback" not in r.output
 
 
+@pytest.mark.parametrize("flag, value, says", [("-c", "-5", "--ctx-size must be >= 0"), ("-b", "0", "--batch-size must be >= 1")])
+def test_a_negative_context_or_batch_is_a_one_line_error_not_a_silent_default(tiny_path, flag, value, says):
+    # (-c -5 had run with the model's own context, -b 0 with batches of one token)
+    r = CliRunner().invoke(main, ["run", str(tiny_path), "-p", "the", "-n", "1", flag, value])
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and r.output.startswith(f"kvrun: error: {says}"), r.output
+
+
 @pytest.mark.parametrize(
     "args, says",
     [
@@ -498,6 +505,8 @@ def test_cli_needle_runs_every_depth(tiny_path):
     assert len(rows) == 2 and all(set(x["depths"]) == {"10", "90"} for x in rows)
     r = CliRunner().invoke(main, ["needle", str(tiny_path), "--depths", "ten"])
     assert r.exit_code == 2 and r.output.count("\n") == 1
+    r = CliRunner().invoke(main, ["needle", str(tiny_path), "--ctx", "10"])  # the error alone, no progress bar drawn first
+    assert r.exit_code == 2 and r.output.startswith("kvrun: error: --ctx 10 is too small") and r.output.count("\n") == 1, r.output
 
 
 def test_cli_chat_60_turns_with_a_2bit_budgeted_cache_keeps_memory_flat(tiny_path):

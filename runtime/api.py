@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Iterator
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -29,8 +31,16 @@ ROLES = ("system", "user", "assistant")
 
 def _request(max_tokens: int, stop: Any, ignore_eos: bool = False, **sampling: Any) -> GenRequest:
     """The request, checked (a bad value raises here, before any state changes)."""
+    known = {f.name: f.type for f in fields(SamplerConfig)}
+    for k, v in sampling.items():
+        if k not in known:
+            raise ValueError(f"unknown sampling option {k!r}; known: {', '.join(known)}")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)):  # ("hot" had failed inside a comparison)
+            raise ValueError(f"{k} must be a number, got {v!r:.40}")
     cfg = SamplerConfig(**{k: v for k, v in sampling.items() if v is not None})
-    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ()) if isinstance(stop, (list, tuple, type(None))) else None
+    if stops is None or not all(isinstance(x, str) for x in stops):
+        raise ValueError(f"stop must be a string or a list of strings, got {stop!r:.40}")
     req = GenRequest(max_tokens=max_tokens, sampler=cfg, stop=stops, ignore_eos=ignore_eos)
     req.validate()
     return req
@@ -93,6 +103,8 @@ class Model:
     def chat(self, messages: list[Message], stream: bool = False, max_tokens: int = 512, **sampling: Any) -> Any:
         """One reply to ``messages`` (``{"role": "system" | "user" | "assistant", "content": str}``, the
         last one the user's); a text iterator when ``stream`` else the text."""
+        if not isinstance(messages, (list, tuple)):
+            raise ValueError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts, got {type(messages).__name__}")
         for i, msg in enumerate(messages):
             if not isinstance(msg, dict) or msg.get("role") not in ROLES or not isinstance(msg.get("content"), str):
                 raise ValueError(f"messages[{i}] must be {{'role': one of {ROLES}, 'content': str}}, got {msg!r:.80}")

@@ -159,6 +159,10 @@ class Engine:
         ``[1, n_vocab]`` for the last token.  ``on_device``: an array of the
         backend's (on the GPU it stays there, for :meth:`Sampler.sample`).
         """
+        if not isinstance(tokens, np.ndarray):  # (a list of floats had been truncated to ids without a word)
+            tokens = np.asarray(tokens)
+            if tokens.size and tokens.dtype.kind not in "iu":
+                raise KvrunError(f"token ids must be integers, got {tokens.dtype} values such as {tokens.flat[0]!r}")
         tokens = np.asarray(tokens, dtype=np.int32)
         n = len(tokens)
         if n == 0:

@@ -92,6 +92,24 @@ def test_bad_sampling_settings_are_one_line_errors():
         SamplerConfig(top_p=0.0).validate()
 
 
+@pytest.mark.parametrize(
+    "call, says",
+    [
+        (lambda m: m.complete("the", max_tokens=2, temprature=0), "unknown sampling option 'temprature'; known: temperature, top_k"),
+        (lambda m: m.complete("the", max_tokens=2, temperature="hot"), "temperature must be a number, got 'hot'"),
+        (lambda m: m.complete("the", max_tokens=2, stop=5), "stop must be a string or a list of strings, got 5"),
+        (lambda m: m.chat("hello", max_tokens=2), "messages must be a list of"),
+        (lambda m: m.logits([1.5, 2.0]), "token ids must be integers, got float64"),
+    ],
+)
+def test_a_mistaken_api_call_says_what_is_wrong_in_one_line(model, call, says):
+    """Not a TypeError from deep inside (SamplerConfig, a comparison, np.asarray truncating floats to ids)."""
+    with pytest.raises((ValueError, KvrunError), match=re.escape(says)) as e:
+        call(model)
+    assert "\n" not in str(e.value)
+    assert model.complete("the", max_tokens=2, temperature=np.float32(0), top_k=np.int64(5))  # numpy scalars are numbers
+
+
 def test_generation_is_deterministic_and_stops(model):
     a = model.complete("the", max_tokens=12, temperature=0)
     b = model.complete("the", max_tokens=12, temperature=0)

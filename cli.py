@@ -526,6 +526,38 @@ def chat(model: str | None, system: str | None, n_predict: int, stop: tuple[str,
             warm.join(timeout=3.0)  # seconds, in Python and LLVM) is not waited for when the user leaves at once
 
 
+@main.command()
+@click.argument("model", required=False)
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on (0.0.0.0: every interface)")
+@click.option("--port", type=int, default=8080, show_default=True, help="port to listen on (0: any free one)")
+@click.option("--alias", default=None, help="model name the API reports (default: the file's name)")
+@engine_options
+@kv_options
+@friendly
+def serve(model: str | None, host: str, port: int, alias: str | None, **kw: Any) -> None:
+    """OpenAI-compatible HTTP server, as llama-server: /v1/chat/completions, /v1/completions, /v1/models, /health.
+
+    One request is generated at a time; each endpoint keeps its KV cache (compressed as the
+    --kv-* flags say) and reuses the prefix a new request shares with the last one."""
+    from .runtime.server import make_server
+
+    if not 0 <= port <= 65535:
+        raise KvrunError(f"--port must be in 0..65535, got {port}")
+    path = _resolve(model)
+    m = _load(str(path), kw)
+    httpd = make_server(m, host, port, alias or Path(path).stem)
+    m.engine.warm_up()  # the kernels load (or compile) before the first request, not during it
+    h, p = httpd.server_address[:2]
+    click.echo(f"kvrun serve: {m.config.arch}, ctx {m.engine.n_ctx}, cache {m.engine.kv or 'fp16'}; listening on http://{h}:{p} "
+               "(OpenAI API: /v1/chat/completions, /v1/completions, /v1/models, /health); Ctrl-C stops", err=True)  # fmt: skip
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        click.echo("kvrun serve: stopped", err=True)
+    finally:
+        httpd.server_close()
+
+
 def _interactive() -> bool:
     """Whether a person types the chat (a terminal), not a script piped in."""
     return sys.stdin.isatty()

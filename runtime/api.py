@@ -143,6 +143,7 @@ class Session:
         self.system = system
         self.last_stats = GenStats()
         self.n_shifts = 0  # context shifts so far (oldest turns dropped)
+        self.n_prompt_tokens = 0  # the last turn's whole prompt (the conversation as rendered), cached prefix included
 
     def reset(self) -> None:
         self.cache.reset()
@@ -157,6 +158,7 @@ class Session:
         room = self.engine.n_ctx - reserve
         if len(prompt) > room:
             msgs, prompt = self._shift(msgs, room)
+        self.n_prompt_tokens = len(prompt)
         n_keep = 0
         for a, b in zip(self.tokens, prompt):
             if a != b:

@@ -1,0 +1,342 @@
+"""An OpenAI-compatible HTTP server over one loaded model, as llama.cpp's ``llama-server``.
+
+Endpoints (JSON in and out; ``"stream": true`` answers as server-sent events,
+one ``data: {chunk}`` per text piece, then ``data: [DONE]``):
+
+* ``POST /v1/chat/completions``: ``messages`` -> the assistant's reply
+* ``POST /v1/completions``: ``prompt`` (text, or a list of token ids) -> its continuation
+* ``GET /v1/models``, ``GET /health``
+
+Sampling fields: ``max_tokens`` (or ``max_completion_tokens``; absent: until the
+text ends or the context fills), ``temperature``, ``top_p``, ``top_k``, ``min_p``,
+``seed``, ``presence_penalty``, ``frequency_penalty``, ``repeat_penalty``,
+``stop``.  Other OpenAI fields (``model``, ``user``, ...) are accepted and
+ignored; ``n`` > 1 and tool calls are refused with a 400.
+
+One generation runs at a time (the model and its caches are not shared between
+threads); other requests wait their turn.  Each endpoint keeps one KV cache
+between requests and reuses the longest prefix a new prompt shares with what it
+holds, so a client that resends a growing conversation prefills only its new
+turn (llama-server's prompt cache).  Only the Python standard library is used.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from ..loaders.errors import KvrunError
+from .api import Model, Session, _request
+from .engine import GenStats
+
+MAX_BODY = 16 << 20  # bytes of a request body
+SAMPLING = {  # OpenAI field -> kvrun sampling keyword
+    "temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p", "seed": "seed",
+    "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty", "repeat_penalty": "repeat_penalty",
+}  # fmt: skip
+
+
+class BadRequest(Exception):
+    """A request the client can fix: answered with ``status`` and the message (one line)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _finish_reason(stats: GenStats) -> str:
+    """OpenAI's finish_reason: "length" when max_tokens or the context ended the text."""
+    return "length" if stats.stop_reason in ("length", "context full") else "stop"
+
+
+class _Prefix:
+    """A KV cache kept between completion requests: the longest shared prefix stays, the rest is prefilled."""
+
+    def __init__(self, model: Model) -> None:
+        self.engine = model.engine
+        self.cache = self.engine.new_cache()
+        self.tokens: list[int] = []  # what the cache holds, in order
+
+    def generate(self, ids: list[int], req: Any, stats: GenStats) -> Iterator[int]:
+        eng = self.engine
+        if len(ids) >= eng.n_ctx:
+            raise BadRequest(f"the prompt is {len(ids)} tokens, the context {eng.n_ctx}; shorten it or start the server with a larger --ctx-size")
+        n_keep = 0
+        for a, b in zip(self.tokens, ids):
+            if a != b:
+                break
+            n_keep += 1
+        n_keep = min(n_keep, len(ids) - 1)  # at least one token is evaluated, for its logits
+        if n_keep < self.cache.offset:
+            self.cache.truncate(n_keep)
+        self.tokens = ids[:n_keep]
+        new = ids[n_keep:]
+        self.tokens.extend(new)
+        out: list[int] = []
+        try:
+            for t in eng.generate_tokens(self.cache, new, req, stats):
+                out.append(t)
+                yield t
+        finally:  # the cache holds the prompt and every generated token fed back
+            self.tokens.extend(out[: self.cache.offset - len(self.tokens)])
+
+
+class Server:
+    """The model, its lock and the caches the endpoints keep; :meth:`handle` answers one request."""
+
+    def __init__(self, model: Model, name: str) -> None:
+        self.model = model
+        self.name = name
+        self.lock = threading.Lock()
+        self.chat = Session(model)
+        self.completion = _Prefix(model)
+
+    # ------------------------------------------------------------ requests
+    def _request(self, body: dict[str, Any]) -> Any:
+        """The GenRequest of an OpenAI body (a bad value: BadRequest)."""
+        if body.get("n", 1) != 1:
+            raise BadRequest("n must be 1: one choice per request")
+        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+        max_tokens = -1 if max_tokens is None else max_tokens
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+            raise BadRequest(f"max_tokens must be an integer, got {max_tokens!r:.40}")
+        sampling = {k: body[f] for f, k in SAMPLING.items() if body.get(f) is not None}
+        try:
+            return _request(max_tokens, body.get("stop"), **sampling)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+
+    @staticmethod
+    def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
+        """OpenAI messages as the chat template takes them: text parts joined, "developer" as "system"."""
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            raise BadRequest("messages must be a non-empty list of {'role': ..., 'content': ...}")
+        out = []
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict):
+                raise BadRequest(f"messages[{i}] must be an object with role and content")
+            role, content = m.get("role"), m.get("content")
+            role = "system" if role == "developer" else role
+            if role not in ("system", "user", "assistant"):
+                raise BadRequest(f"messages[{i}]: role {role!r} is not supported; use system, user or assistant")
+            if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+                if any(not isinstance(p, dict) or p.get("type") != "text" for p in content):
+                    raise BadRequest(f"messages[{i}]: only text content parts are supported")
+                content = "".join(str(p.get("text", "")) for p in content)
+            if not isinstance(content, str):
+                raise BadRequest(f"messages[{i}].content must be a string")
+            out.append({"role": role, "content": content})
+        if out[-1]["role"] != "user":
+            raise BadRequest("the last message must be the user's (the one to reply to)")
+        return out
+
+    def _prompt_ids(self, body: dict[str, Any]) -> list[int]:
+        p = body.get("prompt")
+        if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str):  # ["text"]: one prompt
+            p = p[0]
+        if isinstance(p, str) and p:
+            return self.model.tokenize(p)
+        if isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+            n_vocab = self.model.config.n_vocab
+            if any(not 0 <= t < n_vocab for t in p):
+                raise BadRequest(f"prompt token ids must be in [0, {n_vocab})")
+            return list(p)
+        raise BadRequest("prompt must be a non-empty string or a list of token ids (one prompt per request)")
+
+    def handle(self, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, Any]:
+        """(status, JSON object) or (200, an iterator of server-sent event payloads) for a request."""
+        path = path.split("?", 1)[0].rstrip("/") or "/"
+        if method == "GET" and path == "/health":
+            return 200, {"status": "ok"}
+        if method == "GET" and path in ("/v1/models", "/models"):
+            return 200, {"object": "list", "data": [{"id": self.name, "object": "model", "created": 0, "owned_by": "kvrun"}]}
+        if method == "POST" and path in ("/v1/chat/completions", "/chat/completions"):
+            return self._generate(body or {}, chat=True)
+        if method == "POST" and path in ("/v1/completions", "/completions"):
+            return self._generate(body or {}, chat=False)
+        raise BadRequest(f"no endpoint {method} {path}; see /v1/chat/completions, /v1/completions, /v1/models, /health", 404)
+
+    # ------------------------------------------------------------ generation
+    def _generate(self, body: dict[str, Any], chat: bool) -> tuple[int, Any]:
+        req = self._request(body)
+        msgs = self._messages(body) if chat else None
+        ids = None if chat else self._prompt_ids(body)
+        stream = bool(body.get("stream", False))
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        obj = "chat.completion" if chat else "text_completion"
+        created = int(time.time())
+        stats = GenStats()
+        n_prompt = [0]
+
+        def pieces() -> Iterator[str]:
+            # held for the whole generation: the caches and the engine serve one request at a time
+            with self.lock:
+                if chat:
+                    s = self.chat
+                    s.messages = msgs[:-1]
+                    it = s.stream(msgs[-1]["content"], max_tokens=req.max_tokens, stop=list(req.stop), **_sampling(req))
+                    try:
+                        yield from it
+                    finally:
+                        it.close()
+                        stats.__dict__.update(s.last_stats.__dict__)
+                        n_prompt[0] = s.n_prompt_tokens
+                else:
+                    n_prompt[0] = len(ids)
+                    eng = self.model.engine
+                    from .engine import stream_text
+
+                    yield from stream_text(eng.tokenizer, self.completion.generate(ids, req, stats), req.stop, stats)
+
+        def choice(text: str | None, finish: str | None, first: bool = False) -> dict[str, Any]:
+            if not chat:
+                return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            if not stream:
+                return {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+            delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text is not None else {})
+            return {"index": 0, "delta": delta, "finish_reason": finish}
+
+        def usage() -> dict[str, int]:
+            return {"prompt_tokens": n_prompt[0], "completion_tokens": stats.n_gen, "total_tokens": n_prompt[0] + stats.n_gen}
+
+        def envelope(ch: dict[str, Any], **extra: Any) -> dict[str, Any]:
+            return {"id": rid, "object": obj + (".chunk" if stream and chat else ""), "created": created, "model": self.name,
+                    "choices": [ch], **extra}  # fmt: skip
+
+        if not stream:
+            text = "".join(_checked(pieces()))
+            return 200, envelope(choice(text, _finish_reason(stats)), usage=usage())
+
+        gen = _checked(pieces())
+        first = next(gen, None)  # a bad request (a prompt too long) fails before the 200 goes out
+
+        def events() -> Iterator[dict[str, Any]]:
+            try:
+                if chat:
+                    yield envelope(choice(None, None, first=True))
+                if first is not None:
+                    yield envelope(choice(first, None))
+                for piece in gen:
+                    yield envelope(choice(piece, None))
+                yield envelope(choice(None, _finish_reason(stats)), usage=usage())
+            finally:
+                gen.close()  # a client gone mid-stream: the generation stops, the caches stay consistent
+
+        return 200, events()
+
+
+def _sampling(req: Any) -> dict[str, Any]:
+    """A GenRequest's sampler settings as keywords again (for Session.stream)."""
+    return dict(req.sampler.__dict__)
+
+
+def _checked(it: Iterator[str]) -> Iterator[str]:
+    """``it`` with the engine's errors (a prompt past the context) as BadRequest."""
+    try:
+        yield from it
+    except KvrunError as e:
+        raise BadRequest(str(e)) from None
+
+
+class Handler(BaseHTTPRequestHandler):
+    """HTTP plumbing around :meth:`Server.handle`: JSON bodies, errors as OpenAI's error object, SSE."""
+
+    server_version = "kvrun"
+    protocol_version = "HTTP/1.1"
+    app: Server  # set by :func:`make_server`
+    log: Callable[[str], None] = staticmethod(lambda line: print(line, file=sys.stderr, flush=True))
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's names)
+        self._serve("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._serve("POST")
+
+    def do_OPTIONS(self) -> None:  # noqa: N802 - a browser's CORS preflight
+        self.send_response(204)
+        self._cors()
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _cors(self) -> None:
+        self.send_header("Access-Control-Allow-Origin", "*")
+        self.send_header("Access-Control-Allow-Headers", "Content-Type, Authorization")
+        self.send_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+
+    def _body(self) -> dict[str, Any] | None:
+        n = int(self.headers.get("Content-Length") or 0)
+        if n > MAX_BODY:
+            raise BadRequest(f"the request body is {n} bytes; at most {MAX_BODY}", 413)
+        if n == 0:
+            return None
+        try:
+            body = json.loads(self.rfile.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise BadRequest(f"the body is not JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object")
+        return body
+
+    def _serve(self, method: str) -> None:
+        t0 = time.perf_counter()
+        try:
+            status, payload = self.app.handle(method, self.path, self._body() if method == "POST" else None)
+        except BadRequest as e:
+            status, payload = e.status, {"error": {"message": str(e), "type": "invalid_request_error", "code": e.status}}
+        except Exception as e:  # a bug: one line in the log and a 500, never a traceback to the client
+            status, payload = 500, {"error": {"message": f"{type(e).__name__}: {e}", "type": "server_error", "code": 500}}
+        if isinstance(payload, dict):
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self._cors()
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        else:
+            self._stream(payload)
+        self.log(f"kvrun serve: {method} {self.path} {status} {time.perf_counter() - t0:.2f} s")
+
+    def _stream(self, events: Iterator[dict[str, Any]]) -> None:
+        self.send_response(200)
+        self._cors()
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")  # the stream's end is the connection's
+        self.end_headers()
+        self.close_connection = True
+        try:
+            for ev in events:
+                self.wfile.write(b"data: " + json.dumps(ev).encode() + b"\n\n")
+                self.wfile.flush()
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+        except BadRequest as e:  # past the 200: said in the stream, as llama-server does
+            self.wfile.write(b"data: " + json.dumps({"error": {"message": str(e), "type": "invalid_request_error"}}).encode() + b"\n\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client left; closing the iterator stopped the generation
+        finally:
+            close = getattr(events, "close", None)
+            if close:
+                close()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's own line: replaced by _serve's
+        pass
+
+
+def make_server(model: Model, host: str, port: int, name: str) -> ThreadingHTTPServer:
+    """A server bound to ``host:port`` (0: any free port), not yet serving (``serve_forever``)."""
+    handler = type("KvrunHandler", (Handler,), {"app": Server(model, name)})
+    try:
+        httpd = ThreadingHTTPServer((host, port), handler)
+    except OSError as e:
+        raise KvrunError(f"cannot listen on {host}:{port}: {e.strerror or e}; pick another --port or --host") from None
+    httpd.daemon_threads = True
+    return httpd

@@ -1,0 +1,141 @@
+"""`kvrun serve`: the OpenAI-compatible endpoints answer as an OpenAI client expects, with the model's own
+text (the Python API's, token for token), and a bad request is a 4xx with one line, never a dead server."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+
+import pytest
+from click.testing import CliRunner
+
+from kvrun.cli import main
+from kvrun.runtime.api import Model
+from kvrun.runtime.engine import Engine
+from kvrun.runtime.server import make_server
+from tests.tinymodel import write_tiny_model
+
+CHAT = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the cat sat"}]
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("srv") / "tiny.gguf", "llama")
+
+
+@pytest.fixture(scope="module")
+def model(tiny_path):
+    return Model(Engine(tiny_path, n_ctx=256, n_batch=64))
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    httpd = make_server(model, "127.0.0.1", 0, "tiny")
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    yield httpd.server_address[1]
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def call(port: int, method: str, path: str, body: object = None, raw: bytes | None = None) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    text = r.read().decode()
+    conn.close()
+    return r.status, text
+
+
+def events(text: str) -> list[object]:
+    """The payloads of a server-sent event stream, [DONE] last."""
+    out = [line[len("data: ") :] for line in text.split("\n\n") if line.startswith("data: ")]
+    return [json.loads(x) if x != "[DONE]" else x for x in out]
+
+
+def test_health_and_models(server):
+    assert call(server, "GET", "/health") == (200, '{"status": "ok"}')
+    status, text = call(server, "GET", "/v1/models")
+    assert status == 200 and json.loads(text)["data"][0]["id"] == "tiny"
+
+
+def test_chat_completion_is_the_models_own_reply_with_usage(server, model):
+    want = model.chat(CHAT, max_tokens=12, temperature=0)
+    status, text = call(server, "POST", "/v1/chat/completions", {"model": "x", "messages": CHAT, "max_tokens": 12, "temperature": 0})
+    assert status == 200, text
+    r = json.loads(text)
+    assert r["object"] == "chat.completion" and r["choices"][0]["message"] == {"role": "assistant", "content": want}
+    n_prompt = len(model.tokenize(model.render(CHAT), add_bos=None))
+    u = r["usage"]
+    assert u["prompt_tokens"] == n_prompt and 0 < u["completion_tokens"] <= 12 and u["total_tokens"] == n_prompt + u["completion_tokens"]
+    assert r["choices"][0]["finish_reason"] == ("length" if u["completion_tokens"] == 12 else "stop")
+
+
+def test_streamed_chat_pieces_join_to_the_whole_reply(server):
+    body = {"messages": CHAT, "max_tokens": 12, "temperature": 0}
+    whole = json.loads(call(server, "POST", "/v1/chat/completions", body)[1])["choices"][0]["message"]["content"]
+    status, text = call(server, "POST", "/v1/chat/completions", dict(body, stream=True))
+    ev = events(text)
+    assert status == 200 and ev[-1] == "[DONE]"
+    chunks = ev[:-1]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == whole
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length") and "usage" in chunks[-1]
+
+
+def test_completion_reuses_the_cached_prefix_and_still_equals_a_fresh_one(server, model):
+    prompt = "the cat sat on the mat and"
+    want = model.complete(prompt, max_tokens=8, temperature=0)
+    for _ in range(2):  # the second request shares the whole prompt with the first: its prefill is one token
+        status, text = call(server, "POST", "/v1/completions", {"prompt": prompt, "max_tokens": 8, "temperature": 0})
+        assert status == 200 and json.loads(text)["choices"][0]["text"] == want, text
+    ids = model.tokenize(prompt)
+    status, text = call(server, "POST", "/v1/completions", {"prompt": ids, "max_tokens": 8, "temperature": 0})  # token ids
+    assert status == 200 and json.loads(text)["choices"][0]["text"] == want
+
+
+@pytest.mark.parametrize(
+    "method, path, body, status, says",
+    [
+        ("POST", "/v1/chat/completions", b"{not json", 400, "the body is not JSON"),
+        ("POST", "/v1/chat/completions", {"messages": []}, 400, "messages must be a non-empty list"),
+        ("POST", "/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]}, 400, "role 'tool' is not supported"),
+        ("POST", "/v1/chat/completions", {"messages": CHAT, "temperature": -1}, 400, "temperature must be >= 0"),
+        ("POST", "/v1/chat/completions", {"messages": CHAT, "n": 2}, 400, "n must be 1"),
+        ("POST", "/v1/completions", {"prompt": "the " * 400, "max_tokens": 2}, 400, "the prompt is"),
+        ("POST", "/v1/completions", {"prompt": [10**9]}, 400, "prompt token ids must be in"),
+        ("GET", "/v2/everything", None, 404, "no endpoint GET /v2/everything"),
+    ],
+)
+def test_a_bad_request_is_a_4xx_with_one_line_and_the_server_goes_on(server, method, path, body, status, says):
+    got, text = call(server, method, path, None if isinstance(body, bytes) else body, raw=body if isinstance(body, bytes) else None)
+    err = json.loads(text)["error"]
+    assert got == status and says in err["message"] and "\n" not in err["message"], text
+    assert call(server, "GET", "/health")[0] == 200
+
+
+def test_a_streamed_request_too_long_fails_before_the_stream_starts(server):
+    status, text = call(server, "POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "the " * 400}], "stream": True, "max_tokens": 2})
+    assert status == 400 and "raise --ctx-size" in json.loads(text)["error"]["message"]
+
+
+def test_cli_serve_refuses_a_bad_port_in_one_line(tiny_path):
+    r = CliRunner().invoke(main, ["serve", str(tiny_path), "--port", "70000"])
+    assert r.exit_code == 2 and r.output == "kvrun: error: --port must be in 0..65535, got 70000\n"
+
+
+def test_a_client_gone_mid_stream_stops_its_generation_and_the_next_request_is_whole(server, model):
+    import socket
+
+    body = json.dumps({"messages": CHAT, "max_tokens": 200, "temperature": 0, "stream": True, "stop": ["zzzz"]}).encode()
+    s = socket.create_connection(("127.0.0.1", server), timeout=60)
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)  # fmt: skip
+    assert b"data: " in s.recv(4096)
+    s.close()  # gone after the first chunk
+    want = model.chat(CHAT, max_tokens=6, temperature=0)
+    status, text = call(server, "POST", "/v1/chat/completions", {"messages": CHAT, "max_tokens": 6, "temperature": 0})
+    assert status == 200 and json.loads(text)["choices"][0]["message"]["content"] == want

@@ -63,7 +63,7 @@ from .kvconfig import KVConfig
 from .keybasis import KeyBasis
 from .merge import make_merger
 from .policies import make_policy
-from .insert import decode_step, fwht_copy, fwht_rows, policy_push, policy_push_tokens, push_tokens, ranking_scratch
+from .insert import decode_step, fwht_copy, fwht_rows, policy_decode_step, policy_push, policy_push_tokens, push_tokens, ranking_scratch
 from .pool import Pool
 from .quant import CLIPS, TABLE_BYTES, hadamard
 
@@ -404,10 +404,30 @@ class CompressedLayerCache(LayerCache):
         """The policy's per-slot arrays and the ones a merge adds up in, as the one-call steps take them (fixed, as :attr:`_merge_args`)."""
         return tuple(self.policy.per_slot()), tuple(self.policy.fold_arrays())
 
+    @functools.cached_property
+    def _fused_hooks(self) -> tuple[int, int, float] | None:
+        """``Policy.fused_hooks``: what the one-call policy step does in place of the hooks' Python calls, or None."""
+        return self.policy.fused_hooks() if self.policy is not None else None
+
     def _policy_decode_fast(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
-        """A decode step (up to MAX_DECODE_T tokens) of a layer with a policy: each token in one Numba call
-        (:func:`.insert.policy_push`), then the step's queries attend."""
+        """A decode step (up to MAX_DECODE_T tokens) of a layer with a policy: where the policy's hooks are
+        ones :func:`.insert.policy_decode_step` does itself, the whole step in that one call; else each token
+        in one Numba call (:func:`.insert.policy_push`), then the step's queries attend."""
         T = q.shape[0]
+        hooks = self._fused_hooks
+        if hooks is not None:
+            mode, thr, score = self._merge_args
+            state, folds = self._policy_state
+            pol, s = self.policy, self.spec
+            rot_v = self.rot_v is not None
+            policy_decode_step(
+                np.ascontiguousarray(q, np.float32), np.ascontiguousarray(k, np.float32), np.ascontiguousarray(v, np.float32),
+                np.ascontiguousarray(pos, np.int32), self.basis.rot is not None, rot_v, *self._store_args(),
+                state, len(state), folds or (self._dummy,), len(folds), self.logw, mode, thr, _EMPTY2 if score is None else score,
+                pol.rank_pool, self._ranking, self._qr[:T], hooks[0], hooks[1], hooks[2], pol.acc if pol.needs_probs else _EMPTY2,
+                s.window, s.scale, s.softcap, self._or[:T] if rot_v else out, out, self._s, split_threads(), self.int_keys,
+            )  # fmt: skip
+            return
         for t in range(T):
             self._policy_push_fast(q[t], k[t], v[t], int(pos[t]), self.rot_v is not None, self._qr[t])
         self._attend_decode(q, pos, out, qr=self._qr[:T])

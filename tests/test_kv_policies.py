@@ -266,6 +266,51 @@ def test_one_call_policy_prefill_keeps_what_the_step_by_step_path_keeps(spec):
     assert calls["chunks"] == 6
 
 
+@pytest.mark.parametrize("spec", ONE_CALL_KV)
+def test_a_decode_step_with_the_hooks_in_the_one_call_computes_what_their_python_calls_do(spec):
+    """insert.policy_decode_step does a policy's on_insert, before_step and after_step itself where
+    Policy.fused_hooks says how (H2O, SnapKV, TOVA, StreamingLLM; not KeyDiff's or G-KV's own): the
+    same outputs, scores, codes and positions, bit for bit, as the hooks called from Python."""
+    from kvrun.cache.base import LayerSpec
+    from kvrun.cache.compressed import CompressedLayerCache
+    from kvrun.cache.kvconfig import KVConfig
+
+    spec_l = LayerSpec(n_head=4, n_head_kv=2, head_dim=32, head_dim_v=32, scale=32**-0.5)
+    kv = KVConfig.parse(spec).validate(128)
+    fused, hooks = CompressedLayerCache(spec_l, kv, 128), CompressedLayerCache(spec_l, kv, 128)
+    hooks.policy.fused_hooks = lambda: None  # type: ignore[method-assign]
+    name = kv.policy
+    assert (fused._fused_hooks is None) == (name in ("keydiff", "gkv")) and hooks._fused_hooks is None
+    rng = np.random.default_rng(zlib.crc32(spec.encode()))
+    p = 0
+    for T in [10] + [1] * 40 + [3, 2, 4] + [1] * 20:
+        q, k, v = (rng.standard_normal((T, n, 32)).astype(np.float32) for n in (4, 2, 2))
+        pos = np.arange(p, p + T, dtype=np.int32)
+        a, b = np.zeros((T, 4, 32), np.float32), np.zeros((T, 4, 32), np.float32)
+        fused.update_and_attend(q, k, v, pos, a)
+        hooks.update_and_attend(q, k, v, pos, b)
+        np.testing.assert_array_equal(a, b, err_msg=f"output at {p}")
+        np.testing.assert_array_equal(fused.pos, hooks.pos)
+        for x, y in zip(fused.policy.per_slot(), hooks.policy.per_slot(), strict=True):
+            np.testing.assert_array_equal(x, y, err_msg=f"policy state at {p}")
+        p += T
+    assert p - fused.n_tokens() > 40  # evicted
+    for x, y in zip(fused.pools, hooks.pools, strict=True):
+        for arr in ("kc", "km", "vc", "vm"):
+            np.testing.assert_array_equal(getattr(x, arr), getattr(y, arr))
+
+
+def test_a_subclass_that_changes_a_hook_gets_its_python_call():
+    from kvrun.cache.policies import SnapKV
+
+    class Louder(SnapKV):
+        def after_step(self) -> None:
+            super().after_step()
+            self.score *= 2
+
+    assert SnapKV(2, 8).fused_hooks() == (0, 1, float(np.float32(1 - 1 / 32))) and Louder(2, 8).fused_hooks() is None
+
+
 def _one_call_against_step_by_step(spec: str, steps: list[int]) -> dict[str, int]:
     """Feed one random stream through a layer taking the one-call steps and one taking the Python path
     (FAST_DECODE off), checking they keep the same tokens after every step; returns how many tokens
@@ -279,13 +324,13 @@ def _one_call_against_step_by_step(spec: str, steps: list[int]) -> dict[str, int
     fast, slow = CompressedLayerCache(spec_l, kv, 128), CompressedLayerCache(spec_l, kv, 128)
     slow.FAST_DECODE = False
     calls = {"decode": 0, "prefill": 0, "chunks": 0}
-    orig = fast._policy_push_fast
+    orig = fast._policy_decode_fast
 
-    def counted(*a):
-        calls["decode"] += 1
-        orig(*a)
+    def counted(q, *a):
+        calls["decode"] += len(q)
+        orig(q, *a)
 
-    fast._policy_push_fast = counted  # type: ignore[method-assign]
+    fast._policy_decode_fast = counted  # type: ignore[method-assign]
     chunk = fast._policy_chunk_fast
 
     def counted_chunk(k, vr, pos, first):

@@ -39,6 +39,15 @@ import numpy as np
 Array = Any  # an array of the policy's module ``xp``: numpy.ndarray, or a device array
 
 
+#: what a policy's hooks do, as the one-call decode step (``cache/insert.py`` policy_decode_step) does it
+#: instead of calling them.  on_insert: every per-slot array 0 in the new slot (Policy's), or the score the
+#: token's position (StreamingLLM's)
+INSERT_ZERO, INSERT_POS = 0, 1
+#: before_step / after_step: nothing (H2O: the kernel adds into the score); acc 0, then score = score *
+#: decay + acc (SnapKV); the score 0 before the kernel adds into it (TOVA)
+STEP_NONE, STEP_DECAY, STEP_RESET = 0, 1, 2
+
+
 class Column(NamedTuple):
     """Slot ``j[0]`` of every head, read when the operation runs: a captured CUDA graph's decode
     step, whose slot the host writes into a device buffer before each replay (runtime/graphs.py)."""
@@ -69,6 +78,9 @@ class Policy:
     # when > 0: a kernel can compute the ranks as a chunk's tokens come (kv_policy_push_tokens)
     ranks_by_score = True
     rank_pool = 0
+    #: (insert, step) codes of this class's hooks for the one-call decode step (see :meth:`fused_hooks`);
+    #: None: they run as Python calls around it
+    fused: tuple[int, int] | None = (INSERT_ZERO, STEP_NONE)
 
     def __init__(self, n_kv: int, n_slots: int, xp: Any = np) -> None:
         self.xp = xp
@@ -97,6 +109,16 @@ class Policy:
         return self._up(np.arange(n)), self._up(slots)
 
     # ------------------------------------------------------------ hooks
+    def fused_hooks(self) -> tuple[int, int, float] | None:
+        """(insert, step, decay) codes for the one-call decode step, which then does what :meth:`on_insert`,
+        :meth:`before_step` and :meth:`after_step` do (their Python calls cost ~15 us a layer-step), or None:
+        call them.  None too where a subclass overrides a hook of the class that declared :attr:`fused`."""
+        owner = next(c for c in type(self).__mro__ if "fused" in vars(c))
+        for name in ("on_insert", "before_step", "after_step"):
+            if getattr(type(self), name) is not getattr(owner, name):
+                return None
+        return None if self.fused is None else (*self.fused, float(getattr(self, "decay", 0.0)))
+
     def per_slot(self) -> list[Array]:
         """Arrays [n_kv, N] whose entries travel with a token from slot to slot."""
         return [self.score] if self.acc is self.score else [self.score, self.acc]

@@ -21,7 +21,7 @@ import numpy as np
 
 from ...ops.cpu.arraycopy import copy_into
 from ...ops.cpu.parallel import EXACT_JIT
-from .base import Array, Policy
+from .base import INSERT_ZERO, STEP_DECAY, Array, Policy
 
 
 class SnapKV(Policy):
@@ -29,6 +29,7 @@ class SnapKV(Policy):
     window = 32  # observation window, in queries
     kernel = 7  # pooling width, in positions
     rank_pool = kernel  # (rank_rows: the score pooled over the kernel)
+    fused = (INSERT_ZERO, STEP_DECAY)
 
     def __init__(self, n_kv: int, n_slots: int, xp: Any = np) -> None:
         super().__init__(n_kv, n_slots, xp)

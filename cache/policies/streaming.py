@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Array, Column, Policy
+from .base import INSERT_POS, STEP_NONE, Array, Column, Policy
 
 
 class Streaming(Policy):
     name = "streaming"
     needs_probs = False
+    fused = (INSERT_POS, STEP_NONE)
 
     def on_insert(self, slots: np.ndarray | Column, pos: int | Array, k: np.ndarray) -> None:
         # (a position on the device, in a captured step, is int32: cast as the score is, not left to the scatter)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Policy
+from .base import INSERT_ZERO, STEP_RESET, Policy
 
 
 class TOVA(Policy):
     name = "tova"
+    fused = (INSERT_ZERO, STEP_RESET)
 
     def before_step(self) -> None:
         self.score[:] = 0.0

@@ -493,22 +493,30 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
 @click.argument("model", required=False)
 @click.option("-s", "--system", default=None, help="system prompt")
 @click.option("-n", "--n-predict", "n_predict", type=int, default=512, show_default=True, help="max tokens per reply (-1: no limit)")
+@click.option("--session", "session_file", type=click.Path(dir_okay=False), default=None,
+              help="resume the chat saved in this file, KV cache and all (if it exists), and save it there on leaving; /save saves it now")  # fmt: skip
 @engine_options
 @kv_options
 @sampling_options
 @friendly
-def chat(model: str | None, system: str | None, n_predict: int, stop: tuple[str, ...], **kw: Any) -> None:
+def chat(model: str | None, system: str | None, n_predict: int, session_file: str | None, stop: tuple[str, ...], **kw: Any) -> None:
     """Interactive multi-turn chat with the model's chat template.
 
-    /reset clears the conversation, /exit (or Ctrl-D) leaves, /help lists the
-    commands; Ctrl-C stops a reply.
+    /reset clears the conversation, /save [FILE] saves it, /exit (or Ctrl-D) leaves,
+    /help lists the commands; Ctrl-C stops a reply.  --session FILE resumes a saved chat.
     """
     _sampling(kw)  # a bad sampling flag fails now, not at the first reply
     _check_n_predict(n_predict)
     m = _load(model, kw)
-    sess = m.session(system=system)
+    resume = session_file is not None and os.path.exists(session_file)
+    sess = m.load_session(session_file) if resume else m.session(system=system)
     interactive = _interactive()
     click.echo(f"kvrun chat: {m.config.name} ({m.config.arch}), ctx {m.engine.n_ctx}. /help, /reset, /exit; Ctrl-C stops a reply.", err=True)
+    if resume:
+        turns = sum(x["role"] == "user" for x in sess.messages)
+        click.echo(f"kvrun chat: resumed {session_file}: {turns} turns, {sess.cache.offset} tokens in the KV cache", err=True)
+        if system is not None and system != sess.system:
+            click.echo("kvrun: note: the resumed chat keeps its own system prompt; -s applies to a new one", err=True)
     from .loaders.chat_template import file_template
 
     if file_template(m.engine.gguf) is None:
@@ -520,7 +528,9 @@ def chat(model: str | None, system: str | None, n_predict: int, stop: tuple[str,
     if warm is not None:
         warm.start()
     try:
-        _chat_loop(m, sess, interactive, warm, n_predict, stop, kw)
+        _chat_loop(m, sess, interactive, warm, n_predict, stop, kw, session_file)
+        if session_file is not None:  # on leaving (/exit, Ctrl-D, end of input)
+            _save_session(sess, session_file)
     finally:
         if warm is not None:  # not mid-kernel at interpreter exit; but a first run's compile (tens of
             warm.join(timeout=3.0)  # seconds, in Python and LLVM) is not waited for when the user leaves at once
@@ -571,13 +581,20 @@ def _warm_up_quietly(engine: Any) -> None:
         pass
 
 
+def _save_session(sess: Any, path: str) -> None:
+    n = sess.save(path)
+    click.echo(f"(chat saved to {path}, {_size(n)}; resume it with --session {path})", err=True)
+
+
 CHAT_HELP = """/reset         forget the conversation (the system prompt stays)
+/save [FILE]   save the chat and its KV cache (to --session's file when FILE is not given)
 /exit          leave (also /quit, /bye, Ctrl-D)
 /help          this list
 Ctrl-C stops a reply; the stats line after each reply shows the KV cache held."""
 
 
-def _chat_loop(m: Any, sess: Any, interactive: bool, warm: threading.Thread | None, n_predict: int, stop: tuple[str, ...], kw: dict[str, Any]) -> None:
+def _chat_loop(m: Any, sess: Any, interactive: bool, warm: threading.Thread | None, n_predict: int, stop: tuple[str, ...], kw: dict[str, Any],
+               session_file: str | None = None) -> None:  # fmt: skip
     """Read a line, answer it, until /exit or end of input; ``warm`` is joined before the first reply."""
     while True:
         try:
@@ -601,6 +618,16 @@ def _chat_loop(m: Any, sess: Any, interactive: bool, warm: threading.Thread | No
             continue
         if cmd in ("/help", "/?"):
             click.echo(CHAT_HELP, err=True)
+            continue
+        if cmd == "/save" or cmd.startswith("/save "):
+            path = cmd[len("/save") :].strip() or session_file
+            if not path:
+                click.echo("kvrun: /save needs a file: /save FILE, or start the chat with --session FILE", err=True)
+                continue
+            try:
+                _save_session(sess, path)
+            except KvrunError as e:
+                click.echo(f"kvrun: {e}", err=True)
             continue
         if re.fullmatch(r"/[A-Za-z?]+", cmd):  # a one-word slash line is a command, not a message: a typo is not sent
             click.echo(f"kvrun: unknown command {cmd}; /help lists them", err=True)

@@ -6,6 +6,7 @@
 ...     print(piece, end="")
 >>> chat = model.session(system="You are terse.")
 >>> reply = chat.send("Hi!")            # keeps its KV cache between turns
+>>> chat.save("chat.kvs"); chat = model.load_session("chat.kvs")  # resumed exactly, cache and all
 """
 
 from __future__ import annotations
@@ -125,6 +126,16 @@ class Model:
     def session(self, system: str | None = None) -> Session:
         return Session(self, system)
 
+    def load_session(self, path: str | os.PathLike) -> Session:
+        """The chat :meth:`Session.save` wrote to ``path``, its KV cache as it was (same model, context and
+        KV setting, else a KvrunError saying which differs)."""
+        from .sessionfile import load
+
+        state = load(path, self.engine)
+        s = Session(self, state["system"])
+        s.cache, s.tokens, s.messages, s.n_shifts = state["cache"], state["tokens"], state["messages"], state["n_shifts"]
+        return s
+
 
 class Session:
     """A multi-turn chat that keeps its KV cache between turns.
@@ -212,6 +223,14 @@ class Session:
 
     def send(self, user: str, **kw: Any) -> str:
         return "".join(self.stream(user, **kw))
+
+    def save(self, path: str | os.PathLike) -> int:
+        """Write the conversation and its KV cache to ``path`` (:mod:`.sessionfile`), to be resumed by
+        :meth:`Model.load_session` exactly where it stopped; returns the file's size in bytes."""
+        from .sessionfile import save
+
+        state = {"cache": self.cache, "tokens": self.tokens, "messages": self.messages, "system": self.system, "n_shifts": self.n_shifts}
+        return save(path, self.engine, state)
 
     def kv_bytes(self) -> int:
         return self.cache.nbytes()

@@ -1,0 +1,122 @@
+"""Chat sessions saved to disk and resumed: the conversation and its KV cache, exactly as they were.
+
+With a compressed cache a resumed chat cannot be rebuilt by prefilling the
+conversation again: what an eviction policy kept, merged and quantized depends
+on the order the tokens came in, token by token.  So the file holds the cache
+itself: every layer's arrays (fp16 window, quantized pools, positions, the
+policy's scores, the key basis) and the Python state around them, pickled and
+zlib-compressed (the empty tail of a cache sized for the whole context costs
+nearly nothing: a 2-bit SmolLM2 chat of a few hundred tokens is ~1.5 MB).
+
+Loading a pickle can run code, so the reader takes only an allowlist of
+globals: kvrun's own classes, numpy's array and dtype reconstructors, and a
+few builtins; a file that names anything else is refused.  A file also records
+the model (size, architecture, geometry), the context and the KV setting it
+was made with, and is refused under another, in one line that says which.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import sys
+import types
+import zlib
+from typing import Any
+
+import numpy as np
+
+from ..loaders.errors import KvrunError
+
+MAGIC = b"KVRUN-SESSION\x00"
+VERSION = 1
+_NUMPY = {  # (module, name) numpy's pickles of arrays, dtypes and scalars name
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+}  # fmt: skip
+_BUILTINS = {("builtins", n) for n in ("slice", "set", "frozenset", "complex", "range", "object")} | {
+    ("copyreg", "_reconstructor"), ("copyreg", "__newobj__"), ("collections", "OrderedDict"),
+}
+
+
+def fingerprint(engine: Any) -> dict[str, Any]:
+    """What a session file must match to be resumed by ``engine``: the model and the cache's shape."""
+    cfg = engine.cfg
+    return {
+        "model": os.path.basename(engine.path), "file_size": os.path.getsize(engine.path), "arch": cfg.arch,
+        "n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_vocab": cfg.n_vocab,
+        "n_ctx": engine.n_ctx, "kv": str(engine.kv) if engine.kv is not None else "fp16", "device": engine.backend.name,
+    }  # fmt: skip
+
+
+class _Pickler(pickle.Pickler):
+    def persistent_id(self, obj: Any) -> Any:
+        # modules (a policy's array module ``xp``) travel by name
+        return ("module", obj.__name__) if isinstance(obj, types.ModuleType) else None
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _NUMPY or (module, name) in _BUILTINS:
+            return super().find_class(module, name)
+        if module.startswith("numpy.dtypes") and name.endswith("DType"):
+            return super().find_class(module, name)
+        if module == "kvrun" or module.startswith("kvrun."):
+            obj = super().find_class(module, name)
+            if isinstance(obj, type):  # kvrun's classes, never a function to call
+                return obj
+        raise pickle.UnpicklingError(f"names {module}.{name}, which a session file may not")
+
+    def persistent_load(self, pid: Any) -> Any:
+        if isinstance(pid, tuple) and pid[0] == "module" and pid[1] in ("numpy",):
+            return sys.modules[pid[1]] if pid[1] in sys.modules else np
+        raise pickle.UnpicklingError(f"unknown reference {pid!r:.40}")
+
+
+def save(path: str | os.PathLike, engine: Any, state: dict[str, Any]) -> int:
+    """Write ``state`` (the cache and the conversation) for ``engine`` to ``path``, atomically; returns its bytes."""
+    if engine.backend.name != "cpu":
+        raise KvrunError("saving a session keeps a CPU cache; run the chat with --device cpu to save it")
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=5).dump({"fingerprint": fingerprint(engine), **state})
+    data = MAGIC + VERSION.to_bytes(4, "little") + zlib.compress(buf.getvalue(), 1)
+    tmp = f"{os.fspath(path)}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)  # a crash mid-write leaves the old file, never half a new one
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise KvrunError(f"cannot save the session to {path}: {e.strerror or e}") from None
+    return len(data)
+
+
+def load(path: str | os.PathLike, engine: Any) -> dict[str, Any]:
+    """The state :func:`save` wrote to ``path``, checked against ``engine``."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise KvrunError(f"cannot read the session {path}: {e.strerror or e}") from None
+    if not data.startswith(MAGIC):
+        raise KvrunError(f"{path} is not a kvrun session file")
+    version = int.from_bytes(data[len(MAGIC) : len(MAGIC) + 4], "little")
+    if version != VERSION:
+        raise KvrunError(f"{path} is a session file of format {version}, this kvrun reads {VERSION}; start a new session")
+    try:
+        state = _Unpickler(io.BytesIO(zlib.decompress(data[len(MAGIC) + 4 :]))).load()
+    except (zlib.error, pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError, ValueError) as e:
+        raise KvrunError(f"{path}: the session file is damaged or unsafe ({e}); start a new session") from None
+    want, got = fingerprint(engine), state.get("fingerprint", {})
+    diff = [k for k in want if got.get(k) != want[k]]
+    if diff:
+        k = diff[0]
+        raise KvrunError(
+            f"{path} was saved with {k} {got.get(k)!r}, this run has {want[k]!r}; resume it with the same model and flags "
+            "(-c, --kv-*), or start a new session"
+        )
+    return state

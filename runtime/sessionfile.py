@@ -9,8 +9,8 @@ zlib-compressed (the empty tail of a cache sized for the whole context costs
 nearly nothing: a 2-bit SmolLM2 chat of a few hundred tokens is ~1.5 MB).
 
 Loading a pickle can run code, so the reader takes only an allowlist of
-globals: kvrun's own classes, numpy's array and dtype reconstructors, and a
-few builtins; a file that names anything else is refused.  A file also records
+globals: the classes of ``kvrun.cache``, numpy's array and dtype reconstructors,
+and a few builtins; a file that names anything else is refused.  A file also records
 the model (size, architecture, geometry), the context and the KV setting it
 was made with, and is refused under another, in one line that says which.
 """
@@ -64,9 +64,9 @@ class _Unpickler(pickle.Unpickler):
             return super().find_class(module, name)
         if module.startswith("numpy.dtypes") and name.endswith("DType"):
             return super().find_class(module, name)
-        if module == "kvrun" or module.startswith("kvrun."):
+        if module.startswith("kvrun.cache."):  # (a name elsewhere would import a module of ours that a cache never needs)
             obj = super().find_class(module, name)
-            if isinstance(obj, type):  # kvrun's classes, never a function to call
+            if isinstance(obj, type):  # the cache's classes, never a function to call
                 return obj
         raise pickle.UnpicklingError(f"names {module}.{name}, which a session file may not")
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
 from ..cache.base import KVCache
@@ -26,6 +27,7 @@ from ..loaders.tokenizer import StreamDecoder, Tokenizer
 from ..models import model_class
 from ..ops import get_backend
 from ..ops.cpu.blas import set_blas_threads
+from ..ops.cpu.parallel import num_threads
 from .sampling import Sampler, SamplerConfig
 from .threads import ThreadTuner
 
@@ -121,6 +123,9 @@ class Engine:
         self.load_time = time.perf_counter() - t0
         # no --threads: decode measures whether all cores or one is faster now (runtime/threads.py)
         self.tuner = ThreadTuner(n_threads) if threads is None and self.backend.name == "cpu" else None
+        # --threads, kept: Numba's count is per thread, and a server's handler thread or chat's warm-up
+        # thread evaluating would otherwise run on all cores whatever the user asked
+        self.threads = n_threads if threads is not None else None
         # on the GPU, one-token decode steps with the plain cache replay captured CUDA graphs
         self.graphs = None
         if self.backend.name == "gpu":
@@ -187,6 +192,8 @@ class Engine:
     def _eval_chunks(self, cache: KVCache, tokens: np.ndarray, first: int, out) -> None:
         """The forward passes of :meth:`eval`, n_batch tokens each; logits from token ``first`` on into ``out``."""
         n = len(tokens)
+        if self.threads is not None and num_threads() != self.threads:
+            numba.set_num_threads(self.threads)
         for s in range(0, n, self.n_batch):
             chunk = tokens[s : s + self.n_batch]
             T = len(chunk)

@@ -74,7 +74,7 @@ def test_a_token_does_not_depend_on_numbas_thread_count(gemma3_path, kv_bits):
     ids = list(np.random.default_rng(0).integers(100, 20000, 300))  # a prompt long enough for the split
     logits = {}
     for t in (1, 2):
-        numba.set_num_threads(t)
+        eng.threads = t  # (--threads: the engine sets the evaluating thread's Numba count from it)
         cache = eng.new_cache()
         rows = [eng.eval(cache, ids[:6]), eng.eval(cache, ids[6:])]  # integer kernels, then tiles + BLAS
         for tok in (236761, 1437, 603, 2542):
@@ -96,3 +96,26 @@ def test_importing_kvrun_shortens_openmp_spinning_unless_the_user_set_it(user, w
         env["GOMP_SPINCOUNT"] = user
     code = "import os, kvrun; print(os.environ['GOMP_SPINCOUNT'])"
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == want
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 cores to tell the counts apart")
+def test_threads_hold_in_every_thread_that_evaluates(tmp_path):
+    """--threads 1 holds in a thread other than the one that built the engine (a server's request
+    handler, chat's warm-up): Numba's count is per thread, so the engine sets it where it evaluates."""
+    import threading
+
+    from kvrun.runtime.engine import Engine
+    from tests.tinymodel import write_tiny_model
+
+    eng = Engine(write_tiny_model(tmp_path / "tiny.gguf", "llama"), n_ctx=64, threads=1)
+    seen = []
+
+    def run() -> None:
+        eng.eval(eng.new_cache(), [1, 2, 3])
+        seen.append(numba.get_num_threads())
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    assert seen == [1]
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)

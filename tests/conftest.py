@@ -38,6 +38,14 @@ def gemma3_path() -> Path:
     return _real_model("gemma3-270m")
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_path(tmp_path_factory) -> Path:
+    """A tiny llama-architecture GGUF (tinymodel.py), written once a session, for tests that only run it."""
+    from tinymodel import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-llama") / "tiny.gguf", "llama")
+
+
 def _gpu_runtimes() -> list:
     from kvrun.ops import gpu_available
     from kvrun.ops.gpu import emulate

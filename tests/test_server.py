@@ -14,19 +14,13 @@ from kvrun.cli import main
 from kvrun.runtime.api import Model
 from kvrun.runtime.engine import Engine
 from kvrun.runtime.server import make_server
-from tests.tinymodel import write_tiny_model
 
 CHAT = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the cat sat"}]
 
 
 @pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    return write_tiny_model(tmp_path_factory.mktemp("srv") / "tiny.gguf", "llama")
-
-
-@pytest.fixture(scope="module")
-def model(tiny_path):
-    return Model(Engine(tiny_path, n_ctx=256, n_batch=64))
+def model(tiny_llama_path):
+    return Model(Engine(tiny_llama_path, n_ctx=256, n_batch=64))
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +116,8 @@ def test_a_streamed_request_too_long_fails_before_the_stream_starts(server):
     assert status == 400 and "raise --ctx-size" in json.loads(text)["error"]["message"]
 
 
-def test_cli_serve_refuses_a_bad_port_in_one_line(tiny_path):
-    r = CliRunner().invoke(main, ["serve", str(tiny_path), "--port", "70000"])
+def test_cli_serve_refuses_a_bad_port_in_one_line(tiny_llama_path):
+    r = CliRunner().invoke(main, ["serve", str(tiny_llama_path), "--port", "70000"])
     assert r.exit_code == 2 and r.output == "kvrun: error: --port must be in 0..65535, got 70000\n"
 
 

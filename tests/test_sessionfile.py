@@ -19,14 +19,9 @@ from kvrun.loaders.errors import KvrunError
 from kvrun.runtime.api import Model
 from kvrun.runtime.engine import Engine
 from kvrun.runtime.sessionfile import MAGIC, VERSION
-from tests.tinymodel import write_tiny_model
+from tinymodel import write_tiny_model
 
 TURNS = ["the cat sat on the mat", "and then the dog came in", "what did the cat do"]
-
-
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    return write_tiny_model(tmp_path_factory.mktemp("sess") / "tiny.gguf", "llama")
 
 
 def _model(path, kv=None, n_ctx=256):
@@ -34,13 +29,13 @@ def _model(path, kv=None, n_ctx=256):
 
 
 @pytest.mark.parametrize("kv", [None, "2", "2,policy=snapkv,budget=48,residual=8,merge=keepkv", "4,policy=h2o,budget=48,residual=8,mixed=8/4"])
-def test_a_resumed_chat_goes_on_as_the_one_that_never_stopped(tiny_path, tmp_path, kv):
-    m = _model(tiny_path, kv)
+def test_a_resumed_chat_goes_on_as_the_one_that_never_stopped(tiny_llama_path, tmp_path, kv):
+    m = _model(tiny_llama_path, kv)
     a = m.session(system="be brief")
     a.send(TURNS[0], max_tokens=24, temperature=0)
     f = tmp_path / "chat.kvs"
     assert a.save(f) == f.stat().st_size > 0
-    b = _model(tiny_path, kv).load_session(f)  # another Model object: a new process's
+    b = _model(tiny_llama_path, kv).load_session(f)  # another Model object: a new process's
     assert b.messages == a.messages and b.tokens == a.tokens and b.cache.offset == a.cache.offset
     for turn in TURNS[1:]:
         assert b.send(turn, max_tokens=24, temperature=0) == a.send(turn, max_tokens=24, temperature=0)
@@ -52,22 +47,22 @@ def test_a_resumed_chat_goes_on_as_the_one_that_never_stopped(tiny_path, tmp_pat
                 np.testing.assert_array_equal(x, getattr(lb, name), err_msg=name)
 
 
-def test_a_session_made_under_other_settings_is_refused_naming_what_differs(tiny_path, tmp_path):
+def test_a_session_made_under_other_settings_is_refused_naming_what_differs(tiny_llama_path, tmp_path):
     f = tmp_path / "chat.kvs"
-    s = _model(tiny_path, "2").session()
+    s = _model(tiny_llama_path, "2").session()
     s.send(TURNS[0], max_tokens=4, temperature=0)
     s.save(f)
     for kv, n_ctx, says in [("4", 256, "saved with kv '2', this run has '4'"), ("2", 128, "saved with n_ctx 256, this run has 128")]:
         with pytest.raises(KvrunError, match=says) as e:
-            _model(tiny_path, kv, n_ctx).load_session(f)
+            _model(tiny_llama_path, kv, n_ctx).load_session(f)
         assert "\n" not in str(e.value)
     other = write_tiny_model(tmp_path / "other.gguf", "qwen2")
     with pytest.raises(KvrunError, match="saved with"):
         _model(other, "2").load_session(f)
 
 
-def test_a_foreign_damaged_or_unsafe_file_is_refused(tiny_path, tmp_path):
-    m = _model(tiny_path)
+def test_a_foreign_damaged_or_unsafe_file_is_refused(tiny_llama_path, tmp_path):
+    m = _model(tiny_llama_path)
     foreign = tmp_path / "notes.txt"
     foreign.write_text("hello")
     with pytest.raises(KvrunError, match="is not a kvrun session file"):
@@ -94,9 +89,9 @@ def test_a_foreign_damaged_or_unsafe_file_is_refused(tiny_path, tmp_path):
         m.load_session(tmp_path / "missing.kvs")
 
 
-def test_cli_chat_session_saves_on_leaving_and_resumes_where_it_stopped(tiny_path, tmp_path):
+def test_cli_chat_session_saves_on_leaving_and_resumes_where_it_stopped(tiny_llama_path, tmp_path):
     f = str(tmp_path / "c.kvs")
-    base = ["chat", str(tiny_path), "-n", "12", "--temp", "0", "-c", "256", "--kv-bits", "2", "--kv-budget", "96"]
+    base = ["chat", str(tiny_llama_path), "-n", "12", "--temp", "0", "-c", "256", "--kv-bits", "2", "--kv-budget", "96"]
     whole = CliRunner().invoke(main, base, input=f"{TURNS[0]}\n{TURNS[1]}\n")
     first = CliRunner().invoke(main, base + ["--session", f], input=f"{TURNS[0]}\n")
     assert first.exit_code == 0 and f"chat saved to {f}" in first.output and os.path.exists(f), first.output

@@ -105,7 +105,7 @@ def test_threads_hold_in_every_thread_that_evaluates(tmp_path):
     import threading
 
     from kvrun.runtime.engine import Engine
-    from tests.tinymodel import write_tiny_model
+    from tinymodel import write_tiny_model
 
     eng = Engine(write_tiny_model(tmp_path / "tiny.gguf", "llama"), n_ctx=64, threads=1)
     seen = []

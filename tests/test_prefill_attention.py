@@ -80,3 +80,23 @@ def test_query_blocks_on_threads_give_the_same_bits(monkeypatch):
     np.testing.assert_array_equal(got[1][1], got[3][1])
     want, _ = _reference(q, k, v, pos, pos, 0, 0.2, 0.0, np.zeros(T))
     assert np.abs(got[3][0] - want).max() < 1e-4
+
+
+@pytest.mark.parametrize("gqa", [1, 3])
+@pytest.mark.parametrize("cols", ["all", "prefix", "scattered"])
+def test_group_probs_are_numpys_divide_sum_and_copy_bit_for_bit(gqa, cols):
+    """The one-pass sum of a block's probabilities over the group (what eviction policies score
+    from) keeps the arithmetic of the numpy lines it replaced: ``s /= tot``, ``sum(axis=1)``, the copy."""
+    from kvrun.ops.cpu.attention import _ALL, _group_probs
+
+    rng = np.random.default_rng(gqa)
+    T, n, width = 9, 40, 64
+    s = rng.random((T * gqa, n)).astype(np.float32)
+    tot = (rng.random((T * gqa, 1)) + 0.1).astype(np.float32)
+    idx = {"all": None, "prefix": slice(0, n), "scattered": np.sort(rng.choice(width, n, replace=False))}[cols]
+    want, got = np.zeros((T + 4, width), np.float32), np.zeros((T + 4, width), np.float32)
+    ref = s.copy()
+    ref /= tot
+    want[3 : 3 + T, slice(0, n) if idx is None else idx] = ref.reshape(T, gqa, -1).sum(axis=1)
+    _group_probs(s, tot[:, 0], gqa, got, 3, _ALL if not isinstance(idx, np.ndarray) else idx.astype(np.int64))
+    np.testing.assert_array_equal(got, want)

@@ -121,12 +121,7 @@ def attend_group(
         ob /= tot
         out[t0:t1] = ob.reshape(t1 - t0, gqa, -1)
         if p is not None:
-            s /= tot
-            pg = s.reshape(t1 - t0, gqa, -1).sum(axis=1)
-            if cols is None:
-                p[t0:t1] = pg
-            else:
-                p[t0:t1, cols] = pg
+            _group_probs(s, tot[:, 0], gqa, p, t0, _ALL if cols is None or isinstance(cols, slice) else cols)
 
     # a prefill holds BLAS at one thread beside the VNNI GEMM: the query blocks go to threads instead
     # (numpy's GEMMs and the Numba softmax release the GIL; scores live in per-thread scratch)
@@ -205,6 +200,37 @@ def _softmax_rows(s: np.ndarray, bias: np.ndarray, pk: np.ndarray, pq: np.ndarra
         else:
             row[:] = 0.0
         tot[r] = t
+
+
+_ALL = np.zeros(0, np.int64)
+
+
+@nb.njit(cache=True, nogil=True, fastmath=False)
+def _group_probs(s: np.ndarray, tot: np.ndarray, gqa: int, p: np.ndarray, t0: int, cols: np.ndarray) -> None:
+    """``p[t0 + t, cols] = sum_g s[t gqa + g] / tot[t gqa + g]``: a block's probabilities summed over the
+    group's query heads, into the rows of ``p`` [T, n_keys] (``cols`` empty: its first ``s.shape[1]``
+    columns).  One pass, where numpy's ``s /= tot``, ``sum(axis=1)`` and the copy into ``p`` had made
+    three over the block's scores; the same divisions, added in the same order (g = 0, 1, ...)."""
+    n = s.shape[1]
+    row = np.empty(n, np.float32)
+    for t in range(s.shape[0] // gqa):
+        r = t * gqa
+        d = tot[r]
+        sr = s[r]
+        for j in range(n):
+            row[j] = sr[j] / d
+        for g in range(1, gqa):
+            d = tot[r + g]
+            sr = s[r + g]
+            for j in range(n):
+                row[j] = row[j] + sr[j] / d
+        dst = p[t0 + t]
+        if cols.size == 0:
+            for j in range(n):
+                dst[j] = row[j]
+        else:
+            for j in range(n):
+                dst[cols[j]] = row[j]
 
 
 def softmax_scale(head_dim: int) -> float:

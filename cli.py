@@ -398,7 +398,7 @@ def _engine(path: Any, **kw: Any):
     eng = Engine(path, **kw)
     if eng.kernels_cold:
         click.echo(
-            "kvrun: first run on this machine: compiling the CPU kernels (about 20 s, 35 with --kv-*; once; "
+            "kvrun: first run on this machine: compiling the CPU kernels (about 20 s, 30-40 with --kv-*; once; "
             "later starts load them from the cache)",
             err=True,
         )

@@ -554,10 +554,11 @@ def policy_decode_step(
             for h in range(col.shape[0]):
                 col[h, j] = np.float32(qpos[t]) if insert_kind == INSERT_POS and a == 0 else np.float32(0.0)
     s0 = state[0]
-    if step_kind == STEP_DECAY:
-        acc[:] = 0.0
-    elif step_kind == STEP_RESET:
-        s0[:] = 0.0
+    if step_kind == STEP_DECAY or step_kind == STEP_RESET:  # (loops, not `acc[:] = 0`: see ops/cpu/arraycopy.py)
+        z = acc if step_kind == STEP_DECAY else s0
+        for h in range(z.shape[0]):
+            for i in range(z.shape[1]):
+                z[h, i] = 0.0
     kc, km, vc, vm, bits_k, bits_v, klut, vlut = pool0[2:10]
     kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1 = pool1[2:10]
     _attend_decode_q(qr, qpos, k16, v16, kc, km, vc, vm, bits_k, bits_v, kc1, km1, vc1, vm1, bits_k1, bits_v1,

@@ -507,6 +507,8 @@ def chat(model: str | None, system: str | None, n_predict: int, session_file: st
     """
     _sampling(kw)  # a bad sampling flag fails now, not at the first reply
     _check_n_predict(n_predict)
+    if session_file is not None and not os.access(os.path.dirname(os.path.abspath(session_file)), os.W_OK):
+        raise KvrunError(f"--session {session_file}: its folder cannot be written; the chat could not be saved there")
     m = _load(model, kw)
     resume = session_file is not None and os.path.exists(session_file)
     sess = m.load_session(session_file) if resume else m.session(system=system)

@@ -161,11 +161,15 @@ class Session:
         self.tokens = []
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
 
-    def stream(self, user: str, max_tokens: int = 512, stop: Any = None, **sampling: Any) -> Iterator[str]:
+    def stream(self, user: str, max_tokens: int = 512, stop: Any = None, reserve: int | None = None, **sampling: Any) -> Iterator[str]:
+        """The reply to ``user``, as text pieces.  ``reserve``: context tokens kept free for the reply when
+        deciding whether the oldest turns must go (default: ``max_tokens``, or half the context when it is -1)."""
         req = _request(max_tokens, stop, **sampling)
         msgs = self.messages + [{"role": "user", "content": user}]
         prompt = self.model.tokenize(self.model.render(msgs), add_bos=None)
-        reserve = self.engine.n_ctx // 2 if max_tokens < 0 else min(max_tokens, self.engine.n_ctx // 2)  # for the reply
+        if reserve is None:
+            reserve = self.engine.n_ctx // 2 if max_tokens < 0 else max_tokens
+        reserve = min(max(reserve, 0), self.engine.n_ctx // 2)  # for the reply
         room = self.engine.n_ctx - reserve
         if len(prompt) > room:
             msgs, prompt = self._shift(msgs, room)

@@ -36,6 +36,7 @@ from .api import Model, Session, _request
 from .engine import GenStats
 
 MAX_BODY = 16 << 20  # bytes of a request body
+REPLY_RESERVE = 256  # context tokens a chat request without max_tokens keeps free for its reply before dropping old turns
 SAMPLING = {  # OpenAI field -> kvrun sampling keyword
     "temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p", "seed": "seed",
     "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty", "repeat_penalty": "repeat_penalty",
@@ -181,7 +182,10 @@ class Server:
                 if chat:
                     s = self.chat
                     s.messages = msgs[:-1]
-                    it = s.stream(msgs[-1]["content"], max_tokens=req.max_tokens, stop=list(req.stop), **_sampling(req))
+                    # no max_tokens: the reply may run to the context's end, but a long prompt keeps its turns
+                    # (a client sending a document to summarise), so little is held back for the reply
+                    reserve = None if req.max_tokens >= 0 else min(REPLY_RESERVE, self.model.engine.n_ctx // 8)
+                    it = s.stream(msgs[-1]["content"], max_tokens=req.max_tokens, stop=list(req.stop), reserve=reserve, **_sampling(req))
                     try:
                         yield from it
                     finally:

@@ -133,3 +133,15 @@ def test_a_client_gone_mid_stream_stops_its_generation_and_the_next_request_is_w
     want = model.chat(CHAT, max_tokens=6, temperature=0)
     status, text = call(server, "POST", "/v1/chat/completions", {"messages": CHAT, "max_tokens": 6, "temperature": 0})
     assert status == 200 and json.loads(text)["choices"][0]["message"]["content"] == want
+
+
+def test_a_long_prompt_without_max_tokens_is_answered_not_cut_to_half_the_context(server, model):
+    """A client sending a document with no max_tokens: the reply may run to the context's end, but the
+    prompt is not held to half the context (what Session keeps for an unlimited reply in a chat)."""
+    words = 1
+    while len(model.tokenize(model.render([{"role": "user", "content": "the " * words}]), add_bos=None)) < 160:
+        words += 8
+    status, text = call(server, "POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "the " * words}], "temperature": 0})
+    assert status == 200, text
+    r = json.loads(text)
+    assert r["usage"]["prompt_tokens"] >= 160 > model.engine.n_ctx // 2 + 16 and r["usage"]["total_tokens"] <= model.engine.n_ctx + 1  # (the last token sampled, not fed back)

@@ -106,3 +106,5 @@ def test_cli_chat_session_saves_on_leaving_and_resumes_where_it_stopped(tiny_lla
     assert r.exit_code == 2 and r.output.count("\n") <= 2 and "saved with kv" in r.output, r.output
     r = CliRunner().invoke(main, base, input="/save\n")
     assert r.exit_code == 0 and "/save needs a file" in r.output
+    r = CliRunner().invoke(main, base + ["--session", str(tmp_path / "no" / "such" / "dir.kvs")], input="hi\n")
+    assert r.exit_code == 2 and "its folder cannot be written" in r.output  # said before the chat, not after it

@@ -216,6 +216,8 @@ EOF
             2>>"$OUT/greedy.log" | sed "s/^/$m h2o+keepkv: /" >>"$S"
         # (past its budget its decode steps replay a CUDA graph too; the prompt's chunks go in with one launch each)
         left && bench_line "h2o budget 256: " "$LOGS/bench_policy_$m.log" 100 -p 512 -n 128 -d 512 -r 2 --kv-bits 4 --kv-policy h2o --kv-budget 256
+        # fp16 pools behind the window (--kv-budget alone): stored by kvquant.cu on the device since stop 33, unrun on a GPU until then
+        left && bench_line "fp16 budget 1024: " "$LOGS/bench_budget16_$m.log" 100 -p 256 -n 32 -d 2048 -r 2 --kv-budget 1024
         echo "all checks $m: $((SECONDS - t0)) s" >>"$S"
     done
     cat "$S"

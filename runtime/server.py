@@ -255,7 +255,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "kvrun"
     protocol_version = "HTTP/1.1"
     app: Server  # set by :func:`make_server`
-    log: Callable[[str], None] = staticmethod(lambda line: print(line, file=sys.stderr, flush=True))
+    log: Callable[[str], None]  # set by :func:`make_server`: a line to the stderr the server started with
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's names)
         self._serve("GET")
@@ -337,7 +337,9 @@ class Handler(BaseHTTPRequestHandler):
 
 def make_server(model: Model, host: str, port: int, name: str) -> ThreadingHTTPServer:
     """A server bound to ``host:port`` (0: any free port), not yet serving (``serve_forever``)."""
-    handler = type("KvrunHandler", (Handler,), {"app": Server(model, name)})
+    err = sys.stderr  # (not looked up per request: a thread must not write into a stream swapped in meanwhile)
+    log = staticmethod(lambda line: print(line, file=err, flush=True))
+    handler = type("KvrunHandler", (Handler,), {"app": Server(model, name), "log": log})
     try:
         httpd = ThreadingHTTPServer((host, port), handler)
     except OSError as e:

@@ -17,6 +17,8 @@ was made with, and is refused under another, in one line that says which.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import os
 import pickle
@@ -43,13 +45,29 @@ _BUILTINS = {("builtins", n) for n in ("slice", "set", "frozenset", "complex", "
 
 
 def fingerprint(engine: Any) -> dict[str, Any]:
-    """What a session file must match to be resumed by ``engine``: the model and the cache's shape."""
+    """What a session file must match to be resumed by ``engine``: the model, the cache's shape, and the
+    cache's code (its objects are pickled as they are: another version's may lack an attribute this one reads)."""
     cfg = engine.cfg
     return {
         "model": os.path.basename(engine.path), "file_size": os.path.getsize(engine.path), "arch": cfg.arch,
         "n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_vocab": cfg.n_vocab,
         "n_ctx": engine.n_ctx, "kv": str(engine.kv) if engine.kv is not None else "fp16", "device": engine.backend.name,
+        "cache code": _cache_code(),
     }  # fmt: skip
+
+
+@functools.cache
+def _cache_code() -> str:
+    """A digest of the cache package's sources (a few hundred KB, read once)."""
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cache")
+    h = hashlib.sha256()
+    for d, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for f in sorted(files):
+            if f.endswith(".py"):
+                with open(os.path.join(d, f), "rb") as fh:
+                    h.update(f.encode() + b"\0" + fh.read())
+    return h.hexdigest()[:16]
 
 
 class _Pickler(pickle.Pickler):
@@ -113,6 +131,8 @@ def load(path: str | os.PathLike, engine: Any) -> dict[str, Any]:
         raise KvrunError(f"{path}: the session file is damaged or unsafe ({e}); start a new session") from None
     want, got = fingerprint(engine), state.get("fingerprint", {})
     diff = [k for k in want if got.get(k) != want[k]]
+    if diff == ["cache code"]:
+        raise KvrunError(f"{path} was saved by another version of kvrun's cache code, which this one cannot resume; start a new session")
     if diff:
         k = diff[0]
         raise KvrunError(

@@ -61,6 +61,19 @@ def test_a_session_made_under_other_settings_is_refused_naming_what_differs(tiny
         _model(other, "2").load_session(f)
 
 
+def test_a_session_saved_by_other_cache_code_is_refused(tiny_llama_path, tmp_path, monkeypatch):
+    """The cache's objects are pickled as they are: another version's may lack an attribute this one reads
+    (an AttributeError mid-chat), so a file records a digest of kvrun/cache's sources."""
+    from kvrun.runtime import sessionfile
+
+    m = _model(tiny_llama_path, "2")
+    f = tmp_path / "chat.kvs"
+    m.session().save(f)
+    monkeypatch.setattr(sessionfile, "_cache_code", lambda: "0123456789abcdef")
+    with pytest.raises(KvrunError, match="saved by another version of kvrun's cache code"):
+        m.load_session(f)
+
+
 def test_a_foreign_damaged_or_unsafe_file_is_refused(tiny_llama_path, tmp_path):
     m = _model(tiny_llama_path)
     foreign = tmp_path / "notes.txt"

@@ -446,11 +446,14 @@ def _stats_line(stats: Any, cache: Any = None, engine: Any = None) -> str:
 @click.option("-n", "--n-predict", "n_predict", type=int, default=128, show_default=True, help="tokens to generate (-1: until the text ends or the context fills)")
 @click.option("--ignore-eos", is_flag=True, help="keep generating past end-of-sequence")
 @click.option("--no-stats", is_flag=True, help="do not print timings")
+@click.option("--prompt-cache", "prompt_cache", type=click.Path(dir_okay=False), default=None,
+              help="reuse the KV cache saved in this file for the prefix the prompt shares with it, and save the prompt's there (as llama-cli)")  # fmt: skip
 @engine_options
 @kv_options
 @sampling_options
 @friendly
-def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predict: int, ignore_eos: bool, no_stats: bool, stop: tuple[str, ...], **kw: Any) -> None:
+def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predict: int, ignore_eos: bool, no_stats: bool, prompt_cache: str | None,
+        stop: tuple[str, ...], **kw: Any) -> None:  # fmt: skip
     """Complete a prompt and stream the text (as llama-cli -p)."""
     from .runtime.api import _request
 
@@ -473,19 +476,30 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
     req = _request(n_predict, stop, ignore_eos=ignore_eos, **sampling)
     if len(ids) > m.engine.n_ctx:  # say so before echoing the prompt
         raise KvrunError(f"the prompt is {len(ids)} tokens, the context {m.engine.n_ctx}; raise --ctx-size or shorten the prompt")
-    cache = m.new_cache()
     from .runtime.engine import GenStats
 
     stats = GenStats()
+    feed, t_cache, reused = ids, 0.0, 0
+    if prompt_cache is not None:  # all but the prompt's last token from (or into) the file
+        from .runtime.sessionfile import prompt_cache as cached_prefix
+
+        t0 = time.perf_counter()
+        cache, feed, reused = cached_prefix(prompt_cache, m.engine, ids)
+        t_cache = time.perf_counter() - t0
+    else:
+        cache = m.new_cache()
     click.echo(text, nl=False)
     try:
-        for piece in m.engine.generate_text(cache, ids, req, stats):
+        for piece in m.engine.generate_text(cache, feed, req, stats):
             click.echo(piece, nl=False)
             sys.stdout.flush()
     except KeyboardInterrupt:
         stats.stop_reason = "interrupted"
     click.echo("")
+    stats.n_prompt, stats.t_prompt = len(ids) - reused, stats.t_prompt + t_cache  # the prompt's evaluated tokens, all told
     if not no_stats:
+        if prompt_cache is not None:
+            click.echo(f"(prompt cache {prompt_cache}: {reused} of the prompt's {len(ids)} tokens reused)", err=True)
         click.echo(_stats_line(stats, cache, m.engine) + f" load {m.engine.load_time:.2f} s", err=True)
 
 

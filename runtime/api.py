@@ -233,7 +233,8 @@ class Session:
         :meth:`Model.load_session` exactly where it stopped; returns the file's size in bytes."""
         from .sessionfile import save
 
-        state = {"cache": self.cache, "tokens": self.tokens, "messages": self.messages, "system": self.system, "n_shifts": self.n_shifts}
+        state = {"kind": "chat", "cache": self.cache, "tokens": self.tokens, "messages": self.messages, "system": self.system,
+                 "n_shifts": self.n_shifts}  # fmt: skip
         return save(path, self.engine, state)
 
     def kv_bytes(self) -> int:

@@ -113,8 +113,9 @@ def save(path: str | os.PathLike, engine: Any, state: dict[str, Any]) -> int:
     return len(data)
 
 
-def load(path: str | os.PathLike, engine: Any) -> dict[str, Any]:
-    """The state :func:`save` wrote to ``path``, checked against ``engine``."""
+def load(path: str | os.PathLike, engine: Any, kind: str = "chat") -> dict[str, Any]:
+    """The state :func:`save` wrote to ``path``, checked against ``engine``; ``kind``: what it must hold
+    ("chat": a Session's, "prompt": a prompt cache's)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -129,6 +130,9 @@ def load(path: str | os.PathLike, engine: Any) -> dict[str, Any]:
         state = _Unpickler(io.BytesIO(zlib.decompress(data[len(MAGIC) + 4 :]))).load()
     except (zlib.error, pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError, ValueError) as e:
         raise KvrunError(f"{path}: the session file is damaged or unsafe ({e}); start a new session") from None
+    if state.get("kind", "chat") != kind:
+        names = {"chat": "a saved chat (kvrun chat --session)", "prompt": "a prompt cache (kvrun run --prompt-cache)"}
+        raise KvrunError(f"{path} is {names.get(state.get('kind'), 'another kind of file')}, not {names[kind]}")
     want, got = fingerprint(engine), state.get("fingerprint", {})
     diff = [k for k in want if got.get(k) != want[k]]
     if diff == ["cache code"]:
@@ -140,3 +144,33 @@ def load(path: str | os.PathLike, engine: Any) -> dict[str, Any]:
             "(-c, --kv-*), or start a new session"
         )
     return state
+
+
+def prompt_cache(path: str | os.PathLike, engine: Any, ids: list[int]) -> tuple[Any, list[int], int]:
+    """``kvrun run --prompt-cache``, as llama-cli's: the cache for ``ids`` up to their last whole batch
+    (``n_batch`` tokens; the rest, at least one token, is left to evaluate), the prefix it shares with the
+    cache saved at ``path`` (if any) reused and the rest evaluated, then saved back to ``path`` when anything
+    new was.  The batches fall where a run without the file puts them, so a prompt that takes the whole saved
+    prefix gets the same logits, compressed cache included.  One that departs inside it reuses the cache
+    truncated to a batch boundary, as a chat does (exact for the fp16 cache; with a compressed one, the
+    evictions and calibration of the dropped tokens stay).  Returns (cache, the tokens left, tokens reused)."""
+    B = engine.n_batch
+    n_save = (len(ids) - 1) // B * B
+    n_keep = 0
+    if os.path.exists(path):
+        state = load(path, engine, kind="prompt")
+        cache = state["cache"]
+        for a, b in zip(state["tokens"], ids[:n_save]):
+            if a != b:
+                break
+            n_keep += 1
+        if n_keep < cache.offset:
+            n_keep = n_keep // B * B
+            cache.truncate(n_keep)
+    else:
+        cache = engine.new_cache()
+    if n_keep < n_save:
+        engine.eval(cache, ids[n_keep:n_save])
+    if n_keep < n_save or not os.path.exists(path):
+        save(path, engine, {"kind": "prompt", "cache": cache, "tokens": list(ids[:n_save])})
+    return cache, list(ids[n_save:]), n_keep

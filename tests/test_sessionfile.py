@@ -121,3 +121,30 @@ def test_cli_chat_session_saves_on_leaving_and_resumes_where_it_stopped(tiny_lla
     assert r.exit_code == 0 and "/save needs a file" in r.output
     r = CliRunner().invoke(main, base + ["--session", str(tmp_path / "no" / "such" / "dir.kvs")], input="hi\n")
     assert r.exit_code == 2 and "its folder cannot be written" in r.output  # said before the chat, not after it
+
+
+@pytest.mark.parametrize("kv", [None, "2,policy=snapkv,budget=48,residual=8"])
+def test_a_prompt_cache_gives_the_logits_of_a_run_without_it(tiny_llama_path, tmp_path, kv):
+    """kvrun run --prompt-cache: the saved prefix ends on a batch boundary, so the batches fall where a run
+    without the file puts them and the logits are the same bits, an eviction policy's cache included; a
+    prompt that departs inside the saved prefix reuses it truncated to a batch boundary (exact for fp16)."""
+    from kvrun.runtime.sessionfile import prompt_cache
+
+    m = _model(tiny_llama_path, kv)  # n_batch 32
+    eng, f = m.engine, tmp_path / "prompt.kvc"
+    ids = m.tokenize(" ".join(TURNS * 12))[:100]
+
+    def fresh(x):
+        return eng.eval(eng.new_cache(), x)
+
+    for want_reused in (0, 96):
+        cache, rest, reused = prompt_cache(f, eng, ids)
+        assert reused == want_reused and len(rest) == 4
+        np.testing.assert_array_equal(eng.eval(cache, rest), fresh(ids))
+    other = ids[:40] + ids[60:]  # departs at token 40: the batch from 32 is evaluated again
+    cache, rest, reused = prompt_cache(f, eng, other)
+    assert reused == 32
+    if kv is None:
+        np.testing.assert_array_equal(eng.eval(cache, rest), fresh(other))
+    with pytest.raises(KvrunError, match="is a prompt cache .*, not a saved chat"):
+        m.load_session(f)

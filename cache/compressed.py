@@ -405,6 +405,15 @@ class CompressedLayerCache(LayerCache):
         return tuple(self.policy.per_slot()), tuple(self.policy.fold_arrays())
 
     @functools.cached_property
+    def _policy_args(self) -> tuple:
+        """What the one-call policy steps (:func:`.insert.policy_push`, ``policy_push_tokens``,
+        ``policy_decode_step``) take after the store's arguments: the policy's arrays and the merger's
+        (state, n_state, folds, n_fold, logw, mode, threshold, score), fixed as :attr:`_merge_args`."""
+        mode, thr, score = self._merge_args
+        state, folds = self._policy_state
+        return state, len(state), folds or (self._dummy,), len(folds), self.logw, mode, thr, _EMPTY2 if score is None else score
+
+    @functools.cached_property
     def _fused_hooks(self) -> tuple[int, int, float] | None:
         """``Policy.fused_hooks``: what the one-call policy step does in place of the hooks' Python calls, or None."""
         return self.policy.fused_hooks() if self.policy is not None else None
@@ -416,14 +425,11 @@ class CompressedLayerCache(LayerCache):
         T = q.shape[0]
         hooks = self._fused_hooks
         if hooks is not None:
-            mode, thr, score = self._merge_args
-            state, folds = self._policy_state
             pol, s = self.policy, self.spec
             rot_v = self.rot_v is not None
             policy_decode_step(
                 np.ascontiguousarray(q, np.float32), np.ascontiguousarray(k, np.float32), np.ascontiguousarray(v, np.float32),
-                np.ascontiguousarray(pos, np.int32), self.basis.rot is not None, rot_v, *self._store_args(),
-                state, len(state), folds or (self._dummy,), len(folds), self.logw, mode, thr, _EMPTY2 if score is None else score,
+                np.ascontiguousarray(pos, np.int32), self.basis.rot is not None, rot_v, *self._store_args(), *self._policy_args,
                 pol.rank_pool, self._ranking, self._qr[:T], hooks[0], hooks[1], hooks[2], pol.acc if pol.needs_probs else _EMPTY2,
                 s.window, s.scale, s.softcap, self._or[:T] if rot_v else out, out, self._s, split_threads(), self.int_keys,
             )  # fmt: skip
@@ -437,15 +443,10 @@ class CompressedLayerCache(LayerCache):
 
         q [n_head, D], k [n_kv, D] original basis; v [n_kv, Dv], rotated into the cache basis there when ``rot_v``.
         """
-        mode, thr, score = self._merge_args
-        state, folds = self._policy_state
-        t_k, mu, k16, v16, pos, S, F, G, pool0, pool1, tmp = self._store_args()
         kt = np.ascontiguousarray(k, np.float32)
         j = policy_push(
             np.ascontiguousarray(q, np.float32), kt, np.ascontiguousarray(v, np.float32), p, self.basis.rot is not None, rot_v,
-            t_k, mu, k16, v16, pos, S, F, G, pool0, pool1, tmp,
-            state, len(state), folds or (self._dummy,), len(folds), self.logw, mode, thr, _EMPTY2 if score is None else score,
-            self.policy.rank_pool, self._ranking, qr,
+            *self._store_args(), *self._policy_args, self.policy.rank_pool, self._ranking, qr,
         )  # fmt: skip
         self.policy.on_insert(np.full(self.spec.n_head_kv, j, np.int64), p, kt)
 
@@ -584,14 +585,10 @@ class CompressedLayerCache(LayerCache):
         """Rows ``first`` on of a prefill chunk into a layer whose policy ranks by its score, in one Numba call
         (:func:`.insert.policy_push_tokens`; each token's first state from ``Policy.insert_chunk``).
         k: [T, n_kv, D] original basis; vr: [T, n_kv, Dv] already in the cache basis."""
-        mode, thr, score = self._merge_args
-        state, folds = self._policy_state
         init = np.ascontiguousarray(self.policy.insert_chunk(pos, k, first), np.float32)
         policy_push_tokens(
             np.ascontiguousarray(k, np.float32), np.ascontiguousarray(vr, np.float32), np.asarray(pos, np.int64),
-            self.basis.rot is not None, False, *self._store_args(),
-            state, len(state), folds or (self._dummy,), len(folds), self.logw, mode, thr, _EMPTY2 if score is None else score,
-            init, self.policy.rank_pool, self._ranking,
+            self.basis.rot is not None, False, *self._store_args(), *self._policy_args, init, self.policy.rank_pool, self._ranking,
         )  # fmt: skip
 
     def _push_chunk_fast(self, k: np.ndarray, vr: np.ndarray, pos: np.ndarray) -> None:

@@ -174,35 +174,16 @@ class Session:
         if len(prompt) > room:
             msgs, prompt = self._shift(msgs, room)
         self.n_prompt_tokens = len(prompt)
-        n_keep = 0
-        for a, b in zip(self.tokens, prompt):
-            if a != b:
-                break
-            n_keep += 1
-        n_keep = min(n_keep, len(prompt) - 1)  # always evaluate at least one token
-        if n_keep < self.cache.offset:
-            self.cache.truncate(n_keep)
-        self.tokens = self.tokens[:n_keep]
         self.messages = msgs
         self.last_stats = GenStats()
-        new = prompt[n_keep:]
-        self.tokens.extend(new)
         reply: list[str] = []
-        gen_ids: list[int] = []
-        eng = self.engine
-
-        def _ids() -> Iterator[int]:
-            for t in eng.generate_tokens(self.cache, new, req, self.last_stats):
-                gen_ids.append(t)
-                yield t
-
+        ids = self.engine.generate_reusing(self.cache, self.tokens, prompt, req, self.last_stats)  # the cached prefix kept
         try:
-            for piece in stream_text(eng.tokenizer, _ids(), req.stop, self.last_stats):
+            for piece in stream_text(self.engine.tokenizer, ids, req.stop, self.last_stats):
                 reply.append(piece)
                 yield piece
         finally:
-            # the cache holds the prompt and every generated token that was fed back
-            self.tokens.extend(gen_ids[: self.cache.offset - len(self.tokens)])
+            ids.close()
             self.messages.append({"role": "assistant", "content": "".join(reply)})
 
     def _shift(self, msgs: list[Message], room: int) -> tuple[list[Message], list[int]]:

@@ -269,10 +269,37 @@ class Engine:
         finally:
             stats.t_gen = time.perf_counter() - t1
 
+    def generate_reusing(self, cache: KVCache, held: list[int], ids: list[int], req: GenRequest, stats: GenStats | None = None) -> Iterator[int]:
+        """:meth:`generate_tokens` for ``ids`` on a cache that holds ``held`` (its tokens in order, updated in
+        place to what the cache holds after): the longest prefix they share stays, at least the last token of
+        ``ids`` is evaluated (for its logits), the rest is prefilled, as llama.cpp's chat and server reuse theirs."""
+        n_keep = min(shared_prefix(held, ids), len(ids) - 1)
+        if n_keep < cache.offset:
+            cache.truncate(n_keep)
+        del held[n_keep:]
+        held.extend(ids[n_keep:])
+        out: list[int] = []
+        try:
+            for t in self.generate_tokens(cache, ids[n_keep:], req, stats):
+                out.append(t)
+                yield t
+        finally:  # the cache holds the prompt and every generated token that was fed back
+            held.extend(out[: cache.offset - len(held)])
+
     def generate_text(self, cache: KVCache, prompt: list[int], req: GenRequest, stats: GenStats | None = None) -> Iterator[str]:
         """Like :meth:`generate_tokens` but yields text pieces, honouring stop strings."""
         stats = stats if stats is not None else GenStats()
         return stream_text(self.tokenizer, self.generate_tokens(cache, prompt, req, stats), req.stop, stats)
+
+
+def shared_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def stream_text(tokenizer: Tokenizer, ids: Iterator[int], stop: tuple[str, ...], stats: GenStats) -> Iterator[str]:

@@ -68,24 +68,7 @@ class _Prefix:
         eng = self.engine
         if len(ids) >= eng.n_ctx:
             raise BadRequest(f"the prompt is {len(ids)} tokens, the context {eng.n_ctx}; shorten it or start the server with a larger --ctx-size")
-        n_keep = 0
-        for a, b in zip(self.tokens, ids):
-            if a != b:
-                break
-            n_keep += 1
-        n_keep = min(n_keep, len(ids) - 1)  # at least one token is evaluated, for its logits
-        if n_keep < self.cache.offset:
-            self.cache.truncate(n_keep)
-        self.tokens = ids[:n_keep]
-        new = ids[n_keep:]
-        self.tokens.extend(new)
-        out: list[int] = []
-        try:
-            for t in eng.generate_tokens(self.cache, new, req, stats):
-                out.append(t)
-                yield t
-        finally:  # the cache holds the prompt and every generated token fed back
-            self.tokens.extend(out[: self.cache.offset - len(self.tokens)])
+        yield from eng.generate_reusing(self.cache, self.tokens, ids, req, stats)
 
 
 class Server:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..loaders.errors import KvrunError
+from .engine import shared_prefix
 
 MAGIC = b"KVRUN-SESSION\x00"
 VERSION = 1
@@ -160,10 +161,7 @@ def prompt_cache(path: str | os.PathLike, engine: Any, ids: list[int]) -> tuple[
     if os.path.exists(path):
         state = load(path, engine, kind="prompt")
         cache = state["cache"]
-        for a, b in zip(state["tokens"], ids[:n_save]):
-            if a != b:
-                break
-            n_keep += 1
+        n_keep = shared_prefix(state["tokens"], ids[:n_save])
         if n_keep < cache.offset:
             n_keep = n_keep // B * B
             cache.truncate(n_keep)

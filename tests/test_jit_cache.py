@@ -42,3 +42,27 @@ def test_compiled_and_cached_kernels_give_the_same_logits(tmp_path):
     first = _digest(model, cache_dir)
     assert any(n.endswith(".nbi") for _, _, fs in os.walk(cache_dir) for n in fs)  # it did write a cache
     assert _digest(model, cache_dir) == first
+
+
+def test_a_kernel_cache_entry_is_stale_when_any_kernel_file_changes(tmp_path):
+    """Kernels inline code from other files (fused.py from qmatmul.py, the caches' decode steps from
+    the attention kernels), so a cached kernel is stamped with every kernel file's source, not only
+    its own: after a change that touched qmatmul.py alone, fused.py's cached products had run the old
+    shape check and refused a new weight type."""
+    from kvrun.cache import insert
+    from kvrun.ops.cpu import fused, jitstamp, qmatmul
+
+    for kernel in (qmatmul._mv_1, fused._fused_1, insert.decode_step):
+        stamp = kernel._cache._impl.locator.get_source_stamp()
+        assert stamp[1] == jitstamp.kernel_sources_digest()
+
+    for d in jitstamp.KERNEL_DIRS:  # a copy of the kernel sources: one edit anywhere changes the digest
+        for p in (jitstamp.ROOT / d).rglob("*.py"):
+            dst = tmp_path / p.relative_to(jitstamp.ROOT)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(p.read_bytes())
+    before = jitstamp.sources_digest(tmp_path)
+    assert before == jitstamp.kernel_sources_digest()
+    q = tmp_path / "ops" / "cpu" / "qmatmul.py"
+    q.write_bytes(q.read_bytes() + b"\n# an edit\n")
+    assert jitstamp.sources_digest(tmp_path) != before

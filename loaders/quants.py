@@ -50,6 +50,12 @@ Block layouts (``block_size`` weights -> ``type_size`` bytes)
     low 4 bits ``scales[i] & 0xF`` for ``i < 8``, ``scales[i - 8] >> 4`` for
     ``i >= 8``; high 2 bits ``(scales[8 + i % 4] >> 2 * (i // 4)) & 3``;
     the signed scale is ``sc[i] - 32``.  ``w = (d * (sc[s] - 32)) * q``.
+``IQ4_NL`` (32 -> 18):  ``d f16 | qs u8[16]``; nibbles as Q4_0 index a
+    16-entry non-linear table ``IQ4_VALUES`` (-127 .. 113); ``w = d * IQ4_VALUES[q]``.
+``IQ4_XS`` (256 -> 136):  ``d f16 | scales_h u16 | scales_l u8[4] | qs u8[128]``.
+    8 sub-blocks of 32; sub-block ``s`` has the 6-bit scale ``ls = (scales_l[s // 2]
+    >> 4 (s % 2)) & 0xF | ((scales_h >> 2s) & 3) << 4`` and its 32 weights in
+    ``qs[16s : 16s + 16]``, nibbles as IQ4_NL.  ``w = (d * (ls - 32)) * IQ4_VALUES[q]``.
 ``Q4_K`` (256 -> 144):  ``d f16 | dmin f16 | scales u8[12] | qs u8[128]``.
     8 sub-blocks of 32 weights, each with a 6-bit scale ``sc[s]`` and a 6-bit
     min ``mn[s]`` packed in the 12 bytes (see :func:`k_scale_min`):
@@ -76,7 +82,7 @@ Arithmetic (bit exactness)
 Reference: ``gguf.quants`` (the same as ggml's C dequantizers).  Scales are
 widened exactly f16 -> float32 and every product is taken in float32.  All
 products are exact: an f16 has 11 significant bits, the integer factors at
-most 7 + 5 (Q6_K ``scale * q``), so ``d * scale * q`` needs <= 23 bits and its
+most 7 + 6 (Q6_K ``scale * q``; IQ4_XS ``(ls - 32) * IQ4_VALUES[q]``), so ``d * scale * q`` needs <= 23 bits and its
 value does not depend on the order of the factors.  The only rounding is the
 one float32 add of the offset in Q4_1/Q5_1 (``+ m``) and Q2_K/Q4_K/Q5_K
 (``- dmin * min``), so a fused multiply-add, or computing in float64 and
@@ -96,6 +102,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.quants import IQ4_NL as _GGUF_IQ4_NL
 
 __all__ = [
     "QK_K",
@@ -254,6 +261,26 @@ def _deq_q8_0(b: np.ndarray, out: np.ndarray) -> None:
     np.multiply(b[:, 2:].view(np.int8), _f16(b[:, 0:2]), out=out)
 
 
+#: IQ4_NL / IQ4_XS code -> weight (ggml's ``kvalues_iq4nl``)
+IQ4_VALUES = np.array(_GGUF_IQ4_NL.kvalues, np.int8)
+
+
+def _deq_iq4_nl(b: np.ndarray, out: np.ndarray) -> None:
+    """``IQ4_NL`` 18 B: ``d f16 | qs u8[16]``; nibbles as Q4_0; ``w = d * IQ4_VALUES[q]``."""
+    np.multiply(_f16(b[:, 0:2]), IQ4_VALUES[_nibbles(b[:, 2:])], out=out)
+
+
+def _deq_iq4_xs(b: np.ndarray, out: np.ndarray) -> None:
+    """``IQ4_XS`` 136 B: ``d f16 | scales_h u16 | scales_l u8[4] | qs u8[128]``; see the module docstring."""
+    n = b.shape[0]
+    sh = b[:, 2:4].copy().view(np.uint16).astype(np.int32)  # [n, 1]
+    lo = (b[:, 4:8].reshape(n, 4, 1) >> _SH4.reshape(1, 1, 2)).reshape(n, 8) & np.uint8(0x0F)
+    hi = (sh >> (2 * np.arange(8, dtype=np.int32))) & 3
+    dl = _f16(b[:, 0:2]) * ((lo.astype(np.int32) | (hi << 4)) - 32).astype(_F32)  # exact: f16 x 6 bits
+    q = IQ4_VALUES[_nibbles(b[:, 8:].reshape(n * 8, 16))].reshape(n, 8, 32)
+    np.multiply(dl.reshape(n, 8, 1), q, out=out.reshape(n, 8, 32))
+
+
 def _crumbs(qs: np.ndarray, n_groups: int) -> np.ndarray:
     """2-bit fields: ``qs`` [n, 32 * n_groups] -> [n, n_groups, 4, 32]; field k of byte l at [.., k, l]."""
     n = qs.shape[0]
@@ -384,6 +411,8 @@ _LAYOUTS: dict[GGMLQuantizationType, tuple[tuple[tuple[str, int], ...], _Kernel]
     T.Q4_K: ((("d", 2), ("dmin", 2), ("scales", 12), ("qs", 128)), _deq_q4_k),
     T.Q5_K: ((("d", 2), ("dmin", 2), ("scales", 12), ("qh", 32), ("qs", 128)), _deq_q5_k),
     T.Q6_K: ((("ql", 128), ("qh", 64), ("scales", 16), ("d", 2)), _deq_q6_k),
+    T.IQ4_NL: ((("d", 2), ("qs", 16)), _deq_iq4_nl),
+    T.IQ4_XS: ((("d", 2), ("scales_h", 2), ("scales_l", 4), ("qs", 128)), _deq_iq4_xs),
 }
 
 

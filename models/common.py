@@ -15,13 +15,14 @@ from ..cache.base import KVCache, LayerSpec
 from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile, TensorInfo
-from ..loaders.quants import is_supported
+from ..loaders.quants import QUANT_TYPES, SUPPORTED_TYPES, is_supported
 from ..ops.backend import Backend, Weight
 from ..ops.cpu.nn import rope_tables
 
 # GGUF tensor name patterns ({i}: layer index)
 TENSOR_NAMES: dict[str, str] = {
     "tok_embd": "token_embd.weight",
+    "rope_freqs": "rope_freqs.weight",
     "output": "output.weight",
     "output_norm": "output_norm.weight",
     "attn_norm": "blk.{i}.attn_norm.weight",
@@ -58,7 +59,7 @@ class WeightLoader:
         if t is not None and not is_supported(t.qtype):
             raise UnsupportedModelError(
                 f"{self.g.path}: tensor {name!r} has type {t.type_name}, which kvrun cannot run yet; "
-                "use a model quantized to F32/F16/BF16/Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K/Q6_K"
+                f"use a model quantized to {'/'.join(QUANT_TYPES[q].name for q in SUPPORTED_TYPES)}"
             )
         return t
 
@@ -68,16 +69,24 @@ class WeightLoader:
         if t is None:
             return None
         shape = (t.shape[0], t.shape[-1]) if len(t.shape) == 2 else (1, t.shape[-1])
-        return self.be.upload(t.rows(), t.qtype, shape)
+        try:
+            return self.be.upload(t.rows(), t.qtype, shape)
+        except ValueError as e:  # a type this backend has no kernel for (the GPU's list is shorter)
+            raise UnsupportedModelError(f"{self.g.path}: tensor {t.name!r}: {e}") from None
 
     def vector(self, role: str, i: int | None = None, required: bool = True) -> Any:
-        """A 1-D float32 tensor (norm weights, biases), dequantized (it is tiny)."""
+        """A 1-D float32 tensor (norm weights, biases), dequantized (it is tiny), on the backend."""
+        v = self.host_vector(role, i, required)
+        return None if v is None else self.be.vector(v)
+
+    def host_vector(self, role: str, i: int | None = None, required: bool = True) -> np.ndarray | None:
+        """A 1-D float32 tensor as a numpy array (for tables built on the host, as rope's)."""
         from ..loaders.quants import dequantize
 
         t = self._info(role, i, required)
         if t is None:
             return None
-        return self.be.vector(dequantize(t.data, t.qtype, t.shape).reshape(-1))
+        return dequantize(t.data, t.qtype, t.shape).reshape(-1).astype(np.float32)
 
 
 @dataclass
@@ -102,8 +111,9 @@ class Buffers:
         return a[:T]
 
 
-def make_rope(cfg: ModelConfig, n_ctx: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin tables for positions ``[0, n_ctx)`` with the model's scaling."""
+def make_rope(cfg: ModelConfig, n_ctx: int, theta: float, freq_factors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin tables for positions ``[0, n_ctx)`` with the model's scaling (and the per-frequency
+    factors of a ``rope_freqs`` tensor, where the file has one)."""
     return rope_tables(
         n_ctx,
         cfg.rope_dim,
@@ -114,6 +124,7 @@ def make_rope(cfg: ModelConfig, n_ctx: int, theta: float) -> tuple[np.ndarray, n
         beta_fast=cfg.yarn_beta_fast,
         beta_slow=cfg.yarn_beta_slow,
         attn_factor=cfg.yarn_attn_factor,
+        freq_factors=freq_factors,
     )
 
 

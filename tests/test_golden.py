@@ -1,8 +1,13 @@
-"""kvrun agrees with llama.cpp on the real models (fixtures from tools/make_golden.py)."""
+"""kvrun agrees with llama.cpp on the real models (fixtures from tools/make_golden.py).
+
+``KVRUN_GOLDEN_EXTRA=DIR`` adds the models of the fixtures ``tools/make_golden.py --out DIR``
+wrote (other quantizations of the models, say: developer runs, not CI's).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +21,27 @@ FIX = Path(__file__).parent / "fixtures"
 GPL3 = Path("/usr/share/common-licenses/GPL-3")
 
 
-def _golden(name):
-    return np.load(FIX / f"golden_{name}.npz"), json.loads((FIX / f"golden_{name}.json").read_text())
+EXTRA = Path(os.environ["KVRUN_GOLDEN_EXTRA"]) if os.environ.get("KVRUN_GOLDEN_EXTRA") else None
 
 
-@pytest.fixture(scope="module", params=["smollm2", "gemma3"])
-def case(request, smollm2_path, gemma3_path):
+def _golden(name, where=FIX):
+    return np.load(where / f"golden_{name}.npz"), json.loads((where / f"golden_{name}.json").read_text())
+
+
+EXTRA_NAMES = sorted(p.stem[len("golden_") :] for p in EXTRA.glob("golden_*.json")) if EXTRA else []
+
+
+@pytest.fixture(scope="module", params=["smollm2", "gemma3", *EXTRA_NAMES])
+def case(request):
     from kvrun.runtime.engine import Engine
 
-    path = smollm2_path if request.param == "smollm2" else gemma3_path
+    if request.param in ("smollm2", "gemma3"):
+        path = request.getfixturevalue(f"{request.param}_path")
+        npz, meta = _golden(request.param)
+    else:
+        npz, meta = _golden(request.param, EXTRA)
+        path = meta["model_path"]
     eng = Engine(path, n_ctx=512, n_batch=256)
-    npz, meta = _golden(request.param)
     return request.param, eng, npz, meta
 
 

@@ -41,7 +41,7 @@ from kvrun.ops.cpu import nn
 from kvrun.ops.cpu.backend import CPUBackend
 from kvrun.ops.gpu import emulate
 
-QTYPES = [Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K]
+QTYPES = [Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS]
 
 # the `rt` fixture (real CUDA where a GPU is, else the kernel emulator) is in conftest.py
 
@@ -68,6 +68,10 @@ def nmse(got, ref) -> float:
 
 
 # ----------------------------------------------------------------- weights
+# types made of random bytes: the offsets of their f16 fields (d, dmin), which must be finite
+RANDOM_BLOCK_F16 = {Q.Q2_K: (80, 82), Q.Q3_K: (108,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,), Q.IQ4_NL: (0,), Q.IQ4_XS: (0,)}
+
+
 def random_weight(qtype: int, n_rows: int, n_cols: int, rng) -> np.ndarray:
     """Raw GGUF rows ``[n_rows, row_bytes]`` of random weights of ``qtype``."""
     a = rng.standard_normal((n_rows, n_cols)).astype(np.float32)
@@ -75,15 +79,13 @@ def random_weight(qtype: int, n_rows: int, n_cols: int, rng) -> np.ndarray:
         return a.view(np.uint8).reshape(n_rows, -1)
     if qtype == Q.F16:
         return a.astype(np.float16).view(np.uint8).reshape(n_rows, -1)
-    if qtype in (Q.Q4_K, Q.Q5_K, Q.Q6_K):
-        # gguf-py cannot quantize K-quants: random blocks with sane f16 scales
+    if qtype in RANDOM_BLOCK_F16:
+        # gguf-py cannot quantize these: random blocks with sane f16 scales
         block, size = GGML_QUANT_SIZES[Q(qtype)]
         b = rng.integers(0, 256, (n_rows, n_cols // block, size), dtype=np.uint8)
         scales = rng.uniform(0.002, 0.02, (n_rows, n_cols // block, 2)).astype(np.float16).view(np.uint8)
-        if qtype == Q.Q6_K:
-            b[..., 208:210] = scales[..., :2]
-        else:
-            b[..., 0:4] = scales  # d, dmin
+        for i, off in enumerate(RANDOM_BLOCK_F16[qtype]):
+            b[..., off : off + 2] = scales[..., 2 * i : 2 * i + 2]
         return b.reshape(n_rows, -1)
     return np.ascontiguousarray(quantize(a, qtype)).reshape(n_rows, -1)
 
@@ -91,7 +93,7 @@ def random_weight(qtype: int, n_rows: int, n_cols: int, rng) -> np.ndarray:
 def n_cols_for(qtype: int) -> int:
     # not a multiple of 64 where the type allows, so the last K-tile is partial;
     # float rows not even a multiple of 8, so the last chunk is too
-    return {Q.F32: 100, Q.F16: 100, Q.BF16: 100}.get(qtype, 512 if qtype in (Q.Q4_K, Q.Q5_K, Q.Q6_K) else 288)
+    return {Q.F32: 100, Q.F16: 100, Q.BF16: 100}.get(qtype, 512 if GGML_QUANT_SIZES[Q(qtype)][0] == 256 else 288)
 
 
 @pytest.mark.parametrize("n_tok", [1, 3, 70], ids=["matvec", "matvec-3tok", "matmul"])
@@ -101,14 +103,14 @@ def test_linear(rt, gpu, cpu, qtype, n_tok):
     n_rows, n_cols = 72, n_cols_for(qtype)  # 72 rows: a partial 64-row tile
     raw = random_weight(qtype, n_rows, n_cols, rng)
     x = rng.standard_normal((n_tok, n_cols)).astype(np.float32)
-    want = np.zeros((n_tok, n_rows), np.float32)
-    cpu.linear(cpu.upload(raw, qtype, (n_rows, n_cols)), x, want)
     out = rt.xp.full((n_tok, n_rows), np.nan, np.float32)
     gpu.linear(gpu.upload(raw, qtype, (n_rows, n_cols)), dev(rt, x), out)
     got = rt.asnumpy(out)
     exact = x.astype(np.float64) @ dequantize(raw, qtype).reshape(n_rows, n_cols).astype(np.float64).T
-    assert nmse(got, want) < 1e-3
     assert nmse(got, exact) < 1e-9
+    want = np.zeros((n_tok, n_rows), np.float32)
+    cpu.linear(cpu.upload(raw, qtype, (n_rows, n_cols)), x, want)
+    assert nmse(got, want) < 1e-3
 
 
 @pytest.mark.parametrize("n_tok", [1, 3, 70], ids=["matvec", "matvec-3tok", "matmul"])
@@ -208,6 +210,7 @@ def test_get_rows(rt, gpu, cpu, qtype):
     ids = np.array([19, 0, 7, 7], np.int32)
     want = np.zeros((4, n_cols), np.float32)
     cpu.get_rows(cpu.upload(raw, qtype, (n_rows, n_cols)), ids, want)
+    np.testing.assert_array_equal(want, dequantize(raw, qtype).reshape(n_rows, n_cols)[ids])
     out = rt.xp.zeros((4, n_cols), np.float32)
     gpu.get_rows(gpu.upload(raw, qtype, (n_rows, n_cols)), ids, out)
     np.testing.assert_array_equal(rt.asnumpy(out), want)  # decoding is exact on both
@@ -231,7 +234,7 @@ def test_bad_shapes_and_ids_are_refused(rt, gpu):
     with pytest.raises(IndexError):
         gpu.get_rows(w, np.array([8], np.int32), rt.xp.zeros((1, 64), np.float32))
     with pytest.raises(ValueError, match="no GPU kernel"):
-        gpu.upload(np.zeros((1, 84), np.uint8), Q.Q2_K, (1, 256))
+        gpu.upload(np.zeros((1, 66), np.uint8), Q.IQ2_XXS, (1, 256))
 
 
 # ----------------------------------------------------------------- nn

@@ -21,8 +21,10 @@ from gguf import GGMLQuantizationType as T
 
 from kvrun.ops.cpu import qmatmul as Q
 
-TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K]
-K_TYPES = (T.Q4_K, T.Q5_K, T.Q6_K)
+TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.Q2_K, T.Q3_K, T.IQ4_NL, T.IQ4_XS]
+K_TYPES = (T.Q4_K, T.Q5_K, T.Q6_K, T.Q2_K, T.Q3_K, T.IQ4_XS)
+# byte offsets of the float16 scales of the types gguf cannot quantize (random bytes otherwise)
+F16_FIELDS = {T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,), T.Q2_K: (80, 82), T.Q3_K: (108,), T.IQ4_NL: (0,), T.IQ4_XS: (0,)}
 # (n_rows, n_cols): rows not a multiple of the thread count; an odd number of
 # 32-blocks per row (the kernels unroll by 2) for the 32-block types
 SHAPES = {False: [(67, 96), (131, 576)], True: [(67, 256), (45, 768)]}
@@ -31,17 +33,14 @@ SHAPES = {False: [(67, 96), (131, 576)], True: [(67, 256), (45, 768)]}
 def _weights(qtype: T, n: int, k: int, seed: int = 0) -> np.ndarray:
     """Valid raw blocks [n, row_bytes]: gguf's quantizer where it has one, else random bytes with finite scales."""
     rng = np.random.default_rng(seed)
-    if qtype not in K_TYPES:
+    if qtype not in F16_FIELDS:
         w = quants.quantize(rng.standard_normal((n, k)).astype(np.float32), qtype)
         return np.ascontiguousarray(w).view(np.uint8).reshape(n, -1)
     bs, ts = GGML_QUANT_SIZES[qtype]
     raw = rng.integers(0, 256, (n, k // bs, ts), dtype=np.uint8)
     f16 = lambda lo, hi: rng.uniform(lo, hi, (n, k // bs, 1)).astype(np.float16).view(np.uint8)  # noqa: E731
-    if qtype == T.Q6_K:
-        raw[:, :, 208:210] = f16(1e-3, 1e-2)
-    else:
-        raw[:, :, 0:2] = f16(1e-3, 1e-2)
-        raw[:, :, 2:4] = f16(1e-3, 1e-2)
+    for o in F16_FIELDS[qtype]:
+        raw[:, :, o : o + 2] = f16(1e-3, 1e-2)
     return raw.reshape(n, -1)
 
 
@@ -61,7 +60,7 @@ def _rel(got: np.ndarray, ref: np.ndarray) -> float:
 
 def _cases():
     for qt in TYPES:
-        for n, k in SHAPES[qt in K_TYPES]:
+        for n, k in SHAPES[GGML_QUANT_SIZES[qt][0] == 256]:
             yield pytest.param(qt, n, k, id=f"{qt.name}-{n}x{k}")
 
 
@@ -85,6 +84,19 @@ def test_matvec(qtype, n, k):
         out = np.full(n, np.nan, np.float32)
         Q.matvec(w, qtype, x, out)
         assert _rel(out, W @ x) < _tol(qtype, True)
+
+
+@pytest.mark.parametrize("qtype", [t for t in TYPES if t not in (T.F32, T.F16, T.BF16, T.Q8_0)], ids=lambda t: t.name)
+def test_matvec_is_w_dot_quantized_x_to_float32_rounding(qtype):
+    """The 1.5e-2 above is x's quantization; the integer kernels themselves are exact: W . x_q."""
+    from reference import quantize_x8
+
+    n, k = SHAPES[GGML_QUANT_SIZES[qtype][0] == 256][1]
+    w = _weights(qtype, n, k, seed=4)
+    x = (np.random.default_rng(5).standard_normal(k) * 3).astype(np.float32)
+    out = np.full(n, np.nan, np.float32)
+    Q.matvec(w, qtype, x, out)
+    assert _rel(out, _ref(w, qtype, n, k) @ quantize_x8(x[None])[0]) < 1e-5
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
@@ -180,8 +192,8 @@ def test_errors():
     w = _weights(T.Q8_0, 8, 64)
     x = np.zeros(64, np.float32)
     out = np.zeros(8, np.float32)
-    with pytest.raises(ValueError, match="Q2_K"):
-        Q.matvec(w, T.Q2_K, x, out)
+    with pytest.raises(ValueError, match="IQ3_S"):
+        Q.matvec(w, T.IQ3_S, x, out)
     with pytest.raises(ValueError, match="IQ2_XS"):
         Q.get_rows(w, T.IQ2_XS, np.array([0]), np.zeros((1, 64), np.float32))
     with pytest.raises(ValueError):

@@ -35,7 +35,7 @@ from kvrun.loaders.quants import (
     row_bytes,
 )
 
-ALL_TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
+ALL_TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS]
 IDS = [t.name for t in ALL_TYPES]
 
 # byte offset of every field of every block, as the module docstring documents them
@@ -53,6 +53,8 @@ LAYOUTS = {
     T.Q4_K: {"d": 0, "dmin": 2, "scales": 4, "qs": 16},
     T.Q5_K: {"d": 0, "dmin": 2, "scales": 4, "qh": 16, "qs": 48},
     T.Q6_K: {"ql": 0, "qh": 128, "scales": 192, "d": 208},
+    T.IQ4_NL: {"d": 0, "qs": 2},
+    T.IQ4_XS: {"d": 0, "scales_h": 2, "scales_l": 4, "qs": 8},
 }
 
 # logical shapes, the last dimension in blocks

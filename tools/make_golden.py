@@ -5,6 +5,8 @@ Needs llama-cpp-python (it builds llama.cpp from source)::
     python -m venv /tmp/oracle && /tmp/oracle/bin/pip install llama-cpp-python numpy
     /tmp/oracle/bin/python tools/make_golden.py SMOLLM2.gguf GEMMA3.gguf
     /tmp/oracle/bin/python tools/make_golden.py --greedy-only SMOLLM2.gguf GEMMA3.gguf  # greedy part only (seconds)
+    /tmp/oracle/bin/python tools/make_golden.py --out DIR OTHER.gguf ...  # any model: DIR/golden_<stem>.*,
+        # then KVRUN_GOLDEN_EXTRA=DIR pytest tests/test_golden.py holds kvrun to it as to the committed ones
 
 Writes ``tests/fixtures/golden_<name>.npz`` / ``.json`` per model:
   * ``prompt_ids``: a 256-token prompt (llama.cpp's tokenization of GPL-3 text)
@@ -91,11 +93,19 @@ def name_of(path: str) -> str:
 
 
 def main(paths: list[str]) -> None:
+    global FIX
     greedy_only = "--greedy-only" in paths
     paths = [p for p in paths if p != "--greedy-only"]
+    out = None
+    if "--out" in paths:  # fixtures for other model files, named by file stem: KVRUN_GOLDEN_EXTRA in tests/test_golden.py
+        i = paths.index("--out")
+        out = Path(paths[i + 1])
+        del paths[i : i + 2]
+        FIX = out
+        FIX.mkdir(parents=True, exist_ok=True)
     text = TEXT.read_text()
     for path in paths:
-        name = name_of(path)
+        name = Path(path).stem if out else name_of(path)
         llm = Llama(model_path=path, n_ctx=512, n_batch=512, logits_all=True, verbose=False, n_threads=2, seed=0)
         add_bos = llm._model.add_bos_token() if hasattr(llm._model, "add_bos_token") else True
         toks = llm.tokenize(text.encode(), add_bos=add_bos, special=False)
@@ -132,6 +142,7 @@ def main(paths: list[str]) -> None:
         meta = {
             "regenerate": "python tools/make_golden.py SMOLLM2.gguf GEMMA3.gguf (with llama-cpp-python installed)",
             "model_file": Path(path).name,
+            "model_path": str(Path(path).resolve()),
             "add_bos": bool(add_bos),
             "n_text_tokens": len(toks),
             "perplexity": {"text": str(TEXT), "ctx": n_ctx, "n_chunks": n_chunks, "n_scored": count, "ppl": ppl},

@@ -37,6 +37,7 @@ class CPUBackend:
         return one_thread_beside_the_gemm()
 
     def upload(self, data: np.ndarray, qtype: int, shape: tuple[int, int]) -> Weight:
+        qmatmul.kernel_kind(qtype)  # a type without kernels fails here, at load, not mid-answer
         return Weight(data.reshape(shape[0], -1), int(qtype), (int(shape[0]), int(shape[1])))
 
     def vector(self, a: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ How (the same arithmetic as the decode kernels, laid out for many tokens):
   codes, their scale and the sums of the quantized x per 32 and per 16).
 * :data:`ROWS` (16) weight rows at a time are *packed*: every block type is
   written as unsigned byte codes ``u`` with, per group of ``G`` values
-  (32; 16 for Q6_K), a scale ``s`` and an offset ``o`` so that ``w = s u + o``
+  (32; 16 for Q6_K, Q2_K, Q3_K), a scale ``s`` and an offset ``o`` so that ``w = s u + o``
   (Q4_0: ``u`` = nibble, ``s = d``, ``o = -8 d``; Q4_K: ``s = d sc``,
   ``o = -dmin m``; Q8_0: ``u = q + 128``, ``o = -128 d``; ...).  Codes are
   interleaved ``[n_cols/4][16 rows][4]`` so one 64-byte load holds 4 codes
@@ -52,8 +52,9 @@ from numba.extending import intrinsic
 
 from .parallel import EXACT_JIT, num_threads, prange_only
 from .qmatmul import (
-    LF32, LI8, LI32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, V, V16I8, V32I8, V8I32,
-    HAVE_VNNI, HAVE_VNNI512, _G, _TYPES, _c, _i64, _k_scales, _q6_k_codes, _qk45_codes, _scratch, _scratch_bytes, quant_x8,
+    IQ4_NL, IQ4_XS, LF32, LI8, LI32, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, V, V16I8, V32I8, V8I32,
+    HAVE_VNNI, HAVE_VNNI512, _G, _IQ4_TABLE, _TYPES, _c, _crumb_codes, _i64, _iq4_xs_scale, _k_scales, _q3_k_codes,
+    _q6_k_codes, _qk45_codes, _scratch, _scratch_bytes, quant_x8,
 )  # fmt: skip
 
 ROWS = 16  # weight rows per packed tile: the 16 int32 lanes of a zmm register (two ymm)
@@ -200,6 +201,56 @@ def _q6_k(g, wb):
     return res
 
 
+def _q2_k(g, wb):
+    b = g.b
+    d, dmin = g.f16x2(wb, 80)
+    res = []
+    for s, q in enumerate(_crumb_codes(g, wb, 16)):
+        groups = []
+        for e in range(2):
+            sc = g.u8(wb, 2 * s + e)
+            groups.append((b.fmul(d, b.sitofp(b.and_(sc, ir.Constant(LI32, 15)), LF32)),
+                           b.fmul(b.fneg(dmin), b.sitofp(b.lshr(sc, ir.Constant(LI32, 4)), LF32))))
+        res.append((q, groups))
+    return res
+
+
+def _q3_k(g, wb):
+    """u = q + 4 (0..7), s = d (sc - 32), o = -4 s."""
+    b = g.b
+    d = g.f16(wb, 108)
+    res = []
+    for s, q in enumerate(_q3_k_codes(g, wb)):
+        groups = []
+        for e in range(2):
+            i = 2 * s + e
+            lo = b.and_(b.lshr(g.u8(wb, 96 + i % 8), ir.Constant(LI32, 4 * (i // 8))), ir.Constant(LI32, 15))
+            hi = b.and_(b.lshr(g.u8(wb, 104 + i % 4), ir.Constant(LI32, 2 * (i // 4))), ir.Constant(LI32, 3))
+            sd = b.fmul(d, b.sitofp(b.sub(b.or_(lo, b.shl(hi, ir.Constant(LI32, 4))), ir.Constant(LI32, 32)), LF32))
+            groups.append((sd, b.fmul(sd, _c(-4.0))))
+        res.append((q, groups))
+    return res
+
+
+def _iq4_codes(g, q16):
+    """IQ4 nibbles -> table value + 128 as unsigned codes (vpdpbusd does not saturate)."""
+    v = g.call("llvm.x86.avx2.pshuf.b", V32I8, [_IQ4_TABLE, g.nibbles(q16)])
+    return g.b.xor(v, ir.Constant(V32I8, [ir.Constant(LI8, 0x80)] * 32))
+
+
+def _iq4_nl(g, wb):
+    d = g.f16(wb, 0)
+    return [(_iq4_codes(g, g.load(wb, 2, V16I8)), [(d, g.b.fmul(d, _c(-128.0)))])]
+
+
+def _iq4_xs(g, wb):
+    res = []
+    for s in range(8):
+        sd = _iq4_xs_scale(g, wb, s)
+        res.append((_iq4_codes(g, g.load(wb, 8 + 16 * s, V16I8)), [(sd, g.b.fmul(sd, _c(-128.0)))]))
+    return res
+
+
 _PACK_SIG = types.none(*([types.int64] * 5))
 
 
@@ -246,6 +297,10 @@ pack_q8_0 = _packer(34, 32, 32, _q8_0)
 pack_q4_k = _packer(144, 256, 32, _qk45(False))
 pack_q5_k = _packer(176, 256, 32, _qk45(True))
 pack_q6_k = _packer(210, 256, 16, _q6_k)
+pack_q2_k = _packer(84, 256, 16, _q2_k)
+pack_q3_k = _packer(110, 256, 16, _q3_k)
+pack_iq4_nl = _packer(18, 32, 32, _iq4_nl)
+pack_iq4_xs = _packer(136, 256, 32, _iq4_xs)
 
 
 # ================================================================= drivers
@@ -276,8 +331,16 @@ def _pack_tile(kind, w, r0, pk, sp):
             pack_q4_k(r, rb // 144, a, s, i)
         elif kind == Q5_K:
             pack_q5_k(r, rb // 176, a, s, i)
-        else:
+        elif kind == Q6_K:
             pack_q6_k(r, rb // 210, a, s, i)
+        elif kind == Q2_K:
+            pack_q2_k(r, rb // 84, a, s, i)
+        elif kind == Q3_K:
+            pack_q3_k(r, rb // 110, a, s, i)
+        elif kind == IQ4_NL:
+            pack_iq4_nl(r, rb // 18, a, s, i)
+        else:
+            pack_iq4_xs(r, rb // 136, a, s, i)
 
 
 @nb.njit(inline="always", **EXACT_JIT)
@@ -286,7 +349,7 @@ def _tiles(kind, w, sc, n_tok, n_cols, out, tiles0, tiles1, pk, sp):
     n_rows = w.shape[0]
     xs = sc.strides[0]
     ostr = out.strides[0] // 4
-    g16 = kind == Q6_K
+    g16 = kind == Q6_K or kind == Q2_K or kind == Q3_K
     for tile in range(tiles0, tiles1):
         r0 = tile * ROWS
         _pack_tile(kind, w, r0, pk, sp)
@@ -323,7 +386,7 @@ def _gemm_n(kind, w, x, out, sc, pk, sp, nt):
         _tiles(kind, w, sc, x.shape[0], x.shape[1], out, t * chunk, min(n_tiles, (t + 1) * chunk), pk[t], sp[t])
 
 
-KINDS = (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)
+KINDS = (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS)
 
 
 #: products with fewer multiply-adds run on the calling thread: measured (Zen 5, 2 vCPUs) 640 x 2048

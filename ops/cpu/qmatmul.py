@@ -45,6 +45,7 @@ import llvmlite.binding as llvm
 import numba as nb
 import numpy as np
 from gguf import GGMLQuantizationType as T
+from gguf.quants import IQ4_NL as _GGUF_IQ4_NL
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -487,6 +488,124 @@ dot_q5_k = _row_dot(176, 256, 256, _emit_qk45(True), 1)
 dot_q6_k = _row_dot(210, 256, 256, _emit_q6_k, 1)
 
 
+# ----------------------------------------------------------------- SIMD: 2/3-bit K types and the IQ4 table types
+def _crumb_codes(g, wb, o: int) -> list:
+    """The 2-bit codes (<32 x u8>, 0..3) of a Q2_K/Q3_K block's 8 runs of 32 weights (``qs`` at wb+o)."""
+    codes = []
+    for h in range(2):
+        raw = g.load(wb, o + 32 * h, V32I8)
+        codes += [g.and_(g.shr(raw, 2 * k), 3) for k in range(4)]
+    return codes
+
+
+def _q3_k_scales(g, wb) -> ir.Value:
+    """Q3_K's 16 signed 6-bit scales (``sc - 32``) as <16 x i16>, from the 12 bytes at wb+96."""
+    b = g.b
+    lo8 = g.load(wb, 96, V(LI8, 8))
+    lo = b.shuffle_vector(g.and_(lo8, 15), g.shr(lo8, 4), ir.Constant(V(LI32, 16), list(range(16))))
+    hi4 = g.load(wb, 104, V(LI8, 4))
+    hi = b.zext(b.shuffle_vector(hi4, hi4, ir.Constant(V(LI32, 16), [i % 4 for i in range(16)])), V16I16)
+    hi = b.lshr(hi, ir.Constant(V16I16, [ir.Constant(LI16, 2 * (i // 4)) for i in range(16)]))
+    sc = b.or_(b.zext(lo, V16I16), g.shl(g.and_(hi, 3), 4))
+    return b.sub(sc, _cvec(LI16, 16, 32))
+
+
+def _pick16(b, v16: ir.Value, s: int) -> ir.Value:
+    """<16 x i16> holding group 2s's value in lanes 0..7 and group 2s+1's in 8..15."""
+    return b.shuffle_vector(v16, v16, ir.Constant(V(LI32, 16), [2 * s] * 8 + [2 * s + 1] * 8))
+
+
+def _groups16_dot(g, codes, scv, xq, xd, d, accs) -> None:
+    """accs += d * xd[s] * sum_g scale_g (codes . x)_g over the 8 runs of 32 (two groups of 16 each)."""
+    b = g.b
+    for s, q in enumerate(codes):
+        p = b.sitofp(g.maddwd(g.maddubs(q, g.load(xq, 32 * s, V32I8)), _pick16(b, scv, s)), V8F32)
+        accs[s & 1] = g.fma(p, g.splat(b.fmul(d, _fl(xd, s, g))), accs[s & 1])
+
+
+def _groups16_sums(g, v16: ir.Value, xs16) -> ir.Value:
+    """<8 x float> whose lanes add up to sum_g v16_g * xs16_g (the sums of x per 16)."""
+    b = g.b
+    fp8 = V8F32.as_pointer()
+    x16v = b.bitcast(xs16, fp8)
+    lo = b.sitofp(b.sext(b.shuffle_vector(v16, v16, ir.Constant(V(LI32, 8), list(range(8)))), V8I32), V8F32)
+    hi = b.sitofp(b.sext(b.shuffle_vector(v16, v16, ir.Constant(V(LI32, 8), list(range(8, 16)))), V8I32), V8F32)
+    t = b.fmul(lo, b.load(x16v, align=4))
+    return g.fma(hi, b.load(b.gep(x16v, [ir.Constant(LI64, 1)]), align=4), t)
+
+
+def _emit_q2_k(g, wb, xq, xd, xs, xs16, st, u):  # noqa: ARG001
+    """w = d sc q - dmin m per group of 16: the codes meet x by vpmaddubsw, the mins the sums per 16."""
+    b = g.b
+    accs = [st[0], st[1]]
+    d, dmin = g.f16x2(wb, 80)
+    sc8 = g.load(wb, 0, V16I8)
+    _groups16_dot(g, _crumb_codes(g, wb, 16), b.zext(g.and_(sc8, 15), V16I16), xq, xd, d, accs)
+    mins = _groups16_sums(g, b.zext(g.shr(sc8, 4), V16I16), xs16)
+    accs[1] = g.fma(mins, g.splat(b.fneg(dmin)), accs[1])
+    return [accs[0], accs[1], st[2], st[3]]
+
+
+def _q3_k_codes(g, wb) -> list:
+    """Q3_K's unsigned codes q + 4 (<32 x u8>, 0..7) of its 8 runs of 32: 2 low bits, the hmask bit as bit 2."""
+    hm = g.load(wb, 0, V32I8)
+    return [g.b.or_(q, g.shl(g.and_(g.shr(hm, c), 1), 2)) for c, q in enumerate(_crumb_codes(g, wb, 32))]
+
+
+def _emit_q3_k(g, wb, xq, xd, xs, xs16, st, u):  # noqa: ARG001
+    """w = d (sc - 32) (u - 4) with u = q + 4 unsigned: the -4 offsets meet the sums per 16."""
+    b = g.b
+    accs = [st[0], st[1]]
+    d = g.f16(wb, 108)
+    scv = _q3_k_scales(g, wb)
+    _groups16_dot(g, _q3_k_codes(g, wb), scv, xq, xd, d, accs)
+    accs[1] = g.fma(_groups16_sums(g, scv, xs16), g.splat(b.fmul(d, _c(-4.0))), accs[1])
+    return [accs[0], accs[1], st[2], st[3]]
+
+
+#: IQ4_NL / IQ4_XS code -> weight (ggml's kvalues_iq4nl)
+IQ4_VALUES = np.array(_GGUF_IQ4_NL.kvalues, np.int8)
+#: the same, twice (vpshufb looks up within each 16-byte lane)
+_IQ4_TABLE = ir.Constant(V32I8, [ir.Constant(LI8, v & 0xFF) for v in IQ4_VALUES.tolist() * 2])
+
+
+def _iq4_dot(g, q16: ir.Value, x: ir.Value) -> ir.Value:
+    """16 bytes of IQ4 nibbles (as Q4_0) . 32 int8 x, as <8 x float> partial sums.  The table values
+    are signed (-127..113): |v| meets x with v's sign by vpsignb, so vpmaddubsw cannot saturate."""
+    v = g.call("llvm.x86.avx2.pshuf.b", V32I8, [_IQ4_TABLE, g.nibbles(q16)])
+    return g.dot_u8s8(g.psign(v, v), g.psign(x, v))
+
+
+def _emit_iq4_nl(g, wb, xq, xd, xs, acc, sacc):  # noqa: ARG001
+    b = g.b
+    p = _iq4_dot(g, g.load(wb, 2, V16I8), g.load(xq, 0, V32I8))
+    return g.fma(p, g.splat(b.fmul(g.f16(wb, 0), _fl(xd, 0, g))), acc), sacc
+
+
+def _iq4_xs_scale(g, wb, s: int) -> ir.Value:
+    """d (ls - 32) of IQ4_XS sub-block s, as float."""
+    b = g.b
+    lo = b.and_(b.lshr(g.u8(wb, 4 + s // 2), ir.Constant(LI32, 4 * (s % 2))), ir.Constant(LI32, 15))
+    hi = b.and_(b.lshr(b.zext(g.load(wb, 2, LI16), LI32), ir.Constant(LI32, 2 * s)), ir.Constant(LI32, 3))
+    ls = b.sub(b.or_(lo, b.shl(hi, ir.Constant(LI32, 4))), ir.Constant(LI32, 32))
+    return b.fmul(g.f16(wb, 0), b.sitofp(ls, LF32))
+
+
+def _emit_iq4_xs(g, wb, xq, xd, xs, xs16, st, u):  # noqa: ARG001
+    b = g.b
+    accs = [st[0], st[1]]
+    for s in range(8):
+        p = _iq4_dot(g, g.load(wb, 8 + 16 * s, V16I8), g.load(xq, 32 * s, V32I8))
+        accs[s & 1] = g.fma(p, g.splat(b.fmul(_iq4_xs_scale(g, wb, s), _fl(xd, s, g))), accs[s & 1])
+    return [accs[0], accs[1], st[2], st[3]]
+
+
+dot_q2_k = _row_dot(84, 256, 256, _emit_q2_k, 1)
+dot_q3_k = _row_dot(110, 256, 256, _emit_q3_k, 1)
+dot_iq4_nl = _row_dot(18, 32, 32, _blk32(_emit_iq4_nl), 2, _PREFETCH)
+dot_iq4_xs = _row_dot(136, 256, 256, _emit_iq4_xs, 1)
+
+
 # ----------------------------------------------------------------- SIMD: activation quantization
 def _quant_codegen(bits16: bool):
     """quant(x, n_blocks, xq, xf): x float32 [32 n] -> xq int8 (int16) [32 n], xf float32 [4 n].
@@ -678,7 +797,7 @@ deq_q6_k = _deq_driver(210, 256, _deq_q6_k)
 
 # ----------------------------------------------------------------- types
 # kind: index used inside the kernels
-F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K = range(11)
+F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS = range(15)
 _TYPES = {  # ggml id -> (kind, block elements, block bytes)
     int(T.F32): (F32, 1, 4),
     int(T.F16): (F16, 1, 2),
@@ -691,6 +810,10 @@ _TYPES = {  # ggml id -> (kind, block elements, block bytes)
     int(T.Q4_K): (Q4_K, 256, 144),
     int(T.Q5_K): (Q5_K, 256, 176),
     int(T.Q6_K): (Q6_K, 256, 210),
+    int(T.Q2_K): (Q2_K, 256, 84),
+    int(T.Q3_K): (Q3_K, 256, 110),
+    int(T.IQ4_NL): (IQ4_NL, 32, 18),
+    int(T.IQ4_XS): (IQ4_XS, 256, 136),
 }
 SUPPORTED: tuple[int, ...] = tuple(_TYPES)
 
@@ -706,6 +829,11 @@ TILE_ROWS = 128
 
 _USE_SIMD = HAVE_AVX2
 _USE_VNNI = HAVE_VNNI
+
+
+def kernel_kind(qtype: int) -> int:
+    """The kernels' kind number of ggml type ``qtype``; ValueError naming the supported types otherwise."""
+    return _type(qtype)[0]
 
 
 def _type(qtype: int) -> tuple[int, int, int]:
@@ -880,6 +1008,72 @@ def _row_q6_k(row, out):
                 out[base + 96 + j] = d * np.float32(np.int8(row[sc + isc + 6])) * np.float32(q4)
 
 
+@nb.njit(**_JIT_EXACT)
+def _row_q2_k(row, out):
+    for b in range(out.size // 256):
+        o = b * 84
+        d = _h(row, o + 80)
+        dmin = _h(row, o + 82)
+        for s in range(16):
+            sc = np.int32(row[o + s])
+            dl = d * np.float32(sc & 15)
+            ml = dmin * np.float32(sc >> 4)
+            e0 = 16 * s  # weight e = 128h + 32k + l: bits 2k of qs[32h + l]
+            qo = o + 16 + 32 * (e0 // 128)
+            shift = 2 * ((e0 % 128) // 32)
+            for i in range(16):
+                q = (np.int32(row[qo + (e0 + i) % 32]) >> shift) & 3
+                out[b * 256 + e0 + i] = dl * np.float32(q) - ml
+
+
+@nb.njit(**_JIT_EXACT)
+def _row_q3_k(row, out):
+    for b in range(out.size // 256):
+        o = b * 110
+        d = _h(row, o + 108)
+        for s in range(16):
+            lo = (np.int32(row[o + 96 + s]) & 15) if s < 8 else (np.int32(row[o + 96 + s - 8]) >> 4)
+            hi = (np.int32(row[o + 104 + s % 4]) >> (2 * (s // 4))) & 3
+            dl = d * np.float32((lo | (hi << 4)) - 32)
+            e0 = 16 * s
+            qo = o + 32 + 32 * (e0 // 128)
+            shift = 2 * ((e0 % 128) // 32)
+            for i in range(16):
+                e = e0 + i
+                h = (np.int32(row[o + e % 32]) >> (e // 32)) & 1
+                q = ((np.int32(row[qo + e % 32]) >> shift) & 3) - 4 * (1 - h)
+                out[b * 256 + e] = dl * np.float32(q)
+
+
+_IQ4 = IQ4_VALUES.astype(np.float32)
+
+
+@nb.njit(**_JIT_EXACT)
+def _row_iq4_nl(row, out):
+    for b in range(out.size // 32):
+        o = b * 18
+        d = _h(row, o)
+        for j in range(16):
+            q = np.int32(row[o + 2 + j])
+            out[b * 32 + j] = d * _IQ4[q & 15]
+            out[b * 32 + 16 + j] = d * _IQ4[q >> 4]
+
+
+@nb.njit(**_JIT_EXACT)
+def _row_iq4_xs(row, out):
+    for b in range(out.size // 256):
+        o = b * 136
+        d = _h(row, o)
+        sh = np.int32(row[o + 2]) | (np.int32(row[o + 3]) << 8)
+        for s in range(8):
+            ls = ((np.int32(row[o + 4 + s // 2]) >> (4 * (s % 2))) & 15) | (((sh >> (2 * s)) & 3) << 4)
+            dl = d * np.float32(ls - 32)
+            for j in range(16):
+                q = np.int32(row[o + 8 + 16 * s + j])
+                out[b * 256 + 32 * s + j] = dl * _IQ4[q & 15]
+                out[b * 256 + 32 * s + 16 + j] = dl * _IQ4[q >> 4]
+
+
 @nb.njit(inline="always", cache=True)
 def _decode_row(kind, row, out):
     if kind == F32:
@@ -902,8 +1096,16 @@ def _decode_row(kind, row, out):
         _row_q4_k(row, out)
     elif kind == Q5_K:
         _row_q5_k(row, out)
-    else:
+    elif kind == Q6_K:
         _row_q6_k(row, out)
+    elif kind == Q2_K:
+        _row_q2_k(row, out)
+    elif kind == Q3_K:
+        _row_q3_k(row, out)
+    elif kind == IQ4_NL:
+        _row_iq4_nl(row, out)
+    else:
+        _row_iq4_xs(row, out)
 
 
 @nb.njit(inline="always", cache=True)
@@ -917,6 +1119,9 @@ def _decode_row_simd(kind, row, out):
         return
     if kind == BF16:
         _row_bf16(row, out)
+        return
+    if kind >= Q2_K:  # no vector decoders for these: get_rows and the BLAS path of non-VNNI hosts only
+        _decode_row(kind, row, out)
         return
     a = row.ctypes.data
     o = out.ctypes.data
@@ -1027,9 +1232,21 @@ def _dot_rows(kind, wa, rs, rb, r0, r1, op, os, xq, xd, xs, x16):
     elif kind == Q5_K:
         for r in range(r0, r1):
             _put_f32(op + r * os, dot_q5_k(wa + r * rs, xq, xd, xs, x16, rb // 176))
-    else:
+    elif kind == Q6_K:
         for r in range(r0, r1):
             _put_f32(op + r * os, dot_q6_k(wa + r * rs, xq, xd, xs, x16, rb // 210))
+    elif kind == Q2_K:
+        for r in range(r0, r1):
+            _put_f32(op + r * os, dot_q2_k(wa + r * rs, xq, xd, xs, x16, rb // 84))
+    elif kind == Q3_K:
+        for r in range(r0, r1):
+            _put_f32(op + r * os, dot_q3_k(wa + r * rs, xq, xd, xs, x16, rb // 110))
+    elif kind == IQ4_NL:
+        for r in range(r0, r1):
+            _put_f32(op + r * os, dot_iq4_nl(wa + r * rs, xq, xd, xs, x16, rb // 18))
+    else:
+        for r in range(r0, r1):
+            _put_f32(op + r * os, dot_iq4_xs(wa + r * rs, xq, xd, xs, x16, rb // 136))
 
 
 @nb.njit(**_JIT_EXACT)
@@ -1066,8 +1283,16 @@ def _check(kind, w, n_cols, out_n):
         nc = w.shape[1] // 144 * 256
     elif kind == Q5_K:
         nc = w.shape[1] // 176 * 256
-    else:
+    elif kind == Q6_K:
         nc = w.shape[1] // 210 * 256
+    elif kind == Q2_K:
+        nc = w.shape[1] // 84 * 256
+    elif kind == Q3_K:
+        nc = w.shape[1] // 110 * 256
+    elif kind == IQ4_NL:
+        nc = w.shape[1] // 18 * 32
+    else:
+        nc = w.shape[1] // 136 * 256
     if nc != n_cols:
         raise ValueError("x length does not match the weight's row length")
     if out_n != w.shape[0]:
@@ -1357,4 +1582,4 @@ def get_rows(w: np.ndarray, qtype: int, ids: np.ndarray, out: np.ndarray) -> Non
     (_gather_rows_simd if _USE_SIMD else _gather_rows)(kind, w, np.asarray(ids, np.int64).reshape(-1), out)
 
 
-__all__ = ["matvec", "matmul", "get_rows", "SUPPORTED", "HAVE_AVX2", "HAVE_VNNI", "PAR_MIN_BYTES", "BLAS_MIN_TOKENS", "TILE_ROWS"]
+__all__ = ["matvec", "matmul", "get_rows", "kernel_kind", "SUPPORTED", "HAVE_AVX2", "HAVE_VNNI", "PAR_MIN_BYTES", "BLAS_MIN_TOKENS", "TILE_ROWS"]

@@ -49,9 +49,13 @@ QTYPE_SUFFIX: dict[int, str] = {
     int(T.Q5_0): "q5_0",
     int(T.Q5_1): "q5_1",
     int(T.Q8_0): "q8_0",
+    int(T.Q2_K): "q2_k",
+    int(T.Q3_K): "q3_k",
     int(T.Q4_K): "q4_k",
     int(T.Q5_K): "q5_k",
     int(T.Q6_K): "q6_k",
+    int(T.IQ4_NL): "iq4_nl",
+    int(T.IQ4_XS): "iq4_xs",
 }
 
 

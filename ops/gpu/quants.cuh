@@ -178,7 +178,99 @@ struct Q8_0 {  // d f16 | qs i8[32];  w = d * q.  chunk i reads qs[8i..8i+7]
     }
 };
 
+// IQ4_NL's 16 non-linear levels (ggml's kvalues_iq4nl).  A __device__ array, not
+// __constant__: the lanes of a warp look up different entries, which constant
+// memory would serialise; and the emulator builds it as a plain const array.
+__device__ const i8 kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+// 4 bytes of IQ4_NL nibbles (low: v[0..3], high: v[4..7]) times the scale d
+__device__ __forceinline__ void iq4_unpack(float* v, u32 q, float d) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        v[k] = d * (float)kvalues_iq4nl[(q >> (8 * k)) & 15u];
+        v[4 + k] = d * (float)kvalues_iq4nl[(q >> (8 * k + 4)) & 15u];
+    }
+}
+
+struct IQ4_NL {  // d f16 | qs u8[16] (nibbles as Q4_0);  w = d * kvalues_iq4nl[q]
+    static constexpr int block_elems = 32, block_bytes = 18;
+    static constexpr bool TAIL = false;
+    static __device__ __forceinline__ Chunk decode(const u8* row, int c, int) {
+        const int b = c >> 2, i = c & 3;
+        const u8* blk = row + b * block_bytes;
+        Chunk ch;
+        ch.c0 = 32 * b + 4 * i;
+        ch.c1 = ch.c0 + 16;
+        iq4_unpack(ch.v, ld32(blk + 2 + 4 * i), ldh(blk));
+        return ch;
+    }
+};
+
 // ---------------------------------------------------------------- 256-weight super-blocks
+// Q2_K/Q3_K: byte l of the 32-byte run qs[32h..] holds 2-bit codes of weights
+// 128h+32k+l (bits 2k, k 0..3).  Chunk i (0..31) of super-block sb: 64-column tile
+// t = i/8, h = t/2 the half, sh = 4*(t%2) the shift of its first bit pair, j = 4*(i%8).
+// Columns 128h+64(t%2)+j.. (bits sh) and +32 (bits sh+2); one scale per 16 weights.
+struct Q2_K {  // scales u8[16] | qs u8[64] | d f16 | dmin f16;  w = d*(sc&15)*q - dmin*(sc>>4)
+    static constexpr int block_elems = 256, block_bytes = 84;
+    static constexpr bool TAIL = false;
+    static __device__ __forceinline__ Chunk decode(const u8* row, int c, int) {
+        const int sb = c >> 5, t = (c >> 3) & 3, j = 4 * (c & 7);
+        const int h = t >> 1, sh = 4 * (t & 1);
+        const u8* blk = row + sb * block_bytes;
+        const float d = ldh(blk + 80), dmin = ldh(blk + 82);
+        const u32 q = ld32(blk + 16 + 32 * h + j);
+        const int s0 = 8 * h + sh + (j >> 4);  // sub-block of column 128h+64(t%2)+j; +32 columns is s0+2
+        const u32 sc0 = blk[s0], sc1 = blk[s0 + 2];
+        const float d0 = d * (float)(sc0 & 15u), d1 = d * (float)(sc1 & 15u);
+        const float b0 = -dmin * (float)(sc0 >> 4), b1 = -dmin * (float)(sc1 >> 4);
+        Chunk ch;
+        ch.c0 = 256 * sb + 128 * h + 16 * sh + j;
+        ch.c1 = ch.c0 + 32;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const u32 b = q >> (8 * k);
+            ch.v[k] = d0 * (float)((b >> sh) & 3u) + b0;
+            ch.v[4 + k] = d1 * (float)((b >> (sh + 2)) & 3u) + b1;
+        }
+        return ch;
+    }
+};
+
+// signed 6-bit scale of Q3_K sub-block i (0..15): low 4 bits in s[0..7] (nibble i/8),
+// high 2 bits in s[8 + i%4] (bits 2*(i/4))
+__device__ __forceinline__ int q3k_scale(const u8* s, int i) {
+    const int lo = i < 8 ? s[i] & 15 : s[i - 8] >> 4;
+    return (lo | (((s[8 + (i & 3)] >> (2 * (i >> 2))) & 3) << 4)) - 32;
+}
+
+// Q3_K: low bits as Q2_K; the third bit of weight 32k+l is bit k of hmask[l], so
+// columns c0.. of tile t read bit 2t of hmask[j..j+3] and c1.. bit 2t+1.
+struct Q3_K {  // hmask u8[32] | qs u8[64] | scales u8[12] | d f16;  w = d*sc*(q - 4*!hbit)
+    static constexpr int block_elems = 256, block_bytes = 110;
+    static constexpr bool TAIL = false;
+    static __device__ __forceinline__ Chunk decode(const u8* row, int c, int) {
+        const int sb = c >> 5, t = (c >> 3) & 3, j = 4 * (c & 7);
+        const int h = t >> 1, sh = 4 * (t & 1);
+        const u8* blk = row + sb * block_bytes;
+        const float d = ldh(blk + 108);
+        const u32 q = ld32(blk + 32 + 32 * h + j);
+        const u32 hm = ld32(blk + j);
+        const int s0 = 8 * h + sh + (j >> 4);
+        const float d0 = d * (float)q3k_scale(blk + 96, s0), d1 = d * (float)q3k_scale(blk + 96, s0 + 2);
+        Chunk ch;
+        ch.c0 = 256 * sb + 128 * h + 16 * sh + j;
+        ch.c1 = ch.c0 + 32;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const u32 b = q >> (8 * k), m = ~hm >> (8 * k);  // m: 1 where the code is offset by -4
+            ch.v[k] = d0 * (float)((int)((b >> sh) & 3u) - 4 * (int)((m >> (2 * t)) & 1u));
+            ch.v[4 + k] = d1 * (float)((int)((b >> (sh + 2)) & 3u) - 4 * (int)((m >> (2 * t + 1)) & 1u));
+        }
+        return ch;
+    }
+};
+
 // 6-bit scale and min of sub-block j (0..7) from the 12 packed bytes s (Q4_K, Q5_K)
 __device__ __forceinline__ void k_scale_min(const u8* s, int j, int& sc, int& mn) {
     if (j < 4) {
@@ -272,6 +364,24 @@ struct Q6_K {  // ql u8[128] | qh u8[64] | scales i8[16] | d f16;  w = d*sc*(q -
     }
 };
 
+// IQ4_XS: 8 sub-blocks of 32, each with the nibble layout of an IQ4_NL block's qs;
+// chunk i (0..31) of super-block sb reads bytes 4(i%4).. of sub-block ib = i/4.
+struct IQ4_XS {  // d f16 | scales_h u16 | scales_l u8[4] | qs u8[128];  w = d*(ls-32)*kvalues_iq4nl[q]
+    static constexpr int block_elems = 256, block_bytes = 136;
+    static constexpr bool TAIL = false;
+    static __device__ __forceinline__ Chunk decode(const u8* row, int c, int) {
+        const int sb = c >> 5, ib = (c >> 2) & 7, i = c & 3;
+        const u8* blk = row + sb * block_bytes;
+        // 6-bit scale: low 4 bits a nibble of scales_l, high 2 bits from scales_h
+        const int ls = ((blk[4 + (ib >> 1)] >> (4 * (ib & 1))) & 15) | (((ld16(blk + 2) >> (2 * ib)) & 3) << 4);
+        Chunk ch;
+        ch.c0 = 256 * sb + 32 * ib + 4 * i;
+        ch.c1 = ch.c0 + 16;
+        iq4_unpack(ch.v, ld32(blk + 8 + 16 * ib + 4 * i), ldh(blk) * (float)(ls - 32));
+        return ch;
+    }
+};
+
 // Every type under its ggml name, for instantiating kernels per type:
 // X(suffix, decoder struct)
 #define FOR_EACH_QTYPE(X) \
@@ -283,6 +393,10 @@ struct Q6_K {  // ql u8[128] | qh u8[64] | scales i8[16] | d f16;  w = d*sc*(q -
     X(q5_0, Q5_0)         \
     X(q5_1, Q5_1)         \
     X(q8_0, Q8_0)         \
+    X(q2_k, Q2_K)         \
+    X(q3_k, Q3_K)         \
     X(q4_k, Q4_K)         \
     X(q5_k, Q5_K)         \
-    X(q6_k, Q6_K)
+    X(q6_k, Q6_K)         \
+    X(iq4_nl, IQ4_NL)     \
+    X(iq4_xs, IQ4_XS)

@@ -1,4 +1,5 @@
-"""Llama family: Llama 2/3, Mistral, SmolLM2, TinyLlama (and Qwen2 via its QKV bias).
+"""Llama family: Llama 2/3, Mistral, SmolLM2, TinyLlama (and Qwen2 via its QKV bias, Qwen3 via
+its QK-norm).
 
 Pre-norm decoder: RMSNorm -> attention (GQA, RoPE) -> residual -> RMSNorm ->
 SwiGLU FFN -> residual; tied or separate output head.
@@ -28,6 +29,8 @@ class LlamaLayer:
     bq: Any  # [n_head*head_dim] or None (Qwen2 has QKV bias)
     bk: Any
     bv: Any
+    q_norm: Any  # [head_dim] or None (Qwen3 RMS-normalises each head of Q and K before RoPE)
+    k_norm: Any
     ffn_norm: Any  # [n_embd]
     w_gate: Weight  # [n_ff, n_embd]
     w_up: Weight  # [n_ff, n_embd]
@@ -53,6 +56,8 @@ class LlamaModel(Model):
                 bq=w.vector("bq", i, required=False),
                 bk=w.vector("bk", i, required=False),
                 bv=w.vector("bv", i, required=False),
+                q_norm=w.vector("q_norm", i, required=False),
+                k_norm=w.vector("k_norm", i, required=False),
                 ffn_norm=w.vector("ffn_norm", i),
                 w_gate=w.matrix("w_gate", i),
                 w_up=w.matrix("w_up", i),
@@ -60,7 +65,8 @@ class LlamaModel(Model):
             )
             for i in range(cfg.n_layer)
         ]
-        self.rope_cos, self.rope_sin = make_rope(cfg, n_ctx, cfg.rope_theta)
+        # Llama 3.1+: long-context rope scaling as per-frequency factors (one tensor for all layers)
+        self.rope_cos, self.rope_sin = make_rope(cfg, n_ctx, cfg.rope_theta, w.host_vector("rope_freqs", required=False))
 
     def layer_specs(self) -> list[LayerSpec]:
         c = self.cfg
@@ -91,7 +97,10 @@ class LlamaModel(Model):
                 be.add_bias(q, L.bq)
                 be.add_bias(k, L.bk)
                 be.add_bias(v, L.bv)
-            be.rope_qk(q3, k3, pos, self.rope_cos, self.rope_sin, c.rope_neox)
+            if L.q_norm is not None:
+                be.norm_rope_qk(q3, k3, L.q_norm, L.k_norm, c.norm_eps, pos, self.rope_cos, self.rope_sin, c.rope_neox)
+            else:
+                be.rope_qk(q3, k3, pos, self.rope_cos, self.rope_sin, c.rope_neox)
             cache[il].update_and_attend(q3, k3, v3, pos, att3)
             self.trace("kqv_out", il, att)
             be.linear_add(L.wo, att, x)

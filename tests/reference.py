@@ -96,9 +96,9 @@ class Reference:
             if b + "attn_q.bias" in t:
                 q, k, v = q + t[b + "attn_q.bias"], k + t[b + "attn_k.bias"], v + t[b + "attn_v.bias"]
             q, k, v = q.reshape(T, H, D), k.reshape(T, Hkv, D), v.reshape(T, Hkv, D)
-            if gemma:
+            if b + "attn_q_norm.weight" in t:  # QK-norm: Gemma 3, Qwen3
                 q, k = self.rms(q, t[b + "attn_q_norm.weight"]), self.rms(k, t[b + "attn_k_norm.weight"])
-            neox = arch in ("qwen2", "gemma3")
+            neox = arch in ("qwen2", "qwen3", "gemma3")
             q, k = self.rope(q, pos, theta, neox), self.rope(k, pos, theta, neox)
             out = np.zeros((T, H, D))
             mask = np.tril(np.ones((T, T), bool))

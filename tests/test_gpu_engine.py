@@ -41,10 +41,12 @@ def test_engine_on_gpu_generates_the_cpu_greedy_text(gpu_env, tiny):
     assert runs["gpu"] == runs["cpu"]
 
 
-def test_gpu_logits_match_cpu(gpu_env, tiny):
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3"])
+def test_gpu_logits_match_cpu(gpu_env, tmp_path, arch):
+    path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, qtype=Q.Q4_0)
     ids = list(np.random.default_rng(3).integers(0, 200, 20))
-    cpu = Engine(tiny, device="cpu", n_ctx=64, n_batch=16)
-    gpu = Engine(tiny, device="gpu", n_ctx=64, n_batch=16)
+    cpu = Engine(path, device="cpu", n_ctx=64, n_batch=16)
+    gpu = Engine(path, device="gpu", n_ctx=64, n_batch=16)
     a = cpu.eval(cpu.new_cache(), ids, logits_all=True)
     b = gpu.eval(gpu.new_cache(), ids, logits_all=True)
     assert isinstance(b, np.ndarray) and b.shape == a.shape

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 from reference import Reference
-from tinymodel import write_tiny_model
+from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.cache.base import KVCache
 from kvrun.cache.plain import make_plain_cache
@@ -41,7 +41,7 @@ def _run(model, cfg, tokens, chunk):
     return out
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3"])
 @pytest.mark.parametrize("qtype", [Q.F32, Q.Q8_0])
 @pytest.mark.parametrize("chunk", [N_BATCH, 1], ids=["prefill", "decode"])
 def test_forward_matches_reference(tmp_path, arch, qtype, chunk):
@@ -67,5 +67,40 @@ def test_gemma3_layers_alternate_window(tmp_path):
 def test_unknown_architecture_lists_supported():
     from kvrun.loaders.errors import UnsupportedModelError
 
-    with pytest.raises(UnsupportedModelError, match="gemma3, llama, mistral, qwen2"):
+    with pytest.raises(UnsupportedModelError, match="gemma3, llama, mistral, qwen2, qwen3"):
         model_class("mamba")
+
+
+def test_a_tensor_type_without_kernels_fails_at_load_naming_the_tensor(tmp_path, monkeypatch):
+    """A type the backend has no kernels for (the GPU's list can be shorter than the CPU's) is refused
+    while the model loads, in one line naming the tensor: not mid-answer, after the prompt is echoed."""
+    from kvrun.loaders.errors import UnsupportedModelError
+    from kvrun.ops.cpu import qmatmul
+    from kvrun.runtime.engine import Engine
+
+    path = write_tiny_model(tmp_path / "q.gguf", "llama", qtype=Q.Q8_0)
+    monkeypatch.delitem(qmatmul._TYPES, int(Q.Q8_0))
+    with pytest.raises(UnsupportedModelError, match=r"q\.gguf: tensor 'token_embd\.weight': no CPU kernel for tensor type Q8_0"):
+        Engine(str(path), n_ctx=32)
+
+
+@pytest.mark.parametrize("name", list(FIXTURE_MODELS))
+@pytest.mark.parametrize("chunk", [N_BATCH, 1], ids=["prefill", "decode"])
+def test_forward_matches_llamacpp(tmp_path, name, chunk):
+    """Each architecture's arithmetic against llama.cpp's own (tests/fixtures/arch_<arch>.npz, from
+    tools/make_arch_fixtures.py): the same tiny random model, float32 weights, 40 positions (past
+    the tiny Gemma 3's window of 8).  A wrong rope layout, norm, scale or window costs whole
+    logits; float32 rounding in either runtime costs ~1e-5 of the largest."""
+    import hashlib
+    from pathlib import Path
+
+    arch = FIXTURE_MODELS[name]["arch"]
+    fix = np.load(Path(__file__).parent / "fixtures" / f"arch_{name}.npz")
+    path = write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name])
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == str(fix["sha256"]), "tinymodel.py writes another model now: regenerate the fixtures"
+    cfg, model = _build(path)
+    got = _run(model, cfg, fix["ids"], chunk)
+    ref = fix["logits"]
+    err = np.abs(got - ref).max() / np.abs(ref).max()
+    assert err < 1e-3, f"{arch}: max relative logit error {err:.2e} against llama.cpp"
+    assert (got.argmax(1) == ref.argmax(1)).all()

@@ -37,12 +37,27 @@ ARCH_GEOMETRY = {
     # arch: (n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer)
     "llama": (64, 4, 2, 16, 96, 2),
     "qwen2": (64, 4, 2, 16, 96, 2),
+    "qwen3": (64, 4, 2, 32, 96, 2),  # heads wider than n_embd / n_head, as Qwen3's 128 at n_embd 1024
     "gemma3": (64, 2, 1, 32, 96, 6),
 }
 
 
-def write_tiny_model(path: Path, arch: str = "llama", qtype: int = Q.F32, seed: int = 0, sliding_window: int = 8) -> Path:
-    """A random ``arch`` model; matrices stored as ``qtype`` (F32, F16, Q8_0, Q4_0...)."""
+#: the tiny models held to llama.cpp's logits (tests/fixtures/arch_<name>.npz, tools/make_arch_fixtures.py):
+#: name -> write_tiny_model arguments
+FIXTURE_MODELS: dict[str, dict] = {
+    "llama": {"arch": "llama"},
+    "llama-rope-freqs": {"arch": "llama", "rope_freqs": True},  # Llama 3.1+'s rope_freqs.weight
+    "qwen2": {"arch": "qwen2"},
+    "qwen3": {"arch": "qwen3"},
+    "gemma3": {"arch": "gemma3"},
+}
+
+
+def write_tiny_model(
+    path: Path, arch: str = "llama", qtype: int = Q.F32, seed: int = 0, sliding_window: int = 8, rope_freqs: bool = False
+) -> Path:
+    """A random ``arch`` model; matrices stored as ``qtype`` (F32, F16, Q8_0, Q4_0...).  ``rope_freqs``:
+    with Llama 3.1's per-frequency rope factors (``rope_freqs.weight``, 1 to 8 from high to low)."""
     rng = np.random.default_rng(seed)
     n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = ARCH_GEOMETRY[arch]
     toks, merges, types = byte_vocab()
@@ -59,9 +74,10 @@ def write_tiny_model(path: Path, arch: str = "llama", qtype: int = Q.F32, seed: 
     w.add_rope_freq_base(10000.0)
     ftype = getattr(LlamaFileType, f"MOSTLY_{Q(qtype).name}", LlamaFileType.ALL_F32)  # as llama.cpp's quantizer names the file
     w.add_file_type(int(ftype))
-    if arch == "gemma3":
+    if arch in ("gemma3", "qwen3"):
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
+    if arch == "gemma3":
         w.add_sliding_window(sliding_window)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
@@ -101,11 +117,14 @@ def write_tiny_model(path: Path, arch: str = "llama", qtype: int = Q.F32, seed: 
             vec(b + "attn_q.bias", n_head * head_dim, 0.0)
             vec(b + "attn_k.bias", n_head_kv * head_dim, 0.0)
             vec(b + "attn_v.bias", n_head_kv * head_dim, 0.0)
-        if arch == "gemma3":
+        if arch in ("gemma3", "qwen3"):
             vec(b + "attn_q_norm.weight", head_dim)
             vec(b + "attn_k_norm.weight", head_dim)
+        if arch == "gemma3":
             vec(b + "post_attention_norm.weight", n_embd)
             vec(b + "post_ffw_norm.weight", n_embd)
+    if rope_freqs:
+        w.add_tensor("rope_freqs.weight", np.geomspace(1.0, 8.0, head_dim // 2).astype(np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

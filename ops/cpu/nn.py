@@ -217,11 +217,15 @@ def rope_tables(
     beta_fast: float = 32.0,
     beta_slow: float = 1.0,
     attn_factor: float = 1.0,
+    freq_factors: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin tables ``[n_pos, n_rot/2]`` float32, as ggml's ``rope_yarn`` computes them.
 
     ``scaling`` is ``none``, ``linear`` (positions divided by ``factor``) or
     ``yarn`` (NTK-by-parts interpolation, https://arxiv.org/abs/2309.00071).
+    ``freq_factors`` ``[n_rot/2]``: each frequency divided by its factor (the file's
+    ``rope_freqs.weight``: Llama 3.1+'s long-context scaling, which llama.cpp's converter
+    bakes into a tensor rather than metadata).
     """
     half = n_rot // 2
     i = np.arange(half, dtype=np.float64)
@@ -230,6 +234,11 @@ def rope_tables(
     inv_freq = np.cumprod(np.concatenate([[1.0], np.full(half - 1, theta_scale, np.float32)]).astype(np.float32))
     pos = np.arange(n_pos, dtype=np.float32)
     theta_extrap = pos[:, None] * inv_freq[None, :]
+    if freq_factors is not None:
+        ff = np.asarray(freq_factors, np.float32).reshape(-1)
+        if ff.size != half:
+            raise ValueError(f"rope_freqs has {ff.size} factors, expected {half} (n_rot / 2)")
+        theta_extrap = theta_extrap / ff[None, :]
     freq_scale = 1.0 / factor if scaling in ("linear", "yarn") and factor > 0 else 1.0
     theta_interp = theta_extrap * np.float32(freq_scale)
     mscale = attn_factor

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from ..loaders.errors import UnsupportedModelError
 from .common import Model
+from .gemma2 import Gemma2Model
 from .gemma3 import Gemma3Model
 from .llama import LlamaModel
 from .qwen2 import Qwen2Model
 from .qwen3 import Qwen3Model
 
 MODEL_CLASSES: dict[str, type[Model]] = {}
-for _cls in (LlamaModel, Qwen2Model, Qwen3Model, Gemma3Model):
+for _cls in (LlamaModel, Qwen2Model, Qwen3Model, Gemma2Model, Gemma3Model):
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

@@ -27,7 +27,7 @@ class Gemma3Layer:
     wk: Weight  # [n_head_kv*head_dim, n_embd]
     wv: Weight  # [n_head_kv*head_dim_v, n_embd]
     wo: Weight  # [n_embd, n_head*head_dim_v]
-    q_norm: Any  # [head_dim]
+    q_norm: Any  # [head_dim] (None in Gemma 2)
     k_norm: Any  # [head_dim]
     attn_post_norm: Any  # [n_embd]
     ffn_norm: Any  # [n_embd]
@@ -39,6 +39,7 @@ class Gemma3Layer:
 
 class Gemma3Model(Model):
     archs = ("gemma3",)
+    qk_norm = True  # per-head RMSNorm of Q and K (Gemma 2 has none)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
@@ -53,8 +54,8 @@ class Gemma3Model(Model):
                 wk=w.matrix("wk", i),
                 wv=w.matrix("wv", i),
                 wo=w.matrix("wo", i),
-                q_norm=w.vector("q_norm", i),
-                k_norm=w.vector("k_norm", i),
+                q_norm=w.vector("q_norm", i, required=self.qk_norm),
+                k_norm=w.vector("k_norm", i, required=self.qk_norm),
                 attn_post_norm=w.vector("attn_post_norm", i),
                 ffn_norm=w.vector("ffn_norm", i),
                 w_gate=w.matrix("w_gate", i),
@@ -67,9 +68,12 @@ class Gemma3Model(Model):
         self.rope_global = make_rope(cfg, n_ctx, cfg.rope_theta)
         self.rope_local = make_rope(cfg, n_ctx, cfg.rope_theta_swa or cfg.rope_theta)
 
+    def attention_scale(self) -> float:
+        return 1.0 / math.sqrt(self.cfg.head_dim)
+
     def layer_specs(self) -> list[LayerSpec]:
         c = self.cfg
-        scale = 1.0 / math.sqrt(c.head_dim)
+        scale = self.attention_scale()
         return [
             LayerSpec(c.n_head, c.n_head_kv, c.head_dim, c.head_dim_v, c.sliding_window if c.is_swa(il) else 0, scale, c.attn_logit_softcap)
             for il in range(c.n_layer)
@@ -98,7 +102,10 @@ class Gemma3Model(Model):
             cos, sin = self.rope_local if c.is_swa(il) else self.rope_global
             be.norm_linear_many(x, L.attn_norm, c.norm_eps, xn, (L.wq, L.wk, L.wv), (q, k, v))
             self.trace("attn_norm", il, xn)
-            be.norm_rope_qk(q3, k3, L.q_norm, L.k_norm, c.norm_eps, pos, cos, sin, c.rope_neox)
+            if L.q_norm is not None:
+                be.norm_rope_qk(q3, k3, L.q_norm, L.k_norm, c.norm_eps, pos, cos, sin, c.rope_neox)
+            else:
+                be.rope_qk(q3, k3, pos, cos, sin, c.rope_neox)
             cache[il].update_and_attend(q3, k3, v3, pos, att3)
             self.trace("kqv_out", il, att)
             be.linear(L.wo, att, o)

@@ -54,6 +54,9 @@ class Reference:
         self.eps = f[f"{arch}.attention.layer_norm_rms_epsilon"]
         self.theta = f.get(f"{arch}.rope.freq_base", 10000.0)
         self.window = f.get(f"{arch}.attention.sliding_window", 0)
+        self.attn_cap = f.get(f"{arch}.attn_logit_softcapping", 0.0)  # Gemma 2
+        self.final_cap = f.get(f"{arch}.final_logit_softcapping", 0.0)
+        self.rope_freqs = self.t.get("rope_freqs.weight")  # Llama 3.1+
 
     def lin(self, x, name):
         """x @ W.T, x quantized first where the weight is block-quantized and ``quantize_x`` asked."""
@@ -65,6 +68,8 @@ class Reference:
     def rope(self, x, pos, theta, neox):  # x [T, H, D]
         D = x.shape[-1]
         inv = theta ** (-np.arange(0, D, 2) / D)
+        if self.rope_freqs is not None:
+            inv = inv / self.rope_freqs
         ang = pos[:, None] * inv[None, :]  # [T, D/2]
         c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
         if neox:
@@ -78,7 +83,7 @@ class Reference:
 
     def logits(self, tokens) -> np.ndarray:
         t, arch = self.t, self.arch
-        gemma = arch == "gemma3"
+        gemma = arch in ("gemma2", "gemma3")
         T = len(tokens)
         pos = np.arange(T, dtype=np.float64)
         x = t["token_embd.weight"][tokens]
@@ -87,8 +92,8 @@ class Reference:
         H, Hkv, D = self.n_head, self.n_head_kv, self.head_dim
         for il in range(self.n_layer):
             b = f"blk.{il}."
-            swa = gemma and (il % 6) < 5
-            theta = 10000.0 if swa else self.theta
+            swa = (arch == "gemma3" and il % 6 < 5) or (arch == "gemma2" and il % 2 == 0)
+            theta = 10000.0 if swa and arch == "gemma3" else self.theta
             h = self.rms(x, t[b + "attn_norm.weight"])
             q = self.lin(h, b + "attn_q.weight")
             k = self.lin(h, b + "attn_k.weight")
@@ -98,7 +103,7 @@ class Reference:
             q, k, v = q.reshape(T, H, D), k.reshape(T, Hkv, D), v.reshape(T, Hkv, D)
             if b + "attn_q_norm.weight" in t:  # QK-norm: Gemma 3, Qwen3
                 q, k = self.rms(q, t[b + "attn_q_norm.weight"]), self.rms(k, t[b + "attn_k_norm.weight"])
-            neox = arch in ("qwen2", "qwen3", "gemma3")
+            neox = arch in ("qwen2", "qwen3", "gemma2", "gemma3")
             q, k = self.rope(q, pos, theta, neox), self.rope(k, pos, theta, neox)
             out = np.zeros((T, H, D))
             mask = np.tril(np.ones((T, T), bool))
@@ -107,6 +112,8 @@ class Reference:
             for hh in range(H):
                 kh = hh // (H // Hkv)
                 s = q[:, hh] @ k[:, kh].T / math.sqrt(D)
+                if self.attn_cap:
+                    s = self.attn_cap * np.tanh(s / self.attn_cap)
                 s = np.where(mask, s, -np.inf)
                 p = np.exp(s - s.max(-1, keepdims=True))
                 p /= p.sum(-1, keepdims=True)
@@ -127,4 +134,5 @@ class Reference:
                 d = self.rms(d, t[b + "post_ffw_norm.weight"])
             x = x + d
         x = self.rms(x, t["output_norm.weight"])
-        return self.lin(x, "output.weight" if "output.weight" in t else "token_embd.weight")
+        out = self.lin(x, "output.weight" if "output.weight" in t else "token_embd.weight")
+        return self.final_cap * np.tanh(out / self.final_cap) if self.final_cap else out

@@ -39,6 +39,7 @@ ARCH_GEOMETRY = {
     "qwen2": (64, 4, 2, 16, 96, 2),
     "qwen3": (64, 4, 2, 32, 96, 2),  # heads wider than n_embd / n_head, as Qwen3's 128 at n_embd 1024
     "gemma3": (64, 2, 1, 32, 96, 6),
+    "gemma2": (64, 2, 1, 32, 96, 4),
 }
 
 
@@ -50,6 +51,7 @@ FIXTURE_MODELS: dict[str, dict] = {
     "qwen2": {"arch": "qwen2"},
     "qwen3": {"arch": "qwen3"},
     "gemma3": {"arch": "gemma3"},
+    "gemma2": {"arch": "gemma2"},
 }
 
 
@@ -74,11 +76,14 @@ def write_tiny_model(
     w.add_rope_freq_base(10000.0)
     ftype = getattr(LlamaFileType, f"MOSTLY_{Q(qtype).name}", LlamaFileType.ALL_F32)  # as llama.cpp's quantizer names the file
     w.add_file_type(int(ftype))
-    if arch in ("gemma3", "qwen3"):
+    if arch in ("gemma2", "gemma3", "qwen3"):
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
-    if arch == "gemma3":
+    if arch in ("gemma2", "gemma3"):
         w.add_sliding_window(sliding_window)
+    if arch == "gemma2":  # caps low enough to bite on a tiny model's logits (Gemma 2's own: 50 and 30)
+        w.add_attn_logit_softcapping(1.5)
+        w.add_final_logit_softcapping(8.0)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     w.add_token_list(toks)
@@ -120,7 +125,7 @@ def write_tiny_model(
         if arch in ("gemma3", "qwen3"):
             vec(b + "attn_q_norm.weight", head_dim)
             vec(b + "attn_k_norm.weight", head_dim)
-        if arch == "gemma3":
+        if arch in ("gemma2", "gemma3"):
             vec(b + "post_attention_norm.weight", n_embd)
             vec(b + "post_ffw_norm.weight", n_embd)
     if rope_freqs:

@@ -1,7 +1,7 @@
 """Model hyperparameters read from GGUF metadata.
 
 One typed ``ModelConfig`` covers the llama family (llama, mistral-style), qwen2,
-qwen3, gemma2 and gemma3.  Per-architecture defaults that llama.cpp hard-codes (Gemma 2's and 3's
+qwen3, phi3, gemma2 and gemma3.  Per-architecture defaults that llama.cpp hard-codes (Gemma 2's and 3's
 sliding-window layer patterns, Gemma 3's local rope base) live in ``_ARCH_DEFAULTS``
 so the numbers are in one place.
 """
@@ -15,7 +15,7 @@ from typing import Any
 from .errors import GGUFError, UnsupportedModelError
 from .gguf_file import GGUFFile
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -23,6 +23,7 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "mistral": {"rope_neox": False},
     "qwen2": {"rope_neox": True},
     "qwen3": {"rope_neox": True},
+    "phi3": {"rope_neox": True},
     # Gemma 2: sliding-window and global layers alternate (even layers local), one rope base.
     "gemma2": {"rope_neox": True, "swa_pattern": 2},
     # Gemma 3: 5 sliding-window layers then 1 global, local rope base 10k,

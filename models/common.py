@@ -30,6 +30,9 @@ TENSOR_NAMES: dict[str, str] = {
     "wk": "blk.{i}.attn_k.weight",
     "wv": "blk.{i}.attn_v.weight",
     "wo": "blk.{i}.attn_output.weight",
+    "wqkv": "blk.{i}.attn_qkv.weight",
+    "rope_factors_long": "rope_factors_long.weight",
+    "rope_factors_short": "rope_factors_short.weight",
     "bq": "blk.{i}.attn_q.bias",
     "bk": "blk.{i}.attn_k.bias",
     "bv": "blk.{i}.attn_v.bias",
@@ -73,6 +76,24 @@ class WeightLoader:
             return self.be.upload(t.rows(), t.qtype, shape)
         except ValueError as e:  # a type this backend has no kernel for (the GPU's list is shorter)
             raise UnsupportedModelError(f"{self.g.path}: tensor {t.name!r}: {e}") from None
+
+    def has(self, role: str, i: int | None = None) -> bool:
+        return TENSOR_NAMES[role].format(i=i) in self.g.tensors
+
+    def matrix_rows(self, role: str, i: int | None, sizes: tuple[int, ...]) -> list[Weight]:
+        """A fused 2-D weight (Phi-3's ``attn_qkv``, its gate-and-up ``ffn_up``) cut into consecutive
+        row ranges of ``sizes`` rows, each a Weight of its own (views of the file's rows on the CPU)."""
+        t = self._info(role, i, True)
+        if len(t.shape) != 2 or t.shape[0] != sum(sizes):
+            raise GGUFError(f"{self.g.path}: tensor {t.name!r} has shape {t.shape}, expected {sum(sizes)} rows; the file is not a supported model")
+        rows, out, r0 = t.rows(), [], 0
+        for n in sizes:
+            try:
+                out.append(self.be.upload(rows[r0 : r0 + n], t.qtype, (n, t.shape[-1])))
+            except ValueError as e:
+                raise UnsupportedModelError(f"{self.g.path}: tensor {t.name!r}: {e}") from None
+            r0 += n
+        return out
 
     def vector(self, role: str, i: int | None = None, required: bool = True) -> Any:
         """A 1-D float32 tensor (norm weights, biases), dequantized (it is tiny), on the backend."""

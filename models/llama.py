@@ -46,27 +46,30 @@ class LlamaModel(Model):
         self.tok_embd = w.matrix("tok_embd")  # [n_vocab, n_embd]
         self.output = w.matrix("output", required=False) or self.tok_embd  # tied when absent
         self.output_norm = w.vector("output_norm")
-        self.layers = [
-            LlamaLayer(
-                attn_norm=w.vector("attn_norm", i),
-                wq=w.matrix("wq", i),
-                wk=w.matrix("wk", i),
-                wv=w.matrix("wv", i),
-                wo=w.matrix("wo", i),
-                bq=w.vector("bq", i, required=False),
-                bk=w.vector("bk", i, required=False),
-                bv=w.vector("bv", i, required=False),
-                q_norm=w.vector("q_norm", i, required=False),
-                k_norm=w.vector("k_norm", i, required=False),
-                ffn_norm=w.vector("ffn_norm", i),
-                w_gate=w.matrix("w_gate", i),
-                w_up=w.matrix("w_up", i),
-                w_down=w.matrix("w_down", i),
-            )
-            for i in range(cfg.n_layer)
-        ]
-        # Llama 3.1+: long-context rope scaling as per-frequency factors (one tensor for all layers)
-        self.rope_cos, self.rope_sin = make_rope(cfg, n_ctx, cfg.rope_theta, w.host_vector("rope_freqs", required=False))
+        self.layers = [self.load_layer(w, i) for i in range(cfg.n_layer)]
+        self.rope_cos, self.rope_sin = make_rope(cfg, n_ctx, cfg.rope_theta, self.rope_factors(w, n_ctx))
+
+    def load_layer(self, w: WeightLoader, i: int) -> LlamaLayer:
+        return LlamaLayer(
+            attn_norm=w.vector("attn_norm", i),
+            wq=w.matrix("wq", i),
+            wk=w.matrix("wk", i),
+            wv=w.matrix("wv", i),
+            wo=w.matrix("wo", i),
+            bq=w.vector("bq", i, required=False),
+            bk=w.vector("bk", i, required=False),
+            bv=w.vector("bv", i, required=False),
+            q_norm=w.vector("q_norm", i, required=False),
+            k_norm=w.vector("k_norm", i, required=False),
+            ffn_norm=w.vector("ffn_norm", i),
+            w_gate=w.matrix("w_gate", i),
+            w_up=w.matrix("w_up", i),
+            w_down=w.matrix("w_down", i),
+        )
+
+    def rope_factors(self, w: WeightLoader, n_ctx: int) -> np.ndarray | None:
+        """Per-frequency rope factors: Llama 3.1+'s long-context scaling (one tensor for all layers)."""
+        return w.host_vector("rope_freqs", required=False)
 
     def layer_specs(self) -> list[LayerSpec]:
         c = self.cfg

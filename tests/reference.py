@@ -56,7 +56,7 @@ class Reference:
         self.window = f.get(f"{arch}.attention.sliding_window", 0)
         self.attn_cap = f.get(f"{arch}.attn_logit_softcapping", 0.0)  # Gemma 2
         self.final_cap = f.get(f"{arch}.final_logit_softcapping", 0.0)
-        self.rope_freqs = self.t.get("rope_freqs.weight")  # Llama 3.1+
+        self.rope_freqs = self.t.get("rope_freqs.weight", self.t.get("rope_factors_short.weight"))  # Llama 3.1+, Phi-3 (short contexts)
 
     def lin(self, x, name):
         """x @ W.T, x quantized first where the weight is block-quantized and ``quantize_x`` asked."""
@@ -95,15 +95,19 @@ class Reference:
             swa = (arch == "gemma3" and il % 6 < 5) or (arch == "gemma2" and il % 2 == 0)
             theta = 10000.0 if swa and arch == "gemma3" else self.theta
             h = self.rms(x, t[b + "attn_norm.weight"])
-            q = self.lin(h, b + "attn_q.weight")
-            k = self.lin(h, b + "attn_k.weight")
-            v = self.lin(h, b + "attn_v.weight")
+            if b + "attn_qkv.weight" in t:  # Phi-3: Q, K, V rows in one matrix
+                qkv = self.lin(h, b + "attn_qkv.weight")
+                q, k, v = qkv[:, : H * D], qkv[:, H * D : (H + Hkv) * D], qkv[:, (H + Hkv) * D :]
+            else:
+                q = self.lin(h, b + "attn_q.weight")
+                k = self.lin(h, b + "attn_k.weight")
+                v = self.lin(h, b + "attn_v.weight")
             if b + "attn_q.bias" in t:
                 q, k, v = q + t[b + "attn_q.bias"], k + t[b + "attn_k.bias"], v + t[b + "attn_v.bias"]
             q, k, v = q.reshape(T, H, D), k.reshape(T, Hkv, D), v.reshape(T, Hkv, D)
             if b + "attn_q_norm.weight" in t:  # QK-norm: Gemma 3, Qwen3
                 q, k = self.rms(q, t[b + "attn_q_norm.weight"]), self.rms(k, t[b + "attn_k_norm.weight"])
-            neox = arch in ("qwen2", "qwen3", "gemma2", "gemma3")
+            neox = arch in ("qwen2", "qwen3", "phi3", "gemma2", "gemma3")
             q, k = self.rope(q, pos, theta, neox), self.rope(k, pos, theta, neox)
             out = np.zeros((T, H, D))
             mask = np.tril(np.ones((T, T), bool))
@@ -123,8 +127,11 @@ class Reference:
                 o = self.rms(o, t[b + "post_attention_norm.weight"])
             x = x + o
             h = self.rms(x, t[b + "ffn_norm.weight"])
-            g = self.lin(h, b + "ffn_gate.weight")
-            u = self.lin(h, b + "ffn_up.weight")
+            if b + "ffn_gate.weight" in t:
+                g = self.lin(h, b + "ffn_gate.weight")
+                u = self.lin(h, b + "ffn_up.weight")
+            else:  # Phi-3: gate rows, then up rows
+                g, u = np.split(self.lin(h, b + "ffn_up.weight"), 2, axis=1)
             if gemma:
                 a = 0.5 * g * (1 + np.tanh(math.sqrt(2 / math.pi) * (g + 0.044715 * g**3)))
             else:

@@ -40,6 +40,7 @@ ARCH_GEOMETRY = {
     "qwen3": (64, 4, 2, 32, 96, 2),  # heads wider than n_embd / n_head, as Qwen3's 128 at n_embd 1024
     "gemma3": (64, 2, 1, 32, 96, 6),
     "gemma2": (64, 2, 1, 32, 96, 4),
+    "phi3": (64, 4, 2, 16, 96, 2),
 }
 
 
@@ -52,6 +53,8 @@ FIXTURE_MODELS: dict[str, dict] = {
     "qwen3": {"arch": "qwen3"},
     "gemma3": {"arch": "gemma3"},
     "gemma2": {"arch": "gemma2"},
+    "phi3": {"arch": "phi3"},
+    "phi3-rope-factors": {"arch": "phi3", "rope_freqs": True},  # the short factors (context 64 of 1024)
 }
 
 
@@ -59,13 +62,16 @@ def write_tiny_model(
     path: Path, arch: str = "llama", qtype: int = Q.F32, seed: int = 0, sliding_window: int = 8, rope_freqs: bool = False
 ) -> Path:
     """A random ``arch`` model; matrices stored as ``qtype`` (F32, F16, Q8_0, Q4_0...).  ``rope_freqs``:
-    with Llama 3.1's per-frequency rope factors (``rope_freqs.weight``, 1 to 8 from high to low)."""
+    with Llama 3.1's per-frequency rope factors (``rope_freqs.weight``, 1 to 8 from high to low), or
+    for phi3 its long and short sets."""
     rng = np.random.default_rng(seed)
     n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = ARCH_GEOMETRY[arch]
     toks, merges, types = byte_vocab()
     n_vocab = len(toks)
     w = GGUFWriter(str(path), arch)
-    w.add_name(f"tiny-{arch}")
+    # (llama.cpp sets token attributes by the model's name, looking up SentencePiece's <s> and </s>
+    # when it says phi3: a byte-level vocabulary has neither)
+    w.add_name("tiny-p3" if arch == "phi3" else f"tiny-{arch}")
     w.add_context_length(1024)
     w.add_embedding_length(n_embd)
     w.add_block_count(n_layer)
@@ -110,13 +116,19 @@ def write_tiny_model(
     for i in range(n_layer):
         b = f"blk.{i}."
         vec(b + "attn_norm.weight", n_embd)
-        mat(b + "attn_q.weight", n_head * head_dim, n_embd)
-        mat(b + "attn_k.weight", n_head_kv * head_dim, n_embd)
-        mat(b + "attn_v.weight", n_head_kv * head_dim, n_embd)
+        if arch == "phi3":  # fused: Q, K, V rows in one matrix; gate then up rows in ffn_up
+            mat(b + "attn_qkv.weight", (n_head + 2 * n_head_kv) * head_dim, n_embd)
+        else:
+            mat(b + "attn_q.weight", n_head * head_dim, n_embd)
+            mat(b + "attn_k.weight", n_head_kv * head_dim, n_embd)
+            mat(b + "attn_v.weight", n_head_kv * head_dim, n_embd)
         mat(b + "attn_output.weight", n_embd, n_head * head_dim)
         vec(b + "ffn_norm.weight", n_embd)
-        mat(b + "ffn_gate.weight", n_ff, n_embd)
-        mat(b + "ffn_up.weight", n_ff, n_embd)
+        if arch == "phi3":
+            mat(b + "ffn_up.weight", 2 * n_ff, n_embd)
+        else:
+            mat(b + "ffn_gate.weight", n_ff, n_embd)
+            mat(b + "ffn_up.weight", n_ff, n_embd)
         mat(b + "ffn_down.weight", n_embd, n_ff)
         if arch == "qwen2":
             vec(b + "attn_q.bias", n_head * head_dim, 0.0)
@@ -128,7 +140,10 @@ def write_tiny_model(
         if arch in ("gemma2", "gemma3"):
             vec(b + "post_attention_norm.weight", n_embd)
             vec(b + "post_ffw_norm.weight", n_embd)
-    if rope_freqs:
+    if rope_freqs and arch == "phi3":  # the 128k models' two sets, chosen by the context asked for
+        w.add_tensor("rope_factors_long.weight", np.geomspace(1.0, 16.0, head_dim // 2).astype(np.float32))
+        w.add_tensor("rope_factors_short.weight", np.geomspace(1.0, 4.0, head_dim // 2).astype(np.float32))
+    elif rope_freqs:
         w.add_tensor("rope_freqs.weight", np.geomspace(1.0, 8.0, head_dim // 2).astype(np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()

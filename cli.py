@@ -507,13 +507,16 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
 @click.argument("model", required=False)
 @click.option("-s", "--system", default=None, help="system prompt")
 @click.option("-n", "--n-predict", "n_predict", type=int, default=512, show_default=True, help="max tokens per reply (-1: no limit)")
+@click.option("--chat-template-kwargs", "template_kwargs", default=None, metavar="JSON",
+              help='variables for the chat template, as llama-server\'s, e.g. \'{"enable_thinking": false}\' (Qwen3 without reasoning)')
 @click.option("--session", "session_file", type=click.Path(dir_okay=False), default=None,
               help="resume the chat saved in this file, KV cache and all (if it exists), and save it there on leaving; /save saves it now")  # fmt: skip
 @engine_options
 @kv_options
 @sampling_options
 @friendly
-def chat(model: str | None, system: str | None, n_predict: int, session_file: str | None, stop: tuple[str, ...], **kw: Any) -> None:
+def chat(model: str | None, system: str | None, n_predict: int, template_kwargs: str | None, session_file: str | None,
+         stop: tuple[str, ...], **kw: Any) -> None:  # fmt: skip
     """Interactive multi-turn chat with the model's chat template.
 
     /reset clears the conversation, /save [FILE] saves it, /exit (or Ctrl-D) leaves,
@@ -521,9 +524,11 @@ def chat(model: str | None, system: str | None, n_predict: int, session_file: st
     """
     _sampling(kw)  # a bad sampling flag fails now, not at the first reply
     _check_n_predict(n_predict)
+    tkw = _template_kwargs(template_kwargs)
     if session_file is not None and not os.access(os.path.dirname(os.path.abspath(session_file)), os.W_OK):
         raise KvrunError(f"--session {session_file}: its folder cannot be written; the chat could not be saved there")
     m = _load(model, kw)
+    m.chat_template_kwargs = tkw
     resume = session_file is not None and os.path.exists(session_file)
     sess = m.load_session(session_file) if resume else m.session(system=system)
     interactive = _interactive()
@@ -557,10 +562,12 @@ def chat(model: str | None, system: str | None, n_predict: int, session_file: st
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on (0.0.0.0: every interface)")
 @click.option("--port", type=int, default=8080, show_default=True, help="port to listen on (0: any free one)")
 @click.option("--alias", default=None, help="model name the API reports (default: the file's name)")
+@click.option("--chat-template-kwargs", "template_kwargs", default=None, metavar="JSON",
+              help='variables for the chat template, e.g. \'{"enable_thinking": false}\'; a request\'s own chat_template_kwargs go over them')
 @engine_options
 @kv_options
 @friendly
-def serve(model: str | None, host: str, port: int, alias: str | None, **kw: Any) -> None:
+def serve(model: str | None, host: str, port: int, alias: str | None, template_kwargs: str | None, **kw: Any) -> None:
     """OpenAI-compatible HTTP server, as llama-server: /v1/chat/completions, /v1/completions, /v1/models, /health.
 
     One request is generated at a time; each endpoint keeps its KV cache (compressed as the
@@ -569,8 +576,10 @@ def serve(model: str | None, host: str, port: int, alias: str | None, **kw: Any)
 
     if not 0 <= port <= 65535:
         raise KvrunError(f"--port must be in 0..65535, got {port}")
+    tkw = _template_kwargs(template_kwargs)
     path = _resolve(model)
     m = _load(str(path), kw)
+    m.chat_template_kwargs = tkw
     httpd = make_server(m, host, port, alias or Path(path).stem)
     m.engine.warm_up()  # the kernels load (or compile) before the first request, not during it
     h, p = httpd.server_address[:2]
@@ -582,6 +591,19 @@ def serve(model: str | None, host: str, port: int, alias: str | None, **kw: Any)
         click.echo("kvrun serve: stopped", err=True)
     finally:
         httpd.server_close()
+
+
+def _template_kwargs(text: str | None) -> dict[str, Any]:
+    """--chat-template-kwargs: a JSON object, or a one-line error."""
+    if text is None:
+        return {}
+    try:
+        v = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise KvrunError(f"--chat-template-kwargs is not JSON ({e.msg}); write an object, e.g. '{{\"enable_thinking\": false}}'") from None
+    if not isinstance(v, dict):
+        raise KvrunError(f"--chat-template-kwargs must be a JSON object, e.g. '{{\"enable_thinking\": false}}', got {text}")
+    return v
 
 
 def _interactive() -> bool:

@@ -56,6 +56,9 @@ class Model:
         self.config = engine.cfg
         self.last_stats = GenStats()
         self._cache = None
+        #: extra variables for the chat template, as llama-server's --chat-template-kwargs
+        #: (Qwen3's ``{"enable_thinking": False}`` asks for replies without a reasoning block)
+        self.chat_template_kwargs: dict[str, Any] = {}
 
     # -------------------------------------------------------------- low level
     def tokenize(self, text: str, add_bos: bool | None = None, parse_special: bool = True) -> list[int]:
@@ -91,19 +94,30 @@ class Model:
     def chat_template(self) -> str:
         return file_template(self.engine.gguf) or builtin_template(self.config.arch, self.tokenizer)
 
-    def render(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
+    def render(self, messages: list[Message], add_generation_prompt: bool = True, **template_kwargs: Any) -> str:
+        """The conversation as the chat template writes it; ``template_kwargs`` (over
+        :attr:`chat_template_kwargs`) are variables for the template, e.g. ``enable_thinking=False``."""
         tk = self.tokenizer
+        extra = {**self.chat_template_kwargs, **template_kwargs}
+        for k in ("messages", "add_generation_prompt", "bos_token", "eos_token"):
+            if k in extra:
+                raise KvrunError(f"chat template variable {k!r} is kvrun's to set; pass it another way")
         return render_chat(
             self.chat_template(),
             messages,
             add_generation_prompt=add_generation_prompt,
             bos_token=tk.token_to_piece(tk.bos_id) if tk.bos_id is not None else "",
             eos_token=tk.token_to_piece(tk.eos_id) if tk.eos_id is not None else "",
+            **extra,
         )
 
-    def chat(self, messages: list[Message], stream: bool = False, max_tokens: int = 512, **sampling: Any) -> Any:
+    def chat(self, messages: list[Message], stream: bool = False, max_tokens: int = 512,
+             chat_template_kwargs: dict[str, Any] | None = None, **sampling: Any) -> Any:  # fmt: skip
         """One reply to ``messages`` (``{"role": "system" | "user" | "assistant", "content": str}``, the
-        last one the user's); a text iterator when ``stream`` else the text."""
+        last one the user's); a text iterator when ``stream`` else the text.  ``chat_template_kwargs``:
+        template variables for this call, over :attr:`chat_template_kwargs`."""
+        if chat_template_kwargs is not None and not isinstance(chat_template_kwargs, dict):
+            raise ValueError(f"chat_template_kwargs must be a dict, got {type(chat_template_kwargs).__name__}")
         if not isinstance(messages, (list, tuple)):
             raise ValueError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts, got {type(messages).__name__}")
         for i, msg in enumerate(messages):
@@ -113,6 +127,7 @@ class Model:
             raise ValueError("messages must end with the user's message (the one to reply to)")
         s = self.session()
         s.messages = list(messages[:-1])
+        s.template_kwargs = dict(chat_template_kwargs or {})
         it = s.stream(messages[-1]["content"], max_tokens=max_tokens, **sampling)
 
         def pieces() -> Iterator[str]:
@@ -155,6 +170,7 @@ class Session:
         self.last_stats = GenStats()
         self.n_shifts = 0  # context shifts so far (oldest turns dropped)
         self.n_prompt_tokens = 0  # the last turn's whole prompt (the conversation as rendered), cached prefix included
+        self.template_kwargs: dict[str, Any] = {}  # chat template variables for this chat, over the model's
 
     def reset(self) -> None:
         self.cache.reset()
@@ -166,7 +182,7 @@ class Session:
         deciding whether the oldest turns must go (default: ``max_tokens``, or half the context when it is -1)."""
         req = _request(max_tokens, stop, **sampling)
         msgs = self.messages + [{"role": "user", "content": user}]
-        prompt = self.model.tokenize(self.model.render(msgs), add_bos=None)
+        prompt = self.model.tokenize(self.model.render(msgs, **self.template_kwargs), add_bos=None)
         if reserve is None:
             reserve = self.engine.n_ctx // 2 if max_tokens < 0 else max_tokens
         reserve = min(max(reserve, 0), self.engine.n_ctx // 2)  # for the reply
@@ -195,7 +211,7 @@ class Session:
         target = min(room, self.engine.n_ctx // 2)
         self.n_shifts += 1
         while True:
-            prompt = self.model.tokenize(self.model.render(msgs), add_bos=None)
+            prompt = self.model.tokenize(self.model.render(msgs, **self.template_kwargs), add_bos=None)
             if len(prompt) <= target or len(msgs) - head <= 1:
                 break
             del msgs[head : head + 2 if len(msgs) - head > 2 else head + 1]  # a user turn and its reply
@@ -229,6 +245,7 @@ def load(
     n_batch: int = 256,
     threads: int | None = None,
     kv: KVConfig | str | None = None,
+    chat_template_kwargs: dict[str, Any] | None = None,
 ) -> Model:
     """Load a GGUF model (a path, a known short name, or None for the default).
 
@@ -242,11 +259,17 @@ def load(
     threads : Numba threads (None: Numba's default).
     kv : KV cache compression: a :class:`~kvrun.cache.kvconfig.KVConfig`, a spec
         string such as ``"2,policy=h2o,budget=512"`` or a preset name; None: fp16.
+    chat_template_kwargs : variables for the chat template (:attr:`Model.chat_template_kwargs`),
+        e.g. ``{"enable_thinking": False}`` for Qwen3 replies without reasoning.
     """
+    if chat_template_kwargs is not None and not isinstance(chat_template_kwargs, dict):
+        raise KvrunError(f"chat_template_kwargs must be a dict, got {type(chat_template_kwargs).__name__}")
     if isinstance(kv, str):
         try:
             kv = KVConfig.parse(kv)
         except ValueError as e:
             raise KvrunError(f"kv={kv!r}: {e}") from None
     path = resolve(model)
-    return Model(Engine(path, device=device, n_ctx=n_ctx, n_batch=n_batch, threads=threads, kv=kv))
+    m = Model(Engine(path, device=device, n_ctx=n_ctx, n_batch=n_batch, threads=threads, kv=kv))
+    m.chat_template_kwargs = dict(chat_template_kwargs or {})
+    return m

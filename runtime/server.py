@@ -152,6 +152,11 @@ class Server:
         req = self._request(body)
         msgs = self._messages(body) if chat else None
         ids = None if chat else self._prompt_ids(body)
+        tkw = body.get("chat_template_kwargs") or {}  # as llama-server: over the server's --chat-template-kwargs
+        if not isinstance(tkw, dict):
+            raise BadRequest("chat_template_kwargs must be an object, e.g. {\"enable_thinking\": false}")
+        if reserved := {"messages", "add_generation_prompt", "bos_token", "eos_token"} & set(tkw):
+            raise BadRequest(f"chat_template_kwargs may not set {', '.join(sorted(reserved))}: the server sets them")
         stream = bool(body.get("stream", False))
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         obj = "chat.completion" if chat else "text_completion"
@@ -165,6 +170,7 @@ class Server:
                 if chat:
                     s = self.chat
                     s.messages = msgs[:-1]
+                    s.template_kwargs = tkw
                     # no max_tokens: the reply may run to the context's end, but a long prompt keeps its turns
                     # (a client sending a document to summarise), so little is held back for the reply
                     reserve = None if req.max_tokens >= 0 else min(REPLY_RESERVE, self.model.engine.n_ctx // 8)

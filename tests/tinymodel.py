@@ -59,8 +59,9 @@ FIXTURE_MODELS: dict[str, dict] = {
 
 
 def write_tiny_model(
-    path: Path, arch: str = "llama", qtype: int = Q.F32, seed: int = 0, sliding_window: int = 8, rope_freqs: bool = False
-) -> Path:
+    path: Path, arch: str = "llama", qtype: int = Q.F32, seed: int = 0, sliding_window: int = 8, rope_freqs: bool = False,
+    chat_template: str | None = None,
+) -> Path:  # fmt: skip
     """A random ``arch`` model; matrices stored as ``qtype`` (F32, F16, Q8_0, Q4_0...).  ``rope_freqs``:
     with Llama 3.1's per-frequency rope factors (``rope_freqs.weight``, 1 to 8 from high to low), or
     for phi3 its long and short sets."""
@@ -98,6 +99,8 @@ def write_tiny_model(
     w.add_eos_token_id(n_vocab - 1)
     w.add_bos_token_id(n_vocab - 1)
     w.add_add_bos_token(False)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
 
     def mat(name: str, rows: int, cols: int, scale: float = 0.1) -> None:
         a = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)

@@ -1,6 +1,6 @@
 """Model hyperparameters read from GGUF metadata.
 
-One typed ``ModelConfig`` covers the llama family (llama, mistral-style), qwen2,
+One typed ``ModelConfig`` covers the llama family (llama, mistral-style, smollm3), qwen2,
 qwen3, phi3, gemma2 and gemma3.  Per-architecture defaults that llama.cpp hard-codes (Gemma 2's and 3's
 sliding-window layer patterns, Gemma 3's local rope base) live in ``_ARCH_DEFAULTS``
 so the numbers are in one place.
@@ -15,12 +15,13 @@ from typing import Any
 from .errors import GGUFError, UnsupportedModelError
 from .gguf_file import GGUFFile
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "llama": {"rope_neox": False},
     "mistral": {"rope_neox": False},
+    "smollm3": {"rope_neox": False},
     "qwen2": {"rope_neox": True},
     "qwen3": {"rope_neox": True},
     "phi3": {"rope_neox": True},

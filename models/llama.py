@@ -35,6 +35,7 @@ class LlamaLayer:
     w_gate: Weight  # [n_ff, n_embd]
     w_up: Weight  # [n_ff, n_embd]
     w_down: Weight  # [n_embd, n_ff]
+    rope: bool = True  # False: this layer's attention has no positional encoding (SmolLM3's NoPE layers)
 
 
 class LlamaModel(Model):
@@ -102,7 +103,7 @@ class LlamaModel(Model):
                 be.add_bias(v, L.bv)
             if L.q_norm is not None:
                 be.norm_rope_qk(q3, k3, L.q_norm, L.k_norm, c.norm_eps, pos, self.rope_cos, self.rope_sin, c.rope_neox)
-            else:
+            elif L.rope:
                 be.rope_qk(q3, k3, pos, self.rope_cos, self.rope_sin, c.rope_neox)
             cache[il].update_and_attend(q3, k3, v3, pos, att3)
             self.trace("kqv_out", il, att)

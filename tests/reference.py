@@ -108,7 +108,8 @@ class Reference:
             if b + "attn_q_norm.weight" in t:  # QK-norm: Gemma 3, Qwen3
                 q, k = self.rms(q, t[b + "attn_q_norm.weight"]), self.rms(k, t[b + "attn_k_norm.weight"])
             neox = arch in ("qwen2", "qwen3", "phi3", "gemma2", "gemma3")
-            q, k = self.rope(q, pos, theta, neox), self.rope(k, pos, theta, neox)
+            if not (arch == "smollm3" and (il + 1) % 4 == 0):  # SmolLM3's NoPE layers
+                q, k = self.rope(q, pos, theta, neox), self.rope(k, pos, theta, neox)
             out = np.zeros((T, H, D))
             mask = np.tril(np.ones((T, T), bool))
             if swa and self.window:

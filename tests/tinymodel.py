@@ -41,6 +41,7 @@ ARCH_GEOMETRY = {
     "gemma3": (64, 2, 1, 32, 96, 6),
     "gemma2": (64, 2, 1, 32, 96, 4),
     "phi3": (64, 4, 2, 16, 96, 2),
+    "smollm3": (64, 4, 2, 16, 96, 4),  # layer 3 without rope
 }
 
 
@@ -54,6 +55,7 @@ FIXTURE_MODELS: dict[str, dict] = {
     "gemma3": {"arch": "gemma3"},
     "gemma2": {"arch": "gemma2"},
     "phi3": {"arch": "phi3"},
+    "smollm3": {"arch": "smollm3"},
     "phi3-rope-factors": {"arch": "phi3", "rope_freqs": True},  # the short factors (context 64 of 1024)
 }
 

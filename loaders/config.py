@@ -1,6 +1,6 @@
 """Model hyperparameters read from GGUF metadata.
 
-One typed ``ModelConfig`` covers the llama family (llama, mistral-style, smollm3), qwen2,
+One typed ``ModelConfig`` covers the llama family (llama, mistral-style, smollm3, granite), qwen2,
 qwen3, phi3, gemma2 and gemma3.  Per-architecture defaults that llama.cpp hard-codes (Gemma 2's and 3's
 sliding-window layer patterns, Gemma 3's local rope base) live in ``_ARCH_DEFAULTS``
 so the numbers are in one place.
@@ -15,13 +15,14 @@ from typing import Any
 from .errors import GGUFError, UnsupportedModelError
 from .gguf_file import GGUFFile
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "llama": {"rope_neox": False},
     "mistral": {"rope_neox": False},
     "smollm3": {"rope_neox": False},
+    "granite": {"rope_neox": False},
     "qwen2": {"rope_neox": True},
     "qwen3": {"rope_neox": True},
     "phi3": {"rope_neox": True},
@@ -64,6 +65,13 @@ class ModelConfig:
     swa_layers: tuple[bool, ...] = field(default_factory=tuple)  # per layer: uses the window
     attn_logit_softcap: float = 0.0
     final_logit_softcap: float = 0.0
+    # Granite's multipliers (1.0 / 0.0: none): embeddings times embedding_scale, each block's output
+    # times residual_scale before its residual add, attention scores times attention_scale instead of
+    # 1/sqrt(head_dim), logits divided by logit_scale
+    embedding_scale: float = 1.0
+    residual_scale: float = 1.0
+    attention_scale: float = 0.0
+    logit_scale: float = 1.0
     file_type: int = -1
 
     @property
@@ -164,6 +172,10 @@ def load_config(g: GGUFFile) -> ModelConfig:
         swa_layers=swa_layers,
         attn_logit_softcap=float(g.arch_get("attn_logit_softcapping", 0.0) or 0.0),
         final_logit_softcap=float(g.arch_get("final_logit_softcapping", 0.0) or 0.0),
+        embedding_scale=float(g.arch_get("embedding_scale", 1.0) or 1.0),
+        residual_scale=float(g.arch_get("residual_scale", 1.0) or 1.0),
+        attention_scale=float(g.arch_get("attention.scale", 0.0) or 0.0),
+        logit_scale=float(g.arch_get("logit_scale", 1.0) or 1.0),
         file_type=int(g.get("general.file_type", -1)),
     )
 

@@ -6,6 +6,7 @@ from ..loaders.errors import UnsupportedModelError
 from .common import Model
 from .gemma2 import Gemma2Model
 from .gemma3 import Gemma3Model
+from .granite import GraniteModel
 from .llama import LlamaModel
 from .phi3 import Phi3Model
 from .qwen2 import Qwen2Model
@@ -13,7 +14,7 @@ from .qwen3 import Qwen3Model
 from .smollm3 import SmolLM3Model
 
 MODEL_CLASSES: dict[str, type[Model]] = {}
-for _cls in (LlamaModel, SmolLM3Model, Qwen2Model, Qwen3Model, Phi3Model, Gemma2Model, Gemma3Model):
+for _cls in (LlamaModel, SmolLM3Model, GraniteModel, Qwen2Model, Qwen3Model, Phi3Model, Gemma2Model, Gemma3Model):
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

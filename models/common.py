@@ -196,5 +196,7 @@ class Model:
         xo = self.buf.get("xo", n, c.n_embd)
         be.rms_norm(x[lo : lo + n], self.output_norm, c.norm_eps, xo)
         be.linear(self.output, xo, logits)
+        if c.logit_scale != 1.0:  # Granite
+            be.scale(logits, 1.0 / c.logit_scale)
         if c.final_logit_softcap > 0:
             be.softcap(logits, c.final_logit_softcap)

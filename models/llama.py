@@ -74,7 +74,8 @@ class LlamaModel(Model):
 
     def layer_specs(self) -> list[LayerSpec]:
         c = self.cfg
-        spec = LayerSpec(c.n_head, c.n_head_kv, c.head_dim, c.head_dim_v, 0, 1.0 / np.sqrt(c.head_dim), c.attn_logit_softcap)
+        scale = c.attention_scale or 1.0 / np.sqrt(c.head_dim)  # Granite states its own
+        spec = LayerSpec(c.n_head, c.n_head_kv, c.head_dim, c.head_dim_v, 0, scale, c.attn_logit_softcap)
         return [spec] * c.n_layer
 
     def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
@@ -93,7 +94,11 @@ class LlamaModel(Model):
         v3 = v.reshape(T, c.n_head_kv, c.head_dim_v)
         att3 = att.reshape(T, c.n_head, c.head_dim_v)
 
+        rs = c.residual_scale  # Granite's: each block's output scaled before its residual add
+        o = buf.get("o", T, c.n_embd) if rs != 1.0 else None
         be.get_rows(self.tok_embd, tokens, x)
+        if c.embedding_scale != 1.0:
+            be.scale(x, c.embedding_scale)
         for il, L in enumerate(self.layers):
             be.norm_linear_many(x, L.attn_norm, c.norm_eps, xn, (L.wq, L.wk, L.wv), (q, k, v))
             self.trace("attn_norm", il, xn)
@@ -107,8 +112,18 @@ class LlamaModel(Model):
                 be.rope_qk(q3, k3, pos, self.rope_cos, self.rope_sin, c.rope_neox)
             cache[il].update_and_attend(q3, k3, v3, pos, att3)
             self.trace("kqv_out", il, att)
-            be.linear_add(L.wo, att, x)
+            if o is None:
+                be.linear_add(L.wo, att, x)
+            else:
+                be.linear(L.wo, att, o)
+                be.scale(o, rs)
+                be.add(x, o)
             be.norm_linear_many(x, L.ffn_norm, c.norm_eps, xn, (L.w_gate, L.w_up), (gate, up))
-            be.linear_glu(L.w_down, gate, up, x, "silu", accumulate=True)
+            if o is None:
+                be.linear_glu(L.w_down, gate, up, x, "silu", accumulate=True)
+            else:
+                be.linear_glu(L.w_down, gate, up, o, "silu")
+                be.scale(o, rs)
+                be.add(x, o)
             self.trace("l_out", il, x)
         self.output_head(x, out_rows, logits)

@@ -56,6 +56,7 @@ class Reference:
         self.window = f.get(f"{arch}.attention.sliding_window", 0)
         self.attn_cap = f.get(f"{arch}.attn_logit_softcapping", 0.0)  # Gemma 2
         self.final_cap = f.get(f"{arch}.final_logit_softcapping", 0.0)
+        self.scales = {k: f.get(f"{arch}.{k}", d) for k, d in (("embedding_scale", 1.0), ("residual_scale", 1.0), ("attention.scale", 0.0), ("logit_scale", 1.0))}  # Granite
         self.rope_freqs = self.t.get("rope_freqs.weight", self.t.get("rope_factors_short.weight"))  # Llama 3.1+, Phi-3 (short contexts)
 
     def lin(self, x, name):
@@ -89,6 +90,8 @@ class Reference:
         x = t["token_embd.weight"][tokens]
         if gemma:
             x = x * math.sqrt(self.n_embd)
+        x = x * self.scales["embedding_scale"]
+        rs = self.scales["residual_scale"]
         H, Hkv, D = self.n_head, self.n_head_kv, self.head_dim
         for il in range(self.n_layer):
             b = f"blk.{il}."
@@ -116,7 +119,7 @@ class Reference:
                 mask &= (pos[:, None] - pos[None, :]) < self.window
             for hh in range(H):
                 kh = hh // (H // Hkv)
-                s = q[:, hh] @ k[:, kh].T / math.sqrt(D)
+                s = q[:, hh] @ k[:, kh].T * (self.scales["attention.scale"] or 1 / math.sqrt(D))
                 if self.attn_cap:
                     s = self.attn_cap * np.tanh(s / self.attn_cap)
                 s = np.where(mask, s, -np.inf)
@@ -126,7 +129,7 @@ class Reference:
             o = self.lin(out.reshape(T, H * D), b + "attn_output.weight")
             if gemma:
                 o = self.rms(o, t[b + "post_attention_norm.weight"])
-            x = x + o
+            x = x + rs * o
             h = self.rms(x, t[b + "ffn_norm.weight"])
             if b + "ffn_gate.weight" in t:
                 g = self.lin(h, b + "ffn_gate.weight")
@@ -140,7 +143,7 @@ class Reference:
             d = self.lin(a * u, b + "ffn_down.weight")
             if gemma:
                 d = self.rms(d, t[b + "post_ffw_norm.weight"])
-            x = x + d
+            x = x + rs * d
         x = self.rms(x, t["output_norm.weight"])
-        out = self.lin(x, "output.weight" if "output.weight" in t else "token_embd.weight")
+        out = self.lin(x, "output.weight" if "output.weight" in t else "token_embd.weight") / self.scales["logit_scale"]
         return self.final_cap * np.tanh(out / self.final_cap) if self.final_cap else out

@@ -42,6 +42,7 @@ ARCH_GEOMETRY = {
     "gemma2": (64, 2, 1, 32, 96, 4),
     "phi3": (64, 4, 2, 16, 96, 2),
     "smollm3": (64, 4, 2, 16, 96, 4),  # layer 3 without rope
+    "granite": (64, 4, 2, 16, 96, 2),
 }
 
 
@@ -56,6 +57,7 @@ FIXTURE_MODELS: dict[str, dict] = {
     "gemma2": {"arch": "gemma2"},
     "phi3": {"arch": "phi3"},
     "smollm3": {"arch": "smollm3"},
+    "granite": {"arch": "granite"},
     "phi3-rope-factors": {"arch": "phi3", "rope_freqs": True},  # the short factors (context 64 of 1024)
 }
 
@@ -90,6 +92,11 @@ def write_tiny_model(
         w.add_value_length(head_dim)
     if arch in ("gemma2", "gemma3"):
         w.add_sliding_window(sliding_window)
+    if arch == "granite":  # multipliers far enough from 1 to matter
+        w.add_embedding_scale(3.0)
+        w.add_residual_scale(0.5)
+        w.add_attention_scale(0.2)
+        w.add_logit_scale(4.0)
     if arch == "gemma2":  # caps low enough to bite on a tiny model's logits (Gemma 2's own: 50 and 30)
         w.add_attn_logit_softcapping(1.5)
         w.add_final_logit_softcapping(8.0)

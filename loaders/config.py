@@ -1,7 +1,7 @@
 """Model hyperparameters read from GGUF metadata.
 
 One typed ``ModelConfig`` covers the llama family (llama, mistral-style, smollm3, granite), qwen2,
-qwen3, phi3, gemma2 and gemma3.  Per-architecture defaults that llama.cpp hard-codes (Gemma 2's and 3's
+qwen3, qwen3moe, phi3, gemma2 and gemma3.  Per-architecture defaults that llama.cpp hard-codes (Gemma 2's and 3's
 sliding-window layer patterns, Gemma 3's local rope base) live in ``_ARCH_DEFAULTS``
 so the numbers are in one place.
 """
@@ -15,7 +15,7 @@ from typing import Any
 from .errors import GGUFError, UnsupportedModelError
 from .gguf_file import GGUFFile
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma2", "gemma3")
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -25,6 +25,7 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "granite": {"rope_neox": False},
     "qwen2": {"rope_neox": True},
     "qwen3": {"rope_neox": True},
+    "qwen3moe": {"rope_neox": True},  # (its chosen experts' weights renormalised, as Mixtral's)
     "phi3": {"rope_neox": True},
     # Gemma 2: sliding-window and global layers alternate (even layers local), one rope base.
     "gemma2": {"rope_neox": True, "swa_pattern": 2},
@@ -72,6 +73,12 @@ class ModelConfig:
     residual_scale: float = 1.0
     attention_scale: float = 0.0
     logit_scale: float = 1.0
+    # mixture of experts (0: a dense FFN): experts per layer, chosen per token, their FFN width, and
+    # whether the chosen experts' router probabilities are renormalised to sum 1
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_ff_exp: int = 0
+    expert_weights_norm: bool = True
     file_type: int = -1
 
     @property
@@ -176,6 +183,10 @@ def load_config(g: GGUFFile) -> ModelConfig:
         residual_scale=float(g.arch_get("residual_scale", 1.0) or 1.0),
         attention_scale=float(g.arch_get("attention.scale", 0.0) or 0.0),
         logit_scale=float(g.arch_get("logit_scale", 1.0) or 1.0),
+        n_expert=int(g.arch_get("expert_count", 0) or 0),
+        n_expert_used=int(g.arch_get("expert_used_count", 0) or 0),
+        n_ff_exp=int(g.arch_get("expert_feed_forward_length", 0) or n_ff),
+        expert_weights_norm=bool(g.arch_get("expert_weights_norm", d.get("expert_weights_norm", True))),
         file_type=int(g.get("general.file_type", -1)),
     )
 

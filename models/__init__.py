@@ -11,10 +11,11 @@ from .llama import LlamaModel
 from .phi3 import Phi3Model
 from .qwen2 import Qwen2Model
 from .qwen3 import Qwen3Model
+from .qwen3moe import Qwen3MoeModel
 from .smollm3 import SmolLM3Model
 
 MODEL_CLASSES: dict[str, type[Model]] = {}
-for _cls in (LlamaModel, SmolLM3Model, GraniteModel, Qwen2Model, Qwen3Model, Phi3Model, Gemma2Model, Gemma3Model):
+for _cls in (LlamaModel, SmolLM3Model, GraniteModel, Qwen2Model, Qwen3Model, Qwen3MoeModel, Phi3Model, Gemma2Model, Gemma3Model):
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

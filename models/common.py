@@ -44,6 +44,10 @@ TENSOR_NAMES: dict[str, str] = {
     "w_up": "blk.{i}.ffn_up.weight",
     "w_down": "blk.{i}.ffn_down.weight",
     "ffn_post_norm": "blk.{i}.post_ffw_norm.weight",
+    "ffn_gate_inp": "blk.{i}.ffn_gate_inp.weight",
+    "ffn_gate_exps": "blk.{i}.ffn_gate_exps.weight",
+    "ffn_up_exps": "blk.{i}.ffn_up_exps.weight",
+    "ffn_down_exps": "blk.{i}.ffn_down_exps.weight",
 }
 
 
@@ -84,7 +88,7 @@ class WeightLoader:
         """A fused 2-D weight (Phi-3's ``attn_qkv``, its gate-and-up ``ffn_up``) cut into consecutive
         row ranges of ``sizes`` rows, each a Weight of its own (views of the file's rows on the CPU)."""
         t = self._info(role, i, True)
-        if len(t.shape) != 2 or t.shape[0] != sum(sizes):
+        if t.n_elements // t.shape[-1] != sum(sizes):
             raise GGUFError(f"{self.g.path}: tensor {t.name!r} has shape {t.shape}, expected {sum(sizes)} rows; the file is not a supported model")
         rows, out, r0 = t.rows(), [], 0
         for n in sizes:
@@ -94,6 +98,14 @@ class WeightLoader:
                 raise UnsupportedModelError(f"{self.g.path}: tensor {t.name!r}: {e}") from None
             r0 += n
         return out
+
+    def experts(self, role: str, i: int, n_expert: int, n_rows: int, n_cols: int) -> list[Weight]:
+        """A 3-D expert tensor ``[n_expert, n_rows, n_cols]`` as one Weight per expert (row views)."""
+        t = self._info(role, i, True)
+        if tuple(t.shape) != (n_expert, n_rows, n_cols):
+            raise GGUFError(f"{self.g.path}: tensor {t.name!r} has shape {t.shape}, expected {(n_expert, n_rows, n_cols)}; "
+                            "the file is not a supported model")  # fmt: skip
+        return self.matrix_rows(role, i, (n_rows,) * n_expert)
 
     def vector(self, role: str, i: int | None = None, required: bool = True) -> Any:
         """A 1-D float32 tensor (norm weights, biases), dequantized (it is tiny), on the backend."""

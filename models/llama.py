@@ -17,6 +17,7 @@ from ..loaders.config import ModelConfig
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
 from .common import Model, WeightLoader, make_rope
+from .moe import MoE, load_moe, moe_add
 
 
 @dataclass
@@ -36,6 +37,7 @@ class LlamaLayer:
     w_up: Weight  # [n_ff, n_embd]
     w_down: Weight  # [n_embd, n_ff]
     rope: bool = True  # False: this layer's attention has no positional encoding (SmolLM3's NoPE layers)
+    moe: MoE | None = None  # a mixture-of-experts FFN (Mixtral, Qwen3-MoE) in place of w_gate/w_up/w_down
 
 
 class LlamaModel(Model):
@@ -51,6 +53,11 @@ class LlamaModel(Model):
         self.rope_cos, self.rope_sin = make_rope(cfg, n_ctx, cfg.rope_theta, self.rope_factors(w, n_ctx))
 
     def load_layer(self, w: WeightLoader, i: int) -> LlamaLayer:
+        c = self.cfg
+        moe = None
+        if c.n_expert > 0 and w.has("ffn_gate_inp", i):
+            moe = load_moe(w, i, c.n_expert, c.n_expert_used, c.n_ff_exp, c.n_embd, c.expert_weights_norm)
+        dense = moe is None
         return LlamaLayer(
             attn_norm=w.vector("attn_norm", i),
             wq=w.matrix("wq", i),
@@ -63,9 +70,10 @@ class LlamaModel(Model):
             q_norm=w.vector("q_norm", i, required=False),
             k_norm=w.vector("k_norm", i, required=False),
             ffn_norm=w.vector("ffn_norm", i),
-            w_gate=w.matrix("w_gate", i),
-            w_up=w.matrix("w_up", i),
-            w_down=w.matrix("w_down", i),
+            w_gate=w.matrix("w_gate", i) if dense else None,
+            w_up=w.matrix("w_up", i) if dense else None,
+            w_down=w.matrix("w_down", i) if dense else None,
+            moe=moe,
         )
 
     def rope_factors(self, w: WeightLoader, n_ctx: int) -> np.ndarray | None:
@@ -118,6 +126,11 @@ class LlamaModel(Model):
                 be.linear(L.wo, att, o)
                 be.scale(o, rs)
                 be.add(x, o)
+            if L.moe is not None:
+                be.rms_norm(x, L.ffn_norm, c.norm_eps, xn)
+                moe_add(be, L.moe, xn, x, buf)
+                self.trace("l_out", il, x)
+                continue
             be.norm_linear_many(x, L.ffn_norm, c.norm_eps, xn, (L.w_gate, L.w_up), (gate, up))
             if o is None:
                 be.linear_glu(L.w_down, gate, up, x, "silu", accumulate=True)

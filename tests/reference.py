@@ -54,6 +54,7 @@ class Reference:
         self.eps = f[f"{arch}.attention.layer_norm_rms_epsilon"]
         self.theta = f.get(f"{arch}.rope.freq_base", 10000.0)
         self.window = f.get(f"{arch}.attention.sliding_window", 0)
+        self.n_expert_used = f.get(f"{arch}.expert_used_count", 0)
         self.attn_cap = f.get(f"{arch}.attn_logit_softcapping", 0.0)  # Gemma 2
         self.final_cap = f.get(f"{arch}.final_logit_softcapping", 0.0)
         self.scales = {k: f.get(f"{arch}.{k}", d) for k, d in (("embedding_scale", 1.0), ("residual_scale", 1.0), ("attention.scale", 0.0), ("logit_scale", 1.0))}  # Granite
@@ -110,7 +111,7 @@ class Reference:
             q, k, v = q.reshape(T, H, D), k.reshape(T, Hkv, D), v.reshape(T, Hkv, D)
             if b + "attn_q_norm.weight" in t:  # QK-norm: Gemma 3, Qwen3
                 q, k = self.rms(q, t[b + "attn_q_norm.weight"]), self.rms(k, t[b + "attn_k_norm.weight"])
-            neox = arch in ("qwen2", "qwen3", "phi3", "gemma2", "gemma3")
+            neox = arch in ("qwen2", "qwen3", "qwen3moe", "phi3", "gemma2", "gemma3")
             if not (arch == "smollm3" and (il + 1) % 4 == 0):  # SmolLM3's NoPE layers
                 q, k = self.rope(q, pos, theta, neox), self.rope(k, pos, theta, neox)
             out = np.zeros((T, H, D))
@@ -131,6 +132,22 @@ class Reference:
                 o = self.rms(o, t[b + "post_attention_norm.weight"])
             x = x + rs * o
             h = self.rms(x, t[b + "ffn_norm.weight"])
+            if b + "ffn_gate_inp.weight" in t:  # mixture of experts: softmax router, top k, renormalised
+                k_used = self.n_expert_used
+                logits = h @ t[b + "ffn_gate_inp.weight"].T
+                p = np.exp(logits - logits.max(1, keepdims=True))
+                p /= p.sum(1, keepdims=True)
+                top = np.argsort(-p, axis=1, kind="stable")[:, :k_used]
+                wts = np.take_along_axis(p, top, 1)
+                wts /= wts.sum(1, keepdims=True)
+                d = np.zeros_like(h)
+                for tok in range(T):
+                    for e, wt in zip(top[tok], wts[tok]):
+                        g = h[tok] @ t[b + "ffn_gate_exps.weight"][e].T
+                        u = h[tok] @ t[b + "ffn_up_exps.weight"][e].T
+                        d[tok] += wt * ((g / (1 + np.exp(-g)) * u) @ t[b + "ffn_down_exps.weight"][e].T)
+                x = x + rs * d
+                continue
             if b + "ffn_gate.weight" in t:
                 g = self.lin(h, b + "ffn_gate.weight")
                 u = self.lin(h, b + "ffn_up.weight")

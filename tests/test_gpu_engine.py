@@ -310,3 +310,14 @@ def test_a_chunk_that_calibrates_the_cache_stores_the_rest_on_the_device(gpu_env
     for a, b in zip(held["cpu"], held["gpu"]):
         np.testing.assert_array_equal(a, b)
     assert np.abs(runs["gpu"] - runs["cpu"]).max() < 2e-3 * np.abs(runs["cpu"]).max()
+
+
+def test_a_mixture_of_experts_model_on_the_gpu_is_refused_in_one_line(gpu_env, tmp_path):
+    """The experts' routing is host work (numpy): on the GPU such a model is refused while it loads."""
+    from kvrun.loaders.errors import UnsupportedModelError
+
+    path = write_tiny_model(tmp_path / "moe.gguf", "qwen3moe", qtype=Q.Q8_0)
+    with pytest.raises(UnsupportedModelError, match="mixture-of-experts models run on the CPU only for now; use --device cpu"):
+        Engine(path, device="gpu", n_ctx=64)
+    r = CliRunner().invoke(main, ["run", str(path), "--device", "gpu", "-p", "hi", "-n", "2"])
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "use --device cpu" in r.output, r.output

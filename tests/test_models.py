@@ -41,7 +41,7 @@ def _run(model, cfg, tokens, chunk):
     return out
 
 
-@pytest.mark.parametrize("arch", ["llama", "smollm3", "granite", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"])
+@pytest.mark.parametrize("arch", ["llama", "smollm3", "granite", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma2", "gemma3"])
 @pytest.mark.parametrize("qtype", [Q.F32, Q.Q8_0])
 @pytest.mark.parametrize("chunk", [N_BATCH, 1], ids=["prefill", "decode"])
 def test_forward_matches_reference(tmp_path, arch, qtype, chunk):
@@ -67,7 +67,7 @@ def test_gemma3_layers_alternate_window(tmp_path):
 def test_unknown_architecture_lists_supported():
     from kvrun.loaders.errors import UnsupportedModelError
 
-    with pytest.raises(UnsupportedModelError, match="gemma2, gemma3, granite, llama, mistral, phi3, qwen2, qwen3, smollm3"):
+    with pytest.raises(UnsupportedModelError, match="gemma2, gemma3, granite, llama, mistral, phi3, qwen2, qwen3, qwen3moe, smollm3"):
         model_class("mamba")
 
 

@@ -43,6 +43,7 @@ ARCH_GEOMETRY = {
     "phi3": (64, 4, 2, 16, 96, 2),
     "smollm3": (64, 4, 2, 16, 96, 4),  # layer 3 without rope
     "granite": (64, 4, 2, 16, 96, 2),
+    "qwen3moe": (64, 4, 2, 32, 96, 2),
 }
 
 
@@ -58,13 +59,15 @@ FIXTURE_MODELS: dict[str, dict] = {
     "phi3": {"arch": "phi3"},
     "smollm3": {"arch": "smollm3"},
     "granite": {"arch": "granite"},
+    "qwen3moe": {"arch": "qwen3moe"},
+    "llama-moe": {"arch": "llama", "n_expert": 4},  # Mixtral's layout
     "phi3-rope-factors": {"arch": "phi3", "rope_freqs": True},  # the short factors (context 64 of 1024)
 }
 
 
 def write_tiny_model(
     path: Path, arch: str = "llama", qtype: int = Q.F32, seed: int = 0, sliding_window: int = 8, rope_freqs: bool = False,
-    chat_template: str | None = None,
+    chat_template: str | None = None, n_expert: int | None = None,
 ) -> Path:  # fmt: skip
     """A random ``arch`` model; matrices stored as ``qtype`` (F32, F16, Q8_0, Q4_0...).  ``rope_freqs``:
     with Llama 3.1's per-frequency rope factors (``rope_freqs.weight``, 1 to 8 from high to low), or
@@ -87,7 +90,15 @@ def write_tiny_model(
     w.add_rope_freq_base(10000.0)
     ftype = getattr(LlamaFileType, f"MOSTLY_{Q(qtype).name}", LlamaFileType.ALL_F32)  # as llama.cpp's quantizer names the file
     w.add_file_type(int(ftype))
-    if arch in ("gemma2", "gemma3", "qwen3"):
+    # mixture of experts (qwen3moe; llama with n_expert: Mixtral's layout): 2 of n_expert per token
+    n_expert = (4 if arch == "qwen3moe" else 0) if n_expert is None else n_expert
+    n_ff_exp = 64 if arch == "qwen3moe" else n_ff
+    if n_expert:
+        w.add_expert_count(n_expert)
+        w.add_expert_used_count(2)
+        if arch == "qwen3moe":
+            w.add_expert_feed_forward_length(n_ff_exp)
+    if arch in ("gemma2", "gemma3", "qwen3", "qwen3moe"):
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
     if arch in ("gemma2", "gemma3"):
@@ -120,6 +131,10 @@ def write_tiny_model(
         else:
             w.add_tensor(name, quantize(a, qtype), raw_dtype=qtype)
 
+    def experts(name: str, rows: int, cols: int) -> None:
+        a = (rng.standard_normal((n_expert, rows, cols)) * 0.1).astype(np.float32)
+        w.add_tensor(name, a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
+
     def vec(name: str, n: int, base: float = 1.0, scale: float = 0.1) -> None:
         w.add_tensor(name, (base + rng.standard_normal(n) * scale).astype(np.float32))
 
@@ -136,17 +151,23 @@ def write_tiny_model(
             mat(b + "attn_v.weight", n_head_kv * head_dim, n_embd)
         mat(b + "attn_output.weight", n_embd, n_head * head_dim)
         vec(b + "ffn_norm.weight", n_embd)
-        if arch == "phi3":
+        if n_expert:  # the router (float32, as in real files) and the experts' 3-D tensors
+            w.add_tensor(b + "ffn_gate_inp.weight", (rng.standard_normal((n_expert, n_embd)) * 0.5).astype(np.float32))
+            experts(b + "ffn_gate_exps.weight", n_ff_exp, n_embd)
+            experts(b + "ffn_up_exps.weight", n_ff_exp, n_embd)
+            experts(b + "ffn_down_exps.weight", n_embd, n_ff_exp)
+        elif arch == "phi3":
             mat(b + "ffn_up.weight", 2 * n_ff, n_embd)
+            mat(b + "ffn_down.weight", n_embd, n_ff)
         else:
             mat(b + "ffn_gate.weight", n_ff, n_embd)
             mat(b + "ffn_up.weight", n_ff, n_embd)
-        mat(b + "ffn_down.weight", n_embd, n_ff)
+            mat(b + "ffn_down.weight", n_embd, n_ff)
         if arch == "qwen2":
             vec(b + "attn_q.bias", n_head * head_dim, 0.0)
             vec(b + "attn_k.bias", n_head_kv * head_dim, 0.0)
             vec(b + "attn_v.bias", n_head_kv * head_dim, 0.0)
-        if arch in ("gemma3", "qwen3"):
+        if arch in ("gemma3", "qwen3", "qwen3moe"):
             vec(b + "attn_q_norm.weight", head_dim)
             vec(b + "attn_k_norm.weight", head_dim)
         if arch in ("gemma2", "gemma3"):

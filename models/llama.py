@@ -8,7 +8,7 @@ SwiGLU FFN -> residual; tied or separate output head.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -76,6 +76,16 @@ class LlamaModel(Model):
             moe=moe,
         )
 
+    def add_output(self, x: Any, o: Any, product: Callable[[Any, bool], None]) -> None:
+        """``x += `` a block's output, which ``product(out, accumulate)`` computes into ``out``: straight
+        into the residual stream, or (``o`` given) into ``o``, scaled by Granite's residual_scale first."""
+        if o is None:
+            product(x, True)
+        else:
+            product(o, False)
+            self.be.scale(o, self.cfg.residual_scale)
+            self.be.add(x, o)
+
     def rope_factors(self, w: WeightLoader, n_ctx: int) -> np.ndarray | None:
         """Per-frequency rope factors: Llama 3.1+'s long-context scaling (one tensor for all layers)."""
         return w.host_vector("rope_freqs", required=False)
@@ -102,8 +112,7 @@ class LlamaModel(Model):
         v3 = v.reshape(T, c.n_head_kv, c.head_dim_v)
         att3 = att.reshape(T, c.n_head, c.head_dim_v)
 
-        rs = c.residual_scale  # Granite's: each block's output scaled before its residual add
-        o = buf.get("o", T, c.n_embd) if rs != 1.0 else None
+        o = buf.get("o", T, c.n_embd) if c.residual_scale != 1.0 else None  # (Granite) a block's output
         be.get_rows(self.tok_embd, tokens, x)
         if c.embedding_scale != 1.0:
             be.scale(x, c.embedding_scale)
@@ -120,23 +129,12 @@ class LlamaModel(Model):
                 be.rope_qk(q3, k3, pos, self.rope_cos, self.rope_sin, c.rope_neox)
             cache[il].update_and_attend(q3, k3, v3, pos, att3)
             self.trace("kqv_out", il, att)
-            if o is None:
-                be.linear_add(L.wo, att, x)
-            else:
-                be.linear(L.wo, att, o)
-                be.scale(o, rs)
-                be.add(x, o)
+            self.add_output(x, o, lambda out, acc: (be.linear_add if acc else be.linear)(L.wo, att, out))
             if L.moe is not None:
                 be.rms_norm(x, L.ffn_norm, c.norm_eps, xn)
                 moe_add(be, L.moe, xn, x, buf)
-                self.trace("l_out", il, x)
-                continue
-            be.norm_linear_many(x, L.ffn_norm, c.norm_eps, xn, (L.w_gate, L.w_up), (gate, up))
-            if o is None:
-                be.linear_glu(L.w_down, gate, up, x, "silu", accumulate=True)
             else:
-                be.linear_glu(L.w_down, gate, up, o, "silu")
-                be.scale(o, rs)
-                be.add(x, o)
+                be.norm_linear_many(x, L.ffn_norm, c.norm_eps, xn, (L.w_gate, L.w_up), (gate, up))
+                self.add_output(x, o, lambda out, acc: be.linear_glu(L.w_down, gate, up, out, "silu", accumulate=acc))
             self.trace("l_out", il, x)
         self.output_head(x, out_rows, logits)

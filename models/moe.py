@@ -30,6 +30,7 @@ class MoE:
     down: list[Weight]  # per expert [n_embd, n_ff_exp]
     n_used: int
     norm_weights: bool  # renormalise the chosen experts' probabilities to sum 1
+    stacked: tuple[Weight, Weight, Weight]  # gate, up, down as [n_expert * rows, cols]: decode's one call
 
 
 def load_moe(w: WeightLoader, i: int, n_expert: int, n_used: int, n_ff_exp: int, n_embd: int, norm_weights: bool) -> MoE:
@@ -44,6 +45,7 @@ def load_moe(w: WeightLoader, i: int, n_expert: int, n_used: int, n_ff_exp: int,
         down=w.experts("ffn_down_exps", i, n_expert, n_embd, n_ff_exp),
         n_used=n_used,
         norm_weights=norm_weights,
+        stacked=tuple(w.matrix_rows(r, i, (n_expert * n,))[0] for r, n in (("ffn_gate_exps", n_ff_exp), ("ffn_up_exps", n_ff_exp), ("ffn_down_exps", n_embd))),
     )
 
 
@@ -66,6 +68,8 @@ def moe_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers) 
     logits = buf.get("moe_router", T, len(moe.gate))
     be.linear(moe.router, xn, logits)
     top, wts = route(be.to_host(logits), moe.n_used, moe.norm_weights)
+    if T == 1 and be.moe_token(*moe.stacked, n_ff, top[0], wts[0], xn, x):
+        return
     for e in np.unique(top):
         rows, slot = np.nonzero(top == e)
         n = len(rows)

@@ -125,6 +125,11 @@ class CPUBackend:
     def scale(self, x, s) -> None:
         nn.scale_inplace(x, s)
 
+    def moe_token(self, gate, up, down, n_ff, experts, wts, xn, x) -> bool:
+        from .moe import moe_token
+
+        return moe_token(gate.data, gate.qtype, up.data, up.qtype, down.data, down.qtype, n_ff, experts, wts, xn[0], x[0])
+
     def softcap(self, x, cap) -> None:
         nn.softcap_inplace(x, cap)
 

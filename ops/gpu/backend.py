@@ -283,6 +283,9 @@ class GPUBackend:
         with device_out(x) as xd:
             K.launch("scale_f32", _ew_grid(n), (_EW_BLOCK,), xd, s, n)
 
+    def moe_token(self, gate: Weight, up: Weight, down: Weight, n_ff: int, experts: Any, wts: Any, xn: Any, x: Any) -> bool:
+        return False  # mixture-of-experts models are refused on the GPU (models/moe.py)
+
     def softcap(self, x: Any, cap: float) -> None:
         n = math.prod(x.shape)
         with device_out(x) as xd:

@@ -205,14 +205,25 @@ def test_threads_bound_numba_and_blas():
             set_blas_threads(before[1])
 
 
-def test_cli_says_when_the_first_run_compiles(tiny_path, monkeypatch):
+def test_cli_says_when_the_first_run_compiles(tmp_path, monkeypatch):
+    from gguf import GGMLQuantizationType as Q
+
     from kvrun.ops.cpu import jitcache
     from kvrun.ops.cpu.backend import CPUBackend
 
-    args = ["run", str(tiny_path), "-p", "the", "-n", "2", "--temp", "0", "--no-stats"]
+    # (quantized weights: float ones never take the fused products, whose cache the check reads)
+    path = write_tiny_model(tmp_path / "q8.gguf", "llama", qtype=Q.Q8_0)
+    args = ["run", str(path), "-p", "the", "-n", "2", "--temp", "0", "--no-stats"]
     CliRunner().invoke(main, args)  # compiles (and caches) the kernels if no earlier test did
     assert jitcache.kernels_cached()
     assert "compiling" not in CliRunner().invoke(main, args).output
+    # an index another source left (an edit, a checkout: jitstamp.py) is stale, and compiles again
+    from kvrun.ops.cpu import fused
+
+    with monkeypatch.context() as mp:
+        for k in (fused._fused_1, fused._fused_n):
+            mp.setattr(k._cache._cache_file, "_source_stamp", ("another", "source"))
+        assert not jitcache.kernels_cached()
     monkeypatch.setattr(CPUBackend, "kernels_cached", lambda self: False)
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0 and "first run on this machine: compiling the CPU kernels" in r.output

@@ -4,11 +4,9 @@ The CLI says so before that first forward, instead of going silent."""
 
 from __future__ import annotations
 
-import os
-
 
 def kernels_cached() -> bool:
-    """True when the cache holds an index for each main decode kernel (else the first forward compiles).
+    """True when the cache holds a fresh index for each main decode kernel (else the first forward compiles).
 
     Reads Numba's cache locator (an internal API): where it is not there, says True
     (no notice) rather than fail.
@@ -16,7 +14,9 @@ def kernels_cached() -> bool:
     from . import fused, nn, qattention, qmatmul
 
     def cached(k) -> bool:
-        return os.path.exists(k._cache._cache_file._index_path)
+        # an index of this source's stamp (jitstamp.py: all kernel files), not a stale one an edit or a
+        # checkout left: that one compiles too, and the notice is owed
+        return bool(k._cache._cache_file._load_index())
 
     try:  # one matvec (one thread or many), a fused norm + products, decode attention, a norm
         attention = cached(qattention._attend_decode_f16) or cached(qattention._attend_decode_q)  # plain or compressed cache

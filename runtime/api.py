@@ -30,7 +30,7 @@ Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
 
 
-def _request(max_tokens: int, stop: Any, ignore_eos: bool = False, **sampling: Any) -> GenRequest:
+def _request(max_tokens: int, stop: Any, ignore_eos: bool = False, logprobs: int = -1, **sampling: Any) -> GenRequest:
     """The request, checked (a bad value raises here, before any state changes)."""
     known = {f.name: f.type for f in fields(SamplerConfig)}
     for k, v in sampling.items():
@@ -42,7 +42,7 @@ def _request(max_tokens: int, stop: Any, ignore_eos: bool = False, **sampling: A
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ()) if isinstance(stop, (list, tuple, type(None))) else None
     if stops is None or not all(isinstance(x, str) for x in stops):
         raise ValueError(f"stop must be a string or a list of strings, got {stop!r:.40}")
-    req = GenRequest(max_tokens=max_tokens, sampler=cfg, stop=stops, ignore_eos=ignore_eos)
+    req = GenRequest(max_tokens=max_tokens, sampler=cfg, stop=stops, ignore_eos=ignore_eos, logprobs=logprobs)
     req.validate()
     return req
 
@@ -177,10 +177,13 @@ class Session:
         self.tokens = []
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
 
-    def stream(self, user: str, max_tokens: int = 512, stop: Any = None, reserve: int | None = None, **sampling: Any) -> Iterator[str]:
+    def stream(self, user: str, max_tokens: int = 512, stop: Any = None, reserve: int | None = None, logprobs: int = -1,
+               **sampling: Any) -> Iterator[str]:  # fmt: skip
         """The reply to ``user``, as text pieces.  ``reserve``: context tokens kept free for the reply when
-        deciding whether the oldest turns must go (default: ``max_tokens``, or half the context when it is -1)."""
-        req = _request(max_tokens, stop, **sampling)
+        deciding whether the oldest turns must go (default: ``max_tokens``, or half the context when it is -1).
+        ``logprobs`` >= 0: each reply token's log-probability and the ``logprobs`` likeliest, in
+        ``last_stats.logprobs``."""
+        req = _request(max_tokens, stop, logprobs=logprobs, **sampling)
         msgs = self.messages + [{"role": "user", "content": user}]
         prompt = self.model.tokenize(self.model.render(msgs, **self.template_kwargs), add_bos=None)
         if reserve is None:

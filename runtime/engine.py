@@ -53,6 +53,8 @@ class GenStats:
     n_gen: int = 0
     t_gen: float = 0.0
     stop_reason: str = ""
+    #: with GenRequest.logprobs >= 0: per generated token (id, its logprob, [(id, logprob)] of the top N)
+    logprobs: list[tuple[int, float, list[tuple[int, float]]]] = field(default_factory=list)
 
     @property
     def prompt_tps(self) -> float:
@@ -69,12 +71,29 @@ class GenRequest:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    #: -1: none; N >= 0: record each generated token's log-probability under the model (log-softmax of
+    #: the raw logits: before temperature, penalties and truncation, as OpenAI's logprobs) and the N likeliest
+    logprobs: int = -1
 
     def validate(self) -> None:
         """Raise ValueError for a value no generation can take (the sampler's too)."""
         self.sampler.validate()
+        if not -1 <= self.logprobs <= MAX_LOGPROBS:
+            raise ValueError(f"logprobs must be in 0..{MAX_LOGPROBS} (the likeliest tokens to report), got {self.logprobs}")
         if self.max_tokens < -1:
             raise ValueError(f"max_tokens must be >= 0, or -1 for no limit (until the text ends or the context fills); got {self.max_tokens}")
+
+
+MAX_LOGPROBS = 20  # as OpenAI's top_logprobs
+
+
+def token_logprobs(logits: np.ndarray, tok: int, top: int) -> tuple[int, float, list[tuple[int, float]]]:
+    """``tok``'s log-probability under ``logits`` [n_vocab] and the ``top`` likeliest (id, logprob), float64."""
+    x = logits.astype(np.float64)
+    lse = x.max() + np.log(np.exp(x - x.max()).sum())
+    best = np.argpartition(-x, top)[:top] if 0 < top < x.size else np.arange(x.size if top else 0)
+    best = best[np.argsort(-x[best], kind="stable")]
+    return tok, float(x[tok] - lse), [(int(i), float(x[i] - lse)) for i in best]
 
 
 DEFAULT_CTX = 4096  # tokens of context when none is asked for (or the model's training context, if shorter)
@@ -258,6 +277,8 @@ class Engine:
                 if tok in eot and not req.ignore_eos:
                     stats.stop_reason = "eos"
                     return
+                if req.logprobs >= 0:  # (the whole vocabulary to the host: only when asked for)
+                    stats.logprobs.append(token_logprobs(self.backend.to_host(logits).reshape(-1), tok, req.logprobs))
                 history.append(tok)
                 stats.n_gen += 1
                 yield tok

@@ -92,9 +92,46 @@ class Server:
             raise BadRequest(f"max_tokens must be an integer, got {max_tokens!r:.40}")
         sampling = {k: body[f] for f, k in SAMPLING.items() if body.get(f) is not None}
         try:
-            return _request(max_tokens, body.get("stop"), **sampling)
+            return _request(max_tokens, body.get("stop"), logprobs=self._logprobs(body), **sampling)
         except ValueError as e:
             raise BadRequest(str(e)) from None
+
+    @staticmethod
+    def _logprobs(body: dict[str, Any]) -> int:
+        """How many likeliest tokens to report with each one (-1: no logprobs): chat's ``logprobs: true``
+        with ``top_logprobs: N``, or the legacy completions' ``logprobs: N``."""
+        lp, top = body.get("logprobs"), body.get("top_logprobs")
+        if "messages" in body:
+            if lp not in (None, True, False):
+                raise BadRequest(f"logprobs must be true or false, got {lp!r:.40}")
+            if top is not None and (isinstance(top, bool) or not isinstance(top, int)):
+                raise BadRequest(f"top_logprobs must be an integer, got {top!r:.40}")
+            if top is not None and not lp:
+                raise BadRequest("top_logprobs needs logprobs: true")
+            return (top or 0) if lp else -1
+        if lp is None or lp is False:
+            return -1
+        if isinstance(lp, bool) or not isinstance(lp, int):
+            raise BadRequest(f"logprobs must be an integer (the likeliest tokens to report), got {lp!r:.40}")
+        return lp
+
+    def _logprobs_payload(self, entries: list, chat: bool, offset: int) -> dict[str, Any]:
+        """OpenAI's logprobs object for ``entries`` (GenStats.logprobs items); ``offset``: text length before them."""
+        tk = self.model.tokenizer
+
+        def one(tid: int, lp: float) -> dict[str, Any]:
+            b = tk.token_bytes(tid)
+            return {"id": tid, "token": b.decode("utf-8", "replace"), "logprob": lp, "bytes": list(b)}  # (id: as llama-server's)
+
+        if chat:
+            return {"content": [one(t, lp) | {"top_logprobs": [one(i, x) for i, x in top]} for t, lp, top in entries]}
+        tokens, offsets = [], []
+        for t, _, _ in entries:
+            offsets.append(offset)
+            tokens.append(tk.token_bytes(t).decode("utf-8", "replace"))
+            offset += len(tokens[-1])
+        return {"tokens": tokens, "token_logprobs": [lp for _, lp, _ in entries], "text_offset": offsets,
+                "top_logprobs": [{one(i, x)["token"]: x for i, x in top} for _, _, top in entries]}  # fmt: skip
 
     @staticmethod
     def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
@@ -174,7 +211,8 @@ class Server:
                     # no max_tokens: the reply may run to the context's end, but a long prompt keeps its turns
                     # (a client sending a document to summarise), so little is held back for the reply
                     reserve = None if req.max_tokens >= 0 else min(REPLY_RESERVE, self.model.engine.n_ctx // 8)
-                    it = s.stream(msgs[-1]["content"], max_tokens=req.max_tokens, stop=list(req.stop), reserve=reserve, **_sampling(req))
+                    it = s.stream(msgs[-1]["content"], max_tokens=req.max_tokens, stop=list(req.stop), reserve=reserve,
+                                  logprobs=req.logprobs, **_sampling(req))  # fmt: skip
                     try:
                         yield from it
                     finally:
@@ -188,13 +226,25 @@ class Server:
 
                     yield from stream_text(eng.tokenizer, self.completion.generate(ids, req, stats), req.stop, stats)
 
+        sent = [0, 0]  # logprobs entries and text characters already sent
+
+        def logprobs() -> dict[str, Any] | None:
+            """The logprobs of the tokens generated since the last call (all of them, unstreamed)."""
+            if req.logprobs < 0:
+                return None
+            entries = stats.logprobs[sent[0] :]
+            sent[0] += len(entries)
+            return self._logprobs_payload(entries, chat, sent[1])
+
         def choice(text: str | None, finish: str | None, first: bool = False) -> dict[str, Any]:
+            lp = None if first else logprobs()
+            sent[1] += len(text or "")
             if not chat:
-                return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+                return {"index": 0, "text": text or "", "logprobs": lp, "finish_reason": finish}
             if not stream:
-                return {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+                return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": lp, "finish_reason": finish}
             delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text is not None else {})
-            return {"index": 0, "delta": delta, "finish_reason": finish}
+            return {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
 
         def usage() -> dict[str, int]:
             return {"prompt_tokens": n_prompt[0], "completion_tokens": stats.n_gen, "total_tokens": n_prompt[0] + stats.n_gen}

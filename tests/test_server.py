@@ -7,6 +7,7 @@ import http.client
 import json
 import threading
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -149,3 +150,55 @@ def test_a_long_prompt_without_max_tokens_is_answered_not_cut_to_half_the_contex
     assert status == 200, text
     r = json.loads(text)
     assert r["usage"]["prompt_tokens"] >= 160 > model.engine.n_ctx // 2 + 16 and r["usage"]["total_tokens"] <= model.engine.n_ctx + 1  # (the last token sampled, not fed back)
+
+
+def _log_softmax(x):
+    x = x.astype(np.float64)
+    return x - x.max() - np.log(np.exp(x - x.max()).sum())
+
+
+def test_logprobs_are_the_models_own_for_each_reply_token(server, model):
+    """OpenAI's logprobs: each generated token's log-probability under the model (teacher-forced logits
+    of prompt + reply agree), the N likeliest in order; chat's and the legacy completions' shapes, and
+    streamed chunks carry the same entries as one answer."""
+    body = {"messages": CHAT, "max_tokens": 6, "temperature": 0, "logprobs": True, "top_logprobs": 3}
+    status, text = call(server, "POST", "/v1/chat/completions", body)
+    assert status == 200, text
+    r = json.loads(text)
+    content = r["choices"][0]["logprobs"]["content"]
+    assert len(content) == r["usage"]["completion_tokens"] > 0
+    prompt = model.tokenize(model.render(CHAT), add_bos=None)
+    reply = [c["id"] for c in content]
+    assert model.tokenizer.decode(reply) == r["choices"][0]["message"]["content"]
+    logits = model.logits(prompt + reply)
+    for i, c in enumerate(content):
+        lp = _log_softmax(logits[len(prompt) - 1 + i])
+        assert abs(c["logprob"] - lp[reply[i]]) < 1e-3
+        tops = c["top_logprobs"]
+        assert len(tops) == 3 and tops[0]["token"] == c["token"]  # greedy: the chosen one is the likeliest
+        assert [t["logprob"] for t in tops] == sorted((t["logprob"] for t in tops), reverse=True)
+        assert bytes(c["bytes"]).decode() == c["token"]
+    status, text = call(server, "POST", "/v1/chat/completions", body | {"stream": True})
+    chunks = [e["choices"][0]["logprobs"] for e in events(text)[:-1] if e["choices"][0].get("logprobs")]
+    streamed = [c for ch in chunks for c in ch["content"]]  # (its prompt came from the cached prefix: rounding apart)
+    assert [c["id"] for c in streamed] == [c["id"] for c in content]
+    assert all(abs(a["logprob"] - b["logprob"]) < 1e-4 for a, b in zip(streamed, content))
+
+    status, text = call(server, "POST", "/v1/completions", {"prompt": "the cat", "max_tokens": 5, "temperature": 0, "logprobs": 2})
+    lp = json.loads(text)["choices"][0]["logprobs"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == len(lp["text_offset"]) == 5
+    assert "".join(lp["tokens"]) == json.loads(text)["choices"][0]["text"]
+    assert all(len(t) == 2 and max(t.values()) == pytest.approx(x) for t, x in zip(lp["top_logprobs"], lp["token_logprobs"]))
+    assert call(server, "POST", "/v1/completions", {"prompt": "the cat", "max_tokens": 2})[1].count('"logprobs": null') == 1
+
+
+@pytest.mark.parametrize("body,says", [
+    ({"messages": CHAT, "top_logprobs": 2}, "top_logprobs needs logprobs: true"),
+    ({"messages": CHAT, "logprobs": True, "top_logprobs": 30}, "logprobs must be in 0..20"),
+    ({"messages": CHAT, "logprobs": 3}, "logprobs must be true or false"),
+    ({"prompt": "x", "logprobs": "many"}, "logprobs must be an integer"),
+])  # fmt: skip
+def test_a_bad_logprobs_request_is_a_400(server, body, says):
+    path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+    status, text = call(server, "POST", path, body)
+    assert status == 400 and says in json.loads(text)["error"]["message"], text

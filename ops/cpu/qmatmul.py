@@ -1048,15 +1048,19 @@ def _row_q3_k(row, out):
 _IQ4 = IQ4_VALUES.astype(np.float32)
 
 
+@nb.njit(inline="always", cache=True)
+def _iq4_32(row, qo, dl, out, oo):
+    """32 IQ4 weights from the 16 bytes at row[qo:] (nibbles as Q4_0) into out[oo:], times dl."""
+    for j in range(16):
+        q = np.int32(row[qo + j])
+        out[oo + j] = dl * _IQ4[q & 15]
+        out[oo + 16 + j] = dl * _IQ4[q >> 4]
+
+
 @nb.njit(**_JIT_EXACT)
 def _row_iq4_nl(row, out):
     for b in range(out.size // 32):
-        o = b * 18
-        d = _h(row, o)
-        for j in range(16):
-            q = np.int32(row[o + 2 + j])
-            out[b * 32 + j] = d * _IQ4[q & 15]
-            out[b * 32 + 16 + j] = d * _IQ4[q >> 4]
+        _iq4_32(row, b * 18 + 2, _h(row, b * 18), out, b * 32)
 
 
 @nb.njit(**_JIT_EXACT)
@@ -1067,11 +1071,7 @@ def _row_iq4_xs(row, out):
         sh = np.int32(row[o + 2]) | (np.int32(row[o + 3]) << 8)
         for s in range(8):
             ls = ((np.int32(row[o + 4 + s // 2]) >> (4 * (s % 2))) & 15) | (((sh >> (2 * s)) & 3) << 4)
-            dl = d * np.float32(ls - 32)
-            for j in range(16):
-                q = np.int32(row[o + 8 + 16 * s + j])
-                out[b * 256 + 32 * s + j] = dl * _IQ4[q & 15]
-                out[b * 256 + 32 * s + 16 + j] = dl * _IQ4[q >> 4]
+            _iq4_32(row, o + 8 + 16 * s, d * np.float32(ls - 32), out, b * 256 + 32 * s)
 
 
 @nb.njit(inline="always", cache=True)

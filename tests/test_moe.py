@@ -49,3 +49,13 @@ def test_one_token_in_one_call_equals_expert_by_expert(gu, down):
 def test_float_experts_are_left_to_the_product_path():
     w = np.zeros((2 * 32, 32 * 4), np.uint8)
     assert not moe_token(w, T.F32, w, T.F32, w, T.F32, 32, np.array([0]), np.ones(1, np.float32), np.zeros(32, np.float32), np.zeros(32, np.float32))
+
+
+def test_kvrun_info_states_the_experts(tmp_path):
+    from click.testing import CliRunner
+    from tinymodel import write_tiny_model
+
+    from kvrun.cli import main
+
+    r = CliRunner().invoke(main, ["info", str(write_tiny_model(tmp_path / "moe.gguf", "qwen3moe"))])
+    assert r.exit_code == 0 and "2 of 4 experts a token, each 64 wide" in r.output, r.output

@@ -1,9 +1,9 @@
-"""Mixture-of-experts FFN (Mixtral, Qwen3-MoE, OLMoE): a router picks ``n_expert_used`` of the layer's
+"""Mixture-of-experts FFN (Mixtral, Qwen3-MoE): a router picks ``n_expert_used`` of the layer's
 ``n_expert`` SwiGLU experts per token and the token's FFN output is their weighted sum.
 
 As llama.cpp's ``build_moe_ffn`` with softmax gating: ``p = softmax(W_router x)`` over all experts,
-the top ``k`` by ``p`` (ties to the lower index), their weights ``p`` renormalised to sum 1 where the
-model says so (Mixtral, Qwen3-MoE; not OLMoE), each expert ``down(silu(gate x) * up x)``.
+the top ``k`` by ``p`` (ties to the lower index), their weights ``p`` renormalised to sum 1 (unless
+the file's ``expert_weights_norm`` says not to), each expert ``down(silu(gate x) * up x)``.
 
 The experts' weights are the file's 3-D tensors ``[n_expert, rows, cols]`` cut into one
 :class:`Weight` per expert (views of the memory map).  Tokens are grouped by expert, so prefill

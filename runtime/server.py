@@ -232,7 +232,8 @@ class Server:
             """The logprobs of the tokens generated since the last call (all of them, unstreamed)."""
             if req.logprobs < 0:
                 return None
-            entries = stats.logprobs[sent[0] :]
+            live = self.chat.last_stats if chat else stats  # (a chat's stats reach `stats` only at its end)
+            entries = live.logprobs[sent[0] :]
             sent[0] += len(entries)
             return self._logprobs_payload(entries, chat, sent[1])
 

@@ -180,6 +180,7 @@ def test_logprobs_are_the_models_own_for_each_reply_token(server, model):
         assert bytes(c["bytes"]).decode() == c["token"]
     status, text = call(server, "POST", "/v1/chat/completions", body | {"stream": True})
     chunks = [e["choices"][0]["logprobs"] for e in events(text)[:-1] if e["choices"][0].get("logprobs")]
+    assert sum(bool(ch["content"]) for ch in chunks) > 1  # they come with their tokens, not all at the end
     streamed = [c for ch in chunks for c in ch["content"]]  # (its prompt came from the cached prefix: rounding apart)
     assert [c["id"] for c in streamed] == [c["id"] for c in content]
     assert all(abs(a["logprob"] - b["logprob"]) < 1e-4 for a, b in zip(streamed, content))

@@ -6,6 +6,8 @@ one ``data: {chunk}`` per text piece, then ``data: [DONE]``):
 * ``POST /v1/chat/completions``: ``messages`` -> the assistant's reply
 * ``POST /v1/completions``: ``prompt`` (text, or a list of token ids) -> its continuation
 * ``GET /v1/models``, ``GET /health``
+* Ollama's ``/api/chat``, ``/api/generate``, ``/api/tags``, ``/api/ps``, ``/api/show``, ``/api/version``
+  (``ollama.py``), so apps written for Ollama work as they are
 
 Sampling fields: ``max_tokens`` (or ``max_completion_tokens``; absent: until the
 text ends or the context fills), ``temperature``, ``top_p``, ``top_k``, ``min_p``,
@@ -28,10 +30,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from ..loaders.errors import KvrunError
+from . import ollama
 from .api import Model, Session, _request
 from .engine import GenStats
 
@@ -41,6 +45,21 @@ SAMPLING = {  # OpenAI field -> kvrun sampling keyword
     "temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p", "seed": "seed",
     "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty", "repeat_penalty": "repeat_penalty",
 }  # fmt: skip
+
+
+@dataclass
+class Run:
+    """A generation a request asked for (:meth:`Server.start`): its text pieces (a generator, started by
+    the first ``next``), the stats they fill, the prompt's token count (known once it is running)."""
+
+    req: Any  # GenRequest
+    stats: GenStats = field(default_factory=GenStats)
+    pieces: Iterator[str] = field(default_factory=lambda: iter(()))
+    n_prompt: int = 0
+    live: Session | None = None  # a chat's session: its stats are live, ``stats`` gets them at the end
+
+    def live_stats(self) -> GenStats:
+        return self.live.last_stats if self.live is not None else self.stats
 
 
 class BadRequest(Exception):
@@ -182,10 +201,15 @@ class Server:
             return self._generate(body or {}, chat=True)
         if method == "POST" and path in ("/v1/completions", "/completions"):
             return self._generate(body or {}, chat=False)
-        raise BadRequest(f"no endpoint {method} {path}; see /v1/chat/completions, /v1/completions, /v1/models, /health", 404)
+        if path.startswith("/api/") and (answer := ollama.handle(self, method, path, body)) is not None:
+            return answer
+        raise BadRequest(f"no endpoint {method} {path}; see /v1/chat/completions, /v1/completions, /v1/models, /health, "
+                         "and Ollama's /api/chat, /api/generate, /api/tags", 404)  # fmt: skip
 
     # ------------------------------------------------------------ generation
-    def _generate(self, body: dict[str, Any], chat: bool) -> tuple[int, Any]:
+    def start(self, body: dict[str, Any], chat: bool) -> Run:
+        """Check an OpenAI-shaped body (BadRequest) and make its generation, not yet started: the
+        text pieces, and the stats they fill.  The OpenAI and the Ollama endpoints format it."""
         req = self._request(body)
         msgs = self._messages(body) if chat else None
         ids = None if chat else self._prompt_ids(body)
@@ -194,12 +218,8 @@ class Server:
             raise BadRequest("chat_template_kwargs must be an object, e.g. {\"enable_thinking\": false}")
         if reserved := {"messages", "add_generation_prompt", "bos_token", "eos_token"} & set(tkw):
             raise BadRequest(f"chat_template_kwargs may not set {', '.join(sorted(reserved))}: the server sets them")
-        stream = bool(body.get("stream", False))
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        obj = "chat.completion" if chat else "text_completion"
-        created = int(time.time())
-        stats = GenStats()
-        n_prompt = [0]
+        run = Run(req)
+        stats = run.stats
 
         def pieces() -> Iterator[str]:
             # held for the whole generation: the caches and the engine serve one request at a time
@@ -213,18 +233,30 @@ class Server:
                     reserve = None if req.max_tokens >= 0 else min(REPLY_RESERVE, self.model.engine.n_ctx // 8)
                     it = s.stream(msgs[-1]["content"], max_tokens=req.max_tokens, stop=list(req.stop), reserve=reserve,
                                   logprobs=req.logprobs, **_sampling(req))  # fmt: skip
+                    run.live = s
                     try:
                         yield from it
                     finally:
                         it.close()
                         stats.__dict__.update(s.last_stats.__dict__)
-                        n_prompt[0] = s.n_prompt_tokens
+                        run.n_prompt = s.n_prompt_tokens
                 else:
-                    n_prompt[0] = len(ids)
+                    run.n_prompt = len(ids)
                     eng = self.model.engine
                     from .engine import stream_text
 
                     yield from stream_text(eng.tokenizer, self.completion.generate(ids, req, stats), req.stop, stats)
+
+        run.pieces = _checked(pieces())
+        return run
+
+    def _generate(self, body: dict[str, Any], chat: bool) -> tuple[int, Any]:
+        run = self.start(body, chat)
+        req, stats = run.req, run.stats
+        stream = bool(body.get("stream", False))
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        obj = "chat.completion" if chat else "text_completion"
+        created = int(time.time())
 
         sent = [0, 0]  # logprobs entries and text characters already sent
 
@@ -232,8 +264,7 @@ class Server:
             """The logprobs of the tokens generated since the last call (all of them, unstreamed)."""
             if req.logprobs < 0:
                 return None
-            live = self.chat.last_stats if chat else stats  # (a chat's stats reach `stats` only at its end)
-            entries = live.logprobs[sent[0] :]
+            entries = run.live_stats().logprobs[sent[0] :]
             sent[0] += len(entries)
             return self._logprobs_payload(entries, chat, sent[1])
 
@@ -248,17 +279,17 @@ class Server:
             return {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
 
         def usage() -> dict[str, int]:
-            return {"prompt_tokens": n_prompt[0], "completion_tokens": stats.n_gen, "total_tokens": n_prompt[0] + stats.n_gen}
+            return {"prompt_tokens": run.n_prompt, "completion_tokens": stats.n_gen, "total_tokens": run.n_prompt + stats.n_gen}
 
         def envelope(ch: dict[str, Any], **extra: Any) -> dict[str, Any]:
             return {"id": rid, "object": obj + (".chunk" if stream and chat else ""), "created": created, "model": self.name,
                     "choices": [ch], **extra}  # fmt: skip
 
         if not stream:
-            text = "".join(_checked(pieces()))
+            text = "".join(run.pieces)
             return 200, envelope(choice(text, _finish_reason(stats)), usage=usage())
 
-        gen = _checked(pieces())
+        gen = run.pieces
         first = next(gen, None)  # a bad request (a prompt too long) fails before the 200 goes out
 
         def events() -> Iterator[dict[str, Any]]:
@@ -333,9 +364,9 @@ class Handler(BaseHTTPRequestHandler):
         try:
             status, payload = self.app.handle(method, self.path, self._body() if method == "POST" else None)
         except BadRequest as e:
-            status, payload = e.status, {"error": {"message": str(e), "type": "invalid_request_error", "code": e.status}}
+            status, payload = e.status, self._error(str(e), "invalid_request_error", e.status)
         except Exception as e:  # a bug: one line in the log and a 500, never a traceback to the client
-            status, payload = 500, {"error": {"message": f"{type(e).__name__}: {e}", "type": "server_error", "code": 500}}
+            status, payload = 500, self._error(f"{type(e).__name__}: {e}", "server_error", 500)
         if isinstance(payload, dict):
             data = json.dumps(payload).encode()
             self.send_response(status)
@@ -348,22 +379,34 @@ class Handler(BaseHTTPRequestHandler):
             self._stream(payload)
         self.log(f"kvrun serve: {method} {self.path} {status} {time.perf_counter() - t0:.2f} s")
 
+    def _error(self, message: str, kind: str, status: int) -> dict[str, Any]:
+        """The error object: OpenAI's, or Ollama's ``{"error": message}`` on its paths."""
+        if self.path.startswith("/api/"):
+            return {"error": message}
+        return {"error": {"message": message, "type": kind, "code": status}}
+
     def _stream(self, events: Iterator[dict[str, Any]]) -> None:
+        ndjson = isinstance(events, ollama.NDJSON)  # Ollama's: a JSON object a line, no [DONE]
         self.send_response(200)
         self._cors()
-        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Type", "application/x-ndjson" if ndjson else "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Connection", "close")  # the stream's end is the connection's
         self.end_headers()
         self.close_connection = True
+
+        def put(obj: dict[str, Any]) -> None:
+            self.wfile.write(json.dumps(obj).encode() + b"\n" if ndjson else b"data: " + json.dumps(obj).encode() + b"\n\n")
+            self.wfile.flush()
+
         try:
             for ev in events:
-                self.wfile.write(b"data: " + json.dumps(ev).encode() + b"\n\n")
+                put(ev)
+            if not ndjson:
+                self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
-            self.wfile.write(b"data: [DONE]\n\n")
-            self.wfile.flush()
-        except BadRequest as e:  # past the 200: said in the stream, as llama-server does
-            self.wfile.write(b"data: " + json.dumps({"error": {"message": str(e), "type": "invalid_request_error"}}).encode() + b"\n\n")
+        except BadRequest as e:  # past the 200: said in the stream, as llama-server and Ollama do
+            put(self._error(str(e), "invalid_request_error", e.status))
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client left; closing the iterator stopped the generation
         finally:

@@ -571,7 +571,8 @@ def chat(model: str | None, system: str | None, n_predict: int, template_kwargs:
 @kv_options
 @friendly
 def serve(model: str | None, host: str, port: int, alias: str | None, template_kwargs: str | None, **kw: Any) -> None:
-    """OpenAI-compatible HTTP server, as llama-server: /v1/chat/completions, /v1/completions, /v1/models, /health.
+    """OpenAI-compatible HTTP server, as llama-server: /v1/chat/completions, /v1/completions, /v1/models, /health;
+    and Ollama's /api/chat, /api/generate, /api/tags, /api/show, for apps written for Ollama.
 
     One request is generated at a time; each endpoint keeps its KV cache (compressed as the
     --kv-* flags say) and reuses the prefix a new request shares with the last one."""
@@ -587,7 +588,7 @@ def serve(model: str | None, host: str, port: int, alias: str | None, template_k
     m.engine.warm_up()  # the kernels load (or compile) before the first request, not during it
     h, p = httpd.server_address[:2]
     click.echo(f"kvrun serve: {m.config.arch}, ctx {m.engine.n_ctx}, cache {m.engine.kv or 'fp16'}; listening on http://{h}:{p} "
-               "(OpenAI API: /v1/chat/completions, /v1/completions, /v1/models, /health); Ctrl-C stops", err=True)  # fmt: skip
+               "(OpenAI API: /v1/chat/completions, /v1/completions, /v1/models, /health; Ollama API: /api/chat, /api/generate, /api/tags); Ctrl-C stops", err=True)  # fmt: skip
     try:
         httpd.serve_forever()
     except KeyboardInterrupt:

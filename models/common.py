@@ -168,6 +168,9 @@ class Model:
     """
 
     archs: tuple[str, ...] = ()
+    #: True while Engine.embed runs: output_head writes the final-normed hidden states ``[n, n_embd]``
+    #: into its ``logits`` argument instead of the logits
+    embedding: bool = False
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         self.cfg = cfg
@@ -205,6 +208,9 @@ class Model:
         if np.any(np.asarray(out_rows) != np.arange(lo, lo + n)):
             raise ValueError("out_rows must be consecutive batch rows")
         c, be = self.cfg, self.be
+        if self.embedding:  # the final-normed hidden states themselves (Engine.embed): no projection
+            be.rms_norm(x[lo : lo + n], self.output_norm, c.norm_eps, logits)
+            return
         xo = self.buf.get("xo", n, c.n_embd)
         be.rms_norm(x[lo : lo + n], self.output_norm, c.norm_eps, xo)
         be.linear(self.output, xo, logits)

@@ -28,6 +28,7 @@ from .sampling import SamplerConfig
 
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
+POOLINGS = ("mean", "last")  # how Model.embed pools a text's hidden states
 
 
 def _request(max_tokens: int, stop: Any, ignore_eos: bool = False, logprobs: int = -1, **sampling: Any) -> GenRequest:
@@ -71,6 +72,35 @@ class Model:
         """float32 logits ``[len(ids), n_vocab]`` for every position (a fresh cache)."""
         cache = self.engine.new_cache()
         return self.engine.eval(cache, ids, logits_all=True)
+
+    def embed(self, inputs: str | list[str] | list[int] | list[list[int]], pooling: str = "mean", normalize: bool = True) -> np.ndarray:
+        """Embeddings, float32 ``[n_inputs, n_embd]``, as llama-server's /v1/embeddings: each input (a
+        text, or a list of token ids; or a list of either) is run on a fresh cache and its final-normed
+        hidden states are pooled, ``mean`` over its tokens or the ``last`` token's, then L2-normalised
+        unless ``normalize`` is False.  (A generative model's embeddings: fit for similarity search
+        over its own kind of text, not a trained embedding model's.)"""
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and all(isinstance(t, int) and not isinstance(t, bool) for t in inputs)):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs:
+            raise ValueError("inputs must be a text, a list of token ids, or a non-empty list of either")
+        out = np.empty((len(inputs), self.config.n_embd), np.float32)
+        for i, x in enumerate(inputs):
+            if isinstance(x, str):
+                ids = self.tokenize(x)
+            elif isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x):
+                ids = x
+            else:
+                raise ValueError(f"inputs[{i}] must be a text or a list of token ids, got {type(x).__name__}")
+            if not ids:
+                raise ValueError(f"inputs[{i}] is empty: nothing to embed")
+            h = self.engine.embed(ids)
+            v = h.mean(axis=0, dtype=np.float64) if pooling == "mean" else h[-1].astype(np.float64)
+            if normalize:
+                v /= max(np.linalg.norm(v), 1e-12)
+            out[i] = v
+        return out
 
     def new_cache(self):
         return self.engine.new_cache()

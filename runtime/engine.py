@@ -183,22 +183,8 @@ class Engine:
         ``[1, n_vocab]`` for the last token.  ``on_device``: an array of the
         backend's (on the GPU it stays there, for :meth:`Sampler.sample`).
         """
-        if not isinstance(tokens, np.ndarray):  # (a list of floats had been truncated to ids without a word)
-            tokens = np.asarray(tokens)
-            if tokens.size and tokens.dtype.kind not in "iu":
-                raise KvrunError(f"token ids must be integers, got {tokens.dtype} values such as {tokens.flat[0]!r}")
-        tokens = np.asarray(tokens, dtype=np.int32)
+        tokens = self._checked_tokens(tokens, cache.offset)
         n = len(tokens)
-        if n == 0:
-            raise KvrunError("nothing to evaluate: the prompt is empty")
-        if cache.offset + n > self.n_ctx:
-            raise KvrunError(
-                f"{cache.offset + n} tokens do not fit the context of {self.n_ctx}; "
-                "raise --ctx-size, shorten the prompt, or /reset the chat"
-            )
-        bad = (tokens < 0) | (tokens >= self.cfg.n_vocab)
-        if bad.any():
-            raise KvrunError(f"token id {int(tokens[bad][0])} is outside the vocabulary of {self.cfg.n_vocab}")
         n_vocab = self.cfg.n_vocab
         first = min(max(logits_start, 0), n - 1) if logits_all else n - 1
         out = self.backend.zeros((n - first, n_vocab), np.float32) if on_device else np.empty((n - first, n_vocab), np.float32)
@@ -208,8 +194,46 @@ class Engine:
             self._eval_chunks(cache, tokens, first, out)
         return out
 
-    def _eval_chunks(self, cache: KVCache, tokens: np.ndarray, first: int, out) -> None:
-        """The forward passes of :meth:`eval`, n_batch tokens each; logits from token ``first`` on into ``out``."""
+    def _checked_tokens(self, tokens: list[int] | np.ndarray, offset: int) -> np.ndarray:
+        """``tokens`` as int32, or a one-line KvrunError: not integers, empty, past the context after
+        ``offset`` cached tokens, outside the vocabulary."""
+        if not isinstance(tokens, np.ndarray):  # (a list of floats had been truncated to ids without a word)
+            tokens = np.asarray(tokens)
+            if tokens.size and tokens.dtype.kind not in "iu":
+                raise KvrunError(f"token ids must be integers, got {tokens.dtype} values such as {tokens.flat[0]!r}")
+        tokens = np.asarray(tokens, dtype=np.int32)
+        n = len(tokens)
+        if n == 0:
+            raise KvrunError("nothing to evaluate: the prompt is empty")
+        if offset + n > self.n_ctx:
+            raise KvrunError(
+                f"{offset + n} tokens do not fit the context of {self.n_ctx}; "
+                "raise --ctx-size, shorten the prompt, or /reset the chat"
+            )
+        bad = (tokens < 0) | (tokens >= self.cfg.n_vocab)
+        if bad.any():
+            raise KvrunError(f"token id {int(tokens[bad][0])} is outside the vocabulary of {self.cfg.n_vocab}")
+        return tokens
+
+    def embed(self, tokens: list[int] | np.ndarray) -> np.ndarray:
+        """The final-normed hidden state of every token of ``tokens`` (on a fresh cache), float32
+        ``[len(tokens), n_embd]``: what embeddings pool (llama.cpp's ``result_norm``)."""
+        tokens = self._checked_tokens(tokens, 0)
+        cache = self.new_cache()
+        on_device = self.backend.name != "cpu"
+        out = self.backend.zeros((len(tokens), self.cfg.n_embd), np.float32) if on_device else np.empty((len(tokens), self.cfg.n_embd), np.float32)
+        self.model.embedding = True
+        try:
+            prefill = getattr(self.backend, "prefill", None)
+            with prefill() if len(tokens) > 1 and prefill is not None else contextlib.nullcontext():
+                self._eval_chunks(cache, tokens, 0, out, graphs=False)
+        finally:
+            self.model.embedding = False
+        return self.backend.to_host(out) if on_device else out
+
+    def _eval_chunks(self, cache: KVCache, tokens: np.ndarray, first: int, out, graphs: bool = True) -> None:
+        """The forward passes of :meth:`eval`, n_batch tokens each; logits from token ``first`` on into ``out``
+        (``graphs``: a one-token step may replay a CUDA graph)."""
         n = len(tokens)
         if self.threads is not None and num_threads() != self.threads:
             numba.set_num_threads(self.threads)
@@ -224,7 +248,7 @@ class Engine:
             else:  # no logits wanted from this chunk: skip the output head
                 rows = np.zeros(0, np.int64)
                 dst = out[:0]
-            if T == 1 and len(rows) == 1 and self.graphs is not None:  # replayed from a CUDA graph, or run and captured
+            if T == 1 and len(rows) == 1 and graphs and self.graphs is not None:  # replayed from a CUDA graph, or run and captured
                 eager = lambda: self.model.forward(chunk, pos, cache, rows, dst)  # noqa: E731
                 if self.graphs.decode(cache, int(chunk[0]), int(pos[0]), dst, eager):
                     cache.offset += T

@@ -1,6 +1,7 @@
 """Ollama's API over ``kvrun serve``'s model, so apps written for Ollama (chat front-ends, editors,
-desktop tools) can use kvrun as they are: ``POST /api/chat``, ``POST /api/generate``, ``GET
-/api/tags``, ``GET /api/ps``, ``POST /api/show``, ``GET /api/version``.
+desktop tools) can use kvrun as they are: ``POST /api/chat``, ``POST /api/generate``, ``POST
+/api/embed`` (and the legacy ``/api/embeddings``), ``GET /api/tags``, ``GET /api/ps``, ``POST /api/show``,
+``GET /api/version``.
 
 Requests are translated into the OpenAI-shaped ones :meth:`Server.start` checks and runs (same
 caches, same prefix reuse, one generation at a time), answers into Ollama's shapes: streamed
@@ -60,6 +61,14 @@ def handle(server: Server, method: str, path: str, body: dict[str, Any] | None) 
         return 200, {"models": [_model_entry(server)]}
     if method == "POST" and path == "/api/show":
         return 200, _show(server)
+    if method == "POST" and path in ("/api/embed", "/api/embeddings"):  # the newer, and the legacy one-prompt form
+        t0 = datetime.datetime.now()
+        legacy = path == "/api/embeddings"
+        vecs, n_tokens = server.embed(body.get("prompt") if legacy else body.get("input"))
+        if legacy:
+            return 200, {"embedding": vecs[0].tolist()}
+        return 200, {"model": server.name, "embeddings": vecs.tolist(), "prompt_eval_count": n_tokens, "load_duration": 0,
+                     "total_duration": int((datetime.datetime.now() - t0).total_seconds() * 1e9)}  # fmt: skip
     if method == "POST" and path in ("/api/chat", "/api/generate"):
         chat = path == "/api/chat"
         if not chat and not body.get("prompt"):  # Ollama's "load the model" request

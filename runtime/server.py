@@ -5,6 +5,7 @@ one ``data: {chunk}`` per text piece, then ``data: [DONE]``):
 
 * ``POST /v1/chat/completions``: ``messages`` -> the assistant's reply
 * ``POST /v1/completions``: ``prompt`` (text, or a list of token ids) -> its continuation
+* ``POST /v1/embeddings``: ``input`` (texts or token ids) -> mean-pooled, L2-normalised embeddings
 * ``GET /v1/models``, ``GET /health``
 * Ollama's ``/api/chat``, ``/api/generate``, ``/api/tags``, ``/api/ps``, ``/api/show``, ``/api/version``
   (``ollama.py``), so apps written for Ollama work as they are
@@ -33,6 +34,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import numpy as np
 
 from ..loaders.errors import KvrunError
 from . import ollama
@@ -201,10 +204,31 @@ class Server:
             return self._generate(body or {}, chat=True)
         if method == "POST" and path in ("/v1/completions", "/completions"):
             return self._generate(body or {}, chat=False)
+        if method == "POST" and path in ("/v1/embeddings", "/embeddings"):
+            body = body or {}
+            vecs, n_tokens = self.embed(body.get("input"), body.get("encoding_format", "float"))
+            return 200, {"object": "list", "model": self.name, "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+                         "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vecs)]}  # fmt: skip
         if path.startswith("/api/") and (answer := ollama.handle(self, method, path, body)) is not None:
             return answer
         raise BadRequest(f"no endpoint {method} {path}; see /v1/chat/completions, /v1/completions, /v1/models, /health, "
                          "and Ollama's /api/chat, /api/generate, /api/tags", 404)  # fmt: skip
+
+    def embed(self, inputs: Any, encoding: str = "float") -> tuple[np.ndarray, int]:
+        """Embeddings of a request's inputs (Model.embed: mean-pooled, L2-normalised) and their token count."""
+        if encoding != "float":
+            raise BadRequest(f"encoding_format {encoding!r} is not supported; use \"float\"")
+        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and all(isinstance(t, int) for t in inputs)):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs:
+            raise BadRequest("input must be a text, a list of texts, or token ids")
+        with self.lock:
+            try:
+                vecs = self.model.embed(inputs)
+            except (ValueError, KvrunError) as e:
+                raise BadRequest(str(e)) from None
+        n_tokens = sum(len(x) if isinstance(x, list) else len(self.model.tokenize(x)) for x in inputs)
+        return vecs, n_tokens
 
     # ------------------------------------------------------------ generation
     def start(self, body: dict[str, Any], chat: bool) -> Run:

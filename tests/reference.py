@@ -83,7 +83,11 @@ class Reference:
         out[..., 1::2] = a * s + b * c
         return out
 
-    def logits(self, tokens) -> np.ndarray:
+    def hidden(self, tokens) -> np.ndarray:
+        """The final-normed hidden states ``[T, n_embd]`` (what embeddings pool)."""
+        return self.logits(tokens, hidden=True)
+
+    def logits(self, tokens, hidden: bool = False) -> np.ndarray:
         t, arch = self.t, self.arch
         gemma = arch in ("gemma2", "gemma3")
         T = len(tokens)
@@ -162,5 +166,7 @@ class Reference:
                 d = self.rms(d, t[b + "post_ffw_norm.weight"])
             x = x + rs * d
         x = self.rms(x, t["output_norm.weight"])
+        if hidden:
+            return x
         out = self.lin(x, "output.weight" if "output.weight" in t else "token_embd.weight") / self.scales["logit_scale"]
         return self.final_cap * np.tanh(out / self.final_cap) if self.final_cap else out

@@ -321,3 +321,12 @@ def test_a_mixture_of_experts_model_on_the_gpu_is_refused_in_one_line(gpu_env, t
         Engine(path, device="gpu", n_ctx=64)
     r = CliRunner().invoke(main, ["run", str(path), "--device", "gpu", "-p", "hi", "-n", "2"])
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "use --device cpu" in r.output, r.output
+
+
+def test_embeddings_on_the_gpu_equal_the_cpus(gpu_env, tiny):
+    """Engine.embed on the device (the output head writes the final-normed states, no CUDA graph replay)."""
+    ids = [1, 5, 9, 14, 3, 7, 22]
+    a = Engine(tiny, device="cpu", n_ctx=64, n_batch=4).embed(ids)
+    b = Engine(tiny, device="gpu", n_ctx=64, n_batch=4).embed(ids)
+    assert isinstance(b, np.ndarray) and b.shape == a.shape
+    assert np.abs(a - b).max() / np.abs(a).max() < 2e-2

@@ -31,7 +31,7 @@ ROLES = ("system", "user", "assistant")
 POOLINGS = ("mean", "last")  # how Model.embed pools a text's hidden states
 
 
-def _request(max_tokens: int, stop: Any, ignore_eos: bool = False, logprobs: int = -1, **sampling: Any) -> GenRequest:
+def _request(max_tokens: int, stop: Any, ignore_eos: bool = False, logprobs: int = -1, json_mode: bool = False, **sampling: Any) -> GenRequest:
     """The request, checked (a bad value raises here, before any state changes)."""
     known = {f.name: f.type for f in fields(SamplerConfig)}
     for k, v in sampling.items():
@@ -43,7 +43,7 @@ def _request(max_tokens: int, stop: Any, ignore_eos: bool = False, logprobs: int
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ()) if isinstance(stop, (list, tuple, type(None))) else None
     if stops is None or not all(isinstance(x, str) for x in stops):
         raise ValueError(f"stop must be a string or a list of strings, got {stop!r:.40}")
-    req = GenRequest(max_tokens=max_tokens, sampler=cfg, stop=stops, ignore_eos=ignore_eos, logprobs=logprobs)
+    req = GenRequest(max_tokens=max_tokens, sampler=cfg, stop=stops, ignore_eos=ignore_eos, logprobs=logprobs, json_mode=bool(json_mode))
     req.validate()
     return req
 
@@ -110,7 +110,8 @@ class Model:
         """Stream the completion of ``prompt`` as text pieces.
 
         Sampling keywords: temperature, top_k, top_p, min_p, repeat_penalty,
-        presence_penalty, frequency_penalty, seed.
+        presence_penalty, frequency_penalty, seed; ``json_mode=True`` constrains the text to one
+        JSON object (as Ollama's ``format: "json"``).
         """
         ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         req = _request(max_tokens, stop, **sampling)
@@ -208,12 +209,12 @@ class Session:
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
 
     def stream(self, user: str, max_tokens: int = 512, stop: Any = None, reserve: int | None = None, logprobs: int = -1,
-               **sampling: Any) -> Iterator[str]:  # fmt: skip
+               json_mode: bool = False, **sampling: Any) -> Iterator[str]:  # fmt: skip
         """The reply to ``user``, as text pieces.  ``reserve``: context tokens kept free for the reply when
         deciding whether the oldest turns must go (default: ``max_tokens``, or half the context when it is -1).
         ``logprobs`` >= 0: each reply token's log-probability and the ``logprobs`` likeliest, in
         ``last_stats.logprobs``."""
-        req = _request(max_tokens, stop, logprobs=logprobs, **sampling)
+        req = _request(max_tokens, stop, logprobs=logprobs, json_mode=json_mode, **sampling)
         msgs = self.messages + [{"role": "user", "content": user}]
         prompt = self.model.tokenize(self.model.render(msgs, **self.template_kwargs), add_bos=None)
         if reserve is None:

@@ -28,6 +28,7 @@ from ..models import model_class
 from ..ops import get_backend
 from ..ops.cpu.blas import set_blas_threads
 from ..ops.cpu.parallel import num_threads
+from .jsonmode import JsonConstraint
 from .sampling import Sampler, SamplerConfig
 from .threads import ThreadTuner
 
@@ -74,6 +75,8 @@ class GenRequest:
     #: -1: none; N >= 0: record each generated token's log-probability under the model (log-softmax of
     #: the raw logits: before temperature, penalties and truncation, as OpenAI's logprobs) and the N likeliest
     logprobs: int = -1
+    #: constrain the text to one JSON object (runtime/jsonmode.py), as Ollama's format "json"
+    json_mode: bool = False
 
     def validate(self) -> None:
         """Raise ValueError for a value no generation can take (the sampler's too)."""
@@ -294,10 +297,15 @@ class Engine:
         logits = self.eval(cache, prompt, on_device=on_device)[-1]
         stats.n_prompt, stats.t_prompt = len(prompt), time.perf_counter() - t0
         eot = self.tokenizer.eot_ids
+        constraint = JsonConstraint(self.tokenizer, self.cfg.n_vocab) if req.json_mode else None
         t1 = time.perf_counter()
         try:
             for _ in range(req.max_tokens) if req.max_tokens >= 0 else itertools.count():
-                tok = sampler.sample(logits, history, xp, self.backend.to_host)
+                if constraint is not None:  # the logits come to the host, masked
+                    tok = sampler.sample(constraint.mask(self.backend.to_host(logits).reshape(-1)), history, np, np.asarray)
+                    constraint.accept(tok)
+                else:
+                    tok = sampler.sample(logits, history, xp, self.backend.to_host)
                 if tok in eot and not req.ignore_eos:
                     stats.stop_reason = "eos"
                     return

@@ -12,7 +12,8 @@ Options (``options: {...}``): ``num_predict``, ``temperature``, ``top_k``, ``top
 ``seed``, ``stop``, ``repeat_penalty``, ``presence_penalty``, ``frequency_penalty``; others
 (``num_ctx``, ``num_gpu``, ...) are fixed when the server starts and ignored here, as the
 ``model`` field is (the server holds one).  ``think: false`` asks the chat template for replies
-without a reasoning block (Qwen3's ``enable_thinking``).  ``/api/generate`` wraps the prompt
+without a reasoning block (Qwen3's ``enable_thinking``); ``format: "json"`` constrains the reply to
+one JSON object (``jsonmode.py``).  ``/api/generate`` wraps the prompt
 (and ``system``) in the chat template unless ``raw`` is true, as Ollama does.
 """
 
@@ -86,6 +87,11 @@ def _translate(body: dict[str, Any], chat: bool, BadRequest: type) -> tuple[dict
     out: dict[str, Any] = {OPTIONS[k]: v for k, v in opts.items() if k in OPTIONS and v is not None}
     if out.get("max_tokens", 0) < 0:  # Ollama's -1 (and -2): until the text ends or the context fills
         out.pop("max_tokens")
+    fmt = body.get("format")
+    if fmt == "json":
+        out["response_format"] = {"type": "json_object"}
+    elif fmt not in (None, ""):
+        raise BadRequest("format must be \"json\" (a JSON schema is not supported: any JSON object is)")
     if body.get("think") is False:
         out["chat_template_kwargs"] = {"enable_thinking": False}
     if chat:

@@ -114,9 +114,22 @@ class Server:
             raise BadRequest(f"max_tokens must be an integer, got {max_tokens!r:.40}")
         sampling = {k: body[f] for f, k in SAMPLING.items() if body.get(f) is not None}
         try:
-            return _request(max_tokens, body.get("stop"), logprobs=self._logprobs(body), **sampling)
+            return _request(max_tokens, body.get("stop"), logprobs=self._logprobs(body), json_mode=self._json_mode(body), **sampling)
         except ValueError as e:
             raise BadRequest(str(e)) from None
+
+    @staticmethod
+    def _json_mode(body: dict[str, Any]) -> bool:
+        """OpenAI's ``response_format``: ``{"type": "json_object"}`` constrains the reply to one JSON object."""
+        rf = body.get("response_format")
+        if rf is None:
+            return False
+        kind = rf.get("type") if isinstance(rf, dict) else None
+        if kind == "json_schema":
+            raise BadRequest("response_format json_schema is not supported; use {\"type\": \"json_object\"} (any JSON object)")
+        if kind not in ("text", "json_object"):
+            raise BadRequest(f"response_format must be {{\"type\": \"text\"}} or {{\"type\": \"json_object\"}}, got {rf!r:.60}")
+        return kind == "json_object"
 
     @staticmethod
     def _logprobs(body: dict[str, Any]) -> int:
@@ -256,7 +269,7 @@ class Server:
                     # (a client sending a document to summarise), so little is held back for the reply
                     reserve = None if req.max_tokens >= 0 else min(REPLY_RESERVE, self.model.engine.n_ctx // 8)
                     it = s.stream(msgs[-1]["content"], max_tokens=req.max_tokens, stop=list(req.stop), reserve=reserve,
-                                  logprobs=req.logprobs, **_sampling(req))  # fmt: skip
+                                  logprobs=req.logprobs, json_mode=req.json_mode, **_sampling(req))  # fmt: skip
                     run.live = s
                     try:
                         yield from it

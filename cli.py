@@ -360,6 +360,8 @@ def sampling_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--frequency-penalty", type=float, default=0.0, show_default=True),
         click.option("--seed", type=int, default=None, help="random seed (same seed, same text; -1 or none: random)"),
         click.option("--stop", multiple=True, help="stop string (repeatable)"),
+        click.option("--format", "out_format", type=click.Choice(["json"]), default=None,
+                     help="json: the reply is constrained to one JSON object (as ollama run --format json)"),
     ]
     for o in reversed(opts):
         fn = o(fn)
@@ -391,6 +393,8 @@ def _sampling(kw: dict[str, Any]) -> dict[str, Any]:
             if msg.startswith(name + " "):
                 msg = flag + msg[len(name) :]
         raise KvrunError(msg) from None
+    if kw.get("out_format") == "json":
+        s["json_mode"] = True
     return s
 
 

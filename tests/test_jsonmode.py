@@ -92,3 +92,14 @@ def test_the_server_asks_for_it_as_openai_and_ollama_do(server):
         status, text = call(server, "POST", path, body)
         err = json.loads(text)["error"]
         assert status == 400 and says in (err if isinstance(err, str) else err["message"]), text
+
+
+def test_kvrun_run_and_chat_take_format_json(tiny_llama_path):
+    from click.testing import CliRunner
+
+    from kvrun.cli import main
+
+    r = CliRunner().invoke(main, ["run", str(tiny_llama_path), "-p", "the", "-n", "12", "--seed", "1", "--format", "json", "--no-stats"])
+    assert r.exit_code == 0 and run(r.output.strip()[len("the"):].strip())[0], r.output
+    r = CliRunner().invoke(main, ["chat", str(tiny_llama_path), "-n", "12", "--seed", "1", "--format", "json"], input="hi\n")
+    assert r.exit_code == 0, r.output

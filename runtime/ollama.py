@@ -92,6 +92,8 @@ def _translate(body: dict[str, Any], chat: bool, BadRequest: type) -> tuple[dict
         out["response_format"] = {"type": "json_object"}
     elif fmt not in (None, ""):
         raise BadRequest("format must be \"json\" (a JSON schema is not supported: any JSON object is)")
+    if body.get("tools"):
+        out["tools"] = body["tools"]  # refused by Server.start, in one line
     if body.get("think") is False:
         out["chat_template_kwargs"] = {"enable_thinking": False}
     if chat:

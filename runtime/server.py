@@ -108,6 +108,8 @@ class Server:
         """The GenRequest of an OpenAI body (a bad value: BadRequest)."""
         if body.get("n", 1) != 1:
             raise BadRequest("n must be 1: one choice per request")
+        if body.get("tools") or body.get("functions"):  # (silently ignored, the model would just not call them)
+            raise BadRequest("tools are not supported: kvrun does not parse tool calls; send the request without them")
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
         max_tokens = -1 if max_tokens is None else max_tokens
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):

@@ -85,7 +85,10 @@ def _translate(body: dict[str, Any], chat: bool, BadRequest: type) -> tuple[dict
     if not isinstance(opts, dict):
         raise BadRequest("options must be an object, e.g. {\"temperature\": 0.7, \"num_predict\": 128}")
     out: dict[str, Any] = {OPTIONS[k]: v for k, v in opts.items() if k in OPTIONS and v is not None}
-    if out.get("max_tokens", 0) < 0:  # Ollama's -1 (and -2): until the text ends or the context fills
+    mt = out.get("max_tokens")
+    if mt is not None and (isinstance(mt, bool) or not isinstance(mt, int)):
+        raise BadRequest(f"options.num_predict must be an integer, got {mt!r:.40}")
+    if mt is not None and mt < 0:  # Ollama's -1 (and -2): until the text ends or the context fills
         out.pop("max_tokens")
     fmt = body.get("format")
     if fmt == "json":

@@ -145,6 +145,8 @@ class Server:
                 raise BadRequest(f"top_logprobs must be an integer, got {top!r:.40}")
             if top is not None and not lp:
                 raise BadRequest("top_logprobs needs logprobs: true")
+            if top is not None and not 0 <= top <= 20:
+                raise BadRequest(f"top_logprobs must be in 0..20, got {top}")
             return (top or 0) if lp else -1
         if lp is None or lp is False:
             return -1
@@ -233,7 +235,7 @@ class Server:
         """Embeddings of a request's inputs (Model.embed: mean-pooled, L2-normalised) and their token count."""
         if encoding != "float":
             raise BadRequest(f"encoding_format {encoding!r} is not supported; use \"float\"")
-        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and all(isinstance(t, int) for t in inputs)):
+        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and all(isinstance(t, int) and not isinstance(t, bool) for t in inputs)):
             inputs = [inputs]
         if not isinstance(inputs, list) or not inputs:
             raise BadRequest("input must be a text, a list of texts, or token ids")

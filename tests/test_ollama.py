@@ -58,6 +58,7 @@ def test_generate_wraps_the_prompt_in_the_template_unless_raw(server, model):
     ("/api/chat", {"messages": CHAT, "options": [1]}, "options must be an object"),
     ("/api/chat", {"messages": [{"role": "user", "content": "hi", "images": ["aGk="]}]}, "images are not supported"),
     ("/api/generate", {"prompt": 5}, "prompt must be a string"),
+    ("/api/generate", {"prompt": "x", "options": {"num_predict": "x"}}, "options.num_predict must be an integer"),
     ("/api/chat", {"messages": CHAT, "options": {"temperature": -1}}, "temperature must be >= 0"),
     ("/api/pull", {"model": "x"}, "no endpoint POST /api/pull"),
     ("/api/chat", {"messages": CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools are not supported"),

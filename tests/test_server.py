@@ -198,6 +198,7 @@ def test_logprobs_are_the_models_own_for_each_reply_token(server, model):
     ({"messages": CHAT, "top_logprobs": 2}, "top_logprobs needs logprobs: true"),
     ({"messages": CHAT, "logprobs": True, "top_logprobs": 30}, "logprobs must be in 0..20"),
     ({"messages": CHAT, "logprobs": 3}, "logprobs must be true or false"),
+    ({"messages": CHAT, "logprobs": True, "top_logprobs": -1}, "top_logprobs must be in 0..20"),
     ({"prompt": "x", "logprobs": "many"}, "logprobs must be an integer"),
 ])  # fmt: skip
 def test_a_bad_logprobs_request_is_a_400(server, body, says):

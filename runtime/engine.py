@@ -66,6 +66,9 @@ class GenStats:
         return self.n_gen / self.t_gen if self.t_gen > 0 else 0.0
 
 
+MAX_LOGPROBS = 20  # as OpenAI's top_logprobs
+
+
 @dataclass
 class GenRequest:
     max_tokens: int = 256  # -1: no limit (until the end of text, a stop, or a full context), as llama.cpp's -n -1
@@ -85,9 +88,6 @@ class GenRequest:
             raise ValueError(f"logprobs must be in 0..{MAX_LOGPROBS} (the likeliest tokens to report), got {self.logprobs}")
         if self.max_tokens < -1:
             raise ValueError(f"max_tokens must be >= 0, or -1 for no limit (until the text ends or the context fills); got {self.max_tokens}")
-
-
-MAX_LOGPROBS = 20  # as OpenAI's top_logprobs
 
 
 def token_logprobs(logits: np.ndarray, tok: int, top: int) -> tuple[int, float, list[tuple[int, float]]]:
@@ -191,10 +191,7 @@ class Engine:
         n_vocab = self.cfg.n_vocab
         first = min(max(logits_start, 0), n - 1) if logits_all else n - 1
         out = self.backend.zeros((n - first, n_vocab), np.float32) if on_device else np.empty((n - first, n_vocab), np.float32)
-        # a prefill: what the backend holds around one (the CPU: BLAS at one thread beside its VNNI GEMM)
-        prefill = getattr(self.backend, "prefill", None)
-        with prefill() if n > 1 and prefill is not None else contextlib.nullcontext():
-            self._eval_chunks(cache, tokens, first, out)
+        self._eval_chunks(cache, tokens, first, out)
         return out
 
     def _checked_tokens(self, tokens: list[int] | np.ndarray, offset: int) -> np.ndarray:
@@ -227,16 +224,20 @@ class Engine:
         out = self.backend.zeros((len(tokens), self.cfg.n_embd), np.float32) if on_device else np.empty((len(tokens), self.cfg.n_embd), np.float32)
         self.model.embedding = True
         try:
-            prefill = getattr(self.backend, "prefill", None)
-            with prefill() if len(tokens) > 1 and prefill is not None else contextlib.nullcontext():
-                self._eval_chunks(cache, tokens, 0, out, graphs=False)
+            self._eval_chunks(cache, tokens, 0, out, graphs=False)
         finally:
             self.model.embedding = False
         return self.backend.to_host(out) if on_device else out
 
     def _eval_chunks(self, cache: KVCache, tokens: np.ndarray, first: int, out, graphs: bool = True) -> None:
         """The forward passes of :meth:`eval`, n_batch tokens each; logits from token ``first`` on into ``out``
-        (``graphs``: a one-token step may replay a CUDA graph)."""
+        (``graphs``: a one-token step may replay a CUDA graph).  A prefill runs inside what the backend
+        holds around one (the CPU: BLAS at one thread beside its VNNI GEMM)."""
+        prefill = getattr(self.backend, "prefill", None)
+        with prefill() if len(tokens) > 1 and prefill is not None else contextlib.nullcontext():
+            self._forward_chunks(cache, tokens, first, out, graphs)
+
+    def _forward_chunks(self, cache: KVCache, tokens: np.ndarray, first: int, out, graphs: bool) -> None:
         n = len(tokens)
         if self.threads is not None and num_threads() != self.threads:
             numba.set_num_threads(self.threads)

@@ -571,10 +571,12 @@ def chat(model: str | None, system: str | None, n_predict: int, template_kwargs:
 @click.option("--alias", default=None, help="model name the API reports (default: the file's name)")
 @click.option("--chat-template-kwargs", "template_kwargs", default=None, metavar="JSON",
               help='variables for the chat template, e.g. \'{"enable_thinking": false}\'; a request\'s own chat_template_kwargs go over them')
+@click.option("--api-key", default=None, envvar="KVRUN_API_KEY",
+              help="require 'Authorization: Bearer KEY' on every request but /health (as llama-server's; env KVRUN_API_KEY)")
 @engine_options
 @kv_options
 @friendly
-def serve(model: str | None, host: str, port: int, alias: str | None, template_kwargs: str | None, **kw: Any) -> None:
+def serve(model: str | None, host: str, port: int, alias: str | None, template_kwargs: str | None, api_key: str | None, **kw: Any) -> None:
     """OpenAI-compatible HTTP server, as llama-server: /v1/chat/completions, /v1/completions, /v1/models, /health;
     and Ollama's /api/chat, /api/generate, /api/tags, /api/show, for apps written for Ollama.
 
@@ -584,11 +586,13 @@ def serve(model: str | None, host: str, port: int, alias: str | None, template_k
 
     if not 0 <= port <= 65535:
         raise KvrunError(f"--port must be in 0..65535, got {port}")
+    if api_key is not None and not api_key.strip():
+        raise KvrunError("--api-key is empty; give a key, or leave the flag out for no authentication")
     tkw = _template_kwargs(template_kwargs)
     path = _resolve(model)
     m = _load(str(path), kw)
     m.chat_template_kwargs = tkw
-    httpd = make_server(m, host, port, alias or Path(path).stem)
+    httpd = make_server(m, host, port, alias or Path(path).stem, api_key=api_key)
     m.engine.warm_up()  # the kernels load (or compile) before the first request, not during it
     h, p = httpd.server_address[:2]
     click.echo(f"kvrun serve: {m.config.arch}, ctx {m.engine.n_ctx}, cache {m.engine.kv or 'fp16'}; listening on http://{h}:{p} "

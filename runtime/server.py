@@ -25,6 +25,7 @@ turn (llama-server's prompt cache).  Only the Python standard library is used.
 
 from __future__ import annotations
 
+import hmac
 import json
 import sys
 import threading
@@ -367,6 +368,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "kvrun"
     protocol_version = "HTTP/1.1"
     app: Server  # set by :func:`make_server`
+    api_key: str | None = None  # set by :func:`make_server`
     log: Callable[[str], None]  # set by :func:`make_server`: a line to the stderr the server started with
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's names)
@@ -400,9 +402,17 @@ class Handler(BaseHTTPRequestHandler):
             raise BadRequest("the body must be a JSON object")
         return body
 
+    def _authorized(self) -> bool:
+        if self.api_key is None or self.path.split("?", 1)[0].rstrip("/") == "/health":
+            return True
+        given = self.headers.get("Authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode())
+
     def _serve(self, method: str) -> None:
         t0 = time.perf_counter()
         try:
+            if not self._authorized():
+                raise BadRequest("a valid API key is needed: send the header Authorization: Bearer <key>", 401)
             status, payload = self.app.handle(method, self.path, self._body() if method == "POST" else None)
         except BadRequest as e:
             status, payload = e.status, self._error(str(e), "invalid_request_error", e.status)
@@ -459,11 +469,12 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-def make_server(model: Model, host: str, port: int, name: str) -> ThreadingHTTPServer:
-    """A server bound to ``host:port`` (0: any free port), not yet serving (``serve_forever``)."""
+def make_server(model: Model, host: str, port: int, name: str, api_key: str | None = None) -> ThreadingHTTPServer:
+    """A server bound to ``host:port`` (0: any free port), not yet serving (``serve_forever``).  ``api_key``:
+    every request but ``GET /health`` must carry ``Authorization: Bearer <api_key>`` (as llama-server's)."""
     err = sys.stderr  # (not looked up per request: a thread must not write into a stream swapped in meanwhile)
     log = staticmethod(lambda line: print(line, file=err, flush=True))
-    handler = type("KvrunHandler", (Handler,), {"app": Server(model, name), "log": log})
+    handler = type("KvrunHandler", (Handler,), {"app": Server(model, name), "log": log, "api_key": api_key})
     try:
         httpd = ThreadingHTTPServer((host, port), handler)
     except OSError as e:

@@ -205,3 +205,31 @@ def test_a_bad_logprobs_request_is_a_400(server, body, says):
     path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
     status, text = call(server, "POST", path, body)
     assert status == 400 and says in json.loads(text)["error"]["message"], text
+
+
+def test_an_api_key_guards_every_endpoint_but_health(model):
+    httpd = make_server(model, "127.0.0.1", 0, "tiny", api_key="s3cret")
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    port = httpd.server_address[1]
+
+    def get(path, key=None):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("GET", path, headers={"Authorization": f"Bearer {key}"} if key else {})
+        r = conn.getresponse()
+        out = r.status, r.read().decode()
+        conn.close()
+        return out
+
+    try:
+        assert get("/health")[0] == 200
+        for path in ("/v1/models", "/api/tags"):
+            status, text = get(path)
+            assert status == 401 and "API key" in text, text
+            assert get(path, "wrong")[0] == 401
+            assert get(path, "s3cret")[0] == 200
+        assert json.loads(get("/api/tags")[1])["error"].startswith("a valid API key")  # Ollama's error shape there
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    r = CliRunner().invoke(main, ["serve", "x.gguf", "--api-key", " "])
+    assert r.exit_code == 2 and "--api-key is empty" in r.output

@@ -435,6 +435,8 @@ def _load(model: str | None, kw: dict[str, Any]):
 
 def _stats_line(stats: Any, cache: Any = None, engine: Any = None) -> str:
     s = f"[prompt {stats.n_prompt} tok, {stats.prompt_tps:.1f} tok/s | gen {stats.n_gen} tok, {stats.gen_tps:.1f} tok/s"
+    if stats.n_drafted:
+        s += f" | lookup kept {stats.n_accepted} of {stats.n_drafted} drafted"
     if cache is not None:
         held = max((layer.n_tokens() for layer in cache.layers), default=0)
         s += f" | kv {_size(cache.nbytes())} holding {held} of {cache.offset} tokens"
@@ -453,14 +455,18 @@ def _stats_line(stats: Any, cache: Any = None, engine: Any = None) -> str:
 @click.option("-n", "--n-predict", "n_predict", type=int, default=128, show_default=True, help="tokens to generate (-1: until the text ends or the context fills)")
 @click.option("--ignore-eos", is_flag=True, help="keep generating past end-of-sequence")
 @click.option("--no-stats", is_flag=True, help="do not print timings")
+@click.option("--lookup", type=int, default=0, show_default=True, metavar="N",
+              help="prompt lookup decoding: draft up to N tokens from earlier text, keep those greedy decoding agrees with "
+                   "(with --temp 0 and the fp16 cache: greedy decoding's text, but for near-ties a batched forward rounds otherwise; "
+                   "faster where the reply repeats its prompt)")
 @click.option("--prompt-cache", "prompt_cache", type=click.Path(dir_okay=False), default=None,
               help="reuse the KV cache saved in this file for the prefix the prompt shares with it, and save the prompt's there (as llama-cli)")  # fmt: skip
 @engine_options
 @kv_options
 @sampling_options
 @friendly
-def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predict: int, ignore_eos: bool, no_stats: bool, prompt_cache: str | None,
-        stop: tuple[str, ...], **kw: Any) -> None:  # fmt: skip
+def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predict: int, ignore_eos: bool, no_stats: bool, lookup: int,
+        prompt_cache: str | None, stop: tuple[str, ...], **kw: Any) -> None:  # fmt: skip
     """Complete a prompt and stream the text (as llama-cli -p)."""
     from .runtime.api import _request
 
@@ -478,9 +484,14 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
             raise KvrunError("the prompt read from standard input is empty; give one with -p TEXT or -f FILE")
     else:
         text = Path(prompt_file).read_text(encoding="utf-8")
+    try:
+        req = _request(n_predict, stop, ignore_eos=ignore_eos, lookup=lookup, **sampling)
+    except ValueError as e:
+        raise KvrunError(f"--lookup: {e}" if lookup else str(e)) from None
+    if lookup and kv_config(kw) is not None:
+        raise KvrunError("--lookup needs the fp16 KV cache: drop the --kv-* flags, or --lookup")
     m = _load(model, kw)
     ids = m.tokenize(text)
-    req = _request(n_predict, stop, ignore_eos=ignore_eos, **sampling)
     if len(ids) > m.engine.n_ctx:  # say so before echoing the prompt
         raise KvrunError(f"the prompt is {len(ids)} tokens, the context {m.engine.n_ctx}; raise --ctx-size or shorten the prompt")
     from .runtime.engine import GenStats

@@ -31,7 +31,8 @@ ROLES = ("system", "user", "assistant")
 POOLINGS = ("mean", "last")  # how Model.embed pools a text's hidden states
 
 
-def _request(max_tokens: int, stop: Any, ignore_eos: bool = False, logprobs: int = -1, json_mode: bool = False, **sampling: Any) -> GenRequest:
+def _request(max_tokens: int, stop: Any, ignore_eos: bool = False, logprobs: int = -1, json_mode: bool = False, lookup: int = 0,
+             **sampling: Any) -> GenRequest:  # fmt: skip
     """The request, checked (a bad value raises here, before any state changes)."""
     known = {f.name: f.type for f in fields(SamplerConfig)}
     for k, v in sampling.items():
@@ -43,7 +44,7 @@ def _request(max_tokens: int, stop: Any, ignore_eos: bool = False, logprobs: int
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ()) if isinstance(stop, (list, tuple, type(None))) else None
     if stops is None or not all(isinstance(x, str) for x in stops):
         raise ValueError(f"stop must be a string or a list of strings, got {stop!r:.40}")
-    req = GenRequest(max_tokens=max_tokens, sampler=cfg, stop=stops, ignore_eos=ignore_eos, logprobs=logprobs, json_mode=bool(json_mode))
+    req = GenRequest(max_tokens=max_tokens, sampler=cfg, stop=stops, ignore_eos=ignore_eos, logprobs=logprobs, json_mode=bool(json_mode), lookup=lookup)
     req.validate()
     return req
 
@@ -111,7 +112,8 @@ class Model:
 
         Sampling keywords: temperature, top_k, top_p, min_p, repeat_penalty,
         presence_penalty, frequency_penalty, seed; ``json_mode=True`` constrains the text to one
-        JSON object (as Ollama's ``format: "json"``).
+        JSON object (as Ollama's ``format: "json"``); ``lookup=N`` (greedy, fp16 cache) drafts up to N
+        tokens a step from earlier text and keeps those greedy decoding agrees with.
         """
         ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         req = _request(max_tokens, stop, **sampling)

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numba
 import numpy as np
@@ -54,6 +55,8 @@ class GenStats:
     n_gen: int = 0
     t_gen: float = 0.0
     stop_reason: str = ""
+    n_drafted: int = 0  # lookup decoding: tokens drafted, and of them kept
+    n_accepted: int = 0
     #: with GenRequest.logprobs >= 0: per generated token (id, its logprob, [(id, logprob)] of the top N)
     logprobs: list[tuple[int, float, list[tuple[int, float]]]] = field(default_factory=list)
 
@@ -67,6 +70,36 @@ class GenStats:
 
 
 MAX_LOGPROBS = 20  # as OpenAI's top_logprobs
+MAX_LOOKUP = 16  # drafted tokens a step at most
+
+
+class NgramIndex:
+    """Prompt lookup's draft source: where each 1-, 2- and 3-gram of the text last occurred, updated as
+    the text grows (a dict per token, instead of scanning the text every step)."""
+
+    N = 3
+
+    def __init__(self, tokens: list[int]) -> None:
+        self.tokens: list[int] = []
+        self.last: dict[tuple[int, ...], int] = {}  # n-gram -> the position after its latest earlier occurrence
+        for t in tokens:
+            self.push(t)
+
+    def push(self, tok: int) -> None:
+        p = len(self.tokens)
+        for g in range(1, self.N + 1):  # the n-grams ending just before tok now have a follower: tok
+            if p - g >= 0:
+                self.last[tuple(self.tokens[p - g : p])] = p
+        self.tokens.append(tok)
+
+    def draft(self, k: int) -> list[int]:
+        """Up to k tokens that followed the latest earlier occurrence of the longest suffix n-gram."""
+        n = len(self.tokens)
+        for g in range(min(self.N, n), 0, -1):
+            at = self.last.get(tuple(self.tokens[n - g :]))
+            if at is not None:
+                return self.tokens[at : at + k]
+        return []
 
 
 @dataclass
@@ -80,6 +113,9 @@ class GenRequest:
     logprobs: int = -1
     #: constrain the text to one JSON object (runtime/jsonmode.py), as Ollama's format "json"
     json_mode: bool = False
+    #: prompt lookup decoding (llama.cpp's lookup): draft up to this many tokens from an earlier
+    #: occurrence of the text's last n-gram and check them in one forward; 0: off
+    lookup: int = 0
 
     def validate(self) -> None:
         """Raise ValueError for a value no generation can take (the sampler's too)."""
@@ -88,6 +124,12 @@ class GenRequest:
             raise ValueError(f"logprobs must be in 0..{MAX_LOGPROBS} (the likeliest tokens to report), got {self.logprobs}")
         if self.max_tokens < -1:
             raise ValueError(f"max_tokens must be >= 0, or -1 for no limit (until the text ends or the context fills); got {self.max_tokens}")
+        if not 0 <= self.lookup <= MAX_LOOKUP:
+            raise ValueError(f"lookup must be in 0..{MAX_LOOKUP} (drafted tokens a step), got {self.lookup}")
+        if self.lookup and (self.sampler.temperature > 0 or self.json_mode or self.sampler.repeat_penalty != 1.0
+                            or self.sampler.presence_penalty or self.sampler.frequency_penalty):  # fmt: skip
+            raise ValueError("lookup decoding takes greedy sampling (temperature 0, no penalties, no JSON mode): "
+                             "it keeps the drafted tokens greedy decoding would have chosen")  # fmt: skip
 
 
 def token_logprobs(logits: np.ndarray, tok: int, top: int) -> tuple[int, float, list[tuple[int, float]]]:
@@ -288,6 +330,8 @@ class Engine:
     def generate_tokens(self, cache: KVCache, prompt: list[int], req: GenRequest, stats: GenStats | None = None) -> Iterator[int]:
         """Prefill ``prompt`` then yield sampled token ids until EOS/EOT, a stop, or max_tokens (-1: none)."""
         req.validate()
+        if req.lookup and self.kv is not None:  # (a compressed cache's evictions and calibration are not undone by truncating)
+            raise KvrunError("lookup decoding needs the fp16 KV cache: drop the --kv-* flags, or lookup")
         stats = stats if stats is not None else GenStats()
         sampler = Sampler(req.sampler)
         history = list(prompt)
@@ -299,29 +343,52 @@ class Engine:
         stats.n_prompt, stats.t_prompt = len(prompt), time.perf_counter() - t0
         eot = self.tokenizer.eot_ids
         constraint = JsonConstraint(self.tokenizer, self.cfg.n_vocab) if req.json_mode else None
+        ngrams = NgramIndex(history) if req.lookup else None
+        confirmed: list[tuple[int, Any]] = []  # lookup: drafted tokens the model confirmed (in the cache), with their logits
         t1 = time.perf_counter()
         try:
             for _ in range(req.max_tokens) if req.max_tokens >= 0 else itertools.count():
-                if constraint is not None:  # the logits come to the host, masked
-                    tok = sampler.sample(constraint.mask(self.backend.to_host(logits).reshape(-1)), history, np, np.asarray)
+                if confirmed:
+                    tok, row = confirmed.pop(0)
+                elif constraint is not None:  # the logits come to the host, masked
+                    tok, row = sampler.sample(constraint.mask(self.backend.to_host(logits).reshape(-1)), history, np, np.asarray), logits
                     constraint.accept(tok)
                 else:
-                    tok = sampler.sample(logits, history, xp, self.backend.to_host)
+                    tok, row = sampler.sample(logits, history, xp, self.backend.to_host), logits
                 if tok in eot and not req.ignore_eos:
                     stats.stop_reason = "eos"
                     return
                 if req.logprobs >= 0:  # (the whole vocabulary to the host: only when asked for)
-                    stats.logprobs.append(token_logprobs(self.backend.to_host(logits).reshape(-1), tok, req.logprobs))
+                    stats.logprobs.append(token_logprobs(self.backend.to_host(row).reshape(-1), tok, req.logprobs))
                 history.append(tok)
                 stats.n_gen += 1
                 yield tok
+                if ngrams is not None:
+                    ngrams.push(tok)
                 if cache.offset >= self.n_ctx:
                     stats.stop_reason = "context full"
                     return
-                logits = self.eval(cache, [tok], on_device=on_device)[-1]
+                if row is not logits:  # a confirmed draft token: already in the cache, its follower's logits known
+                    continue
+                draft = ngrams.draft(min(req.lookup, self.n_ctx - cache.offset - 1)) if ngrams is not None else []
+                if not draft:
+                    logits = self.eval(cache, [tok], on_device=on_device)[-1]
+                    continue
+                # one forward over tok and the draft: row i predicts the token after draft[:i]; the draft is kept
+                # as far as greedy decoding agrees with it, the rest leaves the cache
+                rows = self.eval(cache, [tok, *draft], logits_all=True, on_device=on_device)
+                picks = [int(self.backend.to_host(xp.argmax(r))) for r in rows[: len(draft)]]
+                n_ok = next((i for i, (d, p) in enumerate(zip(draft, picks)) if d != p), len(draft))
+                cache.truncate(cache.offset - (len(draft) - n_ok))
+                confirmed = [(draft[i], rows[i]) for i in range(n_ok)]
+                stats.n_drafted += len(draft)
+                stats.n_accepted += n_ok
+                logits = rows[n_ok]
             stats.stop_reason = "length"
         finally:
             stats.t_gen = time.perf_counter() - t1
+            if confirmed:  # confirmed tokens never given out leave the cache: it holds what was generated
+                cache.truncate(cache.offset - len(confirmed))
 
     def generate_reusing(self, cache: KVCache, held: list[int], ids: list[int], req: GenRequest, stats: GenStats | None = None) -> Iterator[int]:
         """:meth:`generate_tokens` for ``ids`` on a cache that holds ``held`` (its tokens in order, updated in

@@ -13,7 +13,7 @@ from kvrun.cli import main
 from gguf import GGMLQuantizationType as Q
 from kvrun.ops import gpu_available
 from kvrun.ops.gpu import emulate
-from kvrun.runtime.engine import Engine, GenRequest
+from kvrun.runtime.engine import Engine, GenRequest, GenStats
 from kvrun.runtime.sampling import SamplerConfig, greedy
 
 pytestmark = pytest.mark.skipif(not gpu_available() and not emulate.available(), reason="no GPU and no host C++ compiler for the emulator")
@@ -330,3 +330,16 @@ def test_embeddings_on_the_gpu_equal_the_cpus(gpu_env, tiny):
     b = Engine(tiny, device="gpu", n_ctx=64, n_batch=4).embed(ids)
     assert isinstance(b, np.ndarray) and b.shape == a.shape
     assert np.abs(a - b).max() / np.abs(a).max() < 2e-2
+
+
+def test_lookup_decoding_on_the_gpu_gives_the_cpus_text(gpu_env, tiny):
+    """Drafts checked in one forward on the device, the rejected ones truncated from its cache, between
+    one-token steps that replay a CUDA graph."""
+    prompt = [10, 11, 12, 13] * 6
+    runs = {}
+    for dev in ("cpu", "gpu"):
+        eng = Engine(tiny, device=dev, n_ctx=64, n_batch=16)
+        stats = GenStats()
+        runs[dev] = list(eng.generate_tokens(eng.new_cache(), prompt, GenRequest(max_tokens=16, sampler=greedy(), ignore_eos=True, lookup=4), stats))
+        assert stats.n_accepted > 0
+    assert runs["gpu"] == runs["cpu"]

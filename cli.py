@@ -458,7 +458,7 @@ def _stats_line(stats: Any, cache: Any = None, engine: Any = None) -> str:
 @click.option("--lookup", type=int, default=0, show_default=True, metavar="N",
               help="prompt lookup decoding: draft up to N tokens from earlier text, keep those greedy decoding agrees with "
                    "(with --temp 0 and the fp16 cache: greedy decoding's text, but for near-ties a batched forward rounds otherwise; "
-                   "faster where the reply repeats its prompt)")
+                   "faster where the reply repeats its prompt, slower on free text)")
 @click.option("--prompt-cache", "prompt_cache", type=click.Path(dir_okay=False), default=None,
               help="reuse the KV cache saved in this file for the prefix the prompt shares with it, and save the prompt's there (as llama-cli)")  # fmt: skip
 @engine_options

@@ -16,9 +16,10 @@ def test_the_draft_follows_the_latest_earlier_occurrence_of_the_longest_suffix()
     idx = NgramIndex([5, 1, 2, 3, 9, 8, 7, 1, 2, 3, 4, 1, 2, 3])
     assert idx.draft(3) == [4, 1, 2]  # (1, 2, 3) last seen before the end at 7..9, then 4, 1, 2
     idx.push(6)
-    assert idx.draft(2) == []  # (3, 6), (6) never seen before
+    assert idx.draft(2) == []  # (3, 6) never seen before
     assert NgramIndex([1, 2]).draft(4) == []
-    assert NgramIndex([7, 7]).draft(4) == [7]  # (7) seen at 0, followed by 7
+    assert NgramIndex([7, 7, 7]).draft(4) == [7]  # (7, 7) seen at 0..1, followed by 7
+    assert NgramIndex([4, 9, 5, 4]).draft(4) == []  # a single token's match is not enough
 
 
 @pytest.fixture(scope="module")

@@ -121,11 +121,11 @@ def test_matmul(qtype, n, k, vnni, monkeypatch):
     w = _weights(qtype, n, k)
     W = _ref(w, qtype, n, k)
     rng = np.random.default_rng(3)
-    for n_tok in (3, Q.BLAS_MIN_TOKENS + 5):  # integer kernel, then the VNNI GEMM or tile + BLAS
+    for n_tok in (3, Q.GEMM_MIN_TOKENS, Q.BLAS_MIN_TOKENS + 5):  # integer kernel, then the VNNI GEMM (from 4) or tile + BLAS
         x = rng.standard_normal((n_tok, k)).astype(np.float32)
         out = np.full((n_tok, n), np.nan, np.float32)
         Q.matmul(w, qtype, x, out)
-        gemm = n_tok >= Q.BLAS_MIN_TOKENS
+        gemm = n_tok >= (Q.GEMM_MIN_TOKENS if vnni else Q.BLAS_MIN_TOKENS)
         tol = 1.5e-2 if gemm and vnni and qtype not in (T.F32, T.F16, T.BF16) else _tol(qtype, not gemm)
         assert _rel(out, x @ W.T) < tol, n_tok
 

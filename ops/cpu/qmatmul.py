@@ -824,6 +824,12 @@ SUPPORTED: tuple[int, ...] = tuple(_TYPES)
 PAR_MIN_BYTES = 64 << 10
 #: matmul with fewer tokens than this uses the integer kernel, else tile + BLAS
 BLAS_MIN_TOKENS = 8
+#: on a VNNI host, with fewer tokens than this, else the int8 GEMM.  The integer kernel's cost grows with
+#: every token (it is compute-bound, not memory-bound, here); the GEMM's barely does.  Measured on one
+#: thread (Zen 5): a 1536 x 576 Q4_1 product took 26 / 51 / 75 / 100 / 173 us for 1 / 2 / 3 / 4 / 7
+#: tokens on the integer kernel, 90-96 us on the GEMM; SmolLM2's 49152 x 576 Q8_0 output, 3237 against
+#: 3249 us at 4 tokens.  Lookup decoding's checks of 5-7 tokens gained most: 172 -> 300 tok/s.
+GEMM_MIN_TOKENS = 4
 #: rows decoded per BLAS call in matmul
 TILE_ROWS = 128
 
@@ -1517,7 +1523,7 @@ def matmul(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
     x : float32 ``[n_tok, n_cols]``
     out : float32 ``[n_tok, n_rows]``, written in place
 
-    Fewer than :data:`BLAS_MIN_TOKENS` tokens: the quantized-activation integer
+    Fewer than :data:`BLAS_MIN_TOKENS` tokens (:data:`GEMM_MIN_TOKENS` on a VNNI host): the quantized-activation integer
     kernel (as :func:`matvec`, each weight row reused across the tokens).
     Otherwise, block types on a host with VNNI (:data:`HAVE_VNNI`): the
     int8 GEMM of ``ops/cpu/qgemm.py`` (x quantized per 32 as for matvec, ~4x the
@@ -1535,7 +1541,7 @@ def matmul(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
         return
     if not x.flags.c_contiguous:
         x = np.ascontiguousarray(x)
-    if kind > BF16 and _USE_SIMD and n_tok < BLAS_MIN_TOKENS:
+    if kind > BF16 and _USE_SIMD and n_tok < (GEMM_MIN_TOKENS if _USE_VNNI else BLAS_MIN_TOKENS):
         sc = _scratch.get("xm", n_tok, _scratch_bytes(n_cols), np.uint8)
         if w.nbytes * n_tok >= PAR_MIN_BYTES and (nt := _n_threads()) > 1:
             _mm_int_n(kind, w, x, out, sc, nt)
@@ -1582,4 +1588,4 @@ def get_rows(w: np.ndarray, qtype: int, ids: np.ndarray, out: np.ndarray) -> Non
     (_gather_rows_simd if _USE_SIMD else _gather_rows)(kind, w, np.asarray(ids, np.int64).reshape(-1), out)
 
 
-__all__ = ["matvec", "matmul", "get_rows", "kernel_kind", "SUPPORTED", "HAVE_AVX2", "HAVE_VNNI", "PAR_MIN_BYTES", "BLAS_MIN_TOKENS", "TILE_ROWS"]
+__all__ = ["matvec", "matmul", "get_rows", "kernel_kind", "SUPPORTED", "HAVE_AVX2", "HAVE_VNNI", "PAR_MIN_BYTES", "BLAS_MIN_TOKENS", "GEMM_MIN_TOKENS", "TILE_ROWS"]

@@ -368,6 +368,27 @@ def sampling_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+lookup_option = click.option(
+    "--lookup", type=int, default=0, show_default=True, metavar="N",
+    help="prompt lookup decoding: draft up to N tokens from earlier text, keep those greedy decoding agrees with "
+         "(with --temp 0 and the fp16 cache: greedy decoding's text, but for near-ties a batched forward rounds otherwise; "
+         "faster where the reply repeats its prompt, slower on free text)",
+)  # fmt: skip
+
+
+def _check_lookup(lookup: int, n_predict: int, stop: tuple[str, ...], sampling: dict[str, Any], kw: dict[str, Any]) -> Any:
+    """The request of run's or chat's flags, checked before the model loads (--lookup's conditions in one line)."""
+    from .runtime.api import _request
+
+    try:
+        req = _request(n_predict, stop, lookup=lookup, **sampling)
+    except ValueError as e:
+        raise KvrunError(f"--lookup: {e}" if lookup else str(e)) from None
+    if lookup and kv_config(kw) is not None:
+        raise KvrunError("--lookup needs the fp16 KV cache: drop the --kv-* flags, or --lookup")
+    return req
+
+
 _SAMPLING_FLAGS = {"temperature": "--temp", "top-p": "--top-p", "min-p": "--min-p", "top-k": "--top-k", "repeat penalty": "--repeat-penalty", "seed": "--seed"}
 
 
@@ -455,10 +476,7 @@ def _stats_line(stats: Any, cache: Any = None, engine: Any = None) -> str:
 @click.option("-n", "--n-predict", "n_predict", type=int, default=128, show_default=True, help="tokens to generate (-1: until the text ends or the context fills)")
 @click.option("--ignore-eos", is_flag=True, help="keep generating past end-of-sequence")
 @click.option("--no-stats", is_flag=True, help="do not print timings")
-@click.option("--lookup", type=int, default=0, show_default=True, metavar="N",
-              help="prompt lookup decoding: draft up to N tokens from earlier text, keep those greedy decoding agrees with "
-                   "(with --temp 0 and the fp16 cache: greedy decoding's text, but for near-ties a batched forward rounds otherwise; "
-                   "faster where the reply repeats its prompt, slower on free text)")
+@lookup_option
 @click.option("--prompt-cache", "prompt_cache", type=click.Path(dir_okay=False), default=None,
               help="reuse the KV cache saved in this file for the prefix the prompt shares with it, and save the prompt's there (as llama-cli)")  # fmt: skip
 @engine_options
@@ -468,8 +486,6 @@ def _stats_line(stats: Any, cache: Any = None, engine: Any = None) -> str:
 def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predict: int, ignore_eos: bool, no_stats: bool, lookup: int,
         prompt_cache: str | None, stop: tuple[str, ...], **kw: Any) -> None:  # fmt: skip
     """Complete a prompt and stream the text (as llama-cli -p)."""
-    from .runtime.api import _request
-
     if prompt is None and prompt_file is None:
         if _interactive():
             raise KvrunError("give a prompt with -p TEXT or -f FILE (or pipe it in)")
@@ -484,12 +500,8 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
             raise KvrunError("the prompt read from standard input is empty; give one with -p TEXT or -f FILE")
     else:
         text = Path(prompt_file).read_text(encoding="utf-8")
-    try:
-        req = _request(n_predict, stop, ignore_eos=ignore_eos, lookup=lookup, **sampling)
-    except ValueError as e:
-        raise KvrunError(f"--lookup: {e}" if lookup else str(e)) from None
-    if lookup and kv_config(kw) is not None:
-        raise KvrunError("--lookup needs the fp16 KV cache: drop the --kv-* flags, or --lookup")
+    req = _check_lookup(lookup, n_predict, stop, sampling, kw)
+    req.ignore_eos = ignore_eos
     m = _load(model, kw)
     ids = m.tokenize(text)
     if len(ids) > m.engine.n_ctx:  # say so before echoing the prompt
@@ -527,21 +539,23 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
 @click.option("-n", "--n-predict", "n_predict", type=int, default=512, show_default=True, help="max tokens per reply (-1: no limit)")
 @click.option("--chat-template-kwargs", "template_kwargs", default=None, metavar="JSON",
               help='variables for the chat template, as llama-server\'s, e.g. \'{"enable_thinking": false}\' (Qwen3 without reasoning)')
+@lookup_option
 @click.option("--session", "session_file", type=click.Path(dir_okay=False), default=None,
               help="resume the chat saved in this file, KV cache and all (if it exists), and save it there on leaving; /save saves it now")  # fmt: skip
 @engine_options
 @kv_options
 @sampling_options
 @friendly
-def chat(model: str | None, system: str | None, n_predict: int, template_kwargs: str | None, session_file: str | None,
+def chat(model: str | None, system: str | None, n_predict: int, template_kwargs: str | None, lookup: int, session_file: str | None,
          stop: tuple[str, ...], **kw: Any) -> None:  # fmt: skip
     """Interactive multi-turn chat with the model's chat template.
 
     /reset clears the conversation, /save [FILE] saves it, /exit (or Ctrl-D) leaves,
     /help lists the commands; Ctrl-C stops a reply.  --session FILE resumes a saved chat.
     """
-    _sampling(kw)  # a bad sampling flag fails now, not at the first reply
     _check_n_predict(n_predict)
+    _check_lookup(lookup, n_predict, stop, _sampling(kw), kw)  # a bad sampling flag fails now, not at the first reply
+    kw["lookup"] = lookup
     tkw = _template_kwargs(template_kwargs)
     if session_file is not None and not os.access(os.path.dirname(os.path.abspath(session_file)), os.W_OK):
         raise KvrunError(f"--session {session_file}: its folder cannot be written; the chat could not be saved there")
@@ -697,7 +711,7 @@ def _chat_loop(m: Any, sess: Any, interactive: bool, warm: threading.Thread | No
             warm.join()
         shifts = sess.n_shifts
         try:
-            for piece in sess.stream(line, max_tokens=n_predict, stop=stop, **_sampling(kw)):
+            for piece in sess.stream(line, max_tokens=n_predict, stop=stop, lookup=kw.get("lookup", 0), **_sampling(kw)):
                 if sess.n_shifts != shifts:
                     click.echo("(context full: the oldest turns were dropped)", err=True)
                     shifts = sess.n_shifts

@@ -102,3 +102,17 @@ def test_smollm2_copying_a_paragraph_keeps_most_drafts_and_greedy_choices(smollm
         top = st.logprobs[part][2]
         assert top[0][1] - top[1][1] < 0.1, f"parted at token {part}, where greedy's margin was {top[0][1] - top[1][1]:.3f}"
     assert 0 < stats.n_accepted < stats.n_drafted and stats.n_accepted >= 30, (stats.n_accepted, stats.n_drafted)
+
+
+def test_kvrun_chat_lookup(tiny_llama_path):
+    from click.testing import CliRunner
+
+    from kvrun.cli import main
+
+    args = ["chat", str(tiny_llama_path), "-n", "16", "--temp", "0", "-c", "256"]
+    plain = CliRunner().invoke(main, args, input="the the the the the\n")
+    fast = CliRunner().invoke(main, [*args, "--lookup", "4"], input="the the the the the\n")
+    assert fast.exit_code == 0 and "lookup kept" in fast.output, fast.output
+    assert fast.output.split("[prompt")[0] == plain.output.split("[prompt")[0]  # the same reply
+    bad = CliRunner().invoke(main, [*args, "--lookup", "4", "--kv-bits", "2"], input="x\n")
+    assert bad.exit_code == 2 and "--lookup needs the fp16 KV cache" in bad.output

@@ -141,6 +141,7 @@ def model_facts(path: Path) -> dict[str, Any]:
     from .loaders.config import load_config
     from .loaders.gguf_file import GGUFFile
     from .loaders.chat_template import file_template
+    from .loaders.quants import is_supported
 
     g = GGUFFile(path)
     cfg = load_config(g)
@@ -155,6 +156,7 @@ def model_facts(path: Path) -> dict[str, Any]:
         "file_size": g.file_size,
         "n_params": n_params,
         "tensor_types": dict(types.most_common()),
+        "unsupported_types": sorted({t.type_name for t in g.tensors.values() if not is_supported(t.qtype)}),
         "file_type": _quant_label(cfg.file_type, dict(types)),
         "context_length": cfg.n_ctx_train,
         "n_layer": cfg.n_layer,
@@ -209,7 +211,7 @@ def info(model: str | None, as_json: bool) -> None:
         ("architecture", f["architecture"]),
         ("parameters", f"{f['n_params'] / 1e6:.1f} M"),
         ("file size", _size(f["file_size"])),
-        ("tensor types", f"{types}  ({f['file_type']})"),
+        ("tensor types", f"{types}  ({f['file_type']})" + (f"; kvrun cannot run {', '.join(f['unsupported_types'])} yet" if f["unsupported_types"] else "")),
         ("context length", f["context_length"]),
         ("layers", f["n_layer"]),
         ("embedding", f["n_embd"]),

@@ -67,7 +67,7 @@ FIXTURE_MODELS: dict[str, dict] = {
 
 def write_tiny_model(
     path: Path, arch: str = "llama", qtype: int = Q.F32, seed: int = 0, sliding_window: int = 8, rope_freqs: bool = False,
-    chat_template: str | None = None, n_expert: int | None = None,
+    chat_template: str | None = None, n_expert: int | None = None, extra_tensor: tuple[str, int, int] | None = None,
 ) -> Path:  # fmt: skip
     """A random ``arch`` model; matrices stored as ``qtype`` (F32, F16, Q8_0, Q4_0...).  ``rope_freqs``:
     with Llama 3.1's per-frequency rope factors (``rope_freqs.weight``, 1 to 8 from high to low), or
@@ -173,6 +173,13 @@ def write_tiny_model(
         if arch in ("gemma2", "gemma3"):
             vec(b + "post_attention_norm.weight", n_embd)
             vec(b + "post_ffw_norm.weight", n_embd)
+    if extra_tensor is not None:  # (name, ggml type, n_cols): one [1, n_cols] tensor of random bytes, of any type
+        from gguf import GGML_QUANT_SIZES
+
+        name, qt, n_cols = extra_tensor
+        block, size = GGML_QUANT_SIZES[Q(qt)]
+        raw = rng.integers(0, 256, (1, n_cols // block * size), dtype=np.uint8)
+        w.add_tensor(name, raw, raw_dtype=Q(qt))  # (the shape in bytes: gguf derives the weights)
     if rope_freqs and arch == "phi3":  # the 128k models' two sets, chosen by the context asked for
         w.add_tensor("rope_factors_long.weight", np.geomspace(1.0, 16.0, head_dim // 2).astype(np.float32))
         w.add_tensor("rope_factors_short.weight", np.geomspace(1.0, 4.0, head_dim // 2).astype(np.float32))

@@ -75,9 +75,12 @@ class WeightLoader:
         t = self._info(role, i, required)
         if t is None:
             return None
-        shape = (t.shape[0], t.shape[-1]) if len(t.shape) == 2 else (1, t.shape[-1])
+        return self._upload(t, t.rows(), t.n_elements // t.shape[-1])
+
+    def _upload(self, t: TensorInfo, rows: Any, n_rows: int) -> Weight:
+        """``n_rows`` rows of tensor t (a view of its blocks) onto the backend."""
         try:
-            return self.be.upload(t.rows(), t.qtype, shape)
+            return self.be.upload(rows, t.qtype, (n_rows, t.shape[-1]))
         except ValueError as e:  # a type this backend has no kernel for (the GPU's list is shorter)
             raise UnsupportedModelError(f"{self.g.path}: tensor {t.name!r}: {e}") from None
 
@@ -92,20 +95,17 @@ class WeightLoader:
             raise GGUFError(f"{self.g.path}: tensor {t.name!r} has shape {t.shape}, expected {sum(sizes)} rows; the file is not a supported model")
         rows, out, r0 = t.rows(), [], 0
         for n in sizes:
-            try:
-                out.append(self.be.upload(rows[r0 : r0 + n], t.qtype, (n, t.shape[-1])))
-            except ValueError as e:
-                raise UnsupportedModelError(f"{self.g.path}: tensor {t.name!r}: {e}") from None
+            out.append(self._upload(t, rows[r0 : r0 + n], n))
             r0 += n
         return out
 
-    def experts(self, role: str, i: int, n_expert: int, n_rows: int, n_cols: int) -> list[Weight]:
-        """A 3-D expert tensor ``[n_expert, n_rows, n_cols]`` as one Weight per expert (row views)."""
+    def experts(self, role: str, i: int, n_expert: int, n_rows: int, n_cols: int) -> Weight:
+        """A 3-D expert tensor ``[n_expert, n_rows, n_cols]`` as one stacked Weight ``[n_expert * n_rows, n_cols]``."""
         t = self._info(role, i, True)
         if tuple(t.shape) != (n_expert, n_rows, n_cols):
             raise GGUFError(f"{self.g.path}: tensor {t.name!r} has shape {t.shape}, expected {(n_expert, n_rows, n_cols)}; "
                             "the file is not a supported model")  # fmt: skip
-        return self.matrix_rows(role, i, (n_rows,) * n_expert)
+        return self.matrix_rows(role, i, (n_expert * n_rows,))[0]
 
     def vector(self, role: str, i: int | None = None, required: bool = True) -> Any:
         """A 1-D float32 tensor (norm weights, biases), dequantized (it is tiny), on the backend."""

@@ -5,8 +5,8 @@ As llama.cpp's ``build_moe_ffn`` with softmax gating: ``p = softmax(W_router x)`
 the top ``k`` by ``p`` (ties to the lower index), their weights ``p`` renormalised to sum 1 (unless
 the file's ``expert_weights_norm`` says not to), each expert ``down(silu(gate x) * up x)``.
 
-The experts' weights are the file's 3-D tensors ``[n_expert, rows, cols]`` cut into one
-:class:`Weight` per expert (views of the memory map).  Tokens are grouped by expert, so prefill
+The experts' weights are the file's 3-D tensors ``[n_expert, rows, cols]``, held stacked as
+``[n_expert * rows, cols]`` (a view of the memory map); :func:`expert` cuts one expert's rows.  Tokens are grouped by expert, so prefill
 runs each chosen expert once over all of its tokens (a matrix product), decode runs the ``k``
 experts of its one token.  Routing is host work (numpy): CPU only for now.
 """
@@ -25,12 +25,18 @@ from .common import Buffers, WeightLoader
 @dataclass
 class MoE:
     router: Weight  # [n_expert, n_embd]
-    gate: list[Weight]  # per expert [n_ff_exp, n_embd]
-    up: list[Weight]  # per expert [n_ff_exp, n_embd]
-    down: list[Weight]  # per expert [n_embd, n_ff_exp]
+    gate: Weight  # the experts stacked: [n_expert * n_ff_exp, n_embd]
+    up: Weight  # [n_expert * n_ff_exp, n_embd]
+    down: Weight  # [n_expert * n_embd, n_ff_exp]
+    n_expert: int
     n_used: int
     norm_weights: bool  # renormalise the chosen experts' probabilities to sum 1
-    stacked: tuple[Weight, Weight, Weight]  # gate, up, down as [n_expert * rows, cols]: decode's one call
+
+
+def expert(w: Weight, e: int, n_expert: int) -> Weight:
+    """Expert e's rows of a stacked expert weight, as a Weight of their own (a view)."""
+    n = w.shape[0] // n_expert
+    return Weight(w.data[e * n : (e + 1) * n], w.qtype, (n, w.shape[1]))
 
 
 def load_moe(w: WeightLoader, i: int, n_expert: int, n_used: int, n_ff_exp: int, n_embd: int, norm_weights: bool) -> MoE:
@@ -43,9 +49,9 @@ def load_moe(w: WeightLoader, i: int, n_expert: int, n_used: int, n_ff_exp: int,
         gate=w.experts("ffn_gate_exps", i, n_expert, n_ff_exp, n_embd),
         up=w.experts("ffn_up_exps", i, n_expert, n_ff_exp, n_embd),
         down=w.experts("ffn_down_exps", i, n_expert, n_embd, n_ff_exp),
+        n_expert=n_expert,
         n_used=n_used,
         norm_weights=norm_weights,
-        stacked=tuple(w.matrix_rows(r, i, (n_expert * n,))[0] for r, n in (("ffn_gate_exps", n_ff_exp), ("ffn_up_exps", n_ff_exp), ("ffn_down_exps", n_embd))),
     )
 
 
@@ -64,11 +70,11 @@ def route(logits: np.ndarray, k: int, norm_weights: bool) -> tuple[np.ndarray, n
 def moe_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers) -> None:
     """``x += MoE(xn)`` for the ``T`` tokens of ``xn`` (the FFN-normed residual stream)."""
     T, n_embd = xn.shape
-    n_ff = moe.gate[0].shape[0]
-    logits = buf.get("moe_router", T, len(moe.gate))
+    n_ff = moe.gate.shape[0] // moe.n_expert
+    logits = buf.get("moe_router", T, moe.n_expert)
     be.linear(moe.router, xn, logits)
     top, wts = route(be.to_host(logits), moe.n_used, moe.norm_weights)
-    if T == 1 and be.moe_token(*moe.stacked, n_ff, top[0], wts[0], xn, x):
+    if T == 1 and be.moe_token(moe.gate, moe.up, moe.down, n_ff, top[0], wts[0], xn, x):
         return
     for e in np.unique(top):
         rows, slot = np.nonzero(top == e)
@@ -76,8 +82,8 @@ def moe_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers) 
         xe = buf.get("moe_x", n, n_embd)
         np.take(xn, rows, axis=0, out=xe)
         g, u, d = buf.get("moe_gate", n, n_ff), buf.get("moe_up", n, n_ff), buf.get("moe_down", n, n_embd)
-        be.linear_many((moe.gate[e], moe.up[e]), xe, (g, u))
+        be.linear_many((expert(moe.gate, e, moe.n_expert), expert(moe.up, e, moe.n_expert)), xe, (g, u))
         be.silu_mul(g, u, g)
-        be.linear(moe.down[e], g, d)
+        be.linear(expert(moe.down, e, moe.n_expert), g, d)
         d *= wts[rows, slot][:, None]
         x[rows] += d  # a token picks an expert once: rows are distinct

@@ -74,6 +74,26 @@ class Model:
         cache = self.engine.new_cache()
         return self.engine.eval(cache, ids, logits_all=True)
 
+    def embedding_ids(self, inputs: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
+        """:meth:`embed`'s inputs as token id lists (texts tokenized), one per input; ValueError in one line."""
+
+        def is_ids(x: Any) -> bool:
+            return isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+
+        if isinstance(inputs, str) or (is_ids(inputs) and inputs):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs:
+            raise ValueError("inputs must be a text, a list of token ids, or a non-empty list of either")
+        seqs = []
+        for i, x in enumerate(inputs):
+            if not (isinstance(x, str) or is_ids(x)):
+                raise ValueError(f"inputs[{i}] must be a text or a list of token ids, got {type(x).__name__}")
+            ids = self.tokenize(x) if isinstance(x, str) else x
+            if not ids:
+                raise ValueError(f"inputs[{i}] is empty: nothing to embed")
+            seqs.append(ids)
+        return seqs
+
     def embed(self, inputs: str | list[str] | list[int] | list[list[int]], pooling: str = "mean", normalize: bool = True) -> np.ndarray:
         """Embeddings, float32 ``[n_inputs, n_embd]``, as llama-server's /v1/embeddings: each input (a
         text, or a list of token ids; or a list of either) is run on a fresh cache and its final-normed
@@ -82,20 +102,9 @@ class Model:
         over its own kind of text, not a trained embedding model's.)"""
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and all(isinstance(t, int) and not isinstance(t, bool) for t in inputs)):
-            inputs = [inputs]
-        if not isinstance(inputs, list) or not inputs:
-            raise ValueError("inputs must be a text, a list of token ids, or a non-empty list of either")
-        out = np.empty((len(inputs), self.config.n_embd), np.float32)
-        for i, x in enumerate(inputs):
-            if isinstance(x, str):
-                ids = self.tokenize(x)
-            elif isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x):
-                ids = x
-            else:
-                raise ValueError(f"inputs[{i}] must be a text or a list of token ids, got {type(x).__name__}")
-            if not ids:
-                raise ValueError(f"inputs[{i}] is empty: nothing to embed")
+        seqs = self.embedding_ids(inputs)
+        out = np.empty((len(seqs), self.config.n_embd), np.float32)
+        for i, ids in enumerate(seqs):
             h = self.engine.embed(ids)
             v = h.mean(axis=0, dtype=np.float64) if pooling == "mean" else h[-1].astype(np.float64)
             if normalize:

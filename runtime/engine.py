@@ -380,7 +380,7 @@ class Engine:
                 # one forward over tok and the draft: row i predicts the token after draft[:i]; the draft is kept
                 # as far as greedy decoding agrees with it, the rest leaves the cache
                 rows = self.eval(cache, [tok, *draft], logits_all=True, on_device=on_device)
-                picks = [int(self.backend.to_host(xp.argmax(r))) for r in rows[: len(draft)]]
+                picks = self.backend.to_host(xp.argmax(rows[: len(draft)], axis=1)).tolist()  # one copy down
                 n_ok = next((i for i, (d, p) in enumerate(zip(draft, picks)) if d != p), len(draft))
                 cache.truncate(cache.offset - (len(draft) - n_ok))
                 confirmed = [(draft[i], rows[i]) for i in range(n_ok)]

@@ -236,17 +236,14 @@ class Server:
         """Embeddings of a request's inputs (Model.embed: mean-pooled, L2-normalised) and their token count."""
         if encoding != "float":
             raise BadRequest(f"encoding_format {encoding!r} is not supported; use \"float\"")
-        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and all(isinstance(t, int) and not isinstance(t, bool) for t in inputs)):
-            inputs = [inputs]
-        if not isinstance(inputs, list) or not inputs:
+        if not (isinstance(inputs, str) or (isinstance(inputs, list) and inputs)):
             raise BadRequest("input must be a text, a list of texts, or token ids")
         with self.lock:
             try:
-                vecs = self.model.embed(inputs)
+                seqs = self.model.embedding_ids(inputs)
+                return self.model.embed(seqs), sum(len(ids) for ids in seqs)
             except (ValueError, KvrunError) as e:
                 raise BadRequest(str(e)) from None
-        n_tokens = sum(len(x) if isinstance(x, list) else len(self.model.tokenize(x)) for x in inputs)
-        return vecs, n_tokens
 
     # ------------------------------------------------------------ generation
     def start(self, body: dict[str, Any], chat: bool) -> Run:

@@ -53,7 +53,7 @@ from numba.extending import intrinsic
 from .parallel import EXACT_JIT, num_threads, prange_only
 from .qmatmul import (
     IQ4_NL, IQ4_XS, LF32, LI8, LI32, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, V, V16I8, V32I8, V8I32,
-    HAVE_VNNI, HAVE_VNNI512, _G, _IQ4_TABLE, _TYPES, _c, _crumb_codes, _i64, _iq4_xs_scale, _k_scales, _q3_k_codes,
+    HAVE_VNNI, HAVE_VNNI512, _G, _IQ4_TABLE, _TYPES, _c, _crumb_codes, _i64, _iq4_xs_scale, _k_scales, _q3_k_codes, _q3_k_scales,
     _q6_k_codes, _qk45_codes, _scratch, _scratch_bytes, quant_x8,
 )  # fmt: skip
 
@@ -220,13 +220,11 @@ def _q3_k(g, wb):
     b = g.b
     d = g.f16(wb, 108)
     res = []
+    scales = b.sitofp(_q3_k_scales(g, wb), V(LF32, 16))  # the 16 signed scales, as the decode dot reads them
     for s, q in enumerate(_q3_k_codes(g, wb)):
         groups = []
         for e in range(2):
-            i = 2 * s + e
-            lo = b.and_(b.lshr(g.u8(wb, 96 + i % 8), ir.Constant(LI32, 4 * (i // 8))), ir.Constant(LI32, 15))
-            hi = b.and_(b.lshr(g.u8(wb, 104 + i % 4), ir.Constant(LI32, 2 * (i // 4))), ir.Constant(LI32, 3))
-            sd = b.fmul(d, b.sitofp(b.sub(b.or_(lo, b.shl(hi, ir.Constant(LI32, 4))), ir.Constant(LI32, 32)), LF32))
+            sd = b.fmul(d, b.extract_element(scales, ir.Constant(LI32, 2 * s + e)))
             groups.append((sd, b.fmul(sd, _c(-4.0))))
         res.append((q, groups))
     return res

@@ -1014,6 +1014,13 @@ def _row_q6_k(row, out):
                 out[base + 96 + j] = d * np.float32(np.int8(row[sc + isc + 6])) * np.float32(q4)
 
 
+@nb.njit(inline="always", cache=True)
+def _crumb(row, qs, e):
+    """The 2-bit code of weight e (0..255) of a Q2_K/Q3_K block whose qs starts at row[qs]: bits 2k of
+    qs[32h + l] for e = 128h + 32k + l."""
+    return (np.int32(row[qs + 32 * (e // 128) + e % 32]) >> (2 * ((e % 128) // 32))) & 3
+
+
 @nb.njit(**_JIT_EXACT)
 def _row_q2_k(row, out):
     for b in range(out.size // 256):
@@ -1024,12 +1031,8 @@ def _row_q2_k(row, out):
             sc = np.int32(row[o + s])
             dl = d * np.float32(sc & 15)
             ml = dmin * np.float32(sc >> 4)
-            e0 = 16 * s  # weight e = 128h + 32k + l: bits 2k of qs[32h + l]
-            qo = o + 16 + 32 * (e0 // 128)
-            shift = 2 * ((e0 % 128) // 32)
-            for i in range(16):
-                q = (np.int32(row[qo + (e0 + i) % 32]) >> shift) & 3
-                out[b * 256 + e0 + i] = dl * np.float32(q) - ml
+            for e in range(16 * s, 16 * s + 16):
+                out[b * 256 + e] = dl * np.float32(_crumb(row, o + 16, e)) - ml
 
 
 @nb.njit(**_JIT_EXACT)
@@ -1041,14 +1044,9 @@ def _row_q3_k(row, out):
             lo = (np.int32(row[o + 96 + s]) & 15) if s < 8 else (np.int32(row[o + 96 + s - 8]) >> 4)
             hi = (np.int32(row[o + 104 + s % 4]) >> (2 * (s // 4))) & 3
             dl = d * np.float32((lo | (hi << 4)) - 32)
-            e0 = 16 * s
-            qo = o + 32 + 32 * (e0 // 128)
-            shift = 2 * ((e0 % 128) // 32)
-            for i in range(16):
-                e = e0 + i
-                h = (np.int32(row[o + e % 32]) >> (e // 32)) & 1
-                q = ((np.int32(row[qo + e % 32]) >> shift) & 3) - 4 * (1 - h)
-                out[b * 256 + e] = dl * np.float32(q)
+            for e in range(16 * s, 16 * s + 16):
+                h = (np.int32(row[o + e % 32]) >> (e // 32)) & 1  # hmask: 0 means the code is offset by -4
+                out[b * 256 + e] = dl * np.float32(_crumb(row, o + 32, e) - 4 * (1 - h))
 
 
 _IQ4 = IQ4_VALUES.astype(np.float32)

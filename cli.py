@@ -364,6 +364,11 @@ def sampling_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--stop", multiple=True, help="stop string (repeatable)"),
         click.option("--format", "out_format", type=click.Choice(["json"]), default=None,
                      help="json: the reply is constrained to one JSON object (as ollama run --format json)"),
+        click.option("--grammar", default=None, metavar="GBNF", help="constrain the reply to a GBNF grammar (llama.cpp's format; start rule: root)"),
+        click.option("--grammar-file", default=None, metavar="FILE", help="--grammar, read from a file"),
+        click.option("-j", "--json-schema", default=None, metavar="JSON",
+                     help='constrain the reply to the JSON a schema allows, e.g. \'{"type": "object", "properties": {"name": {"type": "string"}}}\''),
+        click.option("--json-schema-file", default=None, metavar="FILE", help="--json-schema, read from a file"),
     ]
     for o in reversed(opts):
         fn = o(fn)
@@ -418,7 +423,38 @@ def _sampling(kw: dict[str, Any]) -> dict[str, Any]:
         raise KvrunError(msg) from None
     if kw.get("out_format") == "json":
         s["json_mode"] = True
+    grammar = _constraint_flags(kw)
+    if grammar is not None:
+        if s.get("json_mode"):
+            raise KvrunError("--format json and a grammar or JSON schema are two constraints: give one")
+        s["grammar"] = grammar
     return s
+
+
+def _constraint_flags(kw: dict[str, Any]) -> str | None:
+    """The GBNF text of --grammar / --grammar-file / --json-schema / --json-schema-file (at most one), checked."""
+    from .runtime.api import grammar_text
+    from .runtime.gbnf import compiled
+
+    given = [f for f in ("grammar", "grammar_file", "json_schema", "json_schema_file") if kw.get(f) is not None]
+    if not given:
+        return None
+    flags = ", ".join("--" + f.replace("_", "-") for f in given)
+    if len(given) > 1:
+        raise KvrunError(f"{flags}: give one constraint")
+    flag, value = "--" + given[0].replace("_", "-"), kw[given[0]]
+    if given[0].endswith("_file"):
+        try:
+            with open(value, encoding="utf-8") as f:
+                value = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise KvrunError(f"{flag}: cannot read {value}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        text = grammar_text(json_schema=value) if "schema" in given[0] else value
+        compiled(text)
+    except ValueError as e:
+        raise KvrunError(f"{flag}: {e}") from None
+    return text
 
 
 def _engine(path: Any, **kw: Any):

@@ -278,6 +278,7 @@ class Tokenizer:
         self._fix_attrs_and_eog(md)
         self._build_special_matcher(str(md.get("general.name", "")))
         self._piece_cache: dict[int, bytes] = {}
+        self._vocab_bytes: tuple[np.ndarray, np.ndarray] | None = None
 
         if self.kind == "spm":
             import sentencepiece as spm
@@ -511,6 +512,16 @@ class Tokenizer:
         if b is None:
             b = self._piece_cache[tid] = self._piece(tid, attr)
         return b
+
+    def vocab_bytes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every token's bytes as generated text holds them (control tokens: none), concatenated
+        (uint8), and their offsets [n_vocab + 1] int64; built once.  Constrained decoding reads them."""
+        if self._vocab_bytes is None:
+            pieces = [self.token_bytes(t, special=False) for t in range(self.n_vocab)]
+            off = np.zeros(len(pieces) + 1, np.int64)
+            np.cumsum([len(p) for p in pieces], out=off[1:])
+            self._vocab_bytes = (np.frombuffer(b"".join(pieces), np.uint8), off)
+        return self._vocab_bytes
 
     def _piece(self, tid: int, attr: int) -> bytes:
         tok = self.tokens[tid]

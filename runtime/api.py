@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import numbers
 import os
 from collections.abc import Iterator
@@ -31,8 +32,29 @@ ROLES = ("system", "user", "assistant")
 POOLINGS = ("mean", "last")  # how Model.embed pools a text's hidden states
 
 
+def grammar_text(grammar: str | None = None, json_schema: Any = None) -> str | None:
+    """The GBNF grammar of a request: ``grammar`` as given, or a JSON schema (a dict, or its JSON text)
+    converted; None for neither.  ValueError (one line) for a bad one."""
+    if json_schema is None:
+        if grammar is not None and not isinstance(grammar, str):
+            raise ValueError(f"grammar must be a GBNF text, got {type(grammar).__name__}")
+        return grammar
+    if grammar is not None:
+        raise ValueError("give a grammar or a JSON schema, not both")
+    from .jsonschema import schema_to_gbnf
+
+    if isinstance(json_schema, str):
+        try:
+            json_schema = json.loads(json_schema)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"the JSON schema is not JSON ({e.msg} at line {e.lineno} col {e.colno})") from None
+    if not isinstance(json_schema, (dict, bool)):
+        raise ValueError(f"a JSON schema must be an object, got {type(json_schema).__name__}")
+    return schema_to_gbnf(json_schema)
+
+
 def _request(max_tokens: int, stop: Any, ignore_eos: bool = False, logprobs: int = -1, json_mode: bool = False, lookup: int = 0,
-             **sampling: Any) -> GenRequest:  # fmt: skip
+             grammar: str | None = None, json_schema: Any = None, **sampling: Any) -> GenRequest:  # fmt: skip
     """The request, checked (a bad value raises here, before any state changes)."""
     known = {f.name: f.type for f in fields(SamplerConfig)}
     for k, v in sampling.items():
@@ -44,7 +66,8 @@ def _request(max_tokens: int, stop: Any, ignore_eos: bool = False, logprobs: int
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ()) if isinstance(stop, (list, tuple, type(None))) else None
     if stops is None or not all(isinstance(x, str) for x in stops):
         raise ValueError(f"stop must be a string or a list of strings, got {stop!r:.40}")
-    req = GenRequest(max_tokens=max_tokens, sampler=cfg, stop=stops, ignore_eos=ignore_eos, logprobs=logprobs, json_mode=bool(json_mode), lookup=lookup)
+    req = GenRequest(max_tokens=max_tokens, sampler=cfg, stop=stops, ignore_eos=ignore_eos, logprobs=logprobs, json_mode=bool(json_mode),
+                     grammar=grammar_text(grammar, json_schema), lookup=lookup)  # fmt: skip
     req.validate()
     return req
 
@@ -121,7 +144,8 @@ class Model:
 
         Sampling keywords: temperature, top_k, top_p, min_p, repeat_penalty,
         presence_penalty, frequency_penalty, seed; ``json_mode=True`` constrains the text to one
-        JSON object (as Ollama's ``format: "json"``); ``lookup=N`` (greedy, fp16 cache) drafts up to N
+        JSON object (as Ollama's ``format: "json"``), ``json_schema=`` (a dict) to the JSON texts a
+        schema allows, ``grammar=`` (GBNF text) to a grammar's language; ``lookup=N`` (greedy, fp16 cache) drafts up to N
         tokens a step from earlier text and keeps those greedy decoding agrees with.
         """
         ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)

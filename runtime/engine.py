@@ -29,6 +29,8 @@ from ..models import model_class
 from ..ops import get_backend
 from ..ops.cpu.blas import set_blas_threads
 from ..ops.cpu.parallel import num_threads
+from .gbnf import compiled
+from .grammar import GrammarConstraint
 from .jsonmode import JsonConstraint
 from .sampling import Sampler, SamplerConfig
 from .threads import ThreadTuner
@@ -114,6 +116,9 @@ class GenRequest:
     logprobs: int = -1
     #: constrain the text to one JSON object (runtime/jsonmode.py), as Ollama's format "json"
     json_mode: bool = False
+    #: constrain the text to a GBNF grammar's language (runtime/grammar.py), as llama.cpp's --grammar;
+    #: a JSON schema comes here converted (runtime/jsonschema.py)
+    grammar: str | None = None
     #: prompt lookup decoding (llama.cpp's lookup): draft up to this many tokens from an earlier
     #: occurrence of the text's last n-gram and check them in one forward; 0: off
     lookup: int = 0
@@ -127,9 +132,13 @@ class GenRequest:
             raise ValueError(f"max_tokens must be >= 0, or -1 for no limit (until the text ends or the context fills); got {self.max_tokens}")
         if not 0 <= self.lookup <= MAX_LOOKUP:
             raise ValueError(f"lookup must be in 0..{MAX_LOOKUP} (drafted tokens a step), got {self.lookup}")
-        if self.lookup and (self.sampler.temperature > 0 or self.json_mode or self.sampler.repeat_penalty != 1.0
+        if self.grammar is not None:
+            if self.json_mode:
+                raise ValueError("JSON mode and a grammar (or JSON schema) are two constraints: give one")
+            compiled(self.grammar)  # (a GrammarError, a ValueError, names the fault)
+        if self.lookup and (self.sampler.temperature > 0 or self.json_mode or self.grammar is not None or self.sampler.repeat_penalty != 1.0
                             or self.sampler.presence_penalty or self.sampler.frequency_penalty):  # fmt: skip
-            raise ValueError("lookup decoding takes greedy sampling (temperature 0, no penalties, no JSON mode): "
+            raise ValueError("lookup decoding takes greedy sampling (temperature 0, no penalties, no JSON mode or grammar): "
                              "it keeps the drafted tokens greedy decoding would have chosen")  # fmt: skip
 
 
@@ -343,7 +352,8 @@ class Engine:
         logits = self.eval(cache, prompt, on_device=on_device)[-1]
         stats.n_prompt, stats.t_prompt = len(prompt), time.perf_counter() - t0
         eot = self.tokenizer.eot_ids
-        constraint = JsonConstraint(self.tokenizer, self.cfg.n_vocab) if req.json_mode else None
+        constraint = (GrammarConstraint(self.tokenizer, self.cfg.n_vocab, req.grammar) if req.grammar is not None
+                      else JsonConstraint(self.tokenizer, self.cfg.n_vocab) if req.json_mode else None)  # fmt: skip
         ngrams = NgramIndex(history) if req.lookup else None
         confirmed: list[tuple[int, Any]] = []  # lookup: drafted tokens the model confirmed (in the cache), with their logits
         backoff, resume_at = 1, 0  # lookup: after a draft wholly refused, none for `backoff` tokens (doubling while refused)

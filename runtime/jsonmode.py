@@ -13,18 +13,12 @@ from ..ops.cpu import jsonfsm
 
 
 def _vocab_bytes(tok: Tokenizer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every token's bytes (control tokens: none), concatenated, their offsets, and whether each is
-    plain string content (no quote, backslash or control byte); built once per tokenizer."""
-    cached = getattr(tok, "_json_vocab", None)
-    if cached is None:
-        pieces = [tok.token_bytes(t, special=False) for t in range(tok.n_vocab)]
-        off = np.zeros(len(pieces) + 1, np.int64)
-        np.cumsum([len(p) for p in pieces], out=off[1:])
-        data = np.frombuffer(b"".join(pieces), np.uint8)
-        bad = ((data < 32) | (data == 34) | (data == 92)).astype(np.int64)
-        n_bad = np.diff(np.concatenate([[0], np.cumsum(bad)])[off])
-        cached = tok._json_vocab = (data, off, (n_bad == 0).astype(np.uint8))
-    return cached
+    """Every token's bytes, their offsets, and whether each is plain string content (no quote,
+    backslash or control byte)."""
+    data, off = tok.vocab_bytes()
+    bad = ((data < 32) | (data == 34) | (data == 92)).astype(np.int64)
+    n_bad = np.diff(np.concatenate([[0], np.cumsum(bad)])[off])
+    return data, off, (n_bad == 0).astype(np.uint8)
 
 
 class JsonConstraint:

@@ -13,8 +13,8 @@ Options (``options: {...}``): ``num_predict``, ``temperature``, ``top_k``, ``top
 (``num_ctx``, ``num_gpu``, ...) are fixed when the server starts and ignored here, as the
 ``model`` field is (the server holds one).  ``think: false`` asks the chat template for replies
 without a reasoning block (Qwen3's ``enable_thinking``); ``format: "json"`` constrains the reply to
-one JSON object (``jsonmode.py``).  ``/api/generate`` wraps the prompt
-(and ``system``) in the chat template unless ``raw`` is true, as Ollama does.
+one JSON object (``jsonmode.py``), ``format: {schema}`` to the JSON a schema allows (``grammar.py``).
+``/api/generate`` wraps the prompt (and ``system``) in the chat template unless ``raw`` is true, as Ollama does.
 """
 
 from __future__ import annotations
@@ -93,8 +93,10 @@ def _translate(body: dict[str, Any], chat: bool, BadRequest: type) -> tuple[dict
     fmt = body.get("format")
     if fmt == "json":
         out["response_format"] = {"type": "json_object"}
+    elif isinstance(fmt, dict):  # structured outputs: a JSON schema
+        out["response_format"] = {"type": "json_schema", "json_schema": {"schema": fmt}}
     elif fmt not in (None, ""):
-        raise BadRequest("format must be \"json\" (a JSON schema is not supported: any JSON object is)")
+        raise BadRequest(f"format must be \"json\" or a JSON schema (an object), got {fmt!r:.40}")
     if body.get("tools"):
         out["tools"] = body["tools"]  # refused by Server.start, in one line
     if body.get("think") is False:

@@ -13,7 +13,9 @@ one ``data: {chunk}`` per text piece, then ``data: [DONE]``):
 Sampling fields: ``max_tokens`` (or ``max_completion_tokens``; absent: until the
 text ends or the context fills), ``temperature``, ``top_p``, ``top_k``, ``min_p``,
 ``seed``, ``presence_penalty``, ``frequency_penalty``, ``repeat_penalty``,
-``stop``.  Other OpenAI fields (``model``, ``user``, ...) are accepted and
+``stop``.  Constraints: ``response_format`` ``{"type": "json_object"}`` (one JSON object) or
+``{"type": "json_schema", "json_schema": {"schema": {...}}}`` (structured outputs), and llama.cpp
+server's ``grammar`` (GBNF) and ``json_schema``.  Other OpenAI fields (``model``, ``user``, ...) are accepted and
 ignored; ``n`` > 1 and tool calls are refused with a 400.
 
 One generation runs at a time (the model and its caches are not shared between
@@ -117,22 +119,33 @@ class Server:
             raise BadRequest(f"max_tokens must be an integer, got {max_tokens!r:.40}")
         sampling = {k: body[f] for f, k in SAMPLING.items() if body.get(f) is not None}
         try:
-            return _request(max_tokens, body.get("stop"), logprobs=self._logprobs(body), json_mode=self._json_mode(body), **sampling)
+            return _request(max_tokens, body.get("stop"), logprobs=self._logprobs(body), **self._constraint(body), **sampling)
         except ValueError as e:
             raise BadRequest(str(e)) from None
 
     @staticmethod
-    def _json_mode(body: dict[str, Any]) -> bool:
-        """OpenAI's ``response_format``: ``{"type": "json_object"}`` constrains the reply to one JSON object."""
+    def _constraint(body: dict[str, Any]) -> dict[str, Any]:
+        """The reply's constraint: OpenAI's ``response_format`` (``{"type": "json_object"}``: one JSON
+        object; ``{"type": "json_schema", "json_schema": {"schema": {...}}}``: the JSON a schema
+        allows), or llama.cpp server's ``grammar`` (GBNF) and ``json_schema`` fields."""
+        out: dict[str, Any] = {k: body[k] for k in ("grammar", "json_schema") if body.get(k) is not None}
         rf = body.get("response_format")
         if rf is None:
-            return False
+            return out
         kind = rf.get("type") if isinstance(rf, dict) else None
         if kind == "json_schema":
-            raise BadRequest("response_format json_schema is not supported; use {\"type\": \"json_object\"} (any JSON object)")
+            js = rf.get("json_schema")
+            schema = js.get("schema") if isinstance(js, dict) else None
+            if schema is None:
+                raise BadRequest('response_format json_schema needs {"json_schema": {"name": ..., "schema": {...}}}')
+            if out:
+                raise BadRequest("give response_format or grammar/json_schema, not both")
+            return {"json_schema": schema}
         if kind not in ("text", "json_object"):
-            raise BadRequest(f"response_format must be {{\"type\": \"text\"}} or {{\"type\": \"json_object\"}}, got {rf!r:.60}")
-        return kind == "json_object"
+            raise BadRequest('response_format type must be "text", "json_object" or "json_schema", ' f"got {rf!r:.60}")
+        if kind == "json_object":
+            out["json_mode"] = True
+        return out
 
     @staticmethod
     def _logprobs(body: dict[str, Any]) -> int:
@@ -271,7 +284,7 @@ class Server:
                     # (a client sending a document to summarise), so little is held back for the reply
                     reserve = None if req.max_tokens >= 0 else min(REPLY_RESERVE, self.model.engine.n_ctx // 8)
                     it = s.stream(msgs[-1]["content"], max_tokens=req.max_tokens, stop=list(req.stop), reserve=reserve,
-                                  logprobs=req.logprobs, json_mode=req.json_mode, **_sampling(req))  # fmt: skip
+                                  logprobs=req.logprobs, json_mode=req.json_mode, grammar=req.grammar, **_sampling(req))  # fmt: skip
                     run.live = s
                     try:
                         yield from it

@@ -26,9 +26,9 @@ from ..loaders.errors import KvrunError
 from ..loaders.store import resolve
 from .engine import Engine, GenRequest, GenStats, stream_text
 from .sampling import SamplerConfig
+from .tools import Tools, check_messages, check_tools, tool_format
 
 Message = dict[str, str]
-ROLES = ("system", "user", "assistant")
 POOLINGS = ("mean", "last")  # how Model.embed pools a text's hidden states
 
 
@@ -178,23 +178,31 @@ class Model:
         )
 
     def chat(self, messages: list[Message], stream: bool = False, max_tokens: int = 512,
-             chat_template_kwargs: dict[str, Any] | None = None, **sampling: Any) -> Any:  # fmt: skip
-        """One reply to ``messages`` (``{"role": "system" | "user" | "assistant", "content": str}``, the
-        last one the user's); a text iterator when ``stream`` else the text.  ``chat_template_kwargs``:
-        template variables for this call, over :attr:`chat_template_kwargs`."""
+             chat_template_kwargs: dict[str, Any] | None = None, tools: list[dict[str, Any]] | None = None,
+             tool_choice: Any = None, parallel_tool_calls: bool = True, **sampling: Any) -> Any:  # fmt: skip
+        """One reply to ``messages`` (``{"role": "system" | "user" | "assistant" | "tool", "content": str}``,
+        the last one the user's or a tool result); a text iterator when ``stream`` else the text.
+        ``chat_template_kwargs``: template variables for this call, over :attr:`chat_template_kwargs`.
+
+        ``tools`` (OpenAI's: ``[{"type": "function", "function": {"name", "description", "parameters"}}]``)
+        ``tool_choice`` (auto, none, required, or one function) and ``parallel_tool_calls`` (False: at
+        most one call): the reply is then a message dict,
+        ``{"role": "assistant", "content": str, "tool_calls": [{"id", "name", "arguments": dict}]}``
+        (``tool_calls`` only when the model calls), not streamed; see ``runtime/tools.py``."""
         if chat_template_kwargs is not None and not isinstance(chat_template_kwargs, dict):
             raise ValueError(f"chat_template_kwargs must be a dict, got {type(chat_template_kwargs).__name__}")
         if not isinstance(messages, (list, tuple)):
             raise ValueError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts, got {type(messages).__name__}")
-        for i, msg in enumerate(messages):
-            if not isinstance(msg, dict) or msg.get("role") not in ROLES or not isinstance(msg.get("content"), str):
-                raise ValueError(f"messages[{i}] must be {{'role': one of {ROLES}, 'content': str}}, got {msg!r:.80}")
-        if not messages or messages[-1]["role"] != "user":
-            raise ValueError("messages must end with the user's message (the one to reply to)")
+        msgs = check_messages(list(messages))
         s = self.session()
-        s.messages = list(messages[:-1])
+        s.messages = msgs[:-1]
         s.template_kwargs = dict(chat_template_kwargs or {})
-        it = s.stream(messages[-1]["content"], max_tokens=max_tokens, **sampling)
+        if tools is not None:
+            if stream:
+                raise ValueError("a reply with tools is parsed whole: call chat() without stream")
+            s.tools = check_tools(tools, tool_choice, parallel_tool_calls)
+            sampling = self.tool_sampling(s.tools, sampling)
+        it = s.reply(msgs, max_tokens=max_tokens, **sampling)
 
         def pieces() -> Iterator[str]:
             try:
@@ -202,7 +210,20 @@ class Model:
             finally:
                 self.last_stats = s.last_stats  # as generate() leaves them
 
+        if tools is not None:
+            "".join(pieces())
+            return s.messages[-1]
         return pieces() if stream else "".join(pieces())
+
+    def tool_sampling(self, tools: Tools, sampling: dict[str, Any]) -> dict[str, Any]:
+        """``sampling`` with the grammar the model's tool format puts on a reply (ValueError if the
+        request has its own constraint)."""
+        g = tool_format(self.chat_template()).grammar(tools) if tools.active else None
+        if g is None:
+            return sampling
+        if any(sampling.get(k) for k in ("grammar", "json_schema", "json_mode")):
+            raise ValueError("tools constrain the reply themselves: drop the grammar, JSON schema or JSON mode")
+        return {**sampling, "grammar": g}
 
     def session(self, system: str | None = None) -> Session:
         return Session(self, system)
@@ -237,21 +258,33 @@ class Session:
         self.n_shifts = 0  # context shifts so far (oldest turns dropped)
         self.n_prompt_tokens = 0  # the last turn's whole prompt (the conversation as rendered), cached prefix included
         self.template_kwargs: dict[str, Any] = {}  # chat template variables for this chat, over the model's
+        self.tools: Tools | None = None  # functions the model may call (runtime/tools.py)
 
     def reset(self) -> None:
         self.cache.reset()
         self.tokens = []
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
 
-    def stream(self, user: str, max_tokens: int = 512, stop: Any = None, reserve: int | None = None, logprobs: int = -1,
-               json_mode: bool = False, **sampling: Any) -> Iterator[str]:  # fmt: skip
-        """The reply to ``user``, as text pieces.  ``reserve``: context tokens kept free for the reply when
-        deciding whether the oldest turns must go (default: ``max_tokens``, or half the context when it is -1).
-        ``logprobs`` >= 0: each reply token's log-probability and the ``logprobs`` likeliest, in
-        ``last_stats.logprobs``."""
+    def stream(self, user: str, **kw: Any) -> Iterator[str]:
+        """The reply to ``user``, as text pieces (keywords: :meth:`reply`'s)."""
+        return self.reply(self.messages + [{"role": "user", "content": user}], **kw)
+
+    def _render(self, msgs: list[dict[str, Any]]) -> list[int]:
+        """The conversation's tokens; tools, tool calls and results as the template's tool format asks."""
+        if (self.tools is not None and self.tools.active) or any(m["role"] == "tool" or "tool_calls" in m for m in msgs):
+            msgs, extra = tool_format(self.model.chat_template()).template_messages(msgs, self.tools)
+            return self.model.tokenize(self.model.render(msgs, **self.template_kwargs, **extra), add_bos=None)
+        return self.model.tokenize(self.model.render(msgs, **self.template_kwargs), add_bos=None)
+
+    def reply(self, msgs: list[dict[str, Any]], max_tokens: int = 512, stop: Any = None, reserve: int | None = None,
+              logprobs: int = -1, json_mode: bool = False, **sampling: Any) -> Iterator[str]:  # fmt: skip
+        """The reply to the conversation ``msgs`` (which becomes this session's), as text pieces.
+        ``reserve``: context tokens kept free for the reply when deciding whether the oldest turns must
+        go (default: ``max_tokens``, or half the context when it is -1).  ``logprobs`` >= 0: each reply
+        token's log-probability and the ``logprobs`` likeliest, in ``last_stats.logprobs``."""
         req = _request(max_tokens, stop, logprobs=logprobs, json_mode=json_mode, **sampling)
-        msgs = self.messages + [{"role": "user", "content": user}]
-        prompt = self.model.tokenize(self.model.render(msgs, **self.template_kwargs), add_bos=None)
+        msgs = list(msgs)
+        prompt = self._render(msgs)
         if reserve is None:
             reserve = self.engine.n_ctx // 2 if max_tokens < 0 else max_tokens
         reserve = min(max(reserve, 0), self.engine.n_ctx // 2)  # for the reply
@@ -269,7 +302,14 @@ class Session:
                 yield piece
         finally:
             ids.close()
-            self.messages.append({"role": "assistant", "content": "".join(reply)})
+            self.messages.append(self._reply_message("".join(reply)))
+
+    def _reply_message(self, text: str) -> dict[str, Any]:
+        """The reply as the conversation keeps it: with tools, its calls parsed out (``tool_calls``)."""
+        if self.tools is None or not self.tools.active:
+            return {"role": "assistant", "content": text}
+        content, calls = tool_format(self.model.chat_template()).parse(text)
+        return {"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})}
 
     def _shift(self, msgs: list[Message], room: int) -> tuple[list[Message], list[int]]:
         """Context shift: drop the oldest turns (the system prompt stays) until the
@@ -280,7 +320,7 @@ class Session:
         target = min(room, self.engine.n_ctx // 2)
         self.n_shifts += 1
         while True:
-            prompt = self.model.tokenize(self.model.render(msgs, **self.template_kwargs), add_bos=None)
+            prompt = self._render(msgs)
             if len(prompt) <= target or len(msgs) - head <= 1:
                 break
             del msgs[head : head + 2 if len(msgs) - head > 2 else head + 1]  # a user turn and its reply

@@ -67,6 +67,7 @@ _HINTS = {
     "minProperties": "list the keys in properties and required instead",
     "maxProperties": "remove it, or list the allowed keys in properties",
 }
+# numbers: at most 16 digits a part (as llama.cpp's json grammar): a model looping on a digit stops
 MAX_BOUND = 1000  #: the largest repetition bound gbnf.parse accepts (minLength, maxItems, ...)
 
 _CHAR = r'[^"\\\x7F\x00-\x1F]'  # a string character that needs no escape
@@ -76,14 +77,14 @@ _BUILTINS: dict[str, tuple[str, tuple[str, ...]]] = {  # name: (body, rules it u
     "char": (f"{_CHAR} | escape", ("escape",)),  # either counts as one character
     "string-tail": (r'char* "\""', ("char",)),
     "string": (r'"\"" char* "\""', ("char",)),
-    "number": (r'"-"? ( "0" | [1-9] [0-9]* ) ( "." [0-9]+ )? ( [eE] [+-]? [0-9]+ )?', ()),
-    "number-nonneg": (r'( "0" | [1-9] [0-9]* ) ( "." [0-9]+ )? ( [eE] [+-]? [0-9]+ )?', ()),
+    "number": (r'"-"? ( "0" | [1-9] [0-9]{0,15} ) ( "." [0-9]{1,16} )? ( [eE] [+-]? [0-9]{1,3} )?', ()),
+    "number-nonneg": (r'( "0" | [1-9] [0-9]{0,15} ) ( "." [0-9]{1,16} )? ( [eE] [+-]? [0-9]{1,3} )?', ()),
     # > 0: a nonzero integer part, or 0. and a nonzero digit somewhere in the fraction (the first one
-    # is where "0"* stops, so there is one parse); an exponent never changes the sign
-    "number-pos": (r'( [1-9] [0-9]* ( "." [0-9]+ )? | "0." "0"* [1-9] [0-9]* ) ( [eE] [+-]? [0-9]+ )?', ()),
-    "integer": (r'"-"? ( "0" | [1-9] [0-9]* )', ()),
-    "integer-nonneg": (r'"0" | [1-9] [0-9]*', ()),
-    "integer-pos": (r"[1-9] [0-9]*", ()),
+    # is where "0"{0,15} stops, so there is one parse); an exponent never changes the sign
+    "number-pos": (r'( [1-9] [0-9]{0,15} ( "." [0-9]{1,16} )? | "0." "0"{0,15} [1-9] [0-9]{0,15} ) ( [eE] [+-]? [0-9]{1,3} )?', ()),
+    "integer": (r'"-"? ( "0" | [1-9] [0-9]{0,15} )', ()),
+    "integer-nonneg": (r'"0" | [1-9] [0-9]{0,15}', ()),
+    "integer-pos": (r"[1-9] [0-9]{0,15}", ()),
     "boolean": (r'"true" | "false"', ()),
     "null": (r'"null"', ()),
     "value": ("object | array | string | number | boolean | null",
@@ -161,18 +162,19 @@ def _pointer(part: str) -> str:
 
 
 class _Converter:
-    def __init__(self, root: dict | bool) -> None:
+    def __init__(self, root: dict | bool, start: str = "root") -> None:
         self.root = root
+        self.start = start  # the start rule's name
         self.rules: dict[str, str] = {}  # generated rules, in creation order
         self.builtins: dict[str, str] = {}  # the fixed ones used so far
         self.by_body: dict[str, str] = {}  # a body already written -> its rule (identical schemas share one)
-        self.names = set(_BUILTINS) | {"root"}
-        self.refs = {"#": "root"}  # $ref -> its rule
+        self.names = set(_BUILTINS) | {"root", start}
+        self.refs = {"#": start}  # $ref -> its rule
         self.head = {"#"}  # $refs being defined with no character read since: reaching one again is left recursion
 
     def grammar(self) -> str:
-        self._define("root", self.root, "#")
-        rules = [("root", self.rules.pop("root")), *self.rules.items(), *self.builtins.items()]
+        self._define(self.start, self.root, "#")
+        rules = [(self.start, self.rules.pop(self.start)), *self.rules.items(), *self.builtins.items()]
         return "".join(f"{name} ::= {body}\n" for name, body in rules)
 
     # ---------------------------------------------------------------- rules and names
@@ -213,9 +215,8 @@ class _Converter:
         if name not in self.rules:  # the schema was a builtin or another $ref: name it
             self.rules[name] = expr
 
-    @staticmethod
-    def _child(hint: str, part: str) -> str:
-        return part if hint == "root" else f"{hint}-{part}"
+    def _child(self, hint: str, part: str) -> str:
+        return part if hint == self.start else f"{hint}-{part}"
 
     # ---------------------------------------------------------------- schemas
     def _visit(self, schema: Any, path: str, hint: str, exact: bool = False) -> str:
@@ -488,9 +489,10 @@ class _Converter:
         return self._rule(hint, body, exact)
 
 
-def schema_to_gbnf(schema: dict | bool) -> str:
-    """The GBNF grammar (root rule ``root``) of the JSON texts ``schema`` accepts; :class:`SchemaError`
-    for what the module docstring lists as unsupported."""
+def schema_to_gbnf(schema: dict | bool, start: str = "root") -> str:
+    """The GBNF grammar (start rule ``start``, first) of the JSON texts ``schema`` accepts; :class:`SchemaError`
+    for what the module docstring lists as unsupported.  Another ``start`` than ``root`` gives rules to
+    put in a larger grammar (no rule of it is named ``root``)."""
     if not isinstance(schema, (dict, bool)):
         raise SchemaError(f"json schema: expected an object or a boolean, got {type(schema).__name__}")
-    return _Converter(schema).grammar()
+    return _Converter(schema, start).grammar()

@@ -24,6 +24,8 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from .tools import ollama_calls
+
 if TYPE_CHECKING:
     from .server import Run, Server
 
@@ -98,7 +100,7 @@ def _translate(body: dict[str, Any], chat: bool, BadRequest: type) -> tuple[dict
     elif fmt not in (None, ""):
         raise BadRequest(f"format must be \"json\" or a JSON schema (an object), got {fmt!r:.40}")
     if body.get("tools"):
-        out["tools"] = body["tools"]  # refused by Server.start, in one line
+        out["tools"] = body["tools"]
     if body.get("think") is False:
         out["chat_template_kwargs"] = {"enable_thinking": False}
     if chat:
@@ -107,7 +109,8 @@ def _translate(body: dict[str, Any], chat: bool, BadRequest: type) -> tuple[dict
             raise BadRequest("messages must be a non-empty list of {'role': ..., 'content': ...}")
         if any(isinstance(m, dict) and m.get("images") for m in msgs):
             raise BadRequest("images are not supported: kvrun runs text models")
-        out["messages"] = [{"role": m.get("role"), "content": m.get("content")} if isinstance(m, dict) else m for m in msgs]
+        keep = ("role", "content", "tool_calls", "tool_name", "name")  # (tool calls and results: runtime/tools.py)
+        out["messages"] = [{k: m[k] for k in keep if k in m} if isinstance(m, dict) else m for m in msgs]
         return out, True
     prompt = body.get("prompt")
     if not isinstance(prompt, str):
@@ -139,16 +142,27 @@ def _answer(server: Server, run: Run, chat: bool, stream: bool) -> tuple[int, An
             "eval_count": st.n_gen, "eval_duration": ns(st.t_gen),
         }  # fmt: skip
 
+    def parsed() -> dict[str, Any]:
+        """The whole reply of a request with tools: its content and its calls (Ollama's message)."""
+        msg = {"role": "assistant", "content": run.message["content"]}
+        return {**msg, "tool_calls": ollama_calls(run.calls())} if run.calls() else msg
+
     if not stream:
-        return 200, last("".join(run.pieces))
+        text = "".join(run.pieces)
+        return 200, {**last(text), "message": parsed()} if run.tools is not None else last(text)
     first = next(run.pieces, None)  # a bad request (a prompt too long) fails before the 200 goes out
 
     def lines() -> Iterator[dict[str, Any]]:
         try:
-            if first is not None:
-                yield {"model": server.name, "created_at": _now(), key: part(first), "done": False}
-            for piece in run.pieces:
-                yield {"model": server.name, "created_at": _now(), key: part(piece), "done": False}
+            if run.tools is not None:  # parsed whole, then sent as one message
+                for _ in run.pieces:
+                    pass
+                yield {"model": server.name, "created_at": _now(), "message": parsed(), "done": False}
+            else:
+                if first is not None:
+                    yield {"model": server.name, "created_at": _now(), key: part(first), "done": False}
+                for piece in run.pieces:
+                    yield {"model": server.name, "created_at": _now(), key: part(piece), "done": False}
             yield last("")
         finally:
             run.pieces.close()  # a client gone mid-stream: the generation stops, the caches stay consistent

@@ -16,7 +16,8 @@ text ends or the context fills), ``temperature``, ``top_p``, ``top_k``, ``min_p`
 ``stop``.  Constraints: ``response_format`` ``{"type": "json_object"}`` (one JSON object) or
 ``{"type": "json_schema", "json_schema": {"schema": {...}}}`` (structured outputs), and llama.cpp
 server's ``grammar`` (GBNF) and ``json_schema``.  Other OpenAI fields (``model``, ``user``, ...) are accepted and
-ignored; ``n`` > 1 and tool calls are refused with a 400.
+ignored; ``n`` > 1 is refused with a 400.  ``tools`` / ``tool_choice`` / ``parallel_tool_calls``:
+the reply's calls come back as ``tool_calls`` (``tools.py``).
 
 One generation runs at a time (the model and its caches are not shared between
 threads); other requests wait their turn.  Each endpoint keeps one KV cache
@@ -44,6 +45,7 @@ from ..loaders.errors import KvrunError
 from . import ollama
 from .api import Model, Session, _request
 from .engine import GenStats
+from .tools import Tools, check_messages, check_tools, openai_calls
 
 MAX_BODY = 16 << 20  # bytes of a request body
 REPLY_RESERVE = 256  # context tokens a chat request without max_tokens keeps free for its reply before dropping old turns
@@ -63,6 +65,12 @@ class Run:
     pieces: Iterator[str] = field(default_factory=lambda: iter(()))
     n_prompt: int = 0
     live: Session | None = None  # a chat's session: its stats are live, ``stats`` gets them at the end
+    tools: Tools | None = None  # the request's tools: the reply is parsed for calls
+    message: dict[str, Any] | None = None  # a chat's reply as the session keeps it (tool calls parsed), once done
+
+    def calls(self) -> list[dict[str, Any]]:
+        """The tool calls of the finished reply."""
+        return (self.message or {}).get("tool_calls", []) if self.tools is not None else []
 
     def live_stats(self) -> GenStats:
         return self.live.last_stats if self.live is not None else self.stats
@@ -111,8 +119,8 @@ class Server:
         """The GenRequest of an OpenAI body (a bad value: BadRequest)."""
         if body.get("n", 1) != 1:
             raise BadRequest("n must be 1: one choice per request")
-        if body.get("tools") or body.get("functions"):  # (silently ignored, the model would just not call them)
-            raise BadRequest("tools are not supported: kvrun does not parse tool calls; send the request without them")
+        if body.get("functions"):  # (the legacy form: silently ignored, the model would just not call them)
+            raise BadRequest("functions is OpenAI's old form: send tools instead")
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
         max_tokens = -1 if max_tokens is None else max_tokens
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
@@ -187,29 +195,12 @@ class Server:
                 "top_logprobs": [{one(i, x)["token"]: x for i, x in top} for _, _, top in entries]}  # fmt: skip
 
     @staticmethod
-    def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
-        """OpenAI messages as the chat template takes them: text parts joined, "developer" as "system"."""
-        msgs = body.get("messages")
-        if not isinstance(msgs, list) or not msgs:
-            raise BadRequest("messages must be a non-empty list of {'role': ..., 'content': ...}")
-        out = []
-        for i, m in enumerate(msgs):
-            if not isinstance(m, dict):
-                raise BadRequest(f"messages[{i}] must be an object with role and content")
-            role, content = m.get("role"), m.get("content")
-            role = "system" if role == "developer" else role
-            if role not in ("system", "user", "assistant"):
-                raise BadRequest(f"messages[{i}]: role {role!r} is not supported; use system, user or assistant")
-            if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-                if any(not isinstance(p, dict) or p.get("type") != "text" for p in content):
-                    raise BadRequest(f"messages[{i}]: only text content parts are supported")
-                content = "".join(str(p.get("text", "")) for p in content)
-            if not isinstance(content, str):
-                raise BadRequest(f"messages[{i}].content must be a string")
-            out.append({"role": role, "content": content})
-        if out[-1]["role"] != "user":
-            raise BadRequest("the last message must be the user's (the one to reply to)")
-        return out
+    def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+        """OpenAI messages as the chat template takes them (runtime/tools.py: tool calls and results too)."""
+        try:
+            return check_messages(body.get("messages"))
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
 
     def _prompt_ids(self, body: dict[str, Any]) -> list[int]:
         p = body.get("prompt")
@@ -259,18 +250,36 @@ class Server:
                 raise BadRequest(str(e)) from None
 
     # ------------------------------------------------------------ generation
+    def _tools(self, body: dict[str, Any], chat: bool, req: Any) -> Tools | None:
+        """The request's tools (runtime/tools.py); the grammar their format puts on the reply goes into ``req``."""
+        if body.get("tools") is None:
+            if body.get("tool_choice") not in (None, "none", "auto"):
+                raise BadRequest("tool_choice needs tools")
+            return None
+        if not chat:
+            raise BadRequest("tools need a chat: send them to /v1/chat/completions")
+        try:
+            tools = check_tools(body["tools"], body.get("tool_choice"), body.get("parallel_tool_calls", True))
+            constraint = {"grammar": req.grammar, "json_mode": req.json_mode}
+            req.grammar = self.model.tool_sampling(tools, constraint).get("grammar")
+            req.validate()
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        return tools
+
     def start(self, body: dict[str, Any], chat: bool) -> Run:
         """Check an OpenAI-shaped body (BadRequest) and make its generation, not yet started: the
         text pieces, and the stats they fill.  The OpenAI and the Ollama endpoints format it."""
         req = self._request(body)
         msgs = self._messages(body) if chat else None
+        tools = self._tools(body, chat, req)
         ids = None if chat else self._prompt_ids(body)
         tkw = body.get("chat_template_kwargs") or {}  # as llama-server: over the server's --chat-template-kwargs
         if not isinstance(tkw, dict):
             raise BadRequest("chat_template_kwargs must be an object, e.g. {\"enable_thinking\": false}")
         if reserved := {"messages", "add_generation_prompt", "bos_token", "eos_token"} & set(tkw):
             raise BadRequest(f"chat_template_kwargs may not set {', '.join(sorted(reserved))}: the server sets them")
-        run = Run(req)
+        run = Run(req, tools=tools)
         stats = run.stats
 
         def pieces() -> Iterator[str]:
@@ -280,11 +289,12 @@ class Server:
                     s = self.chat
                     s.messages = msgs[:-1]
                     s.template_kwargs = tkw
+                    s.tools = tools
                     # no max_tokens: the reply may run to the context's end, but a long prompt keeps its turns
                     # (a client sending a document to summarise), so little is held back for the reply
                     reserve = None if req.max_tokens >= 0 else min(REPLY_RESERVE, self.model.engine.n_ctx // 8)
-                    it = s.stream(msgs[-1]["content"], max_tokens=req.max_tokens, stop=list(req.stop), reserve=reserve,
-                                  logprobs=req.logprobs, json_mode=req.json_mode, grammar=req.grammar, **_sampling(req))  # fmt: skip
+                    it = s.reply(msgs, max_tokens=req.max_tokens, stop=list(req.stop), reserve=reserve,
+                                 logprobs=req.logprobs, json_mode=req.json_mode, grammar=req.grammar, **_sampling(req))  # fmt: skip
                     run.live = s
                     try:
                         yield from it
@@ -292,6 +302,7 @@ class Server:
                         it.close()
                         stats.__dict__.update(s.last_stats.__dict__)
                         run.n_prompt = s.n_prompt_tokens
+                        run.message = s.messages[-1] if s.messages and s.messages[-1]["role"] == "assistant" else None
                 else:
                     run.n_prompt = len(ids)
                     eng = self.model.engine
@@ -337,9 +348,17 @@ class Server:
             return {"id": rid, "object": obj + (".chunk" if stream and chat else ""), "created": created, "model": self.name,
                     "choices": [ch], **extra}  # fmt: skip
 
+        def finish() -> str:
+            return "tool_calls" if run.calls() else _finish_reason(stats)
+
         if not stream:
             text = "".join(run.pieces)
-            return 200, envelope(choice(text, _finish_reason(stats)), usage=usage())
+            if run.tools is None:
+                return 200, envelope(choice(text, finish()), usage=usage())
+            ch = choice(run.message["content"] or None if run.calls() else run.message["content"], finish())
+            if run.calls():
+                ch["message"]["tool_calls"] = openai_calls(run.calls())
+            return 200, envelope(ch, usage=usage())
 
         gen = run.pieces
         first = next(gen, None)  # a bad request (a prompt too long) fails before the 200 goes out
@@ -348,11 +367,20 @@ class Server:
             try:
                 if chat:
                     yield envelope(choice(None, None, first=True))
-                if first is not None:
-                    yield envelope(choice(first, None))
-                for piece in gen:
-                    yield envelope(choice(piece, None))
-                yield envelope(choice(None, _finish_reason(stats)), usage=usage())
+                if run.tools is not None:  # the reply is parsed whole: its content, then its calls
+                    for _ in gen:
+                        pass
+                    if run.message["content"]:
+                        yield envelope(choice(run.message["content"], None))
+                    if run.calls():
+                        calls = [{"index": i, **c} for i, c in enumerate(openai_calls(run.calls()))]
+                        yield envelope({"index": 0, "delta": {"tool_calls": calls}, "logprobs": None, "finish_reason": None})
+                else:
+                    if first is not None:
+                        yield envelope(choice(first, None))
+                    for piece in gen:
+                        yield envelope(choice(piece, None))
+                yield envelope(choice(None, finish()), usage=usage())
             finally:
                 gen.close()  # a client gone mid-stream: the generation stops, the caches stay consistent
 

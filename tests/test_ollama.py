@@ -61,7 +61,7 @@ def test_generate_wraps_the_prompt_in_the_template_unless_raw(server, model):
     ("/api/generate", {"prompt": "x", "options": {"num_predict": "x"}}, "options.num_predict must be an integer"),
     ("/api/chat", {"messages": CHAT, "options": {"temperature": -1}}, "temperature must be >= 0"),
     ("/api/pull", {"model": "x"}, "no endpoint POST /api/pull"),
-    ("/api/chat", {"messages": CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools are not supported"),
+    ("/api/chat", {"messages": CHAT, "tools": {"name": "f"}}, "tools must be a list"),
 ])  # fmt: skip
 def test_a_bad_request_is_ollamas_error_object(server, path, body, says):
     status, text = call(server, "POST", path, body)

@@ -97,10 +97,10 @@ def test_completion_reuses_the_cached_prefix_and_still_equals_a_fresh_one(server
     [
         ("POST", "/v1/chat/completions", b"{not json", 400, "the body is not JSON"),
         ("POST", "/v1/chat/completions", {"messages": []}, 400, "messages must be a non-empty list"),
-        ("POST", "/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]}, 400, "role 'tool' is not supported"),
+        ("POST", "/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 400, "role 'robot' is not supported"),
         ("POST", "/v1/chat/completions", {"messages": CHAT, "temperature": -1}, 400, "temperature must be >= 0"),
         ("POST", "/v1/chat/completions", {"messages": CHAT, "n": 2}, 400, "n must be 1"),
-        ("POST", "/v1/chat/completions", {"messages": CHAT, "tools": [{"type": "function"}]}, 400, "tools are not supported"),
+        ("POST", "/v1/chat/completions", {"messages": CHAT, "tools": [{"type": "function"}]}, 400, "tools[0] must be"),
         ("POST", "/v1/completions", {"prompt": "the " * 400, "max_tokens": 2}, 400, "the prompt is"),
         ("POST", "/v1/completions", {"prompt": [10**9]}, 400, "prompt token ids must be in"),
         ("GET", "/v2/everything", None, 404, "no endpoint GET /v2/everything"),

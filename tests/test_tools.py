@@ -1,0 +1,213 @@
+"""Tool calls (runtime/tools.py): tools and messages checked, the model asked in its template's
+format (Hermes' <tool_call> blocks, or the generic JSON reply for any other template), its reply
+parsed into tool_calls, and the server answering as OpenAI's and Ollama's APIs do."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import test_server
+from test_server import call
+
+from kvrun.runtime.api import Model
+from kvrun.runtime.engine import Engine
+from kvrun.runtime.gbnf import parse
+from kvrun.runtime.tools import Generic, Hermes, check_messages, check_tools
+
+server = test_server.server  # test_server.py's fixture, serving this file's model
+
+
+@pytest.fixture(scope="module")
+def model(tiny_llama_path):
+    """The tiny model (ChatML: the generic format), its whole context: a byte per token, the tools fill ~500."""
+    return Model(Engine(tiny_llama_path, n_ctx=1024, n_batch=256))
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["C", "F"]}}, "required": ["city"]}}}  # fmt: skip
+ADD = {"type": "function", "function": {"name": "add", "parameters": {
+    "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}}  # fmt: skip
+TOOLS = [WEATHER, ADD]
+ASK = [{"role": "user", "content": "weather in Paris?"}]
+
+HERMES_TEMPLATE = """\
+{%- if tools %}<|im_start|>system
+# Tools
+<tools>
+{% for t in tools %}{{ t.function | tojson }}
+{% endfor %}</tools>
+Call a function with <tool_call></tool_call> tags.<|im_end|>
+{% endif %}
+{%- for m in messages %}{% if m.role == 'tool' %}<|im_start|>user
+<tool_response>
+{{ m.content }}
+</tool_response><|im_end|>
+{% elif m.tool_calls %}<|im_start|>assistant
+{% for c in m.tool_calls %}<tool_call>
+{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}}
+</tool_call>{% endfor %}<|im_end|>
+{% else %}<|im_start|>{{ m.role }}
+{{ m.content }}<|im_end|>
+{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""
+
+
+def _is_call(c: dict) -> bool:
+    """A call to one of TOOLS with arguments its schema allows."""
+    args = c["arguments"]
+    if c["name"] == "get_weather":
+        return isinstance(args.get("city"), str) and set(args) <= {"city", "unit"} and args.get("unit", "C") in ("C", "F")
+    return c["name"] == "add" and set(args) == {"a", "b"} and all(type(v) is int for v in args.values())
+
+
+@pytest.mark.parametrize("tools,choice,says", [
+    ({"name": "f"}, None, "tools must be a list"),
+    ([{"type": "function"}], None, "tools[0] must be"),
+    ([{"type": "function", "function": {"name": "a b"}}], None, "tools[0].function.name must be"),
+    ([ADD, ADD], None, "same name"),
+    ([ADD], "always", "tool_choice must be"),
+    ([ADD], {"type": "function", "function": {"name": "sub"}}, "names 'sub', which is not in tools"),
+    ([], "required", "needs tools"),
+])  # fmt: skip
+def test_bad_tools_are_refused_in_one_line(tools, choice, says):
+    with pytest.raises(ValueError) as e:
+        check_tools(tools, choice)
+    assert says in str(e.value)
+
+
+def test_messages_carry_calls_and_results_as_openai_and_ollama_write_them():
+    msgs = check_messages([
+        {"role": "developer", "content": [{"type": "text", "text": "be brief"}]},
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "cold"},
+        {"role": "assistant", "tool_calls": [{"function": {"name": "add", "arguments": {"a": 1, "b": 2}}}]},  # Ollama's
+        {"role": "tool", "tool_name": "add", "content": "3"},
+    ])  # fmt: skip
+    assert msgs[0] == {"role": "system", "content": "be brief"}
+    assert msgs[2]["tool_calls"] == [{"id": "c1", "name": "get_weather", "arguments": {"city": "Oslo"}}] and msgs[2]["content"] == ""
+    assert msgs[3]["name"] == "get_weather" and msgs[5]["name"] == "add"  # (found by the call's id)
+    for bad, says in (([{"role": "assistant", "content": "x"}], "messages must end with the user's message or a tool result"),
+                      ([{"role": "robot", "content": "x"}], "role 'robot' is not supported"),
+                      ([{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{x"}}]}, {"role": "user", "content": "x"}],
+                       "arguments is not JSON")):  # fmt: skip
+        with pytest.raises(ValueError) as e:
+            check_messages(bad)
+        assert says in str(e.value)
+
+
+def test_hermes_replies_are_parsed_into_calls_and_the_text_around_them():
+    h = Hermes()
+    content, calls = h.parse('Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+                             '<tool_call>{"name": "add", "arguments": "{\\"a\\": 1, \\"b\\": 2}"}')  # (the last one unclosed: cut at the end)  # fmt: skip
+    assert content == "Let me look."
+    assert [(c["name"], c["arguments"]) for c in calls] == [("get_weather", {"city": "Paris"}), ("add", {"a": 1, "b": 2})]
+    assert h.parse("<tool_call>{broken</tool_call>") == ("<tool_call>{broken</tool_call>", [])  # (left as text)
+
+
+def test_the_generic_format_asks_in_a_system_message_and_writes_the_history_as_json():
+    tools = check_tools(TOOLS)
+    msgs = check_messages([
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "cold"},
+        {"role": "tool", "tool_call_id": "c1", "content": "windy"},
+    ])  # fmt: skip
+    out, extra = Generic().template_messages(msgs, tools)
+    assert extra == {} and out[0]["role"] == "system" and '"get_weather"' in out[0]["content"]
+    assert json.loads(out[2]["content"]) == {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]}
+    assert [m["role"] for m in out] == ["system", "user", "assistant", "user"]  # (two results: one user turn, for templates that alternate)
+    assert out[3]["content"].count("tool_response") == 2
+    assert Generic().parse('{"response": "It is cold."}') == ("It is cold.", [])
+    assert Generic().parse('{"tool_calls": [{"name": "add", "arguments": {"a": 1, "b": 2}}]}')[1][0]["arguments"] == {"a": 1, "b": 2}
+
+
+@pytest.mark.parametrize("choice,parallel,yes,no", [
+    ("auto", True, ['{"response": "hi"}', '{"tool_calls": [{"name": "add", "arguments": {"a": 1, "b": 2}}, {"name": "get_weather", "arguments": {"city": "Oslo"}}]}'],
+     ['{"tool_calls": [{"name": "sub", "arguments": {}}]}', '{"tool_calls": [{"name": "add", "arguments": {"a": 1}}]}', '{"tool_calls": []}']),
+    ("required", False, ['{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "C"}}]}'],
+     ['{"response": "hi"}', '{"tool_calls": [{"name": "add", "arguments": {"a": 1, "b": 2}}, {"name": "add", "arguments": {"a": 1, "b": 2}}]}']),
+])  # fmt: skip
+def test_the_generic_grammar_allows_exactly_the_calls_the_tools_declare(choice, parallel, yes, no):
+    g = parse(Generic().grammar(check_tools(TOOLS, choice, parallel)))
+    assert all(g.accepts(t) for t in yes) and not any(g.accepts(t) for t in no)
+
+
+def test_hermes_required_is_constrained_to_call_blocks():
+    g = parse(Hermes().grammar(check_tools(TOOLS, {"type": "function", "function": {"name": "add"}})))
+    assert g.accepts('<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>')
+    assert not g.accepts('<tool_call>\n{"name": "get_weather", "arguments": {"city": "x"}}\n</tool_call>')  # (not the named one)
+    assert Hermes().grammar(check_tools(TOOLS)) is None  # auto: free, parsed afterwards
+
+
+def test_a_model_without_a_tool_template_calls_through_the_generic_json_reply(model):
+    ended = 0
+    for seed in range(3):
+        r = model.chat(ASK, tools=TOOLS, tool_choice="required", temperature=1.0, seed=seed, max_tokens=200)
+        if model.last_stats.stop_reason == "eos":
+            ended += 1
+            assert r["tool_calls"] and all(_is_call(c) for c in r["tool_calls"]), r
+        r = model.chat(ASK, tools=TOOLS, temperature=1.0, seed=seed, max_tokens=200)
+        if model.last_stats.stop_reason == "eos":
+            ended += 1
+            assert all(_is_call(c) for c in r.get("tool_calls", [])) and isinstance(r["content"], str), r
+    assert ended >= 3  # (a random model: some replies run to max_tokens)
+
+
+@pytest.fixture(scope="module")
+def hermes_model(tmp_path_factory):
+    from tinymodel import write_tiny_model
+
+    return Model(Engine(write_tiny_model(tmp_path_factory.mktemp("hermes") / "t.gguf", "llama", chat_template=HERMES_TEMPLATE), n_ctx=1024, n_batch=256))
+
+
+def test_a_hermes_template_gets_the_tools_and_the_history_as_it_writes_them(hermes_model):
+    s = hermes_model.session()
+    s.tools = check_tools(TOOLS)
+    msgs = check_messages(ASK + [
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ])  # fmt: skip
+    text = hermes_model.tokenizer.decode(s._render(msgs))
+    assert '{"name": "get_weather", "description": "The weather in a city"' in text
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in text
+    assert "<tool_response>\nsunny\n</tool_response>" in text
+    ended = 0
+    for seed in range(4):
+        r = hermes_model.chat(ASK, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}}, temperature=1.0,
+                              seed=seed, max_tokens=300, parallel_tool_calls=False)  # fmt: skip
+        if hermes_model.last_stats.stop_reason == "eos":
+            ended += 1
+            assert r["tool_calls"] and all(c["name"] == "get_weather" and _is_call(c) for c in r["tool_calls"]), r
+    assert ended  # (a random model: some replies run to max_tokens)
+
+
+def test_the_server_answers_tool_calls_as_openai_does(server):
+    body = {"messages": ASK, "tools": TOOLS, "tool_choice": "required", "parallel_tool_calls": False, "max_tokens": 300, "seed": 3}
+    status, text = call(server, "POST", "/v1/chat/completions", body)
+    ch = json.loads(text)["choices"][0]
+    assert status == 200, text
+    if ch["finish_reason"] == "tool_calls":
+        [c] = ch["message"]["tool_calls"]
+        assert c["type"] == "function" and c["id"].startswith("call_") and ch["message"]["content"] is None
+        assert _is_call({"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}), c
+    status, text = call(server, "POST", "/v1/chat/completions", {**body, "stream": True})
+    chunks = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    if chunks[-1]["choices"][0]["finish_reason"] == "tool_calls":
+        [tc] = [d["tool_calls"] for d in deltas if "tool_calls" in d]
+        assert tc[0]["index"] == 0 and tc[0]["function"]["name"] in ("add", "get_weather"), tc
+    for bad, says in (({"tools": [{"type": "function"}]}, "tools[0] must be"), ({"tool_choice": "required"}, "tool_choice needs tools"),
+                      ({"tools": TOOLS, "response_format": {"type": "json_object"}, "tool_choice": "required"}, "tools constrain the reply")):  # fmt: skip
+        status, text = call(server, "POST", "/v1/chat/completions", {"messages": ASK, **bad})
+        assert status == 400 and says in json.loads(text)["error"]["message"], text
+
+
+def test_the_server_answers_tool_calls_as_ollama_does(server):
+    msgs = ASK + [{"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+                  {"role": "tool", "tool_name": "get_weather", "content": "sunny"}]  # fmt: skip
+    status, text = call(server, "POST", "/api/chat", {"messages": msgs, "tools": TOOLS, "stream": False, "options": {"num_predict": 200, "seed": 1}})
+    assert status == 200, text
+    msg = json.loads(text)["message"]
+    assert msg["role"] == "assistant" and isinstance(msg["content"], str)
+    assert all(_is_call(c["function"]) and isinstance(c["function"]["arguments"], dict) for c in msg.get("tool_calls", [])), msg

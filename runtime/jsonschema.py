@@ -14,9 +14,11 @@ Supported (anything else raises :class:`SchemaError`, naming the keyword and whe
 - array: ``items``, ``prefixItems``, ``minItems``, ``maxItems``, ``uniqueItems: false``.
 - string: ``minLength``, ``maxLength`` (characters, an escape counting one), ``format`` date,
   time, date-time (RFC 3339, with an offset) and uuid.  ``pattern`` and other formats: refused.
-- number / integer: JSON's number syntax (integer: no fraction, no exponent).  Bounds are enforced,
-  not ignored, and so only these are accepted: ``minimum: 0`` (no minus sign), ``exclusiveMinimum:
-  0`` (positive) and, for integers, ``minimum: 1``.  Other bounds and ``multipleOf``: refused.
+- number / integer: JSON's number syntax (integer: no fraction, no exponent), at most 16 digits a
+  part.  Bounds are enforced, not ignored: an integer takes any ``minimum`` / ``maximum`` /
+  ``exclusiveMinimum`` / ``exclusiveMaximum`` (a digit-by-digit grammar of the range); a number
+  only ``minimum: 0`` (no minus sign) and ``exclusiveMinimum: 0`` (positive).  Other bounds and
+  ``multipleOf``: refused.
 - ``enum`` / ``const`` of any JSON values (only ``type`` is applied to them, other sibling keywords
   are not), ``anyOf`` / ``oneOf`` (as alternatives: a value matching two ``oneOf`` branches is not
   refused), ``allOf`` of one schema, ``$ref`` to a local JSON pointer (``#``, ``#/$defs/Name``,
@@ -53,21 +55,22 @@ _TYPED = {  # the keywords each type reads; a keyword of another type does not a
     "object": {"properties", "required", "additionalProperties"},
     "array": {"items", "prefixItems", "minItems", "maxItems", "uniqueItems"},
     "string": {"minLength", "maxLength", "format"},
-    "number": {"minimum", "exclusiveMinimum"},
-    "integer": {"minimum", "exclusiveMinimum"},
+    "number": {"minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"},
+    "integer": {"minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"},
     "boolean": set(),
     "null": set(),
 }
 _KNOWN = _ANNOTATIONS | {"type", "enum", "const", "anyOf", "oneOf", "allOf", "$ref"} | set().union(*_TYPED.values())
 _HINTS = {
     "pattern": "use enum, format or length bounds instead, or remove it",
-    "maximum": "only minimum 0, exclusiveMinimum 0 and integer minimum 1 are enforced; remove it",
-    "exclusiveMaximum": "only minimum 0, exclusiveMinimum 0 and integer minimum 1 are enforced; remove it",
+    "maximum": "a number (not integer) takes only minimum 0 or exclusiveMinimum 0; use type integer for a range, or remove it",
+    "exclusiveMaximum": "a number (not integer) takes only minimum 0 or exclusiveMinimum 0; use type integer for a range, or remove it",
     "multipleOf": "remove it",
     "minProperties": "list the keys in properties and required instead",
     "maxProperties": "remove it, or list the allowed keys in properties",
 }
 # numbers: at most 16 digits a part (as llama.cpp's json grammar): a model looping on a digit stops
+INT_DIGITS = 16
 MAX_BOUND = 1000  #: the largest repetition bound gbnf.parse accepts (minLength, maxItems, ...)
 
 _CHAR = r'[^"\\\x7F\x00-\x1F]'  # a string character that needs no escape
@@ -159,6 +162,72 @@ def _type_of(v: Any) -> set[str]:
 
 def _pointer(part: str) -> str:
     return part.replace("~", "~0").replace("/", "~1")
+
+
+def _int_bounds(schema: dict, path: str) -> tuple[int | None, int | None]:
+    """An integer schema's inclusive bounds (None: unbounded) from minimum / maximum / exclusive*."""
+    lo = hi = None
+    for kw in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        if kw not in schema:
+            continue
+        v = schema[kw]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise SchemaError(f'json schema: "{kw}" at {path} must be a number, got {v!r:.40}')
+        if abs(v) >= 10**INT_DIGITS:
+            raise SchemaError(f'json schema: "{kw}": {v!r} at {path} is past the {INT_DIGITS} digits an integer may have here')
+        if kw.endswith("inimum"):
+            b = math.floor(v) + 1 if kw == "exclusiveMinimum" else math.ceil(v)
+            lo = b if lo is None else max(lo, b)
+        else:
+            b = math.ceil(v) - 1 if kw == "exclusiveMaximum" else math.floor(v)
+            hi = b if hi is None else min(hi, b)
+    if lo is not None and hi is not None and lo > hi:
+        raise SchemaError(f"json schema: no integer lies between the bounds at {path} ({lo} > {hi})")
+    return lo, hi
+
+
+def _same_length(x: str, y: str) -> str:
+    """The digit strings of x's length from x to y (x <= y, no sign), as a GBNF expression."""
+    n = len(x) - 1
+    if n == 0:
+        return f"[{x}-{y}]" if x != y else f'"{x}"'
+    if x[0] == y[0]:
+        return f'"{x[0]}" ({_same_length(x[1:], y[1:])})'
+    if x[1:] == "0" * n and y[1:] == "9" * n:
+        return f"[{x[0]}-{y[0]}] [0-9]{{{n}}}"
+    alts = [f'"{x[0]}" ({_same_length(x[1:], "9" * n)})']
+    if int(x[0]) + 1 <= int(y[0]) - 1:
+        alts.append(f"[{int(x[0]) + 1}-{int(y[0]) - 1}] [0-9]{{{n}}}")
+    alts.append(f'"{y[0]}" ({_same_length("0" * n, y[1:])})')
+    return " | ".join(alts)
+
+
+def _nonneg_range(a: int, b: int | None) -> list[str]:
+    """Alternatives for the integers a..b (b None: no upper bound), 0 <= a, written without leading zeros."""
+    alts = []
+    top = len(str(b)) if b is not None else INT_DIGITS
+    for length in range(len(str(a)), top + 1):
+        lo = max(a, 10 ** (length - 1) if length > 1 else 0)
+        hi = min(b, 10**length - 1) if b is not None else 10**length - 1
+        if lo > hi:
+            continue
+        if b is None and lo == 10 ** (length - 1) and length > 1:  # every longer number: one alternative
+            alts.append(f"[1-9] [0-9]{{{length - 1},{INT_DIGITS - 1}}}")
+            break
+        alts.append(_same_length(str(lo), str(hi)))
+    return alts
+
+
+def _int_range(lo: int | None, hi: int | None) -> str:
+    """A GBNF expression for the JSON integers in [lo, hi] (None: unbounded), one parse each."""
+    alts = []
+    if lo is None or lo < 0:  # the negatives: a minus, then their magnitudes -min(hi, -1) .. -lo
+        top = None if lo is None else -lo
+        least = 1 if hi is None or hi >= 0 else -hi
+        alts += [f'"-" ({a})' for a in _nonneg_range(least, top)]
+    if hi is None or hi >= 0:
+        alts += _nonneg_range(max(lo or 0, 0) if lo is not None else 0, hi)
+    return " | ".join(f"({a})" for a in alts)
 
 
 class _Converter:
@@ -342,11 +411,13 @@ class _Converter:
         return self._builtin(t)
 
     def _number(self, t: str, schema: dict, path: str) -> str:
-        bounds = {k: schema[k] for k in ("minimum", "exclusiveMinimum") if k in schema}
+        if t == "integer":
+            lo, hi = _int_bounds(schema, path)
+            builtin = {(None, None): "integer", (0, None): "integer-nonneg", (1, None): "integer-pos"}.get((lo, hi))
+            return self._builtin(builtin) if builtin else self._rule("int-range", _int_range(lo, hi), exact=False)
+        bounds = {k: schema[k] for k in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum") if k in schema}
         key = tuple((k, v) for k, v in bounds.items() if not isinstance(v, bool))
         known = {(): t, (("minimum", 0),): f"{t}-nonneg", (("exclusiveMinimum", 0),): f"{t}-pos"}
-        if t == "integer":
-            known[(("minimum", 1),)] = "integer-pos"
         if key not in known or len(key) != len(bounds):
             kw = next(iter(bounds))
             raise SchemaError(f'json schema: "{kw}": {bounds[kw]!r} at {path} is not supported; {_HINTS["maximum"]}')

@@ -122,6 +122,9 @@ CASES = [  # (id, schema, valid values, invalid texts)
     ("number", {"type": "number"}, [0, -1, 1.25, 1e100, -2.5e-07], ['01', '1.', '.5', '+1', '1e', '--1', 'NaN']),
     ("integer-nonneg", {"type": "integer", "minimum": 0}, [0, 7, 120], ['-1', '1.0', '007']),  # 1.0: no fraction
     ("integer-pos", {"type": "integer", "exclusiveMinimum": 0}, [1, 99], ['0', '-5']),
+    ("integer-range", {"type": "integer", "minimum": -12, "maximum": 305}, [-12, -1, 0, 9, 10, 99, 100, 299, 305],
+     ['-13', '-0', '306', '999', '1000', '007', '3050']),
+    ("integer-exclusive", {"type": "integer", "exclusiveMinimum": 17.5, "exclusiveMaximum": 100}, [18, 50, 99], ['17', '100', '-20']),
     ("number-pos", {"type": "number", "exclusiveMinimum": 0}, [1, 0.5, 0.001, 3e-9, 10.0],
      ['0', '0.0', '0.000', '0e5', '-1', '-0.5']),
     ("formats", {"type": "object", "properties": {"d": {"type": "string", "format": "date"},
@@ -203,13 +206,23 @@ def test_a_recursive_schema_gives_a_recursive_rule():
     assert grammar(TREE).accepts(json.dumps(deep))
 
 
+@pytest.mark.parametrize("lo,hi", [(0, 120), (1, 12), (-5, 5), (-300, -17), (18, None), (None, -3), (None, 42), (7, 7), (95, 1005), (-1000, 0)])
+def test_an_integer_range_is_exactly_its_integers(lo, hi):
+    schema = {"type": "integer", **({"minimum": lo} if lo is not None else {}), **({"maximum": hi} if hi is not None else {})}
+    g = grammar(schema)
+    assert all(g.accepts(str(v)) == ((lo is None or v >= lo) and (hi is None or v <= hi)) for v in range(-1100, 1100))
+    assert not any(g.accepts(t) for t in ("007", "-0", "00", "1.0"))
+
+
 @pytest.mark.parametrize("schema,message", [
     (False, "accepts nothing"),
     ({"type": "string", "pattern": "^[0-9]{5}$"}, '"pattern" at # is not supported'),
     ({"type": "object", "properties": {"zip": {"type": "string", "pattern": "x"}}},
      '"pattern" at #/properties/zip is not supported'),
-    ({"$defs": {"A": {"type": "integer", "maximum": 9}}, "$ref": "#/$defs/A"}, '"maximum" at #/$defs/A'),
-    ({"type": "integer", "minimum": 5}, '"minimum": 5 at #'),
+    ({"$defs": {"A": {"type": "number", "maximum": 9}}, "$ref": "#/$defs/A"}, '"maximum": 9 at #/$defs/A'),
+    ({"type": "number", "minimum": 5}, '"minimum": 5 at #'),
+    ({"type": "integer", "minimum": 5, "exclusiveMaximum": 5}, "no integer lies between the bounds at # (5 > 4)"),
+    ({"type": "integer", "maximum": 1e20}, "past the 16 digits"),
     ({"type": "number", "multipleOf": 2}, '"multipleOf"'),
     ({"type": "string", "format": "email"}, "'email'"),
     ({"type": "string", "format": "date", "maxLength": 3}, "format"),

@@ -1,5 +1,5 @@
 """Llama family: Llama 2/3, Mistral, SmolLM2, TinyLlama (and Qwen2 via its QKV bias, Qwen3 via
-its QK-norm).
+its QK-norm, OLMoE via its QK-norm over all heads at once).
 
 Pre-norm decoder: RMSNorm -> attention (GQA, RoPE) -> residual -> RMSNorm ->
 SwiGLU FFN -> residual; tied or separate output head.
@@ -14,6 +14,7 @@ import numpy as np
 
 from ..cache.base import KVCache, LayerSpec
 from ..loaders.config import ModelConfig
+from ..loaders.errors import GGUFError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
 from .common import Model, WeightLoader, make_rope
@@ -31,17 +32,19 @@ class LlamaLayer:
     bk: Any
     bv: Any
     q_norm: Any  # [head_dim] or None (Qwen3 RMS-normalises each head of Q and K before RoPE)
-    k_norm: Any
+    k_norm: Any  # or [n_head*head_dim] and [n_head_kv*head_dim] (OLMo 2, OLMoE: one norm over all heads)
     ffn_norm: Any  # [n_embd]
     w_gate: Weight  # [n_ff, n_embd]
     w_up: Weight  # [n_ff, n_embd]
     w_down: Weight  # [n_embd, n_ff]
     rope: bool = True  # False: this layer's attention has no positional encoding (SmolLM3's NoPE layers)
     moe: MoE | None = None  # a mixture-of-experts FFN (Mixtral, Qwen3-MoE) in place of w_gate/w_up/w_down
+    qk_norm_full: bool = False  # q_norm/k_norm span all heads' width, not one head's
 
 
 class LlamaModel(Model):
     archs = ("llama", "mistral")
+    ffn_act: str = "silu"  # the gated FFN's activation (Gemma's: "gelu", tanh-approximated)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
@@ -58,6 +61,12 @@ class LlamaModel(Model):
         if c.n_expert > 0 and w.has("ffn_gate_inp", i):
             moe = load_moe(w, i, c.n_expert, c.n_expert_used, c.n_ff_exp, c.n_embd, c.expert_weights_norm)
         dense = moe is None
+        q_norm = w.vector("q_norm", i, required=False)
+        # the file says which QK-norm it is by the norm's width: one head's (Qwen3), or all heads' (OLMo 2, OLMoE)
+        qk_norm_full = q_norm is not None and q_norm.shape[0] != c.head_dim
+        if qk_norm_full and q_norm.shape[0] != c.n_head * c.head_dim:
+            raise GGUFError(f"{w.g.path}: blk.{i}.attn_q_norm has {q_norm.shape[0]} weights, expected {c.head_dim} or "
+                            f"{c.n_head * c.head_dim}; the file is not a supported model")  # fmt: skip
         return LlamaLayer(
             attn_norm=w.vector("attn_norm", i),
             wq=w.matrix("wq", i),
@@ -67,13 +76,14 @@ class LlamaModel(Model):
             bq=w.vector("bq", i, required=False),
             bk=w.vector("bk", i, required=False),
             bv=w.vector("bv", i, required=False),
-            q_norm=w.vector("q_norm", i, required=False),
+            q_norm=q_norm,
             k_norm=w.vector("k_norm", i, required=False),
             ffn_norm=w.vector("ffn_norm", i),
             w_gate=w.matrix("w_gate", i) if dense else None,
             w_up=w.matrix("w_up", i) if dense else None,
             w_down=w.matrix("w_down", i) if dense else None,
             moe=moe,
+            qk_norm_full=qk_norm_full,
         )
 
     def add_output(self, x: Any, o: Any, product: Callable[[Any, bool], None]) -> None:
@@ -85,6 +95,23 @@ class LlamaModel(Model):
             product(o, False)
             self.be.scale(o, self.cfg.residual_scale)
             self.be.add(x, o)
+
+    def qk_norm_rope(self, L: LlamaLayer, q: Any, k: Any, q3: Any, k3: Any, pos: Any, cos: Any, sin: Any) -> None:
+        """A layer's QK-norm, if it has one, then RoPE (unless it is a NoPE layer) of a step's queries and keys,
+        in place: ``q``/``k`` ``[T, n_head(_kv)*head_dim]``, ``q3``/``k3`` the same memory by head."""
+        c, be = self.cfg, self.be
+        if L.qk_norm_full:  # over the whole projection, before it is cut into heads
+            be.rms_norm(q, L.q_norm, c.norm_eps, q)
+            be.rms_norm(k, L.k_norm, c.norm_eps, k)
+            be.rope_qk(q3, k3, pos, cos, sin, c.rope_neox)
+        elif L.q_norm is not None:
+            be.norm_rope_qk(q3, k3, L.q_norm, L.k_norm, c.norm_eps, pos, cos, sin, c.rope_neox)
+        elif L.rope:
+            be.rope_qk(q3, k3, pos, cos, sin, c.rope_neox)
+
+    def embedding_scale(self) -> float:
+        """What the token embeddings are multiplied by (Granite states it in the file; Gemma fixes it)."""
+        return self.cfg.embedding_scale
 
     def rope_factors(self, w: WeightLoader, n_ctx: int) -> np.ndarray | None:
         """Per-frequency rope factors: Llama 3.1+'s long-context scaling (one tensor for all layers)."""
@@ -114,8 +141,8 @@ class LlamaModel(Model):
 
         o = buf.get("o", T, c.n_embd) if c.residual_scale != 1.0 else None  # (Granite) a block's output
         be.get_rows(self.tok_embd, tokens, x)
-        if c.embedding_scale != 1.0:
-            be.scale(x, c.embedding_scale)
+        if self.embedding_scale() != 1.0:
+            be.scale(x, self.embedding_scale())
         for il, L in enumerate(self.layers):
             be.norm_linear_many(x, L.attn_norm, c.norm_eps, xn, (L.wq, L.wk, L.wv), (q, k, v))
             self.trace("attn_norm", il, xn)
@@ -123,18 +150,15 @@ class LlamaModel(Model):
                 be.add_bias(q, L.bq)
                 be.add_bias(k, L.bk)
                 be.add_bias(v, L.bv)
-            if L.q_norm is not None:
-                be.norm_rope_qk(q3, k3, L.q_norm, L.k_norm, c.norm_eps, pos, self.rope_cos, self.rope_sin, c.rope_neox)
-            elif L.rope:
-                be.rope_qk(q3, k3, pos, self.rope_cos, self.rope_sin, c.rope_neox)
+            self.qk_norm_rope(L, q, k, q3, k3, pos, self.rope_cos, self.rope_sin)
             cache[il].update_and_attend(q3, k3, v3, pos, att3)
             self.trace("kqv_out", il, att)
             self.add_output(x, o, lambda out, acc: (be.linear_add if acc else be.linear)(L.wo, att, out))
             if L.moe is not None:
                 be.rms_norm(x, L.ffn_norm, c.norm_eps, xn)
-                moe_add(be, L.moe, xn, x, buf)
+                self.add_output(x, o, lambda out, acc: moe_add(be, L.moe, xn, out, buf, accumulate=acc))
             else:
                 be.norm_linear_many(x, L.ffn_norm, c.norm_eps, xn, (L.w_gate, L.w_up), (gate, up))
-                self.add_output(x, o, lambda out, acc: be.linear_glu(L.w_down, gate, up, out, "silu", accumulate=acc))
+                self.add_output(x, o, lambda out, acc: be.linear_glu(L.w_down, gate, up, out, self.ffn_act, accumulate=acc))
             self.trace("l_out", il, x)
         self.output_head(x, out_rows, logits)

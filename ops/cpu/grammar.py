@@ -275,6 +275,7 @@ def token_mask(g, t, s0, vdata, voff, vid, lcp, allowed, depth, out, work):
     vdata/voff [n+1]: the tokens' bytes in sorted order, vid [n] their ids, lcp [n] the bytes each
     shares with the one before; depth [max_len + 1] int32 scratch.  0, or FULL / AMBIGUOUS."""
     allowed[:] = 0
+    trans = t[5]
     depth[0] = s0
     valid = 0  # depth[0..valid] hold the states of the previous token's prefixes
     dead_at = 1 << 30  # the previous token's prefix of this length was found dead
@@ -287,7 +288,9 @@ def token_mask(g, t, s0, vdata, voff, vid, lcp, allowed, depth, out, work):
         s = depth[d]
         dead_at = 1 << 30
         for k in range(d, n):
-            s = next_state(g, t, s, vdata[a + k], out, work)
+            c = vdata[a + k]
+            v = trans[s, c]  # (the walk is this lookup: a new transition is made once)
+            s = v if v != UNKNOWN else next_state(g, t, s, c, out, work)
             if s < 0:
                 if s != DEAD:
                     return s

@@ -1,7 +1,7 @@
 """Model hyperparameters read from GGUF metadata.
 
 One typed ``ModelConfig`` covers the llama family (llama, mistral-style, smollm3, granite), qwen2,
-qwen3, qwen3moe, phi3, gemma2 and gemma3.  Per-architecture defaults that llama.cpp hard-codes (Gemma 2's and 3's
+qwen3, qwen3moe, phi3, gemma2, gemma3 and olmo2.  Per-architecture defaults that llama.cpp hard-codes (Gemma 2's and 3's
 sliding-window layer patterns, Gemma 3's local rope base) live in ``_ARCH_DEFAULTS``
 so the numbers are in one place.
 """
@@ -15,7 +15,7 @@ from typing import Any
 from .errors import GGUFError, UnsupportedModelError
 from .gguf_file import GGUFFile
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma2", "gemma3")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma2", "gemma3", "olmo2")
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -32,6 +32,8 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # Gemma 3: 5 sliding-window layers then 1 global, local rope base 10k,
     # embeddings scaled by sqrt(n_embd), GELU-gated FFN.
     "gemma3": {"rope_neox": True, "swa_pattern": 6, "rope_theta_swa": 10_000.0},
+    # OLMo 2 (no window); OLMo 3, under the same name, states a window: 3 window layers then 1 global.
+    "olmo2": {"rope_neox": True, "swa_pattern": 4},
 }
 
 

@@ -8,6 +8,7 @@ from .gemma2 import Gemma2Model
 from .gemma3 import Gemma3Model
 from .granite import GraniteModel
 from .llama import LlamaModel
+from .olmo2 import Olmo2Model
 from .phi3 import Phi3Model
 from .qwen2 import Qwen2Model
 from .qwen3 import Qwen3Model
@@ -15,7 +16,7 @@ from .qwen3moe import Qwen3MoeModel
 from .smollm3 import SmolLM3Model
 
 MODEL_CLASSES: dict[str, type[Model]] = {}
-for _cls in (LlamaModel, SmolLM3Model, GraniteModel, Qwen2Model, Qwen3Model, Qwen3MoeModel, Phi3Model, Gemma2Model, Gemma3Model):
+for _cls in (LlamaModel, SmolLM3Model, GraniteModel, Qwen2Model, Qwen3Model, Qwen3MoeModel, Phi3Model, Gemma2Model, Gemma3Model, Olmo2Model):
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

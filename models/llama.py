@@ -61,12 +61,7 @@ class LlamaModel(Model):
         if c.n_expert > 0 and w.has("ffn_gate_inp", i):
             moe = load_moe(w, i, c.n_expert, c.n_expert_used, c.n_ff_exp, c.n_embd, c.expert_weights_norm)
         dense = moe is None
-        q_norm = w.vector("q_norm", i, required=False)
-        # the file says which QK-norm it is by the norm's width: one head's (Qwen3), or all heads' (OLMo 2, OLMoE)
-        qk_norm_full = q_norm is not None and q_norm.shape[0] != c.head_dim
-        if qk_norm_full and q_norm.shape[0] != c.n_head * c.head_dim:
-            raise GGUFError(f"{w.g.path}: blk.{i}.attn_q_norm has {q_norm.shape[0]} weights, expected {c.head_dim} or "
-                            f"{c.n_head * c.head_dim}; the file is not a supported model")  # fmt: skip
+        q_norm, k_norm, qk_norm_full = self.load_qk_norm(w, i, required=False)
         return LlamaLayer(
             attn_norm=w.vector("attn_norm", i),
             wq=w.matrix("wq", i),
@@ -77,7 +72,7 @@ class LlamaModel(Model):
             bk=w.vector("bk", i, required=False),
             bv=w.vector("bv", i, required=False),
             q_norm=q_norm,
-            k_norm=w.vector("k_norm", i, required=False),
+            k_norm=k_norm,
             ffn_norm=w.vector("ffn_norm", i),
             w_gate=w.matrix("w_gate", i) if dense else None,
             w_up=w.matrix("w_up", i) if dense else None,
@@ -85,6 +80,25 @@ class LlamaModel(Model):
             moe=moe,
             qk_norm_full=qk_norm_full,
         )
+
+    def load_qk_norm(self, w: WeightLoader, i: int, required: bool) -> tuple[Any, Any, bool]:
+        """Layer i's QK-norm weights (None, None where it has none) and whether they span all heads.
+
+        The file says which norm it is by the weights' width: one head's (Qwen3: ``[head_dim]``, every
+        head normalised alone), or all heads' (OLMo 2, OLMoE: ``[n_head*head_dim]`` and
+        ``[n_head_kv*head_dim]``, the whole projection normalised at once)."""
+        c = self.cfg
+        q_norm = w.vector("q_norm", i, required=required)
+        if q_norm is None:
+            return None, None, False
+        k_norm = w.vector("k_norm", i)  # (one for Q, one for K)
+        full = q_norm.shape[0] != c.head_dim
+        widths = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim) if full else (c.head_dim, c.head_dim)
+        if (q_norm.shape[0], k_norm.shape[0]) != widths:
+            raise GGUFError(f"{w.g.path}: blk.{i}.attn_q_norm/attn_k_norm have {q_norm.shape[0]}/{k_norm.shape[0]} weights, "
+                            f"expected {c.head_dim}/{c.head_dim} or {c.n_head * c.head_dim}/{c.n_head_kv * c.head_dim}; "
+                            "the file is not a supported model")  # fmt: skip
+        return q_norm, k_norm, full
 
     def add_output(self, x: Any, o: Any, product: Callable[[Any, bool], None]) -> None:
         """``x += `` a block's output, which ``product(out, accumulate)`` computes into ``out``: straight

@@ -1,9 +1,10 @@
-"""Mixture-of-experts FFN (Mixtral, Qwen3-MoE): a router picks ``n_expert_used`` of the layer's
-``n_expert`` SwiGLU experts per token and the token's FFN output is their weighted sum.
+"""Mixture-of-experts FFN (Mixtral, Qwen3-MoE, Granite MoE, OLMoE): a router picks ``n_expert_used``
+of the layer's ``n_expert`` SwiGLU experts per token and the token's FFN output is their weighted sum.
 
 As llama.cpp's ``build_moe_ffn`` with softmax gating: ``p = softmax(W_router x)`` over all experts,
 the top ``k`` by ``p`` (ties to the lower index), their weights ``p`` renormalised to sum 1 (unless
-the file's ``expert_weights_norm`` says not to), each expert ``down(silu(gate x) * up x)``.
+the file's ``expert_weights_norm``, or the architecture's default, says not to: OLMoE's), each
+expert ``down(silu(gate x) * up x)``.
 
 The experts' weights are the file's 3-D tensors ``[n_expert, rows, cols]``, held stacked as
 ``[n_expert * rows, cols]`` (a view of the memory map); :func:`expert` cuts one expert's rows.  Tokens are grouped by expert, so prefill
@@ -67,9 +68,12 @@ def route(logits: np.ndarray, k: int, norm_weights: bool) -> tuple[np.ndarray, n
     return top, wts.astype(np.float32)
 
 
-def moe_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers) -> None:
-    """``x += MoE(xn)`` for the ``T`` tokens of ``xn`` (the FFN-normed residual stream)."""
+def moe_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers, accumulate: bool = True) -> None:
+    """``x += MoE(xn)`` for the ``T`` tokens of ``xn`` (the FFN-normed residual stream); ``accumulate``
+    False: ``x = MoE(xn)`` (Granite scales the FFN's output before its residual add)."""
     T, n_embd = xn.shape
+    if not accumulate:
+        x.fill(0.0)
     n_ff = moe.gate.shape[0] // moe.n_expert
     logits = buf.get("moe_router", T, moe.n_expert)
     be.linear(moe.router, xn, logits)

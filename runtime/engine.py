@@ -30,8 +30,7 @@ from ..ops import get_backend
 from ..ops.cpu.blas import set_blas_threads
 from ..ops.cpu.parallel import num_threads
 from .gbnf import compiled
-from .grammar import GrammarConstraint
-from .jsonmode import JsonConstraint
+from .grammar import JSON_OBJECT, GrammarConstraint
 from .sampling import Sampler, SamplerConfig
 from .threads import ThreadTuner
 
@@ -114,7 +113,7 @@ class GenRequest:
     #: -1: none; N >= 0: record each generated token's log-probability under the model (log-softmax of
     #: the raw logits: before temperature, penalties and truncation, as OpenAI's logprobs) and the N likeliest
     logprobs: int = -1
-    #: constrain the text to one JSON object (runtime/jsonmode.py), as Ollama's format "json"
+    #: constrain the text to one JSON object (runtime/grammar.py's JSON_OBJECT), as Ollama's format "json"
     json_mode: bool = False
     #: constrain the text to a GBNF grammar's language (runtime/grammar.py), as llama.cpp's --grammar;
     #: a JSON schema comes here converted (runtime/jsonschema.py)
@@ -352,8 +351,8 @@ class Engine:
         logits = self.eval(cache, prompt, on_device=on_device)[-1]
         stats.n_prompt, stats.t_prompt = len(prompt), time.perf_counter() - t0
         eot = self.tokenizer.eot_ids
-        constraint = (GrammarConstraint(self.tokenizer, self.cfg.n_vocab, req.grammar) if req.grammar is not None
-                      else JsonConstraint(self.tokenizer, self.cfg.n_vocab) if req.json_mode else None)  # fmt: skip
+        grammar = req.grammar if req.grammar is not None else JSON_OBJECT if req.json_mode else None
+        constraint = GrammarConstraint(self.tokenizer, self.cfg.n_vocab, grammar) if grammar is not None else None
         ngrams = NgramIndex(history) if req.lookup else None
         confirmed: list[tuple[int, Any]] = []  # lookup: drafted tokens the model confirmed (in the cache), with their logits
         backoff, resume_at = 1, 0  # lookup: after a draft wholly refused, none for `backoff` tokens (doubling while refused)

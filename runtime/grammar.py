@@ -1,5 +1,7 @@
 """Grammar-constrained generation: llama.cpp's ``--grammar`` / ``--json-schema``, OpenAI's
-``response_format: {"type": "json_schema"}``, Ollama's ``format: {schema}``.
+``response_format: {"type": "json_schema"}``, Ollama's ``format: {schema}``, and JSON mode (Ollama's
+``format: "json"``, OpenAI's ``{"type": "json_object"}``): the grammar of any one JSON object,
+:data:`JSON_OBJECT`.
 
 Before each draw every token that would take the text out of the grammar's language gets a logit of
 -inf; end-of-generation tokens are allowed only where the text may end, and are then the only ones
@@ -23,9 +25,12 @@ import numpy as np
 from ..loaders.tokenizer import Tokenizer
 from ..ops.cpu import grammar as kern
 from .gbnf import Grammar, GrammarError, compiled
+from .jsonschema import schema_to_gbnf
 
 MASK_CACHE_BYTES = 64 << 20  #: the masks kept per grammar, in bytes (a byte a vocabulary entry)
 MATCHERS_KEPT = 8  #: grammars whose automata are kept for the next request
+#: JSON mode's grammar: one JSON object, any keys and values (whitespace as jsonschema.py bounds it)
+JSON_OBJECT = schema_to_gbnf({"type": "object"})
 
 
 class VocabIndex:

@@ -13,7 +13,7 @@ Options (``options: {...}``): ``num_predict``, ``temperature``, ``top_k``, ``top
 (``num_ctx``, ``num_gpu``, ...) are fixed when the server starts and ignored here, as the
 ``model`` field is (the server holds one).  ``think: false`` asks the chat template for replies
 without a reasoning block (Qwen3's ``enable_thinking``); ``format: "json"`` constrains the reply to
-one JSON object (``jsonmode.py``), ``format: {schema}`` to the JSON a schema allows (``grammar.py``).
+one JSON object, ``format: {schema}`` to the JSON a schema allows (``grammar.py``).
 ``/api/generate`` wraps the prompt (and ``system``) in the chat template unless ``raw`` is true, as Ollama does.
 """
 

@@ -1,4 +1,4 @@
-"""JSON mode (ops/cpu/jsonfsm.py, runtime/jsonmode.py): the reply stays a prefix of one JSON object,
+"""JSON mode (runtime/grammar.py's JSON_OBJECT grammar): the reply stays a prefix of one JSON object,
 ends only when the object is closed; Ollama's format "json" and OpenAI's json_object ask for it."""
 
 from __future__ import annotations
@@ -10,24 +10,23 @@ import pytest
 import test_server
 from test_server import CHAT, call
 
-from kvrun.ops.cpu import jsonfsm
-from kvrun.runtime.jsonmode import JsonConstraint
+from kvrun.runtime.gbnf import parse
+from kvrun.runtime.grammar import JSON_OBJECT, GrammarConstraint
 
 model, server = test_server.model, test_server.server  # the fixtures of test_server.py: a tiny model served
 
 
 def run(text: str) -> tuple[bool, bool]:
-    """(is a JSON-object prefix, is a whole JSON object)."""
-    s = jsonfsm.new_state()
-    for c in text.encode():
-        if not jsonfsm.step(s, c):
-            return False, False
-    return True, int(s[0]) == jsonfsm.DONE
+    """(is a JSON-object prefix, is a whole JSON object), by the grammar's reference matcher."""
+    g = parse(JSON_OBJECT)
+    return g.accepts_prefix(text), g.accepts(text)
 
 
 @pytest.mark.parametrize("text,prefix,whole", [
     ('{}', True, True),
-    ('  {"a": 1}', True, True),
+    ('{"a":1}', True, True),
+    ('{\n  "a": {\n    "b": 1\n  }\n}', True, True),
+    ('  {"a": 1}', False, False),  # (nothing around the object)
     ('{"a": [1, -0.5, 2e10, 3E-2, true, false, null, {"b": "x\\u00e9\\n"}, []]}', True, True),
     ('{"a": "caf\xc3\xa9"}', True, True),
     ('{"a": tr', True, False),
@@ -48,16 +47,17 @@ def test_the_automaton_knows_a_json_object_and_its_prefixes(text, prefix, whole)
 
 
 def test_the_token_mask_is_every_token_run_from_the_state(model):
-    c = JsonConstraint(model.tokenizer, model.config.n_vocab)
+    c = GrammarConstraint(model.tokenizer, model.config.n_vocab, JSON_OBJECT)
+    g = parse(JSON_OBJECT)
     for pre in ("", '{"name": "Fe', '{"n": 12', '{"a": [1, {"b": ', '{"a": "x\\'):
-        c.state = jsonfsm.new_state()
-        for ch in pre.encode():
-            assert jsonfsm.step(c.state, ch)
+        c.state = c.matcher.advance(c.matcher.start, pre.encode())
         masked = c.mask(np.zeros(model.config.n_vocab, np.float32))
         for t in range(model.config.n_vocab):
             text = model.tokenizer.token_bytes(t, special=False)
-            s = c.state.copy()
-            want = bool(text) and all(jsonfsm.step(s, b) for b in text)
+            try:
+                want = bool(text) and g.accepts_prefix(pre + text.decode())
+            except UnicodeDecodeError:
+                continue  # (a partial character: test_grammar.py)
             assert (masked[t] == 0) == want, (pre, t, text)
         assert np.isneginf(masked[sorted(model.tokenizer.eot_ids)]).all()  # no end before the object closes
 

@@ -44,6 +44,7 @@ ARCH_GEOMETRY = {
     "smollm3": (64, 4, 2, 16, 96, 4),  # layer 3 without rope
     "granite": (64, 4, 2, 16, 96, 2),
     "qwen3moe": (64, 4, 2, 32, 96, 2),
+    "olmo2": (64, 4, 2, 16, 96, 2),  # grouped-query attention, as OLMo 2 32B's
 }
 
 
@@ -62,6 +63,7 @@ FIXTURE_MODELS: dict[str, dict] = {
     "qwen3moe": {"arch": "qwen3moe"},
     "llama-moe": {"arch": "llama", "n_expert": 4},  # Mixtral's layout
     "phi3-rope-factors": {"arch": "phi3", "rope_freqs": True},  # the short factors (context 64 of 1024)
+    "olmo2": {"arch": "olmo2"},
 }
 
 
@@ -140,9 +142,12 @@ def write_tiny_model(
 
     mat("token_embd.weight", n_vocab, n_embd, 0.5)
     vec("output_norm.weight", n_embd)
+    if arch == "olmo2":  # (llama.cpp requires OLMo 2's own output head)
+        mat("output.weight", n_vocab, n_embd, 0.5)
     for i in range(n_layer):
         b = f"blk.{i}."
-        vec(b + "attn_norm.weight", n_embd)
+        if arch != "olmo2":  # (OLMo 2 normalises after attention and the FFN only)
+            vec(b + "attn_norm.weight", n_embd)
         if arch == "phi3":  # fused: Q, K, V rows in one matrix; gate then up rows in ffn_up
             mat(b + "attn_qkv.weight", (n_head + 2 * n_head_kv) * head_dim, n_embd)
         else:
@@ -150,7 +155,8 @@ def write_tiny_model(
             mat(b + "attn_k.weight", n_head_kv * head_dim, n_embd)
             mat(b + "attn_v.weight", n_head_kv * head_dim, n_embd)
         mat(b + "attn_output.weight", n_embd, n_head * head_dim)
-        vec(b + "ffn_norm.weight", n_embd)
+        if arch != "olmo2":
+            vec(b + "ffn_norm.weight", n_embd)
         if n_expert:  # the router (float32, as in real files) and the experts' 3-D tensors
             w.add_tensor(b + "ffn_gate_inp.weight", (rng.standard_normal((n_expert, n_embd)) * 0.5).astype(np.float32))
             experts(b + "ffn_gate_exps.weight", n_ff_exp, n_embd)
@@ -170,7 +176,10 @@ def write_tiny_model(
         if arch in ("gemma3", "qwen3", "qwen3moe"):
             vec(b + "attn_q_norm.weight", head_dim)
             vec(b + "attn_k_norm.weight", head_dim)
-        if arch in ("gemma2", "gemma3"):
+        if arch == "olmo2":  # QK-norm over all heads' width at once
+            vec(b + "attn_q_norm.weight", n_head * head_dim)
+            vec(b + "attn_k_norm.weight", n_head_kv * head_dim)
+        if arch in ("gemma2", "gemma3", "olmo2"):
             vec(b + "post_attention_norm.weight", n_embd)
             vec(b + "post_ffw_norm.weight", n_embd)
     if extra_tensor is not None:  # (name, ggml type, n_cols): one [1, n_cols] tensor of random bytes, of any type

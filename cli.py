@@ -145,7 +145,8 @@ def model_facts(path: Path) -> dict[str, Any]:
 
     g = GGUFFile(path)
     cfg = load_config(g)
-    kinds = {"llama": "SentencePiece (spm)", "gpt2": "byte-level BPE"}
+    kinds = {"llama": "SentencePiece (spm)", "gpt2": "byte-level BPE", "bert": "WordPiece"}
+    pooling = {1: "mean", 2: "cls", 3: "last"}.get(int(g.arch_get("pooling_type", 1) or 1), "mean")
     tok_model = str(g.get("tokenizer.ggml.model", "none"))
     types = Counter(t.type_name for t in g.tensors.values())
     n_params = sum(t.n_elements for t in g.tensors.values())
@@ -184,6 +185,8 @@ def model_facts(path: Path) -> dict[str, Any]:
         "eos_token_id": g.get("tokenizer.ggml.eos_token_id"),
         "has_chat_template": file_template(g) is not None,
         "kv_bytes_per_token": {str(b): cfg.kv_bytes_per_token(b) for b in (16, 8, 4, 2)},
+        # an encoder (BERT): embeddings only, pooled so; None for a text model
+        "embedding_pooling": pooling if cfg.arch in ("bert", "nomic-bert") else None,
     }
 
 
@@ -223,6 +226,9 @@ def info(model: str | None, as_json: bool) -> None:
         ("chat template", "in file" if f["has_chat_template"] else "built-in"),
         ("KV cache / token", "  ".join(f"{b}-bit {_size(v)}" for b, v in f["kv_bytes_per_token"].items())),
     ]
+    if f["embedding_pooling"]:  # an encoder: no rope (bert), no chat, no KV cache
+        lines = [ln for ln in lines if ln[0] not in ("rope", "sliding window", "chat template", "KV cache / token")]
+        lines.append(("use", f"embeddings only (kvrun embed, /v1/embeddings), {f['embedding_pooling']} pooling"))
     w = max(len(k) for k, _ in lines)
     for k, v in lines:
         click.echo(f"{k:<{w}}  {v}")
@@ -658,8 +664,12 @@ def serve(model: str | None, host: str, port: int, alias: str | None, template_k
     httpd = make_server(m, host, port, alias or Path(path).stem, api_key=api_key)
     m.engine.warm_up()  # the kernels load (or compile) before the first request, not during it
     h, p = httpd.server_address[:2]
-    click.echo(f"kvrun serve: {m.config.arch}, ctx {m.engine.n_ctx}, cache {m.engine.kv or 'fp16'}; listening on http://{h}:{p} "
-               "(OpenAI API: /v1/chat/completions, /v1/completions, /v1/models, /health; Ollama API: /api/chat, /api/generate, /api/tags); Ctrl-C stops", err=True)  # fmt: skip
+    if m.engine.model.encoder:
+        click.echo(f"kvrun serve: {m.config.arch} embedding model; listening on http://{h}:{p} "
+                   "(OpenAI API: /v1/embeddings, /v1/models, /health; Ollama API: /api/embed, /api/tags); Ctrl-C stops", err=True)  # fmt: skip
+    else:
+        click.echo(f"kvrun serve: {m.config.arch}, ctx {m.engine.n_ctx}, cache {m.engine.kv or 'fp16'}; listening on http://{h}:{p} "
+                   "(OpenAI API: /v1/chat/completions, /v1/completions, /v1/models, /health; Ollama API: /api/chat, /api/generate, /api/tags); Ctrl-C stops", err=True)  # fmt: skip
     try:
         httpd.serve_forever()
     except KeyboardInterrupt:
@@ -763,6 +773,36 @@ def _chat_loop(m: Any, sess: Any, interactive: bool, warm: threading.Thread | No
             continue
         click.echo("")
         click.echo(_stats_line(sess.last_stats, sess.cache, m.engine), err=True)
+
+
+# ---------------------------------------------------------------- embed
+@main.command()
+@click.argument("model", required=False)
+@click.option("-p", "--prompt", "texts", multiple=True, help="a text to embed (repeatable; none: one text a line from stdin)")
+@click.option("--pooling", type=click.Choice(["mean", "cls", "last"]), default=None,
+              help="how token states become one vector (default: an embedding model's own, else mean)")
+@click.option("--no-normalize", is_flag=True, help="do not L2-normalise the vectors")
+@click.option("--json", "as_json", is_flag=True, help='print {"embeddings": [[...], ...]} (else one line of numbers a text)')
+@engine_options
+@friendly
+def embed(model: str | None, texts: tuple[str, ...], pooling: str | None, no_normalize: bool, as_json: bool, **kw: Any) -> None:
+    """Embeddings of texts, as llama-embedding: an embedding model's (BERT, nomic-bert) or any model's."""
+    if not texts:
+        if _interactive():
+            raise KvrunError("give texts with -p TEXT (repeatable), or pipe them in one a line")
+        texts = tuple(line.rstrip("\n") for line in sys.stdin if line.strip())
+        if not texts:
+            raise KvrunError("no text read from standard input; give texts with -p TEXT")
+    m = _load(model, {**kw, "kv_preset": None})
+    try:
+        vecs = m.embed(list(texts), pooling=pooling, normalize=not no_normalize)
+    except ValueError as e:
+        raise KvrunError(str(e)) from None
+    if as_json:
+        click.echo(json.dumps({"model": m.config.name, "embeddings": vecs.tolist()}))
+    else:
+        for v in vecs:
+            click.echo(" ".join(f"{x:.6f}" for x in v))
 
 
 # ---------------------------------------------------------------- bench

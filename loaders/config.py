@@ -1,7 +1,7 @@
 """Model hyperparameters read from GGUF metadata.
 
-One typed ``ModelConfig`` covers the llama family (llama, mistral-style, smollm3, granite), qwen2,
-qwen3, qwen3moe, phi3, gemma2, gemma3 and olmo2.  Per-architecture defaults that llama.cpp hard-codes (Gemma 2's and 3's
+One typed ``ModelConfig`` covers the llama family (llama, mistral-style, smollm3, granite, granitemoe), qwen2,
+qwen3, qwen3moe, phi3, gemma, gemma2, gemma3, olmo2, olmoe and exaone.  Per-architecture defaults that llama.cpp hard-codes (Gemma 2's and 3's
 sliding-window layer patterns, Gemma 3's local rope base) live in ``_ARCH_DEFAULTS``
 so the numbers are in one place.
 """
@@ -15,18 +15,23 @@ from typing import Any
 from .errors import GGUFError, UnsupportedModelError
 from .gguf_file import GGUFFile
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma2", "gemma3", "olmo2")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "olmo2", "granitemoe", "olmoe", "exaone", "bert", "nomic-bert")
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    # BERT encoders (embeddings): learned positions; nomic-bert rotates, NeoX layout
+    "bert": {"rope_neox": False},
+    "nomic-bert": {"rope_neox": True},
     "llama": {"rope_neox": False},
     "mistral": {"rope_neox": False},
     "smollm3": {"rope_neox": False},
     "granite": {"rope_neox": False},
+    "granitemoe": {"rope_neox": False},  # (its chosen experts' weights renormalised)
     "qwen2": {"rope_neox": True},
     "qwen3": {"rope_neox": True},
     "qwen3moe": {"rope_neox": True},  # (its chosen experts' weights renormalised, as Mixtral's)
     "phi3": {"rope_neox": True},
+    "gemma": {"rope_neox": True},  # (embeddings scaled by sqrt(n_embd), GELU-gated FFN: models/gemma.py)
     # Gemma 2: sliding-window and global layers alternate (even layers local), one rope base.
     "gemma2": {"rope_neox": True, "swa_pattern": 2},
     # Gemma 3: 5 sliding-window layers then 1 global, local rope base 10k,
@@ -34,6 +39,8 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "gemma3": {"rope_neox": True, "swa_pattern": 6, "rope_theta_swa": 10_000.0},
     # OLMo 2 (no window); OLMo 3, under the same name, states a window: 3 window layers then 1 global.
     "olmo2": {"rope_neox": True, "swa_pattern": 4},
+    "olmoe": {"rope_neox": True, "expert_weights_norm": False},  # its chosen experts' weights as the router gave them
+    "exaone": {"rope_neox": True},
 }
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from . import wpm
 from .strings import StringArray
 
 # GGUF token types (gguf-py TokenType / llama.cpp llama_token_type)
@@ -232,9 +233,9 @@ class Tokenizer:
 
     def __init__(self, md: Mapping[str, Any]) -> None:
         self.model = str(md.get("tokenizer.ggml.model", ""))
-        if self.model not in ("llama", "gpt2"):
-            raise ValueError(f"tokenizer model {self.model!r} is not supported (llama/SentencePiece and gpt2/byte-level BPE are)")
-        self.kind = "spm" if self.model == "llama" else "bpe"
+        if self.model not in ("llama", "gpt2", "bert"):
+            raise ValueError(f"tokenizer model {self.model!r} is not supported (llama/SentencePiece, gpt2/byte-level BPE and bert/WordPiece are)")
+        self.kind = {"llama": "spm", "gpt2": "bpe", "bert": "wpm"}[self.model]
         self.pre = str(md.get("tokenizer.ggml.pre", "default") or "default")
 
         tokens = md["tokenizer.ggml.tokens"]
@@ -257,6 +258,10 @@ class Tokenizer:
             bos, eos, unk = 1, 2, 0
             add_bos, add_eos, self.add_space_prefix = True, False, True
             self.ignore_merges = False
+        elif self.kind == "wpm":  # [CLS] text [SEP]: llama.cpp's BOS and separator
+            bos, eos, unk = 101, 102, 100
+            add_bos, add_eos, self.add_space_prefix = True, True, False
+            self.ignore_merges = False
         else:
             bos, eos, unk = 11, 11, None
             known = self.pre in PRE_TOKENIZERS
@@ -265,8 +270,8 @@ class Tokenizer:
             if not known:
                 warnings.warn(f"unknown pre-tokenizer {self.pre!r}; using the default regexes (token ids may differ from llama.cpp)", stacklevel=3)
         self.add_space_prefix = bool(md.get("tokenizer.ggml.add_space_prefix", self.add_space_prefix))
-        self.bos_id = self._special_id(md, "bos_token_id", bos)
-        self.eos_id = self._special_id(md, "eos_token_id", eos)
+        self.bos_id = self._special_id(md, "bos_token_id", self._special_id(md, "cls_token_id", bos))
+        self.eos_id = self._special_id(md, "seperator_token_id", eos) if self.kind == "wpm" else self._special_id(md, "eos_token_id", eos)
         self.unk_id = self._special_id(md, "unknown_token_id", unk)
         self.add_bos = bool(md.get("tokenizer.ggml.add_bos_token", add_bos))
         self.add_eos = bool(md.get("tokenizer.ggml.add_eos_token", add_eos))
@@ -279,6 +284,7 @@ class Tokenizer:
         self._build_special_matcher(str(md.get("general.name", "")))
         self._piece_cache: dict[int, bytes] = {}
         self._vocab_bytes: tuple[np.ndarray, np.ndarray] | None = None
+        self._wpm_vocab: dict[str, int] | None = None
 
         if self.kind == "spm":
             import sentencepiece as spm
@@ -288,7 +294,7 @@ class Tokenizer:
             pieces, sp_types = self._sp_pieces()
             self._sp = spm.SentencePieceProcessor()
             self._sp.LoadFromSerializedProto(_spm_model_proto(pieces, np.append(scores, np.float32(0)), sp_types))
-        else:
+        elif self.kind == "bpe":
             self._hf = _build_bpe(list(self.tokens), md.get("tokenizer.ggml.merges") or [], PRE_TOKENIZERS.get(self.pre, _DEFAULT), self.ignore_merges)
 
     @classmethod
@@ -465,7 +471,10 @@ class Tokenizer:
         ids: list[int] = []
         if add_special and self.add_bos:
             ids.append(self.bos_id)
-        if self.kind == "spm":
+        if self.kind == "wpm":
+            for f in frags:
+                ids.extend([f] if isinstance(f, int) else self._wpm(text[f[0] : f[1]]))
+        elif self.kind == "spm":
             texts: list[str] = []
             prev_special = True
             for f in frags:
@@ -513,6 +522,14 @@ class Tokenizer:
             b = self._piece_cache[tid] = self._piece(tid, attr)
         return b
 
+    def _wpm(self, text: str) -> list[int]:
+        """WordPiece ids of a text fragment (loaders/wpm.py), the piece table built on first use."""
+        if self._wpm_vocab is None:
+            normal = np.flatnonzero(self.attrs & A_NORMAL)
+            self._wpm_vocab = {self.tokens[int(i)]: int(i) for i in normal}
+            self._wpm_max = max((len(t) for t in self._wpm_vocab), default=1)
+        return wpm.encode(text, self._wpm_vocab, self.unk_id if self.unk_id is not None else 100, self._wpm_max)
+
     def vocab_bytes(self) -> tuple[np.ndarray, np.ndarray]:
         """Every token's bytes as generated text holds them (control tokens: none), concatenated
         (uint8), and their offsets [n_vocab + 1] int64; built once.  Constrained decoding reads them."""
@@ -528,7 +545,7 @@ class Tokenizer:
         if attr & (_A_SPECIAL | A_USER_DEFINED):
             return tok.encode("utf-8")
         if attr & A_NORMAL:
-            if self.kind == "spm":
+            if self.kind in ("spm", "wpm"):
                 return tok.replace("\u2581", " ").encode("utf-8")
             return _decode_byte_level(tok)
         if attr & A_BYTE:

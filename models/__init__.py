@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from ..loaders.errors import UnsupportedModelError
+from .bert import BertModel
 from .common import Model
+from .exaone import ExaoneModel
+from .gemma import GemmaModel
 from .gemma2 import Gemma2Model
 from .gemma3 import Gemma3Model
 from .granite import GraniteModel
+from .granitemoe import GraniteMoeModel
 from .llama import LlamaModel
 from .olmo2 import Olmo2Model
+from .olmoe import OlmoeModel
 from .phi3 import Phi3Model
 from .qwen2 import Qwen2Model
 from .qwen3 import Qwen3Model
@@ -16,7 +21,7 @@ from .qwen3moe import Qwen3MoeModel
 from .smollm3 import SmolLM3Model
 
 MODEL_CLASSES: dict[str, type[Model]] = {}
-for _cls in (LlamaModel, SmolLM3Model, GraniteModel, Qwen2Model, Qwen3Model, Qwen3MoeModel, Phi3Model, Gemma2Model, Gemma3Model, Olmo2Model):
+for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model, Qwen3Model, Qwen3MoeModel, Phi3Model, GemmaModel, Gemma2Model, Gemma3Model, Olmo2Model, OlmoeModel, ExaoneModel, BertModel):
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

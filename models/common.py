@@ -48,6 +48,7 @@ TENSOR_NAMES: dict[str, str] = {
     "ffn_gate_exps": "blk.{i}.ffn_gate_exps.weight",
     "ffn_up_exps": "blk.{i}.ffn_up_exps.weight",
     "ffn_down_exps": "blk.{i}.ffn_down_exps.weight",
+    "ffn_gate_shexp": "blk.{i}.ffn_gate_shexp.weight",
 }
 
 
@@ -168,6 +169,8 @@ class Model:
     """
 
     archs: tuple[str, ...] = ()
+    #: an encoder (BERT) makes embeddings, not text: ``encode(tokens)`` instead of ``forward``
+    encoder: bool = False
     #: True while Engine.embed runs: output_head writes the final-normed hidden states ``[n, n_embd]``
     #: into its ``logits`` argument instead of the logits
     embedding: bool = False

@@ -29,7 +29,7 @@ from .sampling import SamplerConfig
 from .tools import Tools, check_messages, check_tools, tool_format
 
 Message = dict[str, str]
-POOLINGS = ("mean", "last")  # how Model.embed pools a text's hidden states
+POOLINGS = ("mean", "cls", "last")  # how Model.embed pools a text's hidden states (cls: the first token's)
 
 
 def grammar_text(grammar: str | None = None, json_schema: Any = None) -> str | None:
@@ -117,19 +117,22 @@ class Model:
             seqs.append(ids)
         return seqs
 
-    def embed(self, inputs: str | list[str] | list[int] | list[list[int]], pooling: str = "mean", normalize: bool = True) -> np.ndarray:
+    def embed(self, inputs: str | list[str] | list[int] | list[list[int]], pooling: str | None = None, normalize: bool = True) -> np.ndarray:
         """Embeddings, float32 ``[n_inputs, n_embd]``, as llama-server's /v1/embeddings: each input (a
-        text, or a list of token ids; or a list of either) is run on a fresh cache and its final-normed
-        hidden states are pooled, ``mean`` over its tokens or the ``last`` token's, then L2-normalised
-        unless ``normalize`` is False.  (A generative model's embeddings: fit for similarity search
-        over its own kind of text, not a trained embedding model's.)"""
+        text, or a list of token ids; or a list of either) is run on its own and its final hidden
+        states are pooled, ``mean`` over its tokens, the first (``cls``) or the ``last`` token's, then
+        L2-normalised unless ``normalize`` is False.  ``pooling`` None: an embedding model's own
+        (its file's pooling type), else mean.  (A generative model's embeddings are fit for
+        similarity search over its own kind of text; an embedding model's, such as BERT's, are what
+        it was trained for.)"""
+        pooling = pooling or getattr(self.engine.model, "pooling", "mean")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         seqs = self.embedding_ids(inputs)
         out = np.empty((len(seqs), self.config.n_embd), np.float32)
         for i, ids in enumerate(seqs):
             h = self.engine.embed(ids)
-            v = h.mean(axis=0, dtype=np.float64) if pooling == "mean" else h[-1].astype(np.float64)
+            v = h.mean(axis=0, dtype=np.float64) if pooling == "mean" else h[0 if pooling == "cls" else -1].astype(np.float64)
             if normalize:
                 v /= max(np.linalg.norm(v), 1e-12)
             out[i] = v

@@ -269,6 +269,11 @@ class Engine:
     def embed(self, tokens: list[int] | np.ndarray) -> np.ndarray:
         """The final-normed hidden state of every token of ``tokens`` (on a fresh cache), float32
         ``[len(tokens), n_embd]``: what embeddings pool (llama.cpp's ``result_norm``)."""
+        if self.model.encoder:  # (BERT: the whole text at once, no cache, as long as it was trained for)
+            n_max = self.cfg.n_ctx_train
+            if len(tokens) > n_max:
+                raise KvrunError(f"{len(tokens)} tokens are more than the {n_max} this encoder reads at once; shorten the text")
+            return self.model.encode(self._checked_tokens(tokens, 0))
         tokens = self._checked_tokens(tokens, 0)
         cache = self.new_cache()
         on_device = self.backend.name != "cpu"
@@ -322,6 +327,9 @@ class Engine:
         fp16 window (so a compressed cache also spills, calibrates and quantizes), then two decode
         steps.  Loading the kernels from Numba's cache costs the first reply ~0.3-0.5 s here;
         ``kvrun chat`` runs this while the user types.  The decode-thread tuner is left out."""
+        if self.model.encoder:  # an embedding model: one short text
+            self.embed(np.arange(min(8, self.cfg.n_ctx_train), dtype=np.int32) % self.cfg.n_vocab)
+            return
         cache = self.new_cache()
         # the largest default window is 80 + 4 sinks; 32 tokens reach the prefill GEMM's parallel path
         n = max(1, min(self.n_ctx - 2, 100 if self.kv is not None else 32))

@@ -111,8 +111,9 @@ class Server:
         self.model = model
         self.name = name
         self.lock = threading.Lock()
-        self.chat = Session(model)
-        self.completion = _Prefix(model)
+        encoder = model.engine.model.encoder  # (an embedding model keeps no KV cache: it writes no text)
+        self.chat = None if encoder else Session(model)
+        self.completion = None if encoder else _Prefix(model)
 
     # ------------------------------------------------------------ requests
     def _request(self, body: dict[str, Any]) -> Any:
@@ -270,6 +271,9 @@ class Server:
     def start(self, body: dict[str, Any], chat: bool) -> Run:
         """Check an OpenAI-shaped body (BadRequest) and make its generation, not yet started: the
         text pieces, and the stats they fill.  The OpenAI and the Ollama endpoints format it."""
+        if self.chat is None:
+            raise BadRequest(f"{self.model.config.name} is an embedding model ({self.model.config.arch}): it makes embeddings "
+                             "(/v1/embeddings, /api/embed), not text")  # fmt: skip
         req = self._request(body)
         msgs = self._messages(body) if chat else None
         tools = self._tools(body, chat, req)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
+from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType, RopeScalingType
 from gguf.quants import quantize
 
 Q = GGMLQuantizationType
@@ -40,11 +40,15 @@ ARCH_GEOMETRY = {
     "qwen3": (64, 4, 2, 32, 96, 2),  # heads wider than n_embd / n_head, as Qwen3's 128 at n_embd 1024
     "gemma3": (64, 2, 1, 32, 96, 6),
     "gemma2": (64, 2, 1, 32, 96, 4),
+    "gemma": (64, 4, 1, 32, 96, 2),  # multi-query, as the 2B; heads wider than n_embd / n_head, as the 7B
     "phi3": (64, 4, 2, 16, 96, 2),
     "smollm3": (64, 4, 2, 16, 96, 4),  # layer 3 without rope
     "granite": (64, 4, 2, 16, 96, 2),
     "qwen3moe": (64, 4, 2, 32, 96, 2),
-    "olmo2": (64, 4, 2, 16, 96, 2),  # grouped-query attention, as OLMo 2 32B's
+    "granitemoe": (64, 4, 2, 16, 96, 2),
+    "olmo2": (64, 4, 2, 16, 96, 4),  # grouped-query attention, as OLMo 2 32B's; with a window (OLMo 3) layer 3 is global
+    "olmoe": (64, 4, 4, 16, 96, 2),  # (llama.cpp sizes OLMoE's K norm n_embd: as many KV heads as heads)
+    "exaone": (64, 4, 2, 16, 96, 2),
 }
 
 
@@ -63,17 +67,25 @@ FIXTURE_MODELS: dict[str, dict] = {
     "qwen3moe": {"arch": "qwen3moe"},
     "llama-moe": {"arch": "llama", "n_expert": 4},  # Mixtral's layout
     "phi3-rope-factors": {"arch": "phi3", "rope_freqs": True},  # the short factors (context 64 of 1024)
+    "granitemoe": {"arch": "granitemoe"},
+    "gemma": {"arch": "gemma"},
     "olmo2": {"arch": "olmo2"},
+    "olmo2-swa": {"arch": "olmo2", "sliding_window": 8, "rope_yarn": (4.0, 16)},  # OLMo 3: window layers' rope unscaled
+    "olmoe": {"arch": "olmoe"},
+    "exaone": {"arch": "exaone"},
+    "exaone-rope-freqs": {"arch": "exaone", "rope_freqs": True},  # EXAONE 3.5's Llama 3 rope factors
 }
 
 
 def write_tiny_model(
-    path: Path, arch: str = "llama", qtype: int = Q.F32, seed: int = 0, sliding_window: int = 8, rope_freqs: bool = False,
+    path: Path, arch: str = "llama", qtype: int = Q.F32, seed: int = 0, sliding_window: int | None = None, rope_freqs: bool = False,
     chat_template: str | None = None, n_expert: int | None = None, extra_tensor: tuple[str, int, int] | None = None,
+    rope_yarn: tuple[float, int] | None = None,
 ) -> Path:  # fmt: skip
     """A random ``arch`` model; matrices stored as ``qtype`` (F32, F16, Q8_0, Q4_0...).  ``rope_freqs``:
     with Llama 3.1's per-frequency rope factors (``rope_freqs.weight``, 1 to 8 from high to low), or
-    for phi3 its long and short sets."""
+    for phi3 its long and short sets.  ``sliding_window``: gemma2's and gemma3's window (8 unless given); olmo2
+    has one only where given (OLMo 3's layout).  ``rope_yarn``: YaRN rope scaling (factor, original context)."""
     rng = np.random.default_rng(seed)
     n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = ARCH_GEOMETRY[arch]
     toks, merges, types = byte_vocab()
@@ -90,22 +102,28 @@ def write_tiny_model(
     w.add_head_count_kv(n_head_kv)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(10000.0)
+    if rope_yarn is not None:
+        w.add_rope_scaling_type(RopeScalingType.YARN)
+        w.add_rope_scaling_factor(rope_yarn[0])
+        w.add_rope_scaling_orig_ctx_len(rope_yarn[1])
     ftype = getattr(LlamaFileType, f"MOSTLY_{Q(qtype).name}", LlamaFileType.ALL_F32)  # as llama.cpp's quantizer names the file
     w.add_file_type(int(ftype))
-    # mixture of experts (qwen3moe; llama with n_expert: Mixtral's layout): 2 of n_expert per token
-    n_expert = (4 if arch == "qwen3moe" else 0) if n_expert is None else n_expert
+    # mixture of experts (qwen3moe, granitemoe, olmoe; llama with n_expert: Mixtral's layout): 2 of n_expert per token
+    n_expert = (4 if arch in ("qwen3moe", "granitemoe", "olmoe") else 0) if n_expert is None else n_expert
     n_ff_exp = 64 if arch == "qwen3moe" else n_ff
     if n_expert:
         w.add_expert_count(n_expert)
         w.add_expert_used_count(2)
         if arch == "qwen3moe":
             w.add_expert_feed_forward_length(n_ff_exp)
-    if arch in ("gemma2", "gemma3", "qwen3", "qwen3moe"):
+    if arch in ("gemma", "gemma2", "gemma3", "qwen3", "qwen3moe"):
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
     if arch in ("gemma2", "gemma3"):
+        w.add_sliding_window(8 if sliding_window is None else sliding_window)
+    elif arch == "olmo2" and sliding_window:
         w.add_sliding_window(sliding_window)
-    if arch == "granite":  # multipliers far enough from 1 to matter
+    if arch in ("granite", "granitemoe"):  # multipliers far enough from 1 to matter
         w.add_embedding_scale(3.0)
         w.add_residual_scale(0.5)
         w.add_attention_scale(0.2)
@@ -142,7 +160,7 @@ def write_tiny_model(
 
     mat("token_embd.weight", n_vocab, n_embd, 0.5)
     vec("output_norm.weight", n_embd)
-    if arch == "olmo2":  # (llama.cpp requires OLMo 2's own output head)
+    if arch in ("olmo2", "olmoe"):  # (llama.cpp requires their own output head)
         mat("output.weight", n_vocab, n_embd, 0.5)
     for i in range(n_layer):
         b = f"blk.{i}."
@@ -176,7 +194,7 @@ def write_tiny_model(
         if arch in ("gemma3", "qwen3", "qwen3moe"):
             vec(b + "attn_q_norm.weight", head_dim)
             vec(b + "attn_k_norm.weight", head_dim)
-        if arch == "olmo2":  # QK-norm over all heads' width at once
+        if arch in ("olmo2", "olmoe"):  # QK-norm over all heads' width at once
             vec(b + "attn_q_norm.weight", n_head * head_dim)
             vec(b + "attn_k_norm.weight", n_head_kv * head_dim)
         if arch in ("gemma2", "gemma3", "olmo2"):

@@ -1,0 +1,155 @@
+"""BERT-family text encoders, for embeddings: ``bert`` (all-MiniLM, bge, mxbai-embed,
+snowflake-arctic-embed) and ``nomic-bert`` (nomic-embed-text), as llama.cpp's ``llm_build_bert``.
+
+An encoder reads the whole text at once, every token seeing every other (no causal mask, no KV
+cache), and gives a hidden state per token, which :meth:`runtime.api.Model.embed` pools (the
+file's ``pooling_type``: mean, the [CLS] token's, or the last) into one vector.  It writes no text:
+generation is refused in one line.
+
+The block is post-norm: x = LN(x + attn(x)); x = LN(x + ffn(x)), LayerNorms with biases.  BERT adds
+learned position and token-type embeddings and normalises them; its FFN is GELU(up) -> down, with
+biases.  Nomic-BERT has rotary positions instead, one fused QKV product and a SwiGLU FFN without
+biases.  Activations are numpy arrays on the host (prefill-only work, BLAS-sized); the weight
+products run on the backend's kernels, in the file's quant format.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..cache.base import LayerSpec
+from ..loaders.config import ModelConfig
+from ..loaders.errors import KvrunError, UnsupportedModelError
+from ..loaders.gguf_file import GGUFFile
+from ..ops.backend import Backend
+from .common import TENSOR_NAMES, Model, WeightLoader, make_rope
+
+TENSOR_NAMES.update({  # BERT's names beside the decoders' (llama.cpp's LLM_TENSOR_* for bert)
+    "type_embd": "token_types.weight",
+    "pos_embd": "position_embd.weight",
+    "tok_norm": "token_embd_norm.weight",
+    "tok_norm_b": "token_embd_norm.bias",
+    "bqkv": "blk.{i}.attn_qkv.bias",
+    "bo": "blk.{i}.attn_output.bias",
+    "attn_out_norm": "blk.{i}.attn_output_norm.weight",
+    "attn_out_norm_b": "blk.{i}.attn_output_norm.bias",
+    "b_up": "blk.{i}.ffn_up.bias",
+    "b_down": "blk.{i}.ffn_down.bias",
+    "layer_out_norm": "blk.{i}.layer_output_norm.weight",
+    "layer_out_norm_b": "blk.{i}.layer_output_norm.bias",
+})  # fmt: skip
+
+POOLING = {1: "mean", 2: "cls", 3: "last"}  #: GGUF pooling_type -> how Model.embed pools (0, none: mean)
+
+
+def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, eps: float) -> np.ndarray:
+    """LayerNorm over the last axis (float32 in and out, statistics in float64)."""
+    x64 = x.astype(np.float64)
+    mu = x64.mean(axis=-1, keepdims=True)
+    var = ((x64 - mu) ** 2).mean(axis=-1, keepdims=True)
+    y = ((x64 - mu) / np.sqrt(var + eps)).astype(np.float32) * w
+    return y + b if b is not None else y
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """GELU, tanh form, as ggml's CPU computes it: looked up in a table over float16 inputs, the
+    result rounded to float16 (GGML_GELU_FP16), x past +-10 passed or zeroed (measured: 1.3e-3 off
+    llama.cpp's hidden states without the rounding, 1e-5 with it)."""
+    xh = x.astype(np.float16).astype(np.float32)
+    y = 0.5 * xh * (1.0 + np.tanh(np.float32(0.7978845608028654) * (xh + np.float32(0.044715) * xh * xh * xh)))
+    y = y.astype(np.float16).astype(np.float32)
+    return np.where(x >= 10.0, x, np.where(x <= -10.0, np.float32(0.0), y))
+
+
+class BertModel(Model):
+    archs = ("bert", "nomic-bert")
+    encoder = True
+
+    def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
+        super().__init__(g, cfg, backend, n_ctx, n_batch)
+        if backend.name != "cpu":
+            raise UnsupportedModelError(f"{g.path}: {cfg.arch} embedding models run on the CPU; drop --device gpu")
+        ld = WeightLoader(g, backend)
+        self.nomic = cfg.arch == "nomic-bert"
+        self.eps = float(g.arch_get("attention.layer_norm_epsilon", 1e-12))
+        self.pooling = POOLING.get(int(g.arch_get("pooling_type", 1) or 0), "mean")
+        self.tok_embd = ld.matrix("tok_embd")
+        types = ld.host_vector("type_embd", required=False)
+        self.type_row = None if types is None else types[: cfg.n_embd]  # every token is "sentence A" (type 0), as llama.cpp
+        self.pos_embd = None if self.nomic else ld.matrix("pos_embd")
+        self.tok_norm, self.tok_norm_b = ld.host_vector("tok_norm"), ld.host_vector("tok_norm_b")
+        if self.nomic:
+            self.cos, self.sin = make_rope(cfg, cfg.n_ctx_train, cfg.rope_theta)
+        q_dim, kv_dim = cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
+        self.layers = []
+        for i in range(cfg.n_layer):
+            L: dict = {}
+            if ld.has("wqkv", i):
+                L["wq"], L["wk"], L["wv"] = ld.matrix_rows("wqkv", i, (q_dim, kv_dim, kv_dim))
+                bqkv = ld.host_vector("bqkv", i, required=False)
+                L["bq"], L["bk"], L["bv"] = (None,) * 3 if bqkv is None else np.split(bqkv, [q_dim, q_dim + kv_dim])
+            else:
+                for w in ("q", "k", "v"):
+                    L[f"w{w}"], L[f"b{w}"] = ld.matrix(f"w{w}", i), ld.host_vector(f"b{w}", i, required=False)
+            L["wo"], L["bo"] = ld.matrix("wo", i), ld.host_vector("bo", i, required=False)
+            L["n1"], L["n1_b"] = ld.host_vector("attn_out_norm", i), ld.host_vector("attn_out_norm_b", i, required=False)
+            L["w_up"], L["b_up"] = ld.matrix("w_up", i), ld.host_vector("b_up", i, required=False)
+            L["w_gate"] = ld.matrix("w_gate", i, required=False)
+            L["w_down"], L["b_down"] = ld.matrix("w_down", i), ld.host_vector("b_down", i, required=False)
+            L["n2"], L["n2_b"] = ld.host_vector("layer_out_norm", i), ld.host_vector("layer_out_norm_b", i, required=False)
+            self.layers.append(L)
+
+    def layer_specs(self) -> list[LayerSpec]:
+        raise KvrunError(f"{self.cfg.name} is an embedding model ({self.cfg.arch}): it makes embeddings "
+                         "(kvrun embed, /v1/embeddings), not text")  # fmt: skip
+
+    def _linear(self, w, x: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+        out = np.empty((x.shape[0], w.n_rows), np.float32)
+        self.be.linear(w, np.ascontiguousarray(x), out)
+        return out + b if b is not None else out
+
+    def _rope(self, x: np.ndarray) -> np.ndarray:
+        """Rotary positions 0..T-1 on x [T, H, head_dim], NeoX layout (nomic-bert)."""
+        T, half = x.shape[0], self.cos.shape[1]
+        c, s = self.cos[:T, None, :], self.sin[:T, None, :]
+        a, b = x[..., :half].copy(), x[..., half : 2 * half].copy()
+        x[..., :half], x[..., half : 2 * half] = a * c - b * s, a * s + b * c
+        return x
+
+    def encode(self, tokens: np.ndarray) -> np.ndarray:
+        """The last layer's hidden state of every token of ``tokens`` [T]: float32 [T, n_embd]."""
+        c = self.cfg
+        T = len(tokens)
+        x = np.empty((T, c.n_embd), np.float32)
+        self.be.get_rows(self.tok_embd, np.asarray(tokens, np.int32), x)
+        if self.type_row is not None:
+            x += self.type_row
+        if self.pos_embd is not None:
+            p = np.empty_like(x)
+            self.be.get_rows(self.pos_embd, np.arange(T, dtype=np.int32), p)
+            x += p
+        x = layer_norm(x, self.tok_norm, self.tok_norm_b, self.eps)
+        H, D = c.n_head, c.head_dim
+        scale = np.float32(1.0 / np.sqrt(D))
+        for il, L in enumerate(self.layers):
+            q = self._linear(L["wq"], x, L["bq"]).reshape(T, H, D)
+            k = self._linear(L["wk"], x, L["bk"]).reshape(T, c.n_head_kv, D)
+            v = self._linear(L["wv"], x, L["bv"]).reshape(T, c.n_head_kv, D)
+            if self.nomic:
+                q, k = self._rope(q), self._rope(k)
+            g = H // c.n_head_kv
+            k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
+            s = np.einsum("thd,shd->hts", q, k) * scale  # [H, T, T]: every token sees every token
+            s = np.exp(s - s.max(axis=-1, keepdims=True))
+            s /= s.sum(axis=-1, keepdims=True)
+            a = np.einsum("hts,shd->thd", s, v).reshape(T, H * D)
+            x = layer_norm(x + self._linear(L["wo"], a, L["bo"]), L["n1"], L["n1_b"], self.eps)
+            self.trace("ffn_inp", il, x)
+            up = self._linear(L["w_up"], x, L["b_up"])
+            if L["w_gate"] is not None:  # SwiGLU (nomic-bert)
+                gate = self._linear(L["w_gate"], x, None)
+                h = gate / (1.0 + np.exp(-gate)) * up
+            else:
+                h = gelu(up)
+            x = layer_norm(x + self._linear(L["w_down"], h, L["b_down"]), L["n2"], L["n2_b"], self.eps)
+        return x

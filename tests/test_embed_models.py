@@ -1,0 +1,109 @@
+"""Embedding models (models/bert.py, loaders/wpm.py): BERT and Nomic-BERT encoders held to
+llama.cpp on tiny random models (tests/fixtures/embed_<arch>.npz from tools/make_embed_fixtures.py):
+the same WordPiece token ids, the same hidden state for every token; pooled by the file's pooling
+type; refused for text in one line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from tinybert import TEXTS, Q, write_tiny_bert
+
+from kvrun.loaders.errors import KvrunError
+from kvrun.runtime.api import Model
+from kvrun.runtime.engine import Engine
+
+FIX = __import__("pathlib").Path(__file__).parent / "fixtures"
+ARCHS = ("bert", "nomic-bert")
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def encoder(request, tmp_path_factory):
+    path = write_tiny_bert(tmp_path_factory.mktemp(request.param) / "m.gguf", request.param)
+    fx = np.load(FIX / f"embed_{request.param}.npz")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == str(fx["sha256"]), "the fixture was made from another model file"
+    return Model(Engine(path)), fx
+
+
+def test_wordpiece_ids_are_llama_cpps(encoder):
+    m, fx = encoder
+    for k, text in enumerate(TEXTS):
+        assert m.tokenize(text) == fx[f"ids_{k}"].tolist(), text
+
+
+def test_every_token_state_is_llama_cpps(encoder):
+    """(ggml's GELU reads a float16 table: the model rounds as it does; 1e-4 of states ~3.)"""
+    m, fx = encoder
+    for k, text in enumerate(TEXTS):
+        h = m.engine.embed(m.tokenize(text))
+        np.testing.assert_allclose(h, fx[f"embd_{k}"], atol=5e-4, err_msg=text)
+
+
+def test_embeddings_pool_as_the_file_says_and_are_unit_vectors(encoder):
+    m, fx = encoder
+    v = m.embed(TEXTS)
+    h = fx["embd_1"].astype(np.float64)
+    want = h[0] if m.engine.model.pooling == "cls" else h.mean(axis=0)  # bert's file: cls; nomic-bert's: mean
+    np.testing.assert_allclose(v[1], want / np.linalg.norm(want), atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    last = m.embed(TEXTS[1], pooling="last", normalize=False)[0]
+    np.testing.assert_allclose(last, h[-1], atol=5e-4)
+
+
+def test_quantized_weights_embed_close_to_float(tmp_path):
+    m32 = Model(Engine(write_tiny_bert(tmp_path / "f32.gguf", "bert")))
+    m8 = Model(Engine(write_tiny_bert(tmp_path / "q8.gguf", "bert", qtype=Q.Q8_0)))
+    a, b = m32.embed(TEXTS), m8.embed(TEXTS)
+    assert np.all(np.sum(a * b, axis=1) > 0.999)  # cosine similarity of unit vectors
+
+
+def test_an_encoder_writes_no_text_and_says_so(encoder):
+    m, _ = encoder
+    with pytest.raises(KvrunError, match="is an embedding model .*: it makes embeddings"):
+        m.complete("the cat", max_tokens=4)
+    with pytest.raises(KvrunError, match="more than the 128 this encoder reads at once"):
+        m.embed([2] * 129)
+
+
+def test_kvrun_embed_prints_a_vector_a_text(tmp_path):
+    from click.testing import CliRunner
+
+    from kvrun.cli import main
+
+    path = write_tiny_bert(tmp_path / "m.gguf", "nomic-bert")
+    r = CliRunner().invoke(main, ["embed", str(path), "-p", TEXTS[0], "-p", TEXTS[1], "--json"])
+    assert r.exit_code == 0, r.output
+    vecs = np.array(json.loads(r.output.splitlines()[-1])["embeddings"])
+    assert vecs.shape == (2, 64) and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    r = CliRunner().invoke(main, ["run", str(path), "-p", "hi"])
+    assert r.exit_code != 0 and "is an embedding model (nomic-bert)" in r.output and r.output.count("\n") == 1, r.output
+    r = CliRunner().invoke(main, ["info", str(path)])
+    assert r.exit_code == 0 and "embeddings only (kvrun embed, /v1/embeddings), mean pooling" in r.output
+
+
+def test_the_server_embeds_with_an_embedding_model(tmp_path):
+    import threading
+
+    from test_server import call
+
+    from kvrun.runtime.server import make_server
+
+    m = Model(Engine(write_tiny_bert(tmp_path / "m.gguf", "bert")))
+    httpd = make_server(m, "127.0.0.1", 0, "tiny-bert")
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        port = httpd.server_address[1]
+        status, text = call(port, "POST", "/v1/embeddings", {"input": TEXTS[:2]})
+        data = json.loads(text)["data"]
+        assert status == 200 and len(data) == 2
+        np.testing.assert_allclose(np.array(data[0]["embedding"]), m.embed(TEXTS[0])[0], atol=1e-6)
+        status, text = call(port, "POST", "/api/embed", {"input": TEXTS[0]})
+        assert status == 200 and len(json.loads(text)["embeddings"][0]) == 64
+        status, text = call(port, "POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
+        assert status == 400 and "is an embedding model" in json.loads(text)["error"]["message"], text
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

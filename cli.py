@@ -300,7 +300,14 @@ def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     ]
     for o in reversed(opts):
         fn = o(fn)
-    return fn
+    return lora_options(fn)
+
+
+def lora_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--lora FILE and --lora-scaled FILE SCALE (llama.cpp's): adapters merged into the weights at load."""
+    fn = click.option("--lora-scaled", "lora_scaled", multiple=True, type=(str, float), metavar="FILE SCALE",
+                      help="a LoRA adapter at a scale (repeatable)")(fn)  # fmt: skip
+    return click.option("--lora", "lora", multiple=True, metavar="FILE", help="apply a LoRA adapter (GGUF, as llama.cpp's --lora; repeatable)")(fn)
 
 
 def kv_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -495,7 +502,16 @@ def _load(model: str | None, kw: dict[str, Any]):
 
     kv = kv_config(kw)
     path = _resolve(model)
-    return Model(_engine(path, device=kw["device"], n_ctx=kw["ctx_size"], n_batch=kw["n_batch"], threads=kw["threads"], kv=kv))
+    return Model(_engine(path, device=kw["device"], n_ctx=kw["ctx_size"], n_batch=kw["n_batch"], threads=kw["threads"], kv=kv, lora=_lora(kw)))
+
+
+def _lora(kw: dict[str, Any]) -> list[tuple[str, float]]:
+    """--lora FILE / --lora-scaled FILE SCALE as (path, scale) pairs, each file checked to exist."""
+    pairs = [(f, 1.0) for f in kw.get("lora") or ()] + [(f, s) for f, s in kw.get("lora_scaled") or ()]
+    for f, _ in pairs:
+        if not Path(f).is_file():
+            raise KvrunError(f"--lora: no file {f}")
+    return pairs
 
 
 def _stats_line(stats: Any, cache: Any = None, engine: Any = None) -> str:
@@ -835,7 +851,7 @@ def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, n_dept
     n_batch = max(kw["n_batch"], n_prompt) if n_prompt else kw["n_batch"]
     n_ctx = n_depth + max(n_prompt, n_gen) + 8
     t0 = time.perf_counter()
-    eng = _engine(path, device=kw["device"], n_ctx=n_ctx, n_batch=n_batch, threads=kw["threads"], kv=kv_config(kw))
+    eng = _engine(path, device=kw["device"], n_ctx=n_ctx, n_batch=n_batch, threads=kw["threads"], kv=kv_config(kw), lora=_lora(kw))
     load_s = time.perf_counter() - t0
     from .runtime.engine import set_threads
 
@@ -882,6 +898,7 @@ def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, n_dept
 @click.option("--json", "as_json", is_flag=True, help="print the final figure as JSON")
 @click.option("-t", "--threads", type=int, default=None, help="CPU threads (default: chosen from measured decode speed)")
 @click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu", show_default=True)
+@lora_options
 @kv_options
 @friendly
 def perplexity(model: str | None, text_file: str, n_ctx: int, chunks: int, n_batch: int | None, as_json: bool, threads: int | None, device: str, **kw: Any) -> None:
@@ -902,7 +919,7 @@ def perplexity(model: str | None, text_file: str, n_ctx: int, chunks: int, n_bat
     kv = kv_config(kw)
     if n_batch is None:
         n_batch = 1 if kv is not None and kv.is_compressed else 512
-    eng = _engine(path, device=device, n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), threads=threads, kv=kv)
+    eng = _engine(path, device=device, n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), threads=threads, kv=kv, lora=_lora(kw))
     text = Path(text_file).read_text(encoding="utf-8", errors="replace")
     tokens = eng.tokenizer.encode(text, add_bos=True if eng.tokenizer.add_bos else False)
     bar = _LazyBar(desc="perplexity", unit="win", disable=as_json)

@@ -358,6 +358,7 @@ def load(
     threads: int | None = None,
     kv: KVConfig | str | None = None,
     chat_template_kwargs: dict[str, Any] | None = None,
+    lora: str | os.PathLike | list[Any] | None = None,
 ) -> Model:
     """Load a GGUF model (a path, a known short name, or None for the default).
 
@@ -373,6 +374,8 @@ def load(
         string such as ``"2,policy=h2o,budget=512"`` or a preset name; None: fp16.
     chat_template_kwargs : variables for the chat template (:attr:`Model.chat_template_kwargs`),
         e.g. ``{"enable_thinking": False}`` for Qwen3 replies without reasoning.
+    lora : LoRA adapters (GGUF files) merged into the weights as the model loads: a path, or a list
+        of paths and ``(path, scale)`` pairs.
     """
     if chat_template_kwargs is not None and not isinstance(chat_template_kwargs, dict):
         raise KvrunError(f"chat_template_kwargs must be a dict, got {type(chat_template_kwargs).__name__}")
@@ -382,6 +385,8 @@ def load(
         except ValueError as e:
             raise KvrunError(f"kv={kv!r}: {e}") from None
     path = resolve(model)
-    m = Model(Engine(path, device=device, n_ctx=n_ctx, n_batch=n_batch, threads=threads, kv=kv))
+    adapters = [lora] if isinstance(lora, (str, os.PathLike)) else list(lora or [])
+    adapters = [(a, 1.0) if isinstance(a, (str, os.PathLike)) else (a[0], float(a[1])) for a in adapters]
+    m = Model(Engine(path, device=device, n_ctx=n_ctx, n_batch=n_batch, threads=threads, kv=kv, lora=adapters))
     m.chat_template_kwargs = dict(chat_template_kwargs or {})
     return m

@@ -24,6 +24,8 @@ from ..cache.kvconfig import KVConfig
 from ..loaders.config import ModelConfig, load_config
 from ..loaders.errors import KvrunError
 from ..loaders.gguf_file import GGUFFile
+from ..loaders.lora import LoraAdapter
+from ..loaders.lora import apply as apply_lora
 from ..loaders.tokenizer import StreamDecoder, Tokenizer
 from ..models import model_class
 from ..ops import get_backend
@@ -164,6 +166,7 @@ class Engine:
         n_batch: int = 256,
         threads: int | None = None,
         kv: KVConfig | None = None,
+        lora: list[tuple[str, float]] | None = None,
     ) -> None:
         t0 = time.perf_counter()
         if n_ctx is not None and n_ctx < 0:  # (before the file opens: a bad flag costs no load)
@@ -173,6 +176,10 @@ class Engine:
         n_threads = set_threads(threads)
         self.path = str(path)
         self.gguf = GGUFFile(path)
+        #: LoRA adapters (path, scale), merged into the weights they touch as the model loads (loaders/lora.py)
+        self.lora = [(str(p), float(sc)) for p, sc in (lora or [])]
+        if self.lora:
+            self.gguf = apply_lora(self.gguf, [LoraAdapter.open(p, sc) for p, sc in self.lora])
         self.cfg: ModelConfig = load_config(self.gguf)
         cls = model_class(self.cfg.arch)
         if n_ctx is None:  # a chat-sized default, never past what the model was trained for

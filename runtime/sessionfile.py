@@ -54,6 +54,8 @@ def fingerprint(engine: Any) -> dict[str, Any]:
         "n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_vocab": cfg.n_vocab,
         "n_ctx": engine.n_ctx, "kv": str(engine.kv) if engine.kv is not None else "fp16", "device": engine.backend.name,
         "cache code": _cache_code(),
+        # (only with adapters: a file saved without any stays resumable)
+        **({"lora": [(os.path.basename(p), sc) for p, sc in engine.lora]} if getattr(engine, "lora", None) else {}),
     }  # fmt: skip
 
 

@@ -217,3 +217,31 @@ def write_tiny_model(
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+#: the LoRA adapter held to llama.cpp (tests/fixtures/lora_llama.npz, tools/make_lora_fixture.py): on the
+#: tiny llama (F32), Q and V of every layer and the FFN's down projection of layer 1, rank 4
+LORA_TARGETS = ("blk.0.attn_q.weight", "blk.0.attn_v.weight", "blk.1.attn_q.weight", "blk.1.attn_v.weight", "blk.1.ffn_down.weight")
+
+
+def write_tiny_lora(path: Path, base: Path, targets: tuple[str, ...] = LORA_TARGETS, rank: int = 4, alpha: float = 8.0,
+                    seed: int = 1, arch: str = "llama") -> Path:  # fmt: skip
+    """A LoRA adapter for the model at ``base`` as convert_lora_to_gguf.py writes one: ``<name>.lora_a``
+    [rank, n_in] and ``<name>.lora_b`` [n_out, rank] (float32) for each target, alpha in the metadata."""
+    from kvrun.loaders.gguf_file import GGUFFile
+
+    shapes = {name: GGUFFile(base).tensors[name].shape for name in targets}
+    rng = np.random.default_rng(seed)
+    w = GGUFWriter(str(path), arch)
+    w.add_string("general.type", "adapter")
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", alpha)
+    for name in targets:
+        n_out, n_in = shapes[name]
+        w.add_tensor(name + ".lora_a", (rng.standard_normal((rank, n_in)) * 0.3).astype(np.float32))
+        w.add_tensor(name + ".lora_b", (rng.standard_normal((n_out, rank)) * 0.3).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

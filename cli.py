@@ -303,6 +303,14 @@ def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return lora_options(fn)
 
 
+def draft_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """-md / --model-draft and --draft-max (llama.cpp's): speculative decoding with a draft model."""
+    fn = click.option("--draft-max", type=int, default=8, show_default=True, metavar="N", help="tokens the draft model drafts a step at most")(fn)
+    return click.option("-md", "--model-draft", "model_draft", default=None, metavar="MODEL",
+                        help="a small model of the same vocabulary that drafts tokens for greedy replies (--temp 0), "
+                             "checked by the model in one forward each step (speculative decoding)")(fn)  # fmt: skip
+
+
 def lora_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--lora FILE and --lora-scaled FILE SCALE (llama.cpp's): adapters merged into the weights at load."""
     fn = click.option("--lora-scaled", "lora_scaled", multiple=True, type=(str, float), metavar="FILE SCALE",
@@ -502,7 +510,9 @@ def _load(model: str | None, kw: dict[str, Any]):
 
     kv = kv_config(kw)
     path = _resolve(model)
-    return Model(_engine(path, device=kw["device"], n_ctx=kw["ctx_size"], n_batch=kw["n_batch"], threads=kw["threads"], kv=kv, lora=_lora(kw)))
+    draft = _resolve(kw["model_draft"]) if kw.get("model_draft") else None
+    return Model(_engine(path, device=kw["device"], n_ctx=kw["ctx_size"], n_batch=kw["n_batch"], threads=kw["threads"], kv=kv, lora=_lora(kw),
+                         draft=draft, draft_max=kw.get("draft_max", 8)))  # fmt: skip
 
 
 def _lora(kw: dict[str, Any]) -> list[tuple[str, float]]:
@@ -517,7 +527,7 @@ def _lora(kw: dict[str, Any]) -> list[tuple[str, float]]:
 def _stats_line(stats: Any, cache: Any = None, engine: Any = None) -> str:
     s = f"[prompt {stats.n_prompt} tok, {stats.prompt_tps:.1f} tok/s | gen {stats.n_gen} tok, {stats.gen_tps:.1f} tok/s"
     if stats.n_drafted:
-        s += f" | lookup kept {stats.n_accepted} of {stats.n_drafted} drafted"
+        s += f" | drafts: kept {stats.n_accepted} of {stats.n_drafted} drafted"
     if cache is not None:
         held = max((layer.n_tokens() for layer in cache.layers), default=0)
         s += f" | kv {_size(cache.nbytes())} holding {held} of {cache.offset} tokens"
@@ -539,6 +549,7 @@ def _stats_line(stats: Any, cache: Any = None, engine: Any = None) -> str:
 @lookup_option
 @click.option("--prompt-cache", "prompt_cache", type=click.Path(dir_okay=False), default=None,
               help="reuse the KV cache saved in this file for the prefix the prompt shares with it, and save the prompt's there (as llama-cli)")  # fmt: skip
+@draft_options
 @engine_options
 @kv_options
 @sampling_options
@@ -602,6 +613,7 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
 @lookup_option
 @click.option("--session", "session_file", type=click.Path(dir_okay=False), default=None,
               help="resume the chat saved in this file, KV cache and all (if it exists), and save it there on leaving; /save saves it now")  # fmt: skip
+@draft_options
 @engine_options
 @kv_options
 @sampling_options
@@ -658,6 +670,7 @@ def chat(model: str | None, system: str | None, n_predict: int, template_kwargs:
               help='variables for the chat template, e.g. \'{"enable_thinking": false}\'; a request\'s own chat_template_kwargs go over them')
 @click.option("--api-key", default=None, envvar="KVRUN_API_KEY",
               help="require 'Authorization: Bearer KEY' on every request but /health (as llama-server's; env KVRUN_API_KEY)")
+@draft_options
 @engine_options
 @kv_options
 @friendly

@@ -34,6 +34,7 @@ from ..ops.cpu.parallel import num_threads
 from .gbnf import compiled
 from .grammar import JSON_OBJECT, GrammarConstraint
 from .sampling import Sampler, SamplerConfig
+from .speculative import DraftModel, check_vocab
 from .threads import ThreadTuner
 
 
@@ -124,6 +125,11 @@ class GenRequest:
     #: occurrence of the text's last n-gram and check them in one forward; 0: off
     lookup: int = 0
 
+    def greedy(self) -> bool:
+        """Whether the text is greedy decoding's: temperature 0, no penalties (what drafts are checked against)."""
+        s = self.sampler
+        return s.temperature <= 0 and s.repeat_penalty == 1.0 and not s.presence_penalty and not s.frequency_penalty
+
     def validate(self) -> None:
         """Raise ValueError for a value no generation can take (the sampler's too)."""
         self.sampler.validate()
@@ -137,8 +143,7 @@ class GenRequest:
             if self.json_mode:
                 raise ValueError("JSON mode and a grammar (or JSON schema) are two constraints: give one")
             compiled(self.grammar)  # (a GrammarError, a ValueError, names the fault)
-        if self.lookup and (self.sampler.temperature > 0 or self.json_mode or self.grammar is not None or self.sampler.repeat_penalty != 1.0
-                            or self.sampler.presence_penalty or self.sampler.frequency_penalty):  # fmt: skip
+        if self.lookup and (not self.greedy() or self.json_mode or self.grammar is not None):
             raise ValueError("lookup decoding takes greedy sampling (temperature 0, no penalties, no JSON mode or grammar): "
                              "it keeps the drafted tokens greedy decoding would have chosen")  # fmt: skip
 
@@ -167,6 +172,8 @@ class Engine:
         threads: int | None = None,
         kv: KVConfig | None = None,
         lora: list[tuple[str, float]] | None = None,
+        draft: str | os.PathLike | None = None,
+        draft_max: int = 8,
     ) -> None:
         t0 = time.perf_counter()
         if n_ctx is not None and n_ctx < 0:  # (before the file opens: a bad flag costs no load)
@@ -214,6 +221,18 @@ class Engine:
             self.graphs = DecodeGraphs(self.model, self.backend.xp, self.cfg.n_vocab, len(self.model.layer_specs()))
         # the first forward compiles the kernels when their on-disk cache is cold
         self.kernels_cold = not getattr(self.backend, "kernels_cached", lambda: True)()
+        #: speculative decoding (runtime/speculative.py): a draft model drafting up to draft_max tokens a
+        #: step for greedy requests
+        self.draft: DraftModel | None = None
+        self.draft_max = draft_max
+        if draft is not None:
+            if not 1 <= draft_max <= MAX_LOOKUP:
+                raise KvrunError(f"--draft-max must be in 1..{MAX_LOOKUP}, got {draft_max}")
+            if self.kv is not None:  # (drafted tokens the target refuses leave its cache: a compressed one cannot undo)
+                raise KvrunError("a draft model needs the fp16 KV cache: drop the --kv-* flags, or the draft model")
+            d = Engine(draft, device=device, n_ctx=self.n_ctx, n_batch=self.n_batch, threads=threads)
+            check_vocab(self, d)
+            self.draft = DraftModel(d, self.cfg.n_vocab)
 
     @property
     def prefill_products(self) -> str | None:
@@ -351,8 +370,10 @@ class Engine:
             self.tuner = tuner
 
     # ------------------------------------------------------------------ generate
-    def generate_tokens(self, cache: KVCache, prompt: list[int], req: GenRequest, stats: GenStats | None = None) -> Iterator[int]:
-        """Prefill ``prompt`` then yield sampled token ids until EOS/EOT, a stop, or max_tokens (-1: none)."""
+    def generate_tokens(self, cache: KVCache, prompt: list[int], req: GenRequest, stats: GenStats | None = None,
+                        context: list[int] | None = None) -> Iterator[int]:  # fmt: skip
+        """Prefill ``prompt`` then yield sampled token ids until EOS/EOT, a stop, or max_tokens (-1: none).
+        ``context``: the tokens ``cache`` already holds before ``prompt`` (a draft model reads the whole text)."""
         req.validate()
         if req.lookup and self.kv is not None:  # (a compressed cache's evictions and calibration are not undone by truncating)
             raise KvrunError("lookup decoding needs the fp16 KV cache: drop the --kv-* flags, or lookup")
@@ -369,6 +390,9 @@ class Engine:
         grammar = req.grammar if req.grammar is not None else JSON_OBJECT if req.json_mode else None
         constraint = GrammarConstraint(self.tokenizer, self.cfg.n_vocab, grammar) if grammar is not None else None
         ngrams = NgramIndex(history) if req.lookup else None
+        # the draft model drafts for greedy, unconstrained requests (its drafts are checked greedily)
+        drafter = self.draft if self.draft is not None and not req.lookup and constraint is None and req.greedy() else None
+        context = list(context or [])
         confirmed: list[tuple[int, Any]] = []  # lookup: drafted tokens the model confirmed (in the cache), with their logits
         backoff, resume_at = 1, 0  # lookup: after a draft wholly refused, none for `backoff` tokens (doubling while refused)
         t1 = time.perf_counter()
@@ -396,8 +420,12 @@ class Engine:
                     return
                 if row is not logits:  # a confirmed draft token: already in the cache, its follower's logits known
                     continue
-                drafting = ngrams is not None and stats.n_gen >= resume_at
-                draft = ngrams.draft(min(req.lookup, self.n_ctx - cache.offset - 1)) if drafting else []
+                room = self.n_ctx - cache.offset - 1
+                if drafter is not None:
+                    draft = drafter.draft(context + history, min(self.draft_max, room))
+                else:
+                    drafting = ngrams is not None and stats.n_gen >= resume_at
+                    draft = ngrams.draft(min(req.lookup, room)) if drafting else []
                 if not draft:
                     logits = self.eval(cache, [tok], on_device=on_device)[-1]
                     continue
@@ -432,7 +460,7 @@ class Engine:
         held.extend(ids[n_keep:])
         out: list[int] = []
         try:
-            for t in self.generate_tokens(cache, ids[n_keep:], req, stats):
+            for t in self.generate_tokens(cache, ids[n_keep:], req, stats, context=ids[:n_keep]):
                 out.append(t)
                 yield t
         finally:  # the cache holds the prompt and every generated token that was fed back

@@ -34,6 +34,10 @@ class LayerSpec:
     window: int = 0  # sliding window in tokens (0: global attention)
     scale: float = 1.0  # multiplier of q.k
     softcap: float = 0.0  # attention logit soft-capping (0: off)
+    #: > 0: not an attention layer but a short causal convolution (LFM2) over this many channels, with a
+    #: kernel of ``conv_kernel`` positions: its cache keeps the last inputs (cache/conv.py)
+    conv: int = 0
+    conv_kernel: int = 0
 
 
 class LayerCache(ABC):
@@ -61,6 +65,10 @@ class LayerCache(ABC):
     def truncate(self, n_past: int) -> None:
         """Forget every token at position >= ``n_past``."""
 
+    def can_truncate(self, n_past: int) -> bool:
+        """Whether :meth:`truncate` can go back to ``n_past`` (a recurrent state keeps only the recent past)."""
+        return True
+
 
 class KVCache:
     """All layers' caches of one sequence, plus the next free position."""
@@ -84,8 +92,13 @@ class KVCache:
         self.offset = 0
 
     def truncate(self, n_past: int) -> None:
+        """Forget positions >= ``n_past``; where a layer cannot go back that far (a convolution's state
+        keeps only its recent inputs) the whole cache starts over empty: read :attr:`offset` after."""
         if n_past > self.offset:
             raise ValueError(f"cannot truncate to {n_past}: only {self.offset} positions are cached")
+        if not all(layer.can_truncate(n_past) for layer in self.layers):
+            self.reset()
+            return
         for layer in self.layers:
             layer.truncate(n_past)
         self.offset = n_past

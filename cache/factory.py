@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .base import LayerCache, LayerSpec
 from .compressed import CompressedLayerCache
+from .conv import ConvLayerCache
 from .kvconfig import DEFAULT_WARM_TARGET, KVConfig
 from .plain import PlainLayerCache, make_plain_cache
 
@@ -33,6 +34,10 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
     ValueError
         One line naming an impossible combination and what to do.
     """
+    if any(spec.conv for spec in specs):  # LFM2: convolution layers keep their state (cache/conv.py), the rest K/V
+        attn = [spec for spec in specs if not spec.conv]
+        made = iter(make_cache(attn, n_ctx, n_batch, kv, device) if attn else [])
+        return [ConvLayerCache(spec) if spec.conv else next(made) for spec in specs]
     layer_cls, plain = CompressedLayerCache, make_plain_cache
     if device == "gpu":  # imported here: the CPU path never needs CuPy or the GPU kernels
         from .gpu_compressed import GPUCompressedLayerCache as layer_cls

@@ -15,12 +15,14 @@ from typing import Any
 from .errors import GGUFError, UnsupportedModelError
 from .gguf_file import GGUFFile
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "olmo2", "granitemoe", "olmoe", "exaone", "bert", "nomic-bert")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "olmo2", "granitemoe", "olmoe", "exaone", "bert", "nomic-bert", "lfm2")
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # BERT encoders (embeddings): learned positions; nomic-bert rotates, NeoX layout
     "bert": {"rope_neox": False},
+    # LFM2: convolution and attention layers (which ones: the per-layer head_count_kv, 0 for convolutions)
+    "lfm2": {"rope_neox": True},
     "nomic-bert": {"rope_neox": True},
     "llama": {"rope_neox": False},
     "mistral": {"rope_neox": False},
@@ -127,7 +129,8 @@ def load_config(g: GGUFFile) -> ModelConfig:
     n_embd = int(_req(g, "embedding_length"))
     n_head = int(_req(g, "attention.head_count"))
     n_head_kv = g.arch_get("attention.head_count_kv", n_head)
-    n_head_kv = int(n_head_kv if not hasattr(n_head_kv, "__len__") else n_head_kv[0])
+    # (a per-layer list: LFM2 states 0 for its convolution layers; the attention layers' count is the one)
+    n_head_kv = int(n_head_kv if not hasattr(n_head_kv, "__len__") else max(n_head_kv))
     head_dim = int(g.arch_get("attention.key_length", n_embd // n_head))
     head_dim_v = int(g.arch_get("attention.value_length", head_dim))
     n_layer = int(_req(g, "block_count"))

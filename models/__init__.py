@@ -11,6 +11,7 @@ from .gemma2 import Gemma2Model
 from .gemma3 import Gemma3Model
 from .granite import GraniteModel
 from .granitemoe import GraniteMoeModel
+from .lfm2 import Lfm2Model
 from .llama import LlamaModel
 from .olmo2 import Olmo2Model
 from .olmoe import OlmoeModel
@@ -21,7 +22,7 @@ from .qwen3moe import Qwen3MoeModel
 from .smollm3 import SmolLM3Model
 
 MODEL_CLASSES: dict[str, type[Model]] = {}
-for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model, Qwen3Model, Qwen3MoeModel, Phi3Model, GemmaModel, Gemma2Model, Gemma3Model, Olmo2Model, OlmoeModel, ExaoneModel, BertModel):
+for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model, Qwen3Model, Qwen3MoeModel, Phi3Model, GemmaModel, Gemma2Model, Gemma3Model, Olmo2Model, OlmoeModel, ExaoneModel, BertModel, Lfm2Model):
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

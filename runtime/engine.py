@@ -456,6 +456,7 @@ class Engine:
         n_keep = min(shared_prefix(held, ids), len(ids) - 1)
         if n_keep < cache.offset:
             cache.truncate(n_keep)
+            n_keep = cache.offset  # (a convolution's state may not go back that far: then all is fed again)
         del held[n_keep:]
         held.extend(ids[n_keep:])
         out: list[int] = []

@@ -13,7 +13,7 @@ from reference import Reference
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.cache.base import KVCache
-from kvrun.cache.plain import make_plain_cache
+from kvrun.cache.factory import make_cache
 from kvrun.loaders.config import load_config
 from kvrun.loaders.gguf_file import GGUFFile
 from kvrun.models import model_class
@@ -31,7 +31,7 @@ def _build(path):
 
 
 def _run(model, cfg, tokens, chunk):
-    cache = KVCache(make_plain_cache(model.layer_specs(), N_CTX, N_BATCH))
+    cache = KVCache(make_cache(model.layer_specs(), N_CTX, N_BATCH))  # (the factory: LFM2 keeps convolution states too)
     out = np.zeros((len(tokens), cfg.n_vocab), np.float32)
     for s in range(0, len(tokens), chunk):
         ch = tokens[s : s + chunk]
@@ -67,7 +67,7 @@ def test_gemma3_layers_alternate_window(tmp_path):
 def test_unknown_architecture_lists_supported():
     from kvrun.loaders.errors import UnsupportedModelError
 
-    with pytest.raises(UnsupportedModelError, match="bert, exaone, gemma, gemma2, gemma3, granite, granitemoe, llama, mistral, nomic-bert, olmo2, olmoe, phi3, qwen2, qwen3, qwen3moe, smollm3"):
+    with pytest.raises(UnsupportedModelError, match="bert, exaone, gemma, gemma2, gemma3, granite, granitemoe, lfm2, llama, mistral, nomic-bert, olmo2, olmoe, phi3, qwen2, qwen3, qwen3moe, smollm3"):
         model_class("mamba")
 
 

@@ -49,7 +49,9 @@ ARCH_GEOMETRY = {
     "olmo2": (64, 4, 2, 16, 96, 4),  # grouped-query attention, as OLMo 2 32B's; with a window (OLMo 3) layer 3 is global
     "olmoe": (64, 4, 4, 16, 96, 2),  # (llama.cpp sizes OLMoE's K norm n_embd: as many KV heads as heads)
     "exaone": (64, 4, 2, 16, 96, 2),
+    "lfm2": (64, 4, 2, 16, 96, 5),  # layers 1 and 3 attend, the others are convolutions (LFM2_CONV)
 }
+LFM2_CONV = (True, False, True, False, True)
 
 
 #: the tiny models held to llama.cpp's logits (tests/fixtures/arch_<name>.npz, tools/make_arch_fixtures.py):
@@ -74,6 +76,7 @@ FIXTURE_MODELS: dict[str, dict] = {
     "olmoe": {"arch": "olmoe"},
     "exaone": {"arch": "exaone"},
     "exaone-rope-freqs": {"arch": "exaone", "rope_freqs": True},  # EXAONE 3.5's Llama 3 rope factors
+    "lfm2": {"arch": "lfm2"},
 }
 
 
@@ -86,6 +89,8 @@ def write_tiny_model(
     with Llama 3.1's per-frequency rope factors (``rope_freqs.weight``, 1 to 8 from high to low), or
     for phi3 its long and short sets.  ``sliding_window``: gemma2's and gemma3's window (8 unless given); olmo2
     has one only where given (OLMo 3's layout).  ``rope_yarn``: YaRN rope scaling (factor, original context)."""
+    if arch == "lfm2":
+        return _write_tiny_lfm2(path, qtype, seed)
     rng = np.random.default_rng(seed)
     n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = ARCH_GEOMETRY[arch]
     toks, merges, types = byte_vocab()
@@ -240,6 +245,69 @@ def write_tiny_lora(path: Path, base: Path, targets: tuple[str, ...] = LORA_TARG
         n_out, n_in = shapes[name]
         w.add_tensor(name + ".lora_a", (rng.standard_normal((rank, n_in)) * 0.3).astype(np.float32))
         w.add_tensor(name + ".lora_b", (rng.standard_normal((n_out, rank)) * 0.3).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def _write_tiny_lfm2(path: Path, qtype: int, seed: int) -> Path:
+    """A random LFM2: convolution layers where LFM2_CONV says (per-layer head_count_kv 0), attention
+    layers with per-head QK-norm, the final norm named token_embd_norm (as llama.cpp's converter)."""
+    rng = np.random.default_rng(seed)
+    n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = ARCH_GEOMETRY["lfm2"]
+    toks, merges, types = byte_vocab()
+    n_vocab, l_cache = len(toks), 3
+    w = GGUFWriter(str(path), "lfm2")
+    w.add_name("tiny-lfm2")
+    w.add_context_length(1024)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv([0 if conv else n_head_kv for conv in LFM2_CONV])
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    w.add_uint32("lfm2.shortconv.l_cache", l_cache)
+    w.add_vocab_size(n_vocab)
+    w.add_file_type(int(getattr(LlamaFileType, f"MOSTLY_{Q(qtype).name}", LlamaFileType.ALL_F32)))
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(toks)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_eos_token_id(n_vocab - 1)
+    w.add_bos_token_id(n_vocab - 1)
+    w.add_add_bos_token(False)
+
+    def mat(name: str, rows: int, cols: int, scale: float = 0.1) -> None:
+        a = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+        w.add_tensor(name, a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
+
+    def vec(name: str, n: int, base: float = 1.0, scale: float = 0.1) -> None:
+        w.add_tensor(name, (base + rng.standard_normal(n) * scale).astype(np.float32))
+
+    mat("token_embd.weight", n_vocab, n_embd, 0.5)
+    vec("token_embd_norm.weight", n_embd)
+    for i, conv in enumerate(LFM2_CONV):
+        b = f"blk.{i}."
+        vec(b + "attn_norm.weight", n_embd)
+        if conv:
+            w.add_tensor(b + "shortconv.conv.weight", (rng.standard_normal((n_embd, l_cache)) * 0.5).astype(np.float32))
+            mat(b + "shortconv.in_proj.weight", 3 * n_embd, n_embd, 0.3)
+            mat(b + "shortconv.out_proj.weight", n_embd, n_embd)
+        else:
+            mat(b + "attn_q.weight", n_head * head_dim, n_embd)
+            mat(b + "attn_k.weight", n_head_kv * head_dim, n_embd)
+            mat(b + "attn_v.weight", n_head_kv * head_dim, n_embd)
+            mat(b + "attn_output.weight", n_embd, n_head * head_dim)
+            vec(b + "attn_q_norm.weight", head_dim)
+            vec(b + "attn_k_norm.weight", head_dim)
+        vec(b + "ffn_norm.weight", n_embd)
+        mat(b + "ffn_gate.weight", n_ff, n_embd)
+        mat(b + "ffn_up.weight", n_ff, n_embd)
+        mat(b + "ffn_down.weight", n_embd, n_ff)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

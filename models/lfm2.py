@@ -1,0 +1,135 @@
+"""LFM2 (Liquid AI's LFM2-350M / 700M / 1.2B / 2.6B): https://www.liquid.ai/blog/liquid-foundation-models-v2
+
+A hybrid made for edge devices, as llama.cpp's LFM2 graph: most layers are short gated
+convolutions, the rest grouped-query attention.  Every layer is pre-norm (RMSNorm) with a SwiGLU
+FFN after its operator; which layers attend is the per-layer ``head_count_kv`` (0: a convolution).
+
+A convolution layer (``shortconv``): ``B, C, x = in_proj(xn)`` (three ``n_embd`` chunks), a
+causal depthwise convolution of ``B * x`` over the last ``l_cache`` positions (each channel its own
+kernel), gated by ``C``, then ``out_proj``.  Its state, the last inputs, lives in the cache beside
+the attention layers' K/V (``cache/conv.py``).  An attention layer RMS-normalises each head of Q
+and K before NeoX rope, as Qwen3.  The final norm is stored as ``token_embd_norm`` (llama.cpp's
+name fix for LFM2).  The convolution runs in numpy on the host: the CPU backend only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..cache.base import KVCache, LayerSpec
+from ..loaders.config import ModelConfig
+from ..loaders.errors import GGUFError, UnsupportedModelError
+from ..loaders.gguf_file import GGUFFile
+from ..ops.backend import Backend, Weight
+from .common import TENSOR_NAMES, Model, WeightLoader, make_rope
+
+TENSOR_NAMES.update({  # LFM2's names (llama.cpp's LLM_TENSOR_SHORTCONV_*, its output norm fix)
+    "conv": "blk.{i}.shortconv.conv.weight",
+    "conv_in": "blk.{i}.shortconv.in_proj.weight",
+    "conv_out": "blk.{i}.shortconv.out_proj.weight",
+    "output_norm_lfm2": "token_embd_norm.weight",
+})  # fmt: skip
+
+
+@dataclass
+class Lfm2Layer:
+    attn_norm: Any  # [n_embd]: the operator norm, before the convolution or the attention
+    ffn_norm: Any  # [n_embd]
+    w_gate: Weight  # [n_ff, n_embd]
+    w_up: Weight  # [n_ff, n_embd]
+    w_down: Weight  # [n_embd, n_ff]
+    conv: np.ndarray | None = None  # [n_embd, l_cache] float32: each channel's kernel, oldest position first
+    conv_in: Weight | None = None  # [3 * n_embd, n_embd]: B, C, x
+    conv_out: Weight | None = None  # [n_embd, n_embd]
+    wq: Weight | None = None  # [n_head*head_dim, n_embd]
+    wk: Weight | None = None  # [n_head_kv*head_dim, n_embd]
+    wv: Weight | None = None
+    wo: Weight | None = None  # [n_embd, n_head*head_dim]
+    q_norm: Any = None  # [head_dim]
+    k_norm: Any = None
+
+
+class Lfm2Model(Model):
+    archs = ("lfm2",)
+
+    def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
+        super().__init__(g, cfg, backend, n_ctx, n_batch)
+        if backend.name != "cpu":
+            raise UnsupportedModelError(f"{g.path}: LFM2's convolution layers run on the CPU; drop --device gpu")
+        kv = g.arch_get("attention.head_count_kv")
+        per_layer = list(kv) if hasattr(kv, "__len__") else [kv] * cfg.n_layer
+        if len(per_layer) != cfg.n_layer:
+            raise GGUFError(f"{g.path}: lfm2.attention.head_count_kv has {len(per_layer)} entries for {cfg.n_layer} layers")
+        self.is_conv = [int(n) == 0 for n in per_layer]
+        self.l_cache = int(g.arch_get("shortconv.l_cache", 3))
+        w = WeightLoader(g, backend)
+        self.tok_embd = w.matrix("tok_embd")
+        self.output = w.matrix("output", required=False) or self.tok_embd
+        self.output_norm = w.vector("output_norm_lfm2")
+        self.layers = [self._load_layer(w, i) for i in range(cfg.n_layer)]
+        self.rope_cos, self.rope_sin = make_rope(cfg, n_ctx, cfg.rope_theta)
+
+    def _load_layer(self, w: WeightLoader, i: int) -> Lfm2Layer:
+        L = Lfm2Layer(attn_norm=w.vector("attn_norm", i), ffn_norm=w.vector("ffn_norm", i),
+                      w_gate=w.matrix("w_gate", i), w_up=w.matrix("w_up", i), w_down=w.matrix("w_down", i))  # fmt: skip
+        if self.is_conv[i]:
+            k = w.host_vector("conv", i)
+            L.conv = k.reshape(self.cfg.n_embd, self.l_cache)
+            L.conv_in, L.conv_out = w.matrix("conv_in", i), w.matrix("conv_out", i)
+        else:
+            L.wq, L.wk, L.wv, L.wo = (w.matrix(r, i) for r in ("wq", "wk", "wv", "wo"))
+            L.q_norm, L.k_norm = w.vector("q_norm", i), w.vector("k_norm", i)
+        return L
+
+    def layer_specs(self) -> list[LayerSpec]:
+        c = self.cfg
+        attn = LayerSpec(c.n_head, c.n_head_kv, c.head_dim, c.head_dim_v, 0, 1.0 / np.sqrt(c.head_dim))
+        conv = LayerSpec(1, 1, 1, 1, conv=c.n_embd, conv_kernel=self.l_cache)
+        return [conv if is_conv else attn for is_conv in self.is_conv]
+
+    def _conv(self, L: Lfm2Layer, state, xn: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """A convolution layer's output ``[T, n_embd]`` for the normed input ``xn`` ``[T, n_embd]``."""
+        n, T = self.cfg.n_embd, xn.shape[0]
+        bcx = self.buf.get("conv_bcx", T, 3 * n)
+        self.be.linear(L.conv_in, xn, bcx)
+        b, c, x = bcx[:, :n], bcx[:, n : 2 * n], bcx[:, 2 * n :]
+        win = state.window(b * x, pos)  # [d_conv + T, n]: the inputs before, then these
+        y = np.zeros((T, n), np.float32)
+        for j in range(self.l_cache):  # (a depthwise kernel of 3: three shifted multiply-adds)
+            y += win[j : j + T] * L.conv[:, j]
+        y *= c
+        out = self.buf.get("conv_out", T, n)
+        self.be.linear(L.conv_out, y, out)
+        return out
+
+    def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
+        c, be, buf = self.cfg, self.be, self.buf
+        T = len(tokens)
+        x = buf.get("x", T, c.n_embd)  # residual stream
+        xn = buf.get("xn", T, c.n_embd)
+        q = buf.get("q", T, c.n_head * c.head_dim)
+        k = buf.get("k", T, c.n_head_kv * c.head_dim)
+        v = buf.get("v", T, c.n_head_kv * c.head_dim_v)
+        att = buf.get("att", T, c.n_head * c.head_dim_v)
+        gate = buf.get("gate", T, c.n_ff)
+        up = buf.get("up", T, c.n_ff)
+        q3, k3 = q.reshape(T, c.n_head, c.head_dim), k.reshape(T, c.n_head_kv, c.head_dim)
+        v3, att3 = v.reshape(T, c.n_head_kv, c.head_dim_v), att.reshape(T, c.n_head, c.head_dim_v)
+        be.get_rows(self.tok_embd, tokens, x)
+        for il, L in enumerate(self.layers):
+            if L.conv is not None:
+                be.rms_norm(x, L.attn_norm, c.norm_eps, xn)
+                be.add(x, self._conv(L, cache[il], xn, pos))
+            else:
+                be.norm_linear_many(x, L.attn_norm, c.norm_eps, xn, (L.wq, L.wk, L.wv), (q, k, v))
+                be.norm_rope_qk(q3, k3, L.q_norm, L.k_norm, c.norm_eps, pos, self.rope_cos, self.rope_sin, c.rope_neox)
+                cache[il].update_and_attend(q3, k3, v3, pos, att3)
+                be.linear_add(L.wo, att, x)
+            self.trace("attn_out", il, x)
+            be.norm_linear_many(x, L.ffn_norm, c.norm_eps, xn, (L.w_gate, L.w_up), (gate, up))
+            be.linear_glu(L.w_down, gate, up, x, "silu", accumulate=True)
+            self.trace("l_out", il, x)
+        self.output_head(x, out_rows, logits)

@@ -15,7 +15,7 @@ from typing import Any
 from .errors import GGUFError, UnsupportedModelError
 from .gguf_file import GGUFFile
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "olmo2", "granitemoe", "olmoe", "exaone", "bert", "nomic-bert", "lfm2")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "olmo2", "granitemoe", "olmoe", "exaone", "bert", "nomic-bert", "lfm2", "lfm2moe")
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -23,6 +23,7 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "bert": {"rope_neox": False},
     # LFM2: convolution and attention layers (which ones: the per-layer head_count_kv, 0 for convolutions)
     "lfm2": {"rope_neox": True},
+    "lfm2moe": {"rope_neox": True},  # (its experts' sigmoid weights renormalised)
     "nomic-bert": {"rope_neox": True},
     "llama": {"rope_neox": False},
     "mistral": {"rope_neox": False},

@@ -49,6 +49,7 @@ TENSOR_NAMES: dict[str, str] = {
     "ffn_up_exps": "blk.{i}.ffn_up_exps.weight",
     "ffn_down_exps": "blk.{i}.ffn_down_exps.weight",
     "ffn_gate_shexp": "blk.{i}.ffn_gate_shexp.weight",
+    "exp_probs_b": "blk.{i}.exp_probs_b.bias",
 }
 
 

@@ -1,4 +1,5 @@
-"""LFM2 (Liquid AI's LFM2-350M / 700M / 1.2B / 2.6B): https://www.liquid.ai/blog/liquid-foundation-models-v2
+"""LFM2 (Liquid AI's LFM2-350M / 700M / 1.2B / 2.6B) and LFM2-MoE (LFM2-8B-A1B):
+https://www.liquid.ai/blog/liquid-foundation-models-v2
 
 A hybrid made for edge devices, as llama.cpp's LFM2 graph: most layers are short gated
 convolutions, the rest grouped-query attention.  Every layer is pre-norm (RMSNorm) with a SwiGLU
@@ -10,6 +11,11 @@ kernel), gated by ``C``, then ``out_proj``.  Its state, the last inputs, lives i
 the attention layers' K/V (``cache/conv.py``).  An attention layer RMS-normalises each head of Q
 and K before NeoX rope, as Qwen3.  The final norm is stored as ``token_embd_norm`` (llama.cpp's
 name fix for LFM2).  The convolution runs in numpy on the host: the CPU backend only.
+
+LFM2-MoE keeps the first ``leading_dense_block_count`` FFNs dense and gives the others a mixture
+of experts (``moe.py``) whose router takes each expert's sigmoid, chooses the top experts by it
+plus a per-expert bias (``exp_probs_b``: load balancing), and weights them by the sigmoids alone,
+renormalised, as llama.cpp's graph.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from ..loaders.errors import GGUFError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
 from .common import TENSOR_NAMES, Model, WeightLoader, make_rope
+from .moe import MoE, load_moe, moe_add
 
 TENSOR_NAMES.update({  # LFM2's names (llama.cpp's LLM_TENSOR_SHORTCONV_*, its output norm fix)
     "conv": "blk.{i}.shortconv.conv.weight",
@@ -38,9 +45,10 @@ TENSOR_NAMES.update({  # LFM2's names (llama.cpp's LLM_TENSOR_SHORTCONV_*, its o
 class Lfm2Layer:
     attn_norm: Any  # [n_embd]: the operator norm, before the convolution or the attention
     ffn_norm: Any  # [n_embd]
-    w_gate: Weight  # [n_ff, n_embd]
-    w_up: Weight  # [n_ff, n_embd]
-    w_down: Weight  # [n_embd, n_ff]
+    w_gate: Weight | None  # [n_ff, n_embd] (None: a mixture of experts instead)
+    w_up: Weight | None  # [n_ff, n_embd]
+    w_down: Weight | None  # [n_embd, n_ff]
+    moe: MoE | None = None
     conv: np.ndarray | None = None  # [n_embd, l_cache] float32: each channel's kernel, oldest position first
     conv_in: Weight | None = None  # [3 * n_embd, n_embd]: B, C, x
     conv_out: Weight | None = None  # [n_embd, n_embd]
@@ -53,7 +61,7 @@ class Lfm2Layer:
 
 
 class Lfm2Model(Model):
-    archs = ("lfm2",)
+    archs = ("lfm2", "lfm2moe")
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
@@ -65,6 +73,10 @@ class Lfm2Model(Model):
             raise GGUFError(f"{g.path}: lfm2.attention.head_count_kv has {len(per_layer)} entries for {cfg.n_layer} layers")
         self.is_conv = [int(n) == 0 for n in per_layer]
         self.l_cache = int(g.arch_get("shortconv.l_cache", 3))
+        self.n_dense = int(g.arch_get("leading_dense_block_count", cfg.n_layer) or 0) if cfg.n_expert else cfg.n_layer
+        self.gating = {1: "softmax", 2: "sigmoid"}.get(int(g.arch_get("expert_gating_func", 1) or 1))
+        if self.gating is None:
+            raise UnsupportedModelError(f"{g.path}: expert_gating_func {g.arch_get('expert_gating_func')} is not supported (1 softmax, 2 sigmoid)")
         w = WeightLoader(g, backend)
         self.tok_embd = w.matrix("tok_embd")
         self.output = w.matrix("output", required=False) or self.tok_embd
@@ -73,8 +85,13 @@ class Lfm2Model(Model):
         self.rope_cos, self.rope_sin = make_rope(cfg, n_ctx, cfg.rope_theta)
 
     def _load_layer(self, w: WeightLoader, i: int) -> Lfm2Layer:
-        L = Lfm2Layer(attn_norm=w.vector("attn_norm", i), ffn_norm=w.vector("ffn_norm", i),
-                      w_gate=w.matrix("w_gate", i), w_up=w.matrix("w_up", i), w_down=w.matrix("w_down", i))  # fmt: skip
+        c = self.cfg
+        if i < self.n_dense:
+            L = Lfm2Layer(attn_norm=w.vector("attn_norm", i), ffn_norm=w.vector("ffn_norm", i),
+                          w_gate=w.matrix("w_gate", i), w_up=w.matrix("w_up", i), w_down=w.matrix("w_down", i))  # fmt: skip
+        else:
+            L = Lfm2Layer(attn_norm=w.vector("attn_norm", i), ffn_norm=w.vector("ffn_norm", i), w_gate=None, w_up=None, w_down=None,
+                          moe=load_moe(w, i, c.n_expert, c.n_expert_used, c.n_ff_exp, c.n_embd, c.expert_weights_norm, self.gating))  # fmt: skip
         if self.is_conv[i]:
             k = w.host_vector("conv", i)
             L.conv = k.reshape(self.cfg.n_embd, self.l_cache)
@@ -129,7 +146,11 @@ class Lfm2Model(Model):
                 cache[il].update_and_attend(q3, k3, v3, pos, att3)
                 be.linear_add(L.wo, att, x)
             self.trace("attn_out", il, x)
-            be.norm_linear_many(x, L.ffn_norm, c.norm_eps, xn, (L.w_gate, L.w_up), (gate, up))
-            be.linear_glu(L.w_down, gate, up, x, "silu", accumulate=True)
+            if L.moe is not None:
+                be.rms_norm(x, L.ffn_norm, c.norm_eps, xn)
+                moe_add(be, L.moe, xn, x, buf)
+            else:
+                be.norm_linear_many(x, L.ffn_norm, c.norm_eps, xn, (L.w_gate, L.w_up), (gate, up))
+                be.linear_glu(L.w_down, gate, up, x, "silu", accumulate=True)
             self.trace("l_out", il, x)
         self.output_head(x, out_rows, logits)

@@ -32,6 +32,8 @@ class MoE:
     n_expert: int
     n_used: int
     norm_weights: bool  # renormalise the chosen experts' probabilities to sum 1
+    gating: str = "softmax"  # the router's probabilities: softmax over experts, or each expert's sigmoid (LFM2-MoE)
+    bias: np.ndarray | None = None  # [n_expert]: added to the probabilities to choose experts, not to weight them
 
 
 def expert(w: Weight, e: int, n_expert: int) -> Weight:
@@ -40,7 +42,8 @@ def expert(w: Weight, e: int, n_expert: int) -> Weight:
     return Weight(w.data[e * n : (e + 1) * n], w.qtype, (n, w.shape[1]))
 
 
-def load_moe(w: WeightLoader, i: int, n_expert: int, n_used: int, n_ff_exp: int, n_embd: int, norm_weights: bool) -> MoE:
+def load_moe(w: WeightLoader, i: int, n_expert: int, n_used: int, n_ff_exp: int, n_embd: int, norm_weights: bool,
+             gating: str = "softmax") -> MoE:  # fmt: skip
     if w.be.name != "cpu":  # the routing is numpy work on host arrays
         raise UnsupportedModelError(f"{w.g.path}: mixture-of-experts models run on the CPU only for now; use --device cpu")
     if not 0 < n_used <= n_expert:
@@ -53,15 +56,21 @@ def load_moe(w: WeightLoader, i: int, n_expert: int, n_used: int, n_ff_exp: int,
         n_expert=n_expert,
         n_used=n_used,
         norm_weights=norm_weights,
+        gating=gating,
+        bias=w.host_vector("exp_probs_b", i, required=False),
     )
 
 
-def route(logits: np.ndarray, k: int, norm_weights: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Router logits ``[T, n_expert]`` -> (chosen experts ``[T, k]``, their weights ``[T, k]``), float32."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    p = np.exp(z, dtype=np.float32)
-    p /= p.sum(axis=1, keepdims=True)
-    top = np.argsort(-p, axis=1, kind="stable")[:, :k]
+def route(logits: np.ndarray, k: int, norm_weights: bool, gating: str = "softmax", bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Router logits ``[T, n_expert]`` -> (chosen experts ``[T, k]``, their weights ``[T, k]``), float32.
+    ``bias`` (DeepSeek-V3's and LFM2-MoE's load balancing) moves which experts are chosen, not their weights."""
+    if gating == "sigmoid":
+        p = (1.0 / (1.0 + np.exp(-logits.astype(np.float32)))).astype(np.float32)
+    else:
+        z = logits - logits.max(axis=1, keepdims=True)
+        p = np.exp(z, dtype=np.float32)
+        p /= p.sum(axis=1, keepdims=True)
+    top = np.argsort(-(p + bias if bias is not None else p), axis=1, kind="stable")[:, :k]
     wts = np.take_along_axis(p, top, axis=1)
     if norm_weights:
         wts = wts / wts.sum(axis=1, keepdims=True)
@@ -77,7 +86,7 @@ def moe_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers, 
     n_ff = moe.gate.shape[0] // moe.n_expert
     logits = buf.get("moe_router", T, moe.n_expert)
     be.linear(moe.router, xn, logits)
-    top, wts = route(be.to_host(logits), moe.n_used, moe.norm_weights)
+    top, wts = route(be.to_host(logits), moe.n_used, moe.norm_weights, moe.gating, moe.bias)
     if T == 1 and be.moe_token(moe.gate, moe.up, moe.down, n_ff, top[0], wts[0], xn, x):
         return
     for e in np.unique(top):

@@ -67,7 +67,7 @@ def test_gemma3_layers_alternate_window(tmp_path):
 def test_unknown_architecture_lists_supported():
     from kvrun.loaders.errors import UnsupportedModelError
 
-    with pytest.raises(UnsupportedModelError, match="bert, exaone, gemma, gemma2, gemma3, granite, granitemoe, lfm2, llama, mistral, nomic-bert, olmo2, olmoe, phi3, qwen2, qwen3, qwen3moe, smollm3"):
+    with pytest.raises(UnsupportedModelError, match="bert, exaone, gemma, gemma2, gemma3, granite, granitemoe, lfm2, lfm2moe, llama, mistral, nomic-bert, olmo2, olmoe, phi3, qwen2, qwen3, qwen3moe, smollm3"):
         model_class("mamba")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType, RopeScalingType
+from gguf import ExpertGatingFuncType, GGMLQuantizationType, GGUFWriter, LlamaFileType, RopeScalingType
 from gguf.quants import quantize
 
 Q = GGMLQuantizationType
@@ -50,6 +50,7 @@ ARCH_GEOMETRY = {
     "olmoe": (64, 4, 4, 16, 96, 2),  # (llama.cpp sizes OLMoE's K norm n_embd: as many KV heads as heads)
     "exaone": (64, 4, 2, 16, 96, 2),
     "lfm2": (64, 4, 2, 16, 96, 5),  # layers 1 and 3 attend, the others are convolutions (LFM2_CONV)
+    "lfm2moe": (64, 4, 2, 16, 96, 5),  # the same, the FFNs after the first a mixture of 4 experts (2 a token)
 }
 LFM2_CONV = (True, False, True, False, True)
 
@@ -77,6 +78,7 @@ FIXTURE_MODELS: dict[str, dict] = {
     "exaone": {"arch": "exaone"},
     "exaone-rope-freqs": {"arch": "exaone", "rope_freqs": True},  # EXAONE 3.5's Llama 3 rope factors
     "lfm2": {"arch": "lfm2"},
+    "lfm2moe": {"arch": "lfm2moe"},
 }
 
 
@@ -89,8 +91,8 @@ def write_tiny_model(
     with Llama 3.1's per-frequency rope factors (``rope_freqs.weight``, 1 to 8 from high to low), or
     for phi3 its long and short sets.  ``sliding_window``: gemma2's and gemma3's window (8 unless given); olmo2
     has one only where given (OLMo 3's layout).  ``rope_yarn``: YaRN rope scaling (factor, original context)."""
-    if arch == "lfm2":
-        return _write_tiny_lfm2(path, qtype, seed)
+    if arch in ("lfm2", "lfm2moe"):
+        return _write_tiny_lfm2(path, qtype, seed, moe=arch == "lfm2moe")
     rng = np.random.default_rng(seed)
     n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = ARCH_GEOMETRY[arch]
     toks, merges, types = byte_vocab()
@@ -252,15 +254,24 @@ def write_tiny_lora(path: Path, base: Path, targets: tuple[str, ...] = LORA_TARG
     return path
 
 
-def _write_tiny_lfm2(path: Path, qtype: int, seed: int) -> Path:
+def _write_tiny_lfm2(path: Path, qtype: int, seed: int, moe: bool = False) -> Path:
     """A random LFM2: convolution layers where LFM2_CONV says (per-layer head_count_kv 0), attention
-    layers with per-head QK-norm, the final norm named token_embd_norm (as llama.cpp's converter)."""
+    layers with per-head QK-norm, the final norm named token_embd_norm (as llama.cpp's converter).
+    ``moe``: LFM2-MoE, the FFNs after the first a mixture of experts with sigmoid routing and a bias."""
     rng = np.random.default_rng(seed)
-    n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = ARCH_GEOMETRY["lfm2"]
+    arch = "lfm2moe" if moe else "lfm2"
+    n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = ARCH_GEOMETRY[arch]
     toks, merges, types = byte_vocab()
-    n_vocab, l_cache = len(toks), 3
-    w = GGUFWriter(str(path), "lfm2")
-    w.add_name("tiny-lfm2")
+    n_vocab, l_cache, n_expert, n_ff_exp = len(toks), 3, 4, 32
+    w = GGUFWriter(str(path), arch)
+    w.add_name(f"tiny-{arch}")
+    if moe:
+        w.add_expert_count(n_expert)
+        w.add_expert_used_count(2)
+        w.add_expert_feed_forward_length(n_ff_exp)
+        w.add_leading_dense_block_count(1)
+        w.add_expert_gating_func(ExpertGatingFuncType.SIGMOID)
+        w.add_expert_weights_norm(True)
     w.add_context_length(1024)
     w.add_embedding_length(n_embd)
     w.add_block_count(n_layer)
@@ -269,7 +280,7 @@ def _write_tiny_lfm2(path: Path, qtype: int, seed: int) -> Path:
     w.add_head_count_kv([0 if conv else n_head_kv for conv in LFM2_CONV])
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(10000.0)
-    w.add_uint32("lfm2.shortconv.l_cache", l_cache)
+    w.add_uint32(f"{arch}.shortconv.l_cache", l_cache)
     w.add_vocab_size(n_vocab)
     w.add_file_type(int(getattr(LlamaFileType, f"MOSTLY_{Q(qtype).name}", LlamaFileType.ALL_F32)))
     w.add_tokenizer_model("gpt2")
@@ -305,9 +316,16 @@ def _write_tiny_lfm2(path: Path, qtype: int, seed: int) -> Path:
             vec(b + "attn_q_norm.weight", head_dim)
             vec(b + "attn_k_norm.weight", head_dim)
         vec(b + "ffn_norm.weight", n_embd)
-        mat(b + "ffn_gate.weight", n_ff, n_embd)
-        mat(b + "ffn_up.weight", n_ff, n_embd)
-        mat(b + "ffn_down.weight", n_embd, n_ff)
+        if moe and i >= 1:
+            w.add_tensor(b + "ffn_gate_inp.weight", (rng.standard_normal((n_expert, n_embd)) * 0.5).astype(np.float32))
+            w.add_tensor(b + "exp_probs_b.bias", (rng.standard_normal(n_expert) * 0.3).astype(np.float32))
+            for name, rows, cols in (("ffn_gate_exps", n_ff_exp, n_embd), ("ffn_up_exps", n_ff_exp, n_embd), ("ffn_down_exps", n_embd, n_ff_exp)):
+                a = (rng.standard_normal((n_expert, rows, cols)) * 0.1).astype(np.float32)
+                w.add_tensor(b + name + ".weight", a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
+        else:
+            mat(b + "ffn_gate.weight", n_ff, n_embd)
+            mat(b + "ffn_up.weight", n_ff, n_embd)
+            mat(b + "ffn_down.weight", n_embd, n_ff)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -192,6 +192,20 @@ class Model:
     def layer_specs(self) -> list[LayerSpec]:
         raise NotImplementedError
 
+    def step_buffers(self, T: int) -> tuple[Any, ...]:
+        """A forward step's activations for ``T`` tokens (views of the buffers): ``x`` (the residual
+        stream) and ``xn`` [T, n_embd], ``q`` [T, n_head*head_dim], ``k`` [T, n_head_kv*head_dim],
+        ``v`` [T, n_head_kv*head_dim_v], ``att`` [T, n_head*head_dim_v], ``gate``/``up`` [T, n_ff], then
+        ``q3``, ``k3``, ``v3``, ``att3``: q, k, v, att by head."""
+        c, buf = self.cfg, self.buf
+        x, xn = buf.get("x", T, c.n_embd), buf.get("xn", T, c.n_embd)
+        q, k = buf.get("q", T, c.n_head * c.head_dim), buf.get("k", T, c.n_head_kv * c.head_dim)
+        v, att = buf.get("v", T, c.n_head_kv * c.head_dim_v), buf.get("att", T, c.n_head * c.head_dim_v)
+        gate, up = buf.get("gate", T, c.n_ff), buf.get("up", T, c.n_ff)
+        heads = (q.reshape(T, c.n_head, c.head_dim), k.reshape(T, c.n_head_kv, c.head_dim),
+                 v.reshape(T, c.n_head_kv, c.head_dim_v), att.reshape(T, c.n_head, c.head_dim_v))  # fmt: skip
+        return (x, xn, q, k, v, att, gate, up, *heads)
+
     def forward(self, tokens: np.ndarray, pos: np.ndarray, cache: KVCache, out_rows: np.ndarray, logits: np.ndarray) -> None:
         """Run ``tokens`` [T] at positions ``pos`` [T] through the model.
 

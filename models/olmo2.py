@@ -67,18 +67,8 @@ class Olmo2Model(LlamaModel):
     def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
         c, be, buf = self.cfg, self.be, self.buf
         T = len(tokens)
-        x = buf.get("x", T, c.n_embd)  # residual stream
-        q = buf.get("q", T, c.n_head * c.head_dim)
-        k = buf.get("k", T, c.n_head_kv * c.head_dim)
-        v = buf.get("v", T, c.n_head_kv * c.head_dim_v)
-        att = buf.get("att", T, c.n_head * c.head_dim_v)
+        x, _, q, k, v, att, gate, up, q3, k3, v3, att3 = self.step_buffers(T)
         o = buf.get("o", T, c.n_embd)  # a block's output, normalised into x
-        gate = buf.get("gate", T, c.n_ff)
-        up = buf.get("up", T, c.n_ff)
-        q3 = q.reshape(T, c.n_head, c.head_dim)
-        k3 = k.reshape(T, c.n_head_kv, c.head_dim)
-        v3 = v.reshape(T, c.n_head_kv, c.head_dim_v)
-        att3 = att.reshape(T, c.n_head, c.head_dim_v)
 
         be.get_rows(self.tok_embd, tokens, x)
         for il, L in enumerate(self.layers):

@@ -48,6 +48,7 @@ class VocabIndex:
         self.vdata = np.frombuffer(b"".join(pieces[i] for i in order), np.uint8)
         self.lcp = kern.shared_prefixes(self.vdata, self.voff)  # [n] bytes shared with the token before
         self.depth = np.zeros(int(lens.max(initial=0)) + 1, np.int32)  # scratch: the state at each prefix length
+        self.matchers: OrderedDict[tuple[str, int], Matcher] = OrderedDict()  # grammars' automata, last used last
 
 
 _indexes: weakref.WeakKeyDictionary[Tokenizer, VocabIndex] = weakref.WeakKeyDictionary()
@@ -132,16 +133,14 @@ class Matcher:
         return m
 
 
-_matchers: OrderedDict[tuple[str, int], Matcher] = OrderedDict()
-
-
-def matcher_for(text: str, n_vocab: int) -> Matcher:
-    """The :class:`Matcher` of a GBNF grammar text (parsed, or kept from an earlier request)."""
+def matcher_for(text: str, vocab: VocabIndex, n_vocab: int) -> Matcher:
+    """The :class:`Matcher` of a GBNF grammar text for a vocabulary (parsed, or kept from an earlier
+    request: its masks are the vocabulary's, so each vocabulary keeps its own)."""
     key = (text, n_vocab)
-    m = _matchers.pop(key, None) or Matcher(compiled(text), n_vocab)
-    _matchers[key] = m
-    while len(_matchers) > MATCHERS_KEPT:
-        _matchers.popitem(last=False)
+    m = vocab.matchers.pop(key, None) or Matcher(compiled(text), n_vocab)
+    vocab.matchers[key] = m
+    while len(vocab.matchers) > MATCHERS_KEPT:
+        vocab.matchers.popitem(last=False)
     return m
 
 
@@ -151,7 +150,7 @@ class GrammarConstraint:
     def __init__(self, tokenizer: Tokenizer, n_vocab: int, grammar: str) -> None:
         self.tokenizer = tokenizer
         self.vocab = vocab_index(tokenizer)
-        self.matcher = matcher_for(grammar, n_vocab)
+        self.matcher = matcher_for(grammar, self.vocab, n_vocab)
         self.state = self.matcher.start
         self.eot = np.array(sorted(t for t in tokenizer.eot_ids if t < n_vocab), np.int64)
 

@@ -218,6 +218,15 @@ class Model:
             return s.messages[-1]
         return pieces() if stream else "".join(pieces())
 
+    def chat_tokens(self, msgs: list[dict[str, Any]], tools: Tools | None = None, template_kwargs: dict[str, Any] | None = None) -> list[int]:
+        """The tokens of a conversation (:func:`check_messages`' form) as the chat template writes it, with
+        the tools, tool calls and results as the template's tool format asks (``runtime/tools.py``)."""
+        kw = dict(template_kwargs or {})
+        if (tools is not None and tools.active) or any(m["role"] == "tool" or "tool_calls" in m for m in msgs):
+            msgs, extra = tool_format(self.chat_template()).template_messages(msgs, tools)
+            kw.update(extra)
+        return self.tokenize(self.render(msgs, **kw), add_bos=None)
+
     def tool_sampling(self, tools: Tools, sampling: dict[str, Any]) -> dict[str, Any]:
         """``sampling`` with the grammar the model's tool format puts on a reply (ValueError if the
         request has its own constraint)."""
@@ -273,11 +282,7 @@ class Session:
         return self.reply(self.messages + [{"role": "user", "content": user}], **kw)
 
     def _render(self, msgs: list[dict[str, Any]]) -> list[int]:
-        """The conversation's tokens; tools, tool calls and results as the template's tool format asks."""
-        if (self.tools is not None and self.tools.active) or any(m["role"] == "tool" or "tool_calls" in m for m in msgs):
-            msgs, extra = tool_format(self.model.chat_template()).template_messages(msgs, self.tools)
-            return self.model.tokenize(self.model.render(msgs, **self.template_kwargs, **extra), add_bos=None)
-        return self.model.tokenize(self.model.render(msgs, **self.template_kwargs), add_bos=None)
+        return self.model.chat_tokens(msgs, self.tools, self.template_kwargs)
 
     def reply(self, msgs: list[dict[str, Any]], max_tokens: int = 512, stop: Any = None, reserve: int | None = None,
               logprobs: int = -1, json_mode: bool = False, **sampling: Any) -> Iterator[str]:  # fmt: skip

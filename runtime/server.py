@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..loaders.errors import KvrunError
-from . import ollama
+from . import anthropic, ollama
 from .api import Model, Session, _request
 from .engine import GenStats
 from .tools import Tools, check_messages, check_tools, openai_calls
@@ -74,6 +74,10 @@ class Run:
 
     def live_stats(self) -> GenStats:
         return self.live.last_stats if self.live is not None else self.stats
+
+    def prompt_tokens(self) -> int:
+        """The prompt's tokens, known once the generation started (a chat's as its session rendered it)."""
+        return self.live.n_prompt_tokens if self.live is not None and not self.n_prompt else self.n_prompt
 
 
 class BadRequest(Exception):
@@ -234,8 +238,19 @@ class Server:
                          "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vecs)]}  # fmt: skip
         if path.startswith("/api/") and (answer := ollama.handle(self, method, path, body)) is not None:
             return answer
+        if path.startswith("/v1/messages") and (answer := anthropic.handle(self, method, path, body)) is not None:
+            return answer
         raise BadRequest(f"no endpoint {method} {path}; see /v1/chat/completions, /v1/completions, /v1/models, /health, "
                          "and Ollama's /api/chat, /api/generate, /api/tags", 404)  # fmt: skip
+
+    def count_chat_tokens(self, body: dict[str, Any]) -> int:
+        """The prompt tokens an OpenAI-shaped chat body would take (its messages, tools, template)."""
+        msgs = self._messages(body)
+        try:
+            tools = check_tools(body["tools"], body.get("tool_choice")) if body.get("tools") else None
+            return len(self.model.chat_tokens(msgs, tools, self.model.chat_template_kwargs))
+        except (ValueError, KvrunError) as e:
+            raise BadRequest(str(e)) from None
 
     def embed(self, inputs: Any, encoding: str = "float") -> tuple[np.ndarray, int]:
         """Embeddings of a request's inputs (Model.embed: mean-pooled, L2-normalised) and their token count."""
@@ -427,7 +442,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _cors(self) -> None:
         self.send_header("Access-Control-Allow-Origin", "*")
-        self.send_header("Access-Control-Allow-Headers", "Content-Type, Authorization")
+        self.send_header("Access-Control-Allow-Headers", "Content-Type, Authorization, x-api-key, anthropic-version")
         self.send_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
 
     def _body(self) -> dict[str, Any] | None:
@@ -448,6 +463,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.api_key is None or self.path.split("?", 1)[0].rstrip("/") == "/health":
             return True
         given = self.headers.get("Authorization", "")
+        if self.headers.get("x-api-key") is not None:  # (Anthropic's clients send the key so)
+            return hmac.compare_digest(self.headers["x-api-key"].encode(), self.api_key.encode())
         return hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode())
 
     def _serve(self, method: str) -> None:
@@ -476,10 +493,13 @@ class Handler(BaseHTTPRequestHandler):
         """The error object: OpenAI's, or Ollama's ``{"error": message}`` on its paths."""
         if self.path.startswith("/api/"):
             return {"error": message}
+        if self.path.startswith("/v1/messages"):  # Anthropic's
+            return {"type": "error", "error": {"type": "authentication_error" if status == 401 else kind, "message": message}}
         return {"error": {"message": message, "type": kind, "code": status}}
 
     def _stream(self, events: Iterator[dict[str, Any]]) -> None:
         ndjson = isinstance(events, ollama.NDJSON)  # Ollama's: a JSON object a line, no [DONE]
+        named = isinstance(events, anthropic.Events)  # Anthropic's: named events, no [DONE]
         self.send_response(200)
         self._cors()
         self.send_header("Content-Type", "application/x-ndjson" if ndjson else "text/event-stream")
@@ -488,18 +508,22 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
 
-        def put(obj: dict[str, Any]) -> None:
-            self.wfile.write(json.dumps(obj).encode() + b"\n" if ndjson else b"data: " + json.dumps(obj).encode() + b"\n\n")
+        def put(obj: Any) -> None:
+            if named:
+                self.wfile.write(f"event: {obj[0]}\ndata: ".encode() + json.dumps(obj[1]).encode() + b"\n\n")
+            else:
+                self.wfile.write(json.dumps(obj).encode() + b"\n" if ndjson else b"data: " + json.dumps(obj).encode() + b"\n\n")
             self.wfile.flush()
 
         try:
             for ev in events:
                 put(ev)
-            if not ndjson:
+            if not ndjson and not named:
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
         except BadRequest as e:  # past the 200: said in the stream, as llama-server and Ollama do
-            put(self._error(str(e), "invalid_request_error", e.status))
+            err = self._error(str(e), "invalid_request_error", e.status)
+            put(("error", err) if named else err)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client left; closing the iterator stopped the generation
         finally:

@@ -1,0 +1,174 @@
+"""Anthropic's Messages API over ``kvrun serve``'s model (``POST /v1/messages``,
+``POST /v1/messages/count_tokens``), as llama-server and Ollama offer it, so clients written for it
+(the Anthropic SDKs, coding agents) can use a local model.
+
+Requests are translated into the OpenAI-shaped ones :meth:`Server.start` checks and runs (same
+caches, prefix reuse, one generation at a time): ``system`` (text or text blocks), ``messages``
+with text, ``tool_use`` and ``tool_result`` blocks, ``max_tokens`` (required, as Anthropic's),
+``temperature``, ``top_p``, ``top_k``, ``stop_sequences``, ``tools`` (``input_schema``) and
+``tool_choice`` (auto, any, tool, none; ``runtime/tools.py``).  The answer is a message of content
+blocks (``text``, ``tool_use``) with ``stop_reason`` end_turn / max_tokens / stop_sequence /
+tool_use and ``usage``; ``stream: true`` sends Anthropic's server-sent events (message_start,
+content_block_start / _delta / _stop, message_delta, message_stop).  Images and documents are
+refused in one line; ``thinking``, ``metadata`` and the ``model`` field are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .server import Run, Server
+
+
+class Events:
+    """A streamed answer of Anthropic's named server-sent events: (event type, payload) pairs."""
+
+    def __init__(self, events: Iterator[tuple[str, dict[str, Any]]]) -> None:
+        self.events = events
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        return self.events
+
+    def close(self) -> None:
+        close = getattr(self.events, "close", None)
+        if close:
+            close()
+
+
+def handle(server: Server, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, Any] | None:
+    """The answer to a Messages API request, or None for another path."""
+    if method != "POST" or path not in ("/v1/messages", "/v1/messages/count_tokens"):
+        return None
+    from .server import BadRequest
+
+    body = body or {}
+    obody = _translate(body, BadRequest, counting=path.endswith("count_tokens"))
+    if path.endswith("count_tokens"):
+        return 200, {"input_tokens": server.count_chat_tokens(obody)}
+    return _answer(server, server.start(obody, True), bool(body.get("stream", False)))
+
+
+def _text(content: Any, where: str, BadRequest: type) -> str:  # noqa: N803
+    """Text, or a list of text blocks, as one string."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(b, dict) and b.get("type") == "text" for b in content):
+        return "".join(str(b.get("text", "")) for b in content)
+    raise BadRequest(f"{where} must be text or a list of text blocks")
+
+
+def _translate(body: dict[str, Any], BadRequest: type, counting: bool = False) -> dict[str, Any]:  # noqa: N803
+    """A Messages API body -> the OpenAI-shaped body of Server.start."""
+    if not counting and body.get("max_tokens") is None:
+        raise BadRequest("max_tokens is required (the most tokens to generate)")
+    out: dict[str, Any] = {"max_tokens": body.get("max_tokens")}
+    for src, dst in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"), ("stop_sequences", "stop")):
+        if body.get(src) is not None:
+            out[dst] = body[src]
+    msgs: list[dict[str, Any]] = []
+    if body.get("system"):
+        msgs.append({"role": "system", "content": _text(body["system"], "system", BadRequest)})
+    given = body.get("messages")
+    if not isinstance(given, list) or not given:
+        raise BadRequest("messages must be a non-empty list of {'role': 'user' | 'assistant', 'content': ...}")
+    for i, m in enumerate(given):
+        role = m.get("role") if isinstance(m, dict) else None
+        if role not in ("user", "assistant"):
+            raise BadRequest(f"messages[{i}].role must be user or assistant, got {role!r:.20}")
+        content = m.get("content")
+        if isinstance(content, str):
+            msgs.append({"role": role, "content": content})
+            continue
+        if not isinstance(content, list):
+            raise BadRequest(f"messages[{i}].content must be text or a list of content blocks")
+        text, calls, results = [], [], []
+        for j, b in enumerate(content):
+            kind = b.get("type") if isinstance(b, dict) else None
+            if kind == "text":
+                text.append(str(b.get("text", "")))
+            elif kind == "tool_use" and role == "assistant":
+                calls.append({"id": str(b.get("id", "")), "type": "function", "function": {"name": b.get("name"), "arguments": b.get("input") or {}}})
+            elif kind == "tool_result" and role == "user":
+                results.append({"role": "tool", "tool_call_id": str(b.get("tool_use_id", "")),
+                                "content": _text(b.get("content", ""), f"messages[{i}].content[{j}].content", BadRequest)})  # fmt: skip
+            elif kind in ("thinking", "redacted_thinking"):
+                continue  # (a reasoning block of an earlier turn: not shown to the model again)
+            else:
+                raise BadRequest(f"messages[{i}].content[{j}]: {kind!r} blocks are not supported (text, tool_use, tool_result are)")
+        msgs.extend(results)  # (a user turn that answers tool calls: the results first, then any text)
+        if text or calls:
+            msgs.append({"role": role, "content": "".join(text), **({"tool_calls": calls} if calls else {})})
+    out["messages"] = msgs
+    if body.get("tools"):
+        out["tools"] = [{"type": "function", "function": {"name": t.get("name"), "description": t.get("description", ""),
+                                                          "parameters": t.get("input_schema") or {"type": "object"}}}
+                        if isinstance(t, dict) else t for t in body["tools"]]  # fmt: skip
+        choice = body.get("tool_choice") or {"type": "auto"}
+        kind = choice.get("type") if isinstance(choice, dict) else None
+        if kind not in ("auto", "any", "tool", "none"):
+            raise BadRequest('tool_choice must be {"type": "auto" | "any" | "tool" | "none"}')
+        out["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}.get(kind) or {"type": "function", "function": {"name": choice.get("name")}}
+        if choice.get("disable_parallel_tool_use"):
+            out["parallel_tool_calls"] = False
+    return out
+
+
+def _stop_reason(run: Run) -> str:
+    if run.calls():
+        return "tool_use"
+    return {"length": "max_tokens", "context full": "max_tokens", "stop string": "stop_sequence"}.get(run.stats.stop_reason, "end_turn")
+
+
+def _blocks(run: Run, text: str) -> list[dict[str, Any]]:
+    """The reply's content blocks: its text, then a tool_use block per call."""
+    content = run.message["content"] if run.tools is not None and run.message else text
+    out = [{"type": "text", "text": content}] if content or not run.calls() else []
+    return out + [{"type": "tool_use", "id": "toolu_" + c["id"].removeprefix("call_"), "name": c["name"], "input": c["arguments"]}
+                  for c in run.calls()]  # fmt: skip
+
+
+def _answer(server: Server, run: Run, stream: bool) -> tuple[int, Any]:
+    mid = "msg_" + uuid.uuid4().hex[:24]
+
+    def usage() -> dict[str, int]:
+        return {"input_tokens": run.n_prompt, "output_tokens": run.stats.n_gen}
+
+    if not stream:
+        text = "".join(run.pieces)
+        return 200, {"id": mid, "type": "message", "role": "assistant", "model": server.name, "content": _blocks(run, text),
+                     "stop_reason": _stop_reason(run), "stop_sequence": None, "usage": usage()}  # fmt: skip
+    first = next(run.pieces, None)  # a bad request (a prompt too long) fails before the 200 goes out
+
+    def events() -> Iterator[tuple[str, dict[str, Any]]]:
+        try:
+            yield "message_start", {"type": "message_start", "message": {
+                "id": mid, "type": "message", "role": "assistant", "model": server.name, "content": [],
+                "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": run.prompt_tokens(), "output_tokens": 0}}}  # fmt: skip
+            if run.tools is not None:  # parsed whole: its blocks one by one
+                text = (first or "") + "".join(run.pieces)
+                blocks = _blocks(run, text)
+            else:
+                yield "content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+                for piece in itertools.chain([first] if first is not None else [], run.pieces):
+                    yield "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}
+                yield "content_block_stop", {"type": "content_block_stop", "index": 0}
+                blocks = []
+            for i, b in enumerate(blocks):
+                start = dict(b, text="") if b["type"] == "text" else dict(b, input={})
+                yield "content_block_start", {"type": "content_block_start", "index": i, "content_block": start}
+                delta = ({"type": "text_delta", "text": b["text"]} if b["type"] == "text"
+                         else {"type": "input_json_delta", "partial_json": json.dumps(b["input"])})  # fmt: skip
+                yield "content_block_delta", {"type": "content_block_delta", "index": i, "delta": delta}
+                yield "content_block_stop", {"type": "content_block_stop", "index": i}
+            yield "message_delta", {"type": "message_delta", "delta": {"stop_reason": _stop_reason(run), "stop_sequence": None},
+                                    "usage": {"output_tokens": run.stats.n_gen}}  # fmt: skip
+            yield "message_stop", {"type": "message_stop"}
+        finally:
+            run.pieces.close()  # a client gone mid-stream: the generation stops, the caches stay consistent
+
+    return 200, Events(events())

@@ -698,7 +698,8 @@ def serve(model: str | None, host: str, port: int, alias: str | None, template_k
                    "(OpenAI API: /v1/embeddings, /v1/models, /health; Ollama API: /api/embed, /api/tags); Ctrl-C stops", err=True)  # fmt: skip
     else:
         click.echo(f"kvrun serve: {m.config.arch}, ctx {m.engine.n_ctx}, cache {m.engine.kv or 'fp16'}; listening on http://{h}:{p} "
-                   "(OpenAI API: /v1/chat/completions, /v1/completions, /v1/models, /health; Ollama API: /api/chat, /api/generate, /api/tags); Ctrl-C stops", err=True)  # fmt: skip
+                   "(OpenAI API: /v1/chat/completions, /v1/completions, /v1/models, /health; Ollama API: /api/chat, /api/generate, /api/tags; "
+                   "Anthropic API: /v1/messages); Ctrl-C stops", err=True)  # fmt: skip
     try:
         httpd.serve_forever()
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ one ``data: {chunk}`` per text piece, then ``data: [DONE]``):
 * ``GET /v1/models``, ``GET /health``
 * Ollama's ``/api/chat``, ``/api/generate``, ``/api/tags``, ``/api/ps``, ``/api/show``, ``/api/version``
   (``ollama.py``), so apps written for Ollama work as they are
+* Anthropic's ``POST /v1/messages`` and ``/v1/messages/count_tokens`` (``anthropic.py``)
 
 Sampling fields: ``max_tokens`` (or ``max_completion_tokens``; absent: until the
 text ends or the context fills), ``temperature``, ``top_p``, ``top_k``, ``min_p``,

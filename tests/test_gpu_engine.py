@@ -41,7 +41,7 @@ def test_engine_on_gpu_generates_the_cpu_greedy_text(gpu_env, tiny):
     assert runs["gpu"] == runs["cpu"]
 
 
-@pytest.mark.parametrize("arch", ["llama", "smollm3", "granite", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"])
+@pytest.mark.parametrize("arch", ["llama", "smollm3", "granite", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "exaone"])
 def test_gpu_logits_match_cpu(gpu_env, tmp_path, arch):
     path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, qtype=Q.Q4_0)
     ids = list(np.random.default_rng(3).integers(0, 200, 20))

@@ -305,6 +305,8 @@ def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def draft_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """-md / --model-draft and --draft-max (llama.cpp's): speculative decoding with a draft model."""
+    fn = click.option("--draft-p-min", type=float, default=0.75, show_default=True, metavar="P",
+                      help="the draft stops at a token the draft model gives a lower probability")(fn)  # fmt: skip
     fn = click.option("--draft-max", type=int, default=8, show_default=True, metavar="N", help="tokens the draft model drafts a step at most")(fn)
     return click.option("-md", "--model-draft", "model_draft", default=None, metavar="MODEL",
                         help="a small model of the same vocabulary that drafts tokens for greedy replies (--temp 0), "
@@ -512,7 +514,7 @@ def _load(model: str | None, kw: dict[str, Any]):
     path = _resolve(model)
     draft = _resolve(kw["model_draft"]) if kw.get("model_draft") else None
     return Model(_engine(path, device=kw["device"], n_ctx=kw["ctx_size"], n_batch=kw["n_batch"], threads=kw["threads"], kv=kv, lora=_lora(kw),
-                         draft=draft, draft_max=kw.get("draft_max", 8)))  # fmt: skip
+                         draft=draft, draft_max=kw.get("draft_max", 8), draft_p_min=kw.get("draft_p_min", 0.75)))  # fmt: skip
 
 
 def _lora(kw: dict[str, Any]) -> list[tuple[str, float]]:

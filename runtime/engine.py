@@ -75,6 +75,7 @@ class GenStats:
 
 MAX_LOGPROBS = 20  # as OpenAI's top_logprobs
 MAX_LOOKUP = 16  # drafted tokens a step at most
+DRAFT_BACKOFF = 8  # a draft model unsure or refused: at most this many tokens before it drafts again
 
 
 class NgramIndex:
@@ -174,6 +175,7 @@ class Engine:
         lora: list[tuple[str, float]] | None = None,
         draft: str | os.PathLike | None = None,
         draft_max: int = 8,
+        draft_p_min: float = 0.75,
     ) -> None:
         t0 = time.perf_counter()
         if n_ctx is not None and n_ctx < 0:  # (before the file opens: a bad flag costs no load)
@@ -232,7 +234,9 @@ class Engine:
                 raise KvrunError("a draft model needs the fp16 KV cache: drop the --kv-* flags, or the draft model")
             d = Engine(draft, device=device, n_ctx=self.n_ctx, n_batch=self.n_batch, threads=threads)
             check_vocab(self, d)
-            self.draft = DraftModel(d, self.cfg.n_vocab)
+            if not 0.0 <= draft_p_min < 1.0:
+                raise KvrunError(f"--draft-p-min must be in [0, 1), got {draft_p_min}")
+            self.draft = DraftModel(d, self.cfg.n_vocab, draft_p_min)
 
     @property
     def prefill_products(self) -> str | None:
@@ -421,11 +425,14 @@ class Engine:
                 if row is not logits:  # a confirmed draft token: already in the cache, its follower's logits known
                     continue
                 room = self.n_ctx - cache.offset - 1
-                if drafter is not None:
-                    draft = drafter.draft(context + history, min(self.draft_max, room))
-                else:
-                    drafting = ngrams is not None and stats.n_gen >= resume_at
-                    draft = ngrams.draft(min(req.lookup, room)) if drafting else []
+                draft = []
+                if stats.n_gen >= resume_at:
+                    if drafter is not None:  # (it feeds the draft model what it has not seen yet, then drafts)
+                        draft = drafter.draft(context + history, min(self.draft_max, room))
+                        if not draft:  # the draft model was unsure: skip its forwards for a while, catch up in one
+                            resume_at, backoff = stats.n_gen + backoff, min(2 * backoff, DRAFT_BACKOFF)
+                    elif ngrams is not None:
+                        draft = ngrams.draft(min(req.lookup, room))
                 if not draft:
                     logits = self.eval(cache, [tok], on_device=on_device)[-1]
                     continue
@@ -440,7 +447,7 @@ class Engine:
                 stats.n_accepted += n_ok
                 logits = rows[n_ok]
                 if n_ok == 0:  # a wasted forward: wait before drafting again, longer each time in a row
-                    resume_at, backoff = stats.n_gen + backoff, min(2 * backoff, 64)
+                    resume_at, backoff = stats.n_gen + backoff, min(2 * backoff, 64 if drafter is None else DRAFT_BACKOFF)
                 else:
                     backoff = 1
             stats.stop_reason = "length"

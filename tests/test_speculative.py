@@ -51,6 +51,8 @@ def test_a_draft_that_cannot_serve_is_refused_in_one_line(pair, tmp_path):
         Engine(target, draft=draft, kv=KVConfig.parse("4"))
     with pytest.raises(KvrunError, match="--draft-max must be in 1..16"):
         Engine(target, draft=draft, draft_max=0)
+    with pytest.raises(KvrunError, match="--draft-p-min must be in"):
+        Engine(target, draft=draft, draft_p_min=1.5)
 
 
 def test_kvrun_run_takes_a_draft_model(pair):

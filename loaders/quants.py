@@ -77,13 +77,56 @@ Block layouts (``block_size`` weights -> ``type_size`` bytes)
     ``(qh[32h + l] >> 2k) & 3``; ``q = (low | high << 4) - 32`` (-32..31).
     16 sub-blocks of 16 weights with int8 scales: ``w = (d * scales[e // 16]) * q``.
 
+I-quants (llama.cpp's lattice types; 256 -> ``type_size``).  Weights come in groups
+of 8 (4 for the IQ3 grids) that one grid entry gives at once: ``grid`` is a fixed
+table of small unsigned values (:data:`IQ2XXS_GRID` ... :data:`IQ1S_GRID`, ggml's
+``iq2xxs_grid`` ..., read from gguf-py), a sign mask flips some of them, and every
+32 (or 16) weights share a 4-bit scale ``ls``.  A 7-bit sign index ``i`` means the
+8 signs ``KSIGNS[i] = i | parity(i) << 7`` (bit ``j`` set: weight ``j`` negative;
+the eighth sign makes the count of negatives even); a sign byte means its bits
+directly.  The 8 sub-blocks of 32 are ``ib = e // 32``, their groups ``l``.
+``IQ2_XXS`` (256 -> 66):  ``d f16 | qs u8[64]``.  Sub-block ``ib`` is the 8 bytes
+    ``qs[8ib : 8ib + 8]``: bytes 0-3 index ``IQ2XXS_GRID`` (256 x 8) for its groups
+    ``l`` = 0..3; bytes 4-7 are a u32 ``a`` holding the sign index of group ``l``
+    in bits ``7l .. 7l + 6`` and ``ls = a >> 28``.
+    ``w = (d * (0.5 + ls) * 0.25) * grid * sign``.
+``IQ2_XS`` (256 -> 74):  ``d f16 | qs u16[32] | scales u8[8]``.  Group ``k`` (8
+    weights) is the u16 ``qs[k]``: grid index ``qs[k] & 511`` into ``IQ2XS_GRID``
+    (512 x 8), sign index ``qs[k] >> 9``.  Scales per 16: ``ls = scales[ib] & 0xF``
+    for groups ``4ib, 4ib + 1``, ``scales[ib] >> 4`` for ``4ib + 2, 4ib + 3``;
+    ``w = (d * (0.5 + ls) * 0.25) * grid * sign``.
+``IQ2_S`` (256 -> 82):  ``d f16 | qs u8[32] | signs u8[32] | qh u8[8] | scales u8[8]``.
+    Group ``k`` has the grid index ``qs[k] | ((qh[k // 4] >> 2 (k % 4)) & 3) << 8``
+    into ``IQ2S_GRID`` (1024 x 8) and the sign byte ``signs[k]``; scales as IQ2_XS.
+``IQ3_XXS`` (256 -> 98):  ``d f16 | qs u8[64] | scales_signs u32[8]``.  Byte ``qs[k]``
+    indexes ``IQ3XXS_GRID`` (256 x 4) for weights ``4k .. 4k + 3``; the u32
+    ``scales_signs[ib]`` holds the sign indices of sub-block ``ib``'s groups of 8
+    (bits ``7l ..``) and ``ls`` (bits 28-31).  ``w = (d * (0.5 + ls) * 0.5) * grid * sign``.
+``IQ3_S`` (256 -> 110):  ``d f16 | qs u8[64] | qh u8[8] | signs u8[32] | scales u8[4]``.
+    Weights ``4k .. 4k + 3`` come from ``IQ3S_GRID`` (512 x 4) at
+    ``qs[k] | ((qh[k // 8] >> k % 8) & 1) << 8``; sign byte ``signs[k // 2]`` covers
+    weights ``8 (k // 2) ..``; ``ls = (scales[ib // 2] >> 4 (ib % 2)) & 0xF``;
+    ``w = (d * (1 + 2 ls)) * grid * sign``.
+``IQ1_S`` (256 -> 50):  ``d f16 | qs u8[32] | qh u16[8]``.  Group ``k`` has the grid
+    index ``qs[k] | ((qh[k // 4] >> 3 (k % 4)) & 7) << 8`` into ``IQ1S_GRID``
+    (2048 x 8, values -1/0/1); sub-block ``ib`` has ``ls = (qh[ib] >> 12) & 7`` and
+    ``delta = -0.125`` if bit 15 of ``qh[ib]`` is set else ``0.125``;
+    ``w = (d * (2 ls + 1)) * (grid + delta)``.
+``IQ1_M`` (256 -> 56):  ``qs u8[32] | qh u8[16] | scales u16[4]``.  The f16 ``d`` is the
+    top nibbles of the four ``scales`` (``scales[0] >> 12`` lowest).  Group ``k``: grid
+    index ``qs[k] | (nib & 7) << 8`` and ``delta = -0.125`` if ``nib & 8`` else ``0.125``,
+    where ``nib`` is nibble ``k % 2`` of ``qh[k // 2]``; scales per 16: group of 16
+    ``j`` has ``ls = (scales[j // 4] >> 3 (j % 4)) & 7``;
+    ``w = (d * (2 ls + 1)) * (grid + delta)``.
+
 Arithmetic (bit exactness)
 --------------------------
 Reference: ``gguf.quants`` (the same as ggml's C dequantizers).  Scales are
 widened exactly f16 -> float32 and every product is taken in float32.  All
 products are exact: an f16 has 11 significant bits, the integer factors at
 most 7 + 6 (Q6_K ``scale * q``; IQ4_XS ``(ls - 32) * IQ4_VALUES[q]``), so ``d * scale * q`` needs <= 23 bits and its
-value does not depend on the order of the factors.  The only rounding is the
+value does not depend on the order of the factors.  The i-quants too: ``(2 ls + 1)`` (5 bits) times a grid value
+(6 bits; IQ1's ``grid + delta``, 8 eighths, 4 bits), the powers of two and signs exact.  The only rounding is the
 one float32 add of the offset in Q4_1/Q5_1 (``+ m``) and Q2_K/Q4_K/Q5_K
 (``- dmin * min``), so a fused multiply-add, or computing in float64 and
 rounding once to float32, gives the same bits too.  What does break bit
@@ -102,6 +145,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.quants import IQ1_S as _GGUF_IQ1_S
+from gguf.quants import IQ2_S as _GGUF_IQ2_S
+from gguf.quants import IQ2_XS as _GGUF_IQ2_XS
+from gguf.quants import IQ2_XXS as _GGUF_IQ2_XXS
+from gguf.quants import IQ3_S as _GGUF_IQ3_S
+from gguf.quants import IQ3_XXS as _GGUF_IQ3_XXS
 from gguf.quants import IQ4_NL as _GGUF_IQ4_NL
 
 __all__ = [
@@ -393,6 +442,123 @@ def _deq_q6_k(b: np.ndarray, out: np.ndarray) -> None:
     np.multiply(dl, qi.reshape(n, 16, 16), out=out.reshape(n, 16, 16))
 
 
+# ----------------------------------------------------------------- i-quants
+def _gguf_grid(cls) -> np.ndarray:
+    """gguf-py's copy of a ggml grid table as ``[n_entries, 8 or 4]`` int8 (values -1..62)."""
+    cls.init_grid()
+    return np.asarray(cls.grid).reshape(cls.grid_shape).astype(np.int8)
+
+
+#: ggml's i-quant grids: entry -> its 8 (IQ3: 4) values, as int8
+IQ2XXS_GRID = _gguf_grid(_GGUF_IQ2_XXS)  # [256, 8] of 8, 25, 43
+IQ2XS_GRID = _gguf_grid(_GGUF_IQ2_XS)  # [512, 8]
+IQ2S_GRID = _gguf_grid(_GGUF_IQ2_S)  # [1024, 8]
+IQ3XXS_GRID = _gguf_grid(_GGUF_IQ3_XXS)  # [256, 4] of 4 .. 62
+IQ3S_GRID = _gguf_grid(_GGUF_IQ3_S)  # [512, 4] of 1, 3, .. 15
+IQ1S_GRID = _gguf_grid(_GGUF_IQ1_S)  # [2048, 8] of -1, 0, 1 (IQ1_M shares it)
+#: 7-bit sign index -> sign byte: the index, and bit 7 set where it has an odd number of bits (ggml's ``ksigns_iq2xs``)
+KSIGNS = np.frombuffer(_GGUF_IQ2_XXS.ksigns, np.uint8).copy()
+_SIGNS = np.where((np.arange(256).reshape(256, 1) >> np.arange(8)) & 1, _F32(-1), _F32(1))  # sign byte -> [8] +-1
+_G2XXS, _G2XS, _G2S, _G3XXS, _G3S, _G1S = (g.astype(_F32) for g in (IQ2XXS_GRID, IQ2XS_GRID, IQ2S_GRID, IQ3XXS_GRID, IQ3S_GRID, IQ1S_GRID))
+_SH7 = np.array([0, 7, 14, 21], np.uint32)  # the four 7-bit sign indices of a u32
+_SH3 = np.array([0, 3, 6, 9], np.uint16)  # 3-bit fields of a u16
+
+
+def _u32s(b: np.ndarray) -> np.ndarray:
+    """Byte columns ``[n, 4k]`` -> ``[n, k]`` uint32 (copied: block fields are not 4-byte aligned)."""
+    return np.ascontiguousarray(b).view(np.uint32)
+
+
+def _half_scales(d: np.ndarray, sc: np.ndarray, mul: float) -> np.ndarray:
+    """``d * (0.5 + ls) * mul`` for 4-bit ``ls`` (float32, in gguf's order), any shape of ``ls``."""
+    return d * (_F32(0.5) + sc.astype(_F32)) * _F32(mul)
+
+
+def _nibble_scales(d: np.ndarray, sc: np.ndarray) -> np.ndarray:
+    """IQ2_XS/IQ2_S: ``scales`` [n, 8] -> ``d (0.5 + ls) / 4`` per 16 weights, [n, 8, 2, 1, 1]."""
+    n = sc.shape[0]
+    ls = (sc.reshape(n, 8, 1) >> _SH4.reshape(1, 1, 2)) & np.uint8(0x0F)
+    return _half_scales(d.reshape(n, 1, 1), ls, 0.25).reshape(n, 8, 2, 1, 1)
+
+
+def _deq_iq2_xxs(b: np.ndarray, out: np.ndarray) -> None:
+    """``IQ2_XXS`` 66 B: ``d f16 | qs u8[64]``; see the module docstring."""
+    n = b.shape[0]
+    blk = b[:, 2:66].reshape(n, 8, 8)
+    a = _u32s(blk[:, :, 4:8].reshape(n, 32)).reshape(n, 8, 1)
+    db = _half_scales(_f16(b[:, 0:2]).reshape(n, 1, 1), a >> np.uint32(28), 0.25).reshape(n, 8, 1, 1)
+    gs = _G2XXS[blk[:, :, 0:4]] * _SIGNS[KSIGNS[(a >> _SH7) & np.uint32(0x7F)]]  # [n, 8, 4, 8], exact
+    np.multiply(db, gs, out=out.reshape(n, 8, 4, 8))
+
+
+def _deq_iq2_xs(b: np.ndarray, out: np.ndarray) -> None:
+    """``IQ2_XS`` 74 B: ``d f16 | qs u16[32] | scales u8[8]``; see the module docstring."""
+    n = b.shape[0]
+    qs = np.ascontiguousarray(b[:, 2:66]).view(np.uint16)  # [n, 32]
+    gs = _G2XS[qs & np.uint16(511)] * _SIGNS[KSIGNS[qs >> np.uint16(9)]]  # [n, 32, 8]
+    np.multiply(_nibble_scales(_f16(b[:, 0:2]), b[:, 66:74]), gs.reshape(n, 8, 2, 2, 8), out=out.reshape(n, 8, 2, 2, 8))
+
+
+def _deq_iq2_s(b: np.ndarray, out: np.ndarray) -> None:
+    """``IQ2_S`` 82 B: ``d f16 | qs u8[32] | signs u8[32] | qh u8[8] | scales u8[8]``; see the module docstring."""
+    n = b.shape[0]
+    hi = ((b[:, 66:74].reshape(n, 8, 1) >> _SH2.reshape(1, 1, 4)) & np.uint8(3)).reshape(n, 32)
+    idx = b[:, 2:34].astype(np.uint16) | (hi.astype(np.uint16) << np.uint16(8))
+    gs = _G2S[idx] * _SIGNS[b[:, 34:66]]  # [n, 32, 8]
+    np.multiply(_nibble_scales(_f16(b[:, 0:2]), b[:, 74:82]), gs.reshape(n, 8, 2, 2, 8), out=out.reshape(n, 8, 2, 2, 8))
+
+
+def _deq_iq3_xxs(b: np.ndarray, out: np.ndarray) -> None:
+    """``IQ3_XXS`` 98 B: ``d f16 | qs u8[64] | scales_signs u32[8]``; see the module docstring."""
+    n = b.shape[0]
+    a = _u32s(b[:, 66:98]).reshape(n, 8, 1)
+    db = _half_scales(_f16(b[:, 0:2]).reshape(n, 1, 1), a >> np.uint32(28), 0.5).reshape(n, 8, 1, 1)
+    gs = _G3XXS[b[:, 2:66]].reshape(n, 8, 4, 8) * _SIGNS[KSIGNS[(a >> _SH7) & np.uint32(0x7F)]]
+    np.multiply(db, gs, out=out.reshape(n, 8, 4, 8))
+
+
+def _deq_iq3_s(b: np.ndarray, out: np.ndarray) -> None:
+    """``IQ3_S`` 110 B: ``d f16 | qs u8[64] | qh u8[8] | signs u8[32] | scales u8[4]``; see the module docstring."""
+    n = b.shape[0]
+    hi = ((b[:, 66:74].reshape(n, 8, 1) >> _BITS.reshape(1, 1, 8)) & np.uint8(1)).reshape(n, 64)
+    idx = b[:, 2:66].astype(np.uint16) | (hi.astype(np.uint16) << np.uint16(8))
+    gs = _G3S[idx].reshape(n, 8, 32) * _SIGNS[b[:, 74:106]].reshape(n, 8, 32)
+    ls = ((b[:, 106:110].reshape(n, 4, 1) >> _SH4.reshape(1, 1, 2)) & np.uint8(0x0F)).reshape(n, 8, 1)
+    db = _f16(b[:, 0:2]).reshape(n, 1, 1) * (np.uint8(1) + np.uint8(2) * ls)  # float32, as gguf's
+    np.multiply(db, gs, out=out.reshape(n, 8, 32))
+
+
+def _iq1_grid(qs: np.ndarray, hi3: np.ndarray, negative: np.ndarray) -> np.ndarray:
+    """IQ1 groups of 8: ``grid + delta`` ([n, 32, 8] float32) from ``qs`` [n, 32], the grid
+    index's 3 high bits ``hi3`` [n, 32] and whether each group's delta is negative [n, 32]."""
+    idx = qs.astype(np.uint16) | (hi3.astype(np.uint16) << np.uint16(8))
+    delta = np.where(negative, -_GGUF_IQ1_S.delta, _GGUF_IQ1_S.delta).astype(_F32)
+    return _G1S[idx] + delta[..., None]
+
+
+def _deq_iq1_s(b: np.ndarray, out: np.ndarray) -> None:
+    """``IQ1_S`` 50 B: ``d f16 | qs u8[32] | qh u16[8]``; see the module docstring."""
+    n = b.shape[0]
+    qh = np.ascontiguousarray(b[:, 34:50]).view(np.uint16)  # [n, 8]
+    dl = _f16(b[:, 0:2]) * (np.uint16(2) * ((qh >> np.uint16(12)) & np.uint16(7)) + np.uint16(1))  # [n, 8]
+    hi3 = ((qh.reshape(n, 8, 1) >> _SH3) & np.uint16(7)).reshape(n, 32)
+    neg = np.repeat((qh & np.uint16(0x8000)) != 0, 4, axis=1)
+    np.multiply(dl.reshape(n, 8, 1, 1), _iq1_grid(b[:, 2:34], hi3, neg).reshape(n, 8, 4, 8), out=out.reshape(n, 8, 4, 8))
+
+
+def _deq_iq1_m(b: np.ndarray, out: np.ndarray) -> None:
+    """``IQ1_M`` 56 B: ``qs u8[32] | qh u8[16] | scales u16[4]``; see the module docstring."""
+    n = b.shape[0]
+    sc = np.ascontiguousarray(b[:, 48:56]).view(np.uint16)  # [n, 4]
+    dh = (sc & np.uint16(0xF000)) >> np.array([12, 8, 4, 0], np.uint16)
+    d = np.bitwise_or.reduce(dh, axis=1).view(np.float16).astype(_F32).reshape(n, 1)
+    ls = ((sc.reshape(n, 4, 1) >> _SH3) & np.uint16(7)).reshape(n, 16)
+    dl = d * (np.uint16(2) * ls + np.uint16(1))  # [n, 16] float32, one per 16 weights
+    nib = (b[:, 32:48].reshape(n, 16, 1) >> _SH4.reshape(1, 1, 2)).reshape(n, 32)
+    gd = _iq1_grid(b[:, 0:32], nib & np.uint8(7), (nib & np.uint8(8)) != 0)
+    np.multiply(dl.reshape(n, 16, 1, 1), gd.reshape(n, 16, 2, 8), out=out.reshape(n, 16, 2, 8))
+
+
 # ----------------------------------------------------------------- the table
 _Kernel = Callable[[np.ndarray, np.ndarray], None]
 
@@ -413,6 +579,13 @@ _LAYOUTS: dict[GGMLQuantizationType, tuple[tuple[tuple[str, int], ...], _Kernel]
     T.Q6_K: ((("ql", 128), ("qh", 64), ("scales", 16), ("d", 2)), _deq_q6_k),
     T.IQ4_NL: ((("d", 2), ("qs", 16)), _deq_iq4_nl),
     T.IQ4_XS: ((("d", 2), ("scales_h", 2), ("scales_l", 4), ("qs", 128)), _deq_iq4_xs),
+    T.IQ3_XXS: ((("d", 2), ("qs", 64), ("scales_signs", 32)), _deq_iq3_xxs),
+    T.IQ3_S: ((("d", 2), ("qs", 64), ("qh", 8), ("signs", 32), ("scales", 4)), _deq_iq3_s),
+    T.IQ2_XXS: ((("d", 2), ("qs", 64)), _deq_iq2_xxs),
+    T.IQ2_XS: ((("d", 2), ("qs", 64), ("scales", 8)), _deq_iq2_xs),
+    T.IQ2_S: ((("d", 2), ("qs", 32), ("signs", 32), ("qh", 8), ("scales", 8)), _deq_iq2_s),
+    T.IQ1_S: ((("d", 2), ("qs", 32), ("qh", 16)), _deq_iq1_s),
+    T.IQ1_M: ((("qs", 32), ("qh", 16), ("scales", 8)), _deq_iq1_m),
 }
 
 

@@ -41,7 +41,8 @@ from kvrun.ops.cpu import nn
 from kvrun.ops.cpu.backend import CPUBackend
 from kvrun.ops.gpu import emulate
 
-QTYPES = [Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS]
+IQ_TYPES = [Q.IQ3_XXS, Q.IQ3_S, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ1_S, Q.IQ1_M]
+QTYPES = [Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS, *IQ_TYPES]
 
 # the `rt` fixture (real CUDA where a GPU is, else the kernel emulator) is in conftest.py
 
@@ -69,7 +70,9 @@ def nmse(got, ref) -> float:
 
 # ----------------------------------------------------------------- weights
 # types made of random bytes: the offsets of their f16 fields (d, dmin), which must be finite
-RANDOM_BLOCK_F16 = {Q.Q2_K: (80, 82), Q.Q3_K: (108,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,), Q.IQ4_NL: (0,), Q.IQ4_XS: (0,)}
+# (IQ1_M's d is in the top nibbles of its scales: test_qmatmul.set_iq1_m_d)
+RANDOM_BLOCK_F16 = {Q.Q2_K: (80, 82), Q.Q3_K: (108,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,), Q.IQ4_NL: (0,), Q.IQ4_XS: (0,),
+                    **{t: (0,) for t in IQ_TYPES if t != Q.IQ1_M}, Q.IQ1_M: ()}  # fmt: skip
 
 
 def random_weight(qtype: int, n_rows: int, n_cols: int, rng) -> np.ndarray:
@@ -86,6 +89,10 @@ def random_weight(qtype: int, n_rows: int, n_cols: int, rng) -> np.ndarray:
         scales = rng.uniform(0.002, 0.02, (n_rows, n_cols // block, 2)).astype(np.float16).view(np.uint8)
         for i, off in enumerate(RANDOM_BLOCK_F16[qtype]):
             b[..., off : off + 2] = scales[..., 2 * i : 2 * i + 2]
+        if qtype == Q.IQ1_M:
+            from test_qmatmul import set_iq1_m_d
+
+            set_iq1_m_d(b, scales[..., 0:2].view(np.float16)[..., 0])
         return b.reshape(n_rows, -1)
     return np.ascontiguousarray(quantize(a, qtype)).reshape(n_rows, -1)
 
@@ -234,7 +241,7 @@ def test_bad_shapes_and_ids_are_refused(rt, gpu):
     with pytest.raises(IndexError):
         gpu.get_rows(w, np.array([8], np.int32), rt.xp.zeros((1, 64), np.float32))
     with pytest.raises(ValueError, match="no GPU kernel"):
-        gpu.upload(np.zeros((1, 66), np.uint8), Q.IQ2_XXS, (1, 256))
+        gpu.upload(np.zeros((1, 66), np.uint8), Q.TQ2_0, (1, 256))
 
 
 # ----------------------------------------------------------------- nn

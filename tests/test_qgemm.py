@@ -16,11 +16,11 @@ from gguf import GGMLQuantizationType as T
 from kvrun.ops.cpu import qmatmul as Q
 
 from reference import quantize_x8
-from test_qmatmul import _ref, _rel, _weights
+from test_qmatmul import IQ_TYPES, _ref, _rel, _weights
 
 pytestmark = pytest.mark.skipif(not Q.HAVE_VNNI, reason="no VNNI on this host")
 
-BLOCK_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.Q2_K, T.Q3_K, T.IQ4_NL, T.IQ4_XS]
+BLOCK_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.Q2_K, T.Q3_K, T.IQ4_NL, T.IQ4_XS, *IQ_TYPES]
 
 
 def _case(qtype, n_rows, n_cols, n_tok, seed=0):
@@ -34,7 +34,7 @@ def _case(qtype, n_rows, n_cols, n_tok, seed=0):
 @pytest.mark.parametrize("qtype", BLOCK_TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("n_rows,n_tok", [(67, 13), (32, 8), (5, 1)])  # partial tiles of rows and of tokens
 def test_gemm_is_w_dot_quantized_x(qtype, n_rows, n_tok):
-    n_cols = 768 if T.Q4_K <= qtype <= T.Q6_K or qtype in (T.Q2_K, T.Q3_K, T.IQ4_XS) else 96
+    n_cols = 768 if T.Q4_K <= qtype <= T.Q6_K or qtype in (T.Q2_K, T.Q3_K, T.IQ4_XS, *IQ_TYPES) else 96
     qgemm, kind, w, x, ref = _case(qtype, n_rows, n_cols, n_tok)
     out = np.full((n_tok, n_rows), np.nan, np.float32)
     qgemm.matmul(w, kind, x, out, threads=1)
@@ -95,7 +95,7 @@ import sys, numpy as np
 sys.path.insert(0, sys.argv[1])
 from gguf import GGMLQuantizationType as T
 from reference import quantize_x8
-from test_qmatmul import _ref, _rel, _weights
+from test_qmatmul import IQ_TYPES, _ref, _rel, _weights
 from kvrun.ops.cpu import qgemm, qmatmul as Q
 assert (qgemm.LANES, qgemm.TOKENS) == (8, 4)
 for qt, n_rows, n_cols, n_tok in [(T.Q4_0, 67, 96, 13), (T.Q6_K, 21, 768, 6), (T.Q4_K, 16, 256, 4)]:

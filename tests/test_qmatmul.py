@@ -21,10 +21,13 @@ from gguf import GGMLQuantizationType as T
 
 from kvrun.ops.cpu import qmatmul as Q
 
-TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.Q2_K, T.Q3_K, T.IQ4_NL, T.IQ4_XS]
-K_TYPES = (T.Q4_K, T.Q5_K, T.Q6_K, T.Q2_K, T.Q3_K, T.IQ4_XS)
-# byte offsets of the float16 scales of the types gguf cannot quantize (random bytes otherwise)
-F16_FIELDS = {T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,), T.Q2_K: (80, 82), T.Q3_K: (108,), T.IQ4_NL: (0,), T.IQ4_XS: (0,)}
+IQ_TYPES = [T.IQ3_XXS, T.IQ3_S, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_S, T.IQ1_M]
+TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.Q2_K, T.Q3_K, T.IQ4_NL, T.IQ4_XS, *IQ_TYPES]
+K_TYPES = (T.Q4_K, T.Q5_K, T.Q6_K, T.Q2_K, T.Q3_K, T.IQ4_XS, *IQ_TYPES)
+# byte offsets of the float16 scales of the types gguf cannot quantize (random bytes otherwise);
+# IQ1_M's d is the top nibbles of its scales (set_iq1_m_d)
+F16_FIELDS = {T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,), T.Q2_K: (80, 82), T.Q3_K: (108,), T.IQ4_NL: (0,), T.IQ4_XS: (0,),
+              **{t: (0,) for t in IQ_TYPES if t != T.IQ1_M}, T.IQ1_M: ()}  # fmt: skip
 # (n_rows, n_cols): rows not a multiple of the thread count; an odd number of
 # 32-blocks per row (the kernels unroll by 2) for the 32-block types
 SHAPES = {False: [(67, 96), (131, 576)], True: [(67, 256), (45, 768)]}
@@ -41,7 +44,16 @@ def _weights(qtype: T, n: int, k: int, seed: int = 0) -> np.ndarray:
     f16 = lambda lo, hi: rng.uniform(lo, hi, (n, k // bs, 1)).astype(np.float16).view(np.uint8)  # noqa: E731
     for o in F16_FIELDS[qtype]:
         raw[:, :, o : o + 2] = f16(1e-3, 1e-2)
+    if qtype == T.IQ1_M:
+        set_iq1_m_d(raw, rng.uniform(1e-3, 1e-2, (n, k // bs)))
     return raw.reshape(n, -1)
+
+
+def set_iq1_m_d(raw: np.ndarray, d: np.ndarray) -> None:
+    """IQ1_M blocks ``[..., 56]``: write the f16 of ``d`` [...] into the top nibbles of the four u16 scales (bytes 48-55)."""
+    h = d.astype(np.float16).view(np.uint16)
+    for k in range(4):
+        raw[..., 49 + 2 * k] = (raw[..., 49 + 2 * k] & 0x0F) | (((h >> (4 * k)) & 0xF) << 4).astype(np.uint8)
 
 
 def _ref(w: np.ndarray, qtype: T, n: int, k: int) -> np.ndarray:
@@ -192,10 +204,10 @@ def test_errors():
     w = _weights(T.Q8_0, 8, 64)
     x = np.zeros(64, np.float32)
     out = np.zeros(8, np.float32)
-    with pytest.raises(ValueError, match="IQ3_S"):
-        Q.matvec(w, T.IQ3_S, x, out)
-    with pytest.raises(ValueError, match="IQ2_XS"):
-        Q.get_rows(w, T.IQ2_XS, np.array([0]), np.zeros((1, 64), np.float32))
+    with pytest.raises(ValueError, match="TQ2_0"):
+        Q.matvec(w, T.TQ2_0, x, out)
+    with pytest.raises(ValueError, match="MXFP4"):
+        Q.get_rows(w, T.MXFP4, np.array([0]), np.zeros((1, 64), np.float32))
     with pytest.raises(ValueError):
         Q.matvec(w, T.Q8_0, np.zeros(96, np.float32), out)  # x length
     with pytest.raises(ValueError):

@@ -1,8 +1,9 @@
 """Specification of ``kvrun.loaders.quants``: GGML block layouts and dequantizers.
 
 * The table knows exactly F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K,
-  Q3_K, Q4_K, Q5_K and Q6_K, with gguf's block sizes and a documented field
-  layout per type; anything else is an ``UnsupportedQuantType`` naming it.
+  Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS and the i-quants IQ3_XXS, IQ3_S,
+  IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M, with gguf's block sizes and a documented
+  field layout per type; anything else is an ``UnsupportedQuantType`` naming it.
 * ``dequantize`` and ``dequantize_rows`` equal ``gguf.quants.dequantize`` bit
   for bit, on random blocks and on every tensor of the real models.
 * ``dequantize_rows`` reads only the rows asked for.
@@ -35,7 +36,8 @@ from kvrun.loaders.quants import (
     row_bytes,
 )
 
-ALL_TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS]
+ALL_TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS,
+             T.IQ3_XXS, T.IQ3_S, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_S, T.IQ1_M]
 IDS = [t.name for t in ALL_TYPES]
 
 # byte offset of every field of every block, as the module docstring documents them
@@ -55,6 +57,13 @@ LAYOUTS = {
     T.Q6_K: {"ql": 0, "qh": 128, "scales": 192, "d": 208},
     T.IQ4_NL: {"d": 0, "qs": 2},
     T.IQ4_XS: {"d": 0, "scales_h": 2, "scales_l": 4, "qs": 8},
+    T.IQ3_XXS: {"d": 0, "qs": 2, "scales_signs": 66},
+    T.IQ3_S: {"d": 0, "qs": 2, "qh": 66, "signs": 74, "scales": 106},
+    T.IQ2_XXS: {"d": 0, "qs": 2},
+    T.IQ2_XS: {"d": 0, "qs": 2, "scales": 66},
+    T.IQ2_S: {"d": 0, "qs": 2, "signs": 34, "qh": 66, "scales": 74},
+    T.IQ1_S: {"d": 0, "qs": 2, "qh": 34},
+    T.IQ1_M: {"qs": 0, "qh": 32, "scales": 48},
 }
 
 # logical shapes, the last dimension in blocks
@@ -88,6 +97,10 @@ def random_blocks(rng: np.random.Generator, qtype: int, n_blocks: int) -> np.nda
         elif name == "f32":
             f = (rng.standard_normal(n_blocks) * 10.0 ** rng.uniform(-30, 30, n_blocks)).astype(np.float32)
             b[:, o : o + 4] = f.view(np.uint8).reshape(n_blocks, 4)
+    if qtype == T.IQ1_M:  # its f16 d is the top nibbles of the four u16 scales (bytes 48-55)
+        h = random_halves(rng, n_blocks).view(np.uint16)
+        for k in range(4):
+            b[:, 49 + 2 * k] = (b[:, 49 + 2 * k] & 0x0F) | (((h >> (4 * k)) & 0xF) << 4).astype(np.uint8)
     return b
 
 
@@ -162,7 +175,7 @@ def test_documented_block_layout(qtype: T) -> None:
         info.offset("nope")
 
 
-@pytest.mark.parametrize("qtype", [T.IQ2_XXS, T.Q8_K, T.TQ1_0, T.MXFP4, 999, -1], ids=str)
+@pytest.mark.parametrize("qtype", [T.TQ2_0, T.Q8_K, T.TQ1_0, T.MXFP4, 999, -1], ids=str)
 def test_unsupported_type_is_named(qtype: int) -> None:
     assert not is_supported(qtype)
     label = qtype.name if isinstance(qtype, T) else str(qtype)

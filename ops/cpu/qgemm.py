@@ -13,9 +13,10 @@ How (the same arithmetic as the decode kernels, laid out for many tokens):
   codes, their scale and the sums of the quantized x per 32 and per 16).
 * :data:`ROWS` (16) weight rows at a time are *packed*: every block type is
   written as unsigned byte codes ``u`` with, per group of ``G`` values
-  (32; 16 for Q6_K, Q2_K, Q3_K), a scale ``s`` and an offset ``o`` so that ``w = s u + o``
+  (32; 16 for Q6_K, Q2_K, Q3_K, IQ2_XS, IQ2_S, IQ1_M), a scale ``s`` and an offset ``o`` so that ``w = s u + o``
   (Q4_0: ``u`` = nibble, ``s = d``, ``o = -8 d``; Q4_K: ``s = d sc``,
-  ``o = -dmin m``; Q8_0: ``u = q + 128``, ``o = -128 d``; ...).  Codes are
+  ``o = -dmin m``; Q8_0: ``u = q + 128``, ``o = -128 d``; the i-quants' signed grid values
+  + 128, ``o = -128 s``; ...).  Codes are
   interleaved ``[n_cols/4][16 rows][4]`` so one 64-byte load holds 4 codes
   of each of the 16 rows: a ``vpdpbusd`` with 4 bytes of one token's x
   broadcast then adds 4 products into each row's int32 lane.  The packed tile
@@ -52,9 +53,11 @@ from numba.extending import intrinsic
 
 from .parallel import EXACT_JIT, num_threads, prange_only
 from .qmatmul import (
-    IQ4_NL, IQ4_XS, LF32, LI8, LI32, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, V, V16I8, V32I8, V8I32,
-    HAVE_VNNI, HAVE_VNNI512, _G, _IQ4_TABLE, _TYPES, _c, _crumb_codes, _i64, _iq4_xs_scale, _k_scales, _q3_k_codes, _q3_k_scales,
-    _q6_k_codes, _qk45_codes, _scratch, _scratch_bytes, quant_x8,
+    IQ1_M, IQ1_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_NL, IQ4_XS, LF32, LI8, LI32, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0,
+    Q5_1, Q5_K, Q6_K, Q8_0, V, V16I8, V32I8, V8I32, HAVE_VNNI, HAVE_VNNI512, _G, _IQ1S_TAB, _IQ2S_TAB, _IQ2XS_TAB, _IQ2XXS_TAB,
+    _IQ3S_TAB, _IQ3XXS_TAB, _IQ4_TABLE, _TYPES, _c, _crumb_codes, _i64, _iq1_m_d, _iq1_m_scales, _iq1_m_sub, _iq1_s_scale,
+    _iq1_s_sub, _iq2_s_sub, _iq2_scales, _iq2_xs_sub, _iq2_xxs_sub, _iq3_s_sub, _iq3_xxs_sub, _iq4_xs_scale, _k_scales,
+    _negate_where, _odd16, _q3_k_codes, _q3_k_scales, _q6_k_codes, _qk45_codes, _scratch, _scratch_bytes, _table, quant_x8,
 )  # fmt: skip
 
 ROWS = 16  # weight rows per packed tile: the 16 int32 lanes of a zmm register (two ymm)
@@ -249,6 +252,59 @@ def _iq4_xs(g, wb):
     return res
 
 
+def _iq_codes(g, q, signs):
+    """Grid values with their signs, + 128, as unsigned codes: s = the weight's scale, o = -128 s."""
+    return g.b.xor(_negate_where(g, q, signs), ir.Constant(V32I8, [ir.Constant(LI8, 0x80)] * 32))
+
+
+def _iq_signed(name: str, data: bytes, mul: float, sub, scales_at):
+    """IQ2_*/IQ3_*: w = (d mul sc) grid sign.  ``sub`` as the decode dot's; ``scales_at``: the byte offset of
+    IQ2_XS/IQ2_S's nibble scales per 16 (G = 16), or None (a scale per 32 from the sub-block's ls, G = 32)."""
+
+    def emit(g, wb):
+        b = g.b
+        tab = _table(g, name, data)
+        d = b.fmul(g.f16(wb, 0), _c(mul))
+        scv = b.sitofp(_iq2_scales(g, wb, scales_at), V(LF32, 16)) if scales_at is not None else None
+        res = []
+        for ib in range(8):
+            r = sub(g, wb, ib, tab)
+            if scv is not None:
+                sds = [b.fmul(d, b.extract_element(scv, ir.Constant(LI32, 2 * ib + e))) for e in range(2)]
+            else:
+                sds = [b.fmul(d, b.sitofp(_odd16(g, r[2]), LF32))]  # 2 ls + 1 (IQ3_S: 1 + 2 ls)
+            res.append((_iq_codes(g, r[0], r[1]), [(sd, b.fmul(sd, _c(-128.0))) for sd in sds]))
+        return res
+
+    return emit
+
+
+def _iq1_s(g, wb):
+    """u = grid + 1 (0..2), s = d (2 ls + 1), o = s (delta - 1)."""
+    b = g.b
+    tab = _table(g, "kvrun_iq1s_grid", _IQ1S_TAB)
+    d = g.f16(wb, 0)
+    res = []
+    for ib in range(8):
+        q, qh = _iq1_s_sub(g, wb, ib, tab)
+        dl, off = _iq1_s_scale(g, d, qh)
+        res.append((q, [(dl, b.fmul(dl, off))]))
+    return res
+
+
+def _iq1_m(g, wb):
+    """u = 8 (grid + 1) + 1 +- 1 (0..18), s = d (2 ls + 1) / 8 per 16, o = -9 s."""
+    b = g.b
+    tab = _table(g, "kvrun_iq1s_grid", _IQ1S_TAB)
+    d8 = b.fmul(_iq1_m_d(g, wb), _c(0.125))
+    scv = b.sitofp(_iq1_m_scales(g, wb), V(LF32, 16))
+    res = []
+    for ib in range(8):
+        sds = [b.fmul(d8, b.extract_element(scv, ir.Constant(LI32, 2 * ib + e))) for e in range(2)]
+        res.append((_iq1_m_sub(g, wb, ib, tab), [(sd, b.fmul(sd, _c(-9.0))) for sd in sds]))
+    return res
+
+
 _PACK_SIG = types.none(*([types.int64] * 5))
 
 
@@ -299,6 +355,13 @@ pack_q2_k = _packer(84, 256, 16, _q2_k)
 pack_q3_k = _packer(110, 256, 16, _q3_k)
 pack_iq4_nl = _packer(18, 32, 32, _iq4_nl)
 pack_iq4_xs = _packer(136, 256, 32, _iq4_xs)
+pack_iq3_xxs = _packer(98, 256, 32, _iq_signed("kvrun_iq3xxs_grid", _IQ3XXS_TAB, 0.25, _iq3_xxs_sub, None))
+pack_iq3_s = _packer(110, 256, 32, _iq_signed("kvrun_iq3s_grid", _IQ3S_TAB, 1.0, _iq3_s_sub, None))
+pack_iq2_xxs = _packer(66, 256, 32, _iq_signed("kvrun_iq2xxs_grid", _IQ2XXS_TAB, 0.125, _iq2_xxs_sub, None))
+pack_iq2_xs = _packer(74, 256, 16, _iq_signed("kvrun_iq2xs_grid", _IQ2XS_TAB, 0.125, _iq2_xs_sub, 66))
+pack_iq2_s = _packer(82, 256, 16, _iq_signed("kvrun_iq2s_grid", _IQ2S_TAB, 0.125, _iq2_s_sub, 74))
+pack_iq1_s = _packer(50, 256, 32, _iq1_s)
+pack_iq1_m = _packer(56, 256, 16, _iq1_m)
 
 
 # ================================================================= drivers
@@ -337,8 +400,22 @@ def _pack_tile(kind, w, r0, pk, sp):
             pack_q3_k(r, rb // 110, a, s, i)
         elif kind == IQ4_NL:
             pack_iq4_nl(r, rb // 18, a, s, i)
-        else:
+        elif kind == IQ4_XS:
             pack_iq4_xs(r, rb // 136, a, s, i)
+        elif kind == IQ3_XXS:
+            pack_iq3_xxs(r, rb // 98, a, s, i)
+        elif kind == IQ3_S:
+            pack_iq3_s(r, rb // 110, a, s, i)
+        elif kind == IQ2_XXS:
+            pack_iq2_xxs(r, rb // 66, a, s, i)
+        elif kind == IQ2_XS:
+            pack_iq2_xs(r, rb // 74, a, s, i)
+        elif kind == IQ2_S:
+            pack_iq2_s(r, rb // 82, a, s, i)
+        elif kind == IQ1_S:
+            pack_iq1_s(r, rb // 50, a, s, i)
+        else:
+            pack_iq1_m(r, rb // 56, a, s, i)
 
 
 @nb.njit(inline="always", **EXACT_JIT)
@@ -347,7 +424,7 @@ def _tiles(kind, w, sc, n_tok, n_cols, out, tiles0, tiles1, pk, sp):
     n_rows = w.shape[0]
     xs = sc.strides[0]
     ostr = out.strides[0] // 4
-    g16 = kind == Q6_K or kind == Q2_K or kind == Q3_K
+    g16 = kind == Q6_K or kind == Q2_K or kind == Q3_K or kind == IQ2_XS or kind == IQ2_S or kind == IQ1_M
     for tile in range(tiles0, tiles1):
         r0 = tile * ROWS
         _pack_tile(kind, w, r0, pk, sp)
@@ -384,7 +461,7 @@ def _gemm_n(kind, w, x, out, sc, pk, sp, nt):
         _tiles(kind, w, sc, x.shape[0], x.shape[1], out, t * chunk, min(n_tiles, (t + 1) * chunk), pk[t], sp[t])
 
 
-KINDS = (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS)
+KINDS = (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M)
 
 
 #: products with fewer multiply-adds run on the calling thread: measured (Zen 5, 2 vCPUs) 640 x 2048

@@ -51,6 +51,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ...loaders.quants import IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS
 from .blas import blas_threads, set_blas_threads
 from .f16 import bf16_to_f32, f16_to_f32
 from .outline import outline
@@ -606,6 +607,267 @@ dot_iq4_nl = _row_dot(18, 32, 32, _blk32(_emit_iq4_nl), 2, _PREFETCH)
 dot_iq4_xs = _row_dot(136, 256, 256, _emit_iq4_xs, 1)
 
 
+# ----------------------------------------------------------------- SIMD: i-quants (grid lattices)
+# IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M (layouts in loaders/quants.py).  A group of 8
+# weights (IQ3: two grids of 4) is one entry of a constant grid table, looked up by a scalar load
+# each (the tables live in the module as constant globals; 2-16 KB, they stay in L1), gathered into
+# a <32 x u8> per sub-block of 32.  The grid values are unsigned (IQ1's -1/0/1 stored as 0/1/2),
+# so they meet x in vpmaddubsw as the unsigned side, with the weights' signs moved onto x (a
+# masked negate from the sign bits as an <32 x i1>: llama.cpp's psign of the activations).
+# |grid| <= 62, |x| <= 127: pairs stay inside int16.  The 4-bit scales enter as (2 ls + 1) (IQ1:
+# 2 ls + 1, IQ3_S: 1 + 2 ls) in vpmaddwd, their constant factors (1/8, 1/4) in the float scale.
+# IQ1's delta: IQ1_S's (one a sub-block) meets the sums of x per 32; IQ1_M's (one a group of 8)
+# is folded into the codes.  These dots are compute-bound (~45 instructions a sub-block, half of
+# them the lookups and the sign bits).  Tried and slower on Zen 4: AVX2 gathers for the lookups
+# (IQ2_XXS 285 against 215 us for 2048 x 2048, IQ3_XXS 333 against 247); building the indices in
+# vectors, or the entries through a stack buffer (the same).
+def _grid_bytes(grid: np.ndarray) -> bytes:
+    """A grid [n, k] of values in 0..255 as its bytes, entry after entry (entry i at 8i or 4i)."""
+    return np.ascontiguousarray(grid, np.uint8).tobytes()
+
+
+_IQ2XXS_TAB = _grid_bytes(IQ2XXS_GRID)  # 256 x 8 B
+_IQ2XS_TAB = _grid_bytes(IQ2XS_GRID)  # 512 x 8 B
+_IQ2S_TAB = _grid_bytes(IQ2S_GRID)  # 1024 x 8 B
+_IQ3XXS_TAB = _grid_bytes(IQ3XXS_GRID)  # 256 x 4 B
+_IQ3S_TAB = _grid_bytes(IQ3S_GRID)  # 512 x 4 B
+_IQ1S_TAB = _grid_bytes(IQ1S_GRID + 1)  # 2048 x 8 B of grid + 1 (0, 1, 2)
+
+
+def _table(g: _G, name: str, data: bytes) -> ir.Value:
+    """i8* to the constant global ``name`` holding ``data`` (added to the module on first use)."""
+    gv = g.m.globals.get(name)
+    if gv is None:
+        ty = ir.ArrayType(LI8, len(data))
+        gv = ir.GlobalVariable(g.m, ty, name)
+        gv.initializer = ir.Constant(ty, bytearray(data))
+        gv.global_constant = True
+        gv.linkage = "internal"
+        gv.align = 64
+    return g.b.bitcast(gv, LI8.as_pointer())
+
+
+def _ci(v: int) -> ir.Constant:
+    return ir.Constant(LI32, v)
+
+
+def _grid8(g, tab: ir.Value, idx: list) -> ir.Value:
+    """<32 x u8>: the 8-byte grid entries tab[idx[0..3]] (i32 indices) one after the other."""
+    b = g.b
+    v = ir.Constant(V(LI64, 4), ir.Undefined)
+    for l, i in enumerate(idx):
+        v = b.insert_element(v, g.load(tab, b.mul(b.zext(i, LI64), _i64(8)), LI64), _ci(l))
+    return b.bitcast(v, V32I8)
+
+
+def _grid4(g, tab: ir.Value, idx: list) -> ir.Value:
+    """<32 x u8>: the 4-byte grid entries tab[idx[0..7]] (i32 indices) one after the other."""
+    b = g.b
+    v = ir.Constant(V8I32, ir.Undefined)
+    for k, i in enumerate(idx):
+        v = b.insert_element(v, g.load(tab, b.mul(b.zext(i, LI64), _i64(4)), LI32), _ci(k))
+    return b.bitcast(v, V32I8)
+
+
+def _ksigns_bytes(g, s: ir.Value) -> ir.Value:
+    """i32 of four 7-bit sign indices, one a byte -> the four sign bytes KSIGNS[...] (bit 7 of each
+    byte set to the parity of its 7 bits: the eighth sign keeps the count of negatives even)."""
+    b = g.b
+    t = b.xor(s, b.lshr(s, _ci(4)))  # per byte, bit 0 ends as the parity of the byte's 7 bits
+    t = b.xor(t, b.lshr(t, _ci(2)))
+    t = b.xor(t, b.lshr(t, _ci(1)))
+    return b.or_(s, b.shl(b.and_(t, _ci(0x01010101)), _ci(7)))
+
+
+def _ksigns(g, a: ir.Value) -> ir.Value:
+    """i32 holding four 7-bit sign indices in bits 7l .. 7l + 6 (IQ2_XXS, IQ3_XXS) -> their four sign bytes."""
+    b = g.b
+    s = b.and_(a, _ci(0x7F))
+    for l in (1, 2, 3):
+        s = b.or_(s, b.and_(b.shl(a, _ci(l)), _ci(0x7F << (8 * l))))
+    return _ksigns_bytes(g, s)
+
+
+def _negate_where(g, x: ir.Value, bits: ir.Value) -> ir.Value:
+    """<32 x i8> x with lane j negated where bit j of the i32 ``bits`` is set."""
+    b = g.b
+    return b.select(b.bitcast(bits, V(LI1, 32)), b.sub(_cvec(LI8, 32, 0), x), x)
+
+
+def _odd16(g, v: ir.Value) -> ir.Value:
+    """2 v + 1 (v: i32 0..15) as i16."""
+    b = g.b
+    return b.trunc(b.add(b.shl(v, _ci(1)), _ci(1)), LI16)
+
+
+def _iq2_scales(g, wb, o: int) -> ir.Value:
+    """IQ2_XS/IQ2_S: the 16 scales per 16 weights (2 ls + 1) as <16 x i16> from the 8 bytes at wb+o
+    (group 2ib the low nibble of byte ib, 2ib + 1 the high one), in :func:`_pick16`'s order."""
+    b = g.b
+    s8 = g.load(wb, o, V(LI8, 8))
+    ls = b.shuffle_vector(g.and_(s8, 15), g.shr(s8, 4), ir.Constant(V(LI32, 16), [i // 2 + 8 * (i % 2) for i in range(16)]))
+    return g.b.add(g.shl(b.zext(ls, V16I16), 1), _cvec(LI16, 16, 1))
+
+
+def _iq2_xxs_sub(g, wb, ib: int, tab):
+    """IQ2_XXS sub-block ib: (grid <32 x u8>, sign bits i32, ls i32)."""
+    b = g.b
+    idx = g.load(wb, 2 + 8 * ib, LI32)
+    a = g.load(wb, 6 + 8 * ib, LI32)
+    q = _grid8(g, tab, [b.and_(b.lshr(idx, _ci(8 * l)), _ci(255)) for l in range(4)])
+    return q, _ksigns(g, a), b.lshr(a, _ci(28))
+
+
+def _iq2_xs_sub(g, wb, ib: int, tab):
+    """IQ2_XS sub-block ib: (grid, sign bits); its four u16 hold a 9-bit index and a 7-bit sign index each."""
+    b = g.b
+    q4 = g.load(wb, 2 + 8 * ib, V(LI16, 4))
+    q = _grid8(g, tab, [b.and_(b.zext(b.extract_element(q4, _ci(l)), LI32), _ci(511)) for l in range(4)])
+    signs = b.bitcast(b.trunc(g.shr(q4, 9), V(LI8, 4)), LI32)
+    return q, _ksigns_bytes(g, signs)
+
+
+def _iq2_s_sub(g, wb, ib: int, tab):
+    """IQ2_S sub-block ib: (grid, sign bits); 10-bit indices, the top 2 bits of each in qh[ib]."""
+    b = g.b
+    qh = g.u8(wb, 66 + ib)
+    idx = [b.or_(g.u8(wb, 2 + 4 * ib + l), b.shl(b.and_(b.lshr(qh, _ci(2 * l)), _ci(3)), _ci(8))) for l in range(4)]
+    return _grid8(g, tab, idx), g.load(wb, 34 + 4 * ib, LI32)
+
+
+def _iq3_xxs_sub(g, wb, ib: int, tab):
+    """IQ3_XXS sub-block ib: (grid, sign bits, ls)."""
+    b = g.b
+    a = g.load(wb, 66 + 4 * ib, LI32)
+    q = _grid4(g, tab, [g.u8(wb, 2 + 8 * ib + k) for k in range(8)])
+    return q, _ksigns(g, a), b.lshr(a, _ci(28))
+
+
+def _iq3_s_sub(g, wb, ib: int, tab):
+    """IQ3_S sub-block ib: (grid, sign bits, ls); 9-bit indices, the top bit of entry k in bit k of qh[ib]."""
+    b = g.b
+    qh = g.u8(wb, 66 + ib)
+    idx = [b.or_(g.u8(wb, 2 + 8 * ib + k), b.shl(b.and_(b.lshr(qh, _ci(k)), _ci(1)), _ci(8))) for k in range(8)]
+    ls = b.and_(b.lshr(g.u8(wb, 106 + ib // 2), _ci(4 * (ib % 2))), _ci(15))
+    return _grid4(g, tab, idx), g.load(wb, 74 + 4 * ib, LI32), ls
+
+
+def _iq1_s_sub(g, wb, ib: int, tab):
+    """IQ1_S sub-block ib: (grid + 1 <32 x u8>, the u16 qh[ib] as i32: index bits, ls, delta's sign)."""
+    b = g.b
+    qh = b.zext(g.load(wb, 34 + 2 * ib, LI16), LI32)
+    idx = [b.or_(g.u8(wb, 2 + 4 * ib + l), b.shl(b.and_(b.lshr(qh, _ci(3 * l)), _ci(7)), _ci(8))) for l in range(4)]
+    return _grid8(g, tab, idx), qh
+
+
+def _iq1_s_scale(g, d, qh):
+    """IQ1_S: (d (2 ls + 1), delta - 1) of a sub-block, as float: w = dl (grid + 1) + dl (delta - 1)."""
+    b = g.b
+    dl = b.fmul(d, b.sitofp(b.add(b.shl(b.and_(b.lshr(qh, _ci(12)), _ci(7)), _ci(1)), _ci(1)), LF32))
+    off = b.select(b.icmp_unsigned("!=", b.and_(qh, _ci(0x8000)), _ci(0)), _c(-1.125), _c(-0.875))
+    return dl, off
+
+
+def _iq1_m_d(g, wb) -> ir.Value:
+    """IQ1_M's f16 d, gathered from the top nibbles of its four u16 scales, as float."""
+    b = g.b
+    sc = [b.zext(g.load(wb, 48 + 2 * k, LI16), LI32) for k in range(4)]
+    h = b.lshr(sc[0], _ci(12))
+    for k in (1, 2, 3):
+        h = b.or_(h, b.and_(b.lshr(sc[k], _ci(12 - 4 * k)), _ci(0xF000 >> (12 - 4 * k))))
+    return b.fpext(b.bitcast(b.trunc(h, LI16), LF16), LF32)
+
+
+def _iq1_m_sub(g, wb, ib: int, tab):
+    """IQ1_M sub-block ib as codes u = 8 (grid + 1) + (2 if delta > 0 else 0) (<32 x u8>, 0..18): w = d (2 ls + 1)
+    (u - 9) / 8, since 8 (grid + delta) = 8 grid +- 1.  Group l's index and delta are nibble l % 2 of qh[2ib + l // 2]."""
+    b = g.b
+    v = ir.Constant(V(LI64, 4), ir.Undefined)
+    for l in range(4):
+        nib = b.lshr(g.u8(wb, 32 + 2 * ib + l // 2), _ci(4 * (l % 2)))
+        i = b.or_(g.u8(wb, 4 * ib + l), b.shl(b.and_(nib, _ci(7)), _ci(8)))
+        e = b.shl(g.load(tab, b.mul(b.zext(i, LI64), _i64(8)), LI64), ir.Constant(LI64, 3))
+        pos = b.icmp_unsigned("==", b.and_(nib, _ci(8)), _ci(0))
+        e = b.or_(e, b.select(pos, ir.Constant(LI64, 0x0202020202020202), ir.Constant(LI64, 0)))
+        v = b.insert_element(v, e, _ci(l))
+    return b.bitcast(v, V32I8)
+
+
+def _iq1_m_scales(g, wb) -> ir.Value:
+    """IQ1_M's 16 scales per 16 weights (2 ls + 1) as <16 x i16>: 3-bit fields 3m of u16 k for group 4k + m."""
+    b = g.b
+    sc = b.zext(g.load(wb, 48, V(LI16, 4)), V(LI32, 4))
+    sc = b.shuffle_vector(sc, sc, ir.Constant(V(LI32, 16), [j // 4 for j in range(16)]))
+    sh = ir.Constant(V(LI32, 16), [ir.Constant(LI32, 3 * (j % 4)) for j in range(16)])
+    ls = b.and_(b.lshr(sc, sh), _cvec(LI32, 16, 7))
+    return b.trunc(b.add(b.shl(ls, _cvec(LI32, 16, 1)), _cvec(LI32, 16, 1)), V16I16)
+
+
+def _iq_dot(g, q, x, sc16, d, xd, ib: int, accs) -> None:
+    """accs[ib % 2] += d xd[ib] sum_16-groups sc16 (q . x): q unsigned codes, x already signed."""
+    b = g.b
+    p = b.sitofp(g.maddwd(g.maddubs(q, x), sc16), V8F32)
+    accs[ib & 1] = g.fma(p, g.splat(b.fmul(d, _fl(xd, ib, g))), accs[ib & 1])
+
+
+def _emit_iq_signed(name: str, data: bytes, mul: float, sub, scales_at: int | None):
+    """The dot of the types whose weights are (d mul sc) grid sign: IQ2_*, IQ3_*.  ``sub(g, wb, ib, tab)``
+    gives (grid, sign bits[, ls]); ``scales_at``: the byte offset of IQ2_XS/IQ2_S's nibble scales per 16,
+    or None for a scale per 32 from the sub-block's ls (as 2 ls + 1; IQ3_S's 1 + 2 ls is the same)."""
+
+    def emit(g, wb, xq, xd, xs, xs16, st, u):  # noqa: ARG001
+        b = g.b
+        accs = [st[0], st[1]]
+        tab = _table(g, name, data)
+        d = b.fmul(g.f16(wb, 0), _c(mul))
+        scv = _iq2_scales(g, wb, scales_at) if scales_at is not None else None
+        for ib in range(8):
+            r = sub(g, wb, ib, tab)
+            sc16 = _pick16(b, scv, ib) if scv is not None else g.splat(_odd16(g, r[2]), 16)
+            _iq_dot(g, r[0], _negate_where(g, g.load(xq, 32 * ib, V32I8), r[1]), sc16, d, xd, ib, accs)
+        return [accs[0], accs[1], st[2], st[3]]
+
+    return emit
+
+
+def _emit_iq1_s(g, wb, xq, xd, xs, xs16, st, u):  # noqa: ARG001
+    """w = dl (grid + 1) + dl (delta - 1): codes 0..2 meet x, the offset the sums per 32."""
+    b = g.b
+    accs, sacc = [st[0], st[1]], st[2]
+    tab = _table(g, "kvrun_iq1s_grid", _IQ1S_TAB)
+    d = g.f16(wb, 0)
+    for ib in range(8):
+        q, qh = _iq1_s_sub(g, wb, ib, tab)
+        dl, off = _iq1_s_scale(g, d, qh)
+        p = g.dot_u8s8(q, g.load(xq, 32 * ib, V32I8))
+        accs[ib & 1] = g.fma(p, g.splat(b.fmul(dl, _fl(xd, ib, g))), accs[ib & 1])
+        sacc = b.fadd(sacc, b.fmul(b.fmul(dl, off), _fl(xs, ib, g)))
+    return [accs[0], accs[1], sacc, st[3]]
+
+
+def _emit_iq1_m(g, wb, xq, xd, xs, xs16, st, u):  # noqa: ARG001
+    """w = d/8 (2 ls + 1) (u - 9) per 16: the codes meet x, the -9 the sums per 16."""
+    b = g.b
+    accs = [st[0], st[1]]
+    tab = _table(g, "kvrun_iq1s_grid", _IQ1S_TAB)
+    d = _iq1_m_d(g, wb)
+    d8 = b.fmul(d, _c(0.125))
+    scv = _iq1_m_scales(g, wb)
+    for ib in range(8):
+        _iq_dot(g, _iq1_m_sub(g, wb, ib, tab), g.load(xq, 32 * ib, V32I8), _pick16(b, scv, ib), d8, xd, ib, accs)
+    accs[1] = g.fma(_groups16_sums(g, scv, xs16), g.splat(b.fmul(d, _c(-9.0 / 8.0))), accs[1])
+    return [accs[0], accs[1], st[2], st[3]]
+
+
+dot_iq3_xxs = _row_dot(98, 256, 256, _emit_iq_signed("kvrun_iq3xxs_grid", _IQ3XXS_TAB, 0.25, _iq3_xxs_sub, None), 1)
+dot_iq3_s = _row_dot(110, 256, 256, _emit_iq_signed("kvrun_iq3s_grid", _IQ3S_TAB, 1.0, _iq3_s_sub, None), 1)
+dot_iq2_xxs = _row_dot(66, 256, 256, _emit_iq_signed("kvrun_iq2xxs_grid", _IQ2XXS_TAB, 0.125, _iq2_xxs_sub, None), 1)
+dot_iq2_xs = _row_dot(74, 256, 256, _emit_iq_signed("kvrun_iq2xs_grid", _IQ2XS_TAB, 0.125, _iq2_xs_sub, 66), 1)
+dot_iq2_s = _row_dot(82, 256, 256, _emit_iq_signed("kvrun_iq2s_grid", _IQ2S_TAB, 0.125, _iq2_s_sub, 74), 1)
+dot_iq1_s = _row_dot(50, 256, 256, _emit_iq1_s, 1)
+dot_iq1_m = _row_dot(56, 256, 256, _emit_iq1_m, 1)
+
+
 # ----------------------------------------------------------------- SIMD: activation quantization
 def _quant_codegen(bits16: bool):
     """quant(x, n_blocks, xq, xf): x float32 [32 n] -> xq int8 (int16) [32 n], xf float32 [4 n].
@@ -798,6 +1060,7 @@ deq_q6_k = _deq_driver(210, 256, _deq_q6_k)
 # ----------------------------------------------------------------- types
 # kind: index used inside the kernels
 F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS = range(15)
+IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M = range(15, 22)
 _TYPES = {  # ggml id -> (kind, block elements, block bytes)
     int(T.F32): (F32, 1, 4),
     int(T.F16): (F16, 1, 2),
@@ -814,8 +1077,18 @@ _TYPES = {  # ggml id -> (kind, block elements, block bytes)
     int(T.Q3_K): (Q3_K, 256, 110),
     int(T.IQ4_NL): (IQ4_NL, 32, 18),
     int(T.IQ4_XS): (IQ4_XS, 256, 136),
+    int(T.IQ3_XXS): (IQ3_XXS, 256, 98),
+    int(T.IQ3_S): (IQ3_S, 256, 110),
+    int(T.IQ2_XXS): (IQ2_XXS, 256, 66),
+    int(T.IQ2_XS): (IQ2_XS, 256, 74),
+    int(T.IQ2_S): (IQ2_S, 256, 82),
+    int(T.IQ1_S): (IQ1_S, 256, 50),
+    int(T.IQ1_M): (IQ1_M, 256, 56),
 }
 SUPPORTED: tuple[int, ...] = tuple(_TYPES)
+# kind -> block elements / block bytes, for the shape checks inside the kernels
+_BLOCK_ELEMS = np.array([e for _, e, _ in sorted(_TYPES.values())], np.int64)
+_BLOCK_BYTES = np.array([b for _, _, b in sorted(_TYPES.values())], np.int64)
 
 #: matrices smaller than this run on one thread in matvec (fork/join costs more).
 #: Measured (2 threads, tg128 alternating): 4 MiB left every per-layer matrix of
@@ -1078,6 +1351,127 @@ def _row_iq4_xs(row, out):
             _iq4_32(row, o + 8 + 16 * s, d * np.float32(ls - 32), out, b * 256 + 32 * s)
 
 
+# the i-quant grids as float32 for the row decoders (IQ1: the -1/0/1 values themselves)
+_G2XXS, _G2XS, _G2S, _G3XXS, _G3S, _G1S = (t.astype(np.float32) for t in (IQ2XXS_GRID, IQ2XS_GRID, IQ2S_GRID, IQ3XXS_GRID, IQ3S_GRID, IQ1S_GRID))
+
+
+@nb.njit(inline="always", cache=True)
+def _iq_put(grid, idx, signs, db, out, oo):
+    """The values of grid entry idx (8 or 4) into out[oo:], times db, value j negated where bit j of signs is set."""
+    for j in range(grid.shape[1]):
+        v = grid[idx, j]
+        out[oo + j] = db * (-v if (signs >> j) & 1 else v)
+
+
+@nb.njit(inline="always", cache=True)
+def _iq1_put(idx, delta, dl, out, oo):
+    """The 8 values of IQ1 grid entry idx into out[oo:]: dl * (grid + delta)."""
+    for j in range(8):
+        out[oo + j] = dl * (_G1S[idx, j] + delta)
+
+
+@nb.njit(inline="always", cache=True)
+def _half_scale(d, ls, mul):
+    """d * (0.5 + ls) * mul, the IQ2/IQ3_XXS scale, in gguf's order."""
+    return d * (np.float32(0.5) + np.float32(ls)) * np.float32(mul)
+
+
+@nb.njit(**_JIT_EXACT)
+def _row_iq2_xxs(row, out):
+    for b in range(out.size // 256):
+        o = b * 66
+        d = _h(row, o)
+        for ib in range(8):
+            q = o + 2 + 8 * ib
+            a = np.int64(_u32(row, q + 4))
+            db = _half_scale(d, a >> 28, 0.25)
+            for l in range(4):
+                _iq_put(_G2XXS, row[q + l], KSIGNS[(a >> (7 * l)) & 127], db, out, b * 256 + 32 * ib + 8 * l)
+
+
+@nb.njit(**_JIT_EXACT)
+def _row_iq2_xs(row, out):
+    for b in range(out.size // 256):
+        o = b * 74
+        d = _h(row, o)
+        for k in range(32):  # groups of 8; a scale per 16 (nibble k // 2 % 2 of scales[k // 4])
+            q = np.int32(row[o + 2 + 2 * k]) | (np.int32(row[o + 3 + 2 * k]) << 8)
+            db = _half_scale(d, (np.int32(row[o + 66 + k // 4]) >> (4 * (k // 2 % 2))) & 15, 0.25)
+            _iq_put(_G2XS, q & 511, KSIGNS[q >> 9], db, out, b * 256 + 8 * k)
+
+
+@nb.njit(**_JIT_EXACT)
+def _row_iq2_s(row, out):
+    for b in range(out.size // 256):
+        o = b * 82
+        d = _h(row, o)
+        for k in range(32):
+            idx = np.int32(row[o + 2 + k]) | (((np.int32(row[o + 66 + k // 4]) >> (2 * (k % 4))) & 3) << 8)
+            db = _half_scale(d, (np.int32(row[o + 74 + k // 4]) >> (4 * (k // 2 % 2))) & 15, 0.25)
+            _iq_put(_G2S, idx, row[o + 34 + k], db, out, b * 256 + 8 * k)
+
+
+@nb.njit(**_JIT_EXACT)
+def _row_iq3_xxs(row, out):
+    for b in range(out.size // 256):
+        o = b * 98
+        d = _h(row, o)
+        for ib in range(8):
+            a = np.int64(_u32(row, o + 66 + 4 * ib))
+            db = _half_scale(d, a >> 28, 0.5)
+            for l in range(4):  # two grid entries of 4 per sign byte
+                s = np.int32(KSIGNS[(a >> (7 * l)) & 127])
+                q = o + 2 + 8 * ib + 2 * l
+                _iq_put(_G3XXS, row[q], s, db, out, b * 256 + 32 * ib + 8 * l)
+                _iq_put(_G3XXS, row[q + 1], s >> 4, db, out, b * 256 + 32 * ib + 8 * l + 4)
+
+
+@nb.njit(**_JIT_EXACT)
+def _row_iq3_s(row, out):
+    for b in range(out.size // 256):
+        o = b * 110
+        d = _h(row, o)
+        for ib in range(8):
+            ls = (np.int32(row[o + 106 + ib // 2]) >> (4 * (ib % 2))) & 15
+            db = d * np.float32(1 + 2 * ls)
+            qh = np.int32(row[o + 66 + ib])
+            for k in range(8):
+                idx = np.int32(row[o + 2 + 8 * ib + k]) | (((qh >> k) & 1) << 8)
+                s = np.int32(row[o + 74 + 4 * ib + k // 2]) >> (4 * (k % 2))
+                _iq_put(_G3S, idx, s, db, out, b * 256 + 32 * ib + 4 * k)
+
+
+@nb.njit(**_JIT_EXACT)
+def _row_iq1_s(row, out):
+    for b in range(out.size // 256):
+        o = b * 50
+        d = _h(row, o)
+        for ib in range(8):
+            qh = np.int32(row[o + 34 + 2 * ib]) | (np.int32(row[o + 35 + 2 * ib]) << 8)
+            dl = d * np.float32(2 * ((qh >> 12) & 7) + 1)
+            delta = np.float32(-0.125) if qh & 0x8000 else np.float32(0.125)
+            for l in range(4):
+                idx = np.int32(row[o + 2 + 4 * ib + l]) | (((qh >> (3 * l)) & 7) << 8)
+                _iq1_put(idx, delta, dl, out, b * 256 + 32 * ib + 8 * l)
+
+
+@nb.njit(**_JIT_EXACT)
+def _row_iq1_m(row, out):
+    for b in range(out.size // 256):
+        o = b * 56
+        dh = 0
+        for k in range(4):  # d: the top nibble of scale u16 k is bits 4k .. 4k + 3 of the f16
+            dh |= (np.int32(row[o + 49 + 2 * k]) >> 4) << (4 * k)
+        d = f16_to_f32(np.uint16(dh))
+        for k in range(32):  # groups of 8; a scale per 16: 3-bit field j % 4 of u16 j // 4 for j = k // 2
+            nib = (np.int32(row[o + 32 + k // 2]) >> (4 * (k % 2))) & 15
+            idx = np.int32(row[o + k]) | ((nib & 7) << 8)
+            j = k // 2
+            sc = np.int32(row[o + 48 + 2 * (j // 4)]) | (np.int32(row[o + 49 + 2 * (j // 4)]) << 8)
+            dl = d * np.float32(2 * ((sc >> (3 * (j % 4))) & 7) + 1)
+            _iq1_put(idx, np.float32(-0.125) if nib & 8 else np.float32(0.125), dl, out, b * 256 + 8 * k)
+
+
 @nb.njit(inline="always", cache=True)
 def _decode_row(kind, row, out):
     if kind == F32:
@@ -1108,8 +1502,22 @@ def _decode_row(kind, row, out):
         _row_q3_k(row, out)
     elif kind == IQ4_NL:
         _row_iq4_nl(row, out)
-    else:
+    elif kind == IQ4_XS:
         _row_iq4_xs(row, out)
+    elif kind == IQ3_XXS:
+        _row_iq3_xxs(row, out)
+    elif kind == IQ3_S:
+        _row_iq3_s(row, out)
+    elif kind == IQ2_XXS:
+        _row_iq2_xxs(row, out)
+    elif kind == IQ2_XS:
+        _row_iq2_xs(row, out)
+    elif kind == IQ2_S:
+        _row_iq2_s(row, out)
+    elif kind == IQ1_S:
+        _row_iq1_s(row, out)
+    else:
+        _row_iq1_m(row, out)
 
 
 @nb.njit(inline="always", cache=True)
@@ -1248,9 +1656,30 @@ def _dot_rows(kind, wa, rs, rb, r0, r1, op, os, xq, xd, xs, x16):
     elif kind == IQ4_NL:
         for r in range(r0, r1):
             _put_f32(op + r * os, dot_iq4_nl(wa + r * rs, xq, xd, xs, x16, rb // 18))
-    else:
+    elif kind == IQ4_XS:
         for r in range(r0, r1):
             _put_f32(op + r * os, dot_iq4_xs(wa + r * rs, xq, xd, xs, x16, rb // 136))
+    elif kind == IQ3_XXS:
+        for r in range(r0, r1):
+            _put_f32(op + r * os, dot_iq3_xxs(wa + r * rs, xq, xd, xs, x16, rb // 98))
+    elif kind == IQ3_S:
+        for r in range(r0, r1):
+            _put_f32(op + r * os, dot_iq3_s(wa + r * rs, xq, xd, xs, x16, rb // 110))
+    elif kind == IQ2_XXS:
+        for r in range(r0, r1):
+            _put_f32(op + r * os, dot_iq2_xxs(wa + r * rs, xq, xd, xs, x16, rb // 66))
+    elif kind == IQ2_XS:
+        for r in range(r0, r1):
+            _put_f32(op + r * os, dot_iq2_xs(wa + r * rs, xq, xd, xs, x16, rb // 74))
+    elif kind == IQ2_S:
+        for r in range(r0, r1):
+            _put_f32(op + r * os, dot_iq2_s(wa + r * rs, xq, xd, xs, x16, rb // 82))
+    elif kind == IQ1_S:
+        for r in range(r0, r1):
+            _put_f32(op + r * os, dot_iq1_s(wa + r * rs, xq, xd, xs, x16, rb // 50))
+    else:
+        for r in range(r0, r1):
+            _put_f32(op + r * os, dot_iq1_m(wa + r * rs, xq, xd, xs, x16, rb // 56))
 
 
 @nb.njit(**_JIT_EXACT)
@@ -1269,34 +1698,7 @@ def _rows_f(kind, w, r0, r1, out, x):
 def _check(kind, w, n_cols, out_n):
     if w.strides[1] != 1:
         raise ValueError("weight rows must be contiguous bytes")
-    if kind == F32:
-        nc = w.shape[1] // 4
-    elif kind <= BF16:
-        nc = w.shape[1] // 2
-    elif kind == Q4_0:
-        nc = w.shape[1] // 18 * 32
-    elif kind == Q4_1:
-        nc = w.shape[1] // 20 * 32
-    elif kind == Q5_0:
-        nc = w.shape[1] // 22 * 32
-    elif kind == Q5_1:
-        nc = w.shape[1] // 24 * 32
-    elif kind == Q8_0:
-        nc = w.shape[1] // 34 * 32
-    elif kind == Q4_K:
-        nc = w.shape[1] // 144 * 256
-    elif kind == Q5_K:
-        nc = w.shape[1] // 176 * 256
-    elif kind == Q6_K:
-        nc = w.shape[1] // 210 * 256
-    elif kind == Q2_K:
-        nc = w.shape[1] // 84 * 256
-    elif kind == Q3_K:
-        nc = w.shape[1] // 110 * 256
-    elif kind == IQ4_NL:
-        nc = w.shape[1] // 18 * 32
-    else:
-        nc = w.shape[1] // 136 * 256
+    nc = w.shape[1] // _BLOCK_BYTES[kind] * _BLOCK_ELEMS[kind]
     if nc != n_cols:
         raise ValueError("x length does not match the weight's row length")
     if out_n != w.shape[0]:
@@ -1484,7 +1886,7 @@ def matvec(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
 
     w : uint8 ``[n_rows, row_bytes]``, the raw GGUF blocks (a zero-copy view of
         the memory map is fine: rows may be strided, bytes within a row contiguous)
-    qtype : ggml type id (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)
+    qtype : ggml type id, one of :data:`SUPPORTED` (float, block, K-quant and i-quant types)
     x : float32 ``[n_cols]``, contiguous
     out : float32 ``[n_rows]``, written in place
 

@@ -56,6 +56,13 @@ QTYPE_SUFFIX: dict[int, str] = {
     int(T.Q6_K): "q6_k",
     int(T.IQ4_NL): "iq4_nl",
     int(T.IQ4_XS): "iq4_xs",
+    int(T.IQ3_XXS): "iq3_xxs",
+    int(T.IQ3_S): "iq3_s",
+    int(T.IQ2_XXS): "iq2_xxs",
+    int(T.IQ2_XS): "iq2_xs",
+    int(T.IQ2_S): "iq2_s",
+    int(T.IQ1_S): "iq1_s",
+    int(T.IQ1_M): "iq1_m",
 }
 
 

@@ -18,6 +18,7 @@
 // (and clamps their columns) and TAIL tells callers to bound-check columns.
 #pragma once
 #include "common.cuh"
+#include "iqgrids.cuh"
 
 struct Chunk {
     float v[8];  // v[0..3] at columns c0+0..3, v[4..7] at c1+0..3
@@ -382,6 +383,149 @@ struct IQ4_XS {  // d f16 | scales_h u16 | scales_l u8[4] | qs u8[128];  w = d*(
     }
 };
 
+// ---------------------------------------------------------------- i-quants (256-weight super-blocks)
+// A grid entry gives 8 weights (IQ3: two entries of 4) at once, so chunk i (0..31) of
+// super-block sb is group i: the 8 consecutive columns 256sb+8i.. of sub-block ib = i/4
+// (l = i%4 its group there).  Signs: bit j of a sign byte negates value j.
+
+// the 8 bytes of grid word g (values 0..255), their signs, times the scale db
+__device__ __forceinline__ void iq_unpack8(float* v, u64 g, u32 signs, float db) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        const float q = (float)((g >> (8 * j)) & 255u);
+        v[j] = db * ((signs >> j) & 1u ? -q : q);
+    }
+}
+
+// two 4-byte grid words (IQ3) as iq_unpack8's one
+__device__ __forceinline__ u64 iq_pair(u32 g0, u32 g1) { return (u64)g0 | ((u64)g1 << 32); }
+
+struct IQ2_XXS {  // d f16 | qs u8[64]: per 32, 4 grid indices then a u32 of 4 sign indices (7 bits) and ls (top 4)
+    static constexpr int block_elems = 256, block_bytes = 66;
+    static constexpr bool TAIL = false;
+    static __device__ __forceinline__ Chunk decode(const u8* row, int c, int) {
+        const int sb = c >> 5, i = c & 31, ib = i >> 2, l = i & 3;
+        const u8* blk = row + sb * block_bytes;
+        const u8* q = blk + 2 + 8 * ib;
+        const u32 a = ld32(q + 4);
+        const float db = ldh(blk) * (0.5f + (float)(a >> 28)) * 0.25f;
+        Chunk ch;
+        ch.c0 = 256 * sb + 8 * i;
+        ch.c1 = ch.c0 + 4;
+        iq_unpack8(ch.v, iq2xxs_grid[q[l]], ksigns_iq2xs[(a >> (7 * l)) & 127u], db);
+        return ch;
+    }
+};
+
+// IQ2_XS/IQ2_S: a 4-bit scale per 16 weights, nibble l/2 of scales[ib]
+__device__ __forceinline__ float iq2_scale(const u8* blk, int scales, int ib, int l) {
+    return ldh(blk) * (0.5f + (float)((blk[scales + ib] >> (4 * (l >> 1))) & 15)) * 0.25f;
+}
+
+struct IQ2_XS {  // d f16 | qs u16[32] (9-bit grid index, 7-bit sign index) | scales u8[8]
+    static constexpr int block_elems = 256, block_bytes = 74;
+    static constexpr bool TAIL = false;
+    static __device__ __forceinline__ Chunk decode(const u8* row, int c, int) {
+        const int sb = c >> 5, i = c & 31;
+        const u8* blk = row + sb * block_bytes;
+        const u32 q = ld16(blk + 2 + 2 * i);
+        Chunk ch;
+        ch.c0 = 256 * sb + 8 * i;
+        ch.c1 = ch.c0 + 4;
+        iq_unpack8(ch.v, iq2xs_grid[q & 511u], ksigns_iq2xs[q >> 9], iq2_scale(blk, 66, i >> 2, i & 3));
+        return ch;
+    }
+};
+
+struct IQ2_S {  // d f16 | qs u8[32] | signs u8[32] | qh u8[8] (2 high index bits a group) | scales u8[8]
+    static constexpr int block_elems = 256, block_bytes = 82;
+    static constexpr bool TAIL = false;
+    static __device__ __forceinline__ Chunk decode(const u8* row, int c, int) {
+        const int sb = c >> 5, i = c & 31, ib = i >> 2, l = i & 3;
+        const u8* blk = row + sb * block_bytes;
+        const u32 idx = blk[2 + i] | (((u32)blk[66 + ib] >> (2 * l)) & 3u) << 8;
+        Chunk ch;
+        ch.c0 = 256 * sb + 8 * i;
+        ch.c1 = ch.c0 + 4;
+        iq_unpack8(ch.v, iq2s_grid[idx], blk[34 + i], iq2_scale(blk, 74, ib, l));
+        return ch;
+    }
+};
+
+struct IQ3_XXS {  // d f16 | qs u8[64] (grid of 4) | scales_signs u32[8]: 4 sign indices (7 bits) and ls (top 4)
+    static constexpr int block_elems = 256, block_bytes = 98;
+    static constexpr bool TAIL = false;
+    static __device__ __forceinline__ Chunk decode(const u8* row, int c, int) {
+        const int sb = c >> 5, i = c & 31, ib = i >> 2, l = i & 3;
+        const u8* blk = row + sb * block_bytes;
+        const u32 a = ld32(blk + 66 + 4 * ib);
+        const float db = ldh(blk) * (0.5f + (float)(a >> 28)) * 0.5f;
+        Chunk ch;
+        ch.c0 = 256 * sb + 8 * i;
+        ch.c1 = ch.c0 + 4;
+        iq_unpack8(ch.v, iq_pair(iq3xxs_grid[blk[2 + 2 * i]], iq3xxs_grid[blk[3 + 2 * i]]), ksigns_iq2xs[(a >> (7 * l)) & 127u], db);
+        return ch;
+    }
+};
+
+struct IQ3_S {  // d f16 | qs u8[64] | qh u8[8] (9th index bit of each entry) | signs u8[32] | scales u8[4]
+    static constexpr int block_elems = 256, block_bytes = 110;
+    static constexpr bool TAIL = false;
+    static __device__ __forceinline__ Chunk decode(const u8* row, int c, int) {
+        const int sb = c >> 5, i = c & 31, ib = i >> 2, l = i & 3;
+        const u8* blk = row + sb * block_bytes;
+        const u32 qh = blk[66 + ib];
+        const u32 i0 = blk[2 + 2 * i] | ((qh >> (2 * l)) & 1u) << 8, i1 = blk[3 + 2 * i] | ((qh >> (2 * l + 1)) & 1u) << 8;
+        const int ls = (blk[106 + (ib >> 1)] >> (4 * (ib & 1))) & 15;
+        Chunk ch;
+        ch.c0 = 256 * sb + 8 * i;
+        ch.c1 = ch.c0 + 4;
+        iq_unpack8(ch.v, iq_pair(iq3s_grid[i0], iq3s_grid[i1]), blk[74 + i], ldh(blk) * (float)(1 + 2 * ls));
+        return ch;
+    }
+};
+
+// IQ1: the int8 grid values (-1, 0, 1) of word g plus delta, times dl
+__device__ __forceinline__ void iq1_unpack8(float* v, u64 g, float delta, float dl) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = dl * ((float)(i8)((g >> (8 * j)) & 255u) + delta);
+}
+
+struct IQ1_S {  // d f16 | qs u8[32] | qh u16[8]: 3 high index bits a group, ls (bits 12-14), delta's sign (15)
+    static constexpr int block_elems = 256, block_bytes = 50;
+    static constexpr bool TAIL = false;
+    static __device__ __forceinline__ Chunk decode(const u8* row, int c, int) {
+        const int sb = c >> 5, i = c & 31, ib = i >> 2, l = i & 3;
+        const u8* blk = row + sb * block_bytes;
+        const u32 qh = ld16(blk + 34 + 2 * ib);
+        const float dl = ldh(blk) * (float)(2 * ((qh >> 12) & 7u) + 1);
+        Chunk ch;
+        ch.c0 = 256 * sb + 8 * i;
+        ch.c1 = ch.c0 + 4;
+        iq1_unpack8(ch.v, iq1s_grid[blk[2 + i] | ((qh >> (3 * l)) & 7u) << 8], qh & 0x8000u ? -0.125f : 0.125f, dl);
+        return ch;
+    }
+};
+
+struct IQ1_M {  // qs u8[32] | qh u8[16] (a nibble a group: 3 index bits, delta's sign) | scales u16[4] (3 bits per 16; d in the top nibbles)
+    static constexpr int block_elems = 256, block_bytes = 56;
+    static constexpr bool TAIL = false;
+    static __device__ __forceinline__ Chunk decode(const u8* row, int c, int) {
+        const int sb = c >> 5, i = c & 31, j = i >> 1;
+        const u8* blk = row + sb * block_bytes;
+        u32 dh = 0;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) dh |= ((u32)ld16(blk + 48 + 2 * k) >> 12) << (4 * k);
+        const u32 nib = (blk[32 + j] >> (4 * (i & 1))) & 15u;
+        const u32 ls = ((u32)ld16(blk + 48 + 2 * (j >> 2)) >> (3 * (j & 3))) & 7u;
+        Chunk ch;
+        ch.c0 = 256 * sb + 8 * i;
+        ch.c1 = ch.c0 + 4;
+        iq1_unpack8(ch.v, iq1s_grid[blk[i] | (nib & 7u) << 8], nib & 8u ? -0.125f : 0.125f, h2f((u16)dh) * (float)(2 * ls + 1));
+        return ch;
+    }
+};
+
 // Every type under its ggml name, for instantiating kernels per type:
 // X(suffix, decoder struct)
 #define FOR_EACH_QTYPE(X) \
@@ -399,4 +543,11 @@ struct IQ4_XS {  // d f16 | scales_h u16 | scales_l u8[4] | qs u8[128];  w = d*(
     X(q5_k, Q5_K)         \
     X(q6_k, Q6_K)         \
     X(iq4_nl, IQ4_NL)     \
-    X(iq4_xs, IQ4_XS)
+    X(iq4_xs, IQ4_XS)     \
+    X(iq3_xxs, IQ3_XXS)   \
+    X(iq3_s, IQ3_S)       \
+    X(iq2_xxs, IQ2_XXS)   \
+    X(iq2_xs, IQ2_XS)     \
+    X(iq2_s, IQ2_S)       \
+    X(iq1_s, IQ1_S)       \
+    X(iq1_m, IQ1_M)

@@ -82,6 +82,19 @@ FIXTURE_MODELS: dict[str, dict] = {
 }
 
 
+def _add_byte_vocab(w: GGUFWriter) -> None:
+    """The byte-level vocabulary's metadata (byte_vocab), <|endoftext|> as BOS and EOS, no BOS added."""
+    toks, merges, types = byte_vocab()
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(toks)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_eos_token_id(len(toks) - 1)
+    w.add_bos_token_id(len(toks) - 1)
+    w.add_add_bos_token(False)
+
+
 def write_tiny_model(
     path: Path, arch: str = "llama", qtype: int = Q.F32, seed: int = 0, sliding_window: int | None = None, rope_freqs: bool = False,
     chat_template: str | None = None, n_expert: int | None = None, extra_tensor: tuple[str, int, int] | None = None,
@@ -138,14 +151,7 @@ def write_tiny_model(
     if arch == "gemma2":  # caps low enough to bite on a tiny model's logits (Gemma 2's own: 50 and 30)
         w.add_attn_logit_softcapping(1.5)
         w.add_final_logit_softcapping(8.0)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(toks)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_eos_token_id(n_vocab - 1)
-    w.add_bos_token_id(n_vocab - 1)
-    w.add_add_bos_token(False)
+    _add_byte_vocab(w)
     if chat_template is not None:
         w.add_chat_template(chat_template)
 
@@ -283,14 +289,7 @@ def _write_tiny_lfm2(path: Path, qtype: int, seed: int, moe: bool = False) -> Pa
     w.add_uint32(f"{arch}.shortconv.l_cache", l_cache)
     w.add_vocab_size(n_vocab)
     w.add_file_type(int(getattr(LlamaFileType, f"MOSTLY_{Q(qtype).name}", LlamaFileType.ALL_F32)))
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(toks)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_eos_token_id(n_vocab - 1)
-    w.add_bos_token_id(n_vocab - 1)
-    w.add_add_bos_token(False)
+    _add_byte_vocab(w)
 
     def mat(name: str, rows: int, cols: int, scale: float = 0.1) -> None:
         a = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)

@@ -204,7 +204,23 @@ def _size(n: float) -> str:
 @friendly
 def info(model: str | None, as_json: bool) -> None:
     """Architecture, size, quant types, geometry, tokenizer and KV cost of MODEL."""
-    f = model_facts(_resolve(model))
+    path = _resolve(model)
+    from .loaders.gguf_file import GGUFFile
+
+    g = GGUFFile(path)
+    if g.get("general.type") == "adapter":  # a LoRA adapter is not a model: say what it is and how to use it
+        from .loaders.lora import LoraAdapter
+
+        a = LoraAdapter.open(path)
+        ranks = sorted({int(t[0].shape[0]) for t in a.pairs.values()})
+        f = {"path": str(path), "adapter": "lora", "architecture": a.arch, "alpha": a.alpha, "ranks": ranks, "n_weights": len(a.pairs)}
+        if as_json:
+            click.echo(json.dumps(f, indent=2))
+        else:
+            click.echo(f"LoRA adapter for {a.arch} ({path}): {len(a.pairs)} weights, rank {'/'.join(map(str, ranks))}, "
+                       f"alpha {a.alpha:g}; apply it with --lora {path} (or --lora-scaled {path} SCALE)")  # fmt: skip
+        return
+    f = model_facts(path)
     if as_json:
         click.echo(json.dumps(f, indent=2))
         return

@@ -122,6 +122,8 @@ def load_config(g: GGUFFile) -> ModelConfig:
     GGUFError : a required hyperparameter is missing.
     """
     arch = g.architecture
+    if g.get("general.type") == "adapter":
+        raise GGUFError(f"{g.path}: a LoRA adapter, not a model; give it with --lora beside the model it was made for")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedModelError(
             f"{g.path}: architecture {arch!r} is not supported; kvrun runs {', '.join(SUPPORTED_ARCHITECTURES)}"

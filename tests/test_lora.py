@@ -88,3 +88,15 @@ def test_kvrun_run_takes_lora_flags(files):
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["run", str(model), "-p", "the", "--lora", "nowhere.gguf"])
     assert r.exit_code != 0 and r.output.strip() == "kvrun: error: --lora: no file nowhere.gguf", r.output
+
+
+def test_kvrun_info_says_an_adapter_is_one_and_how_to_use_it(files):
+    from click.testing import CliRunner
+
+    from kvrun.cli import main
+
+    _, lora = files
+    r = CliRunner().invoke(main, ["info", str(lora)])
+    assert r.exit_code == 0 and f"LoRA adapter for llama ({lora}): 5 weights, rank 4, alpha 8; apply it with --lora" in r.output, r.output
+    r = CliRunner().invoke(main, ["run", str(lora), "-p", "hi"])
+    assert r.exit_code != 0 and "a LoRA adapter, not a model; give it with --lora" in r.output and r.output.count("\n") == 1, r.output

@@ -54,7 +54,7 @@ def grammar_text(grammar: str | None = None, json_schema: Any = None) -> str | N
 
 
 def _request(max_tokens: int, stop: Any, ignore_eos: bool = False, logprobs: int = -1, json_mode: bool = False, lookup: int = 0,
-             grammar: str | None = None, json_schema: Any = None, **sampling: Any) -> GenRequest:  # fmt: skip
+             grammar: str | None = None, json_schema: Any = None, grammar_trigger: str | None = None, **sampling: Any) -> GenRequest:  # fmt: skip
     """The request, checked (a bad value raises here, before any state changes)."""
     known = {f.name: f.type for f in fields(SamplerConfig)}
     for k, v in sampling.items():
@@ -67,7 +67,7 @@ def _request(max_tokens: int, stop: Any, ignore_eos: bool = False, logprobs: int
     if stops is None or not all(isinstance(x, str) for x in stops):
         raise ValueError(f"stop must be a string or a list of strings, got {stop!r:.40}")
     req = GenRequest(max_tokens=max_tokens, sampler=cfg, stop=stops, ignore_eos=ignore_eos, logprobs=logprobs, json_mode=bool(json_mode),
-                     grammar=grammar_text(grammar, json_schema), lookup=lookup)  # fmt: skip
+                     grammar=grammar_text(grammar, json_schema), grammar_trigger=grammar_trigger, lookup=lookup)  # fmt: skip
     req.validate()
     return req
 
@@ -230,12 +230,15 @@ class Model:
     def tool_sampling(self, tools: Tools, sampling: dict[str, Any]) -> dict[str, Any]:
         """``sampling`` with the grammar the model's tool format puts on a reply (ValueError if the
         request has its own constraint)."""
-        g = tool_format(self.chat_template()).grammar(tools) if tools.active else None
-        if g is None:
+        if not tools.active:
             return sampling
+        fmt = tool_format(self.chat_template())
         if any(sampling.get(k) for k in ("grammar", "json_schema", "json_mode")):
-            raise ValueError("tools constrain the reply themselves: drop the grammar, JSON schema or JSON mode")
-        return {**sampling, "grammar": g}
+            if fmt.trigger(tools) is None:
+                raise ValueError("tools constrain the reply themselves: drop the grammar, JSON schema or JSON mode")
+            return sampling  # (Hermes' auto calls are held lazily; a grammar of the request's own goes first)
+        trigger = fmt.trigger(tools)
+        return {**sampling, "grammar": fmt.grammar(tools), **({"grammar_trigger": trigger} if trigger else {})}
 
     def session(self, system: str | None = None) -> Session:
         return Session(self, system)

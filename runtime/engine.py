@@ -122,6 +122,9 @@ class GenRequest:
     #: constrain the text to a GBNF grammar's language (runtime/grammar.py), as llama.cpp's --grammar;
     #: a JSON schema comes here converted (runtime/jsonschema.py)
     grammar: str | None = None
+    #: the grammar holds only from where the text first contains this (llama.cpp's lazy grammar: Hermes'
+    #: tool calls in auto mode); the text before it is free
+    grammar_trigger: str | None = None
     #: prompt lookup decoding (llama.cpp's lookup): draft up to this many tokens from an earlier
     #: occurrence of the text's last n-gram and check them in one forward; 0: off
     lookup: int = 0
@@ -140,6 +143,8 @@ class GenRequest:
             raise ValueError(f"max_tokens must be >= 0, or -1 for no limit (until the text ends or the context fills); got {self.max_tokens}")
         if not 0 <= self.lookup <= MAX_LOOKUP:
             raise ValueError(f"lookup must be in 0..{MAX_LOOKUP} (drafted tokens a step), got {self.lookup}")
+        if self.grammar_trigger is not None and (self.grammar is None or not self.grammar_trigger):
+            raise ValueError("a grammar trigger needs a grammar (and some text)")
         if self.grammar is not None:
             if self.json_mode:
                 raise ValueError("JSON mode and a grammar (or JSON schema) are two constraints: give one")
@@ -392,7 +397,7 @@ class Engine:
         stats.n_prompt, stats.t_prompt = len(prompt), time.perf_counter() - t0
         eot = self.tokenizer.eot_ids
         grammar = req.grammar if req.grammar is not None else JSON_OBJECT if req.json_mode else None
-        constraint = GrammarConstraint(self.tokenizer, self.cfg.n_vocab, grammar) if grammar is not None else None
+        constraint = GrammarConstraint(self.tokenizer, self.cfg.n_vocab, grammar, req.grammar_trigger) if grammar is not None else None
         ngrams = NgramIndex(history) if req.lookup else None
         # the draft model drafts for greedy, unconstrained requests (its drafts are checked greedily)
         drafter = self.draft if self.draft is not None and not req.lookup and constraint is None and req.greedy() else None

@@ -147,12 +147,16 @@ def matcher_for(text: str, vocab: VocabIndex, n_vocab: int) -> Matcher:
 class GrammarConstraint:
     """The constraint of one generation: :meth:`mask` the logits before a draw, :meth:`accept` the token drawn."""
 
-    def __init__(self, tokenizer: Tokenizer, n_vocab: int, grammar: str) -> None:
+    def __init__(self, tokenizer: Tokenizer, n_vocab: int, grammar: str, trigger: str | None = None) -> None:
         self.tokenizer = tokenizer
         self.vocab = vocab_index(tokenizer)
         self.matcher = matcher_for(grammar, self.vocab, n_vocab)
         self.state = self.matcher.start
         self.eot = np.array(sorted(t for t in tokenizer.eot_ids if t < n_vocab), np.int64)
+        # lazy: free text until ``trigger`` appears in it, the grammar from the trigger's first byte on
+        self.trigger = trigger.encode() if trigger else None
+        self.active = self.trigger is None
+        self.seen = bytearray()  # lazy: the tail of the text so far, where the trigger may be starting
 
     @property
     def done(self) -> bool:
@@ -168,11 +172,26 @@ class GrammarConstraint:
         return ok
 
     def mask(self, logits: np.ndarray) -> np.ndarray:
-        """``logits`` [n_vocab] with -inf wherever the next token may not go."""
+        """``logits`` [n_vocab] with -inf wherever the next token may not go (a lazy grammar not yet
+        triggered: unchanged)."""
+        if not self.active:
+            return np.asarray(logits, np.float32)
         return np.where(self.allowed(), np.asarray(logits, np.float32), np.float32(-np.inf))
 
     def accept(self, tok: int) -> None:
         if tok in self.eot:
+            return
+        if not self.active:
+            if self.trigger is None:  # (a trigger whose continuation the grammar refused: free to the end)
+                return
+            self.seen += self.tokenizer.token_bytes(tok, special=True)
+            at = self.seen.find(self.trigger)
+            if at < 0:
+                del self.seen[: max(0, len(self.seen) - len(self.trigger) + 1)]
+                return
+            s = self.matcher.advance(self.matcher.start, bytes(self.seen[at:]))
+            self.active, self.state = s >= 0, max(s, self.state)
+            self.trigger = self.trigger if s >= 0 else None
             return
         s = self.matcher.advance(self.state, self.tokenizer.token_bytes(tok, special=False))
         if s < 0:  # (only a token the mask refused: the caller drew outside it)

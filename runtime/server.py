@@ -278,7 +278,8 @@ class Server:
         try:
             tools = check_tools(body["tools"], body.get("tool_choice"), body.get("parallel_tool_calls", True))
             constraint = {"grammar": req.grammar, "json_mode": req.json_mode}
-            req.grammar = self.model.tool_sampling(tools, constraint).get("grammar")
+            sampling = self.model.tool_sampling(tools, constraint)
+            req.grammar, req.grammar_trigger = sampling.get("grammar"), sampling.get("grammar_trigger")
             req.validate()
         except ValueError as e:
             raise BadRequest(str(e)) from None
@@ -314,7 +315,8 @@ class Server:
                     # (a client sending a document to summarise), so little is held back for the reply
                     reserve = None if req.max_tokens >= 0 else min(REPLY_RESERVE, self.model.engine.n_ctx // 8)
                     it = s.reply(msgs, max_tokens=req.max_tokens, stop=list(req.stop), reserve=reserve,
-                                 logprobs=req.logprobs, json_mode=req.json_mode, grammar=req.grammar, **_sampling(req))  # fmt: skip
+                                 logprobs=req.logprobs, json_mode=req.json_mode, grammar=req.grammar,
+                                 grammar_trigger=req.grammar_trigger, **_sampling(req))  # fmt: skip
                     run.live = s
                     try:
                         yield from it

@@ -7,7 +7,8 @@ How a model is asked depends on its chat template, as llama.cpp's ``common/chat`
   the tools as its ``tools`` variable and the conversation's calls and results as they are; the
   model writes ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks, which are
   parsed out of its reply.  ``tool_choice: "required"`` (or a named function) constrains the reply
-  to such blocks with a grammar; ``auto`` leaves the model free.
+  to such blocks with a grammar; ``auto`` leaves the model free until it writes ``<tool_call>``,
+  and holds it to the blocks from there (llama.cpp's lazy grammar).
 * :class:`Generic`: any other template (SmolLM2, Gemma, ...).  A system message lists the tools and
   the reply is constrained to one JSON object, ``{"tool_calls": [{"name": ..., "arguments":
   {...}}]}`` or ``{"response": "..."}`` (``runtime/grammar.py``): every reply parses, whatever the
@@ -193,11 +194,16 @@ class Hermes:
         extra = {"tools": [{"type": "function", "function": f} for f in tools.offered()]} if tools and tools.active else {}
         return out, extra
 
-    def grammar(self, tools: Tools) -> str | None:
-        if tools.mode != "required":
-            return None  # (auto: the model decides; its blocks are parsed out afterwards)
+    #: auto: the reply is free until it writes this, then held to the call blocks (llama.cpp's lazy grammar)
+    TRIGGER = "<tool_call>"
+
+    def grammar(self, tools: Tools) -> str:
         blocks = "" if not tools.parallel else "+"
         return f'root ::= ("<tool_call>\\n" call "\\n</tool_call>" "\\n"?){blocks}\n' + schema_to_gbnf(_calls_schema(tools.offered()), start="call")
+
+    def trigger(self, tools: Tools) -> str | None:
+        """required: the grammar from the first byte; auto: from :data:`TRIGGER` on, the text before free."""
+        return None if tools.mode == "required" else self.TRIGGER
 
     def parse(self, text: str) -> tuple[str, list[dict[str, Any]]]:
         calls, keep, at = [], [], 0
@@ -257,6 +263,9 @@ class Generic:
                  "required": ["tool_calls"]}  # fmt: skip
         answer = {"type": "object", "properties": {"response": {"type": "string"}}, "required": ["response"]}
         return schema_to_gbnf(calls if tools.mode == "required" else {"anyOf": [calls, answer]})
+
+    def trigger(self, tools: Tools) -> str | None:
+        return None  # (the whole reply is the JSON object)
 
     def parse(self, text: str) -> tuple[str, list[dict[str, Any]]]:
         try:

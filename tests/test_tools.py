@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 import test_server
 from test_server import call
@@ -137,7 +139,24 @@ def test_hermes_required_is_constrained_to_call_blocks():
     g = parse(Hermes().grammar(check_tools(TOOLS, {"type": "function", "function": {"name": "add"}})))
     assert g.accepts('<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>')
     assert not g.accepts('<tool_call>\n{"name": "get_weather", "arguments": {"city": "x"}}\n</tool_call>')  # (not the named one)
-    assert Hermes().grammar(check_tools(TOOLS)) is None  # auto: free, parsed afterwards
+    assert Hermes().trigger(check_tools(TOOLS, "required")) is None  # required: from the first byte
+    assert Hermes().trigger(check_tools(TOOLS)) == "<tool_call>"  # auto: free until the model opens a block
+
+
+def test_hermes_auto_is_free_until_the_model_opens_a_call_then_held_to_the_block(model):
+    from kvrun.runtime.grammar import GrammarConstraint
+
+    tools = check_tools(TOOLS)
+    tok, n = model.tokenizer, model.config.n_vocab
+    c = GrammarConstraint(tok, n, Hermes().grammar(tools), Hermes().trigger(tools))
+    logits = np.arange(n, dtype=np.float32)
+    for t in tok.encode("Let me look it up. <tool_", add_bos=False):
+        assert np.array_equal(c.mask(logits), logits)  # free text: nothing masked
+        c.accept(t)
+    for t in tok.encode('call>\n{"name": "', add_bos=False):
+        c.accept(t)
+    ok = [tok.token_bytes(int(i)) for i in np.flatnonzero(np.isfinite(c.mask(logits)))]
+    assert ok and all(b"get_weather".startswith(b) or b"add".startswith(b) for b in ok), ok  # only a tool's name
 
 
 def test_a_model_without_a_tool_template_calls_through_the_generic_json_reply(model):

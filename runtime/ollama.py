@@ -20,10 +20,13 @@ one JSON object, ``format: {schema}`` to the JSON a schema allows (``grammar.py`
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from .reasoning import ThinkSplitter
+from .reasoning import split as split_reasoning
 from .tools import ollama_calls
 
 if TYPE_CHECKING:
@@ -142,14 +145,15 @@ def _answer(server: Server, run: Run, chat: bool, stream: bool) -> tuple[int, An
             "eval_count": st.n_gen, "eval_duration": ns(st.t_gen),
         }  # fmt: skip
 
-    def parsed() -> dict[str, Any]:
-        """The whole reply of a request with tools: its content and its calls (Ollama's message)."""
-        msg = {"role": "assistant", "content": run.message["content"]}
+    def parsed(text: str) -> dict[str, Any]:
+        """A whole chat reply as Ollama's message: a thinking model's thoughts as ``thinking``, its calls."""
+        thinking, content = split_reasoning(run.message["content"] if run.tools is not None else text)
+        msg = {"role": "assistant", "content": content, **({"thinking": thinking} if thinking is not None else {})}
         return {**msg, "tool_calls": ollama_calls(run.calls())} if run.calls() else msg
 
     if not stream:
         text = "".join(run.pieces)
-        return 200, {**last(text), "message": parsed()} if run.tools is not None else last(text)
+        return 200, {**last(text), "message": parsed(text)} if chat else last(text)
     first = next(run.pieces, None)  # a bad request (a prompt too long) fails before the 200 goes out
 
     def lines() -> Iterator[dict[str, Any]]:
@@ -157,7 +161,14 @@ def _answer(server: Server, run: Run, chat: bool, stream: bool) -> tuple[int, An
             if run.tools is not None:  # parsed whole, then sent as one message
                 for _ in run.pieces:
                     pass
-                yield {"model": server.name, "created_at": _now(), "message": parsed(), "done": False}
+                yield {"model": server.name, "created_at": _now(), "message": parsed(""), "done": False}
+            elif chat:  # a thinking model's thoughts as message.thinking, the rest as content
+                think = ThinkSplitter()
+                for piece in itertools.chain([first] if first is not None else [], run.pieces):
+                    for kind, text in think.push(piece):
+                        yield {"model": server.name, "created_at": _now(), "message": _delta(kind, text), "done": False}
+                for kind, text in think.flush():
+                    yield {"model": server.name, "created_at": _now(), "message": _delta(kind, text), "done": False}
             else:
                 if first is not None:
                     yield {"model": server.name, "created_at": _now(), key: part(first), "done": False}
@@ -168,6 +179,10 @@ def _answer(server: Server, run: Run, chat: bool, stream: bool) -> tuple[int, An
             run.pieces.close()  # a client gone mid-stream: the generation stops, the caches stay consistent
 
     return 200, NDJSON(lines())
+
+
+def _delta(kind: str, text: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": text} if kind == "content" else {"role": "assistant", "content": "", "thinking": text}
 
 
 def _now() -> str:

@@ -30,6 +30,7 @@ turn (llama-server's prompt cache).  Only the Python standard library is used.
 from __future__ import annotations
 
 import hmac
+import itertools
 import json
 import sys
 import threading
@@ -46,6 +47,8 @@ from ..loaders.errors import KvrunError
 from . import anthropic, ollama
 from .api import Model, Session, _request
 from .engine import GenStats
+from .reasoning import ThinkSplitter
+from .reasoning import split as split_reasoning
 from .tools import Tools, check_messages, check_tools, openai_calls
 
 MAX_BODY = 16 << 20  # bytes of a request body
@@ -363,6 +366,9 @@ class Server:
             delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text is not None else {})
             return {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
 
+        def reasoning_delta(text: str) -> dict[str, Any]:
+            return {"index": 0, "delta": {"reasoning_content": text}, "logprobs": logprobs(), "finish_reason": None}
+
         def usage() -> dict[str, int]:
             return {"prompt_tokens": run.n_prompt, "completion_tokens": stats.n_gen, "total_tokens": run.n_prompt + stats.n_gen}
 
@@ -375,9 +381,12 @@ class Server:
 
         if not stream:
             text = "".join(run.pieces)
-            if run.tools is None:
+            if run.tools is None and not chat:
                 return 200, envelope(choice(text, finish()), usage=usage())
-            ch = choice(run.message["content"] or None if run.calls() else run.message["content"], finish())
+            reasoning, content = split_reasoning(run.message["content"] if run.tools is not None else text)  # (a thinking model's)
+            ch = choice(content or None if run.calls() else content, finish())
+            if reasoning is not None:
+                ch["message"]["reasoning_content"] = reasoning
             if run.calls():
                 ch["message"]["tool_calls"] = openai_calls(run.calls())
             return 200, envelope(ch, usage=usage())
@@ -397,6 +406,13 @@ class Server:
                     if run.calls():
                         calls = [{"index": i, **c} for i, c in enumerate(openai_calls(run.calls()))]
                         yield envelope({"index": 0, "delta": {"tool_calls": calls}, "logprobs": None, "finish_reason": None})
+                elif chat:  # a thinking model's thoughts as reasoning_content deltas, the rest as content
+                    think = ThinkSplitter()
+                    for piece in itertools.chain([first] if first is not None else [], gen):
+                        for kind, text in think.push(piece):
+                            yield envelope(choice(text, None) if kind == "content" else reasoning_delta(text))
+                    for kind, text in think.flush():
+                        yield envelope(choice(text, None) if kind == "content" else reasoning_delta(text))
                 else:
                     if first is not None:
                         yield envelope(choice(first, None))

@@ -136,14 +136,14 @@ def _quant_label(file_type: int, tensor_types: dict[str, int]) -> str:
     return max(tensor_types, key=lambda k: tensor_types[k] if k not in ("F32", "F16") else -1)
 
 
-def model_facts(path: Path) -> dict[str, Any]:
-    """Everything `kvrun info` prints, read from the header only (no weights touched)."""
+def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
+    """Everything `kvrun info` prints, read from the header only (no weights touched); ``g``: the file, already open."""
     from .loaders.config import load_config
     from .loaders.gguf_file import GGUFFile
     from .loaders.chat_template import file_template
     from .loaders.quants import is_supported
 
-    g = GGUFFile(path)
+    g = g if g is not None else GGUFFile(path)
     cfg = load_config(g)
     kinds = {"llama": "SentencePiece (spm)", "gpt2": "byte-level BPE", "bert": "WordPiece"}
     pooling = {1: "mean", 2: "cls", 3: "last"}.get(int(g.arch_get("pooling_type", 1) or 1), "mean")
@@ -220,7 +220,7 @@ def info(model: str | None, as_json: bool) -> None:
             click.echo(f"LoRA adapter for {a.arch} ({path}): {len(a.pairs)} weights, rank {'/'.join(map(str, ranks))}, "
                        f"alpha {a.alpha:g}; apply it with --lora {path} (or --lora-scaled {path} SCALE)")  # fmt: skip
         return
-    f = model_facts(path)
+    f = model_facts(path, g)
     if as_json:
         click.echo(json.dumps(f, indent=2))
         return

@@ -91,17 +91,18 @@ class KVCache:
             layer.reset()
         self.offset = 0
 
-    def truncate(self, n_past: int) -> None:
+    def truncate(self, n_past: int) -> int:
         """Forget positions >= ``n_past``; where a layer cannot go back that far (a convolution's state
-        keeps only its recent inputs) the whole cache starts over empty: read :attr:`offset` after."""
+        keeps only its recent inputs) the whole cache starts over empty.  Returns the positions kept."""
         if n_past > self.offset:
             raise ValueError(f"cannot truncate to {n_past}: only {self.offset} positions are cached")
         if not all(layer.can_truncate(n_past) for layer in self.layers):
             self.reset()
-            return
+            return 0
         for layer in self.layers:
             layer.truncate(n_past)
         self.offset = n_past
+        return n_past
 
     def describe(self) -> str:
         return type(self.layers[0]).__name__ if self.layers else "empty"

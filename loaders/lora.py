@@ -27,8 +27,6 @@ from .errors import GGUFError, UnsupportedModelError
 from .gguf_file import GGUFFile, TensorInfo
 from .quants import dequantize
 
-FLOAT_TYPES = (Q.F32, Q.F16, Q.BF16)
-
 
 @dataclass
 class LoraAdapter:

@@ -467,8 +467,7 @@ class Engine:
         ``ids`` is evaluated (for its logits), the rest is prefilled, as llama.cpp's chat and server reuse theirs."""
         n_keep = min(shared_prefix(held, ids), len(ids) - 1)
         if n_keep < cache.offset:
-            cache.truncate(n_keep)
-            n_keep = cache.offset  # (a convolution's state may not go back that far: then all is fed again)
+            n_keep = cache.truncate(n_keep)  # (a convolution's state may not go back that far: then all is fed again)
         del held[n_keep:]
         held.extend(ids[n_keep:])
         out: list[int] = []

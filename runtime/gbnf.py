@@ -55,7 +55,6 @@ class Grammar:
     rhi: np.ndarray  # [n_ranges] int32
     root: int
     rule_names: list[str]
-    text: str
 
     def tables(self) -> tuple:
         """The arrays the Numba matcher takes, in its order."""
@@ -436,7 +435,7 @@ def parse(text: str) -> Grammar:
         ekind=np.array(ekind, np.int8), earg=np.array(earg, i32), alt_off=np.array(alt_off, i32),
         alts=np.array(alts, i32), set_off=np.array(set_off, i32),
         set_neg=np.array([neg for _r, neg in sets], np.uint8).reshape(-1),
-        rlo=np.array(rlo, i32), rhi=np.array(rhi, i32), root=0, rule_names=names, text=text,
+        rlo=np.array(rlo, i32), rhi=np.array(rhi, i32), root=0, rule_names=names,
     )  # fmt: skip
 
 

@@ -158,11 +158,6 @@ class GrammarConstraint:
         self.active = self.trigger is None
         self.seen = bytearray()  # lazy: the tail of the text so far, where the trigger may be starting
 
-    @property
-    def done(self) -> bool:
-        """Nothing but the end may follow."""
-        return self.matcher.only_end(self.state)
-
     def allowed(self) -> np.ndarray:
         """bool [n_vocab]: the tokens that may come next."""
         ok = self.matcher.mask(self.state, self.vocab).astype(bool)

@@ -166,8 +166,7 @@ def prompt_cache(path: str | os.PathLike, engine: Any, ids: list[int]) -> tuple[
         n_keep = shared_prefix(state["tokens"], ids[:n_save])
         if n_keep < cache.offset:
             n_keep = n_keep // B * B
-            cache.truncate(n_keep)
-            n_keep = cache.offset  # (a convolution's state may not go back that far: 0)
+            n_keep = cache.truncate(n_keep)  # (a convolution's state may not go back that far: 0)
     else:
         cache = engine.new_cache()
     if n_keep < n_save:

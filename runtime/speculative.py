@@ -59,8 +59,7 @@ class DraftModel:
             return []
         keep = min(shared_prefix(self.held, tokens), len(tokens) - 1)  # (at least the last token is fed: its logits)
         if keep < cache.offset:
-            cache.truncate(keep)
-            keep = cache.offset  # (a convolution's state may not go back that far: 0)
+            keep = cache.truncate(keep)  # (a convolution's state may not go back that far: 0)
         del self.held[keep:]
         logits = eng.eval(cache, tokens[keep:])[-1]
         self.held.extend(tokens[keep:])

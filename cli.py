@@ -174,6 +174,7 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
         "rope_theta_swa": cfg.rope_theta_swa,
         "rope_scaling": cfg.rope_scaling_type,
         "rope_neox": cfg.rope_neox,
+        "rope_dim": cfg.rope_dim,
         "norm_eps": cfg.norm_eps,
         "sliding_window": cfg.sliding_window,
         "n_swa_layers": sum(cfg.swa_layers),
@@ -236,7 +237,8 @@ def info(model: str | None, as_json: bool) -> None:
         ("embedding", f["n_embd"]),
         ("heads (q / kv)", f"{f['n_head']} / {f['n_head_kv']}  (head_dim {f['head_dim']})"),
         ("feed-forward", f"{f['n_expert_used']} of {f['n_expert']} experts a token, each {f['n_ff_exp']} wide" if f["n_expert"] else f["n_ff"]),
-        ("rope", f"theta {f['rope_theta']:g}" + (f", local {f['rope_theta_swa']:g}" if f["rope_theta_swa"] else "") + f", {'neox' if f['rope_neox'] else 'normal'}, scaling {f['rope_scaling']}"),
+        ("rope", f"theta {f['rope_theta']:g}" + (f", local {f['rope_theta_swa']:g}" if f["rope_theta_swa"] else "") + f", {'neox' if f['rope_neox'] else 'normal'}, scaling {f['rope_scaling']}"
+                 + (f", partial: {f['rope_dim']} of {f['head_dim']} dims" if f["rope_dim"] < f["head_dim"] else "")),
         ("sliding window", f"{f['sliding_window']} tokens on {f['n_swa_layers']} of {f['n_layer']} layers" if f["sliding_window"] else "none"),
         ("tokenizer", f"{f['tokenizer_kind']}, {f['vocab_size']} tokens" + (f", pre {f['tokenizer_pre']}" if f["tokenizer_pre"] else "")),
         ("chat template", "in file" if f["has_chat_template"] else "built-in"),
@@ -767,6 +769,8 @@ Ctrl-C stops a reply; the stats line after each reply shows the KV cache held.""
 def _chat_loop(m: Any, sess: Any, interactive: bool, warm: threading.Thread | None, n_predict: int, stop: tuple[str, ...], kw: dict[str, Any],
                session_file: str | None = None) -> None:  # fmt: skip
     """Read a line, answer it, until /exit or end of input; ``warm`` is joined before the first reply."""
+    from .runtime.reasoning import ThinkSplitter
+
     while True:
         try:
             if interactive:
@@ -806,13 +810,16 @@ def _chat_loop(m: Any, sess: Any, interactive: bool, warm: threading.Thread | No
         if warm is not None:
             warm.join()
         shifts = sess.n_shifts
+        # a thinking model's thoughts (<think>...</think>, gpt-oss's analysis channel) shown dim, their tags
+        # left out; click drops the styling where stdout is not a terminal
+        think = ThinkSplitter()
         try:
             for piece in sess.stream(line, max_tokens=n_predict, stop=stop, lookup=kw.get("lookup", 0), **_sampling(kw)):
                 if sess.n_shifts != shifts:
                     click.echo("(context full: the oldest turns were dropped)", err=True)
                     shifts = sess.n_shifts
-                click.echo(piece, nl=False)
-                sys.stdout.flush()
+                _echo_parts(think.push(piece))
+            _echo_parts(think.flush())
         except KeyboardInterrupt:
             click.echo(" [stopped]", nl=False)
         except KvrunError as e:
@@ -821,6 +828,13 @@ def _chat_loop(m: Any, sess: Any, interactive: bool, warm: threading.Thread | No
             continue
         click.echo("")
         click.echo(_stats_line(sess.last_stats, sess.cache, m.engine), err=True)
+
+
+def _echo_parts(parts: list[tuple[str, str]]) -> None:
+    """A reply's pieces as ThinkSplitter parts them: the thinking dim, the answer plain."""
+    for kind, text in parts:
+        click.echo(click.style(text, dim=True) if kind == "reasoning" else text, nl=False)
+    sys.stdout.flush()
 
 
 # ---------------------------------------------------------------- embed

@@ -34,6 +34,9 @@ class LayerSpec:
     window: int = 0  # sliding window in tokens (0: global attention)
     scale: float = 1.0  # multiplier of q.k
     softcap: float = 0.0  # attention logit soft-capping (0: off)
+    #: gpt-oss's learned attention sinks: a logit per query head that joins the softmax's denominator
+    #: and adds no value, so a head may attend to nothing (empty: none).  A tuple: specs are hashable
+    sink_logits: tuple[float, ...] = ()
     #: > 0: not an attention layer but a short causal convolution (LFM2) over this many channels, with a
     #: kernel of ``conv_kernel`` positions: its cache keeps the last inputs (cache/conv.py)
     conv: int = 0

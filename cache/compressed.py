@@ -132,10 +132,13 @@ class CompressedLayerCache(LayerCache):
         calib = self.R > 0 and self.N > self.F
         self.basis = KeyBasis(
             n_kv, D, hadamard(D) if kv.rotated else None,
-            center=kv.centered and spec.softcap <= 0 and calib, smooth=kv.smoothed and calib,
+            # (centering shifts every key's logit by q.mu: softmax does not see it, unless soft-capping
+            # bends the logits or a sink logit, which no shift moves, joins them)
+            center=kv.centered and spec.softcap <= 0 and not spec.sink_logits and calib, smooth=kv.smoothed and calib,
         )  # fmt: skip
         self.rot_v = hadamard(Dv) if kv.rotated else None  # [Dv, Dv]
         gqa = spec.n_head // n_kv
+        self._sinks = np.asarray(spec.sink_logits, np.float32)  # [n_head] or empty (gpt-oss)
         # decode scratch, allocated once
         self._s = np.zeros((n_kv, gqa, self.N), np.float32)
         self._qr = np.zeros((MAX_DECODE_T, spec.n_head, D), np.float32)
@@ -432,6 +435,7 @@ class CompressedLayerCache(LayerCache):
                 np.ascontiguousarray(pos, np.int32), self.basis.rot is not None, rot_v, *self._store_args(), *self._policy_args,
                 pol.rank_pool, self._ranking, self._qr[:T], hooks[0], hooks[1], hooks[2], pol.acc if pol.needs_probs else _EMPTY2,
                 s.window, s.scale, s.softcap, self._or[:T] if rot_v else out, out, self._s, split_threads(), self.int_keys,
+                self._sinks,
             )  # fmt: skip
             return
         for t in range(T):
@@ -471,6 +475,7 @@ class CompressedLayerCache(LayerCache):
             np.ascontiguousarray(q, np.float32), np.ascontiguousarray(k, np.float32), np.ascontiguousarray(v, np.float32),
             np.ascontiguousarray(pos, np.int32), self.basis.rot is not None, rot_v, *self._store_args(), self._qr[:T],
             self.logw, s.window, s.scale, s.softcap, self._or[:T] if rot_v else out, out, self._s, split_threads(), self.int_keys,
+            self._sinks,
         )  # fmt: skip
 
     def _pool_args(self, i: int) -> tuple:
@@ -509,7 +514,7 @@ class CompressedLayerCache(LayerCache):
             p1.kc, p1.km, p1.vc, p1.vm, p1.bits_k, p1.bits_v,
             p0.klut, p0.vlut, p1.klut, p1.vlut, self.kv.group, self.pos, self.logw,
             s.window, s.scale, s.softcap, o,
-            self._s, acc, int_keys=self.int_keys,
+            self._s, acc, int_keys=self.int_keys, sink_logits=self._sinks,
         )  # fmt: skip
         if pol is not None and pol.needs_probs:
             pol.after_step()
@@ -556,7 +561,8 @@ class CompressedLayerCache(LayerCache):
             bias = np.concatenate([self.logw[h, ids], np.zeros(T, np.float32)]) if self.logw.size else None
             g = slice(h * gqa, (h + 1) * gqa)
             want = pol is not None and pol.needs_probs
-            probs = attend_group(qr[:, g], kall, vall, pk, pq, s.window, s.scale, s.softcap, o[:, g], bias, probs=want)
+            probs = attend_group(qr[:, g], kall, vall, pk, pq, s.window, s.scale, s.softcap, o[:, g], bias, probs=want,
+                                 sink_logits=self._sinks[g] if self._sinks.size else None)
             if pol is not None:
                 pol.prefill(h, probs, ids)
         if self.rot_v is not None:  # back from the cache basis by the butterflies, as a decode step does

@@ -40,6 +40,8 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
         return [ConvLayerCache(spec) if spec.conv else next(made) for spec in specs]
     layer_cls, plain = CompressedLayerCache, make_plain_cache
     if device == "gpu":  # imported here: the CPU path never needs CuPy or the GPU kernels
+        if any(spec.sink_logits for spec in specs):
+            raise ValueError("attention sinks (gpt-oss) run on the CPU only for now; use --device cpu")
         from .gpu_compressed import GPUCompressedLayerCache as layer_cls
         from .gpu_plain import make_gpu_plain_cache as plain
     if kv is None or not kv.is_compressed:

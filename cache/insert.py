@@ -200,7 +200,7 @@ def decode_push(q: np.ndarray, k: np.ndarray, v: np.ndarray, p: int, rot_k: bool
 def decode_step(q: np.ndarray, k: np.ndarray, v: np.ndarray, qpos: np.ndarray, rot_k: bool, rot_v: bool, t_k: np.ndarray, mu: np.ndarray,
                 k16: np.ndarray, v16: np.ndarray, pos: np.ndarray, S: int, F: int, G: int, pool0: tuple, pool1: tuple,
                 tmp: np.ndarray, qr: np.ndarray, logw: np.ndarray, window: int, scale: float, softcap: float,
-                o: np.ndarray, out: np.ndarray, s_all: np.ndarray, split_for: int, int_keys: bool) -> None:  # fmt: skip
+                o: np.ndarray, out: np.ndarray, s_all: np.ndarray, split_for: int, int_keys: bool, sink_logits: np.ndarray) -> None:  # fmt: skip
     """A whole steady-state decode step in one call: each token stored by :func:`decode_push`,
     then the step's queries attend (``attend_decode_q``'s kernel) and, with ``rot_v``, the
     output is rotated back.  Three calls and their Python between cost ~25 us a layer-step,
@@ -209,7 +209,8 @@ def decode_step(q: np.ndarray, k: np.ndarray, v: np.ndarray, qpos: np.ndarray, r
     q: [T, n_head, D], k: [T, n_kv, D], v: [T, n_kv, Dv] float32; qpos: [T] int32;
     qr: [T, n_head, D] scratch for the rotated queries; logw: merge log-weights or [0, 0];
     o: [T, n_head, Dv] attention output in the cache basis (``out`` itself without
-    ``rot_v``); out: [T, n_head, Dv]; s_all: [n_kv, gqa, N] scratch; int_keys: as ``attend_decode_q``'s.
+    ``rot_v``); out: [T, n_head, Dv]; s_all: [n_kv, gqa, N] scratch; int_keys, sink_logits: as ``attend_decode_q``'s
+    (sink_logits empty: none).
     The rest as :func:`decode_push`.
     """
     for t in range(q.shape[0]):
@@ -218,7 +219,8 @@ def decode_step(q: np.ndarray, k: np.ndarray, v: np.ndarray, qpos: np.ndarray, r
     kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1 = pool1[2:10]
     no_probs = np.empty((0, 0), np.float32)
     _attend_decode_q(qr, qpos, k16, v16, kc, km, vc, vm, bits_k, bits_v, kc1, km1, vc1, vm1, bits_k1, bits_v1,
-                     klut, vlut, klut1, vlut1, G, pos, logw, window, scale, softcap, o, s_all, no_probs, split_for, int_keys)  # fmt: skip
+                     klut, vlut, klut1, vlut1, G, pos, logw, window, scale, softcap, o, s_all, no_probs, split_for, int_keys,
+                     sink_logits)  # fmt: skip
     if rot_v:
         fwht_rows(o, out)
 
@@ -533,7 +535,7 @@ def _policy_token(
 def policy_decode_step(
     q, k, v, qpos, rot_k, rot_v, t_k, mu, k16, v16, pos, S, F, G, pool0, pool1, tmp,
     state, n_state, folds, n_fold, logw, mode, threshold, score, pool_width, ranking, qr,
-    insert_kind, step_kind, decay, acc, window, scale, softcap, o, out, s_all, split_for, int_keys,
+    insert_kind, step_kind, decay, acc, window, scale, softcap, o, out, s_all, split_for, int_keys, sink_logits,
 ) -> None:  # fmt: skip
     """A decode step (T tokens) of a layer with a policy whose hooks :meth:`Policy.fused_hooks` describes, in
     one call: each token in by :func:`policy_push` and given its state (``on_insert``), then ``before_step``,
@@ -542,7 +544,7 @@ def policy_decode_step(
     ``CompressedLayerCache``'s Python path through the hooks, ~15 us a layer-step cheaper.
 
     The arguments as :func:`policy_push` (per token: q [T, n_head, D], k [T, n_kv, D], v [T, n_kv, Dv], qpos
-    [T]) and :func:`decode_step` (o, out, s_all, split_for, int_keys); state[0] is the policy's score.
+    [T]) and :func:`decode_step` (o, out, s_all, split_for, int_keys, sink_logits); state[0] is the policy's score.
     """
     for t in range(q.shape[0]):
         j = policy_push(
@@ -562,7 +564,8 @@ def policy_decode_step(
     kc, km, vc, vm, bits_k, bits_v, klut, vlut = pool0[2:10]
     kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1 = pool1[2:10]
     _attend_decode_q(qr, qpos, k16, v16, kc, km, vc, vm, bits_k, bits_v, kc1, km1, vc1, vm1, bits_k1, bits_v1,
-                     klut, vlut, klut1, vlut1, G, pos, logw, window, scale, softcap, o, s_all, acc, split_for, int_keys)  # fmt: skip
+                     klut, vlut, klut1, vlut1, G, pos, logw, window, scale, softcap, o, s_all, acc, split_for, int_keys,
+                     sink_logits)  # fmt: skip
     if step_kind == STEP_DECAY:  # numpy's `score *= decay; score += acc`: two roundings (EXACT_JIT contracts no FMA)
         d = np.float32(decay)
         for h in range(s0.shape[0]):

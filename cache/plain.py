@@ -31,6 +31,7 @@ class PlainLayerCache(LayerCache):
         # decode: the compressed cache's kernel cut to fp16 rows (decode_step_f16): fp16 tiles
         # through the register-blocked tile kernels, split-K where heads do not share out over threads
         self.used = 0  # slots [0, used) have been written at least once
+        self._sinks = np.asarray(spec.sink_logits, np.float32)  # [n_head] or empty
 
     def update_and_attend(self, q, k, v, pos, out) -> None:
         T = k.shape[0]
@@ -40,7 +41,7 @@ class PlainLayerCache(LayerCache):
         if T <= 4:  # a decode step: stored and attended in one Numba call
             self.used = decode_step_f16(
                 np.ascontiguousarray(q, np.float32), k, v, pos, self.k, self.v, self.pos, self.used,
-                s.window, s.scale, s.softcap, out, self._s, split_threads(),
+                s.window, s.scale, s.softcap, out, self._s, split_threads(), self._sinks,
             )  # fmt: skip
         else:
             slots = pos % self.capacity
@@ -49,7 +50,7 @@ class PlainLayerCache(LayerCache):
             scatter_f16(v, slots, self.v)
             self.pos[slots] = pos
             self.used = max(self.used, int(slots.max()) + 1)
-            attend_prefill_f16(q, self.k, self.v, self.pos, pos, s.window, s.scale, s.softcap, out)
+            attend_prefill_f16(q, self.k, self.v, self.pos, pos, s.window, s.scale, s.softcap, out, self._sinks)
 
     def n_tokens(self) -> int:
         return int((self.pos >= 0).sum())

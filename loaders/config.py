@@ -1,7 +1,7 @@
 """Model hyperparameters read from GGUF metadata.
 
 One typed ``ModelConfig`` covers the llama family (llama, mistral-style, smollm3, granite, granitemoe), qwen2,
-qwen3, qwen3moe, phi3, gemma, gemma2, gemma3, olmo2, olmoe and exaone.  Per-architecture defaults that llama.cpp hard-codes (Gemma 2's and 3's
+qwen3, qwen3moe, phi3, gemma, gemma2, gemma3, olmo2, olmoe, exaone, phi2 and stablelm.  Per-architecture defaults that llama.cpp hard-codes (Gemma 2's and 3's
 sliding-window layer patterns, Gemma 3's local rope base) live in ``_ARCH_DEFAULTS``
 so the numbers are in one place.
 """
@@ -15,7 +15,7 @@ from typing import Any
 from .errors import GGUFError, UnsupportedModelError
 from .gguf_file import GGUFFile
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "olmo2", "granitemoe", "olmoe", "exaone", "bert", "nomic-bert", "lfm2", "lfm2moe")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "olmo2", "granitemoe", "olmoe", "exaone", "bert", "nomic-bert", "lfm2", "lfm2moe", "phi2", "stablelm", "gpt-oss")
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -44,6 +44,12 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "olmo2": {"rope_neox": True, "swa_pattern": 4},
     "olmoe": {"rope_neox": True, "expert_weights_norm": False},  # its chosen experts' weights as the router gave them
     "exaone": {"rope_neox": True},
+    # gpt-oss: even layers attend in a window, odd ones globally; the chosen experts' weights are a
+    # softmax over their own router logits (moe.route's "softmax_weight"), not renormalised after
+    "gpt-oss": {"rope_neox": True, "swa_pattern": 2, "expert_weights_norm": False},
+    # LayerNorm (with bias) models: their eps is the file's attention.layer_norm_epsilon
+    "phi2": {"rope_neox": True},
+    "stablelm": {"rope_neox": True},
 }
 
 
@@ -62,7 +68,7 @@ class ModelConfig:
     n_ff: int
     n_vocab: int
     n_ctx_train: int
-    norm_eps: float
+    norm_eps: float  # the RMSNorms' eps; the LayerNorms' (phi2, stablelm: attention.layer_norm_epsilon) where a file states that
     rope_theta: float
     rope_dim: int
     rope_neox: bool
@@ -179,7 +185,7 @@ def load_config(g: GGUFFile) -> ModelConfig:
         n_ff=n_ff,
         n_vocab=n_vocab,
         n_ctx_train=int(g.arch_get("context_length", 2048)),
-        norm_eps=float(g.arch_get("attention.layer_norm_rms_epsilon", 1e-5)),
+        norm_eps=float(g.arch_get("attention.layer_norm_rms_epsilon", g.arch_get("attention.layer_norm_epsilon", 1e-5))),
         rope_theta=float(g.arch_get("rope.freq_base", 10_000.0)),
         rope_dim=int(g.arch_get("rope.dimension_count", head_dim)),
         rope_neox=bool(d["rope_neox"]),

@@ -52,6 +52,13 @@ Block layouts (``block_size`` weights -> ``type_size`` bytes)
     the signed scale is ``sc[i] - 32``.  ``w = (d * (sc[s] - 32)) * q``.
 ``IQ4_NL`` (32 -> 18):  ``d f16 | qs u8[16]``; nibbles as Q4_0 index a
     16-entry non-linear table ``IQ4_VALUES`` (-127 .. 113); ``w = d * IQ4_VALUES[q]``.
+``MXFP4`` (32 -> 17):  ``e u8 | qs u8[16]``; nibbles as Q4_0 index the 16-entry
+    table ``MXFP4_VALUES`` (ggml's ``kvalues_mxfp4``: the E2M1 values doubled, 0 .. 12
+    and their negatives); ``e`` is an E8M0 scale, and since the table is doubled the
+    weight takes half of it: ``w = E8M0_HALF[e] * MXFP4_VALUES[q]`` with
+    ``E8M0_HALF[e] = 2^(e - 128)`` (ggml's ``GGML_E8M0_TO_FP32_HALF``: subnormal for
+    ``e`` = 0, 1; ``e`` = 255 is ``2^127``, not NaN).  Blocks are 17 bytes, so odd ones
+    start at odd addresses.
 ``IQ4_XS`` (256 -> 136):  ``d f16 | scales_h u16 | scales_l u8[4] | qs u8[128]``.
     8 sub-blocks of 32; sub-block ``s`` has the 6-bit scale ``ls = (scales_l[s // 2]
     >> 4 (s % 2)) & 0xF | ((scales_h >> 2s) & 3) << 4`` and its 32 weights in
@@ -125,7 +132,9 @@ Reference: ``gguf.quants`` (the same as ggml's C dequantizers).  Scales are
 widened exactly f16 -> float32 and every product is taken in float32.  All
 products are exact: an f16 has 11 significant bits, the integer factors at
 most 7 + 6 (Q6_K ``scale * q``; IQ4_XS ``(ls - 32) * IQ4_VALUES[q]``), so ``d * scale * q`` needs <= 23 bits and its
-value does not depend on the order of the factors.  The i-quants too: ``(2 ls + 1)`` (5 bits) times a grid value
+value does not depend on the order of the factors.  MXFP4's scale is a power of two and its values have
+at most 2 significant bits: exact too, subnormal scales included (``2^-128 * v`` is a multiple of ``2^-149``);
+``e`` = 255 with ``|v| >= 2`` overflows to inf in any order.  The i-quants too: ``(2 ls + 1)`` (5 bits) times a grid value
 (6 bits; IQ1's ``grid + delta``, 8 eighths, 4 bits), the powers of two and signs exact.  The only rounding is the
 one float32 add of the offset in Q4_1/Q5_1 (``+ m``) and Q2_K/Q4_K/Q5_K
 (``- dmin * min``), so a fused multiply-add, or computing in float64 and
@@ -152,6 +161,7 @@ from gguf.quants import IQ2_XXS as _GGUF_IQ2_XXS
 from gguf.quants import IQ3_S as _GGUF_IQ3_S
 from gguf.quants import IQ3_XXS as _GGUF_IQ3_XXS
 from gguf.quants import IQ4_NL as _GGUF_IQ4_NL
+from gguf.quants import MXFP4 as _GGUF_MXFP4
 
 __all__ = [
     "QK_K",
@@ -317,6 +327,26 @@ IQ4_VALUES = np.array(_GGUF_IQ4_NL.kvalues, np.int8)
 def _deq_iq4_nl(b: np.ndarray, out: np.ndarray) -> None:
     """``IQ4_NL`` 18 B: ``d f16 | qs u8[16]``; nibbles as Q4_0; ``w = d * IQ4_VALUES[q]``."""
     np.multiply(_f16(b[:, 0:2]), IQ4_VALUES[_nibbles(b[:, 2:])], out=out)
+
+
+#: MXFP4 code -> weight / scale (ggml's ``kvalues_mxfp4``: the E2M1 values doubled)
+MXFP4_VALUES = np.array(_GGUF_MXFP4.kvalues, np.int8)
+
+
+def _e8m0_half(e: np.ndarray) -> np.ndarray:
+    """E8M0 bytes -> ``2^(e - 128)`` float32, as ggml's ``ggml_e8m0_to_fp32_half``: the exponent
+    field ``e - 1`` for ``e >= 2``, the subnormals ``2^-128``, ``2^-127`` below (no NaN for 255)."""
+    e = e.astype(np.uint32)
+    return np.where(e < 2, np.uint32(0x00200000) << (e & np.uint32(1)), (e - np.uint32(1)) << np.uint32(23)).view(_F32)
+
+
+#: MXFP4's scale byte ``e`` -> ``2^(e - 128)`` (float32 [256]; the kernels look it up)
+E8M0_HALF = _e8m0_half(np.arange(256))
+
+
+def _deq_mxfp4(b: np.ndarray, out: np.ndarray) -> None:
+    """``MXFP4`` 17 B: ``e u8 | qs u8[16]``; nibbles as Q4_0; ``w = E8M0_HALF[e] * MXFP4_VALUES[q]``."""
+    np.multiply(E8M0_HALF[b[:, 0:1]], MXFP4_VALUES[_nibbles(b[:, 1:])], out=out)
 
 
 def _deq_iq4_xs(b: np.ndarray, out: np.ndarray) -> None:
@@ -579,6 +609,7 @@ _LAYOUTS: dict[GGMLQuantizationType, tuple[tuple[tuple[str, int], ...], _Kernel]
     T.Q6_K: ((("ql", 128), ("qh", 64), ("scales", 16), ("d", 2)), _deq_q6_k),
     T.IQ4_NL: ((("d", 2), ("qs", 16)), _deq_iq4_nl),
     T.IQ4_XS: ((("d", 2), ("scales_h", 2), ("scales_l", 4), ("qs", 128)), _deq_iq4_xs),
+    T.MXFP4: ((("e", 1), ("qs", 16)), _deq_mxfp4),
     T.IQ3_XXS: ((("d", 2), ("qs", 64), ("scales_signs", 32)), _deq_iq3_xxs),
     T.IQ3_S: ((("d", 2), ("qs", 64), ("qh", 8), ("signs", 32), ("scales", 4)), _deq_iq3_s),
     T.IQ2_XXS: ((("d", 2), ("qs", 64)), _deq_iq2_xxs),

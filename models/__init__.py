@@ -9,20 +9,23 @@ from .exaone import ExaoneModel
 from .gemma import GemmaModel
 from .gemma2 import Gemma2Model
 from .gemma3 import Gemma3Model
+from .gptoss import GptOssModel
 from .granite import GraniteModel
 from .granitemoe import GraniteMoeModel
 from .lfm2 import Lfm2Model
 from .llama import LlamaModel
 from .olmo2 import Olmo2Model
 from .olmoe import OlmoeModel
+from .phi2 import Phi2Model
 from .phi3 import Phi3Model
 from .qwen2 import Qwen2Model
 from .qwen3 import Qwen3Model
 from .qwen3moe import Qwen3MoeModel
 from .smollm3 import SmolLM3Model
+from .stablelm import StableLMModel
 
 MODEL_CLASSES: dict[str, type[Model]] = {}
-for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model, Qwen3Model, Qwen3MoeModel, Phi3Model, GemmaModel, Gemma2Model, Gemma3Model, Olmo2Model, OlmoeModel, ExaoneModel, BertModel, Lfm2Model):
+for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model, Qwen3Model, Qwen3MoeModel, Phi3Model, GemmaModel, Gemma2Model, Gemma3Model, Olmo2Model, OlmoeModel, ExaoneModel, BertModel, Lfm2Model, Phi2Model, StableLMModel, GptOssModel):
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

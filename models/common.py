@@ -50,6 +50,21 @@ TENSOR_NAMES: dict[str, str] = {
     "ffn_down_exps": "blk.{i}.ffn_down_exps.weight",
     "ffn_gate_shexp": "blk.{i}.ffn_gate_shexp.weight",
     "exp_probs_b": "blk.{i}.exp_probs_b.bias",
+    # gpt-oss: learned attention sinks, and biases on the router and every expert
+    "attn_sinks": "blk.{i}.attn_sinks.weight",
+    "ffn_gate_inp_b": "blk.{i}.ffn_gate_inp.bias",
+    "ffn_gate_exps_b": "blk.{i}.ffn_gate_exps.bias",
+    "ffn_up_exps_b": "blk.{i}.ffn_up_exps.bias",
+    "ffn_down_exps_b": "blk.{i}.ffn_down_exps.bias",
+    # biases (Phi-2, StableLM: LayerNorms with a bias, biased projections)
+    "output_norm_b": "output_norm.bias",
+    "output_b": "output.bias",
+    "attn_norm_b": "blk.{i}.attn_norm.bias",
+    "bqkv": "blk.{i}.attn_qkv.bias",
+    "bo": "blk.{i}.attn_output.bias",
+    "ffn_norm_b": "blk.{i}.ffn_norm.bias",
+    "b_up": "blk.{i}.ffn_up.bias",
+    "b_down": "blk.{i}.ffn_down.bias",
 }
 
 
@@ -100,6 +115,24 @@ class WeightLoader:
             out.append(self._upload(t, rows[r0 : r0 + n], n))
             r0 += n
         return out
+
+    def qkv(self, i: int, sizes: tuple[int, int, int]) -> tuple[Weight, Weight, Weight, Any, Any, Any]:
+        """Layer i's Q, K and V projections (``sizes`` rows each) and their biases (None where the file has
+        none), as llama.cpp's ``create_tensor_qkv``: one fused ``attn_qkv`` (and ``attn_qkv.bias``) cut
+        into row ranges where the file has it, else ``attn_q``/``attn_k``/``attn_v``."""
+        if self.has("wqkv", i):
+            wq, wk, wv = self.matrix_rows("wqkv", i, sizes)
+            b = self.host_vector("bqkv", i, required=False)
+            if b is None:
+                return wq, wk, wv, None, None, None
+            if b.shape[0] != sum(sizes):
+                raise GGUFError(f"{self.g.path}: blk.{i}.attn_qkv.bias has {b.shape[0]} values, expected {sum(sizes)}; "
+                                "the file is not a supported model")  # fmt: skip
+            bq, bk, bv = np.split(b, np.cumsum(sizes)[:2])
+            return wq, wk, wv, self.be.vector(bq), self.be.vector(bk), self.be.vector(bv)
+        ws = [self.matrix(r, i) for r in ("wq", "wk", "wv")]
+        bs = [self.vector(r, i, required=False) for r in ("bq", "bk", "bv")]
+        return (*ws, *bs)
 
     def experts(self, role: str, i: int, n_expert: int, n_rows: int, n_cols: int) -> Weight:
         """A 3-D expert tensor ``[n_expert, n_rows, n_cols]`` as one stacked Weight ``[n_expert * n_rows, n_cols]``."""
@@ -214,6 +247,10 @@ class Model:
         """
         raise NotImplementedError
 
+    def final_norm(self, x: Any, out: Any) -> None:
+        """The output norm of the rows ``x`` into ``out``: RMSNorm (Phi-2 and StableLM: LayerNorm)."""
+        self.be.rms_norm(x, self.output_norm, self.cfg.norm_eps, out)
+
     def output_head(self, x: Any, out_rows: np.ndarray, logits: np.ndarray) -> None:
         """Final norm, output projection (and soft-cap) of the rows ``out_rows`` of the residual stream ``x``.
 
@@ -227,10 +264,10 @@ class Model:
             raise ValueError("out_rows must be consecutive batch rows")
         c, be = self.cfg, self.be
         if self.embedding:  # the final-normed hidden states themselves (Engine.embed): no projection
-            be.rms_norm(x[lo : lo + n], self.output_norm, c.norm_eps, logits)
+            self.final_norm(x[lo : lo + n], logits)
             return
         xo = self.buf.get("xo", n, c.n_embd)
-        be.rms_norm(x[lo : lo + n], self.output_norm, c.norm_eps, xo)
+        self.final_norm(x[lo : lo + n], xo)
         be.linear(self.output, xo, logits)
         if c.logit_scale != 1.0:  # Granite
             be.scale(logits, 1.0 / c.logit_scale)

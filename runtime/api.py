@@ -25,6 +25,8 @@ from ..loaders.chat_template import builtin_template, file_template, render_chat
 from ..loaders.errors import KvrunError
 from ..loaders.store import resolve
 from .engine import Engine, GenRequest, GenStats, stream_text
+from .reasoning import is_harmony
+from .reasoning import split as split_reasoning
 from .sampling import SamplerConfig
 from .tools import Tools, check_messages, check_tools, tool_format
 
@@ -316,7 +318,12 @@ class Session:
             self.messages.append(self._reply_message("".join(reply)))
 
     def _reply_message(self, text: str) -> dict[str, Any]:
-        """The reply as the conversation keeps it: with tools, its calls parsed out (``tool_calls``)."""
+        """The reply as the conversation keeps it: with tools, its calls parsed out (``tool_calls``); a
+        gpt-oss reply's harmony messages as its answer and its ``thinking`` (its template refuses channel
+        tags in a message's content, and drops earlier turns' thinking itself)."""
+        if is_harmony(text):
+            thinking, content = split_reasoning(text)
+            return {"role": "assistant", "content": content, **({"thinking": thinking} if thinking else {})}
         if self.tools is None or not self.tools.active:
             return {"role": "assistant", "content": text}
         content, calls = tool_format(self.model.chat_template()).parse(text)

@@ -40,3 +40,20 @@ def test_row_blocks_on_threads_give_the_same_bits(name, monkeypatch):
         got[nt] = np.empty_like(gate)
         getattr(nn, name)(gate, up, got[nt])
     np.testing.assert_array_equal(got[1], got[3])
+
+
+def test_ungated_gelu_is_the_gated_one_times_one_in_either_path():
+    """Phi-2's FFN: gelu(x), prefill's block path and decode's loop, in place, equal to gelu_mul(x, 1)."""
+    rng = np.random.default_rng(3)
+    T = 2 * nn.WIDE_ROWS + 5
+    x = (rng.standard_normal((T, 160)) * 20).astype(np.float32)
+    want = np.empty_like(x)
+    nn.gelu_mul(x, np.ones_like(x), want)
+    loop = np.empty_like(x)
+    nn._gelu_loop(x, loop)
+    got = x.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nn.gelu(got, got)
+    assert np.isfinite(got).all()
+    assert np.allclose(got, want, rtol=1e-5, atol=1e-5) and np.allclose(loop, want, rtol=1e-5, atol=1e-5)

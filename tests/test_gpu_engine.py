@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from tinymodel import write_tiny_model
+from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.cli import main
 from gguf import GGMLQuantizationType as Q
@@ -41,9 +41,9 @@ def test_engine_on_gpu_generates_the_cpu_greedy_text(gpu_env, tiny):
     assert runs["gpu"] == runs["cpu"]
 
 
-@pytest.mark.parametrize("arch", ["llama", "smollm3", "granite", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "exaone"])
+@pytest.mark.parametrize("arch", ["llama", "smollm3", "granite", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "exaone", "phi2", "stablelm", "stablelm-qk-norm"])
 def test_gpu_logits_match_cpu(gpu_env, tmp_path, arch):
-    path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, qtype=Q.Q4_0)
+    path = write_tiny_model(tmp_path / f"{arch}.gguf", **FIXTURE_MODELS[arch], qtype=Q.Q4_0)  # (an arch's variants by fixture name)
     ids = list(np.random.default_rng(3).integers(0, 200, 20))
     cpu = Engine(path, device="cpu", n_ctx=64, n_batch=16)
     gpu = Engine(path, device="gpu", n_ctx=64, n_batch=16)
@@ -227,8 +227,11 @@ def test_the_strict_stand_in_records_array_operations_while_capturing():
         ("llama", "4,policy=keydiff,budget=16,residual=4", 64, 20, 1),
         ("llama", "4,policy=streaming,budget=16,residual=4", 64, 20, 1),
         ("llama", "4,policy=snapkv,budget=16,residual=4", 64, 20, 1),
+        ("phi2", None, 64, 20, 1),  # LayerNorms, biases, the ungated GELU, the output bias: all in the capture
+        ("stablelm", None, 64, 20, 1),
     ],
-    ids=["llama", "gemma3", "llama-4bit", "gemma3-2bit", "llama-2bit-warm", "h2o-keepkv", "gemma3-tova-mean", "gkv-mixed", "keydiff", "streaming", "snapkv"],
+    ids=["llama", "gemma3", "llama-4bit", "gemma3-2bit", "llama-2bit-warm", "h2o-keepkv", "gemma3-tova-mean", "gkv-mixed", "keydiff", "streaming", "snapkv",
+         "phi2", "stablelm"],
 )  # fmt: skip
 def test_decode_steps_replayed_from_cuda_graphs_equal_the_eager_steps(graph_runtime, monkeypatch, tmp_path, arch, kv, n_ctx, n_prompt, n_captures):
     """One-token decode steps replay a captured graph (runtime/graphs.py): the same logits bit for bit as

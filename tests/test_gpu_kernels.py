@@ -42,7 +42,8 @@ from kvrun.ops.cpu.backend import CPUBackend
 from kvrun.ops.gpu import emulate
 
 IQ_TYPES = [Q.IQ3_XXS, Q.IQ3_S, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ1_S, Q.IQ1_M]
-QTYPES = [Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS, *IQ_TYPES]
+QTYPES = [Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS, *IQ_TYPES,
+          Q.MXFP4]
 
 # the `rt` fixture (real CUDA where a GPU is, else the kernel emulator) is in conftest.py
 
@@ -223,6 +224,19 @@ def test_get_rows(rt, gpu, cpu, qtype):
     np.testing.assert_array_equal(rt.asnumpy(out), want)  # decoding is exact on both
 
 
+def test_mxfp4_every_scale_exponent(rt, gpu):
+    """MXFP4's E8M0 scale on the device as in gguf (2^(e - 128): subnormal for e < 2, 2^127 for 255), every e;
+    rows of one 17-byte block, so every other row starts at an odd address (byte loads only)."""
+    raw = random_weight(Q.MXFP4, 256, 32, np.random.default_rng(9))
+    raw[:, 0] = np.arange(256)
+    ids = np.arange(256, dtype=np.int32)[::-1].copy()
+    out = rt.xp.zeros((256, 32), np.float32)
+    gpu.get_rows(gpu.upload(raw, Q.MXFP4, (256, 32)), ids, out)
+    with np.errstate(all="ignore"):
+        want = dequantize(raw, Q.MXFP4).reshape(256, 32)[ids]
+    np.testing.assert_array_equal(rt.asnumpy(out), want)
+
+
 def test_host_arrays_are_accepted(rt, gpu, cpu):
     """Models that still allocate numpy buffers get the right answer (through transfers)."""
     rng = np.random.default_rng(5)
@@ -272,6 +286,38 @@ def test_rms_norm_heads(rt, gpu):
     nn.rms_norm_heads(want, w, 1e-6)
     xd = dev(rt, x)
     gpu.rms_norm_heads(xd, gpu.vector(w), 1e-6)
+    close(rt.asnumpy(xd), want)
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+@pytest.mark.parametrize("aliased", [False, True], ids=["out", "in-place"])
+def test_layer_norm(rt, gpu, cpu, aliased, bias):
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((5, 300)) + 4.0).astype(np.float32)  # off-centre: the mean matters
+    w = rng.standard_normal(300).astype(np.float32)
+    b = rng.standard_normal(300).astype(np.float32) if bias else None
+    want = np.zeros_like(x)
+    cpu.layer_norm(x, w, b, 1e-5, want)
+    x64 = x.astype(np.float64)
+    ref = (x64 - x64.mean(1, keepdims=True)) / np.sqrt(x64.var(1, keepdims=True) + 1e-5) * w + (0 if b is None else b)
+    close(want, ref)
+    xd = dev(rt, x)
+    out = xd if aliased else rt.xp.zeros_like(xd)
+    gpu.layer_norm(xd, gpu.vector(w), None if b is None else gpu.vector(b), 1e-5, out)
+    close(rt.asnumpy(out), want)
+
+
+def test_layer_norm_heads(rt, gpu, cpu):
+    """StableLM 2 12B's QK-norm: each head LayerNormed with its own weights."""
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal((3, 4, 40)) + 1.0).astype(np.float32)
+    w = rng.standard_normal((4, 40)).astype(np.float32)
+    want = x.copy()
+    cpu.layer_norm_heads(want, w, 1e-5)
+    x64 = x.astype(np.float64)
+    close(want, (x64 - x64.mean(2, keepdims=True)) / np.sqrt(x64.var(2, keepdims=True) + 1e-5) * w)
+    xd = dev(rt, x)
+    gpu.layer_norm_heads(xd, gpu.vector(w), 1e-5)
     close(rt.asnumpy(xd), want)
 
 
@@ -335,7 +381,7 @@ def test_rope_qk_is_rope_of_each(rt, gpu, cpu, neox):
     assert not np.allclose(wq, q)  # (the reference did rotate)
 
 
-@pytest.mark.parametrize("op", ["silu_mul", "gelu_mul", "add", "add_bias", "scale", "softcap"])
+@pytest.mark.parametrize("op", ["silu_mul", "gelu_mul", "gelu", "add", "add_bias", "scale", "softcap"])
 def test_elementwise(rt, gpu, op):
     rng = np.random.default_rng(4)
     a = (rng.standard_normal((3, 1000)) * 3).astype(np.float32)
@@ -346,6 +392,9 @@ def test_elementwise(rt, gpu, op):
     if op in ("silu_mul", "gelu_mul"):
         getattr(nn, op)(a, b, want)
         getattr(gpu, op)(ad, dev(rt, b), ad)  # out aliasing gate, as the models call it
+    elif op == "gelu":
+        nn.gelu(a, want)
+        gpu.gelu(ad, ad)
     elif op == "add":
         nn.add_inplace(want, b)
         gpu.add(ad, dev(rt, b))

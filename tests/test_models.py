@@ -57,6 +57,29 @@ def test_forward_matches_reference(tmp_path, arch, qtype, chunk):
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.95
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen3moe"])
+@pytest.mark.parametrize("chunk", [N_BATCH, 1], ids=["prefill", "decode"])
+def test_mxfp4_weights_match_reference(tmp_path, arch, chunk):
+    """MXFP4 (gpt-oss's expert weights): a tiny model with every matrix MXFP4, the experts' 3-D tensors
+    included, against the reference forward on the same weights (gguf's decoding, float64).  The weights
+    are exact in both; the kernels meet them with activations quantized to int8 per 32 (decode; prefill
+    too on a VNNI host), and the reference does so where they do: against float activations the tiny
+    MoE's router picks another expert for one token on a near-tie (10% of the largest logit there)."""
+    from kvrun.ops.cpu import qmatmul
+
+    int8_x = qmatmul.HAVE_AVX2 and (chunk == 1 or qmatmul.HAVE_VNNI)
+    if arch == "qwen3moe" and qmatmul.HAVE_AVX2 and not int8_x:
+        pytest.skip("without VNNI prefill's experts meet int8 and float activations by turns: no one reference")
+    path = write_tiny_model(tmp_path / f"{arch}-mxfp4.gguf", arch, qtype=Q.MXFP4)
+    cfg, model = _build(path)
+    tokens = np.random.default_rng(1).integers(0, cfg.n_vocab, N_TOK).astype(np.int32)
+    ref = Reference(path, quantize_x=int8_x).logits(tokens)
+    got = _run(model, cfg, tokens, chunk)
+    err = np.abs(got - ref).max() / np.abs(ref).max()
+    assert err < 3e-2, f"max relative error {err:.2e}"
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.95
+
+
 def test_gemma3_layers_alternate_window(tmp_path):
     path = write_tiny_model(tmp_path / "g.gguf", "gemma3", sliding_window=8)
     cfg, model = _build(path)
@@ -67,7 +90,7 @@ def test_gemma3_layers_alternate_window(tmp_path):
 def test_unknown_architecture_lists_supported():
     from kvrun.loaders.errors import UnsupportedModelError
 
-    with pytest.raises(UnsupportedModelError, match="bert, exaone, gemma, gemma2, gemma3, granite, granitemoe, lfm2, lfm2moe, llama, mistral, nomic-bert, olmo2, olmoe, phi3, qwen2, qwen3, qwen3moe, smollm3"):
+    with pytest.raises(UnsupportedModelError, match="bert, exaone, gemma, gemma2, gemma3, gpt-oss, granite, granitemoe, lfm2, lfm2moe, llama, mistral, nomic-bert, olmo2, olmoe, phi2, phi3, qwen2, qwen3, qwen3moe, smollm3, stablelm"):
         model_class("mamba")
 
 
@@ -82,6 +105,14 @@ def test_a_tensor_type_without_kernels_fails_at_load_naming_the_tensor(tmp_path,
     monkeypatch.delitem(qmatmul._TYPES, int(Q.Q8_0))
     with pytest.raises(UnsupportedModelError, match=r"q\.gguf: tensor 'token_embd\.weight': no CPU kernel for tensor type Q8_0"):
         Engine(str(path), n_ctx=32)
+
+
+#: where fp16 K/V storage shows more than float32 rounding: gpt-oss's sink logits make every softmax,
+#: even a first token's over itself alone, depend on the scores, so the rounding of K and V in both
+#: runtimes' caches reaches the logits (first token: kvrun 1.2e-4 from a float64 forward of the
+#: file, llama.cpp 3.3e-4; with llama.cpp's cache in float32 the two differ by 5.9e-3)
+#: MXFP4 experts: both runtimes meet them with activations quantized to 8 bits, each its own way
+TOLERANCE = {"gpt-oss": 2.5e-3, "gpt-oss-mxfp4": 3e-2}
 
 
 @pytest.mark.parametrize("name", list(FIXTURE_MODELS))
@@ -102,5 +133,5 @@ def test_forward_matches_llamacpp(tmp_path, name, chunk):
     got = _run(model, cfg, fix["ids"], chunk)
     ref = fix["logits"]
     err = np.abs(got - ref).max() / np.abs(ref).max()
-    assert err < 1e-3, f"{arch}: max relative logit error {err:.2e} against llama.cpp"
+    assert err < TOLERANCE.get(name, 1e-3), f"{arch}: max relative logit error {err:.2e} against llama.cpp"
     assert (got.argmax(1) == ref.argmax(1)).all()

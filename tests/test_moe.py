@@ -10,7 +10,7 @@ from gguf.quants import quantize
 
 from kvrun.models.moe import route
 from kvrun.ops.cpu import qmatmul
-from kvrun.ops.cpu.moe import moe_token
+from kvrun.ops.cpu.moe import moe_token, swiglu_oai
 
 
 def test_the_router_takes_the_top_k_by_softmax_and_renormalises_their_weights():
@@ -23,8 +23,30 @@ def test_the_router_takes_the_top_k_by_softmax_and_renormalises_their_weights():
     np.testing.assert_allclose(raw[0], p[[1, 3, 2]], rtol=1e-6)
 
 
+def test_gpt_oss_weights_its_top_k_by_a_softmax_over_their_own_logits():
+    logits = np.array([[0.5, 3.0, 1.0, 3.0, -1.0]], np.float32)
+    top, wts = route(logits, 2, norm_weights=False, gating="softmax_weight")
+    assert top.tolist() == [[1, 3]]
+    np.testing.assert_allclose(wts[0], [0.5, 0.5], rtol=1e-6)  # (the softmax over all five would give less)
+    top, wts = route(logits, 3, norm_weights=False, gating="softmax_weight")
+    z = np.exp(logits[0, [1, 3, 2]] - 3.0)
+    np.testing.assert_allclose(wts[0], z / z.sum(), rtol=1e-6)
+
+
+def test_gpt_oss_glu_clamps_the_gate_above_and_the_up_projection_both_ways():
+    g = np.array([[-9.0, -1.0, 0.0, 2.0, 7.0, 12.0]], np.float32)
+    u = np.array([[-12.0, 0.5, 3.0, -2.0, 9.0, 1.0]], np.float32)
+    out = np.empty_like(g)
+    swiglu_oai(g, u, out)
+    x, y = np.minimum(g, 7.0), np.clip(u, -7.0, 7.0)
+    want = x / (1.0 + np.exp(-1.702 * x)) * (y + 1.0)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+    assert out[0, 5] == out[0, 4] * 2.0 / 8.0  # gate 12 counts as 7; up 9 as 7 and 1 as 1
+
+
+@pytest.mark.parametrize("oai", [False, True], ids=["swiglu", "gpt-oss"])  # gpt-oss: expert biases, clamped GLU
 @pytest.mark.parametrize("gu,down", [(T.Q4_0, T.Q4_0), (T.Q8_0, T.Q4_1), (T.Q4_0, T.Q8_0)], ids=lambda t: t.name)
-def test_one_token_in_one_call_equals_expert_by_expert(gu, down):
+def test_one_token_in_one_call_equals_expert_by_expert(gu, down, oai):
     rng = np.random.default_rng(0)
     n_expert, n_embd, n_ff = 6, 64, 96
     def stacked(qt, rows, cols):
@@ -33,16 +55,22 @@ def test_one_token_in_one_call_equals_expert_by_expert(gu, down):
     xn = rng.standard_normal(n_embd).astype(np.float32)
     experts, wts = np.array([4, 0, 2]), np.array([0.5, 0.3, 0.2], np.float32)
     x = rng.standard_normal(n_embd).astype(np.float32)
+    gb, ub, db = (rng.standard_normal((n_expert, n)).astype(np.float32) * 4 for n in (n_ff, n_ff, n_embd))  # (big: clamps bite)
     want = x.astype(np.float64).copy()
     for e, wt in zip(experts, wts):
         gg, uu, dd = np.zeros(n_ff, np.float32), np.zeros(n_ff, np.float32), np.zeros(n_embd, np.float32)
         qmatmul.matvec(g[e * n_ff : (e + 1) * n_ff], gu, xn, gg)
         qmatmul.matvec(u[e * n_ff : (e + 1) * n_ff], gu, xn, uu)
-        h = (gg / (1 + np.exp(-gg)) * uu).astype(np.float32)
+        if oai:
+            h = np.empty((1, n_ff), np.float32)
+            swiglu_oai((gg + gb[e])[None], (uu + ub[e])[None], h)
+            h = h[0]
+        else:
+            h = (gg / (1 + np.exp(-gg)) * uu).astype(np.float32)
         qmatmul.matvec(d[e * n_embd : (e + 1) * n_embd], down, h, dd)
-        want += wt * dd
+        want += wt * (dd + db[e] if oai else dd)
     got = x.copy()
-    assert moe_token(g, gu, u, gu, d, down, n_ff, experts, wts, xn, got)
+    assert moe_token(g, gu, u, gu, d, down, n_ff, experts, wts, xn, got, (gb, ub, db) if oai else None, "swiglu_oai" if oai else "silu")
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 

@@ -20,7 +20,7 @@ from test_qmatmul import IQ_TYPES, _ref, _rel, _weights
 
 pytestmark = pytest.mark.skipif(not Q.HAVE_VNNI, reason="no VNNI on this host")
 
-BLOCK_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.Q2_K, T.Q3_K, T.IQ4_NL, T.IQ4_XS, *IQ_TYPES]
+BLOCK_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.Q2_K, T.Q3_K, T.IQ4_NL, T.IQ4_XS, *IQ_TYPES, T.MXFP4]
 
 
 def _case(qtype, n_rows, n_cols, n_tok, seed=0):

@@ -22,7 +22,8 @@ from gguf import GGMLQuantizationType as T
 from kvrun.ops.cpu import qmatmul as Q
 
 IQ_TYPES = [T.IQ3_XXS, T.IQ3_S, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_S, T.IQ1_M]
-TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.Q2_K, T.Q3_K, T.IQ4_NL, T.IQ4_XS, *IQ_TYPES]
+TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.Q2_K, T.Q3_K, T.IQ4_NL, T.IQ4_XS, *IQ_TYPES,
+         T.MXFP4]
 K_TYPES = (T.Q4_K, T.Q5_K, T.Q6_K, T.Q2_K, T.Q3_K, T.IQ4_XS, *IQ_TYPES)
 # byte offsets of the float16 scales of the types gguf cannot quantize (random bytes otherwise);
 # IQ1_M's d is the top nibbles of its scales (set_iq1_m_d)
@@ -164,7 +165,7 @@ def test_get_rows_bit_exact(qtype, n, k):
     np.testing.assert_array_equal(out, quants.dequantize(w, qtype).reshape(n, k)[ids])
 
 
-@pytest.mark.parametrize("qtype", [T.Q4_1, T.Q5_0, T.Q6_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [T.Q4_1, T.Q5_0, T.Q6_K, T.MXFP4], ids=lambda t: t.name)
 def test_fallback_without_simd(qtype, monkeypatch):
     """The plain-Numba path used on hosts without AVX2 gives the float32 answer."""
     monkeypatch.setattr(Q, "_USE_SIMD", False)
@@ -182,6 +183,27 @@ def test_fallback_without_simd(qtype, monkeypatch):
     g = np.empty((2, k), np.float32)
     Q.get_rows(w, qtype, np.array([3, 1]), g)
     np.testing.assert_array_equal(g, W[[3, 1]].astype(np.float32))
+
+
+def test_mxfp4_every_scale_exponent():
+    """MXFP4's scale byte e is 2^(e - 128) (ggml's GGML_E8M0_TO_FP32_HALF): subnormal for e < 2, 2^127 for 255.
+    One row per e, the same codes in each: get_rows is gguf's for every e, bit for bit; matvec's rows are the
+    e = 128 row's times 2^(e - 128), exactly while every partial sum stays normal and finite, and to the
+    precision of a subnormal scale for e = 0, 1 (a wrong subnormal, 0 or 2^-127 for e = 0, is off by 100%)."""
+    k = 96
+    w = np.tile(_weights(T.MXFP4, 1, k, seed=7).reshape(1, k // 32, 17), (256, 1, 1))
+    w[:, :, 0] = np.arange(256, dtype=np.uint8)[:, None]
+    w = w.reshape(256, -1)
+    out = np.full((256, k), np.nan, np.float32)
+    Q.get_rows(w, T.MXFP4, np.arange(256), out)
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(out, quants.dequantize(w, T.MXFP4).reshape(256, k))
+    y = np.full(256, np.nan, np.float32)
+    Q.matvec(w, T.MXFP4, np.random.default_rng(8).standard_normal(k).astype(np.float32), y)
+    scale = np.ldexp(np.float32(1.0), np.arange(256) - 128).astype(np.float32)
+    e = np.arange(40, 200)
+    np.testing.assert_array_equal(y[e], y[128] * scale[e])
+    np.testing.assert_allclose(y[:2], y[128] * scale[:2], rtol=1e-3)
 
 
 def test_strided_rows_and_zero_x():
@@ -206,8 +228,8 @@ def test_errors():
     out = np.zeros(8, np.float32)
     with pytest.raises(ValueError, match="TQ2_0"):
         Q.matvec(w, T.TQ2_0, x, out)
-    with pytest.raises(ValueError, match="MXFP4"):
-        Q.get_rows(w, T.MXFP4, np.array([0]), np.zeros((1, 64), np.float32))
+    with pytest.raises(ValueError, match="TQ1_0"):
+        Q.get_rows(w, T.TQ1_0, np.array([0]), np.zeros((1, 64), np.float32))
     with pytest.raises(ValueError):
         Q.matvec(w, T.Q8_0, np.zeros(96, np.float32), out)  # x length
     with pytest.raises(ValueError):

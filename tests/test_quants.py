@@ -1,8 +1,8 @@
 """Specification of ``kvrun.loaders.quants``: GGML block layouts and dequantizers.
 
 * The table knows exactly F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K,
-  Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS and the i-quants IQ3_XXS, IQ3_S,
-  IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M, with gguf's block sizes and a documented
+  Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, the i-quants IQ3_XXS, IQ3_S,
+  IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M and MXFP4, with gguf's block sizes and a documented
   field layout per type; anything else is an ``UnsupportedQuantType`` naming it.
 * ``dequantize`` and ``dequantize_rows`` equal ``gguf.quants.dequantize`` bit
   for bit, on random blocks and on every tensor of the real models.
@@ -37,7 +37,7 @@ from kvrun.loaders.quants import (
 )
 
 ALL_TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS,
-             T.IQ3_XXS, T.IQ3_S, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_S, T.IQ1_M]
+             T.IQ3_XXS, T.IQ3_S, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_S, T.IQ1_M, T.MXFP4]
 IDS = [t.name for t in ALL_TYPES]
 
 # byte offset of every field of every block, as the module docstring documents them
@@ -64,6 +64,7 @@ LAYOUTS = {
     T.IQ2_S: {"d": 0, "qs": 2, "signs": 34, "qh": 66, "scales": 74},
     T.IQ1_S: {"d": 0, "qs": 2, "qh": 34},
     T.IQ1_M: {"qs": 0, "qh": 32, "scales": 48},
+    T.MXFP4: {"e": 0, "qs": 1},
 }
 
 # logical shapes, the last dimension in blocks
@@ -97,6 +98,8 @@ def random_blocks(rng: np.random.Generator, qtype: int, n_blocks: int) -> np.nda
         elif name == "f32":
             f = (rng.standard_normal(n_blocks) * 10.0 ** rng.uniform(-30, 30, n_blocks)).astype(np.float32)
             b[:, o : o + 4] = f.view(np.uint8).reshape(n_blocks, 4)
+        elif name == "e":  # MXFP4's E8M0 scale, subnormals included; up to 250 no weight overflows (gguf would warn)
+            b[:, o] = rng.integers(0, 251, n_blocks)
     if qtype == T.IQ1_M:  # its f16 d is the top nibbles of the four u16 scales (bytes 48-55)
         h = random_halves(rng, n_blocks).view(np.uint16)
         for k in range(4):
@@ -175,7 +178,7 @@ def test_documented_block_layout(qtype: T) -> None:
         info.offset("nope")
 
 
-@pytest.mark.parametrize("qtype", [T.TQ2_0, T.Q8_K, T.TQ1_0, T.MXFP4, 999, -1], ids=str)
+@pytest.mark.parametrize("qtype", [T.TQ2_0, T.Q8_K, T.TQ1_0, 999, -1], ids=str)
 def test_unsupported_type_is_named(qtype: int) -> None:
     assert not is_supported(qtype)
     label = qtype.name if isinstance(qtype, T) else str(qtype)
@@ -276,6 +279,24 @@ def test_any_bytes_match_gguf_without_warnings(qtype: T, rng: np.random.Generato
     with np.errstate(all="ignore"):
         ref = reference(raw, qtype)
     assert_bit_exact(out, ref, qtype, raw)
+
+
+def test_mxfp4_scale_is_half_the_e8m0_value_for_every_byte() -> None:
+    """MXFP4's scale byte e means 2^(e - 127) and its table holds the E2M1 values doubled, so a weight is
+    2^(e - 128) * value: the subnormals 2^-128, 2^-127 for e = 0, 1 and 2^127 (not NaN) for 255, as
+    ggml's GGML_E8M0_TO_FP32_HALF; 2^127 times 2 or more overflows to inf, silently, as in gguf."""
+    raw = np.zeros((256, 17), np.uint8)
+    raw[:, 0] = np.arange(256)
+    raw[:, 1:] = np.arange(16, dtype=np.uint8) * 0x11  # codes 0..15, low and high nibbles alike
+    want = np.ldexp(np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.float64), (np.arange(256) - 128)[:, None])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = dequantize(raw, T.MXFP4, (256, 32))
+    with np.errstate(over="ignore"):
+        assert np.array_equal(out, np.tile(want, 2).astype(np.float32))
+    assert np.isinf(out[255, 7]) and float(out[255, 1]) == 2.0**127 and float(out[0, 1]) == 2.0**-128
+    with np.errstate(all="ignore"):
+        assert_bit_exact(out, reference(raw, T.MXFP4), T.MXFP4, raw)
 
 
 def test_dequantize_accepts_any_byte_container(rng: np.random.Generator, tmp_path: Path) -> None:

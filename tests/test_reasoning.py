@@ -63,3 +63,31 @@ def test_ollama_returns_thinking(model, monkeypatch):
     monkeypatch.setattr(ollama, "_translate", translate)
     status, r = ollama.handle(srv, "POST", "/api/chat", {"messages": CHAT, "stream": False, "options": {"num_predict": 5}})
     assert "thinking" not in r["message"]  # (a reply that does not think reports none)
+
+
+# ------------------------------------------------------------------ gpt-oss's harmony messages
+HARMONY = "<|channel|>analysis<|message|>They ask 2+2. It is 4.<|end|><|start|>assistant<|channel|>final<|message|>2 + 2 = 4."
+
+
+def test_a_harmony_reply_splits_into_its_analysis_and_its_final_answer():
+    assert split(HARMONY) == ("They ask 2+2. It is 4.", "2 + 2 = 4.")
+    assert split("<|channel|>final<|message|>Hi!") == (None, "Hi!")  # (no analysis channel: no thinking)
+    assert split("<|channel|>final<|message|>Hi!<|return|>") == (None, "Hi!")
+
+
+def test_harmony_pieces_split_as_the_whole_does_wherever_they_are_cut():
+    for cut in range(1, len(HARMONY)):
+        s = ThinkSplitter()
+        parts = s.push(HARMONY[:cut]) + s.push(HARMONY[cut:]) + s.flush()
+        got = ("".join(t for k, t in parts if k == "reasoning"), "".join(t for k, t in parts if k == "content"))
+        assert got == ("They ask 2+2. It is 4.", "2 + 2 = 4."), cut
+
+
+def test_a_chat_keeps_a_harmony_reply_as_its_answer_and_its_thinking(tmp_path):
+    from tinymodel import write_tiny_model
+
+    from kvrun.runtime.api import Session, load
+
+    model = load(str(write_tiny_model(tmp_path / "m.gguf")), n_ctx=256)
+    msg = Session(model)._reply_message(HARMONY)
+    assert msg == {"role": "assistant", "content": "2 + 2 = 4.", "thinking": "They ask 2+2. It is 4."}

@@ -51,8 +51,12 @@ ARCH_GEOMETRY = {
     "exaone": (64, 4, 2, 16, 96, 2),
     "lfm2": (64, 4, 2, 16, 96, 5),  # layers 1 and 3 attend, the others are convolutions (LFM2_CONV)
     "lfm2moe": (64, 4, 2, 16, 96, 5),  # the same, the FFNs after the first a mixture of 4 experts (2 a token)
+    "phi2": (64, 4, 4, 16, 96, 2),  # multi-head, as Phi-2
+    "stablelm": (64, 4, 2, 16, 96, 2),  # grouped-query, as StableLM 2 12B
 }
 LFM2_CONV = (True, False, True, False, True)
+#: rope dimensions of the LayerNorm models' heads of 16 (partial rotary: Phi-2 turns 32 of 80, StableLM a quarter)
+ROPE_DIM = {"phi2": 8, "stablelm": 4}
 
 
 #: the tiny models held to llama.cpp's logits (tests/fixtures/arch_<name>.npz, tools/make_arch_fixtures.py):
@@ -79,6 +83,12 @@ FIXTURE_MODELS: dict[str, dict] = {
     "exaone-rope-freqs": {"arch": "exaone", "rope_freqs": True},  # EXAONE 3.5's Llama 3 rope factors
     "lfm2": {"arch": "lfm2"},
     "lfm2moe": {"arch": "lfm2moe"},
+    "gpt-oss": {"arch": "gpt-oss"},  # sink logits, biases, alternating windows, YaRN, clamped-SwiGLU experts (tinygptoss.py)
+    "gpt-oss-mxfp4": {"arch": "gpt-oss", "qtype": Q.MXFP4},  # its experts in MXFP4, as the published files
+    "phi2": {"arch": "phi2"},  # fused QKV with its bias, as llama.cpp's converter writes Phi-2
+    "phi2-split-qkv": {"arch": "phi2", "split_qkv": True},  # q, k, v and their biases apart
+    "stablelm": {"arch": "stablelm", "split_qkv": True},  # QKV biases, as StableLM 2 1.6B
+    "stablelm-qk-norm": {"arch": "stablelm", "split_qkv": True, "qk_norm": True},  # per-head QK LayerNorms and a parallel block, as StableLM 2 12B
 }
 
 
@@ -98,14 +108,21 @@ def _add_byte_vocab(w: GGUFWriter) -> None:
 def write_tiny_model(
     path: Path, arch: str = "llama", qtype: int = Q.F32, seed: int = 0, sliding_window: int | None = None, rope_freqs: bool = False,
     chat_template: str | None = None, n_expert: int | None = None, extra_tensor: tuple[str, int, int] | None = None,
-    rope_yarn: tuple[float, int] | None = None,
+    rope_yarn: tuple[float, int] | None = None, split_qkv: bool = False, qk_norm: bool = False,
 ) -> Path:  # fmt: skip
     """A random ``arch`` model; matrices stored as ``qtype`` (F32, F16, Q8_0, Q4_0...).  ``rope_freqs``:
     with Llama 3.1's per-frequency rope factors (``rope_freqs.weight``, 1 to 8 from high to low), or
     for phi3 its long and short sets.  ``sliding_window``: gemma2's and gemma3's window (8 unless given); olmo2
-    has one only where given (OLMo 3's layout).  ``rope_yarn``: YaRN rope scaling (factor, original context)."""
+    has one only where given (OLMo 3's layout).  ``rope_yarn``: YaRN rope scaling (factor, original context).
+    ``split_qkv``, ``qk_norm``: phi2's and stablelm's variants (:func:`_write_tiny_layernorm`)."""
     if arch in ("lfm2", "lfm2moe"):
         return _write_tiny_lfm2(path, qtype, seed, moe=arch == "lfm2moe")
+    if arch == "gpt-oss":
+        from tinygptoss import write_tiny_gptoss
+
+        return write_tiny_gptoss(path, qtype, seed)
+    if arch in ("phi2", "stablelm"):
+        return _write_tiny_layernorm(path, arch, qtype, seed, split_qkv, qk_norm)
     rng = np.random.default_rng(seed)
     n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = ARCH_GEOMETRY[arch]
     toks, merges, types = byte_vocab()
@@ -325,6 +342,79 @@ def _write_tiny_lfm2(path: Path, qtype: int, seed: int, moe: bool = False) -> Pa
             mat(b + "ffn_gate.weight", n_ff, n_embd)
             mat(b + "ffn_up.weight", n_ff, n_embd)
             mat(b + "ffn_down.weight", n_embd, n_ff)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def _write_tiny_layernorm(path: Path, arch: str, qtype: int, seed: int, split_qkv: bool, qk_norm: bool) -> Path:
+    """A random Phi-2 or StableLM: LayerNorms with biases, partial NeoX rotary (ROPE_DIM), Q, K and V
+    fused with a bias, or apart (``split_qkv``) with theirs.  phi2: a parallel block, biases on every
+    projection and the output head, an ungated GELU FFN.  stablelm: SwiGLU; ``qk_norm``: per-head QK
+    LayerNorms, no Q/K/V biases and no ffn_norm (a parallel block), as StableLM 2 12B."""
+    rng = np.random.default_rng(seed)
+    n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = ARCH_GEOMETRY[arch]
+    toks, merges, types = byte_vocab()
+    n_vocab = len(toks)
+    w = GGUFWriter(str(path), arch)
+    w.add_name(f"tiny-{arch}")
+    w.add_context_length(1024)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_layer_norm_eps(1e-5)
+    w.add_rope_dimension_count(ROPE_DIM[arch])
+    w.add_rope_freq_base(10000.0)
+    w.add_file_type(int(getattr(LlamaFileType, f"MOSTLY_{Q(qtype).name}", LlamaFileType.ALL_F32)))
+    _add_byte_vocab(w)
+
+    def mat(name: str, rows: int, cols: int, scale: float = 0.1) -> None:
+        a = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+        w.add_tensor(name, a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
+
+    def vec(name: str, n: int, base: float = 1.0, scale: float = 0.1) -> None:
+        w.add_tensor(name, (base + rng.standard_normal(n) * scale).astype(np.float32))
+
+    q_dim, kv_dim = n_head * head_dim, n_head_kv * head_dim
+    mat("token_embd.weight", n_vocab, n_embd, 0.5)
+    vec("output_norm.weight", n_embd)
+    vec("output_norm.bias", n_embd, 0.0)
+    mat("output.weight", n_vocab, n_embd, 0.5)
+    if arch == "phi2":
+        vec("output.bias", n_vocab, 0.0, 0.5)
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        vec(b + "attn_norm.weight", n_embd)
+        vec(b + "attn_norm.bias", n_embd, 0.0)
+        if not split_qkv:
+            mat(b + "attn_qkv.weight", q_dim + 2 * kv_dim, n_embd)
+            vec(b + "attn_qkv.bias", q_dim + 2 * kv_dim, 0.0)
+        else:
+            for x, rows in (("q", q_dim), ("k", kv_dim), ("v", kv_dim)):
+                mat(b + f"attn_{x}.weight", rows, n_embd)
+                if not qk_norm:
+                    vec(b + f"attn_{x}.bias", rows, 0.0)
+        if qk_norm:  # [n_head, head_dim]: each head its own weights
+            w.add_tensor(b + "attn_q_norm.weight", (1.0 + rng.standard_normal((n_head, head_dim)) * 0.1).astype(np.float32))
+            w.add_tensor(b + "attn_k_norm.weight", (1.0 + rng.standard_normal((n_head_kv, head_dim)) * 0.1).astype(np.float32))
+        mat(b + "attn_output.weight", n_embd, q_dim)
+        if arch == "phi2":
+            vec(b + "attn_output.bias", n_embd, 0.0)
+            mat(b + "ffn_up.weight", n_ff, n_embd)
+            vec(b + "ffn_up.bias", n_ff, 0.0)
+            mat(b + "ffn_down.weight", n_embd, n_ff)
+            vec(b + "ffn_down.bias", n_embd, 0.0)
+            continue
+        if not qk_norm:
+            vec(b + "ffn_norm.weight", n_embd)
+            vec(b + "ffn_norm.bias", n_embd, 0.0)
+        mat(b + "ffn_gate.weight", n_ff, n_embd)
+        mat(b + "ffn_up.weight", n_ff, n_embd)
+        mat(b + "ffn_down.weight", n_embd, n_ff)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

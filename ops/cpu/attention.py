@@ -43,11 +43,13 @@ def attend_prefill_f16(
     scale: float,
     softcap: float,
     out: np.ndarray,
+    sink_logits: np.ndarray | None = None,
 ) -> None:
     """Attention for a block of queries over the ring (BLAS, :func:`attend_group`).
 
     The occupied slots are widened to float32 once per KV head (vector row decoders, into
-    per-thread buffers reused across calls).
+    per-thread buffers reused across calls).  sink_logits: [n_head] (gpt-oss) or None, as
+    :func:`attend_group`'s.
     """
     T, H, D = q.shape
     n_kv = k.shape[0]
@@ -63,7 +65,8 @@ def attend_prefill_f16(
         vf = scratch("attention.v", slots.size, v.shape[2])
         decode_half_slots(k[kh], slots, kf)
         decode_half_slots(v[kh], slots, vf)
-        attend_group(q[:, g], kf, vf, pk, qpos, window, scale, softcap, out[:, g])
+        sl = None if sink_logits is None or len(sink_logits) == 0 else sink_logits[g]
+        attend_group(q[:, g], kf, vf, pk, qpos, window, scale, softcap, out[:, g], sink_logits=sl)
 
 
 def attend_group(
@@ -78,6 +81,7 @@ def attend_group(
     out: np.ndarray,
     bias: np.ndarray | None = None,
     probs: bool = False,
+    sink_logits: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """Prefill attention of one KV head's query group, as two GEMMs.
 
@@ -85,7 +89,9 @@ def attend_group(
     positions; out [T, gqa, Dv] (a view is fine); bias [n] float32 added to
     the scores after scaling and soft-capping (merge log-weights), or None.
     Returns the probabilities summed over the group, [T, n], when ``probs``
-    (eviction policies score from them), else None.
+    (eviction policies score from them), else None.  sink_logits: [gqa] float32, gpt-oss's learned
+    attention sinks of the group's heads (a logit that joins the softmax's denominator and adds no
+    value), or None.
 
     The group's queries ``[T * gqa, D]`` meet the keys in one GEMM (not T
     small ones); vectorised Numba loops scale, cap, mask and exponentiate the
@@ -100,6 +106,7 @@ def attend_group(
     kp = np.ascontiguousarray(kpos, np.int32)
     qp = np.ascontiguousarray(qpos, np.int32)
     b = _NO_BIAS if bias is None else np.ascontiguousarray(bias, np.float32)
+    sl = _NO_BIAS if sink_logits is None else np.ascontiguousarray(sink_logits, np.float32)
     p = np.zeros((T, k.shape[0]), np.float32) if probs else None
 
     def block(t0: int) -> None:
@@ -115,7 +122,7 @@ def attend_group(
         s = _scores((t1 - t0) * gqa, kb.shape[0])
         np.matmul(qf[t0 * gqa : t1 * gqa], kb.T, out=s)
         tot = np.empty((s.shape[0], 1), np.float32)
-        _softmax_rows(s, bb, pb, qp[t0:t1], gqa, window, scale, softcap, tot[:, 0])
+        _softmax_rows(s, bb, pb, qp[t0:t1], gqa, window, scale, softcap, tot[:, 0], sl)
         ob = np.matmul(s, vb)
         tot[tot == 0] = 1  # a query that sees no key gets zeros
         ob /= tot
@@ -157,9 +164,10 @@ _NO_LO = np.int32(-(2**31))  # no window: every key at or before the query is vi
 # BLAS pool made both 5-20x slower here.
 @nb.njit(cache=True, fastmath=True, nogil=True)
 def _softmax_rows(s: np.ndarray, bias: np.ndarray, pk: np.ndarray, pq: np.ndarray, gqa: int, window: int,
-                  scale: float, softcap: float, tot: np.ndarray) -> None:
+                  scale: float, softcap: float, tot: np.ndarray, sink_logits: np.ndarray) -> None:
     """In place: row r of ``s`` (query ``r // gqa``) becomes ``exp(cap(scale * s) + bias - max)``
-    over the keys it may see, 0 elsewhere, and ``tot[r]`` its sum (0 when it sees no key).
+    over the keys it may see, 0 elsewhere, and ``tot[r]`` its sum (0 when it sees no key), plus
+    ``exp(sink_logits[r % gqa] - max)`` where sink logits are given ([gqa], or empty).
 
     s: [T * gqa, n] float32 raw q.k; bias: [n] or empty; pk: [n] key positions; pq: [T] query
     positions.  Every loop is branch-free (the mask a select, ``exp32`` polynomial arithmetic), so
@@ -170,6 +178,7 @@ def _softmax_rows(s: np.ndarray, bias: np.ndarray, pk: np.ndarray, pq: np.ndarra
     sc = np.float32(scale)
     cap = np.float32(softcap)
     has_bias = bias.size > 0
+    has_sinks = sink_logits.size > 0
     for r in range(R):
         qp = np.int32(pq[r // gqa])
         lo = np.int32(qp - window) if window > 0 else _NO_LO  # visible: lo < pk <= qp (int32 both: vector compares)
@@ -197,6 +206,8 @@ def _softmax_rows(s: np.ndarray, bias: np.ndarray, pk: np.ndarray, pq: np.ndarra
                 e = exp32(row[j] - m)  # exactly 0 for masked keys
                 row[j] = e
                 t += e
+            if has_sinks:  # a learned logit with no value: it only takes its share of the probability
+                t += np.exp(min(sink_logits[r % gqa] - m, np.float32(80.0)))
         else:
             row[:] = 0.0
         tot[r] = t

@@ -12,6 +12,8 @@ from ..backend import Weight
 from . import fused, nn, qmatmul
 from .blas import one_thread_beside_the_gemm
 
+_NO_BIAS = np.empty(0, np.float32)  # (nn.layer_norm's "no bias": a Numba kernel takes an array, not None)
+
 
 class CPUBackend:
     """Numba kernels on host arrays; ``linear`` picks matvec for one token, matmul for many."""
@@ -101,6 +103,12 @@ class CPUBackend:
     def rms_norm_heads(self, x, w, eps) -> None:
         nn.rms_norm_heads(x, w, eps)
 
+    def layer_norm(self, x, w, b, eps, out) -> None:
+        nn.layer_norm(x, w, _NO_BIAS if b is None else b, eps, out)
+
+    def layer_norm_heads(self, x, w, eps) -> None:
+        nn.layer_norm_heads(x, w, eps)
+
     def rope(self, x, pos, cos, sin, neox) -> None:
         nn.rope(x, pos, cos, sin, neox)
 
@@ -109,6 +117,9 @@ class CPUBackend:
 
     def norm_rope_qk(self, q, k, q_norm, k_norm, eps, pos, cos, sin, neox) -> None:
         nn.norm_rope_qk(q, k, q_norm, k_norm, eps, pos, cos, sin, neox)
+
+    def gelu(self, x, out) -> None:
+        nn.gelu(x, out)
 
     def silu_mul(self, gate, up, out) -> None:
         nn.silu_mul(gate, up, out)
@@ -125,10 +136,10 @@ class CPUBackend:
     def scale(self, x, s) -> None:
         nn.scale_inplace(x, s)
 
-    def moe_token(self, gate, up, down, n_ff, experts, wts, xn, x) -> bool:
+    def moe_token(self, gate, up, down, n_ff, experts, wts, xn, x, biases=None, act="silu") -> bool:
         from .moe import moe_token
 
-        return moe_token(gate.data, gate.qtype, up.data, up.qtype, down.data, down.qtype, n_ff, experts, wts, xn[0], x[0])
+        return moe_token(gate.data, gate.qtype, up.data, up.qtype, down.data, down.qtype, n_ff, experts, wts, xn[0], x[0], biases, act)
 
     def softcap(self, x, cap) -> None:
         nn.softcap_inplace(x, cap)

@@ -46,6 +46,8 @@ OTHER = [
     ("-", "", T.Q5_1, 1536, 576, 0),
     ("-", "", T.Q8_0, 1536, 576, 0),
     ("-", "", T.Q5_K, 640, 2048, 0),
+    ("-", "", T.IQ4_NL, 1536, 576, 0),
+    ("-", "", T.MXFP4, 1536, 576, 0),
     ("-", "", T.F16, 1536, 576, 0),
     ("-", "", T.BF16, 1536, 576, 0),
     ("-", "", T.F32, 1536, 576, 0),
@@ -63,6 +65,9 @@ def random_weight(qtype: int, n_rows: int, n_cols: int, rng: np.random.Generator
     if qtype == T.BF16:
         return (rng.standard_normal((n_rows, n_cols)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
     raw = rng.integers(0, 256, (n_rows, nb_, ts), dtype=np.uint8)
+    if qtype == T.MXFP4:  # an E8M0 scale byte: 2^-10 .. 2^-4 (subnormal or huge ones would time something else)
+        raw[:, :, 0] = rng.integers(118, 125, (n_rows, nb_))
+        return raw.reshape(n_rows, nb_ * ts)
 
     def f16(off: int, lo: float, hi: float) -> None:
         raw[:, :, off : off + 2] = rng.uniform(lo, hi, (n_rows, nb_, 1)).astype(np.float16).view(np.uint8)

@@ -23,10 +23,18 @@ from .qmatmul import BF16, Q8_0, _TYPES, _dot_rows, _quant_x, _scratch, _scratch
 _JIT = dict(cache=True, fastmath=True, nogil=True)
 
 
+#: the experts' GLU: silu(gate) * up, or gpt-oss's clamped one (:func:`swiglu_oai`)
+ACT_SILU, ACT_OAI = 0, 1
+
+
 @nb.njit(parallel=prange_only(), **_JIT)
-def _moe_token(kg, wg, ku, wu, kd, wd, n_ff, experts, wts, xn, x, sx, g, u, sh, d):
-    """See the module docstring.  g, u: [k, n_ff], sh: [k, scratch bytes of n_ff], d: [k, n_embd] scratch."""
+def _moe_token(kg, wg, ku, wu, kd, wd, n_ff, experts, wts, xn, x, sx, g, u, sh, d, gb, ub, db, act):
+    """See the module docstring.  g, u: [k, n_ff], sh: [k, scratch bytes of n_ff], d: [k, n_embd] scratch;
+    gb, ub: [n_expert, n_ff], db: [n_expert, n_embd] the experts' biases (gpt-oss) or [0, 0]; act: ACT_*."""
     n_embd = xn.size
+    has_b = gb.shape[0] > 0
+    a = np.float32(OAI_ALPHA)
+    lim = np.float32(OAI_LIMIT)
     xq, xd, xs, x16 = _quant_x(kg, xn, sx)
     for j in nb.prange(experts.size):
         e = experts[j]
@@ -36,7 +44,15 @@ def _moe_token(kg, wg, ku, wu, kd, wd, n_ff, experts, wts, xn, x, sx, g, u, sh, 
         _dot_rows(ku, wu.ctypes.data, wu.strides[0], wu.shape[1], r0, r0 + n_ff, u[j].ctypes.data - r0 * 4, 4, xq, xd, xs, x16)
         for i in range(n_ff):
             gi = g[j, i]
-            g[j, i] = gi / (np.float32(1.0) + np.exp(-gi)) * u[j, i]
+            ui = u[j, i]
+            if has_b:
+                gi += gb[e, i]
+                ui += ub[e, i]
+            if act == ACT_OAI:  # (as swiglu_oai below)
+                gi = min(gi, lim)
+                g[j, i] = gi / (np.float32(1.0) + np.exp(-a * gi)) * (max(min(ui, lim), -lim) + np.float32(1.0))
+            else:
+                g[j, i] = gi / (np.float32(1.0) + np.exp(-gi)) * ui
         # g[j] quantized as qmatmul._quant_x does (without its contiguity check: a raise in the loop
         # would keep Numba from running it in parallel)
         hq = sh[j].ctypes.data
@@ -48,6 +64,9 @@ def _moe_token(kg, wg, ku, wu, kd, wd, n_ff, experts, wts, xn, x, sx, g, u, sh, 
         hs, h16 = hd + 4 * (n_ff // 32), hd + 8 * (n_ff // 32)
         e0 = e * n_embd
         _dot_rows(kd, wd.ctypes.data, wd.strides[0], wd.shape[1], e0, e0 + n_embd, d[j].ctypes.data - e0 * 4, 4, hq, hd, hs, h16)
+        if has_b:
+            for i in range(n_embd):
+                d[j, i] += db[e, i]
     for i in range(n_embd):
         acc = np.float32(0.0)
         for j in range(experts.size):
@@ -55,13 +74,18 @@ def _moe_token(kg, wg, ku, wu, kd, wd, n_ff, experts, wts, xn, x, sx, g, u, sh, 
         x[i] += acc
 
 
+_NO_BIAS = np.zeros((0, 0), np.float32)
+
+
 def moe_token(gate: np.ndarray, gate_type: int, up: np.ndarray, up_type: int, down: np.ndarray, down_type: int,
-              n_ff: int, experts: np.ndarray, wts: np.ndarray, xn: np.ndarray, x: np.ndarray) -> bool:  # fmt: skip
+              n_ff: int, experts: np.ndarray, wts: np.ndarray, xn: np.ndarray, x: np.ndarray,
+              biases: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, act: str = "silu") -> bool:  # fmt: skip
     """``x[n_embd] += MoE(xn[n_embd])`` for one token (module docstring).  gate, up: uint8
     ``[n_expert * n_ff, row_bytes]``; down: ``[n_expert * n_embd, row_bytes]``; experts: int ``[k]``;
-    wts: float32 ``[k]``.  Returns False, doing nothing, where the kernel does not apply (float
-    weights; gate and up whose activations are quantized differently): the caller then takes the
-    product-by-product path."""
+    wts: float32 ``[k]``; biases: gpt-oss's (gate ``[n_expert, n_ff]``, up likewise, down ``[n_expert,
+    n_embd]``) or None; act: "silu" or "swiglu_oai".  Returns False, doing nothing, where the kernel
+    does not apply (float weights; gate and up whose activations are quantized differently): the
+    caller then takes the product-by-product path."""
     kinds = [_TYPES[t][0] if t in _TYPES else -1 for t in (gate_type, up_type, down_type)]
     if min(kinds) <= BF16 or (kinds[0] == Q8_0) != (kinds[1] == Q8_0):
         return False
@@ -73,5 +97,27 @@ def moe_token(gate: np.ndarray, gate_type: int, up: np.ndarray, up_type: int, do
     d = _scratch.get("moe_d", k, n_embd)
     sh = _scratch.get("moe_sh", k, _scratch_bytes(n_ff), np.uint8)
     sx = _scratch.x(n_embd)
-    _moe_token(kinds[0], gate, kinds[1], up, kinds[2], down, n_ff, np.asarray(experts, np.int64), np.asarray(wts, np.float32), xn, x, sx, g, u, sh, d)
+    gb, ub, db = (np.ascontiguousarray(b, np.float32) for b in biases) if biases is not None else (_NO_BIAS,) * 3
+    _moe_token(kinds[0], gate, kinds[1], up, kinds[2], down, n_ff, np.asarray(experts, np.int64), np.asarray(wts, np.float32), xn, x, sx,
+               g, u, sh, d, gb, ub, db, ACT_OAI if act == "swiglu_oai" else ACT_SILU)  # fmt: skip
     return True
+
+
+#: gpt-oss's clamped SwiGLU: ggml's swiglu_oai with the alpha and limit llama.cpp fixes for it
+OAI_ALPHA = 1.702
+OAI_LIMIT = 7.0
+
+
+@nb.njit(**_JIT)
+def swiglu_oai(g: np.ndarray, u: np.ndarray, out: np.ndarray) -> None:
+    """``out = x sigmoid(1.702 x) (y + 1)`` with ``x = min(g, 7)``, ``y = clamp(u, -7, 7)``, elementwise
+    over ``[T, n]`` float32 (``out`` may be ``g``).  The clamps keep gpt-oss's large activations from
+    overflowing its experts, as it was trained."""
+    a = np.float32(OAI_ALPHA)
+    lim = np.float32(OAI_LIMIT)
+    for t in range(g.shape[0]):
+        for i in range(g.shape[1]):
+            x = min(g[t, i], lim)
+            y = max(min(u[t, i], lim), -lim)
+            out[t, i] = x / (np.float32(1.0) + np.exp(-a * x)) * (y + np.float32(1.0))
+

@@ -100,6 +100,38 @@ def rms_norm_add(y: np.ndarray, w: np.ndarray, eps: float, x: np.ndarray) -> Non
     add_inplace(x, y)
 
 
+@nb.njit(**_JIT)
+def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float, out: np.ndarray) -> None:
+    """out[t] = (x[t] - mean) / sqrt(var + eps) * w + b (Phi-2's, StableLM's norms).    x, out: [T, n]
+    (out may be x); w, b: [n] float32, b of length 0 for none.  The sums in float64, as ggml_norm's."""
+    T, n = x.shape
+    has_b = b.shape[0] > 0
+    for t in range(T):
+        s = 0.0
+        for i in range(n):
+            s += x[t, i]
+        mean = np.float32(s / n)
+        ss = 0.0
+        for i in range(n):
+            d = x[t, i] - mean
+            ss += d * d
+        inv = np.float32(1.0 / math.sqrt(np.float32(ss / n) + eps))
+        for i in range(n):
+            y = (x[t, i] - mean) * inv * w[i]
+            out[t, i] = y + b[i] if has_b else y
+
+
+@nb.njit(**_JIT)
+def layer_norm_heads(x: np.ndarray, w: np.ndarray, eps: float) -> None:
+    """In-place per-head LayerNorm without bias, each head its own weights (StableLM 2 12B's QK-norm).
+    x: [T, n_head, head_dim]; w: [n_head, head_dim]."""
+    T, H, D = x.shape
+    none = np.empty(0, np.float32)
+    for t in range(T):
+        for h in range(H):
+            layer_norm(x[t, h : h + 1], w[h], none, eps, x[t, h : h + 1])
+
+
 def silu_mul(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
     """out = silu(gate) * up  (SwiGLU).    all [T, n_ff]; out may be gate.
 
@@ -155,6 +187,22 @@ def _gated(gate: np.ndarray, up: np.ndarray, out: np.ndarray, exponent) -> None:
     each_shared(rows, range(0, gate.shape[0], WIDE_ROWS), numpy_threads())  # numpy's ufuncs release the GIL
 
 
+def gelu(x: np.ndarray, out: np.ndarray) -> None:
+    """out = gelu_tanh(x) (Phi-2's FFN: GELU, no gate).    [T, n]; out may be x."""
+    if x.shape[0] < WIDE_ROWS:
+        _gelu_loop(x, out)
+    else:
+        def rows(r: int) -> None:
+            g = x[r : r + WIDE_ROWS]
+            t = _gelu_exponent(g)
+            with np.errstate(over="ignore"):  # exp -> inf gives g / inf = 0, the right limit
+                np.exp(t, out=t)
+            t += np.float32(1.0)
+            np.divide(g, t, out=out[r : r + WIDE_ROWS])
+
+        each_shared(rows, range(0, x.shape[0], WIDE_ROWS), numpy_threads())
+
+
 #: rows from which the gated activations run as numpy (SIMD exp) instead of a loop, and rows per numpy step
 WIDE_ROWS = 64
 
@@ -176,6 +224,16 @@ def _gelu_mul_loop(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
         for i in range(n):
             g = gate[t, i]
             out[t, i] = g / (np.float32(1.0) + np.exp(c2 * (g + np.float32(0.044715) * g * g * g))) * up[t, i]
+
+
+@nb.njit(**_JIT)
+def _gelu_loop(x: np.ndarray, out: np.ndarray) -> None:
+    T, n = x.shape
+    c2 = np.float32(-2.0 * math.sqrt(2.0 / math.pi))
+    for t in range(T):
+        for i in range(n):
+            g = x[t, i]
+            out[t, i] = g / (np.float32(1.0) + np.exp(c2 * (g + np.float32(0.044715) * g * g * g)))
 
 
 @nb.njit(**_JIT)

@@ -591,6 +591,7 @@ def attend_decode_q(
     probs_acc: np.ndarray,
     split_for: int = 0,
     int_keys: bool = INT_KEYS,
+    sink_logits: np.ndarray | None = None,
 ) -> None:
     """Attention of a few queries over fp16 slots and up to two quantized pools.
 
@@ -623,9 +624,13 @@ def attend_decode_q(
     threads the split is planned for (0: :func:`split_threads`, the pool's size).  int_keys: 2- and
     4-bit keys are scored by integer dot products with the queries quantized to int8
     (:mod:`.qkeys`; on hosts with VNNI, the default there), else through the float tiles.
+    sink_logits: [n_head] float32, gpt-oss's learned attention sinks (a logit per head that joins
+    each softmax's denominator and adds no value; not the kept first tokens of the compressed
+    cache's "sink" area), or None.
     """
     _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, vc1, vm1, kw1, vw1, klut0, vlut0, klut1, vlut1,
-                     G, kpos, logw, window, scale, softcap, out, s_all, probs_acc, split_for or split_threads(), int_keys)
+                     G, kpos, logw, window, scale, softcap, out, s_all, probs_acc, split_for or split_threads(), int_keys,
+                     NO_SINKS if sink_logits is None else sink_logits)
 
 
 SOFTMAX_LANES = 16  # the softmax's max and sum run in this many independent lanes (see _softmax_part)
@@ -721,7 +726,7 @@ def _keys(kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, qt, s_all, 
 # tests/test_jit_cache.py runs a compiling process and a cache-loading one and compares their logits.
 @nb.njit(parallel=prange_only(), **EXACT_JIT)
 def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, vc1, vm1, kw1, vw1, klut0, vlut0, klut1, vlut1,
-                     G, kpos, logw, window, scale, softcap, out, s_all, probs_acc, split_for, int_keys):
+                     G, kpos, logw, window, scale, softcap, out, s_all, probs_acc, split_for, int_keys, sink_logits):
     T, H, D = q.shape
     n_kv = k16.shape[0]
     F = k16.shape[1]
@@ -733,6 +738,7 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
     cap = np.float32(softcap)
     use_logw = logw.shape[0] > 0
     use_acc = probs_acc.shape[0] > 0
+    use_sinks = sink_logits.shape[0] > 0
     ph = 1 if kpos.shape[0] > 1 else 0  # pos row stride over KV heads
     # the slots to read: the fp16 area and each pool up to its last held slot.  A pool is
     # sized for the whole context and fills from its first empty slot, so early in a long
@@ -818,6 +824,8 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
                     w = np.exp(mx[kh * nc + c, hh] - m)
                     mx[kh * nc + c, hh] = w  # now the item's weight
                     den += w * tot[kh * nc + c, hh]
+                if use_sinks:  # the sink's exp joins the denominator only (it has no value)
+                    den += np.exp(min(sink_logits[kh * gqa + hh] - m, np.float32(80.0)))
                 inv = np.float32(1.0) / den if m > np.float32(0.5) * _NEG_INF else np.float32(0.0)
                 o = out[t, kh * gqa + hh]
                 o[:] = 0.0
@@ -1014,18 +1022,21 @@ _attend_decode_f16 = nb.njit(parallel=prange_only(), **_JIT)(
 _NO_CODES = np.zeros((4096, 0, 1), np.uint8)  # no pools (0 slots; indexable by any KV head)
 _NO_META = np.zeros((4096, 0, 1, 2), np.uint8)
 _NO_LUT = np.ones(256, np.float32)
+#: no sink logits (an empty [n_head]: attend_decode_q's sink_logits)
+NO_SINKS = np.zeros(0, np.float32)
 
 
 @nb.njit(**_JIT)
 def decode_step_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, k16: np.ndarray, v16: np.ndarray, kpos: np.ndarray,
-                    used: int, window: int, scale: float, softcap: float, out: np.ndarray, s_all: np.ndarray, split_for: int) -> int:
+                    used: int, window: int, scale: float, softcap: float, out: np.ndarray, s_all: np.ndarray, split_for: int,
+                    sink_logits: np.ndarray) -> int:
     """A decode step of an fp16 ring in one call (a layer-step's dispatch and numpy calls cost more than its
     arithmetic on a small model): the step's tokens stored, then :func:`attend_decode_q`'s arithmetic cut
     to fp16 rows (``_attend_decode_f16``) over the slots written so far.
 
     q: [T, n_head, D] float32; k, v: [T, n_kv, D] / [T, n_kv, Dv] float32, stored as fp16 bits (rounded as
     numpy's astype) at slot = position % capacity of k16/v16 [n_kv, cap, D] uint16 and kpos [cap] int32;
-    used: slots [0, used) written before.  Returns the new ``used``.
+    used: slots [0, used) written before; sink_logits: [n_head] (gpt-oss) or empty.  Returns the new ``used``.
     """
     cap = kpos.shape[0]
     for t in range(k.shape[0]):
@@ -1042,5 +1053,5 @@ def decode_step_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray
     _attend_decode_f16(q, qpos, k16[:, :used], v16[:, :used], _NO_CODES, _NO_META, _NO_CODES, _NO_META, 16, 16,
                        _NO_CODES, _NO_META, _NO_CODES, _NO_META, 16, 16, _NO_LUT, _NO_LUT, _NO_LUT, _NO_LUT,
                        32, kpos[:used].reshape((1, used)), no_probs, window, scale, softcap, out, s_all[:, :, :used], no_probs, split_for,
-                       False)  # fmt: skip
+                       False, sink_logits)  # fmt: skip
     return used

@@ -16,7 +16,7 @@ How (the same arithmetic as the decode kernels, laid out for many tokens):
   (32; 16 for Q6_K, Q2_K, Q3_K, IQ2_XS, IQ2_S, IQ1_M), a scale ``s`` and an offset ``o`` so that ``w = s u + o``
   (Q4_0: ``u`` = nibble, ``s = d``, ``o = -8 d``; Q4_K: ``s = d sc``,
   ``o = -dmin m``; Q8_0: ``u = q + 128``, ``o = -128 d``; the i-quants' signed grid values
-  + 128, ``o = -128 s``; ...).  Codes are
+  + 128, ``o = -128 s``; MXFP4: ``u = v + 12``, ``s`` = its scale, ``o = -12 s``; ...).  Codes are
   interleaved ``[n_cols/4][16 rows][4]`` so one 64-byte load holds 4 codes
   of each of the 16 rows: a ``vpdpbusd`` with 4 bytes of one token's x
   broadcast then adds 4 products into each row's int32 lane.  The packed tile
@@ -53,11 +53,12 @@ from numba.extending import intrinsic
 
 from .parallel import EXACT_JIT, num_threads, prange_only
 from .qmatmul import (
-    IQ1_M, IQ1_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_NL, IQ4_XS, LF32, LI8, LI32, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0,
-    Q5_1, Q5_K, Q6_K, Q8_0, V, V16I8, V32I8, V8I32, HAVE_VNNI, HAVE_VNNI512, _G, _IQ1S_TAB, _IQ2S_TAB, _IQ2XS_TAB, _IQ2XXS_TAB,
-    _IQ3S_TAB, _IQ3XXS_TAB, _IQ4_TABLE, _TYPES, _c, _crumb_codes, _i64, _iq1_m_d, _iq1_m_scales, _iq1_m_sub, _iq1_s_scale,
-    _iq1_s_sub, _iq2_s_sub, _iq2_scales, _iq2_xs_sub, _iq2_xxs_sub, _iq3_s_sub, _iq3_xxs_sub, _iq4_xs_scale, _k_scales,
-    _negate_where, _odd16, _q3_k_codes, _q3_k_scales, _q6_k_codes, _qk45_codes, _scratch, _scratch_bytes, _table, quant_x8,
+    IQ1_M, IQ1_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ3_S, IQ3_XXS, IQ4_NL, IQ4_XS, LF32, LI8, LI32, MXFP4, MXFP4_VALUES, Q2_K, Q3_K, Q4_0,
+    Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, V, V16I8, V32I8, V8I32, HAVE_VNNI, HAVE_VNNI512, _G, _IQ1S_TAB, _IQ2S_TAB,
+    _IQ2XS_TAB, _IQ2XXS_TAB, _IQ3S_TAB, _IQ3XXS_TAB, _IQ4_TABLE, _TYPES, _c, _crumb_codes, _e8m0_half, _i64, _iq1_m_d,
+    _iq1_m_scales, _iq1_m_sub, _iq1_s_scale, _iq1_s_sub, _iq2_s_sub, _iq2_scales, _iq2_xs_sub, _iq2_xxs_sub, _iq3_s_sub,
+    _iq3_xxs_sub, _iq4_xs_scale, _k_scales, _lut16, _negate_where, _odd16, _q3_k_codes, _q3_k_scales, _q6_k_codes, _qk45_codes,
+    _scratch, _scratch_bytes, _table, quant_x8,
 )  # fmt: skip
 
 ROWS = 16  # weight rows per packed tile: the 16 int32 lanes of a zmm register (two ymm)
@@ -252,6 +253,17 @@ def _iq4_xs(g, wb):
     return res
 
 
+# MXFP4's values + 12 (0..24): the table gives the unsigned codes directly, and an offset of -12 s
+# (not IQ4's -128 s) cancels less of the sum in float32
+_MXFP4_CODES = _lut16(MXFP4_VALUES + 12)
+
+
+def _mxfp4(g, wb):
+    d = _e8m0_half(g, g.u8(wb, 0))
+    codes = g.call("llvm.x86.avx2.pshuf.b", V32I8, [_MXFP4_CODES, g.nibbles(g.load(wb, 1, V16I8))])
+    return [(codes, [(d, g.b.fmul(d, _c(-12.0)))])]
+
+
 def _iq_codes(g, q, signs):
     """Grid values with their signs, + 128, as unsigned codes: s = the weight's scale, o = -128 s."""
     return g.b.xor(_negate_where(g, q, signs), ir.Constant(V32I8, [ir.Constant(LI8, 0x80)] * 32))
@@ -355,6 +367,7 @@ pack_q2_k = _packer(84, 256, 16, _q2_k)
 pack_q3_k = _packer(110, 256, 16, _q3_k)
 pack_iq4_nl = _packer(18, 32, 32, _iq4_nl)
 pack_iq4_xs = _packer(136, 256, 32, _iq4_xs)
+pack_mxfp4 = _packer(17, 32, 32, _mxfp4)
 pack_iq3_xxs = _packer(98, 256, 32, _iq_signed("kvrun_iq3xxs_grid", _IQ3XXS_TAB, 0.25, _iq3_xxs_sub, None))
 pack_iq3_s = _packer(110, 256, 32, _iq_signed("kvrun_iq3s_grid", _IQ3S_TAB, 1.0, _iq3_s_sub, None))
 pack_iq2_xxs = _packer(66, 256, 32, _iq_signed("kvrun_iq2xxs_grid", _IQ2XXS_TAB, 0.125, _iq2_xxs_sub, None))
@@ -414,6 +427,8 @@ def _pack_tile(kind, w, r0, pk, sp):
             pack_iq2_s(r, rb // 82, a, s, i)
         elif kind == IQ1_S:
             pack_iq1_s(r, rb // 50, a, s, i)
+        elif kind == MXFP4:
+            pack_mxfp4(r, rb // 17, a, s, i)
         else:
             pack_iq1_m(r, rb // 56, a, s, i)
 
@@ -461,7 +476,8 @@ def _gemm_n(kind, w, x, out, sc, pk, sp, nt):
         _tiles(kind, w, sc, x.shape[0], x.shape[1], out, t * chunk, min(n_tiles, (t + 1) * chunk), pk[t], sp[t])
 
 
-KINDS = (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M)
+KINDS = (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M,
+         MXFP4)
 
 
 #: products with fewer multiply-adds run on the calling thread: measured (Zen 5, 2 vCPUs) 640 x 2048

@@ -51,7 +51,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ...loaders.quants import IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS
+from ...loaders.quants import E8M0_HALF, IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS, MXFP4_VALUES
 from .blas import blas_threads, set_blas_threads
 from .f16 import bf16_to_f32, f16_to_f32
 from .outline import outline
@@ -489,7 +489,7 @@ dot_q5_k = _row_dot(176, 256, 256, _emit_qk45(True), 1)
 dot_q6_k = _row_dot(210, 256, 256, _emit_q6_k, 1)
 
 
-# ----------------------------------------------------------------- SIMD: 2/3-bit K types and the IQ4 table types
+# ----------------------------------------------------------------- SIMD: 2/3-bit K types and the 4-bit table types
 def _crumb_codes(g, wb, o: int) -> list:
     """The 2-bit codes (<32 x u8>, 0..3) of a Q2_K/Q3_K block's 8 runs of 32 weights (``qs`` at wb+o)."""
     codes = []
@@ -566,15 +566,37 @@ def _emit_q3_k(g, wb, xq, xd, xs, xs16, st, u):  # noqa: ARG001
 
 #: IQ4_NL / IQ4_XS code -> weight (ggml's kvalues_iq4nl)
 IQ4_VALUES = np.array(_GGUF_IQ4_NL.kvalues, np.int8)
-#: the same, twice (vpshufb looks up within each 16-byte lane)
-_IQ4_TABLE = ir.Constant(V32I8, [ir.Constant(LI8, v & 0xFF) for v in IQ4_VALUES.tolist() * 2])
 
 
-def _iq4_dot(g, q16: ir.Value, x: ir.Value) -> ir.Value:
-    """16 bytes of IQ4 nibbles (as Q4_0) . 32 int8 x, as <8 x float> partial sums.  The table values
-    are signed (-127..113): |v| meets x with v's sign by vpsignb, so vpmaddubsw cannot saturate."""
-    v = g.call("llvm.x86.avx2.pshuf.b", V32I8, [_IQ4_TABLE, g.nibbles(q16)])
+def _lut16(values: np.ndarray) -> ir.Constant:
+    """A 16-entry byte table, twice (vpshufb looks up within each 16-byte lane)."""
+    return ir.Constant(V32I8, [ir.Constant(LI8, int(v) & 0xFF) for v in list(values) * 2])
+
+
+_IQ4_TABLE = _lut16(IQ4_VALUES)
+_MXFP4_TABLE = _lut16(MXFP4_VALUES)  # -12..12: the E2M1 values doubled
+
+
+def _iq4_dot(g, q16: ir.Value, x: ir.Value, table: ir.Constant = _IQ4_TABLE) -> ir.Value:
+    """16 bytes of nibbles (as Q4_0) looked up in a signed 16-entry ``table`` . 32 int8 x, as <8 x float>
+    partial sums.  IQ4's values are -127..113: |v| meets x with v's sign by vpsignb, so vpmaddubsw
+    cannot saturate (MXFP4's -12..12 the same way: no offset to fold into the sums of x)."""
+    v = g.call("llvm.x86.avx2.pshuf.b", V32I8, [table, g.nibbles(q16)])
     return g.dot_u8s8(g.psign(v, v), g.psign(x, v))
+
+
+def _e8m0_half(g, e: ir.Value) -> ir.Value:
+    """An E8M0 byte (i32 0..255) -> 2^(e - 128) as float: the exponent field e - 1, or for e < 2 the
+    subnormals 2^-128, 2^-127 (ggml's GGML_E8M0_TO_FP32_HALF; e = 255 is 2^127, not inf or NaN)."""
+    b = g.b
+    sub = b.shl(_ci(0x00200000), b.and_(e, _ci(1)))
+    return b.bitcast(b.select(b.icmp_unsigned("<", e, _ci(2)), sub, b.shl(b.sub(e, _ci(1)), _ci(23))), LF32)
+
+
+def _emit_mxfp4(g, wb, xq, xd, xs, acc, sacc):  # noqa: ARG001
+    b = g.b
+    p = _iq4_dot(g, g.load(wb, 1, V16I8), g.load(xq, 0, V32I8), _MXFP4_TABLE)
+    return g.fma(p, g.splat(b.fmul(_e8m0_half(g, g.u8(wb, 0)), _fl(xd, 0, g))), acc), sacc
 
 
 def _emit_iq4_nl(g, wb, xq, xd, xs, acc, sacc):  # noqa: ARG001
@@ -605,6 +627,7 @@ dot_q2_k = _row_dot(84, 256, 256, _emit_q2_k, 1)
 dot_q3_k = _row_dot(110, 256, 256, _emit_q3_k, 1)
 dot_iq4_nl = _row_dot(18, 32, 32, _blk32(_emit_iq4_nl), 2, _PREFETCH)
 dot_iq4_xs = _row_dot(136, 256, 256, _emit_iq4_xs, 1)
+dot_mxfp4 = _row_dot(17, 32, 32, _blk32(_emit_mxfp4), 2, _PREFETCH)
 
 
 # ----------------------------------------------------------------- SIMD: i-quants (grid lattices)
@@ -1060,7 +1083,7 @@ deq_q6_k = _deq_driver(210, 256, _deq_q6_k)
 # ----------------------------------------------------------------- types
 # kind: index used inside the kernels
 F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS = range(15)
-IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M = range(15, 22)
+IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M, MXFP4 = range(15, 23)
 _TYPES = {  # ggml id -> (kind, block elements, block bytes)
     int(T.F32): (F32, 1, 4),
     int(T.F16): (F16, 1, 2),
@@ -1084,6 +1107,7 @@ _TYPES = {  # ggml id -> (kind, block elements, block bytes)
     int(T.IQ2_S): (IQ2_S, 256, 82),
     int(T.IQ1_S): (IQ1_S, 256, 50),
     int(T.IQ1_M): (IQ1_M, 256, 56),
+    int(T.MXFP4): (MXFP4, 32, 17),
 }
 SUPPORTED: tuple[int, ...] = tuple(_TYPES)
 # kind -> block elements / block bytes, for the shape checks inside the kernels
@@ -1340,6 +1364,20 @@ def _row_iq4_nl(row, out):
         _iq4_32(row, b * 18 + 2, _h(row, b * 18), out, b * 32)
 
 
+_MXFP4 = MXFP4_VALUES.astype(np.float32)
+
+
+@nb.njit(**_JIT_EXACT)
+def _row_mxfp4(row, out):
+    for b in range(out.size // 32):
+        o = b * 17
+        d = E8M0_HALF[row[o]]
+        for j in range(16):
+            q = np.int32(row[o + 1 + j])
+            out[b * 32 + j] = d * _MXFP4[q & 15]
+            out[b * 32 + 16 + j] = d * _MXFP4[q >> 4]
+
+
 @nb.njit(**_JIT_EXACT)
 def _row_iq4_xs(row, out):
     for b in range(out.size // 256):
@@ -1516,6 +1554,8 @@ def _decode_row(kind, row, out):
         _row_iq2_s(row, out)
     elif kind == IQ1_S:
         _row_iq1_s(row, out)
+    elif kind == MXFP4:
+        _row_mxfp4(row, out)
     else:
         _row_iq1_m(row, out)
 
@@ -1677,6 +1717,9 @@ def _dot_rows(kind, wa, rs, rb, r0, r1, op, os, xq, xd, xs, x16):
     elif kind == IQ1_S:
         for r in range(r0, r1):
             _put_f32(op + r * os, dot_iq1_s(wa + r * rs, xq, xd, xs, x16, rb // 50))
+    elif kind == MXFP4:
+        for r in range(r0, r1):
+            _put_f32(op + r * os, dot_mxfp4(wa + r * rs, xq, xd, xs, x16, rb // 17))
     else:
         for r in range(r0, r1):
             _put_f32(op + r * os, dot_iq1_m(wa + r * rs, xq, xd, xs, x16, rb // 56))
@@ -1886,7 +1929,7 @@ def matvec(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
 
     w : uint8 ``[n_rows, row_bytes]``, the raw GGUF blocks (a zero-copy view of
         the memory map is fine: rows may be strided, bytes within a row contiguous)
-    qtype : ggml type id, one of :data:`SUPPORTED` (float, block, K-quant and i-quant types)
+    qtype : ggml type id, one of :data:`SUPPORTED` (float, block, K-quant, i-quant types and MXFP4)
     x : float32 ``[n_cols]``, contiguous
     out : float32 ``[n_rows]``, written in place
 

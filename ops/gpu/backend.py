@@ -214,6 +214,19 @@ class GPUBackend:
         with device_out(x) as xd:
             K.launch("rms_norm_heads_f32", (K.cdiv(T * H, 4),), (128,), xd, to_device(w), T * H, D, eps)
 
+    def layer_norm(self, x: Any, w: Any, b: Any, eps: float, out: Any) -> None:
+        """out[t] = (x[t] - mean) / sqrt(var + eps) * w + b (b None: none).    x, out: [T, n]; out may be x."""
+        T, n = x.shape
+        xd, wd = to_device(x), to_device(w)
+        with device_out(out) as od:
+            K.launch("layer_norm_f32", (T,), (256,), xd, wd, wd if b is None else to_device(b), od, n, eps, int(b is not None))
+
+    def layer_norm_heads(self, x: Any, w: Any, eps: float) -> None:
+        """In place, per head, each its own weights.   x: [T, n_head, head_dim]; w: [n_head, head_dim]."""
+        T, H, D = x.shape
+        with device_out(x) as xd:
+            K.launch("layer_norm_heads_f32", (K.cdiv(T * H, 4),), (128,), xd, to_device(w), T * H, H, D, eps)
+
     def rope(self, x: Any, pos: Any, cos: Any, sin: Any, neox: bool) -> None:
         """In place.   x: [T, n_head, head_dim]; pos: [T]; cos, sin: [n_pos, n_rot/2]."""
         T, H, D = x.shape
@@ -258,6 +271,12 @@ class GPUBackend:
     def gelu_mul(self, gate: Any, up: Any, out: Any) -> None:
         self._glu("gelu_mul_f32", gate, up, out)
 
+    def gelu(self, x: Any, out: Any) -> None:
+        n = math.prod(x.shape)
+        xd = to_device(x)
+        with device_out(out) as od:
+            K.launch("gelu_f32", _ew_grid(n), (_EW_BLOCK,), xd, od, n)
+
     def _glu(self, kernel: str, gate: Any, up: Any, out: Any) -> None:
         n = math.prod(gate.shape)
         gd, ud = to_device(gate), to_device(up)
@@ -283,7 +302,8 @@ class GPUBackend:
         with device_out(x) as xd:
             K.launch("scale_f32", _ew_grid(n), (_EW_BLOCK,), xd, s, n)
 
-    def moe_token(self, gate: Weight, up: Weight, down: Weight, n_ff: int, experts: Any, wts: Any, xn: Any, x: Any) -> bool:
+    def moe_token(self, gate: Weight, up: Weight, down: Weight, n_ff: int, experts: Any, wts: Any, xn: Any, x: Any,
+                  biases: Any = None, act: str = "silu") -> bool:  # fmt: skip
         return False  # mixture-of-experts models are refused on the GPU (models/moe.py)
 
     def softcap(self, x: Any, cap: float) -> None:

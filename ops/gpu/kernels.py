@@ -63,6 +63,7 @@ QTYPE_SUFFIX: dict[int, str] = {
     int(T.IQ2_S): "iq2_s",
     int(T.IQ1_S): "iq1_s",
     int(T.IQ1_M): "iq1_m",
+    int(T.MXFP4): "mxfp4",
 }
 
 
@@ -88,12 +89,15 @@ for _sfx in QTYPE_SUFFIX.values():
     _declare("qmatmul.cu", f"get_rows_{_sfx}", "pppii")  # w, ids, out, n_cols, row_bytes
 _declare("nn.cu", "rms_norm_f32", "pppifi")  # x, w, out, n, eps, acc
 _declare("nn.cu", "rms_norm_heads_f32", "ppiif")  # x, w, n_rows, head_dim, eps
+_declare("nn.cu", "layer_norm_f32", "ppppifi")  # x, w, b, out, n, eps, has_b
+_declare("nn.cu", "layer_norm_heads_f32", "ppiiif")  # x, w, n_rows, n_head, head_dim, eps
 _declare("nn.cu", "rope_f32", "ppppiiiii")  # x, pos, cos, sin, T, n_head, head_dim, half, neox
 _declare("nn.cu", "rope_qk_f32", "pppppiiiiii")  # q, k, pos, cos, sin, T, n_head_q, n_head_k, head_dim, half, neox
 # q, k, wq, wk, pos, cos, sin, T, n_head_q, n_head_k, head_dim, half, neox, eps
 _declare("nn.cu", "rope_qk_norm_f32", "pppppppiiiiiif")
 _declare("nn.cu", "silu_mul_f32", "pppl")  # gate, up, out, n
 _declare("nn.cu", "gelu_mul_f32", "pppl")
+_declare("nn.cu", "gelu_f32", "ppl")  # x, out, n
 _declare("nn.cu", "add_f32", "ppl")  # x, y, n
 _declare("nn.cu", "add_bias_f32", "ppli")  # x, b, total, n
 _declare("nn.cu", "scale_f32", "pfl")  # x, s, n

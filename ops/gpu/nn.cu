@@ -46,6 +46,58 @@ extern "C" __global__ void rms_norm_heads_f32(float* x,                    // [T
     for (int i = lane; i < head_dim; i += WARP) xr[i] = xr[i] * inv * w[i];
 }
 
+// ------------------------------------------------------------------ LayerNorm
+// out = (x - mean) / sqrt(var + eps) * w (+ b): Phi-2's and StableLM's norms.  One block per
+// row, as rms_norm_f32; the variance is taken about the mean (a second pass over the row, which
+// the block's threads hold in cache) rather than as E[x^2] - mean^2, which cancels badly.
+// b may be null (has_b 0).  out may alias x.
+// grid (n_rows), block 256
+extern "C" __global__ void layer_norm_f32(const float* x,             // [n_rows, n]
+                                          const float* __restrict__ w, // [n]
+                                          const float* __restrict__ b, // [n] (has_b)
+                                          float* out,                  // [n_rows, n], may be x
+                                          int n, float eps, int has_b) {
+    __shared__ float scratch[WARP];
+    const float* xr = x + (size_t)blockIdx.x * n;
+    float* orow = out + (size_t)blockIdx.x * n;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += xr[i];
+    const float mean = block_sum(s, scratch) / (float)n;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float d = xr[i] - mean;
+        ss += d * d;
+    }
+    const float inv = rsqrtf(block_sum(ss, scratch) / (float)n + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = (xr[i] - mean) * inv * w[i];
+        orow[i] = has_b ? v + b[i] : v;
+    }
+}
+
+// Per-head LayerNorm in place, each head its own weights, no bias (StableLM 2 12B's QK-norm):
+// one warp per (token, head) row, as rms_norm_heads_f32.
+// grid (ceil(n_rows/4)), block 128
+extern "C" __global__ void layer_norm_heads_f32(float* x,                    // [T * n_head, head_dim]
+                                                const float* __restrict__ w, // [n_head, head_dim]
+                                                int n_rows, int n_head, int head_dim, float eps) {
+    const int row = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+    const int lane = threadIdx.x % WARP;
+    if (row >= n_rows) return;
+    float* xr = x + (size_t)row * head_dim;
+    const float* wr = w + (size_t)(row % n_head) * head_dim;
+    float s = 0.0f;
+    for (int i = lane; i < head_dim; i += WARP) s += xr[i];
+    const float mean = warp_sum(s) / (float)head_dim;
+    float ss = 0.0f;
+    for (int i = lane; i < head_dim; i += WARP) {
+        const float d = xr[i] - mean;
+        ss += d * d;
+    }
+    const float inv = rsqrtf(warp_sum(ss) / (float)head_dim + eps);
+    for (int i = lane; i < head_dim; i += WARP) xr[i] = (xr[i] - mean) * inv * wr[i];
+}
+
 // ------------------------------------------------------------------ RoPE
 // In place, from cos/sin tables that already hold YaRN/linear scaling and
 // mscale (ops/cpu/nn.py rope_tables), so the kernel is a plain 2-D rotation.
@@ -151,6 +203,13 @@ extern "C" __global__ void gelu_mul_f32(const float* gate, // [n]
                                         float* out,        // [n]
                                         long long n) {
     GRID_STRIDE(i, n) out[i] = gelu_f(gate[i]) * up[i];
+}
+
+// out = gelu_tanh(x)  (an ungated FFN, Phi-2's); out may alias x
+extern "C" __global__ void gelu_f32(const float* x, // [n]
+                                    float* out,     // [n]
+                                    long long n) {
+    GRID_STRIDE(i, n) out[i] = gelu_f(x[i]);
 }
 
 // x += y

@@ -207,6 +207,35 @@ struct IQ4_NL {  // d f16 | qs u8[16] (nibbles as Q4_0);  w = d * kvalues_iq4nl[
     }
 };
 
+// MXFP4's 16 levels (ggml's kvalues_mxfp4): the E2M1 values doubled, so the scale is
+// half the E8M0 value.  A __device__ array for the reason kvalues_iq4nl is one.
+__device__ const i8 kvalues_mxfp4[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+// E8M0 byte -> 2^(e - 128), as ggml's CPU code (ggml_e8m0_to_fp32_half) and gguf-py decode it:
+// the subnormals 2^-128, 2^-127 for e < 2, and 2^127 for e = 255 (ggml's CUDA code: inf or NaN)
+__device__ __forceinline__ float e8m0_half(u32 e) { return __int_as_float(e < 2 ? 0x00200000u << e : (e - 1) << 23); }
+
+struct MXFP4 {  // e u8 | qs u8[16] (nibbles as Q4_0);  w = e8m0_half(e) * kvalues_mxfp4[q]
+    static constexpr int block_elems = 32, block_bytes = 17;
+    static constexpr bool TAIL = false;
+    // 17-byte blocks: odd ones start at odd addresses, so bytes, not ld16/ld32
+    static __device__ __forceinline__ Chunk decode(const u8* row, int c, int) {
+        const int b = c >> 2, i = c & 3;
+        const u8* blk = row + b * block_bytes;
+        const u8* q = blk + 1 + 4 * i;
+        const float d = e8m0_half(blk[0]);
+        Chunk ch;
+        ch.c0 = 32 * b + 4 * i;
+        ch.c1 = ch.c0 + 16;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            ch.v[k] = d * (float)kvalues_mxfp4[q[k] & 15u];
+            ch.v[4 + k] = d * (float)kvalues_mxfp4[q[k] >> 4];
+        }
+        return ch;
+    }
+};
+
 // ---------------------------------------------------------------- 256-weight super-blocks
 // Q2_K/Q3_K: byte l of the 32-byte run qs[32h..] holds 2-bit codes of weights
 // 128h+32k+l (bits 2k, k 0..3).  Chunk i (0..31) of super-block sb: 64-column tile
@@ -550,4 +579,5 @@ struct IQ1_M {  // qs u8[32] | qh u8[16] (a nibble a group: 3 index bits, delta'
     X(iq2_xs, IQ2_XS)     \
     X(iq2_s, IQ2_S)       \
     X(iq1_s, IQ1_S)       \
-    X(iq1_m, IQ1_M)
+    X(iq1_m, IQ1_M)       \
+    X(mxfp4, MXFP4)

@@ -150,6 +150,7 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
     tok_model = str(g.get("tokenizer.ggml.model", "none"))
     types = Counter(t.type_name for t in g.tensors.values())
     n_params = sum(t.n_elements for t in g.tensors.values())
+    shexp = next((t for name, t in g.tensors.items() if name.endswith(".ffn_gate_shexp.weight")), None)
     return {
         "path": str(path),
         "name": cfg.name,
@@ -170,6 +171,11 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
         "n_expert": cfg.n_expert,
         "n_expert_used": cfg.n_expert_used,
         "n_ff_exp": cfg.n_ff_exp,
+        # a shared expert every token runs beside its routed ones (Qwen2-MoE, DeepSeek-MoE, GraniteMoeShared): its width
+        # (0: none), how many experts it holds (DeepSeek-MoE's 2, as one FFN), whether a sigmoid gate scales it (Qwen2-MoE's)
+        "n_ff_shexp": shexp.shape[0] if shexp is not None else 0,
+        "n_expert_shared": int(g.arch_get("expert_shared_count", 1) or 1) if shexp is not None else 0,
+        "shexp_gated": any(name.endswith(".ffn_gate_inp_shexp.weight") for name in g.tensors),
         "rope_theta": cfg.rope_theta,
         "rope_theta_swa": cfg.rope_theta_swa,
         "rope_scaling": cfg.rope_scaling_type,
@@ -237,6 +243,7 @@ def info(model: str | None, as_json: bool) -> None:
         ("embedding", f["n_embd"]),
         ("heads (q / kv)", f"{f['n_head']} / {f['n_head_kv']}  (head_dim {f['head_dim']})"),
         ("feed-forward", f"{f['n_expert_used']} of {f['n_expert']} experts a token, each {f['n_ff_exp']} wide" if f["n_expert"] else f["n_ff"]),
+        ("shared expert", f"{f['n_ff_shexp']} wide" + (f" ({f['n_expert_shared']} experts as one)" if f["n_expert_shared"] > 1 else "") + ", on every token" + (", its output scaled by a sigmoid gate" if f["shexp_gated"] else "")),
         ("rope", f"theta {f['rope_theta']:g}" + (f", local {f['rope_theta_swa']:g}" if f["rope_theta_swa"] else "") + f", {'neox' if f['rope_neox'] else 'normal'}, scaling {f['rope_scaling']}"
                  + (f", partial: {f['rope_dim']} of {f['head_dim']} dims" if f["rope_dim"] < f["head_dim"] else "")),
         ("sliding window", f"{f['sliding_window']} tokens on {f['n_swa_layers']} of {f['n_layer']} layers" if f["sliding_window"] else "none"),
@@ -244,6 +251,8 @@ def info(model: str | None, as_json: bool) -> None:
         ("chat template", "in file" if f["has_chat_template"] else "built-in"),
         ("KV cache / token", "  ".join(f"{b}-bit {_size(v)}" for b, v in f["kv_bytes_per_token"].items())),
     ]
+    if not f["n_ff_shexp"]:
+        lines = [ln for ln in lines if ln[0] != "shared expert"]
     if f["embedding_pooling"]:  # an encoder: no rope (bert), no chat, no KV cache
         lines = [ln for ln in lines if ln[0] not in ("rope", "sliding window", "chat template", "KV cache / token")]
         lines.append(("use", f"embeddings only (kvrun embed, /v1/embeddings), {f['embedding_pooling']} pooling"))

@@ -1,7 +1,7 @@
 """Model hyperparameters read from GGUF metadata.
 
 One typed ``ModelConfig`` covers the llama family (llama, mistral-style, smollm3, granite, granitemoe), qwen2,
-qwen3, qwen3moe, phi3, gemma, gemma2, gemma3, olmo2, olmoe, exaone, phi2 and stablelm.  Per-architecture defaults that llama.cpp hard-codes (Gemma 2's and 3's
+qwen2moe, deepseek, qwen3, qwen3moe, phi3, gemma, gemma2, gemma3, olmo2, olmoe, exaone, exaone4, ernie4_5, cohere2, arcee, phi2 and stablelm.  Per-architecture defaults that llama.cpp hard-codes (Gemma 2's and 3's
 sliding-window layer patterns, Gemma 3's local rope base) live in ``_ARCH_DEFAULTS``
 so the numbers are in one place.
 """
@@ -15,7 +15,7 @@ from typing import Any
 from .errors import GGUFError, UnsupportedModelError
 from .gguf_file import GGUFFile
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "olmo2", "granitemoe", "olmoe", "exaone", "bert", "nomic-bert", "lfm2", "lfm2moe", "phi2", "stablelm", "gpt-oss")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen2moe", "deepseek", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "olmo2", "granitemoe", "olmoe", "exaone", "bert", "nomic-bert", "lfm2", "lfm2moe", "phi2", "stablelm", "gpt-oss", "ernie4_5", "exaone4", "cohere2", "arcee")
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -31,6 +31,8 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "granite": {"rope_neox": False},
     "granitemoe": {"rope_neox": False},  # (its chosen experts' weights renormalised)
     "qwen2": {"rope_neox": True},
+    "qwen2moe": {"rope_neox": True, "expert_weights_norm": False},  # its chosen experts' weights as the router gave them
+    "deepseek": {"rope_neox": False, "expert_weights_norm": False},  # (DeepSeek-MoE: the same, times expert_weights_scale)
     "qwen3": {"rope_neox": True},
     "qwen3moe": {"rope_neox": True},  # (its chosen experts' weights renormalised, as Mixtral's)
     "phi3": {"rope_neox": True},
@@ -50,6 +52,14 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # LayerNorm (with bias) models: their eps is the file's attention.layer_norm_epsilon
     "phi2": {"rope_neox": True},
     "stablelm": {"rope_neox": True},
+    # ERNIE 4.5 (dense), Arcee AFM (its FFN an ungated squared ReLU): the Llama block, Llama's rope layout
+    "ernie4_5": {"rope_neox": False},
+    "arcee": {"rope_neox": False},
+    # EXAONE 4.0: window layers in the 32B only (llama.cpp decides by its depth, 64 layers): 3 window
+    # layers then 1 global (no rope), a window of 4096 unless the file says
+    "exaone4": {"rope_neox": True, "swa_pattern": 4, "swa_n_layer": 64, "sliding_window": 4096},
+    # Command R7B: 3 window layers then 1 global (no rope); LayerNorms without bias (attention.layer_norm_epsilon)
+    "cohere2": {"rope_neox": False, "swa_pattern": 4},
 }
 
 
@@ -86,7 +96,7 @@ class ModelConfig:
     final_logit_softcap: float = 0.0
     # Granite's multipliers (1.0 / 0.0: none): embeddings times embedding_scale, each block's output
     # times residual_scale before its residual add, attention scores times attention_scale instead of
-    # 1/sqrt(head_dim), logits divided by logit_scale
+    # 1/sqrt(head_dim), logits divided by logit_scale (Cohere's multiplied by theirs: Model.logit_multiplier)
     embedding_scale: float = 1.0
     residual_scale: float = 1.0
     attention_scale: float = 0.0
@@ -161,6 +171,8 @@ def load_config(g: GGUFFile) -> ModelConfig:
         raise UnsupportedModelError(f"{g.path}: rope scaling {scaling!r} is not supported (none, linear, yarn are)")
 
     sliding_window = int(g.arch_get("attention.sliding_window", 0) or 0)
+    if "swa_n_layer" in d:  # (EXAONE 4.0) windows at that depth only, whatever the file states
+        sliding_window = (sliding_window or d["sliding_window"]) if n_layer == d["swa_n_layer"] else 0
     swa_layers: tuple[bool, ...] = ()
     if sliding_window:
         pattern = g.arch_get("attention.sliding_window_pattern")

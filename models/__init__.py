@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from ..loaders.errors import UnsupportedModelError
+from .arcee import ArceeModel
 from .bert import BertModel
+from .cohere2 import Cohere2Model
 from .common import Model
+from .deepseek import DeepseekModel
+from .ernie4_5 import Ernie45Model
 from .exaone import ExaoneModel
+from .exaone4 import Exaone4Model
 from .gemma import GemmaModel
 from .gemma2 import Gemma2Model
 from .gemma3 import Gemma3Model
@@ -19,13 +24,14 @@ from .olmoe import OlmoeModel
 from .phi2 import Phi2Model
 from .phi3 import Phi3Model
 from .qwen2 import Qwen2Model
+from .qwen2moe import Qwen2MoeModel
 from .qwen3 import Qwen3Model
 from .qwen3moe import Qwen3MoeModel
 from .smollm3 import SmolLM3Model
 from .stablelm import StableLMModel
 
 MODEL_CLASSES: dict[str, type[Model]] = {}
-for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model, Qwen3Model, Qwen3MoeModel, Phi3Model, GemmaModel, Gemma2Model, Gemma3Model, Olmo2Model, OlmoeModel, ExaoneModel, BertModel, Lfm2Model, Phi2Model, StableLMModel, GptOssModel):
+for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model, Qwen2MoeModel, DeepseekModel, Qwen3Model, Qwen3MoeModel, Phi3Model, GemmaModel, Gemma2Model, Gemma3Model, Olmo2Model, OlmoeModel, ExaoneModel, BertModel, Lfm2Model, Phi2Model, StableLMModel, GptOssModel, Ernie45Model, Exaone4Model, Cohere2Model, ArceeModel):
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

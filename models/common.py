@@ -49,6 +49,9 @@ TENSOR_NAMES: dict[str, str] = {
     "ffn_up_exps": "blk.{i}.ffn_up_exps.weight",
     "ffn_down_exps": "blk.{i}.ffn_down_exps.weight",
     "ffn_gate_shexp": "blk.{i}.ffn_gate_shexp.weight",
+    "ffn_up_shexp": "blk.{i}.ffn_up_shexp.weight",
+    "ffn_down_shexp": "blk.{i}.ffn_down_shexp.weight",
+    "ffn_gate_inp_shexp": "blk.{i}.ffn_gate_inp_shexp.weight",  # (Qwen2-MoE: the shared expert's sigmoid gate)
     "exp_probs_b": "blk.{i}.exp_probs_b.bias",
     # gpt-oss: learned attention sinks, and biases on the router and every expert
     "attn_sinks": "blk.{i}.attn_sinks.weight",
@@ -251,6 +254,10 @@ class Model:
         """The output norm of the rows ``x`` into ``out``: RMSNorm (Phi-2 and StableLM: LayerNorm)."""
         self.be.rms_norm(x, self.output_norm, self.cfg.norm_eps, out)
 
+    def logit_multiplier(self) -> float:
+        """What the logits are multiplied by: Granite divides them by the file's ``logit_scale`` (Cohere multiplies)."""
+        return 1.0 / self.cfg.logit_scale
+
     def output_head(self, x: Any, out_rows: np.ndarray, logits: np.ndarray) -> None:
         """Final norm, output projection (and soft-cap) of the rows ``out_rows`` of the residual stream ``x``.
 
@@ -269,7 +276,7 @@ class Model:
         xo = self.buf.get("xo", n, c.n_embd)
         self.final_norm(x[lo : lo + n], xo)
         be.linear(self.output, xo, logits)
-        if c.logit_scale != 1.0:  # Granite
-            be.scale(logits, 1.0 / c.logit_scale)
+        if self.logit_multiplier() != 1.0:
+            be.scale(logits, self.logit_multiplier())
         if c.final_logit_softcap > 0:
             be.softcap(logits, c.final_logit_softcap)

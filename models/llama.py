@@ -38,13 +38,16 @@ class LlamaLayer:
     w_up: Weight  # [n_ff, n_embd]
     w_down: Weight  # [n_embd, n_ff]
     rope: bool = True  # False: this layer's attention has no positional encoding (SmolLM3's NoPE layers)
-    moe: MoE | None = None  # a mixture-of-experts FFN (Mixtral, Qwen3-MoE) in place of w_gate/w_up/w_down
+    moe: MoE | None = None  # a mixture-of-experts FFN (Mixtral, Qwen3-MoE, Qwen2-MoE, DeepSeek-MoE) in place of w_gate/w_up/w_down
     qk_norm_full: bool = False  # q_norm/k_norm span all heads' width, not one head's
 
 
 class LlamaModel(Model):
     archs = ("llama", "mistral")
     ffn_act: str = "silu"  # the gated FFN's activation (Gemma's: "gelu", tanh-approximated)
+    #: the shared expert every MoE layer has (moe.load_moe's ``shared``: Qwen2-MoE's "gated", DeepSeek-MoE's "plain");
+    #: None: where the file has one
+    shared_expert: str | None = None
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
@@ -59,7 +62,7 @@ class LlamaModel(Model):
         c = self.cfg
         moe = None
         if c.n_expert > 0 and w.has("ffn_gate_inp", i):
-            moe = load_moe(w, i, c.n_expert, c.n_expert_used, c.n_ff_exp, c.n_embd, c.expert_weights_norm)
+            moe = load_moe(w, i, c.n_expert, c.n_expert_used, c.n_ff_exp, c.n_embd, c.expert_weights_norm, shared=self.shared_expert)
         dense = moe is None
         q_norm, k_norm, qk_norm_full = self.load_qk_norm(w, i, required=False)
         return LlamaLayer(

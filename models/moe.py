@@ -1,11 +1,17 @@
-"""Mixture-of-experts FFN (Mixtral, Qwen3-MoE, Granite MoE, OLMoE, gpt-oss): a router picks ``n_expert_used``
-of the layer's ``n_expert`` SwiGLU experts per token and the token's FFN output is their weighted sum.
+"""Mixture-of-experts FFN (Mixtral, Qwen3-MoE, Qwen2-MoE, DeepSeek-MoE, Granite MoE, OLMoE, gpt-oss): a router picks
+``n_expert_used`` of the layer's ``n_expert`` SwiGLU experts per token and the token's FFN output is their
+weighted sum (plus, where the layer has one, a *shared expert*'s output).
 
 As llama.cpp's ``build_moe_ffn`` with softmax gating: ``p = softmax(W_router x)`` over all experts,
 the top ``k`` by ``p`` (ties to the lower index), their weights ``p`` renormalised to sum 1 (unless
 the file's ``expert_weights_norm``, or the architecture's default, says not to: OLMoE's), each
 expert ``down(silu(gate x) * up x)``.  gpt-oss: biases on the router and every expert product, the
 top ``k`` by router logit weighted by a softmax over those ``k``, and a clamped GLU (``swiglu_oai``).
+
+A shared expert (``ffn_*_shexp``: Qwen2-MoE, DeepSeek-MoE, GraniteMoeShared) is a dense SwiGLU FFN every
+token runs beside its routed experts, its output added to theirs as llama.cpp's graphs add it: Qwen2-MoE's
+scaled per token by ``sigmoid(ffn_gate_inp_shexp . x)``, the others' as it is.  DeepSeek-MoE also scales
+the chosen experts' weights by the file's ``expert_weights_scale``.
 
 The experts' weights are the file's 3-D tensors ``[n_expert, rows, cols]``, held stacked as
 ``[n_expert * rows, cols]`` (a view of the memory map); :func:`expert` cuts one expert's rows.  Tokens are grouped by expert, so prefill
@@ -23,6 +29,16 @@ from ..loaders.errors import GGUFError, UnsupportedModelError
 from ..ops.backend import Backend, Weight
 from ..ops.cpu.moe import swiglu_oai
 from .common import Buffers, WeightLoader
+
+
+@dataclass
+class SharedExpert:
+    """A dense SwiGLU FFN ``down(silu(gate x) * up x)`` every token runs, added to the routed experts' sum."""
+
+    gate: Weight  # [n_ff_shexp, n_embd]
+    up: Weight  # [n_ff_shexp, n_embd]
+    down: Weight  # [n_embd, n_ff_shexp]
+    gate_inp: Weight | None = None  # [1, n_embd]: Qwen2-MoE's output scale, sigmoid(gate_inp . x) per token
 
 
 @dataclass
@@ -45,6 +61,8 @@ class MoE:
     gate_b: np.ndarray | None = None
     up_b: np.ndarray | None = None
     down_b: np.ndarray | None = None
+    shared: SharedExpert | None = None  # the layer's shared expert, if it has one
+    weights_scale: float = 1.0  # the chosen experts' weights times this, after any renormalising (DeepSeek-MoE's expert_weights_scale)
 
 
 def expert(w: Weight, e: int, n_expert: int) -> Weight:
@@ -54,8 +72,11 @@ def expert(w: Weight, e: int, n_expert: int) -> Weight:
 
 
 def load_moe(w: WeightLoader, i: int, n_expert: int, n_used: int, n_ff_exp: int, n_embd: int, norm_weights: bool,
-             gating: str = "softmax", act: str = "silu") -> MoE:  # fmt: skip
-    """Layer i's router and experts (and, where the file has them, gpt-oss's biases)."""
+             gating: str = "softmax", act: str = "silu", shared: str | None = None) -> MoE:  # fmt: skip
+    """Layer i's router and experts (and, where the file has them, gpt-oss's biases and a shared expert).
+    ``shared``: the shared expert the architecture always has, as llama.cpp requires its tensors (``"gated"``:
+    Qwen2-MoE's, with its sigmoid gate; ``"plain"``: DeepSeek-MoE's, without one); None: whatever the layer has
+    (GraniteMoeShared's, where the file has one)."""
     if w.be.name != "cpu":  # the routing is numpy work on host arrays
         raise UnsupportedModelError(f"{w.g.path}: mixture-of-experts models run on the CPU only for now; use --device cpu")
     if not 0 < n_used <= n_expert:
@@ -82,7 +103,24 @@ def load_moe(w: WeightLoader, i: int, n_expert: int, n_used: int, n_ff_exp: int,
         gate_b=per_expert("ffn_gate_exps_b", n_ff_exp),
         up_b=per_expert("ffn_up_exps_b", n_ff_exp),
         down_b=per_expert("ffn_down_exps_b", n_embd),
+        shared=load_shared_expert(w, i, n_embd, shared),
     )
+
+
+def load_shared_expert(w: WeightLoader, i: int, n_embd: int, kind: str | None) -> SharedExpert | None:
+    """Layer i's shared expert (None where it has none and ``kind`` is None); its width is the file's."""
+    if kind is None and not w.has("ffn_gate_shexp", i):
+        return None
+    gate, up, down = (w.matrix(r, i) for r in ("ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp"))
+    gate_inp = None if kind == "plain" else w.matrix("ffn_gate_inp_shexp", i, required=kind == "gated")
+    n_ff = gate.shape[0]
+    want = {"ffn_gate_shexp": (gate, (n_ff, n_embd)), "ffn_up_shexp": (up, (n_ff, n_embd)), "ffn_down_shexp": (down, (n_embd, n_ff))}
+    if gate_inp is not None:
+        want["ffn_gate_inp_shexp"] = (gate_inp, (1, n_embd))
+    for role, (m, shape) in want.items():
+        if tuple(m.shape) != shape:
+            raise GGUFError(f"{w.g.path}: blk.{i}.{role} has shape {tuple(m.shape)}, expected {shape}; the file is not a supported model")
+    return SharedExpert(gate, up, down, gate_inp)
 
 
 def route(logits: np.ndarray, k: int, norm_weights: bool, gating: str = "softmax", bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +147,7 @@ def route(logits: np.ndarray, k: int, norm_weights: bool, gating: str = "softmax
 def moe_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers, accumulate: bool = True) -> None:
     """``x += MoE(xn)`` for the ``T`` tokens of ``xn`` (the FFN-normed residual stream); ``accumulate``
     False: ``x = MoE(xn)`` (Granite scales the FFN's output before its residual add)."""
-    T, n_embd = xn.shape
+    T = xn.shape[0]
     if not accumulate:
         x.fill(0.0)
     n_ff = moe.gate.shape[0] // moe.n_expert
@@ -119,10 +157,21 @@ def moe_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers, 
     if moe.router_b is not None:
         logits = logits + moe.router_b[:, 0]
     top, wts = route(logits, moe.n_used, moe.norm_weights, moe.gating, moe.bias)
+    if moe.weights_scale != 1.0:
+        wts *= np.float32(moe.weights_scale)
     bs = (moe.gate_b, moe.up_b, moe.down_b)
     biases = bs if all(b is not None for b in bs) else None
-    if T == 1 and (biases is not None or bs == (None,) * 3) and be.moe_token(moe.gate, moe.up, moe.down, n_ff, top[0], wts[0], xn, x, biases, moe.act):
-        return
+    one_call = T == 1 and (biases is not None or bs == (None,) * 3)  # decode: the k experts in one kernel call, where it takes them
+    if not (one_call and be.moe_token(moe.gate, moe.up, moe.down, n_ff, top[0], wts[0], xn, x, biases, moe.act)):
+        experts_add(be, moe, xn, x, buf, top, wts)
+    if moe.shared is not None:  # (ordinary products, after the routed experts)
+        shared_add(be, moe.shared, xn, x, buf)
+
+
+def experts_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers, top: np.ndarray, wts: np.ndarray) -> None:
+    """``x += `` the chosen experts' weighted outputs, each expert run once over all the tokens that chose it."""
+    n_embd = xn.shape[1]
+    n_ff = moe.gate.shape[0] // moe.n_expert
     for e in np.unique(top):
         rows, slot = np.nonzero(top == e)
         n = len(rows)
@@ -143,3 +192,19 @@ def moe_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers, 
             d += moe.down_b[e]
         d *= wts[rows, slot][:, None]
         x[rows] += d  # a token picks an expert once: rows are distinct
+
+
+def shared_add(be: Backend, sh: SharedExpert, xn: np.ndarray, x: np.ndarray, buf: Buffers) -> None:
+    """``x += `` the shared expert's output for every token of ``xn`` (times its sigmoid gate, where it has one)."""
+    T, n_embd = xn.shape
+    n_ff = sh.gate.shape[0]
+    g, u = buf.get("shexp_gate", T, n_ff), buf.get("shexp_up", T, n_ff)
+    be.linear_many((sh.gate, sh.up), xn, (g, u))
+    if sh.gate_inp is None:
+        be.linear_glu(sh.down, g, u, x, "silu", accumulate=True)
+        return
+    s, d = buf.get("shexp_gate_inp", T, 1), buf.get("shexp_down", T, n_embd)
+    be.linear(sh.gate_inp, xn, s)
+    be.linear_glu(sh.down, g, u, d, "silu")
+    d *= 0.5 + 0.5 * np.tanh(0.5 * be.to_host(s))  # sigmoid, without exp's overflow for large negative s
+    x += d

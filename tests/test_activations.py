@@ -57,3 +57,14 @@ def test_ungated_gelu_is_the_gated_one_times_one_in_either_path():
         nn.gelu(got, got)
     assert np.isfinite(got).all()
     assert np.allclose(got, want, rtol=1e-5, atol=1e-5) and np.allclose(loop, want, rtol=1e-5, atol=1e-5)
+
+
+def test_squared_relu_is_ggmls_relu_then_sqr_in_place():
+    """Arcee's FFN: relu(x)^2, zero where x <= 0 (NaN too, as ggml's ``x > 0 ? x : 0``), in place."""
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((nn.WIDE_ROWS + 3, 160)) * 20).astype(np.float32)
+    x[0, :3] = (0.0, -0.0, np.nan)
+    want = np.where(x > 0, x, np.float32(0.0)) ** 2
+    got = x.copy()
+    nn.relu_sqr(got, got)
+    np.testing.assert_array_equal(got, want)

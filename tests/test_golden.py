@@ -65,7 +65,10 @@ def kl_top(top_logp: np.ndarray, top_ids: np.ndarray, logits: np.ndarray) -> np.
 # float64 forward (last test), agrees with the fixture at 0.965 / 0.969, KL 0.0043
 # / 0.0059: KL is what must be small; top-1 is held to what that noise allows.
 TOP1_MIN = 0.95
-NEAR_TIE = 0.5  # logits; measured max 0.40 (SmolLM2) / 0.20 (Gemma 3) over the greedy steps
+# logits; measured max 0.40 (SmolLM2) / 0.20 (Gemma 3) over the greedy steps on a Zen 5 host, 0.52 on an
+# Intel Xeon one (SmolLM2, 'def fibonacci(n):' step 13, where llama.cpp's own top leads by 0.11; the same
+# 0.52 at one and two threads, and from the previous release's code on that host)
+NEAR_TIE = 0.6
 # A greedy step is llama.cpp's clear choice when its top logit leads its second by
 # this much.  The two runtimes' margins differ by a median 0.09 and at most 0.54
 # logits at a step (tools/make_golden.py records llama.cpp's); every step where

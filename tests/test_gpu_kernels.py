@@ -381,7 +381,7 @@ def test_rope_qk_is_rope_of_each(rt, gpu, cpu, neox):
     assert not np.allclose(wq, q)  # (the reference did rotate)
 
 
-@pytest.mark.parametrize("op", ["silu_mul", "gelu_mul", "gelu", "add", "add_bias", "scale", "softcap"])
+@pytest.mark.parametrize("op", ["silu_mul", "gelu_mul", "gelu", "relu_sqr", "add", "add_bias", "scale", "softcap"])
 def test_elementwise(rt, gpu, op):
     rng = np.random.default_rng(4)
     a = (rng.standard_normal((3, 1000)) * 3).astype(np.float32)
@@ -395,6 +395,9 @@ def test_elementwise(rt, gpu, op):
     elif op == "gelu":
         nn.gelu(a, want)
         gpu.gelu(ad, ad)
+    elif op == "relu_sqr":
+        nn.relu_sqr(a, want)
+        gpu.relu_sqr(ad, ad)
     elif op == "add":
         nn.add_inplace(want, b)
         gpu.add(ad, dev(rt, b))

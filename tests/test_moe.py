@@ -87,3 +87,61 @@ def test_kvrun_info_states_the_experts(tmp_path):
 
     r = CliRunner().invoke(main, ["info", str(write_tiny_model(tmp_path / "moe.gguf", "qwen3moe"))])
     assert r.exit_code == 0 and "2 of 4 experts a token, each 64 wide" in r.output, r.output
+
+
+@pytest.mark.parametrize("name", ["qwen2moe", "granitemoe-shared", "deepseek"])
+def test_decode_runs_the_shared_expert_after_the_one_call_kernel(tmp_path, monkeypatch, name):
+    """A shared expert (Qwen2-MoE's sigmoid-gated one, GraniteMoeShared's and DeepSeek-MoE's plain ones) joins
+    decode's one-call routed experts (quantized experts: the kernel takes them; DeepSeek's weights scaled) as
+    it joins the expert-by-expert products: the same logits with the kernel as without it, and different
+    ones without the shared expert."""
+    from tinymodel import FIXTURE_MODELS, write_tiny_model
+
+    from kvrun.cache.base import KVCache
+    from kvrun.cache.factory import make_cache
+    from kvrun.loaders.config import load_config
+    from kvrun.loaders.gguf_file import GGUFFile
+    from kvrun.models import model_class
+    from kvrun.ops import get_backend
+
+    g = GGUFFile(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name], qtype=T.Q8_0))
+    cfg = load_config(g)
+    model = model_class(cfg.arch)(g, cfg, get_backend("cpu"), 16, 4)
+    moes = [L.moe for L in model.layers if L.moe is not None]
+    assert len(moes) == cfg.n_layer - (name == "deepseek")  # (its leading dense layer)
+    assert all(m.shared is not None and (m.shared.gate_inp is not None) == (name == "qwen2moe") for m in moes)
+    tokens = np.random.default_rng(1).integers(0, cfg.n_vocab, 6).astype(np.int32)
+
+    def decode() -> np.ndarray:
+        cache, out = KVCache(make_cache(model.layer_specs(), 16, 4)), np.zeros((len(tokens), cfg.n_vocab), np.float32)
+        for t in range(len(tokens)):
+            model.forward(tokens[t : t + 1], np.array([t], np.int32), cache, np.arange(1), out[t : t + 1])
+            cache.offset += 1
+        return out
+
+    calls = []
+    one_call = model.be.moe_token
+    monkeypatch.setattr(model.be, "moe_token", lambda *a: calls.append(1) or one_call(*a))
+    fast = decode()
+    assert len(calls) == len(tokens) * len(moes)  # (the kernel took every layer's routed experts)
+    monkeypatch.setattr(model.be, "moe_token", lambda *a: False)
+    slow = decode()
+    np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-4 * np.abs(slow).max())
+    for m in moes:
+        m.shared = None
+    assert np.abs(decode() - slow).max() > 1e-2 * np.abs(slow).max()
+
+
+@pytest.mark.parametrize("name,says", [("qwen2moe", "64 wide, on every token, its output scaled by a sigmoid gate"),
+                                       ("granitemoe-shared", "64 wide, on every token\n"),
+                                       ("deepseek", "64 wide (2 experts as one), on every token\n")])  # fmt: skip
+def test_kvrun_info_states_the_shared_expert(tmp_path, name, says):
+    from click.testing import CliRunner
+    from tinymodel import FIXTURE_MODELS, write_tiny_model
+
+    from kvrun.cli import main
+
+    r = CliRunner().invoke(main, ["info", str(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]))])
+    assert r.exit_code == 0 and f"shared expert     {says}" in r.output, r.output
+    r = CliRunner().invoke(main, ["info", str(write_tiny_model(tmp_path / "moe.gguf", "qwen3moe"))])
+    assert "shared expert" not in r.output

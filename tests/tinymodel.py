@@ -45,6 +45,8 @@ ARCH_GEOMETRY = {
     "smollm3": (64, 4, 2, 16, 96, 4),  # layer 3 without rope
     "granite": (64, 4, 2, 16, 96, 2),
     "qwen3moe": (64, 4, 2, 32, 96, 2),
+    "qwen2moe": (64, 4, 2, 16, 96, 2),
+    "deepseek": (64, 4, 2, 16, 96, 3),  # layer 0 dense, 1 and 2 experts (DeepSeek-MoE's leading dense layer)
     "granitemoe": (64, 4, 2, 16, 96, 2),
     "olmo2": (64, 4, 2, 16, 96, 4),  # grouped-query attention, as OLMo 2 32B's; with a window (OLMo 3) layer 3 is global
     "olmoe": (64, 4, 4, 16, 96, 2),  # (llama.cpp sizes OLMoE's K norm n_embd: as many KV heads as heads)
@@ -53,6 +55,10 @@ ARCH_GEOMETRY = {
     "lfm2moe": (64, 4, 2, 16, 96, 5),  # the same, the FFNs after the first a mixture of 4 experts (2 a token)
     "phi2": (64, 4, 4, 16, 96, 2),  # multi-head, as Phi-2
     "stablelm": (64, 4, 2, 16, 96, 2),  # grouped-query, as StableLM 2 12B
+    "ernie4_5": (64, 4, 2, 16, 96, 2),
+    "exaone4": (64, 4, 2, 16, 96, 4),  # (n_layer 64 for the 32B's window layers: write_tiny_model's n_layer)
+    "cohere2": (64, 4, 2, 16, 96, 4),  # layers 0-2 in the window, 3 global without rope
+    "arcee": (64, 4, 2, 16, 96, 2),
 }
 LFM2_CONV = (True, False, True, False, True)
 #: rope dimensions of the LayerNorm models' heads of 16 (partial rotary: Phi-2 turns 32 of 80, StableLM a quarter)
@@ -75,6 +81,9 @@ FIXTURE_MODELS: dict[str, dict] = {
     "llama-moe": {"arch": "llama", "n_expert": 4},  # Mixtral's layout
     "phi3-rope-factors": {"arch": "phi3", "rope_freqs": True},  # the short factors (context 64 of 1024)
     "granitemoe": {"arch": "granitemoe"},
+    "granitemoe-shared": {"arch": "granitemoe", "shared_expert": True},  # GraniteMoeShared: a dense shared expert beside the routed ones
+    "qwen2moe": {"arch": "qwen2moe"},  # QKV biases, weights not renormalised, a sigmoid-gated shared expert
+    "deepseek": {"arch": "deepseek"},  # a leading dense layer, then experts (weights scaled) and 2 shared experts as one FFN
     "gemma": {"arch": "gemma"},
     "olmo2": {"arch": "olmo2"},
     "olmo2-swa": {"arch": "olmo2", "sliding_window": 8, "rope_yarn": (4.0, 16)},  # OLMo 3: window layers' rope unscaled
@@ -89,6 +98,11 @@ FIXTURE_MODELS: dict[str, dict] = {
     "phi2-split-qkv": {"arch": "phi2", "split_qkv": True},  # q, k, v and their biases apart
     "stablelm": {"arch": "stablelm", "split_qkv": True},  # QKV biases, as StableLM 2 1.6B
     "stablelm-qk-norm": {"arch": "stablelm", "split_qkv": True, "qk_norm": True},  # per-head QK LayerNorms and a parallel block, as StableLM 2 12B
+    "ernie4_5": {"arch": "ernie4_5"},  # a tied output head, as ERNIE-4.5-0.3B
+    "exaone4": {"arch": "exaone4", "sliding_window": 8},  # 4 layers: the window ignored, rope in every layer, as llama.cpp runs the 1.2B
+    "exaone4-swa": {"arch": "exaone4", "sliding_window": 8, "n_layer": 64},  # the 32B's depth: 3 window layers then 1 global without rope
+    "cohere2": {"arch": "cohere2"},  # parallel blocks, windows on 3 layers of 4 (only they rotate), logits times 0.25
+    "arcee": {"arch": "arcee"},  # squared-ReLU FFN without a gate, a separate output head
 }
 
 
@@ -108,13 +122,16 @@ def _add_byte_vocab(w: GGUFWriter) -> None:
 def write_tiny_model(
     path: Path, arch: str = "llama", qtype: int = Q.F32, seed: int = 0, sliding_window: int | None = None, rope_freqs: bool = False,
     chat_template: str | None = None, n_expert: int | None = None, extra_tensor: tuple[str, int, int] | None = None,
-    rope_yarn: tuple[float, int] | None = None, split_qkv: bool = False, qk_norm: bool = False,
+    rope_yarn: tuple[float, int] | None = None, split_qkv: bool = False, qk_norm: bool = False, shared_expert: bool = False,
+    n_layer: int | None = None,
 ) -> Path:  # fmt: skip
     """A random ``arch`` model; matrices stored as ``qtype`` (F32, F16, Q8_0, Q4_0...).  ``rope_freqs``:
     with Llama 3.1's per-frequency rope factors (``rope_freqs.weight``, 1 to 8 from high to low), or
     for phi3 its long and short sets.  ``sliding_window``: gemma2's and gemma3's window (8 unless given); olmo2
     has one only where given (OLMo 3's layout).  ``rope_yarn``: YaRN rope scaling (factor, original context).
-    ``split_qkv``, ``qk_norm``: phi2's and stablelm's variants (:func:`_write_tiny_layernorm`)."""
+    ``split_qkv``, ``qk_norm``: phi2's and stablelm's variants (:func:`_write_tiny_layernorm`).  ``shared_expert``:
+    granitemoe's shared expert (GraniteMoeShared); qwen2moe always has one, sigmoid-gated.  ``n_layer``: exaone4's
+    depth where not ARCH_GEOMETRY's (:func:`_write_tiny_llama_variant`)."""
     if arch in ("lfm2", "lfm2moe"):
         return _write_tiny_lfm2(path, qtype, seed, moe=arch == "lfm2moe")
     if arch == "gpt-oss":
@@ -123,6 +140,8 @@ def write_tiny_model(
         return write_tiny_gptoss(path, qtype, seed)
     if arch in ("phi2", "stablelm"):
         return _write_tiny_layernorm(path, arch, qtype, seed, split_qkv, qk_norm)
+    if arch in ("ernie4_5", "exaone4", "cohere2", "arcee"):
+        return _write_tiny_llama_variant(path, arch, qtype, seed, sliding_window, n_layer)
     rng = np.random.default_rng(seed)
     n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = ARCH_GEOMETRY[arch]
     toks, merges, types = byte_vocab()
@@ -145,14 +164,24 @@ def write_tiny_model(
         w.add_rope_scaling_orig_ctx_len(rope_yarn[1])
     ftype = getattr(LlamaFileType, f"MOSTLY_{Q(qtype).name}", LlamaFileType.ALL_F32)  # as llama.cpp's quantizer names the file
     w.add_file_type(int(ftype))
-    # mixture of experts (qwen3moe, granitemoe, olmoe; llama with n_expert: Mixtral's layout): 2 of n_expert per token
-    n_expert = (4 if arch in ("qwen3moe", "granitemoe", "olmoe") else 0) if n_expert is None else n_expert
-    n_ff_exp = 64 if arch == "qwen3moe" else n_ff
+    # mixture of experts (qwen3moe, qwen2moe, granitemoe, olmoe, deepseek; llama with n_expert: Mixtral's layout): 2 of
+    # n_expert per token; a shared expert (qwen2moe, granitemoe with shared_expert; deepseek's 2 of n_ff_exp, one FFN)
+    # as wide as neither the routed experts nor n_ff
+    n_expert = (4 if arch in ("qwen3moe", "qwen2moe", "granitemoe", "olmoe", "deepseek") else 0) if n_expert is None else n_expert
+    n_ff_exp = {"qwen3moe": 64, "qwen2moe": 32, "deepseek": 32}.get(arch, n_ff)
+    n_ff_shexp = 64 if arch in ("qwen2moe", "deepseek") or shared_expert else 0
+    n_dense_lead = 1 if arch == "deepseek" else 0
     if n_expert:
         w.add_expert_count(n_expert)
         w.add_expert_used_count(2)
-        if arch == "qwen3moe":
+        if arch in ("qwen3moe", "qwen2moe", "deepseek"):
             w.add_expert_feed_forward_length(n_ff_exp)
+        if arch == "deepseek":
+            w.add_leading_dense_block_count(n_dense_lead)
+            w.add_expert_shared_count(n_ff_shexp // n_ff_exp)
+            w.add_expert_weights_scale(1.5)
+        elif n_ff_shexp:
+            w.add_expert_shared_feed_forward_length(n_ff_shexp)
     if arch in ("gemma", "gemma2", "gemma3", "qwen3", "qwen3moe"):
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
@@ -190,7 +219,7 @@ def write_tiny_model(
 
     mat("token_embd.weight", n_vocab, n_embd, 0.5)
     vec("output_norm.weight", n_embd)
-    if arch in ("olmo2", "olmoe"):  # (llama.cpp requires their own output head)
+    if arch in ("olmo2", "olmoe", "qwen2moe", "deepseek"):  # (llama.cpp requires their own output head)
         mat("output.weight", n_vocab, n_embd, 0.5)
     for i in range(n_layer):
         b = f"blk.{i}."
@@ -205,11 +234,17 @@ def write_tiny_model(
         mat(b + "attn_output.weight", n_embd, n_head * head_dim)
         if arch != "olmo2":
             vec(b + "ffn_norm.weight", n_embd)
-        if n_expert:  # the router (float32, as in real files) and the experts' 3-D tensors
+        if n_expert and i >= n_dense_lead:  # the router (float32, as in real files) and the experts' 3-D tensors
             w.add_tensor(b + "ffn_gate_inp.weight", (rng.standard_normal((n_expert, n_embd)) * 0.5).astype(np.float32))
             experts(b + "ffn_gate_exps.weight", n_ff_exp, n_embd)
             experts(b + "ffn_up_exps.weight", n_ff_exp, n_embd)
             experts(b + "ffn_down_exps.weight", n_embd, n_ff_exp)
+            if n_ff_shexp:
+                mat(b + "ffn_gate_shexp.weight", n_ff_shexp, n_embd)
+                mat(b + "ffn_up_shexp.weight", n_ff_shexp, n_embd)
+                mat(b + "ffn_down_shexp.weight", n_embd, n_ff_shexp)
+            if arch == "qwen2moe":  # the shared expert's gate: one row, float32 as in real files
+                w.add_tensor(b + "ffn_gate_inp_shexp.weight", (rng.standard_normal(n_embd) * 0.2).astype(np.float32))
         elif arch == "phi3":
             mat(b + "ffn_up.weight", 2 * n_ff, n_embd)
             mat(b + "ffn_down.weight", n_embd, n_ff)
@@ -217,7 +252,7 @@ def write_tiny_model(
             mat(b + "ffn_gate.weight", n_ff, n_embd)
             mat(b + "ffn_up.weight", n_ff, n_embd)
             mat(b + "ffn_down.weight", n_embd, n_ff)
-        if arch == "qwen2":
+        if arch in ("qwen2", "qwen2moe"):
             vec(b + "attn_q.bias", n_head * head_dim, 0.0)
             vec(b + "attn_k.bias", n_head_kv * head_dim, 0.0)
             vec(b + "attn_v.bias", n_head_kv * head_dim, 0.0)
@@ -413,6 +448,75 @@ def _write_tiny_layernorm(path: Path, arch: str, qtype: int, seed: int, split_qk
             vec(b + "ffn_norm.weight", n_embd)
             vec(b + "ffn_norm.bias", n_embd, 0.0)
         mat(b + "ffn_gate.weight", n_ff, n_embd)
+        mat(b + "ffn_up.weight", n_ff, n_embd)
+        mat(b + "ffn_down.weight", n_embd, n_ff)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def _write_tiny_llama_variant(path: Path, arch: str, qtype: int, seed: int, sliding_window: int | None, n_layer: int | None) -> Path:
+    """A random ERNIE 4.5, EXAONE 4.0, Command R7B or Arcee AFM: the Llama layout with its norms, its rope or its
+    FFN moved.  ernie4_5: the Llama block, the output head tied.  exaone4: no pre-norms, post-norms, per-head
+    QK-norm, the output head tied; ``sliding_window`` stated where given (llama.cpp heeds it at the 32B's
+    depth only, ``n_layer`` 64).  cohere2: parallel blocks, one LayerNorm without a bias each, a window of
+    ``sliding_window`` (8 unless given) in 3 layers of 4, logits times ``logit_scale`` 0.25, the output head
+    tied.  arcee: an ungated FFN (no ffn_gate), a separate output head."""
+    rng = np.random.default_rng(seed)
+    n_embd, n_head, n_head_kv, head_dim, n_ff, n_geom = ARCH_GEOMETRY[arch]
+    n_layer = n_layer or n_geom
+    toks, merges, types = byte_vocab()
+    n_vocab = len(toks)
+    w = GGUFWriter(str(path), arch)
+    w.add_name(f"tiny-{arch}")
+    w.add_context_length(1024)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_rope_freq_base(10000.0)
+    if arch == "cohere2":
+        w.add_layer_norm_eps(1e-5)
+        w.add_sliding_window(8 if sliding_window is None else sliding_window)
+        w.add_logit_scale(0.25)
+    else:
+        w.add_layer_norm_rms_eps(1e-6)
+        if sliding_window is not None:
+            w.add_sliding_window(sliding_window)
+    w.add_file_type(int(getattr(LlamaFileType, f"MOSTLY_{Q(qtype).name}", LlamaFileType.ALL_F32)))
+    _add_byte_vocab(w)
+
+    def mat(name: str, rows: int, cols: int, scale: float = 0.1) -> None:
+        a = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+        w.add_tensor(name, a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
+
+    def vec(name: str, n: int, base: float = 1.0, scale: float = 0.1) -> None:
+        w.add_tensor(name, (base + rng.standard_normal(n) * scale).astype(np.float32))
+
+    mat("token_embd.weight", n_vocab, n_embd, 0.5)
+    vec("output_norm.weight", n_embd)
+    if arch == "arcee":
+        mat("output.weight", n_vocab, n_embd, 0.5)
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        if arch != "exaone4":
+            vec(b + "attn_norm.weight", n_embd)
+        mat(b + "attn_q.weight", n_head * head_dim, n_embd)
+        mat(b + "attn_k.weight", n_head_kv * head_dim, n_embd)
+        mat(b + "attn_v.weight", n_head_kv * head_dim, n_embd)
+        mat(b + "attn_output.weight", n_embd, n_head * head_dim)
+        if arch == "exaone4":
+            vec(b + "attn_q_norm.weight", head_dim)
+            vec(b + "attn_k_norm.weight", head_dim)
+            vec(b + "post_attention_norm.weight", n_embd)
+            vec(b + "post_ffw_norm.weight", n_embd)
+        elif arch != "cohere2":  # (Cohere's FFN reads the attention's normed input)
+            vec(b + "ffn_norm.weight", n_embd)
+        if arch != "arcee":
+            mat(b + "ffn_gate.weight", n_ff, n_embd)
         mat(b + "ffn_up.weight", n_ff, n_embd)
         mat(b + "ffn_down.weight", n_embd, n_ff)
     w.write_header_to_file()

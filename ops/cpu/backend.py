@@ -121,6 +121,9 @@ class CPUBackend:
     def gelu(self, x, out) -> None:
         nn.gelu(x, out)
 
+    def relu_sqr(self, x, out) -> None:
+        nn.relu_sqr(x, out)
+
     def silu_mul(self, gate, up, out) -> None:
         nn.silu_mul(gate, up, out)
 

@@ -203,6 +203,18 @@ def gelu(x: np.ndarray, out: np.ndarray) -> None:
         each_shared(rows, range(0, x.shape[0], WIDE_ROWS), numpy_threads())
 
 
+@nb.njit(**_JIT)
+def relu_sqr(x: np.ndarray, out: np.ndarray) -> None:
+    """out = max(x, 0)^2 (Arcee's FFN: squared ReLU, no gate; ggml's relu then sqr).    [T, n]; out may be x.
+
+    No exp here, so one loop serves decode and prefill alike."""
+    T, n = x.shape
+    for t in range(T):
+        for i in range(n):
+            r = x[t, i] if x[t, i] > np.float32(0.0) else np.float32(0.0)
+            out[t, i] = r * r
+
+
 #: rows from which the gated activations run as numpy (SIMD exp) instead of a loop, and rows per numpy step
 WIDE_ROWS = 64
 

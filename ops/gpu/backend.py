@@ -277,6 +277,12 @@ class GPUBackend:
         with device_out(out) as od:
             K.launch("gelu_f32", _ew_grid(n), (_EW_BLOCK,), xd, od, n)
 
+    def relu_sqr(self, x: Any, out: Any) -> None:
+        n = math.prod(x.shape)
+        xd = to_device(x)
+        with device_out(out) as od:
+            K.launch("relu_sqr_f32", _ew_grid(n), (_EW_BLOCK,), xd, od, n)
+
     def _glu(self, kernel: str, gate: Any, up: Any, out: Any) -> None:
         n = math.prod(gate.shape)
         gd, ud = to_device(gate), to_device(up)

@@ -98,6 +98,7 @@ _declare("nn.cu", "rope_qk_norm_f32", "pppppppiiiiiif")
 _declare("nn.cu", "silu_mul_f32", "pppl")  # gate, up, out, n
 _declare("nn.cu", "gelu_mul_f32", "pppl")
 _declare("nn.cu", "gelu_f32", "ppl")  # x, out, n
+_declare("nn.cu", "relu_sqr_f32", "ppl")  # x, out, n
 _declare("nn.cu", "add_f32", "ppl")  # x, y, n
 _declare("nn.cu", "add_bias_f32", "ppli")  # x, b, total, n
 _declare("nn.cu", "scale_f32", "pfl")  # x, s, n

@@ -212,6 +212,16 @@ extern "C" __global__ void gelu_f32(const float* x, // [n]
     GRID_STRIDE(i, n) out[i] = gelu_f(x[i]);
 }
 
+// out = max(x, 0)^2  (an ungated FFN's squared ReLU, Arcee's: ggml's relu then sqr); out may alias x
+extern "C" __global__ void relu_sqr_f32(const float* x, // [n]
+                                        float* out,     // [n]
+                                        long long n) {
+    GRID_STRIDE(i, n) {
+        const float r = x[i] > 0.0f ? x[i] : 0.0f;
+        out[i] = r * r;
+    }
+}
+
 // x += y
 extern "C" __global__ void add_f32(float* x,       // [n]
                                    const float* y, // [n]

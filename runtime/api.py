@@ -26,9 +26,8 @@ from ..loaders.errors import KvrunError
 from ..loaders.store import resolve
 from .engine import Engine, GenRequest, GenStats, stream_text
 from .reasoning import is_harmony
-from .reasoning import split as split_reasoning
 from .sampling import SamplerConfig
-from .tools import Tools, check_messages, check_tools, tool_format
+from .tools import Harmony, Tools, check_messages, check_tools, harmony_reply, tool_format
 
 Message = dict[str, str]
 POOLINGS = ("mean", "cls", "last")  # how Model.embed pools a text's hidden states (cls: the first token's)
@@ -319,14 +318,17 @@ class Session:
 
     def _reply_message(self, text: str) -> dict[str, Any]:
         """The reply as the conversation keeps it: with tools, its calls parsed out (``tool_calls``); a
-        gpt-oss reply's harmony messages as its answer and its ``thinking`` (its template refuses channel
-        tags in a message's content, and drops earlier turns' thinking itself)."""
-        if is_harmony(text):
-            thinking, content = split_reasoning(text)
-            return {"role": "assistant", "content": content, **({"thinking": thinking} if thinking else {})}
-        if self.tools is None or not self.tools.active:
+        gpt-oss reply's harmony messages as its answer, its ``thinking`` (its template refuses channel
+        tags in a message's content, and drops earlier turns' thinking itself) and its calls."""
+        active = self.tools is not None and self.tools.active
+        fmt = tool_format(self.model.chat_template()) if active else None
+        if is_harmony(text) or isinstance(fmt, Harmony):  # (a call may open the reply: " to=functions.NAME<|channel|>...")
+            thinking, content, calls = harmony_reply(text)
+            return {"role": "assistant", "content": content, **({"thinking": thinking} if thinking else {}),
+                    **({"tool_calls": calls} if calls and active else {})}  # fmt: skip
+        if fmt is None:
             return {"role": "assistant", "content": text}
-        content, calls = tool_format(self.model.chat_template()).parse(text)
+        content, calls = fmt.parse(text)
         return {"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})}
 
     def _shift(self, msgs: list[Message], room: int) -> tuple[list[Message], list[int]]:

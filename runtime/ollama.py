@@ -112,7 +112,7 @@ def _translate(body: dict[str, Any], chat: bool, BadRequest: type) -> tuple[dict
             raise BadRequest("messages must be a non-empty list of {'role': ..., 'content': ...}")
         if any(isinstance(m, dict) and m.get("images") for m in msgs):
             raise BadRequest("images are not supported: kvrun runs text models")
-        keep = ("role", "content", "tool_calls", "tool_name", "name")  # (tool calls and results: runtime/tools.py)
+        keep = ("role", "content", "thinking", "tool_calls", "tool_name", "name")  # (tool calls and results: runtime/tools.py)
         out["messages"] = [{k: m[k] for k in keep if k in m} if isinstance(m, dict) else m for m in msgs]
         return out, True
     prompt = body.get("prompt")
@@ -148,6 +148,7 @@ def _answer(server: Server, run: Run, chat: bool, stream: bool) -> tuple[int, An
     def parsed(text: str) -> dict[str, Any]:
         """A whole chat reply as Ollama's message: a thinking model's thoughts as ``thinking``, its calls."""
         thinking, content = split_reasoning(run.message["content"] if run.tools is not None else text)
+        thinking = run.message.get("thinking") if thinking is None and run.tools is not None else thinking  # (gpt-oss's)
         msg = {"role": "assistant", "content": content, **({"thinking": thinking} if thinking is not None else {})}
         return {**msg, "tool_calls": ollama_calls(run.calls())} if run.calls() else msg
 

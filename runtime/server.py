@@ -384,6 +384,8 @@ class Server:
             if run.tools is None and not chat:
                 return 200, envelope(choice(text, finish()), usage=usage())
             reasoning, content = split_reasoning(run.message["content"] if run.tools is not None else text)  # (a thinking model's)
+            if run.tools is not None and reasoning is None:
+                reasoning = run.message.get("thinking")  # (gpt-oss's, kept apart with its calls)
             ch = choice(content or None if run.calls() else content, finish())
             if reasoning is not None:
                 ch["message"]["reasoning_content"] = reasoning
@@ -401,6 +403,8 @@ class Server:
                 if run.tools is not None:  # the reply is parsed whole: its content, then its calls
                     for _ in gen:
                         pass
+                    if run.message.get("thinking"):  # (gpt-oss's)
+                        yield envelope(reasoning_delta(run.message["thinking"]))
                     if run.message["content"]:
                         yield envelope(choice(run.message["content"], None))
                     if run.calls():

@@ -14,10 +14,20 @@ How a model is asked depends on its chat template, as llama.cpp's ``common/chat`
   {...}}]}`` or ``{"response": "..."}`` (``runtime/grammar.py``): every reply parses, whatever the
   model.  Earlier calls are written back the same way, results as user turns
   ``{"tool_response": {...}}`` (templates such as Gemma's know no ``tool`` role).
+* :class:`Harmony`: gpt-oss's template (OpenAI's *harmony* messages) renders the tools itself (a
+  developer message, ``namespace functions {...}``); the model calls one by addressing a message to
+  it, ``<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>{...}`` (or ``to=`` in
+  the role: ``<|start|>assistant to=functions.NAME<|channel|>commentary json<|message|>``), after
+  which ``<|call|>`` ends the reply: one call a reply.  :func:`harmony_reply` reads a reply's
+  messages: ``analysis`` the thinking, ``final`` (and a ``commentary`` preamble) the answer, those to
+  ``functions.NAME`` the calls.  ``auto`` holds the reply to a call from ``to=functions.`` on
+  (llama.cpp's lazy grammar), ``required`` from the first byte (an analysis and a preamble first
+  allowed).
 
 Messages here are normalised (:func:`check_messages`): an assistant turn may carry ``tool_calls``
-(``[{"id", "name", "arguments": dict}]``), a ``tool`` turn gives one result (``content``, and the
-``name`` or ``tool_call_id`` of its call).
+(``[{"id", "name", "arguments": dict}]``) and its ``thinking`` (Ollama's; llama-server's
+``reasoning_content``), a ``tool`` turn gives one result (``content``, and the ``name`` or
+``tool_call_id`` of its call).
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .jsonschema import SchemaError, schema_to_gbnf
+from .reasoning import CHANNEL, HARMONY_ENDS, MESSAGE, START
 
 ANY_OBJECT = {"type": "object"}
 CHOICES = ("auto", "none", "required")
@@ -112,6 +123,9 @@ def check_messages(msgs: Any) -> list[dict[str, Any]]:
         msg: dict[str, Any] = {"role": role, "content": content}
         if calls:
             msg["tool_calls"] = [_call_of(c, f"messages[{i}].tool_calls[{j}]") for j, c in enumerate(calls)]
+        thinking = (m.get("thinking") or m.get("reasoning_content")) if role == "assistant" else None
+        if isinstance(thinking, str) and thinking:  # (gpt-oss's template shows it again before a call)
+            msg["thinking"] = thinking
         if role == "tool":
             name = m.get("name") or m.get("tool_name")
             msg["name"] = name if isinstance(name, str) else _name_of_call(out, m.get("tool_call_id"))
@@ -281,8 +295,140 @@ class Generic:
         return text, []
 
 
-def tool_format(template: str) -> Hermes | Generic:
+#: where a harmony message's body ends (reasoning.py's end tags), or the next message starts
+_HARMONY_ENDS = (*HARMONY_ENDS, START)
+#: where a harmony header starts: ``<|start|>ROLE``, or (the role given) ``<|channel|>`` or `` to=``
+_HARMONY_HEAD = re.compile(r"\s*(?:<\|start\|>|(?=<\|channel\|>|to=))")
+#: a GBNF text's rule names (outside its literals, character classes and repetition bounds)
+_GBNF_NAME = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]|\{[^}]*\}|::=|([A-Za-z0-9-]+)')
+
+
+def _harmony_messages(text: str) -> list[tuple[str | None, str | None, str]]:
+    """A harmony reply's messages as (channel, recipient, body); text outside any message is a
+    (None, None, text) one, a header cut before its <|message|> is left out."""
+    out: list[tuple[str | None, str | None, str]] = []
+    at = 0
+    while text[at:].strip():
+        meta: tuple[str | None, str | None] = (None, None)  # (a reply that is not harmony, or text after a message's end)
+        head = _HARMONY_HEAD.match(text, at)
+        if head is not None:
+            opened = text.find(MESSAGE, head.end())
+            if opened < 0:
+                break  # (cut inside its header)
+            header, at = text[head.end() : opened], opened + len(MESSAGE)
+            channel = re.search(re.escape(CHANNEL) + r"\s*(\w+)", header)
+            recipient = re.search(r"to=([^\s<]+)", header)
+            meta = (channel.group(1) if channel else None, recipient.group(1) if recipient else None)
+        ends = [(i, t) for t in _HARMONY_ENDS if (i := text.find(t, at)) >= 0]
+        end, tag = min(ends) if ends else (len(text), "")
+        out.append((*meta, text[at:end]))
+        at = end + (len(tag) if tag != START else 0)  # (the next header starts with its <|start|>)
+    return out
+
+
+def harmony_reply(text: str) -> tuple[str | None, str, list[dict[str, Any]]]:
+    """(the thinking, None if none; the answer; the calls) of a gpt-oss reply, as llama.cpp reads it:
+    ``analysis`` messages are the thinking, ``final`` and ``commentary`` ones the answer, a message to
+    ``functions.NAME`` a call (its arguments the JSON object it holds; a call cut short is left out)."""
+    thoughts, said, calls = [], [], []
+    for channel, recipient, body in _harmony_messages(text):
+        if recipient is not None and recipient.startswith("functions."):
+            try:
+                args = json.JSONDecoder().raw_decode(body.strip())[0] if body.strip() else {}
+            except json.JSONDecodeError:
+                continue
+            if (call := _parsed_call({"name": recipient[len("functions.") :], "arguments": args})) is not None:
+                calls.append(call)
+        elif channel == "analysis":
+            thoughts.append(body)
+        else:
+            said.append(body)
+    return "".join(thoughts) or None, "".join(said), calls
+
+
+def _prefixed(gbnf: str, prefix: str) -> str:
+    """A GBNF text's rules renamed ``prefix + name``, to sit beside others' in one grammar."""
+    return _GBNF_NAME.sub(lambda m: prefix + m.group(1) if m.group(1) else m.group(0), gbnf)
+
+
+class Harmony:
+    """gpt-oss: its template renders the tools and the calls, the model addresses a message to
+    ``functions.NAME`` (:func:`harmony_reply`)."""
+
+    name = "harmony"
+    #: auto: the reply is free until it addresses a function (the `` to=`` of either header order)
+    TRIGGER = " to=functions."
+
+    def template_messages(self, msgs: list[dict[str, Any]], tools: Tools | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Calls as OpenAI's; the template renders one call a message and names a result after the call
+        before it, so a turn of several calls becomes one a call, each followed by its results."""
+        out: list[dict[str, Any]] = []
+        i = 0
+        while i < len(msgs):
+            m, i = msgs[i], i + 1
+            if "tool_calls" not in m:
+                out.append(m)
+                continue
+            results = []
+            while i < len(msgs) and msgs[i]["role"] == "tool":
+                results.append(msgs[i])
+                i += 1
+            calls = m["tool_calls"]
+            owner = [_result_owner(r, calls, k) for k, r in enumerate(results)]
+            for j, c in enumerate(calls):
+                turn = {"role": "assistant", "content": "", "tool_calls": [
+                    {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}]}  # fmt: skip
+                if j == 0 and m.get("thinking"):  # (the template takes one of content and thinking before a call)
+                    turn["thinking"] = m["thinking"]
+                elif j == 0:
+                    turn["content"] = m["content"]
+                out.append(turn)
+                out += [r for r, o in zip(results, owner) if o == j]
+        extra = {"tools": [{"type": "function", "function": f} for f in tools.offered()]} if tools and tools.active else {}
+        return out, extra
+
+    def grammar(self, tools: Tools) -> str:
+        """A call: `` to=functions.NAME``, its header's rest, ``<|message|>`` and the arguments its schema
+        allows; ``required``: from the first byte, after an analysis and a preamble message if any."""
+        fns, rules = [], []
+        for i, f in enumerate(tools.offered()):
+            try:
+                args = schema_to_gbnf(f["parameters"])
+            except SchemaError:
+                args = schema_to_gbnf(ANY_OBJECT)
+            fns.append(f'{json.dumps(f["name"])} ("<|channel|>" channel)? constrain? "<|message|>" fn{i}-root')
+            rules.append(_prefixed(args, f"fn{i}-"))
+        if tools.mode == "required":
+            head = ('root ::= (note "<|start|>assistant"){0,2} ("<|channel|>" channel)? " to=functions." fn\n'
+                    'note ::= "<|channel|>" ("analysis" | "commentary") "<|message|>" ([^<] | "<"+ [^|<])* "<|end|>"\n')  # fmt: skip
+        else:
+            head = 'root ::= " to=functions." fn\n'
+        return (head + "fn ::= " + " | ".join(fns) + "\n" + 'channel ::= "commentary" | "analysis"\n'
+                + 'constrain ::= " " "<|constrain|>"? "json" | "<|constrain|>json"\n' + "".join(rules))  # fmt: skip
+
+    def trigger(self, tools: Tools) -> str | None:
+        return None if tools.mode == "required" else self.TRIGGER
+
+    def parse(self, text: str) -> tuple[str, list[dict[str, Any]]]:
+        _, content, calls = harmony_reply(text)
+        return content, calls
+
+
+def _result_owner(r: dict[str, Any], calls: list[dict[str, Any]], k: int) -> int:
+    """Which of ``calls`` the ``k``-th result answers: its call's id's, else the one in its place (results
+    come in the calls' order) unless that one has another name, else the first of its name."""
+    for j, c in enumerate(calls):
+        if c["id"] == r.get("tool_call_id"):
+            return j
+    if k < len(calls) and r.get("name") in (None, calls[k]["name"]):
+        return k
+    return next((j for j, c in enumerate(calls) if c["name"] == r.get("name")), min(k, len(calls) - 1))
+
+
+def tool_format(template: str) -> Hermes | Generic | Harmony:
     """How a model with this chat template is asked for tool calls."""
+    if CHANNEL in template and MESSAGE in template:
+        return Harmony()
     return Hermes() if "<tool_call>" in template else Generic()
 
 

@@ -41,6 +41,9 @@ class LayerSpec:
     #: kernel of ``conv_kernel`` positions: its cache keeps the last inputs (cache/conv.py)
     conv: int = 0
     conv_kernel: int = 0
+    #: not empty: not an attention layer but Mamba-2's state-space mixer, ``(d_conv, n_head, head_dim, n_group,
+    #: d_state)``: its cache keeps the convolution's last inputs and the state per head (cache/ssm.py)
+    ssm: tuple[int, ...] = ()
 
 
 class LayerCache(ABC):

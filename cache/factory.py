@@ -7,6 +7,7 @@ from .compressed import CompressedLayerCache
 from .conv import ConvLayerCache
 from .kvconfig import DEFAULT_WARM_TARGET, KVConfig
 from .plain import PlainLayerCache, make_plain_cache
+from .ssm import SSMLayerCache
 
 
 def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | None = None, device: str = "cpu") -> list[LayerCache]:
@@ -34,10 +35,10 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
     ValueError
         One line naming an impossible combination and what to do.
     """
-    if any(spec.conv for spec in specs):  # LFM2: convolution layers keep their state (cache/conv.py), the rest K/V
-        attn = [spec for spec in specs if not spec.conv]
+    if any(spec.conv or spec.ssm for spec in specs):  # LFM2's convolution layers, Mamba-2's: their state (cache/conv.py,
+        attn = [spec for spec in specs if not (spec.conv or spec.ssm)]  # cache/ssm.py); the rest K/V
         made = iter(make_cache(attn, n_ctx, n_batch, kv, device) if attn else [])
-        return [ConvLayerCache(spec) if spec.conv else next(made) for spec in specs]
+        return [ConvLayerCache(spec) if spec.conv else SSMLayerCache(spec) if spec.ssm else next(made) for spec in specs]
     layer_cls, plain = CompressedLayerCache, make_plain_cache
     if device == "gpu":  # imported here: the CPU path never needs CuPy or the GPU kernels
         if any(spec.sink_logits for spec in specs):

@@ -1,7 +1,8 @@
 """Model hyperparameters read from GGUF metadata.
 
 One typed ``ModelConfig`` covers the llama family (llama, mistral-style, smollm3, granite, granitemoe), qwen2,
-qwen2moe, deepseek, qwen3, qwen3moe, phi3, gemma, gemma2, gemma3, olmo2, olmoe, exaone, exaone4, ernie4_5, cohere2, arcee, phi2 and stablelm.  Per-architecture defaults that llama.cpp hard-codes (Gemma 2's and 3's
+qwen2moe, deepseek, qwen3, qwen3moe, phi3, gemma, gemma2, gemma3, olmo2, olmoe, exaone, exaone4, ernie4_5, cohere2, arcee, phi2 and stablelm,
+and the state-space models mamba2 and granitehybrid (their ``ssm.*`` hyperparameters).  Per-architecture defaults that llama.cpp hard-codes (Gemma 2's and 3's
 sliding-window layer patterns, Gemma 3's local rope base) live in ``_ARCH_DEFAULTS``
 so the numbers are in one place.
 """
@@ -15,7 +16,7 @@ from typing import Any
 from .errors import GGUFError, UnsupportedModelError
 from .gguf_file import GGUFFile
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen2moe", "deepseek", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "olmo2", "granitemoe", "olmoe", "exaone", "bert", "nomic-bert", "lfm2", "lfm2moe", "phi2", "stablelm", "gpt-oss", "ernie4_5", "exaone4", "cohere2", "arcee")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen2moe", "deepseek", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "olmo2", "granitemoe", "olmoe", "exaone", "bert", "nomic-bert", "lfm2", "lfm2moe", "phi2", "stablelm", "gpt-oss", "ernie4_5", "exaone4", "cohere2", "arcee", "mamba2", "granitehybrid")
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -60,6 +61,11 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "exaone4": {"rope_neox": True, "swa_pattern": 4, "swa_n_layer": 64, "sliding_window": 4096},
     # Command R7B: 3 window layers then 1 global (no rope); LayerNorms without bias (attention.layer_norm_epsilon)
     "cohere2": {"rope_neox": False, "swa_pattern": 4},
+    # Mamba-2: every layer a state-space (SSM) mixer, no attention, no rope
+    "mamba2": {"rope_neox": False},
+    # Granite 4.0-H (and Bamba): Mamba-2 layers and attention ones (which: the per-layer head_count_kv, 0 for
+    # Mamba-2), Granite's multipliers; rope only where rope.scaling.finetuned says (Granite 4.0-H has none)
+    "granitehybrid": {"rope_neox": False},
 }
 
 
@@ -107,6 +113,15 @@ class ModelConfig:
     n_expert_used: int = 0
     n_ff_exp: int = 0
     expert_weights_norm: bool = True
+    # Mamba-2's state-space layers (0: none): the convolution's kernel, the inner width, the state's width
+    # (d_state), the heads (llama.cpp's ssm_dt_rank), the groups B and C are shared among; which layers are
+    # Mamba-2 (head_count_kv 0)
+    ssm_d_conv: int = 0
+    ssm_d_inner: int = 0
+    ssm_d_state: int = 0
+    ssm_dt_rank: int = 0
+    ssm_n_group: int = 0
+    ssm_layers: tuple[bool, ...] = field(default_factory=tuple)
     file_type: int = -1
 
     @property
@@ -117,9 +132,9 @@ class ModelConfig:
         return bool(self.swa_layers) and self.swa_layers[layer]
 
     def kv_bytes_per_token(self, bits: float = 16.0) -> float:
-        """K+V bytes one token occupies over all layers at ``bits`` per value."""
+        """K+V bytes one token occupies over all layers at ``bits`` per value (state-space layers keep none)."""
         per_layer = self.n_head_kv * (self.head_dim + self.head_dim_v)
-        return self.n_layer * per_layer * bits / 8.0
+        return (self.n_layer - sum(self.ssm_layers)) * per_layer * bits / 8.0
 
 
 def _req(g: GGUFFile, key: str) -> Any:
@@ -147,10 +162,12 @@ def load_config(g: GGUFFile) -> ModelConfig:
     d = _ARCH_DEFAULTS[arch]
     n_embd = int(_req(g, "embedding_length"))
     n_head = int(_req(g, "attention.head_count"))
-    n_head_kv = g.arch_get("attention.head_count_kv", n_head)
-    # (a per-layer list: LFM2 states 0 for its convolution layers; the attention layers' count is the one)
-    n_head_kv = int(n_head_kv if not hasattr(n_head_kv, "__len__") else max(n_head_kv))
-    head_dim = int(g.arch_get("attention.key_length", n_embd // n_head))
+    kv = g.arch_get("attention.head_count_kv", n_head)
+    # (a per-layer list: LFM2 states 0 for its convolution layers, Granite 4.0-H for its Mamba-2 ones; the
+    # attention layers' count is the one)
+    n_head_kv = int(kv if not hasattr(kv, "__len__") else max(kv))
+    # (Mamba-2 states 0 heads: no attention at all)
+    head_dim = int(g.arch_get("attention.key_length", n_embd // n_head if n_head else 0))
     head_dim_v = int(g.arch_get("attention.value_length", head_dim))
     n_layer = int(_req(g, "block_count"))
     n_ff = g.arch_get("feed_forward_length")
@@ -185,6 +202,8 @@ def load_config(g: GGUFFile) -> ModelConfig:
             else:
                 swa_layers = (True,) * n_layer
 
+    kv_per_layer = list(kv) if hasattr(kv, "__len__") else [kv] * n_layer
+    ssm_layers = tuple(int(n) == 0 for n in kv_per_layer) if arch in ("mamba2", "granitehybrid") else ()
     return ModelConfig(
         arch=arch,
         name=str(g.get("general.name", arch)),
@@ -220,6 +239,12 @@ def load_config(g: GGUFFile) -> ModelConfig:
         n_expert_used=int(g.arch_get("expert_used_count", 0) or 0),
         n_ff_exp=int(g.arch_get("expert_feed_forward_length", 0) or n_ff),
         expert_weights_norm=bool(g.arch_get("expert_weights_norm", d.get("expert_weights_norm", True))),
+        ssm_d_conv=int(g.arch_get("ssm.conv_kernel", 0) or 0),
+        ssm_d_inner=int(g.arch_get("ssm.inner_size", 0) or 0),
+        ssm_d_state=int(g.arch_get("ssm.state_size", 0) or 0),
+        ssm_dt_rank=int(g.arch_get("ssm.time_step_rank", 0) or 0),
+        ssm_n_group=int(g.arch_get("ssm.group_count", 0) or 0),
+        ssm_layers=ssm_layers,
         file_type=int(g.get("general.file_type", -1)),
     )
 

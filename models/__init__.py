@@ -16,9 +16,11 @@ from .gemma2 import Gemma2Model
 from .gemma3 import Gemma3Model
 from .gptoss import GptOssModel
 from .granite import GraniteModel
+from .granitehybrid import GraniteHybridModel
 from .granitemoe import GraniteMoeModel
 from .lfm2 import Lfm2Model
 from .llama import LlamaModel
+from .mamba2 import Mamba2Model
 from .olmo2 import Olmo2Model
 from .olmoe import OlmoeModel
 from .phi2 import Phi2Model
@@ -31,7 +33,7 @@ from .smollm3 import SmolLM3Model
 from .stablelm import StableLMModel
 
 MODEL_CLASSES: dict[str, type[Model]] = {}
-for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model, Qwen2MoeModel, DeepseekModel, Qwen3Model, Qwen3MoeModel, Phi3Model, GemmaModel, Gemma2Model, Gemma3Model, Olmo2Model, OlmoeModel, ExaoneModel, BertModel, Lfm2Model, Phi2Model, StableLMModel, GptOssModel, Ernie45Model, Exaone4Model, Cohere2Model, ArceeModel):
+for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model, Qwen2MoeModel, DeepseekModel, Qwen3Model, Qwen3MoeModel, Phi3Model, GemmaModel, Gemma2Model, Gemma3Model, Olmo2Model, OlmoeModel, ExaoneModel, BertModel, Lfm2Model, Phi2Model, StableLMModel, GptOssModel, Ernie45Model, Exaone4Model, Cohere2Model, ArceeModel, Mamba2Model, GraniteHybridModel):
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

@@ -59,8 +59,15 @@ ARCH_GEOMETRY = {
     "exaone4": (64, 4, 2, 16, 96, 4),  # (n_layer 64 for the 32B's window layers: write_tiny_model's n_layer)
     "cohere2": (64, 4, 2, 16, 96, 4),  # layers 0-2 in the window, 3 global without rope
     "arcee": (64, 4, 2, 16, 96, 2),
+    "mamba2": (64, 0, 0, 0, 0, 2),  # no attention, no FFN: head_count and feed_forward_length 0, as the converter writes
+    "granitehybrid": (64, 4, 2, 16, 96, 4),  # GRANITEHYBRID_SSM: layer 1 attends; the experts as wide as n_ff
 }
 LFM2_CONV = (True, False, True, False, True)
+#: Granite 4.0-H's tiny layout: Mamba-2 layers before, between and after its attention layer (head_count_kv 0)
+GRANITEHYBRID_SSM = (True, False, True, True)
+#: the tiny Mamba-2 mixers: (d_conv, d_inner, d_state, n_head, n_group): two groups of 4 heads of 16 (Granite 4.0-H has
+#: one group, Mamba-Codestral 8), states of 16 (real ones 128)
+SSM_GEOMETRY = (4, 128, 16, 8, 2)
 #: rope dimensions of the LayerNorm models' heads of 16 (partial rotary: Phi-2 turns 32 of 80, StableLM a quarter)
 ROPE_DIM = {"phi2": 8, "stablelm": 4}
 
@@ -103,6 +110,9 @@ FIXTURE_MODELS: dict[str, dict] = {
     "exaone4-swa": {"arch": "exaone4", "sliding_window": 8, "n_layer": 64},  # the 32B's depth: 3 window layers then 1 global without rope
     "cohere2": {"arch": "cohere2"},  # parallel blocks, windows on 3 layers of 4 (only they rotate), logits times 0.25
     "arcee": {"arch": "arcee"},  # squared-ReLU FFN without a gate, a separate output head
+    "mamba2": {"arch": "mamba2"},  # Mamba-2 mixers only, two groups, a tied output head
+    "granitehybrid": {"arch": "granitehybrid"},  # Granite 4.0-H-Tiny/Small: Mamba-2 and NoPE attention, experts and a shared one
+    "granitehybrid-dense-rope": {"arch": "granitehybrid", "n_expert": 0, "ssm_rope": True},  # H-Micro's dense FFN; rope (Bamba's)
 }
 
 
@@ -123,7 +133,7 @@ def write_tiny_model(
     path: Path, arch: str = "llama", qtype: int = Q.F32, seed: int = 0, sliding_window: int | None = None, rope_freqs: bool = False,
     chat_template: str | None = None, n_expert: int | None = None, extra_tensor: tuple[str, int, int] | None = None,
     rope_yarn: tuple[float, int] | None = None, split_qkv: bool = False, qk_norm: bool = False, shared_expert: bool = False,
-    n_layer: int | None = None,
+    n_layer: int | None = None, ssm_rope: bool = False,
 ) -> Path:  # fmt: skip
     """A random ``arch`` model; matrices stored as ``qtype`` (F32, F16, Q8_0, Q4_0...).  ``rope_freqs``:
     with Llama 3.1's per-frequency rope factors (``rope_freqs.weight``, 1 to 8 from high to low), or
@@ -131,7 +141,10 @@ def write_tiny_model(
     has one only where given (OLMo 3's layout).  ``rope_yarn``: YaRN rope scaling (factor, original context).
     ``split_qkv``, ``qk_norm``: phi2's and stablelm's variants (:func:`_write_tiny_layernorm`).  ``shared_expert``:
     granitemoe's shared expert (GraniteMoeShared); qwen2moe always has one, sigmoid-gated.  ``n_layer``: exaone4's
-    depth where not ARCH_GEOMETRY's (:func:`_write_tiny_llama_variant`)."""
+    depth where not ARCH_GEOMETRY's (:func:`_write_tiny_llama_variant`).  mamba2, granitehybrid: :func:`_write_tiny_ssm`
+    (granitehybrid: experts unless ``n_expert`` is 0, ``ssm_rope`` its attention rotated)."""
+    if arch in ("mamba2", "granitehybrid"):
+        return _write_tiny_ssm(path, arch, qtype, seed, n_expert=4 if n_expert is None else n_expert, rope=ssm_rope)
     if arch in ("lfm2", "lfm2moe"):
         return _write_tiny_lfm2(path, qtype, seed, moe=arch == "lfm2moe")
     if arch == "gpt-oss":
@@ -519,6 +532,97 @@ def _write_tiny_llama_variant(path: Path, arch: str, qtype: int, seed: int, slid
             mat(b + "ffn_gate.weight", n_ff, n_embd)
         mat(b + "ffn_up.weight", n_ff, n_embd)
         mat(b + "ffn_down.weight", n_embd, n_ff)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def _write_tiny_ssm(path: Path, arch: str, qtype: int, seed: int, n_expert: int = 4, rope: bool = False) -> Path:
+    """A random Mamba-2 or Granite 4.0-H, as llama.cpp's converter writes them: the mixers' ``ssm_*`` tensors
+    (SSM_GEOMETRY; ``ssm_a`` = -exp(A_log) and ``ssm_d`` [n_head, 1], ``ssm_norm`` [n_group, d_inner / n_group],
+    ``ssm_conv1d`` [channels, d_conv]) after each attn_norm.  mamba2: no attention, no FFN, a tied output
+    head.  granitehybrid: attention where GRANITEHYBRID_SSM says (head_count_kv per layer), Granite's
+    multipliers, an FFN after every layer: ``n_expert`` experts (2 a token) beside a shared expert, or dense
+    (0); its attention rotated only where ``rope`` (rope.scaling.finetuned: Granite 4.0-H has no rope)."""
+    rng = np.random.default_rng(seed)
+    n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = ARCH_GEOMETRY[arch]
+    d_conv, d_inner, d_state, n_ssm_head, n_group = SSM_GEOMETRY
+    channels = d_inner + 2 * n_group * d_state
+    is_ssm = (True,) * n_layer if arch == "mamba2" else GRANITEHYBRID_SSM
+    toks, merges, types = byte_vocab()
+    n_vocab, n_ff_shexp = len(toks), 64
+    w = GGUFWriter(str(path), arch)
+    w.add_name(f"tiny-{arch}")
+    w.add_context_length(1024)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_ssm_conv_kernel(d_conv)
+    w.add_ssm_inner_size(d_inner)
+    w.add_ssm_state_size(d_state)
+    w.add_ssm_time_step_rank(n_ssm_head)
+    w.add_ssm_group_count(n_group)
+    if arch == "granitehybrid":
+        w.add_head_count_kv([0 if ssm else n_head_kv for ssm in is_ssm])
+        w.add_rope_freq_base(10000.0)
+        w.add_rope_scaling_finetuned(rope)
+        w.add_embedding_scale(3.0)
+        w.add_residual_scale(0.5)
+        w.add_attention_scale(0.2)
+        w.add_logit_scale(4.0)
+        if n_expert:
+            w.add_expert_count(n_expert)
+            w.add_expert_used_count(2)
+            w.add_expert_shared_feed_forward_length(n_ff_shexp)
+    w.add_file_type(int(getattr(LlamaFileType, f"MOSTLY_{Q(qtype).name}", LlamaFileType.ALL_F32)))
+    _add_byte_vocab(w)
+
+    def mat(name: str, rows: int, cols: int, scale: float = 0.1) -> None:
+        a = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+        w.add_tensor(name, a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
+
+    def vec(name: str, n: int, base: float = 1.0, scale: float = 0.1) -> None:
+        w.add_tensor(name, (base + rng.standard_normal(n) * scale).astype(np.float32))
+
+    mat("token_embd.weight", n_vocab, n_embd, 0.5)
+    vec("output_norm.weight", n_embd)
+    for i, ssm in enumerate(is_ssm):
+        b = f"blk.{i}."
+        vec(b + "attn_norm.weight", n_embd)
+        if ssm:
+            mat(b + "ssm_in.weight", 2 * d_inner + 2 * n_group * d_state + n_ssm_head, n_embd, 0.2)
+            w.add_tensor(b + "ssm_conv1d.weight", (rng.standard_normal((channels, d_conv)) * 0.5).astype(np.float32))
+            vec(b + "ssm_conv1d.bias", channels, 0.0)
+            # decays from ~0.99 to ~0.1 a token: some heads remember the whole prompt, some a few tokens
+            w.add_tensor(b + "ssm_dt.bias", rng.uniform(-4.0, 0.0, n_ssm_head).astype(np.float32))
+            w.add_tensor(b + "ssm_a", -np.exp(rng.uniform(-2.0, 1.0, (n_ssm_head, 1))).astype(np.float32))
+            w.add_tensor(b + "ssm_d", (1.0 + rng.standard_normal((n_ssm_head, 1)) * 0.3).astype(np.float32))
+            w.add_tensor(b + "ssm_norm.weight", (1.0 + rng.standard_normal((n_group, d_inner // n_group)) * 0.1).astype(np.float32))
+            mat(b + "ssm_out.weight", n_embd, d_inner)
+        else:
+            mat(b + "attn_q.weight", n_head * head_dim, n_embd)
+            mat(b + "attn_k.weight", n_head_kv * head_dim, n_embd)
+            mat(b + "attn_v.weight", n_head_kv * head_dim, n_embd)
+            mat(b + "attn_output.weight", n_embd, n_head * head_dim)
+        if arch == "mamba2":
+            continue
+        vec(b + "ffn_norm.weight", n_embd)
+        if n_expert:
+            w.add_tensor(b + "ffn_gate_inp.weight", (rng.standard_normal((n_expert, n_embd)) * 0.5).astype(np.float32))
+            for name, rows, cols in (("ffn_gate_exps", n_ff, n_embd), ("ffn_up_exps", n_ff, n_embd), ("ffn_down_exps", n_embd, n_ff)):
+                a = (rng.standard_normal((n_expert, rows, cols)) * 0.1).astype(np.float32)
+                w.add_tensor(b + name + ".weight", a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
+            mat(b + "ffn_gate_shexp.weight", n_ff_shexp, n_embd)
+            mat(b + "ffn_up_shexp.weight", n_ff_shexp, n_embd)
+            mat(b + "ffn_down_shexp.weight", n_embd, n_ff_shexp)
+        else:
+            mat(b + "ffn_gate.weight", n_ff, n_embd)
+            mat(b + "ffn_up.weight", n_ff, n_embd)
+            mat(b + "ffn_down.weight", n_embd, n_ff)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

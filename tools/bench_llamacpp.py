@@ -9,7 +9,8 @@ cache; tgN = N tokens one at a time on an empty cache.  ``-d D``: both start
 after D tokens already in the cache (prefilled, untimed), as ``kvrun bench -d``.
 ``--kv TYPE``: llama.cpp's own KV cache quantization (f16, q8_0, q4_0; the
 quantized ones need flash attention, which it then turns on; ``--fa`` turns it on
-with f16 too).
+with f16 too).  ``--no-extra-bufts``: without llama.cpp's repacked weight buffers (on an Intel Xeon
+VM its AMX buffer segfaults on Q4_1 weights; its AVX-512 kernels then run).
 """
 
 from __future__ import annotations
@@ -34,7 +35,20 @@ def main() -> None:
     ap.add_argument("-d", "--depth", type=int, default=0)
     ap.add_argument("--kv", default="f16", choices=sorted(KV_TYPES))
     ap.add_argument("--fa", action="store_true", help="flash attention with an f16 cache too")
+    ap.add_argument("--no-extra-bufts", action="store_true",
+                    help="no repacked weight buffers (llama.cpp's AMX one segfaults on some Sapphire Rapids VMs)")
     a = ap.parse_args()
+    if a.no_extra_bufts:  # (Llama() takes no such argument: the default model parameters it starts from are patched)
+        from llama_cpp import llama_cpp as low
+
+        default = low.llama_model_default_params
+
+        def params():
+            p = default()
+            p.use_extra_bufts = False
+            return p
+
+        low.llama_model_default_params = params
     kv = KV_TYPES[a.kv]
     llm = Llama(
         model_path=a.model, n_ctx=a.depth + max(a.p, a.n) + 16, n_batch=max(a.p, 512), n_threads=a.threads, n_threads_batch=a.threads,

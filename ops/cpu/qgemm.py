@@ -511,9 +511,13 @@ KINDS = (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, IQ4_NL, IQ4
          MXFP4)
 
 
-#: products with fewer multiply-adds run on the calling thread: measured (Zen 5, 2 vCPUs) 640 x 2048
-#: Q4_K at 8 tokens (10 M) 145 GOPS on one thread, 123 on two
-PAR_MIN_MACS = 1 << 24
+#: products with fewer multiply-adds run on the calling thread.  Measured with packing four rows a call
+#: (an Intel Xeon host, 2 vCPUs, SmolLM2's Q4_1 matrices): 192 x 576 at 8 tokens (0.9 M) 19.6 us on one
+#: thread, 13.5 on two; 1536 x 576 at 4 (3.5 M) 100 / 59 us, at 8 (7.1 M) 102 / 60; an 8-token forward
+#: 31.8 -> 26.7 ms, 4 tokens 25.4 -> 17.2 (this threshold at 16 M, then 1 M).  The earlier 16 M came from
+#: a Zen 5 host with one row a call: 640 x 2048 Q4_K at 8 tokens 145 GOPS on one thread, 123 on two; on
+#: such a host small products may now run ~15% slower, which the Xeon's 40% gain outweighs
+PAR_MIN_MACS = 1 << 20
 
 
 def matmul(w: np.ndarray, kind: int, x: np.ndarray, out: np.ndarray, threads: int | None = None) -> None:

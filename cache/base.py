@@ -44,6 +44,12 @@ class LayerSpec:
     #: not empty: not an attention layer but Mamba-2's state-space mixer, ``(d_conv, n_head, head_dim, n_group,
     #: d_state)``: its cache keeps the convolution's last inputs and the state per head (cache/ssm.py)
     ssm: tuple[int, ...] = ()
+    #: >= 0: this layer stores no K/V of its own but attends over layer ``kv_from``'s (Gemma 3n's KV sharing: its
+    #: last layers reuse the last earlier layer of their kind), which wrote this step's tokens first
+    kv_from: int = -1
+    #: with ``ssm``: the layer attends as well, beside its mixer (Falcon-H1), so its cache keeps K/V and the state
+    #: both (cache/ssm.py's ParallelSSMLayerCache; the attention's sizes are the fields above)
+    ssm_attn: bool = False
 
 
 class LayerCache(ABC):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .base import LayerCache, LayerSpec
 from .compressed import CompressedLayerCache
 from .conv import ConvLayerCache
 from .kvconfig import DEFAULT_WARM_TARGET, KVConfig
 from .plain import PlainLayerCache, make_plain_cache
-from .ssm import SSMLayerCache
+from .ssm import ParallelSSMLayerCache, SSMLayerCache
 
 
 def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | None = None, device: str = "cpu") -> list[LayerCache]:
@@ -36,9 +38,13 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
         One line naming an impossible combination and what to do.
     """
     if any(spec.conv or spec.ssm for spec in specs):  # LFM2's convolution layers, Mamba-2's: their state (cache/conv.py,
-        attn = [spec for spec in specs if not (spec.conv or spec.ssm)]  # cache/ssm.py); the rest K/V
+        # cache/ssm.py); the rest K/V, and Falcon-H1's layers both (their K/V made here with the rest)
+        attn = [replace(spec, ssm=(), ssm_attn=False) for spec in specs if spec.ssm_attn or not (spec.conv or spec.ssm)]
         made = iter(make_cache(attn, n_ctx, n_batch, kv, device) if attn else [])
-        return [ConvLayerCache(spec) if spec.conv else SSMLayerCache(spec) if spec.ssm else next(made) for spec in specs]
+        return [ConvLayerCache(spec) if spec.conv else ParallelSSMLayerCache(spec, next(made)) if spec.ssm_attn
+                else SSMLayerCache(spec) if spec.ssm else next(made) for spec in specs]  # fmt: skip
+    if any(spec.kv_from >= 0 for spec in specs) and (device != "cpu" or (kv is not None and kv.is_compressed)):
+        raise ValueError("layers that share K/V (gemma3n) run on the plain CPU cache only for now; use --device cpu without --kv-* options")
     layer_cls, plain = CompressedLayerCache, make_plain_cache
     if device == "gpu":  # imported here: the CPU path never needs CuPy or the GPU kernels
         if any(spec.sink_logits for spec in specs):
@@ -104,6 +110,7 @@ def bits_per_value(layers: list[LayerCache], n_tokens: int) -> float:
     """Bits of storage and metadata per cached K/V value after ``n_tokens`` tokens, all layers."""
     tot_b, tot_v = 0, 0
     for layer in layers:
+        layer = layer.kv if isinstance(layer, ParallelSSMLayerCache) else layer  # (Falcon-H1's: the K/V beside the state)
         if isinstance(layer, CompressedLayerCache):
             b, v = layer.footprint(n_tokens)
         elif isinstance(layer, PlainLayerCache):

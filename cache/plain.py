@@ -33,6 +33,10 @@ class PlainLayerCache(LayerCache):
         self.used = 0  # slots [0, used) have been written at least once
         self._sinks = np.asarray(spec.sink_logits, np.float32)  # [n_head] or empty
 
+    def attend(self, q, pos, out, spec: LayerSpec) -> None:
+        """Attention of ``q`` at ``pos`` over what is stored, storing nothing (:class:`SharedLayerCache`)."""
+        attend_prefill_f16(q, self.k, self.v, self.pos, pos, spec.window, spec.scale, spec.softcap, out, self._sinks)
+
     def update_and_attend(self, q, k, v, pos, out) -> None:
         T = k.shape[0]
         if T > self.capacity:
@@ -66,10 +70,38 @@ class PlainLayerCache(LayerCache):
         self.pos[self.pos >= n_past] = -1
 
 
+class SharedLayerCache(LayerCache):
+    """A layer that reads another layer's K/V (``spec.kv_from``, Gemma 3n) and stores none: ``k`` and ``v`` are
+    ignored (the model computes none), the queries attend over the source's slots, which that layer, earlier
+    in the same step, has already filled with this step's tokens.  Resetting and truncating are the source's."""
+
+    def __init__(self, spec: LayerSpec, source: PlainLayerCache) -> None:
+        self.spec = spec
+        self.source = source
+
+    def update_and_attend(self, q, k, v, pos, out) -> None:
+        self.source.attend(np.ascontiguousarray(q, np.float32), pos, out, self.spec)
+
+    def n_tokens(self) -> int:
+        return self.source.n_tokens()
+
+    def nbytes(self) -> int:
+        return 0
+
+    def reset(self) -> None:
+        pass
+
+    def truncate(self, n_past: int) -> None:
+        pass
+
+
 def make_plain_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int) -> list[LayerCache]:
-    """One :class:`PlainLayerCache` per layer spec."""
+    """One :class:`PlainLayerCache` per layer spec (a :class:`SharedLayerCache` where it reads another's)."""
     layers: list[LayerCache] = []
     for spec in specs:
+        if spec.kv_from >= 0:
+            layers.append(SharedLayerCache(spec, layers[spec.kv_from]))
+            continue
         cap = n_ctx if spec.window <= 0 else min(n_ctx, spec.window + n_batch)
         layers.append(PlainLayerCache(spec, cap))
     return layers

@@ -1,5 +1,6 @@
-"""The state of a Mamba-2 layer (mamba2, Granite 4.0-H's state-space layers), kept beside the attention
-layers' K/V in the same :class:`~.base.KVCache`.
+"""The state of a Mamba-2 layer (mamba2, Granite 4.0-H's and Nemotron-H's state-space layers), kept beside the
+attention layers' K/V in the same :class:`~.base.KVCache`; Falcon-H1's layers, which attend and run the mixer
+side by side, keep both (:class:`ParallelSSMLayerCache`).
 
 For the next token llama.cpp keeps what the layer reads of the past: the convolution's last
 ``d_conv - 1`` inputs and the scan's state ``[n_head, head_dim, d_state]``.  A state cannot go back
@@ -135,3 +136,30 @@ class SSMLayerCache(LayerCache):
             self.state.fill(0.0)
         self.ck_pos[self.ck_pos > n_past] = -1  # (copies of the positions left behind)
         self.offset, self.replay_from = n_past, c
+
+
+class ParallelSSMLayerCache(SSMLayerCache):
+    """A layer that attends and runs a Mamba-2 mixer side by side on the same input (Falcon-H1): the mixer's state
+    as above and, beside it, the attention's K/V (``kv``: plain or compressed, made with the other layers').  The
+    two go back, and start over, together: going back is as far as the state reaches."""
+
+    def __init__(self, spec: LayerSpec, kv: LayerCache) -> None:
+        super().__init__(spec)
+        self.kv = kv
+
+    def update_and_attend(self, q, k, v, pos, out) -> None:
+        self.kv.update_and_attend(q, k, v, pos, out)
+
+    def nbytes(self) -> int:
+        return super().nbytes() + self.kv.nbytes()
+
+    def reset(self) -> None:
+        super().reset()
+        self.kv.reset()
+
+    def can_truncate(self, n_past: int) -> bool:
+        return super().can_truncate(n_past) and self.kv.can_truncate(n_past)
+
+    def truncate(self, n_past: int) -> None:
+        super().truncate(n_past)
+        self.kv.truncate(n_past)

@@ -1,8 +1,8 @@
 """Model hyperparameters read from GGUF metadata.
 
 One typed ``ModelConfig`` covers the llama family (llama, mistral-style, smollm3, granite, granitemoe), qwen2,
-qwen2moe, deepseek, qwen3, qwen3moe, phi3, gemma, gemma2, gemma3, olmo2, olmoe, exaone, exaone4, ernie4_5, cohere2, arcee, phi2 and stablelm,
-and the state-space models mamba2 and granitehybrid (their ``ssm.*`` hyperparameters).  Per-architecture defaults that llama.cpp hard-codes (Gemma 2's and 3's
+qwen2moe, deepseek, qwen3, qwen3moe, phi3, gemma, gemma2, gemma3, olmo2, olmoe, exaone, exaone4, ernie4_5, cohere2, arcee, phi2, stablelm and gemma3n,
+and the state-space models mamba2, granitehybrid, falcon-h1 and nemotron_h (their ``ssm.*`` hyperparameters).  Per-architecture defaults that llama.cpp hard-codes (Gemma 2's and 3's
 sliding-window layer patterns, Gemma 3's local rope base) live in ``_ARCH_DEFAULTS``
 so the numbers are in one place.
 """
@@ -16,7 +16,7 @@ from typing import Any
 from .errors import GGUFError, UnsupportedModelError
 from .gguf_file import GGUFFile
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen2moe", "deepseek", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "olmo2", "granitemoe", "olmoe", "exaone", "bert", "nomic-bert", "lfm2", "lfm2moe", "phi2", "stablelm", "gpt-oss", "ernie4_5", "exaone4", "cohere2", "arcee", "mamba2", "granitehybrid")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen2moe", "deepseek", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "olmo2", "granitemoe", "olmoe", "exaone", "bert", "nomic-bert", "lfm2", "lfm2moe", "phi2", "stablelm", "gpt-oss", "ernie4_5", "exaone4", "cohere2", "arcee", "mamba2", "granitehybrid", "gemma3n", "falcon-h1", "nemotron_h")
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -66,6 +66,20 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # Granite 4.0-H (and Bamba): Mamba-2 layers and attention ones (which: the per-layer head_count_kv, 0 for
     # Mamba-2), Granite's multipliers; rope only where rope.scaling.finetuned says (Granite 4.0-H has none)
     "granitehybrid": {"rope_neox": False},
+    # Falcon-H1: attention (rope over halves) and a Mamba-2 mixer side by side in every layer; its muP multipliers
+    # are in the weights (the converter folds them), none at run time
+    "falcon-h1": {"rope_neox": True},
+    # Nemotron-H: Mamba-2, attention (no rope) or a squared-ReLU FFN alone in each layer (which: the per-layer
+    # head_count_kv and feed_forward_length, both 0 for Mamba-2)
+    "nemotron_h": {"rope_neox": False},
+    # Gemma 3n (E2B, E4B): 4 sliding-window layers then 1 global, local rope base 10k, attention unscaled (Q and K
+    # are normed), logits soft-capped at 30; what llama.cpp fixes in code: layers from the 20th on keep no K/V
+    # (they read an earlier layer's), the first 10 layers' FFN gates sparse (kept above mean + 1.645 std, the
+    # normal's 95th percentile), 4 AltUp streams (the first the one layers compute on), per-layer inputs 256
+    # wide, LAuReL of rank 64
+    "gemma3n": {"rope_neox": True, "swa_pattern": 5, "rope_theta_swa": 10_000.0, "final_logit_softcap": 30.0,
+                "n_layer_kv_from_start": 20, "n_layer_sparsity": 10, "sparsity_std_mul": 1.6448533535003662,
+                "n_altup": 4, "i_altup_act": 0, "n_embd_altup": 256, "laurel_rank": 64},
 }
 
 
@@ -122,6 +136,19 @@ class ModelConfig:
     ssm_dt_rank: int = 0
     ssm_n_group: int = 0
     ssm_layers: tuple[bool, ...] = field(default_factory=tuple)
+    # Nemotron-H's layers that are an FFN alone (no attention, no state: feed_forward_length > 0 where head_count_kv is 0)
+    ffn_layers: tuple[bool, ...] = field(default_factory=tuple)
+    # Gemma 3n (models/gemma3n.py): layers from n_layer_kv_from_start on store no K/V (-1: every layer its own);
+    # the first n_layer_sparsity layers' FFN gates keep only what exceeds mean + sparsity_std_mul * std; n_altup
+    # streams of the hidden state (i_altup_act: the one a layer computes on), per-layer inputs n_embd_altup wide,
+    # LAuReL's low-rank residual of rank laurel_rank
+    n_layer_kv_from_start: int = -1
+    n_layer_sparsity: int = 0
+    sparsity_std_mul: float = 0.0
+    n_altup: int = 0
+    i_altup_act: int = 0
+    n_embd_altup: int = 0
+    laurel_rank: int = 0
     file_type: int = -1
 
     @property
@@ -134,7 +161,7 @@ class ModelConfig:
     def kv_bytes_per_token(self, bits: float = 16.0) -> float:
         """K+V bytes one token occupies over all layers at ``bits`` per value (state-space layers keep none)."""
         per_layer = self.n_head_kv * (self.head_dim + self.head_dim_v)
-        return (self.n_layer - sum(self.ssm_layers)) * per_layer * bits / 8.0
+        return (self.n_layer - sum(self.ssm_layers) - sum(self.ffn_layers)) * per_layer * bits / 8.0
 
 
 def _req(g: GGUFFile, key: str) -> Any:
@@ -204,6 +231,12 @@ def load_config(g: GGUFFile) -> ModelConfig:
 
     kv_per_layer = list(kv) if hasattr(kv, "__len__") else [kv] * n_layer
     ssm_layers = tuple(int(n) == 0 for n in kv_per_layer) if arch in ("mamba2", "granitehybrid") else ()
+    ffn_layers: tuple[bool, ...] = ()
+    if arch == "nemotron_h":  # (llama.cpp: a layer is Mamba-2 where both its head_count_kv and feed_forward_length are 0)
+        ff = g.arch_get("feed_forward_length")
+        ff_per_layer = [int(n) for n in ff] if hasattr(ff, "__len__") else [int(ff)] * n_layer
+        ssm_layers = tuple(int(n) == 0 and f == 0 for n, f in zip(kv_per_layer, ff_per_layer))
+        ffn_layers = tuple(int(n) == 0 and f > 0 for n, f in zip(kv_per_layer, ff_per_layer))
     return ModelConfig(
         arch=arch,
         name=str(g.get("general.name", arch)),
@@ -230,7 +263,7 @@ def load_config(g: GGUFFile) -> ModelConfig:
         sliding_window=sliding_window,
         swa_layers=swa_layers,
         attn_logit_softcap=float(g.arch_get("attn_logit_softcapping", 0.0) or 0.0),
-        final_logit_softcap=float(g.arch_get("final_logit_softcapping", 0.0) or 0.0),
+        final_logit_softcap=float(g.arch_get("final_logit_softcapping", d.get("final_logit_softcap", 0.0)) or 0.0),
         embedding_scale=float(g.arch_get("embedding_scale", 1.0) or 1.0),
         residual_scale=float(g.arch_get("residual_scale", 1.0) or 1.0),
         attention_scale=float(g.arch_get("attention.scale", 0.0) or 0.0),
@@ -245,6 +278,15 @@ def load_config(g: GGUFFile) -> ModelConfig:
         ssm_dt_rank=int(g.arch_get("ssm.time_step_rank", 0) or 0),
         ssm_n_group=int(g.arch_get("ssm.group_count", 0) or 0),
         ssm_layers=ssm_layers,
+        ffn_layers=ffn_layers,
+        # (fixed, as llama.cpp's: the files' shared_kv_layers, E2B's 10 of 30 and E4B's 15 of 35, leave the same 20)
+        n_layer_kv_from_start=int(d.get("n_layer_kv_from_start", -1)),
+        n_layer_sparsity=int(d.get("n_layer_sparsity", 0)),
+        sparsity_std_mul=float(d.get("sparsity_std_mul", 0.0)),
+        n_altup=int(d.get("n_altup", 0)),
+        i_altup_act=int(d.get("i_altup_act", 0)),
+        n_embd_altup=int(d.get("n_embd_altup", 0)),
+        laurel_rank=int(d.get("laurel_rank", 0)),
         file_type=int(g.get("general.file_type", -1)),
     )
 

@@ -11,9 +11,11 @@ from .deepseek import DeepseekModel
 from .ernie4_5 import Ernie45Model
 from .exaone import ExaoneModel
 from .exaone4 import Exaone4Model
+from .falcon_h1 import FalconH1Model
 from .gemma import GemmaModel
 from .gemma2 import Gemma2Model
 from .gemma3 import Gemma3Model
+from .gemma3n import Gemma3nModel
 from .gptoss import GptOssModel
 from .granite import GraniteModel
 from .granitehybrid import GraniteHybridModel
@@ -21,6 +23,7 @@ from .granitemoe import GraniteMoeModel
 from .lfm2 import Lfm2Model
 from .llama import LlamaModel
 from .mamba2 import Mamba2Model
+from .nemotron_h import NemotronHModel
 from .olmo2 import Olmo2Model
 from .olmoe import OlmoeModel
 from .phi2 import Phi2Model
@@ -33,7 +36,7 @@ from .smollm3 import SmolLM3Model
 from .stablelm import StableLMModel
 
 MODEL_CLASSES: dict[str, type[Model]] = {}
-for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model, Qwen2MoeModel, DeepseekModel, Qwen3Model, Qwen3MoeModel, Phi3Model, GemmaModel, Gemma2Model, Gemma3Model, Olmo2Model, OlmoeModel, ExaoneModel, BertModel, Lfm2Model, Phi2Model, StableLMModel, GptOssModel, Ernie45Model, Exaone4Model, Cohere2Model, ArceeModel, Mamba2Model, GraniteHybridModel):
+for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model, Qwen2MoeModel, DeepseekModel, Qwen3Model, Qwen3MoeModel, Phi3Model, GemmaModel, Gemma2Model, Gemma3Model, Gemma3nModel, Olmo2Model, OlmoeModel, ExaoneModel, BertModel, Lfm2Model, Phi2Model, StableLMModel, GptOssModel, Ernie45Model, Exaone4Model, Cohere2Model, ArceeModel, Mamba2Model, GraniteHybridModel, FalconH1Model, NemotronHModel):
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

@@ -1,5 +1,6 @@
 """Mamba-2 (state-spaces' mamba2-130m ... 2.7b, Mamba-Codestral), as llama.cpp's ``mamba2`` graph, and
-the state-space mixer the hybrids share (Granite 4.0-H: ``granitehybrid.py``).
+the state-space mixer the hybrids share (Granite 4.0-H: ``granitehybrid.py``; Falcon-H1: ``falcon_h1.py``;
+Nemotron-H: ``nemotron_h.py``).
 
 Every layer is pre-norm (RMSNorm) with a Mamba-2 mixer after it and no FFN, as llama.cpp's
 ``build_mamba2_layer``: one in-projection gives ``z`` [d_inner], ``xBC`` (``x`` [d_inner], ``B`` and
@@ -87,12 +88,13 @@ class SSMMixer:
     dt_b: np.ndarray  # [n_head]
     A: np.ndarray  # [n_head]: -exp(A_log), as the converter stores it
     D: np.ndarray  # [n_head]
-    norm: np.ndarray  # [d_inner]: the grouped RMSNorm's weight
+    norm: np.ndarray | None  # [d_inner]: the grouped RMSNorm's weight (None: Falcon-H1's, the gate alone)
     out_proj: Weight  # [n_embd, d_inner]
 
 
-def load_mixer(w: WeightLoader, i: int, geo: SSMGeometry) -> SSMMixer:
-    """Layer i's Mamba-2 mixer, its shapes checked against ``geo``."""
+def load_mixer(w: WeightLoader, i: int, geo: SSMGeometry, norm_required: bool = True) -> SSMMixer:
+    """Layer i's Mamba-2 mixer, its shapes checked against ``geo``; ``norm_required`` False: the grouped norm
+    only where the file has it (llama.cpp's Falcon-H1: its converter writes one where ``mamba_rms_norm`` says)."""
     path = w.g.path
 
     def host(role: str, n: int, required: bool = True) -> np.ndarray | None:
@@ -114,7 +116,7 @@ def load_mixer(w: WeightLoader, i: int, geo: SSMGeometry) -> SSMMixer:
         dt_b=host("ssm_dt_b", geo.n_head),
         A=host("ssm_a", geo.n_head),
         D=host("ssm_d", geo.n_head),
-        norm=host("ssm_norm", geo.d_inner),
+        norm=host("ssm_norm", geo.d_inner, required=norm_required),
         out_proj=out_proj,
     )
 
@@ -131,7 +133,10 @@ def mixer_y(be: Backend, buf: Buffers, geo: SSMGeometry, M: SSMMixer, state: Any
     dt = zxbcdt[:, geo.d_inner + geo.channels :]
     y = buf.get("ssm_y", T, geo.d_inner)
     state.scan(xbc, dt, pos, M, y)
-    gated_group_norm(y, z, M.norm, geo.n_group, eps)
+    if M.norm is None:  # (no grouped norm: y * silu(z), as llama.cpp's swiglu before its optional norm)
+        y *= z / (1.0 + np.exp(-z))
+    else:
+        gated_group_norm(y, z, M.norm, geo.n_group, eps)
     return y
 
 

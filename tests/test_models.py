@@ -102,7 +102,7 @@ def test_exaone4_windows_at_the_32bs_depth_only_and_cohere2_always(tmp_path):
 def test_unknown_architecture_lists_supported():
     from kvrun.loaders.errors import UnsupportedModelError
 
-    with pytest.raises(UnsupportedModelError, match="arcee, bert, cohere2, deepseek, ernie4_5, exaone, exaone4, gemma, gemma2, gemma3, gpt-oss, granite, granitehybrid, granitemoe, lfm2, lfm2moe, llama, mamba2, mistral, nomic-bert, olmo2, olmoe, phi2, phi3, qwen2, qwen2moe, qwen3, qwen3moe, smollm3, stablelm"):
+    with pytest.raises(UnsupportedModelError, match="arcee, bert, cohere2, deepseek, ernie4_5, exaone, exaone4, falcon-h1, gemma, gemma2, gemma3, gemma3n, gpt-oss, granite, granitehybrid, granitemoe, lfm2, lfm2moe, llama, mamba2, mistral, nemotron_h, nomic-bert, olmo2, olmoe, phi2, phi3, qwen2, qwen2moe, qwen3, qwen3moe, smollm3, stablelm"):
         model_class("mamba")
 
 
@@ -128,7 +128,11 @@ def test_a_tensor_type_without_kernels_fails_at_load_naming_the_tensor(tmp_path,
 #: (K and V are fp16 in both), and 64 layers without a pre-norm grow that rounding: kvrun is 2.2e-4 from a
 #: float64 forward with fp16 K/V, llama.cpp 2.0e-3 (7.7e-4 with Q and the weights rounded too); a wrong
 #: window or rope costs 0.5 and more
-TOLERANCE = {"gpt-oss": 2.5e-3, "gpt-oss-mxfp4": 3e-2, "exaone4-swa": 3e-3}
+#: Gemma 3n: llama.cpp's CPU GELU goes through an fp16 table (input and output rounded), two GELUs a layer over
+#: 25 layers, and its fp16 Q and attention weights meet unscaled QK-normed scores: 3.3e-3 (the first position,
+#: where attention is one value: GELU alone), 2.6e-3 with kvrun's GELU rounded the same way; a wrong window rope
+#: base costs 0.41, attending over a layer's own K/V instead of the shared layer's 0.56
+TOLERANCE = {"gpt-oss": 2.5e-3, "gpt-oss-mxfp4": 3e-2, "exaone4-swa": 3e-3, "gemma3n": 5e-3}
 
 
 @pytest.mark.parametrize("name", list(FIXTURE_MODELS))
@@ -151,3 +155,20 @@ def test_forward_matches_llamacpp(tmp_path, name, chunk):
     err = np.abs(got - ref).max() / np.abs(ref).max()
     assert err < TOLERANCE.get(name, 1e-3), f"{arch}: max relative logit error {err:.2e} against llama.cpp"
     assert (got.argmax(1) == ref.argmax(1)).all()
+
+
+def test_gemma3n_shares_kv_and_refuses_compressed_caches(tmp_path):
+    """Gemma 3n's layers from the 20th on read the K/V of the last earlier layer of their kind (window layers
+    layer 18's, global ones layer 19's) and store none; only the plain CPU cache serves them."""
+    from kvrun.cache.kvconfig import KVConfig
+    from kvrun.cache.plain import PlainLayerCache, SharedLayerCache
+
+    _, model = _build(write_tiny_model(tmp_path / "g3n.gguf", "gemma3n"))
+    specs = model.layer_specs()
+    assert [s.kv_from for s in specs][18:] == [-1, -1, 18, 18, 18, 18, 19]
+    assert [s.window for s in specs][18:] == [8, 0, 8, 8, 8, 8, 0]
+    layers = make_cache(specs, N_CTX, N_BATCH)
+    assert isinstance(layers[19], PlainLayerCache) and isinstance(layers[24], SharedLayerCache)
+    assert layers[24].source is layers[19] and layers[20].source is layers[18] and layers[20].nbytes() == 0
+    with pytest.raises(ValueError, match="plain CPU cache"):
+        make_cache(specs, N_CTX, N_BATCH, KVConfig(bits=4))

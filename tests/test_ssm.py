@@ -1,5 +1,5 @@
-"""Mamba-2 layers (models/mamba2.py, models/granitehybrid.py): their state in the cache beside K/V
-(cache/ssm.py).  Their logits are llama.cpp's (the FIXTURE_MODELS tests); here the state: fed in chunks
+"""Mamba-2 layers (models/mamba2.py, models/granitehybrid.py, models/falcon_h1.py, models/nemotron_h.py): their
+state in the cache beside K/V (cache/ssm.py; Falcon-H1's layers keep both).  Their logits are llama.cpp's (the FIXTURE_MODELS tests); here the state: fed in chunks
 or token by token alike, going back a few tokens (a refused draft) and further (from a kept copy, the
 kept inputs fed again) exactly, further still by starting over, compressed K/V beside it, saved and
 resumed."""
@@ -22,7 +22,7 @@ from kvrun.runtime.sampling import SamplerConfig
 IDS = [int(x) for x in np.random.default_rng(3).integers(0, 261, 100)]
 
 
-@pytest.fixture(scope="module", params=["mamba2", "granitehybrid"])
+@pytest.fixture(scope="module", params=["mamba2", "granitehybrid", "falcon-h1", "nemotron_h"])
 def path(request, tmp_path_factory):
     return write_tiny_model(tmp_path_factory.mktemp(request.param) / "m.gguf", request.param)
 
@@ -100,7 +100,34 @@ def test_compressed_kv_leaves_the_mamba2_layers_alone(tmp_path):
     assert e.cfg.ssm_layers == (True, False, True, True) and e.cfg.kv_bytes_per_token(16) == 2 * 2 * 16 * 2
 
 
-@pytest.mark.parametrize("arch", ["mamba2", "granitehybrid"])
+def test_falcon_h1_keeps_kv_and_state_in_each_layer_compressed_kv_too(tmp_path):
+    """Falcon-H1's layers attend and run the mixer side by side: each layer's cache holds its K/V (plain, or
+    compressed as the KVConfig says) beside the state, and they go back, and start over, together."""
+    from kvrun.cache.compressed import CompressedLayerCache
+    from kvrun.cache.ssm import ParallelSSMLayerCache
+
+    path = write_tiny_model(tmp_path / "f.gguf", "falcon-h1")
+    plain = Engine(path, n_ctx=128)
+    cache = plain.new_cache()
+    want = plain.eval(cache, IDS, logits_all=True)
+    assert all(type(layer) is ParallelSSMLayerCache for layer in cache.layers) and cache[0].kv.n_tokens() == len(IDS)
+    assert cache.truncate(60) == 0 and cache[0].kv.n_tokens() == 0  # (before every copy of the state: both start over)
+    assert plain.cfg.kv_bytes_per_token(16) == 3 * 2 * 2 * 24 * 2  # (every layer attends)
+    e = Engine(path, n_ctx=128, kv=KVConfig.parse("8"))
+    cache = e.new_cache()
+    got = e.eval(cache, IDS, logits_all=True)
+    assert type(cache[0].kv) is CompressedLayerCache
+    assert (got.argmax(1) == want.argmax(1)).mean() > 0.9
+
+
+def test_nemotron_h_keeps_nothing_for_its_mlp_layers(tmp_path):
+    e = Engine(write_tiny_model(tmp_path / "n.gguf", "nemotron_h"), n_ctx=64)
+    assert e.cfg.ssm_layers == (True, False, False, False, True) and e.cfg.ffn_layers == (False, True, False, True, False)
+    assert [type(layer).__name__ for layer in e.new_cache().layers] == ["SSMLayerCache", "PlainLayerCache", "SSMLayerCache"]
+    assert e.model.slots == [0, None, 1, None, 2] and e.cfg.kv_bytes_per_token(16) == 2 * 2 * 24 * 2
+
+
+@pytest.mark.parametrize("arch", ["mamba2", "granitehybrid", "falcon-h1", "nemotron_h"])
 def test_the_gpu_is_refused_in_one_line(tmp_path, arch):
     from kvrun.loaders.config import load_config
     from kvrun.loaders.gguf_file import GGUFFile

@@ -61,6 +61,9 @@ ARCH_GEOMETRY = {
     "arcee": (64, 4, 2, 16, 96, 2),
     "mamba2": (64, 0, 0, 0, 0, 2),  # no attention, no FFN: head_count and feed_forward_length 0, as the converter writes
     "granitehybrid": (64, 4, 2, 16, 96, 4),  # GRANITEHYBRID_SSM: layer 1 attends; the experts as wide as n_ff
+    # 25 layers: llama.cpp fixes the K/V sharing to start at layer 20, so layers 20-23 (window) read layer 18's K/V
+    # and 24 (global) layer 19's; the first 10 layers' FFNs sparse
+    "gemma3n": (64, 2, 1, 32, 96, 25),
 }
 LFM2_CONV = (True, False, True, False, True)
 #: Granite 4.0-H's tiny layout: Mamba-2 layers before, between and after its attention layer (head_count_kv 0)
@@ -113,6 +116,9 @@ FIXTURE_MODELS: dict[str, dict] = {
     "mamba2": {"arch": "mamba2"},  # Mamba-2 mixers only, two groups, a tied output head
     "granitehybrid": {"arch": "granitehybrid"},  # Granite 4.0-H-Tiny/Small: Mamba-2 and NoPE attention, experts and a shared one
     "granitehybrid-dense-rope": {"arch": "granitehybrid", "n_expert": 0, "ssm_rope": True},  # H-Micro's dense FFN; rope (Bamba's)
+    "falcon-h1": {"arch": "falcon-h1"},  # attention and Mamba-2 side by side, heads of key_length, no ssm_norm (_write_tiny_ssm_hybrid)
+    "nemotron_h": {"arch": "nemotron_h"},  # Mamba-2, NoPE attention and squared-ReLU FFN layers of two widths
+    "gemma3n": {"arch": "gemma3n"},  # AltUp, LAuReL, per-layer inputs, shared K/V, sparse FFN gates (_write_tiny_gemma3n)
 }
 
 
@@ -143,8 +149,12 @@ def write_tiny_model(
     granitemoe's shared expert (GraniteMoeShared); qwen2moe always has one, sigmoid-gated.  ``n_layer``: exaone4's
     depth where not ARCH_GEOMETRY's (:func:`_write_tiny_llama_variant`).  mamba2, granitehybrid: :func:`_write_tiny_ssm`
     (granitehybrid: experts unless ``n_expert`` is 0, ``ssm_rope`` its attention rotated)."""
+    if arch == "gemma3n":
+        return _write_tiny_gemma3n(path, qtype, seed)
     if arch in ("mamba2", "granitehybrid"):
         return _write_tiny_ssm(path, arch, qtype, seed, n_expert=4 if n_expert is None else n_expert, rope=ssm_rope)
+    if arch in ("falcon-h1", "nemotron_h"):
+        return _write_tiny_ssm_hybrid(path, arch, qtype, seed)
     if arch in ("lfm2", "lfm2moe"):
         return _write_tiny_lfm2(path, qtype, seed, moe=arch == "lfm2moe")
     if arch == "gpt-oss":
@@ -623,6 +633,177 @@ def _write_tiny_ssm(path: Path, arch: str, qtype: int, seed: int, n_expert: int 
             mat(b + "ffn_gate.weight", n_ff, n_embd)
             mat(b + "ffn_up.weight", n_ff, n_embd)
             mat(b + "ffn_down.weight", n_embd, n_ff)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def _write_tiny_gemma3n(path: Path, qtype: int, seed: int) -> Path:
+    """A random Gemma 3n: the sizes llama.cpp fixes (4 AltUp streams, per-layer inputs 256 wide, LAuReL rank 64),
+    a window of 8 on 4 layers of 5, global rope base 1M (window layers' 10k), logits soft-capped at 30.  The
+    tensors as llama.cpp's loader has them; the small AltUp ones (coefficients, routers) always float32."""
+    rng = np.random.default_rng(seed)
+    arch = "gemma3n"
+    n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = ARCH_GEOMETRY[arch]
+    n_altup, n_embd_altup, laurel_rank = 4, 256, 64
+    toks, merges, types = byte_vocab()
+    n_vocab = len(toks)
+    w = GGUFWriter(str(path), arch)
+    w.add_name(f"tiny-{arch}")
+    w.add_context_length(1024)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(1_000_000.0)
+    w.add_sliding_window(8)
+    w.add_final_logit_softcapping(30.0)
+    w.add_vocab_size(n_vocab)
+    w.add_file_type(int(getattr(LlamaFileType, f"MOSTLY_{Q(qtype).name}", LlamaFileType.ALL_F32)))
+    _add_byte_vocab(w)
+
+    def mat(name: str, rows: int, cols: int, scale: float = 0.1, f32: bool = False) -> None:
+        a = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+        w.add_tensor(name, a if qtype == Q.F32 or f32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 or f32 else qtype)
+
+    def vec(name: str, n: int, base: float = 1.0, scale: float = 0.1) -> None:
+        w.add_tensor(name, (base + rng.standard_normal(n) * scale).astype(np.float32))
+
+    mat("token_embd.weight", n_vocab, n_embd, 0.5)
+    mat("per_layer_token_embd.weight", n_vocab, n_embd_altup * n_layer, 0.1)
+    mat("per_layer_model_proj.weight", n_embd_altup * n_layer, n_embd, 0.1)
+    vec("per_layer_proj_norm.weight", n_embd_altup)
+    for name in ("altup_proj.weight", "altup_unembd_proj.weight"):  # [n_altup-1, n_embd, n_embd]
+        a = (rng.standard_normal((n_altup - 1, n_embd, n_embd)) * 0.2).astype(np.float32)
+        w.add_tensor(name, a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
+    vec("output_norm.weight", n_embd)
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        vec(b + "attn_norm.weight", n_embd)
+        mat(b + "attn_q.weight", n_head * head_dim, n_embd)
+        mat(b + "attn_k.weight", n_head_kv * head_dim, n_embd)
+        mat(b + "attn_v.weight", n_head_kv * head_dim, n_embd)
+        mat(b + "attn_output.weight", n_embd, n_head * head_dim)
+        # (Q and K normed and attention unscaled: weights near 1 give scores of +-head_dim, whose softmax rounds
+        # llama.cpp's fp16 Q and attention weights into whole logits; near 0.3, +-3)
+        vec(b + "attn_q_norm.weight", head_dim, 0.3, 0.05)
+        vec(b + "attn_k_norm.weight", head_dim, 0.3, 0.05)
+        vec(b + "post_attention_norm.weight", n_embd)
+        vec(b + "ffn_norm.weight", n_embd)
+        mat(b + "ffn_gate.weight", n_ff, n_embd, 0.3)
+        mat(b + "ffn_up.weight", n_ff, n_embd)
+        mat(b + "ffn_down.weight", n_embd, n_ff)
+        vec(b + "post_ffw_norm.weight", n_embd)
+        mat(b + "inp_gate.weight", n_embd_altup, n_embd, 0.3)
+        mat(b + "proj.weight", n_embd, n_embd_altup)
+        vec(b + "post_norm.weight", n_embd)
+        mat(b + "altup_correct_coef.weight", n_altup, n_altup, 0.05, f32=True)
+        vec(b + "altup_correct_scale.weight", n_embd)
+        mat(b + "altup_predict_coef.weight", n_altup * n_altup, n_altup, 0.05, f32=True)
+        mat(b + "altup_router.weight", n_altup, n_embd, 3.0, f32=True)  # (its input is scaled by 1/n_embd)
+        vec(b + "altup_router_norm.weight", n_embd)
+        mat(b + "laurel_l.weight", laurel_rank, n_embd)
+        mat(b + "laurel_r.weight", n_embd, laurel_rank)
+        vec(b + "laurel_post_norm.weight", n_embd)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+#: Falcon-H1's tiny layout: (n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer), heads wider than n_embd / n_head
+#: (its key_length, as the 0.5B's 64 at n_embd 1024 of 8 heads), and its mixers' own inner width (d_conv, d_inner,
+#: d_state, n_head, n_group): 96, not 2 * n_embd (Falcon's mamba_d_ssm)
+FALCON_H1_GEOMETRY = ((64, 4, 2, 24, 96, 3), (4, 96, 16, 6, 2))
+#: Nemotron-H's tiny layout, as its hybrid_override_pattern writes it ("M": Mamba-2, "-": an FFN, "*": attention),
+#: the FFNs of two widths (llama.cpp sizes each from its feed_forward_length entry)
+NEMOTRON_H_PATTERN, NEMOTRON_H_FF = "M-*-M", (96, 80)
+
+
+def _write_tiny_ssm_hybrid(path: Path, arch: str, qtype: int, seed: int) -> Path:
+    """A random Falcon-H1 or Nemotron-H, as llama.cpp's converter writes them.  falcon-h1: every layer attention
+    (GQA, rope) and a Mamba-2 mixer on one attn_norm, then a SwiGLU FFN; no ``ssm_norm`` (as the released
+    checkpoints: ``mamba_rms_norm`` false); its muP multipliers are in the weights, so random ones stand for
+    them.  nemotron_h: each layer one of a Mamba-2 mixer (with the grouped ``ssm_norm``), attention without
+    rope or an ungated squared-ReLU FFN, as NEMOTRON_H_PATTERN says (per-layer head_count_kv and
+    feed_forward_length, both 0 for Mamba-2).  Both with a separate output head."""
+    rng = np.random.default_rng(seed)
+    if arch == "falcon-h1":
+        (n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer), ssm_geo = FALCON_H1_GEOMETRY
+        kinds = "P" * n_layer  # (attention and mixer in parallel)
+    else:
+        (n_embd, n_head, n_head_kv, head_dim), ssm_geo = (64, 4, 2, 24), SSM_GEOMETRY
+        kinds, n_layer = NEMOTRON_H_PATTERN, len(NEMOTRON_H_PATTERN)
+        widths = iter(NEMOTRON_H_FF)
+        n_ff = [next(widths) if kind == "-" else 0 for kind in kinds]
+    d_conv, d_inner, d_state, n_ssm_head, n_group = ssm_geo
+    channels = d_inner + 2 * n_group * d_state
+    toks, merges, types = byte_vocab()
+    n_vocab = len(toks)
+    w = GGUFWriter(str(path), arch)
+    w.add_name(f"tiny-{arch}")
+    w.add_context_length(1024)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv if arch == "falcon-h1" else [n_head_kv if kind == "*" else 0 for kind in kinds])
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    if arch == "nemotron_h":  # (llama.cpp requires this one too of nemotron_h; its RMSNorms read the rms one)
+        w.add_layer_norm_eps(1e-5)
+    w.add_ssm_conv_kernel(d_conv)
+    w.add_ssm_inner_size(d_inner)
+    w.add_ssm_state_size(d_state)
+    w.add_ssm_time_step_rank(n_ssm_head)
+    w.add_ssm_group_count(n_group)
+    w.add_file_type(int(getattr(LlamaFileType, f"MOSTLY_{Q(qtype).name}", LlamaFileType.ALL_F32)))
+    _add_byte_vocab(w)
+
+    def mat(name: str, rows: int, cols: int, scale: float = 0.1) -> None:
+        a = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+        w.add_tensor(name, a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
+
+    def vec(name: str, n: int, base: float = 1.0, scale: float = 0.1) -> None:
+        w.add_tensor(name, (base + rng.standard_normal(n) * scale).astype(np.float32))
+
+    mat("token_embd.weight", n_vocab, n_embd, 0.5)
+    vec("output_norm.weight", n_embd)
+    mat("output.weight", n_vocab, n_embd, 0.5)
+    for i, kind in enumerate(kinds):
+        b = f"blk.{i}."
+        vec(b + "attn_norm.weight", n_embd)
+        if kind in "PM":
+            mat(b + "ssm_in.weight", 2 * d_inner + 2 * n_group * d_state + n_ssm_head, n_embd, 0.2)
+            w.add_tensor(b + "ssm_conv1d.weight", (rng.standard_normal((channels, d_conv)) * 0.5).astype(np.float32))
+            vec(b + "ssm_conv1d.bias", channels, 0.0)
+            w.add_tensor(b + "ssm_dt.bias", rng.uniform(-4.0, 0.0, n_ssm_head).astype(np.float32))
+            w.add_tensor(b + "ssm_a", -np.exp(rng.uniform(-2.0, 1.0, (n_ssm_head, 1))).astype(np.float32))
+            w.add_tensor(b + "ssm_d", (1.0 + rng.standard_normal((n_ssm_head, 1)) * 0.3).astype(np.float32))
+            if kind == "M":
+                w.add_tensor(b + "ssm_norm.weight", (1.0 + rng.standard_normal((n_group, d_inner // n_group)) * 0.1).astype(np.float32))
+            mat(b + "ssm_out.weight", n_embd, d_inner)
+        if kind in "P*":
+            mat(b + "attn_q.weight", n_head * head_dim, n_embd)
+            mat(b + "attn_k.weight", n_head_kv * head_dim, n_embd)
+            mat(b + "attn_v.weight", n_head_kv * head_dim, n_embd)
+            mat(b + "attn_output.weight", n_embd, n_head * head_dim)
+        if kind == "P":  # (the converter maps pre_ff_layernorm.weight, suffix and all, to blk.N.ffn_norm: no ".weight")
+            vec(b + "ffn_norm", n_embd)
+            mat(b + "ffn_gate.weight", n_ff, n_embd)
+        if kind in "P-":
+            width = n_ff if kind == "P" else n_ff[i]
+            mat(b + "ffn_up.weight", width, n_embd)
+            mat(b + "ffn_down.weight", n_embd, width)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -196,10 +196,12 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
         "embedding_pooling": pooling if cfg.arch in ("bert", "nomic-bert") else None,
         # Mamba-2's state-space layers (mamba2, granitehybrid): how many, their geometry, the state a sequence keeps
         # in each (the scan's and the convolution's last inputs, float32); Granite 4.0-H's attention without rope
-        "n_ssm_layers": sum(cfg.ssm_layers),
+        "n_ssm_layers": cfg.n_layer if cfg.ssm_parallel else sum(cfg.ssm_layers),
+        "ssm_parallel": cfg.ssm_parallel,
         "ssm": {"d_conv": cfg.ssm_d_conv, "d_inner": cfg.ssm_d_inner, "d_state": cfg.ssm_d_state, "n_head": cfg.ssm_dt_rank,
                 "n_group": cfg.ssm_n_group, "state_bytes_per_layer": 4 * cfg.ssm_d_inner * cfg.ssm_d_state
-                + 4 * (cfg.ssm_d_conv - 1) * (cfg.ssm_d_inner + 2 * cfg.ssm_n_group * cfg.ssm_d_state)} if any(cfg.ssm_layers) else None,
+                + 4 * (cfg.ssm_d_conv - 1) * (cfg.ssm_d_inner + 2 * cfg.ssm_n_group * cfg.ssm_d_state)}
+        if any(cfg.ssm_layers) or cfg.ssm_parallel else None,
         "rope_used": cfg.arch != "granitehybrid" or bool(g.arch_get("rope.scaling.finetuned", True)),
     }
 
@@ -262,10 +264,11 @@ def info(model: str | None, as_json: bool) -> None:
         lines = [ln for ln in lines if ln[0] != "shared expert"]
     if f["ssm"]:  # (after the layers: which are Mamba-2's; a model of them alone has no attention, no FFN, no K/V)
         m = f["ssm"]
-        ssm = (f"{f['n_ssm_layers']} of {f['n_layer']} Mamba-2 (d_inner {m['d_inner']}: {m['n_head']} heads, state {m['d_state']}, "
+        which = "every layer's Mamba-2 mixer beside its attention" if f["ssm_parallel"] else f"{f['n_ssm_layers']} of {f['n_layer']} Mamba-2"
+        ssm = (f"{which} (d_inner {m['d_inner']}: {m['n_head']} heads, state {m['d_state']}, "
                f"{m['n_group']} group{'s' if m['n_group'] != 1 else ''}, convolution {m['d_conv']}); {_size(m['state_bytes_per_layer'])} of state a layer")  # fmt: skip
         lines.insert(next(i for i, ln in enumerate(lines) if ln[0] == "layers") + 1, ("state-space layers", ssm))
-        if f["n_ssm_layers"] == f["n_layer"]:
+        if f["n_ssm_layers"] == f["n_layer"] and not f["ssm_parallel"]:
             lines = [ln for ln in lines if ln[0] not in ("heads (q / kv)", "feed-forward", "rope", "sliding window", "KV cache / token")]
     if not f["rope_used"]:
         lines = [(k, "none (the file says so: rope.scaling.finetuned false)" if k == "rope" else v) for k, v in lines]

@@ -68,7 +68,7 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "granitehybrid": {"rope_neox": False},
     # Falcon-H1: attention (rope over halves) and a Mamba-2 mixer side by side in every layer; its muP multipliers
     # are in the weights (the converter folds them), none at run time
-    "falcon-h1": {"rope_neox": True},
+    "falcon-h1": {"rope_neox": True, "ssm_parallel": True},  # (every layer: attention and a Mamba-2 mixer side by side)
     # Nemotron-H: Mamba-2, attention (no rope) or a squared-ReLU FFN alone in each layer (which: the per-layer
     # head_count_kv and feed_forward_length, both 0 for Mamba-2)
     "nemotron_h": {"rope_neox": False},
@@ -136,6 +136,7 @@ class ModelConfig:
     ssm_dt_rank: int = 0
     ssm_n_group: int = 0
     ssm_layers: tuple[bool, ...] = field(default_factory=tuple)
+    ssm_parallel: bool = False  # every layer a Mamba-2 mixer beside its attention (Falcon-H1), not in place of it
     # Nemotron-H's layers that are an FFN alone (no attention, no state: feed_forward_length > 0 where head_count_kv is 0)
     ffn_layers: tuple[bool, ...] = field(default_factory=tuple)
     # Gemma 3n (models/gemma3n.py): layers from n_layer_kv_from_start on store no K/V (-1: every layer its own);
@@ -278,6 +279,7 @@ def load_config(g: GGUFFile) -> ModelConfig:
         ssm_dt_rank=int(g.arch_get("ssm.time_step_rank", 0) or 0),
         ssm_n_group=int(g.arch_get("ssm.group_count", 0) or 0),
         ssm_layers=ssm_layers,
+        ssm_parallel=bool(d.get("ssm_parallel", False)),
         ffn_layers=ffn_layers,
         # (fixed, as llama.cpp's: the files' shared_kv_layers, E2B's 10 of 30 and E4B's 15 of 35, leave the same 20)
         n_layer_kv_from_start=int(d.get("n_layer_kv_from_start", -1)),

@@ -151,3 +151,6 @@ def test_info_names_the_state_space_layers(tmp_path):
     assert "rope.scaling.finetuned false" in r.output and "KV cache / token    16-bit 128 B" in r.output
     r = CliRunner().invoke(main, ["info", str(write_tiny_model(tmp_path / "m.gguf", "mamba2"))])
     assert r.exit_code == 0 and "2 of 2 Mamba-2" in r.output and "heads (q / kv)" not in r.output and "KV cache" not in r.output
+    r = CliRunner().invoke(main, ["info", str(write_tiny_model(tmp_path / "f.gguf", "falcon-h1"))])  # (beside, not instead of, attention)
+    assert r.exit_code == 0 and "every layer's Mamba-2 mixer beside its attention" in r.output, r.output
+    assert "heads (q / kv)" in r.output and "KV cache / token" in r.output

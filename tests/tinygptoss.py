@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType, RopeScalingType
+from gguf import GGMLQuantizationType, GGUFWriter, RopeScalingType
 from gguf.quants import quantize
 
 Q = GGMLQuantizationType
@@ -23,7 +23,7 @@ GEOMETRY = (64, 4, 2, 16, 32, 2, 4, 8)
 def write_tiny_gptoss(path: Path, qtype: int = Q.F32, seed: int = 0) -> Path:
     """The model at ``path``, its matrices as ``qtype``; MXFP4: the experts' only, the rest float32, as the
     published files hold the experts in MXFP4 and the rest wider."""
-    from tinymodel import _add_byte_vocab, byte_vocab
+    from tinymodel import _add_byte_vocab, _file_type, _finish, byte_vocab
 
     rng = np.random.default_rng(seed)
     n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer, n_expert, window = GEOMETRY
@@ -50,7 +50,7 @@ def write_tiny_gptoss(path: Path, qtype: int = Q.F32, seed: int = 0) -> Path:
     w.add_expert_count(n_expert)
     w.add_expert_used_count(2)
     w.add_expert_feed_forward_length(n_ff)
-    w.add_file_type(int(getattr(LlamaFileType, f"MOSTLY_{Q(qtype).name}", LlamaFileType.ALL_F32)))
+    w.add_file_type(_file_type(qtype))
     _add_byte_vocab(w)
 
     def tensor(name: str, a: np.ndarray, qt: int) -> None:
@@ -93,8 +93,4 @@ def write_tiny_gptoss(path: Path, qtype: int = Q.F32, seed: int = 0) -> Path:
         vec(b + "ffn_gate_exps.bias", n_expert, n_ff)
         vec(b + "ffn_up_exps.bias", n_expert, n_ff)
         vec(b + "ffn_down_exps.bias", n_expert, n_embd)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return _finish(w, path)

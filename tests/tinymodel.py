@@ -7,6 +7,7 @@ The vocabulary is GPT-2 byte-level: the 256 byte tokens plus a few merges and
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from gguf import ExpertGatingFuncType, GGMLQuantizationType, GGUFWriter, LlamaFileType, RopeScalingType
@@ -135,6 +136,40 @@ def _add_byte_vocab(w: GGUFWriter) -> None:
     w.add_add_bos_token(False)
 
 
+def _file_type(qtype: int) -> int:
+    """general.file_type as llama.cpp's quantizer names a file of ``qtype`` matrices."""
+    return int(getattr(LlamaFileType, f"MOSTLY_{Q(qtype).name}", LlamaFileType.ALL_F32))
+
+
+def _random_tensors(w: GGUFWriter, rng: np.random.Generator, qtype: int) -> tuple[Callable[..., None], Callable[..., None]]:
+    """A tiny model's tensor writers: ``mat(name, rows, cols, scale=0.1, f32=False)``, a matrix ~ N(0, scale²)
+    stored as ``qtype`` (float32 with ``f32``), and ``vec(name, n, base=1.0, scale=0.1)``, a float32 vector
+    ~ base + N(0, scale²); both draw from ``rng`` in call order, so a writer's bytes follow from its seed."""
+
+    def mat(name: str, rows: int, cols: int, scale: float = 0.1, f32: bool = False) -> None:
+        a = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+        if qtype == Q.F32 or f32:
+            w.add_tensor(name, a)
+        elif qtype == Q.F16:
+            w.add_tensor(name, a.astype(np.float16))
+        else:
+            w.add_tensor(name, quantize(a, qtype), raw_dtype=qtype)
+
+    def vec(name: str, n: int, base: float = 1.0, scale: float = 0.1) -> None:
+        w.add_tensor(name, (base + rng.standard_normal(n) * scale).astype(np.float32))
+
+    return mat, vec
+
+
+def _finish(w: GGUFWriter, path: Path) -> Path:
+    """Header, metadata and tensors out to ``path``."""
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 def write_tiny_model(
     path: Path, arch: str = "llama", qtype: int = Q.F32, seed: int = 0, sliding_window: int | None = None, rope_freqs: bool = False,
     chat_template: str | None = None, n_expert: int | None = None, extra_tensor: tuple[str, int, int] | None = None,
@@ -185,8 +220,7 @@ def write_tiny_model(
         w.add_rope_scaling_type(RopeScalingType.YARN)
         w.add_rope_scaling_factor(rope_yarn[0])
         w.add_rope_scaling_orig_ctx_len(rope_yarn[1])
-    ftype = getattr(LlamaFileType, f"MOSTLY_{Q(qtype).name}", LlamaFileType.ALL_F32)  # as llama.cpp's quantizer names the file
-    w.add_file_type(int(ftype))
+    w.add_file_type(_file_type(qtype))
     # mixture of experts (qwen3moe, qwen2moe, granitemoe, olmoe, deepseek; llama with n_expert: Mixtral's layout): 2 of
     # n_expert per token; a shared expert (qwen2moe, granitemoe with shared_expert; deepseek's 2 of n_ff_exp, one FFN)
     # as wide as neither the routed experts nor n_ff
@@ -224,21 +258,11 @@ def write_tiny_model(
     if chat_template is not None:
         w.add_chat_template(chat_template)
 
-    def mat(name: str, rows: int, cols: int, scale: float = 0.1) -> None:
-        a = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
-        if qtype == Q.F32:
-            w.add_tensor(name, a)
-        elif qtype == Q.F16:
-            w.add_tensor(name, a.astype(np.float16))
-        else:
-            w.add_tensor(name, quantize(a, qtype), raw_dtype=qtype)
+    mat, vec = _random_tensors(w, rng, qtype)
 
     def experts(name: str, rows: int, cols: int) -> None:
         a = (rng.standard_normal((n_expert, rows, cols)) * 0.1).astype(np.float32)
         w.add_tensor(name, a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
-
-    def vec(name: str, n: int, base: float = 1.0, scale: float = 0.1) -> None:
-        w.add_tensor(name, (base + rng.standard_normal(n) * scale).astype(np.float32))
 
     mat("token_embd.weight", n_vocab, n_embd, 0.5)
     vec("output_norm.weight", n_embd)
@@ -300,11 +324,7 @@ def write_tiny_model(
         w.add_tensor("rope_factors_short.weight", np.geomspace(1.0, 4.0, head_dim // 2).astype(np.float32))
     elif rope_freqs:
         w.add_tensor("rope_freqs.weight", np.geomspace(1.0, 8.0, head_dim // 2).astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return _finish(w, path)
 
 
 #: the LoRA adapter held to llama.cpp (tests/fixtures/lora_llama.npz, tools/make_lora_fixture.py): on the
@@ -328,11 +348,7 @@ def write_tiny_lora(path: Path, base: Path, targets: tuple[str, ...] = LORA_TARG
         n_out, n_in = shapes[name]
         w.add_tensor(name + ".lora_a", (rng.standard_normal((rank, n_in)) * 0.3).astype(np.float32))
         w.add_tensor(name + ".lora_b", (rng.standard_normal((n_out, rank)) * 0.3).astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return _finish(w, path)
 
 
 def _write_tiny_lfm2(path: Path, qtype: int, seed: int, moe: bool = False) -> Path:
@@ -363,15 +379,10 @@ def _write_tiny_lfm2(path: Path, qtype: int, seed: int, moe: bool = False) -> Pa
     w.add_rope_freq_base(10000.0)
     w.add_uint32(f"{arch}.shortconv.l_cache", l_cache)
     w.add_vocab_size(n_vocab)
-    w.add_file_type(int(getattr(LlamaFileType, f"MOSTLY_{Q(qtype).name}", LlamaFileType.ALL_F32)))
+    w.add_file_type(_file_type(qtype))
     _add_byte_vocab(w)
 
-    def mat(name: str, rows: int, cols: int, scale: float = 0.1) -> None:
-        a = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
-        w.add_tensor(name, a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
-
-    def vec(name: str, n: int, base: float = 1.0, scale: float = 0.1) -> None:
-        w.add_tensor(name, (base + rng.standard_normal(n) * scale).astype(np.float32))
+    mat, vec = _random_tensors(w, rng, qtype)
 
     mat("token_embd.weight", n_vocab, n_embd, 0.5)
     vec("token_embd_norm.weight", n_embd)
@@ -400,11 +411,7 @@ def _write_tiny_lfm2(path: Path, qtype: int, seed: int, moe: bool = False) -> Pa
             mat(b + "ffn_gate.weight", n_ff, n_embd)
             mat(b + "ffn_up.weight", n_ff, n_embd)
             mat(b + "ffn_down.weight", n_embd, n_ff)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return _finish(w, path)
 
 
 def _write_tiny_layernorm(path: Path, arch: str, qtype: int, seed: int, split_qkv: bool, qk_norm: bool) -> Path:
@@ -427,15 +434,10 @@ def _write_tiny_layernorm(path: Path, arch: str, qtype: int, seed: int, split_qk
     w.add_layer_norm_eps(1e-5)
     w.add_rope_dimension_count(ROPE_DIM[arch])
     w.add_rope_freq_base(10000.0)
-    w.add_file_type(int(getattr(LlamaFileType, f"MOSTLY_{Q(qtype).name}", LlamaFileType.ALL_F32)))
+    w.add_file_type(_file_type(qtype))
     _add_byte_vocab(w)
 
-    def mat(name: str, rows: int, cols: int, scale: float = 0.1) -> None:
-        a = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
-        w.add_tensor(name, a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
-
-    def vec(name: str, n: int, base: float = 1.0, scale: float = 0.1) -> None:
-        w.add_tensor(name, (base + rng.standard_normal(n) * scale).astype(np.float32))
+    mat, vec = _random_tensors(w, rng, qtype)
 
     q_dim, kv_dim = n_head * head_dim, n_head_kv * head_dim
     mat("token_embd.weight", n_vocab, n_embd, 0.5)
@@ -473,11 +475,7 @@ def _write_tiny_layernorm(path: Path, arch: str, qtype: int, seed: int, split_qk
         mat(b + "ffn_gate.weight", n_ff, n_embd)
         mat(b + "ffn_up.weight", n_ff, n_embd)
         mat(b + "ffn_down.weight", n_embd, n_ff)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return _finish(w, path)
 
 
 def _write_tiny_llama_variant(path: Path, arch: str, qtype: int, seed: int, sliding_window: int | None, n_layer: int | None) -> Path:
@@ -509,15 +507,10 @@ def _write_tiny_llama_variant(path: Path, arch: str, qtype: int, seed: int, slid
         w.add_layer_norm_rms_eps(1e-6)
         if sliding_window is not None:
             w.add_sliding_window(sliding_window)
-    w.add_file_type(int(getattr(LlamaFileType, f"MOSTLY_{Q(qtype).name}", LlamaFileType.ALL_F32)))
+    w.add_file_type(_file_type(qtype))
     _add_byte_vocab(w)
 
-    def mat(name: str, rows: int, cols: int, scale: float = 0.1) -> None:
-        a = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
-        w.add_tensor(name, a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
-
-    def vec(name: str, n: int, base: float = 1.0, scale: float = 0.1) -> None:
-        w.add_tensor(name, (base + rng.standard_normal(n) * scale).astype(np.float32))
+    mat, vec = _random_tensors(w, rng, qtype)
 
     mat("token_embd.weight", n_vocab, n_embd, 0.5)
     vec("output_norm.weight", n_embd)
@@ -542,11 +535,7 @@ def _write_tiny_llama_variant(path: Path, arch: str, qtype: int, seed: int, slid
             mat(b + "ffn_gate.weight", n_ff, n_embd)
         mat(b + "ffn_up.weight", n_ff, n_embd)
         mat(b + "ffn_down.weight", n_embd, n_ff)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return _finish(w, path)
 
 
 def _write_tiny_ssm(path: Path, arch: str, qtype: int, seed: int, n_expert: int = 4, rope: bool = False) -> Path:
@@ -588,15 +577,10 @@ def _write_tiny_ssm(path: Path, arch: str, qtype: int, seed: int, n_expert: int 
             w.add_expert_count(n_expert)
             w.add_expert_used_count(2)
             w.add_expert_shared_feed_forward_length(n_ff_shexp)
-    w.add_file_type(int(getattr(LlamaFileType, f"MOSTLY_{Q(qtype).name}", LlamaFileType.ALL_F32)))
+    w.add_file_type(_file_type(qtype))
     _add_byte_vocab(w)
 
-    def mat(name: str, rows: int, cols: int, scale: float = 0.1) -> None:
-        a = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
-        w.add_tensor(name, a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
-
-    def vec(name: str, n: int, base: float = 1.0, scale: float = 0.1) -> None:
-        w.add_tensor(name, (base + rng.standard_normal(n) * scale).astype(np.float32))
+    mat, vec = _random_tensors(w, rng, qtype)
 
     mat("token_embd.weight", n_vocab, n_embd, 0.5)
     vec("output_norm.weight", n_embd)
@@ -633,11 +617,7 @@ def _write_tiny_ssm(path: Path, arch: str, qtype: int, seed: int, n_expert: int 
             mat(b + "ffn_gate.weight", n_ff, n_embd)
             mat(b + "ffn_up.weight", n_ff, n_embd)
             mat(b + "ffn_down.weight", n_embd, n_ff)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return _finish(w, path)
 
 
 def _write_tiny_gemma3n(path: Path, qtype: int, seed: int) -> Path:
@@ -665,15 +645,10 @@ def _write_tiny_gemma3n(path: Path, qtype: int, seed: int) -> Path:
     w.add_sliding_window(8)
     w.add_final_logit_softcapping(30.0)
     w.add_vocab_size(n_vocab)
-    w.add_file_type(int(getattr(LlamaFileType, f"MOSTLY_{Q(qtype).name}", LlamaFileType.ALL_F32)))
+    w.add_file_type(_file_type(qtype))
     _add_byte_vocab(w)
 
-    def mat(name: str, rows: int, cols: int, scale: float = 0.1, f32: bool = False) -> None:
-        a = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
-        w.add_tensor(name, a if qtype == Q.F32 or f32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 or f32 else qtype)
-
-    def vec(name: str, n: int, base: float = 1.0, scale: float = 0.1) -> None:
-        w.add_tensor(name, (base + rng.standard_normal(n) * scale).astype(np.float32))
+    mat, vec = _random_tensors(w, rng, qtype)
 
     mat("token_embd.weight", n_vocab, n_embd, 0.5)
     mat("per_layer_token_embd.weight", n_vocab, n_embd_altup * n_layer, 0.1)
@@ -711,11 +686,7 @@ def _write_tiny_gemma3n(path: Path, qtype: int, seed: int) -> Path:
         mat(b + "laurel_l.weight", laurel_rank, n_embd)
         mat(b + "laurel_r.weight", n_embd, laurel_rank)
         vec(b + "laurel_post_norm.weight", n_embd)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return _finish(w, path)
 
 
 #: Falcon-H1's tiny layout: (n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer), heads wider than n_embd / n_head
@@ -766,15 +737,10 @@ def _write_tiny_ssm_hybrid(path: Path, arch: str, qtype: int, seed: int) -> Path
     w.add_ssm_state_size(d_state)
     w.add_ssm_time_step_rank(n_ssm_head)
     w.add_ssm_group_count(n_group)
-    w.add_file_type(int(getattr(LlamaFileType, f"MOSTLY_{Q(qtype).name}", LlamaFileType.ALL_F32)))
+    w.add_file_type(_file_type(qtype))
     _add_byte_vocab(w)
 
-    def mat(name: str, rows: int, cols: int, scale: float = 0.1) -> None:
-        a = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
-        w.add_tensor(name, a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
-
-    def vec(name: str, n: int, base: float = 1.0, scale: float = 0.1) -> None:
-        w.add_tensor(name, (base + rng.standard_normal(n) * scale).astype(np.float32))
+    mat, vec = _random_tensors(w, rng, qtype)
 
     mat("token_embd.weight", n_vocab, n_embd, 0.5)
     vec("output_norm.weight", n_embd)
@@ -804,8 +770,4 @@ def _write_tiny_ssm_hybrid(path: Path, arch: str, qtype: int, seed: int) -> Path
             width = n_ff if kind == "P" else n_ff[i]
             mat(b + "ffn_up.weight", width, n_embd)
             mat(b + "ffn_down.weight", n_embd, width)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return _finish(w, path)

@@ -176,6 +176,8 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
         "n_ff_shexp": shexp.shape[0] if shexp is not None else 0,
         "n_expert_shared": int(g.arch_get("expert_shared_count", 1) or 1) if shexp is not None else 0,
         "shexp_gated": any(name.endswith(".ffn_gate_inp_shexp.weight") for name in g.tensors),
+        # gpt-oss's learned attention sinks: a logit per head that takes its share of each softmax and adds no value
+        "attention_sinks": "blk.0.attn_sinks.weight" in g.tensors,
         "rope_theta": cfg.rope_theta,
         "rope_theta_swa": cfg.rope_theta_swa,
         "rope_scaling": cfg.rope_scaling_type,
@@ -256,12 +258,15 @@ def info(model: str | None, as_json: bool) -> None:
         ("rope", f"theta {f['rope_theta']:g}" + (f", local {f['rope_theta_swa']:g}" if f["rope_theta_swa"] else "") + f", {'neox' if f['rope_neox'] else 'normal'}, scaling {f['rope_scaling']}"
                  + (f", partial: {f['rope_dim']} of {f['head_dim']} dims" if f["rope_dim"] < f["head_dim"] else "")),
         ("sliding window", f"{f['sliding_window']} tokens on {f['n_swa_layers']} of {f['n_layer']} layers" if f["sliding_window"] else "none"),
+        ("attention sinks", "a learned logit per head, beside every softmax's keys"),
         ("tokenizer", f"{f['tokenizer_kind']}, {f['vocab_size']} tokens" + (f", pre {f['tokenizer_pre']}" if f["tokenizer_pre"] else "")),
         ("chat template", "in file" if f["has_chat_template"] else "built-in"),
         ("KV cache / token", "  ".join(f"{b}-bit {_size(v)}" for b, v in f["kv_bytes_per_token"].items())),
     ]
     if not f["n_ff_shexp"]:
         lines = [ln for ln in lines if ln[0] != "shared expert"]
+    if not f["attention_sinks"]:
+        lines = [ln for ln in lines if ln[0] != "attention sinks"]
     if f["ssm"]:  # (after the layers: which are Mamba-2's; a model of them alone has no attention, no FFN, no K/V)
         m = f["ssm"]
         which = "every layer's Mamba-2 mixer beside its attention" if f["ssm_parallel"] else f"{f['n_ssm_layers']} of {f['n_layer']} Mamba-2"

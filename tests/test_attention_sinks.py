@@ -93,3 +93,16 @@ def test_compressed_cache_attends_with_sink_logits(chunk):
     got = _feed(cache, q, k, v, chunk)
     want = reference(q, k, v, SPEC)
     np.testing.assert_allclose(got, want, atol=3e-2, rtol=0)
+
+
+def test_kvrun_info_states_the_sinks(tmp_path):
+    from click.testing import CliRunner
+    from tinygptoss import write_tiny_gptoss
+    from tinymodel import write_tiny_model
+
+    from kvrun.cli import main
+
+    r = CliRunner().invoke(main, ["info", str(write_tiny_gptoss(tmp_path / "g.gguf"))])
+    assert r.exit_code == 0 and "attention sinks" in r.output and "a learned logit per head" in r.output, r.output
+    r = CliRunner().invoke(main, ["info", str(write_tiny_model(tmp_path / "l.gguf"))])
+    assert r.exit_code == 0 and "attention sinks" not in r.output

@@ -130,14 +130,46 @@ class ThinkSplitter:
         return [("reasoning" if self.mode == "think" else "content", text)]
 
 
+#: where a harmony message's body ends (its end tags), or the next message starts
+_BODY_ENDS = (*HARMONY_ENDS, START)
+#: where a harmony header starts: ``<|start|>ROLE``, or (the role given) ``<|channel|>`` or `` to=``
+_HEAD = re.compile(r"\s*(?:<\|start\|>|(?=<\|channel\|>|to=))")
+
+
+def harmony_messages(text: str) -> list[tuple[str | None, str | None, str]]:
+    """A whole harmony reply's messages as (channel, recipient, body); text outside any message is a
+    (None, None, text) one, a header cut before its <|message|> is left out.  (:class:`HarmonySplitter`
+    reads a stream the same way, without recipients: tests hold the two to each other.)"""
+    out: list[tuple[str | None, str | None, str]] = []
+    at = 0
+    while text[at:].strip():
+        meta: tuple[str | None, str | None] = (None, None)  # (a reply that is not harmony, or text after a message's end)
+        head = _HEAD.match(text, at)
+        if head is not None:
+            opened = text.find(MESSAGE, head.end())
+            if opened < 0:
+                break  # (cut inside its header)
+            header, at = text[head.end() : opened], opened + len(MESSAGE)
+            channel = re.search(re.escape(CHANNEL) + r"\s*(\w+)", header)
+            recipient = re.search(r"to=([^\s<]+)", header)
+            meta = (channel.group(1) if channel else None, recipient.group(1) if recipient else None)
+        ends = [(i, t) for t in _BODY_ENDS if (i := text.find(t, at)) >= 0]
+        end, tag = min(ends) if ends else (len(text), "")
+        out.append((*meta, text[at:end]))
+        at = end + (len(tag) if tag != START else 0)  # (the next header starts with its <|start|>)
+    return out
+
+
 def split(text: str) -> tuple[str | None, str]:
     """(the reasoning, None if the reply does not think; the content) of a whole reply."""
+    if is_harmony(text):  # its analysis messages the reasoning, the others the content
+        msgs = harmony_messages(text)
+        thought = "".join(body for channel, _, body in msgs if channel == "analysis")
+        return thought or None, "".join(body for channel, _, body in msgs if channel != "analysis")
     s = ThinkSplitter()
     parts = s.push(text) + s.flush()
     content = "".join(t for k, t in parts if k == "content")
     thought = "".join(t for k, t in parts if k == "reasoning")
-    if s.harmony is not None:
-        return thought or None, content
     if not text.lstrip().startswith(OPEN):
         return None, content
     return thought, content

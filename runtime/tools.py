@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .jsonschema import SchemaError, schema_to_gbnf
-from .reasoning import CHANNEL, HARMONY_ENDS, MESSAGE, START
+from .reasoning import CHANNEL, MESSAGE, harmony_messages
 
 ANY_OBJECT = {"type": "object"}
 CHOICES = ("auto", "none", "required")
@@ -295,35 +295,8 @@ class Generic:
         return text, []
 
 
-#: where a harmony message's body ends (reasoning.py's end tags), or the next message starts
-_HARMONY_ENDS = (*HARMONY_ENDS, START)
-#: where a harmony header starts: ``<|start|>ROLE``, or (the role given) ``<|channel|>`` or `` to=``
-_HARMONY_HEAD = re.compile(r"\s*(?:<\|start\|>|(?=<\|channel\|>|to=))")
 #: a GBNF text's rule names (outside its literals, character classes and repetition bounds)
 _GBNF_NAME = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]|\{[^}]*\}|::=|([A-Za-z0-9-]+)')
-
-
-def _harmony_messages(text: str) -> list[tuple[str | None, str | None, str]]:
-    """A harmony reply's messages as (channel, recipient, body); text outside any message is a
-    (None, None, text) one, a header cut before its <|message|> is left out."""
-    out: list[tuple[str | None, str | None, str]] = []
-    at = 0
-    while text[at:].strip():
-        meta: tuple[str | None, str | None] = (None, None)  # (a reply that is not harmony, or text after a message's end)
-        head = _HARMONY_HEAD.match(text, at)
-        if head is not None:
-            opened = text.find(MESSAGE, head.end())
-            if opened < 0:
-                break  # (cut inside its header)
-            header, at = text[head.end() : opened], opened + len(MESSAGE)
-            channel = re.search(re.escape(CHANNEL) + r"\s*(\w+)", header)
-            recipient = re.search(r"to=([^\s<]+)", header)
-            meta = (channel.group(1) if channel else None, recipient.group(1) if recipient else None)
-        ends = [(i, t) for t in _HARMONY_ENDS if (i := text.find(t, at)) >= 0]
-        end, tag = min(ends) if ends else (len(text), "")
-        out.append((*meta, text[at:end]))
-        at = end + (len(tag) if tag != START else 0)  # (the next header starts with its <|start|>)
-    return out
 
 
 def harmony_reply(text: str) -> tuple[str | None, str, list[dict[str, Any]]]:
@@ -331,7 +304,7 @@ def harmony_reply(text: str) -> tuple[str | None, str, list[dict[str, Any]]]:
     ``analysis`` messages are the thinking, ``final`` and ``commentary`` ones the answer, a message to
     ``functions.NAME`` a call (its arguments the JSON object it holds; a call cut short is left out)."""
     thoughts, said, calls = [], [], []
-    for channel, recipient, body in _harmony_messages(text):
+    for channel, recipient, body in harmony_messages(text):
         if recipient is not None and recipient.startswith("functions."):
             try:
                 args = json.JSONDecoder().raw_decode(body.strip())[0] if body.strip() else {}

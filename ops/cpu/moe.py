@@ -25,6 +25,17 @@ _JIT = dict(cache=True, fastmath=True, nogil=True)
 
 #: the experts' GLU: silu(gate) * up, or gpt-oss's clamped one (:func:`swiglu_oai`)
 ACT_SILU, ACT_OAI = 0, 1
+#: gpt-oss's clamped SwiGLU: ggml's swiglu_oai with the alpha and limit llama.cpp fixes for it
+OAI_ALPHA = 1.702
+OAI_LIMIT = 7.0
+
+
+@nb.njit(inline="always", **_JIT)
+def _oai(g, u):
+    """One value of gpt-oss's GLU: ``x sigmoid(1.702 x) (y + 1)``, ``x = min(g, 7)``, ``y = clamp(u, -7, 7)``."""
+    lim = np.float32(OAI_LIMIT)
+    x = min(g, lim)
+    return x / (np.float32(1.0) + np.exp(-np.float32(OAI_ALPHA) * x)) * (max(min(u, lim), -lim) + np.float32(1.0))
 
 
 @nb.njit(parallel=prange_only(), **_JIT)
@@ -33,8 +44,6 @@ def _moe_token(kg, wg, ku, wu, kd, wd, n_ff, experts, wts, xn, x, sx, g, u, sh, 
     gb, ub: [n_expert, n_ff], db: [n_expert, n_embd] the experts' biases (gpt-oss) or [0, 0]; act: ACT_*."""
     n_embd = xn.size
     has_b = gb.shape[0] > 0
-    a = np.float32(OAI_ALPHA)
-    lim = np.float32(OAI_LIMIT)
     xq, xd, xs, x16 = _quant_x(kg, xn, sx)
     for j in nb.prange(experts.size):
         e = experts[j]
@@ -48,9 +57,8 @@ def _moe_token(kg, wg, ku, wu, kd, wd, n_ff, experts, wts, xn, x, sx, g, u, sh, 
             if has_b:
                 gi += gb[e, i]
                 ui += ub[e, i]
-            if act == ACT_OAI:  # (as swiglu_oai below)
-                gi = min(gi, lim)
-                g[j, i] = gi / (np.float32(1.0) + np.exp(-a * gi)) * (max(min(ui, lim), -lim) + np.float32(1.0))
+            if act == ACT_OAI:
+                g[j, i] = _oai(gi, ui)
             else:
                 g[j, i] = gi / (np.float32(1.0) + np.exp(-gi)) * ui
         # g[j] quantized as qmatmul._quant_x does (without its contiguity check: a raise in the loop
@@ -103,21 +111,11 @@ def moe_token(gate: np.ndarray, gate_type: int, up: np.ndarray, up_type: int, do
     return True
 
 
-#: gpt-oss's clamped SwiGLU: ggml's swiglu_oai with the alpha and limit llama.cpp fixes for it
-OAI_ALPHA = 1.702
-OAI_LIMIT = 7.0
-
-
 @nb.njit(**_JIT)
 def swiglu_oai(g: np.ndarray, u: np.ndarray, out: np.ndarray) -> None:
     """``out = x sigmoid(1.702 x) (y + 1)`` with ``x = min(g, 7)``, ``y = clamp(u, -7, 7)``, elementwise
     over ``[T, n]`` float32 (``out`` may be ``g``).  The clamps keep gpt-oss's large activations from
     overflowing its experts, as it was trained."""
-    a = np.float32(OAI_ALPHA)
-    lim = np.float32(OAI_LIMIT)
     for t in range(g.shape[0]):
         for i in range(g.shape[1]):
-            x = min(g[t, i], lim)
-            y = max(min(u[t, i], lim), -lim)
-            out[t, i] = x / (np.float32(1.0) + np.exp(-a * x)) * (y + np.float32(1.0))
-
+            out[t, i] = _oai(g[t, i], u[t, i])

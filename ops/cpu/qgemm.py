@@ -319,7 +319,7 @@ def _iq1_m(g, wb):
 
 #: weight rows a packing call takes: their codes are transposed in registers into the tile's layout
 #: (Q4_1 1536 x 576, one thread: 4 rows 0.060 ms, 8 rows 0.056, 16 rows 0.061; one row 0.089)
-PACK_ROWS = 4
+PACK_ROWS = 4  # (the packers' typer and _pack_tile name four row pointers: change them with it)
 _PACK_SIG = types.none(*([types.int64] * (PACK_ROWS + 4)))
 
 

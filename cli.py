@@ -723,34 +723,42 @@ def chat(model: str | None, system: str | None, n_predict: int, template_kwargs:
               help='variables for the chat template, e.g. \'{"enable_thinking": false}\'; a request\'s own chat_template_kwargs go over them')
 @click.option("--api-key", default=None, envvar="KVRUN_API_KEY",
               help="require 'Authorization: Bearer KEY' on every request but /health (as llama-server's; env KVRUN_API_KEY)")
+@click.option("-np", "--parallel", type=int, default=1, show_default=True, envvar="KVRUN_PARALLEL",
+              help="requests generated at once, each with a KV cache of the whole --ctx-size, their tokens batched "
+                   "(as llama-server's --parallel, Ollama's OLLAMA_NUM_PARALLEL; env KVRUN_PARALLEL)")
 @draft_options
 @engine_options
 @kv_options
 @friendly
-def serve(model: str | None, host: str, port: int, alias: str | None, template_kwargs: str | None, api_key: str | None, **kw: Any) -> None:
+def serve(model: str | None, host: str, port: int, alias: str | None, template_kwargs: str | None, api_key: str | None,
+          parallel: int, **kw: Any) -> None:  # fmt: skip
     """OpenAI-compatible HTTP server, as llama-server: /v1/chat/completions, /v1/completions, /v1/models, /health;
     and Ollama's /api/chat, /api/generate, /api/tags, /api/show, for apps written for Ollama.
 
-    One request is generated at a time; each endpoint keeps its KV cache (compressed as the
-    --kv-* flags say) and reuses the prefix a new request shares with the last one."""
+    Up to --parallel requests are generated at once, in slots that each keep a KV cache (compressed
+    as the --kv-* flags say) and reuse the prefix a new request shares with what the slot holds."""
     from .runtime.server import make_server
+    from .runtime.slots import MAX_PARALLEL
 
     if not 0 <= port <= 65535:
         raise KvrunError(f"--port must be in 0..65535, got {port}")
     if api_key is not None and not api_key.strip():
         raise KvrunError("--api-key is empty; give a key, or leave the flag out for no authentication")
+    if not 1 <= parallel <= MAX_PARALLEL:  # (before the model loads)
+        raise KvrunError(f"--parallel must be in 1..{MAX_PARALLEL} (requests generated at once), got {parallel}")
     tkw = _template_kwargs(template_kwargs)
     path = _resolve(model)
     m = _load(str(path), kw)
     m.chat_template_kwargs = tkw
-    httpd = make_server(m, host, port, alias or Path(path).stem, api_key=api_key)
+    httpd = make_server(m, host, port, alias or Path(path).stem, api_key=api_key, parallel=parallel)
     m.engine.warm_up()  # the kernels load (or compile) before the first request, not during it
     h, p = httpd.server_address[:2]
     if m.engine.model.encoder:
         click.echo(f"kvrun serve: {m.config.arch} embedding model; listening on http://{h}:{p} "
                    "(OpenAI API: /v1/embeddings, /v1/models, /health; Ollama API: /api/embed, /api/tags); Ctrl-C stops", err=True)  # fmt: skip
     else:
-        click.echo(f"kvrun serve: {m.config.arch}, ctx {m.engine.n_ctx}, cache {m.engine.kv or 'fp16'}; listening on http://{h}:{p} "
+        slots = f", {parallel} slots" if parallel > 1 else ""
+        click.echo(f"kvrun serve: {m.config.arch}, ctx {m.engine.n_ctx}, cache {m.engine.kv or 'fp16'}{slots}; listening on http://{h}:{p} "
                    "(OpenAI API: /v1/chat/completions, /v1/completions, /v1/models, /health; Ollama API: /api/chat, /api/generate, /api/tags; "
                    "Anthropic API: /v1/messages); Ctrl-C stops", err=True)  # fmt: skip
     try:

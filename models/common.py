@@ -245,7 +245,7 @@ class Model:
     def forward(self, tokens: np.ndarray, pos: np.ndarray, cache: KVCache, out_rows: np.ndarray, logits: np.ndarray) -> None:
         """Run ``tokens`` [T] at positions ``pos`` [T] through the model.
 
-        Writes the logits of the rows ``out_rows`` (consecutive indices into
+        Writes the logits of the rows ``out_rows`` (increasing indices into
         the batch) to ``logits`` ``[len(out_rows), n_vocab]``.
         """
         raise NotImplementedError
@@ -261,20 +261,24 @@ class Model:
     def output_head(self, x: Any, out_rows: np.ndarray, logits: np.ndarray) -> None:
         """Final norm, output projection (and soft-cap) of the rows ``out_rows`` of the residual stream ``x``.
 
-        The rows are taken as a slice, which every array type (device ones too) takes without an index upload.
+        Consecutive rows (one sequence's) are taken as a slice, which every array type (device ones too) takes
+        without an index upload; others (a batch of sequences, each wanting its last row) are gathered first.
         """
         n = len(out_rows)
         if n == 0:
             return
         lo = int(out_rows[0])
-        if np.any(np.asarray(out_rows) != np.arange(lo, lo + n)):
-            raise ValueError("out_rows must be consecutive batch rows")
+        if np.all(np.asarray(out_rows) == np.arange(lo, lo + n)):
+            rows = x[lo : lo + n]
+        else:
+            rows = self.buf.get("xg", n, self.cfg.n_embd)
+            rows[...] = x[np.asarray(out_rows)]
         c, be = self.cfg, self.be
         if self.embedding:  # the final-normed hidden states themselves (Engine.embed): no projection
-            self.final_norm(x[lo : lo + n], logits)
+            self.final_norm(rows, logits)
             return
         xo = self.buf.get("xo", n, c.n_embd)
-        self.final_norm(x[lo : lo + n], xo)
+        self.final_norm(rows, xo)
         be.linear(self.output, xo, logits)
         if self.logit_multiplier() != 1.0:
             be.scale(logits, self.logit_multiplier())

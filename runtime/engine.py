@@ -19,6 +19,7 @@ import numba
 import numpy as np
 
 from ..cache.base import KVCache
+from ..cache.batch import BatchedKVCache
 from ..cache.factory import make_cache
 from ..cache.kvconfig import KVConfig
 from ..loaders.config import ModelConfig, load_config
@@ -242,6 +243,9 @@ class Engine:
             if not 0.0 <= draft_p_min < 1.0:
                 raise KvrunError(f"--draft-p-min must be in [0, 1), got {draft_p_min}")
             self.draft = DraftModel(d, self.cfg.n_vocab, draft_p_min)
+        #: continuous batching (runtime/batcher.py): set, evaluations from several threads meet there and
+        #: are fed together (a server's parallel slots); None: each eval runs the model itself
+        self.batcher: Any = None
 
     @property
     def prefill_products(self) -> str | None:
@@ -277,8 +281,43 @@ class Engine:
         n_vocab = self.cfg.n_vocab
         first = min(max(logits_start, 0), n - 1) if logits_all else n - 1
         out = self.backend.zeros((n - first, n_vocab), np.float32) if on_device else np.empty((n - first, n_vocab), np.float32)
-        self._eval_chunks(cache, tokens, first, out)
+        if self.batcher is not None:  # (fed with whichever other sequences are waiting)
+            self.batcher.eval(cache, tokens, first, out)
+        else:
+            self._eval_chunks(cache, tokens, first, out)
         return out
+
+    def forward_batch(self, caches: list[KVCache], chunks: list[np.ndarray], wants: list[int], outs: list[Any]) -> None:
+        """One forward over several sequences: ``chunks[i]`` fed after what ``caches[i]`` holds, the logits of
+        its tokens from index ``wants[i]`` on into ``outs[i]`` (``[len(chunks[i]) - wants[i], n_vocab]``).
+
+        The weight products take all the tokens at once; each sequence attends over its own cache
+        (cache/batch.py).  Every sequence's tokens are checked first; a forward that fails leaves each cache
+        as it was."""
+        chunks = [self._checked_tokens(t, c.offset) for t, c in zip(chunks, caches)]
+        tokens = np.concatenate(chunks)
+        if len(tokens) > self.n_batch:
+            raise KvrunError(f"a batch of {len(tokens)} tokens is more than --batch-size {self.n_batch}")
+        mux = BatchedKVCache(caches, [len(t) for t in chunks])
+        rows = np.concatenate([np.arange(b + w, b + len(t)) for b, w, t in zip(mux.bounds, wants, chunks)]).astype(np.int64)
+        logits = np.empty((len(rows), self.cfg.n_vocab), np.float32)
+        prefill = getattr(self.backend, "prefill", None)
+        try:
+            with prefill() if prefill is not None else contextlib.nullcontext():
+                # --threads, else the decode tuner's choice (as a prefill follows it): the leading thread's count
+                n_threads = self.threads if self.threads is not None else self.tuner.best if self.tuner is not None else None
+                if n_threads is not None and num_threads() != n_threads:
+                    numba.set_num_threads(n_threads)
+                self.model.forward(tokens, mux.positions(), mux, rows, logits)
+        except BaseException:
+            for c in caches:  # (what the forward stored before it failed)
+                c.truncate(c.offset)
+            raise
+        mux.advance()
+        at = 0
+        for out in outs:
+            out[...] = logits[at : at + len(out)]
+            at += len(out)
 
     def _checked_tokens(self, tokens: list[int] | np.ndarray, offset: int) -> np.ndarray:
         """``tokens`` as int32, or a one-line KvrunError: not integers, empty, past the context after
@@ -392,16 +431,24 @@ class Engine:
         t0 = time.perf_counter()
         # on the GPU the logits stay there: a greedy step brings down one id, a top-k draw k candidates
         on_device = self.backend.name != "cpu"
-        xp = getattr(self.backend, "xp", np)
         logits = self.eval(cache, prompt, on_device=on_device)[-1]
         stats.n_prompt, stats.t_prompt = len(prompt), time.perf_counter() - t0
-        eot = self.tokenizer.eot_ids
         grammar = req.grammar if req.grammar is not None else JSON_OBJECT if req.json_mode else None
         constraint = GrammarConstraint(self.tokenizer, self.cfg.n_vocab, grammar, req.grammar_trigger) if grammar is not None else None
         ngrams = NgramIndex(history) if req.lookup else None
         # the draft model drafts for greedy, unconstrained requests (its drafts are checked greedily)
         drafter = self.draft if self.draft is not None and not req.lookup and constraint is None and req.greedy() else None
         context = list(context or [])
+        with self.batcher.sequence(cache) if self.batcher is not None else contextlib.nullcontext():
+            yield from self._generate(cache, logits, history, req, stats, sampler, constraint, ngrams, drafter, context)
+
+    def _generate(self, cache: KVCache, logits: Any, history: list[int], req: GenRequest, stats: GenStats, sampler: Sampler,
+                  constraint: GrammarConstraint | None, ngrams: NgramIndex | None, drafter: DraftModel | None,
+                  context: list[int]) -> Iterator[int]:  # fmt: skip
+        """The sampling loop of :meth:`generate_tokens`, from the prompt's ``logits`` on."""
+        on_device = self.backend.name != "cpu"
+        xp = getattr(self.backend, "xp", np)
+        eot = self.tokenizer.eot_ids
         confirmed: list[tuple[int, Any]] = []  # lookup: drafted tokens the model confirmed (in the cache), with their logits
         backoff, resume_at = 1, 0  # lookup: after a draft wholly refused, none for `backoff` tokens (doubling while refused)
         t1 = time.perf_counter()

@@ -20,11 +20,13 @@ server's ``grammar`` (GBNF) and ``json_schema``.  Other OpenAI fields (``model``
 ignored; ``n`` > 1 is refused with a 400.  ``tools`` / ``tool_choice`` / ``parallel_tool_calls``:
 the reply's calls come back as ``tool_calls`` (``tools.py``).
 
-One generation runs at a time (the model and its caches are not shared between
-threads); other requests wait their turn.  Each endpoint keeps one KV cache
-between requests and reuses the longest prefix a new prompt shares with what it
-holds, so a client that resends a growing conversation prefills only its new
-turn (llama-server's prompt cache).  Only the Python standard library is used.
+Up to ``--parallel`` requests (default 1) are generated at once, each in a
+slot of its own (``slots.py``), their tokens fed through the model together
+(``batcher.py``); the others wait for a slot.  Each slot keeps its KV cache
+between requests and a request reuses the longest prefix its prompt shares with
+what its slot holds, so a client that resends a growing conversation prefills
+only its new turn (llama-server's prompt cache).  ``GET /slots`` lists them.
+Only the Python standard library is used.
 """
 
 from __future__ import annotations
@@ -46,9 +48,11 @@ import numpy as np
 from ..loaders.errors import KvrunError
 from . import anthropic, ollama
 from .api import Model, Session, _request
-from .engine import GenStats
+from .batcher import Batcher
+from .engine import GenStats, stream_text
 from .reasoning import ThinkSplitter
 from .reasoning import split as split_reasoning
+from .slots import Slots
 from .tools import Tools, check_messages, check_tools, openai_calls
 
 MAX_BODY = 16 << 20  # bytes of a request body
@@ -97,31 +101,27 @@ def _finish_reason(stats: GenStats) -> str:
     return "length" if stats.stop_reason in ("length", "context full") else "stop"
 
 
-class _Prefix:
-    """A KV cache kept between completion requests: the longest shared prefix stays, the rest is prefilled."""
-
-    def __init__(self, model: Model) -> None:
-        self.engine = model.engine
-        self.cache = self.engine.new_cache()
-        self.tokens: list[int] = []  # what the cache holds, in order
-
-    def generate(self, ids: list[int], req: Any, stats: GenStats) -> Iterator[int]:
-        eng = self.engine
-        if len(ids) >= eng.n_ctx:
-            raise BadRequest(f"the prompt is {len(ids)} tokens, the context {eng.n_ctx}; shorten it or start the server with a larger --ctx-size")
-        yield from eng.generate_reusing(self.cache, self.tokens, ids, req, stats)
-
-
 class Server:
-    """The model, its lock and the caches the endpoints keep; :meth:`handle` answers one request."""
+    """The model, its slots and the batcher they feed; :meth:`handle` answers one request."""
 
-    def __init__(self, model: Model, name: str) -> None:
+    def __init__(self, model: Model, name: str, parallel: int = 1) -> None:
         self.model = model
         self.name = name
-        self.lock = threading.Lock()
-        encoder = model.engine.model.encoder  # (an embedding model keeps no KV cache: it writes no text)
-        self.chat = None if encoder else Session(model)
-        self.completion = None if encoder else _Prefix(model)
+        self.lock = threading.Lock()  # an embedding model's (it keeps no slots)
+        eng = model.engine
+        self.slots: Slots | None = None
+        if not eng.model.encoder:  # (an embedding model keeps no KV cache: it writes no text)
+            if parallel > 1 and eng.draft is not None:
+                raise KvrunError("a draft model serves one request at a time: use --parallel 1 with --draft")
+            try:
+                self.slots = Slots(model, parallel)
+            except ValueError as e:
+                raise KvrunError(str(e)) from None
+            eng.batcher = Batcher(eng)
+
+    def _model_alone(self) -> Any:
+        """Held around work on the model that is not a slot's generation (embeddings)."""
+        return self.lock if self.slots is None else self.model.engine.batcher.exclusive()
 
     # ------------------------------------------------------------ requests
     def _request(self, body: dict[str, Any]) -> Any:
@@ -228,7 +228,12 @@ class Server:
         """(status, JSON object) or (200, an iterator of server-sent event payloads) for a request."""
         path = path.split("?", 1)[0].rstrip("/") or "/"
         if method == "GET" and path == "/health":
-            return 200, {"status": "ok"}
+            if self.slots is None:
+                return 200, {"status": "ok"}
+            idle, busy = self.slots.counts()
+            return 200, {"status": "ok", "slots_idle": idle, "slots_processing": busy}
+        if method == "GET" and path == "/slots" and self.slots is not None:
+            return 200, self.slots.describe()
         if method == "GET" and path in ("/v1/models", "/models"):
             return 200, {"object": "list", "data": [{"id": self.name, "object": "model", "created": 0, "owned_by": "kvrun"}]}
         if method == "POST" and path in ("/v1/chat/completions", "/chat/completions"):
@@ -262,7 +267,7 @@ class Server:
             raise BadRequest(f"encoding_format {encoding!r} is not supported; use \"float\"")
         if not (isinstance(inputs, str) or (isinstance(inputs, list) and inputs)):
             raise BadRequest("input must be a text, a list of texts, or token ids")
-        with self.lock:
+        with self._model_alone():
             try:
                 seqs = self.model.embedding_ids(inputs)
                 return self.model.embed(seqs), sum(len(ids) for ids in seqs)
@@ -291,7 +296,7 @@ class Server:
     def start(self, body: dict[str, Any], chat: bool) -> Run:
         """Check an OpenAI-shaped body (BadRequest) and make its generation, not yet started: the
         text pieces, and the stats they fill.  The OpenAI and the Ollama endpoints format it."""
-        if self.chat is None:
+        if self.slots is None:
             raise BadRequest(f"{self.model.config.name} is an embedding model ({self.model.config.arch}): it makes embeddings "
                              "(/v1/embeddings, /api/embed), not text")  # fmt: skip
         req = self._request(body)
@@ -307,16 +312,18 @@ class Server:
         stats = run.stats
 
         def pieces() -> Iterator[str]:
-            # held for the whole generation: the caches and the engine serve one request at a time
-            with self.lock:
+            eng = self.model.engine
+            # several slots: the one whose cache holds most of this prompt (rendered here to compare)
+            known = ids if not chat else self.model.chat_tokens(msgs, tools, {**self.model.chat_template_kwargs, **tkw}) if len(self.slots) > 1 else None
+            with self.slots.take(known) as slot:  # held for the whole generation
+                s = slot.session
                 if chat:
-                    s = self.chat
                     s.messages = msgs[:-1]
                     s.template_kwargs = tkw
                     s.tools = tools
                     # no max_tokens: the reply may run to the context's end, but a long prompt keeps its turns
                     # (a client sending a document to summarise), so little is held back for the reply
-                    reserve = None if req.max_tokens >= 0 else min(REPLY_RESERVE, self.model.engine.n_ctx // 8)
+                    reserve = None if req.max_tokens >= 0 else min(REPLY_RESERVE, eng.n_ctx // 8)
                     it = s.reply(msgs, max_tokens=req.max_tokens, stop=list(req.stop), reserve=reserve,
                                  logprobs=req.logprobs, json_mode=req.json_mode, grammar=req.grammar,
                                  grammar_trigger=req.grammar_trigger, **_sampling(req))  # fmt: skip
@@ -330,10 +337,11 @@ class Server:
                         run.message = s.messages[-1] if s.messages and s.messages[-1]["role"] == "assistant" else None
                 else:
                     run.n_prompt = len(ids)
-                    eng = self.model.engine
-                    from .engine import stream_text
-
-                    yield from stream_text(eng.tokenizer, self.completion.generate(ids, req, stats), req.stop, stats)
+                    if len(ids) >= eng.n_ctx:
+                        raise BadRequest(f"the prompt is {len(ids)} tokens, the context {eng.n_ctx}; shorten it or start the server "
+                                         "with a larger --ctx-size")  # fmt: skip
+                    s.messages = []  # (the slot's cache holds this text now, not a conversation)
+                    yield from stream_text(eng.tokenizer, eng.generate_reusing(s.cache, s.tokens, ids, req, stats), req.stop, stats)
 
         run.pieces = _checked(pieces())
         return run
@@ -500,7 +508,7 @@ class Handler(BaseHTTPRequestHandler):
             status, payload = e.status, self._error(str(e), "invalid_request_error", e.status)
         except Exception as e:  # a bug: one line in the log and a 500, never a traceback to the client
             status, payload = 500, self._error(f"{type(e).__name__}: {e}", "server_error", 500)
-        if isinstance(payload, dict):
+        if isinstance(payload, (dict, list)):  # (a list: GET /slots' array)
             data = json.dumps(payload).encode()
             self.send_response(status)
             self._cors()
@@ -558,12 +566,13 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-def make_server(model: Model, host: str, port: int, name: str, api_key: str | None = None) -> ThreadingHTTPServer:
+def make_server(model: Model, host: str, port: int, name: str, api_key: str | None = None, parallel: int = 1) -> ThreadingHTTPServer:
     """A server bound to ``host:port`` (0: any free port), not yet serving (``serve_forever``).  ``api_key``:
-    every request but ``GET /health`` must carry ``Authorization: Bearer <api_key>`` (as llama-server's)."""
+    every request but ``GET /health`` must carry ``Authorization: Bearer <api_key>`` (as llama-server's).
+    ``parallel``: requests generated at once (slots)."""
     err = sys.stderr  # (not looked up per request: a thread must not write into a stream swapped in meanwhile)
     log = staticmethod(lambda line: print(line, file=err, flush=True))
-    handler = type("KvrunHandler", (Handler,), {"app": Server(model, name), "log": log, "api_key": api_key})
+    handler = type("KvrunHandler", (Handler,), {"app": Server(model, name, parallel), "log": log, "api_key": api_key})
     try:
         httpd = ThreadingHTTPServer((host, port), handler)
     except OSError as e:

@@ -51,7 +51,7 @@ def events(text: str) -> list[object]:
 
 
 def test_health_and_models(server):
-    assert call(server, "GET", "/health") == (200, '{"status": "ok"}')
+    assert call(server, "GET", "/health") == (200, '{"status": "ok", "slots_idle": 1, "slots_processing": 0}')
     status, text = call(server, "GET", "/v1/models")
     assert status == 200 and json.loads(text)["data"][0]["id"] == "tiny"
 

@@ -1,0 +1,192 @@
+"""Continuous batching: the forwards of several sequences generated at once, fed through the model together.
+
+A server with parallel slots (``kvrun serve --parallel N``) generates each
+request in its own thread, and each thread evaluates its tokens through
+``Engine.eval`` as one request alone would.  With a :class:`Batcher` on the
+engine those calls meet here: the thread that finds the model free leads,
+takes the tokens every waiting sequence has queued (decode steps first, then
+prompt chunks, ``n_batch`` tokens in all), runs them as one forward
+(``Engine.forward_batch``: the weights are read once for all of them) and
+hands each thread its logits; it leads until its own tokens are through, then
+another waiting thread takes over.  A long prompt is fed a chunk a forward, so
+the other sequences keep decoding beside it (llama-server's slots and chunked
+prefill).
+
+The threads sample between their steps, so a leader waits a moment
+(``GATHER_S``) for the sequences that are generating but have not queued their
+next token yet: a forward without them would leave them to the next one, and
+the batches would never form.  A client that reads slowly costs the others at
+most that moment a step.
+
+Models whose layers are not all attention (LFM2's convolutions, Mamba-2's
+state, Gemma 3n's shared K/V) and the GPU backend feed one sequence a forward,
+in turn, a chunk at a time: the requests still interleave, none waits for
+another's whole reply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..cache.base import KVCache
+from ..cache.batch import batchable
+
+GATHER_S = 0.004  # how long a leader waits for generating sequences' next tokens (sampling one takes ~0.1-1 ms)
+DECODE_MAX = 16  # tokens a job may have and still count as a decode step (one token, or a draft to check)
+
+
+@dataclass(eq=False)
+class _Job:
+    """One ``Engine.eval`` call: ``tokens`` fed after what ``cache`` holds, logits from token ``first`` on into ``out``."""
+
+    cache: KVCache
+    tokens: np.ndarray
+    first: int
+    out: Any
+    fed: int = 0
+    done: bool = False
+    error: BaseException | None = None
+
+    @property
+    def left(self) -> int:
+        return len(self.tokens) - self.fed
+
+
+class Batcher:
+    """The meeting point of an engine's evaluations from several threads (see the module docstring)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.batched = engine.backend.name == "cpu" and batchable(engine.model.layer_specs())
+        self.cv = threading.Condition()
+        self.queue: list[_Job] = []
+        self.running = False  # a thread is leading (or holds the model: exclusive)
+        self.live: dict[int, float] = {}  # id(cache) of each generating sequence -> when its last tokens were fed
+        #: counters: forwards run, and the rows (tokens) they fed
+        self.n_forwards = 0
+        self.n_rows = 0
+
+    # ------------------------------------------------------------ threads' side
+    @contextlib.contextmanager
+    def sequence(self, cache: KVCache) -> Iterator[None]:
+        """While a generation on ``cache`` runs: leaders wait a moment for its next token."""
+        with self.cv:
+            self.live[id(cache)] = time.perf_counter()
+        try:
+            yield
+        finally:
+            with self.cv:
+                self.live.pop(id(cache), None)
+                self.cv.notify_all()
+
+    def eval(self, cache: KVCache, tokens: np.ndarray, first: int, out: Any) -> None:
+        """Feed ``tokens`` after what ``cache`` holds, with whichever other sequences are waiting; the logits
+        of tokens ``first..`` into ``out`` (as ``Engine._eval_chunks``).  Returns when they are through."""
+        job = _Job(cache, tokens, first, out)
+        with self.cv:
+            if any(j.cache is cache for j in self.queue):
+                raise RuntimeError("one cache is being fed from two threads at once")
+            self.queue.append(job)
+            self.cv.notify_all()
+            while self.running and not job.done:
+                self.cv.wait()
+            if not job.done:
+                self.running = True
+        if not job.done:
+            self._lead(job)
+        if job.error is not None:
+            raise job.error
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """The model alone, between forwards (embeddings, anything that is not a sequence's evaluation)."""
+        with self.cv:
+            while self.running:
+                self.cv.wait()
+            self.running = True
+        try:
+            yield
+        finally:
+            with self.cv:
+                self.running = False
+                self.cv.notify_all()
+
+    # ------------------------------------------------------------ the leader
+    def _lead(self, own: _Job) -> None:
+        try:
+            while not own.done:
+                with self.cv:
+                    self._gather()
+                    plan = self._plan()
+                self._run(plan)
+                with self.cv:
+                    now = time.perf_counter()
+                    for job, _ in plan:
+                        if id(job.cache) in self.live:
+                            self.live[id(job.cache)] = now
+                    self.queue = [j for j in self.queue if not j.done]
+                    self.cv.notify_all()
+        finally:
+            with self.cv:
+                self.running = False
+                self.cv.notify_all()
+
+    def _gather(self) -> None:
+        """Wait (holding ``cv``) until every generating sequence has queued its next tokens, or ``GATHER_S``
+        after its last ones were fed: a sequence between two tokens joins this forward, not the next."""
+        if not self.batched:
+            return
+        while True:
+            queued = {id(j.cache) for j in self.queue}
+            now = time.perf_counter()
+            due = [t + GATHER_S for c, t in self.live.items() if c not in queued and t + GATHER_S > now]
+            if not due:
+                return
+            self.cv.wait(min(due) - now)
+
+    def _plan(self) -> list[tuple[_Job, int]]:
+        """This forward's work (holding ``cv``): (job, tokens of it), decode steps first, then prompt chunks, in
+        the order they came, ``n_batch`` tokens in all; one job when the model cannot batch sequences."""
+        budget = self.engine.n_batch
+        jobs = sorted(self.queue, key=lambda j: j.left > DECODE_MAX)  # (stable: arrival order within each kind)
+        if not self.batched:
+            return [(jobs[0], min(jobs[0].left, budget))]
+        plan = []
+        for job in jobs:
+            n = min(job.left, budget)
+            if n == 0:
+                break
+            plan.append((job, n))
+            budget -= n
+        return plan
+
+    def _run(self, plan: list[tuple[_Job, int]]) -> None:
+        """One forward over the plan's tokens; each job's wanted logits into its ``out``."""
+        chunks, wants, outs = [], [], []
+        for job, n in plan:
+            s = job.fed
+            lo = min(max(job.first - s, 0), n)  # the chunk's first token whose logits are wanted
+            chunks.append(job.tokens[s : s + n])
+            wants.append(lo)
+            outs.append(job.out[s + lo - job.first : s + n - job.first] if lo < n else job.out[:0])
+        try:
+            if len(plan) == 1:  # (one sequence: the engine's own path, its CUDA graphs and thread tuning included)
+                self.engine._eval_chunks(plan[0][0].cache, chunks[0], wants[0], outs[0])
+            else:
+                self.engine.forward_batch([job.cache for job, _ in plan], chunks, wants, outs)
+        except BaseException as e:  # noqa: BLE001 - every thread of the batch hears of it
+            for job, _ in plan:
+                job.error, job.done = e, True
+            return
+        self.n_forwards += 1
+        self.n_rows += sum(n for _, n in plan)
+        for job, n in plan:
+            job.fed += n
+            job.done = job.fed == len(job.tokens)

@@ -1,0 +1,186 @@
+"""Continuous batching: several sequences fed through the model in one forward get the logits each gets
+fed alone, threads generating at once get the text each gets alone, and a server with parallel slots
+answers concurrent requests with the model's own replies."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from tinymodel import write_tiny_model
+
+from kvrun.cache.kvconfig import KVConfig
+from kvrun.cli import main
+from kvrun.loaders.errors import KvrunError
+from kvrun.runtime.api import Model
+from kvrun.runtime.batcher import Batcher
+from kvrun.runtime.engine import Engine, GenRequest
+from kvrun.runtime.sampling import SamplerConfig
+from kvrun.runtime.server import make_server
+from kvrun.runtime.slots import Slot, pick
+
+PROMPTS = [[1, 5, 9, 13, 2, 7, 40, 41, 3], [1, 30, 31], [1, 8, 8, 8, 8, 60, 61, 62, 63, 64, 65, 66, 67, 12, 11]]
+STEPS = [[4, 50], [6, 7], [90, 91]]  # tokens fed one a step after each prompt
+
+
+def _alone(eng: Engine) -> list[list[np.ndarray]]:
+    """Each prompt, then its steps, fed on a cache of its own: the logits of every step."""
+    out = []
+    for p, steps in zip(PROMPTS, STEPS):
+        c = eng.new_cache()
+        rows = [eng.eval(c, p)[-1]]
+        rows += [eng.eval(c, [t])[-1] for t in steps]
+        out.append(rows)
+    return out
+
+
+def _together(eng: Engine) -> list[list[np.ndarray]]:
+    """The same, every forward over all three sequences: the prompts in one batch, then each step."""
+    caches = [eng.new_cache() for _ in PROMPTS]
+    outs = [np.empty((1, eng.cfg.n_vocab), np.float32) for _ in PROMPTS]
+    eng.forward_batch(caches, [np.array(p) for p in PROMPTS], [len(p) - 1 for p in PROMPTS], outs)
+    got = [[o[0].copy()] for o in outs]
+    for i in range(len(STEPS[0])):
+        eng.forward_batch(caches, [np.array([s[i]]) for s in STEPS], [0, 0, 0], outs)
+        for g, o in zip(got, outs):
+            g.append(o[0].copy())
+    assert [c.offset for c in caches] == [len(p) + len(s) for p, s in zip(PROMPTS, STEPS)]
+    return got
+
+
+@pytest.mark.parametrize("arch,kv", [("llama", None), ("gemma3", None), ("llama", KVConfig(bits=4)), ("qwen3moe", None)],
+                         ids=["llama", "gemma3-window", "llama-kv4", "qwen3moe"])  # fmt: skip
+def test_a_batch_of_sequences_gets_the_logits_each_gets_alone(tmp_path, arch, kv):
+    eng = Engine(write_tiny_model(tmp_path / "m.gguf", arch), n_ctx=64, n_batch=32, kv=kv)
+    for want, got in zip(_alone(eng), _together(eng)):
+        for a, b in zip(want, got):  # (the products take 1 and 3 rows by other kernels: rounding apart)
+            assert np.abs(a - b).max() <= 1e-3 * np.abs(a).max()
+            assert a.argmax() == b.argmax()
+
+
+def test_a_failed_batch_leaves_every_cache_as_it_was(tiny_llama_path):
+    eng = Engine(tiny_llama_path, n_ctx=32, n_batch=16)
+    caches = [eng.new_cache(), eng.new_cache()]
+    eng.eval(caches[0], [1, 2, 3])
+    outs = [np.empty((1, eng.cfg.n_vocab), np.float32)] * 2
+    with pytest.raises(KvrunError, match="outside the vocabulary"):
+        eng.forward_batch(caches, [np.array([4]), np.array([eng.cfg.n_vocab])], [0, 0], outs)
+    with pytest.raises(KvrunError, match="more than --batch-size"):
+        eng.forward_batch(caches, [np.arange(1, 10), np.arange(1, 10)], [8, 8], outs)
+    assert [c.offset for c in caches] == [3, 0]
+    want = Engine(tiny_llama_path, n_ctx=32, n_batch=16)
+    c = want.new_cache()
+    want.eval(c, [1, 2, 3])
+    np.testing.assert_array_equal(eng.eval(caches[0], [4]), want.eval(c, [4]))
+
+
+def _generate_in_threads(eng: Engine, prompts: list[list[int]], req: GenRequest) -> list[list[int]]:
+    out: list[list[int]] = [[] for _ in prompts]
+    errors = []
+
+    def run(i: int) -> None:
+        try:
+            out[i] = list(eng.generate_tokens(eng.new_cache(), prompts[i], req))
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "lfm2"])
+def test_threads_generating_at_once_write_the_text_each_writes_alone(tmp_path, arch):
+    eng = Engine(write_tiny_model(tmp_path / "m.gguf", arch), n_ctx=128, n_batch=8)
+    req = GenRequest(max_tokens=20, sampler=SamplerConfig(temperature=0), ignore_eos=True)
+    alone = [list(eng.generate_tokens(eng.new_cache(), p, req)) for p in PROMPTS]
+    eng.batcher = b = Batcher(eng)
+    assert b.batched == (arch == "llama")  # (LFM2's convolutions: one sequence a forward, in turn)
+    together = _generate_in_threads(eng, PROMPTS, req)
+    assert together == alone
+    n_rows = sum(len(p) for p in PROMPTS) + 3 * 20  # every prompt, then each token generated, fed back
+    assert b.n_rows == n_rows
+    if b.batched:  # the sequences met: far fewer forwards than one per step and chunk
+        assert b.n_forwards <= 0.6 * (n_rows - sum(len(p) for p in PROMPTS))
+
+
+def test_a_long_prompt_is_fed_in_chunks_beside_the_others_decoding(tiny_llama_path):
+    eng = Engine(tiny_llama_path, n_ctx=256, n_batch=16)
+    long_prompt = list(np.arange(1, 120) % 90 + 1)
+    req = GenRequest(max_tokens=12, sampler=SamplerConfig(temperature=0), ignore_eos=True)
+    alone = [list(eng.generate_tokens(eng.new_cache(), p, req)) for p in ([1, 5, 9], long_prompt)]
+    eng.batcher = b = Batcher(eng)
+    assert _generate_in_threads(eng, [[1, 5, 9], long_prompt], req) == alone
+    assert b.n_rows == 3 + 119 + 2 * 12
+
+
+def test_slot_pick_keeps_a_conversation_in_its_slot_and_spares_long_caches():
+    class S:  # a slot's session as pick reads it
+        def __init__(self, tokens):
+            self.tokens = tokens
+
+    a, b, c = Slot(0, S([1, 2, 3, 4, 5, 6])), Slot(1, S([1, 2, 9])), Slot(2, S([]))
+    assert pick([a, b, c], [1, 2, 3, 4, 5, 6, 7, 8]) is a  # its conversation, grown
+    assert pick([a, b, c], [1, 2, 9, 10]) is b
+    assert pick([a, b, c], [1, 2, 7]) is c  # shares a system prompt only: an empty slot, not a's cache
+    a.idle_since, b.idle_since = 1.0, 2.0
+    assert pick([a, b], [5]) is a  # nothing shared, none empty: the one idle longest
+    assert pick([b], None) is b
+
+
+@pytest.fixture(scope="module")
+def server2(tiny_llama_path):
+    model = Model(Engine(tiny_llama_path, n_ctx=256, n_batch=32))
+    httpd = make_server(model, "127.0.0.1", 0, "tiny", parallel=2)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    yield model, httpd.server_address[1]
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _post(port: int, path: str, body: dict) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    conn.request("POST" if body else "GET", path, body=json.dumps(body).encode() if body else None, headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    text = r.read().decode()
+    conn.close()
+    return r.status, text
+
+
+def test_a_server_with_two_slots_answers_concurrent_requests_with_the_models_own_replies(server2):
+    model, port = server2
+    chats = [[{"role": "user", "content": f"tell me about {w}"}] for w in ("cats", "the sea", "bread", "rain")]
+    want = [model.chat(m, max_tokens=16, temperature=0) for m in chats]
+    got: list = [None] * len(chats)
+
+    def ask(i: int) -> None:
+        status, text = _post(port, "/v1/chat/completions", {"messages": chats[i], "max_tokens": 16, "temperature": 0})
+        got[i] = json.loads(text)["choices"][0]["message"]["content"] if status == 200 else text
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(chats))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert got == want
+    status, text = _post(port, "/slots", {})
+    slots = json.loads(text)
+    assert status == 200 and [s["id"] for s in slots] == [0, 1] and sum(s["n_requests"] for s in slots) == 4
+    assert not any(s["is_processing"] for s in slots) and all(s["n_tokens"] > 0 for s in slots)
+    assert json.loads(_post(port, "/health", {})[1]) == {"status": "ok", "slots_idle": 2, "slots_processing": 0}
+
+
+def test_bad_parallel_flags_are_one_line_errors(tiny_llama_path):
+    r = CliRunner().invoke(main, ["serve", str(tiny_llama_path), "--parallel", "0"])
+    assert r.exit_code != 0 and "--parallel must be in 1..64" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["serve", str(tiny_llama_path), "-np", "2", "--model-draft", str(tiny_llama_path), "--port", "0"])
+    assert r.exit_code != 0 and "--parallel 1 with --draft" in r.output and "Traceback" not in r.output

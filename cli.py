@@ -915,16 +915,19 @@ def embed(model: str | None, texts: tuple[str, ...], pooling: str | None, no_nor
 @click.option("-n", "--n-gen", "n_gen", type=int, default=128, show_default=True, help="generated tokens (tg test); 0 skips")
 @click.option("-r", "--repetitions", type=int, default=3, show_default=True)
 @click.option("-d", "--n-depth", "n_depth", type=int, default=0, show_default=True, help="tokens already in the cache when each test starts (llama-bench -d)")
+@click.option("-np", "--parallel", "parallel", default="1", show_default=True, metavar="N[,N...]",
+              help="sequences generating at once, batched (tgN xB: all their tokens a second; kvrun serve --parallel)")
 @click.option("--json", "as_json", is_flag=True, help="print results as JSON")
 @engine_options
 @kv_options
 @friendly
-def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, n_depth: int, as_json: bool, **kw: Any) -> None:
-    """Prompt processing (ppN) and token generation (tgN) speed, as llama-bench.
+def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, n_depth: int, parallel: str, as_json: bool, **kw: Any) -> None:
+    """Prompt processing (ppN) and token generation (tgN) speed, as llama-bench; with --parallel, several
+    sequences generating at once (tgN xB), as llama.cpp's batched-bench.
 
     The context is sized to the test (depth + the longer of -p/-n), as
     llama-bench does, so peak RSS is that of the test, not of --ctx-size."""
-    from .runtime.bench import bench_pp, bench_tg, peak_rss_bytes, rss_parts
+    from .runtime.bench import bench_pp, bench_tg_parallel, peak_rss_bytes, rss_parts
 
     if repetitions < 1:
         raise KvrunError(f"-r must be >= 1, got {repetitions}")
@@ -932,10 +935,16 @@ def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, n_dept
         raise KvrunError("-p, -n and -d must be >= 0")
     if n_prompt == n_gen == 0:
         raise KvrunError("-p and -n are both 0: nothing to measure (e.g. -p 512 -n 128)")
+    try:
+        widths = [int(x) for x in parallel.split(",")]
+    except ValueError:
+        widths = [0]
+    if not widths or min(widths) < 1 or max(widths) > 64:
+        raise KvrunError(f"--parallel takes sequence counts in 1..64, comma-separated (e.g. 1,2,4,8), got {parallel!r}")
     if kw["n_batch"] < 1 or (kw["ctx_size"] or 0) < 0:  # (the test sizes both, but a bad value is still a mistake to say)
         raise KvrunError("--batch-size must be >= 1" if kw["n_batch"] < 1 else "--ctx-size must be >= 0")
     path = _resolve(model)
-    n_batch = max(kw["n_batch"], n_prompt) if n_prompt else kw["n_batch"]
+    n_batch = max(kw["n_batch"], n_prompt, max(widths)) if n_prompt else max(kw["n_batch"], max(widths))
     n_ctx = n_depth + max(n_prompt, n_gen) + 8
     t0 = time.perf_counter()
     eng = _engine(path, device=kw["device"], n_ctx=n_ctx, n_batch=n_batch, threads=kw["threads"], kv=kv_config(kw), lora=_lora(kw))
@@ -947,7 +956,7 @@ def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, n_dept
     if n_prompt:
         results.append(bench_pp(eng, n_prompt, repetitions, depth=n_depth))
     if n_gen:
-        results.append(bench_tg(eng, n_gen, repetitions, depth=n_depth))
+        results += [bench_tg_parallel(eng, n_gen, b, repetitions, depth=n_depth) for b in widths]
     facts = model_facts(path)
     label = f"{eng.cfg.arch} {facts['n_params'] / 1e6:.0f}M {facts['file_type']}"
     rss, parts = peak_rss_bytes(), rss_parts()

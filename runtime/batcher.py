@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 
 from ..cache.base import KVCache
-from ..cache.batch import batchable
 
 GATHER_S = 0.004  # how long a leader waits for generating sequences' next tokens (sampling one takes ~0.1-1 ms)
 DECODE_MAX = 16  # tokens a job may have and still count as a decode step (one token, or a draft to check)
@@ -64,7 +63,7 @@ class Batcher:
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
-        self.batched = engine.backend.name == "cpu" and batchable(engine.model.layer_specs())
+        self.batched = engine.can_batch
         self.cv = threading.Condition()
         self.queue: list[_Job] = []
         self.running = False  # a thread is leading (or holds the model: exclusive)

@@ -5,6 +5,9 @@
 With ``depth`` D (llama-bench's ``-d``) both start after D tokens already in
 the cache (prefilled, not timed): ``tg128 @ d4096`` is decode speed with 4096
 tokens of context, where attention over the cache matters.
+``tg N xB`` (``--parallel``): B sequences generating N tokens each at once,
+a forward a step over all of them (a server's parallel slots; llama.cpp's
+batched-bench): the figure is all sequences' tokens a second.
 Each test is repeated; the figures are mean and standard deviation of tok/s.
 """
 
@@ -107,4 +110,27 @@ def bench_tg(engine: Engine, n: int, repeats: int, seed: int = 0, depth: int = 0
         if graphs is not None:
             res.replayed = (res.replayed or 0) + graphs.n_replays - before
         del cache
+    return res
+
+
+def bench_tg_parallel(engine: Engine, n: int, n_seq: int, repeats: int, seed: int = 0, depth: int = 0) -> BenchResult:
+    """``n_seq`` sequences decoding ``n`` tokens each, every step one forward over all (``Engine.forward_batch``):
+    tok/s of all of them together."""
+    if n_seq == 1:
+        return bench_tg(engine, n, repeats, seed, depth)
+    rng = np.random.default_rng(seed)
+    res = BenchResult(_label(f"tg{n} x{n_seq}", depth), n * n_seq)
+    engine.warm_up()
+    outs = [np.empty((1, engine.cfg.n_vocab), np.float32) for _ in range(n_seq)]
+    warm = [engine.new_cache() for _ in range(n_seq)]  # (the batch's products at this width, loaded once untimed)
+    engine.forward_batch(warm, [_tokens(engine, 1, rng) for _ in warm], [0] * n_seq, outs)
+    del warm
+    for _ in range(repeats):
+        caches = [_cache_at(engine, depth, rng) for _ in range(n_seq)]
+        toks = _tokens(engine, n * n_seq, rng).reshape(n, n_seq, 1)
+        t0 = time.perf_counter()
+        for step in toks:
+            engine.forward_batch(caches, list(step), [0] * n_seq, outs)
+        res.samples.append(n * n_seq / (time.perf_counter() - t0))
+        del caches
     return res

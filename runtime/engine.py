@@ -19,7 +19,7 @@ import numba
 import numpy as np
 
 from ..cache.base import KVCache
-from ..cache.batch import BatchedKVCache
+from ..cache.batch import BatchedKVCache, batchable
 from ..cache.factory import make_cache
 from ..cache.kvconfig import KVConfig
 from ..loaders.config import ModelConfig, load_config
@@ -32,6 +32,7 @@ from ..models import model_class
 from ..ops import get_backend
 from ..ops.cpu.blas import set_blas_threads
 from ..ops.cpu.parallel import num_threads
+from .batcher import Batcher
 from .gbnf import compiled
 from .grammar import JSON_OBJECT, GrammarConstraint
 from .sampling import Sampler, SamplerConfig
@@ -243,9 +244,9 @@ class Engine:
             if not 0.0 <= draft_p_min < 1.0:
                 raise KvrunError(f"--draft-p-min must be in [0, 1), got {draft_p_min}")
             self.draft = DraftModel(d, self.cfg.n_vocab, draft_p_min)
-        #: continuous batching (runtime/batcher.py): set, evaluations from several threads meet there and
-        #: are fed together (a server's parallel slots); None: each eval runs the model itself
-        self.batcher: Any = None
+        #: continuous batching (runtime/batcher.py): evaluations from several threads (a server's parallel
+        #: slots, an app's sessions) meet there and are fed through the model together, one forward at a time
+        self.batcher = Batcher(self)
 
     @property
     def prefill_products(self) -> str | None:
@@ -281,11 +282,13 @@ class Engine:
         n_vocab = self.cfg.n_vocab
         first = min(max(logits_start, 0), n - 1) if logits_all else n - 1
         out = self.backend.zeros((n - first, n_vocab), np.float32) if on_device else np.empty((n - first, n_vocab), np.float32)
-        if self.batcher is not None:  # (fed with whichever other sequences are waiting)
-            self.batcher.eval(cache, tokens, first, out)
-        else:
-            self._eval_chunks(cache, tokens, first, out)
+        self.batcher.eval(cache, tokens, first, out)  # (fed with whichever other sequences are waiting)
         return out
+
+    @property
+    def can_batch(self) -> bool:
+        """Whether :meth:`forward_batch` takes several sequences: every layer attention (cache/batch.py), on the CPU."""
+        return self.backend.name == "cpu" and not self.model.encoder and batchable(self.model.layer_specs())
 
     def forward_batch(self, caches: list[KVCache], chunks: list[np.ndarray], wants: list[int], outs: list[Any]) -> None:
         """One forward over several sequences: ``chunks[i]`` fed after what ``caches[i]`` holds, the logits of
@@ -294,6 +297,9 @@ class Engine:
         The weight products take all the tokens at once; each sequence attends over its own cache
         (cache/batch.py).  Every sequence's tokens are checked first; a forward that fails leaves each cache
         as it was."""
+        if len(caches) > 1 and not self.can_batch:
+            raise KvrunError(f"{self.cfg.arch} on the {self.backend.name} backend feeds one sequence a forward: "
+                             "its layers keep state that is not attention, or the backend does not batch sequences yet")  # fmt: skip
         chunks = [self._checked_tokens(t, c.offset) for t, c in zip(chunks, caches)]
         tokens = np.concatenate(chunks)
         if len(tokens) > self.n_batch:
@@ -347,16 +353,18 @@ class Engine:
             n_max = self.cfg.n_ctx_train
             if len(tokens) > n_max:
                 raise KvrunError(f"{len(tokens)} tokens are more than the {n_max} this encoder reads at once; shorten the text")
-            return self.model.encode(self._checked_tokens(tokens, 0))
+            with self.batcher.exclusive():  # (the model's buffers: one thread at a time)
+                return self.model.encode(self._checked_tokens(tokens, 0))
         tokens = self._checked_tokens(tokens, 0)
         cache = self.new_cache()
         on_device = self.backend.name != "cpu"
         out = self.backend.zeros((len(tokens), self.cfg.n_embd), np.float32) if on_device else np.empty((len(tokens), self.cfg.n_embd), np.float32)
-        self.model.embedding = True
-        try:
-            self._eval_chunks(cache, tokens, 0, out, graphs=False)
-        finally:
-            self.model.embedding = False
+        with self.batcher.exclusive():
+            self.model.embedding = True
+            try:
+                self._eval_chunks(cache, tokens, 0, out, graphs=False)
+            finally:
+                self.model.embedding = False
         return self.backend.to_host(out) if on_device else out
 
     def _eval_chunks(self, cache: KVCache, tokens: np.ndarray, first: int, out, graphs: bool = True) -> None:
@@ -439,7 +447,7 @@ class Engine:
         # the draft model drafts for greedy, unconstrained requests (its drafts are checked greedily)
         drafter = self.draft if self.draft is not None and not req.lookup and constraint is None and req.greedy() else None
         context = list(context or [])
-        with self.batcher.sequence(cache) if self.batcher is not None else contextlib.nullcontext():
+        with self.batcher.sequence(cache):
             yield from self._generate(cache, logits, history, req, stats, sampler, constraint, ngrams, drafter, context)
 
     def _generate(self, cache: KVCache, logits: Any, history: list[int], req: GenRequest, stats: GenStats, sampler: Sampler,

@@ -35,7 +35,6 @@ import hmac
 import itertools
 import json
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -48,7 +47,6 @@ import numpy as np
 from ..loaders.errors import KvrunError
 from . import anthropic, ollama
 from .api import Model, Session, _request
-from .batcher import Batcher
 from .engine import GenStats, stream_text
 from .reasoning import ThinkSplitter
 from .reasoning import split as split_reasoning
@@ -107,7 +105,6 @@ class Server:
     def __init__(self, model: Model, name: str, parallel: int = 1) -> None:
         self.model = model
         self.name = name
-        self.lock = threading.Lock()  # an embedding model's (it keeps no slots)
         eng = model.engine
         self.slots: Slots | None = None
         if not eng.model.encoder:  # (an embedding model keeps no KV cache: it writes no text)
@@ -117,11 +114,6 @@ class Server:
                 self.slots = Slots(model, parallel)
             except ValueError as e:
                 raise KvrunError(str(e)) from None
-            eng.batcher = Batcher(eng)
-
-    def _model_alone(self) -> Any:
-        """Held around work on the model that is not a slot's generation (embeddings)."""
-        return self.lock if self.slots is None else self.model.engine.batcher.exclusive()
 
     # ------------------------------------------------------------ requests
     def _request(self, body: dict[str, Any]) -> Any:
@@ -267,12 +259,11 @@ class Server:
             raise BadRequest(f"encoding_format {encoding!r} is not supported; use \"float\"")
         if not (isinstance(inputs, str) or (isinstance(inputs, list) and inputs)):
             raise BadRequest("input must be a text, a list of texts, or token ids")
-        with self._model_alone():
-            try:
-                seqs = self.model.embedding_ids(inputs)
-                return self.model.embed(seqs), sum(len(ids) for ids in seqs)
-            except (ValueError, KvrunError) as e:
-                raise BadRequest(str(e)) from None
+        try:  # (the engine takes the model alone for it: runtime/batcher.py)
+            seqs = self.model.embedding_ids(inputs)
+            return self.model.embed(seqs), sum(len(ids) for ids in seqs)
+        except (ValueError, KvrunError) as e:
+            raise BadRequest(str(e)) from None
 
     # ------------------------------------------------------------ generation
     def _tools(self, body: dict[str, Any], chat: bool, req: Any) -> Tools | None:

@@ -102,7 +102,7 @@ def test_threads_generating_at_once_write_the_text_each_writes_alone(tmp_path, a
     eng = Engine(write_tiny_model(tmp_path / "m.gguf", arch), n_ctx=128, n_batch=8)
     req = GenRequest(max_tokens=20, sampler=SamplerConfig(temperature=0), ignore_eos=True)
     alone = [list(eng.generate_tokens(eng.new_cache(), p, req)) for p in PROMPTS]
-    eng.batcher = b = Batcher(eng)
+    eng.batcher = b = Batcher(eng)  # (counters from zero)
     assert b.batched == (arch == "llama")  # (LFM2's convolutions: one sequence a forward, in turn)
     together = _generate_in_threads(eng, PROMPTS, req)
     assert together == alone
@@ -117,7 +117,7 @@ def test_a_long_prompt_is_fed_in_chunks_beside_the_others_decoding(tiny_llama_pa
     long_prompt = list(np.arange(1, 120) % 90 + 1)
     req = GenRequest(max_tokens=12, sampler=SamplerConfig(temperature=0), ignore_eos=True)
     alone = [list(eng.generate_tokens(eng.new_cache(), p, req)) for p in ([1, 5, 9], long_prompt)]
-    eng.batcher = b = Batcher(eng)
+    eng.batcher = b = Batcher(eng)  # (counters from zero)
     assert _generate_in_threads(eng, [[1, 5, 9], long_prompt], req) == alone
     assert b.n_rows == 3 + 119 + 2 * 12
 

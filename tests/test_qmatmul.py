@@ -143,6 +143,25 @@ def test_matmul(qtype, n, k, vnni, monkeypatch):
         assert _rel(out, x @ W.T) < tol, n_tok
 
 
+@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL], ids=lambda t: t.name)
+def test_a_few_tokens_at_once_get_the_bits_each_gets_alone(qtype, monkeypatch):
+    """Small batches (2-7 tokens: a server's parallel slots, lookup's drafts) take the 2- and 4-token row dots,
+    which decode each block once for all the tokens; every token's result is its own matvec's, bit for bit."""
+    monkeypatch.setattr(Q, "GEMM_MIN_TOKENS", 16)  # (the integer kernel for every width here, on any host)
+    monkeypatch.setattr(Q, "BLAS_MIN_TOKENS", 16)
+    n, k = 37, 512  # (rows not a multiple of the 16-row chunks)
+    w = _weights(qtype, n, k)
+    rng = np.random.default_rng(5)
+    for n_tok in range(2, 8):
+        x = rng.standard_normal((n_tok, k)).astype(np.float32)
+        out = np.full((n_tok, n), np.nan, np.float32)
+        Q.matmul(w, qtype, x, out)
+        for t in range(n_tok):
+            one = np.empty(n, np.float32)
+            Q.matvec(w, qtype, x[t], one)
+            np.testing.assert_array_equal(out[t], one, err_msg=f"token {t} of {n_tok}")
+
+
 @pytest.mark.parametrize("qtype", [T.Q4_0, T.Q5_K], ids=lambda t: t.name)
 def test_matmul_parallel(qtype, threads):
     n, k = (67, 512)

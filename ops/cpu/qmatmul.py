@@ -309,6 +309,67 @@ def _row_dot(block_bytes: int, x_per_block: int, x_bytes: int, emit, unroll: int
     return intrinsic(typer)
 
 
+_SIG_T = types.void(*([types.int64] * 9))
+
+
+def _row_dot_tokens(block_bytes: int, x_per_block: int, x_bytes: int, emit, unroll: int, n_tok: int, prefetch: int = 0):
+    """As :func:`_row_dot` for ``n_tok`` activation vectors at once: ``(w, xq, xd, xs, xs16, n, ss, op, ts)``
+    writes row . x_t to ``op + t*ts`` (float32) for t < n_tok, where token t's quantized activations, scales
+    and sums sit ``t*ss`` bytes after token 0's (one scratch row a token).
+
+    Each block is emitted once per token on the same ``wb``: the weight loads and the unpacking of the
+    codes are the same instructions on the same values, so LLVM keeps one copy (GVN), and a block's bytes
+    are decoded once for every token; only the multiply-adds and the activation loads repeat.  A small
+    batch (lookup's drafts, a server's parallel slots) then costs far less than a matvec per token."""
+
+    def codegen(context, builder, sig, args):
+        g = _G(builder)
+        w, xq, xd, xs, xs16, n, ss, op, ts = args
+        wp = g.addr(w)
+        fp = LF32.as_pointer()
+        zv = ir.Constant(V8F32, [ir.Constant(LF32, 0.0)] * 8)
+        slots = [[cgutils.alloca_once_value(builder, v) for v in (zv, zv, _c(0.0), _c(0.0))] for _ in range(n_tok)]
+        nsub = x_per_block // 32
+        toks = []
+        for t in range(n_tok):
+            off = builder.mul(ss, ir.Constant(LI64, t))
+            toks.append((g.addr(builder.add(xq, off)), builder.inttoptr(builder.add(xd, off), fp),
+                         builder.inttoptr(builder.add(xs, off), fp), builder.inttoptr(builder.add(xs16, off), fp)))  # fmt: skip
+
+        def block(i, u):
+            wb = g.off(wp, builder.mul(i, ir.Constant(LI64, block_bytes)))
+            if prefetch and u == 0:
+                g.prefetch(wb, prefetch)
+            j = builder.mul(i, ir.Constant(LI64, nsub))
+            for t, (xqp, xdp, xsp, x16p) in enumerate(toks):
+                xqb = g.off(xqp, builder.mul(i, ir.Constant(LI64, x_bytes)))
+                x16b = builder.gep(x16p, [builder.mul(j, ir.Constant(LI64, 2))])
+                st = emit(g, wb, xqb, builder.gep(xdp, [j]), builder.gep(xsp, [j]), x16b, [builder.load(s) for s in slots[t]], u)
+                for s, v in zip(slots[t], st):
+                    builder.store(v, s)
+
+        # blocks as :func:`_row_dot` takes them (``unroll`` at a time, slot u for the u-th): each token's sums
+        # are added in the same order as its own row dot's, so a token gets the same bits either way
+        cnt = builder.udiv(n, ir.Constant(LI64, unroll)) if unroll > 1 else n
+        with cgutils.for_range(builder, cnt) as loop:
+            for u in range(unroll):
+                block(builder.add(builder.mul(loop.index, ir.Constant(LI64, unroll)), ir.Constant(LI64, u)), u)
+        if unroll > 1:
+            with cgutils.for_range(builder, builder.sub(n, builder.mul(cnt, ir.Constant(LI64, unroll)))) as loop:
+                block(builder.add(builder.mul(cnt, ir.Constant(LI64, unroll)), loop.index), 0)
+        for t in range(n_tok):
+            acc0, acc1, s0, s1 = (builder.load(s) for s in slots[t])
+            r = builder.fadd(g.hsum(builder.fadd(acc0, acc1)), builder.fadd(s0, s1))
+            dst = builder.add(op, builder.mul(ts, ir.Constant(LI64, t)))
+            builder.store(r, builder.inttoptr(dst, fp))
+        return context.get_dummy_value()
+
+    def typer(typingctx, w, xq, xd, xs, xs16, n, ss, op, ts):  # noqa: ARG001
+        return _SIG_T, codegen
+
+    return intrinsic(typer)
+
+
 def _blk32(core):
     """Adapt ``core(g, wb, xq, xd, xs, acc, sacc) -> (acc, sacc)`` to the state protocol."""
 
@@ -487,6 +548,16 @@ def _emit_q6_k(g, wb, xq, xd, xs, xs16, st, u):  # noqa: ARG001
 dot_q4_k = _row_dot(144, 256, 256, _emit_qk45(False), 1)
 dot_q5_k = _row_dot(176, 256, 256, _emit_qk45(True), 1)
 dot_q6_k = _row_dot(210, 256, 256, _emit_q6_k, 1)
+
+# the same for 2 and 4 tokens at once (``_row_dot_tokens``): the types small models ship in
+dot2_q4_0, dot4_q4_0 = (_row_dot_tokens(18, 32, 32, _blk32(_emit_q4_0), 2, t, _PREFETCH) for t in (2, 4))
+dot2_q4_1, dot4_q4_1 = (_row_dot_tokens(20, 32, 32, _blk32(_emit_q4_1), 2, t, _PREFETCH) for t in (2, 4))
+dot2_q5_0, dot4_q5_0 = (_row_dot_tokens(22, 32, 32, _blk32(_emit_q5_0), 2, t, _PREFETCH) for t in (2, 4))
+dot2_q5_1, dot4_q5_1 = (_row_dot_tokens(24, 32, 32, _blk32(_emit_q5_1), 2, t, _PREFETCH) for t in (2, 4))
+dot2_q8_0, dot4_q8_0 = (_row_dot_tokens(34, 32, 64, _blk32(_emit_q8_0), 2, t, _PREFETCH) for t in (2, 4))
+dot2_q4_k, dot4_q4_k = (_row_dot_tokens(144, 256, 256, _emit_qk45(False), 1, t) for t in (2, 4))
+dot2_q5_k, dot4_q5_k = (_row_dot_tokens(176, 256, 256, _emit_qk45(True), 1, t) for t in (2, 4))
+dot2_q6_k, dot4_q6_k = (_row_dot_tokens(210, 256, 256, _emit_q6_k, 1, t) for t in (2, 4))
 
 
 # ----------------------------------------------------------------- SIMD: 2/3-bit K types and the 4-bit table types
@@ -1113,6 +1184,8 @@ SUPPORTED: tuple[int, ...] = tuple(_TYPES)
 # kind -> block elements / block bytes, for the shape checks inside the kernels
 _BLOCK_ELEMS = np.array([e for _, e, _ in sorted(_TYPES.values())], np.int64)
 _BLOCK_BYTES = np.array([b for _, _, b in sorted(_TYPES.values())], np.int64)
+#: kinds with 2- and 4-token row dots (:func:`_dot_rows_tok`); the rest take a token at a time
+_TOKENS_AT_ONCE = np.array([k in (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) for k in range(len(_TYPES))])
 
 #: matrices smaller than this run on one thread in matvec (fork/join costs more).
 #: Measured (2 threads, tg128 alternating): 4 MiB left every per-layer matrix of
@@ -1725,6 +1798,63 @@ def _dot_rows(kind, wa, rs, rb, r0, r1, op, os, xq, xd, xs, x16):
             _put_f32(op + r * os, dot_iq1_m(wa + r * rs, xq, xd, xs, x16, rb // 56))
 
 
+@outline("kvrun_dot_rows_tok", types.void(*([types.int64] * 15)), when=HAVE_AVX2, **_JIT_EXACT)
+def _dot_rows_tok(kind, nt, wa, rs, rb, r0, r1, op, os, ts, xq, xd, xs, x16, ss):
+    """As :func:`_dot_rows` for ``nt`` (2 or 4) tokens at once (``dot2_*``/``dot4_*``): ``*(op + t ts + r os) =
+    row r . token t's quantized x``, token t's scratch ``t ss`` bytes after token 0's.  The kinds of
+    :data:`_TOKENS_AT_ONCE` only."""
+    if nt == 4:
+        if kind == Q4_0:
+            for r in range(r0, r1):
+                dot4_q4_0(wa + r * rs, xq, xd, xs, x16, rb // 18, ss, op + r * os, ts)
+        elif kind == Q4_1:
+            for r in range(r0, r1):
+                dot4_q4_1(wa + r * rs, xq, xd, xs, x16, rb // 20, ss, op + r * os, ts)
+        elif kind == Q5_0:
+            for r in range(r0, r1):
+                dot4_q5_0(wa + r * rs, xq, xd, xs, x16, rb // 22, ss, op + r * os, ts)
+        elif kind == Q5_1:
+            for r in range(r0, r1):
+                dot4_q5_1(wa + r * rs, xq, xd, xs, x16, rb // 24, ss, op + r * os, ts)
+        elif kind == Q8_0:
+            for r in range(r0, r1):
+                dot4_q8_0(wa + r * rs, xq, xd, xs, x16, rb // 34, ss, op + r * os, ts)
+        elif kind == Q4_K:
+            for r in range(r0, r1):
+                dot4_q4_k(wa + r * rs, xq, xd, xs, x16, rb // 144, ss, op + r * os, ts)
+        elif kind == Q5_K:
+            for r in range(r0, r1):
+                dot4_q5_k(wa + r * rs, xq, xd, xs, x16, rb // 176, ss, op + r * os, ts)
+        else:
+            for r in range(r0, r1):
+                dot4_q6_k(wa + r * rs, xq, xd, xs, x16, rb // 210, ss, op + r * os, ts)
+    else:
+        if kind == Q4_0:
+            for r in range(r0, r1):
+                dot2_q4_0(wa + r * rs, xq, xd, xs, x16, rb // 18, ss, op + r * os, ts)
+        elif kind == Q4_1:
+            for r in range(r0, r1):
+                dot2_q4_1(wa + r * rs, xq, xd, xs, x16, rb // 20, ss, op + r * os, ts)
+        elif kind == Q5_0:
+            for r in range(r0, r1):
+                dot2_q5_0(wa + r * rs, xq, xd, xs, x16, rb // 22, ss, op + r * os, ts)
+        elif kind == Q5_1:
+            for r in range(r0, r1):
+                dot2_q5_1(wa + r * rs, xq, xd, xs, x16, rb // 24, ss, op + r * os, ts)
+        elif kind == Q8_0:
+            for r in range(r0, r1):
+                dot2_q8_0(wa + r * rs, xq, xd, xs, x16, rb // 34, ss, op + r * os, ts)
+        elif kind == Q4_K:
+            for r in range(r0, r1):
+                dot2_q4_k(wa + r * rs, xq, xd, xs, x16, rb // 144, ss, op + r * os, ts)
+        elif kind == Q5_K:
+            for r in range(r0, r1):
+                dot2_q5_k(wa + r * rs, xq, xd, xs, x16, rb // 176, ss, op + r * os, ts)
+        else:
+            for r in range(r0, r1):
+                dot2_q6_k(wa + r * rs, xq, xd, xs, x16, rb // 210, ss, op + r * os, ts)
+
+
 @nb.njit(**_JIT_EXACT)
 def _rows_q(kind, w, r0, r1, out, xq, xd, xs, x16):
     """out[r] = row r . quantized x for r in [r0, r1) (:func:`_dot_rows`)."""
@@ -1802,9 +1932,19 @@ def _mm_rows(kind, w, x, out, sc, r0, r1):
     nbk = n // 32
     ss = sc.strides[0]
     base = sc.ctypes.data
+    T = x.shape[0]
+    multi = _TOKENS_AT_ONCE[kind]
     for c in range(r0, r1, 16):
         ce = min(c + 16, r1)
-        for t in range(x.shape[0]):
+        t = 0
+        while multi and t < T - 1:  # 4 tokens at once, then 2: each block decoded once for all of them
+            k = 4 if t + 4 <= T else 2
+            xq = base + t * ss
+            xd = xq + 2 * n
+            _dot_rows_tok(kind, k, w.ctypes.data, w.strides[0], w.shape[1], c, ce, out[t].ctypes.data, out.strides[1],
+                          out.strides[0], xq, xd, xd + 4 * nbk, xd + 8 * nbk, ss)  # fmt: skip
+            t += k
+        for t in range(t, T):
             xq = base + t * ss
             xd = xq + 2 * n
             _rows_q(kind, w, c, ce, out[t], xq, xd, xd + 4 * nbk, xd + 8 * nbk)

@@ -1,16 +1,17 @@
 """Continuous batching: the forwards of several sequences generated at once, fed through the model together.
 
-A server with parallel slots (``kvrun serve --parallel N``) generates each
-request in its own thread, and each thread evaluates its tokens through
-``Engine.eval`` as one request alone would.  With a :class:`Batcher` on the
-engine those calls meet here: the thread that finds the model free leads,
-takes the tokens every waiting sequence has queued (decode steps first, then
-prompt chunks, ``n_batch`` tokens in all), runs them as one forward
-(``Engine.forward_batch``: the weights are read once for all of them) and
-hands each thread its logits; it leads until its own tokens are through, then
-another waiting thread takes over.  A long prompt is fed a chunk a forward, so
-the other sequences keep decoding beside it (llama-server's slots and chunked
-prefill).
+Every engine has a :class:`Batcher`, and every ``Engine.eval`` goes through it,
+so an engine may be used from several threads at once: a server's parallel
+slots (``kvrun serve --parallel N``), an app's chat sessions.  Each thread
+evaluates its tokens as one sequence alone would; the calls meet here: the
+thread that finds the model free leads, takes the tokens every waiting
+sequence has queued (decode steps first, then prompt chunks, ``n_batch`` tokens
+in all), runs them as one forward (``Engine.forward_batch``: the weights are
+read once for all of them) and hands each thread its logits; it leads until
+its own tokens are through, then another waiting thread takes over.  A long
+prompt is fed a chunk a forward, so the other sequences keep decoding beside
+it (llama-server's slots and chunked prefill).  One thread alone runs the
+engine's own one-sequence path, as before there was batching.
 
 The threads sample between their steps, so a leader waits a moment
 (``GATHER_S``) for the sequences that are generating but have not queued their

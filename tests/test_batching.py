@@ -17,6 +17,7 @@ from kvrun.cache.kvconfig import KVConfig
 from kvrun.cli import main
 from kvrun.loaders.errors import KvrunError
 from kvrun.runtime.api import Model
+from kvrun.runtime import batcher
 from kvrun.runtime.batcher import Batcher
 from kvrun.runtime.engine import Engine, GenRequest
 from kvrun.runtime.sampling import SamplerConfig
@@ -98,7 +99,8 @@ def _generate_in_threads(eng: Engine, prompts: list[list[int]], req: GenRequest)
 
 
 @pytest.mark.parametrize("arch", ["llama", "lfm2"])
-def test_threads_generating_at_once_write_the_text_each_writes_alone(tmp_path, arch):
+def test_threads_generating_at_once_write_the_text_each_writes_alone(tmp_path, arch, monkeypatch):
+    monkeypatch.setattr(batcher, "GATHER_S", 0.5)  # (a loaded test machine samples slower than the default moment)
     eng = Engine(write_tiny_model(tmp_path / "m.gguf", arch), n_ctx=128, n_batch=8)
     req = GenRequest(max_tokens=20, sampler=SamplerConfig(temperature=0), ignore_eos=True)
     alone = [list(eng.generate_tokens(eng.new_cache(), p, req)) for p in PROMPTS]
@@ -120,6 +122,24 @@ def test_a_long_prompt_is_fed_in_chunks_beside_the_others_decoding(tiny_llama_pa
     eng.batcher = b = Batcher(eng)  # (counters from zero)
     assert _generate_in_threads(eng, [[1, 5, 9], long_prompt], req) == alone
     assert b.n_rows == 3 + 119 + 2 * 12
+
+
+def test_chat_sessions_in_threads_reply_as_each_alone(tiny_llama_path):
+    """An app may chat in several threads on one model: the sessions are fed together, their replies unchanged."""
+    m = Model(Engine(tiny_llama_path, n_ctx=256, n_batch=32))
+    users = ["tell me about cats", "and the sea?", "what is bread", "rain again"]
+    want = [m.session().send(u, max_tokens=16, temperature=0) for u in users]
+    got: list = [None] * len(users)
+
+    def chat(i: int) -> None:
+        got[i] = m.session().send(users[i], max_tokens=16, temperature=0)
+
+    threads = [threading.Thread(target=chat, args=(i,)) for i in range(len(users))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert got == want
 
 
 def test_slot_pick_keeps_a_conversation_in_its_slot_and_spares_long_caches():

@@ -726,12 +726,14 @@ def chat(model: str | None, system: str | None, n_predict: int, template_kwargs:
 @click.option("-np", "--parallel", type=int, default=1, show_default=True, envvar="KVRUN_PARALLEL",
               help="requests generated at once, each with a KV cache of the whole --ctx-size, their tokens batched "
                    "(as llama-server's --parallel, Ollama's OLLAMA_NUM_PARALLEL; env KVRUN_PARALLEL)")
+@click.option("--slot-save-path", type=click.Path(file_okay=False), default=None,
+              help="directory of slot files: POST /slots/ID?action=save|restore keeps a slot's conversation and KV cache there")
 @draft_options
 @engine_options
 @kv_options
 @friendly
 def serve(model: str | None, host: str, port: int, alias: str | None, template_kwargs: str | None, api_key: str | None,
-          parallel: int, **kw: Any) -> None:  # fmt: skip
+          parallel: int, slot_save_path: str | None, **kw: Any) -> None:  # fmt: skip
     """OpenAI-compatible HTTP server, as llama-server: /v1/chat/completions, /v1/completions, /v1/models, /health;
     and Ollama's /api/chat, /api/generate, /api/tags, /api/show, for apps written for Ollama.
 
@@ -746,11 +748,14 @@ def serve(model: str | None, host: str, port: int, alias: str | None, template_k
         raise KvrunError("--api-key is empty; give a key, or leave the flag out for no authentication")
     if not 1 <= parallel <= MAX_PARALLEL:  # (before the model loads)
         raise KvrunError(f"--parallel must be in 1..{MAX_PARALLEL} (requests generated at once), got {parallel}")
+    if slot_save_path is not None and not os.path.isdir(slot_save_path):
+        raise KvrunError(f"--slot-save-path {slot_save_path}: no such directory; create it first")
     tkw = _template_kwargs(template_kwargs)
     path = _resolve(model)
     m = _load(str(path), kw)
     m.chat_template_kwargs = tkw
-    httpd = make_server(m, host, port, alias or Path(path).stem, api_key=api_key, parallel=parallel)
+    httpd = make_server(m, host, port, alias or Path(path).stem, api_key=api_key, parallel=parallel,
+                        slot_save_path=slot_save_path)
     m.engine.warm_up()  # the kernels load (or compile) before the first request, not during it
     h, p = httpd.server_address[:2]
     if m.engine.model.encoder:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import hmac
 import itertools
 import json
+import os
 import sys
 import time
 import uuid
@@ -102,9 +103,11 @@ def _finish_reason(stats: GenStats) -> str:
 class Server:
     """The model, its slots and the batcher they feed; :meth:`handle` answers one request."""
 
-    def __init__(self, model: Model, name: str, parallel: int = 1) -> None:
+    def __init__(self, model: Model, name: str, parallel: int = 1, slot_save_path: str | None = None) -> None:
         self.model = model
         self.name = name
+        #: where POST /slots/ID?action=save|restore write and read slots' files (None: those actions are off)
+        self.slot_save_path = slot_save_path
         eng = model.engine
         self.slots: Slots | None = None
         if not eng.model.encoder:  # (an embedding model keeps no KV cache: it writes no text)
@@ -218,7 +221,8 @@ class Server:
 
     def handle(self, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, Any]:
         """(status, JSON object) or (200, an iterator of server-sent event payloads) for a request."""
-        path = path.split("?", 1)[0].rstrip("/") or "/"
+        path, _, query = path.partition("?")
+        path = path.rstrip("/") or "/"
         if method == "GET" and path == "/health":
             if self.slots is None:
                 return 200, {"status": "ok"}
@@ -226,6 +230,8 @@ class Server:
             return 200, {"status": "ok", "slots_idle": idle, "slots_processing": busy}
         if method == "GET" and path == "/slots" and self.slots is not None:
             return 200, self.slots.describe()
+        if method == "POST" and path.startswith("/slots/") and self.slots is not None:
+            return self._slot_action(path, query, body or {})
         if method == "GET" and path in ("/v1/models", "/models"):
             return 200, {"object": "list", "data": [{"id": self.name, "object": "model", "created": 0, "owned_by": "kvrun"}]}
         if method == "POST" and path in ("/v1/chat/completions", "/chat/completions"):
@@ -265,6 +271,45 @@ class Server:
         except (ValueError, KvrunError) as e:
             raise BadRequest(str(e)) from None
 
+    # ------------------------------------------------------------ slots
+    def _slot_action(self, path: str, query: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """llama-server's slot actions: ``POST /slots/ID?action=save|restore`` (``{"filename": NAME}``, in
+        ``--slot-save-path``: the slot's conversation and KV cache, compressed or not, as ``kvrun chat
+        --session`` files) and ``?action=erase`` (the slot's cache emptied)."""
+        sid = path[len("/slots/") :]
+        action = dict(kv.partition("=")[::2] for kv in query.split("&") if kv).get("action")
+        if not sid.isdigit() or int(sid) >= len(self.slots):
+            raise BadRequest(f"no slot {sid!r}: this server keeps slots 0..{len(self.slots) - 1}", 404)
+        if action not in ("save", "restore", "erase"):
+            raise BadRequest("give ?action=save, ?action=restore or ?action=erase")
+        file = None
+        if action != "erase":
+            if self.slot_save_path is None:
+                raise BadRequest("slot files are off: start the server with --slot-save-path DIR", 501)
+            name = body.get("filename")
+            if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
+                raise BadRequest('filename must be a file name (no directories), e.g. {"filename": "chat1.kvs"}')
+            file = os.path.join(self.slot_save_path, name)
+        t0 = time.perf_counter()
+        with self.slots.take(None, int(sid)) as slot:
+            s = slot.session
+            if action == "erase":
+                n = len(s.tokens)
+                s.reset()
+                return 200, {"id_slot": slot.id, "n_erased": n}
+            if action == "save":
+                n_written = s.save(file)
+                return 200, {"id_slot": slot.id, "filename": name, "n_saved": len(s.tokens), "n_written": n_written,
+                             "timings": {"save_ms": 1e3 * (time.perf_counter() - t0)}}  # fmt: skip
+            if not os.path.isfile(file):
+                raise BadRequest(f"no slot file {name!r} in --slot-save-path", 404)
+            try:
+                slot.session = self.model.load_session(file)
+            except KvrunError as e:
+                raise BadRequest(str(e)) from None
+            return 200, {"id_slot": slot.id, "filename": name, "n_restored": len(slot.session.tokens), "n_read": os.path.getsize(file),
+                         "timings": {"restore_ms": 1e3 * (time.perf_counter() - t0)}}  # fmt: skip
+
     # ------------------------------------------------------------ generation
     def _tools(self, body: dict[str, Any], chat: bool, req: Any) -> Tools | None:
         """The request's tools (runtime/tools.py); the grammar their format puts on the reply goes into ``req``."""
@@ -299,6 +344,9 @@ class Server:
             raise BadRequest("chat_template_kwargs must be an object, e.g. {\"enable_thinking\": false}")
         if reserved := {"messages", "add_generation_prompt", "bos_token", "eos_token"} & set(tkw):
             raise BadRequest(f"chat_template_kwargs may not set {', '.join(sorted(reserved))}: the server sets them")
+        id_slot = body.get("id_slot", -1)
+        if isinstance(id_slot, bool) or not isinstance(id_slot, int) or not -1 <= id_slot < len(self.slots):
+            raise BadRequest(f"id_slot must be a slot id in 0..{len(self.slots) - 1}, or -1 for any (--parallel slots)")
         run = Run(req, tools=tools)
         stats = run.stats
 
@@ -306,7 +354,7 @@ class Server:
             eng = self.model.engine
             # several slots: the one whose cache holds most of this prompt (rendered here to compare)
             known = ids if not chat else self.model.chat_tokens(msgs, tools, {**self.model.chat_template_kwargs, **tkw}) if len(self.slots) > 1 else None
-            with self.slots.take(known) as slot:  # held for the whole generation
+            with self.slots.take(known, id_slot) as slot:  # held for the whole generation
                 s = slot.session
                 if chat:
                     s.messages = msgs[:-1]
@@ -368,8 +416,10 @@ class Server:
         def reasoning_delta(text: str) -> dict[str, Any]:
             return {"index": 0, "delta": {"reasoning_content": text}, "logprobs": logprobs(), "finish_reason": None}
 
-        def usage() -> dict[str, int]:
-            return {"prompt_tokens": run.n_prompt, "completion_tokens": stats.n_gen, "total_tokens": run.n_prompt + stats.n_gen}
+        def usage() -> dict[str, Any]:
+            # cached_tokens (OpenAI's): the prompt's tokens the slot's cache held already, not evaluated again
+            return {"prompt_tokens": run.n_prompt, "completion_tokens": stats.n_gen, "total_tokens": run.n_prompt + stats.n_gen,
+                    "prompt_tokens_details": {"cached_tokens": max(run.n_prompt - stats.n_prompt, 0)}}  # fmt: skip
 
         def envelope(ch: dict[str, Any], **extra: Any) -> dict[str, Any]:
             return {"id": rid, "object": obj + (".chunk" if stream and chat else ""), "created": created, "model": self.name,
@@ -557,13 +607,14 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-def make_server(model: Model, host: str, port: int, name: str, api_key: str | None = None, parallel: int = 1) -> ThreadingHTTPServer:
+def make_server(model: Model, host: str, port: int, name: str, api_key: str | None = None, parallel: int = 1,
+                slot_save_path: str | None = None) -> ThreadingHTTPServer:  # fmt: skip
     """A server bound to ``host:port`` (0: any free port), not yet serving (``serve_forever``).  ``api_key``:
     every request but ``GET /health`` must carry ``Authorization: Bearer <api_key>`` (as llama-server's).
-    ``parallel``: requests generated at once (slots)."""
+    ``parallel``: requests generated at once (slots); ``slot_save_path``: the directory of slot files (save/restore)."""
     err = sys.stderr  # (not looked up per request: a thread must not write into a stream swapped in meanwhile)
     log = staticmethod(lambda line: print(line, file=err, flush=True))
-    handler = type("KvrunHandler", (Handler,), {"app": Server(model, name, parallel), "log": log, "api_key": api_key})
+    handler = type("KvrunHandler", (Handler,), {"app": Server(model, name, parallel, slot_save_path), "log": log, "api_key": api_key})
     try:
         httpd = ThreadingHTTPServer((host, port), handler)
     except OSError as e:

@@ -50,11 +50,13 @@ class Slots:
         return len(self.slots)
 
     @contextlib.contextmanager
-    def take(self, prompt: list[int] | None) -> Iterator[Slot]:
-        """An idle slot for a request whose prompt is ``prompt`` (None: unknown), waited for; held while the
-        ``with`` body runs."""
+    def take(self, prompt: list[int] | None, id_slot: int = -1) -> Iterator[Slot]:
+        """An idle slot for a request whose prompt is ``prompt`` (None: unknown), or slot ``id_slot`` (>= 0: the
+        client's choice, as llama-server's ``id_slot``), waited for; held while the ``with`` body runs."""
+        if id_slot >= len(self.slots):
+            raise ValueError(f"id_slot {id_slot} does not exist: this server keeps slots 0..{len(self.slots) - 1} (--parallel)")
         with self.cv:
-            while not (idle := [s for s in self.slots if not s.busy]):
+            while not (idle := [s for s in self.slots if not s.busy and id_slot in (-1, s.id)]):
                 self.cv.wait()
             slot = pick(idle, prompt)
             slot.busy = True
@@ -65,7 +67,7 @@ class Slots:
             with self.cv:
                 slot.busy = False
                 slot.idle_since = time.monotonic()
-                self.cv.notify()
+                self.cv.notify_all()  # (a request waiting for this very slot may not be the one notify would wake)
 
     def describe(self) -> list[dict[str, Any]]:
         """Each slot's state (``GET /slots``, as llama-server's)."""

@@ -157,9 +157,9 @@ def test_slot_pick_keeps_a_conversation_in_its_slot_and_spares_long_caches():
 
 
 @pytest.fixture(scope="module")
-def server2(tiny_llama_path):
+def server2(tiny_llama_path, tmp_path_factory):
     model = Model(Engine(tiny_llama_path, n_ctx=256, n_batch=32))
-    httpd = make_server(model, "127.0.0.1", 0, "tiny", parallel=2)
+    httpd = make_server(model, "127.0.0.1", 0, "tiny", parallel=2, slot_save_path=str(tmp_path_factory.mktemp("slots")))
     t = threading.Thread(target=httpd.serve_forever, daemon=True)
     t.start()
     yield model, httpd.server_address[1]
@@ -167,9 +167,11 @@ def server2(tiny_llama_path):
     httpd.server_close()
 
 
-def _post(port: int, path: str, body: dict) -> tuple[int, str]:
+def _post(port: int, path: str, body: dict | None) -> tuple[int, str]:
+    """POST ``body``, or (None) GET ``path``."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    conn.request("POST" if body else "GET", path, body=json.dumps(body).encode() if body else None, headers={"Content-Type": "application/json"})
+    data = json.dumps(body).encode() if body is not None else None
+    conn.request("POST" if body is not None else "GET", path, body=data, headers={"Content-Type": "application/json"})
     r = conn.getresponse()
     text = r.read().decode()
     conn.close()
@@ -192,11 +194,45 @@ def test_a_server_with_two_slots_answers_concurrent_requests_with_the_models_own
     for t in threads:
         t.join(timeout=300)
     assert got == want
-    status, text = _post(port, "/slots", {})
+    status, text = _post(port, "/slots", None)
     slots = json.loads(text)
     assert status == 200 and [s["id"] for s in slots] == [0, 1] and sum(s["n_requests"] for s in slots) == 4
     assert not any(s["is_processing"] for s in slots) and all(s["n_tokens"] > 0 for s in slots)
-    assert json.loads(_post(port, "/health", {})[1]) == {"status": "ok", "slots_idle": 2, "slots_processing": 0}
+    assert json.loads(_post(port, "/health", None)[1]) == {"status": "ok", "slots_idle": 2, "slots_processing": 0}
+
+
+def test_a_slot_saved_erased_and_restored_goes_on_as_it_would_have(server2):
+    """llama-server's slot actions: a request pinned to a slot (id_slot), the slot saved to a file, erased,
+    restored; the conversation then goes on with its cache as if nothing had happened."""
+    model, port = server2
+    first = [{"role": "user", "content": "tell me about owls"}]
+    status, text = _post(port, "/v1/chat/completions", {"messages": first, "max_tokens": 8, "temperature": 0, "id_slot": 1})
+    reply = json.loads(text)["choices"][0]["message"]["content"]
+    held = json.loads(_post(port, "/slots", None)[1])[1]["n_tokens"]
+    status, text = _post(port, "/slots/1?action=save", {"filename": "owls.kvs"})
+    saved = json.loads(text)
+    assert status == 200 and saved["id_slot"] == 1 and saved["n_saved"] == held and saved["n_written"] > 0
+    assert json.loads(_post(port, "/slots/1?action=erase", {})[1]) == {"id_slot": 1, "n_erased": held}
+    assert json.loads(_post(port, "/slots", None)[1])[1]["n_tokens"] == 0
+    status, text = _post(port, "/slots/1?action=restore", {"filename": "owls.kvs"})
+    assert status == 200 and json.loads(text)["n_restored"] == held
+    convo = first + [{"role": "assistant", "content": reply}, {"role": "user", "content": "and their eyes?"}]
+    status, text = _post(port, "/v1/chat/completions", {"messages": convo, "max_tokens": 8, "temperature": 0, "id_slot": 1})
+    answer = json.loads(text)
+    assert answer["choices"][0]["message"]["content"] == model.chat(convo, max_tokens=8, temperature=0)
+    assert answer["usage"]["prompt_tokens_details"]["cached_tokens"] >= held - 2  # the restored cache, reused
+
+
+@pytest.mark.parametrize("path,body,status,words", [
+    ("/slots/7?action=erase", {}, 404, "slots 0..1"),
+    ("/slots/0?action=wipe", {}, 400, "action=save"),
+    ("/slots/0?action=save", {"filename": "../x"}, 400, "no directories"),
+    ("/slots/0?action=restore", {"filename": "none.kvs"}, 404, "no slot file"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "id_slot": 2}, 400, "id_slot must be"),
+])  # fmt: skip
+def test_bad_slot_requests_are_one_line_4xx(server2, path, body, status, words):
+    got, text = _post(server2[1], path, body)
+    assert got == status and words in json.loads(text)["error"]["message"]
 
 
 def test_bad_parallel_flags_are_one_line_errors(tiny_llama_path):

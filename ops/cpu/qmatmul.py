@@ -1199,7 +1199,11 @@ BLAS_MIN_TOKENS = 8
 #: thread (Zen 5): a 1536 x 576 Q4_1 product took 26 / 51 / 75 / 100 / 173 us for 1 / 2 / 3 / 4 / 7
 #: tokens on the integer kernel, 90-96 us on the GEMM; SmolLM2's 49152 x 576 Q8_0 output, 3237 against
 #: 3249 us at 4 tokens.  Lookup decoding's checks of 5-7 tokens gained most: 172 -> 300 tok/s.
-GEMM_MIN_TOKENS = 4
+#: With the 2- and 4-token row dots (each block decoded once for all tokens) 4 tokens moved back to the
+#: integer kernel.  Measured on the Xeon, 2 threads, SmolLM2's matrices, integer kernel / GEMM, us: 1536 x 576
+#: Q4_1 at 4 tokens 62 / 64, at 5 85 / 63; 576 x 576 26 / 30, 35 / 30; the 49152 x 576 Q8_0 output 1755 / 2114,
+#: 2441 / 2101.  Four parallel slots' decode: 196 -> 242-250 tok/s.
+GEMM_MIN_TOKENS = 5
 #: rows decoded per BLAS call in matmul
 TILE_ROWS = 128
 

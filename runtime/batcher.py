@@ -176,15 +176,29 @@ class Batcher:
             chunks.append(job.tokens[s : s + n])
             wants.append(lo)
             outs.append(job.out[s + lo - job.first : s + n - job.first] if lo < n else job.out[:0])
-        try:
-            if len(plan) == 1:  # (one sequence: the engine's own path, its CUDA graphs and thread tuning included)
-                self.engine._eval_chunks(plan[0][0].cache, chunks[0], wants[0], outs[0])
-            else:
+        if len(plan) > 1:
+            try:
                 self.engine.forward_batch([job.cache for job, _ in plan], chunks, wants, outs)
-        except BaseException as e:  # noqa: BLE001 - every thread of the batch hears of it
-            for job, _ in plan:
-                job.error, job.done = e, True
+            except Exception:  # noqa: BLE001 - each cache is as it was: each sequence alone, so only the failing one fails
+                for i, (job, n) in enumerate(plan):
+                    self._run_one(job, n, chunks[i], wants[i], outs[i])
+                return
+            self._count(plan)
             return
+        self._run_one(plan[0][0], plan[0][1], chunks[0], wants[0], outs[0])
+
+    def _run_one(self, job: _Job, n: int, chunk: np.ndarray, want: int, out: Any) -> None:
+        """One sequence's chunk alone: the engine's own path (its CUDA graphs and thread tuning included)."""
+        try:
+            self.engine._eval_chunks(job.cache, chunk, want, out)
+        except BaseException as e:  # noqa: BLE001 - the job's thread raises it
+            job.error, job.done = e, True
+            if not isinstance(e, Exception):
+                raise
+            return
+        self._count([(job, n)])
+
+    def _count(self, plan: list[tuple[_Job, int]]) -> None:
         self.n_forwards += 1
         self.n_rows += sum(n for _, n in plan)
         for job, n in plan:

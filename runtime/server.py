@@ -36,6 +36,7 @@ import itertools
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -87,6 +88,46 @@ class Run:
         return self.live.n_prompt_tokens if self.live is not None and not self.n_prompt else self.n_prompt
 
 
+class Text(str):
+    """A plain-text answer (``GET /metrics``' Prometheus exposition), not JSON."""
+
+
+@dataclass
+class Metrics:
+    """What the server generated since it started, for ``GET /metrics`` (llama-server's names, ``kvrun:`` for ``llamacpp:``)."""
+
+    prompt_tokens: int = 0
+    prompt_seconds: float = 0.0
+    tokens_predicted: int = 0
+    predicted_seconds: float = 0.0
+    requests: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, st: GenStats) -> None:
+        with self.lock:
+            self.prompt_tokens += st.n_prompt
+            self.prompt_seconds += st.t_prompt
+            self.tokens_predicted += st.n_gen
+            self.predicted_seconds += st.t_gen
+            self.requests += 1
+
+    def exposition(self, slots: Slots, batcher: Any) -> str:
+        """The Prometheus text format: counters, then gauges of now."""
+        with self.lock:
+            c = (("prompt_tokens_total", "counter", "prompt tokens evaluated (a slot's cached prefix not counted)", self.prompt_tokens),
+                 ("prompt_seconds_total", "counter", "seconds spent evaluating prompts", self.prompt_seconds),
+                 ("tokens_predicted_total", "counter", "tokens generated", self.tokens_predicted),
+                 ("tokens_predicted_seconds_total", "counter", "seconds spent generating", self.predicted_seconds),
+                 ("requests_total", "counter", "generation requests finished", self.requests))  # fmt: skip
+        idle, busy = slots.counts()
+        n_fwd = batcher.n_forwards
+        c += (("n_decode_total", "counter", "forward passes run (a batch of several requests' tokens is one)", n_fwd),
+              ("n_tokens_per_decode", "gauge", "tokens a forward pass fed on average (batching: more than one)", batcher.n_rows / n_fwd if n_fwd else 0.0),
+              ("requests_processing", "gauge", "requests holding a slot", busy),
+              ("requests_deferred", "gauge", "requests waiting for a slot", slots.waiting))  # fmt: skip
+        return "".join(f"# HELP kvrun:{name} {help}\n# TYPE kvrun:{name} {kind}\nkvrun:{name} {value}\n" for name, kind, help, value in c)
+
+
 class BadRequest(Exception):
     """A request the client can fix: answered with ``status`` and the message (one line)."""
 
@@ -108,6 +149,7 @@ class Server:
         self.name = name
         #: where POST /slots/ID?action=save|restore write and read slots' files (None: those actions are off)
         self.slot_save_path = slot_save_path
+        self.metrics = Metrics()
         eng = model.engine
         self.slots: Slots | None = None
         if not eng.model.encoder:  # (an embedding model keeps no KV cache: it writes no text)
@@ -228,6 +270,8 @@ class Server:
                 return 200, {"status": "ok"}
             idle, busy = self.slots.counts()
             return 200, {"status": "ok", "slots_idle": idle, "slots_processing": busy}
+        if method == "GET" and path == "/metrics" and self.slots is not None:
+            return 200, Text(self.metrics.exposition(self.slots, self.model.engine.batcher))
         if method == "GET" and path == "/slots" and self.slots is not None:
             return 200, self.slots.describe()
         if method == "POST" and path.startswith("/slots/") and self.slots is not None:
@@ -351,9 +395,16 @@ class Server:
         stats = run.stats
 
         def pieces() -> Iterator[str]:
+            known = ids  # several slots: the one whose cache holds most of this prompt (a chat's rendered here to compare)
+            if chat:
+                known = self.model.chat_tokens(msgs, tools, {**self.model.chat_template_kwargs, **tkw}) if len(self.slots) > 1 else None
+            try:
+                yield from generate(known)
+            finally:
+                self.metrics.add(stats)
+
+        def generate(known: list[int] | None) -> Iterator[str]:
             eng = self.model.engine
-            # several slots: the one whose cache holds most of this prompt (rendered here to compare)
-            known = ids if not chat else self.model.chat_tokens(msgs, tools, {**self.model.chat_template_kwargs, **tkw}) if len(self.slots) > 1 else None
             with self.slots.take(known, id_slot) as slot:  # held for the whole generation
                 s = slot.session
                 if chat:
@@ -549,11 +600,11 @@ class Handler(BaseHTTPRequestHandler):
             status, payload = e.status, self._error(str(e), "invalid_request_error", e.status)
         except Exception as e:  # a bug: one line in the log and a 500, never a traceback to the client
             status, payload = 500, self._error(f"{type(e).__name__}: {e}", "server_error", 500)
-        if isinstance(payload, (dict, list)):  # (a list: GET /slots' array)
-            data = json.dumps(payload).encode()
+        if isinstance(payload, (dict, list, Text)):  # (a list: GET /slots' array; Text: /metrics)
+            data = payload.encode() if isinstance(payload, Text) else json.dumps(payload).encode()
             self.send_response(status)
             self._cors()
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", "text/plain; version=0.0.4" if isinstance(payload, Text) else "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)

@@ -45,6 +45,7 @@ class Slots:
             raise ValueError(f"--parallel must be in 1..{MAX_PARALLEL} (requests generated at once), got {n}")
         self.slots = [Slot(i, Session(model)) for i in range(n)]
         self.cv = threading.Condition()
+        self.waiting = 0  # requests waiting for a slot
 
     def __len__(self) -> int:
         return len(self.slots)
@@ -56,8 +57,12 @@ class Slots:
         if id_slot >= len(self.slots):
             raise ValueError(f"id_slot {id_slot} does not exist: this server keeps slots 0..{len(self.slots) - 1} (--parallel)")
         with self.cv:
-            while not (idle := [s for s in self.slots if not s.busy and id_slot in (-1, s.id)]):
-                self.cv.wait()
+            self.waiting += 1
+            try:
+                while not (idle := [s for s in self.slots if not s.busy and id_slot in (-1, s.id)]):
+                    self.cv.wait()
+            finally:
+                self.waiting -= 1
             slot = pick(idle, prompt)
             slot.busy = True
             slot.n_requests += 1

@@ -114,6 +114,40 @@ def test_threads_generating_at_once_write_the_text_each_writes_alone(tmp_path, a
         assert b.n_forwards <= 0.6 * (n_rows - sum(len(p) for p in PROMPTS))
 
 
+def test_a_sequence_that_fails_in_a_batch_fails_alone(tiny_llama_path, monkeypatch):
+    """A forward that fails for one sequence leaves every cache as it was, and the batch's sequences go again one
+    by one: only the failing one's thread hears of it, the others' text is unchanged."""
+    monkeypatch.setattr(batcher, "GATHER_S", 0.5)
+    eng = Engine(tiny_llama_path, n_ctx=128, n_batch=16)
+    req = GenRequest(max_tokens=12, sampler=SamplerConfig(temperature=0), ignore_eos=True)
+    want = list(eng.generate_tokens(eng.new_cache(), PROMPTS[0], req))
+    good, bad = eng.new_cache(), eng.new_cache()
+    layer = bad.layers[1]
+    real = layer.update_and_attend
+
+    def breaks_at_8(q, k, v, pos, out):
+        if pos[-1] >= 8:
+            raise RuntimeError("this cache broke")
+        real(q, k, v, pos, out)
+
+    layer.update_and_attend = breaks_at_8
+    got, errors = [], []
+
+    def run(cache, prompt, sink):
+        try:
+            sink.extend(eng.generate_tokens(cache, prompt, req))
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    threads = [threading.Thread(target=run, args=(good, PROMPTS[0], got)), threading.Thread(target=run, args=(bad, [1, 2], []))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert got == want and errors == ["this cache broke"]
+    assert bad.offset == 8  # (what it held before the failing step)
+
+
 def test_a_long_prompt_is_fed_in_chunks_beside_the_others_decoding(tiny_llama_path):
     eng = Engine(tiny_llama_path, n_ctx=256, n_batch=16)
     long_prompt = list(np.arange(1, 120) % 90 + 1)
@@ -199,6 +233,11 @@ def test_a_server_with_two_slots_answers_concurrent_requests_with_the_models_own
     assert status == 200 and [s["id"] for s in slots] == [0, 1] and sum(s["n_requests"] for s in slots) == 4
     assert not any(s["is_processing"] for s in slots) and all(s["n_tokens"] > 0 for s in slots)
     assert json.loads(_post(port, "/health", None)[1]) == {"status": "ok", "slots_idle": 2, "slots_processing": 0}
+    status, text = _post(port, "/metrics", None)  # Prometheus' text format, llama-server's names
+    metrics = dict(line.split() for line in text.splitlines() if not line.startswith("#"))
+    assert status == 200 and float(metrics["kvrun:requests_total"]) >= 4 and float(metrics["kvrun:tokens_predicted_total"]) >= 4
+    assert float(metrics["kvrun:n_tokens_per_decode"]) > 1  # (prompts, and steps fed together)
+    assert metrics["kvrun:requests_processing"] == "0" and metrics["kvrun:requests_deferred"] == "0"
 
 
 def test_a_slot_saved_erased_and_restored_goes_on_as_it_would_have(server2):

@@ -116,5 +116,17 @@ class KVCache:
         self.offset = n_past
         return n_past
 
+    def copy_prefix(self, src: KVCache, n_past: int) -> bool:
+        """Hold exactly what ``src`` holds at positions ``< n_past`` (each layer's ``copy_prefix``, where every layer
+        has one); False, and this cache empty, where a layer cannot (a compressed or recurrent cache)."""
+        if n_past > src.offset or len(src.layers) != len(self.layers):
+            return False
+        for mine, theirs in zip(self.layers, src.layers):
+            if not (hasattr(mine, "copy_prefix") and mine.copy_prefix(theirs, n_past)):
+                self.reset()
+                return False
+        self.offset = n_past
+        return True
+
     def describe(self) -> str:
         return type(self.layers[0]).__name__ if self.layers else "empty"

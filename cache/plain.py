@@ -69,6 +69,29 @@ class PlainLayerCache(LayerCache):
     def truncate(self, n_past: int) -> None:
         self.pos[self.pos >= n_past] = -1
 
+    def copy_prefix(self, src: LayerCache, n_past: int) -> bool:
+        """Hold what ``src`` (a cache of the same layer) holds at positions ``< n_past``, and nothing else: a
+        server's new conversation takes the system prompt another slot evaluated, instead of evaluating it
+        again.  A global layer copies the first ``n_past`` slots; a sliding window's ring, all it used.  False (and
+        this cache empty): ``src`` is another kind of cache, or its ring has written over a position the next
+        tokens attend to."""
+        if type(src) is not PlainLayerCache or src.spec != self.spec or src.capacity != self.capacity:
+            return False
+        hi = min(src.used, n_past) if self.capacity >= n_past else src.used  # (positions < n_past sit in slots < n_past)
+        self.k[:, :hi] = src.k[:, :hi]
+        self.v[:, :hi] = src.v[:, :hi]
+        self.pos[:hi] = src.pos[:hi]
+        self.pos[hi:] = -1
+        self.used = hi
+        self.truncate(n_past)
+        # exact only if every position the next tokens attend to is here (a ring may have written over them)
+        lo = max(0, n_past - self.spec.window) if self.spec.window > 0 else 0
+        held = self.pos[:hi]
+        if int(((held >= lo) & (held < n_past)).sum()) != n_past - lo:
+            self.reset()
+            return False
+        return True
+
 
 class SharedLayerCache(LayerCache):
     """A layer that reads another layer's K/V (``spec.kv_from``, Gemma 3n) and stores none: ``k`` and ``v`` are

@@ -9,6 +9,10 @@ idle slot whose cache holds most of its prompt, where that is most of what the
 slot holds, else an empty slot, else the one idle longest (a new conversation
 that shares only a system prompt with a slot does not wipe another
 conversation's long cache).  Every slot has the whole ``--ctx-size``.
+
+A new conversation that starts as another idle slot's did (the app's system
+prompt, a few-shot preamble) takes a copy of that slot's K/V for the shared
+prefix rather than evaluating it again: a memory copy instead of a prefill.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from .api import Model, Session
 from .engine import shared_prefix
 
 MAX_PARALLEL = 64  # slots a server may keep
+SHARE_MIN = 32  # prompt tokens another slot must hold beyond what the chosen one does before they are copied over
 
 
 @dataclass(eq=False)
@@ -46,6 +51,7 @@ class Slots:
         self.slots = [Slot(i, Session(model)) for i in range(n)]
         self.cv = threading.Condition()
         self.waiting = 0  # requests waiting for a slot
+        self.n_shared = 0  # prompt tokens copied from one slot to another (not evaluated again)
 
     def __len__(self) -> int:
         return len(self.slots)
@@ -66,6 +72,8 @@ class Slots:
             slot = pick(idle, prompt)
             slot.busy = True
             slot.n_requests += 1
+            if prompt is not None:
+                self._share_prefix(slot, [s for s in self.slots if not s.busy], prompt)
         try:
             yield slot
         finally:
@@ -73,6 +81,24 @@ class Slots:
                 slot.busy = False
                 slot.idle_since = time.monotonic()
                 self.cv.notify_all()  # (a request waiting for this very slot may not be the one notify would wake)
+
+    def _share_prefix(self, slot: Slot, others: list[Slot], prompt: list[int]) -> None:
+        """(Holding ``cv``.)  Where another idle slot holds more of ``prompt`` than ``slot`` does, by
+        ``SHARE_MIN`` tokens at least (a system prompt several conversations start with), ``slot`` takes a copy
+        of that prefix's K/V instead of evaluating it again (the fp16 cache; a compressed one evaluates it)."""
+        mine = shared_prefix(slot.session.tokens, prompt)
+        best = max(others, key=lambda s: shared_prefix(s.session.tokens, prompt), default=None)
+        if best is None:
+            return
+        n = min(shared_prefix(best.session.tokens, prompt), len(prompt) - 1, best.session.cache.offset)
+        if n - mine < SHARE_MIN:
+            return
+        s = slot.session
+        if s.cache.copy_prefix(best.session.cache, n):
+            s.tokens = best.session.tokens[:n]
+            self.n_shared += n
+        else:  # (the cache is empty now: the prompt is evaluated whole)
+            s.tokens = []
 
     def describe(self) -> list[dict[str, Any]]:
         """Each slot's state (``GET /slots``, as llama-server's)."""

@@ -19,7 +19,7 @@ from kvrun.loaders.errors import KvrunError
 from kvrun.runtime.api import Model
 from kvrun.runtime import batcher
 from kvrun.runtime.batcher import Batcher
-from kvrun.runtime.engine import Engine, GenRequest
+from kvrun.runtime.engine import Engine, GenRequest, shared_prefix
 from kvrun.runtime.sampling import SamplerConfig
 from kvrun.runtime.server import make_server
 from kvrun.runtime.slots import Slot, pick
@@ -176,6 +176,30 @@ def test_chat_sessions_in_threads_reply_as_each_alone(tiny_llama_path):
     assert got == want
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_a_copied_prefix_goes_on_as_the_evaluated_one(tmp_path, arch):
+    """KVCache.copy_prefix: a cache given another's first n positions continues as if it had evaluated them
+    (gemma3: sliding-window rings too); where a ring has written over a position still in view, it refuses."""
+    eng = Engine(write_tiny_model(tmp_path / "m.gguf", arch), n_ctx=64, n_batch=4)
+    text = list(np.arange(1, 40) % 90 + 1)
+    src = eng.new_cache()
+    eng.eval(src, text)
+    # (chunk boundaries of both: each position's K/V computed alike, so equal to the bit.  gemma3's window of 8
+    # rings 8 + 4 slots: after 39 tokens it holds positions 27-38, so only a prefix whose view starts there copies)
+    for n in (4, 12, 20, 36) if arch == "llama" else (36,):
+        dst, ref = eng.new_cache(), eng.new_cache()
+        assert dst.copy_prefix(src, n) and dst.offset == n
+        eng.eval(ref, text[:n])
+        np.testing.assert_array_equal(eng.eval(dst, [7, 8, 9], logits_all=True), eng.eval(ref, [7, 8, 9], logits_all=True))
+    if arch == "gemma3":  # position 24 was written over, and a token at 32 sees it
+        assert not eng.new_cache().copy_prefix(src, 32)
+    assert not eng.new_cache().copy_prefix(src, 50)  # (more than src holds)
+    compressed = Engine(write_tiny_model(tmp_path / "m.gguf", arch), n_ctx=64, n_batch=4, kv=KVConfig(bits=4))
+    c = compressed.new_cache()
+    compressed.eval(c, text)
+    assert not compressed.new_cache().copy_prefix(c, 5)  # (a compressed cache evaluates again)
+
+
 def test_slot_pick_keeps_a_conversation_in_its_slot_and_spares_long_caches():
     class S:  # a slot's session as pick reads it
         def __init__(self, tokens):
@@ -260,6 +284,21 @@ def test_a_slot_saved_erased_and_restored_goes_on_as_it_would_have(server2):
     answer = json.loads(text)
     assert answer["choices"][0]["message"]["content"] == model.chat(convo, max_tokens=8, temperature=0)
     assert answer["usage"]["prompt_tokens_details"]["cached_tokens"] >= held - 2  # the restored cache, reused
+
+
+def test_a_new_conversation_copies_a_shared_system_prompt_from_another_slot(server2):
+    model, port = server2
+    for i in (0, 1):
+        _post(port, f"/slots/{i}?action=erase", {})
+    system = {"role": "system", "content": "You are a patient assistant for a bakery. " * 2}
+    a = [system, {"role": "user", "content": "what bread is best"}]
+    b = [system, {"role": "user", "content": "do you sell cakes"}]
+    _post(port, "/v1/chat/completions", {"messages": a, "max_tokens": 4, "temperature": 0, "id_slot": 0})
+    status, text = _post(port, "/v1/chat/completions", {"messages": b, "max_tokens": 8, "temperature": 0, "id_slot": 1})
+    answer = json.loads(text)
+    shared = shared_prefix(model.chat_tokens(a), model.chat_tokens(b))
+    assert shared > 64 and answer["usage"]["prompt_tokens_details"]["cached_tokens"] == shared  # copied from slot 0
+    assert answer["choices"][0]["message"]["content"] == model.chat(b, max_tokens=8, temperature=0)
 
 
 @pytest.mark.parametrize("path,body,status,words", [

@@ -123,6 +123,7 @@ class Metrics:
         n_fwd = batcher.n_forwards
         c += (("n_decode_total", "counter", "forward passes run (a batch of several requests' tokens is one)", n_fwd),
               ("n_tokens_per_decode", "gauge", "tokens a forward pass fed on average (batching: more than one)", batcher.n_rows / n_fwd if n_fwd else 0.0),
+              ("prompt_tokens_copied_total", "counter", "prompt tokens copied from another slot's cache (a shared system prompt)", slots.n_shared),
               ("requests_processing", "gauge", "requests holding a slot", busy),
               ("requests_deferred", "gauge", "requests waiting for a slot", slots.waiting))  # fmt: skip
         return "".join(f"# HELP kvrun:{name} {help}\n# TYPE kvrun:{name} {kind}\nkvrun:{name} {value}\n" for name, kind, help, value in c)

@@ -298,6 +298,8 @@ def test_a_new_conversation_copies_a_shared_system_prompt_from_another_slot(serv
     answer = json.loads(text)
     shared = shared_prefix(model.chat_tokens(a), model.chat_tokens(b))
     assert shared > 64 and answer["usage"]["prompt_tokens_details"]["cached_tokens"] == shared  # copied from slot 0
+    metrics = dict(line.split() for line in _post(port, "/metrics", None)[1].splitlines() if not line.startswith("#"))
+    assert int(metrics["kvrun:prompt_tokens_copied_total"]) >= shared
     assert answer["choices"][0]["message"]["content"] == model.chat(b, max_tokens=8, temperature=0)
 
 

@@ -200,6 +200,9 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
         # in each (the scan's and the convolution's last inputs, float32); Granite 4.0-H's attention without rope
         "n_ssm_layers": cfg.n_layer if cfg.ssm_parallel else sum(cfg.ssm_layers),
         "ssm_parallel": cfg.ssm_parallel,
+        # (Qwen3.5's, Qwen3-Next's: Gated DeltaNet, d_inner its value heads' width, d_state a head's, n_group its key heads;
+        # the state's and the convolution's sizes come out of the same formula)
+        "ssm_kind": "Gated DeltaNet" if cfg.arch in ("qwen35", "qwen35moe", "qwen3next") else "Mamba-2",
         "ssm": {"d_conv": cfg.ssm_d_conv, "d_inner": cfg.ssm_d_inner, "d_state": cfg.ssm_d_state, "n_head": cfg.ssm_dt_rank,
                 "n_group": cfg.ssm_n_group, "state_bytes_per_layer": 4 * cfg.ssm_d_inner * cfg.ssm_d_state
                 + 4 * (cfg.ssm_d_conv - 1) * (cfg.ssm_d_inner + 2 * cfg.ssm_n_group * cfg.ssm_d_state)}
@@ -269,9 +272,13 @@ def info(model: str | None, as_json: bool) -> None:
         lines = [ln for ln in lines if ln[0] != "attention sinks"]
     if f["ssm"]:  # (after the layers: which are Mamba-2's; a model of them alone has no attention, no FFN, no K/V)
         m = f["ssm"]
-        which = "every layer's Mamba-2 mixer beside its attention" if f["ssm_parallel"] else f"{f['n_ssm_layers']} of {f['n_layer']} Mamba-2"
-        ssm = (f"{which} (d_inner {m['d_inner']}: {m['n_head']} heads, state {m['d_state']}, "
-               f"{m['n_group']} group{'s' if m['n_group'] != 1 else ''}, convolution {m['d_conv']}); {_size(m['state_bytes_per_layer'])} of state a layer")  # fmt: skip
+        which = "every layer's Mamba-2 mixer beside its attention" if f["ssm_parallel"] else f"{f['n_ssm_layers']} of {f['n_layer']} {f['ssm_kind']}"
+        if f["ssm_kind"] == "Gated DeltaNet":
+            geo = f"{m['n_head']} value heads over {m['n_group']} key heads, each {m['d_state']} wide, convolution {m['d_conv']}"
+        else:
+            geo = (f"d_inner {m['d_inner']}: {m['n_head']} heads, state {m['d_state']}, "
+                   f"{m['n_group']} group{'s' if m['n_group'] != 1 else ''}, convolution {m['d_conv']}")  # fmt: skip
+        ssm = f"{which} ({geo}); {_size(m['state_bytes_per_layer'])} of state a layer"
         lines.insert(next(i for i, ln in enumerate(lines) if ln[0] == "layers") + 1, ("state-space layers", ssm))
         if f["n_ssm_layers"] == f["n_layer"] and not f["ssm_parallel"]:
             lines = [ln for ln in lines if ln[0] not in ("heads (q / kv)", "feed-forward", "rope", "sliding window", "KV cache / token")]

@@ -50,6 +50,10 @@ class LayerSpec:
     #: with ``ssm``: the layer attends as well, beside its mixer (Falcon-H1), so its cache keeps K/V and the state
     #: both (cache/ssm.py's ParallelSSMLayerCache; the attention's sizes are the fields above)
     ssm_attn: bool = False
+    #: not empty: not an attention layer but a Gated DeltaNet (Qwen3.5's, Qwen3-Next's linear attention), ``(d_conv,
+    #: n_k_heads, n_v_heads, d_k, d_v)``: its cache keeps the convolution's last inputs and a state [d_v, d_k] per value
+    #: head (cache/deltanet.py)
+    deltanet: tuple[int, ...] = ()
 
 
 class LayerCache(ABC):

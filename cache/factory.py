@@ -7,6 +7,7 @@ from dataclasses import replace
 from .base import LayerCache, LayerSpec
 from .compressed import CompressedLayerCache
 from .conv import ConvLayerCache
+from .deltanet import DeltaNetLayerCache
 from .kvconfig import DEFAULT_WARM_TARGET, KVConfig
 from .plain import PlainLayerCache, make_plain_cache
 from .ssm import ParallelSSMLayerCache, SSMLayerCache
@@ -37,11 +38,13 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
     ValueError
         One line naming an impossible combination and what to do.
     """
-    if any(spec.conv or spec.ssm for spec in specs):  # LFM2's convolution layers, Mamba-2's: their state (cache/conv.py,
-        # cache/ssm.py); the rest K/V, and Falcon-H1's layers both (their K/V made here with the rest)
-        attn = [replace(spec, ssm=(), ssm_attn=False) for spec in specs if spec.ssm_attn or not (spec.conv or spec.ssm)]
+    if any(spec.conv or spec.ssm or spec.deltanet for spec in specs):  # LFM2's convolution layers, Mamba-2's, Gated
+        # DeltaNet's: their state (cache/conv.py, cache/ssm.py, cache/deltanet.py); the rest K/V, and Falcon-H1's layers
+        # both (their K/V made here with the rest)
+        attn = [replace(spec, ssm=(), ssm_attn=False) for spec in specs if spec.ssm_attn or not (spec.conv or spec.ssm or spec.deltanet)]
         made = iter(make_cache(attn, n_ctx, n_batch, kv, device) if attn else [])
-        return [ConvLayerCache(spec) if spec.conv else ParallelSSMLayerCache(spec, next(made)) if spec.ssm_attn
+        return [ConvLayerCache(spec) if spec.conv else DeltaNetLayerCache(spec) if spec.deltanet
+                else ParallelSSMLayerCache(spec, next(made)) if spec.ssm_attn
                 else SSMLayerCache(spec) if spec.ssm else next(made) for spec in specs]  # fmt: skip
     if any(spec.kv_from >= 0 for spec in specs) and (device != "cpu" or (kv is not None and kv.is_compressed)):
         raise ValueError("layers that share K/V (gemma3n) run on the plain CPU cache only for now; use --device cpu without --kv-* options")

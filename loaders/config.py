@@ -2,7 +2,8 @@
 
 One typed ``ModelConfig`` covers the llama family (llama, mistral-style, smollm3, granite, granitemoe), qwen2,
 qwen2moe, deepseek, qwen3, qwen3moe, phi3, gemma, gemma2, gemma3, olmo2, olmoe, exaone, exaone4, ernie4_5, cohere2, arcee, phi2, stablelm and gemma3n,
-and the state-space models mamba2, granitehybrid, falcon-h1 and nemotron_h (their ``ssm.*`` hyperparameters).  Per-architecture defaults that llama.cpp hard-codes (Gemma 2's and 3's
+and the state-space models mamba2, granitehybrid, falcon-h1 and nemotron_h (their ``ssm.*`` hyperparameters), and the
+Gated DeltaNet hybrids qwen35, qwen35moe and qwen3next (the same ``ssm.*`` keys, read as llama.cpp reads them there).  Per-architecture defaults that llama.cpp hard-codes (Gemma 2's and 3's
 sliding-window layer patterns, Gemma 3's local rope base) live in ``_ARCH_DEFAULTS``
 so the numbers are in one place.
 """
@@ -16,7 +17,7 @@ from typing import Any
 from .errors import GGUFError, UnsupportedModelError
 from .gguf_file import GGUFFile
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen2moe", "deepseek", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "olmo2", "granitemoe", "olmoe", "exaone", "bert", "nomic-bert", "lfm2", "lfm2moe", "phi2", "stablelm", "gpt-oss", "ernie4_5", "exaone4", "cohere2", "arcee", "mamba2", "granitehybrid", "gemma3n", "falcon-h1", "nemotron_h")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen2moe", "deepseek", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "olmo2", "granitemoe", "olmoe", "exaone", "bert", "nomic-bert", "lfm2", "lfm2moe", "phi2", "stablelm", "gpt-oss", "ernie4_5", "exaone4", "cohere2", "arcee", "mamba2", "granitehybrid", "gemma3n", "falcon-h1", "nemotron_h", "qwen35", "qwen35moe", "qwen3next")
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -72,6 +73,11 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # Nemotron-H: Mamba-2, attention (no rope) or a squared-ReLU FFN alone in each layer (which: the per-layer
     # head_count_kv and feed_forward_length, both 0 for Mamba-2)
     "nemotron_h": {"rope_neox": False},
+    # Qwen3.5 (dense, MoE), Qwen3-Next: Gated DeltaNet layers and, every full_attention_interval-th (4 unless stated),
+    # gated attention with partial rope: Qwen3.5's interleaved multimodal rope (neox pairs), Qwen3-Next's neox
+    "qwen35": {"rope_neox": True, "full_attention_interval": 4},
+    "qwen35moe": {"rope_neox": True, "full_attention_interval": 4},
+    "qwen3next": {"rope_neox": True, "full_attention_interval": 4},
     # Gemma 3n (E2B, E4B): 4 sliding-window layers then 1 global, local rope base 10k, attention unscaled (Q and K
     # are normed), logits soft-capped at 30; what llama.cpp fixes in code: layers from the 20th on keep no K/V
     # (they read an earlier layer's), the first 10 layers' FFN gates sparse (kept above mean + 1.645 std, the
@@ -129,7 +135,9 @@ class ModelConfig:
     expert_weights_norm: bool = True
     # Mamba-2's state-space layers (0: none): the convolution's kernel, the inner width, the state's width
     # (d_state), the heads (llama.cpp's ssm_dt_rank), the groups B and C are shared among; which layers are
-    # Mamba-2 (head_count_kv 0)
+    # Mamba-2 (head_count_kv 0).  Gated DeltaNet (qwen35, qwen35moe, qwen3next) reads the same keys as llama.cpp does:
+    # d_inner the value heads' width, d_state a head's width (d_k = d_v), dt_rank the value heads, n_group the key
+    # heads; ssm_layers its linear-attention layers (all but every full_attention_interval-th)
     ssm_d_conv: int = 0
     ssm_d_inner: int = 0
     ssm_d_state: int = 0
@@ -198,7 +206,12 @@ def load_config(g: GGUFFile) -> ModelConfig:
     head_dim = int(g.arch_get("attention.key_length", n_embd // n_head if n_head else 0))
     head_dim_v = int(g.arch_get("attention.value_length", head_dim))
     n_layer = int(_req(g, "block_count"))
+    if "full_attention_interval" in d:  # (Qwen3.5's multi-token-prediction block comes after the trunk, counted in
+        # block_count: llama.cpp's graph runs the trunk alone, and so does kvrun)
+        n_layer -= int(g.arch_get("nextn_predict_layers", 0) or 0)
     n_ff = g.arch_get("feed_forward_length")
+    if n_ff is None and arch in ("qwen35moe", "qwen3next") and g.arch_get("expert_feed_forward_length") is not None:
+        n_ff = 0  # (llama.cpp reads it optionally; a mixture of experts without a dense FFN need not state it)
     if n_ff is None:
         raise GGUFError(f"{g.path}: metadata {arch}.feed_forward_length is missing")
     n_ff = int(n_ff if not hasattr(n_ff, "__len__") else n_ff[0])
@@ -233,6 +246,14 @@ def load_config(g: GGUFFile) -> ModelConfig:
     kv_per_layer = list(kv) if hasattr(kv, "__len__") else [kv] * n_layer
     ssm_layers = tuple(int(n) == 0 for n in kv_per_layer) if arch in ("mamba2", "granitehybrid") else ()
     ffn_layers: tuple[bool, ...] = ()
+    if "full_attention_interval" in d:  # (llama.cpp: the file's attention.recurrent_layers where stated, else every
+        # full_attention_interval-th layer attends and the rest are Gated DeltaNet)
+        recr = g.arch_get("attention.recurrent_layers")
+        if recr is not None and hasattr(recr, "__len__"):
+            ssm_layers = tuple(bool(x) for x in recr)[:n_layer]
+        else:
+            every = int(g.arch_get("full_attention_interval", d["full_attention_interval"]) or d["full_attention_interval"])
+            ssm_layers = tuple((il + 1) % every != 0 for il in range(n_layer))
     if arch == "nemotron_h":  # (llama.cpp: a layer is Mamba-2 where both its head_count_kv and feed_forward_length are 0)
         ff = g.arch_get("feed_forward_length")
         ff_per_layer = [int(n) for n in ff] if hasattr(ff, "__len__") else [int(ff)] * n_layer

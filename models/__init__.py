@@ -31,12 +31,13 @@ from .phi3 import Phi3Model
 from .qwen2 import Qwen2Model
 from .qwen2moe import Qwen2MoeModel
 from .qwen3 import Qwen3Model
+from .qwen35 import Qwen35Model
 from .qwen3moe import Qwen3MoeModel
 from .smollm3 import SmolLM3Model
 from .stablelm import StableLMModel
 
 MODEL_CLASSES: dict[str, type[Model]] = {}
-for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model, Qwen2MoeModel, DeepseekModel, Qwen3Model, Qwen3MoeModel, Phi3Model, GemmaModel, Gemma2Model, Gemma3Model, Gemma3nModel, Olmo2Model, OlmoeModel, ExaoneModel, BertModel, Lfm2Model, Phi2Model, StableLMModel, GptOssModel, Ernie45Model, Exaone4Model, Cohere2Model, ArceeModel, Mamba2Model, GraniteHybridModel, FalconH1Model, NemotronHModel):
+for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model, Qwen2MoeModel, DeepseekModel, Qwen3Model, Qwen3MoeModel, Phi3Model, GemmaModel, Gemma2Model, Gemma3Model, Gemma3nModel, Olmo2Model, OlmoeModel, ExaoneModel, BertModel, Lfm2Model, Phi2Model, StableLMModel, GptOssModel, Ernie45Model, Exaone4Model, Cohere2Model, ArceeModel, Mamba2Model, GraniteHybridModel, FalconH1Model, NemotronHModel, Qwen35Model):
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

@@ -102,7 +102,7 @@ def test_exaone4_windows_at_the_32bs_depth_only_and_cohere2_always(tmp_path):
 def test_unknown_architecture_lists_supported():
     from kvrun.loaders.errors import UnsupportedModelError
 
-    with pytest.raises(UnsupportedModelError, match="arcee, bert, cohere2, deepseek, ernie4_5, exaone, exaone4, falcon-h1, gemma, gemma2, gemma3, gemma3n, gpt-oss, granite, granitehybrid, granitemoe, lfm2, lfm2moe, llama, mamba2, mistral, nemotron_h, nomic-bert, olmo2, olmoe, phi2, phi3, qwen2, qwen2moe, qwen3, qwen3moe, smollm3, stablelm"):
+    with pytest.raises(UnsupportedModelError, match="arcee, bert, cohere2, deepseek, ernie4_5, exaone, exaone4, falcon-h1, gemma, gemma2, gemma3, gemma3n, gpt-oss, granite, granitehybrid, granitemoe, lfm2, lfm2moe, llama, mamba2, mistral, nemotron_h, nomic-bert, olmo2, olmoe, phi2, phi3, qwen2, qwen2moe, qwen3, qwen35, qwen35moe, qwen3moe, qwen3next, smollm3, stablelm"):
         model_class("mamba")
 
 

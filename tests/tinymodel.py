@@ -120,6 +120,11 @@ FIXTURE_MODELS: dict[str, dict] = {
     "falcon-h1": {"arch": "falcon-h1"},  # attention and Mamba-2 side by side, heads of key_length, no ssm_norm (_write_tiny_ssm_hybrid)
     "nemotron_h": {"arch": "nemotron_h"},  # Mamba-2, NoPE attention and squared-ReLU FFN layers of two widths
     "gemma3n": {"arch": "gemma3n"},  # AltUp, LAuReL, per-layer inputs, shared K/V, sparse FFN gates (_write_tiny_gemma3n)
+    # Gated DeltaNet hybrids (_write_tiny_qwen35): DeltaNet and gated attention by turns, 2 key heads over 4 value heads
+    "qwen35": {"arch": "qwen35"},  # interleaved multimodal rope whose sections leave a pair unturned, a dense FFN
+    "qwen35moe": {"arch": "qwen35moe"},  # the same with experts and a sigmoid-gated shared expert, no feed_forward_length
+    "qwen3next": {"arch": "qwen3next"},  # neox rope, grouped ssm_in and ssm_ba (older converters), experts
+    "qwen3next-split-qkv": {"arch": "qwen3next", "split_qkv": True},  # attn_qkv and attn_gate in place of ssm_in
 }
 
 
@@ -183,9 +188,12 @@ def write_tiny_model(
     ``split_qkv``, ``qk_norm``: phi2's and stablelm's variants (:func:`_write_tiny_layernorm`).  ``shared_expert``:
     granitemoe's shared expert (GraniteMoeShared); qwen2moe always has one, sigmoid-gated.  ``n_layer``: exaone4's
     depth where not ARCH_GEOMETRY's (:func:`_write_tiny_llama_variant`).  mamba2, granitehybrid: :func:`_write_tiny_ssm`
-    (granitehybrid: experts unless ``n_expert`` is 0, ``ssm_rope`` its attention rotated)."""
+    (granitehybrid: experts unless ``n_expert`` is 0, ``ssm_rope`` its attention rotated).  qwen35, qwen35moe,
+    qwen3next: :func:`_write_tiny_qwen35` (qwen3next with ``split_qkv``: attn_qkv and attn_gate, not ssm_in)."""
     if arch == "gemma3n":
         return _write_tiny_gemma3n(path, qtype, seed)
+    if arch in ("qwen35", "qwen35moe", "qwen3next"):
+        return _write_tiny_qwen35(path, arch, qtype, seed, split_qkv)
     if arch in ("mamba2", "granitehybrid"):
         return _write_tiny_ssm(path, arch, qtype, seed, n_expert=4 if n_expert is None else n_expert, rope=ssm_rope)
     if arch in ("falcon-h1", "nemotron_h"):
@@ -770,4 +778,108 @@ def _write_tiny_ssm_hybrid(path: Path, arch: str, qtype: int, seed: int) -> Path
             width = n_ff if kind == "P" else n_ff[i]
             mat(b + "ffn_up.weight", width, n_embd)
             mat(b + "ffn_down.weight", n_embd, width)
+    return _finish(w, path)
+
+
+#: the tiny Gated DeltaNet hybrids (qwen35, qwen35moe, qwen3next): (n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer),
+#: attention every QWEN35_INTERVAL-th layer (layers 1 and 3), and the DeltaNet's (d_conv, n_k_heads, n_v_heads, d_k):
+#: two key heads over four value heads, so the key head each value head reads (tiled or repeated in place) matters
+QWEN35_GEOMETRY, QWEN35_INTERVAL, QWEN35_DELTANET = (64, 4, 2, 32, 96, 4), 2, (4, 2, 4, 16)
+#: Qwen3.5's rope: 16 of 32 dimensions (Qwen3.5's a quarter: 64 of 256), and sections that leave pair 5 to the extra
+#: (4th) position, 0 for text (the real files' [11, 11, 10, 0] cover every pair); Qwen3-Next's: 8 dimensions, neox
+QWEN35_ROPE, QWEN35_SECTIONS, QWEN3NEXT_ROPE = 16, [3, 2, 1, 0], 8
+
+
+def _write_tiny_qwen35(path: Path, arch: str, qtype: int, seed: int, split_qkv: bool = False) -> Path:
+    """A random Qwen3.5 (dense or MoE) or Qwen3-Next, as llama.cpp's converter writes them: Gated DeltaNet layers
+    (``attn_qkv``, ``attn_gate``, ``ssm_beta``, ``ssm_alpha``; Qwen3-Next's grouped ``ssm_in`` (or, ``split_qkv``,
+    ``attn_qkv`` and ``attn_gate``) and ``ssm_ba``) with ``ssm_conv1d``, ``ssm_dt.bias``, ``ssm_a`` = -exp(A_log),
+    ``ssm_norm`` [d_v], ``ssm_out``; gated attention (``attn_q`` twice as wide: query and gate per head, QK-norm)
+    every QWEN35_INTERVAL-th layer; every layer's FFN after ``post_attention_norm``: SwiGLU (qwen35) or 4 experts, 2 a
+    token, beside a shared expert with its sigmoid gate.  A separate output head."""
+    rng = np.random.default_rng(seed)
+    n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = QWEN35_GEOMETRY
+    d_conv, n_k, n_v, d_k = QWEN35_DELTANET
+    key_dim, value_dim = n_k * d_k, n_v * d_k
+    n_expert, n_ff_exp, n_ff_shexp = (4, 32, 48) if arch != "qwen35" else (0, 0, 0)
+    toks, merges, types = byte_vocab()
+    n_vocab = len(toks)
+    w = GGUFWriter(str(path), arch)
+    w.add_name(f"tiny-{arch}")
+    w.add_context_length(1024)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    if arch != "qwen35moe":  # (llama.cpp reads it optionally; an MoE file need not state it)
+        w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(10000.0)
+    if arch == "qwen3next":
+        w.add_rope_dimension_count(QWEN3NEXT_ROPE)
+    else:
+        w.add_rope_dimension_count(QWEN35_ROPE)
+        w.add_rope_dimension_sections(QWEN35_SECTIONS)
+    w.add_full_attention_interval(QWEN35_INTERVAL)
+    w.add_ssm_conv_kernel(d_conv)
+    w.add_ssm_inner_size(value_dim)
+    w.add_ssm_state_size(d_k)
+    w.add_ssm_time_step_rank(n_v)
+    w.add_ssm_group_count(n_k)
+    if n_expert:
+        w.add_expert_count(n_expert)
+        w.add_expert_used_count(2)
+        w.add_expert_feed_forward_length(n_ff_exp)
+        w.add_expert_shared_feed_forward_length(n_ff_shexp)
+    w.add_file_type(_file_type(qtype))
+    _add_byte_vocab(w)
+
+    mat, vec = _random_tensors(w, rng, qtype)
+
+    mat("token_embd.weight", n_vocab, n_embd, 0.5)
+    vec("output_norm.weight", n_embd)
+    mat("output.weight", n_vocab, n_embd, 0.5)
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        vec(b + "attn_norm.weight", n_embd)
+        vec(b + "post_attention_norm.weight", n_embd)
+        if (i + 1) % QWEN35_INTERVAL:  # Gated DeltaNet
+            if arch == "qwen3next" and not split_qkv:
+                mat(b + "ssm_in.weight", 2 * key_dim + 2 * value_dim, n_embd, 0.2)
+            else:
+                mat(b + "attn_qkv.weight", 2 * key_dim + value_dim, n_embd, 0.2)
+                mat(b + "attn_gate.weight", value_dim, n_embd, 0.2)
+            if arch == "qwen3next":
+                mat(b + "ssm_ba.weight", 2 * n_v, n_embd, 0.3)
+            else:
+                mat(b + "ssm_beta.weight", n_v, n_embd, 0.3)
+                mat(b + "ssm_alpha.weight", n_v, n_embd, 0.3)
+            w.add_tensor(b + "ssm_conv1d.weight", (rng.standard_normal((2 * key_dim + value_dim, d_conv)) * 0.5).astype(np.float32))
+            # decays from ~0.99 to ~0.1 a token: some heads remember the whole prompt, some a few tokens
+            w.add_tensor(b + "ssm_dt.bias", rng.uniform(-4.0, 0.0, n_v).astype(np.float32))
+            w.add_tensor(b + "ssm_a", -np.exp(rng.uniform(-2.0, 1.0, n_v)).astype(np.float32))
+            vec(b + "ssm_norm.weight", d_k)
+            mat(b + "ssm_out.weight", n_embd, value_dim)
+        else:  # gated attention
+            mat(b + "attn_q.weight", 2 * n_head * head_dim, n_embd)
+            mat(b + "attn_k.weight", n_head_kv * head_dim, n_embd)
+            mat(b + "attn_v.weight", n_head_kv * head_dim, n_embd)
+            mat(b + "attn_output.weight", n_embd, n_head * head_dim)
+            vec(b + "attn_q_norm.weight", head_dim)
+            vec(b + "attn_k_norm.weight", head_dim)
+        if n_expert:
+            w.add_tensor(b + "ffn_gate_inp.weight", (rng.standard_normal((n_expert, n_embd)) * 0.5).astype(np.float32))
+            for name, rows, cols in (("ffn_gate_exps", n_ff_exp, n_embd), ("ffn_up_exps", n_ff_exp, n_embd), ("ffn_down_exps", n_embd, n_ff_exp)):
+                a = (rng.standard_normal((n_expert, rows, cols)) * 0.1).astype(np.float32)
+                w.add_tensor(b + name + ".weight", a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
+            w.add_tensor(b + "ffn_gate_inp_shexp.weight", (rng.standard_normal(n_embd) * 0.2).astype(np.float32))
+            mat(b + "ffn_gate_shexp.weight", n_ff_shexp, n_embd)
+            mat(b + "ffn_up_shexp.weight", n_ff_shexp, n_embd)
+            mat(b + "ffn_down_shexp.weight", n_embd, n_ff_shexp)
+        else:
+            mat(b + "ffn_gate.weight", n_ff, n_embd)
+            mat(b + "ffn_up.weight", n_ff, n_embd)
+            mat(b + "ffn_down.weight", n_embd, n_ff)
     return _finish(w, path)

@@ -79,6 +79,14 @@ def test_a_failed_batch_leaves_every_cache_as_it_was(tiny_llama_path):
     np.testing.assert_array_equal(eng.eval(caches[0], [4]), want.eval(c, [4]))
 
 
+def _run_all(threads: list[threading.Thread]) -> None:
+    """Start the threads, then wait for each."""
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+
+
 def _generate_in_threads(eng: Engine, prompts: list[list[int]], req: GenRequest) -> list[list[int]]:
     """Each prompt generated in a thread of its own, all at once: every thread is a generating sequence before any
     starts (a tiny model writes 20 tokens in a few ms, less than a thread switch: one could finish before the next
@@ -96,11 +104,7 @@ def _generate_in_threads(eng: Engine, prompts: list[list[int]], req: GenRequest)
         except Exception as e:  # noqa: BLE001
             errors.append(e)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
+    _run_all([threading.Thread(target=run, args=(i,)) for i in range(len(prompts))])
     assert not errors
     return out
 
@@ -146,11 +150,7 @@ def test_a_sequence_that_fails_in_a_batch_fails_alone(tiny_llama_path, monkeypat
         except RuntimeError as e:
             errors.append(str(e))
 
-    threads = [threading.Thread(target=run, args=(good, PROMPTS[0], got)), threading.Thread(target=run, args=(bad, [1, 2], []))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
+    _run_all([threading.Thread(target=run, args=(good, PROMPTS[0], got)), threading.Thread(target=run, args=(bad, [1, 2], []))])
     assert got == want and errors == ["this cache broke"]
     assert bad.offset == 8  # (what it held before the failing step)
 
@@ -175,11 +175,7 @@ def test_chat_sessions_in_threads_reply_as_each_alone(tiny_llama_path):
     def chat(i: int) -> None:
         got[i] = m.session().send(users[i], max_tokens=16, temperature=0)
 
-    threads = [threading.Thread(target=chat, args=(i,)) for i in range(len(users))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
+    _run_all([threading.Thread(target=chat, args=(i,)) for i in range(len(users))])
     assert got == want
 
 
@@ -253,11 +249,7 @@ def test_a_server_with_two_slots_answers_concurrent_requests_with_the_models_own
         status, text = _post(port, "/v1/chat/completions", {"messages": chats[i], "max_tokens": 16, "temperature": 0})
         got[i] = json.loads(text)["choices"][0]["message"]["content"] if status == 200 else text
 
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(chats))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
+    _run_all([threading.Thread(target=ask, args=(i,)) for i in range(len(chats))])
     assert got == want
     status, text = _post(port, "/slots", None)
     slots = json.loads(text)

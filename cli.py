@@ -769,7 +769,8 @@ def serve(model: str | None, host: str, port: int, alias: str | None, template_k
         click.echo(f"kvrun serve: {m.config.arch} embedding model; listening on http://{h}:{p} "
                    "(OpenAI API: /v1/embeddings, /v1/models, /health; Ollama API: /api/embed, /api/tags); Ctrl-C stops", err=True)  # fmt: skip
     else:
-        slots = f", {parallel} slots" if parallel > 1 else ""
+        kv_slot = httpd.RequestHandlerClass.app.slots.slots[0].session.kv_bytes()  # (as allocated; pages fill as tokens come)
+        slots = f", {parallel} slots of {_size(kv_slot)} KV each" if parallel > 1 else f", KV {_size(kv_slot)}"
         click.echo(f"kvrun serve: {m.config.arch}, ctx {m.engine.n_ctx}, cache {m.engine.kv or 'fp16'}{slots}; listening on http://{h}:{p} "
                    "(OpenAI API: /v1/chat/completions, /v1/completions, /v1/models, /health; Ollama API: /api/chat, /api/generate, /api/tags; "
                    "Anthropic API: /v1/messages); Ctrl-C stops", err=True)  # fmt: skip

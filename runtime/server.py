@@ -173,8 +173,11 @@ class Server:
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
             raise BadRequest(f"max_tokens must be an integer, got {max_tokens!r:.40}")
         sampling = {k: body[f] for f, k in SAMPLING.items() if body.get(f) is not None}
+        ignore_eos = body.get("ignore_eos", False)  # (llama-server's: write max_tokens whatever the model says; benchmarks)
+        if not isinstance(ignore_eos, bool):
+            raise BadRequest(f"ignore_eos must be true or false, got {ignore_eos!r:.40}")
         try:
-            return _request(max_tokens, body.get("stop"), logprobs=self._logprobs(body), **self._constraint(body), **sampling)
+            return _request(max_tokens, body.get("stop"), ignore_eos=ignore_eos, logprobs=self._logprobs(body), **self._constraint(body), **sampling)
         except ValueError as e:
             raise BadRequest(str(e)) from None
 
@@ -415,7 +418,7 @@ class Server:
                     # no max_tokens: the reply may run to the context's end, but a long prompt keeps its turns
                     # (a client sending a document to summarise), so little is held back for the reply
                     reserve = None if req.max_tokens >= 0 else min(REPLY_RESERVE, eng.n_ctx // 8)
-                    it = s.reply(msgs, max_tokens=req.max_tokens, stop=list(req.stop), reserve=reserve,
+                    it = s.reply(msgs, max_tokens=req.max_tokens, stop=list(req.stop), reserve=reserve, ignore_eos=req.ignore_eos,
                                  logprobs=req.logprobs, json_mode=req.json_mode, grammar=req.grammar,
                                  grammar_trigger=req.grammar_trigger, **_sampling(req))  # fmt: skip
                     run.live = s

@@ -302,12 +302,23 @@ def test_a_new_conversation_copies_a_shared_system_prompt_from_another_slot(serv
     assert answer["choices"][0]["message"]["content"] == model.chat(b, max_tokens=8, temperature=0)
 
 
+def test_ignore_eos_writes_max_tokens(server2, monkeypatch):
+    """llama-server's ignore_eos (what tools/bench_serve.py sends): the reply is max_tokens long whatever the model says."""
+    model, port = server2
+    monkeypatch.setattr(model.engine.tokenizer, "eot_ids", frozenset(range(model.config.n_vocab)))  # (every token ends a reply)
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 40, "temperature": 0}
+    assert json.loads(_post(port, "/v1/chat/completions", body)[1])["usage"]["completion_tokens"] == 0
+    status, text = _post(port, "/v1/chat/completions", {**body, "ignore_eos": True})
+    assert status == 200 and json.loads(text)["usage"]["completion_tokens"] == 40
+
+
 @pytest.mark.parametrize("path,body,status,words", [
     ("/slots/7?action=erase", {}, 404, "slots 0..1"),
     ("/slots/0?action=wipe", {}, 400, "action=save"),
     ("/slots/0?action=save", {"filename": "../x"}, 400, "no directories"),
     ("/slots/0?action=restore", {"filename": "none.kvs"}, 404, "no slot file"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "id_slot": 2}, 400, "id_slot must be"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "ignore_eos": "yes"}, 400, "ignore_eos must be"),
 ])  # fmt: skip
 def test_bad_slot_requests_are_one_line_4xx(server2, path, body, status, words):
     got, text = _post(server2[1], path, body)

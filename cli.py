@@ -195,7 +195,7 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
         "has_chat_template": file_template(g) is not None,
         "kv_bytes_per_token": {str(b): cfg.kv_bytes_per_token(b) for b in (16, 8, 4, 2)},
         # an encoder (BERT): embeddings only, pooled so; None for a text model
-        "embedding_pooling": pooling if cfg.arch in ("bert", "nomic-bert") else None,
+        "embedding_pooling": pooling if cfg.arch in ("bert", "nomic-bert", "gemma-embedding") else None,
         # Mamba-2's state-space layers (mamba2, granitehybrid): how many, their geometry, the state a sequence keeps
         # in each (the scan's and the convolution's last inputs, float32); Granite 4.0-H's attention without rope
         "n_ssm_layers": cfg.n_layer if cfg.ssm_parallel else sum(cfg.ssm_layers),
@@ -284,8 +284,9 @@ def info(model: str | None, as_json: bool) -> None:
             lines = [ln for ln in lines if ln[0] not in ("heads (q / kv)", "feed-forward", "rope", "sliding window", "KV cache / token")]
     if not f["rope_used"]:
         lines = [(k, "none (the file says so: rope.scaling.finetuned false)" if k == "rope" else v) for k, v in lines]
-    if f["embedding_pooling"]:  # an encoder: no rope (bert), no chat, no KV cache
-        lines = [ln for ln in lines if ln[0] not in ("rope", "sliding window", "chat template", "KV cache / token")]
+    if f["embedding_pooling"]:  # an encoder: no chat, no KV cache; BERT no rope or window (EmbeddingGemma has both)
+        gone = ("chat template", "KV cache / token") + (("rope", "sliding window") if f["architecture"] != "gemma-embedding" else ())
+        lines = [ln for ln in lines if ln[0] not in gone]
         lines.append(("use", f"embeddings only (kvrun embed, /v1/embeddings), {f['embedding_pooling']} pooling"))
     w = max(len(k) for k, _ in lines)
     for k, v in lines:

@@ -1,7 +1,7 @@
 """Model hyperparameters read from GGUF metadata.
 
 One typed ``ModelConfig`` covers the llama family (llama, mistral-style, smollm3, granite, granitemoe), qwen2,
-qwen2moe, deepseek, qwen3, qwen3moe, phi3, gemma, gemma2, gemma3, olmo2, olmoe, exaone, exaone4, ernie4_5, cohere2, arcee, phi2, stablelm and gemma3n,
+qwen2moe, deepseek, qwen3, qwen3moe, phi3, gemma, gemma2, gemma3, olmo2, olmoe, exaone, exaone4, ernie4_5, ernie4_5-moe, mistral3, cohere2, arcee, phi2, stablelm and gemma3n,
 and the state-space models mamba2, granitehybrid, falcon-h1 and nemotron_h (their ``ssm.*`` hyperparameters), and the
 Gated DeltaNet hybrids qwen35, qwen35moe and qwen3next (the same ``ssm.*`` keys, read as llama.cpp reads them there).  Per-architecture defaults that llama.cpp hard-codes (Gemma 2's and 3's
 sliding-window layer patterns, Gemma 3's local rope base) live in ``_ARCH_DEFAULTS``
@@ -17,7 +17,9 @@ from typing import Any
 from .errors import GGUFError, UnsupportedModelError
 from .gguf_file import GGUFFile
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen2moe", "deepseek", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "olmo2", "granitemoe", "olmoe", "exaone", "bert", "nomic-bert", "lfm2", "lfm2moe", "phi2", "stablelm", "gpt-oss", "ernie4_5", "exaone4", "cohere2", "arcee", "mamba2", "granitehybrid", "gemma3n", "falcon-h1", "nemotron_h", "qwen35", "qwen35moe", "qwen3next")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen2moe", "deepseek", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "olmo2", "granitemoe", "olmoe", "exaone", "bert", "nomic-bert", "lfm2", "lfm2moe", "phi2", "stablelm", "gpt-oss", "ernie4_5", "exaone4", "cohere2", "arcee", "mamba2", "granitehybrid", "gemma3n", "falcon-h1", "nemotron_h", "qwen35", "qwen35moe", "qwen3next", "mistral3", "ernie4_5-moe")
+
+SUPPORTED_ARCHITECTURES += ("gemma-embedding",)  # EmbeddingGemma: an encoder (models/gemma_embedding.py)
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -44,6 +46,8 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # Gemma 3: 5 sliding-window layers then 1 global, local rope base 10k,
     # embeddings scaled by sqrt(n_embd), GELU-gated FFN.
     "gemma3": {"rope_neox": True, "swa_pattern": 6, "rope_theta_swa": 10_000.0},
+    # EmbeddingGemma: Gemma 3's layout attending both ways, its windows symmetric (models/gemma_embedding.py)
+    "gemma-embedding": {"rope_neox": True, "swa_pattern": 6, "rope_theta_swa": 10_000.0},
     # OLMo 2 (no window); OLMo 3, under the same name, states a window: 3 window layers then 1 global.
     "olmo2": {"rope_neox": True, "swa_pattern": 4},
     "olmoe": {"rope_neox": True, "expert_weights_norm": False},  # its chosen experts' weights as the router gave them
@@ -57,6 +61,12 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # ERNIE 4.5 (dense), Arcee AFM (its FFN an ungated squared ReLU): the Llama block, Llama's rope layout
     "ernie4_5": {"rope_neox": False},
     "arcee": {"rope_neox": False},
+    # ERNIE 4.5 MoE: the dense block, its FFN a mixture of experts by leading_dense_block_count and
+    # interleave_moe_layer_step, the chosen experts' weights renormalised (models/ernie4_5_moe.py)
+    "ernie4_5-moe": {"rope_neox": False},
+    # Mistral 3 (Ministral 3, Mistral Small 3.x): the Llama block; YaRN's magnitude cancelled, Llama 4's query
+    # temperature by position where the file states one (models/mistral3.py)
+    "mistral3": {"rope_neox": False},
     # EXAONE 4.0: window layers in the 32B only (llama.cpp decides by its depth, 64 layers): 3 window
     # layers then 1 global (no rope), a window of 4096 unless the file says
     "exaone4": {"rope_neox": True, "swa_pattern": 4, "swa_n_layer": 64, "sliding_window": 4096},

@@ -9,6 +9,7 @@ from .cohere2 import Cohere2Model
 from .common import Model
 from .deepseek import DeepseekModel
 from .ernie4_5 import Ernie45Model
+from .ernie4_5_moe import Ernie45MoeModel
 from .exaone import ExaoneModel
 from .exaone4 import Exaone4Model
 from .falcon_h1 import FalconH1Model
@@ -16,6 +17,7 @@ from .gemma import GemmaModel
 from .gemma2 import Gemma2Model
 from .gemma3 import Gemma3Model
 from .gemma3n import Gemma3nModel
+from .gemma_embedding import GemmaEmbeddingModel
 from .gptoss import GptOssModel
 from .granite import GraniteModel
 from .granitehybrid import GraniteHybridModel
@@ -23,6 +25,7 @@ from .granitemoe import GraniteMoeModel
 from .lfm2 import Lfm2Model
 from .llama import LlamaModel
 from .mamba2 import Mamba2Model
+from .mistral3 import Mistral3Model
 from .nemotron_h import NemotronHModel
 from .olmo2 import Olmo2Model
 from .olmoe import OlmoeModel
@@ -37,9 +40,11 @@ from .smollm3 import SmolLM3Model
 from .stablelm import StableLMModel
 
 MODEL_CLASSES: dict[str, type[Model]] = {}
-for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model, Qwen2MoeModel, DeepseekModel, Qwen3Model, Qwen3MoeModel, Phi3Model, GemmaModel, Gemma2Model, Gemma3Model, Gemma3nModel, Olmo2Model, OlmoeModel, ExaoneModel, BertModel, Lfm2Model, Phi2Model, StableLMModel, GptOssModel, Ernie45Model, Exaone4Model, Cohere2Model, ArceeModel, Mamba2Model, GraniteHybridModel, FalconH1Model, NemotronHModel, Qwen35Model):
+for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model, Qwen2MoeModel, DeepseekModel, Qwen3Model, Qwen3MoeModel, Phi3Model, GemmaModel, Gemma2Model, Gemma3Model, Gemma3nModel, Olmo2Model, OlmoeModel, ExaoneModel, BertModel, Lfm2Model, Phi2Model, StableLMModel, GptOssModel, Ernie45Model, Exaone4Model, Cohere2Model, ArceeModel, Mamba2Model, GraniteHybridModel, FalconH1Model, NemotronHModel, Qwen35Model, Mistral3Model, Ernie45MoeModel):
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
+
+MODEL_CLASSES["gemma-embedding"] = GemmaEmbeddingModel  # (an encoder: embeddings only)
 
 
 def model_class(arch: str) -> type[Model]:

@@ -102,7 +102,7 @@ def test_exaone4_windows_at_the_32bs_depth_only_and_cohere2_always(tmp_path):
 def test_unknown_architecture_lists_supported():
     from kvrun.loaders.errors import UnsupportedModelError
 
-    with pytest.raises(UnsupportedModelError, match="arcee, bert, cohere2, deepseek, ernie4_5, exaone, exaone4, falcon-h1, gemma, gemma2, gemma3, gemma3n, gpt-oss, granite, granitehybrid, granitemoe, lfm2, lfm2moe, llama, mamba2, mistral, nemotron_h, nomic-bert, olmo2, olmoe, phi2, phi3, qwen2, qwen2moe, qwen3, qwen35, qwen35moe, qwen3moe, qwen3next, smollm3, stablelm"):
+    with pytest.raises(UnsupportedModelError, match="arcee, bert, cohere2, deepseek, ernie4_5, ernie4_5-moe, exaone, exaone4, falcon-h1, gemma, gemma-embedding, gemma2, gemma3, gemma3n, gpt-oss, granite, granitehybrid, granitemoe, lfm2, lfm2moe, llama, mamba2, mistral, mistral3, nemotron_h, nomic-bert, olmo2, olmoe, phi2, phi3, qwen2, qwen2moe, qwen3, qwen35, qwen35moe, qwen3moe, qwen3next, smollm3, stablelm"):
         model_class("mamba")
 
 
@@ -172,3 +172,39 @@ def test_gemma3n_shares_kv_and_refuses_compressed_caches(tmp_path):
     assert layers[24].source is layers[19] and layers[20].source is layers[18] and layers[20].nbytes() == 0
     with pytest.raises(ValueError, match="plain CPU cache"):
         make_cache(specs, N_CTX, N_BATCH, KVConfig(bits=4))
+
+
+def test_mistral3_and_ernie4_5_moe_fixtures_see_what_sets_them_apart(tmp_path):
+    """The tiny Ministral 3's and ERNIE 4.5 MoE's fixtures fail without what sets each apart: the queries'
+    temperature by position (1 below position 8, the tiny original context; 1 + 0.3 ln 5 from 32), YaRN's
+    magnitude as llama.cpp sets it; the experts' selection bias, the shared expert, the renormalised weights
+    (and layer 0 is dense, the others a mixture of experts)."""
+    import dataclasses
+    from pathlib import Path
+
+    from kvrun.models.common import make_rope
+    from kvrun.models.mistral3 import attn_temperature
+
+    s = attn_temperature(40, 0.3, 8)
+    assert (s[:8] == 1).all() and np.isclose(s[32], 1 + 0.3 * np.log(5))
+
+    def err(name, drop):
+        fix = np.load(Path(__file__).parent / "fixtures" / f"arch_{name}.npz")
+        cfg, model = _build(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]))
+        drop(model)
+        got = _run(model, cfg, fix["ids"], N_BATCH)
+        return np.abs(got - fix["logits"]).max() / np.abs(fix["logits"]).max()
+
+    def no_temperature(m):
+        m.q_cos = None
+
+    def yarn_magnitude_kept(m):  # (rope_tables' own 1 + 0.1 ln 4)
+        m.rope_cos, m.rope_sin = make_rope(dataclasses.replace(m.cfg, yarn_attn_factor=1.0), m.n_ctx, m.cfg.rope_theta)
+        m.q_cos = None
+
+    assert err("mistral3", no_temperature) > 3e-2
+    assert err("mistral3", yarn_magnitude_kept) > 3e-2
+    _, model = _build(write_tiny_model(tmp_path / "e.gguf", **FIXTURE_MODELS["ernie4_5-moe"]))
+    assert model.layers[0].moe is None and all(L.moe.shared is not None and L.moe.bias is not None for L in model.layers[1:])
+    for field, value in (("bias", None), ("shared", None), ("norm_weights", False)):
+        assert err("ernie4_5-moe", lambda m: [setattr(L.moe, field, value) for L in m.layers if L.moe]) > 3e-2, field

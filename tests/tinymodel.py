@@ -60,6 +60,8 @@ ARCH_GEOMETRY = {
     "exaone4": (64, 4, 2, 16, 96, 4),  # (n_layer 64 for the 32B's window layers: write_tiny_model's n_layer)
     "cohere2": (64, 4, 2, 16, 96, 4),  # layers 0-2 in the window, 3 global without rope
     "arcee": (64, 4, 2, 16, 96, 2),
+    "mistral3": (64, 4, 2, 16, 96, 2),
+    "ernie4_5-moe": (64, 4, 2, 16, 96, 3),  # layer 0 dense (leading_dense_block_count), 1 and 2 experts and a shared one
     "mamba2": (64, 0, 0, 0, 0, 2),  # no attention, no FFN: head_count and feed_forward_length 0, as the converter writes
     "granitehybrid": (64, 4, 2, 16, 96, 4),  # GRANITEHYBRID_SSM: layer 1 attends; the experts as wide as n_ff
     # 25 layers: llama.cpp fixes the K/V sharing to start at layer 20, so layers 20-23 (window) read layer 18's K/V
@@ -125,6 +127,10 @@ FIXTURE_MODELS: dict[str, dict] = {
     "qwen35moe": {"arch": "qwen35moe"},  # the same with experts and a sigmoid-gated shared expert, no feed_forward_length
     "qwen3next": {"arch": "qwen3next"},  # neox rope, grouped ssm_in and ssm_ba (older converters), experts
     "qwen3next-split-qkv": {"arch": "qwen3next", "split_qkv": True},  # attn_qkv and attn_gate in place of ssm_in
+    # Ministral 3: YaRN (its magnitude cancelled) and Llama 4's query temperature, which grows every 8 positions here
+    "mistral3": {"arch": "mistral3"},
+    "mistral3-mscale": {"arch": "mistral3", "yarn_log_mul": 0.5},  # YaRN's magnitude mscale(4, 1) / mscale(4, 0.5), not 1
+    "ernie4_5-moe": {"arch": "ernie4_5-moe"},  # a leading dense layer, experts chosen with exp_probs_b, a plain shared expert
 }
 
 
@@ -179,7 +185,7 @@ def write_tiny_model(
     path: Path, arch: str = "llama", qtype: int = Q.F32, seed: int = 0, sliding_window: int | None = None, rope_freqs: bool = False,
     chat_template: str | None = None, n_expert: int | None = None, extra_tensor: tuple[str, int, int] | None = None,
     rope_yarn: tuple[float, int] | None = None, split_qkv: bool = False, qk_norm: bool = False, shared_expert: bool = False,
-    n_layer: int | None = None, ssm_rope: bool = False,
+    n_layer: int | None = None, ssm_rope: bool = False, yarn_log_mul: float = 1.0,
 ) -> Path:  # fmt: skip
     """A random ``arch`` model; matrices stored as ``qtype`` (F32, F16, Q8_0, Q4_0...).  ``rope_freqs``:
     with Llama 3.1's per-frequency rope factors (``rope_freqs.weight``, 1 to 8 from high to low), or
@@ -189,7 +195,8 @@ def write_tiny_model(
     granitemoe's shared expert (GraniteMoeShared); qwen2moe always has one, sigmoid-gated.  ``n_layer``: exaone4's
     depth where not ARCH_GEOMETRY's (:func:`_write_tiny_llama_variant`).  mamba2, granitehybrid: :func:`_write_tiny_ssm`
     (granitehybrid: experts unless ``n_expert`` is 0, ``ssm_rope`` its attention rotated).  qwen35, qwen35moe,
-    qwen3next: :func:`_write_tiny_qwen35` (qwen3next with ``split_qkv``: attn_qkv and attn_gate, not ssm_in)."""
+    qwen3next: :func:`_write_tiny_qwen35` (qwen3next with ``split_qkv``: attn_qkv and attn_gate, not ssm_in).
+    mistral3, ernie4_5-moe: :func:`_write_tiny_mistral3_ernie_moe` (mistral3's ``yarn_log_mul``)."""
     if arch == "gemma3n":
         return _write_tiny_gemma3n(path, qtype, seed)
     if arch in ("qwen35", "qwen35moe", "qwen3next"):
@@ -206,6 +213,8 @@ def write_tiny_model(
         return write_tiny_gptoss(path, qtype, seed)
     if arch in ("phi2", "stablelm"):
         return _write_tiny_layernorm(path, arch, qtype, seed, split_qkv, qk_norm)
+    if arch in ("mistral3", "ernie4_5-moe"):
+        return _write_tiny_mistral3_ernie_moe(path, arch, qtype, seed, yarn_log_mul)
     if arch in ("ernie4_5", "exaone4", "cohere2", "arcee"):
         return _write_tiny_llama_variant(path, arch, qtype, seed, sliding_window, n_layer)
     rng = np.random.default_rng(seed)
@@ -543,6 +552,86 @@ def _write_tiny_llama_variant(path: Path, arch: str, qtype: int, seed: int, slid
             mat(b + "ffn_gate.weight", n_ff, n_embd)
         mat(b + "ffn_up.weight", n_ff, n_embd)
         mat(b + "ffn_down.weight", n_embd, n_ff)
+    return _finish(w, path)
+
+
+#: the tiny Ministral 3's rope and temperature: YaRN factor 4 over an original context of 8 (Ministral 3's: 16 over
+#: 16384), the queries times 1 + beta ln(1 + floor(pos / 8)), beta 0.3 (Ministral 3's llama_4_scaling_beta: 0.1)
+MISTRAL3_YARN = (4.0, 8)
+MISTRAL3_TEMPERATURE = 0.3
+
+
+def _write_tiny_mistral3_ernie_moe(path: Path, arch: str, qtype: int, seed: int, yarn_log_mul: float = 1.0) -> Path:
+    """A random Ministral 3 or ERNIE 4.5 MoE: the Llama layout with what sets each apart.  mistral3: heads of
+    key_length, YaRN as Ministral 3's converter writes it (beta_fast 32, beta_slow 1, yarn_log_multiplier
+    ``yarn_log_mul``, Ministral 3's 1 unless given: MISTRAL3_YARN) and attention.temperature_scale
+    (MISTRAL3_TEMPERATURE), the output head tied.  ernie4_5-moe: layer 0 dense (leading_dense_block_count 1,
+    interleave_moe_layer_step 1, as the 21B-A3B), the others 4 experts (2 a token) 32 wide with exp_probs_b (the
+    selection bias, wide enough to move choices) and a shared expert 64 wide (expert_shared_feed_forward_length),
+    a separate output head."""
+    rng = np.random.default_rng(seed)
+    n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = ARCH_GEOMETRY[arch]
+    toks, merges, types = byte_vocab()
+    n_vocab = len(toks)
+    n_expert, n_ff_exp, n_ff_shexp, n_dense_lead = 4, 32, 64, 1
+    moe = arch == "ernie4_5-moe"
+    w = GGUFWriter(str(path), arch)
+    w.add_name(f"tiny-{arch}")
+    w.add_context_length(1024)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    if moe:
+        w.add_expert_count(n_expert)
+        w.add_expert_used_count(2)
+        w.add_expert_feed_forward_length(n_ff_exp)
+        w.add_expert_shared_feed_forward_length(n_ff_shexp)
+        w.add_leading_dense_block_count(n_dense_lead)
+        w.add_interleave_moe_layer_step(1)
+    else:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+        w.add_rope_scaling_type(RopeScalingType.YARN)
+        w.add_rope_scaling_factor(MISTRAL3_YARN[0])
+        w.add_rope_scaling_orig_ctx_len(MISTRAL3_YARN[1])
+        w.add_rope_scaling_yarn_beta_fast(32.0)
+        w.add_rope_scaling_yarn_beta_slow(1.0)
+        w.add_rope_scaling_yarn_log_mul(yarn_log_mul)
+        w.add_attn_temperature_scale(MISTRAL3_TEMPERATURE)
+    w.add_file_type(_file_type(qtype))
+    _add_byte_vocab(w)
+
+    mat, vec = _random_tensors(w, rng, qtype)
+
+    mat("token_embd.weight", n_vocab, n_embd, 0.5)
+    vec("output_norm.weight", n_embd)
+    if moe:
+        mat("output.weight", n_vocab, n_embd, 0.5)
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        vec(b + "attn_norm.weight", n_embd)
+        mat(b + "attn_q.weight", n_head * head_dim, n_embd)
+        mat(b + "attn_k.weight", n_head_kv * head_dim, n_embd)
+        mat(b + "attn_v.weight", n_head_kv * head_dim, n_embd)
+        mat(b + "attn_output.weight", n_embd, n_head * head_dim)
+        vec(b + "ffn_norm.weight", n_embd)
+        if moe and i >= n_dense_lead:
+            w.add_tensor(b + "ffn_gate_inp.weight", (rng.standard_normal((n_expert, n_embd)) * 0.5).astype(np.float32))
+            w.add_tensor(b + "exp_probs_b.bias", (rng.standard_normal(n_expert) * 0.3).astype(np.float32))
+            for name, rows, cols in (("ffn_gate_exps", n_ff_exp, n_embd), ("ffn_up_exps", n_ff_exp, n_embd), ("ffn_down_exps", n_embd, n_ff_exp)):
+                a = (rng.standard_normal((n_expert, rows, cols)) * 0.1).astype(np.float32)
+                w.add_tensor(b + name + ".weight", a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
+            mat(b + "ffn_gate_shexp.weight", n_ff_shexp, n_embd)
+            mat(b + "ffn_up_shexp.weight", n_ff_shexp, n_embd)
+            mat(b + "ffn_down_shexp.weight", n_embd, n_ff_shexp)
+        else:
+            mat(b + "ffn_gate.weight", n_ff, n_embd)
+            mat(b + "ffn_up.weight", n_ff, n_embd)
+            mat(b + "ffn_down.weight", n_embd, n_ff)
     return _finish(w, path)
 
 

@@ -20,6 +20,8 @@ from .gguf_file import GGUFFile
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen2moe", "deepseek", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "olmo2", "granitemoe", "olmoe", "exaone", "bert", "nomic-bert", "lfm2", "lfm2moe", "phi2", "stablelm", "gpt-oss", "ernie4_5", "exaone4", "cohere2", "arcee", "mamba2", "granitehybrid", "gemma3n", "falcon-h1", "nemotron_h", "qwen35", "qwen35moe", "qwen3next", "mistral3", "ernie4_5-moe")
 
 SUPPORTED_ARCHITECTURES += ("gemma-embedding",)  # EmbeddingGemma: an encoder (models/gemma_embedding.py)
+SUPPORTED_ARCHITECTURES += ("deepseek2",)  # DeepSeek-V2/V3, Moonlight: multi-head latent attention (models/deepseek2.py)
+SUPPORTED_ARCHITECTURES += ("hunyuan-dense", "minicpm")  # models/hunyuan_dense.py, models/minicpm.py
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -64,9 +66,21 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # ERNIE 4.5 MoE: the dense block, its FFN a mixture of experts by leading_dense_block_count and
     # interleave_moe_layer_step, the chosen experts' weights renormalised (models/ernie4_5_moe.py)
     "ernie4_5-moe": {"rope_neox": False},
+    # DeepSeek-V2/V3 (multi-head latent attention: models/deepseek2.py): rope over consecutive pairs of each head's
+    # rope part; the chosen experts' weights as the router gave them unless the file says to renormalise them
+    "deepseek2": {"rope_neox": False, "expert_weights_norm": False},
     # Mistral 3 (Ministral 3, Mistral Small 3.x): the Llama block; YaRN's magnitude cancelled, Llama 4's query
     # temperature by position where the file states one (models/mistral3.py)
     "mistral3": {"rope_neox": False},
+    # Hunyuan dense (0.5B-7B): the Llama block, neox rope, per-head QK-norm after the rope; the rope base times
+    # rope.scaling.alpha^(head_dim / (head_dim - 2)) where the file states an alpha (NTK-alpha; older converters bake
+    # it into rope.freq_base) (models/hunyuan_dense.py)
+    "hunyuan-dense": {"rope_neox": True, "rope_alpha": True},
+    # MiniCPM 1B/2B, MiniCPM4: Granite's multipliers, MiniCPM's own where the file states none: embeddings times 12,
+    # block outputs times 1.4 / sqrt(n_layer) (llama.cpp's defaults too), logits divided by n_embd / 256 (dim_model_base;
+    # llama.cpp's default divides them by 256 / n_embd instead); LongRoPE's factor tensors where rope.scaling.type says
+    # longrope (models/minicpm.py)
+    "minicpm": {"rope_neox": False, "embedding_scale": 12.0, "scale_depth": 1.4, "dim_model_base": 256, "longrope": True},
     # EXAONE 4.0: window layers in the 32B only (llama.cpp decides by its depth, 64 layers): 3 window
     # layers then 1 global (no rope), a window of 4096 unless the file says
     "exaone4": {"rope_neox": True, "swa_pattern": 4, "swa_n_layer": 64, "sliding_window": 4096},
@@ -216,6 +230,13 @@ def load_config(g: GGUFFile) -> ModelConfig:
     head_dim = int(g.arch_get("attention.key_length", n_embd // n_head if n_head else 0))
     head_dim_v = int(g.arch_get("attention.value_length", head_dim))
     n_layer = int(_req(g, "block_count"))
+    if arch == "deepseek2":  # (MLA: kvrun caches every head's decompressed K and V, llama.cpp's n_embd_head_k_mla and
+        # n_embd_head_v_mla where the file states both (newer converters: key_length is then the latent's), as many
+        # K/V heads as query heads)
+        k_mla, v_mla = int(g.arch_get("attention.key_length_mla", 0) or 0), int(g.arch_get("attention.value_length_mla", 0) or 0)
+        if k_mla and v_mla:
+            head_dim, head_dim_v = k_mla, v_mla
+        n_head_kv = n_head
     if "full_attention_interval" in d:  # (Qwen3.5's multi-token-prediction block comes after the trunk, counted in
         # block_count: llama.cpp's graph runs the trunk alone, and so does kvrun)
         n_layer -= int(g.arch_get("nextn_predict_layers", 0) or 0)
@@ -235,7 +256,9 @@ def load_config(g: GGUFFile) -> ModelConfig:
     factor = float(g.arch_get("rope.scaling.factor", 1.0) or 1.0)
     if scaling == "none" and g.arch_get("rope.scale_linear") is not None:
         scaling, factor = "linear", float(g.arch_get("rope.scale_linear"))
-    if scaling not in ("none", "linear", "yarn"):
+    if scaling == "longrope" and d.get("longrope"):  # (MiniCPM4: rope_factors_long/short, chosen by the model's class)
+        pass
+    elif scaling not in ("none", "linear", "yarn"):
         raise UnsupportedModelError(f"{g.path}: rope scaling {scaling!r} is not supported (none, linear, yarn are)")
 
     sliding_window = int(g.arch_get("attention.sliding_window", 0) or 0)
@@ -255,6 +278,14 @@ def load_config(g: GGUFFile) -> ModelConfig:
 
     kv_per_layer = list(kv) if hasattr(kv, "__len__") else [kv] * n_layer
     ssm_layers = tuple(int(n) == 0 for n in kv_per_layer) if arch in ("mamba2", "granitehybrid") else ()
+    rope_theta = float(g.arch_get("rope.freq_base", 10_000.0))
+    alpha = float(g.arch_get("rope.scaling.alpha", 0.0) or 0.0)
+    if d.get("rope_alpha") and alpha > 0:  # (llama.cpp's powf, in float32)
+        import numpy as np
+
+        rope_theta = float(np.float32(rope_theta) * np.float32(alpha) ** (np.float32(head_dim) / np.float32(head_dim - 2)))
+    if "scale_depth" in d:  # (MiniCPM files from older converters state no multipliers)
+        d = {**d, "residual_scale": d["scale_depth"] / math.sqrt(n_layer), "logit_scale": n_embd / d["dim_model_base"]}
     ffn_layers: tuple[bool, ...] = ()
     if "full_attention_interval" in d:  # (llama.cpp: the file's attention.recurrent_layers where stated, else every
         # full_attention_interval-th layer attends and the rest are Gated DeltaNet)
@@ -282,7 +313,7 @@ def load_config(g: GGUFFile) -> ModelConfig:
         n_vocab=n_vocab,
         n_ctx_train=int(g.arch_get("context_length", 2048)),
         norm_eps=float(g.arch_get("attention.layer_norm_rms_epsilon", g.arch_get("attention.layer_norm_epsilon", 1e-5))),
-        rope_theta=float(g.arch_get("rope.freq_base", 10_000.0)),
+        rope_theta=rope_theta,
         rope_dim=int(g.arch_get("rope.dimension_count", head_dim)),
         rope_neox=bool(d["rope_neox"]),
         rope_scaling_type=scaling,
@@ -296,10 +327,10 @@ def load_config(g: GGUFFile) -> ModelConfig:
         swa_layers=swa_layers,
         attn_logit_softcap=float(g.arch_get("attn_logit_softcapping", 0.0) or 0.0),
         final_logit_softcap=float(g.arch_get("final_logit_softcapping", d.get("final_logit_softcap", 0.0)) or 0.0),
-        embedding_scale=float(g.arch_get("embedding_scale", 1.0) or 1.0),
-        residual_scale=float(g.arch_get("residual_scale", 1.0) or 1.0),
+        embedding_scale=float(g.arch_get("embedding_scale", d.get("embedding_scale", 1.0)) or 1.0),
+        residual_scale=float(g.arch_get("residual_scale", d.get("residual_scale", 1.0)) or 1.0),
         attention_scale=float(g.arch_get("attention.scale", 0.0) or 0.0),
-        logit_scale=float(g.arch_get("logit_scale", 1.0) or 1.0),
+        logit_scale=float(g.arch_get("logit_scale", d.get("logit_scale", 1.0)) or 1.0),
         n_expert=int(g.arch_get("expert_count", 0) or 0),
         n_expert_used=int(g.arch_get("expert_used_count", 0) or 0),
         n_ff_exp=int(g.arch_get("expert_feed_forward_length", 0) or n_ff),

@@ -8,6 +8,7 @@ from .bert import BertModel
 from .cohere2 import Cohere2Model
 from .common import Model
 from .deepseek import DeepseekModel
+from .deepseek2 import Deepseek2Model
 from .ernie4_5 import Ernie45Model
 from .ernie4_5_moe import Ernie45MoeModel
 from .exaone import ExaoneModel
@@ -22,9 +23,11 @@ from .gptoss import GptOssModel
 from .granite import GraniteModel
 from .granitehybrid import GraniteHybridModel
 from .granitemoe import GraniteMoeModel
+from .hunyuan_dense import HunyuanDenseModel
 from .lfm2 import Lfm2Model
 from .llama import LlamaModel
 from .mamba2 import Mamba2Model
+from .minicpm import MiniCPMModel
 from .mistral3 import Mistral3Model
 from .nemotron_h import NemotronHModel
 from .olmo2 import Olmo2Model
@@ -40,11 +43,13 @@ from .smollm3 import SmolLM3Model
 from .stablelm import StableLMModel
 
 MODEL_CLASSES: dict[str, type[Model]] = {}
-for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model, Qwen2MoeModel, DeepseekModel, Qwen3Model, Qwen3MoeModel, Phi3Model, GemmaModel, Gemma2Model, Gemma3Model, Gemma3nModel, Olmo2Model, OlmoeModel, ExaoneModel, BertModel, Lfm2Model, Phi2Model, StableLMModel, GptOssModel, Ernie45Model, Exaone4Model, Cohere2Model, ArceeModel, Mamba2Model, GraniteHybridModel, FalconH1Model, NemotronHModel, Qwen35Model, Mistral3Model, Ernie45MoeModel):
+for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model, Qwen2MoeModel, DeepseekModel, Deepseek2Model,
+             Qwen3Model, Qwen3MoeModel, Qwen35Model, Phi3Model, GemmaModel, Gemma2Model, Gemma3Model, Gemma3nModel, GemmaEmbeddingModel,
+             Olmo2Model, OlmoeModel, ExaoneModel, Exaone4Model, BertModel, Lfm2Model, Phi2Model, StableLMModel, GptOssModel, Ernie45Model,
+             Ernie45MoeModel, Cohere2Model, ArceeModel, Mamba2Model, GraniteHybridModel, FalconH1Model, NemotronHModel, Mistral3Model,
+             HunyuanDenseModel, MiniCPMModel):  # fmt: skip
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
-
-MODEL_CLASSES["gemma-embedding"] = GemmaEmbeddingModel  # (an encoder: embeddings only)
 
 
 def model_class(arch: str) -> type[Model]:

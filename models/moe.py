@@ -11,7 +11,8 @@ top ``k`` by router logit weighted by a softmax over those ``k``, and a clamped 
 A shared expert (``ffn_*_shexp``: Qwen2-MoE, DeepSeek-MoE, GraniteMoeShared) is a dense SwiGLU FFN every
 token runs beside its routed experts, its output added to theirs as llama.cpp's graphs add it: Qwen2-MoE's
 scaled per token by ``sigmoid(ffn_gate_inp_shexp . x)``, the others' as it is.  DeepSeek-MoE also scales
-the chosen experts' weights by the file's ``expert_weights_scale``.
+the chosen experts' weights by the file's ``expert_weights_scale``; DeepSeek-V3 (``deepseek2``) may limit
+the choice to the best groups of experts (:func:`group_limit`).
 
 The experts' weights are the file's 3-D tensors ``[n_expert, rows, cols]``, held stacked as
 ``[n_expert * rows, cols]`` (a view of the memory map); :func:`expert` cuts one expert's rows.  Tokens are grouped by expert, so prefill
@@ -63,6 +64,11 @@ class MoE:
     down_b: np.ndarray | None = None
     shared: SharedExpert | None = None  # the layer's shared expert, if it has one
     weights_scale: float = 1.0  # the chosen experts' weights times this, after any renormalising (DeepSeek-MoE's expert_weights_scale)
+    #: group-limited routing (DeepSeek-V3's expert_group_count, expert_group_used_count): the experts in ``n_group``
+    #: consecutive groups, each scored by the sum of its two best selection probabilities, the experts chosen from
+    #: the best ``n_group_used`` groups only (0 or 1 group: no limit)
+    n_group: int = 0
+    n_group_used: int = 0
 
 
 def expert(w: Weight, e: int, n_expert: int) -> Weight:
@@ -123,9 +129,13 @@ def load_shared_expert(w: WeightLoader, i: int, n_embd: int, kind: str | None) -
     return SharedExpert(gate, up, down, gate_inp)
 
 
-def route(logits: np.ndarray, k: int, norm_weights: bool, gating: str = "softmax", bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def route(logits: np.ndarray, k: int, norm_weights: bool, gating: str = "softmax", bias: np.ndarray | None = None,
+          n_group: int = 0, n_group_used: int = 0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Router logits ``[T, n_expert]`` -> (chosen experts ``[T, k]``, their weights ``[T, k]``), float32.
-    ``bias`` (DeepSeek-V3's and LFM2-MoE's load balancing) moves which experts are chosen, not their weights."""
+    ``bias`` (DeepSeek-V3's and LFM2-MoE's load balancing) moves which experts are chosen, not their weights.
+    ``n_group`` > 1 (DeepSeek-V3's group-limited routing, as llama.cpp's ``build_moe_ffn``): the experts chosen
+    only from the ``n_group_used`` groups (of ``n_group`` consecutive ones) whose two best selection scores
+    (probability plus bias) sum highest."""
     if gating == "softmax_weight":  # (ties to the lower index, as the other gatings)
         top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
         z = np.take_along_axis(logits, top, axis=1).astype(np.float32)
@@ -137,11 +147,28 @@ def route(logits: np.ndarray, k: int, norm_weights: bool, gating: str = "softmax
         z = logits - logits.max(axis=1, keepdims=True)
         p = np.exp(z, dtype=np.float32)
         p /= p.sum(axis=1, keepdims=True)
-    top = np.argsort(-(p + bias if bias is not None else p), axis=1, kind="stable")[:, :k]
+    sel = p + bias if bias is not None else p
+    if n_group > 1:
+        sel = group_limit(sel, n_group, n_group_used)
+    top = np.argsort(-sel, axis=1, kind="stable")[:, :k]
     wts = np.take_along_axis(p, top, axis=1)
     if norm_weights:
         wts = wts / wts.sum(axis=1, keepdims=True)
     return top, wts.astype(np.float32)
+
+
+def group_limit(sel: np.ndarray, n_group: int, n_group_used: int) -> np.ndarray:
+    """Selection scores ``[T, n_expert]`` with every expert outside each token's best ``n_group_used`` groups set
+    to -inf: the experts in ``n_group`` consecutive groups, a group's score the sum of its two best."""
+    T, n_expert = sel.shape
+    if n_expert % n_group or not 0 < n_group_used <= n_group:
+        raise ValueError(f"{n_expert} experts in {n_group} groups, {n_group_used} used: not a valid grouping")
+    g = sel.reshape(T, n_group, n_expert // n_group)
+    score = -np.sort(-g, axis=2)[:, :, :2].sum(axis=2)  # [T, n_group]
+    best = np.argsort(-score, axis=1, kind="stable")[:, :n_group_used]
+    keep = np.zeros((T, n_group), bool)
+    np.put_along_axis(keep, best, True, axis=1)
+    return np.where(keep[:, :, None], g, -np.inf).reshape(T, n_expert).astype(sel.dtype)
 
 
 def moe_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers, accumulate: bool = True) -> None:
@@ -156,7 +183,7 @@ def moe_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers, 
     logits = be.to_host(logits)
     if moe.router_b is not None:
         logits = logits + moe.router_b[:, 0]
-    top, wts = route(logits, moe.n_used, moe.norm_weights, moe.gating, moe.bias)
+    top, wts = route(logits, moe.n_used, moe.norm_weights, moe.gating, moe.bias, moe.n_group, moe.n_group_used)
     if moe.weights_scale != 1.0:
         wts *= np.float32(moe.weights_scale)
     bs = (moe.gate_b, moe.up_b, moe.down_b)

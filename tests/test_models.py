@@ -102,7 +102,7 @@ def test_exaone4_windows_at_the_32bs_depth_only_and_cohere2_always(tmp_path):
 def test_unknown_architecture_lists_supported():
     from kvrun.loaders.errors import UnsupportedModelError
 
-    with pytest.raises(UnsupportedModelError, match="arcee, bert, cohere2, deepseek, ernie4_5, ernie4_5-moe, exaone, exaone4, falcon-h1, gemma, gemma-embedding, gemma2, gemma3, gemma3n, gpt-oss, granite, granitehybrid, granitemoe, lfm2, lfm2moe, llama, mamba2, mistral, mistral3, nemotron_h, nomic-bert, olmo2, olmoe, phi2, phi3, qwen2, qwen2moe, qwen3, qwen35, qwen35moe, qwen3moe, qwen3next, smollm3, stablelm"):
+    with pytest.raises(UnsupportedModelError, match="arcee, bert, cohere2, deepseek, deepseek2, ernie4_5, ernie4_5-moe, exaone, exaone4, falcon-h1, gemma, gemma-embedding, gemma2, gemma3, gemma3n, gpt-oss, granite, granitehybrid, granitemoe, hunyuan-dense, lfm2, lfm2moe, llama, mamba2, minicpm, mistral, mistral3, nemotron_h, nomic-bert, olmo2, olmoe, phi2, phi3, qwen2, qwen2moe, qwen3, qwen35, qwen35moe, qwen3moe, qwen3next, smollm3, stablelm"):
         model_class("mamba")
 
 
@@ -133,6 +133,12 @@ def test_a_tensor_type_without_kernels_fails_at_load_naming_the_tensor(tmp_path,
 #: where attention is one value: GELU alone), 2.6e-3 with kvrun's GELU rounded the same way; a wrong window rope
 #: base costs 0.41, attending over a layer's own K/V instead of the shared layer's 0.56
 TOLERANCE = {"gpt-oss": 2.5e-3, "gpt-oss-mxfp4": 3e-2, "exaone4-swa": 3e-3, "gemma3n": 5e-3}
+#: where kvrun's logits are a known multiple of llama.cpp's: a MiniCPM file that states no logit_scale (older converters)
+#: gets llama.cpp's default 256 / n_embd, which its Granite graph divides the logits by (times n_embd / 256 = 0.25 here);
+#: MiniCPM (and llama.cpp's own MiniCPM graph before it) divides them by n_embd / dim_model_base (256): times 4 here,
+#: which kvrun follows.  Only the softmax's temperature differs (the argmax is the same); its other defaults
+#: (embeddings times 12, blocks times 1.4 / sqrt(n_layer)) are llama.cpp's and the model's alike
+LOGIT_RATIO = {"minicpm-defaults": (256 / 64) ** 2}
 
 
 @pytest.mark.parametrize("name", list(FIXTURE_MODELS))
@@ -151,7 +157,7 @@ def test_forward_matches_llamacpp(tmp_path, name, chunk):
     assert hashlib.sha256(path.read_bytes()).hexdigest() == str(fix["sha256"]), "tinymodel.py writes another model now: regenerate the fixtures"
     cfg, model = _build(path)
     got = _run(model, cfg, fix["ids"], chunk)
-    ref = fix["logits"]
+    ref = fix["logits"] * LOGIT_RATIO.get(name, 1.0)
     err = np.abs(got - ref).max() / np.abs(ref).max()
     assert err < TOLERANCE.get(name, 1e-3), f"{arch}: max relative logit error {err:.2e} against llama.cpp"
     assert (got.argmax(1) == ref.argmax(1)).all()
@@ -208,3 +214,121 @@ def test_mistral3_and_ernie4_5_moe_fixtures_see_what_sets_them_apart(tmp_path):
     assert model.layers[0].moe is None and all(L.moe.shared is not None and L.moe.bias is not None for L in model.layers[1:])
     for field, value in (("bias", None), ("shared", None), ("norm_weights", False)):
         assert err("ernie4_5-moe", lambda m: [setattr(L.moe, field, value) for L in m.layers if L.moe]) > 3e-2, field
+
+
+def test_hunyuan_dense_and_minicpm_fixtures_see_what_sets_them_apart(tmp_path):
+    """The tiny Hunyuan dense's and MiniCPM's fixtures fail without what sets each apart: the QK-norm after the
+    rope (not before, as Qwen3's), the rope base times alpha^(head_dim / (head_dim - 2)); each of MiniCPM's three
+    multipliers; MiniCPM4's long rope factors past the original context (not the short ones, not none), which the
+    short ones replace within it."""
+    import dataclasses
+    from pathlib import Path
+
+    from tinymodel import MINICPM_LONG_FACTORS, MINICPM_SHORT_FACTORS
+
+    from kvrun.models.common import make_rope
+    from kvrun.models.llama import LlamaModel
+
+    def err(name, drop):
+        fix = np.load(Path(__file__).parent / "fixtures" / f"arch_{name}.npz")
+        cfg, model = _build(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]))
+        drop(model)
+        got = _run(model, model.cfg, fix["ids"], N_BATCH)
+        return np.abs(got - fix["logits"]).max() / np.abs(fix["logits"]).max()
+
+    cfg, _ = _build(write_tiny_model(tmp_path / "h.gguf", **FIXTURE_MODELS["hunyuan-dense"]))
+    assert np.isclose(cfg.rope_theta, 10000.0 * 1000.0 ** (16 / 14), rtol=1e-6)
+
+    def norm_before_rope(m):
+        m.qk_norm_rope = lambda *a: LlamaModel.qk_norm_rope(m, *a)
+
+    def no_alpha(m):
+        m.rope_cos, m.rope_sin = make_rope(m.cfg, m.n_ctx, 10000.0)
+
+    assert err("hunyuan-dense", norm_before_rope) > 3e-2
+    assert err("hunyuan-dense", no_alpha) > 3e-2
+    for field in ("embedding_scale", "residual_scale", "logit_scale"):
+        assert err("minicpm", lambda m: setattr(m, "cfg", dataclasses.replace(m.cfg, **{field: 1.0}))) > 3e-2, field
+
+    def factors(ff):
+        return lambda m: setattr(m, "rope_cos", make_rope(m.cfg, m.n_ctx, m.cfg.rope_theta, ff)[0]) or setattr(
+            m, "rope_sin", make_rope(m.cfg, m.n_ctx, m.cfg.rope_theta, ff)[1])
+
+    assert err("minicpm4-longrope", factors(MINICPM_SHORT_FACTORS)) > 3e-2
+    assert err("minicpm4-longrope", factors(None)) > 3e-2
+    g = write_tiny_model(tmp_path / "m4.gguf", **FIXTURE_MODELS["minicpm4-longrope"])
+    cfg = load_config(GGUFFile(g))
+    for n_ctx, ff in ((64, MINICPM_LONG_FACTORS), (32, MINICPM_SHORT_FACTORS)):  # (beyond the original 32, within it)
+        model = model_class(cfg.arch)(GGUFFile(g), cfg, get_backend("cpu"), n_ctx, N_BATCH)
+        np.testing.assert_array_equal(model.rope_cos, make_rope(cfg, n_ctx, cfg.rope_theta, ff)[0])
+
+
+def test_deepseek2_fixtures_see_what_sets_them_apart(tmp_path):
+    """The tiny DeepSeek-V2-Lite's and V3's fixtures (multi-head latent attention, YaRN) fail without what sets them
+    apart: the scores' mscale^2 (1 + 0.1 * 0.707 ln 4, squared), YaRN's own magnitude cancelled on the rope parts,
+    YaRN itself, rope over consecutive pairs, the rope key every head shares; the shared experts; V3's sigmoid router,
+    its selection bias, its group limit, its renormalised and scaled weights.  Both files' heads decompress to K 24
+    and V 12 wide (V3's states the latent's widths as key_length/value_length, one K/V head, and the MLA ones apart)."""
+    import dataclasses
+    from pathlib import Path
+
+    from kvrun.models.common import make_rope
+    from kvrun.ops.backend import Weight
+
+    def err(name, drop):
+        fix = np.load(Path(__file__).parent / "fixtures" / f"arch_{name}.npz")
+        cfg, model = _build(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]))
+        drop(model)
+        got = _run(model, model.cfg, fix["ids"], N_BATCH)
+        return np.abs(got - fix["logits"]).max() / np.abs(fix["logits"]).max()
+
+    for name in ("deepseek2", "deepseek2-v3"):
+        cfg, model = _build(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]))
+        assert (cfg.n_head, cfg.n_head_kv, cfg.head_dim, cfg.head_dim_v, cfg.rope_dim) == (4, 4, 24, 12, 8)
+        assert cfg.kv_bytes_per_token(16) == 3 * 4 * (24 + 12) * 2
+        assert model.layers[0].moe is None and all(L.moe.shared is not None for L in model.layers[1:])
+        assert (model.layers[0].wq is None) == (name == "deepseek2-v3")
+        assert np.isclose(model.layer_specs()[0].scale, model.mscale**2 / np.sqrt(24))
+    assert np.isclose(_build(write_tiny_model(tmp_path / "l.gguf", "deepseek2"))[1].mscale, 1 + 0.0707 * np.log(4), rtol=1e-6)
+
+    def no_mscale(m):
+        m.mscale = 1.0
+
+    def yarn_magnitude_kept(m):  # (rope_tables' own 1 + 0.1 ln 4 on the rope parts)
+        m.rope_cos, m.rope_sin = make_rope(m.cfg, m.n_ctx, m.cfg.rope_theta)
+
+    def no_yarn(m):
+        m.rope_cos, m.rope_sin = make_rope(dataclasses.replace(m.cfg, rope_scaling_type="none", yarn_attn_factor=1.0), m.n_ctx, m.cfg.rope_theta)
+
+    def neox(m):
+        m.cfg = dataclasses.replace(m.cfg, rope_neox=True)
+
+    def no_rope_key(m):  # (the latent's shared rope key zeroed)
+        for L in m.layers:
+            d = L.wkv_a.data.copy()
+            d.view(np.float32)[m.kv_rank :] = 0
+            L.wkv_a = Weight(d, L.wkv_a.qtype, L.wkv_a.shape)
+
+    def moe(field, value):
+        return lambda m: [setattr(L.moe, field, value) for L in m.layers if L.moe]
+
+    for name in ("deepseek2", "deepseek2-v3"):
+        for drop in (no_mscale, yarn_magnitude_kept, no_yarn, neox, no_rope_key, moe("shared", None)):
+            assert err(name, drop) > 3e-2, (name, drop)
+    for field, value in (("gating", "softmax"), ("bias", None), ("n_group", 0), ("norm_weights", False), ("weights_scale", 1.0)):
+        assert err("deepseek2-v3", moe(field, value)) > 3e-2, field
+
+
+def test_deepseek2_runs_on_the_cpu_only(tmp_path):
+    """The latent's expansion and the routing are host work: another backend is refused at load, in one line."""
+    from kvrun.loaders.errors import UnsupportedModelError
+    from kvrun.models.deepseek2 import Deepseek2Model
+
+    path = write_tiny_model(tmp_path / "d.gguf", "deepseek2")
+    g = GGUFFile(path)
+
+    class Device:
+        name = "cuda"
+
+    with pytest.raises(UnsupportedModelError, match="CPU only"):
+        Deepseek2Model(g, load_config(g), Device(), N_CTX, N_BATCH)

@@ -23,6 +23,20 @@ def test_the_router_takes_the_top_k_by_softmax_and_renormalises_their_weights():
     np.testing.assert_allclose(raw[0], p[[1, 3, 2]], rtol=1e-6)
 
 
+def test_group_limited_routing_chooses_from_the_best_groups_only():
+    """DeepSeek-V3's routing (llama.cpp's build_moe_ffn with expert_group_count): 8 experts in 4 groups of 2, a group
+    scored by its two best selection scores (sigmoid plus bias) summed, the experts chosen from the best 2 groups; the
+    weights are the unbiased sigmoids, renormalised.  Expert 0 alone is the best, but its group's sum is the worst."""
+    p = np.array([[0.95, 0.05, 0.6, 0.6, 0.7, 0.55, 0.2, 0.3]], np.float32)
+    logits = np.log(p / (1 - p))
+    bias = np.array([0, 0, 0, 0, 0, 0, 0.5, 0.5], np.float32)  # group 3: 0.7 + 0.8 = 1.5 beats group 1's 1.2, not 2's 1.25
+    top, w = route(logits, 3, True, "sigmoid", bias, n_group=4, n_group_used=2)
+    assert top.tolist() == [[7, 4, 6]]
+    np.testing.assert_allclose(w, [p[0, [7, 4, 6]] / p[0, [7, 4, 6]].sum()], rtol=1e-6)
+    top, _ = route(logits, 3, True, "sigmoid", bias)  # (no groups: the best 3 of all)
+    assert top.tolist() == [[0, 7, 4]]
+
+
 def test_gpt_oss_weights_its_top_k_by_a_softmax_over_their_own_logits():
     logits = np.array([[0.5, 3.0, 1.0, 3.0, -1.0]], np.float32)
     top, wts = route(logits, 2, norm_weights=False, gating="softmax_weight")

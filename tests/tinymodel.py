@@ -62,6 +62,8 @@ ARCH_GEOMETRY = {
     "arcee": (64, 4, 2, 16, 96, 2),
     "mistral3": (64, 4, 2, 16, 96, 2),
     "ernie4_5-moe": (64, 4, 2, 16, 96, 3),  # layer 0 dense (leading_dense_block_count), 1 and 2 experts and a shared one
+    "hunyuan-dense": (64, 4, 2, 16, 96, 2),
+    "minicpm": (64, 4, 2, 16, 96, 4),  # 4 layers: residual_scale 1.4 / sqrt(4) = 0.7, far enough from 1 to matter
     "mamba2": (64, 0, 0, 0, 0, 2),  # no attention, no FFN: head_count and feed_forward_length 0, as the converter writes
     "granitehybrid": (64, 4, 2, 16, 96, 4),  # GRANITEHYBRID_SSM: layer 1 attends; the experts as wide as n_ff
     # 25 layers: llama.cpp fixes the K/V sharing to start at layer 20, so layers 20-23 (window) read layer 18's K/V
@@ -131,6 +133,16 @@ FIXTURE_MODELS: dict[str, dict] = {
     "mistral3": {"arch": "mistral3"},
     "mistral3-mscale": {"arch": "mistral3", "yarn_log_mul": 0.5},  # YaRN's magnitude mscale(4, 1) / mscale(4, 0.5), not 1
     "ernie4_5-moe": {"arch": "ernie4_5-moe"},  # a leading dense layer, experts chosen with exp_probs_b, a plain shared expert
+    # DeepSeek-V2/V3 (_write_tiny_deepseek2): multi-head latent attention, YaRN with DeepSeek's mscale, a leading dense
+    # layer, then experts and 2 shared experts as one FFN
+    "deepseek2": {"arch": "deepseek2"},  # V2-Lite's layout: no query LoRA, attn_kv_b, softmax router, mscale_all_dim 0.707
+    "deepseek2-v3": {"arch": "deepseek2", "mla": "v3"},  # query LoRA, split attn_k_b/attn_v_b, sigmoid router, groups
+    # Hunyuan dense: per-head QK-norm after the rope, NTK-alpha (rope.scaling.alpha, Hunyuan's 1000) on the rope base
+    "hunyuan-dense": {"arch": "hunyuan-dense", "rope_alpha": 1000.0},
+    # MiniCPM: muP's multipliers as the converter states them (scale_emb 12, scale_depth 1.4, dim_model_base 16)
+    "minicpm": {"arch": "minicpm"},
+    "minicpm-defaults": {"arch": "minicpm", "mup_defaults": True},  # an older file: no multipliers stated
+    "minicpm4-longrope": {"arch": "minicpm", "rope_freqs": True},  # LongRoPE's long factors (context 64, original 32)
 }
 
 
@@ -186,6 +198,8 @@ def write_tiny_model(
     chat_template: str | None = None, n_expert: int | None = None, extra_tensor: tuple[str, int, int] | None = None,
     rope_yarn: tuple[float, int] | None = None, split_qkv: bool = False, qk_norm: bool = False, shared_expert: bool = False,
     n_layer: int | None = None, ssm_rope: bool = False, yarn_log_mul: float = 1.0,
+    mla: str = "lite",
+    rope_alpha: float = 0.0, mup_defaults: bool = False,
 ) -> Path:  # fmt: skip
     """A random ``arch`` model; matrices stored as ``qtype`` (F32, F16, Q8_0, Q4_0...).  ``rope_freqs``:
     with Llama 3.1's per-frequency rope factors (``rope_freqs.weight``, 1 to 8 from high to low), or
@@ -196,7 +210,10 @@ def write_tiny_model(
     depth where not ARCH_GEOMETRY's (:func:`_write_tiny_llama_variant`).  mamba2, granitehybrid: :func:`_write_tiny_ssm`
     (granitehybrid: experts unless ``n_expert`` is 0, ``ssm_rope`` its attention rotated).  qwen35, qwen35moe,
     qwen3next: :func:`_write_tiny_qwen35` (qwen3next with ``split_qkv``: attn_qkv and attn_gate, not ssm_in).
-    mistral3, ernie4_5-moe: :func:`_write_tiny_mistral3_ernie_moe` (mistral3's ``yarn_log_mul``)."""
+    mistral3, ernie4_5-moe: :func:`_write_tiny_mistral3_ernie_moe` (mistral3's ``yarn_log_mul``).  hunyuan-dense,
+    minicpm: :func:`_write_tiny_hunyuan_minicpm` (``rope_alpha``; minicpm's ``mup_defaults``, and ``rope_freqs``: LongRoPE)."""
+    if arch == "deepseek2":  # (``mla``: :func:`_write_tiny_deepseek2`'s variant)
+        return _write_tiny_deepseek2(path, qtype, seed, mla)
     if arch == "gemma3n":
         return _write_tiny_gemma3n(path, qtype, seed)
     if arch in ("qwen35", "qwen35moe", "qwen3next"):
@@ -215,6 +232,8 @@ def write_tiny_model(
         return _write_tiny_layernorm(path, arch, qtype, seed, split_qkv, qk_norm)
     if arch in ("mistral3", "ernie4_5-moe"):
         return _write_tiny_mistral3_ernie_moe(path, arch, qtype, seed, yarn_log_mul)
+    if arch in ("hunyuan-dense", "minicpm"):
+        return _write_tiny_hunyuan_minicpm(path, arch, qtype, seed, rope_alpha, mup_defaults, rope_freqs)
     if arch in ("ernie4_5", "exaone4", "cohere2", "arcee"):
         return _write_tiny_llama_variant(path, arch, qtype, seed, sliding_window, n_layer)
     rng = np.random.default_rng(seed)
@@ -557,6 +576,121 @@ def _write_tiny_llama_variant(path: Path, arch: str, qtype: int, seed: int, slid
 
 #: the tiny Ministral 3's rope and temperature: YaRN factor 4 over an original context of 8 (Ministral 3's: 16 over
 #: 16384), the queries times 1 + beta ln(1 + floor(pos / 8)), beta 0.3 (Ministral 3's llama_4_scaling_beta: 0.1)
+#: the tiny DeepSeek-V2/V3: (n_embd, n_head, qk_nope, n_rot, v_head_dim, kv_lora_rank, q_lora_rank, n_ff, n_layer)
+DEEPSEEK2_GEOMETRY = (64, 4, 16, 8, 12, 32, 24, 96, 3)
+#: its YaRN (factor, original context): positions past 8 are interpolated
+DEEPSEEK2_YARN = (4.0, 8)
+#: the spread of its attention weights (queries', latent's, expansions'): scores about 1, where rope, its magnitude
+#: and the scale show (0.2 to 0.3 everywhere: both runtimes' fp16 K/V, and llama.cpp's fp16 Q, reach 1e-3 of the logits)
+DEEPSEEK2_ATTN_SCALE = 0.15
+#: the spread of its routers' weights (no near-tie between experts on the fixtures' prompt left to rounding)
+DEEPSEEK2_ROUTER_SCALE = 0.5
+
+
+def _write_tiny_deepseek2(path: Path, qtype: int, seed: int, mla: str = "lite") -> Path:
+    """A random DeepSeek-V2/V3 as llama.cpp's converters write ``deepseek2`` (DEEPSEEK2_GEOMETRY): heads of 16
+    non-rope and 8 rope dimensions, V 12 wide, a latent of 32; YaRN (DEEPSEEK2_YARN) with yarn_log_multiplier 0.1 *
+    mscale_all_dim; layer 0 dense (leading_dense_block_count 1), layers 1 and 2 a mixture of 8 experts 32 wide and
+    2 shared ones (expert_shared_count: one FFN 64 wide).  ``mla`` "lite": DeepSeek-V2-Lite's layout (q_lora_rank 0,
+    ``attn_q``; the older converters' ``attn_kv_b``, head_count_kv = head_count; a softmax router, 2 experts a token,
+    weights as the router gave them, expert_weights_scale 1, mscale_all_dim 0.707), a separate output head.  "v3":
+    DeepSeek-V3's (``attn_q_a`` -> ``attn_q_a_norm`` -> ``attn_q_b`` of rank 24; the newer converters' split
+    ``attn_k_b`` (transposed) and ``attn_v_b`` with key_length_mla/value_length_mla, key_length and value_length the
+    latent's, head_count_kv 1; a sigmoid router with ``exp_probs_b``, 3 experts a token from the best 2 of 4
+    groups, weights renormalised, times 2.5, mscale_all_dim 1), the output head tied."""
+    rng = np.random.default_rng(seed)
+    n_embd, n_head, nope, n_rot, dv, rank, q_rank, n_ff, n_layer = DEEPSEEK2_GEOMETRY
+    v3 = mla == "v3"
+    if not v3:
+        assert mla == "lite", mla
+        q_rank = 0
+    n_expert, n_used, n_ff_exp, n_shared, n_dense_lead = 8, 3 if v3 else 2, 32, 2, 1
+    toks, merges, types = byte_vocab()
+    n_vocab = len(toks)
+    w = GGUFWriter(str(path), "deepseek2")
+    w.add_name(f"tiny-deepseek2-{mla}")
+    w.add_context_length(1024)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(1 if v3 else n_head)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(10000.0)
+    w.add_rope_dimension_count(n_rot)
+    if v3:
+        w.add_key_length(rank + n_rot)
+        w.add_value_length(rank)
+        w.add_key_length_mla(nope + n_rot)
+        w.add_value_length_mla(dv)
+    else:
+        w.add_key_length(nope + n_rot)
+        w.add_value_length(dv)
+    w.add_q_lora_rank(q_rank)
+    w.add_kv_lora_rank(rank)
+    w.add_leading_dense_block_count(n_dense_lead)
+    w.add_expert_count(n_expert)
+    w.add_expert_used_count(n_used)
+    w.add_expert_feed_forward_length(n_ff_exp)
+    w.add_expert_shared_count(n_shared)
+    w.add_expert_weights_scale(2.5 if v3 else 1.0)
+    w.add_expert_weights_norm(v3)
+    w.add_expert_gating_func(ExpertGatingFuncType.SIGMOID if v3 else ExpertGatingFuncType.SOFTMAX)
+    if v3:
+        w.add_expert_group_count(4)
+        w.add_expert_group_used_count(2)
+    w.add_rope_scaling_type(RopeScalingType.YARN)
+    w.add_rope_scaling_factor(DEEPSEEK2_YARN[0])
+    w.add_rope_scaling_orig_ctx_len(DEEPSEEK2_YARN[1])
+    w.add_rope_scaling_yarn_log_mul(0.1 * (1.0 if v3 else 0.707))
+    w.add_file_type(_file_type(qtype))
+    _add_byte_vocab(w)
+
+    mat, vec = _random_tensors(w, rng, qtype)
+
+    def experts(name: str, shape: tuple[int, ...], scale: float = 0.1) -> None:
+        a = (rng.standard_normal(shape) * scale).astype(np.float32)
+        w.add_tensor(name, a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
+
+    mat("token_embd.weight", n_vocab, n_embd, 0.5)
+    vec("output_norm.weight", n_embd)
+    if not v3:
+        mat("output.weight", n_vocab, n_embd, 0.5)
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        vec(b + "attn_norm.weight", n_embd)
+        if v3:
+            mat(b + "attn_q_a.weight", q_rank, n_embd, DEEPSEEK2_ATTN_SCALE)
+            vec(b + "attn_q_a_norm.weight", q_rank)
+            mat(b + "attn_q_b.weight", n_head * (nope + n_rot), q_rank, DEEPSEEK2_ATTN_SCALE)
+        else:
+            mat(b + "attn_q.weight", n_head * (nope + n_rot), n_embd, DEEPSEEK2_ATTN_SCALE)
+        mat(b + "attn_kv_a_mqa.weight", rank + n_rot, n_embd, DEEPSEEK2_ATTN_SCALE)
+        vec(b + "attn_kv_a_norm.weight", rank)
+        if v3:  # (the converter: kv_b per head [k_nope rows; v rows], k_b transposed for the absorbed product)
+            experts(b + "attn_k_b.weight", (n_head, rank, nope), DEEPSEEK2_ATTN_SCALE)
+            experts(b + "attn_v_b.weight", (n_head, dv, rank), DEEPSEEK2_ATTN_SCALE)
+        else:
+            mat(b + "attn_kv_b.weight", n_head * (nope + dv), rank, DEEPSEEK2_ATTN_SCALE)
+        mat(b + "attn_output.weight", n_embd, n_head * dv)
+        vec(b + "ffn_norm.weight", n_embd)
+        if i < n_dense_lead:
+            mat(b + "ffn_gate.weight", n_ff, n_embd)
+            mat(b + "ffn_up.weight", n_ff, n_embd)
+            mat(b + "ffn_down.weight", n_embd, n_ff)
+            continue
+        w.add_tensor(b + "ffn_gate_inp.weight", (rng.standard_normal((n_expert, n_embd)) * DEEPSEEK2_ROUTER_SCALE).astype(np.float32))
+        if v3:
+            w.add_tensor(b + "exp_probs_b.bias", (rng.standard_normal(n_expert) * 0.3).astype(np.float32))
+        experts(b + "ffn_gate_exps.weight", (n_expert, n_ff_exp, n_embd))
+        experts(b + "ffn_up_exps.weight", (n_expert, n_ff_exp, n_embd))
+        experts(b + "ffn_down_exps.weight", (n_expert, n_embd, n_ff_exp))
+        mat(b + "ffn_gate_shexp.weight", n_shared * n_ff_exp, n_embd)
+        mat(b + "ffn_up_shexp.weight", n_shared * n_ff_exp, n_embd)
+        mat(b + "ffn_down_shexp.weight", n_embd, n_shared * n_ff_exp)
+    return _finish(w, path)
+
+
 MISTRAL3_YARN = (4.0, 8)
 MISTRAL3_TEMPERATURE = 0.3
 
@@ -632,6 +766,82 @@ def _write_tiny_mistral3_ernie_moe(path: Path, arch: str, qtype: int, seed: int,
             mat(b + "ffn_gate.weight", n_ff, n_embd)
             mat(b + "ffn_up.weight", n_ff, n_embd)
             mat(b + "ffn_down.weight", n_embd, n_ff)
+    return _finish(w, path)
+
+
+#: the tiny MiniCPM's muP multipliers as its converter states them: scale_emb, scale_depth, dim_model_base (MiniCPM's
+#: own 256 would make logit_scale 0.25 at n_embd 64; 16 makes it 4, as the 2B's 9)
+MINICPM_MUP = (12.0, 1.4, 16)
+#: the tiny MiniCPM4's LongRoPE: the original context (the fixtures' 64 is beyond it: the long factors)
+MINICPM_LONGROPE_CTX = 32
+MINICPM_LONG_FACTORS = np.geomspace(4.0, 32.0, 8).astype(np.float32)  # (head_dim 16: 8 frequencies)
+MINICPM_SHORT_FACTORS = np.geomspace(1.0, 2.0, 8).astype(np.float32)
+
+
+def _write_tiny_hunyuan_minicpm(path: Path, arch: str, qtype: int, seed: int, rope_alpha: float = 0.0,
+                                mup_defaults: bool = False, longrope: bool = False) -> Path:  # fmt: skip
+    """A random Hunyuan dense or MiniCPM: the Llama layout with what sets each apart.  hunyuan-dense: per-head
+    ``attn_q_norm``/``attn_k_norm`` (weights 1 +- 0.5, so that their order with the rope shows), ``rope.scaling.alpha``
+    where ``rope_alpha`` > 0, the output head tied (as the 0.5B).  minicpm: ``embedding_scale``, ``residual_scale`` and
+    ``logit_scale`` from MINICPM_MUP as the converter writes them (none with ``mup_defaults``: llama.cpp's defaults),
+    a separate output head; with ``longrope`` MiniCPM4's ``rope.scaling.type`` longrope,
+    ``original_context_length`` MINICPM_LONGROPE_CTX and the ``rope_factors_long``/``short`` tensors."""
+    rng = np.random.default_rng(seed)
+    n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = ARCH_GEOMETRY[arch]
+    toks, merges, types = byte_vocab()
+    n_vocab = len(toks)
+    w = GGUFWriter(str(path), arch)
+    w.add_name(f"tiny-{arch}")
+    w.add_context_length(1024)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    w.add_rope_dimension_count(head_dim)
+    if arch == "hunyuan-dense":
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+        if rope_alpha > 0:
+            w.add_rope_scaling_alpha(rope_alpha)
+    else:
+        if not mup_defaults:
+            scale_emb, scale_depth, dim_model_base = MINICPM_MUP
+            w.add_embedding_scale(scale_emb)
+            w.add_residual_scale(scale_depth / n_layer**0.5)
+            w.add_logit_scale(n_embd / dim_model_base)
+        if longrope:
+            w.add_rope_scaling_type(RopeScalingType.LONGROPE)
+            w.add_rope_scaling_orig_ctx_len(MINICPM_LONGROPE_CTX)
+    w.add_file_type(_file_type(qtype))
+    _add_byte_vocab(w)
+
+    mat, vec = _random_tensors(w, rng, qtype)
+
+    mat("token_embd.weight", n_vocab, n_embd, 0.5)
+    vec("output_norm.weight", n_embd)
+    if arch == "minicpm":
+        mat("output.weight", n_vocab, n_embd, 0.5)
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        vec(b + "attn_norm.weight", n_embd)
+        qk_scale = 0.3 if arch == "minicpm" else 0.1  # (MiniCPM's scores sharp enough for the rope factors to show)
+        mat(b + "attn_q.weight", n_head * head_dim, n_embd, qk_scale)
+        mat(b + "attn_k.weight", n_head_kv * head_dim, n_embd, qk_scale)
+        mat(b + "attn_v.weight", n_head_kv * head_dim, n_embd)
+        mat(b + "attn_output.weight", n_embd, n_head * head_dim)
+        if arch == "hunyuan-dense":
+            vec(b + "attn_q_norm.weight", head_dim, 1.0, 0.5)
+            vec(b + "attn_k_norm.weight", head_dim, 1.0, 0.5)
+        vec(b + "ffn_norm.weight", n_embd)
+        mat(b + "ffn_gate.weight", n_ff, n_embd)
+        mat(b + "ffn_up.weight", n_ff, n_embd)
+        mat(b + "ffn_down.weight", n_embd, n_ff)
+    if arch == "minicpm" and longrope:  # (far apart in the fast frequencies too, so that 40 positions tell them apart)
+        w.add_tensor("rope_factors_long.weight", MINICPM_LONG_FACTORS)
+        w.add_tensor("rope_factors_short.weight", MINICPM_SHORT_FACTORS)
     return _finish(w, path)
 
 

@@ -1,0 +1,265 @@
+"""DeepSeek-V2 (V2-Lite, V2, V2.5), DeepSeek-V3-style models and others converted to llama.cpp's ``deepseek2``
+(Moonlight, GigaChat3...): multi-head latent attention (MLA) and a mixture of experts with shared experts.
+
+As llama.cpp's DEEPSEEK2 graph, each layer: RMSNorm -> attention -> residual -> RMSNorm -> FFN -> residual; a
+separate or tied output head.
+
+Attention (MLA).  The queries come from ``attn_q`` (V2-Lite: no query LoRA, ``q_lora_rank`` 0) or from the
+low-rank ``attn_q_a`` -> RMSNorm ``attn_q_a_norm`` -> ``attn_q_b``; each head's query is ``[q_nope, q_rope]``
+(``qk_nope`` = head_dim - n_rot, ``n_rot`` = ``rope.dimension_count``).  ``attn_kv_a_mqa`` gives every token a
+latent of ``kv_lora_rank`` values (RMSNormed by ``attn_kv_a_norm``) and one rope key of ``n_rot`` values that all
+heads share.  The latent expands to each head's ``k_nope`` and V: by ``attn_kv_b`` (older converters: per head
+``qk_nope`` K rows then ``v_head_dim`` V rows), or by the split ``attn_k_b`` ``[n_head, kv_lora_rank, qk_nope]``
+(stored transposed, for llama.cpp's absorbed product) and ``attn_v_b`` ``[n_head, v_head_dim, kv_lora_rank]`` of
+newer ones, which state the decompressed widths as ``attention.key_length_mla``/``value_length_mla``.  A head's
+key is ``[k_nope (its own), k_rope (shared)]``.  Rope: consecutive pairs (llama.cpp's normal rope) over the rope
+parts only.
+
+Decompressed, not absorbed: for the step's new tokens kvrun expands the latent into every head's K (``qk_nope +
+n_rot`` wide) and V (``v_head_dim`` wide), as llama.cpp's non-absorbed (``attn_kv_b``) path does, and hands them to
+the ordinary cache (``n_head_kv = n_head``, ``head_dim != head_dim_v``), so every cache kind (compressed K/V too),
+chunked prefill and decode work unchanged.  The price: the cache holds the expanded K/V, ``n_head * (qk_nope +
+n_rot + v_head_dim)`` values a token a layer (V2-Lite: 16 * (192 + 128) = 5120) where the latent alone would be
+``kv_lora_rank + n_rot`` (576), 9x the bytes; attending over the latent (llama.cpp's absorbed MLA path) would need
+an attention kernel of its own.  In the queries' and keys' heads the rope part comes first (``[rope, nope]``: the
+scores are the same, and the rope kernels turn a head's leading dimensions).  ``attn_k_b`` is held transposed in
+float32 (it is small: ``n_head * qk_nope * kv_lora_rank`` a layer).
+
+The attention scale: YaRN with DeepSeek's magnitude rules, as llama.cpp computes them (its
+``[TAG_DEEPSEEK2_YARN_LOG_MUL_FIX]``): with ``F`` the scaling factor, ``m`` the file's
+``rope.scaling.yarn_log_multiplier`` (the converter's ``0.1 * mscale_all_dim``) and ``A`` its
+``rope.scaling.attn_factor`` (1 unless stated), the rope parts come out times ``A`` (``m`` stated: YaRN's own ``1 +
+0.1 ln F`` cancelled) or ``A (1 + 0.1 ln F)`` (``m`` 0), and the scores are scaled by ``mscale^2 / sqrt(qk_nope +
+n_rot)``, ``mscale`` = (that magnitude, ``A (1 + 0.1 ln F)`` where ``m`` is 0) times ``1 + m ln F``.
+
+FFN: the first ``leading_dense_block_count`` layers dense SwiGLU, the others a mixture of experts (``moe.py``):
+router probabilities by softmax (V2; ``expert_gating_func`` 1 or unstated) or sigmoid (V3: 2), chosen with the
+``exp_probs_b`` correction bias where the file has it, from the best ``expert_group_used_count`` of
+``expert_group_count`` groups where it states groups, the chosen weights renormalised where
+``expert_weights_norm`` says, times ``expert_weights_scale``; plus the ``expert_shared_count`` shared experts as
+one plain SwiGLU FFN every token runs.
+
+Refused: a non-CPU backend (the routing and the latent's expansion are host work), llama.cpp's query temperature
+(``attention.temperature_scale``, Mistral Large 3's), other gating functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..cache.base import KVCache, LayerSpec
+from ..loaders.config import ModelConfig
+from ..loaders.errors import GGUFError, UnsupportedModelError
+from ..loaders.gguf_file import GGUFFile
+from ..loaders.quants import dequantize
+from ..ops.backend import Backend, Weight
+from .common import TENSOR_NAMES, Model, WeightLoader, make_rope
+from .moe import MoE, load_moe, moe_add
+
+TENSOR_NAMES.update({  # MLA's names (llama.cpp's LLM_TENSOR_ATTN_Q_A, _Q_B, _KV_A_MQA, _KV_B, _K_B, _V_B and their norms)
+    "wq_a": "blk.{i}.attn_q_a.weight",
+    "wq_b": "blk.{i}.attn_q_b.weight",
+    "q_a_norm": "blk.{i}.attn_q_a_norm.weight",
+    "wkv_a_mqa": "blk.{i}.attn_kv_a_mqa.weight",
+    "kv_a_norm": "blk.{i}.attn_kv_a_norm.weight",
+    "wkv_b": "blk.{i}.attn_kv_b.weight",
+    "wk_b": "blk.{i}.attn_k_b.weight",
+    "wv_b": "blk.{i}.attn_v_b.weight",
+})  # fmt: skip
+
+#: llama.cpp's expert_gating_func values (LLAMA_EXPERT_GATING_FUNC_TYPE_*) deepseek2 runs; 0 (unstated): softmax
+GATING = {0: "softmax", 1: "softmax", 2: "sigmoid"}
+
+
+@dataclass
+class Deepseek2Layer:
+    attn_norm: Any  # [n_embd]
+    wq: Weight | None  # [n_head*head_dim, n_embd] (no query LoRA), else:
+    wq_a: Weight | None  # [q_lora_rank, n_embd]
+    q_a_norm: Any  # [q_lora_rank]
+    wq_b: Weight | None  # [n_head*head_dim, q_lora_rank]
+    wkv_a: Weight  # [kv_lora_rank + n_rot, n_embd]: the latent and the shared rope key
+    kv_a_norm: Any  # [kv_lora_rank]
+    wk_nope: Weight  # [n_head*qk_nope, kv_lora_rank]: every head's k_nope from the latent
+    wv: Weight  # [n_head*head_dim_v, kv_lora_rank]: every head's V from the latent
+    wo: Weight  # [n_embd, n_head*head_dim_v]
+    ffn_norm: Any  # [n_embd]
+    w_gate: Weight | None = None  # a leading dense layer's SwiGLU FFN
+    w_up: Weight | None = None
+    w_down: Weight | None = None
+    moe: MoE | None = None  # the others' mixture of experts (with the shared experts)
+
+
+def mla_mscale(cfg: ModelConfig, log_mul: float) -> tuple[float, float]:
+    """(the ``attn_factor`` rope_tables takes, the scores' ``mscale``) as llama.cpp sets them for deepseek2:
+    ``log_mul`` the file's ``rope.scaling.yarn_log_multiplier`` (0.1 * mscale_all_dim)."""
+    f = cfg.rope_scaling_factor if cfg.rope_scaling_type in ("linear", "yarn") and cfg.rope_scaling_factor > 0 else 1.0
+    ln_f = math.log(f)
+    # the context's attn_factor: YaRN's magnitude mscale(F, m) / mscale(F, m) = 1 for deepseek2 (llama.cpp takes
+    # mscale = mscale_all_dim unless that is 1), with rope_yarn's own 1 + 0.1 ln F divided out; mscale(F, 1) / that = 1
+    # where no multiplier is stated
+    attn = cfg.yarn_attn_factor
+    if cfg.rope_scaling_type == "yarn" and log_mul != 0.0:
+        attn /= 1.0 + 0.1 * ln_f
+    mscale = attn * (1.0 + 0.1 * ln_f) * (1.0 + log_mul * ln_f)  # (llama.cpp's attn_factor_org, times 1 + 0.1 L ln F)
+    return attn, mscale
+
+
+class Deepseek2Model(Model):
+    archs = ("deepseek2",)
+
+    def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
+        if backend.name != "cpu":
+            raise UnsupportedModelError(f"{g.path}: deepseek2 (multi-head latent attention, experts) runs on the CPU only for now; use --device cpu")
+        if float(g.arch_get("attention.temperature_scale", 0.0) or 0.0) != 0.0:
+            raise UnsupportedModelError(f"{g.path}: deepseek2 with attention.temperature_scale (llama.cpp's query temperature) is not supported yet")
+        super().__init__(g, cfg, backend, n_ctx, n_batch)
+        c = cfg
+        self.n_rot = c.rope_dim
+        self.qk_nope = c.head_dim - c.rope_dim
+        if self.qk_nope < 1 or c.rope_dim % 2:
+            raise GGUFError(f"{g.path}: deepseek2 heads of {c.head_dim} with rope.dimension_count {c.rope_dim}: "
+                            "no room for the non-rope part; the file is not a supported model")  # fmt: skip
+        self.kv_rank = int(g.arch_get("attention.kv_lora_rank", 0) or 0)
+        self.q_rank = int(g.arch_get("attention.q_lora_rank", 0) or 0)
+        if self.kv_rank <= 0:
+            raise GGUFError(f"{g.path}: metadata deepseek2.attention.kv_lora_rank is missing")
+        self.n_dense_lead = int(g.arch_get("leading_dense_block_count", 0) or 0)
+        gating = int(g.arch_get("expert_gating_func", 0) or 0)
+        if gating not in GATING:
+            raise UnsupportedModelError(f"{g.path}: deepseek2 expert_gating_func {gating} is not supported (1 softmax, 2 sigmoid are)")
+        self.gating = GATING[gating]
+        scale = float(g.arch_get("expert_weights_scale", 0.0) or 0.0)
+        self.weights_scale = scale if scale != 0.0 else 1.0  # (llama.cpp: 0, unstated, scales nothing)
+        self.n_group = int(g.arch_get("expert_group_count", 0) or 0)
+        self.n_group_used = int(g.arch_get("expert_group_used_count", 0) or 0)
+        if self.n_group > 1 and (c.n_expert % self.n_group or not 0 < self.n_group_used <= self.n_group or c.n_expert // self.n_group < 2):
+            raise GGUFError(f"{g.path}: {c.n_expert} experts in expert_group_count {self.n_group} groups, "
+                            f"expert_group_used_count {self.n_group_used}: not a grouping llama.cpp runs")  # fmt: skip
+
+        w = WeightLoader(g, backend)
+        self.tok_embd = w.matrix("tok_embd")
+        self.output = w.matrix("output", required=False) or self.tok_embd
+        self.output_norm = w.vector("output_norm")
+        self.layers = [self.load_layer(w, i) for i in range(c.n_layer)]
+        attn, self.mscale = mla_mscale(c, float(g.arch_get("rope.scaling.yarn_log_multiplier", 0.0) or 0.0))
+        self.rope_cos, self.rope_sin = make_rope(dataclasses.replace(c, yarn_attn_factor=attn), n_ctx, c.rope_theta)
+
+    def _shape(self, w: WeightLoader, role: str, i: int, m: Weight, shape: tuple[int, int]) -> Weight:
+        if tuple(m.shape) != shape:
+            raise GGUFError(f"{w.g.path}: {TENSOR_NAMES[role].format(i=i)} has shape {tuple(m.shape)}, expected {shape}; "
+                            "the file is not a supported model")  # fmt: skip
+        return m
+
+    def load_layer(self, w: WeightLoader, i: int) -> Deepseek2Layer:
+        c, H, rank = self.cfg, self.cfg.n_head, self.kv_rank
+        q_rows = H * c.head_dim
+        wq = wq_a = wq_b = q_a_norm = None
+        if self.q_rank > 0:
+            wq_a = self._shape(w, "wq_a", i, w.matrix("wq_a", i), (self.q_rank, c.n_embd))
+            q_a_norm = w.vector("q_a_norm", i)
+            wq_b = self._shape(w, "wq_b", i, w.matrix("wq_b", i), (q_rows, self.q_rank))
+        else:
+            wq = self._shape(w, "wq", i, w.matrix("wq", i), (q_rows, c.n_embd))
+        wkv_a = self._shape(w, "wkv_a_mqa", i, w.matrix("wkv_a_mqa", i), (rank + self.n_rot, c.n_embd))
+        wk_nope, wv = self.load_kv_b(w, i)
+        L = Deepseek2Layer(
+            attn_norm=w.vector("attn_norm", i),
+            wq=wq,
+            wq_a=wq_a,
+            q_a_norm=q_a_norm,
+            wq_b=wq_b,
+            wkv_a=wkv_a,
+            kv_a_norm=w.vector("kv_a_norm", i),
+            wk_nope=wk_nope,
+            wv=wv,
+            wo=self._shape(w, "wo", i, w.matrix("wo", i), (c.n_embd, H * c.head_dim_v)),
+            ffn_norm=w.vector("ffn_norm", i),
+        )
+        if i < self.n_dense_lead:
+            L.w_gate, L.w_up, L.w_down = (w.matrix(r, i) for r in ("w_gate", "w_up", "w_down"))
+        else:
+            if c.n_expert <= 0:
+                raise GGUFError(f"{w.g.path}: blk.{i} is past leading_dense_block_count {self.n_dense_lead} but the file states no experts")
+            L.moe = load_moe(w, i, c.n_expert, c.n_expert_used, c.n_ff_exp, c.n_embd, c.expert_weights_norm, gating=self.gating, shared="plain")
+            L.moe.weights_scale = self.weights_scale
+            L.moe.n_group, L.moe.n_group_used = (self.n_group, self.n_group_used) if self.n_group > 1 else (0, 0)
+        return L
+
+    def load_kv_b(self, w: WeightLoader, i: int) -> tuple[Weight, Weight]:
+        """Layer i's expansion of the latent into every head's k_nope ``[n_head*qk_nope, kv_lora_rank]`` and V
+        ``[n_head*head_dim_v, kv_lora_rank]``: from ``attn_kv_b`` (its rows per head: k_nope's, then V's, gathered
+        here), or from the split ``attn_k_b`` (transposed back, float32) and ``attn_v_b``."""
+        H, nope, dv, rank = self.cfg.n_head, self.qk_nope, self.cfg.head_dim_v, self.kv_rank
+        if w.has("wkv_b", i):
+            t = w._info("wkv_b", i, True)
+            if tuple(t.shape) != (H * (nope + dv), rank):
+                raise GGUFError(f"{w.g.path}: {t.name} has shape {t.shape}, expected {(H * (nope + dv), rank)}; the file is not a supported model")
+            rows = t.rows().reshape(H, nope + dv, -1)
+            k_rows = np.ascontiguousarray(rows[:, :nope]).reshape(H * nope, -1)
+            v_rows = np.ascontiguousarray(rows[:, nope:]).reshape(H * dv, -1)
+            return w._upload(t, k_rows, H * nope), w._upload(t, v_rows, H * dv)
+        tk = w._info("wk_b", i, True)
+        tv = w._info("wv_b", i, True)
+        if tuple(tk.shape) != (H, rank, nope) or tuple(tv.shape) != (H, dv, rank):
+            raise GGUFError(f"{w.g.path}: {tk.name}/{tv.name} have shapes {tk.shape}/{tv.shape}, expected "
+                            f"{(H, rank, nope)}/{(H, dv, rank)}; the file is not a supported model")  # fmt: skip
+        kb = dequantize(tk.data, tk.qtype, tk.shape).reshape(H, rank, nope).astype(np.float32)
+        k = np.ascontiguousarray(kb.transpose(0, 2, 1).reshape(H * nope, rank))
+        wk = self.be.upload(k.view(np.uint8), 0, (H * nope, rank))  # (0: GGML_TYPE_F32)
+        return wk, w._upload(tv, tv.rows(), H * dv)
+
+    def layer_specs(self) -> list[LayerSpec]:
+        c = self.cfg
+        scale = self.mscale * self.mscale / math.sqrt(c.head_dim)
+        return [LayerSpec(c.n_head, c.n_head, c.head_dim, c.head_dim_v, 0, scale)] * c.n_layer
+
+    def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
+        c, be, buf = self.cfg, self.be, self.buf
+        T, H, D, Dv, R, nope, rank = len(tokens), c.n_head, c.head_dim, c.head_dim_v, self.n_rot, self.qk_nope, self.kv_rank
+        x, xn = buf.get("x", T, c.n_embd), buf.get("xn", T, c.n_embd)
+        q_raw, q = buf.get("q_raw", T, H * D), buf.get("q", T, H * D)
+        kva, kvc = buf.get("kv_a", T, rank + R), buf.get("kv_c", T, rank)
+        k_pe, k_nope, k = buf.get("k_pe", T, 1, R), buf.get("k_nope", T, H * nope), buf.get("k", T, H * D)
+        v, att = buf.get("v", T, H * Dv), buf.get("att", T, H * Dv)
+        q3, qr3, k3 = q.reshape(T, H, D), q_raw.reshape(T, H, D), k.reshape(T, H, D)
+        v3, att3 = v.reshape(T, H, Dv), att.reshape(T, H, Dv)
+        be.get_rows(self.tok_embd, tokens, x)
+        for il, L in enumerate(self.layers):
+            be.rms_norm(x, L.attn_norm, c.norm_eps, xn)
+            self.trace("attn_norm", il, xn)
+            if L.wq is not None:
+                be.linear(L.wq, xn, q_raw)
+            else:
+                qa = buf.get("q_a", T, L.wq_a.shape[0])
+                be.linear(L.wq_a, xn, qa)
+                be.rms_norm(qa, L.q_a_norm, c.norm_eps, qa)
+                be.linear(L.wq_b, qa, q_raw)
+            be.linear(L.wkv_a, xn, kva)
+            kvc[...] = kva[:, :rank]
+            k_pe[:, 0] = kva[:, rank:]
+            be.rms_norm(kvc, L.kv_a_norm, c.norm_eps, kvc)
+            be.linear_many((L.wk_nope, L.wv), kvc, (k_nope, v))  # the latent decompressed: every head's k_nope and V
+            q3[:, :, :R] = qr3[:, :, nope:]  # heads laid out [rope, nope]
+            q3[:, :, R:] = qr3[:, :, :nope]
+            be.rope_qk(q3, k_pe, pos, self.rope_cos, self.rope_sin, c.rope_neox)
+            k3[:, :, :R] = k_pe  # the one rope key every head shares
+            k3[:, :, R:] = k_nope.reshape(T, H, nope)
+            cache[il].update_and_attend(q3, k3, v3, pos, att3)
+            self.trace("kqv_out", il, att)
+            be.linear_add(L.wo, att, x)
+            if L.moe is not None:
+                be.rms_norm(x, L.ffn_norm, c.norm_eps, xn)
+                moe_add(be, L.moe, xn, x, buf)
+            else:
+                n_ff = L.w_gate.shape[0]
+                gate, up = buf.get("gate", T, n_ff), buf.get("up", T, n_ff)
+                be.norm_linear_many(x, L.ffn_norm, c.norm_eps, xn, (L.w_gate, L.w_up), (gate, up))
+                be.linear_glu(L.w_down, gate, up, x, "silu", accumulate=True)
+            self.trace("l_out", il, x)
+        self.output_head(x, out_rows, logits)

@@ -6,6 +6,8 @@ token-by-token decode must both agree with the reference's logits.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
@@ -39,6 +41,16 @@ def _run(model, cfg, tokens, chunk):
         model.forward(ch, pos, cache, np.arange(len(ch)), out[s : s + len(ch)])
         cache.offset += len(ch)
     return out
+
+
+def _fixture_error(tmp_path, name, drop):
+    """The max relative error against llama.cpp's fixture ``name`` of its tiny model with ``drop(model)`` applied
+    first: what the tests that show a feature matters take away."""
+    fix = np.load(Path(__file__).parent / "fixtures" / f"arch_{name}.npz")
+    _, model = _build(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]))
+    drop(model)
+    got = _run(model, model.cfg, fix["ids"], N_BATCH)
+    return np.abs(got - fix["logits"]).max() / np.abs(fix["logits"]).max()
 
 
 @pytest.mark.parametrize("arch", ["llama", "smollm3", "granite", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma2", "gemma3"])
@@ -149,7 +161,6 @@ def test_forward_matches_llamacpp(tmp_path, name, chunk):
     the tiny Gemma 3's window of 8).  A wrong rope layout, norm, scale or window costs whole
     logits; float32 rounding in either runtime costs ~1e-5 of the largest."""
     import hashlib
-    from pathlib import Path
 
     arch = FIXTURE_MODELS[name]["arch"]
     fix = np.load(Path(__file__).parent / "fixtures" / f"arch_{name}.npz")
@@ -186,7 +197,6 @@ def test_mistral3_and_ernie4_5_moe_fixtures_see_what_sets_them_apart(tmp_path):
     magnitude as llama.cpp sets it; the experts' selection bias, the shared expert, the renormalised weights
     (and layer 0 is dense, the others a mixture of experts)."""
     import dataclasses
-    from pathlib import Path
 
     from kvrun.models.common import make_rope
     from kvrun.models.mistral3 import attn_temperature
@@ -195,11 +205,7 @@ def test_mistral3_and_ernie4_5_moe_fixtures_see_what_sets_them_apart(tmp_path):
     assert (s[:8] == 1).all() and np.isclose(s[32], 1 + 0.3 * np.log(5))
 
     def err(name, drop):
-        fix = np.load(Path(__file__).parent / "fixtures" / f"arch_{name}.npz")
-        cfg, model = _build(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]))
-        drop(model)
-        got = _run(model, cfg, fix["ids"], N_BATCH)
-        return np.abs(got - fix["logits"]).max() / np.abs(fix["logits"]).max()
+        return _fixture_error(tmp_path, name, drop)
 
     def no_temperature(m):
         m.q_cos = None
@@ -222,7 +228,6 @@ def test_hunyuan_dense_and_minicpm_fixtures_see_what_sets_them_apart(tmp_path):
     multipliers; MiniCPM4's long rope factors past the original context (not the short ones, not none), which the
     short ones replace within it."""
     import dataclasses
-    from pathlib import Path
 
     from tinymodel import MINICPM_LONG_FACTORS, MINICPM_SHORT_FACTORS
 
@@ -230,11 +235,7 @@ def test_hunyuan_dense_and_minicpm_fixtures_see_what_sets_them_apart(tmp_path):
     from kvrun.models.llama import LlamaModel
 
     def err(name, drop):
-        fix = np.load(Path(__file__).parent / "fixtures" / f"arch_{name}.npz")
-        cfg, model = _build(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]))
-        drop(model)
-        got = _run(model, model.cfg, fix["ids"], N_BATCH)
-        return np.abs(got - fix["logits"]).max() / np.abs(fix["logits"]).max()
+        return _fixture_error(tmp_path, name, drop)
 
     cfg, _ = _build(write_tiny_model(tmp_path / "h.gguf", **FIXTURE_MODELS["hunyuan-dense"]))
     assert np.isclose(cfg.rope_theta, 10000.0 * 1000.0 ** (16 / 14), rtol=1e-6)
@@ -270,17 +271,12 @@ def test_deepseek2_fixtures_see_what_sets_them_apart(tmp_path):
     its selection bias, its group limit, its renormalised and scaled weights.  Both files' heads decompress to K 24
     and V 12 wide (V3's states the latent's widths as key_length/value_length, one K/V head, and the MLA ones apart)."""
     import dataclasses
-    from pathlib import Path
 
     from kvrun.models.common import make_rope
     from kvrun.ops.backend import Weight
 
     def err(name, drop):
-        fix = np.load(Path(__file__).parent / "fixtures" / f"arch_{name}.npz")
-        cfg, model = _build(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]))
-        drop(model)
-        got = _run(model, model.cfg, fix["ids"], N_BATCH)
-        return np.abs(got - fix["logits"]).max() / np.abs(fix["logits"]).max()
+        return _fixture_error(tmp_path, name, drop)
 
     for name in ("deepseek2", "deepseek2-v3"):
         cfg, model = _build(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]))

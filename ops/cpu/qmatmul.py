@@ -264,6 +264,18 @@ _PREFETCH = 1024  # bytes ahead for software prefetch in the 32-block row loops 
 _SIG = types.float32(types.int64, types.int64, types.int64, types.int64, types.int64, types.int64)
 
 
+def _blocks_unrolled(builder: ir.IRBuilder, n: ir.Value, unroll: int, block) -> None:
+    """Emit ``block(i, u)`` for the ``n`` blocks of a row: ``unroll`` a loop iteration (block ``i`` in slot ``u``,
+    its place in the iteration), then the rest one by one in slot 0."""
+    cnt = builder.udiv(n, ir.Constant(LI64, unroll)) if unroll > 1 else n
+    with cgutils.for_range(builder, cnt) as loop:
+        for u in range(unroll):
+            block(builder.add(builder.mul(loop.index, ir.Constant(LI64, unroll)), ir.Constant(LI64, u)), u)
+    if unroll > 1:
+        with cgutils.for_range(builder, builder.sub(n, builder.mul(cnt, ir.Constant(LI64, unroll)))) as loop:
+            block(builder.add(builder.mul(cnt, ir.Constant(LI64, unroll)), loop.index), 0)
+
+
 def _row_dot(block_bytes: int, x_per_block: int, x_bytes: int, emit, unroll: int, prefetch: int = 0):
     """An intrinsic looping over the blocks of one row.
 
@@ -301,13 +313,7 @@ def _row_dot(block_bytes: int, x_per_block: int, x_bytes: int, emit, unroll: int
             for s, v in zip(slots, st):
                 builder.store(v, s)
 
-        cnt = builder.udiv(n, ir.Constant(LI64, unroll)) if unroll > 1 else n
-        with cgutils.for_range(builder, cnt) as loop:
-            for u in range(unroll):
-                block(builder.add(builder.mul(loop.index, ir.Constant(LI64, unroll)), ir.Constant(LI64, u)), u)
-        if unroll > 1:
-            with cgutils.for_range(builder, builder.sub(n, builder.mul(cnt, ir.Constant(LI64, unroll)))) as loop:
-                block(builder.add(builder.mul(cnt, ir.Constant(LI64, unroll)), loop.index), 0)
+        _blocks_unrolled(builder, n, unroll, block)
         acc0, acc1, s0, s1 = (builder.load(s) for s in slots)
         return builder.fadd(g.hsum(builder.fadd(acc0, acc1)), builder.fadd(s0, s1))
 
@@ -358,13 +364,7 @@ def _row_dot_tokens(block_bytes: int, x_per_block: int, x_bytes: int, emit, unro
 
         # blocks as :func:`_row_dot` takes them (``unroll`` at a time, slot u for the u-th): each token's sums
         # are added in the same order as its own row dot's, so a token gets the same bits either way
-        cnt = builder.udiv(n, ir.Constant(LI64, unroll)) if unroll > 1 else n
-        with cgutils.for_range(builder, cnt) as loop:
-            for u in range(unroll):
-                block(builder.add(builder.mul(loop.index, ir.Constant(LI64, unroll)), ir.Constant(LI64, u)), u)
-        if unroll > 1:
-            with cgutils.for_range(builder, builder.sub(n, builder.mul(cnt, ir.Constant(LI64, unroll)))) as loop:
-                block(builder.add(builder.mul(cnt, ir.Constant(LI64, unroll)), loop.index), 0)
+        _blocks_unrolled(builder, n, unroll, block)
         for t in range(n_tok):
             acc0, acc1, s0, s1 = (builder.load(s) for s in slots[t])
             r = builder.fadd(g.hsum(builder.fadd(acc0, acc1)), builder.fadd(s0, s1))

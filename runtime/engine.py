@@ -32,7 +32,7 @@ from ..models import model_class
 from ..ops import get_backend
 from ..ops.cpu.blas import set_blas_threads
 from ..ops.cpu.parallel import num_threads
-from .batcher import Batcher
+from .batcher import MODEL_THREAD, Batcher
 from .gbnf import compiled
 from .grammar import JSON_OBJECT, GrammarConstraint
 from .sampling import Sampler, SamplerConfig
@@ -297,6 +297,8 @@ class Engine:
         The weight products take all the tokens at once; each sequence attends over its own cache
         (cache/batch.py).  Every sequence's tokens are checked first; a forward that fails leaves each cache
         as it was."""
+        if self.batcher.use_worker and not MODEL_THREAD.here():  # (every CPU kernel on one thread: runtime/batcher.py)
+            return self.batcher.call(lambda: self.forward_batch(caches, chunks, wants, outs))
         if len(caches) > 1 and not self.can_batch:
             raise KvrunError(f"{self.cfg.arch} on the {self.backend.name} backend feeds one sequence a forward: "
                              "its layers keep state that is not attention, or the backend does not batch sequences yet")  # fmt: skip
@@ -353,18 +355,20 @@ class Engine:
             n_max = self.cfg.n_ctx_train
             if len(tokens) > n_max:
                 raise KvrunError(f"{len(tokens)} tokens are more than the {n_max} this encoder reads at once; shorten the text")
-            with self.batcher.exclusive():  # (the model's buffers: one thread at a time)
-                return self.model.encode(self._checked_tokens(tokens, 0))
+            checked = self._checked_tokens(tokens, 0)
+            return self.batcher.call(lambda: self.model.encode(checked))  # (the model's buffers: one thread at a time)
         tokens = self._checked_tokens(tokens, 0)
         cache = self.new_cache()
         on_device = self.backend.name != "cpu"
         out = self.backend.zeros((len(tokens), self.cfg.n_embd), np.float32) if on_device else np.empty((len(tokens), self.cfg.n_embd), np.float32)
-        with self.batcher.exclusive():
+        def run() -> None:
             self.model.embedding = True
             try:
                 self._eval_chunks(cache, tokens, 0, out, graphs=False)
             finally:
                 self.model.embedding = False
+
+        self.batcher.call(run)
         return self.backend.to_host(out) if on_device else out
 
     def _eval_chunks(self, cache: KVCache, tokens: np.ndarray, first: int, out, graphs: bool = True) -> None:

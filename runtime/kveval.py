@@ -90,6 +90,12 @@ def kv_eval(
         configuration over the last quarter of the positions, i.e. with at
         least ``3 ctx / 4`` tokens of context; ``tok_s_ref`` likewise for fp16).
     """
+    # (on the model thread, as every forward: runtime/batcher.py)
+    return engine.batcher.call(lambda: _kv_eval(engine, tokens, configs, ctx, progress, score_from, windows))
+
+
+def _kv_eval(engine: Engine, tokens: list[int] | np.ndarray, configs: list[KVConfig], ctx: int,
+             progress: Callable[[int, int], None] | None, score_from: float, windows: int) -> list[dict]:  # fmt: skip
     tokens = np.asarray(tokens, np.int32)
     if windows < 1:
         raise KvrunError(f"windows must be >= 1, got {windows}")

@@ -101,7 +101,8 @@ def test_importing_kvrun_shortens_openmp_spinning_unless_the_user_set_it(user, w
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 cores to tell the counts apart")
 def test_threads_hold_in_every_thread_that_evaluates(tmp_path):
     """--threads 1 holds in a thread other than the one that built the engine (a server's request
-    handler, chat's warm-up): Numba's count is per thread, so the engine sets it where it evaluates."""
+    handler, chat's warm-up): Numba's count is per thread, so the engine sets it where the forward runs
+    (the process's model thread: runtime/batcher.py), for a prefill and a decode step alike."""
     import threading
 
     from kvrun.runtime.engine import Engine
@@ -109,13 +110,20 @@ def test_threads_hold_in_every_thread_that_evaluates(tmp_path):
 
     eng = Engine(write_tiny_model(tmp_path / "tiny.gguf", "llama"), n_ctx=64, threads=1)
     seen = []
+    forward = eng.model.forward
+
+    def counted(*args) -> None:
+        seen.append((threading.current_thread().name, numba.get_num_threads()))
+        forward(*args)
+
+    eng.model.forward = counted
 
     def run() -> None:
-        eng.eval(eng.new_cache(), [1, 2, 3])
-        seen.append(numba.get_num_threads())
+        cache = eng.new_cache()
+        eng.eval(cache, [1, 2, 3])
+        eng.eval(cache, [4])
 
     t = threading.Thread(target=run)
     t.start()
     t.join()
-    assert seen == [1]
-    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    assert [n for _, n in seen] == [1, 1] and all(name != t.name for name, _ in seen)

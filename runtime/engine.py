@@ -8,6 +8,7 @@ returns the logits the caller asked for.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import time
@@ -285,9 +286,10 @@ class Engine:
         self.batcher.eval(cache, tokens, first, out)  # (fed with whichever other sequences are waiting)
         return out
 
-    @property
+    @functools.cached_property
     def can_batch(self) -> bool:
-        """Whether :meth:`forward_batch` takes several sequences: every layer attention (cache/batch.py), on the CPU."""
+        """Whether :meth:`forward_batch` takes several sequences: every layer attention (cache/batch.py), on the CPU
+        (found once: a server's every step asks)."""
         return self.backend.name == "cpu" and not self.model.encoder and batchable(self.model.layer_specs())
 
     def forward_batch(self, caches: list[KVCache], chunks: list[np.ndarray], wants: list[int], outs: list[Any]) -> None:

@@ -86,11 +86,12 @@ class Slots:
         """(Holding ``cv``.)  Where another idle slot holds more of ``prompt`` than ``slot`` does, by
         ``SHARE_MIN`` tokens at least (a system prompt several conversations start with), ``slot`` takes a copy
         of that prefix's K/V instead of evaluating it again (the fp16 cache; a compressed one evaluates it)."""
-        mine = shared_prefix(slot.session.tokens, prompt)
-        best = max(others, key=lambda s: shared_prefix(s.session.tokens, prompt), default=None)
+        shares = {s.id: shared_prefix(s.session.tokens, prompt) for s in (slot, *others)}  # (each slot's once)
+        best = max(others, key=lambda s: shares[s.id], default=None)
         if best is None:
             return
-        n = min(shared_prefix(best.session.tokens, prompt), len(prompt) - 1, best.session.cache.offset)
+        mine = shares[slot.id]
+        n = min(shares[best.id], len(prompt) - 1, best.session.cache.offset)
         if n - mine < SHARE_MIN:
             return
         s = slot.session

@@ -17,7 +17,8 @@ text ends or the context fills), ``temperature``, ``top_p``, ``top_k``, ``min_p`
 ``stop``.  Constraints: ``response_format`` ``{"type": "json_object"}`` (one JSON object) or
 ``{"type": "json_schema", "json_schema": {"schema": {...}}}`` (structured outputs), and llama.cpp
 server's ``grammar`` (GBNF) and ``json_schema``.  Other OpenAI fields (``model``, ``user``, ...) are accepted and
-ignored; ``n`` > 1 is refused with a 400.  ``tools`` / ``tool_choice`` / ``parallel_tool_calls``:
+ignored.  ``n`` (up to 16) choices are generated
+in slots of their own, up to ``--parallel`` at once, a stated ``seed`` moved on by the choice's index.  ``tools`` / ``tool_choice`` / ``parallel_tool_calls``:
 the reply's calls come back as ``tool_calls`` (``tools.py``).
 
 Up to ``--parallel`` requests (default 1) are generated at once, each in a
@@ -35,6 +36,7 @@ import hmac
 import itertools
 import json
 import os
+import queue
 import sys
 import threading
 import time
@@ -56,6 +58,7 @@ from .slots import Slots
 from .tools import Tools, check_messages, check_tools, openai_calls
 
 MAX_BODY = 16 << 20  # bytes of a request body
+MAX_CHOICES = 16  # a request's n: choices generated (each in a slot, up to --parallel at once)
 REPLY_RESERVE = 256  # context tokens a chat request without max_tokens keeps free for its reply before dropping old turns
 SAMPLING = {  # OpenAI field -> kvrun sampling keyword
     "temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p", "seed": "seed",
@@ -164,8 +167,6 @@ class Server:
     # ------------------------------------------------------------ requests
     def _request(self, body: dict[str, Any]) -> Any:
         """The GenRequest of an OpenAI body (a bad value: BadRequest)."""
-        if body.get("n", 1) != 1:
-            raise BadRequest("n must be 1: one choice per request")
         if body.get("functions"):  # (the legacy form: silently ignored, the model would just not call them)
             raise BadRequest("functions is OpenAI's old form: send tools instead")
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
@@ -441,96 +442,202 @@ class Server:
         return run
 
     def _generate(self, body: dict[str, Any], chat: bool) -> tuple[int, Any]:
-        run = self.start(body, chat)
-        req, stats = run.req, run.stats
+        n = body.get("n", 1)
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
+            raise BadRequest(f"n must be an integer in 1..{MAX_CHOICES} (choices to generate), got {n!r:.40}")
+        if n > 1 and body.get("id_slot", -1) != -1:
+            raise BadRequest("id_slot pins one generation to a slot: send n 1 with it")
+        runs = [self.start(_nth_choice(body, i), chat) for i in range(n)]
         stream = bool(body.get("stream", False))
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         obj = "chat.completion" if chat else "text_completion"
         created = int(time.time())
-
-        sent = [0, 0]  # logprobs entries and text characters already sent
-
-        def logprobs() -> dict[str, Any] | None:
-            """The logprobs of the tokens generated since the last call (all of them, unstreamed)."""
-            if req.logprobs < 0:
-                return None
-            entries = run.live_stats().logprobs[sent[0] :]
-            sent[0] += len(entries)
-            return self._logprobs_payload(entries, chat, sent[1])
-
-        def choice(text: str | None, finish: str | None, first: bool = False) -> dict[str, Any]:
-            lp = None if first else logprobs()
-            sent[1] += len(text or "")
-            if not chat:
-                return {"index": 0, "text": text or "", "logprobs": lp, "finish_reason": finish}
-            if not stream:
-                return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": lp, "finish_reason": finish}
-            delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text is not None else {})
-            return {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
-
-        def reasoning_delta(text: str) -> dict[str, Any]:
-            return {"index": 0, "delta": {"reasoning_content": text}, "logprobs": logprobs(), "finish_reason": None}
+        choices = [_Choice(self, run, i, chat, stream) for i, run in enumerate(runs)]
 
         def usage() -> dict[str, Any]:
-            # cached_tokens (OpenAI's): the prompt's tokens the slot's cache held already, not evaluated again
-            return {"prompt_tokens": run.n_prompt, "completion_tokens": stats.n_gen, "total_tokens": run.n_prompt + stats.n_gen,
-                    "prompt_tokens_details": {"cached_tokens": max(run.n_prompt - stats.n_prompt, 0)}}  # fmt: skip
+            # the prompt counted once, as OpenAI does for n choices; cached_tokens (OpenAI's): the prompt's tokens the
+            # first choice's slot held already, not evaluated again
+            n_prompt, n_gen = runs[0].n_prompt, sum(r.stats.n_gen for r in runs)
+            return {"prompt_tokens": n_prompt, "completion_tokens": n_gen, "total_tokens": n_prompt + n_gen,
+                    "prompt_tokens_details": {"cached_tokens": max(n_prompt - runs[0].stats.n_prompt, 0)}}  # fmt: skip
 
-        def envelope(ch: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        def envelope(ch: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
             return {"id": rid, "object": obj + (".chunk" if stream and chat else ""), "created": created, "model": self.name,
-                    "choices": [ch], **extra}  # fmt: skip
-
-        def finish() -> str:
-            return "tool_calls" if run.calls() else _finish_reason(stats)
+                    "choices": ch, **extra}  # fmt: skip
 
         if not stream:
-            text = "".join(run.pieces)
-            if run.tools is None and not chat:
-                return 200, envelope(choice(text, finish()), usage=usage())
-            reasoning, content = split_reasoning(run.message["content"] if run.tools is not None else text)  # (a thinking model's)
-            if run.tools is not None and reasoning is None:
-                reasoning = run.message.get("thinking")  # (gpt-oss's, kept apart with its calls)
-            ch = choice(content or None if run.calls() else content, finish())
-            if reasoning is not None:
-                ch["message"]["reasoning_content"] = reasoning
-            if run.calls():
-                ch["message"]["tool_calls"] = openai_calls(run.calls())
-            return 200, envelope(ch, usage=usage())
+            return 200, envelope(_concurrently([c.whole for c in choices]), usage=usage())
+        choices[0].prime()  # a bad request (a prompt too long) fails before the 200 goes out; the others share its prompt
 
-        gen = run.pieces
-        first = next(gen, None)  # a bad request (a prompt too long) fails before the 200 goes out
+        items = choices[0].events() if n == 1 else _merged([c.events for c in choices])
 
         def events() -> Iterator[dict[str, Any]]:
+            left = n  # choices not finished: the last finish chunk carries the usage
             try:
-                if chat:
-                    yield envelope(choice(None, None, first=True))
-                if run.tools is not None:  # the reply is parsed whole: its content, then its calls
-                    for _ in gen:
-                        pass
-                    if run.message.get("thinking"):  # (gpt-oss's)
-                        yield envelope(reasoning_delta(run.message["thinking"]))
-                    if run.message["content"]:
-                        yield envelope(choice(run.message["content"], None))
-                    if run.calls():
-                        calls = [{"index": i, **c} for i, c in enumerate(openai_calls(run.calls()))]
-                        yield envelope({"index": 0, "delta": {"tool_calls": calls}, "logprobs": None, "finish_reason": None})
-                elif chat:  # a thinking model's thoughts as reasoning_content deltas, the rest as content
-                    think = ThinkSplitter()
-                    for piece in itertools.chain([first] if first is not None else [], gen):
-                        for kind, text in think.push(piece):
-                            yield envelope(choice(text, None) if kind == "content" else reasoning_delta(text))
-                    for kind, text in think.flush():
-                        yield envelope(choice(text, None) if kind == "content" else reasoning_delta(text))
-                else:
-                    if first is not None:
-                        yield envelope(choice(first, None))
-                    for piece in gen:
-                        yield envelope(choice(piece, None))
-                yield envelope(choice(None, finish()), usage=usage())
+                for ch in items:
+                    left -= ch["finish_reason"] is not None
+                    yield envelope([ch], **({} if left else {"usage": usage()}))
             finally:
-                gen.close()  # a client gone mid-stream: the generation stops, the caches stay consistent
+                items.close()  # a client gone mid-stream: the generations stop, the caches stay consistent
 
         return 200, events()
+
+
+class _Choice:
+    """One choice of a completion request: its run's text as OpenAI's choice objects, whole or as stream deltas."""
+
+    def __init__(self, server: Server, run: Run, index: int, chat: bool, stream: bool) -> None:
+        self.server, self.run, self.index, self.chat, self.stream = server, run, index, chat, stream
+        self.sent = [0, 0]  # logprobs entries and text characters already sent
+        self.first: str | None = None
+        self.primed = False
+
+    def prime(self) -> None:
+        """Start the generation: its first text piece (a bad request fails here)."""
+        if not self.primed:
+            self.first, self.primed = next(self.run.pieces, None), True
+
+    def logprobs(self) -> dict[str, Any] | None:
+        """The logprobs of the tokens generated since the last call (all of them, unstreamed)."""
+        run = self.run
+        if run.req.logprobs < 0:
+            return None
+        entries = run.live_stats().logprobs[self.sent[0] :]
+        self.sent[0] += len(entries)
+        return self.server._logprobs_payload(entries, self.chat, self.sent[1])
+
+    def choice(self, text: str | None, finish: str | None, first: bool = False) -> dict[str, Any]:
+        lp = None if first else self.logprobs()
+        self.sent[1] += len(text or "")
+        if not self.chat:
+            return {"index": self.index, "text": text or "", "logprobs": lp, "finish_reason": finish}
+        if not self.stream:
+            return {"index": self.index, "message": {"role": "assistant", "content": text}, "logprobs": lp, "finish_reason": finish}
+        delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text is not None else {})
+        return {"index": self.index, "delta": delta, "logprobs": lp, "finish_reason": finish}
+
+    def reasoning_delta(self, text: str) -> dict[str, Any]:
+        return {"index": self.index, "delta": {"reasoning_content": text}, "logprobs": self.logprobs(), "finish_reason": None}
+
+    def finish(self) -> str:
+        return "tool_calls" if self.run.calls() else _finish_reason(self.run.stats)
+
+    def whole(self) -> dict[str, Any]:
+        """The finished choice (not streamed)."""
+        run = self.run
+        text = "".join(run.pieces)
+        if run.tools is None and not self.chat:
+            return self.choice(text, self.finish())
+        reasoning, content = split_reasoning(run.message["content"] if run.tools is not None else text)  # (a thinking model's)
+        if run.tools is not None and reasoning is None:
+            reasoning = run.message.get("thinking")  # (gpt-oss's, kept apart with its calls)
+        ch = self.choice(content or None if run.calls() else content, self.finish())
+        if reasoning is not None:
+            ch["message"]["reasoning_content"] = reasoning
+        if run.calls():
+            ch["message"]["tool_calls"] = openai_calls(run.calls())
+        return ch
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """The stream's choice deltas, the last one with the finish reason."""
+        self.prime()
+        run, gen, first, choice = self.run, self.run.pieces, self.first, self.choice
+        try:
+            if self.chat:
+                yield choice(None, None, first=True)
+            if run.tools is not None:  # the reply is parsed whole: its content, then its calls
+                for _ in gen:
+                    pass
+                if run.message.get("thinking"):  # (gpt-oss's)
+                    yield self.reasoning_delta(run.message["thinking"])
+                if run.message["content"]:
+                    yield choice(run.message["content"], None)
+                if run.calls():
+                    calls = [{"index": i, **c} for i, c in enumerate(openai_calls(run.calls()))]
+                    yield {"index": self.index, "delta": {"tool_calls": calls}, "logprobs": None, "finish_reason": None}
+            elif self.chat:  # a thinking model's thoughts as reasoning_content deltas, the rest as content
+                think = ThinkSplitter()
+                for piece in itertools.chain([first] if first is not None else [], gen):
+                    for kind, text in think.push(piece):
+                        yield choice(text, None) if kind == "content" else self.reasoning_delta(text)
+                for kind, text in think.flush():
+                    yield choice(text, None) if kind == "content" else self.reasoning_delta(text)
+            else:
+                if first is not None:
+                    yield choice(first, None)
+                for piece in gen:
+                    yield choice(piece, None)
+            yield choice(None, self.finish())
+        finally:
+            gen.close()  # a client gone mid-stream: the generation stops, the caches stay consistent
+
+
+def _nth_choice(body: dict[str, Any], i: int) -> dict[str, Any]:
+    """The request body of choice ``i`` of ``n``: a stated seed moved on by ``i``, so seeded choices differ and repeat."""
+    seed = body.get("seed")
+    if i == 0 or isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        return body
+    return {**body, "seed": seed + i}
+
+
+def _concurrently(jobs: list[Callable[[], Any]]) -> list[Any]:
+    """Each job's result, the jobs run in threads of their own (each takes a slot: up to --parallel at once); the first
+    error raised again once all have ended."""
+    if len(jobs) == 1:
+        return [jobs[0]()]
+    out: list[Any] = [None] * len(jobs)
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            out[i] = jobs[i]()
+        except BaseException as e:  # noqa: BLE001 (handed to the request's thread)
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return out
+
+
+def _merged(streams: list[Callable[[], Iterator[Any]]]) -> Iterator[Any]:
+    """The items of several streams, each read in a thread of its own, in the order they come; the streams are
+    closed when the reader stops early (a client gone)."""
+    q: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def work(make: Callable[[], Iterator[Any]]) -> None:
+        it = make()
+        try:
+            for item in it:
+                q.put(("item", item))
+                if stop.is_set():
+                    break
+        except BaseException as e:  # noqa: BLE001 (handed to the reader)
+            q.put(("error", e))
+        finally:
+            it.close()
+            q.put(("end", None))
+
+    threads = [threading.Thread(target=work, args=(m,), daemon=True) for m in streams]
+    for t in threads:
+        t.start()
+    live = len(threads)
+    try:
+        while live:
+            kind, item = q.get()
+            if kind == "end":
+                live -= 1
+            elif kind == "error":
+                raise item
+            else:
+                yield item
+    finally:
+        stop.set()
 
 
 def _sampling(req: Any) -> dict[str, Any]:

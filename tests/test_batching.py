@@ -263,6 +263,20 @@ def test_a_server_with_two_slots_answers_concurrent_requests_with_the_models_own
     assert metrics["kvrun:requests_processing"] == "0" and metrics["kvrun:requests_deferred"] == "0"
 
 
+def test_n_choices_are_written_at_once_in_two_slots(server2):
+    """n choices take a slot each, up to --parallel at once (their steps fed through the model together); greedy,
+    each is the model's own reply."""
+    model, port = server2
+    msgs = [{"role": "user", "content": "tell me about goats"}]
+    before = json.loads(_post(port, "/slots", None)[1])
+    status, text = _post(port, "/v1/chat/completions", {"messages": msgs, "max_tokens": 12, "temperature": 0, "n": 2})
+    assert status == 200, text
+    want = model.chat(msgs, max_tokens=12, temperature=0)
+    assert [c["message"]["content"] for c in json.loads(text)["choices"]] == [want, want]
+    after = json.loads(_post(port, "/slots", None)[1])
+    assert [b["n_requests"] + 1 for b in before] == [a["n_requests"] for a in after]  # one choice in each slot
+
+
 def test_a_slot_saved_erased_and_restored_goes_on_as_it_would_have(server2):
     """llama-server's slot actions: a request pinned to a slot (id_slot), the slot saved to a file, erased,
     restored; the conversation then goes on with its cache as if nothing had happened."""

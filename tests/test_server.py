@@ -99,7 +99,8 @@ def test_completion_reuses_the_cached_prefix_and_still_equals_a_fresh_one(server
         ("POST", "/v1/chat/completions", {"messages": []}, 400, "messages must be a non-empty list"),
         ("POST", "/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 400, "role 'robot' is not supported"),
         ("POST", "/v1/chat/completions", {"messages": CHAT, "temperature": -1}, 400, "temperature must be >= 0"),
-        ("POST", "/v1/chat/completions", {"messages": CHAT, "n": 2}, 400, "n must be 1"),
+        ("POST", "/v1/chat/completions", {"messages": CHAT, "n": 0}, 400, "n must be an integer in 1..16"),
+        ("POST", "/v1/chat/completions", {"messages": CHAT, "n": 2, "id_slot": 0}, 400, "send n 1 with it"),
         ("POST", "/v1/chat/completions", {"messages": CHAT, "tools": [{"type": "function"}]}, 400, "tools[0] must be"),
         ("POST", "/v1/completions", {"prompt": "the " * 400, "max_tokens": 2}, 400, "the prompt is"),
         ("POST", "/v1/completions", {"prompt": [10**9]}, 400, "prompt token ids must be in"),
@@ -233,3 +234,34 @@ def test_an_api_key_guards_every_endpoint_but_health(model):
         httpd.server_close()
     r = CliRunner().invoke(main, ["serve", "x.gguf", "--api-key", " "])
     assert r.exit_code == 2 and "--api-key is empty" in r.output
+
+
+def test_n_choices_with_one_slot_are_each_a_seeded_reply_in_turn(server, model):
+    """OpenAI's n: n choices, indexed, each the reply its own seed gives (a stated seed moved on by the choice's
+    index); with one slot they are written in turn; the usage counts the prompt once and every choice's tokens."""
+    hot = {"temperature": 3.0, "min_p": 0.0, "top_k": 0, "top_p": 1.0}  # (the tiny model is sure of its next token otherwise)
+    body = {"messages": CHAT, "max_tokens": 6, "seed": 11, "n": 3, **hot}
+    status, text = call(server, "POST", "/v1/chat/completions", body)
+    assert status == 200, text
+    r = json.loads(text)
+    want = [model.chat(CHAT, max_tokens=6, seed=11 + i, **hot) for i in range(3)]
+    assert [c["index"] for c in r["choices"]] == [0, 1, 2]
+    assert [c["message"]["content"] for c in r["choices"]] == want and len(set(want)) > 1
+    n_prompt = len(model.tokenize(model.render(CHAT), add_bos=None))
+    assert r["usage"]["prompt_tokens"] == n_prompt
+    one = [json.loads(call(server, "POST", "/v1/chat/completions", {**body, "n": 1, "seed": 11 + i})[1]) for i in range(3)]
+    assert [o["choices"][0]["message"]["content"] for o in one] == want
+    assert r["usage"]["completion_tokens"] == sum(o["usage"]["completion_tokens"] for o in one)
+
+
+def test_n_streamed_choices_carry_their_index_and_each_joins_to_its_reply(server, model):
+    body = {"prompt": "the cat sat", "max_tokens": 6, "temperature": 3.0, "min_p": 0.0, "top_k": 0, "top_p": 1.0, "seed": 5, "n": 2}
+    whole = json.loads(call(server, "POST", "/v1/completions", body)[1])["choices"]
+    status, text = call(server, "POST", "/v1/completions", dict(body, stream=True))
+    ev = events(text)
+    assert status == 200 and ev[-1] == "[DONE]"
+    chunks = ev[:-1]
+    for i in (0, 1):
+        mine = [c["choices"][0] for c in chunks if c["choices"][0]["index"] == i]
+        assert "".join(c["text"] for c in mine) == whole[i]["text"] and mine[-1]["finish_reason"] in ("stop", "length")
+    assert "usage" in chunks[-1] and all("usage" not in c for c in chunks[:-1])

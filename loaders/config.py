@@ -22,6 +22,7 @@ SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "q
 SUPPORTED_ARCHITECTURES += ("gemma-embedding",)  # EmbeddingGemma: an encoder (models/gemma_embedding.py)
 SUPPORTED_ARCHITECTURES += ("deepseek2",)  # DeepSeek-V2/V3, Moonlight: multi-head latent attention (models/deepseek2.py)
 SUPPORTED_ARCHITECTURES += ("hunyuan-dense", "minicpm")  # models/hunyuan_dense.py, models/minicpm.py
+SUPPORTED_ARCHITECTURES += ("seed_oss", "apertus", "command-r")  # models/seed_oss.py, models/apertus.py, models/command_r.py
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -84,6 +85,12 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # EXAONE 4.0: window layers in the 32B only (llama.cpp decides by its depth, 64 layers): 3 window
     # layers then 1 global (no rope), a window of 4096 unless the file says
     "exaone4": {"rope_neox": True, "swa_pattern": 4, "swa_n_layer": 64, "sliding_window": 4096},
+    # Seed-OSS: the Llama block, QKV biases, rope over halves (models/seed_oss.py); Apertus: QK-norm, rope over halves with
+    # Llama 3's factors, xIELU FFN (models/apertus.py); Command R: Command R7B's block without windows, every layer
+    # rotating over consecutive pairs (models/command_r.py)
+    "seed_oss": {"rope_neox": True},
+    "apertus": {"rope_neox": True},
+    "command-r": {"rope_neox": False},
     # Command R7B: 3 window layers then 1 global (no rope); LayerNorms without bias (attention.layer_norm_epsilon)
     "cohere2": {"rope_neox": False, "swa_pattern": 4},
     # Mamba-2: every layer a state-space (SSM) mixer, no attention, no rope

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from ..loaders.errors import UnsupportedModelError
+from .apertus import ApertusModel
 from .arcee import ArceeModel
 from .bert import BertModel
 from .cohere2 import Cohere2Model
+from .command_r import CommandRModel
 from .common import Model
 from .deepseek import DeepseekModel
 from .deepseek2 import Deepseek2Model
@@ -39,6 +41,7 @@ from .qwen2moe import Qwen2MoeModel
 from .qwen3 import Qwen3Model
 from .qwen35 import Qwen35Model
 from .qwen3moe import Qwen3MoeModel
+from .seed_oss import SeedOssModel
 from .smollm3 import SmolLM3Model
 from .stablelm import StableLMModel
 
@@ -47,7 +50,7 @@ for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model
              Qwen3Model, Qwen3MoeModel, Qwen35Model, Phi3Model, GemmaModel, Gemma2Model, Gemma3Model, Gemma3nModel, GemmaEmbeddingModel,
              Olmo2Model, OlmoeModel, ExaoneModel, Exaone4Model, BertModel, Lfm2Model, Phi2Model, StableLMModel, GptOssModel, Ernie45Model,
              Ernie45MoeModel, Cohere2Model, ArceeModel, Mamba2Model, GraniteHybridModel, FalconH1Model, NemotronHModel, Mistral3Model,
-             HunyuanDenseModel, MiniCPMModel):  # fmt: skip
+             HunyuanDenseModel, MiniCPMModel, SeedOssModel, ApertusModel, CommandRModel):  # fmt: skip
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

@@ -10,6 +10,8 @@ a tied or separate output head) with an *ungated* FFN: squared ReLU between ``ff
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..cache.base import KVCache
 from .common import WeightLoader
 from .llama import LlamaLayer, LlamaModel
@@ -39,12 +41,16 @@ class ArceeModel(LlamaModel):
                 be.add_bias(q, L.bq)
                 be.add_bias(k, L.bk)
                 be.add_bias(v, L.bv)
-            be.rope_qk(q3, k3, pos, self.rope_cos, self.rope_sin, c.rope_neox)
+            self.qk_norm_rope(L, q, k, q3, k3, pos, self.rope_cos, self.rope_sin)  # (Arcee: rope alone)
             cache[il].update_and_attend(q3, k3, v3, pos, att3)
             self.trace("kqv_out", il, att)
             be.linear_add(L.wo, att, x)
             be.norm_linear_many(x, L.ffn_norm, c.norm_eps, xn, (L.w_up,), (up,))
-            be.relu_sqr(up, up)
+            self.ffn_activation(il, up)
             be.linear_add(L.w_down, up, x)
             self.trace("l_out", il, x)
         self.output_head(x, out_rows, logits)
+
+    def ffn_activation(self, il: int, up: Any) -> None:
+        """Layer il's FFN activation, in place on ``up`` (Arcee's squared ReLU; Apertus: xIELU)."""
+        self.be.relu_sqr(up, up)

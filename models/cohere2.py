@@ -46,10 +46,11 @@ class Cohere2Layer:
 
 class Cohere2Model(Model):
     archs = ("cohere2",)
+    windowed: bool = True  # (Command R, models/command_r.py: no window, every layer rotates)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
-        if not cfg.sliding_window:  # (without it no layer would know a position)
+        if self.windowed and not cfg.sliding_window:  # (without it no layer would know a position)
             raise GGUFError(f"{g.path}: metadata cohere2.attention.sliding_window is missing; the file is not a complete model")
         w = WeightLoader(g, backend)
         self.tok_embd = self.output = w.matrix("tok_embd")  # [n_vocab, n_embd]
@@ -77,6 +78,11 @@ class Cohere2Model(Model):
     def logit_multiplier(self) -> float:
         return self.cfg.logit_scale
 
+    def qk_rope(self, il: int, L: Cohere2Layer, q3: Any, k3: Any, pos: Any) -> None:
+        """Layer il's positions into its queries and keys ``[T, n_head(_kv), head_dim]``, in place."""
+        if self.cfg.is_swa(il):  # the window layers rotate; the global ones attend without positions
+            self.be.rope_qk(q3, k3, pos, self.rope_cos, self.rope_sin, self.cfg.rope_neox)
+
     def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
         c, be = self.cfg, self.be
         T = len(tokens)
@@ -91,8 +97,7 @@ class Cohere2Model(Model):
                 be.add_bias(q, L.bq)
                 be.add_bias(k, L.bk)
                 be.add_bias(v, L.bv)
-            if c.is_swa(il):  # the window layers rotate; the global ones attend without positions
-                be.rope_qk(q3, k3, pos, self.rope_cos, self.rope_sin, c.rope_neox)
+            self.qk_rope(il, L, q3, k3, pos)
             cache[il].update_and_attend(q3, k3, v3, pos, att3)
             self.trace("kqv_out", il, att)
             be.linear_add(L.wo, att, x)  # the residual stream takes attention's output...

@@ -48,6 +48,8 @@ class LlamaModel(Model):
     #: the shared expert every MoE layer has (moe.load_moe's ``shared``: Qwen2-MoE's "gated", DeepSeek-MoE's "plain");
     #: None: where the file has one
     shared_expert: str | None = None
+    #: the pre-FFN norm's tensor (Seed-OSS's converter names it post_attention_norm)
+    ffn_norm_role: str = "ffn_norm"
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
@@ -76,7 +78,7 @@ class LlamaModel(Model):
             bv=w.vector("bv", i, required=False),
             q_norm=q_norm,
             k_norm=k_norm,
-            ffn_norm=w.vector("ffn_norm", i),
+            ffn_norm=w.vector(self.ffn_norm_role, i),
             w_gate=w.matrix("w_gate", i) if dense else None,
             w_up=w.matrix("w_up", i) if dense else None,
             w_down=w.matrix("w_down", i) if dense else None,

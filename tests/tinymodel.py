@@ -143,6 +143,11 @@ FIXTURE_MODELS: dict[str, dict] = {
     "minicpm": {"arch": "minicpm"},
     "minicpm-defaults": {"arch": "minicpm", "mup_defaults": True},  # an older file: no multipliers stated
     "minicpm4-longrope": {"arch": "minicpm", "rope_freqs": True},  # LongRoPE's long factors (context 64, original 32)
+    # Llama kin (tiny_llama_kin.py): Seed-OSS's QKV biases, wide heads, neox rope, post_attention_norm before the FFN
+    "seed_oss": {"arch": "seed_oss"},
+    "apertus": {"arch": "apertus", "rope_freqs": True},  # per-head QK-norm, xIELU per layer, Llama 3's rope factors
+    "command-r": {"arch": "command-r"},  # Command R7B's parallel block, no windows, every layer rotating, logits times 1/16
+    "command-r-qk-norm": {"arch": "command-r", "qk_norm": True, "n_layer": 64},  # Command R+: per-head QK LayerNorms (64 layers)
 }
 
 
@@ -212,6 +217,10 @@ def write_tiny_model(
     qwen3next: :func:`_write_tiny_qwen35` (qwen3next with ``split_qkv``: attn_qkv and attn_gate, not ssm_in).
     mistral3, ernie4_5-moe: :func:`_write_tiny_mistral3_ernie_moe` (mistral3's ``yarn_log_mul``).  hunyuan-dense,
     minicpm: :func:`_write_tiny_hunyuan_minicpm` (``rope_alpha``; minicpm's ``mup_defaults``, and ``rope_freqs``: LongRoPE)."""
+    if arch in ("seed_oss", "apertus", "command-r"):  # (tiny_llama_kin.py: apertus's ``rope_freqs``, command-r's ``qk_norm``)
+        from tiny_llama_kin import write_tiny_llama_kin
+
+        return write_tiny_llama_kin(path, arch, qtype, seed, qk_norm, rope_freqs, n_layer)
     if arch == "deepseek2":  # (``mla``: :func:`_write_tiny_deepseek2`'s variant)
         return _write_tiny_deepseek2(path, qtype, seed, mla)
     if arch == "gemma3n":

@@ -124,6 +124,9 @@ class CPUBackend:
     def relu_sqr(self, x, out) -> None:
         nn.relu_sqr(x, out)
 
+    def xielu(self, x, out, alpha_n, alpha_p, beta, eps) -> None:
+        nn.xielu(x, out, alpha_n, alpha_p, beta, eps)
+
     def silu_mul(self, gate, up, out) -> None:
         nn.silu_mul(gate, up, out)
 

@@ -215,6 +215,37 @@ def relu_sqr(x: np.ndarray, out: np.ndarray) -> None:
             out[t, i] = r * r
 
 
+def softplus(x: float) -> float:
+    """log(1 + e^x) in float32, as ggml's ``ggml_compute_softplus_f32`` (x itself past 20)."""
+    x = np.float32(x)
+    return float(x if x > 20 else np.log1p(np.exp(x)))
+
+
+def xielu(x: np.ndarray, out: np.ndarray, alpha_n: float, alpha_p: float, beta: float, eps: float) -> None:
+    """out = xIELU(x) (Apertus's FFN: no gate), its parameters as the model stores them (before their constraints).
+
+    As ggml's ``ggml_xielu``: with a_p = softplus(alpha_p), a_n = beta + softplus(alpha_n),
+    ``a_p x^2 + beta x`` for x > 0, ``a_n (expm1(min(x, eps)) - x) + beta x`` otherwise.    [T, n]; out may be x.
+
+    numpy in :data:`WIDE_ROWS`-row steps (its SIMD expm1), shared among threads as :func:`gelu`'s."""
+    a_p, a_n = np.float32(softplus(alpha_p)), np.float32(np.float32(beta) + np.float32(softplus(alpha_n)))
+    b, e = np.float32(beta), np.float32(eps)
+
+    def rows(r: int) -> None:
+        g, o = x[r : r + WIDE_ROWS], out[r : r + WIDE_ROWS]
+        neg = np.minimum(g, e)
+        np.expm1(neg, out=neg)
+        neg -= g
+        neg *= a_n
+        pos = g * g
+        pos *= a_p
+        bx = g * b
+        np.copyto(neg, pos, where=g > 0)  # (before o is written: o may be g)
+        np.add(neg, bx, out=o)
+
+    each_shared(rows, range(0, x.shape[0], WIDE_ROWS), numpy_threads())
+
+
 #: rows from which the gated activations run as numpy (SIMD exp) instead of a loop, and rows per numpy step
 WIDE_ROWS = 64
 

@@ -23,6 +23,7 @@ SUPPORTED_ARCHITECTURES += ("gemma-embedding",)  # EmbeddingGemma: an encoder (m
 SUPPORTED_ARCHITECTURES += ("deepseek2",)  # DeepSeek-V2/V3, Moonlight: multi-head latent attention (models/deepseek2.py)
 SUPPORTED_ARCHITECTURES += ("hunyuan-dense", "minicpm")  # models/hunyuan_dense.py, models/minicpm.py
 SUPPORTED_ARCHITECTURES += ("seed_oss", "apertus", "command-r")  # models/seed_oss.py, models/apertus.py, models/command_r.py
+SUPPORTED_ARCHITECTURES += ("glm4", "glm4moe")  # GLM-4-0414, GLM-4.5/4.6 (models/glm4.py)
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -82,6 +83,12 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # llama.cpp's default divides them by 256 / n_embd instead); LongRoPE's factor tensors where rope.scaling.type says
     # longrope (models/minicpm.py)
     "minicpm": {"rope_neox": False, "embedding_scale": 12.0, "scale_depth": 1.4, "dim_model_base": 256, "longrope": True},
+    # GLM-4-0414 (dense): rope over consecutive pairs; GLM-4.5/4.6 (MoE): neox pairs, the chosen experts' weights as the
+    # router gave them unless the file says to renormalise them.  Both rope part of each head (rope.dimension_count) and
+    # may end in multi-token-prediction (NextN) layers, counted in block_count, which llama.cpp loads but never runs
+    # (models/glm4.py)
+    "glm4": {"rope_neox": False, "nextn": True},
+    "glm4moe": {"rope_neox": True, "expert_weights_norm": False, "nextn": True},
     # EXAONE 4.0: window layers in the 32B only (llama.cpp decides by its depth, 64 layers): 3 window
     # layers then 1 global (no rope), a window of 4096 unless the file says
     "exaone4": {"rope_neox": True, "swa_pattern": 4, "swa_n_layer": 64, "sliding_window": 4096},
@@ -246,6 +253,8 @@ def load_config(g: GGUFFile) -> ModelConfig:
         n_head_kv = n_head
     if "full_attention_interval" in d:  # (Qwen3.5's multi-token-prediction block comes after the trunk, counted in
         # block_count: llama.cpp's graph runs the trunk alone, and so does kvrun)
+        n_layer -= int(g.arch_get("nextn_predict_layers", 0) or 0)
+    if d.get("nextn"):  # (GLM's NextN layers, the last nextn_predict_layers of block_count: the trunk alone runs)
         n_layer -= int(g.arch_get("nextn_predict_layers", 0) or 0)
     n_ff = g.arch_get("feed_forward_length")
     if n_ff is None and arch in ("qwen35moe", "qwen3next") and g.arch_get("expert_feed_forward_length") is not None:

@@ -21,6 +21,7 @@ from .gemma2 import Gemma2Model
 from .gemma3 import Gemma3Model
 from .gemma3n import Gemma3nModel
 from .gemma_embedding import GemmaEmbeddingModel
+from .glm4 import Glm4Model, Glm4MoeModel
 from .gptoss import GptOssModel
 from .granite import GraniteModel
 from .granitehybrid import GraniteHybridModel
@@ -50,7 +51,7 @@ for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model
              Qwen3Model, Qwen3MoeModel, Qwen35Model, Phi3Model, GemmaModel, Gemma2Model, Gemma3Model, Gemma3nModel, GemmaEmbeddingModel,
              Olmo2Model, OlmoeModel, ExaoneModel, Exaone4Model, BertModel, Lfm2Model, Phi2Model, StableLMModel, GptOssModel, Ernie45Model,
              Ernie45MoeModel, Cohere2Model, ArceeModel, Mamba2Model, GraniteHybridModel, FalconH1Model, NemotronHModel, Mistral3Model,
-             HunyuanDenseModel, MiniCPMModel, SeedOssModel, ApertusModel, CommandRModel):  # fmt: skip
+             HunyuanDenseModel, MiniCPMModel, SeedOssModel, ApertusModel, CommandRModel, Glm4Model, Glm4MoeModel):  # fmt: skip
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

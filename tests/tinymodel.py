@@ -148,6 +148,12 @@ FIXTURE_MODELS: dict[str, dict] = {
     "apertus": {"arch": "apertus", "rope_freqs": True},  # per-head QK-norm, xIELU per layer, Llama 3's rope factors
     "command-r": {"arch": "command-r"},  # Command R7B's parallel block, no windows, every layer rotating, logits times 1/16
     "command-r-qk-norm": {"arch": "command-r", "qk_norm": True, "n_layer": 64},  # Command R+: per-head QK LayerNorms (64 layers)
+    # GLM-4-0414 (tiny_glm4.py): post-attention and post-FFN norms, fused gate+up, QKV biases, half-head rope (pairs)
+    "glm4": {"arch": "glm4"},
+    # GLM-4.5/4.6: per-head QK norm, neox half-head rope, a leading dense layer, sigmoid-routed experts with exp_probs_b,
+    # renormalised and scaled, a shared expert
+    "glm4moe": {"arch": "glm4moe", "qk_norm": True},
+    "glm4moe-nextn": {"arch": "glm4moe", "nextn": True},  # GLM-4.5-Air: no QK norm, a NextN layer loaded but not run
 }
 
 
@@ -205,6 +211,7 @@ def write_tiny_model(
     n_layer: int | None = None, ssm_rope: bool = False, yarn_log_mul: float = 1.0,
     mla: str = "lite",
     rope_alpha: float = 0.0, mup_defaults: bool = False,
+    nextn: bool = False,
 ) -> Path:  # fmt: skip
     """A random ``arch`` model; matrices stored as ``qtype`` (F32, F16, Q8_0, Q4_0...).  ``rope_freqs``:
     with Llama 3.1's per-frequency rope factors (``rope_freqs.weight``, 1 to 8 from high to low), or
@@ -217,6 +224,10 @@ def write_tiny_model(
     qwen3next: :func:`_write_tiny_qwen35` (qwen3next with ``split_qkv``: attn_qkv and attn_gate, not ssm_in).
     mistral3, ernie4_5-moe: :func:`_write_tiny_mistral3_ernie_moe` (mistral3's ``yarn_log_mul``).  hunyuan-dense,
     minicpm: :func:`_write_tiny_hunyuan_minicpm` (``rope_alpha``; minicpm's ``mup_defaults``, and ``rope_freqs``: LongRoPE)."""
+    if arch in ("glm4", "glm4moe"):  # (tiny_glm4.py; glm4moe's ``qk_norm`` and ``nextn`` layer)
+        from tiny_glm4 import write_tiny_glm4
+
+        return write_tiny_glm4(path, arch, qtype, seed, qk_norm, nextn)
     if arch in ("seed_oss", "apertus", "command-r"):  # (tiny_llama_kin.py: apertus's ``rope_freqs``, command-r's ``qk_norm``)
         from tiny_llama_kin import write_tiny_llama_kin
 

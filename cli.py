@@ -284,6 +284,8 @@ def info(model: str | None, as_json: bool) -> None:
             lines = [ln for ln in lines if ln[0] not in ("heads (q / kv)", "feed-forward", "rope", "sliding window", "KV cache / token")]
     if not f["rope_used"]:
         lines = [(k, "none (the file says so: rope.scaling.finetuned false)" if k == "rope" else v) for k, v in lines]
+    if f["architecture"] == "gpt2":  # (its positions are learned rows added to the embeddings)
+        lines = [(k, "none (learned positions: position_embd.weight)" if k == "rope" else v) for k, v in lines]
     if f["embedding_pooling"]:  # an encoder: no chat, no KV cache; BERT no rope or window (EmbeddingGemma has both)
         gone = ("chat template", "KV cache / token") + (("rope", "sliding window") if f["architecture"] != "gemma-embedding" else ())
         lines = [ln for ln in lines if ln[0] not in gone]

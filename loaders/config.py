@@ -22,7 +22,9 @@ SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "q
 SUPPORTED_ARCHITECTURES += ("gemma-embedding",)  # EmbeddingGemma: an encoder (models/gemma_embedding.py)
 SUPPORTED_ARCHITECTURES += ("deepseek2",)  # DeepSeek-V2/V3, Moonlight: multi-head latent attention (models/deepseek2.py)
 SUPPORTED_ARCHITECTURES += ("hunyuan-dense", "minicpm")  # models/hunyuan_dense.py, models/minicpm.py
+SUPPORTED_ARCHITECTURES += ("rwkv7",)  # RWKV-7 "Goose": an attention-free RNN (models/rwkv7.py)
 SUPPORTED_ARCHITECTURES += ("seed_oss", "apertus", "command-r")  # models/seed_oss.py, models/apertus.py, models/command_r.py
+SUPPORTED_ARCHITECTURES += ("gpt2", "starcoder2", "gptneox")  # LayerNorm and GELU: models/gpt2.py, starcoder2.py, gptneox.py
 SUPPORTED_ARCHITECTURES += ("glm4", "glm4moe")  # GLM-4-0414, GLM-4.5/4.6 (models/glm4.py)
 
 # What llama.cpp fixes in code rather than reading from the file.
@@ -83,12 +85,21 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # llama.cpp's default divides them by 256 / n_embd instead); LongRoPE's factor tensors where rope.scaling.type says
     # longrope (models/minicpm.py)
     "minicpm": {"rope_neox": False, "embedding_scale": 12.0, "scale_depth": 1.4, "dim_model_base": 256, "longrope": True},
+    # GPT-2 (learned positions, no rope), StarCoder2 (rope over halves, the whole head; llama.cpp never reads its
+    # sliding window, so neither does kvrun: attention.sliding_window ignored), GPT-NeoX / Pythia (rope over halves of
+    # the first rope.dimension_count dimensions): LayerNorms with biases, attention.layer_norm_epsilon
+    "gpt2": {"rope_neox": False},
+    "starcoder2": {"rope_neox": True, "swa_ignored": True},
+    "gptneox": {"rope_neox": True},
     # GLM-4-0414 (dense): rope over consecutive pairs; GLM-4.5/4.6 (MoE): neox pairs, the chosen experts' weights as the
     # router gave them unless the file says to renormalise them.  Both rope part of each head (rope.dimension_count) and
     # may end in multi-token-prediction (NextN) layers, counted in block_count, which llama.cpp loads but never runs
     # (models/glm4.py)
     "glm4": {"rope_neox": False, "nextn": True},
     "glm4moe": {"rope_neox": True, "expert_weights_norm": False, "nextn": True},
+    # RWKV-7: no attention, no rope; LayerNorms with biases (attention.layer_norm_epsilon), its WKV hyperparameters read
+    # by models/rwkv7.py
+    "rwkv7": {"rope_neox": False},
     # EXAONE 4.0: window layers in the 32B only (llama.cpp decides by its depth, 64 layers): 3 window
     # layers then 1 global (no rope), a window of 4096 unless the file says
     "exaone4": {"rope_neox": True, "swa_pattern": 4, "swa_n_layer": 64, "sliding_window": 4096},
@@ -280,6 +291,8 @@ def load_config(g: GGUFFile) -> ModelConfig:
     sliding_window = int(g.arch_get("attention.sliding_window", 0) or 0)
     if "swa_n_layer" in d:  # (EXAONE 4.0) windows at that depth only, whatever the file states
         sliding_window = (sliding_window or d["sliding_window"]) if n_layer == d["swa_n_layer"] else 0
+    if d.get("swa_ignored"):  # (StarCoder2: llama.cpp attends over the whole context whatever the file states)
+        sliding_window = 0
     swa_layers: tuple[bool, ...] = ()
     if sliding_window:
         pattern = g.arch_get("attention.sliding_window_pattern")

@@ -6,6 +6,7 @@
 * ``"gpt2"`` (byte-level BPE, e.g. SmolLM2, Qwen2, Llama 3): a ``tokenizers``
   BPE model from the vocab and merges, behind the pre-tokenizer regexes that
   ``tokenizer.ggml.pre`` names (as llama.cpp's ``src/llama-vocab.cpp`` defines them).
+* ``"rwkv"`` (RWKV World): the longest token the bytes start with, greedily (``rwkv_vocab.py``).
 
 What follows llama.cpp (``llama_vocab::impl``) on purpose:
 
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from . import wpm
+from . import rwkv_vocab, wpm
 from .strings import StringArray
 
 # GGUF token types (gguf-py TokenType / llama.cpp llama_token_type)
@@ -238,9 +239,10 @@ class Tokenizer:
 
     def __init__(self, md: Mapping[str, Any]) -> None:
         self.model = str(md.get("tokenizer.ggml.model", ""))
-        if self.model not in ("llama", "gpt2", "bert"):
-            raise ValueError(f"tokenizer model {self.model!r} is not supported (llama/SentencePiece, gpt2/byte-level BPE and bert/WordPiece are)")
-        self.kind = {"llama": "spm", "gpt2": "bpe", "bert": "wpm"}[self.model]
+        if self.model not in ("llama", "gpt2", "bert", "rwkv"):
+            raise ValueError(f"tokenizer model {self.model!r} is not supported (llama/SentencePiece, gpt2/byte-level BPE, bert/WordPiece "
+                             "and rwkv/World are)")
+        self.kind = {"llama": "spm", "gpt2": "bpe", "bert": "wpm", "rwkv": "rwkv"}[self.model]
         self.pre = str(md.get("tokenizer.ggml.pre", "default") or "default")
 
         tokens = md["tokenizer.ggml.tokens"]
@@ -266,6 +268,10 @@ class Tokenizer:
         elif self.kind == "wpm":  # [CLS] text [SEP]: llama.cpp's BOS and separator
             bos, eos, unk = 101, 102, 100
             add_bos, add_eos, self.add_space_prefix = True, True, False
+            self.ignore_merges = False
+        elif self.kind == "rwkv":  # RWKV World (loaders/rwkv_vocab.py): no special token unless the file names one
+            bos = eos = unk = None
+            add_bos, add_eos, self.add_space_prefix = False, False, False
             self.ignore_merges = False
         else:
             bos, eos, unk = 11, 11, None
@@ -299,6 +305,9 @@ class Tokenizer:
             pieces, sp_types = self._sp_pieces()
             self._sp = spm.SentencePieceProcessor()
             self._sp.LoadFromSerializedProto(_spm_model_proto(pieces, np.append(scores, np.float32(0)), sp_types))
+        elif self.kind == "rwkv":
+            self._rwkv: rwkv_vocab.RwkvVocab | None = None  # (the trie, built on first use)
+            self.add_bos = self.add_eos = False  # (llama.cpp's RWKV tokenize adds neither, whatever the file says)
         elif self.kind == "bpe":
             self._hf = _build_bpe(list(self.tokens), md.get("tokenizer.ggml.merges") or [], PRE_TOKENIZERS.get(self.pre, _DEFAULT), self.ignore_merges)
 
@@ -479,6 +488,11 @@ class Tokenizer:
         if self.kind == "wpm":
             for f in frags:
                 ids.extend([f] if isinstance(f, int) else self._wpm(text[f[0] : f[1]]))
+        elif self.kind == "rwkv":
+            if self._rwkv is None:
+                self._rwkv = rwkv_vocab.RwkvVocab(self.tokens, self.unk_id)
+            for f in frags:
+                ids.extend([f] if isinstance(f, int) else self._rwkv.encode(text[f[0] : f[1]]))
         elif self.kind == "spm":
             texts: list[str] = []
             prev_special = True
@@ -547,6 +561,8 @@ class Tokenizer:
 
     def _piece(self, tid: int, attr: int) -> bytes:
         tok = self.tokens[tid]
+        if self.kind == "rwkv":  # (every token its unescaped bytes, as llama.cpp's RWKV token_to_piece)
+            return rwkv_vocab.unescape(tok)
         if attr & (_A_SPECIAL | A_USER_DEFINED):
             return tok.encode("utf-8")
         if attr & A_NORMAL:

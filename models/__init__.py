@@ -22,6 +22,8 @@ from .gemma3 import Gemma3Model
 from .gemma3n import Gemma3nModel
 from .gemma_embedding import GemmaEmbeddingModel
 from .glm4 import Glm4Model, Glm4MoeModel
+from .gpt2 import GPT2Model
+from .gptneox import GPTNeoXModel
 from .gptoss import GptOssModel
 from .granite import GraniteModel
 from .granitehybrid import GraniteHybridModel
@@ -42,16 +44,19 @@ from .qwen2moe import Qwen2MoeModel
 from .qwen3 import Qwen3Model
 from .qwen35 import Qwen35Model
 from .qwen3moe import Qwen3MoeModel
+from .rwkv7 import RWKV7Model
 from .seed_oss import SeedOssModel
 from .smollm3 import SmolLM3Model
 from .stablelm import StableLMModel
+from .starcoder2 import StarCoder2Model
 
 MODEL_CLASSES: dict[str, type[Model]] = {}
 for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model, Qwen2MoeModel, DeepseekModel, Deepseek2Model,
              Qwen3Model, Qwen3MoeModel, Qwen35Model, Phi3Model, GemmaModel, Gemma2Model, Gemma3Model, Gemma3nModel, GemmaEmbeddingModel,
              Olmo2Model, OlmoeModel, ExaoneModel, Exaone4Model, BertModel, Lfm2Model, Phi2Model, StableLMModel, GptOssModel, Ernie45Model,
              Ernie45MoeModel, Cohere2Model, ArceeModel, Mamba2Model, GraniteHybridModel, FalconH1Model, NemotronHModel, Mistral3Model,
-             HunyuanDenseModel, MiniCPMModel, SeedOssModel, ApertusModel, CommandRModel, Glm4Model, Glm4MoeModel):  # fmt: skip
+             HunyuanDenseModel, MiniCPMModel, RWKV7Model, Glm4Model, Glm4MoeModel,
+             SeedOssModel, ApertusModel, CommandRModel, GPT2Model, StarCoder2Model, GPTNeoXModel):  # fmt: skip
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

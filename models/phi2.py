@@ -57,7 +57,7 @@ class Phi2Model(Model):
         w = WeightLoader(g, backend)
         self.tok_embd = w.matrix("tok_embd")  # [n_vocab, n_embd]
         self.output_norm, self.output_norm_b = w.vector("output_norm"), w.vector("output_norm_b")
-        self.output, self.output_b = w.matrix("output"), w.vector("output_b")  # (never tied)
+        self.output, self.output_b = self.load_output(w)
         self.layers = [self.load_layer(w, i) for i in range(cfg.n_layer)]
         self.rope_cos, self.rope_sin = make_rope(cfg, n_ctx, cfg.rope_theta)  # rope_dim wide: partial rotary
 
@@ -70,6 +70,10 @@ class Phi2Model(Model):
             w_up=w.matrix("w_up", i), b_up=w.vector("b_up", i), w_down=w.matrix("w_down", i), b_down=w.vector("b_down", i),
         )  # fmt: skip
 
+    def load_output(self, w: WeightLoader) -> tuple[Weight, Any]:
+        """The output head and its bias (None: none).  Phi-2 has both, never tied (GPT-2's family: models/gpt2.py)."""
+        return w.matrix("output"), w.vector("output_b")
+
     def layer_specs(self) -> list[LayerSpec]:
         c = self.cfg
         return [LayerSpec(c.n_head, c.n_head_kv, c.head_dim, c.head_dim, 0, 1.0 / np.sqrt(c.head_dim), 0.0)] * c.n_layer
@@ -79,7 +83,7 @@ class Phi2Model(Model):
 
     def output_head(self, x: Any, out_rows: np.ndarray, logits: Any) -> None:
         super().output_head(x, out_rows, logits)
-        if not self.embedding and len(out_rows):
+        if not self.embedding and len(out_rows) and self.output_b is not None:
             self.be.add_bias(logits, self.output_b)
 
     def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:

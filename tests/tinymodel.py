@@ -148,12 +148,21 @@ FIXTURE_MODELS: dict[str, dict] = {
     "apertus": {"arch": "apertus", "rope_freqs": True},  # per-head QK-norm, xIELU per layer, Llama 3's rope factors
     "command-r": {"arch": "command-r"},  # Command R7B's parallel block, no windows, every layer rotating, logits times 1/16
     "command-r-qk-norm": {"arch": "command-r", "qk_norm": True, "n_layer": 64},  # Command R+: per-head QK LayerNorms (64 layers)
+    # GPT-2's family (tiny_gpt2.py): LayerNorms with biases, biased projections, an ungated GELU FFN
+    "gpt2": {"arch": "gpt2"},  # learned positions, fused QKV, the output head tied, as GPT-2 and DistilGPT2
+    "gpt2-output-head": {"arch": "gpt2", "output_head": True},  # an output.weight of its own
+    "starcoder2": {"arch": "starcoder2"},  # full-head neox rope, q/k/v apart, GQA, the head tied, as StarCoder2-3B
+    "starcoder2-swa": {"arch": "starcoder2", "sliding_window": 8, "output_head": True},  # a window stated (llama.cpp ignores it)
+    "gptneox": {"arch": "gptneox"},  # parallel residual, a quarter of each head turned, as Pythia
+    "gptneox-sequential": {"arch": "gptneox", "parallel_residual": False},  # use_parallel_residual false: GPT-2's block
     # GLM-4-0414 (tiny_glm4.py): post-attention and post-FFN norms, fused gate+up, QKV biases, half-head rope (pairs)
     "glm4": {"arch": "glm4"},
     # GLM-4.5/4.6: per-head QK norm, neox half-head rope, a leading dense layer, sigmoid-routed experts with exp_probs_b,
     # renormalised and scaled, a shared expert
     "glm4moe": {"arch": "glm4moe", "qk_norm": True},
     "glm4moe-nextn": {"arch": "glm4moe", "nextn": True},  # GLM-4.5-Air: no QK norm, a NextN layer loaded but not run
+    # RWKV-7 (tiny_rwkv7.py): token shift, WKV-7 with its LoRAs, value residual, group norm, squared-ReLU channel mix
+    "rwkv7": {"arch": "rwkv7"},
 }
 
 
@@ -211,6 +220,7 @@ def write_tiny_model(
     n_layer: int | None = None, ssm_rope: bool = False, yarn_log_mul: float = 1.0,
     mla: str = "lite",
     rope_alpha: float = 0.0, mup_defaults: bool = False,
+    parallel_residual: bool | None = True, output_head: bool = False,
     nextn: bool = False,
 ) -> Path:  # fmt: skip
     """A random ``arch`` model; matrices stored as ``qtype`` (F32, F16, Q8_0, Q4_0...).  ``rope_freqs``:
@@ -228,10 +238,18 @@ def write_tiny_model(
         from tiny_glm4 import write_tiny_glm4
 
         return write_tiny_glm4(path, arch, qtype, seed, qk_norm, nextn)
+    if arch in ("gpt2", "starcoder2", "gptneox"):  # (tiny_gpt2.py: ``sliding_window``, ``parallel_residual``, ``output_head``)
+        from tiny_gpt2 import write_tiny_gpt2_family
+
+        return write_tiny_gpt2_family(path, arch, qtype, seed, sliding_window, parallel_residual, output_head)
     if arch in ("seed_oss", "apertus", "command-r"):  # (tiny_llama_kin.py: apertus's ``rope_freqs``, command-r's ``qk_norm``)
         from tiny_llama_kin import write_tiny_llama_kin
 
         return write_tiny_llama_kin(path, arch, qtype, seed, qk_norm, rope_freqs, n_layer)
+    if arch == "rwkv7":
+        from tiny_rwkv7 import write_tiny_rwkv7
+
+        return write_tiny_rwkv7(path, qtype, seed)
     if arch == "deepseek2":  # (``mla``: :func:`_write_tiny_deepseek2`'s variant)
         return _write_tiny_deepseek2(path, qtype, seed, mla)
     if arch == "gemma3n":

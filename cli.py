@@ -136,6 +136,9 @@ def _quant_label(file_type: int, tensor_types: dict[str, int]) -> str:
     return max(tensor_types, key=lambda k: tensor_types[k] if k not in ("F32", "F16") else -1)
 
 
+RWKV_ARCHS = ("rwkv6", "rwkv7", "arwkv7")
+
+
 def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
     """Everything `kvrun info` prints, read from the header only (no weights touched); ``g``: the file, already open."""
     from .loaders.config import load_config
@@ -145,7 +148,7 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
 
     g = g if g is not None else GGUFFile(path)
     cfg = load_config(g)
-    kinds = {"llama": "SentencePiece (spm)", "gpt2": "byte-level BPE", "bert": "WordPiece"}
+    kinds = {"llama": "SentencePiece (spm)", "gpt2": "byte-level BPE", "bert": "WordPiece", "rwkv": "RWKV World (longest match)"}
     pooling = {1: "mean", 2: "cls", 3: "last"}.get(int(g.arch_get("pooling_type", 1) or 1), "mean")
     tok_model = str(g.get("tokenizer.ggml.model", "none"))
     types = Counter(t.type_name for t in g.tensors.values())
@@ -208,6 +211,10 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
                 + 4 * (cfg.ssm_d_conv - 1) * (cfg.ssm_d_inner + 2 * cfg.ssm_n_group * cfg.ssm_d_state)}
         if any(cfg.ssm_layers) or cfg.ssm_parallel else None,
         "rope_used": cfg.arch != "granitehybrid" or bool(g.arch_get("rope.scaling.finetuned", True)),
+        # RWKV (attention-free): the WKV state a sequence keeps in each layer (float32 [head_size, head_size] a head) and
+        # its two token shifts' last rows
+        "rwkv": {"head_size": hs, "n_head": cfg.n_embd // hs, "state_bytes_per_layer": 4 * cfg.n_embd * hs + 2 * 4 * cfg.n_embd}
+        if cfg.arch in RWKV_ARCHS and (hs := int(g.arch_get("wkv.head_size", 64) or 64)) else None,
     }
 
 
@@ -282,6 +289,12 @@ def info(model: str | None, as_json: bool) -> None:
         lines.insert(next(i for i, ln in enumerate(lines) if ln[0] == "layers") + 1, ("state-space layers", ssm))
         if f["n_ssm_layers"] == f["n_layer"] and not f["ssm_parallel"]:
             lines = [ln for ln in lines if ln[0] not in ("heads (q / kv)", "feed-forward", "rope", "sliding window", "KV cache / token")]
+    if f["rwkv"]:  # (no attention: no heads, rope, window or K/V; a fixed state a layer instead)
+        r = f["rwkv"]
+        lines = [ln for ln in lines if ln[0] not in ("heads (q / kv)", "rope", "sliding window", "KV cache / token")]
+        lines.insert(next(i for i, ln in enumerate(lines) if ln[0] == "embedding") + 1,
+                     ("recurrent state", f"{r['n_head']} WKV heads of {r['head_size']}; {_size(r['state_bytes_per_layer'])} a layer, "
+                                         "whatever the context (no KV cache)"))  # fmt: skip
     if not f["rope_used"]:
         lines = [(k, "none (the file says so: rope.scaling.finetuned false)" if k == "rope" else v) for k, v in lines]
     if f["architecture"] == "gpt2":  # (its positions are learned rows added to the embeddings)

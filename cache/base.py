@@ -54,8 +54,8 @@ class LayerSpec:
     #: n_k_heads, n_v_heads, d_k, d_v)``: its cache keeps the convolution's last inputs and a state [d_v, d_k] per value
     #: head (cache/deltanet.py)
     deltanet: tuple[int, ...] = ()
-    #: not empty: not an attention layer but an RWKV block, ``(n_embd, head_size)``: its cache keeps the WKV state per head
-    #: and the token shift's last inputs (cache/rwkv.py)
+    #: not empty: not an attention layer but an RWKV block, ``(n_embd, head_size, version)`` (version 7 or 6): its cache
+    #: keeps the WKV state per head and the token shift's last inputs (cache/rwkv.py)
     rwkv: tuple[int, ...] = ()
 
 

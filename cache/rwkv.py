@@ -1,4 +1,4 @@
-"""The state of an RWKV block (RWKV-7's ``rwkv7``), one per layer in the :class:`~.base.KVCache`: RWKV keeps no K/V.
+"""The state of an RWKV block (RWKV-7's ``rwkv7``, RWKV-6's ``rwkv6``), one per layer in the :class:`~.base.KVCache`: RWKV keeps no K/V.
 
 For the next token llama.cpp keeps what a block reads of the past: the WKV state (a matrix ``[head_size,
 head_size]`` per head) and the token shift's two rows, the last token's normed inputs of the time mix and of the
@@ -6,7 +6,7 @@ channel mix (each lerps its input with the previous token's).  As a Mamba-2 stat
 token, so this is Mamba-2's cache (``cache/ssm.py``: its ring of the last positions' inputs, its copies of the
 state every ``EVERY`` positions, going back from a copy and feeding the kept inputs again, starting over further
 back) with another recurrence.  A ring row holds a position's WKV inputs (``r``, ``w``, ``k``, ``v``, ``a``,
-``b``, after the weight products: a replay needs no weight at all) and its two normed inputs, which the token
+``b`` for WKV-7, ``r``, ``w``, ``k``, ``v`` for WKV-6, after the weight products: a replay needs no weight at all) and its two normed inputs, which the token
 shift of the position after it reads: the token shift is a convolution of two positions, so the ring reaches one
 position further back than RING, as Mamba-2's reaches ``d_conv - 1``.
 
@@ -21,19 +21,24 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ops.cpu.wkv6 import wkv6
 from ..ops.cpu.wkv7 import wkv7
 from .base import LayerSpec
 from .ssm import CHECKPOINTS, EVERY, RING, SSMLayerCache
 
+#: the recurrence of each RWKV version (LayerSpec.rwkv's third field) and its inputs a position, in n_embd wide rows
+KERNELS = {7: (wkv7, 6), 6: (wkv6, 4)}
+
 
 class RWKVLayerCache(SSMLayerCache):
-    """Mamba-2's cache machinery (``truncate``, ``can_truncate``, the ring and the copies) around WKV-7."""
+    """Mamba-2's cache machinery (``truncate``, ``can_truncate``, the ring and the copies) around WKV-7 or WKV-6."""
 
     def __init__(self, spec: LayerSpec) -> None:  # (not SSMLayerCache's: other shapes, the same fields)
         self.spec = spec
-        self.n_embd, self.head_size = spec.rwkv
+        self.n_embd, self.head_size, self.version = spec.rwkv  # (the version, not its kernel: a session file pickles this)
+        n_in = KERNELS[self.version][1]
         self.d_conv = 2  # the token shift reads one position back
-        self.channels = 6 * self.n_embd  # the WKV inputs: r, w, k, v, a, b (then the two normed inputs)
+        self.channels = n_in * self.n_embd  # the WKV inputs: r, w, k, v (and WKV-7's a, b); then the two normed inputs
         shape = (self.n_embd // self.head_size, self.head_size, self.head_size)
         self.state = np.zeros(shape, np.float32)
         self.ck = np.zeros((CHECKPOINTS, *shape), np.float32)
@@ -75,8 +80,8 @@ class RWKVLayerCache(SSMLayerCache):
         return prev
 
     def wkv(self, x: np.ndarray, pos: np.ndarray, y: np.ndarray) -> None:
-        """WKV-7 of the chunk at ``pos`` (after ``token_shift(.., 0)``): ``x`` [T, 6 * n_embd] its ``r``, ``w``, ``k``,
-        ``v``, ``a``, ``b`` rows (kept); writes ``y`` [T, n_embd] (before the group norm)."""
+        """WKV-7 (WKV-6) of the chunk at ``pos`` (after ``token_shift(.., 0)``): ``x`` [T, 6 (4) * n_embd] its ``r``,
+        ``w``, ``k``, ``v`` (``a``, ``b``) rows (kept); writes ``y`` [T, n_embd] (before the group norm)."""
         p0, lo, ring = self._at(pos)
         self.ring[ring, : self.channels] = x[lo:]
         self._advance(p0, x, y)
@@ -89,4 +94,4 @@ class RWKVLayerCache(SSMLayerCache):
         at = [q for q in range(-(-(p0 + 1) // EVERY) * EVERY, p0 + T + 1, EVERY) if q not in kept][-CHECKPOINTS:]
         slots = sorted(range(CHECKPOINTS), key=kept.__getitem__)[: len(at)]  # the oldest copies (none: -1) make room
         self.ck_pos[slots] = at
-        wkv7(self.state, x, y, np.array([q - p0 for q in at], np.int64), np.array(slots, np.int64), self.ck)
+        KERNELS[self.version][0](self.state, x, y, np.array([q - p0 for q in at], np.int64), np.array(slots, np.int64), self.ck)

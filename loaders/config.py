@@ -26,6 +26,8 @@ SUPPORTED_ARCHITECTURES += ("rwkv7",)  # RWKV-7 "Goose": an attention-free RNN (
 SUPPORTED_ARCHITECTURES += ("seed_oss", "apertus", "command-r")  # models/seed_oss.py, models/apertus.py, models/command_r.py
 SUPPORTED_ARCHITECTURES += ("gpt2", "starcoder2", "gptneox")  # LayerNorm and GELU: models/gpt2.py, starcoder2.py, gptneox.py
 SUPPORTED_ARCHITECTURES += ("glm4", "glm4moe")  # GLM-4-0414, GLM-4.5/4.6 (models/glm4.py)
+SUPPORTED_ARCHITECTURES += ("rwkv6",)  # RWKV-6 "Finch": RWKV-7's trunk with its own mixes (models/rwkv6.py)
+SUPPORTED_ARCHITECTURES += ("bitnet",)  # BitNet b1.58: sub-norms before the output projections (models/bitnet.py)
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -91,6 +93,8 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "gpt2": {"rope_neox": False},
     "starcoder2": {"rope_neox": True, "swa_ignored": True},
     "gptneox": {"rope_neox": True},
+    # BitNet b1.58: rope over halves (llama.cpp puts it with the NeoX architectures)
+    "bitnet": {"rope_neox": True},
     # GLM-4-0414 (dense): rope over consecutive pairs; GLM-4.5/4.6 (MoE): neox pairs, the chosen experts' weights as the
     # router gave them unless the file says to renormalise them.  Both rope part of each head (rope.dimension_count) and
     # may end in multi-token-prediction (NextN) layers, counted in block_count, which llama.cpp loads but never runs
@@ -100,6 +104,7 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # RWKV-7: no attention, no rope; LayerNorms with biases (attention.layer_norm_epsilon), its WKV hyperparameters read
     # by models/rwkv7.py
     "rwkv7": {"rope_neox": False},
+    "rwkv6": {"rope_neox": False},  # RWKV-6 alike (models/rwkv6.py)
     # EXAONE 4.0: window layers in the 32B only (llama.cpp decides by its depth, 64 layers): 3 window
     # layers then 1 global (no rope), a window of 4096 unless the file says
     "exaone4": {"rope_neox": True, "swa_pattern": 4, "swa_n_layer": 64, "sliding_window": 4096},

@@ -126,6 +126,17 @@ directly.  The 8 sub-blocks of 32 are ``ib = e // 32``, their groups ``l``.
     ``j`` has ``ls = (scales[j // 4] >> 3 (j % 4)) & 7``;
     ``w = (d * (2 ls + 1)) * (grid + delta)``.
 
+Ternary types (llama.cpp's, for BitNet b1.58 and TriLM; 256 -> ``type_size``).  Every weight is
+``w = d * (t - 1)`` with the code ``t`` in {0, 1, 2} and one f16 ``d`` a block.
+``TQ2_0`` (256 -> 66):  ``qs u8[64] | d f16``.  Codes of 2 bits laid out as Q2_K's: weight
+    ``e = 128h + 32k + l`` (``k`` in 0..3, ``l`` in 0..31) is ``t = (qs[32h + l] >> 2k) & 3`` (3 never
+    occurs in a quantized file; it decodes to ``2 d``).
+``TQ1_0`` (256 -> 54):  ``qs u8[48] | qh u8[4] | d f16``.  Five base-3 digits a byte (3^5 = 243), stored as
+    the fixed point ``ceil(v * 256 / 243)`` of their value ``v``, so that digit ``n`` (the ``n``-th most significant)
+    is ``t = ((byte * 3^n mod 256) * 3) >> 8``.  Weights ``32n + m`` (``n`` in 0..4, ``m`` in 0..31) are digit
+    ``n`` of ``qs[m]``; weights ``160 + 16n + m`` (``m`` in 0..15) digit ``n`` of ``qs[32 + m]``; weights
+    ``240 + 4n + j`` (``n`` in 0..3, ``j`` in 0..3) digit ``n`` of ``qh[j]``.  Any byte decodes to codes 0..2.
+
 Arithmetic (bit exactness)
 --------------------------
 Reference: ``gguf.quants`` (the same as ggml's C dequantizers).  Scales are
@@ -589,6 +600,29 @@ def _deq_iq1_m(b: np.ndarray, out: np.ndarray) -> None:
     np.multiply(dl.reshape(n, 16, 1, 1), gd.reshape(n, 16, 2, 8), out=out.reshape(n, 16, 2, 8))
 
 
+_POW3 = np.array([1, 3, 9, 27, 81], np.uint8)  # TQ1_0's digit multipliers (mod 256)
+
+
+def _deq_tq2_0(b: np.ndarray, out: np.ndarray) -> None:
+    """``TQ2_0`` 66 B: ``qs u8[64] | d f16``; 2-bit codes as Q2_K's; ``w = d * (t - 1)``."""
+    n = b.shape[0]
+    t = (b[:, 0:64].reshape(n, 2, 1, 32) >> _SH2.reshape(1, 1, 4, 1)) & np.uint8(3)
+    q = t.reshape(n, 256).view(np.int8) - np.int8(1)
+    np.multiply(_f16(b[:, 64:66]), q, out=out)
+
+
+def _tq1_digits(qs: np.ndarray, k: int) -> np.ndarray:
+    """TQ1_0: ``qs`` [n, m] -> the first ``k`` base-3 digits [n, k * m] (uint8 0..2), digit after digit."""
+    v = qs[:, None, :] * _POW3[:k].reshape(1, k, 1)  # (uint8: mod 256)
+    return ((v.astype(np.uint16) * np.uint16(3)) >> np.uint16(8)).astype(np.uint8).reshape(qs.shape[0], -1)
+
+
+def _deq_tq1_0(b: np.ndarray, out: np.ndarray) -> None:
+    """``TQ1_0`` 54 B: ``qs u8[48] | qh u8[4] | d f16``; base-3 digits; ``w = d * (t - 1)``."""
+    t = np.concatenate([_tq1_digits(b[:, 0:32], 5), _tq1_digits(b[:, 32:48], 5), _tq1_digits(b[:, 48:52], 4)], axis=1)
+    np.multiply(_f16(b[:, 52:54]), t.view(np.int8) - np.int8(1), out=out)
+
+
 # ----------------------------------------------------------------- the table
 _Kernel = Callable[[np.ndarray, np.ndarray], None]
 
@@ -617,6 +651,8 @@ _LAYOUTS: dict[GGMLQuantizationType, tuple[tuple[tuple[str, int], ...], _Kernel]
     T.IQ2_S: ((("d", 2), ("qs", 32), ("signs", 32), ("qh", 8), ("scales", 8)), _deq_iq2_s),
     T.IQ1_S: ((("d", 2), ("qs", 32), ("qh", 16)), _deq_iq1_s),
     T.IQ1_M: ((("qs", 32), ("qh", 16), ("scales", 8)), _deq_iq1_m),
+    T.TQ1_0: ((("qs", 48), ("qh", 4), ("d", 2)), _deq_tq1_0),
+    T.TQ2_0: ((("qs", 64), ("d", 2)), _deq_tq2_0),
 }
 
 

@@ -6,6 +6,7 @@ from ..loaders.errors import UnsupportedModelError
 from .apertus import ApertusModel
 from .arcee import ArceeModel
 from .bert import BertModel
+from .bitnet import BitnetModel
 from .cohere2 import Cohere2Model
 from .command_r import CommandRModel
 from .common import Model
@@ -44,6 +45,7 @@ from .qwen2moe import Qwen2MoeModel
 from .qwen3 import Qwen3Model
 from .qwen35 import Qwen35Model
 from .qwen3moe import Qwen3MoeModel
+from .rwkv6 import RWKV6Model
 from .rwkv7 import RWKV7Model
 from .seed_oss import SeedOssModel
 from .smollm3 import SmolLM3Model
@@ -56,7 +58,7 @@ for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model
              Olmo2Model, OlmoeModel, ExaoneModel, Exaone4Model, BertModel, Lfm2Model, Phi2Model, StableLMModel, GptOssModel, Ernie45Model,
              Ernie45MoeModel, Cohere2Model, ArceeModel, Mamba2Model, GraniteHybridModel, FalconH1Model, NemotronHModel, Mistral3Model,
              HunyuanDenseModel, MiniCPMModel, RWKV7Model, Glm4Model, Glm4MoeModel,
-             SeedOssModel, ApertusModel, CommandRModel, GPT2Model, StarCoder2Model, GPTNeoXModel):  # fmt: skip
+             SeedOssModel, ApertusModel, CommandRModel, GPT2Model, StarCoder2Model, GPTNeoXModel, RWKV6Model, BitnetModel):  # fmt: skip
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

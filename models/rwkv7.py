@@ -21,7 +21,8 @@ Every norm is a LayerNorm with bias.  What sets it apart:
 * the channel mix: ``W_v relu(W_k x)^2`` of its own token-shifted input.
 
 The WKV state and the token shift's last rows live in the cache, one per layer (``cache/rwkv.py``): the CPU only.
-llama.cpp's ``arwkv7`` (RWKV-7 time mix in a Qwen 2.5 trunk) and RWKV-6 are other architectures.
+llama.cpp's ``arwkv7`` (RWKV-7 time mix in a Qwen 2.5 trunk) is another architecture; RWKV-6 (models/rwkv6.py) is
+this model with its own time mix and channel mix.
 """
 
 from __future__ import annotations
@@ -100,16 +101,17 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 class RWKV7Model(Model):
     archs = ("rwkv7",)
+    wkv_version = 7  # (the cache's recurrence: cache/rwkv.py)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
         if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: RWKV-7's WKV recurrence runs on the CPU; drop --device gpu")
+            raise UnsupportedModelError(f"{g.path}: RWKV's WKV recurrence runs on the CPU; drop --device gpu")
         self.head_size = int(g.arch_get("wkv.head_size", 0) or 0)
         if self.head_size <= 0 or cfg.n_embd % self.head_size:
-            raise GGUFError(f"{g.path}: rwkv7.wkv.head_size {self.head_size} does not divide embedding_length {cfg.n_embd} into heads")
+            raise GGUFError(f"{g.path}: {g.architecture}.wkv.head_size {self.head_size} does not divide embedding_length {cfg.n_embd} into heads")
         if int(g.arch_get("token_shift_count", 2)) != 2:  # (llama.cpp asserts it: one row for each mix)
-            raise UnsupportedModelError(f"{g.path}: rwkv7.token_shift_count {g.arch_get('token_shift_count')} is not 2")
+            raise UnsupportedModelError(f"{g.path}: {g.architecture}.token_shift_count {g.arch_get('token_shift_count')} is not 2")
         w = WeightLoader(g, backend)
         self.tok_embd = w.matrix("tok_embd")
         self.tok_norm, self.tok_norm_b = w.vector("tok_norm"), w.vector("tok_norm_b")
@@ -160,7 +162,7 @@ class RWKV7Model(Model):
         return L
 
     def layer_specs(self) -> list[LayerSpec]:
-        return [LayerSpec(1, 1, 1, 1, rwkv=(self.cfg.n_embd, self.head_size))] * self.cfg.n_layer
+        return [LayerSpec(1, 1, 1, 1, rwkv=(self.cfg.n_embd, self.head_size, self.wkv_version))] * self.cfg.n_layer
 
     def final_norm(self, x: Any, out: Any) -> None:
         self.be.layer_norm(x, self.output_norm, self.output_norm_b, self.cfg.norm_eps, out)
@@ -212,6 +214,15 @@ class RWKV7Model(Model):
             y *= self.lora(L.g1, L.g2, xg, _sigmoid, "g")
         return y, v_first
 
+    def channel_mix(self, L: RWKV7Layer, state: Any, xn: np.ndarray, pos: np.ndarray, x: np.ndarray) -> None:
+        """The channel mix of the normed input ``xn`` [T, n_embd] (overwritten), added to the residual ``x``."""
+        prev = state.token_shift(xn, pos, 1)
+        xn += (prev - xn) * L.cm_lerp
+        h = self.buf.get("rwkv_cm", xn.shape[0], self.cfg.n_ff)
+        self.be.linear(L.cm_key, xn, h)
+        self.be.relu_sqr(h, h)
+        self.be.linear_add(L.cm_value, h, x)
+
     def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
         c, be, buf = self.cfg, self.be, self.buf
         T = len(tokens)
@@ -227,11 +238,6 @@ class RWKV7Model(Model):
             be.linear_add(L.wo, y, x)
             self.trace("ffn_inp", il, x)
             be.layer_norm(x, L.ffn_norm, L.ffn_norm_b, c.norm_eps, xn)
-            prev = cache[il].token_shift(xn, pos, 1)
-            xn += (prev - xn) * L.cm_lerp
-            h = buf.get("rwkv_cm", T, c.n_ff)
-            be.linear(L.cm_key, xn, h)
-            be.relu_sqr(h, h)
-            be.linear_add(L.cm_value, h, x)
+            self.channel_mix(L, cache[il], xn, pos, x)
             self.trace("l_out", il, x)
         self.output_head(x, out_rows, logits)

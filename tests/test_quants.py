@@ -2,7 +2,7 @@
 
 * The table knows exactly F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K,
   Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, the i-quants IQ3_XXS, IQ3_S,
-  IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M and MXFP4, with gguf's block sizes and a documented
+  IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M, MXFP4 and the ternary TQ1_0, TQ2_0, with gguf's block sizes and a documented
   field layout per type; anything else is an ``UnsupportedQuantType`` naming it.
 * ``dequantize`` and ``dequantize_rows`` equal ``gguf.quants.dequantize`` bit
   for bit, on random blocks and on every tensor of the real models.
@@ -37,7 +37,8 @@ from kvrun.loaders.quants import (
 )
 
 ALL_TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS,
-             T.IQ3_XXS, T.IQ3_S, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_S, T.IQ1_M, T.MXFP4]
+             T.IQ3_XXS, T.IQ3_S, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_S, T.IQ1_M, T.MXFP4,
+             T.TQ1_0, T.TQ2_0]
 IDS = [t.name for t in ALL_TYPES]
 
 # byte offset of every field of every block, as the module docstring documents them
@@ -65,6 +66,8 @@ LAYOUTS = {
     T.IQ1_S: {"d": 0, "qs": 2, "qh": 34},
     T.IQ1_M: {"qs": 0, "qh": 32, "scales": 48},
     T.MXFP4: {"e": 0, "qs": 1},
+    T.TQ1_0: {"qs": 0, "qh": 48, "d": 52},
+    T.TQ2_0: {"qs": 0, "d": 64},
 }
 
 # logical shapes, the last dimension in blocks
@@ -178,7 +181,7 @@ def test_documented_block_layout(qtype: T) -> None:
         info.offset("nope")
 
 
-@pytest.mark.parametrize("qtype", [T.TQ2_0, T.Q8_K, T.TQ1_0, 999, -1], ids=str)
+@pytest.mark.parametrize("qtype", [T.Q8_1, T.Q8_K, 999, -1], ids=str)
 def test_unsupported_type_is_named(qtype: int) -> None:
     assert not is_supported(qtype)
     label = qtype.name if isinstance(qtype, T) else str(qtype)

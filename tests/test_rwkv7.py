@@ -127,6 +127,8 @@ def test_info_and_run_on_the_tiny_file(tmp_path):
     path = str(write_tiny_model(tmp_path / "r.gguf", **FIXTURE_MODELS["rwkv7"]))
     r = CliRunner().invoke(main, ["info", path])
     assert r.exit_code == 0 and "rwkv7" in r.output, r.output
+    # no heads, rope or KV cache: the state a layer keeps (2 heads of 64: 64 x 64 floats each, two shifts of 128)
+    assert "recurrent state  2 WKV heads of 64; 33.00 KiB a layer" in r.output and "KV cache / token" not in r.output and "rope" not in r.output
     r = CliRunner().invoke(main, ["run", path, "-p", "hi", "-n", "4"])
     assert r.exit_code == 0, r.output
 

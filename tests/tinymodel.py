@@ -163,6 +163,14 @@ FIXTURE_MODELS: dict[str, dict] = {
     "glm4moe-nextn": {"arch": "glm4moe", "nextn": True},  # GLM-4.5-Air: no QK norm, a NextN layer loaded but not run
     # RWKV-7 (tiny_rwkv7.py): token shift, WKV-7 with its LoRAs, value residual, group norm, squared-ReLU channel mix
     "rwkv7": {"arch": "rwkv7"},
+    # RWKV-6 (tiny_rwkv6.py): ddlerp token shift, data-dependent decay, WKV-6 with its bonus, group norm, SiLU gate, the
+    # channel mix's receptance, the residual halved every 2 layers; "-unfused": the five mus apart (older files)
+    "rwkv6": {"arch": "rwkv6"},
+    "rwkv6-unfused": {"arch": "rwkv6", "lerp_fused": False},
+    # BitNet b1.58 (tiny_bitnet.py): ternary projections, attn_sub_norm and ffn_sub_norm, SiLU (llama.cpp 0.3.36's), tied
+    "bitnet": {"arch": "bitnet"},
+    "bitnet-scales": {"arch": "bitnet", "scales": True},  # a [1] scale tensor beside every projection
+    "bitnet-tq2_0": {"arch": "bitnet", "qtype": Q.TQ2_0},  # the same weights as TQ2_0 (llama.cpp: int8 activations)
 }
 
 
@@ -222,6 +230,8 @@ def write_tiny_model(
     rope_alpha: float = 0.0, mup_defaults: bool = False,
     parallel_residual: bool | None = True, output_head: bool = False,
     nextn: bool = False,
+    scales: bool = False,
+    lerp_fused: bool = True,
 ) -> Path:  # fmt: skip
     """A random ``arch`` model; matrices stored as ``qtype`` (F32, F16, Q8_0, Q4_0...).  ``rope_freqs``:
     with Llama 3.1's per-frequency rope factors (``rope_freqs.weight``, 1 to 8 from high to low), or
@@ -246,6 +256,15 @@ def write_tiny_model(
         from tiny_llama_kin import write_tiny_llama_kin
 
         return write_tiny_llama_kin(path, arch, qtype, seed, qk_norm, rope_freqs, n_layer)
+    if arch == "bitnet":  # (tiny_bitnet.py: ternary projections, sub-norms)
+        from tiny_bitnet import write_tiny_bitnet
+
+        return write_tiny_bitnet(path, qtype, seed, scales)
+
+    if arch == "rwkv6":  # (tiny_rwkv6.py; ``lerp_fused``: the token shift's five mus in one tensor)
+        from tiny_rwkv6 import write_tiny_rwkv6
+
+        return write_tiny_rwkv6(path, qtype, seed, lerp_fused)
     if arch == "rwkv7":
         from tiny_rwkv7 import write_tiny_rwkv7
 

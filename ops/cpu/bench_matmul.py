@@ -52,6 +52,8 @@ OTHER = [
     ("-", "", T.BF16, 1536, 576, 0),
     ("-", "", T.F32, 1536, 576, 0),
 ]
+#: BitNet b1.58 2B's attn_q/attn_output (2560 x 2560) as its ternary types and the block types beside them
+BITNET = [("bitnet2b", "attn_q/o", qt, 2560, 2560, 0) for qt in (T.TQ2_0, T.TQ1_0, T.Q4_0, T.Q8_0)]
 COLD_BYTES = 160 << 20  # > 4x the 32 MiB L3
 
 
@@ -72,7 +74,9 @@ def random_weight(qtype: int, n_rows: int, n_cols: int, rng: np.random.Generator
     def f16(off: int, lo: float, hi: float) -> None:
         raw[:, :, off : off + 2] = rng.uniform(lo, hi, (n_rows, nb_, 1)).astype(np.float16).view(np.uint8)
 
-    if qtype == T.Q6_K:
+    if qtype in (T.TQ1_0, T.TQ2_0):  # (d last)
+        f16(ts - 2, 1e-3, 1e-2)
+    elif qtype == T.Q6_K:
         f16(208, 1e-3, 1e-2)
     else:
         f16(0, 1e-3, 1e-2)
@@ -166,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         s = bench_matvec(SMOLLM2, rng, a.quick)
         g = bench_matvec(GEMMA3, rng, a.quick)
         bench_matvec(OTHER, rng, a.quick)
+        bench_matvec(BITNET, rng, a.quick)
         print(f"\nmatvec time per token (cold wall, sum over the layers): smollm2 {s:.2f} ms, gemma3 {g:.2f} ms; {_load()}")
     if a.only != "matvec":
         bench_matmul(SMOLLM2 + GEMMA3, rng, a.tokens, a.quick)

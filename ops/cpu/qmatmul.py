@@ -56,6 +56,7 @@ from .blas import blas_threads, set_blas_threads
 from .f16 import bf16_to_f32, f16_to_f32
 from .outline import outline
 from .parallel import EXACT_JIT, num_threads, prange_only
+from .qternary import emit_tq1_0, emit_tq2_0, row_tq1_0, row_tq2_0
 
 _JIT = dict(cache=True, fastmath=True, nogil=True)
 _JIT_EXACT = EXACT_JIT  # decoders and the row loops: bit-exact weights, the same sums on any thread
@@ -968,6 +969,9 @@ dot_iq2_xs = _row_dot(74, 256, 256, _emit_iq_signed("kvrun_iq2xs_grid", _IQ2XS_T
 dot_iq2_s = _row_dot(82, 256, 256, _emit_iq_signed("kvrun_iq2s_grid", _IQ2S_TAB, 0.125, _iq2_s_sub, 74), 1)
 dot_iq1_s = _row_dot(50, 256, 256, _emit_iq1_s, 1)
 dot_iq1_m = _row_dot(56, 256, 256, _emit_iq1_m, 1)
+# the ternary types (their blocks in qternary.py)
+dot_tq1_0 = _row_dot(54, 256, 256, emit_tq1_0, 1, _PREFETCH)
+dot_tq2_0 = _row_dot(66, 256, 256, emit_tq2_0, 1, _PREFETCH)
 
 
 # ----------------------------------------------------------------- SIMD: activation quantization
@@ -1163,6 +1167,7 @@ deq_q6_k = _deq_driver(210, 256, _deq_q6_k)
 # kind: index used inside the kernels
 F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS = range(15)
 IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M, MXFP4 = range(15, 23)
+TQ1_0, TQ2_0 = range(23, 25)  # ternary (qternary.py): no int8 GEMM, so a prefill takes tile + BLAS
 _TYPES = {  # ggml id -> (kind, block elements, block bytes)
     int(T.F32): (F32, 1, 4),
     int(T.F16): (F16, 1, 2),
@@ -1187,6 +1192,8 @@ _TYPES = {  # ggml id -> (kind, block elements, block bytes)
     int(T.IQ1_S): (IQ1_S, 256, 50),
     int(T.IQ1_M): (IQ1_M, 256, 56),
     int(T.MXFP4): (MXFP4, 32, 17),
+    int(T.TQ1_0): (TQ1_0, 256, 54),
+    int(T.TQ2_0): (TQ2_0, 256, 66),
 }
 SUPPORTED: tuple[int, ...] = tuple(_TYPES)
 # kind -> block elements / block bytes, for the shape checks inside the kernels
@@ -1641,6 +1648,10 @@ def _decode_row(kind, row, out):
         _row_iq1_s(row, out)
     elif kind == MXFP4:
         _row_mxfp4(row, out)
+    elif kind == TQ1_0:
+        row_tq1_0(row, out)
+    elif kind == TQ2_0:
+        row_tq2_0(row, out)
     else:
         _row_iq1_m(row, out)
 
@@ -1805,6 +1816,12 @@ def _dot_rows(kind, wa, rs, rb, r0, r1, op, os, xq, xd, xs, x16):
     elif kind == MXFP4:
         for r in range(r0, r1):
             _put_f32(op + r * os, dot_mxfp4(wa + r * rs, xq, xd, xs, x16, rb // 17))
+    elif kind == TQ1_0:
+        for r in range(r0, r1):
+            _put_f32(op + r * os, dot_tq1_0(wa + r * rs, xq, xd, xs, x16, rb // 54))
+    elif kind == TQ2_0:
+        for r in range(r0, r1):
+            _put_f32(op + r * os, dot_tq2_0(wa + r * rs, xq, xd, xs, x16, rb // 66))
     else:
         for r in range(r0, r1):
             _put_f32(op + r * os, dot_iq1_m(wa + r * rs, xq, xd, xs, x16, rb // 56))
@@ -2081,7 +2098,7 @@ def matvec(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
 
     w : uint8 ``[n_rows, row_bytes]``, the raw GGUF blocks (a zero-copy view of
         the memory map is fine: rows may be strided, bytes within a row contiguous)
-    qtype : ggml type id, one of :data:`SUPPORTED` (float, block, K-quant, i-quant types and MXFP4)
+    qtype : ggml type id, one of :data:`SUPPORTED` (float, block, K-quant, i-quant types, MXFP4, TQ1_0, TQ2_0)
     x : float32 ``[n_cols]``, contiguous
     out : float32 ``[n_rows]``, written in place
 
@@ -2120,7 +2137,7 @@ def matmul(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
 
     Fewer than :data:`BLAS_MIN_TOKENS` tokens (:data:`GEMM_MIN_TOKENS` on a VNNI host): the quantized-activation integer
     kernel (as :func:`matvec`, each weight row reused across the tokens).
-    Otherwise, block types on a host with VNNI (:data:`HAVE_VNNI`): the
+    Otherwise, block types on a host with VNNI (:data:`HAVE_VNNI`), the ternary TQ1_0/TQ2_0 excepted: the
     int8 GEMM of ``ops/cpu/qgemm.py`` (x quantized per 32 as for matvec, ~4x the
     BLAS path).  Otherwise rows of W are decoded :data:`TILE_ROWS` at a time into a reused
     float32 buffer and multiplied with numpy's BLAS (float32 throughout; BLAS
@@ -2143,7 +2160,7 @@ def matmul(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
         else:
             _mm_int_1(kind, w, x, out, sc)
         return
-    if kind > BF16 and _USE_VNNI:
+    if kind > BF16 and _USE_VNNI and kind not in (TQ1_0, TQ2_0):  # (no GEMM for the ternary types)
         from . import qgemm  # here, not at the top: qgemm builds on this module
 
         qgemm.matmul(w, kind, x, out)

@@ -23,14 +23,18 @@ SUPPORTED_ARCHITECTURES += ("gemma-embedding",)  # EmbeddingGemma: an encoder (m
 SUPPORTED_ARCHITECTURES += ("deepseek2",)  # DeepSeek-V2/V3, Moonlight: multi-head latent attention (models/deepseek2.py)
 SUPPORTED_ARCHITECTURES += ("hunyuan-dense", "minicpm")  # models/hunyuan_dense.py, models/minicpm.py
 SUPPORTED_ARCHITECTURES += ("rwkv7",)  # RWKV-7 "Goose": an attention-free RNN (models/rwkv7.py)
+SUPPORTED_ARCHITECTURES += ("rwkv6",)  # RWKV-6 "Finch": RWKV-7's trunk with its own mixes (models/rwkv6.py)
+SUPPORTED_ARCHITECTURES += ("bitnet",)  # BitNet b1.58: sub-norms before the output projections (models/bitnet.py)
 SUPPORTED_ARCHITECTURES += ("seed_oss", "apertus", "command-r")  # models/seed_oss.py, models/apertus.py, models/command_r.py
 SUPPORTED_ARCHITECTURES += ("gpt2", "starcoder2", "gptneox")  # LayerNorm and GELU: models/gpt2.py, starcoder2.py, gptneox.py
 SUPPORTED_ARCHITECTURES += ("glm4", "glm4moe")  # GLM-4-0414, GLM-4.5/4.6 (models/glm4.py)
-SUPPORTED_ARCHITECTURES += ("rwkv6",)  # RWKV-6 "Finch": RWKV-7's trunk with its own mixes (models/rwkv6.py)
-SUPPORTED_ARCHITECTURES += ("bitnet",)  # BitNet b1.58: sub-norms before the output projections (models/bitnet.py)
+SUPPORTED_ARCHITECTURES += ("smallthinker", "bailingmoe2")  # SmallThinker, Ling/Ring 2.0 (models/smallthinker.py, bailingmoe2.py)
+SUPPORTED_ARCHITECTURES += ("llama4",)  # Llama 4 Scout/Maverick: chunked and NoPE attention, interleaved experts (models/llama4.py)
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Llama 4: rope over consecutive pairs; its chosen expert's sigmoid weight as the router gave it (models/llama4.py)
+    "llama4": {"rope_neox": False, "expert_weights_norm": False},
     # BERT encoders (embeddings): learned positions; nomic-bert rotates, NeoX layout
     "bert": {"rope_neox": False},
     # LFM2: convolution and attention layers (which ones: the per-layer head_count_kv, 0 for convolutions)
@@ -87,20 +91,26 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # llama.cpp's default divides them by 256 / n_embd instead); LongRoPE's factor tensors where rope.scaling.type says
     # longrope (models/minicpm.py)
     "minicpm": {"rope_neox": False, "embedding_scale": 12.0, "scale_depth": 1.4, "dim_model_base": 256, "longrope": True},
+    # BitNet b1.58: rope over halves (llama.cpp puts it with the NeoX architectures)
+    "bitnet": {"rope_neox": True},
     # GPT-2 (learned positions, no rope), StarCoder2 (rope over halves, the whole head; llama.cpp never reads its
     # sliding window, so neither does kvrun: attention.sliding_window ignored), GPT-NeoX / Pythia (rope over halves of
     # the first rope.dimension_count dimensions): LayerNorms with biases, attention.layer_norm_epsilon
     "gpt2": {"rope_neox": False},
     "starcoder2": {"rope_neox": True, "swa_ignored": True},
     "gptneox": {"rope_neox": True},
-    # BitNet b1.58: rope over halves (llama.cpp puts it with the NeoX architectures)
-    "bitnet": {"rope_neox": True},
     # GLM-4-0414 (dense): rope over consecutive pairs; GLM-4.5/4.6 (MoE): neox pairs, the chosen experts' weights as the
     # router gave them unless the file says to renormalise them.  Both rope part of each head (rope.dimension_count) and
     # may end in multi-token-prediction (NextN) layers, counted in block_count, which llama.cpp loads but never runs
     # (models/glm4.py)
     "glm4": {"rope_neox": False, "nextn": True},
     "glm4moe": {"rope_neox": True, "expert_weights_norm": False, "nextn": True},
+    # SmallThinker: neox rope; where the file states a window, of every sliding_window_pattern layers (4 unless stated) the
+    # *first* is global and the rest attend within 4096 (llama.cpp's, whatever the file states) (models/smallthinker.py)
+    "smallthinker": {"rope_neox": True, "swa_pattern": 4, "swa_dense_first": True, "swa_window": 4096},
+    # Ling/Ring 2.0: neox rope over part of each head, the chosen experts' weights as the router gave them unless the file
+    # says to renormalise them, NextN layers at the end of block_count which llama.cpp never runs (models/bailingmoe2.py)
+    "bailingmoe2": {"rope_neox": True, "expert_weights_norm": False, "nextn": True},
     # RWKV-7: no attention, no rope; LayerNorms with biases (attention.layer_norm_epsilon), its WKV hyperparameters read
     # by models/rwkv7.py
     "rwkv7": {"rope_neox": False},
@@ -296,6 +306,8 @@ def load_config(g: GGUFFile) -> ModelConfig:
     sliding_window = int(g.arch_get("attention.sliding_window", 0) or 0)
     if "swa_n_layer" in d:  # (EXAONE 4.0) windows at that depth only, whatever the file states
         sliding_window = (sliding_window or d["sliding_window"]) if n_layer == d["swa_n_layer"] else 0
+    if d.get("swa_window") and sliding_window:  # (SmallThinker: the window llama.cpp fixes wherever the file states one)
+        sliding_window = int(d["swa_window"])
     if d.get("swa_ignored"):  # (StarCoder2: llama.cpp attends over the whole context whatever the file states)
         sliding_window = 0
     swa_layers: tuple[bool, ...] = ()
@@ -307,6 +319,8 @@ def load_config(g: GGUFFile) -> ModelConfig:
             period = int(pattern) if pattern is not None else int(d.get("swa_pattern", 0))
             if period > 0:
                 swa_layers = tuple((il % period) < period - 1 for il in range(n_layer))
+                if d.get("swa_dense_first"):  # (SmallThinker's: the global layer first in each period, not last)
+                    swa_layers = tuple(il % period != 0 for il in range(n_layer))
             else:
                 swa_layers = (True,) * n_layer
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..loaders.errors import UnsupportedModelError
 from .apertus import ApertusModel
 from .arcee import ArceeModel
+from .bailingmoe2 import BailingMoe2Model
 from .bert import BertModel
 from .bitnet import BitnetModel
 from .cohere2 import Cohere2Model
@@ -32,6 +33,7 @@ from .granitemoe import GraniteMoeModel
 from .hunyuan_dense import HunyuanDenseModel
 from .lfm2 import Lfm2Model
 from .llama import LlamaModel
+from .llama4 import Llama4Model
 from .mamba2 import Mamba2Model
 from .minicpm import MiniCPMModel
 from .mistral3 import Mistral3Model
@@ -48,6 +50,7 @@ from .qwen3moe import Qwen3MoeModel
 from .rwkv6 import RWKV6Model
 from .rwkv7 import RWKV7Model
 from .seed_oss import SeedOssModel
+from .smallthinker import SmallThinkerModel
 from .smollm3 import SmolLM3Model
 from .stablelm import StableLMModel
 from .starcoder2 import StarCoder2Model
@@ -57,8 +60,8 @@ for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model
              Qwen3Model, Qwen3MoeModel, Qwen35Model, Phi3Model, GemmaModel, Gemma2Model, Gemma3Model, Gemma3nModel, GemmaEmbeddingModel,
              Olmo2Model, OlmoeModel, ExaoneModel, Exaone4Model, BertModel, Lfm2Model, Phi2Model, StableLMModel, GptOssModel, Ernie45Model,
              Ernie45MoeModel, Cohere2Model, ArceeModel, Mamba2Model, GraniteHybridModel, FalconH1Model, NemotronHModel, Mistral3Model,
-             HunyuanDenseModel, MiniCPMModel, RWKV7Model, Glm4Model, Glm4MoeModel,
-             SeedOssModel, ApertusModel, CommandRModel, GPT2Model, StarCoder2Model, GPTNeoXModel, RWKV6Model, BitnetModel):  # fmt: skip
+             HunyuanDenseModel, MiniCPMModel, RWKV7Model, BitnetModel, Glm4Model, Glm4MoeModel, SmallThinkerModel, BailingMoe2Model,
+             SeedOssModel, ApertusModel, CommandRModel, GPT2Model, StarCoder2Model, GPTNeoXModel, RWKV6Model, Llama4Model):  # fmt: skip
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

@@ -128,6 +128,10 @@ class LlamaModel(Model):
         elif L.rope:
             be.rope_qk(q3, k3, pos, cos, sin, c.rope_neox)
 
+    def layer_input(self, L: LlamaLayer, x: Any) -> None:
+        """A layer's input ``x`` (the residual stream before its attention norm), for what reads it later in the layer
+        (SmallThinker's router); nothing here."""
+
     def embedding_scale(self) -> float:
         """What the token embeddings are multiplied by (Granite states it in the file; Gemma fixes it)."""
         return self.cfg.embedding_scale
@@ -152,6 +156,7 @@ class LlamaModel(Model):
         if self.embedding_scale() != 1.0:
             be.scale(x, self.embedding_scale())
         for il, L in enumerate(self.layers):
+            self.layer_input(L, x)
             be.norm_linear_many(x, L.attn_norm, c.norm_eps, xn, (L.wq, L.wk, L.wv), (q, k, v))
             self.trace("attn_norm", il, xn)
             if L.bq is not None:

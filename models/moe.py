@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..loaders.errors import GGUFError, UnsupportedModelError
+from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
 from ..ops.cpu.moe import swiglu_oai
 from .common import Buffers, WeightLoader
@@ -55,7 +56,7 @@ class MoE:
     #: "softmax_weight": the top k by logit, weighted by a softmax over those k logits (gpt-oss)
     gating: str = "softmax"
     bias: np.ndarray | None = None  # [n_expert]: added to the probabilities to choose experts, not to weight them
-    act: str = "silu"  # the experts' GLU: silu(gate) * up, or gpt-oss's clamped "swiglu_oai"
+    act: str = "silu"  # the experts' GLU: silu(gate) * up, gpt-oss's clamped "swiglu_oai", or "relu": relu(gate) * up (SmallThinker's)
     #: gpt-oss's biases: the router's [n_expert] (added to its logits) and each expert's, host arrays
     #: [n_expert, n_ff_exp] (gate, up) and [n_expert, n_embd] (down, added before the expert's weight)
     router_b: np.ndarray | None = None
@@ -69,6 +70,11 @@ class MoE:
     #: the best ``n_group_used`` groups only (0 or 1 group: no limit)
     n_group: int = 0
     n_group_used: int = 0
+    #: the rows the router reads where not the FFN's normed input ``xn``: a ``[n_batch, n_embd]`` buffer the model fills
+    #: each layer (SmallThinker's router reads the layer's input, before the attention norm); None: ``xn``
+    router_in: np.ndarray | None = None
+    #: Llama 4 (llama.cpp's ``weight_before_ffn``): a chosen expert's weight scales its input, not its output
+    weight_before_ffn: bool = False
 
 
 def expert(w: Weight, e: int, n_expert: int) -> Weight:
@@ -129,6 +135,18 @@ def load_shared_expert(w: WeightLoader, i: int, n_embd: int, kind: str | None) -
     return SharedExpert(gate, up, down, gate_inp)
 
 
+def expert_groups(g: GGUFFile, n_expert: int) -> tuple[int, int]:
+    """The file's ``(expert_group_count, expert_group_used_count)`` for :func:`group_limit` ((0, 0): no grouping), which
+    llama.cpp reads for every architecture and its ``build_moe_ffn`` applies wherever more than one group is stated."""
+    n_group, n_group_used = int(g.arch_get("expert_group_count", 0) or 0), int(g.arch_get("expert_group_used_count", 0) or 0)
+    if n_group <= 1:
+        return 0, 0
+    if n_expert % n_group or not 0 < n_group_used <= n_group or n_expert // n_group < 2:
+        raise GGUFError(f"{g.path}: {n_expert} experts in expert_group_count {n_group} groups, "
+                        f"expert_group_used_count {n_group_used}: not a grouping llama.cpp runs")  # fmt: skip
+    return n_group, n_group_used
+
+
 def route(logits: np.ndarray, k: int, norm_weights: bool, gating: str = "softmax", bias: np.ndarray | None = None,
           n_group: int = 0, n_group_used: int = 0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Router logits ``[T, n_expert]`` -> (chosen experts ``[T, k]``, their weights ``[T, k]``), float32.
@@ -179,7 +197,7 @@ def moe_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers, 
         x.fill(0.0)
     n_ff = moe.gate.shape[0] // moe.n_expert
     logits = buf.get("moe_router", T, moe.n_expert)
-    be.linear(moe.router, xn, logits)
+    be.linear(moe.router, xn if moe.router_in is None else moe.router_in[:T], logits)
     logits = be.to_host(logits)
     if moe.router_b is not None:
         logits = logits + moe.router_b[:, 0]
@@ -188,9 +206,15 @@ def moe_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers, 
         wts *= np.float32(moe.weights_scale)
     bs = (moe.gate_b, moe.up_b, moe.down_b)
     biases = bs if all(b is not None for b in bs) else None
-    one_call = T == 1 and (biases is not None or bs == (None,) * 3)  # decode: the k experts in one kernel call, where it takes them
-    if not (one_call and be.moe_token(moe.gate, moe.up, moe.down, n_ff, top[0], wts[0], xn, x, biases, moe.act)):
-        experts_add(be, moe, xn, x, buf, top, wts)
+    one_call = T == 1 and moe.act != "relu" and (biases is not None or bs == (None,) * 3)  # decode: the k experts in one kernel call, where it takes them
+    xe = xn  # the routed experts' input
+    if moe.weight_before_ffn:  # (Llama 4) each slot's input is x times its weight: slot by slot, unless there is one
+        ones = np.ones((T, 1), np.float32)
+        for j in range(1, top.shape[1]):
+            experts_add(be, moe, xn * wts[:, j : j + 1], x, buf, top[:, j : j + 1], ones)
+        xe, top, wts = xn * wts[:, :1], top[:, :1], ones
+    if not (one_call and be.moe_token(moe.gate, moe.up, moe.down, n_ff, top[0], wts[0], xe, x, biases, moe.act)):
+        experts_add(be, moe, xe, x, buf, top, wts)
     if moe.shared is not None:  # (ordinary products, after the routed experts)
         shared_add(be, moe.shared, xn, x, buf)
 
@@ -212,6 +236,9 @@ def experts_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffe
             u += moe.up_b[e]
         if moe.act == "swiglu_oai":
             swiglu_oai(g, u, g)
+        elif moe.act == "relu":  # (ReGLU: host work, as the routing; the one-token kernel knows silu and swiglu_oai only)
+            np.maximum(g, 0.0, out=g)
+            g *= u
         else:
             be.silu_mul(g, u, g)
         be.linear(expert(moe.down, e, moe.n_expert), g, d)

@@ -143,6 +143,10 @@ FIXTURE_MODELS: dict[str, dict] = {
     "minicpm": {"arch": "minicpm"},
     "minicpm-defaults": {"arch": "minicpm", "mup_defaults": True},  # an older file: no multipliers stated
     "minicpm4-longrope": {"arch": "minicpm", "rope_freqs": True},  # LongRoPE's long factors (context 64, original 32)
+    # BitNet b1.58 (tiny_bitnet.py): ternary projections, attn_sub_norm and ffn_sub_norm, SiLU (llama.cpp 0.3.36's), tied
+    "bitnet": {"arch": "bitnet"},
+    "bitnet-scales": {"arch": "bitnet", "scales": True},  # a [1] scale tensor beside every projection
+    "bitnet-tq2_0": {"arch": "bitnet", "qtype": Q.TQ2_0},  # the same weights as TQ2_0 (llama.cpp: int8 activations)
     # Llama kin (tiny_llama_kin.py): Seed-OSS's QKV biases, wide heads, neox rope, post_attention_norm before the FFN
     "seed_oss": {"arch": "seed_oss"},
     "apertus": {"arch": "apertus", "rope_freqs": True},  # per-head QK-norm, xIELU per layer, Llama 3's rope factors
@@ -161,16 +165,25 @@ FIXTURE_MODELS: dict[str, dict] = {
     # renormalised and scaled, a shared expert
     "glm4moe": {"arch": "glm4moe", "qk_norm": True},
     "glm4moe-nextn": {"arch": "glm4moe", "nextn": True},  # GLM-4.5-Air: no QK norm, a NextN layer loaded but not run
+    # Llama 4 (tiny_llama4.py): 3 chunked rope layers with Q/K L2-normed and 1 NoPE layer, dense and MoE layers by turns
+    # (one expert a token, its sigmoid weight on its input, and a shared expert), Llama 3's rope factors
+    "llama4": {"arch": "llama4"},  # Scout's 16 experts
+    "llama4-128e": {"arch": "llama4", "n_expert": 128},  # Maverick's 128 experts: no QK L2 norm
     # RWKV-7 (tiny_rwkv7.py): token shift, WKV-7 with its LoRAs, value residual, group norm, squared-ReLU channel mix
     "rwkv7": {"arch": "rwkv7"},
     # RWKV-6 (tiny_rwkv6.py): ddlerp token shift, data-dependent decay, WKV-6 with its bonus, group norm, SiLU gate, the
     # channel mix's receptance, the residual halved every 2 layers; "-unfused": the five mus apart (older files)
     "rwkv6": {"arch": "rwkv6"},
     "rwkv6-unfused": {"arch": "rwkv6", "lerp_fused": False},
-    # BitNet b1.58 (tiny_bitnet.py): ternary projections, attn_sub_norm and ffn_sub_norm, SiLU (llama.cpp 0.3.36's), tied
-    "bitnet": {"arch": "bitnet"},
-    "bitnet-scales": {"arch": "bitnet", "scales": True},  # a [1] scale tensor beside every projection
-    "bitnet-tq2_0": {"arch": "bitnet", "qtype": Q.TQ2_0},  # the same weights as TQ2_0 (llama.cpp: int8 activations)
+    # SmallThinker (tiny_smallthinker.py): the router reads the layer's input, ReGLU experts renormalised. 21B's layout: a
+    # sigmoid router, no window; 4B's: a softmax router, 4096 windows on 3 layers of 4 (the first global, NoPE every 4th)
+    "smallthinker": {"arch": "smallthinker"},
+    "smallthinker-swa": {"arch": "smallthinker", "sliding_window": 4096},
+    "smallthinker-swa-pattern": {"arch": "smallthinker", "sliding_window": 4096, "swa_pattern": 2},  # windows by 2, rope base 1000
+    # Ling 2.0 (tiny_bailingmoe2.py): fused QKV, per-head QK norm, half-head neox rope, a leading dense layer, sigmoid-routed
+    # experts with exp_probs_b in groups, renormalised and scaled, a shared expert; "-nextn": a NextN layer, no groups
+    "bailingmoe2": {"arch": "bailingmoe2"},
+    "bailingmoe2-nextn": {"arch": "bailingmoe2", "nextn": True, "seed": 1},  # (seed 0's last token ties two experts' scores)
 }
 
 
@@ -231,6 +244,7 @@ def write_tiny_model(
     parallel_residual: bool | None = True, output_head: bool = False,
     nextn: bool = False,
     scales: bool = False,
+    swa_pattern: int = 0,
     lerp_fused: bool = True,
 ) -> Path:  # fmt: skip
     """A random ``arch`` model; matrices stored as ``qtype`` (F32, F16, Q8_0, Q4_0...).  ``rope_freqs``:
@@ -244,6 +258,11 @@ def write_tiny_model(
     qwen3next: :func:`_write_tiny_qwen35` (qwen3next with ``split_qkv``: attn_qkv and attn_gate, not ssm_in).
     mistral3, ernie4_5-moe: :func:`_write_tiny_mistral3_ernie_moe` (mistral3's ``yarn_log_mul``).  hunyuan-dense,
     minicpm: :func:`_write_tiny_hunyuan_minicpm` (``rope_alpha``; minicpm's ``mup_defaults``, and ``rope_freqs``: LongRoPE)."""
+    if arch in ("smallthinker", "bailingmoe2"):  # (tiny_smallthinker.py: ``sliding_window``, ``swa_pattern``; tiny_bailingmoe2.py: ``nextn``)
+        from tiny_bailingmoe2 import write_tiny_bailingmoe2
+        from tiny_smallthinker import write_tiny_smallthinker
+
+        return write_tiny_smallthinker(path, qtype, seed, sliding_window, swa_pattern) if arch == "smallthinker" else write_tiny_bailingmoe2(path, qtype, seed, nextn)
     if arch in ("glm4", "glm4moe"):  # (tiny_glm4.py; glm4moe's ``qk_norm`` and ``nextn`` layer)
         from tiny_glm4 import write_tiny_glm4
 
@@ -256,19 +275,22 @@ def write_tiny_model(
         from tiny_llama_kin import write_tiny_llama_kin
 
         return write_tiny_llama_kin(path, arch, qtype, seed, qk_norm, rope_freqs, n_layer)
+    if arch == "llama4":  # (tiny_llama4.py: chunked and NoPE layers, interleaved experts; ``n_expert``, ``sliding_window``)
+        from tiny_llama4 import write_tiny_llama4
+
+        return write_tiny_llama4(path, qtype, seed, n_expert, sliding_window)
     if arch == "bitnet":  # (tiny_bitnet.py: ternary projections, sub-norms)
         from tiny_bitnet import write_tiny_bitnet
 
         return write_tiny_bitnet(path, qtype, seed, scales)
-
-    if arch == "rwkv6":  # (tiny_rwkv6.py; ``lerp_fused``: the token shift's five mus in one tensor)
-        from tiny_rwkv6 import write_tiny_rwkv6
-
-        return write_tiny_rwkv6(path, qtype, seed, lerp_fused)
     if arch == "rwkv7":
         from tiny_rwkv7 import write_tiny_rwkv7
 
         return write_tiny_rwkv7(path, qtype, seed)
+    if arch == "rwkv6":  # (tiny_rwkv6.py; ``lerp_fused``: the token shift's five mus in one tensor)
+        from tiny_rwkv6 import write_tiny_rwkv6
+
+        return write_tiny_rwkv6(path, qtype, seed, lerp_fused)
     if arch == "deepseek2":  # (``mla``: :func:`_write_tiny_deepseek2`'s variant)
         return _write_tiny_deepseek2(path, qtype, seed, mla)
     if arch == "gemma3n":

@@ -17,7 +17,10 @@ Shapes (``cap`` = slots of the layer's ring buffer)::
     out   [T, n_head, head_dim_v]       float32
 
 A key at position pk is visible to a query at pq when ``0 <= pk <= pq`` and,
-for a sliding window w > 0, ``pq - pk < w`` (llama.cpp's standard SWA mask).
+for a sliding window w > 0, ``pq - pk < w`` (llama.cpp's standard SWA mask); a
+negative ``window`` -c is Llama 4's chunked attention (llama.cpp's
+``LLAMA_SWA_TYPE_CHUNKED``): ``pk >= pq - pq % c``, the keys of the query's own
+chunk of c positions.
 """
 
 from __future__ import annotations
@@ -114,6 +117,8 @@ def attend_group(
         see = kp <= qp[t1 - 1]  # keys some query of the block may see (positions increase along the chunk)
         if window > 0:
             see &= kp > qp[t0] - window
+        elif window < 0:  # (chunked: the first query's chunk starts first)
+            see &= kp >= qp[t0] - qp[t0] % -window
         cols = None if see.all() else np.flatnonzero(see)
         if cols is not None and cols.size and cols[-1] == cols.size - 1:
             cols = slice(0, cols.size)  # a prefix (stored keys, then the chunk's own: causal): views, not copies
@@ -182,6 +187,8 @@ def _softmax_rows(s: np.ndarray, bias: np.ndarray, pk: np.ndarray, pq: np.ndarra
     for r in range(R):
         qp = np.int32(pq[r // gqa])
         lo = np.int32(qp - window) if window > 0 else _NO_LO  # visible: lo < pk <= qp (int32 both: vector compares)
+        if window < 0:  # chunked (Llama 4): the keys from the start of the query's chunk of -window positions
+            lo = np.int32(qp - qp % -window - 1)
         row = s[r]
         mul = sc  # the common case (no softcap, no bias): the scaling rides in the masking pass
         if cap > 0:

@@ -798,6 +798,8 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
             # ---- logits, masks, softmax over this item's slots (flash-decoding: each item keeps
             # its own max; probabilities stay unnormalised until the items are combined)
             lo = max(pq - window, -1) if window > 0 else -1  # visible: lo < position <= pq (and not -1: empty)
+            if window < 0:  # chunked (Llama 4): the keys from the start of the query's chunk of -window positions
+                lo = pq - pq % -window - 1
             # (the loops run over slices from 0: an index from j0 could be negative to Numba, whose
             # wraparound test keeps a loop from vectorising)
             kp = kpos[prow, j0:j1]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import KVCache, LayerCache, LayerSpec
+from .plain import decode_steps
 
 
 def batchable(specs: list[LayerSpec]) -> bool:
@@ -36,6 +37,8 @@ class BatchedLayerCache(LayerCache):
 
     def update_and_attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
         b = self.bounds
+        if decode_steps(self.layers, q, k, v, pos, b, out):  # (the fp16 rings' decode steps: one call for all)
+            return
         for i, layer in enumerate(self.layers):
             lo, hi = b[i], b[i + 1]
             layer.update_and_attend(q[lo:hi], k[lo:hi], v[lo:hi], pos[lo:hi], out[lo:hi])

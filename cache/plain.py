@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops.cpu.attention import attend_prefill_f16
+from ..ops.cpu.batchdecode import decode_steps_f16
 from ..ops.cpu.f16 import scatter_f16
 from ..ops.cpu.parallel import split_threads
 from ..ops.cpu.qattention import decode_step_f16
@@ -32,6 +33,7 @@ class PlainLayerCache(LayerCache):
         # through the register-blocked tile kernels, split-K where heads do not share out over threads
         self.used = 0  # slots [0, used) have been written at least once
         self._sinks = np.asarray(spec.sink_logits, np.float32)  # [n_head] or empty
+        self.addrs = (self.k.ctypes.data, self.v.ctypes.data, self.pos.ctypes.data, self._s.ctypes.data)  # (decode_steps)
 
     def attend(self, q, pos, out, spec: LayerSpec) -> None:
         """Attention of ``q`` at ``pos`` over what is stored, storing nothing (:class:`SharedLayerCache`)."""
@@ -91,6 +93,27 @@ class PlainLayerCache(LayerCache):
             self.reset()
             return False
         return True
+
+
+def decode_steps(layers: list[LayerCache], q, k, v, pos, bounds: list[int], out) -> bool:
+    """A batch's decode steps, sequence ``i`` rows ``bounds[i]:bounds[i + 1]`` into ``layers[i]``, in one call
+    (ops/cpu/batchdecode.py): each sequence's result is the one it gets alone.  False (nothing done) unless every
+    layer is a :class:`PlainLayerCache` of one shape and every sequence feeds 1 to 4 tokens (decode steps, drafts)."""
+    first = layers[0]
+    if any(type(L) is not PlainLayerCache or L.capacity != first.capacity or (L.spec is not first.spec and L.spec != first.spec) for L in layers):
+        return False
+    b = np.asarray(bounds, np.int64)
+    n = np.diff(b)
+    if n.min() < 1 or n.max() > 4:
+        return False
+    used = np.array([L.used for L in layers], np.int64)
+    s = first.spec
+    decode_steps_f16(np.ascontiguousarray(q, np.float32), k, v, pos, b, np.array([L.addrs for L in layers], np.int64),
+                     first.capacity, s.n_head // s.n_head_kv, used, s.window, s.scale, s.softcap, out, split_threads(),
+                     first._sinks)  # fmt: skip
+    for L, u in zip(layers, used.tolist()):
+        L.used = u
+    return True
 
 
 class SharedLayerCache(LayerCache):

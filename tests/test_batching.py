@@ -344,3 +344,45 @@ def test_bad_parallel_flags_are_one_line_errors(tiny_llama_path):
     assert r.exit_code != 0 and "--parallel must be in 1..64" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(main, ["serve", str(tiny_llama_path), "-np", "2", "--model-draft", str(tiny_llama_path), "--port", "0"])
     assert r.exit_code != 0 and "--parallel 1 with --draft" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("window,sinks", [(0, ()), (8, ()), (0, (0.5, -1.0, 2.0, 0.0))], ids=["global", "window", "sinks"])
+def test_one_call_decodes_every_sequence_as_each_alone(window, sinks):
+    """cache/plain.decode_steps: the decode steps of a batch's fp16 rings in one call give each sequence the output
+    and the ring its own step gives it, bit for bit (1 to 4 tokens a sequence; rings of different fill, one wrapping)."""
+    from kvrun.cache.base import LayerSpec
+    from kvrun.cache.plain import PlainLayerCache, decode_steps
+
+    spec = LayerSpec(4, 2, 16, 16, window=window, scale=0.25, sink_logits=sinks)
+    rng = np.random.default_rng(3)
+    cap = 24 if window else 64
+
+    def filled(n: int) -> list:
+        rings = []
+        for ln in n:
+            c = PlainLayerCache(spec, cap)
+            for s in range(0, ln, 8):
+                t = min(8, ln - s)
+                x = rng.standard_normal((t, 4, 16)).astype(np.float32)
+                c.update_and_attend(x, x[:, :2].copy(), x[:, 2:].copy(), np.arange(s, s + t, dtype=np.int32), np.zeros_like(x))
+            rings.append(c)
+        return rings
+
+    fill, counts = [5, 30, 1], [1, 3, 2]
+    alone, together = filled(fill), None
+    rng = np.random.default_rng(3)
+    together = filled(fill)
+    T = sum(counts)
+    q = rng.standard_normal((T, 4, 16)).astype(np.float32)
+    k, v = rng.standard_normal((T, 2, 16)).astype(np.float32), rng.standard_normal((T, 2, 16)).astype(np.float32)
+    pos = np.concatenate([np.arange(f, f + n) for f, n in zip(fill, counts)]).astype(np.int32)
+    bounds = [0, *np.cumsum(counts).tolist()]
+    want, got = np.zeros_like(q), np.zeros_like(q)
+    for i, c in enumerate(alone):
+        lo, hi = bounds[i], bounds[i + 1]
+        c.update_and_attend(q[lo:hi], k[lo:hi], v[lo:hi], pos[lo:hi], want[lo:hi])
+    assert decode_steps(together, q, k, v, pos, bounds, got)
+    assert np.array_equal(got, want)
+    for a, b in zip(alone, together):
+        assert a.used == b.used and np.array_equal(a.k, b.k) and np.array_equal(a.v, b.v) and np.array_equal(a.pos, b.pos)
+    assert not decode_steps(together, np.zeros((9, 4, 16), np.float32), k, v, pos, [0, 5, 7, 9], got)  # (5 tokens: a prefill)

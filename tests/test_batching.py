@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from tinymodel import write_tiny_model
 
 from kvrun.cache.kvconfig import KVConfig
+from kvrun.cache.plain import PlainLayerCache
 from kvrun.cli import main
 from kvrun.loaders.errors import KvrunError
 from kvrun.runtime.api import Model
@@ -133,15 +134,14 @@ def test_a_sequence_that_fails_in_a_batch_fails_alone(tiny_llama_path, monkeypat
     req = GenRequest(max_tokens=12, sampler=SamplerConfig(temperature=0), ignore_eos=True)
     want = list(eng.generate_tokens(eng.new_cache(), PROMPTS[0], req))
     good, bad = eng.new_cache(), eng.new_cache()
-    layer = bad.layers[1]
-    real = layer.update_and_attend
 
-    def breaks_at_8(q, k, v, pos, out):
-        if pos[-1] >= 8:
-            raise RuntimeError("this cache broke")
-        real(q, k, v, pos, out)
+    class BreaksAt8(PlainLayerCache):  # (a cache of its own kind: the batch feeds it alone, not in decode_steps' one call)
+        def update_and_attend(self, q, k, v, pos, out):
+            if pos[-1] >= 8:
+                raise RuntimeError("this cache broke")
+            super().update_and_attend(q, k, v, pos, out)
 
-    layer.update_and_attend = breaks_at_8
+    bad.layers[1].__class__ = BreaksAt8
     got, errors = [], []
 
     def run(cache, prompt, sink):

@@ -59,7 +59,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend, Weight
 from .common import TENSOR_NAMES, Model, WeightLoader, make_rope
-from .moe import MoE, load_moe, moe_add
+from .moe import MoE, expert_groups, load_moe, moe_add
 
 TENSOR_NAMES.update({  # MLA's names (llama.cpp's LLM_TENSOR_ATTN_Q_A, _Q_B, _KV_A_MQA, _KV_B, _K_B, _V_B and their norms)
     "wq_a": "blk.{i}.attn_q_a.weight",
@@ -136,11 +136,7 @@ class Deepseek2Model(Model):
         self.gating = GATING[gating]
         scale = float(g.arch_get("expert_weights_scale", 0.0) or 0.0)
         self.weights_scale = scale if scale != 0.0 else 1.0  # (llama.cpp: 0, unstated, scales nothing)
-        self.n_group = int(g.arch_get("expert_group_count", 0) or 0)
-        self.n_group_used = int(g.arch_get("expert_group_used_count", 0) or 0)
-        if self.n_group > 1 and (c.n_expert % self.n_group or not 0 < self.n_group_used <= self.n_group or c.n_expert // self.n_group < 2):
-            raise GGUFError(f"{g.path}: {c.n_expert} experts in expert_group_count {self.n_group} groups, "
-                            f"expert_group_used_count {self.n_group_used}: not a grouping llama.cpp runs")  # fmt: skip
+        self.groups = expert_groups(g, c.n_expert)  # (a one-line error for a grouping llama.cpp does not run)
 
         w = WeightLoader(g, backend)
         self.tok_embd = w.matrix("tok_embd")
@@ -188,7 +184,7 @@ class Deepseek2Model(Model):
                 raise GGUFError(f"{w.g.path}: blk.{i} is past leading_dense_block_count {self.n_dense_lead} but the file states no experts")
             L.moe = load_moe(w, i, c.n_expert, c.n_expert_used, c.n_ff_exp, c.n_embd, c.expert_weights_norm, gating=self.gating, shared="plain")
             L.moe.weights_scale = self.weights_scale
-            L.moe.n_group, L.moe.n_group_used = (self.n_group, self.n_group_used) if self.n_group > 1 else (0, 0)
+            L.moe.n_group, L.moe.n_group_used = self.groups
         return L
 
     def load_kv_b(self, w: WeightLoader, i: int) -> tuple[Weight, Weight]:

@@ -48,7 +48,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .common import WeightLoader
 from .llama import LlamaLayer, LlamaModel
-from .moe import load_moe
+from .moe import expert_groups, load_moe
 
 #: llama.cpp's expert_gating_func values (LLAMA_EXPERT_GATING_FUNC_TYPE_*) glm4moe runs; 0 (unstated): sigmoid
 GATING = {0: "sigmoid", 1: "softmax", 2: "sigmoid"}
@@ -119,11 +119,7 @@ class Glm4MoeModel(LlamaModel):
         scale = float(g.arch_get("expert_weights_scale", 0.0) or 0.0)
         self.weights_scale = scale if scale != 0.0 else 1.0  # (llama.cpp: 0, unstated, scales nothing)
         self.n_shared = int(g.arch_get("expert_shared_count", 0) or 0)
-        n_group, n_group_used = int(g.arch_get("expert_group_count", 0) or 0), int(g.arch_get("expert_group_used_count", 0) or 0)
-        if n_group > 1 and (cfg.n_expert % n_group or not 0 < n_group_used <= n_group or cfg.n_expert // n_group < 2):
-            raise GGUFError(f"{g.path}: {cfg.n_expert} experts in expert_group_count {n_group} groups, "
-                            f"expert_group_used_count {n_group_used}: not a grouping llama.cpp runs")  # fmt: skip
-        self.groups = (n_group, n_group_used) if n_group > 1 else (0, 0)
+        self.groups = expert_groups(g, cfg.n_expert)
         super().__init__(g, cfg, backend, n_ctx, n_batch)
 
     def load_layer(self, w: WeightLoader, i: int) -> LlamaLayer:

@@ -620,7 +620,7 @@ def test_a_prefill_holds_blas_at_one_thread_only_while_it_runs(tiny_path, monkey
 def test_info_names_the_tensor_types_kvrun_cannot_run(tmp_path):
     from gguf import GGMLQuantizationType as Q
 
-    path = write_tiny_model(tmp_path / "tq2.gguf", "llama", extra_tensor=("blk.0.attn_q.weight.extra", Q.TQ2_0, 256))
+    path = write_tiny_model(tmp_path / "q81.gguf", "llama", extra_tensor=("blk.0.attn_q.weight.extra", Q.Q8_1, 256))
     r = CliRunner().invoke(main, ["info", str(path)])
-    assert r.exit_code == 0 and "kvrun cannot run TQ2_0 yet" in r.output, r.output
-    assert json.loads(CliRunner().invoke(main, ["info", str(path), "--json"]).output)["unsupported_types"] == ["TQ2_0"]
+    assert r.exit_code == 0 and "kvrun cannot run Q8_1 yet" in r.output, r.output
+    assert json.loads(CliRunner().invoke(main, ["info", str(path), "--json"]).output)["unsupported_types"] == ["Q8_1"]

@@ -364,6 +364,32 @@ def models_cmd() -> None:
             click.echo(f"  {m.name:<16} {'-':>10}  not pulled (kvrun pull {m.name}): {m.description}")
 
 
+@main.command()
+@click.argument("inp", metavar="IN.gguf", type=click.Path(dir_okay=False))
+@click.argument("out", metavar="OUT.gguf", type=click.Path(dir_okay=False))
+@click.argument("qtype", metavar="TYPE")
+@click.option("--allow-requantize", is_flag=True, help="accept an already quantized input (dequantized first: loses more)")
+@click.option("--pure", is_flag=True, help="every quantized matrix TYPE's one type, not llama.cpp's mix")
+@click.option("--output-tensor-type", metavar="T", default=None, help="type of output.weight (q8_0, q6_K, f16, ...)")
+@click.option("--token-embedding-type", metavar="T", default=None, help="type of token_embd.weight")
+@friendly
+def quantize(inp: str, out: str, qtype: str, allow_requantize: bool, pure: bool, output_tensor_type: str | None,
+             token_embedding_type: str | None) -> None:  # fmt: skip
+    """Quantize an F32/F16/BF16 GGUF as llama.cpp's llama-quantize does, tensor for tensor.  TYPE: Q8_0, Q6_K,
+    Q5_K_M, Q5_K_S, Q5_1, Q5_0, Q4_K_M, Q4_K_S, Q4_1, Q4_0, Q3_K_M, Q2_K, F16 or BF16."""
+    from .runtime.quantize import quantize_model
+
+    bar = _LazyBar(desc="quantize", unit="tensor")
+    res = quantize_model(inp, out, qtype, allow_requantize, pure, output_tensor_type, token_embedding_type,
+                         progress=lambda done, n, written: bar.update(done, n, f"{written / 1e6:.0f} MB written"))  # fmt: skip
+    bar.close()
+    if res.fallbacks:
+        eg = ", ".join(f"{n} {a.name} -> {b.name}" for n, a, b in res.fallbacks[:2])
+        click.echo(f"kvrun: warning: {len(res.fallbacks)} of {res.n_tensors} tensors fell back to another type (rows not a "
+                   f"multiple of the type's block): {eg}{', ...' if len(res.fallbacks) > 2 else ''}", err=True)  # fmt: skip
+    click.echo(res.summary())
+
+
 # ---------------------------------------------------------------- generation options
 def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
@@ -935,6 +961,33 @@ def embed(model: str | None, texts: tuple[str, ...], pooling: str | None, no_nor
     else:
         for v in vecs:
             click.echo(" ".join(f"{x:.6f}" for x in v))
+
+
+# ---------------------------------------------------------------- rerank
+@main.command()
+@click.argument("model")
+@click.argument("query")
+@click.argument("documents", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help='print {"results": [{"index", "relevance_score", "document"}, ...]}')
+@engine_options
+@friendly
+def rerank(model: str, query: str, documents: tuple[str, ...], as_json: bool, **kw: Any) -> None:
+    """Score DOCUMENTS' relevance to QUERY with a reranker (bge-reranker, Qwen3-Reranker), as llama-server's
+    /v1/rerank: one line a document, highest score first (score, its index among DOCUMENTS, the text)."""
+    from .runtime.rerank import ranked
+
+    m = _load(model, {**kw, "kv_preset": None})
+    try:
+        scores = m.rerank(query, list(documents))
+    except ValueError as e:
+        raise KvrunError(str(e)) from None
+    order = ranked(scores)
+    if as_json:
+        click.echo(json.dumps({"model": m.config.name, "results": [{"index": i, "relevance_score": scores[i], "document": documents[i]}
+                                                                    for i in order]}))  # fmt: skip
+    else:
+        for i in order:
+            click.echo(f"{scores[i]:.6f}\t{i}\t{documents[i]}")
 
 
 # ---------------------------------------------------------------- bench

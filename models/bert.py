@@ -23,6 +23,7 @@ from ..loaders.errors import KvrunError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .common import TENSOR_NAMES, Model, WeightLoader, make_rope
+from .rank import RankHead
 
 TENSOR_NAMES.update({  # BERT's names beside the decoders' (llama.cpp's LLM_TENSOR_* for bert)
     "type_embd": "token_types.weight",
@@ -73,6 +74,7 @@ class BertModel(Model):
         self.nomic = cfg.arch == "nomic-bert"
         self.eps = float(g.arch_get("attention.layer_norm_epsilon", 1e-12))
         self.pooling = POOLING.get(int(g.arch_get("pooling_type", 1) or 0), "mean")
+        self.rank_head = RankHead.load(g, cfg.arch)  # a cross-encoder's (pooling type rank: models/rank.py), else None
         self.tok_embd = ld.matrix("tok_embd")
         types = ld.host_vector("type_embd", required=False)
         self.type_row = None if types is None else types[: cfg.n_embd]  # every token is "sentence A" (type 0), as llama.cpp

@@ -139,6 +139,14 @@ class Model:
             out[i] = v
         return out
 
+    def rerank(self, query: str, documents: list[str]) -> list[float]:
+        """Each document's relevance to ``query``, in the documents' order, as llama-server's
+        /v1/rerank scores it: a reranker's (pooling type rank: bge-reranker, Qwen3-Reranker) head
+        on the pair's prompt (``runtime/rerank.py``).  ValueError in one line for another model."""
+        from .rerank import score
+
+        return score(self, query, documents)[0]
+
     def new_cache(self):
         return self.engine.new_cache()
 

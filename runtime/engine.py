@@ -62,6 +62,7 @@ class GenStats:
     n_gen: int = 0
     t_gen: float = 0.0
     stop_reason: str = ""
+    stop_word: str = ""  # the stop string that ended the text (llama-server's stopping_word)
     n_drafted: int = 0  # lookup decoding: tokens drafted, and of them kept
     n_accepted: int = 0
     #: with GenRequest.logprobs >= 0: per generated token (id, its logprob, [(id, logprob)] of the top N)
@@ -572,6 +573,7 @@ def stream_text(tokenizer: Tokenizer, ids: Iterator[int], stop: tuple[str, ...],
                 if pending[: min(hits)]:
                     yield pending[: min(hits)]
                 stats.stop_reason = "stop string"
+                stats.stop_word = min((s for s in stop if s and s in pending), key=pending.find)
                 return
             safe = len(pending) - hold + 1
             if safe > 0:

@@ -6,10 +6,14 @@ one ``data: {chunk}`` per text piece, then ``data: [DONE]``):
 * ``POST /v1/chat/completions``: ``messages`` -> the assistant's reply
 * ``POST /v1/completions``: ``prompt`` (text, or a list of token ids) -> its continuation
 * ``POST /v1/embeddings``: ``input`` (texts or token ids) -> mean-pooled, L2-normalised embeddings
+* ``POST /v1/rerank`` (``/rerank``, ``/v1/reranking``): a reranker's ``query`` and ``documents`` ->
+  ``results`` by relevance score (``rerank.py``)
 * ``GET /v1/models``, ``GET /health``
 * Ollama's ``/api/chat``, ``/api/generate``, ``/api/tags``, ``/api/ps``, ``/api/show``, ``/api/version``
   (``ollama.py``), so apps written for Ollama work as they are
 * Anthropic's ``POST /v1/messages`` and ``/v1/messages/count_tokens`` (``anthropic.py``)
+* llama-server's own ``POST /completion``, ``/infill``, ``/tokenize``, ``/detokenize``, ``/apply-template`` and
+  ``GET /props`` (``llamaserver.py``), for editors and front-ends written for llama.cpp's server
 
 Sampling fields: ``max_tokens`` (or ``max_completion_tokens``; absent: until the
 text ends or the context fills), ``temperature``, ``top_p``, ``top_k``, ``min_p``,
@@ -49,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from ..loaders.errors import KvrunError
-from . import anthropic, ollama
+from . import anthropic, llamaserver, ollama, rerank
 from .api import Model, Session, _request
 from .engine import GenStats, stream_text
 from .reasoning import ThinkSplitter
@@ -292,9 +296,13 @@ class Server:
             vecs, n_tokens = self.embed(body.get("input"), body.get("encoding_format", "float"))
             return 200, {"object": "list", "model": self.name, "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
                          "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vecs)]}  # fmt: skip
+        if method == "POST" and path in ("/v1/rerank", "/rerank", "/v1/reranking", "/reranking"):  # (rerank.PATHS)
+            return rerank.handle(self, body or {})
         if path.startswith("/api/") and (answer := ollama.handle(self, method, path, body)) is not None:
             return answer
         if path.startswith("/v1/messages") and (answer := anthropic.handle(self, method, path, body)) is not None:
+            return answer
+        if (answer := llamaserver.handle(self, method, path, body)) is not None:  # /completion, /infill, /tokenize, /props...
             return answer
         raise BadRequest(f"no endpoint {method} {path}; see /v1/chat/completions, /v1/completions, /v1/models, /health, "
                          "and Ollama's /api/chat, /api/generate, /api/tags", 404)  # fmt: skip
@@ -436,6 +444,8 @@ class Server:
                         raise BadRequest(f"the prompt is {len(ids)} tokens, the context {eng.n_ctx}; shorten it or start the server "
                                          "with a larger --ctx-size")  # fmt: skip
                     s.messages = []  # (the slot's cache holds this text now, not a conversation)
+                    if body.get("cache_prompt") is False:  # (llama-server's: the whole prompt evaluated again)
+                        del s.tokens[:]
                     yield from stream_text(eng.tokenizer, eng.generate_reusing(s.cache, s.tokens, ids, req, stats), req.stop, stats)
 
         run.pieces = _checked(pieces())
@@ -752,7 +762,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             for ev in events:
                 put(ev)
-            if not ndjson and not named:
+            if not ndjson and not named and not getattr(events, "no_done", False):  # (llamaserver.Stream: none)
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
         except BadRequest as e:  # past the 200: said in the stream, as llama-server and Ollama do

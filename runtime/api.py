@@ -297,14 +297,16 @@ class Session:
         return self.model.chat_tokens(msgs, self.tools, self.template_kwargs)
 
     def reply(self, msgs: list[dict[str, Any]], max_tokens: int = 512, stop: Any = None, reserve: int | None = None,
-              logprobs: int = -1, json_mode: bool = False, **sampling: Any) -> Iterator[str]:  # fmt: skip
+              logprobs: int = -1, json_mode: bool = False, prompt: list[int] | None = None, **sampling: Any) -> Iterator[str]:  # fmt: skip
         """The reply to the conversation ``msgs`` (which becomes this session's), as text pieces.
         ``reserve``: context tokens kept free for the reply when deciding whether the oldest turns must
         go (default: ``max_tokens``, or half the context when it is -1).  ``logprobs`` >= 0: each reply
-        token's log-probability and the ``logprobs`` likeliest, in ``last_stats.logprobs``."""
+        token's log-probability and the ``logprobs`` likeliest, in ``last_stats.logprobs``.  ``prompt``:
+        ``msgs`` already rendered with this session's tools and template variables (a server picking a slot
+        rendered them to compare), not rendered again."""
         req = _request(max_tokens, stop, logprobs=logprobs, json_mode=json_mode, **sampling)
         msgs = list(msgs)
-        prompt = self._render(msgs)
+        prompt = self._render(msgs) if prompt is None else prompt
         if reserve is None:
             reserve = self.engine.n_ctx // 2 if max_tokens < 0 else max_tokens
         reserve = min(max(reserve, 0), self.engine.n_ctx // 2)  # for the reply

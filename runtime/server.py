@@ -427,7 +427,7 @@ class Server:
                     # no max_tokens: the reply may run to the context's end, but a long prompt keeps its turns
                     # (a client sending a document to summarise), so little is held back for the reply
                     reserve = None if req.max_tokens >= 0 else min(REPLY_RESERVE, eng.n_ctx // 8)
-                    it = s.reply(msgs, max_tokens=req.max_tokens, stop=list(req.stop), reserve=reserve, ignore_eos=req.ignore_eos,
+                    it = s.reply(msgs, max_tokens=req.max_tokens, stop=list(req.stop), reserve=reserve, ignore_eos=req.ignore_eos, prompt=known,
                                  logprobs=req.logprobs, json_mode=req.json_mode, grammar=req.grammar,
                                  grammar_trigger=req.grammar_trigger, **_sampling(req))  # fmt: skip
                     run.live = s

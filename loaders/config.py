@@ -30,11 +30,19 @@ SUPPORTED_ARCHITECTURES += ("gpt2", "starcoder2", "gptneox")  # LayerNorm and GE
 SUPPORTED_ARCHITECTURES += ("glm4", "glm4moe")  # GLM-4-0414, GLM-4.5/4.6 (models/glm4.py)
 SUPPORTED_ARCHITECTURES += ("smallthinker", "bailingmoe2")  # SmallThinker, Ling/Ring 2.0 (models/smallthinker.py, bailingmoe2.py)
 SUPPORTED_ARCHITECTURES += ("llama4",)  # Llama 4 Scout/Maverick: chunked and NoPE attention, interleaved experts (models/llama4.py)
+SUPPORTED_ARCHITECTURES += ("internlm2", "olmo", "nemotron", "openelm")  # models/internlm2.py, olmo.py, nemotron.py, openelm.py
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # Llama 4: rope over consecutive pairs; its chosen expert's sigmoid weight as the router gave it (models/llama4.py)
     "llama4": {"rope_neox": False, "expert_weights_norm": False},
+    # InternLM2 (the Llama block, the converter splitting its fused wqkv), OLMo v1 (non-parametric LayerNorms, Q/K/V clamped
+    # where the file says), Nemotron (LayerNorms with biases, squared-ReLU FFN, partial rope), OpenELM (per-layer head
+    # counts and FFN widths, per-head QK-norm): models/internlm2.py, olmo.py, nemotron.py, openelm.py
+    "internlm2": {"rope_neox": False},
+    "olmo": {"rope_neox": False},
+    "nemotron": {"rope_neox": True},
+    "openelm": {"rope_neox": True},
     # BERT encoders (embeddings): learned positions; nomic-bert rotates, NeoX layout
     "bert": {"rope_neox": False},
     # LFM2: convolution and attention layers (which ones: the per-layer head_count_kv, 0 for convolutions)
@@ -261,7 +269,8 @@ def load_config(g: GGUFFile) -> ModelConfig:
         )
     d = _ARCH_DEFAULTS[arch]
     n_embd = int(_req(g, "embedding_length"))
-    n_head = int(_req(g, "attention.head_count"))
+    n_head = _req(g, "attention.head_count")
+    n_head = int(n_head if not hasattr(n_head, "__len__") else max(n_head))  # (OpenELM: a per-layer list; the widest layer's)
     kv = g.arch_get("attention.head_count_kv", n_head)
     # (a per-layer list: LFM2 states 0 for its convolution layers, Granite 4.0-H for its Mamba-2 ones; the
     # attention layers' count is the one)
@@ -287,7 +296,8 @@ def load_config(g: GGUFFile) -> ModelConfig:
         n_ff = 0  # (llama.cpp reads it optionally; a mixture of experts without a dense FFN need not state it)
     if n_ff is None:
         raise GGUFError(f"{g.path}: metadata {arch}.feed_forward_length is missing")
-    n_ff = int(n_ff if not hasattr(n_ff, "__len__") else n_ff[0])
+    n_ff = int(n_ff if not hasattr(n_ff, "__len__") else max(n_ff) if arch == "openelm" else n_ff[0])  # (OpenELM: its widest
+    # layer's; each layer's own width is its weights', models/openelm.py)
 
     tokens = g.get("tokenizer.ggml.tokens")
     n_vocab = int(g.arch_get("vocab_size", len(tokens) if tokens is not None else 0))

@@ -31,15 +31,19 @@ from .granite import GraniteModel
 from .granitehybrid import GraniteHybridModel
 from .granitemoe import GraniteMoeModel
 from .hunyuan_dense import HunyuanDenseModel
+from .internlm2 import InternLM2Model
 from .lfm2 import Lfm2Model
 from .llama import LlamaModel
 from .llama4 import Llama4Model
 from .mamba2 import Mamba2Model
 from .minicpm import MiniCPMModel
 from .mistral3 import Mistral3Model
+from .nemotron import NemotronModel
 from .nemotron_h import NemotronHModel
+from .olmo import OlmoModel
 from .olmo2 import Olmo2Model
 from .olmoe import OlmoeModel
+from .openelm import OpenELMModel
 from .phi2 import Phi2Model
 from .phi3 import Phi3Model
 from .qwen2 import Qwen2Model
@@ -61,7 +65,8 @@ for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model
              Olmo2Model, OlmoeModel, ExaoneModel, Exaone4Model, BertModel, Lfm2Model, Phi2Model, StableLMModel, GptOssModel, Ernie45Model,
              Ernie45MoeModel, Cohere2Model, ArceeModel, Mamba2Model, GraniteHybridModel, FalconH1Model, NemotronHModel, Mistral3Model,
              HunyuanDenseModel, MiniCPMModel, RWKV7Model, BitnetModel, Glm4Model, Glm4MoeModel, SmallThinkerModel, BailingMoe2Model,
-             SeedOssModel, ApertusModel, CommandRModel, GPT2Model, StarCoder2Model, GPTNeoXModel, RWKV6Model, Llama4Model):  # fmt: skip
+             SeedOssModel, ApertusModel, CommandRModel, GPT2Model, StarCoder2Model, GPTNeoXModel, RWKV6Model, Llama4Model,
+             InternLM2Model, OlmoModel, NemotronModel, OpenELMModel):  # fmt: skip
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

@@ -184,6 +184,15 @@ FIXTURE_MODELS: dict[str, dict] = {
     # experts with exp_probs_b in groups, renormalised and scaled, a shared expert; "-nextn": a NextN layer, no groups
     "bailingmoe2": {"arch": "bailingmoe2"},
     "bailingmoe2-nextn": {"arch": "bailingmoe2", "nextn": True, "seed": 1},  # (seed 0's last token ties two experts' scores)
+    # tiny_small_lms.py: InternLM2 (the Llama layout, q/k/v split by the converter), OLMo v1 (non-parametric LayerNorms),
+    # Nemotron (LayerNorms with biases, squared ReLU, partial rope, wide heads), OpenELM (per-layer heads and FFN widths)
+    "internlm2": {"arch": "internlm2"},
+    "internlm2-fused-qkv": {"arch": "internlm2", "fused_qkv": True},  # one attn_qkv (llama.cpp's loader takes it too)
+    "olmo": {"arch": "olmo"},  # OLMo-1B: the output head tied, no clip
+    "olmo-clamp": {"arch": "olmo", "clamp_kqv": 1.0, "output_head": True},  # OLMo 1.7-7B: clip_qkv, a separate output head
+    "nemotron": {"arch": "nemotron"},  # Nemotron-Mini-4B, Minitron: no biases beyond the LayerNorms'
+    "nemotron-biases": {"arch": "nemotron", "biases": True},  # the optional attn_output, ffn_up and ffn_down biases
+    "openelm": {"arch": "openelm"},
 }
 
 
@@ -246,6 +255,7 @@ def write_tiny_model(
     scales: bool = False,
     swa_pattern: int = 0,
     lerp_fused: bool = True,
+    fused_qkv: bool = False, clamp_kqv: float = 0.0, biases: bool = False,
 ) -> Path:  # fmt: skip
     """A random ``arch`` model; matrices stored as ``qtype`` (F32, F16, Q8_0, Q4_0...).  ``rope_freqs``:
     with Llama 3.1's per-frequency rope factors (``rope_freqs.weight``, 1 to 8 from high to low), or
@@ -258,6 +268,10 @@ def write_tiny_model(
     qwen3next: :func:`_write_tiny_qwen35` (qwen3next with ``split_qkv``: attn_qkv and attn_gate, not ssm_in).
     mistral3, ernie4_5-moe: :func:`_write_tiny_mistral3_ernie_moe` (mistral3's ``yarn_log_mul``).  hunyuan-dense,
     minicpm: :func:`_write_tiny_hunyuan_minicpm` (``rope_alpha``; minicpm's ``mup_defaults``, and ``rope_freqs``: LongRoPE)."""
+    if arch in ("internlm2", "olmo", "nemotron", "openelm"):  # (tiny_small_lms.py: internlm2's ``fused_qkv``, olmo's ``clamp_kqv``, nemotron's ``biases``)
+        from tiny_small_lms import write_tiny_small_lm
+
+        return write_tiny_small_lm(path, arch, qtype, seed, fused_qkv=fused_qkv, clamp_kqv=clamp_kqv, output_head=output_head, biases=biases)
     if arch in ("smallthinker", "bailingmoe2"):  # (tiny_smallthinker.py: ``sliding_window``, ``swa_pattern``; tiny_bailingmoe2.py: ``nextn``)
         from tiny_bailingmoe2 import write_tiny_bailingmoe2
         from tiny_smallthinker import write_tiny_smallthinker

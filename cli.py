@@ -148,7 +148,8 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
 
     g = g if g is not None else GGUFFile(path)
     cfg = load_config(g)
-    kinds = {"llama": "SentencePiece (spm)", "gpt2": "byte-level BPE", "bert": "WordPiece", "rwkv": "RWKV World (longest match)"}
+    kinds = {"llama": "SentencePiece (spm)", "gpt2": "byte-level BPE", "bert": "WordPiece", "rwkv": "RWKV World (longest match)",
+             "t5": "SentencePiece Unigram (ugm)"}
     pooling = {1: "mean", 2: "cls", 3: "last"}.get(int(g.arch_get("pooling_type", 1) or 1), "mean")
     tok_model = str(g.get("tokenizer.ggml.model", "none"))
     types = Counter(t.type_name for t in g.tensors.values())
@@ -617,6 +618,39 @@ def _load(model: str | None, kw: dict[str, Any]):
                          draft=draft, draft_max=kw.get("draft_max", 8), draft_p_min=kw.get("draft_p_min", 0.75)))  # fmt: skip
 
 
+def _check_images(mmproj: str | None, images: tuple[str, ...], prompt_cache: str | None) -> None:
+    """--image and --mmproj in one line each, before the model loads."""
+    if images and mmproj is None:
+        raise KvrunError("--image needs --mmproj FILE: the model's projector (mmproj-*.gguf), which turns images into its input")
+    if mmproj is not None and not Path(mmproj).is_file():
+        raise KvrunError(f"--mmproj: no file {mmproj}")
+    for f in images:
+        if not Path(f).is_file():
+            raise KvrunError(f"--image: no file {f}")
+    if mmproj is not None and prompt_cache is not None:
+        raise KvrunError("--prompt-cache does not take images: drop one of --prompt-cache and --mmproj")
+
+
+def _run_vision(m: Any, text: str, mmproj: str, images: list[str], req: Any, no_stats: bool) -> None:
+    """`kvrun run --mmproj --image`: the prompt laid out with its images, prefilled, the reply streamed."""
+    from .runtime.engine import GenStats
+    from .runtime.vision import Vision
+
+    vis = Vision(m.engine, mmproj)
+    segs = vis.segments(text, images)
+    stats, cache = GenStats(), m.new_cache()
+    click.echo(text, nl=False)
+    try:
+        for piece in vis.generate_text(cache, segs, req, stats):
+            click.echo(piece, nl=False)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        stats.stop_reason = "interrupted"
+    click.echo("")
+    if not no_stats:
+        click.echo(_stats_line(stats, cache, m.engine) + f" load {m.engine.load_time:.2f} s", err=True)
+
+
 def _lora(kw: dict[str, Any]) -> list[tuple[str, float]]:
     """--lora FILE / --lora-scaled FILE SCALE as (path, scale) pairs, each file checked to exist."""
     pairs = [(f, 1.0) for f in kw.get("lora") or ()] + [(f, s) for f, s in kw.get("lora_scaled") or ()]
@@ -651,14 +685,19 @@ def _stats_line(stats: Any, cache: Any = None, engine: Any = None) -> str:
 @lookup_option
 @click.option("--prompt-cache", "prompt_cache", type=click.Path(dir_okay=False), default=None,
               help="reuse the KV cache saved in this file for the prefix the prompt shares with it, and save the prompt's there (as llama-cli)")  # fmt: skip
+@click.option("--mmproj", type=click.Path(dir_okay=False), default=None,
+              help="the model's multimodal projector (mmproj-*.gguf, Gemma 3's), to pass images (as llama-mtmd-cli)")  # fmt: skip
+@click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False),
+              help="an image for the prompt (repeatable; needs --mmproj): at each <__media__> in the prompt, else before it")  # fmt: skip
 @draft_options
 @engine_options
 @kv_options
 @sampling_options
 @friendly
 def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predict: int, ignore_eos: bool, no_stats: bool, lookup: int,
-        prompt_cache: str | None, stop: tuple[str, ...], **kw: Any) -> None:  # fmt: skip
+        prompt_cache: str | None, stop: tuple[str, ...], mmproj: str | None = None, images: tuple[str, ...] = (), **kw: Any) -> None:  # fmt: skip
     """Complete a prompt and stream the text (as llama-cli -p)."""
+    _check_images(mmproj, images, prompt_cache)
     if prompt is None and prompt_file is None:
         if _interactive():
             raise KvrunError("give a prompt with -p TEXT or -f FILE (or pipe it in)")
@@ -676,6 +715,8 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
     req = _check_lookup(lookup, n_predict, stop, sampling, kw)
     req.ignore_eos = ignore_eos
     m = _load(model, kw)
+    if mmproj is not None:  # images in the prompt (runtime/vision.py)
+        return _run_vision(m, text, mmproj, list(images), req, no_stats)
     ids = m.tokenize(text)
     if len(ids) > m.engine.n_ctx:  # say so before echoing the prompt
         raise KvrunError(f"the prompt is {len(ids)} tokens, the context {m.engine.n_ctx}; raise --ctx-size or shorten the prompt")

@@ -7,6 +7,7 @@
   BPE model from the vocab and merges, behind the pre-tokenizer regexes that
   ``tokenizer.ggml.pre`` names (as llama.cpp's ``src/llama-vocab.cpp`` defines them).
 * ``"rwkv"`` (RWKV World): the longest token the bytes start with, greedily (``rwkv_vocab.py``).
+* ``"t5"`` (SentencePiece Unigram, e.g. XLM-RoBERTa's in bge-m3): llama.cpp's UGM tokenizer (``ugm.py``).
 
 What follows llama.cpp (``llama_vocab::impl``) on purpose:
 
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from . import rwkv_vocab, wpm
+from . import rwkv_vocab, ugm, wpm
 from .strings import StringArray
 
 # GGUF token types (gguf-py TokenType / llama.cpp llama_token_type)
@@ -239,10 +240,10 @@ class Tokenizer:
 
     def __init__(self, md: Mapping[str, Any]) -> None:
         self.model = str(md.get("tokenizer.ggml.model", ""))
-        if self.model not in ("llama", "gpt2", "bert", "rwkv"):
-            raise ValueError(f"tokenizer model {self.model!r} is not supported (llama/SentencePiece, gpt2/byte-level BPE, bert/WordPiece "
-                             "and rwkv/World are)")
-        self.kind = {"llama": "spm", "gpt2": "bpe", "bert": "wpm", "rwkv": "rwkv"}[self.model]
+        if self.model not in ("llama", "gpt2", "bert", "rwkv", "t5"):
+            raise ValueError(f"tokenizer model {self.model!r} is not supported (llama/SentencePiece, gpt2/byte-level BPE, bert/WordPiece, "
+                             "t5/Unigram and rwkv/World are)")
+        self.kind = {"llama": "spm", "gpt2": "bpe", "bert": "wpm", "rwkv": "rwkv", "t5": "ugm"}[self.model]
         self.pre = str(md.get("tokenizer.ggml.pre", "default") or "default")
 
         tokens = md["tokenizer.ggml.tokens"]
@@ -269,6 +270,11 @@ class Tokenizer:
             bos, eos, unk = 101, 102, 100
             add_bos, add_eos, self.add_space_prefix = True, True, False
             self.ignore_merges = False
+        elif self.kind == "ugm":  # T5's layout: <pad> </s> <unk>; XLM-R's files name theirs and ask for BOS and EOS
+            bos, eos, unk = None, 1, 2
+            add_bos, add_eos, self.add_space_prefix = False, True, False
+            self.ignore_merges = False
+            self._ugm_attrs = self.attrs.copy()  # (llama.cpp builds its UGM tokenizer before the fix-ups below)
         elif self.kind == "rwkv":  # RWKV World (loaders/rwkv_vocab.py): no special token unless the file names one
             bos = eos = unk = None
             add_bos, add_eos, self.add_space_prefix = False, False, False
@@ -305,6 +311,12 @@ class Tokenizer:
             pieces, sp_types = self._sp_pieces()
             self._sp = spm.SentencePieceProcessor()
             self._sp.LoadFromSerializedProto(_spm_model_proto(pieces, np.append(scores, np.float32(0)), sp_types))
+        elif self.kind == "ugm":
+            self._ugm_md = {k: md.get(f"tokenizer.ggml.{k}") for k in ("scores", "remove_extra_whitespaces")}
+            cm = md.get("tokenizer.ggml.precompiled_charsmap")
+            cm = b"" if cm is None else cm if isinstance(cm, (bytes, bytearray)) else np.asarray(cm).astype(np.uint8).tobytes()
+            self._ugm_charsmap = ugm.CharsMap(cm) if cm else None  # (read now: a corrupt one fails the load, in one line)
+            self._ugm: ugm.UgmVocab | None = None  # (the pieces, built on first use)
         elif self.kind == "rwkv":
             self._rwkv: rwkv_vocab.RwkvVocab | None = None  # (the trie, built on first use)
             self.add_bos = self.add_eos = False  # (llama.cpp's RWKV tokenize adds neither, whatever the file says)
@@ -488,6 +500,9 @@ class Tokenizer:
         if self.kind == "wpm":
             for f in frags:
                 ids.extend([f] if isinstance(f, int) else self._wpm(text[f[0] : f[1]]))
+        elif self.kind == "ugm":
+            for f in frags:  # (every fragment normalised on its own, the space prefix included, as llama.cpp)
+                ids.extend([f] if isinstance(f, int) else self._ugm_vocab().encode(text[f[0] : f[1]]))
         elif self.kind == "rwkv":
             if self._rwkv is None:
                 self._rwkv = rwkv_vocab.RwkvVocab(self.tokens, self.unk_id)
@@ -549,6 +564,16 @@ class Tokenizer:
             self._wpm_max = max((len(t) for t in self._wpm_vocab), default=1)
         return wpm.encode(text, self._wpm_vocab, self.unk_id if self.unk_id is not None else 100, self._wpm_max)
 
+    def _ugm_vocab(self) -> ugm.UgmVocab:
+        """The Unigram model (loaders/ugm.py), built on first use from the GGUF's scores and charsmap."""
+        if self._ugm is None:
+            md, a = self._ugm_md, self._ugm_attrs
+            scores = np.zeros(self.n_vocab, np.float32) if md["scores"] is None else np.asarray(md["scores"], np.float32)[: self.n_vocab]
+            self._ugm = ugm.UgmVocab(self.tokens, scores, (a & A_NORMAL) != 0, (a & A_USER_DEFINED) != 0, (a & A_UNUSED) != 0,
+                                     self.unk_id, self._ugm_charsmap, self.add_space_prefix, bool(md["remove_extra_whitespaces"] or False),
+                                     user_scored=(self.attrs & A_USER_DEFINED) != 0)
+        return self._ugm
+
     def vocab_bytes(self) -> tuple[np.ndarray, np.ndarray]:
         """Every token's bytes as generated text holds them (control tokens: none), concatenated
         (uint8), and their offsets [n_vocab + 1] int64; built once.  Constrained decoding reads them."""
@@ -566,7 +591,7 @@ class Tokenizer:
         if attr & (_A_SPECIAL | A_USER_DEFINED):
             return tok.encode("utf-8")
         if attr & A_NORMAL:
-            if self.kind in ("spm", "wpm"):
+            if self.kind in ("spm", "wpm", "ugm"):
                 return tok.replace("\u2581", " ").encode("utf-8")
             return _decode_byte_level(tok)
         if attr & A_BYTE:

@@ -211,6 +211,9 @@ class Model:
     #: True while Engine.embed runs: output_head writes the final-normed hidden states ``[n, n_embd]``
     #: into its ``logits`` argument instead of the logits
     embedding: bool = False
+    #: set while Engine.eval_embd runs: rows [T, n_embd] the forward takes in place of the token embeddings (an
+    #: image's, models/siglip.py), unscaled, attending to one another both ways (cache/bidirectional.py)
+    input_embd: Any = None
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         self.cfg = cfg

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..cache.base import KVCache, LayerSpec
+from ..cache.bidirectional import attend_bidirectional
 from ..loaders.config import ModelConfig
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
@@ -40,6 +41,7 @@ class Gemma3Layer:
 class Gemma3Model(Model):
     archs = ("gemma3",)
     qk_norm = True  # per-head RMSNorm of Q and K (Gemma 2 has none)
+    takes_images = True  # its forward reads Model.input_embd (an image's rows: Engine.eval_embd)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
@@ -85,8 +87,11 @@ class Gemma3Model(Model):
         x, xn, q, k, v, att, gate, up, q3, k3, v3, att3 = self.step_buffers(T)
         o = buf.get("o", T, c.n_embd)
 
-        be.get_rows(self.tok_embd, tokens, x)
-        be.scale(x, math.sqrt(c.n_embd))
+        if self.input_embd is not None:  # an image's rows: not scaled (llama.cpp scales token embeddings only)
+            x[...] = self.input_embd
+        else:
+            be.get_rows(self.tok_embd, tokens, x)
+            be.scale(x, math.sqrt(c.n_embd))
         for il, L in enumerate(self.layers):
             cos, sin = self.rope_local if c.is_swa(il) else self.rope_global
             be.norm_linear_many(x, L.attn_norm, c.norm_eps, xn, (L.wq, L.wk, L.wv), (q, k, v))
@@ -96,6 +101,8 @@ class Gemma3Model(Model):
             else:
                 be.rope_qk(q3, k3, pos, cos, sin, c.rope_neox)
             cache[il].update_and_attend(q3, k3, v3, pos, att3)
+            if self.input_embd is not None:  # (an image's rows see each other, as llama.cpp's non-causal image batch)
+                attend_bidirectional(cache[il], q3, pos, att3)
             self.trace("kqv_out", il, att)
             be.linear(L.wo, att, o)
             be.rms_norm_add(o, L.attn_post_norm, c.norm_eps, x)

@@ -330,6 +330,33 @@ class Engine:
             out[...] = logits[at : at + len(out)]
             at += len(out)
 
+    def eval_embd(self, cache: KVCache, rows: np.ndarray) -> None:
+        """Feed embedding rows ``rows`` [n, n_embd] (an image's, models/siglip.py) after what ``cache`` holds, in place of
+        token embeddings: n_batch rows a forward, each seeing the cache and its own forward's rows both ways, as
+        llama.cpp's mtmd_helper_eval_chunks feeds an image to Gemma 3.  No logits: text follows an image."""
+        rows = np.ascontiguousarray(rows, np.float32)
+        if not getattr(self.model, "takes_images", False):
+            raise KvrunError(f"{self.cfg.arch} models take no images; kvrun runs images with Gemma 3 (--mmproj)")
+        if rows.ndim != 2 or rows.shape[1] != self.cfg.n_embd:
+            raise KvrunError(f"the image rows are {rows.shape[-1]} wide and the model's embeddings {self.cfg.n_embd}: "
+                             "the --mmproj file is not this model's projector")  # fmt: skip
+        if cache.offset + len(rows) > self.n_ctx:
+            raise KvrunError(f"{cache.offset + len(rows)} tokens do not fit the context of {self.n_ctx}; raise --ctx-size")
+        none = np.empty((0, self.cfg.n_vocab), np.float32)
+
+        def run() -> None:
+            for s in range(0, len(rows), self.n_batch):
+                chunk = rows[s : s + self.n_batch]
+                pos = np.arange(cache.offset, cache.offset + len(chunk), dtype=np.int32)
+                self.model.input_embd = chunk
+                try:
+                    self.model.forward(np.zeros(len(chunk), np.int32), pos, cache, np.zeros(0, np.int64), none)
+                finally:
+                    self.model.input_embd = None
+                cache.offset += len(chunk)
+
+        self.batcher.call(run)
+
     def _checked_tokens(self, tokens: list[int] | np.ndarray, offset: int) -> np.ndarray:
         """``tokens`` as int32, or a one-line KvrunError: not integers, empty, past the context after
         ``offset`` cached tokens, outside the vocabulary."""

@@ -249,5 +249,5 @@ def test_unknown_pre_tokenizer_warns_and_uses_the_default():
 
 
 def test_unsupported_tokenizer_model_is_a_clear_error():
-    with pytest.raises(ValueError, match="'t5' is not supported"):
-        Tokenizer.from_metadata({"tokenizer.ggml.model": "t5", "tokenizer.ggml.tokens": ["a"]})
+    with pytest.raises(ValueError, match="'plamo2' is not supported"):
+        Tokenizer.from_metadata({"tokenizer.ggml.model": "plamo2", "tokenizer.ggml.tokens": ["a"]})

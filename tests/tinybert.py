@@ -3,6 +3,7 @@ small WordPiece vocabulary stored as llama.cpp's converter stores one (word star
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,9 @@ def wpm_vocab() -> tuple[list[str], list[int]]:
     return toks, types
 
 
-def write_tiny_bert(path: Path, arch: str = "bert", qtype: int = Q.F32, seed: int = 0) -> Path:
+def write_tiny_bert(path: Path, arch: str = "bert", qtype: int = Q.F32, seed: int = 0,
+                    vocab: Callable[[GGUFWriter], int] | None = None) -> Path:
+    """``vocab`` writes another vocabulary's keys instead and returns its size (tests/tiny_ugm.py's Unigram one)."""
     rng = np.random.default_rng(seed)
     toks, types = wpm_vocab()
     n_vocab = len(toks)
@@ -47,15 +50,18 @@ def write_tiny_bert(path: Path, arch: str = "bert", qtype: int = Q.F32, seed: in
     w.add_pooling_type(PoolingType.MEAN if arch == "nomic-bert" else PoolingType.CLS)
     if arch == "nomic-bert":
         w.add_rope_freq_base(1000.0)
-    w.add_tokenizer_model("bert")
-    w.add_token_list(toks)
-    w.add_token_types(types)
-    w.add_token_type_count(2)
-    w.add_bos_token_id(2)
-    w.add_sep_token_id(3)
-    w.add_unk_token_id(1)
-    w.add_pad_token_id(0)
-    w.add_mask_token_id(4)
+    if vocab is not None:
+        n_vocab = vocab(w)
+    else:
+        w.add_tokenizer_model("bert")
+        w.add_token_list(toks)
+        w.add_token_types(types)
+        w.add_token_type_count(2)
+        w.add_bos_token_id(2)
+        w.add_sep_token_id(3)
+        w.add_unk_token_id(1)
+        w.add_pad_token_id(0)
+        w.add_mask_token_id(4)
 
     def mat(name: str, rows: int, cols: int, scale: float = 0.2) -> None:
         a = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)

@@ -1,0 +1,111 @@
+"""The multimodal projector file (llama.cpp's ``--mmproj``): a vision encoder and the projector into a text model.
+
+llama.cpp keeps a vision model's image side in a GGUF of its own, ``general.architecture`` "clip", beside the
+text model's file: the encoder's hyperparameters under ``clip.vision.*`` and the projector's kind in
+``clip.projector_type``.  kvrun reads Gemma 3's (projector type "gemma3": a SigLIP ViT, 4x4 average pooling,
+RMSNorm and one matrix into the text width; models/siglip.py runs it).  Any other projector is refused in one
+line that names what is supported, before a weight is touched.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .errors import GGUFError, UnsupportedModelError
+from .gguf_file import GGUFFile
+
+#: projector types kvrun runs (clip.projector_type)
+SUPPORTED_PROJECTORS = ("gemma3",)
+
+
+@dataclass(frozen=True)
+class MmprojConfig:
+    """A vision encoder's and projector's hyperparameters, as clip.cpp's ``clip_hparams`` reads them."""
+
+    projector_type: str
+    image_size: int  # the encoder's square input, pixels a side (896 for Gemma 3)
+    patch_size: int  # pixels a side of one patch (14)
+    n_embd: int  # the encoder's width (1152)
+    n_ff: int  # its FFN width (4304)
+    n_layer: int
+    n_head: int
+    eps: float  # every LayerNorm's and the projector's RMSNorm's epsilon
+    image_mean: tuple[float, float, float]  # per RGB channel, on pixels scaled to [0, 1]
+    image_std: tuple[float, float, float]
+    n_merge: int  # patches a side pooled into one output row (Gemma 3: 4, 64x64 patches -> 16x16 rows)
+    n_text_embd: int  # the projector's output width: the text model's n_embd
+
+    @property
+    def n_patches_side(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def n_tokens(self) -> int:
+        """Embedding rows one image becomes (Gemma 3: 256)."""
+        return (self.n_patches_side // self.n_merge) ** 2
+
+
+def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
+    """The config of an opened mmproj file, or a one-line error: not a projector file, a projector kvrun
+    does not run, or missing/inconsistent hyperparameters."""
+    arch = g.get("general.architecture")
+    if arch != "clip":
+        raise GGUFError(f"{g.path}: general.architecture is {arch!r}, not 'clip': not a multimodal projector "
+                        "(--mmproj takes the mmproj-*.gguf file published beside the model)")  # fmt: skip
+    ptype = g.get("clip.projector_type") or g.get("clip.vision.projector_type")
+    if not g.get("clip.has_vision_encoder", True) or ptype is None:
+        raise UnsupportedModelError(f"{g.path}: the projector has no vision encoder (an audio one?); "
+                                    f"kvrun reads image projectors of type {', '.join(SUPPORTED_PROJECTORS)}")  # fmt: skip
+    if ptype not in SUPPORTED_PROJECTORS:
+        raise UnsupportedModelError(f"{g.path}: projector type {ptype!r} is not supported; "
+                                    f"kvrun reads {', '.join(SUPPORTED_PROJECTORS)} (Gemma 3's)")  # fmt: skip
+
+    def need(key: str) -> int | float:
+        v = g.get(f"clip.vision.{key}")
+        if v is None:
+            raise GGUFError(f"{g.path}: clip.vision.{key} is missing; the projector file is incomplete")
+        return v
+
+    def triple(key: str) -> tuple[float, float, float]:
+        v = [float(x) for x in need(key)]  # type: ignore[union-attr]
+        if len(v) < 3:
+            raise GGUFError(f"{g.path}: clip.vision.{key} has {len(v)} values, not 3 (R, G, B)")
+        return (v[0], v[1], v[2])
+
+    image_size, patch_size = int(need("image_size")), int(need("patch_size"))
+    n_embd, n_head = int(need("embedding_length")), int(need("attention.head_count"))
+    # Gemma 3 pools 4x4 patches into a row; the file may say otherwise (llama.cpp's tiny test model does)
+    n_merge = int(g.get("clip.vision.projector.scale_factor", 4))
+    proj = g.tensors.get("mm.input_projection.weight")
+    if proj is None:
+        raise GGUFError(f"{g.path}: tensor 'mm.input_projection.weight' is missing; the projector file is incomplete")
+    cfg = MmprojConfig(
+        projector_type=str(ptype),
+        image_size=image_size,
+        patch_size=patch_size,
+        n_embd=n_embd,
+        n_ff=int(need("feed_forward_length")),
+        n_layer=int(need("block_count")),
+        n_head=n_head,
+        eps=float(g.get("clip.vision.attention.layer_norm_epsilon", 1e-6)),
+        image_mean=triple("image_mean"),
+        image_std=triple("image_std"),
+        n_merge=n_merge,
+        n_text_embd=int(proj.shape[-1]),  # (stored [n_embd, n_text_embd]: clip.cpp multiplies by its transpose)
+    )
+    side = cfg.n_patches_side
+    if patch_size <= 0 or image_size % patch_size or n_merge <= 0 or side % n_merge or n_embd % n_head:
+        raise GGUFError(f"{g.path}: inconsistent vision hyperparameters (image_size {image_size}, patch_size {patch_size}, "
+                        f"pooling {n_merge}, width {n_embd}, heads {n_head})")  # fmt: skip
+    return cfg
+
+
+def open_mmproj(path: str | os.PathLike) -> tuple[GGUFFile, MmprojConfig]:
+    """Open ``path`` as a projector file: the file and its config (the file is closed again on an error)."""
+    g = GGUFFile(path)
+    try:
+        return g, load_mmproj_config(g)
+    except Exception:
+        g.close()
+        raise

@@ -1,0 +1,207 @@
+"""Gemma 3's image side: the SigLIP vision encoder and Gemma 3's projector, as llama.cpp's clip.cpp builds them
+(``clip_graph_siglip`` for PROJECTOR_TYPE_GEMMA3), read from an mmproj file (loaders/mmproj.py).
+
+An image becomes rows of the text model's width, which the text model reads in place of token embeddings
+between ``<start_of_image>`` and ``<end_of_image>`` (runtime/vision.py lays the prompt out):
+
+    pixels [3, S, S] (RGB, resized to S = image_size, normalised by image_mean/std)
+    -> patch embedding: a stride-p convolution, i.e. one matrix over the flattened p x p x 3 patches, + bias
+    -> + learned position embeddings (one per patch, raster order)
+    -> n_layer pre-norm ViT blocks: LayerNorm (with bias), multi-head attention without rope (every patch sees
+       every patch), residual; LayerNorm, GELU MLP (with biases), residual
+    -> post LayerNorm
+    -> average pooling of n_merge x n_merge patches (Gemma 3: 64x64 patches -> 16x16 = 256 rows)
+    -> RMSNorm (mm.soft_emb_norm, its weight already 1 + w in the file) -> x @ mm.input_projection -> [n_rows, n_text_embd]
+
+One image is a one-off prefill-sized job, so activations are numpy arrays on the host (as models/bert.py's) and
+the ViT's weight products run on the CPU backend's kernels in the file's format.  What ggml's CPU does to the
+numbers is reproduced where it shows: a product with an F16 weight rounds its input to F16 first (ggml's
+vec_dot_type), the convolution runs on F16 patches and an F16 kernel, GELU is looked up in an F16 table
+(models/bert.gelu).  Attention is float32 softmax(QK^T)V, llama.cpp's path without flash attention (measured on the
+tiny projector: 1e-4 off its rows; libmtmd's default turns flash attention on, whose F16 K/V put llama.cpp itself
+1.7e-3 off that, on rows of magnitude ~6).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from ..loaders.errors import KvrunError, UnsupportedModelError
+from ..loaders.gguf_file import GGUFFile
+from ..loaders.mmproj import MmprojConfig, open_mmproj
+from ..loaders.quants import dequantize
+from ..ops.backend import Backend
+from .bert import gelu, layer_norm
+from .common import TENSOR_NAMES, WeightLoader
+
+F16 = 1  # ggml's type id of float16
+
+TENSOR_NAMES.update({  # the encoder's names (clip.cpp's TN_*, prefix "v")
+    "v_ln1": "v.blk.{i}.ln1.weight", "v_ln1_b": "v.blk.{i}.ln1.bias",
+    "v_ln2": "v.blk.{i}.ln2.weight", "v_ln2_b": "v.blk.{i}.ln2.bias",
+    "v_q": "v.blk.{i}.attn_q.weight", "v_q_b": "v.blk.{i}.attn_q.bias",
+    "v_k": "v.blk.{i}.attn_k.weight", "v_k_b": "v.blk.{i}.attn_k.bias",
+    "v_v": "v.blk.{i}.attn_v.weight", "v_v_b": "v.blk.{i}.attn_v.bias",
+    "v_o": "v.blk.{i}.attn_out.weight", "v_o_b": "v.blk.{i}.attn_out.bias",
+    "v_up": "v.blk.{i}.ffn_up.weight", "v_up_b": "v.blk.{i}.ffn_up.bias",
+    "v_down": "v.blk.{i}.ffn_down.weight", "v_down_b": "v.blk.{i}.ffn_down.bias",
+    "v_post_ln": "v.post_ln.weight", "v_post_ln_b": "v.post_ln.bias",
+    "v_patch_b": "v.patch_embd.bias",
+    "mm_soft_emb_norm": "mm.soft_emb_norm.weight",
+})  # fmt: skip
+
+def _f16(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float16).astype(np.float32)
+
+
+class SiglipEncoder:
+    """Gemma 3's vision encoder and projector from an mmproj file: :meth:`encode` pixels into embedding rows."""
+
+    def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
+        if backend.name != "cpu":
+            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
+        self.cfg = cfg
+        self.be = backend
+        self.path = g.path
+        ld = WeightLoader(g, backend)
+        E, p = cfg.n_embd, cfg.patch_size
+        pt = g.tensor("v.patch_embd.weight")
+        if pt.n_elements != E * 3 * p * p:
+            raise KvrunError(f"{g.path}: v.patch_embd.weight has shape {pt.shape}, expected {(E, 3, p, p)}")
+        # the convolution as a matrix [E, 3*p*p] over patches flattened (channel, row, column), as the kernel is stored;
+        # kernel and patches both in F16, as ggml's conv_2d runs (measured: a stored F32 kernel too, 1e-6 off
+        # llama.cpp's patch embeddings this way, 8e-4 in float32)
+        self.patch_w = _f16(dequantize(pt.data, pt.qtype, pt.shape).reshape(E, 3 * p * p))
+        self.patch_b = ld.host_vector("v_patch_b", required=False)
+        pos = g.tensor("v.position_embd.weight")
+        n_pos = cfg.n_patches_side**2
+        if pos.n_elements != n_pos * E:
+            raise KvrunError(f"{g.path}: v.position_embd.weight has shape {pos.shape}, expected {(n_pos, E)}")
+        self.pos_embd = dequantize(pos.data, pos.qtype, pos.shape).reshape(n_pos, E).astype(np.float32)
+        self.layers = []
+        for i in range(cfg.n_layer):
+            L: dict[str, Any] = {}
+            for r in ("ln1", "ln2"):
+                L[r], L[r + "_b"] = ld.host_vector(f"v_{r}", i), ld.host_vector(f"v_{r}_b", i, required=False)
+            for r in ("q", "k", "v", "o", "up", "down"):
+                L[r], L[r + "_b"] = ld.matrix(f"v_{r}", i), ld.host_vector(f"v_{r}_b", i, required=False)
+            self.layers.append(L)
+        self.post_ln, self.post_ln_b = ld.host_vector("v_post_ln", required=False), ld.host_vector("v_post_ln_b", required=False)
+        self.soft_emb_norm = ld.host_vector("mm_soft_emb_norm")
+        proj = g.tensor("mm.input_projection.weight")  # [E, n_text_embd]: x @ W
+        self.proj = dequantize(proj.data, proj.qtype, proj.shape).reshape(E, cfg.n_text_embd).astype(np.float32)
+        self.proj_f16 = proj.qtype == F16
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, backend: Backend) -> SiglipEncoder:
+        g, cfg = open_mmproj(path)
+        return cls(g, cfg, backend)
+
+    def _linear(self, w, x: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+        if w.qtype == F16:  # ggml multiplies an F16 weight by an F16 copy of the activations
+            x = _f16(x)
+        out = np.empty((x.shape[0], w.n_rows), np.float32)
+        self.be.linear(w, np.ascontiguousarray(x, np.float32), out)
+        return out + b if b is not None else out
+
+    def patches(self, pixels: np.ndarray) -> np.ndarray:
+        """``pixels`` [3, S, S] -> the patches [n_patches, 3*p*p], raster order (row of patches by row)."""
+        p, n = self.cfg.patch_size, self.cfg.n_patches_side
+        x = pixels.reshape(3, n, p, n, p).transpose(1, 3, 0, 2, 4)
+        return np.ascontiguousarray(x.reshape(n * n, 3 * p * p), np.float32)
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        """Normalised ``pixels`` [3, S, S] (:func:`preprocess`) -> the image's embedding rows [n_tokens, n_text_embd]."""
+        c = self.cfg
+        S = c.image_size
+        if pixels.shape != (3, S, S):
+            raise KvrunError(f"the vision encoder takes pixels [3, {S}, {S}], got {list(pixels.shape)}")
+        x = _f16(self.patches(pixels)) @ self.patch_w.T
+        if self.patch_b is not None:
+            x += self.patch_b
+        x += self.pos_embd
+        T, H = x.shape[0], c.n_head
+        D = c.n_embd // H
+        scale = np.float32(1.0 / math.sqrt(D))
+        for L in self.layers:
+            h = layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
+            q = self._linear(L["q"], h, L["q_b"]).reshape(T, H, D)
+            k = self._linear(L["k"], h, L["k_b"]).reshape(T, H, D)
+            v = self._linear(L["v"], h, L["v_b"]).reshape(T, H, D)
+            a = np.empty((T, H, D), np.float32)
+            for hd in range(H):  # a head at a time: Gemma 3's 4096 patches make a 64 MiB score matrix per head
+                s = (q[:, hd] @ k[:, hd].T) * scale  # [T, T]: no mask, no rope
+                s = np.exp(s - s.max(axis=-1, keepdims=True))
+                s /= s.sum(axis=-1, keepdims=True)
+                a[:, hd] = s @ v[:, hd]
+            a = a.reshape(T, H * D)
+            x = x + self._linear(L["o"], a, L["o_b"])
+            h = layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
+            x = x + self._linear(L["down"], gelu(self._linear(L["up"], h, L["up_b"])), L["down_b"])
+        if self.post_ln is not None:
+            x = layer_norm(x, self.post_ln, self.post_ln_b, c.eps)
+        return self.project(x)
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        """Gemma 3's projector: the encoder's rows [n_patches, E] pooled n_merge x n_merge, RMS-normed, projected."""
+        c = self.cfg
+        n, k = c.n_patches_side, c.n_merge
+        x = x.reshape(n // k, k, n // k, k, c.n_embd).mean(axis=(1, 3), dtype=np.float64).reshape(-1, c.n_embd)
+        ms = (x * x).mean(axis=-1, keepdims=True)
+        x = (x / np.sqrt(ms + c.eps)).astype(np.float32) * self.soft_emb_norm
+        if self.proj_f16:
+            x = _f16(x)
+        return np.ascontiguousarray(x @ self.proj, np.float32)
+
+
+def _pillow():
+    try:
+        from PIL import Image
+    except ImportError:  # (a declared dependency; a trimmed install may lack it)
+        raise KvrunError("reading images needs Pillow: pip install pillow") from None
+    return Image
+
+
+def load_image(src: str | os.PathLike | bytes) -> Any:
+    """An image file (a path, or its bytes) decoded to an RGB ``PIL.Image``, or a one-line KvrunError."""
+    Image = _pillow()
+    try:
+        img = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
+        img.load()
+    except FileNotFoundError:
+        raise KvrunError(f"{src}: no such image file") from None
+    except Exception as e:  # (Pillow's UnidentifiedImageError, a truncated file, ...)
+        what = "the image" if isinstance(src, bytes) else str(src)
+        raise KvrunError(f"{what}: cannot read it as an image ({type(e).__name__}: {e})") from None
+    return img.convert("RGB")  # (a palette, grey or RGBA picture: its RGB, as stb_image's 3-channel load)
+
+
+def resize_to_square(img: Any, size: int) -> Any:
+    """clip.cpp's fixed-size resize for Gemma 3 (``img_tool::resize``, bilinear, PAD_CEIL): the picture scaled by
+    the smaller of size/width and size/height (sides rounded up), resampled with Pillow's bilinear filter (clip.cpp's
+    own is ported from Pillow's Resample.c) and centred on a black square; one already size x size is left as it is."""
+    Image = _pillow()
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img
+    scale = min(np.float32(size) / np.float32(w), np.float32(size) / np.float32(h))  # (float32, as clip.cpp's)
+    nw = min(int(math.ceil(np.float32(w) * scale)), size)
+    nh = min(int(math.ceil(np.float32(h) * scale)), size)
+    canvas = Image.new("RGB", (size, size), (0, 0, 0))
+    canvas.paste(img.resize((nw, nh), Image.BILINEAR), ((size - nw) // 2, (size - nh) // 2))
+    return canvas
+
+
+def preprocess(img: Any, cfg: MmprojConfig) -> np.ndarray:
+    """An RGB picture (a ``PIL.Image`` or a uint8 array [H, W, 3]) -> normalised pixels [3, S, S] float32:
+    resized as clip.cpp does, scaled to [0, 1], less image_mean, over image_std, per channel."""
+    if isinstance(img, np.ndarray):
+        img = _pillow().fromarray(np.ascontiguousarray(img, np.uint8), "RGB")
+    a = np.asarray(resize_to_square(img, cfg.image_size), np.uint8).astype(np.float32) / np.float32(255.0)
+    mean, std = np.asarray(cfg.image_mean, np.float32), np.asarray(cfg.image_std, np.float32)
+    return np.ascontiguousarray(((a - mean) / std).transpose(2, 0, 1), np.float32)

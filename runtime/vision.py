@@ -1,0 +1,117 @@
+"""Images in the prompt (Gemma 3 with llama.cpp's ``--mmproj``): a projector beside an engine, and the prompt's layout.
+
+A prompt names its images with libmtmd's media marker ``<__media__>``, one per image in order.  As mtmd lays
+out Gemma 3's prompt, each marker becomes ``<start_of_image>``, the image's embedding rows (256 for Gemma 3,
+models/siglip.py) and ``<end_of_image>``; the text between is tokenized piece by piece (special tokens parsed,
+BOS only before the first piece), so the token ids are mtmd_tokenize's.  Text pieces are fed as tokens, image
+rows through :meth:`Engine.eval_embd` (the rows of one image seeing each other, as llama.cpp feeds them); the KV
+cache then holds them as any prompt, and generation goes on from the last text piece, which always has at
+least ``<end_of_image>``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any, Union
+
+import numpy as np
+
+from ..cache.base import KVCache
+from ..loaders.errors import KvrunError
+from ..models.siglip import SiglipEncoder, load_image, preprocess
+from .engine import Engine, GenRequest, GenStats, stream_text
+
+MARKER = "<__media__>"  # libmtmd's default media marker
+IMAGE_BEGIN, IMAGE_END = "<start_of_image>", "<end_of_image>"
+
+#: an image as callers hand it over: a file's path, its bytes, a decoded PIL image, or uint8 RGB [H, W, 3]
+ImageSource = Union[str, os.PathLike, bytes, np.ndarray, Any]
+#: a laid-out prompt: token ids (a text piece) and float32 [n, n_embd] arrays (an image's rows), in order
+Segments = list[Union[list[int], np.ndarray]]
+
+
+class Vision:
+    """A projector file (``--mmproj``) loaded for ``engine``'s model: images to rows, prompts to segments."""
+
+    def __init__(self, engine: Engine, mmproj: str | os.PathLike) -> None:
+        if not getattr(engine.model, "takes_images", False):
+            raise KvrunError(f"{engine.cfg.arch} models take no images; kvrun runs images with Gemma 3 and its mmproj file")
+        self.engine = engine
+        self.encoder = SiglipEncoder.load(mmproj, engine.backend)
+        n, m = self.encoder.cfg.n_text_embd, engine.cfg.n_embd
+        if n != m:
+            raise KvrunError(f"{mmproj}: the projector makes rows {n} wide and {engine.path} embeds {m}: not this model's mmproj")
+        tok = engine.tokenizer
+        for t in (IMAGE_BEGIN, IMAGE_END):
+            if len(tok.encode(t, add_bos=False)) != 1:
+                raise KvrunError(f"{engine.path}: the vocabulary has no {t} token; not a Gemma 3 vision model")
+
+    @property
+    def n_tokens(self) -> int:
+        """Positions one image takes in the context (its rows)."""
+        return self.encoder.cfg.n_tokens
+
+    def image_rows(self, image: ImageSource) -> np.ndarray:
+        """One image decoded (Pillow), resized and normalised as clip.cpp does, encoded: float32 [n_tokens, n_embd]."""
+        if isinstance(image, (str, os.PathLike, bytes)):
+            image = load_image(image)
+        return self.encoder.encode(preprocess(image, self.encoder.cfg))
+
+    def segments(self, prompt: str, images: list[ImageSource], add_bos: bool = True) -> Segments:
+        """``prompt`` laid out with ``images``, one per ``<__media__>`` marker (where it has none, the images come
+        first, each on a marker of its own, then the text)."""
+        n = prompt.count(MARKER)
+        if n == 0 and images:
+            prompt, n = MARKER * len(images) + prompt, len(images)
+        if n != len(images):
+            raise KvrunError(f"the prompt has {n} image markers ({MARKER}) and {len(images)} images were given")
+        pieces = prompt.split(MARKER)
+        tok = self.engine.tokenizer
+        out: Segments = []
+        for i, text in enumerate(pieces):
+            text = (IMAGE_END if i > 0 else "") + text + (IMAGE_BEGIN if i < n else "")
+            if text:
+                out.append(tok.encode(text, add_bos=None if i == 0 and add_bos else False, parse_special=True))
+            if i < n:
+                out.append(self.image_rows(images[i]))
+        return out
+
+    def prefill(self, cache: KVCache, segments: Segments) -> list[int]:
+        """Feed every segment but the last text piece after what ``cache`` holds; returns that piece (the prompt
+        generation starts from)."""
+        *head, last = segments
+        if not isinstance(last, list):
+            raise KvrunError("a prompt with images must end in text")  # (segments() always ends with <end_of_image>)
+        need = sum(len(s) for s in segments)
+        if cache.offset + need > self.engine.n_ctx:
+            raise KvrunError(f"{cache.offset + need} tokens (an image takes {self.n_tokens}) do not fit the context of "
+                             f"{self.engine.n_ctx}; raise --ctx-size")  # fmt: skip
+        for seg in head:
+            if isinstance(seg, list):
+                self.engine.eval(cache, seg)
+            else:
+                self.engine.eval_embd(cache, seg)
+        return last
+
+    def generate_text(self, cache: KVCache, segments: Segments, req: GenRequest, stats: GenStats | None = None) -> Iterator[str]:
+        """Prefill ``segments`` and stream the reply's text (as :meth:`Engine.generate_text`); ``stats.n_prompt``
+        counts every position the prompt took, image rows included, and ``t_prompt`` the time they took."""
+        stats = stats if stats is not None else GenStats()
+        n_before = sum(len(s) for s in segments[:-1])
+        t0 = time.perf_counter()
+        last = self.prefill(cache, segments)
+        t_before = time.perf_counter() - t0
+        ids = self.engine.generate_tokens(cache, last, req, stats)
+
+        def counted() -> Iterator[int]:
+            done = False
+            for t in ids:
+                if not done:  # (generate_tokens has set the last piece's counts by its first token)
+                    stats.n_prompt, stats.t_prompt, done = stats.n_prompt + n_before, stats.t_prompt + t_before, True
+                yield t
+            if not done:
+                stats.n_prompt, stats.t_prompt = stats.n_prompt + n_before, stats.t_prompt + t_before
+
+        return stream_text(self.engine.tokenizer, counted(), req.stop, stats)

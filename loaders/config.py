@@ -31,6 +31,7 @@ SUPPORTED_ARCHITECTURES += ("glm4", "glm4moe")  # GLM-4-0414, GLM-4.5/4.6 (model
 SUPPORTED_ARCHITECTURES += ("smallthinker", "bailingmoe2")  # SmallThinker, Ling/Ring 2.0 (models/smallthinker.py, bailingmoe2.py)
 SUPPORTED_ARCHITECTURES += ("llama4",)  # Llama 4 Scout/Maverick: chunked and NoPE attention, interleaved experts (models/llama4.py)
 SUPPORTED_ARCHITECTURES += ("internlm2", "olmo", "nemotron", "openelm")  # models/internlm2.py, olmo.py, nemotron.py, openelm.py
+SUPPORTED_ARCHITECTURES += ("qwen2vl", "qwen3vl", "qwen3vlmoe", "falcon", "chatglm")  # text only: models/qwen2vl.py, qwen3vl.py; falcon.py, chatglm.py
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -43,6 +44,12 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "olmo": {"rope_neox": False},
     "nemotron": {"rope_neox": True},
     "openelm": {"rope_neox": True},
+    # (the Qwen VL models' multimodal rope is neox-laid; models/qwen2vl.py, qwen3vl.py)
+    "qwen2vl": {"rope_neox": True},
+    "qwen3vl": {"rope_neox": True},
+    "qwen3vlmoe": {"rope_neox": True},  # (its chosen experts' weights renormalised, as Qwen3-MoE's)
+    "falcon": {"rope_neox": True},
+    "chatglm": {"rope_neox": False},  # (rope over consecutive pairs, half of each head)
     # BERT encoders (embeddings): learned positions; nomic-bert rotates, NeoX layout
     "bert": {"rope_neox": False},
     # LFM2: convolution and attention layers (which ones: the per-layer head_count_kv, 0 for convolutions)

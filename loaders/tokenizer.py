@@ -284,6 +284,8 @@ class Tokenizer:
             known = self.pre in PRE_TOKENIZERS
             add_bos, add_eos, self.add_space_prefix = self.pre in _ADD_BOS, False, False
             self.ignore_merges = self.pre in _IGNORE_MERGES
+            if self.pre in ("chatglm-bpe", "glm4"):  # (llama.cpp: no BOS unless the file states one; GLM's converters state none)
+                bos = None
             if not known:
                 warnings.warn(f"unknown pre-tokenizer {self.pre!r}; using the default regexes (token ids may differ from llama.cpp)", stacklevel=3)
         self.add_space_prefix = bool(md.get("tokenizer.ggml.add_space_prefix", self.add_space_prefix))

@@ -8,6 +8,7 @@ from .arcee import ArceeModel
 from .bailingmoe2 import BailingMoe2Model
 from .bert import BertModel
 from .bitnet import BitnetModel
+from .chatglm import ChatGLMModel
 from .cohere2 import Cohere2Model
 from .command_r import CommandRModel
 from .common import Model
@@ -17,6 +18,7 @@ from .ernie4_5 import Ernie45Model
 from .ernie4_5_moe import Ernie45MoeModel
 from .exaone import ExaoneModel
 from .exaone4 import Exaone4Model
+from .falcon import FalconModel
 from .falcon_h1 import FalconH1Model
 from .gemma import GemmaModel
 from .gemma2 import Gemma2Model
@@ -48,9 +50,11 @@ from .phi2 import Phi2Model
 from .phi3 import Phi3Model
 from .qwen2 import Qwen2Model
 from .qwen2moe import Qwen2MoeModel
+from .qwen2vl import Qwen2VLModel
 from .qwen3 import Qwen3Model
 from .qwen35 import Qwen35Model
 from .qwen3moe import Qwen3MoeModel
+from .qwen3vl import Qwen3VLModel, Qwen3VLMoeModel
 from .rwkv6 import RWKV6Model
 from .rwkv7 import RWKV7Model
 from .seed_oss import SeedOssModel
@@ -66,7 +70,7 @@ for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model
              Ernie45MoeModel, Cohere2Model, ArceeModel, Mamba2Model, GraniteHybridModel, FalconH1Model, NemotronHModel, Mistral3Model,
              HunyuanDenseModel, MiniCPMModel, RWKV7Model, BitnetModel, Glm4Model, Glm4MoeModel, SmallThinkerModel, BailingMoe2Model,
              SeedOssModel, ApertusModel, CommandRModel, GPT2Model, StarCoder2Model, GPTNeoXModel, RWKV6Model, Llama4Model,
-             InternLM2Model, OlmoModel, NemotronModel, OpenELMModel):  # fmt: skip
+             InternLM2Model, OlmoModel, NemotronModel, OpenELMModel, Qwen2VLModel, Qwen3VLModel, Qwen3VLMoeModel, FalconModel, ChatGLMModel):  # fmt: skip
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

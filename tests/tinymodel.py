@@ -193,6 +193,14 @@ FIXTURE_MODELS: dict[str, dict] = {
     "nemotron": {"arch": "nemotron"},  # Nemotron-Mini-4B, Minitron: no biases beyond the LayerNorms'
     "nemotron-biases": {"arch": "nemotron", "biases": True},  # the optional attn_output, ffn_up and ffn_down biases
     "openelm": {"arch": "openelm"},
+    # tiny_vl_falcon_chatglm.py: the Qwen VL language models (text: multimodal rope at (p, p, p, 0)), Falcon, ChatGLM
+    "qwen2vl": {"arch": "qwen2vl"},  # Qwen2-VL/2.5-VL: M-RoPE sections covering every pair (text: neox rope), QKV biases
+    "qwen2vl-extra-section": {"arch": "qwen2vl", "variant": "extra-section"},  # an extra section: its pairs unturned
+    "qwen3vl": {"arch": "qwen3vl"},  # interleaved M-RoPE leaving 2 pairs unturned (as the published sections), DeepStack 2
+    "qwen3vlmoe": {"arch": "qwen3vlmoe"},  # the same over Qwen3-MoE's block: 4 experts, 2 a token
+    "falcon": {"arch": "falcon"},  # Falcon-7B: one LayerNorm, multi-query, fused QKV, GELU MLP, parallel block
+    "falcon-40b": {"arch": "falcon", "variant": "40b"},  # Falcon-40B/180B: attention's own attn_norm_2, 2 K/V groups, tied head
+    "chatglm": {"arch": "chatglm"},  # ChatGLM3 / GLM-4-9B-chat: fused QKV with bias, half-head rope (pairs), fused gate+up
 }
 
 
@@ -256,6 +264,7 @@ def write_tiny_model(
     swa_pattern: int = 0,
     lerp_fused: bool = True,
     fused_qkv: bool = False, clamp_kqv: float = 0.0, biases: bool = False,
+    variant: str = "",
 ) -> Path:  # fmt: skip
     """A random ``arch`` model; matrices stored as ``qtype`` (F32, F16, Q8_0, Q4_0...).  ``rope_freqs``:
     with Llama 3.1's per-frequency rope factors (``rope_freqs.weight``, 1 to 8 from high to low), or
@@ -268,6 +277,10 @@ def write_tiny_model(
     qwen3next: :func:`_write_tiny_qwen35` (qwen3next with ``split_qkv``: attn_qkv and attn_gate, not ssm_in).
     mistral3, ernie4_5-moe: :func:`_write_tiny_mistral3_ernie_moe` (mistral3's ``yarn_log_mul``).  hunyuan-dense,
     minicpm: :func:`_write_tiny_hunyuan_minicpm` (``rope_alpha``; minicpm's ``mup_defaults``, and ``rope_freqs``: LongRoPE)."""
+    if arch in ("qwen2vl", "qwen3vl", "qwen3vlmoe", "falcon", "chatglm"):  # (tiny_vl_falcon_chatglm.py: its ``variant``)
+        from tiny_vl_falcon_chatglm import write_tiny_vl_falcon_chatglm
+
+        return write_tiny_vl_falcon_chatglm(path, arch, qtype, seed, variant)
     if arch in ("internlm2", "olmo", "nemotron", "openelm"):  # (tiny_small_lms.py: internlm2's ``fused_qkv``, olmo's ``clamp_kqv``, nemotron's ``biases``)
         from tiny_small_lms import write_tiny_small_lm
 

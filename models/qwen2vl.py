@@ -1,0 +1,62 @@
+"""Qwen2-VL and Qwen2.5-VL (2B/3B/7B/72B) language models (``qwen2vl``), text only, as llama.cpp's QWEN2VL graph.
+
+The block is Qwen2's (``qwen2.py``: the Llama block with biases on Q, K and V, which llama.cpp requires here); what
+sets the architecture apart is its rope, llama.cpp's multimodal rope (M-RoPE, ``rope.dimension_sections``): the
+pairs of each head, taken in neox layout, fall in four consecutive sections (sector ``i % sum(sections)``), which
+turn with a token's time, height, width and extra positions.  A text token's positions are ``(p, p, p, 0)``: the
+first three sections turn as neox rope at position p, the extra one not at all (:func:`mrope_tables`).  The
+published files' sections ([16, 24, 24, 0] for heads of 128) cover every pair in the first three, so their text is
+plain neox rope; a file with an extra section keeps those pairs unturned, as llama.cpp does.
+
+kvrun runs these models on text alone: an image cannot be given yet (no vision encoder for Qwen2-VL's mmproj).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..loaders.config import ModelConfig
+from ..loaders.errors import GGUFError
+from ..loaders.gguf_file import GGUFFile
+from ..ops.backend import Backend
+from .common import WeightLoader
+from .llama import LlamaLayer
+from .qwen2 import Qwen2Model
+
+
+def rope_sections(g: GGUFFile) -> list[int]:
+    """The file's ``rope.dimension_sections`` padded to four (time, height, width, extra), required as llama.cpp
+    requires it for the multimodal-rope architectures."""
+    sections = g.arch_get("rope.dimension_sections")
+    if sections is None:
+        raise GGUFError(f"{g.path}: metadata {g.architecture}.rope.dimension_sections is missing; the file is not a complete model")
+    s = [int(x) for x in sections][:4]
+    return s + [0] * (4 - len(s))
+
+
+def mrope_tables(cos: np.ndarray, sin: np.ndarray, sections: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Neox rope tables ``[n_pos, n_rot/2]`` made llama.cpp's multimodal rope's for text: pair ``i``'s sector is
+    ``i % sum(sections)``; the sectors of the first three sections turn with the text position, the extra
+    section's with position 0, i.e. not at all (ggml's ``ggml_mrope_cache_init``, not interleaved)."""
+    n, turned = sum(sections), sum(sections[:3])
+    cos, sin = cos.copy(), sin.copy()
+    for i in range(cos.shape[1]):
+        if n > 0 and i % n >= turned:
+            cos[:, i], sin[:, i] = 1.0, 0.0
+    return cos, sin
+
+
+class Qwen2VLModel(Qwen2Model):
+    archs = ("qwen2vl",)
+
+    def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
+        sections = rope_sections(g)
+        super().__init__(g, cfg, backend, n_ctx, n_batch)
+        self.rope_cos, self.rope_sin = mrope_tables(self.rope_cos, self.rope_sin, sections)
+
+    def load_layer(self, w: WeightLoader, i: int) -> LlamaLayer:
+        L = super().load_layer(w, i)
+        if L.bq is None or L.bk is None or L.bv is None:  # (required by llama.cpp's loader: the error names the first missing)
+            for role in ("bq", "bk", "bv"):
+                w.vector(role, i)
+        return L

@@ -756,13 +756,15 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
 @lookup_option
 @click.option("--session", "session_file", type=click.Path(dir_okay=False), default=None,
               help="resume the chat saved in this file, KV cache and all (if it exists), and save it there on leaving; /save saves it now")  # fmt: skip
+@click.option("--mmproj", type=click.Path(dir_okay=False), default=None,
+              help="the model's multimodal projector (mmproj-*.gguf, Gemma 3's): /image PATH attaches a picture to the next message")  # fmt: skip
 @draft_options
 @engine_options
 @kv_options
 @sampling_options
 @friendly
 def chat(model: str | None, system: str | None, n_predict: int, template_kwargs: str | None, lookup: int, session_file: str | None,
-         stop: tuple[str, ...], **kw: Any) -> None:  # fmt: skip
+         stop: tuple[str, ...], mmproj: str | None = None, **kw: Any) -> None:  # fmt: skip
     """Interactive multi-turn chat with the model's chat template.
 
     /reset clears the conversation, /save [FILE] saves it, /exit (or Ctrl-D) leaves,
@@ -774,8 +776,13 @@ def chat(model: str | None, system: str | None, n_predict: int, template_kwargs:
     tkw = _template_kwargs(template_kwargs)
     if session_file is not None and not os.access(os.path.dirname(os.path.abspath(session_file)), os.W_OK):
         raise KvrunError(f"--session {session_file}: its folder cannot be written; the chat could not be saved there")
+    _check_images(mmproj, (), None)
     m = _load(model, kw)
     m.chat_template_kwargs = tkw
+    if mmproj is not None:  # pictures in the chat (/image PATH; runtime/vision_chat.py)
+        from .runtime.vision import Vision
+
+        m.vision = Vision(m.engine, mmproj)
     resume = session_file is not None and os.path.exists(session_file)
     sess = m.load_session(session_file) if resume else m.session(system=system)
     interactive = _interactive()
@@ -818,12 +825,14 @@ def chat(model: str | None, system: str | None, n_predict: int, template_kwargs:
                    "(as llama-server's --parallel, Ollama's OLLAMA_NUM_PARALLEL; env KVRUN_PARALLEL)")
 @click.option("--slot-save-path", type=click.Path(file_okay=False), default=None,
               help="directory of slot files: POST /slots/ID?action=save|restore keeps a slot's conversation and KV cache there")
+@click.option("--mmproj", type=click.Path(dir_okay=False), default=None,
+              help="the model's multimodal projector (mmproj-*.gguf, Gemma 3's): chat requests may then carry images")  # fmt: skip
 @draft_options
 @engine_options
 @kv_options
 @friendly
 def serve(model: str | None, host: str, port: int, alias: str | None, template_kwargs: str | None, api_key: str | None,
-          parallel: int, slot_save_path: str | None, **kw: Any) -> None:  # fmt: skip
+          parallel: int, slot_save_path: str | None, mmproj: str | None = None, **kw: Any) -> None:  # fmt: skip
     """OpenAI-compatible HTTP server, as llama-server: /v1/chat/completions, /v1/completions, /v1/models, /health;
     and Ollama's /api/chat, /api/generate, /api/tags, /api/show, for apps written for Ollama.
 
@@ -841,9 +850,14 @@ def serve(model: str | None, host: str, port: int, alias: str | None, template_k
     if slot_save_path is not None and not os.path.isdir(slot_save_path):
         raise KvrunError(f"--slot-save-path {slot_save_path}: no such directory; create it first")
     tkw = _template_kwargs(template_kwargs)
+    _check_images(mmproj, (), None)
     path = _resolve(model)
     m = _load(str(path), kw)
     m.chat_template_kwargs = tkw
+    if mmproj is not None:  # image parts in chat requests (runtime/vision_chat.py)
+        from .runtime.vision import Vision
+
+        m.vision = Vision(m.engine, mmproj)
     httpd = make_server(m, host, port, alias or Path(path).stem, api_key=api_key, parallel=parallel,
                         slot_save_path=slot_save_path)
     m.engine.warm_up()  # the kernels load (or compile) before the first request, not during it
@@ -897,6 +911,7 @@ def _save_session(sess: Any, path: str) -> None:
 
 
 CHAT_HELP = """/reset         forget the conversation (the system prompt stays)
+/image PATH    attach a picture to the next message (a chat started with --mmproj)
 /save [FILE]   save the chat and its KV cache (to --session's file when FILE is not given)
 /exit          leave (also /quit, /bye, Ctrl-D)
 /help          this list
@@ -908,6 +923,7 @@ def _chat_loop(m: Any, sess: Any, interactive: bool, warm: threading.Thread | No
     """Read a line, answer it, until /exit or end of input; ``warm`` is joined before the first reply."""
     from .runtime.reasoning import ThinkSplitter
 
+    attached: list[Any] = []  # pictures /image attached to the next message (decoded: a bad file is said at once)
     while True:
         try:
             if interactive:
@@ -941,6 +957,20 @@ def _chat_loop(m: Any, sess: Any, interactive: bool, warm: threading.Thread | No
             except KvrunError as e:
                 click.echo(f"kvrun: {e}", err=True)
             continue
+        if cmd == "/image" or cmd.startswith("/image "):  # (llama-mtmd-cli's: the picture goes before the next message's text)
+            path = cmd[len("/image") :].strip()
+            if m.vision is None or not path:
+                click.echo("kvrun: /image needs a chat started with --mmproj FILE" if m.vision is None else "kvrun: /image PATH", err=True)
+                continue
+            from .runtime.vision_chat import decode_image
+
+            try:
+                attached.append(decode_image(path))
+            except KvrunError as e:
+                click.echo(f"kvrun: {e}", err=True)
+                continue
+            click.echo(f"({path} attached to the next message)", err=True)
+            continue
         if re.fullmatch(r"/[A-Za-z?]+", cmd):  # a one-word slash line is a command, not a message: a typo is not sent
             click.echo(f"kvrun: unknown command {cmd}; /help lists them", err=True)
             continue
@@ -950,8 +980,9 @@ def _chat_loop(m: Any, sess: Any, interactive: bool, warm: threading.Thread | No
         # a thinking model's thoughts (<think>...</think>, gpt-oss's analysis channel) shown dim, their tags
         # left out; click drops the styling where stdout is not a terminal
         think = ThinkSplitter()
+        images, attached = attached, []
         try:
-            for piece in sess.stream(line, max_tokens=n_predict, stop=stop, lookup=kw.get("lookup", 0), **_sampling(kw)):
+            for piece in sess.stream(line, images=images, max_tokens=n_predict, stop=stop, lookup=kw.get("lookup", 0), **_sampling(kw)):
                 if sess.n_shifts != shifts:
                     click.echo("(context full: the oldest turns were dropped)", err=True)
                     shifts = sess.n_shifts

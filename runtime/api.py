@@ -82,6 +82,8 @@ class Model:
         self.config = engine.cfg
         self.last_stats = GenStats()
         self._cache = None
+        #: the projector (runtime/vision.py) when loaded with ``mmproj``: chat messages may then carry images
+        self.vision: Any = None
         #: extra variables for the chat template, as llama-server's --chat-template-kwargs
         #: (Qwen3's ``{"enable_thinking": False}`` asks for replies without a reasoning block)
         self.chat_template_kwargs: dict[str, Any] = {}
@@ -205,7 +207,10 @@ class Model:
             raise ValueError(f"chat_template_kwargs must be a dict, got {type(chat_template_kwargs).__name__}")
         if not isinstance(messages, (list, tuple)):
             raise ValueError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts, got {type(messages).__name__}")
-        msgs = check_messages(list(messages))
+        from .vision_chat import take_images
+
+        messages, images = take_images(list(messages), self.vision)  # (image parts as <__media__> markers in the text)
+        msgs = check_messages(messages)
         s = self.session()
         s.messages = msgs[:-1]
         s.template_kwargs = dict(chat_template_kwargs or {})
@@ -214,7 +219,7 @@ class Model:
                 raise ValueError("a reply with tools is parsed whole: call chat() without stream")
             s.tools = check_tools(tools, tool_choice, parallel_tool_calls)
             sampling = self.tool_sampling(s.tools, sampling)
-        it = s.reply(msgs, max_tokens=max_tokens, **sampling)
+        it = s.reply(msgs, max_tokens=max_tokens, images=images, **sampling)
 
         def pieces() -> Iterator[str]:
             try:
@@ -230,11 +235,15 @@ class Model:
     def chat_tokens(self, msgs: list[dict[str, Any]], tools: Tools | None = None, template_kwargs: dict[str, Any] | None = None) -> list[int]:
         """The tokens of a conversation (:func:`check_messages`' form) as the chat template writes it, with
         the tools, tool calls and results as the template's tool format asks (``runtime/tools.py``)."""
+        return self.tokenize(self.chat_text(msgs, tools, template_kwargs), add_bos=None)
+
+    def chat_text(self, msgs: list[dict[str, Any]], tools: Tools | None = None, template_kwargs: dict[str, Any] | None = None) -> str:
+        """:meth:`chat_tokens`' text (images' ``<__media__>`` markers left in it, for runtime/vision_chat.py)."""
         kw = dict(template_kwargs or {})
         if (tools is not None and tools.active) or any(m["role"] == "tool" or "tool_calls" in m for m in msgs):
             msgs, extra = tool_format(self.chat_template()).template_messages(msgs, tools)
             kw.update(extra)
-        return self.tokenize(self.render(msgs, **kw), add_bos=None)
+        return self.render(msgs, **kw)
 
     def tool_sampling(self, tools: Tools, sampling: dict[str, Any]) -> dict[str, Any]:
         """``sampling`` with the grammar the model's tool format puts on a reply (ValueError if the
@@ -260,6 +269,7 @@ class Model:
         state = load(path, self.engine)
         s = Session(self, state["system"])
         s.cache, s.tokens, s.messages, s.n_shifts = state["cache"], state["tokens"], state["messages"], state["n_shifts"]
+        s.images = state.get("images", [])
         return s
 
 
@@ -283,41 +293,61 @@ class Session:
         self.n_prompt_tokens = 0  # the last turn's whole prompt (the conversation as rendered), cached prefix included
         self.template_kwargs: dict[str, Any] = {}  # chat template variables for this chat, over the model's
         self.tools: Tools | None = None  # functions the model may call (runtime/tools.py)
+        self.images: list[np.ndarray] = []  # the conversation's pictures, decoded, one per <__media__> in its text
 
     def reset(self) -> None:
         self.cache.reset()
         self.tokens = []
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
+        self.images = []
 
-    def stream(self, user: str, **kw: Any) -> Iterator[str]:
-        """The reply to ``user``, as text pieces (keywords: :meth:`reply`'s)."""
-        return self.reply(self.messages + [{"role": "user", "content": user}], **kw)
+    def stream(self, user: str, images: list[Any] | None = None, **kw: Any) -> Iterator[str]:
+        """The reply to ``user``, as text pieces (keywords: :meth:`reply`'s).  ``images`` (paths, bytes, PIL images;
+        a model loaded with ``mmproj``) go before the text, as llama-mtmd-cli's ``/image`` puts them."""
+        if images:
+            from .vision_chat import user_turn
+
+            msg, new = user_turn(self.model.vision, user, images)
+            return self.reply(self.messages + [msg], images=self.images + new, **kw)
+        return self.reply(self.messages + [{"role": "user", "content": user}], images=self.images, **kw)
 
     def _render(self, msgs: list[dict[str, Any]]) -> list[int]:
         return self.model.chat_tokens(msgs, self.tools, self.template_kwargs)
 
     def reply(self, msgs: list[dict[str, Any]], max_tokens: int = 512, stop: Any = None, reserve: int | None = None,
-              logprobs: int = -1, json_mode: bool = False, prompt: list[int] | None = None, **sampling: Any) -> Iterator[str]:  # fmt: skip
+              logprobs: int = -1, json_mode: bool = False, prompt: list[int] | None = None, images: list[np.ndarray] | None = None,
+              **sampling: Any) -> Iterator[str]:  # fmt: skip
         """The reply to the conversation ``msgs`` (which becomes this session's), as text pieces.
         ``reserve``: context tokens kept free for the reply when deciding whether the oldest turns must
         go (default: ``max_tokens``, or half the context when it is -1).  ``logprobs`` >= 0: each reply
         token's log-probability and the ``logprobs`` likeliest, in ``last_stats.logprobs``.  ``prompt``:
         ``msgs`` already rendered with this session's tools and template variables (a server picking a slot
-        rendered them to compare), not rendered again."""
+        rendered them to compare), not rendered again.  ``images``: the conversation's pictures, decoded
+        (runtime/vision_chat.py), one per ``<__media__>`` marker in its text, in order."""
         req = _request(max_tokens, stop, logprobs=logprobs, json_mode=json_mode, **sampling)
         msgs = list(msgs)
+        laid = None
+        if images:  # laid out with its pictures, their rows as ids of their own (runtime/vision_chat.py)
+            from . import vision_chat
+
+            laid = vision_chat.lay_out(self.model.vision, self.model.chat_text(msgs, self.tools, self.template_kwargs), images)
+            prompt = laid.ids
         prompt = self._render(msgs) if prompt is None else prompt
         if reserve is None:
             reserve = self.engine.n_ctx // 2 if max_tokens < 0 else max_tokens
         reserve = min(max(reserve, 0), self.engine.n_ctx // 2)  # for the reply
         room = self.engine.n_ctx - reserve
         if len(prompt) > room:
-            msgs, prompt = self._shift(msgs, room)
+            msgs, prompt = self._shift(msgs, room) if laid is None else vision_chat.too_long(len(prompt), room, self.engine.n_ctx)
         self.n_prompt_tokens = len(prompt)
         self.messages = msgs
+        self.images = list(images or [])
         self.last_stats = GenStats()
         reply: list[str] = []
-        ids = self.engine.generate_reusing(self.cache, self.tokens, prompt, req, self.last_stats)  # the cached prefix kept
+        if laid is not None:
+            ids = vision_chat.generate_reusing(self.model.vision, self.cache, self.tokens, laid, req, self.last_stats)
+        else:
+            ids = self.engine.generate_reusing(self.cache, self.tokens, prompt, req, self.last_stats)  # the cached prefix kept
         try:
             for piece in stream_text(self.engine.tokenizer, ids, req.stop, self.last_stats):
                 reply.append(piece)
@@ -370,7 +400,7 @@ class Session:
         from .sessionfile import save
 
         state = {"kind": "chat", "cache": self.cache, "tokens": self.tokens, "messages": self.messages, "system": self.system,
-                 "n_shifts": self.n_shifts}  # fmt: skip
+                 "n_shifts": self.n_shifts, **({"images": self.images} if self.images else {})}  # fmt: skip
         return save(path, self.engine, state)
 
     def kv_bytes(self) -> int:
@@ -386,6 +416,7 @@ def load(
     kv: KVConfig | str | None = None,
     chat_template_kwargs: dict[str, Any] | None = None,
     lora: str | os.PathLike | list[Any] | None = None,
+    mmproj: str | os.PathLike | None = None,
 ) -> Model:
     """Load a GGUF model (a path, a known short name, or None for the default).
 
@@ -403,6 +434,8 @@ def load(
         e.g. ``{"enable_thinking": False}`` for Qwen3 replies without reasoning.
     lora : LoRA adapters (GGUF files) merged into the weights as the model loads: a path, or a list
         of paths and ``(path, scale)`` pairs.
+    mmproj : the model's multimodal projector (``mmproj-*.gguf``, Gemma 3's): chat messages may then carry
+        images (``{"type": "image_url", ...}`` parts, ``{"type": "image", "image": path}``; runtime/vision_chat.py).
     """
     if chat_template_kwargs is not None and not isinstance(chat_template_kwargs, dict):
         raise KvrunError(f"chat_template_kwargs must be a dict, got {type(chat_template_kwargs).__name__}")
@@ -416,4 +449,8 @@ def load(
     adapters = [(a, 1.0) if isinstance(a, (str, os.PathLike)) else (a[0], float(a[1])) for a in adapters]
     m = Model(Engine(path, device=device, n_ctx=n_ctx, n_batch=n_batch, threads=threads, kv=kv, lora=adapters))
     m.chat_template_kwargs = dict(chat_template_kwargs or {})
+    if mmproj is not None:
+        from .vision import Vision
+
+        m.vision = Vision(m.engine, mmproj)
     return m

@@ -385,5 +385,5 @@ def _props(server: Server) -> dict[str, Any]:
             "params": settings, "prompt": "",
             "next_token": {"has_next_token": True, "has_new_line": False, "n_remain": -1, "n_decoded": 0, "stopping_word": ""}}  # fmt: skip
     return {"default_generation_settings": slot, "total_slots": len(server.slots) if server.slots is not None else 1,
-            "model_path": model.engine.path, "chat_template": template, "modalities": {"vision": False, "audio": False},
+            "model_path": model.engine.path, "chat_template": template, "modalities": {"vision": model.vision is not None, "audio": False},
             "build_info": f"kvrun {__version__}", "is_sleeping": False}  # fmt: skip

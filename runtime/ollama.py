@@ -110,19 +110,21 @@ def _translate(body: dict[str, Any], chat: bool, BadRequest: type) -> tuple[dict
         msgs = body.get("messages")
         if not isinstance(msgs, list) or not msgs:
             raise BadRequest("messages must be a non-empty list of {'role': ..., 'content': ...}")
-        if any(isinstance(m, dict) and m.get("images") for m in msgs):
-            raise BadRequest("images are not supported: kvrun runs text models")
-        keep = ("role", "content", "thinking", "tool_calls", "tool_name", "name")  # (tool calls and results: runtime/tools.py)
+        keep = ("role", "content", "images", "thinking", "tool_calls", "tool_name", "name")  # (tool calls and results: runtime/tools.py;
+        # images, base64: before the text, with a server started with --mmproj, runtime/vision_chat.py)
         out["messages"] = [{k: m[k] for k in keep if k in m} if isinstance(m, dict) else m for m in msgs]
         return out, True
     prompt = body.get("prompt")
     if not isinstance(prompt, str):
         raise BadRequest("prompt must be a string")
     if body.get("raw"):
+        if body.get("images"):
+            raise BadRequest("a raw prompt takes no images: leave raw out, and the images go before the prompt in the chat template")
         out["prompt"] = prompt
         return out, False
     system = body.get("system")
-    out["messages"] = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    images = {"images": body["images"]} if body.get("images") else {}  # (as a chat message's: before the prompt)
+    out["messages"] = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt, **images}]
     return out, True
 
 
@@ -224,5 +226,5 @@ def _show(server: Server) -> dict[str, Any]:
         "modelfile": "", "parameters": "", "template": server.model.chat_template(), "details": _details(server),
         "model_info": {"general.architecture": cfg.arch, f"{cfg.arch}.context_length": cfg.n_ctx_train,
                        f"{cfg.arch}.embedding_length": cfg.n_embd, f"{cfg.arch}.block_count": cfg.n_layer},
-        "capabilities": ["completion"],
+        "capabilities": ["completion", *(["vision"] if server.model.vision is not None else [])],
     }  # fmt: skip

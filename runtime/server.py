@@ -12,6 +12,8 @@ one ``data: {chunk}`` per text piece, then ``data: [DONE]``):
 * Ollama's ``/api/chat``, ``/api/generate``, ``/api/tags``, ``/api/ps``, ``/api/show``, ``/api/version``
   (``ollama.py``), so apps written for Ollama work as they are
 * Anthropic's ``POST /v1/messages`` and ``/v1/messages/count_tokens`` (``anthropic.py``)
+* images, with ``--mmproj`` (Gemma 3's projector): chat messages' ``image_url`` parts as data URLs, Ollama's
+  ``images`` (base64); no URL is fetched (``vision_chat.py``)
 * llama-server's own ``POST /completion``, ``/infill``, ``/tokenize``, ``/detokenize``, ``/apply-template`` and
   ``GET /props`` (``llamaserver.py``), for editors and front-ends written for llama.cpp's server
 
@@ -60,6 +62,7 @@ from .reasoning import ThinkSplitter
 from .reasoning import split as split_reasoning
 from .slots import Slots
 from .tools import Tools, check_messages, check_tools, openai_calls
+from .vision_chat import take_images
 
 MAX_BODY = 16 << 20  # bytes of a request body
 MAX_CHOICES = 16  # a request's n: choices generated (each in a slot, up to --parallel at once)
@@ -257,6 +260,15 @@ class Server:
         except ValueError as e:
             raise BadRequest(str(e)) from None
 
+    def _images(self, body: dict[str, Any]) -> tuple[dict[str, Any], list[np.ndarray]]:
+        """The body with its messages' pictures as ``<__media__>`` markers in their text, and the pictures decoded
+        (runtime/vision_chat.py: OpenAI's data-URL image_url parts, Ollama's base64 ``images``; no URL fetched)."""
+        try:
+            msgs, images = take_images(body.get("messages"), self.model.vision, allow_paths=False)
+        except (ValueError, KvrunError) as e:
+            raise BadRequest(str(e)) from None
+        return ({**body, "messages": msgs} if images else body), images
+
     def _prompt_ids(self, body: dict[str, Any]) -> list[int]:
         p = body.get("prompt")
         if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str):  # ["text"]: one prompt
@@ -393,6 +405,7 @@ class Server:
             raise BadRequest(f"{self.model.config.name} is an embedding model ({self.model.config.arch}): it makes embeddings "
                              "(/v1/embeddings, /api/embed), not text")  # fmt: skip
         req = self._request(body)
+        body, images = self._images(body) if chat else (body, [])
         msgs = self._messages(body) if chat else None
         tools = self._tools(body, chat, req)
         ids = None if chat else self._prompt_ids(body)
@@ -409,8 +422,9 @@ class Server:
 
         def pieces() -> Iterator[str]:
             known = ids  # several slots: the one whose cache holds most of this prompt (a chat's rendered here to compare)
-            if chat:
-                known = self.model.chat_tokens(msgs, tools, {**self.model.chat_template_kwargs, **tkw}) if len(self.slots) > 1 else None
+            if chat:  # (a request with images takes no other slot's cache: known None; its own slot's prefix is still kept)
+                several = len(self.slots) > 1 and not images
+                known = self.model.chat_tokens(msgs, tools, {**self.model.chat_template_kwargs, **tkw}) if several else None
             try:
                 yield from generate(known)
             finally:
@@ -428,7 +442,7 @@ class Server:
                     # (a client sending a document to summarise), so little is held back for the reply
                     reserve = None if req.max_tokens >= 0 else min(REPLY_RESERVE, eng.n_ctx // 8)
                     it = s.reply(msgs, max_tokens=req.max_tokens, stop=list(req.stop), reserve=reserve, ignore_eos=req.ignore_eos, prompt=known,
-                                 logprobs=req.logprobs, json_mode=req.json_mode, grammar=req.grammar,
+                                 logprobs=req.logprobs, json_mode=req.json_mode, grammar=req.grammar, images=images,
                                  grammar_trigger=req.grammar_trigger, **_sampling(req))  # fmt: skip
                     run.live = s
                     try:

@@ -59,9 +59,10 @@ class Vision:
             image = load_image(image)
         return self.encoder.encode(preprocess(image, self.encoder.cfg))
 
-    def segments(self, prompt: str, images: list[ImageSource], add_bos: bool = True) -> Segments:
+    def segments(self, prompt: str, images: list[ImageSource], add_bos: bool = True, encode: bool = True) -> Segments:
         """``prompt`` laid out with ``images``, one per ``<__media__>`` marker (where it has none, the images come
-        first, each on a marker of its own, then the text)."""
+        first, each on a marker of its own, then the text).  ``encode`` False: an image's place holds its index in
+        ``images`` (an int), for a caller that encodes only the images its cache does not hold yet."""
         n = prompt.count(MARKER)
         if n == 0 and images:
             prompt, n = MARKER * len(images) + prompt, len(images)
@@ -75,7 +76,7 @@ class Vision:
             if text:
                 out.append(tok.encode(text, add_bos=None if i == 0 and add_bos else False, parse_special=True))
             if i < n:
-                out.append(self.image_rows(images[i]))
+                out.append(self.image_rows(images[i]) if encode else i)
         return out
 
     def prefill(self, cache: KVCache, segments: Segments) -> list[int]:

@@ -199,7 +199,7 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
         "has_chat_template": file_template(g) is not None,
         "kv_bytes_per_token": {str(b): cfg.kv_bytes_per_token(b) for b in (16, 8, 4, 2)},
         # an encoder (BERT): embeddings only, pooled so; None for a text model
-        "embedding_pooling": pooling if cfg.arch in ("bert", "nomic-bert", "gemma-embedding") else None,
+        "embedding_pooling": pooling if cfg.arch in ("bert", "nomic-bert", "gemma-embedding", "jina-bert-v2", "jina-bert-v3", "nomic-bert-moe", "neo-bert") else None,
         # Mamba-2's state-space layers (mamba2, granitehybrid): how many, their geometry, the state a sequence keeps
         # in each (the scan's and the convolution's last inputs, float32); Granite 4.0-H's attention without rope
         "n_ssm_layers": cfg.n_layer if cfg.ssm_parallel else sum(cfg.ssm_layers),

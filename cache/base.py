@@ -59,6 +59,9 @@ class LayerSpec:
     #: not empty: not an attention layer but an RWKV block, ``(n_embd, head_size, version)`` (version 7 or 6): its cache
     #: keeps the WKV state per head and the token shift's last inputs (cache/rwkv.py)
     rwkv: tuple[int, ...] = ()
+    #: not empty: not an attention layer but Mamba 1's mixer, ``(d_conv, d_inner, d_state)``: its cache keeps the
+    #: convolution's last inputs and a state [d_state] per channel (cache/mamba.py)
+    mamba: tuple[int, ...] = ()
 
 
 class LayerCache(ABC):

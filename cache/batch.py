@@ -24,7 +24,7 @@ from .plain import decode_steps
 
 def batchable(specs: list[LayerSpec]) -> bool:
     """Whether a model with these layers can feed several sequences in one forward (every layer plain attention)."""
-    return all(not (s.conv or s.ssm or s.ssm_attn or s.deltanet or s.rwkv) and s.kv_from < 0 for s in specs)
+    return all(not (s.conv or s.ssm or s.ssm_attn or s.deltanet or s.rwkv or s.mamba) and s.kv_from < 0 for s in specs)
 
 
 class BatchedLayerCache(LayerCache):

@@ -10,6 +10,7 @@ from .conv import ConvLayerCache
 from .deltanet import DeltaNetLayerCache
 from .kvconfig import DEFAULT_WARM_TARGET, KVConfig
 from .plain import PlainLayerCache, make_plain_cache
+from .mamba import MambaLayerCache
 from .rwkv import RWKVLayerCache
 from .ssm import ParallelSSMLayerCache, SSMLayerCache
 
@@ -41,6 +42,8 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
     """
     if any(spec.rwkv for spec in specs):  # RWKV's blocks: the WKV state and the token shift's inputs (cache/rwkv.py), no K/V
         return [RWKVLayerCache(spec) for spec in specs]
+    if any(spec.mamba for spec in specs):  # Mamba 1's layers: the state and the convolution's inputs (cache/mamba.py), no K/V
+        return [MambaLayerCache(spec) for spec in specs]
     if any(spec.conv or spec.ssm or spec.deltanet for spec in specs):  # LFM2's convolution layers, Mamba-2's, Gated
         # DeltaNet's: their state (cache/conv.py, cache/ssm.py, cache/deltanet.py); the rest K/V, and Falcon-H1's layers
         # both (their K/V made here with the rest)

@@ -20,6 +20,7 @@ from .gguf_file import GGUFFile
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm3", "granite", "qwen2", "qwen2moe", "deepseek", "qwen3", "qwen3moe", "phi3", "gemma", "gemma2", "gemma3", "olmo2", "granitemoe", "olmoe", "exaone", "bert", "nomic-bert", "lfm2", "lfm2moe", "phi2", "stablelm", "gpt-oss", "ernie4_5", "exaone4", "cohere2", "arcee", "mamba2", "granitehybrid", "gemma3n", "falcon-h1", "nemotron_h", "qwen35", "qwen35moe", "qwen3next", "mistral3", "ernie4_5-moe")
 
 SUPPORTED_ARCHITECTURES += ("gemma-embedding",)  # EmbeddingGemma: an encoder (models/gemma_embedding.py)
+SUPPORTED_ARCHITECTURES += ("jina-bert-v2", "jina-bert-v3", "nomic-bert-moe", "neo-bert")  # encoders: models/jina_bert.py, nomic_bert_moe.py, neo_bert.py
 SUPPORTED_ARCHITECTURES += ("deepseek2",)  # DeepSeek-V2/V3, Moonlight: multi-head latent attention (models/deepseek2.py)
 SUPPORTED_ARCHITECTURES += ("hunyuan-dense", "minicpm")  # models/hunyuan_dense.py, models/minicpm.py
 SUPPORTED_ARCHITECTURES += ("rwkv7",)  # RWKV-7 "Goose": an attention-free RNN (models/rwkv7.py)
@@ -32,6 +33,11 @@ SUPPORTED_ARCHITECTURES += ("smallthinker", "bailingmoe2")  # SmallThinker, Ling
 SUPPORTED_ARCHITECTURES += ("llama4",)  # Llama 4 Scout/Maverick: chunked and NoPE attention, interleaved experts (models/llama4.py)
 SUPPORTED_ARCHITECTURES += ("internlm2", "olmo", "nemotron", "openelm")  # models/internlm2.py, olmo.py, nemotron.py, openelm.py
 SUPPORTED_ARCHITECTURES += ("qwen2vl", "qwen3vl", "qwen3vlmoe", "falcon", "chatglm")  # text only: models/qwen2vl.py, qwen3vl.py; falcon.py, chatglm.py
+SUPPORTED_ARCHITECTURES += ("mamba",)  # Mamba 1, Falcon-Mamba: the selective scan without heads (models/mamba.py)
+SUPPORTED_ARCHITECTURES += ("afmoe",)  # Arcee's Trinity: gated attention, sandwich norms, sigmoid-routed experts (models/afmoe.py)
+SUPPORTED_ARCHITECTURES += ("exaone-moe",)  # K-EXAONE: EXAONE 4.0's attention, pre-norms, DeepSeek-V3's experts (models/exaone_moe.py)
+SUPPORTED_ARCHITECTURES += ("pangu-embedded",)  # openPangu-Embedded: Llama with attention biases (models/pangu_embedded.py)
+SUPPORTED_ARCHITECTURES += ("minicpm3",)  # MiniCPM3-4B: DeepSeek-V2's latent attention with muP (models/minicpm3.py)
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -56,6 +62,12 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "lfm2": {"rope_neox": True},
     "lfm2moe": {"rope_neox": True},  # (its experts' sigmoid weights renormalised)
     "nomic-bert": {"rope_neox": True},
+    # jina-bert-v2: ALiBi, no rope; jina-bert-v3, nomic-bert-moe: NeoX rope (the MoE's chosen experts' softmax weights as
+    # the router gave them); neo-bert: rope over consecutive pairs (llama.cpp's llama_model_rope_type)
+    "jina-bert-v2": {"rope_neox": False},
+    "jina-bert-v3": {"rope_neox": True},
+    "nomic-bert-moe": {"rope_neox": True, "expert_weights_norm": False},
+    "neo-bert": {"rope_neox": False},
     "llama": {"rope_neox": False},
     "mistral": {"rope_neox": False},
     "smollm3": {"rope_neox": False},
@@ -108,6 +120,15 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "minicpm": {"rope_neox": False, "embedding_scale": 12.0, "scale_depth": 1.4, "dim_model_base": 256, "longrope": True},
     # BitNet b1.58: rope over halves (llama.cpp puts it with the NeoX architectures)
     "bitnet": {"rope_neox": True},
+    # MiniCPM3: MiniCPM's multipliers, which llama.cpp fixes in code (the converter states none), over DeepSeek-V2's
+    # latent attention; rope over halves; LongRoPE's factor tensors wherever the file has them (models/minicpm3.py)
+    "minicpm3": {"rope_neox": True, "embedding_scale": 12.0, "scale_depth": 1.4, "dim_model_base": 256},
+    # AFMoE (Trinity): neox rope; where a window is stated, 3 window layers then 1 global (llama.cpp's fixed pattern);
+    # the chosen experts' weights as the router gave them unless expert_weights_norm says (llama.cpp's default)
+    "afmoe": {"rope_neox": True, "swa_pattern": 4, "expert_weights_norm": False},
+    # EXAONE MoE: neox rope; the file's sliding_window_pattern, else 3 window layers then 1 global; NextN layers after the trunk
+    "exaone-moe": {"rope_neox": True, "swa_pattern": 4, "nextn": True},
+    "pangu-embedded": {"rope_neox": True},  # (openPangu-Embedded: Llama with Q/K/V/O biases, rope over halves)
     # GPT-2 (learned positions, no rope), StarCoder2 (rope over halves, the whole head; llama.cpp never reads its
     # sliding window, so neither does kvrun: attention.sliding_window ignored), GPT-NeoX / Pythia (rope over halves of
     # the first rope.dimension_count dimensions): LayerNorms with biases, attention.layer_norm_epsilon
@@ -143,6 +164,7 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "cohere2": {"rope_neox": False, "swa_pattern": 4},
     # Mamba-2: every layer a state-space (SSM) mixer, no attention, no rope
     "mamba2": {"rope_neox": False},
+    "mamba": {"rope_neox": False},  # Mamba 1 (Falcon-Mamba: dt, B and C RMS-normed where ssm.dt_b_c_rms says)
     # Granite 4.0-H (and Bamba): Mamba-2 layers and attention ones (which: the per-layer head_count_kv, 0 for
     # Mamba-2), Granite's multipliers; rope only where rope.scaling.finetuned says (Granite 4.0-H has none)
     "granitehybrid": {"rope_neox": False},
@@ -293,6 +315,9 @@ def load_config(g: GGUFFile) -> ModelConfig:
         if k_mla and v_mla:
             head_dim, head_dim_v = k_mla, v_mla
         n_head_kv = n_head
+    if arch == "minicpm3":  # (MLA as deepseek2; V's heads llama.cpp's n_embd_head_v: n_embd / n_head unless stated, not
+        # key_length, which the converter states as qk_nope + qk_rope)
+        head_dim_v, n_head_kv = int(g.arch_get("attention.value_length", n_embd // n_head)), n_head
     if "full_attention_interval" in d:  # (Qwen3.5's multi-token-prediction block comes after the trunk, counted in
         # block_count: llama.cpp's graph runs the trunk alone, and so does kvrun)
         n_layer -= int(g.arch_get("nextn_predict_layers", 0) or 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..loaders.errors import UnsupportedModelError
+from .afmoe import AfmoeModel
 from .apertus import ApertusModel
 from .arcee import ArceeModel
 from .bailingmoe2 import BailingMoe2Model
@@ -18,6 +19,7 @@ from .ernie4_5 import Ernie45Model
 from .ernie4_5_moe import Ernie45MoeModel
 from .exaone import ExaoneModel
 from .exaone4 import Exaone4Model
+from .exaone_moe import ExaoneMoeModel
 from .falcon import FalconModel
 from .falcon_h1 import FalconH1Model
 from .gemma import GemmaModel
@@ -34,18 +36,24 @@ from .granitehybrid import GraniteHybridModel
 from .granitemoe import GraniteMoeModel
 from .hunyuan_dense import HunyuanDenseModel
 from .internlm2 import InternLM2Model
+from .jina_bert import JinaBertV2Model, JinaBertV3Model
 from .lfm2 import Lfm2Model
 from .llama import LlamaModel
 from .llama4 import Llama4Model
+from .mamba import MambaModel
 from .mamba2 import Mamba2Model
 from .minicpm import MiniCPMModel
+from .minicpm3 import MiniCPM3Model
 from .mistral3 import Mistral3Model
 from .nemotron import NemotronModel
 from .nemotron_h import NemotronHModel
+from .neo_bert import NeoBertModel
+from .nomic_bert_moe import NomicBertMoeModel
 from .olmo import OlmoModel
 from .olmo2 import Olmo2Model
 from .olmoe import OlmoeModel
 from .openelm import OpenELMModel
+from .pangu_embedded import PanguEmbeddedModel
 from .phi2 import Phi2Model
 from .phi3 import Phi3Model
 from .qwen2 import Qwen2Model
@@ -70,7 +78,9 @@ for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model
              Ernie45MoeModel, Cohere2Model, ArceeModel, Mamba2Model, GraniteHybridModel, FalconH1Model, NemotronHModel, Mistral3Model,
              HunyuanDenseModel, MiniCPMModel, RWKV7Model, BitnetModel, Glm4Model, Glm4MoeModel, SmallThinkerModel, BailingMoe2Model,
              SeedOssModel, ApertusModel, CommandRModel, GPT2Model, StarCoder2Model, GPTNeoXModel, RWKV6Model, Llama4Model,
-             InternLM2Model, OlmoModel, NemotronModel, OpenELMModel, Qwen2VLModel, Qwen3VLModel, Qwen3VLMoeModel, FalconModel, ChatGLMModel):  # fmt: skip
+             InternLM2Model, OlmoModel, NemotronModel, OpenELMModel, Qwen2VLModel, Qwen3VLModel, Qwen3VLMoeModel, FalconModel, ChatGLMModel,
+             JinaBertV2Model, JinaBertV3Model, NomicBertMoeModel, NeoBertModel, MambaModel, MiniCPM3Model, AfmoeModel, ExaoneMoeModel,
+             PanguEmbeddedModel):  # fmt: skip
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

@@ -11,6 +11,10 @@ learned position and token-type embeddings and normalises them; its FFN is GELU(
 biases.  Nomic-BERT has rotary positions instead, one fused QKV product and a SwiGLU FFN without
 biases.  Activations are numpy arrays on the host (prefill-only work, BLAS-sized); the weight
 products run on the backend's kernels, in the file's quant format.
+
+The block's parts are hooks (``_load_ffn``, ``_qk``, ``_attn_bias``, ``_attn_residual``, ``_ffn``) that the
+family's other encoders override: models/jina_bert.py (jina-bert-v2's ALiBi and GEGLU, jina-bert-v3),
+models/nomic_bert_moe.py, models/neo_bert.py.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ TENSOR_NAMES.update({  # BERT's names beside the decoders' (llama.cpp's LLM_TENS
 })  # fmt: skip
 
 POOLING = {1: "mean", 2: "cls", 3: "last"}  #: GGUF pooling_type -> how Model.embed pools (0, none: mean)
+#: the encoders whose Q and K rotate (llama.cpp's llm_build_bert; bert has learned positions, jina-bert-v2 ALiBi)
+ROPE_ARCHS = ("nomic-bert", "nomic-bert-moe", "jina-bert-v3")
 
 
 def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, eps: float) -> np.ndarray:
@@ -71,16 +77,16 @@ class BertModel(Model):
         if backend.name != "cpu":
             raise UnsupportedModelError(f"{g.path}: {cfg.arch} embedding models run on the CPU; drop --device gpu")
         ld = WeightLoader(g, backend)
-        self.nomic = cfg.arch == "nomic-bert"
+        self.rope = cfg.arch in ROPE_ARCHS
         self.eps = float(g.arch_get("attention.layer_norm_epsilon", 1e-12))
         self.pooling = POOLING.get(int(g.arch_get("pooling_type", 1) or 0), "mean")
         self.rank_head = RankHead.load(g, cfg.arch)  # a cross-encoder's (pooling type rank: models/rank.py), else None
         self.tok_embd = ld.matrix("tok_embd")
         types = ld.host_vector("type_embd", required=False)
         self.type_row = None if types is None else types[: cfg.n_embd]  # every token is "sentence A" (type 0), as llama.cpp
-        self.pos_embd = None if self.nomic else ld.matrix("pos_embd")
+        self.pos_embd = ld.matrix("pos_embd") if cfg.arch == "bert" else None
         self.tok_norm, self.tok_norm_b = ld.host_vector("tok_norm"), ld.host_vector("tok_norm_b")
-        if self.nomic:
+        if self.rope:
             self.cos, self.sin = make_rope(cfg, cfg.n_ctx_train, cfg.rope_theta)
         q_dim, kv_dim = cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
         self.layers = []
@@ -95,11 +101,15 @@ class BertModel(Model):
                     L[f"w{w}"], L[f"b{w}"] = ld.matrix(f"w{w}", i), ld.host_vector(f"b{w}", i, required=False)
             L["wo"], L["bo"] = ld.matrix("wo", i), ld.host_vector("bo", i, required=False)
             L["n1"], L["n1_b"] = ld.host_vector("attn_out_norm", i), ld.host_vector("attn_out_norm_b", i, required=False)
-            L["w_up"], L["b_up"] = ld.matrix("w_up", i), ld.host_vector("b_up", i, required=False)
-            L["w_gate"] = ld.matrix("w_gate", i, required=False)
-            L["w_down"], L["b_down"] = ld.matrix("w_down", i), ld.host_vector("b_down", i, required=False)
+            self._load_ffn(ld, i, L)
             L["n2"], L["n2_b"] = ld.host_vector("layer_out_norm", i), ld.host_vector("layer_out_norm_b", i, required=False)
             self.layers.append(L)
+
+    def _load_ffn(self, ld: WeightLoader, i: int, L: dict) -> None:
+        """Layer i's FFN weights into L (a subclass's MoE or gated FFN loads its own)."""
+        L["w_up"], L["b_up"] = ld.matrix("w_up", i), ld.host_vector("b_up", i, required=False)
+        L["w_gate"] = ld.matrix("w_gate", i, required=False)
+        L["w_down"], L["b_down"] = ld.matrix("w_down", i), ld.host_vector("b_down", i, required=False)
 
     def layer_specs(self) -> list[LayerSpec]:
         raise KvrunError(f"{self.cfg.name} is an embedding model ({self.cfg.arch}): it makes embeddings "
@@ -111,12 +121,51 @@ class BertModel(Model):
         return out + b if b is not None else out
 
     def _rope(self, x: np.ndarray) -> np.ndarray:
-        """Rotary positions 0..T-1 on x [T, H, head_dim], NeoX layout (nomic-bert)."""
+        """Rotary positions 0..T-1 on x [T, H, head_dim]: NeoX layout (halves paired), or consecutive pairs
+        where the architecture's rope is llama.cpp's "normal" one (cfg.rope_neox False: neo-bert)."""
         T, half = x.shape[0], self.cos.shape[1]
         c, s = self.cos[:T, None, :], self.sin[:T, None, :]
-        a, b = x[..., :half].copy(), x[..., half : 2 * half].copy()
-        x[..., :half], x[..., half : 2 * half] = a * c - b * s, a * s + b * c
+        if self.cfg.rope_neox:
+            a, b = x[..., :half].copy(), x[..., half : 2 * half].copy()
+            x[..., :half], x[..., half : 2 * half] = a * c - b * s, a * s + b * c
+        else:
+            a, b = x[..., 0 : 2 * half : 2].copy(), x[..., 1 : 2 * half : 2].copy()
+            x[..., 0 : 2 * half : 2], x[..., 1 : 2 * half : 2] = a * c - b * s, a * s + b * c
         return x
+
+    def _qk(self, q: np.ndarray, k: np.ndarray, L: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Q and K [T, H, D] as attention reads them: rotated where the architecture rotates."""
+        return (self._rope(q), self._rope(k)) if self.rope else (q, k)
+
+    def _attn_bias(self, T: int) -> np.ndarray | None:
+        """What is added to the scaled scores [H, T, T] before the softmax (None: nothing; ALiBi's, jina-bert-v2)."""
+        return None
+
+    def _attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        """softmax(q k^T / sqrt(D) + bias) v, every token seeing every token: q [T, H, D], k and v [T, H_kv, D] -> [T, H*D]."""
+        T, H, D = q.shape
+        g = H // k.shape[1]
+        k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
+        s = np.einsum("thd,shd->hts", q, k) * np.float32(1.0 / np.sqrt(D))  # [H, T, T]
+        if bias is not None:
+            s += bias
+        s = np.exp(s - s.max(axis=-1, keepdims=True))
+        s /= s.sum(axis=-1, keepdims=True)
+        return np.einsum("hts,shd->thd", s, v).reshape(T, H * D)
+
+    def _attn_residual(self, x: np.ndarray, o: np.ndarray, L: dict) -> np.ndarray:
+        """The stream after attention: the post-norm LN(x + attn(x))."""
+        return layer_norm(x + o, L["n1"], L["n1_b"], self.eps)
+
+    def _ffn(self, x: np.ndarray, L: dict, il: int) -> np.ndarray:
+        """The FFN's output for x [T, n_embd] (before the residual add): GELU(up) -> down, or nomic-bert's SwiGLU."""
+        up = self._linear(L["w_up"], x, L["b_up"])
+        if L["w_gate"] is not None:  # SwiGLU (nomic-bert)
+            gate = self._linear(L["w_gate"], x, None)
+            h = gate / (1.0 + np.exp(-gate)) * up
+        else:
+            h = gelu(up)
+        return self._linear(L["w_down"], h, L["b_down"])
 
     def encode(self, tokens: np.ndarray) -> np.ndarray:
         """The last layer's hidden state of every token of ``tokens`` [T]: float32 [T, n_embd]."""
@@ -132,26 +181,14 @@ class BertModel(Model):
             x += p
         x = layer_norm(x, self.tok_norm, self.tok_norm_b, self.eps)
         H, D = c.n_head, c.head_dim
-        scale = np.float32(1.0 / np.sqrt(D))
+        bias = self._attn_bias(T)
         for il, L in enumerate(self.layers):
             q = self._linear(L["wq"], x, L["bq"]).reshape(T, H, D)
             k = self._linear(L["wk"], x, L["bk"]).reshape(T, c.n_head_kv, D)
             v = self._linear(L["wv"], x, L["bv"]).reshape(T, c.n_head_kv, D)
-            if self.nomic:
-                q, k = self._rope(q), self._rope(k)
-            g = H // c.n_head_kv
-            k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
-            s = np.einsum("thd,shd->hts", q, k) * scale  # [H, T, T]: every token sees every token
-            s = np.exp(s - s.max(axis=-1, keepdims=True))
-            s /= s.sum(axis=-1, keepdims=True)
-            a = np.einsum("hts,shd->thd", s, v).reshape(T, H * D)
-            x = layer_norm(x + self._linear(L["wo"], a, L["bo"]), L["n1"], L["n1_b"], self.eps)
+            q, k = self._qk(q, k, L)
+            a = self._attend(q, k, v, bias)
+            x = self._attn_residual(x, self._linear(L["wo"], a, L["bo"]), L)
             self.trace("ffn_inp", il, x)
-            up = self._linear(L["w_up"], x, L["b_up"])
-            if L["w_gate"] is not None:  # SwiGLU (nomic-bert)
-                gate = self._linear(L["w_gate"], x, None)
-                h = gate / (1.0 + np.exp(-gate)) * up
-            else:
-                h = gelu(up)
-            x = layer_norm(x + self._linear(L["w_down"], h, L["b_down"]), L["n2"], L["n2_b"], self.eps)
+            x = layer_norm(x + self._ffn(x, L, il), L["n2"], L["n2_b"], self.eps)
         return x

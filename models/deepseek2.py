@@ -59,6 +59,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend, Weight
 from .common import TENSOR_NAMES, Model, WeightLoader, make_rope
+from .llama import LlamaModel
 from .moe import MoE, expert_groups, load_moe, moe_add
 
 TENSOR_NAMES.update({  # MLA's names (llama.cpp's LLM_TENSOR_ATTN_Q_A, _Q_B, _KV_A_MQA, _KV_B, _K_B, _V_B and their norms)
@@ -112,6 +113,7 @@ def mla_mscale(cfg: ModelConfig, log_mul: float) -> tuple[float, float]:
 
 class Deepseek2Model(Model):
     archs = ("deepseek2",)
+    add_output = LlamaModel.add_output  # (block outputs times cfg.residual_scale where it is not 1: MiniCPM3's muP, minicpm3.py)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         if backend.name != "cpu":
@@ -225,7 +227,10 @@ class Deepseek2Model(Model):
         v, att = buf.get("v", T, H * Dv), buf.get("att", T, H * Dv)
         q3, qr3, k3 = q.reshape(T, H, D), q_raw.reshape(T, H, D), k.reshape(T, H, D)
         v3, att3 = v.reshape(T, H, Dv), att.reshape(T, H, Dv)
+        o = buf.get("o", T, c.n_embd) if c.residual_scale != 1.0 else None
         be.get_rows(self.tok_embd, tokens, x)
+        if c.embedding_scale != 1.0:  # (MiniCPM3's muP; DeepSeek's files state none)
+            be.scale(x, c.embedding_scale)
         for il, L in enumerate(self.layers):
             be.rms_norm(x, L.attn_norm, c.norm_eps, xn)
             self.trace("attn_norm", il, xn)
@@ -248,7 +253,7 @@ class Deepseek2Model(Model):
             k3[:, :, R:] = k_nope.reshape(T, H, nope)
             cache[il].update_and_attend(q3, k3, v3, pos, att3)
             self.trace("kqv_out", il, att)
-            be.linear_add(L.wo, att, x)
+            self.add_output(x, o, lambda out, acc: (be.linear_add if acc else be.linear)(L.wo, att, out))
             if L.moe is not None:
                 be.rms_norm(x, L.ffn_norm, c.norm_eps, xn)
                 moe_add(be, L.moe, xn, x, buf)
@@ -256,6 +261,6 @@ class Deepseek2Model(Model):
                 n_ff = L.w_gate.shape[0]
                 gate, up = buf.get("gate", T, n_ff), buf.get("up", T, n_ff)
                 be.norm_linear_many(x, L.ffn_norm, c.norm_eps, xn, (L.w_gate, L.w_up), (gate, up))
-                be.linear_glu(L.w_down, gate, up, x, "silu", accumulate=True)
+                self.add_output(x, o, lambda out, acc: be.linear_glu(L.w_down, gate, up, out, "silu", accumulate=acc))
             self.trace("l_out", il, x)
         self.output_head(x, out_rows, logits)

@@ -40,6 +40,7 @@ class LlamaLayer:
     rope: bool = True  # False: this layer's attention has no positional encoding (SmolLM3's NoPE layers)
     moe: MoE | None = None  # a mixture-of-experts FFN (Mixtral, Qwen3-MoE, Qwen2-MoE, DeepSeek-MoE) in place of w_gate/w_up/w_down
     qk_norm_full: bool = False  # q_norm/k_norm span all heads' width, not one head's
+    bo: Any = None  # [n_embd] or None: attn_output's bias (openPangu-Embedded's; models/pangu_embedded.py)
 
 
 class LlamaModel(Model):
@@ -167,6 +168,8 @@ class LlamaModel(Model):
             cache[il].update_and_attend(q3, k3, v3, pos, att3)
             self.trace("kqv_out", il, att)
             self.add_output(x, o, lambda out, acc: (be.linear_add if acc else be.linear)(L.wo, att, out))
+            if L.bo is not None:  # (straight into the residual stream: no file with it states a residual_scale)
+                be.add_bias(x, L.bo)
             if L.moe is not None:
                 be.rms_norm(x, L.ffn_norm, c.norm_eps, xn)
                 self.add_output(x, o, lambda out, acc: moe_add(be, L.moe, xn, out, buf, accumulate=acc))

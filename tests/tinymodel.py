@@ -201,6 +201,21 @@ FIXTURE_MODELS: dict[str, dict] = {
     "falcon": {"arch": "falcon"},  # Falcon-7B: one LayerNorm, multi-query, fused QKV, GELU MLP, parallel block
     "falcon-40b": {"arch": "falcon", "variant": "40b"},  # Falcon-40B/180B: attention's own attn_norm_2, 2 K/V groups, tied head
     "chatglm": {"arch": "chatglm"},  # ChatGLM3 / GLM-4-9B-chat: fused QKV with bias, half-head rope (pairs), fused gate+up
+    # Mamba 1 (tiny_mamba.py): the selective scan with a state per channel, dt/B/C from the convolution's output
+    "mamba": {"arch": "mamba"},  # mamba-130m ... 2.8b: the output head tied
+    "mamba-falcon": {"arch": "mamba", "variant": "falcon"},  # Falcon-Mamba-7B: dt, B, C RMS-normed, an output head
+    # MiniCPM3 (tiny_minicpm3.py): DeepSeek-V2's latent attention with a query LoRA, neox rope, muP's fixed multipliers,
+    # LongRoPE's short factors (context 64 of 1024); "-long": its long ones (context 64 of 32)
+    "minicpm3": {"arch": "minicpm3"},
+    "minicpm3-long": {"arch": "minicpm3", "variant": "long"},
+    # AFMoE, Arcee's Trinity (tiny_afmoe.py): embeddings times sqrt(n_embd), sandwich norms, sigmoid-gated attention,
+    # per-head QK norm, windows on 3 layers of 4 (the 4th global, NoPE), a leading dense layer, sigmoid-routed experts
+    # with exp_probs_b, renormalised and scaled, a shared expert
+    "afmoe": {"arch": "afmoe"},
+    # EXAONE MoE, K-EXAONE (tiny_exaone_moe.py): pre-norms, per-head QK norm, windows on the layers the file's pattern says
+    # (only they rotate, with Llama 3's factors), a leading dense layer, sigmoid-routed experts with exp_probs_b, a shared one
+    "exaone-moe": {"arch": "exaone-moe", "seed": 1},  # (seed 0's logits tie two tokens at one position)
+    "pangu-embedded": {"arch": "pangu-embedded"},  # openPangu-Embedded (tiny_pangu.py): Q/K/V and attn_output biases, neox rope
 }
 
 
@@ -277,6 +292,26 @@ def write_tiny_model(
     qwen3next: :func:`_write_tiny_qwen35` (qwen3next with ``split_qkv``: attn_qkv and attn_gate, not ssm_in).
     mistral3, ernie4_5-moe: :func:`_write_tiny_mistral3_ernie_moe` (mistral3's ``yarn_log_mul``).  hunyuan-dense,
     minicpm: :func:`_write_tiny_hunyuan_minicpm` (``rope_alpha``; minicpm's ``mup_defaults``, and ``rope_freqs``: LongRoPE)."""
+    if arch == "mamba":  # (tiny_mamba.py; ``variant`` "falcon": Falcon-Mamba's dt/B/C norms)
+        from tiny_mamba import write_tiny_mamba
+
+        return write_tiny_mamba(path, qtype, seed, falcon=variant == "falcon")
+    if arch == "minicpm3":  # (tiny_minicpm3.py; ``variant`` "long": a training context short of the fixture's)
+        from tiny_minicpm3 import write_tiny_minicpm3
+
+        return write_tiny_minicpm3(path, qtype, seed, variant)
+    if arch == "pangu-embedded":  # (tiny_pangu.py)
+        from tiny_pangu import write_tiny_pangu
+
+        return write_tiny_pangu(path, qtype, seed)
+    if arch == "exaone-moe":  # (tiny_exaone_moe.py)
+        from tiny_exaone_moe import write_tiny_exaone_moe
+
+        return write_tiny_exaone_moe(path, qtype, seed)
+    if arch == "afmoe":  # (tiny_afmoe.py)
+        from tiny_afmoe import write_tiny_afmoe
+
+        return write_tiny_afmoe(path, qtype, seed)
     if arch in ("qwen2vl", "qwen3vl", "qwen3vlmoe", "falcon", "chatglm"):  # (tiny_vl_falcon_chatglm.py: its ``variant``)
         from tiny_vl_falcon_chatglm import write_tiny_vl_falcon_chatglm
 

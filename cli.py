@@ -155,6 +155,10 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
     types = Counter(t.type_name for t in g.tensors.values())
     n_params = sum(t.n_elements for t in g.tensors.values())
     shexp = next((t for name, t in g.tensors.items() if name.endswith(".ffn_gate_shexp.weight")), None)
+    mamba = None  # Mamba 1 (every layer a selective-scan mixer, no heads): its geometry and the state a sequence keeps in
+    if cfg.arch == "mamba":  # each layer (the scan's [d_inner, d_state] and the convolution's last d_conv - 1 inputs, float32)
+        di, ds, dc = (int(g.arch_get(k, 0) or 0) for k in ("ssm.inner_size", "ssm.state_size", "ssm.conv_kernel"))
+        mamba = {"d_inner": di, "d_state": ds, "d_conv": dc, "state_bytes_per_layer": 4 * di * ds + 4 * (dc - 1) * di}
     return {
         "path": str(path),
         "name": cfg.name,
@@ -216,6 +220,7 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
         # its two token shifts' last rows
         "rwkv": {"head_size": hs, "n_head": cfg.n_embd // hs, "state_bytes_per_layer": 4 * cfg.n_embd * hs + 2 * 4 * cfg.n_embd}
         if cfg.arch in RWKV_ARCHS and (hs := int(g.arch_get("wkv.head_size", 64) or 64)) else None,
+        "mamba": mamba,
     }
 
 
@@ -290,6 +295,12 @@ def info(model: str | None, as_json: bool) -> None:
         lines.insert(next(i for i, ln in enumerate(lines) if ln[0] == "layers") + 1, ("state-space layers", ssm))
         if f["n_ssm_layers"] == f["n_layer"] and not f["ssm_parallel"]:
             lines = [ln for ln in lines if ln[0] not in ("heads (q / kv)", "feed-forward", "rope", "sliding window", "KV cache / token")]
+    if f["mamba"]:  # (no attention, no FFN: a selective-scan mixer a layer, its fixed state)
+        m = f["mamba"]
+        lines = [ln for ln in lines if ln[0] not in ("heads (q / kv)", "feed-forward", "rope", "sliding window", "KV cache / token")]
+        lines.insert(next(i for i, ln in enumerate(lines) if ln[0] == "embedding") + 1,
+                     ("state-space layers", f"every layer a Mamba 1 mixer (d_inner {m['d_inner']}, state {m['d_state']}, convolution "
+                                            f"{m['d_conv']}); {_size(m['state_bytes_per_layer'])} of state a layer, whatever the context"))  # fmt: skip
     if f["rwkv"]:  # (no attention: no heads, rope, window or K/V; a fixed state a layer instead)
         r = f["rwkv"]
         lines = [ln for ln in lines if ln[0] not in ("heads (q / kv)", "rope", "sliding window", "KV cache / token")]

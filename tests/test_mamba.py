@@ -109,5 +109,8 @@ def test_info_and_run(tmp_path):
     path = str(write_tiny_model(tmp_path / "m.gguf", "mamba", variant="falcon"))
     r = CliRunner().invoke(main, ["info", path])
     assert r.exit_code == 0 and "mamba" in r.output, r.output
+    # no heads, FFN or KV cache: each layer's mixer and the state it keeps (the scan's 128 x 16 floats, 3 inputs of 128)
+    assert "every layer a Mamba 1 mixer (d_inner 128, state 16, convolution 4); 9.50 KiB of state a layer" in r.output
+    assert "KV cache / token" not in r.output and "heads (q / kv)" not in r.output
     r = CliRunner().invoke(main, ["run", path, "-p", "hi", "-n", "4"])
     assert r.exit_code == 0, r.output

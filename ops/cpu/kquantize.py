@@ -26,6 +26,7 @@ from gguf import GGMLQuantizationType as T
 
 from .f16 import bitcast_f32_u32, f16_to_f32, f32_to_f16
 from .parallel import EXACT_JIT, prange_only
+from .variant import variant
 
 QK_K = 256
 #: bytes of a block of 256 weights
@@ -496,34 +497,25 @@ def _block_q6_k(x, out):
 
 
 # ----------------------------------------------------------------------------- whole tensors
-@nb.njit(parallel=prange_only(), **EXACT_JIT)
-def _rows_q2_k(x, out):
+_block = None  # (the block quantizer of each variant of _rows: _rows_for)
+
+
+def _rows(x, out):
+    """Each of the ``x.shape[0]`` blocks of ``x`` quantized into ``out``'s row by ``_block`` (each type's variant below)."""
     for b in nb.prange(x.shape[0]):
-        _block_q2_k(x[b], out[b])
+        _block(x[b], out[b])
 
 
-@nb.njit(parallel=prange_only(), **EXACT_JIT)
-def _rows_q3_k(x, out):
-    for b in nb.prange(x.shape[0]):
-        _block_q3_k(x[b], out[b])
+def _rows_for(block, name: str):
+    # (a copy of _rows with its own name and block function: Numba caches each by name, and a closure would not cache)
+    return nb.njit(parallel=prange_only(), **EXACT_JIT)(variant(_rows, name, _block=block))
 
 
-@nb.njit(parallel=prange_only(), **EXACT_JIT)
-def _rows_q4_k(x, out):
-    for b in nb.prange(x.shape[0]):
-        _block_q4_k(x[b], out[b])
-
-
-@nb.njit(parallel=prange_only(), **EXACT_JIT)
-def _rows_q5_k(x, out):
-    for b in nb.prange(x.shape[0]):
-        _block_q5_k(x[b], out[b])
-
-
-@nb.njit(parallel=prange_only(), **EXACT_JIT)
-def _rows_q6_k(x, out):
-    for b in nb.prange(x.shape[0]):
-        _block_q6_k(x[b], out[b])
+_rows_q2_k = _rows_for(_block_q2_k, "_rows_q2_k")
+_rows_q3_k = _rows_for(_block_q3_k, "_rows_q3_k")
+_rows_q4_k = _rows_for(_block_q4_k, "_rows_q4_k")
+_rows_q5_k = _rows_for(_block_q5_k, "_rows_q5_k")
+_rows_q6_k = _rows_for(_block_q6_k, "_rows_q6_k")
 
 
 _KERNELS = {T.Q2_K: _rows_q2_k, T.Q3_K: _rows_q3_k, T.Q4_K: _rows_q4_k, T.Q5_K: _rows_q5_k, T.Q6_K: _rows_q6_k}

@@ -41,7 +41,6 @@ Prefill, compute-bound, may dequantize into a per-call scratch and use BLAS.
 from __future__ import annotations
 
 import math
-import types as types_
 
 import numba as nb
 import numpy as np
@@ -54,6 +53,7 @@ from .arraycopy import copy_into
 from .f16 import f16_to_f32, f32_to_f16
 from .outline import outline
 from .parallel import EXACT_JIT, prange_only, split_threads
+from .variant import variant as _variant
 from .vexp import exp32
 from .qmatmul import HAVE_AVX512, LF16, LF32, LI8, LI16, LI32, LI64, V, _G, _i64, _switch_pairs
 from .qkeys import CHUNK_GROUPS, INT_KEYS, key_kernel_ok, key_scores, prep_queries
@@ -984,16 +984,6 @@ def key_similarity(kvec: np.ndarray, kc: np.ndarray, km: np.ndarray, lut: np.nda
 # carries the row decoders of every (width, group): compiling it takes ~27 s
 # of a first run's ~34.  This is the same body with the row dispatch cut to fp16
 # rows, built by swapping one global of each inlined layer.
-def _variant(f, name: str, **swap):
-    """A copy of function ``f`` named ``name`` whose globals in ``swap`` are replaced.
-
-    Numba keys its on-disk cache by name, so a variant never loads the original's code.
-    """
-    g = types_.FunctionType(f.__code__, dict(f.__globals__, **swap), name, f.__defaults__, f.__closure__)
-    g.__qualname__ = name
-    return g
-
-
 @nb.njit(inline="always", **_JIT)
 def _fill_tile16(j0: int, n: int, F: int, C0: int, x16: np.ndarray, c0: np.ndarray, m0: np.ndarray, lut0: np.ndarray, w0: int,
                  c1: np.ndarray, m1: np.ndarray, lut1: np.ndarray, w1: int, G: int, D: int, tile: np.ndarray) -> None:

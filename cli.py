@@ -217,8 +217,9 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
         if any(cfg.ssm_layers) or cfg.ssm_parallel else None,
         "rope_used": cfg.arch != "granitehybrid" or bool(g.arch_get("rope.scaling.finetuned", True)),
         # RWKV (attention-free): the WKV state a sequence keeps in each layer (float32 [head_size, head_size] a head) and
-        # its two token shifts' last rows
-        "rwkv": {"head_size": hs, "n_head": cfg.n_embd // hs, "state_bytes_per_layer": 4 * cfg.n_embd * hs + 2 * 4 * cfg.n_embd}
+        # its token shifts' last rows (two; ARWKV-7's token_shift_count: one)
+        "rwkv": {"head_size": hs, "n_head": cfg.n_embd // hs,
+                 "state_bytes_per_layer": 4 * cfg.n_embd * hs + int(g.arch_get("token_shift_count", 2)) * 4 * cfg.n_embd}
         if cfg.arch in RWKV_ARCHS and (hs := int(g.arch_get("wkv.head_size", 64) or 64)) else None,
         "mamba": mamba,
     }

@@ -6,6 +6,7 @@ from ..loaders.errors import UnsupportedModelError
 from .afmoe import AfmoeModel
 from .apertus import ApertusModel
 from .arcee import ArceeModel
+from .arwkv7 import ARWKV7Model
 from .bailingmoe2 import BailingMoe2Model
 from .bert import BertModel
 from .bitnet import BitnetModel
@@ -80,7 +81,7 @@ for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model
              SeedOssModel, ApertusModel, CommandRModel, GPT2Model, StarCoder2Model, GPTNeoXModel, RWKV6Model, Llama4Model,
              InternLM2Model, OlmoModel, NemotronModel, OpenELMModel, Qwen2VLModel, Qwen3VLModel, Qwen3VLMoeModel, FalconModel, ChatGLMModel,
              JinaBertV2Model, JinaBertV3Model, NomicBertMoeModel, NeoBertModel, MambaModel, MiniCPM3Model, AfmoeModel, ExaoneMoeModel,
-             PanguEmbeddedModel):  # fmt: skip
+             PanguEmbeddedModel, ARWKV7Model):  # fmt: skip
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

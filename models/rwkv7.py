@@ -21,8 +21,8 @@ Every norm is a LayerNorm with bias.  What sets it apart:
 * the channel mix: ``W_v relu(W_k x)^2`` of its own token-shifted input.
 
 The WKV state and the token shift's last rows live in the cache, one per layer (``cache/rwkv.py``): the CPU only.
-llama.cpp's ``arwkv7`` (RWKV-7 time mix in a Qwen 2.5 trunk) is another architecture; RWKV-6 (models/rwkv6.py) is
-this model with its own time mix and channel mix.
+ARWKV-7 (models/arwkv7.py) is this time mix in a Qwen 2.5 trunk; RWKV-6 (models/rwkv6.py) is this model with its own
+time mix and channel mix.
 """
 
 from __future__ import annotations
@@ -102,6 +102,11 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 class RWKV7Model(Model):
     archs = ("rwkv7",)
     wkv_version = 7  # (the cache's recurrence: cache/rwkv.py)
+    #: llama.cpp's token_shift_count: the token-shift rows a layer keeps, one for each mix (ARWKV-7: the time mix's only)
+    token_shift_count = 2
+    #: the rows of ``time_mix_lerp_fused`` in a layer without the gate's LoRA (ARWKV-7's converter drops the gate's mu)
+    ungated_lerp_rows = 6
+    layer_type: type = RWKV7Layer  # (what load_layer makes: load_ffn's fields differ in ARWKV-7's)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
@@ -110,24 +115,44 @@ class RWKV7Model(Model):
         self.head_size = int(g.arch_get("wkv.head_size", 0) or 0)
         if self.head_size <= 0 or cfg.n_embd % self.head_size:
             raise GGUFError(f"{g.path}: {g.architecture}.wkv.head_size {self.head_size} does not divide embedding_length {cfg.n_embd} into heads")
-        if int(g.arch_get("token_shift_count", 2)) != 2:  # (llama.cpp asserts it: one row for each mix)
-            raise UnsupportedModelError(f"{g.path}: {g.architecture}.token_shift_count {g.arch_get('token_shift_count')} is not 2")
+        if int(g.arch_get("token_shift_count", 2)) != self.token_shift_count:  # (llama.cpp asserts it: its state's size)
+            raise UnsupportedModelError(f"{g.path}: {g.architecture}.token_shift_count {g.arch_get('token_shift_count', 2)} "
+                                        f"is not {self.token_shift_count}")  # fmt: skip
         w = WeightLoader(g, backend)
+        self.load_ends(w)
+        self.layers = [self.load_layer(w, i) for i in range(cfg.n_layer)]
+
+    def load_ends(self, w: WeightLoader) -> None:
+        """The embeddings, LN0, the output norm and the output head."""
         self.tok_embd = w.matrix("tok_embd")
         self.tok_norm, self.tok_norm_b = w.vector("tok_norm"), w.vector("tok_norm_b")
         self.output = w.matrix("output")
         self.output_norm, self.output_norm_b = w.vector("output_norm"), w.vector("output_norm_b")
-        self.layers = [self.load_layer(w, i) for i in range(cfg.n_layer)]
+
+    def host(self, w: WeightLoader, role: str, i: int, size: int, required: bool = True) -> np.ndarray | None:
+        """Layer i's vector ``role`` on the host, of ``size`` values (None: absent and not ``required``)."""
+        v = w.host_vector(role, i, required)
+        if v is not None and v.size != size:
+            raise GGUFError(f"{w.g.path}: {TENSOR_NAMES[role].format(i=i)} has {v.size} values, expected {size}; the file is not a supported model")
+        return v
+
+    def load_ffn(self, w: WeightLoader, i: int) -> dict[str, Any]:
+        """Layer i's norms and what follows the time mix, the channel mix (RWKV7Layer's fields by name)."""
+        c, n = self.cfg, self.cfg.n_embd
+        cm_key, cm_value = w.matrix("channel_mix_key", i), w.matrix("channel_mix_value", i)
+        if tuple(cm_key.shape) != (c.n_ff, n) or tuple(cm_value.shape) != (n, c.n_ff):
+            raise GGUFError(f"{w.g.path}: blk.{i}.channel_mix_key/value have shapes {tuple(cm_key.shape)}/{tuple(cm_value.shape)}, "
+                            f"expected {(c.n_ff, n)}/{(n, c.n_ff)}; the file is not a supported model")  # fmt: skip
+        return dict(attn_norm=w.vector("attn_norm", i), attn_norm_b=w.vector("attn_norm_b", i),
+                    ffn_norm=w.vector("attn_norm_2", i), ffn_norm_b=w.vector("attn_norm_2_b", i),
+                    cm_lerp=self.host(w, "channel_mix_lerp_k", i, n), cm_key=cm_key, cm_value=cm_value)  # fmt: skip
 
     def load_layer(self, w: WeightLoader, i: int) -> RWKV7Layer:
         c, path = self.cfg, w.g.path
         n = c.n_embd
 
         def host(role: str, size: int, required: bool = True) -> np.ndarray | None:
-            v = w.host_vector(role, i, required)
-            if v is not None and v.size != size:
-                raise GGUFError(f"{path}: {TENSOR_NAMES[role].format(i=i)} has {v.size} values, expected {size}; the file is not a supported model")
-            return v
+            return self.host(w, role, i, size, required)
 
         def lora(role: str, required: bool = True) -> tuple[Any, Any]:
             """The two matrices of a LoRA (``role`` 1 and 2), the first ``[rank, n_embd]``, the second ``[n_embd, rank]``."""
@@ -141,31 +166,30 @@ class RWKV7Model(Model):
         for r, m in mats.items():
             if tuple(m.shape) != (n, n):
                 raise GGUFError(f"{path}: {TENSOR_NAMES[r].format(i=i)} has shape {tuple(m.shape)}, expected {(n, n)}; the file is not a supported model")
-        cm_key, cm_value = w.matrix("channel_mix_key", i), w.matrix("channel_mix_value", i)
-        if tuple(cm_key.shape) != (c.n_ff, n) or tuple(cm_value.shape) != (n, c.n_ff):
-            raise GGUFError(f"{path}: blk.{i}.channel_mix_key/value have shapes {tuple(cm_key.shape)}/{tuple(cm_value.shape)}, "
-                            f"expected {(c.n_ff, n)}/{(n, c.n_ff)}; the file is not a supported model")  # fmt: skip
-        L = RWKV7Layer(
-            attn_norm=w.vector("attn_norm", i), attn_norm_b=w.vector("attn_norm_b", i),
-            ffn_norm=w.vector("attn_norm_2", i), ffn_norm_b=w.vector("attn_norm_2_b", i),
-            lerp=host("time_mix_lerp_fused", 6 * n).reshape(6, n),
+        g1, g2 = lora("g", required=False)
+        rows = 6 if g1 is not None else self.ungated_lerp_rows  # (the gate's mu last)
+        L = self.layer_type(
+            **self.load_ffn(w, i),
+            lerp=host("time_mix_lerp_fused", rows * n).reshape(rows, n), g1=g1, g2=g2,
             wr=mats["time_mix_receptance"], wk=mats["time_mix_key"], wv=mats["time_mix_value"], wo=mats["time_mix_output"],
             w0=host("time_mix_w0", n), w1=lora("w")[0], w2=lora("w")[1],
             a0=host("time_mix_a0", n), a1=lora("a")[0], a2=lora("a")[1],
             k_k=host("time_mix_k_k", n), k_a=host("time_mix_k_a", n), r_k=host("time_mix_r_k", n),
-            cm_lerp=host("channel_mix_lerp_k", n), cm_key=cm_key, cm_value=cm_value,
         )  # fmt: skip
         if i > 0:  # (layer 0's v0/v1/v2 are dummies the converter writes for llama.cpp's loader: unused)
             L.v0, (L.v1, L.v2) = host("time_mix_v0", n), lora("v")
-        L.g1, L.g2 = lora("g", required=False)
         L.ln, L.ln_b = host("time_mix_ln", n, required=False), host("time_mix_ln_b", n, required=False)
         return L
 
     def layer_specs(self) -> list[LayerSpec]:
         return [LayerSpec(1, 1, 1, 1, rwkv=(self.cfg.n_embd, self.head_size, self.wkv_version))] * self.cfg.n_layer
 
+    def norm(self, x: Any, weight: Any, bias: Any, out: Any) -> None:
+        """Every norm of the trunk: LayerNorm with its bias (ARWKV-7's: RMSNorm)."""
+        self.be.layer_norm(x, weight, bias, self.cfg.norm_eps, out)
+
     def final_norm(self, x: Any, out: Any) -> None:
-        self.be.layer_norm(x, self.output_norm, self.output_norm_b, self.cfg.norm_eps, out)
+        self.norm(x, self.output_norm, self.output_norm_b, out)
 
     def lora(self, m1: Weight, m2: Weight, x: np.ndarray, act: Any, name: str) -> np.ndarray:
         """``m2 act(m1 x)`` for the rows x [T, n_embd] (act None: none): [T, n_embd], a buffer."""
@@ -183,8 +207,8 @@ class RWKV7Model(Model):
         T, n = xn.shape
         H, N = n // self.head_size, self.head_size
         prev = state.token_shift(xn, pos, 0)
-        xx = (prev - xn) * L.lerp[:, None, :] + xn  # [6, T, n_embd]: the lerped input of each use, each contiguous
-        xr, xw, xk, xv, xa, xg = xx
+        xx = (prev - xn) * L.lerp[:, None, :] + xn  # [6 (5), T, n_embd]: the lerped input of each use, each contiguous
+        xr, xw, xk, xv, xa = xx[:5]  # (and the gate's, where the layer has one)
         x6 = buf.get("rwkv_x6", T, 6 * n)  # the recurrence's inputs r, w, k, v, a, b (what the cache keeps)
         r, w, k, v = (buf.get(f"rwkv_{name}", T, n) for name in "rwkv")
         be.linear(L.wr, xr, r)
@@ -211,7 +235,7 @@ class RWKV7Model(Model):
         bonus = np.einsum("thn,thn,hn->th", r.reshape(T, H, N), k.reshape(T, H, N), L.r_k.reshape(H, N))
         y3 += v.reshape(T, H, N) * bonus[:, :, None]
         if L.g1 is not None:
-            y *= self.lora(L.g1, L.g2, xg, _sigmoid, "g")
+            y *= self.lora(L.g1, L.g2, xx[5], _sigmoid, "g")
         return y, v_first
 
     def channel_mix(self, L: RWKV7Layer, state: Any, xn: np.ndarray, pos: np.ndarray, x: np.ndarray) -> None:
@@ -229,15 +253,15 @@ class RWKV7Model(Model):
         x, xn = buf.get("x", T, c.n_embd), buf.get("xn", T, c.n_embd)
         be.get_rows(self.tok_embd, tokens, x)
         if self.tok_norm is not None:
-            be.layer_norm(x, self.tok_norm, self.tok_norm_b, c.norm_eps, x)
+            self.norm(x, self.tok_norm, self.tok_norm_b, x)
         v_first = None
         for il, L in enumerate(self.layers):
-            be.layer_norm(x, L.attn_norm, L.attn_norm_b, c.norm_eps, xn)
+            self.norm(x, L.attn_norm, L.attn_norm_b, xn)
             self.trace("attn_norm", il, xn)
             y, v_first = self.time_mix(L, cache[il], xn, pos, v_first)
             be.linear_add(L.wo, y, x)
             self.trace("ffn_inp", il, x)
-            be.layer_norm(x, L.ffn_norm, L.ffn_norm_b, c.norm_eps, xn)
+            self.norm(x, L.ffn_norm, L.ffn_norm_b, xn)
             self.channel_mix(L, cache[il], xn, pos, x)
             self.trace("l_out", il, x)
         self.output_head(x, out_rows, logits)

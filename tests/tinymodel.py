@@ -175,6 +175,10 @@ FIXTURE_MODELS: dict[str, dict] = {
     # channel mix's receptance, the residual halved every 2 layers; "-unfused": the five mus apart (older files)
     "rwkv6": {"arch": "rwkv6"},
     "rwkv6-unfused": {"arch": "rwkv6", "lerp_fused": False},
+    # ARWKV-7 (tiny_arwkv7.py): RWKV-7's time mix (one token shift) in a Qwen 2.5 trunk, RMSNorms, SwiGLU FFN; the gate and
+    # group norm (wkv_has_gate); "-nogate": five mus, neither
+    "arwkv7": {"arch": "arwkv7"},
+    "arwkv7-nogate": {"arch": "arwkv7", "variant": "nogate"},
     # SmallThinker (tiny_smallthinker.py): the router reads the layer's input, ReGLU experts renormalised. 21B's layout: a
     # sigmoid router, no window; 4B's: a softmax router, 4096 windows on 3 layers of 4 (the first global, NoPE every 4th)
     "smallthinker": {"arch": "smallthinker"},
@@ -349,6 +353,10 @@ def write_tiny_model(
         from tiny_rwkv7 import write_tiny_rwkv7
 
         return write_tiny_rwkv7(path, qtype, seed)
+    if arch == "arwkv7":  # (tiny_arwkv7.py; ``variant`` "nogate": no gate, five mus, no group norm)
+        from tiny_arwkv7 import write_tiny_arwkv7
+
+        return write_tiny_arwkv7(path, qtype, seed, gate=variant != "nogate")
     if arch == "rwkv6":  # (tiny_rwkv6.py; ``lerp_fused``: the token shift's five mus in one tensor)
         from tiny_rwkv6 import write_tiny_rwkv6
 

@@ -1158,12 +1158,14 @@ def bench(model: str | None, n_prompt: int, n_gen: int, repetitions: int, n_dept
 @click.option("--chunks", type=int, default=0, help="score at most this many windows (0: all)")
 @click.option("-b", "--batch-size", "n_batch", type=int, default=None, help="tokens per forward pass (default: 512; 1 with a compressed --kv-* cache)")
 @click.option("--json", "as_json", is_flag=True, help="print the final figure as JSON")
+@click.option("--kl-divergence-base", "kld_base", type=click.Path(dir_okay=False), default=None, help="write the scored log-probabilities to this file (llama-perplexity's format); with --kl-divergence, read them")
+@click.option("--kl-divergence", "kld", is_flag=True, help="compare this model's distributions with --kl-divergence-base's (KL divergence, Δp, same top token; the file's text and window length)")
 @click.option("-t", "--threads", type=int, default=None, help="CPU threads (default: chosen from measured decode speed)")
 @click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu", show_default=True)
 @lora_options
 @kv_options
 @friendly
-def perplexity(model: str | None, text_file: str, n_ctx: int, chunks: int, n_batch: int | None, as_json: bool, threads: int | None, device: str, **kw: Any) -> None:
+def perplexity(model: str | None, text_file: str, n_ctx: int, chunks: int, n_batch: int | None, as_json: bool, kld_base: str | None, kld: bool, threads: int | None, device: str, **kw: Any) -> None:
     """Perplexity of a text over non-overlapping windows (as llama-perplexity).
 
     With a compressed KV cache the windows are decoded token by token by
@@ -1178,6 +1180,14 @@ def perplexity(model: str | None, text_file: str, n_ctx: int, chunks: int, n_bat
     if n_batch is not None and n_batch < 1:
         raise KvrunError(f"--batch-size must be >= 1, got {n_batch}")
     path = _resolve(model)
+    base = None
+    if kld:  # the window length is the base file's, as llama-perplexity's
+        from .runtime.kld import BaseFile
+
+        if not kld_base:
+            raise KvrunError("--kl-divergence compares with a base file: give it with --kl-divergence-base FILE")
+        base = BaseFile.open(kld_base)
+        n_ctx = base.n_ctx
     kv = kv_config(kw)
     if n_batch is None:
         n_batch = 1 if kv is not None and kv.is_compressed else 512
@@ -1189,8 +1199,27 @@ def perplexity(model: str | None, text_file: str, n_ctx: int, chunks: int, n_bat
     def progress(done: int, total: int, ppl: float) -> None:
         bar.update(done, total, postfix=f"ppl={ppl:.4f}" if done else None)
 
+    if base is not None:
+        from .runtime.kld import check_base, format_statistics, kl_divergence
+
+        check_base(base, eng.cfg.n_vocab, tokens)
+        kres = kl_divergence(eng, base, progress=lambda d, t, _r: bar.update(d, t), max_chunks=chunks)
+        bar.close()
+        stats = kres.statistics()
+        click.echo(json.dumps(stats) if as_json else format_statistics(stats))
+        return
+    writer = None
+    if kld_base and len(tokens) >= n_ctx:
+        from .runtime.kld import BaseWriter
+
+        n_chunk = min(len(tokens) // n_ctx, chunks) if chunks else len(tokens) // n_ctx
+        writer = BaseWriter(kld_base, tokens, n_ctx, eng.cfg.n_vocab, n_chunk)
     t0 = time.perf_counter()
-    res = ppl_fn(eng, tokens, n_ctx, progress=progress, max_chunks=chunks)
+    try:
+        res = ppl_fn(eng, tokens, n_ctx, progress=progress, max_chunks=chunks, on_window=writer.window if writer else None)
+    finally:
+        if writer:
+            writer.close()
     bar.close()
     dt = time.perf_counter() - t0
     if as_json:

@@ -66,9 +66,11 @@ def perplexity(
     make_cache: Callable[[], object] | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     max_chunks: int = 0,
+    on_window: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> PerplexityResult:
     """Perplexity of ``tokens`` in windows of ``n_ctx``; ``progress(done, total, ppl_so_far)`` once before
-    the first window (done 0, ppl NaN) and after each."""
+    the first window (done 0, ppl NaN) and after each.  ``on_window(logits, targets)``: each window's scored
+    logits and the tokens they predict (kld.BaseWriter stores them for ``--kl-divergence``)."""
     tokens = np.asarray(tokens, np.int64)
     n_chunks = len(tokens) // n_ctx
     if max_chunks:
@@ -85,6 +87,8 @@ def perplexity(
         cache = make_cache() if make_cache else engine.new_cache()
         logits = engine.eval(cache, window, logits_all=True, logits_start=first)
         lp = log_softmax_at(logits[: n_ctx - 1 - first], tokens[c * n_ctx + first + 1 : (c + 1) * n_ctx])
+        if on_window:
+            on_window(logits[: n_ctx - 1 - first], tokens[c * n_ctx + first + 1 : (c + 1) * n_ctx])
         nll.append(-lp)
         chunk_ppl.append(math.exp(-float(lp.mean())))
         if progress:

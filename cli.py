@@ -173,6 +173,9 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
         "n_embd": cfg.n_embd,
         "n_head": cfg.n_head,
         "n_head_kv": cfg.n_head_kv,
+        # where the head counts differ by layer (OpenELM): (fewest q, most q, fewest kv, most kv); n_head, n_head_kv the most
+        "heads_by_layer": [min(q), max(q), min(cfg.kv_heads_per_layer), max(cfg.kv_heads_per_layer)]
+        if cfg.kv_heads_per_layer and len(q := [int(n) for n in g.arch_get("attention.head_count")]) else None,
         "head_dim": cfg.head_dim,
         "head_dim_v": cfg.head_dim_v,
         "n_ff": cfg.n_ff,
@@ -269,7 +272,8 @@ def info(model: str | None, as_json: bool) -> None:
         ("context length", f["context_length"]),
         ("layers", f["n_layer"]),
         ("embedding", f["n_embd"]),
-        ("heads (q / kv)", f"{f['n_head']} / {f['n_head_kv']}  (head_dim {f['head_dim']})"),
+        ("heads (q / kv)", f"{f['n_head']} / {f['n_head_kv']}  (head_dim {f['head_dim']})" if not f["heads_by_layer"] else
+                           "{}-{} / {}-{} by layer  (head_dim {})".format(*f["heads_by_layer"], f["head_dim"])),
         ("feed-forward", f"{f['n_expert_used']} of {f['n_expert']} experts a token, each {f['n_ff_exp']} wide" if f["n_expert"] else f["n_ff"]),
         ("shared expert", f"{f['n_ff_shexp']} wide" + (f" ({f['n_expert_shared']} experts as one)" if f["n_expert_shared"] > 1 else "") + ", on every token" + (", its output scaled by a sigmoid gate" if f["shexp_gated"] else "")),
         ("rope", f"theta {f['rope_theta']:g}" + (f", local {f['rope_theta_swa']:g}" if f["rope_theta_swa"] else "") + f", {'neox' if f['rope_neox'] else 'normal'}, scaling {f['rope_scaling']}"

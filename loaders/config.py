@@ -247,6 +247,8 @@ class ModelConfig:
     ssm_dt_rank: int = 0
     ssm_n_group: int = 0
     ssm_layers: tuple[bool, ...] = field(default_factory=tuple)
+    #: KV heads of each layer where they differ by layer (OpenELM); empty: n_head_kv in every attention layer
+    kv_heads_per_layer: tuple[int, ...] = field(default_factory=tuple)
     ssm_parallel: bool = False  # every layer a Mamba-2 mixer beside its attention (Falcon-H1), not in place of it
     # Nemotron-H's layers that are an FFN alone (no attention, no state: feed_forward_length > 0 where head_count_kv is 0)
     ffn_layers: tuple[bool, ...] = field(default_factory=tuple)
@@ -272,6 +274,8 @@ class ModelConfig:
 
     def kv_bytes_per_token(self, bits: float = 16.0) -> float:
         """K+V bytes one token occupies over all layers at ``bits`` per value (state-space layers keep none)."""
+        if self.kv_heads_per_layer:  # (OpenELM: each layer its own count)
+            return sum(self.kv_heads_per_layer) * (self.head_dim + self.head_dim_v) * bits / 8.0
         per_layer = self.n_head_kv * (self.head_dim + self.head_dim_v)
         return (self.n_layer - sum(self.ssm_layers) - sum(self.ffn_layers)) * per_layer * bits / 8.0
 
@@ -433,6 +437,7 @@ def load_config(g: GGUFFile) -> ModelConfig:
         ssm_dt_rank=int(g.arch_get("ssm.time_step_rank", 0) or 0),
         ssm_n_group=int(g.arch_get("ssm.group_count", 0) or 0),
         ssm_layers=ssm_layers,
+        kv_heads_per_layer=tuple(int(n) for n in kv_per_layer) if arch == "openelm" else (),
         ssm_parallel=bool(d.get("ssm_parallel", False)),
         ffn_layers=ffn_layers,
         # (fixed, as llama.cpp's: the files' shared_kv_layers, E2B's 10 of 30 and E4B's 15 of 35, leave the same 20)

@@ -104,6 +104,13 @@ def test_openelm_per_layer_widths_and_what_sets_it_apart(tmp_path):
     assert [L.w_up.n_rows for L in model.layers] == [64, 96, 128] and model.output is model.tok_embd
     layers = make_cache(specs, N_CTX, N_BATCH)
     assert [layer.spec.n_head_kv for layer in layers] == [1, 2, 2] and layers[0].nbytes() < layers[1].nbytes() == layers[2].nbytes()
+    assert cfg.kv_bytes_per_token(16) == (1 + 2 + 2) * (16 + 16) * 2  # each layer's own KV heads, not the widest's
+    from click.testing import CliRunner
+
+    from kvrun.cli import main
+
+    out = CliRunner().invoke(main, ["info", str(tmp_path / "e.gguf")]).output
+    assert "2-6 / 1-2 by layer  (head_dim 16)" in out and "16-bit 320 B" in out
 
     def untied(m):
         rng = np.random.default_rng(3)

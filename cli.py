@@ -246,6 +246,19 @@ def info(model: str | None, as_json: bool) -> None:
     from .loaders.gguf_file import GGUFFile
 
     g = GGUFFile(path)
+    if g.architecture == "clip":  # a vision projector (mmproj) is not a model either: what it is, how to use it
+        from .loaders.mmproj import load_mmproj_config
+
+        c = load_mmproj_config(g)
+        f = {"path": str(path), "projector": c.projector_type, "image_size": c.image_size, "patch_size": c.patch_size,
+             "n_layer": c.n_layer, "n_embd": c.n_embd, "n_head": c.n_head, "rows_per_image": c.n_tokens, "n_text_embd": c.n_text_embd}
+        if as_json:
+            click.echo(json.dumps(f, indent=2))
+        else:
+            click.echo(f"multimodal projector ({path}): {c.projector_type}, a {c.n_layer}-layer vision encoder {c.n_embd} wide "
+                       f"({c.n_head} heads), {c.image_size}x{c.image_size} images in {c.patch_size}-pixel patches, {c.n_tokens} rows an "
+                       f"image into a text model {c.n_text_embd} wide; give it with --mmproj beside that model")  # fmt: skip
+        return
     if g.get("general.type") == "adapter":  # a LoRA adapter is not a model: say what it is and how to use it
         from .loaders.lora import LoraAdapter
 

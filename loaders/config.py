@@ -298,6 +298,8 @@ def load_config(g: GGUFFile) -> ModelConfig:
     arch = g.architecture
     if g.get("general.type") == "adapter":
         raise GGUFError(f"{g.path}: a LoRA adapter, not a model; give it with --lora beside the model it was made for")
+    if arch == "clip":  # (llama.cpp's mmproj files: an image encoder and projector, not a text model)
+        raise GGUFError(f"{g.path}: a multimodal projector (mmproj), not a model; give it with --mmproj beside the model it was made for")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedModelError(
             f"{g.path}: architecture {arch!r} is not supported; kvrun runs {', '.join(SUPPORTED_ARCHITECTURES)}"

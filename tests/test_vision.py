@@ -65,6 +65,20 @@ def test_a_text_model_given_as_mmproj_is_refused(pair):
         open_mmproj(pair["text"])
 
 
+def test_info_describes_a_projector_and_run_sends_it_to_mmproj(pair):
+    """`kvrun info mmproj.gguf` says what the file is and how to use it; given as the model, one line says where it goes."""
+    from click.testing import CliRunner
+
+    from kvrun.cli import main
+
+    r = CliRunner().invoke(main, ["info", str(pair["f32"])])
+    assert r.exit_code == 0 and r.output.startswith("multimodal projector") and "16 rows an image" in r.output, r.output
+    assert "give it with --mmproj" in r.output
+    r = CliRunner().invoke(main, ["run", str(pair["f32"]), "-p", "hi", "-n", "2"])
+    assert r.exit_code != 0 and "a multimodal projector (mmproj), not a model; give it with --mmproj" in r.output
+    assert "Traceback" not in r.output
+
+
 # ---------------------------------------------------------------- the encoder and projector
 
 

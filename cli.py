@@ -136,7 +136,7 @@ def _quant_label(file_type: int, tensor_types: dict[str, int]) -> str:
     return max(tensor_types, key=lambda k: tensor_types[k] if k not in ("F32", "F16") else -1)
 
 
-RWKV_ARCHS = ("rwkv6", "rwkv7", "arwkv7")
+RWKV_ARCHS = ("rwkv6", "rwkv7", "arwkv7", "rwkv6qwen2")
 
 
 def model_facts(path: Path, g: Any = None) -> dict[str, Any]:

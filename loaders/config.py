@@ -26,6 +26,7 @@ SUPPORTED_ARCHITECTURES += ("hunyuan-dense", "minicpm")  # models/hunyuan_dense.
 SUPPORTED_ARCHITECTURES += ("rwkv7",)  # RWKV-7 "Goose": an attention-free RNN (models/rwkv7.py)
 SUPPORTED_ARCHITECTURES += ("rwkv6",)  # RWKV-6 "Finch": RWKV-7's trunk with its own mixes (models/rwkv6.py)
 SUPPORTED_ARCHITECTURES += ("arwkv7",)  # ARWKV-7: RWKV-7's time mix in a Qwen 2.5 trunk (models/arwkv7.py)
+SUPPORTED_ARCHITECTURES += ("rwkv6qwen2",)  # RWKV6-Qwen2 (QRWKV6): RWKV-6's time mix in a Qwen 2 trunk (models/rwkv6qwen2.py)
 SUPPORTED_ARCHITECTURES += ("bitnet",)  # BitNet b1.58: sub-norms before the output projections (models/bitnet.py)
 SUPPORTED_ARCHITECTURES += ("seed_oss", "apertus", "command-r")  # models/seed_oss.py, models/apertus.py, models/command_r.py
 SUPPORTED_ARCHITECTURES += ("gpt2", "starcoder2", "gptneox")  # LayerNorm and GELU: models/gpt2.py, starcoder2.py, gptneox.py
@@ -153,6 +154,7 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "rwkv7": {"rope_neox": False},
     "rwkv6": {"rope_neox": False},  # RWKV-6 alike (models/rwkv6.py)
     "arwkv7": {"rope_neox": False},  # ARWKV-7 alike, its RMSNorms' eps attention.layer_norm_rms_epsilon (models/arwkv7.py)
+    "rwkv6qwen2": {"rope_neox": False},  # RWKV6-Qwen2 alike (models/rwkv6qwen2.py)
     # EXAONE 4.0: window layers in the 32B only (llama.cpp decides by its depth, 64 layers): 3 window
     # layers then 1 global (no rope), a window of 4096 unless the file says
     "exaone4": {"rope_neox": True, "swa_pattern": 4, "swa_n_layer": 64, "sliding_window": 4096},

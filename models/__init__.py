@@ -65,6 +65,7 @@ from .qwen35 import Qwen35Model
 from .qwen3moe import Qwen3MoeModel
 from .qwen3vl import Qwen3VLModel, Qwen3VLMoeModel
 from .rwkv6 import RWKV6Model
+from .rwkv6qwen2 import RWKV6Qwen2Model
 from .rwkv7 import RWKV7Model
 from .seed_oss import SeedOssModel
 from .smallthinker import SmallThinkerModel
@@ -81,7 +82,7 @@ for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model
              SeedOssModel, ApertusModel, CommandRModel, GPT2Model, StarCoder2Model, GPTNeoXModel, RWKV6Model, Llama4Model,
              InternLM2Model, OlmoModel, NemotronModel, OpenELMModel, Qwen2VLModel, Qwen3VLModel, Qwen3VLMoeModel, FalconModel, ChatGLMModel,
              JinaBertV2Model, JinaBertV3Model, NomicBertMoeModel, NeoBertModel, MambaModel, MiniCPM3Model, AfmoeModel, ExaoneMoeModel,
-             PanguEmbeddedModel, ARWKV7Model):  # fmt: skip
+             PanguEmbeddedModel, ARWKV7Model, RWKV6Qwen2Model):  # fmt: skip
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

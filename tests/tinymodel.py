@@ -179,6 +179,11 @@ FIXTURE_MODELS: dict[str, dict] = {
     # group norm (wkv_has_gate); "-nogate": five mus, neither
     "arwkv7": {"arch": "arwkv7"},
     "arwkv7-nogate": {"arch": "arwkv7", "variant": "nogate"},
+    # RWKV6-Qwen2 (tiny_rwkv6qwen2.py): RWKV-6's ddlerp and decay, gated linear attention (no bonus, no group norm), a
+    # sigmoid gate, r/k/v biases, 2 K/V heads for 4 (QRWKV6's layout), in a Qwen 2 trunk; "-mha": 4 K/V heads, no
+    # biases, an output-norm bias
+    "rwkv6qwen2": {"arch": "rwkv6qwen2"},
+    "rwkv6qwen2-mha": {"arch": "rwkv6qwen2", "variant": "mha"},
     # SmallThinker (tiny_smallthinker.py): the router reads the layer's input, ReGLU experts renormalised. 21B's layout: a
     # sigmoid router, no window; 4B's: a softmax router, 4096 windows on 3 layers of 4 (the first global, NoPE every 4th)
     "smallthinker": {"arch": "smallthinker"},
@@ -357,6 +362,10 @@ def write_tiny_model(
         from tiny_arwkv7 import write_tiny_arwkv7
 
         return write_tiny_arwkv7(path, qtype, seed, gate=variant != "nogate")
+    if arch == "rwkv6qwen2":  # (tiny_rwkv6qwen2.py; ``variant`` "mha": no GQA, no r/k/v biases, an output-norm bias)
+        from tiny_rwkv6qwen2 import write_tiny_rwkv6qwen2
+
+        return write_tiny_rwkv6qwen2(path, qtype, seed, gqa=variant != "mha", bias=variant != "mha", output_norm_bias=variant == "mha")
     if arch == "rwkv6":  # (tiny_rwkv6.py; ``lerp_fused``: the token shift's five mus in one tensor)
         from tiny_rwkv6 import write_tiny_rwkv6
 

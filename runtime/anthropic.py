@@ -9,8 +9,11 @@ with text, ``tool_use`` and ``tool_result`` blocks, ``max_tokens`` (required, as
 ``tool_choice`` (auto, any, tool, none; ``runtime/tools.py``).  The answer is a message of content
 blocks (``text``, ``tool_use``) with ``stop_reason`` end_turn / max_tokens / stop_sequence /
 tool_use and ``usage``; ``stream: true`` sends Anthropic's server-sent events (message_start,
-content_block_start / _delta / _stop, message_delta, message_stop).  Images and documents are
-refused in one line; ``thinking``, ``metadata`` and the ``model`` field are accepted and ignored.
+content_block_start / _delta / _stop, message_delta, message_stop).  A user's ``image`` blocks
+(``{"type": "base64", "media_type": ..., "data": ...}`` sources; a server started with ``--mmproj``) become
+OpenAI ``image_url`` parts with a data URL, as llama-server's ``convert_anthropic_to_oai`` makes them, so they
+take the OpenAI shape's path (runtime/vision_chat.py); a ``url`` source is refused (no network requests), as
+are documents; ``thinking``, ``metadata`` and the ``model`` field are accepted and ignored.
 """
 
 from __future__ import annotations
@@ -49,8 +52,27 @@ def handle(server: Server, method: str, path: str, body: dict[str, Any] | None) 
     body = body or {}
     obody = _translate(body, BadRequest, counting=path.endswith("count_tokens"))
     if path.endswith("count_tokens"):
+        obody, images = server._images(obody)  # (pictures as markers: their rows counted below)
+        if images:
+            return 200, {"input_tokens": _count_with_images(server, obody, images, BadRequest)}
         return 200, {"input_tokens": server.count_chat_tokens(obody)}
     return _answer(server, server.start(obody, True), bool(body.get("stream", False)))
+
+
+def _count_with_images(server: Server, obody: dict[str, Any], images: list[Any], BadRequest: type) -> int:  # noqa: N803
+    """The positions a conversation with pictures takes: its text laid out with them (each picture its rows and
+    the tokens around them, runtime/vision.py), as a generation would feed it."""
+    from ..loaders.errors import KvrunError
+    from .tools import check_tools
+    from .vision_chat import lay_out
+
+    msgs = server._messages(obody)
+    try:
+        tools = check_tools(obody["tools"], obody.get("tool_choice")) if obody.get("tools") else None
+        text = server.model.chat_text(msgs, tools, server.model.chat_template_kwargs)
+        return len(lay_out(server.model.vision, text, images).ids)
+    except (ValueError, KvrunError) as e:
+        raise BadRequest(str(e)) from None
 
 
 def _text(content: Any, where: str, BadRequest: type) -> str:  # noqa: N803
@@ -60,6 +82,20 @@ def _text(content: Any, where: str, BadRequest: type) -> str:  # noqa: N803
     if isinstance(content, list) and all(isinstance(b, dict) and b.get("type") == "text" for b in content):
         return "".join(str(b.get("text", "")) for b in content)
     raise BadRequest(f"{where} must be text or a list of text blocks")
+
+
+def _image_part(block: dict[str, Any], where: str, BadRequest: type) -> dict[str, Any]:  # noqa: N803
+    """An image block as the OpenAI ``image_url`` part llama-server makes of it (a data URL of the source's
+    media_type, image/jpeg when none is given); the picture itself is decoded with the OpenAI shape's."""
+    source = block.get("source")
+    kind = source.get("type") if isinstance(source, dict) else None
+    if kind == "url":
+        raise BadRequest(f"{where}: image URLs are not fetched (kvrun makes no network requests); send the picture as "
+                         '{"type": "base64", "media_type": "image/png", "data": ...}')  # fmt: skip
+    if kind != "base64" or not isinstance(source.get("data"), str):
+        raise BadRequest(f'{where}: an image\'s source must be {{"type": "base64", "media_type": "image/png", "data": ...}}')
+    media_type = source.get("media_type") or "image/jpeg"
+    return {"type": "image_url", "image_url": {"url": f"data:{media_type};base64,{source['data']}"}}
 
 
 def _translate(body: dict[str, Any], BadRequest: type, counting: bool = False) -> dict[str, Any]:  # noqa: N803
@@ -87,10 +123,14 @@ def _translate(body: dict[str, Any], BadRequest: type, counting: bool = False) -
         if not isinstance(content, list):
             raise BadRequest(f"messages[{i}].content must be text or a list of content blocks")
         text, calls, results = [], [], []
+        parts: list[dict[str, Any]] = []  # (text and image_url parts in order: the content when there are images)
         for j, b in enumerate(content):
             kind = b.get("type") if isinstance(b, dict) else None
             if kind == "text":
                 text.append(str(b.get("text", "")))
+                parts.append({"type": "text", "text": text[-1]})
+            elif kind == "image" and role == "user":
+                parts.append(_image_part(b, f"messages[{i}].content[{j}]", BadRequest))
             elif kind == "tool_use" and role == "assistant":
                 calls.append({"id": str(b.get("id", "")), "type": "function", "function": {"name": b.get("name"), "arguments": b.get("input") or {}}})
             elif kind == "tool_result" and role == "user":
@@ -99,9 +139,11 @@ def _translate(body: dict[str, Any], BadRequest: type, counting: bool = False) -
             elif kind in ("thinking", "redacted_thinking"):
                 continue  # (a reasoning block of an earlier turn: not shown to the model again)
             else:
-                raise BadRequest(f"messages[{i}].content[{j}]: {kind!r} blocks are not supported (text, tool_use, tool_result are)")
+                raise BadRequest(f"messages[{i}].content[{j}]: {kind!r} blocks are not supported (text, tool_use, tool_result, a user's image are)")
         msgs.extend(results)  # (a user turn that answers tool calls: the results first, then any text)
-        if text or calls:
+        if len(parts) > len(text):  # images: OpenAI parts, joined as the OpenAI shape's are (runtime/vision_chat.py)
+            msgs.append({"role": role, "content": parts})
+        elif text or calls:
             msgs.append({"role": role, "content": "".join(text), **({"tool_calls": calls} if calls else {})})
     out["messages"] = msgs
     if body.get("tools"):

@@ -7,7 +7,10 @@ llama.cpp's server (code completion plugins, its web UI, scripts) work against k
   of ``content`` pieces, then the final object; no ``[DONE]``), ``stop``, ``temperature``, ``top_k``,
   ``top_p``, ``min_p``, ``seed``, ``repeat_penalty``, ``presence_penalty``, ``frequency_penalty``,
   ``grammar``, ``json_schema``, ``n_probs`` (``completion_probabilities``), ``cache_prompt``
-  (false: the slot's cached prefix is not reused), ``id_slot``, ``ignore_eos``.  The answer has
+  (false: the slot's cached prefix is not reused), ``id_slot``, ``ignore_eos``.  ``prompt`` may also
+  be llama-server's multimodal object ``{"prompt_string": ..., "multimodal_data": [base64, ...]}`` (a
+  server started with ``--mmproj``): one ``<__media__>`` marker in the text per picture, in order,
+  laid out as libmtmd does (:func:`multimodal_prompt`; runtime/vision.py).  The answer has
   llama-server's fields: ``content``, ``stop``, ``stop_type`` (eos, word, limit),
   ``stopping_word``, ``tokens_predicted``, ``tokens_evaluated``, ``tokens_cached``, ``truncated``,
   ``generation_settings``, ``timings`` (``prompt_n``, ``prompt_ms``, ``predicted_n``, ...).
@@ -99,8 +102,44 @@ def handle(server: Server, method: str, path: str, body: dict[str, Any] | None) 
     if path == "/infill":
         ids = _infill_ids(server, body, BadRequest)
     else:
-        ids = prompt_ids(server.model.tokenizer, body.get("prompt"), BadRequest)
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], dict):
+            prompt = prompt[0]  # ([{prompt_string, multimodal_data}]: one prompt)
+        if isinstance(prompt, dict):
+            laid = multimodal_prompt(server, prompt, BadRequest)
+            if laid is not None:
+                return _complete(server, body, laid.ids, BadRequest, laid)
+            prompt = prompt.get("prompt_string")
+        ids = prompt_ids(server.model.tokenizer, prompt, BadRequest)
     return _complete(server, body, ids, BadRequest)
+
+
+def multimodal_prompt(server: Server, prompt: dict[str, Any], BadRequest: type) -> Any:  # noqa: N803
+    """/completion's ``{"prompt_string": ..., "multimodal_data": [base64, ...]}`` laid out with its pictures
+    (runtime/vision_chat.py's Laid: special tokens parsed, BOS as the vocabulary asks, each marker the picture's
+    rows, as llama-server's mtmd_tokenize), or None when it carries no pictures (then its text is the prompt).
+    As llama-server, the markers must match the pictures one for one."""
+    from .vision import MARKER
+    from .vision_chat import NO_PROJECTOR, _from_text, lay_out
+
+    text, data = prompt.get("prompt_string"), prompt.get("multimodal_data")
+    if not isinstance(text, str):
+        raise BadRequest('prompt.prompt_string must be a string, e.g. {"prompt_string": "<__media__> what is this?", '
+                         '"multimodal_data": [base64]}')  # fmt: skip
+    if not data:
+        return None
+    if not isinstance(data, list) or not all(isinstance(d, str) for d in data):
+        raise BadRequest("prompt.multimodal_data must be a list of base64 images")
+    if server.model.vision is None:
+        raise BadRequest(NO_PROJECTOR)
+    if text.count(MARKER) != len(data):
+        raise BadRequest(f"prompt.prompt_string has {text.count(MARKER)} {MARKER} markers and multimodal_data "
+                         f"{len(data)} images: one marker per image, in order")  # fmt: skip
+    try:
+        images = [_from_text(d, f"prompt.multimodal_data[{j}]", False, True) for j, d in enumerate(data)]
+        return lay_out(server.model.vision, text, images)
+    except (ValueError, KvrunError) as e:
+        raise BadRequest(str(e)) from None
 
 
 # ---------------------------------------------------------------- tokens
@@ -319,9 +358,12 @@ def _timings(run: Run) -> dict[str, Any]:
             "predicted_per_second": 1e3 * st.n_gen / gms if gms > 0 else 0.0}  # fmt: skip
 
 
-def _complete(server: Server, body: dict[str, Any], ids: list[int], BadRequest: type) -> tuple[int, Any]:  # noqa: N803
-    """Generate from the prompt ``ids`` (Server.start) and answer as llama-server's /completion."""
+def _complete(server: Server, body: dict[str, Any], ids: list[int], BadRequest: type, laid: Any = None) -> tuple[int, Any]:  # noqa: N803
+    """Generate from the prompt ``ids`` (Server.start) and answer as llama-server's /completion; ``laid``: a
+    prompt with pictures (:func:`multimodal_prompt`; ``ids`` its ids, the pictures' rows negative)."""
     obody = _openai_body(body, ids, BadRequest)
+    if laid is not None:
+        obody["_laid"] = laid  # (not JSON: no client can send it)
     stream = _flag(body, "stream", False, BadRequest)
     n_probs = obody.get("logprobs", 0)
     run = server.start(obody, False)
@@ -335,7 +377,7 @@ def _complete(server: Server, body: dict[str, Any], ids: list[int], BadRequest: 
         cached = run.n_prompt + st.n_gen - (st.n_gen > 0 and st.stop_reason != "eos")  # (the last token is fed back only to see EOS)
         whole = "".join(text)
         out = {"index": 0, "content": content, "tokens": [], "stop": True, "model": server.name, "tokens_predicted": st.n_gen,
-               "tokens_evaluated": run.n_prompt, "generation_settings": settings, "prompt": server.model.detokenize(ids),
+               "tokens_evaluated": run.n_prompt, "generation_settings": settings, "prompt": server.model.detokenize([t for t in ids if t >= 0]),
                "has_new_line": "\n" in whole, "truncated": st.stop_reason == "context full", "stop_type": STOP_TYPE.get(st.stop_reason, "none"),
                "stopping_word": st.stop_word if st.stop_reason == "stop string" else "", "tokens_cached": min(cached, n_ctx),
                "timings": _timings(run)}  # fmt: skip

@@ -62,6 +62,7 @@ from .reasoning import ThinkSplitter
 from .reasoning import split as split_reasoning
 from .slots import Slots
 from .tools import Tools, check_messages, check_tools, openai_calls
+from . import vision_chat
 from .vision_chat import take_images
 
 MAX_BODY = 16 << 20  # bytes of a request body
@@ -408,7 +409,10 @@ class Server:
         body, images = self._images(body) if chat else (body, [])
         msgs = self._messages(body) if chat else None
         tools = self._tools(body, chat, req)
-        ids = None if chat else self._prompt_ids(body)
+        laid = None if chat else body.get("_laid")  # (llamaserver.py: /completion's multimodal_data, laid out with its pictures)
+        if laid is not None and not isinstance(laid, vision_chat.Laid):  # (a client's own "_laid" field: not ours to read)
+            raise BadRequest("_laid is not a request field; send images as multimodal_data (/completion) or image_url parts")
+        ids = None if chat else (laid.ids if laid is not None else self._prompt_ids(body))
         tkw = body.get("chat_template_kwargs") or {}  # as llama-server: over the server's --chat-template-kwargs
         if not isinstance(tkw, dict):
             raise BadRequest("chat_template_kwargs must be an object, e.g. {\"enable_thinking\": false}")
@@ -421,7 +425,7 @@ class Server:
         stats = run.stats
 
         def pieces() -> Iterator[str]:
-            known = ids  # several slots: the one whose cache holds most of this prompt (a chat's rendered here to compare)
+            known = ids if laid is None else None  # several slots: the one whose cache holds most of this prompt (a chat's rendered here to compare)
             if chat:  # (a request with images takes no other slot's cache: known None; its own slot's prefix is still kept)
                 several = len(self.slots) > 1 and not images
                 known = self.model.chat_tokens(msgs, tools, {**self.model.chat_template_kwargs, **tkw}) if several else None
@@ -460,7 +464,9 @@ class Server:
                     s.messages = []  # (the slot's cache holds this text now, not a conversation)
                     if body.get("cache_prompt") is False:  # (llama-server's: the whole prompt evaluated again)
                         del s.tokens[:]
-                    yield from stream_text(eng.tokenizer, eng.generate_reusing(s.cache, s.tokens, ids, req, stats), req.stop, stats)
+                    gen = (eng.generate_reusing(s.cache, s.tokens, ids, req, stats) if laid is None
+                           else vision_chat.generate_reusing(self.model.vision, s.cache, s.tokens, laid, req, stats))  # fmt: skip
+                    yield from stream_text(eng.tokenizer, gen, req.stop, stats)
 
         run.pieces = _checked(pieces())
         return run

@@ -82,7 +82,7 @@ def test_messages_translate_to_the_chat_kvrun_runs():
 @pytest.mark.parametrize("body,says", [
     ({"messages": ASK}, "max_tokens is required"),
     ({"max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}, "role must be user or assistant"),
-    ({"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}, "'image' blocks are not supported"),
+    ({"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "data": "aGk="}}]}]}, "images are not supported without the model's projector"),
     ({"max_tokens": 5, "tools": [WEATHER], "tool_choice": {"type": "sometimes"}, "messages": ASK}, "tool_choice must be"),
 ])  # fmt: skip
 def test_a_bad_request_is_anthropics_error_object(server, body, says):

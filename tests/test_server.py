@@ -100,6 +100,7 @@ def test_completion_reuses_the_cached_prefix_and_still_equals_a_fresh_one(server
         ("POST", "/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 400, "role 'robot' is not supported"),
         ("POST", "/v1/chat/completions", {"messages": CHAT, "temperature": -1}, 400, "temperature must be >= 0"),
         ("POST", "/v1/chat/completions", {"messages": CHAT, "n": 0}, 400, "n must be an integer in 1..16"),
+        ("POST", "/v1/completions", {"prompt": "hi", "_laid": {"ids": [1]}}, 400, "_laid is not a request field"),
         ("POST", "/v1/chat/completions", {"messages": CHAT, "n": 2, "id_slot": 0}, 400, "send n 1 with it"),
         ("POST", "/v1/chat/completions", {"messages": CHAT, "tools": [{"type": "function"}]}, 400, "tools[0] must be"),
         ("POST", "/v1/completions", {"prompt": "the " * 400, "max_tokens": 2}, 400, "the prompt is"),

@@ -62,6 +62,9 @@ class LayerSpec:
     #: not empty: not an attention layer but Mamba 1's mixer, ``(d_conv, d_inner, d_state)``: its cache keeps the
     #: convolution's last inputs and a state [d_state] per channel (cache/mamba.py)
     mamba: tuple[int, ...] = ()
+    #: the keys' last channel is their position (ALiBi as a dot product: models/bloom.py), exact only in fp16, so only
+    #: the plain CPU cache holds it
+    position_channel: bool = False
 
 
 class LayerCache(ABC):

@@ -54,6 +54,8 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
                 else SSMLayerCache(spec) if spec.ssm else next(made) for spec in specs]  # fmt: skip
     if any(spec.kv_from >= 0 for spec in specs) and (device != "cpu" or (kv is not None and kv.is_compressed)):
         raise ValueError("layers that share K/V (gemma3n) run on the plain CPU cache only for now; use --device cpu without --kv-* options")
+    if any(spec.position_channel for spec in specs) and (device != "cpu" or (kv is not None and kv.is_compressed)):
+        raise ValueError("ALiBi (bloom, mpt) runs on the plain CPU cache only for now; use --device cpu without --kv-* options")
     if any(spec.window < 0 for spec in specs) and (device != "cpu" or (kv is not None and kv.is_compressed)):
         raise ValueError("chunked attention (llama4) runs on the plain CPU cache only for now; use --device cpu without --kv-* options")
     layer_cls, plain = CompressedLayerCache, make_plain_cache

@@ -30,6 +30,7 @@ SUPPORTED_ARCHITECTURES += ("rwkv6qwen2",)  # RWKV6-Qwen2 (QRWKV6): RWKV-6's tim
 SUPPORTED_ARCHITECTURES += ("bitnet",)  # BitNet b1.58: sub-norms before the output projections (models/bitnet.py)
 SUPPORTED_ARCHITECTURES += ("seed_oss", "apertus", "command-r")  # models/seed_oss.py, models/apertus.py, models/command_r.py
 SUPPORTED_ARCHITECTURES += ("gpt2", "starcoder2", "gptneox")  # LayerNorm and GELU: models/gpt2.py, starcoder2.py, gptneox.py
+SUPPORTED_ARCHITECTURES += ("starcoder", "bloom", "mpt")  # StarCoder v1 (GPT-BigCode), BLOOM, MPT: models/starcoder.py, bloom.py, mpt.py
 SUPPORTED_ARCHITECTURES += ("glm4", "glm4moe")  # GLM-4-0414, GLM-4.5/4.6 (models/glm4.py)
 SUPPORTED_ARCHITECTURES += ("smallthinker", "bailingmoe2")  # SmallThinker, Ling/Ring 2.0 (models/smallthinker.py, bailingmoe2.py)
 SUPPORTED_ARCHITECTURES += ("llama4",)  # Llama 4 Scout/Maverick: chunked and NoPE attention, interleaved experts (models/llama4.py)
@@ -137,6 +138,9 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "gpt2": {"rope_neox": False},
     "starcoder2": {"rope_neox": True, "swa_ignored": True},
     "gptneox": {"rope_neox": True},
+    "starcoder": {"rope_neox": False},  # (learned positions, no rope)
+    "bloom": {"rope_neox": False},  # (ALiBi, no rope)
+    "mpt": {"rope_neox": False},  # (ALiBi, no rope)
     # GLM-4-0414 (dense): rope over consecutive pairs; GLM-4.5/4.6 (MoE): neox pairs, the chosen experts' weights as the
     # router gave them unless the file says to renormalise them.  Both rope part of each head (rope.dimension_count) and
     # may end in multi-token-prediction (NextN) layers, counted in block_count, which llama.cpp loads but never runs

@@ -10,6 +10,7 @@ from .arwkv7 import ARWKV7Model
 from .bailingmoe2 import BailingMoe2Model
 from .bert import BertModel
 from .bitnet import BitnetModel
+from .bloom import BloomModel
 from .chatglm import ChatGLMModel
 from .cohere2 import Cohere2Model
 from .command_r import CommandRModel
@@ -46,6 +47,7 @@ from .mamba2 import Mamba2Model
 from .minicpm import MiniCPMModel
 from .minicpm3 import MiniCPM3Model
 from .mistral3 import Mistral3Model
+from .mpt import MptModel
 from .nemotron import NemotronModel
 from .nemotron_h import NemotronHModel
 from .neo_bert import NeoBertModel
@@ -71,6 +73,7 @@ from .seed_oss import SeedOssModel
 from .smallthinker import SmallThinkerModel
 from .smollm3 import SmolLM3Model
 from .stablelm import StableLMModel
+from .starcoder import StarCoderModel
 from .starcoder2 import StarCoder2Model
 
 MODEL_CLASSES: dict[str, type[Model]] = {}
@@ -82,7 +85,8 @@ for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model
              SeedOssModel, ApertusModel, CommandRModel, GPT2Model, StarCoder2Model, GPTNeoXModel, RWKV6Model, Llama4Model,
              InternLM2Model, OlmoModel, NemotronModel, OpenELMModel, Qwen2VLModel, Qwen3VLModel, Qwen3VLMoeModel, FalconModel, ChatGLMModel,
              JinaBertV2Model, JinaBertV3Model, NomicBertMoeModel, NeoBertModel, MambaModel, MiniCPM3Model, AfmoeModel, ExaoneMoeModel,
-             PanguEmbeddedModel, ARWKV7Model, RWKV6Qwen2Model):  # fmt: skip
+             PanguEmbeddedModel, ARWKV7Model, RWKV6Qwen2Model,
+             StarCoderModel, BloomModel, MptModel):  # fmt: skip
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

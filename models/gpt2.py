@@ -97,6 +97,10 @@ class GPT2Model(Phi2Model):
         if not self.learned_positions:
             self.be.rope_qk(q3, k3, pos, self.rope_cos, self.rope_sin, self.cfg.rope_neox)
 
+    def attend(self, layer_cache: Any, q3: Any, k3: Any, v3: Any, pos: Any, att3: Any) -> None:
+        """The layer's attention into ``att3`` through its cache (BLOOM's and MPT's ALiBi: models/bloom.py)."""
+        layer_cache.update_and_attend(q3, k3, v3, pos, att3)
+
     def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
         c, be = self.cfg, self.be
         T = len(tokens)
@@ -111,7 +115,7 @@ class GPT2Model(Phi2Model):
             be.add_bias(k, L.bk)
             be.add_bias(v, L.bv)
             self.rope(q3, k3, pos)
-            cache[il].update_and_attend(q3, k3, v3, pos, att3)
+            self.attend(cache[il], q3, k3, v3, pos, att3)
             self.trace("kqv_out", il, att)
             if self.parallel_residual:  # the FFN's norm of the layer's input, before attention's output joins it
                 be.layer_norm(x, L.ffn_norm, L.ffn_norm_b, c.norm_eps, xn)

@@ -51,12 +51,14 @@ class Phi2Layer:
 
 class Phi2Model(Model):
     archs = ("phi2",)
+    #: the output LayerNorm has a bias (False: optional, MPT's no_bias: models/mpt.py)
+    norm_biases: bool = True
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
         w = WeightLoader(g, backend)
         self.tok_embd = w.matrix("tok_embd")  # [n_vocab, n_embd]
-        self.output_norm, self.output_norm_b = w.vector("output_norm"), w.vector("output_norm_b")
+        self.output_norm, self.output_norm_b = w.vector("output_norm"), w.vector("output_norm_b", required=self.norm_biases)
         self.output, self.output_b = self.load_output(w)
         self.layers = [self.load_layer(w, i) for i in range(cfg.n_layer)]
         self.rope_cos, self.rope_sin = make_rope(cfg, n_ctx, cfg.rope_theta)  # rope_dim wide: partial rotary

@@ -159,6 +159,13 @@ FIXTURE_MODELS: dict[str, dict] = {
     "starcoder2-swa": {"arch": "starcoder2", "sliding_window": 8, "output_head": True},  # a window stated (llama.cpp ignores it)
     "gptneox": {"arch": "gptneox"},  # parallel residual, a quarter of each head turned, as Pythia
     "gptneox-sequential": {"arch": "gptneox", "parallel_residual": False},  # use_parallel_residual false: GPT-2's block
+    # StarCoder v1, GPT-BigCode (tiny_classic.py)
+    "starcoder": {"arch": "starcoder"},  # multi-query, learned positions, the head tied, as SantaCoder and tiny_starcoder
+    "starcoder-output-head": {"arch": "starcoder", "output_head": True},  # an output.weight of its own, as StarCoder-15B
+    "bloom": {"arch": "bloom"},  # ALiBi, the embeddings' LayerNorm, fused QKV, the head tied
+    "bloom-output-head": {"arch": "bloom", "output_head": True},  # an output.weight of its own (the converter's copy)
+    "mpt": {"arch": "mpt"},  # ALiBi (max bias 8), no biases, the head tied, as MPT-7B
+    "mpt-clip-qkv": {"arch": "mpt", "clamp_kqv": 0.5},  # clip_qkv stated, as MPT-7B-8k
     # GLM-4-0414 (tiny_glm4.py): post-attention and post-FFN norms, fused gate+up, QKV biases, half-head rope (pairs)
     "glm4": {"arch": "glm4"},
     # GLM-4.5/4.6: per-head QK norm, neox half-head rope, a leading dense layer, sigmoid-routed experts with exp_probs_b,
@@ -338,6 +345,10 @@ def write_tiny_model(
         from tiny_glm4 import write_tiny_glm4
 
         return write_tiny_glm4(path, arch, qtype, seed, qk_norm, nextn)
+    if arch in ("starcoder", "bloom", "mpt"):  # (tiny_classic.py: ``output_head``, mpt's ``clamp_kqv``)
+        from tiny_classic import write_tiny_classic
+
+        return write_tiny_classic(path, arch, qtype, seed, output_head, clamp_kqv)
     if arch in ("gpt2", "starcoder2", "gptneox"):  # (tiny_gpt2.py: ``sliding_window``, ``parallel_residual``, ``output_head``)
         from tiny_gpt2 import write_tiny_gpt2_family
 

@@ -27,12 +27,12 @@ import numpy as np
 
 from ..cache.base import KVCache, LayerSpec
 from ..loaders.config import ModelConfig
-from ..loaders.errors import GGUFError, UnsupportedModelError
+from ..loaders.errors import GGUFError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
 from .common import TENSOR_NAMES, WeightLoader, make_rope
 from .llama import LlamaLayer, LlamaModel
-from .moe import load_moe, moe_add
+from .moe import cpu_only, gating_func, load_moe, moe_add, weights_scale
 
 TENSOR_NAMES.update({"attn_gate": "blk.{i}.attn_gate.weight"})  # (llama.cpp's LLM_TENSOR_ATTN_GATE; Qwen3.5's too)
 
@@ -57,19 +57,14 @@ class AfmoeModel(LlamaModel):
     archs = ("afmoe",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: afmoe (a mixture of experts) runs on the CPU only for now; use --device cpu")
+        cpu_only(g, backend)
         for key in ("leading_dense_block_count", "expert_feed_forward_length", "expert_shared_count"):  # (llama.cpp requires them)
             if g.arch_get(key) is None:
                 raise GGUFError(f"{g.path}: metadata afmoe.{key} is missing; the file is not a complete model")
-        gating = int(g.arch_get("expert_gating_func", 0) or 0)
-        if gating not in GATING:
-            raise UnsupportedModelError(f"{g.path}: afmoe expert_gating_func {gating} is not supported (1 softmax, 2 sigmoid are)")
-        self.gating = GATING[gating]
+        self.gating = gating_func(g, GATING)
         self.n_dense_lead = int(g.arch_get("leading_dense_block_count"))
         self.n_shared = int(g.arch_get("expert_shared_count"))
-        scale = float(g.arch_get("expert_weights_scale", 0.0) or 0.0)
-        self.weights_scale = scale if scale != 0.0 else 1.0  # (0, unstated, scales nothing)
+        self.weights_scale = weights_scale(g)
         super().__init__(g, cfg, backend, n_ctx, n_batch)
         self.emb_scale = float(np.sqrt(np.float32(cfg.n_embd)))  # (llama.cpp's sqrtf)
         self.rope_local = (self.rope_cos, self.rope_sin)  # the window layers' (their own base where the file states one)

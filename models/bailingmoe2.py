@@ -23,12 +23,12 @@ It runs on the CPU only (the routing is host work, as every mixture of experts h
 from __future__ import annotations
 
 from ..loaders.config import ModelConfig
-from ..loaders.errors import GGUFError, UnsupportedModelError
+from ..loaders.errors import GGUFError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .common import WeightLoader
 from .llama import LlamaLayer, LlamaModel
-from .moe import expert_groups, load_moe
+from .moe import check_expert_counts, cpu_only, expert_groups, gating_func, load_moe, weights_scale
 
 #: llama.cpp's expert_gating_func values (LLAMA_EXPERT_GATING_FUNC_TYPE_*) the graph runs for bailingmoe2
 GATING = {1: "softmax", 2: "sigmoid"}
@@ -39,20 +39,14 @@ class BailingMoe2Model(LlamaModel):
     shared_expert = "plain"  # (every MoE layer has one, neither gated nor scaled)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: bailingmoe2 (a mixture of experts) runs on the CPU only for now; use --device cpu")
-        if cfg.n_expert <= 0 or cfg.n_expert_used <= 0:
-            raise GGUFError(f"{g.path}: bailingmoe2 states {cfg.n_expert} experts, {cfg.n_expert_used} used a token; llama.cpp requires both > 0")
+        cpu_only(g, backend)
+        check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
         for key in ("expert_gating_func", "expert_shared_count"):  # (what llama.cpp's loader requires beyond the common keys)
             if g.arch_get(key) is None:
                 raise GGUFError(f"{g.path}: metadata bailingmoe2.{key} is missing; the file is not a complete model")
-        gating = int(g.arch_get("expert_gating_func"))
-        if gating not in GATING:
-            raise UnsupportedModelError(f"{g.path}: bailingmoe2 expert_gating_func {gating} is not supported (1 softmax, 2 sigmoid are)")
-        self.gating = GATING[gating]
+        self.gating = gating_func(g, GATING)
         self.n_dense_lead = int(g.arch_get("leading_dense_block_count", 0) or 0)
-        scale = float(g.arch_get("expert_weights_scale", 0.0) or 0.0)
-        self.weights_scale = scale if scale != 0.0 else 1.0  # (llama.cpp: 0, unstated, scales nothing)
+        self.weights_scale = weights_scale(g)
         self.groups = expert_groups(g, cfg.n_expert)
         if "output.weight" not in g.tensors:  # (llama.cpp requires the head: never tied to the embeddings)
             raise GGUFError(f"{g.path}: tensor 'output.weight' is missing; the file is incomplete or not a supported model")

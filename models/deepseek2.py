@@ -60,7 +60,7 @@ from ..loaders.quants import dequantize
 from ..ops.backend import Backend, Weight
 from .common import TENSOR_NAMES, Model, WeightLoader, make_rope
 from .llama import LlamaModel
-from .moe import MoE, expert_groups, load_moe, moe_add
+from .moe import MoE, expert_groups, gating_func, load_moe, moe_add, weights_scale
 
 TENSOR_NAMES.update({  # MLA's names (llama.cpp's LLM_TENSOR_ATTN_Q_A, _Q_B, _KV_A_MQA, _KV_B, _K_B, _V_B and their norms)
     "wq_a": "blk.{i}.attn_q_a.weight",
@@ -132,12 +132,8 @@ class Deepseek2Model(Model):
         if self.kv_rank <= 0:
             raise GGUFError(f"{g.path}: metadata deepseek2.attention.kv_lora_rank is missing")
         self.n_dense_lead = int(g.arch_get("leading_dense_block_count", 0) or 0)
-        gating = int(g.arch_get("expert_gating_func", 0) or 0)
-        if gating not in GATING:
-            raise UnsupportedModelError(f"{g.path}: deepseek2 expert_gating_func {gating} is not supported (1 softmax, 2 sigmoid are)")
-        self.gating = GATING[gating]
-        scale = float(g.arch_get("expert_weights_scale", 0.0) or 0.0)
-        self.weights_scale = scale if scale != 0.0 else 1.0  # (llama.cpp: 0, unstated, scales nothing)
+        self.gating = gating_func(g, GATING)
+        self.weights_scale = weights_scale(g)
         self.groups = expert_groups(g, c.n_expert)  # (a one-line error for a grouping llama.cpp does not run)
 
         w = WeightLoader(g, backend)

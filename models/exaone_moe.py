@@ -20,11 +20,12 @@ import numpy as np
 
 from ..cache.base import LayerSpec
 from ..loaders.config import ModelConfig
-from ..loaders.errors import GGUFError, UnsupportedModelError
+from ..loaders.errors import GGUFError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .common import WeightLoader
 from .llama import LlamaLayer, LlamaModel
+from .moe import cpu_only, gating_func, weights_scale
 
 #: llama.cpp's expert_gating_func values the graph runs (the key required, as llama.cpp's loader requires it)
 GATING = {1: "softmax", 2: "sigmoid"}
@@ -35,18 +36,13 @@ class ExaoneMoeModel(LlamaModel):
     shared_expert = "plain"  # (every MoE layer has one, neither gated nor scaled)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: exaone-moe (a mixture of experts) runs on the CPU only for now; use --device cpu")
+        cpu_only(g, backend)
         for key in ("leading_dense_block_count", "expert_feed_forward_length", "expert_shared_count", "expert_gating_func"):
             if g.arch_get(key) is None:
                 raise GGUFError(f"{g.path}: metadata exaone-moe.{key} is missing; the file is not a complete model")
-        gating = int(g.arch_get("expert_gating_func"))
-        if gating not in GATING:
-            raise UnsupportedModelError(f"{g.path}: exaone-moe expert_gating_func {gating} is not supported (1 softmax, 2 sigmoid are)")
-        self.gating = GATING[gating]
+        self.gating = gating_func(g, GATING)
         self.n_dense_lead = int(g.arch_get("leading_dense_block_count"))
-        scale = float(g.arch_get("expert_weights_scale", 0.0) or 0.0)
-        self.weights_scale = scale if scale != 0.0 else 1.0
+        self.weights_scale = weights_scale(g)
         super().__init__(g, cfg, backend, n_ctx, n_batch)
 
     def load_layer(self, w: WeightLoader, i: int) -> LlamaLayer:

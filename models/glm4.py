@@ -48,7 +48,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .common import WeightLoader
 from .llama import LlamaLayer, LlamaModel
-from .moe import expert_groups, load_moe
+from .moe import check_expert_counts, cpu_only, expert_groups, gating_func, load_moe, weights_scale
 
 #: llama.cpp's expert_gating_func values (LLAMA_EXPERT_GATING_FUNC_TYPE_*) glm4moe runs; 0 (unstated): sigmoid
 GATING = {0: "sigmoid", 1: "softmax", 2: "sigmoid"}
@@ -106,18 +106,12 @@ class Glm4MoeModel(LlamaModel):
     archs = ("glm4moe",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: glm4moe (a mixture of experts) runs on the CPU only for now; use --device cpu")
+        cpu_only(g, backend)
         _refuse_mrope(g)
-        if cfg.n_expert <= 0 or cfg.n_expert_used <= 0:
-            raise GGUFError(f"{g.path}: glm4moe states {cfg.n_expert} experts, {cfg.n_expert_used} used a token; llama.cpp requires both > 0")
+        check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
         self.n_dense_lead = int(g.arch_get("leading_dense_block_count", 0) or 0)
-        gating = int(g.arch_get("expert_gating_func", 0) or 0)
-        if gating not in GATING:
-            raise UnsupportedModelError(f"{g.path}: glm4moe expert_gating_func {gating} is not supported (1 softmax, 2 sigmoid are)")
-        self.gating = GATING[gating]
-        scale = float(g.arch_get("expert_weights_scale", 0.0) or 0.0)
-        self.weights_scale = scale if scale != 0.0 else 1.0  # (llama.cpp: 0, unstated, scales nothing)
+        self.gating = gating_func(g, GATING)
+        self.weights_scale = weights_scale(g)
         self.n_shared = int(g.arch_get("expert_shared_count", 0) or 0)
         self.groups = expert_groups(g, cfg.n_expert)
         super().__init__(g, cfg, backend, n_ctx, n_batch)

@@ -135,6 +135,33 @@ def load_shared_expert(w: WeightLoader, i: int, n_embd: int, kind: str | None) -
     return SharedExpert(gate, up, down, gate_inp)
 
 
+def cpu_only(g: GGUFFile, backend: Backend) -> None:
+    """A mixture of experts routes on the host: ``--device gpu`` refused in one line."""
+    if backend.name != "cpu":
+        raise UnsupportedModelError(f"{g.path}: {g.architecture} (a mixture of experts) runs on the CPU only for now; use --device cpu")
+
+
+def check_expert_counts(g: GGUFFile, n_expert: int, n_expert_used: int) -> None:
+    """llama.cpp's loader requires both counts of a mixture of experts."""
+    if n_expert <= 0 or n_expert_used <= 0:
+        raise GGUFError(f"{g.path}: {g.architecture} states {n_expert} experts, {n_expert_used} used a token; llama.cpp requires both > 0")
+
+
+def gating_func(g: GGUFFile, gating: dict[int, str]) -> str:
+    """The router's probabilities as ``expert_gating_func`` names them (llama.cpp's LLAMA_EXPERT_GATING_FUNC_TYPE_*: 1
+    softmax, 2 sigmoid; 0 where unstated, which ``gating`` maps to the architecture's default if it has one)."""
+    v = int(g.arch_get("expert_gating_func", 0) or 0)
+    if v not in gating:
+        raise UnsupportedModelError(f"{g.path}: {g.architecture} expert_gating_func {v} is not supported (1 softmax, 2 sigmoid are)")
+    return gating[v]
+
+
+def weights_scale(g: GGUFFile) -> float:
+    """``expert_weights_scale``, what the chosen experts' weights are multiplied by (llama.cpp: 0, unstated, scales nothing)."""
+    scale = float(g.arch_get("expert_weights_scale", 0.0) or 0.0)
+    return scale if scale != 0.0 else 1.0
+
+
 def expert_groups(g: GGUFFile, n_expert: int) -> tuple[int, int]:
     """The file's ``(expert_group_count, expert_group_used_count)`` for :func:`group_limit` ((0, 0): no grouping), which
     llama.cpp reads for every architecture and its ``build_moe_ffn`` applies wherever more than one group is stated."""

@@ -33,12 +33,12 @@ import numpy as np
 
 from ..cache.base import LayerSpec
 from ..loaders.config import ModelConfig
-from ..loaders.errors import GGUFError, UnsupportedModelError
+from ..loaders.errors import GGUFError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .common import WeightLoader, make_rope
 from .llama import LlamaLayer, LlamaModel
-from .moe import expert_groups, load_moe
+from .moe import check_expert_counts, cpu_only, expert_groups, gating_func, load_moe
 
 #: llama.cpp's expert_gating_func values (LLAMA_EXPERT_GATING_FUNC_TYPE_*) SmallThinker's converter writes
 GATING = {1: "softmax", 2: "sigmoid"}
@@ -56,16 +56,11 @@ class SmallThinkerModel(LlamaModel):
     archs = ("smallthinker",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: smallthinker (a mixture of experts) runs on the CPU only for now; use --device cpu")
-        if cfg.n_expert <= 0 or cfg.n_expert_used <= 0:
-            raise GGUFError(f"{g.path}: smallthinker states {cfg.n_expert} experts, {cfg.n_expert_used} used a token; llama.cpp requires both > 0")
-        gating = g.arch_get("expert_gating_func")
-        if gating is None:  # (llama.cpp reads it optionally, and then has no gating to run)
+        cpu_only(g, backend)
+        check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
+        if g.arch_get("expert_gating_func") is None:  # (llama.cpp reads it optionally, and then has no gating to run)
             raise GGUFError(f"{g.path}: metadata smallthinker.expert_gating_func is missing; the file is not a complete model")
-        if int(gating) not in GATING:
-            raise UnsupportedModelError(f"{g.path}: smallthinker expert_gating_func {gating} is not supported (1 softmax, 2 sigmoid are)")
-        self.gating = GATING[int(gating)]
+        self.gating = gating_func(g, GATING)
         self.groups = expert_groups(g, cfg.n_expert)
         super().__init__(g, cfg, backend, n_ctx, n_batch)
         self.router_x = self.buf.get("router_x", n_batch, cfg.n_embd)  # each layer's input, which its router reads

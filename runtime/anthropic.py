@@ -24,23 +24,16 @@ import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from .streamed import Streamed
+
 if TYPE_CHECKING:
     from .server import Run, Server
 
 
-class Events:
+class Events(Streamed):
     """A streamed answer of Anthropic's named server-sent events: (event type, payload) pairs."""
 
-    def __init__(self, events: Iterator[tuple[str, dict[str, Any]]]) -> None:
-        self.events = events
-
-    def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        return self.events
-
-    def close(self) -> None:
-        close = getattr(self.events, "close", None)
-        if close:
-            close()
+    named, done = True, False
 
 
 def handle(server: Server, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, Any] | None:

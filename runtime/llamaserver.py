@@ -43,6 +43,7 @@ from ..loaders.errors import KvrunError
 from ..loaders.tokenizer import Tokenizer
 from .engine import GenRequest
 from .sampling import SamplerConfig
+from .streamed import Streamed
 from .tools import check_tools, tool_format
 
 if TYPE_CHECKING:
@@ -58,23 +59,12 @@ STOP_TYPE = {"eos": "eos", "stop string": "word", "length": "limit", "context fu
 PATHS = ("/completion", "/infill", "/tokenize", "/detokenize", "/apply-template", "/props")
 
 
-class Stream:
+class Stream(Streamed):
     """A streamed answer of plain server-sent events (``data: {...}``), without OpenAI's closing
     ``data: [DONE]``: llama-server's native endpoints end with the final object, and clients such as
     llama.vim parse every ``data:`` line as JSON."""
 
-    no_done = True
-
-    def __init__(self, events: Iterator[dict[str, Any]]) -> None:
-        self.events = events
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return self.events
-
-    def close(self) -> None:
-        close = getattr(self.events, "close", None)
-        if close:
-            close()
+    done = False
 
 
 def handle(server: Server, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, Any] | None:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .reasoning import ThinkSplitter
 from .reasoning import split as split_reasoning
+from .streamed import Streamed
 from .tools import ollama_calls
 
 if TYPE_CHECKING:
@@ -39,19 +40,10 @@ OPTIONS = {  # Ollama option -> OpenAI field of Server.start
 }  # fmt: skip
 
 
-class NDJSON:
+class NDJSON(Streamed):
     """A streamed answer of newline-delimited JSON objects (Ollama's), not server-sent events."""
 
-    def __init__(self, lines: Iterator[dict[str, Any]]) -> None:
-        self.lines = lines
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return self.lines
-
-    def close(self) -> None:
-        close = getattr(self.lines, "close", None)
-        if close:
-            close()
+    ndjson, done = True, False
 
 
 def handle(server: Server, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, Any] | None:

@@ -762,8 +762,8 @@ class Handler(BaseHTTPRequestHandler):
         return {"error": {"message": message, "type": kind, "code": status}}
 
     def _stream(self, events: Iterator[dict[str, Any]]) -> None:
-        ndjson = isinstance(events, ollama.NDJSON)  # Ollama's: a JSON object a line, no [DONE]
-        named = isinstance(events, anthropic.Events)  # Anthropic's: named events, no [DONE]
+        ndjson = getattr(events, "ndjson", False)  # Ollama's: a JSON object a line (runtime/streamed.py)
+        named = getattr(events, "named", False)  # Anthropic's: named events
         self.send_response(200)
         self._cors()
         self.send_header("Content-Type", "application/x-ndjson" if ndjson else "text/event-stream")
@@ -782,7 +782,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             for ev in events:
                 put(ev)
-            if not ndjson and not named and not getattr(events, "no_done", False):  # (llamaserver.Stream: none)
+            if getattr(events, "done", True):  # (OpenAI's closing event; the other families' streams have none)
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
         except BadRequest as e:  # past the 200: said in the stream, as llama-server and Ollama do

@@ -11,7 +11,8 @@ no weight, no bias, anywhere (before attention, before the FFN, before the outpu
 * the output head tied to the token embeddings where the file has no ``output.weight`` (OLMo-1B's weight tying),
   separate otherwise (OLMo-7B).
 
-The block (pre-LayerNorm, sequential) is Nemotron's as well, whose LayerNorms have weights and biases and whose FFN is
+The block (pre-LayerNorm, sequential) is StableLM's forward (models/stablelm.py: LayerNormBlockModel) and
+Nemotron's, whose LayerNorms have weights and biases and whose FFN is
 a squared ReLU (models/nemotron.py subclasses this one).
 """
 
@@ -22,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from ..cache.base import KVCache, LayerSpec
 from ..loaders.config import ModelConfig
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
-from .common import Model, WeightLoader, make_rope
+from .common import WeightLoader, make_rope
 from .llama import LlamaLayer
+from .stablelm import LayerNormBlockModel
 
 
 @dataclass
@@ -39,7 +40,7 @@ class OlmoLayer(LlamaLayer):
     b_down: Any = None  # [n_embd] or None
 
 
-class OlmoModel(Model):
+class OlmoModel(LayerNormBlockModel):
     archs = ("olmo",)
     clamps_kqv: bool = True  # reads attention.clamp_kqv (llama.cpp reads it for OLMo, not for Nemotron)
 
@@ -69,43 +70,3 @@ class OlmoModel(Model):
             bq=None, bk=None, bv=None, q_norm=None, k_norm=None, ffn_norm=self.ones,
             w_gate=w.matrix("w_gate", i), w_up=w.matrix("w_up", i), w_down=w.matrix("w_down", i),
         )  # fmt: skip
-
-    def layer_specs(self) -> list[LayerSpec]:
-        c = self.cfg
-        return [LayerSpec(c.n_head, c.n_head_kv, c.head_dim, c.head_dim_v, 0, 1.0 / np.sqrt(c.head_dim), 0.0)] * c.n_layer
-
-    def final_norm(self, x: Any, out: Any) -> None:
-        self.be.layer_norm(x, self.output_norm, self.output_norm_b, self.cfg.norm_eps, out)
-
-    def ffn_add(self, L: OlmoLayer, xn: Any, x: Any, gate: Any, up: Any) -> None:
-        """``x +=`` layer L's FFN of the normed ``xn``: OLMo's SwiGLU (Nemotron: a squared ReLU, ungated)."""
-        self.be.linear_many((L.w_gate, L.w_up), xn, (gate, up))
-        self.be.linear_glu(L.w_down, gate, up, x, "silu", accumulate=True)
-
-    def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
-        c, be = self.cfg, self.be
-        T = len(tokens)
-        x, xn, q, k, v, att, gate, up, q3, k3, v3, att3 = self.step_buffers(T)
-
-        be.get_rows(self.tok_embd, tokens, x)
-        for il, L in enumerate(self.layers):
-            be.layer_norm(x, L.attn_norm, L.attn_norm_b, c.norm_eps, xn)
-            self.trace("attn_norm", il, xn)
-            be.linear_many((L.wq, L.wk, L.wv), xn, (q, k, v))
-            if L.bq is not None:
-                be.add_bias(q, L.bq)
-                be.add_bias(k, L.bk)
-                be.add_bias(v, L.bv)
-            if self.clamp_kqv > 0:  # (an array method: numpy's and CuPy's alike, in place)
-                for t in (q, k, v):
-                    t.clip(-self.clamp_kqv, self.clamp_kqv, out=t)
-            be.rope_qk(q3, k3, pos, self.rope_cos, self.rope_sin, c.rope_neox)
-            cache[il].update_and_attend(q3, k3, v3, pos, att3)
-            self.trace("kqv_out", il, att)
-            be.linear_add(L.wo, att, x)
-            if L.bo is not None:
-                be.add_bias(x, L.bo)
-            be.layer_norm(x, L.ffn_norm, L.ffn_norm_b, c.norm_eps, xn)
-            self.ffn_add(L, xn, x, gate, up)
-            self.trace("l_out", il, x)
-        self.output_head(x, out_rows, logits)

@@ -46,9 +46,66 @@ class StableLMLayer:
     w_gate: Weight  # [n_ff, n_embd]
     w_up: Weight  # [n_ff, n_embd]
     w_down: Weight  # [n_embd, n_ff]
+    bo: Any = None  # [n_embd] or None: the output projection's bias (none in StableLM; OLMo/Nemotron's layers)
 
 
-class StableLMModel(Model):
+class LayerNormBlockModel(Model):
+    """The Llama block with LayerNorms for its RMSNorms: StableLM's forward, shared by OLMo and Nemotron.
+
+    A subclass loads ``tok_embd``, ``output``, ``output_norm``/``output_norm_b``, ``rope_cos``/``rope_sin`` and
+    ``layers`` (each with StableLMLayer's fields; ``None`` where it lacks a bias or norm), and may override
+    :meth:`ffn_add`.  ``clamp_kqv`` > 0 clips Q, K and V after their projections (OLMo 1.7).
+    """
+
+    clamp_kqv: float = 0.0
+
+    def layer_specs(self) -> list[LayerSpec]:
+        c = self.cfg
+        return [LayerSpec(c.n_head, c.n_head_kv, c.head_dim, c.head_dim_v, 0, 1.0 / np.sqrt(c.head_dim), 0.0)] * c.n_layer
+
+    def final_norm(self, x: Any, out: Any) -> None:
+        self.be.layer_norm(x, self.output_norm, self.output_norm_b, self.cfg.norm_eps, out)
+
+    def ffn_add(self, L: Any, xn: Any, x: Any, gate: Any, up: Any) -> None:
+        """``x +=`` layer L's FFN of the normed ``xn``: a SwiGLU (Nemotron overrides it with a squared ReLU)."""
+        self.be.linear_many((L.w_gate, L.w_up), xn, (gate, up))
+        self.be.linear_glu(L.w_down, gate, up, x, "silu", accumulate=True)
+
+    def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
+        c, be = self.cfg, self.be
+        T = len(tokens)
+        x, xn, q, k, v, att, gate, up, q3, k3, v3, att3 = self.step_buffers(T)
+
+        be.get_rows(self.tok_embd, tokens, x)
+        for il, L in enumerate(self.layers):
+            be.layer_norm(x, L.attn_norm, L.attn_norm_b, c.norm_eps, xn)
+            self.trace("attn_norm", il, xn)
+            be.linear_many((L.wq, L.wk, L.wv), xn, (q, k, v))
+            if L.bq is not None:
+                be.add_bias(q, L.bq)
+                be.add_bias(k, L.bk)
+                be.add_bias(v, L.bv)
+            if self.clamp_kqv > 0:  # (an array method: numpy's and CuPy's alike, in place)
+                for t in (q, k, v):
+                    t.clip(-self.clamp_kqv, self.clamp_kqv, out=t)
+            if L.q_norm is not None:
+                be.layer_norm_heads(q3, L.q_norm, c.norm_eps)
+                be.layer_norm_heads(k3, L.k_norm, c.norm_eps)
+            be.rope_qk(q3, k3, pos, self.rope_cos, self.rope_sin, c.rope_neox)
+            cache[il].update_and_attend(q3, k3, v3, pos, att3)
+            self.trace("kqv_out", il, att)
+            be.linear_add(L.wo, att, x)
+            if L.bo is not None:
+                be.add_bias(x, L.bo)
+            if L.ffn_norm is not None:
+                be.layer_norm(x, L.ffn_norm, L.ffn_norm_b, c.norm_eps, xn)
+            # (else a parallel block: xn still holds the attention's normed input, which the FFN reads)
+            self.ffn_add(L, xn, x, gate, up)
+            self.trace("l_out", il, x)
+        self.output_head(x, out_rows, logits)
+
+
+class StableLMModel(LayerNormBlockModel):
     archs = ("stablelm",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
@@ -80,39 +137,3 @@ class StableLMModel(Model):
             ffn_norm=ffn_norm, ffn_norm_b=None if ffn_norm is None else w.vector("ffn_norm_b", i, required=False),
             w_gate=w.matrix("w_gate", i), w_up=w.matrix("w_up", i), w_down=w.matrix("w_down", i),
         )  # fmt: skip
-
-    def layer_specs(self) -> list[LayerSpec]:
-        c = self.cfg
-        return [LayerSpec(c.n_head, c.n_head_kv, c.head_dim, c.head_dim, 0, 1.0 / np.sqrt(c.head_dim), 0.0)] * c.n_layer
-
-    def final_norm(self, x: Any, out: Any) -> None:
-        self.be.layer_norm(x, self.output_norm, self.output_norm_b, self.cfg.norm_eps, out)
-
-    def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
-        c, be = self.cfg, self.be
-        T = len(tokens)
-        x, xn, q, k, v, att, gate, up, q3, k3, v3, att3 = self.step_buffers(T)
-
-        be.get_rows(self.tok_embd, tokens, x)
-        for il, L in enumerate(self.layers):
-            be.layer_norm(x, L.attn_norm, L.attn_norm_b, c.norm_eps, xn)
-            self.trace("attn_norm", il, xn)
-            be.linear_many((L.wq, L.wk, L.wv), xn, (q, k, v))
-            if L.bq is not None:
-                be.add_bias(q, L.bq)
-                be.add_bias(k, L.bk)
-                be.add_bias(v, L.bv)
-            if L.q_norm is not None:
-                be.layer_norm_heads(q3, L.q_norm, c.norm_eps)
-                be.layer_norm_heads(k3, L.k_norm, c.norm_eps)
-            be.rope_qk(q3, k3, pos, self.rope_cos, self.rope_sin, c.rope_neox)
-            cache[il].update_and_attend(q3, k3, v3, pos, att3)
-            self.trace("kqv_out", il, att)
-            be.linear_add(L.wo, att, x)
-            if L.ffn_norm is not None:
-                be.layer_norm(x, L.ffn_norm, L.ffn_norm_b, c.norm_eps, xn)
-            # (else a parallel block: xn still holds the attention's normed input, which the FFN reads)
-            be.linear_many((L.w_gate, L.w_up), xn, (gate, up))
-            be.linear_glu(L.w_down, gate, up, x, "silu", accumulate=True)
-            self.trace("l_out", il, x)
-        self.output_head(x, out_rows, logits)

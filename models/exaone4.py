@@ -17,17 +17,18 @@ As llama.cpp's EXAONE4 graph, the OLMo 2 block with Qwen3's QK-norm:
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
 
-from ..cache.base import KVCache, LayerSpec
 from ..loaders.errors import GGUFError
 from .common import WeightLoader
-from .llama import LlamaModel
-from .olmo2 import Olmo2Layer
+from .olmo2 import Olmo2Layer, Olmo2Model
 
 
-class Exaone4Model(LlamaModel):
+class Exaone4Model(Olmo2Model):
+    """OLMo 2's forward; the QK-norm head by head, the rope only where the layer rotates, at one base."""
+
     archs = ("exaone4",)
+    local_rope = False
 
     def load_layer(self, w: WeightLoader, i: int) -> Olmo2Layer:
         c = self.cfg
@@ -43,32 +44,11 @@ class Exaone4Model(LlamaModel):
             attn_post_norm=w.vector("attn_post_norm", i), ffn_post_norm=w.vector("ffn_post_norm", i),
         )  # fmt: skip
 
-    def layer_specs(self) -> list[LayerSpec]:
-        c = self.cfg
-        scale = 1.0 / np.sqrt(c.head_dim)
-        return [LayerSpec(c.n_head, c.n_head_kv, c.head_dim, c.head_dim_v, c.sliding_window if c.is_swa(il) else 0, scale, 0.0)
-                for il in range(c.n_layer)]  # fmt: skip
-
-    def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
-        c, be, buf = self.cfg, self.be, self.buf
-        T = len(tokens)
-        x, _, q, k, v, att, gate, up, q3, k3, v3, att3 = self.step_buffers(T)
-        o = buf.get("o", T, c.n_embd)  # a block's output, normalised into x
-
-        be.get_rows(self.tok_embd, tokens, x)
-        for il, L in enumerate(self.layers):
-            be.linear_many((L.wq, L.wk, L.wv), x, (q, k, v))
-            if L.rope:
-                be.norm_rope_qk(q3, k3, L.q_norm, L.k_norm, c.norm_eps, pos, self.rope_cos, self.rope_sin, c.rope_neox)
-            else:  # a global layer of the 32B: normalised, not rotated
-                be.rms_norm_heads(q3, L.q_norm, c.norm_eps)
-                be.rms_norm_heads(k3, L.k_norm, c.norm_eps)
-            cache[il].update_and_attend(q3, k3, v3, pos, att3)
-            self.trace("kqv_out", il, att)
-            be.linear(L.wo, att, o)
-            be.rms_norm_add(o, L.attn_post_norm, c.norm_eps, x)
-            be.linear_many((L.w_gate, L.w_up), x, (gate, up))
-            be.linear_glu(L.w_down, gate, up, o, self.ffn_act)
-            be.rms_norm_add(o, L.ffn_post_norm, c.norm_eps, x)
-            self.trace("l_out", il, x)
-        self.output_head(x, out_rows, logits)
+    def norm_rope_qk(self, L: Olmo2Layer, il: int, q: Any, k: Any, q3: Any, k3: Any, pos: Any) -> None:
+        """Layer il's QK-norm (head by head), and the rope in the layers that rotate."""
+        c, be = self.cfg, self.be
+        if L.rope:
+            be.norm_rope_qk(q3, k3, L.q_norm, L.k_norm, c.norm_eps, pos, self.rope_cos, self.rope_sin, c.rope_neox)
+        else:  # a global layer of the 32B: normalised, not rotated
+            be.rms_norm_heads(q3, L.q_norm, c.norm_eps)
+            be.rms_norm_heads(k3, L.k_norm, c.norm_eps)

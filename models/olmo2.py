@@ -38,11 +38,12 @@ class Olmo2Layer(LlamaLayer):
 
 class Olmo2Model(LlamaModel):
     archs = ("olmo2",)
+    local_rope: bool = True  # the window layers rotate at their own base (OLMo 3; EXAONE 4's one base: False)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
         self.rope_local = None  # the sliding-window layers' cos/sin (OLMo 3)
-        if cfg.sliding_window:
+        if cfg.sliding_window and self.local_rope:
             plain = dataclasses.replace(cfg, rope_scaling_type="none", yarn_attn_factor=1.0)
             self.rope_local = make_rope(plain, n_ctx, cfg.rope_theta_swa or cfg.rope_theta)
 
@@ -64,6 +65,11 @@ class Olmo2Model(LlamaModel):
         return [LayerSpec(c.n_head, c.n_head_kv, c.head_dim, c.head_dim_v, c.sliding_window if c.is_swa(il) else 0, scale, 0.0)
                 for il in range(c.n_layer)]  # fmt: skip
 
+    def norm_rope_qk(self, L: Olmo2Layer, il: int, q: Any, k: Any, q3: Any, k3: Any, pos: Any) -> None:
+        """Layer il's QK-norm (all heads at once) and rope, in place."""
+        cos, sin = self.rope_local if self.rope_local is not None and self.cfg.is_swa(il) else (self.rope_cos, self.rope_sin)
+        self.qk_norm_rope(L, q, k, q3, k3, pos, cos, sin)
+
     def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
         c, be, buf = self.cfg, self.be, self.buf
         T = len(tokens)
@@ -72,9 +78,8 @@ class Olmo2Model(LlamaModel):
 
         be.get_rows(self.tok_embd, tokens, x)
         for il, L in enumerate(self.layers):
-            cos, sin = self.rope_local if c.is_swa(il) else (self.rope_cos, self.rope_sin)
             be.linear_many((L.wq, L.wk, L.wv), x, (q, k, v))
-            self.qk_norm_rope(L, q, k, q3, k3, pos, cos, sin)
+            self.norm_rope_qk(L, il, q, k, q3, k3, pos)
             cache[il].update_and_attend(q3, k3, v3, pos, att3)
             self.trace("kqv_out", il, att)
             be.linear(L.wo, att, o)

@@ -41,6 +41,7 @@ SUPPORTED_ARCHITECTURES += ("afmoe",)  # Arcee's Trinity: gated attention, sandw
 SUPPORTED_ARCHITECTURES += ("exaone-moe",)  # K-EXAONE: EXAONE 4.0's attention, pre-norms, DeepSeek-V3's experts (models/exaone_moe.py)
 SUPPORTED_ARCHITECTURES += ("pangu-embedded",)  # openPangu-Embedded: Llama with attention biases (models/pangu_embedded.py)
 SUPPORTED_ARCHITECTURES += ("minicpm3",)  # MiniCPM3-4B: DeepSeek-V2's latent attention with muP (models/minicpm3.py)
+SUPPORTED_ARCHITECTURES += ("qwen", "baichuan", "orion", "xverse", "plamo3", "maincoder", "jais2")  # the Llama block's kin: models/qwen.py, baichuan.py, orion.py, xverse.py, plamo3.py, maincoder.py, jais2.py
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -132,6 +133,17 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # EXAONE MoE: neox rope; the file's sliding_window_pattern, else 3 window layers then 1 global; NextN layers after the trunk
     "exaone-moe": {"rope_neox": True, "swa_pattern": 4, "nextn": True},
     "pangu-embedded": {"rope_neox": True},  # (openPangu-Embedded: Llama with Q/K/V/O biases, rope over halves)
+    # Qwen 1 (fused QKV with bias, the FFN half feed_forward_length wide): rope over halves; Baichuan (7B rope, 13B ALiBi, by
+    # depth), XVERSE, Maincoder (QK-norm after the rope): over consecutive pairs; Orion (LayerNorms), Jais-2 (LayerNorms,
+    # squared ReLU): over halves; PLaMo 3: over halves, where the file states a window 7 window layers then 1 global
+    # (llama.cpp's default pattern 8), the window layers at rope.freq_base_swa (models/qwen.py ... jais2.py)
+    "qwen": {"rope_neox": True},
+    "baichuan": {"rope_neox": False},
+    "orion": {"rope_neox": True},
+    "xverse": {"rope_neox": False},
+    "plamo3": {"rope_neox": True, "swa_pattern": 8},
+    "maincoder": {"rope_neox": False},
+    "jais2": {"rope_neox": True},
     # GPT-2 (learned positions, no rope), StarCoder2 (rope over halves, the whole head; llama.cpp never reads its
     # sliding window, so neither does kvrun: attention.sliding_window ignored), GPT-NeoX / Pythia (rope over halves of
     # the first rope.dimension_count dimensions): LayerNorms with biases, attention.layer_norm_epsilon

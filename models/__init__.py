@@ -75,6 +75,13 @@ from .smollm3 import SmolLM3Model
 from .stablelm import StableLMModel
 from .starcoder import StarCoderModel
 from .starcoder2 import StarCoder2Model
+from .baichuan import BaichuanModel  # (the Llama block's kin: qwen, baichuan, orion, xverse, plamo3, maincoder, jais2)
+from .jais2 import Jais2Model
+from .maincoder import MaincoderModel
+from .orion import OrionModel
+from .plamo3 import Plamo3Model
+from .qwen import QwenModel
+from .xverse import XverseModel
 
 MODEL_CLASSES: dict[str, type[Model]] = {}
 for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model, Qwen2MoeModel, DeepseekModel, Deepseek2Model,
@@ -86,7 +93,8 @@ for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model
              InternLM2Model, OlmoModel, NemotronModel, OpenELMModel, Qwen2VLModel, Qwen3VLModel, Qwen3VLMoeModel, FalconModel, ChatGLMModel,
              JinaBertV2Model, JinaBertV3Model, NomicBertMoeModel, NeoBertModel, MambaModel, MiniCPM3Model, AfmoeModel, ExaoneMoeModel,
              PanguEmbeddedModel, ARWKV7Model, RWKV6Qwen2Model,
-             StarCoderModel, BloomModel, MptModel):  # fmt: skip
+             StarCoderModel, BloomModel, MptModel,
+             QwenModel, BaichuanModel, OrionModel, XverseModel, Plamo3Model, MaincoderModel, Jais2Model):  # fmt: skip
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

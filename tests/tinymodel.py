@@ -232,6 +232,19 @@ FIXTURE_MODELS: dict[str, dict] = {
     # (only they rotate, with Llama 3's factors), a leading dense layer, sigmoid-routed experts with exp_probs_b, a shared one
     "exaone-moe": {"arch": "exaone-moe", "seed": 1},  # (seed 0's logits tie two tokens at one position)
     "pangu-embedded": {"arch": "pangu-embedded"},  # openPangu-Embedded (tiny_pangu.py): Q/K/V and attn_output biases, neox rope
+    # Llama kin 2 (tiny_llama_likes2.py): Qwen 1's fused QKV with bias and halved FFN width; Baichuan 7B's rope (32 layers)
+    # and 13B's ALiBi (40 layers, 5 heads); Orion's LayerNorms; XVERSE; PLaMo 3's sandwich norms, QK-norm, fused QKV and
+    # gate+up, windows (7 of 8 layers) with a local rope base, and without; Maincoder's QK-norm after the rope; Jais-2's
+    # LayerNorms, biases everywhere and squared-ReLU FFN
+    "qwen": {"arch": "qwen"},
+    "baichuan": {"arch": "baichuan"},
+    "baichuan-13b": {"arch": "baichuan", "variant": "13b"},
+    "orion": {"arch": "orion"},
+    "xverse": {"arch": "xverse"},
+    "plamo3": {"arch": "plamo3"},
+    "plamo3-full": {"arch": "plamo3", "variant": "full"},
+    "maincoder": {"arch": "maincoder"},
+    "jais2": {"arch": "jais2"},
 }
 
 
@@ -308,6 +321,10 @@ def write_tiny_model(
     qwen3next: :func:`_write_tiny_qwen35` (qwen3next with ``split_qkv``: attn_qkv and attn_gate, not ssm_in).
     mistral3, ernie4_5-moe: :func:`_write_tiny_mistral3_ernie_moe` (mistral3's ``yarn_log_mul``).  hunyuan-dense,
     minicpm: :func:`_write_tiny_hunyuan_minicpm` (``rope_alpha``; minicpm's ``mup_defaults``, and ``rope_freqs``: LongRoPE)."""
+    if arch in ("qwen", "baichuan", "orion", "xverse", "plamo3", "maincoder", "jais2"):  # (tiny_llama_likes2.py: ``variant``)
+        from tiny_llama_likes2 import write_tiny_llama_like2
+
+        return write_tiny_llama_like2(path, arch, qtype, seed, variant)
     if arch == "mamba":  # (tiny_mamba.py; ``variant`` "falcon": Falcon-Mamba's dt/B/C norms)
         from tiny_mamba import write_tiny_mamba
 

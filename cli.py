@@ -206,7 +206,7 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
         "has_chat_template": file_template(g) is not None,
         "kv_bytes_per_token": {str(b): cfg.kv_bytes_per_token(b) for b in (16, 8, 4, 2)},
         # an encoder (BERT): embeddings only, pooled so; None for a text model
-        "embedding_pooling": pooling if cfg.arch in ("bert", "nomic-bert", "gemma-embedding", "jina-bert-v2", "jina-bert-v3", "nomic-bert-moe", "neo-bert") else None,
+        "embedding_pooling": pooling if cfg.arch in ("bert", "nomic-bert", "gemma-embedding", "jina-bert-v2", "jina-bert-v3", "nomic-bert-moe", "neo-bert", "modern-bert", "eurobert", "llama-embed", "t5encoder") else None,
         # Mamba-2's state-space layers (mamba2, granitehybrid): how many, their geometry, the state a sequence keeps
         # in each (the scan's and the convolution's last inputs, float32); Granite 4.0-H's attention without rope
         "n_ssm_layers": cfg.n_layer if cfg.ssm_parallel else sum(cfg.ssm_layers),
@@ -332,7 +332,7 @@ def info(model: str | None, as_json: bool) -> None:
     if f["architecture"] in ("bloom", "mpt"):  # (ALiBi: a distance penalty on the attention scores)
         lines = [(k, "none (ALiBi)" if k == "rope" else v) for k, v in lines]
     if f["embedding_pooling"]:  # an encoder: no chat, no KV cache; BERT no rope or window (EmbeddingGemma has both)
-        gone = ("chat template", "KV cache / token") + (("rope", "sliding window") if f["architecture"] != "gemma-embedding" else ())
+        gone = ("chat template", "KV cache / token") + (("rope", "sliding window") if f["architecture"] not in ("gemma-embedding", "modern-bert") else ())
         lines = [ln for ln in lines if ln[0] not in gone]
         lines.append(("use", f"embeddings only (kvrun embed, /v1/embeddings), {f['embedding_pooling']} pooling"))
     w = max(len(k) for k, _ in lines)

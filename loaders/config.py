@@ -41,6 +41,7 @@ SUPPORTED_ARCHITECTURES += ("afmoe",)  # Arcee's Trinity: gated attention, sandw
 SUPPORTED_ARCHITECTURES += ("exaone-moe",)  # K-EXAONE: EXAONE 4.0's attention, pre-norms, DeepSeek-V3's experts (models/exaone_moe.py)
 SUPPORTED_ARCHITECTURES += ("pangu-embedded",)  # openPangu-Embedded: Llama with attention biases (models/pangu_embedded.py)
 SUPPORTED_ARCHITECTURES += ("minicpm3",)  # MiniCPM3-4B: DeepSeek-V2's latent attention with muP (models/minicpm3.py)
+SUPPORTED_ARCHITECTURES += ("modern-bert", "eurobert", "llama-embed", "t5encoder")  # encoders: models/modern_bert.py, eurobert.py, llama_embed.py, t5encoder.py
 SUPPORTED_ARCHITECTURES += ("qwen", "baichuan", "orion", "xverse", "plamo3", "maincoder", "jais2")  # the Llama block's kin: models/qwen.py, baichuan.py, orion.py, xverse.py, plamo3.py, maincoder.py, jais2.py
 
 # What llama.cpp fixes in code rather than reading from the file.
@@ -133,6 +134,12 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # EXAONE MoE: neox rope; the file's sliding_window_pattern, else 3 window layers then 1 global; NextN layers after the trunk
     "exaone-moe": {"rope_neox": True, "swa_pattern": 4, "nextn": True},
     "pangu-embedded": {"rope_neox": True},  # (openPangu-Embedded: Llama with Q/K/V/O biases, rope over halves)
+    # encoders: ModernBERT's window layers symmetric, of every sliding_window_pattern (3) the first global; EuroBERT rope over
+    # halves, llama-embed over consecutive pairs (Llama's); T5 has no rope (relative position buckets)
+    "modern-bert": {"rope_neox": True, "swa_pattern": 3, "swa_dense_first": True},
+    "eurobert": {"rope_neox": True},
+    "llama-embed": {"rope_neox": False},
+    "t5encoder": {"rope_neox": False},
     # Qwen 1 (fused QKV with bias, the FFN half feed_forward_length wide): rope over halves; Baichuan (7B rope, 13B ALiBi, by
     # depth), XVERSE, Maincoder (QK-norm after the rope): over consecutive pairs; Orion (LayerNorms), Jais-2 (LayerNorms,
     # squared ReLU): over halves; PLaMo 3: over halves, where the file states a window 7 window layers then 1 global

@@ -51,6 +51,10 @@ from .mpt import MptModel
 from .nemotron import NemotronModel
 from .nemotron_h import NemotronHModel
 from .neo_bert import NeoBertModel
+from .modern_bert import ModernBertModel
+from .eurobert import EuroBertModel
+from .llama_embed import LlamaEmbedModel
+from .t5encoder import T5EncoderModel
 from .nomic_bert_moe import NomicBertMoeModel
 from .olmo import OlmoModel
 from .olmo2 import Olmo2Model
@@ -94,7 +98,8 @@ for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model
              JinaBertV2Model, JinaBertV3Model, NomicBertMoeModel, NeoBertModel, MambaModel, MiniCPM3Model, AfmoeModel, ExaoneMoeModel,
              PanguEmbeddedModel, ARWKV7Model, RWKV6Qwen2Model,
              StarCoderModel, BloomModel, MptModel,
-             QwenModel, BaichuanModel, OrionModel, XverseModel, Plamo3Model, MaincoderModel, Jais2Model):  # fmt: skip
+             QwenModel, BaichuanModel, OrionModel, XverseModel, Plamo3Model, MaincoderModel, Jais2Model,
+             ModernBertModel, EuroBertModel, LlamaEmbedModel, T5EncoderModel):  # fmt: skip
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

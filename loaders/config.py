@@ -41,6 +41,7 @@ SUPPORTED_ARCHITECTURES += ("afmoe",)  # Arcee's Trinity: gated attention, sandw
 SUPPORTED_ARCHITECTURES += ("exaone-moe",)  # K-EXAONE: EXAONE 4.0's attention, pre-norms, DeepSeek-V3's experts (models/exaone_moe.py)
 SUPPORTED_ARCHITECTURES += ("pangu-embedded",)  # openPangu-Embedded: Llama with attention biases (models/pangu_embedded.py)
 SUPPORTED_ARCHITECTURES += ("minicpm3",)  # MiniCPM3-4B: DeepSeek-V2's latent attention with muP (models/minicpm3.py)
+SUPPORTED_ARCHITECTURES += ("minimax-m2", "mimo2", "step35", "mistral4")  # models/minimax_m2.py, mimo2.py, step35.py, mistral4.py
 SUPPORTED_ARCHITECTURES += ("modern-bert", "eurobert", "llama-embed", "t5encoder")  # encoders: models/modern_bert.py, eurobert.py, llama_embed.py, t5encoder.py
 SUPPORTED_ARCHITECTURES += ("qwen", "baichuan", "orion", "xverse", "plamo3", "maincoder", "jais2")  # the Llama block's kin: models/qwen.py, baichuan.py, orion.py, xverse.py, plamo3.py, maincoder.py, jais2.py
 
@@ -133,6 +134,12 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "afmoe": {"rope_neox": True, "swa_pattern": 4, "expert_weights_norm": False},
     # EXAONE MoE: neox rope; the file's sliding_window_pattern, else 3 window layers then 1 global; NextN layers after the trunk
     "exaone-moe": {"rope_neox": True, "swa_pattern": 4, "nextn": True},
+    # MiniMax-M2, MiMo-V2-Flash, Step-3.5-Flash: neox rope; MiMo's and Step's windows where the file's pattern says (models/
+    # minimax_m2.py, mimo2.py, step35.py); Mistral Small 4: deepseek2's latent attention and its defaults (models/mistral4.py)
+    "minimax-m2": {"rope_neox": True},
+    "mimo2": {"rope_neox": True},
+    "step35": {"rope_neox": True, "nextn": True},
+    "mistral4": {"rope_neox": False, "expert_weights_norm": False},
     "pangu-embedded": {"rope_neox": True},  # (openPangu-Embedded: Llama with Q/K/V/O biases, rope over halves)
     # encoders: ModernBERT's window layers symmetric, of every sliding_window_pattern (3) the first global; EuroBERT rope over
     # halves, llama-embed over consecutive pairs (Llama's); T5 has no rope (relative position buckets)
@@ -341,7 +348,7 @@ def load_config(g: GGUFFile) -> ModelConfig:
     head_dim = int(g.arch_get("attention.key_length", n_embd // n_head if n_head else 0))
     head_dim_v = int(g.arch_get("attention.value_length", head_dim))
     n_layer = int(_req(g, "block_count"))
-    if arch == "deepseek2":  # (MLA: kvrun caches every head's decompressed K and V, llama.cpp's n_embd_head_k_mla and
+    if arch in ("deepseek2", "mistral4"):  # (MLA: kvrun caches every head's decompressed K and V, llama.cpp's n_embd_head_k_mla and
         # n_embd_head_v_mla where the file states both (newer converters: key_length is then the latent's), as many
         # K/V heads as query heads)
         k_mla, v_mla = int(g.arch_get("attention.key_length_mla", 0) or 0), int(g.arch_get("attention.value_length_mla", 0) or 0)

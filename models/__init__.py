@@ -46,7 +46,10 @@ from .mamba import MambaModel
 from .mamba2 import Mamba2Model
 from .minicpm import MiniCPMModel
 from .minicpm3 import MiniCPM3Model
+from .mimo2 import Mimo2Model
+from .minimax_m2 import MiniMaxM2Model
 from .mistral3 import Mistral3Model
+from .mistral4 import Mistral4Model
 from .mpt import MptModel
 from .nemotron import NemotronModel
 from .nemotron_h import NemotronHModel
@@ -78,6 +81,7 @@ from .smallthinker import SmallThinkerModel
 from .smollm3 import SmolLM3Model
 from .stablelm import StableLMModel
 from .starcoder import StarCoderModel
+from .step35 import Step35Model
 from .starcoder2 import StarCoder2Model
 from .baichuan import BaichuanModel  # (the Llama block's kin: qwen, baichuan, orion, xverse, plamo3, maincoder, jais2)
 from .jais2 import Jais2Model
@@ -99,7 +103,8 @@ for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model
              PanguEmbeddedModel, ARWKV7Model, RWKV6Qwen2Model,
              StarCoderModel, BloomModel, MptModel,
              QwenModel, BaichuanModel, OrionModel, XverseModel, Plamo3Model, MaincoderModel, Jais2Model,
-             ModernBertModel, EuroBertModel, LlamaEmbedModel, T5EncoderModel):  # fmt: skip
+             ModernBertModel, EuroBertModel, LlamaEmbedModel, T5EncoderModel,
+             MiniMaxM2Model, Mimo2Model, Step35Model, Mistral4Model):  # fmt: skip
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

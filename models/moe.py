@@ -41,6 +41,7 @@ class SharedExpert:
     up: Weight  # [n_ff_shexp, n_embd]
     down: Weight  # [n_embd, n_ff_shexp]
     gate_inp: Weight | None = None  # [1, n_embd]: Qwen2-MoE's output scale, sigmoid(gate_inp . x) per token
+    swiglu_limit: float = 0.0  # > 0: Step-3.5's clamped SwiGLU (:func:`swiglu_clamped`), llama.cpp's swiglu_clamp_shexp
 
 
 @dataclass
@@ -75,6 +76,8 @@ class MoE:
     router_in: np.ndarray | None = None
     #: Llama 4 (llama.cpp's ``weight_before_ffn``): a chosen expert's weight scales its input, not its output
     weight_before_ffn: bool = False
+    #: > 0: Step-3.5's clamped SwiGLU experts (:func:`swiglu_clamped`), llama.cpp's ``swiglu_clamp_exp`` of the layer
+    swiglu_limit: float = 0.0
 
 
 def expert(w: Weight, e: int, n_expert: int) -> Weight:
@@ -233,7 +236,7 @@ def moe_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers, 
         wts *= np.float32(moe.weights_scale)
     bs = (moe.gate_b, moe.up_b, moe.down_b)
     biases = bs if all(b is not None for b in bs) else None
-    one_call = T == 1 and moe.act != "relu" and (biases is not None or bs == (None,) * 3)  # decode: the k experts in one kernel call, where it takes them
+    one_call = T == 1 and moe.act != "relu" and moe.swiglu_limit == 0.0 and (biases is not None or bs == (None,) * 3)  # decode: the k experts in one kernel call, where it takes them
     xe = xn  # the routed experts' input
     if moe.weight_before_ffn:  # (Llama 4) each slot's input is x times its weight: slot by slot, unless there is one
         ones = np.ones((T, 1), np.float32)
@@ -244,6 +247,15 @@ def moe_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers, 
         experts_add(be, moe, xe, x, buf, top, wts)
     if moe.shared is not None:  # (ordinary products, after the routed experts)
         shared_add(be, moe.shared, xn, x, buf)
+
+
+def swiglu_clamped(g: np.ndarray, u: np.ndarray, limit: float) -> None:
+    """``g = min(silu(g), limit) * clamp(u, -limit, limit)`` in place (``u`` clamped too): Step-3.5's SwiGLU, as llama.cpp
+    clamps it where the file's ``swiglu_clamp_exp``/``swiglu_clamp_shexp`` is above 0 (the SiLU first, then the clamps)."""
+    g *= 0.5 + 0.5 * np.tanh(0.5 * g)  # silu, without exp's overflow for large negative g
+    np.minimum(g, np.float32(limit), out=g)
+    np.clip(u, np.float32(-limit), np.float32(limit), out=u)
+    g *= u
 
 
 def experts_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers, top: np.ndarray, wts: np.ndarray) -> None:
@@ -261,7 +273,9 @@ def experts_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffe
             g += moe.gate_b[e]
         if moe.up_b is not None:
             u += moe.up_b[e]
-        if moe.act == "swiglu_oai":
+        if moe.swiglu_limit > 0.0:  # (Step-3.5's: host work, as the routing)
+            swiglu_clamped(g, u, moe.swiglu_limit)
+        elif moe.act == "swiglu_oai":
             swiglu_oai(g, u, g)
         elif moe.act == "relu":  # (ReGLU: host work, as the routing; the one-token kernel knows silu and swiglu_oai only)
             np.maximum(g, 0.0, out=g)
@@ -281,6 +295,10 @@ def shared_add(be: Backend, sh: SharedExpert, xn: np.ndarray, x: np.ndarray, buf
     n_ff = sh.gate.shape[0]
     g, u = buf.get("shexp_gate", T, n_ff), buf.get("shexp_up", T, n_ff)
     be.linear_many((sh.gate, sh.up), xn, (g, u))
+    if sh.swiglu_limit > 0.0:  # (Step-3.5's clamped shared expert: never gated)
+        swiglu_clamped(g, u, sh.swiglu_limit)
+        be.linear_add(sh.down, g, x)
+        return
     if sh.gate_inp is None:
         be.linear_glu(sh.down, g, u, x, "silu", accumulate=True)
         return

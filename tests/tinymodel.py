@@ -231,6 +231,12 @@ FIXTURE_MODELS: dict[str, dict] = {
     # EXAONE MoE, K-EXAONE (tiny_exaone_moe.py): pre-norms, per-head QK norm, windows on the layers the file's pattern says
     # (only they rotate, with Llama 3's factors), a leading dense layer, sigmoid-routed experts with exp_probs_b, a shared one
     "exaone-moe": {"arch": "exaone-moe", "seed": 1},  # (seed 0's logits tie two tokens at one position)
+    # MiniMax-M2, MiMo-V2-Flash, Step-3.5-Flash, Mistral Small 4 (tiny_moe3.py): QK-norm over all heads, sigmoid routing;
+    # sinks, windows, per-layer KV heads, value scale; gated attention, per-layer heads and rope; MLA as deepseek2
+    "minimax-m2": {"arch": "minimax-m2"},
+    "mimo2": {"arch": "mimo2"},
+    "step35": {"arch": "step35"},
+    "mistral4": {"arch": "mistral4"},
     "pangu-embedded": {"arch": "pangu-embedded"},  # openPangu-Embedded (tiny_pangu.py): Q/K/V and attn_output biases, neox rope
     # Llama kin 2 (tiny_llama_likes2.py): Qwen 1's fused QKV with bias and halved FFN width; Baichuan 7B's rope (32 layers)
     # and 13B's ALiBi (40 layers, 5 heads); Orion's LayerNorms; XVERSE; PLaMo 3's sandwich norms, QK-norm, fused QKV and
@@ -337,6 +343,10 @@ def write_tiny_model(
         from tiny_pangu import write_tiny_pangu
 
         return write_tiny_pangu(path, qtype, seed)
+    if arch in ("minimax-m2", "mimo2", "step35", "mistral4"):  # (tiny_moe3.py)
+        from tiny_moe3 import write_tiny_moe3
+
+        return write_tiny_moe3(path, arch, qtype, seed)
     if arch == "exaone-moe":  # (tiny_exaone_moe.py)
         from tiny_exaone_moe import write_tiny_exaone_moe
 

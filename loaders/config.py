@@ -41,6 +41,7 @@ SUPPORTED_ARCHITECTURES += ("afmoe",)  # Arcee's Trinity: gated attention, sandw
 SUPPORTED_ARCHITECTURES += ("exaone-moe",)  # K-EXAONE: EXAONE 4.0's attention, pre-norms, DeepSeek-V3's experts (models/exaone_moe.py)
 SUPPORTED_ARCHITECTURES += ("pangu-embedded",)  # openPangu-Embedded: Llama with attention biases (models/pangu_embedded.py)
 SUPPORTED_ARCHITECTURES += ("minicpm3",)  # MiniCPM3-4B: DeepSeek-V2's latent attention with muP (models/minicpm3.py)
+SUPPORTED_ARCHITECTURES += ("gemma4",)  # Gemma 4: Gemma 3n's per-layer inputs and K/V sharing, heads of two widths, experts (models/gemma4.py)
 SUPPORTED_ARCHITECTURES += ("minimax-m2", "mimo2", "step35", "mistral4")  # models/minimax_m2.py, mimo2.py, step35.py, mistral4.py
 SUPPORTED_ARCHITECTURES += ("modern-bert", "eurobert", "llama-embed", "t5encoder")  # encoders: models/modern_bert.py, eurobert.py, llama_embed.py, t5encoder.py
 SUPPORTED_ARCHITECTURES += ("qwen", "baichuan", "orion", "xverse", "plamo3", "maincoder", "jais2")  # the Llama block's kin: models/qwen.py, baichuan.py, orion.py, xverse.py, plamo3.py, maincoder.py, jais2.py
@@ -221,6 +222,9 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "gemma3n": {"rope_neox": True, "swa_pattern": 5, "rope_theta_swa": 10_000.0, "final_logit_softcap": 30.0,
                 "n_layer_kv_from_start": 20, "n_layer_sparsity": 10, "sparsity_std_mul": 1.6448533535003662,
                 "n_altup": 4, "i_altup_act": 0, "n_embd_altup": 256, "laurel_rank": 64},
+    # Gemma 4 (models/gemma4.py): what Gemma 3n fixes in code its files state (the window pattern a flag a layer,
+    # shared_kv_layers, embedding_length_per_layer_input, the window layers' heads and rope); rope over halves
+    "gemma4": {"rope_neox": True},
 }
 
 
@@ -475,12 +479,12 @@ def load_config(g: GGUFFile) -> ModelConfig:
         ssm_parallel=bool(d.get("ssm_parallel", False)),
         ffn_layers=ffn_layers,
         # (fixed, as llama.cpp's: the files' shared_kv_layers, E2B's 10 of 30 and E4B's 15 of 35, leave the same 20)
-        n_layer_kv_from_start=int(d.get("n_layer_kv_from_start", -1)),
+        n_layer_kv_from_start=int(d.get("n_layer_kv_from_start", -1)) if arch != "gemma4" else n_layer - int(g.arch_get("attention.shared_kv_layers", 0) or 0),
         n_layer_sparsity=int(d.get("n_layer_sparsity", 0)),
         sparsity_std_mul=float(d.get("sparsity_std_mul", 0.0)),
         n_altup=int(d.get("n_altup", 0)),
         i_altup_act=int(d.get("i_altup_act", 0)),
-        n_embd_altup=int(d.get("n_embd_altup", 0)),
+        n_embd_altup=int(d.get("n_embd_altup", 0)) if arch != "gemma4" else int(g.arch_get("embedding_length_per_layer_input", 0) or 0),
         laurel_rank=int(d.get("laurel_rank", 0)),
         file_type=int(g.get("general.file_type", -1)),
     )

@@ -28,6 +28,7 @@ from .gemma import GemmaModel
 from .gemma2 import Gemma2Model
 from .gemma3 import Gemma3Model
 from .gemma3n import Gemma3nModel
+from .gemma4 import Gemma4Model
 from .gemma_embedding import GemmaEmbeddingModel
 from .glm4 import Glm4Model, Glm4MoeModel
 from .gpt2 import GPT2Model
@@ -104,7 +105,7 @@ for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model
              StarCoderModel, BloomModel, MptModel,
              QwenModel, BaichuanModel, OrionModel, XverseModel, Plamo3Model, MaincoderModel, Jais2Model,
              ModernBertModel, EuroBertModel, LlamaEmbedModel, T5EncoderModel,
-             MiniMaxM2Model, Mimo2Model, Step35Model, Mistral4Model):  # fmt: skip
+             MiniMaxM2Model, Mimo2Model, Step35Model, Mistral4Model, Gemma4Model):  # fmt: skip
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

@@ -124,6 +124,9 @@ FIXTURE_MODELS: dict[str, dict] = {
     "falcon-h1": {"arch": "falcon-h1"},  # attention and Mamba-2 side by side, heads of key_length, no ssm_norm (_write_tiny_ssm_hybrid)
     "nemotron_h": {"arch": "nemotron_h"},  # Mamba-2, NoPE attention and squared-ReLU FFN layers of two widths
     "gemma3n": {"arch": "gemma3n"},  # AltUp, LAuReL, per-layer inputs, shared K/V, sparse FFN gates (_write_tiny_gemma3n)
+    # Gemma 4 (tiny_gemma4.py): heads of two widths, proportional rope, V normed, layer output scales, soft-capped logits
+    "gemma4": {"arch": "gemma4"},  # E2B/E4B: per-layer inputs, shared K/V, double-wide FFNs in the sharing layers
+    "gemma4_moe": {"arch": "gemma4", "variant": "moe"},  # 26B-A4B: a dense MLP beside GELU experts, a global layer's V its K
     # Gated DeltaNet hybrids (_write_tiny_qwen35): DeltaNet and gated attention by turns, 2 key heads over 4 value heads
     "qwen35": {"arch": "qwen35"},  # interleaved multimodal rope whose sections leave a pair unturned, a dense FFN
     "qwen35moe": {"arch": "qwen35moe"},  # the same with experts and a sigmoid-gated shared expert, no feed_forward_length
@@ -343,6 +346,10 @@ def write_tiny_model(
         from tiny_pangu import write_tiny_pangu
 
         return write_tiny_pangu(path, qtype, seed)
+    if arch == "gemma4":  # (tiny_gemma4.py; ``variant`` "moe": the 26B-A4B's layout)
+        from tiny_gemma4 import write_tiny_gemma4
+
+        return write_tiny_gemma4(path, qtype, seed, variant)
     if arch in ("minimax-m2", "mimo2", "step35", "mistral4"):  # (tiny_moe3.py)
         from tiny_moe3 import write_tiny_moe3
 

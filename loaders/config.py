@@ -41,6 +41,7 @@ SUPPORTED_ARCHITECTURES += ("afmoe",)  # Arcee's Trinity: gated attention, sandw
 SUPPORTED_ARCHITECTURES += ("exaone-moe",)  # K-EXAONE: EXAONE 4.0's attention, pre-norms, DeepSeek-V3's experts (models/exaone_moe.py)
 SUPPORTED_ARCHITECTURES += ("pangu-embedded",)  # openPangu-Embedded: Llama with attention biases (models/pangu_embedded.py)
 SUPPORTED_ARCHITECTURES += ("minicpm3",)  # MiniCPM3-4B: DeepSeek-V2's latent attention with muP (models/minicpm3.py)
+SUPPORTED_ARCHITECTURES += ("phimoe", "bailingmoe", "hunyuan-moe", "dots1", "rnd1", "grovemoe")  # mixtures of experts: models/<arch>.py
 SUPPORTED_ARCHITECTURES += ("gemma4",)  # Gemma 4: Gemma 3n's per-layer inputs and K/V sharing, heads of two widths, experts (models/gemma4.py)
 SUPPORTED_ARCHITECTURES += ("minimax-m2", "mimo2", "step35", "mistral4")  # models/minimax_m2.py, mimo2.py, step35.py, mistral4.py
 SUPPORTED_ARCHITECTURES += ("modern-bert", "eurobert", "llama-embed", "t5encoder")  # encoders: models/modern_bert.py, eurobert.py, llama_embed.py, t5encoder.py
@@ -141,6 +142,15 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "mimo2": {"rope_neox": True},
     "step35": {"rope_neox": True, "nextn": True},
     "mistral4": {"rope_neox": False, "expert_weights_norm": False},
+    # Phi-3.5-MoE, Hunyuan-A13B, dots.llm1, RND1, GroveMoE: rope over halves (Ling v1: over consecutive pairs); Ling's and
+    # dots.llm1's chosen experts' weights as the router gave them unless the file says to renormalise them (the others'
+    # graphs always renormalise)
+    "phimoe": {"rope_neox": True},
+    "bailingmoe": {"rope_neox": False, "expert_weights_norm": False},
+    "hunyuan-moe": {"rope_neox": True},
+    "dots1": {"rope_neox": True, "expert_weights_norm": False},
+    "rnd1": {"rope_neox": True},
+    "grovemoe": {"rope_neox": True},
     "pangu-embedded": {"rope_neox": True},  # (openPangu-Embedded: Llama with Q/K/V/O biases, rope over halves)
     # encoders: ModernBERT's window layers symmetric, of every sliding_window_pattern (3) the first global; EuroBERT rope over
     # halves, llama-embed over consecutive pairs (Llama's); T5 has no rope (relative position buckets)

@@ -7,6 +7,7 @@ from .afmoe import AfmoeModel
 from .apertus import ApertusModel
 from .arcee import ArceeModel
 from .arwkv7 import ARWKV7Model
+from .bailingmoe import BailingMoeModel
 from .bailingmoe2 import BailingMoe2Model
 from .bert import BertModel
 from .bitnet import BitnetModel
@@ -17,6 +18,7 @@ from .command_r import CommandRModel
 from .common import Model
 from .deepseek import DeepseekModel
 from .deepseek2 import Deepseek2Model
+from .dots1 import Dots1Model
 from .ernie4_5 import Ernie45Model
 from .ernie4_5_moe import Ernie45MoeModel
 from .exaone import ExaoneModel
@@ -37,7 +39,9 @@ from .gptoss import GptOssModel
 from .granite import GraniteModel
 from .granitehybrid import GraniteHybridModel
 from .granitemoe import GraniteMoeModel
+from .grovemoe import GroveMoeModel
 from .hunyuan_dense import HunyuanDenseModel
+from .hunyuan_moe import HunyuanMoeModel
 from .internlm2 import InternLM2Model
 from .jina_bert import JinaBertV2Model, JinaBertV3Model
 from .lfm2 import Lfm2Model
@@ -67,6 +71,7 @@ from .openelm import OpenELMModel
 from .pangu_embedded import PanguEmbeddedModel
 from .phi2 import Phi2Model
 from .phi3 import Phi3Model
+from .phimoe import PhiMoeModel
 from .qwen2 import Qwen2Model
 from .qwen2moe import Qwen2MoeModel
 from .qwen2vl import Qwen2VLModel
@@ -74,6 +79,7 @@ from .qwen3 import Qwen3Model
 from .qwen35 import Qwen35Model
 from .qwen3moe import Qwen3MoeModel
 from .qwen3vl import Qwen3VLModel, Qwen3VLMoeModel
+from .rnd1 import Rnd1Model
 from .rwkv6 import RWKV6Model
 from .rwkv6qwen2 import RWKV6Qwen2Model
 from .rwkv7 import RWKV7Model
@@ -105,7 +111,8 @@ for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model
              StarCoderModel, BloomModel, MptModel,
              QwenModel, BaichuanModel, OrionModel, XverseModel, Plamo3Model, MaincoderModel, Jais2Model,
              ModernBertModel, EuroBertModel, LlamaEmbedModel, T5EncoderModel,
-             MiniMaxM2Model, Mimo2Model, Step35Model, Mistral4Model, Gemma4Model):  # fmt: skip
+             MiniMaxM2Model, Mimo2Model, Step35Model, Mistral4Model, Gemma4Model,
+             BailingMoeModel, HunyuanMoeModel, Dots1Model, PhiMoeModel, GroveMoeModel, Rnd1Model):  # fmt: skip
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

@@ -240,6 +240,17 @@ FIXTURE_MODELS: dict[str, dict] = {
     "mimo2": {"arch": "mimo2"},
     "step35": {"arch": "step35"},
     "mistral4": {"arch": "mistral4"},
+    # tiny_moe2.py: Phi-3.5-MoE (norms and projections with biases, LongRoPE's short factors; "-long": its long ones), Ling
+    # v1 (softmax-routed experts renormalised, 2 shared; "-scaled": 1 shared, as the router gave them, times 2.5), Hunyuan-A13B
+    # (QK norm after the rope, a shared expert), dots.llm1 (a dense layer, sigmoid-routed experts with exp_probs_b in groups,
+    # a shared one), GroveMoE (chunk experts beside the experts); RND1 (non-causal) is held to llama.cpp by test_moe2.py
+    "phimoe": {"arch": "phimoe"},
+    "phimoe-long": {"arch": "phimoe", "variant": "long"},
+    "bailingmoe": {"arch": "bailingmoe"},
+    "bailingmoe-scaled": {"arch": "bailingmoe", "variant": "scaled"},
+    "hunyuan-moe": {"arch": "hunyuan-moe"},
+    "dots1": {"arch": "dots1"},
+    "grovemoe": {"arch": "grovemoe"},
     "pangu-embedded": {"arch": "pangu-embedded"},  # openPangu-Embedded (tiny_pangu.py): Q/K/V and attn_output biases, neox rope
     # Llama kin 2 (tiny_llama_likes2.py): Qwen 1's fused QKV with bias and halved FFN width; Baichuan 7B's rope (32 layers)
     # and 13B's ALiBi (40 layers, 5 heads); Orion's LayerNorms; XVERSE; PLaMo 3's sandwich norms, QK-norm, fused QKV and
@@ -334,6 +345,10 @@ def write_tiny_model(
         from tiny_llama_likes2 import write_tiny_llama_like2
 
         return write_tiny_llama_like2(path, arch, qtype, seed, variant)
+    if arch in ("phimoe", "bailingmoe", "hunyuan-moe", "dots1", "rnd1", "grovemoe"):  # (tiny_moe2.py: its ``variant``)
+        from tiny_moe2 import write_tiny_moe2
+
+        return write_tiny_moe2(path, arch, qtype, seed, variant)
     if arch == "mamba":  # (tiny_mamba.py; ``variant`` "falcon": Falcon-Mamba's dt/B/C norms)
         from tiny_mamba import write_tiny_mamba
 

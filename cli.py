@@ -717,7 +717,7 @@ def _stats_line(stats: Any, cache: Any = None, engine: Any = None) -> str:
 @click.option("--prompt-cache", "prompt_cache", type=click.Path(dir_okay=False), default=None,
               help="reuse the KV cache saved in this file for the prefix the prompt shares with it, and save the prompt's there (as llama-cli)")  # fmt: skip
 @click.option("--mmproj", type=click.Path(dir_okay=False), default=None,
-              help="the model's multimodal projector (mmproj-*.gguf, Gemma 3's), to pass images (as llama-mtmd-cli)")  # fmt: skip
+              help="the model's multimodal projector (mmproj-*.gguf: Gemma 3's, SmolVLM's), to pass images (as llama-mtmd-cli)")  # fmt: skip
 @click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False),
               help="an image for the prompt (repeatable; needs --mmproj): at each <__media__> in the prompt, else before it")  # fmt: skip
 @draft_options
@@ -788,7 +788,7 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
 @click.option("--session", "session_file", type=click.Path(dir_okay=False), default=None,
               help="resume the chat saved in this file, KV cache and all (if it exists), and save it there on leaving; /save saves it now")  # fmt: skip
 @click.option("--mmproj", type=click.Path(dir_okay=False), default=None,
-              help="the model's multimodal projector (mmproj-*.gguf, Gemma 3's): /image PATH attaches a picture to the next message")  # fmt: skip
+              help="the model's multimodal projector (mmproj-*.gguf: Gemma 3's, SmolVLM's): /image PATH attaches a picture to the next message")  # fmt: skip
 @draft_options
 @engine_options
 @kv_options
@@ -857,7 +857,7 @@ def chat(model: str | None, system: str | None, n_predict: int, template_kwargs:
 @click.option("--slot-save-path", type=click.Path(file_okay=False), default=None,
               help="directory of slot files: POST /slots/ID?action=save|restore keeps a slot's conversation and KV cache there")
 @click.option("--mmproj", type=click.Path(dir_okay=False), default=None,
-              help="the model's multimodal projector (mmproj-*.gguf, Gemma 3's): chat requests may then carry images")  # fmt: skip
+              help="the model's multimodal projector (mmproj-*.gguf: Gemma 3's, SmolVLM's): chat requests may then carry images")  # fmt: skip
 @draft_options
 @engine_options
 @kv_options

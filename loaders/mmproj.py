@@ -3,8 +3,10 @@
 llama.cpp keeps a vision model's image side in a GGUF of its own, ``general.architecture`` "clip", beside the
 text model's file: the encoder's hyperparameters under ``clip.vision.*`` and the projector's kind in
 ``clip.projector_type``.  kvrun reads Gemma 3's (projector type "gemma3": a SigLIP ViT, 4x4 average pooling,
-RMSNorm and one matrix into the text width; models/siglip.py runs it).  Any other projector is refused in one
-line that names what is supported, before a weight is touched.
+RMSNorm and one matrix into the text width; models/siglip.py runs it) and SmolVLM's (projector type "idefics3":
+the same SigLIP ViT, a pixel shuffle of ``clip.vision.projector.scale_factor`` patches a side and one matrix
+``mm.model.fc``, on tiles of a picture first scaled to ``clip.vision.preproc_image_size`` on its longest edge).
+Any other projector is refused in one line that names what is supported, before a weight is touched.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from .errors import GGUFError, UnsupportedModelError
 from .gguf_file import GGUFFile
 
 #: projector types kvrun runs (clip.projector_type)
-SUPPORTED_PROJECTORS = ("gemma3",)
+SUPPORTED_PROJECTORS = ("gemma3", "idefics3")
+#: the tensor each projector type projects into the text width with, [n_embd (x merged patches), n_text_embd]
+PROJECTION_TENSORS = {"gemma3": "mm.input_projection.weight", "idefics3": "mm.model.fc.weight"}
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class MmprojConfig:
     image_std: tuple[float, float, float]
     n_merge: int  # patches a side pooled into one output row (Gemma 3: 4, 64x64 patches -> 16x16 rows)
     n_text_embd: int  # the projector's output width: the text model's n_embd
+    longest_edge: int = 0  # (idefics3) clip.vision.preproc_image_size: a picture's longest edge before tiling; 0: none
 
     @property
     def n_patches_side(self) -> int:
@@ -59,7 +64,7 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
                                     f"kvrun reads image projectors of type {', '.join(SUPPORTED_PROJECTORS)}")  # fmt: skip
     if ptype not in SUPPORTED_PROJECTORS:
         raise UnsupportedModelError(f"{g.path}: projector type {ptype!r} is not supported; "
-                                    f"kvrun reads {', '.join(SUPPORTED_PROJECTORS)} (Gemma 3's)")  # fmt: skip
+                                    f"kvrun reads {', '.join(SUPPORTED_PROJECTORS)} (Gemma 3's, SmolVLM's)")  # fmt: skip
 
     def need(key: str) -> int | float:
         v = g.get(f"clip.vision.{key}")
@@ -75,11 +80,13 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
 
     image_size, patch_size = int(need("image_size")), int(need("patch_size"))
     n_embd, n_head = int(need("embedding_length")), int(need("attention.head_count"))
-    # Gemma 3 pools 4x4 patches into a row; the file may say otherwise (llama.cpp's tiny test model does)
-    n_merge = int(g.get("clip.vision.projector.scale_factor", 4))
-    proj = g.tensors.get("mm.input_projection.weight")
+    # Gemma 3 pools 4x4 patches into a row; the file may say otherwise (llama.cpp's tiny test model does); SmolVLM's
+    # states its pixel shuffle (clip.cpp reads it for idefics3 without a default: a file without one shuffles none)
+    n_merge = int(g.get("clip.vision.projector.scale_factor", 4 if ptype == "gemma3" else 1))
+    proj_name = PROJECTION_TENSORS[str(ptype)]
+    proj = g.tensors.get(proj_name)
     if proj is None:
-        raise GGUFError(f"{g.path}: tensor 'mm.input_projection.weight' is missing; the projector file is incomplete")
+        raise GGUFError(f"{g.path}: tensor {proj_name!r} is missing; the projector file is incomplete")
     cfg = MmprojConfig(
         projector_type=str(ptype),
         image_size=image_size,
@@ -92,7 +99,9 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
         image_mean=triple("image_mean"),
         image_std=triple("image_std"),
         n_merge=n_merge,
-        n_text_embd=int(proj.shape[-1]),  # (stored [n_embd, n_text_embd]: clip.cpp multiplies by its transpose)
+        # (Gemma 3's stored [n_embd, n_text_embd]: clip.cpp multiplies by its transpose; SmolVLM's fc [n_text_embd, in])
+        n_text_embd=int(proj.shape[-1] if ptype == "gemma3" else proj.shape[0]),
+        longest_edge=int(g.get("clip.vision.preproc_image_size", 0) or 0) if ptype == "idefics3" else 0,
     )
     side = cfg.n_patches_side
     if patch_size <= 0 or image_size % patch_size or n_merge <= 0 or side % n_merge or n_embd % n_head:

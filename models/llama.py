@@ -52,6 +52,11 @@ class LlamaModel(Model):
     #: the pre-FFN norm's tensor (Seed-OSS's converter names it post_attention_norm)
     ffn_norm_role: str = "ffn_norm"
 
+    @property
+    def takes_images(self) -> bool:
+        """The forward below reads Model.input_embd (SmolVLM's image rows); a subclass with a forward of its own does not."""
+        return type(self).forward is LlamaModel.forward
+
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
         w = WeightLoader(g, backend)
@@ -153,7 +158,10 @@ class LlamaModel(Model):
         x, xn, q, k, v, att, gate, up, q3, k3, v3, att3 = self.step_buffers(T)
 
         o = buf.get("o", T, c.n_embd) if c.residual_scale != 1.0 else None  # (Granite) a block's output
-        be.get_rows(self.tok_embd, tokens, x)
+        if self.input_embd is not None:  # an image's rows (SmolVLM's, Engine.eval_embd), attended causally as llama.cpp
+            x[...] = self.input_embd
+        else:
+            be.get_rows(self.tok_embd, tokens, x)
         if self.embedding_scale() != 1.0:
             be.scale(x, self.embedding_scale())
         for il, L in enumerate(self.layers):

@@ -13,6 +13,10 @@ between ``<start_of_image>`` and ``<end_of_image>`` (runtime/vision.py lays the 
     -> average pooling of n_merge x n_merge patches (Gemma 3: 64x64 patches -> 16x16 = 256 rows)
     -> RMSNorm (mm.soft_emb_norm, its weight already 1 + w in the file) -> x @ mm.input_projection -> [n_rows, n_text_embd]
 
+SmolVLM's projector (clip.cpp's PROJECTOR_TYPE_IDEFICS3, same graph builder) runs the same encoder on each tile of
+a picture (models/idefics3_image.py) and, after the post LayerNorm, a pixel shuffle of n_merge x n_merge patches
+into one row n_merge^2 times wider (:func:`pixel_shuffle`) and one matrix ``mm.model.fc`` into the text width.
+
 One image is a one-off prefill-sized job, so activations are numpy arrays on the host (as models/bert.py's) and
 the ViT's weight products run on the CPU backend's kernels in the file's format.  What ggml's CPU does to the
 numbers is reproduced where it shows: a product with an F16 weight rounds its input to F16 first (ggml's
@@ -53,6 +57,7 @@ TENSOR_NAMES.update({  # the encoder's names (clip.cpp's TN_*, prefix "v")
     "v_post_ln": "v.post_ln.weight", "v_post_ln_b": "v.post_ln.bias",
     "v_patch_b": "v.patch_embd.bias",
     "mm_soft_emb_norm": "mm.soft_emb_norm.weight",
+    "mm_fc": "mm.model.fc.weight",  # (SmolVLM's projection, projector type idefics3)
 })  # fmt: skip
 
 def _f16(x: np.ndarray) -> np.ndarray:
@@ -92,6 +97,9 @@ class SiglipEncoder:
                 L[r], L[r + "_b"] = ld.matrix(f"v_{r}", i), ld.host_vector(f"v_{r}_b", i, required=False)
             self.layers.append(L)
         self.post_ln, self.post_ln_b = ld.host_vector("v_post_ln", required=False), ld.host_vector("v_post_ln_b", required=False)
+        if cfg.projector_type == "idefics3":  # SmolVLM: a pixel shuffle and one matrix [n_text_embd, E * n_merge^2]
+            self.fc = ld.matrix("mm_fc")
+            return
         self.soft_emb_norm = ld.host_vector("mm_soft_emb_norm")
         proj = g.tensor("mm.input_projection.weight")  # [E, n_text_embd]: x @ W
         self.proj = dequantize(proj.data, proj.qtype, proj.shape).reshape(E, cfg.n_text_embd).astype(np.float32)
@@ -147,9 +155,16 @@ class SiglipEncoder:
             x = layer_norm(x, self.post_ln, self.post_ln_b, c.eps)
         return self.project(x)
 
+    def pixel_shuffle(self, x: np.ndarray) -> np.ndarray:
+        """The encoder's rows [n_patches, E] -> [n_tokens, n_merge^2 * E] (:func:`pixel_shuffle`)."""
+        return pixel_shuffle(x, self.cfg.n_patches_side, self.cfg.n_merge)
+
     def project(self, x: np.ndarray) -> np.ndarray:
-        """Gemma 3's projector: the encoder's rows [n_patches, E] pooled n_merge x n_merge, RMS-normed, projected."""
+        """Gemma 3's projector: the encoder's rows [n_patches, E] pooled n_merge x n_merge, RMS-normed, projected.
+        SmolVLM's (idefics3): :meth:`pixel_shuffle`, then ``mm.model.fc`` (clip.cpp's ``build_mm``, no bias)."""
         c = self.cfg
+        if c.projector_type == "idefics3":
+            return self._linear(self.fc, self.pixel_shuffle(x), None)
         n, k = c.n_patches_side, c.n_merge
         x = x.reshape(n // k, k, n // k, k, c.n_embd).mean(axis=(1, 3), dtype=np.float64).reshape(-1, c.n_embd)
         ms = (x * x).mean(axis=-1, keepdims=True)
@@ -157,6 +172,15 @@ class SiglipEncoder:
         if self.proj_f16:
             x = _f16(x)
         return np.ascontiguousarray(x @ self.proj, np.float32)
+
+
+def pixel_shuffle(x: np.ndarray, side: int, k: int) -> np.ndarray:
+    """clip.cpp's ``build_patch_merge_permute`` (Idefics3's pixel shuffle): the rows [side*side, E] of a square of
+    patches (raster order) -> [(side/k)^2, k*k*E], each row a k x k block of patches side by side, in the order
+    (row in the block, column in the block, channel), the blocks in raster order."""
+    E = x.shape[-1]
+    n = side // k
+    return np.ascontiguousarray(x.reshape(n, k, n, k, E).transpose(0, 2, 1, 3, 4).reshape(n * n, k * k * E), np.float32)
 
 
 def _pillow():

@@ -6,7 +6,8 @@ models/siglip.py) and ``<end_of_image>``; the text between is tokenized piece by
 BOS only before the first piece), so the token ids are mtmd_tokenize's.  Text pieces are fed as tokens, image
 rows through :meth:`Engine.eval_embd` (the rows of one image seeing each other, as llama.cpp feeds them); the KV
 cache then holds them as any prompt, and generation goes on from the last text piece, which always has at
-least ``<end_of_image>``.
+least ``<end_of_image>``.  SmolVLM's projector (idefics3) makes a picture a block of tiles between image tokens
+instead, fed as one array of rows (runtime/vision_idefics3.py).
 """
 
 from __future__ import annotations
@@ -37,12 +38,18 @@ class Vision:
 
     def __init__(self, engine: Engine, mmproj: str | os.PathLike) -> None:
         if not getattr(engine.model, "takes_images", False):
-            raise KvrunError(f"{engine.cfg.arch} models take no images; kvrun runs images with Gemma 3 and its mmproj file")
+            raise KvrunError(f"{engine.cfg.arch} models take no images; kvrun runs images with Gemma 3 and SmolVLM and their mmproj files")
         self.engine = engine
         self.encoder = SiglipEncoder.load(mmproj, engine.backend)
         n, m = self.encoder.cfg.n_text_embd, engine.cfg.n_embd
         if n != m:
             raise KvrunError(f"{mmproj}: the projector makes rows {n} wide and {engine.path} embeds {m}: not this model's mmproj")
+        self.begin, self.end, self.idefics3 = IMAGE_BEGIN, IMAGE_END, None
+        if self.encoder.cfg.projector_type == "idefics3":  # SmolVLM: tiles and image tokens, no markers around
+            from .vision_idefics3 import Idefics3Layout
+
+            self.begin, self.end, self.idefics3 = "", "", Idefics3Layout(engine, self.encoder)
+            return
         tok = engine.tokenizer
         for t in (IMAGE_BEGIN, IMAGE_END):
             if len(tok.encode(t, add_bos=False)) != 1:
@@ -53,10 +60,16 @@ class Vision:
         """Positions one image takes in the context (its rows)."""
         return self.encoder.cfg.n_tokens
 
+    def image_positions(self, image: np.ndarray) -> int:
+        """Positions the decoded picture ``image`` (uint8 [h, w, 3]) takes: :attr:`n_tokens`, or SmolVLM's block's."""
+        return self.n_tokens if self.idefics3 is None else self.idefics3.n_positions(image.shape[1], image.shape[0])
+
     def image_rows(self, image: ImageSource) -> np.ndarray:
         """One image decoded (Pillow), resized and normalised as clip.cpp does, encoded: float32 [n_tokens, n_embd]."""
         if isinstance(image, (str, os.PathLike, bytes)):
             image = load_image(image)
+        if self.idefics3 is not None:  # (a PIL image or a uint8 array: its RGB pixels)
+            return self.idefics3.rows(np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, np.uint8))
         return self.encoder.encode(preprocess(image, self.encoder.cfg))
 
     def segments(self, prompt: str, images: list[ImageSource], add_bos: bool = True, encode: bool = True) -> Segments:
@@ -72,7 +85,7 @@ class Vision:
         tok = self.engine.tokenizer
         out: Segments = []
         for i, text in enumerate(pieces):
-            text = (IMAGE_END if i > 0 else "") + text + (IMAGE_BEGIN if i < n else "")
+            text = (self.end if i > 0 else "") + text + (self.begin if i < n else "")
             if text:
                 out.append(tok.encode(text, add_bos=None if i == 0 and add_bos else False, parse_special=True))
             if i < n:

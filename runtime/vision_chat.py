@@ -188,7 +188,7 @@ def lay_out(vision: Vision | None, text: str, images: list[np.ndarray]) -> Laid:
     keys = [image_key(a) for a in images]
     ids: list[int] = []
     for p in pieces:
-        ids.extend(p if isinstance(p, list) else row_ids(keys[p], vision.n_tokens))
+        ids.extend(p if isinstance(p, list) else row_ids(keys[p], vision.image_positions(images[p])))
     return Laid(pieces, images, ids)
 
 
@@ -204,11 +204,15 @@ def generate_reusing(vision: Vision, cache: Any, held: list[int], laid: Laid, re
     with ``laid.ids`` stays, never cutting a picture (its rows were fed seeing each other: all or none), the rest
     is fed (pictures encoded now), the last text piece through ``generate_tokens``; ``held`` follows the cache.
     ``stats.n_prompt`` counts every position evaluated, pictures' rows included."""
-    eng, ids, n_img = vision.engine, laid.ids, vision.n_tokens
+    eng, ids = vision.engine, laid.ids
+
+    def n_img(p: int) -> int:  # (SmolVLM's blocks differ by picture)
+        return vision.image_positions(laid.images[p])
+
     n_keep = min(shared_prefix(held, ids), len(ids) - 1)
     at = 0
     for p in laid.pieces:
-        n = len(p) if isinstance(p, list) else n_img
+        n = len(p) if isinstance(p, list) else n_img(p)
         if not isinstance(p, list) and at < n_keep < at + n:
             n_keep = at
         at += n
@@ -219,7 +223,7 @@ def generate_reusing(vision: Vision, cache: Any, held: list[int], laid: Laid, re
     *head, last = laid.pieces
     at = 0
     for p in head:
-        n = len(p) if isinstance(p, list) else n_img
+        n = len(p) if isinstance(p, list) else n_img(p)
         if at + n > n_keep:
             if isinstance(p, list):
                 eng.eval(cache, p[max(n_keep - at, 0) :])

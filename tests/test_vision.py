@@ -175,8 +175,8 @@ def test_rows_of_another_width_and_models_without_images_are_refused(vision, tmp
 
     with pytest.raises(KvrunError, match="not this model's projector"):
         vision.engine.eval_embd(vision.engine.new_cache(), np.zeros((4, 32), np.float32))
-    with pytest.raises(KvrunError, match="llama models take no images"):
-        Vision(Engine(write_tiny_model(tmp_path / "llama.gguf"), n_ctx=64), tmp_path / "unused.gguf")
+    with pytest.raises(KvrunError, match="phi2 models take no images"):  # (llama takes SmolVLM's: test_vision_idefics3.py)
+        Vision(Engine(write_tiny_model(tmp_path / "phi2.gguf", arch="phi2"), n_ctx=64), tmp_path / "unused.gguf")
 
 
 # ---------------------------------------------------------------- kvrun run --mmproj --image

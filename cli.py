@@ -149,7 +149,7 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
     g = g if g is not None else GGUFFile(path)
     cfg = load_config(g)
     kinds = {"llama": "SentencePiece (spm)", "gpt2": "byte-level BPE", "bert": "WordPiece", "rwkv": "RWKV World (longest match)",
-             "t5": "SentencePiece Unigram (ugm)"}
+             "t5": "SentencePiece Unigram (ugm)", "gemma4": "Gemma 4 BPE (raw UTF-8, byte fallback)"}
     pooling = {1: "mean", 2: "cls", 3: "last"}.get(int(g.arch_get("pooling_type", 1) or 1), "mean")
     tok_model = str(g.get("tokenizer.ggml.model", "none"))
     types = Counter(t.type_name for t in g.tensors.values())

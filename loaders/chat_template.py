@@ -51,7 +51,41 @@ LLAMA3_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
 )
 
-BUILTIN_TEMPLATES = {"gemma": GEMMA_TEMPLATE, "chatml": CHATML_TEMPLATE, "llama3": LLAMA3_TEMPLATE}
+# Gemma 4's turns (<|turn>role ... <turn|>), for a Gemma 4 file without its own template: llama.cpp has no built-in
+# for it, so this is its own template (tests/fixtures/chat_template_gemma4.jinja) cut down to text: the system
+# message a turn of its own (<|think|> at its top with enable_thinking), the reply's thinking stripped from history,
+# an empty thought channel after the generation prompt unless enable_thinking; no tools.  No BOS: the tokenizer adds it.
+GEMMA4_TEMPLATE = (
+    "{%- set ns = namespace(msgs=messages) -%}"
+    "{%- set think = enable_thinking is defined and enable_thinking -%}"
+    "{%- if think or (messages and messages[0]['role'] in ['system', 'developer']) -%}"
+    "{{- '<|turn>system\\n' + ('<|think|>' if think else '') -}}"
+    "{%- if messages and messages[0]['role'] in ['system', 'developer'] -%}"
+    "{{- messages[0]['content'] | trim -}}{%- set ns.msgs = messages[1:] -%}"
+    "{%- endif -%}"
+    "{{- '<turn|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- for message in ns.msgs -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{%- set texts = [message['content']] if message['content'] is string else [] -%}"
+    "{%- if message['content'] is not string and message['content'] is sequence -%}"
+    "{%- set texts = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | list -%}"
+    "{%- endif -%}"
+    "{{- '<|turn>' + role + '\\n' -}}"
+    "{%- for text in texts -%}"
+    "{%- set kept = namespace(text=text) -%}"
+    "{%- if role == 'model' -%}"
+    "{%- set kept.text = '' -%}"
+    "{%- for part in text.split('<channel|>') -%}{%- set kept.text = kept.text + part.split('<|channel>')[0] -%}{%- endfor -%}"
+    "{%- endif -%}"
+    "{{- kept.text | trim -}}"
+    "{%- endfor -%}"
+    "{{- '<turn|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|turn>model\\n' + ('' if think else '<|channel>thought\\n<channel|>') -}}{%- endif -%}"
+)
+
+BUILTIN_TEMPLATES = {"gemma": GEMMA_TEMPLATE, "gemma4": GEMMA4_TEMPLATE, "chatml": CHATML_TEMPLATE, "llama3": LLAMA3_TEMPLATE}
 
 
 class ChatTemplateError(ValueError):
@@ -65,9 +99,11 @@ def file_template(meta: Any) -> str | None:
 
 
 def builtin_template_name(arch: str, tokens: Any = None) -> str:
-    """Which built-in fits: ``gemma`` (gemma architectures, or a vocabulary with
-    ``<start_of_turn>``), ``llama3`` (``<|start_header_id|>``), else ``chatml``."""
+    """Which built-in fits: ``gemma4`` (gemma4, or a vocabulary with ``<|turn>``), ``gemma`` (other gemma
+    architectures, or a vocabulary with ``<start_of_turn>``), ``llama3`` (``<|start_header_id|>``), else ``chatml``."""
     vocab = _vocab_lookup(tokens)
+    if arch.lower() == "gemma4" or (vocab("<|turn>") and vocab("<turn|>")):  # (Gemma 4's own turns: GEMMA4_TEMPLATE)
+        return "gemma4"
     if arch.lower().startswith("gemma") or vocab("<start_of_turn>"):
         return "gemma"
     if vocab("<|start_header_id|>") and vocab("<|eot_id|>"):

@@ -303,6 +303,9 @@ class ModelConfig:
     # streams of the hidden state (i_altup_act: the one a layer computes on), per-layer inputs n_embd_altup wide,
     # LAuReL's low-rank residual of rank laurel_rank
     n_layer_kv_from_start: int = -1
+    #: K+V values one token stores in each layer where layers differ in width or store none (Gemma 3n, Gemma 4:
+    #: shared K/V, two head widths); empty: kv_bytes_per_token counts every attention layer alike
+    kv_values_per_layer: tuple[int, ...] = field(default_factory=tuple)
     n_layer_sparsity: int = 0
     sparsity_std_mul: float = 0.0
     n_altup: int = 0
@@ -320,6 +323,8 @@ class ModelConfig:
 
     def kv_bytes_per_token(self, bits: float = 16.0) -> float:
         """K+V bytes one token occupies over all layers at ``bits`` per value (state-space layers keep none)."""
+        if self.kv_values_per_layer:
+            return sum(self.kv_values_per_layer) * bits / 8.0
         if self.kv_heads_per_layer:  # (OpenELM: each layer its own count)
             return sum(self.kv_heads_per_layer) * (self.head_dim + self.head_dim_v) * bits / 8.0
         per_layer = self.n_head_kv * (self.head_dim + self.head_dim_v)
@@ -490,6 +495,7 @@ def load_config(g: GGUFFile) -> ModelConfig:
         ffn_layers=ffn_layers,
         # (fixed, as llama.cpp's: the files' shared_kv_layers, E2B's 10 of 30 and E4B's 15 of 35, leave the same 20)
         n_layer_kv_from_start=int(d.get("n_layer_kv_from_start", -1)) if arch != "gemma4" else n_layer - int(g.arch_get("attention.shared_kv_layers", 0) or 0),
+        kv_values_per_layer=_shared_kv_values(g, arch, d, n_layer, kv_per_layer, swa_layers, head_dim, head_dim_v) if arch in ("gemma3n", "gemma4") else (),
         n_layer_sparsity=int(d.get("n_layer_sparsity", 0)),
         sparsity_std_mul=float(d.get("sparsity_std_mul", 0.0)),
         n_altup=int(d.get("n_altup", 0)),
@@ -503,3 +509,16 @@ def load_config(g: GGUFFile) -> ModelConfig:
 def yarn_mscale(factor: float) -> float:
     """YaRN attention magnitude correction, 0.1*ln(s)+1 (llama.cpp ``rope_yarn``)."""
     return 1.0 if factor <= 1.0 else 0.1 * math.log(factor) + 1.0
+
+
+def _shared_kv_values(g: GGUFFile, arch: str, d: dict[str, Any], n_layer: int, kv_per_layer: list, swa_layers: tuple[bool, ...],
+                      head_dim: int, head_dim_v: int) -> tuple[int, ...]:
+    """K+V values a token stores in each layer of Gemma 3n / Gemma 4: none from n_layer_kv_from_start on (those layers
+    read an earlier layer's cache), each layer's own KV heads, the window layers' heads key_length_swa wide (Gemma 4's)."""
+    from_start = int(d.get("n_layer_kv_from_start", -1)) if arch != "gemma4" else n_layer - int(g.arch_get("attention.shared_kv_layers", 0) or 0)
+    k_swa = int(g.arch_get("attention.key_length_swa", head_dim) or head_dim)
+    v_swa = int(g.arch_get("attention.value_length_swa", k_swa) or k_swa)
+    return tuple(
+        0 if 0 <= from_start <= il else int(kv_per_layer[il]) * ((k_swa + v_swa) if swa_layers and swa_layers[il] else (head_dim + head_dim_v))
+        for il in range(n_layer)
+    )

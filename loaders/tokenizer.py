@@ -8,6 +8,7 @@
   ``tokenizer.ggml.pre`` names (as llama.cpp's ``src/llama-vocab.cpp`` defines them).
 * ``"rwkv"`` (RWKV World): the longest token the bytes start with, greedily (``rwkv_vocab.py``).
 * ``"t5"`` (SentencePiece Unigram, e.g. XLM-RoBERTa's in bge-m3): llama.cpp's UGM tokenizer (``ugm.py``).
+* ``"gemma4"`` (Gemma 4): BPE over raw UTF-8 with "▁" spaces and ``<0xXX>`` byte fallback, BOS always (``gemma4_vocab.py``).
 
 What follows llama.cpp (``llama_vocab::impl``) on purpose:
 
@@ -32,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from . import rwkv_vocab, ugm, wpm
+from . import gemma4_vocab, rwkv_vocab, ugm, wpm
 from .strings import StringArray
 
 # GGUF token types (gguf-py TokenType / llama.cpp llama_token_type)
@@ -240,11 +241,13 @@ class Tokenizer:
 
     def __init__(self, md: Mapping[str, Any]) -> None:
         self.model = str(md.get("tokenizer.ggml.model", ""))
-        if self.model not in ("llama", "gpt2", "bert", "rwkv", "t5"):
+        if self.model not in ("llama", "gpt2", "bert", "rwkv", "t5", "gemma4"):
             raise ValueError(f"tokenizer model {self.model!r} is not supported (llama/SentencePiece, gpt2/byte-level BPE, bert/WordPiece, "
-                             "t5/Unigram and rwkv/World are)")
-        self.kind = {"llama": "spm", "gpt2": "bpe", "bert": "wpm", "rwkv": "rwkv", "t5": "ugm"}[self.model]
+                             "t5/Unigram, rwkv/World and gemma4 are)")
+        self.kind = {"llama": "spm", "gpt2": "bpe", "bert": "wpm", "rwkv": "rwkv", "t5": "ugm", "gemma4": "gemma4"}[self.model]
         self.pre = str(md.get("tokenizer.ggml.pre", "default") or "default")
+        if self.kind == "gemma4" or (self.kind == "bpe" and self.pre in gemma4_vocab.PRE_NAMES):  # (loaders/gemma4_vocab.py)
+            self.kind, self.pre = "gemma4", "gemma4" if self.kind == "gemma4" else self.pre
 
         tokens = md["tokenizer.ggml.tokens"]
         if not isinstance(tokens, StringArray):
@@ -275,7 +278,7 @@ class Tokenizer:
             add_bos, add_eos, self.add_space_prefix = False, True, False
             self.ignore_merges = False
             self._ugm_attrs = self.attrs.copy()  # (llama.cpp builds its UGM tokenizer before the fix-ups below)
-        elif self.kind == "rwkv":  # RWKV World (loaders/rwkv_vocab.py): no special token unless the file names one
+        elif self.kind in ("rwkv", "gemma4"):  # RWKV World (loaders/rwkv_vocab.py), Gemma 4: no special token unless the file names one
             bos = eos = unk = None
             add_bos, add_eos, self.add_space_prefix = False, False, False
             self.ignore_merges = False
@@ -294,6 +297,8 @@ class Tokenizer:
         self.unk_id = self._special_id(md, "unknown_token_id", unk)
         self.add_bos = bool(md.get("tokenizer.ggml.add_bos_token", add_bos))
         self.add_eos = bool(md.get("tokenizer.ggml.add_eos_token", add_eos))
+        if self.kind == "gemma4":  # (llama.cpp adds BOS to a Gemma 4 vocabulary whatever the file says)
+            self.add_bos = True
         if self.add_bos and self.bos_id is None:
             self.add_bos = False
         if self.add_eos and self.eos_id is None:
@@ -322,6 +327,10 @@ class Tokenizer:
         elif self.kind == "rwkv":
             self._rwkv: rwkv_vocab.RwkvVocab | None = None  # (the trie, built on first use)
             self.add_bos = self.add_eos = False  # (llama.cpp's RWKV tokenize adds neither, whatever the file says)
+        elif self.kind == "gemma4":
+            if md.get("tokenizer.ggml.merges") is None:
+                raise ValueError("a gemma4 vocabulary needs tokenizer.ggml.merges, and this file has none")
+            self._g4 = gemma4_vocab.Gemma4Vocab(list(self.tokens), md["tokenizer.ggml.merges"])
         elif self.kind == "bpe":
             self._hf = _build_bpe(list(self.tokens), md.get("tokenizer.ggml.merges") or [], PRE_TOKENIZERS.get(self.pre, _DEFAULT), self.ignore_merges)
 
@@ -510,6 +519,9 @@ class Tokenizer:
                 self._rwkv = rwkv_vocab.RwkvVocab(self.tokens, self.unk_id)
             for f in frags:
                 ids.extend([f] if isinstance(f, int) else self._rwkv.encode(text[f[0] : f[1]]))
+        elif self.kind == "gemma4":
+            for f in frags:
+                ids.extend([f] if isinstance(f, int) else self._g4.encode(text[f[0] : f[1]]))
         elif self.kind == "spm":
             texts: list[str] = []
             prev_special = True
@@ -593,7 +605,7 @@ class Tokenizer:
         if attr & (_A_SPECIAL | A_USER_DEFINED):
             return tok.encode("utf-8")
         if attr & A_NORMAL:
-            if self.kind in ("spm", "wpm", "ugm"):
+            if self.kind in ("spm", "wpm", "ugm", "gemma4"):
                 return tok.replace("\u2581", " ").encode("utf-8")
             return _decode_byte_level(tok)
         if attr & A_BYTE:

@@ -119,6 +119,16 @@ def test_a_missing_tensor_is_named_in_one_line(tmp_path, variant, missing):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("fixture", ["gemma4", "gemma4_moe"])
+def test_kv_bytes_per_token_count_what_the_cache_holds(tmp_path, fixture):
+    """``kvrun info``'s KV cache / token: only the layers that store K/V (not those that share an earlier one's),
+    each with its own KV heads at its own width (window layers' 16, global ones' 32)."""
+    cfg, model = _build(write_tiny_model(tmp_path / "g.gguf", **FIXTURE_MODELS[fixture]))
+    held = sum(s.n_head_kv * (s.head_dim + s.head_dim_v) for s in model.layer_specs() if s.kv_from < 0)
+    assert cfg.kv_bytes_per_token(16) == held * 2 and cfg.kv_bytes_per_token(8) == held
+    assert held == {"gemma4": 2 * 1 * 32 + 2 * 64, "gemma4_moe": 3 * 1 * 32 + 2 * 64}[fixture]
+
+
 def test_gemma4_runs_on_the_cpu_only(tmp_path):
     g = GGUFFile(write_tiny_model(tmp_path / "g.gguf", **FIXTURE_MODELS["gemma4"]))
 
@@ -163,3 +173,25 @@ def test_gemma4_chat_template_renders():
         f"required:[{q}city{q}],type:{q}OBJECT{q}}}}}<tool|><turn|>\n<|turn>user\nWeather?<turn|>\n"
         f"<|turn>model\n<|tool_call>call:get_weather{{city:{q}Paris{q},metric:true}}<tool_call|><turn|>\n"
     )
+
+
+def test_a_gemma4_file_without_a_template_gets_gemma4_turns():
+    """The built-in fallback (llama.cpp has none for Gemma 4) renders what Gemma 4's own template renders for text
+    conversations, BOS aside (the tokenizer adds it): system turn, thinking stripped from history, the empty thought
+    channel unless enable_thinking; Gemma 3's <start_of_turn> stays Gemma 3's."""
+    from kvrun.loaders.chat_template import GEMMA4_TEMPLATE as BUILTIN
+    from kvrun.loaders.chat_template import GEMMA_TEMPLATE, builtin_template, render_chat
+
+    assert builtin_template("gemma4") is BUILTIN and builtin_template("llama", ["<|turn>", "<turn|>"]) is BUILTIN
+    assert builtin_template("gemma3") is GEMMA_TEMPLATE
+    convs = [
+        [{"role": "system", "content": " Be brief. "}, {"role": "user", "content": " Hi"},
+         {"role": "assistant", "content": "<|channel>thought\nhmm<channel|>Hello!"}, {"role": "user", "content": "Weather?"}],
+        [{"role": "user", "content": "Hi"}],
+        [{"role": "user", "content": [{"type": "text", "text": "a "}, {"type": "text", "text": "b"}]},
+         {"role": "assistant", "content": [{"type": "text", "text": " <|channel>t<channel|>x "}]}],
+        [{"role": "developer", "content": "sys"}, {"role": "user", "content": "q"}],
+    ]  # fmt: skip
+    for msgs in convs:
+        for kw in ({}, {"enable_thinking": True}, {"add_generation_prompt": False}):
+            assert render_chat(BUILTIN, msgs, **kw) == render_chat(GEMMA4_TEMPLATE, msgs, bos_token="", **kw), (msgs, kw)

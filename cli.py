@@ -745,6 +745,9 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
         text = Path(prompt_file).read_text(encoding="utf-8")
     req = _check_lookup(lookup, n_predict, stop, sampling, kw)
     req.ignore_eos = ignore_eos
+    from .runtime.diffusion import refuse_text_generation
+
+    refuse_text_generation(_resolve(model))  # (a diffusion model: one line pointing at `kvrun diffusion`)
     m = _load(model, kw)
     if mmproj is not None:  # images in the prompt (runtime/vision.py)
         return _run_vision(m, text, mmproj, list(images), req, no_stats)
@@ -776,6 +779,46 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
         if prompt_cache is not None:
             click.echo(f"(prompt cache {prompt_cache}: {reused} of the prompt's {len(ids)} tokens reused)", err=True)
         click.echo(_stats_line(stats, cache, m.engine) + f" load {m.engine.load_time:.2f} s", err=True)
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("-p", "--prompt", required=True, help="prompt text")
+@click.option("--diffusion-steps", "steps", type=int, default=128, show_default=True, help="denoising steps")
+@click.option("-ub", "--max-length", "max_length", type=int, default=512, show_default=True,
+              help="the whole sequence, prompt included (llama-diffusion-cli's -ub): the prompt then masks up to it")  # fmt: skip
+@click.option("--diffusion-eps", "eps", type=float, default=0.0, help="Dream's timestep schedule (e.g. 0.001); or:")
+@click.option("--diffusion-block-length", "block_length", type=int, default=0, help="LLaDA's blocks of this many positions (e.g. 32)")
+@click.option("--diffusion-algorithm", "algorithm", default="confidence", show_default=True,
+              help="which masks a step fills: origin, entropy, margin, random, confidence (or 0-4, llama.cpp's numbers)")  # fmt: skip
+@click.option("--diffusion-alg-temp", "alg_temp", type=float, default=0.0, show_default=True, help="draw the positions (> 0) instead of the most confident")
+@click.option("--diffusion-visual", "visual", is_flag=True, help="redraw the text at every step (on stderr)")
+@click.option("--temp", "temperature", type=float, default=0.0, show_default=True, help="temperature (0: each position's most probable token)")
+@click.option("--top-k", type=int, default=40, show_default=True)
+@click.option("--top-p", type=float, default=0.95, show_default=True)
+@click.option("--seed", type=int, default=None, help="random seed (-1 or none: random)")
+@click.option("--no-chat-template", is_flag=True, help="denoise after the prompt as it is, not as the chat template's user turn")
+@click.option("-t", "--threads", type=int, default=None, help="CPU threads")
+@friendly
+def diffusion(model: str | None, prompt: str, visual: bool, no_chat_template: bool, threads: int | None, **params: Any) -> None:
+    """Denoise text with a diffusion language model: Dream, LLaDA, LLaDA-MoE, RND1 (as llama-diffusion-cli)."""
+    from .runtime.api import Model
+    from .runtime.diffusion import DiffusionParams, check_diffusion_model, diffusion_text, progress_line, visual_frame
+
+    prm = DiffusionParams(**params)
+    prm.validate(0)  # (a bad flag fails before the model loads; the prompt's length is checked once tokenized)
+    m = Model(_engine(_resolve(model), n_ctx=prm.max_length, n_batch=prm.max_length, threads=threads))
+    check_diffusion_model(m.engine)
+
+    def show(step: int, total: int, tokens: Any, n_prompt: int, mask_id: int) -> None:
+        if visual:
+            click.echo(visual_frame(step, total, tokens, n_prompt, mask_id, lambda t: m.tokenizer.token_to_piece(t, special=False)), nl=False, err=True)
+        else:
+            click.echo("\r" + progress_line(step, total), nl=False, err=True)
+
+    text = diffusion_text(m, prompt, prm, not no_chat_template, show)
+    click.echo("", err=True)
+    click.echo(text)
 
 
 @main.command()

@@ -42,6 +42,7 @@ SUPPORTED_ARCHITECTURES += ("exaone-moe",)  # K-EXAONE: EXAONE 4.0's attention, 
 SUPPORTED_ARCHITECTURES += ("pangu-embedded",)  # openPangu-Embedded: Llama with attention biases (models/pangu_embedded.py)
 SUPPORTED_ARCHITECTURES += ("minicpm3",)  # MiniCPM3-4B: DeepSeek-V2's latent attention with muP (models/minicpm3.py)
 SUPPORTED_ARCHITECTURES += ("phimoe", "bailingmoe", "hunyuan-moe", "dots1", "rnd1", "grovemoe")  # mixtures of experts: models/<arch>.py
+SUPPORTED_ARCHITECTURES += ("dream", "llada", "llada-moe")  # diffusion language models (kvrun diffusion): models/dream.py, llada.py, llada_moe.py
 SUPPORTED_ARCHITECTURES += ("gemma4",)  # Gemma 4: Gemma 3n's per-layer inputs and K/V sharing, heads of two widths, experts (models/gemma4.py)
 SUPPORTED_ARCHITECTURES += ("minimax-m2", "mimo2", "step35", "mistral4")  # models/minimax_m2.py, mimo2.py, step35.py, mistral4.py
 SUPPORTED_ARCHITECTURES += ("modern-bert", "eurobert", "llama-embed", "t5encoder")  # encoders: models/modern_bert.py, eurobert.py, llama_embed.py, t5encoder.py
@@ -151,6 +152,10 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "dots1": {"rope_neox": True, "expert_weights_norm": False},
     "rnd1": {"rope_neox": True},
     "grovemoe": {"rope_neox": True},
+    # Dream (Qwen2 trunk), LLaDA-MoE: rope over halves; LLaDA (Llama trunk): over consecutive pairs (llama_model_rope_type)
+    "dream": {"rope_neox": True},
+    "llada": {"rope_neox": False},
+    "llada-moe": {"rope_neox": True, "expert_weights_norm": False},
     "pangu-embedded": {"rope_neox": True},  # (openPangu-Embedded: Llama with Q/K/V/O biases, rope over halves)
     # encoders: ModernBERT's window layers symmetric, of every sliding_window_pattern (3) the first global; EuroBERT rope over
     # halves, llama-embed over consecutive pairs (Llama's); T5 has no rope (relative position buckets)

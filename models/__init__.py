@@ -80,6 +80,9 @@ from .qwen35 import Qwen35Model
 from .qwen3moe import Qwen3MoeModel
 from .qwen3vl import Qwen3VLModel, Qwen3VLMoeModel
 from .rnd1 import Rnd1Model
+from .dream import DreamModel  # (diffusion language models: models/diffusion_lm.py)
+from .llada import LladaModel
+from .llada_moe import LladaMoeModel
 from .rwkv6 import RWKV6Model
 from .rwkv6qwen2 import RWKV6Qwen2Model
 from .rwkv7 import RWKV7Model
@@ -112,7 +115,8 @@ for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model
              QwenModel, BaichuanModel, OrionModel, XverseModel, Plamo3Model, MaincoderModel, Jais2Model,
              ModernBertModel, EuroBertModel, LlamaEmbedModel, T5EncoderModel,
              MiniMaxM2Model, Mimo2Model, Step35Model, Mistral4Model, Gemma4Model,
-             BailingMoeModel, HunyuanMoeModel, Dots1Model, PhiMoeModel, GroveMoeModel, Rnd1Model):  # fmt: skip
+             BailingMoeModel, HunyuanMoeModel, Dots1Model, PhiMoeModel, GroveMoeModel, Rnd1Model,
+             DreamModel, LladaModel, LladaMoeModel):  # fmt: skip
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

@@ -5,9 +5,9 @@ The block is Qwen3-MoE's (``qwen3moe.py``: Q and K RMS-normalised per head befor
 the chosen experts' weights always renormalised) with one difference: attention is *non-causal*, every position
 seeing every other of the sequence, before or after it (llama.cpp builds it without a KV cache and its loader sets
 ``causal_attn`` false).  The model does not write text left to right: it fills masked positions of a whole sequence
-over many denoising steps (llama.cpp's ``llama-diffusion-cli``), which kvrun does not run.
+over many denoising steps (llama.cpp's ``llama-diffusion-cli``; kvrun's ``kvrun diffusion``, runtime/diffusion.py).
 
-So kvrun runs the forward pass only, over one batch from position 0 (a step of the denoiser: the logits of every
+So the model runs one forward pass over one batch from position 0 (a step of the denoiser: the logits of every
 position of the sequence), the batch's rows seeing each other both ways (``cache/bidirectional.py``); a batch that
 continues a sequence (a decode step, a prompt longer than the batch) is refused in one line, and so ``kvrun run``
 is.  It runs on the CPU only (the routing is host work, as every mixture of experts here).

@@ -171,6 +171,20 @@ class Model:
     def complete(self, prompt: str | list[int], max_tokens: int = 256, **kw: Any) -> str:
         return "".join(self.generate(prompt, max_tokens=max_tokens, **kw))
 
+    def diffuse(self, prompt: str, chat_template: bool = True, **params: Any) -> str:
+        """A diffusion language model's text after ``prompt`` (Dream, LLaDA, LLaDA-MoE, RND1; runtime/diffusion.py),
+        as llama-diffusion-cli's: ``params`` are :class:`~kvrun.runtime.diffusion.DiffusionParams`' (``steps``,
+        ``eps`` or ``block_length``, ``algorithm``, ``temperature``...), ``max_length`` at most the model's context
+        and batch (its default: the batch), e.g. ``kvrun.load(path, n_ctx=256, n_batch=256).diffuse("Hi", eps=1e-3)``."""
+        from .diffusion import DiffusionParams, diffusion_text
+
+        params.setdefault("max_length", min(self.engine.n_batch, self.engine.n_ctx))
+        try:
+            prm = DiffusionParams(**params)
+        except TypeError as e:
+            raise KvrunError(f"diffuse: {e}") from None
+        return diffusion_text(self, prompt, prm, chat_template)
+
     def chat_template(self) -> str:
         return file_template(self.engine.gguf) or builtin_template(self.config.arch, self.tokenizer)
 

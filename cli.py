@@ -329,7 +329,7 @@ def info(model: str | None, as_json: bool) -> None:
         lines = [(k, "none (the file says so: rope.scaling.finetuned false)" if k == "rope" else v) for k, v in lines]
     if f["architecture"] in ("gpt2", "starcoder"):  # (its positions are learned rows added to the embeddings)
         lines = [(k, "none (learned positions: position_embd.weight)" if k == "rope" else v) for k, v in lines]
-    if f["architecture"] in ("bloom", "mpt"):  # (ALiBi: a distance penalty on the attention scores)
+    if f["architecture"] in ("bloom", "mpt", "jais", "refact"):  # (ALiBi: a distance penalty on the attention scores)
         lines = [(k, "none (ALiBi)" if k == "rope" else v) for k, v in lines]
     if f["embedding_pooling"]:  # an encoder: no chat, no KV cache; BERT no rope or window (EmbeddingGemma has both)
         gone = ("chat template", "KV cache / token") + (("rope", "sliding window") if f["architecture"] not in ("gemma-embedding", "modern-bert") else ())

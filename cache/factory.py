@@ -55,7 +55,7 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
     if any(spec.kv_from >= 0 for spec in specs) and (device != "cpu" or (kv is not None and kv.is_compressed)):
         raise ValueError("layers that share K/V (gemma3n) run on the plain CPU cache only for now; use --device cpu without --kv-* options")
     if any(spec.position_channel for spec in specs) and (device != "cpu" or (kv is not None and kv.is_compressed)):
-        raise ValueError("ALiBi (bloom, mpt) runs on the plain CPU cache only for now; use --device cpu without --kv-* options")
+        raise ValueError("ALiBi (bloom, mpt, jais, refact, baichuan 13B) runs on the plain CPU cache only for now; use --device cpu without --kv-* options")
     if any(spec.window < 0 for spec in specs) and (device != "cpu" or (kv is not None and kv.is_compressed)):
         raise ValueError("chunked attention (llama4) runs on the plain CPU cache only for now; use --device cpu without --kv-* options")
     layer_cls, plain = CompressedLayerCache, make_plain_cache

@@ -43,6 +43,7 @@ SUPPORTED_ARCHITECTURES += ("pangu-embedded",)  # openPangu-Embedded: Llama with
 SUPPORTED_ARCHITECTURES += ("minicpm3",)  # MiniCPM3-4B: DeepSeek-V2's latent attention with muP (models/minicpm3.py)
 SUPPORTED_ARCHITECTURES += ("phimoe", "bailingmoe", "hunyuan-moe", "dots1", "rnd1", "grovemoe")  # mixtures of experts: models/<arch>.py
 SUPPORTED_ARCHITECTURES += ("dream", "llada", "llada-moe")  # diffusion language models (kvrun diffusion): models/dream.py, llada.py, llada_moe.py
+SUPPORTED_ARCHITECTURES += ("jais", "codeshell", "refact", "plm", "plamo", "chameleon")  # older and niche decoders: models/jais.py, codeshell.py, refact.py, plm.py, plamo.py, chameleon.py
 SUPPORTED_ARCHITECTURES += ("gemma4",)  # Gemma 4: Gemma 3n's per-layer inputs and K/V sharing, heads of two widths, experts (models/gemma4.py)
 SUPPORTED_ARCHITECTURES += ("minimax-m2", "mimo2", "step35", "mistral4")  # models/minimax_m2.py, mimo2.py, step35.py, mistral4.py
 SUPPORTED_ARCHITECTURES += ("modern-bert", "eurobert", "llama-embed", "t5encoder")  # encoders: models/modern_bert.py, eurobert.py, llama_embed.py, t5encoder.py
@@ -174,6 +175,14 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "plamo3": {"rope_neox": True, "swa_pattern": 8},
     "maincoder": {"rope_neox": False},
     "jais2": {"rope_neox": True},
+    # Jais (ALiBi, no rope), CodeShell (GPT-2's block, rope over halves), Refact (Llama with ALiBi, no rope), PLM (latent
+    # attention, rope over consecutive pairs of the rope part), PLaMo (rope over halves), Chameleon (over consecutive pairs)
+    "jais": {"rope_neox": False},
+    "codeshell": {"rope_neox": True},
+    "refact": {"rope_neox": False},
+    "plm": {"rope_neox": False},
+    "plamo": {"rope_neox": True},
+    "chameleon": {"rope_neox": False},
     # GPT-2 (learned positions, no rope), StarCoder2 (rope over halves, the whole head; llama.cpp never reads its
     # sliding window, so neither does kvrun: attention.sliding_window ignored), GPT-NeoX / Pythia (rope over halves of
     # the first rope.dimension_count dimensions): LayerNorms with biases, attention.layer_norm_epsilon

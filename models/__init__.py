@@ -95,6 +95,12 @@ from .step35 import Step35Model
 from .starcoder2 import StarCoder2Model
 from .baichuan import BaichuanModel  # (the Llama block's kin: qwen, baichuan, orion, xverse, plamo3, maincoder, jais2)
 from .jais2 import Jais2Model
+from .jais import JaisModel  # (older and niche decoders: jais, codeshell, refact, plm, plamo, chameleon)
+from .codeshell import CodeShellModel
+from .refact import RefactModel
+from .plm import PLMModel
+from .plamo import PlamoModel
+from .chameleon import ChameleonModel
 from .maincoder import MaincoderModel
 from .orion import OrionModel
 from .plamo3 import Plamo3Model
@@ -116,7 +122,8 @@ for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model
              ModernBertModel, EuroBertModel, LlamaEmbedModel, T5EncoderModel,
              MiniMaxM2Model, Mimo2Model, Step35Model, Mistral4Model, Gemma4Model,
              BailingMoeModel, HunyuanMoeModel, Dots1Model, PhiMoeModel, GroveMoeModel, Rnd1Model,
-             DreamModel, LladaModel, LladaMoeModel):  # fmt: skip
+             DreamModel, LladaModel, LladaMoeModel,
+             JaisModel, CodeShellModel, RefactModel, PLMModel, PlamoModel, ChameleonModel):  # fmt: skip
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

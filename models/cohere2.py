@@ -75,6 +75,10 @@ class Cohere2Model(Model):
     def final_norm(self, x: Any, out: Any) -> None:
         self.be.layer_norm(x, self.output_norm, None, self.cfg.norm_eps, out)
 
+    def block_norm(self, x: Any, w: Any, out: Any) -> None:
+        """A layer's one norm of the stream ``x`` into ``out``: LayerNorm without a bias (PLaMo: RMSNorm, models/plamo.py)."""
+        self.be.layer_norm(x, w, None, self.cfg.norm_eps, out)
+
     def logit_multiplier(self) -> float:
         return self.cfg.logit_scale
 
@@ -84,13 +88,13 @@ class Cohere2Model(Model):
             self.be.rope_qk(q3, k3, pos, self.rope_cos, self.rope_sin, self.cfg.rope_neox)
 
     def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
-        c, be = self.cfg, self.be
+        be = self.be
         T = len(tokens)
         x, xn, q, k, v, att, gate, up, q3, k3, v3, att3 = self.step_buffers(T)
 
         be.get_rows(self.tok_embd, tokens, x)
         for il, L in enumerate(self.layers):
-            be.layer_norm(x, L.attn_norm, None, c.norm_eps, xn)  # read by attention and the FFN both
+            self.block_norm(x, L.attn_norm, xn)  # read by attention and the FFN both
             self.trace("attn_norm", il, xn)
             be.linear_many((L.wq, L.wk, L.wv), xn, (q, k, v))
             if L.bq is not None:

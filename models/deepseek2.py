@@ -176,7 +176,7 @@ class Deepseek2Model(Model):
             ffn_norm=w.vector("ffn_norm", i),
         )
         if i < self.n_dense_lead:
-            L.w_gate, L.w_up, L.w_down = (w.matrix(r, i) for r in ("w_gate", "w_up", "w_down"))
+            self.load_dense_ffn(w, i, L)
         else:
             if c.n_expert <= 0:
                 raise GGUFError(f"{w.g.path}: blk.{i} is past leading_dense_block_count {self.n_dense_lead} but the file states no experts")
@@ -254,9 +254,17 @@ class Deepseek2Model(Model):
                 be.rms_norm(x, L.ffn_norm, c.norm_eps, xn)
                 moe_add(be, L.moe, xn, x, buf)
             else:
-                n_ff = L.w_gate.shape[0]
-                gate, up = buf.get("gate", T, n_ff), buf.get("up", T, n_ff)
-                be.norm_linear_many(x, L.ffn_norm, c.norm_eps, xn, (L.w_gate, L.w_up), (gate, up))
-                self.add_output(x, o, lambda out, acc: be.linear_glu(L.w_down, gate, up, out, "silu", accumulate=acc))
+                self.dense_ffn(L, x, xn, o)
             self.trace("l_out", il, x)
         self.output_head(x, out_rows, logits)
+
+    def load_dense_ffn(self, w: WeightLoader, i: int, L: Deepseek2Layer) -> None:
+        """A dense layer's FFN weights into ``L``: SwiGLU's (PLM: an ungated squared ReLU's, models/plm.py)."""
+        L.w_gate, L.w_up, L.w_down = (w.matrix(r, i) for r in ("w_gate", "w_up", "w_down"))
+
+    def dense_ffn(self, L: Deepseek2Layer, x: Any, xn: Any, o: Any) -> None:
+        """``x +=`` a dense layer's FFN of the stream ``x`` RMSNormed into ``xn`` (``o``: add_output's scratch)."""
+        be, T, n_ff = self.be, x.shape[0], L.w_gate.shape[0]
+        gate, up = self.buf.get("gate", T, n_ff), self.buf.get("up", T, n_ff)
+        be.norm_linear_many(x, L.ffn_norm, self.cfg.norm_eps, xn, (L.w_gate, L.w_up), (gate, up))
+        self.add_output(x, o, lambda out, acc: be.linear_glu(L.w_down, gate, up, out, "silu", accumulate=acc))

@@ -104,7 +104,7 @@ class GPT2Model(Phi2Model):
     def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
         c, be = self.cfg, self.be
         T = len(tokens)
-        x, xn, q, k, v, att, _, up, q3, k3, v3, att3 = self.step_buffers(T)
+        x, xn, q, k, v, att, gate, up, q3, k3, v3, att3 = self.step_buffers(T)
 
         self.embed(tokens, pos, x, xn)
         for il, L in enumerate(self.layers):
@@ -124,10 +124,16 @@ class GPT2Model(Phi2Model):
             if not self.parallel_residual:  # the FFN's norm of the stream attention's output went into
                 be.layer_norm(x, L.ffn_norm, L.ffn_norm_b, c.norm_eps, xn)
             self.trace("ffn_norm", il, xn)
-            be.linear(L.w_up, xn, up)
-            be.add_bias(up, L.b_up)
-            be.gelu(up, up)
-            be.linear_add(L.w_down, up, x)
-            be.add_bias(x, L.b_down)
+            self.ffn(L, xn, gate, up, x)
             self.trace("l_out", il, x)
         self.output_head(x, out_rows, logits)
+
+    def ffn(self, L: GPT2Layer, xn: Any, gate: Any, up: Any, x: Any) -> None:
+        """``x +=`` the FFN of the normed rows ``xn`` (``gate``, ``up``: ``[T, n_ff]`` scratch): GELU between the biased
+        ``ffn_up`` and ``ffn_down`` (Jais: a biased SwiGLU, models/jais.py)."""
+        be = self.be
+        be.linear(L.w_up, xn, up)
+        be.add_bias(up, L.b_up)
+        be.gelu(up, up)
+        be.linear_add(L.w_down, up, x)
+        be.add_bias(x, L.b_down)

@@ -265,6 +265,17 @@ FIXTURE_MODELS: dict[str, dict] = {
     "plamo3-full": {"arch": "plamo3", "variant": "full"},
     "maincoder": {"arch": "maincoder"},
     "jais2": {"arch": "jais2"},
+    # tiny_classic2.py: Jais (ALiBi over 5 heads, muP's 1/head_dim scores, biased SwiGLU), CodeShell (GPT-2's block with
+    # neox rope and GQA), Refact (Llama with ALiBi, multi-query), PLM (latent attention without a query LoRA, squared ReLU),
+    "jais": {"arch": "jais"},
+    "codeshell": {"arch": "codeshell"},
+    "refact": {"arch": "refact"},
+    "plm": {"arch": "plm"},
+    # PLaMo v1 (Llama's parts in a parallel block), Chameleon (per-head QK LayerNorms with biases, image tokens suppressed;
+    # "-swin": Chameleon-30B's norms after attention and the FFN)
+    "plamo": {"arch": "plamo"},
+    "chameleon": {"arch": "chameleon"},
+    "chameleon-swin": {"arch": "chameleon", "variant": "swin"},
 }
 
 
@@ -345,6 +356,10 @@ def write_tiny_model(
         from tiny_llama_likes2 import write_tiny_llama_like2
 
         return write_tiny_llama_like2(path, arch, qtype, seed, variant)
+    if arch in ("jais", "codeshell", "refact", "plm", "plamo", "chameleon"):  # (tiny_classic2.py: chameleon's ``variant``)
+        from tiny_classic2 import write_tiny_classic2
+
+        return write_tiny_classic2(path, arch, qtype, seed, variant)
     if arch in ("phimoe", "bailingmoe", "hunyuan-moe", "dots1", "rnd1", "grovemoe"):  # (tiny_moe2.py: its ``variant``)
         from tiny_moe2 import write_tiny_moe2
 

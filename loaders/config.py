@@ -44,6 +44,7 @@ SUPPORTED_ARCHITECTURES += ("minicpm3",)  # MiniCPM3-4B: DeepSeek-V2's latent at
 SUPPORTED_ARCHITECTURES += ("phimoe", "bailingmoe", "hunyuan-moe", "dots1", "rnd1", "grovemoe")  # mixtures of experts: models/<arch>.py
 SUPPORTED_ARCHITECTURES += ("dream", "llada", "llada-moe")  # diffusion language models (kvrun diffusion): models/dream.py, llada.py, llada_moe.py
 SUPPORTED_ARCHITECTURES += ("jais", "codeshell", "refact", "plm", "plamo", "chameleon")  # older and niche decoders: models/jais.py, codeshell.py, refact.py, plm.py, plamo.py, chameleon.py
+SUPPORTED_ARCHITECTURES += ("dbrx", "arctic", "grok", "nemotron_h_moe")  # big mixtures of experts: models/dbrx.py, arctic.py, grok.py, nemotron_h_moe.py
 SUPPORTED_ARCHITECTURES += ("gemma4",)  # Gemma 4: Gemma 3n's per-layer inputs and K/V sharing, heads of two widths, experts (models/gemma4.py)
 SUPPORTED_ARCHITECTURES += ("minimax-m2", "mimo2", "step35", "mistral4")  # models/minimax_m2.py, mimo2.py, step35.py, mistral4.py
 SUPPORTED_ARCHITECTURES += ("modern-bert", "eurobert", "llama-embed", "t5encoder")  # encoders: models/modern_bert.py, eurobert.py, llama_embed.py, t5encoder.py
@@ -249,6 +250,12 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # Gemma 4 (models/gemma4.py): what Gemma 3n fixes in code its files state (the window pattern a flag a layer,
     # shared_kv_layers, embedding_length_per_layer_input, the window layers' heads and rope); rope over halves
     "gemma4": {"rope_neox": True},
+    # DBRX, Arctic, Grok (softmax-routed experts, renormalised); Nemotron-H MoE: no rope, its sigmoid weights as the router
+    # gave them unless expert_weights_norm says (models/dbrx.py, arctic.py, grok.py, nemotron_h_moe.py)
+    "dbrx": {"rope_neox": True},
+    "arctic": {"rope_neox": False},
+    "grok": {"rope_neox": True},
+    "nemotron_h_moe": {"rope_neox": False, "expert_weights_norm": False},
 }
 
 
@@ -458,7 +465,7 @@ def load_config(g: GGUFFile) -> ModelConfig:
         else:
             every = int(g.arch_get("full_attention_interval", d["full_attention_interval"]) or d["full_attention_interval"])
             ssm_layers = tuple((il + 1) % every != 0 for il in range(n_layer))
-    if arch == "nemotron_h":  # (llama.cpp: a layer is Mamba-2 where both its head_count_kv and feed_forward_length are 0)
+    if arch in ("nemotron_h", "nemotron_h_moe"):  # (llama.cpp: a layer is Mamba-2 where both its head_count_kv and feed_forward_length are 0)
         ff = g.arch_get("feed_forward_length")
         ff_per_layer = [int(n) for n in ff] if hasattr(ff, "__len__") else [int(ff)] * n_layer
         ssm_layers = tuple(int(n) == 0 and f == 0 for n, f in zip(kv_per_layer, ff_per_layer))

@@ -6,6 +6,7 @@ from ..loaders.errors import UnsupportedModelError
 from .afmoe import AfmoeModel
 from .apertus import ApertusModel
 from .arcee import ArceeModel
+from .arctic import ArcticModel
 from .arwkv7 import ARWKV7Model
 from .bailingmoe import BailingMoeModel
 from .bailingmoe2 import BailingMoe2Model
@@ -17,6 +18,7 @@ from .cohere2 import Cohere2Model
 from .command_r import CommandRModel
 from .common import Model
 from .deepseek import DeepseekModel
+from .dbrx import DbrxModel
 from .deepseek2 import Deepseek2Model
 from .dots1 import Dots1Model
 from .ernie4_5 import Ernie45Model
@@ -37,6 +39,7 @@ from .gpt2 import GPT2Model
 from .gptneox import GPTNeoXModel
 from .gptoss import GptOssModel
 from .granite import GraniteModel
+from .grok import GrokModel
 from .granitehybrid import GraniteHybridModel
 from .granitemoe import GraniteMoeModel
 from .grovemoe import GroveMoeModel
@@ -58,6 +61,7 @@ from .mistral4 import Mistral4Model
 from .mpt import MptModel
 from .nemotron import NemotronModel
 from .nemotron_h import NemotronHModel
+from .nemotron_h_moe import NemotronHMoeModel
 from .neo_bert import NeoBertModel
 from .modern_bert import ModernBertModel
 from .eurobert import EuroBertModel
@@ -123,7 +127,8 @@ for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model
              MiniMaxM2Model, Mimo2Model, Step35Model, Mistral4Model, Gemma4Model,
              BailingMoeModel, HunyuanMoeModel, Dots1Model, PhiMoeModel, GroveMoeModel, Rnd1Model,
              DreamModel, LladaModel, LladaMoeModel,
-             JaisModel, CodeShellModel, RefactModel, PLMModel, PlamoModel, ChameleonModel):  # fmt: skip
+             JaisModel, CodeShellModel, RefactModel, PLMModel, PlamoModel, ChameleonModel,
+             DbrxModel, ArcticModel, GrokModel, NemotronHMoeModel):  # fmt: skip
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

@@ -47,7 +47,7 @@ class SharedExpert:
 @dataclass
 class MoE:
     router: Weight  # [n_expert, n_embd]
-    gate: Weight  # the experts stacked: [n_expert * n_ff_exp, n_embd]
+    gate: Weight | None  # the experts stacked: [n_expert * n_ff_exp, n_embd] (None: ungated experts, act "relu_sqr")
     up: Weight  # [n_expert * n_ff_exp, n_embd]
     down: Weight  # [n_expert * n_embd, n_ff_exp]
     n_expert: int
@@ -58,6 +58,8 @@ class MoE:
     gating: str = "softmax"
     bias: np.ndarray | None = None  # [n_expert]: added to the probabilities to choose experts, not to weight them
     act: str = "silu"  # the experts' GLU: silu(gate) * up, gpt-oss's clamped "swiglu_oai", or "relu": relu(gate) * up (SmallThinker's)
+    #: (or "gelu": gelu(gate) * up, Grok's, ggml's float16-table GELU; "relu_sqr": relu(up)^2 of experts without a gate,
+    #: Nemotron-H MoE's)
     #: gpt-oss's biases: the router's [n_expert] (added to its logits) and each expert's, host arrays
     #: [n_expert, n_ff_exp] (gate, up) and [n_expert, n_embd] (down, added before the expert's weight)
     router_b: np.ndarray | None = None
@@ -225,7 +227,7 @@ def moe_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers, 
     T = xn.shape[0]
     if not accumulate:
         x.fill(0.0)
-    n_ff = moe.gate.shape[0] // moe.n_expert
+    n_ff = moe.up.shape[0] // moe.n_expert
     logits = buf.get("moe_router", T, moe.n_expert)
     be.linear(moe.router, xn if moe.router_in is None else moe.router_in[:T], logits)
     logits = be.to_host(logits)
@@ -236,7 +238,7 @@ def moe_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers, 
         wts *= np.float32(moe.weights_scale)
     bs = (moe.gate_b, moe.up_b, moe.down_b)
     biases = bs if all(b is not None for b in bs) else None
-    one_call = T == 1 and moe.act != "relu" and moe.swiglu_limit == 0.0 and (biases is not None or bs == (None,) * 3)  # decode: the k experts in one kernel call, where it takes them
+    one_call = T == 1 and moe.act in ("silu", "swiglu_oai") and moe.swiglu_limit == 0.0 and (biases is not None or bs == (None,) * 3)  # decode: the k experts in one kernel call, where it takes them
     xe = xn  # the routed experts' input
     if moe.weight_before_ffn:  # (Llama 4) each slot's input is x times its weight: slot by slot, unless there is one
         ones = np.ones((T, 1), np.float32)
@@ -261,14 +263,17 @@ def swiglu_clamped(g: np.ndarray, u: np.ndarray, limit: float) -> None:
 def experts_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers, top: np.ndarray, wts: np.ndarray) -> None:
     """``x += `` the chosen experts' weighted outputs, each expert run once over all the tokens that chose it."""
     n_embd = xn.shape[1]
-    n_ff = moe.gate.shape[0] // moe.n_expert
+    n_ff = moe.up.shape[0] // moe.n_expert
     for e in np.unique(top):
         rows, slot = np.nonzero(top == e)
         n = len(rows)
         xe = buf.get("moe_x", n, n_embd)
         np.take(xn, rows, axis=0, out=xe)
         g, u, d = buf.get("moe_gate", n, n_ff), buf.get("moe_up", n, n_ff), buf.get("moe_down", n, n_embd)
-        be.linear_many((expert(moe.gate, e, moe.n_expert), expert(moe.up, e, moe.n_expert)), xe, (g, u))
+        if moe.gate is None:  # (ungated: the up product alone, its activation in place)
+            be.linear(expert(moe.up, e, moe.n_expert), xe, g)
+        else:
+            be.linear_many((expert(moe.gate, e, moe.n_expert), expert(moe.up, e, moe.n_expert)), xe, (g, u))
         if moe.gate_b is not None:
             g += moe.gate_b[e]
         if moe.up_b is not None:
@@ -280,6 +285,12 @@ def experts_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffe
         elif moe.act == "relu":  # (ReGLU: host work, as the routing; the one-token kernel knows silu and swiglu_oai only)
             np.maximum(g, 0.0, out=g)
             g *= u
+        elif moe.act == "relu_sqr":
+            be.relu_sqr(g, g)
+        elif moe.act == "gelu":  # (as ggml's CPU GELU: its float16 table, which Grok's large gates meet at 1e-3 otherwise)
+            from .bert import gelu
+
+            g[...] = gelu(g) * u
         else:
             be.silu_mul(g, u, g)
         be.linear(expert(moe.down, e, moe.n_expert), g, d)

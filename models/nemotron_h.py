@@ -46,6 +46,8 @@ class NemotronHLayer:
 
 class NemotronHModel(Model):
     archs = ("nemotron_h",)
+    #: the FFN layers may be mixtures of experts (the nemotron_h_moe subclass, models/nemotron_h_moe.py: :meth:`ffn_layer`)
+    takes_experts: bool = False
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
@@ -53,7 +55,7 @@ class NemotronHModel(Model):
             raise UnsupportedModelError(f"{g.path}: Nemotron-H's Mamba-2 layers run on the CPU; drop --device gpu")
         if len(cfg.ssm_layers) != cfg.n_layer:
             raise GGUFError(f"{g.path}: nemotron_h.attention.head_count_kv and feed_forward_length must have an entry per layer")
-        if cfg.n_expert > 0:
+        if cfg.n_expert > 0 and not self.takes_experts:
             raise UnsupportedModelError(f"{g.path}: Nemotron-H with experts is not supported yet")
         self.geo = SSMGeometry.of(cfg, g.path)
         w = WeightLoader(g, backend)
@@ -96,11 +98,8 @@ class NemotronHModel(Model):
                 be.rms_norm(x, L.attn_norm, c.norm_eps, xn)
                 y = mixer_y(be, buf, self.geo, L.ssm, cache[self.slots[il]], xn, pos, c.norm_eps)
                 be.linear_add(L.ssm.out_proj, y, x)
-            elif L.w_up is not None:
-                up = buf.get(f"up{L.w_up.shape[0]}", T, L.w_up.shape[0])  # (each MLP its own width)
-                be.norm_linear_many(x, L.attn_norm, c.norm_eps, xn, (L.w_up,), (up,))
-                be.relu_sqr(up, up)
-                be.linear_add(L.w_down, up, x)
+            elif c.ffn_layers[il]:
+                self.ffn_layer(L, x, xn)
             else:
                 be.norm_linear_many(x, L.attn_norm, c.norm_eps, xn, (L.wq, L.wk, L.wv), (q, k, v))
                 if L.bq is not None:
@@ -111,3 +110,11 @@ class NemotronHModel(Model):
                 be.linear_add(L.wo, att, x)
             self.trace("l_out", il, x)
         self.output_head(x, out_rows, logits)
+
+    def ffn_layer(self, L: NemotronHLayer, x: Any, xn: Any) -> None:
+        """``x +=`` an FFN layer's output for the rows of ``x``: here the ungated squared-ReLU MLP."""
+        c, be = self.cfg, self.be
+        up = self.buf.get(f"up{L.w_up.shape[0]}", x.shape[0], L.w_up.shape[0])  # (each MLP its own width)
+        be.norm_linear_many(x, L.attn_norm, c.norm_eps, xn, (L.w_up,), (up,))
+        be.relu_sqr(up, up)
+        be.linear_add(L.w_down, up, x)

@@ -265,6 +265,16 @@ FIXTURE_MODELS: dict[str, dict] = {
     "plamo3-full": {"arch": "plamo3", "variant": "full"},
     "maincoder": {"arch": "maincoder"},
     "jais2": {"arch": "jais2"},
+    # tiny_moe4.py: DBRX (LayerNorms without biases, fused QKV clipped, 16 experts 4 a token), Arctic (a dense FFN beside
+    # experts reading the layer's input), Grok (sandwich norms, GELU experts, soft caps and multipliers; Grok-2 stated with a
+    # dense FFN, Grok-1's defaults), Nemotron 3 Nano (Mamba-2, attention and sigmoid-routed squared-ReLU experts with a
+    # shared one; "-latent": the experts in a latent space)
+    "dbrx": {"arch": "dbrx"},
+    "arctic": {"arch": "arctic"},
+    "grok": {"arch": "grok"},
+    "grok1": {"arch": "grok", "variant": "grok1"},
+    "nemotron_h_moe": {"arch": "nemotron_h_moe"},
+    "nemotron_h_moe-latent": {"arch": "nemotron_h_moe", "variant": "latent"},
     # tiny_classic2.py: Jais (ALiBi over 5 heads, muP's 1/head_dim scores, biased SwiGLU), CodeShell (GPT-2's block with
     # neox rope and GQA), Refact (Llama with ALiBi, multi-query), PLM (latent attention without a query LoRA, squared ReLU),
     "jais": {"arch": "jais"},
@@ -360,6 +370,10 @@ def write_tiny_model(
         from tiny_classic2 import write_tiny_classic2
 
         return write_tiny_classic2(path, arch, qtype, seed, variant)
+    if arch in ("dbrx", "arctic", "grok", "nemotron_h_moe"):  # (tiny_moe4.py: its ``variant``)
+        from tiny_moe4 import write_tiny_moe4
+
+        return write_tiny_moe4(path, arch, qtype, seed, variant)
     if arch in ("phimoe", "bailingmoe", "hunyuan-moe", "dots1", "rnd1", "grovemoe"):  # (tiny_moe2.py: its ``variant``)
         from tiny_moe2 import write_tiny_moe2
 

@@ -45,6 +45,7 @@ SUPPORTED_ARCHITECTURES += ("phimoe", "bailingmoe", "hunyuan-moe", "dots1", "rnd
 SUPPORTED_ARCHITECTURES += ("dream", "llada", "llada-moe")  # diffusion language models (kvrun diffusion): models/dream.py, llada.py, llada_moe.py
 SUPPORTED_ARCHITECTURES += ("jais", "codeshell", "refact", "plm", "plamo", "chameleon")  # older and niche decoders: models/jais.py, codeshell.py, refact.py, plm.py, plamo.py, chameleon.py
 SUPPORTED_ARCHITECTURES += ("dbrx", "arctic", "grok", "nemotron_h_moe")  # big mixtures of experts: models/dbrx.py, arctic.py, grok.py, nemotron_h_moe.py
+SUPPORTED_ARCHITECTURES += ("t5",)  # T5 / Flan-T5 text generation: the encoder-decoder (models/t5.py)
 SUPPORTED_ARCHITECTURES += ("gemma4",)  # Gemma 4: Gemma 3n's per-layer inputs and K/V sharing, heads of two widths, experts (models/gemma4.py)
 SUPPORTED_ARCHITECTURES += ("minimax-m2", "mimo2", "step35", "mistral4")  # models/minimax_m2.py, mimo2.py, step35.py, mistral4.py
 SUPPORTED_ARCHITECTURES += ("modern-bert", "eurobert", "llama-embed", "t5encoder")  # encoders: models/modern_bert.py, eurobert.py, llama_embed.py, t5encoder.py
@@ -165,6 +166,7 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "eurobert": {"rope_neox": True},
     "llama-embed": {"rope_neox": False},
     "t5encoder": {"rope_neox": False},
+    "t5": {"rope_neox": False},  # (the encoder-decoder, for text: models/t5.py)
     # Qwen 1 (fused QKV with bias, the FFN half feed_forward_length wide): rope over halves; Baichuan (7B rope, 13B ALiBi, by
     # depth), XVERSE, Maincoder (QK-norm after the rope): over consecutive pairs; Orion (LayerNorms), Jais-2 (LayerNorms,
     # squared ReLU): over halves; PLaMo 3: over halves, where the file states a window 7 window layers then 1 global

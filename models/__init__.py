@@ -66,6 +66,7 @@ from .neo_bert import NeoBertModel
 from .modern_bert import ModernBertModel
 from .eurobert import EuroBertModel
 from .llama_embed import LlamaEmbedModel
+from .t5 import T5Model
 from .t5encoder import T5EncoderModel
 from .nomic_bert_moe import NomicBertMoeModel
 from .olmo import OlmoModel
@@ -128,7 +129,7 @@ for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model
              BailingMoeModel, HunyuanMoeModel, Dots1Model, PhiMoeModel, GroveMoeModel, Rnd1Model,
              DreamModel, LladaModel, LladaMoeModel,
              JaisModel, CodeShellModel, RefactModel, PLMModel, PlamoModel, ChameleonModel,
-             DbrxModel, ArcticModel, GrokModel, NemotronHMoeModel):  # fmt: skip
+             DbrxModel, ArcticModel, GrokModel, NemotronHMoeModel, T5Model):  # fmt: skip
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

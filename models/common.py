@@ -208,6 +208,9 @@ class Model:
     archs: tuple[str, ...] = ()
     #: an encoder (BERT) makes embeddings, not text: ``encode(tokens)`` instead of ``forward``
     encoder: bool = False
+    #: an encoder-decoder (T5) writes text: Engine.eval hands a prompt fed on an empty cache to
+    #: ``encode_prompt(cache, tokens)``, which returns the one token the decoder is fed in its place (models/t5.py)
+    encoder_decoder: bool = False
     #: True while Engine.embed runs: output_head writes the final-normed hidden states ``[n, n_embd]``
     #: into its ``logits`` argument instead of the logits
     embedding: bool = False

@@ -280,6 +280,13 @@ class Engine:
         backend's (on the GPU it stays there, for :meth:`Sampler.sample`).
         """
         tokens = self._checked_tokens(tokens, cache.offset)
+        if self.model.encoder_decoder and cache.offset == 0:  # T5: the prompt goes through the encoder once, the
+            # decoder is fed its start token in its place (models/t5.py), so one row of logits comes back
+            if logits_all:
+                raise KvrunError(f"{self.cfg.arch} reads the prompt with its encoder: the prompt's tokens have no logits "
+                                 "(perplexity, prompt log-probabilities); generate from it instead")  # fmt: skip
+            prompt = tokens
+            tokens = np.array([self.batcher.call(lambda: self.model.encode_prompt(cache, prompt))], np.int32)
         n = len(tokens)
         n_vocab = self.cfg.n_vocab
         first = min(max(logits_start, 0), n - 1) if logits_all else n - 1
@@ -291,7 +298,8 @@ class Engine:
     def can_batch(self) -> bool:
         """Whether :meth:`forward_batch` takes several sequences: every layer attention (cache/batch.py), on the CPU
         (found once: a server's every step asks)."""
-        return self.backend.name == "cpu" and not self.model.encoder and batchable(self.model.layer_specs())
+        return (self.backend.name == "cpu" and not self.model.encoder and not self.model.encoder_decoder
+                and batchable(self.model.layer_specs()))  # (T5: each sequence's encoded prompt is its own)
 
     def forward_batch(self, caches: list[KVCache], chunks: list[np.ndarray], wants: list[int], outs: list[Any]) -> None:
         """One forward over several sequences: ``chunks[i]`` fed after what ``caches[i]`` holds, the logits of
@@ -554,6 +562,11 @@ class Engine:
         """:meth:`generate_tokens` for ``ids`` on a cache that holds ``held`` (its tokens in order, updated in
         place to what the cache holds after): the longest prefix they share stays, at least the last token of
         ``ids`` is evaluated (for its logits), the rest is prefilled, as llama.cpp's chat and server reuse theirs."""
+        if self.model.encoder_decoder:  # (T5: the cache holds the decoder's tokens, not the prompt: nothing to reuse)
+            cache.reset()
+            held.clear()
+            yield from self.generate_tokens(cache, ids, req, stats)
+            return
         n_keep = min(shared_prefix(held, ids), len(ids) - 1)
         if n_keep < cache.offset:
             n_keep = cache.truncate(n_keep)  # (a convolution's state may not go back that far: then all is fed again)

@@ -97,10 +97,18 @@ class _Unpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"unknown reference {pid!r:.40}")
 
 
+def _check_not_encoder_decoder(engine: Any) -> None:
+    """T5's cache holds the decoder's tokens, its encoded prompt lives in the model: nothing a file could resume."""
+    if engine.model.encoder_decoder:
+        raise KvrunError(f"{engine.cfg.arch} encodes each prompt afresh: its sessions and prompt caches are not saved; "
+                         "drop --prompt-cache / --session-file")  # fmt: skip
+
+
 def save(path: str | os.PathLike, engine: Any, state: dict[str, Any]) -> int:
     """Write ``state`` (the cache and the conversation) for ``engine`` to ``path``, atomically; returns its bytes."""
     if engine.backend.name != "cpu":
         raise KvrunError("saving a session keeps a CPU cache; run the chat with --device cpu to save it")
+    _check_not_encoder_decoder(engine)
     buf = io.BytesIO()
     _Pickler(buf, protocol=5).dump({"fingerprint": fingerprint(engine), **state})
     data = MAGIC + VERSION.to_bytes(4, "little") + zlib.compress(buf.getvalue(), 1)
@@ -157,6 +165,7 @@ def prompt_cache(path: str | os.PathLike, engine: Any, ids: list[int]) -> tuple[
     prefix gets the same logits, compressed cache included.  One that departs inside it reuses the cache
     truncated to a batch boundary, as a chat does (exact for the fp16 cache; with a compressed one, the
     evictions and calibration of the dropped tokens stay).  Returns (cache, the tokens left, tokens reused)."""
+    _check_not_encoder_decoder(engine)  # (before any of the prompt is evaluated)
     B = engine.n_batch
     n_save = (len(ids) - 1) // B * B
     n_keep = 0

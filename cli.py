@@ -255,9 +255,12 @@ def info(model: str | None, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(f, indent=2))
         else:
+            sizes = (f"{c.image_size}x{c.image_size} images in {c.patch_size}-pixel patches, {c.n_tokens} rows an image"
+                     if not c.max_pixels else  # (Qwen2-VL's: a picture's own size, in 2x2 blocks of patches)
+                     f"pictures of any size in {c.patch_size}-pixel patches, {c.min_pixels // (2 * c.patch_size) ** 2} to "
+                     f"{c.max_pixels // (2 * c.patch_size) ** 2} rows a picture")  # fmt: skip
             click.echo(f"multimodal projector ({path}): {c.projector_type}, a {c.n_layer}-layer vision encoder {c.n_embd} wide "
-                       f"({c.n_head} heads), {c.image_size}x{c.image_size} images in {c.patch_size}-pixel patches, {c.n_tokens} rows an "
-                       f"image into a text model {c.n_text_embd} wide; give it with --mmproj beside that model")  # fmt: skip
+                       f"({c.n_head} heads), {sizes} into a text model {c.n_text_embd} wide; give it with --mmproj beside that model")  # fmt: skip
         return
     if g.get("general.type") == "adapter":  # a LoRA adapter is not a model: say what it is and how to use it
         from .loaders.lora import LoraAdapter

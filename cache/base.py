@@ -141,6 +141,9 @@ class KVCache:
                 self.reset()
                 return False
         self.offset = n_past
+        theirs = getattr(src, "mrope_images", None) or []  # (Qwen2-VL's images' positions: models/mrope_images.py)
+        if theirs or getattr(self, "mrope_images", None):
+            self.mrope_images = [im for im in theirs if im.end <= n_past]
         return True
 
     def describe(self) -> str:

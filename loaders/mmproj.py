@@ -5,7 +5,9 @@ text model's file: the encoder's hyperparameters under ``clip.vision.*`` and the
 ``clip.projector_type``.  kvrun reads Gemma 3's (projector type "gemma3": a SigLIP ViT, 4x4 average pooling,
 RMSNorm and one matrix into the text width; models/siglip.py runs it) and SmolVLM's (projector type "idefics3":
 the same SigLIP ViT, a pixel shuffle of ``clip.vision.projector.scale_factor`` patches a side and one matrix
-``mm.model.fc``, on tiles of a picture first scaled to ``clip.vision.preproc_image_size`` on its longest edge).
+``mm.model.fc``, on tiles of a picture first scaled to ``clip.vision.preproc_image_size`` on its longest edge), and
+Qwen2-VL's and Qwen2.5-VL's ("qwen2vl_merger", "qwen2.5vl_merger": a ViT with a 2-D rope over a picture of its own
+size, 2x2 patches merged by the MLP ``mm.0``/``mm.2``; models/qwen2vl_image.py).
 Any other projector is refused in one line that names what is supported, before a weight is touched.
 """
 
@@ -18,9 +20,12 @@ from .errors import GGUFError, UnsupportedModelError
 from .gguf_file import GGUFFile
 
 #: projector types kvrun runs (clip.projector_type)
-SUPPORTED_PROJECTORS = ("gemma3", "idefics3")
+SUPPORTED_PROJECTORS = ("gemma3", "idefics3", "qwen2vl_merger", "qwen2.5vl_merger")
 #: the tensor each projector type projects into the text width with, [n_embd (x merged patches), n_text_embd]
-PROJECTION_TENSORS = {"gemma3": "mm.input_projection.weight", "idefics3": "mm.model.fc.weight"}
+PROJECTION_TENSORS = {"gemma3": "mm.input_projection.weight", "idefics3": "mm.model.fc.weight",
+                      "qwen2vl_merger": "mm.2.weight", "qwen2.5vl_merger": "mm.2.weight"}  # fmt: skip
+#: Qwen2-VL's and Qwen2.5-VL's projectors (models/qwen2vl_image.py): pictures of any size, M-RoPE positions
+QWEN2VL_PROJECTORS = ("qwen2vl_merger", "qwen2.5vl_merger")
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,13 @@ class MmprojConfig:
     n_merge: int  # patches a side pooled into one output row (Gemma 3: 4, 64x64 patches -> 16x16 rows)
     n_text_embd: int  # the projector's output width: the text model's n_embd
     longest_edge: int = 0  # (idefics3) clip.vision.preproc_image_size: a picture's longest edge before tiling; 0: none
+    # (Qwen2-VL, Qwen2.5-VL) the pixels a picture is scaled within (clip.cpp: 8 to 4096 merged rows' worth), the
+    # window-attention pattern (every n-th layer sees the whole picture; 0: no windows), the ViT MLP's activation
+    # (clip.cpp's: "gelu" with clip.use_gelu, "silu" with clip.use_silu, else "gelu_quick")
+    min_pixels: int = 0
+    max_pixels: int = 0
+    n_wa_pattern: int = 0
+    ffn_op: str = ""
 
     @property
     def n_patches_side(self) -> int:
@@ -64,7 +76,7 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
                                     f"kvrun reads image projectors of type {', '.join(SUPPORTED_PROJECTORS)}")  # fmt: skip
     if ptype not in SUPPORTED_PROJECTORS:
         raise UnsupportedModelError(f"{g.path}: projector type {ptype!r} is not supported; "
-                                    f"kvrun reads {', '.join(SUPPORTED_PROJECTORS)} (Gemma 3's, SmolVLM's)")  # fmt: skip
+                                    f"kvrun reads {', '.join(SUPPORTED_PROJECTORS)} (Gemma 3's, SmolVLM's, Qwen2-VL's, Qwen2.5-VL's)")  # fmt: skip
 
     def need(key: str) -> int | float:
         v = g.get(f"clip.vision.{key}")
@@ -83,6 +95,11 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
     # Gemma 3 pools 4x4 patches into a row; the file may say otherwise (llama.cpp's tiny test model does); SmolVLM's
     # states its pixel shuffle (clip.cpp reads it for idefics3 without a default: a file without one shuffles none)
     n_merge = int(g.get("clip.vision.projector.scale_factor", 4 if ptype == "gemma3" else 1))
+    qwen = ptype in QWEN2VL_PROJECTORS
+    if qwen:  # (clip.cpp's spatial merge: 2 unless the file says; its graph merges 2x2 patches whatever it says)
+        n_merge = int(g.get("clip.vision.spatial_merge_size", 2))
+        if n_merge != 2:
+            raise UnsupportedModelError(f"{g.path}: clip.vision.spatial_merge_size is {n_merge}; llama.cpp's Qwen2-VL graph merges 2x2")
     proj_name = PROJECTION_TENSORS[str(ptype)]
     proj = g.tensors.get(proj_name)
     if proj is None:
@@ -102,7 +119,14 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
         # (Gemma 3's stored [n_embd, n_text_embd]: clip.cpp multiplies by its transpose; SmolVLM's fc [n_text_embd, in])
         n_text_embd=int(proj.shape[-1] if ptype == "gemma3" else proj.shape[0]),
         longest_edge=int(g.get("clip.vision.preproc_image_size", 0) or 0) if ptype == "idefics3" else 0,
+        # (clip.cpp's set_limit_image_tokens(8, 4096): merged rows' worth of pixels)
+        min_pixels=8 * (patch_size * 2) ** 2 if qwen else 0,
+        max_pixels=4096 * (patch_size * 2) ** 2 if qwen else 0,
+        n_wa_pattern=int(g.get("clip.vision.n_wa_pattern", 0) or 0) if ptype == "qwen2.5vl_merger" else 0,
+        ffn_op=("gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick") if qwen else "",
     )
+    if ptype == "qwen2.5vl_merger" and cfg.n_wa_pattern <= 0:  # (clip.cpp requires it of 2.5's files)
+        raise GGUFError(f"{g.path}: clip.vision.n_wa_pattern is missing; the Qwen2.5-VL projector file is incomplete")
     side = cfg.n_patches_side
     if patch_size <= 0 or image_size % patch_size or n_merge <= 0 or side % n_merge or n_embd % n_head:
         raise GGUFError(f"{g.path}: inconsistent vision hyperparameters (image_size {image_size}, patch_size {patch_size}, "

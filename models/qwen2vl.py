@@ -8,7 +8,10 @@ first three sections turn as neox rope at position p, the extra one not at all (
 published files' sections ([16, 24, 24, 0] for heads of 128) cover every pair in the first three, so their text is
 plain neox rope; a file with an extra section keeps those pairs unturned, as llama.cpp does.
 
-kvrun runs these models on text alone: an image cannot be given yet (no vision encoder for Qwen2-VL's mmproj).
+Images (Qwen2-VL's and Qwen2.5-VL's mmproj, models/qwen2vl_image.py) go in as rows whose positions are per section:
+(t, t + y, t + x, 0) for an image's row (y, x), and the text after an image goes on from t + max(nx, ny), as
+llama.cpp's libmtmd feeds them (models/mrope_images.py): a forward over a cache that holds images turns each row by
+per-row tables (:meth:`Qwen2VLModel.forward`); one without turns as above.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .common import WeightLoader
 from .llama import LlamaLayer
+from .mrope_images import mrope_rows, section_positions
 from .qwen2 import Qwen2Model
 
 
@@ -48,11 +52,34 @@ def mrope_tables(cos: np.ndarray, sin: np.ndarray, sections: list[int]) -> tuple
 
 class Qwen2VLModel(Qwen2Model):
     archs = ("qwen2vl",)
+    takes_images = True  # its forward reads Model.input_embd (Qwen2-VL's image rows: Engine.eval_embd)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         sections = rope_sections(g)
         super().__init__(g, cfg, backend, n_ctx, n_batch)
+        self.sections, self.neox_cos, self.neox_sin = sections, self.rope_cos, self.rope_sin  # (image rows' tables)
         self.rope_cos, self.rope_sin = mrope_tables(self.rope_cos, self.rope_sin, sections)
+        self._row_rope: tuple | None = None  # (pos, cos, sin) of the forward running, where its rows turn by their own
+
+    def forward(self, tokens, pos, cache, out_rows, logits) -> None:
+        """LlamaModel's forward; where the cache holds images (models/mrope_images.py) each row turns by its own
+        sections' positions, through per-row tables."""
+        seqs = list(zip(cache.caches, cache.bounds, cache.bounds[1:])) if hasattr(cache, "caches") else [(cache, 0, len(pos))]
+        parts = [section_positions(c, np.asarray(pos[lo:hi]), self.input_embd is not None) for c, lo, hi in seqs]
+        if any(P is not None for P in parts):
+            P = np.concatenate([P if P is not None else np.repeat(np.asarray(pos[lo:hi], np.int64)[:, None], 4, 1) * [1, 1, 1, 0]
+                                for P, (_, lo, hi) in zip(parts, seqs)])  # fmt: skip
+            cos, sin = mrope_rows(P, self.sections, self.neox_cos, self.neox_sin, self.rope_cos, self.rope_sin)
+            self._row_rope = (np.arange(len(P), dtype=np.int32), cos, sin)
+        try:
+            super().forward(tokens, pos, cache, out_rows, logits)
+        finally:
+            self._row_rope = None
+
+    def qk_norm_rope(self, L: LlamaLayer, q, k, q3, k3, pos, cos, sin) -> None:
+        if self._row_rope is not None:
+            pos, cos, sin = self._row_rope
+        super().qk_norm_rope(L, q, k, q3, k3, pos, cos, sin)
 
     def load_layer(self, w: WeightLoader, i: int) -> LlamaLayer:
         L = super().load_layer(w, i)

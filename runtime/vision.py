@@ -7,7 +7,9 @@ BOS only before the first piece), so the token ids are mtmd_tokenize's.  Text pi
 rows through :meth:`Engine.eval_embd` (the rows of one image seeing each other, as llama.cpp feeds them); the KV
 cache then holds them as any prompt, and generation goes on from the last text piece, which always has at
 least ``<end_of_image>``.  SmolVLM's projector (idefics3) makes a picture a block of tiles between image tokens
-instead, fed as one array of rows (runtime/vision_idefics3.py).
+instead, fed as one array of rows (runtime/vision_idefics3.py).  Qwen2-VL's (qwen2vl_merger, qwen2.5vl_merger) puts a
+picture's rows between ``<|vision_start|>`` and ``<|vision_end|>`` and feeds them with their M-RoPE positions
+(:meth:`Vision.feed_rows`, runtime/vision_qwen2vl.py).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import numpy as np
 
 from ..cache.base import KVCache
 from ..loaders.errors import KvrunError
-from ..models.siglip import SiglipEncoder, load_image, preprocess
+from ..loaders.mmproj import QWEN2VL_PROJECTORS
+from ..models.siglip import load_image, preprocess
 from .engine import Engine, GenRequest, GenStats, stream_text
 
 MARKER = "<__media__>"  # libmtmd's default media marker
@@ -38,13 +41,20 @@ class Vision:
 
     def __init__(self, engine: Engine, mmproj: str | os.PathLike) -> None:
         if not getattr(engine.model, "takes_images", False):
-            raise KvrunError(f"{engine.cfg.arch} models take no images; kvrun runs images with Gemma 3 and SmolVLM and their mmproj files")
+            raise KvrunError(f"{engine.cfg.arch} models take no images; kvrun runs images with Gemma 3, SmolVLM and Qwen2-VL and their mmproj files")
         self.engine = engine
-        self.encoder = SiglipEncoder.load(mmproj, engine.backend)
+        from .vision_qwen2vl import load_encoder  # (Qwen2-VL's encoder, or SiglipEncoder)
+
+        self.encoder = load_encoder(mmproj, engine.backend)
         n, m = self.encoder.cfg.n_text_embd, engine.cfg.n_embd
         if n != m:
             raise KvrunError(f"{mmproj}: the projector makes rows {n} wide and {engine.path} embeds {m}: not this model's mmproj")
-        self.begin, self.end, self.idefics3 = IMAGE_BEGIN, IMAGE_END, None
+        self.begin, self.end, self.idefics3, self.qwen2vl = IMAGE_BEGIN, IMAGE_END, None, None
+        if self.encoder.cfg.projector_type in QWEN2VL_PROJECTORS:  # Qwen2-VL: any size, M-RoPE rows (vision_qwen2vl.py)
+            from .vision_qwen2vl import VISION_END, VISION_START, Qwen2VLLayout
+
+            self.begin, self.end, self.qwen2vl = VISION_START, VISION_END, Qwen2VLLayout(engine, self.encoder)
+            return
         if self.encoder.cfg.projector_type == "idefics3":  # SmolVLM: tiles and image tokens, no markers around
             from .vision_idefics3 import Idefics3Layout
 
@@ -62,12 +72,16 @@ class Vision:
 
     def image_positions(self, image: np.ndarray) -> int:
         """Positions the decoded picture ``image`` (uint8 [h, w, 3]) takes: :attr:`n_tokens`, or SmolVLM's block's."""
+        if self.qwen2vl is not None:
+            return self.qwen2vl.n_positions(image)
         return self.n_tokens if self.idefics3 is None else self.idefics3.n_positions(image.shape[1], image.shape[0])
 
     def image_rows(self, image: ImageSource) -> np.ndarray:
         """One image decoded (Pillow), resized and normalised as clip.cpp does, encoded: float32 [n_tokens, n_embd]."""
         if isinstance(image, (str, os.PathLike, bytes)):
             image = load_image(image)
+        if self.qwen2vl is not None:
+            return self.qwen2vl.rows(np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, np.uint8))
         if self.idefics3 is not None:  # (a PIL image or a uint8 array: its RGB pixels)
             return self.idefics3.rows(np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, np.uint8))
         return self.encoder.encode(preprocess(image, self.encoder.cfg))
@@ -100,14 +114,22 @@ class Vision:
             raise KvrunError("a prompt with images must end in text")  # (segments() always ends with <end_of_image>)
         need = sum(len(s) for s in segments)
         if cache.offset + need > self.engine.n_ctx:
-            raise KvrunError(f"{cache.offset + need} tokens (an image takes {self.n_tokens}) do not fit the context of "
+            each = f"an image takes {self.n_tokens}" if self.qwen2vl is None else "its images' rows included"
+            raise KvrunError(f"{cache.offset + need} tokens ({each}) do not fit the context of "
                              f"{self.engine.n_ctx}; raise --ctx-size")  # fmt: skip
         for seg in head:
             if isinstance(seg, list):
                 self.engine.eval(cache, seg)
             else:
-                self.engine.eval_embd(cache, seg)
+                self.feed_rows(cache, seg)
         return last
+
+    def feed_rows(self, cache: KVCache, rows: np.ndarray) -> None:
+        """Feed an image's rows (:meth:`image_rows`) after what ``cache`` holds (Qwen2-VL's with their grid recorded)."""
+        if self.qwen2vl is not None:
+            self.qwen2vl.feed(cache, rows)
+        else:
+            self.engine.eval_embd(cache, rows)
 
     def generate_text(self, cache: KVCache, segments: Segments, req: GenRequest, stats: GenStats | None = None) -> Iterator[str]:
         """Prefill ``segments`` and stream the reply's text (as :meth:`Engine.generate_text`); ``stats.n_prompt``

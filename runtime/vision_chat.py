@@ -228,7 +228,7 @@ def generate_reusing(vision: Vision, cache: Any, held: list[int], laid: Laid, re
             if isinstance(p, list):
                 eng.eval(cache, p[max(n_keep - at, 0) :])
             else:
-                eng.eval_embd(cache, vision.image_rows(laid.images[p]))
+                vision.feed_rows(cache, vision.image_rows(laid.images[p]))
             held.extend(ids[max(n_keep, at) : at + n])
         at += n
     tail = last[max(n_keep - at, 0) :]

@@ -1,0 +1,341 @@
+"""Qwen2-VL's and Qwen2.5-VL's image side, as llama.cpp's clip.cpp builds it (``clip_graph_qwen2vl`` for projector
+types "qwen2vl_merger" and "qwen2.5vl_merger") from an mmproj file (loaders/mmproj.py), and the picture's size as
+libmtmd's dynamic-size preprocessor chooses it.
+
+A picture keeps (about) its aspect: its sides are rounded to whole 2x2 blocks of patches (28 pixels for patches of
+14) and scaled, if need be, so that its pixels lie within ``min_pixels`` and ``max_pixels`` (clip.cpp: 8 to 4096
+merged rows' worth; Hugging Face's ``smart_resize``), then resized keeping its aspect and padded with black, with
+clip.cpp's port of Pillow's bicubic filter (:func:`resize`).  Its rows are then:
+
+    pixels [3, H, W] -> patches of p x p, each embedded by the conv3d's two temporal kernels, which see the same
+       still picture: kernel 0 + kernel 1 (no bias, no position embeddings)
+    -> patches in 2x2 blocks (the blocks in raster order, each block's patches in raster order: clip.cpp's
+       "second conv dimension" permute)
+    -> n_layer pre-norm ViT blocks: norm (Qwen2-VL: LayerNorm with bias; Qwen2.5-VL: RMSNorm), attention with biases
+       and a 2-D rope (a head's first quarter of pairs turned by the patch's row, the second by its column,
+       neox-paired over the head: ggml's ``rope_multi`` in vision mode, base 10000), residual; norm, MLP
+       (Qwen2-VL: up, GELU, down; Qwen2.5-VL: SiLU(gate) * up, down; biases all), residual.  Qwen2.5-VL's layers
+       attend within windows of 112 x 112 pixels (4 x 4 blocks for patches of 14), all but every
+       ``n_wa_pattern``-th layer, which sees the whole picture
+    -> post norm (the merger's ln_q)
+    -> each 2x2 block's 4 patches side by side (a row 4 x n_embd wide) -> mm.0 (+ bias), GELU, mm.2 (+ bias)
+    -> [ny * nx, n_text_embd], the blocks in raster order
+
+ggml's CPU numerics are followed where they show, as models/siglip.py does: F16 weights multiply an F16 copy of
+their input, the patch kernels run in F16 whatever their stored type (ggml's conv_2d: an F16 im2col; measured, a
+stored F32 kernel: 1e-3 off llama.cpp's rows this way, 1.4e-2 in float32), GELU and GELU-quick are ggml's F16
+tables.  Windowed attention runs in the picture's own order, each window's patches among themselves; clip.cpp
+permutes the rows window by window and masks the scores across windows, which is the same sums.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from ..loaders.errors import KvrunError, UnsupportedModelError
+from ..loaders.gguf_file import GGUFFile
+from ..loaders.mmproj import MmprojConfig, open_mmproj
+from ..loaders.quants import dequantize
+from ..ops.backend import Backend
+from .bert import gelu, layer_norm
+from .common import WeightLoader
+from .siglip import F16, _f16
+
+ROPE_BASE = 10000.0  # clip.cpp's vision rope base for Qwen2-VL
+WINDOW = 112  # clip.cpp's attention window for Qwen2.5-VL, pixels a side
+MERGE = 2  # patches a side merged into one row
+QUERY_CHUNK = 2048  # queries scored at once (a 4096-row picture has 16384 patches: 128 MiB of scores a slice)
+
+
+# ---------------------------------------------------------------- the picture's size and pixels
+
+
+def target_size(width: int, height: int, cfg: MmprojConfig) -> tuple[int, int]:
+    """(width, height) a picture is resized to: clip.cpp's ``calc_size_preserved_ratio`` with min and max pixels
+    (Hugging Face's ``smart_resize``): sides rounded to whole blocks, then scaled down (floored) past ``max_pixels``
+    or up (ceiled) short of ``min_pixels``; float32 arithmetic as clip.cpp's."""
+    f = cfg.patch_size * MERGE
+    f32 = np.float32
+
+    def by(x: Any, how: Any) -> int:
+        return int(how(f32(x) / f32(f))) * f
+
+    h_bar, w_bar = max(f, by(height, np.round)), max(f, by(width, np.round))
+    if h_bar * w_bar > cfg.max_pixels:
+        beta = np.sqrt(f32(height * width) / f32(cfg.max_pixels))
+        h_bar, w_bar = max(f, by(f32(height) / beta, np.floor)), max(f, by(f32(width) / beta, np.floor))
+    elif h_bar * w_bar < cfg.min_pixels:
+        beta = np.sqrt(f32(cfg.min_pixels) / f32(height * width))
+        h_bar, w_bar = by(f32(height) * beta, np.ceil), by(f32(width) * beta, np.ceil)
+    return w_bar, h_bar
+
+
+def grid(width: int, height: int, cfg: MmprojConfig) -> tuple[int, int]:
+    """(nx, ny): the merged rows a width x height picture becomes, a side."""
+    w, h = target_size(width, height, cfg)
+    f = cfg.patch_size * MERGE
+    return w // f, h // f
+
+
+PRECISION_BITS = 22  # Pillow's (and clip.cpp's) fixed-point weights: 32 - 8 - 2
+
+
+def _bicubic(x: float) -> float:
+    """Pillow's bicubic filter (a = -0.5), support 2."""
+    a, x = -0.5, abs(x)
+    if x < 1.0:
+        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1
+    if x < 2.0:
+        return (((x - 5) * x + 8) * x - 4) * a
+    return 0.0
+
+
+def _weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pillow's ``precompute_coeffs`` for bicubic: each output pixel's first input pixel [n_out] and its fixed-point
+    weights [n_out, ksize] (zero past the pixels it reads)."""
+    scale = n_in / n_out
+    filterscale = max(scale, 1.0)  # (upsampling keeps the filter's width; downsampling widens it)
+    support = 2.0 * filterscale
+    ksize = int(math.ceil(support)) * 2 + 1
+    first = np.zeros(n_out, np.int64)
+    w = np.zeros((n_out, ksize), np.int64)
+    for xx in range(n_out):
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), n_in) - xmin
+        k = [_bicubic((x + xmin - center + 0.5) / filterscale) for x in range(xmax)]
+        total = sum(k)
+        for x, v in enumerate(k):
+            v = v / total if total != 0.0 else v
+            w[xx, x] = int(v * (1 << PRECISION_BITS) + (-0.5 if v < 0 else 0.5))  # (+-0.5, truncated toward zero)
+        first[xx] = xmin
+    return first, w
+
+
+def _pass(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+    """One separable pass of uint8 ``a`` along ``axis`` to ``n_out`` pixels, clipped to bytes."""
+    a = np.moveaxis(a, axis, 0)
+    first, w = _weights(a.shape[0], n_out)
+    acc = np.full((n_out,) + a.shape[1:], 1 << (PRECISION_BITS - 1), np.int64)
+    src = a.astype(np.int64)
+    extra = (1,) * (a.ndim - 1)
+    for k in range(w.shape[1]):
+        idx = np.minimum(first + k, a.shape[0] - 1)  # (past the pixels read: weight 0)
+        acc += src[idx] * w[:, k].reshape(-1, *extra)
+    return np.moveaxis(np.clip(acc >> PRECISION_BITS, 0, 255).astype(np.uint8), 0, axis)
+
+
+def resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """clip.cpp's ``img_tool::resize`` for these projectors (bicubic, Pillow's port, padded): uint8 RGB [h, w, 3] scaled
+    by the smaller of width/w and height/h (sides rounded up, float32 as clip.cpp's), horizontal pass then vertical,
+    each clipped to bytes, centred on a black [height, width, 3]; a picture already that size is kept.  (Measured
+    on the tiny projector: rows as llama.cpp's, float noise apart; Pillow's own one-call resize turns a tall picture
+    vertically first, which is not clip.cpp's order.)"""
+    h, w = img.shape[:2]
+    if (w, h) == (width, height):
+        return img
+    f32 = np.float32
+    scale = min(f32(width) / f32(w), f32(height) / f32(h))
+    nw, nh = min(int(math.ceil(f32(w) * scale)), width), min(int(math.ceil(f32(h) * scale)), height)
+    out = img if nw == w else _pass(img, nw, 1)
+    out = out if nh == h else _pass(out, nh, 0)
+    canvas = np.zeros((height, width, 3), np.uint8)
+    x0, y0 = (width - nw) // 2, (height - nh) // 2
+    canvas[y0 : y0 + nh, x0 : x0 + nw] = out
+    return canvas
+
+
+def preprocess(img: np.ndarray, cfg: MmprojConfig) -> np.ndarray:
+    """uint8 RGB ``img`` [h, w, 3] -> normalised pixels [3, H, W] float32 at :func:`target_size`."""
+    w, h = target_size(img.shape[1], img.shape[0], cfg)
+    a = resize(img, w, h).astype(np.float32) / np.float32(255.0)
+    mean, std = np.asarray(cfg.image_mean, np.float32), np.asarray(cfg.image_std, np.float32)
+    return np.ascontiguousarray(((a - mean) / std).transpose(2, 0, 1), np.float32)
+
+
+# ---------------------------------------------------------------- the encoder
+
+
+def block_order(npx: int, npy: int) -> tuple[np.ndarray, np.ndarray]:
+    """The patches' (row, column) in clip.cpp's order: 2x2 blocks in raster order, each block's 4 in raster order."""
+    ys, xs = [], []
+    for by in range(0, npy, MERGE):
+        for bx in range(0, npx, MERGE):
+            for dy in range(MERGE):
+                for dx in range(MERGE):
+                    ys.append(by + dy)
+                    xs.append(bx + dx)
+    return np.asarray(ys), np.asarray(xs)
+
+
+def vision_rope(ys: np.ndarray, xs: np.ndarray, head_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin [T, head_dim/2] of ggml's vision rope (``rope_multi``, GGML_ROPE_TYPE_VISION, sections of head_dim/4):
+    pair i < head_dim/4 turns by the row at ``base^(-4i/head_dim)``, the next quarter by the column, each quarter's
+    frequencies starting over; pairs (i, i + head_dim/2)."""
+    q = head_dim // 4
+    inv = np.power(np.float32(ROPE_BASE), -np.arange(q, dtype=np.float32) * np.float32(4.0 / head_dim), dtype=np.float32)
+    ang = np.concatenate([ys[:, None] * inv[None, :], xs[:, None] * inv[None, :]], axis=1).astype(np.float32)
+    return np.cos(ang), np.sin(ang)
+
+
+def windows(npx: int, npy: int, patch: int) -> np.ndarray:
+    """Each patch's attention window (clip.cpp's, for Qwen2.5-VL), patches in :func:`block_order`."""
+    g = WINDOW // patch // MERGE  # (blocks a window side)
+    nbx = npx // MERGE
+    ys, xs = block_order(npx, npy)
+    by, bx = ys // MERGE, xs // MERGE
+    return (by // g) * (-(-nbx // g)) + bx // g
+
+
+def gelu_quick(x: np.ndarray) -> np.ndarray:
+    """ggml's CPU GELU-quick, x * sigmoid(1.702 x), looked up in its float16 table (GGML_GELU_QUICK_FP16): input and
+    result rounded to float16 (measured on the tiny projector: 5e-3 off llama.cpp's rows without the rounding, 2e-3
+    with it, on rows ~13)."""
+    xh = x.astype(np.float16).astype(np.float32)
+    return (xh / (np.float32(1.0) + np.exp(np.float32(-1.702) * xh))).astype(np.float16).astype(np.float32)
+
+
+def activation(x: np.ndarray, op: str) -> np.ndarray:
+    """The ViT MLP's activation (MmprojConfig.ffn_op): Qwen2-VL's files state none, so clip.cpp's default, GELU-quick
+    (Hugging Face's quick_gelu); Qwen2.5-VL's state SiLU."""
+    if op == "silu":
+        return x / (np.float32(1.0) + np.exp(-x))
+    return gelu(x) if op == "gelu" else gelu_quick(x)
+
+
+class Qwen2VLEncoder:
+    """Qwen2-VL's or Qwen2.5-VL's vision encoder and merger from an mmproj file: :meth:`encode` pixels into rows."""
+
+    def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
+        if backend.name != "cpu":
+            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
+        self.cfg, self.be, self.path = cfg, backend, g.path
+        self.rms = cfg.projector_type == "qwen2.5vl_merger"  # (2.5: RMSNorm; 2: LayerNorm)
+        ld = WeightLoader(g, backend)
+        E, p = cfg.n_embd, cfg.patch_size
+        self.kernels = []
+        for name in ("v.patch_embd.weight", "v.patch_embd.weight.1"):
+            t = g.tensors.get(name)
+            if t is None:
+                raise KvrunError(f"{g.path}: tensor {name!r} is missing; the projector file is incomplete")
+            if t.n_elements != E * 3 * p * p:
+                raise KvrunError(f"{g.path}: {name} has shape {t.shape}, expected {(E, 3, p, p)}")
+            k = dequantize(t.data, t.qtype, t.shape).reshape(E, 3 * p * p).astype(np.float32)
+            self.kernels.append(_f16(k))
+        if "v.patch_embd.bias" in g.tensors:  # (clip.cpp asserts there is none)
+            raise UnsupportedModelError(f"{g.path}: v.patch_embd.bias is present; llama.cpp's Qwen2-VL graph has no patch bias")
+        self.layers = []
+        for i in range(cfg.n_layer):
+            L: dict[str, Any] = {}
+            for r in ("ln1", "ln2"):
+                L[r], L[r + "_b"] = ld.host_vector(f"v_{r}", i), ld.host_vector(f"v_{r}_b", i, required=False)
+            for r in ("q", "k", "v", "o", "up", "down"):
+                L[r], L[r + "_b"] = ld.matrix(f"v_{r}", i), ld.host_vector(f"v_{r}_b", i, required=False)
+            gate = f"v.blk.{i}.ffn_gate.weight"
+            L["gate"], L["gate_b"] = None, None
+            if gate in g.tensors:
+                L["gate"], L["gate_b"] = self._named_matrix(ld, gate), self._named_vector(g, f"v.blk.{i}.ffn_gate.bias")
+            self.layers.append(L)
+        self.post_ln, self.post_ln_b = ld.host_vector("v_post_ln", required=False), ld.host_vector("v_post_ln_b", required=False)
+        self.mm0, self.mm0_b = self._named_matrix(ld, "mm.0.weight"), self._named_vector(g, "mm.0.bias")
+        self.mm2, self.mm2_b = self._named_matrix(ld, "mm.2.weight"), self._named_vector(g, "mm.2.bias")
+
+    @staticmethod
+    def _named_matrix(ld: WeightLoader, name: str) -> Any:
+        from .common import TENSOR_NAMES
+
+        role = "qwen2vl:" + name  # (a role per tensor name, as models/siglip.py registers the encoder's)
+        TENSOR_NAMES.setdefault(role, name)
+        return ld.matrix(role)
+
+    @staticmethod
+    def _named_vector(g: GGUFFile, name: str) -> np.ndarray | None:
+        t = g.tensors.get(name)
+        return None if t is None else dequantize(t.data, t.qtype, t.shape).reshape(-1).astype(np.float32)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, backend: Backend) -> Qwen2VLEncoder:
+        g, cfg = open_mmproj(path)
+        return cls(g, cfg, backend)
+
+    def _linear(self, w: Any, x: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+        if w.qtype == F16:  # ggml multiplies an F16 weight by an F16 copy of the activations
+            x = _f16(x)
+        out = np.empty((x.shape[0], w.n_rows), np.float32)
+        self.be.linear(w, np.ascontiguousarray(x, np.float32), out)
+        return out + b if b is not None else out
+
+    def _norm(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+        if not self.rms:
+            return layer_norm(x, w, b, self.cfg.eps)
+        x64 = x.astype(np.float64)
+        y = (x64 / np.sqrt((x64 * x64).mean(axis=-1, keepdims=True) + self.cfg.eps)).astype(np.float32) * w
+        return y + b if b is not None else y
+
+    def patch_embeddings(self, pixels: np.ndarray) -> np.ndarray:
+        """``pixels`` [3, H, W] -> the patches' embeddings [n_patches, E] in :func:`block_order`."""
+        p = self.cfg.patch_size
+        _, H, W = pixels.shape
+        npy, npx = H // p, W // p
+        ys, xs = block_order(npx, npy)
+        x = pixels.reshape(3, npy, p, npx, p).transpose(1, 3, 0, 2, 4)[ys, xs].reshape(len(ys), 3 * p * p)
+        x = np.ascontiguousarray(x, np.float32)
+        out = np.zeros((len(ys), self.cfg.n_embd), np.float32)
+        for k in self.kernels:  # (two convolutions, added; F16 patches and kernels, as ggml's conv_2d)
+            out += _f16(x) @ k.T
+        return out
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        """Normalised ``pixels`` [3, H, W] (:func:`preprocess`; sides whole 2x2 blocks of patches) -> the rows
+        [ny * nx, n_text_embd], blocks in raster order."""
+        c = self.cfg
+        p = c.patch_size
+        if pixels.ndim != 3 or pixels.shape[0] != 3 or pixels.shape[1] % (2 * p) or pixels.shape[2] % (2 * p):
+            raise KvrunError(f"the vision encoder takes pixels [3, H, W] with sides multiples of {2 * p}, got {list(pixels.shape)}")
+        npy, npx = pixels.shape[1] // p, pixels.shape[2] // p
+        x = self.patch_embeddings(pixels)
+        T, H = x.shape[0], c.n_head
+        D = c.n_embd // H
+        ys, xs = block_order(npx, npy)
+        cos, sin = vision_rope(ys, xs, D)
+        win = windows(npx, npy, p) if c.n_wa_pattern > 0 else None
+        groups = None if win is None else [np.nonzero(win == w)[0] for w in np.unique(win)]
+        everything = [np.arange(T)]
+        scale = np.float32(1.0 / math.sqrt(D))
+
+        def rope(t: np.ndarray) -> np.ndarray:  # [T, H, D], neox pairs (i, i + D/2)
+            a, b = t[..., : D // 2], t[..., D // 2 :]
+            cc, ss = cos[:, None, :], sin[:, None, :]
+            return np.concatenate([a * cc - b * ss, a * ss + b * cc], axis=-1)
+
+        for il, L in enumerate(self.layers):
+            full = win is None or (il + 1) % c.n_wa_pattern == 0
+            h = self._norm(x, L["ln1"], L["ln1_b"])
+            q = rope(self._linear(L["q"], h, L["q_b"]).reshape(T, H, D))
+            k = rope(self._linear(L["k"], h, L["k_b"]).reshape(T, H, D))
+            v = self._linear(L["v"], h, L["v_b"]).reshape(T, H, D)
+            a = np.empty((T, H, D), np.float32)
+            for g in everything if full else groups:  # (a window's patches attend to its patches alone)
+                for q0 in range(0, len(g), QUERY_CHUNK):  # (a big picture's scores a slice of queries at a time)
+                    rq = g[q0 : q0 + QUERY_CHUNK]
+                    for hd in range(H):
+                        sc = (q[rq, hd] @ k[g, hd].T) * scale
+                        sc = np.exp(sc - sc.max(axis=-1, keepdims=True))
+                        sc /= sc.sum(axis=-1, keepdims=True)
+                        a[rq, hd] = sc @ v[g, hd]
+            x = x + self._linear(L["o"], a.reshape(T, H * D), L["o_b"])
+            h = self._norm(x, L["ln2"], L["ln2_b"])
+            up = self._linear(L["up"], h, L["up_b"])
+            if L["gate"] is not None:  # Qwen2.5-VL: SiLU(gate) * up (ggml's swiglu), else the activation alone
+                act = activation(self._linear(L["gate"], h, L["gate_b"]), c.ffn_op) * up
+            else:
+                act = activation(up, c.ffn_op)
+            x = x + self._linear(L["down"], act.astype(np.float32), L["down_b"])
+        if self.post_ln is not None:
+            x = self._norm(x, self.post_ln, self.post_ln_b)
+        x = x.reshape(T // 4, 4 * c.n_embd)  # (each block's 4 patches side by side)
+        return self._linear(self.mm2, gelu(self._linear(self.mm0, x, self.mm0_b)), self.mm2_b)

@@ -213,7 +213,7 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
         "ssm_parallel": cfg.ssm_parallel,
         # (Qwen3.5's, Qwen3-Next's: Gated DeltaNet, d_inner its value heads' width, d_state a head's, n_group its key heads;
         # the state's and the convolution's sizes come out of the same formula)
-        "ssm_kind": "Gated DeltaNet" if cfg.arch in ("qwen35", "qwen35moe", "qwen3next") else "Mamba-2",
+        "ssm_kind": "Gated DeltaNet" if cfg.arch in ("qwen35", "qwen35moe", "qwen3next") else "Mamba 1" if cfg.arch == "jamba" else "Mamba-2",
         "ssm": {"d_conv": cfg.ssm_d_conv, "d_inner": cfg.ssm_d_inner, "d_state": cfg.ssm_d_state, "n_head": cfg.ssm_dt_rank,
                 "n_group": cfg.ssm_n_group, "state_bytes_per_layer": 4 * cfg.ssm_d_inner * cfg.ssm_d_state
                 + 4 * (cfg.ssm_d_conv - 1) * (cfg.ssm_d_inner + 2 * cfg.ssm_n_group * cfg.ssm_d_state)}
@@ -307,7 +307,9 @@ def info(model: str | None, as_json: bool) -> None:
     if f["ssm"]:  # (after the layers: which are Mamba-2's; a model of them alone has no attention, no FFN, no K/V)
         m = f["ssm"]
         which = "every layer's Mamba-2 mixer beside its attention" if f["ssm_parallel"] else f"{f['n_ssm_layers']} of {f['n_layer']} {f['ssm_kind']}"
-        if f["ssm_kind"] == "Gated DeltaNet":
+        if f["ssm_kind"] == "Mamba 1":  # (Jamba's: no heads, no groups)
+            geo = f"d_inner {m['d_inner']}, state {m['d_state']}, convolution {m['d_conv']}"
+        elif f["ssm_kind"] == "Gated DeltaNet":
             geo = f"{m['n_head']} value heads over {m['n_group']} key heads, each {m['d_state']} wide, convolution {m['d_conv']}"
         else:
             geo = (f"d_inner {m['d_inner']}: {m['n_head']} heads, state {m['d_state']}, "

@@ -42,6 +42,10 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
     """
     if any(spec.rwkv for spec in specs):  # RWKV's blocks: the WKV state and the token shift's inputs (cache/rwkv.py), no K/V
         return [RWKVLayerCache(spec) for spec in specs]
+    if any(spec.mamba for spec in specs) and not all(spec.mamba for spec in specs):  # Jamba's, PLaMo 2's Mamba layers among
+        # attention ones (models/jamba.py): their state (cache/mamba.py), the rest K/V
+        made = iter(make_cache([spec for spec in specs if not spec.mamba], n_ctx, n_batch, kv, device))
+        return [MambaLayerCache(spec) if spec.mamba else next(made) for spec in specs]
     if any(spec.mamba for spec in specs):  # Mamba 1's layers: the state and the convolution's inputs (cache/mamba.py), no K/V
         return [MambaLayerCache(spec) for spec in specs]
     if any(spec.conv or spec.ssm or spec.deltanet for spec in specs):  # LFM2's convolution layers, Mamba-2's, Gated

@@ -46,6 +46,7 @@ SUPPORTED_ARCHITECTURES += ("dream", "llada", "llada-moe")  # diffusion language
 SUPPORTED_ARCHITECTURES += ("jais", "codeshell", "refact", "plm", "plamo", "chameleon")  # older and niche decoders: models/jais.py, codeshell.py, refact.py, plm.py, plamo.py, chameleon.py
 SUPPORTED_ARCHITECTURES += ("dbrx", "arctic", "grok", "nemotron_h_moe")  # big mixtures of experts: models/dbrx.py, arctic.py, grok.py, nemotron_h_moe.py
 SUPPORTED_ARCHITECTURES += ("t5",)  # T5 / Flan-T5 text generation: the encoder-decoder (models/t5.py)
+SUPPORTED_ARCHITECTURES += ("jamba", "plamo2", "deci")  # Mamba 1 / Mamba-2-like layers among attention ones, per-layer blocks (models/jamba.py, plamo2.py, deci.py)
 SUPPORTED_ARCHITECTURES += ("gemma4",)  # Gemma 4: Gemma 3n's per-layer inputs and K/V sharing, heads of two widths, experts (models/gemma4.py)
 SUPPORTED_ARCHITECTURES += ("minimax-m2", "mimo2", "step35", "mistral4")  # models/minimax_m2.py, mimo2.py, step35.py, mistral4.py
 SUPPORTED_ARCHITECTURES += ("modern-bert", "eurobert", "llama-embed", "t5encoder")  # encoders: models/modern_bert.py, eurobert.py, llama_embed.py, t5encoder.py
@@ -54,6 +55,11 @@ SUPPORTED_ARCHITECTURES += ("qwen", "baichuan", "orion", "xverse", "plamo3", "ma
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # Llama 4: rope over consecutive pairs; its chosen expert's sigmoid weight as the router gave it (models/llama4.py)
+    # Jamba: Mamba 1 and rope-less attention layers, experts on some (their softmax weights as the router gave them); PLaMo 2:
+    # Mamba-2-like and attention layers (neox rope), sandwich norms; Deci: Llama's block with per-layer heads and FFN widths
+    "jamba": {"rope_neox": False, "expert_weights_norm": False},
+    "plamo2": {"rope_neox": True},
+    "deci": {"rope_neox": False},
     "llama4": {"rope_neox": False, "expert_weights_norm": False},
     # InternLM2 (the Llama block, the converter splitting its fused wqkv), OLMo v1 (non-parametric LayerNorms, Q/K/V clamped
     # where the file says), Nemotron (LayerNorms with biases, squared-ReLU FFN, partial rope), OpenELM (per-layer head
@@ -450,6 +456,8 @@ def load_config(g: GGUFFile) -> ModelConfig:
 
     kv_per_layer = list(kv) if hasattr(kv, "__len__") else [kv] * n_layer
     ssm_layers = tuple(int(n) == 0 for n in kv_per_layer) if arch in ("mamba2", "granitehybrid") else ()
+    if arch in ("jamba", "plamo2"):  # (their Mamba layers: head_count_kv 0; they keep no K/V)
+        ssm_layers = tuple(int(n) == 0 for n in kv_per_layer)
     rope_theta = float(g.arch_get("rope.freq_base", 10_000.0))
     alpha = float(g.arch_get("rope.scaling.alpha", 0.0) or 0.0)
     if d.get("rope_alpha") and alpha > 0:  # (llama.cpp's powf, in float32)
@@ -513,7 +521,7 @@ def load_config(g: GGUFFile) -> ModelConfig:
         ssm_dt_rank=int(g.arch_get("ssm.time_step_rank", 0) or 0),
         ssm_n_group=int(g.arch_get("ssm.group_count", 0) or 0),
         ssm_layers=ssm_layers,
-        kv_heads_per_layer=tuple(int(n) for n in kv_per_layer) if arch == "openelm" else (),
+        kv_heads_per_layer=tuple(int(n) for n in kv_per_layer) if arch in ("openelm", "deci") else (),
         ssm_parallel=bool(d.get("ssm_parallel", False)),
         ffn_layers=ffn_layers,
         # (fixed, as llama.cpp's: the files' shared_kv_layers, E2B's 10 of 30 and E4B's 15 of 35, leave the same 20)

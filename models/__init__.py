@@ -19,6 +19,7 @@ from .command_r import CommandRModel
 from .common import Model
 from .deepseek import DeepseekModel
 from .dbrx import DbrxModel
+from .deci import DeciModel
 from .deepseek2 import Deepseek2Model
 from .dots1 import Dots1Model
 from .ernie4_5 import Ernie45Model
@@ -46,6 +47,7 @@ from .grovemoe import GroveMoeModel
 from .hunyuan_dense import HunyuanDenseModel
 from .hunyuan_moe import HunyuanMoeModel
 from .internlm2 import InternLM2Model
+from .jamba import JambaModel
 from .jina_bert import JinaBertV2Model, JinaBertV3Model
 from .lfm2 import Lfm2Model
 from .llama import LlamaModel
@@ -76,6 +78,7 @@ from .openelm import OpenELMModel
 from .pangu_embedded import PanguEmbeddedModel
 from .phi2 import Phi2Model
 from .phi3 import Phi3Model
+from .plamo2 import Plamo2Model
 from .phimoe import PhiMoeModel
 from .qwen2 import Qwen2Model
 from .qwen2moe import Qwen2MoeModel
@@ -129,7 +132,8 @@ for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model
              BailingMoeModel, HunyuanMoeModel, Dots1Model, PhiMoeModel, GroveMoeModel, Rnd1Model,
              DreamModel, LladaModel, LladaMoeModel,
              JaisModel, CodeShellModel, RefactModel, PLMModel, PlamoModel, ChameleonModel,
-             DbrxModel, ArcticModel, GrokModel, NemotronHMoeModel, T5Model):  # fmt: skip
+             DbrxModel, ArcticModel, GrokModel, NemotronHMoeModel, T5Model,
+             JambaModel, Plamo2Model, DeciModel):  # fmt: skip
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

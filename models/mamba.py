@@ -52,6 +52,11 @@ class MambaLayer:
     A: np.ndarray  # [d_inner, d_state]: -exp(A_log), as the converter stores it
     D: np.ndarray  # [d_inner]
     out_proj: Weight  # [n_embd, d_inner]
+    #: Jamba's and PLaMo 2's RMS norms of dt, B and C with weights ([dt_rank], [d_state] each; None: none, or Falcon-Mamba's
+    #: unweighted ones), as llama.cpp's build_mamba_layer applies them where the layer has all three (models/jamba.py)
+    dt_norm: np.ndarray | None = None
+    b_norm: np.ndarray | None = None
+    c_norm: np.ndarray | None = None
 
 
 def _rms(x: np.ndarray, eps: float) -> np.ndarray:
@@ -119,6 +124,9 @@ class MambaModel(Model):
         if self.dt_b_c_rms:
             eps = self.cfg.norm_eps
             dt, B, C = _rms(dt, eps), _rms(B, eps), _rms(C, eps)
+        if L.dt_norm is not None:  # (Jamba, PLaMo 2: each norm with its weight)
+            eps = self.cfg.norm_eps
+            dt, B, C = _rms(dt, eps) * L.dt_norm, _rms(B, eps) * L.b_norm, _rms(C, eps) * L.c_norm
         dts = buf.get("mamba_dt", T, di)
         be.linear(L.dt_proj, np.ascontiguousarray(dt), dts)
         dts += L.dt_b

@@ -157,6 +157,9 @@ TOLERANCE["bitnet-tq2_0"] = 1.5e-2
 #: (its attention without flash attention meets the float16 K/V so) into the stream whole: a float64 forward with them
 #: is 2e-4 from its logits, without them 1.1e-3, where kvrun's float32 attention is
 TOLERANCE.update({"grok": 2e-3, "grok1": 2e-3})
+#: PLaMo 2's RMSNorm after each attention does the same (and its per-head QK-norm makes the scores large): 1.1e-3 from
+#: llama.cpp's logits, 0 at the first position (one key); kvrun's queries rounded to float16 as llama.cpp's, 8.8e-4
+TOLERANCE["plamo2"] = 2e-3
 #: where kvrun's logits are a known multiple of llama.cpp's: a MiniCPM file that states no logit_scale (older converters)
 #: gets llama.cpp's default 256 / n_embd, which its Granite graph divides the logits by (times n_embd / 256 = 0.25 here);
 #: MiniCPM (and llama.cpp's own MiniCPM graph before it) divides them by n_embd / dim_model_base (256): times 4 here,

@@ -265,6 +265,13 @@ FIXTURE_MODELS: dict[str, dict] = {
     "plamo3-full": {"arch": "plamo3", "variant": "full"},
     "maincoder": {"arch": "maincoder"},
     "jais2": {"arch": "jais2"},
+    # tiny_hybrids2.py: Jamba (Mamba 1 with weighted dt/B/C norms, rope-less attention, experts on odd layers), PLaMo 2
+    # (Mamba-2-like layers with per-head z/x rows, sandwich norms, per-head QK-norm), Deci (per-layer heads and FFN widths,
+    # layers with no attention, a linear attention replacement, no FFN)
+    "jamba": {"arch": "jamba"},
+    "jamba-dense": {"arch": "jamba", "variant": "dense"},  # no experts (Mini-Jamba's layout), an output head of its own
+    "plamo2": {"arch": "plamo2"},  # attention layers 0 and 2, Mamba 1 and 3, the output head tied
+    "deci": {"arch": "deci"},  # Nemotron-51B/49B/253B's blocks: per-layer heads and FFN widths, a layer of each kind
     # tiny_moe4.py: DBRX (LayerNorms without biases, fused QKV clipped, 16 experts 4 a token), Arctic (a dense FFN beside
     # experts reading the layer's input), Grok (sandwich norms, GELU experts, soft caps and multipliers; Grok-2 stated with a
     # dense FFN, Grok-1's defaults), Nemotron 3 Nano (Mamba-2, attention and sigmoid-routed squared-ReLU experts with a
@@ -374,6 +381,10 @@ def write_tiny_model(
         from tiny_moe4 import write_tiny_moe4
 
         return write_tiny_moe4(path, arch, qtype, seed, variant)
+    if arch in ("jamba", "plamo2", "deci"):  # (tiny_hybrids2.py: ``variant``)
+        from tiny_hybrids2 import write_tiny_hybrid2
+
+        return write_tiny_hybrid2(path, arch, qtype, seed, variant)
     if arch in ("phimoe", "bailingmoe", "hunyuan-moe", "dots1", "rnd1", "grovemoe"):  # (tiny_moe2.py: its ``variant``)
         from tiny_moe2 import write_tiny_moe2
 

@@ -159,6 +159,11 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
     if cfg.arch == "mamba":  # each layer (the scan's [d_inner, d_state] and the convolution's last d_conv - 1 inputs, float32)
         di, ds, dc = (int(g.arch_get(k, 0) or 0) for k in ("ssm.inner_size", "ssm.state_size", "ssm.conv_kernel"))
         mamba = {"d_inner": di, "d_state": ds, "d_conv": dc, "state_bytes_per_layer": 4 * di * ds + 4 * (dc - 1) * di}
+    kda = None  # Kimi Linear's KDA layers: n_head heads of kda.head_dim (q, k, v alike), a state [hd, hd] a head, q/k/v's inputs
+    if cfg.arch == "kimi-linear" and (hd := int(g.arch_get("kda.head_dim", 0) or 0)):
+        H, dc = cfg.n_head, cfg.ssm_d_conv
+        kda = {"d_conv": dc, "d_inner": H * hd, "d_state": hd, "n_head": H, "n_group": H,
+               "state_bytes_per_layer": 4 * H * hd * hd + 4 * (dc - 1) * 3 * H * hd}
     return {
         "path": str(path),
         "name": cfg.name,
@@ -213,8 +218,8 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
         "ssm_parallel": cfg.ssm_parallel,
         # (Qwen3.5's, Qwen3-Next's: Gated DeltaNet, d_inner its value heads' width, d_state a head's, n_group its key heads;
         # the state's and the convolution's sizes come out of the same formula)
-        "ssm_kind": "Gated DeltaNet" if cfg.arch in ("qwen35", "qwen35moe", "qwen3next") else "Mamba 1" if cfg.arch == "jamba" else "Mamba-2",
-        "ssm": {"d_conv": cfg.ssm_d_conv, "d_inner": cfg.ssm_d_inner, "d_state": cfg.ssm_d_state, "n_head": cfg.ssm_dt_rank,
+        "ssm_kind": "Kimi Delta Attention" if kda else "Gated DeltaNet" if cfg.arch in ("qwen35", "qwen35moe", "qwen3next") else "Mamba 1" if cfg.arch == "jamba" else "Mamba-2",
+        "ssm": kda or {"d_conv": cfg.ssm_d_conv, "d_inner": cfg.ssm_d_inner, "d_state": cfg.ssm_d_state, "n_head": cfg.ssm_dt_rank,
                 "n_group": cfg.ssm_n_group, "state_bytes_per_layer": 4 * cfg.ssm_d_inner * cfg.ssm_d_state
                 + 4 * (cfg.ssm_d_conv - 1) * (cfg.ssm_d_inner + 2 * cfg.ssm_n_group * cfg.ssm_d_state)}
         if any(cfg.ssm_layers) or cfg.ssm_parallel else None,
@@ -309,6 +314,8 @@ def info(model: str | None, as_json: bool) -> None:
         which = "every layer's Mamba-2 mixer beside its attention" if f["ssm_parallel"] else f"{f['n_ssm_layers']} of {f['n_layer']} {f['ssm_kind']}"
         if f["ssm_kind"] == "Mamba 1":  # (Jamba's: no heads, no groups)
             geo = f"d_inner {m['d_inner']}, state {m['d_state']}, convolution {m['d_conv']}"
+        elif f["ssm_kind"] == "Kimi Delta Attention":
+            geo = f"{m['n_head']} heads, each {m['d_state']} wide, a decay per key channel, convolution {m['d_conv']}"
         elif f["ssm_kind"] == "Gated DeltaNet":
             geo = f"{m['n_head']} value heads over {m['n_group']} key heads, each {m['d_state']} wide, convolution {m['d_conv']}"
         else:
@@ -332,6 +339,8 @@ def info(model: str | None, as_json: bool) -> None:
                                          "whatever the context (no KV cache)"))  # fmt: skip
     if not f["rope_used"]:
         lines = [(k, "none (the file says so: rope.scaling.finetuned false)" if k == "rope" else v) for k, v in lines]
+    if f["architecture"] == "kimi-linear":  # (its MLA turns nothing: rope.dimension_count sizes the keys' shared part)
+        lines = [(k, "none (Kimi's MLA: the KDA layers' convolutions carry position)" if k == "rope" else v) for k, v in lines]
     if f["architecture"] in ("gpt2", "starcoder"):  # (its positions are learned rows added to the embeddings)
         lines = [(k, "none (learned positions: position_embd.weight)" if k == "rope" else v) for k, v in lines]
     if f["architecture"] in ("bloom", "mpt", "jais", "refact"):  # (ALiBi: a distance penalty on the attention scores)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..ops.cpu.deltanet import gated_delta_rule
+from ..ops.cpu.kda import kda_delta_rule
 from ..ops.cpu.ssm import ssm_conv
 from .base import LayerSpec
 from .ssm import CHECKPOINTS, EVERY, RING, SSMLayerCache
@@ -30,14 +31,18 @@ class DeltaNetLayerCache(SSMLayerCache):
 
     ``scan(qkv, gb, pos, w, y)``: ``qkv`` [T, channels] the in-projection's rows, ``gb`` [T, 2 * n_v_heads] each
     head's decay log ``g`` then ``beta``; ``w`` the layer's weights (``conv`` [d_conv, channels], ``conv_b``,
-    ``k_of_v``, ``eps``); writes ``y`` [T, n_v_heads * d_v] (before the gated norm)."""
+    ``k_of_v``, ``eps``); writes ``y`` [T, n_v_heads * d_v] (before the gated norm).
+
+    Kimi Delta Attention (models/kimi_linear.py): a sixth ``spec.deltanet`` value 1 gives each head a decay per key
+    channel (``ops/cpu/kda.py``): ``gb`` is then [T, n_v_heads * d_k + n_v_heads], every head's d_k decay logs, then beta."""
 
     def __init__(self, spec: LayerSpec) -> None:  # (not SSMLayerCache's: other shapes, the same fields)
         self.spec = spec
-        self.d_conv, self.n_k_heads, self.n_v_heads, self.d_k, self.d_v = spec.deltanet
+        self.d_conv, self.n_k_heads, self.n_v_heads, self.d_k, self.d_v = spec.deltanet[:5]
+        self.per_channel = len(spec.deltanet) > 5 and bool(spec.deltanet[5])  # (KDA's decay: d_k logs a head, not one)
         self.d_inner = self.n_v_heads * self.d_v  # (what a replay writes: y's width)
         self.channels = 2 * self.n_k_heads * self.d_k + self.d_inner  # the convolution's: q, k, v
-        self.n_head = 2 * self.n_v_heads  # (the ring's columns after the channels: g, beta)
+        self.n_head = self.n_v_heads * ((self.d_k if self.per_channel else 1) + 1)  # (the ring's columns after the channels: g, beta)
         shape = (self.n_v_heads, self.d_v, self.d_k)
         self.state = np.zeros(shape, np.float32)
         self.ck = np.zeros((CHECKPOINTS, *shape), np.float32)
@@ -62,6 +67,7 @@ class DeltaNetLayerCache(SSMLayerCache):
         slots = sorted(range(CHECKPOINTS), key=kept.__getitem__)[: len(at)]  # the oldest copies (none: -1) make room
         self.ck_pos[slots] = at
         ck_t, ck_slot = np.array([q - p0 for q in at], np.int64), np.array(slots, np.int64)
-        nv = self.n_v_heads
-        g, beta = np.ascontiguousarray(gb[:, :nv]), np.ascontiguousarray(gb[:, nv:])
-        gated_delta_rule(self.state, qkv, g, beta, w.k_of_v, w.eps, y, ck_t, ck_slot, self.ck)
+        ng = self.n_head - self.n_v_heads  # (g's columns: one a head, or KDA's d_k)
+        g, beta = np.ascontiguousarray(gb[:, :ng]), np.ascontiguousarray(gb[:, ng:])
+        rule = kda_delta_rule if self.per_channel else gated_delta_rule
+        rule(self.state, qkv, g, beta, w.k_of_v, w.eps, y, ck_t, ck_slot, self.ck)

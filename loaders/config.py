@@ -43,23 +43,24 @@ SUPPORTED_ARCHITECTURES += ("pangu-embedded",)  # openPangu-Embedded: Llama with
 SUPPORTED_ARCHITECTURES += ("minicpm3",)  # MiniCPM3-4B: DeepSeek-V2's latent attention with muP (models/minicpm3.py)
 SUPPORTED_ARCHITECTURES += ("phimoe", "bailingmoe", "hunyuan-moe", "dots1", "rnd1", "grovemoe")  # mixtures of experts: models/<arch>.py
 SUPPORTED_ARCHITECTURES += ("dream", "llada", "llada-moe")  # diffusion language models (kvrun diffusion): models/dream.py, llada.py, llada_moe.py
-SUPPORTED_ARCHITECTURES += ("jais", "codeshell", "refact", "plm", "plamo", "chameleon")  # older and niche decoders: models/jais.py, codeshell.py, refact.py, plm.py, plamo.py, chameleon.py
-SUPPORTED_ARCHITECTURES += ("dbrx", "arctic", "grok", "nemotron_h_moe")  # big mixtures of experts: models/dbrx.py, arctic.py, grok.py, nemotron_h_moe.py
-SUPPORTED_ARCHITECTURES += ("t5",)  # T5 / Flan-T5 text generation: the encoder-decoder (models/t5.py)
-SUPPORTED_ARCHITECTURES += ("jamba", "plamo2", "deci")  # Mamba 1 / Mamba-2-like layers among attention ones, per-layer blocks (models/jamba.py, plamo2.py, deci.py)
-SUPPORTED_ARCHITECTURES += ("gemma4",)  # Gemma 4: Gemma 3n's per-layer inputs and K/V sharing, heads of two widths, experts (models/gemma4.py)
 SUPPORTED_ARCHITECTURES += ("minimax-m2", "mimo2", "step35", "mistral4")  # models/minimax_m2.py, mimo2.py, step35.py, mistral4.py
 SUPPORTED_ARCHITECTURES += ("modern-bert", "eurobert", "llama-embed", "t5encoder")  # encoders: models/modern_bert.py, eurobert.py, llama_embed.py, t5encoder.py
 SUPPORTED_ARCHITECTURES += ("qwen", "baichuan", "orion", "xverse", "plamo3", "maincoder", "jais2")  # the Llama block's kin: models/qwen.py, baichuan.py, orion.py, xverse.py, plamo3.py, maincoder.py, jais2.py
+SUPPORTED_ARCHITECTURES += ("t5",)  # T5 / Flan-T5 text generation: the encoder-decoder (models/t5.py)
+SUPPORTED_ARCHITECTURES += ("gemma4",)  # Gemma 4: Gemma 3n's per-layer inputs and K/V sharing, heads of two widths, experts (models/gemma4.py)
+SUPPORTED_ARCHITECTURES += ("jamba", "plamo2", "deci")  # Mamba 1 / Mamba-2-like layers among attention ones, per-layer blocks (models/jamba.py, plamo2.py, deci.py)
+SUPPORTED_ARCHITECTURES += ("jais", "codeshell", "refact", "plm", "plamo", "chameleon")  # older and niche decoders: models/jais.py, codeshell.py, refact.py, plm.py, plamo.py, chameleon.py
+SUPPORTED_ARCHITECTURES += ("dbrx", "arctic", "grok", "nemotron_h_moe")  # big mixtures of experts: models/dbrx.py, arctic.py, grok.py, nemotron_h_moe.py
+SUPPORTED_ARCHITECTURES += ("kimi-linear",)  # Kimi Linear: Kimi Delta Attention among rope-less MLA layers, experts (models/kimi_linear.py)
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
-    # Llama 4: rope over consecutive pairs; its chosen expert's sigmoid weight as the router gave it (models/llama4.py)
     # Jamba: Mamba 1 and rope-less attention layers, experts on some (their softmax weights as the router gave them); PLaMo 2:
     # Mamba-2-like and attention layers (neox rope), sandwich norms; Deci: Llama's block with per-layer heads and FFN widths
     "jamba": {"rope_neox": False, "expert_weights_norm": False},
     "plamo2": {"rope_neox": True},
     "deci": {"rope_neox": False},
+    # Llama 4: rope over consecutive pairs; its chosen expert's sigmoid weight as the router gave it (models/llama4.py)
     "llama4": {"rope_neox": False, "expert_weights_norm": False},
     # InternLM2 (the Llama block, the converter splitting its fused wqkv), OLMo v1 (non-parametric LayerNorms, Q/K/V clamped
     # where the file says), Nemotron (LayerNorms with biases, squared-ReLU FFN, partial rope), OpenELM (per-layer head
@@ -152,6 +153,7 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "mimo2": {"rope_neox": True},
     "step35": {"rope_neox": True, "nextn": True},
     "mistral4": {"rope_neox": False, "expert_weights_norm": False},
+    "pangu-embedded": {"rope_neox": True},  # (openPangu-Embedded: Llama with Q/K/V/O biases, rope over halves)
     # Phi-3.5-MoE, Hunyuan-A13B, dots.llm1, RND1, GroveMoE: rope over halves (Ling v1: over consecutive pairs); Ling's and
     # dots.llm1's chosen experts' weights as the router gave them unless the file says to renormalise them (the others'
     # graphs always renormalise)
@@ -160,12 +162,11 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "hunyuan-moe": {"rope_neox": True},
     "dots1": {"rope_neox": True, "expert_weights_norm": False},
     "rnd1": {"rope_neox": True},
-    "grovemoe": {"rope_neox": True},
     # Dream (Qwen2 trunk), LLaDA-MoE: rope over halves; LLaDA (Llama trunk): over consecutive pairs (llama_model_rope_type)
     "dream": {"rope_neox": True},
     "llada": {"rope_neox": False},
     "llada-moe": {"rope_neox": True, "expert_weights_norm": False},
-    "pangu-embedded": {"rope_neox": True},  # (openPangu-Embedded: Llama with Q/K/V/O biases, rope over halves)
+    "grovemoe": {"rope_neox": True},
     # encoders: ModernBERT's window layers symmetric, of every sliding_window_pattern (3) the first global; EuroBERT rope over
     # halves, llama-embed over consecutive pairs (Llama's); T5 has no rope (relative position buckets)
     "modern-bert": {"rope_neox": True, "swa_pattern": 3, "swa_dense_first": True},
@@ -247,6 +248,8 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "qwen35": {"rope_neox": True, "full_attention_interval": 4},
     "qwen35moe": {"rope_neox": True, "full_attention_interval": 4},
     "qwen3next": {"rope_neox": True, "full_attention_interval": 4},
+    # Kimi Linear: KDA layers (head_count_kv 0) among MLA layers that turn nothing (models/kimi_linear.py)
+    "kimi-linear": {"rope_neox": False},
     # Gemma 3n (E2B, E4B): 4 sliding-window layers then 1 global, local rope base 10k, attention unscaled (Q and K
     # are normed), logits soft-capped at 30; what llama.cpp fixes in code: layers from the 20th on keep no K/V
     # (they read an earlier layer's), the first 10 layers' FFN gates sparse (kept above mean + 1.645 std, the
@@ -406,6 +409,8 @@ def load_config(g: GGUFFile) -> ModelConfig:
     if arch == "minicpm3":  # (MLA as deepseek2; V's heads llama.cpp's n_embd_head_v: n_embd / n_head unless stated, not
         # key_length, which the converter states as qk_nope + qk_rope)
         head_dim_v, n_head_kv = int(g.arch_get("attention.value_length", n_embd // n_head)), n_head
+    if arch == "kimi-linear":  # (MLA as deepseek2's, decompressed: llama.cpp requires key_length_mla and value_length_mla)
+        head_dim, head_dim_v, n_head_kv = int(_req(g, "attention.key_length_mla")), int(_req(g, "attention.value_length_mla")), n_head
     if "full_attention_interval" in d:  # (Qwen3.5's multi-token-prediction block comes after the trunk, counted in
         # block_count: llama.cpp's graph runs the trunk alone, and so does kvrun)
         n_layer -= int(g.arch_get("nextn_predict_layers", 0) or 0)
@@ -457,6 +462,8 @@ def load_config(g: GGUFFile) -> ModelConfig:
     kv_per_layer = list(kv) if hasattr(kv, "__len__") else [kv] * n_layer
     ssm_layers = tuple(int(n) == 0 for n in kv_per_layer) if arch in ("mamba2", "granitehybrid") else ()
     if arch in ("jamba", "plamo2"):  # (their Mamba layers: head_count_kv 0; they keep no K/V)
+        ssm_layers = tuple(int(n) == 0 for n in kv_per_layer)
+    if arch == "kimi-linear":  # (its KDA layers: head_count_kv 0)
         ssm_layers = tuple(int(n) == 0 for n in kv_per_layer)
     rope_theta = float(g.arch_get("rope.freq_base", 10_000.0))
     alpha = float(g.arch_get("rope.scaling.alpha", 0.0) or 0.0)

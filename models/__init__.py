@@ -6,7 +6,6 @@ from ..loaders.errors import UnsupportedModelError
 from .afmoe import AfmoeModel
 from .apertus import ApertusModel
 from .arcee import ArceeModel
-from .arctic import ArcticModel
 from .arwkv7 import ARWKV7Model
 from .bailingmoe import BailingMoeModel
 from .bailingmoe2 import BailingMoe2Model
@@ -18,9 +17,8 @@ from .cohere2 import Cohere2Model
 from .command_r import CommandRModel
 from .common import Model
 from .deepseek import DeepseekModel
-from .dbrx import DbrxModel
-from .deci import DeciModel
 from .deepseek2 import Deepseek2Model
+from .deci import DeciModel
 from .dots1 import Dots1Model
 from .ernie4_5 import Ernie45Model
 from .ernie4_5_moe import Ernie45MoeModel
@@ -40,7 +38,6 @@ from .gpt2 import GPT2Model
 from .gptneox import GPTNeoXModel
 from .gptoss import GptOssModel
 from .granite import GraniteModel
-from .grok import GrokModel
 from .granitehybrid import GraniteHybridModel
 from .granitemoe import GraniteMoeModel
 from .grovemoe import GroveMoeModel
@@ -63,13 +60,13 @@ from .mistral4 import Mistral4Model
 from .mpt import MptModel
 from .nemotron import NemotronModel
 from .nemotron_h import NemotronHModel
-from .nemotron_h_moe import NemotronHMoeModel
 from .neo_bert import NeoBertModel
 from .modern_bert import ModernBertModel
 from .eurobert import EuroBertModel
 from .llama_embed import LlamaEmbedModel
-from .t5 import T5Model
 from .t5encoder import T5EncoderModel
+from .t5 import T5Model
+from .kimi_linear import KimiLinearModel
 from .nomic_bert_moe import NomicBertMoeModel
 from .olmo import OlmoModel
 from .olmo2 import Olmo2Model
@@ -77,8 +74,8 @@ from .olmoe import OlmoeModel
 from .openelm import OpenELMModel
 from .pangu_embedded import PanguEmbeddedModel
 from .phi2 import Phi2Model
-from .phi3 import Phi3Model
 from .plamo2 import Plamo2Model
+from .phi3 import Phi3Model
 from .phimoe import PhiMoeModel
 from .qwen2 import Qwen2Model
 from .qwen2moe import Qwen2MoeModel
@@ -114,6 +111,10 @@ from .orion import OrionModel
 from .plamo3 import Plamo3Model
 from .qwen import QwenModel
 from .xverse import XverseModel
+from .arctic import ArcticModel
+from .dbrx import DbrxModel
+from .grok import GrokModel
+from .nemotron_h_moe import NemotronHMoeModel
 
 MODEL_CLASSES: dict[str, type[Model]] = {}
 for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model, Qwen2MoeModel, DeepseekModel, Deepseek2Model,
@@ -124,16 +125,15 @@ for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model
              SeedOssModel, ApertusModel, CommandRModel, GPT2Model, StarCoder2Model, GPTNeoXModel, RWKV6Model, Llama4Model,
              InternLM2Model, OlmoModel, NemotronModel, OpenELMModel, Qwen2VLModel, Qwen3VLModel, Qwen3VLMoeModel, FalconModel, ChatGLMModel,
              JinaBertV2Model, JinaBertV3Model, NomicBertMoeModel, NeoBertModel, MambaModel, MiniCPM3Model, AfmoeModel, ExaoneMoeModel,
-             PanguEmbeddedModel, ARWKV7Model, RWKV6Qwen2Model,
-             StarCoderModel, BloomModel, MptModel,
+             PanguEmbeddedModel, ARWKV7Model, RWKV6Qwen2Model, Gemma4Model,
+             StarCoderModel, BloomModel, MptModel, JambaModel, Plamo2Model, DeciModel,
+             MiniMaxM2Model, Mimo2Model, Step35Model, Mistral4Model,
              QwenModel, BaichuanModel, OrionModel, XverseModel, Plamo3Model, MaincoderModel, Jais2Model,
-             ModernBertModel, EuroBertModel, LlamaEmbedModel, T5EncoderModel,
-             MiniMaxM2Model, Mimo2Model, Step35Model, Mistral4Model, Gemma4Model,
-             BailingMoeModel, HunyuanMoeModel, Dots1Model, PhiMoeModel, GroveMoeModel, Rnd1Model,
-             DreamModel, LladaModel, LladaMoeModel,
              JaisModel, CodeShellModel, RefactModel, PLMModel, PlamoModel, ChameleonModel,
+             BailingMoeModel, HunyuanMoeModel, Dots1Model, PhiMoeModel, GroveMoeModel, Rnd1Model, DreamModel, LladaModel, LladaMoeModel,
+             ModernBertModel, EuroBertModel, LlamaEmbedModel, T5EncoderModel,
              DbrxModel, ArcticModel, GrokModel, NemotronHMoeModel, T5Model,
-             JambaModel, Plamo2Model, DeciModel):  # fmt: skip
+             KimiLinearModel):  # fmt: skip
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

@@ -240,6 +240,7 @@ FIXTURE_MODELS: dict[str, dict] = {
     "mimo2": {"arch": "mimo2"},
     "step35": {"arch": "step35"},
     "mistral4": {"arch": "mistral4"},
+    "pangu-embedded": {"arch": "pangu-embedded"},  # openPangu-Embedded (tiny_pangu.py): Q/K/V and attn_output biases, neox rope
     # tiny_moe2.py: Phi-3.5-MoE (norms and projections with biases, LongRoPE's short factors; "-long": its long ones), Ling
     # v1 (softmax-routed experts renormalised, 2 shared; "-scaled": 1 shared, as the router gave them, times 2.5), Hunyuan-A13B
     # (QK norm after the rope, a shared expert), dots.llm1 (a dense layer, sigmoid-routed experts with exp_probs_b in groups,
@@ -251,7 +252,13 @@ FIXTURE_MODELS: dict[str, dict] = {
     "hunyuan-moe": {"arch": "hunyuan-moe"},
     "dots1": {"arch": "dots1"},
     "grovemoe": {"arch": "grovemoe"},
-    "pangu-embedded": {"arch": "pangu-embedded"},  # openPangu-Embedded (tiny_pangu.py): Q/K/V and attn_output biases, neox rope
+    # tiny_hybrids2.py: Jamba (Mamba 1 with weighted dt/B/C norms, rope-less attention, experts on odd layers), PLaMo 2
+    # (Mamba-2-like layers with per-head z/x rows, sandwich norms, per-head QK-norm), Deci (per-layer heads and FFN widths,
+    # layers with no attention, a linear attention replacement, no FFN)
+    "jamba": {"arch": "jamba"},
+    "jamba-dense": {"arch": "jamba", "variant": "dense"},  # no experts (Mini-Jamba's layout), an output head of its own
+    "plamo2": {"arch": "plamo2"},  # attention layers 0 and 2, Mamba 1 and 3, the output head tied
+    "deci": {"arch": "deci"},  # Nemotron-51B/49B/253B's blocks: per-layer heads and FFN widths, a layer of each kind
     # Llama kin 2 (tiny_llama_likes2.py): Qwen 1's fused QKV with bias and halved FFN width; Baichuan 7B's rope (32 layers)
     # and 13B's ALiBi (40 layers, 5 heads); Orion's LayerNorms; XVERSE; PLaMo 3's sandwich norms, QK-norm, fused QKV and
     # gate+up, windows (7 of 8 layers) with a local rope base, and without; Maincoder's QK-norm after the rope; Jais-2's
@@ -265,13 +272,6 @@ FIXTURE_MODELS: dict[str, dict] = {
     "plamo3-full": {"arch": "plamo3", "variant": "full"},
     "maincoder": {"arch": "maincoder"},
     "jais2": {"arch": "jais2"},
-    # tiny_hybrids2.py: Jamba (Mamba 1 with weighted dt/B/C norms, rope-less attention, experts on odd layers), PLaMo 2
-    # (Mamba-2-like layers with per-head z/x rows, sandwich norms, per-head QK-norm), Deci (per-layer heads and FFN widths,
-    # layers with no attention, a linear attention replacement, no FFN)
-    "jamba": {"arch": "jamba"},
-    "jamba-dense": {"arch": "jamba", "variant": "dense"},  # no experts (Mini-Jamba's layout), an output head of its own
-    "plamo2": {"arch": "plamo2"},  # attention layers 0 and 2, Mamba 1 and 3, the output head tied
-    "deci": {"arch": "deci"},  # Nemotron-51B/49B/253B's blocks: per-layer heads and FFN widths, a layer of each kind
     # tiny_moe4.py: DBRX (LayerNorms without biases, fused QKV clipped, 16 experts 4 a token), Arctic (a dense FFN beside
     # experts reading the layer's input), Grok (sandwich norms, GELU experts, soft caps and multipliers; Grok-2 stated with a
     # dense FFN, Grok-1's defaults), Nemotron 3 Nano (Mamba-2, attention and sigmoid-routed squared-ReLU experts with a
@@ -293,6 +293,9 @@ FIXTURE_MODELS: dict[str, dict] = {
     "plamo": {"arch": "plamo"},
     "chameleon": {"arch": "chameleon"},
     "chameleon-swin": {"arch": "chameleon", "variant": "swin"},
+    # Kimi Linear (tiny_kimi_linear.py): KDA layers (short convolutions, per-channel decay, sigmoid output gate) among
+    # rope-less MLA layers, a leading dense layer, sigmoid-routed experts with exp_probs_b and a shared one
+    "kimi-linear": {"arch": "kimi-linear"},
 }
 
 
@@ -369,6 +372,14 @@ def write_tiny_model(
     qwen3next: :func:`_write_tiny_qwen35` (qwen3next with ``split_qkv``: attn_qkv and attn_gate, not ssm_in).
     mistral3, ernie4_5-moe: :func:`_write_tiny_mistral3_ernie_moe` (mistral3's ``yarn_log_mul``).  hunyuan-dense,
     minicpm: :func:`_write_tiny_hunyuan_minicpm` (``rope_alpha``; minicpm's ``mup_defaults``, and ``rope_freqs``: LongRoPE)."""
+    if arch == "kimi-linear":  # (tiny_kimi_linear.py)
+        from tiny_kimi_linear import write_tiny_kimi_linear
+
+        return write_tiny_kimi_linear(path, qtype, seed)
+    if arch in ("dbrx", "arctic", "grok", "nemotron_h_moe"):  # (tiny_moe4.py: its ``variant``)
+        from tiny_moe4 import write_tiny_moe4
+
+        return write_tiny_moe4(path, arch, qtype, seed, variant)
     if arch in ("qwen", "baichuan", "orion", "xverse", "plamo3", "maincoder", "jais2"):  # (tiny_llama_likes2.py: ``variant``)
         from tiny_llama_likes2 import write_tiny_llama_like2
 
@@ -377,10 +388,6 @@ def write_tiny_model(
         from tiny_classic2 import write_tiny_classic2
 
         return write_tiny_classic2(path, arch, qtype, seed, variant)
-    if arch in ("dbrx", "arctic", "grok", "nemotron_h_moe"):  # (tiny_moe4.py: its ``variant``)
-        from tiny_moe4 import write_tiny_moe4
-
-        return write_tiny_moe4(path, arch, qtype, seed, variant)
     if arch in ("jamba", "plamo2", "deci"):  # (tiny_hybrids2.py: ``variant``)
         from tiny_hybrids2 import write_tiny_hybrid2
 

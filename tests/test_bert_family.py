@@ -10,36 +10,18 @@ apart, taken away, moves the states by more than ten times STATE_TOL."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 
 import numpy as np
 import pytest
+from embed_checks import (FIX, STATE_TOL, check_cli, check_cpu_only_and_no_text, check_ids_states_and_embeddings, check_missing_tensor,
+                          check_quantized_close, load, state_error)  # fmt: skip
 from tiny_bert_family import TEXTS, VARIANTS, Q, write_tiny_bert_family
 
-from kvrun.loaders.errors import GGUFError, KvrunError, UnsupportedModelError
-from kvrun.runtime.api import Model
-from kvrun.runtime.engine import Engine
-
-FIX = __import__("pathlib").Path(__file__).parent / "fixtures"
-STATE_TOL = 1e-3  # per-token states, of their largest magnitude
-POOLED_TOL = 1e-4  # pooled unit vectors, absolute
+from kvrun.loaders.errors import GGUFError
 
 
 def _load(tmp_path_factory, name: str):
-    path = write_tiny_bert_family(tmp_path_factory.mktemp(name) / "m.gguf", name)
-    fx = np.load(FIX / f"embed_{name}.npz")
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == str(fx["sha256"]), "the fixture was made from another model file"
-    return Model(Engine(path)), fx
-
-
-def _state_error(m: Model, fx) -> float:
-    """The worst per-token state error over the texts, of the largest state."""
-    errs = []
-    for k in range(len(TEXTS)):
-        h, want = m.engine.embed(fx[f"ids_{k}"].tolist()), fx[f"embd_{k}"]
-        errs.append(np.abs(h - want).max() / np.abs(want).max())
-    return float(max(errs))
+    return load(tmp_path_factory, write_tiny_bert_family, name)
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
@@ -49,15 +31,7 @@ def encoder(request, tmp_path_factory):
 
 def test_ids_states_and_embeddings_are_llama_cpps(encoder):
     name, m, fx = encoder
-    assert m.config.arch == VARIANTS[name]["arch"] and m.engine.model.encoder
-    assert m.engine.model.pooling == ("cls" if name == "neo-bert" else "mean")
-    for k, text in enumerate(TEXTS):
-        assert m.tokenize(text) == fx[f"ids_{k}"].tolist(), text
-    assert _state_error(m, fx) < STATE_TOL
-    vecs = m.embed(TEXTS)
-    for k, text in enumerate(TEXTS):
-        want = fx[f"pooled_{k}"].astype(np.float64)
-        np.testing.assert_allclose(vecs[k], want / np.linalg.norm(want), atol=POOLED_TOL, err_msg=text)
+    check_ids_states_and_embeddings(m, fx, TEXTS, VARIANTS[name]["arch"], "cls" if name == "neo-bert" else "mean")
 
 
 def test_jina_v2_layouts_are_one_model():
@@ -147,7 +121,7 @@ def test_features_matter(tmp_path_factory, monkeypatch, name, feature):
         monkeypatch.setattr(neo_bert, "rms_norm", lambda x, w, eps: x if w is final else norm(x, w, eps))
     else:
         FEATURES[name][feature](m.engine.model)
-    err = _state_error(m, fx)
+    err = state_error(m, fx, TEXTS)
     assert err > 10 * STATE_TOL, f"{name} {feature}: {err:.2e} off llama.cpp's"
 
 
@@ -167,10 +141,7 @@ def test_jina_bert_v2_alibi_slopes_are_ggmls():
                                                ("nomic-bert-moe", "blk.3.ffn_gate_inp.weight"), ("neo-bert", "enc.output_norm.weight"),
                                                ("neo-bert", "blk.2.ffn_norm.weight")])  # fmt: skip
 def test_a_missing_tensor_is_named_in_one_line(tmp_path, name, missing):
-    path = write_tiny_bert_family(tmp_path / f"{name}.gguf", name, drop=(missing,))
-    with pytest.raises(GGUFError, match=f"tensor '{missing}' is missing") as e:
-        Engine(path)
-    assert "\n" not in str(e.value)
+    check_missing_tensor(write_tiny_bert_family(tmp_path / f"{name}.gguf", name, drop=(missing,)), missing)
 
 
 def test_a_jina_v2_ffn_up_of_the_wrong_width_is_refused(tmp_path):
@@ -189,46 +160,15 @@ def test_a_jina_v2_ffn_up_of_the_wrong_width_is_refused(tmp_path):
 
 @pytest.mark.parametrize("name", ["jina-bert-v2", "jina-bert-v3", "nomic-bert-moe", "neo-bert"])
 def test_they_run_on_the_cpu_only_and_write_no_text(tmp_path, name):
-    from kvrun.loaders.config import load_config
-    from kvrun.loaders.gguf_file import GGUFFile
-    from kvrun.models import model_class
-
-    path = write_tiny_bert_family(tmp_path / "m.gguf", name)
-    g = GGUFFile(path)
-
-    class Device:
-        name = "cuda"
-        zeros = staticmethod(np.zeros)
-
-    with pytest.raises(UnsupportedModelError, match=f"{name} embedding models run on the CPU; drop --device gpu$"):
-        model_class(name)(g, load_config(g), Device(), 128, 128)
-    m = Model(Engine(path))
-    with pytest.raises(KvrunError, match=rf"is an embedding model \({name}\): it makes embeddings"):
-        m.complete("the cat", max_tokens=4)
-    with pytest.raises(KvrunError, match="more than the 128 this encoder reads at once"):
-        m.embed([5] * 129)
+    check_cpu_only_and_no_text(write_tiny_bert_family(tmp_path / "m.gguf", name), name)
 
 
 @pytest.mark.parametrize("name", ["jina-bert-v2", "jina-bert-v3", "nomic-bert-moe", "neo-bert"])
 def test_quantized_weights_embed_close_to_float(tmp_path, name):
-    m32 = Model(Engine(write_tiny_bert_family(tmp_path / "f32.gguf", name)))
-    m8 = Model(Engine(write_tiny_bert_family(tmp_path / "q8.gguf", name, qtype=Q.Q8_0)))
-    # (cosine similarity of unit vectors; jina-bert-v2's tiny GEGLU model measured 0.9955 at worst: its weights'
-    # rounding alone gives 0.998, and llama.cpp cannot be asked, it stops on the Q8_0 file; the others 0.9998)
-    assert np.all(np.sum(m32.embed(TEXTS) * m8.embed(TEXTS), axis=1) > 0.99)
+    # (jina-bert-v2's tiny GEGLU model measured 0.9955 at worst: its weights' rounding alone gives 0.998, and
+    # llama.cpp cannot be asked, it stops on the Q8_0 file; the others 0.9998)
+    check_quantized_close(write_tiny_bert_family(tmp_path / "f32.gguf", name), write_tiny_bert_family(tmp_path / "q8.gguf", name, qtype=Q.Q8_0), TEXTS)
 
 
 def test_the_cli_embeds_tells_and_refuses_text(tmp_path):
-    from click.testing import CliRunner
-
-    from kvrun.cli import main
-
-    path = write_tiny_bert_family(tmp_path / "m.gguf", "jina-bert-v2")
-    r = CliRunner().invoke(main, ["embed", str(path), "-p", TEXTS[0], "-p", TEXTS[1], "--json"])
-    assert r.exit_code == 0, r.output
-    vecs = np.array(json.loads(r.output.splitlines()[-1])["embeddings"])
-    assert vecs.shape == (2, 96) and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
-    r = CliRunner().invoke(main, ["info", str(path)])
-    assert r.exit_code == 0 and "embeddings only (kvrun embed, /v1/embeddings), mean pooling" in r.output, r.output
-    r = CliRunner().invoke(main, ["run", str(path), "-p", "hi", "-n", "4"])
-    assert r.exit_code != 0 and r.output.splitlines()[-1].startswith("kvrun: error: tiny-jina-bert-v2 is an embedding model (jina-bert-v2)"), r.output
+    check_cli(write_tiny_bert_family(tmp_path / "m.gguf", "jina-bert-v2"), TEXTS, "jina-bert-v2", 96, "mean")

@@ -11,37 +11,20 @@ each feature that sets an architecture apart, taken away, moves the states by mo
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 
 import numpy as np
 import pytest
+from embed_checks import (FIX, STATE_TOL, check_cli, check_cpu_only_and_no_text, check_ids_states_and_embeddings, check_missing_tensor,
+                          check_quantized_close, load, state_error)  # fmt: skip
 from tiny_embed2 import N_REL_BUCKETS, SLIDING_WINDOW, TEXTS, VARIANTS, Q, write_tiny_embed2
 
-from kvrun.loaders.errors import GGUFError, KvrunError, UnsupportedModelError
-from kvrun.runtime.api import Model
+from kvrun.loaders.errors import UnsupportedModelError
 from kvrun.runtime.engine import Engine
-
-FIX = __import__("pathlib").Path(__file__).parent / "fixtures"
-STATE_TOL = 1e-3  # per-token states, of their largest magnitude
-POOLED_TOL = 1e-4  # pooled unit vectors, absolute
 
 
 def _load(tmp_path_factory, name: str):
-    path = write_tiny_embed2(tmp_path_factory.mktemp(name) / "m.gguf", name)
-    fx = np.load(FIX / f"embed_{name}.npz")
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == str(fx["sha256"]), "the fixture was made from another model file"
-    return Model(Engine(path)), fx
-
-
-def _state_error(m: Model, fx) -> float:
-    """The worst per-token state error over the texts, of the largest state."""
-    errs = []
-    for k in range(len(TEXTS)):
-        h, want = m.engine.embed(fx[f"ids_{k}"].tolist()), fx[f"embd_{k}"]
-        errs.append(np.abs(h - want).max() / np.abs(want).max())
-    return float(max(errs))
+    return load(tmp_path_factory, write_tiny_embed2, name)
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
@@ -51,15 +34,7 @@ def encoder(request, tmp_path_factory):
 
 def test_ids_states_and_embeddings_are_llama_cpps(encoder):
     name, m, fx = encoder
-    assert m.config.arch == VARIANTS[name]["arch"] and m.engine.model.encoder
-    assert m.engine.model.pooling == ("cls" if name.startswith("modern-bert") else "mean")
-    for k, text in enumerate(TEXTS):
-        assert m.tokenize(text) == fx[f"ids_{k}"].tolist(), text
-    assert _state_error(m, fx) < STATE_TOL
-    vecs = m.embed(TEXTS)
-    for k, text in enumerate(TEXTS):
-        want = fx[f"pooled_{k}"].astype(np.float64)
-        np.testing.assert_allclose(vecs[k], want / np.linalg.norm(want), atol=POOLED_TOL, err_msg=text)
+    check_ids_states_and_embeddings(m, fx, TEXTS, VARIANTS[name]["arch"], "cls" if name.startswith("modern-bert") else "mean")
 
 
 def test_the_texts_reach_what_sets_the_models_apart():
@@ -176,7 +151,7 @@ def test_features_matter(tmp_path_factory, name, feature):
     what shows the test above would catch its loss."""
     m, fx = _load(tmp_path_factory, name)
     FEATURES[name][feature](m.engine.model)
-    err = _state_error(m, fx)
+    err = state_error(m, fx, TEXTS)
     assert err > 10 * STATE_TOL, f"{name} {feature}: {err:.2e} off llama.cpp's"
 
 
@@ -188,57 +163,22 @@ def test_features_matter(tmp_path_factory, name, feature):
                                                ("llama-embed", "output_norm.weight"), ("t5encoder", "enc.blk.0.attn_rel_b.weight"),
                                                ("t5encoder", "enc.output_norm.weight"), ("t5encoder-relu", "enc.blk.1.ffn_up.weight")])  # fmt: skip
 def test_a_missing_tensor_is_named_in_one_line(tmp_path, name, missing):
-    path = write_tiny_embed2(tmp_path / f"{name}.gguf", name, drop=(missing,))
-    with pytest.raises(GGUFError, match=f"tensor '{missing}' is missing") as e:
-        Engine(path)
-    assert "\n" not in str(e.value)
+    check_missing_tensor(write_tiny_embed2(tmp_path / f"{name}.gguf", name, drop=(missing,)), missing)
 
 
 @pytest.mark.parametrize("name", ["modern-bert", "eurobert", "llama-embed", "t5encoder"])
 def test_they_run_on_the_cpu_only_and_write_no_text(tmp_path, name):
-    from kvrun.loaders.config import load_config
-    from kvrun.loaders.gguf_file import GGUFFile
-    from kvrun.models import model_class
-
-    path = write_tiny_embed2(tmp_path / "m.gguf", name)
-    g = GGUFFile(path)
-
-    class Device:
-        name = "cuda"
-        zeros = staticmethod(np.zeros)
-
-    with pytest.raises(UnsupportedModelError, match=f"{name} embedding models run on the CPU; drop --device gpu$"):
-        model_class(name)(g, load_config(g), Device(), 128, 128)
-    m = Model(Engine(path))
-    with pytest.raises(KvrunError, match=rf"is an embedding model \({name}\): it makes embeddings"):
-        m.complete("the cat", max_tokens=4)
-    with pytest.raises(KvrunError, match="more than the 128 this encoder reads at once"):
-        m.embed([5] * 129)
+    check_cpu_only_and_no_text(write_tiny_embed2(tmp_path / "m.gguf", name), name)
 
 
 @pytest.mark.parametrize("name", ["modern-bert", "eurobert", "llama-embed", "t5encoder"])
 def test_quantized_weights_embed_close_to_float(tmp_path, name):
-    m32 = Model(Engine(write_tiny_embed2(tmp_path / "f32.gguf", name)))
-    m8 = Model(Engine(write_tiny_embed2(tmp_path / "q8.gguf", name, qtype=Q.Q8_0)))
-    assert np.all(np.sum(m32.embed(TEXTS) * m8.embed(TEXTS), axis=1) > 0.99)  # cosine similarity of unit vectors
+    check_quantized_close(write_tiny_embed2(tmp_path / "f32.gguf", name), write_tiny_embed2(tmp_path / "q8.gguf", name, qtype=Q.Q8_0), TEXTS)
 
 
 @pytest.mark.parametrize("name", ["modern-bert", "t5encoder"])
 def test_the_cli_embeds_tells_and_refuses_text(tmp_path, name):
-    from click.testing import CliRunner
-
-    from kvrun.cli import main
-
-    path = write_tiny_embed2(tmp_path / "m.gguf", name)
-    r = CliRunner().invoke(main, ["embed", str(path), "-p", TEXTS[0], "-p", TEXTS[1], "--json"])
-    assert r.exit_code == 0, r.output
-    vecs = np.array(json.loads(r.output.splitlines()[-1])["embeddings"])
-    assert vecs.shape == (2, 64) and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
-    r = CliRunner().invoke(main, ["info", str(path)])
-    pooling = "cls" if name == "modern-bert" else "mean"
-    assert r.exit_code == 0 and f"embeddings only (kvrun embed, /v1/embeddings), {pooling} pooling" in r.output, r.output
-    r = CliRunner().invoke(main, ["run", str(path), "-p", "hi", "-n", "4"])
-    assert r.exit_code != 0 and r.output.splitlines()[-1].startswith(f"kvrun: error: tiny-{name} is an embedding model ({name})"), r.output
+    check_cli(write_tiny_embed2(tmp_path / "m.gguf", name), TEXTS, name, 64, "cls" if name == "modern-bert" else "mean")
 
 
 def test_modern_bert_with_an_ungated_relu_is_refused_in_one_line(tmp_path, monkeypatch):

@@ -8,34 +8,19 @@ GPU and what is not supported yet refused in one line; ``kvrun info`` and ``kvru
 from __future__ import annotations
 
 import dataclasses
-import types
 
 import numpy as np
 import pytest
-from test_models import N_BATCH, N_CTX, _fixture_error
+from arch_checks import _cfg, _layers, _model, _moe, _sees_apart, check_gpu_refused, check_info_and_run, check_missing_tensor
+from test_models import N_CTX
 from tinymodel import write_tiny_model
 
-from kvrun.loaders.config import load_config
 from kvrun.loaders.errors import GGUFError, UnsupportedModelError
 from kvrun.loaders.gguf_file import GGUFFile
-from kvrun.models import model_class
 from kvrun.models.common import make_rope
 from kvrun.models.deepseek2 import Deepseek2Model
-from kvrun.ops import get_backend
 
 ARCHS = ("minimax-m2", "mimo2", "step35", "mistral4")
-
-
-def _layers(**fields):
-    return lambda m: [setattr(L, f, v(L) if callable(v) else v) for L in m.layers for f, v in fields.items()]
-
-
-def _moe(**fields):
-    return lambda m: [setattr(L.moe, f, v) for L in m.layers if L.moe is not None for f, v in fields.items()]
-
-
-def _cfg(**fields):
-    return lambda m: setattr(m, "cfg", dataclasses.replace(m.cfg, **fields))
 
 
 def _rope(attr: str = "rope", **fields):
@@ -50,12 +35,6 @@ def _rope(attr: str = "rope", **fields):
             setattr(m, attr, t)
 
     return drop
-
-
-def _sees_apart(tmp_path, name, drops):
-    assert _fixture_error(tmp_path, name, lambda m: None) < 1e-3
-    for what, drop in drops.items():
-        assert _fixture_error(tmp_path, name, drop) > 1e-2, what  # (10x the tolerance)
 
 
 def test_the_fixture_sees_what_sets_minimax_m2_apart(tmp_path):
@@ -129,11 +108,6 @@ def test_the_fixture_sees_what_sets_mistral4_apart(tmp_path):
     })  # fmt: skip
 
 
-def _model(tmp_path, arch, g=None):
-    g = g or GGUFFile(write_tiny_model(tmp_path / f"{arch}.gguf", arch))
-    return model_class(arch)(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
-
-
 def test_the_layers(tmp_path):
     m = _model(tmp_path, "minimax-m2")
     assert all(L.qk_norm_full and L.moe.gating == "sigmoid" and L.moe.norm_weights and L.moe.bias is not None for L in m.layers)
@@ -162,11 +136,7 @@ def test_the_layers(tmp_path):
     ("mistral4", "blk.1.ffn_up_shexp.weight"),
 ])  # fmt: skip
 def test_a_missing_tensor_is_one_line(tmp_path, arch, tensor):
-    g = GGUFFile(write_tiny_model(tmp_path / f"{arch}.gguf", arch))
-    del g.tensors[tensor]
-    with pytest.raises(GGUFError, match=f"'{tensor}' is missing") as e:
-        _model(tmp_path, arch, g)
-    assert "\n" not in str(e.value)
+    check_missing_tensor(tmp_path, arch, tensor)
 
 
 @pytest.mark.parametrize("arch,key", [("minimax-m2", "expert_feed_forward_length"), ("mimo2", "attention.sliding_window_pattern"),
@@ -190,21 +160,9 @@ def test_what_is_not_supported_yet_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_the_gpu_is_refused_in_one_line(tmp_path, arch):
-    g = GGUFFile(write_tiny_model(tmp_path / f"{arch}.gguf", arch))
-    gpu = types.SimpleNamespace(name="gpu", zeros=np.zeros)
-    with pytest.raises(UnsupportedModelError, match="CPU only") as e:
-        model_class(arch)(g, load_config(g), gpu, N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
+    check_gpu_refused(tmp_path, arch)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_info_and_run(tmp_path, arch):
-    from click.testing import CliRunner
-
-    from kvrun.cli import main
-
-    path = str(write_tiny_model(tmp_path / f"{arch}.gguf", arch))
-    r = CliRunner().invoke(main, ["info", path])
-    assert r.exit_code == 0 and arch in r.output, r.output
-    r = CliRunner().invoke(main, ["run", path, "-p", "hi", "-n", "4"])
-    assert r.exit_code == 0, r.output
+    check_info_and_run(tmp_path, arch)

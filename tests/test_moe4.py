@@ -7,34 +7,17 @@ layouts; a missing tensor or key, the GPU refused in one line; ``kvrun info`` an
 
 from __future__ import annotations
 
-import dataclasses
-import types
-
 import numpy as np
 import pytest
-from test_models import N_BATCH, N_CTX, _fixture_error
+from arch_checks import _cfg, _layers, _model, _moe, _sees_apart, check_gpu_refused, check_info_and_run, check_missing_tensor
 from tinymodel import write_tiny_model
 
-from kvrun.loaders.config import load_config
 from kvrun.loaders.errors import GGUFError, UnsupportedModelError
 from kvrun.loaders.gguf_file import GGUFFile
-from kvrun.models import arctic, model_class
-from kvrun.ops import get_backend
+from kvrun.models import arctic
 from kvrun.ops.backend import Weight
 
 ARCHS = ("dbrx", "arctic", "grok", "nemotron_h_moe")
-
-
-def _layers(**fields):
-    return lambda m: [setattr(L, f, v(L) if callable(v) else v) for L in m.layers for f, v in fields.items()]
-
-
-def _moe(**fields):
-    return lambda m: [setattr(L.moe, f, v) for L in m.layers if getattr(L, "moe", None) is not None for f, v in fields.items()]
-
-
-def _cfg(**fields):
-    return lambda m: setattr(m, "cfg", dataclasses.replace(m.cfg, **fields))
 
 
 def _rope(neox: bool):
@@ -44,12 +27,6 @@ def _rope(neox: bool):
 
 def _zero(w: Weight) -> Weight:
     return Weight(np.zeros_like(w.data), w.qtype, w.shape)
-
-
-def _sees_apart(tmp_path, name, drops, tol: float = 1e-3):
-    assert _fixture_error(tmp_path, name, lambda m: None) < tol
-    for what, drop in drops.items():
-        assert _fixture_error(tmp_path, name, drop) > 1e-2, what  # (10x the tolerance)
 
 
 class _RmsForLayerNorm:
@@ -144,11 +121,6 @@ def test_the_latent_experts_router_reads_the_full_width(tmp_path):
     assert all(L.latent_down.shape == (32, 64) and L.latent_up.shape == (64, 32) for L in m.layers if L.moe is not None)
 
 
-def _model(tmp_path, arch, g=None, **kw):
-    g = g or GGUFFile(write_tiny_model(tmp_path / f"{arch}.gguf", arch, **kw))
-    return model_class(arch)(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
-
-
 def test_the_layers(tmp_path):
     m = _model(tmp_path, "dbrx")
     assert m.clamp_kqv == pytest.approx(0.6) and m.cfg.rope_neox
@@ -180,11 +152,7 @@ def test_the_layers(tmp_path):
     ("nemotron_h_moe", "blk.3.ffn_latent_up.weight", {"variant": "latent"}),
 ])  # fmt: skip
 def test_a_missing_tensor_is_one_line(tmp_path, arch, tensor, kw):
-    g = GGUFFile(write_tiny_model(tmp_path / f"{arch}.gguf", arch, **kw))
-    del g.tensors[tensor]
-    with pytest.raises(GGUFError, match=f"'{tensor}' is missing") as e:
-        _model(tmp_path, arch, g)
-    assert "\n" not in str(e.value)
+    check_missing_tensor(tmp_path, arch, tensor, **kw)
 
 
 def test_a_missing_post_ffw_norm_names_both_names(tmp_path):
@@ -218,21 +186,9 @@ def test_what_is_not_supported_yet_is_one_line(tmp_path, arch, key, value):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_the_gpu_is_refused_in_one_line(tmp_path, arch):
-    g = GGUFFile(write_tiny_model(tmp_path / f"{arch}.gguf", arch))
-    gpu = types.SimpleNamespace(name="gpu", zeros=np.zeros)
-    with pytest.raises(UnsupportedModelError, match="CPU only") as e:
-        model_class(arch)(g, load_config(g), gpu, N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
+    check_gpu_refused(tmp_path, arch)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_info_and_run(tmp_path, arch):
-    from click.testing import CliRunner
-
-    from kvrun.cli import main
-
-    path = str(write_tiny_model(tmp_path / f"{arch}.gguf", arch))
-    r = CliRunner().invoke(main, ["info", path])
-    assert r.exit_code == 0 and arch in r.output, r.output
-    r = CliRunner().invoke(main, ["run", path, "-p", "hi", "-n", "4"])
-    assert r.exit_code == 0, r.output
+    check_info_and_run(tmp_path, arch)

@@ -21,12 +21,14 @@ jina-embeddings-v2-base's twelve.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, PoolingType
 from gguf.quants import quantize
 from tinybert import wpm_vocab
+from tinymodel import _finish
 
 Q = GGMLQuantizationType
 N_CTX = 128
@@ -93,8 +95,9 @@ def _bpe(w: GGUFWriter) -> int:
     return n
 
 
-def _ugm(w: GGUFWriter) -> int:
-    """XLM-R's Unigram vocabulary (tests/tiny_ugm.py), as bge-m3's, jina-embeddings-v3's and nomic-embed-text-v2-moe's."""
+def _ugm(w: GGUFWriter, t5: bool = False) -> int:
+    """XLM-R's Unigram vocabulary (tests/tiny_ugm.py), as bge-m3's, jina-embeddings-v3's and nomic-embed-text-v2-moe's;
+    ``t5``: T5's, the same pieces without a BOS, separator or mask (``</s>`` appended, not prepended)."""
     from tiny_ugm import BOS, EOS, PAD, UNK, nmt_nfkc_charsmap, ugm_vocab
 
     toks, scores, types = ugm_vocab()
@@ -106,23 +109,23 @@ def _ugm(w: GGUFWriter) -> int:
     w.add_add_space_prefix(True)
     w.add_remove_extra_whitespaces(True)
     w.add_precompiled_charsmap(nmt_nfkc_charsmap())
-    w.add_bos_token_id(BOS)
+    if not t5:
+        w.add_bos_token_id(BOS)
     w.add_eos_token_id(EOS)
     w.add_unk_token_id(UNK)
-    w.add_sep_token_id(EOS)
+    if not t5:
+        w.add_sep_token_id(EOS)
     w.add_pad_token_id(PAD)
-    w.add_mask_token_id(len(toks) - 1)
-    w.add_add_bos_token(True)
+    if not t5:
+        w.add_mask_token_id(len(toks) - 1)
+    w.add_add_bos_token(not t5)
     w.add_add_eos_token(True)
     return len(toks)
 
 
-def write_tiny_bert_family(path: Path, name: str = "jina-bert-v2", qtype: int = Q.F32, seed: int = 0, drop: tuple[str, ...] = ()) -> Path:
-    """The tiny model of ``VARIANTS[name]`` at ``path``, matrices stored as ``qtype``; the tensors named in ``drop`` left out."""
-    v = VARIANTS[name]
-    arch = v["arch"]
-    n_embd, n_head, n_ff, n_layer = GEOMETRY[arch]
-    rng = np.random.default_rng(seed)
+def encoder_writer(path: Path, arch: str, name: str, n_embd: int, n_head: int, n_ff: int, n_layer: int, drop: tuple[str, ...] = ()) -> GGUFWriter:
+    """A tiny encoder file's writer (``general.name`` tiny-<name>), its first keys written; the tensors named in ``drop``
+    left out."""
     w = GGUFWriter(str(path), arch)
     add_tensor = w.add_tensor
     w.add_tensor = lambda name, *a, **kw: None if name in drop else add_tensor(name, *a, **kw)  # type: ignore[method-assign]
@@ -132,6 +135,30 @@ def write_tiny_bert_family(path: Path, name: str = "jina-bert-v2", qtype: int = 
     w.add_block_count(n_layer)
     w.add_feed_forward_length(n_ff)
     w.add_head_count(n_head)
+    return w
+
+
+def encoder_tensors(w: GGUFWriter, rng: np.random.Generator, qtype: int) -> tuple[Callable[..., None], Callable[..., None]]:
+    """The tensor writers, drawing from ``rng`` in call order: ``mat(name, rows, cols, scale=0.2)``, a matrix ~ N(0, scale²)
+    stored as ``qtype``, and ``vec(name, n, base=0.0, scale=0.1)``, a float32 vector ~ base + N(0, scale²)."""
+
+    def mat(name: str, rows: int, cols: int, scale: float = 0.2) -> None:
+        a = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+        w.add_tensor(name, a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
+
+    def vec(name: str, n: int, base: float = 0.0, scale: float = 0.1) -> None:
+        w.add_tensor(name, (base + rng.standard_normal(n) * scale).astype(np.float32))
+
+    return mat, vec
+
+
+def write_tiny_bert_family(path: Path, name: str = "jina-bert-v2", qtype: int = Q.F32, seed: int = 0, drop: tuple[str, ...] = ()) -> Path:
+    """The tiny model of ``VARIANTS[name]`` at ``path``, matrices stored as ``qtype``; the tensors named in ``drop`` left out."""
+    v = VARIANTS[name]
+    arch = v["arch"]
+    n_embd, n_head, n_ff, n_layer = GEOMETRY[arch]
+    rng = np.random.default_rng(seed)
+    w = encoder_writer(path, arch, name, n_embd, n_head, n_ff, n_layer, drop)
     w.add_causal_attention(False)
     if arch == "neo-bert":
         w.add_layer_norm_rms_eps(1e-6)
@@ -148,13 +175,7 @@ def write_tiny_bert_family(path: Path, name: str = "jina-bert-v2", qtype: int = 
     n_vocab = _wpm(w, "jina-v2-en" if arch == "jina-bert-v2" else "default") if v["vocab"] == "wpm" else {"bpe": _bpe, "ugm": _ugm}[v["vocab"]](w)
     if arch != "neo-bert":
         w.add_token_type_count(2 if arch == "jina-bert-v2" else 1)
-
-    def mat(name: str, rows: int, cols: int, scale: float = 0.2) -> None:
-        a = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
-        w.add_tensor(name, a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
-
-    def vec(name: str, n: int, base: float = 0.0, scale: float = 0.1) -> None:
-        w.add_tensor(name, (base + rng.standard_normal(n) * scale).astype(np.float32))
+    mat, vec = encoder_tensors(w, rng, qtype)
 
     def norm(name: str, n: int, bias: bool = True) -> None:
         vec(name + ".weight", n, 1.0)
@@ -209,8 +230,4 @@ def write_tiny_bert_family(path: Path, name: str = "jina-bert-v2", qtype: int = 
             mat(b + "ffn_down.weight", n_embd, n_ff)
             vec(b + "ffn_down.bias", n_embd)
         norm(b + "layer_output_norm", n_embd)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return _finish(w, path)

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, PoolingType
-from gguf.quants import quantize
+from tiny_bert_family import _ugm, encoder_tensors, encoder_writer
+from tinymodel import _finish
 
 Q = GGMLQuantizationType
-N_CTX = 128
 SLIDING_WINDOW = 8  # modern-bert's local layers: |i - j| <= 4
 ROPE_BASE, ROPE_BASE_SWA = 10_000.0, 100.0  # (small local base, so that the tiny texts' positions turn it well round)
 N_REL_BUCKETS = 16  # T5's relative_attention_num_buckets (32 in the checkpoints)
@@ -84,23 +84,7 @@ def _bpe(w: GGUFWriter, pre: str, bos: str, eos: str, add_bos: bool, add_eos: bo
 
 def _ugm_t5(w: GGUFWriter) -> int:
     """T5's SentencePiece Unigram vocabulary: no BOS, ``</s>`` appended (tests/tiny_ugm.py's pieces)."""
-    from tiny_ugm import EOS, PAD, UNK, nmt_nfkc_charsmap, ugm_vocab
-
-    toks, scores, types = ugm_vocab()
-    w.add_tokenizer_model("t5")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(toks)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_add_space_prefix(True)
-    w.add_remove_extra_whitespaces(True)
-    w.add_precompiled_charsmap(nmt_nfkc_charsmap())
-    w.add_eos_token_id(EOS)
-    w.add_unk_token_id(UNK)
-    w.add_pad_token_id(PAD)
-    w.add_add_bos_token(False)
-    w.add_add_eos_token(True)
-    return len(toks)
+    return _ugm(w, t5=True)
 
 
 def write_tiny_embed2(path: Path, name: str = "modern-bert", qtype: int = Q.F32, seed: int = 0, drop: tuple[str, ...] = ()) -> Path:
@@ -109,15 +93,7 @@ def write_tiny_embed2(path: Path, name: str = "modern-bert", qtype: int = Q.F32,
     arch = v["arch"]
     n_embd, n_head, n_kv, hd, n_ff, n_layer = GEOMETRY[arch]
     rng = np.random.default_rng(seed)
-    w = GGUFWriter(str(path), arch)
-    add_tensor = w.add_tensor
-    w.add_tensor = lambda name, *a, **kw: None if name in drop else add_tensor(name, *a, **kw)  # type: ignore[method-assign]
-    w.add_name(f"tiny-{name}")
-    w.add_context_length(N_CTX)
-    w.add_embedding_length(n_embd)
-    w.add_block_count(n_layer)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
+    w = encoder_writer(path, arch, name, n_embd, n_head, n_ff, n_layer, drop)
     w.add_head_count_kv(n_kv)
     if hd != n_embd // n_head:
         w.add_key_length(hd)
@@ -147,13 +123,10 @@ def write_tiny_embed2(path: Path, name: str = "modern-bert", qtype: int = Q.F32,
             w.add_causal_attention(False)  # (the converter's: EuroBERT is bidirectional)
         w.add_pooling_type(PoolingType.MEAN)
         n_vocab = _bpe(w, "llama-bpe", "<|begin_of_text|>", "<|end_of_text|>", arch != "eurobert", arch == "eurobert")
-
-    def mat(name: str, rows: int, cols: int, scale: float = 0.2) -> None:
-        a = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
-        w.add_tensor(name, a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
+    mat, vec = encoder_tensors(w, rng, qtype)
 
     def norm(name: str, n: int) -> None:
-        w.add_tensor(name, (1.0 + rng.standard_normal(n) * 0.1).astype(np.float32))
+        vec(name, n, 1.0)
 
     mat("token_embd.weight", n_vocab, n_embd, 0.5)
     q_dim, kv_dim = n_head * hd, n_kv * hd
@@ -200,8 +173,4 @@ def write_tiny_embed2(path: Path, name: str = "modern-bert", qtype: int = Q.F32,
             mat(b + "ffn_up.weight", n_ff, n_embd)
             mat(b + "ffn_down.weight", n_embd, n_ff)
         norm("output_norm.weight", n_embd)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return _finish(w, path)

@@ -11,6 +11,7 @@ with ``<start_of_image>`` and ``<end_of_image>`` added to the byte vocabulary as
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,74 +26,105 @@ MEAN, STD = (0.5, 0.45, 0.4), (0.5, 0.55, 0.6)  # (Gemma 3's are 0.5 each: disti
 IMAGE_TOKENS = ("<start_of_image>", "<end_of_image>")
 
 
-def write_tiny_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n_text_embd: int = ARCH_GEOMETRY["gemma3"][0]) -> Path:
-    """A random Gemma 3 projector; its matrices (patch kernel and projection included) stored as ``qtype``."""
-    rng = np.random.default_rng(seed)
+def mmproj_writer(path: Path, name: str, projector_type: str, flags: dict[str, bool | int], image_size: int, patch: int,
+                  geometry: tuple[int, int, int, int], n_text_embd: int, mean: tuple[float, ...], std: tuple[float, ...],
+                  preproc_size: int | None = None, scale: int | None = None) -> GGUFWriter:  # fmt: skip
+    """A projector file's writer holding the vision encoder's keys in the order llama.cpp's converter writes them:
+    ``flags`` (key: a bool, or a uint32) after the projector type; ``geometry`` (n_embd, n_ff, n_layer, n_head);
+    ``preproc_size`` (``clip.vision.preproc_image_size``) and ``scale`` (the projector's scale_factor) where given."""
     w = GGUFWriter(str(path), "clip")
-    w.add_name("tiny-gemma3-mmproj")
+    w.add_name(name)
     w.add_bool("clip.has_vision_encoder", True)
     w.add_bool("clip.has_audio_encoder", False)
-    w.add_string("clip.projector_type", "gemma3")
-    w.add_bool("clip.use_gelu", True)
-    w.add_uint32("clip.vision.image_size", IMAGE_SIZE)
-    w.add_uint32("clip.vision.patch_size", PATCH)
-    w.add_uint32("clip.vision.embedding_length", V_EMBD)
-    w.add_uint32("clip.vision.feed_forward_length", V_FF)
+    w.add_string("clip.projector_type", projector_type)
+    for key, v in flags.items():
+        w.add_bool(key, v) if isinstance(v, bool) else w.add_uint32(key, v)
+    w.add_uint32("clip.vision.image_size", image_size)
+    if preproc_size is not None:
+        w.add_uint32("clip.vision.preproc_image_size", preproc_size)
+    w.add_uint32("clip.vision.patch_size", patch)
+    n_embd, n_ff, n_layer, n_head = geometry
+    w.add_uint32("clip.vision.embedding_length", n_embd)
+    w.add_uint32("clip.vision.feed_forward_length", n_ff)
     w.add_uint32("clip.vision.projection_dim", n_text_embd)
-    w.add_uint32("clip.vision.block_count", V_LAYER)
-    w.add_uint32("clip.vision.attention.head_count", V_HEAD)
+    w.add_uint32("clip.vision.block_count", n_layer)
+    w.add_uint32("clip.vision.attention.head_count", n_head)
     w.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
-    w.add_array("clip.vision.image_mean", list(MEAN))
-    w.add_array("clip.vision.image_std", list(STD))
+    if scale is not None:
+        w.add_uint32("clip.vision.projector.scale_factor", scale)
+    w.add_array("clip.vision.image_mean", list(mean))
+    w.add_array("clip.vision.image_std", list(std))
+    return w
+
+
+def write_vit(w: GGUFWriter, rng: np.random.Generator, qtype: int, geometry: tuple[int, int, int, int], patch: int,
+              image_size: int | None = None, norm_bias: bool = True, gate: bool = False) -> tuple[Callable[..., None], ...]:  # fmt: skip
+    """The vision encoder's tensors, drawn from ``rng`` in order: the patch kernel, with its bias and learned positions
+    given ``image_size``, else with the conv3d's second temporal kernel (Qwen2-VL's: the rope places the patches); the
+    blocks (LayerNorms with biases unless ``norm_bias`` is off: RMSNorms; a gated MLP with ``gate``) and ``v.post_ln``.
+    Returns ``(mat, vec, tensor)`` for the projector's own: ``tensor(name, shape, scale)`` a kernel, or a matrix
+    stored untransposed, as ``qtype`` F16 or else F32."""
+    n_embd, n_ff, n_layer, _ = geometry
     mat, vec = _random_tensors(w, rng, qtype)
 
-    def tensor(name: str, shape: tuple[int, ...], scale: float) -> None:  # (a 4-D kernel, or a matrix stored untransposed)
+    def tensor(name: str, shape: tuple[int, ...], scale: float) -> None:
         a = (rng.standard_normal(shape) * scale).astype(np.float32)
         w.add_tensor(name, a.astype(np.float16) if qtype == Q.F16 else a)
 
-    n_pos = (IMAGE_SIZE // PATCH) ** 2
-    tensor("v.patch_embd.weight", (V_EMBD, 3, PATCH, PATCH), 0.05)
-    vec("v.patch_embd.bias", V_EMBD, 0.0)
-    w.add_tensor("v.position_embd.weight", (rng.standard_normal((n_pos, V_EMBD)) * 0.5).astype(np.float32))
-    for i in range(V_LAYER):
+    tensor("v.patch_embd.weight", (n_embd, 3, patch, patch), 0.05)
+    if image_size is None:
+        tensor("v.patch_embd.weight.1", (n_embd, 3, patch, patch), 0.05)
+    else:
+        vec("v.patch_embd.bias", n_embd, 0.0)
+        w.add_tensor("v.position_embd.weight", (rng.standard_normal(((image_size // patch) ** 2, n_embd)) * 0.5).astype(np.float32))
+    for i in range(n_layer):
         b = f"v.blk.{i}."
-        vec(b + "ln1.weight", V_EMBD)
-        vec(b + "ln1.bias", V_EMBD, 0.0)
+        vec(b + "ln1.weight", n_embd)
+        if norm_bias:
+            vec(b + "ln1.bias", n_embd, 0.0)
         for t in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            mat(b + t + ".weight", V_EMBD, V_EMBD, 0.3)
-            vec(b + t + ".bias", V_EMBD, 0.0)
-        vec(b + "ln2.weight", V_EMBD)
-        vec(b + "ln2.bias", V_EMBD, 0.0)
-        mat(b + "ffn_up.weight", V_FF, V_EMBD, 0.3)
-        vec(b + "ffn_up.bias", V_FF, 0.0)
-        mat(b + "ffn_down.weight", V_EMBD, V_FF, 0.3)
-        vec(b + "ffn_down.bias", V_EMBD, 0.0)
-    vec("v.post_ln.weight", V_EMBD)
-    vec("v.post_ln.bias", V_EMBD, 0.0)
-    vec("mm.soft_emb_norm.weight", V_EMBD)
-    tensor("mm.input_projection.weight", (V_EMBD, n_text_embd), 0.3)  # [n_embd, n_text_embd], as the converter stores it
-    return _finish(w, path)
+            mat(b + t + ".weight", n_embd, n_embd, 0.3)
+            vec(b + t + ".bias", n_embd, 0.0)
+        vec(b + "ln2.weight", n_embd)
+        if norm_bias:
+            vec(b + "ln2.bias", n_embd, 0.0)
+        for t, rows, cols in ([("ffn_gate", n_ff, n_embd)] if gate else []) + [("ffn_up", n_ff, n_embd), ("ffn_down", n_embd, n_ff)]:
+            mat(b + t + ".weight", rows, cols, 0.3)
+            vec(b + t + ".bias", rows, 0.0)
+    vec("v.post_ln.weight", n_embd)
+    if norm_bias:
+        vec("v.post_ln.bias", n_embd, 0.0)
+    return mat, vec, tensor
 
 
-def write_tiny_gemma3_vl(path: Path, qtype: int = Q.F32, seed: int = 1) -> Path:
-    """A random Gemma 3 text model (tinymodel's geometry, a window of 8) whose vocabulary knows the image markers."""
+def write_vl_text(path: Path, arch: str, name: str, geometry: tuple[int, ...], image_tokens: list[str], image_types: list[int],
+                  eps: float, rope_base: float, qtype: int, seed: int, chat_template: str | None = None,
+                  sections: list[int] | None = None) -> Path:  # fmt: skip
+    """A random text model of ``arch`` (gemma3: a window of 8, tied output; llama; qwen2vl: Q/K/V biases, M-RoPE
+    ``sections``) at ``geometry`` (tinymodel's order), its byte vocabulary (BOS and EOS <|endoftext|>) followed by
+    ``image_tokens`` of the token types ``image_types``."""
     rng = np.random.default_rng(seed)
-    n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = ARCH_GEOMETRY["gemma3"]
+    n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = geometry
     toks, merges, types = byte_vocab()
-    toks, types = toks + list(IMAGE_TOKENS), types + [3, 3]
-    w = GGUFWriter(str(path), "gemma3")
-    w.add_name("tiny-gemma3-vl")
+    toks, types = toks + list(image_tokens), types + list(image_types)
+    w = GGUFWriter(str(path), arch)
+    w.add_name(name)
     w.add_context_length(1024)
     w.add_embedding_length(n_embd)
     w.add_block_count(n_layer)
     w.add_feed_forward_length(n_ff)
     w.add_head_count(n_head)
     w.add_head_count_kv(n_head_kv)
-    w.add_layer_norm_rms_eps(1e-6)
-    w.add_rope_freq_base(10000.0)
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_sliding_window(8)
+    w.add_layer_norm_rms_eps(eps)
+    w.add_rope_freq_base(rope_base)
+    if arch == "gemma3":
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+        w.add_sliding_window(8)
+    elif sections is not None:
+        w.add_rope_dimension_sections(sections)
+    else:
+        w.add_rope_dimension_count(head_dim)
     w.add_file_type(0)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
@@ -103,25 +135,48 @@ def write_tiny_gemma3_vl(path: Path, qtype: int = Q.F32, seed: int = 1) -> Path:
     w.add_eos_token_id(eot)
     w.add_bos_token_id(eot)
     w.add_add_bos_token(False)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
     mat, vec = _random_tensors(w, rng, qtype)
     mat("token_embd.weight", len(toks), n_embd, 0.5)
     vec("output_norm.weight", n_embd)
+    if arch != "gemma3":
+        mat("output.weight", len(toks), n_embd, 0.5)
     for i in range(n_layer):
         b = f"blk.{i}."
         vec(b + "attn_norm.weight", n_embd)
         mat(b + "attn_q.weight", n_head * head_dim, n_embd)
         mat(b + "attn_k.weight", n_head_kv * head_dim, n_embd)
         mat(b + "attn_v.weight", n_head_kv * head_dim, n_embd)
+        if arch == "qwen2vl":
+            vec(b + "attn_q.bias", n_head * head_dim, 0.0, 0.5)
+            vec(b + "attn_k.bias", n_head_kv * head_dim, 0.0, 0.5)
+            vec(b + "attn_v.bias", n_head_kv * head_dim, 0.0, 0.5)
         mat(b + "attn_output.weight", n_embd, n_head * head_dim)
         vec(b + "ffn_norm.weight", n_embd)
         mat(b + "ffn_gate.weight", n_ff, n_embd)
         mat(b + "ffn_up.weight", n_ff, n_embd)
         mat(b + "ffn_down.weight", n_embd, n_ff)
-        vec(b + "attn_q_norm.weight", head_dim)
-        vec(b + "attn_k_norm.weight", head_dim)
-        vec(b + "post_attention_norm.weight", n_embd)
-        vec(b + "post_ffw_norm.weight", n_embd)
+        if arch == "gemma3":
+            for t, n in (("attn_q_norm", head_dim), ("attn_k_norm", head_dim), ("post_attention_norm", n_embd), ("post_ffw_norm", n_embd)):
+                vec(b + t + ".weight", n)
     return _finish(w, path)
+
+
+def write_tiny_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n_text_embd: int = ARCH_GEOMETRY["gemma3"][0]) -> Path:
+    """A random Gemma 3 projector; its matrices (patch kernel and projection included) stored as ``qtype``."""
+    rng = np.random.default_rng(seed)
+    geometry = (V_EMBD, V_FF, V_LAYER, V_HEAD)
+    w = mmproj_writer(path, "tiny-gemma3-mmproj", "gemma3", {"clip.use_gelu": True}, IMAGE_SIZE, PATCH, geometry, n_text_embd, MEAN, STD)
+    mat, vec, tensor = write_vit(w, rng, qtype, geometry, PATCH, IMAGE_SIZE)
+    vec("mm.soft_emb_norm.weight", V_EMBD)
+    tensor("mm.input_projection.weight", (V_EMBD, n_text_embd), 0.3)  # [n_embd, n_text_embd], as the converter stores it
+    return _finish(w, path)
+
+
+def write_tiny_gemma3_vl(path: Path, qtype: int = Q.F32, seed: int = 1) -> Path:
+    """A random Gemma 3 text model (tinymodel's geometry, a window of 8) whose vocabulary knows the image markers."""
+    return write_vl_text(path, "gemma3", "tiny-gemma3-vl", ARCH_GEOMETRY["gemma3"], list(IMAGE_TOKENS), [3, 3], 1e-6, 10000.0, qtype, seed)
 
 
 def sample_image(width: int = IMAGE_SIZE, height: int = IMAGE_SIZE, seed: int = 0) -> np.ndarray:

@@ -13,50 +13,15 @@ Writes ``ids``, ``logits`` (every position) and ``sha256`` (the model file's dig
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
+from fixture_oracle import logits_fixtures, parse_args
+from make_arch_fixtures import IDS
 
-import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tools"))
-from make_arch_fixtures import IDS  # noqa: E402
-from tinymodel import write_tiny_model  # noqa: E402
-
-FIX = ROOT / "tests" / "fixtures"
 #: name: write_tiny_model's arguments
 MODELS = {"rnd1": {"arch": "rnd1", "seed": 1}}  # (seed 0: two experts tie at one position)
 
-_ORACLE = """
-import sys, numpy as np
-from llama_cpp import Llama
-path, out, ids = sys.argv[1], sys.argv[2], [int(t) for t in sys.argv[3].split(",")]
-llm = Llama(model_path=path, n_ctx=64, n_batch=64, n_ubatch=64, logits_all=True, verbose=False, n_threads=1)
-llm._ctx.kv_cache_seq_rm = lambda *a: None  # (no KV cache: nothing to clear)
-llm.eval(ids)
-np.save(out, np.asarray(llm.scores[: len(ids)], np.float32))
-"""
-
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--oracle", required=True, help="a python with llama-cpp-python installed")
-    ap.add_argument("names", nargs="*", default=list(MODELS), help=f"of {', '.join(MODELS)}")
-    a = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in a.names:
-            path = write_tiny_model(Path(tmp) / f"{name}.gguf", **MODELS[name])
-            out = Path(tmp) / f"{name}.npy"
-            subprocess.run([a.oracle, "-c", _ORACLE, str(path), str(out), ",".join(map(str, IDS))], check=True)
-            logits = np.load(out)
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            np.savez_compressed(FIX / f"arch_{name}.npz", ids=np.asarray(IDS, np.int32), logits=logits, sha256=digest)
-            print(f"{name}: logits {logits.shape}, model {digest[:12]}")
+    logits_fixtures(parse_args(__doc__, MODELS), MODELS, IDS, no_kv=True)
 
 
 if __name__ == "__main__":

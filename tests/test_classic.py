@@ -137,7 +137,7 @@ def test_alibi_refuses_a_compressed_cache(tmp_path):
     _, model = _build(write_tiny_model(tmp_path / "b.gguf", "bloom"))
     assert all(s.position_channel for s in model.layer_specs())
     make_cache(model.layer_specs(), N_CTX, N_BATCH)  # (the plain cache takes it)
-    with pytest.raises(ValueError, match="ALiBi .bloom, mpt. runs on the plain CPU cache only for now"):
+    with pytest.raises(ValueError, match="ALiBi .bloom, mpt, jais, refact, baichuan 13B. runs on the plain CPU cache only for now"):
         make_cache(model.layer_specs(), N_CTX, N_BATCH, KVConfig(bits=4))
 
 

@@ -7,7 +7,10 @@ RMSNorm and one matrix into the text width; models/siglip.py runs it) and SmolVL
 the same SigLIP ViT, a pixel shuffle of ``clip.vision.projector.scale_factor`` patches a side and one matrix
 ``mm.model.fc``, on tiles of a picture first scaled to ``clip.vision.preproc_image_size`` on its longest edge), and
 Qwen2-VL's and Qwen2.5-VL's ("qwen2vl_merger", "qwen2.5vl_merger": a ViT with a 2-D rope over a picture of its own
-size, 2x2 patches merged by the MLP ``mm.0``/``mm.2``; models/qwen2vl_image.py).
+size, 2x2 patches merged by the MLP ``mm.0``/``mm.2``; models/qwen2vl_image.py) and LFM2-VL's ("lfm2": SigLIP2
+NaFlex at the picture's own size, a pixel unshuffle, LayerNorm and the MLP ``mm.1``/``mm.2``; models/lfm2vl_image.py)
+and InternVL's ("internvl": InternViT on tiles of ``image_size``, a pixel shuffle, ``mm.model.mlp.*``;
+models/internvl_image.py).
 Any other projector is refused in one line that names what is supported, before a weight is touched.
 """
 
@@ -20,10 +23,11 @@ from .errors import GGUFError, UnsupportedModelError
 from .gguf_file import GGUFFile
 
 #: projector types kvrun runs (clip.projector_type)
-SUPPORTED_PROJECTORS = ("gemma3", "idefics3", "qwen2vl_merger", "qwen2.5vl_merger")
+SUPPORTED_PROJECTORS = ("gemma3", "idefics3", "qwen2vl_merger", "qwen2.5vl_merger", "lfm2", "internvl")
 #: the tensor each projector type projects into the text width with, [n_embd (x merged patches), n_text_embd]
 PROJECTION_TENSORS = {"gemma3": "mm.input_projection.weight", "idefics3": "mm.model.fc.weight",
-                      "qwen2vl_merger": "mm.2.weight", "qwen2.5vl_merger": "mm.2.weight"}  # fmt: skip
+                      "qwen2vl_merger": "mm.2.weight", "qwen2.5vl_merger": "mm.2.weight", "lfm2": "mm.2.weight",
+                      "internvl": "mm.model.mlp.3.weight"}  # fmt: skip
 #: Qwen2-VL's and Qwen2.5-VL's projectors (models/qwen2vl_image.py): pictures of any size, M-RoPE positions
 QWEN2VL_PROJECTORS = ("qwen2vl_merger", "qwen2.5vl_merger")
 
@@ -52,6 +56,9 @@ class MmprojConfig:
     max_pixels: int = 0
     n_wa_pattern: int = 0
     ffn_op: str = ""
+    # (InternVL) the fewest and most tiles a picture is cut into (clip.cpp's defaults 1 and 12 unless the file says)
+    min_tiles: int = 0
+    max_tiles: int = 0
 
     @property
     def n_patches_side(self) -> int:
@@ -76,7 +83,7 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
                                     f"kvrun reads image projectors of type {', '.join(SUPPORTED_PROJECTORS)}")  # fmt: skip
     if ptype not in SUPPORTED_PROJECTORS:
         raise UnsupportedModelError(f"{g.path}: projector type {ptype!r} is not supported; "
-                                    f"kvrun reads {', '.join(SUPPORTED_PROJECTORS)} (Gemma 3's, SmolVLM's, Qwen2-VL's, Qwen2.5-VL's)")  # fmt: skip
+                                    f"kvrun reads {', '.join(SUPPORTED_PROJECTORS)} (Gemma 3's, SmolVLM's, Qwen2-VL's, Qwen2.5-VL's, LFM2-VL's, InternVL's)")  # fmt: skip
 
     def need(key: str) -> int | float:
         v = g.get(f"clip.vision.{key}")
@@ -125,6 +132,17 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
         n_wa_pattern=int(g.get("clip.vision.n_wa_pattern", 0) or 0) if ptype == "qwen2.5vl_merger" else 0,
         ffn_op=("gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick") if qwen else "",
     )
+    if ptype == "lfm2":  # (clip.cpp's set_limit_image_tokens(64, 256): LFM2-VL's processor_config, merged rows' worth)
+        from dataclasses import replace
+
+        cfg = replace(cfg, min_pixels=64 * (patch_size * n_merge) ** 2, max_pixels=256 * (patch_size * n_merge) ** 2)
+    if ptype == "internvl":
+        from dataclasses import replace
+
+        lo, hi = int(g.get("clip.vision.preproc_min_tiles", 1) or 1), int(g.get("clip.vision.preproc_max_tiles", 12) or 12)
+        if not 1 <= lo <= hi:
+            raise GGUFError(f"{g.path}: preproc_min_tiles {lo} and preproc_max_tiles {hi} are not a range of tile counts")
+        cfg = replace(cfg, min_tiles=lo, max_tiles=hi)
     if ptype == "qwen2.5vl_merger" and cfg.n_wa_pattern <= 0:  # (clip.cpp requires it of 2.5's files)
         raise GGUFError(f"{g.path}: clip.vision.n_wa_pattern is missing; the Qwen2.5-VL projector file is incomplete")
     side = cfg.n_patches_side

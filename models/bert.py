@@ -12,9 +12,9 @@ biases.  Nomic-BERT has rotary positions instead, one fused QKV product and a Sw
 biases.  Activations are numpy arrays on the host (prefill-only work, BLAS-sized); the weight
 products run on the backend's kernels, in the file's quant format.
 
-The block's parts are hooks (``_load_ffn``, ``_qk``, ``_attn_bias``, ``_attn_residual``, ``_ffn``) that the
-family's other encoders override: models/jina_bert.py (jina-bert-v2's ALiBi and GEGLU, jina-bert-v3),
-models/nomic_bert_moe.py, models/neo_bert.py.
+The block's parts are hooks (``_load_ffn``, ``_qk``, ``_attn_bias``, ``_attention``, ``_attn_residual``, ``_ffn``)
+that the family's other encoders override: models/jina_bert.py (jina-bert-v2's ALiBi and GEGLU, jina-bert-v3),
+models/nomic_bert_moe.py, and the pre-norm ones on models/neo_bert.py's PreNormEncoder.
 """
 
 from __future__ import annotations
@@ -73,14 +73,9 @@ class BertModel(Model):
     encoder = True
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        super().__init__(g, cfg, backend, n_ctx, n_batch)
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: {cfg.arch} embedding models run on the CPU; drop --device gpu")
-        ld = WeightLoader(g, backend)
+        ld = self._start(g, cfg, backend, n_ctx, n_batch)
         self.rope = cfg.arch in ROPE_ARCHS
         self.eps = float(g.arch_get("attention.layer_norm_epsilon", 1e-12))
-        self.pooling = POOLING.get(int(g.arch_get("pooling_type", 1) or 0), "mean")
-        self.rank_head = RankHead.load(g, cfg.arch)  # a cross-encoder's (pooling type rank: models/rank.py), else None
         self.tok_embd = ld.matrix("tok_embd")
         types = ld.host_vector("type_embd", required=False)
         self.type_row = None if types is None else types[: cfg.n_embd]  # every token is "sentence A" (type 0), as llama.cpp
@@ -104,6 +99,17 @@ class BertModel(Model):
             self._load_ffn(ld, i, L)
             L["n2"], L["n2_b"] = ld.host_vector("layer_out_norm", i), ld.host_vector("layer_out_norm_b", i, required=False)
             self.layers.append(L)
+
+    def _start(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int, pooling: int = 1) -> WeightLoader:
+        """What every encoder's __init__ starts with (the family's others too: not BertModel's weights): Model's, the
+        CPU-only refusal, the file's pooling (``pooling`` where it states none) and a cross-encoder's rank head
+        (pooling type rank: models/rank.py; else None); the loader for the rest."""
+        Model.__init__(self, g, cfg, backend, n_ctx, n_batch)
+        if backend.name != "cpu":
+            raise UnsupportedModelError(f"{g.path}: {cfg.arch} embedding models run on the CPU; drop --device gpu")
+        self.pooling = POOLING.get(int(g.arch_get("pooling_type", pooling) or 0), "mean")
+        self.rank_head = RankHead.load(g, cfg.arch)
+        return WeightLoader(g, backend)
 
     def _load_ffn(self, ld: WeightLoader, i: int, L: dict) -> None:
         """Layer i's FFN weights into L (a subclass's MoE or gated FFN loads its own)."""
@@ -153,26 +159,40 @@ class BertModel(Model):
         s /= s.sum(axis=-1, keepdims=True)
         return np.einsum("hts,shd->thd", s, v).reshape(T, H * D)
 
+    def _attention(self, x: np.ndarray, L: dict, bias: np.ndarray | None) -> np.ndarray:
+        """Self-attention's output for x [T, n_embd] (before the residual add): the Q, K and V products (biased where L
+        has biases), :meth:`_qk`, :meth:`_attend` with ``bias``, the output product."""
+        c, T = self.cfg, x.shape[0]
+        q = self._linear(L["wq"], x, L.get("bq")).reshape(T, c.n_head, c.head_dim)
+        k = self._linear(L["wk"], x, L.get("bk")).reshape(T, c.n_head_kv, c.head_dim)
+        v = self._linear(L["wv"], x, L.get("bv")).reshape(T, c.n_head_kv, c.head_dim)
+        q, k = self._qk(q, k, L)
+        return self._linear(L["wo"], self._attend(q, k, v, bias), L.get("bo"))
+
     def _attn_residual(self, x: np.ndarray, o: np.ndarray, L: dict) -> np.ndarray:
         """The stream after attention: the post-norm LN(x + attn(x))."""
         return layer_norm(x + o, L["n1"], L["n1_b"], self.eps)
 
     def _ffn(self, x: np.ndarray, L: dict, il: int) -> np.ndarray:
         """The FFN's output for x [T, n_embd] (before the residual add): GELU(up) -> down, or nomic-bert's SwiGLU."""
-        up = self._linear(L["w_up"], x, L["b_up"])
+        up = self._linear(L["w_up"], x, L.get("b_up"))
         if L["w_gate"] is not None:  # SwiGLU (nomic-bert)
             gate = self._linear(L["w_gate"], x, None)
             h = gate / (1.0 + np.exp(-gate)) * up
         else:
             h = gelu(up)
-        return self._linear(L["w_down"], h, L["b_down"])
+        return self._linear(L["w_down"], h, L.get("b_down"))
+
+    def _token_rows(self, tokens: np.ndarray) -> np.ndarray:
+        """The token embeddings' rows of ``tokens`` [T]: float32 [T, n_embd]."""
+        x = np.empty((len(tokens), self.cfg.n_embd), np.float32)
+        self.be.get_rows(self.tok_embd, np.asarray(tokens, np.int32), x)
+        return x
 
     def encode(self, tokens: np.ndarray) -> np.ndarray:
         """The last layer's hidden state of every token of ``tokens`` [T]: float32 [T, n_embd]."""
-        c = self.cfg
         T = len(tokens)
-        x = np.empty((T, c.n_embd), np.float32)
-        self.be.get_rows(self.tok_embd, np.asarray(tokens, np.int32), x)
+        x = self._token_rows(tokens)
         if self.type_row is not None:
             x += self.type_row
         if self.pos_embd is not None:
@@ -180,15 +200,9 @@ class BertModel(Model):
             self.be.get_rows(self.pos_embd, np.arange(T, dtype=np.int32), p)
             x += p
         x = layer_norm(x, self.tok_norm, self.tok_norm_b, self.eps)
-        H, D = c.n_head, c.head_dim
         bias = self._attn_bias(T)
         for il, L in enumerate(self.layers):
-            q = self._linear(L["wq"], x, L["bq"]).reshape(T, H, D)
-            k = self._linear(L["wk"], x, L["bk"]).reshape(T, c.n_head_kv, D)
-            v = self._linear(L["wv"], x, L["bv"]).reshape(T, c.n_head_kv, D)
-            q, k = self._qk(q, k, L)
-            a = self._attend(q, k, v, bias)
-            x = self._attn_residual(x, self._linear(L["wo"], a, L["bo"]), L)
+            x = self._attn_residual(x, self._attention(x, L, bias), L)
             self.trace("ffn_inp", il, x)
             x = layer_norm(x + self._ffn(x, L, il), L["n2"], L["n2_b"], self.eps)
         return x

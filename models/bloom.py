@@ -28,7 +28,7 @@ import numpy as np
 
 from ..cache.base import LayerSpec
 from ..loaders.config import ModelConfig
-from ..loaders.errors import UnsupportedModelError
+from ..loaders.errors import GGUFError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .common import TENSOR_NAMES, WeightLoader
@@ -40,6 +40,17 @@ TENSOR_NAMES.setdefault("tok_norm_b", "token_embd_norm.bias")
 
 #: llama.cpp's hparams.f_max_alibi_bias for BLOOM (fixed in code, not read from the file)
 BLOOM_MAX_ALIBI_BIAS = 8.0
+
+
+def file_max_alibi_bias(g: GGUFFile, name: str) -> float:
+    """The file's ``attention.max_alibi_bias`` where llama.cpp reads it (MPT, Jais): required, and above 0 (``name``:
+    the model's, for the refusal)."""
+    bias = g.arch_get("attention.max_alibi_bias")
+    if bias is None:  # (llama.cpp requires it)
+        raise GGUFError(f"{g.path}: metadata {g.architecture}.attention.max_alibi_bias is missing; the file is not a complete model")
+    if float(bias) <= 0:
+        raise UnsupportedModelError(f"{g.path}: {name} without ALiBi (max_alibi_bias {bias}) is not supported")
+    return float(bias)
 
 
 class BloomModel(GPT2Model):

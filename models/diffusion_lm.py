@@ -4,17 +4,26 @@
 sequence whose attention is *non-causal*: every position sees every other, before or after it (llama.cpp builds
 their graphs without a KV cache, ``causal_attn`` false).
 
-So a step is one batch from position 0, its rows seeing each other both ways (``cache/bidirectional.py``, as
-models/rnd1.py); a batch that continues a sequence (a decode step) is refused in one line, and so is ``kvrun run``.
+So a step is one batch from position 0, its rows seeing each other both ways (``cache/bidirectional.py``); a batch
+that continues a sequence (a decode step) is refused in one line, and so is ``kvrun run``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..cache.base import KVCache
+import numpy as np
+
+from ..cache.base import KVCache, LayerCache
+from ..cache.bidirectional import attend_bidirectional
+from ..loaders.config import ModelConfig
 from ..loaders.errors import UnsupportedModelError
-from .rnd1 import _NonCausal
+from ..loaders.gguf_file import GGUFFile
+from ..ops.backend import Backend
+from .common import WeightLoader
+from .llama import LlamaLayer
+from .moe import MoE, check_expert_counts, cpu_only
+from .qwen3moe import Qwen3MoeModel
 
 #: the architectures llama.cpp's ``llm_arch_is_diffusion`` names, which ``kvrun diffusion`` runs
 DIFFUSION_ARCHS = ("dream", "llada", "llada-moe", "rnd1")
@@ -24,6 +33,28 @@ def diffusion_only(arch: str) -> str:
     """The one-line error for text generation with a diffusion model (``kvrun run``, a decode step)."""
     return (f"{arch} is a diffusion language model (it denoises a whole sequence at once, as llama.cpp's "
             "llama-diffusion-cli): use `kvrun diffusion MODEL -p PROMPT`, not text generation")  # fmt: skip
+
+
+class _BothWays:
+    """A layer's cache whose attention lets a batch's rows see each other both ways: stored as usual, then the block's
+    output recomputed from what the cache holds under that mask."""
+
+    def __init__(self, layer: LayerCache) -> None:
+        self.layer = layer
+
+    def update_and_attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
+        self.layer.update_and_attend(q, k, v, pos, out)
+        attend_bidirectional(self.layer, q, pos, out)
+
+
+class _NonCausal:
+    """The sequence's caches, each layer's attending both ways."""
+
+    def __init__(self, cache: KVCache) -> None:
+        self.cache = cache
+
+    def __getitem__(self, il: int) -> _BothWays:
+        return _BothWays(self.cache[il])
 
 
 class DiffusionForward:
@@ -40,3 +71,24 @@ class DiffusionForward:
         if len(pos) and int(pos[0]) != 0:
             raise UnsupportedModelError(diffusion_only(self.cfg.arch))
         super().forward(tokens, pos, _NonCausal(cache), out_rows, logits)  # type: ignore[misc]
+
+
+class DiffusionMoeModel(DiffusionForward, Qwen3MoeModel):
+    """RND1's and LLaDA-MoE's: Qwen3-MoE's block (models/qwen3moe.py) run as above, every layer a mixture and Q and K
+    normalised per head (``head_qk_norms``: the model's name); a subclass says what is done to the chosen experts'
+    weights."""
+
+    def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
+        cpu_only(g, backend)
+        check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
+        super().__init__(g, cfg, backend, n_ctx, n_batch)
+
+    def load_layer(self, w: WeightLoader, i: int) -> LlamaLayer:
+        w.matrix("ffn_gate_inp", i)  # (every layer a mixture: a one-line error naming the router where it is missing)
+        L = super().load_layer(w, i)
+        self.expert_weights(L.moe)
+        return L
+
+    def expert_weights(self, moe: MoE) -> None:
+        """How llama.cpp's graph treats the chosen experts' weights, whatever the file says."""
+        raise NotImplementedError

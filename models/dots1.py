@@ -33,6 +33,7 @@ GATING = {1: "softmax", 2: "sigmoid"}
 class Dots1Model(LlamaModel):
     archs = ("dots1",)
     shared_expert = "plain"  # (every MoE layer has one, neither gated nor scaled)
+    head_qk_norms = "dots.llm1"
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         cpu_only(g, backend)
@@ -48,12 +49,7 @@ class Dots1Model(LlamaModel):
     def load_layer(self, w: WeightLoader, i: int) -> LlamaLayer:
         if i >= self.n_dense_lead:
             w.matrix("ffn_gate_inp", i)  # (a one-line error naming the router where a mixture's is missing)
-        for role in ("q_norm", "k_norm"):  # (llama.cpp requires both: a one-line error naming the missing one)
-            w.host_vector(role, i)
         L = super().load_layer(w, i)
-        if L.qk_norm_full:  # (llama.cpp's are one head wide)
-            raise GGUFError(f"{w.g.path}: blk.{i}.attn_q_norm/attn_k_norm span all heads; "
-                            f"dots.llm1's are one head ({self.cfg.head_dim}) wide")  # fmt: skip
         if L.moe is not None:
             L.moe.gating, L.moe.weights_scale = self.gating, self.weights_scale
             L.moe.n_group, L.moe.n_group_used = self.groups

@@ -17,28 +17,22 @@ from __future__ import annotations
 import numpy as np
 
 from ..loaders.config import ModelConfig
-from ..loaders.errors import UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
-from .bert import POOLING, BertModel
-from .common import Model, WeightLoader, make_rope
-from .neo_bert import rms_norm
-from .rank import RankHead
+from .bert import BertModel
+from .common import make_rope
+from .neo_bert import PreNormEncoder
 
 
-class EuroBertModel(BertModel):
+class EuroBertModel(PreNormEncoder):
     """(A BertModel for its products, rope and attention; its own weights and block.)"""
 
     archs = ("eurobert",)
+    _ffn = BertModel._ffn  # (separate gate and up products: SwiGLU)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        Model.__init__(self, g, cfg, backend, n_ctx, n_batch)  # (not BertModel's: none of BERT's embedding tensors)
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: {cfg.arch} embedding models run on the CPU; drop --device gpu")
-        ld = WeightLoader(g, backend)
+        ld = self._start(g, cfg, backend, n_ctx, n_batch)
         self.eps = cfg.norm_eps  # (attention.layer_norm_rms_epsilon)
-        self.pooling = POOLING.get(int(g.arch_get("pooling_type", 1) or 0), "mean")
-        self.rank_head = RankHead.load(g, cfg.arch)
         self.rope = True
         # (llama.cpp's hparams.causal_attn: the file's attention.causal, true where it states none; EuroBERT's
         # converter writes false, llama-embed's nothing)
@@ -53,27 +47,6 @@ class EuroBertModel(BertModel):
             L["attn_norm"], L["ffn_norm"] = ld.host_vector("attn_norm", i), ld.host_vector("ffn_norm", i)
             self.layers.append(L)
 
-    def _mask(self, T: int) -> np.ndarray | None:
+    def _attn_bias(self, T: int) -> np.ndarray | None:
         """The additive attention mask [T, T]: none (every token sees every token), or a causal one."""
         return np.triu(np.full((T, T), -np.inf, np.float32), 1) if self.causal else None
-
-    def encode(self, tokens: np.ndarray) -> np.ndarray:
-        """Every token's final-normed state of ``tokens`` [T]: float32 [T, n_embd]."""
-        c = self.cfg
-        T = len(tokens)
-        H, Hkv, D = c.n_head, c.n_head_kv, c.head_dim
-        x = np.empty((T, c.n_embd), np.float32)
-        self.be.get_rows(self.tok_embd, np.asarray(tokens, np.int32), x)
-        mask = self._mask(T)
-        for il, L in enumerate(self.layers):
-            xn = rms_norm(x, L["attn_norm"], self.eps)
-            q = self._linear(L["wq"], xn, None).reshape(T, H, D)
-            k = self._linear(L["wk"], xn, None).reshape(T, Hkv, D)
-            v = self._linear(L["wv"], xn, None).reshape(T, Hkv, D)
-            q, k = self._qk(q, k, L)
-            x = x + self._linear(L["wo"], self._attend(q, k, v, mask), None)
-            self.trace("ffn_inp", il, x)
-            xn = rms_norm(x, L["ffn_norm"], self.eps)
-            gate = self._linear(L["w_gate"], xn, None)
-            x = x + self._linear(L["w_down"], gate / (1.0 + np.exp(-gate)) * self._linear(L["w_up"], xn, None), None)
-        return rms_norm(x, self.output_norm, self.eps)

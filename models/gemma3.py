@@ -23,10 +23,12 @@ from .common import Model, WeightLoader, make_rope
 
 @dataclass
 class Gemma3Layer:
+    """(Gemma 3n's and Gemma 4's layers add their own to these.)"""
+
     attn_norm: Any  # [n_embd]
     wq: Weight  # [n_head*head_dim, n_embd]
-    wk: Weight  # [n_head_kv*head_dim, n_embd]
-    wv: Weight  # [n_head_kv*head_dim_v, n_embd]
+    wk: Weight | None  # [n_head_kv*head_dim, n_embd] (None: a Gemma 3n or 4 layer that shares K/V computes none)
+    wv: Weight | None  # [n_head_kv*head_dim_v, n_embd] (None also: Gemma 4's V is K's projection)
     wo: Weight  # [n_embd, n_head*head_dim_v]
     q_norm: Any  # [head_dim] (None in Gemma 2)
     k_norm: Any  # [head_dim]

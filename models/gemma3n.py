@@ -36,6 +36,7 @@ from ..loaders.errors import GGUFError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
 from .common import TENSOR_NAMES, Model, WeightLoader, make_rope
+from .gemma3 import Gemma3Layer
 
 TENSOR_NAMES.update({  # Gemma 3n's names (llama.cpp's LLM_TENSOR_ALTUP_*, LAUREL_*, PER_LAYER_*)
     "per_layer_tok_embd": "per_layer_token_embd.weight",
@@ -58,20 +59,7 @@ TENSOR_NAMES.update({  # Gemma 3n's names (llama.cpp's LLM_TENSOR_ALTUP_*, LAURE
 
 
 @dataclass
-class Gemma3nLayer:
-    attn_norm: Any  # [n_embd]
-    wq: Weight  # [n_head*head_dim, n_embd]
-    wk: Weight | None  # [n_head_kv*head_dim, n_embd] (unused in a layer that shares K/V: it computes none)
-    wv: Weight | None  # [n_head_kv*head_dim, n_embd]
-    wo: Weight  # [n_embd, n_head*head_dim]
-    q_norm: Any  # [head_dim]
-    k_norm: Any  # [head_dim]
-    attn_post_norm: Any  # [n_embd]
-    ffn_norm: Any  # [n_embd]
-    w_gate: Weight  # [n_ff, n_embd]
-    w_up: Weight  # [n_ff, n_embd]
-    w_down: Weight  # [n_embd, n_ff]
-    ffn_post_norm: Any  # [n_embd]
+class Gemma3nLayer(Gemma3Layer):
     laurel_l: Weight  # [laurel_rank, n_embd]
     laurel_r: Weight  # [n_embd, laurel_rank]
     laurel_post_norm: Any  # [n_embd]

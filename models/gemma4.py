@@ -39,6 +39,7 @@ from ..loaders.errors import GGUFError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
 from .common import TENSOR_NAMES, Model, WeightLoader, make_rope
+from .gemma3 import Gemma3Layer
 from .gemma3n import Gemma3nModel
 from .moe import expert, route
 
@@ -70,24 +71,11 @@ class Gemma4Experts:
 
 
 @dataclass
-class Gemma4Layer:
+class Gemma4Layer(Gemma3Layer):
     swa: bool  # a window layer (else global)
     n_head_kv: int
     head_dim: int  # of Q, K and V alike (llama.cpp requires it)
     has_kv: bool  # computes and stores its own K/V
-    attn_norm: Any  # [n_embd]
-    wq: Weight  # [n_head*head_dim, n_embd]
-    wk: Weight | None  # [n_head_kv*head_dim, n_embd] (None where the layer shares K/V)
-    wv: Weight | None  # [n_head_kv*head_dim, n_embd] (None: V is K's projection, or the layer shares K/V)
-    wo: Weight  # [n_embd, n_head*head_dim]
-    q_norm: Any  # [head_dim]
-    k_norm: Any  # [head_dim]
-    attn_post_norm: Any  # [n_embd]
-    ffn_norm: Any  # [n_embd]
-    w_gate: Weight  # [n_ff, n_embd]
-    w_up: Weight  # [n_ff, n_embd]
-    w_down: Weight  # [n_embd, n_ff]
-    ffn_post_norm: Any  # [n_embd]
     experts: Gemma4Experts | None
     per_layer_inp_gate: Weight | None  # [n_embd_per_layer, n_embd] (None: no per-layer inputs)
     per_layer_proj: Weight | None  # [n_embd, n_embd_per_layer]

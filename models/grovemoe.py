@@ -46,6 +46,7 @@ class GroveMoeLayer(LlamaLayer):
 
 class GroveMoeModel(LlamaModel):
     archs = ("grovemoe",)
+    head_qk_norms = "GroveMoE"
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         cpu_only(g, backend)
@@ -65,12 +66,7 @@ class GroveMoeModel(LlamaModel):
     def load_layer(self, w: WeightLoader, i: int) -> GroveMoeLayer:
         c = self.cfg
         w.matrix("ffn_gate_inp", i)  # (every layer a mixture: a one-line error naming the router where it is missing)
-        for role in ("q_norm", "k_norm"):  # (llama.cpp requires both: a one-line error naming the missing one)
-            w.host_vector(role, i)
         L = GroveMoeLayer(**vars(super().load_layer(w, i)))
-        if L.qk_norm_full:  # (llama.cpp's are one head wide)
-            raise GGUFError(f"{w.g.path}: blk.{i}.attn_q_norm/attn_k_norm span all heads; "
-                            f"GroveMoE's are one head ({self.cfg.head_dim}) wide")  # fmt: skip
         L.moe.norm_weights = True  # (llama.cpp's graph renormalises whatever the file says)
         n_chunk = c.n_expert // self.n_group_experts
         L.chunk = MoE(

@@ -6,8 +6,9 @@ the other side truncated and made even, as the processor's ``_resize_output_size
 stretched so both sides are whole tiles of ``image_size`` (rounded up) and cut into tiles, row by row; the global
 view is that stretched picture scaled to one tile.  A file without a longest edge gives the global view alone, the
 picture scaled to one tile.  Every resize is clip.cpp's port of Pillow's Lanczos-3 (``resize_lanczos_pillow``:
-separable, horizontal pass first, 22-bit fixed-point weights, each pass clipped to bytes), ported here array-wise
-(measured against libmtmd on the tiny projector: every tile's rows as llama.cpp's, float noise apart).
+separable, horizontal pass first, 22-bit fixed-point weights, each pass clipped to bytes), ported array-wise in
+models/pillow_resize.py (measured against libmtmd on the tiny projector: every tile's rows as llama.cpp's, float
+noise apart).
 
 Every tile and the global view go through the SigLIP encoder on their own (models/siglip.py); runtime/vision.py
 lays their rows out between SmolVLM's image tokens.
@@ -15,60 +16,14 @@ lays their rows out between SmolVLM's image tokens.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..loaders.mmproj import MmprojConfig
+from .pillow_resize import LANCZOS, resample
 
 F32 = np.float32
-PRECISION_BITS = 22  # Pillow's (and clip.cpp's) fixed-point weights: 32 - 8 - 2
-
-
-def _lanczos(x: float) -> float:
-    if not -3.0 <= x < 3.0:
-        return 0.0
-
-    def sinc(v: float) -> float:
-        return 1.0 if v == 0.0 else math.sin(v * math.pi) / (v * math.pi)
-
-    return sinc(x) * sinc(x / 3.0)
-
-
-def _weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pillow's ``precompute_coeffs`` for Lanczos-3: each output pixel's first input pixel [n_out] and its fixed-point
-    weights [n_out, ksize] (zero past the pixels it reads)."""
-    scale = filterscale = n_in / n_out
-    filterscale = max(filterscale, 1.0)  # (upsampling keeps the filter's width; downsampling widens it)
-    support = 3.0 * filterscale
-    ksize = int(math.ceil(support)) * 2 + 1
-    first = np.zeros(n_out, np.int64)
-    w = np.zeros((n_out, ksize), np.int64)
-    for xx in range(n_out):
-        center = (xx + 0.5) * scale
-        xmin = max(int(center - support + 0.5), 0)
-        xmax = min(int(center + support + 0.5), n_in) - xmin
-        k = [_lanczos((x + xmin - center + 0.5) / filterscale) for x in range(xmax)]
-        total = sum(k)
-        for x, v in enumerate(k):
-            v = v / total if total != 0.0 else v
-            w[xx, x] = int(v * (1 << PRECISION_BITS) + (-0.5 if v < 0 else 0.5))  # (+-0.5, truncated toward zero)
-        first[xx] = xmin
-    return first, w
-
-
-def _pass(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
-    """One separable pass of uint8 ``a`` along ``axis`` to ``n_out`` pixels, clipped to bytes."""
-    a = np.moveaxis(a, axis, 0)
-    first, w = _weights(a.shape[0], n_out)
-    acc = np.full((n_out,) + a.shape[1:], 1 << (PRECISION_BITS - 1), np.int32)  # (int32 sums, as Pillow's)
-    src = a.astype(np.int32)
-    extra = (1,) * (a.ndim - 1)
-    for k in range(w.shape[1]):
-        idx = np.minimum(first + k, a.shape[0] - 1)  # (past the pixels read: weight 0)
-        acc += src[idx] * w[:, k].astype(np.int32).reshape(-1, *extra)
-    return np.moveaxis(np.clip(acc >> PRECISION_BITS, 0, 255).astype(np.uint8), 0, axis)
 
 
 def resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -76,9 +31,9 @@ def resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
     [height, width, 3]; a picture already that size is copied as it is."""
     h, w = img.shape[:2]
     if w != width:
-        img = _pass(img, width, 1)
+        img = resample(img, width, 1, LANCZOS)
     if h != height:
-        img = _pass(img, height, 0)
+        img = resample(img, height, 0, LANCZOS)
     return img
 
 

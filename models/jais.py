@@ -21,10 +21,10 @@ import numpy as np
 
 from ..cache.base import LayerSpec
 from ..loaders.config import ModelConfig
-from ..loaders.errors import GGUFError, UnsupportedModelError
+from ..loaders.errors import GGUFError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
-from .bloom import BloomModel
+from .bloom import BloomModel, file_max_alibi_bias
 from .common import TENSOR_NAMES, WeightLoader
 from .gpt2 import GPT2Layer
 from .jina_bert import alibi_slopes
@@ -49,12 +49,7 @@ class JaisModel(BloomModel):
         self.alibi_q = (alibi_slopes(cfg.n_head, self.max_alibi_bias(g)) * np.float32(cfg.head_dim)).astype(np.float32)
 
     def max_alibi_bias(self, g: GGUFFile) -> float:
-        bias = g.arch_get("attention.max_alibi_bias")
-        if bias is None:  # (llama.cpp requires it)
-            raise GGUFError(f"{g.path}: metadata jais.attention.max_alibi_bias is missing; the file is not a complete model")
-        if float(bias) <= 0:
-            raise UnsupportedModelError(f"{g.path}: Jais without ALiBi (max_alibi_bias {bias}) is not supported")
-        return float(bias)
+        return file_max_alibi_bias(g, "Jais")
 
     def load_tok_norm(self, w: WeightLoader) -> tuple[Any, Any]:
         return None, None  # (the embeddings go straight into the first layer)

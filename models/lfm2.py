@@ -62,6 +62,7 @@ class Lfm2Layer:
 
 class Lfm2Model(Model):
     archs = ("lfm2", "lfm2moe")
+    takes_images = True  # its forward reads Model.input_embd (LFM2-VL's image rows: Engine.eval_embd)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
@@ -127,6 +128,8 @@ class Lfm2Model(Model):
         T = len(tokens)
         x, xn, q, k, v, att, gate, up, q3, k3, v3, att3 = self.step_buffers(T)
         be.get_rows(self.tok_embd, tokens, x)
+        if self.input_embd is not None:  # an image's rows (LFM2-VL's), read causally as llama.cpp feeds them
+            x[...] = self.input_embd
         for il, L in enumerate(self.layers):
             if L.conv is not None:
                 be.rms_norm(x, L.attn_norm, c.norm_eps, xn)

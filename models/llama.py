@@ -51,6 +51,9 @@ class LlamaModel(Model):
     shared_expert: str | None = None
     #: the pre-FFN norm's tensor (Seed-OSS's converter names it post_attention_norm)
     ffn_norm_role: str = "ffn_norm"
+    #: the model's name where every layer must have Q and K norms one head wide (llama.cpp's loader and graph for it);
+    #: None: any or none
+    head_qk_norms: str | None = None
 
     @property
     def takes_images(self) -> bool:
@@ -72,7 +75,10 @@ class LlamaModel(Model):
         if c.n_expert > 0 and w.has("ffn_gate_inp", i):
             moe = load_moe(w, i, c.n_expert, c.n_expert_used, c.n_ff_exp, c.n_embd, c.expert_weights_norm, shared=self.shared_expert)
         dense = moe is None
-        q_norm, k_norm, qk_norm_full = self.load_qk_norm(w, i, required=False)
+        q_norm, k_norm, qk_norm_full = self.load_qk_norm(w, i, required=self.head_qk_norms is not None)
+        if qk_norm_full and self.head_qk_norms is not None:
+            raise GGUFError(f"{w.g.path}: blk.{i}.attn_q_norm/attn_k_norm span all heads; "
+                            f"{self.head_qk_norms}'s are one head ({c.head_dim}) wide")  # fmt: skip
         return LlamaLayer(
             attn_norm=w.vector("attn_norm", i),
             wq=w.matrix("wq", i),

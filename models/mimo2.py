@@ -31,7 +31,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
 from .common import WeightLoader, make_rope
 from .llama import LlamaModel
-from .moe import MoE, check_expert_counts, cpu_only, load_moe, moe_add
+from .moe import MoE, check_expert_counts, cpu_only, load_moe, moe_or_swiglu_add
 
 
 def per_layer(g: GGUFFile, key: str, n_layer: int, default: Any, kind: type = int) -> list[Any]:
@@ -123,13 +123,6 @@ class Mimo2Model(LlamaModel):
                 be.scale(att, self.value_scale)
             self.trace("kqv_out", il, att)
             be.linear_add(L.wo, att, x)
-            if L.moe is not None:
-                be.rms_norm(x, L.ffn_norm, c.norm_eps, xn)
-                moe_add(be, L.moe, xn, x, buf)
-            else:
-                n_ff = L.w_gate.shape[0]
-                gate, up = buf.get("gate", T, n_ff), buf.get("up", T, n_ff)
-                be.norm_linear_many(x, L.ffn_norm, c.norm_eps, xn, (L.w_gate, L.w_up), (gate, up))
-                be.linear_glu(L.w_down, gate, up, x, "silu", accumulate=True)
+            moe_or_swiglu_add(be, L, x, xn, c.norm_eps, buf)
             self.trace("l_out", il, x)
         self.output_head(x, out_rows, logits)

@@ -30,28 +30,23 @@ from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
-from .bert import POOLING, BertModel, gelu, layer_norm
-from .common import Model, WeightLoader, make_rope
+from .bert import layer_norm
+from .common import make_rope
 from .gemma_embedding import window_mask
-from .rank import RankHead
+from .neo_bert import PreNormEncoder
 
 #: the file's hidden_activation -> the gate's activation over the fused halves (llama.cpp's LLM_FFN_OP_TYPES_FROM_STRING)
 GATES = {"gelu": "gelu", "geglu": "gelu", "silu": "silu", "swish": "silu", "swiglu": "silu", "reglu": "relu"}
 
 
-class ModernBertModel(BertModel):
+class ModernBertModel(PreNormEncoder):
     """(A BertModel for its products, rope and attention; its own weights and block.)"""
 
     archs = ("modern-bert",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        Model.__init__(self, g, cfg, backend, n_ctx, n_batch)  # (not BertModel's: none of BERT's embedding tensors)
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: {cfg.arch} embedding models run on the CPU; drop --device gpu")
-        ld = WeightLoader(g, backend)
+        ld = self._start(g, cfg, backend, n_ctx, n_batch)
         self.eps = float(g.arch_get("attention.layer_norm_epsilon", 1e-5))
-        self.pooling = POOLING.get(int(g.arch_get("pooling_type", 1) or 0), "mean")
-        self.rank_head = RankHead.load(g, cfg.arch)
         self.rope = True
         act = str(g.arch_get("hidden_activation", "gelu") or "gelu")
         if act == "relu":  # (llama.cpp's plain ReLU: not gated, and its down product cannot take the fused halves)
@@ -81,37 +76,15 @@ class ModernBertModel(BertModel):
         self.cos, self.sin = self.ropes[L["swa"]]  # (the layer kind's rope base)
         return self._rope(q), self._rope(k)
 
-    def _ffn(self, x: np.ndarray, L: dict, il: int) -> np.ndarray:
-        """act(first half) * second half, then down: GeGLU (ggml's CPU GELU, read from its float16 table), SwiGLU
-        or ReGLU as the file says."""
-        gu = self._linear(L["w_up"], x, None)
-        n = gu.shape[1] // 2
-        g = gu[:, :n]
-        if self.gate_act == "gelu":
-            a = gelu(g)
-        elif self.gate_act == "silu":
-            a = g / (1.0 + np.exp(-g))
-        else:
-            a = np.maximum(g, np.float32(0.0))
-        return self._linear(L["w_down"], a * gu[:, n:], None)
+    def _norm(self, x: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+        """LayerNorm without bias; none where the layer has no weights (layer 0's attention: the checkpoint's Identity)."""
+        return x if w is None else layer_norm(x, w, None, self.eps)
 
-    def encode(self, tokens: np.ndarray) -> np.ndarray:
-        """Every token's final-normed state of ``tokens`` [T]: float32 [T, n_embd]."""
+    def _embed(self, tokens: np.ndarray) -> np.ndarray:
+        return layer_norm(self._token_rows(tokens), self.tok_norm, None, self.eps)
+
+    def _attn_biases(self, T: int) -> list:
+        """The window layers' mask (none where the text fits inside the window); none for the global layers."""
         c = self.cfg
-        T = len(tokens)
-        H, Hkv, D = c.n_head, c.n_head_kv, c.head_dim
-        x = np.empty((T, c.n_embd), np.float32)
-        self.be.get_rows(self.tok_embd, np.asarray(tokens, np.int32), x)
-        x = layer_norm(x, self.tok_norm, None, self.eps)
-        # (the window layers' mask; none where the text fits inside the window)
-        masks = {False: None, True: window_mask(T, c.sliding_window) if c.sliding_window and T - 1 > c.sliding_window // 2 else None}
-        for il, L in enumerate(self.layers):
-            xn = x if L["attn_norm"] is None else layer_norm(x, L["attn_norm"], None, self.eps)
-            q = self._linear(L["wq"], xn, None).reshape(T, H, D)
-            k = self._linear(L["wk"], xn, None).reshape(T, Hkv, D)
-            v = self._linear(L["wv"], xn, None).reshape(T, Hkv, D)
-            q, k = self._qk(q, k, L)
-            x = x + self._linear(L["wo"], self._attend(q, k, v, masks[L["swa"]]), None)
-            self.trace("ffn_inp", il, x)
-            x = x + self._ffn(layer_norm(x, L["ffn_norm"], None, self.eps), L, il)
-        return layer_norm(x, self.output_norm, None, self.eps)
+        window = window_mask(T, c.sliding_window) if c.sliding_window and T - 1 > c.sliding_window // 2 else None
+        return [window if L["swa"] else None for L in self.layers]

@@ -23,6 +23,7 @@ experts of its one token.  Routing is host work (numpy): CPU only for now.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -249,6 +250,24 @@ def moe_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers, 
         experts_add(be, moe, xe, x, buf, top, wts)
     if moe.shared is not None:  # (ordinary products, after the routed experts)
         shared_add(be, moe.shared, xn, x, buf)
+
+
+def moe_or_swiglu_add(be: Backend, L: Any, x: np.ndarray, xn: np.ndarray, eps: float, buf: Buffers, limit: float = 0.0) -> None:
+    """``x +=`` a layer's FFN of RMSNorm(x) (``L.ffn_norm``; ``xn`` takes it): its mixture of experts ``L.moe``, or else
+    a dense SwiGLU as wide as its own ``L.w_gate`` (MiMo-V2's and Step-3.5's dense layers), clamped where ``limit``
+    is above 0 (:func:`swiglu_clamped`)."""
+    if L.moe is not None:
+        be.rms_norm(x, L.ffn_norm, eps, xn)
+        moe_add(be, L.moe, xn, x, buf)
+        return
+    T, n_ff = x.shape[0], L.w_gate.shape[0]
+    gate, up = buf.get("gate", T, n_ff), buf.get("up", T, n_ff)
+    be.norm_linear_many(x, L.ffn_norm, eps, xn, (L.w_gate, L.w_up), (gate, up))
+    if limit > 0.0:
+        swiglu_clamped(gate, up, limit)
+        be.linear_add(L.w_down, gate, x)
+    else:
+        be.linear_glu(L.w_down, gate, up, x, "silu", accumulate=True)
 
 
 def swiglu_clamped(g: np.ndarray, u: np.ndarray, limit: float) -> None:

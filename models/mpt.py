@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from ..loaders.config import ModelConfig
-from ..loaders.errors import GGUFError, UnsupportedModelError
+from ..loaders.errors import UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
-from .bloom import BloomModel
+from .bloom import BloomModel, file_max_alibi_bias
 from .common import WeightLoader
 from .gpt2 import GPT2Layer
 
@@ -41,12 +41,7 @@ class MptModel(BloomModel):
         super().__init__(g, cfg, backend, n_ctx, n_batch)
 
     def max_alibi_bias(self, g: GGUFFile) -> float:
-        bias = g.arch_get("attention.max_alibi_bias")
-        if bias is None:  # (llama.cpp requires it)
-            raise GGUFError(f"{g.path}: metadata mpt.attention.max_alibi_bias is missing; the file is not a complete model")
-        if float(bias) <= 0:
-            raise UnsupportedModelError(f"{g.path}: MPT without ALiBi (max_alibi_bias {bias}) is not supported")
-        return float(bias)
+        return file_max_alibi_bias(g, "MPT")
 
     def load_tok_norm(self, w: WeightLoader) -> tuple[Any, Any]:
         return None, None

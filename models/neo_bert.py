@@ -17,12 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..loaders.config import ModelConfig
-from ..loaders.errors import UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
-from .bert import POOLING, BertModel
-from .common import TENSOR_NAMES, Model, WeightLoader, make_rope
-from .rank import RankHead
+from .bert import BertModel, gelu
+from .common import TENSOR_NAMES, make_rope
 
 TENSOR_NAMES.update({"enc_output_norm": "enc.output_norm.weight"})  # (llama.cpp's LLM_TENSOR_ENC_OUTPUT_NORM)
 
@@ -33,19 +31,57 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return (x64 / np.sqrt((x64 * x64).mean(axis=-1, keepdims=True) + eps)).astype(np.float32) * w
 
 
-class NeoBertModel(BertModel):
+class PreNormEncoder(BertModel):
+    """BertModel's products, rope and attention in a pre-norm block: x = x + attn(norm(x)); x = x + ffn(norm(x)), then
+    a final norm, without biases (NeoBERT, EuroBERT, ModernBERT, T5's encoder).  The norms are RMSNorms (ModernBERT's
+    LayerNorms: :meth:`_norm`); the FFN is one fused ``ffn_up`` of gate and up halves, act(first half) * second half
+    (``gate_act``), unless a subclass has its own; each layer's attention bias comes from :meth:`_attn_biases`."""
+
+    gate_act = "silu"  #: the fused FFN's gate: "gelu" (ggml's float16-table GELU), "silu" or "relu"
+
+    def _norm(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        return rms_norm(x, w, self.eps)
+
+    def _embed(self, tokens: np.ndarray) -> np.ndarray:
+        """The stream the first layer reads: the tokens' embeddings (ModernBERT normalises them)."""
+        return self._token_rows(tokens)
+
+    def _attn_biases(self, T: int) -> list:
+        """Each layer's attention bias or mask [H or 1, T, T] (None: every token sees every token)."""
+        return [self._attn_bias(T)] * len(self.layers)
+
+    def _ffn(self, x: np.ndarray, L: dict, il: int) -> np.ndarray:
+        """gate_act(first half) * second half of the fused ``ffn_up``, then down: SwiGLU, GeGLU or ReGLU."""
+        gu = self._linear(L["w_up"], x, None)
+        n = gu.shape[1] // 2
+        g = gu[:, :n]
+        if self.gate_act == "gelu":
+            a = gelu(g)
+        elif self.gate_act == "silu":
+            a = g / (1.0 + np.exp(-g))
+        else:
+            a = np.maximum(g, np.float32(0.0))
+        return self._linear(L["w_down"], a * gu[:, n:], None)
+
+    def encode(self, tokens: np.ndarray) -> np.ndarray:
+        """Every token's final-normed state of ``tokens`` [T]: float32 [T, n_embd]."""
+        x = self._embed(tokens)
+        biases = self._attn_biases(len(tokens))
+        for il, L in enumerate(self.layers):
+            x = x + self._attention(self._norm(x, L["attn_norm"]), L, biases[il])
+            self.trace("ffn_inp", il, x)
+            x = x + self._ffn(self._norm(x, L["ffn_norm"]), L, il)
+        return self._norm(x, self.output_norm)
+
+
+class NeoBertModel(PreNormEncoder):
     """(A BertModel for its products, rope and attention; its own weights and block.)"""
 
     archs = ("neo-bert",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        Model.__init__(self, g, cfg, backend, n_ctx, n_batch)  # (not BertModel's: none of BERT's embedding tensors)
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: {cfg.arch} embedding models run on the CPU; drop --device gpu")
-        ld = WeightLoader(g, backend)
+        ld = self._start(g, cfg, backend, n_ctx, n_batch, pooling=2)
         self.eps = cfg.norm_eps  # (attention.layer_norm_rms_epsilon)
-        self.pooling = POOLING.get(int(g.arch_get("pooling_type", 2) or 0), "mean")
-        self.rank_head = RankHead.load(g, cfg.arch)
         self.rope = True
         self.cos, self.sin = make_rope(cfg, cfg.n_ctx_train, cfg.rope_theta)
         self.tok_embd = ld.matrix("tok_embd")
@@ -59,23 +95,3 @@ class NeoBertModel(BertModel):
             L["w_up"] = ld.matrix_rows("w_up", i, (2 * cfg.n_ff,))[0]  # (SwiGLU: gate's rows, then up's)
             L["w_down"] = ld.matrix("w_down", i)
             self.layers.append(L)
-
-    def encode(self, tokens: np.ndarray) -> np.ndarray:
-        """Every token's final-normed state of ``tokens`` [T]: float32 [T, n_embd]."""
-        c = self.cfg
-        T = len(tokens)
-        H, Hkv, D = c.n_head, c.n_head_kv, c.head_dim
-        x = np.empty((T, c.n_embd), np.float32)
-        self.be.get_rows(self.tok_embd, np.asarray(tokens, np.int32), x)
-        for il, L in enumerate(self.layers):
-            xn = rms_norm(x, L["attn_norm"], self.eps)
-            q = self._linear(L["wq"], xn, None).reshape(T, H, D)
-            k = self._linear(L["wk"], xn, None).reshape(T, Hkv, D)
-            v = self._linear(L["wv"], xn, None).reshape(T, Hkv, D)
-            q, k = self._qk(q, k, L)
-            x = x + self._linear(L["wo"], self._attend(q, k, v, None), None)
-            self.trace("ffn_inp", il, x)
-            gu = self._linear(L["w_up"], rms_norm(x, L["ffn_norm"], self.eps), None)
-            gate, up = gu[:, : c.n_ff], gu[:, c.n_ff :]
-            x = x + self._linear(L["w_down"], gate / (1.0 + np.exp(-gate)) * up, None)
-        return rms_norm(x, self.output_norm, self.eps)

@@ -43,7 +43,8 @@ from ..loaders.quants import dequantize
 from ..ops.backend import Backend
 from .bert import gelu, layer_norm
 from .common import WeightLoader
-from .siglip import F16, _f16
+from .pillow_resize import BICUBIC, resample
+from .siglip import F16, _f16, vit_layer
 
 ROPE_BASE = 10000.0  # clip.cpp's vision rope base for Qwen2-VL
 WINDOW = 112  # clip.cpp's attention window for Qwen2.5-VL, pixels a side
@@ -81,54 +82,6 @@ def grid(width: int, height: int, cfg: MmprojConfig) -> tuple[int, int]:
     return w // f, h // f
 
 
-PRECISION_BITS = 22  # Pillow's (and clip.cpp's) fixed-point weights: 32 - 8 - 2
-
-
-def _bicubic(x: float) -> float:
-    """Pillow's bicubic filter (a = -0.5), support 2."""
-    a, x = -0.5, abs(x)
-    if x < 1.0:
-        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1
-    if x < 2.0:
-        return (((x - 5) * x + 8) * x - 4) * a
-    return 0.0
-
-
-def _weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pillow's ``precompute_coeffs`` for bicubic: each output pixel's first input pixel [n_out] and its fixed-point
-    weights [n_out, ksize] (zero past the pixels it reads)."""
-    scale = n_in / n_out
-    filterscale = max(scale, 1.0)  # (upsampling keeps the filter's width; downsampling widens it)
-    support = 2.0 * filterscale
-    ksize = int(math.ceil(support)) * 2 + 1
-    first = np.zeros(n_out, np.int64)
-    w = np.zeros((n_out, ksize), np.int64)
-    for xx in range(n_out):
-        center = (xx + 0.5) * scale
-        xmin = max(int(center - support + 0.5), 0)
-        xmax = min(int(center + support + 0.5), n_in) - xmin
-        k = [_bicubic((x + xmin - center + 0.5) / filterscale) for x in range(xmax)]
-        total = sum(k)
-        for x, v in enumerate(k):
-            v = v / total if total != 0.0 else v
-            w[xx, x] = int(v * (1 << PRECISION_BITS) + (-0.5 if v < 0 else 0.5))  # (+-0.5, truncated toward zero)
-        first[xx] = xmin
-    return first, w
-
-
-def _pass(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
-    """One separable pass of uint8 ``a`` along ``axis`` to ``n_out`` pixels, clipped to bytes."""
-    a = np.moveaxis(a, axis, 0)
-    first, w = _weights(a.shape[0], n_out)
-    acc = np.full((n_out,) + a.shape[1:], 1 << (PRECISION_BITS - 1), np.int64)
-    src = a.astype(np.int64)
-    extra = (1,) * (a.ndim - 1)
-    for k in range(w.shape[1]):
-        idx = np.minimum(first + k, a.shape[0] - 1)  # (past the pixels read: weight 0)
-        acc += src[idx] * w[:, k].reshape(-1, *extra)
-    return np.moveaxis(np.clip(acc >> PRECISION_BITS, 0, 255).astype(np.uint8), 0, axis)
-
-
 def resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
     """clip.cpp's ``img_tool::resize`` for these projectors (bicubic, Pillow's port, padded): uint8 RGB [h, w, 3] scaled
     by the smaller of width/w and height/h (sides rounded up, float32 as clip.cpp's), horizontal pass then vertical,
@@ -141,8 +94,8 @@ def resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
     f32 = np.float32
     scale = min(f32(width) / f32(w), f32(height) / f32(h))
     nw, nh = min(int(math.ceil(f32(w) * scale)), width), min(int(math.ceil(f32(h) * scale)), height)
-    out = img if nw == w else _pass(img, nw, 1)
-    out = out if nh == h else _pass(out, nh, 0)
+    out = img if nw == w else resample(img, nw, 1, BICUBIC)
+    out = out if nh == h else resample(out, nh, 0, BICUBIC)
     canvas = np.zeros((height, width, 3), np.uint8)
     x0, y0 = (width - nw) // 2, (height - nh) // 2
     canvas[y0 : y0 + nh, x0 : x0 + nw] = out
@@ -230,11 +183,7 @@ class Qwen2VLEncoder:
             raise UnsupportedModelError(f"{g.path}: v.patch_embd.bias is present; llama.cpp's Qwen2-VL graph has no patch bias")
         self.layers = []
         for i in range(cfg.n_layer):
-            L: dict[str, Any] = {}
-            for r in ("ln1", "ln2"):
-                L[r], L[r + "_b"] = ld.host_vector(f"v_{r}", i), ld.host_vector(f"v_{r}_b", i, required=False)
-            for r in ("q", "k", "v", "o", "up", "down"):
-                L[r], L[r + "_b"] = ld.matrix(f"v_{r}", i), ld.host_vector(f"v_{r}_b", i, required=False)
+            L = vit_layer(ld, i)
             gate = f"v.blk.{i}.ffn_gate.weight"
             L["gate"], L["gate_b"] = None, None
             if gate in g.tensors:

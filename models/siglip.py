@@ -64,6 +64,16 @@ def _f16(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float16).astype(np.float32)
 
 
+def vit_layer(ld: WeightLoader, i: int) -> dict[str, Any]:
+    """Layer i's weights under clip.cpp's names: its two norms and six products, each with its bias where it has one."""
+    L: dict[str, Any] = {}
+    for r in ("ln1", "ln2"):
+        L[r], L[r + "_b"] = ld.host_vector(f"v_{r}", i), ld.host_vector(f"v_{r}_b", i, required=False)
+    for r in ("q", "k", "v", "o", "up", "down"):
+        L[r], L[r + "_b"] = ld.matrix(f"v_{r}", i), ld.host_vector(f"v_{r}_b", i, required=False)
+    return L
+
+
 class SiglipEncoder:
     """Gemma 3's vision encoder and projector from an mmproj file: :meth:`encode` pixels into embedding rows."""
 
@@ -88,15 +98,10 @@ class SiglipEncoder:
         if pos.n_elements != n_pos * E:
             raise KvrunError(f"{g.path}: v.position_embd.weight has shape {pos.shape}, expected {(n_pos, E)}")
         self.pos_embd = dequantize(pos.data, pos.qtype, pos.shape).reshape(n_pos, E).astype(np.float32)
-        self.layers = []
-        for i in range(cfg.n_layer):
-            L: dict[str, Any] = {}
-            for r in ("ln1", "ln2"):
-                L[r], L[r + "_b"] = ld.host_vector(f"v_{r}", i), ld.host_vector(f"v_{r}_b", i, required=False)
-            for r in ("q", "k", "v", "o", "up", "down"):
-                L[r], L[r + "_b"] = ld.matrix(f"v_{r}", i), ld.host_vector(f"v_{r}_b", i, required=False)
-            self.layers.append(L)
+        self.layers = [vit_layer(ld, i) for i in range(cfg.n_layer)]
         self.post_ln, self.post_ln_b = ld.host_vector("v_post_ln", required=False), ld.host_vector("v_post_ln_b", required=False)
+        if cfg.projector_type == "lfm2":  # (LFM2-VL's projector: models/lfm2vl_image.py loads it)
+            return
         if cfg.projector_type == "idefics3":  # SmolVLM: a pixel shuffle and one matrix [n_text_embd, E * n_merge^2]
             self.fc = ld.matrix("mm_fc")
             return

@@ -38,7 +38,7 @@ from ..ops.backend import Backend, Weight
 from .common import TENSOR_NAMES, WeightLoader, make_rope
 from .llama import LlamaModel
 from .mimo2 import per_layer
-from .moe import MoE, check_expert_counts, cpu_only, gating_func, load_moe, moe_add, swiglu_clamped, weights_scale
+from .moe import MoE, check_expert_counts, cpu_only, gating_func, load_moe, moe_or_swiglu_add, weights_scale
 
 TENSOR_NAMES.update({"attn_gate": "blk.{i}.attn_gate.weight"})  # (llama.cpp's LLM_TENSOR_ATTN_GATE)
 
@@ -160,17 +160,6 @@ class Step35Model(LlamaModel):
                 att3 *= _sigmoid(g)[:, :, None]
             self.trace("kqv_out", il, att)
             be.linear_add(L.wo, att, x)
-            if L.moe is not None:
-                be.rms_norm(x, L.ffn_norm, c.norm_eps, xn)
-                moe_add(be, L.moe, xn, x, buf)
-            else:
-                n_ff = L.w_gate.shape[0]
-                gate, up = buf.get("gate", T, n_ff), buf.get("up", T, n_ff)
-                be.norm_linear_many(x, L.ffn_norm, c.norm_eps, xn, (L.w_gate, L.w_up), (gate, up))
-                if L.swiglu_limit > 0.0:
-                    swiglu_clamped(gate, up, L.swiglu_limit)
-                    be.linear_add(L.w_down, gate, x)
-                else:
-                    be.linear_glu(L.w_down, gate, up, x, "silu", accumulate=True)
+            moe_or_swiglu_add(be, L, x, xn, c.norm_eps, buf, L.swiglu_limit)
             self.trace("l_out", il, x)
         self.output_head(x, out_rows, logits)

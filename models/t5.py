@@ -37,9 +37,7 @@ from ..loaders.config import ModelConfig
 from ..loaders.errors import KvrunError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
-from .bert import gelu
 from .common import TENSOR_NAMES, WeightLoader
-from .neo_bert import rms_norm
 from .t5encoder import MAX_DISTANCE, T5EncoderModel
 
 TENSOR_NAMES.update({  # (llama.cpp's LLM_TENSOR_DEC_*)
@@ -167,11 +165,6 @@ class T5Model(T5EncoderModel):
         p = _softmax_rows(np.einsum("thd,shd->hts", q, k))
         return np.einsum("hts,shd->thd", p, v).reshape(T, H * D)
 
-    def _dec_ffn(self, x: np.ndarray, L: dict) -> np.ndarray:
-        up = self._linear(L["w_up"], x, None)
-        h = gelu(self._linear(L["w_gate"], x, None)) * up if L["w_gate"] is not None else np.maximum(up, np.float32(0.0))
-        return self._linear(L["w_down"], h, None)
-
     def forward(self, tokens: np.ndarray, pos: np.ndarray, cache: KVCache, out_rows: np.ndarray, logits: np.ndarray) -> None:
         """The decoder over ``tokens`` [T] at ``pos`` after what ``cache`` holds, reading the prompt :meth:`encode_prompt`
         encoded for this cache; the logits of the rows ``out_rows`` into ``logits``."""
@@ -183,26 +176,25 @@ class T5Model(T5EncoderModel):
         c = self.cfg
         T = len(tokens)
         H, Hkv, D = c.n_head, c.n_head_kv, c.head_dim
-        x = np.empty((T, c.n_embd), np.float32)
-        self.be.get_rows(self.tok_embd, np.asarray(tokens, np.int32), x)
+        x = self._token_rows(tokens)
         table0 = self.dec_layers[0]["rel_b"].reshape(self.n_buckets, H)
         for il, L in enumerate(self.dec_layers):
             table = table0 if L["rel_b"] is None else L["rel_b"].reshape(self.n_buckets, H)
-            xn = rms_norm(x, L["attn_norm"], self.eps)
+            xn = self._norm(x, L["attn_norm"])
             q = self._linear(L["wq"], xn, None).reshape(T, H, D)
             k = self._linear(L["wk"], xn, None).reshape(T, Hkv, D)
             v = self._linear(L["wv"], xn, None).reshape(T, Hkv, D)
             x = x + self._linear(L["wo"], self._self_attend(cache[il], q, k, v, pos, table), None)
             self.trace("cross_inp", il, x)
-            xn = rms_norm(x, L["cross_norm"], self.eps)
+            xn = self._norm(x, L["cross_norm"])
             qc = self._linear(L["cross_wq"], xn, None).reshape(T, H, D)
             x = x + self._linear(L["cross_wo"], self._cross_attend(qc, *cross[il]), None)
             self.trace("ffn_inp", il, x)
-            x = x + self._dec_ffn(rms_norm(x, L["ffn_norm"], self.eps), L)
+            x = x + self._ffn(self._norm(x, L["ffn_norm"]), L, il)  # (the encoder's FFN, the decoder layer's weights)
             self.trace("l_out", il, x)
         if len(out_rows) == 0:
             return
-        xo = rms_norm(x[np.asarray(out_rows)], self.dec_output_norm, self.eps)
+        xo = self._norm(x[np.asarray(out_rows)], self.dec_output_norm)
         if self.embedding:
             logits[...] = xo
             return

@@ -27,12 +27,11 @@ import math
 import numpy as np
 
 from ..loaders.config import ModelConfig
-from ..loaders.errors import UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
-from .bert import POOLING, BertModel, gelu
-from .common import TENSOR_NAMES, Model, WeightLoader
-from .neo_bert import rms_norm
+from .bert import gelu
+from .common import TENSOR_NAMES
+from .neo_bert import PreNormEncoder
 
 TENSOR_NAMES.update({  # (llama.cpp's LLM_TENSOR_ENC_*)
     "enc_attn_norm": "enc.blk.{i}.attn_norm.weight",
@@ -63,20 +62,15 @@ def relative_position_bucket(rel: np.ndarray, n_buckets: int, max_distance: int 
     return (bucket + np.where(d < max_exact, d, large)).astype(np.int64)
 
 
-class T5EncoderModel(BertModel):
+class T5EncoderModel(PreNormEncoder):
     """(A BertModel for its products and attention; its own weights and block.)"""
 
     archs = ("t5encoder",)
     kq_scale = 1.0  #: what scores are scaled by: 1 (T5 folds 1/sqrt(d_kv) into its Q weights at training)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        Model.__init__(self, g, cfg, backend, n_ctx, n_batch)  # (not BertModel's: none of BERT's embedding tensors)
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: {cfg.arch} embedding models run on the CPU; drop --device gpu")
-        ld = WeightLoader(g, backend)
+        ld = self._start(g, cfg, backend, n_ctx, n_batch)  # (no rank head: RankHead reads none for t5encoder)
         self.eps = cfg.norm_eps  # (attention.layer_norm_rms_epsilon)
-        self.pooling = POOLING.get(int(g.arch_get("pooling_type", 1) or 0), "mean")
-        self.rank_head = None
         self.rope = False
         self.n_buckets = int(g.arch_get("attention.relative_buckets_count", 32))
         self.tok_embd = ld.matrix("tok_embd")
@@ -96,28 +90,16 @@ class T5EncoderModel(BertModel):
         pos = np.arange(T)
         return np.ascontiguousarray(table[relative_position_bucket(pos[None, :] - pos[:, None], self.n_buckets)].transpose(2, 0, 1))
 
+    def _attn_biases(self, T: int) -> list:
+        bias0 = self._position_bias(self.layers[0]["rel_b"], T)
+        return [bias0 if L["rel_b"] is None or il == 0 else self._position_bias(L["rel_b"], T) for il, L in enumerate(self.layers)]
+
+    def _qk(self, q: np.ndarray, k: np.ndarray, L: dict) -> tuple[np.ndarray, np.ndarray]:
+        """No positions; Q scaled by kq_scale * sqrt(D), undoing BertModel._attend's 1/sqrt(D)."""
+        return q * np.float32(self.kq_scale * math.sqrt(self.cfg.head_dim)), k
+
     def _ffn(self, x: np.ndarray, L: dict, il: int) -> np.ndarray:
         """Gated GELU (v1.1, Flan: gelu(gate) * up, ggml's float16-table GELU) or ReLU (the original T5), then down."""
         up = self._linear(L["w_up"], x, None)
         h = gelu(self._linear(L["w_gate"], x, None)) * up if L["w_gate"] is not None else np.maximum(up, np.float32(0.0))
         return self._linear(L["w_down"], h, None)
-
-    def encode(self, tokens: np.ndarray) -> np.ndarray:
-        """Every token's final-normed state of ``tokens`` [T]: float32 [T, n_embd]."""
-        c = self.cfg
-        T = len(tokens)
-        H, Hkv, D = c.n_head, c.n_head_kv, c.head_dim
-        x = np.empty((T, c.n_embd), np.float32)
-        self.be.get_rows(self.tok_embd, np.asarray(tokens, np.int32), x)
-        bias0 = self._position_bias(self.layers[0]["rel_b"], T)
-        unscale = np.float32(self.kq_scale * math.sqrt(D))  # (BertModel._attend scales by 1/sqrt(D): undone on Q)
-        for il, L in enumerate(self.layers):
-            bias = bias0 if L["rel_b"] is None or il == 0 else self._position_bias(L["rel_b"], T)
-            xn = rms_norm(x, L["attn_norm"], self.eps)
-            q = self._linear(L["wq"], xn, None).reshape(T, H, D) * unscale
-            k = self._linear(L["wk"], xn, None).reshape(T, Hkv, D)
-            v = self._linear(L["wv"], xn, None).reshape(T, Hkv, D)
-            x = x + self._linear(L["wo"], self._attend(q, k, v, bias), None)
-            self.trace("ffn_inp", il, x)
-            x = x + self._ffn(rms_norm(x, L["ffn_norm"], self.eps), L, il)
-        return rms_norm(x, self.output_norm, self.eps)

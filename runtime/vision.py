@@ -9,7 +9,9 @@ cache then holds them as any prompt, and generation goes on from the last text p
 least ``<end_of_image>``.  SmolVLM's projector (idefics3) makes a picture a block of tiles between image tokens
 instead, fed as one array of rows (runtime/vision_idefics3.py).  Qwen2-VL's (qwen2vl_merger, qwen2.5vl_merger) puts a
 picture's rows between ``<|vision_start|>`` and ``<|vision_end|>`` and feeds them with their M-RoPE positions
-(:meth:`Vision.feed_rows`, runtime/vision_qwen2vl.py).
+(:meth:`Vision.feed_rows`, runtime/vision_qwen2vl.py).  LFM2-VL's (lfm2) puts a picture's block, its image or its tiles
+and thumbnail, between ``<|image_start|>`` and ``<|image_end|>``, fed as one array of rows (runtime/vision_lfm2.py);
+InternVL's (internvl) its tiles' and thumbnail's rows between ``<img>`` and ``</img>`` (runtime/vision_internvl.py).
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ class Vision:
 
     def __init__(self, engine: Engine, mmproj: str | os.PathLike) -> None:
         if not getattr(engine.model, "takes_images", False):
-            raise KvrunError(f"{engine.cfg.arch} models take no images; kvrun runs images with Gemma 3, SmolVLM and Qwen2-VL and their mmproj files")
+            raise KvrunError(f"{engine.cfg.arch} models take no images; kvrun runs images with Gemma 3, SmolVLM, Qwen2-VL, LFM2-VL and "
+                             "InternVL and their mmproj files")  # fmt: skip
         self.engine = engine
         from .vision_qwen2vl import load_encoder  # (Qwen2-VL's encoder, or SiglipEncoder)
 
@@ -50,6 +53,17 @@ class Vision:
         if n != m:
             raise KvrunError(f"{mmproj}: the projector makes rows {n} wide and {engine.path} embeds {m}: not this model's mmproj")
         self.begin, self.end, self.idefics3, self.qwen2vl = IMAGE_BEGIN, IMAGE_END, None, None
+        if self.encoder.cfg.projector_type == "lfm2":  # LFM2-VL: any size, tiles past 2x max pixels (vision_lfm2.py)
+            from .vision_lfm2 import IMAGE_END as LFM2_END, IMAGE_START as LFM2_START, Lfm2Layout
+
+            # (a block of rows as SmolVLM's: the same slot, pieces / rows / n_positions)
+            self.begin, self.end, self.idefics3 = LFM2_START, LFM2_END, Lfm2Layout(engine, self.encoder)
+            return
+        if self.encoder.cfg.projector_type == "internvl":  # InternVL: tiles and a thumbnail, one block (vision_internvl.py)
+            from .vision_internvl import IMAGE_END as IVL_END, IMAGE_START as IVL_START, InternVLLayout
+
+            self.begin, self.end, self.idefics3 = IVL_START, IVL_END, InternVLLayout(engine, self.encoder)
+            return
         if self.encoder.cfg.projector_type in QWEN2VL_PROJECTORS:  # Qwen2-VL: any size, M-RoPE rows (vision_qwen2vl.py)
             from .vision_qwen2vl import VISION_END, VISION_START, Qwen2VLLayout
 
@@ -114,7 +128,7 @@ class Vision:
             raise KvrunError("a prompt with images must end in text")  # (segments() always ends with <end_of_image>)
         need = sum(len(s) for s in segments)
         if cache.offset + need > self.engine.n_ctx:
-            each = f"an image takes {self.n_tokens}" if self.qwen2vl is None else "its images' rows included"
+            each = f"an image takes {self.n_tokens}" if self.qwen2vl is None and self.idefics3 is None else "its images' rows included"
             raise KvrunError(f"{cache.offset + need} tokens ({each}) do not fit the context of "
                              f"{self.engine.n_ctx}; raise --ctx-size")  # fmt: skip
         for seg in head:

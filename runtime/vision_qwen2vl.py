@@ -40,6 +40,14 @@ def load_encoder(mmproj: str | os.PathLike, backend: Any) -> Any:
     g, cfg = open_mmproj(mmproj)
     if cfg.projector_type in QWEN2VL_PROJECTORS:
         return qwen2vl_image.Qwen2VLEncoder(g, cfg, backend)
+    if cfg.projector_type == "lfm2":  # (LFM2-VL: SigLIP2 at the picture's size, models/lfm2vl_image.py)
+        from ..models.lfm2vl_image import Lfm2VLEncoder
+
+        return Lfm2VLEncoder(g, cfg, backend)
+    if cfg.projector_type == "internvl":  # (InternVL: InternViT on 448-pixel tiles, models/internvl_image.py)
+        from ..models.internvl_image import InternVLEncoder
+
+        return InternVLEncoder(g, cfg, backend)
     return SiglipEncoder(g, cfg, backend)
 
 

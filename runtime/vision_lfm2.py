@@ -1,0 +1,88 @@
+"""LFM2-VL's pictures in the prompt, as llama.cpp's libmtmd lays them out (projector type "lfm2", ``MTMD_SLICE_TMPL_LFM2``).
+
+A picture becomes one image, or 512-pixel tiles and a thumbnail (models/lfm2vl_image.py), each encoded on its own.
+At the picture's ``<__media__>`` the prompt holds:
+
+    single image:  <|image_start|>  (the image's rows)  <|image_end|>
+    tiled:         <|image_start|>  for each row R, for each column C: <|img_row_R_col_C|> (the tile's rows)
+                   <|img_thumbnail|> (the thumbnail's rows)  <|image_end|>
+
+``<|image_start|>`` and ``<|image_end|>`` are tokenized with the text around them, as Gemma 3's markers are
+(runtime/vision.py); ``<|img_row_R_col_C|>`` as text, special tokens parsed (libmtmd's ``add_text(..., true)``),
+``<|img_thumbnail|>`` the token whose text it is (``lookup_token``).  LFM2's text model reads image rows causally,
+as any token (``mtmd_decode_use_non_causal`` is false for lfm2), so :meth:`Lfm2Layout.rows` gives the whole block
+between the markers, tile tokens and tiles alike, as one array of rows, the tokens as their rows of
+``token_embd`` (feeding a token's embedding row is feeding the token).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import numpy as np
+
+from ..loaders.errors import KvrunError
+from ..models import lfm2vl_image
+from ..models.lfm2vl_image import Lfm2VLEncoder
+
+IMAGE_START, IMAGE_END, THUMBNAIL = "<|image_start|>", "<|image_end|>", "<|img_thumbnail|>"
+TILE_START = "<|img_row_{}_col_{}|>"
+#: a picture's block: text token ids, and images (uint8 RGB [h, w, 3]) that become rows, in order
+Pieces = list[Union[list[int], np.ndarray]]
+
+
+class Lfm2Layout:
+    """The image tokens of ``engine``'s vocabulary and the picture layout of an LFM2-VL projector."""
+
+    def __init__(self, engine: Any, encoder: Lfm2VLEncoder) -> None:
+        if engine.cfg.arch not in ("lfm2", "lfm2moe"):
+            raise KvrunError(f"{engine.path}: an lfm2 projector goes with an LFM2-VL text model (lfm2), not {engine.cfg.arch}")
+        tok = engine.tokenizer
+        for t in (IMAGE_START, IMAGE_END, THUMBNAIL):
+            if len(tok.encode(t, add_bos=False, parse_special=True)) != 1:
+                raise KvrunError(f"{engine.path}: the vocabulary has no {t} token; not an LFM2-VL model")
+        self.thumb = tok.encode(THUMBNAIL, add_bos=False, parse_special=True)[0]
+        self.engine, self.encoder = engine, encoder
+
+    def pieces(self, image: np.ndarray) -> Pieces:
+        """uint8 RGB ``image`` [h, w, 3] -> its block between the markers: token ids and images, in libmtmd's order."""
+        c = lfm2vl_image.cut(image, self.encoder.cfg)
+        if not c.tiles:
+            return [c.image]
+        tok = self.engine.tokenizer
+        out: Pieces = []
+        for r in range(c.n_rows):
+            for col in range(c.n_cols):
+                out.append(tok.encode(TILE_START.format(r + 1, col + 1), add_bos=False, parse_special=True))
+                out.append(c.tiles[r * c.n_cols + col])
+        return out + [[self.thumb], c.image]
+
+    def ids(self, image: np.ndarray) -> list[int]:
+        """The block's token ids, -1 for each image row (as the fixture records mtmd_tokenize's chunks)."""
+        cfg = self.encoder.cfg
+        return [i for p in self.pieces(image) for i in (p if isinstance(p, list) else [-1] * lfm2vl_image.n_rows_of(p.shape[1], p.shape[0], cfg))]
+
+    def n_positions(self, w: int, h: int) -> int:
+        """Positions a w x h picture's block takes (without its markers), from its size alone."""
+        cfg, tok = self.encoder.cfg, self.engine.tokenizer
+        n = lfm2vl_image.n_rows_of(*lfm2vl_image.target_size(w, h, cfg), cfg)
+        cols, rows = lfm2vl_image.grid(w, h, cfg)
+        if cols:
+            per_tile = lfm2vl_image.n_rows_of(lfm2vl_image.TILE, lfm2vl_image.TILE, cfg)
+            n += 1 + sum(len(tok.encode(TILE_START.format(r + 1, c + 1), add_bos=False, parse_special=True)) + per_tile
+                         for r in range(rows) for c in range(cols))  # fmt: skip
+        return n
+
+    def rows(self, image: np.ndarray) -> np.ndarray:
+        """The picture's block as embedding rows [n_positions, n_embd]: each image encoded, each token its row of the
+        text model's ``token_embd``."""
+        eng, enc = self.engine, self.encoder
+        out = []
+        for p in self.pieces(image):
+            if isinstance(p, list):
+                buf = np.empty((len(p), eng.cfg.n_embd), np.float32)
+                eng.backend.get_rows(eng.model.tok_embd, np.asarray(p, np.int32), buf)
+                out.append(buf)
+            else:
+                out.append(enc.encode(lfm2vl_image.normalise(p, enc.cfg)))
+        return np.ascontiguousarray(np.concatenate(out), np.float32)

@@ -1,0 +1,172 @@
+"""Images in, for InternVL (llama.cpp's projector type "internvl"): the mmproj file (loaders/mmproj.py), pictures cut
+into the best of InternVL's grids of tiles and a thumbnail, the InternViT encoder with LayerScale, the pixel shuffle
+and the LayerNorm + MLP projector (models/internvl_image.py), laid out between ``<img>`` and ``</img>``
+(runtime/vision_internvl.py) and read by a Qwen2 text model, held to llama.cpp's libmtmd on the tiny pair of
+tiny_vision_internvl.py (fixture: tools/make_vision_internvl_fixtures.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as Q
+
+from kvrun.loaders.errors import KvrunError
+from kvrun.loaders.mmproj import open_mmproj
+from kvrun.models import internvl_image
+from kvrun.models.internvl_image import InternVLEncoder
+from kvrun.ops import get_backend
+from tiny_vision_internvl import IMAGE_SIZE, PATCH, SCALE, V_EMBD, write_tiny_internvl_mmproj, write_tiny_internvl_text
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+from make_vision_internvl_fixtures import IMAGES, PROMPTS, images  # noqa: E402
+
+FIX = np.load(Path(__file__).parent / "fixtures" / "vision_internvl.npz")
+PICTURES = images()
+TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> dict[str, Path]:
+    """The tiny text model and its projector (F32 and F16), the very bytes the fixture was made from."""
+    d = tmp_path_factory.mktemp("vision_internvl")
+    files = {"text": write_tiny_internvl_text(d / "text.gguf"), "f32": write_tiny_internvl_mmproj(d / "mmproj-f32.gguf", Q.F32),
+             "f16": write_tiny_internvl_mmproj(d / "mmproj-f16.gguf", Q.F16)}  # fmt: skip
+    for k, p in files.items():
+        assert hashlib.sha256(p.read_bytes()).hexdigest() == str(FIX[f"sha256_{k}"]), f"{k}: not the fixture's file"
+    return files
+
+
+@pytest.fixture(scope="module")
+def cfg(pair):
+    g, c = open_mmproj(pair["f32"])
+    g.close()
+    return c
+
+
+@pytest.fixture(scope="module")
+def vision(pair):
+    from kvrun.runtime.engine import Engine
+    from kvrun.runtime.vision import Vision
+
+    return Vision(Engine(pair["text"], n_ctx=1024, n_batch=64, threads=1), pair["f32"])
+
+
+# ---------------------------------------------------------------- the projector file
+
+
+def test_mmproj_config_reads_internvls_shuffle_and_default_tile_range(cfg):
+    assert (cfg.projector_type, cfg.image_size, cfg.patch_size, cfg.n_embd, cfg.n_merge) == ("internvl", IMAGE_SIZE, PATCH, V_EMBD, SCALE)
+    assert (cfg.min_tiles, cfg.max_tiles, cfg.n_tokens, cfg.n_text_embd) == (1, 12, 4, 64)  # (n_text_embd: mlp.3's rows)
+
+
+def test_a_file_without_the_class_token_is_refused_in_one_line(tmp_path):
+    """(A SigLIP-style file mislabelled internvl: the InternViT needs its CLS row.)"""
+    from tiny_vision_lfm2 import write_tiny_lfm2_mmproj
+
+    from kvrun.loaders.gguf_file import GGUFFile
+    from kvrun.loaders.mmproj import load_mmproj_config
+
+    from dataclasses import replace
+
+    g = GGUFFile(write_tiny_lfm2_mmproj(tmp_path / "m.gguf"))
+    cfg = replace(load_mmproj_config(g), projector_type="internvl")
+    with pytest.raises(KvrunError, match="tensor 'v.class_embd' is missing") as e:
+        InternVLEncoder(g, cfg, get_backend("cpu"))
+    assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------- tiles
+
+
+@pytest.mark.parametrize("w, h, grid", [(24, 20, (0, 0)), (32, 32, (0, 0)), (100, 40, (4, 2)), (64, 64, (2, 2)), (50, 130, (2, 5)),
+                                         (33, 20, (2, 1)), (1000, 30, (12, 1))])  # fmt: skip
+def test_a_picture_past_one_tile_takes_the_grid_showing_most_of_it_with_least_waste(cfg, w, h, grid):
+    """libmtmd's llava-uhd choice among InternVL's 1 to 12 tile grids (not Hugging Face's closest aspect: 100x40 is
+    4x2, the smallest grid it fits whole, not 5x2)."""
+    assert internvl_image.grid(w, h, cfg) == grid
+
+
+@pytest.mark.parametrize("q, tol", [("f32", 5e-3), ("f16", 1.5e-2)])
+@pytest.mark.parametrize("name", list(IMAGES))
+def test_every_tile_and_the_thumbnail_encode_to_libmtmds_rows(pair, q, tol, name):
+    """Tiles row by row, then the thumbnail, each through InternViT (CLS token last, LayerScale), the 2x2 shuffle,
+    LayerNorm and the MLP: the rows of the image chunk mtmd_encode_chunk gives (encoder flash attention off)."""
+    enc = InternVLEncoder.load(pair[q], get_backend("cpu"))
+    c = internvl_image.cut(PICTURES[name], enc.cfg)
+    rows = np.concatenate([enc.encode(internvl_image.normalise(x, enc.cfg)) for x in c.images])
+    np.testing.assert_allclose(rows, FIX[f"embd_{q}_{name}"], atol=tol)
+
+
+# ---------------------------------------------------------------- the layout in the prompt
+
+
+@pytest.mark.parametrize("name", list(IMAGES))
+def test_a_pictures_rows_lie_between_img_and_close_img(vision, name):
+    img = PICTURES[name]
+    tok = vision.engine.tokenizer
+    start, end = (tok.encode(t, add_bos=False, parse_special=True) for t in ("<img>", "</img>"))
+    assert start + vision.idefics3.ids(img) + end == FIX[f"ids_f32_{name}"].tolist()
+    assert vision.image_positions(img) == len(vision.image_rows(img)) == len(FIX[f"ids_f32_{name}"]) - 2
+
+
+@pytest.mark.parametrize("k", range(len(PROMPTS)))
+def test_logits_after_pictures_and_text_match_llama_cpp(vision, k):
+    """Each picture's rows fed causally, as llama.cpp feeds Qwen2 an image, then the text: logits within 1e-2 of
+    mtmd_helper_eval_chunks'."""
+    imgs = [PICTURES[n] for n in list(IMAGES)[: PROMPTS[k].count("<__media__>")]]
+    segs = vision.segments(PROMPTS[k], imgs)
+    ids = [i for s in segs for i in (s if isinstance(s, list) else [-1] * len(s))]
+    assert ids == FIX[f"pids_{k}"].tolist()
+    cache = vision.engine.new_cache()
+    logits = vision.engine.eval(cache, vision.prefill(cache, segs))[-1]
+    np.testing.assert_allclose(logits, FIX[f"logits_{k}"], atol=1e-2)
+    assert logits.argmax() == FIX[f"logits_{k}"].argmax()
+
+
+def test_a_text_model_without_img_tokens_is_refused(pair, tiny_llama_path):
+    from kvrun.runtime.engine import Engine
+    from kvrun.runtime.vision import Vision
+
+    with pytest.raises(KvrunError, match="the vocabulary has no <img> token; not an InternVL model") as e:
+        Vision(Engine(tiny_llama_path, n_ctx=64), pair["f32"])
+    assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------- kvrun run, and a chat
+
+
+def test_cli_run_takes_an_internvl_picture(pair, tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from kvrun.cli import main
+
+    png = tmp_path / "tall.png"
+    Image.fromarray(PICTURES["tall"]).save(png)
+    r = CliRunner().invoke(main, ["run", str(pair["text"]), "--mmproj", str(pair["f32"]), "--image", str(png),
+                                  "-p", "describe", "-n", "4", "--temp", "0"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert f"prompt {len(FIX['ids_f32_tall']) + len('describe')} tok" in r.output  # 10 tiles and the thumbnail, markers, 8 bytes
+
+
+def test_a_chat_keeps_a_pictures_rows_in_its_cache(pair, tmp_path, monkeypatch):
+    """The next turn feeds only its new text, the picture is not encoded again, the reply is a fresh chat's."""
+    import kvrun
+
+    text = write_tiny_internvl_text(tmp_path / "chat.gguf", chat_template=TEMPLATE)
+    m = kvrun.load(str(text), n_ctx=1024, n_batch=64, threads=1, mmproj=str(pair["f32"]))
+    encoded = []
+    real = m.vision.image_rows
+    monkeypatch.setattr(m.vision, "image_rows", lambda img: encoded.append(1) or real(img))
+    sample = {"max_tokens": 6, "temperature": 0, "repeat_penalty": 3.0}
+    s = m.session()
+    s.send("describe", images=[PICTURES["wide"]], **sample)
+    second = s.send("and more", **sample)
+    block = len(FIX["ids_f32_wide"])  # (8 tiles and the thumbnail: 36 rows and the markers, kept)
+    assert len(encoded) == 1 and s.last_stats.n_prompt <= s.n_prompt_tokens - len("<|im_start|>user\n") - block
+    convo = [{"role": "user", "content": "describe", "images": [PICTURES["wide"]]}, s.messages[1], {"role": "user", "content": "and more"}]
+    assert m.chat(convo, **sample) == second and len(encoded) == 2

@@ -52,6 +52,7 @@ SUPPORTED_ARCHITECTURES += ("jamba", "plamo2", "deci")  # Mamba 1 / Mamba-2-like
 SUPPORTED_ARCHITECTURES += ("jais", "codeshell", "refact", "plm", "plamo", "chameleon")  # older and niche decoders: models/jais.py, codeshell.py, refact.py, plm.py, plamo.py, chameleon.py
 SUPPORTED_ARCHITECTURES += ("dbrx", "arctic", "grok", "nemotron_h_moe")  # big mixtures of experts: models/dbrx.py, arctic.py, grok.py, nemotron_h_moe.py
 SUPPORTED_ARCHITECTURES += ("kimi-linear",)  # Kimi Linear: Kimi Delta Attention among rope-less MLA layers, experts (models/kimi_linear.py)
+SUPPORTED_ARCHITECTURES += ("cogvlm", "deepseek2-ocr", "glm-dsa", "hunyuan_vl", "paddleocr")  # text sides of VL/OCR models: models/cogvlm.py, deepseek2_ocr.py, glm_dsa.py, hunyuan_vl.py, paddleocr.py
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -267,6 +268,13 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "arctic": {"rope_neox": False},
     "grok": {"rope_neox": True},
     "nemotron_h_moe": {"rope_neox": False, "expert_weights_norm": False},
+    # the language sides of CogVLM, DeepSeek-OCR, GLM-5 (DeepSeek sparse attention), HunyuanOCR/Hunyuan-VL, PaddleOCR-VL
+    # (models/cogvlm.py, deepseek2_ocr.py, glm_dsa.py, hunyuan_vl.py, paddleocr.py): glm-dsa's MLA heads as deepseek2's and its NextN layers past the trunk
+    "cogvlm": {"rope_neox": True},
+    "deepseek2-ocr": {"rope_neox": True, "expert_weights_norm": False},
+    "glm-dsa": {"rope_neox": False, "expert_weights_norm": False, "nextn": True},
+    "hunyuan_vl": {"rope_neox": True, "rope_alpha": True},
+    "paddleocr": {"rope_neox": True},
 }
 
 
@@ -399,7 +407,7 @@ def load_config(g: GGUFFile) -> ModelConfig:
     head_dim = int(g.arch_get("attention.key_length", n_embd // n_head if n_head else 0))
     head_dim_v = int(g.arch_get("attention.value_length", head_dim))
     n_layer = int(_req(g, "block_count"))
-    if arch in ("deepseek2", "mistral4"):  # (MLA: kvrun caches every head's decompressed K and V, llama.cpp's n_embd_head_k_mla and
+    if arch in ("deepseek2", "mistral4", "glm-dsa"):  # (MLA: kvrun caches every head's decompressed K and V, llama.cpp's n_embd_head_k_mla and
         # n_embd_head_v_mla where the file states both (newer converters: key_length is then the latent's), as many
         # K/V heads as query heads)
         k_mla, v_mla = int(g.arch_get("attention.key_length_mla", 0) or 0), int(g.arch_get("attention.value_length_mla", 0) or 0)

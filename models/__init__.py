@@ -115,6 +115,11 @@ from .arctic import ArcticModel
 from .dbrx import DbrxModel
 from .grok import GrokModel
 from .nemotron_h_moe import NemotronHMoeModel
+from .cogvlm import CogVLMModel  # (text sides of VL/OCR models: cogvlm, deepseek2-ocr, glm-dsa, hunyuan_vl, paddleocr)
+from .deepseek2_ocr import Deepseek2OCRModel
+from .glm_dsa import GlmDsaModel
+from .hunyuan_vl import HunyuanVLModel
+from .paddleocr import PaddleOCRModel
 
 MODEL_CLASSES: dict[str, type[Model]] = {}
 for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model, Qwen2MoeModel, DeepseekModel, Deepseek2Model,
@@ -133,7 +138,8 @@ for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model
              BailingMoeModel, HunyuanMoeModel, Dots1Model, PhiMoeModel, GroveMoeModel, Rnd1Model, DreamModel, LladaModel, LladaMoeModel,
              ModernBertModel, EuroBertModel, LlamaEmbedModel, T5EncoderModel,
              DbrxModel, ArcticModel, GrokModel, NemotronHMoeModel, T5Model,
-             KimiLinearModel):  # fmt: skip
+             KimiLinearModel,
+             CogVLMModel, Deepseek2OCRModel, GlmDsaModel, HunyuanVLModel, PaddleOCRModel):  # fmt: skip
     for _arch in _cls.archs:
         MODEL_CLASSES[_arch] = _cls
 

@@ -296,6 +296,15 @@ FIXTURE_MODELS: dict[str, dict] = {
     # Kimi Linear (tiny_kimi_linear.py): KDA layers (short convolutions, per-channel decay, sigmoid output gate) among
     # rope-less MLA layers, a leading dense layer, sigmoid-routed experts with exp_probs_b and a shared one
     "kimi-linear": {"arch": "kimi-linear"},
+    # text sides of VL/OCR models (tiny_text_sides.py): CogVLM (fused QKV, the visual expert's weights unread), DeepSeek-OCR
+    # (plain attention in DeepSeek-V2's trunk), GLM-5 (MLA, sigmoid router unstated, NextN; the DSA indexer's top_k past the
+    # prompt), HunyuanOCR (QK-norm after an M-RoPE with an unturned fourth section; "-plain": no sections), PaddleOCR-VL
+    "cogvlm": {"arch": "cogvlm"},
+    "deepseek2-ocr": {"arch": "deepseek2-ocr"},
+    "glm-dsa": {"arch": "glm-dsa"},
+    "hunyuan_vl": {"arch": "hunyuan_vl"},
+    "hunyuan_vl-plain": {"arch": "hunyuan_vl", "variant": "plain"},
+    "paddleocr": {"arch": "paddleocr"},
 }
 
 
@@ -372,6 +381,10 @@ def write_tiny_model(
     qwen3next: :func:`_write_tiny_qwen35` (qwen3next with ``split_qkv``: attn_qkv and attn_gate, not ssm_in).
     mistral3, ernie4_5-moe: :func:`_write_tiny_mistral3_ernie_moe` (mistral3's ``yarn_log_mul``).  hunyuan-dense,
     minicpm: :func:`_write_tiny_hunyuan_minicpm` (``rope_alpha``; minicpm's ``mup_defaults``, and ``rope_freqs``: LongRoPE)."""
+    if arch in ("cogvlm", "deepseek2-ocr", "glm-dsa", "hunyuan_vl", "paddleocr"):  # (tiny_text_sides.py: hunyuan_vl's ``variant``)
+        from tiny_text_sides import write_tiny_text_side
+
+        return write_tiny_text_side(path, arch, qtype, seed, variant)
     if arch == "kimi-linear":  # (tiny_kimi_linear.py)
         from tiny_kimi_linear import write_tiny_kimi_linear
 

@@ -1,0 +1,29 @@
+"""PaddleOCR-VL (Baidu) language model (``paddleocr``), text only, as llama.cpp's PADDLEOCR graph.
+
+ERNIE 4.5 0.3B's block (``ernie4_5.py``: the Llama block, biases on Q, K and V where the file has them, the output
+head tied or separate) with Qwen2-VL's multimodal rope (M-RoPE, ``rope.dimension_sections``, required): each head's
+pairs taken in neox layout (halves), not ERNIE's consecutive pairs, in sections that turn with a token's time,
+height, width and extra positions; a text token's are ``(p, p, p, 0)`` (``qwen2vl.mrope_tables``).  The published
+sections ([16, 24, 24] for heads of 128) cover every pair in the first three, so text turns as plain neox rope.
+
+Images (PaddleOCR-VL's mmproj) need per-section positions for their rows, which kvrun does not feed this model:
+refused (``takes_images``).
+"""
+
+from __future__ import annotations
+
+from ..loaders.config import ModelConfig
+from ..loaders.gguf_file import GGUFFile
+from ..ops.backend import Backend
+from .ernie4_5 import Ernie45Model
+from .qwen2vl import mrope_tables, rope_sections
+
+
+class PaddleOCRModel(Ernie45Model):
+    archs = ("paddleocr",)
+    takes_images = False
+
+    def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
+        sections = rope_sections(g)
+        super().__init__(g, cfg, backend, n_ctx, n_batch)
+        self.rope_cos, self.rope_sin = mrope_tables(self.rope_cos, self.rope_sin, sections)

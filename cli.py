@@ -418,22 +418,46 @@ def models_cmd() -> None:
 @click.option("--pure", is_flag=True, help="every quantized matrix TYPE's one type, not llama.cpp's mix")
 @click.option("--output-tensor-type", metavar="T", default=None, help="type of output.weight (q8_0, q6_K, f16, ...)")
 @click.option("--token-embedding-type", metavar="T", default=None, help="type of token_embd.weight")
+@click.option("--imatrix", "imatrix", metavar="FILE", default=None, help="importance matrix (kvrun imatrix / llama-imatrix: GGUF or legacy .dat) to weight the rounding by")
 @friendly
 def quantize(inp: str, out: str, qtype: str, allow_requantize: bool, pure: bool, output_tensor_type: str | None,
-             token_embedding_type: str | None) -> None:  # fmt: skip
+             token_embedding_type: str | None, imatrix: str | None) -> None:  # fmt: skip
     """Quantize an F32/F16/BF16 GGUF as llama.cpp's llama-quantize does, tensor for tensor.  TYPE: Q8_0, Q6_K,
-    Q5_K_M, Q5_K_S, Q5_1, Q5_0, Q4_K_M, Q4_K_S, Q4_1, Q4_0, Q3_K_M, Q2_K, F16 or BF16."""
+    Q5_K_M, Q5_K_S, Q5_1, Q5_0, Q4_K_M, Q4_K_S, Q4_1, Q4_0, IQ4_NL, IQ4_XS, Q3_K_M, Q2_K, F16 or BF16."""
     from .runtime.quantize import quantize_model
 
     bar = _LazyBar(desc="quantize", unit="tensor")
     res = quantize_model(inp, out, qtype, allow_requantize, pure, output_tensor_type, token_embedding_type,
-                         progress=lambda done, n, written: bar.update(done, n, f"{written / 1e6:.0f} MB written"))  # fmt: skip
+                         progress=lambda done, n, written: bar.update(done, n, f"{written / 1e6:.0f} MB written"),
+                         imatrix=imatrix)  # fmt: skip
     bar.close()
     if res.fallbacks:
         eg = ", ".join(f"{n} {a.name} -> {b.name}" for n, a, b in res.fallbacks[:2])
         click.echo(f"kvrun: warning: {len(res.fallbacks)} of {res.n_tensors} tensors fell back to another type (rows not a "
                    f"multiple of the type's block): {eg}{', ...' if len(res.fallbacks) > 2 else ''}", err=True)  # fmt: skip
     click.echo(res.summary())
+
+
+@main.command("imatrix")
+@click.argument("model", metavar="MODEL.gguf", type=click.Path(dir_okay=False))
+@click.option("-f", "--file", "text_file", required=True, type=click.Path(exists=True, dir_okay=False), help="calibration text")
+@click.option("-o", "--output", "out", default="imatrix.gguf", show_default=True, type=click.Path(dir_okay=False), help="where to write it (llama.cpp's GGUF imatrix)")
+@click.option("--ctx", "n_ctx", type=int, default=512, show_default=True, help="tokens a chunk")
+@click.option("--chunks", "n_chunks", type=int, default=0, help="at most this many chunks (0: the whole text)")
+@click.option("-t", "--threads", type=int, default=None, help="CPU threads")
+@friendly
+def imatrix_cmd(model: str, text_file: str, out: str, n_ctx: int, n_chunks: int, threads: int | None) -> None:
+    """Collect an importance matrix as llama.cpp's llama-imatrix does (the mean square of the activations entering
+    every layer's weight columns, over the text's chunks), for kvrun quantize --imatrix."""
+    from .runtime.imatrix import collect_imatrix
+
+    text = Path(text_file).read_text(encoding="utf-8", errors="replace")
+    bar = _LazyBar(desc="imatrix", unit="chunk")
+    im = collect_imatrix(model, text, n_ctx, n_chunks, dataset=text_file, threads=threads,
+                         progress=lambda done, n: bar.update(done, n, ""))  # fmt: skip
+    bar.close()
+    im.save(out)
+    click.echo(f"{len(im.sums)} tensors over {im.chunk_count} chunks of {im.chunk_size} tokens: {out}")
 
 
 # ---------------------------------------------------------------- generation options

@@ -12,6 +12,8 @@ Two halves, both held to llama.cpp (src/llama-quant.cpp, ggml/src/ggml-quants.c)
 * The quantizers: ``gguf.quants`` for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and BF16 (ggml's reference quantizers, bit
   for bit), ``ops/cpu/kquantize.py`` for the K-quants (ggml's ``quantize_row_q*_K_ref`` ported to Numba), numpy
   for F16.  No importance matrix: llama.cpp without ``--imatrix`` runs these same reference quantizers.
+  With ``--imatrix`` (:mod:`.imatrix`), and for IQ4_NL / IQ4_XS, ``ops/cpu/iquantize.py``: ggml's weighted
+  ``quantize_row_*_impl`` (tests/test_imatrix.py holds them and the imatrix rules of the recipe to llama.cpp).
 
 A quantized input is dequantized first (``--allow-requantize``, refused without it, as llama-quantize does).
 
@@ -68,6 +70,8 @@ FILE_TYPES: dict[str, FileType] = {
         FileType("Q4_K_S", LlamaFileType.MOSTLY_Q4_K_S, T.Q4_K),
         FileType("Q4_1", LlamaFileType.MOSTLY_Q4_1, T.Q4_1),
         FileType("Q4_0", LlamaFileType.MOSTLY_Q4_0, T.Q4_0),
+        FileType("IQ4_NL", LlamaFileType.MOSTLY_IQ4_NL, T.IQ4_NL),
+        FileType("IQ4_XS", LlamaFileType.MOSTLY_IQ4_XS, T.IQ4_XS),
         FileType("Q3_K_M", LlamaFileType.MOSTLY_Q3_K_M, T.Q3_K),
         FileType("Q2_K", LlamaFileType.MOSTLY_Q2_K, T.Q2_K),
         FileType("F16", LlamaFileType.MOSTLY_F16, T.F16),
@@ -76,7 +80,8 @@ FILE_TYPES: dict[str, FileType] = {
 }
 
 #: the tensor types kvrun can write (for --output-tensor-type and --token-embedding-type)
-TENSOR_TYPES = (T.F32, T.F16, T.BF16, T.Q8_0, T.Q6_K, T.Q5_K, T.Q5_1, T.Q5_0, T.Q4_K, T.Q4_1, T.Q4_0, T.Q3_K, T.Q2_K)
+TENSOR_TYPES = (T.F32, T.F16, T.BF16, T.Q8_0, T.Q6_K, T.Q5_K, T.Q5_1, T.Q5_0, T.Q4_K, T.Q4_1, T.Q4_0, T.Q3_K, T.Q2_K,
+                T.IQ4_NL, T.IQ4_XS)
 _K_QUANTS = (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K)
 _UNQUANTIZED = (T.F32, T.F16, T.BF16)
 
@@ -162,7 +167,7 @@ def use_more_bits(i_layer: int, n_layer: int) -> bool:
 
 
 #: a K-quant's fallback where a row is not a multiple of 256 weights (llama.cpp's ``tensor_type_fallback``)
-FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0}
+FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0, T.IQ4_XS: T.IQ4_NL}
 
 
 @dataclass
@@ -213,6 +218,7 @@ class Recipe:
     output_type: T | None = None
     token_embd_type: T | None = None
     fallbacks: list[tuple[str, T, T]] = field(default_factory=list)
+    has_imatrix: bool = False  # (llama.cpp's qs.has_imatrix: a few rules differ with an importance matrix)
 
     def __post_init__(self) -> None:
         cats = [category(n) for n in self.names]
@@ -254,6 +260,8 @@ class Recipe:
                 new = T.Q4_K if f.n_gqa >= 4 else T.Q3_K
             elif ft == F.MOSTLY_Q3_K_M:
                 new = T.Q5_K if i < 2 else T.Q4_K
+            elif ft in (F.MOSTLY_IQ4_NL, F.MOSTLY_IQ4_XS) and f.n_gqa >= 4:
+                new = T.Q5_K
             elif ft in (F.MOSTLY_Q4_K_M, F.MOSTLY_Q5_K_M) and use_more_bits(i, n):
                 new = T.Q6_K
             elif ft == F.MOSTLY_Q4_K_S and i < 4:
@@ -278,16 +286,21 @@ class Recipe:
                     new = T.Q6_K if i_layer < n_layer // 16 else T.Q5_K if use_more_bits(i_layer, n_layer) else T.Q4_K
                 elif use_more_bits(i_layer, n_layer):
                     new = T.Q6_K
+            elif ft in (F.MOSTLY_IQ4_NL, F.MOSTLY_IQ4_XS) and i_layer < n_layer // 8 and not self.has_imatrix:
+                new = T.Q5_K
             elif ft == F.MOSTLY_Q5_K_M and use_more_bits(i_layer, n_layer):
                 new = T.Q6_K
             elif ft == F.MOSTLY_Q4_K_S and not falcon and i_layer < n_layer // 8:
                 new = T.Q5_K
+            elif ft in (F.MOSTLY_Q4_0, F.MOSTLY_Q5_0) and self.has_imatrix and i_layer < n_layer // 8:
+                new = T.Q4_1 if ft == F.MOSTLY_Q4_0 else T.Q5_1  # (llama.cpp: "guard against craziness")
             self.i_ffn_down += 1
             return new
         if cat == "attn_output":
             if f.arch != "falcon":
                 if f.n_expert == 8:
-                    if ft in (F.MOSTLY_Q2_K, F.MOSTLY_Q3_K_M, F.MOSTLY_Q4_K_S, F.MOSTLY_Q4_K_M):
+                    if ft in (F.MOSTLY_Q2_K, F.MOSTLY_Q3_K_M, F.MOSTLY_Q4_K_S, F.MOSTLY_Q4_K_M, F.MOSTLY_IQ4_NL,
+                              F.MOSTLY_IQ4_XS):  # fmt: skip
                         new = T.Q5_K
                 elif ft == F.MOSTLY_Q2_K:
                     new = T.Q3_K
@@ -373,8 +386,14 @@ def _copy_metadata(g: GGUFFile, w: GGUFWriter, ftype: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- the tensors
-def encode(x: np.ndarray, qtype: T) -> np.ndarray:
-    """float32 rows ``x`` [n, n_cols] as ``qtype``'s bytes, uint8 [n, row bytes]: ggml's reference quantizers."""
+def encode(x: np.ndarray, qtype: T, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """float32 rows ``x`` [n, n_cols] as ``qtype``'s bytes, uint8 [n, row bytes]: ggml's reference quantizers, or,
+    with an importance matrix (float32 [n_cols]) and for IQ4_NL / IQ4_XS, ggml's weighted ones
+    (``ops/cpu/iquantize.py``; F16, BF16 and Q8_0 ignore the matrix, as ggml does)."""
+    if qtype in (T.IQ4_NL, T.IQ4_XS) or (imatrix is not None and qtype not in (T.F32, T.F16, T.BF16, T.Q8_0)):
+        from ..ops.cpu.iquantize import quantize_weighted
+
+        return quantize_weighted(x, qtype, imatrix)
     if qtype == T.F32:
         out = np.ascontiguousarray(x, np.float32)
     elif qtype == T.F16:
@@ -409,17 +428,23 @@ def row_bytes(qtype: T, n_cols: int) -> int:
 CHUNK_WEIGHTS = 1 << 24
 
 
-def _convert(raw: np.ndarray, cur: int, new: T, shape: Sequence[int]) -> np.ndarray:
-    """One tensor from type ``cur`` to ``new``, a chunk of rows at a time, as uint8 bytes."""
+def _convert(raw: np.ndarray, cur: int, new: T, shape: Sequence[int], imatrix: np.ndarray | None = None) -> np.ndarray:
+    """One tensor from type ``cur`` to ``new``, a chunk of rows at a time, as uint8 bytes; ``imatrix``: the
+    importance of each column, [n_cols] or, for a 3-D tensor of experts, [n_expert * n_cols] (expert e's rows
+    take slice e, as llama.cpp's ``imatrix + i03 * n_per_row``)."""
     n_cols = int(shape[-1])
     n_rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
     src_row = raw.nbytes // max(n_rows, 1)
     out = np.empty((n_rows, row_bytes(new, n_cols)), np.uint8)
     step = max(1, CHUNK_WEIGHTS // max(n_cols, 1))
-    for r in range(0, n_rows, step):
-        e = min(n_rows, r + step)
-        x = _decode(raw[r * src_row : e * src_row], cur, e - r, n_cols)
-        out[r:e] = encode(x, new)
+    n_mat = 1 if imatrix is None else imatrix.size // max(n_cols, 1)
+    per_mat = n_rows // max(n_mat, 1)
+    for m in range(n_mat):  # (a chunk never spans two experts' matrices)
+        qw = None if imatrix is None else imatrix[m * n_cols : (m + 1) * n_cols]
+        for r in range(m * per_mat, (m + 1) * per_mat if imatrix is not None else n_rows, step):
+            e = min((m + 1) * per_mat if imatrix is not None else n_rows, r + step)
+            x = _decode(raw[r * src_row : e * src_row], cur, e - r, n_cols)
+            out[r:e] = encode(x, new, qw)
     return out.reshape(-1)
 
 
@@ -447,10 +472,10 @@ class QuantizeResult:
 
 
 def plan(g: GGUFFile, ft: FileType, pure: bool = False, output_type: T | None = None,
-         token_embd_type: T | None = None) -> tuple[dict[str, T], list[tuple[str, T, T]]]:  # fmt: skip
+         token_embd_type: T | None = None, has_imatrix: bool = False) -> tuple[dict[str, T], list[tuple[str, T, T]]]:  # fmt: skip
     """Every tensor's output type (name -> type), chosen in llama.cpp's order, and the fallbacks taken."""
     names = list(g.tensors)
-    recipe = Recipe(ModelFacts.of(g), ft, names, pure, output_type, token_embd_type)
+    recipe = Recipe(ModelFacts.of(g), ft, names, pure, output_type, token_embd_type, has_imatrix=has_imatrix)
     types = {}
     for name in llama_order(names):
         info = g.tensors[name]
@@ -467,6 +492,7 @@ def quantize_model(
     output_tensor_type: str | None = None,
     token_embedding_type: str | None = None,
     progress: Callable[[int, int, int], None] | None = None,
+    imatrix: str | os.PathLike | None = None,
 ) -> QuantizeResult:
     """Quantize the GGUF ``inp`` to ``type_name`` (a key of :data:`FILE_TYPES`) into ``out``, as llama-quantize.
 
@@ -474,6 +500,8 @@ def quantize_model(
     ``pure``: every quantized matrix the file type's default type (no mix; fallbacks still apply);
     ``output_tensor_type``, ``token_embedding_type``: ggml type names for ``output.weight`` and
     ``token_embd.weight``.  ``progress(tensors_done, n_tensors, bytes_written)`` after each tensor.
+    ``imatrix``: an importance matrix (``kvrun imatrix``'s or llama-imatrix's GGUF, or a legacy .dat): the tensors
+    it covers are quantized weighted by it, as ``llama-quantize --imatrix`` (:mod:`kvrun.runtime.imatrix`).
     The file appears at ``out`` only when complete.  Bad input raises a one-line :class:`KvrunError`.
     """
     t0 = time.perf_counter()
@@ -483,9 +511,19 @@ def quantize_model(
     out_path = Path(out)
     if Path(inp).exists() and out_path.exists() and os.path.samefile(inp, out_path):
         raise KvrunError(f"{out}: the output would overwrite the input; give another path")
+    weights: dict[str, np.ndarray] = {}
+    if imatrix is not None:
+        from .imatrix import load_imatrix
+
+        weights = load_imatrix(imatrix).means()
     g = GGUFFile(inp)
     try:
-        types, fallbacks = plan(g, ft, pure, out_t, embd_t)
+        types, fallbacks = plan(g, ft, pure, out_t, embd_t, has_imatrix=bool(weights))
+        for name, qw in weights.items():
+            info = g.tensors.get(name)
+            if info is not None and qw.size % info.shape[-1]:
+                raise KvrunError(f"{imatrix}: {name!r} has {qw.size} importance weights, not a multiple of its "
+                                 f"{info.shape[-1]} columns: an importance matrix of another model?")  # fmt: skip
         for name, new in types.items():
             cur = T(g.tensors[name].qtype)
             if cur != new and cur not in _UNQUANTIZED and not allow_requantize:
@@ -493,7 +531,7 @@ def quantize_model(
                                  "the F16/F32 original: pass --allow-requantize to do it anyway")  # fmt: skip
         tmp = out_path.with_name(out_path.name + ".part")
         try:
-            result = _write(g, types, ft, tmp, progress)
+            result = _write(g, types, ft, tmp, progress, weights)
             os.replace(tmp, out_path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -505,7 +543,7 @@ def quantize_model(
 
 
 def _write(g: GGUFFile, types: dict[str, T], ft: FileType, path: Path,
-           progress: Callable[[int, int, int], None] | None) -> QuantizeResult:  # fmt: skip
+           progress: Callable[[int, int, int], None] | None, imatrix: dict[str, np.ndarray] | None = None) -> QuantizeResult:  # fmt: skip
     w = _Writer(path, g.architecture)
     _copy_metadata(g, w, int(ft.ftype))
     names = list(g.tensors)  # (the input's order)
@@ -520,7 +558,8 @@ def _write(g: GGUFFile, types: dict[str, T], ft: FileType, path: Path,
     counts: dict[str, int] = {}
     for done, name in enumerate(names, 1):
         info, new = g.tensors[name], types[name]
-        data = info.data if new == info.qtype else _convert(info.data, info.qtype, new, info.shape)
+        qw = (imatrix or {}).get(name)
+        data = info.data if new == info.qtype else _convert(info.data, info.qtype, new, info.shape, qw)
         w.write_tensor_data(data)
         size_in += info.n_bytes
         size_out += data.nbytes

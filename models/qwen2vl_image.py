@@ -65,7 +65,10 @@ def target_size(width: int, height: int, cfg: MmprojConfig) -> tuple[int, int]:
     def by(x: Any, how: Any) -> int:
         return int(how(f32(x) / f32(f))) * f
 
-    h_bar, w_bar = max(f, by(height, np.round)), max(f, by(width, np.round))
+    def half_up(v: Any) -> Any:  # (clip.cpp's std::round: halves away from zero, where np.round takes them to even)
+        return np.floor(v + f32(0.5))
+
+    h_bar, w_bar = max(f, by(height, half_up)), max(f, by(width, half_up))
     if h_bar * w_bar > cfg.max_pixels:
         beta = np.sqrt(f32(height * width) / f32(cfg.max_pixels))
         h_bar, w_bar = max(f, by(f32(height) / beta, np.floor)), max(f, by(f32(width) / beta, np.floor))

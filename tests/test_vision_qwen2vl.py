@@ -74,6 +74,15 @@ def test_a_qwen25_projector_without_its_window_pattern_is_refused_in_one_line(tm
 # ---------------------------------------------------------------- the picture's size and pixels
 
 
+def test_a_side_of_half_a_block_rounds_up_as_clip_cpp(pair):
+    """clip.cpp rounds a side to whole blocks with std::round, halves up: 84 x 70 pixels (70 = 2.5 blocks of 28) are
+    3 x 3 rows and 126 x 98 are 5 x 4, as libmtmd 0.3.36 gave them (tools/make_vision_qwen2vl_fixtures.py run with
+    these two pictures); rounding halves to even would give 4 x 3 (70 -> 56, then scaled up past the minimum) and 4 x 4."""
+    _, cfg = open_mmproj(pair["q2_f32"])
+    assert qwen2vl_image.grid(84, 70, cfg) == (3, 3)
+    assert qwen2vl_image.grid(126, 98, cfg) == (5, 4)
+
+
 @pytest.mark.parametrize("name", list(IMAGES))
 def test_a_pictures_grid_is_libmtmds(pair, name):
     """Sides rounded to 28-pixel blocks (150 x 100 -> 5 x 4), scaled up to 8 rows' worth at least (40 x 30 -> 4 x 3)."""

@@ -251,6 +251,19 @@ def info(model: str | None, as_json: bool) -> None:
     from .loaders.gguf_file import GGUFFile
 
     g = GGUFFile(path)
+    from .models.whisper_audio import is_audio_mmproj
+
+    if g.architecture == "clip" and is_audio_mmproj(g):  # an audio projector (Ultravox's): what it is, how to use it
+        from .models.whisper_audio import load_audio_config
+
+        a = load_audio_config(g)
+        f = {"path": str(path), "projector": a.projector_type, "n_mel": a.n_mel, "n_layer": a.n_layer, "n_embd": a.n_embd,
+             "n_head": a.n_head, "stack_factor": a.stack_factor, "rows_per_30s": a.rows_per_chunk, "n_text_embd": a.n_text_embd}  # fmt: skip
+        click.echo(json.dumps(f, indent=2) if as_json else
+                   f"audio projector ({path}): {a.projector_type}, a {a.n_layer}-layer Whisper encoder {a.n_embd} wide ({a.n_head} heads) "
+                   f"on {a.n_mel} mel bins, {a.rows_per_chunk} rows per 30 s into a text model {a.n_text_embd} wide; give it with "
+                   "--mmproj and --audio beside that model")  # fmt: skip
+        return
     if g.architecture == "clip":  # a vision projector (mmproj) is not a model either: what it is, how to use it
         from .loaders.mmproj import load_mmproj_config
 
@@ -700,13 +713,15 @@ def _check_images(mmproj: str | None, images: tuple[str, ...], prompt_cache: str
         raise KvrunError("--prompt-cache does not take images: drop one of --prompt-cache and --mmproj")
 
 
-def _run_vision(m: Any, text: str, mmproj: str, images: list[str], req: Any, no_stats: bool) -> None:
-    """`kvrun run --mmproj --image`: the prompt laid out with its images, prefilled, the reply streamed."""
+def _run_vision(m: Any, text: str, mmproj: str, images: list[str], req: Any, no_stats: bool, audios: list[str] | None = None) -> None:
+    """`kvrun run --mmproj --image` (or ``--audio``): the prompt laid out with its media, prefilled, the reply streamed."""
     from .runtime.engine import GenStats
     from .runtime.vision import Vision
 
     vis = Vision(m.engine, mmproj)
-    segs = vis.segments(text, images)
+    if getattr(vis, "takes_audio", False) and images or not getattr(vis, "takes_audio", False) and audios:
+        raise KvrunError(f"{mmproj} is an {'audio' if images else 'image'} projector: give it {'--audio' if images else '--image'} files")
+    segs = vis.segments(text, audios if getattr(vis, "takes_audio", False) else images)
     stats, cache = GenStats(), m.new_cache()
     click.echo(text, nl=False)
     try:
@@ -755,17 +770,25 @@ def _stats_line(stats: Any, cache: Any = None, engine: Any = None) -> str:
 @click.option("--prompt-cache", "prompt_cache", type=click.Path(dir_okay=False), default=None,
               help="reuse the KV cache saved in this file for the prefix the prompt shares with it, and save the prompt's there (as llama-cli)")  # fmt: skip
 @click.option("--mmproj", type=click.Path(dir_okay=False), default=None,
-              help="the model's multimodal projector (mmproj-*.gguf: Gemma 3's, SmolVLM's), to pass images (as llama-mtmd-cli)")  # fmt: skip
+              help="the model's multimodal projector (mmproj-*.gguf), to pass images or audio (as llama-mtmd-cli)")  # fmt: skip
 @click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False),
               help="an image for the prompt (repeatable; needs --mmproj): at each <__media__> in the prompt, else before it")  # fmt: skip
+@click.option("--audio", "audios", multiple=True, type=click.Path(dir_okay=False),
+              help="a 16 kHz WAV clip for the prompt (repeatable; needs an audio --mmproj, Ultravox's): at each <__media__>, else before it")  # fmt: skip
 @draft_options
 @engine_options
 @kv_options
 @sampling_options
 @friendly
 def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predict: int, ignore_eos: bool, no_stats: bool, lookup: int,
-        prompt_cache: str | None, stop: tuple[str, ...], mmproj: str | None = None, images: tuple[str, ...] = (), **kw: Any) -> None:  # fmt: skip
+        prompt_cache: str | None, stop: tuple[str, ...], mmproj: str | None = None, images: tuple[str, ...] = (), audios: tuple[str, ...] = (),
+        **kw: Any) -> None:  # fmt: skip
     """Complete a prompt and stream the text (as llama-cli -p)."""
+    if audios and mmproj is None:
+        raise KvrunError("--audio needs --mmproj FILE: the model's audio projector (mmproj-*.gguf), which turns audio into its input")
+    for f in audios:
+        if not Path(f).is_file():
+            raise KvrunError(f"--audio: no file {f}")
     _check_images(mmproj, images, prompt_cache)
     if prompt is None and prompt_file is None:
         if _interactive():
@@ -788,7 +811,7 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
     refuse_text_generation(_resolve(model))  # (a diffusion model: one line pointing at `kvrun diffusion`)
     m = _load(model, kw)
     if mmproj is not None:  # images in the prompt (runtime/vision.py)
-        return _run_vision(m, text, mmproj, list(images), req, no_stats)
+        return _run_vision(m, text, mmproj, list(images), req, no_stats, list(audios))
     ids = m.tokenize(text)
     if len(ids) > m.engine.n_ctx:  # say so before echoing the prompt
         raise KvrunError(f"the prompt is {len(ids)} tokens, the context {m.engine.n_ctx}; raise --ctx-size or shorten the prompt")
@@ -869,7 +892,7 @@ def diffusion(model: str | None, prompt: str, visual: bool, no_chat_template: bo
 @click.option("--session", "session_file", type=click.Path(dir_okay=False), default=None,
               help="resume the chat saved in this file, KV cache and all (if it exists), and save it there on leaving; /save saves it now")  # fmt: skip
 @click.option("--mmproj", type=click.Path(dir_okay=False), default=None,
-              help="the model's multimodal projector (mmproj-*.gguf: Gemma 3's, SmolVLM's): /image PATH attaches a picture to the next message")  # fmt: skip
+              help="the model's multimodal projector (mmproj-*.gguf): /image PATH (or /audio PATH) attaches a picture (a clip) to the next message")  # fmt: skip
 @draft_options
 @engine_options
 @kv_options
@@ -938,7 +961,7 @@ def chat(model: str | None, system: str | None, n_predict: int, template_kwargs:
 @click.option("--slot-save-path", type=click.Path(file_okay=False), default=None,
               help="directory of slot files: POST /slots/ID?action=save|restore keeps a slot's conversation and KV cache there")
 @click.option("--mmproj", type=click.Path(dir_okay=False), default=None,
-              help="the model's multimodal projector (mmproj-*.gguf: Gemma 3's, SmolVLM's): chat requests may then carry images")  # fmt: skip
+              help="the model's multimodal projector (mmproj-*.gguf): chat requests may then carry images (or audio)")  # fmt: skip
 @draft_options
 @engine_options
 @kv_options
@@ -1024,6 +1047,7 @@ def _save_session(sess: Any, path: str) -> None:
 
 CHAT_HELP = """/reset         forget the conversation (the system prompt stays)
 /image PATH    attach a picture to the next message (a chat started with --mmproj)
+/audio PATH    attach a 16 kHz WAV clip to the next message (a chat started with an audio --mmproj)
 /save [FILE]   save the chat and its KV cache (to --session's file when FILE is not given)
 /exit          leave (also /quit, /bye, Ctrl-D)
 /help          this list
@@ -1078,6 +1102,20 @@ def _chat_loop(m: Any, sess: Any, interactive: bool, warm: threading.Thread | No
 
             try:
                 attached.append(decode_image(path))
+            except KvrunError as e:
+                click.echo(f"kvrun: {e}", err=True)
+                continue
+            click.echo(f"({path} attached to the next message)", err=True)
+            continue
+        if cmd == "/audio" or cmd.startswith("/audio "):  # (a clip before the next message's text, as /image's picture)
+            path = cmd[len("/audio") :].strip()
+            if not getattr(m.vision, "takes_audio", False) or not path:
+                click.echo("kvrun: /audio PATH" if path == "" and m.vision is not None else "kvrun: /audio needs a chat started with an audio --mmproj FILE", err=True)
+                continue
+            from .runtime.audio import decode_audio
+
+            try:
+                attached.append(decode_audio(path))
             except KvrunError as e:
                 click.echo(f"kvrun: {e}", err=True)
                 continue

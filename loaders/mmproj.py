@@ -10,7 +10,11 @@ Qwen2-VL's and Qwen2.5-VL's ("qwen2vl_merger", "qwen2.5vl_merger": a ViT with a 
 size, 2x2 patches merged by the MLP ``mm.0``/``mm.2``; models/qwen2vl_image.py) and LFM2-VL's ("lfm2": SigLIP2
 NaFlex at the picture's own size, a pixel unshuffle, LayerNorm and the MLP ``mm.1``/``mm.2``; models/lfm2vl_image.py)
 and InternVL's ("internvl": InternViT on tiles of ``image_size``, a pixel shuffle, ``mm.model.mlp.*``;
-models/internvl_image.py).
+models/internvl_image.py) and Pixtral's and Mistral Small 3.1+'s ("pixtral": a ViT with a 2-D rope at the picture's
+own size, Mistral Small's 2x2 patch merger, the MLP ``mm.1``/``mm.2``; models/pixtral_image.py) and Gemma 4's ("gemma4v":
+a ViT with a 2-D rope at the picture's own size, 3x3 average pooling, ``mm.input_projection``; models/gemma4v_image.py)
+and Qwen3-VL's ("qwen3vl_merger": Qwen2-VL's picture sizes, learned positions interpolated to the picture,
+DeepStack levels beside each row; models/qwen3vl_image.py).
 Any other projector is refused in one line that names what is supported, before a weight is touched.
 """
 
@@ -23,13 +27,19 @@ from .errors import GGUFError, UnsupportedModelError
 from .gguf_file import GGUFFile
 
 #: projector types kvrun runs (clip.projector_type)
-SUPPORTED_PROJECTORS = ("gemma3", "idefics3", "qwen2vl_merger", "qwen2.5vl_merger", "lfm2", "internvl")
+SUPPORTED_PROJECTORS = ("gemma3", "idefics3", "qwen2vl_merger", "qwen2.5vl_merger", "lfm2", "internvl", "pixtral", "gemma4v", "qwen3vl_merger")
 #: the tensor each projector type projects into the text width with, [n_embd (x merged patches), n_text_embd]
 PROJECTION_TENSORS = {"gemma3": "mm.input_projection.weight", "idefics3": "mm.model.fc.weight",
                       "qwen2vl_merger": "mm.2.weight", "qwen2.5vl_merger": "mm.2.weight", "lfm2": "mm.2.weight",
-                      "internvl": "mm.model.mlp.3.weight"}  # fmt: skip
-#: Qwen2-VL's and Qwen2.5-VL's projectors (models/qwen2vl_image.py): pictures of any size, M-RoPE positions
-QWEN2VL_PROJECTORS = ("qwen2vl_merger", "qwen2.5vl_merger")
+                      "internvl": "mm.model.mlp.3.weight", "pixtral": "mm.2.weight",
+                      "gemma4v": "mm.input_projection.weight",
+                      "qwen3vl_merger": "mm.2.weight"}  # fmt: skip
+#: Gemma 4's (gemma4v) fewest and most rows a picture becomes: libmtmd's set_limit_image_tokens in the oracle
+#: (llama.cpp 0.3.36; other versions' sources say 40..280 and 252..280)
+GEMMA4V_TOKENS = (70, 1120)
+#: Qwen2-VL's and Qwen2.5-VL's projectors (models/qwen2vl_image.py): pictures of any size, M-RoPE positions; Qwen3-VL's
+#: sizes its pictures and places its rows alike (models/qwen3vl_image.py)
+QWEN2VL_PROJECTORS = ("qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger")
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,7 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
                                     f"kvrun reads image projectors of type {', '.join(SUPPORTED_PROJECTORS)}")  # fmt: skip
     if ptype not in SUPPORTED_PROJECTORS:
         raise UnsupportedModelError(f"{g.path}: projector type {ptype!r} is not supported; "
-                                    f"kvrun reads {', '.join(SUPPORTED_PROJECTORS)} (Gemma 3's, SmolVLM's, Qwen2-VL's, Qwen2.5-VL's, LFM2-VL's, InternVL's)")  # fmt: skip
+                                    f"kvrun reads {', '.join(SUPPORTED_PROJECTORS)} (Gemma 3's, SmolVLM's, Qwen2-VL's, Qwen2.5-VL's, LFM2-VL's, InternVL's, Pixtral's, Gemma 4's, Qwen3-VL's)")  # fmt: skip
 
     def need(key: str) -> int | float:
         v = g.get(f"clip.vision.{key}")
@@ -101,12 +111,14 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
     n_embd, n_head = int(need("embedding_length")), int(need("attention.head_count"))
     # Gemma 3 pools 4x4 patches into a row; the file may say otherwise (llama.cpp's tiny test model does); SmolVLM's
     # states its pixel shuffle (clip.cpp reads it for idefics3 without a default: a file without one shuffles none)
-    n_merge = int(g.get("clip.vision.projector.scale_factor", 4 if ptype == "gemma3" else 1))
+    n_merge = int(g.get("clip.vision.projector.scale_factor", {"gemma3": 4, "gemma4v": 3}.get(str(ptype), 1)))
     qwen = ptype in QWEN2VL_PROJECTORS
     if qwen:  # (clip.cpp's spatial merge: 2 unless the file says; its graph merges 2x2 patches whatever it says)
         n_merge = int(g.get("clip.vision.spatial_merge_size", 2))
         if n_merge != 2:
             raise UnsupportedModelError(f"{g.path}: clip.vision.spatial_merge_size is {n_merge}; llama.cpp's Qwen2-VL graph merges 2x2")
+    if ptype == "pixtral":  # (Mistral Small 3.1's patch merger: clip.cpp's n_merge, 1 for Pixtral 12B, which has none)
+        n_merge = int(g.get("clip.vision.spatial_merge_size", 1) or 1)
     proj_name = PROJECTION_TENSORS[str(ptype)]
     proj = g.tensors.get(proj_name)
     if proj is None:
@@ -136,6 +148,18 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
         from dataclasses import replace
 
         cfg = replace(cfg, min_pixels=64 * (patch_size * n_merge) ** 2, max_pixels=256 * (patch_size * n_merge) ** 2)
+    if ptype == "pixtral":  # (clip.cpp's set_limit_image_tokens(8, 1024): merged rows' worth; its ViT MLP is SwiGLU)
+        from dataclasses import replace
+
+        f = (patch_size * n_merge) ** 2
+        cfg = replace(cfg, min_pixels=8 * f, max_pixels=1024 * f,
+                      ffn_op="gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick")
+    if ptype == "gemma4v":  # (clip.cpp's set_limit_image_tokens, pooled rows' worth; its ViT MLP's activation as any file's)
+        from dataclasses import replace
+
+        f = patch_size * n_merge
+        op = "gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick"
+        cfg = replace(cfg, min_pixels=GEMMA4V_TOKENS[0] * f * f, max_pixels=GEMMA4V_TOKENS[1] * f * f, ffn_op=op)
     if ptype == "internvl":
         from dataclasses import replace
 

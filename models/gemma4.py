@@ -20,6 +20,9 @@ per-layer inputs and K/V sharing, none of its AltUp or LAuReL; as llama.cpp's ``
   1/sqrt(n_embd) and ``ffn_gate_inp.scale``; softmax over the experts, the top ``expert_used_count`` renormalised,
   each chosen expert's output times its ``ffn_down_exps.scale``.
 - Each layer's output is multiplied by its ``layer_output_scale``; logits are soft-capped where the file says.
+- Images (a gemma4v mmproj, runtime/vision_gemma4.py): a picture's rows come in unscaled through ``Model.input_embd``,
+  their per-layer inputs token 0's (llama.cpp's multimodal path), the rows of a forward seeing each other both ways
+  (libmtmd decodes gemma4v's rows non-causally; cache/bidirectional.py).
 
 Runs on the CPU (Gemma 3n's host arithmetic: the per-layer inputs, the shared K/V, the routing).
 """
@@ -34,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..cache.base import KVCache, LayerSpec
+from ..cache.bidirectional import attend_bidirectional
 from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
@@ -85,6 +89,7 @@ class Gemma4Layer(Gemma3Layer):
 
 class Gemma4Model(Gemma3nModel):
     archs = ("gemma4",)
+    takes_images = True  # its forward reads Model.input_embd (a gemma4v picture's rows: runtime/vision_gemma4.py)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         if backend.name != "cpu":
@@ -202,6 +207,9 @@ class Gemma4Model(Gemma3nModel):
             be.rms_norm_heads(q3, L.q_norm, c.norm_eps)
             be.rope(q3, pos, cos, sin, c.rope_neox)
         cache[il].update_and_attend(q3, k3, v3, pos, att3)
+        if self.input_embd is not None:  # (a picture's rows see each other, as libmtmd's non-causal image batch)
+            # (a layer sharing K/V reads its source's slots, a layer of its own kind: the same window and heads)
+            attend_bidirectional(getattr(cache[il], "source", cache[il]), q3, pos, att3)
         att = att3.reshape(T, c.n_head * d)
         self.trace("kqv_out", il, att)
         return self.linear(L.wo, att)
@@ -234,8 +242,11 @@ class Gemma4Model(Gemma3nModel):
         c = self.cfg
         T = len(tokens)
         x = np.empty((T, c.n_embd), np.float32)
-        self.be.get_rows(self.tok_embd, tokens, x)
-        x *= np.float32(math.sqrt(c.n_embd))
+        if self.input_embd is not None:  # a picture's rows: unscaled; their per-layer inputs token 0's (tokens are 0)
+            x[...] = self.input_embd
+        else:
+            self.be.get_rows(self.tok_embd, tokens, x)
+            x *= np.float32(math.sqrt(c.n_embd))
         inp_per_layer = self.per_layer_inputs(tokens, x) if c.n_embd_altup else None
 
         for il, L in enumerate(self.layers):

@@ -345,8 +345,9 @@ class Engine:
         rows = np.ascontiguousarray(rows, np.float32)
         if not getattr(self.model, "takes_images", False):
             raise KvrunError(f"{self.cfg.arch} models take no images; kvrun runs images with Gemma 3 (--mmproj)")
-        if rows.ndim != 2 or rows.shape[1] != self.cfg.n_embd:
-            raise KvrunError(f"the image rows are {rows.shape[-1]} wide and the model's embeddings {self.cfg.n_embd}: "
+        width = getattr(self.model, "n_embd_inp", self.cfg.n_embd)  # (Qwen3-VL's rows carry DeepStack levels beside)
+        if rows.ndim != 2 or rows.shape[1] != width:
+            raise KvrunError(f"the image rows are {rows.shape[-1]} wide and the model's embeddings {width}: "
                              "the --mmproj file is not this model's projector")  # fmt: skip
         if cache.offset + len(rows) > self.n_ctx:
             raise KvrunError(f"{cache.offset + len(rows)} tokens do not fit the context of {self.n_ctx}; raise --ctx-size")

@@ -416,6 +416,7 @@ def _props(server: Server) -> dict[str, Any]:
     slot = {"id": 0, "id_task": -1, "n_ctx": model.engine.n_ctx, "speculative": settings["speculative"], "is_processing": False,
             "params": settings, "prompt": "",
             "next_token": {"has_next_token": True, "has_new_line": False, "n_remain": -1, "n_decoded": 0, "stopping_word": ""}}  # fmt: skip
+    audio = getattr(model.vision, "takes_audio", False)  # (an audio projector, runtime/audio.py)
     return {"default_generation_settings": slot, "total_slots": len(server.slots) if server.slots is not None else 1,
-            "model_path": model.engine.path, "chat_template": template, "modalities": {"vision": model.vision is not None, "audio": False},
+            "model_path": model.engine.path, "chat_template": template, "modalities": {"vision": model.vision is not None and not audio, "audio": audio},
             "build_info": f"kvrun {__version__}", "is_sleeping": False}  # fmt: skip

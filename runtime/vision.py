@@ -11,7 +11,9 @@ instead, fed as one array of rows (runtime/vision_idefics3.py).  Qwen2-VL's (qwe
 picture's rows between ``<|vision_start|>`` and ``<|vision_end|>`` and feeds them with their M-RoPE positions
 (:meth:`Vision.feed_rows`, runtime/vision_qwen2vl.py).  LFM2-VL's (lfm2) puts a picture's block, its image or its tiles
 and thumbnail, between ``<|image_start|>`` and ``<|image_end|>``, fed as one array of rows (runtime/vision_lfm2.py);
-InternVL's (internvl) its tiles' and thumbnail's rows between ``<img>`` and ``</img>`` (runtime/vision_internvl.py).
+InternVL's (internvl) its tiles' and thumbnail's rows between ``<img>`` and ``</img>`` (runtime/vision_internvl.py);
+Pixtral's (pixtral) its rows with [IMG_BREAK] rows between rows of blocks, then ``[IMG_END]`` (runtime/vision_pixtral.py);
+Gemma 4's (gemma4v) its rows between ``<|image>`` and ``<image|>``, seeing each other both ways (runtime/vision_gemma4.py).
 """
 
 from __future__ import annotations
@@ -41,10 +43,17 @@ Segments = list[Union[list[int], np.ndarray]]
 class Vision:
     """A projector file (``--mmproj``) loaded for ``engine``'s model: images to rows, prompts to segments."""
 
+    def __new__(cls, engine: Engine, mmproj: str | os.PathLike) -> Any:
+        from .audio import Audio, is_audio_projector
+
+        if cls is Vision and is_audio_projector(mmproj):  # an audio mmproj (Ultravox's): clips in a picture's place (runtime/audio.py)
+            return Audio(engine, mmproj)
+        return super().__new__(cls)
+
     def __init__(self, engine: Engine, mmproj: str | os.PathLike) -> None:
         if not getattr(engine.model, "takes_images", False):
-            raise KvrunError(f"{engine.cfg.arch} models take no images; kvrun runs images with Gemma 3, SmolVLM, Qwen2-VL, LFM2-VL and "
-                             "InternVL and their mmproj files")  # fmt: skip
+            raise KvrunError(f"{engine.cfg.arch} models take no images; kvrun runs images with Gemma 3 and 4, SmolVLM, Qwen2-VL, "
+                             "Qwen3-VL, LFM2-VL, InternVL and Pixtral / Mistral Small 3.1 and their mmproj files")  # fmt: skip
         self.engine = engine
         from .vision_qwen2vl import load_encoder  # (Qwen2-VL's encoder, or SiglipEncoder)
 
@@ -63,6 +72,21 @@ class Vision:
             from .vision_internvl import IMAGE_END as IVL_END, IMAGE_START as IVL_START, InternVLLayout
 
             self.begin, self.end, self.idefics3 = IVL_START, IVL_END, InternVLLayout(engine, self.encoder)
+            return
+        if self.encoder.cfg.projector_type == "gemma4v":  # Gemma 4: a picture's rows between <|image> and <image|> (vision_gemma4.py)
+            from .vision_gemma4 import IMAGE_END as G4_END, IMAGE_START as G4_START, Gemma4VLayout
+
+            self.begin, self.end, self.idefics3 = G4_START, G4_END, Gemma4VLayout(engine, self.encoder)
+            return
+        if self.encoder.cfg.projector_type == "pixtral":  # Pixtral: rows and [IMG_BREAK] rows, then [IMG_END] (vision_pixtral.py)
+            from .vision_pixtral import IMAGE_END as PX_END, IMAGE_START as PX_START, PixtralLayout
+
+            self.begin, self.end, self.idefics3 = PX_START, PX_END, PixtralLayout(engine, self.encoder)
+            return
+        if self.encoder.cfg.projector_type == "qwen3vl_merger":  # Qwen3-VL: Qwen2-VL's layout, DeepStack rows (vision_qwen3vl.py)
+            from .vision_qwen3vl import VISION_END as Q3_END, VISION_START as Q3_START, Qwen3VLLayout
+
+            self.begin, self.end, self.qwen2vl = Q3_START, Q3_END, Qwen3VLLayout(engine, self.encoder)
             return
         if self.encoder.cfg.projector_type in QWEN2VL_PROJECTORS:  # Qwen2-VL: any size, M-RoPE rows (vision_qwen2vl.py)
             from .vision_qwen2vl import VISION_END, VISION_START, Qwen2VLLayout

@@ -39,7 +39,7 @@ from ..models.siglip import load_image
 from .engine import GenRequest, GenStats, shared_prefix
 from .vision import MARKER, Vision
 
-IMAGE_PARTS = ("image_url", "image")  # content part types that carry a picture
+IMAGE_PARTS = ("image_url", "image", "input_audio")  # content part types that carry a picture (or a clip: runtime/audio.py)
 NO_PROJECTOR = ("images are not supported without the model's projector: give it with --mmproj FILE "
                 "(kvrun.load(..., mmproj=FILE) in Python)")  # fmt: skip
 KEY_BITS = 40  # bits of a picture's hash in its rows' ids (a row's index takes the low 16)
@@ -118,6 +118,8 @@ def take_images(messages: Any, vision: Vision | None, allow_paths: bool = True) 
                 if kind == "text":
                     texts.append(str(p.get("text", "")))
                     continue
+                if kind in ("image_url", "image") and getattr(vision, "takes_audio", False):
+                    raise ValueError(f"{w}: this model's projector takes audio (input_audio parts), not images")
                 if kind == "image_url":
                     url = p.get("image_url")
                     url = url.get("url") if isinstance(url, dict) else url
@@ -127,6 +129,12 @@ def take_images(messages: Any, vision: Vision | None, allow_paths: bool = True) 
                 elif kind == "image":
                     src = p.get("image")
                     mine.append(_from_text(src, w, allow_paths, True) if isinstance(src, str) else _direct(src, w, allow_paths))
+                elif kind == "input_audio":  # OpenAI's {"data": base64, "format": "wav"}, for an audio projector's model
+                    from .audio import audio_part
+
+                    if not getattr(vision, "takes_audio", False):
+                        raise ValueError(f"{w}: content part type 'input_audio' is not supported by this model's projector (it takes images; audio needs an audio mmproj, Ultravox's)")
+                    mine.append(audio_part(p, w))
                 else:
                     raise ValueError(f"{w}: content part type {kind!r} is not supported; use text, image_url or image")
                 texts.append(MARKER)
@@ -152,6 +160,10 @@ def user_turn(vision: Vision | None, text: str, images: list[Any]) -> tuple[dict
     """A user's message with ``images`` attached before its text (llama-mtmd-cli's ``/image``), and them decoded."""
     if vision is None:
         raise KvrunError(NO_PROJECTOR)
+    if getattr(vision, "takes_audio", False):  # (an audio projector: the attachments are clips, runtime/audio.py)
+        from .audio import decode_audio
+
+        return {"role": "user", "content": MARKER * len(images) + text}, [decode_audio(x, f"audio[{j}]") for j, x in enumerate(images)]
     return {"role": "user", "content": MARKER * len(images) + text}, [decode_image(x, f"images[{j}]") for j, x in enumerate(images)]
 
 

@@ -38,6 +38,10 @@ def load_encoder(mmproj: str | os.PathLike, backend: Any) -> Any:
     """The encoder of a projector file: Qwen2-VL's or Qwen2.5-VL's (:class:`~kvrun.models.qwen2vl_image.Qwen2VLEncoder`),
     else the SigLIP one (Gemma 3's, SmolVLM's); a one-line error for another."""
     g, cfg = open_mmproj(mmproj)
+    if cfg.projector_type == "qwen3vl_merger":  # (Qwen3-VL: learned positions, DeepStack; models/qwen3vl_image.py)
+        from ..models.qwen3vl_image import Qwen3VLEncoder
+
+        return Qwen3VLEncoder(g, cfg, backend)
     if cfg.projector_type in QWEN2VL_PROJECTORS:
         return qwen2vl_image.Qwen2VLEncoder(g, cfg, backend)
     if cfg.projector_type == "lfm2":  # (LFM2-VL: SigLIP2 at the picture's size, models/lfm2vl_image.py)
@@ -48,6 +52,14 @@ def load_encoder(mmproj: str | os.PathLike, backend: Any) -> Any:
         from ..models.internvl_image import InternVLEncoder
 
         return InternVLEncoder(g, cfg, backend)
+    if cfg.projector_type == "gemma4v":  # (Gemma 4: 2-D rope ViT at the picture's size, 3x3 pooling, models/gemma4v_image.py)
+        from ..models.gemma4v_image import Gemma4VEncoder
+
+        return Gemma4VEncoder(g, cfg, backend)
+    if cfg.projector_type == "pixtral":  # (Pixtral / Mistral Small 3.1: 2-D rope ViT at the picture's size, models/pixtral_image.py)
+        from ..models.pixtral_image import PixtralEncoder
+
+        return PixtralEncoder(g, cfg, backend)
     return SiglipEncoder(g, cfg, backend)
 
 

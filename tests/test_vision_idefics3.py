@@ -64,8 +64,8 @@ def test_projectors_kvrun_does_not_run_are_still_refused_in_one_line(tmp_path):
     from kvrun.loaders.gguf_file import GGUFFile
     from kvrun.loaders.mmproj import load_mmproj_config
 
-    with pytest.raises(KvrunError, match="projector type 'pixtral' is not supported; kvrun reads gemma3, idefics3") as e:
-        load_mmproj_config(GGUFFile(_clip_file(tmp_path / "l.gguf", "pixtral")))
+    with pytest.raises(KvrunError, match="projector type 'kimivl' is not supported; kvrun reads gemma3, idefics3") as e:
+        load_mmproj_config(GGUFFile(_clip_file(tmp_path / "l.gguf", "kimivl")))
     assert "\n" not in str(e.value)
 
 

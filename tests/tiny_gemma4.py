@@ -39,9 +39,11 @@ SOFTCAP = 30.0
 PARTIAL_ROTARY = 0.25  # of the global layers' pairs (Gemma 4's "proportional" rope)
 
 
-def write_tiny_gemma4(path: Path, qtype: int = Q.F32, seed: int = 0, variant: str = "", drop: tuple[str, ...] = ()) -> Path:
+def write_tiny_gemma4(path: Path, qtype: int = Q.F32, seed: int = 0, variant: str = "", drop: tuple[str, ...] = (),
+                      image_tokens: tuple[str, ...] = (), chat_template: str | None = None) -> Path:  # fmt: skip
     """The ``variant`` model at ``path``, its matrices as ``qtype``; the tensors named in ``drop`` left out (the
-    others as they would be)."""
+    others as they would be); ``image_tokens`` added after the byte vocabulary as control tokens (Gemma 4's
+    ``<|image>`` and ``<image|>``: tests/tiny_vision_gemma4.py), ``chat_template`` stored where given."""
     from tinymodel import _add_byte_vocab, _file_type, _finish, _random_tensors, byte_vocab
 
     rng = np.random.default_rng(seed)
@@ -52,7 +54,7 @@ def write_tiny_gemma4(path: Path, qtype: int = Q.F32, seed: int = 0, variant: st
     moe = variant == "moe"
     n_expert, n_used, n_ff_exp = EXPERTS
     ffs = [n_ff * 2 if double_wide and il >= kv_from else n_ff for il in range(n_layer)]
-    n_vocab = len(byte_vocab()[0])
+    n_vocab = len(byte_vocab()[0]) + len(image_tokens)
     w = GGUFWriter(str(path), "gemma4")
     w.add_name(f"tiny-gemma4{'-' + variant if variant else ''}")
     w.add_context_length(1024)
@@ -81,7 +83,20 @@ def write_tiny_gemma4(path: Path, qtype: int = Q.F32, seed: int = 0, variant: st
         w.add_expert_feed_forward_length(n_ff_exp)
     w.add_vocab_size(n_vocab)
     w.add_file_type(_file_type(qtype))
-    _add_byte_vocab(w)
+    if image_tokens:  # (the byte vocabulary's, its BOS/EOS <|endoftext|> where it was, the image tokens after)
+        toks, merges, types = byte_vocab()
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(toks + list(image_tokens))
+        w.add_token_types(types + [3] * len(image_tokens))
+        w.add_token_merges(merges)
+        w.add_eos_token_id(len(toks) - 1)
+        w.add_bos_token_id(len(toks) - 1)
+        w.add_add_bos_token(False)
+    else:
+        _add_byte_vocab(w)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
 
     if drop:
         add = w.add_tensor

@@ -99,10 +99,10 @@ def write_vit(w: GGUFWriter, rng: np.random.Generator, qtype: int, geometry: tup
 
 def write_vl_text(path: Path, arch: str, name: str, geometry: tuple[int, ...], image_tokens: list[str], image_types: list[int],
                   eps: float, rope_base: float, qtype: int, seed: int, chat_template: str | None = None,
-                  sections: list[int] | None = None) -> Path:  # fmt: skip
+                  sections: list[int] | None = None, deepstack: int = 0) -> Path:  # fmt: skip
     """A random text model of ``arch`` (gemma3: a window of 8, tied output; llama; qwen2vl: Q/K/V biases, M-RoPE
-    ``sections``) at ``geometry`` (tinymodel's order), its byte vocabulary (BOS and EOS <|endoftext|>) followed by
-    ``image_tokens`` of the token types ``image_types``."""
+    ``sections``; qwen3vl: Q/K norms, ``deepstack`` DeepStack levels) at ``geometry`` (tinymodel's order), its byte
+    vocabulary (BOS and EOS <|endoftext|>) followed by ``image_tokens`` of the token types ``image_types``."""
     rng = np.random.default_rng(seed)
     n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = geometry
     toks, merges, types = byte_vocab()
@@ -125,6 +125,8 @@ def write_vl_text(path: Path, arch: str, name: str, geometry: tuple[int, ...], i
         w.add_rope_dimension_sections(sections)
     else:
         w.add_rope_dimension_count(head_dim)
+    if deepstack:
+        w.add_uint32(f"{arch}.n_deepstack_layers", deepstack)
     w.add_file_type(0)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
@@ -152,6 +154,9 @@ def write_vl_text(path: Path, arch: str, name: str, geometry: tuple[int, ...], i
             vec(b + "attn_q.bias", n_head * head_dim, 0.0, 0.5)
             vec(b + "attn_k.bias", n_head_kv * head_dim, 0.0, 0.5)
             vec(b + "attn_v.bias", n_head_kv * head_dim, 0.0, 0.5)
+        if arch == "qwen3vl":
+            vec(b + "attn_q_norm.weight", head_dim)
+            vec(b + "attn_k_norm.weight", head_dim)
         mat(b + "attn_output.weight", n_embd, n_head * head_dim)
         vec(b + "ffn_norm.weight", n_embd)
         mat(b + "ffn_gate.weight", n_ff, n_embd)

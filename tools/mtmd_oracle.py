@@ -33,6 +33,12 @@ names = list(imgs)
 llama_cpp.llama_backend_init()
 model = llama_cpp.llama_model_load_from_file(a["model"].encode(), llama_cpp.llama_model_default_params())
 n_embd = llama_cpp.llama_model_n_embd(model)
+try:  # (an image row's width: Qwen3-VL's carry its DeepStack levels, n_embd * (1 + n_deepstack); else n_embd)
+    f = llama_cpp.llama_cpp._lib.llama_model_n_embd_inp
+    f.argtypes, f.restype = [ctypes.c_void_p], ctypes.c_int32
+    n_embd = f(model)
+except AttributeError:
+    pass
 res = {}
 
 def bitmap(a):

@@ -1,0 +1,241 @@
+"""Pixtral's and Mistral Small 3.1+'s image side, as llama.cpp's clip.cpp builds it (``clip_graph_pixtral`` for projector
+type "pixtral") from an mmproj file (loaders/mmproj.py), and the picture's size as libmtmd's dynamic-size
+preprocessor chooses it.
+
+A picture keeps (about) its own size and aspect: its sides are rounded to whole merged blocks (patch_size x
+spatial_merge_size pixels, 28 for Mistral Small 3.1's 14-pixel patches merged 2x2; one patch for Pixtral 12B, which
+merges none) and scaled, if need be, so that its pixels lie within 8 and 1024 merged rows' worth (clip.cpp's
+``set_limit_image_tokens(8, 1024)``), then resized keeping its aspect and padded with black, with clip.cpp's port of
+Pillow's bicubic filter (models/qwen2vl_image.py's :func:`~kvrun.models.qwen2vl_image.resize`: the same
+``calc_size_preserved_ratio`` and ``img_tool::resize``).  Its rows are then:
+
+    pixels [3, H, W] -> patches of p x p in raster order, embedded by the patch kernel (F16, as ggml's conv_2d; no
+       bias, no learned positions) -> RMSNorm ``v.pre_ln``
+    -> n_layer pre-norm blocks: RMSNorm, attention without biases and with a 2-D rope over the patch's (row, column)
+       (:func:`rope_2d`), residual; RMSNorm, SwiGLU (SiLU(gate) * up, down), residual
+    -> (Mistral Small 3.1's patch merger) RMSNorm ``mm.input_norm``, each 2x2 block's patches side by side, channel
+       by channel (torch's unfold: [c, ky, kx]), ``mm.patch_merger`` -> blocks in raster order
+    -> the adapter: ``mm.1`` (+ bias), GELU, ``mm.2`` (+ bias) -> [ny * nx, n_text_embd]
+    -> the [IMG_BREAK] row ``v.token_embd.img_break`` after every row of blocks but the last
+
+so a picture of nx x ny blocks gives ``nx * ny + ny - 1`` rows: the [IMG_BREAK]s are part of the image's embeddings
+(clip.cpp concatenates them in its graph), not tokens.  ggml's CPU numerics are followed where they show, as
+models/siglip.py does.  runtime/vision_pixtral.py lays the rows out before ``[IMG_END]``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from ..loaders.errors import KvrunError, UnsupportedModelError
+from ..loaders.gguf_file import GGUFFile
+from ..loaders.mmproj import MmprojConfig, open_mmproj
+from ..loaders.quants import dequantize
+from ..ops.backend import Backend
+from .bert import gelu
+from .common import TENSOR_NAMES, WeightLoader
+from .qwen2vl_image import resize
+from .siglip import F16, _f16, vit_layer
+
+F32 = np.float32
+ROPE_BASE = 10000.0  # clip.cpp's rope_theta for pixtral
+QUERY_CHUNK = 2048  # queries scored at once (a 1024-row picture merged 2x2 has 4096 patches)
+
+TENSOR_NAMES.update({  # Pixtral's (clip.cpp's TN_LN_PRE, TN_FFN_GATE, TN_MM_INP_NORM, TN_MM_PATCH_MERGER, TN_LLAVA_PROJ, TN_TOK_IMG_BREAK)
+    "v_pre_ln": "v.pre_ln.weight", "v_gate": "v.blk.{i}.ffn_gate.weight",
+    "px_inp_norm": "mm.input_norm.weight", "px_merger": "mm.patch_merger.weight",
+    "px_mm1": "mm.1.weight", "px_mm1_b": "mm.1.bias", "px_mm2": "mm.2.weight", "px_mm2_b": "mm.2.bias",
+})  # fmt: skip
+
+
+# ---------------------------------------------------------------- the picture's size and pixels
+
+
+def block(cfg: MmprojConfig) -> int:
+    """Pixels a side of one output row's block: patch_size x spatial_merge_size (the merge 1 without a merger)."""
+    return cfg.patch_size * max(cfg.n_merge, 1)
+
+
+def target_size(width: int, height: int, cfg: MmprojConfig) -> tuple[int, int]:
+    """(width, height) a picture is resized to: clip.cpp's ``calc_size_preserved_ratio`` (Hugging Face's
+    ``smart_resize``): sides rounded to whole blocks, then scaled down (floored) past ``max_pixels`` or up (ceiled)
+    short of ``min_pixels``; float32 arithmetic as clip.cpp's."""
+    f = block(cfg)
+
+    def by(x: Any, how: Any) -> int:
+        return int(how(F32(x) / F32(f))) * f
+
+    def half_up(v: Any) -> Any:  # std::round: halves away from zero (numpy's round goes to even: 2.5 -> 2)
+        return np.floor(v + F32(0.5))
+
+    h_bar, w_bar = max(f, by(height, half_up)), max(f, by(width, half_up))
+    if h_bar * w_bar > cfg.max_pixels:
+        beta = np.sqrt(F32(height * width) / F32(cfg.max_pixels))
+        h_bar, w_bar = max(f, by(F32(height) / beta, np.floor)), max(f, by(F32(width) / beta, np.floor))
+    elif h_bar * w_bar < cfg.min_pixels:
+        beta = np.sqrt(F32(cfg.min_pixels) / F32(height * width))
+        h_bar, w_bar = by(F32(height) * beta, np.ceil), by(F32(width) * beta, np.ceil)
+    return w_bar, h_bar
+
+
+def grid(width: int, height: int, cfg: MmprojConfig) -> tuple[int, int]:
+    """(nx, ny): the blocks (output rows) a width x height picture becomes, a side."""
+    w, h = target_size(width, height, cfg)
+    return w // block(cfg), h // block(cfg)
+
+
+def n_rows(width: int, height: int, cfg: MmprojConfig) -> int:
+    """Rows a width x height picture's image chunk has: its blocks and an [IMG_BREAK] after each row but the last."""
+    nx, ny = grid(width, height, cfg)
+    return nx * ny + ny - 1
+
+
+def preprocess(img: np.ndarray, cfg: MmprojConfig) -> np.ndarray:
+    """uint8 RGB ``img`` [h, w, 3] -> normalised pixels [3, H, W] float32 at :func:`target_size`."""
+    w, h = target_size(img.shape[1], img.shape[0], cfg)
+    a = resize(img, w, h).astype(F32) / F32(255.0)
+    mean, std = np.asarray(cfg.image_mean, F32), np.asarray(cfg.image_std, F32)
+    return np.ascontiguousarray(((a - mean) / std).transpose(2, 0, 1), F32)
+
+
+# ---------------------------------------------------------------- the encoder
+
+
+def rope_2d(ys: np.ndarray, xs: np.ndarray, head_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin [T, head_dim/2] of clip.cpp's ``build_rope_2d`` with interleaved frequencies: the head's first half
+    (ggml's normal rope over adjacent pairs) turned by the row, pair j at ``base^(-4j/head_dim)``, the second half by
+    the column at ``base^(-(4j+2)/head_dim)`` (its freq_scale ``base^(-2/head_dim)``): Pixtral's even and odd
+    frequencies, split between the two axes."""
+    q = head_dim // 4
+    j = np.arange(q, dtype=np.float64)
+    even = ROPE_BASE ** (-4.0 * j / head_dim)
+    odd = ROPE_BASE ** (-(4.0 * j + 2.0) / head_dim)
+    ang = np.concatenate([ys[:, None] * even[None, :], xs[:, None] * odd[None, :]], axis=1)
+    return np.cos(ang).astype(F32), np.sin(ang).astype(F32)
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    x64 = x.astype(np.float64)
+    return (x64 / np.sqrt((x64 * x64).mean(axis=-1, keepdims=True) + eps)).astype(F32) * w
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (F32(1.0) + np.exp(-x))
+
+
+class PixtralEncoder:
+    """Pixtral's vision encoder, patch merger and adapter from an mmproj file: :meth:`encode` pixels into rows."""
+
+    def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
+        if backend.name != "cpu":
+            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
+        if cfg.ffn_op != "silu":  # (Pixtral's files state clip.use_silu; another activation is not Pixtral's ViT)
+            raise UnsupportedModelError(f"{g.path}: a pixtral projector's ViT MLP is SwiGLU (clip.use_silu), this file states {cfg.ffn_op}")
+        self.cfg, self.be, self.path = cfg, backend, g.path
+        ld = WeightLoader(g, backend)
+        E, p = cfg.n_embd, cfg.patch_size
+        pt = g.tensor("v.patch_embd.weight")
+        if pt.n_elements != E * 3 * p * p:
+            raise KvrunError(f"{g.path}: v.patch_embd.weight has shape {pt.shape}, expected {(E, 3, p, p)}")
+        self.patch_w = _f16(dequantize(pt.data, pt.qtype, pt.shape).reshape(E, 3 * p * p))
+        self.patch_b = ld.host_vector("v_patch_b", required=False)
+        self.pre_ln = ld.host_vector("v_pre_ln", required=False)
+        self.layers = []
+        for i in range(cfg.n_layer):
+            L = vit_layer(ld, i)
+            L["gate"] = ld.matrix("v_gate", i, required=False)
+            self.layers.append(L)
+        self.post_ln = ld.host_vector("v_post_ln", required=False)
+        self.merger = ld.matrix("px_merger", required=False)
+        if self.merger is not None:
+            if cfg.n_merge < 2:
+                raise KvrunError(f"{g.path}: mm.patch_merger.weight is present but clip.vision.spatial_merge_size is not; the projector file is incomplete")
+            self.inp_norm = ld.host_vector("px_inp_norm")
+        elif cfg.n_merge > 1:
+            raise KvrunError(f"{g.path}: clip.vision.spatial_merge_size is {cfg.n_merge} but mm.patch_merger.weight is missing")
+        self.mm1, self.mm1_b = ld.matrix("px_mm1"), ld.host_vector("px_mm1_b", required=False)
+        self.mm2, self.mm2_b = ld.matrix("px_mm2"), ld.host_vector("px_mm2_b", required=False)
+        brk = g.tensors.get("v.token_embd.img_break")
+        self.img_break = None if brk is None else dequantize(brk.data, brk.qtype, brk.shape).reshape(-1).astype(F32)
+        if self.img_break is not None and self.img_break.shape[0] != cfg.n_text_embd:
+            raise KvrunError(f"{g.path}: v.token_embd.img_break has {self.img_break.shape[0]} values, not the projector's width {cfg.n_text_embd}")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, backend: Backend) -> PixtralEncoder:
+        g, cfg = open_mmproj(path)
+        return cls(g, cfg, backend)
+
+    def _linear(self, w: Any, x: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+        if w.qtype == F16:  # ggml multiplies an F16 weight by an F16 copy of the activations
+            x = _f16(x)
+        out = np.empty((x.shape[0], w.n_rows), F32)
+        self.be.linear(w, np.ascontiguousarray(x, F32), out)
+        return out + b if b is not None else out
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        """Normalised ``pixels`` [3, H, W] (:func:`preprocess`; sides whole blocks) -> the image chunk's rows
+        [nx * ny + ny - 1, n_text_embd]: blocks in raster order, [IMG_BREAK] between rows of blocks."""
+        c = self.cfg
+        p, m, f = c.patch_size, max(c.n_merge, 1), block(c)
+        if pixels.ndim != 3 or pixels.shape[0] != 3 or pixels.shape[1] % f or pixels.shape[2] % f:
+            raise KvrunError(f"the Pixtral encoder takes pixels [3, H, W] with sides multiples of {f}, got {list(pixels.shape)}")
+        npy, npx = pixels.shape[1] // p, pixels.shape[2] // p
+        T, H = npy * npx, c.n_head
+        D = c.n_embd // H
+        x = pixels.reshape(3, npy, p, npx, p).transpose(1, 3, 0, 2, 4).reshape(T, 3 * p * p)
+        x = _f16(np.ascontiguousarray(x, F32)) @ self.patch_w.T  # (ggml's conv_2d: F16 patches and kernel)
+        if self.patch_b is not None:
+            x += self.patch_b
+        if self.pre_ln is not None:
+            x = rms_norm(x, self.pre_ln, c.eps)
+        idx = np.arange(T)
+        cos, sin = rope_2d(idx // npx, idx % npx, D)
+        scale = F32(1.0 / math.sqrt(D))
+        half = D // 2
+
+        def rope(t: np.ndarray) -> np.ndarray:  # [T, H, D]: each half's adjacent pairs (ggml's normal mode)
+            out = np.empty_like(t)
+            for h0, cs, sn in ((0, cos[:, :half // 2], sin[:, :half // 2]), (half, cos[:, half // 2 :], sin[:, half // 2 :])):
+                a, b = t[..., h0 : h0 + half : 2], t[..., h0 + 1 : h0 + half : 2]
+                cc, ss = cs[:, None, :], sn[:, None, :]
+                out[..., h0 : h0 + half : 2] = a * cc - b * ss
+                out[..., h0 + 1 : h0 + half : 2] = a * ss + b * cc
+            return out
+
+        for L in self.layers:
+            h = rms_norm(x, L["ln1"], c.eps)
+            q = rope(self._linear(L["q"], h, L["q_b"]).reshape(T, H, D))
+            k = rope(self._linear(L["k"], h, L["k_b"]).reshape(T, H, D))
+            v = self._linear(L["v"], h, L["v_b"]).reshape(T, H, D)
+            a = np.empty((T, H, D), F32)
+            for q0 in range(0, T, QUERY_CHUNK):
+                for hd in range(H):
+                    sc = (q[q0 : q0 + QUERY_CHUNK, hd] @ k[:, hd].T) * scale
+                    sc = np.exp(sc - sc.max(axis=-1, keepdims=True))
+                    sc /= sc.sum(axis=-1, keepdims=True)
+                    a[q0 : q0 + QUERY_CHUNK, hd] = sc @ v[:, hd]
+            x = x + self._linear(L["o"], a.reshape(T, H * D), L["o_b"])
+            h = rms_norm(x, L["ln2"], c.eps)
+            up = self._linear(L["up"], h, L["up_b"])
+            act = silu(self._linear(L["gate"], h)) * up if L["gate"] is not None else silu(up)
+            x = x + self._linear(L["down"], act.astype(F32), L["down_b"])
+        if self.post_ln is not None:
+            x = rms_norm(x, self.post_ln, c.eps)
+        if self.merger is not None:  # Mistral Small 3.1: each m x m block's patches, channel-major (torch's unfold)
+            x = rms_norm(x, self.inp_norm, c.eps)
+            x = x.reshape(npy // m, m, npx // m, m, c.n_embd).transpose(0, 2, 4, 1, 3).reshape(T // (m * m), c.n_embd * m * m)
+            x = self._linear(self.merger, np.ascontiguousarray(x, F32))
+        rows = self._linear(self.mm2, gelu(self._linear(self.mm1, x, self.mm1_b)), self.mm2_b)
+        if self.img_break is None:
+            return np.ascontiguousarray(rows, F32)
+        nx, ny = npx // m, npy // m
+        out = np.empty((nx * ny + ny - 1, rows.shape[1]), F32)
+        for r in range(ny):
+            out[r * (nx + 1) : r * (nx + 1) + nx] = rows[r * nx : (r + 1) * nx]
+            if r != ny - 1:
+                out[r * (nx + 1) + nx] = self.img_break
+        return out

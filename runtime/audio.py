@@ -1,0 +1,156 @@
+"""Audio in the prompt (Ultravox with llama.cpp's ``--mmproj`` and ``--audio``): an audio projector beside an engine,
+and the prompt's layout.
+
+An audio mmproj (``clip.has_audio_encoder``, no vision encoder) opens as :class:`Audio` wherever a projector is
+opened (``Vision(engine, mmproj)`` hands it over: runtime/vision.py), so ``kvrun run --mmproj F --audio FILE``,
+the chat's ``/audio PATH``, the server's ``input_audio`` parts and the Python API's take the same path as pictures:
+a prompt names its clips with libmtmd's media marker ``<__media__>``, one per clip in order (where it has none,
+the clips come first), each marker becomes the clip's rows (models/whisper_audio.py: every 30 s chunk's, one
+block), fed through :meth:`Engine.eval_embd` with the rows of the whole clip seeing each other, as
+``mtmd_helper_eval_chunks`` feeds them.  Ultravox's layout puts no tokens around them (mtmd's ``aud_beg`` is empty
+for it); the text between is tokenized as libmtmd does (special tokens parsed, BOS only before the first piece).
+A clip is handed over as a WAV file's path or bytes (16 kHz PCM: :func:`~..models.whisper_audio.load_wav`) or
+as its 16 kHz mono float32 samples.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from typing import Any, Union
+
+import numpy as np
+
+from ..loaders.errors import KvrunError
+from ..loaders.gguf_file import GGUFFile
+from ..models.whisper_audio import CHUNK_FRAMES, HOP, SAMPLE_RATE, WhisperAudioEncoder, is_audio_mmproj, load_audio_config, load_wav
+from .engine import Engine
+from .vision import MARKER, Segments, Vision
+
+#: a clip as callers hand it over: a WAV file's path or bytes, or 16 kHz mono float32 samples [n]
+AudioSource = Union[str, os.PathLike, bytes, np.ndarray]
+AUDIO_PART = "input_audio"  # OpenAI's content part type for a clip
+
+
+def is_audio_projector(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an audio-only mmproj (an unreadable file is left to the vision loader to refuse)."""
+    try:
+        g = GGUFFile(path)
+    except Exception:
+        return False
+    try:
+        return g.get("general.architecture") == "clip" and is_audio_mmproj(g)
+    finally:
+        g.close()
+
+
+def decode_audio(src: Any, where: str = "the audio") -> np.ndarray:
+    """A clip as callers hand it over decoded to 16 kHz mono float32 samples; a one-line KvrunError otherwise."""
+    if isinstance(src, np.ndarray):
+        if src.ndim != 1 or src.dtype != np.float32:
+            raise KvrunError(f"{where}: an array clip must be float32 [n] samples at 16 kHz, got {src.dtype} {list(src.shape)}")
+        return src
+    if isinstance(src, (str, os.PathLike, bytes, bytearray)):
+        return load_wav(bytes(src) if isinstance(src, bytearray) else src)
+    raise KvrunError(f"{where}: a clip is a WAV file's path, its bytes or float32 samples, got {type(src).__name__}")
+
+
+def audio_part(p: dict, where: str) -> np.ndarray:
+    """OpenAI's ``{"type": "input_audio", "input_audio": {"data": base64, "format": "wav"}}`` decoded; ValueError in
+    one line for a bad part (kvrun reads WAV only)."""
+    a = p.get(AUDIO_PART)
+    if not isinstance(a, dict) or not isinstance(a.get("data"), str):
+        raise ValueError(f'{where}: input_audio must be {{"data": "<base64>", "format": "wav"}}')
+    fmt = a.get("format", "wav")
+    if fmt != "wav":
+        raise ValueError(f"{where}: audio format {fmt!r} is not supported; kvrun reads wav")
+    try:
+        data = base64.b64decode("".join(a["data"].split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{where}: the audio is not valid base64") from None
+    try:
+        return load_wav(data)
+    except KvrunError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+class Audio:
+    """An audio projector file (``--mmproj``) loaded for ``engine``'s model: clips to rows, prompts to segments.
+    It answers as :class:`~.vision.Vision` does (``segments``, ``prefill``, ``feed_rows``, ``generate_text``,
+    ``image_rows``, ``image_positions``), a clip in a picture's place."""
+
+    takes_audio = True
+    begin, end = "", ""  # (Ultravox: no tokens around a clip's rows)
+
+    def __init__(self, engine: Engine, mmproj: str | os.PathLike) -> None:
+        self.engine = engine
+        g = GGUFFile(mmproj)
+        try:
+            cfg = load_audio_config(g)
+            if cfg.n_text_embd != engine.cfg.n_embd:
+                raise KvrunError(f"{mmproj}: the projector makes rows {cfg.n_text_embd} wide and {engine.path} embeds "
+                                 f"{engine.cfg.n_embd}: not this model's mmproj")  # fmt: skip
+            self.encoder = WhisperAudioEncoder(g, cfg, engine.backend)
+        except Exception:
+            g.close()
+            raise
+        self.cfg = cfg
+
+    @property
+    def n_tokens(self) -> int:
+        """Positions one 30 s chunk of a clip takes in the context."""
+        return self.cfg.rows_per_chunk
+
+    def n_chunks(self, samples: np.ndarray) -> int:
+        """30 s chunks ``samples`` make (libmtmd's: 30 s of padding after the clip, the partial last chunk dropped)."""
+        return ((samples.size + SAMPLE_RATE * 30) // HOP + 1) // CHUNK_FRAMES  # (frames of the padded clip, whole chunks)
+
+    def image_positions(self, samples: np.ndarray) -> int:
+        """Positions the decoded clip ``samples`` takes (its chunks' rows)."""
+        if np.asarray(samples).ndim != 1:
+            raise KvrunError("this projector takes audio, not images (its mmproj has no vision encoder)")
+        return self.n_chunks(np.asarray(samples).reshape(-1)) * self.n_tokens
+
+    def image_rows(self, clip: AudioSource) -> np.ndarray:
+        """One clip decoded and encoded: float32 [n_chunks * rows_per_chunk, n_embd]."""
+        if isinstance(clip, np.ndarray) and clip.ndim == 3:
+            raise KvrunError("this projector takes audio, not images (its mmproj has no vision encoder)")
+        return self.encoder.encode(decode_audio(clip))
+
+    def segments(self, prompt: str, clips: list[AudioSource], add_bos: bool = True, encode: bool = True) -> Segments:
+        """``prompt`` laid out with ``clips``, one per ``<__media__>`` marker (as :meth:`Vision.segments`)."""
+        n = prompt.count(MARKER)
+        if n == 0 and clips:
+            prompt, n = MARKER * len(clips) + prompt, len(clips)
+        if n != len(clips):
+            raise KvrunError(f"the prompt has {n} media markers ({MARKER}) and {len(clips)} audio clips were given")
+        tok = self.engine.tokenizer
+        out: Segments = []
+        for i, text in enumerate(prompt.split(MARKER)):
+            if text:
+                out.append(tok.encode(text, add_bos=None if i == 0 and add_bos else False, parse_special=True))
+            if i < n:
+                out.append(self.image_rows(clips[i]) if encode else i)
+        return out
+
+    def prefill(self, cache: Any, segments: Segments) -> list[int]:
+        """Feed every segment but the last text piece; returns that piece (a prompt must end in text)."""
+        if not segments or not isinstance(segments[-1], list):
+            raise KvrunError("a prompt with audio must end in text (put the question after the clip's <__media__>)")
+        need = sum(len(s) for s in segments)
+        if cache.offset + need > self.engine.n_ctx:
+            raise KvrunError(f"{cache.offset + need} tokens (30 s of audio takes {self.n_tokens}) do not fit the context of "
+                             f"{self.engine.n_ctx}; raise --ctx-size")  # fmt: skip
+        for seg in segments[:-1]:
+            if isinstance(seg, list):
+                self.engine.eval(cache, seg)
+            else:
+                self.feed_rows(cache, seg)
+        return segments[-1]
+
+    def feed_rows(self, cache: Any, rows: np.ndarray) -> None:
+        """Feed a clip's rows after what ``cache`` holds."""
+        self.engine.eval_embd(cache, rows)
+
+    generate_text = Vision.generate_text  # (prefill, then the reply streamed: the same for a clip as for a picture)

@@ -1,0 +1,112 @@
+"""A tiny random Ultravox pair, for tests held to llama.cpp's libmtmd: an audio projector file (mmproj,
+``general.architecture`` "clip", projector type "ultravox", an audio encoder and no vision one) and a llama text
+model whose width is the projector's output; and the test WAV files.
+
+The projector is laid out as llama.cpp's converter writes Ultravox's (``a.conv1d.{1,2}``, ``a.position_embd``,
+``a.blk.N.*`` without a K bias, ``a.post_ln``, ``mm.a.norm_pre``, ``mm.a.mlp.1``, ``mm.a.norm_mid``, ``mm.a.mlp.2``)
+at toy widths: 16 mel bins, a 32-wide Whisper encoder of 2 layers, its rows stacked 4 at a time into a SwiGLU MLP.
+The positions are Whisper's 1500 (a 30 s chunk of 3000 mel frames, halved by the second convolution), so the
+encoder runs at the real length.  The text model is tiny_vision's llama (byte vocabulary, no audio tokens: libmtmd
+puts none around Ultravox's rows).
+"""
+
+from __future__ import annotations
+
+import io
+import wave
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFWriter
+
+from tiny_vision import write_vl_text
+from tinymodel import ARCH_GEOMETRY, _finish, _random_tensors
+
+Q = GGMLQuantizationType
+
+N_MEL, A_EMBD, A_FF, A_LAYER, A_HEAD, N_POS = 16, 32, 48, 2, 2, 1500
+# rows stacked per projector row (Ultravox's real factor is 8, but 1500 rows / 8 is 187.5: clip.cpp's graph pads to
+# 188 and its token count says 187, so llama.cpp 0.3.36 aborts a stack of 8; 4 divides 1500), the projector's width
+STACK, PROJ_HIDDEN = 4, 48
+
+
+def write_tiny_ultravox_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n_text_embd: int = ARCH_GEOMETRY["llama"][0]) -> Path:
+    """A random Ultravox projector; its matrices (the conv kernels always F16, as converters store them) as ``qtype``."""
+    rng = np.random.default_rng(seed)
+    w = GGUFWriter(str(path), "clip")
+    w.add_name("tiny-ultravox-mmproj")
+    w.add_bool("clip.has_vision_encoder", False)
+    w.add_bool("clip.has_audio_encoder", True)
+    w.add_string("clip.projector_type", "ultravox")
+    w.add_uint32("clip.audio.num_mel_bins", N_MEL)
+    w.add_uint32("clip.audio.embedding_length", A_EMBD)
+    w.add_uint32("clip.audio.feed_forward_length", A_FF)
+    w.add_uint32("clip.audio.projection_dim", n_text_embd)
+    w.add_uint32("clip.audio.block_count", A_LAYER)
+    w.add_uint32("clip.audio.attention.head_count", A_HEAD)
+    w.add_float32("clip.audio.attention.layer_norm_epsilon", 1e-5)
+    w.add_uint32("clip.audio.projector.stack_factor", STACK)
+    mat, vec = _random_tensors(w, rng, qtype)
+
+    def conv(name: str, c_out: int, c_in: int) -> None:  # [c_out, c_in, 3] kernel, its bias [c_out, 1]
+        w.add_tensor(name + ".weight", (rng.standard_normal((c_out, c_in, 3)) * 0.3).astype(np.float16))
+        w.add_tensor(name + ".bias", (rng.standard_normal((c_out, 1)) * 0.1).astype(np.float32))
+
+    conv("a.conv1d.1", A_EMBD, N_MEL)
+    conv("a.conv1d.2", A_EMBD, A_EMBD)
+    w.add_tensor("a.position_embd.weight", (rng.standard_normal((N_POS, A_EMBD)) * 0.5).astype(np.float32))
+    for i in range(A_LAYER):
+        b = f"a.blk.{i}."
+        vec(b + "ln1.weight", A_EMBD)
+        vec(b + "ln1.bias", A_EMBD, 0.0)
+        for t in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            mat(b + t + ".weight", A_EMBD, A_EMBD, 0.3)
+            if t != "attn_k":  # (Whisper's K has no bias; clip.cpp asserts so)
+                vec(b + t + ".bias", A_EMBD, 0.0)
+        vec(b + "ln2.weight", A_EMBD)
+        vec(b + "ln2.bias", A_EMBD, 0.0)
+        mat(b + "ffn_up.weight", A_FF, A_EMBD, 0.3)
+        vec(b + "ffn_up.bias", A_FF, 0.0)
+        mat(b + "ffn_down.weight", A_EMBD, A_FF, 0.3)
+        vec(b + "ffn_down.bias", A_EMBD, 0.0)
+    vec("a.post_ln.weight", A_EMBD)
+    vec("a.post_ln.bias", A_EMBD, 0.0)
+    vec("mm.a.norm_pre.weight", A_EMBD * STACK)
+    mat("mm.a.mlp.1.weight", 2 * PROJ_HIDDEN, A_EMBD * STACK, 0.2)
+    vec("mm.a.norm_mid.weight", PROJ_HIDDEN)
+    mat("mm.a.mlp.2.weight", n_text_embd, PROJ_HIDDEN, 0.05)  # (rows of a token embedding's size, ~1)
+    return _finish(w, path)
+
+
+def write_tiny_ultravox_text(path: Path, qtype: int = Q.F32, seed: int = 1, chat_template: str | None = None) -> Path:
+    """A random llama text model (tinymodel's geometry) for the tiny projector (the fixture's has no chat template)."""
+    return write_vl_text(path, "llama", "tiny-ultravox", ARCH_GEOMETRY["llama"], [], [], 1e-5, 10000.0, qtype, seed, chat_template)
+
+
+def sample_audio(seconds: float = 1.3, rate: int = 16000, seed: int = 0) -> np.ndarray:
+    """A mono test signal in [-1, 1] (float32): a chirp under an envelope, a tone and noise (every mel bin sees some)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    x = 0.5 * np.sin(2 * np.pi * (200 * t + 1500 * t * t)) * np.exp(-((t - seconds / 2) ** 2))
+    x += 0.2 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(t.shape)
+    return np.clip(x, -1, 1).astype(np.float32)
+
+
+def wav_bytes(x: np.ndarray, rate: int = 16000, channels: int = 1, width: int = 2) -> bytes:
+    """``x`` (float32 in [-1, 1], [n] or [n, channels]) as a PCM WAV file of ``width`` bytes a sample."""
+    x = x.reshape(len(x), -1) if x.ndim == 1 else x
+    if x.shape[1] != channels:
+        x = np.repeat(x[:, :1], channels, axis=1)
+    if width == 2:
+        data = np.round(x * 32767).astype("<i2").tobytes()
+    elif width == 1:
+        data = np.round(x * 127 + 128).astype(np.uint8).tobytes()
+    else:
+        data = np.round(x * (2**31 - 1)).astype("<i4").tobytes()
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as f:
+        f.setnchannels(channels)
+        f.setsampwidth(width)
+        f.setframerate(rate)
+        f.writeframes(data)
+    return buf.getvalue()

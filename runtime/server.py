@@ -12,6 +12,7 @@ one ``data: {chunk}`` per text piece, then ``data: [DONE]``):
 * Ollama's ``/api/chat``, ``/api/generate``, ``/api/tags``, ``/api/ps``, ``/api/show``, ``/api/version``
   (``ollama.py``), so apps written for Ollama work as they are
 * Anthropic's ``POST /v1/messages`` and ``/v1/messages/count_tokens`` (``anthropic.py``)
+* OpenAI's Responses API, ``POST /v1/responses`` and ``/v1/responses/input_tokens`` (``responses.py``)
 * images, with ``--mmproj`` (Gemma 3's projector): chat messages' ``image_url`` parts as data URLs, Ollama's
   ``images`` (base64); no URL is fetched (``vision_chat.py``)
 * llama-server's own ``POST /completion``, ``/infill``, ``/tokenize``, ``/detokenize``, ``/apply-template`` and
@@ -55,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from ..loaders.errors import KvrunError
-from . import anthropic, llamaserver, ollama, rerank
+from . import anthropic, llamaserver, ollama, rerank, responses
 from .api import Model, Session, _request
 from .engine import GenStats, stream_text
 from .reasoning import ThinkSplitter
@@ -314,6 +315,8 @@ class Server:
         if path.startswith("/api/") and (answer := ollama.handle(self, method, path, body)) is not None:
             return answer
         if path.startswith("/v1/messages") and (answer := anthropic.handle(self, method, path, body)) is not None:
+            return answer
+        if path.startswith(("/v1/responses", "/responses")) and (answer := responses.handle(self, method, path, body)) is not None:
             return answer
         if (answer := llamaserver.handle(self, method, path, body)) is not None:  # /completion, /infill, /tokenize, /props...
             return answer

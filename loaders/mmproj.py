@@ -14,7 +14,9 @@ models/internvl_image.py) and Pixtral's and Mistral Small 3.1+'s ("pixtral": a V
 own size, Mistral Small's 2x2 patch merger, the MLP ``mm.1``/``mm.2``; models/pixtral_image.py) and Gemma 4's ("gemma4v":
 a ViT with a 2-D rope at the picture's own size, 3x3 average pooling, ``mm.input_projection``; models/gemma4v_image.py)
 and Qwen3-VL's ("qwen3vl_merger": Qwen2-VL's picture sizes, learned positions interpolated to the picture,
-DeepStack levels beside each row; models/qwen3vl_image.py).
+DeepStack levels beside each row; models/qwen3vl_image.py) and MiniCPM-V's ("resampler", ``clip.minicpmv_version`` 2 to 6 or 100045:
+SigLIP on an overview and slices of a picture, a perceiver resampler of ``clip.minicpmv_query_num`` queries;
+models/minicpmv_image.py).
 Any other projector is refused in one line that names what is supported, before a weight is touched.
 """
 
@@ -27,19 +29,22 @@ from .errors import GGUFError, UnsupportedModelError
 from .gguf_file import GGUFFile
 
 #: projector types kvrun runs (clip.projector_type)
-SUPPORTED_PROJECTORS = ("gemma3", "idefics3", "qwen2vl_merger", "qwen2.5vl_merger", "lfm2", "internvl", "pixtral", "gemma4v", "qwen3vl_merger")
+SUPPORTED_PROJECTORS = ("gemma3", "idefics3", "qwen2vl_merger", "qwen2.5vl_merger", "lfm2", "internvl", "pixtral", "gemma4v", "qwen3vl_merger", "resampler")
 #: the tensor each projector type projects into the text width with, [n_embd (x merged patches), n_text_embd]
 PROJECTION_TENSORS = {"gemma3": "mm.input_projection.weight", "idefics3": "mm.model.fc.weight",
                       "qwen2vl_merger": "mm.2.weight", "qwen2.5vl_merger": "mm.2.weight", "lfm2": "mm.2.weight",
                       "internvl": "mm.model.mlp.3.weight", "pixtral": "mm.2.weight",
                       "gemma4v": "mm.input_projection.weight",
-                      "qwen3vl_merger": "mm.2.weight"}  # fmt: skip
+                      "qwen3vl_merger": "mm.2.weight", "resampler": "resampler.proj.weight"}  # fmt: skip
 #: Gemma 4's (gemma4v) fewest and most rows a picture becomes: libmtmd's set_limit_image_tokens in the oracle
 #: (llama.cpp 0.3.36; other versions' sources say 40..280 and 252..280)
 GEMMA4V_TOKENS = (70, 1120)
 #: Qwen2-VL's and Qwen2.5-VL's projectors (models/qwen2vl_image.py): pictures of any size, M-RoPE positions; Qwen3-VL's
 #: sizes its pictures and places its rows alike (models/qwen3vl_image.py)
 QWEN2VL_PROJECTORS = ("qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger")
+#: MiniCPM-V's versions (clip.minicpmv_version) whose resampler and layout libmtmd builds: 2 (2.5), 3 (2.6), 4 (4.0),
+#: 5 (4.5), 6 and 100045 (MiniCPM-o's); every one but 2 lays slices out as 2.6 does
+MINICPMV_VERSIONS = (2, 3, 4, 5, 6, 100045)
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,9 @@ class MmprojConfig:
     # (InternVL) the fewest and most tiles a picture is cut into (clip.cpp's defaults 1 and 12 unless the file says)
     min_tiles: int = 0
     max_tiles: int = 0
+    # (MiniCPM-V) clip.minicpmv_version and the resampler's queries (clip.minicpmv_query_num; clip.cpp's fallback 64)
+    minicpmv_version: int = 0
+    n_query: int = 0
 
     @property
     def n_patches_side(self) -> int:
@@ -93,7 +101,7 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
                                     f"kvrun reads image projectors of type {', '.join(SUPPORTED_PROJECTORS)}")  # fmt: skip
     if ptype not in SUPPORTED_PROJECTORS:
         raise UnsupportedModelError(f"{g.path}: projector type {ptype!r} is not supported; "
-                                    f"kvrun reads {', '.join(SUPPORTED_PROJECTORS)} (Gemma 3's, SmolVLM's, Qwen2-VL's, Qwen2.5-VL's, LFM2-VL's, InternVL's, Pixtral's, Gemma 4's, Qwen3-VL's)")  # fmt: skip
+                                    f"kvrun reads {', '.join(SUPPORTED_PROJECTORS)} (Gemma 3's, SmolVLM's, Qwen2-VL's, Qwen2.5-VL's, LFM2-VL's, InternVL's, Pixtral's, Gemma 4's, Qwen3-VL's, MiniCPM-V's)")  # fmt: skip
 
     def need(key: str) -> int | float:
         v = g.get(f"clip.vision.{key}")
@@ -167,6 +175,14 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
         if not 1 <= lo <= hi:
             raise GGUFError(f"{g.path}: preproc_min_tiles {lo} and preproc_max_tiles {hi} are not a range of tile counts")
         cfg = replace(cfg, min_tiles=lo, max_tiles=hi)
+    if ptype == "resampler":  # (MiniCPM-V: which layout is the version's; the resampler's rows are its queries)
+        from dataclasses import replace
+
+        ver = int(g.get("clip.minicpmv_version", 0) or 0)
+        if ver not in MINICPMV_VERSIONS:
+            raise UnsupportedModelError(f"{g.path}: clip.minicpmv_version is {ver}; kvrun (as libmtmd) lays out MiniCPM-V versions "
+                                        f"{', '.join(map(str, MINICPMV_VERSIONS))}")  # fmt: skip
+        cfg = replace(cfg, minicpmv_version=ver, n_query=int(g.get("clip.minicpmv_query_num", 0) or 64))
     if ptype == "qwen2.5vl_merger" and cfg.n_wa_pattern <= 0:  # (clip.cpp requires it of 2.5's files)
         raise GGUFError(f"{g.path}: clip.vision.n_wa_pattern is missing; the Qwen2.5-VL projector file is incomplete")
     side = cfg.n_patches_side

@@ -13,7 +13,8 @@ picture's rows between ``<|vision_start|>`` and ``<|vision_end|>`` and feeds the
 and thumbnail, between ``<|image_start|>`` and ``<|image_end|>``, fed as one array of rows (runtime/vision_lfm2.py);
 InternVL's (internvl) its tiles' and thumbnail's rows between ``<img>`` and ``</img>`` (runtime/vision_internvl.py);
 Pixtral's (pixtral) its rows with [IMG_BREAK] rows between rows of blocks, then ``[IMG_END]`` (runtime/vision_pixtral.py);
-Gemma 4's (gemma4v) its rows between ``<|image>`` and ``<image|>``, seeing each other both ways (runtime/vision_gemma4.py).
+Gemma 4's (gemma4v) its rows between ``<|image>`` and ``<image|>``, seeing each other both ways (runtime/vision_gemma4.py);
+MiniCPM-V's (resampler) its overview and slices with ``<image>`` / ``<slice>`` markers, one array of rows (runtime/vision_minicpmv.py).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class Vision:
     def __init__(self, engine: Engine, mmproj: str | os.PathLike) -> None:
         if not getattr(engine.model, "takes_images", False):
             raise KvrunError(f"{engine.cfg.arch} models take no images; kvrun runs images with Gemma 3 and 4, SmolVLM, Qwen2-VL, "
-                             "Qwen3-VL, LFM2-VL, InternVL and Pixtral / Mistral Small 3.1 and their mmproj files")  # fmt: skip
+                             "Qwen3-VL, LFM2-VL, InternVL, Pixtral / Mistral Small 3.1 and MiniCPM-V and their mmproj files")  # fmt: skip
         self.engine = engine
         from .vision_qwen2vl import load_encoder  # (Qwen2-VL's encoder, or SiglipEncoder)
 
@@ -77,6 +78,11 @@ class Vision:
             from .vision_gemma4 import IMAGE_END as G4_END, IMAGE_START as G4_START, Gemma4VLayout
 
             self.begin, self.end, self.idefics3 = G4_START, G4_END, Gemma4VLayout(engine, self.encoder)
+            return
+        if self.encoder.cfg.projector_type == "resampler":  # MiniCPM-V: overview and slices, markers between (vision_minicpmv.py)
+            from .vision_minicpmv import MiniCPMVLayout
+
+            self.begin, self.end, self.idefics3 = "", "", MiniCPMVLayout(engine, self.encoder)
             return
         if self.encoder.cfg.projector_type == "pixtral":  # Pixtral: rows and [IMG_BREAK] rows, then [IMG_END] (vision_pixtral.py)
             from .vision_pixtral import IMAGE_END as PX_END, IMAGE_START as PX_START, PixtralLayout

@@ -60,6 +60,10 @@ def load_encoder(mmproj: str | os.PathLike, backend: Any) -> Any:
         from ..models.pixtral_image import PixtralEncoder
 
         return PixtralEncoder(g, cfg, backend)
+    if cfg.projector_type == "resampler":  # (MiniCPM-V: SigLIP on an overview and slices, a resampler; models/minicpmv_image.py)
+        from ..models.minicpmv_image import MiniCPMVEncoder
+
+        return MiniCPMVEncoder(g, cfg, backend)
     return SiglipEncoder(g, cfg, backend)
 
 

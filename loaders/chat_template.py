@@ -141,7 +141,14 @@ def _raise(msg: Any) -> None:
 
 def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False) -> str:
     """Hugging Face's ``tojson`` (jinja2's own one HTML-escapes)."""
-    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys, default=_listed)
+
+
+def _listed(x: Any) -> list[Any]:
+    """A filter's generator (``tools | map(attribute='function')``) as the list it stands for, as minja writes it."""
+    if hasattr(x, "__next__"):
+        return list(x)
+    raise TypeError(f"Object of type {type(x).__name__} is not JSON serializable")
 
 
 def _strftime_now(fmt: str) -> str:

@@ -382,6 +382,8 @@ class Session:
                     **({"tool_calls": calls} if calls and active else {})}  # fmt: skip
         if fmt is None:
             return {"role": "assistant", "content": text}
+        if (know := getattr(fmt, "know", None)) is not None:  # (XML formats: a string parameter's value stays text)
+            know(self.tools)
         content, calls = fmt.parse(text)
         return {"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})}
 

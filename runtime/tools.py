@@ -402,6 +402,10 @@ def tool_format(template: str) -> Hermes | Generic | Harmony:
     """How a model with this chat template is asked for tool calls."""
     if CHANNEL in template and MESSAGE in template:
         return Harmony()
+    from .toolformats import native_format  # (DeepSeek, Command R7B, GLM-4.5, Qwen3-Coder, Gemma 4, Llama 3.x, Mistral; it builds on this module)
+
+    if (native := native_format(template)) is not None:
+        return native
     return Hermes() if "<tool_call>" in template else Generic()
 
 

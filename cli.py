@@ -774,7 +774,7 @@ def _stats_line(stats: Any, cache: Any = None, engine: Any = None) -> str:
 @click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False),
               help="an image for the prompt (repeatable; needs --mmproj): at each <__media__> in the prompt, else before it")  # fmt: skip
 @click.option("--audio", "audios", multiple=True, type=click.Path(dir_okay=False),
-              help="a 16 kHz WAV clip for the prompt (repeatable; needs an audio --mmproj, Ultravox's): at each <__media__>, else before it")  # fmt: skip
+              help="a 16 kHz WAV clip for the prompt (repeatable; needs an audio --mmproj: Ultravox's, Qwen2-Audio's, Voxtral's): at each <__media__>, else before it")  # fmt: skip
 @draft_options
 @engine_options
 @kv_options

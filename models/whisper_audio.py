@@ -17,6 +17,12 @@ puts no marker tokens around them; runtime/audio.py lays the prompt out):
     -> the rows stacked ``stack_factor`` at a time (zeros pad the last), RMSNorm * mm.a.norm_pre, mm.a.mlp.1,
        SwiGLU with the gate in the second half, RMSNorm * mm.a.norm_mid, mm.a.mlp.2 -> [n_rows, n_text_embd]
 
+Qwen2-Audio ("qwen2a") and Voxtral ("voxtral") take the same spectrogram and encoder with clip.cpp's average pooling
+(kernel 2, stride 2) between the last block and the post LayerNorm (1500 rows -> 750), then qwen2a one linear layer
+``mm.a.fc`` (750 rows a chunk) and voxtral the rows stacked ``stack_factor`` at a time through ``mm.a.mlp.1``,
+GELU(erf), ``mm.a.mlp.2`` (no norms; 750 / stack rows: the pooling is why Voxtral's count is half what the stack
+factor alone says).  Their marker tokens are runtime/audio.py's.
+
 The chunks' rows follow each other in one block.  What ggml's CPU does to the numbers is reproduced where it shows:
 the convolutions run as ggml_conv_1d does, on an F16 im2col of their input and an F16 kernel; a product with an
 F16 weight rounds its input to F16.  Attention is float32 softmax(QK^T)V, llama.cpp's path without flash attention.
@@ -46,8 +52,11 @@ from .common import TENSOR_NAMES, WeightLoader
 
 F16 = 1  # ggml's type id of float16
 SAMPLE_RATE, N_FFT, HOP, CHUNK_FRAMES = 16000, 400, 160, 3000  # clip.cpp's Whisper preprocessing (30 s chunks)
-#: audio projector types kvrun runs
-AUDIO_PROJECTORS = ("ultravox",)
+#: audio projector types kvrun runs (qwen2a and voxtral: models/whisper_audio.py's encoder with clip.cpp's average
+#: pooling before the post LayerNorm, then their own projectors; see :meth:`WhisperAudioEncoder.project`)
+AUDIO_PROJECTORS = ("ultravox", "qwen2a", "voxtral", "qwen2.5o")
+POOLED = ("qwen2a", "voxtral")  # clip_model::audio_has_avgpool: AvgPool1d(2, 2) on the encoder's rows
+STACKED = ("ultravox", "voxtral")  # clip_model::audio_has_stack_frames
 
 TENSOR_NAMES.update({  # the audio encoder's names (clip.cpp's TN_*, prefix "a")
     "a_ln1": "a.blk.{i}.ln1.weight", "a_ln1_b": "a.blk.{i}.ln1.bias",
@@ -61,6 +70,8 @@ TENSOR_NAMES.update({  # the audio encoder's names (clip.cpp's TN_*, prefix "a")
     "a_post_ln": "a.post_ln.weight", "a_post_ln_b": "a.post_ln.bias",
     "mm_a_norm_pre": "mm.a.norm_pre.weight", "mm_a_norm_mid": "mm.a.norm_mid.weight",
     "mm_a_mlp1": "mm.a.mlp.1.weight", "mm_a_mlp2": "mm.a.mlp.2.weight",
+    "mm_a_mlp1_b": "mm.a.mlp.1.bias", "mm_a_mlp2_b": "mm.a.mlp.2.bias",
+    "mm_a_fc": "mm.a.fc.weight", "mm_a_fc_b": "mm.a.fc.bias",  # (Qwen2-Audio's projector)
 })  # fmt: skip
 
 
@@ -83,7 +94,8 @@ class AudioConfig:
         """Embedding rows one 30 s chunk becomes (the graph's: 1500 encoder rows, stacked, the last padded).  With
         Ultravox's real factor 8 that is 188, HF's StackAudioFrames' count; llama.cpp 0.3.36's token count says 187
         (3000 / 8 / 2) and clip_encode aborts on the mismatch, so only factors dividing 1500 are held to it."""
-        return -(-(CHUNK_FRAMES // 2) // self.stack_factor)
+        rows = CHUNK_FRAMES // 2 // (2 if self.projector_type in POOLED else 1)  # (qwen2a, voxtral: pooled to 750)
+        return -(-rows // self.stack_factor)
 
 
 def is_audio_mmproj(g: GGUFFile) -> bool:
@@ -98,8 +110,10 @@ def load_audio_config(g: GGUFFile) -> AudioConfig:
     ptype = g.get("clip.audio.projector_type") or g.get("clip.projector_type")
     if not g.get("clip.has_audio_encoder", False):
         raise UnsupportedModelError(f"{g.path}: the projector has no audio encoder; --audio takes an audio mmproj ({', '.join(AUDIO_PROJECTORS)})")
+    if ptype == "qwen2.5o":  # (Qwen2.5-Omni: clip.cpp reads the audio side of its projector as qwen2a)
+        ptype = "qwen2a"
     if ptype not in AUDIO_PROJECTORS:
-        raise UnsupportedModelError(f"{g.path}: audio projector type {ptype!r} is not supported; kvrun reads {', '.join(AUDIO_PROJECTORS)} (Ultravox's)")
+        raise UnsupportedModelError(f"{g.path}: audio projector type {ptype!r} is not supported; kvrun reads {', '.join(AUDIO_PROJECTORS)}")
 
     def need(key: str) -> int | float:
         v = g.get(f"clip.audio.{key}")
@@ -107,9 +121,10 @@ def load_audio_config(g: GGUFFile) -> AudioConfig:
             raise GGUFError(f"{g.path}: clip.audio.{key} is missing; the projector file is incomplete")
         return v
 
-    mlp2 = g.tensors.get("mm.a.mlp.2.weight")
+    out_name = "mm.a.fc.weight" if ptype == "qwen2a" else "mm.a.mlp.2.weight"  # (the projector's last matrix)
+    mlp2 = g.tensors.get(out_name)
     if mlp2 is None:
-        raise GGUFError(f"{g.path}: tensor 'mm.a.mlp.2.weight' is missing; the projector file is incomplete")
+        raise GGUFError(f"{g.path}: tensor {out_name!r} is missing; the projector file is incomplete")
     cfg = AudioConfig(
         projector_type=str(ptype),
         n_mel=int(need("num_mel_bins")),
@@ -118,7 +133,7 @@ def load_audio_config(g: GGUFFile) -> AudioConfig:
         n_layer=int(need("block_count")),
         n_head=int(need("attention.head_count")),
         eps=float(g.get("clip.audio.attention.layer_norm_epsilon", 1e-6)),
-        stack_factor=int(need("projector.stack_factor")),
+        stack_factor=int(need("projector.stack_factor")) if ptype in STACKED else 1,
         n_text_embd=int(mlp2.shape[0]),
     )
     if not 1 <= cfg.n_mel <= 256 or cfg.stack_factor <= 0 or cfg.n_head <= 0 or cfg.n_embd % cfg.n_head:
@@ -257,6 +272,15 @@ class WhisperAudioEncoder:
                 L[r], L[r + "_b"] = ld.matrix(f"a_{r}", i), ld.host_vector(f"a_{r}_b", i, required=False)
             self.layers.append(L)
         self.post_ln, self.post_ln_b = ld.host_vector("a_post_ln", required=False), ld.host_vector("a_post_ln_b", required=False)
+        if cfg.projector_type == "qwen2a":  # (one linear layer with a bias)
+            self.fc, self.fc_b = ld.matrix("mm_a_fc"), ld.host_vector("mm_a_fc_b", required=False)
+            return
+        if cfg.projector_type == "voxtral":  # (stacked rows through a GELU(erf) MLP, biases where the file has them)
+            self.mlp1, self.mlp2 = ld.matrix("mm_a_mlp1"), ld.matrix("mm_a_mlp2")
+            self.mlp1_b, self.mlp2_b = ld.host_vector("mm_a_mlp1_b", required=False), ld.host_vector("mm_a_mlp2_b", required=False)
+            if self.mlp1.n_cols != E * cfg.stack_factor:
+                raise KvrunError(f"{g.path}: the projector's shapes do not fit a stack of {cfg.stack_factor} rows of {E}")
+            return
         self.norm_pre, self.norm_mid = ld.host_vector("mm_a_norm_pre"), ld.host_vector("mm_a_norm_mid")
         self.mlp1, self.mlp2 = ld.matrix("mm_a_mlp1"), ld.matrix("mm_a_mlp2")
         if self.norm_pre.size != E * cfg.stack_factor or self.mlp1.n_rows != 2 * self.norm_mid.size:
@@ -324,6 +348,8 @@ class WhisperAudioEncoder:
             x = x + self._linear(L["o"], a.reshape(T, H * D), L["o_b"])
             h = layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
             x = x + self._linear(L["down"], gelu_erf(self._linear(L["up"], h, L["up_b"])), L["down_b"])
+        if c.projector_type in POOLED:  # (build_vit's ggml_pool_1d AVG k2 s2, before the post LayerNorm)
+            x = (x[0::2] + x[1::2]) / np.float32(2.0)
         if self.post_ln is not None:
             x = layer_norm(x, self.post_ln, self.post_ln_b, c.eps)
         return x
@@ -331,9 +357,14 @@ class WhisperAudioEncoder:
     def project(self, x: np.ndarray) -> np.ndarray:
         """Ultravox's projector on the encoder's rows [T, n_embd] -> [ceil(T / stack), n_text_embd]."""
         s, E = self.cfg.stack_factor, self.cfg.n_embd
+        if self.cfg.projector_type == "qwen2a":  # (whisper-enc.cpp: mm_fc_w x + mm_fc_b, no stacking)
+            return self._linear(self.fc, x, self.fc_b)
         n = -(-x.shape[0] // s)
         stacked = np.zeros((n * s, E), np.float32)  # (StackAudioFrames: zeros pad the last row's frames)
         stacked[: x.shape[0]] = x
+        if self.cfg.projector_type == "voxtral":  # (build_ffn: mm.a.mlp.1, GELU(erf), mm.a.mlp.2)
+            h = gelu_erf(self._linear(self.mlp1, stacked.reshape(n, s * E), self.mlp1_b))
+            return self._linear(self.mlp2, h, self.mlp2_b)
         h = self._linear(self.mlp1, _rms_norm(stacked.reshape(n, s * E), self.norm_pre, 1e-6), None)
         half = h.shape[1] // 2
         g = h[:, half:]

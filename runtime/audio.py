@@ -8,7 +8,8 @@ a prompt names its clips with libmtmd's media marker ``<__media__>``, one per cl
 the clips come first), each marker becomes the clip's rows (models/whisper_audio.py: every 30 s chunk's, one
 block), fed through :meth:`Engine.eval_embd` with the rows of the whole clip seeing each other, as
 ``mtmd_helper_eval_chunks`` feeds them.  Ultravox's layout puts no tokens around them (mtmd's ``aud_beg`` is empty
-for it); the text between is tokenized as libmtmd does (special tokens parsed, BOS only before the first piece).
+for it), Qwen2-Audio's puts ``<|audio_bos|>`` before and ``<|audio_eos|>`` after the clip, Voxtral's
+``[BEGIN_AUDIO]`` before (:data:`AUDIO_MARKERS`); the text between is tokenized as libmtmd does (special tokens parsed, BOS only before the first piece).
 A clip is handed over as a WAV file's path or bytes (16 kHz PCM: :func:`~..models.whisper_audio.load_wav`) or
 as its 16 kHz mono float32 samples.
 """
@@ -31,6 +32,8 @@ from .vision import MARKER, Segments, Vision
 #: a clip as callers hand it over: a WAV file's path or bytes, or 16 kHz mono float32 samples [n]
 AudioSource = Union[str, os.PathLike, bytes, np.ndarray]
 AUDIO_PART = "input_audio"  # OpenAI's content part type for a clip
+#: the text libmtmd puts before and after a clip's rows, by projector type (mtmd.cpp's aud_beg / aud_end)
+AUDIO_MARKERS = {"ultravox": ("", ""), "qwen2a": ("<|audio_bos|>", "<|audio_eos|>"), "voxtral": ("[BEGIN_AUDIO]", "")}
 
 
 def is_audio_projector(path: str | os.PathLike) -> bool:
@@ -96,6 +99,7 @@ class Audio:
             g.close()
             raise
         self.cfg = cfg
+        self.begin, self.end = AUDIO_MARKERS.get(cfg.projector_type, ("", ""))
 
     @property
     def n_tokens(self) -> int:
@@ -125,6 +129,8 @@ class Audio:
             prompt, n = MARKER * len(clips) + prompt, len(clips)
         if n != len(clips):
             raise KvrunError(f"the prompt has {n} media markers ({MARKER}) and {len(clips)} audio clips were given")
+        # (the layout's markers are text around each clip, tokenized with the text as mtmd_tokenize does)
+        prompt = prompt.replace(MARKER, self.begin + MARKER + self.end)
         tok = self.engine.tokenizer
         out: Segments = []
         for i, text in enumerate(prompt.split(MARKER)):

@@ -1,0 +1,101 @@
+"""Tiny random Qwen2-Audio ("qwen2a") and Voxtral ("voxtral") pairs, for tests held to llama.cpp's libmtmd: an audio
+projector file (mmproj, ``general.architecture`` "clip", an audio encoder and no vision one) and a llama text model
+whose width is the projector's output and whose vocabulary holds the audio layout's marker tokens.
+
+Both projectors run tiny_audio's Whisper encoder (16 mel bins, 32 wide, 2 layers, Whisper's 1500 positions) with
+clip.cpp's average pooling (kernel 2, stride 2) before the post LayerNorm, so a 30 s chunk's 1500 rows become 750:
+
+* qwen2a: one linear layer with a bias, ``mm.a.fc`` -> 750 rows a chunk, between ``<|audio_bos|>`` and
+  ``<|audio_eos|>``;
+* voxtral: the pooled rows stacked ``STACK`` at a time, ``mm.a.mlp.1`` (no bias), GELU(erf), ``mm.a.mlp.2``, after
+  ``[BEGIN_AUDIO]``.  Voxtral's real stack factor is 4 (750 / 4 = 187.5: clip.cpp's graph pads to 188 rows while its
+  token count says 187, and libmtmd aborts on the mismatch), so the tiny one stacks 5, which divides 750;
+* qwen25o: Qwen2.5-Omni's audio tower, projector type "qwen2.5o" (clip.cpp reads its audio side as qwen2a), with an
+  M-RoPE ``qwen2vl`` text model (tiny_vision_qwen2vl's geometry and sections).  The tiny file holds the audio encoder
+  alone; a real Omni mmproj holds the vision encoder beside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFWriter
+
+from tiny_audio import A_EMBD, A_FF, A_HEAD, A_LAYER, N_MEL, N_POS
+from tiny_vision import write_vl_text
+from tinymodel import ARCH_GEOMETRY, _finish, _random_tensors
+
+Q = GGMLQuantizationType
+
+#: Voxtral's stack (see above) and projector width
+STACK, PROJ_HIDDEN = 5, 48
+#: the layout's marker tokens (libmtmd's aud_beg / aud_end), control tokens of the text model's vocabulary
+MARKER_TOKENS = ["<|audio_bos|>", "<|audio_eos|>", "[BEGIN_AUDIO]"]
+
+
+def write_tiny_audio2_mmproj(path: Path, kind: str, qtype: int = Q.F32, seed: int = 0,
+                             n_text_embd: int = ARCH_GEOMETRY["llama"][0]) -> Path:  # fmt: skip
+    """A random ``kind`` ("qwen2a" or "voxtral") projector; its matrices (the conv kernels always F16) as ``qtype``."""
+    rng = np.random.default_rng(seed)
+    w = GGUFWriter(str(path), "clip")
+    w.add_name(f"tiny-{kind}-mmproj")
+    w.add_bool("clip.has_vision_encoder", False)
+    w.add_bool("clip.has_audio_encoder", True)
+    w.add_string("clip.projector_type", "qwen2.5o" if kind == "qwen25o" else kind)
+    w.add_uint32("clip.audio.num_mel_bins", N_MEL)
+    w.add_uint32("clip.audio.embedding_length", A_EMBD)
+    w.add_uint32("clip.audio.feed_forward_length", A_FF)
+    w.add_uint32("clip.audio.projection_dim", n_text_embd)
+    w.add_uint32("clip.audio.block_count", A_LAYER)
+    w.add_uint32("clip.audio.attention.head_count", A_HEAD)
+    w.add_float32("clip.audio.attention.layer_norm_epsilon", 1e-5)
+    if kind == "voxtral":
+        w.add_uint32("clip.audio.projector.stack_factor", STACK)
+    mat, vec = _random_tensors(w, rng, qtype)
+
+    def conv(name: str, c_out: int, c_in: int) -> None:  # [c_out, c_in, 3] kernel, its bias [c_out, 1]
+        w.add_tensor(name + ".weight", (rng.standard_normal((c_out, c_in, 3)) * 0.3).astype(np.float16))
+        w.add_tensor(name + ".bias", (rng.standard_normal((c_out, 1)) * 0.1).astype(np.float32))
+
+    conv("a.conv1d.1", A_EMBD, N_MEL)
+    conv("a.conv1d.2", A_EMBD, A_EMBD)
+    w.add_tensor("a.position_embd.weight", (rng.standard_normal((N_POS, A_EMBD)) * 0.5).astype(np.float32))
+    for i in range(A_LAYER):
+        b = f"a.blk.{i}."
+        vec(b + "ln1.weight", A_EMBD)
+        vec(b + "ln1.bias", A_EMBD, 0.0)
+        for t in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            mat(b + t + ".weight", A_EMBD, A_EMBD, 0.3)
+            if t != "attn_k":  # (Whisper's K has no bias; clip.cpp asserts so)
+                vec(b + t + ".bias", A_EMBD, 0.0)
+        vec(b + "ln2.weight", A_EMBD)
+        vec(b + "ln2.bias", A_EMBD, 0.0)
+        mat(b + "ffn_up.weight", A_FF, A_EMBD, 0.3)
+        vec(b + "ffn_up.bias", A_FF, 0.0)
+        mat(b + "ffn_down.weight", A_EMBD, A_FF, 0.3)
+        vec(b + "ffn_down.bias", A_EMBD, 0.0)
+    vec("a.post_ln.weight", A_EMBD)
+    vec("a.post_ln.bias", A_EMBD, 0.0)
+    if kind in ("qwen2a", "qwen25o"):
+        mat("mm.a.fc.weight", n_text_embd, A_EMBD, 0.2)
+        vec("mm.a.fc.bias", n_text_embd, 0.0)
+    elif kind == "voxtral":
+        mat("mm.a.mlp.1.weight", PROJ_HIDDEN, A_EMBD * STACK, 0.2)
+        mat("mm.a.mlp.2.weight", n_text_embd, PROJ_HIDDEN, 0.1)
+    else:
+        raise ValueError(kind)
+    return _finish(w, path)
+
+
+def write_tiny_audio2_text(path: Path, kind: str, qtype: int = Q.F32, seed: int = 1, chat_template: str | None = None) -> Path:
+    """A random llama text model (tinymodel's geometry; qwen25o: a qwen2vl one with M-RoPE) whose vocabulary ends in
+    :data:`MARKER_TOKENS` (control)."""
+    if kind == "qwen25o":
+        from tiny_vision_qwen2vl import IMAGE_TOKENS, SECTIONS, TEXT_GEOMETRY
+
+        toks = list(IMAGE_TOKENS) + MARKER_TOKENS
+        return write_vl_text(path, "qwen2vl", "tiny-qwen25o", TEXT_GEOMETRY, toks, [3] * len(toks), 1e-6, 100.0, qtype, seed,
+                             chat_template, sections=SECTIONS)  # fmt: skip
+    return write_vl_text(path, "llama", f"tiny-{kind}", ARCH_GEOMETRY["llama"], MARKER_TOKENS, [3] * len(MARKER_TOKENS),
+                         1e-5, 10000.0, qtype, seed, chat_template)  # fmt: skip

@@ -7,7 +7,8 @@ sliding-window layer still hides a key ``p0`` from a query ``p1`` when ``p1 - p0
 ``is_masked_swa``; a key after the query is never too old).  The cache's own attention is causal, so the
 model stores the block as usual (:meth:`LayerCache.update_and_attend`) and this recomputes the block's output
 from what the cache then holds, under that mask.  An image is a few hundred rows once per image: float32
-numpy, per KV head.
+numpy, per KV head.  (A compressed cache cannot give the rows back as they went in: cache/picture_block.py attends
+before it stores.)
 """
 
 from __future__ import annotations

@@ -16,7 +16,11 @@ a ViT with a 2-D rope at the picture's own size, 3x3 average pooling, ``mm.input
 and Qwen3-VL's ("qwen3vl_merger": Qwen2-VL's picture sizes, learned positions interpolated to the picture,
 DeepStack levels beside each row; models/qwen3vl_image.py) and MiniCPM-V's ("resampler", ``clip.minicpmv_version`` 2 to 6 or 100045:
 SigLIP on an overview and slices of a picture, a perceiver resampler of ``clip.minicpmv_query_num`` queries;
-models/minicpmv_image.py).
+models/minicpmv_image.py) and GLM-4V's ("glm4v": Qwen2-VL's picture sizes, an RMSNorm ViT with learned positions, a 2x2
+conv and a SwiGLU merger; models/glm4v_image.py).
+Llama 4's ("llama4": a 2-D rope ViT with a CLS token on 336-pixel tiles and an overview, a pixel shuffle, the adapter
+``mm.model.mlp.1``/``.2`` and ``mm.model.fc``; models/llama4_image.py) and Kimi-VL's ("kimivl": MoonViT at the picture's
+own size, its position grid interpolated, a 2x2 merge, ``mm.input_norm`` and ``mm.1``/``mm.2``; models/kimivl_image.py).
 Any other projector is refused in one line that names what is supported, before a weight is touched.
 """
 
@@ -29,13 +33,14 @@ from .errors import GGUFError, UnsupportedModelError
 from .gguf_file import GGUFFile
 
 #: projector types kvrun runs (clip.projector_type)
-SUPPORTED_PROJECTORS = ("gemma3", "idefics3", "qwen2vl_merger", "qwen2.5vl_merger", "lfm2", "internvl", "pixtral", "gemma4v", "qwen3vl_merger", "resampler")
+SUPPORTED_PROJECTORS = ("gemma3", "idefics3", "qwen2vl_merger", "qwen2.5vl_merger", "lfm2", "internvl", "pixtral", "gemma4v", "qwen3vl_merger", "resampler", "glm4v", "llama4", "kimivl")
 #: the tensor each projector type projects into the text width with, [n_embd (x merged patches), n_text_embd]
 PROJECTION_TENSORS = {"gemma3": "mm.input_projection.weight", "idefics3": "mm.model.fc.weight",
                       "qwen2vl_merger": "mm.2.weight", "qwen2.5vl_merger": "mm.2.weight", "lfm2": "mm.2.weight",
                       "internvl": "mm.model.mlp.3.weight", "pixtral": "mm.2.weight",
                       "gemma4v": "mm.input_projection.weight",
-                      "qwen3vl_merger": "mm.2.weight", "resampler": "resampler.proj.weight"}  # fmt: skip
+                      "qwen3vl_merger": "mm.2.weight", "resampler": "resampler.proj.weight", "llama4": "mm.model.fc.weight", "kimivl": "mm.2.weight",
+                      "glm4v": "mm.down.weight"}  # fmt: skip
 #: Gemma 4's (gemma4v) fewest and most rows a picture becomes: libmtmd's set_limit_image_tokens in the oracle
 #: (llama.cpp 0.3.36; other versions' sources say 40..280 and 252..280)
 GEMMA4V_TOKENS = (70, 1120)
@@ -120,7 +125,7 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
     # Gemma 3 pools 4x4 patches into a row; the file may say otherwise (llama.cpp's tiny test model does); SmolVLM's
     # states its pixel shuffle (clip.cpp reads it for idefics3 without a default: a file without one shuffles none)
     n_merge = int(g.get("clip.vision.projector.scale_factor", {"gemma3": 4, "gemma4v": 3}.get(str(ptype), 1)))
-    qwen = ptype in QWEN2VL_PROJECTORS
+    qwen = ptype in QWEN2VL_PROJECTORS or ptype == "glm4v"  # (GLM-4V: Qwen2-VL's picture sizes and 2x2 merge)
     if qwen:  # (clip.cpp's spatial merge: 2 unless the file says; its graph merges 2x2 patches whatever it says)
         n_merge = int(g.get("clip.vision.spatial_merge_size", 2))
         if n_merge != 2:
@@ -168,6 +173,16 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
         f = patch_size * n_merge
         op = "gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick"
         cfg = replace(cfg, min_pixels=GEMMA4V_TOKENS[0] * f * f, max_pixels=GEMMA4V_TOKENS[1] * f * f, ffn_op=op)
+    if ptype == "kimivl":  # (Kimi-VL: clip.cpp's set_limit_image_tokens(8, 1024), merged rows' worth; its ViT MLP's activation)
+        from dataclasses import replace
+
+        f = (patch_size * n_merge) ** 2
+        cfg = replace(cfg, min_pixels=8 * f, max_pixels=1024 * f,
+                      ffn_op="gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick")
+    if ptype == "llama4":  # (Llama 4: the pixel shuffle's scale_factor read above; its ViT MLP's activation as any file's)
+        from dataclasses import replace
+
+        cfg = replace(cfg, ffn_op="gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick")
     if ptype == "internvl":
         from dataclasses import replace
 

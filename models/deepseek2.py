@@ -115,6 +115,12 @@ class Deepseek2Model(Model):
     archs = ("deepseek2",)
     add_output = LlamaModel.add_output  # (block outputs times cfg.residual_scale where it is not 1: MiniCPM3's muP, minicpm3.py)
 
+    @property
+    def takes_images(self) -> bool:
+        """The forward below reads Model.input_embd (Kimi-VL's image rows, runtime/vision_kimivl.py); a subclass with a
+        forward of its own does not."""
+        return type(self).forward is Deepseek2Model.forward
+
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         if backend.name != "cpu":
             raise UnsupportedModelError(f"{g.path}: deepseek2 (multi-head latent attention, experts) runs on the CPU only for now; use --device cpu")
@@ -227,6 +233,8 @@ class Deepseek2Model(Model):
         be.get_rows(self.tok_embd, tokens, x)
         if c.embedding_scale != 1.0:  # (MiniCPM3's muP; DeepSeek's files state none)
             be.scale(x, c.embedding_scale)
+        if self.input_embd is not None:  # a picture's rows (Kimi-VL's, Engine.eval_embd), attended causally as llama.cpp
+            x[...] = self.input_embd
         for il, L in enumerate(self.layers):
             be.rms_norm(x, L.attn_norm, c.norm_eps, xn)
             self.trace("attn_norm", il, xn)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..cache.base import KVCache, LayerSpec
-from ..cache.bidirectional import attend_bidirectional
+from ..cache.picture_block import update_and_attend_block
 from ..loaders.config import ModelConfig
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
@@ -102,9 +102,10 @@ class Gemma3Model(Model):
                 be.norm_rope_qk(q3, k3, L.q_norm, L.k_norm, c.norm_eps, pos, cos, sin, c.rope_neox)
             else:
                 be.rope_qk(q3, k3, pos, cos, sin, c.rope_neox)
-            cache[il].update_and_attend(q3, k3, v3, pos, att3)
             if self.input_embd is not None:  # (an image's rows see each other, as llama.cpp's non-causal image batch)
-                attend_bidirectional(cache[il], q3, pos, att3)
+                update_and_attend_block(cache, il, q3, k3, v3, pos, att3)  # (plain or compressed: cache/picture_block.py)
+            else:
+                cache[il].update_and_attend(q3, k3, v3, pos, att3)
             self.trace("kqv_out", il, att)
             be.linear(L.wo, att, o)
             be.rms_norm_add(o, L.attn_post_norm, c.norm_eps, x)

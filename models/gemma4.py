@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..cache.base import KVCache, LayerSpec
-from ..cache.bidirectional import attend_bidirectional
+from ..cache.picture_block import update_and_attend_block
 from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
@@ -206,10 +206,12 @@ class Gemma4Model(Gemma3nModel):
             k3 = v3 = None  # (the cache reads the source layer's)
             be.rms_norm_heads(q3, L.q_norm, c.norm_eps)
             be.rope(q3, pos, cos, sin, c.rope_neox)
-        cache[il].update_and_attend(q3, k3, v3, pos, att3)
         if self.input_embd is not None:  # (a picture's rows see each other, as libmtmd's non-causal image batch)
-            # (a layer sharing K/V reads its source's slots, a layer of its own kind: the same window and heads)
-            attend_bidirectional(getattr(cache[il], "source", cache[il]), q3, pos, att3)
+            # (a layer sharing K/V reads its source's slots, a layer of its own kind: the same window and heads;
+            # plain or compressed: cache/picture_block.py)
+            update_and_attend_block(cache, il, q3, k3, v3, pos, att3)
+        else:
+            cache[il].update_and_attend(q3, k3, v3, pos, att3)
         att = att3.reshape(T, c.n_head * d)
         self.trace("kqv_out", il, att)
         return self.linear(L.wo, att)

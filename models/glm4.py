@@ -31,8 +31,9 @@ Both: the last ``nextn_predict_layers`` of ``block_count`` (GLM-4.5's multi-toke
 heads for speculative decoding, which llama.cpp loads and its forward skips; kvrun neither runs nor reads them
 (``ModelConfig.n_layer`` counts the trunk alone).
 
-Refused: multimodal rope (``rope.dimension_sections``: GLM-4.1V/4.5V's language models) and experts with gate and up
-fused (``ffn_gate_up_exps``).
+A glm4 file with multimodal rope (``rope.dimension_sections``: GLM-4.1V's language model) runs it as llama.cpp does,
+neox-paired, and takes GLM-4V's image rows (models/glm4v.py).  Refused: glm4moe with multimodal rope (GLM-4.5V's)
+and experts with gate and up fused (``ffn_gate_up_exps``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from ..loaders.errors import GGUFError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .common import WeightLoader
+from .glm4v import MropeText, has_sections, mrope_config
 from .llama import LlamaLayer, LlamaModel
 from .moe import check_expert_counts, cpu_only, expert_groups, gating_func, load_moe, weights_scale
 
@@ -71,13 +73,15 @@ class Glm4Layer(LlamaLayer):
     ffn_post_norm: Any = None  # [n_embd]: the FFN's
 
 
-class Glm4Model(LlamaModel):
+class Glm4Model(MropeText, LlamaModel):
     archs = ("glm4",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        _refuse_mrope(g)
+        mrope = has_sections(g)  # (GLM-4.1V's / 4.5V's text: llama.cpp's multimodal rope, images; models/glm4v.py)
         self._post_norms: Iterator[Any] = iter(())
-        super().__init__(g, cfg, backend, n_ctx, n_batch)
+        super().__init__(g, mrope_config(cfg) if mrope else cfg, backend, n_ctx, n_batch)
+        if mrope:
+            self.init_mrope(g)
 
     def load_layer(self, w: WeightLoader, i: int) -> Glm4Layer:
         c = self.cfg

@@ -41,7 +41,8 @@ from ..ops.backend import Backend
 from .bert import gelu, layer_norm
 from .common import TENSOR_NAMES, WeightLoader
 from .lfm2vl_image import unshuffle
-from .pillow_resize import BICUBIC, resample
+from . import pillow_resize
+from .pillow_resize import BICUBIC, resize_axes
 from .siglip import SiglipEncoder, _f16
 
 F32 = np.float32
@@ -93,25 +94,13 @@ def resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
     (models/pillow_resize.py), horizontal pass then vertical, each clipped to bytes; uint8 RGB [h, w, 3] ->
     [height, width, 3].  (Measured on the tiny projector: rows as llama.cpp's, float noise apart; clip.cpp's older
     ViT.cpp bicubic is 1 to 5 off.)"""
-    if img.shape[1] != width:
-        img = resample(img, width, 1, BICUBIC)
-    if img.shape[0] != height:
-        img = resample(img, height, 0, BICUBIC)
-    return img
+    return resize_axes(img, width, height, BICUBIC)
 
 
 def resize_padded(img: np.ndarray, width: int, height: int) -> np.ndarray:
     """clip.cpp's bicubic resize with PAD_CEIL (the tiles' picture): scaled by the smaller of width/w and height/h
     (sides rounded up, float32), centred on black [height, width, 3]."""
-    h, w = img.shape[:2]
-    if (w, h) == (width, height):
-        return img
-    scale = min(F32(width) / F32(w), F32(height) / F32(h))
-    nw, nh = min(int(math.ceil(F32(w) * scale)), width), min(int(math.ceil(F32(h) * scale)), height)
-    out = np.zeros((height, width, 3), np.uint8)
-    ox, oy = (width - nw) // 2, (height - nh) // 2
-    out[oy : oy + nh, ox : ox + nw] = resize(img, nw, nh)
-    return out
+    return pillow_resize.resize_padded(img, width, height, BICUBIC)
 
 
 @dataclass

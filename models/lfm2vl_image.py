@@ -39,7 +39,8 @@ from ..loaders.mmproj import MmprojConfig
 from ..ops.backend import Backend
 from .bert import gelu, layer_norm
 from .common import TENSOR_NAMES, WeightLoader
-from .pillow_resize import Filter, resample
+from . import pillow_resize
+from .pillow_resize import Filter, resize_axes
 from .siglip import SiglipEncoder, _f16
 
 F32 = np.float32
@@ -131,25 +132,13 @@ def resize_bilinear(img: np.ndarray, width: int, height: int) -> np.ndarray:
     clipped to bytes; uint8 RGB [h, w, 3] -> [height, width, 3], a picture already that size kept.  (Measured on
     the tiny projector: rows as llama.cpp's, float noise apart; the newer corner-aligned bilinear of clip.cpp's
     source, and the vertical-first order, are 0.2 to 1.7 off.)"""
-    if img.shape[1] != width:
-        img = resample(img, width, 1, BILINEAR)
-    if img.shape[0] != height:
-        img = resample(img, height, 0, BILINEAR)
-    return img
+    return resize_axes(img, width, height, BILINEAR)
 
 
 def resize_padded(img: np.ndarray, width: int, height: int) -> np.ndarray:
     """clip.cpp's ``img_tool::resize`` with PAD_CEIL: scaled by the smaller of width/w and height/h (sides rounded
     up, float32), bilinear, centred on black [height, width, 3]."""
-    h, w = img.shape[:2]
-    if (w, h) == (width, height):
-        return img
-    scale = min(F32(width) / F32(w), F32(height) / F32(h))
-    nw, nh = min(int(math.ceil(F32(w) * scale)), width), min(int(math.ceil(F32(h) * scale)), height)
-    out = np.zeros((height, width, 3), np.uint8)
-    ox, oy = (width - nw) // 2, (height - nh) // 2
-    out[oy : oy + nh, ox : ox + nw] = resize_bilinear(img, nw, nh)
-    return out
+    return pillow_resize.resize_padded(img, width, height, BILINEAR)
 
 
 @dataclass

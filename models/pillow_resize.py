@@ -73,3 +73,28 @@ def resample(a: np.ndarray, n_out: int, axis: int, filt: Filter) -> np.ndarray:
         idx = np.minimum(first + k, a.shape[0] - 1)  # (past the pixels read: weight 0)
         acc += src[idx] * w[:, k].reshape(-1, *extra)
     return np.moveaxis(np.clip(acc >> PRECISION_BITS, 0, 255).astype(np.uint8), 0, axis)
+
+
+def resize_axes(img: np.ndarray, width: int, height: int, filt: Filter) -> np.ndarray:
+    """uint8 RGB ``img`` [h, w, 3] -> [height, width, 3] as clip.cpp's resizes run in the oracle (Pillow's port):
+    the horizontal pass, then the vertical, each clipped to bytes and skipped where that side is kept."""
+    if img.shape[1] != width:
+        img = resample(img, width, 1, filt)
+    if img.shape[0] != height:
+        img = resample(img, height, 0, filt)
+    return img
+
+
+def resize_padded(img: np.ndarray, width: int, height: int, filt: Filter) -> np.ndarray:
+    """clip.cpp's ``img_tool::resize`` with PAD_CEIL: scaled by the smaller of width/w and height/h (sides rounded
+    up, float32) by :func:`resize_axes`, centred on black [height, width, 3]; a picture already that size kept."""
+    h, w = img.shape[:2]
+    if (w, h) == (width, height):
+        return img
+    f32 = np.float32
+    scale = min(f32(width) / f32(w), f32(height) / f32(h))
+    nw, nh = min(int(math.ceil(f32(w) * scale)), width), min(int(math.ceil(f32(h) * scale)), height)
+    out = np.zeros((height, width, 3), np.uint8)
+    ox, oy = (width - nw) // 2, (height - nh) // 2
+    out[oy : oy + nh, ox : ox + nw] = resize_axes(img, nw, nh, filt)
+    return out

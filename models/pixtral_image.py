@@ -38,7 +38,7 @@ from ..loaders.quants import dequantize
 from ..ops.backend import Backend
 from .bert import gelu
 from .common import TENSOR_NAMES, WeightLoader
-from .qwen2vl_image import resize
+from .qwen2vl_image import resize, smart_size
 from .siglip import F16, _f16, vit_layer
 
 F32 = np.float32
@@ -64,22 +64,7 @@ def target_size(width: int, height: int, cfg: MmprojConfig) -> tuple[int, int]:
     """(width, height) a picture is resized to: clip.cpp's ``calc_size_preserved_ratio`` (Hugging Face's
     ``smart_resize``): sides rounded to whole blocks, then scaled down (floored) past ``max_pixels`` or up (ceiled)
     short of ``min_pixels``; float32 arithmetic as clip.cpp's."""
-    f = block(cfg)
-
-    def by(x: Any, how: Any) -> int:
-        return int(how(F32(x) / F32(f))) * f
-
-    def half_up(v: Any) -> Any:  # std::round: halves away from zero (numpy's round goes to even: 2.5 -> 2)
-        return np.floor(v + F32(0.5))
-
-    h_bar, w_bar = max(f, by(height, half_up)), max(f, by(width, half_up))
-    if h_bar * w_bar > cfg.max_pixels:
-        beta = np.sqrt(F32(height * width) / F32(cfg.max_pixels))
-        h_bar, w_bar = max(f, by(F32(height) / beta, np.floor)), max(f, by(F32(width) / beta, np.floor))
-    elif h_bar * w_bar < cfg.min_pixels:
-        beta = np.sqrt(F32(cfg.min_pixels) / F32(height * width))
-        h_bar, w_bar = by(F32(height) * beta, np.ceil), by(F32(width) * beta, np.ceil)
-    return w_bar, h_bar
+    return smart_size(width, height, block(cfg), cfg)
 
 
 def grid(width: int, height: int, cfg: MmprojConfig) -> tuple[int, int]:

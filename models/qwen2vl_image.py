@@ -43,7 +43,7 @@ from ..loaders.quants import dequantize
 from ..ops.backend import Backend
 from .bert import gelu, layer_norm
 from .common import WeightLoader
-from .pillow_resize import BICUBIC, resample
+from .pillow_resize import BICUBIC, resize_padded
 from .siglip import F16, _f16, vit_layer
 
 ROPE_BASE = 10000.0  # clip.cpp's vision rope base for Qwen2-VL
@@ -59,7 +59,11 @@ def target_size(width: int, height: int, cfg: MmprojConfig) -> tuple[int, int]:
     """(width, height) a picture is resized to: clip.cpp's ``calc_size_preserved_ratio`` with min and max pixels
     (Hugging Face's ``smart_resize``): sides rounded to whole blocks, then scaled down (floored) past ``max_pixels``
     or up (ceiled) short of ``min_pixels``; float32 arithmetic as clip.cpp's."""
-    f = cfg.patch_size * MERGE
+    return smart_size(width, height, cfg.patch_size * MERGE, cfg)
+
+
+def smart_size(width: int, height: int, f: int, cfg: MmprojConfig) -> tuple[int, int]:
+    """:func:`target_size` for blocks of ``f`` pixels a side (Pixtral's too, models/pixtral_image.py)."""
     f32 = np.float32
 
     def by(x: Any, how: Any) -> int:
@@ -91,18 +95,7 @@ def resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
     each clipped to bytes, centred on a black [height, width, 3]; a picture already that size is kept.  (Measured
     on the tiny projector: rows as llama.cpp's, float noise apart; Pillow's own one-call resize turns a tall picture
     vertically first, which is not clip.cpp's order.)"""
-    h, w = img.shape[:2]
-    if (w, h) == (width, height):
-        return img
-    f32 = np.float32
-    scale = min(f32(width) / f32(w), f32(height) / f32(h))
-    nw, nh = min(int(math.ceil(f32(w) * scale)), width), min(int(math.ceil(f32(h) * scale)), height)
-    out = img if nw == w else resample(img, nw, 1, BICUBIC)
-    out = out if nh == h else resample(out, nh, 0, BICUBIC)
-    canvas = np.zeros((height, width, 3), np.uint8)
-    x0, y0 = (width - nw) // 2, (height - nh) // 2
-    canvas[y0 : y0 + nh, x0 : x0 + nw] = out
-    return canvas
+    return resize_padded(img, width, height, BICUBIC)
 
 
 def preprocess(img: np.ndarray, cfg: MmprojConfig) -> np.ndarray:

@@ -364,7 +364,9 @@ class Engine:
                     self.model.input_embd = None
                 cache.offset += len(chunk)
 
+        cache.picture = {}  # (a picture's own K/V per layer while its pieces are fed, for a compressed cache: cache/picture_block.py)
         self.batcher.call(run)
+        cache.picture = None
 
     def _checked_tokens(self, tokens: list[int] | np.ndarray, offset: int) -> np.ndarray:
         """``tokens`` as int32, or a one-line KvrunError: not integers, empty, past the context after

@@ -14,7 +14,9 @@ and thumbnail, between ``<|image_start|>`` and ``<|image_end|>``, fed as one arr
 InternVL's (internvl) its tiles' and thumbnail's rows between ``<img>`` and ``</img>`` (runtime/vision_internvl.py);
 Pixtral's (pixtral) its rows with [IMG_BREAK] rows between rows of blocks, then ``[IMG_END]`` (runtime/vision_pixtral.py);
 Gemma 4's (gemma4v) its rows between ``<|image>`` and ``<image|>``, seeing each other both ways (runtime/vision_gemma4.py);
-MiniCPM-V's (resampler) its overview and slices with ``<image>`` / ``<slice>`` markers, one array of rows (runtime/vision_minicpmv.py).
+MiniCPM-V's (resampler) its overview and slices with ``<image>`` / ``<slice>`` markers, one array of rows (runtime/vision_minicpmv.py);
+Llama 4's (llama4) its tiles' and overview's rows between ``<|image_start|>`` and ``<|image_end|>`` (runtime/vision_llama4.py);
+Kimi-VL's (kimivl) its rows between ``<|media_start|>`` and ``<|media_end|>``, read by deepseek2 (runtime/vision_kimivl.py).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class Vision:
     def __init__(self, engine: Engine, mmproj: str | os.PathLike) -> None:
         if not getattr(engine.model, "takes_images", False):
             raise KvrunError(f"{engine.cfg.arch} models take no images; kvrun runs images with Gemma 3 and 4, SmolVLM, Qwen2-VL, "
-                             "Qwen3-VL, LFM2-VL, InternVL, Pixtral / Mistral Small 3.1 and MiniCPM-V and their mmproj files")  # fmt: skip
+                             "Qwen3-VL, GLM-4.1V, LFM2-VL, InternVL, Pixtral / Mistral Small 3.1, MiniCPM-V, Llama 4 and Kimi-VL and their mmproj files")  # fmt: skip
         self.engine = engine
         from .vision_qwen2vl import load_encoder  # (Qwen2-VL's encoder, or SiglipEncoder)
 
@@ -84,6 +86,16 @@ class Vision:
 
             self.begin, self.end, self.idefics3 = "", "", MiniCPMVLayout(engine, self.encoder)
             return
+        if self.encoder.cfg.projector_type == "kimivl":  # Kimi-VL: a picture's rows between <|media_start|> and <|media_end|>
+            from .vision_kimivl import IMAGE_END as KV_END, IMAGE_START as KV_START, KimiVLLayout
+
+            self.begin, self.end, self.idefics3 = KV_START, KV_END, KimiVLLayout(engine, self.encoder)
+            return
+        if self.encoder.cfg.projector_type == "llama4":  # Llama 4: tiles and overview between markers (vision_llama4.py)
+            from .vision_llama4 import IMAGE_END as L4_END, IMAGE_START as L4_START, Llama4Layout
+
+            self.begin, self.end, self.idefics3 = L4_START, L4_END, Llama4Layout(engine, self.encoder)
+            return
         if self.encoder.cfg.projector_type == "pixtral":  # Pixtral: rows and [IMG_BREAK] rows, then [IMG_END] (vision_pixtral.py)
             from .vision_pixtral import IMAGE_END as PX_END, IMAGE_START as PX_START, PixtralLayout
 
@@ -93,6 +105,11 @@ class Vision:
             from .vision_qwen3vl import VISION_END as Q3_END, VISION_START as Q3_START, Qwen3VLLayout
 
             self.begin, self.end, self.qwen2vl = Q3_START, Q3_END, Qwen3VLLayout(engine, self.encoder)
+            return
+        if self.encoder.cfg.projector_type == "glm4v":  # GLM-4V: Qwen2-VL's layout between GLM's markers (vision_glm4v.py)
+            from .vision_glm4v import IMAGE_END as GLM_END, IMAGE_START as GLM_START, Glm4VLayout
+
+            self.begin, self.end, self.qwen2vl = GLM_START, GLM_END, Glm4VLayout(engine, self.encoder)
             return
         if self.encoder.cfg.projector_type in QWEN2VL_PROJECTORS:  # Qwen2-VL: any size, M-RoPE rows (vision_qwen2vl.py)
             from .vision_qwen2vl import VISION_END, VISION_START, Qwen2VLLayout

@@ -66,10 +66,17 @@ class Idefics3Layout:
         out += [[self.nn, self.fake, self.glob], t.overview, [self.fake]]
         return out
 
+    def n_rows(self, part: np.ndarray) -> int:
+        """The rows an image part of a block (uint8 RGB) is encoded into."""
+        return self.encoder.cfg.n_tokens
+
+    def normalise(self, part: np.ndarray) -> np.ndarray:
+        """An image part of a block as the encoder's pixels."""
+        return idefics3_image.normalise(part, self.encoder.cfg)
+
     def ids(self, image: np.ndarray) -> list[int]:
         """The block's token ids, -1 for each image row (as the fixture records mtmd_tokenize's chunks)."""
-        n = self.encoder.cfg.n_tokens
-        return [i for p in self.pieces(image) for i in (p if isinstance(p, list) else [-1] * n)]
+        return [i for p in self.pieces(image) for i in (p if isinstance(p, list) else [-1] * self.n_rows(p))]
 
     def n_positions(self, width: int, height: int) -> int:
         """Positions a width x height picture's block takes: tiles and global view, and their tokens."""
@@ -80,8 +87,8 @@ class Idefics3Layout:
         return n + max(rows - 1, 0) + 3 + n_tile + 1  # the row ends; "\n\n", <fake>, <global-img>, the view, <fake>
 
     def rows(self, image: np.ndarray) -> np.ndarray:
-        """The picture's block as embedding rows [n_positions, n_embd]: each tile and the global view encoded, each
-        separator token its row of the text model's ``token_embd``."""
+        """The picture's block as embedding rows [n_positions, n_embd]: each image part (tiles and the global view)
+        encoded, each separator token its row of the text model's ``token_embd``."""
         eng, enc = self.engine, self.encoder
         out = []
         for p in self.pieces(image):
@@ -90,5 +97,5 @@ class Idefics3Layout:
                 eng.backend.get_rows(eng.model.tok_embd, np.asarray(p, np.int32), buf)
                 out.append(buf)
             else:
-                out.append(enc.encode(idefics3_image.normalise(p, enc.cfg)))
+                out.append(enc.encode(self.normalise(p)))
         return np.ascontiguousarray(np.concatenate(out), np.float32)

@@ -17,22 +17,22 @@ between the markers, tile tokens and tiles alike, as one array of rows, the toke
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from ..loaders.errors import KvrunError
 from ..models import lfm2vl_image
 from ..models.lfm2vl_image import Lfm2VLEncoder
+from .vision_idefics3 import Idefics3Layout, Pieces
 
 IMAGE_START, IMAGE_END, THUMBNAIL = "<|image_start|>", "<|image_end|>", "<|img_thumbnail|>"
 TILE_START = "<|img_row_{}_col_{}|>"
-#: a picture's block: text token ids, and images (uint8 RGB [h, w, 3]) that become rows, in order
-Pieces = list[Union[list[int], np.ndarray]]
 
 
-class Lfm2Layout:
-    """The image tokens of ``engine``'s vocabulary and the picture layout of an LFM2-VL projector."""
+class Lfm2Layout(Idefics3Layout):
+    """The image tokens of ``engine``'s vocabulary and the picture layout of an LFM2-VL projector (Idefics3Layout's
+    ids and rows, over its own pieces)."""
 
     def __init__(self, engine: Any, encoder: Lfm2VLEncoder) -> None:
         if engine.cfg.arch not in ("lfm2", "lfm2moe"):
@@ -57,10 +57,11 @@ class Lfm2Layout:
                 out.append(c.tiles[r * c.n_cols + col])
         return out + [[self.thumb], c.image]
 
-    def ids(self, image: np.ndarray) -> list[int]:
-        """The block's token ids, -1 for each image row (as the fixture records mtmd_tokenize's chunks)."""
-        cfg = self.encoder.cfg
-        return [i for p in self.pieces(image) for i in (p if isinstance(p, list) else [-1] * lfm2vl_image.n_rows_of(p.shape[1], p.shape[0], cfg))]
+    def n_rows(self, part: np.ndarray) -> int:
+        return lfm2vl_image.n_rows_of(part.shape[1], part.shape[0], self.encoder.cfg)
+
+    def normalise(self, part: np.ndarray) -> np.ndarray:
+        return lfm2vl_image.normalise(part, self.encoder.cfg)
 
     def n_positions(self, w: int, h: int) -> int:
         """Positions a w x h picture's block takes (without its markers), from its size alone."""
@@ -72,17 +73,3 @@ class Lfm2Layout:
             n += 1 + sum(len(tok.encode(TILE_START.format(r + 1, c + 1), add_bos=False, parse_special=True)) + per_tile
                          for r in range(rows) for c in range(cols))  # fmt: skip
         return n
-
-    def rows(self, image: np.ndarray) -> np.ndarray:
-        """The picture's block as embedding rows [n_positions, n_embd]: each image encoded, each token its row of the
-        text model's ``token_embd``."""
-        eng, enc = self.engine, self.encoder
-        out = []
-        for p in self.pieces(image):
-            if isinstance(p, list):
-                buf = np.empty((len(p), eng.cfg.n_embd), np.float32)
-                eng.backend.get_rows(eng.model.tok_embd, np.asarray(p, np.int32), buf)
-                out.append(buf)
-            else:
-                out.append(enc.encode(lfm2vl_image.normalise(p, enc.cfg)))
-        return np.ascontiguousarray(np.concatenate(out), np.float32)

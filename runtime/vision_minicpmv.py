@@ -69,21 +69,8 @@ class MiniCPMVLayout(Idefics3Layout):
         parts = [None] * (1 + pl.n_cols * pl.n_rows)
         return sum(self.encoder.cfg.n_query if p is None else len(p) for p in self._block(pl.n_cols, pl.n_rows, parts))
 
-    def ids(self, image: np.ndarray) -> list[int]:
-        """The block's token ids, -1 for each image row (as the fixture records mtmd_tokenize's chunks)."""
-        n = self.encoder.cfg.n_query
-        return [i for p in self.pieces(image) for i in (p if isinstance(p, list) else [-1] * n)]
+    def n_rows(self, part: np.ndarray) -> int:
+        return self.encoder.cfg.n_query
 
-    def rows(self, image: np.ndarray) -> np.ndarray:
-        """The picture's block as embedding rows [n_positions, n_embd]: each part encoded, each marker its row of the
-        text model's ``token_embd``."""
-        eng, enc = self.engine, self.encoder
-        out = []
-        for p in self.pieces(image):
-            if isinstance(p, list):
-                buf = np.empty((len(p), eng.cfg.n_embd), np.float32)
-                eng.backend.get_rows(eng.model.tok_embd, np.asarray(p, np.int32), buf)
-                out.append(buf)
-            else:
-                out.append(enc.encode(minicpmv_image.normalise(p, enc.cfg)))
-        return np.ascontiguousarray(np.concatenate(out), np.float32)
+    def normalise(self, part: np.ndarray) -> np.ndarray:
+        return minicpmv_image.normalise(part, self.encoder.cfg)

@@ -44,6 +44,10 @@ def load_encoder(mmproj: str | os.PathLike, backend: Any) -> Any:
         return Qwen3VLEncoder(g, cfg, backend)
     if cfg.projector_type in QWEN2VL_PROJECTORS:
         return qwen2vl_image.Qwen2VLEncoder(g, cfg, backend)
+    if cfg.projector_type == "glm4v":  # (GLM-4V: RMSNorm ViT, learned positions, 2x2 conv, SwiGLU merger; models/glm4v_image.py)
+        from ..models.glm4v_image import Glm4VEncoder
+
+        return Glm4VEncoder(g, cfg, backend)
     if cfg.projector_type == "lfm2":  # (LFM2-VL: SigLIP2 at the picture's size, models/lfm2vl_image.py)
         from ..models.lfm2vl_image import Lfm2VLEncoder
 
@@ -64,6 +68,14 @@ def load_encoder(mmproj: str | os.PathLike, backend: Any) -> Any:
         from ..models.minicpmv_image import MiniCPMVEncoder
 
         return MiniCPMVEncoder(g, cfg, backend)
+    if cfg.projector_type == "kimivl":  # (Kimi-VL: MoonViT at the picture's size, 2x2 merge; models/kimivl_image.py)
+        from ..models.kimivl_image import KimiVLEncoder
+
+        return KimiVLEncoder(g, cfg, backend)
+    if cfg.projector_type == "llama4":  # (Llama 4: a 2-D rope ViT on 336-pixel tiles, pixel shuffle; models/llama4_image.py)
+        from ..models.llama4_image import Llama4VisionEncoder
+
+        return Llama4VisionEncoder(g, cfg, backend)
     return SiglipEncoder(g, cfg, backend)
 
 

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.client
 import json
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +24,10 @@ from kvrun.loaders.mmproj import open_mmproj
 from kvrun.models.whisper_audio import WhisperAudioEncoder, load_audio_config, load_wav, log_mel, mel_filters
 from kvrun.ops import get_backend
 from kvrun.runtime.audio import Audio
-from kvrun.runtime.server import make_server
 from kvrun.runtime.vision import MARKER, Vision
 from tiny_audio import A_EMBD, N_MEL, STACK, sample_audio, wav_bytes, write_tiny_ultravox_mmproj, write_tiny_ultravox_text
 from tiny_vision import write_tiny_mmproj
+from vision_checks import call, serving
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from make_audio_fixtures import PROMPTS as ALL_PROMPTS, clips  # noqa: E402
@@ -254,20 +252,8 @@ def test_cli_chat_attaches_a_clip_to_the_next_message(model, pair):
 
 @pytest.fixture(scope="module")
 def server(model):
-    httpd = make_server(model, "127.0.0.1", 0, "tiny-ultravox")
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield httpd.server_address[1]
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def call(port: int, path: str, body: object = None, method: str = "POST") -> tuple[int, dict]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    conn.request(method, path, body=json.dumps(body).encode() if body is not None else None, headers={"Content-Type": "application/json"})
-    r = conn.getresponse()
-    text = r.read().decode()
-    conn.close()
-    return r.status, json.loads(text.strip().split("\n")[-1])
+    with serving(model, "tiny-ultravox") as port:
+        yield port
 
 
 def test_openai_input_audio_parts_give_the_python_apis_text(server, model, pair):

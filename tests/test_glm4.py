@@ -16,7 +16,7 @@ from kvrun.loaders.config import load_config
 from kvrun.loaders.errors import GGUFError, UnsupportedModelError
 from kvrun.loaders.gguf_file import GGUFFile
 from kvrun.models.common import WeightLoader, make_rope
-from kvrun.models.glm4 import Glm4Model, Glm4MoeModel
+from kvrun.models.glm4 import Glm4MoeModel
 from kvrun.models.llama import LlamaModel
 from kvrun.ops import get_backend
 
@@ -106,7 +106,8 @@ def test_a_missing_tensor_is_named_in_one_line(tmp_path, arch, missing):
 
 def test_glm4moe_runs_on_the_cpu_only_and_multimodal_rope_is_refused(tmp_path):
     """The routing is host work: another backend is refused at load, in one line; so is a file with multimodal rope
-    sections (GLM-4.1V's language model), which kvrun does not turn yet."""
+    sections on glm4moe (GLM-4.5V's language model), which kvrun does not turn yet (GLM-4.1V's glm4 runs it:
+    tests/test_vision_glm4v.py)."""
     g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", **FIXTURE_MODELS["glm4moe"]))
 
     class Device:
@@ -114,11 +115,10 @@ def test_glm4moe_runs_on_the_cpu_only_and_multimodal_rope_is_refused(tmp_path):
 
     with pytest.raises(UnsupportedModelError, match="CPU only"):
         Glm4MoeModel(g, load_config(g), Device(), N_CTX, N_BATCH)
-    g = GGUFFile(write_tiny_model(tmp_path / "d.gguf", **FIXTURE_MODELS["glm4"]))
     real = g.arch_get
     g.arch_get = lambda key, default=None: [8, 12, 12, 0] if key == "rope.dimension_sections" else real(key, default)
     with pytest.raises(UnsupportedModelError, match="multimodal rope"):
-        Glm4Model(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
+        Glm4MoeModel(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
 
 
 def test_glm4_on_the_gpu_gives_the_cpus_logits(tmp_path, monkeypatch):

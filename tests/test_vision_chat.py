@@ -6,9 +6,6 @@ test_vision.py); a conversation keeps its cache across turns; bad pictures are o
 from __future__ import annotations
 
 import base64
-import http.client
-import json
-import threading
 from pathlib import Path
 
 import pytest
@@ -18,10 +15,10 @@ from PIL import Image
 import kvrun
 from kvrun.cli import main
 from kvrun.loaders.errors import KvrunError
-from kvrun.runtime.server import make_server
 from kvrun.runtime.vision import MARKER
 from kvrun.runtime.vision_chat import take_images
 from tiny_vision import sample_image, write_tiny_gemma3_vl, write_tiny_mmproj
+from vision_checks import call, serving
 
 # the tiny random model writes newlines greedily whatever it is shown; a strong repeat penalty makes it write a
 # different byte each step, so the texts compared below depend on every logit's ranking (the picture's included)
@@ -163,20 +160,8 @@ def test_cli_chat_attaches_an_image_to_the_next_message(model, files):
 
 @pytest.fixture(scope="module")
 def server(model):
-    httpd = make_server(model, "127.0.0.1", 0, "tiny-vl")
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield httpd.server_address[1]
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def call(port: int, path: str, body: object = None, method: str = "POST") -> tuple[int, dict]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    conn.request(method, path, body=json.dumps(body).encode() if body is not None else None, headers={"Content-Type": "application/json"})
-    r = conn.getresponse()
-    text = r.read().decode()
-    conn.close()
-    return r.status, json.loads(text.strip().split("\n")[-1])
+    with serving(model, "tiny-vl") as port:
+        yield port
 
 
 def test_openai_image_url_parts_give_the_python_apis_text_and_a_resend_reuses_the_cache(server, model, files):
@@ -222,13 +207,8 @@ def test_bad_images_are_a_4xx_in_one_line(server, path, body, says):
 
 
 def test_a_server_without_a_projector_refuses_images_in_one_line(tiny_llama_path, files):
-    httpd = make_server(kvrun.load(tiny_llama_path, n_ctx=64), "127.0.0.1", 0, "tiny")
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
+    with serving(kvrun.load(tiny_llama_path, n_ctx=64)) as port:
         picture = {"type": "image_url", "image_url": {"url": data_url(files["png"])}}
-        status, r = call(httpd.server_address[1], "/v1/chat/completions", {"messages": user(picture)})
+        status, r = call(port, "/v1/chat/completions", {"messages": user(picture)})
         assert status == 400 and "images are not supported without the model's projector" in r["error"]["message"]
-        assert call(httpd.server_address[1], "/props", method="GET")[1]["modalities"]["vision"] is False
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+        assert call(port, "/props", method="GET")[1]["modalities"]["vision"] is False

@@ -6,7 +6,6 @@ tiny_vision_gemma4.py (fixture: tools/make_vision_gemma4_fixtures.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -20,12 +19,17 @@ from kvrun.models import gemma4v_image
 from kvrun.models.gemma4v_image import Gemma4VEncoder
 from kvrun.ops import get_backend
 from tiny_vision_gemma4 import CLAMPS, PATCH, V_EMBD, write_tiny_gemma4_vl, write_tiny_gemma4v_mmproj
+from vision_checks import (
+    SAMPLE, call, check_chat_keeps_picture, check_cli_run, check_files, check_logits, fixture, load_vision,
+    pictures, png_url, serving,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from make_vision_gemma4_fixtures import IMAGES, PROMPTS, STRIDE, images  # noqa: E402
+from make_vision_gemma4_fixtures import IMAGES, PROMPTS, STRIDE  # noqa: E402
 
-FIX = np.load(Path(__file__).parent / "fixtures" / "vision_gemma4.npz")
-PICTURES = images()
+FIX = fixture("gemma4")
+PICTURES = pictures(IMAGES)
+TEMPLATE = "{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}<start_of_turn>model\n"
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +38,12 @@ def pair(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("vision_gemma4")
     files = {"text": write_tiny_gemma4_vl(d / "text.gguf"), "f32": write_tiny_gemma4v_mmproj(d / "mmproj-f32.gguf", Q.F32),
              "f16": write_tiny_gemma4v_mmproj(d / "mmproj-f16.gguf", Q.F16)}  # fmt: skip
-    for k, p in files.items():
-        assert hashlib.sha256(p.read_bytes()).hexdigest() == str(FIX[f"sha256_{k}"]), f"{k}: not the fixture's file"
-    return files
+    return check_files(files, FIX)
 
 
 @pytest.fixture(scope="module")
 def vision(pair):
-    from kvrun.runtime.engine import Engine
-    from kvrun.runtime.vision import Vision
-
-    return Vision(Engine(pair["text"], n_ctx=2048, n_batch=64, threads=1), pair["f32"])
+    return load_vision(pair["text"], pair["f32"], 2048)
 
 
 # ---------------------------------------------------------------- the projector file and the picture's size
@@ -114,21 +113,14 @@ def test_a_picture_past_the_learned_positions_is_refused_in_one_line(pair):
 def test_logits_after_pictures_and_text_match_llama_cpp(vision, k):
     """<|image>, the rows (64 a forward, seeing each other both ways), <image|>, then the text: mtmd_tokenize's ids,
     logits within 2e-2 of mtmd_helper_eval_chunks' (logits ~17)."""
-    imgs = [PICTURES[n] for n in list(IMAGES)[: PROMPTS[k].count("<__media__>")]]
-    segs = vision.segments(PROMPTS[k], imgs)
-    ids = [t for s in segs for t in (s if isinstance(s, list) else [-1] * len(s))]
-    assert ids == FIX[f"pids_{k}"].tolist()
-    cache = vision.engine.new_cache()
-    logits = vision.engine.eval(cache, vision.prefill(cache, segs))[-1]
-    np.testing.assert_allclose(logits, FIX[f"logits_{k}"], atol=2e-2)
-    assert logits.argmax() == FIX[f"logits_{k}"].argmax()
+    check_logits(vision, FIX, PICTURES, PROMPTS[k], str(k), 2e-2)
 
 
 def test_a_pictures_rows_see_each_other_both_ways(vision, monkeypatch):
     """(libmtmd decodes gemma4v's rows non-causally.)  Read causally, the logits are far from llama.cpp's."""
-    import kvrun.models.gemma4 as gemma4
+    import kvrun.cache.picture_block as picture_block  # (models/gemma4.py feeds a picture's rows through it)
 
-    monkeypatch.setattr(gemma4, "attend_bidirectional", lambda *a: None)
+    monkeypatch.setattr(picture_block, "attend_bidirectional", lambda *a: None)
     segs = vision.segments(PROMPTS[0], [PICTURES["small"]])
     cache = vision.engine.new_cache()
     logits = vision.engine.eval(cache, vision.prefill(cache, segs))[-1]
@@ -158,72 +150,28 @@ def test_text_models_without_gemma4s_image_tokens_are_refused(pair, tmp_path, ti
 
 
 def test_cli_run_takes_a_gemma4_picture(pair, tmp_path):
-    from click.testing import CliRunner
-    from PIL import Image
-
-    from kvrun.cli import main
-
-    png = tmp_path / "wide.png"
-    Image.fromarray(PICTURES["wide"]).save(png)
-    r = CliRunner().invoke(main, ["run", str(pair["text"]), "--mmproj", str(pair["f32"]), "--image", str(png),
-                                  "-p", "describe", "-n", "4", "--temp", "0"])  # fmt: skip
-    assert r.exit_code == 0, r.output
-    assert f"prompt {len(FIX['ids_f32_wide']) + len('describe')} tok" in r.output  # <|image>, 75 rows, <image|>, 8 bytes
+    rows = len(FIX["ids_f32_wide"])  # <|image>, 75 rows, <image|>, 8 bytes
+    check_cli_run(pair["text"], pair["f32"], PICTURES["wide"], tmp_path, rows)
 
 
 def test_a_chat_keeps_a_pictures_rows_in_its_cache(pair, tmp_path, monkeypatch):
     """A picture takes as many positions as its size asks (vision_chat reads image_positions): the next turn feeds
     only its new text, the picture is not encoded again, the reply is a fresh chat's."""
-    import kvrun
-
-    template = "{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}<start_of_turn>model\n"
-    text = write_tiny_gemma4_vl(tmp_path / "chat.gguf", chat_template=template)
-    m = kvrun.load(str(text), n_ctx=1024, n_batch=64, threads=1, mmproj=str(pair["f32"]))
-    encoded = []
-    real = m.vision.image_rows
-    monkeypatch.setattr(m.vision, "image_rows", lambda img: encoded.append(1) or real(img))
-    sample = {"max_tokens": 6, "temperature": 0, "repeat_penalty": 3.0}
-    s = m.session()
-    s.send("describe", images=[PICTURES["wide"]], **sample)
-    second = s.send("and more", **sample)
-    assert len(encoded) == 1 and s.last_stats.n_prompt < s.n_prompt_tokens - len(FIX["ids_f32_wide"])
-    convo = [{"role": "user", "content": "describe", "images": [PICTURES["wide"]]}, s.messages[1], {"role": "user", "content": "and more"}]
-    assert m.chat(convo, **sample) == second and len(encoded) == 2
+    text = write_tiny_gemma4_vl(tmp_path / "chat.gguf", chat_template=TEMPLATE)
+    s = check_chat_keeps_picture(text, pair["f32"], PICTURES["wide"], monkeypatch)
+    assert s.last_stats.n_prompt < s.n_prompt_tokens - len(FIX["ids_f32_wide"])
 
 
 def test_the_server_takes_an_openai_image_url_part(pair, tmp_path):
     """A data-URL picture to /v1/chat/completions: the Python API's reply, every position counted."""
-    import base64
-    import http.client
-    import io
-    import json
-    import threading
-
-    from PIL import Image
-
     import kvrun
-    from kvrun.runtime.server import make_server
 
-    template = "{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}<start_of_turn>model\n"
-    m = kvrun.load(str(write_tiny_gemma4_vl(tmp_path / "srv.gguf", chat_template=template)), n_ctx=1024, n_batch=64, threads=1,
+    m = kvrun.load(str(write_tiny_gemma4_vl(tmp_path / "srv.gguf", chat_template=TEMPLATE)), n_ctx=1024, n_batch=64, threads=1,
                    mmproj=str(pair["f32"]))  # fmt: skip
-    buf = io.BytesIO()
-    Image.fromarray(PICTURES["exact"]).save(buf, format="PNG")
-    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-    msgs = [{"role": "user", "content": [{"type": "text", "text": "describe"}, {"type": "image_url", "image_url": {"url": url}}]}]
-    sample = {"max_tokens": 6, "temperature": 0, "repeat_penalty": 3.0}
-    want = m.chat(msgs, **sample)
-    httpd = make_server(m, "127.0.0.1", 0, "tiny-gemma4-vl")
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", httpd.server_address[1], timeout=120)
-        conn.request("POST", "/v1/chat/completions", body=json.dumps({"messages": msgs, **sample}).encode(),
-                     headers={"Content-Type": "application/json"})  # fmt: skip
-        r = conn.getresponse()
-        body = json.loads(r.read().decode())
-        conn.close()
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-    assert r.status == 200 and body["choices"][0]["message"]["content"] == want
+    picture = {"type": "image_url", "image_url": {"url": png_url(PICTURES["exact"])}}
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "describe"}, picture]}]
+    want = m.chat(msgs, **SAMPLE)
+    with serving(m, "tiny-gemma4-vl") as port:
+        status, body = call(port, "/v1/chat/completions", {"messages": msgs, **SAMPLE})
+    assert status == 200 and body["choices"][0]["message"]["content"] == want
     assert body["usage"]["prompt_tokens"] > len(FIX["ids_f32_exact"])  # (the picture's 80 rows and its markers counted)

@@ -5,7 +5,6 @@ llama.cpp's libmtmd on the tiny pair of tiny_vision_idefics3.py (fixture: tools/
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -19,12 +18,15 @@ from kvrun.models import idefics3_image
 from kvrun.models.siglip import SiglipEncoder, pixel_shuffle
 from kvrun.ops import get_backend
 from tiny_vision_idefics3 import IMAGE_SIZE, LONGEST_EDGE, PATCH, SCALE, V_EMBD, write_tiny_idefics3_mmproj, write_tiny_smolvlm
+from vision_checks import (
+    block_ids, check_chat_keeps_picture, check_cli_run, check_files, check_logits, fixture, load_vision, pictures,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from make_vision_idefics3_fixtures import IMAGES, PROMPTS, images  # noqa: E402
+from make_vision_idefics3_fixtures import IMAGES, PROMPTS  # noqa: E402
 
-FIX = np.load(Path(__file__).parent / "fixtures" / "vision_idefics3.npz")
-PICTURES = images()
+FIX = fixture("idefics3")
+PICTURES = pictures(IMAGES)
 TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}: {{ m['content'] }}<end_of_utterance>\n{% endfor %}Assistant:"
 
 
@@ -34,17 +36,12 @@ def pair(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("vision_idefics3")
     files = {"text": write_tiny_smolvlm(d / "text.gguf"), "f32": write_tiny_idefics3_mmproj(d / "mmproj-f32.gguf", Q.F32),
              "f16": write_tiny_idefics3_mmproj(d / "mmproj-f16.gguf", Q.F16)}  # fmt: skip
-    for k, p in files.items():
-        assert hashlib.sha256(p.read_bytes()).hexdigest() == str(FIX[f"sha256_{k}"]), f"{k}: not the fixture's file"
-    return files
+    return check_files(files, FIX)
 
 
 @pytest.fixture(scope="module")
 def vision(pair):
-    from kvrun.runtime.engine import Engine
-    from kvrun.runtime.vision import Vision
-
-    return Vision(Engine(pair["text"], n_ctx=512, n_batch=64, threads=1), pair["f32"])
+    return load_vision(pair["text"], pair["f32"], 512)
 
 
 # ---------------------------------------------------------------- the projector file
@@ -64,8 +61,8 @@ def test_projectors_kvrun_does_not_run_are_still_refused_in_one_line(tmp_path):
     from kvrun.loaders.gguf_file import GGUFFile
     from kvrun.loaders.mmproj import load_mmproj_config
 
-    with pytest.raises(KvrunError, match="projector type 'kimivl' is not supported; kvrun reads gemma3, idefics3") as e:
-        load_mmproj_config(GGUFFile(_clip_file(tmp_path / "l.gguf", "kimivl")))
+    with pytest.raises(KvrunError, match="projector type 'cogvlm' is not supported; kvrun reads gemma3, idefics3") as e:
+        load_mmproj_config(GGUFFile(_clip_file(tmp_path / "l.gguf", "cogvlm")))  # (kimivl's, once the example, is read now)
     assert "\n" not in str(e.value)
 
 
@@ -123,28 +120,11 @@ def test_a_pictures_block_is_mtmds_tiles_between_row_col_tokens_then_the_global_
     assert vision.image_positions(img) == len(FIX[f"ids_f32_{name}"]) == len(vision.image_rows(img))
 
 
-def _ids(vision, segs, imgs) -> list[int]:
-    out, k = [], 0
-    for s in segs:
-        if isinstance(s, list):
-            out += s
-        else:
-            out += vision.idefics3.ids(imgs[k])
-            k += 1
-    return out
-
-
 @pytest.mark.parametrize("k", range(len(PROMPTS)))
 def test_logits_after_pictures_and_text_match_llama_cpp(vision, k):
     """Each block fed as rows (its tokens as their embedding rows: the same numbers as feeding them), causally as
     llama.cpp feeds SmolLM2 an image, then the text: logits within 1.5e-2 of mtmd_helper_eval_chunks' (logits ~15)."""
-    imgs = [PICTURES[n] for n in list(IMAGES)[: PROMPTS[k].count("<__media__>")]]
-    segs = vision.segments(PROMPTS[k], imgs)
-    assert _ids(vision, segs, imgs) == FIX[f"pids_{k}"].tolist()
-    cache = vision.engine.new_cache()
-    logits = vision.engine.eval(cache, vision.prefill(cache, segs))[-1]
-    np.testing.assert_allclose(logits, FIX[f"logits_{k}"], atol=1.5e-2)
-    assert logits.argmax() == FIX[f"logits_{k}"].argmax()
+    check_logits(vision, FIX, PICTURES, PROMPTS[k], str(k), 1.5e-2, ids=block_ids(vision))
 
 
 def test_without_a_longest_edge_a_picture_is_the_global_view_alone(pair, tmp_path):
@@ -171,34 +151,13 @@ def test_a_text_model_without_smolvlms_image_tokens_is_refused(pair, tiny_llama_
 
 
 def test_cli_run_takes_a_smolvlm_picture(pair, tmp_path):
-    from click.testing import CliRunner
-    from PIL import Image
-
-    from kvrun.cli import main
-
-    png = tmp_path / "wide.png"
-    Image.fromarray(PICTURES["wide"]).save(png)
-    r = CliRunner().invoke(main, ["run", str(pair["text"]), "--mmproj", str(pair["f32"]), "--image", str(png),
-                                  "-p", "describe", "-n", "4", "--temp", "0"])  # fmt: skip
-    assert r.exit_code == 0, r.output
-    assert f"prompt {len(FIX['ids_f32_wide']) + len('describe')} tok" in r.output  # the block's 20 positions, 8 bytes
+    rows = len(FIX["ids_f32_wide"])  # the block's 20 positions, 8 bytes
+    check_cli_run(pair["text"], pair["f32"], PICTURES["wide"], tmp_path, rows)
 
 
 def test_a_chat_keeps_a_pictures_block_in_its_cache(pair, tmp_path, monkeypatch):
     """A picture's block takes as many positions as its grid asks (vision_chat reads image_positions): the next turn
     feeds only its new text, the picture is not encoded again, the reply is a fresh chat's."""
-    import kvrun
-
     text = write_tiny_smolvlm(tmp_path / "chat.gguf", chat_template=TEMPLATE)
-    m = kvrun.load(str(text), n_ctx=512, n_batch=64, threads=1, mmproj=str(pair["f32"]))
-    encoded = []
-    real = m.vision.image_rows
-    monkeypatch.setattr(m.vision, "image_rows", lambda img: encoded.append(1) or real(img))
-    sample = {"max_tokens": 6, "temperature": 0, "repeat_penalty": 3.0}
-    s = m.session()
-    s.send("describe", images=[PICTURES["tall"]], **sample)
-    second = s.send("and more", **sample)
     block = len(FIX["ids_f32_tall"])  # (2x2 tiles: 33 positions, kept)
-    assert len(encoded) == 1 and s.last_stats.n_prompt <= s.n_prompt_tokens - len("<|im_start|>user: ") - block
-    convo = [{"role": "user", "content": "describe", "images": [PICTURES["tall"]]}, s.messages[1], {"role": "user", "content": "and more"}]
-    assert m.chat(convo, **sample) == second and len(encoded) == 2
+    check_chat_keeps_picture(text, pair["f32"], PICTURES["tall"], monkeypatch, n_ctx=512, block=block, prefix="<|im_start|>user: ")

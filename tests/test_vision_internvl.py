@@ -6,7 +6,6 @@ tiny_vision_internvl.py (fixture: tools/make_vision_internvl_fixtures.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -15,18 +14,20 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 
 from kvrun.loaders.errors import KvrunError
-from kvrun.loaders.mmproj import open_mmproj
 from kvrun.models import internvl_image
 from kvrun.models.internvl_image import InternVLEncoder
 from kvrun.ops import get_backend
 from tiny_vision_internvl import IMAGE_SIZE, PATCH, SCALE, V_EMBD, write_tiny_internvl_mmproj, write_tiny_internvl_text
+from vision_checks import (
+    CHATML, check_chat_keeps_picture, check_cli_run, check_files, check_logits, fixture, load_vision, mmproj_config,
+    pictures,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from make_vision_internvl_fixtures import IMAGES, PROMPTS, images  # noqa: E402
+from make_vision_internvl_fixtures import IMAGES, PROMPTS  # noqa: E402
 
-FIX = np.load(Path(__file__).parent / "fixtures" / "vision_internvl.npz")
-PICTURES = images()
-TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
+FIX = fixture("internvl")
+PICTURES = pictures(IMAGES)
 
 
 @pytest.fixture(scope="module")
@@ -35,24 +36,17 @@ def pair(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("vision_internvl")
     files = {"text": write_tiny_internvl_text(d / "text.gguf"), "f32": write_tiny_internvl_mmproj(d / "mmproj-f32.gguf", Q.F32),
              "f16": write_tiny_internvl_mmproj(d / "mmproj-f16.gguf", Q.F16)}  # fmt: skip
-    for k, p in files.items():
-        assert hashlib.sha256(p.read_bytes()).hexdigest() == str(FIX[f"sha256_{k}"]), f"{k}: not the fixture's file"
-    return files
+    return check_files(files, FIX)
 
 
 @pytest.fixture(scope="module")
 def cfg(pair):
-    g, c = open_mmproj(pair["f32"])
-    g.close()
-    return c
+    return mmproj_config(pair["f32"])
 
 
 @pytest.fixture(scope="module")
 def vision(pair):
-    from kvrun.runtime.engine import Engine
-    from kvrun.runtime.vision import Vision
-
-    return Vision(Engine(pair["text"], n_ctx=1024, n_batch=64, threads=1), pair["f32"])
+    return load_vision(pair["text"], pair["f32"], 1024)
 
 
 # ---------------------------------------------------------------- the projector file
@@ -117,14 +111,7 @@ def test_a_pictures_rows_lie_between_img_and_close_img(vision, name):
 def test_logits_after_pictures_and_text_match_llama_cpp(vision, k):
     """Each picture's rows fed causally, as llama.cpp feeds Qwen2 an image, then the text: logits within 1e-2 of
     mtmd_helper_eval_chunks'."""
-    imgs = [PICTURES[n] for n in list(IMAGES)[: PROMPTS[k].count("<__media__>")]]
-    segs = vision.segments(PROMPTS[k], imgs)
-    ids = [i for s in segs for i in (s if isinstance(s, list) else [-1] * len(s))]
-    assert ids == FIX[f"pids_{k}"].tolist()
-    cache = vision.engine.new_cache()
-    logits = vision.engine.eval(cache, vision.prefill(cache, segs))[-1]
-    np.testing.assert_allclose(logits, FIX[f"logits_{k}"], atol=1e-2)
-    assert logits.argmax() == FIX[f"logits_{k}"].argmax()
+    check_logits(vision, FIX, PICTURES, PROMPTS[k], str(k), 1e-2)
 
 
 def test_a_text_model_without_img_tokens_is_refused(pair, tiny_llama_path):
@@ -140,33 +127,12 @@ def test_a_text_model_without_img_tokens_is_refused(pair, tiny_llama_path):
 
 
 def test_cli_run_takes_an_internvl_picture(pair, tmp_path):
-    from click.testing import CliRunner
-    from PIL import Image
-
-    from kvrun.cli import main
-
-    png = tmp_path / "tall.png"
-    Image.fromarray(PICTURES["tall"]).save(png)
-    r = CliRunner().invoke(main, ["run", str(pair["text"]), "--mmproj", str(pair["f32"]), "--image", str(png),
-                                  "-p", "describe", "-n", "4", "--temp", "0"])  # fmt: skip
-    assert r.exit_code == 0, r.output
-    assert f"prompt {len(FIX['ids_f32_tall']) + len('describe')} tok" in r.output  # 10 tiles and the thumbnail, markers, 8 bytes
+    rows = len(FIX["ids_f32_tall"])  # 10 tiles and the thumbnail, markers, 8 bytes
+    check_cli_run(pair["text"], pair["f32"], PICTURES["tall"], tmp_path, rows)
 
 
 def test_a_chat_keeps_a_pictures_rows_in_its_cache(pair, tmp_path, monkeypatch):
     """The next turn feeds only its new text, the picture is not encoded again, the reply is a fresh chat's."""
-    import kvrun
-
-    text = write_tiny_internvl_text(tmp_path / "chat.gguf", chat_template=TEMPLATE)
-    m = kvrun.load(str(text), n_ctx=1024, n_batch=64, threads=1, mmproj=str(pair["f32"]))
-    encoded = []
-    real = m.vision.image_rows
-    monkeypatch.setattr(m.vision, "image_rows", lambda img: encoded.append(1) or real(img))
-    sample = {"max_tokens": 6, "temperature": 0, "repeat_penalty": 3.0}
-    s = m.session()
-    s.send("describe", images=[PICTURES["wide"]], **sample)
-    second = s.send("and more", **sample)
+    text = write_tiny_internvl_text(tmp_path / "chat.gguf", chat_template=CHATML)
     block = len(FIX["ids_f32_wide"])  # (8 tiles and the thumbnail: 36 rows and the markers, kept)
-    assert len(encoded) == 1 and s.last_stats.n_prompt <= s.n_prompt_tokens - len("<|im_start|>user\n") - block
-    convo = [{"role": "user", "content": "describe", "images": [PICTURES["wide"]]}, s.messages[1], {"role": "user", "content": "and more"}]
-    assert m.chat(convo, **sample) == second and len(encoded) == 2
+    check_chat_keeps_picture(text, pair["f32"], PICTURES["wide"], monkeypatch, block=block)

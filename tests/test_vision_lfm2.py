@@ -6,7 +6,6 @@ libmtmd on the tiny pair of tiny_vision_lfm2.py (fixture: tools/make_vision_lfm2
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -15,18 +14,20 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 
 from kvrun.loaders.errors import KvrunError
-from kvrun.loaders.mmproj import open_mmproj
 from kvrun.models import lfm2vl_image
 from kvrun.models.lfm2vl_image import Lfm2VLEncoder
 from kvrun.ops import get_backend
 from tiny_vision_lfm2 import IMAGE_SIZE, PATCH, SCALE, V_EMBD, write_tiny_lfm2_mmproj, write_tiny_lfm2vl
+from vision_checks import (
+    CHATML, SAMPLE, block_ids, call, check_chat_keeps_picture, check_cli_run, check_files, check_logits, fixture,
+    load_vision, mmproj_config, pictures, png_url, serving,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from make_vision_lfm2_fixtures import IMAGES, PROMPTS, STRIDE, images  # noqa: E402
+from make_vision_lfm2_fixtures import IMAGES, PROMPTS, STRIDE  # noqa: E402
 
-FIX = np.load(Path(__file__).parent / "fixtures" / "vision_lfm2.npz")
-PICTURES = images()
-TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
+FIX = fixture("lfm2")
+PICTURES = pictures(IMAGES)
 
 
 @pytest.fixture(scope="module")
@@ -35,24 +36,17 @@ def pair(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("vision_lfm2")
     files = {"text": write_tiny_lfm2vl(d / "text.gguf"), "f32": write_tiny_lfm2_mmproj(d / "mmproj-f32.gguf", Q.F32),
              "f16": write_tiny_lfm2_mmproj(d / "mmproj-f16.gguf", Q.F16)}  # fmt: skip
-    for k, p in files.items():
-        assert hashlib.sha256(p.read_bytes()).hexdigest() == str(FIX[f"sha256_{k}"]), f"{k}: not the fixture's file"
-    return files
+    return check_files(files, FIX)
 
 
 @pytest.fixture(scope="module")
 def cfg(pair):
-    g, c = open_mmproj(pair["f32"])
-    g.close()
-    return c
+    return mmproj_config(pair["f32"])
 
 
 @pytest.fixture(scope="module")
 def vision(pair):
-    from kvrun.runtime.engine import Engine
-    from kvrun.runtime.vision import Vision
-
-    return Vision(Engine(pair["text"], n_ctx=4096, n_batch=64, threads=1), pair["f32"])
+    return load_vision(pair["text"], pair["f32"], 4096)
 
 
 # ---------------------------------------------------------------- the projector file
@@ -117,28 +111,11 @@ def test_a_pictures_block_is_mtmds_between_image_start_and_image_end(vision, nam
     assert vision.image_positions(img) + 2 == len(FIX[f"ids_f32_{name}"])
 
 
-def _ids(vision, segs, imgs) -> list[int]:
-    out, k = [], 0
-    for s in segs:
-        if isinstance(s, list):
-            out += s
-        else:
-            out += vision.idefics3.ids(imgs[k])
-            k += 1
-    return out
-
-
 @pytest.mark.parametrize("k", range(len(PROMPTS)))
 def test_logits_after_pictures_and_text_match_llama_cpp(vision, k):
     """Each picture fed as rows, causally through LFM2's convolution and attention layers as llama.cpp feeds them,
     then the text: logits within 1.5e-2 of mtmd_helper_eval_chunks' (logits ~5)."""
-    imgs = [PICTURES[n] for n in list(IMAGES)[: PROMPTS[k].count("<__media__>")]]
-    segs = vision.segments(PROMPTS[k], imgs)
-    assert _ids(vision, segs, imgs) == FIX[f"pids_{k}"].tolist()
-    cache = vision.engine.new_cache()
-    logits = vision.engine.eval(cache, vision.prefill(cache, segs))[-1]
-    np.testing.assert_allclose(logits, FIX[f"logits_{k}"], atol=1.5e-2)
-    assert logits.argmax() == FIX[f"logits_{k}"].argmax()
+    check_logits(vision, FIX, PICTURES, PROMPTS[k], str(k), 1.5e-2, ids=block_ids(vision))
 
 
 def test_a_text_model_without_lfm2vls_image_tokens_is_refused(pair, tmp_path):
@@ -165,67 +142,27 @@ def test_an_lfm2_projector_beside_another_text_model_is_refused(pair, tiny_llama
 
 
 def test_cli_run_takes_an_lfm2vl_picture(pair, tmp_path):
-    from click.testing import CliRunner
-    from PIL import Image
-
-    from kvrun.cli import main
-
-    png = tmp_path / "wide.png"
-    Image.fromarray(PICTURES["wide"]).save(png)
-    r = CliRunner().invoke(main, ["run", str(pair["text"]), "--mmproj", str(pair["f32"]), "--image", str(png),
-                                  "-p", "describe", "-n", "4", "--temp", "0", "--ctx-size", "1024"])  # fmt: skip
-    assert r.exit_code == 0, r.output
-    assert f"prompt {len(FIX['ids_f32_wide']) + len('describe')} tok" in r.output  # 114 rows and the markers, 8 bytes
+    rows = len(FIX["ids_f32_wide"])  # 114 rows and the markers, 8 bytes
+    check_cli_run(pair["text"], pair["f32"], PICTURES["wide"], tmp_path, rows, "--ctx-size", "1024")
 
 
 def test_a_chat_keeps_a_pictures_rows_in_its_cache(pair, tmp_path, monkeypatch):
     """The next turn feeds only its new text, the picture is not encoded again, the reply is a fresh chat's."""
-    import kvrun
-
-    text = write_tiny_lfm2vl(tmp_path / "chat.gguf", chat_template=TEMPLATE)
-    m = kvrun.load(str(text), n_ctx=1024, n_batch=64, threads=1, mmproj=str(pair["f32"]))
-    encoded = []
-    real = m.vision.image_rows
-    monkeypatch.setattr(m.vision, "image_rows", lambda img: encoded.append(1) or real(img))
-    sample = {"max_tokens": 6, "temperature": 0, "repeat_penalty": 3.0}
-    s = m.session()
-    s.send("describe", images=[PICTURES["small"]], **sample)
-    second = s.send("and more", **sample)
+    text = write_tiny_lfm2vl(tmp_path / "chat.gguf", chat_template=CHATML)
     block = len(FIX["ids_f32_small"])  # (the picture's 70 rows and its markers, kept)
-    assert len(encoded) == 1 and s.last_stats.n_prompt <= s.n_prompt_tokens - len("<|im_start|>user\n") - block
-    convo = [{"role": "user", "content": "describe", "images": [PICTURES["small"]]}, s.messages[1], {"role": "user", "content": "and more"}]
-    assert m.chat(convo, **sample) == second and len(encoded) == 2
+    check_chat_keeps_picture(text, pair["f32"], PICTURES["small"], monkeypatch, block=block)
 
 
 def test_the_server_takes_an_lfm2vl_picture_as_the_python_api_does(pair, tmp_path):
     """An OpenAI image_url part on /v1/chat/completions: the Python API's reply, every position counted."""
-    import base64
-    import http.client
-    import json
-    import threading
-
-    from PIL import Image
-
     import kvrun
-    from kvrun.runtime.server import make_server
 
-    png = tmp_path / "big.png"
-    Image.fromarray(PICTURES["big"]).save(png)
-    m = kvrun.load(str(write_tiny_lfm2vl(tmp_path / "srv.gguf", chat_template=TEMPLATE)), n_ctx=1024, n_batch=64, threads=1, mmproj=str(pair["f32"]))
-    msgs = [{"role": "user", "content": [{"type": "text", "text": "describe"},
-                                         {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()}}]}]  # fmt: skip
-    sample = {"max_tokens": 6, "temperature": 0, "repeat_penalty": 3.0}
-    want = m.chat(msgs, **sample)
-    httpd = make_server(m, "127.0.0.1", 0, "tiny-lfm2vl")
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", httpd.server_address[1], timeout=120)
-        conn.request("POST", "/v1/chat/completions", body=json.dumps({"messages": msgs, **sample}), headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        r = json.loads(resp.read())
-        conn.close()
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-    assert resp.status == 200 and r["choices"][0]["message"]["content"] == want
+    m = kvrun.load(str(write_tiny_lfm2vl(tmp_path / "srv.gguf", chat_template=CHATML)), n_ctx=1024, n_batch=64, threads=1,
+                   mmproj=str(pair["f32"]))  # fmt: skip
+    picture = {"type": "image_url", "image_url": {"url": png_url(PICTURES["big"])}}
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "describe"}, picture]}]
+    want = m.chat(msgs, **SAMPLE)
+    with serving(m, "tiny-lfm2vl") as port:
+        status, r = call(port, "/v1/chat/completions", {"messages": msgs, **SAMPLE})
+    assert status == 200 and r["choices"][0]["message"]["content"] == want
     assert r["usage"]["prompt_tokens"] > len(FIX["ids_f32_big"])  # (the picture's 238 rows and markers, and the text)

@@ -6,7 +6,6 @@ by a Qwen3 text model, held to llama.cpp's libmtmd on the tiny pair of tiny_visi
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -19,12 +18,16 @@ from kvrun.models import minicpmv_image
 from kvrun.models.minicpmv_image import MiniCPMVEncoder
 from kvrun.ops import get_backend
 from tiny_vision_minicpmv import IMAGE_SIZE, N_QUERY, PATCH, TEXT_GEOMETRY, V_EMBD, VERSION, write_tiny_minicpmv_mmproj
+from vision_checks import (
+    CHATML, block_ids, check_chat_keeps_picture, check_cli_run, check_files, check_logits, fixture, load_vision,
+    mmproj_config, pictures,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from make_vision_minicpmv_fixtures import IMAGES, PAIRS, PROMPTS, images, write_pair  # noqa: E402
+from make_vision_minicpmv_fixtures import IMAGES, PAIRS, PROMPTS, write_pair  # noqa: E402
 
-FIX = np.load(Path(__file__).parent / "fixtures" / "vision_minicpmv.npz")
-PICTURES = images()
+FIX = fixture("minicpmv")
+PICTURES = pictures(IMAGES)
 N_TEXT = TEXT_GEOMETRY[0]
 
 
@@ -32,17 +35,12 @@ N_TEXT = TEXT_GEOMETRY[0]
 def pair(tmp_path_factory) -> dict[str, Path]:
     """The tiny text model and its projectors, the very bytes the fixture was made from."""
     files = write_pair(tmp_path_factory.mktemp("vision_minicpmv"))
-    for k, p in files.items():
-        assert hashlib.sha256(p.read_bytes()).hexdigest() == str(FIX[f"sha256_{k}"]), f"{k}: not the fixture's file"
-    return files
+    return check_files(files, FIX)
 
 
 @pytest.fixture(scope="module")
 def vision(pair):
-    from kvrun.runtime.engine import Engine
-    from kvrun.runtime.vision import Vision
-
-    return Vision(Engine(pair["text"], n_ctx=1024, n_batch=64, threads=1), pair[PAIRS["mc"]])
+    return load_vision(pair["text"], pair[PAIRS["mc"]], 1024)
 
 
 # ---------------------------------------------------------------- the projector file and the picture's slices
@@ -64,8 +62,7 @@ def test_a_version_libmtmd_does_not_lay_out_is_refused_in_one_line(tmp_path):
 @pytest.mark.parametrize("name", list(IMAGES))
 def test_a_pictures_overview_and_grid_are_libmtmds(pair, name):
     """Overview and slices each make one image chunk of N_QUERY rows: the grid is read off the chunks' count."""
-    g, cfg = open_mmproj(pair["mc_f32"])
-    g.close()
+    cfg = mmproj_config(pair["mc_f32"])
     h, w = PICTURES[name].shape[:2]
     pl = minicpmv_image.plan(w, h, cfg)
     assert len(FIX[f"embd_mc_f32_{name}"]) == N_QUERY * (1 + pl.n_cols * pl.n_rows)
@@ -134,14 +131,7 @@ def test_logits_after_pictures_and_text_match_llama_cpp(vision, k):
     """Each picture's block fed causally, as llama.cpp feeds Qwen3 an image, then the text: logits within 2.5e-2 of
     mtmd_helper_eval_chunks' (logits up to ~12; measured: fed libmtmd's own rows in place of kvrun's, the tiny Qwen3
     is as far off, 1.3e-2 and 1.8e-2: the text model's float noise, not the pictures')."""
-    imgs = [PICTURES[n] for n in list(IMAGES)[: PROMPTS[k].count("<__media__>")]]
-    segs = vision.segments(PROMPTS[k], imgs)
-    ids = [i for s in segs for i in (s if isinstance(s, list) else vision.idefics3.ids(imgs.pop(0)))]
-    assert ids == FIX[f"pids_mc_{k}"].tolist()
-    cache = vision.engine.new_cache()
-    logits = vision.engine.eval(cache, vision.prefill(cache, segs))[-1]
-    np.testing.assert_allclose(logits, FIX[f"logits_mc_{k}"], atol=2.5e-2)
-    assert logits.argmax() == FIX[f"logits_mc_{k}"].argmax()
+    cache = check_logits(vision, FIX, PICTURES, PROMPTS[k], f"mc_{k}", 2.5e-2, ids=block_ids(vision))
     assert cache.offset == int(FIX[f"npast_mc_{k}"])  # (every part and marker one position, as libmtmd's)
 
 
@@ -160,35 +150,14 @@ def test_a_text_model_without_the_markers_is_refused_in_one_line(pair, tmp_path)
 
 
 def test_cli_run_takes_a_minicpmv_picture(pair, tmp_path):
-    from click.testing import CliRunner
-    from PIL import Image
-
-    from kvrun.cli import main
-
-    png = tmp_path / "tall.png"
-    Image.fromarray(PICTURES["tall"]).save(png)
-    r = CliRunner().invoke(main, ["run", str(pair["text"]), "--mmproj", str(pair["mc_f32"]), "--image", str(png),
-                                  "-p", "describe", "-n", "4", "--temp", "0"])  # fmt: skip
-    assert r.exit_code == 0, r.output
-    assert f"prompt {len(FIX['ids_mc_f32_tall']) + len('describe')} tok" in r.output  # overview, 1 x 2 slices, markers, 8 bytes
+    rows = len(FIX["ids_mc_f32_tall"])  # overview, 1 x 2 slices, markers, 8 bytes
+    check_cli_run(pair["text"], pair["mc_f32"], PICTURES["tall"], tmp_path, rows)
 
 
 def test_a_chat_keeps_a_pictures_rows_in_its_cache(pair, tmp_path, monkeypatch):
     """The next turn feeds only its new text, the picture is not encoded again, the reply is a fresh chat's."""
-    import kvrun
     from tiny_vision_minicpmv import write_tiny_minicpmv_text
 
-    template = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
-    text = write_tiny_minicpmv_text(tmp_path / "chat.gguf", chat_template=template)
-    m = kvrun.load(str(text), n_ctx=1024, n_batch=64, threads=1, mmproj=str(pair["mc_f32"]))
-    encoded = []
-    real = m.vision.image_rows
-    monkeypatch.setattr(m.vision, "image_rows", lambda img: encoded.append(1) or real(img))
-    sample = {"max_tokens": 6, "temperature": 0, "repeat_penalty": 3.0}
-    s = m.session()
-    s.send("describe", images=[PICTURES["wide"]], **sample)
-    second = s.send("and more", **sample)
+    text = write_tiny_minicpmv_text(tmp_path / "chat.gguf", chat_template=CHATML)
     block = len(FIX["ids_mc_f32_wide"])  # (the overview and 3 slices: 32 rows and the markers, kept)
-    assert len(encoded) == 1 and s.last_stats.n_prompt <= s.n_prompt_tokens - len("<|im_start|>user\n") - block
-    convo = [{"role": "user", "content": "describe", "images": [PICTURES["wide"]]}, s.messages[1], {"role": "user", "content": "and more"}]
-    assert m.chat(convo, **sample) == second and len(encoded) == 2
+    check_chat_keeps_picture(text, pair["mc_f32"], PICTURES["wide"], monkeypatch, block=block)

@@ -6,7 +6,6 @@ held to llama.cpp's libmtmd on the tiny pair of tiny_vision_pixtral.py (fixture:
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -19,12 +18,13 @@ from kvrun.models import pixtral_image
 from kvrun.models.pixtral_image import PixtralEncoder
 from kvrun.ops import get_backend
 from tiny_vision_pixtral import MERGE, PATCH, V_EMBD, write_tiny_pixtral_mmproj, write_tiny_pixtral_text
+from vision_checks import check_chat_keeps_picture, check_cli_run, check_files, check_logits, fixture, load_vision, pictures
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from make_vision_pixtral_fixtures import IMAGES, PROMPTS, images  # noqa: E402
+from make_vision_pixtral_fixtures import IMAGES, PROMPTS  # noqa: E402
 
-FIX = np.load(Path(__file__).parent / "fixtures" / "vision_pixtral.npz")
-PICTURES = images()
+FIX = fixture("pixtral")
+PICTURES = pictures(IMAGES)
 PROJECTORS = ("f32", "f16", "nomerge")
 TEMPLATE = "{% for m in messages %}[INST]{{ m['content'] }}[/INST]{% endfor %}"
 
@@ -36,9 +36,7 @@ def pair(tmp_path_factory) -> dict[str, Path]:
     files = {"text": write_tiny_pixtral_text(d / "text.gguf"), "f32": write_tiny_pixtral_mmproj(d / "mmproj-f32.gguf", Q.F32),
              "f16": write_tiny_pixtral_mmproj(d / "mmproj-f16.gguf", Q.F16),
              "nomerge": write_tiny_pixtral_mmproj(d / "mmproj-nomerge.gguf", Q.F32, merge=None)}  # fmt: skip
-    for k, p in files.items():
-        assert hashlib.sha256(p.read_bytes()).hexdigest() == str(FIX[f"sha256_{k}"]), f"{k}: not the fixture's file"
-    return files
+    return check_files(files, FIX)
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +46,7 @@ def encoders(pair) -> dict[str, PixtralEncoder]:
 
 @pytest.fixture(scope="module")
 def vision(pair):
-    from kvrun.runtime.engine import Engine
-    from kvrun.runtime.vision import Vision
-
-    return Vision(Engine(pair["text"], n_ctx=2048, n_batch=64, threads=1), pair["f32"])
+    return load_vision(pair["text"], pair["f32"], 2048)
 
 
 # ---------------------------------------------------------------- the projector file
@@ -140,14 +135,7 @@ def test_a_pictures_rows_come_before_img_end(vision, name):
 def test_logits_after_pictures_and_text_match_llama_cpp(vision, k):
     """Each picture's rows fed causally, as llama.cpp feeds Mistral's text model an image, then [IMG_END] and the
     text: logits within 1e-2 of mtmd_helper_eval_chunks'."""
-    imgs = [PICTURES[n] for n in list(IMAGES)[: PROMPTS[k].count("<__media__>")]]
-    segs = vision.segments(PROMPTS[k], imgs)
-    ids = [i for s in segs for i in (s if isinstance(s, list) else [-1] * len(s))]
-    assert ids == FIX[f"pids_{k}"].tolist()
-    cache = vision.engine.new_cache()
-    logits = vision.engine.eval(cache, vision.prefill(cache, segs))[-1]
-    np.testing.assert_allclose(logits, FIX[f"logits_{k}"], atol=1e-2)
-    assert logits.argmax() == FIX[f"logits_{k}"].argmax()
+    check_logits(vision, FIX, PICTURES, PROMPTS[k], str(k), 1e-2)
 
 
 def test_a_text_model_without_img_end_is_refused(pair, tiny_llama_path):
@@ -163,33 +151,12 @@ def test_a_text_model_without_img_end_is_refused(pair, tiny_llama_path):
 
 
 def test_cli_run_takes_a_pixtral_picture(pair, tmp_path):
-    from click.testing import CliRunner
-    from PIL import Image
-
-    from kvrun.cli import main
-
-    png = tmp_path / "wide.png"
-    Image.fromarray(PICTURES["wide"]).save(png)
-    r = CliRunner().invoke(main, ["run", str(pair["text"]), "--mmproj", str(pair["f32"]), "--image", str(png),
-                                  "-p", "describe", "-n", "4", "--temp", "0"])  # fmt: skip
-    assert r.exit_code == 0, r.output
-    assert f"prompt {len(FIX['ids_f32_wide']) + len('describe')} tok" in r.output  # 6x3 blocks, 2 breaks, [IMG_END], 8 bytes
+    rows = len(FIX["ids_f32_wide"])  # 6x3 blocks, 2 breaks, [IMG_END], 8 bytes
+    check_cli_run(pair["text"], pair["f32"], PICTURES["wide"], tmp_path, rows)
 
 
 def test_a_chat_keeps_a_pictures_rows_in_its_cache(pair, tmp_path, monkeypatch):
     """The next turn feeds only its new text, the picture is not encoded again, the reply is a fresh chat's."""
-    import kvrun
-
     text = write_tiny_pixtral_text(tmp_path / "chat.gguf", chat_template=TEMPLATE)
-    m = kvrun.load(str(text), n_ctx=1024, n_batch=64, threads=1, mmproj=str(pair["f32"]))
-    encoded = []
-    real = m.vision.image_rows
-    monkeypatch.setattr(m.vision, "image_rows", lambda img: encoded.append(1) or real(img))
-    sample = {"max_tokens": 6, "temperature": 0, "repeat_penalty": 3.0}
-    s = m.session()
-    s.send("describe", images=[PICTURES["tall"]], **sample)
-    second = s.send("and more", **sample)
     block = len(FIX["ids_f32_tall"])  # (3x6 blocks, 5 breaks and [IMG_END], kept)
-    assert len(encoded) == 1 and s.last_stats.n_prompt <= s.n_prompt_tokens - len("[INST]") - block
-    convo = [{"role": "user", "content": "describe", "images": [PICTURES["tall"]]}, s.messages[1], {"role": "user", "content": "and more"}]
-    assert m.chat(convo, **sample) == second and len(encoded) == 2
+    check_chat_keeps_picture(text, pair["f32"], PICTURES["tall"], monkeypatch, block=block, prefix="[INST]")

@@ -7,7 +7,6 @@ tiny_vision_qwen2vl.py (fixture: tools/make_vision_qwen2vl_fixtures.py)."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import sys
 from pathlib import Path
 
@@ -20,14 +19,17 @@ from kvrun.models import mrope_images, qwen2vl_image
 from kvrun.models.qwen2vl_image import Qwen2VLEncoder
 from kvrun.ops import get_backend
 from tiny_vision_qwen2vl import PATCH, V_EMBD, write_tiny_qwen2vl_mmproj, write_tiny_qwen2vl_text
+from vision_checks import (
+    CHATML, SAMPLE, call, check_chat_keeps_picture, check_cli_run, check_files, check_logits, fixture, load_vision,
+    pictures, png_url, serving,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from make_vision_qwen2vl_fixtures import IMAGES, PAIRS, PROMPTS, images, write_pair  # noqa: E402
+from make_vision_qwen2vl_fixtures import IMAGES, PAIRS, PROMPTS, write_pair  # noqa: E402
 
-FIX = np.load(Path(__file__).parent / "fixtures" / "vision_qwen2vl.npz")
-PICTURES = images()
-TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
-#: what TEMPLATE renders for a picture then "describe" (the parts joined by "\n"; Jinja drops the final newline)
+FIX = fixture("qwen2vl")
+PICTURES = pictures(IMAGES)
+#: what CHATML renders for a picture then "describe" (the parts joined by "\n"; Jinja drops the final newline)
 TEMPLATE_PROMPT = "<|im_start|>user\n\ndescribe<|im_end|>\n<|im_start|>assistant"
 
 
@@ -35,17 +37,12 @@ TEMPLATE_PROMPT = "<|im_start|>user\n\ndescribe<|im_end|>\n<|im_start|>assistant
 def pair(tmp_path_factory) -> dict[str, Path]:
     """The tiny text model and its projectors, the very bytes the fixture was made from."""
     files = write_pair(tmp_path_factory.mktemp("vision_qwen2vl"))
-    for k, p in files.items():
-        assert hashlib.sha256(p.read_bytes()).hexdigest() == str(FIX[f"sha256_{k}"]), f"{k}: not the fixture's file"
-    return files
+    return check_files(files, FIX)
 
 
 @pytest.fixture(scope="module")
 def visions(pair):
-    from kvrun.runtime.engine import Engine
-    from kvrun.runtime.vision import Vision
-
-    return {t: Vision(Engine(pair["text"], n_ctx=512, n_batch=64, threads=1), pair[pq]) for t, pq in PAIRS.items()}
+    return {t: load_vision(pair["text"], pair[pq], 512) for t, pq in PAIRS.items()}
 
 
 # ---------------------------------------------------------------- the projector file
@@ -160,24 +157,13 @@ def test_an_images_rows_take_libmtmds_decoder_positions(name):
     assert P[:, 0].tolist() == d[:, 0].tolist() and P[:, 1].tolist() == d[:, 2].tolist() and P[:, 2].tolist() == d[:, 1].tolist()
 
 
-def _ids(segs) -> list[int]:
-    return [i for s in segs for i in (s if isinstance(s, list) else [-1] * len(s))]
-
-
 @pytest.mark.parametrize("t", list(PAIRS))
 @pytest.mark.parametrize("k", range(len(PROMPTS)))
 def test_logits_after_pictures_and_text_match_llama_cpp(visions, t, k):
     """<|vision_start|> rows <|vision_end|> at each marker, the rows turned by (t, t + y, t + x) and the text after
     an image going on from t + max(nx, ny): mtmd_tokenize's ids, and logits within 1.5e-2 of mtmd_helper_eval_chunks'
     (logits ~15); the position after them all is llama.cpp's n_past."""
-    v = visions[t]
-    imgs = [PICTURES[n] for n in list(IMAGES)[: PROMPTS[k].count("<__media__>")]]
-    segs = v.segments(PROMPTS[k], imgs)
-    assert _ids(segs) == FIX[f"pids_{t}_{k}"].tolist()
-    cache = v.engine.new_cache()
-    logits = v.engine.eval(cache, v.prefill(cache, segs))[-1]
-    np.testing.assert_allclose(logits, FIX[f"logits_{t}_{k}"], atol=1.5e-2)
-    assert logits.argmax() == FIX[f"logits_{t}_{k}"].argmax()
+    cache = check_logits(visions[t], FIX, PICTURES, PROMPTS[k], f"{t}_{k}", 1.5e-2)
     assert mrope_images.text_position(mrope_images.images_of(cache), cache.offset) == int(FIX[f"npast_{t}_{k}"])
 
 
@@ -252,72 +238,29 @@ def test_a_prompt_past_the_context_is_a_one_line_error(pair):
 
 
 def test_cli_run_takes_a_qwen2vl_picture(pair, tmp_path):
-    from click.testing import CliRunner
-    from PIL import Image
-
-    from kvrun.cli import main
-
-    png = tmp_path / "odd.png"
-    Image.fromarray(PICTURES["odd"]).save(png)
-    r = CliRunner().invoke(main, ["run", str(pair["text"]), "--mmproj", str(pair["q2_f32"]), "--image", str(png),
-                                  "-p", "describe", "-n", "4", "--temp", "0"])  # fmt: skip
-    assert r.exit_code == 0, r.output
-    assert f"prompt {2 + 20 + len('describe')} tok" in r.output  # the markers, 5 x 4 rows, 8 bytes
+    check_cli_run(pair["text"], pair["q2_f32"], PICTURES["odd"], tmp_path, 2 + 20)  # the markers, 5 x 4 rows, 8 bytes
 
 
 def test_a_chat_keeps_a_picture_in_its_cache_and_its_positions(pair, tmp_path, monkeypatch):
     """The next turn feeds only its new text (the picture's rows and grid stay in the cache), and its reply is a fresh
     chat's: the text after the picture turns at the same positions either way."""
-    import kvrun
-
-    text = write_tiny_qwen2vl_text(tmp_path / "chat.gguf", chat_template=TEMPLATE)
-    m = kvrun.load(str(text), n_ctx=512, n_batch=64, threads=1, mmproj=str(pair["q25_f32"]))
-    encoded = []
-    real = m.vision.image_rows
-    monkeypatch.setattr(m.vision, "image_rows", lambda img: encoded.append(1) or real(img))
-    sample = {"max_tokens": 6, "temperature": 0, "repeat_penalty": 3.0}
-    s = m.session()
-    s.send("describe", images=[PICTURES["tall"]], **sample)
-    second = s.send("and more", **sample)
+    text = write_tiny_qwen2vl_text(tmp_path / "chat.gguf", chat_template=CHATML)
     block = len(FIX["embd_q25_f32_tall"])  # (2 x 7 rows, kept)
-    assert len(encoded) == 1 and s.last_stats.n_prompt <= s.n_prompt_tokens - len("<|im_start|>user\n") - block
-    convo = [{"role": "user", "content": "describe", "images": [PICTURES["tall"]]}, s.messages[1], {"role": "user", "content": "and more"}]
-    assert m.chat(convo, **sample) == second and len(encoded) == 2
+    check_chat_keeps_picture(text, pair["q25_f32"], PICTURES["tall"], monkeypatch, n_ctx=512, block=block)
 
 
 def test_the_server_takes_a_qwen2vl_picture_as_a_data_url(pair, tmp_path):
     """POST /v1/chat/completions with an image_url part: the Python API's reply for the same picture."""
-    import base64
-    import http.client
-    import io
-    import json
-    import threading
-
-    from PIL import Image
-
     import kvrun
-    from kvrun.runtime.server import make_server
 
-    text = write_tiny_qwen2vl_text(tmp_path / "srv.gguf", chat_template=TEMPLATE)
+    text = write_tiny_qwen2vl_text(tmp_path / "srv.gguf", chat_template=CHATML)
     m = kvrun.load(str(text), n_ctx=512, n_batch=64, threads=1, mmproj=str(pair["q2_f32"]))
-    buf = io.BytesIO()
-    Image.fromarray(PICTURES["small"]).save(buf, format="PNG")
-    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-    sample = {"max_tokens": 6, "temperature": 0, "repeat_penalty": 3.0}
     parts = [{"type": "image", "image": PICTURES["small"]}, {"type": "text", "text": "describe"}]
-    want = m.chat([{"role": "user", "content": parts}], **sample)
-    httpd = make_server(m, "127.0.0.1", 0, "tiny-qwen2vl")
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", httpd.server_address[1], timeout=120)
-        msg = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "describe"}]}
-        conn.request("POST", "/v1/chat/completions", body=json.dumps({"messages": [msg], **sample}).encode(),
-                     headers={"Content-Type": "application/json"})  # fmt: skip
-        r = conn.getresponse()
-        body = json.loads(r.read())
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-    assert r.status == 200, body
+    want = m.chat([{"role": "user", "content": parts}], **SAMPLE)
+    picture = {"type": "image_url", "image_url": {"url": png_url(PICTURES["small"])}}
+    msg = {"role": "user", "content": [picture, {"type": "text", "text": "describe"}]}
+    with serving(m, "tiny-qwen2vl") as port:
+        status, body = call(port, "/v1/chat/completions", {"messages": [msg], **SAMPLE})
+    assert status == 200, body
     assert body["choices"][0]["message"]["content"] == want
     assert body["usage"]["prompt_tokens"] == len(TEMPLATE_PROMPT) + 2 + 12  # the text's bytes, the markers, 4 x 3 rows

@@ -6,7 +6,6 @@ prompt's layout (runtime/vision_qwen3vl.py), held to llama.cpp's libmtmd on the 
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -19,12 +18,13 @@ from kvrun.models import mrope_images, qwen2vl_image, qwen3vl_image
 from kvrun.models.qwen3vl_image import Qwen3VLEncoder
 from kvrun.ops import get_backend
 from tiny_vision_qwen3vl import DEEPSTACK, PATCH, POS_SIDE, SECTIONS, TEXT_GEOMETRY, V_EMBD
+from vision_checks import CHATML, check_chat_keeps_picture, check_cli_run, check_files, fixture, load_vision, pictures, row_ids
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from make_vision_qwen3vl_fixtures import IMAGES, PAIRS, PROMPTS, images, write_pair  # noqa: E402
+from make_vision_qwen3vl_fixtures import IMAGES, PAIRS, PROMPTS, write_pair  # noqa: E402
 
-FIX = np.load(Path(__file__).parent / "fixtures" / "vision_qwen3vl.npz")
-PICTURES = images()
+FIX = fixture("qwen3vl")
+PICTURES = pictures(IMAGES)
 N_TEXT = TEXT_GEOMETRY[0]
 
 
@@ -32,17 +32,12 @@ N_TEXT = TEXT_GEOMETRY[0]
 def pair(tmp_path_factory) -> dict[str, Path]:
     """The tiny text model and its projectors, the very bytes the fixture was made from."""
     files = write_pair(tmp_path_factory.mktemp("vision_qwen3vl"))
-    for k, p in files.items():
-        assert hashlib.sha256(p.read_bytes()).hexdigest() == str(FIX[f"sha256_{k}"]), f"{k}: not the fixture's file"
-    return files
+    return check_files(files, FIX)
 
 
 @pytest.fixture(scope="module")
 def vision(pair):
-    from kvrun.runtime.engine import Engine
-    from kvrun.runtime.vision import Vision
-
-    return Vision(Engine(pair["text"], n_ctx=512, n_batch=64, threads=1), pair[PAIRS["q3"]])
+    return load_vision(pair["text"], pair[PAIRS["q3"]], 512)
 
 
 # ---------------------------------------------------------------- the projector file and the picture's size
@@ -130,10 +125,6 @@ def test_an_images_rows_take_libmtmds_decoder_positions(name):
     assert P[:, 0].tolist() == d[:, 0].tolist() and P[:, 1].tolist() == d[:, 2].tolist() and P[:, 2].tolist() == d[:, 1].tolist()
 
 
-def _ids(segs) -> list[int]:
-    return [i for s in segs for i in (s if isinstance(s, list) else [-1] * len(s))]
-
-
 def _logits(v, k: int) -> tuple[np.ndarray, object]:
     imgs = [PICTURES[n] for n in list(IMAGES)[: PROMPTS[k].count("<__media__>")]]
     segs = v.segments(PROMPTS[k], imgs)
@@ -148,7 +139,7 @@ def test_logits_after_pictures_and_text_match_llama_cpp(vision, k):
     going on from t + max(nx, ny): mtmd_tokenize's ids, and logits within 1.5e-2 of mtmd_helper_eval_chunks' (logits
     ~11); the position after them all is llama.cpp's n_past."""
     logits, (segs, cache) = _logits(vision, k)
-    assert _ids(segs) == FIX[f"pids_q3_{k}"].tolist()
+    assert row_ids(segs, []) == FIX[f"pids_q3_{k}"].tolist()
     np.testing.assert_allclose(logits, FIX[f"logits_q3_{k}"], atol=1.5e-2)
     assert logits.argmax() == FIX[f"logits_q3_{k}"].argmax()
     assert mrope_images.text_position(mrope_images.images_of(cache), cache.offset) == int(FIX[f"npast_q3_{k}"])
@@ -199,35 +190,13 @@ def test_rows_of_the_wrong_width_are_a_one_line_error(vision):
 
 
 def test_cli_run_takes_a_qwen3vl_picture(pair, tmp_path):
-    from click.testing import CliRunner
-    from PIL import Image
-
-    from kvrun.cli import main
-
-    png = tmp_path / "odd.png"
-    Image.fromarray(PICTURES["odd"]).save(png)
-    r = CliRunner().invoke(main, ["run", str(pair["text"]), "--mmproj", str(pair["q3_f32"]), "--image", str(png),
-                                  "-p", "describe", "-n", "4", "--temp", "0"])  # fmt: skip
-    assert r.exit_code == 0, r.output
-    assert f"prompt {2 + 15 + len('describe')} tok" in r.output  # the markers, 5 x 3 rows, 8 bytes
+    check_cli_run(pair["text"], pair["q3_f32"], PICTURES["odd"], tmp_path, 2 + 15)  # the markers, 5 x 3 rows, 8 bytes
 
 
 def test_a_chat_keeps_a_picture_with_its_deepstack_levels_in_its_cache(pair, tmp_path, monkeypatch):
     """The next turn feeds only its new text (the picture's rows, levels and grid stay in the cache), and its reply is a
     fresh chat's."""
-    import kvrun
     from tiny_vision_qwen3vl import write_tiny_qwen3vl_text
 
-    template = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
-    text = write_tiny_qwen3vl_text(tmp_path / "chat.gguf", chat_template=template)
-    m = kvrun.load(str(text), n_ctx=512, n_batch=64, threads=1, mmproj=str(pair["q3_f32"]))
-    encoded = []
-    real = m.vision.image_rows
-    monkeypatch.setattr(m.vision, "image_rows", lambda img: encoded.append(1) or real(img))
-    sample = {"max_tokens": 6, "temperature": 0, "repeat_penalty": 3.0}
-    s = m.session()
-    s.send("describe", images=[PICTURES["tall"]], **sample)
-    second = s.send("and more", **sample)
-    assert len(encoded) == 1
-    convo = [{"role": "user", "content": "describe", "images": [PICTURES["tall"]]}, s.messages[1], {"role": "user", "content": "and more"}]
-    assert m.chat(convo, **sample) == second and len(encoded) == 2
+    text = write_tiny_qwen3vl_text(tmp_path / "chat.gguf", chat_template=CHATML)
+    check_chat_keeps_picture(text, pair["q3_f32"], PICTURES["tall"], monkeypatch, n_ctx=512)

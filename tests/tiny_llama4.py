@@ -30,7 +30,7 @@ N_CTX_TRAIN = 16384
 
 
 def write_tiny_llama4(path: Path, qtype: int = Q.F32, seed: int = 0, n_expert: int | None = None,
-                      sliding_window: int | None = None, drop: tuple[str, ...] = ()) -> Path:  # fmt: skip
+                      sliding_window: int | None = None, drop: tuple[str, ...] = (), extra_tokens: tuple[str, ...] = ()) -> Path:  # fmt: skip
     """The model at ``path``, its matrices as ``qtype``; ``n_expert`` 16 unless given; ``sliding_window`` stated only
     where given (llama.cpp: 0 turns chunks and NoPE off); ``drop``: tensor names left out (the missing-tensor tests)."""
     from tinymodel import _add_byte_vocab, _file_type, _finish, _random_tensors, byte_vocab
@@ -38,7 +38,7 @@ def write_tiny_llama4(path: Path, qtype: int = Q.F32, seed: int = 0, n_expert: i
     rng = np.random.default_rng(seed)
     n_embd, n_head, n_head_kv, head_dim, n_ff, n_ff_exp, n_layer = GEOMETRY
     n_expert = 16 if n_expert is None else n_expert
-    n_vocab = len(byte_vocab()[0])
+    n_vocab = len(byte_vocab()[0]) + len(extra_tokens)  # (extra_tokens: control tokens after the bytes, tiny_vision_llama4.py's)
     # Q and K drawn wide where the rope layers L2-normalise them: the NoPE layer's temperature must move its softmax
     # visibly; Maverick's unnormed ones as the rest (wide, their scores would meet llama.cpp's fp16 rounding of Q)
     qk_scale = 0.3 if n_expert != 128 else 0.1
@@ -60,7 +60,7 @@ def write_tiny_llama4(path: Path, qtype: int = Q.F32, seed: int = 0, n_expert: i
     if sliding_window is not None:
         w.add_sliding_window(sliding_window)
     w.add_file_type(_file_type(qtype))
-    _add_byte_vocab(w)
+    _add_byte_vocab(w, extra_tokens)
 
     mat, vec = _random_tensors(w, rng, qtype)
 

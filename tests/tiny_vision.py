@@ -28,10 +28,12 @@ IMAGE_TOKENS = ("<start_of_image>", "<end_of_image>")
 
 def mmproj_writer(path: Path, name: str, projector_type: str, flags: dict[str, bool | int], image_size: int, patch: int,
                   geometry: tuple[int, int, int, int], n_text_embd: int, mean: tuple[float, ...], std: tuple[float, ...],
-                  preproc_size: int | None = None, scale: int | None = None) -> GGUFWriter:  # fmt: skip
+                  preproc_size: int | None = None, scale: int | None = None, merge: int | None = None,
+                  eps: float = 1e-6) -> GGUFWriter:  # fmt: skip
     """A projector file's writer holding the vision encoder's keys in the order llama.cpp's converter writes them:
     ``flags`` (key: a bool, or a uint32) after the projector type; ``geometry`` (n_embd, n_ff, n_layer, n_head);
-    ``preproc_size`` (``clip.vision.preproc_image_size``) and ``scale`` (the projector's scale_factor) where given."""
+    ``preproc_size`` (``clip.vision.preproc_image_size``), ``scale`` (the projector's scale_factor) and ``merge``
+    (``clip.vision.spatial_merge_size``) where given; ``eps`` the encoder's LayerNorm epsilon."""
     w = GGUFWriter(str(path), "clip")
     w.add_name(name)
     w.add_bool("clip.has_vision_encoder", True)
@@ -49,34 +51,49 @@ def mmproj_writer(path: Path, name: str, projector_type: str, flags: dict[str, b
     w.add_uint32("clip.vision.projection_dim", n_text_embd)
     w.add_uint32("clip.vision.block_count", n_layer)
     w.add_uint32("clip.vision.attention.head_count", n_head)
-    w.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
+    w.add_float32("clip.vision.attention.layer_norm_epsilon", eps)
     if scale is not None:
         w.add_uint32("clip.vision.projector.scale_factor", scale)
+    if merge is not None:
+        w.add_uint32("clip.vision.spatial_merge_size", merge)
     w.add_array("clip.vision.image_mean", list(mean))
     w.add_array("clip.vision.image_std", list(std))
     return w
 
 
-def write_vit(w: GGUFWriter, rng: np.random.Generator, qtype: int, geometry: tuple[int, int, int, int], patch: int,
-              image_size: int | None = None, norm_bias: bool = True, gate: bool = False) -> tuple[Callable[..., None], ...]:  # fmt: skip
-    """The vision encoder's tensors, drawn from ``rng`` in order: the patch kernel, with its bias and learned positions
-    given ``image_size``, else with the conv3d's second temporal kernel (Qwen2-VL's: the rope places the patches); the
-    blocks (LayerNorms with biases unless ``norm_bias`` is off: RMSNorms; a gated MLP with ``gate``) and ``v.post_ln``.
-    Returns ``(mat, vec, tensor)`` for the projector's own: ``tensor(name, shape, scale)`` a kernel, or a matrix
-    stored untransposed, as ``qtype`` F16 or else F32."""
-    n_embd, n_ff, n_layer, _ = geometry
-    mat, vec = _random_tensors(w, rng, qtype)
+def tensor_writer(w: GGUFWriter, rng: np.random.Generator, qtype: int) -> Callable[[str, tuple[int, ...], float], None]:
+    """``tensor(name, shape, scale)``: a random tensor drawn from ``rng`` (a kernel, or a matrix stored untransposed),
+    as ``qtype`` F16 or else F32."""
 
     def tensor(name: str, shape: tuple[int, ...], scale: float) -> None:
         a = (rng.standard_normal(shape) * scale).astype(np.float32)
         w.add_tensor(name, a.astype(np.float16) if qtype == Q.F16 else a)
 
+    return tensor
+
+
+def write_vit(w: GGUFWriter, rng: np.random.Generator, qtype: int, geometry: tuple[int, int, int, int], patch: int,
+              image_size: int | None = None, norm_bias: bool = True, gate: bool = False,
+              internvit: bool = False) -> tuple[Callable[..., None], ...]:  # fmt: skip
+    """The vision encoder's tensors, drawn from ``rng`` in order: the patch kernel, with its bias and learned positions
+    given ``image_size``, else with the conv3d's second temporal kernel (Qwen2-VL's: the rope places the patches); the
+    blocks (LayerNorms with biases unless ``norm_bias`` is off: RMSNorms; a gated MLP with ``gate``) and ``v.post_ln``;
+    with ``internvit``, InternViT's: a CLS token (``v.class_embd``, its position the table's last row), LayerScale
+    (``ls1``, ``ls2``) and no ``v.post_ln``.
+    Returns ``(mat, vec, tensor)`` for the projector's own: ``tensor(name, shape, scale)`` a kernel, or a matrix
+    stored untransposed, as ``qtype`` F16 or else F32."""
+    n_embd, n_ff, n_layer, _ = geometry
+    mat, vec = _random_tensors(w, rng, qtype)
+    tensor = tensor_writer(w, rng, qtype)
     tensor("v.patch_embd.weight", (n_embd, 3, patch, patch), 0.05)
     if image_size is None:
         tensor("v.patch_embd.weight.1", (n_embd, 3, patch, patch), 0.05)
     else:
         vec("v.patch_embd.bias", n_embd, 0.0)
-        w.add_tensor("v.position_embd.weight", (rng.standard_normal(((image_size // patch) ** 2, n_embd)) * 0.5).astype(np.float32))
+        if internvit:
+            w.add_tensor("v.class_embd", (rng.standard_normal(n_embd) * 0.5).astype(np.float32))
+        n_pos = (image_size // patch) ** 2 + internvit
+        w.add_tensor("v.position_embd.weight", (rng.standard_normal((n_pos, n_embd)) * 0.5).astype(np.float32))
     for i in range(n_layer):
         b = f"v.blk.{i}."
         vec(b + "ln1.weight", n_embd)
@@ -85,16 +102,48 @@ def write_vit(w: GGUFWriter, rng: np.random.Generator, qtype: int, geometry: tup
         for t in ("attn_q", "attn_k", "attn_v", "attn_out"):
             mat(b + t + ".weight", n_embd, n_embd, 0.3)
             vec(b + t + ".bias", n_embd, 0.0)
+        if internvit:
+            vec(b + "ls1.weight", n_embd, 0.5, 0.3)
         vec(b + "ln2.weight", n_embd)
         if norm_bias:
             vec(b + "ln2.bias", n_embd, 0.0)
         for t, rows, cols in ([("ffn_gate", n_ff, n_embd)] if gate else []) + [("ffn_up", n_ff, n_embd), ("ffn_down", n_embd, n_ff)]:
             mat(b + t + ".weight", rows, cols, 0.3)
             vec(b + t + ".bias", rows, 0.0)
-    vec("v.post_ln.weight", n_embd)
-    if norm_bias:
-        vec("v.post_ln.bias", n_embd, 0.0)
+        if internvit:
+            vec(b + "ls2.weight", n_embd, 0.5, 0.3)
+    if not internvit:
+        vec("v.post_ln.weight", n_embd)
+        if norm_bias:
+            vec("v.post_ln.bias", n_embd, 0.0)
     return mat, vec, tensor
+
+
+def add_geometry(w: GGUFWriter, context: int, n_embd: int, n_layer: int, n_ff: int, n_head: int, n_head_kv: int | list[int]) -> None:
+    """A text model's context length and geometry keys, in the converter's order."""
+    w.add_context_length(context)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+
+
+def add_vocab(w: GGUFWriter, toks: list[str], merges: list[str], types: list[int], chat_template: str | None) -> None:
+    """The file type (F32) and a byte vocabulary's keys (``tinymodel.byte_vocab``'s, image tokens appended): BOS and EOS
+    <|endoftext|>, no BOS added, and ``chat_template`` where given."""
+    w.add_file_type(0)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(toks)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    eot = toks.index("<|endoftext|>")
+    w.add_eos_token_id(eot)
+    w.add_bos_token_id(eot)
+    w.add_add_bos_token(False)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
 
 
 def write_vl_text(path: Path, arch: str, name: str, geometry: tuple[int, ...], image_tokens: list[str], image_types: list[int],
@@ -109,12 +158,7 @@ def write_vl_text(path: Path, arch: str, name: str, geometry: tuple[int, ...], i
     toks, types = toks + list(image_tokens), types + list(image_types)
     w = GGUFWriter(str(path), arch)
     w.add_name(name)
-    w.add_context_length(1024)
-    w.add_embedding_length(n_embd)
-    w.add_block_count(n_layer)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_head_kv)
+    add_geometry(w, 1024, n_embd, n_layer, n_ff, n_head, n_head_kv)
     w.add_layer_norm_rms_eps(eps)
     w.add_rope_freq_base(rope_base)
     if arch == "gemma3":
@@ -127,18 +171,7 @@ def write_vl_text(path: Path, arch: str, name: str, geometry: tuple[int, ...], i
         w.add_rope_dimension_count(head_dim)
     if deepstack:
         w.add_uint32(f"{arch}.n_deepstack_layers", deepstack)
-    w.add_file_type(0)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(toks)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    eot = toks.index("<|endoftext|>")
-    w.add_eos_token_id(eot)
-    w.add_bos_token_id(eot)
-    w.add_add_bos_token(False)
-    if chat_template is not None:
-        w.add_chat_template(chat_template)
+    add_vocab(w, toks, merges, types, chat_template)
     mat, vec = _random_tensors(w, rng, qtype)
     mat("token_embd.weight", len(toks), n_embd, 0.5)
     vec("output_norm.weight", n_embd)

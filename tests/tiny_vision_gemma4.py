@@ -19,7 +19,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from tiny_gemma4 import GEOMETRY, write_tiny_gemma4
-from tiny_vision import mmproj_writer
+from tiny_vision import mmproj_writer, tensor_writer
 from tinymodel import _finish, _random_tensors
 
 Q = GGMLQuantizationType
@@ -41,11 +41,7 @@ def write_tiny_gemma4v_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n_t
     w = mmproj_writer(path, "tiny-gemma4v-mmproj", "gemma4v", {"clip.use_gelu": True}, IMAGE_SIZE, PATCH, (E, V_FF, V_LAYER, V_HEAD),
                       n_text_embd, MEAN, STD)  # fmt: skip
     mat, vec = _random_tensors(w, rng, qtype)
-
-    def tensor(name: str, shape: tuple[int, ...], scale: float) -> None:
-        a = (rng.standard_normal(shape) * scale).astype(np.float32)
-        w.add_tensor(name, a.astype(np.float16) if qtype == Q.F16 else a)
-
+    tensor = tensor_writer(w, rng, qtype)
     tensor("v.patch_embd.weight", (E, 3, PATCH, PATCH), 0.2)
     w.add_tensor("v.position_embd.weight", (rng.standard_normal((2, N_POS, E)) * 0.5).astype(np.float32))  # x table, y table
     d = E // V_HEAD

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 
+from tiny_vision import add_geometry, add_vocab, mmproj_writer, write_vit
 from tinymodel import ARCH_GEOMETRY, LFM2_CONV, _finish, _random_tensors, byte_vocab
 
 Q = GGMLQuantizationType
@@ -30,48 +31,10 @@ IMAGE_TOKENS = ["<|image_start|>", "<|image_end|>", "<|img_thumbnail|>"] + [f"<|
 def write_tiny_lfm2_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n_text_embd: int = ARCH_GEOMETRY["lfm2"][0]) -> Path:
     """A random LFM2-VL projector; its matrices (patch kernel and MLP included) stored as ``qtype``."""
     rng = np.random.default_rng(seed)
-    w = GGUFWriter(str(path), "clip")
-    w.add_name("tiny-lfm2-mmproj")
-    w.add_bool("clip.has_vision_encoder", True)
-    w.add_bool("clip.has_audio_encoder", False)
-    w.add_string("clip.projector_type", "lfm2")
-    w.add_bool("clip.use_gelu", True)
-    w.add_uint32("clip.vision.image_size", IMAGE_SIZE)
-    w.add_uint32("clip.vision.patch_size", PATCH)
-    w.add_uint32("clip.vision.embedding_length", V_EMBD)
-    w.add_uint32("clip.vision.feed_forward_length", V_FF)
-    w.add_uint32("clip.vision.projection_dim", n_text_embd)
-    w.add_uint32("clip.vision.block_count", V_LAYER)
-    w.add_uint32("clip.vision.attention.head_count", V_HEAD)
-    w.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
-    w.add_uint32("clip.vision.projector.scale_factor", SCALE)
-    w.add_array("clip.vision.image_mean", list(MEAN))
-    w.add_array("clip.vision.image_std", list(STD))
-    mat, vec = _random_tensors(w, rng, qtype)
-
-    def tensor(name: str, shape: tuple[int, ...], scale: float) -> None:  # (a 4-D kernel)
-        a = (rng.standard_normal(shape) * scale).astype(np.float32)
-        w.add_tensor(name, a.astype(np.float16) if qtype == Q.F16 else a)
-
-    n_pos = (IMAGE_SIZE // PATCH) ** 2
-    tensor("v.patch_embd.weight", (V_EMBD, 3, PATCH, PATCH), 0.05)
-    vec("v.patch_embd.bias", V_EMBD, 0.0)
-    w.add_tensor("v.position_embd.weight", (rng.standard_normal((n_pos, V_EMBD)) * 0.5).astype(np.float32))
-    for i in range(V_LAYER):
-        b = f"v.blk.{i}."
-        vec(b + "ln1.weight", V_EMBD)
-        vec(b + "ln1.bias", V_EMBD, 0.0)
-        for t in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            mat(b + t + ".weight", V_EMBD, V_EMBD, 0.3)
-            vec(b + t + ".bias", V_EMBD, 0.0)
-        vec(b + "ln2.weight", V_EMBD)
-        vec(b + "ln2.bias", V_EMBD, 0.0)
-        mat(b + "ffn_up.weight", V_FF, V_EMBD, 0.3)
-        vec(b + "ffn_up.bias", V_FF, 0.0)
-        mat(b + "ffn_down.weight", V_EMBD, V_FF, 0.3)
-        vec(b + "ffn_down.bias", V_EMBD, 0.0)
-    vec("v.post_ln.weight", V_EMBD)
-    vec("v.post_ln.bias", V_EMBD, 0.0)
+    geometry = (V_EMBD, V_FF, V_LAYER, V_HEAD)
+    w = mmproj_writer(path, "tiny-lfm2-mmproj", "lfm2", {"clip.use_gelu": True}, IMAGE_SIZE, PATCH, geometry, n_text_embd, MEAN, STD,
+                      scale=SCALE)  # fmt: skip
+    mat, vec, _ = write_vit(w, rng, qtype, geometry, PATCH, IMAGE_SIZE)
     k = V_EMBD * SCALE * SCALE  # the pixel unshuffle's width
     vec("mm.input_norm.weight", k)
     vec("mm.input_norm.bias", k, 0.0)
@@ -91,28 +54,12 @@ def write_tiny_lfm2vl(path: Path, qtype: int = Q.F32, seed: int = 1, chat_templa
     l_cache = 3
     w = GGUFWriter(str(path), "lfm2")
     w.add_name("tiny-lfm2vl")
-    w.add_context_length(4096)
-    w.add_embedding_length(n_embd)
-    w.add_block_count(n_layer)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv([0 if conv else n_head_kv for conv in LFM2_CONV])
+    add_geometry(w, 4096, n_embd, n_layer, n_ff, n_head, [0 if conv else n_head_kv for conv in LFM2_CONV])
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(10000.0)
     w.add_uint32("lfm2.shortconv.l_cache", l_cache)
     w.add_vocab_size(len(toks))
-    w.add_file_type(0)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(toks)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    eot = toks.index("<|endoftext|>")
-    w.add_eos_token_id(eot)
-    w.add_bos_token_id(eot)
-    w.add_add_bos_token(False)
-    if chat_template is not None:
-        w.add_chat_template(chat_template)
+    add_vocab(w, toks, merges, types, chat_template)
     mat, vec = _random_tensors(w, rng, qtype)
     mat("token_embd.weight", len(toks), n_embd, 0.5)
     vec("token_embd_norm.weight", n_embd)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 
-from tiny_vision import mmproj_writer, write_vit
+from tiny_vision import add_geometry, add_vocab, mmproj_writer, write_vit
 from tinymodel import _finish, _random_tensors, byte_vocab
 
 Q = GGMLQuantizationType
@@ -63,28 +63,12 @@ def write_tiny_minicpmv_text(path: Path, qtype: int = Q.F32, seed: int = 1, chat
     toks, types = toks + IMAGE_TOKENS, types + [3] * len(IMAGE_TOKENS)
     w = GGUFWriter(str(path), "qwen3")
     w.add_name("tiny-minicpmv-text")
-    w.add_context_length(4096)
-    w.add_embedding_length(n_embd)
-    w.add_block_count(n_layer)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_head_kv)
+    add_geometry(w, 4096, n_embd, n_layer, n_ff, n_head, n_head_kv)
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(1000000.0)
-    w.add_file_type(0)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(toks)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    eot = toks.index("<|endoftext|>")
-    w.add_eos_token_id(eot)
-    w.add_bos_token_id(eot)
-    w.add_add_bos_token(False)
-    if chat_template is not None:
-        w.add_chat_template(chat_template)
+    add_vocab(w, toks, merges, types, chat_template)
     mat, vec = _random_tensors(w, rng, qtype)
     mat("token_embd.weight", len(toks), n_embd, 0.5)
     vec("output_norm.weight", n_embd)

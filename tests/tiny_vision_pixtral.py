@@ -15,9 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType
 
-from tiny_vision import write_vl_text
+from tiny_vision import mmproj_writer, tensor_writer, write_vl_text
 from tinymodel import ARCH_GEOMETRY, _finish, _random_tensors
 
 Q = GGMLQuantizationType
@@ -32,27 +32,10 @@ def write_tiny_pixtral_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n_t
     """A random Mistral Small 3.1 projector; its matrices (patch kernel and merger included) stored as ``qtype``;
     ``merge`` None: Pixtral 12B's, without the patch merger (one row a patch)."""
     rng = np.random.default_rng(seed)
-    w = GGUFWriter(str(path), "clip")
-    w.add_name("tiny-pixtral-mmproj")
-    w.add_bool("clip.has_vision_encoder", True)
-    w.add_bool("clip.has_audio_encoder", False)
-    w.add_string("clip.projector_type", "pixtral")
-    w.add_bool("clip.use_silu", True)
-    w.add_uint32("clip.vision.image_size", IMAGE_SIZE)
-    w.add_uint32("clip.vision.patch_size", PATCH)
-    w.add_uint32("clip.vision.embedding_length", V_EMBD)
-    w.add_uint32("clip.vision.feed_forward_length", V_FF)
-    w.add_uint32("clip.vision.projection_dim", n_text_embd)
-    w.add_uint32("clip.vision.block_count", V_LAYER)
-    w.add_uint32("clip.vision.attention.head_count", V_HEAD)
-    w.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-5)
-    if merge is not None:
-        w.add_uint32("clip.vision.spatial_merge_size", merge)
-    w.add_array("clip.vision.image_mean", list(MEAN))
-    w.add_array("clip.vision.image_std", list(STD))
+    w = mmproj_writer(path, "tiny-pixtral-mmproj", "pixtral", {"clip.use_silu": True}, IMAGE_SIZE, PATCH, (V_EMBD, V_FF, V_LAYER, V_HEAD),
+                      n_text_embd, MEAN, STD, merge=merge, eps=1e-5)  # fmt: skip
     mat, vec = _random_tensors(w, rng, qtype)
-    a = (rng.standard_normal((V_EMBD, 3, PATCH, PATCH)) * 0.05).astype(np.float32)
-    w.add_tensor("v.patch_embd.weight", a.astype(np.float16) if qtype == Q.F16 else a)
+    tensor_writer(w, rng, qtype)("v.patch_embd.weight", (V_EMBD, 3, PATCH, PATCH), 0.05)
     vec("v.pre_ln.weight", V_EMBD)
     for i in range(V_LAYER):
         b = f"v.blk.{i}."

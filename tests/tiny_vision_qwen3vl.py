@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from tiny_vision import mmproj_writer, write_vl_text
+from tiny_vision import mmproj_writer, tensor_writer, write_vl_text
 from tinymodel import _finish, _random_tensors
 
 Q = GGMLQuantizationType
@@ -45,13 +45,9 @@ def write_tiny_qwen3vl_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n_t
                       n_text_embd, MEAN, STD)  # fmt: skip
     w.add_array("clip.vision.is_deepstack_layers", [i in DEEPSTACK for i in range(V_LAYER)])
     mat, vec = _random_tensors(w, rng, qtype)
-
-    def kernel(name: str) -> None:
-        a = (rng.standard_normal((E, 3, p, p)) * 0.05).astype(np.float32)
-        w.add_tensor(name, a.astype(np.float16) if qtype == Q.F16 else a)
-
-    kernel("v.patch_embd.weight")
-    kernel("v.patch_embd.weight.1")
+    tensor = tensor_writer(w, rng, qtype)
+    tensor("v.patch_embd.weight", (E, 3, p, p), 0.05)
+    tensor("v.patch_embd.weight.1", (E, 3, p, p), 0.05)
     vec("v.patch_embd.bias", E, 0.0)
     w.add_tensor("v.position_embd.weight", (rng.standard_normal((POS_SIDE * POS_SIDE, E)) * 0.5).astype(np.float32))
     for i in range(V_LAYER):

@@ -308,16 +308,18 @@ FIXTURE_MODELS: dict[str, dict] = {
 }
 
 
-def _add_byte_vocab(w: GGUFWriter) -> None:
-    """The byte-level vocabulary's metadata (byte_vocab), <|endoftext|> as BOS and EOS, no BOS added."""
+def _add_byte_vocab(w: GGUFWriter, extra: tuple[str, ...] = ()) -> None:
+    """The byte-level vocabulary's metadata (byte_vocab; ``extra`` control tokens after it), <|endoftext|> as BOS and
+    EOS, no BOS added."""
     toks, merges, types = byte_vocab()
+    toks, types = toks + list(extra), types + [3] * len(extra)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     w.add_token_list(toks)
     w.add_token_types(types)
     w.add_token_merges(merges)
-    w.add_eos_token_id(len(toks) - 1)
-    w.add_bos_token_id(len(toks) - 1)
+    w.add_eos_token_id(len(toks) - 1 - len(extra))
+    w.add_bos_token_id(len(toks) - 1 - len(extra))
     w.add_add_bos_token(False)
 
 
@@ -865,7 +867,7 @@ DEEPSEEK2_ATTN_SCALE = 0.15
 DEEPSEEK2_ROUTER_SCALE = 0.5
 
 
-def _write_tiny_deepseek2(path: Path, qtype: int, seed: int, mla: str = "lite") -> Path:
+def _write_tiny_deepseek2(path: Path, qtype: int, seed: int, mla: str = "lite", extra_tokens: tuple[str, ...] = ()) -> Path:
     """A random DeepSeek-V2/V3 as llama.cpp's converters write ``deepseek2`` (DEEPSEEK2_GEOMETRY): heads of 16
     non-rope and 8 rope dimensions, V 12 wide, a latent of 32; YaRN (DEEPSEEK2_YARN) with yarn_log_multiplier 0.1 *
     mscale_all_dim; layer 0 dense (leading_dense_block_count 1), layers 1 and 2 a mixture of 8 experts 32 wide and
@@ -884,7 +886,7 @@ def _write_tiny_deepseek2(path: Path, qtype: int, seed: int, mla: str = "lite") 
         q_rank = 0
     n_expert, n_used, n_ff_exp, n_shared, n_dense_lead = 8, 3 if v3 else 2, 32, 2, 1
     toks, merges, types = byte_vocab()
-    n_vocab = len(toks)
+    n_vocab = len(toks) + len(extra_tokens)  # (extra_tokens: control tokens after the bytes, tiny_vision_kimivl.py's)
     w = GGUFWriter(str(path), "deepseek2")
     w.add_name(f"tiny-deepseek2-{mla}")
     w.add_context_length(1024)
@@ -922,7 +924,7 @@ def _write_tiny_deepseek2(path: Path, qtype: int, seed: int, mla: str = "lite") 
     w.add_rope_scaling_orig_ctx_len(DEEPSEEK2_YARN[1])
     w.add_rope_scaling_yarn_log_mul(0.1 * (1.0 if v3 else 0.707))
     w.add_file_type(_file_type(qtype))
-    _add_byte_vocab(w)
+    _add_byte_vocab(w, extra_tokens)
 
     mat, vec = _random_tensors(w, rng, qtype)
 

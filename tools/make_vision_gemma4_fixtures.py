@@ -16,11 +16,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import numpy as np
-from fixture_oracle import parse_args, sha256  # (first: it puts tests/ on the path)
+from fixture_oracle import parse_args  # (first: it puts tests/ on the path)
 from gguf import GGMLQuantizationType as Q
-from mtmd_oracle import run
-from tiny_vision import sample_image
+from mtmd_oracle import pictures, write_fixture
 from tiny_vision_gemma4 import write_tiny_gemma4_vl, write_tiny_gemma4v_mmproj
 
 #: pictures (width, height, seed): small (scaled up to libmtmd's 70 rows' worth: 9x9 rows), wide (scaled up, 15x5),
@@ -33,28 +31,17 @@ STRIDE = {"big": 5, "huge": 8}
 PROMPTS = ["Look: <__media__> what?", "<__media__>a<__media__> two"]
 
 
-def images() -> dict[str, np.ndarray]:
-    """The fixture's pictures, uint8 RGB [height, width, 3]."""
-    return {k: sample_image(w, h, seed=s) for k, (w, h, s) in IMAGES.items()}
-
-
 def main() -> None:
     a = parse_args(__doc__)
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         files = {"text": write_tiny_gemma4_vl(t / "text.gguf"), "f32": write_tiny_gemma4v_mmproj(t / "mmproj-f32.gguf", Q.F32),
                  "f16": write_tiny_gemma4v_mmproj(t / "mmproj-f16.gguf", Q.F16)}  # fmt: skip
-        res = run(a.oracle, files["text"], {q: (files[q], 0) for q in ("f32", "f16")}, images(), PROMPTS, {"": "f32"})
-        out: dict[str, np.ndarray] = {f"sha256_{k}": sha256(p) for k, p in files.items()}
-        for key, v in res.items():
-            kind, x, y = key.split("/")
-            if kind in ("ids", "embd"):
-                out[f"{kind}_{x}_{y}"] = v[:: STRIDE.get(y, 1)] if kind == "embd" else v
-            elif kind in ("pids", "logits"):
-                out[f"{kind}_{y}"] = v
-        np.savez_compressed(a.out / "vision_gemma4.npz", **out)
-        for k, v in out.items():
-            print(k, v if k.startswith("sha") else v.shape)
+        keys = {"ids": "ids_{}_{}", "embd": "embd_{}_{}", "pids": "pids_{1}", "logits": "logits_{1}"}
+        projs = {q: (files[q], 0) for q in ("f32", "f16")}
+        res = write_fixture(a, "gemma4", files, projs, pictures(IMAGES), PROMPTS, {"": "f32"}, keys, stride=STRIDE)
+        for k, v in res.items():
+            print(k, v.shape)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from fixture_oracle import parse_args  # (first: it puts tests/ on the path)
 from gguf import GGMLQuantizationType as Q
-from mtmd_oracle import write_fixture
-from tiny_vision import sample_image
+from mtmd_oracle import pictures, write_fixture
 from tiny_vision_idefics3 import write_tiny_idefics3_mmproj, write_tiny_smolvlm
 
 #: pictures (width, height, seed): already the longest edge (the grid without resizing), wide (padded into a
@@ -31,11 +29,6 @@ IMAGES = {"square": (64, 64, 0), "wide": (150, 50, 1), "tall": (40, 70, 2), "tin
 PROMPTS = ["Look: <__media__> what?", "<__media__>a<__media__> two"]
 
 
-def images() -> dict[str, np.ndarray]:
-    """The fixture's pictures, uint8 RGB [height, width, 3]."""
-    return {k: sample_image(w, h, seed=s) for k, (w, h, s) in IMAGES.items()}
-
-
 def main() -> None:
     a = parse_args(__doc__)
     with tempfile.TemporaryDirectory() as tmp:
@@ -43,7 +36,7 @@ def main() -> None:
         files = {"text": write_tiny_smolvlm(t / "text.gguf"), "f32": write_tiny_idefics3_mmproj(t / "mmproj-f32.gguf", Q.F32),
                  "f16": write_tiny_idefics3_mmproj(t / "mmproj-f16.gguf", Q.F16)}  # fmt: skip
         keys = {"ids": "ids_{}_{}", "embd": "embd_{}_{}", "pids": "pids_{1}", "logits": "logits_{1}"}
-        res = write_fixture(a, "idefics3", files, {q: (files[q], 0) for q in ("f32", "f16")}, images(), PROMPTS, {"": "f32"}, keys)
+        res = write_fixture(a, "idefics3", files, {q: (files[q], 0) for q in ("f32", "f16")}, pictures(IMAGES), PROMPTS, {"": "f32"}, keys)
         for k, v in res.items():
             print(k, v.shape, v.tolist() if k.startswith(("ids_f32", "pids")) else "")
 

@@ -18,10 +18,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from fixture_oracle import parse_args  # (first: it puts tests/ on the path)
-from mtmd_oracle import write_fixture
-from tiny_vision import sample_image
+from mtmd_oracle import pictures, write_fixture
 from tiny_vision_minicpmv import write_tiny_minicpmv_mmproj, write_tiny_minicpmv_text
 
 #: pictures (width, height, seed): no larger than a slice (the overview alone, scaled up keeping its aspect), wide
@@ -33,11 +31,6 @@ PROJECTORS = {"mc_f32": ("F32", 5), "mc_f16": ("F16", 5), "mc25_f32": ("F32", 2)
 PAIRS = {"mc": "mc_f32"}
 #: prompts with mtmd's media marker, the pictures taken in IMAGES' order
 PROMPTS = ["Look: <__media__> what?", "<__media__>a<__media__> two"]
-
-
-def images() -> dict[str, np.ndarray]:
-    """The fixture's pictures, uint8 RGB [height, width, 3]."""
-    return {k: sample_image(w, h, seed=s) for k, (w, h, s) in IMAGES.items()}
 
 
 def write_pair(d: Path) -> dict[str, Path]:
@@ -55,7 +48,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         files = write_pair(Path(tmp))
         keys = {k: k + "_{}_{}" for k in ("ids", "embd", "pids", "logits", "npast")}
-        res = write_fixture(a, "minicpmv", files, {q: (files[q], 0) for q in PROJECTORS}, images(), PROMPTS, PAIRS, keys, n_ctx=2048)
+        res = write_fixture(a, "minicpmv", files, {q: (files[q], 0) for q in PROJECTORS}, pictures(IMAGES), PROMPTS, PAIRS, keys, n_ctx=2048)
         for k, v in res.items():
             print(k, v.shape, v.tolist() if k.startswith(("ids_mc_f32", "ids_mc25", "pids", "npast")) else "")
 

@@ -17,11 +17,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from fixture_oracle import parse_args  # (first: it puts tests/ on the path)
 from gguf import GGMLQuantizationType as Q
-from mtmd_oracle import write_fixture
-from tiny_vision import sample_image
+from mtmd_oracle import pictures, write_fixture
 from tiny_vision_pixtral import write_tiny_pixtral_mmproj, write_tiny_pixtral_text
 
 #: pictures (width, height, seed): small (scaled up to the fewest pixels, 8 merged rows' worth), wide, square, tall
@@ -30,11 +28,6 @@ IMAGES = {"small": (24, 20, 0), "wide": (100, 40, 1), "square": (48, 48, 2), "ta
           "large": (800, 400, 5)}  # fmt: skip
 #: prompts with mtmd's media marker, the pictures taken in IMAGES' order
 PROMPTS = ["Look: <__media__> what?", "<__media__>a<__media__> two"]
-
-
-def images() -> dict[str, np.ndarray]:
-    """The fixture's pictures, uint8 RGB [height, width, 3]."""
-    return {k: sample_image(w, h, seed=s) for k, (w, h, s) in IMAGES.items()}
 
 
 def main() -> None:
@@ -46,7 +39,7 @@ def main() -> None:
                  "nomerge": write_tiny_pixtral_mmproj(t / "mmproj-nomerge.gguf", Q.F32, merge=None)}  # fmt: skip
         keys = {"ids": "ids_{}_{}", "embd": "embd_{}_{}", "pids": "pids_{1}", "logits": "logits_{1}"}
         projs = {q: (files[q], 0) for q in ("f32", "f16", "nomerge")}
-        res = write_fixture(a, "pixtral", files, projs, images(), PROMPTS, {"": "f32"}, keys, n_ctx=2048)
+        res = write_fixture(a, "pixtral", files, projs, pictures(IMAGES), PROMPTS, {"": "f32"}, keys, n_ctx=2048)
         for k, v in res.items():
             print(k, v.shape, v.tolist() if k.startswith("pids") else "")
 

@@ -18,10 +18,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from fixture_oracle import parse_args  # (first: it puts tests/ on the path)
-from mtmd_oracle import write_fixture
-from tiny_vision import sample_image
+from mtmd_oracle import pictures, write_fixture
 from tiny_vision_qwen3vl import write_tiny_qwen3vl_mmproj, write_tiny_qwen3vl_text
 
 #: pictures (width, height, seed): the learned positions' own 6 x 6 patches (no interpolation), wider than them
@@ -34,11 +32,6 @@ PROJECTORS = {"q3_f32": "F32", "q3_f16": "F16"}
 PAIRS = {"q3": "q3_f32"}
 #: prompts with mtmd's media marker, the pictures taken in IMAGES' order
 PROMPTS = ["Look: <__media__> what?", "<__media__>a<__media__> two"]
-
-
-def images() -> dict[str, np.ndarray]:
-    """The fixture's pictures, uint8 RGB [height, width, 3]."""
-    return {k: sample_image(w, h, seed=s) for k, (w, h, s) in IMAGES.items()}
 
 
 def write_pair(d: Path) -> dict[str, Path]:
@@ -56,7 +49,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         files = write_pair(Path(tmp))
         keys = {k: k + "_{}_{}" for k in ("ids", "embd", "grid", "dpos", "pids", "logits", "npast")}
-        res = write_fixture(a, "qwen3vl", files, {q: (files[q], 0) for q in PROJECTORS}, images(), PROMPTS, PAIRS, keys, mrope=True)
+        res = write_fixture(a, "qwen3vl", files, {q: (files[q], 0) for q in PROJECTORS}, pictures(IMAGES), PROMPTS, PAIRS, keys, mrope=True)
         for k, v in res.items():
             print(k, v.shape, v.tolist() if k.startswith(("grid", "pids", "npast")) else "")
 

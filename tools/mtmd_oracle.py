@@ -115,15 +115,23 @@ def run(python: str, model: Path, projectors: dict[str, tuple[Path, int]], image
         return dict(np.load(a["out"]))
 
 
+def pictures(spec: dict[str, tuple[int, int, int]]) -> dict[str, np.ndarray]:
+    """A fixture's pictures, uint8 RGB [height, width, 3], from ``spec`` (name: width, height, seed)."""
+    from tiny_vision import sample_image
+
+    return {k: sample_image(w, h, seed=s) for k, (w, h, s) in spec.items()}
+
+
 def write_fixture(a: argparse.Namespace, fixture: str, files: dict[str, Path], projectors: dict[str, tuple[Path, int]],
                   images: dict[str, np.ndarray], prompts: list[str], pairs: dict[str, str], keys: dict[str, str],
-                  n_ctx: int = 512, mrope: bool = False) -> dict[str, np.ndarray]:  # fmt: skip
+                  n_ctx: int = 512, mrope: bool = False, stride: dict[str, int] | None = None) -> dict[str, np.ndarray]:  # fmt: skip
     """``<a.out>/vision_<fixture>.npz``: ``run``'s arrays renamed by ``keys`` (a kind, "embd": the format of its
-    name, given its two parts, "embd_{}_{}"; kinds not named left out) and ``sha256_<k>``, each of ``files``' digest."""
+    name, given its two parts, "embd_{}_{}"; kinds not named left out) and ``sha256_<k>``, each of ``files``' digest;
+    a picture named in ``stride`` keeps one in that many of its ``embd`` rows."""
     res = {}
     for key, v in run(a.oracle, files["text"], projectors, images, prompts, pairs, n_ctx, mrope).items():
         kind, x, y = key.split("/")
         if kind in keys:
-            res[keys[kind].format(x, y)] = v
+            res[keys[kind].format(x, y)] = v[:: (stride or {}).get(y, 1)] if kind == "embd" else v
     np.savez_compressed(a.out / f"vision_{fixture}.npz", **{f"sha256_{k}": sha256(p) for k, p in files.items()}, **res)
     return res

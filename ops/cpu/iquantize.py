@@ -25,7 +25,8 @@ import numba as nb
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from .kquantize import QK_K, _f16_round, _pack_2bit, _put_f16, _scale_min_k4, nearest_int, quantize_k
+from .kquantize import (QK_K, _f16_round, _make_qx_quants, _pack_q4_k, _pack_q5_k, _put_f16, _put_scale_min_k4, _q2_k_levels,
+                        _q3_k_levels, _q6_k_finish, _qk45_levels, nearest_int, quantize_k)  # fmt: skip
 from .parallel import EXACT_JIT, prange_only
 
 F0 = np.float32(0.0)
@@ -43,50 +44,6 @@ BLOCK = {T.Q4_0: (18, 32), T.Q4_1: (20, 32), T.Q5_0: (22, 32), T.Q5_1: (24, 32),
 
 
 # ----------------------------------------------------------------------------- helpers (ggml-quants.c)
-@nb.njit(**EXACT_JIT)
-def _make_qx_quants_w(n, nmax, x, L, qw):
-    """``make_qx_quants(n, nmax, x, L, rmse_type=1, qw)``: a signed scale and levels ``L`` (biased by nmax), the
-    least-squares fit weighted by ``qw`` over 19 trial inverse scales."""
-    mx = F0
-    amax = F0
-    for i in range(n):
-        ax = abs(x[i])
-        if ax > amax:
-            amax = ax
-            mx = x[i]
-    if amax < _EPS:
-        for i in range(n):
-            L[i] = 0
-        return F0
-    iscale = np.float32(-nmax) / mx
-    sumlx = F0
-    suml2 = F0
-    for i in range(n):
-        l = max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
-        L[i] = l + nmax
-        fl = np.float32(l)
-        sumlx += qw[i] * x[i] * fl
-        suml2 += qw[i] * fl * fl
-    scale = sumlx / suml2 if suml2 != F0 else F0
-    best = scale * sumlx
-    for step in range(-9, 10):
-        if step == 0:
-            continue
-        iscale = -(np.float32(nmax) + _TENTH * np.float32(step)) / mx
-        sumlx = F0
-        suml2 = F0
-        for i in range(n):
-            fl = np.float32(max(-nmax, min(nmax - 1, nearest_int(iscale * x[i]))))
-            sumlx += qw[i] * x[i] * fl
-            suml2 += qw[i] * fl * fl
-        if suml2 > F0 and sumlx * sumlx > best * suml2:
-            for i in range(n):
-                L[i] = nmax + max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
-            scale = sumlx / suml2
-            best = scale * sumlx
-    return scale
-
-
 @nb.njit(**EXACT_JIT)
 def _make_qkx3_quants(n, nmax, x, w, L, Laux, rmin, rdelta, nstep):
     """``make_qkx3_quants(..., use_mad=false)`` with weights: an unsigned scale and ``-min`` for levels 0..nmax,
@@ -268,14 +225,7 @@ def _q2_k(x, qw, qo, out):
     _put_f16(out, 82, hm)
     for j in range(16):
         out[j] = np.uint8((Ls[j] | (Lm[j] << 4)) & 0xFF)
-    for j in range(16):
-        d = dm * np.float32(out[j] & np.uint8(0xF))
-        if d == F0:
-            continue
-        m = mm * np.float32(out[j] >> np.uint8(4))
-        for ii in range(16):
-            L[16 * j + ii] = max(0, min(3, nearest_int((x[16 * j + ii] + m) / d)))
-    _pack_2bit(L, out, 16)
+    _q2_k_levels(x, out, L, dm, mm)
 
 
 @nb.njit(**EXACT_JIT)
@@ -296,11 +246,11 @@ def _q3_k(x, qw, qo, out):
         for l in range(16):
             sumw += weight[l]
         sw[j] = sumw
-        scales[j] = _make_qx_quants_w(16, 4, x[16 * j : 16 * j + 16], L[16 * j : 16 * j + 16], weight)
+        scales[j] = _make_qx_quants(16, 4, x[16 * j : 16 * j + 16], L[16 * j : 16 * j + 16], weight)
     sb = 96
     for j in range(12):
         out[sb + j] = 0
-    d_block = _make_qx_quants_w(16, 32, scales, Ls, sw)
+    d_block = _make_qx_quants(16, 32, scales, Ls, sw)
     for j in range(16):
         l = Ls[j]
         if j < 8:
@@ -311,27 +261,7 @@ def _q3_k(x, qw, qo, out):
         out[sb + j % 4 + 8] |= np.uint8((l << (2 * (j // 4))) & 0xFF)
     hd, d_all = _f16_round(d_block)
     _put_f16(out, 108, hd)
-    for j in range(16):
-        sc = np.int64(out[sb + j] & np.uint8(0xF)) if j < 8 else np.int64(out[sb + j - 8] >> np.uint8(4))
-        sc = (sc | ((np.int64(out[sb + 8 + j % 4] >> np.uint8(2 * (j // 4))) & 3) << 4)) - 32
-        d = d_all * np.float32(sc)
-        if d == F0:
-            continue
-        for ii in range(16):
-            L[16 * j + ii] = max(-4, min(3, nearest_int(x[16 * j + ii] / d))) + 4
-    for m in range(32):
-        out[m] = 0
-    m = 0
-    hm = 1
-    for j in range(QK_K):
-        if L[j] > 3:
-            out[m] |= np.uint8(hm)
-            L[j] -= 4
-        m += 1
-        if m == 32:
-            m = 0
-            hm <<= 1
-    _pack_2bit(L, out, 32)
+    _q3_k_levels(x, out, L, d_all)
 
 
 @nb.njit(inline="always", **EXACT_JIT)
@@ -359,29 +289,9 @@ def _q45_k(x, qw, qo, out, L, nmax):
                                                Laux, np.float32(-0.9), np.float32(0.05), 36)  # fmt: skip
     d_block = _make_qp_quants(8, 63, scales, Ls, sw)
     m_block = _make_qp_quants(8, 63, mins, Lm, sw)
-    sb = 4
     for j in range(8):
-        ls = min(63, Ls[j])
-        lm = min(63, Lm[j])
-        if j < 4:
-            out[sb + j] = np.uint8(ls)
-            out[sb + j + 4] = np.uint8(lm)
-        else:
-            out[sb + j + 4] = np.uint8((ls & 0xF) | ((lm & 0xF) << 4))
-            out[sb + j - 4] |= np.uint8(((ls >> 4) << 6) & 0xFF)
-            out[sb + j] |= np.uint8(((lm >> 4) << 6) & 0xFF)
-    hd, d_all = _f16_round(d_block)
-    hm, m_all = _f16_round(m_block)
-    _put_f16(out, 0, hd)
-    _put_f16(out, 2, hm)
-    for j in range(8):
-        sc, m = _scale_min_k4(j, out, sb)
-        d = d_all * np.float32(sc)
-        if d == F0:
-            continue
-        dm = m_all * np.float32(m)
-        for ii in range(32):
-            L[32 * j + ii] = max(0, min(nmax, nearest_int((x[32 * j + ii] + dm) / d)))
+        _put_scale_min_k4(out, j, min(63, Ls[j]), min(63, Lm[j]))
+    _qk45_levels(x, out, L, nmax, d_block, m_block)
 
 
 @nb.njit(**EXACT_JIT)
@@ -389,9 +299,7 @@ def _q4_k(x, qw, qo, out):
     """``quantize_row_q4_K_impl`` for one block."""
     L = np.empty(QK_K, np.int64)
     _q45_k(x, qw, qo, out, L, 15)
-    for c in range(4):
-        for l in range(32):
-            out[16 + 32 * c + l] = np.uint8(L[64 * c + l] | (L[64 * c + l + 32] << 4))
+    _pack_q4_k(L, out)
 
 
 @nb.njit(**EXACT_JIT)
@@ -399,25 +307,7 @@ def _q5_k(x, qw, qo, out):
     """``quantize_row_q5_K_impl`` for one block."""
     L = np.empty(QK_K, np.int64)
     _q45_k(x, qw, qo, out, L, 31)
-    qh = 16
-    ql = 48
-    for j in range(32):
-        out[qh + j] = 0
-    m1 = 1
-    m2 = 2
-    for c in range(4):
-        for j in range(32):
-            l1 = L[64 * c + j]
-            if l1 > 15:
-                l1 -= 16
-                out[qh + j] |= np.uint8(m1)
-            l2 = L[64 * c + j + 32]
-            if l2 > 15:
-                l2 -= 16
-                out[qh + j] |= np.uint8(m2)
-            out[ql + 32 * c + j] = np.uint8(l1 | (l2 << 4))
-        m1 <<= 2
-        m2 <<= 2
+    _pack_q5_k(L, out)
 
 
 @nb.njit(**EXACT_JIT)
@@ -428,36 +318,12 @@ def _q6_k(x, qw, qo, out):
     max_scale = F0
     max_abs_scale = F0
     for ib in range(16):
-        scale = _make_qx_quants_w(16, 32, x[16 * ib : 16 * ib + 16], L[16 * ib : 16 * ib + 16], qw[qo + 16 * ib :])
+        scale = _make_qx_quants(16, 32, x[16 * ib : 16 * ib + 16], L[16 * ib : 16 * ib + 16], qw[qo + 16 * ib :])
         scales[ib] = scale
         if abs(scale) > max_abs_scale:
             max_abs_scale = abs(scale)
             max_scale = scale
-    if max_abs_scale < _EPS:
-        for j in range(210):
-            out[j] = 0
-        return
-    iscale = np.float32(-128.0) / max_scale
-    hd, d_all = _f16_round(F1 / iscale)
-    _put_f16(out, 208, hd)
-    sc = np.empty(16, np.int64)
-    for ib in range(16):
-        v = min(127, nearest_int(iscale * scales[ib]))
-        sc[ib] = ((v + 128) & 0xFF) - 128
-        out[192 + ib] = np.uint8(v & 0xFF)
-    for j in range(16):
-        d = d_all * np.float32(sc[j])
-        if d == F0:
-            continue
-        for ii in range(16):
-            L[16 * j + ii] = max(-32, min(31, nearest_int(x[16 * j + ii] / d))) + 32
-    for h in range(2):
-        j = 128 * h
-        for l in range(32):
-            out[64 * h + l] = np.uint8((L[j + l] & 0xF) | ((L[j + l + 64] & 0xF) << 4))
-            out[64 * h + l + 32] = np.uint8((L[j + l + 32] & 0xF) | ((L[j + l + 96] & 0xF) << 4))
-            out[128 + 32 * h + l] = np.uint8((L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2)
-                                             | ((L[j + l + 64] >> 4) << 4) | ((L[j + l + 96] >> 4) << 6))  # fmt: skip
+    _q6_k_finish(x, out, L, scales, max_scale, max_abs_scale)
 
 
 # ----------------------------------------------------------------------------- Q4_0 ... Q5_1, one row (the *_impl)
@@ -488,7 +354,7 @@ def _q4_0_row(x, qw, out):
     L = np.empty(32, np.int64)
     for ib in range(x.shape[0] // 32):
         _weights(x[32 * ib :], qw, 32 * ib, sigma2, weight, 32)
-        h, _ = _f16_round(_make_qx_quants_w(32, 8, x[32 * ib : 32 * ib + 32], L, weight))
+        h, _ = _f16_round(_make_qx_quants(32, 8, x[32 * ib : 32 * ib + 32], L, weight))
         _put_f16(out, 18 * ib, h)
         for j in range(16):
             out[18 * ib + 2 + j] = np.uint8((L[j] | (L[j + 16] << 4)) & 0xFF)
@@ -502,7 +368,7 @@ def _q5_0_row(x, qw, out):
     L = np.empty(32, np.int64)
     for ib in range(x.shape[0] // 32):
         _weights(x[32 * ib :], qw, 32 * ib, sigma2, weight, 32)
-        h, _ = _f16_round(_make_qx_quants_w(32, 16, x[32 * ib : 32 * ib + 32], L, weight))
+        h, _ = _f16_round(_make_qx_quants(32, 16, x[32 * ib : 32 * ib + 32], L, weight))
         o = 22 * ib
         _put_f16(out, o, h)
         _put_qh(L, out, o + 2)

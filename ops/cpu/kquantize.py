@@ -61,10 +61,11 @@ def _put_f16(out, at, h):
 
 
 @nb.njit(**EXACT_JIT)
-def _make_qx_quants(n, nmax, x, L):
-    """``make_qx_quants(n, nmax, x, L, rmse_type=1, qw=NULL)``: a signed scale for ``n`` weights and their
-    levels ``L`` (0 .. 2 nmax - 1, biased by nmax), fitted by least squares weighted by ``x^2`` over 19
-    trial inverse scales.  Q6_K's sub-block quantizer."""
+def _make_qx_quants(n, nmax, x, L, qw):
+    """``make_qx_quants(n, nmax, x, L, rmse_type=1, qw)``: a signed scale for ``n`` weights and their levels ``L``
+    (0 .. 2 nmax - 1, biased by nmax), fitted by least squares weighted by ``qw`` over 19 trial inverse scales
+    (``qw == NULL`` in the C weights by ``x^2``: pass ``x * x``, the same float32 products).  Q6_K's sub-block
+    quantizer, and the importance-weighted Q3_K's, Q4_0's and Q5_0's (ops/cpu/iquantize.py)."""
     mx = F0
     amax = F0
     for i in range(n):
@@ -80,13 +81,11 @@ def _make_qx_quants(n, nmax, x, L):
     sumlx = F0
     suml2 = F0
     for i in range(n):
-        l = nearest_int(iscale * x[i])
-        l = max(-nmax, min(nmax - 1, l))
+        l = max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
         L[i] = l + nmax
-        w = x[i] * x[i]
         fl = np.float32(l)
-        sumlx += w * x[i] * fl
-        suml2 += w * fl * fl
+        sumlx += qw[i] * x[i] * fl
+        suml2 += qw[i] * fl * fl
     scale = sumlx / suml2 if suml2 != F0 else F0
     best = scale * sumlx
     for step in range(-9, 10):
@@ -96,16 +95,12 @@ def _make_qx_quants(n, nmax, x, L):
         sumlx = F0
         suml2 = F0
         for i in range(n):
-            l = nearest_int(iscale * x[i])
-            l = max(-nmax, min(nmax - 1, l))
-            w = x[i] * x[i]
-            fl = np.float32(l)
-            sumlx += w * x[i] * fl
-            suml2 += w * fl * fl
+            fl = np.float32(max(-nmax, min(nmax - 1, nearest_int(iscale * x[i]))))
+            sumlx += qw[i] * x[i] * fl
+            suml2 += qw[i] * fl * fl
         if suml2 > F0 and sumlx * sumlx > best * suml2:
             for i in range(n):
-                l = nearest_int(iscale * x[i])
-                L[i] = nmax + max(-nmax, min(nmax - 1, l))
+                L[i] = nmax + max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
             scale = sumlx / suml2
             best = scale * sumlx
     return scale
@@ -252,6 +247,151 @@ def _pack_2bit(L, out, at):
             out[at + j // 4 + l] = np.uint8(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6))
 
 
+@nb.njit(inline="always", **EXACT_JIT)
+def _q2_k_levels(x, out, L, d_all, m_all):
+    """Q2_K's levels 0..3 from the stored 4-bit scales and mins (``out[0:16]``, ``d_all`` and ``m_all`` their
+    f16 multipliers), packed into ``qs``."""
+    for j in range(16):
+        d = d_all * np.float32(out[j] & np.uint8(0xF))
+        if d == F0:
+            continue
+        dm = m_all * np.float32(out[j] >> np.uint8(4))
+        for ii in range(16):
+            l = nearest_int((x[16 * j + ii] + dm) / d)
+            L[16 * j + ii] = max(0, min(3, l))
+    _pack_2bit(L, out, 16)
+
+
+@nb.njit(inline="always", **EXACT_JIT)
+def _q3_k_levels(x, out, L, d_all):
+    """Q3_K's levels -4..3 from the stored 6-bit scales (``out[96:108]``, ``d_all`` their f16 multiplier): the high
+    bits into ``hmask``, the low two into ``qs``."""
+    sb = 96
+    for j in range(16):
+        sc = np.int64(out[sb + j] & np.uint8(0xF)) if j < 8 else np.int64(out[sb + j - 8] >> np.uint8(4))
+        sc = (sc | ((np.int64(out[sb + 8 + j % 4] >> np.uint8(2 * (j // 4))) & 3) << 4)) - 32
+        d = d_all * np.float32(sc)
+        if d == F0:
+            continue
+        for ii in range(16):
+            l = nearest_int(x[16 * j + ii] / d)
+            L[16 * j + ii] = max(-4, min(3, l)) + 4
+    # the high bit of the first 32 levels in bit 0 of hmask[0..31], the next 32 in bit 1, ...
+    for m in range(32):
+        out[m] = 0
+    m = 0
+    hm = 1
+    for j in range(QK_K):
+        if L[j] > 3:
+            out[m] |= np.uint8(hm)
+            L[j] -= 4
+        m += 1
+        if m == 32:
+            m = 0
+            hm <<= 1
+    _pack_2bit(L, out, 32)
+
+
+@nb.njit(inline="always", **EXACT_JIT)
+def _put_scale_min_k4(out, j, ls, lm):
+    """The inverse of ``get_scale_min_k4``: sub-block ``j``'s 6-bit scale ``ls`` and min ``lm`` into ``out[4:16]``."""
+    sb = 4
+    if j < 4:
+        out[sb + j] = np.uint8(ls)
+        out[sb + j + 4] = np.uint8(lm)
+    else:
+        out[sb + j + 4] = np.uint8((ls & 0xF) | ((lm & 0xF) << 4))
+        out[sb + j - 4] |= np.uint8((ls >> 4) << 6)
+        out[sb + j] |= np.uint8((lm >> 4) << 6)
+
+
+@nb.njit(inline="always", **EXACT_JIT)
+def _qk45_levels(x, out, L, nmax, d_block, m_block):
+    """Q4_K's / Q5_K's ``d`` and ``dmin`` (``d_block``, ``m_block`` stored as f16) in ``out[0:4]``, then every weight's
+    level 0..nmax from the stored scales and mins."""
+    hd, d_all = _f16_round(d_block)
+    hm, m_all = _f16_round(m_block)
+    _put_f16(out, 0, hd)
+    _put_f16(out, 2, hm)
+    for j in range(8):
+        sc, m = _scale_min_k4(j, out, 4)
+        d = d_all * np.float32(sc)
+        if d == F0:
+            continue
+        dm = m_all * np.float32(m)
+        for ii in range(32):
+            l = nearest_int((x[32 * j + ii] + dm) / d)
+            L[32 * j + ii] = max(0, min(nmax, l))
+
+
+@nb.njit(inline="always", **EXACT_JIT)
+def _pack_q4_k(L, out):
+    """Q4_K's ``qs``: each 32 bytes sub-block 2c in the low nibbles, 2c + 1 in the high ones."""
+    for c in range(4):
+        for l in range(32):
+            out[16 + 32 * c + l] = np.uint8(L[64 * c + l] | (L[64 * c + l + 32] << 4))
+
+
+@nb.njit(inline="always", **EXACT_JIT)
+def _pack_q5_k(L, out):
+    """Q5_K's ``qh`` (the fifth bits) and ``qs`` (the low four, as Q4_K's)."""
+    qh = 16
+    ql = 48
+    for j in range(32):
+        out[qh + j] = 0
+    m1 = 1
+    m2 = 2
+    for c in range(4):
+        for j in range(32):
+            l1 = L[64 * c + j]
+            if l1 > 15:
+                l1 -= 16
+                out[qh + j] |= np.uint8(m1)
+            l2 = L[64 * c + j + 32]
+            if l2 > 15:
+                l2 -= 16
+                out[qh + j] |= np.uint8(m2)
+            out[ql + 32 * c + j] = np.uint8(l1 | (l2 << 4))
+        m1 <<= 2
+        m2 <<= 2
+
+
+@nb.njit(inline="always", **EXACT_JIT)
+def _q6_k_finish(x, out, L, scales, max_scale, max_abs_scale):
+    """Q6_K from its 16 sub-block scales (``max_scale`` the one of largest magnitude): the 8-bit scales and ``d``,
+    every weight's level -32..31, packed into ``ql`` and ``qh``; an all-zero block all zero bytes."""
+    if max_abs_scale < _GROUP_MAX_EPS:  # an all-zero block
+        for j in range(210):
+            out[j] = 0
+        return
+    iscale = np.float32(-128.0) / max_scale
+    hd, d_all = _f16_round(F1 / iscale)
+    _put_f16(out, 208, hd)
+    sc = np.empty(16, np.int64)
+    for ib in range(16):
+        v = min(127, nearest_int(iscale * scales[ib]))
+        sc[ib] = ((v + 128) & 0xFF) - 128  # an int8_t
+        out[192 + ib] = np.uint8(v & 0xFF)
+    for j in range(16):
+        d = d_all * np.float32(sc[j])
+        if d == F0:
+            continue
+        for ii in range(16):
+            l = nearest_int(x[16 * j + ii] / d)
+            L[16 * j + ii] = max(-32, min(31, l)) + 32
+    for h in range(2):
+        j = 128 * h
+        for l in range(32):
+            q1 = L[j + l] & 0xF
+            q2 = L[j + l + 32] & 0xF
+            q3 = L[j + l + 64] & 0xF
+            q4 = L[j + l + 96] & 0xF
+            out[64 * h + l] = np.uint8(q1 | (q3 << 4))
+            out[64 * h + l + 32] = np.uint8(q2 | (q4 << 4))
+            out[128 + 32 * h + l] = np.uint8((L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2)
+                                             | ((L[j + l + 64] >> 4) << 4) | ((L[j + l + 96] >> 4) << 6))  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- one block of 256
 @nb.njit(**EXACT_JIT)
 def _block_q2_k(x, out):
@@ -293,15 +433,7 @@ def _block_q2_k(x, out):
         hm, m_all = _f16_round(F0)
     _put_f16(out, 80, hd)
     _put_f16(out, 82, hm)
-    for j in range(16):
-        d = d_all * np.float32(out[j] & np.uint8(0xF))
-        if d == F0:
-            continue
-        dm = m_all * np.float32(out[j] >> np.uint8(4))
-        for ii in range(16):
-            l = nearest_int((x[16 * j + ii] + dm) / d)
-            L[16 * j + ii] = max(0, min(3, l))
-    _pack_2bit(L, out, 16)
+    _q2_k_levels(x, out, L, d_all, m_all)
 
 
 @nb.njit(**EXACT_JIT)
@@ -336,29 +468,7 @@ def _block_q3_k(x, out):
     else:
         hd, d_all = _f16_round(F0)
     _put_f16(out, 108, hd)
-    for j in range(16):
-        sc = np.int64(out[sb + j] & np.uint8(0xF)) if j < 8 else np.int64(out[sb + j - 8] >> np.uint8(4))
-        sc = (sc | ((np.int64(out[sb + 8 + j % 4] >> np.uint8(2 * (j // 4))) & 3) << 4)) - 32
-        d = d_all * np.float32(sc)
-        if d == F0:
-            continue
-        for ii in range(16):
-            l = nearest_int(x[16 * j + ii] / d)
-            L[16 * j + ii] = max(-4, min(3, l)) + 4
-    # the high bit of the first 32 levels in bit 0 of hmask[0..31], the next 32 in bit 1, ...
-    for m in range(32):
-        out[m] = 0
-    m = 0
-    hm = 1
-    for j in range(QK_K):
-        if L[j] > 3:
-            out[m] |= np.uint8(hm)
-            L[j] -= 4
-        m += 1
-        if m == 32:
-            m = 0
-            hm <<= 1
-    _pack_2bit(L, out, 32)
+    _q3_k_levels(x, out, L, d_all)
 
 
 @nb.njit(inline="always", **EXACT_JIT)
@@ -389,30 +499,11 @@ def _qk45_scales(x, out, L, nmax, rmin, nstep):
     f63 = np.float32(63.0)
     inv_scale = f63 / max_scale if max_scale > F0 else F0
     inv_min = f63 / max_min if max_min > F0 else F0
-    sb = 4
     for j in range(8):
         ls = min(63, nearest_int(inv_scale * scales[j]) & 0xFF)  # (a uint8_t in the C)
         lm = min(63, nearest_int(inv_min * mins[j]) & 0xFF)
-        if j < 4:
-            out[sb + j] = np.uint8(ls)
-            out[sb + j + 4] = np.uint8(lm)
-        else:
-            out[sb + j + 4] = np.uint8((ls & 0xF) | ((lm & 0xF) << 4))
-            out[sb + j - 4] |= np.uint8((ls >> 4) << 6)
-            out[sb + j] |= np.uint8((lm >> 4) << 6)
-    hd, d_all = _f16_round(max_scale / f63)
-    hm, m_all = _f16_round(max_min / f63)
-    _put_f16(out, 0, hd)
-    _put_f16(out, 2, hm)
-    for j in range(8):
-        sc, m = _scale_min_k4(j, out, sb)
-        d = d_all * np.float32(sc)
-        if d == F0:
-            continue
-        dm = m_all * np.float32(m)
-        for ii in range(32):
-            l = nearest_int((x[32 * j + ii] + dm) / d)
-            L[32 * j + ii] = max(0, min(nmax, l))
+        _put_scale_min_k4(out, j, ls, lm)
+    _qk45_levels(x, out, L, nmax, max_scale / f63, max_min / f63)
 
 
 @nb.njit(**EXACT_JIT)
@@ -420,9 +511,7 @@ def _block_q4_k(x, out):
     """``quantize_row_q4_K_ref`` for one block: ``d f16 | dmin f16 | scales u8[12] | qs u8[128]``."""
     L = np.empty(QK_K, np.int64)
     _qk45_scales(x, out, L, 15, np.float32(-1.0), 20)
-    for c in range(4):  # each 32 bytes: sub-block 2c in the low nibbles, 2c + 1 in the high ones
-        for l in range(32):
-            out[16 + 32 * c + l] = np.uint8(L[64 * c + l] | (L[64 * c + l + 32] << 4))
+    _pack_q4_k(L, out)
 
 
 @nb.njit(**EXACT_JIT)
@@ -430,70 +519,26 @@ def _block_q5_k(x, out):
     """``quantize_row_q5_K_ref`` for one block: ``d f16 | dmin f16 | scales u8[12] | qh u8[32] | qs u8[128]``."""
     L = np.empty(QK_K, np.int64)
     _qk45_scales(x, out, L, 31, np.float32(-0.5), 15)
-    qh = 16
-    ql = 48
-    for j in range(32):
-        out[qh + j] = 0
-    m1 = 1
-    m2 = 2
-    for c in range(4):
-        for j in range(32):
-            l1 = L[64 * c + j]
-            if l1 > 15:
-                l1 -= 16
-                out[qh + j] |= np.uint8(m1)
-            l2 = L[64 * c + j + 32]
-            if l2 > 15:
-                l2 -= 16
-                out[qh + j] |= np.uint8(m2)
-            out[ql + 32 * c + j] = np.uint8(l1 | (l2 << 4))
-        m1 <<= 2
-        m2 <<= 2
+    _pack_q5_k(L, out)
 
 
 @nb.njit(**EXACT_JIT)
 def _block_q6_k(x, out):
     """``quantize_row_q6_K_ref`` for one block: ``ql u8[128] | qh u8[64] | scales i8[16] | d f16``."""
     L = np.empty(QK_K, np.int64)
+    w = np.empty(QK_K, np.float32)
+    for i in range(QK_K):
+        w[i] = x[i] * x[i]  # (make_qx_quants without weights weighs by x^2)
     scales = np.empty(16, np.float32)
     max_scale = F0
     max_abs_scale = F0
     for ib in range(16):
-        scale = _make_qx_quants(16, 32, x[16 * ib : 16 * ib + 16], L[16 * ib : 16 * ib + 16])
+        scale = _make_qx_quants(16, 32, x[16 * ib : 16 * ib + 16], L[16 * ib : 16 * ib + 16], w[16 * ib :])
         scales[ib] = scale
         if abs(scale) > max_abs_scale:
             max_abs_scale = abs(scale)
             max_scale = scale
-    if max_abs_scale < _GROUP_MAX_EPS:  # an all-zero block
-        for j in range(210):
-            out[j] = 0
-        return
-    iscale = np.float32(-128.0) / max_scale
-    hd, d_all = _f16_round(F1 / iscale)
-    _put_f16(out, 208, hd)
-    sc = np.empty(16, np.int64)
-    for ib in range(16):
-        v = min(127, nearest_int(iscale * scales[ib]))
-        sc[ib] = ((v + 128) & 0xFF) - 128  # an int8_t
-        out[192 + ib] = np.uint8(v & 0xFF)
-    for j in range(16):
-        d = d_all * np.float32(sc[j])
-        if d == F0:
-            continue
-        for ii in range(16):
-            l = nearest_int(x[16 * j + ii] / d)
-            L[16 * j + ii] = max(-32, min(31, l)) + 32
-    for h in range(2):
-        j = 128 * h
-        for l in range(32):
-            q1 = L[j + l] & 0xF
-            q2 = L[j + l + 32] & 0xF
-            q3 = L[j + l + 64] & 0xF
-            q4 = L[j + l + 96] & 0xF
-            out[64 * h + l] = np.uint8(q1 | (q3 << 4))
-            out[64 * h + l + 32] = np.uint8(q2 | (q4 << 4))
-            out[128 + 32 * h + l] = np.uint8((L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2)
-                                             | ((L[j + l + 64] >> 4) << 4) | ((L[j + l + 96] >> 4) << 6))  # fmt: skip
+    _q6_k_finish(x, out, L, scales, max_scale, max_abs_scale)
 
 
 # ----------------------------------------------------------------------------- whole tensors

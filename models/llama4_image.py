@@ -1,0 +1,227 @@
+"""Llama 4's image side (Scout, Maverick), as llama.cpp's libmtmd cuts a picture (``mtmd_image_preprocessor_llava_uhd``
+with pinpoints) and clip.cpp encodes it (``clip_graph_llama4`` for PROJECTOR_TYPE_LLAMA4), from an mmproj file
+(loaders/mmproj.py).
+
+The picture.  One no larger than a tile (``image_size``, 336 for Llama 4) on both sides is stretched to one tile and
+has no tiles.  A larger one is cut into tiles: of the grids of up to 3 x 3 tiles but one (clip.cpp's
+``set_llava_uhd_res_candidates(model, 3)``), the one showing the most of the picture's pixels once it is fitted in
+keeping its aspect, then the least wasted (llava's ``select_best_resolution``); the picture is resized into that
+grid keeping its aspect and centred on black, cut into tiles row by row, and an overview, the picture stretched to
+one tile, follows them.  The resizes are InternVL's (models/internvl_image.py: the same llava-uhd slicer).
+
+Each tile and the overview is then:
+
+    pixels [3, S, S] -> patches of p x p (torch's unfold: [c, ky, kx]) times ``v.patch_embd`` (a plain matmul: F16
+       rounding only with an F16 kernel; no bias)
+    -> the CLS token ``v.class_embd`` appended after the patches -> + learned positions (the CLS token's row last)
+    -> LayerNorm ``v.pre_ln`` -> n_layer pre-norm ViT blocks: LayerNorm, attention with biases and a 2-D rope
+       (:func:`rope_2d`: the head's first half turned by the patch's column + 1, the second by its row + 1, the CLS
+       token at 0), residual; LayerNorm, GELU MLP, residual -> LayerNorm ``v.post_ln``
+    -> the CLS token dropped -> clip.cpp's pixel shuffle (:func:`pixel_shuffle`, Llama4VisionPixelShuffleMLP's
+       order: rows come out column-major) of n_merge x n_merge patches into one row
+    -> ``mm.model.mlp.1``, GELU, ``mm.model.mlp.2``, GELU (no biases) -> ``mm.model.fc``
+    -> [(S/(p n_merge))^2, n_text_embd] (144 rows a tile for Llama 4's 336-pixel tiles of 14-pixel patches)
+
+ggml's CPU numerics are followed where they show, as models/siglip.py does.  runtime/vision_llama4.py lays the rows out.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..loaders.errors import KvrunError, UnsupportedModelError
+from ..loaders.gguf_file import GGUFFile
+from ..loaders.mmproj import MmprojConfig, open_mmproj
+from ..loaders.quants import dequantize
+from ..ops.backend import Backend
+from .bert import gelu, layer_norm
+from .common import TENSOR_NAMES, WeightLoader
+from .internvl_image import normalise, resize, resize_padded
+from .qwen2vl_image import activation
+from .siglip import F16, _f16, vit_layer
+
+F32 = np.float32
+ROPE_BASE = 10000.0  # clip.cpp's rope_theta for llama4
+MAX_TILES_SIDE = 3  # set_llava_uhd_res_candidates(model, 3)
+
+__all__ = ["Llama4VisionEncoder", "cut", "grid", "normalise"]  # (normalise: InternVL's, the same mean and std arithmetic)
+
+TENSOR_NAMES.update({  # Llama 4's adapter MLP and projector (clip.cpp's TN_MVLM_PROJ_MLP 1 and 2, TN_MM_PROJECTOR)
+    "v_pre_ln": "v.pre_ln.weight", "l4_pre_ln_b": "v.pre_ln.bias",  # (v_pre_ln as Pixtral's)
+    "l4_mlp1": "mm.model.mlp.1.weight", "l4_mlp2": "mm.model.mlp.2.weight", "l4_proj": "mm.model.fc.weight",
+})  # fmt: skip
+
+
+# ---------------------------------------------------------------- the picture's tiles
+
+
+def candidates(cfg: MmprojConfig) -> list[tuple[int, int]]:
+    """(width, height) in pixels of every grid of 1..3 x 1..3 tiles but the single tile, columns outer."""
+    S = cfg.image_size
+    return [(a * S, b * S) for a in range(1, MAX_TILES_SIDE + 1) for b in range(1, MAX_TILES_SIDE + 1) if (a, b) != (1, 1)]
+
+
+def best_resolution(width: int, height: int, cfg: MmprojConfig) -> tuple[int, int]:
+    """llava's ``select_best_resolution``: the candidate showing the most of the picture's pixels once fitted in
+    keeping its aspect (float32 scale, sides truncated), then the least wasted area."""
+    best, best_eff, best_waste = (0, 0), 0, None
+    for cw, ch in candidates(cfg):
+        scale = min(F32(cw) / F32(width), F32(ch) / F32(height))
+        tw, th = int(F32(width) * scale), int(F32(height) * scale)
+        eff = min(tw * th, width * height)
+        waste = cw * ch - eff
+        if eff > best_eff or (eff == best_eff and best_waste is not None and waste < best_waste):
+            best, best_eff, best_waste = (cw, ch), eff, waste
+    return best
+
+
+def grid(width: int, height: int, cfg: MmprojConfig) -> tuple[int, int]:
+    """(columns, rows) of tiles a width x height picture is cut into; (0, 0) for one no larger than a tile."""
+    S = cfg.image_size
+    if width <= S and height <= S:
+        return 0, 0
+    w, h = best_resolution(width, height, cfg)
+    return w // S, h // S
+
+
+@dataclass
+class Cut:
+    """A picture as libmtmd cuts it for Llama 4: ``tiles`` row by row (``n_rows`` x ``n_cols``; none for a picture no
+    larger than a tile) and ``overview`` (the picture stretched to one tile), each uint8 RGB [S, S, 3]."""
+
+    n_cols: int
+    n_rows: int
+    tiles: list[np.ndarray]
+    overview: np.ndarray
+
+
+def cut(img: np.ndarray, cfg: MmprojConfig) -> Cut:
+    """uint8 RGB ``img`` [h, w, 3] -> its tiles and overview."""
+    S = cfg.image_size
+    h, w = img.shape[:2]
+    ov = resize(img, S, S)
+    cols, rows = grid(w, h, cfg)
+    if not cols:
+        return Cut(0, 0, [], ov)
+    refined = resize_padded(img, cols * S, rows * S)
+    tiles = [np.ascontiguousarray(refined[y : y + S, x : x + S]) for y in range(0, rows * S, S) for x in range(0, cols * S, S)]
+    return Cut(cols, rows, tiles, ov)
+
+
+# ---------------------------------------------------------------- the encoder
+
+
+def rope_2d(ys: np.ndarray, xs: np.ndarray, head_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin [T, head_dim/2] of clip.cpp's ``build_rope_2d(pos_w, pos_h, interleave_freq=false)``: the head's first
+    half (ggml's normal rope over adjacent pairs, n_dims head_dim/2) turned by ``xs``, the second half by ``ys``, pair
+    j of each at ``base^(-4j/head_dim)``."""
+    j = np.arange(head_dim // 4, dtype=np.float64)
+    f = ROPE_BASE ** (-4.0 * j / head_dim)
+    ang = np.concatenate([xs[:, None] * f[None, :], ys[:, None] * f[None, :]], axis=1)
+    return np.cos(ang).astype(F32), np.sin(ang).astype(F32)
+
+
+def pixel_shuffle(x: np.ndarray, n: int, s: int) -> np.ndarray:
+    """clip.cpp's llama4 pixel shuffle of the patches ``x`` [n*n, E] (raster order, n a side) by ``s``: ggml's
+    reshape [E s, n/s, n], permute (0, 2, 1, 3), reshape [E s s, n/s, n/s], written as numpy's reversed shapes."""
+    E = x.shape[1]
+    y = x.reshape(n, n // s, E * s).transpose(1, 0, 2)  # [n/s (x'), n (y), E s]
+    return np.ascontiguousarray(y.reshape((n // s) * (n // s), E * s * s), F32)
+
+
+class Llama4VisionEncoder:
+    """Llama 4's ViT, pixel shuffle, adapter MLP and projector from an mmproj file: :meth:`encode` a tile's pixels."""
+
+    def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
+        if backend.name != "cpu":
+            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
+        self.cfg, self.be, self.path = cfg, backend, g.path
+        ld = WeightLoader(g, backend)
+        E, p, n = cfg.n_embd, cfg.patch_size, cfg.n_patches_side
+        if n % cfg.n_merge:
+            raise KvrunError(f"{g.path}: {n} patches a side do not shuffle by {cfg.n_merge}")
+        pt = g.tensor("v.patch_embd.weight")
+        if pt.n_elements != E * 3 * p * p:
+            raise KvrunError(f"{g.path}: v.patch_embd.weight has shape {pt.shape}, expected {(E, 3 * p * p)}")
+        self.patch_f16 = pt.qtype == F16
+        self.patch_w = dequantize(pt.data, pt.qtype, pt.shape).reshape(E, 3 * p * p).astype(F32)
+
+        def vector(name: str, count: int) -> np.ndarray:
+            t = g.tensors.get(name)
+            if t is None:
+                raise KvrunError(f"{g.path}: tensor {name!r} is missing; the Llama 4 projector file is incomplete")
+            if t.n_elements != count:
+                raise KvrunError(f"{g.path}: {name} has shape {t.shape}, expected {count} values")
+            return dequantize(t.data, t.qtype, t.shape).reshape(-1).astype(F32)
+
+        self.cls = vector("v.class_embd", E)
+        self.pos_embd = vector("v.position_embd.weight", (n * n + 1) * E).reshape(n * n + 1, E)
+        self.pre_ln, self.pre_ln_b = ld.host_vector("v_pre_ln", required=False), ld.host_vector("l4_pre_ln_b", required=False)
+        self.layers = [vit_layer(ld, i) for i in range(cfg.n_layer)]
+        self.post_ln, self.post_ln_b = ld.host_vector("v_post_ln", required=False), ld.host_vector("v_post_ln_b", required=False)
+        self.mlp1, self.mlp2, self.proj = ld.matrix("l4_mlp1"), ld.matrix("l4_mlp2"), ld.matrix("l4_proj")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, backend: Backend) -> Llama4VisionEncoder:
+        g, cfg = open_mmproj(path)
+        return cls(g, cfg, backend)
+
+    def _linear(self, w: Any, x: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+        if w.qtype == F16:  # ggml multiplies an F16 weight by an F16 copy of the activations
+            x = _f16(x)
+        out = np.empty((x.shape[0], w.n_rows), F32)
+        self.be.linear(w, np.ascontiguousarray(x, F32), out)
+        return out + b if b is not None else out
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        """Normalised ``pixels`` [3, S, S] (one tile or the overview) -> its rows [(S/(p n_merge))^2, n_text_embd]."""
+        c = self.cfg
+        S, p, n, s = c.image_size, c.patch_size, c.n_patches_side, c.n_merge
+        if pixels.shape != (3, S, S):
+            raise KvrunError(f"the Llama 4 vision encoder takes pixels [3, {S}, {S}], got {list(pixels.shape)}")
+        x = np.ascontiguousarray(pixels.reshape(3, n, p, n, p).transpose(1, 3, 0, 2, 4).reshape(n * n, 3 * p * p), F32)
+        x = _f16(x) @ _f16(self.patch_w).T if self.patch_f16 else x @ self.patch_w.T
+        x = np.concatenate([x, self.cls[None]]) + self.pos_embd  # (clip.cpp concatenates the CLS token last)
+        if self.pre_ln is not None:
+            x = layer_norm(x, self.pre_ln, self.pre_ln_b, c.eps)
+        T, H = x.shape[0], c.n_head
+        D = c.n_embd // H
+        idx = np.arange(n * n)
+        ys, xs = np.append(idx // n + 1, 0), np.append(idx % n + 1, 0)  # (the CLS token at position 0)
+        cos, sin = rope_2d(ys, xs, D)
+        q4, half = D // 4, D // 2
+
+        def rope(t: np.ndarray) -> np.ndarray:  # [T, H, D]: each half's adjacent pairs (ggml's normal mode)
+            out = np.empty_like(t)
+            for h0, cs, sn in ((0, cos[:, :q4], sin[:, :q4]), (half, cos[:, q4:], sin[:, q4:])):
+                a, b = t[..., h0 : h0 + half : 2], t[..., h0 + 1 : h0 + half : 2]
+                cc, ss = cs[:, None, :], sn[:, None, :]
+                out[..., h0 : h0 + half : 2] = a * cc - b * ss
+                out[..., h0 + 1 : h0 + half : 2] = a * ss + b * cc
+            return out
+
+        scale = F32(1.0 / math.sqrt(D))
+        for L in self.layers:
+            h = layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
+            q = rope(self._linear(L["q"], h, L["q_b"]).reshape(T, H, D))
+            k = rope(self._linear(L["k"], h, L["k_b"]).reshape(T, H, D))
+            v = self._linear(L["v"], h, L["v_b"]).reshape(T, H, D)
+            a = np.empty((T, H, D), F32)
+            for hd in range(H):
+                sc = (q[:, hd] @ k[:, hd].T) * scale
+                sc = np.exp(sc - sc.max(axis=-1, keepdims=True))
+                sc /= sc.sum(axis=-1, keepdims=True)
+                a[:, hd] = sc @ v[:, hd]
+            x = x + self._linear(L["o"], a.reshape(T, H * D), L["o_b"])
+            h = layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
+            x = x + self._linear(L["down"], activation(self._linear(L["up"], h, L["up_b"]), c.ffn_op), L["down_b"])
+        if self.post_ln is not None:
+            x = layer_norm(x, self.post_ln, self.post_ln_b, c.eps)
+        x = pixel_shuffle(x[: n * n], n, s)
+        x = gelu(self._linear(self.mlp2, gelu(self._linear(self.mlp1, x))))
+        return np.ascontiguousarray(self._linear(self.proj, x), F32)

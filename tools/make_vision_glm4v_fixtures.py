@@ -1,0 +1,58 @@
+"""Regenerate tests/fixtures/vision_glm4v.npz: llama.cpp's libmtmd on the tiny GLM-4V pair of
+``tests/tiny_vision_glm4v.py`` (developer tool; llama.cpp is the oracle, never a kvrun dependency).
+
+    python tools/make_vision_glm4v_fixtures.py --oracle /work/llvenv/bin/python
+
+For each picture of ``IMAGES`` (name: width x height) and each projector of ``PROJECTORS`` (stored F32 and F16),
+libmtmd lays the picture out (mtmd_tokenize on a lone marker): ``ids_<p>_<name>`` the chunks' token ids (-1 for an
+image row), ``embd_<p>_<name>`` the image chunk's rows (mtmd_encode_chunk; the encoder's flash attention off),
+``grid_<p>_<name>`` the rows' grid and positions taken (nx, ny, n_pos) and ``dpos_<p>_<name>`` each row's decoder
+position (t, x, y, z) for an image at position 0.  For the text pair ``g4`` (the F32 projector) and each prompt of
+``PROMPTS``: ``pids_g4_<k>`` its chunks' ids, ``logits_g4_<k>`` the logits after them all (mtmd_helper_eval_chunks,
+then llama_get_logits_ith(-1)) and ``npast_g4_<k>`` the position after them.  ``sha256_*``: the files' digests (the
+test writes the same bytes again).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from fixture_oracle import parse_args  # (first: it puts tests/ on the path)
+from mtmd_oracle import pictures, write_fixture
+from tiny_vision_glm4v import write_tiny_glm4v_mmproj, write_tiny_glm4v_text
+
+#: pictures (width, height, seed): the learned positions' own 6 x 6 patches (no interpolation), wider than them
+#: (10 x 6 patches: interpolated up), sides rounded to 28-pixel blocks (150 -> 140, 100 -> 112), too few pixels (scaled
+#: up to the minimum of 8 rows' worth), tall (60 -> 56, 200 -> 196: interpolated down across, up along)
+IMAGES = {"exact": (84, 84, 0), "wide": (140, 84, 1), "odd": (150, 100, 2), "small": (40, 30, 3), "tall": (60, 200, 4)}
+#: projector files: name -> qtype name
+PROJECTORS = {"g4_f32": "F32", "g4_f16": "F16"}
+#: text pairs: the text model with this projector
+PAIRS = {"g4": "g4_f32"}
+#: prompts with mtmd's media marker, the pictures taken in IMAGES' order
+PROMPTS = ["Look: <__media__> what?", "<__media__>a<__media__> two"]
+
+
+def write_pair(d: Path) -> dict[str, Path]:
+    """The text model and the projectors of ``PROJECTORS``, written into ``d``."""
+    from gguf import GGMLQuantizationType as Q
+
+    files = {"text": write_tiny_glm4v_text(d / "text.gguf")}
+    for name, q in PROJECTORS.items():
+        files[name] = write_tiny_glm4v_mmproj(d / f"mmproj-{name}.gguf", Q[q])
+    return files
+
+
+def main() -> None:
+    a = parse_args(__doc__)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = write_pair(Path(tmp))
+        keys = {k: k + "_{}_{}" for k in ("ids", "embd", "grid", "dpos", "pids", "logits", "npast")}
+        res = write_fixture(a, "glm4v", files, {q: (files[q], 0) for q in PROJECTORS}, pictures(IMAGES), PROMPTS, PAIRS, keys, mrope=True)
+        for k, v in res.items():
+            print(k, v.shape, v.tolist() if k.startswith(("grid", "pids", "npast")) else "")
+
+
+if __name__ == "__main__":
+    main()

@@ -719,7 +719,9 @@ def _run_vision(m: Any, text: str, mmproj: str, images: list[str], req: Any, no_
     from .runtime.vision import Vision
 
     vis = Vision(m.engine, mmproj)
-    if getattr(vis, "takes_audio", False) and images or not getattr(vis, "takes_audio", False) and audios:
+    if getattr(vis, "takes_images", False):  # (Qwen2.5-Omni's projector takes both: pictures take the markers first, then clips)
+        images, audios = [], images + list(audios or [])
+    elif getattr(vis, "takes_audio", False) and images or not getattr(vis, "takes_audio", False) and audios:
         raise KvrunError(f"{mmproj} is an {'audio' if images else 'image'} projector: give it {'--audio' if images else '--image'} files")
     segs = vis.segments(text, audios if getattr(vis, "takes_audio", False) else images)
     stats, cache = GenStats(), m.new_cache()

@@ -101,6 +101,8 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
         raise GGUFError(f"{g.path}: general.architecture is {arch!r}, not 'clip': not a multimodal projector "
                         "(--mmproj takes the mmproj-*.gguf file published beside the model)")  # fmt: skip
     ptype = g.get("clip.projector_type") or g.get("clip.vision.projector_type")
+    if ptype == "qwen2.5o":  # (Qwen2.5-Omni's combined file: clip.cpp reads its vision side as Qwen2.5-VL's)
+        ptype = "qwen2.5vl_merger"
     if not g.get("clip.has_vision_encoder", True) or ptype is None:
         raise UnsupportedModelError(f"{g.path}: the projector has no vision encoder (an audio one?); "
                                     f"kvrun reads image projectors of type {', '.join(SUPPORTED_PROJECTORS)}")  # fmt: skip

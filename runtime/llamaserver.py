@@ -418,5 +418,5 @@ def _props(server: Server) -> dict[str, Any]:
             "next_token": {"has_next_token": True, "has_new_line": False, "n_remain": -1, "n_decoded": 0, "stopping_word": ""}}  # fmt: skip
     audio = getattr(model.vision, "takes_audio", False)  # (an audio projector, runtime/audio.py)
     return {"default_generation_settings": slot, "total_slots": len(server.slots) if server.slots is not None else 1,
-            "model_path": model.engine.path, "chat_template": template, "modalities": {"vision": model.vision is not None and not audio, "audio": audio},
+            "model_path": model.engine.path, "chat_template": template, "modalities": {"vision": model.vision is not None and (not audio or getattr(model.vision, "takes_images", False)), "audio": audio},
             "build_info": f"kvrun {__version__}", "is_sleeping": False}  # fmt: skip

@@ -51,6 +51,10 @@ class Vision:
 
         if cls is Vision and is_audio_projector(mmproj):  # an audio mmproj (Ultravox's): clips in a picture's place (runtime/audio.py)
             return Audio(engine, mmproj)
+        from .omni import Omni, is_omni_projector
+
+        if cls is Vision and is_omni_projector(mmproj):  # both encoders (Qwen2.5-Omni's): pictures and clips (runtime/omni.py)
+            return Omni(engine, mmproj)
         return super().__new__(cls)
 
     def __init__(self, engine: Engine, mmproj: str | os.PathLike) -> None:

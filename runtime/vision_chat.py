@@ -118,7 +118,7 @@ def take_images(messages: Any, vision: Vision | None, allow_paths: bool = True) 
                 if kind == "text":
                     texts.append(str(p.get("text", "")))
                     continue
-                if kind in ("image_url", "image") and getattr(vision, "takes_audio", False):
+                if kind in ("image_url", "image") and getattr(vision, "takes_audio", False) and not getattr(vision, "takes_images", False):
                     raise ValueError(f"{w}: this model's projector takes audio (input_audio parts), not images")
                 if kind == "image_url":
                     url = p.get("image_url")
@@ -160,6 +160,10 @@ def user_turn(vision: Vision | None, text: str, images: list[Any]) -> tuple[dict
     """A user's message with ``images`` attached before its text (llama-mtmd-cli's ``/image``), and them decoded."""
     if vision is None:
         raise KvrunError(NO_PROJECTOR)
+    if getattr(vision, "takes_images", False):  # (Qwen2.5-Omni's: each attachment a picture or a clip, runtime/omni.py)
+        from .omni import decode_media
+
+        return {"role": "user", "content": MARKER * len(images) + text}, [decode_media(x, f"media[{j}]") for j, x in enumerate(images)]
     if getattr(vision, "takes_audio", False):  # (an audio projector: the attachments are clips, runtime/audio.py)
         from .audio import decode_audio
 

@@ -1,0 +1,80 @@
+"""A tiny random Qwen2.5-Omni pair, for tests held to llama.cpp's libmtmd: one projector file (mmproj,
+``general.architecture`` "clip") holding both encoders, as llama.cpp's converter writes Qwen2.5-Omni's
+(``clip.has_vision_encoder`` and ``clip.has_audio_encoder`` true, ``clip.projector_type`` "qwen2.5o", which clip.cpp
+reads as "qwen2.5vl_merger" for pictures and "qwen2a" for clips), and tiny_audio2's qwen25o text model (a ``qwen2vl``
+model with M-RoPE whose vocabulary knows ``<|vision_start|>`` ... and ``<|audio_bos|>`` ...).
+
+The vision side is tiny_vision_qwen2vl's Qwen2.5-VL encoder (window attention, RMSNorm, gated SiLU MLP), the audio
+side tiny_audio2's Whisper encoder with Qwen2-Audio's pooling and linear projector; both make rows 64 wide.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFValueType
+from gguf.gguf_writer import GGUFValue
+
+from tiny_audio import A_EMBD, A_FF, A_HEAD, A_LAYER, N_MEL, N_POS
+from tiny_audio2 import write_tiny_audio2_text
+from tiny_vision import mmproj_writer, write_vit
+from tiny_vision_qwen2vl import MEAN, N_WA_PATTERN, PATCH, STD, TEXT_GEOMETRY, V_EMBD, V_FF, V_HEAD, V_LAYER
+from tinymodel import _finish, _random_tensors
+
+Q = GGMLQuantizationType
+
+
+def write_tiny_omni_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0) -> Path:
+    """A random Qwen2.5-Omni projector: the Qwen2.5-VL vision encoder's keys and tensors, then the audio encoder's."""
+    rng = np.random.default_rng(seed)
+    n_text = TEXT_GEOMETRY[0]
+    geometry = (V_EMBD, V_FF, V_LAYER, V_HEAD)
+    w = mmproj_writer(path, "tiny-qwen2.5o-mmproj", "qwen2.5o", {"clip.use_silu": True, "clip.vision.n_wa_pattern": N_WA_PATTERN},
+                      560, PATCH, geometry, n_text, MEAN, STD)  # fmt: skip
+    w.kv_data[0]["clip.has_audio_encoder"] = GGUFValue(True, GGUFValueType.BOOL)  # (in place: the converter's key order)
+    w.add_uint32("clip.audio.num_mel_bins", N_MEL)
+    w.add_uint32("clip.audio.embedding_length", A_EMBD)
+    w.add_uint32("clip.audio.feed_forward_length", A_FF)
+    w.add_uint32("clip.audio.projection_dim", n_text)
+    w.add_uint32("clip.audio.block_count", A_LAYER)
+    w.add_uint32("clip.audio.attention.head_count", A_HEAD)
+    w.add_float32("clip.audio.attention.layer_norm_epsilon", 1e-5)
+    mat, vec, _ = write_vit(w, rng, qtype, geometry, PATCH, norm_bias=False, gate=True)
+    mat("mm.0.weight", 4 * V_EMBD, 4 * V_EMBD, 0.2)
+    vec("mm.0.bias", 4 * V_EMBD, 0.0)
+    mat("mm.2.weight", n_text, 4 * V_EMBD, 0.2)
+    vec("mm.2.bias", n_text, 0.0)
+    mat, vec = _random_tensors(w, rng, qtype)
+
+    def conv(name: str, c_out: int, c_in: int) -> None:  # [c_out, c_in, 3] kernel (F16, as clip.cpp's im2col wants), its bias
+        w.add_tensor(name + ".weight", (rng.standard_normal((c_out, c_in, 3)) * 0.3).astype(np.float16))
+        w.add_tensor(name + ".bias", (rng.standard_normal((c_out, 1)) * 0.1).astype(np.float32))
+
+    conv("a.conv1d.1", A_EMBD, N_MEL)
+    conv("a.conv1d.2", A_EMBD, A_EMBD)
+    w.add_tensor("a.position_embd.weight", (rng.standard_normal((N_POS, A_EMBD)) * 0.5).astype(np.float32))
+    for i in range(A_LAYER):
+        b = f"a.blk.{i}."
+        vec(b + "ln1.weight", A_EMBD)
+        vec(b + "ln1.bias", A_EMBD, 0.0)
+        for t in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            mat(b + t + ".weight", A_EMBD, A_EMBD, 0.3)
+            if t != "attn_k":  # (Whisper's K has no bias)
+                vec(b + t + ".bias", A_EMBD, 0.0)
+        vec(b + "ln2.weight", A_EMBD)
+        vec(b + "ln2.bias", A_EMBD, 0.0)
+        mat(b + "ffn_up.weight", A_FF, A_EMBD, 0.3)
+        vec(b + "ffn_up.bias", A_FF, 0.0)
+        mat(b + "ffn_down.weight", A_EMBD, A_FF, 0.3)
+        vec(b + "ffn_down.bias", A_EMBD, 0.0)
+    vec("a.post_ln.weight", A_EMBD)
+    vec("a.post_ln.bias", A_EMBD, 0.0)
+    mat("mm.a.fc.weight", n_text, A_EMBD, 0.2)
+    vec("mm.a.fc.bias", n_text, 0.0)
+    return _finish(w, path)
+
+
+def write_tiny_omni_text(path: Path, qtype: int = Q.F32, seed: int = 1, chat_template: str | None = None) -> Path:
+    """The text model: tiny_audio2's qwen25o one (qwen2vl, M-RoPE, the vision and audio marker tokens)."""
+    return write_tiny_audio2_text(path, "qwen25o", qtype, seed, chat_template)

@@ -57,6 +57,9 @@ class ChameleonModel(LlamaModel):
         #: the Swin Transformer's norm order: each block's output normed (Chameleon-30B)
         self.swin_norm = bool(g.arch_get("swin_norm", False))
         super().__init__(g, cfg, backend, n_ctx, n_batch)
+        mask = np.zeros(cfg.n_vocab, np.float32)
+        mask[IMAGE_TOKENS[0] : IMAGE_TOKENS[1]] = SUPPRESSED_LOGIT
+        self.image_mask = backend.vector(mask)  # (added to each row: output_head)
 
     @property
     def takes_images(self) -> bool:
@@ -90,7 +93,9 @@ class ChameleonModel(LlamaModel):
     def output_head(self, x: Any, out_rows: np.ndarray, logits: Any) -> None:
         super().output_head(x, out_rows, logits)
         if self.suppress_image_tokens and not self.embedding and len(out_rows):
-            logits[:, IMAGE_TOKENS[0] : IMAGE_TOKENS[1]] = SUPPRESSED_LOGIT  # (text only)
+            # (text only) -FLT_MAX added, which leaves exactly -FLT_MAX (a logit is far below half its ulp, 2^103), rather
+            # than assigned: one kernel on the GPU, which a captured decode graph replays (the emulator's records kernels only)
+            self.be.add_bias(logits, self.image_mask)
 
     def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
         if not self.swin_norm:  # (Chameleon-7B: the Llama block's pre-norms)

@@ -1,0 +1,89 @@
+"""The architectures added since 1844edd on `--device gpu`: those whose forward uses only the GPU backend's ops give the
+CPU's logits there (the kernel emulator where there is no GPU, as tests/test_gpu_engine.py), over a prefill and decode
+steps replayed from captured CUDA graphs; the rest refuse the GPU in one line that says to drop it.
+
+The weights are float32, so the two backends' arithmetic is compared rather than their quantized products: with Q4_0
+weights the CPU's int8 activations (llama.cpp's) and the GPU's float32 ones part by 0.8e-2 .. 3.5e-2 on these tiny
+models (Baichuan's 32 layers, PLaMo 3's and Chameleon's norms after each block the most), around test_gpu_engine.py's
+2e-2, while float32 weights agree within 3.1e-4; the bound here, 2e-3, is that tolerance tightened tenfold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tiny_diffusion import write_tiny_diffusion
+from tiny_embed2 import write_tiny_embed2
+from tiny_t5 import write_tiny_t5
+from tinymodel import FIXTURE_MODELS, write_tiny_model
+
+from kvrun.loaders.errors import UnsupportedModelError
+from kvrun.ops import gpu_available
+from kvrun.ops.gpu import emulate
+from kvrun.runtime.engine import Engine
+
+pytestmark = pytest.mark.skipif(not gpu_available() and not emulate.available(), reason="no GPU and no host C++ compiler for the emulator")
+
+#: the fixtures (tests/tinymodel.py) of this stop's architectures that run on the GPU, variants included
+ON_GPU = ["deci", "qwen", "baichuan", "orion", "xverse", "plamo3", "plamo3-full", "maincoder", "jais2", "codeshell", "plamo",
+          "chameleon", "chameleon-swin", "cogvlm", "hunyuan_vl", "hunyuan_vl-plain", "paddleocr"]  # fmt: skip
+
+#: the rest, each refusing --device gpu: experts, latent attention, state-space and delta-rule layers, ALiBi, Gemma 4
+REFUSED = ["gemma4", "gemma4_moe", "minimax-m2", "mimo2", "step35", "mistral4", "phimoe", "phimoe-long", "bailingmoe",
+           "bailingmoe-scaled", "hunyuan-moe", "dots1", "grovemoe", "jamba", "jamba-dense", "plamo2", "baichuan-13b", "dbrx",
+           "arctic", "grok", "grok1", "nemotron_h_moe", "nemotron_h_moe-latent", "jais", "refact", "plm", "kimi-linear",
+           "deepseek2-ocr", "glm-dsa"]  # fmt: skip
+
+#: this stop's models written by their own tiny writers (encoders, the encoder-decoder, diffusion LMs), all refusing too
+OTHER_WRITERS = {
+    **{n: (lambda p, n=n: write_tiny_embed2(p, n)) for n in ("modern-bert", "eurobert", "llama-embed", "t5encoder")},
+    "t5": lambda p: write_tiny_t5(p, "t5"),
+    **{n: (lambda p, n=n: write_tiny_diffusion(p, n)) for n in ("dream", "llada", "llada-moe")},
+    "rnd1": lambda p: write_tiny_model(p, arch="rnd1", seed=1),
+}
+
+SUPPRESSED = np.finfo(np.float32).min  # (Chameleon's image tokens' logit: -FLT_MAX on both backends)
+
+
+@pytest.fixture
+def gpu_env(monkeypatch):
+    if not gpu_available():
+        monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
+
+
+def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| / max |a| over the logits a model computes; those it suppresses must be suppressed on both."""
+    live = a != SUPPRESSED
+    assert (b[~live] == SUPPRESSED).all()
+    return float(np.abs(a[live] - b[live]).max() / np.abs(a[live]).max())
+
+
+def test_the_lists_cover_every_fixture_of_this_stops_architectures():
+    assert not set(ON_GPU) & set(REFUSED)
+    assert set(ON_GPU) | set(REFUSED) <= set(FIXTURE_MODELS)
+
+
+@pytest.mark.parametrize("name", ON_GPU)
+def test_gpu_logits_match_cpu_over_prefill_and_replayed_decode_steps(gpu_env, tmp_path, capsys, name):
+    path = write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name])
+    ids = list(np.random.default_rng(3).integers(0, 200, 20))
+    cpu = Engine(path, device="cpu", n_ctx=64, n_batch=16)
+    gpu = Engine(path, device="gpu", n_ctx=64, n_batch=16)
+    assert gpu.backend.name == "gpu"
+    ca, cb = cpu.new_cache(), gpu.new_cache()
+    a, b = cpu.eval(ca, ids, logits_all=True), gpu.eval(cb, ids, logits_all=True)
+    assert isinstance(b, np.ndarray) and b.shape == a.shape
+    assert _rel_err(a, b) < 2e-3
+    for tok in (5, 9, 14, 3):
+        assert _rel_err(cpu.eval(ca, [tok]), gpu.eval(cb, [tok])) < 2e-3
+    # the first decode step was captured and the others replayed: every op the step launches is a kernel a graph holds
+    assert (gpu.graphs.n_captures, gpu.graphs.n_replays) == (1, 3)
+    assert "CUDA graphs off" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", REFUSED + list(OTHER_WRITERS))
+def test_the_others_refuse_the_gpu_in_one_line(gpu_env, tmp_path, name):
+    p = tmp_path / f"{name}.gguf"
+    path = OTHER_WRITERS[name](p) if name in OTHER_WRITERS else write_tiny_model(p, **FIXTURE_MODELS[name])
+    with pytest.raises(UnsupportedModelError, match="--device") as e:
+        Engine(path, device="gpu", n_ctx=64, n_batch=16)
+    assert "\n" not in str(e.value) and "CPU" in str(e.value)

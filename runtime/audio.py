@@ -27,7 +27,7 @@ from ..loaders.errors import KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..models.whisper_audio import CHUNK_FRAMES, HOP, SAMPLE_RATE, WhisperAudioEncoder, is_audio_mmproj, load_audio_config, load_wav
 from .engine import Engine
-from .vision import MARKER, Segments, Vision
+from .vision import MARKER, Segments, Vision, prefill_media
 
 #: a clip as callers hand it over: a WAV file's path or bytes, or 16 kHz mono float32 samples [n]
 AudioSource = Union[str, os.PathLike, bytes, np.ndarray]
@@ -142,18 +142,8 @@ class Audio:
 
     def prefill(self, cache: Any, segments: Segments) -> list[int]:
         """Feed every segment but the last text piece; returns that piece (a prompt must end in text)."""
-        if not segments or not isinstance(segments[-1], list):
-            raise KvrunError("a prompt with audio must end in text (put the question after the clip's <__media__>)")
-        need = sum(len(s) for s in segments)
-        if cache.offset + need > self.engine.n_ctx:
-            raise KvrunError(f"{cache.offset + need} tokens (30 s of audio takes {self.n_tokens}) do not fit the context of "
-                             f"{self.engine.n_ctx}; raise --ctx-size")  # fmt: skip
-        for seg in segments[:-1]:
-            if isinstance(seg, list):
-                self.engine.eval(cache, seg)
-            else:
-                self.feed_rows(cache, seg)
-        return segments[-1]
+        return prefill_media(self, cache, segments, "a prompt with audio must end in text (put the question after the clip's <__media__>)",
+                             f"30 s of audio takes {self.n_tokens}")  # fmt: skip
 
     def feed_rows(self, cache: Any, rows: np.ndarray) -> None:
         """Feed a clip's rows after what ``cache`` holds."""

@@ -24,7 +24,7 @@ from ..loaders.errors import KvrunError
 from ..loaders.gguf_file import GGUFFile
 from .audio import Audio, decode_audio
 from .engine import Engine, GenRequest, GenStats
-from .vision import MARKER, Segments, Vision
+from .vision import MARKER, Segments, Vision, prefill_media
 from .vision_qwen2vl import GridRows
 
 
@@ -112,18 +112,8 @@ class Omni:
 
     def prefill(self, cache: Any, segments: Segments) -> list[int]:
         """Feed every segment but the last text piece; returns that piece (a prompt must end in text)."""
-        if not segments or not isinstance(segments[-1], list):
-            raise KvrunError("a prompt with pictures or audio must end in text")
-        need = sum(len(s) for s in segments)
-        if cache.offset + need > self.engine.n_ctx:
-            raise KvrunError(f"{cache.offset + need} tokens (its pictures' and clips' rows included) do not fit the context of "
-                             f"{self.engine.n_ctx}; raise --ctx-size")  # fmt: skip
-        for seg in segments[:-1]:
-            if isinstance(seg, list):
-                self.engine.eval(cache, seg)
-            else:
-                self.feed_rows(cache, seg)
-        return segments[-1]
+        return prefill_media(self, cache, segments, "a prompt with pictures or audio must end in text",
+                             "its pictures' and clips' rows included")  # fmt: skip
 
     def feed_rows(self, cache: Any, rows: np.ndarray) -> None:
         """Feed a picture's rows (they carry their grid: M-RoPE rows) or a clip's (one position each) after ``cache``."""

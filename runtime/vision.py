@@ -174,20 +174,8 @@ class Vision:
     def prefill(self, cache: KVCache, segments: Segments) -> list[int]:
         """Feed every segment but the last text piece after what ``cache`` holds; returns that piece (the prompt
         generation starts from)."""
-        *head, last = segments
-        if not isinstance(last, list):
-            raise KvrunError("a prompt with images must end in text")  # (segments() always ends with <end_of_image>)
-        need = sum(len(s) for s in segments)
-        if cache.offset + need > self.engine.n_ctx:
-            each = f"an image takes {self.n_tokens}" if self.qwen2vl is None and self.idefics3 is None else "its images' rows included"
-            raise KvrunError(f"{cache.offset + need} tokens ({each}) do not fit the context of "
-                             f"{self.engine.n_ctx}; raise --ctx-size")  # fmt: skip
-        for seg in head:
-            if isinstance(seg, list):
-                self.engine.eval(cache, seg)
-            else:
-                self.feed_rows(cache, seg)
-        return last
+        each = f"an image takes {self.n_tokens}" if self.qwen2vl is None and self.idefics3 is None else "its images' rows included"
+        return prefill_media(self, cache, segments, "a prompt with images must end in text", each)
 
     def feed_rows(self, cache: KVCache, rows: np.ndarray) -> None:
         """Feed an image's rows (:meth:`image_rows`) after what ``cache`` holds (Qwen2-VL's with their grid recorded)."""
@@ -216,3 +204,20 @@ class Vision:
                 stats.n_prompt, stats.t_prompt = stats.n_prompt + n_before, stats.t_prompt + t_before
 
         return stream_text(self.engine.tokenizer, counted(), req.stop, stats)
+
+
+def prefill_media(media: Any, cache: KVCache, segments: Segments, must_end: str, each: str) -> list[int]:
+    """Feed every segment but the last text piece after what ``cache`` holds, text through ``Engine.eval`` and media rows
+    through ``media.feed_rows`` (a picture's, a clip's); returns that last piece.  A prompt that does not end in text
+    (``must_end``) or does not fit the context (``each`` says what its media take) is refused in one line first."""
+    if not segments or not isinstance(segments[-1], list):
+        raise KvrunError(must_end)
+    need = sum(len(s) for s in segments)
+    if cache.offset + need > media.engine.n_ctx:
+        raise KvrunError(f"{cache.offset + need} tokens ({each}) do not fit the context of {media.engine.n_ctx}; raise --ctx-size")
+    for seg in segments[:-1]:
+        if isinstance(seg, list):
+            media.engine.eval(cache, seg)
+        else:
+            media.feed_rows(cache, seg)
+    return segments[-1]

@@ -22,7 +22,6 @@ ggml's CPU numerics are followed where they show, as models/siglip.py does.  run
 
 from __future__ import annotations
 
-import math
 import os
 import numpy as np
 
@@ -34,9 +33,8 @@ from .bert import gelu, layer_norm
 from .common import TENSOR_NAMES, WeightLoader
 from . import pixtral_image
 from .lfm2vl_image import resize_positions, unshuffle
-from .llama4_image import rope_2d
+from .llama4_image import ln_rope_blocks, rope_2d
 from .pixtral_image import target_size
-from .qwen2vl_image import activation
 from .siglip import SiglipEncoder, _f16
 
 F32 = np.float32
@@ -95,34 +93,7 @@ class KimiVLEncoder(SiglipEncoder):
         x = x + resize_positions(self.pos_embd, c.n_patches_side, nx, ny)
         idx = np.arange(T)
         cos, sin = rope_2d(idx // nx, idx % nx, D)
-        q4, half = D // 4, D // 2
-
-        def rope(t: np.ndarray) -> np.ndarray:  # [T, H, D]: each half's adjacent pairs (ggml's normal mode)
-            out = np.empty_like(t)
-            for h0, cs, sn in ((0, cos[:, :q4], sin[:, :q4]), (half, cos[:, q4:], sin[:, q4:])):
-                a, b = t[..., h0 : h0 + half : 2], t[..., h0 + 1 : h0 + half : 2]
-                cc, ss = cs[:, None, :], sn[:, None, :]
-                out[..., h0 : h0 + half : 2] = a * cc - b * ss
-                out[..., h0 + 1 : h0 + half : 2] = a * ss + b * cc
-            return out
-
-        scale = F32(1.0 / math.sqrt(D))
-        for L in self.layers:
-            h = layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
-            q = rope(self._linear(L["q"], h, L["q_b"]).reshape(T, H, D))
-            k = rope(self._linear(L["k"], h, L["k_b"]).reshape(T, H, D))
-            v = self._linear(L["v"], h, L["v_b"]).reshape(T, H, D)
-            a = np.empty((T, H, D), F32)
-            for hd in range(H):
-                sc = (q[:, hd] @ k[:, hd].T) * scale
-                sc = np.exp(sc - sc.max(axis=-1, keepdims=True))
-                sc /= sc.sum(axis=-1, keepdims=True)
-                a[:, hd] = sc @ v[:, hd]
-            x = x + self._linear(L["o"], a.reshape(T, H * D), L["o_b"])
-            h = layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
-            x = x + self._linear(L["down"], activation(self._linear(L["up"], h, L["up_b"]), c.ffn_op), L["down_b"])
-        if self.post_ln is not None:
-            x = layer_norm(x, self.post_ln, self.post_ln_b, c.eps)
+        x = ln_rope_blocks(self, x, cos, sin)
         x = unshuffle(x, nx, ny, m)  # [blocks, m*m*E]
         x = layer_norm(x.reshape(-1, c.n_embd), self.in_norm, self.in_norm_b, PROJ_EPS).reshape(x.shape[0], -1)
         x = self._linear(self.mm2, gelu(self._linear(self.mm1, x, self.mm1_b)), self.mm2_b)

@@ -43,7 +43,7 @@ from .bert import gelu, layer_norm
 from .common import TENSOR_NAMES, WeightLoader
 from .internvl_image import normalise, resize, resize_padded
 from .qwen2vl_image import activation
-from .siglip import F16, _f16, vit_layer
+from .siglip import F16, _f16, attend_heads, rope_halves, vit_layer
 
 F32 = np.float32
 ROPE_BASE = 10000.0  # clip.cpp's rope_theta for llama4
@@ -134,6 +134,27 @@ def pixel_shuffle(x: np.ndarray, n: int, s: int) -> np.ndarray:
     return np.ascontiguousarray(y.reshape((n // s) * (n // s), E * s * s), F32)
 
 
+def ln_rope_blocks(enc: Any, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """The ViT ``enc``'s blocks over ``x`` [T, n_embd] with the 2-D rope's ``cos``/``sin`` (:func:`rope_2d`), then its
+    post-norm: LayerNorms, biased projections, both-ways attention, the file's MLP activation (Kimi-VL's MoonViT alike)."""
+    c = enc.cfg
+    T, H = x.shape[0], c.n_head
+    D = c.n_embd // H
+    scale = F32(1.0 / math.sqrt(D))
+    for L in enc.layers:
+        h = layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
+        q = rope_halves(enc._linear(L["q"], h, L["q_b"]).reshape(T, H, D), cos, sin)
+        k = rope_halves(enc._linear(L["k"], h, L["k_b"]).reshape(T, H, D), cos, sin)
+        v = enc._linear(L["v"], h, L["v_b"]).reshape(T, H, D)
+        a = attend_heads(q, k, v, scale)
+        x = x + enc._linear(L["o"], a.reshape(T, H * D), L["o_b"])
+        h = layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
+        x = x + enc._linear(L["down"], activation(enc._linear(L["up"], h, L["up_b"]), c.ffn_op), L["down_b"])
+    if enc.post_ln is not None:
+        x = layer_norm(x, enc.post_ln, enc.post_ln_b, c.eps)
+    return x
+
+
 class Llama4VisionEncoder:
     """Llama 4's ViT, pixel shuffle, adapter MLP and projector from an mmproj file: :meth:`encode` a tile's pixels."""
 
@@ -189,39 +210,11 @@ class Llama4VisionEncoder:
         x = np.concatenate([x, self.cls[None]]) + self.pos_embd  # (clip.cpp concatenates the CLS token last)
         if self.pre_ln is not None:
             x = layer_norm(x, self.pre_ln, self.pre_ln_b, c.eps)
-        T, H = x.shape[0], c.n_head
-        D = c.n_embd // H
+        D = c.n_embd // c.n_head
         idx = np.arange(n * n)
         ys, xs = np.append(idx // n + 1, 0), np.append(idx % n + 1, 0)  # (the CLS token at position 0)
         cos, sin = rope_2d(ys, xs, D)
-        q4, half = D // 4, D // 2
-
-        def rope(t: np.ndarray) -> np.ndarray:  # [T, H, D]: each half's adjacent pairs (ggml's normal mode)
-            out = np.empty_like(t)
-            for h0, cs, sn in ((0, cos[:, :q4], sin[:, :q4]), (half, cos[:, q4:], sin[:, q4:])):
-                a, b = t[..., h0 : h0 + half : 2], t[..., h0 + 1 : h0 + half : 2]
-                cc, ss = cs[:, None, :], sn[:, None, :]
-                out[..., h0 : h0 + half : 2] = a * cc - b * ss
-                out[..., h0 + 1 : h0 + half : 2] = a * ss + b * cc
-            return out
-
-        scale = F32(1.0 / math.sqrt(D))
-        for L in self.layers:
-            h = layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
-            q = rope(self._linear(L["q"], h, L["q_b"]).reshape(T, H, D))
-            k = rope(self._linear(L["k"], h, L["k_b"]).reshape(T, H, D))
-            v = self._linear(L["v"], h, L["v_b"]).reshape(T, H, D)
-            a = np.empty((T, H, D), F32)
-            for hd in range(H):
-                sc = (q[:, hd] @ k[:, hd].T) * scale
-                sc = np.exp(sc - sc.max(axis=-1, keepdims=True))
-                sc /= sc.sum(axis=-1, keepdims=True)
-                a[:, hd] = sc @ v[:, hd]
-            x = x + self._linear(L["o"], a.reshape(T, H * D), L["o_b"])
-            h = layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
-            x = x + self._linear(L["down"], activation(self._linear(L["up"], h, L["up_b"]), c.ffn_op), L["down_b"])
-        if self.post_ln is not None:
-            x = layer_norm(x, self.post_ln, self.post_ln_b, c.eps)
+        x = ln_rope_blocks(self, x, cos, sin)
         x = pixel_shuffle(x[: n * n], n, s)
         x = gelu(self._linear(self.mlp2, gelu(self._linear(self.mlp1, x))))
         return np.ascontiguousarray(self._linear(self.proj, x), F32)

@@ -39,7 +39,7 @@ from ..ops.backend import Backend
 from .bert import gelu
 from .common import TENSOR_NAMES, WeightLoader
 from .qwen2vl_image import resize, smart_size
-from .siglip import F16, _f16, vit_layer
+from .siglip import F16, _f16, attend_heads, rope_halves, vit_layer
 
 F32 = np.float32
 ROPE_BASE = 10000.0  # clip.cpp's rope_theta for pixtral
@@ -180,29 +180,12 @@ class PixtralEncoder:
         idx = np.arange(T)
         cos, sin = rope_2d(idx // npx, idx % npx, D)
         scale = F32(1.0 / math.sqrt(D))
-        half = D // 2
-
-        def rope(t: np.ndarray) -> np.ndarray:  # [T, H, D]: each half's adjacent pairs (ggml's normal mode)
-            out = np.empty_like(t)
-            for h0, cs, sn in ((0, cos[:, :half // 2], sin[:, :half // 2]), (half, cos[:, half // 2 :], sin[:, half // 2 :])):
-                a, b = t[..., h0 : h0 + half : 2], t[..., h0 + 1 : h0 + half : 2]
-                cc, ss = cs[:, None, :], sn[:, None, :]
-                out[..., h0 : h0 + half : 2] = a * cc - b * ss
-                out[..., h0 + 1 : h0 + half : 2] = a * ss + b * cc
-            return out
-
         for L in self.layers:
             h = rms_norm(x, L["ln1"], c.eps)
-            q = rope(self._linear(L["q"], h, L["q_b"]).reshape(T, H, D))
-            k = rope(self._linear(L["k"], h, L["k_b"]).reshape(T, H, D))
+            q = rope_halves(self._linear(L["q"], h, L["q_b"]).reshape(T, H, D), cos, sin)
+            k = rope_halves(self._linear(L["k"], h, L["k_b"]).reshape(T, H, D), cos, sin)
             v = self._linear(L["v"], h, L["v_b"]).reshape(T, H, D)
-            a = np.empty((T, H, D), F32)
-            for q0 in range(0, T, QUERY_CHUNK):
-                for hd in range(H):
-                    sc = (q[q0 : q0 + QUERY_CHUNK, hd] @ k[:, hd].T) * scale
-                    sc = np.exp(sc - sc.max(axis=-1, keepdims=True))
-                    sc /= sc.sum(axis=-1, keepdims=True)
-                    a[q0 : q0 + QUERY_CHUNK, hd] = sc @ v[:, hd]
+            a = attend_heads(q, k, v, scale, QUERY_CHUNK)
             x = x + self._linear(L["o"], a.reshape(T, H * D), L["o_b"])
             h = rms_norm(x, L["ln2"], c.eps)
             up = self._linear(L["up"], h, L["up_b"])

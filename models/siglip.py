@@ -64,6 +64,35 @@ def _f16(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float16).astype(np.float32)
 
 
+def rope_halves(t: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """``t`` [T, H, D] turned as clip.cpp's ``build_rope_2d``: each half of a head by ggml's normal rope over adjacent
+    pairs, the first half by ``cos``/``sin``'s first D/4 columns, the second by the rest ([T, D/2] each: rope_2d's)."""
+    D = t.shape[-1]
+    q4, half = D // 4, D // 2
+    out = np.empty_like(t)
+    for h0, cs, sn in ((0, cos[:, :q4], sin[:, :q4]), (half, cos[:, q4:], sin[:, q4:])):
+        a, b = t[..., h0 : h0 + half : 2], t[..., h0 + 1 : h0 + half : 2]
+        cc, ss = cs[:, None, :], sn[:, None, :]
+        out[..., h0 : h0 + half : 2] = a * cc - b * ss
+        out[..., h0 + 1 : h0 + half : 2] = a * ss + b * cc
+    return out
+
+
+def attend_heads(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: Any, chunk: int | None = None) -> np.ndarray:
+    """Every row of ``q`` [T, H, D] attending to every row of ``k``/``v`` both ways, head by head (a ViT's attention):
+    [T, H, D]; ``chunk`` query rows at a time where the [T, T] scores would be large."""
+    T, H, D = q.shape
+    step = chunk or T
+    a = np.empty((T, H, D), np.float32)
+    for q0 in range(0, T, step):
+        for hd in range(H):
+            sc = (q[q0 : q0 + step, hd] @ k[:, hd].T) * scale
+            sc = np.exp(sc - sc.max(axis=-1, keepdims=True))
+            sc /= sc.sum(axis=-1, keepdims=True)
+            a[q0 : q0 + step, hd] = sc @ v[:, hd]
+    return a
+
+
 def vit_layer(ld: WeightLoader, i: int) -> dict[str, Any]:
     """Layer i's weights under clip.cpp's names: its two norms and six products, each with its bias where it has one."""
     L: dict[str, Any] = {}

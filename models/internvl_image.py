@@ -66,11 +66,12 @@ def candidates(cfg: MmprojConfig) -> list[tuple[int, int]]:
     return [(a * S, b * S) for a in range(1, hi + 1) for b in range(1, hi + 1) if lo <= a * b <= hi]
 
 
-def best_resolution(width: int, height: int, cfg: MmprojConfig) -> tuple[int, int]:
-    """llava's ``select_best_resolution``: the candidate showing the most of the picture's pixels once it is fitted
-    in keeping its aspect (float32 scale, sides truncated), then the least wasted area."""
+def best_resolution(width: int, height: int, cands: list[tuple[int, int]]) -> tuple[int, int]:
+    """llava's ``select_best_resolution`` among ``cands`` (width, height): the candidate showing the most of the
+    picture's pixels once it is fitted in keeping its aspect (float32 scale, sides truncated), then the least wasted
+    area (InternVL's and Llama 4's tiles)."""
     best, best_eff, best_waste = (0, 0), 0, None
-    for cw, ch in candidates(cfg):
+    for cw, ch in cands:
         scale = min(F32(cw) / F32(width), F32(ch) / F32(height))
         tw, th = int(F32(width) * scale), int(F32(height) * scale)
         eff = min(tw * th, width * height)
@@ -80,12 +81,13 @@ def best_resolution(width: int, height: int, cfg: MmprojConfig) -> tuple[int, in
     return best
 
 
-def grid(width: int, height: int, cfg: MmprojConfig) -> tuple[int, int]:
-    """(columns, rows) of tiles a width x height picture is cut into; (0, 0) for one no larger than a tile."""
+def grid(width: int, height: int, cfg: MmprojConfig, cands: list[tuple[int, int]] | None = None) -> tuple[int, int]:
+    """(columns, rows) of tiles a width x height picture is cut into, the best of ``cands`` (InternVL's
+    :func:`candidates` unless given); (0, 0) for one no larger than a tile."""
     S = cfg.image_size
     if width <= S and height <= S:
         return 0, 0
-    w, h = best_resolution(width, height, cfg)
+    w, h = best_resolution(width, height, candidates(cfg) if cands is None else cands)
     return w // S, h // S
 
 

@@ -41,6 +41,7 @@ from ..loaders.quants import dequantize
 from ..ops.backend import Backend
 from .bert import gelu, layer_norm
 from .common import TENSOR_NAMES, WeightLoader
+from . import internvl_image
 from .internvl_image import normalise, resize, resize_padded
 from .qwen2vl_image import activation
 from .siglip import F16, _f16, attend_heads, rope_halves, vit_layer
@@ -66,27 +67,10 @@ def candidates(cfg: MmprojConfig) -> list[tuple[int, int]]:
     return [(a * S, b * S) for a in range(1, MAX_TILES_SIDE + 1) for b in range(1, MAX_TILES_SIDE + 1) if (a, b) != (1, 1)]
 
 
-def best_resolution(width: int, height: int, cfg: MmprojConfig) -> tuple[int, int]:
-    """llava's ``select_best_resolution``: the candidate showing the most of the picture's pixels once fitted in
-    keeping its aspect (float32 scale, sides truncated), then the least wasted area."""
-    best, best_eff, best_waste = (0, 0), 0, None
-    for cw, ch in candidates(cfg):
-        scale = min(F32(cw) / F32(width), F32(ch) / F32(height))
-        tw, th = int(F32(width) * scale), int(F32(height) * scale)
-        eff = min(tw * th, width * height)
-        waste = cw * ch - eff
-        if eff > best_eff or (eff == best_eff and best_waste is not None and waste < best_waste):
-            best, best_eff, best_waste = (cw, ch), eff, waste
-    return best
-
-
 def grid(width: int, height: int, cfg: MmprojConfig) -> tuple[int, int]:
-    """(columns, rows) of tiles a width x height picture is cut into; (0, 0) for one no larger than a tile."""
-    S = cfg.image_size
-    if width <= S and height <= S:
-        return 0, 0
-    w, h = best_resolution(width, height, cfg)
-    return w // S, h // S
+    """(columns, rows) of tiles a width x height picture is cut into (InternVL's choice among Llama 4's
+    :func:`candidates`); (0, 0) for one no larger than a tile."""
+    return internvl_image.grid(width, height, cfg, candidates(cfg))
 
 
 @dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import wave
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
@@ -30,25 +31,11 @@ N_MEL, A_EMBD, A_FF, A_LAYER, A_HEAD, N_POS = 16, 32, 48, 2, 2, 1500
 STACK, PROJ_HIDDEN = 4, 48
 
 
-def write_tiny_ultravox_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n_text_embd: int = ARCH_GEOMETRY["llama"][0]) -> Path:
-    """A random Ultravox projector; its matrices (the conv kernels always F16, as converters store them) as ``qtype``."""
-    rng = np.random.default_rng(seed)
-    w = GGUFWriter(str(path), "clip")
-    w.add_name("tiny-ultravox-mmproj")
-    w.add_bool("clip.has_vision_encoder", False)
-    w.add_bool("clip.has_audio_encoder", True)
-    w.add_string("clip.projector_type", "ultravox")
-    w.add_uint32("clip.audio.num_mel_bins", N_MEL)
-    w.add_uint32("clip.audio.embedding_length", A_EMBD)
-    w.add_uint32("clip.audio.feed_forward_length", A_FF)
-    w.add_uint32("clip.audio.projection_dim", n_text_embd)
-    w.add_uint32("clip.audio.block_count", A_LAYER)
-    w.add_uint32("clip.audio.attention.head_count", A_HEAD)
-    w.add_float32("clip.audio.attention.layer_norm_epsilon", 1e-5)
-    w.add_uint32("clip.audio.projector.stack_factor", STACK)
-    mat, vec = _random_tensors(w, rng, qtype)
+def write_whisper_encoder(w: GGUFWriter, rng: np.random.Generator, mat: Any, vec: Any) -> None:
+    """The tiny Whisper encoder every audio projector here carries (its tensors in clip.cpp's names, drawn from ``rng``
+    in this order): two F16 conv kernels with biases, positions, A_LAYER pre-norm blocks, the post-norm."""
 
-    def conv(name: str, c_out: int, c_in: int) -> None:  # [c_out, c_in, 3] kernel, its bias [c_out, 1]
+    def conv(name: str, c_out: int, c_in: int) -> None:  # [c_out, c_in, 3] kernel (F16, as clip.cpp's im2col wants), its bias
         w.add_tensor(name + ".weight", (rng.standard_normal((c_out, c_in, 3)) * 0.3).astype(np.float16))
         w.add_tensor(name + ".bias", (rng.standard_normal((c_out, 1)) * 0.1).astype(np.float32))
 
@@ -71,6 +58,27 @@ def write_tiny_ultravox_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n_
         vec(b + "ffn_down.bias", A_EMBD, 0.0)
     vec("a.post_ln.weight", A_EMBD)
     vec("a.post_ln.bias", A_EMBD, 0.0)
+
+
+def write_tiny_ultravox_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n_text_embd: int = ARCH_GEOMETRY["llama"][0]) -> Path:
+    """A random Ultravox projector; its matrices (the conv kernels always F16, as converters store them) as ``qtype``."""
+    rng = np.random.default_rng(seed)
+    w = GGUFWriter(str(path), "clip")
+    w.add_name("tiny-ultravox-mmproj")
+    w.add_bool("clip.has_vision_encoder", False)
+    w.add_bool("clip.has_audio_encoder", True)
+    w.add_string("clip.projector_type", "ultravox")
+    w.add_uint32("clip.audio.num_mel_bins", N_MEL)
+    w.add_uint32("clip.audio.embedding_length", A_EMBD)
+    w.add_uint32("clip.audio.feed_forward_length", A_FF)
+    w.add_uint32("clip.audio.projection_dim", n_text_embd)
+    w.add_uint32("clip.audio.block_count", A_LAYER)
+    w.add_uint32("clip.audio.attention.head_count", A_HEAD)
+    w.add_float32("clip.audio.attention.layer_norm_epsilon", 1e-5)
+    w.add_uint32("clip.audio.projector.stack_factor", STACK)
+    mat, vec = _random_tensors(w, rng, qtype)
+
+    write_whisper_encoder(w, rng, mat, vec)
     vec("mm.a.norm_pre.weight", A_EMBD * STACK)
     mat("mm.a.mlp.1.weight", 2 * PROJ_HIDDEN, A_EMBD * STACK, 0.2)
     vec("mm.a.norm_mid.weight", PROJ_HIDDEN)

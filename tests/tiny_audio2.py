@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 
-from tiny_audio import A_EMBD, A_FF, A_HEAD, A_LAYER, N_MEL, N_POS
+from tiny_audio import A_EMBD, A_FF, A_HEAD, A_LAYER, N_MEL, write_whisper_encoder
 from tiny_vision import write_vl_text
 from tinymodel import ARCH_GEOMETRY, _finish, _random_tensors
 
@@ -54,29 +54,7 @@ def write_tiny_audio2_mmproj(path: Path, kind: str, qtype: int = Q.F32, seed: in
         w.add_uint32("clip.audio.projector.stack_factor", STACK)
     mat, vec = _random_tensors(w, rng, qtype)
 
-    def conv(name: str, c_out: int, c_in: int) -> None:  # [c_out, c_in, 3] kernel, its bias [c_out, 1]
-        w.add_tensor(name + ".weight", (rng.standard_normal((c_out, c_in, 3)) * 0.3).astype(np.float16))
-        w.add_tensor(name + ".bias", (rng.standard_normal((c_out, 1)) * 0.1).astype(np.float32))
-
-    conv("a.conv1d.1", A_EMBD, N_MEL)
-    conv("a.conv1d.2", A_EMBD, A_EMBD)
-    w.add_tensor("a.position_embd.weight", (rng.standard_normal((N_POS, A_EMBD)) * 0.5).astype(np.float32))
-    for i in range(A_LAYER):
-        b = f"a.blk.{i}."
-        vec(b + "ln1.weight", A_EMBD)
-        vec(b + "ln1.bias", A_EMBD, 0.0)
-        for t in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            mat(b + t + ".weight", A_EMBD, A_EMBD, 0.3)
-            if t != "attn_k":  # (Whisper's K has no bias; clip.cpp asserts so)
-                vec(b + t + ".bias", A_EMBD, 0.0)
-        vec(b + "ln2.weight", A_EMBD)
-        vec(b + "ln2.bias", A_EMBD, 0.0)
-        mat(b + "ffn_up.weight", A_FF, A_EMBD, 0.3)
-        vec(b + "ffn_up.bias", A_FF, 0.0)
-        mat(b + "ffn_down.weight", A_EMBD, A_FF, 0.3)
-        vec(b + "ffn_down.bias", A_EMBD, 0.0)
-    vec("a.post_ln.weight", A_EMBD)
-    vec("a.post_ln.bias", A_EMBD, 0.0)
+    write_whisper_encoder(w, rng, mat, vec)
     if kind in ("qwen2a", "qwen25o"):
         mat("mm.a.fc.weight", n_text_embd, A_EMBD, 0.2)
         vec("mm.a.fc.bias", n_text_embd, 0.0)

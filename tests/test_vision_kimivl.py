@@ -6,7 +6,6 @@ to llama.cpp's libmtmd on the tiny pair of tiny_vision_kimivl.py (fixture: tools
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -19,11 +18,12 @@ from kvrun.models import kimivl_image
 from kvrun.models.kimivl_image import KimiVLEncoder
 from kvrun.ops import get_backend
 from tiny_vision_kimivl import MERGE, PATCH, V_EMBD, write_tiny_kimivl_mmproj, write_tiny_kimivl_text
+from vision_checks import check_files, fixture, load_vision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from make_vision_kimivl_fixtures import IMAGES, PROMPTS, STRIDE, images  # noqa: E402
 
-FIX = np.load(Path(__file__).parent / "fixtures" / "vision_kimivl.npz")
+FIX = fixture("kimivl")
 PICTURES = images()
 PROJECTORS = ("f32", "f16")
 
@@ -34,9 +34,7 @@ def pair(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("vision_kimivl")
     files = {"text": write_tiny_kimivl_text(d / "text.gguf"), "f32": write_tiny_kimivl_mmproj(d / "mmproj-f32.gguf", Q.F32),
              "f16": write_tiny_kimivl_mmproj(d / "mmproj-f16.gguf", Q.F16)}  # fmt: skip
-    for k, p in files.items():
-        assert hashlib.sha256(p.read_bytes()).hexdigest() == str(FIX[f"sha256_{k}"]), f"{k}: not the fixture's file"
-    return files
+    return check_files(files, FIX)
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +44,7 @@ def encoders(pair) -> dict[str, KimiVLEncoder]:
 
 @pytest.fixture(scope="module")
 def vision(pair):
-    from kvrun.runtime.engine import Engine
-    from kvrun.runtime.vision import Vision
-
-    return Vision(Engine(pair["text"], n_ctx=2048, n_batch=64, threads=1), pair["f32"])
+    return load_vision(pair["text"], pair["f32"], 2048)
 
 
 def test_mmproj_config_reads_the_merge_and_libmtmds_pixel_limits(encoders):

@@ -30,9 +30,9 @@ import numpy as np
 
 from ..cache.base import KVCache
 from ..loaders.errors import KvrunError
-from ..loaders.mmproj import QWEN2VL_PROJECTORS
 from ..models.siglip import load_image, preprocess
 from .engine import Engine, GenRequest, GenStats, stream_text
+from .projectors import load_encoder, load_layout
 
 MARKER = "<__media__>"  # libmtmd's default media marker
 IMAGE_BEGIN, IMAGE_END = "<start_of_image>", "<end_of_image>"
@@ -62,68 +62,18 @@ class Vision:
             raise KvrunError(f"{engine.cfg.arch} models take no images; kvrun runs images with Gemma 3 and 4, SmolVLM, Qwen2-VL, "
                              "Qwen3-VL, GLM-4.1V, LFM2-VL, InternVL, Pixtral / Mistral Small 3.1, MiniCPM-V, Llama 4 and Kimi-VL and their mmproj files")  # fmt: skip
         self.engine = engine
-        from .vision_qwen2vl import load_encoder  # (Qwen2-VL's encoder, or SiglipEncoder)
-
-        self.encoder = load_encoder(mmproj, engine.backend)
+        self.encoder = load_encoder(mmproj, engine.backend)  # (its type's encoder and layout: runtime/projectors.py)
         n, m = self.encoder.cfg.n_text_embd, engine.cfg.n_embd
         if n != m:
             raise KvrunError(f"{mmproj}: the projector makes rows {n} wide and {engine.path} embeds {m}: not this model's mmproj")
         self.begin, self.end, self.idefics3, self.qwen2vl = IMAGE_BEGIN, IMAGE_END, None, None
-        if self.encoder.cfg.projector_type == "lfm2":  # LFM2-VL: any size, tiles past 2x max pixels (vision_lfm2.py)
-            from .vision_lfm2 import IMAGE_END as LFM2_END, IMAGE_START as LFM2_START, Lfm2Layout
-
-            # (a block of rows as SmolVLM's: the same slot, pieces / rows / n_positions)
-            self.begin, self.end, self.idefics3 = LFM2_START, LFM2_END, Lfm2Layout(engine, self.encoder)
-            return
-        if self.encoder.cfg.projector_type == "internvl":  # InternVL: tiles and a thumbnail, one block (vision_internvl.py)
-            from .vision_internvl import IMAGE_END as IVL_END, IMAGE_START as IVL_START, InternVLLayout
-
-            self.begin, self.end, self.idefics3 = IVL_START, IVL_END, InternVLLayout(engine, self.encoder)
-            return
-        if self.encoder.cfg.projector_type == "gemma4v":  # Gemma 4: a picture's rows between <|image> and <image|> (vision_gemma4.py)
-            from .vision_gemma4 import IMAGE_END as G4_END, IMAGE_START as G4_START, Gemma4VLayout
-
-            self.begin, self.end, self.idefics3 = G4_START, G4_END, Gemma4VLayout(engine, self.encoder)
-            return
-        if self.encoder.cfg.projector_type == "resampler":  # MiniCPM-V: overview and slices, markers between (vision_minicpmv.py)
-            from .vision_minicpmv import MiniCPMVLayout
-
-            self.begin, self.end, self.idefics3 = "", "", MiniCPMVLayout(engine, self.encoder)
-            return
-        if self.encoder.cfg.projector_type == "kimivl":  # Kimi-VL: a picture's rows between <|media_start|> and <|media_end|>
-            from .vision_kimivl import IMAGE_END as KV_END, IMAGE_START as KV_START, KimiVLLayout
-
-            self.begin, self.end, self.idefics3 = KV_START, KV_END, KimiVLLayout(engine, self.encoder)
-            return
-        if self.encoder.cfg.projector_type == "llama4":  # Llama 4: tiles and overview between markers (vision_llama4.py)
-            from .vision_llama4 import IMAGE_END as L4_END, IMAGE_START as L4_START, Llama4Layout
-
-            self.begin, self.end, self.idefics3 = L4_START, L4_END, Llama4Layout(engine, self.encoder)
-            return
-        if self.encoder.cfg.projector_type == "pixtral":  # Pixtral: rows and [IMG_BREAK] rows, then [IMG_END] (vision_pixtral.py)
-            from .vision_pixtral import IMAGE_END as PX_END, IMAGE_START as PX_START, PixtralLayout
-
-            self.begin, self.end, self.idefics3 = PX_START, PX_END, PixtralLayout(engine, self.encoder)
-            return
-        if self.encoder.cfg.projector_type == "qwen3vl_merger":  # Qwen3-VL: Qwen2-VL's layout, DeepStack rows (vision_qwen3vl.py)
-            from .vision_qwen3vl import VISION_END as Q3_END, VISION_START as Q3_START, Qwen3VLLayout
-
-            self.begin, self.end, self.qwen2vl = Q3_START, Q3_END, Qwen3VLLayout(engine, self.encoder)
-            return
-        if self.encoder.cfg.projector_type == "glm4v":  # GLM-4V: Qwen2-VL's layout between GLM's markers (vision_glm4v.py)
-            from .vision_glm4v import IMAGE_END as GLM_END, IMAGE_START as GLM_START, Glm4VLayout
-
-            self.begin, self.end, self.qwen2vl = GLM_START, GLM_END, Glm4VLayout(engine, self.encoder)
-            return
-        if self.encoder.cfg.projector_type in QWEN2VL_PROJECTORS:  # Qwen2-VL: any size, M-RoPE rows (vision_qwen2vl.py)
-            from .vision_qwen2vl import VISION_END, VISION_START, Qwen2VLLayout
-
-            self.begin, self.end, self.qwen2vl = VISION_START, VISION_END, Qwen2VLLayout(engine, self.encoder)
-            return
-        if self.encoder.cfg.projector_type == "idefics3":  # SmolVLM: tiles and image tokens, no markers around
-            from .vision_idefics3 import Idefics3Layout
-
-            self.begin, self.end, self.idefics3 = "", "", Idefics3Layout(engine, self.encoder)
+        layout, begin, end, rows = load_layout(engine, self.encoder)
+        if layout is not None:  # a block of rows (SmolVLM's and most: pieces / rows / n_positions), or M-RoPE rows (Qwen2-VL's)
+            self.begin, self.end = begin, end
+            if rows == "mrope":
+                self.qwen2vl = layout
+            else:
+                self.idefics3 = layout
             return
         tok = engine.tokenizer
         for t in (IMAGE_BEGIN, IMAGE_END):

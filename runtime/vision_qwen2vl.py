@@ -11,16 +11,13 @@ model turns row (y, x) by (t, t + y, t + x) and the text after the picture goes 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
 from ..loaders.errors import KvrunError
-from ..loaders.mmproj import QWEN2VL_PROJECTORS, open_mmproj
 from ..models import qwen2vl_image
 from ..models.mrope_images import add_image
-from ..models.siglip import SiglipEncoder
 
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 
@@ -32,51 +29,6 @@ class GridRows(np.ndarray):
 
     def __array_finalize__(self, obj: Any) -> None:
         self.grid = getattr(obj, "grid", (0, 0))
-
-
-def load_encoder(mmproj: str | os.PathLike, backend: Any) -> Any:
-    """The encoder of a projector file: Qwen2-VL's or Qwen2.5-VL's (:class:`~kvrun.models.qwen2vl_image.Qwen2VLEncoder`),
-    else the SigLIP one (Gemma 3's, SmolVLM's); a one-line error for another."""
-    g, cfg = open_mmproj(mmproj)
-    if cfg.projector_type == "qwen3vl_merger":  # (Qwen3-VL: learned positions, DeepStack; models/qwen3vl_image.py)
-        from ..models.qwen3vl_image import Qwen3VLEncoder
-
-        return Qwen3VLEncoder(g, cfg, backend)
-    if cfg.projector_type in QWEN2VL_PROJECTORS:
-        return qwen2vl_image.Qwen2VLEncoder(g, cfg, backend)
-    if cfg.projector_type == "glm4v":  # (GLM-4V: RMSNorm ViT, learned positions, 2x2 conv, SwiGLU merger; models/glm4v_image.py)
-        from ..models.glm4v_image import Glm4VEncoder
-
-        return Glm4VEncoder(g, cfg, backend)
-    if cfg.projector_type == "lfm2":  # (LFM2-VL: SigLIP2 at the picture's size, models/lfm2vl_image.py)
-        from ..models.lfm2vl_image import Lfm2VLEncoder
-
-        return Lfm2VLEncoder(g, cfg, backend)
-    if cfg.projector_type == "internvl":  # (InternVL: InternViT on 448-pixel tiles, models/internvl_image.py)
-        from ..models.internvl_image import InternVLEncoder
-
-        return InternVLEncoder(g, cfg, backend)
-    if cfg.projector_type == "gemma4v":  # (Gemma 4: 2-D rope ViT at the picture's size, 3x3 pooling, models/gemma4v_image.py)
-        from ..models.gemma4v_image import Gemma4VEncoder
-
-        return Gemma4VEncoder(g, cfg, backend)
-    if cfg.projector_type == "pixtral":  # (Pixtral / Mistral Small 3.1: 2-D rope ViT at the picture's size, models/pixtral_image.py)
-        from ..models.pixtral_image import PixtralEncoder
-
-        return PixtralEncoder(g, cfg, backend)
-    if cfg.projector_type == "resampler":  # (MiniCPM-V: SigLIP on an overview and slices, a resampler; models/minicpmv_image.py)
-        from ..models.minicpmv_image import MiniCPMVEncoder
-
-        return MiniCPMVEncoder(g, cfg, backend)
-    if cfg.projector_type == "kimivl":  # (Kimi-VL: MoonViT at the picture's size, 2x2 merge; models/kimivl_image.py)
-        from ..models.kimivl_image import KimiVLEncoder
-
-        return KimiVLEncoder(g, cfg, backend)
-    if cfg.projector_type == "llama4":  # (Llama 4: a 2-D rope ViT on 336-pixel tiles, pixel shuffle; models/llama4_image.py)
-        from ..models.llama4_image import Llama4VisionEncoder
-
-        return Llama4VisionEncoder(g, cfg, backend)
-    return SiglipEncoder(g, cfg, backend)
 
 
 class Qwen2VLLayout:

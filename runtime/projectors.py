@@ -1,0 +1,74 @@
+"""Each picture projector type (an mmproj file's ``clip.projector_type``) with its encoder and its prompt layout.
+
+One registry line a projector: a new one is its encoder (models/<name>_image.py), its layout (runtime/vision_<name>.py),
+a line here, and its name in loaders/mmproj.py's ``SUPPORTED_PROJECTORS`` (which refuses other files in one line
+before anything here is imported).  Modules are named, not imported, so that opening one projector file loads only
+its own encoder and layout.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..loaders.mmproj import open_mmproj
+
+
+@dataclass(frozen=True)
+class ProjectorKind:
+    """Where a projector type's code lives; names are ``"module:attribute"`` under kvrun.models / kvrun.runtime."""
+
+    encoder: str  # the encoder class, built as ``Encoder(gguf_file, mmproj_config, backend)``
+    #: the layout class, built as ``Layout(engine, encoder)``; None: Gemma 3's fixed rows between runtime/vision.py's markers
+    layout: str | None = None
+    #: the layout module's names of the markers a picture's rows go between; None: no markers (the layout writes its own)
+    markers: tuple[str, str] | None = ("IMAGE_START", "IMAGE_END")
+    #: how the rows go in: "block", one array of rows fed as a prompt's (SmolVLM's and most), or "mrope", rows with
+    #: their M-RoPE positions recorded in the cache (Qwen2-VL's, runtime/vision_qwen2vl.py)
+    rows: str = "block"
+
+
+_QWEN2VL = ProjectorKind("qwen2vl_image:Qwen2VLEncoder", "vision_qwen2vl:Qwen2VLLayout", ("VISION_START", "VISION_END"), "mrope")
+
+PROJECTORS: dict[str, ProjectorKind] = {
+    "gemma3": ProjectorKind("siglip:SiglipEncoder", markers=None),
+    "idefics3": ProjectorKind("siglip:SiglipEncoder", "vision_idefics3:Idefics3Layout", None),  # SmolVLM: tiles, no markers around
+    "qwen2vl_merger": _QWEN2VL,
+    "qwen2.5vl_merger": _QWEN2VL,
+    "qwen3vl_merger": ProjectorKind("qwen3vl_image:Qwen3VLEncoder", "vision_qwen3vl:Qwen3VLLayout", ("VISION_START", "VISION_END"), "mrope"),
+    "glm4v": ProjectorKind("glm4v_image:Glm4VEncoder", "vision_glm4v:Glm4VLayout", rows="mrope"),  # Qwen2-VL's layout, GLM's markers
+    "lfm2": ProjectorKind("lfm2vl_image:Lfm2VLEncoder", "vision_lfm2:Lfm2Layout"),  # any size, tiles past 2x max pixels
+    "internvl": ProjectorKind("internvl_image:InternVLEncoder", "vision_internvl:InternVLLayout"),  # tiles and a thumbnail
+    "gemma4v": ProjectorKind("gemma4v_image:Gemma4VEncoder", "vision_gemma4:Gemma4VLayout"),
+    "resampler": ProjectorKind("minicpmv_image:MiniCPMVEncoder", "vision_minicpmv:MiniCPMVLayout", None),  # MiniCPM-V: overview, slices
+    "kimivl": ProjectorKind("kimivl_image:KimiVLEncoder", "vision_kimivl:KimiVLLayout"),
+    "llama4": ProjectorKind("llama4_image:Llama4VisionEncoder", "vision_llama4:Llama4Layout"),  # tiles and an overview
+    "pixtral": ProjectorKind("pixtral_image:PixtralEncoder", "vision_pixtral:PixtralLayout"),  # rows and [IMG_BREAK] rows
+}  # fmt: skip
+
+
+def _resolve(package: str, name: str) -> Any:
+    module, attr = name.split(":")
+    return getattr(importlib.import_module(f"kvrun.{package}.{module}"), attr)
+
+
+def load_encoder(mmproj: str | os.PathLike, backend: Any) -> Any:
+    """The encoder of a picture projector file (a one-line error for a file that is not one kvrun reads)."""
+    g, cfg = open_mmproj(mmproj)
+    return _resolve("models", PROJECTORS[cfg.projector_type].encoder)(g, cfg, backend)
+
+
+def load_layout(engine: Any, encoder: Any) -> tuple[Any, str, str, str]:
+    """``(layout, begin, end, rows)`` for ``encoder``'s projector beside ``engine``'s model: its layout object (None for
+    Gemma 3's fixed rows), the markers around a picture's rows ("" where the layout writes its own), and
+    :attr:`ProjectorKind.rows`."""
+    kind = PROJECTORS[encoder.cfg.projector_type]
+    if kind.layout is None:
+        return None, "", "", kind.rows
+    layout = _resolve("runtime", kind.layout)(engine, encoder)
+    if kind.markers is None:
+        return layout, "", "", kind.rows
+    module = importlib.import_module(f"kvrun.runtime.{kind.layout.split(':')[0]}")
+    return layout, getattr(module, kind.markers[0]), getattr(module, kind.markers[1]), kind.rows

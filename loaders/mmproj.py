@@ -50,6 +50,10 @@ QWEN2VL_PROJECTORS = ("qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger")
 #: MiniCPM-V's versions (clip.minicpmv_version) whose resampler and layout libmtmd builds: 2 (2.5), 3 (2.6), 4 (4.0),
 #: 5 (4.5), 6 and 100045 (MiniCPM-o's); every one but 2 lays slices out as 2.6 does
 MINICPMV_VERSIONS = (2, 3, 4, 5, 6, 100045)
+SUPPORTED_PROJECTORS += ("mlp", "ldp", "ldpv2")  # LLaVA 1.5 / 1.6, MobileVLM 1 / 2 (models/llava_image.py)
+PROJECTION_TENSORS["mlp"] = "mm.2.weight"
+PROJECTION_TENSORS["ldp"] = "mm.model.mb_block.2.block.2.1.bias"
+PROJECTION_TENSORS["ldpv2"] = "mm.model.peg.0.bias"
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ PROJECTORS: dict[str, ProjectorKind] = {
     "kimivl": ProjectorKind("kimivl_image:KimiVLEncoder", "vision_kimivl:KimiVLLayout"),
     "llama4": ProjectorKind("llama4_image:Llama4VisionEncoder", "vision_llama4:Llama4Layout"),  # tiles and an overview
     "pixtral": ProjectorKind("pixtral_image:PixtralEncoder", "vision_pixtral:PixtralLayout"),  # rows and [IMG_BREAK] rows
+    **dict.fromkeys(("mlp", "ldp", "ldpv2"), ProjectorKind("llava_image:LlavaEncoder", "vision_llava:LlavaLayout", None)),  # LLaVA, MobileVLM: no markers
 }  # fmt: skip
 
 

@@ -855,6 +855,8 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
 @click.option("--diffusion-algorithm", "algorithm", default="confidence", show_default=True,
               help="which masks a step fills: origin, entropy, margin, random, confidence (or 0-4, llama.cpp's numbers)")  # fmt: skip
 @click.option("--diffusion-alg-temp", "alg_temp", type=float, default=0.0, show_default=True, help="draw the positions (> 0) instead of the most confident")
+@click.option("--diffusion-cfg-scale", "cfg_scale", type=float, default=0.0, show_default=True,
+              help="classifier-free guidance (> 0: each step also runs the model with the prompt masked)")  # fmt: skip
 @click.option("--diffusion-visual", "visual", is_flag=True, help="redraw the text at every step (on stderr)")
 @click.option("--temp", "temperature", type=float, default=0.0, show_default=True, help="temperature (0: each position's most probable token)")
 @click.option("--top-k", type=int, default=40, show_default=True)

@@ -174,7 +174,7 @@ class Model:
     def diffuse(self, prompt: str, chat_template: bool = True, **params: Any) -> str:
         """A diffusion language model's text after ``prompt`` (Dream, LLaDA, LLaDA-MoE, RND1; runtime/diffusion.py),
         as llama-diffusion-cli's: ``params`` are :class:`~kvrun.runtime.diffusion.DiffusionParams`' (``steps``,
-        ``eps`` or ``block_length``, ``algorithm``, ``temperature``...), ``max_length`` at most the model's context
+        ``eps`` or ``block_length``, ``algorithm``, ``temperature``, ``cfg_scale``...), ``max_length`` at most the model's context
         and batch (its default: the batch), e.g. ``kvrun.load(path, n_ctx=256, n_batch=256).diffuse("Hi", eps=1e-3)``."""
         from .diffusion import DiffusionParams, diffusion_text
 

@@ -22,8 +22,12 @@ confidence for every still-masked position, and unmasks some of them, until none
 
 Dream predicts each position from the logits of the position before it: ``shift_logits``, the file's
 ``diffusion.shift_logits`` (llama-diffusion-cli's default where the file says nothing: shifted).  The mask token is
-the file's ``tokenizer.ggml.mask_token_id``.  Not here: classifier-free guidance (``cfg_scale``) and Gumbel noise,
-which llama-diffusion-cli has but no model's defaults use.
+the file's ``tokenizer.ggml.mask_token_id``.
+
+Classifier-free guidance (``cfg_scale`` > 0, llama-diffusion-cli's ``--diffusion-cfg-scale``): each step runs the
+model twice, on the sequence (conditional) and on it with every prompt position masked (unconditional), and reads
+``uncond + (cfg_scale + 1) (cond - uncond)`` in float32, llama.cpp's arithmetic; 0 (the default) is one forward, the
+logits as they are.  Not here: Gumbel noise, which llama-diffusion-cli has but no model's defaults use.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class DiffusionParams:
     top_p: float = 0.95
     seed: int | None = None
     shift_logits: bool | None = None  # None: the file's diffusion.shift_logits, else True
+    cfg_scale: float = 0.0  # classifier-free guidance (> 0: a second, unconditional forward a step)
 
     def validate(self, n_prompt: int) -> None:
         """One-line KvrunErrors for settings llama-diffusion-cli would assert on or misread."""
@@ -87,6 +92,8 @@ class DiffusionParams:
                                  f"(--max-length {self.max_length} / --diffusion-block-length {self.block_length})")  # fmt: skip
         if self.temperature < 0 or self.alg_temp < 0:
             raise KvrunError("the temperatures must be >= 0")
+        if not self.cfg_scale >= 0:  # (nan too)
+            raise KvrunError(f"--diffusion-cfg-scale must be >= 0 (0: no guidance), got {self.cfg_scale}")
         if self.top_k < 0:
             raise KvrunError(f"top-k must be >= 0 (0 = off), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
@@ -156,6 +163,19 @@ def propose(logits: np.ndarray, prm: DiffusionParams, rng: np.random.Generator) 
     return token, conf.astype(np.float32)
 
 
+def guided(logits_of: Callable[[np.ndarray], np.ndarray], x: np.ndarray, n_prompt: int, mask_id: int, cfg_scale: float) -> np.ndarray:
+    """A step's logits [L, V] for the sequence ``x``: the model's (``cfg_scale`` 0), or classifier-free guided as
+    llama-diffusion-cli guides them: ``uncond + (cfg_scale + 1) * (cond - uncond)``, float32, where uncond are the
+    logits of ``x`` with its first ``n_prompt`` positions (the prompt) masked."""
+    if cfg_scale <= 0:
+        return logits_of(x)
+    cond = np.array(logits_of(x), np.float32)  # (a copy: logits_of may hand back the same buffer each call)
+    un_x = x.copy()
+    un_x[:n_prompt] = mask_id
+    uncond = np.asarray(logits_of(un_x), np.float32)
+    return uncond + (np.float32(cfg_scale) + np.float32(1.0)) * (cond - uncond)
+
+
 def denoise(logits_of: Callable[[np.ndarray], np.ndarray], prompt: list[int], mask_id: int, prm: DiffusionParams,
             callback: StepCallback | None = None) -> np.ndarray:  # fmt: skip
     """llama-diffusion-cli's loop: the sequence [max_length] the prompt's tokens then the denoised ones.
@@ -181,7 +201,7 @@ def denoise(logits_of: Callable[[np.ndarray], np.ndarray], prompt: list[int], ma
             masked = masked[(masked >= lo) & (masked < hi)]
             if not len(masked):
                 break
-            logits = logits_of(x)
+            logits = guided(logits_of, x, n_in, mask_id, prm.cfg_scale)
             rows = np.maximum(masked - 1, 0) if shift else masked  # (Dream: position i from row i - 1; 0 from 0)
             count = schedule[step] if blocked else transfer_count(step, per_block, len(masked), prm.eps)
             if prm.algorithm == "origin":

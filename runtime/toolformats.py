@@ -15,8 +15,13 @@ template as llama.cpp's ``common/chat.cpp`` chooses it, in its order (:func:`nat
 * then Hermes' ``<tool_call>`` (llama.cpp checks it before the two below);
 * :class:`Llama3x` (``<|start_header_id|>ipython<|end_header_id|>``): the reply one JSON object
   ``{"name": ..., "parameters": {...}}`` (``<|python_tag|>`` before it allowed), one call a reply;
+  where the template knows ``<|python_tag|>`` (3.1, 3.3), a built-in tool (brave_search, wolfram_alpha,
+  code_interpreter, ...) also ``<|python_tag|>brave_search.call(query="...")``;
 * :class:`MistralNemo` (``[TOOL_CALLS]``): ``[TOOL_CALLS][{"name", "arguments", "id"}, ...]``, ids
   nine letters or digits, which its template insists on for earlier calls and results too.
+* :class:`MistralArgs` (``[TOOL_CALLS]`` and ``[ARGS]``: Ministral 3, Magistral, Mistral Small 3.2, Devstral; llama.cpp
+  checks it first of all): ``[TOOL_CALLS]NAME[ARGS]{...}`` a call (``[CALL_ID]ID`` before ``[ARGS]`` where the
+  template has it), a leading ``[THINK]...[/THINK]`` the reasoning.
 
 Each has the interface of ``tools.py``'s formats: ``template_messages`` (the tools as the template's
 ``tools`` variable, earlier calls and results as it renders them), ``grammar`` and ``trigger`` (auto:
@@ -336,40 +341,106 @@ def _gemma_response(content: str) -> Any:
 
 
 # ---------------------------------------------------------------- Llama 3.x
+#: Llama 3.1's built-in tools as llama.cpp's common/chat.cpp knows them: name -> the one parameter it must have
+BUILTIN_TOOLS = {"wolfram_alpha": "query", "web_search": "query", "brave_search": "query", "python": "code", "code_interpreter": "code"}
+PYTHON_TAG = "<|python_tag|>"
+
+
+def builtin_param_error(f: dict[str, Any]) -> str | None:
+    """Why a function named as a built-in tool cannot be one (llama.cpp's ``expect_tool_parameters``: an object
+    whose only property is the built-in's parameter, required), or None when it can."""
+    want, params = BUILTIN_TOOLS[f["name"]], f["parameters"]
+    props, required = params.get("properties"), params.get("required")
+    if params.get("type") != "object" or not isinstance(props, dict) or not isinstance(required, list):
+        return f"Parameters of tool {f['name']} must be an object w/ required properties"
+    if want not in props or want not in required or len(props) != 1:
+        return f"Parameters of tool {f['name']} must be an object whose one property, required, is {want!r}"
+    return None
+
+
 class Llama3x:
     """Llama 3.1 / 3.2 / 3.3: the reply one ``{"name": ..., "parameters": {...}}`` object (the template's
-    own instruction), ``<|python_tag|>`` before it allowed; results in ``ipython`` turns (the template's)."""
+    own instruction), ``<|python_tag|>`` before it allowed; results in ``ipython`` turns (the template's).
+
+    Built-in tools (``builtins``: a template that knows ``<|python_tag|>``, 3.1's and 3.3's, as llama.cpp
+    decides): a function named as one of :data:`BUILTIN_TOOLS`, whose parameters are just that tool's, is
+    also called ``<|python_tag|>brave_search.call(query="...")`` (keyword arguments, JSON values), the reply
+    then ending in ``<|eom_id|>``; the template's system turn names them (``Environment: ipython``,
+    ``Tools: brave_search, wolfram_alpha``: its ``builtin_tools``) and renders earlier such calls that way."""
 
     name = "llama3x"
     TRIGGER = '{"name":'
     CALL = re.compile(r'(?:<\|python_tag\|>)?\s*\{\s*(?:"type"\s*:\s*"function"\s*,\s*)?"name"\s*:\s*"([^"]+)"\s*,\s*"parameters"\s*:\s*')
+    # llama.cpp's common_chat_parse_llama_3_1 (with_builtin_tools): NAME.call( then ARG=JSON, ...  then )
+    BUILTIN_CALL = re.compile(r"\s*(\w+)\s*\.\s*call\(")
+    BUILTIN_ARG = re.compile(r"\s*(\w+)\s*=\s*")
+
+    def __init__(self, builtins: bool = False) -> None:
+        self.builtins = builtins
+        self.builtin: list[str] = []  # the built-in tools of the last tools seen (know / template_messages / grammar)
+
+    def know(self, tools: Tools | None) -> None:
+        """Learn which of the tools are built-ins, so that :meth:`parse` reads ``<|python_tag|>NAME.call(...)``."""
+        self.builtin = self.builtin_tools(tools.functions if tools is not None and tools.active else [])
+
+    def builtin_tools(self, functions: list[dict[str, Any]]) -> list[str]:
+        """The names among ``functions`` that are built-in tools here (none where the template knows no python tag)."""
+        if not self.builtins:
+            return []
+        return [f["name"] for f in functions if f["name"] in BUILTIN_TOOLS and builtin_param_error(f) is None]
 
     def template_messages(self, msgs: list[dict[str, Any]], tools: Tools | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        self.know(tools)
         out = []
         for m in msgs:  # (the template takes one call a turn: a turn of several becomes one a call)
+            if "tool_calls" in m and self.builtin:  # (the template writes a built-in's arguments as text: NAME="VALUE")
+                m = {**m, "tool_calls": [{**c, "arguments": {k: v if isinstance(v, str) else json.dumps(v) for k, v in c["arguments"].items()}}
+                                         if c["name"] in self.builtin else c for c in m["tool_calls"]]}  # fmt: skip
             if len(m.get("tool_calls", ())) > 1:
                 out += [{**_openai_calls({**m, "tool_calls": [c]}), "content": m["content"] if j == 0 else ""} for j, c in enumerate(m["tool_calls"])]
             else:
                 out.append(_openai_calls(m))
-        # (llama.cpp passes the date the template prints in its system turn)
-        return out, {**_tools_var(tools), "date_string": time.strftime("%d %b %Y")}
+        # (llama.cpp passes the date the template prints in its system turn, the tools in that turn, and the built-ins)
+        extra: dict[str, Any] = {"date_string": time.strftime("%d %b %Y"), "tools_in_user_message": False}
+        if self.builtin:
+            extra["builtin_tools"] = list(self.builtin)
+        return out, {**_tools_var(tools), **extra}
 
     def grammar(self, tools: Tools) -> str:
-        alts = []
+        """One call: the JSON object for any offered function, or ``<|python_tag|>NAME.call(ARG=VALUE)`` for a
+        built-in (each value as its schema says); ValueError for a function named as a built-in whose parameters
+        are not that built-in's, as llama.cpp refuses it."""
+        alts, builtin_rules = [], []
         for f in tools.offered():
+            if self.builtins and f["name"] in BUILTIN_TOOLS:
+                if (why := builtin_param_error(f)) is not None:
+                    raise ValueError(why)
+                arg = BUILTIN_TOOLS[f["name"]]
+                i = len(builtin_rules)
+                builtin_rules.append((f"b{i} ::= {_gbnf_str(PYTHON_TAG + f['name'] + '.call(' + arg + '=')} b{i}v-root \")\"\n"
+                                      + _schema_rules(f["parameters"]["properties"][arg], f"b{i}v-")))  # fmt: skip
             params = f["parameters"]
             try:
                 schema_to_gbnf(params)
             except SchemaError:
                 params = ANY_OBJECT
             alts.append({"type": "object", "properties": {"name": {"const": f["name"]}, "parameters": params}, "required": ["name", "parameters"]})
-        return schema_to_gbnf(alts[0] if len(alts) == 1 else {"anyOf": alts})
+        self.know(tools)
+        json_call = schema_to_gbnf(alts[0] if len(alts) == 1 else {"anyOf": alts})
+        if not builtin_rules:
+            return json_call
+        names = " | ".join(f"b{i}" for i in range(len(builtin_rules)))
+        return f"root ::= j-root | {names}\n" + _prefixed(json_call, "j-") + "".join(builtin_rules)
 
     def trigger(self, tools: Tools) -> str | None:
         return None if tools.mode == "required" else self.TRIGGER
 
     def parse(self, text: str) -> tuple[str, list[dict[str, Any]]]:
         think, rest = _split_think(text)
+        if self.builtin and (at := rest.find(PYTHON_TAG)) >= 0 and (call := self._builtin_call(rest, at + len(PYTHON_TAG))):
+            (name, args), end = call
+            content = (think + rest[:at] + rest[end:]).strip()
+            return content, [{"id": _new_id(), "name": name, "arguments": args}]
         m = self.CALL.search(rest)
         if m is None:
             return text, []
@@ -382,6 +453,26 @@ class Llama3x:
             return text, []
         content = (think + rest[: m.start()] + rest[end + close.end() :]).strip()
         return content, [{"id": _new_id(), "name": m.group(1), "arguments": args}]
+
+    def _builtin_call(self, text: str, i: int) -> tuple[tuple[str, dict[str, Any]], int] | None:
+        """``NAME.call(ARG=JSON, ...)`` at ``text[i:]`` as llama.cpp reads it: ((name, arguments), where it ends,
+        the spaces after it included), or None where it is not one (then the JSON form is tried)."""
+        m = self.BUILTIN_CALL.match(text, i)
+        if m is None:
+            return None
+        name, args, i = m.group(1), {}, m.end()
+        while (a := self.BUILTIN_ARG.match(text, i)) is not None:
+            try:
+                args[a.group(1)], i = json.JSONDecoder().raw_decode(text, a.end())
+            except json.JSONDecodeError:
+                return None
+            i = re.compile(r"\s*").match(text, i).end()
+            if not text.startswith(",", i):
+                break
+            i += 1
+        if not text.startswith(")", i):
+            return None
+        return (name, args), re.compile(r"\s*").match(text, i + 1).end()
 
 
 # ---------------------------------------------------------------- Mistral Nemo
@@ -457,6 +548,52 @@ class MistralNemo:
         if not calls:
             return text, []
         return (text[:at] + text[end:]).strip(), calls
+
+
+class MistralArgs(MistralNemo):
+    """Mistral's newer templates (Ministral 3, Magistral, Mistral Small 3.2, Devstral): a call a ``[TOOL_CALLS]``,
+    ``[TOOL_CALLS]NAME[ARGS]{...}``, with ``[CALL_ID]ID`` before ``[ARGS]`` where the template writes one
+    (``call_id``), ids nine letters or digits as for Nemo.  A reply's leading ``[THINK]...[/THINK]`` comes back
+    as ``<think>...</think>`` before the content, for the server to split off as the reasoning (llama.cpp's
+    common_chat_params_init_ministral_3 parser: reasoning, content up to the first ``[TOOL_CALLS]``, then the calls)."""
+
+    name = "mistral-args"
+    THINK = re.compile(r"\[THINK\](.*?)\[/THINK\]", re.S)
+    CALL = re.compile(r"\[TOOL_CALLS\]\s*([^\[\]\s]+)\s*(?:\[CALL_ID\]\s*([^\[\s]*)\s*)?\[ARGS\]\s*")
+
+    def __init__(self, call_id: bool = False) -> None:
+        self.call_id = call_id
+
+    def grammar(self, tools: Tools) -> str:
+        """``[TOOL_CALLS]NAME[ARGS]`` then the arguments JSON that function's schema allows (a ``[CALL_ID]`` of nine
+        letters or digits before ``[ARGS]`` allowed where the template has one), one call or several."""
+        fns, rules = [], []
+        cid = ' ("[CALL_ID]" [a-zA-Z0-9]{9})?' if self.call_id else ""
+        for i, f in enumerate(tools.offered()):
+            rules.append(_schema_rules(f["parameters"], f"f{i}-"))
+            fns.append(f"{_gbnf_str(f['name'])}{cid} \"[ARGS]\" f{i}-root")
+        many = "+" if tools.parallel else ""
+        return f"root ::= call{many}\ncall ::= \"[TOOL_CALLS]\" ({' | '.join(fns)})\n" + "".join(rules)
+
+    def parse(self, text: str) -> tuple[str, list[dict[str, Any]]]:
+        think = self.THINK.match(text)
+        rest = text[think.end() :] if think else text
+        at = rest.find(self.TRIGGER)
+        calls, i = [], at
+        while at >= 0 and (m := self.CALL.match(rest, i)) is not None:
+            try:
+                args, end = json.JSONDecoder().raw_decode(rest, m.end())
+            except json.JSONDecodeError:
+                break
+            if not isinstance(args, dict):
+                break
+            given = m.group(2) or ""
+            calls.append({"id": given if re.fullmatch(r"[A-Za-z0-9]{9}", given) else _random_id(), "name": m.group(1), "arguments": args})
+            i = re.compile(r"\s*").match(rest, end).end()
+        if not calls and not think:
+            return text, []
+        content = rest[:at] + rest[i:] if calls else rest
+        return ((f"<think>{think.group(1)}</think>" if think else "") + content).strip(), calls
 
 
 # ---------------------------------------------------------------- DeepSeek R1 / V3.1
@@ -589,10 +726,12 @@ class CommandR7B:
 # ---------------------------------------------------------------- selection
 def native_format(template: str) -> Any | None:
     """This template's native tool format where it is one of this module's, else None (Hermes', the
-    generic or gpt-oss's, as ``tools.tool_format`` decides).  The order is llama.cpp's: DeepSeek V3.1,
+    generic or gpt-oss's, as ``tools.tool_format`` decides).  The order is llama.cpp's: Mistral's ``[ARGS]``, DeepSeek V3.1,
     R1 and Command R7B first, GLM-4.5 and
     Qwen3-Coder before Hermes (their templates hold ``<tool_call>`` too), Hermes before Llama 3.x and
     Mistral (Hermes 3 is a Llama 3.1 with Hermes' template)."""
+    if "[TOOL_CALLS]" in template and "[ARGS]" in template:  # (llama.cpp checks Ministral 3's first)
+        return MistralArgs(call_id="[CALL_ID]" in template)
     if "message['prefix'] is defined and message['prefix'] and thinking" in template:
         return DeepSeek(v31=True)
     if TB in template:
@@ -608,7 +747,7 @@ def native_format(template: str) -> Any | None:
     if "<tool_call>" in template:
         return None
     if "<|start_header_id|>ipython<|end_header_id|>" in template:
-        return Llama3x()
+        return Llama3x(builtins=PYTHON_TAG in template)  # (llama.cpp's allow_python_tag_builtin_tools)
     if "[TOOL_CALLS]" in template:
         return MistralNemo()
     return None

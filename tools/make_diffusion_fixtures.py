@@ -101,7 +101,17 @@ def count(step, total, masked, eps, sched):  # calculate_transfer_count, float32
     s = f(1) - f(step + 1) / f(total) * (f(1) - f(eps))
     return int(f(masked) * (f(1) - s / t if step < total - 1 else f(1)))
 
-for name, (steps, eps, block, alg) in spec["settings"].items():
+def guided(x, n_prompt, cfg):  # diffusion-cli's classifier-free guidance (cfg 0: none), float32 as in C
+    if cfg <= 0:
+        return forward(x)
+    cond = forward(x)
+    un_x = x.copy()
+    un_x[:n_prompt] = mask_id
+    uncond = forward(un_x)
+    return uncond + (np.float32(cfg) + np.float32(1.0)) * (cond - uncond)
+
+for name, (steps, eps, block, alg, *cfg) in spec["settings"].items():  # (cfg_scale, where given: make_diffusion_cfg_fixtures.py)
+    cfg = cfg[0] if cfg else 0.0
     L, prompt = spec["max_length"], spec["prompt"]
     x = np.full(L, mask_id, np.int32)
     x[: len(prompt)] = prompt
@@ -116,7 +126,7 @@ for name, (steps, eps, block, alg) in spec["settings"].items():
             sched = [m // per + (i < m % per) for i in range(per)]
         for step in range(per):
             trace.append(x.copy())
-            logits = forward(x)
+            logits = guided(x, len(prompt), cfg)
             masked = [i for i in range(L) if x[i] == mask_id and lo <= i < hi]
             if not masked:
                 break

@@ -21,6 +21,11 @@ conv and a SwiGLU merger; models/glm4v_image.py).
 Llama 4's ("llama4": a 2-D rope ViT with a CLS token on 336-pixel tiles and an overview, a pixel shuffle, the adapter
 ``mm.model.mlp.1``/``.2`` and ``mm.model.fc``; models/llama4_image.py) and Kimi-VL's ("kimivl": MoonViT at the picture's
 own size, its position grid interpolated, a 2x2 merge, ``mm.input_norm`` and ``mm.1``/``mm.2``; models/kimivl_image.py).
+LightOnOCR's ("lightonocr": Pixtral's ViT and merger without [IMG_BREAK] rows, a picture scaled to its longest edge
+``clip.vision.preproc_image_size``, else ``image_size``; models/lightonocr_image.py), Janus-Pro's ("janus_pro": SigLIP
+and the MLP ``mm.0``/``mm.1``; models/janus_image.py) and CogVLM's ("cogvlm": EVA2-CLIP with an appended CLS token,
+the GLU projector ``mm.model.fc``, ``mm.up``/``mm.gate``/``mm.down`` and the rows ``v.boi``/``v.eoi``;
+models/cogvlm_image.py).
 Any other projector is refused in one line that names what is supported, before a weight is touched.
 """
 
@@ -41,6 +46,10 @@ PROJECTION_TENSORS = {"gemma3": "mm.input_projection.weight", "idefics3": "mm.mo
                       "gemma4v": "mm.input_projection.weight",
                       "qwen3vl_merger": "mm.2.weight", "resampler": "resampler.proj.weight", "llama4": "mm.model.fc.weight", "kimivl": "mm.2.weight",
                       "glm4v": "mm.down.weight"}  # fmt: skip
+SUPPORTED_PROJECTORS += ("lightonocr", "janus_pro", "cogvlm")  # (models/lightonocr_image.py, janus_image.py, cogvlm_image.py)
+PROJECTION_TENSORS["lightonocr"] = "mm.2.weight"
+PROJECTION_TENSORS["janus_pro"] = "mm.1.weight"
+PROJECTION_TENSORS["cogvlm"] = "mm.down.weight"
 #: Gemma 4's (gemma4v) fewest and most rows a picture becomes: libmtmd's set_limit_image_tokens in the oracle
 #: (llama.cpp 0.3.36; other versions' sources say 40..280 and 252..280)
 GEMMA4V_TOKENS = (70, 1120)
@@ -136,7 +145,7 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
         n_merge = int(g.get("clip.vision.spatial_merge_size", 2))
         if n_merge != 2:
             raise UnsupportedModelError(f"{g.path}: clip.vision.spatial_merge_size is {n_merge}; llama.cpp's Qwen2-VL graph merges 2x2")
-    if ptype == "pixtral":  # (Mistral Small 3.1's patch merger: clip.cpp's n_merge, 1 for Pixtral 12B, which has none)
+    if ptype in ("pixtral", "lightonocr"):  # (Mistral Small 3.1's patch merger: clip.cpp's n_merge, 1 for Pixtral 12B, which has none)
         n_merge = int(g.get("clip.vision.spatial_merge_size", 1) or 1)
     proj_name = PROJECTION_TENSORS[str(ptype)]
     proj = g.tensors.get(proj_name)
@@ -189,6 +198,12 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
         from dataclasses import replace
 
         cfg = replace(cfg, ffn_op="gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick")
+    if ptype in ("lightonocr", "janus_pro", "cogvlm"):  # (their ViT MLP's activation; LightOnOCR's longest edge, as clip.cpp's)
+        from dataclasses import replace
+
+        op = "gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick"
+        edge = int(g.get("clip.vision.preproc_image_size", 0) or image_size) if ptype == "lightonocr" else 0
+        cfg = replace(cfg, ffn_op=op, longest_edge=edge)
     if ptype == "internvl":
         from dataclasses import replace
 

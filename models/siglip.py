@@ -129,7 +129,7 @@ class SiglipEncoder:
         self.pos_embd = dequantize(pos.data, pos.qtype, pos.shape).reshape(n_pos, E).astype(np.float32)
         self.layers = [vit_layer(ld, i) for i in range(cfg.n_layer)]
         self.post_ln, self.post_ln_b = ld.host_vector("v_post_ln", required=False), ld.host_vector("v_post_ln_b", required=False)
-        if cfg.projector_type in ("lfm2", "kimivl"):  # (LFM2-VL's and Kimi-VL's projectors: models/lfm2vl_image.py, kimivl_image.py)
+        if cfg.projector_type in ("lfm2", "kimivl", "janus_pro"):  # (LFM2-VL's, Kimi-VL's, Janus-Pro's projectors: models/lfm2vl_image.py, kimivl_image.py, janus_image.py)
             return
         if cfg.projector_type == "idefics3":  # SmolVLM: a pixel shuffle and one matrix [n_text_embd, E * n_merge^2]
             self.fc = ld.matrix("mm_fc")

@@ -47,6 +47,9 @@ PROJECTORS: dict[str, ProjectorKind] = {
     "llama4": ProjectorKind("llama4_image:Llama4VisionEncoder", "vision_llama4:Llama4Layout"),  # tiles and an overview
     "pixtral": ProjectorKind("pixtral_image:PixtralEncoder", "vision_pixtral:PixtralLayout"),  # rows and [IMG_BREAK] rows
     **dict.fromkeys(("mlp", "ldp", "ldpv2"), ProjectorKind("llava_image:LlavaEncoder", "vision_llava:LlavaLayout", None)),  # LLaVA, MobileVLM: no markers
+    "cogvlm": ProjectorKind("cogvlm_image:CogVLMEncoder", "vision_cogvlm:CogVLMLayout", None),  # boi/eoi rows, the visual expert
+    "janus_pro": ProjectorKind("janus_image:JanusProEncoder", "vision_janus:JanusProLayout", None),  # SigLIP + MLP, no markers
+    "lightonocr": ProjectorKind("lightonocr_image:LightOnOCREncoder", "vision_lightonocr:LightOnOCRLayout"),  # Pixtral's ViT, longest edge
 }  # fmt: skip
 
 

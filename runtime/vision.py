@@ -60,7 +60,8 @@ class Vision:
     def __init__(self, engine: Engine, mmproj: str | os.PathLike) -> None:
         if not getattr(engine.model, "takes_images", False):
             raise KvrunError(f"{engine.cfg.arch} models take no images; kvrun runs images with Gemma 3 and 4, SmolVLM, Qwen2-VL, "
-                             "Qwen3-VL, GLM-4.1V, LFM2-VL, InternVL, Pixtral / Mistral Small 3.1, MiniCPM-V, Llama 4, Kimi-VL, LLaVA and MobileVLM and their mmproj files")  # fmt: skip
+                             "Qwen3-VL, GLM-4.1V, LFM2-VL, InternVL, Pixtral / Mistral Small 3.1, MiniCPM-V, Llama 4, Kimi-VL, LLaVA, MobileVLM, LightOnOCR, Janus-Pro and CogVLM "
+                             "and their mmproj files")  # fmt: skip
         self.engine = engine
         self.encoder = load_encoder(mmproj, engine.backend)  # (its type's encoder and layout: runtime/projectors.py)
         n, m = self.encoder.cfg.n_text_embd, engine.cfg.n_embd

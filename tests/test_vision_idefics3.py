@@ -61,8 +61,8 @@ def test_projectors_kvrun_does_not_run_are_still_refused_in_one_line(tmp_path):
     from kvrun.loaders.gguf_file import GGUFFile
     from kvrun.loaders.mmproj import load_mmproj_config
 
-    with pytest.raises(KvrunError, match="projector type 'cogvlm' is not supported; kvrun reads gemma3, idefics3") as e:
-        load_mmproj_config(GGUFFile(_clip_file(tmp_path / "l.gguf", "cogvlm")))  # (kimivl's, once the example, is read now)
+    with pytest.raises(KvrunError, match="projector type 'yasa2' is not supported; kvrun reads gemma3, idefics3") as e:
+        load_mmproj_config(GGUFFile(_clip_file(tmp_path / "l.gguf", "yasa2")))  # (kimivl's and cogvlm's, once the example, are read now)
     assert "\n" not in str(e.value)
 
 

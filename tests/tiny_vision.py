@@ -187,7 +187,7 @@ def write_vl_text(path: Path, arch: str, name: str, geometry: tuple[int, ...], i
             vec(b + "attn_q.bias", n_head * head_dim, 0.0, 0.5)
             vec(b + "attn_k.bias", n_head_kv * head_dim, 0.0, 0.5)
             vec(b + "attn_v.bias", n_head_kv * head_dim, 0.0, 0.5)
-        if arch == "qwen3vl":
+        if arch in ("qwen3vl", "qwen3"):  # (qwen3: LightOnOCR's text model, tiny_vision_lightonocr.py)
             vec(b + "attn_q_norm.weight", head_dim)
             vec(b + "attn_k_norm.weight", head_dim)
         mat(b + "attn_output.weight", n_embd, n_head * head_dim)

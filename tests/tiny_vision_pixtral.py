@@ -28,12 +28,14 @@ IMAGE_TOKENS = ["[IMG]", "[IMG_BREAK]", "[IMG_END]"]
 
 
 def write_tiny_pixtral_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n_text_embd: int = ARCH_GEOMETRY["mistral3"][0],
-                              merge: int | None = MERGE) -> Path:  # fmt: skip
+                              merge: int | None = MERGE, projector_type: str = "pixtral", preproc_size: int | None = None) -> Path:  # fmt: skip
     """A random Mistral Small 3.1 projector; its matrices (patch kernel and merger included) stored as ``qtype``;
-    ``merge`` None: Pixtral 12B's, without the patch merger (one row a patch)."""
+    ``merge`` None: Pixtral 12B's, without the patch merger (one row a patch).  ``projector_type`` "lightonocr":
+    LightOnOCR's (tiny_vision_lightonocr.py), the same tensors without the [IMG_BREAK] row, ``preproc_size`` its
+    longest edge."""
     rng = np.random.default_rng(seed)
-    w = mmproj_writer(path, "tiny-pixtral-mmproj", "pixtral", {"clip.use_silu": True}, IMAGE_SIZE, PATCH, (V_EMBD, V_FF, V_LAYER, V_HEAD),
-                      n_text_embd, MEAN, STD, merge=merge, eps=1e-5)  # fmt: skip
+    w = mmproj_writer(path, f"tiny-{projector_type}-mmproj", projector_type, {"clip.use_silu": True}, IMAGE_SIZE, PATCH,
+                      (V_EMBD, V_FF, V_LAYER, V_HEAD), n_text_embd, MEAN, STD, preproc_size, merge=merge, eps=1e-5)  # fmt: skip
     mat, vec = _random_tensors(w, rng, qtype)
     tensor_writer(w, rng, qtype)("v.patch_embd.weight", (V_EMBD, 3, PATCH, PATCH), 0.05)
     vec("v.pre_ln.weight", V_EMBD)
@@ -53,7 +55,8 @@ def write_tiny_pixtral_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n_t
     vec("mm.1.bias", MM_FF, 0.0)
     mat("mm.2.weight", n_text_embd, MM_FF, 0.2)
     vec("mm.2.bias", n_text_embd, 0.0)
-    w.add_tensor("v.token_embd.img_break", (rng.standard_normal(n_text_embd) * 0.5).astype(np.float32))
+    if projector_type == "pixtral":
+        w.add_tensor("v.token_embd.img_break", (rng.standard_normal(n_text_embd) * 0.5).astype(np.float32))
     return _finish(w, path)
 
 

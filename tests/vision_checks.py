@@ -151,3 +151,23 @@ def mmproj_config(path: Path):
     g, cfg = open_mmproj(path)
     g.close()
     return cfg
+
+
+def without_tensor(src: Path, dst: Path, name: str) -> Path:
+    """A copy of the GGUF file ``src`` at ``dst`` without its tensor ``name`` (every key kept as its type was written):
+    the tests of a missing tensor's one-line error."""
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    r = GGUFReader(src)
+    arch = r.fields["general.architecture"].contents()
+    w = GGUFWriter(str(dst), arch)
+    for f in r.fields.values():
+        if f.name.startswith("GGUF.") or f.name == "general.architecture":
+            continue
+        sub = f.types[-1] if f.types[0] == GGUFValueType.ARRAY else None
+        w.add_key_value(f.name, f.contents(), f.types[0], sub_type=sub)
+    for t in r.tensors:
+        if t.name != name:
+            w.add_tensor(t.name, np.asarray(t.data), raw_shape=list(reversed([int(x) for x in t.shape])), raw_dtype=t.tensor_type)
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    return dst

@@ -97,12 +97,26 @@ class LayerCache(ABC):
         return True
 
 
+class Media(ABC):
+    """What media (pictures) leave on a sequence's cache beside its layers' K/V, in :attr:`KVCache.media` under their
+    own class: Qwen2-VL's images' M-RoPE grids (cache/mrope.py), a picture's float K/V while its pieces are fed
+    (cache/picture_block.py).  Immutable where it outlives a forward: a prefix copy shares what it keeps.  A kind a
+    saved chat keeps must be a class of ``kvrun.cache`` (runtime/sessionfile.py unpickles no other)."""
+
+    @abstractmethod
+    def kept(self, n_past: int) -> Media | None:
+        """What still holds once positions >= ``n_past`` are forgotten (truncated, or not copied); None: nothing."""
+
+
 class KVCache:
-    """All layers' caches of one sequence, plus the next free position."""
+    """All layers' caches of one sequence, plus the next free position and what its media left (:class:`Media`)."""
 
     def __init__(self, layers: list[LayerCache]) -> None:
         self.layers = layers
         self.offset = 0  # absolute position of the next token
+        #: by kind: every operation that forgets positions (reset, truncate, copy_prefix) cuts them, so no media
+        #: state outlives the rows it describes; empty for a text-only chat (one dict look-up is what it costs)
+        self.media: dict[type[Media], Media] = {}
 
     def __getitem__(self, il: int) -> LayerCache:
         return self.layers[il]
@@ -117,6 +131,7 @@ class KVCache:
         for layer in self.layers:
             layer.reset()
         self.offset = 0
+        self.media = {}
 
     def truncate(self, n_past: int) -> int:
         """Forget positions >= ``n_past``; where a layer cannot go back that far (a convolution's state
@@ -129,6 +144,7 @@ class KVCache:
         for layer in self.layers:
             layer.truncate(n_past)
         self.offset = n_past
+        self.media = _kept(self.media, n_past)
         return n_past
 
     def copy_prefix(self, src: KVCache, n_past: int) -> bool:
@@ -141,10 +157,14 @@ class KVCache:
                 self.reset()
                 return False
         self.offset = n_past
-        theirs = getattr(src, "mrope_images", None) or []  # (Qwen2-VL's images' positions: models/mrope_images.py)
-        if theirs or getattr(self, "mrope_images", None):
-            self.mrope_images = [im for im in theirs if im.end <= n_past]
+        self.media = _kept(src.media, n_past)
         return True
 
     def describe(self) -> str:
         return type(self.layers[0]).__name__ if self.layers else "empty"
+
+
+def _kept(media: dict[type[Media], Media], n_past: int) -> dict[type[Media], Media]:
+    """What of ``media`` still holds below ``n_past`` (a new dict: a prefix copy never shares the map itself)."""
+    cut = {kind: m.kept(n_past) for kind, m in media.items()}
+    return {kind: m for kind, m in cut.items() if m is not None}

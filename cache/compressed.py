@@ -569,7 +569,27 @@ class CompressedLayerCache(LayerCache):
             fwht_rows(o, out)
         else:
             out[:] = o
-        t = 0
+        self._insert_chunk(k, vr, pos)
+
+    def store(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray) -> None:
+        """Store rows as :meth:`update_and_attend` does, bit for bit, computing their attention only where something
+        reads it (a decode step's kernels, a policy that scores a prefill chunk by it): a picture's rows, which
+        attended before they are stored (cache/picture_block.py)."""
+        T, pol = q.shape[0], self.policy
+        if T <= MAX_DECODE_T or (pol is not None and pol.needs_probs):
+            self.update_and_attend(q, k, v, pos, np.empty((T, self.spec.n_head, self.spec.head_dim_v), np.float32))
+            return
+        if self.basis.wants_queries:
+            self.basis.observe(q)
+        if pol is not None:  # (what _prefill tells it without probabilities)
+            for h in range(self.spec.n_head_kv):
+                pol.prefill(h, None, np.flatnonzero(self.pos[h if self.P > 1 else 0] >= 0))
+        self._insert_chunk(np.ascontiguousarray(k, np.float32), self._rot(v, self.rot_v), pos)
+
+    def _insert_chunk(self, k: np.ndarray, vr: np.ndarray, pos: np.ndarray) -> None:
+        """A prefill chunk's tokens into the cache, once its attention scored them (k: [T, n_kv, D] original basis;
+        vr: [T, n_kv, Dv] cache basis)."""
+        T, t = len(pos), 0
         while t < T:
             p = int(pos[t])
             # once calibrated (maybe by this chunk's first spill), the rest of the chunk goes in by the one-call steps

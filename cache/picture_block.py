@@ -2,19 +2,22 @@
 
 libmtmd feeds such a picture with causal attention off (cache/bidirectional.py): each row sees every cached position
 before the picture and every row of its own forward, before or after it.  The plain fp16 cache stores the rows and
-recomputes their attention from what it then holds (:func:`.bidirectional.attend_bidirectional`).  A compressed cache
+recomputes their attention from what it then holds (:func:`.bidirectional.attend_bidirectional`), storing them
+without the causal attention that would be overwritten (:meth:`.plain.PlainLayerCache.store`).  A compressed cache
 cannot: once stored, a row may already be quantized (a prefill chunk spills out of the fp16 window as it goes in), a
 sliding-window layer's ring is only ``window + 4`` slots, so a long chunk overwrites its own first rows, and an eviction
 policy may drop a row to make room for the next.  So the attention comes first, from the picture's own float K/V
 (rounded through fp16, as the fp16 window and the plain cache hold them) beside the rows stored before the picture, as
-the cache holds them (quantized, or evicted, as for any query); only then are the rows stored, compressed, by the
-cache's own :meth:`~.base.LayerCache.update_and_attend` (whose causal output is dropped; its prefill probabilities
-score the rows for an eviction policy as any prompt's, so after the picture they are kept or evicted as any token).
+the cache holds them (quantized, or evicted, as for any query); only then are the rows stored, compressed, as the
+cache's own :meth:`~.base.LayerCache.update_and_attend` stores them (:meth:`.compressed.CompressedLayerCache.store`:
+no causal attention, but where an eviction policy scores the rows by its probabilities, as any prompt's, so after the
+picture they are kept or evicted as any token).
 
 A picture longer than ``n_batch`` is fed in pieces (Engine.eval_embd, as llama.cpp splits it): its rows fed so far
-are kept here in float, per layer, until the whole picture is fed (``KVCache.picture``, set and cleared by
-eval_embd), so a later piece reads the earlier ones whole, whatever the cache did with them meanwhile: the picture
-never loses a row to its own feed.  Float32 numpy per KV head, as bidirectional.py: a few hundred rows once per image.
+are kept here in float, per layer, until the whole picture is fed (:class:`PictureRows`, in ``KVCache.media`` while
+Engine.eval_embd feeds a picture), so a later piece reads the earlier ones whole, whatever the cache did with them
+meanwhile: the picture never loses a row to its own feed.  Float32 numpy per KV head, as bidirectional.py: a few
+hundred rows once per image.
 """
 
 from __future__ import annotations
@@ -25,11 +28,23 @@ import numpy as np
 
 from ..loaders.errors import KvrunError
 from ..ops.cpu.f16 import through_f16
-from .base import KVCache
+from .base import KVCache, Media
 from .bidirectional import attend_bidirectional
 from .compressed import CompressedLayerCache
 from .insert import fwht_rows
 from .plain import PlainLayerCache, SharedLayerCache
+
+
+class PictureRows(Media):
+    """Layer ``il``'s rows of the picture being fed so far: ``rows[il] = (first position, K, V)``, float32
+    [n, n_kv, D] in the model's basis."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
+
+    def kept(self, n_past: int) -> None:
+        """Nothing: a picture's feed cut short (a failed forward) or copied is over."""
+        return None
 
 
 def update_and_attend_block(cache: KVCache, il: int, q: np.ndarray, k: Any, v: Any, pos: np.ndarray, out: np.ndarray) -> None:
@@ -38,14 +53,15 @@ def update_and_attend_block(cache: KVCache, il: int, q: np.ndarray, k: Any, v: A
     ``out`` [T, n_head, head_dim_v].  A one-line KvrunError where the cache is neither (the GPU's)."""
     layer = cache[il]
     if type(layer) is CompressedLayerCache:
-        side = getattr(cache, "picture", None)
-        _attend_compressed(layer, q, k, v, pos, out, side if side is not None else {}, il)
+        side = cache.media.get(PictureRows)
+        _attend_compressed(layer, q, k, v, pos, out, side.rows if isinstance(side, PictureRows) else {}, il)
         return
     if not isinstance(layer, (PlainLayerCache, SharedLayerCache)):
         raise KvrunError("pictures whose rows see each other both ways (Gemma 3, Gemma 4) run on the CPU's KV caches only "
                          "for now: drop --device gpu")  # fmt: skip
-    layer.update_and_attend(q, k, v, pos, out)
-    attend_bidirectional(getattr(layer, "source", layer), q, pos, out)
+    if isinstance(layer, PlainLayerCache):  # (a shared layer's source stored this step's rows already)
+        layer.store(k, v, pos)
+    attend_bidirectional(layer.source if isinstance(layer, SharedLayerCache) else layer, q, pos, out)
 
 
 def _attend_compressed(layer: CompressedLayerCache, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray,
@@ -94,7 +110,7 @@ def _attend_compressed(layer: CompressedLayerCache, q: np.ndarray, k: np.ndarray
             sc = np.where(visible, sc, -np.inf)
             sc = np.exp(sc - sc.max(axis=-1, keepdims=True))
             o[:, hh] = (sc @ vv) / sc.sum(axis=-1, keepdims=True)
-    layer.update_and_attend(q, k, v, pos, np.empty_like(out))  # the store (its causal output is not the picture's)
+    layer.store(q, k, v, pos)
     if layer.rot_v is not None:  # back from the cache basis, by the butterflies the cache's own attention uses
         fwht_rows(o, out)
     else:

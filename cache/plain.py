@@ -50,13 +50,20 @@ class PlainLayerCache(LayerCache):
                 s.window, s.scale, s.softcap, out, self._s, split_threads(), self._sinks,
             )  # fmt: skip
         else:
-            slots = pos % self.capacity
-            # [T, n_kv, D] -> [n_kv, T, D] scatter into the ring
-            scatter_f16(k, slots, self.k)
-            scatter_f16(v, slots, self.v)
-            self.pos[slots] = pos
-            self.used = max(self.used, int(slots.max()) + 1)
+            self.store(k, v, pos)
             attend_prefill_f16(q, self.k, self.v, self.pos, pos, s.window, s.scale, s.softcap, out, self._sinks)
+
+    def store(self, k, v, pos) -> None:
+        """Store k, v at ``pos`` as :meth:`update_and_attend` does (a decode step's kernel rounds to fp16 alike), with
+        no attention: a picture's rows, which attend both ways after (cache/picture_block.py)."""
+        if k.shape[0] > self.capacity:
+            raise ValueError(f"batch of {k.shape[0]} tokens exceeds the layer cache of {self.capacity} slots")
+        slots = pos % self.capacity
+        # [T, n_kv, D] -> [n_kv, T, D] scatter into the ring
+        scatter_f16(k, slots, self.k)
+        scatter_f16(v, slots, self.v)
+        self.pos[slots] = pos
+        self.used = max(self.used, int(slots.max()) + 1)
 
     def n_tokens(self) -> int:
         return int((self.pos >= 0).sum())

@@ -9,51 +9,36 @@ same, and llama.cpp masks them causally in the order they were fed (the cell's t
 cells of one time: the raster order), which is kvrun's causal order over its cache slots.
 
 So kvrun keeps slots as they are (one a row, positions for masking and for the cache) and changes only what rope
-turns by: each cache records the images it holds (:class:`MropeImage`: first slot, grid, rope position), set by
-:func:`add_image` before the rows are fed; a forward's rows get their sections' positions from them
-(:func:`section_positions`).  A cache without images turns as before, every position its slot.  What a truncation
-forgot is dropped when the slots are fed again (an image recorded at or past the first slot fed, or straddling it).
+turns by: each cache records the images it holds (``KVCache.media[MropeImages]``, cache/mrope.py: first slot, grid,
+rope position), set by :func:`add_image` before the rows are fed; a forward's rows get their sections' positions from
+them (:func:`forward_positions`).  A cache without images turns as before, every position its slot, at the cost of a
+dict look-up.  The cache cuts the images with the positions it forgets (truncate, reset, copy_prefix); text fed over
+an image recorded but never fed (its feed refused) drops it as well.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 
-
-@dataclass(frozen=True)
-class MropeImage:
-    """An image's rows in a cache: from slot ``slot``, ``ny`` rows of ``nx``, its time position ``pos``."""
-
-    slot: int
-    nx: int
-    ny: int
-    pos: int
-
-    @property
-    def end(self) -> int:
-        """The slot after its rows."""
-        return self.slot + self.nx * self.ny
-
-    @property
-    def next_pos(self) -> int:
-        """The position the text after it goes on from (libmtmd's n_past + n_pos)."""
-        return self.pos + max(self.nx, self.ny)
+from ..cache.base import KVCache
+from ..cache.batch import BatchedKVCache
+from ..cache.mrope import MropeImage, MropeImages
 
 
-def images_of(cache: Any) -> list[MropeImage]:
-    """The images ``cache`` (a KVCache) records, in slot order (none: an empty list, not stored)."""
-    return getattr(cache, "mrope_images", None) or []
+def images_of(cache: KVCache) -> list[MropeImage]:
+    """The images ``cache`` records, in slot order (none: an empty list)."""
+    m = cache.media.get(MropeImages)
+    return list(m.images) if isinstance(m, MropeImages) else []
 
 
-def _forget_from(cache: Any, slot: int) -> list[MropeImage]:
-    """Drop what a truncation forgot: the images that end past ``slot``, the first slot fed now."""
-    kept = [im for im in images_of(cache) if im.end <= slot]
-    if kept or getattr(cache, "mrope_images", None):
-        cache.mrope_images = kept
-    return kept
+def _forget_from(cache: KVCache, slot: int) -> list[MropeImage]:
+    """Drop the images that end past ``slot``, the first slot fed now (one recorded, its rows never fed)."""
+    m = cache.media.pop(MropeImages, None)
+    kept = m.kept(slot) if m is not None else None
+    if isinstance(kept, MropeImages):
+        cache.media[MropeImages] = kept
+        return list(kept.images)
+    return []
 
 
 def text_position(images: list[MropeImage], slot: int) -> int:
@@ -65,16 +50,31 @@ def text_position(images: list[MropeImage], slot: int) -> int:
     return last.next_pos + (slot - last.end)
 
 
-def add_image(cache: Any, nx: int, ny: int) -> MropeImage:
+def add_image(cache: KVCache, nx: int, ny: int) -> MropeImage:
     """Record an image of ``ny`` x ``nx`` rows about to be fed at ``cache.offset`` (what the cache had recorded past
     there is forgotten); returns it."""
     kept = _forget_from(cache, cache.offset)
     im = MropeImage(cache.offset, int(nx), int(ny), text_position(kept, cache.offset))
-    cache.mrope_images = kept + [im]
+    cache.media[MropeImages] = MropeImages((*kept, im))
     return im
 
 
-def section_positions(cache: Any, slots: np.ndarray, image: bool) -> np.ndarray | None:
+def forward_positions(cache: KVCache, pos: np.ndarray, image: bool) -> np.ndarray | None:
+    """Positions [T, 4] of a forward's rows at ``pos`` over ``cache`` (one sequence's, or a batch's: each sequence's
+    rows by its own images): image rows (``image``) or text; None where every row's is its slot's own, as in a
+    text-only chat, which costs one dict look-up a sequence."""
+    batch = isinstance(cache, BatchedKVCache)
+    if not any(MropeImages in c.media for c in (cache.caches if batch else (cache,))):
+        return None
+    seqs = list(zip(cache.caches, cache.bounds, cache.bounds[1:])) if batch else [(cache, 0, len(pos))]
+    parts = [section_positions(c, np.asarray(pos[lo:hi]), image) for c, lo, hi in seqs]
+    if all(P is None for P in parts):
+        return None
+    return np.concatenate([P if P is not None else np.repeat(np.asarray(pos[lo:hi], np.int64)[:, None], 4, 1) * [1, 1, 1, 0]
+                           for P, (_, lo, hi) in zip(parts, seqs)])  # fmt: skip
+
+
+def section_positions(cache: KVCache, slots: np.ndarray, image: bool) -> np.ndarray | None:
     """Positions [T, 4] (time, height, width, extra) of rows fed at ``slots`` (consecutive) into one sequence's
     ``cache``: an image's rows (``image``: recorded by :func:`add_image`) or text; None where every row's is its
     slot's own (p, p, p, 0): no image before or among them."""

@@ -24,7 +24,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .common import WeightLoader
 from .llama import LlamaLayer
-from .mrope_images import mrope_rows, section_positions
+from .mrope_images import forward_positions, mrope_rows
 from .qwen2 import Qwen2Model
 
 
@@ -64,11 +64,8 @@ class Qwen2VLModel(Qwen2Model):
     def forward(self, tokens, pos, cache, out_rows, logits) -> None:
         """LlamaModel's forward; where the cache holds images (models/mrope_images.py) each row turns by its own
         sections' positions, through per-row tables."""
-        seqs = list(zip(cache.caches, cache.bounds, cache.bounds[1:])) if hasattr(cache, "caches") else [(cache, 0, len(pos))]
-        parts = [section_positions(c, np.asarray(pos[lo:hi]), self.input_embd is not None) for c, lo, hi in seqs]
-        if any(P is not None for P in parts):
-            P = np.concatenate([P if P is not None else np.repeat(np.asarray(pos[lo:hi], np.int64)[:, None], 4, 1) * [1, 1, 1, 0]
-                                for P, (_, lo, hi) in zip(parts, seqs)])  # fmt: skip
+        P = forward_positions(cache, pos, self.input_embd is not None)
+        if P is not None:
             cos, sin = mrope_rows(P, self.sections, self.neox_cos, self.neox_sin, self.rope_cos, self.rope_sin)
             self._row_rope = (np.arange(len(P), dtype=np.int32), cos, sin)
         try:

@@ -31,7 +31,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .common import WeightLoader
 from .llama import LlamaLayer, LlamaModel
-from .mrope_images import section_positions
+from .mrope_images import forward_positions
 from .qwen2vl import rope_sections
 from .qwen3 import Qwen3Model
 from .qwen35 import imrope_tables
@@ -87,11 +87,8 @@ class _Qwen3VLText(LlamaModel):
             if rows.shape[1] != self.n_embd_inp:
                 raise KvrunError(f"image rows {rows.shape[1]} wide; this model takes {n} or, with its DeepStack levels, {self.n_embd_inp}")
             self.input_embd, self._deepstack = np.ascontiguousarray(rows[:, :n]), rows[:, n:]
-        seqs = list(zip(cache.caches, cache.bounds, cache.bounds[1:])) if hasattr(cache, "caches") else [(cache, 0, len(pos))]
-        parts = [section_positions(c, np.asarray(pos[lo:hi]), rows is not None) for c, lo, hi in seqs]
-        if any(P is not None for P in parts):
-            P = np.concatenate([P if P is not None else np.repeat(np.asarray(pos[lo:hi], np.int64)[:, None], 4, 1) * [1, 1, 1, 0]
-                                for P, (_, lo, hi) in zip(parts, seqs)])  # fmt: skip
+        P = forward_positions(cache, pos, rows is not None)
+        if P is not None:
             cos, sin = imrope_rows(P, self.sections, self.neox_cos, self.neox_sin, self.rope_cos, self.rope_sin)
             self._row_rope = (np.arange(len(P), dtype=np.int32), cos, sin)
         try:

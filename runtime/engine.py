@@ -23,6 +23,7 @@ from ..cache.base import KVCache
 from ..cache.batch import BatchedKVCache, batchable
 from ..cache.factory import make_cache
 from ..cache.kvconfig import KVConfig
+from ..cache.picture_block import PictureRows
 from ..loaders.config import ModelConfig, load_config
 from ..loaders.errors import KvrunError
 from ..loaders.gguf_file import GGUFFile
@@ -364,9 +365,11 @@ class Engine:
                     self.model.input_embd = None
                 cache.offset += len(chunk)
 
-        cache.picture = {}  # (a picture's own K/V per layer while its pieces are fed, for a compressed cache: cache/picture_block.py)
-        self.batcher.call(run)
-        cache.picture = None
+        cache.media[PictureRows] = PictureRows()  # (its own K/V while its pieces are fed, for a compressed cache)
+        try:
+            self.batcher.call(run)
+        finally:
+            cache.media.pop(PictureRows, None)
 
     def _checked_tokens(self, tokens: list[int] | np.ndarray, offset: int) -> np.ndarray:
         """``tokens`` as int32, or a one-line KvrunError: not integers, empty, past the context after

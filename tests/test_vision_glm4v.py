@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kvrun.cache.base import KVCache
 from kvrun.loaders.errors import KvrunError
 from kvrun.loaders.mmproj import open_mmproj
 from kvrun.models import glm4v_image, mrope_images, qwen2vl_image
@@ -106,7 +107,7 @@ def test_the_downsampling_convs_bias_is_added(pair):
 def test_an_images_rows_take_libmtmds_decoder_positions(name):
     """Row (y, x) of an image at position 0: (t, h, w) = (0, y, x), as mtmd_image_tokens_get_decoder_pos (t, x, y)."""
     nx, ny, _ = FIX[f"grid_g4_f32_{name}"].tolist()
-    cache = type("Cache", (), {"offset": 0})()
+    cache = KVCache([])  # (no layers: the images' record alone)
     mrope_images.add_image(cache, nx, ny)
     P = mrope_images.section_positions(cache, np.arange(nx * ny), image=True)
     d = FIX[f"dpos_g4_f32_{name}"]

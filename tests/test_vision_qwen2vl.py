@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kvrun.cache.base import KVCache
 from kvrun.loaders.errors import KvrunError
 from kvrun.loaders.mmproj import open_mmproj
 from kvrun.models import mrope_images, qwen2vl_image
@@ -150,7 +151,7 @@ def test_the_vision_rope_turns_a_heads_first_quarter_by_row_and_the_second_by_co
 def test_an_images_rows_take_libmtmds_decoder_positions(name):
     """Row (y, x) of an image at position 0: (t, h, w) = (0, y, x), as mtmd_image_tokens_get_decoder_pos (t, x, y)."""
     nx, ny, _ = FIX[f"grid_q2_f32_{name}"].tolist()
-    cache = type("Cache", (), {"offset": 0})()
+    cache = KVCache([])  # (no layers: the images' record alone)
     mrope_images.add_image(cache, nx, ny)
     P = mrope_images.section_positions(cache, np.arange(nx * ny), image=True)
     d = FIX[f"dpos_q2_f32_{name}"]
@@ -179,8 +180,8 @@ def test_rows_at_plain_sequential_positions_are_far_off(visions, monkeypatch):
 
 
 def test_text_fed_where_a_truncation_dropped_an_image_turns_as_plain_text(visions):
-    """The cache forgets the images a truncation cut off when text is fed over their slots: the logits are a fresh
-    text prompt's."""
+    """The cache forgets the images a truncation cut off (KVCache.media): text fed over their slots gets the logits of
+    a fresh text prompt."""
     v = visions["q2"]
     eng = v.engine
     cache = eng.new_cache()

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kvrun.cache.base import KVCache
 from kvrun.loaders.errors import KvrunError
 from kvrun.loaders.mmproj import open_mmproj
 from kvrun.models import mrope_images, qwen2vl_image, qwen3vl_image
@@ -118,7 +119,7 @@ def test_interleaved_row_tables_turn_text_as_the_text_tables_do(vision):
 def test_an_images_rows_take_libmtmds_decoder_positions(name):
     """Row (y, x) of an image at position 0: (t, h, w) = (0, y, x), as mtmd_image_tokens_get_decoder_pos (t, x, y)."""
     nx, ny, _ = FIX[f"grid_q3_f32_{name}"].tolist()
-    cache = type("Cache", (), {"offset": 0})()
+    cache = KVCache([])  # (no layers: the images' record alone)
     mrope_images.add_image(cache, nx, ny)
     P = mrope_images.section_positions(cache, np.arange(nx * ny), image=True)
     d = FIX[f"dpos_q3_f32_{name}"]

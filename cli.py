@@ -139,6 +139,31 @@ def _quant_label(file_type: int, tensor_types: dict[str, int]) -> str:
 RWKV_ARCHS = ("rwkv6", "rwkv7", "arwkv7", "rwkv6qwen2")
 
 
+def rope_absence(cfg: Any, g: Any) -> str | None:
+    """What carries position where a model's attention rotates nothing, as `kvrun info` says it (its config ``cfg``, its
+    open file ``g``); None where it uses rope, on every attention layer or on some (Llama 4's, SmolLM3's NoPE layers).
+    Attention-free models (Mamba, RWKV) have no rope line to say it on."""
+    a = cfg.arch
+    if a == "granitehybrid" and not g.arch_get("rope.scaling.finetuned", True):  # (llama.cpp's switch: models/granitehybrid.py)
+        return "the file says so: rope.scaling.finetuned false"
+    if a == "kimi-linear":  # (its MLA turns nothing: rope.dimension_count sizes the keys' shared part)
+        return "Kimi's MLA: the KDA layers' convolutions carry position"
+    if a in ("gpt2", "starcoder"):  # (its positions are learned rows added to the embeddings)
+        return "learned positions: position_embd.weight"
+    if a in ("bloom", "mpt", "jais", "refact"):  # (ALiBi: a distance penalty on the attention scores)
+        return "ALiBi"
+    if a == "baichuan":  # (llama.cpp tells 7B, which rotates, from 13B, ALiBi, by depth; other depths get neither)
+        from .models.baichuan import BAICHUAN_7B_LAYERS, BAICHUAN_13B_LAYERS
+
+        if cfg.n_layer != BAICHUAN_7B_LAYERS:
+            return "ALiBi" if cfg.n_layer == BAICHUAN_13B_LAYERS else f"neither rope nor ALiBi at {cfg.n_layer} layers (llama.cpp's Baichuan: 7B's 32, 13B's 40)"
+    if a in ("jamba", "nemotron_h", "nemotron_h_moe"):  # (rope-less attention among Mamba layers)
+        return "the Mamba layers carry order"
+    if a == "t5":  # (the decoder's self-attention: a learned bias per causal distance bucket, models/t5.py)
+        return "relative position buckets: a learned bias per distance"
+    return None
+
+
 def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
     """Everything `kvrun info` prints, read from the header only (no weights touched); ``g``: the file, already open."""
     from .loaders.config import load_config
@@ -223,7 +248,9 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
                 "n_group": cfg.ssm_n_group, "state_bytes_per_layer": 4 * cfg.ssm_d_inner * cfg.ssm_d_state
                 + 4 * (cfg.ssm_d_conv - 1) * (cfg.ssm_d_inner + 2 * cfg.ssm_n_group * cfg.ssm_d_state)}
         if any(cfg.ssm_layers) or cfg.ssm_parallel else None,
-        "rope_used": cfg.arch != "granitehybrid" or bool(g.arch_get("rope.scaling.finetuned", True)),
+        # why the attention rotates nothing (None: rope on every attention layer, or on some: Llama 4's NoPE layers)
+        "no_rope": (no_rope := rope_absence(cfg, g)),
+        "rope_used": no_rope is None,
         # RWKV (attention-free): the WKV state a sequence keeps in each layer (float32 [head_size, head_size] a head) and
         # its token shifts' last rows (two; ARWKV-7's token_shift_count: one)
         "rwkv": {"head_size": hs, "n_head": cfg.n_embd // hs,
@@ -231,6 +258,32 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
         if cfg.arch in RWKV_ARCHS and (hs := int(g.arch_get("wkv.head_size", 64) or 64)) else None,
         "mamba": mamba,
     }
+
+
+def _tiled_rows(c: Any) -> dict[str, Any]:
+    """A tiling projector's rows (``c``: its MmprojConfig): a tile's (the encoder's n_tokens), the fewest and most tiles,
+    and the fewest and most rows a picture takes with its tiles and the view of the whole after them, as
+    models/idefics3_image.py and models/internvl_image.py cut pictures; {} for a projector that does not tile."""
+    R, S = c.n_tokens, c.image_size
+    if c.projector_type == "idefics3" and c.longest_edge > 0:  # (every picture scaled to the longest edge: n tiles along
+        n = -(-c.longest_edge // S)  # it, from 1 to n across it; a global view after them)
+        return {"rows_per_tile": R, "min_tiles": n, "max_tiles": n * n, "rows_per_picture": [(n + 1) * R, (n * n + 1) * R]}
+    if c.projector_type == "internvl":  # (a picture no larger than a tile: the thumbnail alone; else a grid, then it)
+        return {"rows_per_tile": R, "min_tiles": c.min_tiles, "max_tiles": c.max_tiles, "rows_per_picture": [R, (c.max_tiles + 1) * R]}
+    return {}
+
+
+def _tiled_sizes(c: Any, t: dict[str, Any]) -> str:
+    """`kvrun info`'s words for :func:`_tiled_rows`."""
+    lo, hi = t["rows_per_picture"]
+    head = f"{c.image_size}x{c.image_size} tiles in {c.patch_size}-pixel patches, {t['rows_per_tile']} rows a tile; "
+    if c.projector_type == "idefics3":
+        n = -(-c.longest_edge // c.image_size)
+        how = f"a picture is scaled to {c.longest_edge} pixels on its longest edge and cut into up to {n}x{n} tiles, then a global view"
+    else:
+        how = (f"a picture no larger than a tile is its thumbnail alone, a larger one cut into the grid of {c.min_tiles} to "
+               f"{c.max_tiles} tiles that fits it best, then the thumbnail")  # fmt: skip
+    return f"{head}{how}: {lo} to {hi} rows a picture"
 
 
 def _size(n: float) -> str:
@@ -270,10 +323,12 @@ def info(model: str | None, as_json: bool) -> None:
         c = load_mmproj_config(g)
         f = {"path": str(path), "projector": c.projector_type, "image_size": c.image_size, "patch_size": c.patch_size,
              "n_layer": c.n_layer, "n_embd": c.n_embd, "n_head": c.n_head, "rows_per_image": c.n_tokens, "n_text_embd": c.n_text_embd}
+        f.update(tiled := _tiled_rows(c))  # (SmolVLM's, InternVL's: rows_per_image is a tile's)
         if as_json:
             click.echo(json.dumps(f, indent=2))
         else:
-            sizes = (f"{c.image_size}x{c.image_size} images in {c.patch_size}-pixel patches, {c.n_tokens} rows an image"
+            sizes = (_tiled_sizes(c, tiled) if tiled else
+                     f"{c.image_size}x{c.image_size} images in {c.patch_size}-pixel patches, {c.n_tokens} rows an image"
                      if not c.max_pixels else  # (Qwen2-VL's: a picture's own size, in 2x2 blocks of patches)
                      f"pictures of any size in {c.patch_size}-pixel patches, {c.min_pixels // (2 * c.patch_size) ** 2} to "
                      f"{c.max_pixels // (2 * c.patch_size) ** 2} rows a picture")  # fmt: skip
@@ -350,14 +405,8 @@ def info(model: str | None, as_json: bool) -> None:
         lines.insert(next(i for i, ln in enumerate(lines) if ln[0] == "embedding") + 1,
                      ("recurrent state", f"{r['n_head']} WKV heads of {r['head_size']}; {_size(r['state_bytes_per_layer'])} a layer, "
                                          "whatever the context (no KV cache)"))  # fmt: skip
-    if not f["rope_used"]:
-        lines = [(k, "none (the file says so: rope.scaling.finetuned false)" if k == "rope" else v) for k, v in lines]
-    if f["architecture"] == "kimi-linear":  # (its MLA turns nothing: rope.dimension_count sizes the keys' shared part)
-        lines = [(k, "none (Kimi's MLA: the KDA layers' convolutions carry position)" if k == "rope" else v) for k, v in lines]
-    if f["architecture"] in ("gpt2", "starcoder"):  # (its positions are learned rows added to the embeddings)
-        lines = [(k, "none (learned positions: position_embd.weight)" if k == "rope" else v) for k, v in lines]
-    if f["architecture"] in ("bloom", "mpt", "jais", "refact"):  # (ALiBi: a distance penalty on the attention scores)
-        lines = [(k, "none (ALiBi)" if k == "rope" else v) for k, v in lines]
+    if f["no_rope"]:  # (no theta or scaling to show: what carries position instead)
+        lines = [(k, f"none ({f['no_rope']})" if k == "rope" else v) for k, v in lines]
     if f["embedding_pooling"]:  # an encoder: no chat, no KV cache; BERT no rope or window (EmbeddingGemma has both)
         gone = ("chat template", "KV cache / token") + (("rope", "sliding window") if f["architecture"] not in ("gemma-embedding", "modern-bert") else ())
         lines = [ln for ln in lines if ln[0] not in gone]
@@ -663,11 +712,16 @@ def _constraint_flags(kw: dict[str, Any]) -> str | None:
     return text
 
 
-def _engine(path: Any, **kw: Any):
-    """An Engine; on a cold kernel cache, one stderr line says why the first reply is slow."""
+def _engine(path: Any, text_generation: bool = False, **kw: Any):
+    """An Engine; on a cold kernel cache, one stderr line says why the first reply is slow.  ``text_generation``
+    (``kvrun run``): a diffusion model is refused in one line, from the config the engine read, before anything prints."""
     from .runtime.engine import Engine
 
     eng = Engine(path, **kw)
+    if text_generation:  # (the engine's header: the file is opened once, at the cost of loading a model then refused)
+        from .runtime.diffusion import refuse_text_generation
+
+        refuse_text_generation(eng.cfg.arch)
     if eng.kernels_cold:
         click.echo(
             "kvrun: first run on this machine: compiling the CPU kernels (about 20 s, 30-40 with --kv-*; once; "
@@ -690,13 +744,13 @@ def _check_n_predict(n: int) -> None:
         raise KvrunError(str(e).replace("max_tokens", "-n", 1)) from None
 
 
-def _load(model: str | None, kw: dict[str, Any]):
+def _load(model: str | None, kw: dict[str, Any], text_generation: bool = False):
     from .runtime.api import Model
 
     kv = kv_config(kw)
     path = _resolve(model)
     draft = _resolve(kw["model_draft"]) if kw.get("model_draft") else None
-    return Model(_engine(path, device=kw["device"], n_ctx=kw["ctx_size"], n_batch=kw["n_batch"], threads=kw["threads"], kv=kv, lora=_lora(kw),
+    return Model(_engine(path, text_generation=text_generation, device=kw["device"], n_ctx=kw["ctx_size"], n_batch=kw["n_batch"], threads=kw["threads"], kv=kv, lora=_lora(kw),
                          draft=draft, draft_max=kw.get("draft_max", 8), draft_p_min=kw.get("draft_p_min", 0.75)))  # fmt: skip
 
 
@@ -808,10 +862,7 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
         text = Path(prompt_file).read_text(encoding="utf-8")
     req = _check_lookup(lookup, n_predict, stop, sampling, kw)
     req.ignore_eos = ignore_eos
-    from .runtime.diffusion import refuse_text_generation
-
-    refuse_text_generation(_resolve(model))  # (a diffusion model: one line pointing at `kvrun diffusion`)
-    m = _load(model, kw)
+    m = _load(model, kw, text_generation=True)  # (a diffusion model: one line pointing at `kvrun diffusion`)
     if mmproj is not None:  # images in the prompt (runtime/vision.py)
         return _run_vision(m, text, mmproj, list(images), req, no_stats, list(audios))
     ids = m.tokenize(text)

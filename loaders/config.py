@@ -495,6 +495,8 @@ def load_config(g: GGUFFile) -> ModelConfig:
         ff_per_layer = [int(n) for n in ff] if hasattr(ff, "__len__") else [int(ff)] * n_layer
         ssm_layers = tuple(int(n) == 0 and f == 0 for n, f in zip(kv_per_layer, ff_per_layer))
         ffn_layers = tuple(int(n) == 0 and f > 0 for n, f in zip(kv_per_layer, ff_per_layer))
+    # (fixed, as llama.cpp's: the files' shared_kv_layers, E2B's 10 of 30 and E4B's 15 of 35, leave the same 20)
+    from_start = int(d.get("n_layer_kv_from_start", -1)) if arch != "gemma4" else n_layer - int(g.arch_get("attention.shared_kv_layers", 0) or 0)
     return ModelConfig(
         arch=arch,
         name=str(g.get("general.name", arch)),
@@ -539,9 +541,8 @@ def load_config(g: GGUFFile) -> ModelConfig:
         kv_heads_per_layer=tuple(int(n) for n in kv_per_layer) if arch in ("openelm", "deci") else (),
         ssm_parallel=bool(d.get("ssm_parallel", False)),
         ffn_layers=ffn_layers,
-        # (fixed, as llama.cpp's: the files' shared_kv_layers, E2B's 10 of 30 and E4B's 15 of 35, leave the same 20)
-        n_layer_kv_from_start=int(d.get("n_layer_kv_from_start", -1)) if arch != "gemma4" else n_layer - int(g.arch_get("attention.shared_kv_layers", 0) or 0),
-        kv_values_per_layer=_shared_kv_values(g, arch, d, n_layer, kv_per_layer, swa_layers, head_dim, head_dim_v) if arch in ("gemma3n", "gemma4") else (),
+        n_layer_kv_from_start=from_start,
+        kv_values_per_layer=_shared_kv_values(g, n_layer, from_start, kv_per_layer, swa_layers, head_dim, head_dim_v) if arch in ("gemma3n", "gemma4") else (),
         n_layer_sparsity=int(d.get("n_layer_sparsity", 0)),
         sparsity_std_mul=float(d.get("sparsity_std_mul", 0.0)),
         n_altup=int(d.get("n_altup", 0)),
@@ -557,11 +558,11 @@ def yarn_mscale(factor: float) -> float:
     return 1.0 if factor <= 1.0 else 0.1 * math.log(factor) + 1.0
 
 
-def _shared_kv_values(g: GGUFFile, arch: str, d: dict[str, Any], n_layer: int, kv_per_layer: list, swa_layers: tuple[bool, ...],
+def _shared_kv_values(g: GGUFFile, n_layer: int, from_start: int, kv_per_layer: list, swa_layers: tuple[bool, ...],
                       head_dim: int, head_dim_v: int) -> tuple[int, ...]:
-    """K+V values a token stores in each layer of Gemma 3n / Gemma 4: none from n_layer_kv_from_start on (those layers
-    read an earlier layer's cache), each layer's own KV heads, the window layers' heads key_length_swa wide (Gemma 4's)."""
-    from_start = int(d.get("n_layer_kv_from_start", -1)) if arch != "gemma4" else n_layer - int(g.arch_get("attention.shared_kv_layers", 0) or 0)
+    """K+V values a token stores in each layer of Gemma 3n / Gemma 4 (the caller's geometry, read once): none from
+    ``from_start`` (n_layer_kv_from_start) on (those layers read an earlier layer's cache), each layer's own KV heads,
+    the window layers' heads key_length_swa wide (Gemma 4's; the only keys read here)."""
     k_swa = int(g.arch_get("attention.key_length_swa", head_dim) or head_dim)
     v_swa = int(g.arch_get("attention.value_length_swa", k_swa) or k_swa)
     return tuple(

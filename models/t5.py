@@ -19,9 +19,10 @@ From there every forward is the decoder's, tokens after what the cache holds, as
 Self-attention keeps its K and V in kvrun's cache (cache/ as every model: fp16, truncation, sessions).  The
 relative-position bias is not a product of something of the query and something of the key (as ALiBi's is,
 models/bloom.py), so the kernels cannot carry it; this small model class attends on the host instead: the new
-K/V are stored through the cache's own :meth:`update_and_attend`, and the output is then recomputed from the
-plain cache's fp16 rows with the bias added, as cache/bidirectional.py does for images.  Hence the plain CPU
-cache only (no --kv-* compression, no GPU), and one sequence a forward.
+K/V are stored in the plain cache's fp16 rows without its kernel's attention (:meth:`PlainLayerCache.store`: an
+unbiased result would only be thrown away), and the attention is computed once, from those rows with the bias
+added, every head in one pass.  Hence the plain CPU cache only (no --kv-* compression, no GPU), and one sequence
+a forward.
 """
 
 from __future__ import annotations
@@ -135,26 +136,23 @@ class T5Model(T5EncoderModel):
 
     # ------------------------------------------------------------------ decoder
     def _self_attend(self, layer: object, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, table: np.ndarray) -> np.ndarray:
-        """Causal attention of ``q`` [T, H, D] over the layer's cache once ``k``/``v`` are stored there, with the relative
-        position bias of ``table`` [buckets, H]: [T, H*D]."""
+        """Store ``k``/``v`` [T, H_kv, D] at ``pos`` in the layer's cache, then the causal attention of ``q`` [T, H, D]
+        over what it holds, with the relative position bias of ``table`` [buckets, H]: [T, H*D]."""
         if type(layer) is not PlainLayerCache:
             raise KvrunError("t5 runs on the plain fp16 KV cache on the CPU only: drop the --kv-* flags")
         T, H, D = q.shape
-        out = np.empty((T, H, D), np.float32)
-        layer.update_and_attend(q, k, v, pos, out)  # (stores k, v; its unbiased output is replaced below)
+        layer.store(k, v, pos)  # (without the kernel's attention: an unbiased result this pass would only overwrite)
         slots = np.flatnonzero((layer.pos >= 0) & (layer.pos <= pos[-1]))
         kpos = layer.pos[slots].astype(np.int64)
         rel = kpos[None, :] - pos.astype(np.int64)[:, None]  # [T, n] key minus query
         bias = table[causal_position_bucket(rel, self.n_buckets)].transpose(2, 0, 1)  # [H, T, n]
-        masked = rel > 0
-        g = H // layer.spec.n_head_kv
-        for kh in range(layer.spec.n_head_kv):
-            kk = layer.k[kh, slots].view(np.float16).astype(np.float32)  # [n, D]
-            vv = layer.v[kh, slots].view(np.float16).astype(np.float32)
-            for h in range(kh * g, (kh + 1) * g):
-                s = q[:, h] @ kk.T + bias[h]
-                out[:, h] = _softmax_rows(np.where(masked, -np.inf, s)) @ vv
-        return out.reshape(T, H * D)
+        Hkv, n = layer.spec.n_head_kv, len(slots)
+        kk = layer.k[:, slots].view(np.float16).astype(np.float32)  # [H_kv, n, D]: every head's rows in one pass
+        vv = layer.v[:, slots].view(np.float16).astype(np.float32)
+        qg = q.transpose(1, 0, 2).reshape(Hkv, -1, D)  # [H_kv, g*T, D]: the query heads sharing a K/V head together
+        s = (qg @ kk.transpose(0, 2, 1)).reshape(H, T, n) + bias
+        p = _softmax_rows(np.where(rel > 0, -np.inf, s))
+        return (p.reshape(Hkv, -1, n) @ vv).reshape(H, T, D).transpose(1, 0, 2).reshape(T, H * D)
 
     @staticmethod
     def _cross_attend(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:

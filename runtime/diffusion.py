@@ -289,13 +289,11 @@ def visual_frame(step: int, total: int, tokens: np.ndarray, n_prompt: int, mask_
 
 
 
-def refuse_text_generation(path: Any) -> None:
-    """``kvrun run`` on a diffusion model: one line pointing at ``kvrun diffusion`` (from the file's header, before
-    the weights load or anything prints)."""
-    from ..loaders.gguf_file import GGUFFile
+def refuse_text_generation(arch: str) -> None:
+    """``kvrun run`` on a model of architecture ``arch`` (the config the engine read): a diffusion model is refused in
+    one line pointing at ``kvrun diffusion``."""
     from ..models.diffusion_lm import DIFFUSION_ARCHS, diffusion_only
 
-    arch = GGUFFile(path).architecture
     if arch in DIFFUSION_ARCHS:
         raise KvrunError(diffusion_only(arch))
 

@@ -252,6 +252,19 @@ def test_run_on_a_diffusion_model_points_at_kvrun_diffusion(tmp_path, arch):
     assert r.stderr.count("\n") == 1 and "`kvrun diffusion MODEL -p PROMPT`" in r.stderr and arch in r.stderr
 
 
+def test_run_opens_the_models_file_once(tmp_path, monkeypatch):
+    """The refusal reads the config the engine loaded: ``kvrun run`` opens a model's file once, a diffusion model's too."""
+    from kvrun.loaders.gguf_file import GGUFFile
+    from tinymodel import write_tiny_model
+
+    opened, init = [], GGUFFile.__init__
+    monkeypatch.setattr(GGUFFile, "__init__", lambda self, path: opened.append(str(path)) or init(self, path))
+    text, dream = str(write_tiny_model(tmp_path / "t.gguf")), str(write_tiny_diffusion(tmp_path / "d.gguf", "dream"))
+    assert CliRunner().invoke(main, ["run", text, "-p", "hi", "-n", "2", "--no-stats"]).exit_code == 0
+    assert CliRunner().invoke(main, ["run", dream, "-p", "hi", "-n", "2"]).exit_code == 2
+    assert opened == [text, dream]
+
+
 def test_cli_bad_flag_fails_before_the_model_loads(tmp_path):
     r = CliRunner().invoke(main, ["diffusion", str(tmp_path / "absent.gguf"), "-p", "x", "--diffusion-eps", "0.001", "--diffusion-block-length", "8"])
     assert r.exit_code == 2 and "one of the two" in r.stderr and r.stderr.count("\n") == 1

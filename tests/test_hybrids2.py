@@ -161,3 +161,23 @@ def test_info_and_run(tmp_path, arch):
     assert want in r.output, r.output
     r = CliRunner().invoke(main, ["run", path, "-p", "hi", "-n", "4"])
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("name, rope", [("jamba", "none (the Mamba layers carry order)"), ("nemotron_h", "none (the Mamba layers carry order)"),
+                                        ("baichuan-13b", "none (ALiBi)"), ("plamo2", "theta 10000, neox"), ("baichuan", "theta 10000, normal")])  # fmt: skip
+def test_info_shows_rope_only_where_the_attention_rotates(tmp_path, name, rope):
+    """`kvrun info`'s rope line: theta and scaling where the attention turns Q and K (Plamo 2's among its Mamba layers,
+    Baichuan 7B's), else what carries position instead (Jamba's and Nemotron-H's attention has no rope; Baichuan 13B's
+    ALiBi); --json says it as no_rope."""
+    import json
+
+    from click.testing import CliRunner
+    from tinymodel import FIXTURE_MODELS
+
+    from kvrun.cli import main
+
+    path = str(write_tiny_model(tmp_path / "m.gguf", **FIXTURE_MODELS[name]))
+    r = CliRunner().invoke(main, ["info", path])
+    assert r.exit_code == 0 and [ln.split(None, 1)[1] for ln in r.output.splitlines() if ln.startswith("rope ")][0].startswith(rope), r.output
+    f = json.loads(CliRunner().invoke(main, ["info", path, "--json"]).output)
+    assert f["rope_used"] == rope.startswith("theta") and (f["no_rope"] is None) == f["rope_used"]

@@ -120,6 +120,15 @@ def test_run_writes_the_greedy_continuation(t5):
     assert PROMPTS[1] + m.detokenize(fx["greedy_1"][:1].tolist()) in r.output
 
 
+def test_info_says_the_decoder_takes_relative_position_buckets_not_rope(t5):
+    from click.testing import CliRunner
+
+    from kvrun.cli import main
+
+    r = CliRunner().invoke(main, ["info", str(t5[1])])
+    rope = [ln for ln in r.output.splitlines() if ln.startswith("rope ")]
+    assert r.exit_code == 0 and len(rope) == 1 and rope[0].endswith("none (relative position buckets: a learned bias per distance)"), r.output
+
 def test_what_t5_cannot_do_is_refused_in_one_line(t5):
     _, path, m, _ = t5
     with pytest.raises(KvrunError) as e:  # (the decoder attends on the host over the plain fp16 rows)

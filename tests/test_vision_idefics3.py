@@ -66,6 +66,26 @@ def test_projectors_kvrun_does_not_run_are_still_refused_in_one_line(tmp_path):
     assert "\n" not in str(e.value)
 
 
+
+def test_info_gives_the_rows_a_tile_and_a_picture_take(pair):
+    """`kvrun info` on SmolVLM's projector: the rows of a tile, how a picture is tiled, and the fewest and most rows a
+    picture takes (every picture has LONGEST_EDGE on its longest side: 2 tiles along it, 1 or 2 across, and the
+    global view), as idefics3_image.grid cuts them; --json says the same."""
+    import json
+
+    from click.testing import CliRunner
+
+    from kvrun.cli import main
+
+    _, cfg = open_mmproj(pair["f32"])
+    rows = [(c * r + 1) * cfg.n_tokens for c, r in (idefics3_image.grid(1000, 10, cfg), idefics3_image.grid(64, 64, cfg))]
+    assert rows == [12, 20]
+    r = CliRunner().invoke(main, ["info", str(pair["f32"])])
+    assert r.exit_code == 0 and "32x32 tiles in 8-pixel patches, 4 rows a tile; a picture is scaled to 64 pixels on its longest edge" in r.output
+    assert "up to 2x2 tiles, then a global view: 12 to 20 rows a picture" in r.output, r.output
+    f = json.loads(CliRunner().invoke(main, ["info", str(pair["f32"]), "--json"]).output)
+    assert (f["rows_per_tile"], f["min_tiles"], f["max_tiles"], f["rows_per_picture"]) == (4, 2, 4, rows)
+
 # ---------------------------------------------------------------- tiles, encoder and projector
 
 

@@ -73,6 +73,25 @@ def test_a_file_without_the_class_token_is_refused_in_one_line(tmp_path):
     assert "\n" not in str(e.value)
 
 
+
+def test_info_gives_the_rows_a_tile_and_a_picture_take(pair, cfg):
+    """`kvrun info` on InternVL's projector: the rows of a tile, how a picture is tiled, and the fewest and most rows a
+    picture takes (a small one: the thumbnail alone; one of 4x3 tiles' shape: 12 tiles and the thumbnail), as
+    internvl_image.grid cuts them; --json says the same."""
+    import json
+
+    from click.testing import CliRunner
+
+    from kvrun.cli import main
+
+    rows = [(c * r + 1) * cfg.n_tokens for c, r in (internvl_image.grid(24, 20, cfg), internvl_image.grid(128, 96, cfg))]
+    assert rows == [4, 52]
+    r = CliRunner().invoke(main, ["info", str(pair["f32"])])
+    assert r.exit_code == 0 and "32x32 tiles in 8-pixel patches, 4 rows a tile; a picture no larger than a tile is its thumbnail alone" in r.output
+    assert "the grid of 1 to 12 tiles that fits it best, then the thumbnail: 4 to 52 rows a picture" in r.output, r.output
+    f = json.loads(CliRunner().invoke(main, ["info", str(pair["f32"]), "--json"]).output)
+    assert (f["rows_per_tile"], f["min_tiles"], f["max_tiles"], f["rows_per_picture"]) == (4, 1, 12, rows)
+
 # ---------------------------------------------------------------- tiles
 
 

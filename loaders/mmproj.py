@@ -59,10 +59,19 @@ QWEN2VL_PROJECTORS = ("qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger")
 #: MiniCPM-V's versions (clip.minicpmv_version) whose resampler and layout libmtmd builds: 2 (2.5), 3 (2.6), 4 (4.0),
 #: 5 (4.5), 6 and 100045 (MiniCPM-o's); every one but 2 lays slices out as 2.6 does
 MINICPMV_VERSIONS = (2, 3, 4, 5, 6, 100045)
+SUPPORTED_PROJECTORS += ("paddleocr", "hunyuanvl")  # PaddleOCR-VL, HunyuanOCR / Hunyuan-VL (models/paddleocr_image.py, hunyuanvl_image.py)
+PROJECTION_TENSORS["paddleocr"] = "mm.2.weight"
+PROJECTION_TENSORS["hunyuanvl"] = "mm.model.fc.weight"
 SUPPORTED_PROJECTORS += ("mlp", "ldp", "ldpv2")  # LLaVA 1.5 / 1.6, MobileVLM 1 / 2 (models/llava_image.py)
 PROJECTION_TENSORS["mlp"] = "mm.2.weight"
 PROJECTION_TENSORS["ldp"] = "mm.model.mb_block.2.block.2.1.bias"
 PROJECTION_TENSORS["ldpv2"] = "mm.model.peg.0.bias"
+#: projectors whose pictures keep their size within the file's (or clip.cpp's) pixel limits, ``image_size`` only
+#: nominal (PaddleOCR-VL's is sqrt(max_pixels), its position grid another size): :func:`pixel_limits_config`
+PIXEL_LIMIT_PROJECTORS = ("paddleocr", "hunyuanvl")
+#: Hunyuan-VL's fewest and most merged blocks a picture becomes where its file states no pixel limits (clip.cpp's
+#: set_limit_image_tokens(256, 16384))
+HUNYUANVL_TOKENS = (256, 16384)
 
 
 @dataclass(frozen=True)
@@ -221,6 +230,8 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
         cfg = replace(cfg, minicpmv_version=ver, n_query=int(g.get("clip.minicpmv_query_num", 0) or 64))
     if ptype == "qwen2.5vl_merger" and cfg.n_wa_pattern <= 0:  # (clip.cpp requires it of 2.5's files)
         raise GGUFError(f"{g.path}: clip.vision.n_wa_pattern is missing; the Qwen2.5-VL projector file is incomplete")
+    if ptype in PIXEL_LIMIT_PROJECTORS:  # (their image_size need not be whole patches: checked there)
+        return pixel_limits_config(g, cfg)
     side = cfg.n_patches_side
     if patch_size <= 0 or image_size % patch_size or n_merge <= 0 or side % n_merge or n_embd % n_head:
         raise GGUFError(f"{g.path}: inconsistent vision hyperparameters (image_size {image_size}, patch_size {patch_size}, "
@@ -236,3 +247,31 @@ def open_mmproj(path: str | os.PathLike) -> tuple[GGUFFile, MmprojConfig]:
     except Exception:
         g.close()
         raise
+
+
+def pixel_limits_config(g: GGUFFile, cfg: MmprojConfig) -> MmprojConfig:
+    """The config of a :data:`PIXEL_LIMIT_PROJECTORS` file: clip.cpp's merge, pixel limits and ViT MLP activation for
+    it.  PaddleOCR-VL (clip.cpp: n_merge 2, ``clip.vision.image_min_pixels``/``image_max_pixels`` required, the
+    file's activation); Hunyuan-VL (n_merge ``clip.vision.spatial_merge_size``, 2 unless stated; the file's pixel
+    limits where stated, else :data:`HUNYUANVL_TOKENS` blocks of 2x2 patches' worth; GELU whatever the file says)."""
+    from dataclasses import replace
+
+    hunyuan = cfg.projector_type == "hunyuanvl"
+
+    def pixels(key: str, default: int | None) -> int:
+        v = g.get(f"clip.vision.{key}")
+        if v is None and default is not None:
+            return default
+        if v is None or int(v) <= 0:
+            raise GGUFError(f"{g.path}: clip.vision.{key} is missing; the {cfg.projector_type} projector file is incomplete")
+        return int(v)
+
+    op = "gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick"
+    block = (cfg.patch_size * 2) ** 2  # (clip.cpp sets Hunyuan's defaults before it reads the merge: 2x2 blocks)
+    lo = pixels("image_min_pixels", HUNYUANVL_TOKENS[0] * block if hunyuan else None)
+    hi = pixels("image_max_pixels", HUNYUANVL_TOKENS[1] * block if hunyuan else None)
+    merge = int(g.get("clip.vision.spatial_merge_size", 2) or 2) if hunyuan else 2
+    if cfg.patch_size <= 0 or cfg.n_embd % cfg.n_head or hi < lo or merge <= 0:
+        raise GGUFError(f"{g.path}: inconsistent vision hyperparameters (patch_size {cfg.patch_size}, width {cfg.n_embd}, "
+                        f"heads {cfg.n_head}, merge {merge}, pixels {lo} to {hi})")  # fmt: skip
+    return replace(cfg, n_merge=merge, min_pixels=lo, max_pixels=hi, ffn_op="gelu" if hunyuan else op)

@@ -6,8 +6,9 @@ pairs taken in neox layout (halves), not ERNIE's consecutive pairs, in sections 
 height, width and extra positions; a text token's are ``(p, p, p, 0)`` (``qwen2vl.mrope_tables``).  The published
 sections ([16, 24, 24] for heads of 128) cover every pair in the first three, so text turns as plain neox rope.
 
-Images (PaddleOCR-VL's mmproj) need per-section positions for their rows, which kvrun does not feed this model:
-refused (``takes_images``).
+Images (PaddleOCR-VL's mmproj, models/paddleocr_image.py) go in as rows turned by their own sections' positions,
+(t, t + y, t + x, 0), and the text after a picture goes on from t + max(nx, ny), as llama.cpp's libmtmd feeds them
+(models/mrope_images.py, through models/glm4v.py's :class:`~kvrun.models.glm4v.MropeText`).
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from ..loaders.config import ModelConfig
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .ernie4_5 import Ernie45Model
-from .qwen2vl import mrope_tables, rope_sections
+from .glm4v import MropeText
+from .qwen2vl import rope_sections
 
 
-class PaddleOCRModel(Ernie45Model):
+class PaddleOCRModel(MropeText, Ernie45Model):
     archs = ("paddleocr",)
-    takes_images = False
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        sections = rope_sections(g)
+        rope_sections(g)  # (required: a one-line error before any weight is read)
         super().__init__(g, cfg, backend, n_ctx, n_batch)
-        self.rope_cos, self.rope_sin = mrope_tables(self.rope_cos, self.rope_sin, sections)
+        self.init_mrope(g)  # (text turns by the multimodal tables; image rows by their own sections' positions)

@@ -46,6 +46,8 @@ PROJECTORS: dict[str, ProjectorKind] = {
     "kimivl": ProjectorKind("kimivl_image:KimiVLEncoder", "vision_kimivl:KimiVLLayout"),
     "llama4": ProjectorKind("llama4_image:Llama4VisionEncoder", "vision_llama4:Llama4Layout"),  # tiles and an overview
     "pixtral": ProjectorKind("pixtral_image:PixtralEncoder", "vision_pixtral:PixtralLayout"),  # rows and [IMG_BREAK] rows
+    "paddleocr": ProjectorKind("paddleocr_image:PaddleOCREncoder", "vision_paddleocr:PaddleOCRLayout", rows="mrope"),  # Qwen2-VL's layout
+    "hunyuanvl": ProjectorKind("hunyuanvl_image:HunyuanVLEncoder", "vision_hunyuanvl:HunyuanVLLayout", rows="mrope"),  # XD-RoPE rows
     **dict.fromkeys(("mlp", "ldp", "ldpv2"), ProjectorKind("llava_image:LlavaEncoder", "vision_llava:LlavaLayout", None)),  # LLaVA, MobileVLM: no markers
     "cogvlm": ProjectorKind("cogvlm_image:CogVLMEncoder", "vision_cogvlm:CogVLMLayout", None),  # boi/eoi rows, the visual expert
     "janus_pro": ProjectorKind("janus_image:JanusProEncoder", "vision_janus:JanusProLayout", None),  # SigLIP + MLP, no markers

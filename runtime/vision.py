@@ -17,6 +17,12 @@ Gemma 4's (gemma4v) its rows between ``<|image>`` and ``<image|>``, seeing each 
 MiniCPM-V's (resampler) its overview and slices with ``<image>`` / ``<slice>`` markers, one array of rows (runtime/vision_minicpmv.py);
 Llama 4's (llama4) its tiles' and overview's rows between ``<|image_start|>`` and ``<|image_end|>`` (runtime/vision_llama4.py);
 Kimi-VL's (kimivl) its rows between ``<|media_start|>`` and ``<|media_end|>``, read by deepseek2 (runtime/vision_kimivl.py).
+LightOnOCR's (lightonocr) its rows between ``<|im_start|>`` and ``<|im_end|>`` (runtime/vision_lightonocr.py); Janus-Pro's
+(janus_pro) and CogVLM's (cogvlm) their rows with no markers, CogVLM's read by its text model's visual expert
+(runtime/vision_janus.py, runtime/vision_cogvlm.py); LLaVA's and MobileVLM's (mlp, ldp, ldpv2) their rows (LLaVA 1.6's
+tiles, then the overview) with no markers (runtime/vision_llava.py); PaddleOCR-VL's (paddleocr) Qwen2-VL's layout and
+positions, Hunyuan-VL's (hunyuanvl) its rows with a newline row after each row of blocks between begin and end rows,
+at XD-RoPE positions (runtime/vision_paddleocr.py, runtime/vision_hunyuanvl.py).
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ class Vision:
     def __init__(self, engine: Engine, mmproj: str | os.PathLike) -> None:
         if not getattr(engine.model, "takes_images", False):
             raise KvrunError(f"{engine.cfg.arch} models take no images; kvrun runs images with Gemma 3 and 4, SmolVLM, Qwen2-VL, "
-                             "Qwen3-VL, GLM-4.1V, LFM2-VL, InternVL, Pixtral / Mistral Small 3.1, MiniCPM-V, Llama 4, Kimi-VL, LLaVA, MobileVLM, LightOnOCR, Janus-Pro and CogVLM "
+                             "Qwen3-VL, GLM-4.1V, LFM2-VL, InternVL, Pixtral / Mistral Small 3.1, MiniCPM-V, Llama 4, Kimi-VL, PaddleOCR-VL, HunyuanOCR / Hunyuan-VL, LLaVA, MobileVLM, LightOnOCR, Janus-Pro and CogVLM "
                              "and their mmproj files")  # fmt: skip
         self.engine = engine
         self.encoder = load_encoder(mmproj, engine.backend)  # (its type's encoder and layout: runtime/projectors.py)

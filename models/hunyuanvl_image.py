@@ -1,0 +1,227 @@
+"""HunyuanOCR's and Hunyuan-VL's image side (its ViT and the perceiver projector), as llama.cpp 0.3.36's clip.cpp builds
+it (``clip_graph_hunyuanvl`` for PROJECTOR_TYPE_HUNYUANVL) from an mmproj file (loaders/mmproj.py).
+
+The picture keeps (about) its own size and aspect, as libmtmd's dynamic-size preprocessor sizes it: its sides rounded
+to whole 2x2 blocks of patches and scaled, if need be, into ``image_min_pixels`` .. ``image_max_pixels`` (the file's,
+else clip.cpp's 256 to 16384 blocks' worth; Hugging Face's ``smart_resize``: models/qwen2vl_image.py's
+:func:`~kvrun.models.qwen2vl_image.smart_size`), then stretched to exactly that size (no padding) with clip.cpp's
+port of Pillow's Lanczos-3.  Its rows:
+
+    pixels [3, H, W] -> patches of p x p embedded by the patch kernel (F16, as ggml's conv_2d) + bias, raster order
+    -> + the learned position grid (a square; the converter drops its CLS row) resized to the picture's patches on the
+       CPU (clip.cpp fills the graph input ``hunyuanvl_pos_embd``: Hugging Face's bilinear with a scale factor of
+       (n + 0.1) / side, :func:`resize_positions`)
+    -> n_layer pre-norm ViT blocks without rope: LayerNorm, attention with biases, residual; LayerNorm, GELU MLP,
+       residual -> ``v.post_ln`` where the file has one
+    -> RMSNorm ``mm.pre_norm`` -> the 2x2 conv ``mm.0`` of stride 2 (+ bias), GELU, the 1x1 conv ``mm.2`` (+ bias):
+       one column a 2x2 block
+    -> each row of blocks followed by ``v.image_newline`` -> ``mm.model.fc`` (+ bias) into the text width
+    -> ``mm.image_begin`` first and ``mm.image_end`` last -> RMSNorm ``mm.post_norm``
+    -> [1 + ny (nx + 1) + 1, n_text_embd]
+
+ggml's CPU numerics are followed where they show, as models/siglip.py does.  runtime/vision_hunyuanvl.py lays the rows
+out and gives them their XD-RoPE positions (models/hunyuan_vl.py).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from ..loaders.errors import KvrunError, UnsupportedModelError
+from ..loaders.gguf_file import GGUFFile
+from ..loaders.mmproj import MmprojConfig, open_mmproj
+from ..loaders.quants import dequantize
+from ..ops.backend import Backend
+from .bert import gelu, layer_norm
+from .common import TENSOR_NAMES, WeightLoader
+from .pillow_resize import LANCZOS, resize_axes
+from .qwen2vl_image import QUERY_CHUNK, activation, smart_size
+from .siglip import F16, _f16, attend_heads, vit_layer
+
+F32 = np.float32
+TENSOR_NAMES.update({"hv_fc": "mm.model.fc.weight"})  # (Hunyuan-VL's projection into the text width: clip.cpp's TN_MM_PROJECTOR)
+
+
+def target_size(width: int, height: int, cfg: MmprojConfig) -> tuple[int, int]:
+    """(width, height) a picture is stretched to: sides whole blocks of 2x2 patches, within the pixel limits."""
+    return smart_size(width, height, cfg.patch_size * cfg.n_merge, cfg)
+
+
+def grid(width: int, height: int, cfg: MmprojConfig) -> tuple[int, int]:
+    """(nx, ny): the merged blocks a width x height picture becomes, a side (its rows: 1 + ny (nx + 1) + 1)."""
+    w, h = target_size(width, height, cfg)
+    f = cfg.patch_size * cfg.n_merge
+    return w // f, h // f
+
+
+def n_rows(nx: int, ny: int) -> int:
+    """Rows of a picture of nx x ny blocks: the begin row, each row of blocks and its newline, the end row."""
+    return 1 + ny * (nx + 1) + 1
+
+
+def preprocess(img: np.ndarray, cfg: MmprojConfig) -> np.ndarray:
+    """uint8 RGB ``img`` [h, w, 3] -> normalised pixels [3, H, W] float32 at :func:`target_size` (Lanczos, stretched)."""
+    w, h = target_size(img.shape[1], img.shape[0], cfg)
+    a = resize_axes(img, w, h, LANCZOS).astype(F32) / F32(255.0)
+    mean, std = np.asarray(cfg.image_mean, F32), np.asarray(cfg.image_std, F32)
+    return np.ascontiguousarray(((a - mean) / std).transpose(2, 0, 1), F32)
+
+
+def _bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] weights of Hugging Face's resize of Hunyuan-VL's position grid, as clip.cpp 0.3.36 fills
+    ``hunyuanvl_pos_embd``: PyTorch's bilinear (align_corners False) with the scale factor (n_out + 0.1) / n_in, so
+    output i samples input ``(i + 0.5) n_in / (n_out + 0.1) - 0.5`` (clamped at 0; the upper neighbour at the
+    edge), not quite the plain resize's (i + 0.5) n_in / n_out - 0.5: a grid of the picture's own size moves too."""
+    w = np.zeros((n_out, n_in), np.float64)
+    for i in range(n_out):
+        x = max((i + 0.5) * n_in / (n_out + 0.1) - 0.5, 0.0)
+        x0 = min(int(math.floor(x)), n_in - 1)
+        x1 = min(x0 + 1, n_in - 1)
+        t = x - x0
+        w[i, x0] += 1.0 - t
+        w[i, x1] += t
+    return w
+
+
+def resize_positions(pos: np.ndarray, side: int, nx: int, ny: int) -> np.ndarray:
+    """A square grid of position embeddings [side*side, E] (raster order) resized to nx x ny patches [ny*nx, E]
+    (:func:`_bilinear_weights` along each axis; measured: 8e-7 off the oracle's, the plain resize 0.4)."""
+    g = pos.reshape(side, side, -1).astype(np.float64)
+    g = np.einsum("yi,ixe->yxe", _bilinear_weights(side, ny), g)
+    g = np.einsum("xj,yje->yxe", _bilinear_weights(side, nx), g)
+    return np.ascontiguousarray(g.reshape(ny * nx, -1), F32)
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """ggml's RMSNorm of each row, times ``w``."""
+    x64 = x.astype(np.float64)
+    return ((x64 / np.sqrt((x64 * x64).mean(axis=-1, keepdims=True) + eps)).astype(F32)) * w
+
+
+class HunyuanVLEncoder:
+    """Hunyuan-VL's vision encoder and perceiver projector from an mmproj file: :meth:`encode` pixels of any
+    block-aligned size into the picture's rows, its begin and end rows and newlines included."""
+
+    def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
+        if backend.name != "cpu":
+            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
+        self.cfg, self.be, self.path = cfg, backend, g.path
+        E, p, m = cfg.n_embd, cfg.patch_size, cfg.n_merge
+        pt = self._need(g, "v.patch_embd.weight")
+        if pt.n_elements != E * 3 * p * p:
+            raise KvrunError(f"{g.path}: v.patch_embd.weight has shape {pt.shape}, expected {(E, 3, p, p)}")
+        self.patch_w = _f16(dequantize(pt.data, pt.qtype, pt.shape).reshape(E, 3 * p * p).astype(F32))
+        self.patch_b = self._vector(g, "v.patch_embd.bias")
+        pos = self._need(g, "v.position_embd.weight")
+        side = math.isqrt(pos.n_elements // E)
+        if side * side * E != pos.n_elements:
+            raise KvrunError(f"{g.path}: v.position_embd.weight holds {pos.n_elements // E} positions, not a square grid")
+        self.pos_embd, self.pos_side = dequantize(pos.data, pos.qtype, pos.shape).reshape(side * side, E).astype(F32), side
+        ld = WeightLoader(g, backend)
+        self.layers = [vit_layer(ld, i) for i in range(cfg.n_layer)]
+        self.post_ln, self.post_ln_b = self._vector(g, "v.post_ln.weight"), self._vector(g, "v.post_ln.bias")
+        self.pre_norm = self._need_vector(g, "mm.pre_norm.weight", E)
+        c0 = self._need(g, "mm.0.weight")
+        oc1 = c0.n_elements // (E * m * m)
+        if oc1 * E * m * m != c0.n_elements:
+            raise KvrunError(f"{g.path}: mm.0.weight has shape {c0.shape}, not a {m}x{m} kernel over {E} channels")
+        self.conv0 = dequantize(c0.data, c0.qtype, c0.shape).reshape(oc1, E * m * m).astype(F32)
+        self.conv0_f16, self.conv0_b = c0.qtype == F16, self._vector(g, "mm.0.bias")
+        c2 = self._need(g, "mm.2.weight")
+        oc2 = c2.n_elements // oc1
+        if oc2 * oc1 != c2.n_elements:
+            raise KvrunError(f"{g.path}: mm.2.weight has shape {c2.shape}, not a 1x1 kernel over {oc1} channels")
+        self.conv2 = dequantize(c2.data, c2.qtype, c2.shape).reshape(oc2, oc1).astype(F32)
+        self.conv2_f16, self.conv2_b = c2.qtype == F16, self._vector(g, "mm.2.bias")
+        self.newline = self._need_vector(g, "v.image_newline", oc2)
+        self._need(g, "mm.model.fc.weight")
+        self.fc, self.fc_b = ld.matrix("hv_fc"), self._vector(g, "mm.model.fc.bias")
+        if self.fc.shape[1] != oc2:
+            raise KvrunError(f"{g.path}: mm.model.fc.weight takes {self.fc.shape[1]} inputs, not the {oc2} of mm.2")
+        T = cfg.n_text_embd
+        self.begin, self.end = self._need_vector(g, "mm.image_begin", T), self._need_vector(g, "mm.image_end", T)
+        self.post_norm = self._need_vector(g, "mm.post_norm.weight", T)
+
+    @staticmethod
+    def _need(g: GGUFFile, name: str):
+        t = g.tensors.get(name)
+        if t is None:
+            raise KvrunError(f"{g.path}: tensor {name!r} is missing; the Hunyuan-VL projector file is incomplete")
+        return t
+
+    @classmethod
+    def _need_vector(cls, g: GGUFFile, name: str, n: int) -> np.ndarray:
+        t = cls._need(g, name)
+        if t.n_elements != n:
+            raise KvrunError(f"{g.path}: {name} has {t.n_elements} values where {n} were expected")
+        return dequantize(t.data, t.qtype, t.shape).reshape(-1).astype(F32)
+
+    @staticmethod
+    def _vector(g: GGUFFile, name: str) -> np.ndarray | None:
+        t = g.tensors.get(name)
+        return None if t is None else dequantize(t.data, t.qtype, t.shape).reshape(-1).astype(F32)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, backend: Backend) -> HunyuanVLEncoder:
+        g, cfg = open_mmproj(path)
+        return cls(g, cfg, backend)
+
+    def _linear(self, w, x: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+        if w.qtype == F16:  # (ggml multiplies an F16 weight by an F16 copy of the activations)
+            x = _f16(x)
+        out = np.empty((x.shape[0], w.n_rows), F32)
+        self.be.linear(w, np.ascontiguousarray(x, F32), out)
+        return out + b if b is not None else out
+
+    @staticmethod
+    def _conv(x: np.ndarray, k: np.ndarray, f16: bool, b: np.ndarray | None) -> np.ndarray:
+        """A convolution as one product over im2col rows ``x`` [n, IC kh kw] with the kernel [OC, IC kh kw] (ggml's
+        conv_2d: its im2col in the kernel's type, F16 inputs for an F16 kernel)."""
+        if f16:
+            x = _f16(x)
+        out = (x.astype(np.float64) @ k.T.astype(np.float64)).astype(F32)
+        return out + b if b is not None else out
+
+    def blocks(self, x: np.ndarray) -> np.ndarray:
+        """The ViT's blocks over the patches ``x`` [T, n_embd] (no rope), then ``v.post_ln`` where there is one."""
+        c = self.cfg
+        T, H = x.shape[0], c.n_head
+        D = c.n_embd // H
+        scale = F32(1.0 / math.sqrt(D))
+        for L in self.layers:
+            h = layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
+            q, k, v = (self._linear(L[r], h, L[r + "_b"]).reshape(T, H, D) for r in ("q", "k", "v"))
+            a = attend_heads(q, k, v, scale, QUERY_CHUNK)
+            x = x + self._linear(L["o"], a.reshape(T, H * D), L["o_b"])
+            h = layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
+            x = x + self._linear(L["down"], activation(self._linear(L["up"], h, L["up_b"]), c.ffn_op), L["down_b"])
+        if self.post_ln is not None:
+            x = layer_norm(x, self.post_ln, self.post_ln_b, c.eps)
+        return x
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        """Normalised ``pixels`` [3, H, W] (:func:`preprocess`; sides whole blocks) -> the picture's rows
+        [1 + ny (nx + 1) + 1, n_text_embd]."""
+        c = self.cfg
+        p, m, E = c.patch_size, c.n_merge, c.n_embd
+        if pixels.ndim != 3 or pixels.shape[0] != 3 or pixels.shape[1] % (p * m) or pixels.shape[2] % (p * m):
+            raise KvrunError(f"the Hunyuan-VL encoder takes pixels [3, H, W] with sides multiples of {p * m}, got {list(pixels.shape)}")
+        ny, nx = pixels.shape[1] // p, pixels.shape[2] // p
+        T = nx * ny
+        x = pixels.reshape(3, ny, p, nx, p).transpose(1, 3, 0, 2, 4).reshape(T, 3 * p * p)
+        x = _f16(np.ascontiguousarray(x, F32)) @ self.patch_w.T  # (ggml's conv_2d: F16 patches and kernel)
+        if self.patch_b is not None:
+            x += self.patch_b
+        x = self.blocks(x + resize_positions(self.pos_embd, self.pos_side, nx, ny))
+        x = rms_norm(x, self.pre_norm, c.eps)
+        oy, ox = ny // m, nx // m
+        cols = x.reshape(oy, m, ox, m, E).transpose(0, 2, 4, 1, 3).reshape(oy * ox, E * m * m)  # (im2col: channel, dy, dx)
+        y = gelu(self._conv(cols, self.conv0, self.conv0_f16, self.conv0_b))
+        y = self._conv(y, self.conv2, self.conv2_f16, self.conv2_b).reshape(oy, ox, -1)
+        y = np.concatenate([y, np.broadcast_to(self.newline, (oy, 1, y.shape[-1]))], axis=1).reshape(oy * (ox + 1), -1)
+        y = self._linear(self.fc, y, self.fc_b)
+        y = np.concatenate([self.begin[None], y, self.end[None]])
+        return np.ascontiguousarray(rms_norm(y, self.post_norm, c.eps), F32)

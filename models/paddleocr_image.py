@@ -1,0 +1,169 @@
+"""PaddleOCR-VL's image side (its SigLIP/NaViT encoder and the ``mlp_AR`` projector), as llama.cpp 0.3.36's clip.cpp
+builds it (``clip_graph_paddleocr`` for PROJECTOR_TYPE_PADDLEOCR) from an mmproj file (loaders/mmproj.py).
+
+The picture keeps (about) its own size and aspect, as libmtmd's dynamic-size preprocessor sizes it: its sides rounded
+to whole 2x2 blocks of patches and scaled, if need be, into the file's ``image_min_pixels`` .. ``image_max_pixels``
+(Hugging Face's ``smart_resize``: models/qwen2vl_image.py's :func:`~kvrun.models.qwen2vl_image.smart_size`), then
+resized into that size keeping its aspect, Pillow's bicubic, centred on black.  Its rows:
+
+    pixels [3, H, W] -> patches of p x p embedded by the patch kernel (F16, as ggml's conv_2d) + bias, raster order
+    -> + the learned position grid (a square, 27 x 27 in the published file) resized to the picture's patches
+       (ggml_interpolate, bilinear with antialias: models/lfm2vl_image.py's resize_positions)
+    -> n_layer pre-norm ViT blocks: LayerNorm, attention with biases and a 2-D rope (each head's first half turned
+       by the patch's column, the second by its row, base 10000: clip.cpp's ``build_rope_2d``), residual;
+       LayerNorm, GELU MLP, residual -> LayerNorm ``v.post_ln``
+    -> LayerNorm ``mm.input_norm`` (eps 1e-5, fixed in clip.cpp) on each patch
+    -> every 4 consecutive patches in raster order side by side, one row 4 x n_embd wide (clip.cpp's "stack and
+       padding": a view of the patches, not 2x2 blocks as Hugging Face's merger takes them; the oracle decides)
+    -> ``mm.1`` (+ bias), GELU, ``mm.2`` (+ bias) -> [(H/2p) (W/2p), n_text_embd]
+
+ggml's CPU numerics are followed where they show, as models/siglip.py does.  runtime/vision_paddleocr.py lays the rows
+out; they go in with Qwen2-VL's M-RoPE positions over the (W/2p) x (H/2p) grid.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from ..loaders.errors import KvrunError, UnsupportedModelError
+from ..loaders.gguf_file import GGUFFile
+from ..loaders.mmproj import MmprojConfig, open_mmproj
+from ..loaders.quants import dequantize
+from ..ops.backend import Backend
+from .bert import gelu, layer_norm
+from .common import TENSOR_NAMES, WeightLoader
+from .lfm2vl_image import resize_positions, unshuffle
+from .qwen2vl_image import QUERY_CHUNK, activation, resize, smart_size, vision_rope
+from .siglip import _f16, attend_heads, vit_layer
+
+F32 = np.float32
+TENSOR_NAMES.update({"po_mm1": "mm.1.weight", "po_mm2": "mm.2.weight"})  # (PaddleOCR-VL's projector: clip.cpp's TN_LLAVA_PROJ 1, 2)
+PROJ_EPS = 1e-5  # clip.cpp's epsilon of the projector's LayerNorm (hard-coded, whatever the file's)
+
+
+def target_size(width: int, height: int, cfg: MmprojConfig) -> tuple[int, int]:
+    """(width, height) a picture is resized to: sides whole blocks of 2x2 patches, within the file's pixel limits."""
+    return smart_size(width, height, cfg.patch_size * cfg.n_merge, cfg)
+
+
+def grid(width: int, height: int, cfg: MmprojConfig) -> tuple[int, int]:
+    """(nx, ny): the rows a width x height picture becomes, a side (its M-RoPE grid, as libmtmd counts it)."""
+    w, h = target_size(width, height, cfg)
+    f = cfg.patch_size * cfg.n_merge
+    return w // f, h // f
+
+
+def preprocess(img: np.ndarray, cfg: MmprojConfig) -> np.ndarray:
+    """uint8 RGB ``img`` [h, w, 3] -> normalised pixels [3, H, W] float32 at :func:`target_size` (bicubic, padded)."""
+    w, h = target_size(img.shape[1], img.shape[0], cfg)
+    a = resize(img, w, h).astype(F32) / F32(255.0)
+    mean, std = np.asarray(cfg.image_mean, F32), np.asarray(cfg.image_std, F32)
+    return np.ascontiguousarray(((a - mean) / std).transpose(2, 0, 1), F32)
+
+
+class PaddleOCREncoder:
+    """PaddleOCR-VL's vision encoder and projector from an mmproj file: :meth:`encode` pixels of any block-aligned size."""
+
+    def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
+        if backend.name != "cpu":
+            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
+        self.cfg, self.be, self.path = cfg, backend, g.path
+        E, p = cfg.n_embd, cfg.patch_size
+        need = self._need(g)
+        pt = need("v.patch_embd.weight")
+        if pt.n_elements != E * 3 * p * p:
+            raise KvrunError(f"{g.path}: v.patch_embd.weight has shape {pt.shape}, expected {(E, 3, p, p)}")
+        self.patch_w = _f16(dequantize(pt.data, pt.qtype, pt.shape).reshape(E, 3 * p * p).astype(F32))
+        ld = WeightLoader(g, backend)
+        self.patch_b = ld.host_vector("v_patch_b", required=False)
+        pos = need("v.position_embd.weight")
+        side = math.isqrt(pos.n_elements // E)
+        if side * side * E != pos.n_elements:
+            raise KvrunError(f"{g.path}: v.position_embd.weight holds {pos.n_elements // E} positions, not a square grid")
+        self.pos_embd = dequantize(pos.data, pos.qtype, pos.shape).reshape(side * side, E).astype(F32)
+        self.pos_side = side
+        self.layers = [vit_layer(ld, i) for i in range(cfg.n_layer)]
+        self.post_ln, self.post_ln_b = ld.host_vector("v_post_ln", required=False), ld.host_vector("v_post_ln_b", required=False)
+        for name in ("mm.input_norm.weight", "mm.1.weight", "mm.2.weight"):
+            need(name)
+        self.in_norm, self.in_norm_b = self._vector(g, "mm.input_norm.weight"), self._vector(g, "mm.input_norm.bias")
+        self.mm1, self.mm1_b = ld.matrix("po_mm1"), self._vector(g, "mm.1.bias")
+        self.mm2, self.mm2_b = ld.matrix("po_mm2"), self._vector(g, "mm.2.bias")
+        k = cfg.n_merge * cfg.n_merge
+        if self.mm1.shape[1] != E * k:
+            raise KvrunError(f"{g.path}: mm.1.weight takes {self.mm1.shape[1]} inputs, not {k} stacked patches of {E}")
+
+    @staticmethod
+    def _need(g: GGUFFile):
+        def need(name: str):
+            t = g.tensors.get(name)
+            if t is None:
+                raise KvrunError(f"{g.path}: tensor {name!r} is missing; the PaddleOCR-VL projector file is incomplete")
+            return t
+
+        return need
+
+    @staticmethod
+    def _vector(g: GGUFFile, name: str) -> np.ndarray | None:
+        t = g.tensors.get(name)
+        return None if t is None else dequantize(t.data, t.qtype, t.shape).reshape(-1).astype(F32)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, backend: Backend) -> PaddleOCREncoder:
+        g, cfg = open_mmproj(path)
+        return cls(g, cfg, backend)
+
+    def _linear(self, w, x: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+        if w.qtype == 1:  # (F16: ggml multiplies an F16 weight by an F16 copy of the activations)
+            x = _f16(x)
+        out = np.empty((x.shape[0], w.n_rows), F32)
+        self.be.linear(w, np.ascontiguousarray(x, F32), out)
+        return out + b if b is not None else out
+
+    def blocks(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+        """The ViT's blocks over the patches ``x`` [T, n_embd] with the vision rope's ``cos``/``sin`` [T, D/2], then
+        ``v.post_ln``: LayerNorms, biased products, both-ways attention, the file's MLP activation."""
+        c = self.cfg
+        T, H = x.shape[0], c.n_head
+        D = c.n_embd // H
+        scale = F32(1.0 / math.sqrt(D))
+        cc, ss = cos[:, None, :], sin[:, None, :]
+
+        def rope(t: np.ndarray) -> np.ndarray:  # [T, H, D], neox pairs (i, i + D/2)
+            a, b = t[..., : D // 2], t[..., D // 2 :]
+            return np.concatenate([a * cc - b * ss, a * ss + b * cc], axis=-1)
+
+        for L in self.layers:
+            h = layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
+            q = rope(self._linear(L["q"], h, L["q_b"]).reshape(T, H, D))
+            k = rope(self._linear(L["k"], h, L["k_b"]).reshape(T, H, D))
+            v = self._linear(L["v"], h, L["v_b"]).reshape(T, H, D)
+            a = attend_heads(q, k, v, scale, QUERY_CHUNK)
+            x = x + self._linear(L["o"], a.reshape(T, H * D), L["o_b"])
+            h = layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
+            x = x + self._linear(L["down"], activation(self._linear(L["up"], h, L["up_b"]), c.ffn_op), L["down_b"])
+        if self.post_ln is not None:
+            x = layer_norm(x, self.post_ln, self.post_ln_b, c.eps)
+        return x
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        """Normalised ``pixels`` [3, H, W] (:func:`preprocess`; sides whole blocks) -> rows [blocks, n_text_embd]."""
+        c = self.cfg
+        p, m = c.patch_size, c.n_merge
+        if pixels.ndim != 3 or pixels.shape[0] != 3 or pixels.shape[1] % (p * m) or pixels.shape[2] % (p * m):
+            raise KvrunError(f"the PaddleOCR-VL encoder takes pixels [3, H, W] with sides multiples of {p * m}, got {list(pixels.shape)}")
+        ny, nx = pixels.shape[1] // p, pixels.shape[2] // p
+        T = nx * ny
+        x = pixels.reshape(3, ny, p, nx, p).transpose(1, 3, 0, 2, 4).reshape(T, 3 * p * p)
+        x = _f16(np.ascontiguousarray(x, F32)) @ self.patch_w.T  # (ggml's conv_2d: F16 patches and kernel)
+        if self.patch_b is not None:
+            x += self.patch_b
+        x = x + resize_positions(self.pos_embd, self.pos_side, nx, ny)
+        idx = np.arange(T)
+        x = self.blocks(x, *vision_rope(idx // nx, idx % nx, c.n_embd // c.n_head))  # (patches in raster order)
+        x = unshuffle(layer_norm(x, self.in_norm, self.in_norm_b, PROJ_EPS), nx, ny, m)
+        x = self._linear(self.mm2, gelu(self._linear(self.mm1, x, self.mm1_b)), self.mm2_b)
+        return np.ascontiguousarray(x, F32)

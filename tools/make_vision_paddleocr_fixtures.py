@@ -1,0 +1,60 @@
+"""Regenerate tests/fixtures/vision_paddleocr.npz: llama.cpp's libmtmd on the tiny PaddleOCR-VL pair of
+``tests/tiny_vision_paddleocr.py`` (developer tool; llama.cpp is the oracle, never a kvrun dependency).
+
+    python tools/make_vision_paddleocr_fixtures.py --oracle /work/llvenv/bin/python
+
+For each picture of ``IMAGES`` (name: width x height) and each projector of ``PROJECTORS`` (stored F32 and F16),
+libmtmd lays the picture out (mtmd_tokenize on a lone marker): ``ids_<p>_<name>`` the chunks' token ids (-1 for an
+image row), ``embd_<p>_<name>`` the image chunk's rows (mtmd_encode_chunk; the encoder's flash attention off),
+``grid_<p>_<name>`` the rows' grid and positions taken (nx, ny, n_pos) and ``dpos_<p>_<name>`` each row's decoder
+position (t, x, y, z) for an image at position 0.  For the text pair ``po`` (the F32 projector) and each prompt of
+``PROMPTS``: ``pids_po_<k>`` its chunks' ids, ``logits_po_<k>`` the logits after them all (mtmd_helper_eval_chunks,
+then llama_get_logits_ith(-1)) and ``npast_po_<k>`` the position after them.  ``sha256_*``: the files' digests (the
+test writes the same bytes again).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from fixture_oracle import parse_args  # (first: it puts tests/ on the path)
+from mtmd_oracle import pictures, write_fixture
+from tiny_vision_paddleocr import write_tiny_paddleocr_mmproj, write_tiny_paddleocr_text
+
+#: pictures (width, height, seed): the position grid's own 6 x 6 patches (no interpolation; 9 rows, the fewest),
+#: wide (6 x 3 blocks: the grid interpolated up across, down along), sides rounded to 16-pixel blocks (75 x 53 ->
+#: 80 x 48, halves up), too few pixels (scaled up to 9 rows' worth), tall, too many (scaled down to 64 rows' worth)
+IMAGES = {"exact": (48, 48, 0), "wide": (100, 40, 1), "odd": (75, 53, 2), "small": (30, 20, 3), "tall": (40, 90, 4),
+          "large": (300, 200, 5)}  # fmt: skip
+#: projector files: name -> qtype name
+PROJECTORS = {"po_f32": "F32", "po_f16": "F16"}
+#: text pairs: the text model with this projector
+PAIRS = {"po": "po_f32"}
+#: prompts with mtmd's media marker, the pictures taken in IMAGES' order
+PROMPTS = ["Look: <__media__> what?", "<__media__>a<__media__> two"]
+
+
+def write_pair(d: Path) -> dict[str, Path]:
+    """The text model and the projectors of ``PROJECTORS``, written into ``d``."""
+    from gguf import GGMLQuantizationType as Q
+
+    files = {"text": write_tiny_paddleocr_text(d / "text.gguf")}
+    for name, q in PROJECTORS.items():
+        files[name] = write_tiny_paddleocr_mmproj(d / f"mmproj-{name}.gguf", Q[q])
+    return files
+
+
+def main() -> None:
+    a = parse_args(__doc__)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = write_pair(Path(tmp))
+        keys = {k: k + "_{}_{}" for k in ("ids", "embd", "grid", "dpos", "pids", "logits", "npast")}
+        res = write_fixture(a, "paddleocr", files, {q: (files[q], 0) for q in PROJECTORS}, pictures(IMAGES), PROMPTS, PAIRS, keys,
+                            mrope=True)  # fmt: skip
+        for k, v in res.items():
+            print(k, v.shape, v.tolist() if k.startswith(("grid", "pids", "npast")) else "")
+
+
+if __name__ == "__main__":
+    main()

@@ -109,7 +109,7 @@ def test_snapkv_host_pooling_is_the_stable_position_order_max(top):
     rng = np.random.default_rng(top)
     for n in (1, 2, 7, 33, 300):
         for kernel in (1, 4, 7):
-            pos = np.stack([rng.permutation(max(top, n))[:n] for _ in range(3)]).astype(np.int32)
+            pos = np.stack([rng.choice(max(top, n), n, replace=False) for _ in range(3)]).astype(np.int32)  # (distinct, any order)
             pos[:, rng.random(n) < 0.2] = -1  # empty slots sort first, in slot order
             s = rng.random((3, n)).astype(np.float32)
             s[:, rng.random(n) < 0.2] = 0.5

@@ -65,6 +65,10 @@ class LayerSpec:
     #: the keys' last channel is their position (ALiBi as a dot product: models/bloom.py), exact only in fp16, so only
     #: the plain CPU cache holds it
     position_channel: bool = False
+    #: not empty: ALiBi's slope per query head, the score of a key at pk from a query at pq getting ``slope * (pk - pq)``
+    #: in the attention kernels themselves (the GPU caches' form of ALiBi: models/bloom.py; the CPU's is
+    #: ``position_channel``)
+    alibi_slopes: tuple[float, ...] = ()
 
 
 class LayerCache(ABC):

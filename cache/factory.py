@@ -60,12 +60,13 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
         raise ValueError("layers that share K/V (gemma3n) run on the plain CPU cache only for now; use --device cpu without --kv-* options")
     if any(spec.position_channel for spec in specs) and (device != "cpu" or (kv is not None and kv.is_compressed)):
         raise ValueError("ALiBi (bloom, mpt, jais, refact, baichuan 13B) runs on the plain CPU cache only for now; use --device cpu without --kv-* options")
+    if any(spec.alibi_slopes for spec in specs) and (device == "cpu" or (kv is not None and kv.is_compressed)):
+        # (the GPU kernels' form; the CPU's is position_channel.  The compressed cache's host steps have no ALiBi)
+        raise ValueError("ALiBi (bloom, mpt, jais, refact, baichuan 13B) runs on the plain cache only for now; drop the --kv-* options")
     if any(spec.window < 0 for spec in specs) and (device != "cpu" or (kv is not None and kv.is_compressed)):
         raise ValueError("chunked attention (llama4) runs on the plain CPU cache only for now; use --device cpu without --kv-* options")
     layer_cls, plain = CompressedLayerCache, make_plain_cache
     if device == "gpu":  # imported here: the CPU path never needs CuPy or the GPU kernels
-        if any(spec.sink_logits for spec in specs):
-            raise ValueError("attention sinks (gpt-oss) run on the CPU only for now; use --device cpu")
         from .gpu_compressed import GPUCompressedLayerCache as layer_cls
         from .gpu_plain import make_gpu_plain_cache as plain
     if kv is None or not kv.is_compressed:

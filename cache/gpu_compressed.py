@@ -145,6 +145,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         self.d_logw = xp.array(self.logw)  # [n_kv, N] float32, or [0, 0]
         self._d_basis: _DeviceBasis | None = None  # the key basis on the device, sent when it changes
         self.d_rot_v = xp.array(self.rot_v) if self.rot_v is not None else None  # [Dv, Dv]
+        self.d_sinks = xp.array(self._sinks) if self._sinks.size else None  # [n_head] gpt-oss's sink logits, or None
         if self.policy is not None:  # the same policy, its scores on the device (the parent's has seen no token yet)
             self.policy = make_policy(self.policy.name, n_kv, self.N, xp)
         pol = self.policy
@@ -409,8 +410,12 @@ class GPUCompressedLayerCache(CompressedLayerCache):
             sc = sc + xp.concatenate([self.d_logw, xp.zeros((n_kv, T), np.float32)], axis=1)[:, None, None, :]
         see = (kpos[:, None, None, :] >= 0) & (kpos[:, None, None, :] <= qp[None, None, :, None])
         sc = xp.where(see, sc, np.float32(-np.inf))
-        e = xp.where(see, xp.exp(sc - sc.max(axis=-1, keepdims=True)), np.float32(0.0))
-        pr = e / e.sum(axis=-1, keepdims=True)  # [n_kv, gqa, T, N + T]
+        mx = sc.max(axis=-1, keepdims=True)  # (finite: a query sees itself)
+        e = xp.where(see, xp.exp(sc - mx), np.float32(0.0))
+        den = e.sum(axis=-1, keepdims=True)
+        if self.d_sinks is not None:  # a sink's share joins each denominator, as the CPU's (exponent clamped at 80)
+            den = den + xp.exp(xp.minimum(self.d_sinks.reshape(n_kv, gqa, 1, 1) - mx, np.float32(80.0)))
+        pr = e / den  # [n_kv, gqa, T, N + T]
         o = xp.matmul(pr, vall[:, None]).transpose(2, 0, 1, 3).reshape(T, H, s.head_dim_v)
         with device_out(out) as od:
             if self.d_rot_v is None:
@@ -459,7 +464,8 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         kpos = to_device(np.concatenate([self.pos[0, ids], pos]), np.int32)
         with device_out(out) as od:
             o = od if self.d_rot_v is None else xp.empty((T, s.n_head, s.head_dim_v), np.float32)
-            attn.attend_prefill(self._device_queries(q), kbuf, vbuf, kpos, n + T, positions(pos), s.window, s.scale, s.softcap, o)
+            attn.attend_prefill(self._device_queries(q), kbuf, vbuf, kpos, n + T, positions(pos), s.window, s.scale, s.softcap, o,
+                                sinks=self.d_sinks)  # fmt: skip
             if self.d_rot_v is not None:  # back from the rotated V basis
                 xp.matmul(o, self.d_rot_v, out=od)
         if not steady:
@@ -631,7 +637,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
             o = od if self.d_rot_v is None else xp.empty((T, s.n_head, s.head_dim_v), np.float32)
             qa.attend_decode_q(
                 qd, positions(pos), self.d_k16, self.d_v16, p0, p1, self.d_luts, self.kv.group,
-                self.d_pos, self.d_logw, s.window, s.scale, s.softcap, o, self.d_acc if probs else None,
+                self.d_pos, self.d_logw, s.window, s.scale, s.softcap, o, self.d_acc if probs else None, self.d_sinks,
             )  # fmt: skip
             if self.d_rot_v is not None:  # back from the rotated V basis (H is its own inverse), as a kernel a graph keeps
                 kvquant.fwht_rows(o, od)

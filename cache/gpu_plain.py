@@ -29,6 +29,9 @@ class GPUPlainLayerCache(LayerCache):
         self.k = xp.zeros((spec.n_head_kv, capacity, spec.head_dim), np.float16)
         self.v = xp.zeros((spec.n_head_kv, capacity, spec.head_dim_v), np.float16)
         self.pos = xp.full(capacity, -1, np.int32)  # absolute position per slot
+        # per query head: ALiBi's slopes and gpt-oss's sink logits, None where the layer has none (the kernels' flags)
+        self.alibi = xp.asarray(np.asarray(spec.alibi_slopes, np.float32)) if spec.alibi_slopes else None
+        self.sinks = xp.asarray(np.asarray(spec.sink_logits, np.float32)) if spec.sink_logits else None
         self.used = 0  # slots [0, used) have been written at least once
 
     def update_and_attend(self, q, k, v, pos, out) -> None:
@@ -44,9 +47,11 @@ class GPUPlainLayerCache(LayerCache):
         s = self.spec
         with device_out(out) as od:
             if T <= DECODE_MAX_TOKENS:
-                attn.attend_decode(qd, self.k, self.v, self.pos, self.decode_slots(), pd, s.window, s.scale, s.softcap, od)
+                attn.attend_decode(qd, self.k, self.v, self.pos, self.decode_slots(), pd, s.window, s.scale, s.softcap, od,
+                                   alibi=self.alibi, sinks=self.sinks)  # fmt: skip
             else:
-                attn.attend_prefill(qd, self.k, self.v, self.pos, self.used, pd, s.window, s.scale, s.softcap, od)
+                attn.attend_prefill(qd, self.k, self.v, self.pos, self.used, pd, s.window, s.scale, s.softcap, od,
+                                    alibi=self.alibi, sinks=self.sinks)  # fmt: skip
 
     def note_positions(self, pos: np.ndarray) -> None:
         """Host bookkeeping of a step storing positions ``pos``: how far the ring has filled."""

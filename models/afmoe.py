@@ -14,7 +14,7 @@ llama.cpp's ``afmoe`` graph.  The Llama block (``llama.py``) with what sets it a
   chosen weights renormalised where ``expert_weights_norm`` says and times ``expert_weights_scale``; beside them
   ``expert_shared_count`` shared experts as one plain SwiGLU FFN.
 
-It runs on the CPU only (the routing is host work, as every mixture of experts here).
+It runs on the CPU only (the attention gate's sigmoid is host work).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class AfmoeModel(LlamaModel):
     archs = ("afmoe",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend)
+        cpu_only(g, backend, "sigmoid-gated attention")  # (the attention gate's sigmoid is host work)
         for key in ("leading_dense_block_count", "expert_feed_forward_length", "expert_shared_count"):  # (llama.cpp requires them)
             if g.arch_get(key) is None:
                 raise GGUFError(f"{g.path}: metadata afmoe.{key} is missing; the file is not a complete model")

@@ -16,7 +16,7 @@ activation -> ``ffn_down``, no ``ffn_gate``) with
 * rope over halves (NeoX layout) with Llama 3's per-frequency factors (``rope_freqs.weight``);
 * a separate output head (llama.cpp requires ``output.weight``).
 
-xIELU is a CPU kernel only (``ops/cpu/nn.xielu``): the GPU backend refuses Apertus at load.
+xIELU is an element-wise kernel on either backend (``ops/cpu/nn.xielu``, ``xielu_f32`` in ``ops/gpu/nn.cu``).
 """
 
 from __future__ import annotations
@@ -58,8 +58,6 @@ class ApertusModel(ArceeModel):
     archs = ("apertus",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: {cfg.arch}'s xIELU activation runs on the CPU; drop --device gpu")
         self.xielu = xielu_params(g, cfg.n_layer)
         super().__init__(g, cfg, backend, n_ctx, n_batch)
         if self.output is self.tok_embd:  # (llama.cpp requires it: WeightLoader's message)

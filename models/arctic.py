@@ -12,7 +12,7 @@ What sets it apart:
   (128, 2 a token, softmax router, weights renormalised) as wide as ``feed_forward_length`` (4864);
 * rope over consecutive pairs (the converter permutes Q and K as Llama's), RMSNorms.
 
-It runs on the CPU only (the routing is host work, as every mixture of experts here).
+It runs on the CPU and the GPU (the GPU routes in kernels: models/moe.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .common import TENSOR_NAMES, WeightLoader
 from .llama import LlamaLayer, LlamaModel
-from .moe import check_expert_counts, cpu_only, load_moe, moe_add
+from .moe import check_expert_counts, load_moe, moe_add
 
 TENSOR_NAMES.setdefault("ffn_norm_exps", "blk.{i}.ffn_norm_exps.weight")  # (llama.cpp's LLM_TENSOR_FFN_NORM_EXPS)
 
@@ -42,7 +42,6 @@ class ArcticModel(LlamaModel):
     archs = ("arctic",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend)
         check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
         # (llama.cpp sizes the experts by feed_forward_length, whatever expert_feed_forward_length says)
         super().__init__(g, dataclasses.replace(cfg, n_ff_exp=cfg.n_ff), backend, n_ctx, n_batch)

@@ -6,8 +6,9 @@ apart is how positions enter, which differs by size and which llama.cpp (so kvru
 
 * 7B (32 layers): rope over consecutive pairs (the converter permutes Q's and K's rows as Llama's);
 * 13B (40 layers): no rope; ALiBi's linear distance penalty on the scores, llama.cpp's fixed maximum bias 8 (Baichuan's
-  own slopes), given to the attention as one more key channel as BLOOM's (models/bloom.py: the extra channel holds a
-  key's position, the query's holds ``slope_h / scale``), which runs on the CPU only for now;
+  own slopes), given to the attention as BLOOM's (models/bloom.py): on the CPU as one more key channel (the extra
+  channel holds a key's position, the query's holds ``slope_h / scale``), on the GPU as the slopes the attention
+  kernels add;
 * any other depth: neither, as llama.cpp (no published Baichuan has one).
 """
 
@@ -19,10 +20,10 @@ import numpy as np
 
 from ..cache.base import KVCache, LayerSpec
 from ..loaders.config import ModelConfig
-from ..loaders.errors import GGUFError, UnsupportedModelError
+from ..loaders.errors import GGUFError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
-from .bloom import BloomModel
+from .bloom import BloomModel, alibi_layer_specs
 from .common import TENSOR_NAMES, WeightLoader
 from .jina_bert import alibi_slopes
 from .llama import LlamaLayer, LlamaModel
@@ -32,26 +33,33 @@ BAICHUAN_7B_LAYERS, BAICHUAN_13B_LAYERS, BAICHUAN_MAX_ALIBI_BIAS = 32, 40, 8.0
 
 
 class _AlibiLayer:
-    """One layer's cache seen through ALiBi: ``update_and_attend`` gets Q and K with their extra channel
-    (BloomModel.attend), so the Llama forward runs unchanged."""
+    """Layer ``il`` of the view's current cache seen through ALiBi: ``update_and_attend`` gets Q and K with their
+    extra channel (BloomModel.attend), so the Llama forward runs unchanged."""
 
-    __slots__ = ("layer_cache", "model")
+    __slots__ = ("view", "il")
 
-    def __init__(self, layer_cache: Any, model: Any) -> None:
-        self.layer_cache, self.model = layer_cache, model
+    def __init__(self, view: "_AlibiCache", il: int) -> None:
+        self.view, self.il = view, il
 
     def update_and_attend(self, q3: Any, k3: Any, v3: Any, pos: Any, att3: Any) -> None:
-        BloomModel.attend(self.model, self.layer_cache, q3, k3, v3, pos, att3)
+        BloomModel.attend(self.view.model, self.view.cache[self.il], q3, k3, v3, pos, att3)
 
 
 class _AlibiCache:
-    """A KV cache whose layers are seen through ALiBi (:class:`_AlibiLayer`)."""
+    """A KV cache whose layers are seen through ALiBi (:class:`_AlibiLayer`): built once at load with its layers,
+    pointed at a forward's cache by :meth:`see` (a forward made no object of its own; forwards of one model never
+    overlap: they share its scratch buffers)."""
 
-    def __init__(self, cache: KVCache, model: Any) -> None:
-        self.cache, self.model = cache, model
+    def __init__(self, model: Any, n_layer: int) -> None:
+        self.model, self.cache = model, None
+        self.layers = [_AlibiLayer(self, il) for il in range(n_layer)]
+
+    def see(self, cache: KVCache) -> "_AlibiCache":
+        self.cache = cache
+        return self
 
     def __getitem__(self, il: int) -> _AlibiLayer:
-        return _AlibiLayer(self.cache[il], self.model)
+        return self.layers[il]
 
 
 class BaichuanModel(LlamaModel):
@@ -59,15 +67,21 @@ class BaichuanModel(LlamaModel):
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         self.rotates = cfg.n_layer == BAICHUAN_7B_LAYERS
-        #: per query head, the extra query channel that times a key's position gives ALiBi's bias (None: no ALiBi)
-        self.alibi_q = None
+        self.alibi_q = self._alibi_view = None  # (no ALiBi: 7B and unknown depths)
         if cfg.n_layer == BAICHUAN_13B_LAYERS:
-            if backend.name != "cpu":  # (before any upload)
-                raise UnsupportedModelError(f"{g.path}: Baichuan 13B's ALiBi attention runs on the CPU only for now; drop --device gpu")
-            self.alibi_q = (alibi_slopes(cfg.n_head, BAICHUAN_MAX_ALIBI_BIAS) * np.float32(np.sqrt(cfg.head_dim))).astype(np.float32)
+            self.init_alibi(cfg, backend, BAICHUAN_MAX_ALIBI_BIAS)
         if TENSOR_NAMES["output"] not in g.tensors:  # (never tied: llama.cpp requires the model's own head)
             raise GGUFError(f"{g.path}: tensor {TENSOR_NAMES['output']!r} is missing; the file is incomplete or not a supported model")
         super().__init__(g, cfg, backend, n_ctx, n_batch)
+
+    def init_alibi(self, cfg: ModelConfig, backend: Backend, max_bias: float) -> None:
+        """ALiBi with llama.cpp's fixed maximum bias: the slopes (the GPU kernels'), and on the CPU the query's extra
+        channel and the cache view that appends it (built here, once)."""
+        #: per query head, ALiBi's slope
+        self.alibi_slopes = alibi_slopes(cfg.n_head, max_bias)
+        #: per query head, the extra query channel that times a key's position gives ALiBi's bias (the CPU's)
+        self.alibi_q = (self.alibi_slopes * np.float32(np.sqrt(cfg.head_dim))).astype(np.float32)
+        self._alibi_view = _AlibiCache(self, cfg.n_layer) if backend.name == "cpu" else None
 
     def load_layer(self, w: WeightLoader, i: int) -> LlamaLayer:
         L = super().load_layer(w, i)
@@ -77,9 +91,9 @@ class BaichuanModel(LlamaModel):
     def layer_specs(self) -> list[LayerSpec]:
         if self.alibi_q is None:
             return super().layer_specs()
-        c = self.cfg  # (the keys one channel wider: their positions; the scale stays the real head's)
-        return [LayerSpec(c.n_head, c.n_head_kv, c.head_dim + 1, c.head_dim_v, 0, 1.0 / np.sqrt(c.head_dim), 0.0,
-                          position_channel=True)] * c.n_layer  # fmt: skip
+        c = self.cfg  # (on the CPU the keys one channel wider: their positions; the scale stays the real head's)
+        return alibi_layer_specs(self, self.alibi_slopes, c.head_dim_v, 1.0 / np.sqrt(c.head_dim))
 
     def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
-        super().forward(tokens, pos, cache if self.alibi_q is None else _AlibiCache(cache, self), out_rows, logits)
+        plain = self.alibi_q is None or self._alibi_view is None  # (no ALiBi; or the GPU caches', added in their kernels)
+        super().forward(tokens, pos, cache if plain else self._alibi_view.see(cache), out_rows, logits)

@@ -9,7 +9,7 @@ groups, the chosen experts' weights renormalised only where ``expert_weights_nor
 and times ``expert_weights_scale`` where stated; beside them ``expert_shared_count`` shared experts as one plain SwiGLU
 FFN ``expert_shared_count x expert_feed_forward_length`` wide.  The output head is its own ``output.weight``.
 
-It runs on the CPU only (the routing is host work, as every mixture of experts here).
+It runs on the CPU and the GPU (the GPU routes in kernels: models/moe.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .common import WeightLoader
 from .llama import LlamaLayer, LlamaModel
-from .moe import check_expert_counts, cpu_only, weights_scale
+from .moe import check_expert_counts, weights_scale
 
 
 class BailingMoeModel(LlamaModel):
@@ -28,7 +28,6 @@ class BailingMoeModel(LlamaModel):
     shared_expert = "plain"  # (every layer has one, neither gated nor scaled)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend)
         check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
         for key in ("expert_feed_forward_length", "expert_shared_count"):  # (what llama.cpp's loader requires beyond the common keys)
             if g.arch_get(key) is None:

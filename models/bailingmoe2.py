@@ -17,7 +17,7 @@ The Llama block (``llama.py``) with what sets it apart:
   decoding, which llama.cpp skips at load and never runs; kvrun neither runs nor reads them, as for GLM-4.5
   (``models/glm4.py``: ``ModelConfig.n_layer`` counts the trunk alone).
 
-It runs on the CPU only (the routing is host work, as every mixture of experts here).
+It runs on the CPU and the GPU (the GPU routes in kernels: models/moe.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .common import WeightLoader
 from .llama import LlamaLayer, LlamaModel
-from .moe import check_expert_counts, cpu_only, expert_groups, gating_func, load_moe, weights_scale
+from .moe import check_expert_counts, expert_groups, gating_func, load_moe, weights_scale
 
 #: llama.cpp's expert_gating_func values (LLAMA_EXPERT_GATING_FUNC_TYPE_*) the graph runs for bailingmoe2
 GATING = {1: "softmax", 2: "sigmoid"}
@@ -39,7 +39,6 @@ class BailingMoe2Model(LlamaModel):
     shared_expert = "plain"  # (every MoE layer has one, neither gated nor scaled)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend)
         check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
         for key in ("expert_gating_func", "expert_shared_count"):  # (what llama.cpp's loader requires beyond the common keys)
             if g.arch_get(key) is None:

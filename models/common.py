@@ -173,11 +173,11 @@ class Buffers:
     zeros: Callable[..., Any] = np.zeros
     arrays: dict[str, Any] = field(default_factory=dict)
 
-    def get(self, name: str, T: int, *dims: int) -> Any:
-        """A ``[T, *dims]`` view of a buffer shaped ``[n_batch, *dims]``."""
+    def get(self, name: str, T: int, *dims: int, dtype: Any = np.float32) -> Any:
+        """A ``[T, *dims]`` view of a buffer shaped ``[n_batch, *dims]`` (float32 unless ``dtype`` says otherwise)."""
         a = self.arrays.get(name)
-        if a is None or a.shape[1:] != dims:
-            a = self.zeros((self.n_batch, *dims), np.float32)
+        if a is None or a.shape[1:] != dims or a.dtype != dtype:
+            a = self.zeros((self.n_batch, *dims), dtype)
             self.arrays[name] = a
         return a[:T]
 

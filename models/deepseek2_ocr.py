@@ -8,7 +8,7 @@ SwiGLU, the others a mixture of experts by softmax (``expert_gating_func``; llam
 weights renormalised where ``expert_weights_norm`` says and times ``expert_weights_scale``, a selection bias
 ``exp_probs_b`` where the file has one, plus ``expert_shared_count`` shared experts as one plain SwiGLU FFN.
 
-Refused: a non-CPU backend (the routing is host work), a sliding window (``attention.sliding_window``: Unlimited-OCR's
+Refused: a sliding window (``attention.sliding_window``: Unlimited-OCR's
 reference-window attention, which llama.cpp runs as its own mask), images (the mmproj's rows: ``takes_images``).
 """
 
@@ -21,7 +21,7 @@ from ..ops.backend import Backend
 from .common import WeightLoader
 from .deepseek2 import GATING
 from .llama import LlamaLayer, LlamaModel
-from .moe import check_expert_counts, cpu_only, expert_groups, gating_func, load_moe, weights_scale
+from .moe import check_expert_counts, expert_groups, gating_func, load_moe, weights_scale
 
 
 class Deepseek2OCRModel(LlamaModel):
@@ -29,7 +29,6 @@ class Deepseek2OCRModel(LlamaModel):
     takes_images = False
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend)
         if int(g.arch_get("attention.sliding_window", 0) or 0) > 0:
             raise UnsupportedModelError(f"{g.path}: deepseek2-ocr with attention.sliding_window (Unlimited-OCR's reference window) is not supported yet")
         check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)

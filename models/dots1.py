@@ -12,8 +12,8 @@ Qwen3's attention (``llama.py``: Q and K RMS-normalised per head *before* the ne
   SwiGLU FFN every token runs.
 
 llama.cpp sizes K and V by the query heads (dots.llm1 has as many K/V heads as heads): a file with fewer is refused
-by llama.cpp's loader, and kvrun follows the file's ``head_count_kv``.  It runs on the CPU only (the routing is host
-work, as every mixture of experts here).
+by llama.cpp's loader, and kvrun follows the file's ``head_count_kv``.  It runs on the CPU and the GPU (the
+GPU routes in kernels: models/moe.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .common import WeightLoader
 from .llama import LlamaLayer, LlamaModel
-from .moe import check_expert_counts, cpu_only, expert_groups, gating_func, weights_scale
+from .moe import check_expert_counts, expert_groups, gating_func, weights_scale
 
 #: llama.cpp's expert_gating_func values (LLAMA_EXPERT_GATING_FUNC_TYPE_*) the graph runs for dots1
 GATING = {1: "softmax", 2: "sigmoid"}
@@ -36,7 +36,6 @@ class Dots1Model(LlamaModel):
     head_qk_norms = "dots.llm1"
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend)
         check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
         if g.arch_get("expert_gating_func") is None:  # (llama.cpp passes the file's value to its graph, which has no default)
             raise GGUFError(f"{g.path}: metadata dots1.expert_gating_func is missing; the file is not a complete model")

@@ -9,7 +9,7 @@ says, times ``expert_weights_scale``) beside ``expert_shared_count`` shared expe
 
 Which layers use the window: the file's ``sliding_window_pattern`` (one flag a layer, as the converter writes it),
 else 3 of every 4.  The last ``nextn_predict_layers`` of ``block_count`` are multi-token-prediction layers, which
-kvrun neither runs nor reads (``ModelConfig.n_layer`` counts the trunk alone).  The CPU only (the routing is host work).
+kvrun neither runs nor reads (``ModelConfig.n_layer`` counts the trunk alone).  The CPU and the GPU.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .common import WeightLoader
 from .llama import LlamaLayer, LlamaModel
-from .moe import cpu_only, gating_func, weights_scale
+from .moe import gating_func, weights_scale
 
 #: llama.cpp's expert_gating_func values the graph runs (the key required, as llama.cpp's loader requires it)
 GATING = {1: "softmax", 2: "sigmoid"}
@@ -36,7 +36,6 @@ class ExaoneMoeModel(LlamaModel):
     shared_expert = "plain"  # (every MoE layer has one, neither gated nor scaled)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend)
         for key in ("leading_dense_block_count", "expert_feed_forward_length", "expert_shared_count", "expert_gating_func"):
             if g.arch_get(key) is None:
                 raise GGUFError(f"{g.path}: metadata exaone-moe.{key} is missing; the file is not a complete model")

@@ -25,7 +25,7 @@ glm4moe:
   weight), from the best ``expert_group_used_count`` groups where the file states ``expert_group_count``, their
   weights renormalised where ``expert_weights_norm`` says and times ``expert_weights_scale``; plus
   ``expert_shared_count`` shared experts as one plain SwiGLU FFN every token runs.
-* It runs on the CPU only (the routing is host work, as every mixture of experts here).
+* It runs on the CPU and the GPU (the GPU routes in kernels: models/moe.py).
 
 Both: the last ``nextn_predict_layers`` of ``block_count`` (GLM-4.5's multi-token prediction, GLM-OCR's) are draft
 heads for speculative decoding, which llama.cpp loads and its forward skips; kvrun neither runs nor reads them
@@ -50,7 +50,7 @@ from ..ops.backend import Backend
 from .common import WeightLoader
 from .glm4v import MropeText, has_sections, mrope_config
 from .llama import LlamaLayer, LlamaModel
-from .moe import check_expert_counts, cpu_only, expert_groups, gating_func, load_moe, weights_scale
+from .moe import check_expert_counts, expert_groups, gating_func, load_moe, weights_scale
 
 #: llama.cpp's expert_gating_func values (LLAMA_EXPERT_GATING_FUNC_TYPE_*) glm4moe runs; 0 (unstated): sigmoid
 GATING = {0: "sigmoid", 1: "softmax", 2: "sigmoid"}
@@ -110,7 +110,6 @@ class Glm4MoeModel(LlamaModel):
     archs = ("glm4moe",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend)
         _refuse_mrope(g)
         check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
         self.n_dense_lead = int(g.arch_get("leading_dense_block_count", 0) or 0)

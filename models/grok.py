@@ -22,7 +22,7 @@ What sets it apart:
   logits times 0.577 (1/sqrt 3), YaRN's beta_fast 8 (and so does kvrun);
 * NeoX rope over whole heads; ``router_logit_softcapping`` is read by llama.cpp but not applied (nor here).
 
-It runs on the CPU only (the routing is host work, as every mixture of experts here).
+It runs on the CPU only (its GELU experts are host work).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class GrokModel(LlamaModel):
     archs = ("grok",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend)
+        cpu_only(g, backend, "GELU experts")  # (ggml's float16-table GELU, host work; other experts route on the GPU: moe.py)
         check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
 
         def hp(key: str) -> float:

@@ -14,7 +14,7 @@ experts (``moe.py``) with *chunk experts* beside it ("adjugate experts": the che
   reads them) renormalised over the chosen (the sum they are divided by, often tiny, floored at 6.1e-5 as llama.cpp
   floors it); the chunk experts' output times ``expert_group_scale`` added to the routed experts'.
 
-It runs on the CPU only (the routing is host work, as every mixture of experts here).
+It runs on the CPU only (the chunk experts' routing is host work).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class GroveMoeModel(LlamaModel):
     head_qk_norms = "GroveMoE"
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend)
+        cpu_only(g, backend, "chunk experts")
         check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
         for key in ("experts_per_group", "expert_group_scale"):  # (llama.cpp requires them)
             if g.arch_get(key) is None:

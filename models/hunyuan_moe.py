@@ -11,7 +11,7 @@ mixture of experts (``moe.py``) beside a shared expert:
 The converter bakes A13B's NTK-alpha rope scaling into ``rope.freq_base``; llama.cpp reads no alpha for it, nor does
 kvrun.  The output head is the token embeddings where the file has no ``output.weight``.
 
-It runs on the CPU only (the routing is host work, as every mixture of experts here).
+It runs on the CPU and the GPU (the GPU routes in kernels: models/moe.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ..ops.backend import Backend
 from .common import WeightLoader
 from .hunyuan_dense import HunyuanDenseModel
 from .llama import LlamaLayer
-from .moe import check_expert_counts, cpu_only
+from .moe import check_expert_counts
 
 
 class HunyuanMoeModel(HunyuanDenseModel):
@@ -33,7 +33,6 @@ class HunyuanMoeModel(HunyuanDenseModel):
     shared_expert = "plain"  # (every layer has one, neither gated nor scaled)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend)
         check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
         if g.arch_get("expert_feed_forward_length") is None:  # (llama.cpp's loader requires it, though it sizes by n_ff)
             raise GGUFError(f"{g.path}: metadata hunyuan-moe.expert_feed_forward_length is missing; the file is not a complete model")

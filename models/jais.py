@@ -24,10 +24,9 @@ from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
-from .bloom import BloomModel, file_max_alibi_bias
+from .bloom import BloomModel, alibi_layer_specs, file_max_alibi_bias
 from .common import TENSOR_NAMES, WeightLoader
 from .gpt2 import GPT2Layer
-from .jina_bert import alibi_slopes
 
 TENSOR_NAMES.setdefault("b_gate", "blk.{i}.ffn_gate.bias")
 
@@ -46,7 +45,7 @@ class JaisModel(BloomModel):
             raise GGUFError(f"{g.path}: tensor {TENSOR_NAMES['output']!r} is missing; the file is incomplete or not a supported model")
         super().__init__(g, cfg, backend, n_ctx, n_batch)
         # muP scales the scores by 1/head_dim: the query's ALiBi channel is slope_h / scale
-        self.alibi_q = (alibi_slopes(cfg.n_head, self.max_alibi_bias(g)) * np.float32(cfg.head_dim)).astype(np.float32)
+        self.alibi_q = (self.alibi_slopes * np.float32(cfg.head_dim)).astype(np.float32)
 
     def max_alibi_bias(self, g: GGUFFile) -> float:
         return file_max_alibi_bias(g, "Jais")
@@ -58,8 +57,8 @@ class JaisModel(BloomModel):
         return JaisLayer(**vars(super().load_layer(w, i)), w_gate=w.matrix("w_gate", i), b_gate=w.vector("b_gate", i))
 
     def layer_specs(self) -> list[LayerSpec]:
-        c = self.cfg  # (the keys one channel wider: their positions; muP's scale 1/head_dim)
-        return [LayerSpec(c.n_head, c.n_head_kv, c.head_dim + 1, c.head_dim, 0, 1.0 / c.head_dim, 0.0, position_channel=True)] * c.n_layer
+        c = self.cfg  # (on the CPU the keys one channel wider: their positions; muP's scale 1/head_dim)
+        return alibi_layer_specs(self, self.alibi_slopes, c.head_dim, 1.0 / c.head_dim)
 
     def ffn(self, L: JaisLayer, xn: Any, gate: Any, up: Any, x: Any) -> None:
         """``x +=`` SwiGLU of the normed rows, every projection biased."""

@@ -13,7 +13,7 @@ Pre-norm decoder (RMSNorm -> attention -> residual -> RMSNorm -> FFN -> residual
   sigmoid (llama.cpp fixes it), chosen with ``exp_probs_b`` where the file has it, the chosen weights renormalised
   (fixed too), not scaled (llama.cpp reads no ``expert_weights_scale`` for mimo2), no shared expert; an output head of its own; scores scaled by ``1/sqrt(key_length)``.
 
-The CPU only (the routing is host work, as every mixture of experts here).
+It runs on the CPU and the GPU (the GPU routes in kernels: models/moe.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
 from .common import WeightLoader, make_rope
 from .llama import LlamaModel
-from .moe import MoE, check_expert_counts, cpu_only, load_moe, moe_or_swiglu_add
+from .moe import MoE, check_expert_counts, load_moe, moe_or_swiglu_add
 
 
 def per_layer(g: GGUFFile, key: str, n_layer: int, default: Any, kind: type = int) -> list[Any]:
@@ -64,7 +64,6 @@ class Mimo2Model(LlamaModel):
     archs = ("mimo2",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend)
         check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
         for key in ("expert_feed_forward_length", "attention.sliding_window", "attention.sliding_window_pattern"):
             if g.arch_get(key) is None:  # (llama.cpp requires them)

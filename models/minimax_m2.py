@@ -11,7 +11,7 @@ The Llama block (``llama.py``: RMSNorm -> attention -> residual -> RMSNorm -> FF
   minimax-m2, so a stated one changes nothing); no shared expert;
 * an output head of its own; attention scaled by ``1/sqrt(head_dim)``.
 
-The CPU only (the routing is host work, as every mixture of experts here).
+It runs on the CPU and the GPU (the GPU routes in kernels: models/moe.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .common import WeightLoader
 from .llama import LlamaLayer, LlamaModel
-from .moe import check_expert_counts, cpu_only, gating_func
+from .moe import check_expert_counts, gating_func
 
 #: llama.cpp's expert_gating_func values the graph runs (the converter states sigmoid; unstated is no gating llama.cpp runs)
 GATING = {1: "softmax", 2: "sigmoid"}
@@ -34,7 +34,6 @@ class MiniMaxM2Model(LlamaModel):
     archs = ("minimax-m2",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend)
         check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
         if g.arch_get("expert_feed_forward_length") is None:  # (llama.cpp requires it, though it sizes the experts by n_ff)
             raise GGUFError(f"{g.path}: metadata minimax-m2.expert_feed_forward_length is missing; the file is not a complete model")

@@ -17,7 +17,9 @@ the choice to the best groups of experts (:func:`group_limit`).
 The experts' weights are the file's 3-D tensors ``[n_expert, rows, cols]``, held stacked as
 ``[n_expert * rows, cols]`` (a view of the memory map); :func:`expert` cuts one expert's rows.  Tokens are grouped by expert, so prefill
 runs each chosen expert once over all of its tokens (a matrix product), decode runs the ``k``
-experts of its one token.  Routing is host work (numpy): CPU only for now.
+experts of its one token.  The CPU routes on the host (numpy); the GPU routes in a kernel whose choice the
+experts' kernels read from device memory (``Backend.moe_route`` / ``moe_experts``: a decode step copies nothing
+to the host, so it is captured as a CUDA graph), for the variants :func:`device_unsupported` does not name.
 """
 
 from __future__ import annotations
@@ -95,8 +97,6 @@ def load_moe(w: WeightLoader, i: int, n_expert: int, n_used: int, n_ff_exp: int,
     ``shared``: the shared expert the architecture always has, as llama.cpp requires its tensors (``"gated"``:
     Qwen2-MoE's, with its sigmoid gate; ``"plain"``: DeepSeek-MoE's, without one); None: whatever the layer has
     (GraniteMoeShared's, where the file has one)."""
-    if w.be.name != "cpu":  # the routing is numpy work on host arrays
-        raise UnsupportedModelError(f"{w.g.path}: mixture-of-experts models run on the CPU only for now; use --device cpu")
     if not 0 < n_used <= n_expert:
         raise GGUFError(f"{w.g.path}: expert_used_count {n_used} is not in 1..{n_expert} (expert_count)")
 
@@ -141,10 +141,10 @@ def load_shared_expert(w: WeightLoader, i: int, n_embd: int, kind: str | None) -
     return SharedExpert(gate, up, down, gate_inp)
 
 
-def cpu_only(g: GGUFFile, backend: Backend) -> None:
-    """A mixture of experts routes on the host: ``--device gpu`` refused in one line."""
+def cpu_only(g: GGUFFile, backend: Backend, what: str = "a mixture of experts") -> None:
+    """``--device gpu`` refused in one line naming ``what`` of the model is host work (e.g. "GELU experts")."""
     if backend.name != "cpu":
-        raise UnsupportedModelError(f"{g.path}: {g.architecture} (a mixture of experts) runs on the CPU only for now; use --device cpu")
+        raise UnsupportedModelError(f"{g.path}: {g.architecture} ({what}) runs on the CPU only for now; use --device cpu")
 
 
 def check_expert_counts(g: GGUFFile, n_expert: int, n_expert_used: int) -> None:
@@ -226,12 +226,44 @@ def moe_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers, 
     """``x += MoE(xn)`` for the ``T`` tokens of ``xn`` (the FFN-normed residual stream); ``accumulate``
     False: ``x = MoE(xn)`` (Granite scales the FFN's output before its residual add)."""
     T = xn.shape[0]
-    if not accumulate:
-        x.fill(0.0)
     n_ff = moe.up.shape[0] // moe.n_expert
     logits = buf.get("moe_router", T, moe.n_expert)
     be.linear(moe.router, xn if moe.router_in is None else moe.router_in[:T], logits)
-    logits = be.to_host(logits)
+    ids, wts = buf.get("moe_ids", T, moe.n_used, dtype=np.int32), buf.get("moe_wts", T, moe.n_used)
+    groups = (moe.n_group, moe.n_group_used)
+    if device_unsupported(moe) is None and be.moe_route(logits, moe.n_used, moe.gating, moe.norm_weights, moe.weights_scale, moe.bias,
+                                                        moe.router_b, groups, ids, wts):  # fmt: skip
+        # a device's: the experts' kernels read the choice from device memory (nothing comes to the host)
+        h = buf.get("moe_h", T, moe.n_used * n_ff)
+        biases = None if moe.gate_b is None else (moe.gate_b, moe.up_b, moe.down_b)
+        be.moe_experts(moe.gate, moe.up, moe.down, n_ff, ids, wts, xn, x, h, biases, moe.act, accumulate)
+    else:
+        host_moe_add(be, moe, xn, x, buf, be.to_host(logits), accumulate)
+    if moe.shared is not None:  # (ordinary products, after the routed experts)
+        shared_add(be, moe.shared, xn, x, buf)
+
+
+def device_unsupported(moe: MoE) -> str | None:
+    """What of ``moe`` the device kernels (``Backend.moe_route`` / ``moe_experts``) do not do, or None: they do
+    softmax, sigmoid and softmax_weight gating, the selection bias, group-limited routing, renormalising and
+    scaling, and silu, swiglu_oai (with gpt-oss's biases) and ReLU GLUs."""
+    if moe.weight_before_ffn:
+        return "experts weighted before their FFN"
+    if moe.swiglu_limit > 0.0 or (moe.shared is not None and moe.shared.swiglu_limit > 0.0):
+        return "clamped SwiGLU experts"
+    if moe.gate is None or moe.act not in ("silu", "swiglu_oai", "relu"):
+        return f"{moe.act} experts"
+    if len({b is None for b in (moe.gate_b, moe.up_b, moe.down_b)}) > 1:
+        return "experts with biases on some of their products"
+    return None
+
+
+def host_moe_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers, logits: np.ndarray, accumulate: bool) -> None:
+    """:func:`moe_add`'s routed experts where the routing is host work (numpy): the CPU's way."""
+    T = xn.shape[0]
+    if not accumulate:
+        x.fill(0.0)
+    n_ff = moe.up.shape[0] // moe.n_expert
     if moe.router_b is not None:
         logits = logits + moe.router_b[:, 0]
     top, wts = route(logits, moe.n_used, moe.norm_weights, moe.gating, moe.bias, moe.n_group, moe.n_group_used)
@@ -248,8 +280,6 @@ def moe_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers, 
         xe, top, wts = xn * wts[:, :1], top[:, :1], ones
     if not (one_call and be.moe_token(moe.gate, moe.up, moe.down, n_ff, top[0], wts[0], xe, x, biases, moe.act)):
         experts_add(be, moe, xe, x, buf, top, wts)
-    if moe.shared is not None:  # (ordinary products, after the routed experts)
-        shared_add(be, moe.shared, xn, x, buf)
 
 
 def moe_or_swiglu_add(be: Backend, L: Any, x: np.ndarray, xn: np.ndarray, eps: float, buf: Buffers, limit: float = 0.0) -> None:
@@ -335,5 +365,4 @@ def shared_add(be: Backend, sh: SharedExpert, xn: np.ndarray, x: np.ndarray, buf
     s, d = buf.get("shexp_gate_inp", T, 1), buf.get("shexp_down", T, n_embd)
     be.linear(sh.gate_inp, xn, s)
     be.linear_glu(sh.down, g, u, d, "silu")
-    d *= 0.5 + 0.5 * np.tanh(0.5 * be.to_host(s))  # sigmoid, without exp's overflow for large negative s
-    x += d
+    be.sigmoid_gated_add(x, d, s)

@@ -65,11 +65,11 @@ class MptModel(BloomModel):
         )  # fmt: skip
 
     def final_norm(self, x: Any, out: Any) -> None:
-        b = self.output_norm_b if self.output_norm_b is not None else np.zeros(0, np.float32)  # (none: MPT's no_bias)
-        self.be.layer_norm(x, self.output_norm, b, self.cfg.norm_eps, out)
+        # (None where the file has none, MPT's no_bias: the backends' "no bias", which the GPU's kernel needs)
+        self.be.layer_norm(x, self.output_norm, self.output_norm_b, self.cfg.norm_eps, out)
 
     def attend(self, layer_cache: Any, q3: Any, k3: Any, v3: Any, pos: Any, att3: Any) -> None:
         if self.clamp_kqv > 0:  # (clip_qkv: on the fused projection's output, before the attention)
             for t in (q3, k3, v3):
-                t.clip(-self.clamp_kqv, self.clamp_kqv, out=t)
+                self.be.clamp(t, self.clamp_kqv)
         super().attend(layer_cache, q3, k3, v3, pos, att3)

@@ -12,7 +12,7 @@ context, ``rope_factors_long`` beyond it, the attention factor from the file's r
   first masked out and weights each by its own masked softmax, is a training-time router llama.cpp does not run),
   the experts as wide as ``feed_forward_length`` (llama.cpp sizes them so).
 
-It runs on the CPU only (the routing is host work, as every mixture of experts here).
+It runs on the CPU and the GPU (the GPU routes in kernels: models/moe.py).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .common import WeightLoader
 from .llama import LlamaLayer
-from .moe import check_expert_counts, cpu_only, load_moe, moe_add
+from .moe import check_expert_counts, load_moe, moe_add
 from .phi3 import Phi3Model
 
 
@@ -43,7 +43,6 @@ class PhiMoeModel(Phi3Model):
     archs = ("phimoe",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend)
         check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
         # (llama.cpp sizes the experts by feed_forward_length, whatever expert_feed_forward_length says)
         cfg = dataclasses.replace(cfg, n_ff_exp=cfg.n_ff)

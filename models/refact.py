@@ -2,8 +2,9 @@
 attention -> residual -> RMSNorm -> SwiGLU FFN -> residual, models/llama.py) without rope:
 
 * ALiBi's linear distance penalty on the scores, llama.cpp's fixed maximum bias 8 (not read from the file), given to the
-  attention as one more key channel as BLOOM's and Baichuan 13B's (models/bloom.py, models/baichuan.py: the extra
-  channel holds a key's position, the query's ``slope_h / scale``), which runs on the CPU only for now;
+  attention as BLOOM's and Baichuan 13B's (models/bloom.py, models/baichuan.py): on the CPU as one more key channel
+  (the extra channel holds a key's position, the query's ``slope_h / scale``), on the GPU as the slopes the
+  attention kernels add;
 * multi-query attention (Refact-1.6B: one K/V head for its 32 query heads) through the ordinary cache;
 * Q, K and V apart, no biases; the output head the file's ``output.weight``, the token embeddings where it has none
   (llama.cpp loads it as Llama's).
@@ -11,14 +12,10 @@ attention -> residual -> RMSNorm -> SwiGLU FFN -> residual, models/llama.py) wit
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..loaders.config import ModelConfig
-from ..loaders.errors import UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .baichuan import BaichuanModel
-from .jina_bert import alibi_slopes
 from .llama import LlamaModel
 
 #: llama.cpp's hparams.f_max_alibi_bias for REFACT (fixed in code: "TODO: become GGUF KV parameter")
@@ -29,9 +26,6 @@ class RefactModel(BaichuanModel):
     archs = ("refact",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":  # (before any upload)
-            raise UnsupportedModelError(f"{g.path}: Refact's ALiBi attention runs on the CPU only for now; drop --device gpu")
         self.rotates = False  # (no rope at all: BaichuanModel.load_layer)
-        #: per query head, the extra query channel that times a key's position gives ALiBi's bias
-        self.alibi_q = (alibi_slopes(cfg.n_head, REFACT_MAX_ALIBI_BIAS) * np.float32(np.sqrt(cfg.head_dim))).astype(np.float32)
+        self.init_alibi(cfg, backend, REFACT_MAX_ALIBI_BIAS)
         LlamaModel.__init__(self, g, cfg, backend, n_ctx, n_batch)  # (Baichuan's own tells 7B from 13B by depth)

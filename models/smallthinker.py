@@ -20,7 +20,7 @@ The Llama block (``llama.py``: RMSNorm, grouped-query attention, neox rope over 
   window every layer rotates with the one base.
 * The output head is the token embeddings where the file has no ``output.weight``.
 
-It runs on the CPU only (the routing is host work, as every mixture of experts here).
+It runs on the CPU only (the router's copy of the layer's input is host work).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class SmallThinkerModel(LlamaModel):
     archs = ("smallthinker",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend)
+        cpu_only(g, backend, "a router reading the layer's input")  # (router_x: host work; the experts would route on the GPU: moe.py)
         check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
         if g.arch_get("expert_gating_func") is None:  # (llama.cpp reads it optionally, and then has no gating to run)
             raise GGUFError(f"{g.path}: metadata smallthinker.expert_gating_func is missing; the file is not a complete model")

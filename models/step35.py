@@ -19,7 +19,7 @@ Pre-norm decoder (RMSNorm -> attention -> residual -> RMSNorm -> FFN -> residual
 Clamped SwiGLU where the file says (``swiglu_clamp_exp`` for the routed experts, ``swiglu_clamp_shexp`` for the shared
 expert and the dense FFNs, one limit or one a layer, 0 for none): ``min(silu(gate), limit) * clamp(up, -limit, limit)``
 (``moe.swiglu_clamped``; Step-3.5-Flash clamps its last layers).  The last ``nextn_predict_layers`` of ``block_count`` are
-multi-token-prediction layers, which kvrun neither runs nor reads.  The CPU only (the routing is host work).
+multi-token-prediction layers, which kvrun neither runs nor reads.  The CPU only (the clamped SwiGLUs are host work).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class Step35Model(LlamaModel):
     archs = ("step35",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend)
+        cpu_only(g, backend, "clamped SwiGLU experts and FFNs")  # (host work; the other experts route on the GPU: moe.py)
         check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
         for key in ("expert_feed_forward_length", "attention.sliding_window"):  # (llama.cpp requires them)
             if g.arch_get(key) is None:

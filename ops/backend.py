@@ -99,7 +99,11 @@ class Backend(Protocol):
 
     def xielu(self, x: Any, out: Any, alpha_n: float, alpha_p: float, beta: float, eps: float) -> None:
         """``out = xIELU(x)`` (an ungated FFN's activation, Apertus's: ggml's ``ggml_xielu``, the parameters as the
-        file states them); out may be x.  The CPU backend's only: the GPU refuses Apertus."""
+        file states them); out may be x."""
+        ...
+
+    def clamp(self, x: Any, limit: float) -> None:
+        """In place, ``x = min(max(x, -limit), limit)`` (MPT's ``clip_qkv``)."""
         ...
 
     def add(self, x: Any, y: Any) -> None: ...
@@ -113,4 +117,23 @@ class Backend(Protocol):
         sum_j wts[j] down_e(silu(gate_e xn) * up_e xn)``, ``e = experts[j]``, the experts' weights stacked
         (``[n_expert * rows, cols]``); gpt-oss's expert ``biases`` (gate, up, down: ``[n_expert, n]``, host
         arrays) and clamped GLU (``act="swiglu_oai"``).  False, doing nothing, where the backend has no such kernel."""
+        ...
+    def moe_route(self, logits: Any, k: int, gating: str, norm_weights: bool, scale: float, bias: np.ndarray | None,
+                  router_b: np.ndarray | None, groups: tuple[int, int], ids: Any, wts: Any) -> bool:  # fmt: skip
+        """Routing in kernels (``models/moe.py`` ``route``, then ``* scale``): router ``logits`` ``[T, n_expert]``
+        (plus ``router_b``, gpt-oss's; ``groups``: ``(n_group, n_group_used)``, group-limited routing where
+        ``n_group`` > 1) -> the ``k`` chosen experts ``ids`` ``[T, k]`` int32 and their ``wts``
+        ``[T, k]``, written on the device for :meth:`moe_experts`.  False, doing nothing: the caller routes on the
+        host (the CPU's way)."""
+        ...
+
+    def moe_experts(self, gate: Weight, up: Weight, down: Weight, n_ff: int, ids: Any, wts: Any, xn: Any, x: Any, h: Any,
+                    biases: tuple[Any, Any, Any] | None = None, act: str = "silu", accumulate: bool = True) -> None:  # fmt: skip
+        """``x[T, n_embd] (+)= sum_j wts[t, j] down_e(act(gate_e xn + gb_e, up_e xn + ub_e)) (+ db_e)``, ``e = ids[t, j]``
+        as :meth:`moe_route` wrote them (device buffers: nothing comes to the host); ``h`` ``[T, k * n_ff]`` scratch.
+        Only a backend whose :meth:`moe_route` routes has it."""
+        ...
+
+    def sigmoid_gated_add(self, x: Any, y: Any, s: Any) -> None:
+        """``x[t] += sigmoid(s[t]) * y[t]`` (Qwen2-MoE's gated shared expert); ``s`` ``[T, 1]``, ``y`` is scratch."""
         ...

@@ -13,7 +13,7 @@ from tiny_classic import STARCODER_CONTEXT
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.loaders.config import load_config
-from kvrun.loaders.errors import GGUFError, UnsupportedModelError
+from kvrun.loaders.errors import GGUFError
 from kvrun.loaders.gguf_file import GGUFFile
 from kvrun.models import model_class
 from kvrun.models.jina_bert import alibi_slopes
@@ -116,17 +116,6 @@ def test_mpt_needs_its_alibi_stated(tmp_path):
     del g.metadata["mpt.attention.max_alibi_bias"]
     with pytest.raises(GGUFError, match="max_alibi_bias is missing"):
         model_class("mpt")(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
-
-
-@pytest.mark.parametrize("arch", ["bloom", "mpt"])
-def test_alibi_refuses_the_gpu(tmp_path, arch):
-    """ALiBi's position channel is built on the host: ``--device gpu`` is refused in one line, before any upload."""
-    from types import SimpleNamespace
-
-    g = GGUFFile(write_tiny_model(tmp_path / f"{arch}.gguf", arch))
-    with pytest.raises(UnsupportedModelError, match="runs on the CPU only for now; drop --device gpu") as e:
-        model_class(arch)(g, load_config(g), SimpleNamespace(name="gpu"), N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
 
 
 def test_alibi_refuses_a_compressed_cache(tmp_path):

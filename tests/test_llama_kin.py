@@ -12,7 +12,7 @@ from test_models import N_BATCH, N_CTX, _build, _fixture_error
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.loaders.config import load_config
-from kvrun.loaders.errors import GGUFError, UnsupportedModelError
+from kvrun.loaders.errors import GGUFError
 from kvrun.loaders.gguf_file import GGUFFile
 from kvrun.models import model_class
 from kvrun.ops import get_backend
@@ -127,16 +127,12 @@ def test_a_missing_tensor_is_one_line_naming_it(tmp_path, name, tensor):
     assert "\n" not in str(e.value)
 
 
-def test_apertus_needs_its_xielu_keys_and_the_cpu(tmp_path):
+def test_apertus_needs_its_xielu_keys(tmp_path):
+    """(xIELU runs on the GPU too: tests/test_gpu_alibi_sinks.py)"""
     g = GGUFFile(write_tiny_model(tmp_path / "a.gguf", **FIXTURE_MODELS["apertus"]))
     cfg = load_config(g)
     from kvrun.models.apertus import ApertusModel
 
-    class Device:
-        name = "cuda"
-
-    with pytest.raises(UnsupportedModelError, match="xIELU activation runs on the CPU; drop --device gpu"):
-        ApertusModel(g, cfg, Device(), N_CTX, N_BATCH)
     g.metadata["xielu.beta"] = [0.5]  # one value for every layer: llama.cpp's get_key_or_arr takes it
     assert (ApertusModel(g, cfg, get_backend("cpu"), N_CTX, N_BATCH).xielu[:, 2] == 0.5).all()
     del g.metadata["xielu.eps"]

@@ -12,7 +12,7 @@ from test_models import N_BATCH, N_CTX, _build, _fixture_error, _run
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.loaders.config import load_config
-from kvrun.loaders.errors import GGUFError, UnsupportedModelError
+from kvrun.loaders.errors import GGUFError
 from kvrun.loaders.gguf_file import GGUFFile
 from kvrun.models import model_class
 from kvrun.ops import get_backend
@@ -110,17 +110,6 @@ def test_baichuan_of_another_depth_has_neither_rope_nor_alibi(tmp_path):
     cfg = load_config(g)
     model = model_class("baichuan")(g, cfg, get_backend("cpu"), N_CTX, N_BATCH)
     assert cfg.n_layer == 2 and model.alibi_q is None and not any(L.rope for L in model.layers)
-
-
-def test_baichuan_13b_stays_on_the_cpu(tmp_path):
-    g = GGUFFile(write_tiny_model(tmp_path / "b13.gguf", **FIXTURE_MODELS["baichuan-13b"]))
-    cfg = load_config(g)
-
-    class Device:
-        name = "cuda"
-
-    with pytest.raises(UnsupportedModelError, match="ALiBi attention runs on the CPU only for now; drop --device gpu$"):
-        model_class("baichuan")(g, cfg, Device(), N_CTX, N_BATCH)
 
 
 def test_orion_and_xverse_fixtures_see_what_sets_them_apart(tmp_path):

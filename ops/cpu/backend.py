@@ -127,6 +127,9 @@ class CPUBackend:
     def xielu(self, x, out, alpha_n, alpha_p, beta, eps) -> None:
         nn.xielu(x, out, alpha_n, alpha_p, beta, eps)
 
+    def clamp(self, x, limit) -> None:
+        np.clip(x, -limit, limit, out=x)
+
     def silu_mul(self, gate, up, out) -> None:
         nn.silu_mul(gate, up, out)
 
@@ -146,6 +149,13 @@ class CPUBackend:
         from .moe import moe_token
 
         return moe_token(gate.data, gate.qtype, up.data, up.qtype, down.data, down.qtype, n_ff, experts, wts, xn[0], x[0], biases, act)
+
+    def moe_route(self, logits, k, gating, norm_weights, scale, bias, router_b, groups, ids, wts) -> bool:
+        return False  # routing is host work here (models/moe.py route)
+
+    def sigmoid_gated_add(self, x, y, s) -> None:
+        y *= 0.5 + 0.5 * np.tanh(0.5 * s)  # sigmoid, without exp's overflow for large negative s
+        x += y
 
     def softcap(self, x, cap) -> None:
         nn.softcap_inplace(x, cap)

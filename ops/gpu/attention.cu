@@ -20,6 +20,15 @@
 //                              tile of queries of one head and streams K/V
 //                              tiles through shared memory with an online
 //                              softmax, skipping tiles no query can see.
+//
+// Two per-head extras, each behind a flag (a model without them runs the same
+// instructions as before, the pointers never read):
+//   alibi [n_head]  ALiBi's slope: head h's score for a key at pk from a query at
+//                   pq gets slope_h * (pk - pq), after the scale and the softcap
+//                   (llama.cpp's soft_max_ext with its -|pq - pk| mask);
+//   sinks [n_head]  gpt-oss's learned sink logit: exp(sink_h - m) joins the
+//                   softmax's denominator (m: the max over the visible keys,
+//                   the exponent clamped at 80 as the CPU's), adding no value.
 #include "common.cuh"
 
 #define AD_CHUNK 128  // slots per decode split
@@ -27,6 +36,12 @@
 
 __device__ __forceinline__ bool visible(int pk, int pq, int window) {
     return pk >= 0 && pk <= pq && (window <= 0 || pq - pk < window);
+}
+
+// The sink's share of a softmax denominator whose visible scores peak at m (none visible: nothing to add, the
+// output is 0 as without a sink).
+__device__ __forceinline__ float sink_term(float sink, float m) {
+    return m == NEG_INF ? 0.0f : __expf(fminf(sink - m, 80.0f));
 }
 
 // ------------------------------------------------------------------ store
@@ -69,7 +84,10 @@ extern "C" __global__ void __launch_bounds__(128) attn_decode_partial_f16(
     float* __restrict__ part_m,     // [T, n_head, n_split]
     float* __restrict__ part_l,     // [T, n_head, n_split]
     float* __restrict__ out,        // [T, n_head, Dv], written when direct
-    int n_slots, int cap, int n_head, int n_kv, int D, int Dv, int window, float scale, float softcap, int direct) {
+    const float* __restrict__ alibi,  // [n_head] ALiBi slopes, read when has_alibi
+    const float* __restrict__ sinks,  // [n_head] sink logits, read when has_sinks (direct: here; else the reduce's)
+    int n_slots, int cap, int n_head, int n_kv, int D, int Dv, int window, float scale, float softcap, int direct,
+    int has_alibi, int has_sinks) {
     extern __shared__ float smem[];
     const int gqa = n_head / n_kv;
     float* qs = smem;             // [gqa, D]
@@ -108,6 +126,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_decode_partial_f16(
             }
             s = warp_sum(s) * scale;
             if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
+            if (has_alibi) s += alibi[kh * gqa + g] * (float)(kpos[j] - pq);
             if (lane == 0) sc[g * AD_CHUNK + jj] = s;
         }
     }
@@ -127,8 +146,8 @@ extern "C" __global__ void __launch_bounds__(128) attn_decode_partial_f16(
             if (p != 0.0f) acc += p * h2f(vc[(size_t)jj * Dv]);
         }
         const size_t th = (size_t)t * n_head + kh * gqa + g;
-        if (direct) {  // part_l of this head was written before the barrier above
-            const float l = part_l[th];
+        if (direct) {  // part_l (and part_m) of this head were written before the barrier above
+            const float l = part_l[th] + (has_sinks ? sink_term(sinks[kh * gqa + g], part_m[th]) : 0.0f);
             out[th * Dv + d] = acc * (l > 0.0f ? 1.0f / l : 0.0f);
         } else {
             part_o[(th * n_split + split) * Dv + d] = acc;
@@ -137,13 +156,14 @@ extern "C" __global__ void __launch_bounds__(128) attn_decode_partial_f16(
 }
 
 // grid (n_head, T), block 128, dynamic shared: n_split floats.
-// out = sum_s exp(m_s - M) o_s / sum_s exp(m_s - M) l_s,  M = max_s m_s;
+// out = sum_s exp(m_s - M) o_s / (sum_s exp(m_s - M) l_s [+ exp(sink - M)]),  M = max_s m_s;
 // 0 when no slot was visible at all (as the CPU kernel).
 extern "C" __global__ void attn_decode_reduce(const float* __restrict__ part_o, // [T, n_head, n_split, Dv]
                                               const float* __restrict__ part_m, // [T, n_head, n_split]
                                               const float* __restrict__ part_l, // [T, n_head, n_split]
                                               float* __restrict__ out,          // [T, n_head, Dv]
-                                              int n_head, int n_split, int Dv) {
+                                              const float* __restrict__ sinks,  // [n_head], read when has_sinks
+                                              int n_head, int n_split, int Dv, int has_sinks) {
     extern __shared__ float wts[];  // [n_split] weight of each split
     __shared__ float scratch[WARP];
     const size_t th = (size_t)blockIdx.y * n_head + blockIdx.x;
@@ -163,6 +183,7 @@ extern "C" __global__ void attn_decode_reduce(const float* __restrict__ part_o, 
         lsum += e * l[s];
     }
     lsum = block_sum(lsum, scratch);  // its leading __syncthreads also publishes wts
+    if (has_sinks) lsum += sink_term(sinks[blockIdx.x], mx);
     const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
     for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
         float acc = 0.0f;
@@ -185,8 +206,10 @@ extern "C" __global__ void __launch_bounds__(128) attn_prefill_f16(
     const int* __restrict__ kpos,  // [cap]
     const int* __restrict__ qpos,  // [T], increasing
     float* __restrict__ out,       // [T, n_head, Dv]
+    const float* __restrict__ alibi,  // [n_head] ALiBi slopes, read when has_alibi
+    const float* __restrict__ sinks,  // [n_head] sink logits, read when has_sinks
     int T, int n_slots, int cap, int n_head, int n_kv, int D, int Dv, int window, float scale,
-    float softcap, int BQ, int BKV) {
+    float softcap, int BQ, int BKV, int has_alibi, int has_sinks) {
     extern __shared__ float smem[];
     const int kstride = (D % 4 == 0) ? D + 2 : D;
     float* Qs = smem;              // [BQ, D]
@@ -245,6 +268,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_prefill_f16(
                 for (int d = 0; d < D; ++d) dot += qr[d] * h2f(kr[d]);
                 s = dot * scale;
                 if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
+                if (has_alibi) s += alibi[h] * (float)(kpos[j0 + jj] - qpos[q0 + qi]);
             }
             Ss[i] = s;
         }
@@ -282,7 +306,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_prefill_f16(
 
     for (int i = tid; i < nq * Dv; i += blockDim.x) {
         const int qi = i / Dv, d = i % Dv;
-        const float l = l_s[qi];
+        const float l = l_s[qi] + (has_sinks ? sink_term(sinks[h], m_s[qi]) : 0.0f);
         out[((size_t)(q0 + qi) * n_head + h) * Dv + d] = l > 0.0f ? Os[i] / l : 0.0f;
     }
 }

@@ -8,8 +8,11 @@ Shapes (``cap`` = slots of the layer's ring buffer; all device arrays)::
     kpos  [cap]                        int32, -1 = empty
     qpos  [T]                          int32
     out   [T, n_head, head_dim_v]      float32
+    alibi [n_head] or None             float32 ALiBi slopes: score += slope * (key_pos - query_pos)
+    sinks [n_head] or None             float32 sink logits (gpt-oss): exp(sink - max) joins the denominator
 
-Same layout and masks as ``ops/cpu/attention.py``.
+Same layout and masks as ``ops/cpu/attention.py``.  ALiBi and sinks ride in the kernels behind a flag each (a
+model without them passes None: the kernels take ``q`` as a pointer they never read), so the others pay nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ def kv_store(k_new: Any, v_new: Any, pos: Any, k: Any, v: Any, kpos: Any) -> Non
     K.launch("kv_store_f16", (T * n_kv,), (128,), k_new, v_new, pos, k, v, kpos, n_kv, D, Dv, cap)
 
 
-def attend_decode(q: Any, k: Any, v: Any, kpos: Any, n_slots: int, qpos: Any, window: int, scale: float, softcap: float, out: Any) -> None:
+def attend_decode(q: Any, k: Any, v: Any, kpos: Any, n_slots: int, qpos: Any, window: int, scale: float, softcap: float, out: Any,
+                  *, alibi: Any = None, sinks: Any = None) -> None:
     """Flash-decoding: per-chunk partial softmax, then a reduce over the chunks."""
     xp = K.runtime().xp
     T, H, D = q.shape
@@ -51,12 +55,20 @@ def attend_decode(q: Any, k: Any, v: Any, kpos: Any, n_slots: int, qpos: Any, wi
     part_l = xp.empty((T, H, n_split), np.float32)
     K.launch(
         "attn_decode_partial_f16", (n_split, n_kv, T), (128,),
-        q, k, v, kpos, qpos, part_o, part_m, part_l, out,
-        n_slots, cap, H, n_kv, D, Dv, window, scale, softcap, int(direct),
+        q, k, v, kpos, qpos, part_o, part_m, part_l, out, q if alibi is None else alibi, q if sinks is None else sinks,
+        n_slots, cap, H, n_kv, D, Dv, window, scale, softcap, int(direct), int(alibi is not None), int(sinks is not None),
         shared_mem=smem,
     )  # fmt: skip
     if not direct:
-        K.launch("attn_decode_reduce", (H, T), (128,), part_o, part_m, part_l, out, H, n_split, Dv, shared_mem=4 * n_split)
+        decode_reduce(part_o, part_m, part_l, out, sinks)
+
+
+def decode_reduce(part_o: Any, part_m: Any, part_l: Any, out: Any, sinks: Any = None) -> None:
+    """Merge flash-decoding's per-split (max, sum, output) into ``out`` [T, H, Dv], a sink's share in each denominator
+    where ``sinks`` [H] is given (the compressed cache's decode ends here too)."""
+    T, H, n_split, Dv = part_o.shape
+    K.launch("attn_decode_reduce", (H, T), (128,), part_o, part_m, part_l, out, part_m if sinks is None else sinks,
+             H, n_split, Dv, int(sinks is not None), shared_mem=4 * n_split)  # fmt: skip
 
 
 def prefill_tiles(D: int, Dv: int) -> tuple[int, int, int]:
@@ -69,14 +81,15 @@ def prefill_tiles(D: int, Dv: int) -> tuple[int, int, int]:
     raise ValueError(f"GPU prefill attention: head_dim {D}/{Dv} is too large for shared memory")
 
 
-def attend_prefill(q: Any, k: Any, v: Any, kpos: Any, n_slots: int, qpos: Any, window: int, scale: float, softcap: float, out: Any) -> None:
+def attend_prefill(q: Any, k: Any, v: Any, kpos: Any, n_slots: int, qpos: Any, window: int, scale: float, softcap: float, out: Any,
+                   *, alibi: Any = None, sinks: Any = None) -> None:
     """Tiled causal / sliding-window attention for a block of queries (online softmax)."""
     T, H, D = q.shape
     n_kv, cap, Dv = v.shape
     bq, bkv, smem = prefill_tiles(D, Dv)
     K.launch(
         "attn_prefill_f16", (K.cdiv(T, bq), H), (128,),
-        q, k, v, kpos, qpos, out,
-        T, n_slots, cap, H, n_kv, D, Dv, window, scale, softcap, bq, bkv,
+        q, k, v, kpos, qpos, out, q if alibi is None else alibi, q if sinks is None else sinks,
+        T, n_slots, cap, H, n_kv, D, Dv, window, scale, softcap, bq, bkv, int(alibi is not None), int(sinks is not None),
         shared_mem=smem,
     )  # fmt: skip

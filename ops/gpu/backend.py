@@ -30,6 +30,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ..backend import Weight
 from . import kernels as K
+from . import moe as gpu_moe
 from .arrays import ConstCache, device_out, is_device, positions, to_device
 
 MATVEC_MAX_TOKENS = 4  # up to this many tokens, one warp per weight row per token (decode)
@@ -283,6 +284,18 @@ class GPUBackend:
         with device_out(out) as od:
             K.launch("relu_sqr_f32", _ew_grid(n), (_EW_BLOCK,), xd, od, n)
 
+    def xielu(self, x: Any, out: Any, alpha_n: float, alpha_p: float, beta: float, eps: float) -> None:
+        # the constraints on the host, as the CPU's ops/cpu/nn.xielu: softplus(a) = a above 20, else log1p(exp(a))
+        def softplus(a: float) -> np.float32:
+            a = np.float32(a)
+            return np.float32(a if a > 20 else np.log1p(np.exp(a)))
+
+        a_p, a_n = softplus(alpha_p), np.float32(np.float32(beta) + softplus(alpha_n))
+        n = math.prod(x.shape)
+        xd = to_device(x)
+        with device_out(out) as od:
+            K.launch("xielu_f32", _ew_grid(n), (_EW_BLOCK,), xd, od, n, a_p, a_n, beta, eps)
+
     def _glu(self, kernel: str, gate: Any, up: Any, out: Any) -> None:
         n = math.prod(gate.shape)
         gd, ud = to_device(gate), to_device(up)
@@ -310,7 +323,30 @@ class GPUBackend:
 
     def moe_token(self, gate: Weight, up: Weight, down: Weight, n_ff: int, experts: Any, wts: Any, xn: Any, x: Any,
                   biases: Any = None, act: str = "silu") -> bool:  # fmt: skip
-        return False  # mixture-of-experts models are refused on the GPU (models/moe.py)
+        return False  # (host-routed experts: the GPU routes in kernels instead, moe_route and moe_experts)
+
+    def moe_route(self, logits: Any, k: int, gating: str, norm_weights: bool, scale: float, bias: Any, router_b: Any,
+                  groups: tuple[int, int], ids: Any, wts: Any) -> bool:  # fmt: skip
+        """The k experts of each token and their weights, chosen in moe.cu (one warp a token): see Backend.moe_route."""
+        tables = self._tables  # (the biases are host arrays, uploaded once: a captured step uploads nothing)
+        gpu_moe.route(logits, k, gating, norm_weights, scale, None if bias is None else tables.get(bias),
+                      None if router_b is None else tables.get(router_b), groups, ids, wts)  # fmt: skip
+        return True
+
+    def moe_experts(self, gate: Weight, up: Weight, down: Weight, n_ff: int, ids: Any, wts: Any, xn: Any, x: Any, h: Any,
+                    biases: Any = None, act: str = "silu", accumulate: bool = True) -> None:  # fmt: skip
+        """The chosen experts' products reading the ids moe_route wrote (moe.cu): see Backend.moe_experts."""
+        b = tuple(self._tables.get(v) for v in biases) if biases is not None else None
+        gpu_moe.experts(gate, up, down, n_ff, ids, wts, xn, x, h, b, act, accumulate)
+
+    def sigmoid_gated_add(self, x: Any, y: Any, s: Any) -> None:
+        """x[t] += sigmoid(s[t]) * y[t] in one launch (a captured step must not bring s to the host)."""
+        gpu_moe.gated_add(x, y, s)
+
+    def clamp(self, x: Any, limit: float) -> None:
+        n = math.prod(x.shape)
+        with device_out(x) as xd:
+            K.launch("clamp_f32", _ew_grid(n), (_EW_BLOCK,), xd, limit, n)
 
     def softcap(self, x: Any, cap: float) -> None:
         n = math.prod(x.shape)

@@ -99,24 +99,28 @@ _declare("nn.cu", "silu_mul_f32", "pppl")  # gate, up, out, n
 _declare("nn.cu", "gelu_mul_f32", "pppl")
 _declare("nn.cu", "gelu_f32", "ppl")  # x, out, n
 _declare("nn.cu", "relu_sqr_f32", "ppl")  # x, out, n
+_declare("nn.cu", "xielu_f32", "pplffff")  # x, out, n, a_p, a_n, beta, eps
 _declare("nn.cu", "add_f32", "ppl")  # x, y, n
 _declare("nn.cu", "add_bias_f32", "ppli")  # x, b, total, n
 _declare("nn.cu", "scale_f32", "pfl")  # x, s, n
 _declare("nn.cu", "softcap_f32", "pfl")  # x, cap, n
+_declare("nn.cu", "clamp_f32", "pfl")  # x, limit, n
 # k_new, v_new, pos, k_cache, v_cache, kpos, n_kv, D, Dv, cap
 _declare("attention.cu", "kv_store_f16", "ppppppiiii")
-# q, k, v, kpos, qpos, part_o, part_m, part_l, out, n_slots, cap, n_head, n_kv, D, Dv, window, scale, softcap, direct
-_declare("attention.cu", "attn_decode_partial_f16", "pppppppppiiiiiiiffi")
-# part_o, part_m, part_l, out, n_head, n_split, Dv
-_declare("attention.cu", "attn_decode_reduce", "ppppiii")
-# q, k, v, kpos, qpos, out, T, n_slots, cap, n_head, n_kv, D, Dv, window, scale, softcap, BQ, BKV
-_declare("attention.cu", "attn_prefill_f16", "ppppppiiiiiiiiffii")
+# q, k, v, kpos, qpos, part_o, part_m, part_l, out, alibi, sinks, n_slots, cap, n_head, n_kv, D, Dv, window, scale, softcap,
+# direct, has_alibi, has_sinks
+_declare("attention.cu", "attn_decode_partial_f16", "pppppppppppiiiiiiiffiii")
+# part_o, part_m, part_l, out, sinks, n_head, n_split, Dv, has_sinks
+_declare("attention.cu", "attn_decode_reduce", "pppppiiii")
+# q, k, v, kpos, qpos, out, alibi, sinks, T, n_slots, cap, n_head, n_kv, D, Dv, window, scale, softcap, BQ, BKV, has_alibi,
+# has_sinks
+_declare("attention.cu", "attn_prefill_f16", "ppppppppiiiiiiiiffiiii")
 # compressed cache (qattention.cu): q, qpos, k16, v16, kc0, km0, vc0, vm0, kc1, km1, vc1, vm1, luts, kpos, logw,
 # part_o, part_m, part_l, scores, F, C0, C1, n_head, n_kv, D, Dv, G, wk0, wv0, wk1, wv1, P, use_logw,
 # write_scores, window, scale, softcap
 _declare("qattention.cu", "qattn_decode_partial", "p" * 19 + "i" * 16 + "ff")
-# scores, part_m, part_l, acc, T, n_head, n_kv, N, n_split
-_declare("qattention.cu", "qattn_decode_probs", "ppppiiiii")
+# scores, part_m, part_l, acc, sinks, T, n_head, n_kv, N, n_split, has_sinks
+_declare("qattention.cu", "qattn_decode_probs", "pppppiiiiii")
 # x16, codes0, meta0, codes1, meta1, lut0, lut1, ids, out, F, C0, C1, Dx, G, w0, w1, stride
 _declare("qattention.cu", "qattn_gather_f16", "p" * 9 + "i" * 8)
 # writing the compressed cache (kvquant.cu): x, codes, meta, lut, clips, Dx, bits, G
@@ -134,6 +138,14 @@ _declare("kvquant.cu", "kv_policy_push", "p" * 30 + "i" * 10 + "f" + "iii" + "i"
 # merge, threshold, has_logw, has_score, n_fold, sizes (10)
 _declare("kvquant.cu", "kv_policy_push_tokens", "p" * 29 + "i" * 6 + "f" + "iii" + "i" * 10)
 _declare("ranks.cu", "pol_pooled_ranks", "pppppii")  # s, pos, out, order, rank, n, width
+# mixture of experts (moe.cu): logits, sel_bias, router_b, ids, wts, n_expert, k, gating, norm, has_bias, has_router_b,
+# n_group, n_group_used, scale
+_declare("moe.cu", "moe_route_f32", "ppppp" + "i" * 8 + "f")
+for _sfx in QTYPE_SUFFIX.values():
+    # wg, wu, x, ids, gb, ub, g, h, n_ff, n_cols, row_bytes, k, mode, act, has_b
+    _declare("moe.cu", f"moe_gate_up_{_sfx}", "p" * 8 + "i" * 7)
+    _declare("moe.cu", f"moe_down_{_sfx}", "p" * 6 + "i" * 6)  # wd, h, ids, wts, db, x, n_embd, n_ff, row_bytes, k, acc, has_b
+_declare("moe.cu", "moe_gated_add_f32", "pppil")  # x, y, s, n, total
 
 
 def cu_files() -> list[str]:

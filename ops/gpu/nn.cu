@@ -222,6 +222,17 @@ extern "C" __global__ void relu_sqr_f32(const float* x, // [n]
     }
 }
 
+// out = xIELU(x) (Apertus's ungated FFN: ggml's ggml_xielu), a_p and a_n already through their softplus (the host's):
+// a_p x^2 + beta x for x > 0, a_n (expm1(min(x, eps)) - x) + beta x otherwise; out may alias x
+extern "C" __global__ void xielu_f32(const float* x, // [n]
+                                     float* out,     // [n]
+                                     long long n, float a_p, float a_n, float beta, float eps) {
+    GRID_STRIDE(i, n) {
+        const float g = x[i];
+        out[i] = (g > 0.0f ? a_p * g * g : a_n * (expm1f(fminf(g, eps)) - g)) + beta * g;
+    }
+}
+
 // x += y
 extern "C" __global__ void add_f32(float* x,       // [n]
                                    const float* y, // [n]
@@ -240,6 +251,12 @@ extern "C" __global__ void add_bias_f32(float* x,                    // [T, n]
 extern "C" __global__ void scale_f32(float* x, // [n]
                                      float s, long long n) {
     GRID_STRIDE(i, n) x[i] *= s;
+}
+
+// x = min(max(x, -limit), limit)  (MPT's clip_qkv)
+extern "C" __global__ void clamp_f32(float* x, // [n]
+                                     float limit, long long n) {
+    GRID_STRIDE(i, n) x[i] = fminf(fmaxf(x[i], -limit), limit);
 }
 
 // x = cap * tanh(x / cap)  (logit soft-capping)

@@ -140,11 +140,14 @@ extern "C" __global__ void __launch_bounds__(128) qattn_decode_partial(
 // acc[kh, j] = sum over the T queries and the gqa query heads of KV head kh of
 // softmax probability of slot j (0 for masked slots, and where nothing was
 // visible).  Written, not added: the caller adds it into its accumulator.
+// has_sinks: a head's sink logit (gpt-oss) takes its share of the denominator,
+// as attn_decode_reduce's, so the slots' probabilities sum to less than one.
 extern "C" __global__ void qattn_decode_probs(const float* __restrict__ scores,  // [T, n_head, N] logits
                                               const float* __restrict__ part_m,  // [T, n_head, n_split]
                                               const float* __restrict__ part_l,  // [T, n_head, n_split]
                                               float* __restrict__ acc,           // [n_kv, N]
-                                              int T, int n_head, int n_kv, int N, int n_split) {
+                                              const float* __restrict__ sinks,   // [n_head], read when has_sinks
+                                              int T, int n_head, int n_kv, int N, int n_split, int has_sinks) {
     extern __shared__ float smem[];
     const int gqa = n_head / n_kv, kh = blockIdx.y, n_rows = T * gqa;
     float* mx_s = smem;            // [T * gqa] row max over all chunks
@@ -158,6 +161,7 @@ extern "C" __global__ void qattn_decode_probs(const float* __restrict__ scores, 
         float tot = 0.0f;
         for (int s = 0; s < n_split; ++s)
             if (mx != NEG_INF && m[s] != NEG_INF) tot += __expf(m[s] - mx) * l[s];
+        if (has_sinks && mx != NEG_INF) tot += __expf(fminf(sinks[kh * gqa + i % gqa] - mx, 80.0f));
         mx_s[i] = mx;
         inv_s[i] = tot > 0.0f ? 1.0f / tot : 0.0f;
     }

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import kernels as K
+from .attention import decode_reduce
 
 DECODE_CHUNK = 128  # slots per split: QA_CHUNK in qattention.cu
 DECODE_MAX_D = 256  # QA_MAX_D: key head_dim the scores loop keeps in registers
@@ -59,6 +60,7 @@ def attend_decode_q(
     softcap: float,
     out: Any,
     acc: Any | None = None,
+    sinks: Any = None,
 ) -> None:
     """Attention of a few queries over the fp16 area and two quantized pools (flash-decoding).
 
@@ -76,6 +78,8 @@ def attend_decode_q(
         Logit multiplier; soft-capping (0: off), applied before ``logw`` is added.
     acc : device array or None
         ``[n_kv, N]`` float32 to receive the per-slot probabilities, or None to skip.
+    sinks : device array or None
+        ``[n_head]`` float32 sink logits (gpt-oss: each joins its head's softmax denominator), or None.
 
     Raises
     ------
@@ -121,9 +125,10 @@ def attend_decode_q(
         P, use_logw, int(acc is not None), window, scale, softcap,
         shared_mem=smem,
     )  # fmt: skip
-    K.launch("attn_decode_reduce", (H, T), (128,), part_o, part_m, part_l, out, H, n_split, Dv, shared_mem=4 * n_split)
+    decode_reduce(part_o, part_m, part_l, out, sinks)
     if acc is not None:
-        K.launch("qattn_decode_probs", (K.cdiv(N, 128), n_kv), (128,), scores, part_m, part_l, acc, T, H, n_kv, N, n_split, shared_mem=8 * T * gqa)
+        K.launch("qattn_decode_probs", (K.cdiv(N, 128), n_kv), (128,), scores, part_m, part_l, acc, part_m if sinks is None else sinks,
+                 T, H, n_kv, N, n_split, int(sinks is not None), shared_mem=8 * T * gqa)  # fmt: skip
 
 
 def gather_f16(x16: Any, pool0: DevicePool, pool1: DevicePool, luts: Any, group: int, ids: Any, out: Any, values: bool = False) -> None:

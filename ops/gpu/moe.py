@@ -1,0 +1,87 @@
+"""Launching moe.cu: a mixture of experts' routing and experts on the device (``GPUBackend.moe_route`` / ``moe_experts``).
+
+The router's choice is written to device buffers that the experts' kernels read (llama.cpp's ``mul_mat_id``
+idea), so a decode step brings nothing to the host and is captured as a CUDA graph with the rest of the step.
+Prefill takes the same kernels: one matvec per (token, slot), correct but not tuned (an expert's weights are
+read once per token that chose it, where a grouped matmul would read them once).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..backend import Weight
+from . import kernels as K
+from .arrays import device_out, to_device
+
+WARP = 32
+ROWS_PER_BLOCK = 4  # MOE_WARPS in moe.cu: one warp per output row
+GATING = {"softmax": 0, "sigmoid": 1, "softmax_weight": 2}  # MOE_SOFTMAX ... in moe.cu
+ACT = {"silu": 0, "swiglu_oai": 1, "relu": 2}  # MOE_SILU ... in moe.cu
+MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y: the gate/up launch's (token, slot) pairs
+_EW_BLOCK, _EW_MAX_GRID = 256, 8192
+
+
+def route(logits: Any, k: int, gating: str, norm_weights: bool, scale: float, bias: Any, router_b: Any, groups: tuple[int, int],
+          ids: Any, wts: Any) -> None:  # fmt: skip
+    """``ids`` ``[T, k]`` int32, ``wts`` ``[T, k]``: each token's ``k`` experts by ``logits`` ``[T, n_expert]`` (+
+    ``router_b``), as ``models/moe.py`` ``route`` chooses and weighs them (``bias``: the selection's; ``groups``:
+    ``(n_group, n_group_used)``, (0, 0) for none), times ``scale``."""
+    T, n_expert = logits.shape
+    n_group, n_group_used = groups
+    if n_group > 1 and (n_expert % n_group or not 0 < n_group_used <= n_group):
+        raise ValueError(f"moe route: {n_expert} experts in {n_group} groups, {n_group_used} used: not a valid grouping")
+    if not 0 < k <= n_expert or tuple(ids.shape) != (T, k) or tuple(wts.shape) != (T, k):
+        raise ValueError(f"moe route: logits {tuple(logits.shape)}, k {k}, ids {tuple(ids.shape)}, wts {tuple(wts.shape)} do not match")
+    ld = to_device(logits)
+    bd = ld if bias is None else to_device(bias)  # (an unread pointer where there is none)
+    rb = ld if router_b is None else to_device(router_b)
+    with device_out(ids, np.int32) as idd, device_out(wts) as wd:
+        K.launch("moe_route_f32", (T,), (WARP,), ld, bd, rb, idd, wd, n_expert, k, GATING[gating], int(norm_weights),
+                 int(bias is not None), int(router_b is not None), n_group, n_group_used, scale,
+                 shared_mem=4 * (2 * n_expert + k + 2 * max(n_group, 0)))  # fmt: skip
+
+
+def experts(gate: Weight, up: Weight, down: Weight, n_ff: int, ids: Any, wts: Any, xn: Any, x: Any, h: Any,
+            biases: tuple[Any, Any, Any] | None, act: str, accumulate: bool) -> None:  # fmt: skip
+    """``x (+)= sum_j wts[:, j] * expert_{ids[:, j]}(xn)``: the gate and up products with the GLU into ``h``
+    ``[T, k * n_ff]`` (one launch; two where gate and up are of two types), then the down products summed over
+    the slots (one launch)."""
+    T, n_embd = xn.shape
+    k = ids.shape[1]
+    if T * k > MAX_GRID_Y:  # (a prefill chunk of thousands of tokens) in runs of tokens the grid holds
+        step = MAX_GRID_Y // k
+        for t in range(0, T, step):
+            s = slice(t, min(t + step, T))
+            experts(gate, up, down, n_ff, ids[s], wts[s], xn[s], x[s], h[s], biases, act, accumulate)
+        return
+    if gate.n_cols != n_embd or up.n_cols != n_embd or down.n_cols != n_ff or gate.n_rows != up.n_rows or tuple(h.shape) != (T, k * n_ff):
+        raise ValueError(f"moe experts: gate {gate.shape}, up {up.shape}, down {down.shape}, xn {tuple(xn.shape)}, h {tuple(h.shape)} do not match")
+    xd, idd, wd = to_device(xn), to_device(ids, np.int32), to_device(wts)
+    gb, ub, db = (to_device(b) for b in biases) if biases is not None else (xd, xd, xd)
+    has_b, a = int(biases is not None), ACT[act]
+    grid = (K.cdiv(n_ff, ROWS_PER_BLOCK), T * k)
+    with device_out(h) as hd:
+        if gate.qtype == up.qtype:
+            K.launch(f"moe_gate_up_{K.QTYPE_SUFFIX[gate.qtype]}", grid, (ROWS_PER_BLOCK * WARP,),
+                     gate.data, up.data, xd, idd, gb, ub, hd, hd, n_ff, n_embd, gate.data.shape[1], k, 0, a, has_b)  # fmt: skip
+        else:  # the gate's product into g, then the up's with the GLU reading it
+            g = K.runtime().xp.empty((T, k * n_ff), np.float32)
+            K.launch(f"moe_gate_up_{K.QTYPE_SUFFIX[gate.qtype]}", grid, (ROWS_PER_BLOCK * WARP,),
+                     gate.data, gate.data, xd, idd, gb, ub, g, g, n_ff, n_embd, gate.data.shape[1], k, 1, a, has_b)  # fmt: skip
+            K.launch(f"moe_gate_up_{K.QTYPE_SUFFIX[up.qtype]}", grid, (ROWS_PER_BLOCK * WARP,),
+                     up.data, up.data, xd, idd, gb, ub, g, hd, n_ff, n_embd, up.data.shape[1], k, 2, a, has_b)  # fmt: skip
+        with device_out(x) as od:
+            K.launch(f"moe_down_{K.QTYPE_SUFFIX[down.qtype]}", (K.cdiv(n_embd, ROWS_PER_BLOCK), T), (ROWS_PER_BLOCK * WARP,),
+                     down.data, hd, idd, wd, db, od, n_embd, n_ff, down.data.shape[1], k, int(accumulate), has_b)  # fmt: skip
+
+
+def gated_add(x: Any, y: Any, s: Any) -> None:
+    """``x[t] += sigmoid(s[t]) * y[t]``; ``x``, ``y`` ``[T, n]``, ``s`` ``[T, 1]``."""
+    T, n = x.shape
+    total = T * n
+    yd, sd = to_device(y), to_device(s)
+    with device_out(x) as xd:
+        K.launch("moe_gated_add_f32", (min(K.cdiv(total, _EW_BLOCK), _EW_MAX_GRID),), (_EW_BLOCK,), xd, yd, sd, n, total)

@@ -263,13 +263,24 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
 def _tiled_rows(c: Any) -> dict[str, Any]:
     """A tiling projector's rows (``c``: its MmprojConfig): a tile's (the encoder's n_tokens), the fewest and most tiles,
     and the fewest and most rows a picture takes with its tiles and the view of the whole after them, as
-    models/idefics3_image.py and models/internvl_image.py cut pictures; {} for a projector that does not tile."""
+    models/idefics3_image.py, internvl_image.py, llama4_image.py and minicpmv_image.py cut pictures (MiniCPM-V's tiles
+    are its slices); {} for a projector that does not tile."""
     R, S = c.n_tokens, c.image_size
     if c.projector_type == "idefics3" and c.longest_edge > 0:  # (every picture scaled to the longest edge: n tiles along
         n = -(-c.longest_edge // S)  # it, from 1 to n across it; a global view after them)
         return {"rows_per_tile": R, "min_tiles": n, "max_tiles": n * n, "rows_per_picture": [(n + 1) * R, (n * n + 1) * R]}
     if c.projector_type == "internvl":  # (a picture no larger than a tile: the thumbnail alone; else a grid, then it)
         return {"rows_per_tile": R, "min_tiles": c.min_tiles, "max_tiles": c.max_tiles, "rows_per_picture": [R, (c.max_tiles + 1) * R]}
+    if c.projector_type == "llama4":  # (as InternVL, the overview after the tiles: of the grids up to 3 x 3, never 1 x 1)
+        from .models.llama4_image import MAX_TILES_SIDE
+
+        n = MAX_TILES_SIDE**2
+        return {"rows_per_tile": R, "min_tiles": 2, "max_tiles": n, "rows_per_picture": [R, (n + 1) * R]}
+    if c.projector_type == "resampler":  # (MiniCPM-V: an overview, and past one slice a grid of 2 to max_slice_nums
+        from .models.minicpmv_image import MAX_SLICES  # slices; each part the resampler's queries, not the ViT's patches)
+
+        Q, n = c.n_query, MAX_SLICES
+        return {"rows_per_image": Q, "rows_per_tile": Q, "min_tiles": 2, "max_tiles": n, "rows_per_picture": [Q, (n + 1) * Q]}
     return {}
 
 
@@ -280,6 +291,14 @@ def _tiled_sizes(c: Any, t: dict[str, Any]) -> str:
     if c.projector_type == "idefics3":
         n = -(-c.longest_edge // c.image_size)
         how = f"a picture is scaled to {c.longest_edge} pixels on its longest edge and cut into up to {n}x{n} tiles, then a global view"
+    elif c.projector_type == "resampler":
+        head = (f"slices of about {c.image_size}x{c.image_size} pixels in {c.patch_size}-pixel patches, {t['rows_per_tile']} rows a "
+                "slice (the resampler's queries); ")  # fmt: skip
+        how = (f"a picture no larger than a slice is its overview alone, a larger one its overview then the grid of "
+               f"{t['min_tiles']} to {t['max_tiles']} slices nearest its aspect")  # fmt: skip
+    elif c.projector_type == "llama4":
+        how = (f"a picture no larger than a tile is its overview alone, a larger one cut into the grid of {t['min_tiles']} to "
+               f"{t['max_tiles']} tiles (up to 3x3) that fits it best, then the overview")  # fmt: skip
     else:
         how = (f"a picture no larger than a tile is its thumbnail alone, a larger one cut into the grid of {c.min_tiles} to "
                f"{c.max_tiles} tiles that fits it best, then the thumbnail")  # fmt: skip
@@ -323,7 +342,7 @@ def info(model: str | None, as_json: bool) -> None:
         c = load_mmproj_config(g)
         f = {"path": str(path), "projector": c.projector_type, "image_size": c.image_size, "patch_size": c.patch_size,
              "n_layer": c.n_layer, "n_embd": c.n_embd, "n_head": c.n_head, "rows_per_image": c.n_tokens, "n_text_embd": c.n_text_embd}
-        f.update(tiled := _tiled_rows(c))  # (SmolVLM's, InternVL's: rows_per_image is a tile's)
+        f.update(tiled := _tiled_rows(c))  # (SmolVLM's, InternVL's, Llama 4's, MiniCPM-V's: rows_per_image is a tile's)
         if as_json:
             click.echo(json.dumps(f, indent=2))
         else:

@@ -4,7 +4,7 @@ Hunyuan dense's block (``hunyuan_dense.py``: per-head RMSNorm of Q and K *after*
 base where the file states ``rope.scaling.alpha``), whose rope is Hunyuan's XD-RoPE: where the file states
 ``rope.dimension_sections`` llama.cpp turns each head's pairs as its multimodal rope (M-RoPE, neox layout) in four
 sections; a text token's positions are ``(p, p, p, 0)``, so the pairs of the fourth section do not turn at all for
-text (``qwen2vl.mrope_tables``).  Without sections it is plain neox rope, as Hunyuan dense.
+text (``mrope_text.mrope_tables``).  Without sections it is plain neox rope, as Hunyuan dense.
 
 Images (the "hunyuanvl" mmproj's rows, models/hunyuanvl_image.py; a sectioned file only) go in with libmtmd's XD-RoPE
 positions (``MTMD_POS_TYPE_HUNYUANVL``): a picture of ``ny`` x ``nx`` blocks fed from slot s0 is 1 + ny (nx + 1) + 1
@@ -12,53 +12,24 @@ rows, its begin and end rows at (s, s, s, s), row r's block c (c = nx: the row's
 the row's own slot and k the picture's index among the pictures in the cache, from 0 (mtmd's image_idx: section 1
 the column, 2 the row, 3 the picture; the row and column not offset by s0).  A picture takes as many positions as
 rows, so every text token stays at (p, p, p, 0), p its slot: the cache records its pictures (:func:`add_picture`,
-``KVCache.media[XdPictures]``, cut with the positions it forgets) for their own rows' tables
+``KVCache.media[XdPictures]``, cache/xdrope.py, cut with the positions it forgets) for their own rows' tables
 (:meth:`HunyuanVLModel.forward`), which turn every section, the fourth included, and for the next picture's index.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..cache.base import Media
+from ..cache.batch import BatchedKVCache
+from ..cache.xdrope import XdPicture, XdPictures
 from ..loaders.config import ModelConfig
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .hunyuan_dense import HunyuanDenseModel
 from .llama import LlamaLayer
-from .qwen2vl import mrope_tables, rope_sections
-
-
-@dataclass(frozen=True)
-class XdPicture:
-    """A picture's rows in a cache: from slot ``slot``, the begin row, ``ny`` rows of ``nx`` blocks and a newline,
-    the end row; ``index`` its place among the cache's pictures (mtmd's image_idx)."""
-
-    slot: int
-    nx: int
-    ny: int
-    index: int
-
-    @property
-    def end(self) -> int:
-        """The slot after its rows."""
-        return self.slot + 1 + self.ny * (self.nx + 1) + 1
-
-
-@dataclass(frozen=True)
-class XdPictures(Media):
-    """The pictures a cache holds, in slot order (``KVCache.media[XdPictures]``; absent: none).  (Defined here, not in
-    kvrun.cache: a saved session holding one is not read back by runtime/sessionfile.py.)"""
-
-    pictures: tuple[XdPicture, ...]
-
-    def kept(self, n_past: int) -> XdPictures | None:
-        """The pictures wholly before ``n_past`` (one a cut goes through is gone: its rows are fed again whole)."""
-        kept = tuple(im for im in self.pictures if im.end <= n_past)
-        return (self if len(kept) == len(self.pictures) else XdPictures(kept)) if kept else None
+from .mrope_text import mrope_tables, rope_sections
 
 
 def pictures_of(cache: Any) -> tuple[XdPicture, ...]:
@@ -132,7 +103,8 @@ class HunyuanVLModel(HunyuanDenseModel):
     def forward(self, tokens, pos, cache, out_rows, logits) -> None:
         """LlamaModel's forward; where picture rows are fed into a cache that recorded them (:func:`add_picture`),
         each row turns by its own four positions, through per-row tables."""
-        seqs = list(zip(cache.caches, cache.bounds, cache.bounds[1:])) if hasattr(cache, "caches") else [(cache, 0, len(pos))]
+        batch = isinstance(cache, BatchedKVCache)  # (a batch's rows: each sequence's by its own pictures)
+        seqs = list(zip(cache.caches, cache.bounds, cache.bounds[1:])) if batch else [(cache, 0, len(pos))]
         if self.sections is not None and self.input_embd is None:  # (text over a picture recorded, its rows never fed: it goes)
             for c, lo, hi in seqs:
                 if hi > lo and XdPictures in c.media:

@@ -1,11 +1,11 @@
 """What pictures leave on a sequence's KV cache beside the layers' K/V: ``KVCache.media`` (cache/base.py).
 
-Qwen2-VL's, Qwen3-VL's and GLM-4V's images' M-RoPE grids (cache/mrope.py, models/mrope_images.py) and a picture's
-float K/V while its pieces are fed (cache/picture_block.py) live in one declared map that every operation forgetting
-positions cuts: truncate, reset, copy_prefix.  So a server slot's prefix copy takes the images' positions with their
-rows, a truncation forgets them with their rows, a saved chat resumes with them, and a text-only chat pays one dict
-look-up a forward.  The pictures' rows are stored without the causal attention the bidirectional one overwrote,
-bit for bit as before.
+Qwen2-VL's, Qwen3-VL's and GLM-4V's images' M-RoPE grids (cache/mrope.py, models/mrope_images.py), Hunyuan-VL's
+pictures' XD-RoPE record (cache/xdrope.py) and a picture's float K/V while its pieces are fed (cache/picture_block.py)
+live in one declared map that every operation forgetting positions cuts: truncate, reset, copy_prefix.  So a server
+slot's prefix copy takes the images' positions with their rows, a truncation forgets them with their rows, a saved
+chat resumes with them, and a text-only chat pays one dict look-up a forward.  The pictures' rows are stored without
+the causal attention the bidirectional one overwrote, bit for bit as before.
 """
 
 from __future__ import annotations
@@ -121,6 +121,25 @@ def test_a_saved_chat_with_a_picture_resumes_as_the_one_that_never_stopped(pair,
     s.save(tmp_path / "chat.kvs")
     resumed = m.load_session(tmp_path / "chat.kvs")
     assert mrope_images.images_of(resumed.cache) == mrope_images.images_of(s.cache) != []
+    assert resumed.send("and more", **sample) == s.send("and more", **sample)
+    assert resumed.last_stats.n_prompt == s.last_stats.n_prompt <= s.n_prompt_tokens - m.vision.image_positions(PICTURE)
+
+
+def test_a_saved_hunyuan_vl_chat_with_a_picture_resumes_as_the_one_that_never_stopped(tmp_path):
+    """Hunyuan-VL's pictures' record (cache/xdrope.py: slot, grid, index) is kvrun.cache's too: the resumed chat has
+    the pictures the saved one had, feeds only the new text and replies as the chat that went on."""
+    import kvrun
+    from kvrun.models import hunyuan_vl
+    from tiny_vision_hunyuanvl import write_tiny_hunyuanvl_mmproj, write_tiny_hunyuanvl_text
+
+    text = write_tiny_hunyuanvl_text(tmp_path / "hv.gguf", chat_template=TEMPLATE)
+    m = kvrun.load(str(text), n_ctx=512, n_batch=64, threads=1, mmproj=str(write_tiny_hunyuanvl_mmproj(tmp_path / "hv-mmproj.gguf")))
+    sample = {"max_tokens": 6, "temperature": 0, "repeat_penalty": 3.0}
+    s = m.session()
+    s.send("describe", images=[PICTURE], **sample)
+    s.save(tmp_path / "chat.kvs")
+    resumed = m.load_session(tmp_path / "chat.kvs")
+    assert hunyuan_vl.pictures_of(resumed.cache) == hunyuan_vl.pictures_of(s.cache) != ()
     assert resumed.send("and more", **sample) == s.send("and more", **sample)
     assert resumed.last_stats.n_prompt == s.last_stats.n_prompt <= s.n_prompt_tokens - m.vision.image_positions(PICTURE)
 

@@ -68,6 +68,28 @@ def test_a_picture_larger_than_a_tile_is_cut_into_the_grid_showing_most_of_it(en
     assert FIX[f"ids_f32_{name}"].tolist() == [262] + [-1] * ((cols * rows + 1) * 4) + [263]  # <|image_start|> ... <|image_end|>
 
 
+def test_info_gives_the_rows_a_tile_and_a_picture_take(pair, encoders):
+    """`kvrun info` on Llama 4's projector: the rows of a tile, how a picture is tiled, and the fewest and most rows a
+    picture takes (a small one: the overview alone; a large one: 3x3 tiles and the overview), as llama4_image.grid cuts
+    them; --json says the same."""
+    import json
+
+    from click.testing import CliRunner
+
+    from kvrun.cli import main
+
+    cfg = encoders["f32"].cfg
+    grids = [llama4_image.grid(w, h, cfg) for w, h in ((20, 20), (40, 20), (200, 200))]
+    assert grids == [(0, 0), (2, 1), (3, 3)]
+    rows = [(c * r + 1) * cfg.n_tokens for c, r in grids[::2]]
+    assert rows == [4, 40]
+    r = CliRunner().invoke(main, ["info", str(pair["f32"])])
+    assert r.exit_code == 0 and "32x32 tiles in 8-pixel patches, 4 rows a tile; a picture no larger than a tile is its overview alone" in r.output
+    assert "the grid of 2 to 9 tiles (up to 3x3) that fits it best, then the overview: 4 to 40 rows a picture" in r.output, r.output
+    f = json.loads(CliRunner().invoke(main, ["info", str(pair["f32"]), "--json"]).output)
+    assert (f["rows_per_image"], f["rows_per_tile"], f["min_tiles"], f["max_tiles"], f["rows_per_picture"]) == (4, 4, 2, 9, rows)
+
+
 @pytest.mark.parametrize("q, tol", [("f32", 2e-2), ("f16", 5e-2)])
 @pytest.mark.parametrize("name", list(IMAGES))
 def test_the_encoder_gives_libmtmds_rows(encoders, q, tol, name):

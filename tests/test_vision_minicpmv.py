@@ -77,6 +77,28 @@ def test_slices_sizes_follow_clip_cpps_arithmetic():
     assert minicpmv_image.best_grid(100, 100, 56) == (2, 2)
 
 
+def test_info_gives_the_rows_a_slice_and_a_picture_take(pair):
+    """`kvrun info` on MiniCPM-V's projector: a slice's rows are the resampler's queries (not the ViT's patches), how a
+    picture is sliced, and the fewest and most rows a picture takes (a small one: the overview alone; one of 3x3
+    slices' area: 9 slices and the overview), as minicpmv_image.plan cuts them; --json says the same."""
+    import json
+
+    from click.testing import CliRunner
+
+    from kvrun.cli import main
+
+    cfg = mmproj_config(pair["mc_f32"])
+    grids = [(pl.n_cols, pl.n_rows) for pl in (minicpmv_image.plan(w, h, cfg) for w, h in ((40, 30), (60, 20), (168, 168)))]
+    assert grids == [(0, 0), (2, 1), (3, 3)]
+    rows = [(c * r + 1) * N_QUERY for c, r in grids[::2]]
+    assert rows == [8, 80] and cfg.n_tokens == 16  # (the ViT's patches a slice, which the resampler makes 8 rows)
+    r = CliRunner().invoke(main, ["info", str(pair["mc_f32"])])
+    assert r.exit_code == 0 and "slices of about 56x56 pixels in 14-pixel patches, 8 rows a slice (the resampler's queries)" in r.output
+    assert "a larger one its overview then the grid of 2 to 9 slices nearest its aspect: 8 to 80 rows a picture" in r.output, r.output
+    f = json.loads(CliRunner().invoke(main, ["info", str(pair["mc_f32"]), "--json"]).output)
+    assert (f["rows_per_image"], f["rows_per_tile"], f["min_tiles"], f["max_tiles"], f["rows_per_picture"]) == (8, 8, 2, 9, rows)
+
+
 def test_positions_bucket_a_parts_patches_into_the_70_by_70_table():
     assert minicpmv_image.bucket_positions(2, 3).tolist() == [0, 23, 46, 35 * 70, 35 * 70 + 23, 35 * 70 + 46]
 

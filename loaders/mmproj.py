@@ -66,6 +66,10 @@ SUPPORTED_PROJECTORS += ("mlp", "ldp", "ldpv2")  # LLaVA 1.5 / 1.6, MobileVLM 1 
 PROJECTION_TENSORS["mlp"] = "mm.2.weight"
 PROJECTION_TENSORS["ldp"] = "mm.model.mb_block.2.block.2.1.bias"
 PROJECTION_TENSORS["ldpv2"] = "mm.model.peg.0.bias"
+SUPPORTED_PROJECTORS += ("gemma3nv",)  # Gemma 3n: MobileNetV5 and embed_vision (models/gemma3nv_image.py)
+PROJECTION_TENSORS["gemma3nv"] = "mm.input_projection.weight"
+SUPPORTED_PROJECTORS += ("minicpmv4_6",)  # MiniCPM-V 4.6: SigLIP with a ViT merger, a final 2x2 merger (models/minicpmv46_image.py)
+PROJECTION_TENSORS["minicpmv4_6"] = "mm.down.weight"
 #: projectors whose pictures keep their size within the file's (or clip.cpp's) pixel limits, ``image_size`` only
 #: nominal (PaddleOCR-VL's is sqrt(max_pixels), its position grid another size): :func:`pixel_limits_config`
 PIXEL_LIMIT_PROJECTORS = ("paddleocr", "hunyuanvl")
@@ -154,6 +158,10 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
         n_merge = int(g.get("clip.vision.spatial_merge_size", 2))
         if n_merge != 2:
             raise UnsupportedModelError(f"{g.path}: clip.vision.spatial_merge_size is {n_merge}; llama.cpp's Qwen2-VL graph merges 2x2")
+    if ptype == "minicpmv4_6":  # (clip.cpp's n_merge: 4 unless stated (both mergers), 2 its "4x" variant (the final one alone))
+        n_merge = int(g.get("clip.vision.projector.scale_factor", 4) or 4)
+        if n_merge not in (2, 4):
+            raise UnsupportedModelError(f"{g.path}: clip.vision.projector.scale_factor is {n_merge}; libmtmd's MiniCPM-V 4.6 merges 2 or 4 a side")
     if ptype in ("pixtral", "lightonocr"):  # (Mistral Small 3.1's patch merger: clip.cpp's n_merge, 1 for Pixtral 12B, which has none)
         n_merge = int(g.get("clip.vision.spatial_merge_size", 1) or 1)
     proj_name = PROJECTION_TENSORS[str(ptype)]
@@ -213,6 +221,11 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
         op = "gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick"
         edge = int(g.get("clip.vision.preproc_image_size", 0) or image_size) if ptype == "lightonocr" else 0
         cfg = replace(cfg, ffn_op=op, longest_edge=edge)
+    if ptype == "gemma3nv":  # (Gemma 3n: clip.cpp counts image_size / patch_size rows, MobileNetV5's 16 x 16, the
+        from dataclasses import replace  # converter's patch_size image_size / 256: 256 "patches" a side, 16 x 16 a row)
+        from math import isqrt
+
+        cfg = replace(cfg, n_merge=max(1, isqrt(cfg.n_patches_side)))
     if ptype == "internvl":
         from dataclasses import replace
 

@@ -76,6 +76,7 @@ class Gemma3nLayer(Gemma3Layer):
 
 class Gemma3nModel(Model):
     archs = ("gemma3n",)
+    takes_images = True  # its forward reads Model.input_embd (a gemma3nv picture's rows: runtime/vision_gemma3n.py)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
@@ -239,8 +240,11 @@ class Gemma3nModel(Model):
         c = self.cfg
         T, n, act = len(tokens), c.n_altup, c.i_altup_act
         x0 = np.empty((T, c.n_embd), np.float32)
-        self.be.get_rows(self.tok_embd, tokens, x0)
-        x0 *= math.sqrt(c.n_embd)
+        if self.input_embd is not None:  # a picture's rows: unscaled, their per-layer inputs token 0's (tokens are 0),
+            x0[...] = self.input_embd  # read causally (llama.cpp's multimodal path of the gemma3n graph)
+        else:
+            self.be.get_rows(self.tok_embd, tokens, x0)
+            x0 *= math.sqrt(c.n_embd)
         inp_per_layer = self.per_layer_inputs(tokens, x0)
 
         # the AltUp streams: the embedding, and its maps rescaled to its norm

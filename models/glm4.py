@@ -31,9 +31,9 @@ Both: the last ``nextn_predict_layers`` of ``block_count`` (GLM-4.5's multi-toke
 heads for speculative decoding, which llama.cpp loads and its forward skips; kvrun neither runs nor reads them
 (``ModelConfig.n_layer`` counts the trunk alone).
 
-A glm4 file with multimodal rope (``rope.dimension_sections``: GLM-4.1V's language model) runs it as llama.cpp does,
-neox-paired, and takes GLM-4V's image rows (models/glm4v.py).  Refused: glm4moe with multimodal rope (GLM-4.5V's)
-and experts with gate and up fused (``ffn_gate_up_exps``).
+A file with multimodal rope (``rope.dimension_sections``: GLM-4.1V's language model, a glm4; GLM-4.5V's, a glm4moe:
+llama.cpp has no architecture of its own for either) runs it as llama.cpp does, neox-paired, and takes GLM-4V's image
+rows (models/glm4v.py).  Refused: experts with gate and up fused (``ffn_gate_up_exps``).
 """
 
 from __future__ import annotations
@@ -54,12 +54,6 @@ from .moe import check_expert_counts, expert_groups, gating_func, load_moe, weig
 
 #: llama.cpp's expert_gating_func values (LLAMA_EXPERT_GATING_FUNC_TYPE_*) glm4moe runs; 0 (unstated): sigmoid
 GATING = {0: "sigmoid", 1: "softmax", 2: "sigmoid"}
-
-
-def _refuse_mrope(g: GGUFFile) -> None:
-    sections = g.arch_get("rope.dimension_sections")
-    if sections is not None and any(int(s) for s in sections):
-        raise UnsupportedModelError(f"{g.path}: {g.architecture} with multimodal rope (rope.dimension_sections) is not supported yet")
 
 
 def _qkv(w: WeightLoader, c: ModelConfig, i: int) -> tuple[Any, ...]:
@@ -106,18 +100,20 @@ class Glm4Model(MropeText, LlamaModel):
         super().forward(tokens, pos, cache, out_rows, logits)
 
 
-class Glm4MoeModel(LlamaModel):
+class Glm4MoeModel(MropeText, LlamaModel):
     archs = ("glm4moe",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        _refuse_mrope(g)
+        mrope = has_sections(g)  # (GLM-4.5V's text: glm4moe's graph turns by sections where the file states them)
         check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
         self.n_dense_lead = int(g.arch_get("leading_dense_block_count", 0) or 0)
         self.gating = gating_func(g, GATING)
         self.weights_scale = weights_scale(g)
         self.n_shared = int(g.arch_get("expert_shared_count", 0) or 0)
         self.groups = expert_groups(g, cfg.n_expert)
-        super().__init__(g, cfg, backend, n_ctx, n_batch)
+        super().__init__(g, mrope_config(cfg) if mrope else cfg, backend, n_ctx, n_batch)
+        if mrope:
+            self.init_mrope(g)
 
     def load_layer(self, w: WeightLoader, i: int) -> LlamaLayer:
         c = self.cfg

@@ -45,6 +45,8 @@ PROJECTORS: dict[str, ProjectorKind] = {
     "resampler": ProjectorKind("minicpmv_image:MiniCPMVEncoder", "vision_minicpmv:MiniCPMVLayout", None),  # MiniCPM-V: overview, slices
     "kimivl": ProjectorKind("kimivl_image:KimiVLEncoder", "vision_kimivl:KimiVLLayout"),
     "llama4": ProjectorKind("llama4_image:Llama4VisionEncoder", "vision_llama4:Llama4Layout"),  # tiles and an overview
+    "gemma3nv": ProjectorKind("gemma3nv_image:Gemma3nVisionEncoder", "vision_gemma3n:Gemma3nVLayout"),  # MobileNetV5, 256 causal rows
+    "minicpmv4_6": ProjectorKind("minicpmv46_image:MiniCPMV46Encoder", "vision_minicpmv46:MiniCPMV46Layout", None),  # 4.6: merged rows, 2.6's slices
     "pixtral": ProjectorKind("pixtral_image:PixtralEncoder", "vision_pixtral:PixtralLayout"),  # rows and [IMG_BREAK] rows
     "paddleocr": ProjectorKind("paddleocr_image:PaddleOCREncoder", "vision_paddleocr:PaddleOCRLayout", rows="mrope"),  # Qwen2-VL's layout
     "hunyuanvl": ProjectorKind("hunyuanvl_image:HunyuanVLEncoder", "vision_hunyuanvl:HunyuanVLLayout", rows="mrope"),  # XD-RoPE rows

@@ -58,15 +58,16 @@ class Vision:
         if cls is Vision and is_audio_projector(mmproj):  # an audio mmproj (Ultravox's): clips in a picture's place (runtime/audio.py)
             return Audio(engine, mmproj)
         from .omni import Omni, is_omni_projector
+        from .vision_gemma3n import skips_audio
 
-        if cls is Vision and is_omni_projector(mmproj):  # both encoders (Qwen2.5-Omni's): pictures and clips (runtime/omni.py)
+        if cls is Vision and is_omni_projector(mmproj) and not skips_audio(mmproj):  # both encoders (Qwen2.5-Omni's): pictures and clips (runtime/omni.py)
             return Omni(engine, mmproj)
         return super().__new__(cls)
 
     def __init__(self, engine: Engine, mmproj: str | os.PathLike) -> None:
         if not getattr(engine.model, "takes_images", False):
-            raise KvrunError(f"{engine.cfg.arch} models take no images; kvrun runs images with Gemma 3 and 4, SmolVLM, Qwen2-VL, "
-                             "Qwen3-VL, GLM-4.1V, LFM2-VL, InternVL, Pixtral / Mistral Small 3.1, MiniCPM-V, Llama 4, Kimi-VL, PaddleOCR-VL, HunyuanOCR / Hunyuan-VL, LLaVA, MobileVLM, LightOnOCR, Janus-Pro and CogVLM "
+            raise KvrunError(f"{engine.cfg.arch} models take no images; kvrun runs images with Gemma 3, 3n and 4, SmolVLM, Qwen2-VL, "
+                             "Qwen3-VL, GLM-4.1V / 4.5V, LFM2-VL, InternVL, Pixtral / Mistral Small 3.1, MiniCPM-V (up to 4.6), Llama 4, Kimi-VL, PaddleOCR-VL, HunyuanOCR / Hunyuan-VL, LLaVA, MobileVLM, LightOnOCR, Janus-Pro and CogVLM "
                              "and their mmproj files")  # fmt: skip
         self.engine = engine
         self.encoder = load_encoder(mmproj, engine.backend)  # (its type's encoder and layout: runtime/projectors.py)

@@ -19,13 +19,13 @@ IMAGE_START, IMAGE_END = "<|begin_of_image|>", "<|end_of_image|>"
 
 
 class Glm4VLayout(Qwen2VLLayout):
-    """A GLM-4V projector beside ``engine``'s ``glm4`` text model with multimodal rope: Qwen2-VL's layout between
-    GLM's image markers."""
+    """A GLM-4V projector beside ``engine``'s ``glm4`` (GLM-4.1V) or ``glm4moe`` (GLM-4.5V) text model with
+    multimodal rope: Qwen2-VL's layout between GLM's image markers."""
 
     def __init__(self, engine: Any, encoder: Any) -> None:
-        if engine.cfg.arch != "glm4" or not getattr(engine.model, "takes_images", False):
-            raise KvrunError(f"{engine.path}: a glm4v projector goes with a GLM-4.1V text model (glm4 with rope sections), "
-                             f"not {engine.cfg.arch}")  # fmt: skip
+        if engine.cfg.arch not in ("glm4", "glm4moe") or not getattr(engine.model, "takes_images", False):
+            raise KvrunError(f"{engine.path}: a glm4v projector goes with a GLM-4.1V text model (glm4 with rope sections) "
+                             f"or a GLM-4.5V one (glm4moe with rope sections), not {engine.cfg.arch}")  # fmt: skip
         tok = engine.tokenizer
         for t in (IMAGE_START, IMAGE_END):
             if len(tok.encode(t, add_bos=False, parse_special=True)) != 1:

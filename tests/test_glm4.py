@@ -13,7 +13,7 @@ from tiny_glm4 import write_tiny_glm4
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.loaders.config import load_config
-from kvrun.loaders.errors import GGUFError, UnsupportedModelError
+from kvrun.loaders.errors import GGUFError
 from kvrun.loaders.gguf_file import GGUFFile
 from kvrun.models.common import WeightLoader, make_rope
 from kvrun.models.glm4 import Glm4MoeModel
@@ -104,14 +104,14 @@ def test_a_missing_tensor_is_named_in_one_line(tmp_path, arch, missing):
     assert "\n" not in str(e.value)
 
 
-def test_glm4moe_refuses_multimodal_rope(tmp_path):
-    """A file with multimodal rope sections on glm4moe (GLM-4.5V's language model) is refused, which kvrun does not turn
-    yet (GLM-4.1V's glm4 runs it: tests/test_vision_glm4v.py).  (glm4moe runs on the GPU: tests/test_gpu_moe.py.)"""
+def test_glm4moe_with_multimodal_rope_turns_by_it(tmp_path):
+    """A file with multimodal rope sections on glm4moe (GLM-4.5V's language model) turns by them and takes images, as
+    GLM-4.1V's glm4 (held to llama.cpp: tests/test_vision_glm45v.py).  (glm4moe runs on the GPU: tests/test_gpu_moe.py.)"""
     g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", **FIXTURE_MODELS["glm4moe"]))
     real = g.arch_get
     g.arch_get = lambda key, default=None: [8, 12, 12, 0] if key == "rope.dimension_sections" else real(key, default)
-    with pytest.raises(UnsupportedModelError, match="multimodal rope"):
-        Glm4MoeModel(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
+    m = Glm4MoeModel(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
+    assert m.sections == [8, 12, 12, 0] and m.takes_images
 
 
 def test_glm4_on_the_gpu_gives_the_cpus_logits(tmp_path, monkeypatch):

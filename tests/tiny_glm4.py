@@ -30,9 +30,12 @@ GLM4MOE_EXPERTS = (4, 2, 32, 1, 2.5)
 
 
 def write_tiny_glm4(path: Path, arch: str, qtype: int = Q.F32, seed: int = 0, qk_norm: bool = False, nextn: bool = False,
-                    drop: tuple[str, ...] = ()) -> Path:  # fmt: skip
+                    drop: tuple[str, ...] = (), sections: list[int] | None = None, extra_tokens: tuple[str, ...] = (),
+                    rope_base: float = 10000.0) -> Path:  # fmt: skip
     """The model at ``path``, its matrices as ``qtype``; ``qk_norm``, ``nextn``: glm4moe's variants (above);
-    ``drop``: tensor names left out (the tests of a missing tensor's error)."""
+    ``drop``: tensor names left out (the tests of a missing tensor's error); ``sections``, ``extra_tokens``,
+    ``rope_base``: multimodal rope sections, control tokens after the byte vocabulary and the rope base, for the
+    GLM-4.5V text model (tiny_vision_glm45v.py)."""
     from tinymodel import _add_byte_vocab, _file_type, _finish, _random_tensors, byte_vocab
 
     rng = np.random.default_rng(seed)
@@ -40,7 +43,7 @@ def write_tiny_glm4(path: Path, arch: str, qtype: int = Q.F32, seed: int = 0, qk
     n_expert, n_used, n_ff_exp, n_shared, weights_scale = GLM4MOE_EXPERTS
     moe = arch == "glm4moe"
     n_blocks = n_layer + int(nextn)
-    n_vocab = len(byte_vocab()[0])
+    n_vocab = len(byte_vocab()[0]) + len(extra_tokens)
     w = GGUFWriter(str(path), arch)
     w.add_name(f"tiny-{arch}")
     w.add_context_length(1024)
@@ -50,8 +53,10 @@ def write_tiny_glm4(path: Path, arch: str, qtype: int = Q.F32, seed: int = 0, qk
     w.add_head_count(n_head)
     w.add_head_count_kv(n_head_kv)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_freq_base(10000.0)
+    w.add_rope_freq_base(rope_base)
     w.add_rope_dimension_count(rope_dim)
+    if sections is not None:
+        w.add_rope_dimension_sections(sections)
     if moe:
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
@@ -67,7 +72,7 @@ def write_tiny_glm4(path: Path, arch: str, qtype: int = Q.F32, seed: int = 0, qk
         if nextn:
             w.add_nextn_predict_layers(1)
     w.add_file_type(_file_type(qtype))
-    _add_byte_vocab(w)
+    _add_byte_vocab(w, extra_tokens)
 
     mat_, vec_ = _random_tensors(w, rng, qtype)
 

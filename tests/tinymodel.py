@@ -175,6 +175,7 @@ FIXTURE_MODELS: dict[str, dict] = {
     # renormalised and scaled, a shared expert
     "glm4moe": {"arch": "glm4moe", "qk_norm": True},
     "glm4moe-nextn": {"arch": "glm4moe", "nextn": True},  # GLM-4.5-Air: no QK norm, a NextN layer loaded but not run
+    "glm4moe-mrope": {"arch": "glm4moe", "variant": "mrope"},  # GLM-4.5V's text: multimodal rope sections (tiny_vision_glm45v.py)
     # Llama 4 (tiny_llama4.py): 3 chunked rope layers with Q/K L2-normed and 1 NoPE layer, dense and MoE layers by turns
     # (one expert a token, its sigmoid weight on its input, and a shared expert), Llama 3's rope factors
     "llama4": {"arch": "llama4"},  # Scout's 16 experts
@@ -383,6 +384,10 @@ def write_tiny_model(
     qwen3next: :func:`_write_tiny_qwen35` (qwen3next with ``split_qkv``: attn_qkv and attn_gate, not ssm_in).
     mistral3, ernie4_5-moe: :func:`_write_tiny_mistral3_ernie_moe` (mistral3's ``yarn_log_mul``).  hunyuan-dense,
     minicpm: :func:`_write_tiny_hunyuan_minicpm` (``rope_alpha``; minicpm's ``mup_defaults``, and ``rope_freqs``: LongRoPE)."""
+    if arch == "glm4moe" and variant == "mrope":  # (tiny_vision_glm45v.py: GLM-4.5V's text, rope sections)
+        from tiny_vision_glm45v import write_tiny_glm45v_arch
+
+        return write_tiny_glm45v_arch(path, qtype, seed)
     if arch in ("cogvlm", "deepseek2-ocr", "glm-dsa", "hunyuan_vl", "paddleocr"):  # (tiny_text_sides.py: hunyuan_vl's ``variant``)
         from tiny_text_sides import write_tiny_text_side
 
@@ -1207,16 +1212,17 @@ def _write_tiny_ssm(path: Path, arch: str, qtype: int, seed: int, n_expert: int 
     return _finish(w, path)
 
 
-def _write_tiny_gemma3n(path: Path, qtype: int, seed: int) -> Path:
+def _write_tiny_gemma3n(path: Path, qtype: int, seed: int, image_tokens: tuple[str, ...] = (), chat_template: str | None = None) -> Path:
     """A random Gemma 3n: the sizes llama.cpp fixes (4 AltUp streams, per-layer inputs 256 wide, LAuReL rank 64),
     a window of 8 on 4 layers of 5, global rope base 1M (window layers' 10k), logits soft-capped at 30.  The
-    tensors as llama.cpp's loader has them; the small AltUp ones (coefficients, routers) always float32."""
+    tensors as llama.cpp's loader has them; the small AltUp ones (coefficients, routers) always float32.
+    ``image_tokens``: control tokens after the byte vocabulary (tests/tiny_vision_gemma3n.py's image markers)."""
     rng = np.random.default_rng(seed)
     arch = "gemma3n"
     n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = ARCH_GEOMETRY[arch]
     n_altup, n_embd_altup, laurel_rank = 4, 256, 64
     toks, merges, types = byte_vocab()
-    n_vocab = len(toks)
+    n_vocab = len(toks) + len(image_tokens)
     w = GGUFWriter(str(path), arch)
     w.add_name(f"tiny-{arch}")
     w.add_context_length(1024)
@@ -1233,7 +1239,9 @@ def _write_tiny_gemma3n(path: Path, qtype: int, seed: int) -> Path:
     w.add_final_logit_softcapping(30.0)
     w.add_vocab_size(n_vocab)
     w.add_file_type(_file_type(qtype))
-    _add_byte_vocab(w)
+    _add_byte_vocab(w, image_tokens)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
 
     mat, vec = _random_tensors(w, rng, qtype)
 

@@ -1,0 +1,202 @@
+"""MiniCPM-V 4.6's image side (projector type "minicpmv4_6"), as llama.cpp's libmtmd runs it (``clip_graph_minicpmv4_6``),
+from an mmproj file (loaders/mmproj.py).
+
+What sets it apart from MiniCPM-V 2.5 to 4.5 (projector type "resampler", models/minicpmv_image.py, whose slicing,
+bucketed learned positions and SigLIP blocks this reuses): no perceiver resampler and no fixed count of rows a part.
+A part's rows are its patches merged 4 x 4 (``clip.vision.projector.scale_factor`` 4, clip.cpp's default) by two 2 x 2
+mergers, so a part of h x w pixels becomes (h/p/4)(w/p/4) rows (64 for a 448-pixel slice), and slices are cut in
+whole blocks of 4 x 4 patches:
+
+    pixels [3, h, w] -> patches (the F16 kernel) + bias + the 70 x 70 learned positions bucketed (as MiniCPM-V's)
+    -> ViT blocks 0..insert (``clip.vision.wa_layer_indexes[0]``) at full resolution
+    -> the ViT merger: LayerNorm ``v.vit_merger.ln1``, attention within each 2 x 2 window of patches (``attn_q/k/v/out``
+       with biases, the ViT's heads), plus the residual; then each 2 x 2 window's four patches side by side ([top left,
+       top right, bottom left, bottom right]) LayerNormed (``ds_ln``) through a GELU (tanh) MLP (``ds_ffn_up``,
+       ``ds_ffn_down``), plus the four's mean
+    -> the remaining ViT blocks on the half-resolution grid -> ``v.post_ln``
+    -> the final merger: each 2 x 2 window side by side, LayerNorm ``mm.input_norm``, ``mm.up``, GELU (erf),
+       ``mm.down`` into the text width.
+
+With ``scale_factor`` 2 (libmtmd's "4x" variant) the ViT merger is left out: every block runs at full resolution and
+the final merger alone merges 2 x 2, and a picture no larger than a slice is scaled keeping its aspect (whole blocks
+of 2 x 2 patches, up to about a slice's area) rather than stretched to a square slice.  ggml's CPU numerics are
+followed where they show, as models/minicpmv_image.py does.  The layout is MiniCPM-V 2.6's (runtime/vision_minicpmv.py).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..loaders.errors import GGUFError, KvrunError, UnsupportedModelError
+from ..loaders.gguf_file import GGUFFile
+from ..loaders.mmproj import MmprojConfig
+from ..loaders.quants import dequantize
+from ..ops.backend import Backend
+from .bert import gelu, layer_norm
+from .common import TENSOR_NAMES, WeightLoader
+from .minicpmv_image import POS_SIDE, Cut, Plan, _attend, best_resize, bucket_positions, cut, plan
+from .siglip import SiglipEncoder, _f16, vit_layer
+from .whisper_audio import gelu_erf
+
+F32 = np.float32
+#: the mergers' norms and products, weight and bias each (clip.cpp's TN_VIT_MERGER_* and the final merger's): role -> name
+MERGER_TENSORS = {"m46v_ln1": "v.vit_merger.ln1", "m46v_q": "v.vit_merger.attn_q", "m46v_k": "v.vit_merger.attn_k",
+                  "m46v_v": "v.vit_merger.attn_v", "m46v_o": "v.vit_merger.attn_out", "m46v_ds_ln": "v.vit_merger.ds_ln",
+                  "m46v_up": "v.vit_merger.ds_ffn_up", "m46v_down": "v.vit_merger.ds_ffn_down",
+                  "m46_ln": "mm.input_norm", "m46_up": "mm.up", "m46_down": "mm.down"}  # fmt: skip
+TENSOR_NAMES.update({r: n + ".weight" for r, n in MERGER_TENSORS.items()})
+TENSOR_NAMES.update({r + "_b": n + ".bias" for r, n in MERGER_TENSORS.items()})
+TENSOR_NAMES.update({"v_pre_ln": "v.pre_ln.weight", "v_pre_ln_b": "v.pre_ln.bias"})
+
+
+def plan46(width: int, height: int, cfg: MmprojConfig) -> Plan:
+    """libmtmd's slice instructions for MiniCPM-V 4.6: MiniCPM-V's (blocks of ``n_merge`` patches), except that with
+    scale_factor 2 a picture no larger than a slice's area is scaled keeping its aspect, not stretched to a square."""
+    S = cfg.image_size
+    if cfg.n_merge == 2 and width * height <= S * S:
+        return Plan(best_resize(width, height, S, cfg.patch_size * 2, True), 0, 0, (0, 0))
+    return plan(width, height, cfg)
+
+
+def cut46(img: np.ndarray, cfg: MmprojConfig) -> Cut:
+    """uint8 RGB ``img`` [h, w, 3] -> its overview and slices, as :func:`plan46` says."""
+    pl = plan46(img.shape[1], img.shape[0], cfg)
+    if cfg.n_merge == 2 and not pl.n_cols:
+        from .minicpmv_image import resize
+
+        return Cut(resize(img, *pl.overview), 0, 0, [])
+    return cut(img, cfg)
+
+
+def window_order(ny: int, nx: int) -> np.ndarray:
+    """The patches of an ny x nx grid in 2 x 2 window-major order (clip.cpp's ``vit_merger_window_idx``)."""
+    i, j = np.meshgrid(np.arange(ny // 2), np.arange(nx // 2), indexing="ij")
+    quads = [(2 * i + r) * nx + (2 * j + c) for r, c in ((0, 0), (0, 1), (1, 0), (1, 1))]
+    return np.stack(quads, axis=-1).reshape(-1)
+
+
+def quads(x: np.ndarray, ny: int, nx: int) -> list[np.ndarray]:
+    """Rows [ny * nx, d] of a grid -> its 2 x 2 windows' top left, top right, bottom left, bottom right rows, each
+    [(ny/2)(nx/2), d] in raster order of the windows (clip.cpp's ``*_ds_idx_0..3``)."""
+    g = x.reshape(ny // 2, 2, nx // 2, 2, -1)
+    return [np.ascontiguousarray(g[:, r, :, c].reshape((ny // 2) * (nx // 2), -1)) for r, c in ((0, 0), (0, 1), (1, 0), (1, 1))]
+
+
+class MiniCPMV46Encoder(SiglipEncoder):
+    """MiniCPM-V 4.6's SigLIP encoder with its ViT merger and final merger from an mmproj file: :meth:`encode` a part's
+    pixels into its rows."""
+
+    def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:  # (SiglipEncoder's loader wants (S/p)^2 positions)
+        if backend.name != "cpu":
+            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
+        self.cfg, self.be, self.path = cfg, backend, g.path
+        ld = WeightLoader(g, backend)
+        E, p = cfg.n_embd, cfg.patch_size
+        pt = g.tensor("v.patch_embd.weight")
+        if pt.n_elements != E * 3 * p * p:
+            raise KvrunError(f"{g.path}: v.patch_embd.weight has shape {pt.shape}, expected {(E, 3, p, p)}")
+        self.patch_w = _f16(dequantize(pt.data, pt.qtype, pt.shape).reshape(E, 3 * p * p))
+        self.patch_b = ld.host_vector("v_patch_b", required=False)
+        pos = g.tensor("v.position_embd.weight")
+        if pos.n_elements != POS_SIDE * POS_SIDE * E:
+            raise KvrunError(f"{g.path}: v.position_embd.weight has shape {pos.shape}, expected {(POS_SIDE * POS_SIDE, E)} (clip.cpp's 70 x 70 buckets)")
+        self.pos_embd = dequantize(pos.data, pos.qtype, pos.shape).reshape(-1, E).astype(F32)
+        self.pre_ln, self.pre_ln_b = ld.host_vector("v_pre_ln", required=False), ld.host_vector("v_pre_ln_b", required=False)
+        self.layers = [vit_layer(ld, i) for i in range(cfg.n_layer)]
+        self.post_ln, self.post_ln_b = ld.host_vector("v_post_ln", required=False), ld.host_vector("v_post_ln_b", required=False)
+        self.vit_merger: dict[str, Any] | None = None
+        if cfg.n_merge == 4:
+            idx = g.get("clip.vision.wa_layer_indexes")
+            if not idx:  # (clip.cpp reads it without a default of its own: a file without it is not MiniCPM-V 4.6's)
+                raise GGUFError(f"{g.path}: clip.vision.wa_layer_indexes (the ViT merger's layer) is missing; the projector file is incomplete")
+            self.insert = int(list(idx)[0])
+            if not 0 <= self.insert < cfg.n_layer - 1:
+                raise GGUFError(f"{g.path}: clip.vision.wa_layer_indexes puts the ViT merger after layer {self.insert} of {cfg.n_layer}")
+            self.vit_merger = self._load(ld, "m46v")
+        self.merger = self._load(ld, "m46")
+
+    def _load(self, ld: WeightLoader, prefix: str) -> dict[str, Any]:
+        """A merger's (roles ``prefix*``) norms, float32 on the host, and products, each with its bias (required, as
+        clip.cpp's loader: a missing one is named in one line), under the role's last part."""
+        out: dict[str, Any] = {}
+        for role in (r for r in MERGER_TENSORS if r.startswith(prefix + "_")):
+            key = role[len(prefix) + 1 :]
+            out[key] = ld.host_vector(role) if key in ("ln1", "ds_ln", "ln") else ld.matrix(role)
+            out[key + "_b"] = ld.host_vector(role + "_b")
+        return out
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        """Normalised ``pixels`` [3, h, w] (one part, sides whole blocks of ``n_merge`` patches) -> its rows
+        [(h/p/n_merge)(w/p/n_merge), n_text_embd]."""
+        c, p, m = self.cfg, self.cfg.patch_size, self.cfg.n_merge
+        _, h, w = pixels.shape
+        if pixels.shape[0] != 3 or h % (p * m) or w % (p * m) or not h or not w:
+            raise KvrunError(f"the MiniCPM-V 4.6 encoder takes pixels [3, h, w] of whole {p * m}-pixel blocks, got {list(pixels.shape)}")
+        ny, nx = h // p, w // p
+        patches = pixels.reshape(3, ny, p, nx, p).transpose(1, 3, 0, 2, 4).reshape(ny * nx, 3 * p * p)
+        x = _f16(np.ascontiguousarray(patches, F32)) @ self.patch_w.T
+        if self.patch_b is not None:
+            x += self.patch_b
+        x = x + self.pos_embd[bucket_positions(ny, nx)]
+        if self.pre_ln is not None:
+            x = layer_norm(x, self.pre_ln, self.pre_ln_b, c.eps)
+        if self.vit_merger is None:
+            x = self._blocks(x, self.layers)
+        else:
+            x = self._blocks(x, self.layers[: self.insert + 1])
+            x = self._vit_merger(x, ny, nx)
+            ny, nx = ny // 2, nx // 2
+            x = self._blocks(x, self.layers[self.insert + 1 :])
+        if self.post_ln is not None:
+            x = layer_norm(x, self.post_ln, self.post_ln_b, c.eps)
+        M = self.merger
+        y = layer_norm(np.concatenate(quads(x, ny, nx), axis=1), M["ln"], M["ln_b"], c.eps)
+        y = self._linear(M["down"], gelu_erf(self._linear(M["up"], y, M["up_b"])), M["down_b"])
+        return np.ascontiguousarray(y, F32)
+
+    def _attention(self, L: dict[str, Any], hh: np.ndarray, group: int) -> np.ndarray:
+        """Self-attention of ``hh`` [T, E] (products with biases, the ViT's heads) within consecutive groups of
+        ``group`` rows (all of them: one group)."""
+        c = self.cfg
+        T, H = hh.shape[0], c.n_head
+        D = c.n_embd // H
+        q = self._linear(L["q"], hh, L["q_b"]).reshape(T // group, group, H, D)
+        k = self._linear(L["k"], hh, L["k_b"]).reshape(T // group, group, H, D)
+        v = self._linear(L["v"], hh, L["v_b"]).reshape(T // group, group, H, D)
+        scale = F32(1.0 / math.sqrt(D))
+        if group == T:
+            a = _attend(q[0], k[0], v[0], scale)
+        else:  # (windows of 4: batched over the windows at once)
+            s = np.einsum("wihd,wjhd->whij", q, k) * scale
+            s = np.exp(s - s.max(axis=-1, keepdims=True))
+            s /= s.sum(axis=-1, keepdims=True)
+            a = np.einsum("whij,wjhd->wihd", s.astype(F32), v)
+        return self._linear(L["o"], np.ascontiguousarray(a, F32).reshape(T, H * D), L["o_b"])
+
+    def _blocks(self, x: np.ndarray, layers: list[dict[str, Any]]) -> np.ndarray:
+        """SigLIP's pre-norm blocks over all of ``x``'s rows."""
+        eps = self.cfg.eps
+        for L in layers:
+            x = x + self._attention(L, layer_norm(x, L["ln1"], L["ln1_b"], eps), x.shape[0])
+            hh = layer_norm(x, L["ln2"], L["ln2_b"], eps)
+            x = x + self._linear(L["down"], gelu(self._linear(L["up"], hh, L["up_b"])), L["down_b"])
+        return x
+
+    def _vit_merger(self, x: np.ndarray, ny: int, nx: int) -> np.ndarray:
+        """The ViT merger: attention within 2 x 2 windows (plus the residual), then each window's 4 patches into one
+        row: their MLP'd LayerNormed concatenation plus their mean.  [ny * nx, E] -> [(ny/2)(nx/2), E]."""
+        V, eps = self.vit_merger, self.cfg.eps
+        assert V is not None
+        order = window_order(ny, nx)
+        hh = layer_norm(x, V["ln1"], V["ln1_b"], eps)[order]
+        a = np.empty_like(x)
+        a[order] = self._attention(V, hh, 4)
+        x = x + a
+        parts = quads(x, ny, nx)
+        mean = (parts[0] + parts[1] + parts[2] + parts[3]) * F32(0.25)
+        y = layer_norm(np.concatenate(parts, axis=1), V["ds_ln"], V["ds_ln_b"], eps)
+        return self._linear(V["down"], gelu(self._linear(V["up"], y, V["up_b"])), V["down_b"]) + mean
+

@@ -42,6 +42,10 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
     """
     if any(spec.rwkv for spec in specs):  # RWKV's blocks: the WKV state and the token shift's inputs (cache/rwkv.py), no K/V
         return [RWKVLayerCache(spec) for spec in specs]
+    if device == "gpu" and any(spec.mamba or spec.ssm for spec in specs) and not any(spec.conv or spec.deltanet for spec in specs):
+        from .gpu_ssm import make_gpu_ssm_cache  # Mamba's and Mamba-2's state on the device, the rest K/V as below
+
+        return make_gpu_ssm_cache(specs, lambda attn: make_cache(attn, n_ctx, n_batch, kv, device))
     if any(spec.mamba for spec in specs) and not all(spec.mamba for spec in specs):  # Jamba's, PLaMo 2's Mamba layers among
         # attention ones (models/jamba.py): their state (cache/mamba.py), the rest K/V
         made = iter(make_cache([spec for spec in specs if not spec.mamba], n_ctx, n_batch, kv, device))

@@ -50,15 +50,21 @@ class PictureRows(Media):
 def update_and_attend_block(cache: KVCache, il: int, q: np.ndarray, k: Any, v: Any, pos: np.ndarray, out: np.ndarray) -> None:
     """Store layer ``il``'s rows of a picture (``k``/``v`` None: a layer that reads another's K/V, Gemma 4's) and write
     their attention, each row seeing the cache before the picture and the picture's rows fed so far, both ways, into
-    ``out`` [T, n_head, head_dim_v].  A one-line KvrunError where the cache is neither (the GPU's)."""
+    ``out`` [T, n_head, head_dim_v].  The GPU's caches go to cache/gpu_picture.py (its plain one; the compressed one is
+    refused there); a one-line KvrunError where the cache is none of these."""
     layer = cache[il]
     if type(layer) is CompressedLayerCache:
         side = cache.media.get(PictureRows)
         _attend_compressed(layer, q, k, v, pos, out, side.rows if isinstance(side, PictureRows) else {}, il)
         return
+    if type(layer).__name__.startswith("GPU"):  # (the GPU's caches: cache/gpu_picture.py, imported only there, as factory.py does)
+        from .gpu_picture import update_and_attend_picture
+
+        update_and_attend_picture(layer, q, k, v, pos, out)
+        return
     if not isinstance(layer, (PlainLayerCache, SharedLayerCache)):
-        raise KvrunError("pictures whose rows see each other both ways (Gemma 3, Gemma 4) run on the CPU's KV caches only "
-                         "for now: drop --device gpu")  # fmt: skip
+        raise KvrunError("pictures whose rows see each other both ways (Gemma 3, Gemma 4) run on the CPU's KV caches and "
+                         "the GPU's plain one only")  # fmt: skip
     if isinstance(layer, PlainLayerCache):  # (a shared layer's source stored this step's rows already)
         layer.store(k, v, pos)
     attend_bidirectional(layer.source if isinstance(layer, SharedLayerCache) else layer, q, pos, out)

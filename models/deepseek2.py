@@ -39,8 +39,12 @@ router probabilities by softmax (V2; ``expert_gating_func`` 1 or unstated) or si
 ``expert_weights_norm`` says, times ``expert_weights_scale``; plus the ``expert_shared_count`` shared experts as
 one plain SwiGLU FFN every token runs.
 
-Refused: a non-CPU backend (the routing and the latent's expansion are host work), llama.cpp's query temperature
-(``attention.temperature_scale``, Mistral Large 3's), other gating functions.
+On ``--device gpu`` the same forward runs on the GPU backend's kernels: the products, norms and rope are the dense
+models' ones, the cut of the latent and the heads' ``[rope, nope]`` layout ``ops/gpu/mla.cu`` (``Backend.mla_latent_norm``,
+``mla_qk``: kernels, not host slices, so a decode step is captured as a CUDA graph), the experts ``ops/gpu/moe.cu``, and the
+attention the plain or compressed cache's with ``head_dim != head_dim_v``.
+
+Refused: llama.cpp's query temperature (``attention.temperature_scale``, Mistral Large 3's), other gating functions.
 """
 
 from __future__ import annotations
@@ -122,8 +126,6 @@ class Deepseek2Model(Model):
         return type(self).forward is Deepseek2Model.forward
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: deepseek2 (multi-head latent attention, experts) runs on the CPU only for now; use --device cpu")
         if float(g.arch_get("attention.temperature_scale", 0.0) or 0.0) != 0.0:
             raise UnsupportedModelError(f"{g.path}: deepseek2 with attention.temperature_scale (llama.cpp's query temperature) is not supported yet")
         super().__init__(g, cfg, backend, n_ctx, n_batch)
@@ -225,7 +227,7 @@ class Deepseek2Model(Model):
         x, xn = buf.get("x", T, c.n_embd), buf.get("xn", T, c.n_embd)
         q_raw, q = buf.get("q_raw", T, H * D), buf.get("q", T, H * D)
         kva, kvc = buf.get("kv_a", T, rank + R), buf.get("kv_c", T, rank)
-        k_pe, k_nope, k = buf.get("k_pe", T, 1, R), buf.get("k_nope", T, H * nope), buf.get("k", T, H * D)
+        k_nope, k = buf.get("k_nope", T, H * nope), buf.get("k", T, H * D)
         v, att = buf.get("v", T, H * Dv), buf.get("att", T, H * Dv)
         q3, qr3, k3 = q.reshape(T, H, D), q_raw.reshape(T, H, D), k.reshape(T, H, D)
         v3, att3 = v.reshape(T, H, Dv), att.reshape(T, H, Dv)
@@ -234,7 +236,7 @@ class Deepseek2Model(Model):
         if c.embedding_scale != 1.0:  # (MiniCPM3's muP; DeepSeek's files state none)
             be.scale(x, c.embedding_scale)
         if self.input_embd is not None:  # a picture's rows (Kimi-VL's, Engine.eval_embd), attended causally as llama.cpp
-            x[...] = self.input_embd
+            x[...] = be.vector(self.input_embd)  # (host rows: uploaded on the GPU, as is on the CPU)
         for il, L in enumerate(self.layers):
             be.rms_norm(x, L.attn_norm, c.norm_eps, xn)
             self.trace("attn_norm", il, xn)
@@ -246,15 +248,10 @@ class Deepseek2Model(Model):
                 be.rms_norm(qa, L.q_a_norm, c.norm_eps, qa)
                 be.linear(L.wq_b, qa, q_raw)
             be.linear(L.wkv_a, xn, kva)
-            kvc[...] = kva[:, :rank]
-            k_pe[:, 0] = kva[:, rank:]
-            be.rms_norm(kvc, L.kv_a_norm, c.norm_eps, kvc)
+            be.mla_latent_norm(kva, L.kv_a_norm, c.norm_eps, kvc)  # (kernels, not slices: a GPU decode step is captured)
             be.linear_many((L.wk_nope, L.wv), kvc, (k_nope, v))  # the latent decompressed: every head's k_nope and V
-            q3[:, :, :R] = qr3[:, :, nope:]  # heads laid out [rope, nope]
-            q3[:, :, R:] = qr3[:, :, :nope]
-            be.rope_qk(q3, k_pe, pos, self.rope_cos, self.rope_sin, c.rope_neox)
-            k3[:, :, :R] = k_pe  # the one rope key every head shares
-            k3[:, :, R:] = k_nope.reshape(T, H, nope)
+            be.mla_qk(qr3, k_nope.reshape(T, H, nope), kva, q3, k3)  # heads [rope, nope], the shared rope key in each
+            be.rope_qk(q3, k3, pos, self.rope_cos, self.rope_sin, c.rope_neox)  # (every copy of the rope key turned alike)
             cache[il].update_and_attend(q3, k3, v3, pos, att3)
             self.trace("kqv_out", il, att)
             self.add_output(x, o, lambda out, acc: (be.linear_add if acc else be.linear)(L.wo, att, out))

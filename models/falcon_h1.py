@@ -15,7 +15,8 @@ Falcon-H1 is trained with muP multipliers (embeddings, lm_head, attention in and
 and per-channel ``mup_vector``, the MLP's gate and down).  llama.cpp's converter folds every one of them into the
 weights it writes, and its graph applies none at run time; so neither does kvrun.
 
-Each layer's cache holds its K/V and the mixer's state both (``cache/ssm.py``'s ParallelSSMLayerCache): the CPU only.
+Each layer's cache holds its K/V and the mixer's state both (``cache/ssm.py``'s ParallelSSMLayerCache;
+on the GPU ``cache/gpu_ssm.py``'s).
 """
 
 from __future__ import annotations
@@ -59,8 +60,6 @@ class FalconH1Model(LlamaModel):
     archs = ("falcon-h1",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: Falcon-H1's Mamba-2 mixers run on the CPU; drop --device gpu")
         self.geo = SSMGeometry.of(cfg, g.path)
         super().__init__(g, cfg, backend, n_ctx, n_batch)  # (LlamaModel's: embeddings, output head, layers, rope tables)
 

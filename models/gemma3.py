@@ -90,7 +90,7 @@ class Gemma3Model(Model):
         o = buf.get("o", T, c.n_embd)
 
         if self.input_embd is not None:  # an image's rows: not scaled (llama.cpp scales token embeddings only)
-            x[...] = self.input_embd
+            x[...] = be.vector(self.input_embd)  # (host rows: uploaded on the GPU, as is on the CPU)
         else:
             be.get_rows(self.tok_embd, tokens, x)
             be.scale(x, math.sqrt(c.n_embd))

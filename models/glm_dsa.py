@@ -13,7 +13,7 @@ cells every key is chosen and the attention is the dense MLA that ``deepseek2.py
 kvrun runs that dense path only: a context longer than ``top_k`` is refused in one line (``--ctx-size`` <= top_k), and
 the indexer's weights are never read.
 
-Refused besides: a non-CPU backend (deepseek2.py's host work), a context past ``top_k``.
+Refused besides: a context past ``top_k``.  The dense path runs on ``--device gpu`` as deepseek2's does.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ residual add, attention scores, logits).
 The attention rotates Q and K only where ``rope.scaling.finetuned`` says (llama.cpp's switch for
 Granite, true unless stated): Granite 4.0-H's converter states false (no positions: the Mamba-2 layers
 carry order), Bamba's true.  The Mamba-2 layers' state lives in the cache beside the K/V
-(``cache/ssm.py``): the CPU only.
+(``cache/ssm.py``; on the GPU ``cache/gpu_ssm.py``).
 """
 
 from __future__ import annotations
@@ -52,8 +52,6 @@ class GraniteHybridModel(LlamaModel):
     archs = ("granitehybrid",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: Granite 4.0-H's Mamba-2 layers run on the CPU; drop --device gpu")
         if len(cfg.ssm_layers) != cfg.n_layer:
             raise GGUFError(f"{g.path}: granitehybrid.attention.head_count_kv has {len(cfg.ssm_layers)} entries for {cfg.n_layer} layers")
         self.geo = SSMGeometry.of(cfg, g.path)

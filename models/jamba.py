@@ -12,7 +12,8 @@ softmax weights as the router gave them: llama.cpp's ``norm_w`` false).  Jamba's
 ``B`` and ``C`` (RMSNorm with weights ``ssm_dt_norm``, ``ssm_b_norm``, ``ssm_c_norm``) before the time step's projection
 and the scan, as Falcon-Mamba does without weights.
 
-The Mamba layers' state lives in the cache beside the attention layers' K/V (``cache/mamba.py``): the CPU only.
+The Mamba layers' state lives in the cache beside the attention layers' K/V (``cache/mamba.py``; on the GPU
+``cache/gpu_ssm.py``).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class JambaModel(MambaModel):
         if all(cfg.ssm_layers) or cfg.n_head_kv <= 0 or cfg.n_head % cfg.n_head_kv:
             raise GGUFError(f"{g.path}: {cfg.arch} attention with {cfg.n_head} heads over {cfg.n_head_kv} K/V heads; the file is not a supported model")
         self.moe_scale = weights_scale(g)  # (llama.cpp's w_scale: 0, unstated, scales nothing)
-        super().__init__(g, cfg, backend, n_ctx, n_batch)  # (MambaModel's: the GPU refused, the ssm sizes, embeddings, head, layers)
+        super().__init__(g, cfg, backend, n_ctx, n_batch)  # (MambaModel's: the ssm sizes, embeddings, head, layers)
 
     def load_layer(self, w: WeightLoader, i: int) -> JambaLayer:  # type: ignore[override]
         c = self.cfg

@@ -165,7 +165,7 @@ class LlamaModel(Model):
 
         o = buf.get("o", T, c.n_embd) if c.residual_scale != 1.0 else None  # (Granite) a block's output
         if self.input_embd is not None:  # an image's rows (SmolVLM's, Engine.eval_embd), attended causally as llama.cpp
-            x[...] = self.input_embd
+            x[...] = be.vector(self.input_embd)  # (host rows: uploaded on the GPU, as is on the CPU)
         else:
             be.get_rows(self.tok_embd, tokens, x)
         if self.embedding_scale() != 1.0:

@@ -14,7 +14,7 @@ mixer is Mamba 1's selective scan, which has no heads:
 
 Falcon-Mamba (``ssm.dt_b_c_rms``) RMS-normalises ``dt``, ``B`` and ``C`` (no weight) before the time step's
 projection and the scan.  The convolution's last inputs and the scan's state live in the cache (``cache/mamba.py``,
-Mamba-2's machinery); the CPU only.
+Mamba-2's machinery), on the GPU ``cache/gpu_ssm.py`` and ``ops/gpu/ssm.cu`` (``models/gpu_ssm.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 
 from ..cache.base import KVCache, LayerSpec
 from ..loaders.config import ModelConfig
-from ..loaders.errors import GGUFError, UnsupportedModelError
+from ..loaders.errors import GGUFError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
 from .common import Model, WeightLoader
@@ -69,8 +69,6 @@ class MambaModel(Model):
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: Mamba's state-space layers run on the CPU; drop --device gpu")
         self.d_conv, self.d_inner, self.d_state, self.dt_rank = cfg.ssm_d_conv, cfg.ssm_d_inner, cfg.ssm_d_state, cfg.ssm_dt_rank
         if min(self.d_conv, self.d_inner, self.d_state, self.dt_rank) <= 0:
             raise GGUFError(f"{g.path}: mamba.ssm.conv_kernel, inner_size, state_size and time_step_rank must all be stated and > 0")
@@ -113,6 +111,10 @@ class MambaModel(Model):
     def mixer(self, L: MambaLayer, state: Any, xn: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """The mixer's output before ``ssm_out`` for the normed input ``xn`` [T, n_embd]: ``y * silu(z)`` [T, d_inner].
         ``state``: the layer's cache (cache/mamba.py), which runs the convolution and the scan and keeps their inputs."""
+        if self.be.name == "gpu":  # (the same steps as kernels on device buffers, the state in the GPU cache: models/gpu_ssm.py)
+            from .gpu_ssm import mamba_mixer
+
+            return mamba_mixer(self, L, state, xn, pos)
         be, buf = self.be, self.buf
         T, di, ds, r = xn.shape[0], self.d_inner, self.d_state, self.dt_rank
         xz = buf.get("mamba_xz", T, 2 * di)

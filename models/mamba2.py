@@ -11,7 +11,8 @@ Every layer is pre-norm (RMSNorm) with a Mamba-2 mixer after it and no FFN, as l
 (``ssm_norm``) and projected back (``ssm_out``).  The heads are llama.cpp's ``ssm.time_step_rank``.
 
 The convolution's last inputs and the scan's state live in the cache beside any attention layers' K/V
-(``cache/ssm.py``); the convolution and the scan run in Numba (``ops/cpu/ssm.py``): the CPU only.
+(``cache/ssm.py``); the convolution and the scan run in Numba (``ops/cpu/ssm.py``), or
+on the GPU ``cache/gpu_ssm.py`` and ``ops/gpu/ssm.cu`` (``models/gpu_ssm.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 
 from ..cache.base import KVCache, LayerSpec
 from ..loaders.config import ModelConfig
-from ..loaders.errors import GGUFError, UnsupportedModelError
+from ..loaders.errors import GGUFError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
 from ..ops.cpu.ssm import gated_group_norm
@@ -125,6 +126,10 @@ def mixer_y(be: Backend, buf: Buffers, geo: SSMGeometry, M: SSMMixer, state: Any
     """The mixer's output before ``ssm_out`` for the normed input ``xn`` [T, n_embd]: gated and normed
     ``y`` [T, d_inner] (a buffer).  ``state``: the layer's cache (cache/ssm.py), which runs the
     convolution and the scan and keeps what they leave."""
+    if be.name == "gpu":  # (the same steps as kernels on device buffers, the state in the GPU cache: models/gpu_ssm.py)
+        from .gpu_ssm import mamba2_mixer_y
+
+        return mamba2_mixer_y(be, buf, geo, M, state, xn, pos, eps)
     T = xn.shape[0]
     zxbcdt = buf.get("ssm_zxbcdt", T, geo.d_in_proj)
     be.linear(M.in_proj, xn, zxbcdt)
@@ -151,8 +156,6 @@ class Mamba2Model(Model):
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: Mamba-2's state-space layers run on the CPU; drop --device gpu")
         self.geo = SSMGeometry.of(cfg, g.path)
         w = WeightLoader(g, backend)
         self.tok_embd = w.matrix("tok_embd")

@@ -7,8 +7,8 @@ leading dense layers where stated, the others a mixture of experts beside shared
 (``Mistral3Model.Mistral4Model``, over DeepSeek-V2's) sets: no leading dense layer, a softmax router whose chosen weights
 are renormalised (``expert_weights_norm``), one shared expert, ``rope.scaling.yarn_log_multiplier`` from the model's
 ``mscale_all_dim``.  Its experts arrive stacked 3-D from the checkpoint; files whose gate and up experts are one fused
-``ffn_gate_up_exps`` are refused in one line, as are the query temperature (``attention.temperature_scale``) and a
-non-CPU backend (deepseek2's refusals).
+``ffn_gate_up_exps`` are refused in one line, as is the query temperature (``attention.temperature_scale``,
+deepseek2's refusal).  It runs on ``--device gpu`` as deepseek2 does.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ Which operator is the checkpoint's ``hybrid_override_pattern`` ("M", "*", "-"), 
 width for an MLP (llama.cpp sizes each MLP from its own entry).  The mixture-of-experts variant (Nemotron 3
 Nano) is another architecture (``nemotron_h_moe``).
 
-The Mamba-2 layers' state lives in the cache beside the attention layers' K/V (``cache/ssm.py``): the CPU only.
+The Mamba-2 layers' state lives in the cache beside the attention layers' K/V (``cache/ssm.py``; on the GPU
+``cache/gpu_ssm.py``).
 """
 
 from __future__ import annotations
@@ -51,8 +52,6 @@ class NemotronHModel(Model):
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: Nemotron-H's Mamba-2 layers run on the CPU; drop --device gpu")
         if len(cfg.ssm_layers) != cfg.n_layer:
             raise GGUFError(f"{g.path}: nemotron_h.attention.head_count_kv and feed_forward_length must have an entry per layer")
         if cfg.n_expert > 0 and not self.takes_experts:

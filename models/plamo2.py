@@ -16,7 +16,8 @@ head's ``ssm_dt`` row, ``A``, ``D`` and bias repeated ``head_dim`` times) and ru
 cache (``cache/mamba.py``) unchanged.
 
 The attention: a fused ``attn_qkv``, every head of Q and K RMS-normalised with a weight of its own (``[n_head,
-head_dim]``, not one shared by the heads), then NeoX rope, ``key_length`` wide heads.  CPU only (the Mamba layers).
+head_dim]``, not one shared by the heads), then NeoX rope, ``key_length`` wide heads (on the GPU each head's norm
+one kernel, ``ops/gpu/ssm.cu``).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class Plamo2Model(MambaModel):
             raise GGUFError(f"{g.path}: plamo2 attention with {cfg.n_head} heads over {cfg.n_head_kv} K/V heads; the file is not a supported model")
         self.ssm_heads, self.ssm_head_dim = cfg.ssm_dt_rank, cfg.ssm_d_inner // cfg.ssm_dt_rank
         self.dt_dim = max(64, cfg.n_embd // 16)  # (llama.cpp's, fixed in code: the raw time step's width)
-        super().__init__(g, cfg, backend, n_ctx, n_batch)  # (MambaModel's: the GPU refused, the ssm sizes, embeddings, head, layers)
+        super().__init__(g, cfg, backend, n_ctx, n_batch)  # (MambaModel's: the ssm sizes, embeddings, head, layers)
         self.dt_rank = self.dt_dim  # (the mixer cuts ssm_x's output at it)
         self.rope_cos, self.rope_sin = make_rope(cfg, n_ctx, cfg.rope_theta)
 
@@ -150,6 +151,11 @@ class Plamo2Model(MambaModel):
             else:
                 be.norm_linear_many(x, L.attn_norm, c.norm_eps, xn, (L.wq, L.wk, L.wv), (q, k, v))
                 for h3, wn in ((q3, L.q_norm), (k3, L.k_norm)):  # (each head its own weights: normed alone, then weighted)
+                    if be.name == "gpu":  # (one kernel: an array product would not be captured with the decode step)
+                        from ..ops.gpu.ssm import const, rms_norm_heads_each
+
+                        rms_norm_heads_each(h3, const(wn), c.norm_eps)
+                        continue
                     be.rms_norm_heads(h3, ones, c.norm_eps)
                     h3 *= wn
                 be.rope_qk(q3, k3, pos, self.rope_cos, self.rope_sin, c.rope_neox)

@@ -9,7 +9,7 @@
 * every layer's FFN dense and *ungated*: squared ReLU between ``ffn_up`` and ``ffn_down``, ``x += W_down relu(W_up h)^2``;
 * the output head the token embeddings (llama.cpp loads no ``output.weight`` for PLM).
 
-Like deepseek2, it runs on the CPU only for now (the latent's expansion is host work).
+Like deepseek2, it runs on ``--device gpu`` too (deepseek2.py's forward on the GPU backend's kernels).
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ a picture (models/idefics3_image.py) and, after the post LayerNorm, a pixel shuf
 into one row n_merge^2 times wider (:func:`pixel_shuffle`) and one matrix ``mm.model.fc`` into the text width.
 
 One image is a one-off prefill-sized job, so activations are numpy arrays on the host (as models/bert.py's) and
-the ViT's weight products run on the CPU backend's kernels in the file's format.  What ggml's CPU does to the
+the ViT's weight products run on the CPU backend's kernels in the file's format, beside a text model on the GPU too
+(its rows then go up once a picture; the GPU runs the text model's side, cache/gpu_picture.py).  What ggml's CPU does to the
 numbers is reproduced where it shows: a product with an F16 weight rounds its input to F16 first (ggml's
 vec_dot_type), the convolution runs on F16 patches and an F16 kernel, GELU is looked up in an F16 table
 (models/bert.gelu).  Attention is float32 softmax(QK^T)V, llama.cpp's path without flash attention (measured on the
@@ -39,6 +40,7 @@ from ..loaders.errors import KvrunError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig, open_mmproj
 from ..loaders.quants import dequantize
+from ..ops import get_backend
 from ..ops.backend import Backend
 from .bert import gelu, layer_norm
 from .common import TENSOR_NAMES, WeightLoader
@@ -59,6 +61,10 @@ TENSOR_NAMES.update({  # the encoder's names (clip.cpp's TN_*, prefix "v")
     "mm_soft_emb_norm": "mm.soft_emb_norm.weight",
     "mm_fc": "mm.model.fc.weight",  # (SmolVLM's projection, projector type idefics3)
 })  # fmt: skip
+
+#: the projector types whose text side reads pictures on --device gpu (tests/test_gpu_vision.py): Gemma 3's, SmolVLM's
+ON_GPU = ("gemma3", "idefics3")
+
 
 def _f16(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float16).astype(np.float32)
@@ -107,8 +113,10 @@ class SiglipEncoder:
     """Gemma 3's vision encoder and projector from an mmproj file: :meth:`encode` pixels into embedding rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
+        if backend.name != "cpu":  # beside a model on the GPU the encoder runs on the CPU: its rows go up once a picture
+            if cfg.projector_type not in ON_GPU:
+                raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
+            backend = get_backend("cpu")  # (a one-off prefill-sized job; the picture's block attends on the GPU: cache/gpu_picture.py)
         self.cfg = cfg
         self.be = backend
         self.path = g.path

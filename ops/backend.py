@@ -134,6 +134,17 @@ class Backend(Protocol):
         Only a backend whose :meth:`moe_route` routes has it."""
         ...
 
+    def mla_latent_norm(self, kva: Any, w: Any, eps: float, kvc: Any) -> None:
+        """Multi-head latent attention (``models/deepseek2.py``): ``kvc[t] = RMSNorm(kva[t, :rank]) * w``, ``rank`` =
+        ``kvc``'s width, ``kva`` ``[T, rank + n_rot]`` ``attn_kv_a_mqa``'s output (the latent, then the shared rope key)."""
+        ...
+
+    def mla_qk(self, q_raw: Any, k_nope: Any, kva: Any, q: Any, k: Any) -> None:
+        """Multi-head latent attention's heads laid out for the rope kernels (which turn a head's leading ``n_rot``
+        dimensions): ``q[t, h] = [q_raw[t, h, nope:], q_raw[t, h, :nope]]`` and ``k[t, h] = [kva[t, -n_rot:],
+        k_nope[t, h]]`` (the rope key every head shares).  q_raw, q, k ``[T, H, nope + n_rot]``; k_nope ``[T, H, nope]``."""
+        ...
+
     def sigmoid_gated_add(self, x: Any, y: Any, s: Any) -> None:
         """``x[t] += sigmoid(s[t]) * y[t]`` (Qwen2-MoE's gated shared expert); ``s`` ``[T, 1]``, ``y`` is scratch."""
         ...

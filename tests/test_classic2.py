@@ -15,7 +15,7 @@ from tiny_classic2 import PLM_HEAD_V, PLM_KV_RANK, PLM_ROPE
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.loaders.config import load_config
-from kvrun.loaders.errors import GGUFError, UnsupportedModelError
+from kvrun.loaders.errors import GGUFError
 from kvrun.loaders.gguf_file import GGUFFile
 from kvrun.models import model_class
 from kvrun.models.chameleon import IMAGE_TOKENS, SUPPRESSED_LOGIT
@@ -230,16 +230,6 @@ def test_jais_needs_its_alibi_stated(tmp_path):
     del g.metadata["jais.attention.max_alibi_bias"]
     with pytest.raises(GGUFError, match="max_alibi_bias is missing"):
         model_class("jais")(g, load_config(g), get_backend_cpu(), N_CTX, N_BATCH)
-
-
-@pytest.mark.parametrize("arch", ["plm"])
-def test_classic2_refuses_the_gpu(tmp_path, arch):
-    """The latent's expansion (PLM) is host work: ``--device gpu`` is refused in one line, before any upload (Jais's and
-    Refact's ALiBi run on the GPU: tests/test_gpu_alibi_sinks.py)."""
-    g = GGUFFile(write_tiny_model(tmp_path / f"{arch}.gguf", arch))
-    with pytest.raises(UnsupportedModelError, match="CPU only for now") as e:
-        model_class(arch)(g, load_config(g), types.SimpleNamespace(name="gpu"), N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("name", ["jais", "codeshell", "refact", "plm", "plamo", "chameleon", "chameleon-swin"])

@@ -42,7 +42,7 @@ ON_GPU = ["qwen3moe", "llama-moe", "granitemoe", "granitemoe-shared", "qwen2moe"
 #: those whose experts (or something beside them) are still host work, each refused in one line naming it
 REFUSED = {"step35": "clamped SwiGLU", "grok": "GELU experts", "grok1": "GELU experts", "grovemoe": "chunk experts",
            "smallthinker": "router reading the layer's input", "afmoe": "sigmoid-gated attention", "dbrx": "clipped Q/K/V",
-           "llama4": "chunked attention", "deepseek2": "latent attention"}  # fmt: skip
+           "llama4": "chunked attention"}  # fmt: skip
 
 
 @pytest.fixture

@@ -332,16 +332,3 @@ def test_deepseek2_fixtures_see_what_sets_them_apart(tmp_path):
         assert err("deepseek2-v3", moe(field, value)) > 3e-2, field
 
 
-def test_deepseek2_runs_on_the_cpu_only(tmp_path):
-    """The latent's expansion and the routing are host work: another backend is refused at load, in one line."""
-    from kvrun.loaders.errors import UnsupportedModelError
-    from kvrun.models.deepseek2 import Deepseek2Model
-
-    path = write_tiny_model(tmp_path / "d.gguf", "deepseek2")
-    g = GGUFFile(path)
-
-    class Device:
-        name = "cuda"
-
-    with pytest.raises(UnsupportedModelError, match="CPU only"):
-        Deepseek2Model(g, load_config(g), Device(), N_CTX, N_BATCH)

@@ -158,7 +158,7 @@ def test_what_is_not_supported_yet_is_one_line(tmp_path):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("arch", ["step35", "mistral4"])  # (MiniMax-M2's and MiMo-V2's run there: tests/test_gpu_moe.py)
+@pytest.mark.parametrize("arch", ["step35"])  # (MiniMax-M2's, MiMo-V2's and Mistral 4's run there: tests/test_gpu_moe.py, test_gpu_mla.py)
 def test_the_gpu_is_refused_in_one_line(tmp_path, arch):
     check_gpu_refused(tmp_path, arch)
 

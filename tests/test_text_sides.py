@@ -119,18 +119,6 @@ def _cpu():
     return get_backend("cpu")
 
 
-def test_glm_dsa_runs_on_the_cpu_only(tmp_path):
-    """(DeepSeek-OCR's text side runs on the GPU too: tests/test_gpu_moe.py.)"""
-
-    class Device:
-        name = "cuda"
-
-    g = GGUFFile(write_tiny_model(tmp_path / "glm-dsa.gguf", **FIXTURE_MODELS["glm-dsa"]))
-    with pytest.raises(UnsupportedModelError, match="CPU only") as e:
-        GlmDsaModel(g, load_config(g), Device(), N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
-
-
 def test_glm_dsa_runs_its_dense_path_only_up_to_the_indexers_top_k(tmp_path):
     """Up to top_k cached keys llama.cpp's indexer chooses them all (the dense MLA kvrun runs); past it kvrun refuses."""
     g = GGUFFile(write_tiny_model(tmp_path / "g.gguf", **FIXTURE_MODELS["glm-dsa"]))

@@ -222,7 +222,7 @@ def test_layers_sharing_kv_refuse_the_compressed_cache_in_one_line(tmp_path):
 
 
 def test_a_picture_seeing_itself_both_ways_on_another_cache_is_a_one_line_error():
-    """The GPU's caches (any cache but the CPU's plain and compressed ones) refuse Gemma 3's and 4's pictures."""
+    """A cache that is none of the CPU's plain and compressed ones and the GPU's (tests/test_gpu_vision.py) refuses them."""
     from kvrun.cache.base import KVCache, LayerCache, LayerSpec
     from kvrun.cache.picture_block import update_and_attend_block
 
@@ -231,7 +231,7 @@ def test_a_picture_seeing_itself_both_ways_on_another_cache_is_a_one_line_error(
         update_and_attend = n_tokens = nbytes = reset = truncate = lambda *a: None
 
     q = np.zeros((3, 2, 4), np.float32)
-    with pytest.raises(KvrunError, match="run on the CPU's KV caches only for now: drop --device gpu") as e:
+    with pytest.raises(KvrunError, match="run on the CPU's KV caches and the GPU's plain one only") as e:
         update_and_attend_block(KVCache([Elsewhere()]), 0, q, q[:, :1], q[:, :1], np.arange(3, dtype=np.int32), q.copy())
     assert "\n" not in str(e.value)
 

@@ -153,6 +153,18 @@ class CPUBackend:
     def moe_route(self, logits, k, gating, norm_weights, scale, bias, router_b, groups, ids, wts) -> bool:
         return False  # routing is host work here (models/moe.py route)
 
+    def mla_latent_norm(self, kva, w, eps, kvc) -> None:
+        kvc[...] = kva[:, : kvc.shape[1]]
+        nn.rms_norm(kvc, w, eps, kvc)
+
+    def mla_qk(self, q_raw, k_nope, kva, q, k) -> None:
+        nope = k_nope.shape[2]
+        R = q.shape[2] - nope
+        q[:, :, :R] = q_raw[:, :, nope:]  # heads laid out [rope, nope]
+        q[:, :, R:] = q_raw[:, :, :nope]
+        k[:, :, :R] = kva[:, None, kva.shape[1] - R :]  # the one rope key every head shares
+        k[:, :, R:] = k_nope
+
     def sigmoid_gated_add(self, x, y, s) -> None:
         y *= 0.5 + 0.5 * np.tanh(0.5 * s)  # sigmoid, without exp's overflow for large negative s
         x += y

@@ -30,6 +30,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ..backend import Weight
 from . import kernels as K
+from . import mla as gpu_mla
 from . import moe as gpu_moe
 from .arrays import ConstCache, device_out, is_device, positions, to_device
 
@@ -338,6 +339,14 @@ class GPUBackend:
         """The chosen experts' products reading the ids moe_route wrote (moe.cu): see Backend.moe_experts."""
         b = tuple(self._tables.get(v) for v in biases) if biases is not None else None
         gpu_moe.experts(gate, up, down, n_ff, ids, wts, xn, x, h, b, act, accumulate)
+
+    def mla_latent_norm(self, kva: Any, w: Any, eps: float, kvc: Any) -> None:
+        """Multi-head latent attention's latent cut and RMSNormed in one launch (ops/gpu/mla.cu)."""
+        gpu_mla.latent_norm(kva, w, eps, kvc)
+
+    def mla_qk(self, q_raw: Any, k_nope: Any, kva: Any, q: Any, k: Any) -> None:
+        """Multi-head latent attention's query and key heads laid out in one launch (ops/gpu/mla.cu)."""
+        gpu_mla.qk(q_raw, k_nope, kva, q, k)
 
     def sigmoid_gated_add(self, x: Any, y: Any, s: Any) -> None:
         """x[t] += sigmoid(s[t]) * y[t] in one launch (a captured step must not bring s to the host)."""

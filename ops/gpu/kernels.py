@@ -146,6 +146,22 @@ for _sfx in QTYPE_SUFFIX.values():
     _declare("moe.cu", f"moe_gate_up_{_sfx}", "p" * 8 + "i" * 7)
     _declare("moe.cu", f"moe_down_{_sfx}", "p" * 6 + "i" * 6)  # wd, h, ids, wts, db, x, n_embd, n_ff, row_bytes, k, acc, has_b
 _declare("moe.cu", "moe_gated_add_f32", "pppil")  # x, y, s, n, total
+# multi-head latent attention (mla.cu): kva, w, kvc, rank, stride, eps; q_raw, k_nope, kva, q, k, T, n_head, nope, n_rot, stride
+_declare("mla.cu", "mla_latent_norm_f32", "pppiif")
+_declare("mla.cu", "mla_qk_f32", "pppppiiiii")
+# state-space layers (ssm.cu): x, ring, pos, w, b, out, T, C, K, x_stride, x_col0, ring_w, n_ring
+_declare("ssm.cu", "ssm_conv_f32", "pppppp" + "i" * 7)
+_declare("ssm.cu", "ssm_store_f32", "ppp" + "i" * 8)  # x, ring, pos, T, keep, n, x_stride, x_col0, ring_w, ring_col0, n_ring
+# state, x, dt, dt_b, A, bc, D, y, ck, ck_buf, T, n_head, head_dim, d_state, n_group, x_stride, dt_stride, dt_col0, a_hs, a_ks,
+# bc_stride, b_col0, c_col0, n_ck
+_declare("ssm.cu", "ssm_scan_f32", "p" * 10 + "i" * 14)
+_declare("ssm.cu", "ssm_gate_norm_f32", "pppiiiifi")  # y, z, w, n, n_group, z_stride, z_col0, eps, norm
+_declare("ssm.cu", "ssm_rms_cols_f32", "ppiiifi")  # x, w, n, stride, col0, eps, has_w
+_declare("ssm.cu", "ssm_copy_cols_f32", "ppiiii")  # src, dst, T, n, stride, col0
+_declare("ssm.cu", "rms_norm_heads_each_f32", "ppiiif")  # x, w, n_rows, n_head, head_dim, eps
+# a picture's rows seeing each other both ways (picture.cu): q, k, v, kpos, qpos, out, T, n_slots, cap, n_head, n_kv, D,
+# Dv, pend, window, scale, softcap, BQ, BKV
+_declare("picture.cu", "attn_picture_f16", "pppppp" + "i" * 9 + "ff" + "ii")
 
 
 def cu_files() -> list[str]:

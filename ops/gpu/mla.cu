@@ -1,0 +1,54 @@
+// Multi-head latent attention's (models/deepseek2.py) data movement on the device:
+// what the CPU does with numpy slices between the products, as kernels, so a
+// decode step of DeepSeek-V2/V3, Kimi K2, GLM-5 ... launches only kernels and is
+// captured as a CUDA graph.  The products themselves (the query and KV LoRA,
+// the latent's expansion into every head's k_nope and V) are qmatmul.cu's, the
+// rotation nn.cu's rope_qk, the attention attention.cu's (head_dim != head_dim_v).
+//
+//   mla_latent_norm_f32  kvc[t] = RMSNorm(kva[t, :rank]) * w: the latent, cut
+//                        from attn_kv_a_mqa's output [latent | shared rope key]
+//                        and normalised in one launch (one block per token)
+//   mla_qk_f32           each head's query [q_nope, q_rope] -> [q_rope, q_nope]
+//                        and key [k_rope, k_nope] with k_rope the one rope key
+//                        every head shares (the rope kernels turn a head's
+//                        leading dimensions; the scores are the same)
+#include "common.cuh"
+
+// grid (T), block 256
+extern "C" __global__ void mla_latent_norm_f32(const float* __restrict__ kva, // [T, stride]: [latent (rank) | rope key]
+                                               const float* __restrict__ w,   // [rank]
+                                               float* __restrict__ kvc,       // [T, rank]
+                                               int rank, int stride, float eps) {
+    __shared__ float scratch[WARP];
+    const float* xr = kva + (size_t)blockIdx.x * stride;
+    float* orow = kvc + (size_t)blockIdx.x * rank;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < rank; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = block_sum(ss, scratch);
+    const float inv = rsqrtf(ss / (float)rank + eps);
+    for (int i = threadIdx.x; i < rank; i += blockDim.x) orow[i] = xr[i] * inv * w[i];
+}
+
+// One thread per element of q and k ([T, n_head, nope + n_rot] each), grid-stride.
+// grid (ceil(T*n_head*(nope+n_rot) / 256)), block 256
+extern "C" __global__ void mla_qk_f32(const float* __restrict__ q_raw,  // [T, n_head, nope + n_rot]: [q_nope, q_rope]
+                                      const float* __restrict__ k_nope, // [T, n_head, nope]
+                                      const float* __restrict__ kva,    // [T, stride]: the rope key at [stride - n_rot, stride)
+                                      float* __restrict__ q,            // [T, n_head, n_rot + nope]: [q_rope, q_nope]
+                                      float* __restrict__ k,            // [T, n_head, n_rot + nope]: [k_rope, k_nope]
+                                      int T, int n_head, int nope, int n_rot, int stride) {
+    const int D = nope + n_rot;
+    const long long n = (long long)T * n_head * D;
+    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < n; e += (long long)gridDim.x * blockDim.x) {
+        const long long th = e / D;  // t * n_head + h
+        const int d = (int)(e % D), t = (int)(th / n_head);
+        const float* qh = q_raw + th * D;
+        if (d < n_rot) {
+            q[e] = qh[nope + d];
+            k[e] = kva[(size_t)t * stride + (stride - n_rot) + d];
+        } else {
+            q[e] = qh[d - n_rot];
+            k[e] = k_nope[th * nope + (d - n_rot)];
+        }
+    }
+}

@@ -1,0 +1,149 @@
+"""Multi-head latent attention on ``--device gpu``: DeepSeek-V2/V3 (Kimi K2, Moonlight, GigaChat3 are that file),
+Mistral 4, PLM, GLM-5's dense path and MiniCPM3 give the CPU's logits there, over a prefill and decode steps replayed from
+captured CUDA graphs; Kimi Linear stays refused (its Kimi Delta Attention layers are CPU work).
+
+The GPU runs deepseek2.py's forward as the CPU does: the latent decompressed into every head's K (``qk_nope + n_rot``) and
+V (``v_head_dim``) and stored in the ordinary caches, whose kernels take ``head_dim != head_dim_v``.  What were numpy slices
+between the products are the two kernels of ``ops/gpu/mla.cu`` (``Backend.mla_latent_norm``, ``mla_qk``), so a decode
+step is all kernels and a graph holds it.
+
+Kernel-level checks run on the ``rt`` fixture (conftest.py: real CUDA where a GPU is, else the kernel emulator), the
+models on ``--device gpu`` (``KVRUN_GPU_EMULATE=1`` without a GPU), as tests/test_gpu_moe.py.  Tolerances: the layout
+kernel copies, so it equals the CPU's slices exactly; the latent's RMSNorm within 1e-6 relative (float32 sums in
+another order); the models' logits within 2e-3 of the CPU's (test_gpu_archs2.py's bound, float32 weights: the largest
+error measured is 6.0e-5, deepseek2's prefill; through the 8-bit compressed cache 5.3e-4)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from tinymodel import FIXTURE_MODELS, write_tiny_model
+
+from kvrun.cache.kvconfig import KVConfig
+from kvrun.cli import main
+from kvrun.loaders.errors import UnsupportedModelError
+from kvrun.ops import gpu_available
+from kvrun.ops.cpu.backend import CPUBackend
+from kvrun.ops.gpu import emulate
+from kvrun.ops.gpu import mla as gpu_mla
+from kvrun.runtime.engine import Engine
+
+pytestmark = pytest.mark.skipif(not gpu_available() and not emulate.available(), reason="no GPU and no host C++ compiler for the emulator")
+
+#: every fixture (tests/tinymodel.py) of an architecture with latent attention that runs on the GPU: V2-Lite's layout (no
+#: query LoRA, attn_kv_b), V3's (query LoRA, split attn_k_b/attn_v_b, grouped sigmoid routing), Mistral 4's, PLM's
+#: (dense, squared ReLU), GLM-5's dense path, MiniCPM3's (neox rope, muP, LongRoPE short and long)
+ON_GPU = ["deepseek2", "deepseek2-v3", "mistral4", "plm", "glm-dsa", "minicpm3", "minicpm3-long"]
+
+
+@pytest.fixture
+def gpu_env(monkeypatch):
+    if not gpu_available():
+        monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
+
+
+# ----------------------------------------------------------------- kernels
+def test_the_latent_is_cut_and_normed_as_on_the_cpu(rt):
+    rng = np.random.default_rng(0)
+    T, rank, R = 5, 48, 8
+    kva = (rng.standard_normal((T, rank + R)) * 3).astype(np.float32)
+    w = rng.standard_normal(rank).astype(np.float32)
+    want = np.full((T, rank), np.nan, np.float32)
+    CPUBackend().mla_latent_norm(kva, w, 1e-6, want)
+    got = rt.xp.full((T, rank), np.nan, np.float32)
+    gpu_mla.latent_norm(rt.xp.asarray(kva), rt.xp.asarray(w), 1e-6, got)
+    np.testing.assert_allclose(rt.asnumpy(got), want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("T", [1, 7])
+def test_the_heads_are_laid_out_as_the_cpus_slices(rt, T):
+    """Queries ``[nope, rope]`` -> ``[rope, nope]``; keys ``[k_rope (shared), k_nope]``: copies, bit for bit."""
+    rng = np.random.default_rng(T)
+    H, nope, R, rank = 3, 16, 8, 40
+    q_raw = rng.standard_normal((T, H, nope + R)).astype(np.float32)
+    k_nope = rng.standard_normal((T, H, nope)).astype(np.float32)
+    kva = rng.standard_normal((T, rank + R)).astype(np.float32)
+    want_q, want_k = (np.full((T, H, nope + R), np.nan, np.float32) for _ in range(2))
+    CPUBackend().mla_qk(q_raw, k_nope, kva, want_q, want_k)
+    assert (want_q[:, :, :R] == q_raw[:, :, nope:]).all() and (want_k[:, 1, :R] == kva[:, rank:]).all()
+    q, k = (rt.xp.full((T, H, nope + R), np.nan, np.float32) for _ in range(2))
+    dev = rt.xp.asarray
+    gpu_mla.qk(dev(q_raw), dev(k_nope), dev(kva), q, k)
+    np.testing.assert_array_equal(rt.asnumpy(q), want_q)
+    np.testing.assert_array_equal(rt.asnumpy(k), want_k)
+
+
+# ----------------------------------------------------------------- models
+def _compare(path, kv=None, steps=(5, 9, 14, 3)) -> Engine:
+    ids = list(np.random.default_rng(3).integers(0, 200, 20))
+    cpu = Engine(path, device="cpu", n_ctx=64, n_batch=16, kv=kv)
+    gpu = Engine(path, device="gpu", n_ctx=64, n_batch=16, kv=kv)
+    assert gpu.backend.name == "gpu"
+    ca, cb = cpu.new_cache(), gpu.new_cache()
+    a, b = cpu.eval(ca, ids, logits_all=True), gpu.eval(cb, ids, logits_all=True)
+    assert isinstance(b, np.ndarray) and b.shape == a.shape
+    assert np.abs(a - b).max() / np.abs(a).max() < 2e-3
+    for tok in steps:
+        a, b = cpu.eval(ca, [tok]), gpu.eval(cb, [tok])
+        assert np.abs(a - b).max() / np.abs(a).max() < 2e-3
+    return gpu
+
+
+@pytest.mark.parametrize("name", ON_GPU)
+def test_gpu_logits_match_cpu_over_prefill_and_replayed_decode_steps(gpu_env, tmp_path, capsys, name):
+    gpu = _compare(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]))
+    # the first decode step was captured and the others replayed: the latent's cut and the heads' layout are kernels
+    assert (gpu.graphs.n_captures, gpu.graphs.n_replays) == (1, 3)
+    assert "CUDA graphs off" not in capsys.readouterr().err
+
+
+def test_the_compressed_cache_holds_keys_and_values_of_two_widths(gpu_env, tmp_path):
+    """K ``qk_nope + n_rot`` wide, V ``v_head_dim``: the GPU's compressed cache against the CPU's, the same 8-bit codes.
+    (Unrotated: the tiny heads, 24 wide, are no power of two for the Hadamard rotation; nor are DeepSeek's, 192.)"""
+    path = write_tiny_model(tmp_path / "d.gguf", **FIXTURE_MODELS["deepseek2-v3"])
+    _compare(path, kv=KVConfig.parse("8,residual=8,rotate=0"), steps=(5, 9, 14, 3, 7, 8))
+
+
+def test_a_decode_step_copies_only_its_logits_down(monkeypatch, tmp_path):
+    """On the strict CuPy stand-in (devicexp.py): the step is captured (the stand-in refuses any copy while capturing,
+    as CUDA does) and a replay brings down the logits alone."""
+    if gpu_available():
+        pytest.skip("checks the strict CuPy stand-in (devicexp.py); on a GPU the other tests run the device itself")
+    from devicexp import COPIES, StrictRuntime
+
+    from kvrun.ops.gpu import kernels as K
+
+    monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
+    path = write_tiny_model(tmp_path / "d.gguf", **FIXTURE_MODELS["deepseek2-v3"])
+    prev = K.set_runtime(StrictRuntime())
+    try:
+        eng = Engine(path, device="gpu", n_ctx=64, n_batch=16)
+        cache = eng.new_cache()
+        eng.eval(cache, list(range(3, 27)))
+        eng.eval(cache, [4])  # (captured here)
+        assert eng.graphs.n_captures == 1
+        for tok in (5, 9):
+            COPIES.clear()
+            logits = eng.eval(cache, [tok])
+            assert COPIES == [("asnumpy", logits.shape)]
+    finally:
+        K.set_runtime(prev)
+
+
+def test_the_cli_runs_deepseek2_on_the_gpu(gpu_env, tmp_path):
+    path = write_tiny_model(tmp_path / "d.gguf", "deepseek2")
+    args = ["run", str(path), "-p", "the", "-n", "6", "--temp", "0", "--no-stats", "-c", "64"]
+    cpu = CliRunner().invoke(main, args + ["--device", "cpu"])
+    gpu = CliRunner().invoke(main, args + ["--device", "gpu"])
+    assert cpu.exit_code == 0 and gpu.exit_code == 0, gpu.output
+    text = (lambda out: [line for line in out.splitlines() if not line.startswith("kvrun: ")])  # (not a first run's notices)
+    assert text(gpu.output) == text(cpu.output)
+
+
+def test_kimi_linear_stays_refused_in_one_line(gpu_env, tmp_path):
+    """Its MLA layers would run; its Kimi Delta Attention layers are CPU work (ops/cpu/kda.py), so the model is refused."""
+    path = write_tiny_model(tmp_path / "k.gguf", **FIXTURE_MODELS["kimi-linear"])
+    with pytest.raises(UnsupportedModelError, match="--device gpu") as e:
+        Engine(path, device="gpu", n_ctx=64, n_batch=16)
+    assert "\n" not in str(e.value) and "Kimi Delta Attention" in str(e.value)

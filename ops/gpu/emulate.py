@@ -95,8 +95,9 @@ def library(file: str) -> ctypes.CDLL:
             r = subprocess.run([cxx, *CXX_FLAGS, str(cpp), "-o", str(tmp)], capture_output=True, text=True)
             if r.returncode != 0:
                 raise RuntimeError(f"emulator build of {file} failed:\n{r.stdout}{r.stderr}")
-            shutil.move(str(tmp), str(so.with_suffix(".tmp")))
-            os.replace(so.with_suffix(".tmp"), so)  # atomic: parallel test runs never load half a file
+            part = so.with_suffix(f".{os.getpid()}.tmp")  # (one a process: parallel builds never write one file)
+            shutil.move(str(tmp), str(part))
+            os.replace(part, so)  # atomic: parallel test runs never load half a file
     lib = ctypes.CDLL(str(so))
     lib.emu_take_error.restype = ctypes.c_char_p
     return lib

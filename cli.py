@@ -934,15 +934,16 @@ def run(model: str | None, prompt: str | None, prompt_file: str | None, n_predic
 @click.option("--seed", type=int, default=None, help="random seed (-1 or none: random)")
 @click.option("--no-chat-template", is_flag=True, help="denoise after the prompt as it is, not as the chat template's user turn")
 @click.option("-t", "--threads", type=int, default=None, help="CPU threads")
+@click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu", show_default=True)
 @friendly
-def diffusion(model: str | None, prompt: str, visual: bool, no_chat_template: bool, threads: int | None, **params: Any) -> None:
+def diffusion(model: str | None, prompt: str, visual: bool, no_chat_template: bool, threads: int | None, device: str, **params: Any) -> None:
     """Denoise text with a diffusion language model: Dream, LLaDA, LLaDA-MoE, RND1 (as llama-diffusion-cli)."""
     from .runtime.api import Model
     from .runtime.diffusion import DiffusionParams, check_diffusion_model, diffusion_text, progress_line, visual_frame
 
     prm = DiffusionParams(**params)
     prm.validate(0)  # (a bad flag fails before the model loads; the prompt's length is checked once tokenized)
-    m = Model(_engine(_resolve(model), n_ctx=prm.max_length, n_batch=prm.max_length, threads=threads))
+    m = Model(_engine(_resolve(model), n_ctx=prm.max_length, n_batch=prm.max_length, threads=threads, device=device))
     check_diffusion_model(m.engine)
 
     def show(step: int, total: int, tokens: Any, n_prompt: int, mask_id: int) -> None:

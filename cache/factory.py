@@ -40,6 +40,10 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
     ValueError
         One line naming an impossible combination and what to do.
     """
+    if any(spec.rwkv for spec in specs) and device == "gpu":  # (the same on the device: cache/gpu_recurrent.py)
+        from .gpu_recurrent import GPURWKVLayerCache
+
+        return [GPURWKVLayerCache(spec) for spec in specs]
     if any(spec.rwkv for spec in specs):  # RWKV's blocks: the WKV state and the token shift's inputs (cache/rwkv.py), no K/V
         return [RWKVLayerCache(spec) for spec in specs]
     if device == "gpu" and any(spec.mamba or spec.ssm for spec in specs) and not any(spec.conv or spec.deltanet for spec in specs):
@@ -52,6 +56,16 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
         return [MambaLayerCache(spec) if spec.mamba else next(made) for spec in specs]
     if any(spec.mamba for spec in specs):  # Mamba 1's layers: the state and the convolution's inputs (cache/mamba.py), no K/V
         return [MambaLayerCache(spec) for spec in specs]
+    if device == "gpu" and any(spec.deltanet for spec in specs) and not any(spec.conv or spec.ssm or spec.mamba for spec in specs):
+        from .gpu_delta import make_gpu_delta_cache  # Gated DeltaNet's / KDA's state on the device, the rest K/V as below
+
+        return make_gpu_delta_cache(specs, lambda attn: make_cache(attn, n_ctx, n_batch, kv, device))
+    if device == "gpu" and any(spec.conv for spec in specs) and not any(spec.ssm or spec.deltanet or spec.mamba for spec in specs):
+        from .gpu_recurrent import GPUConvLayerCache  # LFM2's convolution layers' inputs on the device, the rest K/V as below
+
+        attn = [spec for spec in specs if not spec.conv]
+        made = iter(make_cache(attn, n_ctx, n_batch, kv, device) if attn else [])
+        return [GPUConvLayerCache(spec) if spec.conv else next(made) for spec in specs]
     if any(spec.conv or spec.ssm or spec.deltanet for spec in specs):  # LFM2's convolution layers, Mamba-2's, Gated
         # DeltaNet's: their state (cache/conv.py, cache/ssm.py, cache/deltanet.py); the rest K/V, and Falcon-H1's layers
         # both (their K/V made here with the rest)
@@ -60,15 +74,15 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
         return [ConvLayerCache(spec) if spec.conv else DeltaNetLayerCache(spec) if spec.deltanet
                 else ParallelSSMLayerCache(spec, next(made)) if spec.ssm_attn
                 else SSMLayerCache(spec) if spec.ssm else next(made) for spec in specs]  # fmt: skip
-    if any(spec.kv_from >= 0 for spec in specs) and (device != "cpu" or (kv is not None and kv.is_compressed)):
-        raise ValueError("layers that share K/V (gemma3n) run on the plain CPU cache only for now; use --device cpu without --kv-* options")
+    if any(spec.kv_from >= 0 for spec in specs) and kv is not None and kv.is_compressed:  # (the GPU's plain cache shares)
+        raise ValueError("layers that share K/V (gemma3n, gemma4) run on the plain cache only for now; drop the --kv-* options")
     if any(spec.position_channel for spec in specs) and (device != "cpu" or (kv is not None and kv.is_compressed)):
         raise ValueError("ALiBi (bloom, mpt, jais, refact, baichuan 13B) runs on the plain CPU cache only for now; use --device cpu without --kv-* options")
     if any(spec.alibi_slopes for spec in specs) and (device == "cpu" or (kv is not None and kv.is_compressed)):
         # (the GPU kernels' form; the CPU's is position_channel.  The compressed cache's host steps have no ALiBi)
         raise ValueError("ALiBi (bloom, mpt, jais, refact, baichuan 13B) runs on the plain cache only for now; drop the --kv-* options")
-    if any(spec.window < 0 for spec in specs) and (device != "cpu" or (kv is not None and kv.is_compressed)):
-        raise ValueError("chunked attention (llama4) runs on the plain CPU cache only for now; use --device cpu without --kv-* options")
+    if any(spec.window < 0 for spec in specs) and kv is not None and kv.is_compressed:  # (the GPU's plain cache chunks too)
+        raise ValueError("chunked attention (llama4) runs on the plain cache only for now; drop the --kv-* options")
     layer_cls, plain = CompressedLayerCache, make_plain_cache
     if device == "gpu":  # imported here: the CPU path never needs CuPy or the GPU kernels
         from .gpu_compressed import GPUCompressedLayerCache as layer_cls

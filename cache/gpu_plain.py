@@ -46,12 +46,12 @@ class GPUPlainLayerCache(LayerCache):
         attn.kv_store(kd, vd, pd, self.k, self.v, self.pos)
         s = self.spec
         with device_out(out) as od:
-            if T <= DECODE_MAX_TOKENS:
+            if T <= DECODE_MAX_TOKENS and s.head_dim <= attn.DECODE_MAX_D:
                 attn.attend_decode(qd, self.k, self.v, self.pos, self.decode_slots(), pd, s.window, s.scale, s.softcap, od,
                                    alibi=self.alibi, sinks=self.sinks)  # fmt: skip
-            else:
-                attn.attend_prefill(qd, self.k, self.v, self.pos, self.used, pd, s.window, s.scale, s.softcap, od,
-                                    alibi=self.alibi, sinks=self.sinks)  # fmt: skip
+            else:  # (heads wider than the decode kernel's, Gemma 4's 512: a decode step takes the tiled kernel too)
+                attn.attend_prefill(qd, self.k, self.v, self.pos, self.used if T > DECODE_MAX_TOKENS else self.decode_slots(), pd,
+                                    s.window, s.scale, s.softcap, od, alibi=self.alibi, sinks=self.sinks)  # fmt: skip
 
     def note_positions(self, pos: np.ndarray) -> None:
         """Host bookkeeping of a step storing positions ``pos``: how far the ring has filled."""
@@ -99,9 +99,15 @@ class GPUPlainLayerCache(LayerCache):
 
 
 def make_gpu_plain_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int) -> list[LayerCache]:
-    """One :class:`GPUPlainLayerCache` per layer spec (capacities as ``make_plain_cache``)."""
+    """One :class:`GPUPlainLayerCache` per layer spec (capacities as ``make_plain_cache``; a ``GPUSharedLayerCache``
+    where it reads another's)."""
     layers: list[LayerCache] = []
     for spec in specs:
+        if spec.kv_from >= 0:  # (Gemma 3n's, Gemma 4's K/V sharing: cache/gpu_shared.py)
+            from .gpu_shared import GPUSharedLayerCache
+
+            layers.append(GPUSharedLayerCache(spec, layers[spec.kv_from]))
+            continue
         cap = n_ctx if spec.window <= 0 else min(n_ctx, spec.window + n_batch)
         layers.append(GPUPlainLayerCache(spec, cap))
     return layers

@@ -14,7 +14,7 @@ llama.cpp's ``afmoe`` graph.  The Llama block (``llama.py``) with what sets it a
   chosen weights renormalised where ``expert_weights_norm`` says and times ``expert_weights_scale``; beside them
   ``expert_shared_count`` shared experts as one plain SwiGLU FFN.
 
-It runs on the CPU only (the attention gate's sigmoid is host work).
+On ``--device gpu`` the attention gate is a kernel (``sigmoid_mul``) and the experts route in moe.cu's.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
 from .common import TENSOR_NAMES, WeightLoader, make_rope
 from .llama import LlamaLayer, LlamaModel
-from .moe import cpu_only, gating_func, load_moe, moe_add, weights_scale
+from .moe import gating_func, load_moe, moe_add, weights_scale
 
 TENSOR_NAMES.update({"attn_gate": "blk.{i}.attn_gate.weight"})  # (llama.cpp's LLM_TENSOR_ATTN_GATE; Qwen3.5's too)
 
@@ -57,7 +57,6 @@ class AfmoeModel(LlamaModel):
     archs = ("afmoe",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend, "sigmoid-gated attention")  # (the attention gate's sigmoid is host work)
         for key in ("leading_dense_block_count", "expert_feed_forward_length", "expert_shared_count"):  # (llama.cpp requires them)
             if g.arch_get(key) is None:
                 raise GGUFError(f"{g.path}: metadata afmoe.{key} is missing; the file is not a complete model")
@@ -120,7 +119,10 @@ class AfmoeModel(LlamaModel):
                 be.rms_norm_heads(k3, L.k_norm, c.norm_eps)
             cache[il].update_and_attend(q3, k3, v3, pos, att3)
             self.trace("kqv_out", il, att)
-            att *= _sigmoid(ag)
+            if be.name == "cpu":
+                att *= _sigmoid(ag)
+            else:  # (a kernel: a captured decode step brings nothing to the host)
+                be.sigmoid_mul(att, ag)
             be.linear(L.wo, att, o)
             be.rms_norm_add(o, L.attn_post_norm, c.norm_eps, x)
             be.rms_norm(x, L.ffn_norm, c.norm_eps, xn)

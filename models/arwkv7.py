@@ -15,7 +15,8 @@ What sets it apart from RWKV-7:
   five mus (r, w, k, v, a), not six; the group norm after the recurrence (``time_mix_ln``) is optional as in RWKV-7.
 
 The time mix (its LoRAs, value residual, WKV-7 recurrence, bonus) is RWKV-7's, read from the same tensor names.  The
-cache is RWKV-7's (``cache/rwkv.py``), its second shift row written and never read; the CPU only.
+cache is RWKV-7's (``cache/rwkv.py``), its second shift row written and never read (on the GPU
+``cache/gpu_recurrent.py``).
 """
 
 from __future__ import annotations

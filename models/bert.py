@@ -10,7 +10,9 @@ The block is post-norm: x = LN(x + attn(x)); x = LN(x + ffn(x)), LayerNorms with
 learned position and token-type embeddings and normalises them; its FFN is GELU(up) -> down, with
 biases.  Nomic-BERT has rotary positions instead, one fused QKV product and a SwiGLU FFN without
 biases.  Activations are numpy arrays on the host (prefill-only work, BLAS-sized); the weight
-products run on the backend's kernels, in the file's quant format.
+products run on the backend's kernels, in the file's quant format.  On ``--device gpu`` the weights live on the device
+and the attention both ways (with its bias or mask) runs in ops/gpu/encoder.cu; the norms and activations stay on the
+host, where the CPU computes them, so the GPU's states are the CPU's up to the products' rounding.
 
 The block's parts are hooks (``_load_ffn``, ``_qk``, ``_attn_bias``, ``_attention``, ``_attn_residual``, ``_ffn``)
 that the family's other encoders override: models/jina_bert.py (jina-bert-v2's ALiBi and GEGLU, jina-bert-v3),
@@ -105,8 +107,8 @@ class BertModel(Model):
         CPU-only refusal, the file's pooling (``pooling`` where it states none) and a cross-encoder's rank head
         (pooling type rank: models/rank.py; else None); the loader for the rest."""
         Model.__init__(self, g, cfg, backend, n_ctx, n_batch)
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: {cfg.arch} embedding models run on the CPU; drop --device gpu")
+        if backend.name not in ("cpu", "gpu"):
+            raise UnsupportedModelError(f"{g.path}: {cfg.arch} embedding models run on the CPU or the GPU; drop --device {backend.name}")
         self.pooling = POOLING.get(int(g.arch_get("pooling_type", pooling) or 0), "mean")
         self.rank_head = RankHead.load(g, cfg.arch)
         return WeightLoader(g, backend)
@@ -150,6 +152,13 @@ class BertModel(Model):
     def _attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
         """softmax(q k^T / sqrt(D) + bias) v, every token seeing every token: q [T, H, D], k and v [T, H_kv, D] -> [T, H*D]."""
         T, H, D = q.shape
+        if self.be.name == "gpu":
+            from ..ops.gpu import encoder as E  # (imported only here: the CPU's runs never load the GPU's modules)
+
+            if E.fits(T, D):
+                out = np.empty((T, H, v.shape[2]), np.float32)
+                E.attend_full(q, k, v, bias, float(np.float32(1.0 / np.sqrt(D))), out)
+                return out.reshape(T, H * v.shape[2])
         g = H // k.shape[1]
         k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
         s = np.einsum("thd,shd->hts", q, k) * np.float32(1.0 / np.sqrt(D))  # [H, T, T]

@@ -13,16 +13,14 @@ residual, the output head tied to ``token_embd``) with what BitNet adds, as llam
   squared ReLU, from it, and so does kvrun).
 
 The projections are ternary (``scale * {-1, 0, 1}``): real files store them as TQ1_0 or TQ2_0 (1.69 and 2.06 bits
-a weight), which the CPU kernels dot on their blocks (``ops/cpu/qmatmul.py``); the GPU backend has no kernels for
-them and refuses such a file at once.
+a weight), which the CPU kernels dot on their blocks (``ops/cpu/qmatmul.py``) and the GPU's decode in their product
+kernels as every other block type (``ops/gpu/quants.cuh``); the sub-norms and scales are backend ops on both.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from typing import Any
-
-from gguf import GGMLQuantizationType as T
 
 from ..cache.base import KVCache
 from ..loaders.config import ModelConfig
@@ -44,8 +42,6 @@ TENSOR_NAMES.update({  # llama.cpp's LLM_TENSOR_ATTN_SUB_NORM, _FFN_SUB_NORM and
     "w_down_s": "blk.{i}.ffn_down.scale",
 })  # fmt: skip
 
-#: ternary tensor types: the CPU backend's only
-TERNARY_TYPES = (int(T.TQ1_0), int(T.TQ2_0))
 #: bitnet.hidden_activation values that mean the squared ReLU (HF's ``relu2``; ggml's name for it)
 _RELU_SQR = ("relu2", "relu_sqr", "relu-squared")
 
@@ -61,10 +57,6 @@ class BitnetModel(LlamaModel):
     archs = ("bitnet",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":  # (before any upload: the GPU would refuse the first ternary matrix, the embeddings sent)
-            tq = next((t for t in g.tensors.values() if int(t.qtype) in TERNARY_TYPES), None)
-            if tq is not None:
-                raise UnsupportedModelError(f"{g.path}: tensor {tq.name!r} is {tq.type_name}: ternary weights run on the CPU; drop --device gpu")
         act = str(g.arch_get("hidden_activation", "silu") or "silu")
         if act not in ("silu", *_RELU_SQR):
             raise UnsupportedModelError(f"{g.path}: bitnet.hidden_activation {act!r} is not supported (silu, relu2 are)")
@@ -124,7 +116,10 @@ class BitnetModel(LlamaModel):
             self.scaled(L, ("w_gate", "w_up"), (gate, up))
             if self.relu_sqr:
                 be.relu_sqr(gate, gate)
-                gate *= up  # (numpy and CuPy arrays alike)
+                if be.name == "gpu":  # (a kernel, which every runtime's captured decode graph records)
+                    be.mul_vec(gate.reshape(-1), up.reshape(-1), gate.reshape(-1))
+                else:
+                    gate *= up
             else:
                 be.silu_mul(gate, up, gate)
             be.rms_norm(gate, L.ffn_sub_norm, c.norm_eps, up)

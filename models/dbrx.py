@@ -16,7 +16,7 @@ What sets it apart:
   (llama.cpp sizes them so);
 * a separate output head (llama.cpp requires ``output.weight``).
 
-It runs on the CPU only (for now: its experts route on the GPU, its Q/K/V clip is an array method).
+On ``--device gpu`` its experts route in moe.cu's kernels and the clip is the backend's ``clamp`` kernel.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ..loaders.errors import GGUFError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
 from .common import TENSOR_NAMES, WeightLoader
-from .moe import check_expert_counts, cpu_only, load_moe, moe_add
+from .moe import check_expert_counts, load_moe, moe_add
 from .olmo import OlmoLayer, OlmoModel
 
 TENSOR_NAMES.setdefault("attn_out_norm", "blk.{i}.attn_output_norm.weight")  # (llama.cpp's LLM_TENSOR_ATTN_OUT_NORM)
@@ -39,7 +39,6 @@ class DbrxModel(OlmoModel):
     archs = ("dbrx",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend, "clipped Q/K/V")  # (the clip is an array method, which the emulator cannot capture)
         check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
         if g.arch_get("attention.clamp_kqv") is None:  # (llama.cpp's loader requires it of DBRX)
             raise GGUFError(f"{g.path}: metadata dbrx.attention.clamp_kqv is missing; the file is not a complete model")

@@ -4,7 +4,8 @@
 sequence whose attention is *non-causal*: every position sees every other, before or after it (llama.cpp builds
 their graphs without a KV cache, ``causal_attn`` false).
 
-So a step is one batch from position 0, its rows seeing each other both ways (``cache/bidirectional.py``); a batch
+So a step is one batch from position 0, its rows seeing each other both ways (``cache/bidirectional.py``; on the GPU
+the plain fp16 cache's kernels, as a picture's rows: ``cache/gpu_picture.py``); a batch
 that continues a sequence (a decode step) is refused in one line, and so is ``kvrun run``.
 """
 
@@ -22,7 +23,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .common import WeightLoader
 from .llama import LlamaLayer
-from .moe import MoE, check_expert_counts, cpu_only
+from .moe import MoE, check_expert_counts
 from .qwen3moe import Qwen3MoeModel
 
 #: the architectures llama.cpp's ``llm_arch_is_diffusion`` names, which ``kvrun diffusion`` runs
@@ -43,6 +44,11 @@ class _BothWays:
         self.layer = layer
 
     def update_and_attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
+        if type(self.layer).__name__.startswith("GPU"):  # (the GPU's: stored and attended both ways in kernels, as a picture's rows)
+            from ..cache.gpu_picture import update_and_attend_picture
+
+            update_and_attend_picture(self.layer, q, k, v, pos, out)
+            return
         self.layer.update_and_attend(q, k, v, pos, out)
         attend_bidirectional(self.layer, q, pos, out)
 
@@ -63,8 +69,6 @@ class DiffusionForward:
     cfg: Any
 
     def __init__(self, g: Any, cfg: Any, backend: Any, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":  # (the attention both ways is numpy over the plain cache: cache/bidirectional.py)
-            raise UnsupportedModelError(f"{g.path}: {g.architecture} (a diffusion language model) runs on the CPU only for now; use --device cpu")
         super().__init__(g, cfg, backend, n_ctx, n_batch)  # type: ignore[call-arg]
 
     def forward(self, tokens, pos, cache: KVCache, out_rows, logits: Any) -> None:
@@ -79,7 +83,6 @@ class DiffusionMoeModel(DiffusionForward, Qwen3MoeModel):
     weights."""
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend)
         check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
         super().__init__(g, cfg, backend, n_ctx, n_batch)
 

@@ -8,7 +8,7 @@ Llama's consecutive pairs), a SwiGLU FFN with separate gate and up products, and
 causal mask (the converter writes ``attention.causal`` false; llama.cpp reads it), no KV cache, no token types.  The converter writes Llama 3's byte-level BPE (no BOS) and
 the checkpoint's pooling where sentence-transformers states one.
 
-Activations are numpy arrays on the host (prefill-only work); CPU only, as BERT's.  models/llama_embed.py
+Activations are numpy arrays on the host (prefill-only work); on the GPU too, as BERT's.  models/llama_embed.py
 runs the same block for a Llama checkpoint (llama-embed-nemotron).
 """
 

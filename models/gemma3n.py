@@ -19,7 +19,8 @@ as llama.cpp's ``gemma3n`` graph has them:
   mean + 1.645 std of the row (shifted down by that cutoff), before the GELU.
 - V is RMS-normed too (no weight); attention is unscaled; 4 window layers then 1 global; logits soft-capped.
 
-Runs on the CPU (the AltUp arithmetic is numpy on the host arrays).
+The CPU's forward does the AltUp arithmetic in numpy on the host arrays; the GPU's (:meth:`Gemma3nModel.forward_device`)
+does it in ops/gpu/gemma.cu's kernels on device buffers, so its decode steps are captured as CUDA graphs.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy as np
 
 from ..cache.base import KVCache, LayerSpec
 from ..loaders.config import ModelConfig
-from ..loaders.errors import GGUFError, UnsupportedModelError
+from ..loaders.errors import GGUFError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
 from .common import TENSOR_NAMES, Model, WeightLoader, make_rope
@@ -80,8 +81,6 @@ class Gemma3nModel(Model):
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: Gemma 3n's AltUp streams and shared K/V run on the CPU; drop --device gpu")
         c = cfg
         w = WeightLoader(g, backend)
         self.g = g
@@ -98,6 +97,11 @@ class Gemma3nModel(Model):
         self.rope_global = make_rope(c, n_ctx, c.rope_theta)
         self.rope_local = make_rope(c, n_ctx, c.rope_theta_swa or c.rope_theta)
         self.v_norm = backend.vector(np.ones(c.head_dim_v, np.float32))  # V's RMSNorm has no weight
+        if backend.name != "cpu":  # the device forward's: AltUp's small tensors uploaded, its streams and predictions
+            self.altup_dev = [tuple(backend.vector(a) for a in (L.altup_router, L.altup_predict_coef, L.altup_correct_coef,
+                                                                L.altup_correct_scale)) for L in self.layers]  # fmt: skip
+            self.xs = backend.zeros((c.n_altup, n_batch, c.n_embd))  # [n_altup, n_batch, n_embd]: stream c is xs[c, :T]
+            self.pred = backend.zeros((c.n_altup, n_batch, c.n_embd))
 
     def host_matrix(self, w: WeightLoader, role: str, i: int, shape: tuple[int, ...]) -> np.ndarray:
         """A small tensor the host's numpy uses (AltUp's routers and coefficients), float32 in ``shape``."""
@@ -237,6 +241,9 @@ class Gemma3nModel(Model):
         return self.linear(L.wo, att)
 
     def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
+        if self.be.name != "cpu":
+            self.forward_device(tokens, pos, cache, out_rows, logits)
+            return
         c = self.cfg
         T, n, act = len(tokens), c.n_altup, c.i_altup_act
         x0 = np.empty((T, c.n_embd), np.float32)
@@ -285,4 +292,111 @@ class Gemma3nModel(Model):
             u = self.linear(wp, xs[j])
             x += u * target / self.magnitude(u)
         x *= np.float32(1.0 / n)
+        self.output_head(x, out_rows, logits)
+
+    # ------------------------------------------------------------------ the device forward (GPU)
+    def per_layer_inputs_device(self, tokens: Any, x0: Any) -> Any:
+        """:meth:`per_layer_inputs` in backend ops on device buffers: ``[T, n_layer * n_embd_altup]``, layer ``il``'s
+        inputs at columns ``il * n_embd_altup`` on (the host's are ``[n_layer, T, n_embd_altup]``)."""
+        c, be, buf = self.cfg, self.be, self.buf
+        T, A = len(tokens), c.n_embd_altup
+        emb, proj = buf.get("pl_emb", T, c.n_layer * A), buf.get("pl_proj", T, c.n_layer * A)
+        be.get_rows(self.per_layer_tok_embd, tokens, emb)
+        be.scale(emb, math.sqrt(A))
+        be.linear(self.per_layer_model_proj, x0, proj)
+        be.scale(proj, 1.0 / math.sqrt(c.n_embd))
+        rows = proj.reshape(T * c.n_layer, A)
+        be.rms_norm(rows, self.per_layer_proj_norm, c.norm_eps, rows)
+        be.add(proj, emb)
+        be.scale(proj, 1.0 / math.sqrt(2.0))
+        return proj
+
+    def attention_device(self, il: int, L: Gemma3nLayer, xn: Any, pos: Any, cache: KVCache, o: Any) -> None:
+        """:meth:`attention` on device buffers, its output projection into ``o``."""
+        c, be, buf = self.cfg, self.be, self.buf
+        T = xn.shape[0]
+        cos, sin = self.rope_local if c.is_swa(il) else self.rope_global
+        q, att = buf.get("q", T, c.n_head * c.head_dim), buf.get("att", T, c.n_head * c.head_dim_v)
+        q3, att3 = q.reshape(T, c.n_head, c.head_dim), att.reshape(T, c.n_head, c.head_dim_v)
+        k3 = v3 = None  # (a layer sharing K/V: the cache reads the source layer's)
+        if L.has_kv:
+            k, v = buf.get("k", T, c.n_head_kv * c.head_dim), buf.get("v", T, c.n_head_kv * c.head_dim_v)
+            be.linear_many((L.wq, L.wk, L.wv), xn, (q, k, v))
+            k3, v3 = k.reshape(T, c.n_head_kv, c.head_dim), v.reshape(T, c.n_head_kv, c.head_dim_v)
+            be.norm_rope_qk(q3, k3, L.q_norm, L.k_norm, c.norm_eps, pos, cos, sin, c.rope_neox)
+            be.rms_norm_heads(v3, self.v_norm, c.norm_eps)
+        else:
+            be.linear(L.wq, xn, q)
+            be.rms_norm_heads(q3, L.q_norm, c.norm_eps)
+            be.rope(q3, pos, cos, sin, c.rope_neox)
+        cache[il].update_and_attend(q3, k3, v3, pos, att3)
+        self.trace("kqv_out", il, att)
+        be.linear(L.wo, att, o)
+
+    def forward_device(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
+        """:meth:`forward`'s arithmetic in backend ops (ops/gpu/gemma.cu for AltUp, the sparse gates and the per-layer
+        inputs' gate): every activation a device buffer, nothing brought to the host, so a decode step is captured."""
+        c, be, buf = self.cfg, self.be, self.buf
+        T, n, act, E, A, eps = len(tokens), c.n_altup, c.i_altup_act, c.n_embd, c.n_embd_altup, c.norm_eps
+        xs, pred = self.xs, self.pred
+        x0 = xs[0, :T]
+        be.get_rows(self.tok_embd, tokens, x0)
+        be.scale(x0, math.sqrt(E))
+        pl = self.per_layer_inputs_device(tokens, x0)
+        tmp = buf.get("altup_tmp", T, E)
+        for j, wp in enumerate(self.altup_proj, start=1):  # the other streams: maps of the embedding, at its norm
+            be.linear(wp, x0, tmp)
+            be.match_norm(tmp, x0, xs[j, :T])
+
+        xn, o, attn, laurel = (buf.get(name, T, E) for name in ("xn", "o", "altup_attn", "laurel"))
+        lr = buf.get("laurel_lr", T, self.layers[0].laurel_l.n_rows)
+        cp, cc, g = buf.get("altup_cp", T, n * n), buf.get("altup_cc", T, n), buf.get("pl_gate", T, A)
+        for il, L in enumerate(self.layers):
+            router, pcoef, ccoef, cscale = self.altup_dev[il]
+            be.rms_norm(xs[act, :T], L.altup_router_norm, eps, tmp)
+            be.altup_coefs(tmp, router, pcoef, cp, 1.0 / E, 0.0)
+            be.altup_predict(xs, cp, pred, T)
+            active = pred[act, :T]
+            be.rms_norm(active, L.attn_norm, eps, xn)
+            self.trace("attn_norm", il, xn)
+            be.linear(L.laurel_l, xn, lr)
+            be.linear(L.laurel_r, lr, tmp)
+            be.rms_norm(tmp, L.laurel_post_norm, eps, laurel)
+            be.add(laurel, xn)
+
+            self.attention_device(il, L, xn, pos, cache, o)
+            be.rms_norm(o, L.attn_post_norm, eps, attn)
+            be.add(attn, active)
+            be.add(attn, laurel)
+            be.scale(attn, 1.0 / math.sqrt(2.0))
+
+            n_ff = L.w_gate.n_rows
+            gate, up = buf.get(f"gate{n_ff}", T, n_ff), buf.get(f"up{n_ff}", T, n_ff)
+            be.rms_norm(attn, L.ffn_norm, eps, xn)
+            be.linear_many((L.w_gate, L.w_up), xn, (gate, up))
+            if il < c.n_layer_sparsity:
+                be.gaussian_topk(gate, c.sparsity_std_mul)
+            be.linear_glu(L.w_down, gate, up, o, "gelu")
+            be.rms_norm_add(o, L.ffn_post_norm, eps, attn)  # (attn: the layer's output now)
+
+            be.rms_norm(attn, L.altup_router_norm, eps, tmp)
+            be.altup_coefs(tmp, router, ccoef, cc, 1.0 / E, 1.0)
+            be.altup_correct(pred, attn, cc, xs, T, act)
+            # the per-layer input, gated by the corrected active stream, joins the streams after the first
+            be.mul_vec(xs[act, :T], cscale, tmp)
+            be.linear(L.per_layer_inp_gate, tmp, g)
+            be.gelu_mul_strided(g, pl, il * A)
+            be.linear(L.per_layer_proj, g, o)
+            be.rms_norm(o, L.per_layer_post_norm, eps, o)
+            for j in range(1, n):
+                be.add(xs[j, :T], o)
+            self.trace("l_out", il, xs[0, :T])
+
+        # the streams merged back: the others mapped back and rescaled to the active one's norm, then averaged
+        x = buf.get("x", T, E)
+        be.copy(xs[0, :T], x)
+        for j, wp in enumerate(self.altup_unembd_proj, start=1):
+            be.linear(wp, xs[j, :T], tmp)
+            be.match_norm(tmp, xs[act, :T], x, accumulate=True)
+        be.scale(x, 1.0 / n)
         self.output_head(x, out_rows, logits)

@@ -24,7 +24,10 @@ per-layer inputs and K/V sharing, none of its AltUp or LAuReL; as llama.cpp's ``
   their per-layer inputs token 0's (llama.cpp's multimodal path), the rows of a forward seeing each other both ways
   (libmtmd decodes gemma4v's rows non-causally; cache/bidirectional.py).
 
-Runs on the CPU (Gemma 3n's host arithmetic: the per-layer inputs, the shared K/V, the routing).
+The CPU's forward does Gemma 3n's host arithmetic (the per-layer inputs, the routing) in numpy; the GPU's
+(:meth:`Gemma4Model.forward_device`) runs it in backend ops on device buffers (the per-layer inputs' gate in
+ops/gpu/gemma.cu, the experts in moe.cu's kernels), so its decode steps are captured as CUDA graphs.  Pictures
+(their rows seeing each other both ways) stay on the CPU's caches.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import numpy as np
 from ..cache.base import KVCache, LayerSpec
 from ..cache.picture_block import update_and_attend_block
 from ..loaders.config import ModelConfig
-from ..loaders.errors import GGUFError, UnsupportedModelError
+from ..loaders.errors import GGUFError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
 from .common import TENSOR_NAMES, Model, WeightLoader, make_rope
@@ -72,6 +75,13 @@ class Gemma4Experts:
     post_norm: Any  # post_ffw_norm_2 [n_embd]: the experts' output norm
     n_used: int
     norm_weights: bool = True  # the chosen experts' probabilities renormalised to sum 1 (llama.cpp fixes it for Gemma 4)
+    #: the device forward's (the CPU's None): the experts stacked apart, gate, up, down (moe.cu's layout), and the
+    #: router's input scale (times 1/sqrt(n_embd)) and the experts' output scales as device vectors
+    gate_exps: Weight | None = None
+    up_exps: Weight | None = None
+    down_exps: Weight | None = None
+    router_scale_dev: Any = None
+    down_scale_dev: Any = None
 
 
 @dataclass
@@ -92,8 +102,6 @@ class Gemma4Model(Gemma3nModel):
     takes_images = True  # its forward reads Model.input_embd (a gemma4v picture's rows: runtime/vision_gemma4.py)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: Gemma 4's per-layer inputs, shared K/V and experts run on the CPU; drop --device gpu")
         Model.__init__(self, g, cfg, backend, n_ctx, n_batch)  # (none of Gemma 3n's AltUp tensors to load)
         c = cfg
         w = WeightLoader(g, backend)
@@ -166,6 +174,8 @@ class Gemma4Model(Gemma3nModel):
         scale = w.host_vector("ffn_down_exps_s", i, required=False)
         if scale is not None and scale.size != n:
             raise GGUFError(f"{w.g.path}: blk.{i}.ffn_down_exps.scale has {scale.size} values, expected {n}; the file is not a supported model")
+        if self.be.name != "cpu":
+            return self.device_experts(w, i, down, scale)
         return Gemma4Experts(
             router=w.matrix("ffn_gate_inp", i),
             router_scale=w.host_vector("ffn_gate_inp_s", i),
@@ -241,6 +251,9 @@ class Gemma4Model(Gemma3nModel):
         return out
 
     def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
+        if self.be.name != "cpu":
+            self.forward_device(tokens, pos, cache, out_rows, logits)
+            return
         c = self.cfg
         T = len(tokens)
         x = np.empty((T, c.n_embd), np.float32)
@@ -269,3 +282,119 @@ class Gemma4Model(Gemma3nModel):
                 x *= np.float32(L.out_scale)
             self.trace("l_out", il, x)
         self.output_head(np.ascontiguousarray(x, np.float32), out_rows, logits)
+
+    # ------------------------------------------------------------------ the device forward (GPU)
+    def device_experts(self, w: WeightLoader, i: int, down: Weight, scale: np.ndarray | None) -> Gemma4Experts:
+        """Layer i's experts for the device forward: gate and up stacked apart (a fused ``ffn_gate_up_exps`` split
+        on the device, each expert's gate rows then its up rows), as moe.cu's kernels read them."""
+        c = self.cfg
+        n, f = c.n_expert, c.n_ff_exp
+        if w.has("ffn_gate_up_exps", i):
+            gu = w.experts("ffn_gate_up_exps", i, n, 2 * f, c.n_embd)
+            blocks = gu.data.reshape(n, 2 * f, -1)
+            gate, up = (Weight(blocks[:, h * f : (h + 1) * f].copy().reshape(n * f, -1), gu.qtype, (n * f, c.n_embd)) for h in (0, 1))
+        else:
+            gate, up = w.experts("ffn_gate_exps", i, n, f, c.n_embd), w.experts("ffn_up_exps", i, n, f, c.n_embd)
+        router_scale = w.host_vector("ffn_gate_inp_s", i)
+        return Gemma4Experts(
+            router=w.matrix("ffn_gate_inp", i),
+            router_scale=router_scale,
+            gate_up=[],
+            down=[],
+            down_scale=scale,
+            pre_norm=w.vector("ffn_pre_norm_2", i),
+            post_norm_mlp=w.vector("ffn_post_norm_1", i),
+            post_norm=w.vector("ffn_post_norm_2", i),
+            n_used=c.n_expert_used,
+            gate_exps=gate,
+            up_exps=up,
+            down_exps=down,
+            router_scale_dev=self.be.vector(router_scale * np.float32(1.0 / math.sqrt(c.n_embd))),
+            down_scale_dev=None if scale is None else self.be.vector(scale),
+        )
+
+    def attention_device(self, il: int, L: Gemma4Layer, xn: Any, pos: Any, cache: KVCache, o: Any) -> None:  # type: ignore[override]
+        """:meth:`attention` on device buffers (one set per head width and KV head count), its output projection
+        into ``o``."""
+        c, be, buf = self.cfg, self.be, self.buf
+        T, d, nkv = xn.shape[0], L.head_dim, L.n_head_kv
+        cos, sin = self.rope_local if L.swa else self.rope_global
+        q, att = buf.get(f"q{d}", T, c.n_head * d), buf.get(f"att{d}", T, c.n_head * d)
+        q3, att3 = q.reshape(T, c.n_head, d), att.reshape(T, c.n_head, d)
+        k3 = v3 = None  # (a layer sharing K/V: the cache reads the source layer's)
+        if L.has_kv:
+            k, v = buf.get(f"k{d}_{nkv}", T, nkv * d), buf.get(f"v{d}_{nkv}", T, nkv * d)
+            if L.wv is not None:
+                be.linear_many((L.wq, L.wk, L.wv), xn, (q, k, v))
+            else:  # V is K's projection, taken before K is normed and turned
+                be.linear_many((L.wq, L.wk), xn, (q, k))
+                be.copy(k, v)
+            k3, v3 = k.reshape(T, nkv, d), v.reshape(T, nkv, d)
+            be.norm_rope_qk(q3, k3, L.q_norm, L.k_norm, c.norm_eps, pos, cos, sin, c.rope_neox)
+            self.norm_v(v3)
+        else:
+            be.linear(L.wq, xn, q)
+            be.rms_norm_heads(q3, L.q_norm, c.norm_eps)
+            be.rope(q3, pos, cos, sin, c.rope_neox)
+        if self.input_embd is not None:  # (a picture's rows: the CPU's caches only, cache/picture_block.py says so)
+            update_and_attend_block(cache, il, q3, k3, v3, pos, att3)
+        else:
+            cache[il].update_and_attend(q3, k3, v3, pos, att3)
+        self.trace("kqv_out", il, att)
+        be.linear(L.wo, att, o)
+
+    def routed_device(self, E: Gemma4Experts, x: Any, out: Any) -> None:
+        """``out = `` :meth:`routed` ``(x)``: routed by moe.cu's kernel (ids and weights stay on the device), each
+        weight times its expert's scale, the experts' GELU products summed by moe.cu's."""
+        c, be, buf = self.cfg, self.be, self.buf
+        T, k, f = x.shape[0], E.n_used, E.gate_exps.n_rows // c.n_expert
+        r = buf.get("moe_r", T, c.n_embd)
+        be.rms_norm(x, self.ones[c.n_embd], c.norm_eps, r)
+        be.mul_vec(r, E.router_scale_dev, r)
+        logits = buf.get("moe_router", T, c.n_expert)
+        be.linear(E.router, r, logits)
+        ids, wts = buf.get("moe_ids", T, k, dtype=np.int32), buf.get("moe_wts", T, k)
+        be.moe_route(logits, k, "softmax", E.norm_weights, 1.0, None, None, (0, 0), ids, wts)
+        if E.down_scale_dev is not None:
+            be.scale_by_expert(wts, ids, E.down_scale_dev)
+        be.rms_norm(x, E.pre_norm, c.norm_eps, r)
+        be.moe_experts(E.gate_exps, E.up_exps, E.down_exps, f, ids, wts, r, out, buf.get("moe_h", T, k * f), None, "gelu", False)
+
+    def forward_device(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:  # type: ignore[override]
+        """:meth:`forward`'s arithmetic in backend ops: every activation a device buffer, nothing brought to the host,
+        so a decode step is captured."""
+        c, be, buf = self.cfg, self.be, self.buf
+        T, E, A, eps = len(tokens), c.n_embd, c.n_embd_altup, c.norm_eps
+        x = buf.get("x", T, E)
+        if self.input_embd is not None:  # a picture's rows: unscaled; their per-layer inputs token 0's (tokens are 0)
+            x[...] = self.input_embd
+        else:
+            be.get_rows(self.tok_embd, tokens, x)
+            be.scale(x, math.sqrt(E))
+        pl = self.per_layer_inputs_device(tokens, x) if A else None
+        xn, o, f = buf.get("xn", T, E), buf.get("o", T, E), buf.get("g4_ffn", T, E)
+        g = buf.get("pl_gate", T, A) if A else None
+        for il, L in enumerate(self.layers):
+            be.rms_norm(x, L.attn_norm, eps, xn)
+            self.trace("attn_norm", il, xn)
+            self.attention_device(il, L, xn, pos, cache, o)
+            be.rms_norm_add(o, L.attn_post_norm, eps, x)  # (x: the attention's residual sum now)
+            n_ff = L.w_gate.n_rows
+            gate, up = buf.get(f"gate{n_ff}", T, n_ff), buf.get(f"up{n_ff}", T, n_ff)
+            be.rms_norm(x, L.ffn_norm, eps, xn)
+            be.linear_many((L.w_gate, L.w_up), xn, (gate, up))
+            be.linear_glu(L.w_down, gate, up, f, "gelu")
+            if L.experts is not None:  # the dense MLP and the experts side by side, each normed apart
+                be.rms_norm(f, L.experts.post_norm_mlp, eps, f)
+                self.routed_device(L.experts, x, o)
+                be.rms_norm_add(o, L.experts.post_norm, eps, f)
+            be.rms_norm_add(f, L.ffn_post_norm, eps, x)
+            if pl is not None:  # the layer's per-layer input, gated by its output, added back
+                be.linear(L.per_layer_inp_gate, x, g)
+                be.gelu_mul_strided(g, pl, il * A)
+                be.linear(L.per_layer_proj, g, o)
+                be.rms_norm_add(o, L.per_layer_post_norm, eps, x)
+            if L.out_scale != 1.0:
+                be.scale(x, L.out_scale)
+            self.trace("l_out", il, x)
+        self.output_head(x, out_rows, logits)

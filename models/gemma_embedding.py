@@ -18,7 +18,7 @@ attention and after the GELU-gated FFN ("sandwich" norms); a final RMSNorm.  Wha
   those as it does BERT's (what llama.cpp's per-token output with pooling none is, too).
 
 Activations are numpy arrays on the host (prefill-only work); the weight products and norms run on
-the backend's kernels, in the file's quant format.  CPU only, as BERT's.  The FFN's GELU rounds as
+the backend's kernels, in the file's quant format.  On the GPU too, as BERT's.  The FFN's GELU rounds as
 ggml's CPU GEGLU does (:func:`models.bert.gelu`: a float16 table): measured on the tiny model of
 tests/tinygemmaembed.py, 1.9e-3 of states ~9 off llama.cpp's with the exact GELU, 1.2e-3 (worst)
 with the rounding, and its pooled unit vectors 4e-5 and 7e-6 off.
@@ -60,8 +60,8 @@ class GemmaEmbeddingModel(Model):
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: {cfg.arch} embedding models run on the CPU; drop --device gpu")
+        if backend.name not in ("cpu", "gpu"):
+            raise UnsupportedModelError(f"{g.path}: {cfg.arch} embedding models run on the CPU or the GPU; drop --device {backend.name}")
         ld = WeightLoader(g, backend)
         self.pooling = POOLING.get(int(g.arch_get("pooling_type", 1) or 0), "mean")
         self.tok_embd = ld.matrix("tok_embd")
@@ -95,6 +95,13 @@ class GemmaEmbeddingModel(Model):
     def _attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         """softmax(q k^T + mask) v by head, q already scaled: q [T, H, D], k and v [T, H_kv, D] -> [T, H*D]."""
         T, H, D = q.shape
+        if self.be.name == "gpu":
+            from ..ops.gpu import encoder as E  # (BertModel._attend's kernel: ops/gpu/encoder.cu)
+
+            if E.fits(T, D):
+                out = np.empty((T, H, D), np.float32)
+                E.attend_full(q, k, v, mask, 1.0, out)
+                return out.reshape(T, H * D)
         g = H // k.shape[1]
         k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
         s = np.matmul(q.transpose(1, 0, 2), k.transpose(1, 2, 0))  # [H, T, T]

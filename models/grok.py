@@ -22,7 +22,7 @@ What sets it apart:
   logits times 0.577 (1/sqrt 3), YaRN's beta_fast 8 (and so does kvrun);
 * NeoX rope over whole heads; ``router_logit_softcapping`` is read by llama.cpp but not applied (nor here).
 
-It runs on the CPU only (its GELU experts are host work).
+On ``--device gpu`` the float16-table GELU is a kernel (moe2.cu), the experts routed in moe.cu's.
 """
 
 from __future__ import annotations
@@ -37,10 +37,9 @@ from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
-from .bert import gelu
 from .common import TENSOR_NAMES, WeightLoader
 from .llama import LlamaModel
-from .moe import MoE, check_expert_counts, cpu_only, load_moe, moe_add
+from .moe import MoE, check_expert_counts, gelu_glu, load_moe, moe_add
 
 TENSOR_NAMES.setdefault("attn_out_norm", "blk.{i}.attn_output_norm.weight")  # (llama.cpp's LLM_TENSOR_ATTN_OUT_NORM)
 TENSOR_NAMES.setdefault("layer_out_norm", "blk.{i}.layer_output_norm.weight")  # (LLM_TENSOR_LAYER_OUT_NORM)
@@ -74,7 +73,6 @@ class GrokModel(LlamaModel):
     archs = ("grok",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend, "GELU experts")  # (ggml's float16-table GELU, host work; other experts route on the GPU: moe.py)
         check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
 
         def hp(key: str) -> float:
@@ -142,7 +140,7 @@ class GrokModel(LlamaModel):
                 n_ff = L.w_up.shape[0]
                 gate, up = buf.get("dense_gate", T, n_ff), buf.get("dense_up", T, n_ff)
                 be.linear_many((L.w_gate, L.w_up), xn, (gate, up))
-                gate[...] = gelu(gate) * up  # (ggml's float16-table GELU, as the experts')
+                gelu_glu(be, gate, up)  # (ggml's float16-table GELU, as the experts')
                 be.linear_add(L.w_down, gate, o)
                 be.scale(o, math.sqrt(2) / 2)
             be.rms_norm_add(o, L.ffn_post_norm, c.norm_eps, x)

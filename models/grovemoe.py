@@ -14,12 +14,15 @@ experts (``moe.py``) with *chunk experts* beside it ("adjugate experts": the che
   reads them) renormalised over the chosen (the sum they are divided by, often tiny, floored at 6.1e-5 as llama.cpp
   floors it); the chunk experts' output times ``expert_group_scale`` added to the routed experts'.
 
-It runs on the CPU only (the chunk experts' routing is host work).
+On ``--device gpu`` both mixtures run in kernels (:meth:`GroveMoeModel.grove_add_device`): the routed experts chosen by
+moe.cu's routing kernel, the chunk experts' ids and weights read off that choice by moe2.cu's, so a decode step brings
+nothing to the host (the slots summed in one launch, where the CPU adds them slot by slot: float32 rounding apart).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +33,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .common import TENSOR_NAMES, Buffers, WeightLoader
 from .llama import LlamaLayer, LlamaModel
-from .moe import MoE, check_expert_counts, cpu_only, experts_add, route
+from .moe import MoE, check_expert_counts, experts_add, route
 
 #: llama.cpp's floor on the sum a mixture's chosen weights are divided by (the smallest normal float16)
 WEIGHTS_SUM_MIN = np.float32(6.103515625e-5)
@@ -49,7 +52,6 @@ class GroveMoeModel(LlamaModel):
     head_qk_norms = "GroveMoE"
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend, "chunk experts")
         check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
         for key in ("experts_per_group", "expert_group_scale"):  # (llama.cpp requires them)
             if g.arch_get(key) is None:
@@ -84,6 +86,9 @@ class GroveMoeModel(LlamaModel):
         T, n_embd = xn.shape
         logits = buf.get("moe_router", T, moe.n_expert)
         be.linear(moe.router, xn, logits)
+        if be.name != "cpu":
+            self.grove_add_device(L, xn, x, buf, logits)
+            return
         logits = be.to_host(logits)
         top, wts = route(logits, moe.n_used, moe.norm_weights)
         y = buf.get("grove_moe_out", T, n_embd)
@@ -104,6 +109,22 @@ class GroveMoeModel(LlamaModel):
         out *= np.float32(self.group_scale)
         x += y
         x += out
+
+    def grove_add_device(self, L: GroveMoeLayer, xn: Any, x: Any, buf: Buffers, logits: Any) -> None:
+        """:meth:`grove_add` on a device, from the router's ``logits``: the routed experts' output ``y``, then the chunk
+        experts of ``y`` (their ids and weights, ``expert_group_scale`` in them, by ``Backend.moe_chunk_route``)."""
+        be, moe, ch = self.be, L.moe, L.chunk
+        T, n_embd = xn.shape
+        k, kc = moe.n_used, ch.n_used
+        n_ff, n_ff_ch = moe.up.shape[0] // moe.n_expert, ch.up.shape[0] // ch.n_expert
+        ids, wts = buf.get("moe_ids", T, k, dtype=np.int32), buf.get("moe_wts", T, k)
+        be.moe_route(logits, k, "softmax", moe.norm_weights, 1.0, None, None, (0, 0), ids, wts)  # (as grove_add's route)
+        y = buf.get("grove_moe_out", T, n_embd)
+        be.moe_experts(moe.gate, moe.up, moe.down, n_ff, ids, wts, xn, y, buf.get("moe_h", T, k * n_ff), None, moe.act, False)
+        cids, cw = buf.get("grove_cids", T, kc, dtype=np.int32), buf.get("grove_cw", T, kc)
+        be.moe_chunk_route(logits, ids, self.n_group_experts, self.group_scale, cids, cw)
+        be.add(x, y)
+        be.moe_experts(ch.gate, ch.up, ch.down, n_ff_ch, cids, cw, y, x, buf.get("grove_h", T, kc * n_ff_ch), None, ch.act, True)
 
     def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
         c, be, buf = self.cfg, self.be, self.buf

@@ -16,7 +16,7 @@
   GGUF files the converter writes beside the base; this runs the base model, as llama.cpp does unless
   given an adapter.
 
-Activations are numpy arrays on the host (prefill-only work); CPU only, as BERT's.
+Activations are numpy arrays on the host (prefill-only work); on the GPU too, as BERT's.
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ KDA (``n_head`` heads of ``kda.head_dim``, as many key heads as value heads) dif
 * the output gate is low-rank too, ``g2 = ssm_g_b(ssm_g_a(x))``, and a sigmoid, not SiLU:
   ``attn_output(rms_norm(y) * ssm_norm * sigmoid(g2))`` per head.
 
-The KDA state lives in the cache as Qwen3.5's (``cache/deltanet.py``, its per-channel decay); the CPU only.  Refused in
+The KDA state lives in the cache as Qwen3.5's (``cache/deltanet.py``, its per-channel decay; on the GPU
+``cache/gpu_delta.py`` and ``ops/gpu/delta.cu``: ``models/gpu_delta.py``).  Refused in
 one line: ``attn_gate`` (a full-rank gate in place of ``ssm_g_a``/``ssm_g_b``, or on the MLA output), attention residuals
 (``attn_res_block_size``), latent experts (``moe_latent_size``), fused gate-and-up experts, activations other than SiLU.
 """
@@ -99,8 +100,6 @@ class KimiLinearModel(Deepseek2Model):
     archs = ("kimi-linear",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: kimi-linear's Kimi Delta Attention layers run on the CPU; drop --device gpu")
         for key in ("attn_res_block_size", "moe_latent_size"):
             if int(g.arch_get(key, 0) or 0) > 0:
                 raise UnsupportedModelError(f"{g.path}: kimi-linear with {key} {g.arch_get(key)} is not supported yet")
@@ -180,6 +179,10 @@ class KimiLinearModel(Deepseek2Model):
     def kda_y(self, K: KDA, state: Any, xn: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """The KDA's output before ``attn_output`` for the normed input ``xn`` [T, n_embd]: gated and normed ``y``
         [T, n_head * head_dim] (a buffer).  ``state``: the layer's cache, which runs the convolutions and the delta rule."""
+        if self.be.name == "gpu":  # (the same steps as kernels, the state in the GPU cache: models/gpu_delta.py)
+            from .gpu_delta import kda_y
+
+            return kda_y(self, K, state, xn, pos)
         be, buf, H, hd = self.be, self.buf, self.cfg.n_head, self.head_dim_kda
         T, d = xn.shape[0], H * hd
         q, k, v = buf.get("kda_q", T, d), buf.get("kda_k", T, d), buf.get("kda_v", T, d)
@@ -201,6 +204,10 @@ class KimiLinearModel(Deepseek2Model):
 
     def mla_attend(self, L: Any, lc: Any, xn: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """MLA's attention output [T, n_head * head_dim_v] (before ``attn_output``): deepseek2's without the rope."""
+        if self.be.name == "gpu":  # (kernels, not slices: a decode step is captured)
+            from .gpu_delta import kimi_mla_attend
+
+            return kimi_mla_attend(self, L, lc, xn, pos)
         c, be, buf = self.cfg, self.be, self.buf
         T, H, D, Dv, R, nope, rank = xn.shape[0], c.n_head, c.head_dim, c.head_dim_v, self.n_rot, self.qk_nope, self.kv_rank
         q, kva, kvc = buf.get("q", T, H * D), buf.get("kv_a", T, rank + R), buf.get("kv_c", T, rank)

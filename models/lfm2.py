@@ -10,7 +10,7 @@ causal depthwise convolution of ``B * x`` over the last ``l_cache`` positions (e
 kernel), gated by ``C``, then ``out_proj``.  Its state, the last inputs, lives in the cache beside
 the attention layers' K/V (``cache/conv.py``).  An attention layer RMS-normalises each head of Q
 and K before NeoX rope, as Qwen3.  The final norm is stored as ``token_embd_norm`` (llama.cpp's
-name fix for LFM2).  The convolution runs in numpy on the host: the CPU backend only.
+name fix for LFM2).  The convolution runs in numpy on the host, on the GPU as a kernel (``models/gpu_recurrent.py``).
 
 LFM2-MoE keeps the first ``leading_dense_block_count`` FFNs dense and gives the others a mixture
 of experts (``moe.py``) whose router takes each expert's sigmoid, chooses the top experts by it
@@ -66,8 +66,6 @@ class Lfm2Model(Model):
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: LFM2's convolution layers run on the CPU; drop --device gpu")
         kv = g.arch_get("attention.head_count_kv")
         per_layer = list(kv) if hasattr(kv, "__len__") else [kv] * cfg.n_layer
         if len(per_layer) != cfg.n_layer:
@@ -110,6 +108,10 @@ class Lfm2Model(Model):
 
     def _conv(self, L: Lfm2Layer, state, xn: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """A convolution layer's output ``[T, n_embd]`` for the normed input ``xn`` ``[T, n_embd]``."""
+        if self.be.name == "gpu":  # (a kernel on the in-projection's rows, the ring on the device: models/gpu_recurrent.py)
+            from .gpu_recurrent import lfm2_conv
+
+            return lfm2_conv(self, L, state, xn, pos)
         n, T = self.cfg.n_embd, xn.shape[0]
         bcx = self.buf.get("conv_bcx", T, 3 * n)
         self.be.linear(L.conv_in, xn, bcx)
@@ -129,7 +131,7 @@ class Lfm2Model(Model):
         x, xn, q, k, v, att, gate, up, q3, k3, v3, att3 = self.step_buffers(T)
         be.get_rows(self.tok_embd, tokens, x)
         if self.input_embd is not None:  # an image's rows (LFM2-VL's), read causally as llama.cpp feeds them
-            x[...] = self.input_embd
+            x[...] = be.vector(self.input_embd)  # (host rows: uploaded on the GPU, as is on the CPU)
         for il, L in enumerate(self.layers):
             if L.conv is not None:
                 be.rms_norm(x, L.attn_norm, c.norm_eps, xn)

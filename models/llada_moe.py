@@ -3,7 +3,7 @@
 The block is Qwen3-MoE's layout (Q and K RMS-normalised per head before the neox rope, a softmax router over
 ``expert_count`` experts, ``expert_used_count`` a token) with the chosen experts' weights as the router gave them
 (llama.cpp's graph neither renormalises nor scales them), attending both ways over one batch (models/diffusion_lm.py).
-It runs on the CPU only (the routing is host work, as every mixture of experts here).
+It runs on the GPU too (models/diffusion_lm.py; its experts in moe.cu's kernels).
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ residual) with Meta's "iRoPE" attention and interleaved experts:
   SiLU that is not the same as scaling its output), plus a shared expert (``ffn_*_shexp``) every token runs; the
   other layers a dense SwiGLU FFN.
 
-The chunks, the temperature and the experts are CPU work (the plain fp16 cache; the routing on the host): the
-model runs on the CPU only.
+The chunks are the attention kernels' (a negative ``LayerSpec.window``; the plain fp16 cache, the CPU's or the GPU's).
+On the GPU the temperature is a rope launch whose tables scale without turning (it reads the step's positions on the
+device, as a captured decode step must), and the experts, weighted before their FFN, run in moe2.cu's kernels.
 """
 
 from __future__ import annotations
@@ -51,8 +52,6 @@ class Llama4Model(LlamaModel):
     shared_expert = "plain"  # (required in every MoE layer, ungated, as llama.cpp loads it)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: llama4's chunked attention and experts run on the CPU; drop --device gpu")
         if cfg.n_expert <= 0:
             raise GGUFError(f"{g.path}: llama4.expert_count is missing or 0; the file is not a supported model")
         sw = g.arch_get("attention.sliding_window")
@@ -69,6 +68,10 @@ class Llama4Model(LlamaModel):
         self.ones = backend.vector(np.ones(cfg.head_dim, np.float32))  # (the L2 norm: an RMSNorm with unit weights)
         # position p's query factor, llama.cpp's floor((p + 1) / 8192): its attn_temperature at p + 1
         self.q_temp = attn_temperature(n_ctx + 1, TEMP_SCALE, TEMP_FLOOR_SCALE)[1:]
+        self.q_temp_cos = self.q_temp_sin = None
+        if backend.name != "cpu":  # (the factor as rope tables: cos it, sin 0, so that x' = x t exactly)
+            self.q_temp_cos = np.repeat(self.q_temp[:, None], cfg.head_dim // 2, axis=1)
+            self.q_temp_sin = np.zeros_like(self.q_temp_cos)
 
     def load_layer(self, w: WeightLoader, i: int) -> LlamaLayer:
         is_moe = self.moe_step > 0 and (i + 1) % self.moe_step == 0
@@ -86,6 +89,8 @@ class Llama4Model(LlamaModel):
         if L.rope and self.qk_l2:
             self.be.rms_norm_heads(q3, self.ones, self.cfg.norm_eps)
             self.be.rms_norm_heads(k3, self.ones, self.cfg.norm_eps)
+        elif not L.rope and self.q_temp_cos is not None:
+            self.be.rope(q3, pos, self.q_temp_cos, self.q_temp_sin, False)
         elif not L.rope:
             q *= self.q_temp[pos][:, None]
 

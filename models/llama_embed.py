@@ -12,7 +12,7 @@ the converter writes the file exactly as a ``llama`` one under another name, wit
 checkpoint was trained.  kvrun does as llama.cpp in both cases.
 
 The block is EuroBERT's (models/eurobert.py), which is this one with another rope layout; it runs here as an
-encoder (the whole text at once, numpy on the host, CPU only) rather than through LlamaModel's cached
+encoder (the whole text at once, numpy on the host, on the GPU too) rather than through LlamaModel's cached
 decoding, which an embedder never does.
 """
 

@@ -18,7 +18,7 @@ What sets it apart from BERT's block (models/bert.py):
   (granite-embedding-*-r2) SwiGLU over the same halves, relu-gated for reglu (llama.cpp's table; a name it does
   not know falls back to GeGLU, as there).
 
-Activations are numpy arrays on the host (prefill-only work); CPU only, as BERT's.  The files set CLS
+Activations are numpy arrays on the host (prefill-only work); on the GPU too, as BERT's.  The files set CLS
 pooling (gte-modernbert) or mean (modernbert-embed); llama.cpp's default where none is stated is mean.
 """
 

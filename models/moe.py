@@ -33,6 +33,7 @@ from ..loaders.errors import GGUFError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
 from ..ops.cpu.moe import swiglu_oai
+from .bert import gelu  # (Grok's experts: ggml's float16-table GELU)
 from .common import Buffers, WeightLoader
 
 
@@ -235,8 +236,13 @@ def moe_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers, 
                                                         moe.router_b, groups, ids, wts):  # fmt: skip
         # a device's: the experts' kernels read the choice from device memory (nothing comes to the host)
         h = buf.get("moe_h", T, moe.n_used * n_ff)
-        biases = None if moe.gate_b is None else (moe.gate_b, moe.up_b, moe.down_b)
-        be.moe_experts(moe.gate, moe.up, moe.down, n_ff, ids, wts, xn, x, h, biases, moe.act, accumulate)
+        if moe.weight_before_ffn or moe.swiglu_limit > 0.0 or moe.act == "gelu":  # (moe2.cu's variants; no biases)
+            # (this module's "gelu" is Grok's float16-table GELU; the kernels' "gelu" Gemma 4's plain tanh one)
+            act = "swiglu_clamp" if moe.swiglu_limit > 0.0 else "gelu_f16" if moe.act == "gelu" else moe.act
+            be.moe_experts_x(moe.gate, moe.up, moe.down, n_ff, ids, wts, xn, x, h, act, moe.swiglu_limit, moe.weight_before_ffn, accumulate)
+        else:
+            biases = None if moe.gate_b is None else (moe.gate_b, moe.up_b, moe.down_b)
+            be.moe_experts(moe.gate, moe.up, moe.down, n_ff, ids, wts, xn, x, h, biases, moe.act, accumulate)
     else:
         host_moe_add(be, moe, xn, x, buf, be.to_host(logits), accumulate)
     if moe.shared is not None:  # (ordinary products, after the routed experts)
@@ -244,17 +250,16 @@ def moe_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers, 
 
 
 def device_unsupported(moe: MoE) -> str | None:
-    """What of ``moe`` the device kernels (``Backend.moe_route`` / ``moe_experts``) do not do, or None: they do
-    softmax, sigmoid and softmax_weight gating, the selection bias, group-limited routing, renormalising and
-    scaling, and silu, swiglu_oai (with gpt-oss's biases) and ReLU GLUs."""
-    if moe.weight_before_ffn:
-        return "experts weighted before their FFN"
-    if moe.swiglu_limit > 0.0 or (moe.shared is not None and moe.shared.swiglu_limit > 0.0):
-        return "clamped SwiGLU experts"
-    if moe.gate is None or moe.act not in ("silu", "swiglu_oai", "relu"):
+    """What of ``moe`` the device kernels (``Backend.moe_route`` / ``moe_experts``, ``moe_experts_x``) do not do, or
+    None: they do softmax, sigmoid and softmax_weight gating, the selection bias, group-limited routing,
+    renormalising and scaling, and silu, swiglu_oai (with gpt-oss's biases) and ReLU GLUs; without biases also
+    Grok's float16-table GELU, Step-3.5's clamped SwiGLU and Llama 4's weight before the FFN (moe2.cu)."""
+    if moe.gate is None or moe.act not in ("silu", "swiglu_oai", "relu", "gelu"):
         return f"{moe.act} experts"
     if len({b is None for b in (moe.gate_b, moe.up_b, moe.down_b)}) > 1:
         return "experts with biases on some of their products"
+    if (moe.weight_before_ffn or moe.swiglu_limit > 0.0 or moe.act == "gelu") and moe.gate_b is not None:
+        return f"{moe.act} experts with biases"
     return None
 
 
@@ -294,7 +299,7 @@ def moe_or_swiglu_add(be: Backend, L: Any, x: np.ndarray, xn: np.ndarray, eps: f
     gate, up = buf.get("gate", T, n_ff), buf.get("up", T, n_ff)
     be.norm_linear_many(x, L.ffn_norm, eps, xn, (L.w_gate, L.w_up), (gate, up))
     if limit > 0.0:
-        swiglu_clamped(gate, up, limit)
+        clamped_glu(be, gate, up, limit)
         be.linear_add(L.w_down, gate, x)
     else:
         be.linear_glu(L.w_down, gate, up, x, "silu", accumulate=True)
@@ -307,6 +312,23 @@ def swiglu_clamped(g: np.ndarray, u: np.ndarray, limit: float) -> None:
     np.minimum(g, np.float32(limit), out=g)
     np.clip(u, np.float32(-limit), np.float32(limit), out=u)
     g *= u
+
+
+def clamped_glu(be: Backend, g: Any, u: Any, limit: float) -> None:
+    """``g = min(silu(g), limit) * clamp(u, -limit, limit)`` (:func:`swiglu_clamped`) on either backend: the CPU's in host
+    numpy, a device's in a kernel (a captured decode step brings nothing to the host)."""
+    if be.name == "cpu":
+        swiglu_clamped(g, u, limit)
+    else:
+        be.swiglu_clamp(g, u, g, limit)
+
+
+def gelu_glu(be: Backend, g: Any, u: Any) -> None:
+    """``g = gelu(g) * u``, ggml's float16-table GELU (Grok's), on either backend as :func:`clamped_glu`."""
+    if be.name == "cpu":
+        g[...] = gelu(g) * u
+    else:
+        be.gelu_f16_mul(g, u, g)
 
 
 def experts_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers, top: np.ndarray, wts: np.ndarray) -> None:
@@ -337,8 +359,6 @@ def experts_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffe
         elif moe.act == "relu_sqr":
             be.relu_sqr(g, g)
         elif moe.act == "gelu":  # (as ggml's CPU GELU: its float16 table, which Grok's large gates meet at 1e-3 otherwise)
-            from .bert import gelu
-
             g[...] = gelu(g) * u
         else:
             be.silu_mul(g, u, g)
@@ -356,7 +376,7 @@ def shared_add(be: Backend, sh: SharedExpert, xn: np.ndarray, x: np.ndarray, buf
     g, u = buf.get("shexp_gate", T, n_ff), buf.get("shexp_up", T, n_ff)
     be.linear_many((sh.gate, sh.up), xn, (g, u))
     if sh.swiglu_limit > 0.0:  # (Step-3.5's clamped shared expert: never gated)
-        swiglu_clamped(g, u, sh.swiglu_limit)
+        clamped_glu(be, g, u, sh.swiglu_limit)
         be.linear_add(sh.down, g, x)
         return
     if sh.gate_inp is None:

@@ -9,7 +9,7 @@ product and an output product without biases, rotary positions over consecutive 
 size as feed_forward_length), and a final RMSNorm (``enc.output_norm``).  No token-type embeddings,
 no embedding norm.  Its vocabulary is BERT's WordPiece; the converter sets CLS pooling.
 
-Activations are numpy arrays on the host (prefill-only work); CPU only, as BERT's.
+Activations are numpy arrays on the host (prefill-only work); on the GPU too, as BERT's.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ of the real model's 12 at n = 2) has a mixture of GELU experts instead: a router
 expert's down(gelu(up x)) weighted by its probability as the softmax gave it (not renormalised), no bias
 (the converter drops the checkpoint's shared expert bias, as llama.cpp's graph has none).
 
-Activations are numpy arrays on the host (prefill-only work); the routing is models/moe.py's; CPU only.
+Activations are numpy arrays on the host (prefill-only work); the routing is models/moe.py's; on the GPU too, as BERT's.
 """
 
 from __future__ import annotations

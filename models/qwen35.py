@@ -33,8 +33,9 @@ head its q, k, v, z: older converters) or ``attn_qkv`` and ``attn_gate``, and re
 heads in place (``h // (n_v_heads / n_k_heads)``).  kvrun reorders the grouped rows to ``attn_qkv``'s layout when
 it loads them.
 
-The DeltaNet layers' state lives in the cache beside the attention layers' K/V (``cache/deltanet.py``): the CPU
-only.  Qwen3.5's multi-token-prediction block (``nextn_predict_layers``) is loaded by llama.cpp for drafting only;
+The DeltaNet layers' state lives in the cache beside the attention layers' K/V (``cache/deltanet.py``; on the GPU
+``cache/gpu_delta.py``, the kernels ``ops/gpu/delta.cu``: ``models/gpu_delta.py``).  Qwen3.5's multi-token-prediction
+block (``nextn_predict_layers``) is loaded by llama.cpp for drafting only;
 kvrun ignores it.
 """
 
@@ -162,8 +163,6 @@ class Qwen35Model(Model):
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: {cfg.arch}'s Gated DeltaNet layers run on the CPU; drop --device gpu")
         if len(cfg.ssm_layers) != cfg.n_layer:
             raise GGUFError(f"{g.path}: {cfg.arch}.attention.recurrent_layers has {len(cfg.ssm_layers)} entries for {cfg.n_layer} layers")
         if cfg.arch != "qwen35" and cfg.n_expert <= 0:
@@ -258,6 +257,10 @@ class Qwen35Model(Model):
         """The Gated DeltaNet's output before ``ssm_out`` for the normed input ``xn`` [T, n_embd]: gated and normed
         ``y`` [T, d_inner] (a buffer).  ``state``: the layer's cache (cache/deltanet.py), which runs the convolution
         and the delta rule and keeps what they leave."""
+        if self.be.name == "gpu":  # (the same steps as kernels, the state in the GPU cache: models/gpu_delta.py)
+            from .gpu_delta import deltanet_y
+
+            return deltanet_y(self, D, state, xn, pos)
         be, buf, geo = self.be, self.buf, self.geo
         T, nv = xn.shape[0], geo.n_v_heads
         qkv, z = buf.get("dn_qkv", T, geo.channels), buf.get("dn_z", T, geo.d_inner)
@@ -274,6 +277,8 @@ class Qwen35Model(Model):
     def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
         c, be, buf = self.cfg, self.be, self.buf
         T, hd = len(tokens), c.head_dim
+        if be.name == "gpu":
+            from ..ops.gpu import delta as gpu_gate
         x, xn = buf.get("x", T, c.n_embd), buf.get("xn", T, c.n_embd)
         be.get_rows(self.tok_embd, tokens, x)
         for il, L in enumerate(self.layers):
@@ -287,13 +292,19 @@ class Qwen35Model(Model):
                 be.norm_linear_many(x, L.attn_norm, c.norm_eps, xn, (L.wq, L.wk, L.wv), (qg, k, v))
                 qg3 = qg.reshape(T, c.n_head, 2 * hd)
                 q3 = buf.get("q", T, c.n_head * hd).reshape(T, c.n_head, hd)
-                q3[...] = qg3[:, :, :hd]  # (each head's query; its gate stays in qg)
+                if be.name == "gpu":  # (a kernel, not a slice: a decode step is captured)
+                    gpu_gate.query(qg3, q3)
+                else:
+                    q3[...] = qg3[:, :, :hd]  # (each head's query; its gate stays in qg)
                 k3, v3 = k.reshape(T, c.n_head_kv, hd), v.reshape(T, c.n_head_kv, hd)
                 be.norm_rope_qk(q3, k3, L.q_norm, L.k_norm, c.norm_eps, pos, self.rope_cos, self.rope_sin, c.rope_neox)
                 att = buf.get("att", T, c.n_head * hd)
                 att3 = att.reshape(T, c.n_head, hd)
                 cache[il].update_and_attend(q3, k3, v3, pos, att3)
-                att3 *= _sigmoid(qg3[:, :, hd:])
+                if be.name == "gpu":
+                    gpu_gate.sigmoid_gate(qg3, att3)
+                else:
+                    att3 *= _sigmoid(qg3[:, :, hd:])
                 be.linear_add(L.wo, att, x)
             self.trace("attn_out", il, x)
             if L.moe is not None:

@@ -10,7 +10,7 @@ over many denoising steps (llama.cpp's ``llama-diffusion-cli``; kvrun's ``kvrun 
 So the model runs one forward pass over one batch from position 0 (a step of the denoiser: the logits of every
 position of the sequence), the batch's rows seeing each other both ways (models/diffusion_lm.py); a batch that
 continues a sequence (a decode step, a prompt longer than the batch) is refused in one line, and so ``kvrun run``
-is.  It runs on the CPU only (the routing is host work, as every mixture of experts here).
+is.  It runs on the GPU too (models/diffusion_lm.py; its experts in moe.cu's kernels).
 """
 
 from __future__ import annotations

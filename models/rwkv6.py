@@ -15,9 +15,10 @@ residual) with RWKV-6's two mixes.  What sets it apart:
   RWKV's fp16 inference does; the converter divides ``time_mix_output`` and ``channel_mix_value`` of layer i by
   ``2 ** (i // N)`` to match, so both are needed (the LayerNorms make the scale itself invisible).
 
-The cache is RWKV-7's (``cache/rwkv.py``) with WKV-6 inside; the CPU only.  llama.cpp's ``rwkv6qwen2`` (RWKV-6's time
-mix in a Qwen 2 trunk, gated linear attention in place of WKV-6) is models/rwkv6qwen2.py, through the hooks here
-(load_time_mix's ``load_wkv_extras``, time_mix's ``recurrence`` and ``gate_act``).
+The cache is RWKV-7's (``cache/rwkv.py``) with WKV-6 inside; on the GPU ``cache/gpu_recurrent.py``
+(models/gpu_recurrent.py).  llama.cpp's ``rwkv6qwen2`` (RWKV-6's time mix in a Qwen 2 trunk, gated linear attention
+in place of WKV-6) is models/rwkv6qwen2.py, through the hooks here (load_time_mix's ``load_wkv_extras``, time_mix's
+``recurrence`` and ``gate_act``).
 """
 
 from __future__ import annotations
@@ -169,6 +170,10 @@ class RWKV6Model(RWKV7Model):
     def time_mix(self, L: RWKV6Layer, state: Any, xn: np.ndarray, pos: np.ndarray, v_first: Any) -> tuple[np.ndarray, None]:
         """The time mix of the normed input ``xn`` [T, n_embd]: its output before ``time_mix_output`` (a buffer), and
         no value for later layers (RWKV-7's value residual: none here).  ``state``: the layer's cache (cache/rwkv.py)."""
+        if self.be.name == "gpu":  # (the same steps as kernels on device buffers: models/gpu_recurrent.py)
+            from .gpu_recurrent import rwkv6_time_mix
+
+            return rwkv6_time_mix(self, L, state, xn, pos)
         be, buf = self.be, self.buf
         T, n = xn.shape
         H, N = n // self.head_size, self.head_size
@@ -232,6 +237,10 @@ class RWKV6Model(RWKV7Model):
     def channel_mix(self, L: RWKV6Layer, state: Any, xn: np.ndarray, pos: np.ndarray, x: np.ndarray) -> None:
         """The channel mix of the normed input ``xn`` [T, n_embd], added to the residual ``x``; then the residual
         halved where the layer ends a group of rescale_every_n_layers."""
+        if self.be.name == "gpu":
+            from .gpu_recurrent import rwkv6_channel_mix
+
+            return rwkv6_channel_mix(self, L, state, xn, pos, x)
         be, buf = self.be, self.buf
         T = xn.shape[0]
         sx = state.token_shift(xn, pos, 1) - xn

@@ -21,8 +21,8 @@ The time mix keeps RWKV-6's ddlerp token shift, LoRA'd data-dependent decay ``w`
   (``attention.layer_norm_rms_epsilon``), the output norm's bias optional, no LN0, a SwiGLU FFN in place of the
   channel mix, a separate output head, no residual halving, ``token_shift_count`` 1 (the time mix's only).
 
-The cache is RWKV-6's (``cache/rwkv.py``, WKV-6 inside, the second token-shift row written and never read); the CPU
-only.
+The cache is RWKV-6's (``cache/rwkv.py``, WKV-6 inside, the second token-shift row written and never read; on the GPU
+``cache/gpu_recurrent.py``).
 """
 
 from __future__ import annotations

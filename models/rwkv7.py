@@ -20,7 +20,8 @@ Every norm is a LayerNorm with bias.  What sets it apart:
   gate, the output projection;
 * the channel mix: ``W_v relu(W_k x)^2`` of its own token-shifted input.
 
-The WKV state and the token shift's last rows live in the cache, one per layer (``cache/rwkv.py``): the CPU only.
+The WKV state and the token shift's last rows live in the cache, one per layer (``cache/rwkv.py``); on the GPU
+``cache/gpu_recurrent.py`` and ``ops/gpu/recurrent.cu`` (``models/gpu_recurrent.py``).
 ARWKV-7 (models/arwkv7.py) is this time mix in a Qwen 2.5 trunk; RWKV-6 (models/rwkv6.py) is this model with its own
 time mix and channel mix.
 """
@@ -110,8 +111,6 @@ class RWKV7Model(Model):
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: RWKV's WKV recurrence runs on the CPU; drop --device gpu")
         self.head_size = int(g.arch_get("wkv.head_size", 0) or 0)
         if self.head_size <= 0 or cfg.n_embd % self.head_size:
             raise GGUFError(f"{g.path}: {g.architecture}.wkv.head_size {self.head_size} does not divide embedding_length {cfg.n_embd} into heads")
@@ -203,6 +202,10 @@ class RWKV7Model(Model):
     def time_mix(self, L: RWKV7Layer, state: Any, xn: np.ndarray, pos: np.ndarray, v_first: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The time mix of the normed input ``xn`` [T, n_embd]: its output before ``time_mix_output`` (a buffer), and
         the layer's value (``v_first`` for the layers after layer 0).  ``state``: the layer's cache (cache/rwkv.py)."""
+        if self.be.name == "gpu":  # (the same steps as kernels on device buffers: models/gpu_recurrent.py)
+            from .gpu_recurrent import rwkv7_time_mix
+
+            return rwkv7_time_mix(self, L, state, xn, pos, v_first)
         be, buf = self.be, self.buf
         T, n = xn.shape
         H, N = n // self.head_size, self.head_size
@@ -240,6 +243,10 @@ class RWKV7Model(Model):
 
     def channel_mix(self, L: RWKV7Layer, state: Any, xn: np.ndarray, pos: np.ndarray, x: np.ndarray) -> None:
         """The channel mix of the normed input ``xn`` [T, n_embd] (overwritten), added to the residual ``x``."""
+        if self.be.name == "gpu":
+            from .gpu_recurrent import rwkv7_channel_mix
+
+            return rwkv7_channel_mix(self, L, state, xn, pos, x)
         prev = state.token_shift(xn, pos, 1)
         xn += (prev - xn) * L.cm_lerp
         h = self.buf.get("rwkv_cm", xn.shape[0], self.cfg.n_ff)

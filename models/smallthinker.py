@@ -20,7 +20,7 @@ The Llama block (``llama.py``: RMSNorm, grouped-query attention, neox rope over 
   window every layer rotates with the one base.
 * The output head is the token embeddings where the file has no ``output.weight``.
 
-It runs on the CPU only (the router's copy of the layer's input is host work).
+On ``--device gpu`` the layer's input is copied into the router's buffer by a kernel and the experts route in moe.cu's.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .common import WeightLoader, make_rope
 from .llama import LlamaLayer, LlamaModel
-from .moe import check_expert_counts, cpu_only, expert_groups, gating_func, load_moe
+from .moe import check_expert_counts, expert_groups, gating_func, load_moe
 
 #: llama.cpp's expert_gating_func values (LLAMA_EXPERT_GATING_FUNC_TYPE_*) SmallThinker's converter writes
 GATING = {1: "softmax", 2: "sigmoid"}
@@ -56,7 +56,6 @@ class SmallThinkerModel(LlamaModel):
     archs = ("smallthinker",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend, "a router reading the layer's input")  # (router_x: host work; the experts would route on the GPU: moe.py)
         check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
         if g.arch_get("expert_gating_func") is None:  # (llama.cpp reads it optionally, and then has no gating to run)
             raise GGUFError(f"{g.path}: metadata smallthinker.expert_gating_func is missing; the file is not a complete model")
@@ -83,7 +82,11 @@ class SmallThinkerModel(LlamaModel):
         )  # fmt: skip
 
     def layer_input(self, L: LlamaLayer, x: Any) -> None:
-        np.copyto(self.router_x[: x.shape[0]], x)  # (the attention adds into x before the router would read it)
+        # (the attention adds into x before the router would read it; a device's copy a kernel a captured step holds)
+        if self.be.name == "cpu":
+            np.copyto(self.router_x[: x.shape[0]], x)
+        else:
+            self.be.copy(x, self.router_x[: x.shape[0]])
 
     def qk_norm_rope(self, L: SmallThinkerLayer, q: Any, k: Any, q3: Any, k3: Any, pos: Any, cos: Any, sin: Any) -> None:
         if L.swa and self.rope_swa is not None:

@@ -85,9 +85,9 @@ class LayerNormBlockModel(Model):
                 be.add_bias(q, L.bq)
                 be.add_bias(k, L.bk)
                 be.add_bias(v, L.bv)
-            if self.clamp_kqv > 0:  # (an array method: numpy's and CuPy's alike, in place)
+            if self.clamp_kqv > 0:  # (a backend op: a device's clamp is a kernel a captured step holds)
                 for t in (q, k, v):
-                    t.clip(-self.clamp_kqv, self.clamp_kqv, out=t)
+                    be.clamp(t, self.clamp_kqv)
             if L.q_norm is not None:
                 be.layer_norm_heads(q3, L.q_norm, c.norm_eps)
                 be.layer_norm_heads(k3, L.k_norm, c.norm_eps)

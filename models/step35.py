@@ -19,7 +19,8 @@ Pre-norm decoder (RMSNorm -> attention -> residual -> RMSNorm -> FFN -> residual
 Clamped SwiGLU where the file says (``swiglu_clamp_exp`` for the routed experts, ``swiglu_clamp_shexp`` for the shared
 expert and the dense FFNs, one limit or one a layer, 0 for none): ``min(silu(gate), limit) * clamp(up, -limit, limit)``
 (``moe.swiglu_clamped``; Step-3.5-Flash clamps its last layers).  The last ``nextn_predict_layers`` of ``block_count`` are
-multi-token-prediction layers, which kvrun neither runs nor reads.  The CPU only (the clamped SwiGLUs are host work).
+multi-token-prediction layers, which kvrun neither runs nor reads.  On ``--device gpu`` the clamped SwiGLUs and the
+attention gate are kernels (moe2.cu), the experts routed in moe.cu's.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from ..ops.backend import Backend, Weight
 from .common import TENSOR_NAMES, WeightLoader, make_rope
 from .llama import LlamaModel
 from .mimo2 import per_layer
-from .moe import MoE, check_expert_counts, cpu_only, gating_func, load_moe, moe_or_swiglu_add, weights_scale
+from .moe import MoE, check_expert_counts, gating_func, load_moe, moe_or_swiglu_add, weights_scale
 
 TENSOR_NAMES.update({"attn_gate": "blk.{i}.attn_gate.weight"})  # (llama.cpp's LLM_TENSOR_ATTN_GATE)
 
@@ -74,7 +75,6 @@ class Step35Model(LlamaModel):
     archs = ("step35",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend, "clamped SwiGLU experts and FFNs")  # (host work; the other experts route on the GPU: moe.py)
         check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
         for key in ("expert_feed_forward_length", "attention.sliding_window"):  # (llama.cpp requires them)
             if g.arch_get(key) is None:
@@ -157,7 +157,10 @@ class Step35Model(LlamaModel):
             if L.attn_gate is not None:  # (one gate a head)
                 g = buf.get(f"attn_gate{H}", T, H)
                 be.linear(L.attn_gate, xn, g)
-                att3 *= _sigmoid(g)[:, :, None]
+                if be.name == "cpu":
+                    att3 *= _sigmoid(g)[:, :, None]
+                else:  # (a kernel, one gate over each head's values: a captured decode step brings nothing to the host)
+                    be.sigmoid_mul(att3, g)
             self.trace("kqv_out", il, att)
             be.linear_add(L.wo, att, x)
             moe_or_swiglu_add(be, L, x, xn, c.norm_eps, buf, L.swiglu_limit)

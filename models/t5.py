@@ -21,8 +21,10 @@ relative-position bias is not a product of something of the query and something 
 models/bloom.py), so the kernels cannot carry it; this small model class attends on the host instead: the new
 K/V are stored in the plain cache's fp16 rows without its kernel's attention (:meth:`PlainLayerCache.store`: an
 unbiased result would only be thrown away), and the attention is computed once, from those rows with the bias
-added, every head in one pass.  Hence the plain CPU cache only (no --kv-* compression, no GPU), and one sequence
-a forward.
+added, every head in one pass.  Hence the plain cache only (no --kv-* compression), and one sequence a forward.  On
+the GPU the rows go to its plain fp16 ring by its kernel, the bias is built on the host from the positions the ring
+holds and ops/gpu/encoder.cu attends (cross-attention too): a step makes host decisions, so T5 decodes without CUDA
+graphs (``cuda_graphs`` False).
 """
 
 from __future__ import annotations
@@ -87,10 +89,9 @@ class T5Model(T5EncoderModel):
     archs = ("t5",)
     encoder = False  # (it writes text: Engine.eval, not Engine.embed)
     encoder_decoder = True
+    cuda_graphs = False  # (on the GPU each decode step builds its bias on the host from the cache's positions: no CUDA graph)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":  # (before any upload)
-            raise UnsupportedModelError(f"{g.path}: {cfg.arch} runs on the CPU only for now (its decoder attends on the host); drop --device gpu")
         super().__init__(g, cfg, backend, n_ctx, n_batch)
         ld = WeightLoader(g, backend)
         #: the decoder's depth: decoder_block_count where the file states it (llama.cpp's dec_n_layer), else the encoder's
@@ -127,9 +128,10 @@ class T5Model(T5EncoderModel):
         c = self.cfg
         enc = self.encode(np.asarray(tokens, np.int32))
         T = len(enc)
+        keep = self.be.vector if self.be.name == "gpu" else (lambda a: a)  # (on the GPU: uploaded once a prompt, not a step)
         self._cross[cache] = [
-            (self._linear(L["cross_wk"], enc, None).reshape(T, c.n_head_kv, c.head_dim),
-             self._linear(L["cross_wv"], enc, None).reshape(T, c.n_head_kv, c.head_dim))
+            (keep(self._linear(L["cross_wk"], enc, None).reshape(T, c.n_head_kv, c.head_dim)),
+             keep(self._linear(L["cross_wv"], enc, None).reshape(T, c.n_head_kv, c.head_dim)))
             for L in self.dec_layers
         ]  # fmt: skip
         return self.dec_start
@@ -138,8 +140,10 @@ class T5Model(T5EncoderModel):
     def _self_attend(self, layer: object, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, table: np.ndarray) -> np.ndarray:
         """Store ``k``/``v`` [T, H_kv, D] at ``pos`` in the layer's cache, then the causal attention of ``q`` [T, H, D]
         over what it holds, with the relative position bias of ``table`` [buckets, H]: [T, H*D]."""
+        if type(layer).__name__ == "GPUPlainLayerCache":
+            return self._self_attend_gpu(layer, q, k, v, pos, table)
         if type(layer) is not PlainLayerCache:
-            raise KvrunError("t5 runs on the plain fp16 KV cache on the CPU only: drop the --kv-* flags")
+            raise KvrunError("t5 runs on the plain fp16 KV cache only: drop the --kv-* flags")
         T, H, D = q.shape
         layer.store(k, v, pos)  # (without the kernel's attention: an unbiased result this pass would only overwrite)
         slots = np.flatnonzero((layer.pos >= 0) & (layer.pos <= pos[-1]))
@@ -154,10 +158,45 @@ class T5Model(T5EncoderModel):
         p = _softmax_rows(np.where(rel > 0, -np.inf, s))
         return (p.reshape(Hkv, -1, n) @ vv).reshape(H, T, D).transpose(1, 0, 2).reshape(T, H * D)
 
-    @staticmethod
-    def _cross_attend(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    def _self_attend_gpu(self, layer: object, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, table: np.ndarray) -> np.ndarray:
+        """:meth:`_self_attend` on the GPU's plain fp16 cache: the rows stored by its kernel, the bias (and the causal
+        mask, as -inf) built on the host from the positions the ring holds, the attention ops/gpu/encoder.cu's over the
+        visible slots' K/V gathered on the device."""
+        from ..ops.gpu import attention as attn
+        from ..ops.gpu import encoder as E
+        from ..ops.gpu import kernels as K
+        from ..ops.gpu.arrays import positions, to_device
+
+        T, H, D = q.shape
+        pos_h = np.asarray(pos)
+        layer.note_positions(pos_h)  # type: ignore[attr-defined]
+        attn.kv_store(to_device(k), to_device(v), positions(pos_h), layer.k, layer.v, layer.pos)  # type: ignore[attr-defined]
+        rt = K.runtime()
+        kpos_all = rt.asnumpy(layer.pos)  # type: ignore[attr-defined]
+        slots = np.flatnonzero((kpos_all >= 0) & (kpos_all <= pos_h[-1]))
+        if not E.fits(len(slots), D):
+            raise KvrunError(f"t5 on the GPU attends over at most {E.SHARED_FLOATS - D - 32} of its tokens: load it with a smaller context")
+        rel = kpos_all[slots].astype(np.int64)[None, :] - pos_h.astype(np.int64)[:, None]  # [T, n] key minus query
+        bias = table[causal_position_bucket(rel, self.n_buckets)].transpose(2, 0, 1)  # [H, T, n]
+        bias = np.ascontiguousarray(np.where(rel > 0, -np.inf, bias), np.float32)
+        sd = rt.xp.asarray(slots)
+        kk = rt.xp.ascontiguousarray(layer.k[:, sd].astype(np.float32).transpose(1, 0, 2))  # type: ignore[attr-defined]
+        vv = rt.xp.ascontiguousarray(layer.v[:, sd].astype(np.float32).transpose(1, 0, 2))  # type: ignore[attr-defined]
+        out = np.empty((T, H, D), np.float32)
+        E.attend_full(q, kk, vv, bias, 1.0, out)
+        return out.reshape(T, H * D)
+
+    def _cross_attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
         """Every query [T, H, D] over the whole encoded prompt's k, v [T_enc, H_kv, D], unscaled, unmasked: [T, H*D]."""
         T, H, D = q.shape
+        if self.be.name == "gpu":
+            from ..ops.gpu import encoder as E
+
+            if E.fits(k.shape[0], D):
+                out = np.empty((T, H, D), np.float32)
+                E.attend_full(q, k, v, None, 1.0, out)
+                return out.reshape(T, H * D)
+            k, v = self.be.to_host(k), self.be.to_host(v)  # (a prompt too long for the kernel's shared memory: on the host)
         g = H // k.shape[1]
         k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
         p = _softmax_rows(np.einsum("thd,shd->hts", q, k))

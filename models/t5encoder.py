@@ -16,7 +16,7 @@ What sets T5's block apart:
 * the tensors are the encoder's (``enc.blk.{i}.*``); its SentencePiece Unigram vocabulary (loaders/ugm.py)
   appends ``</s>`` and adds no BOS.
 
-Activations are numpy arrays on the host (prefill-only work); CPU only, as BERT's.  The converter states
+Activations are numpy arrays on the host (prefill-only work); on the GPU too, as BERT's.  The converter states
 no pooling: llama.cpp's embeddings then are every token's state, kvrun's pooled mean.
 """
 

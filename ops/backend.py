@@ -148,3 +148,9 @@ class Backend(Protocol):
     def sigmoid_gated_add(self, x: Any, y: Any, s: Any) -> None:
         """``x[t] += sigmoid(s[t]) * y[t]`` (Qwen2-MoE's gated shared expert); ``s`` ``[T, 1]``, ``y`` is scratch."""
         ...
+
+    # (the GPU backend also has Gemma 3n's and Gemma 4's own steps, AltUp's and the per-layer inputs' gate, which the
+    # CPU's models do in host numpy: ops/gpu/gemma.py GemmaOps, called from those models' forward_device only)
+    # (and the mixture-of-experts variants' device steps, which the CPU's models do in host numpy: ops/gpu/moe2.py
+    # MoEVariantOps, called where ``name != "cpu"`` only: Grok's, Step-3.5's and Llama 4's experts, GroveMoE's chunk
+    # experts' routing, the float16-table GELU, the clamped SwiGLU, the sigmoid attention gates, a device copy)

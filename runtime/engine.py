@@ -227,7 +227,8 @@ class Engine:
         self.threads = n_threads if threads is not None else None
         # on the GPU, one-token decode steps with the plain cache replay captured CUDA graphs
         self.graphs = None
-        if self.backend.name == "gpu":
+        # (an encoder decodes nothing; a model saying cuda_graphs False makes host decisions a step: T5's)
+        if self.backend.name == "gpu" and not getattr(self.model, "encoder", False) and getattr(self.model, "cuda_graphs", True):
             from .graphs import DecodeGraphs
 
             self.graphs = DecodeGraphs(self.model, self.backend.xp, self.cfg.n_vocab, len(self.model.layer_specs()))

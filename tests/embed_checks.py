@@ -58,7 +58,7 @@ def check_missing_tensor(path: Path, missing: str) -> None:
 
 
 def check_cpu_only_and_no_text(path: Path, arch: str) -> None:
-    """The GPU refused, text generation refused, more than the context refused: each in one line."""
+    """A backend neither the CPU's nor the GPU's refused, text generation refused, more than the context refused: each in one line."""
     from kvrun.loaders.config import load_config
     from kvrun.loaders.gguf_file import GGUFFile
     from kvrun.models import model_class
@@ -69,7 +69,7 @@ def check_cpu_only_and_no_text(path: Path, arch: str) -> None:
         name = "cuda"
         zeros = staticmethod(np.zeros)
 
-    with pytest.raises(UnsupportedModelError, match=f"{arch} embedding models run on the CPU; drop --device gpu$"):
+    with pytest.raises(UnsupportedModelError, match=f"{arch} embedding models run on the CPU or the GPU; drop --device cuda$"):
         model_class(arch)(g, load_config(g), Device(), 128, 128)
     m = Model(Engine(path))
     with pytest.raises(KvrunError, match=rf"is an embedding model \({arch}\): it makes embeddings"):

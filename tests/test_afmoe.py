@@ -7,7 +7,6 @@ AFMoE apart; a missing tensor and the GPU refused in one line; ``kvrun info`` an
 from __future__ import annotations
 
 import dataclasses
-import types
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from test_models import N_BATCH, N_CTX, _fixture_error
 from tinymodel import write_tiny_model
 
 from kvrun.loaders.config import load_config
-from kvrun.loaders.errors import GGUFError, UnsupportedModelError
+from kvrun.loaders.errors import GGUFError
 from kvrun.loaders.gguf_file import GGUFFile
 from kvrun.models import model_class
 from kvrun.ops import get_backend
@@ -77,12 +76,7 @@ def test_a_missing_tensor_is_one_line(tmp_path, tensor):
     assert "\n" not in str(e.value)
 
 
-def test_the_gpu_is_refused_in_one_line(tmp_path):
-    g = GGUFFile(write_tiny_model(tmp_path / "a.gguf", "afmoe"))
-    gpu = types.SimpleNamespace(name="gpu", zeros=np.zeros)
-    with pytest.raises(UnsupportedModelError, match="runs on the CPU only") as e:
-        model_class("afmoe")(g, load_config(g), gpu, N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
+# (the GPU runs AFMoE: tests/test_gpu_moe2.py)
 
 
 def test_info_and_run(tmp_path):

@@ -1,7 +1,8 @@
 """Gemma 4 (``gemma4``): its fixtures against llama.cpp fail without what sets it apart, its layout (shared K/V, heads
 of two widths, double-wide FFNs) is read as llama.cpp reads it, a file missing a tensor it needs is refused in one line
-naming it, the GPU is refused in one line, and its chat template (a GGUF carries its own) renders.
-(test_models.test_forward_matches_llamacpp holds the fixtures gemma4 and gemma4_moe to llama.cpp.)"""
+naming it, and its chat template (a GGUF carries its own) renders.
+(test_models.test_forward_matches_llamacpp holds the fixtures gemma4 and gemma4_moe to llama.cpp; the GPU runs them:
+tests/test_gpu_gemma_n4.py.)"""
 
 from __future__ import annotations
 
@@ -10,15 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_models import N_BATCH, N_CTX, _build, _fixture_error
+from test_models import _build, _fixture_error
 from tiny_gemma4 import write_tiny_gemma4
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
-from kvrun.loaders.config import load_config
-from kvrun.loaders.errors import GGUFError, UnsupportedModelError
-from kvrun.loaders.gguf_file import GGUFFile
+from kvrun.loaders.errors import GGUFError
 from kvrun.models.common import make_rope
-from kvrun.models.gemma4 import Gemma4Model
 from kvrun.ops.backend import Weight
 
 
@@ -127,17 +125,6 @@ def test_kv_bytes_per_token_count_what_the_cache_holds(tmp_path, fixture):
     held = sum(s.n_head_kv * (s.head_dim + s.head_dim_v) for s in model.layer_specs() if s.kv_from < 0)
     assert cfg.kv_bytes_per_token(16) == held * 2 and cfg.kv_bytes_per_token(8) == held
     assert held == {"gemma4": 2 * 1 * 32 + 2 * 64, "gemma4_moe": 3 * 1 * 32 + 2 * 64}[fixture]
-
-
-def test_gemma4_runs_on_the_cpu_only(tmp_path):
-    g = GGUFFile(write_tiny_model(tmp_path / "g.gguf", **FIXTURE_MODELS["gemma4"]))
-
-    class Device:
-        name = "cuda"
-
-    with pytest.raises(UnsupportedModelError, match="drop --device gpu") as e:
-        Gemma4Model(g, load_config(g), Device(), N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
 
 
 #: Gemma 4's chat template as its GGUFs carry it (llama.cpp's models/templates/gemma4.jinja, the converter copying the

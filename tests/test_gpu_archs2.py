@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tiny_diffusion import write_tiny_diffusion
-from tiny_embed2 import write_tiny_embed2
-from tiny_t5 import write_tiny_t5
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.loaders.errors import UnsupportedModelError
@@ -27,19 +24,19 @@ pytestmark = pytest.mark.skipif(not gpu_available() and not emulate.available(),
 ON_GPU = ["deci", "qwen", "baichuan", "orion", "xverse", "plamo3", "plamo3-full", "maincoder", "jais2", "codeshell", "plamo",
           "chameleon", "chameleon-swin", "cogvlm", "hunyuan_vl", "hunyuan_vl-plain", "paddleocr"]  # fmt: skip
 
-#: the rest, each refusing --device gpu: experts, latent attention, state-space and delta-rule layers, Gemma 4 (ALiBi's,
+#: the rest, each refusing --device gpu: experts, latent attention, delta-rule layers (Gemma 4 runs:
+#: tests/test_gpu_gemma_n4.py; ALiBi's,
 #: baichuan-13b, jais and refact, run: tests/test_gpu_alibi_sinks.py)
-#: (the mixtures of experts whose other ops the GPU has run there: tests/test_gpu_moe.py)
-REFUSED = ["gemma4", "gemma4_moe", "step35", "grovemoe", "dbrx", "grok", "grok1", "nemotron_h_moe", "nemotron_h_moe-latent",
-           "kimi-linear"]  # fmt: skip
+#: (Mamba's and Mamba-2's state-space layers, Jamba's and PLaMo 2's among them, run: tests/test_gpu_ssm.py)
+#: (the mixtures of experts whose other ops the GPU has run there: tests/test_gpu_moe.py; latent attention, Mistral 4's,
+#: PLM's and GLM-5's among them: tests/test_gpu_mla.py)
+#: (Step-3.5's, GroveMoE's, DBRX's and Grok's run: tests/test_gpu_moe2.py)
+#: (Kimi Linear's delta-rule layers, Qwen3.5's and Qwen3-Next's, run: tests/test_gpu_delta.py)
+REFUSED = ["nemotron_h_moe", "nemotron_h_moe-latent"]  # fmt: skip
 
-#: this stop's models written by their own tiny writers (encoders, the encoder-decoder, diffusion LMs), all refusing too
-OTHER_WRITERS = {
-    **{n: (lambda p, n=n: write_tiny_embed2(p, n)) for n in ("modern-bert", "eurobert", "llama-embed", "t5encoder")},
-    "t5": lambda p: write_tiny_t5(p, "t5"),
-    **{n: (lambda p, n=n: write_tiny_diffusion(p, n)) for n in ("dream", "llada", "llada-moe")},
-    "rnd1": lambda p: write_tiny_model(p, arch="rnd1", seed=1),
-}
+#: this stop's models written by their own tiny writers that still refuse (the encoders, T5 and the diffusion LMs run:
+#: tests/test_gpu_encoders.py)
+OTHER_WRITERS: dict = {}
 
 SUPPRESSED = np.finfo(np.float32).min  # (Chameleon's image tokens' logit: -FLT_MAX on both backends)
 

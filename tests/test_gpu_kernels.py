@@ -255,7 +255,7 @@ def test_bad_shapes_and_ids_are_refused(rt, gpu):
     with pytest.raises(IndexError):
         gpu.get_rows(w, np.array([8], np.int32), rt.xp.zeros((1, 64), np.float32))
     with pytest.raises(ValueError, match="no GPU kernel"):
-        gpu.upload(np.zeros((1, 66), np.uint8), Q.TQ2_0, (1, 256))
+        gpu.upload(np.zeros((1, 292), np.uint8), Q.Q8_K, (1, 256))
 
 
 # ----------------------------------------------------------------- nn

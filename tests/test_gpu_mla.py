@@ -1,6 +1,6 @@
 """Multi-head latent attention on ``--device gpu``: DeepSeek-V2/V3 (Kimi K2, Moonlight, GigaChat3 are that file),
 Mistral 4, PLM, GLM-5's dense path and MiniCPM3 give the CPU's logits there, over a prefill and decode steps replayed from
-captured CUDA graphs; Kimi Linear stays refused (its Kimi Delta Attention layers are CPU work).
+captured CUDA graphs (Kimi Linear's MLA layers beside its Kimi Delta Attention ones: tests/test_gpu_delta.py).
 
 The GPU runs deepseek2.py's forward as the CPU does: the latent decompressed into every head's K (``qk_nope + n_rot``) and
 V (``v_head_dim``) and stored in the ordinary caches, whose kernels take ``head_dim != head_dim_v``.  What were numpy slices
@@ -22,7 +22,6 @@ from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.cache.kvconfig import KVConfig
 from kvrun.cli import main
-from kvrun.loaders.errors import UnsupportedModelError
 from kvrun.ops import gpu_available
 from kvrun.ops.cpu.backend import CPUBackend
 from kvrun.ops.gpu import emulate
@@ -141,9 +140,4 @@ def test_the_cli_runs_deepseek2_on_the_gpu(gpu_env, tmp_path):
     assert text(gpu.output) == text(cpu.output)
 
 
-def test_kimi_linear_stays_refused_in_one_line(gpu_env, tmp_path):
-    """Its MLA layers would run; its Kimi Delta Attention layers are CPU work (ops/cpu/kda.py), so the model is refused."""
-    path = write_tiny_model(tmp_path / "k.gguf", **FIXTURE_MODELS["kimi-linear"])
-    with pytest.raises(UnsupportedModelError, match="--device gpu") as e:
-        Engine(path, device="gpu", n_ctx=64, n_batch=16)
-    assert "\n" not in str(e.value) and "Kimi Delta Attention" in str(e.value)
+# (Kimi Linear runs on the GPU too, its Kimi Delta Attention layers and its unturned MLA: tests/test_gpu_delta.py)

@@ -161,10 +161,8 @@ def test_llama4_fixtures_see_what_sets_them_apart(tmp_path):
 
 
 def test_llama4_refusals(tmp_path):
-    """One-line errors: a missing tensor (named), the GPU, a compressed cache, and a file llama.cpp cannot run either
-    (attention.sliding_window 0)."""
-    from types import SimpleNamespace
-
+    """One-line errors: a missing tensor (named), a compressed cache (CPU or GPU), and a file llama.cpp cannot run
+    either (attention.sliding_window 0)."""
     from tiny_llama4 import write_tiny_llama4
 
     from kvrun.cache.kvconfig import KVConfig
@@ -175,10 +173,7 @@ def test_llama4_refusals(tmp_path):
     with pytest.raises(UnsupportedModelError, match="sliding_window 0"):
         _build(write_tiny_llama4(tmp_path / "sw0.gguf", sliding_window=0))
     path = write_tiny_model(tmp_path / "l4.gguf", **FIXTURE_MODELS["llama4"])
-    g = GGUFFile(path)
-    with pytest.raises(UnsupportedModelError, match="drop --device gpu"):
-        model_class("llama4")(g, load_config(g), SimpleNamespace(name="gpu"), 64, 16)
-    specs = _build(path)[1].layer_specs()
-    for kv, device in ((KVConfig(bits=4), "cpu"), (None, "gpu")):
+    specs = _build(path)[1].layer_specs()  # (--device gpu runs it: tests/test_gpu_bitnet_llama4.py)
+    for kv, device in ((KVConfig(bits=4), "cpu"), (KVConfig(bits=4), "gpu")):
         with pytest.raises(ValueError, match="chunked attention"):
             make_cache(specs, 64, 16, kv, device)

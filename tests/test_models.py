@@ -193,7 +193,8 @@ def test_forward_matches_llamacpp(tmp_path, name, chunk):
 
 def test_gemma3n_shares_kv_and_refuses_compressed_caches(tmp_path):
     """Gemma 3n's layers from the 20th on read the K/V of the last earlier layer of their kind (window layers
-    layer 18's, global ones layer 19's) and store none; only the plain CPU cache serves them."""
+    layer 18's, global ones layer 19's) and store none; only the plain caches serve them (the GPU's too:
+    tests/test_gpu_gemma_n4.py)."""
     from kvrun.cache.kvconfig import KVConfig
     from kvrun.cache.plain import PlainLayerCache, SharedLayerCache
 
@@ -204,7 +205,7 @@ def test_gemma3n_shares_kv_and_refuses_compressed_caches(tmp_path):
     layers = make_cache(specs, N_CTX, N_BATCH)
     assert isinstance(layers[19], PlainLayerCache) and isinstance(layers[24], SharedLayerCache)
     assert layers[24].source is layers[19] and layers[20].source is layers[18] and layers[20].nbytes() == 0
-    with pytest.raises(ValueError, match="plain CPU cache"):
+    with pytest.raises(ValueError, match="plain cache"):
         make_cache(specs, N_CTX, N_BATCH, KVConfig(bits=4))
 
 

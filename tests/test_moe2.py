@@ -203,18 +203,8 @@ def test_a_missing_key_is_named_in_one_line(tmp_path, arch, key):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("arch", ["rnd1", "grovemoe"])
-def test_other_backends_are_refused_in_one_line(tmp_path, arch):
-    """GroveMoE's chunk experts and RND1's diffusion are host work: a backend other than the CPU's is refused at load, in
-    one line (the others run on the GPU: tests/test_gpu_moe.py)."""
-    g = GGUFFile(write_tiny_moe2(tmp_path / "m.gguf", arch))
-
-    class Device:
-        name = "cuda"
-
-    with pytest.raises(UnsupportedModelError, match="CPU only") as e:
-        model_class(arch)(g, load_config(g), Device(), N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
+# (these all run on the GPU too: tests/test_gpu_moe.py, GroveMoE's chunk experts tests/test_gpu_moe2.py; RND1's
+# diffusion tests/test_gpu_encoders.py)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

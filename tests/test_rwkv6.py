@@ -3,12 +3,10 @@
 The logits are llama.cpp's (the FIXTURE_MODELS tests ``rwkv6`` and ``rwkv6-unfused``); here: the fixture fails without
 each of what sets RWKV-6 apart; the state in the cache fed in chunks or token by token alike, going back exactly from
 a kept copy, further by starting over, saved and resumed (test_ssm.py's tests, run on the tiny RWKV-6); a missing
-tensor or hyperparameter and the GPU refused in one line; ``kvrun info`` and ``kvrun run`` on the tiny file.
+tensor or hyperparameter refused in one line; ``kvrun info`` and ``kvrun run`` on the tiny file.
 """
 
 from __future__ import annotations
-
-import types
 
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ from test_models import N_BATCH, N_CTX, _fixture_error
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.loaders.config import load_config
-from kvrun.loaders.errors import GGUFError, UnsupportedModelError
+from kvrun.loaders.errors import GGUFError
 from kvrun.loaders.gguf_file import GGUFFile
 from kvrun.models import model_class
 from kvrun.ops import get_backend
@@ -112,13 +110,6 @@ def test_a_missing_lora_size_or_a_bad_shape_is_one_line(tmp_path):
         model_class("rwkv6")(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
     assert "\n" not in str(e.value)
 
-
-def test_the_gpu_is_refused_in_one_line(tmp_path):
-    g = GGUFFile(write_tiny_model(tmp_path / "r.gguf", "rwkv6"))
-    gpu = types.SimpleNamespace(name="gpu", zeros=np.zeros)
-    with pytest.raises(UnsupportedModelError, match="runs on the CPU; drop --device gpu") as e:
-        model_class("rwkv6")(g, load_config(g), gpu, N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
 
 
 def test_info_and_run_on_the_tiny_file(tmp_path):

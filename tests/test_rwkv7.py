@@ -3,7 +3,7 @@
 The logits are llama.cpp's (the FIXTURE_MODELS test ``rwkv7``); here: the fixture fails without each of what sets
 RWKV-7 apart; the state in the cache fed in chunks or token by token alike, going back exactly from a kept copy,
 further by starting over, saved and resumed (test_ssm.py's tests, run on the tiny RWKV-7); a missing tensor, a bad
-head size and the GPU refused in one line; the World tokenizer's ids and pieces equal llama.cpp's on a small
+head size refused in one line; the World tokenizer's ids and pieces equal llama.cpp's on a small
 vocabulary (tests/fixtures/tokens_rwkv_world.json, from tools/make_rwkv_vocab_fixture.py).
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import types
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from tiny_rwkv7 import world_vocab, write_world_vocab
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.loaders.config import load_config
-from kvrun.loaders.errors import GGUFError, UnsupportedModelError
+from kvrun.loaders.errors import GGUFError
 from kvrun.loaders.gguf_file import GGUFFile
 from kvrun.loaders.rwkv_vocab import RwkvVocab, unescape
 from kvrun.loaders.tokenizer import Tokenizer
@@ -110,13 +109,6 @@ def test_layer_0_needs_no_value_residual_and_a_bad_head_size_is_one_line(tmp_pat
         model_class("rwkv7")(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
     assert "\n" not in str(e.value)
 
-
-def test_the_gpu_is_refused_in_one_line(tmp_path):
-    g = GGUFFile(write_tiny_model(tmp_path / "r.gguf", "rwkv7"))
-    gpu = types.SimpleNamespace(name="gpu", zeros=np.zeros)
-    with pytest.raises(UnsupportedModelError, match="runs on the CPU; drop --device gpu") as e:
-        model_class("rwkv7")(g, load_config(g), gpu, N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
 
 
 def test_info_and_run_on_the_tiny_file(tmp_path):

@@ -7,15 +7,12 @@ resumed."""
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pytest
 from tinymodel import write_tiny_model
 
 from kvrun.cache.kvconfig import KVConfig
 from kvrun.cache.ssm import EVERY, SSMLayerCache
-from kvrun.loaders.errors import UnsupportedModelError
 from kvrun.runtime.api import Model
 from kvrun.runtime.engine import Engine, GenRequest
 from kvrun.runtime.sampling import SamplerConfig
@@ -165,17 +162,7 @@ def test_nemotron_h_keeps_nothing_for_its_mlp_layers(tmp_path):
     assert e.model.slots == [0, None, 1, None, 2] and e.cfg.kv_bytes_per_token(16) == 2 * 2 * 24 * 2
 
 
-@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next"])  # (the Mamba-2 ones run there: tests/test_gpu_ssm.py)
-def test_the_gpu_is_refused_in_one_line(tmp_path, arch):
-    from kvrun.loaders.config import load_config
-    from kvrun.loaders.gguf_file import GGUFFile
-    from kvrun.models import model_class
-
-    g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", arch))
-    cfg = load_config(g)
-    gpu = types.SimpleNamespace(name="gpu", zeros=np.zeros)
-    with pytest.raises(UnsupportedModelError, match="run on the CPU; drop --device gpu"):
-        model_class(arch)(g, cfg, gpu, 64, 16)
+# (all of them run on the GPU: the Mamba-2 ones tests/test_gpu_ssm.py, the Gated DeltaNet ones tests/test_gpu_delta.py)
 
 
 def test_info_names_the_state_space_layers(tmp_path):

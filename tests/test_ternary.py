@@ -7,12 +7,11 @@
   float32 rounding only), the prefill's tile + BLAS path as W . x (float32).
 * gguf's quantizer's ternary values come back exactly (the fixture's F32 and TQ files hold the same weights).
 * The tiny BitNet's fixtures fail without its sub-norms, its scale tensors or its SiLU; a missing sub-norm is a
-  one-line error naming the tensor; ``--device gpu`` is refused at once for TQ files.
+  one-line error naming the tensor (``--device gpu``: tests/test_gpu_bitnet_llama4.py).
 """
 
 from __future__ import annotations
 
-import types
 from pathlib import Path
 
 import numba as nb
@@ -198,27 +197,3 @@ def test_bitnet_missing_sub_norm_is_one_line(tmp_path):
     with pytest.raises(GGUFError) as e:
         _build(path)
     assert "'blk.1.ffn_sub_norm.weight' is missing" in str(e.value) and "\n" not in str(e.value)
-
-
-@pytest.mark.parametrize("name", ["bitnet", "bitnet-tq2_0"])
-def test_bitnet_gpu_refusal(tmp_path, name):
-    """A TQ file is refused on the GPU before anything is uploaded (the GPU has no ternary kernels); an F32
-    BitNet passes this check (the GPU's kernels cover its types)."""
-    from kvrun.loaders.config import load_config
-    from kvrun.loaders.errors import UnsupportedModelError
-    from kvrun.loaders.gguf_file import GGUFFile
-    from kvrun.models import model_class
-
-    g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", **FIXTURE_MODELS[name]))
-    cfg = load_config(g)
-
-    def upload(*a):
-        raise AssertionError("uploaded")
-
-    gpu = types.SimpleNamespace(name="gpu", upload=upload, zeros=np.zeros)
-    if name == "bitnet":
-        with pytest.raises(AssertionError, match="uploaded"):
-            model_class("bitnet")(g, cfg, gpu, 64, 16)
-        return
-    with pytest.raises(UnsupportedModelError, match=r"m\.gguf: tensor 'blk\.0\.attn_q\.weight' is TQ2_0: ternary weights run on the CPU; drop --device gpu$"):
-        model_class("bitnet")(g, cfg, gpu, 64, 16)

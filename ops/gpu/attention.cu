@@ -7,7 +7,9 @@
 //
 // Slots are position-addressed, so masks are decided per slot from positions:
 // a key at pk is visible to a query at pq when 0 <= pk <= pq and, for a sliding
-// window w > 0, pq - pk < w.  Only slots [0, n_slots) are looked at.
+// window w > 0, pq - pk < w; a negative window -c is Llama 4's chunked attention
+// (llama.cpp's LLAMA_SWA_TYPE_CHUNKED): pk >= pq - pq % c, the start of the
+// query's chunk of c positions.  Only slots [0, n_slots) are looked at.
 //
 //   kv_store_f16             write new K/V rows (float32 -> fp16) into the ring
 //   attn_decode_partial_f16  decode: flash-decoding (split-K).  A few queries
@@ -35,7 +37,7 @@
 #define AD_MAX_D 256  // head_dim held in registers by the decode scores loop (8 per lane)
 
 __device__ __forceinline__ bool visible(int pk, int pq, int window) {
-    return pk >= 0 && pk <= pq && (window <= 0 || pq - pk < window);
+    return pk >= 0 && pk <= pq && (window == 0 || (window > 0 ? pq - pk < window : pk >= pq - pq % -window));
 }
 
 // The sink's share of a softmax denominator whose visible scores peak at m (none visible: nothing to add, the
@@ -248,7 +250,8 @@ extern "C" __global__ void __launch_bounds__(128) attn_prefill_f16(
         bool any = false;
         for (int jj = tid; jj < nj; jj += blockDim.x) {
             const int pk = kpos[j0 + jj];
-            any |= pk >= 0 && pk <= qmax && (window <= 0 || qmin - pk < window);
+            // (chunked: the first query's chunk starts first, as the positions increase)
+            any |= pk >= 0 && pk <= qmax && (window == 0 || (window > 0 ? qmin - pk < window : pk >= qmin - qmin % -window));
         }
         if (!__syncthreads_or(any)) continue;
 

@@ -32,6 +32,8 @@ from ..backend import Weight
 from . import kernels as K
 from . import mla as gpu_mla
 from . import moe as gpu_moe
+from .moe2 import MoEVariantOps
+from .gemma import GemmaOps
 from .arrays import ConstCache, device_out, is_device, positions, to_device
 
 MATVEC_MAX_TOKENS = 4  # up to this many tokens, one warp per weight row per token (decode)
@@ -47,7 +49,7 @@ def _ew_grid(n: int) -> tuple[int]:
     return (min(K.cdiv(n, _EW_BLOCK), _EW_MAX_GRID),)
 
 
-class GPUBackend:
+class GPUBackend(GemmaOps, MoEVariantOps):  # (GemmaOps: Gemma 3n's and Gemma 4's own steps, gemma.cu; MoEVariantOps: moe2.cu)
     """CUDA kernels on device arrays; ``linear`` picks matvec for a few tokens, tiled matmul for more."""
 
     name = "gpu"

@@ -64,6 +64,8 @@ QTYPE_SUFFIX: dict[int, str] = {
     int(T.IQ1_S): "iq1_s",
     int(T.IQ1_M): "iq1_m",
     int(T.MXFP4): "mxfp4",
+    int(T.TQ1_0): "tq1_0",  # (the ternary types: BitNet b1.58, TriLM)
+    int(T.TQ2_0): "tq2_0",
 }
 
 
@@ -146,6 +148,16 @@ for _sfx in QTYPE_SUFFIX.values():
     _declare("moe.cu", f"moe_gate_up_{_sfx}", "p" * 8 + "i" * 7)
     _declare("moe.cu", f"moe_down_{_sfx}", "p" * 6 + "i" * 6)  # wd, h, ids, wts, db, x, n_embd, n_ff, row_bytes, k, acc, has_b
 _declare("moe.cu", "moe_gated_add_f32", "pppil")  # x, y, s, n, total
+# the mixture-of-experts variants (moe2.cu): wg, wu, x, ids, wts, g, h, n_ff, n_cols, row_bytes, k, mode, act, wbf, limit;
+# wd, h, ids, wts, x, n_embd, n_ff, row_bytes, k, acc, wbf
+for _sfx in QTYPE_SUFFIX.values():
+    _declare("moe2.cu", f"moe_gate_up_x_{_sfx}", "p" * 7 + "i" * 7 + "f")
+    _declare("moe2.cu", f"moe_down_x_{_sfx}", "p" * 5 + "i" * 6)
+_declare("moe2.cu", "moe_chunk_route_f32", "ppppiiiif")  # logits, ids, cids, cw, n_expert, k, kc, group, scale
+_declare("moe2.cu", "gelu_f16_mul_f32", "pppl")  # g, u, out, n
+_declare("moe2.cu", "swiglu_clamp_f32", "pppfl")  # g, u, out, limit, n
+_declare("moe2.cu", "sigmoid_mul_f32", "ppll")  # x, s, rep, n
+_declare("moe2.cu", "copy_f32", "ppl")  # src, dst, n
 # multi-head latent attention (mla.cu): kva, w, kvc, rank, stride, eps; q_raw, k_nope, kva, q, k, T, n_head, nope, n_rot, stride
 _declare("mla.cu", "mla_latent_norm_f32", "pppiif")
 _declare("mla.cu", "mla_qk_f32", "pppppiiiii")
@@ -159,9 +171,42 @@ _declare("ssm.cu", "ssm_gate_norm_f32", "pppiiiifi")  # y, z, w, n, n_group, z_s
 _declare("ssm.cu", "ssm_rms_cols_f32", "ppiiifi")  # x, w, n, stride, col0, eps, has_w
 _declare("ssm.cu", "ssm_copy_cols_f32", "ppiiii")  # src, dst, T, n, stride, col0
 _declare("ssm.cu", "rms_norm_heads_each_f32", "ppiiif")  # x, w, n_rows, n_head, head_dim, eps
+# RWKV-6/7's and LFM2's recurrent layers (recurrent.cu)
+_declare("recurrent.cu", "rwkv_lerp_f32", "pppppp" + "i" * 7 + "l")  # xn, ring, pos, mu, add, out, T, n, m, ring_w, ring_col, n_ring, has_add, plane
+_declare("recurrent.cu", "rwkv_act_split_f32", "ppiiiil")  # h, out, T, E, m, act, plane
+_declare("recurrent.cu", "rwkv_decay_f32", "ppili")  # x, base, n, total, version
+_declare("recurrent.cu", "rwkv7_vres_f32", "ppppil")  # v, v_first, lo, v0, n, total
+_declare("recurrent.cu", "rwkv7_kprep_f32", "pppppp" + "iii")  # k, lo, a0, k_k, k_a, x, H, N, stride
+_declare("recurrent.cu", "rwkv_pack_f32", "ppp" + "iiiii")  # src, m, x, T, n, stride, col0, mode
+_declare("recurrent.cu", "rwkv_repeat_heads_f32", "ppiiii")  # src, dst, T, H, kvh, N
+_declare("recurrent.cu", "rwkv_bonus_f32", "ppppp" + "iifi")  # y, r, k, v, u, H, N, scale, has_u
+_declare("recurrent.cu", "rwkv_mul_act_f32", "ppli")  # y, g, total, act
+_declare("recurrent.cu", "wkv_f32", "ppppp" + "i" * 6)  # state, x, y, ck, ck_buf, T, H, N, stride, version, n_ck
+_declare("recurrent.cu", "shortconv_f32", "ppppp" + "iiii")  # bcx, ring, pos, w, y, T, n, K, n_ring
+_declare("recurrent.cu", "shortconv_store_f32", "ppp" + "iiii")  # bcx, ring, pos, T, keep, n, n_ring
+# Gated DeltaNet and Kimi Delta Attention (delta.cu)
+_declare("delta.cu", "delta_gb_f32", "ppppp" + "iiii")  # a, beta, dt_b, A, gb, T, n_g, n_v, per
+# state, qkv, gb, k_of_v, y, ck, ck_buf, T, n_v, n_k, d_v, d_k, gb_stride, gb_col0, per_channel, eps, n_ck
+_declare("delta.cu", "delta_rule_f32", "p" * 7 + "i" * 8 + "fi")
+_declare("delta.cu", "delta_norm_gate_f32", "pppiifi")  # y, z, w, n_rows, d, eps, sigmoid_gate
+_declare("delta.cu", "delta_qgate_f32", "pplii")  # qg, out, n_rows, d, mode
+_declare("delta.cu", "delta_put_cols_f32", "ppiiii")  # src, dst, T, n, stride, col0
+# Gemma 3n's and Gemma 4's own steps (gemma.cu)
+_declare("gemma.cu", "gemma_mul_vec_f32", "pppil")  # x, w, out, n, total
+_declare("gemma.cu", "gemma_match_norm_f32", "pppii")  # a, src, out, n, acc
+_declare("gemma.cu", "gemma_altup_coefs_f32", "ppppiiiff")  # xr, router, coef, c, n_embd, n_altup, m, inv_n, add
+_declare("gemma.cu", "gemma_altup_predict_f32", "pppiiil")  # xs, coefs, pred, n_altup, T, n_embd, stride
+_declare("gemma.cu", "gemma_altup_correct_f32", "ppppiiili")  # pred, out, coefs, xs, n_altup, T, n_embd, stride, act
+_declare("gemma.cu", "gemma_gaussian_topk_f32", "pif")  # x, n, std_mul
+_declare("gemma.cu", "gemma_gelu_mul_strided_f32", "ppiiil")  # g, pl, n, pl_stride, pl_off, total
+_declare("gemma.cu", "gemma_copy_f32", "ppl")  # src, dst, n
+_declare("gemma.cu", "gemma_scale_by_expert_f32", "pppl")  # wts, ids, scale, total
 # a picture's rows seeing each other both ways (picture.cu): q, k, v, kpos, qpos, out, T, n_slots, cap, n_head, n_kv, D,
 # Dv, pend, window, scale, softcap, BQ, BKV
 _declare("picture.cu", "attn_picture_f16", "pppppp" + "i" * 9 + "ff" + "ii")
+# the text encoders' attention both ways in float32 (encoder.cu): q, k, v, bias, out, Tq, Tk, n_head, n_kv, D, Dv, scale, has_bias,
+# bias_hs
+_declare("encoder.cu", "attn_full_f32", "ppppp" + "i" * 6 + "fil")
 
 
 def cu_files() -> list[str]:

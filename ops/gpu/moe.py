@@ -19,7 +19,7 @@ from .arrays import device_out, to_device
 WARP = 32
 ROWS_PER_BLOCK = 4  # MOE_WARPS in moe.cu: one warp per output row
 GATING = {"softmax": 0, "sigmoid": 1, "softmax_weight": 2}  # MOE_SOFTMAX ... in moe.cu
-ACT = {"silu": 0, "swiglu_oai": 1, "relu": 2}  # MOE_SILU ... in moe.cu
+ACT = {"silu": 0, "swiglu_oai": 1, "relu": 2, "gelu": 3}  # MOE_SILU ... in moe.cu (gelu: Gemma 4's tanh GELU)
 MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y: the gate/up launch's (token, slot) pairs
 _EW_BLOCK, _EW_MAX_GRID = 256, 8192
 

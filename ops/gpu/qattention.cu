@@ -13,7 +13,8 @@
 //   logw [n_kv, N]     log merge weights added to the logits (KeepKV), optional
 //
 // A key at pk is visible to a query at pq when 0 <= pk <= pq and, for a
-// sliding window w > 0, pq - pk < w.
+// sliding window w > 0, pq - pk < w; for a negative window -c (Llama 4's
+// chunked attention) pk >= pq - pq % c, as attention.cu's visible().
 //
 //   qattn_decode_partial  flash-decoding: a few queries cannot fill a GPU, so
 //                         the slots are cut into chunks; a block does one
@@ -32,7 +33,7 @@
 #define QA_MAX_D 256  // key head_dim held in registers by the scores loop (8 per lane)
 
 __device__ __forceinline__ bool qa_visible(int pk, int pq, int window) {
-    return pk >= 0 && pk <= pq && (window <= 0 || pq - pk < window);
+    return pk >= 0 && pk <= pq && (window == 0 || (window > 0 ? pq - pk < window : pk >= pq - pq % -window));
 }
 
 // grid (n_split, n_kv, T), block 128,

@@ -555,6 +555,73 @@ struct IQ1_M {  // qs u8[32] | qh u8[16] (a nibble a group: 3 index bits, delta'
     }
 };
 
+// ---------------------------------------------------------------- ternary (BitNet b1.58, TriLM; 256-weight blocks)
+// w = d * (t - 1), a code t in {0, 1, 2} a weight (layouts in loaders/quants.py).
+
+// TQ2_0: the 2-bit codes laid out as Q2_K's (bits 2k of qs[32h + l]: weight 128h + 32k + l), one d a block and no
+// sub-block scales, so chunk i takes Q2_K's columns.
+struct TQ2_0 {  // qs u8[64] | d f16
+    static constexpr int block_elems = 256, block_bytes = 66;
+    static constexpr bool TAIL = false;
+    static __device__ __forceinline__ Chunk decode(const u8* row, int c, int) {
+        const int sb = c >> 5, t = (c >> 3) & 3, j = 4 * (c & 7);
+        const int h = t >> 1, sh = 4 * (t & 1);
+        const u8* blk = row + sb * block_bytes;
+        const float d = ldh(blk + 64);
+        const u32 q = ld32(blk + 32 * h + j);
+        Chunk ch;
+        ch.c0 = 256 * sb + 128 * h + 16 * sh + j;
+        ch.c1 = ch.c0 + 32;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const u32 b = q >> (8 * k);
+            ch.v[k] = d * (float)((int)((b >> sh) & 3u) - 1);
+            ch.v[4 + k] = d * (float)((int)((b >> (sh + 2)) & 3u) - 1);
+        }
+        return ch;
+    }
+};
+
+// TQ1_0's base-3 digit of a byte for the multiplier p = 3^n: the top two bits of 3 (byte p mod 256)
+__device__ __forceinline__ int tq1_digit(u32 byte, u32 p) { return (int)((((byte * p) & 255u) * 3u) >> 8); }
+
+// TQ1_0: chunk i (0..31) of block sb is the 8 consecutive columns 256sb + 8i..: for i < 20 digit i/4 of
+// qs[8(i%4)..+7] (weights 32n + m), for i < 30 digit (i-20)/2 of qs[32 + 8((i-20)%2)..+7] (weights 160 + 16n + m),
+// and for the last two digits 2(i-30) (v[0..3]) and 2(i-30)+1 (v[4..7]) of qh[0..3] (weights 240 + 4n + j).
+struct TQ1_0 {  // qs u8[48] | qh u8[4] | d f16
+    static constexpr int block_elems = 256, block_bytes = 54;
+    static constexpr bool TAIL = false;
+    static __device__ __forceinline__ Chunk decode(const u8* row, int c, int) {
+        const int sb = c >> 5, i = c & 31;
+        const u8* blk = row + sb * block_bytes;
+        const float d = ldh(blk + 52);
+        int off, n0, n1;  // byte offset of v[0..3]'s bytes (v[4..7]'s follow, but for qh), their digits
+        if (i < 20) {
+            off = 8 * (i & 3);
+            n0 = n1 = i >> 2;
+        } else if (i < 30) {
+            off = 32 + 8 * ((i - 20) & 1);
+            n0 = n1 = (i - 20) >> 1;
+        } else {
+            off = 48;
+            n0 = 2 * (i - 30);
+            n1 = n0 + 1;
+        }
+        const u32 q0 = ld32(blk + off), q1 = i < 30 ? ld32(blk + off + 4) : q0;
+        const u32 p0 = tq1_pow3(n0), p1 = tq1_pow3(n1);
+        Chunk ch;
+        ch.c0 = 256 * sb + 8 * i;
+        ch.c1 = ch.c0 + 4;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            ch.v[k] = d * (float)(tq1_digit((q0 >> (8 * k)) & 255u, p0) - 1);
+            ch.v[4 + k] = d * (float)(tq1_digit((q1 >> (8 * k)) & 255u, p1) - 1);
+        }
+        return ch;
+    }
+    static __device__ __forceinline__ u32 tq1_pow3(int n) { return n == 0 ? 1u : n == 1 ? 3u : n == 2 ? 9u : n == 3 ? 27u : 81u; }
+};
+
 // Every type under its ggml name, for instantiating kernels per type:
 // X(suffix, decoder struct)
 #define FOR_EACH_QTYPE(X) \
@@ -580,4 +647,6 @@ struct IQ1_M {  // qs u8[32] | qh u8[16] (a nibble a group: 3 index bits, delta'
     X(iq2_s, IQ2_S)       \
     X(iq1_s, IQ1_S)       \
     X(iq1_m, IQ1_M)       \
-    X(mxfp4, MXFP4)
+    X(mxfp4, MXFP4)       \
+    X(tq1_0, TQ1_0)       \
+    X(tq2_0, TQ2_0)

@@ -1,0 +1,67 @@
+"""K/V sharing on the GPU: cache/plain.py's :class:`~.plain.SharedLayerCache` over a :class:`~.gpu_plain.GPUPlainLayerCache`.
+
+Gemma 3n's and Gemma 4's last layers compute no K/V: each attends over the cache of an earlier layer of its kind
+(``LayerSpec.kv_from``), which that layer, earlier in the same step, has already filled with the step's tokens.
+This layer stores nothing and keeps nothing: its queries run through the source's ring with its own spec's
+window, scale and soft-cap.  In a captured decode step its launches depend on what the source's do (the slots a
+decode step spans), so its graph key is the source's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ops.gpu import attention as attn
+from ..ops.gpu import kernels as K
+from ..ops.gpu.arrays import device_out, is_device, positions, to_device
+from .base import LayerCache, LayerSpec
+from .gpu_plain import DECODE_MAX_TOKENS, GPUPlainLayerCache
+
+
+class GPUSharedLayerCache(LayerCache):
+    """A layer that reads ``source``'s K/V on the device and stores none (``k`` and ``v`` are ignored)."""
+
+    def __init__(self, spec: LayerSpec, source: GPUPlainLayerCache) -> None:
+        self.spec = spec
+        self.source = source
+
+    def update_and_attend(self, q, k, v, pos, out) -> None:
+        T = q.shape[0]
+        src, s = self.source, self.spec
+        pos_h = K.runtime().asnumpy(pos) if is_device(pos) else np.asarray(pos)
+        pd, qd = positions(pos_h), to_device(q)
+        with device_out(out) as od:
+            if T <= DECODE_MAX_TOKENS and s.head_dim <= attn.DECODE_MAX_D:
+                attn.attend_decode(qd, src.k, src.v, src.pos, src.decode_slots(), pd, s.window, s.scale, s.softcap, od)
+            else:  # (as the source's: heads wider than the decode kernel's take the tiled one, over whole decode splits)
+                n = src.used if T > DECODE_MAX_TOKENS else src.decode_slots()
+                attn.attend_prefill(qd, src.k, src.v, src.pos, n, pd, s.window, s.scale, s.softcap, od)
+
+    # ------------------------------------------------------------ CUDA graphs (runtime/graphs.py)
+    def graph_key(self, p: int) -> int:
+        """The source's: the slots a decode step at ``p`` spans."""
+        return self.source.graph_key(p)
+
+    def graph_step(self, p: int) -> None:
+        return None
+
+    def serve_plan(self, buf: object) -> None:
+        """(Nothing to plan: the source's slots are its own.)"""
+
+    def snapshot(self) -> None:
+        return None
+
+    def restore(self, snap: None) -> None:
+        pass
+
+    def n_tokens(self) -> int:
+        return self.source.n_tokens()
+
+    def nbytes(self) -> int:
+        return 0
+
+    def reset(self) -> None:
+        pass  # (the source's reset clears what this layer reads)
+
+    def truncate(self, n_past: int) -> None:
+        pass

@@ -1,0 +1,37 @@
+"""Launcher for ``encoder.cu``: attention without a causal mask over one batch in float32, the text encoders' (models/bert.py
+and its family, models/gemma_embedding.py) and T5's.
+
+Shapes (host or device arrays; host ones are uploaded and the output written back, ops/gpu/arrays.py): q [Tq, n_head, D],
+k [Tk, n_kv, D], v [Tk, n_kv, Dv], bias [n_head or 1, Tq, Tk] or [Tq, Tk] (shared by the heads) or None, out [Tq, n_head, Dv].  A block keeps a query row's
+Tk scores in shared memory, so a batch fits while :func:`fits` says so (48 KiB, the default a launch may take: 12,000
+keys less the head size); beyond that the caller attends on the host.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import kernels as K
+from .arrays import device_out, to_device
+
+SHARED_FLOATS = 48 * 1024 // 4  #: the floats of shared memory a launch takes without opting in to more
+
+
+def fits(n_keys: int, head_dim: int) -> bool:
+    """Whether a row of ``n_keys`` scores and its query of ``head_dim`` fit one block's shared memory."""
+    return n_keys + head_dim + 32 <= SHARED_FLOATS
+
+
+def attend_full(q: Any, k: Any, v: Any, bias: Any, scale: float, out: Any) -> None:
+    """out = softmax(q k^T * scale + bias) v, every query row over every key row (grouped heads share a K/V head)."""
+    Tq, H, D = q.shape
+    Tk, n_kv, Dv = v.shape
+    qd, kd, vd = to_device(q), to_device(k), to_device(v)
+    if bias is not None and tuple(bias.shape[-2:]) != (Tq, Tk):  # (a bias broadcast over the queries or the keys: spelt out)
+        xp = K.runtime().xp
+        bias = xp.ascontiguousarray(xp.broadcast_to(to_device(bias), (bias.shape[0] if bias.ndim == 3 else 1, Tq, Tk)))
+    bd = qd if bias is None else to_device(bias)
+    bias_hs = 0 if bias is None or bias.ndim < 3 or bias.shape[0] == 1 else Tq * Tk  # (a mask shared by the heads: stride 0)
+    with device_out(out) as od:
+        K.launch("attn_full_f32", (Tq, H), (128,), qd, kd, vd, bd, od, Tq, Tk, H, n_kv, D, Dv, scale, int(bias is not None), bias_hs,
+                 shared_mem=4 * (Tk + D + 32))  # fmt: skip

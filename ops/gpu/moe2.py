@@ -1,0 +1,127 @@
+"""Launching moe2.cu: the mixture-of-experts variants moe.cu leaves out, and the small device steps their models need
+so a decode step stays on the device (nothing to the host: it is captured as a CUDA graph).
+
+* Experts with Grok's float16-table GELU (``"gelu_f16"``, ggml's CPU GELU as models/bert.py ``gelu``), Step-3.5's
+  clamped SwiGLU (``"swiglu_clamp"`` with its limit) and Llama 4's ``weight_before_ffn`` (the slot's weight scales the
+  expert's input), reading the ids and weights ``moe.cu``'s routing kernel wrote (:func:`experts`).
+* GroveMoE's chunk experts' ids and weights (:func:`chunk_route`).
+* Element-wise steps: Grok-2's dense GELU FFN, Step-3.5's clamped dense FFN and shared expert, the sigmoid attention
+  gates (AFMoE's, Step-3.5's), a device copy (SmallThinker's router input).
+
+:class:`MoEVariantOps` is the GPU backend's side of them (a base of ``GPUBackend``, as ``GemmaOps``); the models call
+them on ``--device gpu`` only, where the CPU does the same in host numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..backend import Weight
+from . import kernels as K
+from .arrays import device_out, to_device
+
+WARP = 32
+ROWS_PER_BLOCK = 4  # MOEX_WARPS in moe2.cu: one warp per output row
+ACT = {"silu": 0, "relu": 2, "gelu": 3, "gelu_f16": 4, "swiglu_clamp": 5}  # MOEX_SILU ... in moe2.cu
+MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y: the gate/up launch's (token, slot) pairs
+_EW_BLOCK, _EW_MAX_GRID = 256, 8192
+
+
+def _ew(n: int) -> tuple[int]:
+    return (min(K.cdiv(n, _EW_BLOCK), _EW_MAX_GRID),)
+
+
+def experts(gate: Weight, up: Weight, down: Weight, n_ff: int, ids: Any, wts: Any, xn: Any, x: Any, h: Any, act: str,
+            limit: float = 0.0, weight_before: bool = False, accumulate: bool = True) -> None:  # fmt: skip
+    """``x (+)= sum_j wts[:, j] * expert_{ids[:, j]}(xn)`` (``weight_before``: ``sum_j expert_{ids[:, j]}(wts[:, j] xn)``),
+    the GLU ``act`` (``limit``: ``"swiglu_clamp"``'s); ``h`` ``[T, k * n_ff]`` scratch.  As ``ops/gpu/moe.py``
+    ``experts``: one gate/up launch (two where gate and up are of two types), one down launch."""
+    T, n_embd = xn.shape
+    k = ids.shape[1]
+    if T * k > MAX_GRID_Y:  # (a prefill chunk of thousands of tokens) in runs of tokens the grid holds
+        step = MAX_GRID_Y // k
+        for t in range(0, T, step):
+            s = slice(t, min(t + step, T))
+            experts(gate, up, down, n_ff, ids[s], wts[s], xn[s], x[s], h[s], act, limit, weight_before, accumulate)
+        return
+    if gate.n_cols != n_embd or up.n_cols != n_embd or down.n_cols != n_ff or gate.n_rows != up.n_rows or tuple(h.shape) != (T, k * n_ff):
+        raise ValueError(f"moe experts: gate {gate.shape}, up {up.shape}, down {down.shape}, xn {tuple(xn.shape)}, h {tuple(h.shape)} do not match")
+    xd, idd, wd = to_device(xn), to_device(ids, np.int32), to_device(wts)
+    a, wbf = ACT[act], int(weight_before)
+    grid, block = (K.cdiv(n_ff, ROWS_PER_BLOCK), T * k), (ROWS_PER_BLOCK * WARP,)
+    with device_out(h) as hd:
+        if gate.qtype == up.qtype:
+            K.launch(f"moe_gate_up_x_{K.QTYPE_SUFFIX[gate.qtype]}", grid, block,
+                     gate.data, up.data, xd, idd, wd, hd, hd, n_ff, n_embd, gate.data.shape[1], k, 0, a, wbf, limit)  # fmt: skip
+        else:  # the gate's product into g, then the up's with the GLU reading it
+            g = K.runtime().xp.empty((T, k * n_ff), np.float32)
+            K.launch(f"moe_gate_up_x_{K.QTYPE_SUFFIX[gate.qtype]}", grid, block,
+                     gate.data, gate.data, xd, idd, wd, g, g, n_ff, n_embd, gate.data.shape[1], k, 1, a, wbf, limit)  # fmt: skip
+            K.launch(f"moe_gate_up_x_{K.QTYPE_SUFFIX[up.qtype]}", grid, block,
+                     up.data, up.data, xd, idd, wd, g, hd, n_ff, n_embd, up.data.shape[1], k, 2, a, wbf, limit)  # fmt: skip
+        with device_out(x) as od:
+            K.launch(f"moe_down_x_{K.QTYPE_SUFFIX[down.qtype]}", (K.cdiv(n_embd, ROWS_PER_BLOCK), T), block,
+                     down.data, hd, idd, wd, od, n_embd, n_ff, down.data.shape[1], k, int(accumulate), wbf)  # fmt: skip
+
+
+def chunk_route(logits: Any, ids: Any, group: int, scale: float, cids: Any, cw: Any) -> None:
+    """GroveMoE: ``cids`` ``[T, kc]`` the chunk experts ``ids[:, :kc] // group``, ``cw`` their weights (the router's
+    softmax probability of expert ``cid``, renormalised over the ``kc``, the sum floored at 6.1e-5) times ``scale``."""
+    T, n_expert = logits.shape
+    k, kc = ids.shape[1], cids.shape[1]
+    if kc > k or tuple(cw.shape) != (T, kc) or ids.shape[0] != T:
+        raise ValueError(f"moe chunk route: logits {tuple(logits.shape)}, ids {tuple(ids.shape)}, cids {tuple(cids.shape)} do not match")
+    ld, idd = to_device(logits), to_device(ids, np.int32)
+    with device_out(cids, np.int32) as cd, device_out(cw) as wd:
+        K.launch("moe_chunk_route_f32", (T,), (WARP,), ld, idd, cd, wd, n_expert, k, kc, group, scale)
+
+
+class MoEVariantOps:
+    """The GPU backend's steps for the mixture-of-experts variants (``models/moe.py`` and the models that call them on
+    the device): see the module's docstring."""
+
+    def moe_experts_x(self, gate: Weight, up: Weight, down: Weight, n_ff: int, ids: Any, wts: Any, xn: Any, x: Any, h: Any,
+                      act: str, limit: float = 0.0, weight_before: bool = False, accumulate: bool = True) -> None:  # fmt: skip
+        """:func:`experts`: the chosen experts (ids, wts as ``moe_route`` wrote them) with the GLUs moe.cu lacks."""
+        experts(gate, up, down, n_ff, ids, wts, xn, x, h, act, limit, weight_before, accumulate)
+
+    def moe_chunk_route(self, logits: Any, ids: Any, group: int, scale: float, cids: Any, cw: Any) -> None:
+        """:func:`chunk_route`: GroveMoE's chunk experts chosen and weighed on the device."""
+        chunk_route(logits, ids, group, scale, cids, cw)
+
+    def gelu_f16_mul(self, gate: Any, up: Any, out: Any) -> None:
+        """``out = gelu(gate) * up``, ggml's float16-table GELU (models/bert.py ``gelu``); out may be gate."""
+        self._ew3("gelu_f16_mul_f32", gate, up, out)
+
+    def swiglu_clamp(self, gate: Any, up: Any, out: Any, limit: float) -> None:
+        """``out = min(silu(gate), limit) * clamp(up, -limit, limit)`` (models/moe.py ``swiglu_clamped``); out may be gate."""
+        self._ew3("swiglu_clamp_f32", gate, up, out, limit)
+
+    def sigmoid_mul(self, x: Any, s: Any) -> None:
+        """``x *= sigmoid(s)`` in place, each of ``s``'s values over ``x.size / s.size`` consecutive ones of ``x`` (an
+        attention gate element by element, or one a head)."""
+        n, m = math.prod(x.shape), math.prod(s.shape)
+        if m == 0 or n % m:
+            raise ValueError(f"sigmoid_mul: x {tuple(x.shape)} is not a whole number of s {tuple(s.shape)}")
+        sd = to_device(s)
+        with device_out(x) as xd:
+            K.launch("sigmoid_mul_f32", _ew(n), (_EW_BLOCK,), xd, sd, n // m, n)
+
+    def copy(self, src: Any, dst: Any) -> None:
+        """``dst[...] = src`` on the device (same shape)."""
+        n = math.prod(src.shape)
+        if tuple(src.shape) != tuple(dst.shape):
+            raise ValueError(f"copy: {tuple(src.shape)} into {tuple(dst.shape)}")
+        sd = to_device(src)
+        with device_out(dst) as dd:
+            K.launch("copy_f32", _ew(n), (_EW_BLOCK,), sd, dd, n)
+
+    @staticmethod
+    def _ew3(kernel: str, gate: Any, up: Any, out: Any, *scalars: float) -> None:
+        n = math.prod(gate.shape)
+        gd, ud = to_device(gate), to_device(up)
+        with device_out(out) as od:
+            K.launch(kernel, _ew(n), (_EW_BLOCK,), gd, ud, od, *scalars, n)

@@ -1,0 +1,196 @@
+"""The mixture-of-experts variants moe.cu leaves out, on ``--device gpu`` (ops/gpu/moe2.cu): Grok's float16-table GELU
+experts, Step-3.5's clamped SwiGLU experts and shared expert, Llama 4's expert weighted before its FFN, GroveMoE's chunk
+experts, and what stood beside the experts on the host: SmallThinker's router input, AFMoE's and Step-3.5's sigmoid
+attention gates, DBRX's Q/K/V clip.  Each against the CPU: the kernels on random inputs, ``models/moe.py``'s
+``moe_add`` on the two backends, and every such architecture over a prefill and decode steps replayed from captured CUDA
+graphs (float32 weights, test_gpu_archs2.py's bound 2e-3).
+
+Kernel-level checks run on the ``rt`` fixture (conftest.py: real CUDA where a GPU is, else the kernel emulator), the
+models on ``--device gpu`` (``KVRUN_GPU_EMULATE=1`` without a GPU).
+
+Tolerances: the float16-table GELU within one float16 step (2e-3 relative: a tanh a unit off in its last place may
+round the other way), the other element-wise kernels within 1e-5 relative, 1e-6 absolute (tanh against numpy's); ``moe_add`` within NMSE 1e-3 of the CPU's (int8
+activations there, as llama.cpp's) on Q8_0 experts; the models' logits within 2e-3 of the CPU's (the largest error
+measured here is 2.8e-4, Grok-2's: its large gates meet float16 rounding boundaries)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as Q
+from test_gpu_kernels import nmse, random_weight
+from tinymodel import FIXTURE_MODELS, write_tiny_model
+
+from kvrun.models.bert import gelu
+from kvrun.models.common import Buffers
+from kvrun.models.moe import MoE, SharedExpert, device_unsupported, moe_add, swiglu_clamped
+from kvrun.ops import gpu_available
+from kvrun.ops.backend import Weight
+from kvrun.ops.cpu.backend import CPUBackend
+from kvrun.ops.gpu import emulate
+from kvrun.ops.gpu.backend import GPUBackend
+from kvrun.runtime.engine import Engine
+
+pytestmark = pytest.mark.skipif(not gpu_available() and not emulate.available(), reason="no GPU and no host C++ compiler for the emulator")
+
+#: the fixtures (tests/tinymodel.py) of the architectures these kernels bring to the GPU
+ON_GPU = ["step35", "grok", "grok1", "grovemoe", "smallthinker", "afmoe", "dbrx"]
+
+
+@pytest.fixture
+def gpu_env(monkeypatch):
+    if not gpu_available():
+        monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
+
+
+# ----------------------------------------------------------------- element-wise
+def test_the_float16_table_gelu_is_ggmls_cpu_gelu(rt):
+    """Grok's GELU (models/bert.py gelu): float16 in, float16 out, inputs past +-10 passed or zeroed."""
+    rng = np.random.default_rng(0)
+    g = np.concatenate([rng.standard_normal(4000) * 4, [-12.0, -10.0, 10.0, 11.5, 0.0]]).astype(np.float32)
+    u = rng.standard_normal(g.size).astype(np.float32)
+    got = rt.xp.asarray(g.copy())
+    GPUBackend().gelu_f16_mul(got, rt.xp.asarray(u), got)  # (in place, as models/moe.py gelu_glu)
+    np.testing.assert_allclose(rt.asnumpy(got), gelu(g) * u, rtol=2e-3, atol=1e-6)
+
+
+def test_the_clamped_swiglu_is_step35s(rt):
+    rng = np.random.default_rng(1)
+    g, u = ((rng.standard_normal((5, 64)) * 3).astype(np.float32) for _ in range(2))
+    want = g.copy()
+    swiglu_clamped(want, u.copy(), 0.5)
+    got = rt.xp.asarray(g.copy())
+    GPUBackend().swiglu_clamp(got, rt.xp.asarray(u), got, 0.5)
+    np.testing.assert_allclose(rt.asnumpy(got), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("per_head", [False, True], ids=["afmoe", "step35"])
+def test_the_attention_gate_multiplies_by_the_sigmoid(rt, per_head):
+    """AFMoE's gate is as wide as the heads, Step-3.5's one value a head; large gates saturate without overflow."""
+    rng = np.random.default_rng(2)
+    att = rng.standard_normal((3, 4, 8)).astype(np.float32)
+    s = (rng.standard_normal((3, 4) if per_head else (3, 4, 8)) * 30).astype(np.float32)
+    want = att * (1.0 / (1.0 + np.exp(-s.astype(np.float64))))[..., None if per_head else slice(None)]
+    got = rt.xp.asarray(att.copy())
+    GPUBackend().sigmoid_mul(got, rt.xp.asarray(s))
+    np.testing.assert_allclose(rt.asnumpy(got), want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_device_copy_copies_into_a_view(rt):
+    """SmallThinker's router input: the layer's input into the first T rows of an n_batch buffer."""
+    x = np.arange(24, dtype=np.float32).reshape(3, 8)
+    buf = rt.xp.full((5, 8), np.nan, np.float32)
+    GPUBackend().copy(rt.xp.asarray(x), buf[:3])
+    np.testing.assert_array_equal(rt.asnumpy(buf)[:3], x)
+    assert np.isnan(rt.asnumpy(buf)[3:]).all()
+
+
+def test_the_chunk_experts_are_chosen_and_weighed_as_grovemoes_host_code(rt):
+    """Chunk expert ``e // group`` of each of the first kc chosen, weighted by the softmax probability of expert *cid*
+    renormalised (the sum floored at 6.1e-5), times expert_group_scale: models/grovemoe.py's grove_add."""
+    rng = np.random.default_rng(3)
+    T, n_expert, k, kc, group, scale = 4, 16, 4, 2, 4, 0.05
+    logits = (rng.standard_normal((T, n_expert)) * 3).astype(np.float32)
+    ids = np.stack([rng.permutation(n_expert)[:k] for _ in range(T)]).astype(np.int32)
+    ids[0, :2] = [15, 14]  # (both of group 3: cid 3 twice; expert 3's probability weighs both)
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    cid = ids[:, :kc] // group
+    cw = np.take_along_axis(p, cid, axis=1)
+    want = cw / np.maximum(cw.sum(axis=1, keepdims=True), 6.103515625e-5) * scale
+    cids, got = rt.xp.full((T, kc), -1, np.int32), rt.xp.full((T, kc), np.nan, np.float32)
+    GPUBackend().moe_chunk_route(rt.xp.asarray(logits), rt.xp.asarray(ids), group, scale, cids, got)
+    np.testing.assert_array_equal(rt.asnumpy(cids), cid)
+    np.testing.assert_allclose(rt.asnumpy(got), want, rtol=1e-5)
+
+
+# ----------------------------------------------------------------- moe_add on both backends
+VARIANTS = {  # gating, k, act, swiglu_limit, weight_before_ffn, gate/up types, shared expert's limit
+    "grok-gelu": ("softmax", 2, "gelu", 0.0, False, (Q.Q8_0, Q.Q8_0), None),
+    "gelu-two-types": ("softmax", 2, "gelu", 0.0, False, (Q.F32, Q.Q8_0), None),  # (gate then up: two launches)
+    "step35-clamped": ("sigmoid", 3, "silu", 0.5, False, (Q.Q8_0, Q.Q8_0), 0.5),  # (and its clamped shared expert)
+    "llama4-one": ("sigmoid", 1, "silu", 0.0, True, (Q.Q8_0, Q.Q8_0), None),  # Scout's one expert a token
+    "weight-before-two": ("sigmoid", 2, "silu", 0.0, True, (Q.Q8_0, Q.F32), None),
+}
+
+
+@pytest.mark.parametrize("T", [1, 5], ids=["decode", "prefill"])
+@pytest.mark.parametrize("name", VARIANTS)
+def test_moe_add_on_the_device_equals_the_cpus(rt, name, T):
+    gating, k, act, limit, wbf, (gq, uq), sh_limit = VARIANTS[name]
+    rng = np.random.default_rng(len(name) + T)
+    n_expert, n_embd, n_ff = 6, 64, 96
+    raw = {"router": (Q.F32, n_expert, n_embd), "gate": (gq, n_expert * n_ff, n_embd), "up": (uq, n_expert * n_ff, n_embd),
+           "down": (Q.Q8_0, n_expert * n_embd, n_ff)}  # fmt: skip
+    if sh_limit is not None:
+        raw |= {"sh_gate": (Q.Q8_0, n_ff, n_embd), "sh_up": (Q.Q8_0, n_ff, n_embd), "sh_down": (Q.Q8_0, n_embd, n_ff)}
+    raw = {r: (random_weight(q, rows, cols, rng), q, (rows, cols)) for r, (q, rows, cols) in raw.items()}
+    xn = (rng.standard_normal((T, n_embd)) * 2).astype(np.float32)
+    x = rng.standard_normal((T, n_embd)).astype(np.float32)
+    outs = []
+    for be in (CPUBackend(), GPUBackend()):
+        w = {r: be.upload(d, q, s) for r, (d, q, s) in raw.items()}
+        shared = None if sh_limit is None else SharedExpert(w["sh_gate"], w["sh_up"], w["sh_down"], swiglu_limit=sh_limit)
+        moe = MoE(router=w["router"], gate=w["gate"], up=w["up"], down=w["down"], n_expert=n_expert, n_used=k, norm_weights=False,
+                  gating=gating, act=act, shared=shared, swiglu_limit=limit, weight_before_ffn=wbf)  # fmt: skip
+        assert device_unsupported(moe) is None
+        out = be.vector(x.copy()) if be.name != "cpu" else x.copy()
+        moe_add(be, moe, be.vector(xn) if be.name != "cpu" else xn, out, Buffers(8, be.zeros))
+        outs.append(be.to_host(out))
+    assert nmse(outs[1] - x, outs[0] - x) < 1e-3
+
+
+def test_the_variants_with_biases_are_still_named():
+    """moe2.cu's experts take no biases (none of these architectures has them): such a mixture would route on the host."""
+    w = Weight(np.zeros((8, 32), np.uint8), int(Q.Q8_0), (8, 32))
+    b = np.zeros((4, 2), np.float32)
+    for change in ({"weight_before_ffn": True}, {"swiglu_limit": 7.0}, {"act": "gelu"}):
+        moe = MoE(router=w, gate=w, up=w, down=w, n_expert=4, n_used=2, norm_weights=True, **change)
+        assert device_unsupported(moe) is None
+        assert "biases" in device_unsupported(MoE(**{**moe.__dict__, "gate_b": b, "up_b": b, "down_b": b}))
+
+
+# ----------------------------------------------------------------- models
+@pytest.mark.parametrize("name", ON_GPU)
+def test_gpu_logits_match_cpu_over_prefill_and_replayed_decode_steps(gpu_env, tmp_path, capsys, name):
+    path = write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name])
+    ids = list(np.random.default_rng(3).integers(0, 200, 20))
+    cpu = Engine(path, device="cpu", n_ctx=64, n_batch=16)
+    gpu = Engine(path, device="gpu", n_ctx=64, n_batch=16)
+    assert gpu.backend.name == "gpu"
+    ca, cb = cpu.new_cache(), gpu.new_cache()
+    a, b = cpu.eval(ca, ids, logits_all=True), gpu.eval(cb, ids, logits_all=True)
+    assert isinstance(b, np.ndarray) and b.shape == a.shape
+    assert np.abs(a - b).max() / np.abs(a).max() < 2e-3
+    for tok in (5, 9, 14):
+        a, b = cpu.eval(ca, [tok]), gpu.eval(cb, [tok])
+        assert np.abs(a - b).max() / np.abs(a).max() < 2e-3
+    # the first decode step was captured and the others replayed: nothing of these variants is host work
+    assert (gpu.graphs.n_captures, gpu.graphs.n_replays) == (1, 2)
+    assert "CUDA graphs off" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["grovemoe", "smallthinker", "step35", "dbrx"])  # chunk experts; router input; gates, clamps; clip
+def test_a_decode_step_copies_only_its_logits_down(monkeypatch, tmp_path, name):
+    """On the strict CuPy stand-in (devicexp.py): the step is captured (the stand-in refuses any copy while capturing, as
+    CUDA does) and a replay brings down the logits alone."""
+    if gpu_available():
+        pytest.skip("checks the strict CuPy stand-in (devicexp.py); on a GPU the other tests run the device itself")
+    from devicexp import COPIES, StrictRuntime
+
+    from kvrun.ops.gpu import kernels as K
+
+    monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
+    path = write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name])
+    prev = K.set_runtime(StrictRuntime())
+    try:
+        eng = Engine(path, device="gpu", n_ctx=64, n_batch=16)
+        cache = eng.new_cache()
+        eng.eval(cache, list(range(3, 27)))
+        eng.eval(cache, [4])  # (captured here)
+        assert eng.graphs.n_captures == 1
+        COPIES.clear()
+        logits = eng.eval(cache, [5])
+        assert COPIES == [("asnumpy", logits.shape)]
+    finally:
+        K.set_runtime(prev)

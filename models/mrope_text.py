@@ -9,6 +9,13 @@ after an image goes on from t + max(nx, ny), as llama.cpp's libmtmd feeds them (
 (models/glm4.py, models/glm4v.py) and PaddleOCR-VL's (models/paddleocr.py).  One module of its own, below them all,
 so that each imports it without importing another (models/glm4v.py and models/qwen2vl.py each would import the
 other).
+
+Text after pictures turns by the text tables at its slot plus a shift (a picture takes max(nx, ny) positions over
+nx * ny slots), the positions made by the backend (:func:`text_rope_positions`, on the GPU ops/gpu/mrope.cu), not by
+per-row tables: a decode step captured as a CUDA graph reads its position from the buffer each replay refills
+(runtime/graphs.py) and keeps the tables of its capture, so only positions made on the device from that buffer turn
+every replayed step by its own.  The shift is the kernel's scalar, and so part of the graph's key
+(:meth:`MropeText.decode_graph_key`).  A picture's own rows (a prefill, never captured) keep their per-row tables.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import numpy as np
 from ..loaders.errors import GGUFError
 from ..loaders.gguf_file import GGUFFile
 from .llama import LlamaLayer
-from .mrope_images import forward_positions, mrope_rows
+from ..cache.batch import BatchedKVCache
+from .mrope_images import forward_positions, images_of, mrope_rows, text_position
 
 
 def rope_sections(g: GGUFFile) -> list[int]:
@@ -45,6 +53,29 @@ def mrope_tables(cos: np.ndarray, sin: np.ndarray, sections: list[int]) -> tuple
     return cos, sin
 
 
+def text_rope_positions(model: Any, cache: Any, pos: Any) -> Any | None:
+    """The rope positions of a text forward's rows at slots ``pos`` (host) over one sequence's ``cache``: None where
+    they are the slots themselves (no picture before them, or one that takes as many positions as slots), else the
+    slots plus the last picture's shift, computed on the model's backend into a buffer of its own (``shift_positions``:
+    on the GPU a kernel, so that a captured decode step turns by its position read from the replay's buffer, with the
+    tables of the text, not per-row tables a graph would keep from its capture).  Drops pictures recorded past
+    ``pos[0]``, as ``forward_positions`` does for text."""
+    P = forward_positions(cache, pos, False)
+    shift = 0 if P is None else int(P[0, 0]) - int(pos[0])
+    if not shift:
+        return None
+    out = model.buf.get("mrope_text_pos", len(pos), dtype=np.int32)  # (one buffer: a captured step keeps its pointer)
+    model.be.shift_positions(pos, shift, out)
+    return out
+
+
+def decode_shift(cache: Any, pos: int) -> int:
+    """What a one-token text step at slot ``pos`` turns by besides its slot (``text_rope_positions``' shift): part of a
+    captured decode step's key (runtime/graphs.py), since the step's kernel takes it as a scalar."""
+    images = images_of(cache)
+    return text_position(images, pos) - pos if images else 0
+
+
 class MropeText:
     """Rows turned by per-section positions, for a Llama-like model (``LlamaModel`` after this in the bases): call
     :meth:`init_mrope` after the model's own __init__ built its rope tables; a model where it was not called (no
@@ -52,6 +83,7 @@ class MropeText:
 
     sections: list[int] | None = None
     _row_rope: tuple | None = None
+    _text_pos: Any = None  # the forward's text rows' rope positions where pictures shifted them (text_rope_positions)
 
     @property
     def takes_images(self) -> bool:
@@ -69,16 +101,25 @@ class MropeText:
         sections' positions, through per-row tables."""
         if self.sections is None:
             return super().forward(tokens, pos, cache, out_rows, logits)  # type: ignore[misc]
-        P = forward_positions(cache, pos, self.input_embd is not None)
-        if P is not None:
-            cos, sin = mrope_rows(P, self.sections, self.neox_cos, self.neox_sin, self.rope_cos, self.rope_sin)
-            self._row_rope = (np.arange(len(P), dtype=np.int32), cos, sin)
+        if self.input_embd is None and not isinstance(cache, BatchedKVCache):  # text: its own tables, shifted positions
+            self._text_pos = text_rope_positions(self, cache, pos)
+        else:  # a picture's rows (a prefill, never a captured step), or a batch's sequences each with its own shift
+            P = forward_positions(cache, pos, self.input_embd is not None)
+            if P is not None:
+                cos, sin = mrope_rows(P, self.sections, self.neox_cos, self.neox_sin, self.rope_cos, self.rope_sin)
+                self._row_rope = (np.arange(len(P), dtype=np.int32), self.be.vector(cos), self.be.vector(sin))
         try:
             super().forward(tokens, pos, cache, out_rows, logits)  # type: ignore[misc]
         finally:
-            self._row_rope = None
+            self._row_rope, self._text_pos = None, None
+
+    def decode_graph_key(self, cache: Any, pos: int) -> int:
+        """runtime/graphs.py's key part: the shift a text step after pictures turns by (:func:`decode_shift`)."""
+        return decode_shift(cache, pos) if self.sections is not None else 0
 
     def qk_norm_rope(self, L: LlamaLayer, q: Any, k: Any, q3: Any, k3: Any, pos: Any, cos: Any, sin: Any) -> None:
         if self._row_rope is not None:
             pos, cos, sin = self._row_rope
+        elif self._text_pos is not None:
+            pos = self._text_pos
         super().qk_norm_rope(L, q, k, q3, k3, pos, cos, sin)  # type: ignore[misc]

@@ -52,7 +52,7 @@ class NemotronHMoeModel(NemotronHModel):
     takes_experts = True
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend)
+        cpu_only(g, backend, "squared-ReLU experts without a gate")
         check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
         if int(g.arch_get("nextn_predict_layers", 0) or 0) > 0:  # (llama.cpp's multi-token-prediction blocks after the trunk)
             raise UnsupportedModelError(f"{g.path}: Nemotron-H MoE with multi-token-prediction blocks (nextn_predict_layers) is not supported yet")

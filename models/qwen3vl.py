@@ -28,10 +28,12 @@ import numpy as np
 from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError, KvrunError
 from ..loaders.gguf_file import GGUFFile
+from ..cache.batch import BatchedKVCache
 from ..ops.backend import Backend
 from .common import WeightLoader
 from .llama import LlamaLayer, LlamaModel
 from .mrope_images import forward_positions
+from .mrope_text import decode_shift, text_rope_positions
 from .qwen2vl import rope_sections
 from .qwen3 import Qwen3Model
 from .qwen35 import imrope_tables
@@ -70,6 +72,7 @@ class _Qwen3VLText(LlamaModel):
         self.sections, self.neox_cos, self.neox_sin = sections, self.rope_cos, self.rope_sin  # (image rows' tables)
         self.rope_cos, self.rope_sin = imrope_tables(self.rope_cos, self.rope_sin, sections)
         self._row_rope: tuple | None = None  # (pos, cos, sin) of the forward running, where its rows turn by their own
+        self._text_pos = None  # its text rows' rope positions where pictures shifted them (mrope_text.text_rope_positions)
         self._deepstack: np.ndarray | None = None  # the forward's image rows' DeepStack levels [T, n_deepstack * n_embd]
         self._layer_index = {id(L): i for i, L in enumerate(self.layers)}
 
@@ -87,25 +90,34 @@ class _Qwen3VLText(LlamaModel):
             if rows.shape[1] != self.n_embd_inp:
                 raise KvrunError(f"image rows {rows.shape[1]} wide; this model takes {n} or, with its DeepStack levels, {self.n_embd_inp}")
             self.input_embd, self._deepstack = np.ascontiguousarray(rows[:, :n]), rows[:, n:]
-        P = forward_positions(cache, pos, rows is not None)
-        if P is not None:
-            cos, sin = imrope_rows(P, self.sections, self.neox_cos, self.neox_sin, self.rope_cos, self.rope_sin)
-            self._row_rope = (np.arange(len(P), dtype=np.int32), cos, sin)
+        if rows is None and not isinstance(cache, BatchedKVCache):  # text: its own tables, shifted positions (graph-safe)
+            self._text_pos = text_rope_positions(self, cache, pos)
+        else:
+            P = forward_positions(cache, pos, rows is not None)
+            if P is not None:
+                cos, sin = imrope_rows(P, self.sections, self.neox_cos, self.neox_sin, self.rope_cos, self.rope_sin)
+                self._row_rope = (np.arange(len(P), dtype=np.int32), self.be.vector(cos), self.be.vector(sin))
         try:
             super().forward(tokens, pos, cache, out_rows, logits)
         finally:
-            self.input_embd, self._deepstack, self._row_rope = rows, None, None
+            self.input_embd, self._deepstack, self._row_rope, self._text_pos = rows, None, None, None
+
+    def decode_graph_key(self, cache, pos: int) -> int:
+        """runtime/graphs.py's key part: the shift a text step after pictures turns by (models/mrope_text.py)."""
+        return decode_shift(cache, pos)
 
     def qk_norm_rope(self, L: LlamaLayer, q, k, q3, k3, pos, cos, sin) -> None:
         if self._row_rope is not None:
             pos, cos, sin = self._row_rope
+        elif self._text_pos is not None:
+            pos = self._text_pos
         super().qk_norm_rope(L, q, k, q3, k3, pos, cos, sin)
 
     def _add_level(self, j: int, x) -> None:
         """DeepStack level j of the rows fed, where they carry one, into the residual stream ``x``."""
         if self._deepstack is not None and 0 <= j < self.n_deepstack_layers:
             n = self.cfg.n_embd
-            x += self._deepstack[:, j * n : (j + 1) * n]
+            self.be.add(x, self.be.vector(self._deepstack[:, j * n : (j + 1) * n]))  # (host levels: uploaded on the GPU)
 
     def layer_input(self, L: LlamaLayer, x) -> None:
         """Layer j's output gets DeepStack level j (llama.cpp adds it after the layer): added here, at layer j + 1's

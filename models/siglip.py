@@ -63,6 +63,7 @@ TENSOR_NAMES.update({  # the encoder's names (clip.cpp's TN_*, prefix "v")
 })  # fmt: skip
 
 #: the projector types whose text side reads pictures on --device gpu (tests/test_gpu_vision.py): Gemma 3's, SmolVLM's
+#: (the others that do, SigLIP's among them, get a CPU backend from runtime/projectors.py's CPU_BESIDE_GPU)
 ON_GPU = ("gemma3", "idefics3")
 
 

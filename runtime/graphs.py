@@ -109,6 +109,8 @@ class DecodeGraphs:
             if k is None:
                 return None
             keys.append(k)
+        if hasattr(self.model, "decode_graph_key"):  # what the model's own step bakes in (an M-RoPE shift: models/mrope_text.py)
+            keys.append(self.model.decode_graph_key(cache, pos))
         return (id(cache), *keys)
 
     def _replay(self, cache: KVCache, graph: Any, token: int, pos: int) -> None:

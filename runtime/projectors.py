@@ -42,11 +42,11 @@ PROJECTORS: dict[str, ProjectorKind] = {
     "lfm2": ProjectorKind("lfm2vl_image:Lfm2VLEncoder", "vision_lfm2:Lfm2Layout"),  # any size, tiles past 2x max pixels
     "internvl": ProjectorKind("internvl_image:InternVLEncoder", "vision_internvl:InternVLLayout"),  # tiles and a thumbnail
     "gemma4v": ProjectorKind("gemma4v_image:Gemma4VEncoder", "vision_gemma4:Gemma4VLayout"),
+    "gemma3nv": ProjectorKind("gemma3nv_image:Gemma3nVisionEncoder", "vision_gemma3n:Gemma3nVLayout"),  # MobileNetV5, 256 causal rows
     "resampler": ProjectorKind("minicpmv_image:MiniCPMVEncoder", "vision_minicpmv:MiniCPMVLayout", None),  # MiniCPM-V: overview, slices
+    "minicpmv4_6": ProjectorKind("minicpmv46_image:MiniCPMV46Encoder", "vision_minicpmv46:MiniCPMV46Layout", None),  # 4.6: merged rows, 2.6's slices
     "kimivl": ProjectorKind("kimivl_image:KimiVLEncoder", "vision_kimivl:KimiVLLayout"),
     "llama4": ProjectorKind("llama4_image:Llama4VisionEncoder", "vision_llama4:Llama4Layout"),  # tiles and an overview
-    "gemma3nv": ProjectorKind("gemma3nv_image:Gemma3nVisionEncoder", "vision_gemma3n:Gemma3nVLayout"),  # MobileNetV5, 256 causal rows
-    "minicpmv4_6": ProjectorKind("minicpmv46_image:MiniCPMV46Encoder", "vision_minicpmv46:MiniCPMV46Layout", None),  # 4.6: merged rows, 2.6's slices
     "pixtral": ProjectorKind("pixtral_image:PixtralEncoder", "vision_pixtral:PixtralLayout"),  # rows and [IMG_BREAK] rows
     "paddleocr": ProjectorKind("paddleocr_image:PaddleOCREncoder", "vision_paddleocr:PaddleOCRLayout", rows="mrope"),  # Qwen2-VL's layout
     "hunyuanvl": ProjectorKind("hunyuanvl_image:HunyuanVLEncoder", "vision_hunyuanvl:HunyuanVLLayout", rows="mrope"),  # XD-RoPE rows
@@ -57,6 +57,17 @@ PROJECTORS: dict[str, ProjectorKind] = {
 }  # fmt: skip
 
 
+#: the projectors whose encoder runs on the CPU beside a text model on --device gpu, a picture's rows uploaded as they go
+#: in (tests/test_gpu_vision2.py): M-RoPE rows (the text after them turns by positions a captured decode step reads as
+#: data: models/mrope_text.py) and rows that go in causally as a block; Gemma 3's and SmolVLM's say so in
+#: models/siglip.py.  The others' encoders refuse the GPU in one line (CogVLM's visual expert, Gemma 3n's and Gemma 4's
+#: pictures, Hunyuan-VL's XD-RoPE rows).
+CPU_BESIDE_GPU = frozenset({
+    "qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger", "glm4v", "paddleocr",
+    "pixtral", "lightonocr", "internvl", "lfm2", "mlp", "ldp", "ldpv2", "janus_pro", "llama4", "kimivl", "resampler", "minicpmv4_6",
+})  # fmt: skip
+
+
 def _resolve(package: str, name: str) -> Any:
     module, attr = name.split(":")
     return getattr(importlib.import_module(f"kvrun.{package}.{module}"), attr)
@@ -65,6 +76,10 @@ def _resolve(package: str, name: str) -> Any:
 def load_encoder(mmproj: str | os.PathLike, backend: Any) -> Any:
     """The encoder of a picture projector file (a one-line error for a file that is not one kvrun reads)."""
     g, cfg = open_mmproj(mmproj)
+    if getattr(backend, "name", "cpu") != "cpu" and cfg.projector_type in CPU_BESIDE_GPU:
+        from ..ops import get_backend
+
+        backend = get_backend("cpu")  # (a one-off prefill-sized job; the text model reads the rows on the GPU)
     return _resolve("models", PROJECTORS[cfg.projector_type].encoder)(g, cfg, backend)
 
 

@@ -331,7 +331,7 @@ def test_a_mixture_of_experts_the_gpu_cannot_run_is_refused_in_one_line(gpu_env,
     from kvrun.loaders.errors import UnsupportedModelError
 
     path = write_tiny_model(tmp_path / "moe.gguf", "nemotron_h_moe")
-    with pytest.raises(UnsupportedModelError, match=r"nemotron_h_moe \(a mixture of experts\) runs on the CPU only for now; use --device cpu"):
+    with pytest.raises(UnsupportedModelError, match=r"nemotron_h_moe \(squared-ReLU experts without a gate\) runs on the CPU only for now; use --device cpu"):
         Engine(path, device="gpu", n_ctx=64)
     r = CliRunner().invoke(main, ["run", str(path), "--device", "gpu", "-p", "hi", "-n", "2"])
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "use --device cpu" in r.output, r.output

@@ -39,9 +39,9 @@ ON_GPU = ["qwen3moe", "llama-moe", "granitemoe", "granitemoe-shared", "qwen2moe"
           "gpt-oss", "glm4moe", "glm4moe-nextn", "bailingmoe2", "bailingmoe2-nextn", "exaone-moe", "minimax-m2", "mimo2", "phimoe",
           "phimoe-long", "bailingmoe", "bailingmoe-scaled", "hunyuan-moe", "dots1", "arctic", "deepseek2-ocr"]  # fmt: skip
 
-#: those with something beside their experts still host work, each refused in one line naming it (the other variants,
-#: Step-3.5's, Grok's, GroveMoE's, SmallThinker's, AFMoE's and DBRX's, run: tests/test_gpu_moe2.py)
-REFUSED: dict[str, str] = {}  # (Llama 4 runs: tests/test_gpu_bitnet_llama4.py)
+#: those whose experts are still host work, each refused in one line naming them (the other variants, Step-3.5's,
+#: Grok's, GroveMoE's, SmallThinker's, AFMoE's and DBRX's, run: tests/test_gpu_moe2.py; Llama 4's: test_gpu_bitnet_llama4.py)
+REFUSED = {"nemotron_h_moe": "squared-ReLU experts"}
 
 
 @pytest.fixture

@@ -118,6 +118,9 @@ class CPUBackend:
     def norm_rope_qk(self, q, k, q_norm, k_norm, eps, pos, cos, sin, neox) -> None:
         nn.norm_rope_qk(q, k, q_norm, k_norm, eps, pos, cos, sin, neox)
 
+    def shift_positions(self, pos, shift, out) -> None:
+        out[...] = np.asarray(pos, np.int32) + np.int32(shift)
+
     def gelu(self, x, out) -> None:
         nn.gelu(x, out)
 

@@ -240,6 +240,12 @@ class GPUBackend(GemmaOps, MoEVariantOps):  # (GemmaOps: Gemma 3n's and Gemma 4'
         with device_out(x) as xd:
             K.launch("rope_f32", _ew_grid(T * H * half), (_EW_BLOCK,), xd, pd, cd, sd, T, H, D, half, int(bool(neox)))
 
+    def shift_positions(self, pos: Any, shift: int, out: Any) -> None:
+        """``out`` = ``pos`` + ``shift`` on the device (ops/gpu/mrope.cu): from the step's served positions in a capture."""
+        T = len(out)
+        with device_out(out, np.int32) as od:
+            K.launch("mrope_shift_positions", _ew_grid(T), (_EW_BLOCK,), positions(pos), od, int(shift), T)
+
     def rope_qk(self, q: Any, k: Any, pos: Any, cos: Any, sin: Any, neox: bool) -> None:
         """:meth:`rope` of q [T, n_head, D] and k [T, n_head_kv, D] in one launch."""
         self._rope_qk(q, k, pos, cos, sin, neox)

@@ -204,6 +204,8 @@ _declare("gemma.cu", "gemma_scale_by_expert_f32", "pppl")  # wts, ids, scale, to
 # a picture's rows seeing each other both ways (picture.cu): q, k, v, kpos, qpos, out, T, n_slots, cap, n_head, n_kv, D,
 # Dv, pend, window, scale, softcap, BQ, BKV
 _declare("picture.cu", "attn_picture_f16", "pppppp" + "i" * 9 + "ff" + "ii")
+# the rope positions of text after M-RoPE pictures (mrope.cu): pos, out, shift, n
+_declare("mrope.cu", "mrope_shift_positions", "ppii")
 # the text encoders' attention both ways in float32 (encoder.cu): q, k, v, bias, out, Tq, Tk, n_head, n_kv, D, Dv, scale, has_bias,
 # bias_hs
 _declare("encoder.cu", "attn_full_f32", "ppppp" + "i" * 6 + "fil")

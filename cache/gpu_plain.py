@@ -8,6 +8,8 @@ interchangeable and comparable; attention runs in the CUDA kernels of
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..ops.gpu import attention as attn
@@ -44,14 +46,20 @@ class GPUPlainLayerCache(LayerCache):
         pd = positions(pos_h)
         qd, kd, vd = to_device(q), to_device(k), to_device(v)
         attn.kv_store(kd, vd, pd, self.k, self.v, self.pos)
-        s = self.spec
         with device_out(out) as od:
-            if T <= DECODE_MAX_TOKENS and s.head_dim <= attn.DECODE_MAX_D:
-                attn.attend_decode(qd, self.k, self.v, self.pos, self.decode_slots(), pd, s.window, s.scale, s.softcap, od,
-                                   alibi=self.alibi, sinks=self.sinks)  # fmt: skip
-            else:  # (heads wider than the decode kernel's, Gemma 4's 512: a decode step takes the tiled kernel too)
-                attn.attend_prefill(qd, self.k, self.v, self.pos, self.used if T > DECODE_MAX_TOKENS else self.decode_slots(), pd,
-                                    s.window, s.scale, s.softcap, od, alibi=self.alibi, sinks=self.sinks)  # fmt: skip
+            self.attend(qd, pd, od, self.spec, alibi=self.alibi, sinks=self.sinks)
+
+    def attend(self, qd: Any, pd: Any, od: Any, spec: LayerSpec, *, alibi: Any = None, sinks: Any = None) -> None:
+        """The device queries ``qd`` ``[T, n_head, head_dim]`` at positions ``pd`` over what is stored, storing
+        nothing, into ``od``, with ``spec``'s window, scale and soft-cap (a sharing layer's own: cache/gpu_shared.py):
+        the decode kernel for a few tokens, else the tiled one."""
+        T = qd.shape[0]
+        if T <= DECODE_MAX_TOKENS and spec.head_dim <= attn.DECODE_MAX_D:
+            attn.attend_decode(qd, self.k, self.v, self.pos, self.decode_slots(), pd, spec.window, spec.scale, spec.softcap, od,
+                               alibi=alibi, sinks=sinks)  # fmt: skip
+        else:  # (heads wider than the decode kernel's, Gemma 4's 512: a decode step takes the tiled kernel too, over whole splits)
+            attn.attend_prefill(qd, self.k, self.v, self.pos, self.used if T > DECODE_MAX_TOKENS else self.decode_slots(), pd,
+                                spec.window, spec.scale, spec.softcap, od, alibi=alibi, sinks=sinks)  # fmt: skip
 
     def note_positions(self, pos: np.ndarray) -> None:
         """Host bookkeeping of a step storing positions ``pos``: how far the ring has filled."""

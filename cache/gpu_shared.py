@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ops.gpu import attention as attn
 from ..ops.gpu import kernels as K
 from ..ops.gpu.arrays import device_out, is_device, positions, to_device
 from .base import LayerCache, LayerSpec
-from .gpu_plain import DECODE_MAX_TOKENS, GPUPlainLayerCache
+from .gpu_plain import GPUPlainLayerCache
 
 
 class GPUSharedLayerCache(LayerCache):
@@ -26,16 +25,9 @@ class GPUSharedLayerCache(LayerCache):
         self.source = source
 
     def update_and_attend(self, q, k, v, pos, out) -> None:
-        T = q.shape[0]
-        src, s = self.source, self.spec
         pos_h = K.runtime().asnumpy(pos) if is_device(pos) else np.asarray(pos)
-        pd, qd = positions(pos_h), to_device(q)
         with device_out(out) as od:
-            if T <= DECODE_MAX_TOKENS and s.head_dim <= attn.DECODE_MAX_D:
-                attn.attend_decode(qd, src.k, src.v, src.pos, src.decode_slots(), pd, s.window, s.scale, s.softcap, od)
-            else:  # (as the source's: heads wider than the decode kernel's take the tiled one, over whole decode splits)
-                n = src.used if T > DECODE_MAX_TOKENS else src.decode_slots()
-                attn.attend_prefill(qd, src.k, src.v, src.pos, n, pd, s.window, s.scale, s.softcap, od)
+            self.source.attend(to_device(q), positions(pos_h), od, self.spec)
 
     # ------------------------------------------------------------ CUDA graphs (runtime/graphs.py)
     def graph_key(self, p: int) -> int:

@@ -28,7 +28,7 @@ from ..ops.gpu.arrays import positions
 from .base import LayerCache, LayerSpec
 from .gpu_plain import GPUPlainLayerCache
 from .mamba import MambaLayerCache
-from .ssm import CHECKPOINTS, EVERY, RING, SSMLayerCache
+from .ssm import CHECKPOINTS, EVERY, RING, KVBeside, SSMLayerCache
 
 
 class _DeviceState:
@@ -214,30 +214,9 @@ class GPUMambaLayerCache(_DeviceState, MambaLayerCache):
                bc, bc.shape[1], b_col0, c_col0, S.const(w.D), 1, y, ck, n_ck, self.ck)  # fmt: skip
 
 
-class GPUParallelSSMLayerCache(GPUSSMLayerCache):
+class GPUParallelSSMLayerCache(KVBeside, GPUSSMLayerCache):
     """Falcon-H1's layer on the GPU: the mixer's state as above and the attention's K/V (``kv``) beside it, going back
-    and starting over together (cache/ssm.py's ParallelSSMLayerCache)."""
-
-    def __init__(self, spec: LayerSpec, kv: LayerCache) -> None:
-        super().__init__(spec)
-        self.kv = kv
-
-    def update_and_attend(self, q, k, v, pos, out) -> None:
-        self.kv.update_and_attend(q, k, v, pos, out)
-
-    def nbytes(self) -> int:
-        return super().nbytes() + self.kv.nbytes()
-
-    def reset(self) -> None:
-        super().reset()
-        self.kv.reset()
-
-    def can_truncate(self, n_past: int) -> bool:
-        return super().can_truncate(n_past) and self.kv.can_truncate(n_past)
-
-    def truncate(self, n_past: int) -> None:
-        super().truncate(n_past)
-        self.kv.truncate(n_past)
+    and starting over together (cache/ssm.py's ParallelSSMLayerCache), the graph's plans and snapshots too."""
 
     def graph_key(self, p: int) -> Any:
         # (one plan a layer in the graph's buffer: the state's copy; a compressed K/V would need its own)

@@ -138,10 +138,9 @@ class SSMLayerCache(LayerCache):
         self.offset, self.replay_from = n_past, c
 
 
-class ParallelSSMLayerCache(SSMLayerCache):
-    """A layer that attends and runs a Mamba-2 mixer side by side on the same input (Falcon-H1): the mixer's state
-    as above and, beside it, the attention's K/V (``kv``: plain or compressed, made with the other layers').  The
-    two go back, and start over, together: going back is as far as the state reaches."""
+class KVBeside:
+    """The attention's K/V (``kv``) beside a state-space layer's state (Falcon-H1's layers, on the CPU and the GPU):
+    attending goes to ``kv``; the two go back, and start over, together.  A mixin before the state's cache class."""
 
     def __init__(self, spec: LayerSpec, kv: LayerCache) -> None:
         super().__init__(spec)
@@ -163,3 +162,9 @@ class ParallelSSMLayerCache(SSMLayerCache):
     def truncate(self, n_past: int) -> None:
         super().truncate(n_past)
         self.kv.truncate(n_past)
+
+
+class ParallelSSMLayerCache(KVBeside, SSMLayerCache):
+    """A layer that attends and runs a Mamba-2 mixer side by side on the same input (Falcon-H1): the mixer's state
+    as above and, beside it, the attention's K/V (``kv``: plain or compressed, made with the other layers').  The
+    two go back, and start over, together: going back is as far as the state reaches."""

@@ -115,6 +115,22 @@ def mla_mscale(cfg: ModelConfig, log_mul: float) -> tuple[float, float]:
     return attn, mscale
 
 
+def mla_project(be: Backend, L: Any, xn: Any, buf: Any, eps: float, q_raw: Any, kva: Any, kvc: Any, k_nope: Any, v: Any) -> None:
+    """One MLA layer's projections of ``xn`` (DeepSeek-V2's, Kimi Linear's): the queries ``q_raw`` (whole, or through
+    the normed low-rank ``q_a``), the latent ``kva`` (its rope part last) normed into ``kvc``, and every head's
+    ``k_nope`` and V decompressed from the latent."""
+    if L.wq is not None:
+        be.linear(L.wq, xn, q_raw)
+    else:
+        qa = buf.get("q_a", xn.shape[0], L.wq_a.shape[0])
+        be.linear(L.wq_a, xn, qa)
+        be.rms_norm(qa, L.q_a_norm, eps, qa)
+        be.linear(L.wq_b, qa, q_raw)
+    be.linear(L.wkv_a, xn, kva)
+    be.mla_latent_norm(kva, L.kv_a_norm, eps, kvc)  # (kernels, not slices: a GPU decode step is captured)
+    be.linear_many((L.wk_nope, L.wv), kvc, (k_nope, v))
+
+
 class Deepseek2Model(Model):
     archs = ("deepseek2",)
     add_output = LlamaModel.add_output  # (block outputs times cfg.residual_scale where it is not 1: MiniCPM3's muP, minicpm3.py)
@@ -240,16 +256,7 @@ class Deepseek2Model(Model):
         for il, L in enumerate(self.layers):
             be.rms_norm(x, L.attn_norm, c.norm_eps, xn)
             self.trace("attn_norm", il, xn)
-            if L.wq is not None:
-                be.linear(L.wq, xn, q_raw)
-            else:
-                qa = buf.get("q_a", T, L.wq_a.shape[0])
-                be.linear(L.wq_a, xn, qa)
-                be.rms_norm(qa, L.q_a_norm, c.norm_eps, qa)
-                be.linear(L.wq_b, qa, q_raw)
-            be.linear(L.wkv_a, xn, kva)
-            be.mla_latent_norm(kva, L.kv_a_norm, c.norm_eps, kvc)  # (kernels, not slices: a GPU decode step is captured)
-            be.linear_many((L.wk_nope, L.wv), kvc, (k_nope, v))  # the latent decompressed: every head's k_nope and V
+            mla_project(be, L, xn, buf, c.norm_eps, q_raw, kva, kvc, k_nope, v)
             be.mla_qk(qr3, k_nope.reshape(T, H, nope), kva, q3, k3)  # heads [rope, nope], the shared rope key in each
             be.rope_qk(q3, k3, pos, self.rope_cos, self.rope_sin, c.rope_neox)  # (every copy of the rope key turned alike)
             cache[il].update_and_attend(q3, k3, v3, pos, att3)

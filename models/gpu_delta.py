@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..ops.gpu import delta as G
+from .deepseek2 import mla_project
 
 
 def deltanet_y(model: Any, dn: Any, state: Any, xn: Any, pos: np.ndarray) -> Any:
@@ -60,16 +61,7 @@ def kimi_mla_attend(model: Any, L: Any, lc: Any, xn: Any, pos: np.ndarray) -> An
     T, H, D, Dv, R, nope, rank = xn.shape[0], c.n_head, c.head_dim, c.head_dim_v, model.n_rot, model.qk_nope, model.kv_rank
     q_raw, q, kva, kvc = buf.get("q_raw", T, H * D), buf.get("q", T, H * D), buf.get("kv_a", T, rank + R), buf.get("kv_c", T, rank)
     k_nope, k, v, att = buf.get("k_nope", T, H * nope), buf.get("k", T, H * D), buf.get("v", T, H * Dv), buf.get("att", T, H * Dv)
-    if L.wq is not None:
-        be.linear(L.wq, xn, q_raw)
-    else:
-        qa = buf.get("q_a", T, L.wq_a.shape[0])
-        be.linear(L.wq_a, xn, qa)
-        be.rms_norm(qa, L.q_a_norm, c.norm_eps, qa)
-        be.linear(L.wq_b, qa, q_raw)
-    be.linear(L.wkv_a, xn, kva)
-    be.mla_latent_norm(kva, L.kv_a_norm, c.norm_eps, kvc)
-    be.linear_many((L.wk_nope, L.wv), kvc, (k_nope, v))
+    mla_project(be, L, xn, buf, c.norm_eps, q_raw, kva, kvc, k_nope, v)
     q3, k3 = q.reshape(T, H, D), k.reshape(T, H, D)
     be.mla_qk(q_raw.reshape(T, H, D), k_nope.reshape(T, H, nope), kva, q3, k3)
     lc.update_and_attend(q3, k3, v.reshape(T, H, Dv), pos, att.reshape(T, H, Dv))

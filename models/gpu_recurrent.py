@@ -113,15 +113,8 @@ def rwkv6_time_mix(model: Any, L: Any, state: Any, xn: Any, pos: np.ndarray) -> 
     state.lerp(xn, pos, 0, R.const(L.lerp), mix, add=mix)
     state.token_shift(xn, pos, 0)
     xw, xk, xv, xr, xg = (mix[j, :T] for j in range(5))
-    kv = model.kv_heads * N
-    r, k, v = buf.get("rwkv_r", T, n), buf.get("rwkv_k", T, kv), buf.get("rwkv_v", T, kv)
-    be.linear(L.wr, xr, r)
-    be.linear(L.wk, xk, k)
-    be.linear(L.wv, xv, v)
-    for part, b in ((r, L.br), (k, L.bk), (v, L.bv)):
-        if b is not None:
-            be.add_bias(part, R.const(b))
-    if kv != n:  # (fewer K/V heads: each read by n_head / n_head_kv consecutive heads)
+    r, k, v = model.rkv(L, xr, xk, xv, R.const)
+    if k.shape[1] != n:  # (fewer K/V heads: each read by n_head / n_head_kv consecutive heads)
         k2, v2 = buf.get("rwkv_k_rep", T, n), buf.get("rwkv_v_rep", T, n)
         R.repeat_heads(k, k2, model.kv_heads, N)
         R.repeat_heads(v, v2, model.kv_heads, N)

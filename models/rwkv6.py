@@ -23,6 +23,7 @@ in place of WKV-6) is models/rwkv6qwen2.py, through the hooks here (load_time_mi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,15 +190,8 @@ class RWKV6Model(RWKV7Model):
         mix *= sx
         mix += xn
         xw, xk, xv, xr, xg = mix
-        kv = self.kv_heads * N
-        r, k, v = buf.get("rwkv_r", T, n), buf.get("rwkv_k", T, kv), buf.get("rwkv_v", T, kv)
-        be.linear(L.wr, xr, r)
-        be.linear(L.wk, xk, k)
-        be.linear(L.wv, xv, v)
-        for part, b in ((r, L.br), (k, L.bk), (v, L.bv)):
-            if b is not None:
-                part += b
-        if kv != n:  # (fewer K/V heads: each read by n_head / n_head_kv consecutive heads, as ggml_repeat lays them)
+        r, k, v = self.rkv(L, xr, xk, xv)
+        if k.shape[1] != n:  # (fewer K/V heads: each read by n_head / n_head_kv consecutive heads, as ggml_repeat lays them)
             k, v = (np.repeat(a.reshape(T, self.kv_heads, N), H // self.kv_heads, axis=1).reshape(T, n) for a in (k, v))
         w = np.exp(-np.exp(self.lora(L.decay_w1, L.decay_w2, xw, np.tanh, "w") + L.decay))
         y = self.recurrence(L, state, pos, r, w, k, v)
@@ -205,6 +199,21 @@ class RWKV6Model(RWKV7Model):
         be.linear(L.wg, xg, gate)
         y *= self.gate_act(gate)
         return y, None
+
+    def rkv(self, L: RWKV6Layer, xr: Any, xk: Any, xv: Any, const: Callable[[np.ndarray], Any] = lambda b: b) -> tuple[Any, Any, Any]:
+        """The receptance [T, n_embd], key and value [T, kv_heads * head_size] (buffers) of the lerped rows, the
+        biases (RWKV6-Qwen2's) added; ``const``: a bias as the backend takes it (the GPU's: its cached device copy)."""
+        be, buf = self.be, self.buf
+        T, n = xr.shape
+        kv = self.kv_heads * self.head_size
+        r, k, v = buf.get("rwkv_r", T, n), buf.get("rwkv_k", T, kv), buf.get("rwkv_v", T, kv)
+        be.linear(L.wr, xr, r)
+        be.linear(L.wk, xk, k)
+        be.linear(L.wv, xv, v)
+        for part, b in ((r, L.br), (k, L.bk), (v, L.bv)):
+            if b is not None:
+                be.add_bias(part, const(b))
+        return r, k, v
 
     def gate_act(self, g: np.ndarray) -> np.ndarray:
         """The time mix's output gate: SiLU (RWKV6-Qwen2's: sigmoid)."""

@@ -32,6 +32,7 @@
 //                   softmax's denominator (m: the max over the visible keys,
 //                   the exponent clamped at 80 as the CPU's), adding no value.
 #include "common.cuh"
+#include "attn_tile.cuh"
 
 #define AD_CHUNK 128  // slots per decode split
 #define AD_MAX_D 256  // head_dim held in registers by the decode scores loop (8 per lane)
@@ -195,12 +196,23 @@ extern "C" __global__ void attn_decode_reduce(const float* __restrict__ part_o, 
 }
 
 // ------------------------------------------------------------------ prefill
-// grid (ceil(T/BQ), n_head), block 128, dynamic shared (bytes):
-//   4 * BQ * (D + Dv + BKV + 3)  +  2 * BKV * (kstride + Dv),
-//   kstride = D + 2 when D % 4 == 0 else D (an odd word stride keeps the
-//   per-key reads of the score loop on distinct banks).
-// BQ and BKV (<= 32, one key per lane in the softmax) are picked by the caller
-// so the tiles fit in 48 KiB.
+// The text's mask for attn_tile.cuh: causal, windowed or chunked (visible), with ALiBi and sinks behind flags.
+struct PrefillMask {
+    int window, has_alibi, has_sinks;
+    float slope, sink;  // head h's, read only behind their flags
+
+    __device__ __forceinline__ bool tile(int pk, int qmin, int qmax) const {
+        // (chunked: the first query's chunk starts first, as the positions increase)
+        return pk >= 0 && pk <= qmax && (window == 0 || (window > 0 ? qmin - pk < window : pk >= qmin - qmin % -window));
+    }
+    __device__ __forceinline__ bool see(int pk, int pq) const { return visible(pk, pq, window); }
+    __device__ __forceinline__ float score(float s, int pk, int pq) const {
+        return has_alibi ? s + slope * (float)(pk - pq) : s;
+    }
+    __device__ __forceinline__ float denom(float l, float m) const { return l + (has_sinks ? sink_term(sink, m) : 0.0f); }
+};
+
+// grid (ceil(T/BQ), n_head), block 128, dynamic shared as attn_tile.cuh says.
 extern "C" __global__ void __launch_bounds__(128) attn_prefill_f16(
     const float* __restrict__ q,   // [T, n_head, D]
     const u16* __restrict__ k,     // [n_kv, cap, D]
@@ -213,103 +225,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_prefill_f16(
     int T, int n_slots, int cap, int n_head, int n_kv, int D, int Dv, int window, float scale,
     float softcap, int BQ, int BKV, int has_alibi, int has_sinks) {
     extern __shared__ float smem[];
-    const int kstride = (D % 4 == 0) ? D + 2 : D;
-    float* Qs = smem;              // [BQ, D]
-    float* Os = Qs + BQ * D;       // [BQ, Dv] running output
-    float* Ss = Os + BQ * Dv;      // [BQ, BKV] scores, then probabilities
-    float* m_s = Ss + BQ * BKV;    // [BQ] running max
-    float* l_s = m_s + BQ;         // [BQ] running sum
-    float* a_s = l_s + BQ;         // [BQ] rescale of the old output this tile
-    u16* Ks = (u16*)(a_s + BQ);    // [BKV, kstride]
-    u16* Vs = Ks + BKV * kstride;  // [BKV, Dv]
-
-    const int h = blockIdx.y, kh = h / (n_head / n_kv);
-    const int q0 = blockIdx.x * BQ, nq = min(BQ, T - q0);
-    const int tid = threadIdx.x, lane = tid % WARP, warp = tid / WARP, n_warps = blockDim.x / WARP;
-
-    for (int i = tid; i < BQ * D; i += blockDim.x) {
-        const int qi = i / D;
-        Qs[i] = qi < nq ? q[((size_t)(q0 + qi) * n_head + h) * D + i % D] : 0.0f;
-    }
-    for (int i = tid; i < BQ * Dv; i += blockDim.x) Os[i] = 0.0f;
-    for (int i = tid; i < BQ; i += blockDim.x) {
-        m_s[i] = NEG_INF;
-        l_s[i] = 0.0f;
-    }
-    int qmin = qpos[q0], qmax = qpos[q0];
-    for (int i = 1; i < nq; ++i) {
-        qmin = min(qmin, qpos[q0 + i]);
-        qmax = max(qmax, qpos[q0 + i]);
-    }
-    __syncthreads();  // the tiles above are read by other threads even if every K/V tile is skipped
-
-    for (int j0 = 0; j0 < n_slots; j0 += BKV) {
-        const int nj = min(BKV, n_slots - j0);
-        // skip a tile no query of this block can see (most of the causal upper
-        // triangle, everything outside the window)
-        bool any = false;
-        for (int jj = tid; jj < nj; jj += blockDim.x) {
-            const int pk = kpos[j0 + jj];
-            // (chunked: the first query's chunk starts first, as the positions increase)
-            any |= pk >= 0 && pk <= qmax && (window == 0 || (window > 0 ? qmin - pk < window : pk >= qmin - qmin % -window));
-        }
-        if (!__syncthreads_or(any)) continue;
-
-        const u16* kg = k + ((size_t)kh * cap + j0) * D;
-        const u16* vg = v + ((size_t)kh * cap + j0) * Dv;
-        for (int i = tid; i < nj * D; i += blockDim.x) Ks[(i / D) * kstride + i % D] = kg[i];
-        for (int i = tid; i < nj * Dv; i += blockDim.x) Vs[i] = vg[i];
-        __syncthreads();
-
-        for (int i = tid; i < BQ * BKV; i += blockDim.x) {
-            const int qi = i / BKV, jj = i % BKV;
-            float s = NEG_INF;
-            if (qi < nq && jj < nj && visible(kpos[j0 + jj], qpos[q0 + qi], window)) {
-                const float* qr = Qs + qi * D;
-                const u16* kr = Ks + jj * kstride;
-                float dot = 0.0f;
-                for (int d = 0; d < D; ++d) dot += qr[d] * h2f(kr[d]);
-                s = dot * scale;
-                if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
-                if (has_alibi) s += alibi[h] * (float)(kpos[j0 + jj] - qpos[q0 + qi]);
-            }
-            Ss[i] = s;
-        }
-        __syncthreads();
-
-        // online softmax: one warp per query row, one key per lane
-        for (int qi = warp; qi < BQ; qi += n_warps) {
-            const float s = lane < BKV ? Ss[qi * BKV + lane] : NEG_INF;
-            const float m_old = m_s[qi];
-            const float m_new = fmaxf(m_old, warp_max(s));
-            float p = 0.0f, alpha = 1.0f;
-            if (m_new != NEG_INF) {  // else nothing visible yet: keep zeros, no -inf - -inf
-                p = __expf(s - m_new);
-                alpha = __expf(m_old - m_new);
-            }
-            const float psum = warp_sum(p);
-            if (lane < BKV) Ss[qi * BKV + lane] = p;
-            if (lane == 0) {
-                l_s[qi] = alpha * l_s[qi] + psum;
-                m_s[qi] = m_new;
-                a_s[qi] = alpha;
-            }
-        }
-        __syncthreads();
-
-        for (int i = tid; i < BQ * Dv; i += blockDim.x) {
-            const int qi = i / Dv, d = i % Dv;
-            const float* pr = Ss + qi * BKV;
-            float o = Os[i] * a_s[qi];
-            for (int jj = 0; jj < nj; ++jj) o += pr[jj] * h2f(Vs[jj * Dv + d]);
-            Os[i] = o;
-        }
-        __syncthreads();
-    }
-
-    for (int i = tid; i < nq * Dv; i += blockDim.x) {
-        const int qi = i / Dv, d = i % Dv;
-        const float l = l_s[qi] + (has_sinks ? sink_term(sinks[h], m_s[qi]) : 0.0f);
-        out[((size_t)(q0 + qi) * n_head + h) * Dv + d] = l > 0.0f ? Os[i] / l : 0.0f;
-    }
+    const int h = blockIdx.y;
+    const PrefillMask mask{window, has_alibi, has_sinks, has_alibi ? alibi[h] : 0.0f, has_sinks ? sinks[h] : 0.0f};
+    attn_tile_f16(smem, q, k, v, kpos, qpos, out, T, n_slots, cap, n_head, n_kv, D, Dv, scale, softcap, BQ, BKV, mask);
 }

@@ -19,9 +19,7 @@
 // them, so every type the dense matvec reads works for the experts too.  The
 // products are matvecs per (token, slot): prefill runs them too (correct, not
 // fast: an expert's weights are read once per token that chose it).
-#include "quants.cuh"
-
-#define MOE_WARPS 4  // rows per block of 128 threads (as qmatmul.cu's matvec)
+#include "moe.cuh"
 
 // gating (models/moe.py MoE.gating)
 #define MOE_SOFTMAX 0
@@ -155,35 +153,6 @@ extern "C" __global__ void moe_route_f32(const float* __restrict__ logits, /* [T
 }
 
 // ------------------------------------------------------------------ experts
-// One warp's dot products of one weight row (two, where r1 is given) with x: lanes
-// walk consecutive 8-weight chunks, as qmatmul.cu's matvec_row.
-template <class Q>
-__device__ __forceinline__ void moe_dot2(const u8* __restrict__ r0, const u8* __restrict__ r1, const float* __restrict__ x, int n_cols,
-                                         float& a0, float& a1) {
-    const int lane = threadIdx.x % WARP;
-    const int n_chunks = (n_cols + 7) / 8;
-    a0 = 0.0f;
-    a1 = 0.0f;
-    for (int c = lane; c < n_chunks; c += WARP) {
-        const Chunk ch = Q::decode(r0, c, n_cols);
-        Chunk ch1;
-        if (r1 != nullptr) ch1 = Q::decode(r1, c, n_cols);
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-            if (!Q::TAIL || ch.c0 + k < n_cols) {
-                a0 += ch.v[k] * x[ch.c0 + k];
-                if (r1 != nullptr) a1 += ch1.v[k] * x[ch.c0 + k];
-            }
-            if (!Q::TAIL || ch.c1 + k < n_cols) {
-                a0 += ch.v[4 + k] * x[ch.c1 + k];
-                if (r1 != nullptr) a1 += ch1.v[4 + k] * x[ch.c1 + k];
-            }
-        }
-    }
-    a0 = warp_sum(a0);
-    a1 = warp_sum(a1);
-}
-
 // mode 0: h = act(gate x + gb, up x + ub), both matrices of this type (one launch);
 // gate and up of two types take two: mode 1 g = gate x + gb (the gate's type),
 // then mode 2 h = act(g, up x + ub) (the up's).
@@ -197,10 +166,7 @@ __device__ __forceinline__ void moe_gate_up_impl(const u8* wg, const u8* wu, con
     const size_t r = (size_t)e * n_ff + row;
     const float* xt = x + (size_t)(slot / k) * n_cols;
     float a0, a1;
-    if (mode == 0)
-        moe_dot2<Q>(wg + r * row_bytes, wu + r * row_bytes, xt, n_cols, a0, a1);
-    else
-        moe_dot2<Q>((mode == 1 ? wg : wu) + r * row_bytes, nullptr, xt, n_cols, a0, a1);
+    moe_gate_up_dots<Q>(wg, wu, xt, r, row_bytes, n_cols, mode, a0, a1);
     if (threadIdx.x % WARP != 0) return;
     const size_t o = (size_t)slot * n_ff + row;
     if (mode == 1) {

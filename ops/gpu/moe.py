@@ -17,7 +17,7 @@ from . import kernels as K
 from .arrays import device_out, to_device
 
 WARP = 32
-ROWS_PER_BLOCK = 4  # MOE_WARPS in moe.cu: one warp per output row
+ROWS_PER_BLOCK = 4  # MOE_WARPS in moe.cuh: one warp per output row
 GATING = {"softmax": 0, "sigmoid": 1, "softmax_weight": 2}  # MOE_SOFTMAX ... in moe.cu
 ACT = {"silu": 0, "swiglu_oai": 1, "relu": 2, "gelu": 3}  # MOE_SILU ... in moe.cu (gelu: Gemma 4's tanh GELU)
 MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y: the gate/up launch's (token, slot) pairs
@@ -49,33 +49,47 @@ def experts(gate: Weight, up: Weight, down: Weight, n_ff: int, ids: Any, wts: An
     """``x (+)= sum_j wts[:, j] * expert_{ids[:, j]}(xn)``: the gate and up products with the GLU into ``h``
     ``[T, k * n_ff]`` (one launch; two where gate and up are of two types), then the down products summed over
     the slots (one launch)."""
+    gb, ub, db = (to_device(b) for b in biases) if biases is not None else (None, None, None)
+    has_b = int(biases is not None)
+    launch_experts("", gate, up, down, n_ff, ids, wts, xn, x, h, accumulate, False, (gb, ub), (ACT[act], has_b), (db,), (has_b,))
+
+
+def launch_experts(variant: str, gate: Weight, up: Weight, down: Weight, n_ff: int, ids: Any, wts: Any, xn: Any, x: Any,
+                   h: Any, accumulate: bool, gate_up_wts: bool, gate_up_in: tuple, gate_up_tail: tuple, down_in: tuple, down_tail: tuple) -> None:  # fmt: skip
+    """The experts' launches of ``moe_gate_up{variant}_<type>`` and ``moe_down{variant}_<type>`` (moe.cu's, ``""``;
+    moe2.cu's, ``"_x"``), whose arguments differ only in the extras: the gate/up kernel takes ``(wg, wu, x, ids,
+    [wts,] *gate_up_in, g, h, n_ff, n_cols, row_bytes, k, mode, *gate_up_tail)`` (``wts`` where ``gate_up_wts``),
+    the down kernel ``(wd, h, ids, wts, *down_in, x, n_embd, n_ff, row_bytes, k, acc, *down_tail)``; a ``None`` in
+    the ``_in`` tuples is a pointer the kernel does not read.  More (token, slot) pairs than a grid holds go in runs of tokens."""
     T, n_embd = xn.shape
     k = ids.shape[1]
     if T * k > MAX_GRID_Y:  # (a prefill chunk of thousands of tokens) in runs of tokens the grid holds
         step = MAX_GRID_Y // k
         for t in range(0, T, step):
             s = slice(t, min(t + step, T))
-            experts(gate, up, down, n_ff, ids[s], wts[s], xn[s], x[s], h[s], biases, act, accumulate)
+            launch_experts(variant, gate, up, down, n_ff, ids[s], wts[s], xn[s], x[s], h[s], accumulate, gate_up_wts, gate_up_in,
+                           gate_up_tail, down_in, down_tail)  # fmt: skip
         return
     if gate.n_cols != n_embd or up.n_cols != n_embd or down.n_cols != n_ff or gate.n_rows != up.n_rows or tuple(h.shape) != (T, k * n_ff):
         raise ValueError(f"moe experts: gate {gate.shape}, up {up.shape}, down {down.shape}, xn {tuple(xn.shape)}, h {tuple(h.shape)} do not match")
     xd, idd, wd = to_device(xn), to_device(ids, np.int32), to_device(wts)
-    gb, ub, db = (to_device(b) for b in biases) if biases is not None else (xd, xd, xd)
-    has_b, a = int(biases is not None), ACT[act]
-    grid = (K.cdiv(n_ff, ROWS_PER_BLOCK), T * k)
+    gu_in = ((wd,) if gate_up_wts else ()) + tuple(xd if a is None else a for a in gate_up_in)
+    dn_in = tuple(xd if a is None else a for a in down_in)
+    grid, block = (K.cdiv(n_ff, ROWS_PER_BLOCK), T * k), (ROWS_PER_BLOCK * WARP,)
+    gate_up = f"moe_gate_up{variant}_"
     with device_out(h) as hd:
         if gate.qtype == up.qtype:
-            K.launch(f"moe_gate_up_{K.QTYPE_SUFFIX[gate.qtype]}", grid, (ROWS_PER_BLOCK * WARP,),
-                     gate.data, up.data, xd, idd, gb, ub, hd, hd, n_ff, n_embd, gate.data.shape[1], k, 0, a, has_b)  # fmt: skip
+            K.launch(gate_up + K.QTYPE_SUFFIX[gate.qtype], grid, block,
+                     gate.data, up.data, xd, idd, *gu_in, hd, hd, n_ff, n_embd, gate.data.shape[1], k, 0, *gate_up_tail)  # fmt: skip
         else:  # the gate's product into g, then the up's with the GLU reading it
             g = K.runtime().xp.empty((T, k * n_ff), np.float32)
-            K.launch(f"moe_gate_up_{K.QTYPE_SUFFIX[gate.qtype]}", grid, (ROWS_PER_BLOCK * WARP,),
-                     gate.data, gate.data, xd, idd, gb, ub, g, g, n_ff, n_embd, gate.data.shape[1], k, 1, a, has_b)  # fmt: skip
-            K.launch(f"moe_gate_up_{K.QTYPE_SUFFIX[up.qtype]}", grid, (ROWS_PER_BLOCK * WARP,),
-                     up.data, up.data, xd, idd, gb, ub, g, hd, n_ff, n_embd, up.data.shape[1], k, 2, a, has_b)  # fmt: skip
+            K.launch(gate_up + K.QTYPE_SUFFIX[gate.qtype], grid, block,
+                     gate.data, gate.data, xd, idd, *gu_in, g, g, n_ff, n_embd, gate.data.shape[1], k, 1, *gate_up_tail)  # fmt: skip
+            K.launch(gate_up + K.QTYPE_SUFFIX[up.qtype], grid, block,
+                     up.data, up.data, xd, idd, *gu_in, g, hd, n_ff, n_embd, up.data.shape[1], k, 2, *gate_up_tail)  # fmt: skip
         with device_out(x) as od:
-            K.launch(f"moe_down_{K.QTYPE_SUFFIX[down.qtype]}", (K.cdiv(n_embd, ROWS_PER_BLOCK), T), (ROWS_PER_BLOCK * WARP,),
-                     down.data, hd, idd, wd, db, od, n_embd, n_ff, down.data.shape[1], k, int(accumulate), has_b)  # fmt: skip
+            K.launch(f"moe_down{variant}_{K.QTYPE_SUFFIX[down.qtype]}", (K.cdiv(n_embd, ROWS_PER_BLOCK), T), block,
+                     down.data, hd, idd, wd, *dn_in, od, n_embd, n_ff, down.data.shape[1], k, int(accumulate), *down_tail)  # fmt: skip
 
 
 def gated_add(x: Any, y: Any, s: Any) -> None:

@@ -19,9 +19,7 @@
 //   copy_f32              dst = src (SmallThinker's router input)
 //
 // No biases: none of these architectures has them on its experts.
-#include "quants.cuh"
-
-#define MOEX_WARPS 4  // rows per block of 128 threads (moe.cu's MOE_WARPS)
+#include "moe.cuh"
 
 // the GLUs (ops/gpu/moe2.py ACT; 0..3 as moe.cu's)
 #define MOEX_SILU 0
@@ -52,50 +50,19 @@ __device__ __forceinline__ float moex_glu(float g, float u, int act, float limit
     return silu_f(g) * u;
 }
 
-// one warp's dot products of one weight row (two, where r1 is given) with x (moe.cu's moe_dot2)
-template <class Q>
-__device__ __forceinline__ void moex_dot2(const u8* __restrict__ r0, const u8* __restrict__ r1, const float* __restrict__ x, int n_cols,
-                                          float& a0, float& a1) {
-    const int lane = threadIdx.x % WARP;
-    const int n_chunks = (n_cols + 7) / 8;
-    a0 = 0.0f;
-    a1 = 0.0f;
-    for (int c = lane; c < n_chunks; c += WARP) {
-        const Chunk ch = Q::decode(r0, c, n_cols);
-        Chunk ch1;
-        if (r1 != nullptr) ch1 = Q::decode(r1, c, n_cols);
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-            if (!Q::TAIL || ch.c0 + k < n_cols) {
-                a0 += ch.v[k] * x[ch.c0 + k];
-                if (r1 != nullptr) a1 += ch1.v[k] * x[ch.c0 + k];
-            }
-            if (!Q::TAIL || ch.c1 + k < n_cols) {
-                a0 += ch.v[4 + k] * x[ch.c1 + k];
-                if (r1 != nullptr) a1 += ch1.v[4 + k] * x[ch.c1 + k];
-            }
-        }
-    }
-    a0 = warp_sum(a0);
-    a1 = warp_sum(a1);
-}
-
 // mode 0: both matrices of this type; 1: g = gate x (the gate's type); 2: h = act(g, up x) (the up's).
 // wbf: the products times the slot's weight (the expert's input scaled: the products are linear in it).
 template <class Q>
 __device__ __forceinline__ void moex_gate_up_impl(const u8* wg, const u8* wu, const float* x, const int* ids, const float* wts,
                                                   float* g, float* h, int n_ff, int n_cols, int row_bytes, int k, int mode, int act,
                                                   int wbf, float limit) {
-    const int row = blockIdx.x * MOEX_WARPS + threadIdx.x / WARP;
+    const int row = blockIdx.x * MOE_WARPS + threadIdx.x / WARP;
     if (row >= n_ff) return;  // the whole warp leaves together
     const int slot = blockIdx.y, e = ids[slot];
     const size_t r = (size_t)e * n_ff + row;
     const float* xt = x + (size_t)(slot / k) * n_cols;
     float a0, a1;
-    if (mode == 0)
-        moex_dot2<Q>(wg + r * row_bytes, wu + r * row_bytes, xt, n_cols, a0, a1);
-    else
-        moex_dot2<Q>((mode == 1 ? wg : wu) + r * row_bytes, nullptr, xt, n_cols, a0, a1);
+    moe_gate_up_dots<Q>(wg, wu, xt, r, row_bytes, n_cols, mode, a0, a1);
     if (threadIdx.x % WARP != 0) return;
     if (wbf) {
         a0 *= wts[slot];
@@ -112,14 +79,14 @@ __device__ __forceinline__ void moex_gate_up_impl(const u8* wg, const u8* wu, co
 template <class Q>
 __device__ __forceinline__ void moex_down_impl(const u8* wd, const float* h, const int* ids, const float* wts, float* x, int n_embd,
                                                int n_ff, int row_bytes, int k, int acc, int wbf) {
-    const int row = blockIdx.x * MOEX_WARPS + threadIdx.x / WARP;
+    const int row = blockIdx.x * MOE_WARPS + threadIdx.x / WARP;
     if (row >= n_embd) return;
     const int t = blockIdx.y;
     float s = 0.0f, unused;
     for (int j = 0; j < k; ++j) {
         const int slot = t * k + j;
         float d;
-        moex_dot2<Q>(wd + ((size_t)ids[slot] * n_embd + row) * row_bytes, nullptr, h + (size_t)slot * n_ff, n_ff, d, unused);
+        moe_dot2<Q>(wd + ((size_t)ids[slot] * n_embd + row) * row_bytes, nullptr, h + (size_t)slot * n_ff, n_ff, d, unused);
         s += wbf ? d : wts[slot] * d;
     }
     if (threadIdx.x % WARP == 0) {
@@ -130,7 +97,7 @@ __device__ __forceinline__ void moex_down_impl(const u8* wd, const float* h, con
 
 #define MOEX_KERNELS(name, Q)                                                                                   \
     /* grid (ceil(n_ff/4), T*k), block 128 */                                                                     \
-    extern "C" __global__ void __launch_bounds__(MOEX_WARPS * WARP) moe_gate_up_x_##name(                        \
+    extern "C" __global__ void __launch_bounds__(MOE_WARPS * WARP) moe_gate_up_x_##name(                        \
         const u8* __restrict__ wg, const u8* __restrict__ wu, /* [n_expert * n_ff, row_bytes] */                   \
         const float* __restrict__ x,                          /* [T, n_cols] */                                   \
         const int* __restrict__ ids, const float* __restrict__ wts, /* [T, k] */                                  \
@@ -139,7 +106,7 @@ __device__ __forceinline__ void moex_down_impl(const u8* wd, const float* h, con
         moex_gate_up_impl<Q>(wg, wu, x, ids, wts, g, h, n_ff, n_cols, row_bytes, k, mode, act, wbf, limit);       \
     }                                                                                                             \
     /* grid (ceil(n_embd/4), T), block 128 */                                                                     \
-    extern "C" __global__ void __launch_bounds__(MOEX_WARPS * WARP) moe_down_x_##name(                           \
+    extern "C" __global__ void __launch_bounds__(MOE_WARPS * WARP) moe_down_x_##name(                           \
         const u8* __restrict__ wd,    /* [n_expert * n_embd, row_bytes] */                                        \
         const float* __restrict__ h,  /* [T, k, n_ff] */                                                          \
         const int* __restrict__ ids, const float* __restrict__ wts, /* [T, k] */                                  \

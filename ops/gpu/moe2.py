@@ -22,11 +22,10 @@ import numpy as np
 from ..backend import Weight
 from . import kernels as K
 from .arrays import device_out, to_device
+from .moe import launch_experts
 
 WARP = 32
-ROWS_PER_BLOCK = 4  # MOEX_WARPS in moe2.cu: one warp per output row
 ACT = {"silu": 0, "relu": 2, "gelu": 3, "gelu_f16": 4, "swiglu_clamp": 5}  # MOEX_SILU ... in moe2.cu
-MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y: the gate/up launch's (token, slot) pairs
 _EW_BLOCK, _EW_MAX_GRID = 256, 8192
 
 
@@ -38,33 +37,10 @@ def experts(gate: Weight, up: Weight, down: Weight, n_ff: int, ids: Any, wts: An
             limit: float = 0.0, weight_before: bool = False, accumulate: bool = True) -> None:  # fmt: skip
     """``x (+)= sum_j wts[:, j] * expert_{ids[:, j]}(xn)`` (``weight_before``: ``sum_j expert_{ids[:, j]}(wts[:, j] xn)``),
     the GLU ``act`` (``limit``: ``"swiglu_clamp"``'s); ``h`` ``[T, k * n_ff]`` scratch.  As ``ops/gpu/moe.py``
-    ``experts``: one gate/up launch (two where gate and up are of two types), one down launch."""
-    T, n_embd = xn.shape
-    k = ids.shape[1]
-    if T * k > MAX_GRID_Y:  # (a prefill chunk of thousands of tokens) in runs of tokens the grid holds
-        step = MAX_GRID_Y // k
-        for t in range(0, T, step):
-            s = slice(t, min(t + step, T))
-            experts(gate, up, down, n_ff, ids[s], wts[s], xn[s], x[s], h[s], act, limit, weight_before, accumulate)
-        return
-    if gate.n_cols != n_embd or up.n_cols != n_embd or down.n_cols != n_ff or gate.n_rows != up.n_rows or tuple(h.shape) != (T, k * n_ff):
-        raise ValueError(f"moe experts: gate {gate.shape}, up {up.shape}, down {down.shape}, xn {tuple(xn.shape)}, h {tuple(h.shape)} do not match")
-    xd, idd, wd = to_device(xn), to_device(ids, np.int32), to_device(wts)
-    a, wbf = ACT[act], int(weight_before)
-    grid, block = (K.cdiv(n_ff, ROWS_PER_BLOCK), T * k), (ROWS_PER_BLOCK * WARP,)
-    with device_out(h) as hd:
-        if gate.qtype == up.qtype:
-            K.launch(f"moe_gate_up_x_{K.QTYPE_SUFFIX[gate.qtype]}", grid, block,
-                     gate.data, up.data, xd, idd, wd, hd, hd, n_ff, n_embd, gate.data.shape[1], k, 0, a, wbf, limit)  # fmt: skip
-        else:  # the gate's product into g, then the up's with the GLU reading it
-            g = K.runtime().xp.empty((T, k * n_ff), np.float32)
-            K.launch(f"moe_gate_up_x_{K.QTYPE_SUFFIX[gate.qtype]}", grid, block,
-                     gate.data, gate.data, xd, idd, wd, g, g, n_ff, n_embd, gate.data.shape[1], k, 1, a, wbf, limit)  # fmt: skip
-            K.launch(f"moe_gate_up_x_{K.QTYPE_SUFFIX[up.qtype]}", grid, block,
-                     up.data, up.data, xd, idd, wd, g, hd, n_ff, n_embd, up.data.shape[1], k, 2, a, wbf, limit)  # fmt: skip
-        with device_out(x) as od:
-            K.launch(f"moe_down_x_{K.QTYPE_SUFFIX[down.qtype]}", (K.cdiv(n_embd, ROWS_PER_BLOCK), T), block,
-                     down.data, hd, idd, wd, od, n_embd, n_ff, down.data.shape[1], k, int(accumulate), wbf)  # fmt: skip
+    ``experts`` (its launches, ``launch_experts``): one gate/up launch (two where gate and up are of two types), one
+    down launch."""
+    wbf = int(weight_before)
+    launch_experts("_x", gate, up, down, n_ff, ids, wts, xn, x, h, accumulate, True, (), (ACT[act], wbf, limit), (), (wbf,))
 
 
 def chunk_route(logits: Any, ids: Any, group: int, scale: float, cids: Any, cw: Any) -> None:

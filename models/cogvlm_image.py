@@ -22,14 +22,13 @@ are followed where they show, as models/siglip.py does.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import numpy as np
 
 from ..loaders.errors import KvrunError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
-from ..loaders.mmproj import MmprojConfig, open_mmproj
+from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
 from .bert import gelu, layer_norm
@@ -37,7 +36,7 @@ from .common import TENSOR_NAMES, WeightLoader
 from .janus_image import preprocess as fixed_size
 from .pixtral_image import silu
 from .qwen2vl_image import activation
-from .siglip import F16, _f16, attend_heads
+from .siglip import MmprojEncoder, attend_heads, patch_kernel
 
 F32 = np.float32
 PAD = (122, 116, 104)  #: the pad colour around a picture not square (clip.cpp's image_pad_color for cogvlm, LLaVA's)
@@ -56,7 +55,7 @@ def preprocess(img: np.ndarray, cfg: MmprojConfig) -> np.ndarray:
     return fixed_size(img, cfg, PAD)
 
 
-class CogVLMEncoder:
+class CogVLMEncoder(MmprojEncoder):
     """CogVLM's EVA2-CLIP encoder and GLU projector from an mmproj file: :meth:`encode` pixels into rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
@@ -64,11 +63,8 @@ class CogVLMEncoder:
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
-        E, p = cfg.n_embd, cfg.patch_size
-        pt = g.tensor("v.patch_embd.weight")
-        if pt.n_elements != E * 3 * p * p:
-            raise KvrunError(f"{g.path}: v.patch_embd.weight has shape {pt.shape}, expected {(E, 3, p, p)}")
-        self.patch_w = _f16(dequantize(pt.data, pt.qtype, pt.shape).reshape(E, 3 * p * p))  # (ggml's conv_2d: F16)
+        E = cfg.n_embd
+        self.patch_w = patch_kernel(g, cfg)
         self.patch_b = ld.host_vector("v_patch_b", required=False)
         self.cls = self._host(g, "v.class_embd", E)
         n_pos = cfg.n_patches_side**2 + 1
@@ -99,32 +95,16 @@ class CogVLMEncoder:
             raise KvrunError(f"{g.path}: {name} has {t.n_elements} values, expected {n}")
         return dequantize(t.data, t.qtype, t.shape).reshape(-1).astype(F32)
 
-    @classmethod
-    def load(cls, path: str | os.PathLike, backend: Backend) -> CogVLMEncoder:
-        g, cfg = open_mmproj(path)
-        return cls(g, cfg, backend)
-
-    def _linear(self, w: Any, x: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-        if w.qtype == F16:  # ggml multiplies an F16 weight by an F16 copy of the activations
-            x = _f16(x)
-        out = np.empty((x.shape[0], w.n_rows), F32)
-        self.be.linear(w, np.ascontiguousarray(x, F32), out)
-        return out + b if b is not None else out
-
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Normalised ``pixels`` [3, S, S] (:func:`preprocess`) -> the image chunk's rows [n_patches + 2, n_text_embd]:
         ``v.boi``, the patches' rows in raster order, ``v.eoi``."""
         c = self.cfg
-        S, p, n = c.image_size, c.patch_size, c.n_patches_side
+        S, n = c.image_size, c.n_patches_side
         if pixels.shape != (3, S, S):
             raise KvrunError(f"the CogVLM encoder takes pixels [3, {S}, {S}], got {list(pixels.shape)}")
         T, H = n * n, c.n_head
         D = c.n_embd // H
-        x = np.ascontiguousarray(pixels.reshape(3, n, p, n, p).transpose(1, 3, 0, 2, 4).reshape(T, 3 * p * p), F32)
-        x = _f16(x) @ self.patch_w.T
-        if self.patch_b is not None:
-            x += self.patch_b
-        x = np.concatenate([x, self.cls[None]]) + self.pos_embd  # (the CLS token after the patches)
+        x = np.concatenate([self.embed_patches(pixels), self.cls[None]]) + self.pos_embd  # (the CLS token after the patches)
         scale = F32(1.0 / math.sqrt(D))
         for L in self.layers:
             q, k, v = (self._linear(L[r], x, L[r + "_b"]).reshape(T + 1, H, D) for r in ("q", "k", "v"))

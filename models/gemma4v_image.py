@@ -47,7 +47,7 @@ from ..ops.backend import Backend
 from .common import WeightLoader
 from .lfm2vl_image import normalise, target_size
 from .qwen2vl_image import activation, resize
-from .siglip import F16, _f16
+from .siglip import F16, _f16, patch_kernel
 
 F32 = np.float32
 ROPE_BASE = 100.0  # clip.cpp's hparams.rope_theta for gemma4v
@@ -104,13 +104,10 @@ class Gemma4VEncoder:
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
-        E, p = cfg.n_embd, cfg.patch_size
+        E = cfg.n_embd
         if E % cfg.n_head or (E // cfg.n_head) % 4:
             raise KvrunError(f"{g.path}: heads {E // cfg.n_head} wide; Gemma 4's 2-D rope turns quarters of a head")
-        pt = g.tensor("v.patch_embd.weight")
-        if pt.n_elements != E * 3 * p * p:
-            raise KvrunError(f"{g.path}: v.patch_embd.weight has shape {pt.shape}, expected {(E, 3, p, p)}")
-        self.patch_w = _f16(dequantize(pt.data, pt.qtype, pt.shape).reshape(E, 3 * p * p))
+        self.patch_w = patch_kernel(g, cfg)
         pos = g.tensor("v.position_embd.weight")
         if pos.n_elements % (2 * E):
             raise KvrunError(f"{g.path}: v.position_embd.weight has shape {pos.shape}, expected (2, n_pos, {E})")

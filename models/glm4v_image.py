@@ -84,9 +84,9 @@ class Glm4VEncoder(Qwen2VLEncoder):
         ld = WeightLoader(g, backend)
         E, p = cfg.n_embd, cfg.patch_size
         self.kernels = [_f16(self._tensor(g, n, E * 3 * p * p).reshape(E, 3 * p * p)) for n in ("v.patch_embd.weight", "v.patch_embd.weight.1")]
-        self.patch_b = self._named_vector(g, "v.patch_embd.bias")
+        self.patch_b = self._vector(g, "v.patch_embd.bias")
         self.embd_norm = self._tensor(g, "v.norm_embd.weight", E)
-        self.embd_norm_b = self._named_vector(g, "v.norm_embd.bias")
+        self.embd_norm_b = self._vector(g, "v.norm_embd.bias")
         pos = self._tensor(g, "v.position_embd.weight", None)
         side = math.isqrt(pos.size // E)
         if side * side * E != pos.size:
@@ -98,16 +98,16 @@ class Glm4VEncoder(Qwen2VLEncoder):
             L: dict[str, Any] = {r: ld.host_vector(f"v_{r}", i, required=r in ("ln1", "ln2")) for r in ("ln1", "ln1_b", "ln2", "ln2_b")}
             fused = b + "attn_qkv.weight" in g.tensors  # (else Q, K and V apart, which clip.cpp's build_vit takes too)
             for r in ("attn_qkv",) if fused else ("attn_q", "attn_k", "attn_v"):
-                L[r], L[r + "_b"] = self._named_matrix(ld, b + r + ".weight"), self._named_vector(g, b + r + ".bias")
+                L[r], L[r + "_b"] = self._named_matrix(ld, b + r + ".weight"), self._vector(g, b + r + ".bias")
             for r in ("attn_out", "ffn_gate", "ffn_up", "ffn_down"):
-                L[r], L[r + "_b"] = self._named_matrix(ld, b + r + ".weight"), self._named_vector(g, b + r + ".bias")
+                L[r], L[r + "_b"] = self._named_matrix(ld, b + r + ".weight"), self._vector(g, b + r + ".bias")
             self.layers.append(L)
-        self.post_ln, self.post_ln_b = self._tensor(g, "v.post_ln.weight", E), self._named_vector(g, "v.post_ln.bias")
+        self.post_ln, self.post_ln_b = self._tensor(g, "v.post_ln.weight", E), self._vector(g, "v.post_ln.bias")
         T = cfg.n_text_embd
         self.down_conv = self._tensor(g, "mm.patch_merger.weight", T * E * MERGE * MERGE).reshape(T, E, MERGE, MERGE)
-        self.down_conv_b = self._named_vector(g, "mm.patch_merger.bias")
+        self.down_conv_b = self._vector(g, "mm.patch_merger.bias")
         self.fc = self._named_matrix(ld, "mm.model.fc.weight")
-        self.merger_norm, self.merger_norm_b = self._tensor(g, "mm.post_norm.weight", T), self._named_vector(g, "mm.post_norm.bias")
+        self.merger_norm, self.merger_norm_b = self._tensor(g, "mm.post_norm.weight", T), self._vector(g, "mm.post_norm.bias")
         self.gate, self.up, self.down = (self._named_matrix(ld, f"mm.{r}.weight") for r in ("gate", "up", "down"))
 
     @staticmethod

@@ -26,20 +26,19 @@ out and gives them their XD-RoPE positions (models/hunyuan_vl.py).
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
 from ..loaders.errors import KvrunError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
-from ..loaders.mmproj import MmprojConfig, open_mmproj
+from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
 from .bert import gelu, layer_norm
 from .common import TENSOR_NAMES, WeightLoader
 from .pillow_resize import LANCZOS, resize_axes
-from .qwen2vl_image import QUERY_CHUNK, activation, smart_size
-from .siglip import F16, _f16, attend_heads, vit_layer
+from .qwen2vl_image import QUERY_CHUNK, smart_size
+from .siglip import F16, MmprojEncoder, _f16, vit_layer
 
 F32 = np.float32
 TENSOR_NAMES.update({"hv_fc": "mm.model.fc.weight"})  # (Hunyuan-VL's projection into the text width: clip.cpp's TN_MM_PROJECTOR)
@@ -101,7 +100,7 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return ((x64 / np.sqrt((x64 * x64).mean(axis=-1, keepdims=True) + eps)).astype(F32)) * w
 
 
-class HunyuanVLEncoder:
+class HunyuanVLEncoder(MmprojEncoder):
     """Hunyuan-VL's vision encoder and perceiver projector from an mmproj file: :meth:`encode` pixels of any
     block-aligned size into the picture's rows, its begin and end rows and newlines included."""
 
@@ -160,23 +159,6 @@ class HunyuanVLEncoder:
         return dequantize(t.data, t.qtype, t.shape).reshape(-1).astype(F32)
 
     @staticmethod
-    def _vector(g: GGUFFile, name: str) -> np.ndarray | None:
-        t = g.tensors.get(name)
-        return None if t is None else dequantize(t.data, t.qtype, t.shape).reshape(-1).astype(F32)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, backend: Backend) -> HunyuanVLEncoder:
-        g, cfg = open_mmproj(path)
-        return cls(g, cfg, backend)
-
-    def _linear(self, w, x: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-        if w.qtype == F16:  # (ggml multiplies an F16 weight by an F16 copy of the activations)
-            x = _f16(x)
-        out = np.empty((x.shape[0], w.n_rows), F32)
-        self.be.linear(w, np.ascontiguousarray(x, F32), out)
-        return out + b if b is not None else out
-
-    @staticmethod
     def _conv(x: np.ndarray, k: np.ndarray, f16: bool, b: np.ndarray | None) -> np.ndarray:
         """A convolution as one product over im2col rows ``x`` [n, IC kh kw] with the kernel [OC, IC kh kw] (ggml's
         conv_2d: its im2col in the kernel's type, F16 inputs for an F16 kernel)."""
@@ -188,16 +170,8 @@ class HunyuanVLEncoder:
     def blocks(self, x: np.ndarray) -> np.ndarray:
         """The ViT's blocks over the patches ``x`` [T, n_embd] (no rope), then ``v.post_ln`` where there is one."""
         c = self.cfg
-        T, H = x.shape[0], c.n_head
-        D = c.n_embd // H
-        scale = F32(1.0 / math.sqrt(D))
         for L in self.layers:
-            h = layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
-            q, k, v = (self._linear(L[r], h, L[r + "_b"]).reshape(T, H, D) for r in ("q", "k", "v"))
-            a = attend_heads(q, k, v, scale, QUERY_CHUNK)
-            x = x + self._linear(L["o"], a.reshape(T, H * D), L["o_b"])
-            h = layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
-            x = x + self._linear(L["down"], activation(self._linear(L["up"], h, L["up_b"]), c.ffn_op), L["down_b"])
+            x = self.vit_block(L, x, c.ffn_op, QUERY_CHUNK)
         if self.post_ln is not None:
             x = layer_norm(x, self.post_ln, self.post_ln_b, c.eps)
         return x

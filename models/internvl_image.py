@@ -43,7 +43,7 @@ from .common import TENSOR_NAMES, WeightLoader
 from .lfm2vl_image import unshuffle
 from . import pillow_resize
 from .pillow_resize import BICUBIC, resize_axes
-from .siglip import SiglipEncoder, _f16
+from .siglip import SiglipEncoder, patch_kernel
 
 F32 = np.float32
 PROJ_EPS = 1e-5  # the projector's LayerNorm (PyTorch's default; clip.cpp says so)
@@ -159,11 +159,8 @@ class InternVLEncoder(SiglipEncoder):
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
-        E, p = cfg.n_embd, cfg.patch_size
-        pt = g.tensor("v.patch_embd.weight")
-        if pt.n_elements != E * 3 * p * p:
-            raise KvrunError(f"{g.path}: v.patch_embd.weight has shape {pt.shape}, expected {(E, 3, p, p)}")
-        self.patch_w = _f16(dequantize(pt.data, pt.qtype, pt.shape).reshape(E, 3 * p * p))
+        E = cfg.n_embd
+        self.patch_w = patch_kernel(g, cfg)
         self.patch_b = ld.host_vector("v_patch_b", required=False)
         cls = g.tensors.get("v.class_embd")
         if cls is None:
@@ -201,9 +198,7 @@ class InternVLEncoder(SiglipEncoder):
         S, n = c.image_size, c.n_patches_side
         if pixels.shape != (3, S, S):
             raise KvrunError(f"the InternVL encoder takes pixels [3, {S}, {S}], got {list(pixels.shape)}")
-        x = _f16(self.patches(pixels)) @ self.patch_w.T
-        if self.patch_b is not None:
-            x += self.patch_b
+        x = self.embed_patches(pixels)
         x = np.concatenate([x, self.cls[None]]) + self.pos_embd  # (clip.cpp concatenates the CLS token last)
         T, H = x.shape[0], c.n_head
         D = c.n_embd // H

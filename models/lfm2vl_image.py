@@ -250,23 +250,8 @@ class Lfm2VLEncoder(SiglipEncoder):
     def _vit(self, x: np.ndarray) -> np.ndarray:
         """The ViT blocks and post LayerNorm over patch rows [T, E] (models/siglip.py's, at any T)."""
         c = self.cfg
-        T, H = x.shape[0], c.n_head
-        D = c.n_embd // H
-        scale = F32(1.0 / math.sqrt(D))
-        for L in self.layers:
-            h = layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
-            q = self._linear(L["q"], h, L["q_b"]).reshape(T, H, D)
-            kk = self._linear(L["k"], h, L["k_b"]).reshape(T, H, D)
-            v = self._linear(L["v"], h, L["v_b"]).reshape(T, H, D)
-            a = np.empty((T, H, D), F32)
-            for hd in range(H):  # a head at a time: a 512-pixel tile of 16-pixel patches is 1024 patches, 4 MiB of scores
-                s = (q[:, hd] @ kk[:, hd].T) * scale
-                s = np.exp(s - s.max(axis=-1, keepdims=True))
-                s /= s.sum(axis=-1, keepdims=True)
-                a[:, hd] = s @ v[:, hd]
-            x = x + self._linear(L["o"], a.reshape(T, H * D), L["o_b"])
-            h = layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
-            x = x + self._linear(L["down"], gelu(self._linear(L["up"], h, L["up_b"])), L["down_b"])
+        for L in self.layers:  # (a head at a time: a 512-pixel tile of 16-pixel patches is 1024 patches, 4 MiB of scores)
+            x = self.vit_block(L, x, "gelu")
         if self.post_ln is not None:
             x = layer_norm(x, self.post_ln, self.post_ln_b, c.eps)
         return x

@@ -28,7 +28,6 @@ ggml's CPU numerics are followed where they show, as models/siglip.py does.  run
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +35,7 @@ import numpy as np
 
 from ..loaders.errors import KvrunError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
-from ..loaders.mmproj import MmprojConfig, open_mmproj
+from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
 from .bert import gelu, layer_norm
@@ -44,7 +43,7 @@ from .common import TENSOR_NAMES, WeightLoader
 from . import internvl_image
 from .internvl_image import normalise, resize, resize_padded
 from .qwen2vl_image import activation
-from .siglip import F16, _f16, attend_heads, rope_halves, vit_layer
+from .siglip import F16, MmprojEncoder, _f16, attend_heads, rope_halves, vit_layer
 
 F32 = np.float32
 ROPE_BASE = 10000.0  # clip.cpp's rope_theta for llama4
@@ -139,7 +138,7 @@ def ln_rope_blocks(enc: Any, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) ->
     return x
 
 
-class Llama4VisionEncoder:
+class Llama4VisionEncoder(MmprojEncoder):
     """Llama 4's ViT, pixel shuffle, adapter MLP and projector from an mmproj file: :meth:`encode` a tile's pixels."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
@@ -170,18 +169,6 @@ class Llama4VisionEncoder:
         self.layers = [vit_layer(ld, i) for i in range(cfg.n_layer)]
         self.post_ln, self.post_ln_b = ld.host_vector("v_post_ln", required=False), ld.host_vector("v_post_ln_b", required=False)
         self.mlp1, self.mlp2, self.proj = ld.matrix("l4_mlp1"), ld.matrix("l4_mlp2"), ld.matrix("l4_proj")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, backend: Backend) -> Llama4VisionEncoder:
-        g, cfg = open_mmproj(path)
-        return cls(g, cfg, backend)
-
-    def _linear(self, w: Any, x: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-        if w.qtype == F16:  # ggml multiplies an F16 weight by an F16 copy of the activations
-            x = _f16(x)
-        out = np.empty((x.shape[0], w.n_rows), F32)
-        self.be.linear(w, np.ascontiguousarray(x, F32), out)
-        return out + b if b is not None else out
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Normalised ``pixels`` [3, S, S] (one tile or the overview) -> its rows [(S/(p n_merge))^2, n_text_embd]."""

@@ -48,8 +48,7 @@ from .bert import gelu, layer_norm
 from .common import TENSOR_NAMES, WeightLoader
 from .internvl_image import best_resolution, normalise
 from .pillow_resize import BICUBIC, resize_axes
-from .qwen2vl_image import activation
-from .siglip import SiglipEncoder, _f16, vit_layer
+from .siglip import SiglipEncoder, _f16, patch_kernel, vit_layer
 
 F32 = np.float32
 #: LLaVA's padding colour (its image processor's mean, in bytes), clip.cpp's for every llava-style projector
@@ -166,11 +165,8 @@ class LlavaEncoder(SiglipEncoder):
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
-        E, p = cfg.n_embd, cfg.patch_size
-        pt = g.tensor("v.patch_embd.weight")
-        if pt.n_elements != E * 3 * p * p:
-            raise KvrunError(f"{g.path}: v.patch_embd.weight has shape {pt.shape}, expected {(E, 3, p, p)}")
-        self.patch_w = _f16(dequantize(pt.data, pt.qtype, pt.shape).reshape(E, 3 * p * p))
+        E = cfg.n_embd
+        self.patch_w = patch_kernel(g, cfg)
         self.patch_b = ld.host_vector("v_patch_b", required=False)
         cls = g.tensors.get("v.class_embd")
         self.cls = None if cls is None else dequantize(cls.data, cls.qtype, cls.shape).reshape(E).astype(F32)
@@ -234,35 +230,18 @@ class LlavaEncoder(SiglipEncoder):
         S = c.image_size
         if pixels.shape != (3, S, S):
             raise KvrunError(f"the LLaVA encoder takes pixels [3, {S}, {S}], got {list(pixels.shape)}")
-        x = _f16(self.patches(pixels)) @ self.patch_w.T
-        if self.patch_b is not None:
-            x += self.patch_b
+        x = self.embed_patches(pixels)
         cls = self.cls is not None
         if cls:  # (libmtmd 0.3.36 appends the class token after the patches, positions in that order)
             x = np.concatenate([x, self.cls[None]])
         x = x + self.pos_embd
         if self.pre_ln is not None:
             x = layer_norm(x, self.pre_ln, self.pre_ln_b, c.eps)
-        T, H = x.shape[0], c.n_head
-        D = c.n_embd // H
-        scale = F32(1.0 / math.sqrt(D))
         stack = []
         for il, L in enumerate(self.layers):
             if il in self.feature_layers:  # (Granite's: this layer's input kept)
                 stack.append(x)
-            h = layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
-            q = self._linear(L["q"], h, L["q_b"]).reshape(T, H, D)
-            k = self._linear(L["k"], h, L["k_b"]).reshape(T, H, D)
-            v = self._linear(L["v"], h, L["v_b"]).reshape(T, H, D)
-            a = np.empty((T, H, D), F32)
-            for hd in range(H):
-                s = (q[:, hd] @ k[:, hd].T) * scale
-                s = np.exp(s - s.max(axis=-1, keepdims=True))
-                s /= s.sum(axis=-1, keepdims=True)
-                a[:, hd] = s @ v[:, hd]
-            x = x + self._linear(L["o"], a.reshape(T, H * D), L["o_b"])
-            h = layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
-            x = x + self._linear(L["down"], activation(self._linear(L["up"], h, L["up_b"]), self.ffn_op), L["down_b"])
+            x = self.vit_block(L, x, self.ffn_op)
         if self.post_ln is not None:
             x = layer_norm(x, self.post_ln, self.post_ln_b, c.eps)
         if len(self.layers) in self.feature_layers:

@@ -38,7 +38,7 @@ from ..ops.backend import Backend
 from .bert import gelu, layer_norm
 from .common import TENSOR_NAMES, WeightLoader
 from .minicpmv_image import POS_SIDE, Cut, Plan, _attend, best_resize, bucket_positions, cut, plan
-from .siglip import SiglipEncoder, _f16, vit_layer
+from .siglip import SiglipEncoder, patch_kernel, vit_layer
 from .whisper_audio import gelu_erf
 
 F32 = np.float32
@@ -94,11 +94,8 @@ class MiniCPMV46Encoder(SiglipEncoder):
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
-        E, p = cfg.n_embd, cfg.patch_size
-        pt = g.tensor("v.patch_embd.weight")
-        if pt.n_elements != E * 3 * p * p:
-            raise KvrunError(f"{g.path}: v.patch_embd.weight has shape {pt.shape}, expected {(E, 3, p, p)}")
-        self.patch_w = _f16(dequantize(pt.data, pt.qtype, pt.shape).reshape(E, 3 * p * p))
+        E = cfg.n_embd
+        self.patch_w = patch_kernel(g, cfg)
         self.patch_b = ld.host_vector("v_patch_b", required=False)
         pos = g.tensor("v.position_embd.weight")
         if pos.n_elements != POS_SIDE * POS_SIDE * E:
@@ -136,11 +133,7 @@ class MiniCPMV46Encoder(SiglipEncoder):
         if pixels.shape[0] != 3 or h % (p * m) or w % (p * m) or not h or not w:
             raise KvrunError(f"the MiniCPM-V 4.6 encoder takes pixels [3, h, w] of whole {p * m}-pixel blocks, got {list(pixels.shape)}")
         ny, nx = h // p, w // p
-        patches = pixels.reshape(3, ny, p, nx, p).transpose(1, 3, 0, 2, 4).reshape(ny * nx, 3 * p * p)
-        x = _f16(np.ascontiguousarray(patches, F32)) @ self.patch_w.T
-        if self.patch_b is not None:
-            x += self.patch_b
-        x = x + self.pos_embd[bucket_positions(ny, nx)]
+        x = self.embed_patches(pixels) + self.pos_embd[bucket_positions(ny, nx)]
         if self.pre_ln is not None:
             x = layer_norm(x, self.pre_ln, self.pre_ln_b, c.eps)
         if self.vit_merger is None:

@@ -46,7 +46,7 @@ from .bert import gelu, layer_norm
 from .common import TENSOR_NAMES, WeightLoader
 from .internvl_image import resize_padded
 from .pillow_resize import BICUBIC, resample
-from .siglip import SiglipEncoder, _f16, vit_layer
+from .siglip import SiglipEncoder, patch_kernel, vit_layer
 
 F32 = np.float32
 POS_SIDE = 70  # clip.cpp's bucket grid over the learned positions (SigLIP-so400m's 980 / 14 a side)
@@ -192,11 +192,8 @@ class MiniCPMVEncoder(SiglipEncoder):
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
-        E, p, d = cfg.n_embd, cfg.patch_size, cfg.n_text_embd
-        pt = g.tensor("v.patch_embd.weight")
-        if pt.n_elements != E * 3 * p * p:
-            raise KvrunError(f"{g.path}: v.patch_embd.weight has shape {pt.shape}, expected {(E, 3, p, p)}")
-        self.patch_w = _f16(dequantize(pt.data, pt.qtype, pt.shape).reshape(E, 3 * p * p))
+        E, d = cfg.n_embd, cfg.n_text_embd
+        self.patch_w = patch_kernel(g, cfg)
         self.patch_b = ld.host_vector("v_patch_b", required=False)
         pos = g.tensor("v.position_embd.weight")
         n_pos = POS_SIDE * POS_SIDE
@@ -225,11 +222,7 @@ class MiniCPMVEncoder(SiglipEncoder):
         if pixels.shape[0] != 3 or h % p or w % p or not h or not w:
             raise KvrunError(f"the MiniCPM-V encoder takes pixels [3, h, w] of whole {p}-pixel patches, got {list(pixels.shape)}")
         ny, nx = h // p, w // p
-        patches = pixels.reshape(3, ny, p, nx, p).transpose(1, 3, 0, 2, 4).reshape(ny * nx, 3 * p * p)
-        x = _f16(np.ascontiguousarray(patches, F32)) @ self.patch_w.T
-        if self.patch_b is not None:
-            x += self.patch_b
-        x = x + self.pos_embd[bucket_positions(ny, nx)]
+        x = self.embed_patches(pixels) + self.pos_embd[bucket_positions(ny, nx)]
         T, H = x.shape[0], c.n_head
         D = c.n_embd // H
         scale = F32(1.0 / math.sqrt(D))

@@ -24,20 +24,19 @@ out; they go in with Qwen2-VL's M-RoPE positions over the (W/2p) x (H/2p) grid.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
 from ..loaders.errors import KvrunError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
-from ..loaders.mmproj import MmprojConfig, open_mmproj
+from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
 from .bert import gelu, layer_norm
 from .common import TENSOR_NAMES, WeightLoader
 from .lfm2vl_image import resize_positions, unshuffle
 from .qwen2vl_image import QUERY_CHUNK, activation, resize, smart_size, vision_rope
-from .siglip import _f16, attend_heads, vit_layer
+from .siglip import MmprojEncoder, _f16, attend_heads, vit_layer
 
 F32 = np.float32
 TENSOR_NAMES.update({"po_mm1": "mm.1.weight", "po_mm2": "mm.2.weight"})  # (PaddleOCR-VL's projector: clip.cpp's TN_LLAVA_PROJ 1, 2)
@@ -64,7 +63,7 @@ def preprocess(img: np.ndarray, cfg: MmprojConfig) -> np.ndarray:
     return np.ascontiguousarray(((a - mean) / std).transpose(2, 0, 1), F32)
 
 
-class PaddleOCREncoder:
+class PaddleOCREncoder(MmprojEncoder):
     """PaddleOCR-VL's vision encoder and projector from an mmproj file: :meth:`encode` pixels of any block-aligned size."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
@@ -105,23 +104,6 @@ class PaddleOCREncoder:
             return t
 
         return need
-
-    @staticmethod
-    def _vector(g: GGUFFile, name: str) -> np.ndarray | None:
-        t = g.tensors.get(name)
-        return None if t is None else dequantize(t.data, t.qtype, t.shape).reshape(-1).astype(F32)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, backend: Backend) -> PaddleOCREncoder:
-        g, cfg = open_mmproj(path)
-        return cls(g, cfg, backend)
-
-    def _linear(self, w, x: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-        if w.qtype == 1:  # (F16: ggml multiplies an F16 weight by an F16 copy of the activations)
-            x = _f16(x)
-        out = np.empty((x.shape[0], w.n_rows), F32)
-        self.be.linear(w, np.ascontiguousarray(x, F32), out)
-        return out + b if b is not None else out
 
     def blocks(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
         """The ViT's blocks over the patches ``x`` [T, n_embd] with the vision rope's ``cos``/``sin`` [T, D/2], then

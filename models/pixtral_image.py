@@ -26,20 +26,18 @@ models/siglip.py does.  runtime/vision_pixtral.py lays the rows out before ``[IM
 from __future__ import annotations
 
 import math
-import os
-from typing import Any
 
 import numpy as np
 
 from ..loaders.errors import KvrunError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
-from ..loaders.mmproj import MmprojConfig, open_mmproj
+from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
 from .bert import gelu
 from .common import TENSOR_NAMES, WeightLoader
 from .qwen2vl_image import resize, smart_size
-from .siglip import F16, _f16, attend_heads, rope_halves, vit_layer
+from .siglip import MmprojEncoder, _f16, attend_heads, patch_kernel, rope_halves, vit_layer
 
 F32 = np.float32
 ROPE_BASE = 10000.0  # clip.cpp's rope_theta for pixtral
@@ -112,7 +110,7 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (F32(1.0) + np.exp(-x))
 
 
-class PixtralEncoder:
+class PixtralEncoder(MmprojEncoder):
     """Pixtral's vision encoder, patch merger and adapter from an mmproj file: :meth:`encode` pixels into rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
@@ -122,11 +120,7 @@ class PixtralEncoder:
             raise UnsupportedModelError(f"{g.path}: a pixtral projector's ViT MLP is SwiGLU (clip.use_silu), this file states {cfg.ffn_op}")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
-        E, p = cfg.n_embd, cfg.patch_size
-        pt = g.tensor("v.patch_embd.weight")
-        if pt.n_elements != E * 3 * p * p:
-            raise KvrunError(f"{g.path}: v.patch_embd.weight has shape {pt.shape}, expected {(E, 3, p, p)}")
-        self.patch_w = _f16(dequantize(pt.data, pt.qtype, pt.shape).reshape(E, 3 * p * p))
+        self.patch_w = patch_kernel(g, cfg)
         self.patch_b = ld.host_vector("v_patch_b", required=False)
         self.pre_ln = ld.host_vector("v_pre_ln", required=False)
         self.layers = []
@@ -148,18 +142,6 @@ class PixtralEncoder:
         self.img_break = None if brk is None else dequantize(brk.data, brk.qtype, brk.shape).reshape(-1).astype(F32)
         if self.img_break is not None and self.img_break.shape[0] != cfg.n_text_embd:
             raise KvrunError(f"{g.path}: v.token_embd.img_break has {self.img_break.shape[0]} values, not the projector's width {cfg.n_text_embd}")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, backend: Backend) -> PixtralEncoder:
-        g, cfg = open_mmproj(path)
-        return cls(g, cfg, backend)
-
-    def _linear(self, w: Any, x: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-        if w.qtype == F16:  # ggml multiplies an F16 weight by an F16 copy of the activations
-            x = _f16(x)
-        out = np.empty((x.shape[0], w.n_rows), F32)
-        self.be.linear(w, np.ascontiguousarray(x, F32), out)
-        return out + b if b is not None else out
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Normalised ``pixels`` [3, H, W] (:func:`preprocess`; sides whole blocks) -> the image chunk's rows

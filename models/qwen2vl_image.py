@@ -31,20 +31,19 @@ permutes the rows window by window and masks the scores across windows, which is
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import numpy as np
 
 from ..loaders.errors import KvrunError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
-from ..loaders.mmproj import MmprojConfig, open_mmproj
+from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
 from .bert import gelu, layer_norm
 from .common import WeightLoader
 from .pillow_resize import BICUBIC, resize_padded
-from .siglip import F16, _f16, vit_layer
+from .siglip import MmprojEncoder, _f16, activation, vit_layer
 
 ROPE_BASE = 10000.0  # clip.cpp's vision rope base for Qwen2-VL
 WINDOW = 112  # clip.cpp's attention window for Qwen2.5-VL, pixels a side
@@ -140,23 +139,7 @@ def windows(npx: int, npy: int, patch: int) -> np.ndarray:
     return (by // g) * (-(-nbx // g)) + bx // g
 
 
-def gelu_quick(x: np.ndarray) -> np.ndarray:
-    """ggml's CPU GELU-quick, x * sigmoid(1.702 x), looked up in its float16 table (GGML_GELU_QUICK_FP16): input and
-    result rounded to float16 (measured on the tiny projector: 5e-3 off llama.cpp's rows without the rounding, 2e-3
-    with it, on rows ~13)."""
-    xh = x.astype(np.float16).astype(np.float32)
-    return (xh / (np.float32(1.0) + np.exp(np.float32(-1.702) * xh))).astype(np.float16).astype(np.float32)
-
-
-def activation(x: np.ndarray, op: str) -> np.ndarray:
-    """The ViT MLP's activation (MmprojConfig.ffn_op): Qwen2-VL's files state none, so clip.cpp's default, GELU-quick
-    (Hugging Face's quick_gelu); Qwen2.5-VL's state SiLU."""
-    if op == "silu":
-        return x / (np.float32(1.0) + np.exp(-x))
-    return gelu(x) if op == "gelu" else gelu_quick(x)
-
-
-class Qwen2VLEncoder:
+class Qwen2VLEncoder(MmprojEncoder):
     """Qwen2-VL's or Qwen2.5-VL's vision encoder and merger from an mmproj file: :meth:`encode` pixels into rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
@@ -183,11 +166,11 @@ class Qwen2VLEncoder:
             gate = f"v.blk.{i}.ffn_gate.weight"
             L["gate"], L["gate_b"] = None, None
             if gate in g.tensors:
-                L["gate"], L["gate_b"] = self._named_matrix(ld, gate), self._named_vector(g, f"v.blk.{i}.ffn_gate.bias")
+                L["gate"], L["gate_b"] = self._named_matrix(ld, gate), self._vector(g, f"v.blk.{i}.ffn_gate.bias")
             self.layers.append(L)
         self.post_ln, self.post_ln_b = ld.host_vector("v_post_ln", required=False), ld.host_vector("v_post_ln_b", required=False)
-        self.mm0, self.mm0_b = self._named_matrix(ld, "mm.0.weight"), self._named_vector(g, "mm.0.bias")
-        self.mm2, self.mm2_b = self._named_matrix(ld, "mm.2.weight"), self._named_vector(g, "mm.2.bias")
+        self.mm0, self.mm0_b = self._named_matrix(ld, "mm.0.weight"), self._vector(g, "mm.0.bias")
+        self.mm2, self.mm2_b = self._named_matrix(ld, "mm.2.weight"), self._vector(g, "mm.2.bias")
 
     @staticmethod
     def _named_matrix(ld: WeightLoader, name: str) -> Any:
@@ -196,23 +179,6 @@ class Qwen2VLEncoder:
         role = "qwen2vl:" + name  # (a role per tensor name, as models/siglip.py registers the encoder's)
         TENSOR_NAMES.setdefault(role, name)
         return ld.matrix(role)
-
-    @staticmethod
-    def _named_vector(g: GGUFFile, name: str) -> np.ndarray | None:
-        t = g.tensors.get(name)
-        return None if t is None else dequantize(t.data, t.qtype, t.shape).reshape(-1).astype(np.float32)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, backend: Backend) -> Qwen2VLEncoder:
-        g, cfg = open_mmproj(path)
-        return cls(g, cfg, backend)
-
-    def _linear(self, w: Any, x: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-        if w.qtype == F16:  # ggml multiplies an F16 weight by an F16 copy of the activations
-            x = _f16(x)
-        out = np.empty((x.shape[0], w.n_rows), np.float32)
-        self.be.linear(w, np.ascontiguousarray(x, np.float32), out)
-        return out + b if b is not None else out
 
     def _norm(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
         if not self.rms:

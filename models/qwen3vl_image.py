@@ -93,17 +93,17 @@ class Qwen3VLEncoder(Qwen2VLEncoder):
             b = f"v.blk.{i}."
             L: dict[str, Any] = {r: ld.host_vector(f"v_{r}", i, required=r in ("ln1", "ln2")) for r in ("ln1", "ln1_b", "ln2", "ln2_b")}
             for r in ("attn_qkv", "attn_out", "ffn_up", "ffn_down"):
-                L[r], L[r + "_b"] = self._named_matrix(ld, b + r + ".weight"), self._named_vector(g, b + r + ".bias")
+                L[r], L[r + "_b"] = self._named_matrix(ld, b + r + ".weight"), self._vector(g, b + r + ".bias")
             self.layers.append(L)
             if f"v.deepstack.{i}.fc1.weight" in g.tensors:  # (llama.cpp: a layer whose merger is there is a DeepStack one)
                 d = f"v.deepstack.{i}."
-                D = {"norm": self._tensor(g, d + "norm.weight", 4 * E), "norm_b": self._named_vector(g, d + "norm.bias")}
+                D = {"norm": self._tensor(g, d + "norm.weight", 4 * E), "norm_b": self._vector(g, d + "norm.bias")}
                 for r in ("fc1", "fc2"):
-                    D[r], D[r + "_b"] = self._named_matrix(ld, d + r + ".weight"), self._named_vector(g, d + r + ".bias")
+                    D[r], D[r + "_b"] = self._named_matrix(ld, d + r + ".weight"), self._vector(g, d + r + ".bias")
                 self.deepstack.append((i, D))
         self.post_ln, self.post_ln_b = ld.host_vector("v_post_ln", required=False), ld.host_vector("v_post_ln_b", required=False)
-        self.mm0, self.mm0_b = self._named_matrix(ld, "mm.0.weight"), self._named_vector(g, "mm.0.bias")
-        self.mm2, self.mm2_b = self._named_matrix(ld, "mm.2.weight"), self._named_vector(g, "mm.2.bias")
+        self.mm0, self.mm0_b = self._named_matrix(ld, "mm.0.weight"), self._vector(g, "mm.0.bias")
+        self.mm2, self.mm2_b = self._named_matrix(ld, "mm.2.weight"), self._vector(g, "mm.2.bias")
 
     @staticmethod
     def _tensor(g: GGUFFile, name: str, n: int | None) -> np.ndarray:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -100,6 +100,22 @@ def attend_heads(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: Any, chunk:
     return a
 
 
+def gelu_quick(x: np.ndarray) -> np.ndarray:
+    """ggml's CPU GELU-quick, x * sigmoid(1.702 x), looked up in its float16 table (GGML_GELU_QUICK_FP16): input and
+    result rounded to float16 (measured on the tiny projector: 5e-3 off llama.cpp's rows without the rounding, 2e-3
+    with it, on rows ~13)."""
+    xh = x.astype(np.float16).astype(np.float32)
+    return (xh / (np.float32(1.0) + np.exp(np.float32(-1.702) * xh))).astype(np.float16).astype(np.float32)
+
+
+def activation(x: np.ndarray, op: str) -> np.ndarray:
+    """The ViT MLP's activation (MmprojConfig.ffn_op): Qwen2-VL's files state none, so clip.cpp's default, GELU-quick
+    (Hugging Face's quick_gelu); Qwen2.5-VL's state SiLU."""
+    if op == "silu":
+        return x / (np.float32(1.0) + np.exp(-x))
+    return gelu(x) if op == "gelu" else gelu_quick(x)
+
+
 def vit_layer(ld: WeightLoader, i: int) -> dict[str, Any]:
     """Layer i's weights under clip.cpp's names: its two norms and six products, each with its bias where it has one."""
     L: dict[str, Any] = {}
@@ -110,7 +126,75 @@ def vit_layer(ld: WeightLoader, i: int) -> dict[str, Any]:
     return L
 
 
-class SiglipEncoder:
+def patch_kernel(g: GGUFFile, cfg: MmprojConfig) -> np.ndarray:
+    """``v.patch_embd.weight``, the patch embedding's convolution as a matrix [n_embd, 3*p*p] over patches flattened
+    (channel, row, column) as the kernel is stored, in F16 as ggml's conv_2d runs it (the patches go in F16 too)."""
+    E, p = cfg.n_embd, cfg.patch_size
+    pt = g.tensor("v.patch_embd.weight")
+    if pt.n_elements != E * 3 * p * p:
+        raise KvrunError(f"{g.path}: v.patch_embd.weight has shape {pt.shape}, expected {(E, 3, p, p)}")
+    return _f16(dequantize(pt.data, pt.qtype, pt.shape).reshape(E, 3 * p * p))
+
+
+_Encoder = TypeVar("_Encoder", bound="MmprojEncoder")
+
+
+class MmprojEncoder:
+    """What the image encoders of an mmproj file share: :meth:`load` (the file's config, then the class's
+    ``__init__(g, cfg, backend)``), :meth:`_linear` (ggml's products on the encoder's backend ``be``) and, for those
+    that use them, clip.cpp's patch embedding (:meth:`embed_patches`) and pre-norm ViT block (:meth:`vit_block`)."""
+
+    be: Backend
+    cfg: MmprojConfig
+    patch_w: np.ndarray  # (embed_patches': patch_kernel's matrix)
+    patch_b: np.ndarray | None  # (its bias, where the file has one)
+
+    @classmethod
+    def load(cls: type[_Encoder], path: str | os.PathLike, backend: Backend) -> _Encoder:
+        g, cfg = open_mmproj(path)
+        return cls(g, cfg, backend)  # type: ignore[call-arg]
+
+    @staticmethod
+    def _vector(g: GGUFFile, name: str) -> np.ndarray | None:
+        """Tensor ``name`` as float32 values, None where the file has none."""
+        t = g.tensors.get(name)
+        return None if t is None else dequantize(t.data, t.qtype, t.shape).reshape(-1).astype(np.float32)
+
+    def _linear(self, w: Any, x: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+        if w.qtype == F16:  # ggml multiplies an F16 weight by an F16 copy of the activations
+            x = _f16(x)
+        out = np.empty((x.shape[0], w.n_rows), np.float32)
+        self.be.linear(w, np.ascontiguousarray(x, np.float32), out)
+        return out + b if b is not None else out
+
+    def embed_patches(self, pixels: np.ndarray) -> np.ndarray:
+        """Normalised ``pixels`` [3, h, w] (sides whole patches) -> the patch embeddings [(h/p)(w/p), n_embd], raster
+        order: ``patch_w`` (:func:`patch_kernel`) over the patches flattened and rounded to F16 (ggml's conv_2d), plus
+        ``patch_b`` where there is one."""
+        p = self.cfg.patch_size
+        ny, nx = pixels.shape[1] // p, pixels.shape[2] // p
+        x = pixels.reshape(3, ny, p, nx, p).transpose(1, 3, 0, 2, 4).reshape(ny * nx, 3 * p * p)
+        x = _f16(np.ascontiguousarray(x, np.float32)) @ self.patch_w.T
+        if self.patch_b is not None:
+            x += self.patch_b
+        return x
+
+    def vit_block(self, L: dict[str, Any], x: np.ndarray, ffn_op: str, chunk: int | None = None) -> np.ndarray:
+        """One of clip.cpp's pre-norm ViT blocks (:func:`vit_layer`'s weights ``L``) over the rows ``x`` [T, n_embd]:
+        LayerNorm, biased Q/K/V products, attention both ways with no rope (:func:`attend_heads`, ``chunk`` query rows
+        at a time), the output product added; LayerNorm, the MLP (``ffn_op``: :func:`activation`) added."""
+        c = self.cfg
+        T, H = x.shape[0], c.n_head
+        D = c.n_embd // H
+        h = layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
+        q, k, v = (self._linear(L[r], h, L[r + "_b"]).reshape(T, H, D) for r in ("q", "k", "v"))
+        a = attend_heads(q, k, v, np.float32(1.0 / math.sqrt(D)), chunk)
+        x = x + self._linear(L["o"], a.reshape(T, H * D), L["o_b"])
+        h = layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
+        return x + self._linear(L["down"], activation(self._linear(L["up"], h, L["up_b"]), ffn_op), L["down_b"])
+
+
+class SiglipEncoder(MmprojEncoder):
     """Gemma 3's vision encoder and projector from an mmproj file: :meth:`encode` pixels into embedding rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
@@ -122,14 +206,10 @@ class SiglipEncoder:
         self.be = backend
         self.path = g.path
         ld = WeightLoader(g, backend)
-        E, p = cfg.n_embd, cfg.patch_size
-        pt = g.tensor("v.patch_embd.weight")
-        if pt.n_elements != E * 3 * p * p:
-            raise KvrunError(f"{g.path}: v.patch_embd.weight has shape {pt.shape}, expected {(E, 3, p, p)}")
-        # the convolution as a matrix [E, 3*p*p] over patches flattened (channel, row, column), as the kernel is stored;
+        E = cfg.n_embd
         # kernel and patches both in F16, as ggml's conv_2d runs (measured: a stored F32 kernel too, 1e-6 off
         # llama.cpp's patch embeddings this way, 8e-4 in float32)
-        self.patch_w = _f16(dequantize(pt.data, pt.qtype, pt.shape).reshape(E, 3 * p * p))
+        self.patch_w = patch_kernel(g, cfg)
         self.patch_b = ld.host_vector("v_patch_b", required=False)
         pos = g.tensor("v.position_embd.weight")
         n_pos = cfg.n_patches_side**2
@@ -148,52 +228,16 @@ class SiglipEncoder:
         self.proj = dequantize(proj.data, proj.qtype, proj.shape).reshape(E, cfg.n_text_embd).astype(np.float32)
         self.proj_f16 = proj.qtype == F16
 
-    @classmethod
-    def load(cls, path: str | os.PathLike, backend: Backend) -> SiglipEncoder:
-        g, cfg = open_mmproj(path)
-        return cls(g, cfg, backend)
-
-    def _linear(self, w, x: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-        if w.qtype == F16:  # ggml multiplies an F16 weight by an F16 copy of the activations
-            x = _f16(x)
-        out = np.empty((x.shape[0], w.n_rows), np.float32)
-        self.be.linear(w, np.ascontiguousarray(x, np.float32), out)
-        return out + b if b is not None else out
-
-    def patches(self, pixels: np.ndarray) -> np.ndarray:
-        """``pixels`` [3, S, S] -> the patches [n_patches, 3*p*p], raster order (row of patches by row)."""
-        p, n = self.cfg.patch_size, self.cfg.n_patches_side
-        x = pixels.reshape(3, n, p, n, p).transpose(1, 3, 0, 2, 4)
-        return np.ascontiguousarray(x.reshape(n * n, 3 * p * p), np.float32)
-
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Normalised ``pixels`` [3, S, S] (:func:`preprocess`) -> the image's embedding rows [n_tokens, n_text_embd]."""
         c = self.cfg
         S = c.image_size
         if pixels.shape != (3, S, S):
             raise KvrunError(f"the vision encoder takes pixels [3, {S}, {S}], got {list(pixels.shape)}")
-        x = _f16(self.patches(pixels)) @ self.patch_w.T
-        if self.patch_b is not None:
-            x += self.patch_b
+        x = self.embed_patches(pixels)
         x += self.pos_embd
-        T, H = x.shape[0], c.n_head
-        D = c.n_embd // H
-        scale = np.float32(1.0 / math.sqrt(D))
-        for L in self.layers:
-            h = layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
-            q = self._linear(L["q"], h, L["q_b"]).reshape(T, H, D)
-            k = self._linear(L["k"], h, L["k_b"]).reshape(T, H, D)
-            v = self._linear(L["v"], h, L["v_b"]).reshape(T, H, D)
-            a = np.empty((T, H, D), np.float32)
-            for hd in range(H):  # a head at a time: Gemma 3's 4096 patches make a 64 MiB score matrix per head
-                s = (q[:, hd] @ k[:, hd].T) * scale  # [T, T]: no mask, no rope
-                s = np.exp(s - s.max(axis=-1, keepdims=True))
-                s /= s.sum(axis=-1, keepdims=True)
-                a[:, hd] = s @ v[:, hd]
-            a = a.reshape(T, H * D)
-            x = x + self._linear(L["o"], a, L["o_b"])
-            h = layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
-            x = x + self._linear(L["down"], gelu(self._linear(L["up"], h, L["up_b"])), L["down_b"])
+        for L in self.layers:  # (attend_heads a head at a time: Gemma 3's 4096 patches make a 64 MiB score matrix per head)
+            x = self.vit_block(L, x, "gelu")
         if self.post_ln is not None:
             x = layer_norm(x, self.post_ln, self.post_ln_b, c.eps)
         return self.project(x)

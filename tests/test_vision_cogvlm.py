@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType as Q
 
 from kvrun.loaders.errors import KvrunError
 from kvrun.models import cogvlm_image
 from kvrun.models.cogvlm_image import CogVLMEncoder
 from kvrun.ops import get_backend
 from tiny_vision_cogvlm import IMAGE_SIZE, PATCH, write_tiny_cogvlm_mmproj, write_tiny_cogvlm_text
-from vision_checks import check_cli_run, check_files, check_logits, fixture, load_vision, pictures, without_tensor
+from vision_checks import check_cli_run, check_logits, fixture, load_vision, pictures, tiny_pair, without_tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from make_vision_cogvlm_fixtures import IMAGES, PROMPTS  # noqa: E402
@@ -31,10 +30,7 @@ N_ROWS = (IMAGE_SIZE // PATCH) ** 2 + 2  # 27: a row a patch, and the begin/end-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> dict[str, Path]:
     """The tiny text model and its projector (F32 and F16), the very bytes the fixture was made from."""
-    d = tmp_path_factory.mktemp("vision_cogvlm")
-    files = {"text": write_tiny_cogvlm_text(d / "text.gguf"), "f32": write_tiny_cogvlm_mmproj(d / "mmproj-f32.gguf", Q.F32),
-             "f16": write_tiny_cogvlm_mmproj(d / "mmproj-f16.gguf", Q.F16)}  # fmt: skip
-    return check_files(files, FIX)
+    return tiny_pair(tmp_path_factory, "cogvlm", write_tiny_cogvlm_text, write_tiny_cogvlm_mmproj, FIX)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType as Q
 
 from kvrun.loaders.errors import KvrunError
 from kvrun.loaders.mmproj import open_mmproj
@@ -20,8 +19,8 @@ from kvrun.models.gemma4v_image import Gemma4VEncoder
 from kvrun.ops import get_backend
 from tiny_vision_gemma4 import CLAMPS, PATCH, V_EMBD, write_tiny_gemma4_vl, write_tiny_gemma4v_mmproj
 from vision_checks import (
-    SAMPLE, call, check_chat_keeps_picture, check_cli_run, check_files, check_logits, fixture, load_vision,
-    pictures, png_url, serving,
+    SAMPLE, call, check_chat_keeps_picture, check_cli_run, check_logits, fixture, load_vision,
+    pictures, png_url, serving, tiny_pair,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
@@ -35,10 +34,7 @@ TEMPLATE = "{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> dict[str, Path]:
     """The tiny text model and its projector (F32 and F16), the very bytes the fixture was made from."""
-    d = tmp_path_factory.mktemp("vision_gemma4")
-    files = {"text": write_tiny_gemma4_vl(d / "text.gguf"), "f32": write_tiny_gemma4v_mmproj(d / "mmproj-f32.gguf", Q.F32),
-             "f16": write_tiny_gemma4v_mmproj(d / "mmproj-f16.gguf", Q.F16)}  # fmt: skip
-    return check_files(files, FIX)
+    return tiny_pair(tmp_path_factory, "gemma4", write_tiny_gemma4_vl, write_tiny_gemma4v_mmproj, FIX)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +116,10 @@ def test_a_pictures_rows_see_each_other_both_ways(vision, monkeypatch):
     """(libmtmd decodes gemma4v's rows non-causally.)  Read causally, the logits are far from llama.cpp's."""
     import kvrun.cache.picture_block as picture_block  # (models/gemma4.py feeds a picture's rows through it)
 
-    monkeypatch.setattr(picture_block, "attend_bidirectional", lambda *a: None)
+    def causal(layer, q, pos, out):  # (the rows stored, each seeing the cache up to its own position only)
+        layer.attend(np.ascontiguousarray(q, np.float32), pos, out, layer.spec)
+
+    monkeypatch.setattr(picture_block, "attend_bidirectional", causal)
     segs = vision.segments(PROMPTS[0], [PICTURES["small"]])
     cache = vision.engine.new_cache()
     logits = vision.engine.eval(cache, vision.prefill(cache, segs))[-1]

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType as Q
 
 from kvrun.loaders.errors import KvrunError
 from kvrun.loaders.mmproj import open_mmproj
@@ -19,7 +18,8 @@ from kvrun.models.siglip import SiglipEncoder, pixel_shuffle
 from kvrun.ops import get_backend
 from tiny_vision_idefics3 import IMAGE_SIZE, LONGEST_EDGE, PATCH, SCALE, V_EMBD, write_tiny_idefics3_mmproj, write_tiny_smolvlm
 from vision_checks import (
-    block_ids, check_chat_keeps_picture, check_cli_run, check_files, check_logits, fixture, load_vision, pictures,
+    block_ids, check_chat_keeps_picture, check_cli_run, check_logits, fixture, load_vision, pictures,
+    tiny_pair,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
@@ -33,10 +33,7 @@ TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}: {{ m['content'] 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> dict[str, Path]:
     """The tiny text model and its projector (F32 and F16), the very bytes the fixture was made from."""
-    d = tmp_path_factory.mktemp("vision_idefics3")
-    files = {"text": write_tiny_smolvlm(d / "text.gguf"), "f32": write_tiny_idefics3_mmproj(d / "mmproj-f32.gguf", Q.F32),
-             "f16": write_tiny_idefics3_mmproj(d / "mmproj-f16.gguf", Q.F16)}  # fmt: skip
-    return check_files(files, FIX)
+    return tiny_pair(tmp_path_factory, "idefics3", write_tiny_smolvlm, write_tiny_idefics3_mmproj, FIX)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType as Q
 
 from kvrun.loaders.errors import KvrunError
 from kvrun.models import internvl_image
@@ -19,8 +18,8 @@ from kvrun.models.internvl_image import InternVLEncoder
 from kvrun.ops import get_backend
 from tiny_vision_internvl import IMAGE_SIZE, PATCH, SCALE, V_EMBD, write_tiny_internvl_mmproj, write_tiny_internvl_text
 from vision_checks import (
-    CHATML, check_chat_keeps_picture, check_cli_run, check_files, check_logits, fixture, load_vision, mmproj_config,
-    pictures,
+    CHATML, check_between, check_chat_keeps_picture, check_cli_run, check_logits, fixture, load_vision, mmproj_config,
+    pictures, tiny_pair,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
@@ -33,10 +32,7 @@ PICTURES = pictures(IMAGES)
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> dict[str, Path]:
     """The tiny text model and its projector (F32 and F16), the very bytes the fixture was made from."""
-    d = tmp_path_factory.mktemp("vision_internvl")
-    files = {"text": write_tiny_internvl_text(d / "text.gguf"), "f32": write_tiny_internvl_mmproj(d / "mmproj-f32.gguf", Q.F32),
-             "f16": write_tiny_internvl_mmproj(d / "mmproj-f16.gguf", Q.F16)}  # fmt: skip
-    return check_files(files, FIX)
+    return tiny_pair(tmp_path_factory, "internvl", write_tiny_internvl_text, write_tiny_internvl_mmproj, FIX)
 
 
 @pytest.fixture(scope="module")
@@ -119,11 +115,7 @@ def test_every_tile_and_the_thumbnail_encode_to_libmtmds_rows(pair, q, tol, name
 
 @pytest.mark.parametrize("name", list(IMAGES))
 def test_a_pictures_rows_lie_between_img_and_close_img(vision, name):
-    img = PICTURES[name]
-    tok = vision.engine.tokenizer
-    start, end = (tok.encode(t, add_bos=False, parse_special=True) for t in ("<img>", "</img>"))
-    assert start + vision.idefics3.ids(img) + end == FIX[f"ids_f32_{name}"].tolist()
-    assert vision.image_positions(img) == len(vision.image_rows(img)) == len(FIX[f"ids_f32_{name}"]) - 2
+    assert len(vision.image_rows(PICTURES[name])) == check_between(vision, FIX, PICTURES[name], f"f32_{name}", "<img>", "</img>")
 
 
 @pytest.mark.parametrize("k", range(len(PROMPTS)))

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType as Q
 
 from kvrun.loaders.errors import KvrunError, UnsupportedModelError
 from kvrun.models import janus_image
@@ -18,7 +17,8 @@ from kvrun.models.janus_image import JanusProEncoder
 from kvrun.ops import get_backend
 from tiny_vision_janus import IMAGE_SIZE, PATCH, write_tiny_janus_mmproj, write_tiny_janus_text
 from vision_checks import (
-    CHATML, check_chat_keeps_picture, check_cli_run, check_files, check_logits, fixture, load_vision, pictures, without_tensor,
+    CHATML, check_chat_keeps_picture, check_cli_run, check_logits, fixture, load_vision, pictures, tiny_pair,
+    without_tensor,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
@@ -32,10 +32,7 @@ N_ROWS = (IMAGE_SIZE // PATCH) ** 2  # 36: one row a patch, whatever the picture
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> dict[str, Path]:
     """The tiny text model and its projector (F32 and F16), the very bytes the fixture was made from."""
-    d = tmp_path_factory.mktemp("vision_janus")
-    files = {"text": write_tiny_janus_text(d / "text.gguf"), "f32": write_tiny_janus_mmproj(d / "mmproj-f32.gguf", Q.F32),
-             "f16": write_tiny_janus_mmproj(d / "mmproj-f16.gguf", Q.F16)}  # fmt: skip
-    return check_files(files, FIX)
+    return tiny_pair(tmp_path_factory, "janus", write_tiny_janus_text, write_tiny_janus_mmproj, FIX)
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType as Q
 
 from kvrun.loaders.errors import KvrunError
 from kvrun.models import kimivl_image
 from kvrun.models.kimivl_image import KimiVLEncoder
 from kvrun.ops import get_backend
 from tiny_vision_kimivl import MERGE, PATCH, V_EMBD, write_tiny_kimivl_mmproj, write_tiny_kimivl_text
-from vision_checks import check_files, fixture, load_vision
+from vision_checks import check_between, fixture, load_vision, tiny_pair
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from make_vision_kimivl_fixtures import IMAGES, PROMPTS, STRIDE, images  # noqa: E402
@@ -31,10 +30,7 @@ PROJECTORS = ("f32", "f16")
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> dict[str, Path]:
     """The tiny text model and its projectors (F32 and F16), the fixture's bytes."""
-    d = tmp_path_factory.mktemp("vision_kimivl")
-    files = {"text": write_tiny_kimivl_text(d / "text.gguf"), "f32": write_tiny_kimivl_mmproj(d / "mmproj-f32.gguf", Q.F32),
-             "f16": write_tiny_kimivl_mmproj(d / "mmproj-f16.gguf", Q.F16)}  # fmt: skip
-    return check_files(files, FIX)
+    return tiny_pair(tmp_path_factory, "kimivl", write_tiny_kimivl_text, write_tiny_kimivl_mmproj, FIX)
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +70,7 @@ def test_the_encoder_gives_libmtmds_rows(encoders, q, tol, name):
 
 @pytest.mark.parametrize("name", list(IMAGES))
 def test_a_pictures_rows_lie_between_media_start_and_media_end(vision, name):
-    img = PICTURES[name]
-    tok = vision.engine.tokenizer
-    start, end = (tok.encode(t, add_bos=False, parse_special=True) for t in ("<|media_start|>", "<|media_end|>"))
-    assert start + vision.idefics3.ids(img) + end == FIX[f"ids_f32_{name}"].tolist()
-    assert vision.image_positions(img) == len(FIX[f"ids_f32_{name}"]) - 2
+    check_between(vision, FIX, PICTURES[name], f"f32_{name}", "<|media_start|>", "<|media_end|>")
 
 
 @pytest.mark.parametrize("k", range(len(PROMPTS)))

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType as Q
 
 from kvrun.loaders.errors import KvrunError
 from kvrun.models import lfm2vl_image
@@ -19,8 +18,8 @@ from kvrun.models.lfm2vl_image import Lfm2VLEncoder
 from kvrun.ops import get_backend
 from tiny_vision_lfm2 import IMAGE_SIZE, PATCH, SCALE, V_EMBD, write_tiny_lfm2_mmproj, write_tiny_lfm2vl
 from vision_checks import (
-    CHATML, SAMPLE, block_ids, call, check_chat_keeps_picture, check_cli_run, check_files, check_logits, fixture,
-    load_vision, mmproj_config, pictures, png_url, serving,
+    CHATML, SAMPLE, block_ids, call, check_chat_keeps_picture, check_cli_run, check_logits, fixture,
+    load_vision, mmproj_config, pictures, png_url, serving, tiny_pair,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
@@ -33,10 +32,7 @@ PICTURES = pictures(IMAGES)
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> dict[str, Path]:
     """The tiny text model and its projector (F32 and F16), the very bytes the fixture was made from."""
-    d = tmp_path_factory.mktemp("vision_lfm2")
-    files = {"text": write_tiny_lfm2vl(d / "text.gguf"), "f32": write_tiny_lfm2_mmproj(d / "mmproj-f32.gguf", Q.F32),
-             "f16": write_tiny_lfm2_mmproj(d / "mmproj-f16.gguf", Q.F16)}  # fmt: skip
-    return check_files(files, FIX)
+    return tiny_pair(tmp_path_factory, "lfm2", write_tiny_lfm2vl, write_tiny_lfm2_mmproj, FIX)
 
 
 @pytest.fixture(scope="module")

@@ -11,19 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType as Q
 
 from kvrun.loaders.errors import GGUFError, KvrunError
 from kvrun.models import lightonocr_image, pixtral_image
 from kvrun.models.lightonocr_image import LightOnOCREncoder
 from kvrun.ops import get_backend
-from tiny_vision_lightonocr import LONGEST_EDGE, write_tiny_lightonocr_mmproj, write_tiny_lightonocr_text
+from tiny_vision_lightonocr import LONGEST_EDGE, write_tiny_lightonocr_text
 from vision_checks import (
-    CHATML, check_chat_keeps_picture, check_cli_run, check_files, check_logits, fixture, load_vision, pictures, without_tensor,
+    CHATML, check_between, check_chat_keeps_picture, check_cli_run, check_files, check_logits, fixture, load_vision, pictures, without_tensor,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from make_vision_lightonocr_fixtures import IMAGES, PROMPTS  # noqa: E402
+from make_vision_lightonocr_fixtures import IMAGES, PROMPTS, write_pair  # noqa: E402
 
 FIX = fixture("lightonocr")
 PICTURES = pictures(IMAGES)
@@ -33,11 +32,7 @@ PROJECTORS = ("f32", "f16", "edge")
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> dict[str, Path]:
     """The tiny text model and its projectors (the longest edge stated, in F32 and F16; none stated), the fixture's bytes."""
-    d = tmp_path_factory.mktemp("vision_lightonocr")
-    files = {"text": write_tiny_lightonocr_text(d / "text.gguf"), "f32": write_tiny_lightonocr_mmproj(d / "mmproj-f32.gguf", Q.F32),
-             "f16": write_tiny_lightonocr_mmproj(d / "mmproj-f16.gguf", Q.F16),
-             "edge": write_tiny_lightonocr_mmproj(d / "mmproj-edge.gguf", Q.F32, preproc_size=None)}  # fmt: skip
-    return check_files(files, FIX)
+    return check_files(write_pair(tmp_path_factory.mktemp("vision_lightonocr")), FIX)
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +110,7 @@ def test_pixtrals_sizing_does_not_give_libmtmds_rows(encoders):
 
 @pytest.mark.parametrize("name", list(IMAGES))
 def test_a_pictures_rows_lie_between_im_start_and_im_end(vision, name):
-    img = PICTURES[name]
-    tok = vision.engine.tokenizer
-    start, end = (tok.encode(t, add_bos=False, parse_special=True) for t in ("<|im_start|>", "<|im_end|>"))
-    assert start + vision.idefics3.ids(img) + end == FIX[f"ids_f32_{name}"].tolist()
-    assert vision.image_positions(img) == len(vision.image_rows(img)) == len(FIX[f"ids_f32_{name}"]) - 2
+    assert len(vision.image_rows(PICTURES[name])) == check_between(vision, FIX, PICTURES[name], f"f32_{name}", "<|im_start|>", "<|im_end|>")
 
 
 @pytest.mark.parametrize("k", range(len(PROMPTS)))

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType as Q
 
 from kvrun.loaders.errors import KvrunError
 from kvrun.models import llama4_image
 from kvrun.models.llama4_image import Llama4VisionEncoder
 from kvrun.ops import get_backend
 from tiny_vision_llama4 import IMAGE_SIZE, MERGE, PATCH, V_EMBD, write_tiny_llama4_mmproj, write_tiny_llama4_vl_text
-from vision_checks import check_files, fixture, load_vision
+from vision_checks import check_between, fixture, load_vision, tiny_pair
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from make_vision_llama4_fixtures import IMAGES, PROMPTS, images  # noqa: E402
@@ -31,10 +30,7 @@ PROJECTORS = ("f32", "f16")
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> dict[str, Path]:
     """The tiny text model and its projectors (F32 and F16), the fixture's bytes."""
-    d = tmp_path_factory.mktemp("vision_llama4")
-    files = {"text": write_tiny_llama4_vl_text(d / "text.gguf"), "f32": write_tiny_llama4_mmproj(d / "mmproj-f32.gguf", Q.F32),
-             "f16": write_tiny_llama4_mmproj(d / "mmproj-f16.gguf", Q.F16)}  # fmt: skip
-    return check_files(files, FIX)
+    return tiny_pair(tmp_path_factory, "llama4", write_tiny_llama4_vl_text, write_tiny_llama4_mmproj, FIX)
 
 
 @pytest.fixture(scope="module")
@@ -124,11 +120,7 @@ def test_the_pixel_shuffle_puts_rows_out_column_major_with_2x2_patches_side_by_s
 @pytest.mark.parametrize("name", list(IMAGES))
 def test_a_pictures_tiles_then_its_overview_lie_between_image_start_and_image_end(vision, name):
     """As the oracle's libmtmd lays Llama 4 out: no tile separators, no <|image|> (newer sources add them)."""
-    img = PICTURES[name]
-    tok = vision.engine.tokenizer
-    start, end = (tok.encode(t, add_bos=False, parse_special=True) for t in ("<|image_start|>", "<|image_end|>"))
-    assert start + vision.idefics3.ids(img) + end == FIX[f"ids_f32_{name}"].tolist()
-    assert vision.image_positions(img) == len(FIX[f"ids_f32_{name}"]) - 2
+    check_between(vision, FIX, PICTURES[name], f"f32_{name}", "<|image_start|>", "<|image_end|>")
 
 
 @pytest.mark.parametrize("k", range(len(PROMPTS)))

@@ -11,17 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType as Q
 
 from kvrun.loaders.errors import KvrunError
 from kvrun.models import pixtral_image
 from kvrun.models.pixtral_image import PixtralEncoder
 from kvrun.ops import get_backend
 from tiny_vision_pixtral import MERGE, PATCH, V_EMBD, write_tiny_pixtral_mmproj, write_tiny_pixtral_text
-from vision_checks import check_chat_keeps_picture, check_cli_run, check_files, check_logits, fixture, load_vision, pictures
+from vision_checks import check_between, check_chat_keeps_picture, check_cli_run, check_files, check_logits, fixture, load_vision, pictures
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from make_vision_pixtral_fixtures import IMAGES, PROMPTS  # noqa: E402
+from make_vision_pixtral_fixtures import IMAGES, PROMPTS, write_pair  # noqa: E402
 
 FIX = fixture("pixtral")
 PICTURES = pictures(IMAGES)
@@ -32,11 +31,7 @@ TEMPLATE = "{% for m in messages %}[INST]{{ m['content'] }}[/INST]{% endfor %}"
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> dict[str, Path]:
     """The tiny text model and its projectors (merging 2x2 in F32 and F16, and merging none), the fixture's bytes."""
-    d = tmp_path_factory.mktemp("vision_pixtral")
-    files = {"text": write_tiny_pixtral_text(d / "text.gguf"), "f32": write_tiny_pixtral_mmproj(d / "mmproj-f32.gguf", Q.F32),
-             "f16": write_tiny_pixtral_mmproj(d / "mmproj-f16.gguf", Q.F16),
-             "nomerge": write_tiny_pixtral_mmproj(d / "mmproj-nomerge.gguf", Q.F32, merge=None)}  # fmt: skip
-    return check_files(files, FIX)
+    return check_files(write_pair(tmp_path_factory.mktemp("vision_pixtral")), FIX)
 
 
 @pytest.fixture(scope="module")
@@ -125,10 +120,7 @@ def test_rope_2d_turns_the_first_half_by_row_and_the_second_by_column_at_interle
 
 @pytest.mark.parametrize("name", list(IMAGES))
 def test_a_pictures_rows_come_before_img_end(vision, name):
-    img = PICTURES[name]
-    end = vision.engine.tokenizer.encode("[IMG_END]", add_bos=False, parse_special=True)
-    assert vision.idefics3.ids(img) + end == FIX[f"ids_f32_{name}"].tolist()
-    assert vision.image_positions(img) == len(FIX[f"ids_f32_{name}"]) - 1
+    check_between(vision, FIX, PICTURES[name], f"f32_{name}", "", "[IMG_END]")
 
 
 @pytest.mark.parametrize("k", range(len(PROMPTS)))

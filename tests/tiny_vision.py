@@ -94,6 +94,19 @@ def write_vit(w: GGUFWriter, rng: np.random.Generator, qtype: int, geometry: tup
             w.add_tensor("v.class_embd", (rng.standard_normal(n_embd) * 0.5).astype(np.float32))
         n_pos = (image_size // patch) ** 2 + internvit
         w.add_tensor("v.position_embd.weight", (rng.standard_normal((n_pos, n_embd)) * 0.5).astype(np.float32))
+    write_vit_blocks(mat, vec, n_layer, n_embd, n_ff, norm_bias, gate, internvit)
+    if not internvit:
+        vec("v.post_ln.weight", n_embd)
+        if norm_bias:
+            vec("v.post_ln.bias", n_embd, 0.0)
+    return mat, vec, tensor
+
+
+def write_vit_blocks(mat: Callable[..., None], vec: Callable[..., None], n_layer: int, n_embd: int, n_ff: int,
+                     norm_bias: bool = True, gate: bool = False, internvit: bool = False) -> None:  # fmt: skip
+    """The ViT's ``v.blk.*`` tensors through ``mat`` / ``vec`` (tinymodel's ``_random_tensors``), layer by layer in
+    order: LayerNorms with biases (unless ``norm_bias`` is off: RMSNorms), the four attention products and the MLP's
+    (gated with ``gate``), each with its bias; with ``internvit``, LayerScale's ``ls1`` and ``ls2``."""
     for i in range(n_layer):
         b = f"v.blk.{i}."
         vec(b + "ln1.weight", n_embd)
@@ -112,11 +125,6 @@ def write_vit(w: GGUFWriter, rng: np.random.Generator, qtype: int, geometry: tup
             vec(b + t + ".bias", rows, 0.0)
         if internvit:
             vec(b + "ls2.weight", n_embd, 0.5, 0.3)
-    if not internvit:
-        vec("v.post_ln.weight", n_embd)
-        if norm_bias:
-            vec("v.post_ln.bias", n_embd, 0.0)
-    return mat, vec, tensor
 
 
 def add_geometry(w: GGUFWriter, context: int, n_embd: int, n_layer: int, n_ff: int, n_head: int, n_head_kv: int | list[int]) -> None:

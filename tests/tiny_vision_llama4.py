@@ -18,7 +18,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from tiny_llama4 import GEOMETRY, write_tiny_llama4
-from tiny_vision import mmproj_writer
+from tiny_vision import mmproj_writer, write_vit_blocks
 from tinymodel import _finish, _random_tensors
 
 Q = GGMLQuantizationType
@@ -40,19 +40,7 @@ def write_tiny_llama4_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n_te
     w.add_tensor("v.position_embd.weight", (rng.standard_normal(((IMAGE_SIZE // PATCH) ** 2 + 1, V_EMBD)) * 0.5).astype(np.float32))
     vec("v.pre_ln.weight", V_EMBD)
     vec("v.pre_ln.bias", V_EMBD, 0.0)
-    for i in range(V_LAYER):
-        b = f"v.blk.{i}."
-        vec(b + "ln1.weight", V_EMBD)
-        vec(b + "ln1.bias", V_EMBD, 0.0)
-        for t in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            mat(b + t + ".weight", V_EMBD, V_EMBD, 0.3)
-            vec(b + t + ".bias", V_EMBD, 0.0)
-        vec(b + "ln2.weight", V_EMBD)
-        vec(b + "ln2.bias", V_EMBD, 0.0)
-        mat(b + "ffn_up.weight", V_FF, V_EMBD, 0.3)
-        vec(b + "ffn_up.bias", V_FF, 0.0)
-        mat(b + "ffn_down.weight", V_EMBD, V_FF, 0.3)
-        vec(b + "ffn_down.bias", V_EMBD, 0.0)
+    write_vit_blocks(mat, vec, V_LAYER, V_EMBD, V_FF)
     vec("v.post_ln.weight", V_EMBD)
     vec("v.post_ln.bias", V_EMBD, 0.0)
     mat("mm.model.mlp.1.weight", MM_FF, V_EMBD * MERGE * MERGE, 0.2)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 
-from tiny_vision import mmproj_writer, tensor_writer, write_vl_text
+from tiny_vision import mmproj_writer, tensor_writer, write_vit_blocks, write_vl_text
 from tinymodel import ARCH_GEOMETRY, _finish, _random_tensors
 
 Q = GGMLQuantizationType
@@ -49,19 +49,7 @@ def write_clip_vit(w: GGUFWriter, rng: np.random.Generator, qtype: int, image_si
     w.add_tensor("v.position_embd.weight", (rng.standard_normal((n_pos, V_EMBD)) * 0.5).astype(np.float32))
     vec("v.pre_ln.weight", V_EMBD)
     vec("v.pre_ln.bias", V_EMBD, 0.0)
-    for i in range(V_LAYER):
-        b = f"v.blk.{i}."
-        vec(b + "ln1.weight", V_EMBD)
-        vec(b + "ln1.bias", V_EMBD, 0.0)
-        for t in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            mat(b + t + ".weight", V_EMBD, V_EMBD, 0.3)
-            vec(b + t + ".bias", V_EMBD, 0.0)
-        vec(b + "ln2.weight", V_EMBD)
-        vec(b + "ln2.bias", V_EMBD, 0.0)
-        mat(b + "ffn_up.weight", V_FF, V_EMBD, 0.3)
-        vec(b + "ffn_up.bias", V_FF, 0.0)
-        mat(b + "ffn_down.weight", V_EMBD, V_FF, 0.3)
-        vec(b + "ffn_down.bias", V_EMBD, 0.0)
+    write_vit_blocks(mat, vec, V_LAYER, V_EMBD, V_FF)
     if post_ln:
         vec("v.post_ln.weight", V_EMBD)
         vec("v.post_ln.bias", V_EMBD, 0.0)

@@ -41,9 +41,29 @@ def check_files(files: dict[str, Path], fx) -> dict[str, Path]:
     return files
 
 
+def tiny_pair(tmp_path_factory, name: str, write_text: Callable[[Path], Path], write_mmproj: Callable[..., Path], fx,
+              projectors: dict[str, str | tuple] | None = None, option: str | None = None) -> dict[str, Path]:  # fmt: skip
+    """The tiny text model and its projectors (``projectors``: mtmd_oracle.write_files' spec; F32 and F16 unless told),
+    written into a new folder ``vision_<name>`` as the fixture tools write them: the very bytes ``fx`` was made from."""
+    files = mtmd_oracle.write_files(tmp_path_factory.mktemp(f"vision_{name}"), write_text, write_mmproj,
+                                    projectors or {"f32": "F32", "f16": "F16"}, option)  # fmt: skip
+    return check_files(files, fx)
+
+
 def row_ids(segs: list, imgs: list) -> list[int]:
     """A prompt's ids as mtmd's chunks give them: text ids as they are, -1 for each image row."""
     return [i for s in segs for i in (s if isinstance(s, list) else [-1] * len(s))]
+
+
+def check_between(vision, fx, img: np.ndarray, key: str, start: str, end: str) -> int:
+    """The picture ``img`` laid out as libmtmd's ``ids_<key>``: its rows (-1 each) between the tokens ``start`` ("":
+    none) and ``end``, and as many positions taken as rows; returns how many rows."""
+    tok = vision.engine.tokenizer
+    a, b = (tok.encode(t, add_bos=False, parse_special=True) if t else [] for t in (start, end))
+    ids = fx[f"ids_{key}"].tolist()
+    assert a + vision.idefics3.ids(img) + b == ids
+    assert vision.image_positions(img) == len(ids) - len(a) - len(b)
+    return len(ids) - len(a) - len(b)
 
 
 def check_logits(vision, fx, pics: dict[str, np.ndarray], prompt: str, key: str, tol: float,

@@ -17,28 +17,22 @@ For each model the oracle writes
 
 Run with kvrun's environment, pointing at a Python that has llama-cpp-python::
 
-    python tools/make_diffusion_fixtures.py --oracle /work/llvenv/bin/python [ARCH ...]
+    python tools/make_diffusion_fixtures.py --oracle /work/llvenv/bin/python [--out DIR] [ARCH ...]
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import subprocess
-import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from fixture_oracle import parse_args, sha256  # (first: it puts tests/ on the path)
+from make_arch_fixtures import IDS
+from tiny_diffusion import ARCHS, write_tiny_diffusion
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tools"))
-from make_arch_fixtures import IDS  # noqa: E402
-from tiny_diffusion import ARCHS, write_tiny_diffusion  # noqa: E402
-
-FIX = ROOT / "tests" / "fixtures"
 #: the denoising's prompt (byte tokens of "the cat sat"), the sequence's length
 PROMPT = [116, 104, 101, 32, 99, 97, 116, 32, 115, 97, 116]
 MAX_LENGTH = 27
@@ -141,22 +135,26 @@ np.savez(out, **res)
 """
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--oracle", required=True, help="a python with llama-cpp-python installed")
-    ap.add_argument("archs", nargs="*", default=list(ARCHS), help=f"of {', '.join(ARCHS)}")
-    a = ap.parse_args()
+def make(doc: str, prefix: str, settings: dict[str, dict], extra: dict[str, np.ndarray],
+         keep: Callable[[str], bool] = lambda k: True) -> None:  # fmt: skip
+    """The command line ``doc`` describes: for each arch asked for, the oracle's loop under its ``settings`` on the
+    tiny model, what it saved that ``keep`` keeps, with ``extra`` and the model's ``sha256``, into
+    ``<--out>/<prefix>_<arch>.npz``."""
+    a = parse_args(doc, ARCHS)
     with tempfile.TemporaryDirectory() as tmp:
-        for arch in a.archs:
+        for arch in a.names:
             path = write_tiny_diffusion(Path(tmp) / f"{arch}.gguf", arch)
             out = Path(tmp) / f"{arch}.npz"
-            spec = {"settings": SETTINGS[arch], "prompt": PROMPT, "max_length": MAX_LENGTH}
+            spec = {"settings": settings[arch], "prompt": PROMPT, "max_length": MAX_LENGTH}
             subprocess.run([a.oracle, "-c", _ORACLE, str(path), str(out), ",".join(map(str, IDS)), json.dumps(spec)], check=True)
-            res = dict(np.load(out))
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            np.savez_compressed(FIX / f"diffusion_{arch}.npz", ids=np.asarray(IDS, np.int32), prompt=np.asarray(PROMPT, np.int32),
-                                sha256=digest, **res)  # fmt: skip
-            print(f"{arch}: logits {res['logits'].shape}, traces {[k for k in res if k.endswith('_trace')]}, model {digest[:12]}")
+            res = {k: v for k, v in np.load(out).items() if keep(k)}
+            digest = sha256(path)
+            np.savez_compressed(a.out / f"{prefix}_{arch}.npz", **extra, sha256=digest, **res)
+            print(f"{arch}: {', '.join(f'{k} {v.shape}' for k, v in res.items())}, model {digest[:12]}")
+
+
+def main() -> None:
+    make(__doc__, "diffusion", SETTINGS, {"ids": np.asarray(IDS, np.int32), "prompt": np.asarray(PROMPT, np.int32)})
 
 
 if __name__ == "__main__":

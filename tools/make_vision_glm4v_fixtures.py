@@ -15,11 +15,9 @@ test writes the same bytes again).
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-from fixture_oracle import parse_args  # (first: it puts tests/ on the path)
-from mtmd_oracle import pictures, write_fixture
+import mtmd_oracle  # (first: it puts tests/ on the path)
 from tiny_vision_glm4v import write_tiny_glm4v_mmproj, write_tiny_glm4v_text
 
 #: pictures (width, height, seed): the learned positions' own 6 x 6 patches (no interpolation), wider than them
@@ -36,23 +34,8 @@ PROMPTS = ["Look: <__media__> what?", "<__media__>a<__media__> two"]
 
 def write_pair(d: Path) -> dict[str, Path]:
     """The text model and the projectors of ``PROJECTORS``, written into ``d``."""
-    from gguf import GGMLQuantizationType as Q
-
-    files = {"text": write_tiny_glm4v_text(d / "text.gguf")}
-    for name, q in PROJECTORS.items():
-        files[name] = write_tiny_glm4v_mmproj(d / f"mmproj-{name}.gguf", Q[q])
-    return files
-
-
-def main() -> None:
-    a = parse_args(__doc__)
-    with tempfile.TemporaryDirectory() as tmp:
-        files = write_pair(Path(tmp))
-        keys = {k: k + "_{}_{}" for k in ("ids", "embd", "grid", "dpos", "pids", "logits", "npast")}
-        res = write_fixture(a, "glm4v", files, {q: (files[q], 0) for q in PROJECTORS}, pictures(IMAGES), PROMPTS, PAIRS, keys, mrope=True)
-        for k, v in res.items():
-            print(k, v.shape, v.tolist() if k.startswith(("grid", "pids", "npast")) else "")
+    return mtmd_oracle.write_files(d, write_tiny_glm4v_text, write_tiny_glm4v_mmproj, PROJECTORS)
 
 
 if __name__ == "__main__":
-    main()
+    mtmd_oracle.main(__doc__, "glm4v", write_pair, PROJECTORS, IMAGES, PROMPTS, PAIRS, mrope=True)

@@ -14,12 +14,9 @@ bytes again).
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-from fixture_oracle import parse_args  # (first: it puts tests/ on the path)
-from gguf import GGMLQuantizationType as Q
-from mtmd_oracle import pictures, write_fixture
+import mtmd_oracle  # (first: it puts tests/ on the path)
 from tiny_vision_lightonocr import write_tiny_lightonocr_mmproj, write_tiny_lightonocr_text
 
 #: pictures (width, height, seed): small (scaled up to the longest edge), wide, square, tall, odd-sized (sides rounded
@@ -28,21 +25,15 @@ IMAGES = {"small": (24, 20, 0), "wide": (100, 40, 1), "square": (48, 48, 2), "ta
           "large": (400, 300, 5)}  # fmt: skip
 #: prompts with mtmd's media marker, the pictures taken in IMAGES' order
 PROMPTS = ["Look: <__media__> what?", "<__media__>a<__media__> two"]
+#: projector files: name -> qtype name, or that and preproc_size (None: no longest edge stated)
+PROJECTORS = {"f32": "F32", "f16": "F16", "edge": ("F32", None)}
 
 
-def main() -> None:
-    a = parse_args(__doc__)
-    with tempfile.TemporaryDirectory() as tmp:
-        t = Path(tmp)
-        files = {"text": write_tiny_lightonocr_text(t / "text.gguf"), "f32": write_tiny_lightonocr_mmproj(t / "mmproj-f32.gguf", Q.F32),
-                 "f16": write_tiny_lightonocr_mmproj(t / "mmproj-f16.gguf", Q.F16),
-                 "edge": write_tiny_lightonocr_mmproj(t / "mmproj-edge.gguf", Q.F32, preproc_size=None)}  # fmt: skip
-        keys = {"ids": "ids_{}_{}", "embd": "embd_{}_{}", "pids": "pids_{1}", "logits": "logits_{1}"}
-        projs = {q: (files[q], 0) for q in ("f32", "f16", "edge")}
-        res = write_fixture(a, "lightonocr", files, projs, pictures(IMAGES), PROMPTS, {"": "f32"}, keys, n_ctx=1024)
-        for k, v in res.items():
-            print(k, v.shape, v.tolist() if k.startswith("pids") else "")
+def write_pair(d: Path) -> dict[str, Path]:
+    """The text model and the projectors of ``PROJECTORS``, written into ``d``."""
+    return mtmd_oracle.write_files(d, write_tiny_lightonocr_text, write_tiny_lightonocr_mmproj, PROJECTORS, "preproc_size")
 
 
 if __name__ == "__main__":
-    main()
+    mtmd_oracle.main(__doc__, "lightonocr", write_pair, PROJECTORS, IMAGES, PROMPTS, {"": "f32"}, mtmd_oracle.PAIR_KEYS, ("pids",),
+                     n_ctx=1024)  # fmt: skip

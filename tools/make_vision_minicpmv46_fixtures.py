@@ -16,11 +16,9 @@ writes the same bytes again).
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-from fixture_oracle import parse_args  # (first: it puts tests/ on the path)
-from mtmd_oracle import pictures, write_fixture
+import mtmd_oracle  # (first: it puts tests/ on the path)
 from tiny_vision_minicpmv import write_tiny_minicpmv_text
 from tiny_vision_minicpmv46 import write_tiny_minicpmv46_mmproj
 
@@ -37,23 +35,9 @@ PROMPTS = ["Look: <__media__> what?", "<__media__>a<__media__> two"]
 
 def write_pair(d: Path) -> dict[str, Path]:
     """The text model and the projectors of ``PROJECTORS``, written into ``d``."""
-    from gguf import GGMLQuantizationType as Q
-
-    files = {"text": write_tiny_minicpmv_text(d / "text.gguf")}
-    for name, (q, scale) in PROJECTORS.items():
-        files[name] = write_tiny_minicpmv46_mmproj(d / f"mmproj-{name}.gguf", Q[q], scale=scale)
-    return files
-
-
-def main() -> None:
-    a = parse_args(__doc__)
-    with tempfile.TemporaryDirectory() as tmp:
-        files = write_pair(Path(tmp))
-        keys = {k: k + "_{}_{}" for k in ("ids", "embd", "pids", "logits", "npast")}
-        res = write_fixture(a, "minicpmv46", files, {q: (files[q], 0) for q in PROJECTORS}, pictures(IMAGES), PROMPTS, PAIRS, keys, n_ctx=2048)
-        for k, v in res.items():
-            print(k, v.shape, v.tolist() if k.startswith(("ids_m46_f32", "ids_m46x4", "pids", "npast")) else "")
+    return mtmd_oracle.write_files(d, write_tiny_minicpmv_text, write_tiny_minicpmv46_mmproj, PROJECTORS, "scale")
 
 
 if __name__ == "__main__":
-    main()
+    mtmd_oracle.main(__doc__, "minicpmv46", write_pair, PROJECTORS, IMAGES, PROMPTS, PAIRS, shown=("ids_m46_f32", "ids_m46x4", "pids", "npast"),
+                     n_ctx=2048)  # fmt: skip

@@ -15,11 +15,9 @@ after them all (mtmd_helper_eval_chunks, then llama_get_logits_ith(-1)) and ``np
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-from fixture_oracle import parse_args  # (first: it puts tests/ on the path)
-from mtmd_oracle import pictures, write_fixture
+import mtmd_oracle  # (first: it puts tests/ on the path)
 from tiny_vision_minicpmv import write_tiny_minicpmv_mmproj, write_tiny_minicpmv_text
 
 #: pictures (width, height, seed): no larger than a slice (the overview alone, scaled up keeping its aspect), wide
@@ -35,23 +33,9 @@ PROMPTS = ["Look: <__media__> what?", "<__media__>a<__media__> two"]
 
 def write_pair(d: Path) -> dict[str, Path]:
     """The text model and the projectors of ``PROJECTORS``, written into ``d``."""
-    from gguf import GGMLQuantizationType as Q
-
-    files = {"text": write_tiny_minicpmv_text(d / "text.gguf")}
-    for name, (q, version) in PROJECTORS.items():
-        files[name] = write_tiny_minicpmv_mmproj(d / f"mmproj-{name}.gguf", Q[q], version=version)
-    return files
-
-
-def main() -> None:
-    a = parse_args(__doc__)
-    with tempfile.TemporaryDirectory() as tmp:
-        files = write_pair(Path(tmp))
-        keys = {k: k + "_{}_{}" for k in ("ids", "embd", "pids", "logits", "npast")}
-        res = write_fixture(a, "minicpmv", files, {q: (files[q], 0) for q in PROJECTORS}, pictures(IMAGES), PROMPTS, PAIRS, keys, n_ctx=2048)
-        for k, v in res.items():
-            print(k, v.shape, v.tolist() if k.startswith(("ids_mc_f32", "ids_mc25", "pids", "npast")) else "")
+    return mtmd_oracle.write_files(d, write_tiny_minicpmv_text, write_tiny_minicpmv_mmproj, PROJECTORS, "version")
 
 
 if __name__ == "__main__":
-    main()
+    mtmd_oracle.main(__doc__, "minicpmv", write_pair, PROJECTORS, IMAGES, PROMPTS, PAIRS, shown=("ids_mc_f32", "ids_mc25", "pids", "npast"),
+                     n_ctx=2048)  # fmt: skip

@@ -19,10 +19,11 @@ import argparse
 import json
 import subprocess
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
-from fixture_oracle import sha256
+from fixture_oracle import parse_args, sha256
 
 _ORACLE = r"""
 import ctypes, json, sys, numpy as np
@@ -135,3 +136,38 @@ def write_fixture(a: argparse.Namespace, fixture: str, files: dict[str, Path], p
             res[keys[kind].format(x, y)] = v[:: (stride or {}).get(y, 1)] if kind == "embd" else v
     np.savez_compressed(a.out / f"vision_{fixture}.npz", **{f"sha256_{k}": sha256(p) for k, p in files.items()}, **res)
     return res
+
+
+#: ``write_fixture``'s keys of a fixture that keeps every kind, each under "<kind>_<projector or pair>_<picture or
+#: prompt>" (``grid`` and ``dpos`` made only with ``mrope``)
+KEYS = {k: k + "_{}_{}" for k in ("ids", "embd", "grid", "dpos", "pids", "logits", "npast")}
+#: the keys of a fixture of one text pair: the pictures' layouts and rows, and "pids_<k>" / "logits_<k>" per prompt
+PAIR_KEYS = {"ids": "ids_{}_{}", "embd": "embd_{}_{}", "pids": "pids_{1}", "logits": "logits_{1}"}
+
+
+def write_files(d: Path, write_text: Callable[[Path], Path], write_mmproj: Callable[..., Path],
+                projectors: dict[str, str | tuple], option: str | None = None) -> dict[str, Path]:  # fmt: skip
+    """The tiny text model (``text``: ``write_text``'s ``d/text.gguf``) and each projector of ``projectors`` (name:
+    its qtype's name, or that and the value of ``write_mmproj``'s keyword ``option``), ``d/mmproj-<name>.gguf``."""
+    from gguf import GGMLQuantizationType as Q
+
+    files = {"text": write_text(d / "text.gguf")}
+    for name, spec in projectors.items():
+        q, *v = (spec,) if isinstance(spec, str) else spec
+        files[name] = write_mmproj(d / f"mmproj-{name}.gguf", Q[q], **({option: v[0]} if v else {}))
+    return files
+
+
+def main(doc: str, fixture: str, write_pair: Callable[[Path], dict[str, Path]], projectors: Iterable[str], images: dict[str, tuple[int, int, int]],
+         prompts: list[str], pairs: dict[str, str], keys: dict[str, str] = KEYS, shown: tuple[str, ...] = ("grid", "pids", "npast"),
+         n_ctx: int = 512, mrope: bool = False) -> None:  # fmt: skip
+    """A fixture tool's command line (``doc`` its help): ``write_fixture`` on ``write_pair``'s files (the encoders'
+    flash attention off) and the pictures of ``images`` (``pictures``' spec); prints each array's shape, and the
+    values of those whose names start with one of ``shown``."""
+    a = parse_args(doc)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = write_pair(Path(tmp))
+        projs = {q: (files[q], 0) for q in projectors}
+        res = write_fixture(a, fixture, files, projs, pictures(images), prompts, pairs, keys, n_ctx, mrope)
+        for k, v in res.items():
+            print(k, v.shape, v.tolist() if k.startswith(shown) else "")

@@ -46,6 +46,26 @@ def tiny_llama_path(tmp_path_factory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("tiny-llama") / "tiny.gguf", "llama")
 
 
+@pytest.fixture
+def gpu_env(monkeypatch):
+    """``--device gpu`` on the kernel emulator (KVRUN_GPU_EMULATE=1) where there is no GPU, for one test."""
+    from kvrun.ops import gpu_available
+
+    if not gpu_available():
+        monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
+
+
+@pytest.fixture(scope="module")
+def emulated():
+    """As ``gpu_env``, module-wide: for the module-scoped engines a test file builds once."""
+    from kvrun.ops import gpu_available
+
+    with pytest.MonkeyPatch.context() as mp:
+        if not gpu_available():
+            mp.setenv("KVRUN_GPU_EMULATE", "1")
+        yield
+
+
 def _gpu_runtimes() -> list:
     from kvrun.ops import gpu_available
     from kvrun.ops.gpu import emulate
@@ -69,6 +89,22 @@ def rt(request):
     prev = K.set_runtime(runtime)
     yield runtime
     K.set_runtime(prev)
+
+
+@pytest.fixture(scope="module")
+def gpu(rt):
+    """The GPU backend on the ``rt`` runtime (a test file's own ``gpu`` fixture, if any, takes its place)."""
+    from kvrun.ops.gpu.backend import GPUBackend
+
+    return GPUBackend()
+
+
+@pytest.fixture(scope="module")
+def cpu():
+    """The CPU backend (a test file's own ``cpu`` fixture, if any, takes its place)."""
+    from kvrun.ops.cpu.backend import CPUBackend
+
+    return CPUBackend()
 
 
 @pytest.fixture(scope="module")

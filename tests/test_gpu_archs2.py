@@ -9,8 +9,8 @@ models (Baichuan's 32 layers, PLaMo 3's and Chameleon's norms after each block t
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+from gpu_checks import check_prefill_and_replayed_decode
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.loaders.errors import UnsupportedModelError
@@ -38,22 +38,6 @@ REFUSED = ["nemotron_h_moe", "nemotron_h_moe-latent"]  # fmt: skip
 #: tests/test_gpu_encoders.py)
 OTHER_WRITERS: dict = {}
 
-SUPPRESSED = np.finfo(np.float32).min  # (Chameleon's image tokens' logit: -FLT_MAX on both backends)
-
-
-@pytest.fixture
-def gpu_env(monkeypatch):
-    if not gpu_available():
-        monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
-
-
-def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    """max |a - b| / max |a| over the logits a model computes; those it suppresses must be suppressed on both."""
-    live = a != SUPPRESSED
-    assert (b[~live] == SUPPRESSED).all()
-    return float(np.abs(a[live] - b[live]).max() / np.abs(a[live]).max())
-
-
 def test_the_lists_cover_every_fixture_of_this_stops_architectures():
     assert not set(ON_GPU) & set(REFUSED)
     assert set(ON_GPU) | set(REFUSED) <= set(FIXTURE_MODELS)
@@ -61,20 +45,9 @@ def test_the_lists_cover_every_fixture_of_this_stops_architectures():
 
 @pytest.mark.parametrize("name", ON_GPU)
 def test_gpu_logits_match_cpu_over_prefill_and_replayed_decode_steps(gpu_env, tmp_path, capsys, name):
-    path = write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name])
-    ids = list(np.random.default_rng(3).integers(0, 200, 20))
-    cpu = Engine(path, device="cpu", n_ctx=64, n_batch=16)
-    gpu = Engine(path, device="gpu", n_ctx=64, n_batch=16)
-    assert gpu.backend.name == "gpu"
-    ca, cb = cpu.new_cache(), gpu.new_cache()
-    a, b = cpu.eval(ca, ids, logits_all=True), gpu.eval(cb, ids, logits_all=True)
-    assert isinstance(b, np.ndarray) and b.shape == a.shape
-    assert _rel_err(a, b) < 2e-3
-    for tok in (5, 9, 14, 3):
-        assert _rel_err(cpu.eval(ca, [tok]), gpu.eval(cb, [tok])) < 2e-3
-    # the first decode step was captured and the others replayed: every op the step launches is a kernel a graph holds
-    assert (gpu.graphs.n_captures, gpu.graphs.n_replays) == (1, 3)
-    assert "CUDA graphs off" not in capsys.readouterr().err
+    # the first decode step is captured and the others replayed: every op the step launches is a kernel a graph holds
+    # (Chameleon's image tokens' logits, -FLT_MAX, suppressed on both backends: gpu_checks.rel_err)
+    check_prefill_and_replayed_decode(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]), capsys=capsys)
 
 
 @pytest.mark.parametrize("name", REFUSED + list(OTHER_WRITERS))

@@ -26,33 +26,15 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize
+from gpu_checks import check_prefill_and_replayed_decode
 from test_gpu_kernels import nmse
 
 from kvrun.ops import gpu_available
-from kvrun.ops.cpu.backend import CPUBackend
 from kvrun.ops.gpu import emulate
 
 pytestmark = pytest.mark.skipif(not gpu_available() and not emulate.available(), reason="no GPU and no host C++ compiler for the emulator")
 
 TERNARY = [Q.TQ1_0, Q.TQ2_0]
-
-
-@pytest.fixture(scope="module")
-def gpu(rt):
-    from kvrun.ops.gpu.backend import GPUBackend
-
-    return GPUBackend()
-
-
-@pytest.fixture(scope="module")
-def cpu():
-    return CPUBackend()
-
-
-@pytest.fixture
-def gpu_env(monkeypatch):
-    if not gpu_available():
-        monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
 
 
 def ternary_blocks(qtype: int, n_rows: int, n_cols: int, rng) -> np.ndarray:
@@ -94,29 +76,6 @@ def test_ternary_get_rows_decode_exactly(rt, gpu, cpu, qtype):
 
 
 # ----------------------------------------------------------------- models
-def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / np.abs(a).max())
-
-
-def _cpu_and_gpu_agree(cpu_path, gpu_path, capsys, bound: float = 2e-3) -> None:
-    """A prefill of 20 tokens, then 4 decode steps (the first captured, the others replayed): the GPU's logits on
-    ``gpu_path`` within ``bound`` of the CPU's on ``cpu_path``."""
-    from kvrun.runtime.engine import Engine
-
-    ids = list(np.random.default_rng(3).integers(0, 200, 20))
-    cpu = Engine(cpu_path, device="cpu", n_ctx=64, n_batch=16)
-    gpu = Engine(gpu_path, device="gpu", n_ctx=64, n_batch=16)
-    assert gpu.backend.name == "gpu"
-    ca, cb = cpu.new_cache(), gpu.new_cache()
-    a, b = cpu.eval(ca, ids, logits_all=True), gpu.eval(cb, ids, logits_all=True)
-    assert isinstance(b, np.ndarray) and b.shape == a.shape
-    assert _rel_err(a, b) < bound
-    for tok in (5, 9, 14, 3):
-        assert _rel_err(cpu.eval(ca, [tok]), gpu.eval(cb, [tok])) < bound
-    assert (gpu.graphs.n_captures, gpu.graphs.n_replays) == (1, 3)
-    assert "CUDA graphs off" not in capsys.readouterr().err
-
-
 #: BitNet's files and what each adds: float32 with the scale tensors (tests/tinymodel.py's ``bitnet-scales``), the two
 #: ternary types without (the output projections' adds then ride in their matvecs), the squared ReLU (newer llama.cpp's).
 #: A TQ file holds its float32 twin's weights exactly (tests/tiny_bitnet.py), and the GPU keeps x in float32: its logits
@@ -131,7 +90,7 @@ def test_bitnet_on_the_gpu_gives_the_cpus_logits(gpu_env, tmp_path, capsys, name
     kw = BITNET[name]
     path = write_tiny_bitnet(tmp_path / f"{name}.gguf", **kw)
     twin = path if "qtype" not in kw else write_tiny_bitnet(tmp_path / "f32.gguf", **{k: v for k, v in kw.items() if k != "qtype"})
-    _cpu_and_gpu_agree(twin, path, capsys)
+    check_prefill_and_replayed_decode(twin, path, capsys)
 
 
 # ----------------------------------------------------------------- chunked attention (Llama 4)
@@ -164,7 +123,7 @@ def test_llama4_on_the_gpu_gives_the_cpus_logits(gpu_env, tmp_path, capsys, name
     from tinymodel import FIXTURE_MODELS, write_tiny_model
 
     path = write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name])
-    _cpu_and_gpu_agree(path, path, capsys)
+    check_prefill_and_replayed_decode(path, path, capsys)
 
 
 def test_llama4_nope_temperature_past_the_first_chunk(rt, gpu, cpu, tmp_path):

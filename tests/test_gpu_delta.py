@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gpu_checks import check_decode_copies_only_logits, check_going_back, check_prefill_and_replayed_decode, rel_err
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.ops import gpu_available
@@ -28,16 +29,6 @@ from kvrun.runtime.engine import Engine
 pytestmark = pytest.mark.skipif(not gpu_available() and not emulate.available(), reason="no GPU and no host C++ compiler for the emulator")
 
 BOUND = 2e-3
-
-
-@pytest.fixture
-def gpu_env(monkeypatch):
-    if not gpu_available():
-        monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
-
-
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / np.abs(a).max())
 
 
 def _dev(rt, a: np.ndarray):
@@ -66,8 +57,8 @@ def test_the_delta_rule_updates_the_state_and_copies_it_as_the_cpu(rt, per_chann
     s_gpu, y_gpu, ck_gpu = _dev(rt, state), rt.xp.zeros((T, nv * dk), np.float32), rt.xp.zeros((2, nv, dk, dk), np.float32)
     plan = rt.xp.asarray(np.array([3, 1, 7, 0], np.int32))
     G.rule(s_gpu, _dev(rt, qkv), _dev(rt, gb), 3, _dev(rt, k_of_v.astype(np.int32)), y_gpu, plan, 2, ck_gpu, nk, per_channel, 1e-6)
-    assert _rel(y_cpu, rt.asnumpy(y_gpu)) < 2e-5
-    assert _rel(s_cpu, rt.asnumpy(s_gpu)) < 2e-5 and _rel(ck_cpu, rt.asnumpy(ck_gpu)) < 2e-5
+    assert rel_err(y_cpu, rt.asnumpy(y_gpu)) < 2e-5
+    assert rel_err(s_cpu, rt.asnumpy(s_gpu)) < 2e-5 and rel_err(ck_cpu, rt.asnumpy(ck_gpu)) < 2e-5
 
 
 def test_the_decay_beta_and_gated_norm_as_the_model_computes_them(rt):
@@ -78,13 +69,13 @@ def test_the_decay_beta_and_gated_norm_as_the_model_computes_them(rt):
     want = np.concatenate([(np.logaddexp(0, a + dt_b).reshape(T, H, d) * A[:, None]).reshape(T, -1), 0.5 + 0.5 * np.tanh(0.5 * beta)], 1)
     gb = rt.xp.zeros((T, H * d + H), np.float32)
     G.decay_beta(_dev(rt, a), _dev(rt, beta), _dev(rt, dt_b), _dev(rt, A), gb, d)  # (KDA's: a decay per key channel)
-    assert _rel(want, rt.asnumpy(gb)) < 2e-5
+    assert rel_err(want, rt.asnumpy(gb)) < 2e-5
     y, z, w = (rng.standard_normal(s).astype(np.float32) for s in ((T, H * d), (T, H * d), d))
     want = y.copy()
     gated_rms_norm(want, z, w, 1e-6)
     got = _dev(rt, y)
     G.norm_gate(got, _dev(rt, z), _dev(rt, w), 1e-6, sigmoid_gate=False)
-    assert _rel(want, rt.asnumpy(got)) < 2e-5
+    assert rel_err(want, rt.asnumpy(got)) < 2e-5
 
 
 # ----------------------------------------------------------------- models
@@ -93,18 +84,8 @@ def test_gpu_logits_match_cpu_over_prefill_and_replayed_decode_steps(gpu_env, tm
     """Qwen3.5 (key heads tiled, interleaved rope, a dense FFN), Qwen3-Next (key heads repeated, experts) and Kimi
     Linear (the decay per key channel, MLA layers beside): the first decode step is captured, the others replayed."""
     path = write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name])
-    ids = list(np.random.default_rng(3).integers(0, 200, 20))
-    cpu = Engine(path, device="cpu", n_ctx=64, n_batch=16)
-    gpu = Engine(path, device="gpu", n_ctx=64, n_batch=16)
-    ca, cb = cpu.new_cache(), gpu.new_cache()
+    _, cb = check_prefill_and_replayed_decode(path, capsys=capsys, steps=(5, 9, 14), bound=BOUND)
     assert any(type(layer).__name__ == "GPUDeltaNetLayerCache" for layer in cb.layers)  # (the state on the device)
-    a, b = cpu.eval(ca, ids, logits_all=True), gpu.eval(cb, ids, logits_all=True)
-    assert isinstance(b, np.ndarray) and b.shape == a.shape
-    assert _rel(a, b) < BOUND
-    for tok in (5, 9, 14):
-        assert _rel(cpu.eval(ca, [tok]), gpu.eval(cb, [tok])) < BOUND
-    assert (gpu.graphs.n_captures, gpu.graphs.n_replays) == (1, 2)
-    assert "CUDA graphs off" not in capsys.readouterr().err
 
 
 def test_a_long_run_and_going_back_match_the_cpu(gpu_env, tmp_path):
@@ -115,16 +96,10 @@ def test_a_long_run_and_going_back_match_the_cpu(gpu_env, tmp_path):
     cpu, gpu = Engine(path, device="cpu", n_ctx=128, n_batch=16), Engine(path, device="gpu", n_ctx=128, n_batch=16)
     ca, cb = cpu.new_cache(), gpu.new_cache()
     ids = list(rng.integers(0, 200, 70))
-    assert _rel(cpu.eval(ca, ids, logits_all=True), gpu.eval(cb, ids, logits_all=True)) < BOUND
+    assert rel_err(cpu.eval(ca, ids, logits_all=True), gpu.eval(cb, ids, logits_all=True)) < BOUND
     for tok in rng.integers(0, 200, 12):
-        assert _rel(cpu.eval(ca, [int(tok)]), gpu.eval(cb, [int(tok)])) < BOUND
-    n_past = ca.offset - 5
-    assert [layer.can_truncate(n_past) for layer in cb.layers] == [layer.can_truncate(n_past) for layer in ca.layers]
-    assert ca.truncate(n_past) == cb.truncate(n_past) == n_past
-    more = list(rng.integers(0, 200, 3))
-    assert _rel(cpu.eval(ca, more, logits_all=True), gpu.eval(cb, more, logits_all=True)) < BOUND
-    for tok in rng.integers(0, 200, 2):
-        assert _rel(cpu.eval(ca, [int(tok)]), gpu.eval(cb, [int(tok)])) < BOUND
+        assert rel_err(cpu.eval(ca, [int(tok)]), gpu.eval(cb, [int(tok)])) < BOUND
+    check_going_back(cpu, ca, gpu, cb, 5, rng, n_steps=2, bound=BOUND)
     assert gpu.graphs.n_captures == 1 and gpu.graphs.n_replays == 13  # (the steps after going back replayed too)
 
 
@@ -132,28 +107,9 @@ def test_a_decode_step_copies_only_its_logits_down(monkeypatch, tmp_path):
     """On the strict CuPy stand-in (devicexp.py): the state, its copies and the kept inputs stay on the device, so the
     step is captured (the stand-in refuses any copy while capturing, as CUDA does) and a replay brings down the logits
     alone, one that makes a copy of the state (position 32) included."""
-    if gpu_available():
-        pytest.skip("checks the strict CuPy stand-in (devicexp.py); on a GPU the other tests run the device itself")
-    from devicexp import COPIES, StrictRuntime
-
-    from kvrun.ops.gpu import kernels as K
-
-    monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
     path = write_tiny_model(tmp_path / "k.gguf", **FIXTURE_MODELS["kimi-linear"])
-    prev = K.set_runtime(StrictRuntime())
-    try:
-        eng = Engine(path, device="gpu", n_ctx=64, n_batch=16)
-        cache = eng.new_cache()
-        eng.eval(cache, list(range(3, 30)))
-        eng.eval(cache, [4])  # (captured here)
-        assert eng.graphs.n_captures == 1
-        for tok in range(5, 9):  # (positions 28 .. 31: 32 is reached by the last)
-            COPIES.clear()
-            logits = eng.eval(cache, [tok])
-            assert COPIES == [("asnumpy", logits.shape)]
-        assert 32 in cache[0].ck_pos.tolist()
-    finally:
-        K.set_runtime(prev)
+    # (positions 28 .. 31: 32 is reached by the last)
+    check_decode_copies_only_logits(monkeypatch, path, prompt=range(3, 30), steps=range(5, 9), state_copy_at=32)
 
 
 def test_beside_compressed_attention_caches_the_state_matches_the_cpu(gpu_env, tmp_path):
@@ -166,9 +122,9 @@ def test_beside_compressed_attention_caches_the_state_matches_the_cpu(gpu_env, t
     ca, cb = cpu.new_cache(), gpu.new_cache()
     assert [type(layer).__name__ for layer in cb.layers] == ["GPUDeltaNetLayerCache", "GPUCompressedLayerCache"] * 2
     ids = list(np.random.default_rng(2).integers(0, 200, 20))
-    assert _rel(cpu.eval(ca, ids, logits_all=True), gpu.eval(cb, ids, logits_all=True)) < BOUND
+    assert rel_err(cpu.eval(ca, ids, logits_all=True), gpu.eval(cb, ids, logits_all=True)) < BOUND
     for tok in (5, 9):
-        assert _rel(cpu.eval(ca, [tok]), gpu.eval(cb, [tok])) < BOUND
+        assert rel_err(cpu.eval(ca, [tok]), gpu.eval(cb, [tok])) < BOUND
 
 
 def test_several_sequences_in_one_forward_are_refused_in_one_line(gpu_env, tmp_path):

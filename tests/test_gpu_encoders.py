@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gpu_checks import rel_err
 import tiny_bert_family
 import tiny_embed2
 from tiny_diffusion import write_tiny_diffusion
@@ -54,19 +55,6 @@ ENCODERS = {
     **{n: (lambda p, n=n: tiny_embed2.write_tiny_embed2(p, n)) for n in ("modern-bert", "eurobert", "llama-embed", "t5encoder")},
     "gemma-embedding": lambda p: write_tiny_gemma_embedding(p),
 }
-
-
-@pytest.fixture(scope="module")
-def emulated():
-    """KVRUN_GPU_EMULATE=1 where there is no GPU (module-wide: engines below are built once)."""
-    with pytest.MonkeyPatch.context() as mp:
-        if not gpu_available():
-            mp.setenv("KVRUN_GPU_EMULATE", "1")
-        yield
-
-
-def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / np.abs(a).max())
 
 
 def _engines(path: Path, **kw) -> tuple[Engine, Engine]:
@@ -109,7 +97,7 @@ def test_encoder_states_on_the_gpu_are_the_cpus(emulated, tmp_path, monkeypatch,
     monkeypatch.setattr(E, "attend_full", lambda *a: launched.append(1) or real(*a))
     for k in (0, 1):  # (texts long enough for ModernBERT's and EmbeddingGemma's windows to hide keys)
         ids = fx[f"ids_{k}"].tolist()
-        assert _rel_err(cpu.embed(ids), gpu.embed(ids)) < BOUND
+        assert rel_err(cpu.embed(ids), gpu.embed(ids)) < BOUND
     assert launched  # the attention ran in the kernel, not on the host
     assert gpu.graphs is None  # (an encoder decodes nothing: no CUDA graphs kept for it)
 
@@ -149,7 +137,7 @@ def test_a_cross_encoders_scores_on_the_gpu_are_the_cpus(emulated, tmp_path):
     from kvrun.runtime.api import Model
 
     cpu, gpu = (np.array(Model(e).rerank(QUERY, DOCS)) for e in _engines(write_tiny_bert_reranker(tmp_path / "rr.gguf")))
-    assert _rel_err(cpu, gpu) < BOUND
+    assert rel_err(cpu, gpu) < BOUND
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +162,7 @@ def test_t5_decoder_logits_on_the_gpu_are_the_cpus_and_llama_cpps(t5):
         one = [e.eval(steps, ids)] + [e.eval(steps, [t]) for t in forced[:4]]
         rows[e.backend.name] = np.concatenate([first, rest]), np.concatenate(one)
     for a, b in zip(rows["cpu"], rows["gpu"]):
-        assert _rel_err(a, b) < BOUND
+        assert rel_err(a, b) < BOUND
     want = fx["prefill_0"][:9]
     assert (np.abs(rows["gpu"][0] - want).max(axis=1) / np.abs(want).max(axis=1)).max() < LOGIT_TOL
     assert gpu.graphs is None  # (its bias is built on the host a step: T5 decodes eagerly)
@@ -242,4 +230,4 @@ def test_rnd1s_forward_both_ways_on_the_gpu_is_the_cpus(emulated, tmp_path):
         out = np.zeros((n, e.cfg.n_vocab), np.float32)
         e.model.forward(ids, np.arange(n, dtype=np.int32), e.cache_for(None, n, n), np.arange(n), out)
         outs.append(out)
-    assert _rel_err(*outs) < BOUND
+    assert rel_err(*outs) < BOUND

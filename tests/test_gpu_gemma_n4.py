@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize
+from gpu_checks import check_decode_copies_only_logits, check_prefill_and_replayed_decode, rel_err
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.cache.factory import make_cache
@@ -36,24 +37,6 @@ ON_GPU = ["gemma3n", "gemma4", "gemma4_moe"]
 TOL = 1e-5
 
 
-@pytest.fixture
-def gpu_env(monkeypatch):
-    if not gpu_available():
-        monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
-
-
-@pytest.fixture(scope="module")
-def gpu(rt):
-    from kvrun.ops.gpu.backend import GPUBackend
-
-    return GPUBackend()
-
-
-def _rel(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
-
-
 # ----------------------------------------------------------------- the kernels against the host's numpy
 def test_altup_predicts_every_stream_as_its_routed_mix_plus_itself(rt, gpu):
     rng = np.random.default_rng(0)
@@ -67,8 +50,8 @@ def test_altup_predicts_every_stream_as_its_routed_mix_plus_itself(rt, gpu):
     # Gemma3nModel.router_modalities and .altup_predict
     coefs = np.tanh((xr * (1.0 / E)) @ router.T) @ coef.T
     want = np.einsum("trc,cte->rte", coefs.reshape(T, n, n), xs[:, :T]) + xs[:, :T]
-    assert _rel(rt.asnumpy(cp), coefs) < TOL
-    assert _rel(rt.asnumpy(pred)[:, :T], want) < TOL
+    assert rel_err(coefs, rt.asnumpy(cp)) < TOL
+    assert rel_err(want, rt.asnumpy(pred)[:, :T]) < TOL
 
 
 def test_altup_corrects_every_stream_by_the_innovation_times_one_plus_its_coefficient(rt, gpu):
@@ -82,7 +65,7 @@ def test_altup_corrects_every_stream_by_the_innovation_times_one_plus_its_coeffi
     gpu.altup_correct(gpu.vector(pred), gpu.vector(out), cc, xs, T, act)
     coefs = np.tanh((xr * (1.0 / E)) @ router.T) @ coef.T + 1.0  # Gemma3nModel.altup_correct
     want = pred[:, :T] + coefs.T[:, :, None] * (out - pred[act, :T])[None]
-    assert _rel(rt.asnumpy(xs)[:, :T], want) < TOL
+    assert rel_err(want, rt.asnumpy(xs)[:, :T]) < TOL
 
 
 @pytest.mark.parametrize("accumulate", [False, True])
@@ -92,7 +75,7 @@ def test_match_norm_rescales_each_row_to_the_norm_of_another(rt, gpu, accumulate
     out = gpu.vector(x)
     gpu.match_norm(gpu.vector(a), gpu.vector(src), out, accumulate)
     want = a * Gemma3nModel.magnitude(src) / Gemma3nModel.magnitude(a) + (x if accumulate else 0.0)
-    assert _rel(rt.asnumpy(out), want) < TOL
+    assert rel_err(want, rt.asnumpy(out)) < TOL
 
 
 def test_gaussian_top_k_keeps_what_exceeds_the_rows_95th_percentile_shifted_down(rt, gpu):
@@ -103,7 +86,7 @@ def test_gaussian_top_k_keeps_what_exceeds_the_rows_95th_percentile_shifted_down
     host = SimpleNamespace(cfg=SimpleNamespace(sparsity_std_mul=1.6448533535003662))
     want = Gemma3nModel.gaussian_topk(host, x)
     got = rt.asnumpy(d)
-    assert _rel(got, want) < TOL
+    assert rel_err(want, got) < TOL
     assert 0.02 < (got > 0).mean() < 0.10  # (about 5% of a gaussian row survives)
 
 
@@ -114,12 +97,12 @@ def test_the_small_steps_per_layer_gate_row_scale_copy_expert_scale(rt, gpu):
     d = gpu.vector(g)
     gpu.gelu_mul_strided(d, gpu.vector(pl), 2 * A)
     gelu = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
-    assert _rel(rt.asnumpy(d), gelu * pl[:, 2 * A : 3 * A]) < TOL
+    assert rel_err(gelu * pl[:, 2 * A : 3 * A], rt.asnumpy(d)) < TOL
 
     w = rng.standard_normal(A).astype(np.float32)
     out = gpu.zeros((T, A))
     gpu.mul_vec(gpu.vector(g), gpu.vector(w), out)
-    assert _rel(rt.asnumpy(out), g * w) < TOL
+    assert rel_err(g * w, rt.asnumpy(out)) < TOL
     gpu.copy(gpu.vector(pl), cp := gpu.zeros((T, n_layer * A)))
     assert (rt.asnumpy(cp) == pl).all()
 
@@ -127,26 +110,14 @@ def test_the_small_steps_per_layer_gate_row_scale_copy_expert_scale(rt, gpu):
     wts, scale = rng.random((3, 2)).astype(np.float32), rng.random(4).astype(np.float32)
     wd = gpu.vector(wts)
     gpu.scale_by_expert(wd, rt.xp.asarray(ids), gpu.vector(scale))
-    assert _rel(rt.asnumpy(wd), wts * scale[ids]) < TOL
+    assert rel_err(wts * scale[ids], rt.asnumpy(wd)) < TOL
 
 
 # ----------------------------------------------------------------- the models against the CPU
 @pytest.mark.parametrize("name", ON_GPU)
 def test_gpu_logits_match_cpu_over_prefill_and_replayed_decode_steps(gpu_env, tmp_path, capsys, name):
-    path = write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name])
-    ids = list(np.random.default_rng(3).integers(0, 200, 20))
-    cpu = Engine(path, device="cpu", n_ctx=64, n_batch=16)
-    gpu = Engine(path, device="gpu", n_ctx=64, n_batch=16)
-    assert gpu.backend.name == "gpu"
-    ca, cb = cpu.new_cache(), gpu.new_cache()
-    a, b = cpu.eval(ca, ids, logits_all=True), gpu.eval(cb, ids, logits_all=True)
-    assert isinstance(b, np.ndarray) and b.shape == a.shape
-    assert _rel(b, a) < 2e-3
-    for tok in (5, 9, 14, 3):
-        assert _rel(gpu.eval(cb, [tok]), cpu.eval(ca, [tok])) < 2e-3
-    # the first decode step was captured and the others replayed: every op the step launches is a kernel a graph holds
-    assert (gpu.graphs.n_captures, gpu.graphs.n_replays) == (1, 3)
-    assert "CUDA graphs off" not in capsys.readouterr().err
+    # the first decode step is captured and the others replayed: every op the step launches is a kernel a graph holds
+    check_prefill_and_replayed_decode(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]), capsys=capsys)
 
 
 def test_global_heads_wider_than_the_decode_kernels_take_the_tiled_one(gpu_env, monkeypatch, tmp_path, capsys):
@@ -164,9 +135,9 @@ def test_global_heads_wider_than_the_decode_kernels_take_the_tiled_one(gpu_env, 
     assert max(s.head_dim for s in gpu.model.layer_specs()) == 2 * DECODE_MAX_D
     ids = list(np.random.default_rng(3).integers(0, 200, 12))
     ca, cb = cpu.new_cache(), gpu.new_cache()
-    assert _rel(gpu.eval(cb, ids, logits_all=True), cpu.eval(ca, ids, logits_all=True)) < 2e-3
+    assert rel_err(cpu.eval(ca, ids, logits_all=True), gpu.eval(cb, ids, logits_all=True)) < 2e-3
     for tok in (5, 9, 14):
-        assert _rel(gpu.eval(cb, [tok]), cpu.eval(ca, [tok])) < 2e-3
+        assert rel_err(cpu.eval(ca, [tok]), gpu.eval(cb, [tok])) < 2e-3
     assert (gpu.graphs.n_captures, gpu.graphs.n_replays) == (1, 2)
     assert "CUDA graphs off" not in capsys.readouterr().err
 
@@ -193,9 +164,9 @@ def test_quantized_weights_give_the_cpus_logits_on_the_same_weights_dequantized(
     cpu = Engine(path, device="cpu", n_ctx=64, n_batch=16)
     ids = list(np.random.default_rng(3).integers(0, 200, 20))
     ca, cb = cpu.new_cache(), gpu.new_cache()
-    assert _rel(gpu.eval(cb, ids, logits_all=True), cpu.eval(ca, ids, logits_all=True)) < 2e-3
+    assert rel_err(cpu.eval(ca, ids, logits_all=True), gpu.eval(cb, ids, logits_all=True)) < 2e-3
     for tok in (5, 9):
-        assert _rel(gpu.eval(cb, [tok]), cpu.eval(ca, [tok])) < 2e-3
+        assert rel_err(cpu.eval(ca, [tok]), gpu.eval(cb, [tok])) < 2e-3
 
 
 @pytest.mark.parametrize("name", ON_GPU)
@@ -203,27 +174,8 @@ def test_a_decode_step_copies_only_its_logits_down(monkeypatch, tmp_path, name):
     """AltUp's streams, the per-layer inputs and the experts' choice stay on the device (the strict stand-in,
     tests/devicexp.py, logs every copy down and refuses one while a graph is captured).  (Replayed steps: an eager
     one of a soft-capped model copies its host logits down twice, models/common.py output_head's affair.)"""
-    if gpu_available():
-        pytest.skip("checks the strict CuPy stand-in (devicexp.py); on a GPU the other tests run the device itself")
-    from devicexp import COPIES, StrictRuntime
-
-    from kvrun.ops.gpu import kernels as K
-
-    monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
     path = write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name])
-    prev = K.set_runtime(StrictRuntime())
-    try:
-        eng = Engine(path, device="gpu", n_ctx=64, n_batch=16)
-        cache = eng.new_cache()
-        eng.eval(cache, list(range(3, 15)))
-        eng.eval(cache, [4])  # (captures the step's graph and checks a replay)
-        assert eng.graphs.n_captures == 1
-        for tok in (5, 9):
-            COPIES.clear()
-            logits = eng.eval(cache, [tok])
-            assert COPIES == [("asnumpy", logits.shape)]
-    finally:
-        K.set_runtime(prev)
+    check_decode_copies_only_logits(monkeypatch, path, prompt=range(3, 15))
 
 
 def test_layers_sharing_kv_read_their_sources_ring_on_the_gpu(gpu_env, tmp_path):

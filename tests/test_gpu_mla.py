@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from gpu_checks import check_cli_text_matches_cpu, check_decode_copies_only_logits, check_prefill_and_replayed_decode
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.cache.kvconfig import KVConfig
-from kvrun.cli import main
 from kvrun.ops import gpu_available
 from kvrun.ops.cpu.backend import CPUBackend
 from kvrun.ops.gpu import emulate
 from kvrun.ops.gpu import mla as gpu_mla
-from kvrun.runtime.engine import Engine
 
 pytestmark = pytest.mark.skipif(not gpu_available() and not emulate.available(), reason="no GPU and no host C++ compiler for the emulator")
 
@@ -34,12 +32,6 @@ pytestmark = pytest.mark.skipif(not gpu_available() and not emulate.available(),
 #: query LoRA, attn_kv_b), V3's (query LoRA, split attn_k_b/attn_v_b, grouped sigmoid routing), Mistral 4's, PLM's
 #: (dense, squared ReLU), GLM-5's dense path, MiniCPM3's (neox rope, muP, LongRoPE short and long)
 ON_GPU = ["deepseek2", "deepseek2-v3", "mistral4", "plm", "glm-dsa", "minicpm3", "minicpm3-long"]
-
-
-@pytest.fixture
-def gpu_env(monkeypatch):
-    if not gpu_available():
-        monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
 
 
 # ----------------------------------------------------------------- kernels
@@ -74,70 +66,27 @@ def test_the_heads_are_laid_out_as_the_cpus_slices(rt, T):
 
 
 # ----------------------------------------------------------------- models
-def _compare(path, kv=None, steps=(5, 9, 14, 3)) -> Engine:
-    ids = list(np.random.default_rng(3).integers(0, 200, 20))
-    cpu = Engine(path, device="cpu", n_ctx=64, n_batch=16, kv=kv)
-    gpu = Engine(path, device="gpu", n_ctx=64, n_batch=16, kv=kv)
-    assert gpu.backend.name == "gpu"
-    ca, cb = cpu.new_cache(), gpu.new_cache()
-    a, b = cpu.eval(ca, ids, logits_all=True), gpu.eval(cb, ids, logits_all=True)
-    assert isinstance(b, np.ndarray) and b.shape == a.shape
-    assert np.abs(a - b).max() / np.abs(a).max() < 2e-3
-    for tok in steps:
-        a, b = cpu.eval(ca, [tok]), gpu.eval(cb, [tok])
-        assert np.abs(a - b).max() / np.abs(a).max() < 2e-3
-    return gpu
-
-
 @pytest.mark.parametrize("name", ON_GPU)
 def test_gpu_logits_match_cpu_over_prefill_and_replayed_decode_steps(gpu_env, tmp_path, capsys, name):
-    gpu = _compare(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]))
-    # the first decode step was captured and the others replayed: the latent's cut and the heads' layout are kernels
-    assert (gpu.graphs.n_captures, gpu.graphs.n_replays) == (1, 3)
-    assert "CUDA graphs off" not in capsys.readouterr().err
+    # the first decode step is captured and the others replayed: the latent's cut and the heads' layout are kernels
+    check_prefill_and_replayed_decode(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]), capsys=capsys)
 
 
 def test_the_compressed_cache_holds_keys_and_values_of_two_widths(gpu_env, tmp_path):
     """K ``qk_nope + n_rot`` wide, V ``v_head_dim``: the GPU's compressed cache against the CPU's, the same 8-bit codes.
     (Unrotated: the tiny heads, 24 wide, are no power of two for the Hadamard rotation; nor are DeepSeek's, 192.)"""
     path = write_tiny_model(tmp_path / "d.gguf", **FIXTURE_MODELS["deepseek2-v3"])
-    _compare(path, kv=KVConfig.parse("8,residual=8,rotate=0"), steps=(5, 9, 14, 3, 7, 8))
+    check_prefill_and_replayed_decode(path, kv=KVConfig.parse("8,residual=8,rotate=0"), steps=(5, 9, 14, 3, 7, 8), graphs=False)
 
 
 def test_a_decode_step_copies_only_its_logits_down(monkeypatch, tmp_path):
     """On the strict CuPy stand-in (devicexp.py): the step is captured (the stand-in refuses any copy while capturing,
     as CUDA does) and a replay brings down the logits alone."""
-    if gpu_available():
-        pytest.skip("checks the strict CuPy stand-in (devicexp.py); on a GPU the other tests run the device itself")
-    from devicexp import COPIES, StrictRuntime
-
-    from kvrun.ops.gpu import kernels as K
-
-    monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
-    path = write_tiny_model(tmp_path / "d.gguf", **FIXTURE_MODELS["deepseek2-v3"])
-    prev = K.set_runtime(StrictRuntime())
-    try:
-        eng = Engine(path, device="gpu", n_ctx=64, n_batch=16)
-        cache = eng.new_cache()
-        eng.eval(cache, list(range(3, 27)))
-        eng.eval(cache, [4])  # (captured here)
-        assert eng.graphs.n_captures == 1
-        for tok in (5, 9):
-            COPIES.clear()
-            logits = eng.eval(cache, [tok])
-            assert COPIES == [("asnumpy", logits.shape)]
-    finally:
-        K.set_runtime(prev)
+    check_decode_copies_only_logits(monkeypatch, write_tiny_model(tmp_path / "d.gguf", **FIXTURE_MODELS["deepseek2-v3"]))
 
 
 def test_the_cli_runs_deepseek2_on_the_gpu(gpu_env, tmp_path):
-    path = write_tiny_model(tmp_path / "d.gguf", "deepseek2")
-    args = ["run", str(path), "-p", "the", "-n", "6", "--temp", "0", "--no-stats", "-c", "64"]
-    cpu = CliRunner().invoke(main, args + ["--device", "cpu"])
-    gpu = CliRunner().invoke(main, args + ["--device", "gpu"])
-    assert cpu.exit_code == 0 and gpu.exit_code == 0, gpu.output
-    text = (lambda out: [line for line in out.splitlines() if not line.startswith("kvrun: ")])  # (not a first run's notices)
-    assert text(gpu.output) == text(cpu.output)
+    check_cli_text_matches_cpu(write_tiny_model(tmp_path / "d.gguf", "deepseek2"))
 
 
 # (Kimi Linear runs on the GPU too, its Kimi Delta Attention layers and its unturned MLA: tests/test_gpu_delta.py)

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize
+from gpu_checks import check_cli_text_matches_cpu, check_decode_copies_only_logits, check_prefill_and_replayed_decode
 from test_gpu_kernels import QTYPES, n_cols_for, nmse, random_weight
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
-from kvrun.cli import main
 from kvrun.loaders.errors import UnsupportedModelError
 from kvrun.models.moe import MoE, device_unsupported, route
 from kvrun.ops import gpu_available
 from kvrun.ops.backend import Weight
-from kvrun.ops.cpu.backend import CPUBackend
 from kvrun.ops.gpu import emulate
 from kvrun.ops.gpu import moe as gpu_moe
 from kvrun.runtime.engine import Engine
@@ -42,17 +40,6 @@ ON_GPU = ["qwen3moe", "llama-moe", "granitemoe", "granitemoe-shared", "qwen2moe"
 #: those whose experts are still host work, each refused in one line naming them (the other variants, Step-3.5's,
 #: Grok's, GroveMoE's, SmallThinker's, AFMoE's and DBRX's, run: tests/test_gpu_moe2.py; Llama 4's: test_gpu_bitnet_llama4.py)
 REFUSED = {"nemotron_h_moe": "squared-ReLU experts"}
-
-
-@pytest.fixture
-def gpu_env(monkeypatch):
-    if not gpu_available():
-        monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
-
-
-@pytest.fixture(scope="module")
-def cpu():
-    return CPUBackend()
 
 
 # ----------------------------------------------------------------- routing
@@ -209,57 +196,19 @@ def test_the_variants_the_kernels_do_not_run_are_named():
 # ----------------------------------------------------------------- models
 @pytest.mark.parametrize("name", ON_GPU)
 def test_gpu_logits_match_cpu_over_prefill_and_replayed_decode_steps(gpu_env, tmp_path, capsys, name):
-    path = write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name])
-    ids = list(np.random.default_rng(3).integers(0, 200, 20))
-    cpu = Engine(path, device="cpu", n_ctx=64, n_batch=16)
-    gpu = Engine(path, device="gpu", n_ctx=64, n_batch=16)
-    assert gpu.backend.name == "gpu"
-    ca, cb = cpu.new_cache(), gpu.new_cache()
-    a, b = cpu.eval(ca, ids, logits_all=True), gpu.eval(cb, ids, logits_all=True)
-    assert isinstance(b, np.ndarray) and b.shape == a.shape
-    assert np.abs(a - b).max() / np.abs(a).max() < 2e-3
-    for tok in (5, 9, 14, 3):
-        a, b = cpu.eval(ca, [tok]), gpu.eval(cb, [tok])
-        assert np.abs(a - b).max() / np.abs(a).max() < 2e-3
-    # the first decode step was captured and the others replayed: routing and experts are kernels a graph holds
-    assert (gpu.graphs.n_captures, gpu.graphs.n_replays) == (1, 3)
-    assert "CUDA graphs off" not in capsys.readouterr().err
+    # the first decode step is captured and the others replayed: routing and experts are kernels a graph holds
+    check_prefill_and_replayed_decode(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]), capsys=capsys)
 
 
 @pytest.mark.parametrize("name", ["qwen2moe", "gpt-oss", "bailingmoe2"])  # a gated shared expert; expert biases; groups
 def test_a_decode_step_copies_only_its_logits_down(monkeypatch, tmp_path, name):
     """On the strict CuPy stand-in (devicexp.py): the router's choice never comes to the host, so the step is captured
     (the stand-in refuses any copy while capturing, as CUDA does) and a replay brings down the logits alone."""
-    if gpu_available():
-        pytest.skip("checks the strict CuPy stand-in (devicexp.py); on a GPU the other tests run the device itself")
-    from devicexp import COPIES, StrictRuntime
-
-    from kvrun.ops.gpu import kernels as K
-
-    monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
-    path = write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name])
-    prev = K.set_runtime(StrictRuntime())
-    try:
-        eng = Engine(path, device="gpu", n_ctx=64, n_batch=16)
-        cache = eng.new_cache()
-        eng.eval(cache, list(range(3, 27)))
-        eng.eval(cache, [4])  # (captured here)
-        assert eng.graphs.n_captures == 1
-        for tok in (5, 9):
-            COPIES.clear()
-            logits = eng.eval(cache, [tok])
-            assert COPIES == [("asnumpy", logits.shape)]
-    finally:
-        K.set_runtime(prev)
+    check_decode_copies_only_logits(monkeypatch, write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]))
 
 
 def test_the_cli_runs_a_mixture_of_experts_on_the_gpu(gpu_env, tmp_path):
-    path = write_tiny_model(tmp_path / "moe.gguf", "qwen3moe")
-    args = ["run", str(path), "-p", "the", "-n", "6", "--temp", "0", "--no-stats", "-c", "64"]
-    cpu = CliRunner().invoke(main, args + ["--device", "cpu"])
-    gpu = CliRunner().invoke(main, args + ["--device", "gpu"])
-    assert cpu.exit_code == 0 and gpu.exit_code == 0, gpu.output
-    assert gpu.stdout == cpu.stdout  # (the text; stderr may hold the CPU kernels' first-run notice)
+    check_cli_text_matches_cpu(write_tiny_model(tmp_path / "moe.gguf", "qwen3moe"))
 
 
 @pytest.mark.parametrize("name", REFUSED)

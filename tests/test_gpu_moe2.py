@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
+from gpu_checks import check_decode_copies_only_logits, check_prefill_and_replayed_decode
 from test_gpu_kernels import nmse, random_weight
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
@@ -29,18 +30,11 @@ from kvrun.ops.backend import Weight
 from kvrun.ops.cpu.backend import CPUBackend
 from kvrun.ops.gpu import emulate
 from kvrun.ops.gpu.backend import GPUBackend
-from kvrun.runtime.engine import Engine
 
 pytestmark = pytest.mark.skipif(not gpu_available() and not emulate.available(), reason="no GPU and no host C++ compiler for the emulator")
 
 #: the fixtures (tests/tinymodel.py) of the architectures these kernels bring to the GPU
 ON_GPU = ["step35", "grok", "grok1", "grovemoe", "smallthinker", "afmoe", "dbrx"]
-
-
-@pytest.fixture
-def gpu_env(monkeypatch):
-    if not gpu_available():
-        monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
 
 
 # ----------------------------------------------------------------- element-wise
@@ -153,44 +147,12 @@ def test_the_variants_with_biases_are_still_named():
 # ----------------------------------------------------------------- models
 @pytest.mark.parametrize("name", ON_GPU)
 def test_gpu_logits_match_cpu_over_prefill_and_replayed_decode_steps(gpu_env, tmp_path, capsys, name):
-    path = write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name])
-    ids = list(np.random.default_rng(3).integers(0, 200, 20))
-    cpu = Engine(path, device="cpu", n_ctx=64, n_batch=16)
-    gpu = Engine(path, device="gpu", n_ctx=64, n_batch=16)
-    assert gpu.backend.name == "gpu"
-    ca, cb = cpu.new_cache(), gpu.new_cache()
-    a, b = cpu.eval(ca, ids, logits_all=True), gpu.eval(cb, ids, logits_all=True)
-    assert isinstance(b, np.ndarray) and b.shape == a.shape
-    assert np.abs(a - b).max() / np.abs(a).max() < 2e-3
-    for tok in (5, 9, 14):
-        a, b = cpu.eval(ca, [tok]), gpu.eval(cb, [tok])
-        assert np.abs(a - b).max() / np.abs(a).max() < 2e-3
-    # the first decode step was captured and the others replayed: nothing of these variants is host work
-    assert (gpu.graphs.n_captures, gpu.graphs.n_replays) == (1, 2)
-    assert "CUDA graphs off" not in capsys.readouterr().err
+    # the first decode step is captured and the others replayed: nothing of these variants is host work
+    check_prefill_and_replayed_decode(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]), capsys=capsys, steps=(5, 9, 14))
 
 
 @pytest.mark.parametrize("name", ["grovemoe", "smallthinker", "step35", "dbrx"])  # chunk experts; router input; gates, clamps; clip
 def test_a_decode_step_copies_only_its_logits_down(monkeypatch, tmp_path, name):
     """On the strict CuPy stand-in (devicexp.py): the step is captured (the stand-in refuses any copy while capturing, as
     CUDA does) and a replay brings down the logits alone."""
-    if gpu_available():
-        pytest.skip("checks the strict CuPy stand-in (devicexp.py); on a GPU the other tests run the device itself")
-    from devicexp import COPIES, StrictRuntime
-
-    from kvrun.ops.gpu import kernels as K
-
-    monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
-    path = write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name])
-    prev = K.set_runtime(StrictRuntime())
-    try:
-        eng = Engine(path, device="gpu", n_ctx=64, n_batch=16)
-        cache = eng.new_cache()
-        eng.eval(cache, list(range(3, 27)))
-        eng.eval(cache, [4])  # (captured here)
-        assert eng.graphs.n_captures == 1
-        COPIES.clear()
-        logits = eng.eval(cache, [5])
-        assert COPIES == [("asnumpy", logits.shape)]
-    finally:
-        K.set_runtime(prev)
+    check_decode_copies_only_logits(monkeypatch, write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]), steps=(5,))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gpu_checks import check_decode_copies_only_logits, check_going_back, check_prefill_and_replayed_decode, rel_err
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.cache.conv import ConvLayerCache
@@ -37,16 +38,6 @@ ON_GPU = ["rwkv7", "arwkv7-nogate", "rwkv6", "rwkv6qwen2", "lfm2"]
 
 BOUND = 2e-3
 KERNEL_BOUND = 2e-5
-
-
-@pytest.fixture
-def gpu_env(monkeypatch):
-    if not gpu_available():
-        monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
-
-
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / np.abs(a).max())
 
 
 def _dev(rt, a: np.ndarray):
@@ -74,9 +65,9 @@ def test_the_wkv_kernel_updates_the_state_and_copies_it_as_the_cpu(rt, version, 
     (wkv7 if version == 7 else wkv6)(want_state, np.ascontiguousarray(x[:, : n_in * C]), want_y, np.array([2, 5]), np.array([1, 0]), want_ck)
     d_state, y, ck = _dev(rt, state), rt.xp.zeros((T, C), np.float32), rt.xp.zeros((2, H, N, N), np.float32)
     R.wkv(d_state, _dev(rt, x), y, version, rt.xp.asarray(np.array([2, 1, 5, 0], np.int32)), 2, ck)
-    assert _rel(want_y, rt.asnumpy(y)) < KERNEL_BOUND
-    assert _rel(want_state, rt.asnumpy(d_state)) < KERNEL_BOUND
-    assert _rel(want_ck, rt.asnumpy(ck)) < KERNEL_BOUND
+    assert rel_err(want_y, rt.asnumpy(y)) < KERNEL_BOUND
+    assert rel_err(want_state, rt.asnumpy(d_state)) < KERNEL_BOUND
+    assert rel_err(want_ck, rt.asnumpy(ck)) < KERNEL_BOUND
 
 
 def test_the_short_convolution_reads_the_ring_before_the_chunk_as_the_cpu_reads_its_window(rt):
@@ -100,27 +91,15 @@ def test_the_short_convolution_reads_the_ring_before_the_chunk_as_the_cpu_reads_
     want *= bcx[:, n : 2 * n]
     y = rt.xp.zeros((T, n), np.float32)
     R.shortconv(_dev(rt, bcx), ring, rt.xp.asarray(np.arange(p0, p0 + T, dtype=np.int32)), _dev(rt, w), y)
-    assert _rel(want, rt.asnumpy(y)) < KERNEL_BOUND
-    assert _rel(cpu.ring, rt.asnumpy(ring)) < KERNEL_BOUND
+    assert rel_err(want, rt.asnumpy(y)) < KERNEL_BOUND
+    assert rel_err(cpu.ring, rt.asnumpy(ring)) < KERNEL_BOUND
 
 
 # ----------------------------------------------------------------- models
 @pytest.mark.parametrize("name", ON_GPU)
 def test_gpu_logits_match_cpu_over_prefill_and_replayed_decode_steps(gpu_env, tmp_path, capsys, name):
-    path = write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name])
-    ids = list(np.random.default_rng(3).integers(0, 200, 20))
-    cpu = Engine(path, device="cpu", n_ctx=64, n_batch=16)
-    gpu = Engine(path, device="gpu", n_ctx=64, n_batch=16)
-    assert gpu.backend.name == "gpu"
-    ca, cb = cpu.new_cache(), gpu.new_cache()
-    a, b = cpu.eval(ca, ids, logits_all=True), gpu.eval(cb, ids, logits_all=True)
-    assert isinstance(b, np.ndarray) and b.shape == a.shape
-    assert _rel(a, b) < BOUND
-    for tok in (5, 9, 14, 3):
-        assert _rel(cpu.eval(ca, [tok]), gpu.eval(cb, [tok])) < BOUND
-    # the first decode step was captured and the others replayed: every op the step launches is a kernel a graph holds
-    assert (gpu.graphs.n_captures, gpu.graphs.n_replays) == (1, 3)
-    assert "CUDA graphs off" not in capsys.readouterr().err
+    # the first decode step is captured and the others replayed: every op the step launches is a kernel a graph holds
+    check_prefill_and_replayed_decode(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]), capsys=capsys, bound=BOUND)
 
 
 @pytest.mark.parametrize("name", ["rwkv7", "lfm2"])
@@ -133,16 +112,10 @@ def test_going_back_matches_the_cpu(gpu_env, tmp_path, capsys, name):
     cpu, gpu = Engine(path, device="cpu", n_ctx=64, n_batch=16), Engine(path, device="gpu", n_ctx=64, n_batch=16)
     ca, cb = cpu.new_cache(), gpu.new_cache()
     ids = list(rng.integers(0, 200, 36))
-    assert _rel(cpu.eval(ca, ids), gpu.eval(cb, ids)) < BOUND
+    assert rel_err(cpu.eval(ca, ids), gpu.eval(cb, ids)) < BOUND
     for tok in rng.integers(0, 200, 4):
-        assert _rel(cpu.eval(ca, [int(tok)]), gpu.eval(cb, [int(tok)])) < BOUND
-    n_past = ca.offset - 6
-    assert [layer.can_truncate(n_past) for layer in cb.layers] == [layer.can_truncate(n_past) for layer in ca.layers]
-    assert ca.truncate(n_past) == cb.truncate(n_past) == n_past
-    more = list(rng.integers(0, 200, 3))
-    assert _rel(cpu.eval(ca, more, logits_all=True), gpu.eval(cb, more, logits_all=True)) < BOUND
-    for tok in rng.integers(0, 200, 2):
-        assert _rel(cpu.eval(ca, [int(tok)]), gpu.eval(cb, [int(tok)])) < BOUND
+        assert rel_err(cpu.eval(ca, [int(tok)]), gpu.eval(cb, [int(tok)])) < BOUND
+    check_going_back(cpu, ca, gpu, cb, 6, rng, n_steps=2, bound=BOUND)
     assert "CUDA graphs off" not in capsys.readouterr().err
 
 
@@ -151,26 +124,6 @@ def test_a_decode_step_copies_only_its_logits_down(monkeypatch, tmp_path, name):
     """On the strict CuPy stand-in (devicexp.py): the state, its copies and the kept rows stay on the device and the
     layers' host vectors are uploaded once, so the step is captured (the stand-in refuses any copy while capturing, as
     CUDA does) and a replay brings down the logits alone, one that copies RWKV's state (position 32) included."""
-    if gpu_available():
-        pytest.skip("checks the strict CuPy stand-in (devicexp.py); on a GPU the other tests run the device itself")
-    from devicexp import COPIES, StrictRuntime
-
-    from kvrun.ops.gpu import kernels as K
-
-    monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
     path = write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name])
-    prev = K.set_runtime(StrictRuntime())
-    try:
-        eng = Engine(path, device="gpu", n_ctx=64, n_batch=16)
-        cache = eng.new_cache()
-        eng.eval(cache, list(range(3, 29)))
-        eng.eval(cache, [4])  # (captured here)
-        assert eng.graphs.n_captures == 1
-        for tok in range(5, 11):  # (positions 27 .. 32)
-            COPIES.clear()
-            logits = eng.eval(cache, [tok])
-            assert COPIES == [("asnumpy", logits.shape)]
-        if name == "rwkv6":
-            assert 32 in cache[0].ck_pos.tolist()
-    finally:
-        K.set_runtime(prev)
+    # (positions 27 .. 32)
+    check_decode_copies_only_logits(monkeypatch, path, prompt=range(3, 29), steps=range(5, 11), state_copy_at=32 if name == "rwkv6" else None)

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from gpu_checks import (check_cli_text_matches_cpu, check_decode_copies_only_logits, check_going_back, check_prefill_and_replayed_decode,
+                        rel_err)  # fmt: skip
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
-from kvrun.cli import main
 from kvrun.ops import gpu_available
 from kvrun.ops.cpu.mamba import mamba_scan
 from kvrun.ops.cpu.ssm import gated_group_norm, ssm_conv, ssm_scan
@@ -36,16 +36,6 @@ ON_GPU = ["mamba", "mamba-falcon", "mamba2", "granitehybrid", "granitehybrid-den
 #: (nemotron_h_moe's experts are refused on their own: tests/test_gpu_archs2.py)
 
 BOUND = 2e-3
-
-
-@pytest.fixture
-def gpu_env(monkeypatch):
-    if not gpu_available():
-        monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
-
-
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / np.abs(a).max())
 
 
 def _dev(rt, a: np.ndarray):
@@ -68,7 +58,7 @@ def test_the_convolution_reads_the_ring_before_the_chunk_as_the_cpu_reads_its_wi
     out = rt.xp.zeros((T, C), np.float32)
     S.conv(_dev(rt, zx), zx.shape[1], 2, _dev(rt, ring), n_ring, rt.xp.asarray(np.arange(p0, p0 + T, dtype=np.int32)), _dev(rt, w),
            _dev(rt, b), out)  # fmt: skip
-    assert _rel(want, rt.asnumpy(out)) < 2e-5
+    assert rel_err(want, rt.asnumpy(out)) < 2e-5
 
 
 @pytest.mark.parametrize("n_group", [1, 2])
@@ -88,8 +78,8 @@ def test_the_mamba2_scan_updates_the_state_and_copies_it_as_the_cpu(rt, n_group)
     plan = rt.xp.asarray(np.array([3, 1, 7, 0], np.int32))
     S.scan(s_gpu, _dev(rt, xbc), ch, _dev(rt, dt), H, 0, _dev(rt, dt_b), _dev(rt, A), 1, 0, _dev(rt, xbc), ch, d, d + n_group * Sd,
            _dev(rt, D), n_group, y_gpu, plan, 2, ck_gpu)  # fmt: skip
-    assert _rel(y_cpu, rt.asnumpy(y_gpu)) < 2e-5
-    assert _rel(s_cpu, rt.asnumpy(s_gpu)) < 2e-5 and _rel(ck_cpu, rt.asnumpy(ck_gpu)) < 2e-5
+    assert rel_err(y_cpu, rt.asnumpy(y_gpu)) < 2e-5
+    assert rel_err(s_cpu, rt.asnumpy(s_gpu)) < 2e-5 and rel_err(ck_cpu, rt.asnumpy(ck_gpu)) < 2e-5
 
 
 def test_the_mamba1_scan_decays_each_channel_by_its_own_row_of_a(rt):
@@ -107,7 +97,7 @@ def test_the_mamba1_scan_decays_each_channel_by_its_own_row_of_a(rt):
     none = rt.xp.asarray(np.array([0, -1], np.int32))
     S.scan(s_gpu, _dev(rt, x), di, _dev(rt, dt), di, 0, _dev(rt, dt_b), _dev(rt, A), Sd, 1, _dev(rt, dbc), r + 2 * Sd, r, r + Sd,
            _dev(rt, D), 1, y_gpu, none, 1, rt.xp.zeros((1, di, 1, Sd), np.float32))  # fmt: skip
-    assert _rel(y_cpu, rt.asnumpy(y_gpu)) < 2e-5 and _rel(s_cpu, rt.asnumpy(s_gpu).reshape(di, Sd)) < 2e-5
+    assert rel_err(y_cpu, rt.asnumpy(y_gpu)) < 2e-5 and rel_err(s_cpu, rt.asnumpy(s_gpu).reshape(di, Sd)) < 2e-5
 
 
 @pytest.mark.parametrize("n_group", [0, 1, 4], ids=["gate-alone", "one-group", "four-groups"])
@@ -124,28 +114,16 @@ def test_the_gate_and_grouped_norm_as_the_cpu(rt, n_group):
         want *= z / (1.0 + np.exp(-z))
     got = _dev(rt, y)
     S.gate_norm(got, _dev(rt, zx), d + 10, 10, _dev(rt, w) if n_group else None, max(n_group, 1), 1e-5)
-    assert _rel(want, rt.asnumpy(got)) < 2e-5
+    assert rel_err(want, rt.asnumpy(got)) < 2e-5
 
 
 # ----------------------------------------------------------------- models
 @pytest.mark.parametrize("name", ON_GPU)
 def test_gpu_logits_match_cpu_over_prefill_and_replayed_decode_steps(gpu_env, tmp_path, capsys, name):
-    path = write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name])
-    ids = list(np.random.default_rng(3).integers(0, 200, 20))
-    cpu = Engine(path, device="cpu", n_ctx=64, n_batch=16)
-    gpu = Engine(path, device="gpu", n_ctx=64, n_batch=16)
-    assert gpu.backend.name == "gpu"
-    ca, cb = cpu.new_cache(), gpu.new_cache()
-    assert any(type(layer).__name__.startswith("GPU") and hasattr(layer, "ring") for layer in cb.layers)  # (the state on the device)
-    a, b = cpu.eval(ca, ids, logits_all=True), gpu.eval(cb, ids, logits_all=True)
-    assert isinstance(b, np.ndarray) and b.shape == a.shape
-    assert _rel(a, b) < BOUND
-    for tok in (5, 9, 14, 3):
-        assert _rel(cpu.eval(ca, [tok]), gpu.eval(cb, [tok])) < BOUND
-    # the first decode step was captured and the others replayed: the convolution, the scan and the state's copies are
+    # the first decode step is captured and the others replayed: the convolution, the scan and the state's copies are
     # kernels a graph holds, and the step's one host decision (the copy's slot) comes through the graph's input buffer
-    assert (gpu.graphs.n_captures, gpu.graphs.n_replays) == (1, 3)
-    assert "CUDA graphs off" not in capsys.readouterr().err
+    _, cb = check_prefill_and_replayed_decode(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]), capsys=capsys, bound=BOUND)
+    assert any(type(layer).__name__.startswith("GPU") and hasattr(layer, "ring") for layer in cb.layers)  # (the state on the device)
 
 
 @pytest.mark.parametrize("name", ["mamba2", "mamba", "falcon-h1", "plamo2"])
@@ -159,17 +137,11 @@ def test_a_long_run_and_going_back_match_the_cpu(gpu_env, tmp_path, capsys, name
     gpu = Engine(path, device="gpu", n_ctx=160, n_batch=16)
     ca, cb = cpu.new_cache(), gpu.new_cache()
     ids = list(rng.integers(0, 200, 70))
-    assert _rel(cpu.eval(ca, ids, logits_all=True), gpu.eval(cb, ids, logits_all=True)) < BOUND
+    assert rel_err(cpu.eval(ca, ids, logits_all=True), gpu.eval(cb, ids, logits_all=True)) < BOUND
     for tok in rng.integers(0, 200, 30):
-        assert _rel(cpu.eval(ca, [int(tok)]), gpu.eval(cb, [int(tok)])) < BOUND
+        assert rel_err(cpu.eval(ca, [int(tok)]), gpu.eval(cb, [int(tok)])) < BOUND
     for back in (5, 20):
-        n_past = ca.offset - back
-        assert [layer.can_truncate(n_past) for layer in cb.layers] == [layer.can_truncate(n_past) for layer in ca.layers]
-        assert ca.truncate(n_past) == cb.truncate(n_past) == n_past
-        more = list(rng.integers(0, 200, 3))
-        assert _rel(cpu.eval(ca, more, logits_all=True), gpu.eval(cb, more, logits_all=True)) < BOUND
-        for tok in rng.integers(0, 200, 3):
-            assert _rel(cpu.eval(ca, [int(tok)]), gpu.eval(cb, [int(tok)])) < BOUND
+        check_going_back(cpu, ca, gpu, cb, back, rng, n_steps=3, bound=BOUND)
     assert gpu.graphs.n_captures == 1 and gpu.graphs.n_replays == 35
     assert "CUDA graphs off" not in capsys.readouterr().err
 
@@ -182,7 +154,7 @@ def test_going_back_past_the_kept_inputs_starts_over_as_on_the_cpu(gpu_env, tmp_
     cpu.eval(ca, ids)
     gpu.eval(cb, ids)
     assert ca.truncate(10) == cb.truncate(10) == 0  # (no copy at or before 10 whose inputs are kept: both start over)
-    assert _rel(cpu.eval(ca, ids[:12]), gpu.eval(cb, ids[:12])) < BOUND
+    assert rel_err(cpu.eval(ca, ids[:12]), gpu.eval(cb, ids[:12])) < BOUND
 
 
 @pytest.mark.parametrize("name", ["mamba2", "mamba", "falcon-h1"])
@@ -190,28 +162,8 @@ def test_a_decode_step_copies_only_its_logits_down(monkeypatch, tmp_path, name):
     """On the strict CuPy stand-in (devicexp.py): the state, its copies and the kept inputs stay on the device, so the
     step is captured (the stand-in refuses any copy while capturing, as CUDA does) and a replay brings down the logits
     alone, a replay that makes a copy of the state (position 32) included."""
-    if gpu_available():
-        pytest.skip("checks the strict CuPy stand-in (devicexp.py); on a GPU the other tests run the device itself")
-    from devicexp import COPIES, StrictRuntime
-
-    from kvrun.ops.gpu import kernels as K
-
-    monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
     path = write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name])
-    prev = K.set_runtime(StrictRuntime())
-    try:
-        eng = Engine(path, device="gpu", n_ctx=64, n_batch=16)
-        cache = eng.new_cache()
-        eng.eval(cache, list(range(3, 27)))
-        eng.eval(cache, [4])  # (captured here)
-        assert eng.graphs.n_captures == 1
-        for tok in range(5, 13):  # (positions 25 .. 32)
-            COPIES.clear()
-            logits = eng.eval(cache, [tok])
-            assert COPIES == [("asnumpy", logits.shape)]
-        assert 32 in cache[0].ck_pos.tolist()
-    finally:
-        K.set_runtime(prev)
+    check_decode_copies_only_logits(monkeypatch, path, steps=range(5, 13), state_copy_at=32)  # (positions 25 .. 32)
 
 
 @pytest.mark.parametrize("name", ["falcon-h1", "jamba"])
@@ -227,16 +179,11 @@ def test_beside_a_compressed_cache_the_state_matches_the_cpu(gpu_env, tmp_path, 
     kvs = [layer.kv if type(layer).__name__ == "GPUParallelSSMLayerCache" else layer for layer in cb.layers]
     assert any(type(layer).__name__ == "GPUCompressedLayerCache" for layer in kvs)
     ids = list(np.random.default_rng(2).integers(0, 200, 20))
-    assert _rel(cpu.eval(ca, ids, logits_all=True), gpu.eval(cb, ids, logits_all=True)) < BOUND
+    assert rel_err(cpu.eval(ca, ids, logits_all=True), gpu.eval(cb, ids, logits_all=True)) < BOUND
     for tok in (5, 9, 14):
-        assert _rel(cpu.eval(ca, [tok]), gpu.eval(cb, [tok])) < BOUND
+        assert rel_err(cpu.eval(ca, [tok]), gpu.eval(cb, [tok])) < BOUND
 
 
 @pytest.mark.parametrize("name", ["mamba", "granitehybrid"])
 def test_the_cli_generates_the_cpus_text_on_the_gpu(gpu_env, tmp_path, name):
-    path = write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name])
-    args = ["run", str(path), "-p", "the", "-n", "6", "--temp", "0", "--no-stats", "-c", "64"]
-    cpu = CliRunner().invoke(main, args + ["--device", "cpu"])
-    gpu = CliRunner().invoke(main, args + ["--device", "gpu"])
-    assert cpu.exit_code == 0 and gpu.exit_code == 0, gpu.output
-    assert gpu.stdout == cpu.stdout  # (the text; stderr may hold the CPU kernels' first-run notice)
+    check_cli_text_matches_cpu(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]))

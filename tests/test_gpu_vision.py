@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
+from gpu_checks import rel_err
 from tiny_vision import sample_image, write_tiny_gemma3_vl, write_tiny_mmproj
 
 from kvrun.cache.base import KVCache, LayerSpec
@@ -31,19 +32,6 @@ BOUND = 2e-3
 
 def _images(prompt: str) -> list[np.ndarray]:
     return [sample_image() if j % 2 == 0 else sample_image(300, 180, seed=1) for j in range(prompt.count("<__media__>"))]
-
-
-def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / np.abs(a).max())
-
-
-@pytest.fixture(scope="module")
-def emulated():
-    """KVRUN_GPU_EMULATE=1 where there is no GPU (module-wide: the engines below are built once)."""
-    with pytest.MonkeyPatch.context() as mp:
-        if not gpu_available():
-            mp.setenv("KVRUN_GPU_EMULATE", "1")
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +114,7 @@ def test_gemma3_pictures_on_the_gpu_give_the_cpus_rows_and_logits_and_libmtmds(c
     assert [i for s in segs_g for i in (s if isinstance(s, list) else [-1] * len(s))] == FIX[f"ids_{k}"].tolist()
     for a, b in zip(segs_c, segs_g):
         assert np.array_equal(np.asarray(a), np.asarray(b))
-    assert _rel_err(want, got) < BOUND
+    assert rel_err(want, got) < BOUND
     np.testing.assert_allclose(got, FIX[f"logits_{k}"], atol=1e-2)
     assert got.argmax() == FIX[f"logits_{k}"].argmax()
 
@@ -144,7 +132,7 @@ def test_a_picture_fed_in_n_batch_pieces_on_the_gpu_is_the_cpus(pair, emulated):
     """n_batch 4 < 16 rows: each piece sees the cache and itself both ways, as on the CPU (llama.cpp's split)."""
     a = _prefill(_vision(pair, "cpu", n_batch=4), PROMPTS[0])[2]
     b = _prefill(_vision(pair, "gpu", n_batch=4), PROMPTS[0])[2]
-    assert _rel_err(a, b) < BOUND
+    assert rel_err(a, b) < BOUND
 
 
 def test_decode_after_a_picture_replays_captured_graphs_with_the_cpus_logits(cpu, gpu):
@@ -153,7 +141,7 @@ def test_decode_after_a_picture_replays_captured_graphs_with_the_cpus_logits(cpu
     _, cb, _ = _prefill(gpu, PROMPTS[1])
     n0 = gpu.engine.graphs.n_captures + gpu.engine.graphs.n_replays
     for tok in (5, 9, 14, 3):
-        assert _rel_err(cpu.engine.eval(ca, [tok])[-1], gpu.engine.eval(cb, [tok])[-1]) < BOUND
+        assert rel_err(cpu.engine.eval(ca, [tok])[-1], gpu.engine.eval(cb, [tok])[-1]) < BOUND
     assert gpu.engine.graphs.n_captures + gpu.engine.graphs.n_replays - n0 == 4 and gpu.engine.graphs.n_replays >= 3
 
 
@@ -267,7 +255,7 @@ def test_smolvlm_pictures_on_the_gpu_give_the_cpus_logits_and_libmtmds(smolvlm, 
         cb = check_logits(gpu_v, fx, pics, prompt, str(k), 1.5e-2, ids=block_ids(gpu_v))
         assert type(cb[0]).__name__ == "GPUPlainLayerCache"
         for tok in (5, 9, 14):
-            assert _rel_err(cpu_v.engine.eval(ca, [tok])[-1], gpu_v.engine.eval(cb, [tok])[-1]) < BOUND
+            assert rel_err(cpu_v.engine.eval(ca, [tok])[-1], gpu_v.engine.eval(cb, [tok])[-1]) < BOUND
     assert gpu_v.engine.graphs.n_replays >= 2
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gpu_checks import rel_err
 
 from kvrun.ops import gpu_available
 from kvrun.ops.gpu import emulate
@@ -29,19 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
 BOUND = 2e-3
 STEPS = (5, 9, 14, 3)  # decode steps after the prompt: the first captured, the rest replayed
-
-
-def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / np.abs(a).max())
-
-
-@pytest.fixture(scope="module")
-def emulated():
-    """KVRUN_GPU_EMULATE=1 where there is no GPU (module-wide: the engines below are built once)."""
-    with pytest.MonkeyPatch.context() as mp:
-        if not gpu_available():
-            mp.setenv("KVRUN_GPU_EMULATE", "1")
-        yield
 
 
 def _visions(text: Path, mmproj: Path, n_ctx: int):
@@ -61,7 +49,7 @@ def _check(cpu, gpu, fx, pics: dict, prompt: str, key: str, tol: float, steps=ST
     cb = check_logits(gpu, fx, pics, prompt, key, tol, **kw)
     assert type(cb[0]).__name__ == "GPUPlainLayerCache"
     for tok in steps:
-        assert _rel_err(cpu.engine.eval(ca, [tok])[-1], gpu.engine.eval(cb, [tok])[-1]) < BOUND
+        assert rel_err(cpu.engine.eval(ca, [tok])[-1], gpu.engine.eval(cb, [tok])[-1]) < BOUND
     assert gpu.engine.graphs.n_captures + gpu.engine.graphs.n_replays - n0 >= len(steps) - 1  # (prompt's last token: a graph too)
     return ca, cb
 
@@ -129,7 +117,7 @@ def test_a_second_picture_on_the_same_cache_decodes_by_its_own_shift(mrope):
     assert mrope_images.text_position(mrope_images.images_of(cb), cb.offset) - cb.offset < shift
     r0 = gpu.engine.graphs.n_replays
     for tok in STEPS:
-        assert _rel_err(cpu.engine.eval(ca, [tok])[-1], gpu.engine.eval(cb, [tok])[-1]) < BOUND
+        assert rel_err(cpu.engine.eval(ca, [tok])[-1], gpu.engine.eval(cb, [tok])[-1]) < BOUND
     assert gpu.engine.graphs.n_captures == n0 + 1 and gpu.engine.graphs.n_replays == r0 + len(STEPS)
 
 
@@ -142,7 +130,7 @@ def test_the_graph_key_has_teeth_a_replay_with_the_first_pictures_shift_is_far_o
     ca, cb = _check(cpu, gpu, fx, pics, prompts[0], f"{t}_0", tol, steps=(5, 9))
     for v, c in ((cpu, ca), (gpu, cb)):
         v.engine.eval(c, v.prefill(c, v.segments(" and <__media__>", [pics["tall"]])))
-    errs = [_rel_err(cpu.engine.eval(ca, [tok])[-1], gpu.engine.eval(cb, [tok])[-1]) for tok in STEPS]
+    errs = [rel_err(cpu.engine.eval(ca, [tok])[-1], gpu.engine.eval(cb, [tok])[-1]) for tok in STEPS]
     assert max(errs) > 10 * BOUND
 
 
@@ -157,7 +145,7 @@ def test_per_row_tables_in_a_captured_step_would_turn_every_replay_by_the_first_
 
     ca = check_logits(cpu, fx, pics, prompts[0], f"{t}_0", tol)
     cb = check_logits(gpu, fx, pics, prompts[0], f"{t}_0", tol)
-    errs = [_rel_err(cpu.engine.eval(ca, [tok])[-1], gpu.engine.eval(cb, [tok])[-1]) for tok in STEPS]
+    errs = [rel_err(cpu.engine.eval(ca, [tok])[-1], gpu.engine.eval(cb, [tok])[-1]) for tok in STEPS]
     assert errs[0] < BOUND and max(errs) > 10 * BOUND
 
 
@@ -220,9 +208,9 @@ def test_kimi_vl_pictures_on_the_gpu_give_the_cpus_logits(tmp_path, emulated):
     ca, cb = (cpu.engine.new_cache(), gpu.engine.new_cache())
     want = cpu.engine.eval(ca, cpu.prefill(ca, cpu.segments("Look: <__media__> what?", [pic])))[-1]
     got = gpu.engine.eval(cb, gpu.prefill(cb, gpu.segments("Look: <__media__> what?", [pic])))[-1]
-    assert _rel_err(want, got) < BOUND
+    assert rel_err(want, got) < BOUND
     for tok in STEPS:
-        assert _rel_err(cpu.engine.eval(ca, [tok])[-1], gpu.engine.eval(cb, [tok])[-1]) < BOUND
+        assert rel_err(cpu.engine.eval(ca, [tok])[-1], gpu.engine.eval(cb, [tok])[-1]) < BOUND
     assert gpu.engine.graphs.n_replays >= len(STEPS) - 1
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..loaders.errors import KvrunError
+from .vision_markers import require_text_model
 from ..loaders.gguf_file import GGUFFile
 from ..models import gemma3nv_image
 from ..models.gemma3nv_image import Gemma3nVisionEncoder
@@ -45,12 +45,7 @@ class Gemma3nVLayout:
     between the markers (the slot runtime/vision.py gives SmolVLM's blocks: ``rows`` and ``n_positions``)."""
 
     def __init__(self, engine: Any, encoder: Gemma3nVisionEncoder) -> None:
-        if engine.cfg.arch != "gemma3n":
-            raise KvrunError(f"{engine.path}: a gemma3nv projector goes with a Gemma 3n text model (gemma3n), not {engine.cfg.arch}")
-        tok = engine.tokenizer
-        for t in (IMAGE_START, IMAGE_END):
-            if len(tok.encode(t, add_bos=False, parse_special=True)) != 1:
-                raise KvrunError(f"{engine.path}: the vocabulary has no {t} token; not a Gemma 3n vision model")
+        require_text_model(engine, "gemma3nv", "gemma3n", "Gemma 3n", (IMAGE_START, IMAGE_END))
         self.engine, self.encoder = engine, encoder
 
     def ids(self, image: np.ndarray) -> list[int]:

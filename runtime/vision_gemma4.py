@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..loaders.errors import KvrunError
+from .vision_markers import require_text_model
 from ..models import gemma4v_image
 from ..models.gemma4v_image import Gemma4VEncoder
 
@@ -30,12 +30,7 @@ class Gemma4VLayout:
     between the markers (the slot runtime/vision.py gives SmolVLM's blocks: ``rows`` and ``n_positions``)."""
 
     def __init__(self, engine: Any, encoder: Gemma4VEncoder) -> None:
-        if engine.cfg.arch != "gemma4":
-            raise KvrunError(f"{engine.path}: a gemma4v projector goes with a Gemma 4 text model (gemma4), not {engine.cfg.arch}")
-        tok = engine.tokenizer
-        for t in (IMAGE_START, IMAGE_END):
-            if len(tok.encode(t, add_bos=False, parse_special=True)) != 1:
-                raise KvrunError(f"{engine.path}: the vocabulary has no {t} token; not a Gemma 4 vision model")
+        require_text_model(engine, "gemma4v", "gemma4", "Gemma 4", (IMAGE_START, IMAGE_END))
         self.engine, self.encoder = engine, encoder
 
     def ids(self, image: np.ndarray) -> list[int]:

@@ -87,6 +87,11 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
     if device == "gpu":  # imported here: the CPU path never needs CuPy or the GPU kernels
         from .gpu_compressed import GPUCompressedLayerCache as layer_cls
         from .gpu_plain import make_gpu_plain_cache as plain
+        from ..ops.gpu.qattention import DECODE_MAX_D
+        wide = max(spec.head_dim for spec in specs)
+        if kv is not None and kv.is_compressed and wide > DECODE_MAX_D:  # (found here, not at the first decode step)
+            raise ValueError(f"the GPU's compressed cache decodes keys up to {DECODE_MAX_D} wide, this model's are {wide} "
+                             "(MLA's latent: KVRUN_MLA=expanded caches every head's K/V instead); or drop the --kv-* options")
     if kv is None or not kv.is_compressed:
         return plain(specs, n_ctx, n_batch)
     kv = kv.validate(n_ctx)

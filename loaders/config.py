@@ -11,6 +11,7 @@ so the numbers are in one place.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -344,7 +345,7 @@ class ModelConfig:
     # LAuReL's low-rank residual of rank laurel_rank
     n_layer_kv_from_start: int = -1
     #: K+V values one token stores in each layer where layers differ in width or store none (Gemma 3n, Gemma 4:
-    #: shared K/V, two head widths); empty: kv_bytes_per_token counts every attention layer alike
+    #: shared K/V, two head widths; MLA's latent cache, models/mla.py); empty: kv_bytes_per_token counts every attention layer alike
     kv_values_per_layer: tuple[int, ...] = field(default_factory=tuple)
     n_layer_sparsity: int = 0
     sparsity_std_mul: float = 0.0
@@ -417,6 +418,10 @@ def load_config(g: GGUFFile) -> ModelConfig:
     if arch == "minicpm3":  # (MLA as deepseek2; V's heads llama.cpp's n_embd_head_v: n_embd / n_head unless stated, not
         # key_length, which the converter states as qk_nope + qk_rope)
         head_dim_v, n_head_kv = int(g.arch_get("attention.value_length", n_embd // n_head)), n_head
+    mla_latent: tuple[int, ...] = ()  # (the latent cache, models/mla.py: per token a layer K [rope key, latent], V the latent)
+    if arch in ("deepseek2", "mistral4", "glm-dsa", "minicpm3", "plm") and os.environ.get("KVRUN_MLA", "latent") != "expanded":
+        rank, rot = int(g.arch_get("attention.kv_lora_rank", 0) or 0), int(g.arch_get("rope.dimension_count", 0) or 0)
+        mla_latent = (2 * rank + rot,) * n_layer if rank > 0 else ()
     if arch == "kimi-linear":  # (MLA as deepseek2's, decompressed: llama.cpp requires key_length_mla and value_length_mla)
         head_dim, head_dim_v, n_head_kv = int(_req(g, "attention.key_length_mla")), int(_req(g, "attention.value_length_mla")), n_head
     if "full_attention_interval" in d:  # (Qwen3.5's multi-token-prediction block comes after the trunk, counted in
@@ -542,7 +547,7 @@ def load_config(g: GGUFFile) -> ModelConfig:
         ssm_parallel=bool(d.get("ssm_parallel", False)),
         ffn_layers=ffn_layers,
         n_layer_kv_from_start=from_start,
-        kv_values_per_layer=_shared_kv_values(g, n_layer, from_start, kv_per_layer, swa_layers, head_dim, head_dim_v) if arch in ("gemma3n", "gemma4") else (),
+        kv_values_per_layer=_shared_kv_values(g, n_layer, from_start, kv_per_layer, swa_layers, head_dim, head_dim_v) if arch in ("gemma3n", "gemma4") else mla_latent,
         n_layer_sparsity=int(d.get("n_layer_sparsity", 0)),
         sparsity_std_mul=float(d.get("sparsity_std_mul", 0.0)),
         n_altup=int(d.get("n_altup", 0)),

@@ -15,13 +15,13 @@ newer ones, which state the decompressed widths as ``attention.key_length_mla``/
 key is ``[k_nope (its own), k_rope (shared)]``.  Rope: consecutive pairs (llama.cpp's normal rope) over the rope
 parts only.
 
-Decompressed, not absorbed: for the step's new tokens kvrun expands the latent into every head's K (``qk_nope +
-n_rot`` wide) and V (``v_head_dim`` wide), as llama.cpp's non-absorbed (``attn_kv_b``) path does, and hands them to
-the ordinary cache (``n_head_kv = n_head``, ``head_dim != head_dim_v``), so every cache kind (compressed K/V too),
-chunked prefill and decode work unchanged.  The price: the cache holds the expanded K/V, ``n_head * (qk_nope +
-n_rot + v_head_dim)`` values a token a layer (V2-Lite: 16 * (192 + 128) = 5120) where the latent alone would be
-``kv_lora_rank + n_rot`` (576), 9x the bytes; attending over the latent (llama.cpp's absorbed MLA path) would need
-an attention kernel of its own.  In the queries' and keys' heads the rope part comes first (``[rope, nope]``: the
+Absorbed, as llama.cpp's MLA path (``models/mla.py``): the cache holds per token the normed latent and the shared rope
+key, one KV head (keys ``n_rot + kv_lora_rank`` wide, values ``kv_lora_rank``), the queries absorb ``k_nope``'s
+expansion and the heads' outputs V's.  ``KVRUN_MLA=expanded`` (and Kimi Linear, whose forward is its own) keeps the
+decompressed form: for the step's new tokens the latent expands into every head's K (``qk_nope + n_rot`` wide) and V
+(``v_head_dim`` wide), as llama.cpp's non-absorbed (``attn_kv_b``) path does, handed to the ordinary cache
+(``n_head_kv = n_head``, ``head_dim != head_dim_v``): ``n_head * (qk_nope + n_rot + v_head_dim)`` values a token a
+layer (V2-Lite: 16 * (192 + 128) = 5120) against the latent's 576 + 512.  In the queries' and keys' heads the rope part comes first (``[rope, nope]``: the
 scores are the same, and the rope kernels turn a head's leading dimensions).  ``attn_k_b`` is held transposed in
 float32 (it is small: ``n_head * qk_nope * kv_lora_rank`` a layer).
 
@@ -41,7 +41,7 @@ one plain SwiGLU FFN every token runs.
 
 On ``--device gpu`` the same forward runs on the GPU backend's kernels: the products, norms and rope are the dense
 models' ones, the cut of the latent and the heads' ``[rope, nope]`` layout ``ops/gpu/mla.cu`` (``Backend.mla_latent_norm``,
-``mla_qk``: kernels, not host slices, so a decode step is captured as a CUDA graph), the experts ``ops/gpu/moe.cu``, and the
+``mla_qk``; the absorbed form's ``ops/gpu/mla_latent.cu``: kernels, not host slices, so a decode step is captured as a CUDA graph), the experts ``ops/gpu/moe.cu``, and the
 attention the plain or compressed cache's with ``head_dim != head_dim_v``.
 
 Refused: llama.cpp's query temperature (``attention.temperature_scale``, Mistral Large 3's), other gating functions.
@@ -64,6 +64,7 @@ from ..loaders.quants import dequantize
 from ..ops.backend import Backend, Weight
 from .common import TENSOR_NAMES, Model, WeightLoader, make_rope
 from .llama import LlamaModel
+from .mla import latent_attend, latent_enabled, load_latent_weights, mla_query
 from .moe import MoE, expert_groups, gating_func, load_moe, moe_add, weights_scale
 
 TENSOR_NAMES.update({  # MLA's names (llama.cpp's LLM_TENSOR_ATTN_Q_A, _Q_B, _KV_A_MQA, _KV_B, _K_B, _V_B and their norms)
@@ -98,6 +99,10 @@ class Deepseek2Layer:
     w_up: Weight | None = None
     w_down: Weight | None = None
     moe: MoE | None = None  # the others' mixture of experts (with the shared experts)
+    # the absorbed form's per-head products (models/mla.py; wk_nope and wv None then): [n_head, qk_nope, kv_lora_rank] and
+    # [n_head, kv_lora_rank, head_dim_v], float32
+    wk_lat: Any = None
+    wv_lat: Any = None
 
 
 def mla_mscale(cfg: ModelConfig, log_mul: float) -> tuple[float, float]:
@@ -119,13 +124,7 @@ def mla_project(be: Backend, L: Any, xn: Any, buf: Any, eps: float, q_raw: Any, 
     """One MLA layer's projections of ``xn`` (DeepSeek-V2's, Kimi Linear's): the queries ``q_raw`` (whole, or through
     the normed low-rank ``q_a``), the latent ``kva`` (its rope part last) normed into ``kvc``, and every head's
     ``k_nope`` and V decompressed from the latent."""
-    if L.wq is not None:
-        be.linear(L.wq, xn, q_raw)
-    else:
-        qa = buf.get("q_a", xn.shape[0], L.wq_a.shape[0])
-        be.linear(L.wq_a, xn, qa)
-        be.rms_norm(qa, L.q_a_norm, eps, qa)
-        be.linear(L.wq_b, qa, q_raw)
+    mla_query(be, L, xn, buf, eps, q_raw)
     be.linear(L.wkv_a, xn, kva)
     be.mla_latent_norm(kva, L.kv_a_norm, eps, kvc)  # (kernels, not slices: a GPU decode step is captured)
     be.linear_many((L.wk_nope, L.wv), kvc, (k_nope, v))
@@ -160,6 +159,8 @@ class Deepseek2Model(Model):
         self.weights_scale = weights_scale(g)
         self.groups = expert_groups(g, c.n_expert)  # (a one-line error for a grouping llama.cpp does not run)
 
+        #: the cache holds the latent and the shared rope key, one KV head (models/mla.py), not every head's K and V
+        self.latent = latent_enabled(type(self), Deepseek2Model.forward)
         w = WeightLoader(g, backend)
         self.tok_embd = w.matrix("tok_embd")
         self.output = w.matrix("output", required=False) or self.tok_embd
@@ -185,7 +186,7 @@ class Deepseek2Model(Model):
         else:
             wq = self._shape(w, "wq", i, w.matrix("wq", i), (q_rows, c.n_embd))
         wkv_a = self._shape(w, "wkv_a_mqa", i, w.matrix("wkv_a_mqa", i), (rank + self.n_rot, c.n_embd))
-        wk_nope, wv = self.load_kv_b(w, i)
+        wk_nope, wv = self.load_kv_b(w, i) if not self.latent else (None, None)
         L = Deepseek2Layer(
             attn_norm=w.vector("attn_norm", i),
             wq=wq,
@@ -199,6 +200,8 @@ class Deepseek2Model(Model):
             wo=self._shape(w, "wo", i, w.matrix("wo", i), (c.n_embd, H * c.head_dim_v)),
             ffn_norm=w.vector("ffn_norm", i),
         )
+        if self.latent:
+            L.wk_lat, L.wv_lat = self.load_latent_kv_b(w, i)
         if i < self.n_dense_lead:
             self.load_dense_ffn(w, i, L)
         else:
@@ -232,21 +235,27 @@ class Deepseek2Model(Model):
         wk = self.be.upload(k.view(np.uint8), 0, (H * nope, rank))  # (0: GGML_TYPE_F32)
         return wk, w._upload(tv, tv.rows(), H * dv)
 
+    def load_latent_kv_b(self, w: WeightLoader, i: int) -> tuple[Any, Any]:
+        """Layer i's per-head products of the absorbed form (models/mla.py's load_latent_weights)."""
+        return load_latent_weights(w, self.be, i, self.cfg.n_head, self.qk_nope, self.cfg.head_dim_v, self.kv_rank)
+
     def layer_specs(self) -> list[LayerSpec]:
         c = self.cfg
         scale = self.mscale * self.mscale / math.sqrt(c.head_dim)
+        if self.latent:  # one KV head: keys [k_rope, latent], values the latent (the scale the original heads')
+            return [LayerSpec(c.n_head, 1, self.n_rot + self.kv_rank, self.kv_rank, 0, scale)] * c.n_layer
         return [LayerSpec(c.n_head, c.n_head, c.head_dim, c.head_dim_v, 0, scale)] * c.n_layer
 
     def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
         c, be, buf = self.cfg, self.be, self.buf
         T, H, D, Dv, R, nope, rank = len(tokens), c.n_head, c.head_dim, c.head_dim_v, self.n_rot, self.qk_nope, self.kv_rank
         x, xn = buf.get("x", T, c.n_embd), buf.get("xn", T, c.n_embd)
-        q_raw, q = buf.get("q_raw", T, H * D), buf.get("q", T, H * D)
-        kva, kvc = buf.get("kv_a", T, rank + R), buf.get("kv_c", T, rank)
-        k_nope, k = buf.get("k_nope", T, H * nope), buf.get("k", T, H * D)
-        v, att = buf.get("v", T, H * Dv), buf.get("att", T, H * Dv)
-        q3, qr3, k3 = q.reshape(T, H, D), q_raw.reshape(T, H, D), k.reshape(T, H, D)
-        v3, att3 = v.reshape(T, H, Dv), att.reshape(T, H, Dv)
+        q_raw, kva, att = buf.get("q_raw", T, H * D), buf.get("kv_a", T, rank + R), buf.get("att", T, H * Dv)
+        qr3, att3 = q_raw.reshape(T, H, D), att.reshape(T, H, Dv)
+        if not self.latent:  # (the expanded form's scratch: every head's K and V)
+            q, kvc = buf.get("q", T, H * D), buf.get("kv_c", T, rank)
+            k_nope, k, v = buf.get("k_nope", T, H * nope), buf.get("k", T, H * D), buf.get("v", T, H * Dv)
+            q3, k3, v3 = q.reshape(T, H, D), k.reshape(T, H, D), v.reshape(T, H, Dv)
         o = buf.get("o", T, c.n_embd) if c.residual_scale != 1.0 else None
         be.get_rows(self.tok_embd, tokens, x)
         if c.embedding_scale != 1.0:  # (MiniCPM3's muP; DeepSeek's files state none)
@@ -256,10 +265,15 @@ class Deepseek2Model(Model):
         for il, L in enumerate(self.layers):
             be.rms_norm(x, L.attn_norm, c.norm_eps, xn)
             self.trace("attn_norm", il, xn)
-            mla_project(be, L, xn, buf, c.norm_eps, q_raw, kva, kvc, k_nope, v)
-            be.mla_qk(qr3, k_nope.reshape(T, H, nope), kva, q3, k3)  # heads [rope, nope], the shared rope key in each
-            be.rope_qk(q3, k3, pos, self.rope_cos, self.rope_sin, c.rope_neox)  # (every copy of the rope key turned alike)
-            cache[il].update_and_attend(q3, k3, v3, pos, att3)
+            if self.latent:  # (models/mla.py: the cache holds the latent)
+                mla_query(be, L, xn, buf, c.norm_eps, q_raw)
+                be.linear(L.wkv_a, xn, kva)
+                latent_attend(self, L, qr3, kva, pos, cache[il], att3)
+            else:
+                mla_project(be, L, xn, buf, c.norm_eps, q_raw, kva, kvc, k_nope, v)
+                be.mla_qk(qr3, k_nope.reshape(T, H, nope), kva, q3, k3)  # heads [rope, nope], the shared rope key in each
+                be.rope_qk(q3, k3, pos, self.rope_cos, self.rope_sin, c.rope_neox)  # (every copy of the rope key turned alike)
+                cache[il].update_and_attend(q3, k3, v3, pos, att3)
             self.trace("kqv_out", il, att)
             self.add_output(x, o, lambda out, acc: (be.linear_add if acc else be.linear)(L.wo, att, out))
             if L.moe is not None:

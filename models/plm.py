@@ -34,6 +34,11 @@ class PLMModel(Deepseek2Model):
             raise GGUFError(f"{w.g.path}: tensor 'blk.{i}.attn_kv_b.weight' is missing; the file is incomplete or not a supported model")
         return super().load_kv_b(w, i)
 
+    def load_latent_kv_b(self, w: WeightLoader, i: int) -> tuple[Any, Any]:
+        if not w.has("wkv_b", i):
+            raise GGUFError(f"{w.g.path}: tensor 'blk.{i}.attn_kv_b.weight' is missing; the file is incomplete or not a supported model")
+        return super().load_latent_kv_b(w, i)
+
     def load_dense_ffn(self, w: WeightLoader, i: int, L: Deepseek2Layer) -> None:
         L.w_up, L.w_down = w.matrix("w_up", i), w.matrix("w_down", i)  # (no gate)
 

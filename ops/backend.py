@@ -150,6 +150,22 @@ class Backend(Protocol):
         k_nope[t, h]]`` (the rope key every head shares).  q_raw, q, k ``[T, H, nope + n_rot]``; k_nope ``[T, H, nope]``."""
         ...
 
+    def mla_latent_kv(self, kva: Any, w: Any, eps: float, k: Any, v: Any) -> None:
+        """Multi-head latent attention's absorbed form (``models/mla.py``): the cache's rows, ``v[t, 0] = RMSNorm(kva[t,
+        :rank]) * w`` and ``k[t, 0] = [kva[t, rank:], v[t, 0]]`` (the rope key first).  k ``[T, 1, n_rot + rank]``; v ``[T,
+        1, rank]``."""
+        ...
+
+    def mla_absorb_q(self, q_raw: Any, wk: Any, q: Any) -> None:
+        """``q[t, h] = [q_raw[t, h, nope:], wk[h].T @ q_raw[t, h, :nope]]``: each head's q_nope absorbed into the latent's
+        space.  q_raw ``[T, H, nope + n_rot]``; wk ``[H, nope, rank]`` float32 (:meth:`vector`); q ``[T, H, n_rot + rank]``."""
+        ...
+
+    def mla_heads_out(self, att: Any, wv: Any, out: Any) -> None:
+        """``out[t, h] = wv[h].T @ att[t, h]``: each head's attended latent expanded to its V width.  att ``[T, H, rank]``;
+        wv ``[H, rank, dv]`` float32 (:meth:`vector`); out ``[T, H, dv]``."""
+        ...
+
     def sigmoid_gated_add(self, x: Any, y: Any, s: Any) -> None:
         """``x[t] += sigmoid(s[t]) * y[t]`` (Qwen2-MoE's gated shared expert); ``s`` ``[T, 1]``, ``y`` is scratch."""
         ...

@@ -2,8 +2,10 @@
 Mistral 4, PLM, GLM-5's dense path and MiniCPM3 give the CPU's logits there, over a prefill and decode steps replayed from
 captured CUDA graphs (Kimi Linear's MLA layers beside its Kimi Delta Attention ones: tests/test_gpu_delta.py).
 
-The GPU runs deepseek2.py's forward as the CPU does: the latent decompressed into every head's K (``qk_nope + n_rot``) and
-V (``v_head_dim``) and stored in the ordinary caches, whose kernels take ``head_dim != head_dim_v``.  What were numpy slices
+The GPU runs deepseek2.py's forward as the CPU does: the latent and the shared rope key cached as one KV head (the
+absorbed form, models/mla.py; its kernels and models on the GPU: tests/test_mla_latent.py), or with ``KVRUN_MLA=expanded``
+the latent decompressed into every head's K (``qk_nope + n_rot``) and V (``v_head_dim``), in the ordinary caches, whose
+kernels take ``head_dim != head_dim_v``.  What were numpy slices
 between the products are the two kernels of ``ops/gpu/mla.cu`` (``Backend.mla_latent_norm``, ``mla_qk``), so a decode
 step is all kernels and a graph holds it.
 
@@ -73,10 +75,11 @@ def test_gpu_logits_match_cpu_over_prefill_and_replayed_decode_steps(gpu_env, tm
 
 
 def test_the_compressed_cache_holds_keys_and_values_of_two_widths(gpu_env, tmp_path):
-    """K ``qk_nope + n_rot`` wide, V ``v_head_dim``: the GPU's compressed cache against the CPU's, the same 8-bit codes.
-    (Unrotated: the tiny heads, 24 wide, are no power of two for the Hadamard rotation; nor are DeepSeek's, 192.)"""
+    """K ``n_rot + kv_lora_rank`` wide, V ``kv_lora_rank`` (the latent cache, models/mla.py): the GPU's compressed cache
+    against the CPU's, the same 8-bit codes.  (Unrotated, groups of 8: the tiny keys, 40 wide, are no power of two for the
+    Hadamard rotation, nor a multiple of 32; nor are DeepSeek's 576 a power of two.)"""
     path = write_tiny_model(tmp_path / "d.gguf", **FIXTURE_MODELS["deepseek2-v3"])
-    check_prefill_and_replayed_decode(path, kv=KVConfig.parse("8,residual=8,rotate=0"), steps=(5, 9, 14, 3, 7, 8), graphs=False)
+    check_prefill_and_replayed_decode(path, kv=KVConfig.parse("8,group=8,residual=8,rotate=0"), steps=(5, 9, 14, 3, 7, 8), graphs=False)
 
 
 def test_a_decode_step_copies_only_its_logits_down(monkeypatch, tmp_path):

@@ -41,9 +41,11 @@ def _rope(long: bool | None, neox: bool = True):
 def test_the_fixtures_see_what_sets_minicpm3_apart(tmp_path):
     """muP's three multipliers (embeddings, block outputs, logits), the neox rope, the LongRoPE factors and the choice
     between them by the context: each taken away costs whole logits against llama.cpp's."""
-    assert _fixture_error(tmp_path, "minicpm3", lambda m: None) < 1e-4
-    assert _fixture_error(tmp_path, "minicpm3-long", lambda m: None) < 1e-4
-    assert _fixture_error(tmp_path, "minicpm3", _rope(False)) < 1e-4  # (the factors as tiny_minicpm3 writes them)
+    # (2e-4: kvrun's cache holds the latent (models/mla.py), rounded to fp16 where llama.cpp rounds the expanded K/V:
+    # 1.1e-4 measured, 7e-5 with KVRUN_MLA=expanded)
+    assert _fixture_error(tmp_path, "minicpm3", lambda m: None) < 2e-4
+    assert _fixture_error(tmp_path, "minicpm3-long", lambda m: None) < 2e-4
+    assert _fixture_error(tmp_path, "minicpm3", _rope(False)) < 2e-4  # (the factors as tiny_minicpm3 writes them)
     for what, drop in {
         "embedding scale": _cfg(embedding_scale=1.0),
         "residual scale": _cfg(residual_scale=1.0),

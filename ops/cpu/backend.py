@@ -168,6 +168,22 @@ class CPUBackend:
         k[:, :, :R] = kva[:, None, kva.shape[1] - R :]  # the one rope key every head shares
         k[:, :, R:] = k_nope
 
+    def mla_latent_kv(self, kva, w, eps, k, v) -> None:
+        rank = v.shape[-1]
+        v2 = v.reshape(v.shape[0], rank)
+        v2[...] = kva[:, :rank]
+        nn.rms_norm(v2, w, eps, v2)
+        k[:, 0, : k.shape[2] - rank] = kva[:, rank:]  # the rope key first (the rope kernels turn a head's leading dimensions)
+        k[:, 0, k.shape[2] - rank :] = v2
+
+    def mla_absorb_q(self, q_raw, wk, q) -> None:
+        nope, rank = wk.shape[1], wk.shape[2]
+        q[:, :, : q.shape[2] - rank] = q_raw[:, :, nope:]
+        q[:, :, q.shape[2] - rank :] = np.matmul(q_raw[:, :, :nope].transpose(1, 0, 2), wk).transpose(1, 0, 2)  # (per head)
+
+    def mla_heads_out(self, att, wv, out) -> None:
+        out[...] = np.matmul(att.transpose(1, 0, 2), wv).transpose(1, 0, 2)
+
     def sigmoid_gated_add(self, x, y, s) -> None:
         y *= 0.5 + 0.5 * np.tanh(0.5 * s)  # sigmoid, without exp's overflow for large negative s
         x += y

@@ -31,6 +31,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from ..backend import Weight
 from . import kernels as K
 from . import mla as gpu_mla
+from . import mla_latent as gpu_mla_latent
 from . import moe as gpu_moe
 from .moe2 import MoEVariantOps
 from .gemma import GemmaOps
@@ -355,6 +356,18 @@ class GPUBackend(GemmaOps, MoEVariantOps):  # (GemmaOps: Gemma 3n's and Gemma 4'
     def mla_qk(self, q_raw: Any, k_nope: Any, kva: Any, q: Any, k: Any) -> None:
         """Multi-head latent attention's query and key heads laid out in one launch (ops/gpu/mla.cu)."""
         gpu_mla.qk(q_raw, k_nope, kva, q, k)
+
+    def mla_latent_kv(self, kva: Any, w: Any, eps: float, k: Any, v: Any) -> None:
+        """MLA's absorbed form: the cache's latent rows in one launch (ops/gpu/mla_latent.cu)."""
+        gpu_mla_latent.latent_kv(kva, w, eps, k, v)
+
+    def mla_absorb_q(self, q_raw: Any, wk: Any, q: Any) -> None:
+        """MLA's absorbed form: the queries in the latent's space in one launch (ops/gpu/mla_latent.cu)."""
+        gpu_mla_latent.absorb_q(q_raw, wk, q)
+
+    def mla_heads_out(self, att: Any, wv: Any, out: Any) -> None:
+        """MLA's absorbed form: the heads' outputs from their attended latents in one launch (ops/gpu/mla_latent.cu)."""
+        gpu_mla_latent.heads_out(att, wv, out)
 
     def sigmoid_gated_add(self, x: Any, y: Any, s: Any) -> None:
         """x[t] += sigmoid(s[t]) * y[t] in one launch (a captured step must not bring s to the host)."""

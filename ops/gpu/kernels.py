@@ -161,6 +161,11 @@ _declare("moe2.cu", "copy_f32", "ppl")  # src, dst, n
 # multi-head latent attention (mla.cu): kva, w, kvc, rank, stride, eps; q_raw, k_nope, kva, q, k, T, n_head, nope, n_rot, stride
 _declare("mla.cu", "mla_latent_norm_f32", "pppiif")
 _declare("mla.cu", "mla_qk_f32", "pppppiiiii")
+# its absorbed form (mla_latent.cu): kva, w, k, v, rank, n_rot, eps; q_raw, wk, q, T, n_head, nope, n_rot, rank; att, wv, out,
+# T, n_head, rank, dv
+_declare("mla_latent.cu", "mla_latent_kv_f32", "ppppiif")
+_declare("mla_latent.cu", "mla_absorb_q_f32", "pppiiiii")
+_declare("mla_latent.cu", "mla_heads_out_f32", "pppiiii")
 # state-space layers (ssm.cu): x, ring, pos, w, b, out, T, C, K, x_stride, x_col0, ring_w, n_ring
 _declare("ssm.cu", "ssm_conv_f32", "pppppp" + "i" * 7)
 _declare("ssm.cu", "ssm_store_f32", "ppp" + "i" * 8)  # x, ring, pos, T, keep, n, x_stride, x_col0, ring_w, ring_col0, n_ring

@@ -11,8 +11,9 @@ learned position and token-type embeddings and normalises them; its FFN is GELU(
 biases.  Nomic-BERT has rotary positions instead, one fused QKV product and a SwiGLU FFN without
 biases.  Activations are numpy arrays on the host (prefill-only work, BLAS-sized); the weight
 products run on the backend's kernels, in the file's quant format.  On ``--device gpu`` the weights live on the device
-and the attention both ways (with its bias or mask) runs in ops/gpu/encoder.cu; the norms and activations stay on the
-host, where the CPU computes them, so the GPU's states are the CPU's up to the products' rounding.
+and the attention both ways (with its bias or mask) runs in ops/gpu/encoder.cu; the states stay on the device too
+(``device_states``, every encoder of the family's), the norms, rope, biases and activations kernels (ops/gpu/nn.cu,
+t5.cu's float16-table GELU, the CPU's), so a text's states come down once, at the end.
 
 The block's parts are hooks (``_load_ffn``, ``_qk``, ``_attn_bias``, ``_attention``, ``_attn_residual``, ``_ffn``)
 that the family's other encoders override: models/jina_bert.py (jina-bert-v2's ALiBi and GEGLU, jina-bert-v3),
@@ -73,6 +74,8 @@ def gelu(x: np.ndarray) -> np.ndarray:
 class BertModel(Model):
     archs = ("bert", "nomic-bert")
     encoder = True
+    #: on the GPU the states stay on the device, every op a kernel (a subclass whose own hooks are numpy work says False)
+    device_states = True
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         ld = self._start(g, cfg, backend, n_ctx, n_batch)
@@ -107,6 +110,8 @@ class BertModel(Model):
         CPU-only refusal, the file's pooling (``pooling`` where it states none) and a cross-encoder's rank head
         (pooling type rank: models/rank.py; else None); the loader for the rest."""
         Model.__init__(self, g, cfg, backend, n_ctx, n_batch)
+        self._gpu = backend.name == "gpu" and self.device_states  # (the device helpers below: _dev, _host, _layer_norm)
+        self._consts: dict[int, tuple[np.ndarray, object]] = {}
         if backend.name not in ("cpu", "gpu"):
             raise UnsupportedModelError(f"{g.path}: {cfg.arch} embedding models run on the CPU or the GPU; drop --device {backend.name}")
         self.pooling = POOLING.get(int(g.arch_get("pooling_type", pooling) or 0), "mean")
@@ -123,7 +128,32 @@ class BertModel(Model):
         raise KvrunError(f"{self.cfg.name} is an embedding model ({self.cfg.arch}): it makes embeddings "
                          "(kvrun embed, /v1/embeddings), not text")  # fmt: skip
 
+    def _dev(self, a: np.ndarray) -> object:
+        """The device copy of the host constant ``a`` (a norm's weights, a bias, a table), uploaded once."""
+        hit = self._consts.get(id(a))
+        if hit is None or hit[0] is not a:
+            hit = self._consts[id(a)] = (a, self.be.vector(a))
+        return hit[1]
+
+    def _host(self, x: object) -> np.ndarray:
+        """The states a caller reads on the host: the one copy down of a forward on the device."""
+        return self.be.to_host(x) if self._gpu else x
+
+    def _layer_norm(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+        """:func:`layer_norm` with the model's eps, on the device where the states are (nn.cu's layer_norm_f32)."""
+        if not self._gpu:
+            return layer_norm(x, w, b, self.eps)
+        out = self.be.zeros(x.shape, np.float32)
+        self.be.layer_norm(x, self._dev(w), None if b is None else self._dev(b), self.eps, out)
+        return out
+
     def _linear(self, w, x: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+        if self._gpu:  # (the product, then its bias, on the device)
+            out = self.be.zeros((x.shape[0], w.n_rows), np.float32)
+            self.be.linear(w, x, out)
+            if b is not None:
+                self.be.add_bias(out, self._dev(b))
+            return out
         out = np.empty((x.shape[0], w.n_rows), np.float32)
         self.be.linear(w, np.ascontiguousarray(x), out)
         return out + b if b is not None else out
@@ -132,6 +162,9 @@ class BertModel(Model):
         """Rotary positions 0..T-1 on x [T, H, head_dim]: NeoX layout (halves paired), or consecutive pairs
         where the architecture's rope is llama.cpp's "normal" one (cfg.rope_neox False: neo-bert)."""
         T, half = x.shape[0], self.cos.shape[1]
+        if self._gpu:  # (nn.cu's rope_f32, in place; the tables uploaded once)
+            self.be.rope(x, np.arange(T, dtype=np.int32), self.cos, self.sin, self.cfg.rope_neox)
+            return x
         c, s = self.cos[:T, None, :], self.sin[:T, None, :]
         if self.cfg.rope_neox:
             a, b = x[..., :half].copy(), x[..., half : 2 * half].copy()
@@ -156,9 +189,16 @@ class BertModel(Model):
             from ..ops.gpu import encoder as E  # (imported only here: the CPU's runs never load the GPU's modules)
 
             if E.fits(T, D):
-                out = np.empty((T, H, v.shape[2]), np.float32)
+                out = self.be.zeros((T, H, v.shape[2]), np.float32) if self._gpu else np.empty((T, H, v.shape[2]), np.float32)
                 E.attend_full(q, k, v, bias, float(np.float32(1.0 / np.sqrt(D))), out)
                 return out.reshape(T, H * v.shape[2])
+            if self._gpu:  # (a text too long for the kernel's shared memory: on the host, and back up)
+                return self.be.vector(self._attend_host(*(self.be.to_host(a) for a in (q, k, v)), bias))
+        return self._attend_host(q, k, v, bias)
+
+    def _attend_host(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        """:meth:`_attend` in numpy."""
+        T, H, D = q.shape
         g = H // k.shape[1]
         k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
         s = np.einsum("thd,shd->hts", q, k) * np.float32(1.0 / np.sqrt(D))  # [H, T, T]
@@ -180,11 +220,20 @@ class BertModel(Model):
 
     def _attn_residual(self, x: np.ndarray, o: np.ndarray, L: dict) -> np.ndarray:
         """The stream after attention: the post-norm LN(x + attn(x))."""
-        return layer_norm(x + o, L["n1"], L["n1_b"], self.eps)
+        return self._layer_norm(x + o, L["n1"], L["n1_b"])
 
     def _ffn(self, x: np.ndarray, L: dict, il: int) -> np.ndarray:
         """The FFN's output for x [T, n_embd] (before the residual add): GELU(up) -> down, or nomic-bert's SwiGLU."""
         up = self._linear(L["w_up"], x, L.get("b_up"))
+        if self._gpu:  # (nn.cu's SwiGLU, t5.cu's float16-table GELU, in place)
+            from ..ops.gpu import encoder as E
+
+            if L["w_gate"] is None:
+                E.gelu_f16(up, up)
+                return self._linear(L["w_down"], up, L.get("b_down"))
+            gate = self._linear(L["w_gate"], x, None)
+            self.be.silu_mul(gate, up, gate)
+            return self._linear(L["w_down"], gate, L.get("b_down"))
         if L["w_gate"] is not None:  # SwiGLU (nomic-bert)
             gate = self._linear(L["w_gate"], x, None)
             h = gate / (1.0 + np.exp(-gate)) * up
@@ -194,8 +243,9 @@ class BertModel(Model):
 
     def _token_rows(self, tokens: np.ndarray) -> np.ndarray:
         """The token embeddings' rows of ``tokens`` [T]: float32 [T, n_embd]."""
-        x = np.empty((len(tokens), self.cfg.n_embd), np.float32)
-        self.be.get_rows(self.tok_embd, np.asarray(tokens, np.int32), x)
+        shape = (len(tokens), self.cfg.n_embd)
+        x = self.be.zeros(shape, np.float32) if self._gpu else np.empty(shape, np.float32)
+        self.be.get_rows(self.tok_embd, tokens if self._gpu else np.asarray(tokens, np.int32), x)
         return x
 
     def encode(self, tokens: np.ndarray) -> np.ndarray:
@@ -203,15 +253,15 @@ class BertModel(Model):
         T = len(tokens)
         x = self._token_rows(tokens)
         if self.type_row is not None:
-            x += self.type_row
+            x += self._dev(self.type_row) if self._gpu else self.type_row
         if self.pos_embd is not None:
-            p = np.empty_like(x)
+            p = self.be.zeros(x.shape, np.float32) if self._gpu else np.empty_like(x)
             self.be.get_rows(self.pos_embd, np.arange(T, dtype=np.int32), p)
             x += p
-        x = layer_norm(x, self.tok_norm, self.tok_norm_b, self.eps)
+        x = self._layer_norm(x, self.tok_norm, self.tok_norm_b)
         bias = self._attn_bias(T)
         for il, L in enumerate(self.layers):
             x = self._attn_residual(x, self._attention(x, L, bias), L)
             self.trace("ffn_inp", il, x)
-            x = layer_norm(x + self._ffn(x, L, il), L["n2"], L["n2_b"], self.eps)
-        return x
+            x = self._layer_norm(x + self._ffn(x, L, il), L["n2"], L["n2_b"])
+        return self._host(x)

@@ -18,7 +18,8 @@ attention and after the GELU-gated FFN ("sandwich" norms); a final RMSNorm.  Wha
   those as it does BERT's (what llama.cpp's per-token output with pooling none is, too).
 
 Activations are numpy arrays on the host (prefill-only work); the weight products and norms run on
-the backend's kernels, in the file's quant format.  On the GPU too, as BERT's.  The FFN's GELU rounds as
+the backend's kernels, in the file's quant format.  On the GPU the states stay on the device (every op a kernel, the
+GELU t5.cu's float16-table one), so a text goes up once and its states come down once.  The FFN's GELU rounds as
 ggml's CPU GEGLU does (:func:`models.bert.gelu`: a float16 table): measured on the tiny model of
 tests/tinygemmaembed.py, 1.9e-3 of states ~9 off llama.cpp's with the exact GELU, 1.2e-3 (worst)
 with the rounding, and its pooled unit vectors 4e-5 and 7e-6 off.
@@ -63,6 +64,7 @@ class GemmaEmbeddingModel(Model):
         if backend.name not in ("cpu", "gpu"):
             raise UnsupportedModelError(f"{g.path}: {cfg.arch} embedding models run on the CPU or the GPU; drop --device {backend.name}")
         ld = WeightLoader(g, backend)
+        self._gpu = backend.name == "gpu"  # (the states on the device: models/bert.py's device_states)
         self.pooling = POOLING.get(int(g.arch_get("pooling_type", 1) or 0), "mean")
         self.tok_embd = ld.matrix("tok_embd")
         self.output_norm = ld.vector("output_norm")
@@ -88,6 +90,10 @@ class GemmaEmbeddingModel(Model):
                          "(kvrun embed, /v1/embeddings), not text")  # fmt: skip
 
     def _linear(self, w, x: np.ndarray) -> np.ndarray:
+        if self._gpu:
+            out = self.be.zeros((x.shape[0], w.n_rows), np.float32)
+            self.be.linear(w, x, out)
+            return out
         out = np.empty((x.shape[0], w.n_rows), np.float32)
         self.be.linear(w, np.ascontiguousarray(x), out)
         return out
@@ -99,9 +105,10 @@ class GemmaEmbeddingModel(Model):
             from ..ops.gpu import encoder as E  # (BertModel._attend's kernel: ops/gpu/encoder.cu)
 
             if E.fits(T, D):
-                out = np.empty((T, H, D), np.float32)
+                out = self.be.zeros((T, H, D), np.float32)
                 E.attend_full(q, k, v, mask, 1.0, out)
                 return out.reshape(T, H * D)
+            q, k, v = (self.be.to_host(a) for a in (q, k, v))  # (a text too long for the kernel: on the host, and back up)
         g = H // k.shape[1]
         k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
         s = np.matmul(q.transpose(1, 0, 2), k.transpose(1, 2, 0))  # [H, T, T]
@@ -109,7 +116,8 @@ class GemmaEmbeddingModel(Model):
             s += mask
         s = np.exp(s - s.max(axis=-1, keepdims=True))
         s /= s.sum(axis=-1, keepdims=True)
-        return np.ascontiguousarray(np.matmul(s, v.transpose(1, 0, 2)).transpose(1, 0, 2)).reshape(T, H * D)
+        o = np.ascontiguousarray(np.matmul(s, v.transpose(1, 0, 2)).transpose(1, 0, 2)).reshape(T, H * D)
+        return self.be.vector(o) if self._gpu else o
 
     def encode(self, tokens: np.ndarray) -> np.ndarray:
         """Every token's final-normed state of ``tokens`` [T], through dense_2 and dense_3 where the file
@@ -117,14 +125,14 @@ class GemmaEmbeddingModel(Model):
         c, be = self.cfg, self.be
         T = len(tokens)
         H, Hkv, D = c.n_head, c.n_head_kv, c.head_dim
-        x = np.empty((T, c.n_embd), np.float32)
+        x = be.zeros((T, c.n_embd), np.float32) if self._gpu else np.empty((T, c.n_embd), np.float32)
         be.get_rows(self.tok_embd, np.asarray(tokens, np.int32), x)
         be.scale(x, math.sqrt(c.n_embd))
         pos = np.arange(T, dtype=np.int32)
         # (the window layers' mask; none where the text fits inside the window: every token sees every token)
         masks = {False: None, True: window_mask(T, c.sliding_window) if c.sliding_window and T - 1 > c.sliding_window // 2 else None}
         scale = np.float32(1.0 / math.sqrt(D))  # (llama.cpp fixes it so for the arch: f_attention_scale)
-        xn = np.empty_like(x)
+        xn = be.zeros(x.shape, np.float32) if self._gpu else np.empty_like(x)
         for il, L in enumerate(self.layers):
             swa = c.is_swa(il)
             cos, sin = self.rope_local if swa else self.rope_global
@@ -141,7 +149,12 @@ class GemmaEmbeddingModel(Model):
             be.rms_norm_add(o, L["attn_post_norm"], c.norm_eps, x)
             be.rms_norm(x, L["ffn_norm"], c.norm_eps, xn)
             gate, up = self._linear(L["w_gate"], xn), self._linear(L["w_up"], xn)
-            np.multiply(gelu(gate), up, out=gate)  # (ggml's GEGLU on the CPU: GELU read from its float16 table)
+            if self._gpu:  # (t5.cu's: the same float16 table)
+                from ..ops.gpu import encoder as E
+
+                E.gelu_f16_glu(gate, up, gate)
+            else:
+                np.multiply(gelu(gate), up, out=gate)  # (ggml's GEGLU on the CPU: GELU read from its float16 table)
             o = self._linear(L["w_down"], gate)
             be.rms_norm_add(o, L["ffn_post_norm"], c.norm_eps, x)
             self.trace("l_out", il, x)
@@ -151,4 +164,4 @@ class GemmaEmbeddingModel(Model):
             xn = self._linear(self.dense_2, xn)
         if self.dense_3 is not None:
             xn = self._linear(self.dense_3, xn)
-        return xn
+        return be.to_host(xn) if self._gpu else xn

@@ -16,7 +16,7 @@
   GGUF files the converter writes beside the base; this runs the base model, as llama.cpp does unless
   given an adapter.
 
-Activations are numpy arrays on the host (prefill-only work); on the GPU too, as BERT's.
+Activations are numpy arrays on the host (prefill-only work); on the GPU they stay on the device, as BERT's.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
-from .bert import BertModel, gelu, layer_norm
+from .bert import BertModel, gelu
 from .common import TENSOR_NAMES, WeightLoader
 
 TENSOR_NAMES.update({  # (llama.cpp's LLM_TENSOR_ATTN_Q_NORM / _K_NORM biases, LLM_TENSOR_ATTN_NORM_2)
@@ -87,18 +87,29 @@ class JinaBertV2Model(BertModel):
 
     def _qk(self, q: np.ndarray, k: np.ndarray, L: dict) -> tuple[np.ndarray, np.ndarray]:
         if L["q_norm"] is not None:  # (over the whole projection, not per head)
-            q = layer_norm(q.reshape(q.shape[0], -1), L["q_norm"], L["q_norm_b"], self.eps).reshape(q.shape)
+            q = self._layer_norm(q.reshape(q.shape[0], -1), L["q_norm"], L["q_norm_b"]).reshape(q.shape)
         if L["k_norm"] is not None:
-            k = layer_norm(k.reshape(k.shape[0], -1), L["k_norm"], L["k_norm_b"], self.eps).reshape(k.shape)
+            k = self._layer_norm(k.reshape(k.shape[0], -1), L["k_norm"], L["k_norm_b"]).reshape(k.shape)
         return q, k
 
     def _attn_residual(self, x: np.ndarray, o: np.ndarray, L: dict) -> np.ndarray:
         y = super()._attn_residual(x, o, L)
         if L["attn_norm_2"] is not None:  # (jina-v2-code: the layer's input added once more, then its own LayerNorm)
-            y = layer_norm(y + x, L["attn_norm_2"], L["attn_norm_2_b"], self.eps)
+            y = self._layer_norm(y + x, L["attn_norm_2"], L["attn_norm_2_b"])
         return y
 
     def _ffn(self, x: np.ndarray, L: dict, il: int) -> np.ndarray:
+        if self._gpu:  # (t5.cu's float16-table GeGLU on the device states; the fused halves made contiguous)
+            from ..ops.gpu import encoder as E
+
+            if L["w_gate"] is not None:
+                g, u = self._linear(L["w_gate"], x, None), self._linear(L["w_up"], x, None)
+            else:
+                gu = self._linear(L["w_up"], x, None)
+                n = gu.shape[1] // 2
+                g, u = self.be.xp.ascontiguousarray(gu[:, :n]), self.be.xp.ascontiguousarray(gu[:, n:])
+            E.gelu_f16_glu(g, u, g)
+            return self._linear(L["w_down"], g, L["b_down"])
         if L["w_gate"] is not None:  # GELU(gate) * up
             h = gelu(self._linear(L["w_gate"], x, None)) * self._linear(L["w_up"], x, None)
         else:  # GEGLU: gelu(first half) * second half

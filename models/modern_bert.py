@@ -30,7 +30,6 @@ from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
-from .bert import layer_norm
 from .common import make_rope
 from .gemma_embedding import window_mask
 from .neo_bert import PreNormEncoder
@@ -78,10 +77,10 @@ class ModernBertModel(PreNormEncoder):
 
     def _norm(self, x: np.ndarray, w: np.ndarray | None) -> np.ndarray:
         """LayerNorm without bias; none where the layer has no weights (layer 0's attention: the checkpoint's Identity)."""
-        return x if w is None else layer_norm(x, w, None, self.eps)
+        return x if w is None else self._layer_norm(x, w, None)  # (on the GPU: the device's, models/bert.py)
 
     def _embed(self, tokens: np.ndarray) -> np.ndarray:
-        return layer_norm(self._token_rows(tokens), self.tok_norm, None, self.eps)
+        return self._layer_norm(self._token_rows(tokens), self.tok_norm, None)
 
     def _attn_biases(self, T: int) -> list:
         """The window layers' mask (none where the text fits inside the window); none for the global layers."""

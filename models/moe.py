@@ -253,7 +253,10 @@ def device_unsupported(moe: MoE) -> str | None:
     """What of ``moe`` the device kernels (``Backend.moe_route`` / ``moe_experts``, ``moe_experts_x``) do not do, or
     None: they do softmax, sigmoid and softmax_weight gating, the selection bias, group-limited routing,
     renormalising and scaling, and silu, swiglu_oai (with gpt-oss's biases) and ReLU GLUs; without biases also
-    Grok's float16-table GELU, Step-3.5's clamped SwiGLU and Llama 4's weight before the FFN (moe2.cu)."""
+    Grok's float16-table GELU, Step-3.5's clamped SwiGLU and Llama 4's weight before the FFN (moe2.cu); and experts
+    without a gate, Nemotron-H MoE's squared ReLU without biases (moe3.cu)."""
+    if moe.gate is None and moe.act == "relu_sqr" and not moe.weight_before_ffn and moe.swiglu_limit == 0.0:
+        return "relu_sqr experts with biases" if moe.up_b is not None or moe.down_b is not None else None
     if moe.gate is None or moe.act not in ("silu", "swiglu_oai", "relu", "gelu"):
         return f"{moe.act} experts"
     if len({b is None for b in (moe.gate_b, moe.up_b, moe.down_b)}) > 1:

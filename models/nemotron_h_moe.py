@@ -17,8 +17,9 @@ What sets it apart from Nemotron-H:
 * where the file states ``moe_latent_size`` (Nemotron 3 Super) the experts work in a narrower latent space:
   ``ffn_latent_down`` in, ``ffn_latent_up`` out, while the router and the shared expert read the full width.
 
-Which layer is which is Nemotron-H's rule (head_count_kv and feed_forward_length per layer, both 0: Mamba-2).  It runs
-on the CPU only (the Mamba-2 state, the routing).
+Which layer is which is Nemotron-H's rule (head_count_kv and feed_forward_length per layer, both 0: Mamba-2).  On
+``--device gpu`` the routing and the ungated experts are kernels too (ops/gpu/moe.cu's router, moe3.cu's experts), so
+a decode step stays in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ..loaders.errors import GGUFError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
 from .common import TENSOR_NAMES, WeightLoader
-from .moe import MoE, check_expert_counts, cpu_only, expert_groups, moe_add, weights_scale
+from .moe import MoE, check_expert_counts, expert_groups, moe_add, weights_scale
 from .nemotron_h import NemotronHLayer, NemotronHModel
 
 TENSOR_NAMES.setdefault("ffn_latent_down", "blk.{i}.ffn_latent_down.weight")  # (llama.cpp's LLM_TENSOR_FFN_LATENT_DOWN)
@@ -52,7 +53,6 @@ class NemotronHMoeModel(NemotronHModel):
     takes_experts = True
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        cpu_only(g, backend, "squared-ReLU experts without a gate")
         check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
         if int(g.arch_get("nextn_predict_layers", 0) or 0) > 0:  # (llama.cpp's multi-token-prediction blocks after the trunk)
             raise UnsupportedModelError(f"{g.path}: Nemotron-H MoE with multi-token-prediction blocks (nextn_predict_layers) is not supported yet")

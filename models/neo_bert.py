@@ -9,7 +9,7 @@ product and an output product without biases, rotary positions over consecutive 
 size as feed_forward_length), and a final RMSNorm (``enc.output_norm``).  No token-type embeddings,
 no embedding norm.  Its vocabulary is BERT's WordPiece; the converter sets CLS pooling.
 
-Activations are numpy arrays on the host (prefill-only work); on the GPU too, as BERT's.
+Activations are numpy arrays on the host (prefill-only work); on the GPU they stay on the device, as BERT's.
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ class PreNormEncoder(BertModel):
     gate_act = "silu"  #: the fused FFN's gate: "gelu" (ggml's float16-table GELU), "silu" or "relu"
 
     def _norm(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        if self._gpu:  # (nn.cu's rms_norm_f32 on the device states)
+            out = self.be.zeros(x.shape, np.float32)
+            self.be.rms_norm(x, self._dev(w), self.eps, out)
+            return out
         return rms_norm(x, w, self.eps)
 
     def _embed(self, tokens: np.ndarray) -> np.ndarray:
@@ -54,6 +58,19 @@ class PreNormEncoder(BertModel):
         """gate_act(first half) * second half of the fused ``ffn_up``, then down: SwiGLU, GeGLU or ReGLU."""
         gu = self._linear(L["w_up"], x, None)
         n = gu.shape[1] // 2
+        if self._gpu:  # (the halves made contiguous for the kernels: nn.cu's SwiGLU, t5.cu's GeGLU and ReLU)
+            from ..ops.gpu import encoder as E
+
+            xp = self.be.xp
+            g, u = xp.ascontiguousarray(gu[:, :n]), xp.ascontiguousarray(gu[:, n:])
+            if self.gate_act == "silu":
+                self.be.silu_mul(g, u, g)
+            elif self.gate_act == "gelu":
+                E.gelu_f16_glu(g, u, g)
+            else:
+                E.relu(g, g)
+                g *= u
+            return self._linear(L["w_down"], g, None)
         g = gu[:, :n]
         if self.gate_act == "gelu":
             a = gelu(g)
@@ -71,7 +88,7 @@ class PreNormEncoder(BertModel):
             x = x + self._attention(self._norm(x, L["attn_norm"]), L, biases[il])
             self.trace("ffn_inp", il, x)
             x = x + self._ffn(self._norm(x, L["ffn_norm"]), L, il)
-        return self._norm(x, self.output_norm)
+        return self._host(self._norm(x, self.output_norm))
 
 
 class NeoBertModel(PreNormEncoder):

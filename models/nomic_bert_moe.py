@@ -9,7 +9,8 @@ of the real model's 12 at n = 2) has a mixture of GELU experts instead: a router
 expert's down(gelu(up x)) weighted by its probability as the softmax gave it (not renormalised), no bias
 (the converter drops the checkpoint's shared expert bias, as llama.cpp's graph has none).
 
-Activations are numpy arrays on the host (prefill-only work); the routing is models/moe.py's; on the GPU too, as BERT's.
+Activations are numpy arrays on the host (prefill-only work); the routing is models/moe.py's.  On the GPU the states stay
+on the device, as BERT's, the routing moe.cu's kernel (:meth:`NomicBertMoeModel._moe_on_device`).
 """
 
 from __future__ import annotations
@@ -51,10 +52,31 @@ class NomicBertMoeModel(BertModel):
         if not self.is_moe(il):
             return super()._ffn(x, L, il)
         c = self.cfg
+        if self._gpu:
+            return self._moe_on_device(x, L)
         top, wts = route(self._linear(L["router"], x, None), c.n_expert_used, c.expert_weights_norm)
         out = np.zeros_like(x)
         for e in np.unique(top):
             rows, slot = np.nonzero(top == e)
             h = gelu(self._linear(expert(L["up_exps"], e, c.n_expert), x[rows], None))
             out[rows] += self._linear(expert(L["down_exps"], e, c.n_expert), h, None) * wts[rows, slot][:, None]
+        return out
+
+    def _moe_on_device(self, x: object, L: dict) -> object:
+        """:meth:`_ffn`'s experts with the states on the device: the router's choice by moe.cu's kernel (ids and weights
+        stay there), then every expert over every token, in expert order, added with the weight its token gave it (0
+        where not chosen: the same sums as the host's).  n_expert / k times the chosen experts' products, for no copy
+        down a layer (an encoder runs once a text; a decoder's experts take the grouped kernels, ops/gpu/moe.py)."""
+        from ..ops.gpu import encoder as E
+
+        c, be, xp = self.cfg, self.be, self.be.xp
+        T, k = x.shape[0], c.n_expert_used
+        ids, wts = be.zeros((T, k), np.int32), be.zeros((T, k), np.float32)
+        be.moe_route(self._linear(L["router"], x, None), k, "softmax", c.expert_weights_norm, 1.0, None, None, (0, 0), ids, wts)
+        given = ((ids[:, :, None] == xp.arange(c.n_expert, dtype=np.int32)) * wts[:, :, None]).sum(axis=1)  # [T, n_expert]
+        out = be.zeros(x.shape, np.float32)
+        for e in range(c.n_expert):
+            h = self._linear(expert(L["up_exps"], e, c.n_expert), x, None)
+            E.gelu_f16(h, h)
+            out += self._linear(expert(L["down_exps"], e, c.n_expert), h, None) * given[:, e : e + 1]
         return out

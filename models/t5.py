@@ -22,9 +22,11 @@ models/bloom.py), so the kernels cannot carry it; this small model class attends
 K/V are stored in the plain cache's fp16 rows without its kernel's attention (:meth:`PlainLayerCache.store`: an
 unbiased result would only be thrown away), and the attention is computed once, from those rows with the bias
 added, every head in one pass.  Hence the plain cache only (no --kv-* compression), and one sequence a forward.  On
-the GPU the rows go to its plain fp16 ring by its kernel, the bias is built on the host from the positions the ring
-holds and ops/gpu/encoder.cu attends (cross-attention too): a step makes host decisions, so T5 decodes without CUDA
-graphs (``cuda_graphs`` False).
+the GPU the states stay on the device and every op is a kernel: the rows go to its plain fp16 ring by its kernel,
+ops/gpu/t5.cu attends over the ring with each layer's bias by query-minus-key distance (a table uploaded once, the
+positions read on the device), ops/gpu/encoder.cu attends to the encoded prompt, and the residual adds ride in the
+output products; the host decides nothing from device data, so a decode step is captured as a CUDA graph and replayed
+(runtime/graphs.py), keyed by the encoded prompt it reads (:meth:`T5Model.decode_graph_key`).
 """
 
 from __future__ import annotations
@@ -87,9 +89,10 @@ class T5Model(T5EncoderModel):
     """T5's encoder (T5EncoderModel's weights and :meth:`encode`) and its decoder (this class's)."""
 
     archs = ("t5",)
+    ROPE_ABSENCE = "relative position buckets: a learned bias per distance"  # (the decoder's self-attention)
     encoder = False  # (it writes text: Engine.eval, not Engine.embed)
     encoder_decoder = True
-    cuda_graphs = False  # (on the GPU each decode step builds its bias on the host from the cache's positions: no CUDA graph)
+    cuda_graphs = True  # (on the GPU a decode step is kernels reading device buffers: models/t5.py's docstring)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
@@ -116,6 +119,10 @@ class T5Model(T5EncoderModel):
             self.dec_layers.append(L)
         #: per sequence (its cache), each decoder layer's cross-attention K and V [T_enc, n_head_kv, head_dim] of the prompt
         self._cross: weakref.WeakKeyDictionary[KVCache, list[tuple[np.ndarray, np.ndarray]]] = weakref.WeakKeyDictionary()
+        #: per sequence, which encoded prompt its cross K/V are (a captured decode step holds their device pointers)
+        self._cross_serial: weakref.WeakKeyDictionary[KVCache, int] = weakref.WeakKeyDictionary()
+        self._n_encoded = 0
+        self._bias_d: dict[tuple, object] = {}  # the GPU's bias by distance of each layer's table (_distance_bias)
 
     def layer_specs(self) -> list[LayerSpec]:
         c = self.cfg  # (the decoder's self-attention; scale 1: T5 folds it into Q)
@@ -128,13 +135,21 @@ class T5Model(T5EncoderModel):
         c = self.cfg
         enc = self.encode(np.asarray(tokens, np.int32))
         T = len(enc)
-        keep = self.be.vector if self.be.name == "gpu" else (lambda a: a)  # (on the GPU: uploaded once a prompt, not a step)
+        # (on the GPU the products are device arrays already: made once a prompt, read by every step)
+        keep = self.be.vector if self.be.name == "gpu" and not self._gpu else (lambda a: a)
+        self._n_encoded += 1
+        self._cross_serial[cache] = self._n_encoded
         self._cross[cache] = [
             (keep(self._linear(L["cross_wk"], enc, None).reshape(T, c.n_head_kv, c.head_dim)),
              keep(self._linear(L["cross_wv"], enc, None).reshape(T, c.n_head_kv, c.head_dim)))
             for L in self.dec_layers
         ]  # fmt: skip
         return self.dec_start
+
+    def decode_graph_key(self, cache: KVCache, pos: int) -> int:
+        """What a captured decode step bakes in besides the cache's layers (runtime/graphs.py): which encoded prompt's
+        cross-attention K/V it reads (a new prompt on the same cache makes new ones)."""
+        return self._cross_serial.get(cache, 0)
 
     # ------------------------------------------------------------------ decoder
     def _self_attend(self, layer: object, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -159,32 +174,34 @@ class T5Model(T5EncoderModel):
         return (p.reshape(Hkv, -1, n) @ vv).reshape(H, T, D).transpose(1, 0, 2).reshape(T, H * D)
 
     def _self_attend_gpu(self, layer: object, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, table: np.ndarray) -> np.ndarray:
-        """:meth:`_self_attend` on the GPU's plain fp16 cache: the rows stored by its kernel, the bias (and the causal
-        mask, as -inf) built on the host from the positions the ring holds, the attention ops/gpu/encoder.cu's over the
-        visible slots' K/V gathered on the device."""
+        """:meth:`_self_attend` on the GPU's plain fp16 cache: the rows stored by its kernel, then ops/gpu/t5.cu's attention
+        over the ring's decode slots (a decode step's the same launches for 128 positions at a time, as the plain cache's),
+        the causal mask and the bias by distance applied on the device from the positions the ring and the step hold."""
         from ..ops.gpu import attention as attn
         from ..ops.gpu import encoder as E
-        from ..ops.gpu import kernels as K
         from ..ops.gpu.arrays import positions, to_device
 
         T, H, D = q.shape
         pos_h = np.asarray(pos)
         layer.note_positions(pos_h)  # type: ignore[attr-defined]
-        attn.kv_store(to_device(k), to_device(v), positions(pos_h), layer.k, layer.v, layer.pos)  # type: ignore[attr-defined]
-        rt = K.runtime()
-        kpos_all = rt.asnumpy(layer.pos)  # type: ignore[attr-defined]
-        slots = np.flatnonzero((kpos_all >= 0) & (kpos_all <= pos_h[-1]))
-        if not E.fits(len(slots), D):
+        pd = positions(pos_h)  # (a captured step's: the graph's input buffer, runtime/graphs.py)
+        attn.kv_store(to_device(k), to_device(v), pd, layer.k, layer.v, layer.pos)  # type: ignore[attr-defined]
+        n_slots = layer.decode_slots()  # type: ignore[attr-defined]
+        if not E.fits(n_slots, D):
             raise KvrunError(f"t5 on the GPU attends over at most {E.SHARED_FLOATS - D - 32} of its tokens: load it with a smaller context")
-        rel = kpos_all[slots].astype(np.int64)[None, :] - pos_h.astype(np.int64)[:, None]  # [T, n] key minus query
-        bias = table[causal_position_bucket(rel, self.n_buckets)].transpose(2, 0, 1)  # [H, T, n]
-        bias = np.ascontiguousarray(np.where(rel > 0, -np.inf, bias), np.float32)
-        sd = rt.xp.asarray(slots)
-        kk = rt.xp.ascontiguousarray(layer.k[:, sd].astype(np.float32).transpose(1, 0, 2))  # type: ignore[attr-defined]
-        vv = rt.xp.ascontiguousarray(layer.v[:, sd].astype(np.float32).transpose(1, 0, 2))  # type: ignore[attr-defined]
-        out = np.empty((T, H, D), np.float32)
-        E.attend_full(q, kk, vv, bias, 1.0, out)
+        out = self.be.zeros((T, H, D), np.float32)
+        E.attend_relative_ring(to_device(q), layer.k, layer.v, layer.pos, pd, n_slots, self._distance_bias(table), out)  # type: ignore[attr-defined]
         return out.reshape(T, H * D)
+
+    def _distance_bias(self, table: np.ndarray) -> object:
+        """The device table [H, MAX_DISTANCE + 1] of ``table``'s [buckets, H] bias at each query-minus-key distance (the
+        causal buckets saturate at MAX_DISTANCE: the last entry serves every longer one), made once a layer."""
+        key = (table.ctypes.data, table.shape)
+        d = self._bias_d.get(key)
+        if d is None:
+            rel = -np.arange(MAX_DISTANCE + 1)  # (key minus query)
+            d = self._bias_d[key] = self.be.vector(np.ascontiguousarray(table[causal_position_bucket(rel, self.n_buckets)].T))
+        return d
 
     def _cross_attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
         """Every query [T, H, D] over the whole encoded prompt's k, v [T_enc, H_kv, D], unscaled, unmasked: [T, H*D]."""
@@ -193,7 +210,7 @@ class T5Model(T5EncoderModel):
             from ..ops.gpu import encoder as E
 
             if E.fits(k.shape[0], D):
-                out = np.empty((T, H, D), np.float32)
+                out = self.be.zeros((T, H, D), np.float32) if self._gpu else np.empty((T, H, D), np.float32)
                 E.attend_full(q, k, v, None, 1.0, out)
                 return out.reshape(T, H * D)
             k, v = self.be.to_host(k), self.be.to_host(v)  # (a prompt too long for the kernel's shared memory: on the host)
@@ -221,18 +238,34 @@ class T5Model(T5EncoderModel):
             q = self._linear(L["wq"], xn, None).reshape(T, H, D)
             k = self._linear(L["wk"], xn, None).reshape(T, Hkv, D)
             v = self._linear(L["wv"], xn, None).reshape(T, Hkv, D)
-            x = x + self._linear(L["wo"], self._self_attend(cache[il], q, k, v, pos, table), None)
+            x = self._add(x, L["wo"], self._self_attend(cache[il], q, k, v, pos, table))
             self.trace("cross_inp", il, x)
             xn = self._norm(x, L["cross_norm"])
             qc = self._linear(L["cross_wq"], xn, None).reshape(T, H, D)
-            x = x + self._linear(L["cross_wo"], self._cross_attend(qc, *cross[il]), None)
+            x = self._add(x, L["cross_wo"], self._cross_attend(qc, *cross[il]))
             self.trace("ffn_inp", il, x)
-            x = x + self._ffn(self._norm(x, L["ffn_norm"]), L, il)  # (the encoder's FFN, the decoder layer's weights)
+            x = self._add(x, None, self._ffn(self._norm(x, L["ffn_norm"]), L, il))  # (the encoder's FFN, the decoder layer's weights)
             self.trace("l_out", il, x)
         if len(out_rows) == 0:
             return
-        xo = self._norm(x[np.asarray(out_rows)], self.dec_output_norm)
+        rows = np.asarray(out_rows)
+        if self._gpu:  # (the engine's rows are a run: a slice, no index array to upload in a captured step)
+            run = bool((np.diff(rows) == 1).all())
+            xo = self._norm(x[int(rows[0]) : int(rows[0]) + len(rows)] if run else x[self.be.xp.asarray(rows)], self.dec_output_norm)
+        else:
+            xo = self._norm(x[rows], self.dec_output_norm)
         if self.embedding:
             logits[...] = xo
             return
-        self.be.linear(self.output, np.ascontiguousarray(xo), logits)
+        self.be.linear(self.output, xo if self._gpu else np.ascontiguousarray(xo), logits)
+
+    def _add(self, x: np.ndarray, w: object, y: np.ndarray) -> np.ndarray:
+        """The residual stream ``x`` plus ``y`` (``w``: through that product first); on the GPU in place, in kernels
+        (the add riding in a decode step's output matvec)."""
+        if not self._gpu:
+            return x + (y if w is None else self._linear(w, y, None))
+        if w is None:
+            self.be.add(x, y)
+        else:
+            self.be.linear_add(w, y, x)
+        return x

@@ -16,7 +16,8 @@ What sets T5's block apart:
 * the tensors are the encoder's (``enc.blk.{i}.*``); its SentencePiece Unigram vocabulary (loaders/ugm.py)
   appends ``</s>`` and adds no BOS.
 
-Activations are numpy arrays on the host (prefill-only work); on the GPU too, as BERT's.  The converter states
+Activations are numpy arrays on the host (prefill-only work); on the GPU they stay on the device (models/bert.py's
+``device_states``).  The converter states
 no pooling: llama.cpp's embeddings then are every token's state, kvrun's pooled mean.
 """
 
@@ -101,5 +102,14 @@ class T5EncoderModel(PreNormEncoder):
     def _ffn(self, x: np.ndarray, L: dict, il: int) -> np.ndarray:
         """Gated GELU (v1.1, Flan: gelu(gate) * up, ggml's float16-table GELU) or ReLU (the original T5), then down."""
         up = self._linear(L["w_up"], x, None)
+        if self._gpu:  # (t5.cu's float16-table GeGLU or ReLU, in place: kernels, so T5's decode step is one graph)
+            from ..ops.gpu import encoder as E
+
+            if L["w_gate"] is None:
+                E.relu(up, up)
+                return self._linear(L["w_down"], up, None)
+            g = self._linear(L["w_gate"], x, None)
+            E.gelu_f16_glu(g, up, g)
+            return self._linear(L["w_down"], g, None)
         h = gelu(self._linear(L["w_gate"], x, None)) * up if L["w_gate"] is not None else np.maximum(up, np.float32(0.0))
         return self._linear(L["w_down"], h, None)

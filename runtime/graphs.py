@@ -109,7 +109,8 @@ class DecodeGraphs:
             if k is None:
                 return None
             keys.append(k)
-        if hasattr(self.model, "decode_graph_key"):  # what the model's own step bakes in (an M-RoPE shift: models/mrope_text.py)
+        if hasattr(self.model, "decode_graph_key"):  # what the model's own step bakes in (an M-RoPE shift: models/mrope_text.py;
+            # T5's encoded prompt, whose cross-attention K/V a step reads: models/t5.py)
             keys.append(self.model.decode_graph_key(cache, pos))
         return (id(cache), *keys)
 

@@ -32,7 +32,8 @@ ON_GPU = ["deci", "qwen", "baichuan", "orion", "xverse", "plamo3", "plamo3-full"
 #: PLM's and GLM-5's among them: tests/test_gpu_mla.py)
 #: (Step-3.5's, GroveMoE's, DBRX's and Grok's run: tests/test_gpu_moe2.py)
 #: (Kimi Linear's delta-rule layers, Qwen3.5's and Qwen3-Next's, run: tests/test_gpu_delta.py)
-REFUSED = ["nemotron_h_moe", "nemotron_h_moe-latent"]  # fmt: skip
+#: (Nemotron-H MoE's ungated squared-ReLU experts, Nemotron 3 Nano's and Super's, run: tests/test_gpu_refusals2.py)
+REFUSED: list[str] = []
 
 #: this stop's models written by their own tiny writers that still refuse (the encoders, T5 and the diffusion LMs run:
 #: tests/test_gpu_encoders.py)

@@ -325,16 +325,8 @@ def test_a_chunk_that_calibrates_the_cache_stores_the_rest_on_the_device(gpu_env
     assert np.abs(runs["gpu"] - runs["cpu"]).max() < 2e-3 * np.abs(runs["cpu"]).max()
 
 
-def test_a_mixture_of_experts_the_gpu_cannot_run_is_refused_in_one_line(gpu_env, tmp_path):
-    """Experts the device kernels do not run (Nemotron-H MoE's ungated squared-ReLU ones: host work) are refused while the
-    model loads (the others run on the GPU: tests/test_gpu_moe.py, tests/test_gpu_moe2.py)."""
-    from kvrun.loaders.errors import UnsupportedModelError
-
-    path = write_tiny_model(tmp_path / "moe.gguf", "nemotron_h_moe")
-    with pytest.raises(UnsupportedModelError, match=r"nemotron_h_moe \(squared-ReLU experts without a gate\) runs on the CPU only for now; use --device cpu"):
-        Engine(path, device="gpu", n_ctx=64)
-    r = CliRunner().invoke(main, ["run", str(path), "--device", "gpu", "-p", "hi", "-n", "2"])
-    assert r.exit_code == 2 and r.output.count("\n") == 1 and "use --device cpu" in r.output, r.output
+# (every mixture of experts runs on the GPU now, Nemotron-H MoE's ungated experts too: tests/test_gpu_refusals2.py, which
+# also holds a compressed cache's one-line refusal on the CLI)
 
 
 def test_embeddings_on_the_gpu_equal_the_cpus(gpu_env, tiny):

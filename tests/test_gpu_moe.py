@@ -38,8 +38,9 @@ ON_GPU = ["qwen3moe", "llama-moe", "granitemoe", "granitemoe-shared", "qwen2moe"
           "phimoe-long", "bailingmoe", "bailingmoe-scaled", "hunyuan-moe", "dots1", "arctic", "deepseek2-ocr"]  # fmt: skip
 
 #: those whose experts are still host work, each refused in one line naming them (the other variants, Step-3.5's,
-#: Grok's, GroveMoE's, SmallThinker's, AFMoE's and DBRX's, run: tests/test_gpu_moe2.py; Llama 4's: test_gpu_bitnet_llama4.py)
-REFUSED = {"nemotron_h_moe": "squared-ReLU experts"}
+#: Grok's, GroveMoE's, SmallThinker's, AFMoE's and DBRX's, run: tests/test_gpu_moe2.py; Llama 4's: test_gpu_bitnet_llama4.py;
+#: Nemotron-H MoE's ungated squared-ReLU experts: test_gpu_refusals2.py)
+REFUSED: dict[str, str] = {}
 
 
 # ----------------------------------------------------------------- routing
@@ -168,6 +169,7 @@ def test_a_batch_past_the_grids_height_runs_in_runs_of_tokens(rt, monkeypatch):
     gw = [_upload(rt, _stacked(Q.Q8_0, n_expert, n, n, rng), Q.Q8_0, (n_expert * n, n)) for _ in range(3)]
     xn, x = (rng.standard_normal((5, n)).astype(np.float32) for _ in range(2))
     ids, wts = rng.integers(0, n_expert, (5, 2)).astype(np.int32), rng.random((5, 2)).astype(np.float32)
+    monkeypatch.setattr(gpu_moe, "GROUPED_MIN_TOKENS", 6)  # (5 tokens: the matvec kernels, not the grouped prompt's)
     whole = _run_experts(rt, gw, xn, x, ids, wts, n, None, "silu")
     monkeypatch.setattr(gpu_moe, "MAX_GRID_Y", 5)  # two tokens a run
     np.testing.assert_array_equal(_run_experts(rt, gw, xn, x, ids, wts, n, None, "silu"), whole)
@@ -189,7 +191,7 @@ def test_the_variants_the_kernels_do_not_run_are_named():
     w = Weight(np.zeros((8, 32), np.uint8), int(Q.Q8_0), (8, 32))
     moe = MoE(router=w, gate=w, up=w, down=w, n_expert=4, n_used=2, norm_weights=True)
     assert device_unsupported(moe) is None
-    for change, named in [({"gate": None, "act": "relu_sqr"}, "relu_sqr"), ({"gate_b": np.zeros((4, 2), np.float32)}, "biases")]:
+    for change, named in [({"gate": None, "act": "silu"}, "silu"), ({"gate_b": np.zeros((4, 2), np.float32)}, "biases")]:
         assert named in device_unsupported(MoE(**{**moe.__dict__, **change}))
 
 

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(not gpu_available() and not emulate.available(),
 #: every fixture (tests/tinymodel.py) with Mamba or Mamba-2 layers that runs on the GPU, variants included
 ON_GPU = ["mamba", "mamba-falcon", "mamba2", "granitehybrid", "granitehybrid-dense-rope", "falcon-h1", "nemotron_h", "jamba",
           "jamba-dense", "plamo2"]  # fmt: skip
-#: (nemotron_h_moe's experts are refused on their own: tests/test_gpu_archs2.py)
+#: (nemotron_h_moe's, its ungated experts beside the Mamba-2 layers, runs: tests/test_gpu_refusals2.py)
 
 BOUND = 2e-3
 

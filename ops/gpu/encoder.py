@@ -35,3 +35,36 @@ def attend_full(q: Any, k: Any, v: Any, bias: Any, scale: float, out: Any) -> No
     with device_out(out) as od:
         K.launch("attn_full_f32", (Tq, H), (128,), qd, kd, vd, bd, od, Tq, Tk, H, n_kv, D, Dv, scale, int(bias is not None), bias_hs,
                  shared_mem=4 * (Tk + D + 32))  # fmt: skip
+
+
+def attend_relative_ring(q: Any, k: Any, v: Any, kpos: Any, qpos: Any, n_slots: int, bias_d: Any, out: Any) -> None:
+    """T5's decoder self-attention (t5.cu): the device queries ``q`` [T, n_head, D] at device positions ``qpos`` over the
+    first ``n_slots`` slots of a plain fp16 ring (k [n_kv, cap, D], v [n_kv, cap, Dv], ``kpos`` [cap]), unscaled, plus
+    ``bias_d`` [n_head, n_dist] of each query-minus-key distance (the last entry for longer ones), causal; into the
+    device ``out`` [T, n_head, Dv].  Everything it reads is on the device: a decode step's launch a CUDA graph holds."""
+    T, H, D = q.shape
+    n_kv, cap, Dv = v.shape
+    if not fits(n_slots, D):
+        raise ValueError(f"t5 on the GPU attends over at most {SHARED_FLOATS - D - 32} of its tokens")
+    K.launch("t5_self_attn_f16", (T, H), (128,), q, k, v, kpos, qpos, bias_d, out, n_slots, cap, H, n_kv, D, Dv, bias_d.shape[1],
+             shared_mem=4 * (n_slots + D + 32))  # fmt: skip
+
+
+def _elementwise(kernel: str, out: Any, *xs: Any) -> None:
+    n = out.size
+    K.launch(kernel, (min(K.cdiv(n, 256), 8192),), (256,), *xs, out, n)
+
+
+def gelu_f16(x: Any, out: Any) -> None:
+    """out = ggml's CPU GELU of x (models/bert.py ``gelu``: the float16 table) on device arrays; out may be x."""
+    _elementwise("gelu_f16_f32", out, x)
+
+
+def gelu_f16_glu(g: Any, u: Any, out: Any) -> None:
+    """out = gelu_f16(g) * u on device arrays (T5 v1.1's gated FFN); out may be g."""
+    _elementwise("gelu_f16_glu_f32", out, g, u)
+
+
+def relu(x: Any, out: Any) -> None:
+    """out = max(x, 0) on device arrays; out may be x."""
+    _elementwise("relu_f32", out, x)

@@ -148,6 +148,12 @@ for _sfx in QTYPE_SUFFIX.values():
     _declare("moe.cu", f"moe_gate_up_{_sfx}", "p" * 8 + "i" * 7)
     _declare("moe.cu", f"moe_down_{_sfx}", "p" * 6 + "i" * 6)  # wd, h, ids, wts, db, x, n_embd, n_ff, row_bytes, k, acc, has_b
 _declare("moe.cu", "moe_gated_add_f32", "pppil")  # x, y, s, n, total
+# a prompt's experts grouped (moe.cu, ops/gpu/moe.py grouped): ids, order, inv, offs, n, n_expert; x, order, xg, k, n_cols, total;
+# g, u, ids, order, gb, ub, h, n_ff, act, has_b, total; d, ids, inv, wts, db, x, k, n_embd, acc, has_b, total
+_declare("moe.cu", "moe_group_slots", "ppppii")
+_declare("moe.cu", "moe_gather_rows_f32", "pppiil")
+_declare("moe.cu", "moe_glu_rows_f32", "ppppppp" + "iii" + "l")
+_declare("moe.cu", "moe_scatter_rows_f32", "pppppp" + "iiii" + "l")
 # the mixture-of-experts variants (moe2.cu): wg, wu, x, ids, wts, g, h, n_ff, n_cols, row_bytes, k, mode, act, wbf, limit;
 # wd, h, ids, wts, x, n_embd, n_ff, row_bytes, k, acc, wbf
 for _sfx in QTYPE_SUFFIX.values():
@@ -158,6 +164,9 @@ _declare("moe2.cu", "gelu_f16_mul_f32", "pppl")  # g, u, out, n
 _declare("moe2.cu", "swiglu_clamp_f32", "pppfl")  # g, u, out, limit, n
 _declare("moe2.cu", "sigmoid_mul_f32", "ppll")  # x, s, rep, n
 _declare("moe2.cu", "copy_f32", "ppl")  # src, dst, n
+# ungated squared-ReLU experts (moe3.cu; their down products moe2.cu's moe_down_x): wu, x, ids, h, n_ff, n_cols, row_bytes, k
+for _sfx in QTYPE_SUFFIX.values():
+    _declare("moe3.cu", f"moe_up_sq_{_sfx}", "pppp" + "iiii")
 # multi-head latent attention (mla.cu): kva, w, kvc, rank, stride, eps; q_raw, k_nope, kva, q, k, T, n_head, nope, n_rot, stride
 _declare("mla.cu", "mla_latent_norm_f32", "pppiif")
 _declare("mla.cu", "mla_qk_f32", "pppppiiiii")
@@ -214,6 +223,11 @@ _declare("mrope.cu", "mrope_shift_positions", "ppii")
 # the text encoders' attention both ways in float32 (encoder.cu): q, k, v, bias, out, Tq, Tk, n_head, n_kv, D, Dv, scale, has_bias,
 # bias_hs
 _declare("encoder.cu", "attn_full_f32", "ppppp" + "i" * 6 + "fil")
+# T5 (t5.cu): q, k, v, kpos, qpos, bias_d, out, n_slots, cap, n_head, n_kv, D, Dv, n_dist; the encoders' element-wise ops
+_declare("t5.cu", "t5_self_attn_f16", "ppppppp" + "i" * 7)
+_declare("t5.cu", "gelu_f16_f32", "ppl")  # x, out, n
+_declare("t5.cu", "gelu_f16_glu_f32", "pppl")  # g, u, out, n
+_declare("t5.cu", "relu_f32", "ppl")  # x, out, n
 
 
 def cu_files() -> list[str]:

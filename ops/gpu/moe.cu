@@ -17,8 +17,8 @@
 // The experts' weights are the file's stacked 3-D tensors uploaded as
 // [n_expert * rows, row_bytes] in their GGUF blocks; quants.cuh's decoders read
 // them, so every type the dense matvec reads works for the experts too.  The
-// products are matvecs per (token, slot): prefill runs them too (correct, not
-// fast: an expert's weights are read once per token that chose it).
+// products are matvecs per (token, slot); a prompt's go grouped by expert
+// (the end of this file: each expert's weights read once, not once a token).
 #include "moe.cuh"
 
 // gating (models/moe.py MoE.gating)
@@ -229,4 +229,78 @@ extern "C" __global__ void moe_gated_add_f32(float* __restrict__ x, const float*
                                              long long total) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x)
         x[i] += y[i] * (0.5f + 0.5f * tanhf(0.5f * s[i / n]));
+}
+
+// ------------------------------------------------------------------ prefill grouped by expert
+// A prompt's rows by expert (llama.cpp's mul_mat_id): the (token, slot) pairs counted and ordered per expert here,
+// their inputs gathered into one block per expert, each expert's gate, up and down products the dense matmul_<type>
+// over its block (ops/gpu/moe.py grouped), the GLU over every row, then scattered back with the router weights.
+// So a prompt of T tokens reads each expert's weights once instead of once per token that chose it.
+
+// grid (1), block 256: order[n] the slots s = t * k + j by expert (each expert's in slot order), inv[s] where slot s
+// went, offs[n_expert + 1] where each expert's rows start (a thread per expert: T * k slots scanned twice each)
+extern "C" __global__ void moe_group_slots(const int* __restrict__ ids, int* __restrict__ order, int* __restrict__ inv,
+                                           int* __restrict__ offs, int n, int n_expert) {
+    for (int e = threadIdx.x; e < n_expert; e += blockDim.x) {
+        int c = 0;
+        for (int s = 0; s < n; ++s) c += ids[s] == e;
+        offs[e + 1] = c;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        offs[0] = 0;
+        for (int e = 0; e < n_expert; ++e) offs[e + 1] += offs[e];
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < n_expert; e += blockDim.x) {
+        int o = offs[e];
+        for (int s = 0; s < n; ++s)
+            if (ids[s] == e) {
+                order[o] = s;
+                inv[s] = o++;
+            }
+    }
+}
+
+#define MOE_STRIDE(i, n) for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
+
+// xg[r] = x[order[r] / k]: each grouped row's token's input.  grid-stride over n * n_cols
+extern "C" __global__ void moe_gather_rows_f32(const float* __restrict__ x, const int* __restrict__ order, float* __restrict__ xg, int k,
+                                               int n_cols, long long total) {
+    MOE_STRIDE(i, total) xg[i] = x[(size_t)(order[i / n_cols] / k) * n_cols + i % n_cols];
+}
+
+// h[r] = act(g[r] + gb[e], u[r] + ub[e]), e the expert of grouped row r (h may be g).  grid-stride over n * n_ff
+extern "C" __global__ void moe_glu_rows_f32(const float* g, const float* __restrict__ u, const int* __restrict__ ids,
+                                            const int* __restrict__ order, const float* __restrict__ gb, const float* __restrict__ ub,
+                                            float* h, int n_ff, int act, int has_b, long long total) {
+    MOE_STRIDE(i, total) {
+        const int c = (int)(i % n_ff);
+        float gv = g[i], uv = u[i];
+        if (has_b) {
+            const size_t r = (size_t)ids[order[i / n_ff]] * n_ff + c;
+            gv += gb[r];
+            uv += ub[r];
+        }
+        h[i] = moe_glu(gv, uv, act);
+    }
+}
+
+// x[t] (+)= sum_j wts[t, j] (d[inv[t k + j]] + db[e_j]): the k slots summed in slot order and then added, as moe_down.
+// grid-stride over T * n_embd
+extern "C" __global__ void moe_scatter_rows_f32(const float* __restrict__ d, const int* __restrict__ ids, const int* __restrict__ inv,
+                                                const float* __restrict__ wts, const float* __restrict__ db, float* __restrict__ x, int k,
+                                                int n_embd, int acc, int has_b, long long total) {
+    MOE_STRIDE(i, total) {
+        const long long t = i / n_embd;
+        const int c = (int)(i % n_embd);
+        float s = 0.0f;
+        for (int j = 0; j < k; ++j) {
+            const long long slot = t * k + j;
+            float v = d[(size_t)inv[slot] * n_embd + c];
+            if (has_b) v += db[(size_t)ids[slot] * n_embd + c];
+            s += wts[slot] * v;
+        }
+        x[i] = acc ? x[i] + s : s;
+    }
 }

@@ -141,27 +141,12 @@ RWKV_ARCHS = ("rwkv6", "rwkv7", "arwkv7", "rwkv6qwen2")
 
 def rope_absence(cfg: Any, g: Any) -> str | None:
     """What carries position where a model's attention rotates nothing, as `kvrun info` says it (its config ``cfg``, its
-    open file ``g``); None where it uses rope, on every attention layer or on some (Llama 4's, SmolLM3's NoPE layers).
-    Attention-free models (Mamba, RWKV) have no rope line to say it on."""
-    a = cfg.arch
-    if a == "granitehybrid" and not g.arch_get("rope.scaling.finetuned", True):  # (llama.cpp's switch: models/granitehybrid.py)
-        return "the file says so: rope.scaling.finetuned false"
-    if a == "kimi-linear":  # (its MLA turns nothing: rope.dimension_count sizes the keys' shared part)
-        return "Kimi's MLA: the KDA layers' convolutions carry position"
-    if a in ("gpt2", "starcoder"):  # (its positions are learned rows added to the embeddings)
-        return "learned positions: position_embd.weight"
-    if a in ("bloom", "mpt", "jais", "refact"):  # (ALiBi: a distance penalty on the attention scores)
-        return "ALiBi"
-    if a == "baichuan":  # (llama.cpp tells 7B, which rotates, from 13B, ALiBi, by depth; other depths get neither)
-        from .models.baichuan import BAICHUAN_7B_LAYERS, BAICHUAN_13B_LAYERS
+    open file ``g``): its class's ``rope_absence`` (models/common.py's ``Model.ROPE_ABSENCE``); None where it uses rope,
+    on every attention layer or on some, or for an architecture kvrun does not run."""
+    from .models import MODEL_CLASSES
 
-        if cfg.n_layer != BAICHUAN_7B_LAYERS:
-            return "ALiBi" if cfg.n_layer == BAICHUAN_13B_LAYERS else f"neither rope nor ALiBi at {cfg.n_layer} layers (llama.cpp's Baichuan: 7B's 32, 13B's 40)"
-    if a in ("jamba", "nemotron_h", "nemotron_h_moe"):  # (rope-less attention among Mamba layers)
-        return "the Mamba layers carry order"
-    if a == "t5":  # (the decoder's self-attention: a learned bias per causal distance bucket, models/t5.py)
-        return "relative position buckets: a learned bias per distance"
-    return None
+    cls = MODEL_CLASSES.get(cfg.arch)
+    return None if cls is None else cls.rope_absence(cfg, g)
 
 
 def model_facts(path: Path, g: Any = None) -> dict[str, Any]:

@@ -252,9 +252,10 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
     return cfg
 
 
-def open_mmproj(path: str | os.PathLike) -> tuple[GGUFFile, MmprojConfig]:
-    """Open ``path`` as a projector file: the file and its config (the file is closed again on an error)."""
-    g = GGUFFile(path)
+def open_mmproj(path: str | os.PathLike | GGUFFile) -> tuple[GGUFFile, MmprojConfig]:
+    """Open ``path`` as a projector file: the file and its config (the file is closed again on an error); ``path`` may
+    be the file already open (its header is not parsed again)."""
+    g = path if isinstance(path, GGUFFile) else GGUFFile(path)
     try:
         return g, load_mmproj_config(g)
     except Exception:

@@ -65,6 +65,14 @@ class _AlibiCache:
 class BaichuanModel(LlamaModel):
     archs = ("baichuan",)
 
+    @classmethod
+    def rope_absence(cls, cfg: ModelConfig, g: GGUFFile) -> str | None:  # (told by depth, as the module says)
+        if cfg.n_layer == BAICHUAN_7B_LAYERS:
+            return None
+        if cfg.n_layer == BAICHUAN_13B_LAYERS:
+            return "ALiBi"
+        return f"neither rope nor ALiBi at {cfg.n_layer} layers (llama.cpp's Baichuan: 7B's 32, 13B's 40)"
+
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         self.rotates = cfg.n_layer == BAICHUAN_7B_LAYERS
         self.alibi_q = self._alibi_view = None  # (no ALiBi: 7B and unknown depths)

@@ -70,6 +70,7 @@ def file_max_alibi_bias(g: GGUFFile, name: str) -> float:
 class BloomModel(GPT2Model):
     archs = ("bloom",)
     learned_positions = False
+    ROPE_ABSENCE = "ALiBi"  # (a distance penalty on the attention scores; MPT's and JAIS's too)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)

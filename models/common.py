@@ -217,6 +217,14 @@ class Model:
     #: set while Engine.eval_embd runs: rows [T, n_embd] the forward takes in place of the token embeddings (an
     #: image's, models/siglip.py), unscaled, attending to one another both ways (cache/bidirectional.py)
     input_embd: Any = None
+    #: what carries position where the attention rotates nothing, as `kvrun info` says it ("ALiBi"); None: rope, on
+    #: every attention layer or on some (Llama 4's, SmolLM3's NoPE layers), or no attention to say it of (Mamba, RWKV)
+    ROPE_ABSENCE: str | None = None
+
+    @classmethod
+    def rope_absence(cls, cfg: ModelConfig, g: GGUFFile) -> str | None:
+        """:attr:`ROPE_ABSENCE`, or what the file says (its config ``cfg``, the open file ``g``) where it decides."""
+        return cls.ROPE_ABSENCE
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         self.cfg = cfg

@@ -51,6 +51,10 @@ class GPT2Model(Phi2Model):
     #: a table of learned positions added to the token embeddings (GPT-2); False: rope on Q and K instead
     learned_positions: bool = True
 
+    @classmethod
+    def rope_absence(cls, cfg: ModelConfig, g: GGUFFile) -> str | None:  # (BLOOM's kin: their ALiBi; the others rope)
+        return "learned positions: position_embd.weight" if cls.learned_positions else cls.ROPE_ABSENCE
+
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         if self.learned_positions and n_ctx > cfg.n_ctx_train:  # (no row to look up past the table; before any upload)
             raise KvrunError(f"{g.path}: {cfg.arch} learned positions for {cfg.n_ctx_train} tokens (position_embd.weight), "

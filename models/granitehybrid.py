@@ -51,6 +51,10 @@ class HybridLayer:
 class GraniteHybridModel(LlamaModel):
     archs = ("granitehybrid",)
 
+    @classmethod
+    def rope_absence(cls, cfg: ModelConfig, g: GGUFFile) -> str | None:
+        return None if g.arch_get("rope.scaling.finetuned", True) else "the file says so: rope.scaling.finetuned false"
+
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         if len(cfg.ssm_layers) != cfg.n_layer:
             raise GGUFError(f"{g.path}: granitehybrid.attention.head_count_kv has {len(cfg.ssm_layers)} entries for {cfg.n_layer} layers")

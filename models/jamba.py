@@ -71,6 +71,7 @@ def dt_b_c_norms(w: WeightLoader, L: MambaLayer, i: int, dt_rank: int, d_state: 
 
 class JambaModel(MambaModel):
     archs = ("jamba",)
+    ROPE_ABSENCE = "the Mamba layers carry order"  # (rope-less attention among them)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         if len(cfg.ssm_layers) != cfg.n_layer:

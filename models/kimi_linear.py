@@ -98,6 +98,7 @@ class KDALayer:
 
 class KimiLinearModel(Deepseek2Model):
     archs = ("kimi-linear",)
+    ROPE_ABSENCE = "Kimi's MLA: the KDA layers' convolutions carry position"  # (rope.dimension_count sizes the keys' shared part)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         for key in ("attn_res_block_size", "moe_latent_size"):

@@ -47,6 +47,7 @@ class NemotronHLayer:
 
 class NemotronHModel(Model):
     archs = ("nemotron_h",)
+    ROPE_ABSENCE = "the Mamba layers carry order"  # (rope-less attention among them; nemotron_h_moe's too)
     #: the FFN layers may be mixtures of experts (the nemotron_h_moe subclass, models/nemotron_h_moe.py: :meth:`ffn_layer`)
     takes_experts: bool = False
 

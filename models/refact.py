@@ -25,6 +25,10 @@ REFACT_MAX_ALIBI_BIAS = 8.0
 class RefactModel(BaichuanModel):
     archs = ("refact",)
 
+    @classmethod
+    def rope_absence(cls, cfg: ModelConfig, g: GGUFFile) -> str | None:  # (ALiBi at any depth: not Baichuan's by depth)
+        return "ALiBi"
+
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         self.rotates = False  # (no rope at all: BaichuanModel.load_layer)
         self.init_alibi(cfg, backend, REFACT_MAX_ALIBI_BIAS)

@@ -36,16 +36,9 @@ AUDIO_PART = "input_audio"  # OpenAI's content part type for a clip
 AUDIO_MARKERS = {"ultravox": ("", ""), "qwen2a": ("<|audio_bos|>", "<|audio_eos|>"), "voxtral": ("[BEGIN_AUDIO]", "")}
 
 
-def is_audio_projector(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is an audio-only mmproj (an unreadable file is left to the vision loader to refuse)."""
-    try:
-        g = GGUFFile(path)
-    except Exception:
-        return False
-    try:
-        return g.get("general.architecture") == "clip" and is_audio_mmproj(g)
-    finally:
-        g.close()
+def is_audio_projector(g: GGUFFile) -> bool:
+    """Whether the opened file ``g`` is an audio-only mmproj (runtime/vision.py opens it once and routes it)."""
+    return g.get("general.architecture") == "clip" and is_audio_mmproj(g)
 
 
 def decode_audio(src: Any, where: str = "the audio") -> np.ndarray:
@@ -86,9 +79,9 @@ class Audio:
     takes_audio = True
     begin, end = "", ""  # (Ultravox: no tokens around a clip's rows)
 
-    def __init__(self, engine: Engine, mmproj: str | os.PathLike) -> None:
+    def __init__(self, engine: Engine, mmproj: str | os.PathLike, g: GGUFFile | None = None) -> None:
         self.engine = engine
-        g = GGUFFile(mmproj)
+        g = g if g is not None else GGUFFile(mmproj)  # (``g``: the file already open, as Vision routes it)
         try:
             cfg = load_audio_config(g)
             if cfg.n_text_embd != engine.cfg.n_embd:

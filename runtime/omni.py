@@ -28,16 +28,9 @@ from .vision import MARKER, Segments, Vision, prefill_media
 from .vision_qwen2vl import GridRows
 
 
-def is_omni_projector(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a projector file with both a vision and an audio encoder (unreadable: left to the loaders)."""
-    try:
-        g = GGUFFile(path)
-    except Exception:
-        return False
-    try:
-        return g.get("general.architecture") == "clip" and bool(g.get("clip.has_vision_encoder", False)) and bool(g.get("clip.has_audio_encoder", False))
-    finally:
-        g.close()
+def is_omni_projector(g: GGUFFile) -> bool:
+    """Whether the opened file ``g`` is a projector file with both a vision and an audio encoder."""
+    return g.get("general.architecture") == "clip" and bool(g.get("clip.has_vision_encoder", False)) and bool(g.get("clip.has_audio_encoder", False))
 
 
 def is_clip(src: Any) -> bool:
@@ -67,10 +60,10 @@ class Omni:
 
     takes_audio = takes_images = True
 
-    def __init__(self, engine: Engine, mmproj: str | os.PathLike) -> None:
-        self.engine = engine
-        self.pictures = _Pictures(engine, mmproj)
-        self.audio = Audio(engine, mmproj)
+    def __init__(self, engine: Engine, mmproj: str | os.PathLike, g: GGUFFile | None = None) -> None:
+        self.engine = engine  # (``g``: the file already open, read by both sides)
+        self.pictures = _Pictures(engine, mmproj, g)
+        self.audio = Audio(engine, mmproj, g)
 
     @property
     def n_tokens(self) -> int:

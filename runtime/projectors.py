@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import open_mmproj
 
 
@@ -60,11 +61,13 @@ PROJECTORS: dict[str, ProjectorKind] = {
 #: the projectors whose encoder runs on the CPU beside a text model on --device gpu, a picture's rows uploaded as they go
 #: in (tests/test_gpu_vision2.py): M-RoPE rows (the text after them turns by positions a captured decode step reads as
 #: data: models/mrope_text.py) and rows that go in causally as a block; Gemma 3's and SmolVLM's say so in
-#: models/siglip.py.  The others' encoders refuse the GPU in one line (CogVLM's visual expert, Gemma 3n's and Gemma 4's
-#: pictures, Hunyuan-VL's XD-RoPE rows).
+#: models/siglip.py.  An encoder built with the GPU's backend all the same refuses it in one line.
 CPU_BESIDE_GPU = frozenset({
     "qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger", "glm4v", "paddleocr",
     "pixtral", "lightonocr", "internvl", "lfm2", "mlp", "ldp", "ldpv2", "janus_pro", "llama4", "kimivl", "resampler", "minicpmv4_6",
+    # (tests/test_gpu_pictures3.py) Hunyuan-VL's XD-RoPE rows (per-row tables, the text after them at plain positions),
+    # CogVLM's rows through the visual expert's uploaded weights, Gemma 3n's causal rows, Gemma 4's both-ways block
+    "hunyuanvl", "cogvlm", "gemma3nv", "gemma4v",
 })  # fmt: skip
 
 
@@ -73,8 +76,9 @@ def _resolve(package: str, name: str) -> Any:
     return getattr(importlib.import_module(f"kvrun.{package}.{module}"), attr)
 
 
-def load_encoder(mmproj: str | os.PathLike, backend: Any) -> Any:
-    """The encoder of a picture projector file (a one-line error for a file that is not one kvrun reads)."""
+def load_encoder(mmproj: str | os.PathLike | GGUFFile, backend: Any) -> Any:
+    """The encoder of a picture projector file, or of the file already open (a one-line error for a file that is not
+    one kvrun reads)."""
     g, cfg = open_mmproj(mmproj)
     if getattr(backend, "name", "cpu") != "cpu" and cfg.projector_type in CPU_BESIDE_GPU:
         from ..ops import get_backend

@@ -36,6 +36,7 @@ import numpy as np
 
 from ..cache.base import KVCache
 from ..loaders.errors import KvrunError
+from ..loaders.gguf_file import GGUFFile
 from ..models.siglip import load_image, preprocess
 from .engine import Engine, GenRequest, GenStats, stream_text
 from .projectors import load_encoder, load_layout
@@ -52,25 +53,36 @@ Segments = list[Union[list[int], np.ndarray]]
 class Vision:
     """A projector file (``--mmproj``) loaded for ``engine``'s model: images to rows, prompts to segments."""
 
-    def __new__(cls, engine: Engine, mmproj: str | os.PathLike) -> Any:
+    def __new__(cls, engine: Engine, mmproj: str | os.PathLike, g: GGUFFile | None = None) -> Any:
+        if cls is not Vision:  # (Omni's picture side: routed already, the open file handed over)
+            return super().__new__(cls)
         from .audio import Audio, is_audio_projector
-
-        if cls is Vision and is_audio_projector(mmproj):  # an audio mmproj (Ultravox's): clips in a picture's place (runtime/audio.py)
-            return Audio(engine, mmproj)
         from .omni import Omni, is_omni_projector
         from .vision_gemma3n import skips_audio
 
-        if cls is Vision and is_omni_projector(mmproj) and not skips_audio(mmproj):  # both encoders (Qwen2.5-Omni's): pictures and clips (runtime/omni.py)
-            return Omni(engine, mmproj)
-        return super().__new__(cls)
+        if g is None:  # (the file's header parsed once, here: what it holds routes it, and the side it goes to reads it on)
+            try:
+                g = GGUFFile(mmproj)
+            except Exception:
+                pass  # (unreadable: the picture loader says what is wrong, after the text model's own check)
+        if g is not None and is_audio_projector(g):  # an audio mmproj (Ultravox's): clips in a picture's place (runtime/audio.py)
+            return Audio(engine, mmproj, g)
+        if g is not None and is_omni_projector(g) and not skips_audio(g):  # both encoders (Qwen2.5-Omni's): pictures and clips (runtime/omni.py)
+            return Omni(engine, mmproj, g)
+        self = super().__new__(cls)
+        self._opened = g  # (Python calls __init__ with the caller's arguments: the open file goes over this way)
+        return self
 
-    def __init__(self, engine: Engine, mmproj: str | os.PathLike) -> None:
+    def __init__(self, engine: Engine, mmproj: str | os.PathLike, g: GGUFFile | None = None) -> None:
+        g = g if g is not None else self.__dict__.pop("_opened", None)
         if not getattr(engine.model, "takes_images", False):
+            if g is not None:
+                g.close()
             raise KvrunError(f"{engine.cfg.arch} models take no images; kvrun runs images with Gemma 3, 3n and 4, SmolVLM, Qwen2-VL, "
                              "Qwen3-VL, GLM-4.1V / 4.5V, LFM2-VL, InternVL, Pixtral / Mistral Small 3.1, MiniCPM-V (up to 4.6), Llama 4, Kimi-VL, PaddleOCR-VL, HunyuanOCR / Hunyuan-VL, LLaVA, MobileVLM, LightOnOCR, Janus-Pro and CogVLM "
                              "and their mmproj files")  # fmt: skip
         self.engine = engine
-        self.encoder = load_encoder(mmproj, engine.backend)  # (its type's encoder and layout: runtime/projectors.py)
+        self.encoder = load_encoder(mmproj if g is None else g, engine.backend)  # (its type's encoder and layout: runtime/projectors.py)
         n, m = self.encoder.cfg.n_text_embd, engine.cfg.n_embd
         if n != m:
             raise KvrunError(f"{mmproj}: the projector makes rows {n} wide and {engine.path} embeds {m}: not this model's mmproj")

@@ -13,7 +13,6 @@ inputs those of token 0 (llama.cpp's multimodal path of the gemma3n graph), n_ba
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -26,18 +25,11 @@ from ..models.gemma3nv_image import Gemma3nVisionEncoder
 IMAGE_START, IMAGE_END = "<start_of_image>", "<end_of_image>"
 
 
-def skips_audio(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a Gemma 3n projector file (its vision side "gemma3nv"), whose audio side (gemma3na) libmtmd
-    0.3.36 leaves unloaded: the published mmproj holds both, and is read as a picture projector alone (an unreadable
-    file: False, left to the loaders)."""
-    try:
-        g = GGUFFile(path)
-    except Exception:
-        return False
-    try:
-        return (g.get("clip.vision.projector_type") or g.get("clip.projector_type")) == "gemma3nv"
-    finally:
-        g.close()
+def skips_audio(g: GGUFFile) -> bool:
+    """Whether the opened file ``g`` is a Gemma 3n projector file (its vision side "gemma3nv"), whose audio side
+    (gemma3na) libmtmd 0.3.36 leaves unloaded: the published mmproj holds both, and is read as a picture projector
+    alone."""
+    return (g.get("clip.vision.projector_type") or g.get("clip.projector_type")) == "gemma3nv"
 
 
 class Gemma3nVLayout:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..loaders.errors import KvrunError
+from .vision_markers import require_arch, require_markers
 from .vision_qwen2vl import Qwen2VLLayout
 
 IMAGE_START, IMAGE_END = "<|begin_of_image|>", "<|end_of_image|>"
@@ -23,11 +23,7 @@ class Glm4VLayout(Qwen2VLLayout):
     multimodal rope: Qwen2-VL's layout between GLM's image markers."""
 
     def __init__(self, engine: Any, encoder: Any) -> None:
-        if engine.cfg.arch not in ("glm4", "glm4moe") or not getattr(engine.model, "takes_images", False):
-            raise KvrunError(f"{engine.path}: a glm4v projector goes with a GLM-4.1V text model (glm4 with rope sections) "
-                             f"or a GLM-4.5V one (glm4moe with rope sections), not {engine.cfg.arch}")  # fmt: skip
-        tok = engine.tokenizer
-        for t in (IMAGE_START, IMAGE_END):
-            if len(tok.encode(t, add_bos=False, parse_special=True)) != 1:
-                raise KvrunError(f"{engine.path}: the vocabulary has no {t} token; not a GLM-4V model")
+        require_arch(engine, ("glm4", "glm4moe"), "a glm4v projector goes with a GLM-4.1V text model (glm4 with rope sections) "
+                     "or a GLM-4.5V one (glm4moe with rope sections)", takes_images=True)  # fmt: skip
+        require_markers(engine, (IMAGE_START, IMAGE_END), "a GLM-4V")
         self.engine, self.encoder = engine, encoder

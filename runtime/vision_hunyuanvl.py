@@ -19,6 +19,7 @@ import numpy as np
 from ..loaders.errors import KvrunError
 from ..models import hunyuanvl_image
 from ..models.hunyuan_vl import add_picture
+from .vision_markers import require_arch, require_markers
 from .vision_qwen2vl import GridRows
 
 IMAGE_START, IMAGE_END = "<｜hy_place▁holder▁no▁100｜>", "<｜hy_place▁holder▁no▁101｜>"
@@ -29,13 +30,9 @@ class HunyuanVLLayout:
     cache."""
 
     def __init__(self, engine: Any, encoder: hunyuanvl_image.HunyuanVLEncoder) -> None:
-        if engine.cfg.arch != "hunyuan_vl" or not getattr(engine.model, "takes_images", False):
-            raise KvrunError(f"{engine.path}: a hunyuanvl projector goes with a HunyuanOCR / Hunyuan-VL text model (hunyuan_vl with "
-                             f"rope sections), not {engine.cfg.arch}")  # fmt: skip
-        tok = engine.tokenizer
-        for t in (IMAGE_START, IMAGE_END):
-            if len(tok.encode(t, add_bos=False, parse_special=True)) != 1:
-                raise KvrunError(f"{engine.path}: the vocabulary has no {t} token; not a Hunyuan-VL model")
+        require_arch(engine, ("hunyuan_vl",), "a hunyuanvl projector goes with a HunyuanOCR / Hunyuan-VL text model (hunyuan_vl "
+                     "with rope sections)", takes_images=True)  # fmt: skip
+        require_markers(engine, (IMAGE_START, IMAGE_END), "a Hunyuan-VL")
         self.engine, self.encoder = engine, encoder
 
     def grid(self, image: np.ndarray) -> tuple[int, int]:

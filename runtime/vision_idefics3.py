@@ -23,9 +23,9 @@ from typing import Any, Union
 
 import numpy as np
 
-from ..loaders.errors import KvrunError
 from ..models import idefics3_image
 from ..models.siglip import SiglipEncoder
+from .vision_markers import lookup_markers
 
 #: a picture's block: text token ids, and tiles (uint8 RGB [S, S, 3]) that become rows, in order
 Pieces = list[Union[list[int], np.ndarray]]
@@ -38,19 +38,7 @@ class Idefics3Layout:
 
     def __init__(self, engine: Any, encoder: SiglipEncoder) -> None:
         self.engine, self.encoder = engine, encoder
-        tok = engine.tokenizer
-        ids = {}
-        for text in ("\n\n", "\n", FAKE, GLOBAL):
-            ids[text] = self._lookup(tok, text)
-            if ids[text] is None:
-                raise KvrunError(f"{engine.path}: the vocabulary has no {text!r} token; not a SmolVLM (Idefics3) model")
-        self.nl, self.nn, self.fake, self.glob = ids["\n"], ids["\n\n"], ids[FAKE], ids[GLOBAL]
-
-    @staticmethod
-    def _lookup(tok: Any, text: str) -> int | None:
-        """The first token whose piece (special tokens' text included) is ``text`` (libmtmd's ``lookup_token``)."""
-        want = text.encode()  # (a scan once a model: well under a second for SmolLM2's 49k tokens)
-        return next((i for i in range(tok.n_vocab) if tok.token_bytes(i, special=True) == want), None)
+        self.nn, self.nl, self.fake, self.glob = lookup_markers(engine, ("\n\n", "\n", FAKE, GLOBAL), "a SmolVLM (Idefics3)")
 
     def pieces(self, image: np.ndarray) -> Pieces:
         """uint8 RGB ``image`` [h, w, 3] -> its block: token ids and tiles, in libmtmd's order."""

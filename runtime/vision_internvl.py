@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ..loaders.errors import KvrunError
 from ..models import internvl_image
 from ..models.internvl_image import InternVLEncoder
+from .vision_markers import require_markers
 
 IMAGE_START, IMAGE_END = "<img>", "</img>"
 
@@ -28,10 +28,7 @@ class InternVLLayout:
     """The ``<img>`` tokens of ``engine``'s vocabulary and the picture layout of an InternVL projector."""
 
     def __init__(self, engine: Any, encoder: InternVLEncoder) -> None:
-        tok = engine.tokenizer
-        for t in (IMAGE_START, IMAGE_END):
-            if len(tok.encode(t, add_bos=False, parse_special=True)) != 1:
-                raise KvrunError(f"{engine.path}: the vocabulary has no {t} token; not an InternVL model")
+        require_markers(engine, (IMAGE_START, IMAGE_END), "an InternVL")
         self.engine, self.encoder = engine, encoder
 
     def ids(self, image: np.ndarray) -> list[int]:

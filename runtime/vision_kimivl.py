@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from ..loaders.errors import KvrunError
 from ..models import kimivl_image
 from ..models.kimivl_image import KimiVLEncoder
+from .vision_markers import require_markers
 
 IMAGE_START, IMAGE_END = "<|media_start|>", "<|media_end|>"
 
@@ -27,10 +27,7 @@ class KimiVLLayout:
     """The media markers of ``engine``'s vocabulary and the picture layout of a Kimi-VL projector."""
 
     def __init__(self, engine: Any, encoder: KimiVLEncoder) -> None:
-        tok = engine.tokenizer
-        for t in (IMAGE_START, IMAGE_END):
-            if len(tok.encode(t, add_bos=False, parse_special=True)) != 1:
-                raise KvrunError(f"{engine.path}: the vocabulary has no {t} token; not a Kimi-VL model")
+        require_markers(engine, (IMAGE_START, IMAGE_END), "a Kimi-VL")
         self.engine, self.encoder = engine, encoder
 
     def ids(self, image: np.ndarray) -> list[int]:

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from ..loaders.errors import KvrunError
 from ..models import lfm2vl_image
 from ..models.lfm2vl_image import Lfm2VLEncoder
 from .vision_idefics3 import Idefics3Layout, Pieces
+from .vision_markers import require_arch, require_markers
 
 IMAGE_START, IMAGE_END, THUMBNAIL = "<|image_start|>", "<|image_end|>", "<|img_thumbnail|>"
 TILE_START = "<|img_row_{}_col_{}|>"
@@ -35,13 +35,9 @@ class Lfm2Layout(Idefics3Layout):
     ids and rows, over its own pieces)."""
 
     def __init__(self, engine: Any, encoder: Lfm2VLEncoder) -> None:
-        if engine.cfg.arch not in ("lfm2", "lfm2moe"):
-            raise KvrunError(f"{engine.path}: an lfm2 projector goes with an LFM2-VL text model (lfm2), not {engine.cfg.arch}")
-        tok = engine.tokenizer
-        for t in (IMAGE_START, IMAGE_END, THUMBNAIL):
-            if len(tok.encode(t, add_bos=False, parse_special=True)) != 1:
-                raise KvrunError(f"{engine.path}: the vocabulary has no {t} token; not an LFM2-VL model")
-        self.thumb = tok.encode(THUMBNAIL, add_bos=False, parse_special=True)[0]
+        require_arch(engine, ("lfm2", "lfm2moe"), "an lfm2 projector goes with an LFM2-VL text model (lfm2)")
+        require_markers(engine, (IMAGE_START, IMAGE_END, THUMBNAIL), "an LFM2-VL")
+        self.thumb = engine.tokenizer.encode(THUMBNAIL, add_bos=False, parse_special=True)[0]
         self.engine, self.encoder = engine, encoder
 
     def pieces(self, image: np.ndarray) -> Pieces:

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from ..loaders.errors import KvrunError
 from ..models import lightonocr_image
 from ..models.lightonocr_image import LightOnOCREncoder
+from .vision_markers import require_markers
 
 IMAGE_START, IMAGE_END = "<|im_start|>", "<|im_end|>"
 
@@ -27,10 +27,7 @@ class LightOnOCRLayout:
     """The ``<|im_start|>`` / ``<|im_end|>`` tokens of ``engine``'s vocabulary and the picture layout of LightOnOCR."""
 
     def __init__(self, engine: Any, encoder: LightOnOCREncoder) -> None:
-        tok = engine.tokenizer
-        for t in (IMAGE_START, IMAGE_END):
-            if len(tok.encode(t, add_bos=False, parse_special=True)) != 1:
-                raise KvrunError(f"{engine.path}: the vocabulary has no {t} token; not a LightOnOCR model")
+        require_markers(engine, (IMAGE_START, IMAGE_END), "a LightOnOCR")
         self.engine, self.encoder = engine, encoder
 
     def ids(self, image: np.ndarray) -> list[int]:

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from ..loaders.errors import KvrunError
 from ..models import llama4_image
 from ..models.llama4_image import Llama4VisionEncoder
 from .vision_idefics3 import Pieces
+from .vision_markers import require_markers
 
 IMAGE_START, IMAGE_END = "<|image_start|>", "<|image_end|>"
 
@@ -34,10 +34,7 @@ class Llama4Layout:
 
     def __init__(self, engine: Any, encoder: Llama4VisionEncoder) -> None:
         self.engine, self.encoder = engine, encoder
-        tok = engine.tokenizer
-        for t in (IMAGE_START, IMAGE_END):
-            if len(tok.encode(t, add_bos=False, parse_special=True)) != 1:
-                raise KvrunError(f"{engine.path}: the vocabulary has no {t} token; not a Llama 4 model")
+        require_markers(engine, (IMAGE_START, IMAGE_END), "a Llama 4")
 
     def pieces(self, image: np.ndarray) -> Pieces:
         """uint8 RGB ``image`` [h, w, 3] -> its block: the tiles (uint8 RGB [S, S, 3]) row by row, then the overview."""

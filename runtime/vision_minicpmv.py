@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from ..loaders.errors import KvrunError
 from ..models import minicpmv_image
 from ..models.minicpmv_image import MiniCPMVEncoder
 from .vision_idefics3 import Idefics3Layout, Pieces
+from .vision_markers import lookup_markers
 
 MARKERS = ("<image>", "</image>", "<slice>", "</slice>", "\n")
 
@@ -33,12 +33,7 @@ class MiniCPMVLayout(Idefics3Layout):
 
     def __init__(self, engine: Any, encoder: MiniCPMVEncoder) -> None:
         self.engine, self.encoder = engine, encoder
-        ids = {}
-        for text in MARKERS:
-            ids[text] = self._lookup(engine.tokenizer, text)
-            if ids[text] is None:
-                raise KvrunError(f"{engine.path}: the vocabulary has no {text!r} token; not a MiniCPM-V model")
-        self.img, self.img_end, self.sl, self.sl_end, self.nl = (ids[t] for t in MARKERS)
+        self.img, self.img_end, self.sl, self.sl_end, self.nl = lookup_markers(engine, MARKERS, "a MiniCPM-V")
         self.v25 = encoder.cfg.minicpmv_version == 2
 
     def _block(self, n_cols: int, n_rows: int, parts: list[Any]) -> list[Any]:

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..loaders.errors import KvrunError
 from ..models import paddleocr_image
+from .vision_markers import require_arch, require_markers
 from .vision_qwen2vl import GridRows, Qwen2VLLayout
 
 IMAGE_START, IMAGE_END = "<|IMAGE_START|>", "<|IMAGE_END|>"
@@ -27,13 +27,9 @@ class PaddleOCRLayout(Qwen2VLLayout):
     image markers, the picture sized and encoded as models/paddleocr_image.py does."""
 
     def __init__(self, engine: Any, encoder: paddleocr_image.PaddleOCREncoder) -> None:
-        if engine.cfg.arch != "paddleocr" or not getattr(engine.model, "takes_images", False):
-            raise KvrunError(f"{engine.path}: a paddleocr projector goes with a PaddleOCR-VL text model (paddleocr), "
-                             f"not {engine.cfg.arch}")  # fmt: skip
-        tok = engine.tokenizer
-        for t in (IMAGE_START, IMAGE_END):
-            if len(tok.encode(t, add_bos=False, parse_special=True)) != 1:
-                raise KvrunError(f"{engine.path}: the vocabulary has no {t} token; not a PaddleOCR-VL model")
+        require_arch(engine, ("paddleocr",), "a paddleocr projector goes with a PaddleOCR-VL text model (paddleocr)",
+                     takes_images=True)  # fmt: skip
+        require_markers(engine, (IMAGE_START, IMAGE_END), "a PaddleOCR-VL")
         self.engine, self.encoder = engine, encoder
 
     def grid(self, image: np.ndarray) -> tuple[int, int]:

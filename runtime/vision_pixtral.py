@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..loaders.errors import KvrunError
 from ..models import pixtral_image
 from ..models.pixtral_image import PixtralEncoder
+from .vision_markers import require_markers
 
 IMAGE_START, IMAGE_END = "", "[IMG_END]"
 
@@ -30,8 +30,7 @@ class PixtralLayout:
     """The ``[IMG_END]`` token of ``engine``'s vocabulary and the picture layout of a pixtral projector."""
 
     def __init__(self, engine: Any, encoder: PixtralEncoder) -> None:
-        if len(engine.tokenizer.encode(IMAGE_END, add_bos=False, parse_special=True)) != 1:
-            raise KvrunError(f"{engine.path}: the vocabulary has no {IMAGE_END} token; not a Pixtral / Mistral Small 3.1 model")
+        require_markers(engine, (IMAGE_END,), "a Pixtral / Mistral Small 3.1")
         self.engine, self.encoder = engine, encoder
 
     def ids(self, image: np.ndarray) -> list[int]:

@@ -18,6 +18,7 @@ import numpy as np
 from ..loaders.errors import KvrunError
 from ..models import qwen2vl_image
 from ..models.mrope_images import add_image
+from .vision_markers import require_arch, require_markers
 
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 
@@ -35,13 +36,9 @@ class Qwen2VLLayout:
     """A Qwen2-VL projector beside ``engine``'s ``qwen2vl`` text model: pictures to rows, rows into a cache."""
 
     def __init__(self, engine: Any, encoder: qwen2vl_image.Qwen2VLEncoder) -> None:
-        if engine.cfg.arch != "qwen2vl":
-            raise KvrunError(f"{engine.path}: a {encoder.cfg.projector_type} projector goes with a Qwen2-VL / Qwen2.5-VL text "
-                             f"model (qwen2vl), not {engine.cfg.arch}")  # fmt: skip
-        tok = engine.tokenizer
-        for t in (VISION_START, VISION_END):
-            if len(tok.encode(t, add_bos=False, parse_special=True)) != 1:
-                raise KvrunError(f"{engine.path}: the vocabulary has no {t} token; not a Qwen2-VL model")
+        require_arch(engine, ("qwen2vl",), f"a {encoder.cfg.projector_type} projector goes with a Qwen2-VL / Qwen2.5-VL text "
+                     "model (qwen2vl)")  # fmt: skip
+        require_markers(engine, (VISION_START, VISION_END), "a Qwen2-VL")
         self.engine, self.encoder = engine, encoder
 
     def grid(self, image: np.ndarray) -> tuple[int, int]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..loaders.errors import KvrunError
+from .vision_markers import require_arch, require_markers
 from .vision_qwen2vl import VISION_END, VISION_START, Qwen2VLLayout
 
 QWEN3VL_ARCHS = ("qwen3vl", "qwen3vlmoe")
@@ -25,15 +26,10 @@ class Qwen3VLLayout(Qwen2VLLayout):
     wide with DeepStack levels."""
 
     def __init__(self, engine: Any, encoder: Any) -> None:
-        if engine.cfg.arch not in QWEN3VL_ARCHS:
-            raise KvrunError(f"{engine.path}: a qwen3vl_merger projector goes with a Qwen3-VL text model (qwen3vl, qwen3vlmoe), "
-                             f"not {engine.cfg.arch}")  # fmt: skip
+        require_arch(engine, QWEN3VL_ARCHS, "a qwen3vl_merger projector goes with a Qwen3-VL text model (qwen3vl, qwen3vlmoe)")
         levels, takes = encoder.n_deepstack, engine.model.n_deepstack_layers
         if levels != takes:  # (llama.cpp would read rows of the wrong width: one line here instead)
             raise KvrunError(f"{engine.path}: the projector makes {levels} DeepStack levels and the text model takes {takes}; "
                              "not this model's mmproj")  # fmt: skip
-        tok = engine.tokenizer
-        for t in (VISION_START, VISION_END):
-            if len(tok.encode(t, add_bos=False, parse_special=True)) != 1:
-                raise KvrunError(f"{engine.path}: the vocabulary has no {t} token; not a Qwen3-VL model")
+        require_markers(engine, (VISION_START, VISION_END), "a Qwen3-VL")
         self.engine, self.encoder = engine, encoder

@@ -57,7 +57,7 @@ def check_missing_tensor(path: Path, missing: str) -> None:
     assert "\n" not in str(e.value)
 
 
-def check_cpu_only_and_no_text(path: Path, arch: str) -> None:
+def check_unknown_device_text_and_overlong_refused(path: Path, arch: str) -> None:
     """A backend neither the CPU's nor the GPU's refused, text generation refused, more than the context refused: each in one line."""
     from kvrun.loaders.config import load_config
     from kvrun.loaders.gguf_file import GGUFFile

@@ -13,8 +13,8 @@ import dataclasses
 
 import numpy as np
 import pytest
-from embed_checks import (FIX, STATE_TOL, check_cli, check_cpu_only_and_no_text, check_ids_states_and_embeddings, check_missing_tensor,
-                          check_quantized_close, load, state_error)  # fmt: skip
+from embed_checks import (FIX, STATE_TOL, check_cli, check_ids_states_and_embeddings, check_missing_tensor, check_quantized_close,
+                          check_unknown_device_text_and_overlong_refused, load, state_error)  # fmt: skip
 from tiny_bert_family import TEXTS, VARIANTS, Q, write_tiny_bert_family
 
 from kvrun.loaders.errors import GGUFError
@@ -159,8 +159,8 @@ def test_a_jina_v2_ffn_up_of_the_wrong_width_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["jina-bert-v2", "jina-bert-v3", "nomic-bert-moe", "neo-bert"])
-def test_they_run_on_the_cpu_only_and_write_no_text(tmp_path, name):
-    check_cpu_only_and_no_text(write_tiny_bert_family(tmp_path / "m.gguf", name), name)
+def test_they_refuse_an_unknown_device_text_and_overlong_input(tmp_path, name):
+    check_unknown_device_text_and_overlong_refused(write_tiny_bert_family(tmp_path / "m.gguf", name), name)
 
 
 @pytest.mark.parametrize("name", ["jina-bert-v2", "jina-bert-v3", "nomic-bert-moe", "neo-bert"])

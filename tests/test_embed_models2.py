@@ -15,8 +15,8 @@ import math
 
 import numpy as np
 import pytest
-from embed_checks import (FIX, STATE_TOL, check_cli, check_cpu_only_and_no_text, check_ids_states_and_embeddings, check_missing_tensor,
-                          check_quantized_close, load, state_error)  # fmt: skip
+from embed_checks import (FIX, STATE_TOL, check_cli, check_ids_states_and_embeddings, check_missing_tensor, check_quantized_close,
+                          check_unknown_device_text_and_overlong_refused, load, state_error)  # fmt: skip
 from tiny_embed2 import N_REL_BUCKETS, SLIDING_WINDOW, TEXTS, VARIANTS, Q, write_tiny_embed2
 
 from kvrun.loaders.errors import UnsupportedModelError
@@ -167,8 +167,8 @@ def test_a_missing_tensor_is_named_in_one_line(tmp_path, name, missing):
 
 
 @pytest.mark.parametrize("name", ["modern-bert", "eurobert", "llama-embed", "t5encoder"])
-def test_they_run_on_the_cpu_only_and_write_no_text(tmp_path, name):
-    check_cpu_only_and_no_text(write_tiny_embed2(tmp_path / "m.gguf", name), name)
+def test_they_refuse_an_unknown_device_text_and_overlong_input(tmp_path, name):
+    check_unknown_device_text_and_overlong_refused(write_tiny_embed2(tmp_path / "m.gguf", name), name)
 
 
 @pytest.mark.parametrize("name", ["modern-bert", "eurobert", "llama-embed", "t5encoder"])

@@ -44,13 +44,16 @@ SECTIONS = {"hunyuan_vl": [1, 1, 1, 1], "paddleocr": [2, 3, 3, 0]}
 
 
 def write_tiny_text_side(path: Path, arch: str, qtype: int = Q.F32, seed: int = 0, variant: str = "",
-                         drop: tuple[str, ...] = ()) -> Path:  # fmt: skip
+                         drop: tuple[str, ...] = (), extra: tuple[str, ...] = (), name: str = "",
+                         chat_template: str | None = None) -> Path:  # fmt: skip
     """The model at ``path``, its matrices as ``qtype``; ``variant``: hunyuan_vl's "plain"; ``drop``: tensor names
-    left out (drawn all the same, so the others do not move: the tests of a missing tensor's error)."""
+    left out (drawn all the same, so the others do not move: the tests of a missing tensor's error).  The pairs'
+    text models (tiny_vision_hunyuanvl.py): ``extra`` control tokens after the byte vocabulary (a picture's
+    markers), ``name`` for ``general.name``, and a ``chat_template``."""
     from tinymodel import _add_byte_vocab, _file_type, _finish, _random_tensors, byte_vocab
 
     rng = np.random.default_rng(seed)
-    n_vocab = len(byte_vocab()[0])
+    n_vocab = len(byte_vocab()[0]) + len(extra)
     n_expert, n_used, n_ff_exp, n_shared = EXPERTS
     dsa = arch == "glm-dsa"
     if dsa:
@@ -61,7 +64,7 @@ def write_tiny_text_side(path: Path, arch: str, qtype: int = Q.F32, seed: int = 
         n_rot = head_dim
     n_blocks = n_layer + int(dsa)  # (glm-dsa: a NextN layer past the trunk)
     w = GGUFWriter(str(path), arch)
-    w.add_name(f"tiny-{arch}{'-' + variant if variant else ''}")
+    w.add_name(name or f"tiny-{arch}{'-' + variant if variant else ''}")
     w.add_context_length(1024)
     w.add_embedding_length(n_embd)
     w.add_block_count(n_blocks)
@@ -99,7 +102,9 @@ def write_tiny_text_side(path: Path, arch: str, qtype: int = Q.F32, seed: int = 
         w.add_indexer_key_length(GLM_DSA_INDEXER[1])
         w.add_indexer_top_k(GLM_DSA_INDEXER[2])
     w.add_file_type(_file_type(qtype))
-    _add_byte_vocab(w)
+    _add_byte_vocab(w, extra)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
 
     mat_, vec_ = _random_tensors(w, rng, qtype)
 

@@ -18,11 +18,11 @@ import math
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType
 
-from tiny_text_sides import GEOMETRY, HUNYUAN_VL_ALPHA, SECTIONS
-from tiny_vision import add_geometry, add_vocab, mmproj_writer, write_vit
-from tinymodel import _finish, _random_tensors, byte_vocab
+from tiny_text_sides import GEOMETRY, write_tiny_text_side
+from tiny_vision import mmproj_writer, write_vit
+from tinymodel import _finish
 
 Q = GGMLQuantizationType
 
@@ -63,34 +63,5 @@ def write_tiny_hunyuanvl_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n
 def write_tiny_hunyuanvl_text(path: Path, qtype: int = Q.F32, seed: int = 1, chat_template: str | None = None) -> Path:
     """A random hunyuan_vl text model (tiny_text_sides.py's: QK-norm after the rope, NTK alpha, sections [1, 1, 1, 1])
     whose vocabulary knows Hunyuan's image markers (control tokens)."""
-    rng = np.random.default_rng(seed)
-    n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = GEOMETRY["hunyuan_vl"]
-    toks, merges, types = byte_vocab()
-    toks, types = toks + IMAGE_TOKENS, types + [3] * len(IMAGE_TOKENS)
-    w = GGUFWriter(str(path), "hunyuan_vl")
-    w.add_name("tiny-hunyuan-vl")
-    add_geometry(w, 1024, n_embd, n_layer, n_ff, n_head, n_head_kv)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_freq_base(10000.0)
-    w.add_rope_dimension_count(head_dim)
-    w.add_rope_dimension_sections(SECTIONS["hunyuan_vl"])
-    w.add_rope_scaling_alpha(HUNYUAN_VL_ALPHA)
-    add_vocab(w, toks, merges, types, chat_template)
-    mat, vec = _random_tensors(w, rng, qtype)
-    mat("token_embd.weight", len(toks), n_embd, 0.5)
-    vec("output_norm.weight", n_embd)
-    mat("output.weight", len(toks), n_embd, 0.5)
-    for i in range(n_layer):
-        b = f"blk.{i}."
-        vec(b + "attn_norm.weight", n_embd)
-        mat(b + "attn_q.weight", n_head * head_dim, n_embd)
-        mat(b + "attn_k.weight", n_head_kv * head_dim, n_embd)
-        mat(b + "attn_v.weight", n_head_kv * head_dim, n_embd)
-        mat(b + "attn_output.weight", n_embd, n_head * head_dim)
-        vec(b + "attn_q_norm.weight", head_dim, 1.0, 0.5)
-        vec(b + "attn_k_norm.weight", head_dim, 1.0, 0.5)
-        vec(b + "ffn_norm.weight", n_embd)
-        mat(b + "ffn_gate.weight", n_ff, n_embd)
-        mat(b + "ffn_up.weight", n_ff, n_embd)
-        mat(b + "ffn_down.weight", n_embd, n_ff)
-    return _finish(w, path)
+    return write_tiny_text_side(path, "hunyuan_vl", qtype, seed, extra=tuple(IMAGE_TOKENS), name="tiny-hunyuan-vl",
+                                chat_template=chat_template)  # fmt: skip

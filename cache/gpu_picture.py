@@ -23,25 +23,31 @@ from ..ops.gpu.arrays import device_out, is_device, positions, to_device
 from ..ops.gpu.picture import attend_picture
 from .base import LayerCache
 from .gpu_plain import GPUPlainLayerCache
+from .gpu_shared import GPUSharedLayerCache
 
 
 def update_and_attend_picture(layer: LayerCache, q: Any, k: Any, v: Any, pos: Any, out: Any) -> None:
     """Store a picture's rows ``k``/``v`` [T, n_kv, D] at positions ``pos`` in the GPU plain ``layer`` and write their
-    attention, both ways within the forward, into ``out`` [T, n_head, head_dim_v]; another cache: a one-line KvrunError."""
+    attention, both ways within the forward, into ``out`` [T, n_head, head_dim_v]; a layer sharing another's K/V
+    (cache/gpu_shared.py, Gemma 4's) stores nothing and attends over its source's ring by its own spec; another cache:
+    a one-line KvrunError."""
+    s, store = layer.spec, True
+    if type(layer) is GPUSharedLayerCache:  # (Gemma 4's last layers: the source's ring, which stored the rows this step)
+        layer, store = layer.source, False
     if type(layer) is not GPUPlainLayerCache:
-        raise KvrunError("on the GPU, pictures whose rows see each other both ways (Gemma 3) need the plain fp16 KV cache: "
+        raise KvrunError("on the GPU, pictures whose rows see each other both ways (Gemma 3, Gemma 4) need the plain fp16 KV cache: "
                          "drop the --kv-* flags")  # fmt: skip
-    s = layer.spec
     if s.sink_logits or s.alibi_slopes:
         raise KvrunError("images are not supported with attention sinks or ALiBi")
     if s.window < 0:
         raise KvrunError("images are not supported with chunked attention")
-    T = k.shape[0]
+    T = q.shape[0]
     if T > layer.capacity:
         raise ValueError(f"batch of {T} tokens exceeds the layer cache of {layer.capacity} slots")
     pos_h = K.runtime().asnumpy(pos) if is_device(pos) else np.asarray(pos)
-    layer.note_positions(pos_h)
     pd = positions(pos_h)
-    attn.kv_store(to_device(k), to_device(v), pd, layer.k, layer.v, layer.pos)
+    if store:
+        layer.note_positions(pos_h)
+        attn.kv_store(to_device(k), to_device(v), pd, layer.k, layer.v, layer.pos)
     with device_out(out) as od:
         attend_picture(to_device(q), layer.k, layer.v, layer.pos, layer.used, pd, int(pos_h.max()), s.window, s.scale, s.softcap, od)

@@ -9,8 +9,9 @@ instead of the language ones.  llama.cpp picks the set per batch: a batch of tok
 weights, a batch of embeddings (the image rows of CogVLM's mmproj) the visual ones.  kvrun does the same: a forward
 over ``Model.input_embd`` (``Engine.eval_embd``: a picture's rows, runtime/vision_cogvlm.py) runs every layer with
 its visual expert's weights, any other with the language ones.  A file without the visual expert runs text alone and
-takes no images (``takes_images``).  The expert is loaded on the CPU backend only: the picture encoders run there
-(models/cogvlm_image.py refuses another device in one line), so on a GPU it would be weights never read.
+takes no images (``takes_images``).  On the GPU the expert's weights are uploaded as the language ones: the picture's
+encoder runs on the CPU beside the model (runtime/projectors.py ``CPU_BESIDE_GPU``), its rows go up once a picture
+and run through the expert's weights in the same GPU forward; decode steps (text) keep the language ones.
 """
 
 from __future__ import annotations
@@ -40,10 +41,9 @@ class CogVLMModel(LlamaModel):
         self.text_layers = self.layers
         w = WeightLoader(g, backend)
         self.has_expert = w.has("vis_wqkv", 0)
-        #: the visual expert's layers (the norms shared with the language ones), or None: a file without it, or a
-        #: backend other than the CPU's
+        #: the visual expert's layers (the norms shared with the language ones), or None: a file without it
         self.vis_layers = None
-        if self.has_expert and backend.name == "cpu":
+        if self.has_expert:
             self.vis_layers = [self.load_layer(w, i, "vis_") for i in range(cfg.n_layer)]
 
     @property
@@ -68,7 +68,7 @@ class CogVLMModel(LlamaModel):
         llama.cpp's graph picks them per batch."""
         if self.input_embd is not None:
             if self.vis_layers is None:
-                raise UnsupportedModelError("CogVLM's image rows run through its visual expert, which kvrun loads on the CPU only; drop --device gpu")
+                raise UnsupportedModelError("CogVLM's image rows run through its visual expert, which this file does not hold")
             self.layers = self.vis_layers
         try:
             super().forward(tokens, pos, cache, out_rows, logits)

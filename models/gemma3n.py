@@ -340,8 +340,11 @@ class Gemma3nModel(Model):
         T, n, act, E, A, eps = len(tokens), c.n_altup, c.i_altup_act, c.n_embd, c.n_embd_altup, c.norm_eps
         xs, pred = self.xs, self.pred
         x0 = xs[0, :T]
-        be.get_rows(self.tok_embd, tokens, x0)
-        be.scale(x0, math.sqrt(E))
+        if self.input_embd is not None:  # a picture's rows (host, uploaded): unscaled, their per-layer inputs token 0's
+            x0[...] = be.vector(self.input_embd)
+        else:
+            be.get_rows(self.tok_embd, tokens, x0)
+            be.scale(x0, math.sqrt(E))
         pl = self.per_layer_inputs_device(tokens, x0)
         tmp = buf.get("altup_tmp", T, E)
         for j, wp in enumerate(self.altup_proj, start=1):  # the other streams: maps of the embedding, at its norm

@@ -367,7 +367,7 @@ class Gemma4Model(Gemma3nModel):
         T, E, A, eps = len(tokens), c.n_embd, c.n_embd_altup, c.norm_eps
         x = buf.get("x", T, E)
         if self.input_embd is not None:  # a picture's rows: unscaled; their per-layer inputs token 0's (tokens are 0)
-            x[...] = self.input_embd
+            x[...] = be.vector(self.input_embd)  # (host rows: uploaded on the GPU)
         else:
             be.get_rows(self.tok_embd, tokens, x)
             be.scale(x, math.sqrt(E))

@@ -117,7 +117,9 @@ class HunyuanVLModel(HunyuanDenseModel):
                 P = np.concatenate([P if P is not None else np.asarray(pos[lo:hi], np.int64)[:, None] * np.array([1, 1, 1, 0])
                                     for P, (_, lo, hi) in zip(parts, seqs)])  # fmt: skip
                 cos, sin = xd_rows(P, self.sections, self.neox_cos, self.neox_sin)
-                self._row_rope = (np.arange(len(P), dtype=np.int32), cos, sin)
+                # (a prefill, never a captured step: per-row tables uploaded on the GPU; the text after a picture
+                # keeps its plain positions, so a decode step needs no shift, unlike M-RoPE's ops/gpu/mrope.cu)
+                self._row_rope = (np.arange(len(P), dtype=np.int32), self.be.vector(cos), self.be.vector(sin))
         try:
             super().forward(tokens, pos, cache, out_rows, logits)
         finally:

@@ -258,21 +258,3 @@ def test_smolvlm_pictures_on_the_gpu_give_the_cpus_logits_and_libmtmds(smolvlm, 
             assert rel_err(cpu_v.engine.eval(ca, [tok])[-1], gpu_v.engine.eval(cb, [tok])[-1]) < BOUND
     assert gpu_v.engine.graphs.n_replays >= 2
 
-
-def test_the_other_projectors_still_refuse_the_gpu_in_one_line(tmp_path, emulated):
-    """Hunyuan-VL's rows go in at XD-RoPE positions turned by per-row tables, which a captured decode step would keep
-    (so the steps after a picture would turn by the first one's): its encoder still refuses --device gpu.  (Qwen2-VL's
-    and the other M-RoPE projectors' go on the GPU: tests/test_gpu_vision2.py.)"""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-    from make_vision_hunyuanvl_fixtures import write_pair
-
-    from kvrun.loaders.errors import UnsupportedModelError
-    from kvrun.runtime.engine import Engine
-    from kvrun.runtime.vision import Vision
-
-    files = write_pair(tmp_path)
-    with pytest.raises(UnsupportedModelError, match="the vision encoder runs on the CPU; drop --device gpu to pass images") as e:
-        Vision(Engine(files["text"], device="gpu", n_ctx=256, n_batch=64), files["hv_f32"])
-    assert "\n" not in str(e.value)

@@ -242,9 +242,11 @@ def test_m_rope_pictures_go_up_as_cupy_takes_them_and_decode_brings_down_only_lo
         K.set_runtime(prev)
 
 
-def test_the_other_projectors_still_refuse_the_gpu_in_one_line():
-    """Hunyuan-VL's XD-RoPE rows and CogVLM's visual expert are not lifted (runtime/projectors.py says which are)."""
+def test_every_other_projector_runs_its_encoder_on_the_cpu_beside_the_gpu():
+    """Gemma 3's and SmolVLM's encoders say so themselves (models/siglip.py); every other projector is in
+    runtime/projectors.py's list, the last four lifted in tests/test_gpu_pictures3.py."""
+    from kvrun.models.siglip import ON_GPU
     from kvrun.runtime.projectors import CPU_BESIDE_GPU, PROJECTORS
 
     assert CPU_BESIDE_GPU <= set(PROJECTORS)
-    assert not {"hunyuanvl", "cogvlm", "gemma3nv", "gemma4v"} & CPU_BESIDE_GPU
+    assert set(PROJECTORS) - CPU_BESIDE_GPU == set(ON_GPU)

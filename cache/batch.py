@@ -39,6 +39,9 @@ class BatchedLayerCache(LayerCache):
         b = self.bounds
         if decode_steps(self.layers, q, k, v, pos, b, out):  # (the fp16 rings' decode steps: one call for all)
             return
+        gpu = getattr(self.layers[0], "batch_update_and_attend", None)  # (the GPU's fp16 rings: cache/gpu_plain.py)
+        if gpu is not None and gpu(self.layers, q, k, v, pos, b, out):
+            return
         for i, layer in enumerate(self.layers):
             lo, hi = b[i], b[i + 1]
             layer.update_and_attend(q[lo:hi], k[lo:hi], v[lo:hi], pos[lo:hi], out[lo:hi])

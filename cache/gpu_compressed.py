@@ -78,7 +78,7 @@ from ..ops.gpu.arrays import device_out, is_device, positions, to_device
 from .base import LayerCache, LayerSpec
 from .compressed import MAX_DECODE_T, CompressedLayerCache
 from .factory import make_cache
-from .insert import plan_chunk, plan_policy_tokens, plan_push, window_slot
+from .insert import plan_chunk, plan_policy_tokens, plan_push, ranking_scratch, window_slot
 from .kvconfig import KVConfig
 from .policies import make_policy
 from .policies.base import Column
@@ -101,6 +101,22 @@ class _TrackedPool(Pool):
     def write(self, slots: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
         super().write(slots, k, v)
         self.dirty.update(slots[slots >= 0].tolist())
+
+
+    @classmethod
+    def adopt(cls, p: Pool) -> _TrackedPool:
+        """``p`` (a session file's) as a tracked pool, its tables still to send."""
+        t = cls.__new__(cls)
+        vars(t).update(vars(p))
+        t.dirty, t.lut_dirty = set(), True
+        return t
+
+
+def _host_pool(p: Pool) -> Pool:
+    """A tracked pool as the CPU's :class:`Pool` (the same arrays, without the upload's records)."""
+    h = Pool.__new__(Pool)
+    vars(h).update({n: v for n, v in vars(p).items() if n not in ("dirty", "lut_dirty")})
+    return h
 
 
 class _DeviceBasis(NamedTuple):
@@ -130,6 +146,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
 
     def __init__(self, spec: LayerSpec, kv: KVConfig, n_ctx: int) -> None:
         super().__init__(spec, kv, n_ctx)
+        self._host_names = tuple(vars(self))  # the CPU class's fields: what a session file keeps (to_host)
         n_kv = spec.n_head_kv
         # same pools, recording their writes (the parent's are still empty)
         self.pools = [_TrackedPool(n_kv, p.cap, p.D, p.Dv, p.bits_k, p.bits_v, p.G) for p in self.pools]
@@ -212,6 +229,44 @@ class GPUCompressedLayerCache(CompressedLayerCache):
     def stored_rows(self, h: int, spare: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         self._pull()
         return super().stored_rows(h, spare)
+
+    # ------------------------------------------------------------ session files (cache/hostcopy.py)
+    def to_host(self, moved: dict[int, LayerCache]) -> CompressedLayerCache:
+        """The CPU's :class:`~.compressed.CompressedLayerCache` holding what this one holds: the host bookkeeping and
+        storage, brought down first (the device's writes are the CPU quantizer's, step for step), the policy's scores
+        brought down too.  Its one-call steps' victim order, which the device's steps never kept, is sorted afresh."""
+        from .hostcopy import moved_arrays
+
+        self._pull()
+        h = CompressedLayerCache.__new__(CompressedLayerCache)
+        vars(h).update({n: getattr(self, n) for n in self._host_names})
+        h.pools = [_host_pool(p) for p in self.pools]
+        if self.policy is not None:
+            h.policy = moved_arrays(self.policy, np, K.runtime().asnumpy)
+        p0, p1 = self.pools
+        h._ranking = ranking_scratch(self.spec.n_head_kv, p0.cap, p1.cap, self.policy.rank_pool if self.policy else 0)
+        return h
+
+    def load_host(self, src: LayerCache) -> None:
+        """Hold what the CPU's ``src`` (a session file's :class:`~.compressed.CompressedLayerCache` of the same layout)
+        holds: its fields taken over, then the device storage, tables, positions and the policy's scores sent whole."""
+        from .hostcopy import moved_arrays, refuse
+
+        if type(src) is not CompressedLayerCache or src.spec != self.spec or src.kv != self.kv or src.N != self.N:
+            raise refuse(src, self)
+        vars(self).update({n: v for n, v in vars(src).items() if n not in ("_ranking", "_sa", "_sa_key")})
+        self.pools = [_TrackedPool.adopt(p) for p in src.pools]
+        if self.policy is not None:
+            self.policy = moved_arrays(src.policy, self._xp, self._xp.asarray)
+        self.d_k16[...] = to_device(self.k16, np.uint16)
+        self.d_v16[...] = to_device(self.v16, np.uint16)
+        for p, d in zip(self.pools, self.d_pools):
+            for name in ("kc", "km", "vc", "vm"):
+                if getattr(p, name).size:
+                    getattr(d, name)[...] = to_device(getattr(p, name), np.uint8)
+        self._upload_luts()
+        self._upload_meta()
+        self._dirty16, self._d_basis, self._stale, self._pos_stale = set(), None, False, False
 
     # ------------------------------------------------------------ device writes
     def _decode_on_device(self, q: Any, k: Any, v: Any, pos: np.ndarray, out: Any) -> None:

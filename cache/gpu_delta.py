@@ -29,6 +29,8 @@ class GPUDeltaNetLayerCache(_DeviceState, DeltaNetLayerCache):
     """A Gated DeltaNet (or, ``spec.deltanet[5]``, Kimi Delta Attention) layer's state on the device; ``scan`` as the
     CPU's (``qkv`` and ``gb`` device arrays)."""
 
+    host_class = DeltaNetLayerCache
+
     def __init__(self, spec: LayerSpec) -> None:  # (DeltaNetLayerCache's fields without its host arrays)
         self.spec = spec
         self.d_conv, self.n_k_heads, self.n_v_heads, self.d_k, self.d_v = spec.deltanet[:5]

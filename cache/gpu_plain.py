@@ -61,6 +61,11 @@ class GPUPlainLayerCache(LayerCache):
             attn.attend_prefill(qd, self.k, self.v, self.pos, self.used if T > DECODE_MAX_TOKENS else self.decode_slots(), pd,
                                 spec.window, spec.scale, spec.softcap, od, alibi=alibi, sinks=sinks)  # fmt: skip
 
+    @staticmethod
+    def batch_update_and_attend(layers: list[LayerCache], q: Any, k: Any, v: Any, pos: np.ndarray, bounds: list[int], out: Any) -> bool:
+        """Several sequences' rows in one layer of a batched forward (cache/batch.py): :func:`batch_update_and_attend`."""
+        return batch_update_and_attend(layers, q, k, v, pos, bounds, out)
+
     def note_positions(self, pos: np.ndarray) -> None:
         """Host bookkeeping of a step storing positions ``pos``: how far the ring has filled."""
         self.used = max(self.used, int((pos % self.capacity).max()) + 1)
@@ -92,6 +97,30 @@ class GPUPlainLayerCache(LayerCache):
     def restore(self, snap: None) -> None:
         pass
 
+    # ------------------------------------------------------------ session files (cache/hostcopy.py)
+    def to_host(self, moved: dict[int, LayerCache]) -> LayerCache:
+        """The CPU's :class:`~.plain.PlainLayerCache` holding what this one holds: the same fp16 bits in the same slots."""
+        from .plain import PlainLayerCache
+
+        rt, h = K.runtime(), PlainLayerCache(self.spec, self.capacity)
+        h.k[...] = rt.asnumpy(self.k).view(np.uint16)
+        h.v[...] = rt.asnumpy(self.v).view(np.uint16)
+        h.pos[...] = rt.asnumpy(self.pos)
+        h.used = self.used
+        return h
+
+    def load_host(self, src: LayerCache) -> None:
+        """Hold what the CPU's ``src`` (a session file's :class:`~.plain.PlainLayerCache`) holds."""
+        from .hostcopy import refuse
+        from .plain import PlainLayerCache
+
+        if type(src) is not PlainLayerCache or src.spec != self.spec or src.capacity != self.capacity:
+            raise refuse(src, self)
+        self.k[...] = to_device(src.k.view(np.float16), np.float16)
+        self.v[...] = to_device(src.v.view(np.float16), np.float16)
+        self.pos[...] = to_device(src.pos, np.int32)
+        self.used = src.used
+
     def n_tokens(self) -> int:
         return int((self.pos >= 0).sum())
 
@@ -104,6 +133,26 @@ class GPUPlainLayerCache(LayerCache):
 
     def truncate(self, n_past: int) -> None:
         self.pos[self.pos >= n_past] = -1
+
+
+def batch_update_and_attend(layers: list[LayerCache], q: Any, k: Any, v: Any, pos: np.ndarray, bounds: list[int], out: Any) -> bool:
+    """A batch's rows, sequence ``i`` rows ``bounds[i]:bounds[i + 1]`` into ``layers[i]`` (cache/batch.py): each
+    sequence's K/V stored and attended as it would be alone, by the same kernels.  The positions go up once for the
+    forward (``positions``: the RoPE's copy, whose slices each sequence reads) and the host makes no decision that
+    depends on device data, so a batch of decode steps can be captured as a CUDA graph (runtime/batch_graphs.py).
+    False (nothing done) unless every layer is a :class:`GPUPlainLayerCache` and ``pos`` is on the host."""
+    if any(type(L) is not GPUPlainLayerCache for L in layers) or is_device(pos) and not isinstance(pos, np.ndarray):
+        return False
+    pos_h = np.asarray(pos)
+    pd = positions(pos_h)
+    qd, kd, vd = to_device(q), to_device(k), to_device(v)
+    with device_out(out) as od:
+        for i, L in enumerate(layers):
+            lo, hi = bounds[i], bounds[i + 1]
+            L.note_positions(pos_h[lo:hi])
+            attn.kv_store(kd[lo:hi], vd[lo:hi], pd[lo:hi], L.k, L.v, L.pos)
+            L.attend(qd[lo:hi], pd[lo:hi], od[lo:hi], L.spec, alibi=L.alibi, sinks=L.sinks)
+    return True
 
 
 def make_gpu_plain_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int) -> list[LayerCache]:

@@ -34,6 +34,8 @@ from .ssm import RING
 class GPURWKVLayerCache(_DeviceState, RWKVLayerCache):
     """An RWKV block's state on the device (cache/rwkv.py's scheme); ``lerp``, ``token_shift`` and ``wkv`` its step."""
 
+    host_class = RWKVLayerCache
+
     def __init__(self, spec: LayerSpec) -> None:
         self.spec = spec
         self.n_embd, self.head_size, self.version = spec.rwkv
@@ -96,6 +98,23 @@ class GPUConvLayerCache(ConvLayerCache):
         R.shortconv(bcx, self.ring, positions(pos), w, y)
         if not self._capturing:
             self.offset = p0 + T
+
+    # ------------------------------------------------------------ session files (cache/hostcopy.py)
+    def to_host(self, moved: dict) -> ConvLayerCache:
+        """The CPU's :class:`~.conv.ConvLayerCache` holding the same inputs in the same rows."""
+        h = ConvLayerCache(self.spec)
+        h.ring[...] = K.runtime().asnumpy(self.ring)
+        h.offset = self.offset
+        return h
+
+    def load_host(self, src: Any) -> None:
+        """Hold what the CPU's ``src`` (a session file's :class:`~.conv.ConvLayerCache`) holds."""
+        from .hostcopy import refuse
+
+        if type(src) is not ConvLayerCache or src.spec != self.spec or src.ring.shape != self.ring.shape:
+            raise refuse(src, self)
+        self.ring[...] = K.runtime().xp.asarray(src.ring)
+        self.offset = src.offset
 
     # ------------------------------------------------------------ CUDA graphs (runtime/graphs.py)
     def graph_key(self, p: int) -> Any:

@@ -46,6 +46,21 @@ class GPUSharedLayerCache(LayerCache):
     def restore(self, snap: None) -> None:
         pass
 
+    # ------------------------------------------------------------ session files (cache/hostcopy.py)
+    def to_host(self, moved: dict[int, LayerCache]) -> LayerCache:
+        """The CPU's :class:`~.plain.SharedLayerCache` over the host copy of the source (made first: it comes earlier)."""
+        from .plain import SharedLayerCache
+
+        return SharedLayerCache(self.spec, moved[id(self.source)])
+
+    def load_host(self, src: LayerCache) -> None:
+        """Nothing to hold (the source takes its saved K/V); ``src`` must be a sharing layer of the same spec."""
+        from .hostcopy import refuse
+        from .plain import SharedLayerCache
+
+        if type(src) is not SharedLayerCache or src.spec != self.spec:
+            raise refuse(src, self)
+
     def n_tokens(self) -> int:
         return self.source.n_tokens()
 

@@ -24,11 +24,11 @@ import numpy as np
 
 from ..ops.gpu import kernels as K
 from ..ops.gpu import ssm as S
-from ..ops.gpu.arrays import positions
+from ..ops.gpu.arrays import positions, to_device
 from .base import LayerCache, LayerSpec
 from .gpu_plain import GPUPlainLayerCache
 from .mamba import MambaLayerCache
-from .ssm import CHECKPOINTS, EVERY, RING, KVBeside, SSMLayerCache
+from .ssm import CHECKPOINTS, EVERY, RING, KVBeside, ParallelSSMLayerCache, SSMLayerCache
 
 
 class _DeviceState:
@@ -96,6 +96,36 @@ class _DeviceState:
         self.ring_lo = max(self.ring_lo, p0 + T - self.n_ring)
         self.offset = self.replay_from = p0 + T
 
+    # ------------------------------------------------------------ session files (cache/hostcopy.py)
+    #: the CPU's class of the same fields (SSMLayerCache, MambaLayerCache, RWKVLayerCache, DeltaNetLayerCache)
+    host_class: type
+
+    def to_host(self, moved: dict[int, LayerCache]) -> LayerCache:
+        """The CPU's class holding this layer's state, copies, ring and bookkeeping (the same fields, the same rows)."""
+        h = self.host_class(self.spec)
+        self._into_host(h)
+        return h
+
+    def _into_host(self, h: Any) -> None:
+        rt = K.runtime()
+        h.state[...] = rt.asnumpy(self.state).reshape(h.state.shape)  # (Mamba 1's: [d_inner, d_state] on the CPU)
+        h.ck[...] = rt.asnumpy(self.ck).reshape(h.ck.shape)
+        h.ring[...] = rt.asnumpy(self.ring)
+        h.ck_pos[...] = self.ck_pos
+        h.ring_lo, h.offset, h.replay_from = self.ring_lo, self.offset, self.replay_from
+
+    def load_host(self, src: Any) -> None:
+        """Hold what the CPU's ``src`` (a session file's layer of :attr:`host_class`) holds."""
+        from .hostcopy import refuse
+
+        if type(src) is not self.host_class or src.spec != self.spec or src.state.size != self.state.size or src.ring.shape != self.ring.shape:
+            raise refuse(src, self)
+        self.state[...] = to_device(src.state.reshape(self.state.shape))
+        self.ck[...] = to_device(src.ck.reshape(self.ck.shape))
+        self.ring[...] = to_device(src.ring)
+        self.ck_pos[...] = src.ck_pos
+        self.ring_lo, self.offset, self.replay_from = src.ring_lo, src.offset, src.replay_from
+
     # ------------------------------------------------------------ CUDA graphs (runtime/graphs.py)
     def graph_key(self, p: int) -> Any:
         """A decode step at ``p`` launches the same kernels anywhere, save right after going back (its replay of the
@@ -124,6 +154,8 @@ class _DeviceState:
 
 class GPUSSMLayerCache(_DeviceState, SSMLayerCache):
     """A Mamba-2 layer's state on the device (cache/ssm.py's scheme); ``scan_rows`` is its step."""
+
+    host_class = SSMLayerCache
 
     def __init__(self, spec: LayerSpec) -> None:
         self.spec = spec
@@ -168,6 +200,8 @@ class GPUSSMLayerCache(_DeviceState, SSMLayerCache):
 class GPUMambaLayerCache(_DeviceState, MambaLayerCache):
     """A Mamba 1 layer's state on the device (cache/mamba.py's scheme: a ring row holds a position's x, then its dt, B
     and C); ``conv_rows`` then ``scan_rows`` are its step."""
+
+    host_class = MambaLayerCache
 
     def __init__(self, spec: LayerSpec) -> None:
         self.spec = spec
@@ -217,6 +251,17 @@ class GPUMambaLayerCache(_DeviceState, MambaLayerCache):
 class GPUParallelSSMLayerCache(KVBeside, GPUSSMLayerCache):
     """Falcon-H1's layer on the GPU: the mixer's state as above and the attention's K/V (``kv``) beside it, going back
     and starting over together (cache/ssm.py's ParallelSSMLayerCache), the graph's plans and snapshots too."""
+
+    host_class = ParallelSSMLayerCache
+
+    def to_host(self, moved: dict[int, LayerCache]) -> LayerCache:
+        h = ParallelSSMLayerCache(self.spec, self.kv.to_host(moved))
+        self._into_host(h)
+        return h
+
+    def load_host(self, src: Any) -> None:
+        super().load_host(src)
+        self.kv.load_host(src.kv)
 
     def graph_key(self, p: int) -> Any:
         # (one plan a layer in the graph's buffer: the state's copy; a compressed K/V would need its own)

@@ -35,6 +35,11 @@ class PlainLayerCache(LayerCache):
         self._sinks = np.asarray(spec.sink_logits, np.float32)  # [n_head] or empty
         self.addrs = (self.k.ctypes.data, self.v.ctypes.data, self.pos.ctypes.data, self._s.ctypes.data)  # (decode_steps)
 
+    def __setstate__(self, state: dict) -> None:
+        """A session file's layer (runtime/sessionfile.py): its arrays are new ones, so are their addresses."""
+        self.__dict__.update(state)
+        self.addrs = (self.k.ctypes.data, self.v.ctypes.data, self.pos.ctypes.data, self._s.ctypes.data)
+
     def attend(self, q, pos, out, spec: LayerSpec) -> None:
         """Attention of ``q`` at ``pos`` over what is stored, storing nothing (:class:`SharedLayerCache`)."""
         attend_prefill_f16(q, self.k, self.v, self.pos, pos, spec.window, spec.scale, spec.softcap, out, self._sinks)

@@ -16,7 +16,11 @@ On the CPU every step runs on one thread of the process, the model thread
 (:class:`_ModelThread`: OpenMP keeps a worker pool per thread that starts
 parallel regions, and two pools on two cores made decode 2.5x slower); the
 callers wait.  On the GPU the thread that finds the model free leads instead,
-until its own tokens are through (CuPy's current stream is the caller's).
+until its own tokens are through (CuPy's current stream is the caller's), and
+its steps batch as the model thread's do: a batch of one-token steps replays a
+CUDA graph captured for that batch of caches (runtime/batch_graphs.py), other
+batches (a prompt chunk among them, the compressed cache's) run eagerly, and
+a step of one sequence replays its own graph as before.
 
 The threads sample between their steps, so a leader waits a moment
 (``GATHER_S``) for the sequences that are generating but have not queued their
@@ -25,7 +29,7 @@ the batches would never form.  A client that reads slowly costs the others at
 most that moment a step.
 
 Models whose layers are not all attention (LFM2's convolutions, Mamba-2's
-state, Gemma 3n's shared K/V) and the GPU backend feed one sequence a forward,
+state, Gemma 3n's shared K/V) feed one sequence a forward,
 in turn, a chunk at a time: the requests still interleave, none waits for
 another's whole reply.
 """

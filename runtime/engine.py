@@ -227,11 +227,17 @@ class Engine:
         self.threads = n_threads if threads is not None else None
         # on the GPU, one-token decode steps with the plain cache replay captured CUDA graphs
         self.graphs = None
-        # (an encoder decodes nothing; a model saying cuda_graphs False makes host decisions a step: T5's)
+        # (an encoder decodes nothing; a model saying cuda_graphs False makes host decisions a step)
         if self.backend.name == "gpu" and not getattr(self.model, "encoder", False) and getattr(self.model, "cuda_graphs", True):
             from .graphs import DecodeGraphs
 
             self.graphs = DecodeGraphs(self.model, self.backend.xp, self.cfg.n_vocab, len(self.model.layer_specs()))
+        #: on the GPU, batches of one-token steps (a server's slots decoding together) replay graphs of their own
+        self.batch_graphs = None
+        if self.graphs is not None:
+            from .batch_graphs import BatchDecodeGraphs
+
+            self.batch_graphs = BatchDecodeGraphs(self.graphs, self.cfg.n_vocab)
         # the first forward compiles the kernels when their on-disk cache is cold
         self.kernels_cold = not getattr(self.backend, "kernels_cached", lambda: True)()
         #: speculative decoding (runtime/speculative.py): a draft model drafting up to draft_max tokens a
@@ -298,9 +304,9 @@ class Engine:
 
     @functools.cached_property
     def can_batch(self) -> bool:
-        """Whether :meth:`forward_batch` takes several sequences: every layer attention (cache/batch.py), on the CPU
-        (found once: a server's every step asks)."""
-        return (self.backend.name == "cpu" and not self.model.encoder and not self.model.encoder_decoder
+        """Whether :meth:`forward_batch` takes several sequences: every layer attention (cache/batch.py), on the CPU or
+        the GPU (found once: a server's every step asks)."""
+        return (not self.model.encoder and not self.model.encoder_decoder
                 and batchable(self.model.layer_specs()))  # (T5: each sequence's encoded prompt is its own)
 
     def forward_batch(self, caches: list[KVCache], chunks: list[np.ndarray], wants: list[int], outs: list[Any]) -> None:
@@ -309,19 +315,26 @@ class Engine:
 
         The weight products take all the tokens at once; each sequence attends over its own cache
         (cache/batch.py).  Every sequence's tokens are checked first; a forward that fails leaves each cache
-        as it was."""
+        as it was.  On the GPU the logits stay on the device (one copy down for the host ``outs``), and a batch
+        of one-token steps replays a CUDA graph of its own (runtime/batch_graphs.py)."""
         if self.batcher.use_worker and not MODEL_THREAD.here():  # (every CPU kernel on one thread: runtime/batcher.py)
             return self.batcher.call(lambda: self.forward_batch(caches, chunks, wants, outs))
         if len(caches) > 1 and not self.can_batch:
             raise KvrunError(f"{self.cfg.arch} on the {self.backend.name} backend feeds one sequence a forward: "
-                             "its layers keep state that is not attention, or the backend does not batch sequences yet")  # fmt: skip
+                             "its layers keep state that is not attention")  # fmt: skip
         chunks = [self._checked_tokens(t, c.offset) for t, c in zip(chunks, caches)]
+        if self.batch_graphs is not None and all(len(t) == 1 for t in chunks) and not any(wants):
+            # decode steps in one order whatever order the sequences queued in: one CUDA graph for the batch
+            order = sorted(range(len(caches)), key=lambda i: id(caches[i]))
+            caches, chunks, outs = [caches[i] for i in order], [chunks[i] for i in order], [outs[i] for i in order]
         tokens = np.concatenate(chunks)
         if len(tokens) > self.n_batch:
             raise KvrunError(f"a batch of {len(tokens)} tokens is more than --batch-size {self.n_batch}")
         mux = BatchedKVCache(caches, [len(t) for t in chunks])
         rows = np.concatenate([np.arange(b + w, b + len(t)) for b, w, t in zip(mux.bounds, wants, chunks)]).astype(np.int64)
-        logits = np.empty((len(rows), self.cfg.n_vocab), np.float32)
+        on_device = self.backend.name != "cpu"
+        logits = (self.backend.zeros if on_device else np.empty)((len(rows), self.cfg.n_vocab), np.float32)
+        pos = mux.positions()
         prefill = getattr(self.backend, "prefill", None)
         try:
             with prefill() if prefill is not None else contextlib.nullcontext():
@@ -329,15 +342,22 @@ class Engine:
                 n_threads = self.threads if self.threads is not None else self.tuner.best if self.tuner is not None else None
                 if n_threads is not None and num_threads() != n_threads:
                     numba.set_num_threads(n_threads)
-                self.model.forward(tokens, mux.positions(), mux, rows, logits)
+                eager = lambda: self.model.forward(tokens, pos, mux, rows, logits)  # noqa: E731
+                steps = len(rows) == len(caches) == len(tokens)  # (one token each, every one's logits wanted)
+                if not (steps and self.batch_graphs is not None and self.batch_graphs.decode(caches, mux, tokens, pos, logits, eager)):
+                    eager()
         except BaseException:
             for c in caches:  # (what the forward stored before it failed)
                 c.truncate(c.offset)
             raise
         mux.advance()
-        at = 0
+        at, host = 0, None
         for out in outs:
-            out[...] = logits[at : at + len(out)]
+            if on_device and not isinstance(out, type(logits)):  # (a host array: the batch's logits come down once)
+                host = self.backend.to_host(logits) if host is None else host
+                out[...] = host[at : at + len(out)]
+            else:
+                out[...] = logits[at : at + len(out)]
             at += len(out)
 
     def eval_embd(self, cache: KVCache, rows: np.ndarray) -> None:

@@ -13,6 +13,10 @@ globals: the classes of ``kvrun.cache``, numpy's array and dtype reconstructors,
 and a few builtins; a file that names anything else is refused.  A file also records
 the model (size, architecture, geometry), the context and the KV setting it
 was made with, and is refused under another, in one line that says which.
+
+A file is device-independent, as llama.cpp's state files are: the GPU's caches are saved in the CPU's classes (the same
+fp16 bits, the same quantized pools and state), so a chat saved with ``--device gpu`` resumes on the CPU and the other
+way round, and no CuPy name ever reaches a file (cache/hostcopy.py).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cache.hostcopy import CannotResume, onto, to_host
 from ..loaders.errors import KvrunError
 from .engine import shared_prefix
 
@@ -52,7 +57,8 @@ def fingerprint(engine: Any) -> dict[str, Any]:
     return {
         "model": os.path.basename(engine.path), "file_size": os.path.getsize(engine.path), "arch": cfg.arch,
         "n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_vocab": cfg.n_vocab,
-        "n_ctx": engine.n_ctx, "kv": str(engine.kv) if engine.kv is not None else "fp16", "device": engine.backend.name,
+        "n_ctx": engine.n_ctx, "kv": str(engine.kv) if engine.kv is not None else "fp16",
+        # (no device: a file holds the CPU's classes, which either device resumes: cache/hostcopy.py)
         "cache code": _cache_code(),
         # (only with adapters: a file saved without any stays resumable)
         **({"lora": [(os.path.basename(p), sc) for p, sc in engine.lora]} if getattr(engine, "lora", None) else {}),
@@ -85,6 +91,8 @@ class _Unpickler(pickle.Unpickler):
             return super().find_class(module, name)
         if module.startswith("numpy.dtypes") and name.endswith("DType"):
             return super().find_class(module, name)
+        if module.startswith("kvrun.cache.gpu_"):  # (a file holds the CPU's classes only: cache/hostcopy.py)
+            raise pickle.UnpicklingError(f"names {module}.{name}, which a session file may not")
         if module.startswith("kvrun.cache."):  # (a name elsewhere would import a module of ours that a cache never needs)
             obj = super().find_class(module, name)
             if isinstance(obj, type):  # the cache's classes, never a function to call
@@ -106,11 +114,11 @@ def _check_not_encoder_decoder(engine: Any) -> None:
 
 def save(path: str | os.PathLike, engine: Any, state: dict[str, Any]) -> int:
     """Write ``state`` (the cache and the conversation) for ``engine`` to ``path``, atomically; returns its bytes."""
-    if engine.backend.name != "cpu":
-        raise KvrunError("saving a session keeps a CPU cache; run the chat with --device cpu to save it")
     _check_not_encoder_decoder(engine)
+    if state.get("cache") is not None:  # the GPU's caches in the CPU's classes, as either device resumes them
+        state = {**state, "cache": to_host(state["cache"])}
     buf = io.BytesIO()
-    _Pickler(buf, protocol=5).dump({"fingerprint": fingerprint(engine), **state})
+    _Pickler(buf, protocol=5).dump({"fingerprint": fingerprint(engine), "device": engine.backend.name, **state})
     data = MAGIC + VERSION.to_bytes(4, "little") + zlib.compress(buf.getvalue(), 1)
     tmp = f"{os.fspath(path)}.tmp"
     try:
@@ -154,7 +162,25 @@ def load(path: str | os.PathLike, engine: Any, kind: str = "chat") -> dict[str, 
             f"{path} was saved with {k} {got.get(k)!r}, this run has {want[k]!r}; resume it with the same model and flags "
             "(-c, --kv-*), or start a new session"
         )
+    if state.get("cache") is not None:
+        state["cache"] = _resumable(path, engine, state)
     return state
+
+
+def _resumable(path: str | os.PathLike, engine: Any, state: dict[str, Any]) -> Any:
+    """The file's cache as ``engine``'s device holds it: the CPU's as saved, a fresh GPU cache that took it over
+    (cache/hostcopy.py); refused in one line where the layouts differ (the CPU's ALiBi keys carry a position channel
+    that the GPU's kernels do not)."""
+    saved, on = state["cache"], state.get("device", state["fingerprint"].get("device", "cpu"))
+    if [getattr(layer, "spec", None) for layer in saved.layers] != list(engine.model.layer_specs()):
+        raise KvrunError(f"{path} was saved on the {on}, whose cache lays out {engine.cfg.arch}'s layers otherwise; resume it "
+                         f"with --device {on}, or start a new session")  # fmt: skip
+    if engine.backend.name == "cpu":
+        return saved
+    try:
+        return onto(engine.new_cache(), saved)
+    except CannotResume as e:
+        raise KvrunError(f"{path} was saved on the {on}: {e}; resume it with --device {on}, or start a new session") from None
 
 
 def prompt_cache(path: str | os.PathLike, engine: Any, ids: list[int]) -> tuple[Any, list[int], int]:

@@ -81,17 +81,14 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
     if any(spec.alibi_slopes for spec in specs) and (device == "cpu" or (kv is not None and kv.is_compressed)):
         # (the GPU kernels' form; the CPU's is position_channel.  The compressed cache's host steps have no ALiBi)
         raise ValueError("ALiBi (bloom, mpt, jais, refact, baichuan 13B) runs on the plain cache only for now; drop the --kv-* options")
-    if any(spec.window < 0 for spec in specs) and kv is not None and kv.is_compressed:  # (the GPU's plain cache chunks too)
-        raise ValueError("chunked attention (llama4) runs on the plain cache only for now; drop the --kv-* options")
+    if any(spec.window < 0 for spec in specs) and kv is not None and kv.policy is not None:  # (chunks are every kernel's
+        # mask; a policy ranks by the attention a token got, so an older chunk's, which no query sees again, would be kept)
+        raise ValueError("chunked attention (llama4) takes no eviction policy yet: it would keep an older chunk's tokens, which no query "
+                         "sees again; drop --kv-policy (quantized, mixed and warm caches run)")
     layer_cls, plain = CompressedLayerCache, make_plain_cache
     if device == "gpu":  # imported here: the CPU path never needs CuPy or the GPU kernels
         from .gpu_compressed import GPUCompressedLayerCache as layer_cls
-        from .gpu_plain import make_gpu_plain_cache as plain
-        from ..ops.gpu.qattention import DECODE_MAX_D
-        wide = max(spec.head_dim for spec in specs)
-        if kv is not None and kv.is_compressed and wide > DECODE_MAX_D:  # (found here, not at the first decode step)
-            raise ValueError(f"the GPU's compressed cache decodes keys up to {DECODE_MAX_D} wide, this model's are {wide} "
-                             "(MLA's latent: KVRUN_MLA=expanded caches every head's K/V instead); or drop the --kv-* options")
+        from .gpu_plain import make_gpu_plain_cache as plain  # (keys of any width: MLA's latent, 576, decodes in passes)
     if kv is None or not kv.is_compressed:
         return plain(specs, n_ctx, n_batch)
     kv = kv.validate(n_ctx)
@@ -142,9 +139,17 @@ def _size_warm_tiers(specs: list[LayerSpec], kvs: list[KVConfig], n_ctx: int, ta
 
 
 def _fit_group(kv: KVConfig, spec: LayerSpec) -> KVConfig:
-    """Groups never span heads: a head smaller than the group makes the group one head wide."""
+    """Groups never span heads: a head smaller than the group makes the group one head wide, and a group that does not
+    divide the key and value heads (MLA's tiny latent, 40 and 32 wide) shrinks to the largest one that does.  Heads
+    that are no power of two skip the default rotation (an explicit ``rotate=1`` is refused there in one line)."""
     d = min(spec.head_dim, spec.head_dim_v)
-    return kv.with_(group=d) if kv.group > d else kv
+    if kv.group > d:
+        kv = kv.with_(group=d)
+    if spec.head_dim % kv.group or spec.head_dim_v % kv.group:
+        kv = kv.with_(group=max(g for g in range(1, kv.group + 1) if spec.head_dim % g == 0 and spec.head_dim_v % g == 0))
+    if kv.rotate is None and kv.rotated and any(n & (n - 1) for n in (spec.head_dim, spec.head_dim_v)):
+        kv = kv.with_(rotate=False)  # (the default rotation is Hadamard's, power-of-two heads only: MLA's latent, 576, goes unrotated)
+    return kv
 
 
 def bits_per_value(layers: list[LayerCache], n_tokens: int) -> float:

@@ -464,6 +464,8 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         if self.logw.size:  # KeepKV: a merged slot stands for several tokens
             sc = sc + xp.concatenate([self.d_logw, xp.zeros((n_kv, T), np.float32)], axis=1)[:, None, None, :]
         see = (kpos[:, None, None, :] >= 0) & (kpos[:, None, None, :] <= qp[None, None, :, None])
+        if s.window < 0:  # Llama 4's chunks (mixed precision's layers): from the query's chunk start on, as qa_visible
+            see &= kpos[:, None, None, :] >= (qp - qp % -s.window)[None, None, :, None]
         sc = xp.where(see, sc, np.float32(-np.inf))
         mx = sc.max(axis=-1, keepdims=True)  # (finite: a query sees itself)
         e = xp.where(see, xp.exp(sc - mx), np.float32(0.0))

@@ -8,7 +8,7 @@
 * Llama 4's chunked attention (a negative ``LayerSpec.window`` -c: a query sees the keys from the start of its own
   chunk of c positions, ``ops/cpu/attention.py``) in the plain GPU cache's kernels, decode and prefill, against the
   CPU's plain cache across chunk boundaries, and in the compressed cache's decode kernel against the CPU's (the
-  compressed caches still refuse chunked layers: the device's policy steps, kvquant.cu, attend without chunks).
+  compressed caches on the llama4 fixture: tests/test_wide_heads_chunks.py).
 * Llama 4's fixtures on the GPU against the CPU (within the first chunk: tiny models cannot reach 8192 positions on
   the emulator), and the NoPE layers' query temperature past the first chunks against the CPU's.
 

@@ -4,11 +4,11 @@
   run in kernels (ops/gpu/moe3.cu's up product and squared ReLU, moe2.cu's down products, moe.cu's sigmoid routing
   with the selection bias and scale), so a decode step stays in a CUDA graph: the kernels against the float64 product
   and the CPU's ``moe_add``, the fixtures' logits against the CPU's over a prefill and replayed decode steps.
-* A compressed cache (``--kv-bits``) with ALiBi (BLOOM, MPT, Jais, Refact, Baichuan 13B) or Llama 4's chunked attention
-  still refuses, in one line, on both devices: cache/factory.py refuses the CPU's compressed cache both, so there is no
-  CPU reference to hold the device's to (and the GPU's host steps, a layer's calibration, are the CPU's).  ALiBi's CPU
-  form, a key channel holding the position, would be quantized there; the chunks' masks are in both devices' kernels
-  already (ops/cpu/qattention.py, ops/gpu/qattention.cu ``qa_visible``), the refusal is the factory's.
+* A compressed cache (``--kv-bits``) with ALiBi (BLOOM, MPT, Jais, Refact, Baichuan 13B) still refuses, in one line,
+  on both devices: cache/factory.py refuses the CPU's compressed cache, so there is no CPU reference to hold the
+  device's to (and the GPU's host steps, a layer's calibration, are the CPU's).  ALiBi's CPU form, a key channel
+  holding the position, would be quantized there.  (Llama 4's chunked attention runs in both compressed caches but for
+  eviction policies: tests/test_wide_heads_chunks.py.)
 
 Kernel-level checks run on the ``rt`` fixture (conftest.py: real CUDA where a GPU is, else the kernel emulator), the
 models on ``--device gpu`` (``KVRUN_GPU_EMULATE=1`` without a GPU), as tests/test_gpu_moe.py.
@@ -118,7 +118,7 @@ def test_a_decode_step_copies_only_its_logits_down(monkeypatch, tmp_path):
 
 
 # ----------------------------------------------------------------- compressed caches: still refused
-REFUSED_KV = {"bloom": "ALiBi", "llama4": "chunked attention"}
+REFUSED_KV = {"bloom": "ALiBi"}  # (Llama 4's chunks run: tests/test_wide_heads_chunks.py)
 
 
 @pytest.mark.parametrize("bits", [4, 8])

@@ -174,6 +174,6 @@ def test_llama4_refusals(tmp_path):
         _build(write_tiny_llama4(tmp_path / "sw0.gguf", sliding_window=0))
     path = write_tiny_model(tmp_path / "l4.gguf", **FIXTURE_MODELS["llama4"])
     specs = _build(path)[1].layer_specs()  # (--device gpu runs it: tests/test_gpu_bitnet_llama4.py)
-    for kv, device in ((KVConfig(bits=4), "cpu"), (KVConfig(bits=4), "gpu")):
-        with pytest.raises(ValueError, match="chunked attention"):
+    for kv, device in ((KVConfig.parse("4,policy=h2o,budget=32"), "cpu"), (KVConfig.parse("4,policy=h2o,budget=32"), "gpu")):
+        with pytest.raises(ValueError, match="chunked attention"):  # (an eviction policy: tests/test_wide_heads_chunks.py)
             make_cache(specs, 64, 16, kv, device)

@@ -30,14 +30,17 @@
 #include "kvq.cuh"
 
 #define QA_CHUNK 128  // slots per decode split
-#define QA_MAX_D 256  // key head_dim held in registers by the scores loop (8 per lane)
+#define QA_MAX_D 256  // key head_dim held in registers by the scores loop (8 per lane); wider keys (MLA's latent,
+                      // 576; Gemma 4's 512) take it in passes of QA_MAX_D, their partial sums kept in sc
 
 __device__ __forceinline__ bool qa_visible(int pk, int pq, int window) {
     return pk >= 0 && pk <= pq && (window == 0 || (window > 0 ? pq - pk < window : pk >= pq - pq % -window));
 }
 
-// grid (n_split, n_kv, T), block 128,
-// dynamic shared: (gqa * D + gqa * QA_CHUNK) floats, gqa = n_head / n_kv; static: 4 KiB of LUTs.
+// grid (n_split, n_kv * n_hb, T), block 128,
+// dynamic shared: (hb * D + hb * QA_CHUNK) floats, hb = ceil(gqa / n_hb), gqa = n_head / n_kv; static: 4 KiB of LUTs.
+// A block takes query heads [hg * hb, +hb) of its KV head's gqa (n_hb > 1: MLA's one KV head for all the model's
+// heads, whose queries and logits would not fit in shared memory at once; n_hb = 1 is one block a KV head).
 // Per (token, head, split): the chunk's max logit m, sum of exp(s - m) l, and
 // sum_j exp(s_j - m) v_j; a chunk where nothing is visible gets m = -inf, l = 0, o = 0.
 extern "C" __global__ void __launch_bounds__(128) qattn_decode_partial(
@@ -64,18 +67,20 @@ extern "C" __global__ void __launch_bounds__(128) qattn_decode_partial(
     int P, int use_logw, int write_scores, int window, float scale, float softcap) {
     extern __shared__ float smem[];
     __shared__ float lut_s[4 * 256];  // the four scale tables: indexed by data, so keep them on chip
-    const int gqa = n_head / n_kv;
+    const int n_hb = gridDim.y / n_kv, hb = (n_head / n_kv + n_hb - 1) / n_hb, hg = blockIdx.y % n_hb;
+    const int h0 = (blockIdx.y / n_hb) * (n_head / n_kv) + hg * hb;  // this block's first query head
+    const int gqa = min(hb, n_head / n_kv - hg * hb);                 // and how many
     const int N = F + C0 + C1;
-    float* qs = smem;            // [gqa, D]
-    float* sc = smem + gqa * D;  // [gqa, QA_CHUNK] logits, then probabilities
-    const int split = blockIdx.x, kh = blockIdx.y, t = blockIdx.z, n_split = gridDim.x;
+    float* qs = smem;           // [gqa, D]
+    float* sc = smem + hb * D;  // [gqa, QA_CHUNK] logits, then probabilities
+    const int split = blockIdx.x, kh = blockIdx.y / n_hb, t = blockIdx.z, n_split = gridDim.x;
     const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, n_warps = blockDim.x / WARP;
     const int j0 = split * QA_CHUNK;
     const int nj = min(QA_CHUNK, N - j0);
     const int pq = qpos[t];
     const int* prow = kpos + (size_t)(P > 1 ? kh : 0) * N;
 
-    const float* qg = q + ((size_t)t * n_head + kh * gqa) * D;  // the group's heads are adjacent
+    const float* qg = q + ((size_t)t * n_head + h0) * D;  // the group's heads are adjacent
     for (int i = threadIdx.x; i < gqa * D; i += blockDim.x) qs[i] = qg[i];
     for (int i = threadIdx.x; i < 4 * 256; i += blockDim.x) lut_s[i] = luts[i];
     __syncthreads();
@@ -90,37 +95,47 @@ extern "C" __global__ void __launch_bounds__(128) qattn_decode_partial(
         if (!qa_visible(prow[j], pq, window)) {
             for (int g = lane; g < gqa; g += WARP) {
                 sc[g * QA_CHUNK + jj] = NEG_INF;
-                if (write_scores) scores[((size_t)t * n_head + kh * gqa + g) * N + j] = NEG_INF;
+                if (write_scores) scores[((size_t)t * n_head + h0 + g) * N + j] = NEG_INF;
             }
             continue;
         }
         const KVQRow kr = kvq_row(ka, kh, j);
-        float kreg[QA_MAX_D / WARP];
-#pragma unroll
-        for (int r = 0; r < QA_MAX_D / WARP; ++r) {
-            const int d = lane + WARP * r;
-            kreg[r] = d < D ? kvq_value(kr, G, lgG, d) : 0.0f;
-        }
         const float lw = use_logw ? logw[(size_t)kh * N + j] : 0.0f;
-        for (int g = 0; g < gqa; ++g) {
-            float s = 0.0f;
+        for (int d0 = 0; d0 < D; d0 += QA_MAX_D) {  // (one pass for keys up to QA_MAX_D wide)
+            float kreg[QA_MAX_D / WARP];
 #pragma unroll
             for (int r = 0; r < QA_MAX_D / WARP; ++r) {
-                const int d = lane + WARP * r;
-                if (d < D) s += qs[g * D + d] * kreg[r];
+                const int d = d0 + lane + WARP * r;
+                kreg[r] = d < D ? kvq_value(kr, G, lgG, d) : 0.0f;
             }
-            s = warp_sum(s) * scale;
-            if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
-            s += lw;
-            if (lane == 0) {
-                sc[g * QA_CHUNK + jj] = s;
-                if (write_scores) scores[((size_t)t * n_head + kh * gqa + g) * N + j] = s;
+            const bool last = d0 + QA_MAX_D >= D;
+            for (int g = 0; g < gqa; ++g) {
+                float s = 0.0f;
+#pragma unroll
+                for (int r = 0; r < QA_MAX_D / WARP; ++r) {
+                    const int d = d0 + lane + WARP * r;
+                    if (d < D) s += qs[g * D + d] * kreg[r];
+                }
+                s = warp_sum(s);
+                // the earlier passes' sum: lane 0 keeps it in the slot's logit (only lane 0's s is written)
+                if (d0 > 0 && lane == 0) s += sc[g * QA_CHUNK + jj];
+                if (!last) {
+                    if (lane == 0) sc[g * QA_CHUNK + jj] = s;
+                    continue;
+                }
+                s *= scale;
+                if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
+                s += lw;
+                if (lane == 0) {
+                    sc[g * QA_CHUNK + jj] = s;
+                    if (write_scores) scores[((size_t)t * n_head + h0 + g) * N + j] = s;
+                }
             }
         }
     }
     __syncthreads();
 
-    chunk_softmax(sc, QA_CHUNK, gqa, nj, part_m, part_l, ((size_t)t * n_head + kh * gqa) * n_split + split, n_split);
+    chunk_softmax(sc, QA_CHUNK, gqa, nj, part_m, part_l, ((size_t)t * n_head + h0) * n_split + split, n_split);
     __syncthreads();
 
     // P @ V: threads over (head, d), so the lanes read a row's codes together;
@@ -133,7 +148,7 @@ extern "C" __global__ void __launch_bounds__(128) qattn_decode_partial(
             const float p = pg[jj];
             if (p != 0.0f) acc += p * kvq_value(kvq_row(va, kh, j0 + jj), G, lgG, d);
         }
-        part_o[(((size_t)t * n_head + kh * gqa + g) * n_split + split) * Dv + d] = acc;
+        part_o[(((size_t)t * n_head + h0 + g) * n_split + split) * Dv + d] = acc;
     }
 }
 

@@ -27,7 +27,6 @@ from . import kernels as K
 from .attention import decode_reduce
 
 DECODE_CHUNK = 128  # slots per split: QA_CHUNK in qattention.cu
-DECODE_MAX_D = 256  # QA_MAX_D: key head_dim the scores loop keeps in registers
 SHARED_LIMIT = 48 * 1024  # shared memory usable without opting in
 STATIC_SHARED = 4 * 4 * 256  # the kernel's on-chip copy of the four scale tables
 WIDTHS = (16, 8, 4, 3, 2)
@@ -84,7 +83,7 @@ def attend_decode_q(
     Raises
     ------
     ValueError
-        A width, head size or GQA group the kernel cannot take.
+        A width, or keys too wide for one head's queries and logits in shared memory (past ~11900).
     """
     xp = K.runtime().xp
     T, H, D = q.shape
@@ -98,11 +97,10 @@ def attend_decode_q(
     for w in (pool0.bits_k, pool0.bits_v, pool1.bits_k, pool1.bits_v):
         if w not in WIDTHS:
             raise ValueError(f"no GPU decode for {w}-bit codes; widths are {WIDTHS}")
-    if D > DECODE_MAX_D:
-        raise ValueError(f"GPU compressed decode attention supports head_dim <= {DECODE_MAX_D}, got {D}")
-    smem = 4 * gqa * (D + DECODE_CHUNK)
-    if smem + STATIC_SHARED > SHARED_LIMIT:
-        raise ValueError(f"GPU compressed decode attention: {gqa} query heads per KV head of dim {D} need {smem + STATIC_SHARED} bytes of shared memory")
+    # keys of any width (past QA_MAX_D, 256, in passes: MLA's latent 576, Gemma 4's 512); MLA's one KV head
+    # for all the heads takes its queries a block of heads at a time
+    n_hb, hb = head_blocks(gqa, D)
+    smem = 4 * hb * (D + DECODE_CHUNK)
     use_logw = int(logw.size > 0)
     if use_logw and tuple(logw.shape) != (n_kv, N):
         raise ValueError(f"logw {tuple(logw.shape)} must be [{n_kv}, {N}] or empty")
@@ -117,7 +115,7 @@ def attend_decode_q(
     part_l = xp.empty((T, H, n_split), np.float32)
     scores = xp.empty((T, H, N), np.float32) if acc is not None else dummy
     K.launch(
-        "qattn_decode_partial", (n_split, n_kv, T), (128,),
+        "qattn_decode_partial", (n_split, n_kv * n_hb, T), (128,),
         q, qpos, k16, v16,
         pool0.kc, pool0.km, pool0.vc, pool0.vm, pool1.kc, pool1.km, pool1.vc, pool1.vm,
         luts, kpos, logw if use_logw else dummy, part_o, part_m, part_l, scores,
@@ -129,6 +127,16 @@ def attend_decode_q(
     if acc is not None:
         K.launch("qattn_decode_probs", (K.cdiv(N, 128), n_kv), (128,), scores, part_m, part_l, acc, part_m if sinks is None else sinks,
                  T, H, n_kv, N, n_split, int(sinks is not None), shared_mem=8 * T * gqa)  # fmt: skip
+
+
+def head_blocks(gqa: int, D: int) -> tuple[int, int]:
+    """(blocks a KV head's ``gqa`` query heads are cut into, heads a block): as few blocks as keep a block's
+    queries and logits ([hb, D + DECODE_CHUNK] floats) within shared memory beside the scale tables."""
+    fit = (SHARED_LIMIT - STATIC_SHARED) // (4 * (D + DECODE_CHUNK))
+    if fit < 1:
+        raise ValueError(f"GPU compressed decode attention: keys {D} wide need more shared memory than a block has")
+    n_hb = K.cdiv(gqa, fit)
+    return n_hb, K.cdiv(gqa, n_hb)
 
 
 def gather_f16(x16: Any, pool0: DevicePool, pool1: DevicePool, luts: Any, group: int, ids: Any, out: Any, values: bool = False) -> None:

@@ -266,11 +266,31 @@ def _tiled_rows(c: Any) -> dict[str, Any]:
 
         Q, n = c.n_query, MAX_SLICES
         return {"rows_per_image": Q, "rows_per_tile": Q, "min_tiles": 2, "max_tiles": n, "rows_per_picture": [Q, (n + 1) * Q]}
+    if c.projector_type == "step3vl":  # (Step3-VL: crops of libmtmd's fixed 504 pixels, as many as a picture needs,
+        from .models.step3vl_image import CROP  # then the overview; models/step3vl_image.py)
+
+        R = (CROP // (4 * c.patch_size)) ** 2
+        return {"rows_per_tile": R, "min_tiles": 0, "max_tiles": None, "rows_per_picture": [c.n_tokens + 2, None]}
+    if c.projector_type == "deepseekocr":  # (DeepSeek-OCR: rows of 640-pixel tiles, then the 1024-pixel global view, each
+        from .runtime.vision_deepseekocr import MAX_TILES, MIN_TILES, TILE, chunk_rows, target_ratios  # grid row a newline)
+
+        hi = max(chunk_rows(w, h) for w, h in target_ratios())
+        return {"rows_per_image": chunk_rows(0, 0), "rows_per_tile": (TILE // 64) ** 2, "min_tiles": MIN_TILES, "max_tiles": MAX_TILES,
+                "rows_per_picture": [chunk_rows(0, 0), hi]}  # fmt: skip
     return {}
 
 
 def _tiled_sizes(c: Any, t: dict[str, Any]) -> str:
     """`kvrun info`'s words for :func:`_tiled_rows`."""
+    if c.projector_type == "step3vl":
+        return (f"crops of 504x504 pixels ({t['rows_per_tile']} rows each) where a picture is longer than {c.image_size} pixels "
+                f"or past 1.5:1 (one longer than {c.longest_edge} pixels scaled down to that first), then a {c.image_size}x"
+                f"{c.image_size} overview in {c.patch_size}-pixel patches ({c.n_tokens} rows)")  # fmt: skip
+    if c.projector_type == "deepseekocr":
+        lo, hi = t["rows_per_picture"]
+        return (f"a 1024x1024 global view in 16-pixel patches ({lo} rows, newlines and the view separator included) after, where "
+                f"a picture is past 640 pixels, the grid of {t['min_tiles']} to {t['max_tiles']} 640x640 tiles nearest its aspect "
+                f"({t['rows_per_tile']} rows each, and a newline a grid row): {lo} to {hi} rows a picture")  # fmt: skip
     lo, hi = t["rows_per_picture"]
     head = f"{c.image_size}x{c.image_size} tiles in {c.patch_size}-pixel patches, {t['rows_per_tile']} rows a tile; "
     if c.projector_type == "idefics3":

@@ -70,6 +70,12 @@ SUPPORTED_PROJECTORS += ("gemma3nv",)  # Gemma 3n: MobileNetV5 and embed_vision 
 PROJECTION_TENSORS["gemma3nv"] = "mm.input_projection.weight"
 SUPPORTED_PROJECTORS += ("minicpmv4_6",)  # MiniCPM-V 4.6: SigLIP with a ViT merger, a final 2x2 merger (models/minicpmv46_image.py)
 PROJECTION_TENSORS["minicpmv4_6"] = "mm.down.weight"
+SUPPORTED_PROJECTORS += ("step3vl",)  # Step3-VL: PE-lang ViT on crops and an overview, two stride-2 convs (models/step3vl_image.py)
+PROJECTION_TENSORS["step3vl"] = "mm.model.fc.weight"
+SUPPORTED_PROJECTORS += ("youtuvl",)  # Youtu-VL: SigLIP2 at the picture's own size, windows, a 2x2 merger (models/youtuvl_image.py)
+PROJECTION_TENSORS["youtuvl"] = "mm.2.weight"
+SUPPORTED_PROJECTORS += ("deepseekocr",)  # DeepSeek-OCR: SAM ViT-B into CLIP-L, global view and tiles (models/deepseekocr_image.py)
+PROJECTION_TENSORS["deepseekocr"] = "mm.model.fc.weight"
 #: projectors whose pictures keep their size within the file's (or clip.cpp's) pixel limits, ``image_size`` only
 #: nominal (PaddleOCR-VL's is sqrt(max_pixels), its position grid another size): :func:`pixel_limits_config`
 PIXEL_LIMIT_PROJECTORS = ("paddleocr", "hunyuanvl")
@@ -241,6 +247,22 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
             raise UnsupportedModelError(f"{g.path}: clip.minicpmv_version is {ver}; kvrun (as libmtmd) lays out MiniCPM-V versions "
                                         f"{', '.join(map(str, MINICPMV_VERSIONS))}")  # fmt: skip
         cfg = replace(cfg, minicpmv_version=ver, n_query=int(g.get("clip.minicpmv_query_num", 0) or 64))
+    if ptype == "step3vl":  # (clip.cpp: two stride-2 convs (n_merge 4 unless stated), the longest edge 3024 unless stated)
+        from dataclasses import replace
+
+        op = "gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick"
+        cfg = replace(cfg, n_merge=int(g.get("clip.vision.projector.scale_factor", 4) or 4), ffn_op=op,
+                      longest_edge=int(g.get("clip.vision.preproc_image_size", 0) or 3024))
+    if ptype == "youtuvl":  # (clip.cpp: 2x2 merges, set_limit_image_tokens(1, 62500) merged rows' worth of pixels; a
+        from dataclasses import replace  # picture keeps its own size, image_size nominal (Youtu-VL's 560: 35 patches)
+
+        op = "gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick"
+        merge = int(g.get("clip.vision.spatial_merge_size", 2) or 2)
+        if merge != 2 or patch_size <= 0 or n_embd % n_head:
+            raise GGUFError(f"{g.path}: inconsistent vision hyperparameters (patch_size {patch_size}, spatial merge {merge}, "
+                            f"width {n_embd}, heads {n_head}); llama.cpp's Youtu-VL graph merges 2x2")  # fmt: skip
+        f = (patch_size * 2) ** 2
+        return replace(cfg, n_merge=2, min_pixels=f, max_pixels=62500 * f, ffn_op=op)
     if ptype == "qwen2.5vl_merger" and cfg.n_wa_pattern <= 0:  # (clip.cpp requires it of 2.5's files)
         raise GGUFError(f"{g.path}: clip.vision.n_wa_pattern is missing; the Qwen2.5-VL projector file is incomplete")
     if ptype in PIXEL_LIMIT_PROJECTORS:  # (their image_size need not be whole patches: checked there)

@@ -9,7 +9,8 @@ weights renormalised where ``expert_weights_norm`` says and times ``expert_weigh
 ``exp_probs_b`` where the file has one, plus ``expert_shared_count`` shared experts as one plain SwiGLU FFN.
 
 Refused: a sliding window (``attention.sliding_window``: Unlimited-OCR's
-reference-window attention, which llama.cpp runs as its own mask), images (the mmproj's rows: ``takes_images``).
+reference-window attention, which llama.cpp runs as its own mask).  Pictures come as rows of its deepseekocr mmproj
+(models/deepseekocr_image.py, runtime/vision_deepseekocr.py), read by LlamaModel's forward (``takes_images``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from .moe import check_expert_counts, expert_groups, gating_func, load_moe, weig
 
 class Deepseek2OCRModel(LlamaModel):
     archs = ("deepseek2-ocr",)
-    takes_images = False
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         if int(g.arch_get("attention.sliding_window", 0) or 0) > 0:

@@ -105,7 +105,7 @@ class HunyuanVLEncoder(MmprojEncoder):
     block-aligned size into the picture's rows, its begin and end rows and newlines included."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name != "cpu":
+        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_device.py)
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         E, p, m = cfg.n_embd, cfg.patch_size, cfg.n_merge
@@ -189,6 +189,10 @@ class HunyuanVLEncoder(MmprojEncoder):
         x = _f16(np.ascontiguousarray(x, F32)) @ self.patch_w.T  # (ggml's conv_2d: F16 patches and kernel)
         if self.patch_b is not None:
             x += self.patch_b
+        if self.be.name == "gpu":  # (the blocks and projector on the device, the rows down once: models/vit_device.py)
+            from .vit_device import hunyuan_rows
+
+            return hunyuan_rows(self, x + resize_positions(self.pos_embd, self.pos_side, nx, ny), nx, ny)
         x = self.blocks(x + resize_positions(self.pos_embd, self.pos_side, nx, ny))
         x = rms_norm(x, self.pre_norm, c.eps)
         oy, ox = ny // m, nx // m

@@ -238,6 +238,10 @@ class Lfm2VLEncoder(SiglipEncoder):
         if self.patch_b is not None:
             x += self.patch_b
         x += resize_positions(self.pos_embd, c.n_patches_side, nx, ny)
+        if self.be.name == "gpu":  # (the blocks and projector on the device, the rows down once: models/vit_device.py)
+            from .vit_device import lfm2_rows
+
+            return lfm2_rows(self, x, nx, ny, PROJ_EPS)
         x = self._vit(x)
         x = unshuffle(x, nx, ny, k)
         if self.in_norm is not None:

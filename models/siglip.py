@@ -17,9 +17,9 @@ SmolVLM's projector (clip.cpp's PROJECTOR_TYPE_IDEFICS3, same graph builder) run
 a picture (models/idefics3_image.py) and, after the post LayerNorm, a pixel shuffle of n_merge x n_merge patches
 into one row n_merge^2 times wider (:func:`pixel_shuffle`) and one matrix ``mm.model.fc`` into the text width.
 
-One image is a one-off prefill-sized job, so activations are numpy arrays on the host (as models/bert.py's) and
-the ViT's weight products run on the CPU backend's kernels in the file's format, beside a text model on the GPU too
-(its rows then go up once a picture; the GPU runs the text model's side, cache/gpu_picture.py).  What ggml's CPU does to the
+On the CPU, activations are numpy arrays (as models/bert.py's) and the ViT's weight products run on the CPU backend's
+kernels in the file's format; on --device gpu the encoders of :data:`ON_GPU` run on the GPU backend, the activations
+device arrays (models/vit_device.py), and the text model reads the rows there (cache/gpu_picture.py).  What ggml's CPU does to the
 numbers is reproduced where it shows: a product with an F16 weight rounds its input to F16 first (ggml's
 vec_dot_type), the convolution runs on F16 patches and an F16 kernel, GELU is looked up in an F16 table
 (models/bert.gelu).  Attention is float32 softmax(QK^T)V, llama.cpp's path without flash attention (measured on the
@@ -40,8 +40,8 @@ from ..loaders.errors import KvrunError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig, open_mmproj
 from ..loaders.quants import dequantize
-from ..ops import get_backend
 from ..ops.backend import Backend
+from . import vit_device
 from .bert import gelu, layer_norm
 from .common import TENSOR_NAMES, WeightLoader
 
@@ -62,9 +62,10 @@ TENSOR_NAMES.update({  # the encoder's names (clip.cpp's TN_*, prefix "v")
     "mm_fc": "mm.model.fc.weight",  # (SmolVLM's projection, projector type idefics3)
 })  # fmt: skip
 
-#: the projector types whose text side reads pictures on --device gpu (tests/test_gpu_vision.py): Gemma 3's, SmolVLM's
-#: (the others that do, SigLIP's among them, get a CPU backend from runtime/projectors.py's CPU_BESIDE_GPU)
-ON_GPU = ("gemma3", "idefics3")
+#: the projector types whose encoder runs on --device gpu too (models/vit_device.py, tests/test_gpu_vision_encoders.py):
+#: Gemma 3's, SmolVLM's, Janus-Pro's, LFM2-VL's, Hunyuan-VL's (the others, SigLIP's among them, get a CPU backend from
+#: runtime/projectors.py's CPU_BESIDE_GPU)
+ON_GPU = ("gemma3", "idefics3", "janus_pro", "lfm2", "hunyuanvl")
 
 
 def _f16(x: np.ndarray) -> np.ndarray:
@@ -161,6 +162,8 @@ class MmprojEncoder:
         return None if t is None else dequantize(t.data, t.qtype, t.shape).reshape(-1).astype(np.float32)
 
     def _linear(self, w: Any, x: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+        if self.be.name == "gpu":  # (device arrays in and out: models/vit_device.py)
+            return vit_device.of(self).linear(w, x, b)
         if w.qtype == F16:  # ggml multiplies an F16 weight by an F16 copy of the activations
             x = _f16(x)
         out = np.empty((x.shape[0], w.n_rows), np.float32)
@@ -183,6 +186,8 @@ class MmprojEncoder:
         """One of clip.cpp's pre-norm ViT blocks (:func:`vit_layer`'s weights ``L``) over the rows ``x`` [T, n_embd]:
         LayerNorm, biased Q/K/V products, attention both ways with no rope (:func:`attend_heads`, ``chunk`` query rows
         at a time), the output product added; LayerNorm, the MLP (``ffn_op``: :func:`activation`) added."""
+        if self.be.name == "gpu":  # (device arrays in and out: models/vit_device.py)
+            return vit_device.vit_block(self, L, x, ffn_op)
         c = self.cfg
         T, H = x.shape[0], c.n_head
         D = c.n_embd // H
@@ -198,10 +203,8 @@ class SiglipEncoder(MmprojEncoder):
     """Gemma 3's vision encoder and projector from an mmproj file: :meth:`encode` pixels into embedding rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name != "cpu":  # beside a model on the GPU the encoder runs on the CPU: its rows go up once a picture
-            if cfg.projector_type not in ON_GPU:
-                raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
-            backend = get_backend("cpu")  # (a one-off prefill-sized job; the picture's block attends on the GPU: cache/gpu_picture.py)
+        if backend.name != "cpu" and cfg.projector_type not in ON_GPU:  # (the others on the CPU: runtime/projectors.py)
+            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg = cfg
         self.be = backend
         self.path = g.path
@@ -234,6 +237,8 @@ class SiglipEncoder(MmprojEncoder):
         S = c.image_size
         if pixels.shape != (3, S, S):
             raise KvrunError(f"the vision encoder takes pixels [3, {S}, {S}], got {list(pixels.shape)}")
+        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
+            return vit_device.encode(self, pixels)
         x = self.embed_patches(pixels)
         x += self.pos_embd
         for L in self.layers:  # (attend_heads a head at a time: Gemma 3's 4096 patches make a 64 MiB score matrix per head)

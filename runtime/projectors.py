@@ -55,19 +55,27 @@ PROJECTORS: dict[str, ProjectorKind] = {
     "cogvlm": ProjectorKind("cogvlm_image:CogVLMEncoder", "vision_cogvlm:CogVLMLayout", None),  # boi/eoi rows, the visual expert
     "janus_pro": ProjectorKind("janus_image:JanusProEncoder", "vision_janus:JanusProLayout", None),  # SigLIP + MLP, no markers
     "lightonocr": ProjectorKind("lightonocr_image:LightOnOCREncoder", "vision_lightonocr:LightOnOCRLayout"),  # Pixtral's ViT, longest edge
+    "step3vl": ProjectorKind("step3vl_image:Step3VLEncoder", "vision_step3vl:Step3VLLayout", None),  # crops, then the overview; its own markers
+    "youtuvl": ProjectorKind("youtuvl_image:YoutuVLEncoder", "vision_youtuvl:YoutuVLLayout", ("VISION_START", "VISION_END")),  # own size, windows
+    "deepseekocr": ProjectorKind("deepseekocr_image:DeepseekOCREncoder", "vision_deepseekocr:DeepseekOCRLayout", None),  # SAM + CLIP; tiles, then the view; its own "\n"
 }  # fmt: skip
 
 
 #: the projectors whose encoder runs on the CPU beside a text model on --device gpu, a picture's rows uploaded as they go
 #: in (tests/test_gpu_vision2.py): M-RoPE rows (the text after them turns by positions a captured decode step reads as
-#: data: models/mrope_text.py) and rows that go in causally as a block; Gemma 3's and SmolVLM's say so in
-#: models/siglip.py.  An encoder built with the GPU's backend all the same refuses it in one line.
+#: data: models/mrope_text.py) and rows that go in causally as a block; Gemma 3's, SmolVLM's, Janus-Pro's, LFM2-VL's and
+#: Hunyuan-VL's encoders run on the GPU (models/siglip.py ON_GPU, models/vit_device.py).  An encoder built with the
+#: GPU's backend all the same refuses it in one line.
 CPU_BESIDE_GPU = frozenset({
     "qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger", "glm4v", "paddleocr",
-    "pixtral", "lightonocr", "internvl", "lfm2", "mlp", "ldp", "ldpv2", "janus_pro", "llama4", "kimivl", "resampler", "minicpmv4_6",
-    # (tests/test_gpu_pictures3.py) Hunyuan-VL's XD-RoPE rows (per-row tables, the text after them at plain positions),
-    # CogVLM's rows through the visual expert's uploaded weights, Gemma 3n's causal rows, Gemma 4's both-ways block
-    "hunyuanvl", "cogvlm", "gemma3nv", "gemma4v",
+    "pixtral", "lightonocr", "internvl", "mlp", "ldp", "ldpv2", "llama4", "kimivl", "resampler", "minicpmv4_6",
+    # (tests/test_gpu_pictures3.py) CogVLM's rows through the visual expert's uploaded weights, Gemma 3n's causal rows,
+    # Gemma 4's both-ways block (Hunyuan-VL's XD-RoPE rows: its encoder on the GPU)
+    "cogvlm", "gemma3nv", "gemma4v",
+    "deepseekocr",  # (DeepSeek-OCR's causal block of rows into deepseek2-ocr's experts: tests/test_vision_deepseekocr.py)
+    # (tests/test_gpu_pictures4.py) Step3-VL's block of markers' and crops' rows into Qwen3, Youtu-VL's rows into
+    # deepseek2's latent attention: both causal at plain positions
+    "step3vl", "youtuvl",
 })  # fmt: skip
 
 

@@ -110,9 +110,11 @@ def test_pictures_on_the_gpu_give_the_cpus_rows_and_logits_and_libmtmds_then_dec
     m = importlib.import_module(tool)
     fx, pics = fixture(name), pictures(m.IMAGES)
     cpu, gpu = _visions(*_files(name, tmp_path))
-    assert gpu.engine.backend.name == "gpu" and getattr(gpu.encoder, "be", cpu.engine.backend).name == "cpu"  # (Gemma 3n's: numpy)
+    on_gpu = getattr(gpu.encoder, "be", cpu.engine.backend).name == "gpu"  # (Gemma 3n's: numpy; Hunyuan-VL's: models/vit_device.py)
+    assert gpu.engine.backend.name == "gpu" and on_gpu == (name == "hunyuanvl")
     first = next(iter(pics.values()))
-    assert np.array_equal(cpu.image_rows(first), gpu.image_rows(first))
+    want, got = cpu.image_rows(first), gpu.image_rows(first)
+    assert rel_err(want, got) < BOUND if on_gpu else np.array_equal(want, got)
     (ca, a), (cb, b) = (_prompt(v, fx, pics, m.PROMPTS[k], key, tol) for v in (cpu, gpu))
     assert rel_err(a, b) < BOUND
     n0 = gpu.engine.graphs.n_replays

@@ -1,8 +1,8 @@
 """Pictures on `--device gpu`: Gemma 3 with its mmproj (tests/tiny_vision.py's tiny pair, the very files of
 tests/test_vision.py's libmtmd fixture) on the kernel emulator, as tests/test_gpu_engine.py runs the GPU path.
 
-The SigLIP encoder runs on the CPU beside the GPU's text model (models/siglip.py), so a picture's rows are the CPU's
-bit for bit; the text model reads them on the GPU, the picture's rows seeing each other both ways in the GPU's plain
+The SigLIP encoder runs on the GPU too (models/vit_device.py: tests/test_gpu_vision_encoders.py), a picture's rows
+within 2e-3 of the CPU's; the text model reads them on the GPU, the picture's rows seeing each other both ways in the GPU's plain
 fp16 cache (cache/gpu_picture.py, ops/gpu/picture.cu).  Weights are float32, so the two backends' arithmetic is
 compared: the logits after pictures and text agree within 2e-3 of their largest (measured: 4e-6), the bound of
 tests/test_gpu_archs2.py; fed causally instead they are 1.2 to 2.4 off libmtmd's (tests/test_vision.py)."""
@@ -106,14 +106,14 @@ def test_the_picture_kernel_is_the_cpus_bidirectional_attention(emulated, window
 
 @pytest.mark.parametrize("k", range(len(PROMPTS)))
 def test_gemma3_pictures_on_the_gpu_give_the_cpus_rows_and_logits_and_libmtmds(cpu, gpu, k):
-    """mtmd's layout, the CPU encoder's very rows, then logits within 2e-3 of the CPU's (the largest ~27) and within
+    """mtmd's layout, the CPU encoder's rows (within 2e-3), then logits within 2e-3 of the CPU's (the largest ~27) and within
     test_vision.py's 1e-2 of libmtmd's, the same argmax (prompt 2's picture straddles the window of 8)."""
     segs_c, _, want = _prefill(cpu, PROMPTS[k])
     segs_g, cache, got = _prefill(gpu, PROMPTS[k])
     assert type(cache[0]).__name__ == "GPUPlainLayerCache"
     assert [i for s in segs_g for i in (s if isinstance(s, list) else [-1] * len(s))] == FIX[f"ids_{k}"].tolist()
-    for a, b in zip(segs_c, segs_g):
-        assert np.array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(segs_c, segs_g):  # (the ids the same; a picture's rows the GPU encoder's: models/vit_device.py)
+        assert np.array_equal(a, b) if isinstance(a, list) else rel_err(a, b) < BOUND
     assert rel_err(want, got) < BOUND
     np.testing.assert_allclose(got, FIX[f"logits_{k}"], atol=1e-2)
     assert got.argmax() == FIX[f"logits_{k}"].argmax()

@@ -244,7 +244,8 @@ def test_m_rope_pictures_go_up_as_cupy_takes_them_and_decode_brings_down_only_lo
 
 def test_every_other_projector_runs_its_encoder_on_the_cpu_beside_the_gpu():
     """Gemma 3's and SmolVLM's encoders say so themselves (models/siglip.py); every other projector is in
-    runtime/projectors.py's list, the last four lifted in tests/test_gpu_pictures3.py."""
+    runtime/projectors.py's list, the last four lifted in tests/test_gpu_pictures3.py, Step3-VL's and Youtu-VL's in
+    tests/test_gpu_pictures4.py."""
     from kvrun.models.siglip import ON_GPU
     from kvrun.runtime.projectors import CPU_BESIDE_GPU, PROJECTORS
 

@@ -130,13 +130,13 @@ def test_glm_dsa_runs_its_dense_path_only_up_to_the_indexers_top_k(tmp_path):
     assert "\n" not in str(e.value)
 
 
-def test_deepseek2_ocr_refuses_a_sliding_window_and_images_are_refused(tmp_path):
+def test_deepseek2_ocr_refuses_a_sliding_window_and_takes_pictures(tmp_path):
     g = GGUFFile(write_tiny_model(tmp_path / "d.gguf", **FIXTURE_MODELS["deepseek2-ocr"]))
     real = g.arch_get
     g.arch_get = lambda key, default=None: 4096 if key == "attention.sliding_window" else real(key, default)
     with pytest.raises(UnsupportedModelError, match="sliding_window"):
         Deepseek2OCRModel(g, load_config(g), _cpu(), N_CTX, N_BATCH)
-    for name in ("deepseek2-ocr",):  # (hunyuan_vl's and paddleocr's pictures: test_vision_hunyuanvl.py, test_vision_paddleocr.py)
-        assert not _build(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]))[1].takes_images
+    # (its pictures, as hunyuan_vl's and paddleocr's: test_vision_deepseekocr.py, test_vision_hunyuanvl.py, test_vision_paddleocr.py)
+    assert _build(write_tiny_model(tmp_path / "deepseek2-ocr.gguf", **FIXTURE_MODELS["deepseek2-ocr"]))[1].takes_images
     # (CogVLM's pictures run through its visual expert: test_vision_cogvlm.py)
     assert _build(write_tiny_model(tmp_path / "cogvlm.gguf", **FIXTURE_MODELS["cogvlm"]))[1].takes_images

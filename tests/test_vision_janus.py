@@ -132,7 +132,7 @@ def test_a_text_model_that_takes_no_images_is_refused(pair, tmp_path):
     from kvrun.runtime.vision import Vision
 
     with pytest.raises(KvrunError, match="take no images") as e:  # (a text model whose forward reads no rows)
-        Vision(Engine(write_tiny_model(tmp_path / "d.gguf", "deepseek2-ocr"), n_ctx=64), pair["f32"])
+        Vision(Engine(write_tiny_model(tmp_path / "d.gguf", "phi2"), n_ctx=64), pair["f32"])  # (deepseek2-ocr takes DeepSeek-OCR's)
     assert "\n" not in str(e.value)
 
 

@@ -1,0 +1,180 @@
+"""Youtu-VL's image side (Youtu-VL-4B), as llama.cpp's libmtmd sizes a picture (``mtmd_image_preprocessor_youtuvl``) and
+clip.cpp encodes it (``clip_graph_youtuvl`` for PROJECTOR_TYPE_YOUTUVL), from an mmproj file (loaders/mmproj.py).
+
+The picture keeps its own size, each side rounded up to whole 2x2 blocks of patches (32 pixels for Youtu-VL's 16-pixel
+patches), scaled down by steps of 0.02 only past the patch limit (clip.cpp's: 62500 merged rows' worth, so about
+8000 x 8000 pixels), and stretched to that size with clip.cpp's port of Pillow's bilinear filter (no padding).  Its
+rows are then (SigLIP2's ViT and Youtu-VL's merger):
+
+    pixels [3, H, W] -> patches of p x p in 2x2 blocks (the blocks in raster order, each block's 4 in raster order),
+       each flattened (row, column, channel) and multiplied by ``v.patch_embd`` (a matrix: the converter's conv3d made
+       linear), + its bias; no learned positions
+    -> LayerNorm ``v.pre_ln`` where the file has one -> n_layer pre-norm ViT blocks: LayerNorm, attention with biases
+       and Qwen2-VL's 2-D vision rope (models/qwen2vl_image.py: a head's first quarter of pairs by the patch's row, the
+       second by its column, neox-paired), residual; LayerNorm, the file's MLP activation, residual.  The layers
+       named in ``clip.vision.wa_layer_indexes`` see the whole picture; the others attend within windows of
+       ``clip.vision.window_size`` pixels a side (Qwen2.5-VL's windows: whole 2x2 blocks, the last of a row or column
+       cut short)
+    -> LayerNorm ``v.post_ln`` -> the merger: RMSNorm ``mm.input_norm`` (eps 1e-6) -> each block's 4 patches side by
+       side -> ``mm.0`` (+ bias), GELU, ``mm.2`` (+ bias) -> [ny * nx, n_text_embd], the blocks in raster order
+
+ggml's CPU numerics are followed where they show, as models/siglip.py does.  runtime/vision_youtuvl.py lays the rows out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..loaders.errors import KvrunError, UnsupportedModelError
+from ..loaders.gguf_file import GGUFFile
+from ..loaders.mmproj import MmprojConfig
+from ..ops.backend import Backend
+from .bert import gelu, layer_norm
+from .common import TENSOR_NAMES, WeightLoader
+from .lfm2vl_image import normalise, resize_bilinear
+from .qwen2vl_image import QUERY_CHUNK, block_order, vision_rope
+from .siglip import MmprojEncoder, activation, vit_layer
+
+F32 = np.float32
+MERGE = 2  # patches a side merged into one row (clip.cpp's graph merges 2x2 whatever spatial_merge_size says)
+MERGER_EPS = 1e-6  # the merger's RMSNorm (clip.cpp's, whatever the file's LayerNorm epsilon)
+
+TENSOR_NAMES.update({  # Youtu-VL's (clip.cpp's TN_* names)
+    "yt_patch": "v.patch_embd.weight", "yt_patch_b": "v.patch_embd.bias",
+    "yt_pre_ln": "v.pre_ln.weight", "yt_pre_ln_b": "v.pre_ln.bias",
+    "yt_input_norm": "mm.input_norm.weight",
+    "yt_mm0": "mm.0.weight", "yt_mm0_b": "mm.0.bias", "yt_mm2": "mm.2.weight", "yt_mm2_b": "mm.2.bias",
+})  # fmt: skip
+
+__all__ = ["YoutuVLEncoder", "target_size", "preprocess", "n_rows"]
+
+
+# ---------------------------------------------------------------- the picture's size and pixels
+
+
+def target_size(width: int, height: int, cfg: MmprojConfig) -> tuple[int, int]:
+    """(width, height) libmtmd resizes a picture to: each side rounded up to whole blocks (at least one), the scale
+    lowered from 1 by steps of 0.02 (float32, as libmtmd's) while the patches pass the limit (``max_pixels`` over a
+    patch's pixels)."""
+    p = cfg.patch_size
+    align = p * MERGE
+    max_patches = cfg.max_pixels // (p * p) if cfg.max_pixels > 0 else 256
+
+    def side(scale: np.float32, n: int) -> int:
+        return max(align, int(math.ceil(F32(F32(n) * scale) / F32(align))) * align)
+
+    scale = F32(1.0)
+    w, h = width, height
+    while scale > 0:
+        w, h = side(scale, width), side(scale, height)
+        if (h // p) * (w // p) <= max_patches:
+            break
+        scale = F32(scale - F32(0.02))
+    return w, h
+
+
+def preprocess(img: np.ndarray, cfg: MmprojConfig) -> np.ndarray:
+    """uint8 RGB ``img`` [h, w, 3] -> normalised pixels [3, H, W] at :func:`target_size` (stretched, Pillow's bilinear)."""
+    w, h = target_size(img.shape[1], img.shape[0], cfg)
+    return normalise(resize_bilinear(np.ascontiguousarray(img, np.uint8), w, h), cfg)
+
+
+def n_rows(width: int, height: int, cfg: MmprojConfig) -> int:
+    """Rows a width x height picture becomes: its blocks."""
+    w, h = target_size(width, height, cfg)
+    f = cfg.patch_size * MERGE
+    return (w // f) * (h // f)
+
+
+def windows(npx: int, npy: int, patch: int, window: int) -> np.ndarray:
+    """Each patch's attention window (clip.cpp's Qwen2.5-VL windows, of ``window`` pixels a side), patches in
+    :func:`~kvrun.models.qwen2vl_image.block_order`."""
+    g = max(1, window // patch // MERGE)  # (blocks a window side)
+    nbx = npx // MERGE
+    ys, xs = block_order(npx, npy)
+    by, bx = ys // MERGE, xs // MERGE
+    return (by // g) * (-(-nbx // g)) + bx // g
+
+
+# ---------------------------------------------------------------- the encoder
+
+
+class YoutuVLEncoder(MmprojEncoder):
+    """Youtu-VL's SigLIP2 and merger from an mmproj file: :meth:`encode` a picture's pixels into rows."""
+
+    def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
+        if backend.name != "cpu":  # (beside a GPU text model it is built on the CPU: runtime/projectors.py CPU_BESIDE_GPU)
+            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
+        self.cfg, self.be, self.path = cfg, backend, g.path
+        ld = WeightLoader(g, backend)
+        E, p = cfg.n_embd, cfg.patch_size
+        self.patch = ld.matrix("yt_patch")
+        if (self.patch.n_rows, self.patch.n_cols) != (E, 3 * p * p):
+            raise KvrunError(f"{g.path}: v.patch_embd.weight is {self.patch.n_rows} x {self.patch.n_cols}, expected {E} x {3 * p * p} "
+                             "(Youtu-VL's patch embedding as a matrix)")  # fmt: skip
+        self.patch_b = ld.host_vector("yt_patch_b", required=False)
+        # (clip.cpp requires both: the window's side in pixels, the layers that see the whole picture)
+        window, whole = g.get("clip.vision.window_size"), g.get("clip.vision.wa_layer_indexes")
+        if window is None or whole is None:
+            key = "window_size" if window is None else "wa_layer_indexes"
+            raise KvrunError(f"{g.path}: clip.vision.{key} is missing; the Youtu-VL projector file is incomplete")
+        self.window, self.whole = int(window), {int(i) for i in whole}
+        self.pre_ln, self.pre_ln_b = ld.host_vector("yt_pre_ln", required=False), ld.host_vector("yt_pre_ln_b", required=False)
+        self.layers = [vit_layer(ld, i) for i in range(cfg.n_layer)]
+        self.post_ln, self.post_ln_b = ld.host_vector("v_post_ln", required=False), ld.host_vector("v_post_ln_b", required=False)
+        self.input_norm = ld.host_vector("yt_input_norm")
+        self.mm0, self.mm0_b = ld.matrix("yt_mm0"), ld.host_vector("yt_mm0_b")
+        self.mm2, self.mm2_b = ld.matrix("yt_mm2"), ld.host_vector("yt_mm2_b")
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        """Normalised ``pixels`` [3, H, W] (:func:`preprocess`; sides whole 2x2 blocks of patches) -> the rows
+        [ny * nx, n_text_embd], blocks in raster order."""
+        c = self.cfg
+        p = c.patch_size
+        if pixels.ndim != 3 or pixels.shape[0] != 3 or pixels.shape[1] % (MERGE * p) or pixels.shape[2] % (MERGE * p):
+            raise KvrunError(f"the Youtu-VL encoder takes pixels [3, H, W] with sides multiples of {MERGE * p}, "
+                             f"got {list(pixels.shape)}")  # fmt: skip
+        npy, npx = pixels.shape[1] // p, pixels.shape[2] // p
+        ys, xs = block_order(npx, npy)
+        patches = pixels.reshape(3, npy, p, npx, p).transpose(1, 3, 2, 4, 0)[ys, xs]  # [T, row, column, channel]
+        x = self._linear(self.patch, np.ascontiguousarray(patches.reshape(len(ys), p * p * 3), F32), self.patch_b)
+        if self.pre_ln is not None:
+            x = layer_norm(x, self.pre_ln, self.pre_ln_b, c.eps)
+        T, H = x.shape[0], c.n_head
+        D = c.n_embd // H
+        cos, sin = vision_rope(ys, xs, D)
+        win = windows(npx, npy, p, self.window)
+        groups = [np.nonzero(win == w)[0] for w in np.unique(win)]
+        scale = F32(1.0 / math.sqrt(D))
+
+        def rope(t: np.ndarray) -> np.ndarray:  # [T, H, D], neox pairs (i, i + D/2)
+            a, b = t[..., : D // 2], t[..., D // 2 :]
+            cc, ss = cos[:, None, :], sin[:, None, :]
+            return np.concatenate([a * cc - b * ss, a * ss + b * cc], axis=-1)
+
+        for il, L in enumerate(self.layers):
+            h = layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
+            q = rope(self._linear(L["q"], h, L["q_b"]).reshape(T, H, D))
+            k = rope(self._linear(L["k"], h, L["k_b"]).reshape(T, H, D))
+            v = self._linear(L["v"], h, L["v_b"]).reshape(T, H, D)
+            a = np.empty((T, H, D), F32)
+            whole = not self.whole or il in self.whole  # (no windows at all in a file that names no whole layers)
+            for g in [np.arange(T)] if whole else groups:  # (a window's patches attend to its patches alone)
+                for q0 in range(0, len(g), QUERY_CHUNK):
+                    rq = g[q0 : q0 + QUERY_CHUNK]
+                    for hd in range(H):
+                        sc = (q[rq, hd] @ k[g, hd].T) * scale
+                        sc = np.exp(sc - sc.max(axis=-1, keepdims=True))
+                        sc /= sc.sum(axis=-1, keepdims=True)
+                        a[rq, hd] = sc @ v[g, hd]
+            x = x + self._linear(L["o"], a.reshape(T, H * D), L["o_b"])
+            h = layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
+            x = x + self._linear(L["down"], activation(self._linear(L["up"], h, L["up_b"]), c.ffn_op), L["down_b"])
+        if self.post_ln is not None:
+            x = layer_norm(x, self.post_ln, self.post_ln_b, c.eps)
+        x64 = x.astype(np.float64)
+        x = (x64 / np.sqrt((x64 * x64).mean(axis=-1, keepdims=True) + MERGER_EPS)).astype(F32) * self.input_norm
+        x = x.reshape(T // 4, 4 * c.n_embd)  # (each block's 4 patches side by side)
+        return np.ascontiguousarray(self._linear(self.mm2, gelu(self._linear(self.mm0, x, self.mm0_b)), self.mm2_b), F32)

@@ -1,0 +1,138 @@
+"""Pictures on `--device gpu`, round 4: Step3-VL's and Youtu-VL's (issue 5), the last two projectors the GPU refused, on
+the kernel emulator against the CPU and libmtmd, each on the tiny pair of its own vision test (tests/test_vision_<name>.py,
+the very files its committed fixture was made from).
+
+As for the others (tests/test_gpu_vision2.py, tests/test_gpu_pictures3.py), each encoder runs on the CPU beside the GPU's
+text model (runtime/projectors.py ``CPU_BESIDE_GPU``), so a picture's rows are the CPU's bit for bit, uploaded once a
+picture.  Neither text model needs anything new to read them, and that is what is checked:
+
+- Step3-VL: its crops and overview with the markers' embedding rows between them, one block of rows fed causally at
+  consecutive plain positions (no M-RoPE, no both-ways block: ``mtmd_decode_use_non_causal`` is false) into Qwen3;
+- Youtu-VL: one picture's rows between ``<|vision_start|>`` and ``<|vision_end|>``, fed the same way into deepseek2's
+  latent attention (models/deepseek2.py).
+
+Weights are float32: logits within 2e-3 of the CPU's (relative to their largest, tests/test_gpu_archs2.py's bound), and
+within each projector's own test's tolerance of libmtmd's, then decode steps replayed from captured graphs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gpu_checks import rel_err
+
+from kvrun.ops import gpu_available
+from kvrun.ops.gpu import emulate
+
+pytestmark = pytest.mark.skipif(not gpu_available() and not emulate.available(), reason="no GPU and no host C++ compiler for the emulator")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+
+BOUND = 2e-3
+STEPS = (5, 9, 14)  # decode steps after the prompt: the first captured, the rest replayed
+
+#: fixture name: (the tool with its IMAGES, PROMPTS, PAIRS and write_pair, the pair's key, the prompt, the libmtmd
+#: tolerance of its vision test)
+CASES = {
+    "step3vl": ("make_vision_step3vl_fixtures", "s3", 1, 3e-2),  # a picture of its overview alone, then one of 3 crops
+    "youtuvl": ("make_vision_youtuvl_fixtures", "yt", 1, 2e-2),  # two pictures
+}
+
+
+def _visions(name: str, d: Path):
+    """The fixture tool, the fixture, and the text model with its projector on the CPU and on the GPU."""
+    import importlib
+
+    from vision_checks import check_files, fixture
+
+    from kvrun.runtime.engine import Engine
+    from kvrun.runtime.vision import Vision
+
+    m = importlib.import_module(CASES[name][0])
+    fx = fixture(name)
+    files = check_files(m.write_pair(d), fx)
+    text, mmproj = files["text"], files[m.PAIRS[CASES[name][1]]]
+    return m, fx, [Vision(Engine(text, device=dev, n_ctx=512, n_batch=64, threads=1), mmproj) for dev in ("cpu", "gpu")]
+
+
+def _prompt(vision, fx, pics: dict, prompt: str, key: str, tol: float, ids):
+    """``prompt`` with ``pics`` in turn at its media markers: libmtmd's ids (``pids_<key>``, as ``ids(segments,
+    pictures)`` gives them), the logits after it within ``tol`` of ``logits_<key>`` with its argmax
+    (tests/vision_checks.check_logits' checks).  The cache and the logits."""
+    imgs = [pics[n] for n in list(pics)[: prompt.count("<__media__>")]]
+    segs = vision.segments(prompt, imgs)
+    assert ids(segs, list(imgs)) == fx[f"pids_{key}"].tolist()
+    cache = vision.engine.new_cache()
+    logits = vision.engine.eval(cache, vision.prefill(cache, segs))[-1]
+    np.testing.assert_allclose(logits, fx[f"logits_{key}"], atol=tol)
+    assert logits.argmax() == fx[f"logits_{key}"].argmax()
+    assert cache.offset == int(fx[f"npast_{key}"])  # (every row and marker one plain position, as libmtmd's)
+    return cache, logits
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_pictures_on_the_gpu_give_the_cpus_rows_and_logits_and_libmtmds_then_decode_from_graphs(tmp_path, emulated, name):
+    """The CPU's encoder beside the GPU's text model (the CPU's rows bit for bit), libmtmd's ids and logits after the
+    prompt's pictures on both backends, the GPU's within 2e-3 of the CPU's, then decode steps from captured graphs."""
+    from vision_checks import block_ids, pictures, row_ids
+
+    _, pair, k, tol = CASES[name]
+    m, fx, (cpu, gpu) = _visions(name, tmp_path)
+    assert gpu.engine.backend.name == "gpu" and gpu.encoder.be.name == "cpu"
+    pics = pictures(m.IMAGES)
+    last = list(pics)[m.PROMPTS[k].count("<__media__>") - 1]  # (Step3-VL's "wide": three crops and the overview)
+    assert np.array_equal(cpu.image_rows(pics[last]), gpu.image_rows(pics[last]))
+    (ca, a), (cb, b) = (_prompt(v, fx, pics, m.PROMPTS[k], f"{pair}_{k}", tol, block_ids(v) if name == "step3vl" else row_ids)
+                        for v in (cpu, gpu))  # fmt: skip
+    assert rel_err(a, b) < BOUND
+    n0 = gpu.engine.graphs.n_replays
+    errs = [rel_err(cpu.engine.eval(ca, [t])[-1], gpu.engine.eval(cb, [t])[-1]) for t in STEPS]
+    assert max(errs) < BOUND, errs
+    assert gpu.engine.graphs.n_replays - n0 >= len(STEPS) - 1
+
+
+
+def test_the_checks_have_teeth_step3vl_markers_rows_left_zero_on_the_gpu_are_far_off(tmp_path, emulated, monkeypatch):
+    """Step3-VL's block on the GPU with its markers' rows (the GPU's token_embd rows between the crops) left zero, the
+    crops' and overview's rows the CPU's, is far from the CPU's logits: the markers' rows are checked, not only the
+    encoder's."""
+    from vision_checks import pictures
+
+    m, _, (cpu, gpu) = _visions("step3vl", tmp_path)
+    pic = pictures(m.IMAGES)["wide"]
+    ids = np.asarray(gpu.idefics3.ids(pic))
+    rows = gpu.image_rows(pic)
+    rows[ids != -1] = 0.0
+    monkeypatch.setattr(gpu, "image_rows", lambda image: rows)
+    out = []
+    for v in (cpu, gpu):
+        c = v.engine.new_cache()
+        out.append(v.engine.eval(c, v.prefill(c, v.segments(m.PROMPTS[0], [pic])))[-1])
+    assert rel_err(*out) > 10 * BOUND
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_pictures_go_up_as_cupy_takes_them_and_decode_brings_down_only_logits(tmp_path, emulated, name):
+    """On the strict CuPy stand-in (tests/devicexp.py: host arrays refused in device arithmetic, every copy down
+    logged) a picture goes in (Step3-VL's markers' rows looked up in the GPU's token_embd among the crops'), and each
+    replayed decode step after it brings down its logits and nothing else."""
+    if gpu_available():
+        pytest.skip("the strict stand-in is for machines without a GPU")
+    from devicexp import COPIES, StrictRuntime
+    from vision_checks import pictures
+
+    from kvrun.ops.gpu import kernels as K
+
+    prev = K.set_runtime(StrictRuntime())
+    try:
+        m, _, (_, v) = _visions(name, tmp_path)
+        cache = v.engine.new_cache()
+        v.engine.eval(cache, v.prefill(cache, v.segments(m.PROMPTS[0], [pictures(m.IMAGES)["wide"]])))
+        v.engine.eval(cache, [STEPS[0]])  # (a capture, or a replay where the prompt's last token was captured)
+        for tok in STEPS[1:]:
+            COPIES.clear()
+            v.engine.eval(cache, [tok])
+            assert COPIES == [("asnumpy", (1, v.engine.cfg.n_vocab))]
+    finally:
+        K.set_runtime(prev)

@@ -100,7 +100,7 @@ class Gemma4VEncoder:
     """Gemma 4's vision encoder and projector from an mmproj file: :meth:`encode` pixels into embedding rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name != "cpu":
+        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_device.py)
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
@@ -178,6 +178,10 @@ class Gemma4VEncoder:
         nx, ny = w // p, h // p
         if max(nx, ny) > self.pos.shape[1]:
             raise KvrunError(f"{self.path}: a picture {nx} x {ny} patches outgrows the {self.pos.shape[1]} learned positions")
+        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
+            from .vit_device import gemma4v_rows
+
+            return gemma4v_rows(self, pixels)
         x = (pixels * F32(2.0) - F32(1.0)).astype(F32)
         patches = x.reshape(3, ny, p, nx, p).transpose(1, 3, 0, 2, 4).reshape(nx * ny, 3 * p * p)
         x = _f16(np.ascontiguousarray(patches)) @ self.patch_w.T

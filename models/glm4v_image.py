@@ -78,7 +78,7 @@ class Glm4VEncoder(Qwen2VLEncoder):
     ``n_text_embd`` wide.  Qwen2-VL's patch embedding, products and rope, inherited, with RMSNorms throughout."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name != "cpu":
+        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_device.py)
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path, self.rms = cfg, backend, g.path, True
         ld = WeightLoader(g, backend)
@@ -137,6 +137,10 @@ class Glm4VEncoder(Qwen2VLEncoder):
         p = c.patch_size
         if pixels.ndim != 3 or pixels.shape[0] != 3 or pixels.shape[1] % (2 * p) or pixels.shape[2] % (2 * p):
             raise KvrunError(f"the vision encoder takes pixels [3, H, W] with sides multiples of {2 * p}, got {list(pixels.shape)}")
+        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
+            from .vit_device import glm4v_rows
+
+            return glm4v_rows(self, pixels)
         npy, npx = pixels.shape[1] // p, pixels.shape[2] // p
         ys, xs = block_order(npx, npy)
         x = self.patch_embeddings(pixels)

@@ -153,7 +153,7 @@ class InternVLEncoder(SiglipEncoder):
     """InternVL's InternViT and projector from an mmproj file: :meth:`encode` a tile's pixels into embedding rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:  # (SiglipEncoder's loader has no CLS row)
-        if backend.name != "cpu":
+        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_device.py)
             from ..loaders.errors import UnsupportedModelError
 
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
@@ -198,6 +198,10 @@ class InternVLEncoder(SiglipEncoder):
         S, n = c.image_size, c.n_patches_side
         if pixels.shape != (3, S, S):
             raise KvrunError(f"the InternVL encoder takes pixels [3, {S}, {S}], got {list(pixels.shape)}")
+        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
+            from .vit_device import internvl_rows
+
+            return internvl_rows(self, pixels)
         x = self.embed_patches(pixels)
         x = np.concatenate([x, self.cls[None]]) + self.pos_embd  # (clip.cpp concatenates the CLS token last)
         T, H = x.shape[0], c.n_head

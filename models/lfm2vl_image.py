@@ -91,32 +91,39 @@ def should_tile(width: int, height: int, cfg: MmprojConfig) -> bool:
     return float(h_bar) * float(w_bar) > cfg.max_pixels * TOLERANCE
 
 
-def _target_ratios() -> list[tuple[int, int]]:
-    """(columns, rows) grids of MIN_TILES to MAX_TILES tiles, by their tile count (a stable sort, as std::sort
-    happens to keep these: each count's grids in the order they were found)."""
+def target_ratios(min_tiles: int = MIN_TILES, max_tiles: int = MAX_TILES) -> list[tuple[int, int]]:
+    """(columns, rows) grids of ``min_tiles`` to ``max_tiles`` tiles, by their tile count, as libmtmd lists them
+    (``get_target_ratios``; a stable sort, as std::sort happens to keep these: each count's grids in the order they
+    were found, columns outer).  LFM2-VL's and DeepSeek-OCR's (runtime/vision_deepseekocr.py) tiling share it."""
     out: list[tuple[int, int]] = []
-    for n in range(MIN_TILES, MAX_TILES + 1):
+    for n in range(min_tiles, max_tiles + 1):
         for w in range(1, n + 1):
             for h in range(1, n + 1):
-                if MIN_TILES <= w * h <= MAX_TILES and (w, h) not in out:
+                if min_tiles <= w * h <= max_tiles and (w, h) not in out:
                     out.append((w, h))
     return sorted(out, key=lambda r: r[0] * r[1])
+
+
+def closest_grid(width: int, height: int, tile: int, min_tiles: int, max_tiles: int) -> tuple[int, int]:
+    """(columns, rows) of the :func:`target_ratios` grid whose aspect is nearest the picture's, in float32 as libmtmd
+    (``find_closest_aspect_ratio``): on a tie the later, larger grid where the picture has more than half its pixels."""
+    aspect = F32(width) / F32(height)
+    area = F32(width * height)
+    best, best_diff = (1, 1), F32(np.finfo(np.float32).max)
+    for w, h in target_ratios(min_tiles, max_tiles):
+        diff = abs(aspect - F32(w) / F32(h))
+        if diff < best_diff:
+            best, best_diff = (w, h), diff
+        elif diff == best_diff and area > F32(0.5) * F32(tile * tile * w * h):
+            best = (w, h)
+    return best
 
 
 def grid(width: int, height: int, cfg: MmprojConfig) -> tuple[int, int]:
     """(columns, rows) of 512-pixel tiles the picture is cut into; (0, 0) where it is not."""
     if not should_tile(width, height, cfg):
         return 0, 0
-    aspect = F32(width) / F32(height)
-    area = F32(width * height)
-    best, best_diff = (1, 1), F32(np.finfo(np.float32).max)
-    for w, h in _target_ratios():
-        diff = abs(aspect - F32(w) / F32(h))
-        if diff < best_diff:
-            best, best_diff = (w, h), diff
-        elif diff == best_diff and area > F32(0.5) * F32(TILE * TILE * w * h):
-            best = (w, h)
-    return best
+    return closest_grid(width, height, TILE, MIN_TILES, MAX_TILES)
 
 
 def _triangle(x: float) -> float:

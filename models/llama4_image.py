@@ -117,9 +117,11 @@ def pixel_shuffle(x: np.ndarray, n: int, s: int) -> np.ndarray:
     return np.ascontiguousarray(y.reshape((n // s) * (n // s), E * s * s), F32)
 
 
-def ln_rope_blocks(enc: Any, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+def ln_rope_blocks(enc: Any, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, chunk: int | None = None) -> np.ndarray:
     """The ViT ``enc``'s blocks over ``x`` [T, n_embd] with the 2-D rope's ``cos``/``sin`` (:func:`rope_2d`), then its
-    post-norm: LayerNorms, biased projections, both-ways attention, the file's MLP activation (Kimi-VL's MoonViT alike)."""
+    post-norm where it has one: LayerNorms, biased projections, both-ways attention (``chunk`` query rows at a time),
+    the file's MLP activation, each branch times its LayerScale where the layer has ``ls1``/``ls2`` (Kimi-VL's MoonViT
+    and Step3-VL's PE-lang ViT alike)."""
     c = enc.cfg
     T, H = x.shape[0], c.n_head
     D = c.n_embd // H
@@ -129,11 +131,13 @@ def ln_rope_blocks(enc: Any, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) ->
         q = rope_halves(enc._linear(L["q"], h, L["q_b"]).reshape(T, H, D), cos, sin)
         k = rope_halves(enc._linear(L["k"], h, L["k_b"]).reshape(T, H, D), cos, sin)
         v = enc._linear(L["v"], h, L["v_b"]).reshape(T, H, D)
-        a = attend_heads(q, k, v, scale)
-        x = x + enc._linear(L["o"], a.reshape(T, H * D), L["o_b"])
+        a = attend_heads(q, k, v, scale, chunk)
+        o = enc._linear(L["o"], a.reshape(T, H * D), L["o_b"])
+        x = x + (o * L["ls1"] if L.get("ls1") is not None else o)
         h = layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
-        x = x + enc._linear(L["down"], activation(enc._linear(L["up"], h, L["up_b"]), c.ffn_op), L["down_b"])
-    if enc.post_ln is not None:
+        f = enc._linear(L["down"], activation(enc._linear(L["up"], h, L["up_b"]), c.ffn_op), L["down_b"])
+        x = x + (f * L["ls2"] if L.get("ls2") is not None else f)
+    if getattr(enc, "post_ln", None) is not None:
         x = layer_norm(x, enc.post_ln, enc.post_ln_b, c.eps)
     return x
 

@@ -161,7 +161,7 @@ class LlavaEncoder(SiglipEncoder):
     """LLaVA's CLIP ViT and projector ("mlp", "ldp", "ldpv2") from an mmproj file: :meth:`encode` a square's pixels."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:  # (SiglipEncoder's loader has no class token)
-        if backend.name != "cpu":
+        if backend.name != "cpu" and (backend.name, cfg.projector_type) != ("gpu", "mlp"):  # ("mlp" on the GPU: models/vit_device.py)
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
@@ -255,6 +255,13 @@ class LlavaEncoder(SiglipEncoder):
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Normalised ``pixels`` [3, S, S] (one square) -> its rows [:meth:`n_rows`, n_text_embd]."""
+        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
+            from .vit_device import llava_rows
+
+            S = self.cfg.image_size
+            if pixels.shape != (3, S, S):
+                raise KvrunError(f"the LLaVA encoder takes pixels [3, {S}, {S}], got {list(pixels.shape)}")
+            return llava_rows(self, pixels)
         x = self.features(pixels)
         ptype = self.cfg.projector_type
         if ptype == "mlp":

@@ -188,7 +188,7 @@ class MiniCPMVEncoder(SiglipEncoder):
     """MiniCPM-V's SigLIP encoder and perceiver resampler from an mmproj file: :meth:`encode` a part's pixels."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:  # (SiglipEncoder's loader wants (S/p)^2 positions)
-        if backend.name != "cpu":
+        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_device.py)
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
@@ -221,6 +221,10 @@ class MiniCPMVEncoder(SiglipEncoder):
         _, h, w = pixels.shape
         if pixels.shape[0] != 3 or h % p or w % p or not h or not w:
             raise KvrunError(f"the MiniCPM-V encoder takes pixels [3, h, w] of whole {p}-pixel patches, got {list(pixels.shape)}")
+        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
+            from .vit_device import minicpmv_rows
+
+            return minicpmv_rows(self, pixels)
         ny, nx = h // p, w // p
         x = self.embed_patches(pixels) + self.pos_embd[bucket_positions(ny, nx)]
         T, H = x.shape[0], c.n_head

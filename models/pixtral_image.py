@@ -114,7 +114,7 @@ class PixtralEncoder(MmprojEncoder):
     """Pixtral's vision encoder, patch merger and adapter from an mmproj file: :meth:`encode` pixels into rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name != "cpu":
+        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_device.py)
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         if cfg.ffn_op != "silu":  # (Pixtral's files state clip.use_silu; another activation is not Pixtral's ViT)
             raise UnsupportedModelError(f"{g.path}: a pixtral projector's ViT MLP is SwiGLU (clip.use_silu), this file states {cfg.ffn_op}")
@@ -150,6 +150,10 @@ class PixtralEncoder(MmprojEncoder):
         p, m, f = c.patch_size, max(c.n_merge, 1), block(c)
         if pixels.ndim != 3 or pixels.shape[0] != 3 or pixels.shape[1] % f or pixels.shape[2] % f:
             raise KvrunError(f"the Pixtral encoder takes pixels [3, H, W] with sides multiples of {f}, got {list(pixels.shape)}")
+        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
+            from .vit_device import pixtral_rows
+
+            return pixtral_rows(self, pixels)
         npy, npx = pixels.shape[1] // p, pixels.shape[2] // p
         T, H = npy * npx, c.n_head
         D = c.n_embd // H

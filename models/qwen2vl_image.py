@@ -143,7 +143,7 @@ class Qwen2VLEncoder(MmprojEncoder):
     """Qwen2-VL's or Qwen2.5-VL's vision encoder and merger from an mmproj file: :meth:`encode` pixels into rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name != "cpu":
+        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_device.py)
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         self.rms = cfg.projector_type == "qwen2.5vl_merger"  # (2.5: RMSNorm; 2: LayerNorm)
@@ -207,6 +207,10 @@ class Qwen2VLEncoder(MmprojEncoder):
         p = c.patch_size
         if pixels.ndim != 3 or pixels.shape[0] != 3 or pixels.shape[1] % (2 * p) or pixels.shape[2] % (2 * p):
             raise KvrunError(f"the vision encoder takes pixels [3, H, W] with sides multiples of {2 * p}, got {list(pixels.shape)}")
+        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
+            from .vit_device import qwen2vl_rows
+
+            return qwen2vl_rows(self, pixels)
         npy, npx = pixels.shape[1] // p, pixels.shape[2] // p
         x = self.patch_embeddings(pixels)
         T, H = x.shape[0], c.n_head

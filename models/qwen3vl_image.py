@@ -72,7 +72,7 @@ class Qwen3VLEncoder(Qwen2VLEncoder):
     DeepStack; its patch embedding, products and norms are inherited."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name != "cpu":
+        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_device.py)
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path, self.rms = cfg, backend, g.path, False
         ld = WeightLoader(g, backend)
@@ -139,6 +139,10 @@ class Qwen3VLEncoder(Qwen2VLEncoder):
         p = c.patch_size
         if pixels.ndim != 3 or pixels.shape[0] != 3 or pixels.shape[1] % (2 * p) or pixels.shape[2] % (2 * p):
             raise KvrunError(f"the vision encoder takes pixels [3, H, W] with sides multiples of {2 * p}, got {list(pixels.shape)}")
+        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
+            from .vit_device import qwen3vl_rows
+
+            return qwen3vl_rows(self, pixels)
         npy, npx = pixels.shape[1] // p, pixels.shape[2] // p
         ys, xs = block_order(npx, npy)
         x = self.patch_embeddings(pixels) + self.patch_b

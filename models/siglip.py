@@ -66,6 +66,12 @@ TENSOR_NAMES.update({  # the encoder's names (clip.cpp's TN_*, prefix "v")
 #: Gemma 3's, SmolVLM's, Janus-Pro's, LFM2-VL's, Hunyuan-VL's (the others, SigLIP's among them, get a CPU backend from
 #: runtime/projectors.py's CPU_BESIDE_GPU)
 ON_GPU = ("gemma3", "idefics3", "janus_pro", "lfm2", "hunyuanvl")
+ON_GPU += ("qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger")  # (models/vit_device.py qwen2vl_rows, qwen3vl_rows)
+ON_GPU += ("pixtral", "lightonocr")  # (models/vit_device.py pixtral_rows)
+ON_GPU += ("internvl", "mlp")  # (models/vit_device.py internvl_rows, llava_rows: LLaVA's "mlp", not MobileVLM's)
+ON_GPU += ("resampler",)  # (models/vit_device.py minicpmv_rows: MiniCPM-V 2.5 to 4.5)
+ON_GPU += ("gemma4v",)  # (models/vit_device.py gemma4v_rows)
+ON_GPU += ("glm4v",)  # (models/vit_device.py glm4v_rows: GLM-4.1V, 4.5V, 4.6V)
 
 
 def _f16(x: np.ndarray) -> np.ndarray:

@@ -41,8 +41,8 @@ from ..ops.backend import Backend
 from .bert import layer_norm
 from .common import TENSOR_NAMES, WeightLoader
 from .lfm2vl_image import resize_bilinear
-from .llama4_image import rope_2d
-from .siglip import MmprojEncoder, _f16, activation, attend_heads, patch_kernel, rope_halves, vit_layer
+from .llama4_image import ln_rope_blocks, rope_2d
+from .siglip import MmprojEncoder, _f16, patch_kernel, vit_layer
 
 F32 = np.float32
 CROP = 504  # libmtmd's default_image_crop_size: every crop is encoded at 504 x 504, whatever the file's image_size
@@ -287,21 +287,9 @@ class Step3VLEncoder(MmprojEncoder):
         x = self.embed_patches(pixels) + positions(self.pos_embd, c.n_patches_side, nx, ny)
         if self.pre_ln is not None:
             x = layer_norm(x, self.pre_ln, self.pre_ln_b, c.eps)
-        T, H = x.shape[0], c.n_head
-        D = c.n_embd // H
-        idx = np.arange(T)
-        cos, sin = rope_2d(idx // nx, idx % nx, D)  # (pos_w the column, pos_h the row)
-        scale = F32(1.0 / math.sqrt(D))
-        for L in self.layers:
-            h = layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
-            q = rope_halves(self._linear(L["q"], h, L["q_b"]).reshape(T, H, D), cos, sin)
-            k = rope_halves(self._linear(L["k"], h, L["k_b"]).reshape(T, H, D), cos, sin)
-            v = self._linear(L["v"], h, L["v_b"]).reshape(T, H, D)
-            o = self._linear(L["o"], attend_heads(q, k, v, scale, 1024).reshape(T, H * D), L["o_b"])
-            x = x + (o * L["ls1"] if L["ls1"] is not None else o)
-            h = layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
-            f = self._linear(L["down"], activation(self._linear(L["up"], h, L["up_b"]), c.ffn_op), L["down_b"])
-            x = x + (f * L["ls2"] if L["ls2"] is not None else f)
+        idx = np.arange(x.shape[0])
+        cos, sin = rope_2d(idx // nx, idx % nx, c.n_embd // c.n_head)  # (pos_w the column, pos_h the row)
+        x = ln_rope_blocks(self, x, cos, sin, 1024)  # (LayerScale ls1 / ls2; no post-norm)
         y = self._downsample(self._downsample(x.reshape(ny, nx, -1), 0), 1)
         return np.ascontiguousarray(self._linear(self.fc, y.reshape(-1, y.shape[-1])), F32)
 

@@ -30,6 +30,12 @@ The padding is llama.cpp 0.3.36's (newer sources pad a clip to 31 s first and co
 which changes how many chunks a clip past 30 s makes).  The spectrogram matches libmtmd's to the 6 decimals its debug
 dump prints (its FFT is a float32 radix-2 with a DFT
 at the odd 25-point leaves, numpy's a float64 one: ~1e-7 apart after the log).
+
+Beside a text model on ``--device gpu`` the encoder is built with the GPU's backend and everything past the
+spectrogram runs there (models/vit_device.py ``whisper_rows``: a chunk's mel up once, the convolutions as products of
+their F16 kernels over the unfolded frames, the blocks, pooling and projector, the clip's rows down once; on 2 vCPUs
+the host convolutions of a Whisper-large chunk take 1.5 s, under 1% of its 32 blocks' work but most of what a GPU
+would spend), the rows the CPU's within float32 noise (tests/test_gpu_audio.py).
 """
 
 from __future__ import annotations
@@ -254,8 +260,8 @@ class WhisperAudioEncoder:
     """Ultravox's audio encoder and projector from an mmproj file: :meth:`encode_chunk` a mel chunk into rows."""
 
     def __init__(self, g: GGUFFile, cfg: AudioConfig, backend: Backend) -> None:
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: the audio encoder runs on the CPU; drop --device gpu to pass audio")
+        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_device.py whisper_rows)
+            raise UnsupportedModelError(f"{g.path}: the audio encoder runs on the CPU or the GPU, not on {backend.name!r}")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
         E = cfg.n_embd
@@ -329,6 +335,10 @@ class WhisperAudioEncoder:
         c = self.cfg
         if mel.shape != (c.n_mel, CHUNK_FRAMES):
             raise KvrunError(f"the audio encoder takes a mel chunk [{c.n_mel}, {CHUNK_FRAMES}], got {list(mel.shape)}")
+        if self.be.name == "gpu":  # (the convolutions, blocks and pooling on the device: models/vit_device.py)
+            from .vit_device import whisper_rows
+
+            return self.be.to_host(whisper_rows(self, mel))
         x = gelu_erf(self._conv(mel, self.conv[0], 1))
         x = gelu_erf(self._conv(np.ascontiguousarray(x.T), self.conv[1], 2)) + self.pos_embd
         T, H = x.shape[0], c.n_head
@@ -373,8 +383,22 @@ class WhisperAudioEncoder:
 
     def encode_chunk(self, mel: np.ndarray) -> np.ndarray:
         """One mel chunk [n_mel, 3000] -> its embedding rows [rows_per_chunk, n_text_embd]."""
+        if self.be.name == "gpu":
+            return self.encode_mels(mel[None])
         return np.ascontiguousarray(self.project(self.encoder_rows(mel)), np.float32)
 
     def encode(self, samples: np.ndarray) -> np.ndarray:
         """16 kHz mono samples -> the clip's rows, every 30 s chunk's in order, float32 [n, n_text_embd]."""
-        return np.concatenate([self.encode_chunk(m) for m in log_mel(samples, self.cfg.n_mel)])
+        return self.encode_mels(log_mel(samples, self.cfg.n_mel))
+
+    def encode_mels(self, mels: np.ndarray) -> np.ndarray:
+        """Mel chunks [n_chunks, n_mel, 3000] -> their rows in order; on the GPU the activations stay on the device,
+        each chunk going up once and the clip's rows coming down once (models/vit_device.py whisper_encode)."""
+        if self.be.name != "gpu":
+            return np.concatenate([self.encode_chunk(m) for m in mels])
+        from .vit_device import whisper_encode
+
+        for m in mels:
+            if m.shape != (self.cfg.n_mel, CHUNK_FRAMES):
+                raise KvrunError(f"the audio encoder takes a mel chunk [{self.cfg.n_mel}, {CHUNK_FRAMES}], got {list(m.shape)}")
+        return whisper_encode(self, mels)

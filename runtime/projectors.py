@@ -64,14 +64,16 @@ PROJECTORS: dict[str, ProjectorKind] = {
 #: the projectors whose encoder runs on the CPU beside a text model on --device gpu, a picture's rows uploaded as they go
 #: in (tests/test_gpu_vision2.py): M-RoPE rows (the text after them turns by positions a captured decode step reads as
 #: data: models/mrope_text.py) and rows that go in causally as a block; Gemma 3's, SmolVLM's, Janus-Pro's, LFM2-VL's and
-#: Hunyuan-VL's encoders run on the GPU (models/siglip.py ON_GPU, models/vit_device.py).  An encoder built with the
+#: Hunyuan-VL's encoders run on the GPU (models/siglip.py ON_GPU, models/vit_device.py), Qwen2-VL's, Qwen2.5-VL's, Qwen3-VL's,
+#: GLM-4V's, Pixtral's, LightOnOCR's, InternVL's, LLaVA's ("mlp"), MiniCPM-V's ("resampler") and Gemma 4's too
+#: (tests/test_gpu_vision_encoders2.py).  An encoder built with the
 #: GPU's backend all the same refuses it in one line.
 CPU_BESIDE_GPU = frozenset({
-    "qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger", "glm4v", "paddleocr",
-    "pixtral", "lightonocr", "internvl", "mlp", "ldp", "ldpv2", "llama4", "kimivl", "resampler", "minicpmv4_6",
+    "paddleocr",  # (Qwen2-VL's, Qwen2.5-VL's, Qwen3-VL's, GLM-4V's encoders on the GPU: models/vit_device.py)
+    "ldp", "ldpv2", "llama4", "kimivl", "minicpmv4_6",  # (Pixtral's, LightOnOCR's, InternVL's, LLaVA's, MiniCPM-V's: on the GPU)
     # (tests/test_gpu_pictures3.py) CogVLM's rows through the visual expert's uploaded weights, Gemma 3n's causal rows,
     # Gemma 4's both-ways block (Hunyuan-VL's XD-RoPE rows: its encoder on the GPU)
-    "cogvlm", "gemma3nv", "gemma4v",
+    "cogvlm", "gemma3nv",  # (Gemma 4's encoder on the GPU: models/vit_device.py)
     "deepseekocr",  # (DeepSeek-OCR's causal block of rows into deepseek2-ocr's experts: tests/test_vision_deepseekocr.py)
     # (tests/test_gpu_pictures4.py) Step3-VL's block of markers' and crops' rows into Qwen3, Youtu-VL's rows into
     # deepseek2's latent attention: both causal at plain positions

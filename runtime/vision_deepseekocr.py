@@ -30,6 +30,7 @@ import numpy as np
 
 from ..loaders.errors import KvrunError
 from ..models.deepseekocr_image import IMAGE_SIZE, MAX_TILES, MIN_TILES, TILE, DeepseekOCREncoder
+from ..models import lfm2vl_image
 from ..models.pillow_resize import BICUBIC, resize_axes
 from .vision_markers import require_arch
 
@@ -42,32 +43,16 @@ PAD_COLOR = (127, 127, 127)
 def target_ratios() -> list[tuple[int, int]]:
     """(columns, rows) of every grid of MIN_TILES to MAX_TILES tiles, fewest tiles first, in the order libmtmd lists
     them (``get_target_ratios``: by count, then as generated, columns outer)."""
-    out: list[tuple[int, int]] = []
-    for n in range(MIN_TILES, MAX_TILES + 1):
-        for w in range(1, n + 1):
-            for h in range(1, n + 1):
-                if MIN_TILES <= w * h <= MAX_TILES and (w, h) not in out:
-                    out.append((w, h))
     # (std::sort is not stable: the order within one count shows only where two of its grids are exactly as near the
     # picture's aspect, in float32, which the grids' distinct aspects all but rule out)
-    return sorted(out, key=lambda r: r[0] * r[1])
+    return lfm2vl_image.target_ratios(MIN_TILES, MAX_TILES)
 
 
 def grid(width: int, height: int) -> tuple[int, int]:
     """(columns, rows) of tiles a width x height picture is cut into; (0, 0) for one no larger than a tile."""
     if width <= TILE and height <= TILE:
         return 0, 0
-    f = np.float32
-    aspect = f(width) / f(height)
-    area = f(width * height)
-    best, best_diff = (1, 1), f(np.finfo(np.float32).max)
-    for w, h in target_ratios():
-        diff = abs(aspect - f(w) / f(h))
-        if diff < best_diff:
-            best, best_diff = (w, h), diff
-        elif diff == best_diff and area > f(0.5) * f(TILE * TILE * w * h):
-            best = (w, h)
-    return best
+    return lfm2vl_image.closest_grid(width, height, TILE, MIN_TILES, MAX_TILES)
 
 
 def chunk_rows(cols: int, rows: int) -> int:

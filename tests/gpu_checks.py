@@ -8,7 +8,8 @@ Without a GPU the models run on the kernel emulator (``KVRUN_GPU_EMULATE=1``: co
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -75,28 +76,46 @@ def check_decode_copies_only_logits(monkeypatch, path: Path, prompt: Iterable[in
     every copy down): after ``prompt`` the next step is captured, and each of ``steps`` then brings down its logits
     alone.  With ``state_copy_at`` the first layer's cache holds a copy of its state at that position (one a replay
     made).  Skipped on a GPU, where the other tests run the device itself."""
+    with strict_stand_in(monkeypatch):
+        eng = Engine(path, device="gpu", n_ctx=64, n_batch=16)
+        cache = eng.new_cache()
+        eng.eval(cache, list(prompt))
+        eng.eval(cache, [4])  # (captured here)
+        assert eng.graphs.n_captures == 1
+        check_steps_copy_only_logits(eng, cache, steps)
+        if state_copy_at is not None:
+            assert state_copy_at in cache[0].ck_pos.tolist()
+
+
+@contextmanager
+def strict_stand_in(monkeypatch=None) -> Iterator[list]:
+    """The block on the strict CuPy stand-in (devicexp.py: it refuses any copy while a graph is captured, as CUDA does,
+    and logs every copy down in the list yielded), on the kernel emulator where ``monkeypatch`` is given (else the
+    caller's fixture sets it).  Skips the test on a GPU, where the other tests run the device itself."""
     if gpu_available():
         pytest.skip("checks the strict CuPy stand-in (devicexp.py); on a GPU the other tests run the device itself")
     from devicexp import COPIES, StrictRuntime
 
     from kvrun.ops.gpu import kernels as K
 
-    monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
+    if monkeypatch is not None:
+        monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
     prev = K.set_runtime(StrictRuntime())
     try:
-        eng = Engine(path, device="gpu", n_ctx=64, n_batch=16)
-        cache = eng.new_cache()
-        eng.eval(cache, list(prompt))
-        eng.eval(cache, [4])  # (captured here)
-        assert eng.graphs.n_captures == 1
-        for tok in steps:
-            COPIES.clear()
-            logits = eng.eval(cache, [tok])
-            assert COPIES == [("asnumpy", logits.shape)], f"decode step {tok}"
-        if state_copy_at is not None:
-            assert state_copy_at in cache[0].ck_pos.tolist()
+        yield COPIES
     finally:
         K.set_runtime(prev)
+
+
+def check_steps_copy_only_logits(eng: Engine, cache, steps: Iterable[int]) -> None:
+    """On the strict stand-in (:func:`strict_stand_in`), each of ``steps`` decoded on ``cache`` brings down its logits
+    and nothing else."""
+    from devicexp import COPIES
+
+    for tok in steps:
+        COPIES.clear()
+        logits = eng.eval(cache, [tok])
+        assert COPIES == [("asnumpy", logits.shape)], f"decode step {tok}"
 
 
 def check_cli_text_matches_cpu(path: Path) -> None:

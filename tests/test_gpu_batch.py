@@ -10,6 +10,7 @@ import threading
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from gpu_checks import strict_stand_in
 from tinymodel import write_tiny_model
 
 from kvrun.cache.gpu_plain import GPUPlainLayerCache
@@ -27,12 +28,6 @@ pytestmark = pytest.mark.skipif(not gpu_available() and not emulate.available(),
 
 PROMPTS = [[1, 5, 9, 13, 2, 7, 40, 41, 3], [1, 30, 31], [1, 8, 8, 8, 8, 60, 61, 62, 63, 64, 65, 66, 67, 12, 11]]
 STEPS = [[4, 50, 3, 9], [6, 7, 8, 9], [90, 91, 92]]  # tokens fed one a step after each prompt
-
-
-@pytest.fixture
-def gpu_env(monkeypatch):
-    if not gpu_available():
-        monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
 
 
 @pytest.fixture(scope="module")
@@ -91,15 +86,7 @@ def test_a_batch_of_sequences_gets_the_logits_each_gets_alone(gpu_env, tmp_path,
 def test_a_replayed_batch_of_decode_steps_copies_down_only_the_logits_asked_for_on_the_host(monkeypatch, tiny):
     """On the strict CuPy stand-in (devicexp.py, which refuses any copy while a graph is captured, as CUDA does): a batch
     of decode steps is captured without one, and a replay copies nothing down, or the batch's logits once for host outputs."""
-    if gpu_available():
-        pytest.skip("checks the strict CuPy stand-in (devicexp.py); on a GPU the other tests run the device itself")
-    from devicexp import COPIES, StrictRuntime
-
-    from kvrun.ops.gpu import kernels as K
-
-    monkeypatch.setenv("KVRUN_GPU_EMULATE", "1")
-    prev = K.set_runtime(StrictRuntime())
-    try:
+    with strict_stand_in(monkeypatch) as COPIES:
         eng = Engine(tiny, device="gpu", n_ctx=64, n_batch=16)
         n_vocab = eng.cfg.n_vocab
         caches = [eng.new_cache(), eng.new_cache()]
@@ -114,8 +101,6 @@ def test_a_replayed_batch_of_decode_steps_copies_down_only_the_logits_asked_for_
         eng.forward_batch(caches, [np.array([3]), np.array([8])], [0, 0], host)
         assert COPIES == [("asnumpy", (2, n_vocab))]
         assert eng.batch_graphs.n_replays == 2
-    finally:
-        K.set_runtime(prev)
 
 
 def test_a_failed_batch_leaves_every_cache_as_it_was(gpu_env, tiny, monkeypatch):

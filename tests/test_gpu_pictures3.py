@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gpu_checks import rel_err
+from gpu_checks import check_steps_copy_only_logits, rel_err, strict_stand_in
 
 from kvrun.ops import gpu_available
 from kvrun.ops.gpu import emulate
@@ -110,8 +110,8 @@ def test_pictures_on_the_gpu_give_the_cpus_rows_and_logits_and_libmtmds_then_dec
     m = importlib.import_module(tool)
     fx, pics = fixture(name), pictures(m.IMAGES)
     cpu, gpu = _visions(*_files(name, tmp_path))
-    on_gpu = getattr(gpu.encoder, "be", cpu.engine.backend).name == "gpu"  # (Gemma 3n's: numpy; Hunyuan-VL's: models/vit_device.py)
-    assert gpu.engine.backend.name == "gpu" and on_gpu == (name == "hunyuanvl")
+    on_gpu = getattr(gpu.encoder, "be", cpu.engine.backend).name == "gpu"  # (Gemma 3n's: numpy; Hunyuan-VL's, Gemma 4's: models/vit_device.py)
+    assert gpu.engine.backend.name == "gpu" and on_gpu == (name in ("hunyuanvl", "gemma4"))
     first = next(iter(pics.values()))
     want, got = cpu.image_rows(first), gpu.image_rows(first)
     assert rel_err(want, got) < BOUND if on_gpu else np.array_equal(want, got)
@@ -182,26 +182,14 @@ def test_pictures_go_up_as_cupy_takes_them_and_decode_brings_down_only_logits(tm
     """On the strict CuPy stand-in (tests/devicexp.py: host arrays refused in device arithmetic, every copy down
     logged) a picture goes in (its rows, Hunyuan-VL's per-row tables uploaded), and each replayed decode step after it
     brings down its logits and nothing else."""
-    if gpu_available():
-        pytest.skip("the strict stand-in is for machines without a GPU")
     import importlib
 
-    from devicexp import COPIES, StrictRuntime
     from vision_checks import pictures
 
-    from kvrun.ops.gpu import kernels as K
-
-    m = importlib.import_module(CASES[name][0])
-    files = _files(name, tmp_path)
-    prev = K.set_runtime(StrictRuntime())
-    try:
-        v = _visions(*files)[1]
+    with strict_stand_in():
+        m = importlib.import_module(CASES[name][0])
+        v = _visions(*_files(name, tmp_path))[1]
         cache = v.engine.new_cache()
         v.engine.eval(cache, v.prefill(cache, v.segments(m.PROMPTS[0], [next(iter(pictures(m.IMAGES).values()))])))
         v.engine.eval(cache, [STEPS[0]])  # (a capture, or a replay where the prompt's last token was captured)
-        for tok in STEPS[1:]:
-            COPIES.clear()
-            v.engine.eval(cache, [tok])
-            assert COPIES == [("asnumpy", (1, v.engine.cfg.n_vocab))]
-    finally:
-        K.set_runtime(prev)
+        check_steps_copy_only_logits(v.engine, cache, STEPS[1:])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gpu_checks import rel_err
+from gpu_checks import check_steps_copy_only_logits, rel_err, strict_stand_in
 
 from kvrun.ops import gpu_available
 from kvrun.ops.gpu import emulate
@@ -61,13 +61,9 @@ def _prompt(vision, fx, pics: dict, prompt: str, key: str, tol: float, ids):
     """``prompt`` with ``pics`` in turn at its media markers: libmtmd's ids (``pids_<key>``, as ``ids(segments,
     pictures)`` gives them), the logits after it within ``tol`` of ``logits_<key>`` with its argmax
     (tests/vision_checks.check_logits' checks).  The cache and the logits."""
-    imgs = [pics[n] for n in list(pics)[: prompt.count("<__media__>")]]
-    segs = vision.segments(prompt, imgs)
-    assert ids(segs, list(imgs)) == fx[f"pids_{key}"].tolist()
-    cache = vision.engine.new_cache()
-    logits = vision.engine.eval(cache, vision.prefill(cache, segs))[-1]
-    np.testing.assert_allclose(logits, fx[f"logits_{key}"], atol=tol)
-    assert logits.argmax() == fx[f"logits_{key}"].argmax()
+    from vision_checks import prompt_logits
+
+    cache, logits = prompt_logits(vision, fx, pics, prompt, key, tol, ids)
     assert cache.offset == int(fx[f"npast_{key}"])  # (every row and marker one plain position, as libmtmd's)
     return cache, logits
 
@@ -117,22 +113,11 @@ def test_pictures_go_up_as_cupy_takes_them_and_decode_brings_down_only_logits(tm
     """On the strict CuPy stand-in (tests/devicexp.py: host arrays refused in device arithmetic, every copy down
     logged) a picture goes in (Step3-VL's markers' rows looked up in the GPU's token_embd among the crops'), and each
     replayed decode step after it brings down its logits and nothing else."""
-    if gpu_available():
-        pytest.skip("the strict stand-in is for machines without a GPU")
-    from devicexp import COPIES, StrictRuntime
     from vision_checks import pictures
 
-    from kvrun.ops.gpu import kernels as K
-
-    prev = K.set_runtime(StrictRuntime())
-    try:
+    with strict_stand_in():
         m, _, (_, v) = _visions(name, tmp_path)
         cache = v.engine.new_cache()
         v.engine.eval(cache, v.prefill(cache, v.segments(m.PROMPTS[0], [pictures(m.IMAGES)["wide"]])))
         v.engine.eval(cache, [STEPS[0]])  # (a capture, or a replay where the prompt's last token was captured)
-        for tok in STEPS[1:]:
-            COPIES.clear()
-            v.engine.eval(cache, [tok])
-            assert COPIES == [("asnumpy", (1, v.engine.cfg.n_vocab))]
-    finally:
-        K.set_runtime(prev)
+        check_steps_copy_only_logits(v.engine, cache, STEPS[1:])

@@ -66,6 +66,24 @@ def test_heads_are_cut_into_blocks_only_where_shared_memory_needs_it():
 
 
 # ----------------------------------------------------------------- wide keys: the cache and the engine
+def _chunks_alike(rt, spec: LayerSpec, cpu, gpu, chunks, rng: np.random.Generator, bound: float) -> int:
+    """Random Q/K/V chunks of ``chunks`` tokens at consecutive positions into the CPU's and the device's layer caches
+    (``spec``'s shapes): each chunk's outputs on the device within ``bound`` of the CPU's.  The positions fed."""
+    p = 0
+    for T in chunks:
+        q = rng.standard_normal((T, spec.n_head, spec.head_dim)).astype(np.float32)
+        k = rng.standard_normal((T, spec.n_head_kv, spec.head_dim)).astype(np.float32)
+        v = rng.standard_normal((T, spec.n_head_kv, spec.head_dim_v)).astype(np.float32)
+        pos = np.arange(p, p + T, dtype=np.int32)
+        want = np.zeros((T, spec.n_head, spec.head_dim_v), np.float32)
+        cpu.update_and_attend(q, k, v, pos, want)
+        out = rt.xp.full(want.shape, np.nan, np.float32)
+        gpu.update_and_attend(rt.xp.asarray(q), rt.xp.asarray(k), rt.xp.asarray(v), pos, out)
+        assert tq.rel_err(rt.asnumpy(out), want) <= bound, f"chunk of {T} at {p}"
+        p += T
+    return p
+
+
 @pytest.mark.parametrize("kv", ["8", "4", "4,policy=h2o,budget=10,merge=mean"])
 def test_a_576_wide_latent_layer_on_the_device_holds_the_cpus(rt, kv):
     """A prefill chunk, then decode steps of 1 and 3 tokens past the fp16 window (with an eviction policy and merging
@@ -76,19 +94,7 @@ def test_a_576_wide_latent_layer_on_the_device_holds_the_cpus(rt, kv):
     cpu = CompressedLayerCache(spec, kv, 64)
     cpu.int_keys = False  # float queries, as the device's
     gpu = GPUCompressedLayerCache(spec, kv, 64)
-    rng = np.random.default_rng(0)
-    p = 0
-    for T in (9, 1, 3, 1, 1):
-        q = rng.standard_normal((T, 17, 576)).astype(np.float32)
-        k = rng.standard_normal((T, 1, 576)).astype(np.float32)
-        v = rng.standard_normal((T, 1, 512)).astype(np.float32)
-        pos = np.arange(p, p + T, dtype=np.int32)
-        want = np.zeros((T, 17, 512), np.float32)
-        cpu.update_and_attend(q, k, v, pos, want)
-        out = rt.xp.full((T, 17, 512), np.nan, np.float32)
-        gpu.update_and_attend(rt.xp.asarray(q), rt.xp.asarray(k), rt.xp.asarray(v), pos, out)
-        assert tq.rel_err(rt.asnumpy(out), want) <= 1e-4, f"chunk of {T} at {p}"
-        p += T
+    p = _chunks_alike(rt, spec, cpu, gpu, (9, 1, 3, 1, 1), np.random.default_rng(0), 1e-4)
     assert gpu.pools[0].calibrated and gpu.n_tokens() == cpu.n_tokens() == min(p, cpu.N)
     assert gpu.mirror_mismatches() == []
 
@@ -155,17 +161,7 @@ def test_mixed_precision_on_a_chunked_layer_on_the_device_holds_the_cpus(rt):
     cpu = CompressedLayerCache(spec, kv, 64)
     cpu.int_keys = False
     gpu = GPUCompressedLayerCache(spec, kv, 64)
-    rng = np.random.default_rng(7)
-    p = 0
-    for T in (10, 1, 1, 12, 1, 9, 1, 1):
-        q, k, v = (rng.standard_normal((T, h, 32)).astype(np.float32) for h in (4, 2, 2))
-        pos = np.arange(p, p + T, dtype=np.int32)
-        want = np.zeros((T, 4, 32), np.float32)
-        cpu.update_and_attend(q, k, v, pos, want)
-        out = rt.xp.full((T, 4, 32), np.nan, np.float32)
-        gpu.update_and_attend(rt.xp.asarray(q), rt.xp.asarray(k), rt.xp.asarray(v), pos, out)
-        assert tq.rel_err(rt.asnumpy(out), want) <= 2e-3, f"chunk of {T} at {p}"
-        p += T
+    _chunks_alike(rt, spec, cpu, gpu, (10, 1, 1, 12, 1, 9, 1, 1), np.random.default_rng(7), 2e-3)
     assert gpu.mirror_mismatches() == []
 
 

@@ -209,6 +209,43 @@ def write_vl_text(path: Path, arch: str, name: str, geometry: tuple[int, ...], i
     return _finish(w, path)
 
 
+def write_qwen3_text(path: Path, name: str, geometry: tuple[int, ...], markers: list[str], qtype: int, seed: int,
+                     chat_template: str | None = None) -> Path:  # fmt: skip
+    """A random Qwen3 text model (Q/K norms, explicit key and value widths, a 4096 context, RoPE base 1e6) at
+    ``geometry`` (tinymodel's order) whose byte vocabulary ends in the control tokens ``markers``: MiniCPM-V 4's and
+    Step3-VL's text models (tiny_vision_minicpmv.py, tiny_vision_step3vl.py), one writer so their files stay alike."""
+    rng = np.random.default_rng(seed)
+    n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = geometry
+    toks, merges, types = byte_vocab()
+    toks, types = toks + list(markers), types + [3] * len(markers)
+    w = GGUFWriter(str(path), "qwen3")
+    w.add_name(name)
+    add_geometry(w, 4096, n_embd, n_layer, n_ff, n_head, n_head_kv)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(1000000.0)
+    add_vocab(w, toks, merges, types, chat_template)
+    mat, vec = _random_tensors(w, rng, qtype)
+    mat("token_embd.weight", len(toks), n_embd, 0.5)
+    vec("output_norm.weight", n_embd)
+    mat("output.weight", len(toks), n_embd, 0.5)
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        vec(b + "attn_norm.weight", n_embd)
+        mat(b + "attn_q.weight", n_head * head_dim, n_embd)
+        mat(b + "attn_k.weight", n_head_kv * head_dim, n_embd)
+        mat(b + "attn_v.weight", n_head_kv * head_dim, n_embd)
+        vec(b + "attn_q_norm.weight", head_dim)
+        vec(b + "attn_k_norm.weight", head_dim)
+        mat(b + "attn_output.weight", n_embd, n_head * head_dim)
+        vec(b + "ffn_norm.weight", n_embd)
+        mat(b + "ffn_gate.weight", n_ff, n_embd)
+        mat(b + "ffn_up.weight", n_ff, n_embd)
+        mat(b + "ffn_down.weight", n_embd, n_ff)
+    return _finish(w, path)
+
+
 def write_tiny_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n_text_embd: int = ARCH_GEOMETRY["gemma3"][0]) -> Path:
     """A random Gemma 3 projector; its matrices (patch kernel and projection included) stored as ``qtype``."""
     rng = np.random.default_rng(seed)

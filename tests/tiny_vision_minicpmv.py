@@ -15,10 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType
 
-from tiny_vision import add_geometry, add_vocab, mmproj_writer, write_vit
-from tinymodel import _finish, _random_tensors, byte_vocab
+from tiny_vision import mmproj_writer, write_qwen3_text, write_vit
+from tinymodel import _finish
 
 Q = GGMLQuantizationType
 
@@ -57,33 +57,4 @@ def write_tiny_minicpmv_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, ve
 
 def write_tiny_minicpmv_text(path: Path, qtype: int = Q.F32, seed: int = 1, chat_template: str | None = None) -> Path:
     """A random Qwen3 text model (Q/K norms) 128 wide whose vocabulary knows MiniCPM-V's image and slice markers."""
-    rng = np.random.default_rng(seed)
-    n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = TEXT_GEOMETRY
-    toks, merges, types = byte_vocab()
-    toks, types = toks + IMAGE_TOKENS, types + [3] * len(IMAGE_TOKENS)
-    w = GGUFWriter(str(path), "qwen3")
-    w.add_name("tiny-minicpmv-text")
-    add_geometry(w, 4096, n_embd, n_layer, n_ff, n_head, n_head_kv)
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_layer_norm_rms_eps(1e-6)
-    w.add_rope_freq_base(1000000.0)
-    add_vocab(w, toks, merges, types, chat_template)
-    mat, vec = _random_tensors(w, rng, qtype)
-    mat("token_embd.weight", len(toks), n_embd, 0.5)
-    vec("output_norm.weight", n_embd)
-    mat("output.weight", len(toks), n_embd, 0.5)
-    for i in range(n_layer):
-        b = f"blk.{i}."
-        vec(b + "attn_norm.weight", n_embd)
-        mat(b + "attn_q.weight", n_head * head_dim, n_embd)
-        mat(b + "attn_k.weight", n_head_kv * head_dim, n_embd)
-        mat(b + "attn_v.weight", n_head_kv * head_dim, n_embd)
-        vec(b + "attn_q_norm.weight", head_dim)
-        vec(b + "attn_k_norm.weight", head_dim)
-        mat(b + "attn_output.weight", n_embd, n_head * head_dim)
-        vec(b + "ffn_norm.weight", n_embd)
-        mat(b + "ffn_gate.weight", n_ff, n_embd)
-        mat(b + "ffn_up.weight", n_ff, n_embd)
-        mat(b + "ffn_down.weight", n_embd, n_ff)
-    return _finish(w, path)
+    return write_qwen3_text(path, "tiny-minicpmv-text", TEXT_GEOMETRY, IMAGE_TOKENS, qtype, seed, chat_template)

@@ -16,10 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType
 
-from tiny_vision import add_geometry, add_vocab, mmproj_writer, tensor_writer, write_vit_blocks
-from tinymodel import _finish, _random_tensors, byte_vocab
+from tiny_vision import mmproj_writer, tensor_writer, write_qwen3_text, write_vit_blocks
+from tinymodel import _finish, _random_tensors
 
 Q = GGMLQuantizationType
 
@@ -57,33 +57,4 @@ def write_tiny_step3vl_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n_t
 def write_tiny_step3vl_text(path: Path, qtype: int = Q.F32, seed: int = 1, chat_template: str | None = None,
                             markers: list[str] = IMAGE_TOKENS) -> Path:  # fmt: skip
     """A random Qwen3 text model (Q/K norms) 64 wide whose vocabulary knows ``markers`` (Step3-VL's five)."""
-    rng = np.random.default_rng(seed)
-    n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer = TEXT_GEOMETRY
-    toks, merges, types = byte_vocab()
-    toks, types = toks + list(markers), types + [3] * len(markers)
-    w = GGUFWriter(str(path), "qwen3")
-    w.add_name("tiny-step3vl-text")
-    add_geometry(w, 4096, n_embd, n_layer, n_ff, n_head, n_head_kv)
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_layer_norm_rms_eps(1e-6)
-    w.add_rope_freq_base(1000000.0)
-    add_vocab(w, toks, merges, types, chat_template)
-    mat, vec = _random_tensors(w, rng, qtype)
-    mat("token_embd.weight", len(toks), n_embd, 0.5)
-    vec("output_norm.weight", n_embd)
-    mat("output.weight", len(toks), n_embd, 0.5)
-    for i in range(n_layer):
-        b = f"blk.{i}."
-        vec(b + "attn_norm.weight", n_embd)
-        mat(b + "attn_q.weight", n_head * head_dim, n_embd)
-        mat(b + "attn_k.weight", n_head_kv * head_dim, n_embd)
-        mat(b + "attn_v.weight", n_head_kv * head_dim, n_embd)
-        vec(b + "attn_q_norm.weight", head_dim)
-        vec(b + "attn_k_norm.weight", head_dim)
-        mat(b + "attn_output.weight", n_embd, n_head * head_dim)
-        vec(b + "ffn_norm.weight", n_embd)
-        mat(b + "ffn_gate.weight", n_ff, n_embd)
-        mat(b + "ffn_up.weight", n_ff, n_embd)
-        mat(b + "ffn_down.weight", n_embd, n_ff)
-    return _finish(w, path)
+    return write_qwen3_text(path, "tiny-step3vl-text", TEXT_GEOMETRY, markers, qtype, seed, chat_template)

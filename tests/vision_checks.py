@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import mtmd_oracle  # noqa: E402
@@ -70,6 +71,12 @@ def check_logits(vision, fx, pics: dict[str, np.ndarray], prompt: str, key: str,
                  ids: Callable[[list, list], list[int]] = row_ids):  # fmt: skip
     """``prompt`` with ``pics`` taken in turn at its media markers: its ids (``ids(segments, pictures)``) are
     ``pids_<key>``, and the logits after it all within ``tol`` of ``logits_<key>``, the same argmax. The cache."""
+    return prompt_logits(vision, fx, pics, prompt, key, tol, ids)[0]
+
+
+def prompt_logits(vision, fx, pics: dict[str, np.ndarray], prompt: str, key: str, tol: float,
+                  ids: Callable[[list, list], list[int]] = row_ids):  # fmt: skip
+    """:func:`check_logits`' checks; the cache and the logits after the prompt."""
     imgs = [pics[n] for n in list(pics)[: prompt.count("<__media__>")]]
     segs = vision.segments(prompt, imgs)
     assert ids(segs, list(imgs)) == fx[f"pids_{key}"].tolist()
@@ -77,7 +84,17 @@ def check_logits(vision, fx, pics: dict[str, np.ndarray], prompt: str, key: str,
     logits = vision.engine.eval(cache, vision.prefill(cache, segs))[-1]
     np.testing.assert_allclose(logits, fx[f"logits_{key}"], atol=tol)
     assert logits.argmax() == fx[f"logits_{key}"].argmax()
-    return cache
+    return cache, logits
+
+
+@contextmanager
+def one_line_error(match: str) -> Iterator[None]:
+    """The block raises a KvrunError whose message matches ``match`` and is one line (never a traceback's many)."""
+    from kvrun.loaders.errors import KvrunError
+
+    with pytest.raises(KvrunError, match=match) as e:
+        yield
+    assert "\n" not in str(e.value)
 
 
 def check_cli_run(text: Path, mmproj: Path, picture: np.ndarray, tmp_path: Path, n_rows: int, *args: str) -> None:

@@ -112,3 +112,23 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     v = lane < n_warps ? scratch[lane] : 0.0f;
     return warp_sum(v);
 }
+
+// Max over the block, as block_sum (an encoder's softmax row held in shared memory: encoder.cu, t5.cu).
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+    const int lane = threadIdx.x % WARP, wid = threadIdx.x / WARP;
+    const int n_warps = (blockDim.x + WARP - 1) / WARP;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[wid] = v;
+    __syncthreads();
+    v = lane < n_warps ? scratch[lane] : NEG_INF;
+    return warp_max(v);
+}
+
+// RMSNorm's scale of the row x [n], 1 / sqrt(mean(x^2) + eps), summed over the block (block_sum); every thread gets
+// it, and has read its elements of x before any thread goes on (so a caller may write x in place after it).
+__device__ __forceinline__ float block_rms_scale(const float* x, int n, float eps, float* scratch) {
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) ss += x[i] * x[i];
+    return rsqrtf(block_sum(ss, scratch) / (float)n + eps);
+}

@@ -7,17 +7,6 @@
 // the CPU's numpy softmax computes them (no online rescaling); an encoder runs once a text, never in a decode step.
 #include "common.cuh"
 
-__device__ __forceinline__ float enc_block_max(float v, float* scratch) {
-    const int lane = threadIdx.x % WARP, wid = threadIdx.x / WARP;
-    const int n_warps = (blockDim.x + WARP - 1) / WARP;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) scratch[wid] = v;
-    __syncthreads();
-    v = lane < n_warps ? scratch[lane] : NEG_INF;
-    return warp_max(v);
-}
-
 // grid (Tq, n_head), block 128, dynamic shared 4 * (Tk + D + 32) bytes.
 extern "C" __global__ void __launch_bounds__(128) attn_full_f32(
     const float* __restrict__ q,     // [Tq, n_head, D]
@@ -43,7 +32,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_full_f32(
         s[j] = x;
         m = fmaxf(m, x);
     }
-    m = enc_block_max(m, scratch);
+    m = block_max(m, scratch);
     float l = 0.0f;
     for (int j = tid; j < Tk; j += blockDim.x) {
         const float p = s[j] == NEG_INF ? 0.0f : expf(s[j] - m);

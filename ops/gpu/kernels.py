@@ -228,6 +228,8 @@ _declare("t5.cu", "t5_self_attn_f16", "ppppppp" + "i" * 7)
 _declare("t5.cu", "gelu_f16_f32", "ppl")  # x, out, n
 _declare("t5.cu", "gelu_f16_glu_f32", "pppl")  # g, u, out, n
 _declare("t5.cu", "relu_f32", "ppl")  # x, out, n
+# the Whisper audio encoder's exact GELU (whisper.cu): x, out, n
+_declare("whisper.cu", "gelu_erf_f32", "ppl")
 
 
 def cu_files() -> list[str]:

@@ -22,10 +22,7 @@ extern "C" __global__ void mla_latent_norm_f32(const float* __restrict__ kva, //
     __shared__ float scratch[WARP];
     const float* xr = kva + (size_t)blockIdx.x * stride;
     float* orow = kvc + (size_t)blockIdx.x * rank;
-    float ss = 0.0f;
-    for (int i = threadIdx.x; i < rank; i += blockDim.x) ss += xr[i] * xr[i];
-    ss = block_sum(ss, scratch);
-    const float inv = rsqrtf(ss / (float)rank + eps);
+    const float inv = block_rms_scale(xr, rank, eps, scratch);
     for (int i = threadIdx.x; i < rank; i += blockDim.x) orow[i] = xr[i] * inv * w[i];
 }
 

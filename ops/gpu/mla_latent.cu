@@ -27,10 +27,7 @@ extern "C" __global__ void mla_latent_kv_f32(const float* __restrict__ kva, // [
     const float* xr = kva + (size_t)blockIdx.x * stride;
     float* kr = k + (size_t)blockIdx.x * stride;
     float* vr = v + (size_t)blockIdx.x * rank;
-    float ss = 0.0f;
-    for (int i = threadIdx.x; i < rank; i += blockDim.x) ss += xr[i] * xr[i];
-    ss = block_sum(ss, scratch);
-    const float inv = rsqrtf(ss / (float)rank + eps);
+    const float inv = block_rms_scale(xr, rank, eps, scratch);
     for (int i = threadIdx.x; i < rank; i += blockDim.x) {
         const float y = xr[i] * inv * w[i];
         vr[i] = y;

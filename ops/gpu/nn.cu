@@ -19,10 +19,7 @@ extern "C" __global__ void rms_norm_f32(const float* x,             // [n_rows, 
     __shared__ float scratch[WARP];
     const float* xr = x + (size_t)blockIdx.x * n;
     float* orow = out + (size_t)blockIdx.x * n;
-    float ss = 0.0f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) ss += xr[i] * xr[i];
-    ss = block_sum(ss, scratch);
-    const float inv = rsqrtf(ss / (float)n + eps);
+    const float inv = block_rms_scale(xr, n, eps, scratch);
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         const float v = xr[i] * inv * w[i];
         orow[i] = acc ? orow[i] + v : v;

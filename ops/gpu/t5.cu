@@ -11,17 +11,6 @@
 //   relu_f32           out = max(x, 0) (the original T5's FFN)
 #include "common.cuh"
 
-__device__ __forceinline__ float t5_block_max(float v, float* scratch) {
-    const int lane = threadIdx.x % WARP, wid = threadIdx.x / WARP;
-    const int n_warps = (blockDim.x + WARP - 1) / WARP;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) scratch[wid] = v;
-    __syncthreads();
-    v = lane < n_warps ? scratch[lane] : NEG_INF;
-    return warp_max(v);
-}
-
 // grid (T, n_head), block 128, dynamic shared 4 * (n_slots + D + 32) bytes.  bias_d [n_head, n_dist]: the bias of
 // each distance d = query - key position, the last entry serving every longer one (T5's buckets saturate there).
 extern "C" __global__ void __launch_bounds__(128) t5_self_attn_f16(
@@ -54,7 +43,7 @@ extern "C" __global__ void __launch_bounds__(128) t5_self_attn_f16(
         s[j] = x;
         m = fmaxf(m, x);
     }
-    m = t5_block_max(m, scratch);
+    m = block_max(m, scratch);
     float l = 0.0f;
     for (int j = tid; j < n_slots; j += blockDim.x) {
         const float e = s[j] == NEG_INF ? 0.0f : expf(s[j] - m);

@@ -218,6 +218,13 @@ EOF
         left && bench_line "h2o budget 256: " "$LOGS/bench_policy_$m.log" 100 -p 512 -n 128 -d 512 -r 2 --kv-bits 4 --kv-policy h2o --kv-budget 256
         # fp16 pools behind the window (--kv-budget alone): stored by kvquant.cu on the device since stop 33, unrun on a GPU until then
         left && bench_line "fp16 budget 1024: " "$LOGS/bench_budget16_$m.log" 100 -p 256 -n 32 -d 2048 -r 2 --kv-budget 1024
+        # several sequences in one forward (stop 42): a batch of decode steps replays a graph of its own
+        left && bench_line "batched: " "$LOGS/bench_np_$m.log" 100 -p 0 -n 128 -r 2 -np 1,2,4,8
+        # a chat saved on the GPU resumes on the CPU with the same next tokens (device-independent files, stop 42)
+        left && { timeout 120 $K run "$p" -p "The capital of France" -n 8 --temp 0 --no-stats --device $DEV --prompt-cache /tmp/kvrun-pc.kvs >/dev/null 2>&1
+                  a=$(timeout 120 $K run "$p" -p "The capital of France" -n 16 --temp 0 --no-stats --device cpu --prompt-cache /tmp/kvrun-pc.kvs 2>&1)
+                  b=$(timeout 120 $K run "$p" -p "The capital of France" -n 16 --temp 0 --no-stats --device cpu 2>&1)
+                  [ "$a" == "$b" ] && r=EQUAL || r=DIFFERENT; echo "$m session gpu->cpu: $r" >>"$S"; rm -f /tmp/kvrun-pc.kvs; }
         echo "all checks $m: $((SECONDS - t0)) s" >>"$S"
     done
     cat "$S"

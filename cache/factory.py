@@ -10,6 +10,7 @@ from .conv import ConvLayerCache
 from .deltanet import DeltaNetLayerCache
 from .kvconfig import DEFAULT_WARM_TARGET, KVConfig
 from .plain import PlainLayerCache, make_plain_cache
+from .quant import MIN_ROTATION_BLOCK, rotation_block
 from .mamba import MambaLayerCache
 from .rwkv import RWKVLayerCache
 from .ssm import ParallelSSMLayerCache, SSMLayerCache
@@ -141,14 +142,15 @@ def _size_warm_tiers(specs: list[LayerSpec], kvs: list[KVConfig], n_ctx: int, ta
 def _fit_group(kv: KVConfig, spec: LayerSpec) -> KVConfig:
     """Groups never span heads: a head smaller than the group makes the group one head wide, and a group that does not
     divide the key and value heads (MLA's tiny latent, 40 and 32 wide) shrinks to the largest one that does.  Heads
-    that are no power of two skip the default rotation (an explicit ``rotate=1`` is refused there in one line)."""
+    that are no power of two rotate block by block (``quant.hadamard``); the default skips the rotation where a block
+    would be under ``MIN_ROTATION_BLOCK`` channels, and an explicit ``rotate=1`` is refused in one line on odd heads."""
     d = min(spec.head_dim, spec.head_dim_v)
     if kv.group > d:
         kv = kv.with_(group=d)
     if spec.head_dim % kv.group or spec.head_dim_v % kv.group:
         kv = kv.with_(group=max(g for g in range(1, kv.group + 1) if spec.head_dim % g == 0 and spec.head_dim_v % g == 0))
-    if kv.rotate is None and kv.rotated and any(n & (n - 1) for n in (spec.head_dim, spec.head_dim_v)):
-        kv = kv.with_(rotate=False)  # (the default rotation is Hadamard's, power-of-two heads only: MLA's latent, 576, goes unrotated)
+    if kv.rotate is None and kv.rotated and any(rotation_block(n) < MIN_ROTATION_BLOCK for n in (spec.head_dim, spec.head_dim_v)):
+        kv = kv.with_(rotate=False)  # (the default rotation is block-diagonal Hadamard: MLA's 576 turns as 9 x 64, a head of 12 not)
     return kv
 
 

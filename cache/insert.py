@@ -10,8 +10,8 @@ as much as the 2-bit attention itself reads at 4096 tokens on Gemma 3; here it
 is one call.
 
 The rotations are the orthonormal Sylvester-Hadamard matrix
-(:func:`kvrun.cache.quant.hadamard`), applied as a fast Walsh-Hadamard
-transform: ``x @ H`` in ``D log D`` adds instead of a ``D x D`` product.
+(:func:`kvrun.cache.quant.hadamard`; block-diagonal where the head is no power of two), applied as a fast
+Walsh-Hadamard transform: ``x @ H`` in ``D log D`` adds instead of a ``D x D`` product.
 """
 
 from __future__ import annotations

@@ -81,7 +81,8 @@ class KVConfig:
     residual : int or None
         Most recent tokens kept in fp16 before they are quantized (None: per-width default).
     rotate : bool or None
-        Hadamard-rotate K and V before quantizing (None: on below 8 bits).
+        Hadamard-rotate K and V before quantizing (None: on below 8 bits; a head that is no power of two rotates
+        by blocks, the largest power of two dividing it, by default where those are >= 8 channels).
     center : bool or None
         Subtract the keys' per-head mean (from the first fp16 window) before
         quantizing; exact for attention, which is shift-invariant (None: on

@@ -299,14 +299,27 @@ def dequantize(codes: np.ndarray, meta: np.ndarray, lut: np.ndarray, bits: int, 
     return out
 
 
-def hadamard(n: int) -> np.ndarray:
-    """The orthonormal Sylvester-Hadamard matrix, [n, n] float32 (n a power of two).
+#: the least block the default cache rotates by (a head of m * 2^k rotates in blocks of 2^k, the largest power of
+#: two dividing it): below 8 channels a block barely spreads an outlier (measured in tests/test_block_rotation.py)
+MIN_ROTATION_BLOCK = 8
 
-    Symmetric and its own inverse: ``x @ H`` rotates, ``(x @ H) @ H`` is ``x``.
+
+def rotation_block(n: int) -> int:
+    """The block the Hadamard rotation of an ``n``-wide head works in: the largest power of two dividing ``n``."""
+    return n & -n
+
+
+def hadamard(n: int) -> np.ndarray:
+    """The orthonormal Hadamard rotation of an ``n``-wide head, [n, n] float32: Sylvester's ``H_n`` for n a power
+    of two, else ``blockdiag(H_b, ..., H_b)`` with ``b`` = :func:`rotation_block` (96 = 3 x 32, 576 = 9 x 64).
+
+    Symmetric and its own inverse either way: ``x @ H`` rotates, ``(x @ H) @ H`` is ``x``; the butterflies
+    (``ops/cpu/hadamard.py``'s fwht, ``kvquant.cu``'s kq_fwht) turn each block as this matrix does.
     """
-    if n < 1 or n & (n - 1):
-        raise ValueError(f"Hadamard rotation needs a power-of-two head size, got {n}")
+    b = rotation_block(n) if n >= 1 else 0
+    if b < 2 and n != 1:  # (an odd head has blocks of one: no rotation at all)
+        raise ValueError(f"Hadamard rotation needs an even head size (blocks of a power of two), got {n}")
     h = np.ones((1, 1))
-    while h.shape[0] < n:
+    while h.shape[0] < b:
         h = np.block([[h, h], [h, -h]])
-    return (h / math.sqrt(n)).astype(np.float32)
+    return np.kron(np.eye(n // b), h / math.sqrt(b)).astype(np.float32)

@@ -76,8 +76,8 @@ def test_gpu_logits_match_cpu_over_prefill_and_replayed_decode_steps(gpu_env, tm
 
 def test_the_compressed_cache_holds_keys_and_values_of_two_widths(gpu_env, tmp_path):
     """K ``n_rot + kv_lora_rank`` wide, V ``kv_lora_rank`` (the latent cache, models/mla.py): the GPU's compressed cache
-    against the CPU's, the same 8-bit codes.  (Unrotated, groups of 8: the tiny keys, 40 wide, are no power of two for the
-    Hadamard rotation, nor a multiple of 32; nor are DeepSeek's 576 a power of two.)"""
+    against the CPU's, the same 8-bit codes.  (Unrotated, groups of 8: the tiny keys, 40 wide, are
+    no multiple of 32; the block rotation has its own tests, tests/test_block_rotation.py.)"""
     path = write_tiny_model(tmp_path / "d.gguf", **FIXTURE_MODELS["deepseek2-v3"])
     check_prefill_and_replayed_decode(path, kv=KVConfig.parse("8,group=8,residual=8,rotate=0"), steps=(5, 9, 14, 3, 7, 8), graphs=False)
 

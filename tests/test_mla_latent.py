@@ -193,13 +193,17 @@ def test_a_latent_as_wide_as_deepseeks_runs_in_the_gpus_compressed_cache(gpu_env
 
 def test_the_default_compressed_cache_fits_the_latents_odd_widths():
     """The latent's keys (n_rot + rank) need not be a power of two nor a multiple of the default group: the default
-    cache shrinks the group to one that divides both widths and skips the Hadamard rotation (which needs powers of
-    two); a rotation asked for outright is refused in one line."""
+    cache shrinks the group to one that divides both widths, and below 8 bits rotates the keys by the block-diagonal
+    Hadamard (40 = 5 x 8; tests/test_block_rotation.py), the values by H_32; a rotation asked for outright is the
+    default's, and only an odd head (blocks of one channel) is refused, in one line."""
     from kvrun.cache.base import LayerSpec
+    from kvrun.cache.quant import hadamard
 
     spec = LayerSpec(4, 1, 40, 32, 0, 0.1)  # (the tiny fixtures' latent: 8 + 32, and 32)
     for bits in (8, 4, 2):
         layer = make_cache([spec], 64, 16, KVConfig(bits=bits))[0]
-        assert layer.kv.group == 8 and layer.rot_v is None, (bits, layer.kv)
-    with pytest.raises(ValueError, match="power-of-two head size, got 40"):
-        make_cache([spec], 64, 16, KVConfig(bits=4, rotate=True))
+        assert layer.kv.group == 8 and (layer.rot_v is None) == (bits == 8), (bits, layer.kv)
+        assert (layer.basis.rot is None) == (bits == 8)
+    np.testing.assert_array_equal(make_cache([spec], 64, 16, KVConfig(bits=4, rotate=True))[0].basis.rot, hadamard(40))
+    with pytest.raises(ValueError, match="even head size .*, got 41"):
+        make_cache([LayerSpec(4, 1, 41, 32, 0, 0.1)], 64, 16, KVConfig(bits=4, rotate=True))

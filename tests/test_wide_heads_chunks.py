@@ -6,7 +6,7 @@
   all the heads takes its queries a block of heads at a time (``qattention.head_blocks``: a block's queries and logits
   must fit shared memory).  Keys up to 256 wide keep the one pass they had.  Held to: the CPU's kernel on random pools
   (1e-4 of the largest output, as tests/test_gpu_qattention.py), a 576/512-wide one-KV-head layer of the GPU's
-  compressed cache to the CPU's at 8 and 4 bits (unrotated: 576 is no power of two for the Hadamard rotation;
+  compressed cache to the CPU's at 8 and 4 bits (unrotated: the block rotation has its own tests, test_block_rotation.py;
   1e-4: the same codes, float32 sums in another order), and a tiny DeepSeek-V3 of that width through the engine
   (the CPU's greedy tokens, logits within 2e-2 as test_gpu_qattention.py's engines).
 * Chunked attention: a query sees the keys from its own chunk's start (``LayerSpec.window`` -c).  Every attention path

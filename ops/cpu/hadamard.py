@@ -8,7 +8,8 @@ are a lane shuffle, an add, a subtract and a select inside each vector, the late
 and subtracts between vectors.  The butterflies and their order are the plain loop's, so the
 result is the same bit for bit; the loop took ~53 ns a row of 64 here, the IR ~10.  Other
 sizes run the loop.  Only generic LLVM operations are used (no x86 intrinsics): a host
-without AVX-512 runs each 16-float vector as two halves.
+without AVX-512 runs each 16-float vector as two halves.  A row that is no power of two is
+rotated block by block (block-diagonal Hadamard), each block by the IR where its size has one.
 
 Defined in a file of its own; Numba caches what inlines it by the caller's file, so clear
 Numba's cache after changing this one.
@@ -78,18 +79,42 @@ def _emit(b: ir.IRBuilder, addr: ir.Value, n: int) -> None:
 
 @nb.njit(inline="always", **_JIT)
 def fwht(x: np.ndarray) -> None:
-    """In place ``x <- x @ H`` for the orthonormal Sylvester-Hadamard ``H`` (len(x) a power of two,
-    x contiguous).
-
-    Sizes of :data:`IR_SIZES` through the vector IR; others: the first three butterfly stages 8
-    values at a time in registers (the loop over those blocks vectorises), the later ones as long
-    loops over two slices indexed from 0 (indices from ``i`` could be negative to Numba, and its
-    wraparound test kept those loops scalar: 256 values took 850 ns, then 300).
-    """
+    """In place ``x <- x @ H`` for the orthonormal Sylvester-Hadamard ``H`` (x contiguous); a length
+    ``n = m * 2^k`` that is no power of two (``2^k`` the largest power of two dividing it) is
+    rotated by ``blockdiag(H_{2^k}, ..., H_{2^k})``, each block on its own
+    (``kvrun.cache.quant.hadamard``: Phi-3's 96 as three 32s, MLA's 576 as nine 64s)."""
     n = x.shape[0]
     if n in IR_SIZES and x.strides[0] == 4:
         _fwht_ir(x.ctypes.data, n)
         return
+    b = n & -n  # the block: the largest power of two dividing n (n itself when it is one)
+    if b == n:
+        _fwht_loop(x)
+    else:  # (a call, not inlined: the power-of-two heads' inlined code stays as small as it was, ~45 ns a row of 64)
+        _fwht_blocks(x, b)
+
+
+@nb.njit(**_JIT)
+def _fwht_blocks(x: np.ndarray, b: int) -> None:
+    """:func:`fwht` of each ``b``-wide block of ``x`` (b a power of two dividing len(x))."""
+    for i in range(0, x.shape[0], b):
+        blk = x[i : i + b]
+        if b in IR_SIZES and blk.strides[0] == 4:
+            _fwht_ir(blk.ctypes.data, b)
+        else:
+            _fwht_loop(blk)
+
+
+@nb.njit(inline="always", **_JIT)
+def _fwht_loop(x: np.ndarray) -> None:
+    """In place ``x <- x @ H`` for the orthonormal Sylvester-Hadamard ``H`` (len(x) a power of two),
+    by loops: sizes of :data:`IR_SIZES` go through the vector IR (:func:`fwht`); others: the first
+    three butterfly stages 8 values at a time in registers (the loop over those blocks vectorises),
+    the later ones as long loops over two slices indexed from 0 (indices from ``i`` could be
+    negative to Numba, and its wraparound test kept those loops scalar: 256 values took 850 ns,
+    then 300).
+    """
+    n = x.shape[0]
     h = 1
     if n >= 8:
         for i in range(0, n, 8):

@@ -157,11 +157,14 @@ __device__ void kq_quantize_row(float x, bool on, int Dx, int bits, int G, const
     }
 }
 
-// x <- x @ H for the orthonormal Sylvester-Hadamard H, in shared memory (n a
-// power of two): the butterfly network of cache/insert.py's fwht, stage by
-// stage in the same order, so the result is bitwise the CPU's.
+// x <- x @ H for the orthonormal Sylvester-Hadamard H, in shared memory: the
+// butterfly network of cache/insert.py's fwht, stage by stage in the same order,
+// so the result is bitwise the CPU's.  n = m * b, b the largest power of two
+// dividing n: H is blockdiag(H_b, ..., H_b) (cache/quant.py hadamard); the stages
+// below b pair i with i + h inside each block already, so they stop there.
 __device__ void kq_fwht(float* x, int n) {
-    for (int h = 1; h < n; h <<= 1) {
+    const int bw = n & -n;  // the block (n itself when a power of two)
+    for (int h = 1; h < bw; h <<= 1) {
         __syncthreads();
         for (int t = threadIdx.x; t < n / 2; t += blockDim.x) {
             const int i = (t / h) * 2 * h + (t % h);
@@ -171,12 +174,12 @@ __device__ void kq_fwht(float* x, int n) {
         }
     }
     __syncthreads();
-    const float s = (float)(1.0 / sqrt((double)n));
+    const float s = (float)(1.0 / sqrt((double)bw));
     for (int t = threadIdx.x; t < n; t += blockDim.x) x[t] *= s;
     __syncthreads();
 }
 
-// y = x @ H row by row (kq_fwht): x, y [n_rows, n] float32, n a power of two.  A decode
+// y = x @ H row by row (kq_fwht): x, y [n_rows, n] float32, n even.  A decode
 // step's output back from the rotated V basis (H is its own inverse), as a kernel a
 // captured CUDA graph replays.  grid (n_rows), block (n rounded up to 32).
 extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_fwht_rows(const float* x, float* y, int n) {

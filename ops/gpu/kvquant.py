@@ -99,11 +99,12 @@ def decode_push(
 
 
 def fwht_rows(x: Any, out: Any) -> None:
-    """out = x @ H over the last axis (the orthonormal Sylvester-Hadamard H, a power-of-two width <= MAX_THREADS);
+    """out = x @ H over the last axis (the orthonormal Hadamard rotation of ``cache.quant.hadamard``: Sylvester's
+    for a power-of-two width, block-diagonal for other even ones, <= MAX_THREADS);
     x and out float32 device arrays of one shape, C-contiguous."""
     n = x.shape[-1]
-    if n & (n - 1) or n > MAX_THREADS or tuple(out.shape) != tuple(x.shape):
-        raise ValueError(f"fwht_rows: rows of {n} (a power of two <= {MAX_THREADS}) into {tuple(out.shape)}")
+    if n % 2 or n > MAX_THREADS or tuple(out.shape) != tuple(x.shape):
+        raise ValueError(f"fwht_rows: rows of {n} (even, <= {MAX_THREADS}) into {tuple(out.shape)}")
     if not (x.flags.c_contiguous and out.flags.c_contiguous):
         raise ValueError("fwht_rows: x and out must be C-contiguous")
     K.launch("kv_fwht_rows", (x.size // n,), (_threads(n),), x, out, n)

@@ -254,7 +254,12 @@ class GPUCompressedLayerCache(CompressedLayerCache):
 
         if type(src) is not CompressedLayerCache or src.spec != self.spec or src.kv != self.kv or src.N != self.N:
             raise refuse(src, self)
-        vars(self).update({n: v for n, v in vars(src).items() if n not in ("_ranking", "_sa", "_sa_key")})
+        # (not the values of src's cached properties either: its _policy_state, _policy_args, _merge_args hold its host
+        # arrays, which a kernel launch on a real GPU refuses; each is found afresh from the device's arrays)
+        cached = {n for c in type(self).__mro__ for n, a in vars(c).items() if isinstance(a, functools.cached_property)}
+        vars(self).update({n: v for n, v in vars(src).items() if n not in ("_ranking", "_sa", "_sa_key") and n not in cached})
+        for n in cached:
+            vars(self).pop(n, None)
         self.pools = [_TrackedPool.adopt(p) for p in src.pools]
         if self.policy is not None:
             self.policy = moved_arrays(src.policy, self._xp, self._xp.asarray)

@@ -83,6 +83,10 @@ class KimiVLEncoder(SiglipEncoder):
         p, m = c.patch_size, c.n_merge
         if pixels.ndim != 3 or pixels.shape[0] != 3 or pixels.shape[1] % (p * m) or pixels.shape[2] % (p * m):
             raise KvrunError(f"the Kimi-VL encoder takes pixels [3, H, W] with sides multiples of {p * m}, got {list(pixels.shape)}")
+        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
+            from .vit_device import kimivl_rows
+
+            return kimivl_rows(self, pixels)
         ny, nx = pixels.shape[1] // p, pixels.shape[2] // p
         T, H = nx * ny, c.n_head
         D = c.n_embd // H

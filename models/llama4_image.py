@@ -146,7 +146,7 @@ class Llama4VisionEncoder(MmprojEncoder):
     """Llama 4's ViT, pixel shuffle, adapter MLP and projector from an mmproj file: :meth:`encode` a tile's pixels."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name != "cpu":
+        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_device.py llama4_rows)
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
@@ -180,6 +180,10 @@ class Llama4VisionEncoder(MmprojEncoder):
         S, p, n, s = c.image_size, c.patch_size, c.n_patches_side, c.n_merge
         if pixels.shape != (3, S, S):
             raise KvrunError(f"the Llama 4 vision encoder takes pixels [3, {S}, {S}], got {list(pixels.shape)}")
+        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
+            from .vit_device import llama4_rows
+
+            return llama4_rows(self, pixels)
         x = np.ascontiguousarray(pixels.reshape(3, n, p, n, p).transpose(1, 3, 0, 2, 4).reshape(n * n, 3 * p * p), F32)
         x = _f16(x) @ _f16(self.patch_w).T if self.patch_f16 else x @ self.patch_w.T
         x = np.concatenate([x, self.cls[None]]) + self.pos_embd  # (clip.cpp concatenates the CLS token last)

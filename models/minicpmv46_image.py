@@ -90,7 +90,7 @@ class MiniCPMV46Encoder(SiglipEncoder):
     pixels into its rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:  # (SiglipEncoder's loader wants (S/p)^2 positions)
-        if backend.name != "cpu":
+        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_device.py minicpmv46_rows)
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
@@ -132,6 +132,10 @@ class MiniCPMV46Encoder(SiglipEncoder):
         _, h, w = pixels.shape
         if pixels.shape[0] != 3 or h % (p * m) or w % (p * m) or not h or not w:
             raise KvrunError(f"the MiniCPM-V 4.6 encoder takes pixels [3, h, w] of whole {p * m}-pixel blocks, got {list(pixels.shape)}")
+        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
+            from .vit_device import minicpmv46_rows
+
+            return minicpmv46_rows(self, pixels)
         ny, nx = h // p, w // p
         x = self.embed_patches(pixels) + self.pos_embd[bucket_positions(ny, nx)]
         if self.pre_ln is not None:

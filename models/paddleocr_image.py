@@ -67,7 +67,7 @@ class PaddleOCREncoder(MmprojEncoder):
     """PaddleOCR-VL's vision encoder and projector from an mmproj file: :meth:`encode` pixels of any block-aligned size."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name != "cpu":
+        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_device.py paddleocr_rows)
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         E, p = cfg.n_embd, cfg.patch_size
@@ -137,6 +137,10 @@ class PaddleOCREncoder(MmprojEncoder):
         p, m = c.patch_size, c.n_merge
         if pixels.ndim != 3 or pixels.shape[0] != 3 or pixels.shape[1] % (p * m) or pixels.shape[2] % (p * m):
             raise KvrunError(f"the PaddleOCR-VL encoder takes pixels [3, H, W] with sides multiples of {p * m}, got {list(pixels.shape)}")
+        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
+            from .vit_device import paddleocr_rows
+
+            return paddleocr_rows(self, pixels)
         ny, nx = pixels.shape[1] // p, pixels.shape[2] // p
         T = nx * ny
         x = pixels.reshape(3, ny, p, nx, p).transpose(1, 3, 0, 2, 4).reshape(T, 3 * p * p)

@@ -72,6 +72,8 @@ ON_GPU += ("internvl", "mlp")  # (models/vit_device.py internvl_rows, llava_rows
 ON_GPU += ("resampler",)  # (models/vit_device.py minicpmv_rows: MiniCPM-V 2.5 to 4.5)
 ON_GPU += ("gemma4v",)  # (models/vit_device.py gemma4v_rows)
 ON_GPU += ("glm4v",)  # (models/vit_device.py glm4v_rows: GLM-4.1V, 4.5V, 4.6V)
+ON_GPU += ("llama4", "kimivl", "paddleocr")  # (models/vit_device.py llama4_rows, kimivl_rows, paddleocr_rows)
+ON_GPU += ("minicpmv4_6",)  # (models/vit_device.py minicpmv46_rows)
 
 
 def _f16(x: np.ndarray) -> np.ndarray:

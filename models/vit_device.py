@@ -766,3 +766,154 @@ def glm4v_rows(enc: Any, pixels: np.ndarray) -> np.ndarray:
     y = d.act(d.layer_norm(y, enc.merger_norm, enc.merger_norm_b, MERGER_EPS), "gelu")
     act = d.act(d.linear(enc.gate, y), "silu") * d.linear(enc.up, y)
     return d.be.to_host(d.linear(enc.down, act))
+
+
+# ---------------------------------------------------------------- Llama 4 (a CLS row roped at 0, halves by column and row, pixel shuffle)
+
+
+def ln_rope_blocks(enc: Any, x: Any, table: tuple[np.ndarray, np.ndarray], neox: bool = False) -> Any:
+    """models/llama4_image.py's ``ln_rope_blocks`` on the device rows ``x`` [T, n_embd] (Llama 4's, Kimi-VL's and,
+    ``neox``, PaddleOCR-VL's ViT): LayerNorm blocks whose Q and K are turned by clip.cpp's ``build_rope_2d``
+    (``table``, the host's cos/sin [T, D/2] of llama4_image.rope_2d, uploaded once a picture and read by the rope
+    kernel with neox off at positions 0..T-1, as :func:`pixtral_rows`; PaddleOCR-VL's, qwen2vl_image.vision_rope's
+    neox pairs, with it on, as :func:`_qwen_rope`), each branch times its LayerScale where the layer has one; the post
+    LayerNorm."""
+    d, c, xp = of(enc), enc.cfg, of(enc).xp
+    T, H = x.shape[0], c.n_head
+    D = c.n_embd // H
+    cos, sin = (d.be.vector(t) for t in table)
+    pos = xp.arange(T, dtype=xp.int32)
+    scale = F32(1.0 / math.sqrt(D))
+
+    def scaled(y: Any, s: np.ndarray | None) -> Any:
+        return y if s is None else y * d.const(s)
+
+    for L in enc.layers:
+        h = d.layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
+        q, k, v = (d.linear(L[r], h, L[r + "_b"]).reshape(T, H, D) for r in ("q", "k", "v"))
+        d.be.rope_qk(q, k, pos, cos, sin, neox)
+        x = x + scaled(d.linear(L["o"], d.attend(q, k, v, scale), L["o_b"]), L.get("ls1"))
+        h = d.layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
+        x = x + scaled(d.linear(L["down"], d.act(d.linear(L["up"], h, L["up_b"]), c.ffn_op), L["down_b"]), L.get("ls2"))
+    if getattr(enc, "post_ln", None) is not None:
+        x = d.layer_norm(x, enc.post_ln, enc.post_ln_b, c.eps)
+    return x
+
+
+def llama4_rows(enc: Any, pixels: np.ndarray) -> np.ndarray:
+    """models/llama4_image.py's ``Llama4VisionEncoder.encode`` past its checks on the device, a tile (or the overview)
+    a call: the patches up once (rounded to F16 only for an F16 kernel, no bias), the CLS row last and the positions,
+    ``v.pre_ln``, the LayerNorm blocks with clip.cpp's ``build_rope_2d`` (the patch's column + 1 and row + 1, the CLS
+    row at 0: the host-built [T, D/2] table read by the rope kernel with neox off, as :func:`pixtral_rows`), the post
+    LayerNorm, the CLS row dropped, the pixel shuffle, the GELU adapter and ``mm.model.fc``; the rows down once."""
+    from .llama4_image import rope_2d
+
+    d, c, xp = of(enc), enc.cfg, of(enc).xp
+    p, n, s, E = c.patch_size, c.n_patches_side, c.n_merge, c.n_embd
+    patches = np.ascontiguousarray(pixels.reshape(3, n, p, n, p).transpose(1, 3, 0, 2, 4).reshape(n * n, 3 * p * p), F32)
+    x = d.linear(d.matrix(enc.patch_w, f16=enc.patch_f16), d.be.vector(patches))  # (F16 rounding inside, for F16)
+    x = xp.concatenate([x, d.const(enc.cls).reshape(1, -1)])  # (clip.cpp's CLS row last)
+    d.be.add(x, d.const(enc.pos_embd))
+    if enc.pre_ln is not None:
+        x = d.layer_norm(x, enc.pre_ln, enc.pre_ln_b, c.eps)
+    idx = np.arange(n * n)
+    x = ln_rope_blocks(enc, x, rope_2d(np.append(idx // n + 1, 0), np.append(idx % n + 1, 0), E // c.n_head))
+    y = xp.transpose(x[: n * n].reshape(n, n // s, E * s), (1, 0, 2))  # (models/llama4_image.py pixel_shuffle)
+    x = xp.ascontiguousarray(y.reshape((n // s) * (n // s), E * s * s))
+    x = d.act(d.linear(enc.mlp2, d.act(d.linear(enc.mlp1, x), "gelu")), "gelu")
+    return d.be.to_host(d.linear(enc.proj, x))
+
+
+# ---------------------------------------------------------------- Kimi-VL (MoonViT: resized positions, the 2-D rope from 0, a 2x2 merge)
+
+
+def kimivl_rows(enc: Any, pixels: np.ndarray) -> np.ndarray:
+    """models/kimivl_image.py's ``KimiVLEncoder.encode`` past its checks on the device: the patches (F16) up once, the
+    patch bias, the position grid resized to the picture (on the host, uploaded), the blocks of :func:`ln_rope_blocks`
+    (the rope by column and row from 0), the post LayerNorm, the 2x2 merge, each patch's part LayerNormed on its own
+    (``mm.input_norm``), ``mm.1``, GELU, ``mm.2``; the rows down once."""
+    from .kimivl_image import PROJ_EPS
+    from .lfm2vl_image import resize_positions
+    from .llama4_image import rope_2d
+
+    d, c, xp = of(enc), enc.cfg, of(enc).xp
+    p, m, E = c.patch_size, c.n_merge, c.n_embd
+    ny, nx = pixels.shape[1] // p, pixels.shape[2] // p
+    x = embed_patches(enc, pixels)
+    d.be.add(x, d.be.vector(np.ascontiguousarray(resize_positions(enc.pos_embd, c.n_patches_side, nx, ny), F32)))
+    idx = np.arange(nx * ny)
+    x = merge_permute(xp, ln_rope_blocks(enc, x, rope_2d(idx // nx, idx % nx, E // c.n_head)), nx, ny, m)
+    x = d.layer_norm(x.reshape(-1, E), enc.in_norm, enc.in_norm_b, PROJ_EPS).reshape(x.shape[0], -1)
+    h = d.act(d.linear(enc.mm1, x, enc.mm1_b), "gelu")
+    return d.be.to_host(d.linear(enc.mm2, h, enc.mm2_b))
+
+
+# ---------------------------------------------------------------- PaddleOCR-VL (NaViT: resized positions, a neox 2-D rope, "stack and padding")
+
+
+def paddleocr_rows(enc: Any, pixels: np.ndarray) -> np.ndarray:
+    """models/paddleocr_image.py's ``PaddleOCREncoder.encode`` past its checks on the device: the patches (F16) up once,
+    the patch bias, the position grid resized to the picture (on the host, uploaded), the blocks of
+    :func:`ln_rope_blocks` (Qwen2-VL's vision rope by row and column: neox pairs), the post LayerNorm,
+    ``mm.input_norm`` on each patch, each 2x2 block's patches side by side (the CPU's ``unshuffle``), ``mm.1``, GELU,
+    ``mm.2``; the rows down once."""
+    from .lfm2vl_image import resize_positions
+    from .paddleocr_image import PROJ_EPS
+    from .qwen2vl_image import vision_rope
+
+    d, c, xp = of(enc), enc.cfg, of(enc).xp
+    p, m = c.patch_size, c.n_merge
+    ny, nx = pixels.shape[1] // p, pixels.shape[2] // p
+    x = embed_patches(enc, pixels)
+    d.be.add(x, d.be.vector(np.ascontiguousarray(resize_positions(enc.pos_embd, enc.pos_side, nx, ny), F32)))
+    idx = np.arange(nx * ny)
+    x = ln_rope_blocks(enc, x, vision_rope(idx // nx, idx % nx, c.n_embd // c.n_head), neox=True)
+    x = merge_permute(xp, d.layer_norm(x, enc.in_norm, enc.in_norm_b, PROJ_EPS), nx, ny, m)
+    h = d.act(d.linear(enc.mm1, x, enc.mm1_b), "gelu")
+    return d.be.to_host(d.linear(enc.mm2, h, enc.mm2_b))
+
+
+# ---------------------------------------------------------------- MiniCPM-V 4.6 (bucketed positions, a windowed ViT merger, a 2x2 final merger)
+
+
+def minicpmv46_rows(enc: Any, pixels: np.ndarray) -> np.ndarray:
+    """models/minicpmv46_image.py's ``MiniCPMV46Encoder.encode`` past its checks on the device, a part a call: the
+    patches up once and the bucketed position rows (gathered on the host), ``v.pre_ln``, SigLIP's blocks up to the
+    insert layer, the ViT merger (attention within each 2 x 2 window: the windows as heads of one launch of the
+    both-ways attention, the window order and its inverse uploaded once a picture; each window's four patches
+    LayerNormed through the GELU MLP plus their mean), the remaining blocks, the post LayerNorm, the final merger
+    (LayerNorm, ``mm.up``, GELU(erf), ``mm.down``); the rows down once."""
+    from .minicpmv_image import bucket_positions
+    from .minicpmv46_image import window_order
+
+    d, c, xp = of(enc), enc.cfg, of(enc).xp
+    p, eps, E, H = c.patch_size, c.eps, c.n_embd, c.n_head
+    ny, nx = pixels.shape[1] // p, pixels.shape[2] // p
+    x = embed_patches(enc, pixels)
+    d.be.add(x, d.be.vector(enc.pos_embd[bucket_positions(ny, nx)]))
+    if enc.pre_ln is not None:
+        x = d.layer_norm(x, enc.pre_ln, enc.pre_ln_b, eps)
+    V = enc.vit_merger
+    for L in enc.layers if V is None else enc.layers[: enc.insert + 1]:
+        x = vit_block(enc, L, x, "gelu")
+    if V is not None:
+        T, D = x.shape[0], E // H
+        order = np.asarray(window_order(ny, nx), np.int64)
+        h = d.layer_norm(x, V["ln1"], V["ln1_b"], eps)[xp.asarray(order)]  # (window-major rows)
+        q, k, v = (xp.ascontiguousarray(xp.transpose(d.linear(V[r], h, V[r + "_b"]).reshape(T // 4, 4, H, D), (1, 0, 2, 3)))
+                   .reshape(4, (T // 4) * H, D) for r in ("q", "k", "v"))  # fmt: skip
+        a = xp.transpose(d.attend(q, k, v, F32(1.0 / math.sqrt(D))).reshape(4, T // 4, H * D), (1, 0, 2)).reshape(T, H * D)
+        a = d.linear(V["o"], xp.ascontiguousarray(a), V["o_b"])
+        x = x + a[xp.asarray(np.argsort(order))]  # (back to raster order)
+        parts = merge_permute(xp, x, nx, ny, 2)  # [windows, 4 E]: top left, top right, bottom left, bottom right
+        mean = parts.reshape(-1, 4, E).sum(axis=1) * F32(0.25)
+        y = d.layer_norm(parts, V["ds_ln"], V["ds_ln_b"], eps)
+        x = d.linear(V["down"], d.act(d.linear(V["up"], y, V["up_b"]), "gelu"), V["down_b"]) + mean
+        ny, nx = ny // 2, nx // 2
+        for L in enc.layers[enc.insert + 1 :]:
+            x = vit_block(enc, L, x, "gelu")
+    if enc.post_ln is not None:
+        x = d.layer_norm(x, enc.post_ln, enc.post_ln_b, eps)
+    M = enc.merger
+    y = d.layer_norm(merge_permute(xp, x, nx, ny, 2), M["ln"], M["ln_b"], eps)
+    return d.be.to_host(d.linear(M["down"], gelu_erf(d.linear(M["up"], y, M["up_b"])), M["down_b"]))

@@ -69,8 +69,8 @@ PROJECTORS: dict[str, ProjectorKind] = {
 #: (tests/test_gpu_vision_encoders2.py).  An encoder built with the
 #: GPU's backend all the same refuses it in one line.
 CPU_BESIDE_GPU = frozenset({
-    "paddleocr",  # (Qwen2-VL's, Qwen2.5-VL's, Qwen3-VL's, GLM-4V's encoders on the GPU: models/vit_device.py)
-    "ldp", "ldpv2", "llama4", "kimivl", "minicpmv4_6",  # (Pixtral's, LightOnOCR's, InternVL's, LLaVA's, MiniCPM-V's: on the GPU)
+    # (Qwen2-VL's, Qwen2.5-VL's, Qwen3-VL's, GLM-4V's, PaddleOCR-VL's encoders on the GPU: models/vit_device.py)
+    "ldp", "ldpv2",  # (Pixtral's, LightOnOCR's, InternVL's, LLaVA's, MiniCPM-V's, Llama 4's, Kimi-VL's, MiniCPM-V 4.6's: on the GPU)
     # (tests/test_gpu_pictures3.py) CogVLM's rows through the visual expert's uploaded weights, Gemma 3n's causal rows,
     # Gemma 4's both-ways block (Hunyuan-VL's XD-RoPE rows: its encoder on the GPU)
     "cogvlm", "gemma3nv",  # (Gemma 4's encoder on the GPU: models/vit_device.py)

@@ -413,7 +413,9 @@ def encode(x: np.ndarray, qtype: T, imatrix: np.ndarray | None = None) -> np.nda
 def _decode(raw: np.ndarray, qtype: int, n_rows: int, n_cols: int) -> np.ndarray:
     """Rows stored as ``qtype`` to float32 [n_rows, n_cols] (ggml's own dequantizers, bit for bit)."""
     if qtype == T.F32:
-        return raw.view(np.float32).reshape(n_rows, n_cols)
+        # a copy (one chunk, <= 64 MiB): the memory-mapped view is read-only, a different argument type to Numba than
+        # the writable rows every other type decodes to, and each quantizer kernel would be compiled a second time
+        return raw.view(np.float32).reshape(n_rows, n_cols).copy()
     from ..loaders.quants import dequantize
 
     return dequantize(raw, qtype, (n_rows, n_cols))

@@ -7,7 +7,7 @@
 # 241 MiB) and the machine cannot download, so they travel in chunks over several
 # calls while the machine stays warm (30 s idle: issue the next call at once):
 #
-#   here:    bash tools/gpu_checks.sh split          # .gpu/: 61 MiB chunks (2 + 4) and the gguf wheel, seconds
+#   here:    bash tools/gpu_checks.sh split          # .gpu/: 40 MiB chunks (3 + 7) and the gguf wheel, seconds
 #   here:    bash tools/gpu_checks.sh refs &         # the CPU's greedy texts and kv-eval (int8 and float x)
 #                                                    # into .gpu/whl: ~10 min a model; needed from `run 0` on
 #   device:  carry [".gpu/whl", ".gpu/<first SmolLM2 chunk>"],
@@ -56,8 +56,8 @@ split)
     src=${KVRUN_MODELS:-$HOME/.cache/kvrun/models}
     grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >>.git/info/exclude
     rm -rf .gpu && mkdir -p .gpu/whl
-    # 61 MiB chunks: with the tracked tree (~2 MiB) and the wheel a call stays under its 64 MiB
-    for m in "${MODELS[@]}"; do split -b 61M -d "$src/$m" ".gpu/$m.part"; done
+    # 40 MiB chunks: with the tracked tree (~18 MiB at stop 42) and the wheel a call stays under its 64 MiB
+    for m in "${MODELS[@]}"; do split -b 40M -d "$src/$m" ".gpu/$m.part"; done
     python3 -m pip download --no-deps --only-binary=:all: -d .gpu/whl gguf >/dev/null
     ls -la .gpu .gpu/whl
     ;;
@@ -131,7 +131,8 @@ run)
 
     if [ "$PART" == all ] || [ "$PART" == tests ]; then
         # the device has 16 cores and pytest-xdist: workers cut the cold compiles' wall time
-        XD=""; python3 -c "import xdist" 2>/dev/null && XD="-n 8"
+        # serial: workers sharing numba's on-disk cache crashed 23 of 24 workers on the H100 (stop 42)
+        XD=""
         python3 -c "import pytest_timeout" 2>/dev/null && XD="$XD --timeout 120"  # a hung kernel fails one test, not the call
         timeout 200 python3 -m pytest -q -p no:cacheprovider $XD -rfE -m gpu tests/ >"$OUT/pytest.log" 2>&1
         echo "gpu tests: $(tail -1 "$OUT/pytest.log")" >>"$S"
@@ -222,8 +223,8 @@ EOF
         left && bench_line "batched: " "$LOGS/bench_np_$m.log" 100 -p 0 -n 128 -r 2 -np 1,2,4,8
         # a chat saved on the GPU resumes on the CPU with the same next tokens (device-independent files, stop 42)
         left && { timeout 120 $K run "$p" -p "The capital of France" -n 8 --temp 0 --no-stats --device $DEV --prompt-cache /tmp/kvrun-pc.kvs >/dev/null 2>&1
-                  a=$(timeout 120 $K run "$p" -p "The capital of France" -n 16 --temp 0 --no-stats --device cpu --prompt-cache /tmp/kvrun-pc.kvs 2>&1)
-                  b=$(timeout 120 $K run "$p" -p "The capital of France" -n 16 --temp 0 --no-stats --device cpu 2>&1)
+                  a=$(timeout 120 $K run "$p" -p "The capital of France" -n 16 --temp 0 --no-stats --device cpu --prompt-cache /tmp/kvrun-pc.kvs 2>/dev/null)
+                  b=$(timeout 120 $K run "$p" -p "The capital of France" -n 16 --temp 0 --no-stats --device cpu 2>/dev/null)
                   [ "$a" == "$b" ] && r=EQUAL || r=DIFFERENT; echo "$m session gpu->cpu: $r" >>"$S"; rm -f /tmp/kvrun-pc.kvs; }
         echo "all checks $m: $((SECONDS - t0)) s" >>"$S"
     done

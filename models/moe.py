@@ -142,12 +142,6 @@ def load_shared_expert(w: WeightLoader, i: int, n_embd: int, kind: str | None) -
     return SharedExpert(gate, up, down, gate_inp)
 
 
-def cpu_only(g: GGUFFile, backend: Backend, what: str = "a mixture of experts") -> None:
-    """``--device gpu`` refused in one line naming ``what`` of the model is host work (e.g. "GELU experts")."""
-    if backend.name != "cpu":
-        raise UnsupportedModelError(f"{g.path}: {g.architecture} ({what}) runs on the CPU only for now; use --device cpu")
-
-
 def check_expert_counts(g: GGUFFile, n_expert: int, n_expert_used: int) -> None:
     """llama.cpp's loader requires both counts of a mixture of experts."""
     if n_expert <= 0 or n_expert_used <= 0:

@@ -130,9 +130,10 @@ def vision_rope(ys: np.ndarray, xs: np.ndarray, head_dim: int) -> tuple[np.ndarr
     return np.cos(ang), np.sin(ang)
 
 
-def windows(npx: int, npy: int, patch: int) -> np.ndarray:
-    """Each patch's attention window (clip.cpp's, for Qwen2.5-VL), patches in :func:`block_order`."""
-    g = WINDOW // patch // MERGE  # (blocks a window side)
+def windows(npx: int, npy: int, patch: int, window: int = WINDOW) -> np.ndarray:
+    """Each patch's attention window (clip.cpp's, for Qwen2.5-VL; Youtu-VL's of the file's ``window`` pixels a side),
+    patches in :func:`block_order`."""
+    g = max(1, window // patch // MERGE)  # (blocks a window side)
     nbx = npx // MERGE
     ys, xs = block_order(npx, npy)
     by, bx = ys // MERGE, xs // MERGE

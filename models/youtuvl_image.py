@@ -34,7 +34,7 @@ from ..ops.backend import Backend
 from .bert import gelu, layer_norm
 from .common import TENSOR_NAMES, WeightLoader
 from .lfm2vl_image import normalise, resize_bilinear
-from .qwen2vl_image import QUERY_CHUNK, block_order, vision_rope
+from .qwen2vl_image import QUERY_CHUNK, block_order, vision_rope, windows  # (Qwen2.5-VL's windows, of the file's size)
 from .siglip import MmprojEncoder, activation, vit_layer
 
 F32 = np.float32
@@ -86,16 +86,6 @@ def n_rows(width: int, height: int, cfg: MmprojConfig) -> int:
     w, h = target_size(width, height, cfg)
     f = cfg.patch_size * MERGE
     return (w // f) * (h // f)
-
-
-def windows(npx: int, npy: int, patch: int, window: int) -> np.ndarray:
-    """Each patch's attention window (clip.cpp's Qwen2.5-VL windows, of ``window`` pixels a side), patches in
-    :func:`~kvrun.models.qwen2vl_image.block_order`."""
-    g = max(1, window // patch // MERGE)  # (blocks a window side)
-    nbx = npx // MERGE
-    ys, xs = block_order(npx, npy)
-    by, bx = ys // MERGE, xs // MERGE
-    return (by // g) * (-(-nbx // g)) + bx // g
 
 
 # ---------------------------------------------------------------- the encoder

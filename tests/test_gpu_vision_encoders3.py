@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
-from gpu_checks import rel_err
+from gpu_checks import rel_err, strict_stand_in
 
 from kvrun.ops import get_backend, gpu_available
 from kvrun.ops.gpu import emulate
@@ -96,22 +96,13 @@ def test_llama4s_rope_has_teeth_its_halves_turned_by_row_then_column_are_far_off
 def test_an_encoder_on_the_gpu_brings_its_rows_down_once(tmp_path, emulated, name):
     """On the strict CuPy stand-in (tests/devicexp.py: host arrays refused in device arithmetic, every copy down
     logged), a picture's forward makes one copy down, its rows: the rope tables go up, no activation visits the host."""
-    if gpu_available():
-        pytest.skip("the strict stand-in is for machines without a GPU")
-    from devicexp import COPIES, StrictRuntime
-
-    from kvrun.ops.gpu import kernels as K
-
     path = _mmproj(name, Q.F32, tmp_path)
-    prev = K.set_runtime(StrictRuntime())
-    try:
+    with strict_stand_in() as copies:
         cpu, gpu = _encoders(path)
         px = _pixels(name)
-        COPIES.clear()
+        copies.clear()
         rows = gpu.encode(px)
-        assert COPIES == [("asnumpy", rows.shape)]
-    finally:
-        K.set_runtime(prev)
+        assert copies == [("asnumpy", rows.shape)]
     assert rel_err(cpu.encode(px), rows) < BOUND
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 
 from .base import LayerCache, LayerSpec
@@ -156,16 +157,18 @@ def _fit_group(kv: KVConfig, spec: LayerSpec) -> KVConfig:
 
 def bits_per_value(layers: list[LayerCache], n_tokens: int) -> float:
     """Bits of storage and metadata per cached K/V value after ``n_tokens`` tokens, all layers."""
+    gpu_plain = sys.modules.get(f"{__package__}.gpu_plain")  # (imported where a GPU cache was made: not on the CPU)
+    plain = (PlainLayerCache,) if gpu_plain is None else (PlainLayerCache, gpu_plain.GPUPlainLayerCache)
     tot_b, tot_v = 0, 0
     for layer in layers:
         layer = layer.kv if isinstance(layer, ParallelSSMLayerCache) else layer  # (Falcon-H1's: the K/V beside the state)
         if isinstance(layer, CompressedLayerCache):
             b, v = layer.footprint(n_tokens)
-        elif isinstance(layer, PlainLayerCache):
+        elif isinstance(layer, plain):
             s = layer.spec
             n = min(n_tokens, layer.capacity)
             v = n * s.n_head_kv * (s.head_dim + s.head_dim_v)
-            b = 2 * v + 4 * n
+            b = layer.nbytes() * n // layer.capacity  # (fp16 K and V and a position a slot; MLA's V, a view of K, none)
         else:
             continue
         tot_b += b

@@ -161,10 +161,11 @@ def test_kv_eval_on_gpu_matches_cpu(gpu_env, tmp_path):
 
     path = write_tiny_model(tmp_path / "f32.gguf", "llama", qtype=Q.F32)
     tokens = np.random.default_rng(1).integers(0, 200, 64)
-    configs = [KVConfig.parse("2,residual=8,group=16"), KVConfig.parse("4,policy=h2o,budget=40,residual=8,group=16")]
+    configs = [KVConfig.parse(s) for s in ("16", "2,residual=8,group=16", "4,policy=h2o,budget=40,residual=8,group=16")]
     res = {dev: kv_eval(Engine(path, device=dev, n_ctx=48, n_batch=1), tokens, configs, 48) for dev in ("cpu", "gpu")}
     for a, b in zip(res["cpu"], res["gpu"]):
         assert a["config"] == b["config"] and a["kv_bytes"] == b["kv_bytes"]
+        assert a["bits_per_value"] == b["bits_per_value"] > 2.0  # (the GPU's fp16 rows too: 16 + a position's 32 bits a slot)
         assert abs(a["ppl"] / b["ppl"] - 1) < 5e-3 and b["top1"] > 0.9
 
 

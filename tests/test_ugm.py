@@ -125,3 +125,14 @@ def test_kvrun_info_names_the_tokenizer(tmp_path):
 
     r = CliRunner().invoke(main, ["info", str(write_tiny_ugm(tmp_path / "m.gguf"))])
     assert r.exit_code == 0 and "SentencePiece Unigram (ugm)" in r.output, r.output
+
+
+def test_the_committed_nmt_nfkc_table_is_sentencepieces():
+    """The tiny files carry a committed copy of sentencepiece's compiled nmt_nfkc table (another sentencepiece compiles
+    other bytes, and the fixtures hold hashes of the files): the copy is what sentencepiece 0.2.3 compiles."""
+    import sentencepiece
+    from tiny_ugm import nmt_nfkc_charsmap, sentencepiece_nmt_nfkc
+
+    if sentencepiece.__version__ != "0.2.3":
+        pytest.skip(f"the table was taken from sentencepiece 0.2.3, this is {sentencepiece.__version__}")
+    assert nmt_nfkc_charsmap() == sentencepiece_nmt_nfkc()

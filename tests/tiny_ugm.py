@@ -76,9 +76,21 @@ def _proto_fields(b: bytes):
             i += n
 
 
+CHARSMAP = Path(__file__).parent / "fixtures" / "nmt_nfkc_charsmap.bin.z"  # (sentencepiece 0.2.3's, zlib)
+
+
 @functools.cache
 def nmt_nfkc_charsmap() -> bytes:
-    """sentencepiece's compiled ``nmt_nfkc`` normaliser (ModelProto 3 normalizer_spec, 2 precompiled_charsmap)."""
+    """sentencepiece's compiled ``nmt_nfkc`` normaliser, as sentencepiece 0.2.3 compiles it (committed: another
+    sentencepiece compiles other bytes, so the tiny files and the fixtures' hashes of them would differ; the GPU
+    machine's image has another).  :func:`sentencepiece_nmt_nfkc` made it."""
+    import zlib
+
+    return zlib.decompress(CHARSMAP.read_bytes())
+
+
+def sentencepiece_nmt_nfkc() -> bytes:
+    """The installed sentencepiece's ``nmt_nfkc`` table (ModelProto 3 normalizer_spec, 2 precompiled_charsmap)."""
     import sentencepiece as spm
 
     f = io.BytesIO()

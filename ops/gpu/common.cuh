@@ -53,6 +53,16 @@ __device__ __forceinline__ u16 ld16(const u8* p) {
     return *(const u16*)p;
 }
 __device__ __forceinline__ u32 ld32(const u8* p) { return (u32)ld16(p) | ((u32)ld16(p + 2) << 16); }
+// A float16's bits stored whole.  Not as two bytes: on an H100 ptxas turned
+// `cvt.rn.f16.f32 h` then `st.u8 (h & 0xFF)` into a float -> u8 conversion of the
+// input (the low bytes came out as the float's integer part), so a half is
+// stored through a 16-bit store, as the fp16 rings' stores are.
+__device__ __forceinline__ void st16(u8* p, u16 v) {
+#ifndef __CUDA_ARCH__
+    emu_check_aligned(p, 2);
+#endif
+    *(u16*)p = v;
+}
 __device__ __forceinline__ float ldh(const u8* p) { return h2f(ld16(p)); }
 
 // The gated FFN activations (nn.cu's *_mul kernels and the fused down

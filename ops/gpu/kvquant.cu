@@ -78,11 +78,7 @@ __device__ void kq_quantize_row(float x, bool on, int Dx, int bits, int G, const
                                 int* cs, float* scr) {
     const int d = threadIdx.x;
     if (bits == 16) {  // an fp16 pool (an eviction policy alone): the value's float16 bytes, little-endian, no meta
-        if (on) {
-            const u16 h = f2h(x);
-            codes[2 * d] = (u8)(h & 0xFF);
-            codes[2 * d + 1] = (u8)(h >> 8);
-        }
+        if (on) st16(codes + 2 * d, f2h(x));  // (rows of 2 Dx bytes: every slot 2-aligned)
         return;
     }
     const int L = (1 << bits) - 1;

@@ -46,8 +46,9 @@ from ..loaders.quants import dequantize
 from ..ops.backend import Backend
 from .common import WeightLoader
 from .lfm2vl_image import normalise, target_size
-from .qwen2vl_image import activation, resize
-from .siglip import F16, _f16, patch_kernel
+from .qwen2vl_image import resize
+from .siglip import patch_kernel
+from .vit_ops import HostViT, ops_of
 
 F32 = np.float32
 ROPE_BASE = 100.0  # clip.cpp's hparams.rope_theta for gemma4v
@@ -81,19 +82,47 @@ def rms_norm(x: np.ndarray, w: np.ndarray | None, eps: float) -> np.ndarray:
     return y * w if w is not None else y
 
 
+def rope_tables(px: np.ndarray, py: np.ndarray, D: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin [T, 1, 2, D/4] of clip_graph_gemma4v's ``add_pos`` for heads D wide: the first half of a head turned by
+    the patch's column ``px``, the second by its row ``py`` (ggml_rope_ext, neox, n_dims D/2, base 100)."""
+    half, quarter = D // 2, D // 4
+    inv = np.power(F32(ROPE_BASE), -np.arange(quarter, dtype=F32) * F32(2.0 / half), dtype=F32)
+    ang = np.stack([(p.astype(F32)[:, None] * inv[None, :]).astype(F32) for p in (px, py)], axis=1)
+    return np.cos(ang)[:, None], np.sin(ang)[:, None]
+
+
+def rope_turn(xp: Any, x: Any, cos: Any, sin: Any) -> Any:
+    """``x`` [T, H, D] (either device's) turned by :func:`rope_tables`' ``cos``/``sin``: each half's pairs (i, i + D/4)."""
+    T, H, D = x.shape
+    t = x.reshape(T, H, 2, 2, D // 4)
+    a, b = t[:, :, :, 0], t[:, :, :, 1]
+    return xp.stack([a * cos - b * sin, a * sin + b * cos], axis=3).reshape(T, H, D)
+
+
 def rope_halves(x: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
     """clip_graph_gemma4v's ``add_pos`` on ``x`` [T, H, D]: each head's first D/2 channels neox-roped by the patch's
     column ``px``, the last D/2 by its row ``py`` (ggml_rope_ext, n_dims D/2, base 100)."""
-    T, H, D = x.shape
-    half, quarter = D // 2, D // 4
-    inv = np.power(F32(ROPE_BASE), -np.arange(quarter, dtype=F32) * F32(2.0 / half), dtype=F32)
-    out = np.empty_like(x)
-    for sl, p in ((slice(0, half), px), (slice(half, D), py)):
-        ang = (p.astype(F32)[:, None] * inv[None, :]).astype(F32)
-        cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
-        a, b = x[:, :, sl][..., :quarter], x[:, :, sl][..., quarter:]
-        out[:, :, sl] = np.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
-    return out
+    return rope_turn(np, x, *rope_tables(px, py, x.shape[-1]))
+
+
+class _HostOps(HostViT):
+    """models/vit_ops.py's host ops with Gemma 4's own CPU arithmetic: its :func:`rms_norm` (the weight optional) and
+    its unscaled attention, normalised after the product with the values, a slice of queries at a time."""
+
+    @staticmethod
+    def rms_norm(x: np.ndarray, w: np.ndarray | None, eps: float, b: np.ndarray | None = None) -> np.ndarray:
+        return rms_norm(x, w, eps)
+
+    def attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: Any) -> np.ndarray:
+        T, H, D = q.shape  # (scale 1: kq_scale 1, Q and K are normed)
+        a = np.empty((T, H, D), F32)
+        for hd in range(H):
+            kt, vh = k[:, hd].T, v[:, hd]
+            for s in range(0, T, QUERY_CHUNK):
+                sc = q[s : s + QUERY_CHUNK, hd] @ kt
+                sc = np.exp(sc - sc.max(axis=-1, keepdims=True))
+                a[s : s + QUERY_CHUNK, hd] = (sc @ vh) / sc.sum(axis=-1, keepdims=True)
+        return a.reshape(T, H * D)
 
 
 class Gemma4VEncoder:
@@ -157,80 +186,81 @@ class Gemma4VEncoder:
         g, cfg = open_mmproj(path)
         return cls(g, cfg, backend)
 
-    def _linear(self, w: Any, x: np.ndarray) -> np.ndarray:
-        """clip_graph_gemma4v's ``build_mm``: ``x @ w.T``, its input and output clamped where the file says."""
-        c = self.clamps.get(id(w))
-        if c is not None:
-            x = np.clip(x, F32(c[0]), F32(c[1]))
-        if w.qtype == F16:  # ggml multiplies an F16 weight by an F16 copy of the activations
-            x = _f16(x)
-        out = np.empty((x.shape[0], w.n_rows), F32)
-        self.be.linear(w, np.ascontiguousarray(x, F32), out)
-        return np.clip(out, F32(c[2]), F32(c[3])) if c is not None else out
-
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Normalised ``pixels`` [3, H, W] (:func:`preprocess`) -> the picture's rows [n_rows, n_text_embd]."""
-        c = self.cfg
-        p, k, E, H = c.patch_size, c.n_merge, c.n_embd, c.n_head
+        p, k = self.cfg.patch_size, self.cfg.n_merge
         _, h, w = pixels.shape
         if h % (p * k) or w % (p * k):
             raise KvrunError(f"the vision encoder takes pixels in whole {p * k}-pixel blocks, got {w} x {h}")
         nx, ny = w // p, h // p
         if max(nx, ny) > self.pos.shape[1]:
             raise KvrunError(f"{self.path}: a picture {nx} x {ny} patches outgrows the {self.pos.shape[1]} learned positions")
-        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
-            from .vit_device import gemma4v_rows
+        return _forward(ops_of(self, host=_HostOps), self, pixels)
 
-            return gemma4v_rows(self, pixels)
-        x = (pixels * F32(2.0) - F32(1.0)).astype(F32)
-        patches = x.reshape(3, ny, p, nx, p).transpose(1, 3, 0, 2, 4).reshape(nx * ny, 3 * p * p)
-        x = _f16(np.ascontiguousarray(patches)) @ self.patch_w.T
-        idx = np.arange(nx * ny)
-        px, py = idx % nx, idx // nx
-        x = (x + self.pos[0][px] + self.pos[1][py]).astype(F32)
-        T, D = x.shape[0], E // H
-        for L in self.layers:
-            hN = rms_norm(x, L["ln1"], c.eps)
-            q = self._linear(L["q"], hN).reshape(T, H, D)
-            kk = self._linear(L["k"], hN).reshape(T, H, D)
-            v = self._linear(L["v"], hN).reshape(T, H, D)
-            if L["q_norm"] is not None:  # (per head where the weight is a head wide, else over the whole row)
-                q = rms_norm(q, L["q_norm"], c.eps) if L["q_norm"].size == D else rms_norm(q.reshape(T, E), L["q_norm"], c.eps).reshape(T, H, D)
-            if L["k_norm"] is not None:
-                kk = rms_norm(kk, L["k_norm"], c.eps) if L["k_norm"].size == D else rms_norm(kk.reshape(T, E), L["k_norm"], c.eps).reshape(T, H, D)
-            q, kk = rope_halves(q, px, py), rope_halves(kk, px, py)
-            v = rms_norm(v, None, c.eps)
-            a = np.empty((T, H, D), F32)
-            for hd in range(H):  # unscaled scores (kq_scale 1: Q and K are normed), a slice of queries at a time
-                kt, vh = kk[:, hd].T, v[:, hd]
-                for s in range(0, T, QUERY_CHUNK):
-                    sc = q[s : s + QUERY_CHUNK, hd] @ kt
-                    sc = np.exp(sc - sc.max(axis=-1, keepdims=True))
-                    a[s : s + QUERY_CHUNK, hd] = (sc @ vh) / sc.sum(axis=-1, keepdims=True)
-            o = self._linear(L["o"], a.reshape(T, E))
-            if L["attn_post"] is not None:
-                o = rms_norm(o, L["attn_post"], c.eps)
-            x = x + o
-            hN = rms_norm(x, L["ln2"], c.eps)
-            up = self._linear(L["up"], hN)
-            f = activation(self._linear(L["gate"], hN), c.ffn_op) * up if L["gate"] is not None else activation(up, c.ffn_op)
-            f = self._linear(L["down"], f)
-            if L["ffn_post"] is not None:
-                f = rms_norm(f, L["ffn_post"], c.eps)
-            x = x + f
-            if L["out_scale"] is not None:
-                x = x * L["out_scale"]
-        if self.post_ln is not None:
-            x = rms_norm(x, self.post_ln, c.eps)
-        return self.project(x, nx, ny)
 
-    def project(self, x: np.ndarray, nx: int, ny: int) -> np.ndarray:
-        """The encoder's rows [nx * ny, E] pooled k x k (raster order), times sqrt(E), standardised, RMS-normed,
-        projected into the text width."""
-        c = self.cfg
-        k, E = c.n_merge, c.n_embd
-        x = x.reshape(ny // k, k, nx // k, k, E).mean(axis=(1, 3), dtype=np.float64).reshape(-1, E).astype(F32)
-        x = x * F32(math.sqrt(E))
-        if self.std_bias is not None and self.std_scale is not None:
-            x = (x - self.std_bias) * self.std_scale
-        return np.ascontiguousarray(self._linear(self.proj, rms_norm(x, None, c.eps)), F32)
+def _forward(ops: Any, enc: Gemma4VEncoder, pixels: np.ndarray) -> np.ndarray:
+    """:meth:`Gemma4VEncoder.encode` past its checks on either device's ``ops`` (models/vit_ops.py, :class:`_HostOps`
+    on the host; on the GPU the patches go up once and the rows come down once): the patches (2x - 1, F16) with the x
+    and y tables' rows, the blocks (RMSNorms; per-head RMSNorms of Q and K, the unweighted one of V; each half of a
+    head neox-roped, the first by the patch's column, the second by its row; unscaled attention; the post norms,
+    SwiGLU-style GELU, the output scale), the post norm, then :func:`_project`; every product clamped where the file
+    says (:func:`_mm`)."""
+    c, xp = enc.cfg, ops.xp
+    p, E, H = c.patch_size, c.n_embd, c.n_head
+    ny, nx = pixels.shape[1] // p, pixels.shape[2] // p
+    T, D = nx * ny, E // H
+    x = (pixels * F32(2.0) - F32(1.0)).astype(F32)
+    patches = np.ascontiguousarray(x.reshape(3, ny, p, nx, p).transpose(1, 3, 0, 2, 4).reshape(T, 3 * p * p))
+    x = ops.matmul(patches, enc.patch_w, f16=True)  # (ggml's conv_2d: F16 patches and kernel)
+    idx = np.arange(T)
+    px, py = idx % nx, idx // nx
+    x = x + ops.vector(enc.pos[0][px]) + ops.vector(enc.pos[1][py])
+    cos, sin = (ops.vector(t) for t in rope_tables(px, py, D))
+
+    def heads_norm(t: Any, w: np.ndarray) -> Any:  # (per head where the weight is a head wide, else over the row)
+        return ops.rms_norm(t.reshape(T * H, D) if w.size == D else t.reshape(T, E), w, c.eps).reshape(T, H, D)
+
+    for L in enc.layers:
+        h = ops.rms_norm(x, L["ln1"], c.eps)
+        q, k, v = (_mm(ops, enc, L[r], h).reshape(T, H, D) for r in ("q", "k", "v"))
+        if L["q_norm"] is not None:
+            q = heads_norm(q, L["q_norm"])
+        if L["k_norm"] is not None:
+            k = heads_norm(k, L["k_norm"])
+        q, k = rope_turn(xp, q, cos, sin), rope_turn(xp, k, cos, sin)
+        v = ops.rms_norm(v.reshape(T * H, D), None, c.eps).reshape(T, H, D)
+        o = _mm(ops, enc, L["o"], ops.attend(q, k, v, F32(1.0)))
+        if L["attn_post"] is not None:
+            o = ops.rms_norm(o, L["attn_post"], c.eps)
+        x = x + o
+        h = ops.rms_norm(x, L["ln2"], c.eps)
+        up = _mm(ops, enc, L["up"], h)
+        f = ops.act(_mm(ops, enc, L["gate"], h), c.ffn_op) * up if L["gate"] is not None else ops.act(up, c.ffn_op)
+        f = _mm(ops, enc, L["down"], f)
+        if L["ffn_post"] is not None:
+            f = ops.rms_norm(f, L["ffn_post"], c.eps)
+        x = x + f
+        if L["out_scale"] is not None:
+            x = x * ops.const(L["out_scale"])
+    if enc.post_ln is not None:
+        x = ops.rms_norm(x, enc.post_ln, c.eps)
+    return ops.to_host(_project(ops, enc, x, nx, ny))
+
+
+def _mm(ops: Any, enc: Gemma4VEncoder, w: Any, x: Any) -> Any:
+    """clip_graph_gemma4v's ``build_mm``: ``x @ w.T``, its input and output clamped where the file says."""
+    b = enc.clamps.get(id(w))
+    if b is not None:
+        x = ops.xp.clip(x, F32(b[0]), F32(b[1]))
+    y = ops.linear(w, x)
+    return y if b is None else ops.xp.clip(y, F32(b[2]), F32(b[3]))
+
+
+def _project(ops: Any, enc: Gemma4VEncoder, x: Any, nx: int, ny: int) -> Any:
+    """The encoder's rows [nx * ny, E] pooled k x k (raster order), times sqrt(E), standardised, RMS-normed, projected
+    into the text width."""
+    c = enc.cfg
+    x = ops.avg_pool(x, nx, ny, c.n_merge) * F32(math.sqrt(c.n_embd))
+    if enc.std_bias is not None and enc.std_scale is not None:
+        x = (x - ops.const(enc.std_bias)) * ops.const(enc.std_scale)
+    return ops.xp.ascontiguousarray(_mm(ops, enc, enc.proj, ops.rms_norm(x, None, c.eps)), F32)

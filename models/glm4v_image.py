@@ -35,9 +35,9 @@ from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
-from .bert import gelu, layer_norm
 from .common import WeightLoader
-from .qwen2vl_image import MERGE, QUERY_CHUNK, Qwen2VLEncoder, block_order, vision_rope
+from .qwen2vl_image import MERGE, QUERY_CHUNK, Qwen2VLEncoder, check_pixels, norm, patch_rows, vision_rope
+from .vit_ops import ops_of
 from .siglip import _f16
 
 MERGER_EPS = 1e-5  # clip.cpp's epsilon of the merger's LayerNorm (fixed, whatever the file's)
@@ -106,6 +106,7 @@ class Glm4VEncoder(Qwen2VLEncoder):
         T = cfg.n_text_embd
         self.down_conv = self._tensor(g, "mm.patch_merger.weight", T * E * MERGE * MERGE).reshape(T, E, MERGE, MERGE)
         self.down_conv_b = self._vector(g, "mm.patch_merger.bias")
+        self.down_k = self.down_conv.reshape(T, E * MERGE * MERGE)  # (the conv as a matrix over each block's patches)
         self.fc = self._named_matrix(ld, "mm.model.fc.weight")
         self.merger_norm, self.merger_norm_b = self._tensor(g, "mm.post_norm.weight", T), self._vector(g, "mm.post_norm.bias")
         self.gate, self.up, self.down = (self._named_matrix(ld, f"mm.{r}.weight") for r in ("gate", "up", "down"))
@@ -120,67 +121,46 @@ class Glm4VEncoder(Qwen2VLEncoder):
             raise KvrunError(f"{g.path}: {name} has shape {t.shape}, {t.n_elements} elements where {n} were expected")
         return dequantize(t.data, t.qtype, t.shape).reshape(-1).astype(np.float32)
 
-    def downsample(self, x: np.ndarray) -> np.ndarray:
-        """Patches [T, E] in block order -> one row a 2x2 block [T/4, n_text_embd]: the 2x2 conv of stride 2 (kernel
-        [out, E, dy, dx] over the block's patches in raster order), plus its bias where the file has one (measured:
-        llama.cpp adds it; without it the rows are 1.3 off)."""
-        E = self.cfg.n_embd
-        blocks = x.reshape(len(x) // 4, MERGE, MERGE, E).transpose(0, 3, 1, 2).reshape(len(x) // 4, E * MERGE * MERGE)
-        k = self.down_conv.reshape(len(self.down_conv), E * MERGE * MERGE)
-        out = (blocks.astype(np.float64) @ k.T.astype(np.float64)).astype(np.float32)
-        return out + self.down_conv_b if self.down_conv_b is not None else out
-
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Normalised ``pixels`` [3, H, W] (qwen2vl_image.preprocess; sides whole 2x2 blocks of patches) -> the rows
         [ny * nx, n_text_embd], blocks in raster order."""
-        c = self.cfg
-        p = c.patch_size
-        if pixels.ndim != 3 or pixels.shape[0] != 3 or pixels.shape[1] % (2 * p) or pixels.shape[2] % (2 * p):
-            raise KvrunError(f"the vision encoder takes pixels [3, H, W] with sides multiples of {2 * p}, got {list(pixels.shape)}")
-        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
-            from .vit_device import glm4v_rows
+        check_pixels(self.cfg, pixels)
+        return _forward(ops_of(self, QUERY_CHUNK), self, pixels)
 
-            return glm4v_rows(self, pixels)
-        npy, npx = pixels.shape[1] // p, pixels.shape[2] // p
-        ys, xs = block_order(npx, npy)
-        x = self.patch_embeddings(pixels)
-        if self.patch_b is not None:
-            x = x + self.patch_b
-        x = self._norm(x, self.embd_norm, self.embd_norm_b)
-        x = x + resize_positions(self.pos, self.pos_side, npx, npy)[ys * npx + xs]  # (the picture's grid, in block order)
-        T, H, E = x.shape[0], c.n_head, c.n_embd
-        D = E // H
-        cos, sin = vision_rope(ys, xs, D)
-        scale = np.float32(1.0 / math.sqrt(D))
 
-        def rope(t: np.ndarray) -> np.ndarray:  # [T, H, D], neox pairs (i, i + D/2)
-            a, b = t[..., : D // 2], t[..., D // 2 :]
-            cc, ss = cos[:, None, :], sin[:, None, :]
-            return np.concatenate([a * cc - b * ss, a * ss + b * cc], axis=-1)
-
-        for L in self.layers:
-            h = self._norm(x, L["ln1"], L["ln1_b"])
-            if "attn_qkv" in L:
-                qkv = self._linear(L["attn_qkv"], h, L["attn_qkv_b"])
-            else:
-                qkv = np.concatenate([self._linear(L[r], h, L[r + "_b"]) for r in ("attn_q", "attn_k", "attn_v")], axis=1)
-            q, k = rope(qkv[:, :E].reshape(T, H, D)), rope(qkv[:, E : 2 * E].reshape(T, H, D))
-            v = qkv[:, 2 * E :].reshape(T, H, D)
-            a = np.empty((T, H, D), np.float32)
-            for q0 in range(0, T, QUERY_CHUNK):  # (a big picture's scores a slice of queries at a time)
-                for hd in range(H):
-                    sc = (q[q0 : q0 + QUERY_CHUNK, hd] @ k[:, hd].T) * scale
-                    sc = np.exp(sc - sc.max(axis=-1, keepdims=True))
-                    sc /= sc.sum(axis=-1, keepdims=True)
-                    a[q0 : q0 + QUERY_CHUNK, hd] = sc @ v[:, hd]
-            x = x + self._linear(L["attn_out"], a.reshape(T, E), L["attn_out_b"])
-            h = self._norm(x, L["ln2"], L["ln2_b"])
-            g = self._linear(L["ffn_gate"], h, L["ffn_gate_b"])
-            act = g / (np.float32(1.0) + np.exp(-g)) * self._linear(L["ffn_up"], h, L["ffn_up_b"])
-            x = x + self._linear(L["ffn_down"], act.astype(np.float32), L["ffn_down_b"])
-        x = self._norm(x, self.post_ln, self.post_ln_b)
-        y = self._linear(self.fc, self.downsample(x), None)
-        y = gelu(layer_norm(y, self.merger_norm, self.merger_norm_b, MERGER_EPS))
-        g = self._linear(self.gate, y, None)
-        act = g / (np.float32(1.0) + np.exp(-g)) * self._linear(self.up, y, None)
-        return np.ascontiguousarray(self._linear(self.down, act.astype(np.float32), None), np.float32)
+def _forward(ops: Any, enc: Glm4VEncoder, pixels: np.ndarray) -> np.ndarray:
+    """:meth:`Glm4VEncoder.encode` past its checks on either device's ``ops`` (models/vit_ops.py; on the GPU the pixels
+    go up once and the rows come down once): Qwen2-VL's patches, the patch bias, ``v.norm_embd``, the resized
+    positions (in block order), the RMSNorm blocks with the 2-D rope and SiLU(gate) * up, the post RMSNorm, the 2x2
+    downsampling conv (kernel [out, E, dy, dx] over each block's patches channel-major, plus its bias: measured,
+    llama.cpp adds it, without it the rows are 1.3 off), ``mm.model.fc``, LayerNorm, GELU and the SwiGLU merger."""
+    c, xp = enc.cfg, ops.xp
+    p = c.patch_size
+    npy, npx = pixels.shape[1] // p, pixels.shape[2] // p
+    x, ys, xs = patch_rows(ops, enc, pixels)
+    if enc.patch_b is not None:
+        x = x + ops.const(enc.patch_b)
+    x = norm(ops, enc, x, enc.embd_norm, enc.embd_norm_b)
+    x = x + ops.vector(resize_positions(enc.pos, enc.pos_side, npx, npy)[ys * npx + xs])  # (the picture's grid, in block order)
+    T, H, E = x.shape[0], c.n_head, c.n_embd
+    D = E // H
+    cos, sin = (ops.vector(t) for t in vision_rope(ys, xs, D))
+    scale = np.float32(1.0 / math.sqrt(D))
+    for L in enc.layers:
+        h = norm(ops, enc, x, L["ln1"], L["ln1_b"])
+        if "attn_qkv" in L:
+            qkv = ops.linear(L["attn_qkv"], h, L["attn_qkv_b"])
+        else:
+            qkv = xp.concatenate([ops.linear(L[r], h, L[r + "_b"]) for r in ("attn_q", "attn_k", "attn_v")], axis=1)
+        q, k = ops.rope_neox(qkv[:, :E].reshape(T, H, D), qkv[:, E : 2 * E].reshape(T, H, D), cos, sin)
+        a = ops.attend(q, k, qkv[:, 2 * E :].reshape(T, H, D), scale)
+        x = x + ops.linear(L["attn_out"], a, L["attn_out_b"])
+        h = norm(ops, enc, x, L["ln2"], L["ln2_b"])
+        act = ops.act(ops.linear(L["ffn_gate"], h, L["ffn_gate_b"]), "silu") * ops.linear(L["ffn_up"], h, L["ffn_up_b"])
+        x = x + ops.linear(L["ffn_down"], act, L["ffn_down_b"])
+    x = norm(ops, enc, x, enc.post_ln, enc.post_ln_b)
+    blocks = xp.ascontiguousarray(xp.transpose(x.reshape(T // 4, MERGE, MERGE, E), (0, 3, 1, 2)).reshape(T // 4, E * MERGE * MERGE))
+    y = ops.linear(enc.fc, ops.product64(blocks, enc.down_k, enc.down_conv_b))
+    y = ops.act(ops.layer_norm(y, enc.merger_norm, enc.merger_norm_b, MERGER_EPS), "gelu")
+    act = ops.act(ops.linear(enc.gate, y), "silu") * ops.linear(enc.up, y)
+    return ops.to_host(xp.ascontiguousarray(ops.linear(enc.down, act), np.float32))

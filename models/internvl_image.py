@@ -38,12 +38,11 @@ from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
-from .bert import gelu, layer_norm
 from .common import TENSOR_NAMES, WeightLoader
-from .lfm2vl_image import unshuffle
 from . import pillow_resize
 from .pillow_resize import BICUBIC, resize_axes
 from .siglip import SiglipEncoder, patch_kernel
+from .vit_ops import merge_permute, ops_of
 
 F32 = np.float32
 PROJ_EPS = 1e-5  # the projector's LayerNorm (PyTorch's default; clip.cpp says so)
@@ -144,11 +143,6 @@ def normalise(img: np.ndarray, cfg: MmprojConfig) -> np.ndarray:
 # ---------------------------------------------------------------- the encoder
 
 
-def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    x64 = x.astype(np.float64)
-    return (x64 / np.sqrt((x64 * x64).mean(axis=-1, keepdims=True) + eps)).astype(F32) * w
-
-
 class InternVLEncoder(SiglipEncoder):
     """InternVL's InternViT and projector from an mmproj file: :meth:`encode` a tile's pixels into embedding rows."""
 
@@ -188,47 +182,45 @@ class InternVLEncoder(SiglipEncoder):
         self.mlp1, self.mlp1_b = ld.matrix("ivl_mlp1"), ld.host_vector("ivl_mlp1_b", required=False)
         self.mlp3, self.mlp3_b = ld.matrix("ivl_mlp3"), ld.host_vector("ivl_mlp3_b", required=False)
 
-    def _norm(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-        y = rms_norm(x, w, self.cfg.eps) if self.rms else layer_norm(x, w, None, self.cfg.eps)
-        return y + b if b is not None else y
-
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Normalised ``pixels`` [3, S, S] (one tile) -> its rows [(S/(p n_merge))^2, n_text_embd]."""
-        c = self.cfg
-        S, n = c.image_size, c.n_patches_side
+        S = self.cfg.image_size
         if pixels.shape != (3, S, S):
             raise KvrunError(f"the InternVL encoder takes pixels [3, {S}, {S}], got {list(pixels.shape)}")
-        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
-            from .vit_device import internvl_rows
+        return _forward(ops_of(self), self, pixels)
 
-            return internvl_rows(self, pixels)
-        x = self.embed_patches(pixels)
-        x = np.concatenate([x, self.cls[None]]) + self.pos_embd  # (clip.cpp concatenates the CLS token last)
-        T, H = x.shape[0], c.n_head
-        D = c.n_embd // H
-        scale = F32(1.0 / math.sqrt(D))
-        for L in self.layers:
-            h = self._norm(x, L["ln1"], L["ln1_b"])
-            q = self._linear(L["q"], h, L["q_b"])
-            k = self._linear(L["k"], h, L["k_b"])
-            if L["q_norm"] is not None:  # (the 6B ViT's QK norms, over the whole width, as clip.cpp's build_vit)
-                q, k = self._norm(q, L["q_norm"], None), self._norm(k, L["k_norm"], None)
-            q, k = q.reshape(T, H, D), k.reshape(T, H, D)
-            v = self._linear(L["v"], h, L["v_b"]).reshape(T, H, D)
-            a = np.empty((T, H, D), F32)
-            for hd in range(H):
-                s = (q[:, hd] @ k[:, hd].T) * scale
-                s = np.exp(s - s.max(axis=-1, keepdims=True))
-                s /= s.sum(axis=-1, keepdims=True)
-                a[:, hd] = s @ v[:, hd]
-            o = self._linear(L["o"], a.reshape(T, H * D), L["o_b"])
-            x = x + (o * L["ls1"] if L["ls1"] is not None else o)
-            h = self._norm(x, L["ln2"], L["ln2_b"])
-            f = self._linear(L["down"], gelu(self._linear(L["up"], h, L["up_b"])), L["down_b"])
-            x = x + (f * L["ls2"] if L["ls2"] is not None else f)
-        if self.post_ln is not None:
-            x = self._norm(x, self.post_ln, self.post_ln_b)
-        x = unshuffle(x[: n * n], n, n, c.n_merge)  # (the CLS token dropped)
-        x = layer_norm(x, self.mlp0, self.mlp0_b, PROJ_EPS)
-        h = gelu(self._linear(self.mlp1, x, self.mlp1_b))
-        return np.ascontiguousarray(self._linear(self.mlp3, h, self.mlp3_b), F32)
+
+def _forward(ops: Any, enc: InternVLEncoder, pixels: np.ndarray) -> np.ndarray:
+    """:meth:`InternVLEncoder.encode` past its checks on either device's ``ops`` (models/vit_ops.py; on the GPU the
+    pixels go up once and the rows come down once): the patches, the CLS row last and the position embeddings, the
+    InternViT blocks (LayerNorm, or the 6B ViT's RMSNorm and QK norms over the whole width; the layer scales), the
+    post norm, the CLS row dropped, the 2x2 merge, the projector's LayerNorm and GELU MLP."""
+    c, xp = enc.cfg, ops.xp
+    n = c.n_patches_side
+
+    def norm(x: Any, w: np.ndarray, b: np.ndarray | None) -> Any:
+        return ops.rms_norm(x, w, c.eps, b) if enc.rms else ops.layer_norm(x, w, b, c.eps)
+
+    def scaled(y: Any, s: np.ndarray | None) -> Any:
+        return y if s is None else y * ops.const(s)
+
+    x = xp.concatenate([ops.embed_patches(pixels), ops.const(enc.cls).reshape(1, -1)])  # (clip.cpp's CLS row last)
+    x = x + ops.const(enc.pos_embd)
+    T, H = x.shape[0], c.n_head
+    D = c.n_embd // H
+    scale = F32(1.0 / math.sqrt(D))
+    for L in enc.layers:
+        h = norm(x, L["ln1"], L["ln1_b"])
+        q, k = ops.linear(L["q"], h, L["q_b"]), ops.linear(L["k"], h, L["k_b"])
+        if L["q_norm"] is not None:  # (the 6B ViT's QK norms, over the whole width, as clip.cpp's build_vit)
+            q, k = norm(q, L["q_norm"], None), norm(k, L["k_norm"], None)
+        v = ops.linear(L["v"], h, L["v_b"])
+        a = ops.attend(q.reshape(T, H, D), k.reshape(T, H, D), v.reshape(T, H, D), scale)
+        x = x + scaled(ops.linear(L["o"], a, L["o_b"]), L["ls1"])
+        h = norm(x, L["ln2"], L["ln2_b"])
+        x = x + scaled(ops.linear(L["down"], ops.act(ops.linear(L["up"], h, L["up_b"]), "gelu"), L["down_b"]), L["ls2"])
+    if enc.post_ln is not None:
+        x = norm(x, enc.post_ln, enc.post_ln_b)
+    x = ops.layer_norm(merge_permute(x[: n * n], n, n, c.n_merge), enc.mlp0, enc.mlp0_b, PROJ_EPS)  # (the CLS row dropped)
+    h = ops.act(ops.linear(enc.mlp1, x, enc.mlp1_b), "gelu")
+    return ops.to_host(xp.ascontiguousarray(ops.linear(enc.mlp3, h, enc.mlp3_b), F32))

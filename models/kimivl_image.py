@@ -23,19 +23,21 @@ ggml's CPU numerics are followed where they show, as models/siglip.py does.  run
 from __future__ import annotations
 
 import os
+from typing import Any
+
 import numpy as np
 
 from ..loaders.errors import KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig, open_mmproj
 from ..ops.backend import Backend
-from .bert import gelu, layer_norm
 from .common import TENSOR_NAMES, WeightLoader
 from . import pixtral_image
-from .lfm2vl_image import resize_positions, unshuffle
+from .lfm2vl_image import resize_positions
 from .llama4_image import ln_rope_blocks, rope_2d
 from .pixtral_image import target_size
-from .siglip import SiglipEncoder, _f16
+from .siglip import SiglipEncoder
+from .vit_ops import merge_permute, ops_of
 
 F32 = np.float32
 PROJ_EPS = 1e-5  # the projector's LayerNorm (clip.cpp: nn.LayerNorm's default)
@@ -83,22 +85,25 @@ class KimiVLEncoder(SiglipEncoder):
         p, m = c.patch_size, c.n_merge
         if pixels.ndim != 3 or pixels.shape[0] != 3 or pixels.shape[1] % (p * m) or pixels.shape[2] % (p * m):
             raise KvrunError(f"the Kimi-VL encoder takes pixels [3, H, W] with sides multiples of {p * m}, got {list(pixels.shape)}")
-        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
-            from .vit_device import kimivl_rows
+        return _forward(ops_of(self), self, pixels)
 
-            return kimivl_rows(self, pixels)
-        ny, nx = pixels.shape[1] // p, pixels.shape[2] // p
-        T, H = nx * ny, c.n_head
-        D = c.n_embd // H
-        x = pixels.reshape(3, ny, p, nx, p).transpose(1, 3, 0, 2, 4).reshape(T, 3 * p * p)
-        x = _f16(np.ascontiguousarray(x, F32)) @ self.patch_w.T  # (ggml's conv_2d: F16 patches and kernel)
-        if self.patch_b is not None:
-            x += self.patch_b
-        x = x + resize_positions(self.pos_embd, c.n_patches_side, nx, ny)
-        idx = np.arange(T)
-        cos, sin = rope_2d(idx // nx, idx % nx, D)
-        x = ln_rope_blocks(self, x, cos, sin)
-        x = unshuffle(x, nx, ny, m)  # [blocks, m*m*E]
-        x = layer_norm(x.reshape(-1, c.n_embd), self.in_norm, self.in_norm_b, PROJ_EPS).reshape(x.shape[0], -1)
-        x = self._linear(self.mm2, gelu(self._linear(self.mm1, x, self.mm1_b)), self.mm2_b)
-        return np.ascontiguousarray(x, F32)
+
+def _forward(ops: Any, enc: KimiVLEncoder, pixels: np.ndarray) -> np.ndarray:
+    """:meth:`KimiVLEncoder.encode` past its checks on either device's ``ops`` (models/vit_ops.py; on the GPU the
+    pixels go up once and the rows come down once): the patches (F16) and their bias, the position grid resized to
+    the picture, the blocks of :func:`~kvrun.models.llama4_image.ln_rope_blocks` (the rope by column and row from 0),
+    the post LayerNorm, the 2x2 merge, each patch's part LayerNormed on its own (``mm.input_norm``), ``mm.1``, GELU,
+    ``mm.2``."""
+    c, xp = enc.cfg, ops.xp
+    p, m = c.patch_size, c.n_merge
+    ny, nx = pixels.shape[1] // p, pixels.shape[2] // p
+    T, H = nx * ny, c.n_head
+    D = c.n_embd // H
+    x = ops.embed_patches(pixels)  # (ggml's conv_2d: F16 patches and kernel)
+    x = x + ops.vector(resize_positions(enc.pos_embd, c.n_patches_side, nx, ny))
+    idx = np.arange(T)
+    cos, sin = rope_2d(idx // nx, idx % nx, D)
+    x = merge_permute(ln_rope_blocks(enc, x, cos, sin, ops=ops), nx, ny, m)  # [blocks, m*m*E]
+    x = ops.layer_norm(x.reshape(-1, c.n_embd), enc.in_norm, enc.in_norm_b, PROJ_EPS).reshape(x.shape[0], -1)
+    x = ops.linear(enc.mm2, ops.act(ops.linear(enc.mm1, x, enc.mm1_b), "gelu"), enc.mm2_b)
+    return ops.to_host(xp.ascontiguousarray(x, F32))

@@ -38,12 +38,11 @@ from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
-from .bert import gelu, layer_norm
 from .common import TENSOR_NAMES, WeightLoader
 from . import internvl_image
 from .internvl_image import normalise, resize, resize_padded
-from .qwen2vl_image import activation
-from .siglip import F16, MmprojEncoder, _f16, attend_heads, rope_halves, vit_layer
+from .siglip import F16, MmprojEncoder, vit_layer
+from .vit_ops import ops_of
 
 F32 = np.float32
 ROPE_BASE = 10000.0  # clip.cpp's rope_theta for llama4
@@ -109,36 +108,43 @@ def rope_2d(ys: np.ndarray, xs: np.ndarray, head_dim: int) -> tuple[np.ndarray, 
     return np.cos(ang).astype(F32), np.sin(ang).astype(F32)
 
 
-def pixel_shuffle(x: np.ndarray, n: int, s: int) -> np.ndarray:
-    """clip.cpp's llama4 pixel shuffle of the patches ``x`` [n*n, E] (raster order, n a side) by ``s``: ggml's
-    reshape [E s, n/s, n], permute (0, 2, 1, 3), reshape [E s s, n/s, n/s], written as numpy's reversed shapes."""
+def pixel_shuffle(x: Any, n: int, s: int) -> Any:
+    """clip.cpp's llama4 pixel shuffle of the patches ``x`` [n*n, E] (raster order, n a side; either device's rows) by
+    ``s``: ggml's reshape [E s, n/s, n], permute (0, 2, 1, 3), reshape [E s s, n/s, n/s], written as numpy's reversed
+    shapes."""
     E = x.shape[1]
     y = x.reshape(n, n // s, E * s).transpose(1, 0, 2)  # [n/s (x'), n (y), E s]
-    return np.ascontiguousarray(y.reshape((n // s) * (n // s), E * s * s), F32)
+    return y.reshape((n // s) * (n // s), E * s * s)
 
 
-def ln_rope_blocks(enc: Any, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, chunk: int | None = None) -> np.ndarray:
-    """The ViT ``enc``'s blocks over ``x`` [T, n_embd] with the 2-D rope's ``cos``/``sin`` (:func:`rope_2d`), then its
-    post-norm where it has one: LayerNorms, biased projections, both-ways attention (``chunk`` query rows at a time),
-    the file's MLP activation, each branch times its LayerScale where the layer has ``ls1``/``ls2`` (Kimi-VL's MoonViT
-    and Step3-VL's PE-lang ViT alike)."""
+def ln_rope_blocks(enc: Any, x: Any, cos: np.ndarray, sin: np.ndarray, chunk: int | None = None, neox: bool = False,
+                   ops: Any = None) -> Any:  # fmt: skip
+    """The ViT ``enc``'s blocks over ``x`` [T, n_embd] with the 2-D rope's host tables ``cos``/``sin`` [T, D/2]
+    (:func:`rope_2d`'s: each half of a head over adjacent pairs; ``neox``, Qwen2-VL's vision rope's: pairs (i, i +
+    D/2)), then its post-norm where it has one: LayerNorms, biased projections, both-ways attention (``chunk`` query
+    rows at a time), the file's MLP activation, each branch times its LayerScale where the layer has ``ls1``/``ls2``
+    (Kimi-VL's MoonViT, PaddleOCR-VL's NaViT and Step3-VL's PE-lang ViT alike), on ``ops`` (models/vit_ops.py; by
+    default the encoder's own)."""
+    ops = ops_of(enc, chunk) if ops is None else ops
     c = enc.cfg
     T, H = x.shape[0], c.n_head
     D = c.n_embd // H
     scale = F32(1.0 / math.sqrt(D))
+    cos, sin = ops.vector(cos), ops.vector(sin)
+    rope = ops.rope_neox if neox else ops.rope_pairs
+
+    def scaled(y: Any, s: np.ndarray | None) -> Any:
+        return y if s is None else y * ops.const(s)
+
     for L in enc.layers:
-        h = layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
-        q = rope_halves(enc._linear(L["q"], h, L["q_b"]).reshape(T, H, D), cos, sin)
-        k = rope_halves(enc._linear(L["k"], h, L["k_b"]).reshape(T, H, D), cos, sin)
-        v = enc._linear(L["v"], h, L["v_b"]).reshape(T, H, D)
-        a = attend_heads(q, k, v, scale, chunk)
-        o = enc._linear(L["o"], a.reshape(T, H * D), L["o_b"])
-        x = x + (o * L["ls1"] if L.get("ls1") is not None else o)
-        h = layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
-        f = enc._linear(L["down"], activation(enc._linear(L["up"], h, L["up_b"]), c.ffn_op), L["down_b"])
-        x = x + (f * L["ls2"] if L.get("ls2") is not None else f)
+        h = ops.layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
+        q, k, v = (ops.linear(L[r], h, L[r + "_b"]).reshape(T, H, D) for r in ("q", "k", "v"))
+        q, k = rope(q, k, cos, sin)
+        x = x + scaled(ops.linear(L["o"], ops.attend(q, k, v, scale), L["o_b"]), L.get("ls1"))
+        h = ops.layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
+        x = x + scaled(ops.linear(L["down"], ops.act(ops.linear(L["up"], h, L["up_b"]), c.ffn_op), L["down_b"]), L.get("ls2"))
     if getattr(enc, "post_ln", None) is not None:
-        x = layer_norm(x, enc.post_ln, enc.post_ln_b, c.eps)
+        x = ops.layer_norm(x, enc.post_ln, enc.post_ln_b, c.eps)
     return x
 
 
@@ -146,7 +152,7 @@ class Llama4VisionEncoder(MmprojEncoder):
     """Llama 4's ViT, pixel shuffle, adapter MLP and projector from an mmproj file: :meth:`encode` a tile's pixels."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_device.py llama4_rows)
+        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_ops.py, models/vit_device.py)
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
@@ -176,24 +182,30 @@ class Llama4VisionEncoder(MmprojEncoder):
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Normalised ``pixels`` [3, S, S] (one tile or the overview) -> its rows [(S/(p n_merge))^2, n_text_embd]."""
-        c = self.cfg
-        S, p, n, s = c.image_size, c.patch_size, c.n_patches_side, c.n_merge
+        S = self.cfg.image_size
         if pixels.shape != (3, S, S):
             raise KvrunError(f"the Llama 4 vision encoder takes pixels [3, {S}, {S}], got {list(pixels.shape)}")
-        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
-            from .vit_device import llama4_rows
+        return _forward(ops_of(self), self, pixels)
 
-            return llama4_rows(self, pixels)
-        x = np.ascontiguousarray(pixels.reshape(3, n, p, n, p).transpose(1, 3, 0, 2, 4).reshape(n * n, 3 * p * p), F32)
-        x = _f16(x) @ _f16(self.patch_w).T if self.patch_f16 else x @ self.patch_w.T
-        x = np.concatenate([x, self.cls[None]]) + self.pos_embd  # (clip.cpp concatenates the CLS token last)
-        if self.pre_ln is not None:
-            x = layer_norm(x, self.pre_ln, self.pre_ln_b, c.eps)
-        D = c.n_embd // c.n_head
-        idx = np.arange(n * n)
-        ys, xs = np.append(idx // n + 1, 0), np.append(idx % n + 1, 0)  # (the CLS token at position 0)
-        cos, sin = rope_2d(ys, xs, D)
-        x = ln_rope_blocks(self, x, cos, sin)
-        x = pixel_shuffle(x[: n * n], n, s)
-        x = gelu(self._linear(self.mlp2, gelu(self._linear(self.mlp1, x))))
-        return np.ascontiguousarray(self._linear(self.proj, x), F32)
+
+def _forward(ops: Any, enc: Llama4VisionEncoder, pixels: np.ndarray) -> np.ndarray:
+    """:meth:`Llama4VisionEncoder.encode` past its checks on either device's ``ops`` (models/vit_ops.py; on the GPU the
+    patches go up once and the rows come down once), a tile (or the overview) a call: the patch product (F16 only for
+    an F16 kernel, no bias), the CLS row last and the positions, ``v.pre_ln``, the LayerNorm blocks with clip.cpp's
+    ``build_rope_2d`` (the patch's column + 1 and row + 1, the CLS row at 0), the post LayerNorm, the CLS row
+    dropped, the pixel shuffle, the GELU adapter and ``mm.model.fc``."""
+    c, xp = enc.cfg, ops.xp
+    p, n, s = c.patch_size, c.n_patches_side, c.n_merge
+    x = np.ascontiguousarray(pixels.reshape(3, n, p, n, p).transpose(1, 3, 0, 2, 4).reshape(n * n, 3 * p * p), F32)
+    x = ops.matmul(x, enc.patch_w, enc.patch_f16)
+    x = xp.concatenate([x, ops.const(enc.cls).reshape(1, -1)]) + ops.const(enc.pos_embd)  # (clip.cpp concatenates the CLS token last)
+    if enc.pre_ln is not None:
+        x = ops.layer_norm(x, enc.pre_ln, enc.pre_ln_b, c.eps)
+    D = c.n_embd // c.n_head
+    idx = np.arange(n * n)
+    ys, xs = np.append(idx // n + 1, 0), np.append(idx % n + 1, 0)  # (the CLS token at position 0)
+    cos, sin = rope_2d(ys, xs, D)
+    x = ln_rope_blocks(enc, x, cos, sin, ops=ops)
+    x = xp.ascontiguousarray(pixel_shuffle(x[: n * n], n, s), F32)
+    x = ops.act(ops.linear(enc.mlp2, ops.act(ops.linear(enc.mlp1, x), "gelu")), "gelu")
+    return ops.to_host(xp.ascontiguousarray(ops.linear(enc.proj, x), F32))

@@ -49,6 +49,7 @@ from .common import TENSOR_NAMES, WeightLoader
 from .internvl_image import best_resolution, normalise
 from .pillow_resize import BICUBIC, resize_axes
 from .siglip import SiglipEncoder, _f16, patch_kernel, vit_layer
+from .vit_ops import ops_of
 
 F32 = np.float32
 #: LLaVA's padding colour (its image processor's mean, in bytes), clip.cpp's for every llava-style projector
@@ -224,49 +225,47 @@ class LlavaEncoder(SiglipEncoder):
         n = self.cfg.n_patches_side
         return n * n if self.cfg.projector_type == "mlp" else (LDP_SIDE // 2) ** 2
 
-    def features(self, pixels: np.ndarray) -> np.ndarray:
-        """Normalised ``pixels`` [3, S, S] -> the ViT's features at the feature layer [(S/p)^2, n_embd (x layers)]."""
+    def features(self, pixels: np.ndarray) -> Any:
+        """Normalised ``pixels`` [3, S, S] -> the ViT's features at the feature layer [(S/p)^2, n_embd (x layers)],
+        on the encoder's device (models/vit_ops.py: device rows on the GPU, where the pixels go up once)."""
         c = self.cfg
         S = c.image_size
         if pixels.shape != (3, S, S):
             raise KvrunError(f"the LLaVA encoder takes pixels [3, {S}, {S}], got {list(pixels.shape)}")
-        x = self.embed_patches(pixels)
+        ops = ops_of(self)
+        xp = ops.xp
+        x = ops.embed_patches(pixels)
         cls = self.cls is not None
         if cls:  # (libmtmd 0.3.36 appends the class token after the patches, positions in that order)
-            x = np.concatenate([x, self.cls[None]])
-        x = x + self.pos_embd
+            x = xp.concatenate([x, ops.const(self.cls).reshape(1, -1)])
+        x = x + ops.const(self.pos_embd)
         if self.pre_ln is not None:
-            x = layer_norm(x, self.pre_ln, self.pre_ln_b, c.eps)
+            x = ops.layer_norm(x, self.pre_ln, self.pre_ln_b, c.eps)
         stack = []
         for il, L in enumerate(self.layers):
             if il in self.feature_layers:  # (Granite's: this layer's input kept)
                 stack.append(x)
-            x = self.vit_block(L, x, self.ffn_op)
+            x = ops.vit_block(L, x, self.ffn_op)
         if self.post_ln is not None:
-            x = layer_norm(x, self.post_ln, self.post_ln_b, c.eps)
+            x = ops.layer_norm(x, self.post_ln, self.post_ln_b, c.eps)
         if len(self.layers) in self.feature_layers:
             stack.append(x)
         if stack:
-            x = np.concatenate(stack, axis=-1)
+            x = xp.concatenate(stack, axis=-1)
         # libmtmd 0.3.36 then keeps rows 1.. (its ``patches`` offset by one, as when the class token came first): the
         # first patch's row is dropped and the class token's kept, last (measured on the tiny projectors: every row
         # matches this way; the reference LLaVA drops the class token)
-        return np.ascontiguousarray(x[1:] if cls else x, F32)
+        return xp.ascontiguousarray(x[1:] if cls else x, F32)
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
-        """Normalised ``pixels`` [3, S, S] (one square) -> its rows [:meth:`n_rows`, n_text_embd]."""
-        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
-            from .vit_device import llava_rows
-
-            S = self.cfg.image_size
-            if pixels.shape != (3, S, S):
-                raise KvrunError(f"the LLaVA encoder takes pixels [3, {S}, {S}], got {list(pixels.shape)}")
-            return llava_rows(self, pixels)
+        """Normalised ``pixels`` [3, S, S] (one square) -> its rows [:meth:`n_rows`, n_text_embd] ("mlp" on either
+        device, the rows down once; MobileVLM's convolutions on the CPU)."""
         x = self.features(pixels)
         ptype = self.cfg.projector_type
         if ptype == "mlp":
-            x = gelu(self._linear(self.mm0, x, self.mm0_b))
-            return np.ascontiguousarray(x if self.mm2 is None else self._linear(self.mm2, x, self.mm2_b), F32)
+            ops = ops_of(self)
+            x = ops.act(ops.linear(self.mm0, x, self.mm0_b), "gelu")
+            return ops.to_host(ops.xp.ascontiguousarray(x if self.mm2 is None else ops.linear(self.mm2, x, self.mm2_b), F32))
         return ldp(self, x) if ptype == "ldp" else ldpv2(self, x)
 
 

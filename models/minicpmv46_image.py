@@ -35,11 +35,10 @@ from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
-from .bert import gelu, layer_norm
 from .common import TENSOR_NAMES, WeightLoader
-from .minicpmv_image import POS_SIDE, Cut, Plan, _attend, best_resize, bucket_positions, cut, plan
+from .minicpmv_image import POS_SIDE, Cut, Plan, best_resize, bucket_positions, cut, plan
 from .siglip import SiglipEncoder, patch_kernel, vit_layer
-from .whisper_audio import gelu_erf
+from .vit_ops import ops_of
 
 F32 = np.float32
 #: the mergers' norms and products, weight and bias each (clip.cpp's TN_VIT_MERGER_* and the final merger's): role -> name
@@ -78,11 +77,11 @@ def window_order(ny: int, nx: int) -> np.ndarray:
     return np.stack(quads, axis=-1).reshape(-1)
 
 
-def quads(x: np.ndarray, ny: int, nx: int) -> list[np.ndarray]:
+def quads(x: Any, ny: int, nx: int) -> list[Any]:
     """Rows [ny * nx, d] of a grid -> its 2 x 2 windows' top left, top right, bottom left, bottom right rows, each
     [(ny/2)(nx/2), d] in raster order of the windows (clip.cpp's ``*_ds_idx_0..3``)."""
-    g = x.reshape(ny // 2, 2, nx // 2, 2, -1)
-    return [np.ascontiguousarray(g[:, r, :, c].reshape((ny // 2) * (nx // 2), -1)) for r, c in ((0, 0), (0, 1), (1, 0), (1, 1))]
+    g = x.reshape(ny // 2, 2, nx // 2, 2, -1)  # (either device's rows: array methods alone)
+    return [g[:, r, :, c].reshape((ny // 2) * (nx // 2), -1) for r, c in ((0, 0), (0, 1), (1, 0), (1, 1))]
 
 
 class MiniCPMV46Encoder(SiglipEncoder):
@@ -90,7 +89,7 @@ class MiniCPMV46Encoder(SiglipEncoder):
     pixels into its rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:  # (SiglipEncoder's loader wants (S/p)^2 positions)
-        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_device.py minicpmv46_rows)
+        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_ops.py, models/vit_device.py)
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
@@ -128,72 +127,63 @@ class MiniCPMV46Encoder(SiglipEncoder):
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Normalised ``pixels`` [3, h, w] (one part, sides whole blocks of ``n_merge`` patches) -> its rows
         [(h/p/n_merge)(w/p/n_merge), n_text_embd]."""
-        c, p, m = self.cfg, self.cfg.patch_size, self.cfg.n_merge
+        p, m = self.cfg.patch_size, self.cfg.n_merge
         _, h, w = pixels.shape
         if pixels.shape[0] != 3 or h % (p * m) or w % (p * m) or not h or not w:
             raise KvrunError(f"the MiniCPM-V 4.6 encoder takes pixels [3, h, w] of whole {p * m}-pixel blocks, got {list(pixels.shape)}")
-        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
-            from .vit_device import minicpmv46_rows
+        return _forward(ops_of(self), self, pixels)
 
-            return minicpmv46_rows(self, pixels)
-        ny, nx = h // p, w // p
-        x = self.embed_patches(pixels) + self.pos_embd[bucket_positions(ny, nx)]
-        if self.pre_ln is not None:
-            x = layer_norm(x, self.pre_ln, self.pre_ln_b, c.eps)
-        if self.vit_merger is None:
-            x = self._blocks(x, self.layers)
-        else:
-            x = self._blocks(x, self.layers[: self.insert + 1])
-            x = self._vit_merger(x, ny, nx)
-            ny, nx = ny // 2, nx // 2
-            x = self._blocks(x, self.layers[self.insert + 1 :])
-        if self.post_ln is not None:
-            x = layer_norm(x, self.post_ln, self.post_ln_b, c.eps)
-        M = self.merger
-        y = layer_norm(np.concatenate(quads(x, ny, nx), axis=1), M["ln"], M["ln_b"], c.eps)
-        y = self._linear(M["down"], gelu_erf(self._linear(M["up"], y, M["up_b"])), M["down_b"])
-        return np.ascontiguousarray(y, F32)
-
-    def _attention(self, L: dict[str, Any], hh: np.ndarray, group: int) -> np.ndarray:
+    def _attention(self, L: dict[str, Any], hh: Any, group: int) -> Any:
         """Self-attention of ``hh`` [T, E] (products with biases, the ViT's heads) within consecutive groups of
-        ``group`` rows (all of them: one group)."""
-        c = self.cfg
+        ``group`` rows (all of them: one group), on the encoder's device (models/vit_ops.py)."""
+        ops, c = ops_of(self), self.cfg
         T, H = hh.shape[0], c.n_head
         D = c.n_embd // H
-        q = self._linear(L["q"], hh, L["q_b"]).reshape(T // group, group, H, D)
-        k = self._linear(L["k"], hh, L["k_b"]).reshape(T // group, group, H, D)
-        v = self._linear(L["v"], hh, L["v_b"]).reshape(T // group, group, H, D)
+        q, k, v = (ops.linear(L[r], hh, L[r + "_b"]).reshape(T // group, group, H, D) for r in ("q", "k", "v"))
         scale = F32(1.0 / math.sqrt(D))
-        if group == T:
-            a = _attend(q[0], k[0], v[0], scale)
-        else:  # (windows of 4: batched over the windows at once)
-            s = np.einsum("wihd,wjhd->whij", q, k) * scale
-            s = np.exp(s - s.max(axis=-1, keepdims=True))
-            s /= s.sum(axis=-1, keepdims=True)
-            a = np.einsum("whij,wjhd->wihd", s.astype(F32), v)
-        return self._linear(L["o"], np.ascontiguousarray(a, F32).reshape(T, H * D), L["o_b"])
+        a = ops.attend(q[0], k[0], v[0], scale) if group == T else ops.attend_batched(q, k, v, scale)  # (windows of 4: all at once)
+        return ops.linear(L["o"], a, L["o_b"])
 
-    def _blocks(self, x: np.ndarray, layers: list[dict[str, Any]]) -> np.ndarray:
-        """SigLIP's pre-norm blocks over all of ``x``'s rows."""
-        eps = self.cfg.eps
-        for L in layers:
-            x = x + self._attention(L, layer_norm(x, L["ln1"], L["ln1_b"], eps), x.shape[0])
-            hh = layer_norm(x, L["ln2"], L["ln2_b"], eps)
-            x = x + self._linear(L["down"], gelu(self._linear(L["up"], hh, L["up_b"])), L["down_b"])
-        return x
 
-    def _vit_merger(self, x: np.ndarray, ny: int, nx: int) -> np.ndarray:
-        """The ViT merger: attention within 2 x 2 windows (plus the residual), then each window's 4 patches into one
-        row: their MLP'd LayerNormed concatenation plus their mean.  [ny * nx, E] -> [(ny/2)(nx/2), E]."""
-        V, eps = self.vit_merger, self.cfg.eps
-        assert V is not None
-        order = window_order(ny, nx)
-        hh = layer_norm(x, V["ln1"], V["ln1_b"], eps)[order]
-        a = np.empty_like(x)
-        a[order] = self._attention(V, hh, 4)
-        x = x + a
-        parts = quads(x, ny, nx)
-        mean = (parts[0] + parts[1] + parts[2] + parts[3]) * F32(0.25)
-        y = layer_norm(np.concatenate(parts, axis=1), V["ds_ln"], V["ds_ln_b"], eps)
-        return self._linear(V["down"], gelu(self._linear(V["up"], y, V["up_b"])), V["down_b"]) + mean
+def _forward(ops: Any, enc: MiniCPMV46Encoder, pixels: np.ndarray) -> np.ndarray:
+    """:meth:`MiniCPMV46Encoder.encode` past its checks on either device's ``ops`` (models/vit_ops.py; on the GPU the
+    pixels go up once and the rows come down once), a part a call: the patches and the bucketed position rows,
+    ``v.pre_ln``, SigLIP's blocks up to the insert layer, the ViT merger (:func:`_vit_merger`), the remaining blocks,
+    the post LayerNorm, the final merger (each 2 x 2 window's patches LayerNormed, ``mm.up``, GELU(erf), ``mm.down``)."""
+    c, xp = enc.cfg, ops.xp
+    p = c.patch_size
+    ny, nx = pixels.shape[1] // p, pixels.shape[2] // p
+    x = ops.embed_patches(pixels) + ops.vector(enc.pos_embd[bucket_positions(ny, nx)])
+    if enc.pre_ln is not None:
+        x = ops.layer_norm(x, enc.pre_ln, enc.pre_ln_b, c.eps)
+    for L in enc.layers if enc.vit_merger is None else enc.layers[: enc.insert + 1]:
+        x = ops.vit_block(L, x, "gelu")
+    if enc.vit_merger is not None:
+        x = _vit_merger(ops, enc, x, ny, nx)
+        ny, nx = ny // 2, nx // 2
+        for L in enc.layers[enc.insert + 1 :]:
+            x = ops.vit_block(L, x, "gelu")
+    if enc.post_ln is not None:
+        x = ops.layer_norm(x, enc.post_ln, enc.post_ln_b, c.eps)
+    M = enc.merger
+    y = ops.layer_norm(xp.concatenate(quads(x, ny, nx), axis=1), M["ln"], M["ln_b"], c.eps)
+    y = ops.linear(M["down"], ops.act(ops.linear(M["up"], y, M["up_b"]), "gelu_erf"), M["down_b"])
+    return ops.to_host(xp.ascontiguousarray(y, F32))
 
+
+def _vit_merger(ops: Any, enc: MiniCPMV46Encoder, x: Any, ny: int, nx: int) -> Any:
+    """The ViT merger: attention within 2 x 2 windows (the rows in :func:`window_order`, plus the residual), then each
+    window's 4 patches into one row: their MLP'd LayerNormed concatenation plus their mean.  [ny * nx, E] ->
+    [(ny/2)(nx/2), E]."""
+    V, c, xp = enc.vit_merger, enc.cfg, ops.xp
+    assert V is not None
+    eps = c.eps
+    order = xp.asarray(window_order(ny, nx))
+    hh = ops.layer_norm(x, V["ln1"], V["ln1_b"], eps)[order]
+    a = xp.empty_like(x)
+    a[order] = enc._attention(V, hh, 4)
+    x = x + a
+    parts = quads(x, ny, nx)
+    mean = (parts[0] + parts[1] + parts[2] + parts[3]) * F32(0.25)
+    y = ops.layer_norm(xp.concatenate(parts, axis=1), V["ds_ln"], V["ds_ln_b"], eps)
+    return ops.linear(V["down"], ops.act(ops.linear(V["up"], y, V["up_b"]), "gelu"), V["down_b"]) + mean

@@ -42,11 +42,11 @@ from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
-from .bert import gelu, layer_norm
 from .common import TENSOR_NAMES, WeightLoader
 from .internvl_image import resize_padded
 from .pillow_resize import BICUBIC, resample
 from .siglip import SiglipEncoder, patch_kernel, vit_layer
+from .vit_ops import ops_of
 
 F32 = np.float32
 POS_SIDE = 70  # clip.cpp's bucket grid over the learned positions (SigLIP-so400m's 980 / 14 a side)
@@ -217,52 +217,34 @@ class MiniCPMVEncoder(SiglipEncoder):
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Normalised ``pixels`` [3, h, w] (one part, sides whole patches) -> its rows [n_query, n_text_embd]."""
-        c, p = self.cfg, self.cfg.patch_size
+        p = self.cfg.patch_size
         _, h, w = pixels.shape
         if pixels.shape[0] != 3 or h % p or w % p or not h or not w:
             raise KvrunError(f"the MiniCPM-V encoder takes pixels [3, h, w] of whole {p}-pixel patches, got {list(pixels.shape)}")
-        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
-            from .vit_device import minicpmv_rows
-
-            return minicpmv_rows(self, pixels)
-        ny, nx = h // p, w // p
-        x = self.embed_patches(pixels) + self.pos_embd[bucket_positions(ny, nx)]
-        T, H = x.shape[0], c.n_head
-        D = c.n_embd // H
-        scale = F32(1.0 / math.sqrt(D))
-        for L in self.layers:
-            hh = layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
-            q = self._linear(L["q"], hh, L["q_b"]).reshape(T, H, D)
-            k = self._linear(L["k"], hh, L["k_b"]).reshape(T, H, D)
-            v = self._linear(L["v"], hh, L["v_b"]).reshape(T, H, D)
-            x = x + self._linear(L["o"], _attend(q, k, v, scale).reshape(T, H * D), L["o_b"])
-            hh = layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
-            x = x + self._linear(L["down"], gelu(self._linear(L["up"], hh, L["up_b"])), L["down_b"])
-        if self.post_ln is not None:
-            x = layer_norm(x, self.post_ln, self.post_ln_b, c.eps)
-        return self.resample(x, ny, nx)
-
-    def resample(self, x: np.ndarray, ny: int, nx: int) -> np.ndarray:
-        """The perceiver resampler: the encoder's rows [ny * nx, E] -> [n_query, d]."""
-        rs, eps, d = self.rs, self.cfg.eps, self.cfg.n_text_embd
-        q = layer_norm(self.query, rs["ln_q"], rs["ln_q_b"], eps)
-        v = layer_norm(self._linear(rs["kv"], x, None), rs["ln_kv"], rs["ln_kv_b"], eps)
-        k = v + sincos_2d(ny, nx, d)
-        H, T, nq = d // HEAD_DIM, x.shape[0], q.shape[0]
-        Q = self._linear(rs["q"], q, rs["q_b"]).reshape(nq, H, HEAD_DIM)
-        K = self._linear(rs["k"], k, rs["k_b"]).reshape(T, H, HEAD_DIM)
-        V = self._linear(rs["v"], v, rs["v_b"]).reshape(T, H, HEAD_DIM)
-        a = _attend(Q, K, V, F32(1.0 / math.sqrt(HEAD_DIM))).reshape(nq, d)
-        o = layer_norm(self._linear(rs["o"], a, rs["o_b"]), rs["ln_post"], rs["ln_post_b"], eps)
-        return np.ascontiguousarray(self._linear(rs["proj"], o, None), F32)
+        return _forward(ops_of(self), self, pixels)
 
 
-def _attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: np.float32) -> np.ndarray:
-    """Float32 softmax(q k^T * scale) v a head at a time: q [Tq, H, D], k and v [Tk, H, D] -> [Tq, H, D]."""
-    out = np.empty(q.shape, F32)
-    for hd in range(q.shape[1]):
-        s = (q[:, hd] @ k[:, hd].T) * scale
-        s = np.exp(s - s.max(axis=-1, keepdims=True))
-        s /= s.sum(axis=-1, keepdims=True)
-        out[:, hd] = s @ v[:, hd]
-    return out
+def _forward(ops: Any, enc: MiniCPMVEncoder, pixels: np.ndarray) -> np.ndarray:
+    """:meth:`MiniCPMVEncoder.encode` past its checks on either device's ``ops`` (models/vit_ops.py; on the GPU the
+    pixels go up once and the rows come down once): the patches and the bucketed position rows, SigLIP's blocks, the
+    post LayerNorm, then the perceiver resampler: its LayerNormed queries attend, in heads of 128, to the patches'
+    ``kv`` projection LayerNormed (the values) plus the 2-D sin-cos positions (the keys), then ``attn.out``,
+    ``ln_post``, ``proj`` -> [n_query, n_text_embd]."""
+    c, p = enc.cfg, enc.cfg.patch_size
+    ny, nx = pixels.shape[1] // p, pixels.shape[2] // p
+    x = ops.embed_patches(pixels) + ops.vector(enc.pos_embd[bucket_positions(ny, nx)])
+    for L in enc.layers:
+        x = ops.vit_block(L, x, "gelu")
+    if enc.post_ln is not None:
+        x = ops.layer_norm(x, enc.post_ln, enc.post_ln_b, c.eps)
+    rs, eps, d = enc.rs, c.eps, c.n_text_embd
+    q = ops.layer_norm(ops.const(enc.query), rs["ln_q"], rs["ln_q_b"], eps)
+    v = ops.layer_norm(ops.linear(rs["kv"], x), rs["ln_kv"], rs["ln_kv_b"], eps)
+    k = v + ops.vector(sincos_2d(ny, nx, d))
+    H, T, nq = d // HEAD_DIM, x.shape[0], q.shape[0]
+    Q = ops.linear(rs["q"], q, rs["q_b"]).reshape(nq, H, HEAD_DIM)
+    K = ops.linear(rs["k"], k, rs["k_b"]).reshape(T, H, HEAD_DIM)
+    V = ops.linear(rs["v"], v, rs["v_b"]).reshape(T, H, HEAD_DIM)
+    a = ops.attend(Q, K, V, F32(1.0 / math.sqrt(HEAD_DIM)))
+    o = ops.layer_norm(ops.linear(rs["o"], a, rs["o_b"]), rs["ln_post"], rs["ln_post_b"], eps)
+    return ops.to_host(ops.xp.ascontiguousarray(ops.linear(rs["proj"], o), F32))

@@ -24,6 +24,7 @@ out; they go in with Qwen2-VL's M-RoPE positions over the (W/2p) x (H/2p) grid.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -32,11 +33,13 @@ from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
-from .bert import gelu, layer_norm
 from .common import TENSOR_NAMES, WeightLoader
-from .lfm2vl_image import resize_positions, unshuffle
-from .qwen2vl_image import QUERY_CHUNK, activation, resize, smart_size, vision_rope
-from .siglip import MmprojEncoder, _f16, attend_heads, vit_layer
+from .lfm2vl_image import resize_positions
+from .llama4_image import ln_rope_blocks
+from .qwen2vl_image import QUERY_CHUNK, resize, smart_size, vision_rope
+from .siglip import MmprojEncoder, _f16, vit_layer
+from .vit_ops import merge_permute as unshuffle  # (the 2x2 merge on either device; the name tests patch)
+from .vit_ops import ops_of
 
 F32 = np.float32
 TENSOR_NAMES.update({"po_mm1": "mm.1.weight", "po_mm2": "mm.2.weight"})  # (PaddleOCR-VL's projector: clip.cpp's TN_LLAVA_PROJ 1, 2)
@@ -67,7 +70,7 @@ class PaddleOCREncoder(MmprojEncoder):
     """PaddleOCR-VL's vision encoder and projector from an mmproj file: :meth:`encode` pixels of any block-aligned size."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_device.py paddleocr_rows)
+        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_ops.py, models/vit_device.py)
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         E, p = cfg.n_embd, cfg.patch_size
@@ -105,51 +108,29 @@ class PaddleOCREncoder(MmprojEncoder):
 
         return need
 
-    def blocks(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-        """The ViT's blocks over the patches ``x`` [T, n_embd] with the vision rope's ``cos``/``sin`` [T, D/2], then
-        ``v.post_ln``: LayerNorms, biased products, both-ways attention, the file's MLP activation."""
-        c = self.cfg
-        T, H = x.shape[0], c.n_head
-        D = c.n_embd // H
-        scale = F32(1.0 / math.sqrt(D))
-        cc, ss = cos[:, None, :], sin[:, None, :]
-
-        def rope(t: np.ndarray) -> np.ndarray:  # [T, H, D], neox pairs (i, i + D/2)
-            a, b = t[..., : D // 2], t[..., D // 2 :]
-            return np.concatenate([a * cc - b * ss, a * ss + b * cc], axis=-1)
-
-        for L in self.layers:
-            h = layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
-            q = rope(self._linear(L["q"], h, L["q_b"]).reshape(T, H, D))
-            k = rope(self._linear(L["k"], h, L["k_b"]).reshape(T, H, D))
-            v = self._linear(L["v"], h, L["v_b"]).reshape(T, H, D)
-            a = attend_heads(q, k, v, scale, QUERY_CHUNK)
-            x = x + self._linear(L["o"], a.reshape(T, H * D), L["o_b"])
-            h = layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
-            x = x + self._linear(L["down"], activation(self._linear(L["up"], h, L["up_b"]), c.ffn_op), L["down_b"])
-        if self.post_ln is not None:
-            x = layer_norm(x, self.post_ln, self.post_ln_b, c.eps)
-        return x
-
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Normalised ``pixels`` [3, H, W] (:func:`preprocess`; sides whole blocks) -> rows [blocks, n_text_embd]."""
         c = self.cfg
         p, m = c.patch_size, c.n_merge
         if pixels.ndim != 3 or pixels.shape[0] != 3 or pixels.shape[1] % (p * m) or pixels.shape[2] % (p * m):
             raise KvrunError(f"the PaddleOCR-VL encoder takes pixels [3, H, W] with sides multiples of {p * m}, got {list(pixels.shape)}")
-        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
-            from .vit_device import paddleocr_rows
+        return _forward(ops_of(self, QUERY_CHUNK), self, pixels)
 
-            return paddleocr_rows(self, pixels)
-        ny, nx = pixels.shape[1] // p, pixels.shape[2] // p
-        T = nx * ny
-        x = pixels.reshape(3, ny, p, nx, p).transpose(1, 3, 0, 2, 4).reshape(T, 3 * p * p)
-        x = _f16(np.ascontiguousarray(x, F32)) @ self.patch_w.T  # (ggml's conv_2d: F16 patches and kernel)
-        if self.patch_b is not None:
-            x += self.patch_b
-        x = x + resize_positions(self.pos_embd, self.pos_side, nx, ny)
-        idx = np.arange(T)
-        x = self.blocks(x, *vision_rope(idx // nx, idx % nx, c.n_embd // c.n_head))  # (patches in raster order)
-        x = unshuffle(layer_norm(x, self.in_norm, self.in_norm_b, PROJ_EPS), nx, ny, m)
-        x = self._linear(self.mm2, gelu(self._linear(self.mm1, x, self.mm1_b)), self.mm2_b)
-        return np.ascontiguousarray(x, F32)
+
+def _forward(ops: Any, enc: PaddleOCREncoder, pixels: np.ndarray) -> np.ndarray:
+    """:meth:`PaddleOCREncoder.encode` past its checks on either device's ``ops`` (models/vit_ops.py; on the GPU the
+    pixels go up once and the rows come down once): the patches (F16) and their bias, the position grid resized to the
+    picture, the ViT's blocks (:func:`~kvrun.models.llama4_image.ln_rope_blocks`: Qwen2-VL's vision rope by row and
+    column, neox pairs; patches in raster order) and ``v.post_ln``, ``mm.input_norm`` on each patch, each 2x2 block's
+    patches side by side (:func:`unshuffle`), ``mm.1``, GELU, ``mm.2``."""
+    c, xp = enc.cfg, ops.xp
+    p, m = c.patch_size, c.n_merge
+    ny, nx = pixels.shape[1] // p, pixels.shape[2] // p
+    T = nx * ny
+    x = ops.embed_patches(pixels)  # (ggml's conv_2d: F16 patches and kernel)
+    x = x + ops.vector(resize_positions(enc.pos_embd, enc.pos_side, nx, ny))
+    idx = np.arange(T)
+    x = ln_rope_blocks(enc, x, *vision_rope(idx // nx, idx % nx, c.n_embd // c.n_head), neox=True, ops=ops)
+    x = unshuffle(ops.layer_norm(x, enc.in_norm, enc.in_norm_b, PROJ_EPS), nx, ny, m)
+    x = ops.linear(enc.mm2, ops.act(ops.linear(enc.mm1, x, enc.mm1_b), "gelu"), enc.mm2_b)
+    return ops.to_host(xp.ascontiguousarray(x, F32))

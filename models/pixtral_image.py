@@ -26,6 +26,7 @@ models/siglip.py does.  runtime/vision_pixtral.py lays the rows out before ``[IM
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -34,10 +35,10 @@ from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
-from .bert import gelu
 from .common import TENSOR_NAMES, WeightLoader
 from .qwen2vl_image import resize, smart_size
-from .siglip import MmprojEncoder, _f16, attend_heads, patch_kernel, rope_halves, vit_layer
+from .siglip import MmprojEncoder, patch_kernel, vit_layer
+from .vit_ops import ops_of
 
 F32 = np.float32
 ROPE_BASE = 10000.0  # clip.cpp's rope_theta for pixtral
@@ -101,12 +102,7 @@ def rope_2d(ys: np.ndarray, xs: np.ndarray, head_dim: int) -> tuple[np.ndarray, 
     return np.cos(ang).astype(F32), np.sin(ang).astype(F32)
 
 
-def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    x64 = x.astype(np.float64)
-    return (x64 / np.sqrt((x64 * x64).mean(axis=-1, keepdims=True) + eps)).astype(F32) * w
-
-
-def silu(x: np.ndarray) -> np.ndarray:
+def silu(x: np.ndarray) -> np.ndarray:  # (models/cogvlm_image.py's)
     return x / (F32(1.0) + np.exp(-x))
 
 
@@ -146,50 +142,45 @@ class PixtralEncoder(MmprojEncoder):
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Normalised ``pixels`` [3, H, W] (:func:`preprocess`; sides whole blocks) -> the image chunk's rows
         [nx * ny + ny - 1, n_text_embd]: blocks in raster order, [IMG_BREAK] between rows of blocks."""
-        c = self.cfg
-        p, m, f = c.patch_size, max(c.n_merge, 1), block(c)
+        f = block(self.cfg)
         if pixels.ndim != 3 or pixels.shape[0] != 3 or pixels.shape[1] % f or pixels.shape[2] % f:
             raise KvrunError(f"the Pixtral encoder takes pixels [3, H, W] with sides multiples of {f}, got {list(pixels.shape)}")
-        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
-            from .vit_device import pixtral_rows
+        return _forward(ops_of(self, QUERY_CHUNK), self, pixels)
 
-            return pixtral_rows(self, pixels)
-        npy, npx = pixels.shape[1] // p, pixels.shape[2] // p
-        T, H = npy * npx, c.n_head
-        D = c.n_embd // H
-        x = pixels.reshape(3, npy, p, npx, p).transpose(1, 3, 0, 2, 4).reshape(T, 3 * p * p)
-        x = _f16(np.ascontiguousarray(x, F32)) @ self.patch_w.T  # (ggml's conv_2d: F16 patches and kernel)
-        if self.patch_b is not None:
-            x += self.patch_b
-        if self.pre_ln is not None:
-            x = rms_norm(x, self.pre_ln, c.eps)
-        idx = np.arange(T)
-        cos, sin = rope_2d(idx // npx, idx % npx, D)
-        scale = F32(1.0 / math.sqrt(D))
-        for L in self.layers:
-            h = rms_norm(x, L["ln1"], c.eps)
-            q = rope_halves(self._linear(L["q"], h, L["q_b"]).reshape(T, H, D), cos, sin)
-            k = rope_halves(self._linear(L["k"], h, L["k_b"]).reshape(T, H, D), cos, sin)
-            v = self._linear(L["v"], h, L["v_b"]).reshape(T, H, D)
-            a = attend_heads(q, k, v, scale, QUERY_CHUNK)
-            x = x + self._linear(L["o"], a.reshape(T, H * D), L["o_b"])
-            h = rms_norm(x, L["ln2"], c.eps)
-            up = self._linear(L["up"], h, L["up_b"])
-            act = silu(self._linear(L["gate"], h)) * up if L["gate"] is not None else silu(up)
-            x = x + self._linear(L["down"], act.astype(F32), L["down_b"])
-        if self.post_ln is not None:
-            x = rms_norm(x, self.post_ln, c.eps)
-        if self.merger is not None:  # Mistral Small 3.1: each m x m block's patches, channel-major (torch's unfold)
-            x = rms_norm(x, self.inp_norm, c.eps)
-            x = x.reshape(npy // m, m, npx // m, m, c.n_embd).transpose(0, 2, 4, 1, 3).reshape(T // (m * m), c.n_embd * m * m)
-            x = self._linear(self.merger, np.ascontiguousarray(x, F32))
-        rows = self._linear(self.mm2, gelu(self._linear(self.mm1, x, self.mm1_b)), self.mm2_b)
-        if self.img_break is None:
-            return np.ascontiguousarray(rows, F32)
+
+def _forward(ops: Any, enc: PixtralEncoder, pixels: np.ndarray) -> np.ndarray:
+    """:meth:`PixtralEncoder.encode` past its checks on either device's ``ops`` (models/vit_ops.py; on the GPU the
+    pixels go up once and the rows come down once).  The 2-D rope is clip.cpp's ``build_rope_2d``: each half of a head
+    turned over adjacent pairs by its own quarter of :func:`rope_2d`'s table (``ops.rope_pairs``)."""
+    c, xp = enc.cfg, ops.xp
+    p, m = c.patch_size, max(c.n_merge, 1)
+    npy, npx = pixels.shape[1] // p, pixels.shape[2] // p
+    T, H = npy * npx, c.n_head
+    D = c.n_embd // H
+    x = ops.embed_patches(pixels)  # (ggml's conv_2d: F16 patches and kernel)
+    if enc.pre_ln is not None:
+        x = ops.rms_norm(x, enc.pre_ln, c.eps)
+    idx = np.arange(T)
+    cos, sin = (ops.vector(t) for t in rope_2d(idx // npx, idx % npx, D))
+    scale = F32(1.0 / math.sqrt(D))
+    for L in enc.layers:
+        h = ops.rms_norm(x, L["ln1"], c.eps)
+        q, k, v = (ops.linear(L[r], h, L[r + "_b"]).reshape(T, H, D) for r in ("q", "k", "v"))
+        q, k = ops.rope_pairs(q, k, cos, sin)
+        x = x + ops.linear(L["o"], ops.attend(q, k, v, scale), L["o_b"])
+        h = ops.rms_norm(x, L["ln2"], c.eps)
+        up = ops.linear(L["up"], h, L["up_b"])
+        act = ops.act(ops.linear(L["gate"], h), "silu") * up if L["gate"] is not None else ops.act(up, "silu")
+        x = x + ops.linear(L["down"], act, L["down_b"])
+    if enc.post_ln is not None:
+        x = ops.rms_norm(x, enc.post_ln, c.eps)
+    if enc.merger is not None:  # Mistral Small 3.1: each m x m block's patches, channel-major (torch's unfold)
+        x = ops.rms_norm(x, enc.inp_norm, c.eps)
+        x = xp.ascontiguousarray(xp.transpose(x.reshape(npy // m, m, npx // m, m, c.n_embd), (0, 2, 4, 1, 3)).reshape(T // (m * m), -1))
+        x = ops.linear(enc.merger, x)
+    rows = ops.linear(enc.mm2, ops.act(ops.linear(enc.mm1, x, enc.mm1_b), "gelu"), enc.mm2_b)
+    if enc.img_break is not None:  # (an [IMG_BREAK] row after each row of blocks but the last)
         nx, ny = npx // m, npy // m
-        out = np.empty((nx * ny + ny - 1, rows.shape[1]), F32)
-        for r in range(ny):
-            out[r * (nx + 1) : r * (nx + 1) + nx] = rows[r * nx : (r + 1) * nx]
-            if r != ny - 1:
-                out[r * (nx + 1) + nx] = self.img_break
-        return out
+        brk = xp.broadcast_to(ops.const(enc.img_break).reshape(1, 1, -1), (ny, 1, rows.shape[1]))
+        rows = xp.concatenate([rows.reshape(ny, nx, -1), brk], axis=1).reshape(ny * (nx + 1), -1)[:-1]
+    return ops.to_host(xp.ascontiguousarray(rows, F32))

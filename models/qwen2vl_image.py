@@ -40,10 +40,13 @@ from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
-from .bert import gelu, layer_norm
 from .common import WeightLoader
 from .pillow_resize import BICUBIC, resize_padded
-from .siglip import MmprojEncoder, _f16, activation, vit_layer
+from . import siglip as S
+from .siglip import MmprojEncoder, _f16, vit_layer
+from .vit_ops import ops_of
+
+activation = S.activation  # (the ViT MLP's activation: the other encoders import it from here)
 
 ROPE_BASE = 10000.0  # clip.cpp's vision rope base for Qwen2-VL
 WINDOW = 112  # clip.cpp's attention window for Qwen2.5-VL, pixels a side
@@ -181,77 +184,67 @@ class Qwen2VLEncoder(MmprojEncoder):
         TENSOR_NAMES.setdefault(role, name)
         return ld.matrix(role)
 
-    def _norm(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-        if not self.rms:
-            return layer_norm(x, w, b, self.cfg.eps)
-        x64 = x.astype(np.float64)
-        y = (x64 / np.sqrt((x64 * x64).mean(axis=-1, keepdims=True) + self.cfg.eps)).astype(np.float32) * w
-        return y + b if b is not None else y
-
-    def patch_embeddings(self, pixels: np.ndarray) -> np.ndarray:
-        """``pixels`` [3, H, W] -> the patches' embeddings [n_patches, E] in :func:`block_order`."""
-        p = self.cfg.patch_size
-        _, H, W = pixels.shape
-        npy, npx = H // p, W // p
-        ys, xs = block_order(npx, npy)
-        x = pixels.reshape(3, npy, p, npx, p).transpose(1, 3, 0, 2, 4)[ys, xs].reshape(len(ys), 3 * p * p)
-        x = np.ascontiguousarray(x, np.float32)
-        out = np.zeros((len(ys), self.cfg.n_embd), np.float32)
-        for k in self.kernels:  # (two convolutions, added; F16 patches and kernels, as ggml's conv_2d)
-            out += _f16(x) @ k.T
-        return out
-
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Normalised ``pixels`` [3, H, W] (:func:`preprocess`; sides whole 2x2 blocks of patches) -> the rows
         [ny * nx, n_text_embd], blocks in raster order."""
-        c = self.cfg
-        p = c.patch_size
-        if pixels.ndim != 3 or pixels.shape[0] != 3 or pixels.shape[1] % (2 * p) or pixels.shape[2] % (2 * p):
-            raise KvrunError(f"the vision encoder takes pixels [3, H, W] with sides multiples of {2 * p}, got {list(pixels.shape)}")
-        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
-            from .vit_device import qwen2vl_rows
+        check_pixels(self.cfg, pixels)
+        return _forward(ops_of(self, QUERY_CHUNK), self, pixels)
 
-            return qwen2vl_rows(self, pixels)
-        npy, npx = pixels.shape[1] // p, pixels.shape[2] // p
-        x = self.patch_embeddings(pixels)
-        T, H = x.shape[0], c.n_head
-        D = c.n_embd // H
-        ys, xs = block_order(npx, npy)
-        cos, sin = vision_rope(ys, xs, D)
-        win = windows(npx, npy, p) if c.n_wa_pattern > 0 else None
-        groups = None if win is None else [np.nonzero(win == w)[0] for w in np.unique(win)]
-        everything = [np.arange(T)]
-        scale = np.float32(1.0 / math.sqrt(D))
 
-        def rope(t: np.ndarray) -> np.ndarray:  # [T, H, D], neox pairs (i, i + D/2)
-            a, b = t[..., : D // 2], t[..., D // 2 :]
-            cc, ss = cos[:, None, :], sin[:, None, :]
-            return np.concatenate([a * cc - b * ss, a * ss + b * cc], axis=-1)
+def check_pixels(cfg: MmprojConfig, pixels: np.ndarray) -> None:
+    """A one-line error unless ``pixels`` is [3, H, W] with sides whole 2x2 blocks of patches."""
+    p = cfg.patch_size
+    if pixels.ndim != 3 or pixels.shape[0] != 3 or pixels.shape[1] % (2 * p) or pixels.shape[2] % (2 * p):
+        raise KvrunError(f"the vision encoder takes pixels [3, H, W] with sides multiples of {2 * p}, got {list(pixels.shape)}")
 
-        for il, L in enumerate(self.layers):
-            full = win is None or (il + 1) % c.n_wa_pattern == 0
-            h = self._norm(x, L["ln1"], L["ln1_b"])
-            q = rope(self._linear(L["q"], h, L["q_b"]).reshape(T, H, D))
-            k = rope(self._linear(L["k"], h, L["k_b"]).reshape(T, H, D))
-            v = self._linear(L["v"], h, L["v_b"]).reshape(T, H, D)
-            a = np.empty((T, H, D), np.float32)
-            for g in everything if full else groups:  # (a window's patches attend to its patches alone)
-                for q0 in range(0, len(g), QUERY_CHUNK):  # (a big picture's scores a slice of queries at a time)
-                    rq = g[q0 : q0 + QUERY_CHUNK]
-                    for hd in range(H):
-                        sc = (q[rq, hd] @ k[g, hd].T) * scale
-                        sc = np.exp(sc - sc.max(axis=-1, keepdims=True))
-                        sc /= sc.sum(axis=-1, keepdims=True)
-                        a[rq, hd] = sc @ v[g, hd]
-            x = x + self._linear(L["o"], a.reshape(T, H * D), L["o_b"])
-            h = self._norm(x, L["ln2"], L["ln2_b"])
-            up = self._linear(L["up"], h, L["up_b"])
-            if L["gate"] is not None:  # Qwen2.5-VL: SiLU(gate) * up (ggml's swiglu), else the activation alone
-                act = activation(self._linear(L["gate"], h, L["gate_b"]), c.ffn_op) * up
-            else:
-                act = activation(up, c.ffn_op)
-            x = x + self._linear(L["down"], act.astype(np.float32), L["down_b"])
-        if self.post_ln is not None:
-            x = self._norm(x, self.post_ln, self.post_ln_b)
-        x = x.reshape(T // 4, 4 * c.n_embd)  # (each block's 4 patches side by side)
-        return self._linear(self.mm2, gelu(self._linear(self.mm0, x, self.mm0_b)), self.mm2_b)
+
+def patch_rows(ops: Any, enc: Any, pixels: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
+    """``pixels`` [3, H, W] -> the patches' embeddings [n_patches, E] in :func:`block_order` (the two temporal
+    convolutions added; F16 patches and kernels, as ggml's conv_2d) on ``ops``' device, and each patch's row and
+    column."""
+    p = enc.cfg.patch_size
+    _, H, W = pixels.shape
+    npy, npx = H // p, W // p
+    ys, xs = block_order(npx, npy)
+    x = pixels.reshape(3, npy, p, npx, p).transpose(1, 3, 0, 2, 4)[ys, xs].reshape(len(ys), 3 * p * p)
+    return ops.patch_rows(_f16(np.ascontiguousarray(x, np.float32)), enc.kernels), ys, xs
+
+
+def norm(ops: Any, enc: Any, x: Any, w: np.ndarray, b: np.ndarray | None) -> Any:
+    """Qwen2.5-VL's (and GLM-4V's) RMSNorm plus its bias where there is one, or Qwen2-VL's LayerNorm."""
+    return ops.rms_norm(x, w, enc.cfg.eps, b) if enc.rms else ops.layer_norm(x, w, b, enc.cfg.eps)
+
+
+def _forward(ops: Any, enc: Qwen2VLEncoder, pixels: np.ndarray) -> np.ndarray:
+    """:meth:`Qwen2VLEncoder.encode` past its checks on either device's ``ops`` (models/vit_ops.py; on the GPU the
+    pixels go up once and the rows come down once): the patches, the blocks with the 2-D rope (Qwen2.5-VL's windowed
+    layers attending within their windows), the 2x2 merger."""
+    c, xp = enc.cfg, ops.xp
+    p = c.patch_size
+    npy, npx = pixels.shape[1] // p, pixels.shape[2] // p
+    x, ys, xs = patch_rows(ops, enc, pixels)
+    T, H = x.shape[0], c.n_head
+    D = c.n_embd // H
+    cos, sin = (ops.vector(t) for t in vision_rope(ys, xs, D))
+    win = windows(npx, npy, p) if c.n_wa_pattern > 0 else None
+    groups = None if win is None else ops.window_groups(win, T)
+    everything = ops.window_groups(None, T)
+    scale = np.float32(1.0 / math.sqrt(D))
+    for il, L in enumerate(enc.layers):
+        full = win is None or (il + 1) % c.n_wa_pattern == 0
+        h = norm(ops, enc, x, L["ln1"], L["ln1_b"])
+        q, k = ops.rope_neox(*(ops.linear(L[r], h, L[r + "_b"]).reshape(T, H, D) for r in ("q", "k")), cos, sin)
+        v = ops.linear(L["v"], h, L["v_b"]).reshape(T, H, D)
+        a = ops.attend_windows(q, k, v, everything if full else groups, scale)  # (a window's patches attend to its own)
+        x = x + ops.linear(L["o"], a, L["o_b"])
+        h = norm(ops, enc, x, L["ln2"], L["ln2_b"])
+        up = ops.linear(L["up"], h, L["up_b"])
+        if L["gate"] is not None:  # Qwen2.5-VL: SiLU(gate) * up (ggml's swiglu), else the activation alone
+            act = ops.act(ops.linear(L["gate"], h, L["gate_b"]), c.ffn_op) * up
+        else:
+            act = ops.act(up, c.ffn_op)
+        x = x + ops.linear(L["down"], act, L["down_b"])
+    if enc.post_ln is not None:
+        x = norm(ops, enc, x, enc.post_ln, enc.post_ln_b)
+    x = x.reshape(T // 4, 4 * c.n_embd)  # (each block's 4 patches side by side)
+    return ops.to_host(xp.ascontiguousarray(ops.linear(enc.mm2, ops.act(ops.linear(enc.mm0, x, enc.mm0_b), "gelu"), enc.mm2_b), np.float32))

@@ -35,9 +35,9 @@ from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
-from .bert import gelu, layer_norm
 from .common import WeightLoader
-from .qwen2vl_image import QUERY_CHUNK, Qwen2VLEncoder, activation, block_order, vision_rope
+from .qwen2vl_image import QUERY_CHUNK, Qwen2VLEncoder, check_pixels, patch_rows, vision_rope
+from .vit_ops import ops_of
 from .siglip import _f16
 
 
@@ -120,63 +120,53 @@ class Qwen3VLEncoder(Qwen2VLEncoder):
         """DeepStack levels each row carries after its main part."""
         return len(self.deepstack)
 
-    def merged(self, x: np.ndarray, norm: np.ndarray, norm_b: np.ndarray | None, w1: Any, b1: Any, w2: Any, b2: Any,
-               norm_before: bool) -> np.ndarray:  # fmt: skip
-        """Each block's 4 patches side by side, normed (over the patch, ``norm_before``: the merger's post_ln; else
-        over the 4 x n_embd row: a DeepStack merger's), then w1, GELU, w2."""
-        E = self.cfg.n_embd
-        if norm_before and norm is not None:
-            x = layer_norm(x, norm, norm_b, self.cfg.eps)
-        x = x.reshape(len(x) // 4, 4 * E)
-        if not norm_before:
-            x = layer_norm(x, norm, norm_b, self.cfg.eps)
-        return self._linear(w2, gelu(self._linear(w1, x, b1)), b2)
-
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Normalised ``pixels`` [3, H, W] (qwen2vl_image.preprocess; sides whole 2x2 blocks of patches) -> the rows
         [ny * nx, n_text_embd * (1 + n_deepstack)], blocks in raster order."""
-        c = self.cfg
-        p = c.patch_size
-        if pixels.ndim != 3 or pixels.shape[0] != 3 or pixels.shape[1] % (2 * p) or pixels.shape[2] % (2 * p):
-            raise KvrunError(f"the vision encoder takes pixels [3, H, W] with sides multiples of {2 * p}, got {list(pixels.shape)}")
-        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
-            from .vit_device import qwen3vl_rows
+        check_pixels(self.cfg, pixels)
+        return _forward(ops_of(self, QUERY_CHUNK), self, pixels)
 
-            return qwen3vl_rows(self, pixels)
-        npy, npx = pixels.shape[1] // p, pixels.shape[2] // p
-        ys, xs = block_order(npx, npy)
-        x = self.patch_embeddings(pixels) + self.patch_b
-        x = x + resize_positions(self.pos, self.pos_side, npx, npy)[ys * npx + xs]  # (the picture's grid, in block order)
-        T, H, E = x.shape[0], c.n_head, c.n_embd
-        D = E // H
-        cos, sin = vision_rope(ys, xs, D)
-        scale = np.float32(1.0 / math.sqrt(D))
 
-        def rope(t: np.ndarray) -> np.ndarray:  # [T, H, D], neox pairs (i, i + D/2)
-            a, b = t[..., : D // 2], t[..., D // 2 :]
-            cc, ss = cos[:, None, :], sin[:, None, :]
-            return np.concatenate([a * cc - b * ss, a * ss + b * cc], axis=-1)
+def _merged(ops: Any, enc: Qwen3VLEncoder, x: Any, norm: np.ndarray, norm_b: np.ndarray | None, w1: Any, b1: Any, w2: Any, b2: Any,
+            norm_before: bool) -> Any:  # fmt: skip
+    """Each block's 4 patches side by side, normed (over the patch, ``norm_before``: the merger's post_ln; else over
+    the 4 x n_embd row: a DeepStack merger's), then w1, GELU, w2."""
+    E = enc.cfg.n_embd
+    if norm_before and norm is not None:
+        x = ops.layer_norm(x, norm, norm_b, enc.cfg.eps)
+    x = x.reshape(len(x) // 4, 4 * E)
+    if not norm_before:
+        x = ops.layer_norm(x, norm, norm_b, enc.cfg.eps)
+    return ops.linear(w2, ops.act(ops.linear(w1, x, b1), "gelu"), b2)
 
-        levels = []
-        taps = dict(self.deepstack)
-        for il, L in enumerate(self.layers):
-            h = layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
-            qkv = self._linear(L["attn_qkv"], h, L["attn_qkv_b"])
-            q, k = rope(qkv[:, :E].reshape(T, H, D)), rope(qkv[:, E : 2 * E].reshape(T, H, D))
-            v = qkv[:, 2 * E :].reshape(T, H, D)
-            a = np.empty((T, H, D), np.float32)
-            for q0 in range(0, T, QUERY_CHUNK):  # (a big picture's scores a slice of queries at a time)
-                for hd in range(H):
-                    sc = (q[q0 : q0 + QUERY_CHUNK, hd] @ k[:, hd].T) * scale
-                    sc = np.exp(sc - sc.max(axis=-1, keepdims=True))
-                    sc /= sc.sum(axis=-1, keepdims=True)
-                    a[q0 : q0 + QUERY_CHUNK, hd] = sc @ v[:, hd]
-            x = x + self._linear(L["attn_out"], a.reshape(T, E), L["attn_out_b"])
-            h = layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
-            act = activation(self._linear(L["ffn_up"], h, L["ffn_up_b"]), c.ffn_op)
-            x = x + self._linear(L["ffn_down"], act.astype(np.float32), L["ffn_down_b"])
-            if il in taps:
-                S = taps[il]
-                levels.append(self.merged(x, S["norm"], S["norm_b"], S["fc1"], S["fc1_b"], S["fc2"], S["fc2_b"], False))
-        main = self.merged(x, self.post_ln, self.post_ln_b, self.mm0, self.mm0_b, self.mm2, self.mm2_b, True)
-        return np.ascontiguousarray(np.concatenate([main, *levels], axis=1), np.float32)
+
+def _forward(ops: Any, enc: Qwen3VLEncoder, pixels: np.ndarray) -> np.ndarray:
+    """:meth:`Qwen3VLEncoder.encode` past its checks on either device's ``ops`` (models/vit_ops.py; on the GPU the
+    pixels go up once and the rows come down once): the patches and their bias, the resized position embeddings (in
+    block order), the blocks with the fused QKV product and the 2-D rope, the DeepStack mergers after their layers,
+    the main merger; the main rows and the levels side by side."""
+    c, xp = enc.cfg, ops.xp
+    p = c.patch_size
+    npy, npx = pixels.shape[1] // p, pixels.shape[2] // p
+    x, ys, xs = patch_rows(ops, enc, pixels)
+    x = x + ops.const(enc.patch_b)
+    x = x + ops.vector(resize_positions(enc.pos, enc.pos_side, npx, npy)[ys * npx + xs])  # (the picture's grid, in block order)
+    T, H, E = x.shape[0], c.n_head, c.n_embd
+    D = E // H
+    cos, sin = (ops.vector(t) for t in vision_rope(ys, xs, D))
+    scale = np.float32(1.0 / math.sqrt(D))
+    levels = []
+    taps = dict(enc.deepstack)
+    for il, L in enumerate(enc.layers):
+        h = ops.layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
+        qkv = ops.linear(L["attn_qkv"], h, L["attn_qkv_b"])
+        q, k = ops.rope_neox(qkv[:, :E].reshape(T, H, D), qkv[:, E : 2 * E].reshape(T, H, D), cos, sin)
+        a = ops.attend(q, k, qkv[:, 2 * E :].reshape(T, H, D), scale)
+        x = x + ops.linear(L["attn_out"], a, L["attn_out_b"])
+        h = ops.layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
+        x = x + ops.linear(L["ffn_down"], ops.act(ops.linear(L["ffn_up"], h, L["ffn_up_b"]), c.ffn_op), L["ffn_down_b"])
+        if il in taps:
+            S = taps[il]
+            levels.append(_merged(ops, enc, x, S["norm"], S["norm_b"], S["fc1"], S["fc1_b"], S["fc2"], S["fc2_b"], False))
+    main = _merged(ops, enc, x, enc.post_ln, enc.post_ln_b, enc.mm0, enc.mm0_b, enc.mm2, enc.mm2_b, True)
+    return ops.to_host(xp.ascontiguousarray(xp.concatenate([main, *levels], axis=1), np.float32))

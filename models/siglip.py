@@ -62,18 +62,19 @@ TENSOR_NAMES.update({  # the encoder's names (clip.cpp's TN_*, prefix "v")
     "mm_fc": "mm.model.fc.weight",  # (SmolVLM's projection, projector type idefics3)
 })  # fmt: skip
 
-#: the projector types whose encoder runs on --device gpu too (models/vit_device.py, tests/test_gpu_vision_encoders.py):
-#: Gemma 3's, SmolVLM's, Janus-Pro's, LFM2-VL's, Hunyuan-VL's (the others, SigLIP's among them, get a CPU backend from
-#: runtime/projectors.py's CPU_BESIDE_GPU)
+#: the projector types whose encoder runs on --device gpu too (tests/test_gpu_vision_encoders*.py): Gemma 3's, SmolVLM's,
+#: Janus-Pro's, LFM2-VL's, Hunyuan-VL's (models/vit_device.py's forwards); the others' one forward, in their own file,
+#: takes either device's ops (models/vit_ops.py ``ops_of``).  The rest get a CPU backend from runtime/projectors.py's
+#: CPU_BESIDE_GPU.
 ON_GPU = ("gemma3", "idefics3", "janus_pro", "lfm2", "hunyuanvl")
-ON_GPU += ("qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger")  # (models/vit_device.py qwen2vl_rows, qwen3vl_rows)
-ON_GPU += ("pixtral", "lightonocr")  # (models/vit_device.py pixtral_rows)
-ON_GPU += ("internvl", "mlp")  # (models/vit_device.py internvl_rows, llava_rows: LLaVA's "mlp", not MobileVLM's)
-ON_GPU += ("resampler",)  # (models/vit_device.py minicpmv_rows: MiniCPM-V 2.5 to 4.5)
-ON_GPU += ("gemma4v",)  # (models/vit_device.py gemma4v_rows)
-ON_GPU += ("glm4v",)  # (models/vit_device.py glm4v_rows: GLM-4.1V, 4.5V, 4.6V)
-ON_GPU += ("llama4", "kimivl", "paddleocr")  # (models/vit_device.py llama4_rows, kimivl_rows, paddleocr_rows)
-ON_GPU += ("minicpmv4_6",)  # (models/vit_device.py minicpmv46_rows)
+ON_GPU += ("qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger")  # (models/qwen2vl_image.py, qwen3vl_image.py)
+ON_GPU += ("pixtral", "lightonocr")  # (models/pixtral_image.py)
+ON_GPU += ("internvl", "mlp")  # (models/internvl_image.py, llava_image.py: LLaVA's "mlp", not MobileVLM's)
+ON_GPU += ("resampler",)  # (models/minicpmv_image.py: MiniCPM-V 2.5 to 4.5)
+ON_GPU += ("gemma4v",)  # (models/gemma4v_image.py)
+ON_GPU += ("glm4v",)  # (models/glm4v_image.py: GLM-4.1V, 4.5V, 4.6V)
+ON_GPU += ("llama4", "kimivl", "paddleocr")  # (models/llama4_image.py, kimivl_image.py, paddleocr_image.py)
+ON_GPU += ("minicpmv4_6",)  # (models/minicpmv46_image.py)
 
 
 def _f16(x: np.ndarray) -> np.ndarray:

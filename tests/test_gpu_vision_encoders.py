@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 from gpu_checks import rel_err, strict_stand_in
+from tiny_vision import tiny_mmproj
 
 from kvrun.ops import get_backend, gpu_available
 from kvrun.ops.gpu import emulate
@@ -32,28 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
 BOUND = 2e-3
 STEPS = (5, 9, 14)  # decode steps after a picture prompt: the first captured, the rest replayed
-
-
-def _mmproj(name: str, qtype: int, d: Path) -> Path:
-    if name == "gemma3":
-        from tiny_vision import write_tiny_mmproj
-
-        return write_tiny_mmproj(d / f"gemma3-{qtype.name}.gguf", qtype)
-    if name == "idefics3":
-        from tiny_vision_idefics3 import write_tiny_idefics3_mmproj
-
-        return write_tiny_idefics3_mmproj(d / f"idefics3-{qtype.name}.gguf", qtype)
-    if name == "lfm2":
-        from tiny_vision_lfm2 import write_tiny_lfm2_mmproj
-
-        return write_tiny_lfm2_mmproj(d / f"lfm2-{qtype.name}.gguf", qtype)
-    if name == "hunyuanvl":
-        from tiny_vision_hunyuanvl import write_tiny_hunyuanvl_mmproj
-
-        return write_tiny_hunyuanvl_mmproj(d / f"hunyuanvl-{qtype.name}.gguf", qtype)
-    from tiny_vision_janus import write_tiny_janus_mmproj
-
-    return write_tiny_janus_mmproj(d / f"janus-{qtype.name}.gguf", qtype)
 
 
 def _pixels(cfg) -> np.ndarray:
@@ -84,7 +63,7 @@ def _encoders(path: Path):
 def test_a_ported_encoder_runs_on_the_gpu_and_gives_the_cpus_rows(tmp_path, emulated, name, qtype):
     """The encoder beside a GPU text model holds its weights on the device and writes the CPU encoder's rows within
     2e-3 of their largest (F16: the activations rounded to F16 before each F16 product, as the CPU's and ggml's)."""
-    cpu, gpu = _encoders(_mmproj(name, qtype, tmp_path))
+    cpu, gpu = _encoders(tiny_mmproj(name, qtype, tmp_path))
     assert type(gpu.be).__name__ == "GPUBackend"
     px = _pixels(cpu.cfg)
     want, got = cpu.encode(px), gpu.encode(px)
@@ -97,7 +76,7 @@ def test_a_picture_too_large_for_the_attention_kernel_attends_on_the_host(tmp_pa
     the same rows."""
     from kvrun.ops.gpu import encoder as E
 
-    cpu, gpu = _encoders(_mmproj("gemma3", Q.F32, tmp_path))
+    cpu, gpu = _encoders(tiny_mmproj("gemma3", Q.F32, tmp_path))
     px = _pixels(cpu.cfg)
     monkeypatch.setattr(E, "fits", lambda n_keys, head_dim: False)
     assert rel_err(cpu.encode(px), gpu.encode(px)) < BOUND
@@ -107,7 +86,7 @@ def test_a_picture_too_large_for_the_attention_kernel_attends_on_the_host(tmp_pa
 def test_an_encoder_on_the_gpu_brings_its_rows_down_once(tmp_path, emulated, name):
     """On the strict CuPy stand-in (tests/devicexp.py: host arrays refused in device arithmetic, every copy down
     logged), a picture's forward makes one copy down, its rows: no activation visits the host."""
-    path = _mmproj(name, Q.F32, tmp_path)
+    path = tiny_mmproj(name, Q.F32, tmp_path)
     with strict_stand_in() as copies:
         cpu, gpu = _encoders(path)
         px = _pixels(cpu.cfg)
@@ -166,7 +145,7 @@ def test_a_gemma3_chat_with_its_picture_encoded_on_the_gpu_writes_the_cpus_text(
     import kvrun
     from tiny_vision import sample_image, write_tiny_gemma3_vl
 
-    text, mmproj = write_tiny_gemma3_vl(tmp_path / "text.gguf"), _mmproj("gemma3", Q.F32, tmp_path)
+    text, mmproj = write_tiny_gemma3_vl(tmp_path / "text.gguf"), tiny_mmproj("gemma3", Q.F32, tmp_path)
     kw = {"n_ctx": 256, "n_batch": 64, "threads": 1, "mmproj": str(mmproj)}
     cpu, gpu = kvrun.load(str(text), **kw), kvrun.load(str(text), device="gpu", **kw)
     assert type(gpu.vision.encoder.be).__name__ == "GPUBackend"

@@ -1,7 +1,7 @@
 """Picture encoders on `--device gpu`, round 2 (issue 5): Qwen2-VL's, Qwen2.5-VL's, Qwen3-VL's, GLM-4V's, Pixtral's (Mistral
 Small 3.1+), LightOnOCR's, InternVL's, LLaVA's ("mlp"), MiniCPM-V's ("resampler") and Gemma 4's vision encoders run on
-the GPU backend (models/vit_device.py ``qwen2vl_rows``, ``qwen3vl_rows``, ``pixtral_rows``, ``internvl_rows``,
-``llava_rows``, ``minicpmv_rows``, ``gemma4v_rows``, ``glm4v_rows``), on the kernel emulator against the CPU encoder and libmtmd (the first round, on
+the GPU backend (each forward written once in the encoder's file against models/vit_ops.py's ops, on the device
+models/vit_device.py's DeviceViT), on the kernel emulator against the CPU encoder and libmtmd (the first round, on
 models/siglip.py's ViT: tests/test_gpu_vision_encoders.py).
 
 What these add to the first round's ViT: the 2-D vision rope (host-built cos/sin tables, a row a patch, uploaded once a
@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 from gpu_checks import rel_err, strict_stand_in
+from tiny_vision import tiny_mmproj
 
 from kvrun.ops import get_backend, gpu_available
 from kvrun.ops.gpu import emulate
@@ -49,45 +50,6 @@ SHAPES = {
     "pixtral": (3, 48, 80), "pixtral-nomerge": (3, 48, 80), "lightonocr": (3, 48, 80), "internvl": (3, 32, 32),
     "llava": (3, 32, 32), "llava-feat": (3, 32, 32), "minicpmv": (3, 42, 70), "gemma4v": (3, 24, 36), "gemma4v-noclamp": (3, 24, 36),
 }  # fmt: skip
-
-
-def _mmproj(name: str, qtype: int, d: Path) -> Path:
-    if name.startswith("pixtral"):
-        from tiny_vision_pixtral import MERGE, write_tiny_pixtral_mmproj
-
-        return write_tiny_pixtral_mmproj(d / f"{name}-{qtype.name}.gguf", qtype, merge=None if name.endswith("nomerge") else MERGE)
-    if name == "glm4v":
-        from tiny_vision_glm4v import write_tiny_glm4v_mmproj
-
-        return write_tiny_glm4v_mmproj(d / f"glm4v-{qtype.name}.gguf", qtype)
-    if name.startswith("gemma4v"):
-        from tiny_vision_gemma4 import write_tiny_gemma4v_mmproj
-
-        return write_tiny_gemma4v_mmproj(d / f"{name}-{qtype.name}.gguf", qtype, clamps=not name.endswith("noclamp"))
-    if name == "minicpmv":
-        from tiny_vision_minicpmv import write_tiny_minicpmv_mmproj
-
-        return write_tiny_minicpmv_mmproj(d / f"minicpmv-{qtype.name}.gguf", qtype)
-    if name.startswith("llava"):
-        from tiny_vision_llava import write_tiny_llava_mmproj
-
-        feat = {"post_ln": True, "feature_layer": [1, 3]} if name == "llava-feat" else {}  # (Granite's: two layers' inputs)
-        return write_tiny_llava_mmproj(d / f"{name}-{qtype.name}.gguf", qtype, **feat)
-    if name == "internvl":
-        from tiny_vision_internvl import write_tiny_internvl_mmproj
-
-        return write_tiny_internvl_mmproj(d / f"internvl-{qtype.name}.gguf", qtype)
-    if name == "lightonocr":
-        from tiny_vision_lightonocr import write_tiny_lightonocr_mmproj
-
-        return write_tiny_lightonocr_mmproj(d / f"lightonocr-{qtype.name}.gguf", qtype)
-    if name == "qwen3vl":
-        from tiny_vision_qwen3vl import write_tiny_qwen3vl_mmproj
-
-        return write_tiny_qwen3vl_mmproj(d / f"qwen3vl-{qtype.name}.gguf", qtype)
-    from tiny_vision_qwen2vl import write_tiny_qwen2vl_mmproj
-
-    return write_tiny_qwen2vl_mmproj(d / f"{name}-{qtype.name}.gguf", qtype, qwen25=name == "qwen25vl")
 
 
 def _encoders(path: Path):
@@ -116,7 +78,7 @@ def test_an_encoder_runs_on_the_gpu_and_gives_the_cpus_rows(tmp_path, emulated, 
     """The encoder beside a GPU text model holds its weights on the device and writes the CPU encoder's rows (Qwen3-VL's
     DeepStack levels beside its main rows, Pixtral's [IMG_BREAK] rows between its rows of blocks) within 2e-3 of their
     largest."""
-    cpu, gpu = _encoders(_mmproj(name, qtype, tmp_path))
+    cpu, gpu = _encoders(tiny_mmproj(name, qtype, tmp_path))
     assert type(gpu.be).__name__ == "GPUBackend"
     px = _pixels(name)
     want, got = cpu.encode(px), gpu.encode(px)
@@ -129,7 +91,7 @@ def test_qwen25vls_windows_have_teeth_the_whole_picture_in_every_layer_is_far_of
     past the bound: the windows are what the device's rows agree on."""
     from kvrun.models import vit_device
 
-    cpu, gpu = _encoders(_mmproj("qwen25vl", Q.F32, tmp_path))
+    cpu, gpu = _encoders(tiny_mmproj("qwen25vl", Q.F32, tmp_path))
     px = _pixels("qwen25vl")
     monkeypatch.setattr(vit_device, "_attend_windows", lambda enc, q, k, v, groups, scale: vit_device.of(enc).attend(q, k, v, scale))
     assert rel_err(cpu.encode(px), gpu.encode(px)) > 50 * BOUND
@@ -138,7 +100,7 @@ def test_qwen25vls_windows_have_teeth_the_whole_picture_in_every_layer_is_far_of
 def test_internvits_6b_norms_on_the_gpu_give_the_cpus_rows(tmp_path, emulated):
     """The 6B InternViT's RMSNorm and its QK norms over the whole width (clip.cpp knows the ViT by its shape, 3200 wide
     and 45 deep: switched on here in both encoders of the tiny file, the same QK norm weights in each): the CPU's rows."""
-    cpu, gpu = _encoders(_mmproj("internvl", Q.F32, tmp_path))
+    cpu, gpu = _encoders(tiny_mmproj("internvl", Q.F32, tmp_path))
     rng = np.random.default_rng(3)
     for a, b in zip(cpu.layers, gpu.layers):
         a["q_norm"] = b["q_norm"] = (1.0 + 0.3 * rng.standard_normal(cpu.cfg.n_embd)).astype(np.float32)
@@ -153,7 +115,7 @@ def test_an_encoder_on_the_gpu_brings_its_rows_down_once(tmp_path, emulated, nam
     """On the strict CuPy stand-in (tests/devicexp.py: host arrays refused in device arithmetic, every copy down
     logged), a picture's forward makes one copy down, its rows: the rope tables, window indices and positions go up,
     no activation visits the host."""
-    path = _mmproj(name, Q.F32, tmp_path)
+    path = tiny_mmproj(name, Q.F32, tmp_path)
     with strict_stand_in() as copies:
         cpu, gpu = _encoders(path)
         px = _pixels(name)

@@ -1,5 +1,5 @@
 """Picture encoders on `--device gpu`, round 3 (issue 5): Llama 4's, Kimi-VL's and PaddleOCR-VL's vision encoders run on
-the GPU backend (models/vit_device.py ``llama4_rows``, ``kimivl_rows``, ``paddleocr_rows``), on the kernel emulator
+the GPU backend (their forwards on models/vit_device.py's DeviceViT ops, models/vit_ops.py), on the kernel emulator
 against the CPU encoders (models/llama4_image.py, models/kimivl_image.py, models/paddleocr_image.py).
 
 What it adds to round 2's (tests/test_gpu_vision_encoders2.py): a CLS row after the patches roped at position 0 while
@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 from gpu_checks import rel_err, strict_stand_in
+from tiny_vision import tiny_mmproj
 
 from kvrun.ops import get_backend, gpu_available
 from kvrun.ops.gpu import emulate
@@ -32,24 +33,6 @@ BOUND = 2e-3
 #: Kimi-VL's and PaddleOCR-VL's 10 x 6 patches of 8 (their 8 x 8 and 6 x 6 position grids resized), 5 x 3 merged blocks
 #: MiniCPM-V 4.6's part of 8 x 4 patches of 14 (4 x 2 after its ViT merger, 2 x 1 rows); its scale-2 file's 6 x 4 (3 x 2 rows)
 SHAPES = {"llama4": (3, 32, 32), "kimivl": (3, 48, 80), "paddleocr": (3, 48, 80), "minicpmv46": (3, 56, 112), "minicpmv46-x2": (3, 56, 84)}
-
-
-def _mmproj(name: str, qtype: int, d: Path) -> Path:
-    if name.startswith("minicpmv46"):
-        from tiny_vision_minicpmv46 import write_tiny_minicpmv46_mmproj
-
-        return write_tiny_minicpmv46_mmproj(d / f"{name}-{qtype.name}.gguf", qtype, scale=2 if name.endswith("x2") else 4)
-    if name == "paddleocr":
-        from tiny_vision_paddleocr import write_tiny_paddleocr_mmproj
-
-        return write_tiny_paddleocr_mmproj(d / f"{name}-{qtype.name}.gguf", qtype)
-    if name == "kimivl":
-        from tiny_vision_kimivl import write_tiny_kimivl_mmproj
-
-        return write_tiny_kimivl_mmproj(d / f"{name}-{qtype.name}.gguf", qtype)
-    from tiny_vision_llama4 import write_tiny_llama4_mmproj
-
-    return write_tiny_llama4_mmproj(d / f"{name}-{qtype.name}.gguf", qtype)
 
 
 def _encoders(path: Path):
@@ -71,7 +54,7 @@ def _pixels(name: str) -> np.ndarray:
 def test_an_encoder_runs_on_the_gpu_and_gives_the_cpus_rows(tmp_path, emulated, name, qtype):
     """The encoder beside a GPU text model holds its weights on the device and writes the CPU encoder's rows within
     2e-3 of their largest."""
-    cpu, gpu = _encoders(_mmproj(name, qtype, tmp_path))
+    cpu, gpu = _encoders(tiny_mmproj(name, qtype, tmp_path))
     assert type(gpu.be).__name__ == "GPUBackend"
     px = _pixels(name)
     want, got = cpu.encode(px), gpu.encode(px)
@@ -84,7 +67,7 @@ def test_llama4s_rope_has_teeth_its_halves_turned_by_row_then_column_are_far_off
     the patch's row, the second by its column) puts the rows far past the bound."""
     from kvrun.models import llama4_image
 
-    cpu, gpu = _encoders(_mmproj("llama4", Q.F32, tmp_path))
+    cpu, gpu = _encoders(tiny_mmproj("llama4", Q.F32, tmp_path))
     px = _pixels("llama4")
     want = cpu.encode(px)
     real = llama4_image.rope_2d
@@ -96,7 +79,7 @@ def test_llama4s_rope_has_teeth_its_halves_turned_by_row_then_column_are_far_off
 def test_an_encoder_on_the_gpu_brings_its_rows_down_once(tmp_path, emulated, name):
     """On the strict CuPy stand-in (tests/devicexp.py: host arrays refused in device arithmetic, every copy down
     logged), a picture's forward makes one copy down, its rows: the rope tables go up, no activation visits the host."""
-    path = _mmproj(name, Q.F32, tmp_path)
+    path = tiny_mmproj(name, Q.F32, tmp_path)
     with strict_stand_in() as copies:
         cpu, gpu = _encoders(path)
         px = _pixels(name)
@@ -111,7 +94,7 @@ def test_minicpmv46s_vit_merger_attends_within_windows_raster_runs_of_four_are_f
     (the window order dropped) put the rows far past the bound."""
     from kvrun.models import minicpmv46_image
 
-    cpu, gpu = _encoders(_mmproj("minicpmv46", Q.F32, tmp_path))
+    cpu, gpu = _encoders(tiny_mmproj("minicpmv46", Q.F32, tmp_path))
     px = _pixels("minicpmv46")
     want = cpu.encode(px)
     monkeypatch.setattr(minicpmv46_image, "window_order", lambda ny, nx: np.arange(ny * nx))

@@ -269,3 +269,50 @@ def sample_image(width: int = IMAGE_SIZE, height: int = IMAGE_SIZE, seed: int = 
     img = np.stack([255 * x / max(width - 1, 1), 255 * y / max(height - 1, 1), 128 + 100 * np.sin((x + y) / 9.0)], -1)
     img += rng.normal(0, 20, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- the tiny projectors by name (the GPU encoder tests')
+
+
+def _writer(module: str, fn: str, **kw: object) -> Callable[[Path, int], Path]:
+    """``module.fn(path, qtype, **kw)``, the module imported when called (each imports this one)."""
+
+    def write(path: Path, qtype: int) -> Path:
+        import importlib
+
+        return getattr(importlib.import_module(module), fn)(path, qtype, **kw)
+
+    return write
+
+
+#: each tiny projector tests/test_gpu_vision_encoders*.py run on both devices, by name: its writer (path, qtype)
+TINY_MMPROJS: dict[str, Callable[[Path, int], Path]] = {
+    "gemma3": lambda path, qtype: write_tiny_mmproj(path, qtype),
+    "idefics3": _writer("tiny_vision_idefics3", "write_tiny_idefics3_mmproj"),
+    "lfm2": _writer("tiny_vision_lfm2", "write_tiny_lfm2_mmproj"),
+    "hunyuanvl": _writer("tiny_vision_hunyuanvl", "write_tiny_hunyuanvl_mmproj"),
+    "janus": _writer("tiny_vision_janus", "write_tiny_janus_mmproj"),
+    "pixtral": _writer("tiny_vision_pixtral", "write_tiny_pixtral_mmproj"),  # (Mistral Small 3.1's: the 2x2 merger)
+    "pixtral-nomerge": _writer("tiny_vision_pixtral", "write_tiny_pixtral_mmproj", merge=None),  # (Pixtral 12B's)
+    "lightonocr": _writer("tiny_vision_lightonocr", "write_tiny_lightonocr_mmproj"),
+    "glm4v": _writer("tiny_vision_glm4v", "write_tiny_glm4v_mmproj"),
+    "gemma4v": _writer("tiny_vision_gemma4", "write_tiny_gemma4v_mmproj"),
+    "gemma4v-noclamp": _writer("tiny_vision_gemma4", "write_tiny_gemma4v_mmproj", clamps=False),
+    "minicpmv": _writer("tiny_vision_minicpmv", "write_tiny_minicpmv_mmproj"),
+    "llava": _writer("tiny_vision_llava", "write_tiny_llava_mmproj"),
+    "llava-feat": _writer("tiny_vision_llava", "write_tiny_llava_mmproj", post_ln=True, feature_layer=[1, 3]),  # (Granite's: two layers' inputs)
+    "internvl": _writer("tiny_vision_internvl", "write_tiny_internvl_mmproj"),
+    "qwen2vl": _writer("tiny_vision_qwen2vl", "write_tiny_qwen2vl_mmproj"),
+    "qwen25vl": _writer("tiny_vision_qwen2vl", "write_tiny_qwen2vl_mmproj", qwen25=True),
+    "qwen3vl": _writer("tiny_vision_qwen3vl", "write_tiny_qwen3vl_mmproj"),
+    "llama4": _writer("tiny_vision_llama4", "write_tiny_llama4_mmproj"),
+    "kimivl": _writer("tiny_vision_kimivl", "write_tiny_kimivl_mmproj"),
+    "paddleocr": _writer("tiny_vision_paddleocr", "write_tiny_paddleocr_mmproj"),
+    "minicpmv46": _writer("tiny_vision_minicpmv46", "write_tiny_minicpmv46_mmproj"),  # (its ViT merger: scale 4)
+    "minicpmv46-x2": _writer("tiny_vision_minicpmv46", "write_tiny_minicpmv46_mmproj", scale=2),
+}  # fmt: skip
+
+
+def tiny_mmproj(name: str, qtype: int, d: Path) -> Path:
+    """The tiny projector ``name`` (:data:`TINY_MMPROJS`) written as ``qtype`` to ``d/{name}-{qtype}.gguf``."""
+    return TINY_MMPROJS[name](d / f"{name}-{GGMLQuantizationType(qtype).name}.gguf", qtype)

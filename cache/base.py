@@ -69,6 +69,11 @@ class LayerSpec:
     #: in the attention kernels themselves (the GPU caches' form of ALiBi: models/bloom.py; the CPU's is
     #: ``position_channel``)
     alibi_slopes: tuple[float, ...] = ()
+    #: V is K's last ``head_dim_v`` channels (multi-head latent attention's absorbed form, models/mla.py: K ``[rope key,
+    #: latent]``, V the latent; the model's ``v`` equals those channels of its ``k``): the plain caches store K alone
+    #: and their attention reads V through K's rows, as llama.cpp's ``is_mla`` cache (576 values a token, not 1088).
+    #: The compressed caches keep V apart whatever this says (their K is quantized per channel, V per token)
+    v_in_k: bool = False
 
 
 class LayerCache(ABC):

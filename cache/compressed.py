@@ -23,6 +23,14 @@ pool 1 is full too — it is evicted: dropped, or merged into its most similar
 kept token (:mod:`.merge`).  Attention reads all areas in place
 (:func:`kvrun.ops.cpu.qattention.attend_decode_q`).
 
+ALiBi (in bloom, mpt, jais, refact and baichuan 13B) is a bias ``slope_h * (pos_k - pos_q)`` the
+kernels add to each logit from the slot's stored position (llama.cpp's soft_max_ext max_bias
+with its ``-|i - j|`` mask), so an evicted cache's gaps keep their true distances.  The CPU's
+models hand the layer its ALiBi as one more query and key channel (``LayerSpec.position_channel``,
+models/bloom.py: the query's ``slope_h / scale``, the key's position): the cache takes the slopes
+from the queries' channel and stores the keys without it, for a position quantized with the keys
+would blur the bias; the GPU's specs carry the slopes (``LayerSpec.alibi_slopes``).
+
 Design: keys are quantized per token (after a Hadamard rotation), not per
 channel as KIVI does.  Per-channel groups span G tokens, so evicting one
 token leaves a hole that only page compaction (re-quantization) can fill;
@@ -92,7 +100,11 @@ class CompressedLayerCache(LayerCache):
     def __init__(self, spec: LayerSpec, kv: KVConfig, n_ctx: int) -> None:
         kv = kv.resolved()
         self.spec, self.kv = spec, kv
-        n_kv, D, Dv, G = spec.n_head_kv, spec.head_dim, spec.head_dim_v, kv.group
+        #: the keys' stored width: the spec's less ALiBi's position channel (see the module docstring)
+        self.key_dim = spec.head_dim - int(spec.position_channel)
+        #: ALiBi's slope per query head ([n_head] float32; with the position channel, taken from each step's queries), or empty
+        self._alibi = np.zeros(spec.n_head, np.float32) if spec.position_channel else np.asarray(spec.alibi_slopes, np.float32)
+        n_kv, D, Dv, G = spec.n_head_kv, self.key_dim, spec.head_dim_v, kv.group
         if min(kv.widths) < 16 and (D % G or Dv % G):
             raise ValueError(f"group={G} does not divide the head sizes {D} and {Dv}; use group={math.gcd(D, Dv, 32)}")
         local = spec.window > 0
@@ -156,6 +168,8 @@ class CompressedLayerCache(LayerCache):
     STORED_WIDTHS = (16, 8, 4, 3, 2)
 
     def update_and_attend(self, q, k, v, pos, out) -> None:
+        if q.shape[2] > self.key_dim:  # ALiBi's position channel: the slopes out of it, then Q and K without it
+            q, k = self._without_position_channel(q, k)
         T = q.shape[0]
         if self.basis.wants_queries:  # until the first spill fixes the key basis
             self.basis.observe(q)
@@ -175,6 +189,13 @@ class CompressedLayerCache(LayerCache):
         else:
             self._prefill(q, k, vr, pos, out)
 
+    def _without_position_channel(self, q: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Q and K of a ``position_channel`` layer without their last channel, the slopes taken from the queries'
+        (``slope_h / scale``, models/bloom.py; the keys' is the position the cache keeps anyway)."""
+        D = self.key_dim
+        np.multiply(q[0, :, D], np.float32(self.spec.scale), out=self._alibi)
+        return np.ascontiguousarray(q[..., :D], np.float32), np.ascontiguousarray(k[..., :D], np.float32)
+
     def n_tokens(self) -> int:
         return int((self.pos[0] >= 0).sum())
 
@@ -191,7 +212,7 @@ class CompressedLayerCache(LayerCache):
         n = min(n_tokens, self.N)
         n_kv = spec.n_head_kv
         f = min(n, self.F)
-        b = f * n_kv * (spec.head_dim + spec.head_dim_v) * 2
+        b = f * n_kv * (self.key_dim + spec.head_dim_v) * 2
         rest = n - f
         for p in self.pools:
             c = min(rest, p.cap)
@@ -201,7 +222,7 @@ class CompressedLayerCache(LayerCache):
         if self.policy is not None:
             per_slot += n_kv * 4 * len(self.policy.per_slot())
         b += n * per_slot
-        return b, n * n_kv * (spec.head_dim + spec.head_dim_v)
+        return b, n * n_kv * (self.key_dim + spec.head_dim_v)
 
     def bits_per_value(self, n_tokens: int) -> float:
         """Bits of storage and metadata per cached K or V value after ``n_tokens`` tokens."""
@@ -436,7 +457,7 @@ class CompressedLayerCache(LayerCache):
                 np.ascontiguousarray(pos, np.int32), self.basis.rot is not None, rot_v, *self._store_args(), *self._policy_args,
                 pol.rank_pool, self._ranking, self._qr[:T], hooks[0], hooks[1], hooks[2], pol.acc if pol.needs_probs else _EMPTY2,
                 s.window, s.scale, s.softcap, self._or[:T] if rot_v else out, out, self._s, split_threads(), self.int_keys,
-                self._sinks,
+                self._sinks, self._alibi,
             )  # fmt: skip
             return
         for t in range(T):
@@ -476,7 +497,7 @@ class CompressedLayerCache(LayerCache):
             np.ascontiguousarray(q, np.float32), np.ascontiguousarray(k, np.float32), np.ascontiguousarray(v, np.float32),
             np.ascontiguousarray(pos, np.int32), self.basis.rot is not None, rot_v, *self._store_args(), self._qr[:T],
             self.logw, s.window, s.scale, s.softcap, self._or[:T] if rot_v else out, out, self._s, split_threads(), self.int_keys,
-            self._sinks,
+            self._sinks, self._alibi,
         )  # fmt: skip
 
     def _pool_args(self, i: int) -> tuple:
@@ -515,7 +536,7 @@ class CompressedLayerCache(LayerCache):
             p1.kc, p1.km, p1.vc, p1.vm, p1.bits_k, p1.bits_v,
             p0.klut, p0.vlut, p1.klut, p1.vlut, self.kv.group, self.pos, self.logw,
             s.window, s.scale, s.softcap, o,
-            self._s, acc, int_keys=self.int_keys, sink_logits=self._sinks,
+            self._s, acc, int_keys=self.int_keys, sink_logits=self._sinks, alibi=self._alibi,
         )  # fmt: skip
         if pol is not None and pol.needs_probs:
             pol.after_step()
@@ -531,7 +552,7 @@ class CompressedLayerCache(LayerCache):
         row = self.pos[h if self.P > 1 else 0]
         ids = np.flatnonzero(row >= 0)
         n = ids.size
-        kb = scratch("cache.k", n + spare, self.spec.head_dim)
+        kb = scratch("cache.k", n + spare, self.key_dim)
         vb = scratch("cache.v", n + spare, self.spec.head_dim_v)
         a = int(np.searchsorted(ids, self.F))
         decode_half_slots(self.k16[h], ids[:a], kb[:a])
@@ -549,7 +570,7 @@ class CompressedLayerCache(LayerCache):
         n_kv = s.n_head_kv
         gqa = H // n_kv
         qr = self.basis.queries(np.ascontiguousarray(q, np.float32))
-        k16 = through_f16(self.basis.keys(k), scratch("cache.k16", T * n_kv, s.head_dim))  # what the fp16 window will hold
+        k16 = through_f16(self.basis.keys(k), scratch("cache.k16", T * n_kv, self.key_dim))  # what the fp16 window will hold
         v16 = through_f16(vr, scratch("cache.v16", T * n_kv, s.head_dim_v))
         pq = pos.astype(np.int64)
         o = scratch("cache.o", T * H, s.head_dim_v).reshape(T, H, s.head_dim_v)
@@ -563,7 +584,7 @@ class CompressedLayerCache(LayerCache):
             g = slice(h * gqa, (h + 1) * gqa)
             want = pol is not None and pol.needs_probs
             probs = attend_group(qr[:, g], kall, vall, pk, pq, s.window, s.scale, s.softcap, o[:, g], bias, probs=want,
-                                 sink_logits=self._sinks[g] if self._sinks.size else None)
+                                 sink_logits=self._sinks[g] if self._sinks.size else None, alibi=self._alibi[g] if self._alibi.size else None)
             if pol is not None:
                 pol.prefill(h, probs, ids)
         if self.rot_v is not None:  # back from the cache basis by the butterflies, as a decode step does
@@ -576,6 +597,8 @@ class CompressedLayerCache(LayerCache):
         """Store rows as :meth:`update_and_attend` does, bit for bit, computing their attention only where something
         reads it (a decode step's kernels, a policy that scores a prefill chunk by it): a picture's rows, which
         attended before they are stored (cache/picture_block.py)."""
+        if q.shape[2] > self.key_dim:  # (as update_and_attend)
+            q, k = self._without_position_channel(q, k)
         T, pol = q.shape[0], self.policy
         if T <= MAX_DECODE_T or (pol is not None and pol.needs_probs):
             self.update_and_attend(q, k, v, pos, np.empty((T, self.spec.n_head, self.spec.head_dim_v), np.float32))

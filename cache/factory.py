@@ -78,11 +78,12 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
                 else SSMLayerCache(spec) if spec.ssm else next(made) for spec in specs]  # fmt: skip
     if any(spec.kv_from >= 0 for spec in specs) and kv is not None and kv.is_compressed:  # (the GPU's plain cache shares)
         raise ValueError("layers that share K/V (gemma3n, gemma4) run on the plain cache only for now; drop the --kv-* options")
-    if any(spec.position_channel for spec in specs) and (device != "cpu" or (kv is not None and kv.is_compressed)):
-        raise ValueError("ALiBi (bloom, mpt, jais, refact, baichuan 13B) runs on the plain CPU cache only for now; use --device cpu without --kv-* options")
-    if any(spec.alibi_slopes for spec in specs) and (device == "cpu" or (kv is not None and kv.is_compressed)):
-        # (the GPU kernels' form; the CPU's is position_channel.  The compressed cache's host steps have no ALiBi)
-        raise ValueError("ALiBi (bloom, mpt, jais, refact, baichuan 13B) runs on the plain cache only for now; drop the --kv-* options")
+    # ALiBi: the CPU's models give the keys a position channel (models/bloom.py), the GPU's the slopes; the compressed
+    # caches take either (a bias from the slots' positions, cache/compressed.py), the plain ones their device's own
+    if any(spec.position_channel for spec in specs) and device != "cpu":
+        raise ValueError("ALiBi's position channel (the CPU's form) has no GPU cache; load the model with --device gpu")
+    if any(spec.alibi_slopes for spec in specs) and device == "cpu" and (kv is None or not kv.is_compressed):
+        raise ValueError("ALiBi's slopes (the GPU's form) have no plain CPU cache; load the model with --device cpu")
     if any(spec.window < 0 for spec in specs) and kv is not None and kv.policy is not None:  # (chunks are every kernel's
         # mask; a policy ranks by the attention a token got, so an older chunk's, which no query sees again, would be kept)
         raise ValueError("chunked attention (llama4) takes no eviction policy yet: it would keep an older chunk's tokens, which no query "
@@ -94,7 +95,7 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
     if kv is None or not kv.is_compressed:
         return plain(specs, n_ctx, n_batch)
     kv = kv.validate(n_ctx)
-    kvs = [_fit_group(kv, spec) for spec in specs]
+    kvs = [_fit_group(kv, replace(spec, head_dim=spec.head_dim - 1) if spec.position_channel else spec) for spec in specs]
     if kv.warm is None and kv.warm_on:
         kvs = _size_warm_tiers(specs, kvs, n_ctx, DEFAULT_WARM_TARGET[kv.widths[0]])
     return [layer_cls(spec, k, n_ctx) for spec, k in zip(specs, kvs)]

@@ -60,7 +60,8 @@ policy-free layer with the tiled fp16 prefill kernel over the stored rows
 (dequantized once per chunk by ``qattn_gather_f16``) and its own tokens.
 Chunks that feed a policy's prefill scores or KeepKV weights run the host
 path (BLAS over dequantized rows, which gives the policies their scores) and
-upload the output.
+upload the output.  ALiBi's slopes (``LayerSpec.alibi_slopes``) join the logits
+of every one of those paths, from the slots' stored positions, as on the host.
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         self._d_basis: _DeviceBasis | None = None  # the key basis on the device, sent when it changes
         self.d_rot_v = xp.array(self.rot_v) if self.rot_v is not None else None  # [Dv, Dv]
         self.d_sinks = xp.array(self._sinks) if self._sinks.size else None  # [n_head] gpt-oss's sink logits, or None
+        self.d_alibi = xp.array(self._alibi) if self._alibi.size else None  # [n_head] ALiBi's slopes (spec.alibi_slopes), or None
         if self.policy is not None:  # the same policy, its scores on the device (the parent's has seen no token yet)
             self.policy = make_policy(self.policy.name, n_kv, self.N, xp)
         pol = self.policy
@@ -468,6 +470,9 @@ class GPUCompressedLayerCache(CompressedLayerCache):
             sc = np.float32(s.softcap) * xp.tanh(sc / np.float32(s.softcap))
         if self.logw.size:  # KeepKV: a merged slot stands for several tokens
             sc = sc + xp.concatenate([self.d_logw, xp.zeros((n_kv, T), np.float32)], axis=1)[:, None, None, :]
+        if self.d_alibi is not None:  # ALiBi from the slots' true positions (masked below where empty or ahead)
+            dist = (kpos[:, None, None, :] - qp[None, None, :, None]).astype(np.float32)  # [n_kv, 1, T, N + T]
+            sc = sc + self.d_alibi.reshape(n_kv, gqa, 1, 1) * dist
         see = (kpos[:, None, None, :] >= 0) & (kpos[:, None, None, :] <= qp[None, None, :, None])
         if s.window < 0:  # Llama 4's chunks (mixed precision's layers): from the query's chunk start on, as qa_visible
             see &= kpos[:, None, None, :] >= (qp - qp % -s.window)[None, None, :, None]
@@ -527,7 +532,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         with device_out(out) as od:
             o = od if self.d_rot_v is None else xp.empty((T, s.n_head, s.head_dim_v), np.float32)
             attn.attend_prefill(self._device_queries(q), kbuf, vbuf, kpos, n + T, positions(pos), s.window, s.scale, s.softcap, o,
-                                sinks=self.d_sinks)  # fmt: skip
+                                alibi=self.d_alibi, sinks=self.d_sinks)  # fmt: skip
             if self.d_rot_v is not None:  # back from the rotated V basis
                 xp.matmul(o, self.d_rot_v, out=od)
         if not steady:
@@ -700,6 +705,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
             qa.attend_decode_q(
                 qd, positions(pos), self.d_k16, self.d_v16, p0, p1, self.d_luts, self.kv.group,
                 self.d_pos, self.d_logw, s.window, s.scale, s.softcap, o, self.d_acc if probs else None, self.d_sinks,
+                alibi=self.d_alibi,
             )  # fmt: skip
             if self.d_rot_v is not None:  # back from the rotated V basis (H is its own inverse), as a kernel a graph keeps
                 kvquant.fwht_rows(o, od)

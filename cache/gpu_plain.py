@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..ops.gpu import attention as attn
+from ..ops.gpu import batch_attention as batch_attn
 from ..ops.gpu import kernels as K
 from ..ops.gpu.arrays import device_out, is_device, positions, to_device
 from .base import LayerCache, LayerSpec
@@ -27,9 +28,12 @@ class GPUPlainLayerCache(LayerCache):
         xp = K.runtime().xp
         self.spec = spec
         self.capacity = capacity
-        # k: [n_head_kv, capacity, head_dim] float16; v likewise with head_dim_v
+        # k: [n_head_kv, capacity, head_dim] float16; v likewise with head_dim_v (``v_in_k``: a view of k's last
+        # channels, and ``v_rows`` the kernels' flat view of them: attention.v_of_k)
         self.k = xp.zeros((spec.n_head_kv, capacity, spec.head_dim), np.float16)
-        self.v = xp.zeros((spec.n_head_kv, capacity, spec.head_dim_v), np.float16)
+        self.v = self.k[:, :, spec.head_dim - spec.head_dim_v :] if spec.v_in_k else xp.zeros((spec.n_head_kv, capacity, spec.head_dim_v), np.float16)
+        self.v_rows = attn.v_of_k(self.k, spec.head_dim_v) if spec.v_in_k else self.v
+        self.v_store = None if spec.v_in_k else self.v  # (None: kv_store writes K alone)
         self.pos = xp.full(capacity, -1, np.int32)  # absolute position per slot
         # per query head: ALiBi's slopes and gpt-oss's sink logits, None where the layer has none (the kernels' flags)
         self.alibi = xp.asarray(np.asarray(spec.alibi_slopes, np.float32)) if spec.alibi_slopes else None
@@ -45,7 +49,7 @@ class GPUPlainLayerCache(LayerCache):
         self.note_positions(pos_h)
         pd = positions(pos_h)
         qd, kd, vd = to_device(q), to_device(k), to_device(v)
-        attn.kv_store(kd, vd, pd, self.k, self.v, self.pos)
+        attn.kv_store(kd, vd, pd, self.k, self.v_store, self.pos)
         with device_out(out) as od:
             self.attend(qd, pd, od, self.spec, alibi=self.alibi, sinks=self.sinks)
 
@@ -55,10 +59,10 @@ class GPUPlainLayerCache(LayerCache):
         the decode kernel for a few tokens, else the tiled one."""
         T = qd.shape[0]
         if T <= DECODE_MAX_TOKENS and spec.head_dim <= attn.DECODE_MAX_D:
-            attn.attend_decode(qd, self.k, self.v, self.pos, self.decode_slots(), pd, spec.window, spec.scale, spec.softcap, od,
+            attn.attend_decode(qd, self.k, self.v_rows, self.pos, self.decode_slots(), pd, spec.window, spec.scale, spec.softcap, od,
                                alibi=alibi, sinks=sinks)  # fmt: skip
         else:  # (heads wider than the decode kernel's, Gemma 4's 512: a decode step takes the tiled kernel too, over whole splits)
-            attn.attend_prefill(qd, self.k, self.v, self.pos, self.used if T > DECODE_MAX_TOKENS else self.decode_slots(), pd,
+            attn.attend_prefill(qd, self.k, self.v_rows, self.pos, self.used if T > DECODE_MAX_TOKENS else self.decode_slots(), pd,
                                 spec.window, spec.scale, spec.softcap, od, alibi=alibi, sinks=sinks)  # fmt: skip
 
     @staticmethod
@@ -104,7 +108,8 @@ class GPUPlainLayerCache(LayerCache):
 
         rt, h = K.runtime(), PlainLayerCache(self.spec, self.capacity)
         h.k[...] = rt.asnumpy(self.k).view(np.uint16)
-        h.v[...] = rt.asnumpy(self.v).view(np.uint16)
+        if not self.spec.v_in_k:  # (else h's V is its K's last channels, as here)
+            h.v[...] = rt.asnumpy(self.v).view(np.uint16)
         h.pos[...] = rt.asnumpy(self.pos)
         h.used = self.used
         return h
@@ -117,7 +122,8 @@ class GPUPlainLayerCache(LayerCache):
         if type(src) is not PlainLayerCache or src.spec != self.spec or src.capacity != self.capacity:
             raise refuse(src, self)
         self.k[...] = to_device(src.k.view(np.float16), np.float16)
-        self.v[...] = to_device(src.v.view(np.float16), np.float16)
+        if not self.spec.v_in_k:
+            self.v[...] = to_device(src.v.view(np.float16), np.float16)
         self.pos[...] = to_device(src.pos, np.int32)
         self.used = src.used
 
@@ -125,7 +131,7 @@ class GPUPlainLayerCache(LayerCache):
         return int((self.pos >= 0).sum())
 
     def nbytes(self) -> int:
-        return int(self.k.nbytes + self.v.nbytes + self.pos.nbytes)
+        return int(self.k.nbytes + (0 if self.spec.v_in_k else self.v.nbytes) + self.pos.nbytes)
 
     def reset(self) -> None:
         self.pos.fill(-1)
@@ -137,7 +143,8 @@ class GPUPlainLayerCache(LayerCache):
 
 def batch_update_and_attend(layers: list[LayerCache], q: Any, k: Any, v: Any, pos: np.ndarray, bounds: list[int], out: Any) -> bool:
     """A batch's rows, sequence ``i`` rows ``bounds[i]:bounds[i + 1]`` into ``layers[i]`` (cache/batch.py): each
-    sequence's K/V stored and attended as it would be alone, by the same kernels.  The positions go up once for the
+    sequence's K/V stored and attended as it would be alone, by the same arithmetic (the decode rows of all
+    sequences in one launch each: ops/gpu/batch_attention.py).  The positions go up once for the
     forward (``positions``: the RoPE's copy, whose slices each sequence reads) and the host makes no decision that
     depends on device data, so a batch of decode steps can be captured as a CUDA graph (runtime/batch_graphs.py).
     False (nothing done) unless every layer is a :class:`GPUPlainLayerCache` and ``pos`` is on the host."""
@@ -146,12 +153,29 @@ def batch_update_and_attend(layers: list[LayerCache], q: Any, k: Any, v: Any, po
     pos_h = np.asarray(pos)
     pd = positions(pos_h)
     qd, kd, vd = to_device(q), to_device(k), to_device(v)
+    # the sequences' decode rows: one store and one attention launch for all (ops/gpu/batch_attention.py), the
+    # rings found in a table made once per batch composition; a prompt chunk goes alone, as before
+    spec = layers[0].spec
+    together = not spec.v_in_k and batch_attn.fits(spec.n_head, spec.n_head_kv, spec.head_dim)  # (its table: dense V rows)
+    rings: list[GPUPlainLayerCache] = []
+    rows: list[int] = []
+    n_slots = 0
     with device_out(out) as od:
         for i, L in enumerate(layers):
             lo, hi = bounds[i], bounds[i + 1]
             L.note_positions(pos_h[lo:hi])
-            attn.kv_store(kd[lo:hi], vd[lo:hi], pd[lo:hi], L.k, L.v, L.pos)
+            if together and hi - lo <= DECODE_MAX_TOKENS:
+                rings += [L] * (hi - lo)
+                rows += range(lo, hi)
+                n_slots = max(n_slots, L.decode_slots())
+                continue
+            attn.kv_store(kd[lo:hi], vd[lo:hi], pd[lo:hi], L.k, L.v_store, L.pos)
             L.attend(qd[lo:hi], pd[lo:hi], od[lo:hi], L.spec, alibi=L.alibi, sinks=L.sinks)
+        if rows:
+            t = batch_attn.table(rings, rows)
+            batch_attn.kv_store(kd, vd, pd, t)
+            batch_attn.attend_decode(qd, pd, t, n_slots, spec.window, spec.scale, spec.softcap, od,
+                                     alibi=layers[0].alibi, sinks=layers[0].sinks)  # fmt: skip
     return True
 
 

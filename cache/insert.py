@@ -200,7 +200,8 @@ def decode_push(q: np.ndarray, k: np.ndarray, v: np.ndarray, p: int, rot_k: bool
 def decode_step(q: np.ndarray, k: np.ndarray, v: np.ndarray, qpos: np.ndarray, rot_k: bool, rot_v: bool, t_k: np.ndarray, mu: np.ndarray,
                 k16: np.ndarray, v16: np.ndarray, pos: np.ndarray, S: int, F: int, G: int, pool0: tuple, pool1: tuple,
                 tmp: np.ndarray, qr: np.ndarray, logw: np.ndarray, window: int, scale: float, softcap: float,
-                o: np.ndarray, out: np.ndarray, s_all: np.ndarray, split_for: int, int_keys: bool, sink_logits: np.ndarray) -> None:  # fmt: skip
+                o: np.ndarray, out: np.ndarray, s_all: np.ndarray, split_for: int, int_keys: bool, sink_logits: np.ndarray,
+                alibi: np.ndarray) -> None:  # fmt: skip
     """A whole steady-state decode step in one call: each token stored by :func:`decode_push`,
     then the step's queries attend (``attend_decode_q``'s kernel) and, with ``rot_v``, the
     output is rotated back.  Three calls and their Python between cost ~25 us a layer-step,
@@ -209,8 +210,8 @@ def decode_step(q: np.ndarray, k: np.ndarray, v: np.ndarray, qpos: np.ndarray, r
     q: [T, n_head, D], k: [T, n_kv, D], v: [T, n_kv, Dv] float32; qpos: [T] int32;
     qr: [T, n_head, D] scratch for the rotated queries; logw: merge log-weights or [0, 0];
     o: [T, n_head, Dv] attention output in the cache basis (``out`` itself without
-    ``rot_v``); out: [T, n_head, Dv]; s_all: [n_kv, gqa, N] scratch; int_keys, sink_logits: as ``attend_decode_q``'s
-    (sink_logits empty: none).
+    ``rot_v``); out: [T, n_head, Dv]; s_all: [n_kv, gqa, N] scratch; int_keys, sink_logits, alibi: as ``attend_decode_q``'s
+    (sink_logits, alibi empty: none).
     The rest as :func:`decode_push`.
     """
     for t in range(q.shape[0]):
@@ -220,7 +221,7 @@ def decode_step(q: np.ndarray, k: np.ndarray, v: np.ndarray, qpos: np.ndarray, r
     no_probs = np.empty((0, 0), np.float32)
     _attend_decode_q(qr, qpos, k16, v16, kc, km, vc, vm, bits_k, bits_v, kc1, km1, vc1, vm1, bits_k1, bits_v1,
                      klut, vlut, klut1, vlut1, G, pos, logw, window, scale, softcap, o, s_all, no_probs, split_for, int_keys,
-                     sink_logits)  # fmt: skip
+                     sink_logits, alibi)  # fmt: skip
     if rot_v:
         fwht_rows(o, out)
 
@@ -535,7 +536,7 @@ def _policy_token(
 def policy_decode_step(
     q, k, v, qpos, rot_k, rot_v, t_k, mu, k16, v16, pos, S, F, G, pool0, pool1, tmp,
     state, n_state, folds, n_fold, logw, mode, threshold, score, pool_width, ranking, qr,
-    insert_kind, step_kind, decay, acc, window, scale, softcap, o, out, s_all, split_for, int_keys, sink_logits,
+    insert_kind, step_kind, decay, acc, window, scale, softcap, o, out, s_all, split_for, int_keys, sink_logits, alibi,
 ) -> None:  # fmt: skip
     """A decode step (T tokens) of a layer with a policy whose hooks :meth:`Policy.fused_hooks` describes, in
     one call: each token in by :func:`policy_push` and given its state (``on_insert``), then ``before_step``,
@@ -544,7 +545,7 @@ def policy_decode_step(
     ``CompressedLayerCache``'s Python path through the hooks, ~15 us a layer-step cheaper.
 
     The arguments as :func:`policy_push` (per token: q [T, n_head, D], k [T, n_kv, D], v [T, n_kv, Dv], qpos
-    [T]) and :func:`decode_step` (o, out, s_all, split_for, int_keys, sink_logits); state[0] is the policy's score.
+    [T]) and :func:`decode_step` (o, out, s_all, split_for, int_keys, sink_logits, alibi); state[0] is the policy's score.
     """
     for t in range(q.shape[0]):
         j = policy_push(
@@ -565,7 +566,7 @@ def policy_decode_step(
     kc1, km1, vc1, vm1, bits_k1, bits_v1, klut1, vlut1 = pool1[2:10]
     _attend_decode_q(qr, qpos, k16, v16, kc, km, vc, vm, bits_k, bits_v, kc1, km1, vc1, vm1, bits_k1, bits_v1,
                      klut, vlut, klut1, vlut1, G, pos, logw, window, scale, softcap, o, s_all, acc, split_for, int_keys,
-                     sink_logits)  # fmt: skip
+                     sink_logits, alibi)  # fmt: skip
     if step_kind == STEP_DECAY:  # numpy's `score *= decay; score += acc`: two roundings (EXACT_JIT contracts no FMA)
         d = np.float32(decay)
         for h in range(s0.shape[0]):

@@ -24,9 +24,9 @@ class PlainLayerCache(LayerCache):
     def __init__(self, spec: LayerSpec, capacity: int) -> None:
         self.spec = spec
         self.capacity = capacity
-        # k: [n_head_kv, capacity, head_dim] float16 bits; v likewise with head_dim_v
+        # k: [n_head_kv, capacity, head_dim] float16 bits; v likewise with head_dim_v (``v_in_k``: a view of k's rows)
         self.k = np.zeros((spec.n_head_kv, capacity, spec.head_dim), np.uint16)
-        self.v = np.zeros((spec.n_head_kv, capacity, spec.head_dim_v), np.uint16)
+        self.v = v_of_k(self.k, spec) if spec.v_in_k else np.zeros((spec.n_head_kv, capacity, spec.head_dim_v), np.uint16)
         self.pos = np.full(capacity, -1, np.int32)  # absolute position per slot
         self._s = np.zeros((spec.n_head_kv, spec.n_head // spec.n_head_kv, capacity), np.float32)  # decode scores
         # decode: the compressed cache's kernel cut to fp16 rows (decode_step_f16): fp16 tiles
@@ -35,14 +35,20 @@ class PlainLayerCache(LayerCache):
         self._sinks = np.asarray(spec.sink_logits, np.float32)  # [n_head] or empty
         self.addrs = (self.k.ctypes.data, self.v.ctypes.data, self.pos.ctypes.data, self._s.ctypes.data)  # (decode_steps)
 
+    def __getstate__(self) -> dict:
+        """(``v_in_k``: V is not saved, a view would pickle as a copy of its own; :meth:`__setstate__` views K again.)"""
+        return {n: a for n, a in self.__dict__.items() if n != "v" or not self.spec.v_in_k}
+
     def __setstate__(self, state: dict) -> None:
         """A session file's layer (runtime/sessionfile.py): its arrays are new ones, so are their addresses."""
         self.__dict__.update(state)
+        if self.spec.v_in_k:
+            self.v = v_of_k(self.k, self.spec)
         self.addrs = (self.k.ctypes.data, self.v.ctypes.data, self.pos.ctypes.data, self._s.ctypes.data)
 
     def attend(self, q, pos, out, spec: LayerSpec) -> None:
         """Attention of ``q`` at ``pos`` over what is stored, storing nothing (:class:`SharedLayerCache`)."""
-        attend_prefill_f16(q, self.k, self.v, self.pos, pos, spec.window, spec.scale, spec.softcap, out, self._sinks)
+        attend_prefill_f16(q, self.k, self.v, self.pos, pos, spec.window, spec.scale, spec.softcap, out, self._sinks, self.spec.v_in_k)
 
     def update_and_attend(self, q, k, v, pos, out) -> None:
         T = k.shape[0]
@@ -51,12 +57,12 @@ class PlainLayerCache(LayerCache):
         s = self.spec
         if T <= 4:  # a decode step: stored and attended in one Numba call
             self.used = decode_step_f16(
-                np.ascontiguousarray(q, np.float32), k, v, pos, self.k, self.v, self.pos, self.used,
+                np.ascontiguousarray(q, np.float32), k, _no_values(k) if s.v_in_k else v, pos, self.k, self.v, self.pos, self.used,
                 s.window, s.scale, s.softcap, out, self._s, split_threads(), self._sinks,
             )  # fmt: skip
         else:
             self.store(k, v, pos)
-            attend_prefill_f16(q, self.k, self.v, self.pos, pos, s.window, s.scale, s.softcap, out, self._sinks)
+            attend_prefill_f16(q, self.k, self.v, self.pos, pos, s.window, s.scale, s.softcap, out, self._sinks, s.v_in_k)
 
     def store(self, k, v, pos) -> None:
         """Store k, v at ``pos`` as :meth:`update_and_attend` does (a decode step's kernel rounds to fp16 alike), with
@@ -66,7 +72,8 @@ class PlainLayerCache(LayerCache):
         slots = pos % self.capacity
         # [T, n_kv, D] -> [n_kv, T, D] scatter into the ring
         scatter_f16(k, slots, self.k)
-        scatter_f16(v, slots, self.v)
+        if not self.spec.v_in_k:  # (else V is K's last channels, stored with it)
+            scatter_f16(v, slots, self.v)
         self.pos[slots] = pos
         self.used = max(self.used, int(slots.max()) + 1)
 
@@ -74,7 +81,7 @@ class PlainLayerCache(LayerCache):
         return int((self.pos >= 0).sum())
 
     def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes + self.pos.nbytes
+        return self.k.nbytes + (0 if self.spec.v_in_k else self.v.nbytes) + self.pos.nbytes
 
     def reset(self) -> None:
         self.pos[:] = -1
@@ -93,7 +100,8 @@ class PlainLayerCache(LayerCache):
             return False
         hi = min(src.used, n_past) if self.capacity >= n_past else src.used  # (positions < n_past sit in slots < n_past)
         self.k[:, :hi] = src.k[:, :hi]
-        self.v[:, :hi] = src.v[:, :hi]
+        if not self.spec.v_in_k:
+            self.v[:, :hi] = src.v[:, :hi]
         self.pos[:hi] = src.pos[:hi]
         self.pos[hi:] = -1
         self.used = hi
@@ -110,9 +118,11 @@ class PlainLayerCache(LayerCache):
 def decode_steps(layers: list[LayerCache], q, k, v, pos, bounds: list[int], out) -> bool:
     """A batch's decode steps, sequence ``i`` rows ``bounds[i]:bounds[i + 1]`` into ``layers[i]``, in one call
     (ops/cpu/batchdecode.py): each sequence's result is the one it gets alone.  False (nothing done) unless every
-    layer is a :class:`PlainLayerCache` of one shape and every sequence feeds 1 to 4 tokens (decode steps, drafts)."""
+    layer is a :class:`PlainLayerCache` of one shape and every sequence feeds 1 to 4 tokens (decode steps, drafts), and
+    stores V apart (the batched kernel takes each ring's V as a dense array at an address; ``v_in_k``'s sequences go
+    one by one)."""
     first = layers[0]
-    if any(type(L) is not PlainLayerCache or L.capacity != first.capacity or (L.spec is not first.spec and L.spec != first.spec) for L in layers):
+    if first.spec.v_in_k or any(type(L) is not PlainLayerCache or L.capacity != first.capacity or (L.spec is not first.spec and L.spec != first.spec) for L in layers):
         return False
     b = np.asarray(bounds, np.int64)
     n = np.diff(b)
@@ -126,6 +136,17 @@ def decode_steps(layers: list[LayerCache], q, k, v, pos, bounds: list[int], out)
     for L, u in zip(layers, used.tolist()):
         L.used = u
     return True
+
+
+def v_of_k(k: np.ndarray, spec: LayerSpec) -> np.ndarray:
+    """V read through K's rows (``spec.v_in_k``, MLA's latent): k's last ``head_dim_v`` channels, a view
+    ``[n_head_kv, capacity, head_dim_v]`` whose rows are K's stride apart."""
+    return k[:, :, spec.head_dim - spec.head_dim_v :]
+
+
+def _no_values(k: np.ndarray) -> np.ndarray:
+    """A decode step's V where it is K's last channels (stored with K): none to write, ``[T, n_kv, 0]``."""
+    return np.empty((k.shape[0], k.shape[1], 0), np.float32)
 
 
 class SharedLayerCache(LayerCache):

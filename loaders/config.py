@@ -11,7 +11,6 @@ so the numbers are in one place.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -345,7 +344,8 @@ class ModelConfig:
     # LAuReL's low-rank residual of rank laurel_rank
     n_layer_kv_from_start: int = -1
     #: K+V values one token stores in each layer where layers differ in width or store none (Gemma 3n, Gemma 4:
-    #: shared K/V, two head widths; MLA's latent cache, models/mla.py); empty: kv_bytes_per_token counts every attention layer alike
+    #: shared K/V, two head widths); empty: kv_values_by_layer counts every attention layer alike.  (What a model's cache
+    #: holds in another form, MLA's latent, its class says: models/common.py's ``Model.cache_widths``)
     kv_values_per_layer: tuple[int, ...] = field(default_factory=tuple)
     n_layer_sparsity: int = 0
     sparsity_std_mul: float = 0.0
@@ -362,14 +362,20 @@ class ModelConfig:
     def is_swa(self, layer: int) -> bool:
         return bool(self.swa_layers) and self.swa_layers[layer]
 
-    def kv_bytes_per_token(self, bits: float = 16.0) -> float:
-        """K+V bytes one token occupies over all layers at ``bits`` per value (state-space layers keep none)."""
+    def kv_values_by_layer(self) -> tuple[int, ...]:
+        """K+V values one token stores in each layer as the file's geometry lays them out: 0 in a layer that keeps none
+        (state-space and FFN-only layers, Gemma 3n's sharing ones), each layer's own KV heads where they differ."""
         if self.kv_values_per_layer:
-            return sum(self.kv_values_per_layer) * bits / 8.0
+            return self.kv_values_per_layer
         if self.kv_heads_per_layer:  # (OpenELM: each layer its own count)
-            return sum(self.kv_heads_per_layer) * (self.head_dim + self.head_dim_v) * bits / 8.0
+            return tuple(n * (self.head_dim + self.head_dim_v) for n in self.kv_heads_per_layer)
         per_layer = self.n_head_kv * (self.head_dim + self.head_dim_v)
-        return (self.n_layer - sum(self.ssm_layers) - sum(self.ffn_layers)) * per_layer * bits / 8.0
+        ssm, ffn = self.ssm_layers, self.ffn_layers
+        return tuple(0 if (il < len(ssm) and ssm[il]) or (il < len(ffn) and ffn[il]) else per_layer for il in range(self.n_layer))
+
+    def kv_bytes_per_token(self, bits: float = 16.0) -> float:
+        """K+V bytes one token occupies over all layers at ``bits`` per value, by :meth:`kv_values_by_layer`."""
+        return sum(self.kv_values_by_layer()) * bits / 8.0
 
 
 def _req(g: GGUFFile, key: str) -> Any:
@@ -418,10 +424,6 @@ def load_config(g: GGUFFile) -> ModelConfig:
     if arch == "minicpm3":  # (MLA as deepseek2; V's heads llama.cpp's n_embd_head_v: n_embd / n_head unless stated, not
         # key_length, which the converter states as qk_nope + qk_rope)
         head_dim_v, n_head_kv = int(g.arch_get("attention.value_length", n_embd // n_head)), n_head
-    mla_latent: tuple[int, ...] = ()  # (the latent cache, models/mla.py: per token a layer K [rope key, latent], V the latent)
-    if arch in ("deepseek2", "mistral4", "glm-dsa", "minicpm3", "plm") and os.environ.get("KVRUN_MLA", "latent") != "expanded":
-        rank, rot = int(g.arch_get("attention.kv_lora_rank", 0) or 0), int(g.arch_get("rope.dimension_count", 0) or 0)
-        mla_latent = (2 * rank + rot,) * n_layer if rank > 0 else ()
     if arch == "kimi-linear":  # (MLA as deepseek2's, decompressed: llama.cpp requires key_length_mla and value_length_mla)
         head_dim, head_dim_v, n_head_kv = int(_req(g, "attention.key_length_mla")), int(_req(g, "attention.value_length_mla")), n_head
     if "full_attention_interval" in d:  # (Qwen3.5's multi-token-prediction block comes after the trunk, counted in
@@ -547,7 +549,7 @@ def load_config(g: GGUFFile) -> ModelConfig:
         ssm_parallel=bool(d.get("ssm_parallel", False)),
         ffn_layers=ffn_layers,
         n_layer_kv_from_start=from_start,
-        kv_values_per_layer=_shared_kv_values(g, n_layer, from_start, kv_per_layer, swa_layers, head_dim, head_dim_v) if arch in ("gemma3n", "gemma4") else mla_latent,
+        kv_values_per_layer=_shared_kv_values(g, n_layer, from_start, kv_per_layer, swa_layers, head_dim, head_dim_v) if arch in ("gemma3n", "gemma4") else (),
         n_layer_sparsity=int(d.get("n_layer_sparsity", 0)),
         sparsity_std_mul=float(d.get("sparsity_std_mul", 0.0)),
         n_altup=int(d.get("n_altup", 0)),

@@ -1,147 +1,165 @@
-"""Architectures, looked up by the GGUF ``general.architecture`` value."""
+"""Architectures, looked up by the GGUF ``general.architecture`` value.
+
+The registry names each class by its module and imports that module when the class is first asked for, never the
+others: `kvrun info` asks one class its hooks (``rope_absence``, ``cache_widths``) without importing a hundred model
+modules and their kernels, and a run imports its own model's alone.  ``_CLASSES`` must agree with each class's own
+``archs`` (tests/test_info_hooks.py holds them together): a new architecture's class goes in both.
+"""
 
 from __future__ import annotations
 
-from ..loaders.errors import UnsupportedModelError
-from .afmoe import AfmoeModel
-from .apertus import ApertusModel
-from .arcee import ArceeModel
-from .arwkv7 import ARWKV7Model
-from .bailingmoe import BailingMoeModel
-from .bailingmoe2 import BailingMoe2Model
-from .bert import BertModel
-from .bitnet import BitnetModel
-from .bloom import BloomModel
-from .chatglm import ChatGLMModel
-from .cohere2 import Cohere2Model
-from .command_r import CommandRModel
-from .common import Model
-from .deepseek import DeepseekModel
-from .deepseek2 import Deepseek2Model
-from .deci import DeciModel
-from .dots1 import Dots1Model
-from .ernie4_5 import Ernie45Model
-from .ernie4_5_moe import Ernie45MoeModel
-from .exaone import ExaoneModel
-from .exaone4 import Exaone4Model
-from .exaone_moe import ExaoneMoeModel
-from .falcon import FalconModel
-from .falcon_h1 import FalconH1Model
-from .gemma import GemmaModel
-from .gemma2 import Gemma2Model
-from .gemma3 import Gemma3Model
-from .gemma3n import Gemma3nModel
-from .gemma4 import Gemma4Model
-from .gemma_embedding import GemmaEmbeddingModel
-from .glm4 import Glm4Model, Glm4MoeModel
-from .gpt2 import GPT2Model
-from .gptneox import GPTNeoXModel
-from .gptoss import GptOssModel
-from .granite import GraniteModel
-from .granitehybrid import GraniteHybridModel
-from .granitemoe import GraniteMoeModel
-from .grovemoe import GroveMoeModel
-from .hunyuan_dense import HunyuanDenseModel
-from .hunyuan_moe import HunyuanMoeModel
-from .internlm2 import InternLM2Model
-from .jamba import JambaModel
-from .jina_bert import JinaBertV2Model, JinaBertV3Model
-from .lfm2 import Lfm2Model
-from .llama import LlamaModel
-from .llama4 import Llama4Model
-from .mamba import MambaModel
-from .mamba2 import Mamba2Model
-from .minicpm import MiniCPMModel
-from .minicpm3 import MiniCPM3Model
-from .mimo2 import Mimo2Model
-from .minimax_m2 import MiniMaxM2Model
-from .mistral3 import Mistral3Model
-from .mistral4 import Mistral4Model
-from .mpt import MptModel
-from .nemotron import NemotronModel
-from .nemotron_h import NemotronHModel
-from .neo_bert import NeoBertModel
-from .modern_bert import ModernBertModel
-from .eurobert import EuroBertModel
-from .llama_embed import LlamaEmbedModel
-from .t5encoder import T5EncoderModel
-from .t5 import T5Model
-from .kimi_linear import KimiLinearModel
-from .nomic_bert_moe import NomicBertMoeModel
-from .olmo import OlmoModel
-from .olmo2 import Olmo2Model
-from .olmoe import OlmoeModel
-from .openelm import OpenELMModel
-from .pangu_embedded import PanguEmbeddedModel
-from .phi2 import Phi2Model
-from .plamo2 import Plamo2Model
-from .phi3 import Phi3Model
-from .phimoe import PhiMoeModel
-from .qwen2 import Qwen2Model
-from .qwen2moe import Qwen2MoeModel
-from .qwen2vl import Qwen2VLModel
-from .qwen3 import Qwen3Model
-from .qwen35 import Qwen35Model
-from .qwen3moe import Qwen3MoeModel
-from .qwen3vl import Qwen3VLModel, Qwen3VLMoeModel
-from .rnd1 import Rnd1Model
-from .dream import DreamModel  # (diffusion language models: models/diffusion_lm.py)
-from .llada import LladaModel
-from .llada_moe import LladaMoeModel
-from .rwkv6 import RWKV6Model
-from .rwkv6qwen2 import RWKV6Qwen2Model
-from .rwkv7 import RWKV7Model
-from .seed_oss import SeedOssModel
-from .smallthinker import SmallThinkerModel
-from .smollm3 import SmolLM3Model
-from .stablelm import StableLMModel
-from .starcoder import StarCoderModel
-from .step35 import Step35Model
-from .starcoder2 import StarCoder2Model
-from .baichuan import BaichuanModel  # (the Llama block's kin: qwen, baichuan, orion, xverse, plamo3, maincoder, jais2)
-from .jais2 import Jais2Model
-from .jais import JaisModel  # (older and niche decoders: jais, codeshell, refact, plm, plamo, chameleon)
-from .codeshell import CodeShellModel
-from .refact import RefactModel
-from .plm import PLMModel
-from .plamo import PlamoModel
-from .chameleon import ChameleonModel
-from .maincoder import MaincoderModel
-from .orion import OrionModel
-from .plamo3 import Plamo3Model
-from .qwen import QwenModel
-from .xverse import XverseModel
-from .arctic import ArcticModel
-from .dbrx import DbrxModel
-from .grok import GrokModel
-from .nemotron_h_moe import NemotronHMoeModel
-from .cogvlm import CogVLMModel  # (text sides of VL/OCR models: cogvlm, deepseek2-ocr, glm-dsa, hunyuan_vl, paddleocr)
-from .deepseek2_ocr import Deepseek2OCRModel
-from .glm_dsa import GlmDsaModel
-from .hunyuan_vl import HunyuanVLModel
-from .paddleocr import PaddleOCRModel
+import importlib
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
-MODEL_CLASSES: dict[str, type[Model]] = {}
-for _cls in (LlamaModel, SmolLM3Model, GraniteModel, GraniteMoeModel, Qwen2Model, Qwen2MoeModel, DeepseekModel, Deepseek2Model,
-             Qwen3Model, Qwen3MoeModel, Qwen35Model, Phi3Model, GemmaModel, Gemma2Model, Gemma3Model, Gemma3nModel, GemmaEmbeddingModel,
-             Olmo2Model, OlmoeModel, ExaoneModel, Exaone4Model, BertModel, Lfm2Model, Phi2Model, StableLMModel, GptOssModel, Ernie45Model,
-             Ernie45MoeModel, Cohere2Model, ArceeModel, Mamba2Model, GraniteHybridModel, FalconH1Model, NemotronHModel, Mistral3Model,
-             HunyuanDenseModel, MiniCPMModel, RWKV7Model, BitnetModel, Glm4Model, Glm4MoeModel, SmallThinkerModel, BailingMoe2Model,
-             SeedOssModel, ApertusModel, CommandRModel, GPT2Model, StarCoder2Model, GPTNeoXModel, RWKV6Model, Llama4Model,
-             InternLM2Model, OlmoModel, NemotronModel, OpenELMModel, Qwen2VLModel, Qwen3VLModel, Qwen3VLMoeModel, FalconModel, ChatGLMModel,
-             JinaBertV2Model, JinaBertV3Model, NomicBertMoeModel, NeoBertModel, MambaModel, MiniCPM3Model, AfmoeModel, ExaoneMoeModel,
-             PanguEmbeddedModel, ARWKV7Model, RWKV6Qwen2Model, Gemma4Model,
-             StarCoderModel, BloomModel, MptModel, JambaModel, Plamo2Model, DeciModel,
-             MiniMaxM2Model, Mimo2Model, Step35Model, Mistral4Model,
-             QwenModel, BaichuanModel, OrionModel, XverseModel, Plamo3Model, MaincoderModel, Jais2Model,
-             JaisModel, CodeShellModel, RefactModel, PLMModel, PlamoModel, ChameleonModel,
-             BailingMoeModel, HunyuanMoeModel, Dots1Model, PhiMoeModel, GroveMoeModel, Rnd1Model, DreamModel, LladaModel, LladaMoeModel,
-             ModernBertModel, EuroBertModel, LlamaEmbedModel, T5EncoderModel,
-             DbrxModel, ArcticModel, GrokModel, NemotronHMoeModel, T5Model,
-             KimiLinearModel,
-             CogVLMModel, Deepseek2OCRModel, GlmDsaModel, HunyuanVLModel, PaddleOCRModel):  # fmt: skip
-    for _arch in _cls.archs:
-        MODEL_CLASSES[_arch] = _cls
+from ..loaders.errors import UnsupportedModelError
+
+if TYPE_CHECKING:
+    from .common import Model
+
+#: "module.Class" (of this package) -> the architectures it runs, in the order they were registered
+_CLASSES: dict[str, tuple[str, ...]] = {
+    "llama.LlamaModel": ("llama", "mistral"),
+    "smollm3.SmolLM3Model": ("smollm3",),
+    "granite.GraniteModel": ("granite",),
+    "granitemoe.GraniteMoeModel": ("granitemoe",),
+    "qwen2.Qwen2Model": ("qwen2",),
+    "qwen2moe.Qwen2MoeModel": ("qwen2moe",),
+    "deepseek.DeepseekModel": ("deepseek",),
+    "deepseek2.Deepseek2Model": ("deepseek2",),
+    "qwen3.Qwen3Model": ("qwen3",),
+    "qwen3moe.Qwen3MoeModel": ("qwen3moe",),
+    "qwen35.Qwen35Model": ("qwen35", "qwen35moe", "qwen3next"),
+    "phi3.Phi3Model": ("phi3",),
+    "gemma.GemmaModel": ("gemma",),
+    "gemma2.Gemma2Model": ("gemma2",),
+    "gemma3.Gemma3Model": ("gemma3",),
+    "gemma3n.Gemma3nModel": ("gemma3n",),
+    "gemma_embedding.GemmaEmbeddingModel": ("gemma-embedding",),
+    "olmo2.Olmo2Model": ("olmo2",),
+    "olmoe.OlmoeModel": ("olmoe",),
+    "exaone.ExaoneModel": ("exaone",),
+    "exaone4.Exaone4Model": ("exaone4",),
+    "bert.BertModel": ("bert", "nomic-bert"),
+    "lfm2.Lfm2Model": ("lfm2", "lfm2moe"),
+    "phi2.Phi2Model": ("phi2",),
+    "stablelm.StableLMModel": ("stablelm",),
+    "gptoss.GptOssModel": ("gpt-oss",),
+    "ernie4_5.Ernie45Model": ("ernie4_5",),
+    "ernie4_5_moe.Ernie45MoeModel": ("ernie4_5-moe",),
+    "cohere2.Cohere2Model": ("cohere2",),
+    "arcee.ArceeModel": ("arcee",),
+    "mamba2.Mamba2Model": ("mamba2",),
+    "granitehybrid.GraniteHybridModel": ("granitehybrid",),
+    "falcon_h1.FalconH1Model": ("falcon-h1",),
+    "nemotron_h.NemotronHModel": ("nemotron_h",),
+    "mistral3.Mistral3Model": ("mistral3",),
+    "hunyuan_dense.HunyuanDenseModel": ("hunyuan-dense",),
+    "minicpm.MiniCPMModel": ("minicpm",),
+    "rwkv7.RWKV7Model": ("rwkv7",),
+    "bitnet.BitnetModel": ("bitnet",),
+    "glm4.Glm4Model": ("glm4",),
+    "glm4.Glm4MoeModel": ("glm4moe",),
+    "smallthinker.SmallThinkerModel": ("smallthinker",),
+    "bailingmoe2.BailingMoe2Model": ("bailingmoe2",),
+    "seed_oss.SeedOssModel": ("seed_oss",),
+    "apertus.ApertusModel": ("apertus",),
+    "command_r.CommandRModel": ("command-r",),
+    "gpt2.GPT2Model": ("gpt2",),
+    "starcoder2.StarCoder2Model": ("starcoder2",),
+    "gptneox.GPTNeoXModel": ("gptneox",),
+    "rwkv6.RWKV6Model": ("rwkv6",),
+    "llama4.Llama4Model": ("llama4",),
+    "internlm2.InternLM2Model": ("internlm2",),
+    "olmo.OlmoModel": ("olmo",),
+    "nemotron.NemotronModel": ("nemotron",),
+    "openelm.OpenELMModel": ("openelm",),
+    "qwen2vl.Qwen2VLModel": ("qwen2vl",),
+    "qwen3vl.Qwen3VLModel": ("qwen3vl",),
+    "qwen3vl.Qwen3VLMoeModel": ("qwen3vlmoe",),
+    "falcon.FalconModel": ("falcon",),
+    "chatglm.ChatGLMModel": ("chatglm",),
+    "jina_bert.JinaBertV2Model": ("jina-bert-v2",),
+    "jina_bert.JinaBertV3Model": ("jina-bert-v3",),
+    "nomic_bert_moe.NomicBertMoeModel": ("nomic-bert-moe",),
+    "neo_bert.NeoBertModel": ("neo-bert",),
+    "mamba.MambaModel": ("mamba",),
+    "minicpm3.MiniCPM3Model": ("minicpm3",),
+    "afmoe.AfmoeModel": ("afmoe",),
+    "exaone_moe.ExaoneMoeModel": ("exaone-moe",),
+    "pangu_embedded.PanguEmbeddedModel": ("pangu-embedded",),
+    "arwkv7.ARWKV7Model": ("arwkv7",),
+    "rwkv6qwen2.RWKV6Qwen2Model": ("rwkv6qwen2",),
+    "gemma4.Gemma4Model": ("gemma4",),
+    "starcoder.StarCoderModel": ("starcoder",),
+    "bloom.BloomModel": ("bloom",),
+    "mpt.MptModel": ("mpt",),
+    "jamba.JambaModel": ("jamba",),
+    "plamo2.Plamo2Model": ("plamo2",),
+    "deci.DeciModel": ("deci",),
+    "minimax_m2.MiniMaxM2Model": ("minimax-m2",),
+    "mimo2.Mimo2Model": ("mimo2",),
+    "step35.Step35Model": ("step35",),
+    "mistral4.Mistral4Model": ("mistral4",),
+    "qwen.QwenModel": ("qwen",),
+    "baichuan.BaichuanModel": ("baichuan",),
+    "orion.OrionModel": ("orion",),
+    "xverse.XverseModel": ("xverse",),
+    "plamo3.Plamo3Model": ("plamo3",),
+    "maincoder.MaincoderModel": ("maincoder",),
+    "jais2.Jais2Model": ("jais2",),
+    "jais.JaisModel": ("jais",),
+    "codeshell.CodeShellModel": ("codeshell",),
+    "refact.RefactModel": ("refact",),
+    "plm.PLMModel": ("plm",),
+    "plamo.PlamoModel": ("plamo",),
+    "chameleon.ChameleonModel": ("chameleon",),
+    "bailingmoe.BailingMoeModel": ("bailingmoe",),
+    "hunyuan_moe.HunyuanMoeModel": ("hunyuan-moe",),
+    "dots1.Dots1Model": ("dots1",),
+    "phimoe.PhiMoeModel": ("phimoe",),
+    "grovemoe.GroveMoeModel": ("grovemoe",),
+    "rnd1.Rnd1Model": ("rnd1",),
+    "dream.DreamModel": ("dream",),
+    "llada.LladaModel": ("llada",),
+    "llada_moe.LladaMoeModel": ("llada-moe",),
+    "modern_bert.ModernBertModel": ("modern-bert",),
+    "eurobert.EuroBertModel": ("eurobert",),
+    "llama_embed.LlamaEmbedModel": ("llama-embed",),
+    "t5encoder.T5EncoderModel": ("t5encoder",),
+    "dbrx.DbrxModel": ("dbrx",),
+    "arctic.ArcticModel": ("arctic",),
+    "grok.GrokModel": ("grok",),
+    "nemotron_h_moe.NemotronHMoeModel": ("nemotron_h_moe",),
+    "t5.T5Model": ("t5",),
+    "kimi_linear.KimiLinearModel": ("kimi-linear",),
+    "cogvlm.CogVLMModel": ("cogvlm",),
+    "deepseek2_ocr.Deepseek2OCRModel": ("deepseek2-ocr",),
+    "glm_dsa.GlmDsaModel": ("glm-dsa",),
+    "hunyuan_vl.HunyuanVLModel": ("hunyuan_vl",),
+    "paddleocr.PaddleOCRModel": ("paddleocr",),
+}
+_WHERE: dict[str, str] = {arch: where for where, archs in _CLASSES.items() for arch in archs}
+
+
+class _Registry(Mapping):
+    """``arch -> class``, each class imported on first use (``in``, ``len`` and iteration import nothing)."""
+
+    def __getitem__(self, arch: str) -> type[Model]:
+        module, name = _WHERE[arch].rsplit(".", 1)
+        return getattr(importlib.import_module(f".{module}", __name__), name)
+
+    def __contains__(self, arch: object) -> bool:
+        return arch in _WHERE
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_WHERE)
+
+    def __len__(self) -> int:
+        return len(_WHERE)
+
+
+MODEL_CLASSES: Mapping[str, type[Model]] = _Registry()
 
 
 def model_class(arch: str) -> type[Model]:
@@ -152,6 +170,14 @@ def model_class(arch: str) -> type[Model]:
         raise UnsupportedModelError(
             f"architecture {arch!r} is not supported; kvrun runs {', '.join(sorted(MODEL_CLASSES))}"
         ) from None
+
+
+def __getattr__(name: str) -> Any:  # (``from kvrun.models import Model``: the base class, imported when asked for)
+    if name == "Model":
+        from .common import Model
+
+        return Model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["Model", "MODEL_CLASSES", "model_class"]

@@ -17,7 +17,6 @@ from ..loaders.errors import GGUFError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile, TensorInfo
 from ..loaders.quants import QUANT_TYPES, SUPPORTED_TYPES, is_supported
 from ..ops.backend import Backend, Weight
-from ..ops.cpu.nn import rope_tables
 
 # GGUF tensor name patterns ({i}: layer index)
 TENSOR_NAMES: dict[str, str] = {
@@ -185,6 +184,8 @@ class Buffers:
 def make_rope(cfg: ModelConfig, n_ctx: int, theta: float, freq_factors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin tables for positions ``[0, n_ctx)`` with the model's scaling (and the per-frequency
     factors of a ``rope_freqs`` tensor, where the file has one)."""
+    from ..ops.cpu.nn import rope_tables  # (here, not at the top: `kvrun info` asks a class its hooks without the kernels)
+
     return rope_tables(
         n_ctx,
         cfg.rope_dim,
@@ -225,6 +226,14 @@ class Model:
     def rope_absence(cls, cfg: ModelConfig, g: GGUFFile) -> str | None:
         """:attr:`ROPE_ABSENCE`, or what the file says (its config ``cfg``, the open file ``g``) where it decides."""
         return cls.ROPE_ABSENCE
+
+    @classmethod
+    def cache_widths(cls, cfg: ModelConfig, g: GGUFFile) -> tuple[int, ...]:
+        """K+V values one token stores in each layer's cache (0: a layer that keeps none), told before the model loads
+        (its config ``cfg``, the open file ``g``: `kvrun info`'s KV cost) as :meth:`layer_specs` will lay the cache out:
+        the file's geometry (``ModelConfig.kv_values_by_layer``); a class whose cache holds another form says its own
+        (MLA's latent, models/mla.py's ``LatentCache``)."""
+        return cfg.kv_values_by_layer()
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         self.cfg = cfg

@@ -64,7 +64,8 @@ from ..loaders.quants import dequantize
 from ..ops.backend import Backend, Weight
 from .common import TENSOR_NAMES, Model, WeightLoader, make_rope
 from .llama import LlamaModel
-from .mla import latent_attend, latent_enabled, load_latent_weights, mla_query
+from .mla import LatentCache
+from .mla import latent_attend, latent_enabled, latent_layer_spec, load_latent_weights, mla_query
 from .moe import MoE, expert_groups, gating_func, load_moe, moe_add, weights_scale
 
 TENSOR_NAMES.update({  # MLA's names (llama.cpp's LLM_TENSOR_ATTN_Q_A, _Q_B, _KV_A_MQA, _KV_B, _K_B, _V_B and their norms)
@@ -130,7 +131,7 @@ def mla_project(be: Backend, L: Any, xn: Any, buf: Any, eps: float, q_raw: Any, 
     be.linear_many((L.wk_nope, L.wv), kvc, (k_nope, v))
 
 
-class Deepseek2Model(Model):
+class Deepseek2Model(LatentCache, Model):  # (LatentCache: the widths its cache holds, told before it loads)
     archs = ("deepseek2",)
     add_output = LlamaModel.add_output  # (block outputs times cfg.residual_scale where it is not 1: MiniCPM3's muP, minicpm3.py)
 
@@ -243,7 +244,7 @@ class Deepseek2Model(Model):
         c = self.cfg
         scale = self.mscale * self.mscale / math.sqrt(c.head_dim)
         if self.latent:  # one KV head: keys [k_rope, latent], values the latent (the scale the original heads')
-            return [LayerSpec(c.n_head, 1, self.n_rot + self.kv_rank, self.kv_rank, 0, scale)] * c.n_layer
+            return [latent_layer_spec(c.n_head, self.n_rot, self.kv_rank, scale)] * c.n_layer
         return [LayerSpec(c.n_head, c.n_head, c.head_dim, c.head_dim_v, 0, scale)] * c.n_layer
 
     def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:

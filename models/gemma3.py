@@ -14,11 +14,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..cache.base import KVCache, LayerSpec
-from ..cache.picture_block import update_and_attend_block
 from ..loaders.config import ModelConfig
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
 from .common import Model, WeightLoader, make_rope
+
+
+def update_and_attend_block(cache: KVCache, il: int, q: Any, k: Any, v: Any, pos: Any, out: Any) -> None:
+    """cache/picture_block.py's, imported on first use (that module imports the cache kernels; `kvrun info` asks this
+    module's class its hooks without them)."""
+    from ..cache.picture_block import update_and_attend_block as attend
+
+    attend(cache, il, q, k, v, pos, out)
 
 
 @dataclass

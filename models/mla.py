@@ -5,11 +5,13 @@ A head's score against a key is ``q_nope . k_nope + q_rope . k_rope`` with ``k_n
 latent, ``kv_lora_rank`` wide; ``Wk_h`` ``[qk_nope, kv_lora_rank]``), which is ``(Wk_h^T q_nope) . c + q_rope . k_rope``:
 the query absorbs the key's expansion.  Its output is ``sum_s p_s Wv_h c_s = Wv_h (sum_s p_s c_s)``: the expansion of V
 moves past the attention.  So every head attends over the same keys ``[k_rope, c]`` (``n_rot + kv_lora_rank`` wide) and
-values ``c`` (``kv_lora_rank``): one KV head, an MQA cache (``LayerSpec(n_head, 1, n_rot + rank, rank)``), and any
-cache kind (the fp16 one, the compressed ``--kv-bits``, eviction) holds it as any MQA model's.  DeepSeek-V2-Lite: 576 + 512
-values a token a layer (V is stored apart from K, the plain and compressed caches having no K/V view of one another:
-llama.cpp's 576 with V a view of K) against the expanded form's 16 * (192 + 128) = 5120, 4.7x fewer bytes; V3 (128
-heads): 1088 against 40960.  The scale stays the original head's, ``mscale^2 / sqrt(qk_nope + n_rot)``.
+values ``c`` (``kv_lora_rank``): one KV head, an MQA cache (``LayerSpec(n_head, 1, n_rot + rank, rank, v_in_k=True)``:
+:func:`latent_layer_spec`), and any cache kind (the fp16 one, the compressed ``--kv-bits``, eviction) holds it as any MQA
+model's.  V is K's last ``kv_lora_rank`` channels, so the plain caches (fp16, CPU and GPU) store K alone and read V
+through K's rows (``LayerSpec.v_in_k``), as llama.cpp's ``is_mla`` cache makes V a view of K: DeepSeek-V2-Lite 576 values
+a token a layer against the expanded form's 16 * (192 + 128) = 5120, 8.9x fewer bytes; V3 (128 heads): 576 against
+40960.  (The compressed cache keeps V apart, 576 + 512: it quantizes K per channel and V per token, so a value's codes
+are not its key's.)  The scale stays the original head's, ``mscale^2 / sqrt(qk_nope + n_rot)``.
 
 Layouts, as the expanded form's: the rope parts lead the heads (the rope kernels turn a head's leading dimensions; the
 scores are the same as llama.cpp's ``[latent, rope]``), so a key is ``[k_rope, c]`` and a query ``[q_rope, Wk_h^T q_nope]``.
@@ -30,7 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from ..cache.base import LayerSpec
+from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError
+from ..loaders.gguf_file import GGUFFile
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
 from .common import WeightLoader
@@ -40,6 +45,29 @@ def latent_enabled(model_cls: type, base_forward: Any) -> bool:
     """Whether a deepseek2-family model caches the latent: unless ``KVRUN_MLA=expanded`` says otherwise, and only where
     its forward is deepseek2's (Kimi Linear's own forward reads the expanded weights)."""
     return os.environ.get("KVRUN_MLA", "latent") != "expanded" and model_cls.forward is base_forward
+
+
+class LatentCache:
+    """The cache's widths of a deepseek2-family class (models/common.py's ``Model.cache_widths``, `kvrun info`'s KV cost),
+    mixed into deepseek2's class: where :func:`latent_enabled` says the forward caches the latent, a token keeps per layer
+    K ``[k_rope, c]`` and V ``c`` read through K's rows (``v_in_k``), ``n_rot + kv_lora_rank`` values, as the default fp16
+    cache holds them (the compressed ``--kv-bits`` cache keeps V apart, ``n_rot + 2 * kv_lora_rank`` values at its
+    bits); else every head's K and V, the file's geometry."""
+
+    @classmethod
+    def cache_widths(cls, cfg: ModelConfig, g: GGUFFile) -> tuple[int, ...]:
+        base = next(k for k in cls.__mro__ if LatentCache in k.__bases__)  # (deepseek2's class: its forward caches the latent)
+        rank = int(g.arch_get("attention.kv_lora_rank", 0) or 0)
+        if rank > 0 and latent_enabled(cls, base.forward):
+            return (cfg.rope_dim + rank,) * cfg.n_layer
+        return super().cache_widths(cfg, g)  # type: ignore[misc]
+
+
+def latent_layer_spec(n_head: int, n_rot: int, rank: int, scale: float) -> LayerSpec:
+    """A layer's cache in the absorbed form: one KV head, keys ``[k_rope, c]`` (``n_rot + rank``), values ``c`` (``rank``)
+    read from the keys' last ``rank`` channels (``v_in_k``: the plain caches store 576 values a token, not 1088), the
+    original heads' ``scale``."""
+    return LayerSpec(n_head, 1, n_rot + rank, rank, 0, scale, v_in_k=True)
 
 
 def load_latent_weights(w: WeightLoader, be: Backend, i: int, H: int, nope: int, dv: int, rank: int) -> tuple[Any, Any]:

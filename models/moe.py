@@ -32,7 +32,6 @@ import numpy as np
 from ..loaders.errors import GGUFError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
-from ..ops.cpu.moe import swiglu_oai
 from .bert import gelu  # (Grok's experts: ggml's float16-table GELU)
 from .common import Buffers, WeightLoader
 
@@ -349,6 +348,8 @@ def experts_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffe
         if moe.swiglu_limit > 0.0:  # (Step-3.5's: host work, as the routing)
             swiglu_clamped(g, u, moe.swiglu_limit)
         elif moe.act == "swiglu_oai":
+            from ..ops.cpu.moe import swiglu_oai  # (here, not at the top: `kvrun info` of a llama imports no kernels)
+
             swiglu_oai(g, u, g)
         elif moe.act == "relu":  # (ReGLU: host work, as the routing; the one-token kernel knows silu and swiglu_oai only)
             np.maximum(g, 0.0, out=g)

@@ -23,8 +23,8 @@ K/V are stored in the plain cache's fp16 rows without its kernel's attention (:m
 unbiased result would only be thrown away), and the attention is computed once, from those rows with the bias
 added, every head in one pass.  Hence the plain cache only (no --kv-* compression), and one sequence a forward.  On
 the GPU the states stay on the device and every op is a kernel: the rows go to its plain fp16 ring by its kernel,
-ops/gpu/t5.cu attends over the ring with each layer's bias by query-minus-key distance (a table uploaded once, the
-positions read on the device), ops/gpu/encoder.cu attends to the encoded prompt, and the residual adds ride in the
+ops/gpu/encoder.cu attends over the ring with each layer's bias by query-minus-key distance (a table uploaded once, the
+positions read on the device) and, its kernel on a float32 batch, to the encoded prompt, and the residual adds ride in the
 output products; the host decides nothing from device data, so a decode step is captured as a CUDA graph and replayed
 (runtime/graphs.py), keyed by the encoded prompt it reads (:meth:`T5Model.decode_graph_key`).
 """
@@ -174,7 +174,7 @@ class T5Model(T5EncoderModel):
         return (p.reshape(Hkv, -1, n) @ vv).reshape(H, T, D).transpose(1, 0, 2).reshape(T, H * D)
 
     def _self_attend_gpu(self, layer: object, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, table: np.ndarray) -> np.ndarray:
-        """:meth:`_self_attend` on the GPU's plain fp16 cache: the rows stored by its kernel, then ops/gpu/t5.cu's attention
+        """:meth:`_self_attend` on the GPU's plain fp16 cache: the rows stored by its kernel, then ops/gpu/encoder.cu's attention
         over the ring's decode slots (a decode step's the same launches for 128 positions at a time, as the plain cache's),
         the causal mask and the bias by distance applied on the device from the positions the ring and the step hold."""
         from ..ops.gpu import attention as attn

@@ -1,8 +1,9 @@
 """Batched decode steps on the GPU replayed from captured CUDA graphs: one graph per batch of caches.
 
 A batch of decode steps (a server's parallel slots, ``Engine.forward_batch``)
-launches what one step launches plus a store and an attention per sequence
-(cache/gpu_plain.py ``batch_update_and_attend``): for a small model the host's
+launches what one step launches, its store and attention once a layer for all
+the sequences (cache/gpu_plain.py ``batch_update_and_attend``, the rings found
+in a table made once per batch: ops/gpu/batch_attention.py): for a small model the host's
 launching sets the pace, as for one step (runtime/graphs.py), and an eager
 batch of two would be slower than two replayed steps.  So a batch of one-token
 steps is captured too, and replayed while the same caches decode together:
@@ -16,7 +17,13 @@ anew about once per ``DECODE_CHUNK / B`` steps.
 Only batches whose every layer is the plain fp16 ring take graphs (its step
 needs no host plan, and storing a step again changes nothing, so a capture's
 check replays it in place); the compressed cache's batches, a model with a
-step key of its own (M-RoPE's shift) and a debug hook decode eagerly.  A
+step key of its own (M-RoPE's shift) and a debug hook decode eagerly.  (What
+stands in the way of the compressed cache's: its step is not idempotent (tokens
+move between its pools), so a capture's check needs every sequence's layers
+snapshotted and restored; its slots are planned on the host each step
+(``graph_step``), so a replay needs n_seq x n_layer plans in the input buffer,
+served to each layer while capturing (``serve_plan``) as runtime/graphs.py does
+for one; and its attention launches per sequence, through qattention.cu.)  A
 capture is checked as runtime/graphs.py checks one: a replay must give the
 eager step's logits, else batched graphs are off for the engine (one line on
 stderr) and batches decode eagerly; one-sequence steps keep their graphs.

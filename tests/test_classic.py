@@ -118,16 +118,18 @@ def test_mpt_needs_its_alibi_stated(tmp_path):
         model_class("mpt")(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
 
 
-def test_alibi_refuses_a_compressed_cache(tmp_path):
-    """The keys' position channel holds exact positions in fp16 only: quantized K would blur ALiBi, so --kv-* is refused."""
+def test_alibi_takes_a_compressed_cache(tmp_path):
+    """The keys' position channel holds exact positions in fp16 only, so a compressed cache stores the keys without it and
+    adds ALiBi's bias from its slots' positions (tests/test_alibi_compressed.py); the plain cache keeps the channel."""
+    from kvrun.cache.compressed import CompressedLayerCache
     from kvrun.cache.factory import make_cache
     from kvrun.cache.kvconfig import KVConfig
 
     _, model = _build(write_tiny_model(tmp_path / "b.gguf", "bloom"))
     assert all(s.position_channel for s in model.layer_specs())
     make_cache(model.layer_specs(), N_CTX, N_BATCH)  # (the plain cache takes it)
-    with pytest.raises(ValueError, match="ALiBi .bloom, mpt, jais, refact, baichuan 13B. runs on the plain CPU cache only for now"):
-        make_cache(model.layer_specs(), N_CTX, N_BATCH, KVConfig(bits=4))
+    layers = make_cache(model.layer_specs(), N_CTX, N_BATCH, KVConfig(bits=4))
+    assert all(isinstance(layer, CompressedLayerCache) and layer.key_dim == model.cfg.head_dim for layer in layers)
 
 
 @pytest.mark.parametrize("name", ["starcoder", "starcoder-output-head", "bloom", "mpt-clip-qkv"])

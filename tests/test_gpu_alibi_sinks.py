@@ -108,14 +108,13 @@ def test_alibi_kernels_are_llama_cpps_formula(rt):
         np.testing.assert_allclose(got[:, h], (e / e.sum(axis=1, keepdims=True)) @ vf[:, kh], atol=1e-5)
 
 
-def test_alibi_stays_on_the_plain_cache():
-    """The slopes are the GPU's form (the CPU's is the position channel), and the compressed cache's host steps have no
-    ALiBi: either is refused in one line."""
+def test_alibi_slopes_take_the_gpus_caches_and_compressed_ones(rt):
+    """The slopes are the GPU's form (the CPU's plain cache takes the position channel): refused there in one line; the
+    compressed caches add them from their slots' positions (tests/test_alibi_compressed.py)."""
     spec = LayerSpec(2, 2, 16, 16, 0, 0.25, alibi_slopes=(0.5, 0.25))
-    with pytest.raises(ValueError, match="ALiBi .* runs on the plain cache only for now; drop the --kv-\\* options$"):
+    with pytest.raises(ValueError, match="^ALiBi's slopes .* have no plain CPU cache; load the model with --device cpu$"):
         make_cache([spec], 64, 16)
-    with pytest.raises(ValueError, match="runs on the plain cache only for now"):
-        make_cache([spec], 64, 16, KVConfig(bits=4), device="gpu")
+    assert isinstance(make_cache([spec], 64, 16, KVConfig(bits=4), device="gpu")[0], GPUCompressedLayerCache)
 
 
 # ----------------------------------------------------------------- sinks

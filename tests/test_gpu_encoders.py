@@ -84,6 +84,31 @@ def test_the_attention_kernel_is_softmax_of_scaled_scores_plus_bias(rt):
         assert np.abs(out - want).max() < 1e-5
 
 
+def test_the_same_kernel_on_t5s_ring_is_causal_with_the_bias_by_distance(rt):
+    """encoder.cu on the fp16 ring (T5's decoder self-attention) against numpy: slots in ring order, not position order;
+    empty ones (garbage, NaN here) never read; keys after a query hidden; distances past the table the last entry's."""
+    from kvrun.ops.gpu.encoder import attend_relative_ring
+
+    rng = np.random.default_rng(1)
+    T, cap, n_slots, H, Hkv, D, n_dist = 3, 24, 20, 4, 2, 16, 6
+    xp = rt.xp
+    q = rng.standard_normal((T, H, D)).astype(np.float32)
+    k, v = (rng.standard_normal((Hkv, cap, D)).astype(np.float16) for _ in range(2))
+    kpos = rng.permutation(cap).astype(np.int32)
+    kpos[[2, 7]] = -1
+    k[:, [2, 7]] = v[:, [2, 7]] = np.nan
+    qpos, bias_d = np.array([9, 15, 22], np.int32), rng.standard_normal((H, n_dist)).astype(np.float32)
+    out = xp.zeros((T, H, D), np.float32)
+    attend_relative_ring(*(xp.asarray(a) for a in (q, k.view(np.uint16), v.view(np.uint16), kpos, qpos)), n_slots, xp.asarray(bias_d), out)
+    kk, vv, kp = np.repeat(k[:, :n_slots], 2, axis=0).astype(np.float32), np.repeat(v[:, :n_slots], 2, axis=0).astype(np.float32), kpos[:n_slots]
+    for t in range(T):
+        seen = (kp >= 0) & (kp <= qpos[t])
+        s = np.einsum("hd,hsd->hs", q[t], kk[:, seen]) + bias_d[:, np.minimum(qpos[t] - kp[seen], n_dist - 1)]
+        p = np.exp(s - s.max(-1, keepdims=True))
+        want = np.einsum("hs,hsd->hd", p / p.sum(-1, keepdims=True), vv[:, seen])
+        assert np.abs(rt.asnumpy(out)[t] - want).max() < 1e-5
+
+
 @pytest.mark.parametrize("name", ENCODERS)
 def test_encoder_states_on_the_gpu_are_the_cpus(emulated, tmp_path, monkeypatch, name):
     from kvrun.ops.gpu import encoder as E

@@ -2,7 +2,7 @@
 there is no GPU, ``KVRUN_GPU_EMULATE=1``, as tests/test_gpu_archs2.py):
 
 * T5 decodes from captured CUDA graphs: its decoder step is kernels reading device buffers (the self-attention over
-  the plain fp16 ring with the relative-position bias looked up on the device, ops/gpu/t5.cu; the cross-attention to
+  the plain fp16 ring with the relative-position bias looked up on the device, ops/gpu/encoder.cu; the cross-attention to
   the encoded prompt kept on the device), so the first step is captured and the others replayed, a new prompt on the
   same cache captures anew (its cross-attention K/V are other arrays), and a replayed step copies down its logits alone;
 * the embedding encoders keep their states on the device (models/bert.py's ``device_states``, EmbeddingGemma's),

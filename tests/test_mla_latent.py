@@ -77,22 +77,22 @@ def test_latent_logits_match_llamacpp_and_the_expanded_form(tmp_path, monkeypatc
 
 def test_the_cache_holds_the_latent_and_the_shared_rope_key(tmp_path, monkeypatch):
     """One KV head: K [rope key, latent] 40 wide, V the latent 32, the original heads' scale; the plain cache's bytes and
-    ``kvrun info``'s line count 2 * (40 + 32) a token a layer, not the expanded 2 * 4 * (24 + 12).  (DeepSeek-V2-Lite:
-    576 + 512 values against 16 * (192 + 128), 4.7x fewer; V3's 128 heads, 38x.)"""
+    ``kvrun info``'s line count 2 * 40 a token a layer (V read through K's rows: tests/test_mla_view.py), not the expanded
+    2 * 4 * (24 + 12).  (DeepSeek-V2-Lite: 576 values against 16 * (192 + 128), 8.9x fewer; V3's 128 heads, 71x.)"""
     path = write_tiny_model(tmp_path / "d.gguf", **FIXTURE_MODELS["deepseek2-v3"])
     cfg, model = _build(path)
     spec = model.layer_specs()[0]
     assert (spec.n_head, spec.n_head_kv, spec.head_dim, spec.head_dim_v) == (H, 1, ROT + RANK, RANK)
     assert np.isclose(spec.scale, model.mscale**2 / np.sqrt(NOPE + ROT))
     held = KVCache(make_cache(model.layer_specs(), N_CTX, N_BATCH)).nbytes()
-    assert held == N_LAYER * N_CTX * (2 * (ROT + 2 * RANK) + 4)  # (fp16 K and V, an int32 position a slot)
-    assert cfg.kv_bytes_per_token(16) == N_LAYER * (ROT + 2 * RANK) * 2
+    assert held == N_LAYER * N_CTX * (2 * (ROT + RANK) + 4)  # (fp16 K, V read through it: tests/test_mla_view.py; an int32 position a slot)
+    assert sum(type(model).cache_widths(cfg, GGUFFile(path))) * 2 == N_LAYER * (ROT + RANK) * 2  # (the class's count: models/mla.py)
     info = CliRunner().invoke(main, ["info", str(path)])
-    assert info.exit_code == 0 and "16-bit 432 B" in info.output, info.output
+    assert info.exit_code == 0 and "16-bit 240 B" in info.output, info.output
     monkeypatch.setenv("KVRUN_MLA", "expanded")
     cfg, model = _build(path)
     assert KVCache(make_cache(model.layer_specs(), N_CTX, N_BATCH)).nbytes() == N_LAYER * N_CTX * (2 * H * (NOPE + ROT + DV) + 4)
-    assert cfg.kv_bytes_per_token(16) == N_LAYER * H * (NOPE + ROT + DV) * 2
+    assert sum(type(model).cache_widths(cfg, GGUFFile(path))) * 2 == N_LAYER * H * (NOPE + ROT + DV) * 2
 
 
 def test_the_compressed_cache_holds_the_latent_as_any_mqa_models(tmp_path):

@@ -299,7 +299,7 @@ def test_deepseek2_fixtures_see_what_sets_them_apart(tmp_path):
     for name in ("deepseek2", "deepseek2-v3"):
         cfg, model = _build(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]))
         assert (cfg.n_head, cfg.n_head_kv, cfg.head_dim, cfg.head_dim_v, cfg.rope_dim) == (4, 4, 24, 12, 8)
-        assert cfg.kv_bytes_per_token(16) == 3 * (8 + 32 + 32) * 2  # (the latent cache, models/mla.py: one K/V head)
+        assert sum(type(model).cache_widths(cfg, GGUFFile(tmp_path / f"{name}.gguf"))) == 3 * (8 + 32)  # (the latent cache, V read through K: models/mla.py)
         assert model.layers[0].moe is None and all(L.moe.shared is not None for L in model.layers[1:])
         assert (model.layers[0].wq is None) == (name == "deepseek2-v3")
         assert np.isclose(model.layer_specs()[0].scale, model.mscale**2 / np.sqrt(24))

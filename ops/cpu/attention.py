@@ -47,12 +47,14 @@ def attend_prefill_f16(
     softcap: float,
     out: np.ndarray,
     sink_logits: np.ndarray | None = None,
+    v_in_k: bool = False,
 ) -> None:
     """Attention for a block of queries over the ring (BLAS, :func:`attend_group`).
 
     The occupied slots are widened to float32 once per KV head (vector row decoders, into
     per-thread buffers reused across calls).  sink_logits: [n_head] (gpt-oss) or None, as
-    :func:`attend_group`'s.
+    :func:`attend_group`'s.  v_in_k: ``v`` is a view of k's last ``head_dim_v`` channels (MLA's
+    latent, ``LayerSpec.v_in_k``), widened with the keys.
     """
     T, H, D = q.shape
     n_kv = k.shape[0]
@@ -67,7 +69,10 @@ def attend_prefill_f16(
         kf = scratch("attention.k", slots.size, k.shape[2])
         vf = scratch("attention.v", slots.size, v.shape[2])
         decode_half_slots(k[kh], slots, kf)
-        decode_half_slots(v[kh], slots, vf)
+        if v_in_k:  # (the widened keys' channels: the floats v's own rows would widen to, and no decoder for strided rows)
+            np.copyto(vf, kf[:, k.shape[2] - v.shape[2] :])
+        else:
+            decode_half_slots(v[kh], slots, vf)
         sl = None if sink_logits is None or len(sink_logits) == 0 else sink_logits[g]
         attend_group(q[:, g], kf, vf, pk, qpos, window, scale, softcap, out[:, g], sink_logits=sl)
 
@@ -85,6 +90,7 @@ def attend_group(
     bias: np.ndarray | None = None,
     probs: bool = False,
     sink_logits: np.ndarray | None = None,
+    alibi: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """Prefill attention of one KV head's query group, as two GEMMs.
 
@@ -94,7 +100,8 @@ def attend_group(
     Returns the probabilities summed over the group, [T, n], when ``probs``
     (eviction policies score from them), else None.  sink_logits: [gqa] float32, gpt-oss's learned
     attention sinks of the group's heads (a logit that joins the softmax's denominator and adds no
-    value), or None.
+    value), or None.  alibi: [gqa] float32 ALiBi slopes of the group's heads, each score getting
+    ``slope * (key_pos - query_pos)`` after ``bias`` (the compressed cache's ALiBi), or None.
 
     The group's queries ``[T * gqa, D]`` meet the keys in one GEMM (not T
     small ones); vectorised Numba loops scale, cap, mask and exponentiate the
@@ -110,6 +117,7 @@ def attend_group(
     qp = np.ascontiguousarray(qpos, np.int32)
     b = _NO_BIAS if bias is None else np.ascontiguousarray(bias, np.float32)
     sl = _NO_BIAS if sink_logits is None else np.ascontiguousarray(sink_logits, np.float32)
+    ab = _NO_BIAS if alibi is None else np.ascontiguousarray(alibi, np.float32)
     p = np.zeros((T, k.shape[0]), np.float32) if probs else None
 
     def block(t0: int) -> None:
@@ -127,7 +135,7 @@ def attend_group(
         s = _scores((t1 - t0) * gqa, kb.shape[0])
         np.matmul(qf[t0 * gqa : t1 * gqa], kb.T, out=s)
         tot = np.empty((s.shape[0], 1), np.float32)
-        _softmax_rows(s, bb, pb, qp[t0:t1], gqa, window, scale, softcap, tot[:, 0], sl)
+        _softmax_rows(s, bb, pb, qp[t0:t1], gqa, window, scale, softcap, tot[:, 0], sl, ab)
         ob = np.matmul(s, vb)
         tot[tot == 0] = 1  # a query that sees no key gets zeros
         ob /= tot
@@ -169,13 +177,14 @@ _NO_LO = np.int32(-(2**31))  # no window: every key at or before the query is vi
 # BLAS pool made both 5-20x slower here.
 @nb.njit(cache=True, fastmath=True, nogil=True)
 def _softmax_rows(s: np.ndarray, bias: np.ndarray, pk: np.ndarray, pq: np.ndarray, gqa: int, window: int,
-                  scale: float, softcap: float, tot: np.ndarray, sink_logits: np.ndarray) -> None:
+                  scale: float, softcap: float, tot: np.ndarray, sink_logits: np.ndarray, alibi: np.ndarray) -> None:
     """In place: row r of ``s`` (query ``r // gqa``) becomes ``exp(cap(scale * s) + bias - max)``
     over the keys it may see, 0 elsewhere, and ``tot[r]`` its sum (0 when it sees no key), plus
     ``exp(sink_logits[r % gqa] - max)`` where sink logits are given ([gqa], or empty).
 
     s: [T * gqa, n] float32 raw q.k; bias: [n] or empty; pk: [n] key positions; pq: [T] query
-    positions.  Every loop is branch-free (the mask a select, ``exp32`` polynomial arithmetic), so
+    positions; alibi: [gqa] ALiBi slopes (row r's ``alibi[r % gqa] * (pk - pq)`` joins the bias) or
+    empty.  Every loop is branch-free (the mask a select, ``exp32`` polynomial arithmetic), so
     each vectorises: a 384 x 2304 block of SmolLM2 at depth 2048 took 7.4 ms as a scalar Numba
     mask pass, numpy's exp and a numpy sum.
     """
@@ -184,6 +193,7 @@ def _softmax_rows(s: np.ndarray, bias: np.ndarray, pk: np.ndarray, pq: np.ndarra
     cap = np.float32(softcap)
     has_bias = bias.size > 0
     has_sinks = sink_logits.size > 0
+    has_alibi = alibi.size > 0
     for r in range(R):
         qp = np.int32(pq[r // gqa])
         lo = np.int32(qp - window) if window > 0 else _NO_LO  # visible: lo < pk <= qp (int32 both: vector compares)
@@ -195,13 +205,18 @@ def _softmax_rows(s: np.ndarray, bias: np.ndarray, pk: np.ndarray, pq: np.ndarra
             for j in range(n):
                 row[j] = cap * np.tanh(row[j] * sc / cap)
             mul = np.float32(1.0)
-        if has_bias:
+        if has_bias or has_alibi:
             if mul != 1:
                 for j in range(n):
                     row[j] = row[j] * sc
                 mul = np.float32(1.0)
-            for j in range(n):
-                row[j] += bias[j]
+            if has_bias:
+                for j in range(n):
+                    row[j] += bias[j]
+            if has_alibi:  # ALiBi: the head's slope times the key's distance (masked keys are overwritten below)
+                sl = alibi[r % gqa]
+                for j in range(n):
+                    row[j] += sl * np.float32(pk[j] - qp)
         m = _NEG
         for j in range(n):
             x = row[j] * mul if (pk[j] <= qp) & (pk[j] > lo) else _NEG

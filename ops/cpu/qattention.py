@@ -592,6 +592,7 @@ def attend_decode_q(
     split_for: int = 0,
     int_keys: bool = INT_KEYS,
     sink_logits: np.ndarray | None = None,
+    alibi: np.ndarray | None = None,
 ) -> None:
     """Attention of a few queries over fp16 slots and up to two quantized pools.
 
@@ -626,11 +627,12 @@ def attend_decode_q(
     (:mod:`.qkeys`; on hosts with VNNI, the default there), else through the float tiles.
     sink_logits: [n_head] float32, gpt-oss's learned attention sinks (a logit per head that joins
     each softmax's denominator and adds no value; not the kept first tokens of the compressed
-    cache's "sink" area), or None.
+    cache's "sink" area), or None.  alibi: [n_head] float32 ALiBi slopes, each logit getting
+    ``slope * (key_pos - query_pos)`` from the slot's stored position (after ``logw``), or None.
     """
     _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, vc1, vm1, kw1, vw1, klut0, vlut0, klut1, vlut1,
                      G, kpos, logw, window, scale, softcap, out, s_all, probs_acc, split_for or split_threads(), int_keys,
-                     NO_SINKS if sink_logits is None else sink_logits)
+                     NO_SINKS if sink_logits is None else sink_logits, NO_SINKS if alibi is None else alibi)
 
 
 SOFTMAX_LANES = 16  # the softmax's max and sum run in this many independent lanes (see _softmax_part)
@@ -726,7 +728,7 @@ def _keys(kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, qt, s_all, 
 # tests/test_jit_cache.py runs a compiling process and a cache-loading one and compares their logits.
 @nb.njit(parallel=prange_only(), **EXACT_JIT)
 def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, vc1, vm1, kw1, vw1, klut0, vlut0, klut1, vlut1,
-                     G, kpos, logw, window, scale, softcap, out, s_all, probs_acc, split_for, int_keys, sink_logits):
+                     G, kpos, logw, window, scale, softcap, out, s_all, probs_acc, split_for, int_keys, sink_logits, alibi):
     T, H, D = q.shape
     n_kv = k16.shape[0]
     F = k16.shape[1]
@@ -739,6 +741,7 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
     use_logw = logw.shape[0] > 0
     use_acc = probs_acc.shape[0] > 0
     use_sinks = sink_logits.shape[0] > 0
+    use_alibi = alibi.shape[0] > 0  # ALiBi's slopes [n_head]: a bias per query head, from each slot's stored position
     ph = 1 if kpos.shape[0] > 1 else 0  # pos row stride over KV heads
     # the slots to read: the fp16 area and each pool up to its last held slot.  A pool is
     # sized for the whole context and fills from its first empty slot, so early in a long
@@ -792,6 +795,7 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
             s = s_all[kh]
             prow = kh * ph
             bias = np.empty(j1 - j0, np.float32)
+            hbias = np.empty(j1 - j0 if use_alibi else 0, np.float32)  # a query head's own: bias + its ALiBi
             lane = np.empty(SOFTMAX_LANES, np.float32)
             # ---- raw scores q . k
             _keys(kh, j0, j1, k16, kc0, km0, klut0, kw0, kc1, km1, klut1, kw1, G, D, qt, s_all, gqa, ik0, ik1, kq0, kq1)
@@ -810,7 +814,13 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
                 for j in range(j1 - j0):
                     bias[j] += lw[j]
             for hh in range(gqa):
-                mx[it, hh], tot[it, hh] = _softmax_part(s[hh, j0:j1], bias, sc, cap, softcap, lane)
+                if use_alibi:  # (the true positions, so an evicted cache's gaps keep their distances)
+                    sl = alibi[kh * gqa + hh]
+                    for j in range(j1 - j0):
+                        hbias[j] = bias[j] + sl * np.float32(kp[j] - pq)
+                    mx[it, hh], tot[it, hh] = _softmax_part(s[hh, j0:j1], hbias, sc, cap, softcap, lane)
+                else:
+                    mx[it, hh], tot[it, hh] = _softmax_part(s[hh, j0:j1], bias, sc, cap, softcap, lane)
             # ---- values
             acc = part[it]
             acc[:] = 0.0
@@ -1042,8 +1052,9 @@ def decode_step_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray
         used = max(used, s + 1)
     qpos = pos.astype(np.int32)
     no_probs = np.zeros((0, 0), np.float32)  # (the globals are read-only in here, and the kernel may write these)
+    # (alibi: sink_logits[:0], empty: the plain cache's ALiBi is the keys' position channel, models/bloom.py)
     _attend_decode_f16(q, qpos, k16[:, :used], v16[:, :used], _NO_CODES, _NO_META, _NO_CODES, _NO_META, 16, 16,
                        _NO_CODES, _NO_META, _NO_CODES, _NO_META, 16, 16, _NO_LUT, _NO_LUT, _NO_LUT, _NO_LUT,
                        32, kpos[:used].reshape((1, used)), no_probs, window, scale, softcap, out, s_all[:, :, :used], no_probs, split_for,
-                       False, sink_logits)  # fmt: skip
+                       False, sink_logits, sink_logits[:0])  # fmt: skip
     return used

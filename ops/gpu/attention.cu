@@ -2,7 +2,8 @@
 //
 // The layout is cache/plain.py's (see ops/cpu/attention.py for the reference):
 //
-//   k     [n_kv, cap, D]   fp16 bits      v  [n_kv, cap, Dv] fp16 bits
+//   k     [n_kv, cap, D]   fp16 bits      v  [n_kv, cap, Dv] fp16 bits, rows vs apart (vs = Dv; MLA's
+//                                             latent reads V through K's rows: v = k + D - Dv, vs = D)
 //   kpos  [cap] int32, absolute position of the token in each slot, -1 = empty
 //
 // Slots are position-addressed, so masks are decided per slot from positions:
@@ -90,7 +91,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_decode_partial_f16(
     const float* __restrict__ alibi,  // [n_head] ALiBi slopes, read when has_alibi
     const float* __restrict__ sinks,  // [n_head] sink logits, read when has_sinks (direct: here; else the reduce's)
     int n_slots, int cap, int n_head, int n_kv, int D, int Dv, int window, float scale, float softcap, int direct,
-    int has_alibi, int has_sinks) {
+    int has_alibi, int has_sinks, int vs) {
     extern __shared__ float smem[];
     const int gqa = n_head / n_kv;
     float* qs = smem;             // [gqa, D]
@@ -142,11 +143,11 @@ extern "C" __global__ void __launch_bounds__(128) attn_decode_partial_f16(
     for (int i = threadIdx.x; i < gqa * Dv; i += blockDim.x) {
         const int g = i / Dv, d = i % Dv;
         const float* pg = sc + g * AD_CHUNK;
-        const u16* vc = v + ((size_t)kh * cap + j0) * Dv + d;
+        const u16* vc = v + ((size_t)kh * cap + j0) * vs + d;
         float acc = 0.0f;
         for (int jj = 0; jj < nj; ++jj) {
             const float p = pg[jj];
-            if (p != 0.0f) acc += p * h2f(vc[(size_t)jj * Dv]);
+            if (p != 0.0f) acc += p * h2f(vc[(size_t)jj * vs]);
         }
         const size_t th = (size_t)t * n_head + kh * gqa + g;
         if (direct) {  // part_l (and part_m) of this head were written before the barrier above
@@ -223,9 +224,9 @@ extern "C" __global__ void __launch_bounds__(128) attn_prefill_f16(
     const float* __restrict__ alibi,  // [n_head] ALiBi slopes, read when has_alibi
     const float* __restrict__ sinks,  // [n_head] sink logits, read when has_sinks
     int T, int n_slots, int cap, int n_head, int n_kv, int D, int Dv, int window, float scale,
-    float softcap, int BQ, int BKV, int has_alibi, int has_sinks) {
+    float softcap, int BQ, int BKV, int has_alibi, int has_sinks, int vs) {
     extern __shared__ float smem[];
     const int h = blockIdx.y;
     const PrefillMask mask{window, has_alibi, has_sinks, has_alibi ? alibi[h] : 0.0f, has_sinks ? sinks[h] : 0.0f};
-    attn_tile_f16(smem, q, k, v, kpos, qpos, out, T, n_slots, cap, n_head, n_kv, D, Dv, scale, softcap, BQ, BKV, mask);
+    attn_tile_f16(smem, q, k, v, kpos, qpos, out, T, n_slots, cap, n_head, n_kv, D, Dv, scale, softcap, BQ, BKV, mask, vs);
 }

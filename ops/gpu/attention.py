@@ -4,7 +4,7 @@ Shapes (``cap`` = slots of the layer's ring buffer; all device arrays)::
 
     q     [T, n_head, head_dim]        float32
     k     [n_kv, cap, head_dim]        float16
-    v     [n_kv, cap, head_dim_v]      float16
+    v     [n_kv, cap, head_dim_v]      float16, or K's own rows (``v_of_k``: MLA's latent, ``LayerSpec.v_in_k``)
     kpos  [cap]                        int32, -1 = empty
     qpos  [T]                          int32
     out   [T, n_head, head_dim_v]      float32
@@ -29,11 +29,25 @@ SHARED_LIMIT = 48 * 1024  # dynamic shared memory usable without opting in
 
 
 def kv_store(k_new: Any, v_new: Any, pos: Any, k: Any, v: Any, kpos: Any) -> None:
-    """Write k_new [T, n_kv, D], v_new [T, n_kv, Dv] (float32) at slots pos % cap, as fp16."""
+    """Write k_new [T, n_kv, D], v_new [T, n_kv, Dv] (float32) at slots pos % cap, as fp16; ``v`` None: K alone (V read
+    through K's rows, ``v_new`` ignored)."""
     T, n_kv, D = k_new.shape
-    Dv = v_new.shape[2]
     cap = k.shape[1]
-    K.launch("kv_store_f16", (T * n_kv,), (128,), k_new, v_new, pos, k, v, kpos, n_kv, D, Dv, cap)
+    if v is None:  # (the kernel writes no V row of width 0: its pointers are never read)
+        K.launch("kv_store_f16", (T * n_kv,), (128,), k_new, k_new, pos, k, k, kpos, n_kv, D, 0, cap)
+        return
+    K.launch("kv_store_f16", (T * n_kv,), (128,), k_new, v_new, pos, k, v, kpos, n_kv, D, v_new.shape[2], cap)
+
+
+def v_of_k(k: Any, dv: int) -> Any:
+    """V read through K's rows (``LayerSpec.v_in_k``, MLA's latent: K's last ``dv`` channels): K's storage from its first V
+    value on, flat and so C-contiguous as a kernel argument must be; the kernels step its rows by K's stride."""
+    return k.reshape(-1)[k.shape[2] - dv :]
+
+
+def _v_rows(k: Any, v: Any, out: Any) -> tuple[int, int]:
+    """(Dv, V's row stride): ``v``'s own ``[n_kv, cap, Dv]`` rows, or K's (``v_of_k``'s flat view: out's width, K's stride)."""
+    return (v.shape[2], v.shape[2]) if v.ndim == 3 else (out.shape[2], k.shape[2])
 
 
 def attend_decode(q: Any, k: Any, v: Any, kpos: Any, n_slots: int, qpos: Any, window: int, scale: float, softcap: float, out: Any,
@@ -41,7 +55,8 @@ def attend_decode(q: Any, k: Any, v: Any, kpos: Any, n_slots: int, qpos: Any, wi
     """Flash-decoding: per-chunk partial softmax, then a reduce over the chunks."""
     xp = K.runtime().xp
     T, H, D = q.shape
-    n_kv, cap, Dv = v.shape
+    n_kv, cap = k.shape[:2]
+    Dv, vs = _v_rows(k, v, out)
     gqa = H // n_kv
     if D > DECODE_MAX_D:
         raise ValueError(f"GPU decode attention supports head_dim <= {DECODE_MAX_D}, got {D}")
@@ -56,7 +71,7 @@ def attend_decode(q: Any, k: Any, v: Any, kpos: Any, n_slots: int, qpos: Any, wi
     K.launch(
         "attn_decode_partial_f16", (n_split, n_kv, T), (128,),
         q, k, v, kpos, qpos, part_o, part_m, part_l, out, q if alibi is None else alibi, q if sinks is None else sinks,
-        n_slots, cap, H, n_kv, D, Dv, window, scale, softcap, int(direct), int(alibi is not None), int(sinks is not None),
+        n_slots, cap, H, n_kv, D, Dv, window, scale, softcap, int(direct), int(alibi is not None), int(sinks is not None), vs,
         shared_mem=smem,
     )  # fmt: skip
     if not direct:
@@ -85,11 +100,12 @@ def attend_prefill(q: Any, k: Any, v: Any, kpos: Any, n_slots: int, qpos: Any, w
                    *, alibi: Any = None, sinks: Any = None) -> None:
     """Tiled causal / sliding-window attention for a block of queries (online softmax)."""
     T, H, D = q.shape
-    n_kv, cap, Dv = v.shape
+    n_kv, cap = k.shape[:2]
+    Dv, vs = _v_rows(k, v, out)
     bq, bkv, smem = prefill_tiles(D, Dv)
     K.launch(
         "attn_prefill_f16", (K.cdiv(T, bq), H), (128,),
         q, k, v, kpos, qpos, out, q if alibi is None else alibi, q if sinks is None else sinks,
-        T, n_slots, cap, H, n_kv, D, Dv, window, scale, softcap, bq, bkv, int(alibi is not None), int(sinks is not None),
+        T, n_slots, cap, H, n_kv, D, Dv, window, scale, softcap, bq, bkv, int(alibi is not None), int(sinks is not None), vs,
         shared_mem=smem,
     )  # fmt: skip

@@ -22,12 +22,13 @@ __device__ __forceinline__ void attn_tile_f16(
     float* smem,                   // the kernel's dynamic shared memory
     const float* __restrict__ q,   // [T, n_head, D]
     const u16* __restrict__ k,     // [n_kv, cap, D]
-    const u16* __restrict__ v,     // [n_kv, cap, Dv]
+    const u16* __restrict__ v,     // [n_kv, cap, Dv], rows vs apart (0: Dv; MLA's latent, V read through K's rows: D)
     const int* __restrict__ kpos,  // [cap]
     const int* __restrict__ qpos,  // [T]
     float* __restrict__ out,       // [T, n_head, Dv]
     int T, int n_slots, int cap, int n_head, int n_kv, int D, int Dv, float scale, float softcap, int BQ, int BKV,
-    const Mask& mask) {
+    const Mask& mask, int vs = 0) {
+    if (vs <= 0) vs = Dv;
     const int kstride = (D % 4 == 0) ? D + 2 : D;
     float* Qs = smem;              // [BQ, D]
     float* Os = Qs + BQ * D;       // [BQ, Dv] running output
@@ -66,9 +67,13 @@ __device__ __forceinline__ void attn_tile_f16(
         if (!__syncthreads_or(any)) continue;
 
         const u16* kg = k + ((size_t)kh * cap + j0) * D;
-        const u16* vg = v + ((size_t)kh * cap + j0) * Dv;
+        const u16* vg = v + ((size_t)kh * cap + j0) * vs;
         for (int i = tid; i < nj * D; i += blockDim.x) Ks[(i / D) * kstride + i % D] = kg[i];
-        for (int i = tid; i < nj * Dv; i += blockDim.x) Vs[i] = vg[i];
+        if (vs == Dv) {  // (dense rows: one run, as every model but MLA's latent)
+            for (int i = tid; i < nj * Dv; i += blockDim.x) Vs[i] = vg[i];
+        } else {
+            for (int i = tid; i < nj * Dv; i += blockDim.x) Vs[i] = vg[(size_t)(i / Dv) * vs + i % Dv];
+        }
         __syncthreads();
 
         for (int i = tid; i < BQ * BKV; i += blockDim.x) {

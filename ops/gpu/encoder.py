@@ -1,5 +1,6 @@
-"""Launcher for ``encoder.cu``: attention without a causal mask over one batch in float32, the text encoders' (models/bert.py
-and its family, models/gemma_embedding.py) and T5's.
+"""Launchers for ``encoder.cu``: attention with every query row's scores held whole, without a causal mask over one batch in
+float32 (the text encoders', models/bert.py and its family, models/gemma_embedding.py, and T5's cross-attention), or over
+T5's plain fp16 ring with its relative-position bias (the decoder's self-attention); and for t5.cu's element-wise ops.
 
 Shapes (host or device arrays; host ones are uploaded and the output written back, ops/gpu/arrays.py): q [Tq, n_head, D],
 k [Tk, n_kv, D], v [Tk, n_kv, Dv], bias [n_head or 1, Tq, Tk] or [Tq, Tk] (shared by the heads) or None, out [Tq, n_head, Dv].  A block keeps a query row's
@@ -33,21 +34,22 @@ def attend_full(q: Any, k: Any, v: Any, bias: Any, scale: float, out: Any) -> No
     bd = qd if bias is None else to_device(bias)
     bias_hs = 0 if bias is None or bias.ndim < 3 or bias.shape[0] == 1 else Tq * Tk  # (a mask shared by the heads: stride 0)
     with device_out(out) as od:
-        K.launch("attn_full_f32", (Tq, H), (128,), qd, kd, vd, bd, od, Tq, Tk, H, n_kv, D, Dv, scale, int(bias is not None), bias_hs,
-                 shared_mem=4 * (Tk + D + 32))  # fmt: skip
+        K.launch("attn_full_f32", (Tq, H), (128,), qd, kd, vd, bd, qd, qd, od, Tq, Tk, H, n_kv, D, Dv, scale, int(bias is not None), bias_hs,
+                 0, shared_mem=4 * (Tk + D + 32))  # fmt: skip  (bias mode 1 or 0; kpos, qpos: a batch reads none)
 
 
 def attend_relative_ring(q: Any, k: Any, v: Any, kpos: Any, qpos: Any, n_slots: int, bias_d: Any, out: Any) -> None:
-    """T5's decoder self-attention (t5.cu): the device queries ``q`` [T, n_head, D] at device positions ``qpos`` over the
-    first ``n_slots`` slots of a plain fp16 ring (k [n_kv, cap, D], v [n_kv, cap, Dv], ``kpos`` [cap]), unscaled, plus
-    ``bias_d`` [n_head, n_dist] of each query-minus-key distance (the last entry for longer ones), causal; into the
-    device ``out`` [T, n_head, Dv].  Everything it reads is on the device: a decode step's launch a CUDA graph holds."""
+    """T5's decoder self-attention (encoder.cu's kernel on the ring, bias mode 2): the device queries ``q`` [T, n_head, D]
+    at device positions ``qpos`` over the first ``n_slots`` slots of a plain fp16 ring (k [n_kv, cap, D], v [n_kv, cap,
+    Dv], ``kpos`` [cap]), unscaled, plus ``bias_d`` [n_head, n_dist] of each query-minus-key distance (the last entry for
+    longer ones), causal; into the device ``out`` [T, n_head, Dv].  Everything it reads is on the device: a decode step's
+    launch a CUDA graph holds."""
     T, H, D = q.shape
     n_kv, cap, Dv = v.shape
     if not fits(n_slots, D):
         raise ValueError(f"t5 on the GPU attends over at most {SHARED_FLOATS - D - 32} of its tokens")
-    K.launch("t5_self_attn_f16", (T, H), (128,), q, k, v, kpos, qpos, bias_d, out, n_slots, cap, H, n_kv, D, Dv, bias_d.shape[1],
-             shared_mem=4 * (n_slots + D + 32))  # fmt: skip
+    K.launch("attn_full_f32", (T, H), (128,), q, k, v, bias_d, kpos, qpos, out, T, n_slots, H, n_kv, D, Dv, 1.0, 2, bias_d.shape[1],
+             cap, shared_mem=4 * (n_slots + D + 32))  # fmt: skip
 
 
 def _elementwise(kernel: str, out: Any, *xs: Any) -> None:

@@ -110,17 +110,22 @@ _declare("nn.cu", "clamp_f32", "pfl")  # x, limit, n
 # k_new, v_new, pos, k_cache, v_cache, kpos, n_kv, D, Dv, cap
 _declare("attention.cu", "kv_store_f16", "ppppppiiii")
 # q, k, v, kpos, qpos, part_o, part_m, part_l, out, alibi, sinks, n_slots, cap, n_head, n_kv, D, Dv, window, scale, softcap,
-# direct, has_alibi, has_sinks
-_declare("attention.cu", "attn_decode_partial_f16", "pppppppppppiiiiiiiffiii")
+# direct, has_alibi, has_sinks, vs (V's row stride: Dv, or D where V is read through K's rows)
+_declare("attention.cu", "attn_decode_partial_f16", "pppppppppppiiiiiiiffiiii")
 # part_o, part_m, part_l, out, sinks, n_head, n_split, Dv, has_sinks
 _declare("attention.cu", "attn_decode_reduce", "pppppiiii")
 # q, k, v, kpos, qpos, out, alibi, sinks, T, n_slots, cap, n_head, n_kv, D, Dv, window, scale, softcap, BQ, BKV, has_alibi,
+# has_sinks, vs
+_declare("attention.cu", "attn_prefill_f16", "ppppppppiiiiiiiiffiiiii")
+# a batch's decode rows, each sequence's ring from a table (batch_attention.cu): k_new, v_new, pos, tab, n_kv, D, Dv
+_declare("batch_attention.cu", "kv_store_batch_f16", "ppppiii")
+# q, qpos, tab, part_o, part_m, part_l, count, out, alibi, sinks, n_head, n_kv, D, Dv, window, scale, softcap, has_alibi,
 # has_sinks
-_declare("attention.cu", "attn_prefill_f16", "ppppppppiiiiiiiiffiiii")
+_declare("batch_attention.cu", "attn_decode_batch_f16", "p" * 10 + "iiiiiffii")
 # compressed cache (qattention.cu): q, qpos, k16, v16, kc0, km0, vc0, vm0, kc1, km1, vc1, vm1, luts, kpos, logw,
 # part_o, part_m, part_l, scores, F, C0, C1, n_head, n_kv, D, Dv, G, wk0, wv0, wk1, wv1, P, use_logw,
-# write_scores, window, scale, softcap
-_declare("qattention.cu", "qattn_decode_partial", "p" * 19 + "i" * 16 + "ff")
+# write_scores, window, scale, softcap, alibi, use_alibi
+_declare("qattention.cu", "qattn_decode_partial", "p" * 19 + "i" * 16 + "ff" + "pi")
 # scores, part_m, part_l, acc, sinks, T, n_head, n_kv, N, n_split, has_sinks
 _declare("qattention.cu", "qattn_decode_probs", "pppppiiiiii")
 # x16, codes0, meta0, codes1, meta1, lut0, lut1, ids, out, F, C0, C1, Dx, G, w0, w1, stride
@@ -220,11 +225,10 @@ _declare("gemma.cu", "gemma_scale_by_expert_f32", "pppl")  # wts, ids, scale, to
 _declare("picture.cu", "attn_picture_f16", "pppppp" + "i" * 9 + "ff" + "ii")
 # the rope positions of text after M-RoPE pictures (mrope.cu): pos, out, shift, n
 _declare("mrope.cu", "mrope_shift_positions", "ppii")
-# the text encoders' attention both ways in float32 (encoder.cu): q, k, v, bias, out, Tq, Tk, n_head, n_kv, D, Dv, scale, has_bias,
-# bias_hs
-_declare("encoder.cu", "attn_full_f32", "ppppp" + "i" * 6 + "fil")
-# T5 (t5.cu): q, k, v, kpos, qpos, bias_d, out, n_slots, cap, n_head, n_kv, D, Dv, n_dist; the encoders' element-wise ops
-_declare("t5.cu", "t5_self_attn_f16", "ppppppp" + "i" * 7)
+# every query row's scores held whole (encoder.cu): a float32 batch both ways (the text encoders') or T5's fp16 ring: q, k, v,
+# bias, kpos, qpos, out, Tq, Tk, n_head, n_kv, D, Dv, scale, bias_mode, bias_hs, cap
+_declare("encoder.cu", "attn_full_f32", "ppppppp" + "i" * 6 + "fili")
+# T5 (t5.cu): the encoders' element-wise ops
 _declare("t5.cu", "gelu_f16_f32", "ppl")  # x, out, n
 _declare("t5.cu", "gelu_f16_glu_f32", "pppl")  # g, u, out, n
 _declare("t5.cu", "relu_f32", "ppl")  # x, out, n

@@ -11,6 +11,8 @@
 //   kpos [P, N] int32  absolute position per slot, -1 = empty; P = 1 when every
 //                      KV head keeps the same tokens, else P = n_kv
 //   logw [n_kv, N]     log merge weights added to the logits (KeepKV), optional
+//   alibi [n_head]     ALiBi's slopes, optional: logit += slope_h * (pk - pq), pk the slot's
+//                      stored position (llama.cpp's soft_max_ext max_bias; attention.cu's alibi)
 //
 // A key at pk is visible to a query at pq when 0 <= pk <= pq and, for a
 // sliding window w > 0, pq - pk < w; for a negative window -c (Llama 4's
@@ -64,7 +66,9 @@ extern "C" __global__ void __launch_bounds__(128) qattn_decode_partial(
     float* __restrict__ part_l,      // [T, n_head, n_split]
     float* __restrict__ scores,      // [T, n_head, N] logits, -inf when masked (written only when write_scores)
     int F, int C0, int C1, int n_head, int n_kv, int D, int Dv, int G, int wk0, int wv0, int wk1, int wv1,
-    int P, int use_logw, int write_scores, int window, float scale, float softcap) {
+    int P, int use_logw, int write_scores, int window, float scale, float softcap,
+    const float* __restrict__ alibi,  // [n_head] float32 ALiBi slopes (read only when use_alibi)
+    int use_alibi) {
     extern __shared__ float smem[];
     __shared__ float lut_s[4 * 256];  // the four scale tables: indexed by data, so keep them on chip
     const int n_hb = gridDim.y / n_kv, hb = (n_head / n_kv + n_hb - 1) / n_hb, hg = blockIdx.y % n_hb;
@@ -126,6 +130,7 @@ extern "C" __global__ void __launch_bounds__(128) qattn_decode_partial(
                 s *= scale;
                 if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
                 s += lw;
+                if (use_alibi) s += alibi[h0 + g] * (float)(prow[j] - pq);
                 if (lane == 0) {
                     sc[g * QA_CHUNK + jj] = s;
                     if (write_scores) scores[((size_t)t * n_head + h0 + g) * N + j] = s;

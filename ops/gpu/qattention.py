@@ -11,6 +11,7 @@ docstring and ``kvq.cuh`` for the code layout).  Shapes (all device arrays)::
     luts   [4, 256]                  float32: klut0, vlut0, klut1, vlut1
     kpos   [P, N]                    int32, -1 = empty; P = 1 or n_kv
     logw   [n_kv, N] or empty        float32 log merge weights added to the logits
+    alibi  [n_head] or None          float32 ALiBi slopes: logit += slope * (key_pos - query_pos)
     out    [T, n_head, Dv]           float32
     acc    [n_kv, N] or None         float32: receives (overwritten, not added)
                                      the probabilities summed over each KV
@@ -60,6 +61,7 @@ def attend_decode_q(
     out: Any,
     acc: Any | None = None,
     sinks: Any = None,
+    alibi: Any = None,
 ) -> None:
     """Attention of a few queries over the fp16 area and two quantized pools (flash-decoding).
 
@@ -79,6 +81,9 @@ def attend_decode_q(
         ``[n_kv, N]`` float32 to receive the per-slot probabilities, or None to skip.
     sinks : device array or None
         ``[n_head]`` float32 sink logits (gpt-oss: each joins its head's softmax denominator), or None.
+    alibi : device array or None
+        ``[n_head]`` float32 ALiBi slopes: each logit gets ``slope * (kpos - qpos)``, the slot's stored position (after
+        ``logw``), or None.
 
     Raises
     ------
@@ -120,7 +125,7 @@ def attend_decode_q(
         pool0.kc, pool0.km, pool0.vc, pool0.vm, pool1.kc, pool1.km, pool1.vc, pool1.vm,
         luts, kpos, logw if use_logw else dummy, part_o, part_m, part_l, scores,
         F, C0, C1, H, n_kv, D, Dv, group, pool0.bits_k, pool0.bits_v, pool1.bits_k, pool1.bits_v,
-        P, use_logw, int(acc is not None), window, scale, softcap,
+        P, use_logw, int(acc is not None), window, scale, softcap, q if alibi is None else alibi, int(alibi is not None),
         shared_mem=smem,
     )  # fmt: skip
     decode_reduce(part_o, part_m, part_l, out, sinks)

@@ -149,14 +149,14 @@ def rope_absence(cfg: Any, g: Any) -> str | None:
     return None if cls is None else cls.rope_absence(cfg, g)
 
 
-def cache_widths(cfg: Any, g: Any) -> tuple[int, ...]:
+def cache_widths(cfg: Any, g: Any, bits: int = 16) -> tuple[int, ...]:
     """K+V values a token keeps in each layer's cache, as `kvrun info` counts them (its config ``cfg``, its open file
     ``g``): its class's ``cache_widths`` (models/common.py's ``Model.cache_widths``: MLA's latent is models/mla.py's),
     the file's geometry for an architecture kvrun does not run."""
     from .models import MODEL_CLASSES
 
     cls = MODEL_CLASSES.get(cfg.arch)
-    return cfg.kv_values_by_layer() if cls is None else cls.cache_widths(cfg, g)
+    return cfg.kv_values_by_layer() if cls is None else cls.cache_widths(cfg, g, bits)
 
 
 def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
@@ -184,7 +184,6 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
         H, dc = cfg.n_head, cfg.ssm_d_conv
         kda = {"d_conv": dc, "d_inner": H * hd, "d_state": hd, "n_head": H, "n_group": H,
                "state_bytes_per_layer": 4 * H * hd * hd + 4 * (dc - 1) * 3 * H * hd}
-    kv_widths = cache_widths(cfg, g)  # (as the model's class will lay its cache out: MLA's latent, models/mla.py)
     return {
         "path": str(path),
         "name": cfg.name,
@@ -230,7 +229,7 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
         "bos_token_id": g.get("tokenizer.ggml.bos_token_id"),
         "eos_token_id": g.get("tokenizer.ggml.eos_token_id"),
         "has_chat_template": file_template(g) is not None,
-        "kv_bytes_per_token": {str(b): sum(kv_widths) * b / 8.0 for b in (16, 8, 4, 2)},
+        "kv_bytes_per_token": {str(b): sum(cache_widths(cfg, g, b)) * b / 8.0 for b in (16, 8, 4, 2)},  # (as the class lays it out)
         # an encoder (BERT): embeddings only, pooled so; None for a text model
         "embedding_pooling": pooling if cfg.arch in ("bert", "nomic-bert", "gemma-embedding", "jina-bert-v2", "jina-bert-v3", "nomic-bert-moe", "neo-bert", "modern-bert", "eurobert", "llama-embed", "t5encoder") else None,
         # Mamba-2's state-space layers (mamba2, granitehybrid): how many, their geometry, the state a sequence keeps

@@ -228,11 +228,12 @@ class Model:
         return cls.ROPE_ABSENCE
 
     @classmethod
-    def cache_widths(cls, cfg: ModelConfig, g: GGUFFile) -> tuple[int, ...]:
-        """K+V values one token stores in each layer's cache (0: a layer that keeps none), told before the model loads
-        (its config ``cfg``, the open file ``g``: `kvrun info`'s KV cost) as :meth:`layer_specs` will lay the cache out:
-        the file's geometry (``ModelConfig.kv_values_by_layer``); a class whose cache holds another form says its own
-        (MLA's latent, models/mla.py's ``LatentCache``)."""
+    def cache_widths(cls, cfg: ModelConfig, g: GGUFFile, bits: int = 16) -> tuple[int, ...]:
+        """K+V values one token stores in each layer's cache (0: a layer that keeps none) at ``bits`` (16: the plain
+        cache; fewer: the compressed one), told before the model loads (its config ``cfg``, the open file ``g``: `kvrun
+        info`'s KV cost) as :meth:`layer_specs` will lay the cache out: the file's geometry
+        (``ModelConfig.kv_values_by_layer``); a class whose cache holds another form says its own (MLA's latent,
+        models/mla.py's ``LatentCache``)."""
         return cfg.kv_values_by_layer()
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:

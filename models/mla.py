@@ -55,12 +55,12 @@ class LatentCache:
     bits); else every head's K and V, the file's geometry."""
 
     @classmethod
-    def cache_widths(cls, cfg: ModelConfig, g: GGUFFile) -> tuple[int, ...]:
+    def cache_widths(cls, cfg: ModelConfig, g: GGUFFile, bits: int = 16) -> tuple[int, ...]:
         base = next(k for k in cls.__mro__ if LatentCache in k.__bases__)  # (deepseek2's class: its forward caches the latent)
         rank = int(g.arch_get("attention.kv_lora_rank", 0) or 0)
         if rank > 0 and latent_enabled(cls, base.forward):
-            return (cfg.rope_dim + rank,) * cfg.n_layer
-        return super().cache_widths(cfg, g)  # type: ignore[misc]
+            return (cfg.rope_dim + (rank if bits >= 16 else 2 * rank),) * cfg.n_layer  # (compressed: V apart)
+        return super().cache_widths(cfg, g, bits)  # type: ignore[misc]
 
 
 def latent_layer_spec(n_head: int, n_rot: int, rank: int, scale: float) -> LayerSpec:

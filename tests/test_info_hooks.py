@@ -72,12 +72,16 @@ def test_info_counts_what_the_class_caches(tmp_path, monkeypatch, mode):
         g = GGUFFile(path)
         cfg = load_config(g)
         model = model_class(cfg.arch)(g, cfg, get_backend("cpu"), 32, 8)
-        held = tuple(0 if cfg.ssm_layers and cfg.ssm_layers[il] else s.n_head_kv * (s.head_dim + (0 if s.v_in_k else s.head_dim_v))  # (Kimi's KDA
-                     for il, s in enumerate(model.layer_specs()))  # layers keep a state, no K/V)
-        assert type(model).cache_widths(cfg, g) == held, name
+        specs = [(il, s) for il, s in enumerate(model.layer_specs()) if not (cfg.ssm_layers and cfg.ssm_layers[il])]  # (Kimi's
+        held = [0] * len(model.layer_specs())  # KDA layers keep a state, no K/V)
+        held_q = list(held)  # (the compressed cache keeps V apart, v_in_k or not)
+        for il, s in specs:
+            held[il] = s.n_head_kv * (s.head_dim + (0 if s.v_in_k else s.head_dim_v))
+            held_q[il] = s.n_head_kv * (s.head_dim + s.head_dim_v)
+        assert type(model).cache_widths(cfg, g) == tuple(held) and type(model).cache_widths(cfg, g, 4) == tuple(held_q), name
         assert (sum(held) < sum(cfg.kv_values_by_layer())) == (mode == "latent" and name != "kimi-linear"), name
         facts = json.loads(CliRunner().invoke(main, ["info", "--json", str(path)]).output)
-        assert facts["kv_bytes_per_token"] == {str(b): sum(held) * b / 8 for b in (16, 8, 4, 2)}, name
+        assert facts["kv_bytes_per_token"] == {str(b): sum(held if b == 16 else held_q) * b / 8 for b in (16, 8, 4, 2)}, name
 
 
 def test_the_default_hook_is_the_configs_geometry(tmp_path):

@@ -89,6 +89,7 @@ def test_the_cache_holds_the_latent_and_the_shared_rope_key(tmp_path, monkeypatc
     assert sum(type(model).cache_widths(cfg, GGUFFile(path))) * 2 == N_LAYER * (ROT + RANK) * 2  # (the class's count: models/mla.py)
     info = CliRunner().invoke(main, ["info", str(path)])
     assert info.exit_code == 0 and "16-bit 240 B" in info.output, info.output
+    assert "8-bit 216 B" in info.output  # (the compressed cache keeps V apart: 3 layers x (40 + 32) values at 8 bits)
     monkeypatch.setenv("KVRUN_MLA", "expanded")
     cfg, model = _build(path)
     assert KVCache(make_cache(model.layer_specs(), N_CTX, N_BATCH)).nbytes() == N_LAYER * N_CTX * (2 * H * (NOPE + ROT + DV) + 4)

@@ -19,6 +19,7 @@
 //                              softmax for all query heads of one KV head
 //                              (K/V are read once per group), and a second
 //                              kernel merges the chunks' (max, sum, output).
+//   (the decode's arithmetic is attn_decode.cuh's, batch_attention.cu's too)
 //   attn_prefill_f16         prefill: flash-attention tiles; a block holds a
 //                              tile of queries of one head and streams K/V
 //                              tiles through shared memory with an online
@@ -34,19 +35,7 @@
 //                   the exponent clamped at 80 as the CPU's), adding no value.
 #include "common.cuh"
 #include "attn_tile.cuh"
-
-#define AD_CHUNK 128  // slots per decode split
-#define AD_MAX_D 256  // head_dim held in registers by the decode scores loop (8 per lane)
-
-__device__ __forceinline__ bool visible(int pk, int pq, int window) {
-    return pk >= 0 && pk <= pq && (window == 0 || (window > 0 ? pq - pk < window : pk >= pq - pq % -window));
-}
-
-// The sink's share of a softmax denominator whose visible scores peak at m (none visible: nothing to add, the
-// output is 0 as without a sink).
-__device__ __forceinline__ float sink_term(float sink, float m) {
-    return m == NEG_INF ? 0.0f : __expf(fminf(sink - m, 80.0f));
-}
+#include "attn_decode.cuh"
 
 // ------------------------------------------------------------------ store
 // grid (T * n_kv), block 128.  One block per (token, kv head); the caller makes
@@ -59,15 +48,7 @@ extern "C" __global__ void kv_store_f16(const float* __restrict__ k_new, // [T, 
                                         int* __restrict__ kpos,          // [cap]
                                         int n_kv, int D, int Dv, int cap) {
     const int t = blockIdx.x / n_kv, h = blockIdx.x % n_kv;
-    const int p = pos[t];
-    const int slot = p % cap;
-    const float* ks = k_new + ((size_t)t * n_kv + h) * D;
-    const float* vs = v_new + ((size_t)t * n_kv + h) * Dv;
-    u16* kd = k_cache + ((size_t)h * cap + slot) * D;
-    u16* vd = v_cache + ((size_t)h * cap + slot) * Dv;
-    for (int d = threadIdx.x; d < D; d += blockDim.x) kd[d] = f2h(ks[d]);
-    for (int d = threadIdx.x; d < Dv; d += blockDim.x) vd[d] = f2h(vs[d]);
-    if (h == 0 && threadIdx.x == 0) kpos[slot] = p;
+    kv_store_row(k_new, v_new, t, h, pos[t], k_cache, v_cache, kpos, n_kv, D, Dv, cap);
 }
 
 // ------------------------------------------------------------------ decode
@@ -94,69 +75,11 @@ extern "C" __global__ void __launch_bounds__(128) attn_decode_partial_f16(
     int has_alibi, int has_sinks, int vs) {
     extern __shared__ float smem[];
     const int gqa = n_head / n_kv;
-    float* qs = smem;             // [gqa, D]
-    float* sc = smem + gqa * D;   // [gqa, AD_CHUNK] scores, then probabilities
     const int split = blockIdx.x, kh = blockIdx.y, t = blockIdx.z, n_split = gridDim.x;
-    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, n_warps = blockDim.x / WARP;
-    const int j0 = split * AD_CHUNK;
-    const int nj = min(AD_CHUNK, n_slots - j0);
-    const int pq = qpos[t];
-
-    const float* qg = q + ((size_t)t * n_head + kh * gqa) * D;  // the group's heads are adjacent
-    for (int i = threadIdx.x; i < gqa * D; i += blockDim.x) qs[i] = qg[i];
-    __syncthreads();
-
-    // scores: one warp per slot; the lane's share of the key stays in registers
-    // while it is dotted with every query head of the group
-    for (int jj = warp; jj < nj; jj += n_warps) {
-        const int j = j0 + jj;
-        if (!visible(kpos[j], pq, window)) {
-            for (int g = lane; g < gqa; g += WARP) sc[g * AD_CHUNK + jj] = NEG_INF;
-            continue;
-        }
-        const u16* kr = k + ((size_t)kh * cap + j) * D;
-        float kreg[AD_MAX_D / WARP];
-#pragma unroll
-        for (int r = 0; r < AD_MAX_D / WARP; ++r) {
-            const int d = lane + WARP * r;
-            kreg[r] = d < D ? h2f(kr[d]) : 0.0f;
-        }
-        for (int g = 0; g < gqa; ++g) {
-            float s = 0.0f;
-#pragma unroll
-            for (int r = 0; r < AD_MAX_D / WARP; ++r) {
-                const int d = lane + WARP * r;
-                if (d < D) s += qs[g * D + d] * kreg[r];
-            }
-            s = warp_sum(s) * scale;
-            if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
-            if (has_alibi) s += alibi[kh * gqa + g] * (float)(kpos[j] - pq);
-            if (lane == 0) sc[g * AD_CHUNK + jj] = s;
-        }
-    }
-    __syncthreads();
-
-    chunk_softmax(sc, AD_CHUNK, gqa, nj, part_m, part_l, ((size_t)t * n_head + kh * gqa) * n_split + split, n_split);
-    __syncthreads();
-
-    // P @ V: threads over (head, d), so a row of V is read coalesced
-    for (int i = threadIdx.x; i < gqa * Dv; i += blockDim.x) {
-        const int g = i / Dv, d = i % Dv;
-        const float* pg = sc + g * AD_CHUNK;
-        const u16* vc = v + ((size_t)kh * cap + j0) * vs + d;
-        float acc = 0.0f;
-        for (int jj = 0; jj < nj; ++jj) {
-            const float p = pg[jj];
-            if (p != 0.0f) acc += p * h2f(vc[(size_t)jj * vs]);
-        }
-        const size_t th = (size_t)t * n_head + kh * gqa + g;
-        if (direct) {  // part_l (and part_m) of this head were written before the barrier above
-            const float l = part_l[th] + (has_sinks ? sink_term(sinks[kh * gqa + g], part_m[th]) : 0.0f);
-            out[th * Dv + d] = acc * (l > 0.0f ? 1.0f / l : 0.0f);
-        } else {
-            part_o[(th * n_split + split) * Dv + d] = acc;
-        }
-    }
+    const size_t ph = (size_t)t * n_head + kh * gqa;  // the group's heads are adjacent
+    attn_decode_split(smem, q + ph * D, k, v, kpos, qpos[t], kh, split, n_split, n_slots, cap, gqa, D, Dv, vs, window,
+                      scale, softcap, alibi + kh * gqa, has_alibi, sinks + kh * gqa, has_sinks, part_o, part_m, part_l,
+                      ph, out + ph * Dv, direct);
 }
 
 // grid (n_head, T), block 128, dynamic shared: n_split floats.
@@ -171,29 +94,8 @@ extern "C" __global__ void attn_decode_reduce(const float* __restrict__ part_o, 
     extern __shared__ float wts[];  // [n_split] weight of each split
     __shared__ float scratch[WARP];
     const size_t th = (size_t)blockIdx.y * n_head + blockIdx.x;
-    const float* m = part_m + th * n_split;
-    const float* l = part_l + th * n_split;
-    float mx = NEG_INF;
-    for (int s = threadIdx.x; s < n_split; s += blockDim.x) mx = fmaxf(mx, m[s]);
-    mx = warp_max(mx);  // block max: per warp, then over the warps' results
-    if (threadIdx.x % WARP == 0) scratch[threadIdx.x / WARP] = mx;
-    __syncthreads();
-    mx = NEG_INF;
-    for (int w = 0; w < (int)(blockDim.x / WARP); ++w) mx = fmaxf(mx, scratch[w]);
-    float lsum = 0.0f;
-    for (int s = threadIdx.x; s < n_split; s += blockDim.x) {
-        const float e = (mx == NEG_INF || m[s] == NEG_INF) ? 0.0f : __expf(m[s] - mx);
-        wts[s] = e;
-        lsum += e * l[s];
-    }
-    lsum = block_sum(lsum, scratch);  // its leading __syncthreads also publishes wts
-    if (has_sinks) lsum += sink_term(sinks[blockIdx.x], mx);
-    const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
-    for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int s = 0; s < n_split; ++s) acc += wts[s] * part_o[(th * n_split + s) * Dv + d];
-        out[th * Dv + d] = acc * inv;
-    }
+    attn_decode_merge<true>(part_m + th * n_split, part_l + th * n_split, part_o + th * n_split * Dv, n_split, Dv,
+                            sinks + blockIdx.x, has_sinks, out + th * Dv, scratch, wts);
 }
 
 // ------------------------------------------------------------------ prefill

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import kernels as K
 
-DECODE_CHUNK = 128  # slots per split: AD_CHUNK in attention.cu
+DECODE_CHUNK = 128  # slots per split: AD_CHUNK in attn_decode.cuh
 DECODE_MAX_D = 256  # AD_MAX_D: head_dim the decode kernel keeps in registers
 SHARED_LIMIT = 48 * 1024  # dynamic shared memory usable without opting in
 

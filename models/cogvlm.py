@@ -10,8 +10,8 @@ weights, a batch of embeddings (the image rows of CogVLM's mmproj) the visual on
 over ``Model.input_embd`` (``Engine.eval_embd``: a picture's rows, runtime/vision_cogvlm.py) runs every layer with
 its visual expert's weights, any other with the language ones.  A file without the visual expert runs text alone and
 takes no images (``takes_images``).  On the GPU the expert's weights are uploaded as the language ones: the picture's
-encoder runs on the CPU beside the model (runtime/projectors.py ``CPU_BESIDE_GPU``), its rows go up once a picture
-and run through the expert's weights in the same GPU forward; decode steps (text) keep the language ones.
+encoder runs on the GPU too (models/cogvlm_image.py), its rows run through the expert's weights in the same GPU
+forward; decode steps (text) keep the language ones.
 """
 
 from __future__ import annotations

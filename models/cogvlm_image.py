@@ -31,12 +31,10 @@ from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
-from .bert import gelu, layer_norm
 from .common import TENSOR_NAMES, WeightLoader
 from .janus_image import preprocess as fixed_size
-from .pixtral_image import silu
-from .qwen2vl_image import activation
-from .siglip import MmprojEncoder, attend_heads, patch_kernel
+from .siglip import MmprojEncoder, patch_kernel
+from .vit_ops import ops_of
 
 F32 = np.float32
 PAD = (122, 116, 104)  #: the pad colour around a picture not square (clip.cpp's image_pad_color for cogvlm, LLaVA's)
@@ -59,7 +57,7 @@ class CogVLMEncoder(MmprojEncoder):
     """CogVLM's EVA2-CLIP encoder and GLU projector from an mmproj file: :meth:`encode` pixels into rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name != "cpu":
+        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_ops.py, models/vit_device.py)
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
@@ -99,25 +97,35 @@ class CogVLMEncoder(MmprojEncoder):
         """Normalised ``pixels`` [3, S, S] (:func:`preprocess`) -> the image chunk's rows [n_patches + 2, n_text_embd]:
         ``v.boi``, the patches' rows in raster order, ``v.eoi``."""
         c = self.cfg
-        S, n = c.image_size, c.n_patches_side
+        S = c.image_size
         if pixels.shape != (3, S, S):
             raise KvrunError(f"the CogVLM encoder takes pixels [3, {S}, {S}], got {list(pixels.shape)}")
-        T, H = n * n, c.n_head
-        D = c.n_embd // H
-        x = np.concatenate([self.embed_patches(pixels), self.cls[None]]) + self.pos_embd  # (the CLS token after the patches)
-        scale = F32(1.0 / math.sqrt(D))
-        for L in self.layers:
-            q, k, v = (self._linear(L[r], x, L[r + "_b"]).reshape(T + 1, H, D) for r in ("q", "k", "v"))
-            a = self._linear(L["o"], attend_heads(q, k, v, scale).reshape(T + 1, H * D), L["o_b"])
-            x = x + layer_norm(a, L["ln1"], L["ln1_b"], c.eps)
-            up = self._linear(L["up"], x, L["up_b"])
-            if L["gate"] is not None:
-                up = activation(self._linear(L["gate"], x, L["gate_b"]), c.ffn_op) * up
-            else:
-                up = activation(up, c.ffn_op)
-            x = x + layer_norm(self._linear(L["down"], up.astype(F32), L["down_b"]), L["ln2"], L["ln2_b"], c.eps)
-        h = layer_norm(self._linear(self.fc, x[:T]), self.fc_norm, self.fc_norm_b, FC_NORM_EPS)
-        h = gelu(h)
-        h = silu(self._linear(self.gate, h)) * self._linear(self.up, h)
-        rows = self._linear(self.down, h.astype(F32))
-        return np.ascontiguousarray(np.concatenate([self.boi[None], rows, self.eoi[None]]), F32)
+        return _forward(ops_of(self), self, pixels)
+
+
+def _forward(ops: Any, enc: CogVLMEncoder, pixels: np.ndarray) -> np.ndarray:
+    """:meth:`CogVLMEncoder.encode` past its checks on either device's ``ops`` (models/vit_ops.py; on the GPU the
+    pixels go up once, the rows come down once)."""
+    c, xp = enc.cfg, ops.xp
+    n = c.n_patches_side
+    T, H = n * n, c.n_head
+    D = c.n_embd // H
+    x = xp.concatenate([ops.embed_patches(pixels), ops.const(enc.cls).reshape(1, -1)])  # (the CLS token after the patches)
+    x = x + ops.const(enc.pos_embd)
+    scale = F32(1.0 / math.sqrt(D))
+    for L in enc.layers:
+        q, k, v = (ops.linear(L[r], x, L[r + "_b"]).reshape(T + 1, H, D) for r in ("q", "k", "v"))
+        a = ops.linear(L["o"], ops.attend(q, k, v, scale), L["o_b"])
+        x = x + ops.layer_norm(a, L["ln1"], L["ln1_b"], c.eps)
+        up = ops.linear(L["up"], x, L["up_b"])
+        if L["gate"] is not None:
+            up = ops.act(ops.linear(L["gate"], x, L["gate_b"]), c.ffn_op) * up
+        else:
+            up = ops.act(up, c.ffn_op)
+        x = x + ops.layer_norm(ops.linear(L["down"], up.astype(F32), L["down_b"]), L["ln2"], L["ln2_b"], c.eps)
+    h = ops.layer_norm(ops.linear(enc.fc, x[:T]), enc.fc_norm, enc.fc_norm_b, FC_NORM_EPS)
+    h = ops.act(h, "gelu")
+    h = ops.act(ops.linear(enc.gate, h), "silu") * ops.linear(enc.up, h)
+    rows = ops.linear(enc.down, h.astype(F32))
+    rows = xp.concatenate([ops.const(enc.boi).reshape(1, -1), rows, ops.const(enc.eoi).reshape(1, -1)])
+    return ops.to_host(xp.ascontiguousarray(rows, F32))

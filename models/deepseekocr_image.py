@@ -24,8 +24,10 @@ it runs in the oracle (llama.cpp's libmtmd 0.3.36): CLIP's position table read a
 ``(16*16)`` rows as a [n_embd, 256] image interpolated to [t, t, n_embd] and read back as rows, and its "CLS" row
 the table's values from element 256 / (bytes an element) on (:func:`clip_tile_positions`).
 
-One picture is a one-off prefill-sized job: numpy on the host, the weight products on the CPU backend's kernels in
-the file's format (an F16 weight's input rounded to F16, as ggml's), convolutions on F16 patches where the kernel is F16.
+The forward is written once against models/vit_ops.py's ops: on the CPU numpy on the host, the weight products on the
+CPU backend's kernels in the file's format (an F16 weight's input rounded to F16, as ggml's), convolutions on F16
+patches where the kernel is F16; beside a GPU text model the same steps on device arrays (models/vit_device.py), the
+pixels and the picture's tables (positions, relative tables) up, the rows down once.
 """
 
 from __future__ import annotations
@@ -41,9 +43,10 @@ from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
-from .bert import gelu, layer_norm
+from .bert import layer_norm
 from .common import TENSOR_NAMES, WeightLoader
-from .siglip import MmprojEncoder, _f16, gelu_quick, vit_layer
+from .siglip import MmprojEncoder, _f16, vit_layer
+from .vit_ops import ops_of
 
 F32 = np.float32
 F16 = 1  # ggml's type id of float16
@@ -172,6 +175,14 @@ def channel_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(layer_norm(x.transpose(1, 2, 0), w, b, SAM_EPS).transpose(2, 0, 1))
 
 
+def _conv(ops: Any, x: Any, kern: Kernel, stride: int, pad: int) -> Any:
+    """:func:`conv2d` on ``ops`` (models/vit_ops.py; the device's im2col rows times the kernel uploaded once)."""
+    if x.shape[0] != kern.w.shape[1]:  # (a kernel of the wrong width: a file that is not one DeepSeek-OCR projector)
+        raise KvrunError(f"a kernel of shape {list(kern.w.shape)} meets {x.shape[0]} channels: the projector file is incomplete "
+                         "or not a DeepSeek-OCR one")  # fmt: skip
+    return ops.conv2d(x, kern, stride, pad)
+
+
 # ---------------------------------------------------------------- the encoder
 
 
@@ -195,7 +206,7 @@ class DeepseekOCREncoder(MmprojEncoder):
     its grid of rows, :meth:`view_rows` lays them out with the newline and separator rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name != "cpu":
+        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_ops.py, models/vit_device.py)
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
@@ -259,98 +270,12 @@ class DeepseekOCREncoder(MmprojEncoder):
         self.newline = tensor("v.image_newline").reshape(-1)
         self.view_sep = tensor("v.view_seperator").reshape(-1)
 
-    # ---------------------------------------------------------------- SAM
-
-    def _sam_attention(self, L: dict[str, Any], x: np.ndarray) -> np.ndarray:
-        """Attention over ``x`` [B, h, w, E] (B windows, or one whole grid), each of the B attending within itself,
-        SAM's relative positions added to the scaled scores."""
-        B, h, w, E = x.shape
-        H = self.sam_heads
-        d = E // H
-        T = h * w
-        qkv = self._linear(L["qkv"], x.reshape(B * T, E), L["qkv_b"]).reshape(B, T, 3, H, d)
-        q, k, v = (np.ascontiguousarray(qkv[:, :, j].transpose(0, 2, 1, 3)) for j in range(3))  # [B, H, T, d]
-        rh, rw = rel_table(L["pos_h"], h), rel_table(L["pos_w"], w)  # [h, h, d], [w, w, d]
-        qr = (_f16(q) if L["rel_f16"] else q).reshape(B, H, h, w, d)
-        bias_h = np.einsum("bnyxc,ykc->bnyxk", qr, rh, optimize=True).reshape(B, H, T, h)
-        bias_w = np.einsum("bnyxc,xkc->bnyxk", qr, rw, optimize=True).reshape(B, H, T, w)
-        scale = F32(1.0 / math.sqrt(d))
-        out = np.empty((B, H, T, d), F32)
-        step = max(1, (1 << 22) // T)  # (query rows a time: a 64x64 grid's scores are 64 MiB a head)
-        for b in range(B):
-            for n in range(H):
-                for q0 in range(0, T, step):
-                    s = q[b, n, q0 : q0 + step] @ k[b, n].T * scale
-                    s = (s.reshape(-1, h, w) + bias_h[b, n, q0 : q0 + step, :, None] + bias_w[b, n, q0 : q0 + step, None, :]).reshape(-1, T)
-                    s = np.exp(s - s.max(axis=-1, keepdims=True))
-                    s /= s.sum(axis=-1, keepdims=True)
-                    out[b, n, q0 : q0 + step] = s @ v[b, n]
-        a = out.transpose(0, 2, 1, 3).reshape(B * T, E)
-        return self._linear(L["o"], a, L["o_b"]).reshape(B, h, w, E)
-
-    def sam_features(self, pixels: np.ndarray) -> np.ndarray:
-        """Normalised ``pixels`` [3, S, S] -> SAM's neck output [E_clip, S/64, S/64]."""
-        S = pixels.shape[1]
-        n = S // PATCH
-        E = self.sam_embd
-        x = conv2d(pixels, self.patch, PATCH, 0) + self.patch_b[:, None, None]  # [E, n, n]
-        x = np.ascontiguousarray(x.transpose(1, 2, 0))  # [n, n, E]
-        pos = self.sam_pos if n == self.sam_pos.shape[0] else bicubic(self.sam_pos.transpose(2, 0, 1), n, n).transpose(1, 2, 0)
-        x = x + pos
-        ws = self.window
-        for i, L in enumerate(self.sam):
-            h = layer_norm(x, L["ln1"], L["ln1_b"], SAM_EPS)
-            if i in GLOBAL_LAYERS:
-                a = self._sam_attention(L, h[None])[0]
-            else:  # windows of the grid padded with zeros to whole windows, row by row (clip.cpp's window_partition)
-                p = (ws - n % ws) % ws
-                hp = np.pad(h, ((0, p), (0, p), (0, 0)))
-                m = (n + p) // ws
-                win = hp.reshape(m, ws, m, ws, E).transpose(0, 2, 1, 3, 4).reshape(m * m, ws, ws, E)
-                a = self._sam_attention(L, win).reshape(m, m, ws, ws, E).transpose(0, 2, 1, 3, 4).reshape(n + p, n + p, E)[:n, :n]
-            x = x + a
-            h = layer_norm(x, L["ln2"], L["ln2_b"], SAM_EPS).reshape(n * n, E)
-            x = x + self._linear(L["down"], gelu(self._linear(L["up"], h, L["up_b"])), L["down_b"]).reshape(n, n, E)
-        x = np.ascontiguousarray(x.transpose(2, 0, 1))  # [E, n, n]
-        x = channel_norm(conv2d(x, self.neck[0], 1, 0), *self.neck_norm[0])
-        x = channel_norm(conv2d(x, self.neck[1], 1, 1), *self.neck_norm[1])
-        return conv2d(conv2d(x, self.net[0], 2, 1), self.net[1], 2, 1)
-
-    # ---------------------------------------------------------------- CLIP and the projector
-
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Normalised ``pixels`` [3, S, S] (S 1024, a global view, or 640, a tile) -> the view's grid of rows
         [(S/64)^2, n_text_embd], raster order, no newlines."""
         if pixels.ndim != 3 or pixels.shape[0] != 3 or pixels.shape[1] != pixels.shape[2] or pixels.shape[1] % 64:
             raise KvrunError(f"the DeepSeek-OCR encoder takes pixels [3, S, S], S a multiple of 64, got {list(pixels.shape)}")
-        c = self.cfg
-        sam = self.sam_features(pixels)  # [C, n, n]
-        C, n, _ = sam.shape
-        sam_rows = np.ascontiguousarray(sam.reshape(C, n * n).T)
-        s = math.isqrt(self.clip_pos.shape[0] - 1)
-        pos = self.clip_pos if n == s else clip_tile_positions(self.clip_pos, self.clip_pos_elem, n)
-        x = np.concatenate([self.cls[None], sam_rows]) + pos
-        if self.pre_ln is not None:
-            x = layer_norm(x, self.pre_ln, self.pre_ln_b, CLIP_EPS)
-        H = c.n_head
-        D = C // H
-        T = x.shape[0]
-        scale = F32(1.0 / math.sqrt(D))
-        for L in self.layers:
-            h = layer_norm(x, L["ln1"], L["ln1_b"], CLIP_EPS)
-            q, k, v = (self._linear(L[r], h, L[r + "_b"]).reshape(T, H, D) for r in ("q", "k", "v"))
-            a = np.empty((T, H, D), F32)
-            for hd in range(H):
-                sc = (q[:, hd] @ k[:, hd].T) * scale
-                sc = np.exp(sc - sc.max(axis=-1, keepdims=True))
-                sc /= sc.sum(axis=-1, keepdims=True)
-                a[:, hd] = sc @ v[:, hd]
-            x = x + self._linear(L["o"], a.reshape(T, C), L["o_b"])
-            h = layer_norm(x, L["ln2"], L["ln2_b"], CLIP_EPS)
-            x = x + self._linear(L["down"], gelu_quick(self._linear(L["up"], h, L["up_b"])), L["down_b"])
-        if self.post_ln is not None:
-            x = layer_norm(x, self.post_ln, self.post_ln_b, CLIP_EPS)
-        return self._linear(self.fc, np.concatenate([x[1:], sam_rows], axis=1), self.fc_b)
+        return _forward(ops_of(self), self, pixels)
 
     def view_rows(self, grids: list[np.ndarray], overview: bool) -> np.ndarray:
         """The rows of one image libmtmd encodes: ``overview`` the global view's grid (one of ``grids``), each of its
@@ -363,3 +288,82 @@ class DeepseekOCREncoder(MmprojEncoder):
         if overview:
             rows = np.concatenate([rows, self.view_sep[None]])
         return np.ascontiguousarray(rows, F32)
+
+
+# ---------------------------------------------------------------- the forward, once for both devices (models/vit_ops.py)
+
+
+def _sam_attention(ops: Any, enc: DeepseekOCREncoder, L: dict[str, Any], x: Any) -> Any:
+    """Attention over ``x`` [B, h, w, E] (B windows, or one whole grid), each of the B attending within itself,
+    SAM's relative positions added to the scaled scores (the tables built on the host, :func:`rel_table`)."""
+    xp = ops.xp
+    B, h, w, E = x.shape
+    H = enc.sam_heads
+    d = E // H
+    T = h * w
+    qkv = ops.linear(L["qkv"], x.reshape(B * T, E), L["qkv_b"]).reshape(B, T, 3, H, d)
+    q, k, v = (xp.ascontiguousarray(qkv[:, :, j].transpose(0, 2, 1, 3)) for j in range(3))  # [B, H, T, d]
+    rh, rw = rel_table(L["pos_h"], h), rel_table(L["pos_w"], w)  # [h, h, d], [w, w, d]
+    out = ops.attend_rel(q, k, v, ops.vector(rh), ops.vector(rw), L["rel_f16"], F32(1.0 / math.sqrt(d)))
+    a = out.transpose(0, 2, 1, 3).reshape(B * T, E)
+    return ops.linear(L["o"], a, L["o_b"]).reshape(B, h, w, E)
+
+
+def _sam_features(ops: Any, enc: DeepseekOCREncoder, pixels: np.ndarray) -> Any:
+    """Normalised ``pixels`` [3, S, S] -> SAM's neck output [E_clip, S/64, S/64]."""
+    xp = ops.xp
+    S = pixels.shape[1]
+    n = S // PATCH
+    E = enc.sam_embd
+    x = _conv(ops, ops.vector(pixels), enc.patch, PATCH, 0) + ops.const(enc.patch_b)[:, None, None]  # [E, n, n]
+    x = xp.ascontiguousarray(x.transpose(1, 2, 0)).reshape(n * n, E)  # (rows of the grid, raster order)
+    if n == enc.sam_pos.shape[0]:
+        pos = ops.const(enc.sam_pos)
+    else:
+        pos = ops.vector(bicubic(enc.sam_pos.transpose(2, 0, 1), n, n).transpose(1, 2, 0))
+    x = x + pos.reshape(n * n, E)
+    ws = enc.window
+    for i, L in enumerate(enc.sam):
+        h = ops.layer_norm(x, L["ln1"], L["ln1_b"], SAM_EPS).reshape(n, n, E)
+        if i in GLOBAL_LAYERS:
+            a = _sam_attention(ops, enc, L, h[None])[0]
+        else:  # windows of the grid padded with zeros to whole windows, row by row (clip.cpp's window_partition)
+            p = (ws - n % ws) % ws
+            hp = xp.pad(h, ((0, p), (0, p), (0, 0)))
+            m = (n + p) // ws
+            win = hp.reshape(m, ws, m, ws, E).transpose(0, 2, 1, 3, 4).reshape(m * m, ws, ws, E)
+            a = _sam_attention(ops, enc, L, win).reshape(m, m, ws, ws, E).transpose(0, 2, 1, 3, 4).reshape(n + p, n + p, E)[:n, :n]
+        x = x + a.reshape(n * n, E)
+        h = ops.layer_norm(x, L["ln2"], L["ln2_b"], SAM_EPS)
+        x = x + ops.linear(L["down"], ops.act(ops.linear(L["up"], h, L["up_b"]), "gelu"), L["down_b"])
+    x = xp.ascontiguousarray(x.reshape(n, n, E).transpose(2, 0, 1))  # [E, n, n]
+    x = ops.channel_norm(_conv(ops, x, enc.neck[0], 1, 0), *enc.neck_norm[0], SAM_EPS)
+    x = ops.channel_norm(_conv(ops, x, enc.neck[1], 1, 1), *enc.neck_norm[1], SAM_EPS)
+    return _conv(ops, _conv(ops, x, enc.net[0], 2, 1), enc.net[1], 2, 1)
+
+
+def _forward(ops: Any, enc: DeepseekOCREncoder, pixels: np.ndarray) -> np.ndarray:
+    """:meth:`DeepseekOCREncoder.encode` past its checks on either device's ``ops`` (models/vit_ops.py; on the GPU the
+    pixels and the picture's tables go up, the rows come down once): SAM, CLIP, the projector."""
+    c, xp = enc.cfg, ops.xp
+    sam = _sam_features(ops, enc, pixels)  # [C, n, n]
+    C, n, _ = sam.shape
+    sam_rows = xp.ascontiguousarray(sam.reshape(C, n * n).T)
+    s = math.isqrt(enc.clip_pos.shape[0] - 1)
+    pos = ops.const(enc.clip_pos) if n == s else ops.vector(clip_tile_positions(enc.clip_pos, enc.clip_pos_elem, n))
+    x = xp.concatenate([ops.const(enc.cls).reshape(1, -1), sam_rows]) + pos
+    if enc.pre_ln is not None:
+        x = ops.layer_norm(x, enc.pre_ln, enc.pre_ln_b, CLIP_EPS)
+    H = c.n_head
+    D = C // H
+    T = x.shape[0]
+    scale = F32(1.0 / math.sqrt(D))
+    for L in enc.layers:
+        h = ops.layer_norm(x, L["ln1"], L["ln1_b"], CLIP_EPS)
+        q, k, v = (ops.linear(L[r], h, L[r + "_b"]).reshape(T, H, D) for r in ("q", "k", "v"))
+        x = x + ops.linear(L["o"], ops.attend(q, k, v, scale), L["o_b"])
+        h = ops.layer_norm(x, L["ln2"], L["ln2_b"], CLIP_EPS)
+        x = x + ops.linear(L["down"], ops.act(ops.linear(L["up"], h, L["up_b"]), "gelu_quick"), L["down_b"])
+    if enc.post_ln is not None:
+        x = ops.layer_norm(x, enc.post_ln, enc.post_ln_b, CLIP_EPS)
+    return ops.to_host(ops.linear(enc.fc, xp.concatenate([x[1:], sam_rows], axis=1), enc.fc_b))

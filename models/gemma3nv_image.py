@@ -46,8 +46,8 @@ from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig, open_mmproj
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
-from .bert import gelu
 from .siglip import _f16, preprocess as _fixed_size
+from .vit_ops import ops_of
 
 F32 = np.float32
 EPS = 1e-6  # every RMSNorm2d's and the embedder's (the graph's constants)
@@ -91,16 +91,18 @@ class Block:
         return "edge" if t.get("conv_exp") is not None else "attn" if t.get("attn_q") is not None else "uir"
 
 
+def same_split(n: int, k: int, stride: int) -> tuple[int, int]:
+    """``Conv2dSame``'s padding of an axis n long: the total the output ceil(n / stride) needs, half before (rounded
+    down), the rest after."""
+    total = max(0, (-(-n // stride) - 1) * stride + k - n)
+    return total // 2, total - total // 2
+
+
 def pad_same(x: np.ndarray, k: int, stride: int) -> np.ndarray:
     """TF/PyTorch ``Conv2dSame`` padding of ``x`` [C, H, W] for a k x k kernel at ``stride``: the total the output
     ceil(H / stride) needs, half before (rounded down), the rest after (clip.cpp's ``pad_same_2d``)."""
     _, h, w = x.shape
-
-    def split(n: int) -> tuple[int, int]:
-        total = max(0, (-(-n // stride) - 1) * stride + k - n)
-        return total // 2, total - total // 2
-
-    (t, b), (lft, r) = split(h), split(w)
+    (t, b), (lft, r) = same_split(h, k, stride), same_split(w, k, stride)
     return np.pad(x, ((0, 0), (t, b), (lft, r))) if t or b or lft or r else x
 
 
@@ -147,9 +149,9 @@ class Gemma3nVisionEncoder:
     """Gemma 3n's MobileNetV5 and embedder from an mmproj file: :meth:`encode` pixels into 256 rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name != "cpu":
+        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_ops.py, models/vit_device.py)
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
-        self.cfg, self.path = cfg, g.path
+        self.cfg, self.be, self.path = cfg, backend, g.path
 
         def tensor(name: str, required: bool = False) -> np.ndarray | None:
             t = g.tensors.get(name)
@@ -220,138 +222,150 @@ class Gemma3nVisionEncoder:
         g, cfg = open_mmproj(path)
         return cls(g, cfg, backend)
 
-    # ---------------------------------------------------------------- the blocks
-    def edge_residual(self, x: np.ndarray, t: dict[str, Any], stride: int) -> np.ndarray:
-        y = conv(x, t["conv_exp"], stride, None if stride == 2 else 1)  # (stride 2: SAME padding; else 1 a side)
-        if t["bn1"] is not None:
-            y = rms_norm_2d(y, t["bn1"])
-        y = conv(gelu(y), t["conv_pwl"])
-        if t["bn2"] is not None:
-            y = rms_norm_2d(y, t["bn2"])
-        return y + x if stride == 1 and y.shape[0] == x.shape[0] and y.shape[2] == x.shape[2] else y
-
-    def inverted_residual(self, x: np.ndarray, t: dict[str, Any], stride: int) -> np.ndarray:
-        y = x
-        if t["dw_start"] is not None:  # (always stride 1)
-            y = conv(y, t["dw_start"], 1, t["dw_start"].k // 2, depthwise=True)
-            if t["dw_start_bn"] is not None:
-                y = rms_norm_2d(y, t["dw_start_bn"])
-        if t["pw_exp"] is not None:
-            y = conv(y, t["pw_exp"])
-            if t["pw_exp_bn"] is not None:
-                y = rms_norm_2d(y, t["pw_exp_bn"])
-            y = gelu(y)
-        if t["dw_mid"] is not None:  # (where a stage downsamples: SAME padding at stride 2)
-            k = t["dw_mid"].k
-            y = conv(y, t["dw_mid"], stride, None if stride > 1 else k // 2, depthwise=True)
-            if t["dw_mid_bn"] is not None:
-                y = rms_norm_2d(y, t["dw_mid_bn"])
-            y = gelu(y)
-        if t["pw_proj"] is not None:
-            y = conv(y, t["pw_proj"])
-            if t["pw_proj_bn"] is not None:
-                y = rms_norm_2d(y, t["pw_proj_bn"])
-        if t["layer_scale"] is not None:
-            y = y * t["layer_scale"][:, None, None]
-        return y + x if y.shape == x.shape else y
-
-    def attention(self, x: np.ndarray, t: dict[str, Any]) -> np.ndarray:
-        """Multi-query attention over the pixels: n_head query heads, one key and value head (downsampled)."""
-        h = rms_norm_2d(x, t["attn_norm"]) if t["attn_norm"] is not None else x
-        q = conv(h, t["attn_q"])
-        kv = []
-        for dw, norm, proj in ((t["k_dw"], t["k_norm"], t["attn_k"]), (t["v_dw"], t["v_norm"], t["attn_v"])):
-            s = h
-            if dw is not None:  # (Conv2dSame, stride 2, depthwise)
-                s = conv(s, dw, 2, None, depthwise=True)
-                if norm is not None:
-                    s = rms_norm_2d(s, norm)
-            kv.append(conv(s, proj))
-        k, v = kv
-        D = k.shape[0]
-        C, H, W = q.shape
-        n_head = C // D
-        qh = q.reshape(n_head, D, H * W).transpose(0, 2, 1)  # [heads, N, D] (channel = head * D + d)
-        km, vm = k.reshape(D, -1), v.reshape(D, -1)  # [D, M]
-        sc = (qh @ km) * F32(1.0 / math.sqrt(D))  # [heads, N, M]
-        sc = np.exp(sc - sc.max(axis=-1, keepdims=True))
-        sc /= sc.sum(axis=-1, keepdims=True)
-        o = (sc @ vm.T).transpose(0, 2, 1).reshape(n_head * D, H, W).astype(F32)  # [heads * D, H, W]
-        y = conv(o, t["attn_o"])
-        if y.shape[2] == x.shape[2] and y.shape[0] == x.shape[0]:
-            if t["layer_scale"] is not None:
-                y = y * t["layer_scale"][:, None, None]
-            y = y + x
-        return y
-
-    # ---------------------------------------------------------------- the graph
-    def features(self, pixels: np.ndarray) -> np.ndarray:
-        """Normalised ``pixels`` [3, S, S] -> the MSFA's output [n_embd, 16, 16] (the backbone and the fusion)."""
-        x = conv(pixels.astype(F32), self.stem, 2, None)
-        if self.stem_b is not None:
-            x = x + self.stem_b[:, None, None]
-        if self.stem_norm is not None:
-            x = rms_norm_2d(x, self.stem_norm)
-        x = gelu(x)
-        ends = self.stage_ends
-        starts = {0} | {e + 1 for e in ends}
-        fuse = set(ends[2:4]) if len(ends) >= 4 else {len(self.blocks) - 1}
-        taken = []
-        for i, b in enumerate(self.blocks):
-            stride = 2 if i in starts else 1
-            kind = b.kind
-            if kind == "edge":
-                x = self.edge_residual(x, b.tensors, stride)
-            elif kind == "attn":
-                x = self.attention(x, b.tensors)
-            else:
-                x = self.inverted_residual(x, b.tensors, stride)
-            if i in fuse:
-                taken.append(x)
-        hw, hh = taken[0].shape[2], taken[0].shape[1]
-        parts = []
-        for f in taken:  # (the smaller maps upsampled, nearest, to the first's size: whole factors, as ggml_upscale)
-            if f.shape[2] < hw or f.shape[1] < hh:
-                if hw % f.shape[2]:
-                    raise KvrunError(f"{self.path}: fusion maps {hw} and {f.shape[2]} wide are not whole multiples")
-                s = hw // f.shape[2]
-                f = np.repeat(np.repeat(f, s, axis=1), s, axis=2)
-            parts.append(f)
-        x = np.concatenate(parts, axis=0)
-        if self.msfa_exp is not None:
-            x = conv(x, self.msfa_exp)
-            if self.msfa_exp_bn is not None:
-                x = rms_norm_2d(x, self.msfa_exp_bn)
-            x = gelu(x)
-        if self.msfa_proj is not None:
-            x = conv(x, self.msfa_proj)
-            if self.msfa_proj_bn is not None:
-                x = rms_norm_2d(x, self.msfa_proj_bn)
-        w = x.shape[2]
-        if w > N_ROWS_SIDE:  # (average pooling, kernel = stride = w / 16)
-            if w % N_ROWS_SIDE:
-                raise KvrunError(f"{self.path}: the fused map is {w} wide, not a whole multiple of {N_ROWS_SIDE}")
-            s = w // N_ROWS_SIDE
-            c, h, _ = x.shape
-            x = x[:, : h // s * s].reshape(c, h // s, s, w // s, s).mean(axis=(2, 4), dtype=np.float64).astype(F32)
-        if self.msfa_norm is not None:
-            x = rms_norm_2d(x, self.msfa_norm)
-        return x
-
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Normalised ``pixels`` [3, S, S] (:func:`preprocess`) -> the picture's rows [256, n_text_embd]."""
         c = self.cfg
         if pixels.shape != (3, c.image_size, c.image_size):
             raise KvrunError(f"the Gemma 3n vision encoder takes pixels [3, {c.image_size}, {c.image_size}], got {list(pixels.shape)}")
-        x = self.features(pixels)
-        E = x.shape[0]
-        if E != c.n_embd:
-            raise KvrunError(f"{self.path}: the encoder makes {E} channels and the file says {c.n_embd}")
-        if x.shape[1] * x.shape[2] != n_rows(c):  # (a fused map under 16 x 16: libmtmd would count rows it does not make)
-            raise KvrunError(f"{self.path}: the encoder makes {x.shape[1]} x {x.shape[2]} rows and the file counts {n_rows(c)}")
-        rows = x.reshape(E, -1).T * F32(math.sqrt(E))  # (raster order: row by row of the 16 x 16 map)
-        rows = rms_norm(rows, self.soft_emb_norm)
-        if self.proj_f16:  # (ggml multiplies an F16 weight by an F16 copy of the activations)
-            rows = _f16(rows)
-        out = (rows @ self.proj.T).astype(F32)
-        return np.ascontiguousarray(rms_norm(out, None), F32)
+        return _forward(ops_of(self), self, pixels)
+
+
+# ---------------------------------------------------------------- the forward, once for both devices (models/vit_ops.py)
+
+
+def _edge_residual(ops: Any, x: Any, t: dict[str, Any], stride: int) -> Any:
+    y = ops.mobilenet_conv(x, t["conv_exp"], stride, None if stride == 2 else 1)  # (stride 2: SAME padding; else 1 a side)
+    if t["bn1"] is not None:
+        y = ops.rms_norm_2d(y, t["bn1"], EPS)
+    y = ops.mobilenet_conv(ops.act(y, "gelu"), t["conv_pwl"])
+    if t["bn2"] is not None:
+        y = ops.rms_norm_2d(y, t["bn2"], EPS)
+    return y + x if stride == 1 and y.shape[0] == x.shape[0] and y.shape[2] == x.shape[2] else y
+
+
+def _inverted_residual(ops: Any, x: Any, t: dict[str, Any], stride: int) -> Any:
+    y = x
+    if t["dw_start"] is not None:  # (always stride 1)
+        y = ops.mobilenet_conv(y, t["dw_start"], 1, t["dw_start"].k // 2, depthwise=True)
+        if t["dw_start_bn"] is not None:
+            y = ops.rms_norm_2d(y, t["dw_start_bn"], EPS)
+    if t["pw_exp"] is not None:
+        y = ops.mobilenet_conv(y, t["pw_exp"])
+        if t["pw_exp_bn"] is not None:
+            y = ops.rms_norm_2d(y, t["pw_exp_bn"], EPS)
+        y = ops.act(y, "gelu")
+    if t["dw_mid"] is not None:  # (where a stage downsamples: SAME padding at stride 2)
+        k = t["dw_mid"].k
+        y = ops.mobilenet_conv(y, t["dw_mid"], stride, None if stride > 1 else k // 2, depthwise=True)
+        if t["dw_mid_bn"] is not None:
+            y = ops.rms_norm_2d(y, t["dw_mid_bn"], EPS)
+        y = ops.act(y, "gelu")
+    if t["pw_proj"] is not None:
+        y = ops.mobilenet_conv(y, t["pw_proj"])
+        if t["pw_proj_bn"] is not None:
+            y = ops.rms_norm_2d(y, t["pw_proj_bn"], EPS)
+    if t["layer_scale"] is not None:
+        y = y * ops.const(t["layer_scale"])[:, None, None]
+    return y + x if y.shape == x.shape else y
+
+
+def _attention(ops: Any, x: Any, t: dict[str, Any]) -> Any:
+    """Multi-query attention over the pixels: n_head query heads, one key and value head (downsampled)."""
+    xp = ops.xp
+    h = ops.rms_norm_2d(x, t["attn_norm"], EPS) if t["attn_norm"] is not None else x
+    q = ops.mobilenet_conv(h, t["attn_q"])
+    kv = []
+    for dw, norm, proj in ((t["k_dw"], t["k_norm"], t["attn_k"]), (t["v_dw"], t["v_norm"], t["attn_v"])):
+        s = h
+        if dw is not None:  # (Conv2dSame, stride 2, depthwise)
+            s = ops.mobilenet_conv(s, dw, 2, None, depthwise=True)
+            if norm is not None:
+                s = ops.rms_norm_2d(s, norm, EPS)
+        kv.append(ops.mobilenet_conv(s, proj))
+    k, v = kv
+    D = k.shape[0]
+    C, H, W = q.shape
+    n_head = C // D
+    qh = q.reshape(n_head, D, H * W).transpose(0, 2, 1)  # [heads, N, D] (channel = head * D + d)
+    km, vm = k.reshape(D, -1), v.reshape(D, -1)  # [D, M]
+    sc = (qh @ km) * F32(1.0 / math.sqrt(D))  # [heads, N, M]
+    sc = xp.exp(sc - sc.max(axis=-1, keepdims=True))
+    sc /= sc.sum(axis=-1, keepdims=True)
+    o = (sc @ vm.T).transpose(0, 2, 1).reshape(n_head * D, H, W).astype(F32)  # [heads * D, H, W]
+    y = ops.mobilenet_conv(o, t["attn_o"])
+    if y.shape[2] == x.shape[2] and y.shape[0] == x.shape[0]:
+        if t["layer_scale"] is not None:
+            y = y * ops.const(t["layer_scale"])[:, None, None]
+        y = y + x
+    return y
+
+
+def _features(ops: Any, enc: Gemma3nVisionEncoder, pixels: np.ndarray) -> Any:
+    """Normalised ``pixels`` [3, S, S] -> the MSFA's output [n_embd, 16, 16] (the backbone and the fusion)."""
+    xp = ops.xp
+    x = ops.mobilenet_conv(ops.vector(pixels.astype(F32)), enc.stem, 2, None)
+    if enc.stem_b is not None:
+        x = x + ops.const(enc.stem_b)[:, None, None]
+    if enc.stem_norm is not None:
+        x = ops.rms_norm_2d(x, enc.stem_norm, EPS)
+    x = ops.act(x, "gelu")
+    ends = enc.stage_ends
+    starts = {0} | {e + 1 for e in ends}
+    fuse = set(ends[2:4]) if len(ends) >= 4 else {len(enc.blocks) - 1}
+    taken = []
+    for i, b in enumerate(enc.blocks):
+        stride = 2 if i in starts else 1
+        kind = b.kind
+        if kind == "edge":
+            x = _edge_residual(ops, x, b.tensors, stride)
+        elif kind == "attn":
+            x = _attention(ops, x, b.tensors)
+        else:
+            x = _inverted_residual(ops, x, b.tensors, stride)
+        if i in fuse:
+            taken.append(x)
+    hw, hh = taken[0].shape[2], taken[0].shape[1]
+    parts = []
+    for f in taken:  # (the smaller maps upsampled, nearest, to the first's size: whole factors, as ggml_upscale)
+        if f.shape[2] < hw or f.shape[1] < hh:
+            if hw % f.shape[2]:
+                raise KvrunError(f"{enc.path}: fusion maps {hw} and {f.shape[2]} wide are not whole multiples")
+            s = hw // f.shape[2]
+            f = xp.repeat(xp.repeat(f, s, axis=1), s, axis=2)
+        parts.append(f)
+    x = xp.concatenate(parts, axis=0)
+    if enc.msfa_exp is not None:
+        x = ops.mobilenet_conv(x, enc.msfa_exp)
+        if enc.msfa_exp_bn is not None:
+            x = ops.rms_norm_2d(x, enc.msfa_exp_bn, EPS)
+        x = ops.act(x, "gelu")
+    if enc.msfa_proj is not None:
+        x = ops.mobilenet_conv(x, enc.msfa_proj)
+        if enc.msfa_proj_bn is not None:
+            x = ops.rms_norm_2d(x, enc.msfa_proj_bn, EPS)
+    w = x.shape[2]
+    if w > N_ROWS_SIDE:  # (average pooling, kernel = stride = w / 16)
+        if w % N_ROWS_SIDE:
+            raise KvrunError(f"{enc.path}: the fused map is {w} wide, not a whole multiple of {N_ROWS_SIDE}")
+        s = w // N_ROWS_SIDE
+        c, h, _ = x.shape
+        x = x[:, : h // s * s].reshape(c, h // s, s, w // s, s).mean(axis=(2, 4), dtype=xp.float64).astype(F32)
+    if enc.msfa_norm is not None:
+        x = ops.rms_norm_2d(x, enc.msfa_norm, EPS)
+    return x
+
+
+def _forward(ops: Any, enc: Gemma3nVisionEncoder, pixels: np.ndarray) -> np.ndarray:
+    """:meth:`Gemma3nVisionEncoder.encode` past its checks on either device's ``ops`` (models/vit_ops.py; on the GPU
+    the pixels go up once, the rows come down once)."""
+    c, xp = enc.cfg, ops.xp
+    x = _features(ops, enc, pixels)
+    E = x.shape[0]
+    if E != c.n_embd:
+        raise KvrunError(f"{enc.path}: the encoder makes {E} channels and the file says {c.n_embd}")
+    if x.shape[1] * x.shape[2] != n_rows(c):  # (a fused map under 16 x 16: libmtmd would count rows it does not make)
+        raise KvrunError(f"{enc.path}: the encoder makes {x.shape[1]} x {x.shape[2]} rows and the file counts {n_rows(c)}")
+    rows = x.reshape(E, -1).T * F32(math.sqrt(E))  # (raster order: row by row of the 16 x 16 map)
+    rows = ops.rms_norm_scaled(rows, enc.soft_emb_norm, EPS)
+    out = ops.product(rows, enc.proj, enc.proj_f16)  # (an F16 weight times an F16 copy of the activations, as ggml's)
+    return ops.to_host(xp.ascontiguousarray(ops.rms_norm_scaled(out, None, EPS), F32))

@@ -26,19 +26,20 @@ out and gives them their XD-RoPE positions (models/hunyuan_vl.py).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
-from ..loaders.errors import KvrunError, UnsupportedModelError
+from ..loaders.errors import KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
-from .bert import gelu, layer_norm
-from .common import TENSOR_NAMES, WeightLoader
+from .common import TENSOR_NAMES
 from .pillow_resize import LANCZOS, resize_axes
 from .qwen2vl_image import QUERY_CHUNK, smart_size
-from .siglip import F16, MmprojEncoder, _f16, vit_layer
+from .siglip import F16, MmprojEncoder, _f16, embed_patches, vit_block, vit_layer
+from .vit_ops import ops_of
 
 F32 = np.float32
 TENSOR_NAMES.update({"hv_fc": "mm.model.fc.weight"})  # (Hunyuan-VL's projection into the text width: clip.cpp's TN_MM_PROJECTOR)
@@ -94,20 +95,12 @@ def resize_positions(pos: np.ndarray, side: int, nx: int, ny: int) -> np.ndarray
     return np.ascontiguousarray(g.reshape(ny * nx, -1), F32)
 
 
-def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    """ggml's RMSNorm of each row, times ``w``."""
-    x64 = x.astype(np.float64)
-    return ((x64 / np.sqrt((x64 * x64).mean(axis=-1, keepdims=True) + eps)).astype(F32)) * w
-
-
 class HunyuanVLEncoder(MmprojEncoder):
     """Hunyuan-VL's vision encoder and perceiver projector from an mmproj file: :meth:`encode` pixels of any
     block-aligned size into the picture's rows, its begin and end rows and newlines included."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_device.py)
-            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
-        self.cfg, self.be, self.path = cfg, backend, g.path
+        ld = self._begin(g, cfg, backend, patches=False)  # (the patch kernel's own checks below)
         E, p, m = cfg.n_embd, cfg.patch_size, cfg.n_merge
         pt = self._need(g, "v.patch_embd.weight")
         if pt.n_elements != E * 3 * p * p:
@@ -119,7 +112,6 @@ class HunyuanVLEncoder(MmprojEncoder):
         if side * side * E != pos.n_elements:
             raise KvrunError(f"{g.path}: v.position_embd.weight holds {pos.n_elements // E} positions, not a square grid")
         self.pos_embd, self.pos_side = dequantize(pos.data, pos.qtype, pos.shape).reshape(side * side, E).astype(F32), side
-        ld = WeightLoader(g, backend)
         self.layers = [vit_layer(ld, i) for i in range(cfg.n_layer)]
         self.post_ln, self.post_ln_b = self._vector(g, "v.post_ln.weight"), self._vector(g, "v.post_ln.bias")
         self.pre_norm = self._need_vector(g, "mm.pre_norm.weight", E)
@@ -158,48 +150,35 @@ class HunyuanVLEncoder(MmprojEncoder):
             raise KvrunError(f"{g.path}: {name} has {t.n_elements} values where {n} were expected")
         return dequantize(t.data, t.qtype, t.shape).reshape(-1).astype(F32)
 
-    @staticmethod
-    def _conv(x: np.ndarray, k: np.ndarray, f16: bool, b: np.ndarray | None) -> np.ndarray:
-        """A convolution as one product over im2col rows ``x`` [n, IC kh kw] with the kernel [OC, IC kh kw] (ggml's
-        conv_2d: its im2col in the kernel's type, F16 inputs for an F16 kernel)."""
-        if f16:
-            x = _f16(x)
-        out = (x.astype(np.float64) @ k.T.astype(np.float64)).astype(F32)
-        return out + b if b is not None else out
-
-    def blocks(self, x: np.ndarray) -> np.ndarray:
-        """The ViT's blocks over the patches ``x`` [T, n_embd] (no rope), then ``v.post_ln`` where there is one."""
-        c = self.cfg
-        for L in self.layers:
-            x = self.vit_block(L, x, c.ffn_op, QUERY_CHUNK)
-        if self.post_ln is not None:
-            x = layer_norm(x, self.post_ln, self.post_ln_b, c.eps)
-        return x
-
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Normalised ``pixels`` [3, H, W] (:func:`preprocess`; sides whole blocks) -> the picture's rows
         [1 + ny (nx + 1) + 1, n_text_embd]."""
         c = self.cfg
-        p, m, E = c.patch_size, c.n_merge, c.n_embd
+        p, m = c.patch_size, c.n_merge
         if pixels.ndim != 3 or pixels.shape[0] != 3 or pixels.shape[1] % (p * m) or pixels.shape[2] % (p * m):
             raise KvrunError(f"the Hunyuan-VL encoder takes pixels [3, H, W] with sides multiples of {p * m}, got {list(pixels.shape)}")
-        ny, nx = pixels.shape[1] // p, pixels.shape[2] // p
-        T = nx * ny
-        x = pixels.reshape(3, ny, p, nx, p).transpose(1, 3, 0, 2, 4).reshape(T, 3 * p * p)
-        x = _f16(np.ascontiguousarray(x, F32)) @ self.patch_w.T  # (ggml's conv_2d: F16 patches and kernel)
-        if self.patch_b is not None:
-            x += self.patch_b
-        if self.be.name == "gpu":  # (the blocks and projector on the device, the rows down once: models/vit_device.py)
-            from .vit_device import hunyuan_rows
+        return _forward(ops_of(self, QUERY_CHUNK), self, pixels)
 
-            return hunyuan_rows(self, x + resize_positions(self.pos_embd, self.pos_side, nx, ny), nx, ny)
-        x = self.blocks(x + resize_positions(self.pos_embd, self.pos_side, nx, ny))
-        x = rms_norm(x, self.pre_norm, c.eps)
-        oy, ox = ny // m, nx // m
-        cols = x.reshape(oy, m, ox, m, E).transpose(0, 2, 4, 1, 3).reshape(oy * ox, E * m * m)  # (im2col: channel, dy, dx)
-        y = gelu(self._conv(cols, self.conv0, self.conv0_f16, self.conv0_b))
-        y = self._conv(y, self.conv2, self.conv2_f16, self.conv2_b).reshape(oy, ox, -1)
-        y = np.concatenate([y, np.broadcast_to(self.newline, (oy, 1, y.shape[-1]))], axis=1).reshape(oy * (ox + 1), -1)
-        y = self._linear(self.fc, y, self.fc_b)
-        y = np.concatenate([self.begin[None], y, self.end[None]])
-        return np.ascontiguousarray(rms_norm(y, self.post_norm, c.eps), F32)
+
+def _forward(ops: Any, enc: HunyuanVLEncoder, pixels: np.ndarray) -> np.ndarray:
+    """:meth:`HunyuanVLEncoder.encode` past its check on either device's ``ops`` (models/vit_ops.py; on the GPU the
+    pixels and the resized positions go up once, the rows come down once).  The perceiver's convolutions are products
+    over im2col rows (channel, dy, dx), F16 inputs for an F16 kernel as ggml's conv_2d (float64 sums on the host, as
+    the CPU encoder had them; float32 on the device)."""
+    c, xp = enc.cfg, ops.xp
+    p, m, E = c.patch_size, c.n_merge, c.n_embd
+    ny, nx = pixels.shape[1] // p, pixels.shape[2] // p
+    x = embed_patches(ops, enc, pixels) + ops.vector(resize_positions(enc.pos_embd, enc.pos_side, nx, ny))
+    for L in enc.layers:
+        x = vit_block(ops, enc, L, x, c.ffn_op)
+    if enc.post_ln is not None:
+        x = ops.layer_norm(x, enc.post_ln, enc.post_ln_b, c.eps)
+    x = ops.rms_norm(x, enc.pre_norm, c.eps)
+    oy, ox = ny // m, nx // m
+    cols = xp.ascontiguousarray(xp.transpose(x.reshape(oy, m, ox, m, E), (0, 2, 4, 1, 3)).reshape(oy * ox, E * m * m))
+    y = ops.act(ops.product64(ops.f16(cols) if enc.conv0_f16 else cols, enc.conv0, enc.conv0_b), "gelu")
+    y = ops.product64(ops.f16(y) if enc.conv2_f16 else y, enc.conv2, enc.conv2_b).reshape(oy, ox, -1)
+    newline = xp.broadcast_to(ops.const(enc.newline).reshape(1, 1, -1), (oy, 1, y.shape[-1]))
+    y = ops.linear(enc.fc, xp.concatenate([y, newline], axis=1).reshape(oy * (ox + 1), -1), enc.fc_b)
+    y = xp.concatenate([ops.const(enc.begin).reshape(1, -1), y, ops.const(enc.end).reshape(1, -1)])
+    return ops.to_host(xp.ascontiguousarray(ops.rms_norm(y, enc.post_norm, c.eps), F32))

@@ -38,10 +38,10 @@ from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
-from .common import TENSOR_NAMES, WeightLoader
+from .common import TENSOR_NAMES
 from . import pillow_resize
 from .pillow_resize import BICUBIC, resize_axes
-from .siglip import SiglipEncoder, patch_kernel
+from .siglip import SiglipEncoder
 from .vit_ops import merge_permute, ops_of
 
 F32 = np.float32
@@ -147,15 +147,8 @@ class InternVLEncoder(SiglipEncoder):
     """InternVL's InternViT and projector from an mmproj file: :meth:`encode` a tile's pixels into embedding rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:  # (SiglipEncoder's loader has no CLS row)
-        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_device.py)
-            from ..loaders.errors import UnsupportedModelError
-
-            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
-        self.cfg, self.be, self.path = cfg, backend, g.path
-        ld = WeightLoader(g, backend)
+        ld = self._begin(g, cfg, backend)
         E = cfg.n_embd
-        self.patch_w = patch_kernel(g, cfg)
-        self.patch_b = ld.host_vector("v_patch_b", required=False)
         cls = g.tensors.get("v.class_embd")
         if cls is None:
             raise KvrunError(f"{g.path}: tensor 'v.class_embd' is missing; the InternVL projector file is incomplete")

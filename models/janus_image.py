@@ -14,13 +14,14 @@ patches), no pooling, no markers around them (runtime/vision_janus.py); the llam
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..loaders.errors import UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..ops.backend import Backend
-from .bert import gelu
 from .common import TENSOR_NAMES, WeightLoader
 from .pillow_resize import BICUBIC, resize_padded
 from .siglip import SiglipEncoder
@@ -62,7 +63,7 @@ class JanusProEncoder(SiglipEncoder):
         self.mm0, self.mm0_b = ld.matrix("jp_mm0"), ld.host_vector("jp_mm0_b")
         self.mm1, self.mm1_b = ld.matrix("jp_mm1"), ld.host_vector("jp_mm1_b")
 
-    def project(self, x: np.ndarray) -> np.ndarray:
-        """The MLP (clip.cpp's ``build_ffn`` with the ViT's activation): the encoder's rows [n_patches, E] ->
-        [n_patches, n_text_embd]."""
-        return np.ascontiguousarray(self._linear(self.mm1, gelu(self._linear(self.mm0, x, self.mm0_b)), self.mm1_b), F32)
+    def _project(self, ops: Any, x: Any) -> Any:
+        """The MLP (clip.cpp's ``build_ffn`` with the ViT's activation) on either device's ``ops`` (models/siglip.py's
+        forward calls it): the encoder's rows [n_patches, E] -> [n_patches, n_text_embd]."""
+        return ops.linear(self.mm1, ops.act(ops.linear(self.mm0, x, self.mm0_b), "gelu"), self.mm1_b)

@@ -37,11 +37,11 @@ from ..loaders.errors import KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..ops.backend import Backend
-from .bert import gelu, layer_norm
 from .common import TENSOR_NAMES, WeightLoader
 from . import pillow_resize
 from .pillow_resize import Filter, resize_axes
-from .siglip import SiglipEncoder, _f16
+from .siglip import SiglipEncoder, embed_patches, vit_block
+from .vit_ops import merge_permute, ops_of
 
 F32 = np.float32
 TILE, MIN_TILES, MAX_TILES, TOLERANCE = 512, 2, 10, 2.0  # libmtmd's mtmd_image_preprocessor_lfm2 constants
@@ -215,13 +215,6 @@ def resize_positions(pos: np.ndarray, side: int, nx: int, ny: int) -> np.ndarray
     return np.ascontiguousarray(g.reshape(ny * nx, -1), F32)
 
 
-def unshuffle(x: np.ndarray, nx: int, ny: int, k: int) -> np.ndarray:
-    """clip.cpp's ``build_patch_merge_permute`` on a grid of nx x ny patches [ny*nx, E] (raster order) ->
-    [(ny/k)*(nx/k), k*k*E], each row a k x k block (row in the block, column in the block, channel)."""
-    E = x.shape[-1]
-    return np.ascontiguousarray(x.reshape(ny // k, k, nx // k, k, E).transpose(0, 2, 1, 3, 4).reshape(-1, k * k * E), F32)
-
-
 class Lfm2VLEncoder(SiglipEncoder):
     """LFM2-VL's vision encoder and projector from an mmproj file: :meth:`encode` pixels of any (block-aligned)
     size into embedding rows."""
@@ -239,30 +232,25 @@ class Lfm2VLEncoder(SiglipEncoder):
         p, k = c.patch_size, c.n_merge
         if pixels.ndim != 3 or pixels.shape[0] != 3 or pixels.shape[1] % (p * k) or pixels.shape[2] % (p * k):
             raise KvrunError(f"the LFM2-VL encoder takes pixels [3, H, W] in whole {p * k}-pixel blocks, got {list(pixels.shape)}")
-        ny, nx = pixels.shape[1] // p, pixels.shape[2] // p
-        patches = pixels.reshape(3, ny, p, nx, p).transpose(1, 3, 0, 2, 4).reshape(ny * nx, 3 * p * p)
-        x = _f16(np.ascontiguousarray(patches, F32)) @ self.patch_w.T
-        if self.patch_b is not None:
-            x += self.patch_b
-        x += resize_positions(self.pos_embd, c.n_patches_side, nx, ny)
-        if self.be.name == "gpu":  # (the blocks and projector on the device, the rows down once: models/vit_device.py)
-            from .vit_device import lfm2_rows
+        return _forward(ops_of(self), self, pixels)
 
-            return lfm2_rows(self, x, nx, ny, PROJ_EPS)
-        x = self._vit(x)
-        x = unshuffle(x, nx, ny, k)
-        if self.in_norm is not None:
-            x = layer_norm(x, self.in_norm, self.in_norm_b, PROJ_EPS)
-        elif self.in_norm_b is not None:
-            x = x + self.in_norm_b
-        h = gelu(self._linear(self.mm1, x, self.mm1_b))
-        return np.ascontiguousarray(self._linear(self.mm2, h, self.mm2_b), F32)
 
-    def _vit(self, x: np.ndarray) -> np.ndarray:
-        """The ViT blocks and post LayerNorm over patch rows [T, E] (models/siglip.py's, at any T)."""
-        c = self.cfg
-        for L in self.layers:  # (a head at a time: a 512-pixel tile of 16-pixel patches is 1024 patches, 4 MiB of scores)
-            x = self.vit_block(L, x, "gelu")
-        if self.post_ln is not None:
-            x = layer_norm(x, self.post_ln, self.post_ln_b, c.eps)
-        return x
+def _forward(ops: Any, enc: Lfm2VLEncoder, pixels: np.ndarray) -> np.ndarray:
+    """:meth:`Lfm2VLEncoder.encode` past its check on either device's ``ops`` (models/vit_ops.py; on the GPU the
+    pixels and the resized positions go up once, the rows come down once): the patches plus the position grid resized
+    on the host to the picture's patches, the SigLIP blocks (a head at a time on the host: a 512-pixel tile of 16-pixel
+    patches is 1024 patches, 4 MiB of scores) and post LayerNorm, the 2x2 unshuffle, the projector."""
+    c, xp = enc.cfg, ops.xp
+    ny, nx = pixels.shape[1] // c.patch_size, pixels.shape[2] // c.patch_size
+    x = embed_patches(ops, enc, pixels) + ops.vector(resize_positions(enc.pos_embd, c.n_patches_side, nx, ny))
+    for L in enc.layers:
+        x = vit_block(ops, enc, L, x, "gelu")
+    if enc.post_ln is not None:
+        x = ops.layer_norm(x, enc.post_ln, enc.post_ln_b, c.eps)
+    x = xp.ascontiguousarray(merge_permute(x, nx, ny, c.n_merge))  # (the pixel unshuffle)
+    if enc.in_norm is not None:
+        x = ops.layer_norm(x, enc.in_norm, enc.in_norm_b, PROJ_EPS)
+    elif enc.in_norm_b is not None:
+        x = x + ops.const(enc.in_norm_b)
+    h = ops.act(ops.linear(enc.mm1, x, enc.mm1_b), "gelu")
+    return ops.to_host(xp.ascontiguousarray(ops.linear(enc.mm2, h, enc.mm2_b), F32))

@@ -33,12 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from ..loaders.errors import KvrunError, UnsupportedModelError
+from ..loaders.errors import KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
-from .common import TENSOR_NAMES, WeightLoader
+from .common import TENSOR_NAMES
 from . import internvl_image
 from .internvl_image import normalise, resize, resize_padded
 from .siglip import F16, MmprojEncoder, vit_layer
@@ -152,10 +152,7 @@ class Llama4VisionEncoder(MmprojEncoder):
     """Llama 4's ViT, pixel shuffle, adapter MLP and projector from an mmproj file: :meth:`encode` a tile's pixels."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_ops.py, models/vit_device.py)
-            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
-        self.cfg, self.be, self.path = cfg, backend, g.path
-        ld = WeightLoader(g, backend)
+        ld = self._begin(g, cfg, backend, patches=False)  # (its patch kernel unrounded, below)
         E, p, n = cfg.n_embd, cfg.patch_size, cfg.n_patches_side
         if n % cfg.n_merge:
             raise KvrunError(f"{g.path}: {n} patches a side do not shuffle by {cfg.n_merge}")

@@ -44,7 +44,6 @@ from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
-from .bert import gelu, layer_norm
 from .common import TENSOR_NAMES, WeightLoader
 from .internvl_image import best_resolution, normalise
 from .pillow_resize import BICUBIC, resize_axes
@@ -162,7 +161,7 @@ class LlavaEncoder(SiglipEncoder):
     """LLaVA's CLIP ViT and projector ("mlp", "ldp", "ldpv2") from an mmproj file: :meth:`encode` a square's pixels."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:  # (SiglipEncoder's loader has no class token)
-        if backend.name != "cpu" and (backend.name, cfg.projector_type) != ("gpu", "mlp"):  # ("mlp" on the GPU: models/vit_device.py)
+        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_ops.py, models/vit_device.py)
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
@@ -258,57 +257,60 @@ class LlavaEncoder(SiglipEncoder):
         return xp.ascontiguousarray(x[1:] if cls else x, F32)
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
-        """Normalised ``pixels`` [3, S, S] (one square) -> its rows [:meth:`n_rows`, n_text_embd] ("mlp" on either
-        device, the rows down once; MobileVLM's convolutions on the CPU)."""
+        """Normalised ``pixels`` [3, S, S] (one square) -> its rows [:meth:`n_rows`, n_text_embd] (on either device,
+        the rows down once; MobileVLM's convolutions too)."""
         x = self.features(pixels)
         ptype = self.cfg.projector_type
+        ops = ops_of(self)
         if ptype == "mlp":
-            ops = ops_of(self)
             x = ops.act(ops.linear(self.mm0, x, self.mm0_b), "gelu")
             return ops.to_host(ops.xp.ascontiguousarray(x if self.mm2 is None else ops.linear(self.mm2, x, self.mm2_b), F32))
-        return ldp(self, x) if ptype == "ldp" else ldpv2(self, x)
+        return ops.to_host(ldp(ops, self, x) if ptype == "ldp" else ldpv2(ops, self, x))
 
 
-def _mlp(enc: LlavaEncoder, x: np.ndarray) -> np.ndarray:
+def _mlp(ops: Any, enc: LlavaEncoder, x: Any) -> Any:
     """MobileVLM's MLP into the text width, as a feature map [C, 24, 24] (rows in raster order)."""
-    x = enc._linear(enc.mlp_b, gelu(enc._linear(enc.mlp_a, x, enc.mlp_a_b)), enc.mlp_b_b)
-    return np.ascontiguousarray(x.T.reshape(-1, LDP_SIDE, LDP_SIDE), F32)
+    x = ops.linear(enc.mlp_b, ops.act(ops.linear(enc.mlp_a, x, enc.mlp_a_b), "gelu"), enc.mlp_b_b)
+    return ops.xp.ascontiguousarray(x.T.reshape(-1, LDP_SIDE, LDP_SIDE), F32)
 
 
-def _block(enc: LlavaEncoder, B: dict[str, Any], fmap: np.ndarray, stride: int) -> np.ndarray:
+def _block(ops: Any, enc: LlavaEncoder, B: dict[str, Any], fmap: Any, stride: int) -> Any:
     """One of MobileVLM's blocks on a feature map [C, H, W]: depthwise 3x3 conv, LayerNorm over channels, hardswish,
     squeeze-excite (global mean, ``fc1``, ReLU, ``fc2``, hardsigmoid, scaling), pointwise matrix, LayerNorm -> rows
     [h * w, C] (raster order)."""
-    eps = enc.cfg.eps
-    y = dw_conv3(fmap, B["dw"], stride)
+    xp, eps = ops.xp, enc.cfg.eps
+    y = ops.dw_conv3(fmap, B["dw"], stride)
     C, h, w = y.shape
-    y = layer_norm(y.reshape(C, h * w).T, B["ln0"], B["ln0_b"], eps)  # [h*w, C]
-    y = hardswish(y)
-    se = y.mean(axis=0, dtype=np.float64).astype(F32)[None]
-    se = np.maximum(enc._linear(B["fc1"], se, B["fc1_b"]), F32(0.0))
-    se = hardsigmoid(enc._linear(B["fc2"], se, B["fc2_b"]))
-    y = enc._linear(B["pw"], y * se, None)
-    return layer_norm(y, B["ln2"], B["ln2_b"], eps)
+    y = ops.layer_norm(y.reshape(C, h * w).T, B["ln0"], B["ln0_b"], eps)  # [h*w, C]
+    y = y * ops.hardsigmoid(y)  # (hardswish)
+    se = y.mean(axis=0, dtype=xp.float64).astype(F32)[None]
+    se = xp.maximum(ops.linear(B["fc1"], se, B["fc1_b"]), F32(0.0))
+    se = ops.hardsigmoid(ops.linear(B["fc2"], se, B["fc2_b"]))
+    y = ops.linear(B["pw"], y * se, None)
+    return ops.layer_norm(y, B["ln2"], B["ln2_b"], eps)
 
 
-def ldp(enc: LlavaEncoder, x: np.ndarray) -> np.ndarray:
-    """MobileVLM's projector ("ldp", clip.cpp's PROJECTOR_TYPE_LDP) on the ViT's features [576, n_embd]: the MLP
-    ``mm.model.mlp.1`` / ``.3`` (GELU between), block 1 at stride 1 with a residual, block 2 at stride 2 -> [144, C]."""
-    fmap = _mlp(enc, x)
+def ldp(ops: Any, enc: LlavaEncoder, x: Any) -> Any:
+    """MobileVLM's projector ("ldp", clip.cpp's PROJECTOR_TYPE_LDP) on the ViT's features [576, n_embd], on ``ops``
+    (models/vit_ops.py): the MLP ``mm.model.mlp.1`` / ``.3`` (GELU between), block 1 at stride 1 with a residual,
+    block 2 at stride 2 -> [144, C]."""
+    xp = ops.xp
+    fmap = _mlp(ops, enc, x)
     C = fmap.shape[0]
-    rows = _block(enc, enc.blocks[0], fmap, 1) + fmap.reshape(C, -1).T
-    fmap = np.ascontiguousarray(rows.T.reshape(C, LDP_SIDE, LDP_SIDE))
-    return np.ascontiguousarray(_block(enc, enc.blocks[1], fmap, 2), F32)
+    rows = _block(ops, enc, enc.blocks[0], fmap, 1) + fmap.reshape(C, -1).T
+    fmap = xp.ascontiguousarray(rows.T.reshape(C, LDP_SIDE, LDP_SIDE))
+    return xp.ascontiguousarray(_block(ops, enc, enc.blocks[1], fmap, 2), F32)
 
 
-def ldpv2(enc: LlavaEncoder, x: np.ndarray) -> np.ndarray:
-    """MobileVLM V2's projector ("ldpv2"): the MLP ``mm.model.mlp.0`` / ``.2`` (GELU between), 2x2 average pooling,
-    then the positional conv ``mm.model.peg.0`` (depthwise 3x3, + bias) added to its input -> [144, C]."""
-    fmap = _mlp(enc, x)
+def ldpv2(ops: Any, enc: LlavaEncoder, x: Any) -> Any:
+    """MobileVLM V2's projector ("ldpv2") on ``ops``: the MLP ``mm.model.mlp.0`` / ``.2`` (GELU between), 2x2 average
+    pooling, then the positional conv ``mm.model.peg.0`` (depthwise 3x3, + bias) added to its input -> [144, C]."""
+    xp = ops.xp
+    fmap = _mlp(ops, enc, x)
     C, n = fmap.shape[0], LDP_SIDE // 2
-    pooled = fmap.reshape(C, n, 2, n, 2).mean(axis=(2, 4), dtype=np.float64).astype(F32)
-    y = dw_conv3(pooled, enc.peg, 1).reshape(C, n * n).T + enc.peg_b
-    return np.ascontiguousarray(y + pooled.reshape(C, n * n).T, F32)
+    pooled = fmap.reshape(C, n, 2, n, 2).mean(axis=(2, 4), dtype=xp.float64).astype(F32)
+    y = ops.dw_conv3(pooled, enc.peg, 1).reshape(C, n * n).T + ops.const(enc.peg_b)
+    return xp.ascontiguousarray(y + pooled.reshape(C, n * n).T, F32)
 
 
 def prepare(img: np.ndarray, enc: LlavaEncoder) -> list[np.ndarray]:

@@ -30,14 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from ..loaders.errors import GGUFError, KvrunError, UnsupportedModelError
+from ..loaders.errors import GGUFError, KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
 from .common import TENSOR_NAMES, WeightLoader
 from .minicpmv_image import POS_SIDE, Cut, Plan, best_resize, bucket_positions, cut, plan
-from .siglip import SiglipEncoder, patch_kernel, vit_layer
+from .siglip import SiglipEncoder, vit_layer
 from .vit_ops import ops_of
 
 F32 = np.float32
@@ -89,13 +89,8 @@ class MiniCPMV46Encoder(SiglipEncoder):
     pixels into its rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:  # (SiglipEncoder's loader wants (S/p)^2 positions)
-        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_ops.py, models/vit_device.py)
-            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
-        self.cfg, self.be, self.path = cfg, backend, g.path
-        ld = WeightLoader(g, backend)
+        ld = self._begin(g, cfg, backend)
         E = cfg.n_embd
-        self.patch_w = patch_kernel(g, cfg)
-        self.patch_b = ld.host_vector("v_patch_b", required=False)
         pos = g.tensor("v.position_embd.weight")
         if pos.n_elements != POS_SIDE * POS_SIDE * E:
             raise KvrunError(f"{g.path}: v.position_embd.weight has shape {pos.shape}, expected {(POS_SIDE * POS_SIDE, E)} (clip.cpp's 70 x 70 buckets)")

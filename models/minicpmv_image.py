@@ -37,15 +37,15 @@ from typing import Any
 
 import numpy as np
 
-from ..loaders.errors import KvrunError, UnsupportedModelError
+from ..loaders.errors import KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
-from .common import TENSOR_NAMES, WeightLoader
+from .common import TENSOR_NAMES
 from .internvl_image import resize_padded
 from .pillow_resize import BICUBIC, resample
-from .siglip import SiglipEncoder, patch_kernel, vit_layer
+from .siglip import SiglipEncoder, vit_layer
 from .vit_ops import ops_of
 
 F32 = np.float32
@@ -188,13 +188,8 @@ class MiniCPMVEncoder(SiglipEncoder):
     """MiniCPM-V's SigLIP encoder and perceiver resampler from an mmproj file: :meth:`encode` a part's pixels."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:  # (SiglipEncoder's loader wants (S/p)^2 positions)
-        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_device.py)
-            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
-        self.cfg, self.be, self.path = cfg, backend, g.path
-        ld = WeightLoader(g, backend)
+        ld = self._begin(g, cfg, backend)
         E, d = cfg.n_embd, cfg.n_text_embd
-        self.patch_w = patch_kernel(g, cfg)
-        self.patch_b = ld.host_vector("v_patch_b", required=False)
         pos = g.tensor("v.position_embd.weight")
         n_pos = POS_SIDE * POS_SIDE
         if pos.n_elements != n_pos * E:

@@ -35,9 +35,9 @@ from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
-from .common import TENSOR_NAMES, WeightLoader
+from .common import TENSOR_NAMES
 from .qwen2vl_image import resize, smart_size
-from .siglip import MmprojEncoder, patch_kernel, vit_layer
+from .siglip import MmprojEncoder, vit_layer
 from .vit_ops import ops_of
 
 F32 = np.float32
@@ -110,14 +110,9 @@ class PixtralEncoder(MmprojEncoder):
     """Pixtral's vision encoder, patch merger and adapter from an mmproj file: :meth:`encode` pixels into rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_device.py)
-            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         if cfg.ffn_op != "silu":  # (Pixtral's files state clip.use_silu; another activation is not Pixtral's ViT)
             raise UnsupportedModelError(f"{g.path}: a pixtral projector's ViT MLP is SwiGLU (clip.use_silu), this file states {cfg.ffn_op}")
-        self.cfg, self.be, self.path = cfg, backend, g.path
-        ld = WeightLoader(g, backend)
-        self.patch_w = patch_kernel(g, cfg)
-        self.patch_b = ld.host_vector("v_patch_b", required=False)
+        ld = self._begin(g, cfg, backend)
         self.pre_ln = ld.host_vector("v_pre_ln", required=False)
         self.layers = []
         for i in range(cfg.n_layer):

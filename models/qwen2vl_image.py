@@ -147,11 +147,8 @@ class Qwen2VLEncoder(MmprojEncoder):
     """Qwen2-VL's or Qwen2.5-VL's vision encoder and merger from an mmproj file: :meth:`encode` pixels into rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_device.py)
-            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
-        self.cfg, self.be, self.path = cfg, backend, g.path
+        ld = self._begin(g, cfg, backend, patches=False)  # (two patch kernels, below)
         self.rms = cfg.projector_type == "qwen2.5vl_merger"  # (2.5: RMSNorm; 2: LayerNorm)
-        ld = WeightLoader(g, backend)
         E, p = cfg.n_embd, cfg.patch_size
         self.kernels = []
         for name in ("v.patch_embd.weight", "v.patch_embd.weight.1"):

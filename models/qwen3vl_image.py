@@ -30,12 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from ..loaders.errors import KvrunError, UnsupportedModelError
+from ..loaders.errors import KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
-from .common import WeightLoader
 from .qwen2vl_image import QUERY_CHUNK, Qwen2VLEncoder, check_pixels, patch_rows, vision_rope
 from .vit_ops import ops_of
 from .siglip import _f16
@@ -72,10 +71,8 @@ class Qwen3VLEncoder(Qwen2VLEncoder):
     DeepStack; its patch embedding, products and norms are inherited."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_device.py)
-            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
-        self.cfg, self.be, self.path, self.rms = cfg, backend, g.path, False
-        ld = WeightLoader(g, backend)
+        ld = self._begin(g, cfg, backend, patches=False)  # (two patch kernels, below)
+        self.rms = False
         E, p = cfg.n_embd, cfg.patch_size
         self.kernels = []
         for name in ("v.patch_embd.weight", "v.patch_embd.weight.1"):

@@ -17,9 +17,10 @@ SmolVLM's projector (clip.cpp's PROJECTOR_TYPE_IDEFICS3, same graph builder) run
 a picture (models/idefics3_image.py) and, after the post LayerNorm, a pixel shuffle of n_merge x n_merge patches
 into one row n_merge^2 times wider (:func:`pixel_shuffle`) and one matrix ``mm.model.fc`` into the text width.
 
-On the CPU, activations are numpy arrays (as models/bert.py's) and the ViT's weight products run on the CPU backend's
-kernels in the file's format; on --device gpu the encoders of :data:`ON_GPU` run on the GPU backend, the activations
-device arrays (models/vit_device.py), and the text model reads the rows there (cache/gpu_picture.py).  What ggml's CPU does to the
+The forward (:func:`embed_patches`, :func:`vit_block`, :func:`_forward`) is written once against models/vit_ops.py's
+ops: on the CPU the activations are numpy arrays (as models/bert.py's) and the ViT's weight products run on the CPU
+backend's kernels in the file's format; on --device gpu the encoders of :data:`ON_GPU` run on the GPU backend, the
+activations device arrays (models/vit_device.py), and the text model reads the rows there (cache/gpu_picture.py).  What ggml's CPU does to the
 numbers is reproduced where it shows: a product with an F16 weight rounds its input to F16 first (ggml's
 vec_dot_type), the convolution runs on F16 patches and an F16 kernel, GELU is looked up in an F16 table
 (models/bert.gelu).  Attention is float32 softmax(QK^T)V, llama.cpp's path without flash attention (measured on the
@@ -41,8 +42,8 @@ from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig, open_mmproj
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
-from . import vit_device
-from .bert import gelu, layer_norm
+from . import vit_device, vit_ops
+from .bert import gelu
 from .common import TENSOR_NAMES, WeightLoader
 
 F16 = 1  # ggml's type id of float16
@@ -62,10 +63,9 @@ TENSOR_NAMES.update({  # the encoder's names (clip.cpp's TN_*, prefix "v")
     "mm_fc": "mm.model.fc.weight",  # (SmolVLM's projection, projector type idefics3)
 })  # fmt: skip
 
-#: the projector types whose encoder runs on --device gpu too (tests/test_gpu_vision_encoders*.py): Gemma 3's, SmolVLM's,
-#: Janus-Pro's, LFM2-VL's, Hunyuan-VL's (models/vit_device.py's forwards); the others' one forward, in their own file,
-#: takes either device's ops (models/vit_ops.py ``ops_of``).  The rest get a CPU backend from runtime/projectors.py's
-#: CPU_BESIDE_GPU.
+#: the projector types whose encoder runs on --device gpu too (tests/test_gpu_vision_encoders*.py), every one kvrun reads
+#: (tests/test_gpu_vision2.py holds it to runtime/projectors.py's PROJECTORS): each forward, in its own file, takes either
+#: device's ops (models/vit_ops.py ``ops_of``).
 ON_GPU = ("gemma3", "idefics3", "janus_pro", "lfm2", "hunyuanvl")
 ON_GPU += ("qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger")  # (models/qwen2vl_image.py, qwen3vl_image.py)
 ON_GPU += ("pixtral", "lightonocr")  # (models/pixtral_image.py)
@@ -75,6 +75,10 @@ ON_GPU += ("gemma4v",)  # (models/gemma4v_image.py)
 ON_GPU += ("glm4v",)  # (models/glm4v_image.py: GLM-4.1V, 4.5V, 4.6V)
 ON_GPU += ("llama4", "kimivl", "paddleocr")  # (models/llama4_image.py, kimivl_image.py, paddleocr_image.py)
 ON_GPU += ("minicpmv4_6",)  # (models/minicpmv46_image.py)
+ON_GPU += ("step3vl", "youtuvl", "cogvlm")  # (models/step3vl_image.py, youtuvl_image.py, cogvlm_image.py)
+ON_GPU += ("deepseekocr",)  # (models/deepseekocr_image.py)
+ON_GPU += ("ldp", "ldpv2")  # (models/llava_image.py: MobileVLM's projectors)
+ON_GPU += ("gemma3nv",)  # (models/gemma3nv_image.py: MobileNetV5)
 
 
 def _f16(x: np.ndarray) -> np.ndarray:
@@ -146,13 +150,40 @@ def patch_kernel(g: GGUFFile, cfg: MmprojConfig) -> np.ndarray:
     return _f16(dequantize(pt.data, pt.qtype, pt.shape).reshape(E, 3 * p * p))
 
 
+def embed_patches(ops: Any, enc: MmprojEncoder, pixels: np.ndarray) -> Any:
+    """clip.cpp's patch embedding on either device's ``ops`` (models/vit_ops.py): normalised ``pixels`` [3, h, w]
+    (sides whole patches) -> [(h/p)(w/p), n_embd], raster order: ``enc.patch_w`` (:func:`patch_kernel`) over the patches
+    flattened and rounded to F16 (ggml's conv_2d; on the GPU the patches are the one copy up), plus ``enc.patch_b``
+    where there is one."""
+    p = enc.cfg.patch_size
+    ny, nx = pixels.shape[1] // p, pixels.shape[2] // p
+    x = pixels.reshape(3, ny, p, nx, p).transpose(1, 3, 0, 2, 4).reshape(ny * nx, 3 * p * p)
+    return ops.product_f16(ops.vector(np.ascontiguousarray(x, np.float32)), enc.patch_w, enc.patch_b)
+
+
+def vit_block(ops: Any, enc: MmprojEncoder, L: dict[str, Any], x: Any, ffn_op: str) -> Any:
+    """One of clip.cpp's pre-norm ViT blocks (:func:`vit_layer`'s weights ``L``) over the rows ``x`` [T, n_embd] on
+    either device's ``ops``: LayerNorm, biased Q/K/V products, attention both ways with no rope (:func:`attend_heads`
+    on the host), the output product added; LayerNorm, the MLP (``ffn_op``: :func:`activation`; the Whisper encoders'
+    "gelu_erf") added.  ``enc.cfg`` gives n_head, n_embd and eps (an image or an audio config)."""
+    c = enc.cfg
+    T, H = x.shape[0], c.n_head
+    D = c.n_embd // H
+    h = ops.layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
+    q, k, v = (ops.linear(L[r], h, L[r + "_b"]).reshape(T, H, D) for r in ("q", "k", "v"))
+    x = x + ops.linear(L["o"], ops.attend(q, k, v, np.float32(1.0 / math.sqrt(D))), L["o_b"])
+    h = ops.layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
+    return x + ops.linear(L["down"], ops.act(ops.linear(L["up"], h, L["up_b"]), ffn_op), L["down_b"])
+
+
 _Encoder = TypeVar("_Encoder", bound="MmprojEncoder")
 
 
 class MmprojEncoder:
     """What the image encoders of an mmproj file share: :meth:`load` (the file's config, then the class's
     ``__init__(g, cfg, backend)``), :meth:`_linear` (ggml's products on the encoder's backend ``be``) and, for those
-    that use them, clip.cpp's patch embedding (:meth:`embed_patches`) and pre-norm ViT block (:meth:`vit_block`)."""
+    that use them, clip.cpp's patch embedding (:meth:`embed_patches`) and pre-norm ViT block (:meth:`vit_block`) on the
+    encoder's device (:func:`embed_patches`, :func:`vit_block` on models/vit_ops.py's ``ops_of``)."""
 
     be: Backend
     cfg: MmprojConfig
@@ -179,33 +210,26 @@ class MmprojEncoder:
         self.be.linear(w, np.ascontiguousarray(x, np.float32), out)
         return out + b if b is not None else out
 
-    def embed_patches(self, pixels: np.ndarray) -> np.ndarray:
-        """Normalised ``pixels`` [3, h, w] (sides whole patches) -> the patch embeddings [(h/p)(w/p), n_embd], raster
-        order: ``patch_w`` (:func:`patch_kernel`) over the patches flattened and rounded to F16 (ggml's conv_2d), plus
-        ``patch_b`` where there is one."""
-        p = self.cfg.patch_size
-        ny, nx = pixels.shape[1] // p, pixels.shape[2] // p
-        x = pixels.reshape(3, ny, p, nx, p).transpose(1, 3, 0, 2, 4).reshape(ny * nx, 3 * p * p)
-        x = _f16(np.ascontiguousarray(x, np.float32)) @ self.patch_w.T
-        if self.patch_b is not None:
-            x += self.patch_b
-        return x
+    def _begin(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend, patches: bool = True) -> WeightLoader:
+        """What the encoders' constructors share: ``cfg``, ``be`` (the CPU's or the GPU's backend: a forward runs on
+        either, models/vit_ops.py) and ``path`` set and, where ``patches``, clip.cpp's patch embedding's weights:
+        ``patch_w`` (:func:`patch_kernel`: kernel and patches both in F16, as ggml's conv_2d runs; measured, a stored
+        F32 kernel too: 1e-6 off llama.cpp's patch embeddings this way, 8e-4 in float32) and ``patch_b``
+        (``v.patch_embd.bias`` where the file has one).  Returns the file's weight loader."""
+        self.cfg, self.be, self.path = cfg, backend, g.path
+        ld = WeightLoader(g, backend)
+        if patches:
+            self.patch_w = patch_kernel(g, cfg)
+            self.patch_b = ld.host_vector("v_patch_b", required=False)
+        return ld
 
-    def vit_block(self, L: dict[str, Any], x: np.ndarray, ffn_op: str, chunk: int | None = None) -> np.ndarray:
-        """One of clip.cpp's pre-norm ViT blocks (:func:`vit_layer`'s weights ``L``) over the rows ``x`` [T, n_embd]:
-        LayerNorm, biased Q/K/V products, attention both ways with no rope (:func:`attend_heads`, ``chunk`` query rows
-        at a time), the output product added; LayerNorm, the MLP (``ffn_op``: :func:`activation`) added."""
-        if self.be.name == "gpu":  # (device arrays in and out: models/vit_device.py)
-            return vit_device.vit_block(self, L, x, ffn_op)
-        c = self.cfg
-        T, H = x.shape[0], c.n_head
-        D = c.n_embd // H
-        h = layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
-        q, k, v = (self._linear(L[r], h, L[r + "_b"]).reshape(T, H, D) for r in ("q", "k", "v"))
-        a = attend_heads(q, k, v, np.float32(1.0 / math.sqrt(D)), chunk)
-        x = x + self._linear(L["o"], a.reshape(T, H * D), L["o_b"])
-        h = layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
-        return x + self._linear(L["down"], activation(self._linear(L["up"], h, L["up_b"]), ffn_op), L["down_b"])
+    def embed_patches(self, pixels: np.ndarray) -> Any:
+        """:func:`embed_patches` on the encoder's device."""
+        return embed_patches(vit_ops.ops_of(self), self, pixels)
+
+    def vit_block(self, L: dict[str, Any], x: Any, ffn_op: str, chunk: int | None = None) -> Any:
+        """:func:`vit_block` on the encoder's device (on the host ``chunk`` query rows scored at once)."""
+        return vit_block(vit_ops.ops_of(self, chunk), self, L, x, ffn_op)
 
 
 class SiglipEncoder(MmprojEncoder):
@@ -214,15 +238,8 @@ class SiglipEncoder(MmprojEncoder):
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
         if backend.name != "cpu" and cfg.projector_type not in ON_GPU:  # (the others on the CPU: runtime/projectors.py)
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
-        self.cfg = cfg
-        self.be = backend
-        self.path = g.path
-        ld = WeightLoader(g, backend)
+        ld = self._begin(g, cfg, backend)
         E = cfg.n_embd
-        # kernel and patches both in F16, as ggml's conv_2d runs (measured: a stored F32 kernel too, 1e-6 off
-        # llama.cpp's patch embeddings this way, 8e-4 in float32)
-        self.patch_w = patch_kernel(g, cfg)
-        self.patch_b = ld.host_vector("v_patch_b", required=False)
         pos = g.tensor("v.position_embd.weight")
         n_pos = cfg.n_patches_side**2
         if pos.n_elements != n_pos * E:
@@ -242,46 +259,41 @@ class SiglipEncoder(MmprojEncoder):
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Normalised ``pixels`` [3, S, S] (:func:`preprocess`) -> the image's embedding rows [n_tokens, n_text_embd]."""
-        c = self.cfg
-        S = c.image_size
+        S = self.cfg.image_size
         if pixels.shape != (3, S, S):
             raise KvrunError(f"the vision encoder takes pixels [3, {S}, {S}], got {list(pixels.shape)}")
-        if self.be.name == "gpu":  # (the activations on the device, the rows down once: models/vit_device.py)
-            return vit_device.encode(self, pixels)
-        x = self.embed_patches(pixels)
-        x += self.pos_embd
-        for L in self.layers:  # (attend_heads a head at a time: Gemma 3's 4096 patches make a 64 MiB score matrix per head)
-            x = self.vit_block(L, x, "gelu")
-        if self.post_ln is not None:
-            x = layer_norm(x, self.post_ln, self.post_ln_b, c.eps)
-        return self.project(x)
+        return _forward(vit_ops.ops_of(self), self, pixels)
 
-    def pixel_shuffle(self, x: np.ndarray) -> np.ndarray:
-        """The encoder's rows [n_patches, E] -> [n_tokens, n_merge^2 * E] (:func:`pixel_shuffle`)."""
-        return pixel_shuffle(x, self.cfg.n_patches_side, self.cfg.n_merge)
-
-    def project(self, x: np.ndarray) -> np.ndarray:
-        """Gemma 3's projector: the encoder's rows [n_patches, E] pooled n_merge x n_merge, RMS-normed, projected.
-        SmolVLM's (idefics3): :meth:`pixel_shuffle`, then ``mm.model.fc`` (clip.cpp's ``build_mm``, no bias)."""
+    def _project(self, ops: Any, x: Any) -> Any:
+        """Gemma 3's projector on ``ops``: the encoder's rows [n_patches, E] pooled n_merge x n_merge, RMS-normed
+        (float64 from the pooling into the norm on the host), projected by ``mm.input_projection`` as stored.  SmolVLM's
+        (idefics3): the pixel shuffle (:func:`pixel_shuffle`), then ``mm.model.fc`` (clip.cpp's ``build_mm``, no bias)."""
         c = self.cfg
-        if c.projector_type == "idefics3":
-            return self._linear(self.fc, self.pixel_shuffle(x), None)
         n, k = c.n_patches_side, c.n_merge
-        x = x.reshape(n // k, k, n // k, k, c.n_embd).mean(axis=(1, 3), dtype=np.float64).reshape(-1, c.n_embd)
-        ms = (x * x).mean(axis=-1, keepdims=True)
-        x = (x / np.sqrt(ms + c.eps)).astype(np.float32) * self.soft_emb_norm
-        if self.proj_f16:
-            x = _f16(x)
-        return np.ascontiguousarray(x @ self.proj, np.float32)
+        if c.projector_type == "idefics3":
+            return ops.linear(self.fc, ops.xp.ascontiguousarray(vit_ops.merge_permute(x, n, n, k)))
+        return ops.matmul_stored(ops.pooled_rms_norm(x, n, n, k, self.soft_emb_norm, c.eps), self.proj, self.proj_f16)
+
+
+def _forward(ops: Any, enc: SiglipEncoder, pixels: np.ndarray) -> np.ndarray:
+    """:meth:`SiglipEncoder.encode` past its check on either device's ``ops`` (models/vit_ops.py; on the GPU the pixels
+    go up once and the rows come down once): patches, learned positions, the blocks (:func:`attend_heads` a head at a
+    time on the host: Gemma 3's 4096 patches make a 64 MiB score matrix per head), post LayerNorm, the projector
+    (``enc._project``: Gemma 3's, SmolVLM's, Janus-Pro's)."""
+    c = enc.cfg
+    x = embed_patches(ops, enc, pixels) + ops.const(enc.pos_embd)
+    for L in enc.layers:
+        x = vit_block(ops, enc, L, x, "gelu")
+    if enc.post_ln is not None:
+        x = ops.layer_norm(x, enc.post_ln, enc.post_ln_b, c.eps)
+    return ops.to_host(ops.xp.ascontiguousarray(enc._project(ops, x), np.float32))
 
 
 def pixel_shuffle(x: np.ndarray, side: int, k: int) -> np.ndarray:
     """clip.cpp's ``build_patch_merge_permute`` (Idefics3's pixel shuffle): the rows [side*side, E] of a square of
     patches (raster order) -> [(side/k)^2, k*k*E], each row a k x k block of patches side by side, in the order
     (row in the block, column in the block, channel), the blocks in raster order."""
-    E = x.shape[-1]
-    n = side // k
-    return np.ascontiguousarray(x.reshape(n, k, n, k, E).transpose(0, 2, 1, 3, 4).reshape(n * n, k * k * E), np.float32)
+    return np.ascontiguousarray(vit_ops.merge_permute(x, side, side, k), np.float32)
 
 
 def _pillow():

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -38,11 +39,11 @@ from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
-from .bert import layer_norm
 from .common import TENSOR_NAMES, WeightLoader
 from .lfm2vl_image import resize_bilinear
 from .llama4_image import ln_rope_blocks, rope_2d
 from .siglip import MmprojEncoder, _f16, patch_kernel, vit_layer
+from .vit_ops import ops_of
 
 F32 = np.float32
 CROP = 504  # libmtmd's default_image_crop_size: every crop is encoded at 504 x 504, whatever the file's image_size
@@ -229,7 +230,7 @@ class Step3VLEncoder(MmprojEncoder):
     """Step3-VL's ViT and convolutional projector from an mmproj file: :meth:`encode` a crop's or the overview's pixels."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name != "cpu":  # (beside a GPU text model it is built on the CPU: runtime/projectors.py CPU_BESIDE_GPU)
+        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_ops.py, models/vit_device.py)
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
@@ -261,20 +262,6 @@ class Step3VLEncoder(MmprojEncoder):
             raise KvrunError(f"{g.path}: {name} has shape {t.shape}, expected {(c_out, c_in, 3, 3)}")
         return _f16(dequantize(t.data, t.qtype, t.shape).reshape(c_out, c_in * 9))
 
-    def _downsample(self, x: np.ndarray, k: int) -> np.ndarray:
-        """``mm.<k>`` over the grid ``x`` [ny, nx, C]: ggml_conv_2d, a 3x3 kernel of stride 2 with padding 1 (im2col,
-        and kernel in F16), plus the bias -> [ceil(ny/2), ceil(nx/2), C']."""
-        w, b = self.convs[k], self.conv_b[k]
-        ny, nx, C = x.shape
-        oy, ox = (ny + 1) // 2, (nx + 1) // 2
-        p = np.zeros((ny + 2, nx + 2, C), F32)
-        p[1:-1, 1:-1] = x
-        cols = np.stack([p[ky : ky + 2 * oy : 2, kx : kx + 2 * ox : 2] for ky in range(3) for kx in range(3)], -1)  # [oy, ox, C, 9]
-        y = _f16(cols.reshape(oy * ox, C * 9)) @ w.T
-        if b is not None:
-            y += b
-        return y.reshape(oy, ox, -1)
-
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Normalised ``pixels`` [3, h, w] (a 504-pixel crop or the overview; sides whole patches, a multiple of 4 of
         them) -> its rows [(h/4p)(w/4p), n_text_embd], raster order."""
@@ -283,17 +270,37 @@ class Step3VLEncoder(MmprojEncoder):
         if pixels.ndim != 3 or pixels.shape[0] != 3 or pixels.shape[1] % (4 * p) or pixels.shape[2] % (4 * p):
             raise KvrunError(f"the Step3-VL encoder takes pixels [3, h, w] of whole {p}-pixel patches, 4 of them a side's "
                              f"multiple, got {list(pixels.shape)}")  # fmt: skip
-        ny, nx = pixels.shape[1] // p, pixels.shape[2] // p
-        x = self.embed_patches(pixels) + positions(self.pos_embd, c.n_patches_side, nx, ny)
-        if self.pre_ln is not None:
-            x = layer_norm(x, self.pre_ln, self.pre_ln_b, c.eps)
-        idx = np.arange(x.shape[0])
-        cos, sin = rope_2d(idx // nx, idx % nx, c.n_embd // c.n_head)  # (pos_w the column, pos_h the row)
-        x = ln_rope_blocks(self, x, cos, sin, 1024)  # (LayerScale ls1 / ls2; no post-norm)
-        y = self._downsample(self._downsample(x.reshape(ny, nx, -1), 0), 1)
-        return np.ascontiguousarray(self._linear(self.fc, y.reshape(-1, y.shape[-1])), F32)
+        return _forward(ops_of(self, 1024), self, pixels)
 
     def n_rows(self, width: int, height: int) -> int:
         """Rows a picture of width x height pixels (a crop, or the overview) becomes."""
         f = 4 * self.cfg.patch_size
         return (height // f) * (width // f)
+
+
+def _downsample(ops: Any, enc: Step3VLEncoder, x: Any, k: int) -> Any:
+    """``mm.<k>`` over the grid ``x`` [ny, nx, C]: ggml_conv_2d, a 3x3 kernel of stride 2 with padding 1 (im2col,
+    and kernel in F16), plus the bias -> [ceil(ny/2), ceil(nx/2), C']."""
+    xp = ops.xp
+    ny, nx, C = x.shape
+    oy, ox = (ny + 1) // 2, (nx + 1) // 2
+    p = xp.zeros((ny + 2, nx + 2, C), F32)
+    p[1:-1, 1:-1] = x
+    cols = xp.stack([p[ky : ky + 2 * oy : 2, kx : kx + 2 * ox : 2] for ky in range(3) for kx in range(3)], -1)  # [oy, ox, C, 9]
+    return ops.product_f16(cols.reshape(oy * ox, C * 9), enc.convs[k], enc.conv_b[k]).reshape(oy, ox, -1)
+
+
+def _forward(ops: Any, enc: Step3VLEncoder, pixels: np.ndarray) -> np.ndarray:
+    """:meth:`Step3VLEncoder.encode` past its checks on either device's ``ops`` (models/vit_ops.py; on the GPU the
+    pixels go up once, the rows come down once)."""
+    c, xp = enc.cfg, ops.xp
+    p = c.patch_size
+    ny, nx = pixels.shape[1] // p, pixels.shape[2] // p
+    x = ops.embed_patches(pixels) + ops.vector(positions(enc.pos_embd, c.n_patches_side, nx, ny))
+    if enc.pre_ln is not None:
+        x = ops.layer_norm(x, enc.pre_ln, enc.pre_ln_b, c.eps)
+    idx = np.arange(x.shape[0])
+    cos, sin = rope_2d(idx // nx, idx % nx, c.n_embd // c.n_head)  # (pos_w the column, pos_h the row)
+    x = ln_rope_blocks(enc, x, cos, sin, ops=ops)  # (LayerScale ls1 / ls2; no post-norm)
+    y = _downsample(ops, enc, _downsample(ops, enc, x.reshape(ny, nx, -1), 0), 1)
+    return ops.to_host(xp.ascontiguousarray(ops.linear(enc.fc, y.reshape(-1, y.shape[-1])), F32))

@@ -1,25 +1,23 @@
 """The picture encoders on the GPU backend.  :class:`DeviceViT` is the device side of models/vit_ops.py's ops (the
-forward of Pixtral's, LightOnOCR's, LLaVA's "mlp", InternVL's, MiniCPM-V's, GLM-4V's, Qwen2-VL's, Qwen2.5-VL's,
-Qwen3-VL's, Llama 4's, Kimi-VL's, PaddleOCR-VL's, MiniCPM-V 4.6's and Gemma 4's encoders is written once, in the
-encoder's own file, against those ops; models/vit_ops.py's HostViT runs it on the CPU); the rope tables are built on
-the host as the CPU encoder builds them, a row a patch, uploaded once a picture and read by the backend's rope kernel
-at positions 0..T-1.  Still here, as device forwards of their own: models/siglip.py's ViT with the projectors of
-Gemma 3, SmolVLM and Janus-Pro (:func:`encode`), LFM2-VL's (:func:`lfm2_rows`), Hunyuan-VL's (:func:`hunyuan_rows`)
-and the Whisper audio encoder (:func:`whisper_encode`).  The other projectors keep their CPU encoder beside the GPU
-(runtime/projectors.py CPU_BESIDE_GPU).
+forward of models/siglip.py's ViT with the projectors of Gemma 3, SmolVLM and Janus-Pro, of LFM2-VL's, Hunyuan-VL's,
+Pixtral's, LightOnOCR's, LLaVA's "mlp", InternVL's, MiniCPM-V's, GLM-4V's, Qwen2-VL's, Qwen2.5-VL's, Qwen3-VL's,
+Llama 4's, Kimi-VL's, PaddleOCR-VL's, MiniCPM-V 4.6's, Gemma 4's, Step3-VL's, Youtu-VL's, CogVLM's, DeepSeek-OCR's
+(SAM and CLIP-L), MobileVLM's (ldp, ldpv2) and Gemma 3n's (MobileNetV5) encoders and of the Whisper audio encoders
+(models/whisper_audio.py) is written once, in the encoder's own file, against those ops; models/vit_ops.py's HostViT
+runs it on the CPU); the rope tables are built on the host as the CPU encoder builds them, a row a patch, uploaded once
+a picture and read by the backend's rope kernel at positions 0..T-1.
 
 A ViT is prefill-sized matrix work every picture (SigLIP-400M at 896 pixels: 4096 patches through 27 blocks of
 width 1152; measured on this repository's 2 vCPUs, one block takes 6.9 s on the CPU backend, the patch embedding
 0.08 s), so beside a text model on ``--device gpu`` the encoder runs there too, as llama.cpp runs its mmproj on the
 GPU.  The pattern is models/bert.py's device forward: the weight products are the GPU backend's matmul kernels on
 device arrays (``be.linear``, biases by ``add_bias``), LayerNorm nn.cu's, the attention both ways ops/gpu/encoder.cu's
-``attn_full_f32``, GELU t5.cu's float16-table one (ggml's CPU GELU, models/bert.gelu); the pixels' patches (LFM2-VL's
-and Hunyuan-VL's patch rows, their positions resized on the host) go up once and the rows come down once, at the end
+``attn_full_f32``, GELU t5.cu's float16-table one (ggml's CPU GELU, models/bert.gelu); the pixels' patches (and the
+tables made on the host: LFM2-VL's and Hunyuan-VL's resized positions) go up once and the rows come down once, at the end
 (runtime/vision.py and the layouts take host rows, which the GPU text model uploads as any picture's).
 
 What the CPU encoder copies of ggml's CPU numbers is kept: an activation multiplied by an F16 weight is rounded to
-F16 first (ggml's vec_dot_type), on the device; the patches are rounded to F16 on the host before they go up (ggml's
-conv_2d).  The statistics of the norms are float32 sums (the CPU's are float64) and the products sum in another
+F16 first (ggml's vec_dot_type), on the device, and so are the patches before their F16 kernel (ggml's conv_2d).  The statistics of the norms are float32 sums (the CPU's are float64) and the products sum in another
 order, so the rows are the CPU encoder's within float32 noise (tests/test_gpu_vision_encoders.py bounds them at 2e-3
 of their largest, the GPU text path's bound against the CPU; measured on the tiny projectors: 2e-5 to 3e-4 with float32
 weights, up to 7e-4 with F16, where dropping the F16 rounding makes it up to 1.8e-3).
@@ -27,7 +25,6 @@ weights, up to 7e-4 with F16, where dropping the F16 rounding makes it up to 1.8
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -104,10 +101,10 @@ class DeviceViT:
         return self.be.to_host(x)
 
     def embed_patches(self, pixels: np.ndarray) -> Any:
-        return embed_patches(self.enc, pixels)
+        return S.embed_patches(self, self.enc, pixels)
 
     def vit_block(self, L: dict[str, Any], x: Any, ffn_op: str) -> Any:
-        return vit_block(self.enc, L, x, ffn_op)
+        return S.vit_block(self, self.enc, L, x, ffn_op)
 
     def attend_batched(self, q: Any, k: Any, v: Any, scale: F32) -> Any:
         """Attention within each of B groups of S consecutive rows, the groups as heads of one launch: q, k, v
@@ -200,6 +197,138 @@ class DeviceViT:
             return self.f16(xh / (1.0 + xp.exp(xp.float32(-1.702) * xh)))
         return self.be.vector(S.activation(self.be.to_host(x), op))
 
+    # ops for step3vl/youtuvl/cogvlm/deepseekocr/ldp/gemma3nv (p95)
+
+    def product_f16(self, x: Any, k: np.ndarray, b: np.ndarray | None = None) -> Any:
+        """``x`` (rounded to F16 by ``linear``) times the host kernel ``k`` of F16 values, uploaded once as an F16
+        weight, plus ``b`` (models/vit_ops.py HostViT's)."""
+        return self.linear(self.matrix(k, f16=True), x, b)
+
+    def conv2d(self, x: Any, kern: Any, stride: int, pad: int) -> Any:
+        """``x`` [C, H, W] convolved by ``kern`` (models/vit_ops.py HostViT's): the im2col rows (channel, row, column)
+        built on the device, times the kernel as a matrix uploaded once (F16 where ``kern.f16``: ``linear`` rounds the
+        rows then) -> [out, Ho, Wo]."""
+        xp = self.xp
+        o, c, k, _ = kern.w.shape
+        if pad:
+            x = xp.pad(x, ((0, 0), (pad, pad), (pad, pad)))
+        ho, wo = (x.shape[1] - k) // stride + 1, (x.shape[2] - k) // stride + 1
+        if k == stride:  # (a patch embedding: the windows tile the picture)
+            cols = x[:, : ho * k, : wo * k].reshape(c, ho, k, wo, k).transpose(1, 3, 0, 2, 4)
+        else:
+            taps = [x[:, ky : ky + stride * (ho - 1) + 1 : stride, kx : kx + stride * (wo - 1) + 1 : stride] for ky in range(k) for kx in range(k)]
+            cols = xp.stack(taps, -1).transpose(1, 2, 0, 3)  # [ho, wo, c, k*k]
+        y = self.linear(self._kernel_matrix(kern.w, kern.f16), xp.ascontiguousarray(cols.reshape(ho * wo, c * k * k)))
+        return xp.ascontiguousarray(y.T).reshape(o, ho, wo)
+
+    def channel_norm(self, x: Any, w: np.ndarray, b: np.ndarray, eps: float) -> Any:
+        """LayerNorm over the channels of each pixel of ``x`` [C, H, W] (the backend's, on the rows of the grid)."""
+        C, h, wd = x.shape
+        y = self.layer_norm(self.xp.ascontiguousarray(x.reshape(C, h * wd).T), w, b, eps)
+        return self.xp.ascontiguousarray(y.T).reshape(C, h, wd)
+
+    def attend_rel(self, q: Any, k: Any, v: Any, rh: Any, rw: Any, f16: bool, scale: Any) -> Any:
+        """SAM's attention with its relative positions (models/vit_ops.py HostViT's) on the device, a head at a time
+        for all B grids: each row of the grid y's products with its table rh[y] (and column x's with rw[x]) one
+        batched matmul, the scores [B, T, T] a head."""
+        xp = self.xp
+        B, H, T, d = q.shape
+        h, w = rh.shape[0], rw.shape[0]
+        qr = (self.f16(q) if f16 else q).reshape(B, H, h, w, d)
+        bias_h = xp.matmul(qr.transpose(2, 0, 1, 3, 4), rh.transpose(0, 2, 1)[:, None, None]).transpose(1, 2, 0, 3, 4)  # [B, H, h, w, h]
+        bias_w = xp.matmul(qr.transpose(3, 0, 1, 2, 4), rw.transpose(0, 2, 1)[:, None, None]).transpose(1, 2, 3, 0, 4)  # [B, H, h, w, w]
+        out = xp.empty((B, H, T, d), F32)
+        for n in range(H):
+            s = xp.matmul(q[:, n], k[:, n].transpose(0, 2, 1)) * scale  # [B, T, T]
+            s = (s.reshape(B, T, h, w) + bias_h[:, n].reshape(B, T, h)[..., None] + bias_w[:, n].reshape(B, T, w)[:, :, None, :]).reshape(B, T, T)
+            s = xp.exp(s - s.max(axis=-1, keepdims=True))
+            s /= s.sum(axis=-1, keepdims=True)
+            out[:, n] = xp.matmul(s, v[:, n])
+        return out
+
+    def dw_conv3(self, fmap: Any, k: np.ndarray, stride: int) -> Any:
+        """The depthwise 3x3 convolution (models/vit_ops.py HostViT's) on the device: the map rounded to F16 and
+        zero-padded, the nine taps' products with the kernel (uploaded once) summed in float32 in the host's order."""
+        xp = self.xp
+        C, H, W = fmap.shape
+        x = xp.pad(self.f16(fmap), ((0, 0), (1, 1), (1, 1)))
+        kd = self.const(k)
+        oh, ow = (H - 1) // stride + 1, (W - 1) // stride + 1
+        out = xp.zeros((C, oh, ow), F32)
+        for ky in range(3):
+            for kx in range(3):
+                out += kd[:, ky, kx, None, None] * x[:, ky : ky + stride * oh : stride, kx : kx + stride * ow : stride]
+        return out
+
+    def hardsigmoid(self, x: Any) -> Any:
+        """min(1, max(0, (x + 3) / 6)) on the device."""
+        xp = self.xp
+        return xp.minimum(F32(1.0), xp.maximum(F32(0.0), (x + F32(3.0)) / F32(6.0)))
+
+    def mobilenet_conv(self, x: Any, kern: Any, stride: int = 1, pad: int | None = None, depthwise: bool = False) -> Any:
+        """MobileNetV5's convolution (models/vit_ops.py HostViT's) on the device: the map rounded to F16 for an F16
+        kernel and padded; a full convolution one product of the im2col rows and the kernel (uploaded once), a
+        depthwise one the taps' products summed in float32."""
+        from .gemma3nv_image import same_split
+
+        xp = self.xp
+        o, k = kern.w.shape[0], kern.w.shape[-1]
+        if kern.f16:
+            x = self.f16(x)
+        C, h, w = x.shape
+        if k == 1 and stride == 1 and not depthwise:  # (a pointwise conv: one product)
+            y = self.linear(self._kernel_matrix(kern.w, kern.f16), xp.ascontiguousarray(x.reshape(C, h * w).T))
+            return xp.ascontiguousarray(y.T).reshape(o, h, w)
+        (t, b), (lft, r) = (same_split(h, k, stride), same_split(w, k, stride)) if pad is None else ((pad, pad), (pad, pad))
+        x = xp.pad(x, ((0, 0), (t, b), (lft, r)))
+        ho, wo = (x.shape[1] - k) // stride + 1, (x.shape[2] - k) // stride + 1
+        taps = [x[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride] for i in range(k) for j in range(k)]
+        if depthwise:
+            kd = self.const(kern.w)
+            out = xp.zeros((C, ho, wo), F32)
+            for n, tap in enumerate(taps):
+                out += kd[:, 0, n // k, n % k, None, None] * tap
+            return out
+        cols = xp.stack(taps, -1).transpose(1, 2, 0, 3).reshape(ho * wo, C * k * k)  # (channel, row, column)
+        y = self.linear(self._kernel_matrix(kern.w, kern.f16), xp.ascontiguousarray(cols))
+        return xp.ascontiguousarray(y.T).reshape(o, ho, wo)
+
+    def _kernel_matrix(self, w: np.ndarray, f16: bool) -> Weight:
+        """The host kernel ``w`` [out, ...] as a matrix [out, rest] uploaded once (F16 where ``f16``)."""
+        hit = self.__dict__.setdefault("_kernels", {}).get(id(w))
+        if hit is None or hit[0] is not w:
+            hit = self._kernels[id(w)] = (w, self.matrix(w.reshape(w.shape[0], -1), f16=f16))
+        return hit[1]
+
+    def rms_norm_2d(self, x: Any, w: np.ndarray | None, eps: float) -> Any:
+        """Each pixel of ``x`` [C, H, W] RMS-normalised over its channels (float32 sums), times ``w``."""
+        y = x * (1.0 / self.xp.sqrt(self.xp.mean(x * x, axis=0, keepdims=True) + F32(eps)))
+        return y * self.const(w)[:, None, None] if w is not None else y
+
+    def rms_norm_scaled(self, x: Any, w: np.ndarray | None, eps: float) -> Any:
+        """RMSNorm over the last axis as x times the reciprocal root (float32 sums), times ``w`` where given."""
+        y = x * (1.0 / self.xp.sqrt(self.xp.mean(x * x, axis=-1, keepdims=True) + F32(eps)))
+        return y * self.const(w) if w is not None else y
+
+    def product(self, x: Any, w: np.ndarray, f16: bool) -> Any:
+        """x @ w.T with the host matrix ``w`` uploaded once (F16 where ``f16``: ``linear`` rounds ``x`` then)."""
+        return self.linear(self.matrix(w, f16=f16), self.xp.ascontiguousarray(x))
+
+    # ops for siglip/whisper (p96)
+
+    def pooled_rms_norm(self, x: Any, nx: int, ny: int, k: int, w: np.ndarray, eps: float) -> Any:
+        """:meth:`avg_pool` then :meth:`rms_norm` (float32 sums; the host's are float64 throughout)."""
+        return self.rms_norm(self.avg_pool(x, nx, ny, k), w, eps)
+
+    def matmul_stored(self, x: Any, w: np.ndarray, f16: bool = False) -> Any:
+        """x @ w for a host matrix ``w`` [n_in, n_out] stored input-major: its transpose made once and uploaded once
+        as a weight (F16 where ``f16``: :meth:`linear` rounds ``x`` then)."""
+        cache = self.__dict__.setdefault("_transposed", {})
+        hit = cache.get(id(w))
+        if hit is None or hit[0] is not w:
+            hit = cache[id(w)] = (w, np.ascontiguousarray(w.T))
+        return self.linear(self.matrix(hit[1], f16=f16), x)
+
 
 def of(enc: Any) -> DeviceViT:
     """``enc``'s device side, made on first use."""
@@ -209,118 +338,7 @@ def of(enc: Any) -> DeviceViT:
     return dev
 
 
-def embed_patches(enc: Any, pixels: np.ndarray) -> Any:
-    """models/siglip.py's ``embed_patches`` with the product on the device: the patches flattened and rounded to F16
-    on the host, uploaded (the one copy up), times the F16 patch kernel, plus its bias: [(h/p)(w/p), n_embd]."""
-    d, p = of(enc), enc.cfg.patch_size
-    ny, nx = pixels.shape[1] // p, pixels.shape[2] // p
-    x = S._f16(np.ascontiguousarray(pixels.reshape(3, ny, p, nx, p).transpose(1, 3, 0, 2, 4).reshape(ny * nx, 3 * p * p), F32))
-    out = d.be.zeros((ny * nx, enc.cfg.n_embd), F32)
-    d.be.linear(d.matrix(enc.patch_w, f16=True), d.be.vector(x), out)
-    if enc.patch_b is not None:
-        d.be.add_bias(out, d.const(enc.patch_b))
-    return out
-
-
-def vit_block(enc: Any, L: dict[str, Any], x: Any, ffn_op: str) -> Any:
-    """models/siglip.py's ``vit_block`` on the device arrays ``x`` [T, n_embd] (the caller's ``x`` left as it is)."""
-    d, c = of(enc), enc.cfg
-    T, H = x.shape[0], c.n_head
-    D = c.n_embd // H
-    h = d.layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
-    q, k, v = (d.linear(L[r], h, L[r + "_b"]).reshape(T, H, D) for r in ("q", "k", "v"))
-    x = x + d.linear(L["o"], d.attend(q, k, v, F32(1.0 / math.sqrt(D))), L["o_b"])
-    h = d.layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
-    return x + d.linear(L["down"], d.act(d.linear(L["up"], h, L["up_b"]), ffn_op), L["down_b"])
-
-
-def encode(enc: Any, pixels: np.ndarray) -> np.ndarray:
-    """models/siglip.py's ``SiglipEncoder.encode`` on the device (Gemma 3's, SmolVLM's, Janus-Pro's): the pixels go up
-    once, the rows [n_tokens, n_text_embd] come down once."""
-    d, c = of(enc), enc.cfg
-    x = embed_patches(enc, pixels)
-    d.be.add(x, d.const(enc.pos_embd))
-    for L in enc.layers:
-        x = vit_block(enc, L, x, "gelu")
-    if enc.post_ln is not None:
-        x = d.layer_norm(x, enc.post_ln, enc.post_ln_b, c.eps)
-    return d.be.to_host(project(enc, x))
-
-
-def project(enc: Any, x: Any) -> Any:
-    """models/siglip.py's ``SiglipEncoder.project`` on the device: Gemma 3's n_merge x n_merge average pooling, RMSNorm
-    and input projection; SmolVLM's pixel shuffle and ``mm.model.fc``; Janus-Pro's GELU MLP (models/janus_image.py)."""
-    d, c, xp = of(enc), enc.cfg, of(enc).xp
-    n, k = c.n_patches_side, c.n_merge
-    if c.projector_type == "janus_pro":
-        return d.linear(enc.mm1, d.act(d.linear(enc.mm0, x, enc.mm0_b), "gelu"), enc.mm1_b)
-    if c.projector_type == "idefics3":
-        return d.linear(enc.fc, merge_permute(xp, x, n, n, k))
-    x = xp.ascontiguousarray(xp.mean(x.reshape(n // k, k, n // k, k, c.n_embd), axis=(1, 3)).reshape(-1, c.n_embd))
-    y = d.be.zeros(x.shape, F32)
-    d.be.rms_norm(x, d.const(enc.soft_emb_norm), c.eps, y)
-    if enc.proj_f16:
-        y = d.f16(y)
-    w = d.matrix(d.proj_t, f16=enc.proj_f16)
-    out = d.be.zeros((y.shape[0], w.n_rows), F32)
-    d.be.linear(w, y, out)
-    return out
-
-
-
-def merge_permute(xp: Any, x: Any, nx: int, ny: int, k: int) -> Any:
-    """clip.cpp's ``build_patch_merge_permute`` on device rows (models/siglip.py ``pixel_shuffle``, models/lfm2vl_image.py
-    ``unshuffle``): a grid of nx x ny patches [ny*nx, E] -> [(ny/k)(nx/k), k*k*E], each row a k x k block."""
-    from .vit_ops import merge_permute as merge
-
-    return xp.ascontiguousarray(merge(x, nx, ny, k))
-
-
-def lfm2_rows(enc: Any, x: np.ndarray, nx: int, ny: int, proj_eps: float) -> np.ndarray:
-    """LFM2-VL's encoder past its patch embedding (models/lfm2vl_image.py ``encode``: its host patch product and resized
-    positions stay there, 1% of a block's work at SigLIP-400M's size) on the device: the patch rows ``x`` [T, E] up
-    once, the blocks, post LayerNorm, the 2x2 merge, the projector's LayerNorm and GELU MLP; the rows down once."""
-    d, c = of(enc), enc.cfg
-    x = d.be.vector(x)
-    for L in enc.layers:
-        x = vit_block(enc, L, x, "gelu")
-    if enc.post_ln is not None:
-        x = d.layer_norm(x, enc.post_ln, enc.post_ln_b, c.eps)
-    x = merge_permute(d.xp, x, nx, ny, c.n_merge)
-    if enc.in_norm is not None:
-        x = d.layer_norm(x, enc.in_norm, enc.in_norm_b, proj_eps)
-    elif enc.in_norm_b is not None:
-        d.be.add_bias(x, d.const(enc.in_norm_b))
-    h = d.act(d.linear(enc.mm1, x, enc.mm1_b), "gelu")
-    return d.be.to_host(d.linear(enc.mm2, h, enc.mm2_b))
-
-
-def hunyuan_rows(enc: Any, x: np.ndarray, nx: int, ny: int) -> np.ndarray:
-    """Hunyuan-VL's encoder past its patch embedding (models/hunyuanvl_image.py ``encode``; the host patch product and
-    resized positions as LFM2-VL's) on the device: the patch rows ``x`` [T, E] up once, the blocks, post LayerNorm,
-    the perceiver's RMSNorm, its 2x2 convolution (one product over the im2col rows, channel-major as ggml's), GELU, the
-    1x1 convolution, a newline row after each row of the grid, ``mm.model.fc``, the begin and end rows, the RMSNorm;
-    the rows down once.  (The CPU's convolutions sum in float64, these in float32.)"""
-    d, c, xp = of(enc), enc.cfg, of(enc).xp
-    m, E = c.n_merge, c.n_embd
-    x = d.be.vector(x)
-    for L in enc.layers:
-        x = vit_block(enc, L, x, c.ffn_op)
-    if enc.post_ln is not None:
-        x = d.layer_norm(x, enc.post_ln, enc.post_ln_b, c.eps)
-    d.be.rms_norm(x, d.const(enc.pre_norm), c.eps, x)
-    oy, ox = ny // m, nx // m
-    cols = xp.ascontiguousarray(xp.transpose(x.reshape(oy, m, ox, m, E), (0, 2, 4, 1, 3)).reshape(oy * ox, E * m * m))
-    h = d.act(d.linear(d.matrix(enc.conv0, f16=enc.conv0_f16), cols, enc.conv0_b), "gelu")
-    y = d.linear(d.matrix(enc.conv2, f16=enc.conv2_f16), h, enc.conv2_b).reshape(oy, ox, -1)
-    newline = xp.broadcast_to(d.const(enc.newline).reshape(1, 1, -1), (oy, 1, y.shape[-1]))
-    y = d.linear(enc.fc, xp.concatenate([y, newline], axis=1).reshape(oy * (ox + 1), -1), enc.fc_b)
-    y = xp.concatenate([d.const(enc.begin).reshape(1, -1), y, d.const(enc.end).reshape(1, -1)])
-    d.be.rms_norm(y, d.const(enc.post_norm), c.eps, y)
-    return d.be.to_host(y)
-
-
-# --- the Whisper audio encoder (models/whisper_audio.py): Ultravox's, Qwen2-Audio's, Voxtral's, Qwen2.5-Omni's ----------
+# --- the Whisper audio encoders' exact GELU (models/whisper_audio.py, DeviceViT.act) -------------------------------------
 
 
 def gelu_erf(x: Any) -> Any:
@@ -330,77 +348,6 @@ def gelu_erf(x: Any) -> Any:
     n = x.size
     K.launch("gelu_erf_f32", (min(K.cdiv(n, 256), 8192),), (256,), x, x, n)
     return x
-
-
-def unfold3(xp: Any, x: Any, stride: int) -> Any:
-    """ggml_conv_1d_ph's im2col on device rows: ``x`` [T, C] (time-major) zero-padded by one row each side ->
-    [T_out, C * 3], each row a window's (channel, tap) columns in the order of the kernel [c_out, C, 3]."""
-    T, C = x.shape
-    t_out = (T + 2 - 3) // stride + 1
-    p = xp.zeros((T + 2, C), F32)
-    p[1:-1] = x
-    cols = xp.stack([p[k : k + stride * (t_out - 1) + 1 : stride] for k in range(3)], axis=-1)  # [t_out, C, 3]
-    return xp.ascontiguousarray(cols.reshape(t_out, C * 3))
-
-
-def whisper_rows(enc: Any, mel: np.ndarray) -> Any:
-    """models/whisper_audio.py's ``encoder_rows`` on the device: the mel chunk [n_mel, 3000] up once, both
-    convolutions as products of their F16 kernels over the unfolded frames (the input rounded to F16 as ggml's
-    im2col), GELU(erf), the positions, the pre-norm blocks, clip.cpp's average pooling (qwen2a, voxtral), the post
-    LayerNorm: device rows [1500 or 750, n_embd]."""
-    from .whisper_audio import POOLED
-
-    d, c = of(enc), enc.cfg
-    x = d.be.vector(np.ascontiguousarray(mel.T, F32))
-    for (w, b), stride in zip(enc.conv, (1, 2)):
-        x = gelu_erf(d.linear(d.matrix(w, f16=True), unfold3(d.xp, x, stride), b))
-    d.be.add(x, d.const(enc.pos_embd))
-    T, H = x.shape[0], c.n_head
-    D = c.n_embd // H
-    for L in enc.layers:  # (siglip's pre-norm block, vit_block, with Whisper's exact GELU)
-        h = d.layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
-        q, k, v = (d.linear(L[r], h, L[r + "_b"]).reshape(T, H, D) for r in ("q", "k", "v"))
-        x = x + d.linear(L["o"], d.attend(q, k, v, F32(1.0 / math.sqrt(D))), L["o_b"])
-        h = d.layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
-        x = x + d.linear(L["down"], gelu_erf(d.linear(L["up"], h, L["up_b"])), L["down_b"])
-    if c.projector_type in POOLED:  # (AvgPool1d(2, 2) over the frames)
-        x = d.xp.ascontiguousarray(d.xp.mean(x.reshape(T // 2, 2, c.n_embd), axis=1))
-    if enc.post_ln is not None:
-        x = d.layer_norm(x, enc.post_ln, enc.post_ln_b, c.eps)
-    return x
-
-
-def whisper_project(enc: Any, x: Any) -> Any:
-    """models/whisper_audio.py's ``project`` on the device rows ``x`` [T, n_embd]: Qwen2-Audio's ``mm.a.fc``; the
-    rows stacked ``stack_factor`` at a time (zeros pad the last), then Voxtral's GELU(erf) MLP or Ultravox's RMSNorm,
-    SwiGLU (the gate in the second half), RMSNorm, ``mm.a.mlp.2``."""
-    d, c, xp = of(enc), enc.cfg, of(enc).xp
-    if c.projector_type == "qwen2a":
-        return d.linear(enc.fc, x, enc.fc_b)
-    s, E, T = c.stack_factor, c.n_embd, x.shape[0]
-    n = -(-T // s)
-    if n * s != T:
-        x = xp.concatenate([x, xp.zeros((n * s - T, E), F32)])
-    x = xp.ascontiguousarray(x.reshape(n, s * E))
-    if c.projector_type == "voxtral":
-        return d.linear(enc.mlp2, gelu_erf(d.linear(enc.mlp1, x, enc.mlp1_b)), enc.mlp2_b)
-    h = d.be.zeros(x.shape, F32)
-    d.be.rms_norm(x, d.const(enc.norm_pre), 1e-6, h)
-    h = d.linear(enc.mlp1, h)
-    half = h.shape[1] // 2
-    g = xp.ascontiguousarray(h[:, half:])
-    d.be.silu_mul(g, xp.ascontiguousarray(h[:, :half]), g)  # (ggml_swiglu_swapped)
-    y = d.be.zeros(g.shape, F32)
-    d.be.rms_norm(g, d.const(enc.norm_mid), 1e-6, y)
-    return d.linear(enc.mlp2, y)
-
-
-def whisper_encode(enc: Any, mels: np.ndarray) -> np.ndarray:
-    """A clip's mel chunks [n_chunks, n_mel, 3000] through the encoder and projector on the device, each chunk up
-    once, the clip's rows [n_chunks * rows_per_chunk, n_text_embd] down once."""
-    d = of(enc)
-    rows = [whisper_project(enc, whisper_rows(enc, m)) for m in mels]
-    return d.be.to_host(rows[0] if len(rows) == 1 else d.xp.concatenate(rows))
 
 
 # ---------------------------------------------------------------- Qwen2.5-VL's windows (models/qwen2vl_image.py, DeviceViT.attend_windows)

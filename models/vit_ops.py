@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from . import siglip as S
+from .bert import layer_norm
 
 F32 = np.float32
 
@@ -65,14 +66,14 @@ class HostViT:
         return x
 
     def embed_patches(self, pixels: np.ndarray) -> np.ndarray:
-        return S.MmprojEncoder.embed_patches(self.enc, pixels)
+        return S.embed_patches(self, self.enc, pixels)
 
     def linear(self, w: Any, x: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
         return S.MmprojEncoder._linear(self.enc, w, x, b)
 
     @staticmethod
     def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, eps: float) -> np.ndarray:
-        return S.layer_norm(x, w, b, eps)
+        return layer_norm(x, w, b, eps)
 
     @staticmethod
     def rms_norm(x: np.ndarray, w: np.ndarray, eps: float, b: np.ndarray | None = None) -> np.ndarray:
@@ -109,7 +110,7 @@ class HostViT:
         return S.rope_halves(q, cos, sin), S.rope_halves(k, cos, sin)
 
     def vit_block(self, L: dict[str, Any], x: np.ndarray, ffn_op: str) -> np.ndarray:
-        return S.MmprojEncoder.vit_block(self.enc, L, x, ffn_op, self.chunk)
+        return S.vit_block(self, self.enc, L, x, ffn_op)
 
     @staticmethod
     def rope_neox(q: np.ndarray, k: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -172,6 +173,122 @@ class HostViT:
                     sc /= sc.sum(axis=-1, keepdims=True)
                     a[rq, hd] = sc @ v[g, hd]
         return a.reshape(T, H * D)
+
+    # ops for step3vl/youtuvl/cogvlm/deepseekocr/ldp/gemma3nv (p95)
+
+    @staticmethod
+    def product_f16(x: np.ndarray, k: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+        """``x`` rounded to F16 times a host kernel ``k`` [n_out, n_in] of F16 values (x @ k.T), plus ``b``: a
+        convolution over im2col rows as ggml_conv_2d runs it (Step3-VL's projector)."""
+        y = S._f16(x) @ k.T
+        if b is not None:
+            y += b
+        return y
+
+    @staticmethod
+    def conv2d(x: np.ndarray, kern: Any, stride: int, pad: int) -> np.ndarray:
+        """``x`` [C, H, W] convolved by ``kern`` (``.w`` [out, C, k, k], ``.f16``: F16 patches), zero padding ``pad``,
+        at ``stride``, no bias: [out, Ho, Wo] (models/deepseekocr_image.py ``conv2d``)."""
+        from .deepseekocr_image import conv2d
+
+        return conv2d(x, kern, stride, pad)
+
+    @staticmethod
+    def channel_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+        """LayerNorm over the channels of each pixel of ``x`` [C, H, W] (SAM's LayerNorm2d)."""
+        from .bert import layer_norm as norm
+
+        return np.ascontiguousarray(norm(x.transpose(1, 2, 0), w, b, eps).transpose(2, 0, 1))
+
+    @staticmethod
+    def attend_rel(q: np.ndarray, k: np.ndarray, v: np.ndarray, rh: np.ndarray, rw: np.ndarray, f16: bool, scale: Any) -> np.ndarray:
+        """SAM's attention within each of B grids of h x w rows: q, k, v [B, H, h*w, d], the scaled scores plus the
+        query's products with the relative tables ``rh`` [h, h, d] (by row offset) and ``rw`` [w, w, d] (by column
+        offset; the query rounded to F16 first where ``f16``, the tables' type): [B, H, h*w, d]."""
+        B, H, T, d = q.shape
+        h, w = rh.shape[0], rw.shape[0]
+        qr = (S._f16(q) if f16 else q).reshape(B, H, h, w, d)
+        bias_h = np.einsum("bnyxc,ykc->bnyxk", qr, rh, optimize=True).reshape(B, H, T, h)
+        bias_w = np.einsum("bnyxc,xkc->bnyxk", qr, rw, optimize=True).reshape(B, H, T, w)
+        out = np.empty((B, H, T, d), F32)
+        step = max(1, (1 << 22) // T)  # (query rows a time: a 64x64 grid's scores are 64 MiB a head)
+        for b in range(B):
+            for n in range(H):
+                for q0 in range(0, T, step):
+                    s = q[b, n, q0 : q0 + step] @ k[b, n].T * scale
+                    s = (s.reshape(-1, h, w) + bias_h[b, n, q0 : q0 + step, :, None] + bias_w[b, n, q0 : q0 + step, None, :]).reshape(-1, T)
+                    s = np.exp(s - s.max(axis=-1, keepdims=True))
+                    s /= s.sum(axis=-1, keepdims=True)
+                    out[b, n, q0 : q0 + step] = s @ v[b, n]
+        return out
+
+    @staticmethod
+    def dw_conv3(fmap: np.ndarray, k: np.ndarray, stride: int) -> np.ndarray:
+        """ggml's depthwise 3x3 ``conv_2d_dw`` of [C, H, W] by the F16 kernels ``k`` [C, 3, 3], padding 1
+        (models/llava_image.py ``dw_conv3``: MobileVLM's)."""
+        from .llava_image import dw_conv3
+
+        return dw_conv3(fmap, k, stride)
+
+    @staticmethod
+    def hardsigmoid(x: np.ndarray) -> np.ndarray:
+        """min(1, max(0, (x + 3) / 6)) (models/llava_image.py ``hardsigmoid``)."""
+        from .llava_image import hardsigmoid
+
+        return hardsigmoid(x)
+
+    @staticmethod
+    def mobilenet_conv(x: np.ndarray, kern: Any, stride: int = 1, pad: int | None = None, depthwise: bool = False) -> np.ndarray:
+        """``x`` [C, H, W] convolved by ``kern`` (``.w`` [out, in/groups, k, k], ``.f16``), padding ``pad`` a side
+        (None: TF's SAME for the stride), full or depthwise (models/gemma3nv_image.py ``conv``: MobileNetV5's)."""
+        from .gemma3nv_image import conv
+
+        return conv(x, kern, stride, pad, depthwise)
+
+    @staticmethod
+    def rms_norm_2d(x: np.ndarray, w: np.ndarray | None, eps: float) -> np.ndarray:
+        """Each pixel of ``x`` [C, H, W] RMS-normalised over its channels, times ``w`` (models/gemma3nv_image.py's;
+        its epsilon, ``eps``, the module's)."""
+        from .gemma3nv_image import EPS, rms_norm_2d
+
+        assert eps == EPS
+        return rms_norm_2d(x, w)
+
+    @staticmethod
+    def rms_norm_scaled(x: np.ndarray, w: np.ndarray | None, eps: float) -> np.ndarray:
+        """RMSNorm over the last axis as x times the float32 reciprocal root, times ``w`` where given
+        (models/gemma3nv_image.py ``rms_norm``)."""
+        from .gemma3nv_image import EPS, rms_norm
+
+        assert eps == EPS
+        return rms_norm(x, w)
+
+    @staticmethod
+    def product(x: np.ndarray, w: np.ndarray, f16: bool) -> np.ndarray:
+        """x @ w.T for a host matrix ``w`` [n_out, n_in], ``x`` rounded to F16 first where ``f16`` (the values of ``w``
+        are F16's then): Gemma 3n's ``mm.input_projection``."""
+        return ((S._f16(x) if f16 else x) @ w.T).astype(F32)
+
+    # ops for siglip/whisper (p96)
+
+    @staticmethod
+    def f16(x: np.ndarray) -> np.ndarray:
+        """``x`` rounded to float16 and back (models/siglip.py ``_f16``)."""
+        return S._f16(x)
+
+    @staticmethod
+    def pooled_rms_norm(x: np.ndarray, nx: int, ny: int, k: int, w: np.ndarray, eps: float) -> np.ndarray:
+        """The rows of a grid averaged k x k (:meth:`avg_pool`'s blocks), then RMSNorm times ``w``: the pooled rows
+        float64 into the norm, float32 out (Gemma 3's projector, models/siglip.py)."""
+        E = x.shape[-1]
+        x = x.reshape(ny // k, k, nx // k, k, E).mean(axis=(1, 3), dtype=np.float64).reshape(-1, E)
+        return (x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)).astype(F32) * w
+
+    @staticmethod
+    def matmul_stored(x: np.ndarray, w: np.ndarray, f16: bool = False) -> np.ndarray:
+        """x @ w for a host matrix ``w`` [n_in, n_out] stored input-major (Gemma 3's ``mm.input_projection``), ``x``
+        rounded to F16 first where ``f16`` (the values of ``w`` are F16's then)."""
+        return np.ascontiguousarray((S._f16(x) if f16 else x) @ w, F32)
 
 
 def merge_permute(x: Any, nx: int, ny: int, k: int) -> Any:

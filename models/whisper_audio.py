@@ -32,10 +32,11 @@ dump prints (its FFT is a float32 radix-2 with a DFT
 at the odd 25-point leaves, numpy's a float64 one: ~1e-7 apart after the log).
 
 Beside a text model on ``--device gpu`` the encoder is built with the GPU's backend and everything past the
-spectrogram runs there (models/vit_device.py ``whisper_rows``: a chunk's mel up once, the convolutions as products of
-their F16 kernels over the unfolded frames, the blocks, pooling and projector, the clip's rows down once; on 2 vCPUs
-the host convolutions of a Whisper-large chunk take 1.5 s, under 1% of its 32 blocks' work but most of what a GPU
-would spend), the rows the CPU's within float32 noise (tests/test_gpu_audio.py).
+spectrogram runs there: the forward (:func:`_forward`) is written once against models/vit_ops.py's ops, the host's
+(the CPU's arithmetic above) or the device's (models/vit_device.py: a chunk's mel up once, the convolutions as
+products of their F16 kernels over the unfolded frames, the blocks, pooling and projector, the clip's rows down once;
+on 2 vCPUs the host convolutions of a Whisper-large chunk take 1.5 s, under 1% of its 32 blocks' work but most of what
+a GPU would spend), the rows the CPU's within float32 noise (tests/test_gpu_audio.py).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import math
 import os
 import wave
 from dataclasses import dataclass
+from typing import Any
 
 import numba
 import numpy as np
@@ -53,8 +55,9 @@ from ..loaders.errors import GGUFError, KvrunError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
-from .bert import layer_norm
 from .common import TENSOR_NAMES, WeightLoader
+from .siglip import vit_block
+from .vit_ops import ops_of
 
 F16 = 1  # ggml's type id of float16
 SAMPLE_RATE, N_FFT, HOP, CHUNK_FRAMES = 16000, 400, 160, 3000  # clip.cpp's Whisper preprocessing (30 s chunks)
@@ -251,16 +254,11 @@ def _f16(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float16).astype(np.float32)
 
 
-def _rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    x64 = x.astype(np.float64)
-    return (x64 / np.sqrt((x64 * x64).mean(axis=-1, keepdims=True) + eps)).astype(np.float32) * w
-
-
 class WhisperAudioEncoder:
     """Ultravox's audio encoder and projector from an mmproj file: :meth:`encode_chunk` a mel chunk into rows."""
 
     def __init__(self, g: GGUFFile, cfg: AudioConfig, backend: Backend) -> None:
-        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_device.py whisper_rows)
+        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_ops.py, models/vit_device.py)
             raise UnsupportedModelError(f"{g.path}: the audio encoder runs on the CPU or the GPU, not on {backend.name!r}")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
@@ -311,94 +309,75 @@ class WhisperAudioEncoder:
             g.close()
             raise
 
-    def _linear(self, w, x: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-        if w.qtype == F16:  # ggml multiplies an F16 weight by an F16 copy of the activations
-            x = _f16(x)
-        out = np.empty((x.shape[0], w.n_rows), np.float32)
-        self.be.linear(w, np.ascontiguousarray(x, np.float32), out)
-        return out + b if b is not None else out
-
-    @staticmethod
-    def _conv(x: np.ndarray, kernel: tuple[np.ndarray, np.ndarray], stride: int) -> np.ndarray:
-        """ggml_conv_1d_ph: x [c_in, T] (zero-padded by 1 each side) -> [T_out, c_out], on F16 columns."""
-        w, b = kernel
-        c_in, T = x.shape
-        xp = np.zeros((c_in, T + 2), np.float32)
-        xp[:, 1:-1] = _f16(x)
-        t_out = (T + 2 - 3) // stride + 1
-        cols = np.stack([xp[:, k : k + stride * (t_out - 1) + 1 : stride] for k in range(3)], axis=-1)  # [c_in, t_out, 3]
-        cols = cols.transpose(1, 0, 2).reshape(t_out, c_in * 3)
-        return (cols @ w.T).astype(np.float32) + b
-
-    def encoder_rows(self, mel: np.ndarray) -> np.ndarray:
-        """One mel chunk [n_mel, 3000] -> the encoder's rows after its post LayerNorm, [1500, n_embd]."""
-        c = self.cfg
-        if mel.shape != (c.n_mel, CHUNK_FRAMES):
-            raise KvrunError(f"the audio encoder takes a mel chunk [{c.n_mel}, {CHUNK_FRAMES}], got {list(mel.shape)}")
-        if self.be.name == "gpu":  # (the convolutions, blocks and pooling on the device: models/vit_device.py)
-            from .vit_device import whisper_rows
-
-            return self.be.to_host(whisper_rows(self, mel))
-        x = gelu_erf(self._conv(mel, self.conv[0], 1))
-        x = gelu_erf(self._conv(np.ascontiguousarray(x.T), self.conv[1], 2)) + self.pos_embd
-        T, H = x.shape[0], c.n_head
-        D = c.n_embd // H
-        scale = np.float32(1.0 / math.sqrt(D))
-        for L in self.layers:
-            h = layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
-            q = self._linear(L["q"], h, L["q_b"]).reshape(T, H, D)
-            k = self._linear(L["k"], h, L["k_b"]).reshape(T, H, D)
-            v = self._linear(L["v"], h, L["v_b"]).reshape(T, H, D)
-            a = np.empty((T, H, D), np.float32)
-            for hd in range(H):  # no mask, no rope: every frame sees the whole chunk
-                s = (q[:, hd] @ k[:, hd].T) * scale
-                s = np.exp(s - s.max(axis=-1, keepdims=True))
-                s /= s.sum(axis=-1, keepdims=True)
-                a[:, hd] = s @ v[:, hd]
-            x = x + self._linear(L["o"], a.reshape(T, H * D), L["o_b"])
-            h = layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
-            x = x + self._linear(L["down"], gelu_erf(self._linear(L["up"], h, L["up_b"])), L["down_b"])
-        if c.projector_type in POOLED:  # (build_vit's ggml_pool_1d AVG k2 s2, before the post LayerNorm)
-            x = (x[0::2] + x[1::2]) / np.float32(2.0)
-        if self.post_ln is not None:
-            x = layer_norm(x, self.post_ln, self.post_ln_b, c.eps)
-        return x
-
-    def project(self, x: np.ndarray) -> np.ndarray:
-        """Ultravox's projector on the encoder's rows [T, n_embd] -> [ceil(T / stack), n_text_embd]."""
-        s, E = self.cfg.stack_factor, self.cfg.n_embd
-        if self.cfg.projector_type == "qwen2a":  # (whisper-enc.cpp: mm_fc_w x + mm_fc_b, no stacking)
-            return self._linear(self.fc, x, self.fc_b)
-        n = -(-x.shape[0] // s)
-        stacked = np.zeros((n * s, E), np.float32)  # (StackAudioFrames: zeros pad the last row's frames)
-        stacked[: x.shape[0]] = x
-        if self.cfg.projector_type == "voxtral":  # (build_ffn: mm.a.mlp.1, GELU(erf), mm.a.mlp.2)
-            h = gelu_erf(self._linear(self.mlp1, stacked.reshape(n, s * E), self.mlp1_b))
-            return self._linear(self.mlp2, h, self.mlp2_b)
-        h = self._linear(self.mlp1, _rms_norm(stacked.reshape(n, s * E), self.norm_pre, 1e-6), None)
-        half = h.shape[1] // 2
-        g = h[:, half:]
-        h = (g / (np.float32(1.0) + np.exp(-g))) * h[:, :half]  # (ggml_swiglu_swapped: silu of the second half)
-        return self._linear(self.mlp2, _rms_norm(h, self.norm_mid, 1e-6), None)
-
     def encode_chunk(self, mel: np.ndarray) -> np.ndarray:
         """One mel chunk [n_mel, 3000] -> its embedding rows [rows_per_chunk, n_text_embd]."""
-        if self.be.name == "gpu":
-            return self.encode_mels(mel[None])
-        return np.ascontiguousarray(self.project(self.encoder_rows(mel)), np.float32)
+        return self.encode_mels(mel[None])
 
     def encode(self, samples: np.ndarray) -> np.ndarray:
         """16 kHz mono samples -> the clip's rows, every 30 s chunk's in order, float32 [n, n_text_embd]."""
         return self.encode_mels(log_mel(samples, self.cfg.n_mel))
 
     def encode_mels(self, mels: np.ndarray) -> np.ndarray:
-        """Mel chunks [n_chunks, n_mel, 3000] -> their rows in order; on the GPU the activations stay on the device,
-        each chunk going up once and the clip's rows coming down once (models/vit_device.py whisper_encode)."""
-        if self.be.name != "gpu":
-            return np.concatenate([self.encode_chunk(m) for m in mels])
-        from .vit_device import whisper_encode
-
+        """Mel chunks [n_chunks, n_mel, 3000] -> their rows in order (:func:`_forward` on the encoder's device)."""
         for m in mels:
             if m.shape != (self.cfg.n_mel, CHUNK_FRAMES):
                 raise KvrunError(f"the audio encoder takes a mel chunk [{self.cfg.n_mel}, {CHUNK_FRAMES}], got {list(m.shape)}")
-        return whisper_encode(self, mels)
+        return _forward(ops_of(self), self, mels)
+
+
+def unfold3(xp: Any, x: Any, stride: int) -> Any:
+    """ggml_conv_1d_ph's im2col on either device's rows: ``x`` [T, C] (time-major) zero-padded by one row each side
+    -> [T_out, C * 3], each row a window's (channel, tap) columns in the order of the kernel [c_out, C, 3]."""
+    T, C = x.shape
+    t_out = (T + 2 - 3) // stride + 1
+    p = xp.zeros((T + 2, C), np.float32)
+    p[1:-1] = x
+    cols = xp.stack([p[k : k + stride * (t_out - 1) + 1 : stride] for k in range(3)], axis=-1)  # [t_out, C, 3]
+    return xp.ascontiguousarray(cols.reshape(t_out, C * 3))
+
+
+def _forward(ops: Any, enc: WhisperAudioEncoder, mels: np.ndarray) -> np.ndarray:
+    """:meth:`WhisperAudioEncoder.encode_mels` past its checks on either device's ``ops`` (models/vit_ops.py; on the
+    GPU each chunk's mel goes up once and the clip's rows come down once)."""
+    xp = ops.xp
+    rows = [_project(ops, enc, _rows(ops, enc, m)) for m in mels]
+    return ops.to_host(xp.ascontiguousarray(rows[0] if len(rows) == 1 else xp.concatenate(rows), np.float32))
+
+
+def _rows(ops: Any, enc: WhisperAudioEncoder, mel: np.ndarray) -> Any:
+    """One mel chunk [n_mel, 3000] -> the encoder's rows after its post LayerNorm, [1500 (750 pooled), n_embd]: both
+    convolutions as products of their F16 kernels over the unfolded frames, rounded to F16 as ggml's im2col
+    (``ops.product_f16``), GELU(erf), the positions, models/siglip.py's pre-norm blocks with Whisper's exact GELU (no
+    mask, no rope: every frame sees the whole chunk), clip.cpp's average pooling (qwen2a, voxtral), the post LayerNorm."""
+    c, xp = enc.cfg, ops.xp
+    x = ops.vector(mel.T)
+    for (w, b), stride in zip(enc.conv, (1, 2)):
+        x = ops.act(ops.product_f16(unfold3(xp, x, stride), w, b), "gelu_erf")
+    x = x + ops.const(enc.pos_embd)
+    for L in enc.layers:
+        x = vit_block(ops, enc, L, x, "gelu_erf")
+    if c.projector_type in POOLED:  # (build_vit's ggml_pool_1d AVG k2 s2, before the post LayerNorm)
+        x = xp.ascontiguousarray((x[0::2] + x[1::2]) / np.float32(2.0))
+    if enc.post_ln is not None:
+        x = ops.layer_norm(x, enc.post_ln, enc.post_ln_b, c.eps)
+    return x
+
+
+def _project(ops: Any, enc: WhisperAudioEncoder, x: Any) -> Any:
+    """The projector on the encoder's rows [T, n_embd]: Qwen2-Audio's ``mm.a.fc``; the rows stacked ``stack_factor``
+    at a time (StackAudioFrames: zeros pad the last), then Voxtral's GELU(erf) MLP or Ultravox's RMSNorm, SwiGLU (the
+    gate in the second half: ggml_swiglu_swapped), RMSNorm, ``mm.a.mlp.2`` -> [ceil(T / stack), n_text_embd]."""
+    c, xp = enc.cfg, ops.xp
+    if c.projector_type == "qwen2a":  # (whisper-enc.cpp: mm_fc_w x + mm_fc_b, no stacking)
+        return ops.linear(enc.fc, x, enc.fc_b)
+    s, E, T = c.stack_factor, c.n_embd, x.shape[0]
+    n = -(-T // s)
+    if n * s != T:
+        x = xp.concatenate([x, xp.zeros((n * s - T, E), np.float32)])
+    x = xp.ascontiguousarray(x.reshape(n, s * E))
+    if c.projector_type == "voxtral":  # (build_ffn: mm.a.mlp.1, GELU(erf), mm.a.mlp.2)
+        return ops.linear(enc.mlp2, ops.act(ops.linear(enc.mlp1, x, enc.mlp1_b), "gelu_erf"), enc.mlp2_b)
+    h = ops.linear(enc.mlp1, ops.rms_norm(x, enc.norm_pre, 1e-6))
+    half = h.shape[1] // 2
+    h = ops.act(h[:, half:], "silu") * h[:, :half]
+    return ops.linear(enc.mlp2, ops.rms_norm(h, enc.norm_mid, 1e-6))

@@ -24,6 +24,7 @@ ggml's CPU numerics are followed where they show, as models/siglip.py does.  run
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -31,11 +32,11 @@ from ..loaders.errors import KvrunError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..ops.backend import Backend
-from .bert import gelu, layer_norm
 from .common import TENSOR_NAMES, WeightLoader
 from .lfm2vl_image import normalise, resize_bilinear
 from .qwen2vl_image import QUERY_CHUNK, block_order, vision_rope, windows  # (Qwen2.5-VL's windows, of the file's size)
-from .siglip import MmprojEncoder, activation, vit_layer
+from .siglip import MmprojEncoder, vit_layer
+from .vit_ops import ops_of
 
 F32 = np.float32
 MERGE = 2  # patches a side merged into one row (clip.cpp's graph merges 2x2 whatever spatial_merge_size says)
@@ -95,7 +96,7 @@ class YoutuVLEncoder(MmprojEncoder):
     """Youtu-VL's SigLIP2 and merger from an mmproj file: :meth:`encode` a picture's pixels into rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name != "cpu":  # (beside a GPU text model it is built on the CPU: runtime/projectors.py CPU_BESIDE_GPU)
+        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_ops.py, models/vit_device.py)
             raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
@@ -126,45 +127,37 @@ class YoutuVLEncoder(MmprojEncoder):
         if pixels.ndim != 3 or pixels.shape[0] != 3 or pixels.shape[1] % (MERGE * p) or pixels.shape[2] % (MERGE * p):
             raise KvrunError(f"the Youtu-VL encoder takes pixels [3, H, W] with sides multiples of {MERGE * p}, "
                              f"got {list(pixels.shape)}")  # fmt: skip
-        npy, npx = pixels.shape[1] // p, pixels.shape[2] // p
-        ys, xs = block_order(npx, npy)
-        patches = pixels.reshape(3, npy, p, npx, p).transpose(1, 3, 2, 4, 0)[ys, xs]  # [T, row, column, channel]
-        x = self._linear(self.patch, np.ascontiguousarray(patches.reshape(len(ys), p * p * 3), F32), self.patch_b)
-        if self.pre_ln is not None:
-            x = layer_norm(x, self.pre_ln, self.pre_ln_b, c.eps)
-        T, H = x.shape[0], c.n_head
-        D = c.n_embd // H
-        cos, sin = vision_rope(ys, xs, D)
-        win = windows(npx, npy, p, self.window)
-        groups = [np.nonzero(win == w)[0] for w in np.unique(win)]
-        scale = F32(1.0 / math.sqrt(D))
+        return _forward(ops_of(self, QUERY_CHUNK), self, pixels)
 
-        def rope(t: np.ndarray) -> np.ndarray:  # [T, H, D], neox pairs (i, i + D/2)
-            a, b = t[..., : D // 2], t[..., D // 2 :]
-            cc, ss = cos[:, None, :], sin[:, None, :]
-            return np.concatenate([a * cc - b * ss, a * ss + b * cc], axis=-1)
 
-        for il, L in enumerate(self.layers):
-            h = layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
-            q = rope(self._linear(L["q"], h, L["q_b"]).reshape(T, H, D))
-            k = rope(self._linear(L["k"], h, L["k_b"]).reshape(T, H, D))
-            v = self._linear(L["v"], h, L["v_b"]).reshape(T, H, D)
-            a = np.empty((T, H, D), F32)
-            whole = not self.whole or il in self.whole  # (no windows at all in a file that names no whole layers)
-            for g in [np.arange(T)] if whole else groups:  # (a window's patches attend to its patches alone)
-                for q0 in range(0, len(g), QUERY_CHUNK):
-                    rq = g[q0 : q0 + QUERY_CHUNK]
-                    for hd in range(H):
-                        sc = (q[rq, hd] @ k[g, hd].T) * scale
-                        sc = np.exp(sc - sc.max(axis=-1, keepdims=True))
-                        sc /= sc.sum(axis=-1, keepdims=True)
-                        a[rq, hd] = sc @ v[g, hd]
-            x = x + self._linear(L["o"], a.reshape(T, H * D), L["o_b"])
-            h = layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
-            x = x + self._linear(L["down"], activation(self._linear(L["up"], h, L["up_b"]), c.ffn_op), L["down_b"])
-        if self.post_ln is not None:
-            x = layer_norm(x, self.post_ln, self.post_ln_b, c.eps)
-        x64 = x.astype(np.float64)
-        x = (x64 / np.sqrt((x64 * x64).mean(axis=-1, keepdims=True) + MERGER_EPS)).astype(F32) * self.input_norm
-        x = x.reshape(T // 4, 4 * c.n_embd)  # (each block's 4 patches side by side)
-        return np.ascontiguousarray(self._linear(self.mm2, gelu(self._linear(self.mm0, x, self.mm0_b)), self.mm2_b), F32)
+def _forward(ops: Any, enc: YoutuVLEncoder, pixels: np.ndarray) -> np.ndarray:
+    """:meth:`YoutuVLEncoder.encode` past its checks on either device's ``ops`` (models/vit_ops.py; on the GPU the
+    patch rows go up once, the rows come down once)."""
+    c, xp = enc.cfg, ops.xp
+    p = c.patch_size
+    npy, npx = pixels.shape[1] // p, pixels.shape[2] // p
+    ys, xs = block_order(npx, npy)
+    patches = pixels.reshape(3, npy, p, npx, p).transpose(1, 3, 2, 4, 0)[ys, xs]  # [T, row, column, channel]
+    x = ops.linear(enc.patch, ops.vector(np.ascontiguousarray(patches.reshape(len(ys), p * p * 3), F32)), enc.patch_b)
+    if enc.pre_ln is not None:
+        x = ops.layer_norm(x, enc.pre_ln, enc.pre_ln_b, c.eps)
+    T, H = x.shape[0], c.n_head
+    D = c.n_embd // H
+    cos, sin = (ops.vector(t) for t in vision_rope(ys, xs, D))
+    groups = ops.window_groups(windows(npx, npy, p, enc.window), T)
+    everything = ops.window_groups(None, T)
+    scale = F32(1.0 / math.sqrt(D))
+    for il, L in enumerate(enc.layers):
+        h = ops.layer_norm(x, L["ln1"], L["ln1_b"], c.eps)
+        q, k, v = (ops.linear(L[r], h, L[r + "_b"]).reshape(T, H, D) for r in ("q", "k", "v"))
+        q, k = ops.rope_neox(q, k, cos, sin)
+        whole = not enc.whole or il in enc.whole  # (no windows at all in a file that names no whole layers)
+        a = ops.attend_windows(q, k, v, everything if whole else groups, scale)  # (a window's patches attend to its own)
+        x = x + ops.linear(L["o"], a, L["o_b"])
+        h = ops.layer_norm(x, L["ln2"], L["ln2_b"], c.eps)
+        x = x + ops.linear(L["down"], ops.act(ops.linear(L["up"], h, L["up_b"]), c.ffn_op), L["down_b"])
+    if enc.post_ln is not None:
+        x = ops.layer_norm(x, enc.post_ln, enc.post_ln_b, c.eps)
+    x = ops.rms_norm(x, enc.input_norm, MERGER_EPS).reshape(T // 4, 4 * c.n_embd)  # (each block's 4 patches side by side)
+    y = ops.linear(enc.mm2, ops.act(ops.linear(enc.mm0, x, enc.mm0_b), "gelu"), enc.mm2_b)
+    return ops.to_host(xp.ascontiguousarray(y, F32))

@@ -61,24 +61,6 @@ PROJECTORS: dict[str, ProjectorKind] = {
 }  # fmt: skip
 
 
-#: the projectors whose encoder runs on the CPU beside a text model on --device gpu, a picture's rows uploaded as they go
-#: in (tests/test_gpu_vision2.py): M-RoPE rows (the text after them turns by positions a captured decode step reads as
-#: data: models/mrope_text.py) and rows that go in causally as a block; Gemma 3's, SmolVLM's, Janus-Pro's, LFM2-VL's and
-#: Hunyuan-VL's encoders run on the GPU (models/siglip.py ON_GPU, models/vit_device.py), Qwen2-VL's, Qwen2.5-VL's, Qwen3-VL's,
-#: GLM-4V's, Pixtral's, LightOnOCR's, InternVL's, LLaVA's ("mlp"), MiniCPM-V's ("resampler") and Gemma 4's too
-#: (tests/test_gpu_vision_encoders2.py).  An encoder built with the
-#: GPU's backend all the same refuses it in one line.
-CPU_BESIDE_GPU = frozenset({
-    # (Qwen2-VL's, Qwen2.5-VL's, Qwen3-VL's, GLM-4V's, PaddleOCR-VL's encoders on the GPU: models/vit_device.py)
-    "ldp", "ldpv2",  # (Pixtral's, LightOnOCR's, InternVL's, LLaVA's, MiniCPM-V's, Llama 4's, Kimi-VL's, MiniCPM-V 4.6's: on the GPU)
-    # (tests/test_gpu_pictures3.py) CogVLM's rows through the visual expert's uploaded weights, Gemma 3n's causal rows,
-    # Gemma 4's both-ways block (Hunyuan-VL's XD-RoPE rows: its encoder on the GPU)
-    "cogvlm", "gemma3nv",  # (Gemma 4's encoder on the GPU: models/vit_device.py)
-    "deepseekocr",  # (DeepSeek-OCR's causal block of rows into deepseek2-ocr's experts: tests/test_vision_deepseekocr.py)
-    # (tests/test_gpu_pictures4.py) Step3-VL's block of markers' and crops' rows into Qwen3, Youtu-VL's rows into
-    # deepseek2's latent attention: both causal at plain positions
-    "step3vl", "youtuvl",
-})  # fmt: skip
 
 
 def _resolve(package: str, name: str) -> Any:
@@ -89,11 +71,7 @@ def _resolve(package: str, name: str) -> Any:
 def load_encoder(mmproj: str | os.PathLike | GGUFFile, backend: Any) -> Any:
     """The encoder of a picture projector file, or of the file already open (a one-line error for a file that is not
     one kvrun reads)."""
-    g, cfg = open_mmproj(mmproj)
-    if getattr(backend, "name", "cpu") != "cpu" and cfg.projector_type in CPU_BESIDE_GPU:
-        from ..ops import get_backend
-
-        backend = get_backend("cpu")  # (a one-off prefill-sized job; the text model reads the rows on the GPU)
+    g, cfg = open_mmproj(mmproj)  # (every encoder runs on the text model's device: models/siglip.py ON_GPU)
     return _resolve("models", PROJECTORS[cfg.projector_type].encoder)(g, cfg, backend)
 
 

@@ -1,8 +1,8 @@
 """Pictures on `--device gpu`, round 2: M-RoPE pictures (Qwen2-VL, Qwen3-VL, GLM-4V, PaddleOCR-VL) and the projectors
 whose rows go in causally as a block (Pixtral, InternVL, LLaVA), on the kernel emulator against the CPU and libmtmd.
 
-Each encoder runs on the CPU beside the GPU's text model (runtime/projectors.py ``CPU_BESIDE_GPU``), so a picture's rows
-are the CPU's bit for bit; the text model reads them on the GPU.  Weights are float32, so the two backends' arithmetic
+Each encoder runs on the GPU too (models/siglip.py ON_GPU), its rows within 2e-3 of the CPU encoder's
+(tests/test_gpu_vision_encoders*.py); the text model reads them on the GPU.  Weights are float32, so the two backends' arithmetic
 is compared: logits within 2e-3 of their largest, the bound of tests/test_gpu_archs2.py, and within each projector's
 own test's tolerance of libmtmd's (tests/test_vision_*.py, the same committed fixtures).
 
@@ -55,16 +55,10 @@ def _check(cpu, gpu, fx, pics: dict, prompt: str, key: str, tol: float, steps=ST
 
 
 def _same_rows(cpu, gpu, pic: np.ndarray) -> None:
-    """The encoder beside the GPU's text model is the CPU's: the same rows, bit for bit (an encoder ported to the GPU,
-    models/siglip.py ON_GPU: the CPU's rows within 2e-3, tests/test_gpu_vision_encoders2.py)."""
-    from kvrun.models.siglip import ON_GPU
-
-    if gpu.encoder.cfg.projector_type in ON_GPU:
-        assert type(gpu.encoder.be).__name__ == "GPUBackend"
-        assert rel_err(cpu.image_rows(pic), gpu.image_rows(pic)) < BOUND
-        return
-    assert type(gpu.encoder.be).__name__ == "CPUBackend"
-    assert np.array_equal(cpu.image_rows(pic), gpu.image_rows(pic))
+    """The encoder runs on the GPU beside the GPU's text model: the CPU's rows within 2e-3 (models/siglip.py ON_GPU,
+    tests/test_gpu_vision_encoders*.py)."""
+    assert type(gpu.encoder.be).__name__ == "GPUBackend"
+    assert rel_err(cpu.image_rows(pic), gpu.image_rows(pic)) < BOUND
 
 
 # ---------------------------------------------------------------- M-RoPE pictures
@@ -183,7 +177,7 @@ def _block_files(name: str, d: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize("name", list(BLOCK))
 def test_block_pictures_on_the_gpu_give_the_cpus_rows_and_logits_and_libmtmds(tmp_path, emulated, name):
-    """The CPU's encoder beside the GPU's text model: the CPU's rows bit for bit, libmtmd's ids and logits after two
+    """The encoder on the GPU beside the GPU's text model: the CPU's rows (2e-3), libmtmd's ids and logits after two
     pictures, the CPU's within 2e-3, then decode steps from graphs."""
     import importlib
 
@@ -249,12 +243,10 @@ def test_m_rope_pictures_go_up_as_cupy_takes_them_and_decode_brings_down_only_lo
         K.set_runtime(prev)
 
 
-def test_every_other_projector_runs_its_encoder_on_the_cpu_beside_the_gpu():
-    """Gemma 3's and SmolVLM's encoders say so themselves (models/siglip.py); every other projector is in
-    runtime/projectors.py's list, the last four lifted in tests/test_gpu_pictures3.py, Step3-VL's and Youtu-VL's in
-    tests/test_gpu_pictures4.py."""
+def test_every_projector_runs_its_encoder_on_the_gpu():
+    """Every projector kvrun reads encodes on the text model's device (models/siglip.py ON_GPU; the rows against the
+    CPU encoder's: tests/test_gpu_vision_encoders*.py)."""
     from kvrun.models.siglip import ON_GPU
-    from kvrun.runtime.projectors import CPU_BESIDE_GPU, PROJECTORS
+    from kvrun.runtime.projectors import PROJECTORS
 
-    assert CPU_BESIDE_GPU <= set(PROJECTORS)
-    assert set(PROJECTORS) - CPU_BESIDE_GPU == set(ON_GPU)
+    assert set(PROJECTORS) == set(ON_GPU) and len(ON_GPU) == len(set(ON_GPU))

@@ -10,8 +10,7 @@ the rows are the CPU's within float32 noise: bounded by 2e-3 of their largest, t
 CPU (tests/test_gpu_archs2.py; measured: 2e-5 to 3e-4 with float32 weights, at most 7e-4 with F16, up to 1.8e-3
 without the rounding; the F32 cases' larger ones are the float16-table GELU's input landing on the other side of a
 rounding boundary).
-The projectors not ported keep their CPU encoder beside the GPU (runtime/projectors.py CPU_BESIDE_GPU:
-tests/test_gpu_vision2.py)."""
+Every projector's encoder runs on the GPU (tests/test_gpu_vision2.py holds models/siglip.py ON_GPU to them all)."""
 
 from __future__ import annotations
 

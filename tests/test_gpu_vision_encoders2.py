@@ -12,7 +12,7 @@ positions resized on the host and DeepStack mergers; GLM-4V's RMSNorms, SwiGLU a
 half of a head over adjacent pairs: the rope kernel with neox off over the whole head), SwiGLU, Mistral Small's patch
 merger and the [IMG_BREAK] rows, made on the device; InternViT's CLS row, layer scales and (the 6B ViT's) RMSNorm and
 QK norms; LLaVA's class token after the patches, its feature layers (Granite's, concatenated) and GELU-quick.
-MobileVLM's "ldp" and "ldpv2" (LLaVA's encoder, convolutional projectors) keep the CPU beside the GPU; MiniCPM-V's
+(MobileVLM's "ldp" and "ldpv2", LLaVA's encoder with convolutional projectors: tests/test_gpu_vision_encoders4.py.) MiniCPM-V's
 bucketed positions and perceiver resampler (its queries attending to the patches: the same kernel, Tq != Tk); Gemma
 4's per-head norms, halves of a head roped by column and row (device arithmetic on host-built tables), unscaled
 attention and clamped products.  The activations stay device arrays, the rows come down once, and
@@ -168,21 +168,6 @@ def test_lightonocr_pictures_encoded_on_the_gpu_give_libmtmds_and_the_cpus_logit
     for tok in STEPS:
         assert rel_err(cpu.engine.eval(ca, [tok])[-1], gpu.engine.eval(cb, [tok])[-1]) < BOUND
     assert gpu.engine.graphs.n_replays >= len(STEPS) - 1
-
-
-def test_mobilevlms_projectors_keep_the_cpu_beside_the_gpu(tmp_path, emulated):
-    """LLaVA's encoder with MobileVLM's convolutional projectors ("ldp", "ldpv2") is built on the CPU beside a GPU text
-    model (runtime/projectors.py CPU_BESIDE_GPU), and refuses the GPU's backend in one line when handed it."""
-    from tiny_vision_llava import write_tiny_ldp_mmproj
-
-    from kvrun.loaders.errors import UnsupportedModelError
-    from kvrun.loaders.mmproj import open_mmproj
-    from kvrun.models.llava_image import LlavaEncoder
-
-    path = write_tiny_ldp_mmproj(tmp_path / "ldp.gguf", 1)
-    assert type(_encoders(path)[1].be).__name__ == "CPUBackend"
-    with pytest.raises(UnsupportedModelError, match="runs on the CPU"):
-        LlavaEncoder(*open_mmproj(path), get_backend("gpu"))
 
 
 def test_minicpmv_pictures_encoded_on_the_gpu_give_libmtmds_and_the_cpus_logits(tmp_path_factory, emulated):

@@ -148,9 +148,9 @@ def test_cli_run_takes_a_deepseekocr_picture(pair, tmp_path):
 
 
 def test_on_the_gpu_the_cpus_rows_go_up_with_the_cpus_logits_then_decode_from_graphs(pair, emulated):
-    """`--device gpu` (a real GPU, else the kernel emulator): the encoder runs on the CPU beside the GPU's deepseek2-ocr
-    (runtime/projectors.py CPU_BESIDE_GPU), its rows the CPU's bit for bit, the logits after the picture within 2e-3 of
-    the CPU's (relative to their largest: tests/test_gpu_pictures3.py's bound), then decode steps from captured graphs."""
+    """`--device gpu` (a real GPU, else the kernel emulator): the encoder runs on the GPU beside the GPU's deepseek2-ocr
+    (models/siglip.py ON_GPU), its rows the CPU's within 2e-3 (tests/test_gpu_vision_encoders4.py), the logits after the
+    picture within 2e-3 of the CPU's (relative to their largest: tests/test_gpu_pictures3.py's bound), then decode steps from captured graphs."""
     from gpu_checks import rel_err
 
     from kvrun.ops import gpu_available
@@ -162,7 +162,9 @@ def test_on_the_gpu_the_cpus_rows_go_up_with_the_cpus_logits_then_decode_from_gr
         pytest.skip("no GPU and no host C++ compiler for the emulator")
     cpu, gpu = (Vision(Engine(pair["text"], device=d, n_ctx=512, n_batch=64, threads=1), pair["f32"]) for d in ("cpu", "gpu"))
     pic = PICTURES["small"]
-    assert np.array_equal(cpu.image_rows(pic), gpu.image_rows(pic))
+    rows = gpu.image_rows(pic)
+    assert type(gpu.encoder.be).__name__ == "GPUBackend" and rel_err(cpu.image_rows(pic), rows) < 2e-3
+    gpu.image_rows = lambda image: rows  # (the view encoded once: the emulator's LayerNorm is slow on SAM's 4096 rows)
     caches, logits = [], []
     for v in (cpu, gpu):
         c = v.engine.new_cache()

@@ -310,6 +310,14 @@ TINY_MMPROJS: dict[str, Callable[[Path, int], Path]] = {
     "paddleocr": _writer("tiny_vision_paddleocr", "write_tiny_paddleocr_mmproj"),
     "minicpmv46": _writer("tiny_vision_minicpmv46", "write_tiny_minicpmv46_mmproj"),  # (its ViT merger: scale 4)
     "minicpmv46-x2": _writer("tiny_vision_minicpmv46", "write_tiny_minicpmv46_mmproj", scale=2),
+    "step3vl": _writer("tiny_vision_step3vl", "write_tiny_step3vl_mmproj"),  # (p95: tests/test_gpu_vision_encoders4.py)
+    "youtuvl": _writer("tiny_vision_youtuvl", "write_tiny_youtuvl_mmproj"),
+    "cogvlm": _writer("tiny_vision_cogvlm", "write_tiny_cogvlm_mmproj"),
+    "deepseekocr": _writer("tiny_vision_deepseekocr", "write_tiny_deepseekocr_mmproj"),
+    # (MobileVLM's: its writer takes the version before the qtype)
+    "ldp": lambda path, qtype: __import__("tiny_vision_llava").write_tiny_ldp_mmproj(path, 1, qtype),
+    "ldpv2": lambda path, qtype: __import__("tiny_vision_llava").write_tiny_ldp_mmproj(path, 2, qtype),
+    "gemma3nv": _writer("tiny_vision_gemma3n", "write_tiny_gemma3nv_mmproj"),
 }  # fmt: skip
 
 

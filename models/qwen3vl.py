@@ -74,6 +74,9 @@ class _Qwen3VLText(LlamaModel):
         self._row_rope: tuple | None = None  # (pos, cos, sin) of the forward running, where its rows turn by their own
         self._text_pos = None  # its text rows' rope positions where pictures shifted them (mrope_text.text_rope_positions)
         self._deepstack: np.ndarray | None = None  # the forward's image rows' DeepStack levels [T, n_deepstack * n_embd]
+        #: rows fed while set turn every rope pair by the row's plain position (an audio clip's, as libmtmd's
+        #: set_position_mrope_1d gives them: models/qwen3a_audio.py ``audio_rope``), unless the cache holds pictures
+        self.plain_rows = False
         self._layer_index = {id(L): i for i, L in enumerate(self.layers)}
 
     @property
@@ -97,6 +100,10 @@ class _Qwen3VLText(LlamaModel):
             if P is not None:
                 cos, sin = imrope_rows(P, self.sections, self.neox_cos, self.neox_sin, self.rope_cos, self.rope_sin)
                 self._row_rope = (np.arange(len(P), dtype=np.int32), self.be.vector(cos), self.be.vector(sin))
+            elif rows is not None and self.plain_rows:  # (the plain neox table's row p: all four positions p)
+                p = np.asarray(pos, np.int64).reshape(-1)
+                self._row_rope = (np.arange(p.size, dtype=np.int32), self.be.vector(np.ascontiguousarray(self.neox_cos[p])),
+                                  self.be.vector(np.ascontiguousarray(self.neox_sin[p])))  # fmt: skip
         try:
             super().forward(tokens, pos, cache, out_rows, logits)
         finally:

@@ -23,6 +23,14 @@ Qwen2-Audio ("qwen2a") and Voxtral ("voxtral") take the same spectrogram and enc
 GELU(erf), ``mm.a.mlp.2`` (no norms; 750 / stack rows: the pooling is why Voxtral's count is half what the stack
 factor alone says).  Their marker tokens are runtime/audio.py's.
 
+GLM-ASR ("glma") runs the encoder unpooled, then its adapter: a LayerNorm with bias (``mm.a.norm_pre``, the encoder's
+eps) on the 1500 rows, the rows stacked ``stack_factor`` (its merge factor, 4) at a time, ``mm.a.mlp.1``, GELU(erf),
+``mm.a.mlp.2`` (biases), and the learned rows ``v.boi`` / ``v.eoi`` put before and after each chunk's (clip.cpp's
+ggml_concat: 375 + 2 rows a chunk, no marker tokens).  Music Flamingo ("musicflamingo", Audio Flamingo 3's family)
+pools as qwen2a and runs Voxtral's GELU(erf) MLP unstacked with its biases (750 rows a chunk, after ``<sound>``); its
+converter keeps the conv kernels F32; they are rounded to F16 here as the others (on the tiny file libmtmd's rows
+are met within 2e-6 with or without that rounding, so the fixture does not tell).
+
 The chunks' rows follow each other in one block.  What ggml's CPU does to the numbers is reproduced where it shows:
 the convolutions run as ggml_conv_1d does, on an F16 im2col of their input and an F16 kernel; a product with an
 F16 weight rounds its input to F16.  Attention is float32 softmax(QK^T)V, llama.cpp's path without flash attention.
@@ -64,8 +72,12 @@ SAMPLE_RATE, N_FFT, HOP, CHUNK_FRAMES = 16000, 400, 160, 3000  # clip.cpp's Whis
 #: audio projector types kvrun runs (qwen2a and voxtral: models/whisper_audio.py's encoder with clip.cpp's average
 #: pooling before the post LayerNorm, then their own projectors; see :meth:`WhisperAudioEncoder.project`)
 AUDIO_PROJECTORS = ("ultravox", "qwen2a", "voxtral", "qwen2.5o")
+AUDIO_PROJECTORS += ("glma", "musicflamingo")  # (GLM-ASR's adapter and Music Flamingo's MLP: :func:`_project`)
 POOLED = ("qwen2a", "voxtral")  # clip_model::audio_has_avgpool: AvgPool1d(2, 2) on the encoder's rows
+POOLED += ("musicflamingo",)
 STACKED = ("ultravox", "voxtral")  # clip_model::audio_has_stack_frames
+STACKED += ("glma",)  # (its stack factor required as theirs; GLM-ASR stacks after its LayerNorm: :func:`_project`)
+GELU_MLP = ("voxtral", "musicflamingo")  # mm.a.mlp.1, GELU(erf), mm.a.mlp.2 (Music Flamingo: with biases, no stack)
 
 TENSOR_NAMES.update({  # the audio encoder's names (clip.cpp's TN_*, prefix "a")
     "a_ln1": "a.blk.{i}.ln1.weight", "a_ln1_b": "a.blk.{i}.ln1.bias",
@@ -81,6 +93,7 @@ TENSOR_NAMES.update({  # the audio encoder's names (clip.cpp's TN_*, prefix "a")
     "mm_a_mlp1": "mm.a.mlp.1.weight", "mm_a_mlp2": "mm.a.mlp.2.weight",
     "mm_a_mlp1_b": "mm.a.mlp.1.bias", "mm_a_mlp2_b": "mm.a.mlp.2.bias",
     "mm_a_fc": "mm.a.fc.weight", "mm_a_fc_b": "mm.a.fc.bias",  # (Qwen2-Audio's projector)
+    "mm_a_norm_pre_b": "mm.a.norm_pre.bias",  # (GLM-ASR's adapter LayerNorm)
 })  # fmt: skip
 
 
@@ -104,7 +117,7 @@ class AudioConfig:
         Ultravox's real factor 8 that is 188, HF's StackAudioFrames' count; llama.cpp 0.3.36's token count says 187
         (3000 / 8 / 2) and clip_encode aborts on the mismatch, so only factors dividing 1500 are held to it."""
         rows = CHUNK_FRAMES // 2 // (2 if self.projector_type in POOLED else 1)  # (qwen2a, voxtral: pooled to 750)
-        return -(-rows // self.stack_factor)
+        return -(-rows // self.stack_factor) + (2 if self.projector_type == "glma" else 0)  # (GLM-ASR: + its boi, eoi rows)
 
 
 def is_audio_mmproj(g: GGUFFile) -> bool:
@@ -279,7 +292,10 @@ class WhisperAudioEncoder:
         if cfg.projector_type == "qwen2a":  # (one linear layer with a bias)
             self.fc, self.fc_b = ld.matrix("mm_a_fc"), ld.host_vector("mm_a_fc_b", required=False)
             return
-        if cfg.projector_type == "voxtral":  # (stacked rows through a GELU(erf) MLP, biases where the file has them)
+        if cfg.projector_type == "glma":  # (LayerNorm, stacked rows through a GELU(erf) MLP, the learned boi / eoi rows)
+            self._load_glma(g, ld)
+            return
+        if cfg.projector_type in GELU_MLP:  # (stacked rows through a GELU(erf) MLP, biases where the file has them)
             self.mlp1, self.mlp2 = ld.matrix("mm_a_mlp1"), ld.matrix("mm_a_mlp2")
             self.mlp1_b, self.mlp2_b = ld.host_vector("mm_a_mlp1_b", required=False), ld.host_vector("mm_a_mlp2_b", required=False)
             if self.mlp1.n_cols != E * cfg.stack_factor:
@@ -289,6 +305,25 @@ class WhisperAudioEncoder:
         self.mlp1, self.mlp2 = ld.matrix("mm_a_mlp1"), ld.matrix("mm_a_mlp2")
         if self.norm_pre.size != E * cfg.stack_factor or self.mlp1.n_rows != 2 * self.norm_mid.size:
             raise KvrunError(f"{g.path}: the projector's shapes do not fit a stack of {cfg.stack_factor} rows of {E}")
+
+    def _load_glma(self, g: GGUFFile, ld: WeightLoader) -> None:
+        """GLM-ASR's adapter (clip.cpp's PROJECTOR_TYPE_GLMA tensors): ``mm.a.norm_pre`` with its bias, ``mm.a.mlp.1``
+        and ``.2`` with theirs, and ``v.boi`` / ``v.eoi``, the rows put before and after each chunk's."""
+        c = self.cfg
+        self.norm_pre, self.norm_pre_b = ld.host_vector("mm_a_norm_pre"), ld.host_vector("mm_a_norm_pre_b")
+        self.mlp1, self.mlp2 = ld.matrix("mm_a_mlp1"), ld.matrix("mm_a_mlp2")
+        self.mlp1_b, self.mlp2_b = ld.host_vector("mm_a_mlp1_b"), ld.host_vector("mm_a_mlp2_b")
+        if self.mlp1.n_cols != c.n_embd * c.stack_factor:
+            raise KvrunError(f"{g.path}: the projector's shapes do not fit a stack of {c.stack_factor} rows of {c.n_embd}")
+        ends = []
+        for name in ("v.boi", "v.eoi"):
+            if name not in g.tensors:
+                raise GGUFError(f"{g.path}: tensor {name!r} is missing; the projector file is incomplete")
+            t = g.tensor(name)
+            if t.n_elements != c.n_text_embd:
+                raise KvrunError(f"{g.path}: {name} has shape {t.shape}; the projector's rows are {c.n_text_embd} wide")
+            ends.append(dequantize(t.data, t.qtype, t.shape).reshape(1, -1).astype(np.float32))
+        self.boi, self.eoi = ends
 
     @staticmethod
     def _kernel(g: GGUFFile, n: int, c_in: int) -> tuple[np.ndarray, np.ndarray]:
@@ -370,13 +405,18 @@ def _project(ops: Any, enc: WhisperAudioEncoder, x: Any) -> Any:
     c, xp = enc.cfg, ops.xp
     if c.projector_type == "qwen2a":  # (whisper-enc.cpp: mm_fc_w x + mm_fc_b, no stacking)
         return ops.linear(enc.fc, x, enc.fc_b)
+    if c.projector_type == "glma":  # (whisper-enc.cpp: ggml_norm with the encoder's eps first, the stack after it)
+        x = ops.layer_norm(x, enc.norm_pre, enc.norm_pre_b, c.eps)
     s, E, T = c.stack_factor, c.n_embd, x.shape[0]
     n = -(-T // s)
     if n * s != T:
         x = xp.concatenate([x, xp.zeros((n * s - T, E), np.float32)])
     x = xp.ascontiguousarray(x.reshape(n, s * E))
-    if c.projector_type == "voxtral":  # (build_ffn: mm.a.mlp.1, GELU(erf), mm.a.mlp.2)
+    if c.projector_type in GELU_MLP:  # (build_ffn: mm.a.mlp.1, GELU(erf), mm.a.mlp.2)
         return ops.linear(enc.mlp2, ops.act(ops.linear(enc.mlp1, x, enc.mlp1_b), "gelu_erf"), enc.mlp2_b)
+    if c.projector_type == "glma":  # (build_ffn GELU(erf), then ggml_concat of boi, the rows, eoi)
+        h = ops.linear(enc.mlp2, ops.act(ops.linear(enc.mlp1, x, enc.mlp1_b), "gelu_erf"), enc.mlp2_b)
+        return xp.concatenate([ops.const(enc.boi), h, ops.const(enc.eoi)])
     h = ops.linear(enc.mlp1, ops.rms_norm(x, enc.norm_pre, 1e-6))
     half = h.shape[1] // 2
     h = ops.act(h[:, half:], "silu") * h[:, :half]

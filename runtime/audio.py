@@ -26,6 +26,7 @@ import numpy as np
 from ..loaders.errors import KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..models.whisper_audio import CHUNK_FRAMES, HOP, SAMPLE_RATE, WhisperAudioEncoder, is_audio_mmproj, load_audio_config, load_wav
+from ..models.qwen3a_audio import Qwen3AudioEncoder, audio_rope, is_qwen3a, load_qwen3a_config  # (Qwen3-Omni's tower: its own chunking)
 from .engine import Engine
 from .vision import MARKER, Segments, Vision, prefill_media
 
@@ -34,6 +35,8 @@ AudioSource = Union[str, os.PathLike, bytes, np.ndarray]
 AUDIO_PART = "input_audio"  # OpenAI's content part type for a clip
 #: the text libmtmd puts before and after a clip's rows, by projector type (mtmd.cpp's aud_beg / aud_end)
 AUDIO_MARKERS = {"ultravox": ("", ""), "qwen2a": ("<|audio_bos|>", "<|audio_eos|>"), "voxtral": ("[BEGIN_AUDIO]", "")}
+AUDIO_MARKERS.update({"glma": ("", ""), "musicflamingo": ("<sound>", "")})  # (GLM-ASR: its boi / eoi are rows of the clip's)
+AUDIO_MARKERS["qwen3a"] = ("<|audio_start|>", "<|audio_end|>")  # (Qwen3-Omni: around the whole clip, all its windows)
 
 
 def is_audio_projector(g: GGUFFile) -> bool:
@@ -83,11 +86,11 @@ class Audio:
         self.engine = engine
         g = g if g is not None else GGUFFile(mmproj)  # (``g``: the file already open, as Vision routes it)
         try:
-            cfg = load_audio_config(g)
+            cfg = (load_qwen3a_config if is_qwen3a(g) else load_audio_config)(g)
             if cfg.n_text_embd != engine.cfg.n_embd:
                 raise KvrunError(f"{mmproj}: the projector makes rows {cfg.n_text_embd} wide and {engine.path} embeds "
                                  f"{engine.cfg.n_embd}: not this model's mmproj")  # fmt: skip
-            self.encoder = WhisperAudioEncoder(g, cfg, engine.backend)
+            self.encoder = (Qwen3AudioEncoder if is_qwen3a(g) else WhisperAudioEncoder)(g, cfg, engine.backend)
         except Exception:
             g.close()
             raise
@@ -107,6 +110,8 @@ class Audio:
         """Positions the decoded clip ``samples`` takes (its chunks' rows)."""
         if np.asarray(samples).ndim != 1:
             raise KvrunError("this projector takes audio, not images (its mmproj has no vision encoder)")
+        if isinstance(self.encoder, Qwen3AudioEncoder):  # (800-frame windows of 100-frame chunks, no 30 s padding)
+            return self.encoder.n_rows(np.asarray(samples).size)
         return self.n_chunks(np.asarray(samples).reshape(-1)) * self.n_tokens
 
     def image_rows(self, clip: AudioSource) -> np.ndarray:
@@ -140,6 +145,9 @@ class Audio:
 
     def feed_rows(self, cache: Any, rows: np.ndarray) -> None:
         """Feed a clip's rows after what ``cache`` holds."""
+        if isinstance(self.encoder, Qwen3AudioEncoder):  # (its M-RoPE thinker turns a clip's rows as libmtmd does)
+            with audio_rope(self.engine.model):
+                return self.engine.eval_embd(cache, rows)
         self.engine.eval_embd(cache, rows)
 
     generate_text = Vision.generate_text  # (prefill, then the reply streamed: the same for a clip as for a picture)

@@ -122,6 +122,8 @@ run)
         timeout 120 python3 tools/gpu_kernel_times.py "$model" --depth 512 -n "$n" --top "$top" "$@" >>"$OUT/kernel_times.log" 2>&1
     }
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >>"$S" 2>&1
+    # (the tiny writers' files, whose hashes the fixtures hold, depend on these: stop 42's sentencepiece differed)
+    python3 -c "import numpy, sentencepiece, gguf; print('numpy', numpy.__version__, 'sentencepiece', sentencepiece.__version__)" >>"$S" 2>&1
     # without CuPy (or a device it sees) every GPU test would skip and the run would look green
     if [ "$DEV" == gpu ] && ! python3 -c "import cupy, sys; n = cupy.cuda.runtime.getDeviceCount(); print('cupy', cupy.__version__, 'devices', n); sys.exit(n == 0)" >>"$S" 2>&1; then
         echo "ABORT: CuPy cannot be imported or sees no device; nothing below would test the GPU" >>"$S"

@@ -43,7 +43,7 @@ from .common import TENSOR_NAMES, WeightLoader
 from .deepseekocr_image import Kernel
 from .siglip import vit_block
 from .vit_ops import ops_of
-from .whisper_audio import HOP, N_FFT, SAMPLE_RATE, mel_filters
+from .whisper_audio import HOP, N_FFT, SAMPLE_RATE, audio_tower_keys, check_audio_mmproj, mel_filters
 
 PROJECTOR = "qwen3a"
 F16 = 1  # ggml's type id of float16
@@ -96,30 +96,16 @@ def is_qwen3a(g: GGUFFile) -> bool:
 
 def load_qwen3a_config(g: GGUFFile) -> Qwen3AudioConfig:
     """The config of an opened "qwen3a" mmproj file, or a one-line error."""
-    if g.get("general.architecture") != "clip":
-        raise GGUFError(f"{g.path}: general.architecture is {g.get('general.architecture')!r}, not 'clip': not a multimodal projector")
-    if not g.get("clip.has_audio_encoder", False):
-        raise UnsupportedModelError(f"{g.path}: the projector has no audio encoder; --audio takes an audio mmproj")
-
-    def need(key: str) -> int | float:
-        v = g.get(f"clip.audio.{key}")
-        if v is None:
-            raise GGUFError(f"{g.path}: clip.audio.{key} is missing; the projector file is incomplete")
-        return v
-
+    check_audio_mmproj(g)
     for name in ("a.conv2d.1.weight", "a.conv_out.weight", "mm.a.mlp.2.weight", "a.position_embd.weight"):
         if name not in g.tensors:
             raise GGUFError(f"{g.path}: tensor {name!r} is missing; the projector file is incomplete")
+    tower = audio_tower_keys(g)
     cfg = Qwen3AudioConfig(
         projector_type=PROJECTOR,
-        n_mel=int(need("num_mel_bins")),
-        n_embd=int(need("embedding_length")),
-        n_ff=int(need("feed_forward_length")),
-        n_layer=int(need("block_count")),
-        n_head=int(need("attention.head_count")),
-        eps=float(g.get("clip.audio.attention.layer_norm_epsilon", 1e-6)),
+        **tower,
         n_down=int(g.tensors["a.conv2d.1.weight"].n_elements // 9),  # ([C, 1, 3, 3])
-        n_text_embd=int(g.tensors["mm.a.mlp.2.weight"].n_elements // int(need("embedding_length"))),
+        n_text_embd=int(g.tensors["mm.a.mlp.2.weight"].n_elements // tower["n_embd"]),
     )
     if not 8 <= cfg.n_mel <= 256 or cfg.n_head <= 0 or cfg.n_embd % cfg.n_head:
         raise GGUFError(f"{g.path}: inconsistent audio hyperparameters (mel bins {cfg.n_mel}, width {cfg.n_embd}, heads {cfg.n_head})")

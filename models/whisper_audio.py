@@ -125,37 +125,51 @@ def is_audio_mmproj(g: GGUFFile) -> bool:
     return bool(g.get("clip.has_audio_encoder", False)) and not g.get("clip.has_vision_encoder", False)
 
 
-def load_audio_config(g: GGUFFile) -> AudioConfig:
-    """The config of an opened audio mmproj file, or a one-line error."""
+def check_audio_mmproj(g: GGUFFile, takes: str = "") -> None:
+    """A one-line error unless the opened file is a projector ("clip") with an audio encoder (``takes``: what the
+    error says ``--audio`` takes, after "an audio mmproj")."""
     if g.get("general.architecture") != "clip":
         raise GGUFError(f"{g.path}: general.architecture is {g.get('general.architecture')!r}, not 'clip': not a multimodal projector")
-    ptype = g.get("clip.audio.projector_type") or g.get("clip.projector_type")
     if not g.get("clip.has_audio_encoder", False):
-        raise UnsupportedModelError(f"{g.path}: the projector has no audio encoder; --audio takes an audio mmproj ({', '.join(AUDIO_PROJECTORS)})")
+        raise UnsupportedModelError(f"{g.path}: the projector has no audio encoder; --audio takes an audio mmproj{takes}")
+
+
+def need_audio_key(g: GGUFFile, key: str) -> int | float:
+    """The opened projector's ``clip.audio.<key>``, or a one-line error that the file is incomplete."""
+    v = g.get(f"clip.audio.{key}")
+    if v is None:
+        raise GGUFError(f"{g.path}: clip.audio.{key} is missing; the projector file is incomplete")
+    return v
+
+
+def audio_tower_keys(g: GGUFFile) -> dict[str, Any]:
+    """The audio encoder's hyperparameters every audio config holds, as clip.cpp reads them (``clip.audio.*``; the
+    LayerNorms' epsilon 1e-6 unless told): ``n_mel``, ``n_embd``, ``n_ff``, ``n_layer``, ``n_head``, ``eps``."""
+
+    def need(key: str) -> int:
+        return int(need_audio_key(g, key))
+
+    return dict(n_mel=need("num_mel_bins"), n_embd=need("embedding_length"), n_ff=need("feed_forward_length"),
+                n_layer=need("block_count"), n_head=need("attention.head_count"),
+                eps=float(g.get("clip.audio.attention.layer_norm_epsilon", 1e-6)))  # fmt: skip
+
+
+def load_audio_config(g: GGUFFile) -> AudioConfig:
+    """The config of an opened audio mmproj file, or a one-line error."""
+    check_audio_mmproj(g, f" ({', '.join(AUDIO_PROJECTORS)})")
+    ptype = g.get("clip.audio.projector_type") or g.get("clip.projector_type")
     if ptype == "qwen2.5o":  # (Qwen2.5-Omni: clip.cpp reads the audio side of its projector as qwen2a)
         ptype = "qwen2a"
     if ptype not in AUDIO_PROJECTORS:
         raise UnsupportedModelError(f"{g.path}: audio projector type {ptype!r} is not supported; kvrun reads {', '.join(AUDIO_PROJECTORS)}")
-
-    def need(key: str) -> int | float:
-        v = g.get(f"clip.audio.{key}")
-        if v is None:
-            raise GGUFError(f"{g.path}: clip.audio.{key} is missing; the projector file is incomplete")
-        return v
-
     out_name = "mm.a.fc.weight" if ptype == "qwen2a" else "mm.a.mlp.2.weight"  # (the projector's last matrix)
     mlp2 = g.tensors.get(out_name)
     if mlp2 is None:
         raise GGUFError(f"{g.path}: tensor {out_name!r} is missing; the projector file is incomplete")
     cfg = AudioConfig(
         projector_type=str(ptype),
-        n_mel=int(need("num_mel_bins")),
-        n_embd=int(need("embedding_length")),
-        n_ff=int(need("feed_forward_length")),
-        n_layer=int(need("block_count")),
-        n_head=int(need("attention.head_count")),
-        eps=float(g.get("clip.audio.attention.layer_norm_epsilon", 1e-6)),
-        stack_factor=int(need("projector.stack_factor")) if ptype in STACKED else 1,
+        **audio_tower_keys(g),
+        stack_factor=int(need_audio_key(g, "projector.stack_factor")) if ptype in STACKED else 1,
         n_text_embd=int(mlp2.shape[0]),
     )
     if not 1 <= cfg.n_mel <= 256 or cfg.stack_factor <= 0 or cfg.n_head <= 0 or cfg.n_embd % cfg.n_head:

@@ -8,7 +8,7 @@ Without a GPU the models run on the kernel emulator (``KVRUN_GPU_EMULATE=1``: co
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,6 +32,28 @@ def rel_err(want, got) -> float:
     assert (live == (got != SUPPRESSED)).all(), "a value suppressed on one side only"
     want, got = want[live].astype(np.float64), got[live].astype(np.float64)
     return float(np.abs(want - got).max() / max(np.abs(want).max(), 1e-30))
+
+
+def check_encoder_rows(cpu, gpu, x: np.ndarray, shape: tuple[int, ...] | None = None, bound: float = 2e-3) -> None:
+    """A projector's encoder on the device (``gpu``, its backend the GPU's) encodes ``x`` to the CPU encoder's rows
+    (``shape`` where given), brought down as a host array, within ``bound`` of their largest."""
+    assert type(gpu.be).__name__ == "GPUBackend"
+    want, got = cpu.encode(x), gpu.encode(x)
+    assert isinstance(got, np.ndarray) and got.shape == want.shape
+    if shape is not None:
+        assert got.shape == shape
+    assert rel_err(want, got) < bound
+
+
+def check_rows_come_down_once(encoders: Callable[[], tuple], x: np.ndarray, bound: float = 2e-3) -> None:
+    """On the strict CuPy stand-in (:func:`strict_stand_in`), with the CPU's and the GPU's encoders ``encoders()``
+    builds there: the GPU one's forward of ``x`` makes one copy down, its rows, which are the CPU's within ``bound``."""
+    with strict_stand_in() as copies:
+        cpu, gpu = encoders()
+        copies.clear()
+        rows = gpu.encode(x)
+        assert copies == [("asnumpy", rows.shape)]
+    assert rel_err(cpu.encode(x), rows) < bound
 
 
 def check_prefill_and_replayed_decode(cpu_path: Path, gpu_path: Path | None = None, capsys=None, *, steps: Sequence[int] = (5, 9, 14, 3),

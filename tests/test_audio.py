@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from audio_checks import check_logits
 from click.testing import CliRunner
 
 import kvrun
@@ -162,15 +163,7 @@ def test_a_lone_marker_is_the_clips_rows_and_nothing_else(audio, name):
 def test_logits_after_audio_and_text_match_llama_cpp(audio, k):
     """mtmd_helper_eval_chunks feeds the clips' rows and the text (llama.cpp's context without flash attention):
     the same ids and positions, logits within 2e-3 (~1e-3 relative) of llama_get_logits_ith(-1)'s."""
-    names = list(CLIPS)
-    given = [CLIPS[names[j % len(names)]] for j in range(PROMPTS[k].count(MARKER))]
-    segs = audio.segments(PROMPTS[k], given)
-    assert [t for s in segs for t in (s if isinstance(s, list) else [-1] * len(s))] == FIX[f"pids_{k}"].tolist()
-    cache = audio.engine.new_cache()
-    logits = audio.engine.eval(cache, audio.prefill(cache, segs))[-1]
-    assert cache.offset == int(FIX[f"npast_{k}"])
-    np.testing.assert_allclose(logits, FIX[f"logits_{k}"], atol=2e-3)
-    assert logits.argmax() == FIX[f"logits_{k}"].argmax()
+    check_logits(audio, FIX, PROMPTS[k], k, list(CLIPS))
 
 
 def test_bad_layouts_are_one_line_errors(audio):

@@ -13,33 +13,28 @@ Ultravox's (tests/test_audio.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from gpu_checks import rel_err
+from audio_checks import CLIPS, audio_of, audio_pair, check_clip_rows, check_logits, check_lone_marker, check_run_takes_the_clip, config_of
+from gpu_checks import check_encoder_rows
 from vision_checks import one_line_error
 
-from kvrun.cli import main
-from kvrun.loaders.gguf_file import GGUFFile
 from kvrun.models import whisper_audio
 from kvrun.models.vit_ops import HostViT
-from kvrun.models.whisper_audio import WhisperAudioEncoder, load_audio_config, load_wav
+from kvrun.models.whisper_audio import WhisperAudioEncoder, load_wav
 from kvrun.ops import get_backend
 from kvrun.runtime.audio import Audio
-from kvrun.runtime.vision import MARKER, Vision
+from kvrun.runtime.vision import Vision
 from tiny_audio import A_EMBD, N_MEL
 from tiny_audio3 import KINDS, STACK, write_tiny_audio3_mmproj, write_tiny_audio3_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from make_audio3_fixtures import N_CTX, PROMPTS, VARIANTS  # noqa: E402
-from make_audio_fixtures import clips  # noqa: E402
 
 FIX = {k: np.load(Path(__file__).parent / "fixtures" / f"audio_{k}.npz") for k in VARIANTS}
-CLIPS = clips()  # name: WAV bytes (short: 1.3 s, one 30 s chunk; long: 31.5 s, two)
 #: rows one 30 s chunk becomes: GLM-ASR's 1500 stacked by 4, with its boi and eoi rows; Music Flamingo's pooled
 ROWS = {"glma": 1500 // STACK + 2, "musicflamingo": 750}
 
@@ -48,25 +43,17 @@ ROWS = {"glma": 1500 // STACK + 2, "musicflamingo": 750}
 def pair(request, tmp_path_factory) -> dict:
     """A kind's tiny text model and projector, the very bytes its fixture was made from."""
     kind = request.param
-    d = tmp_path_factory.mktemp(kind)
-    files = {"text": write_tiny_audio3_text(d / "text.gguf", kind), "mmproj": write_tiny_audio3_mmproj(d / "mmproj.gguf", kind)}
-    for k, p in files.items():
-        assert hashlib.sha256(p.read_bytes()).hexdigest() == str(FIX[kind][f"sha256_{k}"]), f"{kind} {k}: not the fixture's file"
-    (d / "short.wav").write_bytes(CLIPS["short"])
-    return {"kind": kind, "fix": FIX[kind], "short": d / "short.wav", **files}
+    files = audio_pair(tmp_path_factory, kind, lambda p: write_tiny_audio3_text(p, kind), lambda p: write_tiny_audio3_mmproj(p, kind), FIX[kind])
+    return {"kind": kind, "fix": FIX[kind], **files}
 
 
 @pytest.fixture(scope="module")
 def audio(pair) -> Audio:
-    from kvrun.runtime.engine import Engine
-
-    return Vision(Engine(pair["text"], n_ctx=N_CTX, n_batch=64, threads=1), pair["mmproj"])
+    return audio_of(pair, N_CTX)
 
 
 def test_the_config_counts_each_projectors_rows(pair):
-    g = GGUFFile(pair["mmproj"])
-    cfg = load_audio_config(g)
-    g.close()
+    cfg = config_of(pair["mmproj"])
     assert (cfg.projector_type, cfg.n_mel, cfg.n_embd, cfg.n_text_embd) == (pair["kind"], N_MEL, A_EMBD, 64)
     assert cfg.stack_factor == (STACK if pair["kind"] == "glma" else 1)  # (Music Flamingo stacks nothing)
     assert cfg.rows_per_chunk == ROWS[pair["kind"]]
@@ -76,10 +63,7 @@ def test_the_config_counts_each_projectors_rows(pair):
 def test_the_encoders_rows_are_libmtmds(audio, pair, name, atol):
     """Every 30 s chunk's rows in order (GLM-ASR's each between its boi and eoi rows); the long clip's first chunk,
     30 s of signal, a little further off where ggml's F16 im2col rounds a convolution input the other way."""
-    rows = audio.encoder.encode(load_wav(CLIPS[name]))
-    want = pair["fix"][f"embd_{name}"]
-    assert rows.shape == want.shape == ((1 if name == "short" else 2) * ROWS[pair["kind"]], 64)
-    np.testing.assert_allclose(rows, want, atol=atol)
+    check_clip_rows(audio.encoder, pair["fix"], name, ((1 if name == "short" else 2) * ROWS[pair["kind"]], 64), atol)
 
 
 def test_glma_rows_miss_libmtmds_without_the_adapter_layernorm(tmp_path, monkeypatch):
@@ -104,34 +88,18 @@ def test_musicflamingo_rows_need_the_pooling(tmp_path, monkeypatch):
 def test_a_lone_marker_is_the_clip_after_its_layouts_marker_token(audio, pair, name):
     """GLM-ASR: the rows alone (their own boi / eoi rows); Music Flamingo: <sound> rows (mtmd.cpp's aud_beg)."""
     assert (audio.begin, audio.end) == {"glma": ("", ""), "musicflamingo": ("<sound>", "")}[pair["kind"]]
-    segs = audio.segments(MARKER, [CLIPS[name]], encode=False)
-    n = audio.image_positions(load_wav(CLIPS[name]))
-    ids = [t for s in segs for t in (s if isinstance(s, list) else [-1] * n)]
-    assert ids == pair["fix"][f"ids_{name}"].tolist()
+    check_lone_marker(audio, pair["fix"], name)
 
 
 @pytest.mark.parametrize("k", range(2))
 def test_logits_after_audio_and_text_match_llama_cpp(audio, pair, k):
     """mtmd_helper_eval_chunks feeds the marker tokens, the clips' rows and the text: the same ids and positions,
     logits within 2e-3 of llama_get_logits_ith(-1)'s."""
-    prompt, fix = PROMPTS[pair["kind"]][k], pair["fix"]
-    names = list(VARIANTS[pair["kind"]])  # (the fixture's clips, taken in turn)
-    given = [CLIPS[names[j % len(names)]] for j in range(prompt.count(MARKER))]
-    segs = audio.segments(prompt, given)
-    assert [t for s in segs for t in (s if isinstance(s, list) else [-1] * len(s))] == fix[f"pids_{k}"].tolist()
-    cache = audio.engine.new_cache()
-    logits = audio.engine.eval(cache, audio.prefill(cache, segs))[-1]
-    assert cache.offset == int(fix[f"npast_{k}"])
-    np.testing.assert_allclose(logits, fix[f"logits_{k}"], atol=2e-3)
-    assert logits.argmax() == fix[f"logits_{k}"].argmax()
+    check_logits(audio, pair["fix"], PROMPTS[pair["kind"]][k], k, VARIANTS[pair["kind"]])  # (the fixture's clips, taken in turn)
 
 
 def test_kvrun_run_takes_the_clip(pair):
-    prompt = f"Hear: {MARKER} what?"
-    args = ["run", str(pair["text"]), "--mmproj", str(pair["mmproj"]), "-p", prompt, "--audio", str(pair["short"]),
-            "-n", "4", "--temp", "0", "--no-stats", "-c", str(N_CTX)]  # fmt: skip
-    r = CliRunner().invoke(main, args)
-    assert r.exit_code == 0 and r.stdout.startswith(prompt), r.output
+    check_run_takes_the_clip(pair, N_CTX)
 
 
 def test_a_glma_projector_without_its_boi_row_is_a_one_line_error(tmp_path):
@@ -163,8 +131,4 @@ def test_the_rows_on_the_gpu_are_the_cpus(tmp_path, emulated, kind):
         pytest.skip("no GPU and no host C++ compiler for the emulator")
     path = write_tiny_audio3_mmproj(tmp_path / f"{kind}.gguf", kind, Q.F16)
     cpu, gpu = WhisperAudioEncoder.load(path, get_backend("cpu")), WhisperAudioEncoder.load(path, get_backend("gpu"))
-    assert type(gpu.be).__name__ == "GPUBackend"
-    x = load_wav(CLIPS["short"])
-    want, got = cpu.encode(x), gpu.encode(x)
-    assert isinstance(got, np.ndarray) and got.shape == want.shape == (ROWS[kind], 64)
-    assert rel_err(want, got) < 2e-3
+    check_encoder_rows(cpu, gpu, load_wav(CLIPS["short"]), (ROWS[kind], 64))

@@ -6,12 +6,12 @@ tools/make_audio_qwen3a_fixtures.py).  The WAV files and where users put clips a
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from audio_checks import CLIPS, audio_of, audio_pair, check_clip_rows, check_logits, check_lone_marker, check_run_takes_the_clip, config_of
 from click.testing import CliRunner
 from gguf import GGMLQuantizationType as Q
 
@@ -23,16 +23,15 @@ from kvrun.models.whisper_audio import load_wav
 from kvrun.ops import get_backend, gpu_available
 from kvrun.ops.gpu import emulate
 from kvrun.runtime.audio import Audio
-from kvrun.runtime.vision import MARKER, Vision
+from kvrun.runtime.vision import Vision
 from tiny_audio_qwen3a import A_EMBD, C_DOWN, N_MEL, write_tiny_qwen3a_mmproj, write_tiny_qwen3a_text
 from vision_checks import one_line_error
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from make_audio_fixtures import clips  # noqa: E402
 from make_audio_qwen3a_fixtures import N_CTX, PROMPTS  # noqa: E402
 
 FIX = np.load(Path(__file__).parent / "fixtures" / "audio_qwen3a.npz")
-CLIPS = clips()  # name: WAV bytes (short: 1.3 s, 131 frames, one window of 2 chunks; long: 31.5 s, 3151 frames, 4 windows)
+# CLIPS (audio_checks'): short: 1.3 s, 131 frames, one window of 2 chunks; long: 31.5 s, 3151 frames, 4 windows
 ROWS = {"short": 2 * 13, "long": (3 * 8 + 8) * 13}  # (the last window's 751 frames padded to 8 chunks)
 ATOL = {"short": 1e-4, "long": 2e-3}  # (tests/test_audio2.py's bounds; measured: 3e-6 and 4e-4)
 
@@ -40,12 +39,7 @@ ATOL = {"short": 1e-4, "long": 2e-3}  # (tests/test_audio2.py's bounds; measured
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> dict:
     """The tiny text model and projector, the very bytes the fixture was made from."""
-    d = tmp_path_factory.mktemp("qwen3a")
-    files = {"text": write_tiny_qwen3a_text(d / "text.gguf"), "mmproj": write_tiny_qwen3a_mmproj(d / "mmproj.gguf")}
-    for k, p in files.items():
-        assert hashlib.sha256(p.read_bytes()).hexdigest() == str(FIX[f"sha256_{k}"]), f"{k}: not the fixture's file"
-    (d / "short.wav").write_bytes(CLIPS["short"])
-    return {"short": d / "short.wav", **files}
+    return audio_pair(tmp_path_factory, "qwen3a", write_tiny_qwen3a_text, write_tiny_qwen3a_mmproj, FIX)
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +50,11 @@ def encoder(pair) -> Qwen3AudioEncoder:
 
 @pytest.fixture(scope="module")
 def audio(pair) -> Audio:
-    from kvrun.runtime.engine import Engine
-
-    return Vision(Engine(pair["text"], n_ctx=N_CTX, n_batch=64, threads=1), pair["mmproj"])
+    return audio_of(pair, N_CTX)
 
 
 def test_the_config_reads_the_tower_and_the_convolutions_width(pair):
-    g = GGUFFile(pair["mmproj"])
-    cfg = load_qwen3a_config(g)
-    g.close()
+    cfg = config_of(pair["mmproj"], load_qwen3a_config)
     assert (cfg.projector_type, cfg.n_mel, cfg.n_embd, cfg.n_down, cfg.n_text_embd) == ("qwen3a", N_MEL, A_EMBD, C_DOWN, 64)
 
 
@@ -80,10 +70,7 @@ def test_the_spectrogram_window_is_libmtmds():
 @pytest.mark.parametrize("name", ["short", "long"])
 def test_the_encoders_rows_are_libmtmds(encoder, name):
     """Every window's rows in order: 13 a 100-frame chunk (the long clip's four windows, the last padded)."""
-    rows = encoder.encode(load_wav(CLIPS[name]))
-    want = FIX[f"embd_{name}"]
-    assert rows.shape == want.shape == (ROWS[name], 64)
-    np.testing.assert_allclose(rows, want, atol=ATOL[name])
+    check_clip_rows(encoder, FIX, name, (ROWS[name], 64), ATOL[name])
 
 
 def test_the_fixture_fails_when_windows_attend_across(encoder, monkeypatch):
@@ -97,26 +84,14 @@ def test_the_fixture_fails_when_windows_attend_across(encoder, monkeypatch):
 @pytest.mark.parametrize("name", ["short", "long"])
 def test_a_lone_marker_is_the_clip_between_audio_start_and_end(audio, name):
     assert (audio.begin, audio.end) == ("<|audio_start|>", "<|audio_end|>")
-    segs = audio.segments(MARKER, [CLIPS[name]], encode=False)
-    n = audio.image_positions(load_wav(CLIPS[name]))
-    assert n == ROWS[name]
-    ids = [t for s in segs for t in (s if isinstance(s, list) else [-1] * n)]
-    assert ids == FIX[f"ids_{name}"].tolist()
+    assert check_lone_marker(audio, FIX, name) == ROWS[name]
 
 
 @pytest.mark.parametrize("k", range(2))
 def test_logits_after_audio_and_text_match_llama_cpp(audio, k):
     """mtmd_helper_eval_chunks feeds the markers, the clips' rows (one M-RoPE position a row, all sections alike)
     and the text: the same ids and positions, logits within 2e-3 of llama_get_logits_ith(-1)'s."""
-    prompt = PROMPTS[k]
-    given = [CLIPS[("short", "long")[j % 2]] for j in range(prompt.count(MARKER))]
-    segs = audio.segments(prompt, given)
-    assert [t for s in segs for t in (s if isinstance(s, list) else [-1] * len(s))] == FIX[f"pids_{k}"].tolist()
-    cache = audio.engine.new_cache()
-    logits = audio.engine.eval(cache, audio.prefill(cache, segs))[-1]
-    assert cache.offset == int(FIX[f"npast_{k}"])
-    np.testing.assert_allclose(logits, FIX[f"logits_{k}"], atol=2e-3)
-    assert logits.argmax() == FIX[f"logits_{k}"].argmax()
+    check_logits(audio, FIX, PROMPTS[k], k, ("short", "long"))
 
 
 def test_the_logits_fail_when_the_rows_turn_as_text(audio, monkeypatch):
@@ -132,11 +107,7 @@ def test_the_logits_fail_when_the_rows_turn_as_text(audio, monkeypatch):
 
 
 def test_kvrun_run_takes_the_clip(pair):
-    prompt = f"Hear: {MARKER} what?"
-    args = ["run", str(pair["text"]), "--mmproj", str(pair["mmproj"]), "-p", prompt, "--audio", str(pair["short"]),
-            "-n", "4", "--temp", "0", "--no-stats", "-c", str(N_CTX)]  # fmt: skip
-    r = CliRunner().invoke(main, args)
-    assert r.exit_code == 0 and r.stdout.startswith(prompt), r.output
+    check_run_takes_the_clip(pair, N_CTX)
 
 
 def test_kvrun_info_describes_the_tower(pair):
@@ -175,15 +146,11 @@ def test_a_text_model_with_deepstack_levels_is_a_one_line_error(pair, tmp_path):
 def test_the_tower_on_the_gpu_gives_the_cpus_rows(tmp_path, emulated):
     """The same forward on models/vit_device.py's ops (the emulator here), F16 matrices: the CPU's rows within 2e-3
     of their largest (tests/test_gpu_audio.py's bound)."""
-    from gpu_checks import rel_err
+    from gpu_checks import check_encoder_rows
 
     path = write_tiny_qwen3a_mmproj(tmp_path / "f16.gguf", Q.F16)
-    x = load_wav(CLIPS["short"])
     cpu, gpu = (Qwen3AudioEncoder(GGUFFile(path), load_qwen3a_config(GGUFFile(path)), get_backend(d)) for d in ("cpu", "gpu"))
-    assert type(gpu.be).__name__ == "GPUBackend"
-    want, got = cpu.encode(x), gpu.encode(x)
-    assert isinstance(got, np.ndarray) and got.shape == want.shape == (ROWS["short"], 64)
-    assert rel_err(want, got) < 2e-3
+    check_encoder_rows(cpu, gpu, load_wav(CLIPS["short"]), (ROWS["short"], 64))
 
 
 @pytest.mark.skipif(not gpu_available() and not emulate.available(), reason="no GPU and no host C++ compiler for the emulator")

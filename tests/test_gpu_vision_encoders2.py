@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
-from gpu_checks import rel_err, strict_stand_in
+from gpu_checks import check_encoder_rows, check_rows_come_down_once, rel_err
 from tiny_vision import tiny_mmproj
 
 from kvrun.ops import get_backend, gpu_available
@@ -79,11 +79,7 @@ def test_an_encoder_runs_on_the_gpu_and_gives_the_cpus_rows(tmp_path, emulated, 
     DeepStack levels beside its main rows, Pixtral's [IMG_BREAK] rows between its rows of blocks) within 2e-3 of their
     largest."""
     cpu, gpu = _encoders(tiny_mmproj(name, qtype, tmp_path))
-    assert type(gpu.be).__name__ == "GPUBackend"
-    px = _pixels(name)
-    want, got = cpu.encode(px), gpu.encode(px)
-    assert isinstance(got, np.ndarray) and got.shape == want.shape
-    assert rel_err(want, got) < BOUND
+    check_encoder_rows(cpu, gpu, _pixels(name), bound=BOUND)
 
 
 def test_qwen25vls_windows_have_teeth_the_whole_picture_in_every_layer_is_far_off(tmp_path, emulated, monkeypatch):
@@ -116,13 +112,7 @@ def test_an_encoder_on_the_gpu_brings_its_rows_down_once(tmp_path, emulated, nam
     logged), a picture's forward makes one copy down, its rows: the rope tables, window indices and positions go up,
     no activation visits the host."""
     path = tiny_mmproj(name, Q.F32, tmp_path)
-    with strict_stand_in() as copies:
-        cpu, gpu = _encoders(path)
-        px = _pixels(name)
-        copies.clear()
-        rows = gpu.encode(px)
-        assert copies == [("asnumpy", rows.shape)]
-    assert rel_err(cpu.encode(px), rows) < BOUND
+    check_rows_come_down_once(lambda: _encoders(path), _pixels(name), BOUND)
 
 
 # ---------------------------------------------------------------- whole pictures through the text model

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
-from gpu_checks import rel_err, strict_stand_in
+from gpu_checks import check_encoder_rows, check_rows_come_down_once, rel_err
 from tiny_vision import tiny_mmproj
 
 from kvrun.ops import get_backend, gpu_available
@@ -55,11 +55,7 @@ def test_an_encoder_runs_on_the_gpu_and_gives_the_cpus_rows(tmp_path, emulated, 
     """The encoder beside a GPU text model holds its weights on the device and writes the CPU encoder's rows within
     2e-3 of their largest."""
     cpu, gpu = _encoders(tiny_mmproj(name, qtype, tmp_path))
-    assert type(gpu.be).__name__ == "GPUBackend"
-    px = _pixels(name)
-    want, got = cpu.encode(px), gpu.encode(px)
-    assert isinstance(got, np.ndarray) and got.shape == want.shape
-    assert rel_err(want, got) < BOUND
+    check_encoder_rows(cpu, gpu, _pixels(name), bound=BOUND)
 
 
 def test_llama4s_rope_has_teeth_its_halves_turned_by_row_then_column_are_far_off(tmp_path, emulated, monkeypatch):
@@ -80,13 +76,7 @@ def test_an_encoder_on_the_gpu_brings_its_rows_down_once(tmp_path, emulated, nam
     """On the strict CuPy stand-in (tests/devicexp.py: host arrays refused in device arithmetic, every copy down
     logged), a picture's forward makes one copy down, its rows: the rope tables go up, no activation visits the host."""
     path = tiny_mmproj(name, Q.F32, tmp_path)
-    with strict_stand_in() as copies:
-        cpu, gpu = _encoders(path)
-        px = _pixels(name)
-        copies.clear()
-        rows = gpu.encode(px)
-        assert copies == [("asnumpy", rows.shape)]
-    assert rel_err(cpu.encode(px), rows) < BOUND
+    check_rows_come_down_once(lambda: _encoders(path), _pixels(name), BOUND)
 
 
 def test_minicpmv46s_vit_merger_attends_within_windows_raster_runs_of_four_are_far_off(tmp_path, emulated, monkeypatch):

@@ -42,39 +42,60 @@ def write_whisper_encoder(w: GGUFWriter, rng: np.random.Generator, mat: Any, vec
     conv("a.conv1d.1", A_EMBD, N_MEL)
     conv("a.conv1d.2", A_EMBD, A_EMBD)
     w.add_tensor("a.position_embd.weight", (rng.standard_normal((N_POS, A_EMBD)) * 0.5).astype(np.float32))
-    for i in range(A_LAYER):
+    write_audio_blocks(mat, vec, k_bias=False)  # (Whisper's K has no bias; clip.cpp asserts so)
+
+
+def write_audio_blocks(mat: Any, vec: Any, n_embd: int = A_EMBD, n_ff: int = A_FF, n_layer: int = A_LAYER, k_bias: bool = False) -> None:
+    """An audio encoder's ``n_layer`` pre-norm blocks (``a.blk.N.*``: LayerNorms, Q, K, V and output with biases, K's
+    only where ``k_bias``, a biased MLP) and its post-norm ``a.post_ln``, drawn in this order."""
+    for i in range(n_layer):
         b = f"a.blk.{i}."
-        vec(b + "ln1.weight", A_EMBD)
-        vec(b + "ln1.bias", A_EMBD, 0.0)
+        vec(b + "ln1.weight", n_embd)
+        vec(b + "ln1.bias", n_embd, 0.0)
         for t in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            mat(b + t + ".weight", A_EMBD, A_EMBD, 0.3)
-            if t != "attn_k":  # (Whisper's K has no bias; clip.cpp asserts so)
-                vec(b + t + ".bias", A_EMBD, 0.0)
-        vec(b + "ln2.weight", A_EMBD)
-        vec(b + "ln2.bias", A_EMBD, 0.0)
-        mat(b + "ffn_up.weight", A_FF, A_EMBD, 0.3)
-        vec(b + "ffn_up.bias", A_FF, 0.0)
-        mat(b + "ffn_down.weight", A_EMBD, A_FF, 0.3)
-        vec(b + "ffn_down.bias", A_EMBD, 0.0)
-    vec("a.post_ln.weight", A_EMBD)
-    vec("a.post_ln.bias", A_EMBD, 0.0)
+            mat(b + t + ".weight", n_embd, n_embd, 0.3)
+            if t != "attn_k" or k_bias:
+                vec(b + t + ".bias", n_embd, 0.0)
+        vec(b + "ln2.weight", n_embd)
+        vec(b + "ln2.bias", n_embd, 0.0)
+        mat(b + "ffn_up.weight", n_ff, n_embd, 0.3)
+        vec(b + "ffn_up.bias", n_ff, 0.0)
+        mat(b + "ffn_down.weight", n_embd, n_ff, 0.3)
+        vec(b + "ffn_down.bias", n_embd, 0.0)
+    vec("a.post_ln.weight", n_embd)
+    vec("a.post_ln.bias", n_embd, 0.0)
+
+
+def audio_mmproj_writer(path: Path, name: str, projector_type: str, n_text_embd: int, n_mel: int = N_MEL, n_embd: int = A_EMBD,
+                        n_ff: int = A_FF, n_layer: int = A_LAYER, n_head: int = A_HEAD) -> GGUFWriter:  # fmt: skip
+    """A projector file's writer as the converters begin an audio-only mmproj (an audio encoder, no vision one): its
+    name, ``projector_type`` and the audio encoder's keys (:func:`add_audio_keys`), in their order."""
+    w = GGUFWriter(str(path), "clip")
+    w.add_name(name)
+    w.add_bool("clip.has_vision_encoder", False)
+    w.add_bool("clip.has_audio_encoder", True)
+    w.add_string("clip.projector_type", projector_type)
+    add_audio_keys(w, n_text_embd, n_mel, n_embd, n_ff, n_layer, n_head)
+    return w
+
+
+def add_audio_keys(w: GGUFWriter, n_text_embd: int, n_mel: int = N_MEL, n_embd: int = A_EMBD, n_ff: int = A_FF,
+                   n_layer: int = A_LAYER, n_head: int = A_HEAD) -> None:  # fmt: skip
+    """The audio encoder's ``clip.audio.*`` keys in the converters' order (LayerNorm epsilon 1e-5); the rows it makes
+    ``n_text_embd`` wide."""
+    w.add_uint32("clip.audio.num_mel_bins", n_mel)
+    w.add_uint32("clip.audio.embedding_length", n_embd)
+    w.add_uint32("clip.audio.feed_forward_length", n_ff)
+    w.add_uint32("clip.audio.projection_dim", n_text_embd)
+    w.add_uint32("clip.audio.block_count", n_layer)
+    w.add_uint32("clip.audio.attention.head_count", n_head)
+    w.add_float32("clip.audio.attention.layer_norm_epsilon", 1e-5)
 
 
 def write_tiny_ultravox_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n_text_embd: int = ARCH_GEOMETRY["llama"][0]) -> Path:
     """A random Ultravox projector; its matrices (the conv kernels always F16, as converters store them) as ``qtype``."""
     rng = np.random.default_rng(seed)
-    w = GGUFWriter(str(path), "clip")
-    w.add_name("tiny-ultravox-mmproj")
-    w.add_bool("clip.has_vision_encoder", False)
-    w.add_bool("clip.has_audio_encoder", True)
-    w.add_string("clip.projector_type", "ultravox")
-    w.add_uint32("clip.audio.num_mel_bins", N_MEL)
-    w.add_uint32("clip.audio.embedding_length", A_EMBD)
-    w.add_uint32("clip.audio.feed_forward_length", A_FF)
-    w.add_uint32("clip.audio.projection_dim", n_text_embd)
-    w.add_uint32("clip.audio.block_count", A_LAYER)
-    w.add_uint32("clip.audio.attention.head_count", A_HEAD)
-    w.add_float32("clip.audio.attention.layer_norm_epsilon", 1e-5)
+    w = audio_mmproj_writer(path, "tiny-ultravox-mmproj", "ultravox", n_text_embd)
     w.add_uint32("clip.audio.projector.stack_factor", STACK)
     mat, vec = _random_tensors(w, rng, qtype)
 

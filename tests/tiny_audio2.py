@@ -20,9 +20,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType
 
-from tiny_audio import A_EMBD, A_FF, A_HEAD, A_LAYER, N_MEL, write_whisper_encoder
+from tiny_audio import A_EMBD, audio_mmproj_writer, write_whisper_encoder
 from tiny_vision import write_vl_text
 from tinymodel import ARCH_GEOMETRY, _finish, _random_tensors
 
@@ -38,18 +38,7 @@ def write_tiny_audio2_mmproj(path: Path, kind: str, qtype: int = Q.F32, seed: in
                              n_text_embd: int = ARCH_GEOMETRY["llama"][0]) -> Path:  # fmt: skip
     """A random ``kind`` ("qwen2a" or "voxtral") projector; its matrices (the conv kernels always F16) as ``qtype``."""
     rng = np.random.default_rng(seed)
-    w = GGUFWriter(str(path), "clip")
-    w.add_name(f"tiny-{kind}-mmproj")
-    w.add_bool("clip.has_vision_encoder", False)
-    w.add_bool("clip.has_audio_encoder", True)
-    w.add_string("clip.projector_type", "qwen2.5o" if kind == "qwen25o" else kind)
-    w.add_uint32("clip.audio.num_mel_bins", N_MEL)
-    w.add_uint32("clip.audio.embedding_length", A_EMBD)
-    w.add_uint32("clip.audio.feed_forward_length", A_FF)
-    w.add_uint32("clip.audio.projection_dim", n_text_embd)
-    w.add_uint32("clip.audio.block_count", A_LAYER)
-    w.add_uint32("clip.audio.attention.head_count", A_HEAD)
-    w.add_float32("clip.audio.attention.layer_norm_epsilon", 1e-5)
+    w = audio_mmproj_writer(path, f"tiny-{kind}-mmproj", "qwen2.5o" if kind == "qwen25o" else kind, n_text_embd)
     if kind == "voxtral":
         w.add_uint32("clip.audio.projector.stack_factor", STACK)
     mat, vec = _random_tensors(w, rng, qtype)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 
-from tiny_audio import A_EMBD, A_FF, A_HEAD, A_LAYER, N_MEL, write_whisper_encoder
+from tiny_audio import A_EMBD, audio_mmproj_writer, write_whisper_encoder
 from tiny_vision import write_vl_text
 from tinymodel import ARCH_GEOMETRY, _finish, _random_tensors
 
@@ -55,18 +55,7 @@ def write_tiny_audio3_mmproj(path: Path, kind: str, qtype: int = Q.F32, seed: in
     if kind not in KINDS:
         raise ValueError(kind)
     rng = np.random.default_rng(seed)
-    w = GGUFWriter(str(path), "clip")
-    w.add_name(f"tiny-{kind}-mmproj")
-    w.add_bool("clip.has_vision_encoder", False)
-    w.add_bool("clip.has_audio_encoder", True)
-    w.add_string("clip.projector_type", kind)
-    w.add_uint32("clip.audio.num_mel_bins", N_MEL)
-    w.add_uint32("clip.audio.embedding_length", A_EMBD)
-    w.add_uint32("clip.audio.feed_forward_length", A_FF)
-    w.add_uint32("clip.audio.projection_dim", n_text_embd)
-    w.add_uint32("clip.audio.block_count", A_LAYER)
-    w.add_uint32("clip.audio.attention.head_count", A_HEAD)
-    w.add_float32("clip.audio.attention.layer_norm_epsilon", 1e-5)
+    w = audio_mmproj_writer(path, f"tiny-{kind}-mmproj", kind, n_text_embd)
     if kind == "glma":
         w.add_uint32("clip.audio.projector.stack_factor", STACK)
     mat, vec = _random_tensors(w, rng, qtype)

@@ -17,8 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType
 
+from tiny_audio import audio_mmproj_writer, write_audio_blocks
 from tiny_vision import write_vl_text
 from tinymodel import _finish, _random_tensors
 
@@ -34,18 +35,7 @@ TEXT_GEOMETRY, SECTIONS = (64, 4, 2, 16, 96, 2), [4, 2, 1, 1]
 def write_tiny_qwen3a_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n_text_embd: int = TEXT_GEOMETRY[0]) -> Path:
     """A random Qwen3-Omni audio projector; its matrices (the conv kernels always F16) as ``qtype``."""
     rng = np.random.default_rng(seed)
-    w = GGUFWriter(str(path), "clip")
-    w.add_name("tiny-qwen3a-mmproj")
-    w.add_bool("clip.has_vision_encoder", False)
-    w.add_bool("clip.has_audio_encoder", True)
-    w.add_string("clip.projector_type", "qwen3a")
-    w.add_uint32("clip.audio.num_mel_bins", N_MEL)
-    w.add_uint32("clip.audio.embedding_length", A_EMBD)
-    w.add_uint32("clip.audio.feed_forward_length", A_FF)
-    w.add_uint32("clip.audio.projection_dim", n_text_embd)
-    w.add_uint32("clip.audio.block_count", A_LAYER)
-    w.add_uint32("clip.audio.attention.head_count", A_HEAD)
-    w.add_float32("clip.audio.attention.layer_norm_epsilon", 1e-5)
+    w = audio_mmproj_writer(path, "tiny-qwen3a-mmproj", "qwen3a", n_text_embd, N_MEL, A_EMBD, A_FF, A_LAYER, A_HEAD)
     mat, vec = _random_tensors(w, rng, qtype)
 
     for n, c_in in ((1, 1), (2, C_DOWN), (3, C_DOWN)):  # [c_out, c_in, 3, 3] kernels, [c_out, 1, 1] biases
@@ -53,21 +43,7 @@ def write_tiny_qwen3a_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n_te
         w.add_tensor(f"a.conv2d.{n}.bias", (rng.standard_normal((C_DOWN, 1, 1)) * 0.1).astype(np.float32))
     mat("a.conv_out.weight", A_EMBD, C_DOWN * F_OUT, 0.3)
     w.add_tensor("a.position_embd.weight", (rng.standard_normal((N_POS, A_EMBD)) * 0.5).astype(np.float32))
-    for i in range(A_LAYER):
-        b = f"a.blk.{i}."
-        vec(b + "ln1.weight", A_EMBD)
-        vec(b + "ln1.bias", A_EMBD, 0.0)
-        for t in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            mat(b + t + ".weight", A_EMBD, A_EMBD, 0.3)
-            vec(b + t + ".bias", A_EMBD, 0.0)
-        vec(b + "ln2.weight", A_EMBD)
-        vec(b + "ln2.bias", A_EMBD, 0.0)
-        mat(b + "ffn_up.weight", A_FF, A_EMBD, 0.3)
-        vec(b + "ffn_up.bias", A_FF, 0.0)
-        mat(b + "ffn_down.weight", A_EMBD, A_FF, 0.3)
-        vec(b + "ffn_down.bias", A_EMBD, 0.0)
-    vec("a.post_ln.weight", A_EMBD)
-    vec("a.post_ln.bias", A_EMBD, 0.0)
+    write_audio_blocks(mat, vec, A_EMBD, A_FF, A_LAYER, k_bias=True)  # (Qwen3-Omni's K has its bias)
     mat("mm.a.mlp.1.weight", A_EMBD, A_EMBD, 0.3)
     vec("mm.a.mlp.1.bias", A_EMBD, 0.0)
     mat("mm.a.mlp.2.weight", n_text_embd, A_EMBD, 0.2)

@@ -16,7 +16,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType
 from gguf.gguf_writer import GGUFValue
 
-from tiny_audio import A_EMBD, A_FF, A_HEAD, A_LAYER, N_MEL, write_whisper_encoder
+from tiny_audio import A_EMBD, add_audio_keys, write_whisper_encoder
 from tiny_audio2 import write_tiny_audio2_text
 from tiny_vision import mmproj_writer, write_vit
 from tiny_vision_qwen2vl import MEAN, N_WA_PATTERN, PATCH, STD, TEXT_GEOMETRY, V_EMBD, V_FF, V_HEAD, V_LAYER
@@ -33,13 +33,7 @@ def write_tiny_omni_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0) -> Pat
     w = mmproj_writer(path, "tiny-qwen2.5o-mmproj", "qwen2.5o", {"clip.use_silu": True, "clip.vision.n_wa_pattern": N_WA_PATTERN},
                       560, PATCH, geometry, n_text, MEAN, STD)  # fmt: skip
     w.kv_data[0]["clip.has_audio_encoder"] = GGUFValue(True, GGUFValueType.BOOL)  # (in place: the converter's key order)
-    w.add_uint32("clip.audio.num_mel_bins", N_MEL)
-    w.add_uint32("clip.audio.embedding_length", A_EMBD)
-    w.add_uint32("clip.audio.feed_forward_length", A_FF)
-    w.add_uint32("clip.audio.projection_dim", n_text)
-    w.add_uint32("clip.audio.block_count", A_LAYER)
-    w.add_uint32("clip.audio.attention.head_count", A_HEAD)
-    w.add_float32("clip.audio.attention.layer_norm_epsilon", 1e-5)
+    add_audio_keys(w, n_text)
     mat, vec, _ = write_vit(w, rng, qtype, geometry, PATCH, norm_bias=False, gate=True)
     mat("mm.0.weight", 4 * V_EMBD, 4 * V_EMBD, 0.2)
     vec("mm.0.bias", 4 * V_EMBD, 0.0)

@@ -22,6 +22,8 @@ import json
 import subprocess
 import tempfile
 import wave
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -146,19 +148,38 @@ def main() -> None:
 
 def make(a: argparse.Namespace, variant: str) -> None:
     """``<a.out>/audio_<variant>.npz`` (see the module docstring)."""
+    run_oracle(a, variant, write_tiny_ultravox_text, write_tiny_ultravox_mmproj, VARIANTS[variant], PROMPTS[variant], ["short"], 2048)
+
+
+def run_variants(doc: str, variants: dict[str, tuple[str, ...]], prompts: dict[str, list[str]], n_ctx: int,
+                 write_text: Callable[..., Path], write_mmproj: Callable[..., Path]) -> None:  # fmt: skip
+    """A tool's command line (``doc``: its docstring), then :func:`run_oracle` for each variant it names, on the pair
+    ``write_text(path, kind=variant)`` and ``write_mmproj(path, kind=variant)`` write, its clips and prompts; no
+    spectrogram (the preprocessor is Ultravox's, which audio_ultravox.npz holds to)."""
+    a = parse_args(doc, variants)
+    for v in a.names:
+        run_oracle(a, v, partial(write_text, kind=v), partial(write_mmproj, kind=v), variants[v], prompts[v], [], n_ctx)
+
+
+def run_oracle(a: argparse.Namespace, name: str, write_text: Callable[[Path], Path], write_mmproj: Callable[[Path], Path],
+               names: tuple[str, ...], prompts: list[str], mel: list[str], n_ctx: int) -> None:  # fmt: skip
+    """``<a.out>/audio_<name>.npz``, as every audio fixture tool makes its own: the tiny pair ``write_text`` and
+    ``write_mmproj`` write, the clips ``names`` as WAV files and as the samples they decode to, :data:`_ORACLE` on them
+    (``mel``: the clips whose spectrogram it reads; ``n_ctx``: the text model's context), what it saved beside the
+    files' ``sha256_*``; the arrays printed."""
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        files = {"text": write_tiny_ultravox_text(t / "text.gguf"), "mmproj": write_tiny_ultravox_mmproj(t / "mmproj.gguf")}
+        files = {"text": write_text(t / "text.gguf"), "mmproj": write_mmproj(t / "mmproj.gguf")}
         wavs, samples = {}, {}
-        for k, b in clips(VARIANTS[variant]).items():
+        for k, b in clips(names).items():
             (t / f"{k}.wav").write_bytes(b)
             np.save(t / f"{k}.npy", decoded(b))
             wavs[k], samples[k] = str(t / f"{k}.wav"), str(t / f"{k}.npy")
-        args = dict(model=str(files["text"]), mmproj=str(files["mmproj"]), wavs=wavs, samples=samples, prompts=PROMPTS[variant],
-                    mel=["short"], n_ctx=2048, out=str(t / "out.npz"))  # fmt: skip
+        args = dict(model=str(files["text"]), mmproj=str(files["mmproj"]), wavs=wavs, samples=samples, prompts=prompts,
+                    mel=mel, n_ctx=n_ctx, out=str(t / "out.npz"))  # fmt: skip
         subprocess.run([a.oracle, "-c", _ORACLE, json.dumps(args)], check=True)
         res = dict(np.load(t / "out.npz"))
-        np.savez_compressed(a.out / f"audio_{variant}.npz", **{f"sha256_{k}": sha256(p) for k, p in files.items()}, **res)
+        np.savez_compressed(a.out / f"audio_{name}.npz", **{f"sha256_{k}": sha256(p) for k, p in files.items()}, **res)
     for k, v in res.items():
         print(k, v.shape, v.tolist() if k.startswith(("ids", "pids", "npast")) and v.size < 40 else "")
 

@@ -13,14 +13,8 @@ flash attention) and ``npast_<k>``; ``sha256_*`` the files' digests.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import tempfile
-from pathlib import Path
-
-import numpy as np
-from fixture_oracle import parse_args, sha256  # (first: it puts tests/ on the path)
-from make_audio_fixtures import _ORACLE, clips, decoded
+from fixture_oracle import parse_args  # (first: it puts tests/ on the path)
+from make_audio_fixtures import run_oracle
 from tiny_audio_qwen3a import write_tiny_qwen3a_mmproj, write_tiny_qwen3a_text
 
 CLIPS = ("short", "long")
@@ -30,22 +24,7 @@ N_CTX = 1024  # (the second prompt: 26 + 416 rows and their markers)
 
 
 def main() -> None:
-    a = parse_args(__doc__)
-    with tempfile.TemporaryDirectory() as tmp:
-        t = Path(tmp)
-        files = {"text": write_tiny_qwen3a_text(t / "text.gguf"), "mmproj": write_tiny_qwen3a_mmproj(t / "mmproj.gguf")}
-        wavs, samples = {}, {}
-        for k, b in clips(CLIPS).items():
-            (t / f"{k}.wav").write_bytes(b)
-            np.save(t / f"{k}.npy", decoded(b))
-            wavs[k], samples[k] = str(t / f"{k}.wav"), str(t / f"{k}.npy")
-        args = dict(model=str(files["text"]), mmproj=str(files["mmproj"]), wavs=wavs, samples=samples, prompts=PROMPTS,
-                    mel=["short"], n_ctx=N_CTX, out=str(t / "out.npz"))  # fmt: skip
-        subprocess.run([a.oracle, "-c", _ORACLE, json.dumps(args)], check=True)
-        res = dict(np.load(t / "out.npz"))
-        np.savez_compressed(a.out / "audio_qwen3a.npz", **{f"sha256_{k}": sha256(p) for k, p in files.items()}, **res)
-    for k, v in res.items():
-        print(k, v.shape, v.tolist() if k.startswith(("ids", "pids", "npast")) and v.size < 40 else "")
+    run_oracle(parse_args(__doc__), "qwen3a", write_tiny_qwen3a_text, write_tiny_qwen3a_mmproj, CLIPS, PROMPTS, ["short"], N_CTX)
 
 
 if __name__ == "__main__":

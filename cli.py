@@ -344,17 +344,15 @@ def info(model: str | None, as_json: bool) -> None:
 
         audio = is_audio_mmproj(g)
     if audio:  # an audio projector (Ultravox's): what it is, how to use it
-        from .models.qwen3a_audio import is_qwen3a, load_qwen3a_config
-        from .models.whisper_audio import load_audio_config
+        from .models.audio_towers import audio_tower
 
-        qwen3a = is_qwen3a(g)  # (Qwen3-Omni's tower: convolutions, windowed attention, no 30 s chunks)
-        a = (load_qwen3a_config if qwen3a else load_audio_config)(g)
+        tower = audio_tower(g)  # (Whisper's, Qwen3-Omni's, LFM2-Audio's FastConformer)
+        a = tower.load_config(g)
         f = {"path": str(path), "projector": a.projector_type, "n_mel": a.n_mel, "n_layer": a.n_layer, "n_embd": a.n_embd,
              "n_head": a.n_head, "stack_factor": getattr(a, "stack_factor", 1), "rows_per_30s": a.rows_per_chunk,
              "n_text_embd": a.n_text_embd}  # fmt: skip
-        tower = "Qwen3-Omni audio encoder" if qwen3a else "Whisper encoder"
         click.echo(json.dumps(f, indent=2) if as_json else
-                   f"audio projector ({path}): {a.projector_type}, a {a.n_layer}-layer {tower} {a.n_embd} wide ({a.n_head} heads) "
+                   f"audio projector ({path}): {a.projector_type}, a {a.n_layer}-layer {tower.name} {a.n_embd} wide ({a.n_head} heads) "
                    f"on {a.n_mel} mel bins, {a.rows_per_chunk} rows per 30 s into a text model {a.n_text_embd} wide; give it with "
                    "--mmproj and --audio beside that model")  # fmt: skip
         return
@@ -871,7 +869,7 @@ def _stats_line(stats: Any, cache: Any = None, engine: Any = None) -> str:
 @click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False),
               help="an image for the prompt (repeatable; needs --mmproj): at each <__media__> in the prompt, else before it")  # fmt: skip
 @click.option("--audio", "audios", multiple=True, type=click.Path(dir_okay=False),
-              help="a 16 kHz WAV clip for the prompt (repeatable; needs an audio --mmproj: Ultravox's, Qwen2-Audio's, Qwen2.5-Omni's, Qwen3-Omni's, Voxtral's, GLM-ASR's, Music Flamingo's): at each <__media__>, else before it")  # fmt: skip
+              help="a 16 kHz WAV clip for the prompt (repeatable; needs an audio --mmproj: Ultravox's, Qwen2-Audio's, Qwen2.5-Omni's, Qwen3-Omni's, Voxtral's, GLM-ASR's, Music Flamingo's, LFM2-Audio's): at each <__media__>, else before it")  # fmt: skip
 @draft_options
 @engine_options
 @kv_options

@@ -25,8 +25,9 @@ import numpy as np
 
 from ..loaders.errors import KvrunError
 from ..loaders.gguf_file import GGUFFile
-from ..models.whisper_audio import CHUNK_FRAMES, HOP, SAMPLE_RATE, WhisperAudioEncoder, is_audio_mmproj, load_audio_config, load_wav
-from ..models.qwen3a_audio import Qwen3AudioEncoder, audio_rope, is_qwen3a, load_qwen3a_config  # (Qwen3-Omni's tower: its own chunking)
+from ..models.audio_towers import audio_tower
+from ..models.qwen3a_audio import Qwen3AudioEncoder, audio_rope  # (its M-RoPE thinker: feed_rows)
+from ..models.whisper_audio import CHUNK_FRAMES, HOP, SAMPLE_RATE, WhisperAudioEncoder, is_audio_mmproj, load_wav
 from .engine import Engine
 from .vision import MARKER, Segments, Vision, prefill_media
 
@@ -37,6 +38,7 @@ AUDIO_PART = "input_audio"  # OpenAI's content part type for a clip
 AUDIO_MARKERS = {"ultravox": ("", ""), "qwen2a": ("<|audio_bos|>", "<|audio_eos|>"), "voxtral": ("[BEGIN_AUDIO]", "")}
 AUDIO_MARKERS.update({"glma": ("", ""), "musicflamingo": ("<sound>", "")})  # (GLM-ASR: its boi / eoi are rows of the clip's)
 AUDIO_MARKERS["qwen3a"] = ("<|audio_start|>", "<|audio_end|>")  # (Qwen3-Omni: around the whole clip, all its windows)
+AUDIO_MARKERS["lfm2a"] = ("", "")  # (LFM2-Audio: mtmd.cpp puts nothing around the clip's rows)
 
 
 def is_audio_projector(g: GGUFFile) -> bool:
@@ -86,11 +88,12 @@ class Audio:
         self.engine = engine
         g = g if g is not None else GGUFFile(mmproj)  # (``g``: the file already open, as Vision routes it)
         try:
-            cfg = (load_qwen3a_config if is_qwen3a(g) else load_audio_config)(g)
+            tower = audio_tower(g)  # (Whisper's, Qwen3-Omni's, LFM2-Audio's: models/audio_towers.py)
+            cfg = tower.load_config(g)
             if cfg.n_text_embd != engine.cfg.n_embd:
                 raise KvrunError(f"{mmproj}: the projector makes rows {cfg.n_text_embd} wide and {engine.path} embeds "
                                  f"{engine.cfg.n_embd}: not this model's mmproj")  # fmt: skip
-            self.encoder = (Qwen3AudioEncoder if is_qwen3a(g) else WhisperAudioEncoder)(g, cfg, engine.backend)
+            self.encoder = tower.encoder(g, cfg, engine.backend)
         except Exception:
             g.close()
             raise
@@ -110,7 +113,7 @@ class Audio:
         """Positions the decoded clip ``samples`` takes (its chunks' rows)."""
         if np.asarray(samples).ndim != 1:
             raise KvrunError("this projector takes audio, not images (its mmproj has no vision encoder)")
-        if isinstance(self.encoder, Qwen3AudioEncoder):  # (800-frame windows of 100-frame chunks, no 30 s padding)
+        if not isinstance(self.encoder, WhisperAudioEncoder):  # (their own frames: no 30 s padding)
             return self.encoder.n_rows(np.asarray(samples).size)
         return self.n_chunks(np.asarray(samples).reshape(-1)) * self.n_tokens
 

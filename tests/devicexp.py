@@ -13,7 +13,9 @@ like ``cupy.ndarray`` where it matters:
   ``xp.ascontiguousarray``, which always copy, as an upload does;
 * every way data comes down is logged in :data:`COPIES` as ``(how, shape)``:
   ``asnumpy``, ``int()``, ``float()``, ``bool()``, ``operator.index``,
-  ``.item()``, ``.tolist()``, ``.get()``;
+  ``.item()``, ``.tolist()``, ``.get()``, ``.tobytes()``, ``format()`` (an f-string), ``complex()``;
+* ``xp`` names that CuPy 14 lacks (:data:`NOT_IN_CUPY`: ``xp.insert``, ``xp.block``, ...) are refused, as
+  ``cupy.insert`` is an AttributeError;
 * numpy functions called on device arrays are refused (use ``xp``);
 * results that numpy gives as scalars (reductions, integer indexing,
   ``argmin``) are 0-d device arrays, as in CuPy, and ``argsort`` is stable.
@@ -26,7 +28,8 @@ only recorded; one that makes a new array computes it now for its shape and
 records a recomputation into that same array (memory the graph owns), so a
 replay sees the arrays' current contents; views are views.  Operations whose
 result's shape depends on the data (boolean masks, ``nonzero``) are refused,
-as CuPy must synchronise for them.
+as CuPy must synchronise for them; so are host index arrays (a numpy array or a list in an index), which CuPy
+uploads, a copy that a stream capture refuses.
 
 Not caught: ``np.asarray(device_array)`` (numpy views a subclass without
 asking it); no code under test does that, it goes through ``asnumpy``.
@@ -103,6 +106,24 @@ def _no_mask(idx: Any) -> None:
         raise RuntimeError("boolean-mask indexing while capturing a CUDA graph (its shape needs the data)")
 
 
+def _no_host_index(idx: Any) -> None:
+    if _tape is None:  # (outside a capture CuPy uploads a host index array: allowed)
+        return
+    for x in idx if isinstance(idx, tuple) else (idx,):
+        if isinstance(x, list) or isinstance(x, np.ndarray) and not isinstance(x, DeviceArray):
+            raise RuntimeError("a host index array while capturing a CUDA graph (CuPy uploads it: a host-to-device copy)")
+
+
+# numpy functions that CuPy 14.2 does not have (``dir(numpy)`` less ``dir(cupy)``, measured on CuPy 14.2 / numpy 2.4):
+# ``xp.<name>`` is an AttributeError there, so it is one here
+NOT_IN_CUPY = frozenset(
+    "asmatrix block bmat busday_count busday_offset datetime_as_string datetime_data einsum_path frompyfunc fromregex "
+    "geomspace get_include getbufsize geterr geterrcall histogram_bin_edges info insert is_busday isnat matvec "
+    "nanpercentile nanquantile nested_iters polyder polydiv polyint setbufsize seterr seterrcall show_runtime spacing "
+    "test unstack vecdot vecmat".split()
+)
+
+
 def _base(x: Any) -> Any:
     """Device arrays (also inside tuples and lists, as in an index) as plain numpy views, for numpy to work on."""
     if isinstance(x, DeviceArray):
@@ -148,12 +169,14 @@ class DeviceArray(np.ndarray):
 
     def __getitem__(self, idx: Any) -> Any:
         _no_mask(idx)
+        _no_host_index(idx)
         a, i = self.view(np.ndarray), _base(idx)
         return _made(lambda: a[i], self)
 
     def __setitem__(self, idx: Any, value: Any) -> None:
         _refuse_host((value,), "device setitem")
         _no_mask(idx)
+        _no_host_index(idx)
         a, i, v = self.view(np.ndarray), _base(idx), _base(value)
         _in_place(lambda: a.__setitem__(i, v))
 
@@ -215,6 +238,18 @@ class DeviceArray(np.ndarray):
         _down("get", self)
         return np.array(self.view(np.ndarray))
 
+    def tobytes(self, order: str = "C") -> bytes:  # (cupy.ndarray.tobytes: a copy down)
+        _down("tobytes", self)
+        return self.view(np.ndarray).tobytes(order)
+
+    def __format__(self, spec: str) -> str:  # (f"{x:.3f}" of a device value: CuPy brings it down to format it)
+        _down("format", self)
+        return format(self.view(np.ndarray), spec)
+
+    def __complex__(self) -> complex:
+        _down("complex", self)
+        return complex(self.view(np.ndarray))
+
     def set(self, arr: np.ndarray) -> None:
         """CuPy's upload into an existing array (host to device: not logged)."""
         _up()
@@ -233,6 +268,8 @@ class _DeviceNamespace:
         self._ns, self._prefix = ns, prefix
 
     def __getattr__(self, name: str) -> Any:
+        if self._prefix == "xp." and name in NOT_IN_CUPY:
+            raise AttributeError(f"xp.{name}: CuPy has no {name} (numpy's alone)")
         obj = getattr(self._ns, name)
         if isinstance(obj, types.ModuleType):  # xp.linalg, xp.random, ...
             return _DeviceNamespace(obj, f"{self._prefix}{name}.")

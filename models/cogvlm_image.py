@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..loaders.errors import KvrunError, UnsupportedModelError
+from ..loaders.errors import KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
@@ -57,8 +57,6 @@ class CogVLMEncoder(MmprojEncoder):
     """CogVLM's EVA2-CLIP encoder and GLU projector from an mmproj file: :meth:`encode` pixels into rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_ops.py, models/vit_device.py)
-            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
         E = cfg.n_embd

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ..loaders.errors import KvrunError, UnsupportedModelError
+from ..loaders.errors import KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
@@ -206,8 +206,6 @@ class DeepseekOCREncoder(MmprojEncoder):
     its grid of rows, :meth:`view_rows` lays them out with the newline and separator rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_ops.py, models/vit_device.py)
-            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
 

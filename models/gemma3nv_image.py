@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ..loaders.errors import KvrunError, UnsupportedModelError
+from ..loaders.errors import KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig, open_mmproj
 from ..loaders.quants import dequantize
@@ -149,8 +149,6 @@ class Gemma3nVisionEncoder:
     """Gemma 3n's MobileNetV5 and embedder from an mmproj file: :meth:`encode` pixels into 256 rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_ops.py, models/vit_device.py)
-            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
 
         def tensor(name: str, required: bool = False) -> np.ndarray | None:

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ..loaders.errors import KvrunError, UnsupportedModelError
+from ..loaders.errors import KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig, open_mmproj
 from ..loaders.quants import dequantize
@@ -129,8 +129,6 @@ class Gemma4VEncoder:
     """Gemma 4's vision encoder and projector from an mmproj file: :meth:`encode` pixels into embedding rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_device.py)
-            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
         E = cfg.n_embd

@@ -161,8 +161,6 @@ class LlavaEncoder(SiglipEncoder):
     """LLaVA's CLIP ViT and projector ("mlp", "ldp", "ldpv2") from an mmproj file: :meth:`encode` a square's pixels."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:  # (SiglipEncoder's loader has no class token)
-        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_ops.py, models/vit_device.py)
-            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
         E = cfg.n_embd

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..loaders.errors import KvrunError, UnsupportedModelError
+from ..loaders.errors import KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig, open_mmproj
 from ..loaders.quants import dequantize
@@ -236,8 +236,6 @@ class SiglipEncoder(MmprojEncoder):
     """Gemma 3's vision encoder and projector from an mmproj file: :meth:`encode` pixels into embedding rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name != "cpu" and cfg.projector_type not in ON_GPU:  # (the others on the CPU: runtime/projectors.py)
-            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         ld = self._begin(g, cfg, backend)
         E = cfg.n_embd
         pos = g.tensor("v.position_embd.weight")

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..loaders.errors import KvrunError, UnsupportedModelError
+from ..loaders.errors import KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..loaders.quants import dequantize
@@ -230,8 +230,6 @@ class Step3VLEncoder(MmprojEncoder):
     """Step3-VL's ViT and convolutional projector from an mmproj file: :meth:`encode` a crop's or the overview's pixels."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_ops.py, models/vit_device.py)
-            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
         E, n = cfg.n_embd, cfg.n_patches_side

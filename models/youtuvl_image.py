@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..loaders.errors import KvrunError, UnsupportedModelError
+from ..loaders.errors import KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..ops.backend import Backend
@@ -96,8 +96,6 @@ class YoutuVLEncoder(MmprojEncoder):
     """Youtu-VL's SigLIP2 and merger from an mmproj file: :meth:`encode` a picture's pixels into rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name not in ("cpu", "gpu"):  # (on the GPU: models/vit_ops.py, models/vit_device.py)
-            raise UnsupportedModelError(f"{g.path}: the vision encoder runs on the CPU; drop --device gpu to pass images")
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
         E, p = cfg.n_embd, cfg.patch_size

@@ -56,6 +56,7 @@ carry a large mean, +64% uncentered (first 2 windows) -> +10.7% centered ->
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from typing import Any
@@ -166,6 +167,10 @@ class CompressedLayerCache(LayerCache):
     #: pool widths the one-call steps (and the GPU mirror's kvquant.cu) store.  16: lossless pools behind the
     #: window, as an eviction policy alone (``--kv-budget``) makes; until stop 33 their tokens went in through Python
     STORED_WIDTHS = (16, 8, 4, 3, 2)
+    #: layers read this one's K/V (cache/shared_compressed.py): each prefill chunk leaves ``shared_chunk``, (positions,
+    #: the query basis then, per head (key positions, keys, values) it attended over), for them to attend over alike
+    keep_chunk: bool = False
+    shared_chunk: tuple | None = None
 
     def update_and_attend(self, q, k, v, pos, out) -> None:
         if q.shape[2] > self.key_dim:  # ALiBi's position channel: the slopes out of it, then Q and K without it
@@ -575,6 +580,7 @@ class CompressedLayerCache(LayerCache):
         pq = pos.astype(np.int64)
         o = scratch("cache.o", T * H, s.head_dim_v).reshape(T, H, s.head_dim_v)
         pol = self.policy
+        keep: list | None = [] if self.keep_chunk else None
         for h in range(n_kv):
             ids, kall, vall = self.stored_rows(h, spare=T)
             kall[ids.size :] = k16[:, h]
@@ -587,10 +593,14 @@ class CompressedLayerCache(LayerCache):
                                  sink_logits=self._sinks[g] if self._sinks.size else None, alibi=self._alibi[g] if self._alibi.size else None)
             if pol is not None:
                 pol.prefill(h, probs, ids)
+            if keep is not None:  # (copies: the rows are this thread's reused buffers)
+                keep.append((pk, kall.copy(), vall.copy()))
         if self.rot_v is not None:  # back from the cache basis by the butterflies, as a decode step does
             fwht_rows(o, out)
         else:
             out[:] = o
+        if keep is not None:  # (the basis as the chunk's keys were expressed in: its first spill may fix a new one)
+            self.shared_chunk = (pq, copy.copy(self.basis), keep)
         self._insert_chunk(k, vr, pos)
 
     def store(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray) -> None:

@@ -76,8 +76,13 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
         return [ConvLayerCache(spec) if spec.conv else DeltaNetLayerCache(spec) if spec.deltanet
                 else ParallelSSMLayerCache(spec, next(made)) if spec.ssm_attn
                 else SSMLayerCache(spec) if spec.ssm else next(made) for spec in specs]  # fmt: skip
-    if any(spec.kv_from >= 0 for spec in specs) and kv is not None and kv.is_compressed:  # (the GPU's plain cache shares)
-        raise ValueError("layers that share K/V (gemma3n, gemma4) run on the plain cache only for now; drop the --kv-* options")
+    if any(spec.kv_from >= 0 for spec in specs) and kv is not None and kv.is_compressed:  # (both devices' plain caches share)
+        if kv.policy is not None:  # (a policy ranks a token by the attention it got in its own layer; the sharers' never reaches it)
+            raise ValueError("layers that share K/V (gemma3n, gemma4) take no eviction policy; drop --kv-policy/--kv-budget "
+                             "(quantized, mixed and warm caches run)")
+        from .shared_compressed import make_shared_compressed  # (the sources' compressed slots, read as stored)
+
+        return make_shared_compressed(specs, lambda own: make_cache(own, n_ctx, n_batch, kv, device), device)
     # ALiBi: the CPU's models give the keys a position channel (models/bloom.py), the GPU's the slopes; the compressed
     # caches take either (a bias from the slots' positions, cache/compressed.py), the plain ones their device's own
     if any(spec.position_channel for spec in specs) and device != "cpu":

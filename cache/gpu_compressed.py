@@ -535,6 +535,8 @@ class GPUCompressedLayerCache(CompressedLayerCache):
                                 alibi=self.d_alibi, sinks=self.d_sinks)  # fmt: skip
             if self.d_rot_v is not None:  # back from the rotated V basis
                 xp.matmul(o, self.d_rot_v, out=od)
+        if self.keep_chunk:  # what the layers sharing this one's K/V attend over (cache/gpu_shared_compressed.py)
+            self.shared_chunk = (pos.copy(), db, kbuf, vbuf, kpos, n + T)
         if not steady:
             kh, vh = _host(k), self._rot(_host(v), self.rot_v)  # values in the cache basis, as the CPU's
             for t in range(T):

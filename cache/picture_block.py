@@ -62,9 +62,9 @@ def update_and_attend_block(cache: KVCache, il: int, q: np.ndarray, k: Any, v: A
 
         update_and_attend_picture(layer, q, k, v, pos, out)
         return
-    if not isinstance(layer, (PlainLayerCache, SharedLayerCache)):
-        raise KvrunError("pictures whose rows see each other both ways (Gemma 3, Gemma 4) run on the CPU's KV caches and "
-                         "the GPU's plain one only")  # fmt: skip
+    if not isinstance(layer, (PlainLayerCache, SharedLayerCache)):  # (layers sharing K/V over a compressed cache among them)
+        raise KvrunError("pictures whose rows see each other both ways (Gemma 3, Gemma 4) take the plain cache where layers "
+                         "share K/V (Gemma 4's E2B/E4B), and no other than the CPU's caches and the GPU's plain one; drop the --kv-* options")  # fmt: skip
     if isinstance(layer, PlainLayerCache):  # (a shared layer's source stored this step's rows already)
         layer.store(k, v, pos)
     attend_bidirectional(layer.source if isinstance(layer, SharedLayerCache) else layer, q, pos, out)

@@ -191,10 +191,10 @@ def test_forward_matches_llamacpp(tmp_path, name, chunk):
     assert (got.argmax(1) == ref.argmax(1)).all()
 
 
-def test_gemma3n_shares_kv_and_refuses_compressed_caches(tmp_path):
+def test_gemma3n_shares_kv_on_the_plain_and_compressed_caches(tmp_path):
     """Gemma 3n's layers from the 20th on read the K/V of the last earlier layer of their kind (window layers
-    layer 18's, global ones layer 19's) and store none; only the plain caches serve them (the GPU's too:
-    tests/test_gpu_gemma_n4.py)."""
+    layer 18's, global ones layer 19's) and store none, on the plain caches (the GPU's too: tests/test_gpu_gemma_n4.py)
+    and the compressed ones (tests/test_shared_compressed.py)."""
     from kvrun.cache.kvconfig import KVConfig
     from kvrun.cache.plain import PlainLayerCache, SharedLayerCache
 
@@ -205,8 +205,10 @@ def test_gemma3n_shares_kv_and_refuses_compressed_caches(tmp_path):
     layers = make_cache(specs, N_CTX, N_BATCH)
     assert isinstance(layers[19], PlainLayerCache) and isinstance(layers[24], SharedLayerCache)
     assert layers[24].source is layers[19] and layers[20].source is layers[18] and layers[20].nbytes() == 0
-    with pytest.raises(ValueError, match="plain cache"):
-        make_cache(specs, N_CTX, N_BATCH, KVConfig(bits=4))
+    from kvrun.cache.shared_compressed import SharedCompressedLayerCache
+
+    layers = make_cache(specs, N_CTX, N_BATCH, KVConfig(bits=4))
+    assert isinstance(layers[24], SharedCompressedLayerCache) and layers[24].source is layers[19] and layers[24].nbytes() == 0
 
 
 def test_mistral3_and_ernie4_5_moe_fixtures_see_what_sets_them_apart(tmp_path):

@@ -211,13 +211,12 @@ def test_eviction_policies_run_with_pictures_and_keep_to_their_budget(pairs, kin
 # ---------------------------------------------------------------- where the combination stays unsupported
 
 
-def test_layers_sharing_kv_refuse_the_compressed_cache_in_one_line(tmp_path):
-    """Gemma 4's E2B-like layout (its last layers read earlier layers' K/V) keeps to the plain cache, pictures or not."""
-    from kvrun.runtime.engine import Engine
-
-    eng = Engine(write_tiny_gemma4_vl(tmp_path / "g4.gguf"), n_ctx=256, threads=1, kv=KVConfig.parse("8"))
-    with pytest.raises((KvrunError, ValueError), match="share K/V") as e:
-        eng.new_cache()
+def test_layers_sharing_kv_take_the_compressed_cache_but_not_its_pictures_in_one_line(tmp_path):
+    """Gemma 4's E2B-like layout (its last layers read earlier layers' K/V, cache/shared_compressed.py) takes a
+    compressed cache for text; a picture, whose rows see each other both ways, is a one-line error there."""
+    v = _vision((write_tiny_gemma4_vl(tmp_path / "g4.gguf"), write_tiny_gemma4v_mmproj(tmp_path / "g4-mmproj.gguf")), "8")
+    with pytest.raises(KvrunError, match="share K/V .*drop the --kv-\\* options") as e:
+        _logits(v, "a <__media__> b", PICTURES[:1])
     assert "\n" not in str(e.value)
 
 
@@ -231,7 +230,7 @@ def test_a_picture_seeing_itself_both_ways_on_another_cache_is_a_one_line_error(
         update_and_attend = n_tokens = nbytes = reset = truncate = lambda *a: None
 
     q = np.zeros((3, 2, 4), np.float32)
-    with pytest.raises(KvrunError, match="run on the CPU's KV caches and the GPU's plain one only") as e:
+    with pytest.raises(KvrunError, match="no other than the CPU's caches and the GPU's plain one") as e:
         update_and_attend_block(KVCache([Elsewhere()]), 0, q, q[:, :1], q[:, :1], np.arange(3, dtype=np.int32), q.copy())
     assert "\n" not in str(e.value)
 

@@ -106,6 +106,26 @@ class LayerCache(ABC):
         return True
 
 
+class SharedKVLayerCache(LayerCache):
+    """A layer that reads another layer's K/V (``spec.kv_from``, Gemma 3n's and Gemma 4's KV sharing) and stores none:
+    its tokens are its ``source``'s, and resetting and truncating are the source's (cache/plain.py's, the compressed
+    cache's cache/shared_compressed.py, their GPU twins)."""
+
+    source: LayerCache
+
+    def n_tokens(self) -> int:
+        return self.source.n_tokens()
+
+    def nbytes(self) -> int:
+        return 0
+
+    def reset(self) -> None:
+        pass  # (the source's reset clears what this layer reads)
+
+    def truncate(self, n_past: int) -> None:
+        pass
+
+
 class Media(ABC):
     """What media (pictures) leave on a sequence's cache beside its layers' K/V, in :attr:`KVCache.media` under their
     own class: Qwen2-VL's images' M-RoPE grids (cache/mrope.py), a picture's float K/V while its pieces are fed

@@ -13,26 +13,19 @@ import numpy as np
 
 from ..ops.gpu import kernels as K
 from ..ops.gpu.arrays import device_out, is_device, positions, to_device
-from .base import LayerCache, LayerSpec
+from .base import LayerCache, LayerSpec, SharedKVLayerCache
 from .gpu_plain import GPUPlainLayerCache
+from .plain import SharedLayerCache
 
 
-class GPUSharedLayerCache(LayerCache):
-    """A layer that reads ``source``'s K/V on the device and stores none (``k`` and ``v`` are ignored)."""
+class GPUSharedHooks:
+    """The graph and session hooks every GPU layer that shares K/V has (this module's, and
+    cache/gpu_shared_compressed.py's): nothing of its own to plan, snapshot or hold; its session form is ``HOST``, the
+    CPU's sharing layer over the host copy of the source."""
 
-    def __init__(self, spec: LayerSpec, source: GPUPlainLayerCache) -> None:
-        self.spec = spec
-        self.source = source
-
-    def update_and_attend(self, q, k, v, pos, out) -> None:
-        pos_h = K.runtime().asnumpy(pos) if is_device(pos) else np.asarray(pos)
-        with device_out(out) as od:
-            self.source.attend(to_device(q), positions(pos_h), od, self.spec)
-
-    # ------------------------------------------------------------ CUDA graphs (runtime/graphs.py)
-    def graph_key(self, p: int) -> int:
-        """The source's: the slots a decode step at ``p`` spans."""
-        return self.source.graph_key(p)
+    HOST: type  # (the CPU's twin: plain.SharedLayerCache, shared_compressed.SharedCompressedLayerCache)
+    spec: LayerSpec
+    source: LayerCache
 
     def graph_step(self, p: int) -> None:
         return None
@@ -48,27 +41,32 @@ class GPUSharedLayerCache(LayerCache):
 
     # ------------------------------------------------------------ session files (cache/hostcopy.py)
     def to_host(self, moved: dict[int, LayerCache]) -> LayerCache:
-        """The CPU's :class:`~.plain.SharedLayerCache` over the host copy of the source (made first: it comes earlier)."""
-        from .plain import SharedLayerCache
-
-        return SharedLayerCache(self.spec, moved[id(self.source)])
+        """The CPU's sharing layer over the host copy of the source (made first: it comes earlier)."""
+        return self.HOST(self.spec, moved[id(self.source)])
 
     def load_host(self, src: LayerCache) -> None:
         """Nothing to hold (the source takes its saved K/V); ``src`` must be a sharing layer of the same spec."""
         from .hostcopy import refuse
-        from .plain import SharedLayerCache
 
-        if type(src) is not SharedLayerCache or src.spec != self.spec:
+        if type(src) is not self.HOST or src.spec != self.spec:
             raise refuse(src, self)
 
-    def n_tokens(self) -> int:
-        return self.source.n_tokens()
 
-    def nbytes(self) -> int:
-        return 0
+class GPUSharedLayerCache(GPUSharedHooks, SharedKVLayerCache):
+    """A layer that reads ``source``'s K/V on the device and stores none (``k`` and ``v`` are ignored)."""
 
-    def reset(self) -> None:
-        pass  # (the source's reset clears what this layer reads)
+    HOST = SharedLayerCache
 
-    def truncate(self, n_past: int) -> None:
-        pass
+    def __init__(self, spec: LayerSpec, source: GPUPlainLayerCache) -> None:
+        self.spec = spec
+        self.source = source
+
+    def update_and_attend(self, q, k, v, pos, out) -> None:
+        pos_h = K.runtime().asnumpy(pos) if is_device(pos) else np.asarray(pos)
+        with device_out(out) as od:
+            self.source.attend(to_device(q), positions(pos_h), od, self.spec)
+
+    # ------------------------------------------------------------ CUDA graphs (runtime/graphs.py)
+    def graph_key(self, p: int) -> int:
+        """The source's: the slots a decode step at ``p`` spans."""
+        return self.source.graph_key(p)

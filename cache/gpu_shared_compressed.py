@@ -20,14 +20,17 @@ from ..ops.gpu import kernels as K
 from ..ops.gpu import kvquant
 from ..ops.gpu import qattention as qa
 from ..ops.gpu.arrays import device_out, is_device, positions, to_device
-from .base import LayerCache, LayerSpec
+from .base import LayerSpec
 from .compressed import MAX_DECODE_T
 from .gpu_compressed import GPUCompressedLayerCache
+from .gpu_shared import GPUSharedHooks
 from .shared_compressed import SharedCompressedLayerCache
 
 
-class GPUSharedCompressedLayerCache(SharedCompressedLayerCache):
+class GPUSharedCompressedLayerCache(GPUSharedHooks, SharedCompressedLayerCache):
     """A layer that reads ``source``'s compressed K/V on the device and stores none (``k`` and ``v`` are ignored)."""
+
+    HOST = SharedCompressedLayerCache
 
     def __init__(self, spec: LayerSpec, source: GPUCompressedLayerCache) -> None:
         super().__init__(spec, source)
@@ -74,27 +77,3 @@ class GPUSharedCompressedLayerCache(SharedCompressedLayerCache):
         runtime records no array operations in a capture (the emulator's): the queries go into the source's basis by a
         CuPy product, which the source's own steps do inside its push kernel."""
         return self.source.graph_key(p) if getattr(K.runtime(), "records_xp", False) else None
-
-    def graph_step(self, p: int) -> None:
-        return None
-
-    def serve_plan(self, buf: object) -> None:
-        """(Nothing to plan: the source's slots are its own.)"""
-
-    def snapshot(self) -> None:
-        return None
-
-    def restore(self, snap: None) -> None:
-        pass
-
-    # ------------------------------------------------------------ session files (cache/hostcopy.py)
-    def to_host(self, moved: dict[int, LayerCache]) -> LayerCache:
-        """The CPU's :class:`~.shared_compressed.SharedCompressedLayerCache` over the host copy of the source."""
-        return SharedCompressedLayerCache(self.spec, moved[id(self.source)])
-
-    def load_host(self, src: LayerCache) -> None:
-        """Nothing to hold (the source takes its saved K/V); ``src`` must be a sharing layer of the same spec."""
-        from .hostcopy import refuse
-
-        if type(src) is not SharedCompressedLayerCache or src.spec != self.spec:
-            raise refuse(src, self)

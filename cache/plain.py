@@ -14,7 +14,7 @@ from ..ops.cpu.batchdecode import decode_steps_f16
 from ..ops.cpu.f16 import scatter_f16
 from ..ops.cpu.parallel import split_threads
 from ..ops.cpu.qattention import decode_step_f16
-from .base import LayerCache, LayerSpec
+from .base import LayerCache, LayerSpec, SharedKVLayerCache
 
 
 
@@ -149,7 +149,7 @@ def _no_values(k: np.ndarray) -> np.ndarray:
     return np.empty((k.shape[0], k.shape[1], 0), np.float32)
 
 
-class SharedLayerCache(LayerCache):
+class SharedLayerCache(SharedKVLayerCache):
     """A layer that reads another layer's K/V (``spec.kv_from``, Gemma 3n) and stores none: ``k`` and ``v`` are
     ignored (the model computes none), the queries attend over the source's slots, which that layer, earlier
     in the same step, has already filled with this step's tokens.  Resetting and truncating are the source's."""
@@ -160,18 +160,6 @@ class SharedLayerCache(LayerCache):
 
     def update_and_attend(self, q, k, v, pos, out) -> None:
         self.source.attend(np.ascontiguousarray(q, np.float32), pos, out, self.spec)
-
-    def n_tokens(self) -> int:
-        return self.source.n_tokens()
-
-    def nbytes(self) -> int:
-        return 0
-
-    def reset(self) -> None:
-        pass
-
-    def truncate(self, n_past: int) -> None:
-        pass
 
 
 def make_plain_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int) -> list[LayerCache]:

@@ -31,14 +31,14 @@ import numpy as np
 
 from ..ops.cpu.attention import attend_group
 from ..ops.cpu.qattention import attend_decode_q
-from .base import LayerCache, LayerSpec
+from .base import LayerCache, LayerSpec, SharedKVLayerCache
 from .compressed import MAX_DECODE_T, CompressedLayerCache
 from .insert import fwht_rows
 
 _EMPTY2 = np.zeros((0, 0), np.float32)
 
 
-class SharedCompressedLayerCache(LayerCache):
+class SharedCompressedLayerCache(SharedKVLayerCache):
     """A layer that reads ``source``'s compressed K/V (``spec.kv_from``) and stores none; see the module docstring.
     ``k`` and ``v`` are ignored (the model computes none); resetting and truncating are the source's."""
 
@@ -115,18 +115,6 @@ class SharedCompressedLayerCache(LayerCache):
             fwht_rows(o, out)
         else:
             out[:] = o
-
-    def n_tokens(self) -> int:
-        return self.source.n_tokens()
-
-    def nbytes(self) -> int:
-        return 0
-
-    def reset(self) -> None:
-        pass
-
-    def truncate(self, n_past: int) -> None:
-        pass
 
 
 def make_shared_compressed(specs: list[LayerSpec], make: Callable[[list[LayerSpec]], list[LayerCache]], device: str = "cpu") -> list[LayerCache]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ContextManager
 
 import numpy as np
 
@@ -203,6 +203,10 @@ class Qwen3AudioEncoder:
     def n_rows(self, n_samples: int) -> int:
         """Rows a clip of ``n_samples`` becomes."""
         return n_rows(n_samples)
+
+    def feed_context(self, model: Any) -> ContextManager[None]:
+        """The block the clip's rows are fed in (runtime/audio.py): :func:`audio_rope`'s positions for them."""
+        return audio_rope(model)
 
     def encode(self, samples: np.ndarray) -> np.ndarray:
         """16 kHz mono samples -> the clip's rows, every window's in order, float32 [n, n_text_embd]."""

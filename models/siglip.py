@@ -19,7 +19,7 @@ into one row n_merge^2 times wider (:func:`pixel_shuffle`) and one matrix ``mm.m
 
 The forward (:func:`embed_patches`, :func:`vit_block`, :func:`_forward`) is written once against models/vit_ops.py's
 ops: on the CPU the activations are numpy arrays (as models/bert.py's) and the ViT's weight products run on the CPU
-backend's kernels in the file's format; on --device gpu the encoders of :data:`ON_GPU` run on the GPU backend, the
+backend's kernels in the file's format; on --device gpu every encoder runs on the GPU backend, the
 activations device arrays (models/vit_device.py), and the text model reads the rows there (cache/gpu_picture.py).  What ggml's CPU does to the
 numbers is reproduced where it shows: a product with an F16 weight rounds its input to F16 first (ggml's
 vec_dot_type), the convolution runs on F16 patches and an F16 kernel, GELU is looked up in an F16 table
@@ -62,23 +62,6 @@ TENSOR_NAMES.update({  # the encoder's names (clip.cpp's TN_*, prefix "v")
     "mm_soft_emb_norm": "mm.soft_emb_norm.weight",
     "mm_fc": "mm.model.fc.weight",  # (SmolVLM's projection, projector type idefics3)
 })  # fmt: skip
-
-#: the projector types whose encoder runs on --device gpu too (tests/test_gpu_vision_encoders*.py), every one kvrun reads
-#: (tests/test_gpu_vision2.py holds it to runtime/projectors.py's PROJECTORS): each forward, in its own file, takes either
-#: device's ops (models/vit_ops.py ``ops_of``).
-ON_GPU = ("gemma3", "idefics3", "janus_pro", "lfm2", "hunyuanvl")
-ON_GPU += ("qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger")  # (models/qwen2vl_image.py, qwen3vl_image.py)
-ON_GPU += ("pixtral", "lightonocr")  # (models/pixtral_image.py)
-ON_GPU += ("internvl", "mlp")  # (models/internvl_image.py, llava_image.py: LLaVA's "mlp", not MobileVLM's)
-ON_GPU += ("resampler",)  # (models/minicpmv_image.py: MiniCPM-V 2.5 to 4.5)
-ON_GPU += ("gemma4v",)  # (models/gemma4v_image.py)
-ON_GPU += ("glm4v",)  # (models/glm4v_image.py: GLM-4.1V, 4.5V, 4.6V)
-ON_GPU += ("llama4", "kimivl", "paddleocr")  # (models/llama4_image.py, kimivl_image.py, paddleocr_image.py)
-ON_GPU += ("minicpmv4_6",)  # (models/minicpmv46_image.py)
-ON_GPU += ("step3vl", "youtuvl", "cogvlm")  # (models/step3vl_image.py, youtuvl_image.py, cogvlm_image.py)
-ON_GPU += ("deepseekocr",)  # (models/deepseekocr_image.py)
-ON_GPU += ("ldp", "ldpv2")  # (models/llava_image.py: MobileVLM's projectors)
-ON_GPU += ("gemma3nv",)  # (models/gemma3nv_image.py: MobileNetV5)
 
 
 def _f16(x: np.ndarray) -> np.ndarray:

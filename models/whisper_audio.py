@@ -358,6 +358,11 @@ class WhisperAudioEncoder:
             g.close()
             raise
 
+    def n_rows(self, n_samples: int) -> int:
+        """Rows a clip of ``n_samples`` becomes: libmtmd's 30 s of padding after the clip, whole 3000-frame chunks
+        (the partial last one dropped), ``rows_per_chunk`` each."""
+        return ((n_samples + SAMPLE_RATE * 30) // HOP + 1) // CHUNK_FRAMES * self.cfg.rows_per_chunk
+
     def encode_chunk(self, mel: np.ndarray) -> np.ndarray:
         """One mel chunk [n_mel, 3000] -> its embedding rows [rows_per_chunk, n_text_embd]."""
         return self.encode_mels(mel[None])

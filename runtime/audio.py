@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from contextlib import nullcontext
 from typing import Any, Union
 
 import numpy as np
@@ -26,8 +27,7 @@ import numpy as np
 from ..loaders.errors import KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..models.audio_towers import audio_tower
-from ..models.qwen3a_audio import Qwen3AudioEncoder, audio_rope  # (its M-RoPE thinker: feed_rows)
-from ..models.whisper_audio import CHUNK_FRAMES, HOP, SAMPLE_RATE, WhisperAudioEncoder, is_audio_mmproj, load_wav
+from ..models.whisper_audio import is_audio_mmproj, load_wav
 from .engine import Engine
 from .vision import MARKER, Segments, Vision, prefill_media
 
@@ -105,17 +105,11 @@ class Audio:
         """Positions one 30 s chunk of a clip takes in the context."""
         return self.cfg.rows_per_chunk
 
-    def n_chunks(self, samples: np.ndarray) -> int:
-        """30 s chunks ``samples`` make (libmtmd's: 30 s of padding after the clip, the partial last chunk dropped)."""
-        return ((samples.size + SAMPLE_RATE * 30) // HOP + 1) // CHUNK_FRAMES  # (frames of the padded clip, whole chunks)
-
     def image_positions(self, samples: np.ndarray) -> int:
         """Positions the decoded clip ``samples`` takes (its chunks' rows)."""
         if np.asarray(samples).ndim != 1:
             raise KvrunError("this projector takes audio, not images (its mmproj has no vision encoder)")
-        if not isinstance(self.encoder, WhisperAudioEncoder):  # (their own frames: no 30 s padding)
-            return self.encoder.n_rows(np.asarray(samples).size)
-        return self.n_chunks(np.asarray(samples).reshape(-1)) * self.n_tokens
+        return self.encoder.n_rows(np.asarray(samples).size)  # (Whisper's 30 s chunks; the others' own frames)
 
     def image_rows(self, clip: AudioSource) -> np.ndarray:
         """One clip decoded and encoded: float32 [n_chunks * rows_per_chunk, n_embd]."""
@@ -148,9 +142,8 @@ class Audio:
 
     def feed_rows(self, cache: Any, rows: np.ndarray) -> None:
         """Feed a clip's rows after what ``cache`` holds."""
-        if isinstance(self.encoder, Qwen3AudioEncoder):  # (its M-RoPE thinker turns a clip's rows as libmtmd does)
-            with audio_rope(self.engine.model):
-                return self.engine.eval_embd(cache, rows)
-        self.engine.eval_embd(cache, rows)
+        feed_context = getattr(self.encoder, "feed_context", None)  # (Qwen3-Omni's: its M-RoPE thinker turns a clip's
+        with feed_context(self.engine.model) if feed_context else nullcontext():  # rows as libmtmd does)
+            self.engine.eval_embd(cache, rows)
 
     generate_text = Vision.generate_text  # (prefill, then the reply streamed: the same for a clip as for a picture)

@@ -71,7 +71,7 @@ def _resolve(package: str, name: str) -> Any:
 def load_encoder(mmproj: str | os.PathLike | GGUFFile, backend: Any) -> Any:
     """The encoder of a picture projector file, or of the file already open (a one-line error for a file that is not
     one kvrun reads)."""
-    g, cfg = open_mmproj(mmproj)  # (every encoder runs on the text model's device: models/siglip.py ON_GPU)
+    g, cfg = open_mmproj(mmproj)  # (every encoder runs on the text model's device)
     return _resolve("models", PROJECTORS[cfg.projector_type].encoder)(g, cfg, backend)
 
 

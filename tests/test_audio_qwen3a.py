@@ -99,7 +99,7 @@ def test_the_logits_fail_when_the_rows_turn_as_text(audio, monkeypatch):
     the rope pairs past the sections turn too.  Fed with text's (p, p, p, 0) the logits are far outside the bound."""
     from contextlib import nullcontext
 
-    monkeypatch.setattr("kvrun.runtime.audio.audio_rope", lambda model: nullcontext())
+    monkeypatch.setattr("kvrun.models.qwen3a_audio.Qwen3AudioEncoder.feed_context", lambda self, model: nullcontext())
     segs = audio.segments(PROMPTS[0], [CLIPS["short"]])
     cache = audio.engine.new_cache()
     logits = audio.engine.eval(cache, audio.prefill(cache, segs))[-1]

@@ -1,7 +1,7 @@
 """Pictures on `--device gpu`, round 2: M-RoPE pictures (Qwen2-VL, Qwen3-VL, GLM-4V, PaddleOCR-VL) and the projectors
 whose rows go in causally as a block (Pixtral, InternVL, LLaVA), on the kernel emulator against the CPU and libmtmd.
 
-Each encoder runs on the GPU too (models/siglip.py ON_GPU), its rows within 2e-3 of the CPU encoder's
+Each encoder runs on the GPU too, its rows within 2e-3 of the CPU encoder's
 (tests/test_gpu_vision_encoders*.py); the text model reads them on the GPU.  Weights are float32, so the two backends' arithmetic
 is compared: logits within 2e-3 of their largest, the bound of tests/test_gpu_archs2.py, and within each projector's
 own test's tolerance of libmtmd's (tests/test_vision_*.py, the same committed fixtures).
@@ -55,8 +55,8 @@ def _check(cpu, gpu, fx, pics: dict, prompt: str, key: str, tol: float, steps=ST
 
 
 def _same_rows(cpu, gpu, pic: np.ndarray) -> None:
-    """The encoder runs on the GPU beside the GPU's text model: the CPU's rows within 2e-3 (models/siglip.py ON_GPU,
-    tests/test_gpu_vision_encoders*.py)."""
+    """The encoder runs on the GPU beside the GPU's text model: the CPU's rows within 2e-3
+    (tests/test_gpu_vision_encoders*.py)."""
     assert type(gpu.encoder.be).__name__ == "GPUBackend"
     assert rel_err(cpu.image_rows(pic), gpu.image_rows(pic)) < BOUND
 
@@ -243,10 +243,18 @@ def test_m_rope_pictures_go_up_as_cupy_takes_them_and_decode_brings_down_only_lo
         K.set_runtime(prev)
 
 
-def test_every_projector_runs_its_encoder_on_the_gpu():
-    """Every projector kvrun reads encodes on the text model's device (models/siglip.py ON_GPU; the rows against the
-    CPU encoder's: tests/test_gpu_vision_encoders*.py)."""
-    from kvrun.models.siglip import ON_GPU
+def test_every_projector_has_a_tiny_pair_the_gpu_tests_run(tmp_path):
+    """Every projector type kvrun reads (runtime/projectors.py PROJECTORS) is written by one of the tiny writers
+    (tests/tiny_vision.py TINY_MMPROJS) whose rows the GPU encoder tests hold to the CPU's
+    (tests/test_gpu_vision_encoders*.py): no encoder is left without a device check."""
+    from tiny_vision import TINY_MMPROJS, tiny_mmproj
+
+    from kvrun.loaders.gguf_file import GGUFFile
     from kvrun.runtime.projectors import PROJECTORS
 
-    assert set(PROJECTORS) == set(ON_GPU) and len(ON_GPU) == len(set(ON_GPU))
+    written = set()
+    for name in TINY_MMPROJS:
+        g = GGUFFile(tiny_mmproj(name, 0, tmp_path))
+        written.add(g.get("clip.projector_type"))
+        g.close()
+    assert set(PROJECTORS) <= written

@@ -24,6 +24,8 @@ _TOWERS = {
     "qwen3a": ("qwen3a_audio", "load_qwen3a_config", "Qwen3AudioEncoder", "Qwen3-Omni audio encoder"),
     "lfm2a": ("lfm2a_audio", "load_lfm2a_config", "Lfm2AudioEncoder", "FastConformer (LFM2-Audio)"),
 }
+#: the projector types of the towers other than Whisper's (whose own are models/whisper_audio.py AUDIO_PROJECTORS)
+OTHER_TOWERS = tuple(_TOWERS)
 _WHISPER = ("whisper_audio", "load_audio_config", "WhisperAudioEncoder", "Whisper encoder")
 
 

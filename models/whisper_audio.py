@@ -156,12 +156,15 @@ def audio_tower_keys(g: GGUFFile) -> dict[str, Any]:
 
 def load_audio_config(g: GGUFFile) -> AudioConfig:
     """The config of an opened audio mmproj file, or a one-line error."""
-    check_audio_mmproj(g, f" ({', '.join(AUDIO_PROJECTORS)})")
+    from .audio_towers import OTHER_TOWERS  # (every audio projector type kvrun reads, for the errors)
+
+    known = ", ".join(AUDIO_PROJECTORS + OTHER_TOWERS)
+    check_audio_mmproj(g, f" ({known})")
     ptype = g.get("clip.audio.projector_type") or g.get("clip.projector_type")
     if ptype == "qwen2.5o":  # (Qwen2.5-Omni: clip.cpp reads the audio side of its projector as qwen2a)
         ptype = "qwen2a"
     if ptype not in AUDIO_PROJECTORS:
-        raise UnsupportedModelError(f"{g.path}: audio projector type {ptype!r} is not supported; kvrun reads {', '.join(AUDIO_PROJECTORS)}")
+        raise UnsupportedModelError(f"{g.path}: audio projector type {ptype!r} is not supported; kvrun reads {known}")
     out_name = "mm.a.fc.weight" if ptype == "qwen2a" else "mm.a.mlp.2.weight"  # (the projector's last matrix)
     mlp2 = g.tensors.get(out_name)
     if mlp2 is None:

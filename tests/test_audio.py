@@ -22,11 +22,12 @@ from kvrun.cli import main
 from kvrun.loaders.errors import KvrunError
 from kvrun.loaders.gguf_file import GGUFFile
 from kvrun.loaders.mmproj import open_mmproj
+from kvrun.models.audio_towers import audio_tower
 from kvrun.models.whisper_audio import WhisperAudioEncoder, load_audio_config, load_wav, log_mel, mel_filters
 from kvrun.ops import get_backend
 from kvrun.runtime.audio import Audio
 from kvrun.runtime.vision import MARKER, Vision
-from tiny_audio import A_EMBD, N_MEL, STACK, sample_audio, wav_bytes, write_tiny_ultravox_mmproj, write_tiny_ultravox_text
+from tiny_audio import A_EMBD, N_MEL, STACK, audio_mmproj_writer, sample_audio, wav_bytes, write_tiny_ultravox_mmproj, write_tiny_ultravox_text
 from tiny_vision import write_tiny_mmproj
 from vision_checks import call, serving
 
@@ -130,6 +131,21 @@ def test_an_image_projector_is_not_read_as_audio(tmp_path):
     g = GGUFFile(write_tiny_mmproj(tmp_path / "gemma3.gguf"))
     with pytest.raises(KvrunError, match="has no audio encoder"):
         load_audio_config(g)
+    g.close()
+
+
+def test_an_audio_projector_kvrun_does_not_read_is_a_one_line_error_naming_every_one_it_does(tmp_path):
+    """Gemma 3n's audio side ("gemma3na") has no graph in libmtmd 0.3.36 (it refuses an audio-only file of that type
+    too); the error names every audio projector type kvrun reads, the towers of models/audio_towers.py included."""
+    w = audio_mmproj_writer(tmp_path / "gemma3na.gguf", "gemma3na", "gemma3na", 64)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    g = GGUFFile(tmp_path / "gemma3na.gguf")
+    with pytest.raises(KvrunError, match="audio projector type 'gemma3na' is not supported; kvrun reads ultravox, .*qwen3a.*lfm2a") as e:
+        audio_tower(g).load_config(g)
+    assert "\n" not in str(e.value)
     g.close()
 
 

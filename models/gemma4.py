@@ -100,6 +100,9 @@ class Gemma4Layer(Gemma3Layer):
 class Gemma4Model(Gemma3nModel):
     archs = ("gemma4",)
     takes_images = True  # its forward reads Model.input_embd (a gemma4v picture's rows: runtime/vision_gemma4.py)
+    #: rows fed as embeddings read causally, as text (an audio clip's: libmtmd decodes gemma4a's rows causally,
+    #: models/gemma4a_audio.py's feed_context sets it while a clip goes in); else they see each other (a picture's)
+    causal_rows: bool = False
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         Model.__init__(self, g, cfg, backend, n_ctx, n_batch)  # (none of Gemma 3n's AltUp tensors to load)
@@ -216,7 +219,7 @@ class Gemma4Model(Gemma3nModel):
             k3 = v3 = None  # (the cache reads the source layer's)
             be.rms_norm_heads(q3, L.q_norm, c.norm_eps)
             be.rope(q3, pos, cos, sin, c.rope_neox)
-        if self.input_embd is not None:  # (a picture's rows see each other, as libmtmd's non-causal image batch)
+        if self.input_embd is not None and not self.causal_rows:  # (a picture's rows see each other, as libmtmd's non-causal image batch)
             # (a layer sharing K/V reads its source's slots, a layer of its own kind: the same window and heads;
             # plain or compressed: cache/picture_block.py)
             update_and_attend_block(cache, il, q3, k3, v3, pos, att3)
@@ -336,7 +339,7 @@ class Gemma4Model(Gemma3nModel):
             be.linear(L.wq, xn, q)
             be.rms_norm_heads(q3, L.q_norm, c.norm_eps)
             be.rope(q3, pos, cos, sin, c.rope_neox)
-        if self.input_embd is not None:  # (a picture's rows: the CPU's caches only, cache/picture_block.py says so)
+        if self.input_embd is not None and not self.causal_rows:  # (a picture's rows: the CPU's caches only, cache/picture_block.py says so)
             update_and_attend_block(cache, il, q3, k3, v3, pos, att3)
         else:
             cache[il].update_and_attend(q3, k3, v3, pos, att3)

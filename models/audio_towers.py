@@ -23,6 +23,7 @@ class AudioTower(NamedTuple):
 _TOWERS = {
     "qwen3a": ("qwen3a_audio", "load_qwen3a_config", "Qwen3AudioEncoder", "Qwen3-Omni audio encoder"),
     "lfm2a": ("lfm2a_audio", "load_lfm2a_config", "Lfm2AudioEncoder", "FastConformer (LFM2-Audio)"),
+    "granite_speech": ("granite_speech_audio", "load_granite_speech_config", "GraniteSpeechEncoder", "conformer and Q-Former (Granite Speech)"),
     "gemma4a": ("gemma4a_audio", "load_gemma4a_config", "Gemma4AudioEncoder", "Gemma 4 audio conformer"),
 }
 #: the projector types of the towers other than Whisper's (whose own are models/whisper_audio.py AUDIO_PROJECTORS)

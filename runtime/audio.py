@@ -39,6 +39,7 @@ AUDIO_MARKERS = {"ultravox": ("", ""), "qwen2a": ("<|audio_bos|>", "<|audio_eos|
 AUDIO_MARKERS.update({"glma": ("", ""), "musicflamingo": ("<sound>", "")})  # (GLM-ASR: its boi / eoi are rows of the clip's)
 AUDIO_MARKERS["qwen3a"] = ("<|audio_start|>", "<|audio_end|>")  # (Qwen3-Omni: around the whole clip, all its windows)
 AUDIO_MARKERS["lfm2a"] = ("", "")  # (LFM2-Audio: mtmd.cpp puts nothing around the clip's rows)
+AUDIO_MARKERS["granite_speech"] = ("", "")  # (Granite Speech: nothing around the clip's rows either)
 AUDIO_MARKERS["gemma4a"] = ("<|audio>", "<audio|>")  # (Gemma 4: around the whole clip, all its 30 s pieces)
 
 

@@ -168,7 +168,8 @@ class CompressedLayerCache(LayerCache):
     #: window, as an eviction policy alone (``--kv-budget``) makes; until stop 33 their tokens went in through Python
     STORED_WIDTHS = (16, 8, 4, 3, 2)
     #: layers read this one's K/V (cache/shared_compressed.py): each prefill chunk leaves ``shared_chunk``, (positions,
-    #: the query basis then, per head (key positions, keys, values) it attended over), for them to attend over alike
+    #: the query basis then, per head (key positions, keys, values, merge log-weights or None) it attended over), for them
+    #: to attend over alike
     keep_chunk: bool = False
     shared_chunk: tuple | None = None
 
@@ -526,7 +527,6 @@ class CompressedLayerCache(LayerCache):
     # ------------------------------------------------------------ attention
     def _attend_decode(self, q: np.ndarray, pos: np.ndarray, out: np.ndarray, qr: np.ndarray | None = None) -> None:
         T = q.shape[0]
-        s, p0, p1 = self.spec, self.pools[0], self.pools[1]
         if qr is None:
             qr = self.basis.queries(q, out=self._qr[:T])
         o = out if self.rot_v is None else self._or[:T]
@@ -535,18 +535,27 @@ class CompressedLayerCache(LayerCache):
         if pol is not None and pol.needs_probs:
             pol.before_step()
             acc = pol.acc
+        self.attend_slots(qr, pos, self.spec, o, self._s, acc, self._sinks, self._alibi)
+        if pol is not None and pol.needs_probs:
+            pol.after_step()
+        if self.rot_v is not None:
+            fwht_rows(o, out)
+
+    def attend_slots(self, qr: np.ndarray, pos: np.ndarray, spec: LayerSpec, o: np.ndarray, s_all: np.ndarray, acc: np.ndarray,
+                     sinks: np.ndarray, alibi: np.ndarray) -> None:  # fmt: skip
+        """The decode kernel (:func:`attend_decode_q`): queries ``qr`` [T, n_head, D] (the cache's key basis) at ``pos``
+        over every stored slot, with ``spec``'s window, scale and soft-cap and the given sinks and slopes, into ``o``
+        (the values' basis); the probabilities added into ``acc`` ([n_kv, N], or ``[0, 0]``); ``s_all`` the logits'
+        scratch.  This layer's own steps, and those of the layers that read its K/V (cache/shared_compressed.py)."""
+        p0, p1 = self.pools
         attend_decode_q(
             qr, pos, self.k16, self.v16,
             p0.kc, p0.km, p0.vc, p0.vm, p0.bits_k, p0.bits_v,
             p1.kc, p1.km, p1.vc, p1.vm, p1.bits_k, p1.bits_v,
             p0.klut, p0.vlut, p1.klut, p1.vlut, self.kv.group, self.pos, self.logw,
-            s.window, s.scale, s.softcap, o,
-            self._s, acc, int_keys=self.int_keys, sink_logits=self._sinks, alibi=self._alibi,
+            spec.window, spec.scale, spec.softcap, o,
+            s_all, acc, int_keys=self.int_keys, sink_logits=sinks, alibi=alibi,
         )  # fmt: skip
-        if pol is not None and pol.needs_probs:
-            pol.after_step()
-        if self.rot_v is not None:
-            fwht_rows(o, out)
 
     def stored_rows(self, h: int, spare: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Slot ids of head ``h``'s held tokens, and their keys and values in the cache basis:
@@ -594,7 +603,7 @@ class CompressedLayerCache(LayerCache):
             if pol is not None:
                 pol.prefill(h, probs, ids)
             if keep is not None:  # (copies: the rows are this thread's reused buffers)
-                keep.append((pk, kall.copy(), vall.copy()))
+                keep.append((pk, kall.copy(), vall.copy(), bias))
         if self.rot_v is not None:  # back from the cache basis by the butterflies, as a decode step does
             fwht_rows(o, out)
         else:

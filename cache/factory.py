@@ -77,9 +77,7 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
                 else ParallelSSMLayerCache(spec, next(made)) if spec.ssm_attn
                 else SSMLayerCache(spec) if spec.ssm else next(made) for spec in specs]  # fmt: skip
     if any(spec.kv_from >= 0 for spec in specs) and kv is not None and kv.is_compressed:  # (both devices' plain caches share)
-        if kv.policy is not None:  # (a policy ranks a token by the attention it got in its own layer; the sharers' never reaches it)
-            raise ValueError("layers that share K/V (gemma3n, gemma4) take no eviction policy; drop --kv-policy/--kv-budget "
-                             "(quantized, mixed and warm caches run)")
+        # (a source's policy ranks its slots by its sharers' attention too: cache/shared_compressed.py)
         from .shared_compressed import make_shared_compressed  # (the sources' compressed slots, read as stored)
 
         return make_shared_compressed(specs, lambda own: make_cache(own, n_ctx, n_batch, kv, device), device)

@@ -17,9 +17,18 @@ query basis as it was then (the chunk's first spill may fix the basis), and the 
 over exactly those; a chunk that came in another way (no snapshot for these positions) attends over
 the stored slots, masked causally by position.
 
-No eviction policy: a policy ranks a token by the attention it got in its own layer, and the sharing
-layers' attention never reaches it (make_cache refuses the combination).  A mixed cache's precision
-ranking (an internal H2O, nothing evicted) sees the source's attention only.  The GPU's form:
+Eviction policies: the source's policy ranks its slots by the attention of the source and of every layer
+that reads it (a token only the sharers attend to must not be evicted as one nobody reads).  A decode
+step's sharers run the source's kernel with the source policy's accumulator (``Policy.shared_acc``):
+they run after the source within a step, so their probabilities land after its ``after_step`` and
+before its next victims, and its next ``before_step`` (TOVA's reset, SnapKV's fresh ``acc``) comes
+after those victims; the score itself takes them (G-KV folds them as its ``after_step`` would).  A
+prompt chunk's sharers hand their probabilities to ``Policy.prefill_shared`` (what the policy's own
+prefill makes of them, added).  A policy's source is a global layer (window layers take none), whose
+sharers read its stored slots, so their columns are its slots; they attend after the source stored
+the chunk, so the chunk's own evictions (when it overflows the budget) were ranked by the source's
+attention alone: every later decision (the next chunk's, each decode step's) sees both.  A mixed
+cache's precision ranking (an internal H2O) takes the sharers' attention alike.  The GPU's form:
 cache/gpu_shared_compressed.py.
 """
 
@@ -30,7 +39,6 @@ from typing import Callable
 import numpy as np
 
 from ..ops.cpu.attention import attend_group
-from ..ops.cpu.qattention import attend_decode_q
 from .base import LayerCache, LayerSpec, SharedKVLayerCache
 from .compressed import MAX_DECODE_T, CompressedLayerCache
 from .insert import fwht_rows
@@ -73,17 +81,12 @@ class SharedCompressedLayerCache(SharedKVLayerCache):
         src, s = self.source, self.spec
         src.shared_chunk = None  # (a prompt chunk's snapshot is no longer read: free it)
         T = q.shape[0]
-        p0, p1 = src.pools
         qr = src.basis.queries(q, out=self._qr[:T])
         o = out if src.rot_v is None else self._or[:T]
-        attend_decode_q(
-            qr, pos, src.k16, src.v16,
-            p0.kc, p0.km, p0.vc, p0.vm, p0.bits_k, p0.bits_v,
-            p1.kc, p1.km, p1.vc, p1.vm, p1.bits_k, p1.bits_v,
-            p0.klut, p0.vlut, p1.klut, p1.vlut, src.kv.group, src.pos, src.logw,
-            s.window, s.scale, s.softcap, o,
-            self._s, _EMPTY2, int_keys=src.int_keys, sink_logits=self._sinks, alibi=self._alibi,
-        )  # fmt: skip
+        pol = src.policy if src.policy is not None and src.policy.needs_probs else None
+        src.attend_slots(qr, pos, s, o, self._s, _EMPTY2 if pol is None else pol.shared_acc(), self._sinks, self._alibi)
+        if pol is not None:
+            pol.after_shared()
         if src.rot_v is not None:
             fwht_rows(o, out)
 
@@ -100,17 +103,21 @@ class SharedCompressedLayerCache(SharedKVLayerCache):
             snap = None
         qr = (snap[1] if snap is not None else src.basis).queries(q)
         o = np.empty((T, H, s.head_dim_v), np.float32)
+        pol = src.policy if src.policy is not None and src.policy.needs_probs else None
         for h in range(n_kv):
-            if snap is not None:
-                pk, kall, vall = snap[2][h]
-                bias = None  # (merge weights come with a policy, which sharing refuses)
+            ids = None
+            if snap is not None:  # (a window layer's: no policy)
+                pk, kall, vall, bias = snap[2][h]
             else:
                 ids, kall, vall = src.stored_rows(h)
                 pk = src.pos[h if src.P > 1 else 0, ids].astype(np.int64)
                 bias = src.logw[h, ids] if src.logw.size else None
             g = slice(h * gqa, (h + 1) * gqa)
-            attend_group(qr[:, g], kall[: len(pk)], vall[: len(pk)], pk, pq, s.window, s.scale, s.softcap, o[:, g], bias,
-                         sink_logits=self._sinks[g] if self._sinks.size else None, alibi=self._alibi[g] if self._alibi.size else None)  # fmt: skip
+            probs = attend_group(qr[:, g], kall[: len(pk)], vall[: len(pk)], pk, pq, s.window, s.scale, s.softcap, o[:, g], bias,
+                                 probs=pol is not None and ids is not None, sink_logits=self._sinks[g] if self._sinks.size else None,
+                                 alibi=self._alibi[g] if self._alibi.size else None)  # fmt: skip
+            if pol is not None and ids is not None:  # (the columns are the stored slots: the sharer's share of their scores)
+                pol.prefill_shared(h, probs, ids)
         if src.rot_v is not None:  # back from the cache basis by the butterflies, as the source's prefill does
             fwht_rows(o, out)
         else:

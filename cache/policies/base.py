@@ -151,6 +151,39 @@ class Policy:
         self.score[head, self._up(old)] += col[:n_old]
         self._pending[head] = [(self.score, col[n_old:])]
 
+    # ------------------------------------------------------------ layers that read this one's K/V
+    # (cache/shared_compressed.py: Gemma 3n's, Gemma 4's last layers attend over this layer's slots; a token they
+    # attend to must rank as one this layer attends to, so their attention joins this layer's in the same arrays)
+    def shared_acc(self) -> Array:
+        """[n_kv, N] where a sharing layer's decode kernel adds its step's probabilities; then :meth:`after_shared`.
+
+        The sharers run after this layer within a step (its after_step done), and this layer's next victims are
+        picked before its next before_step: so the score itself, where a step's attention adds up as-is: H2O's
+        (``acc`` is the score), TOVA's (reset at the next before_step, after the victims), SnapKV's (after_step
+        adds ``acc`` undecayed, just so).  A policy whose after_step does more overrides both (G-KV)."""
+        return self.score
+
+    def after_shared(self) -> None:
+        """Fold what a sharing layer's kernel added into :meth:`shared_acc` (here: nothing, it is the score)."""
+
+    def prefill_shared(self, head: int, probs: Array, slots: np.ndarray) -> None:
+        """A sharing layer's prefill chunk attended over this layer's stored ``slots`` of ``head`` ([n] int64, host;
+        the chunk already stored): probs [T, n] (its query heads summed; host, or an array of :attr:`xp`).
+
+        Every policy's :meth:`prefill` leaves a stored slot's state as an affine function of its old state plus a term
+        of the chunk's probabilities alone (H2O adds the column sums; TOVA, SnapKV set the last / observed rows' sums;
+        G-KV decays its history and adds).  That term is what ``prefill`` makes of ``probs`` from a zero state, so it is
+        computed so, on a one-head scratch instance, and added into each per-slot array: the slot then holds what a
+        ``prefill`` of both layers' probabilities, summed, would have given it."""
+        n = len(slots)
+        if not self.needs_probs or n == 0:
+            return
+        fresh = type(self)(1, n, self.xp)
+        fresh.prefill(0, probs, np.arange(n, dtype=np.int64))
+        s = self._up(np.asarray(slots, np.int64))
+        for mine, term in zip(self.per_slot(), fresh.per_slot()):
+            mine[head, s] += term[0]
+
     def adopt(self, slots: np.ndarray, t: int) -> None:
         """Row ``t`` of the last prefill chunk entered ``slots`` ([n_kv] int64): give it its scores."""
         for h, items in self._pending.items():

@@ -29,6 +29,7 @@ class GKV(Policy):
         super().__init__(n_kv, n_slots, xp)
         self.acc = xp.zeros_like(self.score)
         self.hist = xp.zeros_like(self.score)
+        self._shared = xp.zeros_like(self.score)  # a sharing layer's step (shared_acc), folded at once: zero between
 
     def per_slot(self) -> list[Array]:
         return [self.score, self.acc, self.hist]
@@ -41,6 +42,17 @@ class GKV(Policy):
         self.hist += self.acc
         self.xp.multiply(self.acc, np.float32(self.alpha), out=self.score)
         self.score += np.float32((1 - self.alpha) * (1 - self.gamma)) * self.hist
+
+    def shared_acc(self) -> Array:
+        return self._shared
+
+    def after_shared(self) -> None:
+        # the sharing layer's probabilities ``a'`` as if in this step's ``a``: hist gains a', the score
+        # (alpha + (1 - alpha) * (1 - gamma)) a'; in place, as array operations a CUDA graph captures
+        self.hist += self._shared
+        self._shared *= np.float32(self.alpha + (1 - self.alpha) * (1 - self.gamma))
+        self.score += self._shared
+        self._shared[...] = 0.0
 
     def prefill(self, head: int, probs: np.ndarray | None, old: np.ndarray) -> None:
         T = probs.shape[0]

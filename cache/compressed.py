@@ -139,6 +139,10 @@ class CompressedLayerCache(LayerCache):
         self.P = n_kv if policy is not None else 1
         self.pos = np.full((self.P, self.N), -1, np.int32)  # [P, N]
         self.policy = make_policy(policy, n_kv, self.N) if policy else None
+        # Llama 4's chunks (window -c) under a policy: a token of an older chunk than the newest token's is never attended
+        # again, so it is the first to go, whatever its score (insert.chunk_floor); 0: not chunked, or nothing is ranked
+        self._chunk = -spec.window if spec.window < 0 and policy else 0
+        self._floor = 0  # (the host path's: the newest token's chunk start, set by _push)
         self.merger = make_merger(merge) if merge else None
         self.logw = np.zeros((n_kv, self.N), np.float32) if merge == "keepkv" else _EMPTY2  # [n_kv, N]
         # the basis keys are stored in (rotation, centering, query-aware
@@ -265,15 +269,16 @@ class CompressedLayerCache(LayerCache):
         t >= 0: the token is row t of a prefill chunk whose scores the policy holds.
         """
         n_kv = k.shape[0]
+        self._floor = p - p % self._chunk if self._chunk else 0
         if p < self.S:
             j = p
         elif self.R > 0:
             row = self.pos[0, self.S : self.F]
             if row.min() < 0:
                 j = self.S + int(np.argmax(row < 0))
-            else:  # the oldest window token moves to the pools (or out, when there are none)
+            else:  # the oldest window token moves to the pools (or out, when there are none; or an older chunk's: dropped)
                 j = self.S + int(np.argmin(row))
-                if self.N > self.F:
+                if self.N > self.F and self.pos[0, j] >= self._floor:
                     self._spill(j)
         else:  # no fp16 window: straight into the pools
             self._to_pools(self.basis.keys(k), v, p, src=-1)
@@ -358,11 +363,13 @@ class CompressedLayerCache(LayerCache):
             self._free[i][h] -= 1
             j = lo + int(np.argmax(row < 0))
         else:
-            j = self.policy.victim(h, lo, lo + pool.cap, row)
+            j = lo + int(np.argmin(row)) if self._floor else -1  # an older chunk's token (the oldest) goes first, never merged,
+            old = j >= 0 and self.pos[h, j] < self._floor  # nor demoted but into an empty slot (insert._policy_token)
+            j = j if old else self.policy.victim(h, lo, lo + pool.cap, row)
             k_old, v_old = pool.read_row(h, j - lo)
-            if i == 0 and self.pools[1].cap > 0:  # demote to the low-precision pool
+            if i == 0 and self.pools[1].cap > 0 and not (old and self._free[1][h] == 0):  # demote to the low-precision pool
                 self._place(1, h, k_old, v_old, int(self.pos[h, j]), j)
-            elif self.merger is not None:
+            elif self.merger is not None and not old:
                 self.merger.evict(self, i, h, j, k_old, v_old)
         pool.write_one(h, j - lo, k, v)
         self.pos[h, j] = p
@@ -463,7 +470,7 @@ class CompressedLayerCache(LayerCache):
                 np.ascontiguousarray(pos, np.int32), self.basis.rot is not None, rot_v, *self._store_args(), *self._policy_args,
                 pol.rank_pool, self._ranking, self._qr[:T], hooks[0], hooks[1], hooks[2], pol.acc if pol.needs_probs else _EMPTY2,
                 s.window, s.scale, s.softcap, self._or[:T] if rot_v else out, out, self._s, split_threads(), self.int_keys,
-                self._sinks, self._alibi,
+                self._sinks, self._alibi, self._chunk,
             )  # fmt: skip
             return
         for t in range(T):
@@ -478,7 +485,7 @@ class CompressedLayerCache(LayerCache):
         kt = np.ascontiguousarray(k, np.float32)
         j = policy_push(
             np.ascontiguousarray(q, np.float32), kt, np.ascontiguousarray(v, np.float32), p, self.basis.rot is not None, rot_v,
-            *self._store_args(), *self._policy_args, self.policy.rank_pool, self._ranking, qr,
+            *self._store_args(), *self._policy_args, self.policy.rank_pool, self._ranking, qr, self._chunk,
         )  # fmt: skip
         self.policy.on_insert(np.full(self.spec.n_head_kv, j, np.int64), p, kt)
 
@@ -658,6 +665,7 @@ class CompressedLayerCache(LayerCache):
         policy_push_tokens(
             np.ascontiguousarray(k, np.float32), np.ascontiguousarray(vr, np.float32), np.asarray(pos, np.int64),
             self.basis.rot is not None, False, *self._store_args(), *self._policy_args, init, self.policy.rank_pool, self._ranking,
+            self._chunk,
         )  # fmt: skip
 
     def _push_chunk_fast(self, k: np.ndarray, vr: np.ndarray, pos: np.ndarray) -> None:

@@ -87,10 +87,7 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
         raise ValueError("ALiBi's position channel (the CPU's form) has no GPU cache; load the model with --device gpu")
     if any(spec.alibi_slopes for spec in specs) and device == "cpu" and (kv is None or not kv.is_compressed):
         raise ValueError("ALiBi's slopes (the GPU's form) have no plain CPU cache; load the model with --device cpu")
-    if any(spec.window < 0 for spec in specs) and kv is not None and kv.policy is not None:  # (chunks are every kernel's
-        # mask; a policy ranks by the attention a token got, so an older chunk's, which no query sees again, would be kept)
-        raise ValueError("chunked attention (llama4) takes no eviction policy yet: it would keep an older chunk's tokens, which no query "
-                         "sees again; drop --kv-policy (quantized, mixed and warm caches run)")
+    # (Llama 4's chunked layers take a policy: an older chunk's tokens, which no query sees again, go first, cache/insert.py chunk_floor)
     layer_cls, plain = CompressedLayerCache, make_plain_cache
     if device == "gpu":  # imported here: the CPU path never needs CuPy or the GPU kernels
         from .gpu_compressed import GPUCompressedLayerCache as layer_cls

@@ -79,7 +79,7 @@ from ..ops.gpu.arrays import device_out, is_device, positions, to_device
 from .base import LayerCache, LayerSpec
 from .compressed import MAX_DECODE_T, CompressedLayerCache
 from .factory import make_cache
-from .insert import plan_chunk, plan_policy_tokens, plan_push, ranking_scratch, window_slot
+from .insert import plan_chunk, plan_policy_tokens, plan_push, ranking_scratch, spills, window_slot
 from .kvconfig import KVConfig
 from .policies import make_policy
 from .policies.base import Column
@@ -318,7 +318,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         pol = self.policy
         if not (self._policy_steady(p) and pol.capturable and getattr(K.runtime(), "records_xp", False)):
             return None
-        _, spill, took = self._window_entry()
+        _, spill, took = self._window_entry(p)
         if not spill or any(t.any() for t in took):  # a head still has an empty pool slot: the host counts them
             return None
         return ("policy", self.basis.version)
@@ -382,11 +382,11 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         r1 = None if not p1.cap or (took0 | took1).all() else pol.rank_rows(lo1, lo1 + p1.cap, pos[:, lo1 : lo1 + p1.cap])
         return r0, r1
 
-    def _window_entry(self) -> tuple[int, bool, tuple[np.ndarray, np.ndarray] | None]:
-        """Where a policy layer's next token goes: (its fp16 window slot j, whether the token there
+    def _window_entry(self, p: int) -> tuple[int, bool, tuple[np.ndarray, np.ndarray] | None]:
+        """Where a policy layer's next token (at ``p``) goes: (its fp16 window slot j, whether the token there
         spills, then which heads take an empty slot (:meth:`_empty_takes`), None without a spill)."""
         j, full = window_slot(self.pos, self.S, self.F)
-        if not (full and self.N > self.F):
+        if not (full and self.N > self.F and spills(self.pos, j, p, self._chunk)):  # (an older chunk's is dropped: eager)
             return j, False, None
         return j, True, self._empty_takes()
 
@@ -402,7 +402,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         """The host's part of policy tokens at ``pos`` [T] in turn (:func:`~.insert.plan_policy_tokens`: the window's
         positions stay right on the host, and its empty-slot counts): [T, 2] int32 (window slot, spill)."""
         self._stale = self._pos_stale = True
-        return plan_policy_tokens(self.pos, pos, self.S, self.F, self._free[0], self._free[1], self.pools[1].cap)
+        return plan_policy_tokens(self.pos, pos, self.S, self.F, self._free[0], self._free[1], self.pools[1].cap, self._chunk)
 
     def _policy_push_on_device(self, q: Any, k: Any, v: Any, p: int, pd: Any, t: int = -1, qr: Any = None) -> None:
         """One token into a layer with an eviction policy, on the device (``kv_policy_push``); its queries into ``qr``
@@ -434,7 +434,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         kvquant.policy_push(
             q, k, v, db.t_k, db.mu, self.d_store, self.d_qr[0] if qr is None else qr, j, spill, pd,
             self.basis.rot is not None, self.rot_v is not None, rank0, rank1, self._policy_state[0],
-            self._device_merge, self.d_logw if self.logw.size else None,
+            self._device_merge, self.d_logw if self.logw.size else None, chunk=self._chunk,
         )  # fmt: skip
         self.policy.on_insert(slots, where, k)
         if t >= 0:
@@ -503,6 +503,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         kvquant.policy_push_tokens(
             kd, vd, db.t_k, db.mu, self.d_store, to_device(plan, np.int32), qp, pol.insert_chunk(qp, kd), self.basis.rot is not None,
             self.rot_v is not None, self._policy_state[0], self._device_merge, self.d_logw if self.logw.size else None, pol.rank_pool,
+            chunk=self._chunk,
         )  # fmt: skip
 
     def _prefill_on_device(self, q: Any, k: Any, v: Any, pos: np.ndarray, out: Any) -> None:

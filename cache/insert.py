@@ -132,18 +132,36 @@ def plan_push(pos: np.ndarray, p: int, S: int, F: int, lo: int, cap: int, free: 
     return j, jq, jc
 
 
+@nb.njit(inline="always", **_JIT)
+def chunk_floor(p: int, chunk: int) -> int:
+    """The first position of the chunk of ``chunk`` positions holding ``p`` (Llama 4's chunked attention,
+    ``LayerSpec.window`` -chunk), 0 where ``chunk`` is 0: held positions below it belong to an older chunk,
+    which no query from ``p`` on sees again, so a policy layer's victims are those first (:func:`_victim`,
+    :func:`_policy_token`, ``kvquant.cu`` kq_pick)."""
+    return p - p % chunk if chunk > 0 else 0
+
+
+@nb.njit(inline="always", **_JIT)
+def spills(pos: np.ndarray, j: int, p: int, chunk: int) -> bool:
+    """Whether the token in full fp16 window slot ``j`` moves to the pools as a token at ``p`` takes its place: always,
+    but on a chunked layer (``chunk`` > 0) with a policy, where an older chunk's token is dropped instead (kept, it
+    would take a pool slot from the current chunk's tokens)."""
+    return chunk == 0 or pos[0, j] >= chunk_floor(p, chunk)
+
+
 @nb.njit(**_JIT)
-def plan_policy_tokens(pos: np.ndarray, ppos: np.ndarray, S: int, F: int, free: np.ndarray, free1: np.ndarray, cap1: int) -> np.ndarray:
+def plan_policy_tokens(pos: np.ndarray, ppos: np.ndarray, S: int, F: int, free: np.ndarray, free1: np.ndarray, cap1: int, chunk: int = 0) -> np.ndarray:
     """The host's part of tokens (positions ``ppos`` [T]) going in turn into a layer with an eviction policy,
     whose pool slots the device picks: each one's fp16 window slot j (:func:`window_slot`) and whether the
     token there spills, [T, 2] int32.  The window's positions (every row of ``pos`` [n_kv, N]) and each
     head's empty-slot counts follow: a spill fills a head's empty pool-0 slot where it has one, else, the
-    victim demoted, an empty pool-1 slot (``cap1`` > 0) where it has one."""
+    victim demoted, an empty pool-1 slot (``cap1`` > 0) where it has one.  ``chunk`` > 0: Llama 4's chunks
+    (:func:`spills`), a window token of an older chunk than the new one's is dropped, not spilled."""
     N = pos.shape[1]
     out = np.empty((ppos.shape[0], 2), np.int32)
     for t in range(ppos.shape[0]):
         j, full = window_slot(pos, S, F)
-        spill = full and N > F
+        spill = full and N > F and spills(pos, j, ppos[t], chunk)
         if spill:
             for h in range(free.shape[0]):
                 if free[h] > 0:
@@ -395,13 +413,14 @@ def ranking_scratch(n_kv: int, C0: int, C1: int, pool_width: int) -> tuple:
 
 
 @nb.njit(**_JIT)
-def _spill_victims(pos, pool0, pool1, state, pool_width, ranking) -> None:
+def _spill_victims(pos, pool0, pool1, state, pool_width, ranking, floor=0) -> None:
     """Each head's slot (pool-local) that a spilling token takes in pool 0, and, where that holds a
     token, the one of pool 1 that token is demoted to: the first empty slot, else the least
     important by the policy's ranks (``Policy.rank_rows``: ``state[0]``, max-pooled over
     ``pool_width`` neighbours in position order when > 0), the oldest on ties (``Policy.victim``;
     ``kvquant.cu`` kq_pick), into ranking's victim0 / victim1.  The ranks are computed only where a
-    head has no empty slot (while the pools fill, SnapKV's pooling had cost 3.5 ms a layer-chunk)."""
+    head has no empty slot (while the pools fill, SnapKV's pooling had cost 3.5 ms a layer-chunk).  ``floor`` > 0
+    (:func:`chunk_floor`): a pool's oldest token, where it is below, goes first, whatever its rank."""
     lo, lo1 = pool0[0], pool1[0]
     C0, C1 = pool0[2].shape[1], pool1[2].shape[1]
     free0, free1 = pool0[1], pool1[1]
@@ -409,16 +428,20 @@ def _spill_victims(pos, pool0, pool1, state, pool_width, ranking) -> None:
     s = state[0]
     for h in range(free0.shape[0]):
         prow = pos[h]
-        v0[h] = _victim(prow, lo, C0, s[h], free0[h] > 0, pool_width, order0, prev0, h)
+        v0[h] = _victim(prow, lo, C0, s[h], free0[h] > 0, pool_width, order0, prev0, h, floor)
         if C1 > 0 and free0[h] == 0:
-            v1[h] = _victim(prow, lo1, C1, s[h], free1[h] > 0, pool_width, order1, prev1, h)
+            v1[h] = _victim(prow, lo1, C1, s[h], free1[h] > 0, pool_width, order1, prev1, h, floor)
 
 
 @nb.njit(inline="always", **_JIT)
-def _victim(prow, lo, cap, srow, has_empty, pool_width, order, prev, h) -> int:
+def _victim(prow, lo, cap, srow, has_empty, pool_width, order, prev, h, floor) -> int:
     """:func:`_spill_victims` for one head and pool ``[lo, lo + cap)``."""
     if has_empty:
         return _first_empty_or_oldest(prow[lo : lo + cap])[0]
+    if floor > 0:  # an older chunk's tokens are the oldest: the oldest goes, where it is one
+        s = _first_empty_or_oldest(prow[lo : lo + cap])[0]
+        if prow[lo + s] < floor:
+            return s
     if pool_width > 0:
         return pooled_victim(srow[lo : lo + cap], prow[lo : lo + cap], pool_width, order[h], prev[h])
     return _pick(prow, lo, cap, srow[lo : lo + cap])[0]
@@ -427,7 +450,7 @@ def _victim(prow, lo, cap, srow, has_empty, pool_width, order, prev, h) -> int:
 @nb.njit(**_JIT)
 def policy_push(
     q, k, v, p, rot_k, rot_v, t_k, mu, k16, v16, pos, S, F, G, pool0, pool1, tmp,
-    state, n_state, folds, n_fold, logw, mode, threshold, score, pool_width, ranking, qr,
+    state, n_state, folds, n_fold, logw, mode, threshold, score, pool_width, ranking, qr, chunk=0,
 ) -> int:  # fmt: skip
     """One decode token into a compressed layer with an eviction policy: ``kvquant.cu`` kv_policy_push on the CPU.
     Returns the fp16 window slot it took (the host's ``Policy.on_insert`` gives it its state there).
@@ -444,16 +467,18 @@ def policy_push(
     their tokens; ``folds``: a tuple of those a merged token's entry adds
     into, the first ``n_fold``; ``logw`` [n_kv, N] the merge log-weights
     ([0, 0]: none), moved too; ``ranking``: :func:`ranking_scratch`.  The
-    pools' ``free`` [n_kv]: empty slots per head, kept up to date.  The rest
-    as :func:`decode_push`.
+    pools' ``free`` [n_kv]: empty slots per head, kept up to date.  ``chunk`` > 0:
+    Llama 4's chunks of that many positions, whose older tokens go first
+    (:func:`spills`, :func:`chunk_floor`).  The rest as :func:`decode_push`.
     """
     j, full = window_slot(pos, S, F)
-    spill = full and pos.shape[1] > F
+    spill = full and pos.shape[1] > F and spills(pos, j, p, chunk)
+    floor = chunk_floor(p, chunk)
     if spill:
-        _spill_victims(pos, pool0, pool1, state, pool_width, ranking)
+        _spill_victims(pos, pool0, pool1, state, pool_width, ranking, floor)
     _policy_token(
         k, v, p, rot_k, rot_v, t_k, mu, k16, v16, pos, j, spill, G, pool0, pool1, ranking[0], ranking[1],
-        state, n_state, folds, n_fold, logw, mode, threshold, score, logw[:0], False, tmp,
+        state, n_state, folds, n_fold, logw, mode, threshold, score, logw[:0], False, tmp, floor,
     )  # fmt: skip
     for h in range(k.shape[0]):
         _head_queries(h, q, t_k, rot_k, qr)
@@ -463,7 +488,7 @@ def policy_push(
 @nb.njit(**_JIT)
 def policy_push_tokens(
     k, v, ppos, rot_k, rot_v, t_k, mu, k16, v16, pos, S, F, G, pool0, pool1, tmp,
-    state, n_state, folds, n_fold, logw, mode, threshold, score, init, pool_width, ranking,
+    state, n_state, folds, n_fold, logw, mode, threshold, score, init, pool_width, ranking, chunk=0,
 ) -> None:  # fmt: skip
     """A prefill chunk's tokens, in order, into a layer with a policy (the ranks read in place as each
     token comes, :func:`_spill_victims`): ``kvquant.cu`` kv_policy_push_tokens on the CPU.
@@ -477,24 +502,26 @@ def policy_push_tokens(
     N = pos.shape[1]
     for t in range(k.shape[0]):
         j, full = window_slot(pos, S, F)
-        spill = full and N > F
+        spill = full and N > F and spills(pos, j, ppos[t], chunk)
+        floor = chunk_floor(ppos[t], chunk)
         if spill:  # the victims as the token comes (the state moved with the last one)
-            _spill_victims(pos, pool0, pool1, state, pool_width, ranking)
+            _spill_victims(pos, pool0, pool1, state, pool_width, ranking, floor)
         _policy_token(
             k[t], v[t], ppos[t], rot_k, rot_v, t_k, mu, k16, v16, pos, j, spill, G, pool0, pool1, ranking[0], ranking[1],
-            state, n_state, folds, n_fold, logw, mode, threshold, score, init[:, :, t], True, tmp,
+            state, n_state, folds, n_fold, logw, mode, threshold, score, init[:, :, t], True, tmp, floor,
         )  # fmt: skip
 
 
 @nb.njit(**_JIT)
 def _policy_token(
     k, v, p, rot_k, rot_v, t_k, mu, k16, v16, pos, j, spill, G, pool0, pool1, victim0, victim1,
-    state, n_state, folds, n_fold, logw, mode, threshold, score, init, has_init, tmp,
+    state, n_state, folds, n_fold, logw, mode, threshold, score, init, has_init, tmp, floor=0,
 ) -> None:  # fmt: skip
     """One token into every head of a layer with a policy (:func:`policy_push` but for the queries): with
     ``spill``, the token in fp16 slot j first moves to each head's pool-0 slot ``victim0[h]``, whose token
     (if any) is demoted to pool-1 slot ``victim1[h]`` (:func:`_spill_victims`) or, without a pool 1,
-    evicted.  With ``has_init`` its state starts at ``init`` [n_state, n_kv] (else left to the policy's on_insert)."""
+    evicted.  With ``has_init`` its state starts at ``init`` [n_state, n_kv] (else left to the policy's on_insert).
+    A victim below ``floor`` (an older chunk's, :func:`chunk_floor`) is never merged, nor demoted but into an empty slot."""
     n_kv, D = k.shape
     Dv = v.shape[1]
     kf, vf = np.empty(D, np.float32), np.empty(Dv, np.float32)
@@ -513,9 +540,11 @@ def _policy_token(
                 jc = victim1[h]
                 if prow[lo1 + jc] < 0:
                     free1[h] -= 1
-                elif mode:
+                elif prow[lo + jq] < floor:  # an older chunk's token, with no empty slot to go to: dropped
+                    jc = -1
+                elif mode and prow[lo1 + jc] >= floor:
                     _merge(h, jc, prow, G, pool1, mode, threshold, logw, score, folds, n_fold, kf, vf, kt, vt, sims1, tmp)
-            elif mode:
+            elif mode and prow[lo + jq] >= floor:
                 _merge(h, jq, prow, G, pool0, mode, threshold, logw, score, folds, n_fold, kf, vf, kt, vt, sims0, tmp)
         _move_token(h, j, jq, jc, k16, v16, G, pool0, pool1, kf, vf, tmp)
         # positions and per-slot state follow their tokens (Policy.move): jc <- jq, jq <- j
@@ -536,7 +565,7 @@ def _policy_token(
 def policy_decode_step(
     q, k, v, qpos, rot_k, rot_v, t_k, mu, k16, v16, pos, S, F, G, pool0, pool1, tmp,
     state, n_state, folds, n_fold, logw, mode, threshold, score, pool_width, ranking, qr,
-    insert_kind, step_kind, decay, acc, window, scale, softcap, o, out, s_all, split_for, int_keys, sink_logits, alibi,
+    insert_kind, step_kind, decay, acc, window, scale, softcap, o, out, s_all, split_for, int_keys, sink_logits, alibi, chunk=0,
 ) -> None:  # fmt: skip
     """A decode step (T tokens) of a layer with a policy whose hooks :meth:`Policy.fused_hooks` describes, in
     one call: each token in by :func:`policy_push` and given its state (``on_insert``), then ``before_step``,
@@ -545,12 +574,13 @@ def policy_decode_step(
     ``CompressedLayerCache``'s Python path through the hooks, ~15 us a layer-step cheaper.
 
     The arguments as :func:`policy_push` (per token: q [T, n_head, D], k [T, n_kv, D], v [T, n_kv, Dv], qpos
-    [T]) and :func:`decode_step` (o, out, s_all, split_for, int_keys, sink_logits, alibi); state[0] is the policy's score.
+    [T]) and :func:`decode_step` (o, out, s_all, split_for, int_keys, sink_logits, alibi); state[0] is the policy's score;
+    chunk as :func:`policy_push`'s.
     """
     for t in range(q.shape[0]):
         j = policy_push(
             q[t], k[t], v[t], int(qpos[t]), rot_k, rot_v, t_k, mu, k16, v16, pos, S, F, G, pool0, pool1, tmp,
-            state, n_state, folds, n_fold, logw, mode, threshold, score, pool_width, ranking, qr[t],
+            state, n_state, folds, n_fold, logw, mode, threshold, score, pool_width, ranking, qr[t], chunk,
         )  # fmt: skip
         for a in range(n_state):  # Policy.on_insert, every head's slot j
             col = state[a]

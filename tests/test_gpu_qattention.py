@@ -262,4 +262,6 @@ def test_cli_run_on_gpu_with_kv_bits(gpu_env, tiny):
     cpu = CliRunner().invoke(main, args + ["--device", "cpu"])
     gpu = CliRunner().invoke(main, args + ["--device", "gpu"])
     assert cpu.exit_code == 0 and gpu.exit_code == 0, gpu.output
-    assert gpu.output == cpu.output
+    # (the CPU's run may say it compiles kernels first: whether it does depends on which tests ran before)
+    cpu_text = "".join(line for line in cpu.output.splitlines(True) if not line.startswith("kvrun: first run on this machine"))
+    assert gpu.output == cpu_text

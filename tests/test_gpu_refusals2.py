@@ -7,8 +7,8 @@
 * A compressed cache (``--kv-bits``) with ALiBi (BLOOM, MPT, Jais, Refact, Baichuan 13B) still refuses, in one line,
   on both devices: cache/factory.py refuses the CPU's compressed cache, so there is no CPU reference to hold the
   device's to (and the GPU's host steps, a layer's calibration, are the CPU's).  ALiBi's CPU form, a key channel
-  holding the position, would be quantized there.  (Llama 4's chunked attention runs in both compressed caches but for
-  eviction policies: tests/test_wide_heads_chunks.py.)
+  holding the position, would be quantized there.  (Llama 4's chunked attention runs in both compressed caches,
+  eviction policies too: tests/test_wide_heads_chunks.py, tests/test_chunked_policy.py.)
 
 Kernel-level checks run on the ``rt`` fixture (conftest.py: real CUDA where a GPU is, else the kernel emulator), the
 models on ``--device gpu`` (``KVRUN_GPU_EMULATE=1`` without a GPU), as tests/test_gpu_moe.py.

@@ -161,19 +161,12 @@ def test_llama4_fixtures_see_what_sets_them_apart(tmp_path):
 
 
 def test_llama4_refusals(tmp_path):
-    """One-line errors: a missing tensor (named), a compressed cache (CPU or GPU), and a file llama.cpp cannot run
-    either (attention.sliding_window 0)."""
+    """One-line errors: a missing tensor (named), and a file llama.cpp cannot run either (attention.sliding_window 0).
+    (An eviction policy on the chunked layers runs: tests/test_chunked_policy.py.)"""
     from tiny_llama4 import write_tiny_llama4
-
-    from kvrun.cache.kvconfig import KVConfig
 
     for name in ("blk.1.ffn_gate_inp.weight", "blk.3.ffn_down_shexp.weight", "blk.2.ffn_up.weight", "blk.0.attn_k.weight"):
         with pytest.raises(GGUFError, match=name.replace(".", r"\.")):
             _build(write_tiny_llama4(tmp_path / "drop.gguf", drop=(name,)))
     with pytest.raises(UnsupportedModelError, match="sliding_window 0"):
         _build(write_tiny_llama4(tmp_path / "sw0.gguf", sliding_window=0))
-    path = write_tiny_model(tmp_path / "l4.gguf", **FIXTURE_MODELS["llama4"])
-    specs = _build(path)[1].layer_specs()  # (--device gpu runs it: tests/test_gpu_bitnet_llama4.py)
-    for kv, device in ((KVConfig.parse("4,policy=h2o,budget=32"), "cpu"), (KVConfig.parse("4,policy=h2o,budget=32"), "gpu")):
-        with pytest.raises(ValueError, match="chunked attention"):  # (an eviction policy: tests/test_wide_heads_chunks.py)
-            make_cache(specs, 64, 16, kv, device)

@@ -13,9 +13,8 @@
   of both compressed caches masks so (the kernels' ``qa_visible``, the CPU's ``attend_group``, the GPU's prefill
   over a policy layer's slots), so a quantized cache holds and scores the tokens the plain cache does.  The llama4
   fixture with its chunk cut to 16 positions (llama.cpp's 8192 is beyond a tiny test) across three chunks: 8 bits
-  within 1e-2 of the plain cache's logits, 4 bits its first greedy tokens, on the CPU and on the device.  An eviction
-  policy is refused on chunked layers, in one line: it ranks a token by the attention it got, so an older chunk's
-  tokens, which no query sees again, would keep their places over the current chunk's.
+  within 1e-2 of the plain cache's logits, 4 bits its first greedy tokens, on the CPU and on the device.  Eviction
+  policies on chunked layers (an older chunk's tokens go first): tests/test_chunked_policy.py.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.cache.base import LayerSpec
 from kvrun.cache.compressed import CompressedLayerCache
-from kvrun.cache.factory import make_cache
 from kvrun.cache.gpu_compressed import GPUCompressedLayerCache
 from kvrun.cache.kvconfig import KVConfig
 from kvrun.models import llama4
@@ -164,10 +162,3 @@ def test_mixed_precision_on_a_chunked_layer_on_the_device_holds_the_cpus(rt):
     _chunks_alike(rt, spec, cpu, gpu, (10, 1, 1, 12, 1, 9, 1, 1), np.random.default_rng(7), 2e-3)
     assert gpu.mirror_mismatches() == []
 
-
-def test_a_policy_on_chunked_layers_is_refused_in_one_line(tmp_path):
-    spec = LayerSpec(n_head=4, n_head_kv=2, head_dim=32, head_dim_v=32, window=-CHUNK)
-    with pytest.raises(ValueError, match=r"chunked attention \(llama4\) takes no eviction policy yet") as e:
-        make_cache([spec], 64, 16, KVConfig.parse("4,policy=h2o,budget=32"))
-    assert "\n" not in str(e.value)
-    assert make_cache([spec], 64, 16, KVConfig.parse("2,mixed=8/2,residual=4"))  # (precision by importance: nothing evicted)

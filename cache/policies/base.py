@@ -28,6 +28,13 @@ the CPU policies compute exactly what they did before and a device policy
 the same values; the GPU cache's device prefill hands over its probabilities
 on the device, and the hooks reduce them there.  ``rank`` and ``top_k``
 return arrays of ``xp``.
+
+On Llama 4's chunked layers (``LayerSpec.window`` < 0) the cache, not the
+policy, puts the tokens of an older chunk than the newest token's first
+(no query sees them again): a pool's oldest token goes before any ranking
+where it is one (``cache/insert.py`` chunk_floor, ``kvquant.cu`` kq_pick,
+the host path's ``CompressedLayerCache._place``); within the current chunk
+the policy ranks as it does elsewhere.
 """
 
 from __future__ import annotations

@@ -139,11 +139,11 @@ _declare("kvquant.cu", "kv_fwht_rows", "ppi")  # x, y, n
 # k, v, t_k, mu, pools, slots, ppos, T, rot_k, rot_v, sizes
 _declare("kvquant.cu", "kv_push_tokens", "p" * 19 + "i" * 3 + "i" * 10)
 # q, k, v, t_k, mu, pools (13), qr, rank0, rank1, ps0..2, logw, score, fold0, fold1, plan, ppos; n_ps, use_plan, j, spill,
-# n_head, rot_k, rot_v, has_rank0, has_rank1, merge, threshold, has_logw, has_score, n_fold, sizes (10)
-_declare("kvquant.cu", "kv_policy_push", "p" * 30 + "i" * 10 + "f" + "iii" + "i" * 10)
+# n_head, rot_k, rot_v, has_rank0, has_rank1, merge, threshold, has_logw, has_score, n_fold, chunk, sizes (10)
+_declare("kvquant.cu", "kv_policy_push", "p" * 30 + "i" * 10 + "f" + "iiii" + "i" * 10)
 # k, v, t_k, mu, pools (13), ps0..2, logw, score, fold0, fold1, plan, ppos, init, rs, ri; T, n_ps, rot_k, rot_v, pool_width,
-# merge, threshold, has_logw, has_score, n_fold, sizes (10)
-_declare("kvquant.cu", "kv_policy_push_tokens", "p" * 29 + "i" * 6 + "f" + "iii" + "i" * 10)
+# merge, threshold, has_logw, has_score, n_fold, chunk, sizes (10)
+_declare("kvquant.cu", "kv_policy_push_tokens", "p" * 29 + "i" * 6 + "f" + "iiii" + "i" * 10)
 _declare("ranks.cu", "pol_pooled_ranks", "pppppii")  # s, pos, out, order, rank, n, width
 # mixture of experts (moe.cu): logits, sel_bias, router_b, ids, wts, n_expert, k, gating, norm, has_bias, has_router_b,
 # n_group, n_group_used, scale

@@ -326,9 +326,11 @@ extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_push_tokens(const floa
 // The slot of one head's pool to fill: its first empty slot (position < 0),
 // else the least important by `rank` (the policy's, [C]; nullptr: all equal),
 // the oldest of those on ties: Policy.victim in cache/policies/base.py.  prow:
-// the pool's [C] positions.  Warp 0 scans (lanes stride the slots, then a
+// the pool's [C] positions.  Positions below `start` (Llama 4's older chunks,
+// cache/insert.py chunk_floor; 0: none) rank below any score: the oldest goes.
+// Warp 0 scans (lanes stride the slots, then a
 // butterfly keeps the best); every thread gets the slot, and *was_empty.
-__device__ int kq_pick(const int* prow, const float* rank, int C, bool* was_empty, int* si) {
+__device__ int kq_pick(const int* prow, const float* rank, int C, int start, bool* was_empty, int* si) {
     const int d = threadIdx.x;
     __syncthreads();  // si may still be read from the last call
     if (d < WARP) {
@@ -336,7 +338,7 @@ __device__ int kq_pick(const int* prow, const float* rank, int C, bool* was_empt
         float br = 0.0f;
         for (int s = d; s < C; s += WARP) {
             const int ps = prow[s];
-            const float r = rank != nullptr ? rank[s] : 0.0f;
+            const float r = ps < start ? NEG_INF : rank != nullptr ? rank[s] : 0.0f;
             if (ps < 0) {
                 if (s < e) e = s;
             } else if (bi < 0 || r < br || (r == br && ps < bp)) {
@@ -477,25 +479,28 @@ __device__ void kq_merge(const KQPools& c, const KQMerge& m, int pool, int v, fl
 //   merge log-weights (m.logw) move with their tokens, as Policy.move does:
 //   jc <- jq, jq <- j; the new token's log-weight is 0, and its state init[i *
 //   init_stride] for array i (Policy.insert_chunk), or left to the policy's
-//   on_insert hook when init is nullptr.
+//   on_insert hook when init is nullptr.  A victim below `start` (an older
+//   chunk's, kq_pick) is never merged, nor demoted but into an empty slot.
 //
 // (cache/compressed.py _push / _place with the policy's victims: the host
 // knows j, the same for every head, and does not learn jq or jc.)
 __device__ void kq_policy_token(const KQPools& c, const KQMerge& m, const float* k, const float* v, const float* t_k, const float* mu,
                                 const float* rank0, const float* rank1, float* ps0, float* ps1, float* ps2, int n_ps, const float* init,
                                 size_t init_stride, int j, int spill, int p, int rot_k, int rot_v, float* xs, int* cs, float* scr, float* red,
-                                int* si) {
+                                int* si, int start) {
     const int h = blockIdx.x, d = threadIdx.x;
     const int F = c.F, C0 = c.C0, C1 = c.C1, N = F + C0 + C1;
     int* prow = c.pos + (size_t)h * N;
     int jq = -1, jc = -1;
     if (spill) {
         bool empty = false;
-        jq = kq_pick(prow + F, rank0, C0, &empty, si);
+        jq = kq_pick(prow + F, rank0, C0, start, &empty, si);
+        const bool old = !empty && prow[F + jq] < start;  // an older chunk's token (every thread reads the same)
         if (!empty && C1 > 0) {
-            jc = kq_pick(prow + F + C0, rank1, C1, &empty, si);
-            if (!empty && m.mode) kq_merge(c, m, 1, jc, xs, cs, scr, red, si);
-        } else if (!empty && m.mode) {
+            jc = kq_pick(prow + F + C0, rank1, C1, start, &empty, si);
+            if (!empty && old) jc = -1;  // no empty slot for it: dropped
+            else if (!empty && m.mode && prow[F + C0 + jc] >= start) kq_merge(c, m, 1, jc, xs, cs, scr, red, si);
+        } else if (!empty && m.mode && !old) {
             kq_merge(c, m, 0, jq, xs, cs, scr, red, si);
         }
     }
@@ -533,13 +538,14 @@ extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_policy_push(const floa
                                           float* qr, const float* rank0, const float* rank1, float* ps0, float* ps1, float* ps2, float* logw,
                                           const float* score, float* fold0, float* fold1, const int* plan, const int* ppos, int n_ps, int use_plan,
                                           int j, int spill, int n_head, int rot_k, int rot_v, int has_rank0, int has_rank1, int merge,
-                                          float threshold, int has_logw, int has_score, int n_fold, KQ_POOL_SIZES) {
+                                          float threshold, int has_logw, int has_score, int n_fold, int chunk, KQ_POOL_SIZES) {
     KQ_POLICY_STATE;
     const int h = blockIdx.x;
     if (use_plan) j = plan[0];  // a replayed CUDA graph: the host refills plan each step (as kv_decode_push)
+    const int start = chunk > 0 ? ppos[0] - ppos[0] % chunk : 0;  // (read on the device: a replayed graph's position)
     kq_policy_token(c, m, k + (size_t)h * D, v + (size_t)h * Dv, t_k, mu, has_rank0 ? rank0 + (size_t)h * C0 : nullptr,
                     has_rank1 ? rank1 + (size_t)h * C1 : nullptr, ps0, ps1, ps2, n_ps, nullptr, 0, j, spill, ppos[0], rot_k, rot_v, xs, cs,
-                    scr, red, si);
+                    scr, red, si, start);
     kq_queries(q, t_k, qr, n_head, D, rot_k, xs);
 }
 
@@ -554,7 +560,7 @@ extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_policy_push_tokens(con
                                           KQ_POOL_PARAMS, float* ps0, float* ps1, float* ps2, float* logw, const float* score, float* fold0,
                                           float* fold1, const int* plan, const int* ppos, const float* init, float* rs, int* ri, int T, int n_ps,
                                           int rot_k, int rot_v, int pool_width, int merge, float threshold, int has_logw, int has_score,
-                                          int n_fold, KQ_POOL_SIZES) {
+                                          int n_fold, int chunk, KQ_POOL_SIZES) {
     KQ_POLICY_STATE;
     const int h = blockIdx.x, n_kv = gridDim.x, N = F + C0 + C1, Cm = C0 > C1 ? C0 : C1;
     // pool 0's ranks, then pool 1's: the score in place, or pooled into rs
@@ -569,6 +575,6 @@ extern "C" __global__ void __launch_bounds__(KQ_MAX_T) kv_policy_push_tokens(con
         }
         kq_policy_token(c, m, k + ((size_t)t * n_kv + h) * D, v + ((size_t)t * n_kv + h) * Dv, t_k, mu, rank, rank + C0, ps0, ps1, ps2,
                         n_ps, init + (size_t)h * T + t, (size_t)n_kv * T, plan[2 * t], spill, ppos[t], rot_k, rot_v, xs, cs, scr, red,
-                        si);
+                        si, chunk > 0 ? ppos[t] - ppos[t] % chunk : 0);
     }
 }

@@ -131,7 +131,7 @@ class DeviceMerge(NamedTuple):
 
 def policy_push(
     q: Any, k: Any, v: Any, t_k: Any, mu: Any, st: DeviceStore, qr: Any, j: int | Any, spill: bool, ppos: Any, rot_k: bool, rot_v: bool,
-    rank0: Any, rank1: Any, state: Sequence[Any], merge: DeviceMerge | None = None, logw: Any = None,
+    rank0: Any, rank1: Any, state: Sequence[Any], merge: DeviceMerge | None = None, logw: Any = None, chunk: int = 0,
 ) -> None:  # fmt: skip
     """One decode token into a compressed layer with an eviction policy, on the device.
 
@@ -146,7 +146,8 @@ def policy_push(
     one, else evicted.  An evicted token is merged as ``merge`` says (None:
     dropped).  ``state``: the policy's per-slot arrays ([n_kv, N] float32, at
     most 3) and ``logw`` (the merge log-weights, or None) move with their
-    tokens.  The rest as :func:`decode_push`.
+    tokens.  ``chunk`` > 0: Llama 4's chunks of that many positions, a pool's token of an older chunk than
+    the new token's goes first (``cache/insert.py`` chunk_floor).  The rest as :func:`decode_push`.
     """
     any_ = lambda a: qr if a is None else a  # noqa: E731  (an unused pointer: any array)
     arrays, flags = _policy_args(state, merge, logw, qr)
@@ -154,13 +155,13 @@ def policy_push(
     _launch_push("kv_policy_push", st, (q, k, v, t_k, mu), (
         qr, any_(rank0), any_(rank1), *arrays, ppos if plan is None else plan, ppos, len(state),
         int(plan is not None), -1 if plan is not None else int(j), int(spill), q.shape[0], int(rot_k), int(rot_v),
-        int(rank0 is not None), int(rank1 is not None), *flags,
+        int(rank0 is not None), int(rank1 is not None), *flags, int(chunk),
     ))  # fmt: skip
 
 
 def policy_push_tokens(
     k: Any, v: Any, t_k: Any, mu: Any, st: DeviceStore, plan: Any, ppos: Any, init: Any, rot_k: bool, rot_v: bool,
-    state: Sequence[Any], merge: DeviceMerge | None = None, logw: Any = None, pool_width: int = 0,
+    state: Sequence[Any], merge: DeviceMerge | None = None, logw: Any = None, pool_width: int = 0, chunk: int = 0,
 ) -> None:  # fmt: skip
     """A prefill chunk's tokens, in order, into a compressed layer whose policy ranks by its score (``state[0]``,
     read as each token comes, max-pooled over ``pool_width`` neighbours in position order when > 0:
@@ -183,7 +184,7 @@ def policy_push_tokens(
     ri = xp.empty((n_kv, 2, max(C0, C1)) if pool_width else (1,), np.int32)  # their scratch: order and rank
     _launch_push(
         "kv_policy_push_tokens", st, (k, v, t_k, mu),
-        (*arrays, plan, ppos, init, rs, ri, T, len(state), int(rot_k), int(rot_v), pool_width, *flags),
+        (*arrays, plan, ppos, init, rs, ri, T, len(state), int(rot_k), int(rot_v), pool_width, *flags, int(chunk)),
     )  # fmt: skip
 
 

@@ -263,9 +263,13 @@ def _subsample(ops: Any, enc: Lfm2AudioEncoder, mel: np.ndarray) -> Any:
     xp = ops.xp
     x = ops.vector(np.ascontiguousarray(mel.T))[None]  # [1, frames, n_mel]: time the picture's height
     x = xp.maximum(ops.conv2d(x, enc.conv0, 2, 1) + ops.const(enc.sub[0][1]), 0)
+    pw_f16 = getattr(enc, "pw_kernels", None)  # (Parakeet's pointwise convs: ggml_conv_2d, F16 patches and kernel)
     for dw, pw in ((2, 3), (5, 6)):
         x = _dw3(xp, x, ops.const(enc.sub[dw][0]), 2) + ops.const(enc.sub[dw][1])
-        x = xp.einsum("oc,chw->ohw", ops.const(enc.sub[pw][0]), x) + ops.const(enc.sub[pw][1])  # (the pointwise conv)
+        if pw_f16:
+            x = ops.conv2d(x, pw_f16[pw], 1, 0) + ops.const(enc.sub[pw][1])
+        else:
+            x = xp.einsum("oc,chw->ohw", ops.const(enc.sub[pw][0]), x) + ops.const(enc.sub[pw][1])  # (the pointwise conv)
         x = xp.maximum(x, 0)
     C, T, F = x.shape  # (clip.cpp: permute to [T, C, F] and flatten, the frequency fastest)
     x = xp.ascontiguousarray(x.transpose(1, 0, 2).reshape(T, C * F), np.float32)
@@ -292,12 +296,12 @@ def _ffn(ops: Any, L: dict[str, Any], x: Any, sfx: str) -> Any:
 
 def _block(ops: Any, enc: Lfm2AudioEncoder, L: dict[str, Any], x: Any, pos: Any) -> Any:
     """One macaron block: half FFN, relative-position attention, the convolution module, half FFN, LayerNorm."""
-    half = np.float32(0.5)
-    x = x + _ffn(ops, L, ops.layer_norm(x, L["ffn_norm"], L["ffn_norm_b"], EPS), "") * half
-    x = x + _attention(ops, enc, L, ops.layer_norm(x, L["ln1"], L["ln1_b"], EPS), pos)
-    x = x + _conv_module(ops, L, ops.layer_norm(x, L["norm_conv"], L["norm_conv_b"], EPS))
-    x = x + _ffn(ops, L, ops.layer_norm(x, L["ffn_norm_1"], L["ffn_norm_1_b"], EPS), "_1") * half
-    return ops.layer_norm(x, L["ln2"], L["ln2_b"], EPS)
+    half, eps = np.float32(0.5), getattr(enc.cfg, "eps", EPS)  # (Parakeet's epsilon is its file's)
+    x = x + _ffn(ops, L, ops.layer_norm(x, L["ffn_norm"], L["ffn_norm_b"], eps), "") * half
+    x = x + _attention(ops, enc, L, ops.layer_norm(x, L["ln1"], L["ln1_b"], eps), pos)
+    x = x + _conv_module(ops, L, ops.layer_norm(x, L["norm_conv"], L["norm_conv_b"], eps))
+    x = x + _ffn(ops, L, ops.layer_norm(x, L["ffn_norm_1"], L["ffn_norm_1_b"], eps), "_1") * half
+    return ops.layer_norm(x, L["ln2"], L["ln2_b"], eps)
 
 
 def rel_shift(xp: Any, bd: Any) -> Any:
@@ -335,10 +339,11 @@ def _conv_module(ops: Any, L: dict[str, Any], x: Any) -> Any:
     T, E = x.shape
     y = ops.linear(L["conv_pw1"], x, L["conv_pw1_b"])
     y = y[:, :E] * (1.0 / (1.0 + xp.exp(-y[:, E:])))
-    p = xp.pad(y, ((K_DW // 2, K_DW // 2), (0, 0)))
+    K = L["conv_dw"].shape[-1]  # (K_DW; Parakeet's is its file's clip.audio.conv_kernel_size)
+    p = xp.pad(y, ((K // 2, K // 2), (0, 0)))
     w = ops.const(L["conv_dw"])
     z = xp.zeros((T, E), np.float32)
-    for k in range(K_DW):
+    for k in range(K):
         z += p[k : k + T] * w[:, k]
     z = (z + ops.const(L["conv_dw_b"])) * ops.const(L["conv_norm"]) + ops.const(L["conv_norm_b"])
     z = xp.ascontiguousarray(ops.act(xp.ascontiguousarray(z, np.float32), "silu"), np.float32)

@@ -50,6 +50,7 @@ class NemotronHModel(Model):
     ROPE_ABSENCE = "the Mamba layers carry order"  # (rope-less attention among them; nemotron_h_moe's too)
     #: the FFN layers may be mixtures of experts (the nemotron_h_moe subclass, models/nemotron_h_moe.py: :meth:`ffn_layer`)
     takes_experts: bool = False
+    takes_images = True  # its forward reads Model.input_embd (Parakeet's audio rows: models/parakeet_audio.py)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
@@ -92,7 +93,10 @@ class NemotronHModel(Model):
         c, be, buf = self.cfg, self.be, self.buf
         T = len(tokens)
         x, xn, q, k, v, att, _, _, q3, k3, v3, att3 = self.step_buffers(T)
-        be.get_rows(self.tok_embd, tokens, x)
+        if self.input_embd is not None:  # an audio clip's rows (Engine.eval_embd), read causally as llama.cpp's
+            x[...] = be.vector(self.input_embd)
+        else:
+            be.get_rows(self.tok_embd, tokens, x)
         for il, L in enumerate(self.layers):
             if L.ssm is not None:
                 be.rms_norm(x, L.attn_norm, c.norm_eps, xn)

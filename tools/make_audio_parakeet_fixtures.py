@@ -1,0 +1,31 @@
+"""Regenerate tests/fixtures/audio_parakeet.npz: llama.cpp's libmtmd on the tiny Parakeet pair of
+``tests/tiny_audio_parakeet.py`` (developer tool; llama.cpp is the oracle, never a kvrun dependency).
+
+    python tools/make_audio_parakeet_fixtures.py --oracle /work/llvenv/bin/python
+
+The oracle script of tools/make_audio_fixtures.py (its ``_ORACLE``) on its clips (short 1.3 s: 131 frames, 17 rows;
+long 31.5 s: 3151 frames, one spectrogram and 394 rows, no chunking): ``mel_<clip>`` the clip's spectrogram
+[1, n_mel, frames] from libmtmd's debug entry (6 decimals), ``ids_<clip>`` the layout of a lone marker (-1 for an audio
+row; mtmd.cpp puts no tokens around a Parakeet clip), ``embd_<clip>`` the clip's rows, and for each prompt of
+``PROMPTS`` ``pids_<k>``, ``logits_<k>`` (the Nemotron-H text model's context without flash attention) and
+``npast_<k>``; ``sha256_*`` the files' digests.
+"""
+
+from __future__ import annotations
+
+from fixture_oracle import parse_args  # (first: it puts tests/ on the path)
+from make_audio_fixtures import run_oracle
+from tiny_audio_parakeet import write_tiny_parakeet_mmproj, write_tiny_parakeet_text
+
+CLIPS = ("short", "long")
+#: prompts with mtmd's media marker, the clips taken in turn
+PROMPTS = ["Hear: <__media__> what?", "<__media__>a<__media__> two"]
+N_CTX = 1024  # (the second prompt: 17 + 394 rows and its text)
+
+
+def main() -> None:
+    run_oracle(parse_args(__doc__), "parakeet", write_tiny_parakeet_text, write_tiny_parakeet_mmproj, CLIPS, PROMPTS, list(CLIPS), N_CTX)
+
+
+if __name__ == "__main__":
+    main()

@@ -32,7 +32,7 @@ Any other projector is refused in one line that names what is supported, before 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import GGUFError, UnsupportedModelError
 from .gguf_file import GGUFFile
@@ -76,6 +76,8 @@ SUPPORTED_PROJECTORS += ("youtuvl",)  # Youtu-VL: SigLIP2 at the picture's own s
 PROJECTION_TENSORS["youtuvl"] = "mm.2.weight"
 SUPPORTED_PROJECTORS += ("deepseekocr",)  # DeepSeek-OCR: SAM ViT-B into CLIP-L, global view and tiles (models/deepseekocr_image.py)
 PROJECTION_TENSORS["deepseekocr"] = "mm.model.fc.weight"
+SUPPORTED_PROJECTORS += ("granite4_vision",)  # Granite 4 Vision: SigLIP, WindowQFormer blocks, anyres tiles (models/granite4v_image.py)
+PROJECTION_TENSORS["granite4_vision"] = "v.proj_blk.0.linear.weight"  # (one block's: n_text_embd is K times it, below)
 #: projectors whose pictures keep their size within the file's (or clip.cpp's) pixel limits, ``image_size`` only
 #: nominal (PaddleOCR-VL's is sqrt(max_pixels), its position grid another size): :func:`pixel_limits_config`
 PIXEL_LIMIT_PROJECTORS = ("paddleocr", "hunyuanvl")
@@ -196,65 +198,47 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
         ffn_op=("gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick") if qwen else "",
     )
     if ptype == "lfm2":  # (clip.cpp's set_limit_image_tokens(64, 256): LFM2-VL's processor_config, merged rows' worth)
-        from dataclasses import replace
-
         cfg = replace(cfg, min_pixels=64 * (patch_size * n_merge) ** 2, max_pixels=256 * (patch_size * n_merge) ** 2)
     if ptype == "pixtral":  # (clip.cpp's set_limit_image_tokens(8, 1024): merged rows' worth; its ViT MLP is SwiGLU)
-        from dataclasses import replace
-
         f = (patch_size * n_merge) ** 2
         cfg = replace(cfg, min_pixels=8 * f, max_pixels=1024 * f,
                       ffn_op="gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick")
     if ptype == "gemma4v":  # (clip.cpp's set_limit_image_tokens, pooled rows' worth; its ViT MLP's activation as any file's)
-        from dataclasses import replace
-
         f = patch_size * n_merge
         op = "gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick"
         cfg = replace(cfg, min_pixels=GEMMA4V_TOKENS[0] * f * f, max_pixels=GEMMA4V_TOKENS[1] * f * f, ffn_op=op)
     if ptype == "kimivl":  # (Kimi-VL: clip.cpp's set_limit_image_tokens(8, 1024), merged rows' worth; its ViT MLP's activation)
-        from dataclasses import replace
-
         f = (patch_size * n_merge) ** 2
         cfg = replace(cfg, min_pixels=8 * f, max_pixels=1024 * f,
                       ffn_op="gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick")
     if ptype == "llama4":  # (Llama 4: the pixel shuffle's scale_factor read above; its ViT MLP's activation as any file's)
-        from dataclasses import replace
-
         cfg = replace(cfg, ffn_op="gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick")
     if ptype in ("lightonocr", "janus_pro", "cogvlm"):  # (their ViT MLP's activation; LightOnOCR's longest edge, as clip.cpp's)
-        from dataclasses import replace
-
         op = "gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick"
         edge = int(g.get("clip.vision.preproc_image_size", 0) or image_size) if ptype == "lightonocr" else 0
         cfg = replace(cfg, ffn_op=op, longest_edge=edge)
     if ptype == "gemma3nv":  # (Gemma 3n: clip.cpp counts image_size / patch_size rows, MobileNetV5's 16 x 16, the
-        from dataclasses import replace  # converter's patch_size image_size / 256: 256 "patches" a side, 16 x 16 a row)
+        # converter's patch_size image_size / 256: 256 "patches" a side, 16 x 16 a row)
         from math import isqrt
 
         cfg = replace(cfg, n_merge=max(1, isqrt(cfg.n_patches_side)))
     if ptype == "internvl":
-        from dataclasses import replace
-
         lo, hi = int(g.get("clip.vision.preproc_min_tiles", 1) or 1), int(g.get("clip.vision.preproc_max_tiles", 12) or 12)
         if not 1 <= lo <= hi:
             raise GGUFError(f"{g.path}: preproc_min_tiles {lo} and preproc_max_tiles {hi} are not a range of tile counts")
         cfg = replace(cfg, min_tiles=lo, max_tiles=hi)
     if ptype == "resampler":  # (MiniCPM-V: which layout is the version's; the resampler's rows are its queries)
-        from dataclasses import replace
-
         ver = int(g.get("clip.minicpmv_version", 0) or 0)
         if ver not in MINICPMV_VERSIONS:
             raise UnsupportedModelError(f"{g.path}: clip.minicpmv_version is {ver}; kvrun (as libmtmd) lays out MiniCPM-V versions "
                                         f"{', '.join(map(str, MINICPMV_VERSIONS))}")  # fmt: skip
         cfg = replace(cfg, minicpmv_version=ver, n_query=int(g.get("clip.minicpmv_query_num", 0) or 64))
     if ptype == "step3vl":  # (clip.cpp: two stride-2 convs (n_merge 4 unless stated), the longest edge 3024 unless stated)
-        from dataclasses import replace
-
         op = "gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick"
         cfg = replace(cfg, n_merge=int(g.get("clip.vision.projector.scale_factor", 4) or 4), ffn_op=op,
                       longest_edge=int(g.get("clip.vision.preproc_image_size", 0) or 3024))
     if ptype == "youtuvl":  # (clip.cpp: 2x2 merges, set_limit_image_tokens(1, 62500) merged rows' worth of pixels; a
-        from dataclasses import replace  # picture keeps its own size, image_size nominal (Youtu-VL's 560: 35 patches)
+        # picture keeps its own size, image_size nominal (Youtu-VL's 560: 35 patches)
 
         op = "gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick"
         merge = int(g.get("clip.vision.spatial_merge_size", 2) or 2)
@@ -263,6 +247,11 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
                             f"width {n_embd}, heads {n_head}); llama.cpp's Youtu-VL graph merges 2x2")  # fmt: skip
         f = (patch_size * 2) ** 2
         return replace(cfg, n_merge=2, min_pixels=f, max_pixels=62500 * f, ffn_op=op)
+    if ptype == "granite4_vision":  # (Granite 4 Vision: a row is its K blocks' projections side by side; a tile's rows are
+        # its patches pooled window_side / query_side a side: models/granite4v_image.py)
+        layers, win, qs = g.get("clip.vision.feature_layer"), g.get("clip.vision.projector.window_side"), g.get("clip.vision.projector.query_side")
+        k = 1 if layers is None else max(1, len(layers))
+        cfg = replace(cfg, n_text_embd=k * cfg.n_text_embd, n_merge=int(win) // int(qs) if win and qs and int(win) % int(qs) == 0 else 1)
     if ptype == "qwen2.5vl_merger" and cfg.n_wa_pattern <= 0:  # (clip.cpp requires it of 2.5's files)
         raise GGUFError(f"{g.path}: clip.vision.n_wa_pattern is missing; the Qwen2.5-VL projector file is incomplete")
     if ptype in PIXEL_LIMIT_PROJECTORS:  # (their image_size need not be whole patches: checked there)
@@ -290,8 +279,6 @@ def pixel_limits_config(g: GGUFFile, cfg: MmprojConfig) -> MmprojConfig:
     it.  PaddleOCR-VL (clip.cpp: n_merge 2, ``clip.vision.image_min_pixels``/``image_max_pixels`` required, the
     file's activation); Hunyuan-VL (n_merge ``clip.vision.spatial_merge_size``, 2 unless stated; the file's pixel
     limits where stated, else :data:`HUNYUANVL_TOKENS` blocks of 2x2 patches' worth; GELU whatever the file says)."""
-    from dataclasses import replace
-
     hunyuan = cfg.projector_type == "hunyuanvl"
 
     def pixels(key: str, default: int | None) -> int:

@@ -58,6 +58,7 @@ PROJECTORS: dict[str, ProjectorKind] = {
     "step3vl": ProjectorKind("step3vl_image:Step3VLEncoder", "vision_step3vl:Step3VLLayout", None),  # crops, then the overview; its own markers
     "youtuvl": ProjectorKind("youtuvl_image:YoutuVLEncoder", "vision_youtuvl:YoutuVLLayout", ("VISION_START", "VISION_END")),  # own size, windows
     "deepseekocr": ProjectorKind("deepseekocr_image:DeepseekOCREncoder", "vision_deepseekocr:DeepseekOCRLayout", None),  # SAM + CLIP; tiles, then the view; its own "\n"
+    "granite4_vision": ProjectorKind("granite4v_image:Granite4VisionEncoder", "vision_granite4:Granite4VisionLayout", None),  # overview, tiles, newlines; its own "\n"
 }  # fmt: skip
 
 

@@ -318,6 +318,7 @@ TINY_MMPROJS: dict[str, Callable[[Path, int], Path]] = {
     "ldp": lambda path, qtype: __import__("tiny_vision_llava").write_tiny_ldp_mmproj(path, 1, qtype),
     "ldpv2": lambda path, qtype: __import__("tiny_vision_llava").write_tiny_ldp_mmproj(path, 2, qtype),
     "gemma3nv": _writer("tiny_vision_gemma3n", "write_tiny_gemma3nv_mmproj"),
+    "granite4v": _writer("tiny_vision_granite4", "write_tiny_granite4v_mmproj"),  # (p109: tests/test_gpu_vision_granite4.py)
 }  # fmt: skip
 
 

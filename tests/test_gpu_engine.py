@@ -174,7 +174,7 @@ def graph_runtime(request, gpu_env):
     """The device (or the plain emulator), then the strict CuPy stand-in: host and device arrays apart, and no
     copy either way while capturing, as on CUDA."""
     if request.param == "device":
-        yield
+        yield "device"
         return
     if gpu_available():
         pytest.skip("the strict stand-in is for machines without a GPU")
@@ -184,7 +184,7 @@ def graph_runtime(request, gpu_env):
 
     prev = K.set_runtime(StrictRuntime())
     try:
-        yield
+        yield "strict"
     finally:
         K.set_runtime(prev)
 
@@ -257,6 +257,10 @@ def test_decode_steps_replayed_from_cuda_graphs_equal_the_eager_steps(graph_runt
     from kvrun.cache.kvconfig import KVConfig
     from kvrun.ops.gpu import kernels as K
 
+    if not gpu_available() and graph_runtime == "device" and (kv or arch not in ("llama", "gemma3")):  # (CI time: on the plain
+        # emulator these cases repeat the strict stand-in's, which records more (array operations: the policies' steps,
+        # eager on the plain emulator) and refuses what CUDA refuses; the two base cases keep its own capture path tested)
+        pytest.skip("the strict stand-in runs this case without a GPU")
     path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, qtype=Q.Q4_0, sliding_window=8)
     ids = [int(t) for t in np.random.default_rng(3).integers(0, 200, n_prompt + 30)]
     runs, held, states = {}, {}, {}

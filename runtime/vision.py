@@ -84,8 +84,10 @@ class Vision:
         self.engine = engine
         self.encoder = load_encoder(mmproj if g is None else g, engine.backend)  # (its type's encoder and layout: runtime/projectors.py)
         n, m = self.encoder.cfg.n_text_embd, engine.cfg.n_embd
-        if n != m:
-            raise KvrunError(f"{mmproj}: the projector makes rows {n} wide and {engine.path} embeds {m}: not this model's mmproj")
+        wide = getattr(engine.model, "n_embd_inp", m)  # (a model taking DeepStack levels: rows n_embd * (1 + levels) wide)
+        if n != m and n != wide:
+            also = f" ({wide} with its DeepStack levels)" if wide != m else ""
+            raise KvrunError(f"{mmproj}: the projector makes rows {n} wide and {engine.path} embeds {m}{also}: not this model's mmproj")
         self.begin, self.end, self.idefics3, self.qwen2vl = IMAGE_BEGIN, IMAGE_END, None, None
         layout, begin, end, rows = load_layout(engine, self.encoder)
         if layout is not None:  # a block of rows (SmolVLM's and most: pieces / rows / n_positions), or M-RoPE rows (Qwen2-VL's)

@@ -10,10 +10,11 @@ otherwise merge with it): :meth:`Granite4VisionLayout.rows` gives the picture's 
 causally as one block (``mtmd_decode_use_non_causal`` is false for it), so the text model scales them as it scales
 its token embeddings, as llama.cpp does for a text model without DeepStack.
 
-The text model: any of the rows' width (K blocks x projection_dim; checked in runtime/vision.py).  Granite 4.1
-Vision's own (granite with ``deepstack_mapping``: the first projection_dim of a row as the embedding, the other blocks
-added at the layers the mapping names, the rows unscaled) is refused in one line: kvrun's Granite model does not
-inject them yet.
+The text model: any of the rows' width (K blocks x projection_dim; checked in runtime/vision.py), or Granite 4.1
+Vision's own (granite with ``deepstack_mapping``, models/granite.py: block 0 of a row as the embedding, the other
+blocks added at the layers the mapping names, the image rows unscaled), whose ``n_embd_inp`` the rows must be; its
+``"\n"`` row is then the token embedding scaled as llama.cpp scales a token (``embedding_scale``) and padded with
+zeros (no level added), as a text token is.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..loaders.errors import KvrunError, UnsupportedModelError
+from ..loaders.errors import KvrunError
 from ..models.granite4v_image import Granite4VisionEncoder
 
 #: the text libmtmd puts after a picture
@@ -33,9 +34,10 @@ class Granite4VisionLayout:
     """The picture layout of a granite4_vision projector beside ``engine``'s text model."""
 
     def __init__(self, engine: Any, encoder: Granite4VisionEncoder) -> None:
-        if engine.gguf.get(f"{engine.cfg.arch}.deepstack_mapping") is not None:
-            raise UnsupportedModelError(f"{engine.path}: a DeepStack Granite text model ({engine.cfg.arch}.deepstack_mapping); "
-                                        "kvrun runs Granite 4 Vision's pictures with text models that take the whole row")  # fmt: skip
+        width = getattr(engine.model, "n_embd_inp", engine.cfg.n_embd)
+        if encoder.cfg.n_text_embd != width:  # (a DeepStack Granite: K blocks must be its embedding and levels)
+            raise KvrunError(f"{engine.path}: its image rows are {width} wide (DeepStack levels included) and the projector "
+                             f"makes {encoder.cfg.n_text_embd}: not this model's mmproj")  # fmt: skip
         self.engine, self.encoder = engine, encoder
         self.end = engine.tokenizer.encode(IMAGE_END, add_bos=False, parse_special=True)
         if not self.end:
@@ -56,4 +58,6 @@ class Granite4VisionLayout:
         eng = self.engine
         nl = np.empty((len(self.end), eng.cfg.n_embd), np.float32)
         eng.backend.get_rows(eng.model.tok_embd, np.asarray(self.end, np.int32), nl)
+        if getattr(eng.model, "n_deepstack_layers", 0):  # (a token's scale, as the model does not scale image rows; no levels)
+            nl = np.pad(nl * np.float32(eng.model.cfg.embedding_scale), ((0, 0), (0, self.encoder.cfg.n_text_embd - eng.cfg.n_embd)))
         return np.ascontiguousarray(np.concatenate([self.encoder.encode(image), nl]), np.float32)

@@ -152,13 +152,13 @@ def _with_key(src: Path, dst: Path, key: str, value: list[int]) -> Path:
 
 
 def test_a_deepstack_text_model_or_another_width_is_refused_in_one_line(pair, tmp_path):
-    """Granite 4.1 Vision's own text model (``granite.deepstack_mapping``: the blocks added at its layers) is not run
-    yet; a projector of another width is not this model's."""
+    """A DeepStack text model (``granite.deepstack_mapping``: here 2 levels, rows 64 x 3 wide) beside a projector of
+    its n_embd, or a projector of another width, is not this model's (test_vision_granite4_ds.py runs one that is)."""
     from kvrun.runtime.engine import Engine
     from kvrun.runtime.vision import Vision
 
     ds = _with_key(pair["text"], tmp_path / "ds.gguf", "granite.deepstack_mapping", [0, 1])
-    with one_line_error(r"a DeepStack Granite text model \(granite.deepstack_mapping\)"):
+    with one_line_error(r"its image rows are 192 wide \(DeepStack levels included\) and the projector makes 64"):
         Vision(Engine(ds, n_ctx=64), pair["f32"])
     narrow = write_tiny_granite4v_mmproj(tmp_path / "narrow.gguf", n_text_embd=32)
     with one_line_error("the projector makes rows 32 wide"):

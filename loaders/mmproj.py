@@ -76,8 +76,12 @@ SUPPORTED_PROJECTORS += ("youtuvl",)  # Youtu-VL: SigLIP2 at the picture's own s
 PROJECTION_TENSORS["youtuvl"] = "mm.2.weight"
 SUPPORTED_PROJECTORS += ("deepseekocr",)  # DeepSeek-OCR: SAM ViT-B into CLIP-L, global view and tiles (models/deepseekocr_image.py)
 PROJECTION_TENSORS["deepseekocr"] = "mm.model.fc.weight"
+SUPPORTED_PROJECTORS += ("deepseekocr2",)  # DeepSeek-OCR 2: SAM ViT-B into a Qwen2 encoder with learned queries (models/deepseekocr2_image.py)
+PROJECTION_TENSORS["deepseekocr2"] = "mm.model.fc.weight"
 SUPPORTED_PROJECTORS += ("granite4_vision",)  # Granite 4 Vision: SigLIP, WindowQFormer blocks, anyres tiles (models/granite4v_image.py)
 PROJECTION_TENSORS["granite4_vision"] = "v.proj_blk.0.linear.weight"  # (one block's: n_text_embd is K times it, below)
+SUPPORTED_PROJECTORS += ("dots_ocr",)  # dots.ocr: a NaViT with a 2-D rope at the picture's own size, a 2x2 merger (models/dotsocr_image.py)
+PROJECTION_TENSORS["dots_ocr"] = "mm.2.weight"
 #: projectors whose pictures keep their size within the file's (or clip.cpp's) pixel limits, ``image_size`` only
 #: nominal (PaddleOCR-VL's is sqrt(max_pixels), its position grid another size): :func:`pixel_limits_config`
 PIXEL_LIMIT_PROJECTORS = ("paddleocr", "hunyuanvl")
@@ -254,6 +258,10 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
         cfg = replace(cfg, n_text_embd=k * cfg.n_text_embd, n_merge=int(win) // int(qs) if win and qs and int(win) % int(qs) == 0 else 1)
     if ptype == "qwen2.5vl_merger" and cfg.n_wa_pattern <= 0:  # (clip.cpp requires it of 2.5's files)
         raise GGUFError(f"{g.path}: clip.vision.n_wa_pattern is missing; the Qwen2.5-VL projector file is incomplete")
+    if ptype == "dots_ocr":  # (dots.ocr: clip.cpp's merge is the file's projector scale_factor, required; pixel limits as PaddleOCR-VL's)
+        if int(g.get("clip.vision.projector.scale_factor", 0) or 0) < 2:
+            raise GGUFError(f"{g.path}: clip.vision.projector.scale_factor is missing or under 2; the dots_ocr projector file is incomplete")
+        return replace(pixel_limits_config(g, cfg), n_merge=n_merge)
     if ptype in PIXEL_LIMIT_PROJECTORS:  # (their image_size need not be whole patches: checked there)
         return pixel_limits_config(g, cfg)
     side = cfg.n_patches_side

@@ -205,6 +205,9 @@ class DeepseekOCREncoder(MmprojEncoder):
     """DeepSeek-OCR's SAM and CLIP encoders and projector from an mmproj file: :meth:`encode` a view's pixels into
     its grid of rows, :meth:`view_rows` lays them out with the newline and separator rows."""
 
+    #: whether ``__init__`` stops after SAM (a subclass loading its own encoder after it)
+    sam_only = False
+
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
         self.cfg, self.be, self.path = cfg, backend, g.path
         ld = WeightLoader(g, backend)
@@ -250,6 +253,8 @@ class DeepseekOCREncoder(MmprojEncoder):
         self.neck = [kernel("v.sam.neck.0.weight"), kernel("v.sam.neck.2.weight")]
         self.neck_norm = [(tensor(f"v.sam.neck.{j}.weight").reshape(-1), tensor(f"v.sam.neck.{j}.bias").reshape(-1)) for j in (1, 3)]
         self.net = [kernel("v.sam.net_2.weight"), kernel("v.sam.net_3.weight")]
+        if self.sam_only:  # (DeepSeek-OCR 2's encoder past SAM is its own: models/deepseekocr2_image.py)
+            return
         # CLIP-L
         C = cfg.n_embd
         if self.net[1].w.shape[0] != C:

@@ -329,6 +329,22 @@ class DeviceViT:
             hit = cache[id(w)] = (w, np.ascontiguousarray(w.T))
         return self.linear(self.matrix(hit[1], f16=f16), x)
 
+    def attend_masked(self, q: Any, k: Any, v: Any, mask: Any, scale: F32) -> Any:
+        """softmax(q k^T scale + mask) v, grouped K/V heads (models/vit_ops.py HostViT's): encoder.cu's kernel with
+        the device ``mask`` [T, S] as its bias shared by the heads, else on the host and back up."""
+        from ..ops.gpu import encoder as E
+
+        T, H, D = q.shape
+        q, k, v = (self.xp.ascontiguousarray(t) for t in (q, k, v))
+        if E.fits(k.shape[0], D):
+            out = self.be.zeros((T, H, D), F32)
+            E.attend_full(q, k, v, self.xp.ascontiguousarray(mask), float(scale), out)
+            return out.reshape(T, H * D)
+        from .vit_ops import HostViT
+
+        host = HostViT.attend_masked(*(self.be.to_host(a) for a in (q, k, v, mask)), scale)
+        return self.be.vector(host)
+
 
 def of(enc: Any) -> DeviceViT:
     """``enc``'s device side, made on first use."""

@@ -290,6 +290,18 @@ class HostViT:
         rounded to F16 first where ``f16`` (the values of ``w`` are F16's then)."""
         return np.ascontiguousarray((S._f16(x) if f16 else x) @ w, F32)
 
+    @staticmethod
+    def attend_masked(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, scale: Any) -> np.ndarray:
+        """softmax(q k^T scale + mask) v (ggml's soft_max_ext), each K/V head shared by a group of query heads:
+        q [T, H, D], k, v [S, H_kv, D], mask [T, S] -> [T, H*D] (DeepSeek-OCR 2's Qwen2 encoder)."""
+        T, H, D = q.shape
+        g = H // k.shape[1]
+        k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
+        s = np.einsum("thd,shd->hts", q, k).astype(F32) * F32(scale) + mask
+        s = np.exp(s - s.max(axis=-1, keepdims=True))
+        s /= s.sum(axis=-1, keepdims=True)
+        return np.ascontiguousarray(np.einsum("hts,shd->thd", s, v), F32).reshape(T, H * D)
+
 
 def merge_permute(x: Any, nx: int, ny: int, k: int) -> Any:
     """clip.cpp's ``build_patch_merge_permute`` on either device's rows (array methods alone): a grid of nx x ny

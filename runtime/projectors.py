@@ -58,7 +58,9 @@ PROJECTORS: dict[str, ProjectorKind] = {
     "step3vl": ProjectorKind("step3vl_image:Step3VLEncoder", "vision_step3vl:Step3VLLayout", None),  # crops, then the overview; its own markers
     "youtuvl": ProjectorKind("youtuvl_image:YoutuVLEncoder", "vision_youtuvl:YoutuVLLayout", ("VISION_START", "VISION_END")),  # own size, windows
     "deepseekocr": ProjectorKind("deepseekocr_image:DeepseekOCREncoder", "vision_deepseekocr:DeepseekOCRLayout", None),  # SAM + CLIP; tiles, then the view; its own "\n"
+    "deepseekocr2": ProjectorKind("deepseekocr2_image:DeepseekOCR2Encoder", "vision_deepseekocr2:DeepseekOCR2Layout", None),  # SAM + Qwen2 queries; tiles, the view; "\n"
     "granite4_vision": ProjectorKind("granite4v_image:Granite4VisionEncoder", "vision_granite4:Granite4VisionLayout", None),  # overview, tiles, newlines; its own "\n"
+    "dots_ocr": ProjectorKind("dotsocr_image:DotsOCREncoder", "vision_dotsocr:DotsOCRLayout"),  # raster-order NaViT, 2x2 merger; <|img|> .. <|endofimg|>
 }  # fmt: skip
 
 

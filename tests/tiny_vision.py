@@ -314,11 +314,13 @@ TINY_MMPROJS: dict[str, Callable[[Path, int], Path]] = {
     "youtuvl": _writer("tiny_vision_youtuvl", "write_tiny_youtuvl_mmproj"),
     "cogvlm": _writer("tiny_vision_cogvlm", "write_tiny_cogvlm_mmproj"),
     "deepseekocr": _writer("tiny_vision_deepseekocr", "write_tiny_deepseekocr_mmproj"),
+    "deepseekocr2": _writer("tiny_vision_deepseekocr2", "write_tiny_deepseekocr2_mmproj"),
     # (MobileVLM's: its writer takes the version before the qtype)
     "ldp": lambda path, qtype: __import__("tiny_vision_llava").write_tiny_ldp_mmproj(path, 1, qtype),
     "ldpv2": lambda path, qtype: __import__("tiny_vision_llava").write_tiny_ldp_mmproj(path, 2, qtype),
     "gemma3nv": _writer("tiny_vision_gemma3n", "write_tiny_gemma3nv_mmproj"),
     "granite4v": _writer("tiny_vision_granite4", "write_tiny_granite4v_mmproj"),  # (p109: tests/test_gpu_vision_granite4.py)
+    "dotsocr": _writer("tiny_vision_dotsocr", "write_tiny_dotsocr_mmproj"),  # (p113: tests/test_gpu_vision_dotsocr.py)
 }  # fmt: skip
 
 

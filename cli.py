@@ -287,6 +287,11 @@ def _tiled_rows(c: Any) -> dict[str, Any]:
         hi = max(chunk_rows(w, h) for w, h in target_ratios())
         return {"rows_per_image": chunk_rows(0, 0), "rows_per_tile": (TILE // 64) ** 2, "min_tiles": MIN_TILES, "max_tiles": MAX_TILES,
                 "rows_per_picture": [chunk_rows(0, 0), hi]}  # fmt: skip
+    if c.projector_type == "deepseekocr2":  # (DeepSeek-OCR 2: 768-pixel tiles, each an image of its own, then the 1024-pixel
+        from .runtime.vision_deepseekocr2 import MAX_TILES, MIN_TILES, TILE, chunk_rows  # global view and its separator)
+
+        return {"rows_per_image": chunk_rows(0, 0), "rows_per_tile": (TILE // 64) ** 2, "min_tiles": MIN_TILES, "max_tiles": MAX_TILES,
+                "rows_per_picture": [chunk_rows(0, 0), chunk_rows(MAX_TILES, 1)]}  # (libmtmd's defaults; a file may set others)
     return {}
 
 
@@ -296,6 +301,11 @@ def _tiled_sizes(c: Any, t: dict[str, Any]) -> str:
         return (f"crops of 504x504 pixels ({t['rows_per_tile']} rows each) where a picture is longer than {c.image_size} pixels "
                 f"or past 1.5:1 (one longer than {c.longest_edge} pixels scaled down to that first), then a {c.image_size}x"
                 f"{c.image_size} overview in {c.patch_size}-pixel patches ({c.n_tokens} rows)")  # fmt: skip
+    if c.projector_type == "deepseekocr2":
+        lo, hi = t["rows_per_picture"]
+        return (f"a 1024x1024 global view in 16-pixel patches ({lo} rows: its queries and the view separator) after, where a "
+                f"picture is past 768 pixels, the grid of {t['min_tiles']} to {t['max_tiles']} 768x768 tiles nearest its aspect "
+                f"({t['rows_per_tile']} rows each): {lo} to {hi} rows a picture")  # fmt: skip
     if c.projector_type == "deepseekocr":
         lo, hi = t["rows_per_picture"]
         return (f"a 1024x1024 global view in 16-pixel patches ({lo} rows, newlines and the view separator included) after, where "

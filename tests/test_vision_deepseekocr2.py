@@ -138,6 +138,17 @@ def test_cli_run_takes_a_deepseekocr2_picture(pair, tmp_path, monkeypatch, visio
     check_cli_run(pair["text"], pair["f32"], PICTURES["small"], tmp_path, len(FIX["ids_f32_small"]))
 
 
+def test_kvrun_info_counts_the_views_rows(pair):
+    """The global view's 256 query rows and its separator alone, or after up to six tiles of 144 rows each."""
+    from click.testing import CliRunner
+
+    from kvrun.cli import main
+
+    r = CliRunner().invoke(main, ["info", str(pair["f32"])])
+    assert r.exit_code == 0 and "(257 rows: its queries and the view separator)" in r.output, r.output
+    assert "2 to 6 768x768 tiles nearest its aspect (144 rows each): 257 to 1121 rows a picture" in r.output
+
+
 # ---------------------------------------------------------------- on the GPU
 
 

@@ -55,7 +55,7 @@ from .common import WeightLoader
 from .deepseekocr_image import Kernel
 from .gemma4v_image import CLAMP_KEYS, _HostOps
 from .vit_ops import ops_of
-from .whisper_audio import HOP, SAMPLE_RATE, check_audio_mmproj, need_audio_key
+from .whisper_audio import HOP, SAMPLE_RATE, AudioTowerConfig, audio_tower_shape, check_audio_mmproj, need_audio_key, need_audio_tensors
 
 PROJECTOR = "gemma4a"
 N_FFT, WINDOW, MEL_FLOOR = 512, 320, 1e-3  # clip.cpp's gemma4a preprocessing: a 20 ms window in a 512-point FFT
@@ -91,15 +91,9 @@ def n_rows(n_samples: int) -> int:
 
 
 @dataclass(frozen=True)
-class Gemma4AudioConfig:
+class Gemma4AudioConfig(AudioTowerConfig):
     """The audio encoder's hyperparameters, as clip.cpp reads them (``clip.audio.*``; the rest from the tensors)."""
 
-    projector_type: str
-    n_mel: int
-    n_embd: int
-    n_ff: int
-    n_layer: int
-    n_head: int
     n_text_embd: int  # (``clip.audio.projection_dim``: clip_n_mmproj_embd's for gemma4a)
 
     @property
@@ -111,22 +105,8 @@ class Gemma4AudioConfig:
 def load_gemma4a_config(g: GGUFFile) -> Gemma4AudioConfig:
     """The config of an opened "gemma4a" mmproj file, or a one-line error."""
     check_audio_mmproj(g)
-
-    def need(key: str) -> int:
-        return int(need_audio_key(g, key))
-
-    for name in ("a.conv1d.0.weight", "a.conv1d.1.weight", "a.input_projection.weight", "mm.a.input_projection.weight"):
-        if name not in g.tensors:
-            raise GGUFError(f"{g.path}: tensor {name!r} is missing; the projector file is incomplete")
-    cfg = Gemma4AudioConfig(
-        projector_type=PROJECTOR,
-        n_mel=need("num_mel_bins"),
-        n_embd=need("embedding_length"),
-        n_ff=need("feed_forward_length"),
-        n_layer=need("block_count"),
-        n_head=need("attention.head_count"),
-        n_text_embd=need("projection_dim"),
-    )
+    need_audio_tensors(g, ("a.conv1d.0.weight", "a.conv1d.1.weight", "a.input_projection.weight", "mm.a.input_projection.weight"))
+    cfg = Gemma4AudioConfig(projector_type=PROJECTOR, **audio_tower_shape(g), n_text_embd=int(need_audio_key(g, "projection_dim")))
     if not 8 <= cfg.n_mel <= 256 or cfg.n_head <= 0 or cfg.n_embd % cfg.n_head or cfg.n_embd % 2:
         raise GGUFError(f"{g.path}: inconsistent audio hyperparameters (mel bins {cfg.n_mel}, width {cfg.n_embd}, heads {cfg.n_head})")
     return cfg

@@ -45,7 +45,7 @@ from ..ops.backend import Backend
 from .common import TENSOR_NAMES, WeightLoader
 from .deepseekocr_image import Kernel
 from .vit_ops import ops_of
-from .whisper_audio import HOP, SAMPLE_RATE, check_audio_mmproj, mel_filters, need_audio_key
+from .whisper_audio import HOP, SAMPLE_RATE, AudioTowerConfig, audio_tower_shape, check_audio_mmproj, mel_filters, need_audio_tensors
 
 PROJECTOR = "lfm2a"
 N_FFT, WINDOW, PREEMPH, MEL_FLOOR = 512, 400, np.float32(0.97), 5.960464477539063e-08  # (the preprocessor's settings)
@@ -68,15 +68,9 @@ def conv_len(n: int) -> int:
 
 
 @dataclass(frozen=True)
-class Lfm2AudioConfig:
+class Lfm2AudioConfig(AudioTowerConfig):
     """The audio encoder's hyperparameters, as clip.cpp reads them (``clip.audio.*``; the rest from the tensors)."""
 
-    projector_type: str
-    n_mel: int
-    n_embd: int
-    n_ff: int
-    n_layer: int
-    n_head: int
     n_sub: int  # the subsampling's channels
     n_text_embd: int
 
@@ -99,21 +93,12 @@ def is_lfm2a(g: GGUFFile) -> bool:
 def load_lfm2a_config(g: GGUFFile) -> Lfm2AudioConfig:
     """The config of an opened "lfm2a" mmproj file, or a one-line error."""
     check_audio_mmproj(g)
-
-    def need(key: str) -> int:
-        return int(need_audio_key(g, key))
-
-    for name in ("a.conv1d.0.weight", "a.pre_encode.out.weight", "mm.a.mlp.1.weight", "mm.a.mlp.3.weight"):
-        if name not in g.tensors:
-            raise GGUFError(f"{g.path}: tensor {name!r} is missing; the projector file is incomplete")
-    E = need("embedding_length")
+    need_audio_tensors(g, ("a.conv1d.0.weight", "a.pre_encode.out.weight", "mm.a.mlp.1.weight", "mm.a.mlp.3.weight"))
+    shape = audio_tower_shape(g, ff_optional=True)
+    E = shape["n_embd"]
     cfg = Lfm2AudioConfig(
         projector_type=PROJECTOR,
-        n_mel=need("num_mel_bins"),
-        n_embd=E,
-        n_ff=int(g.get("clip.audio.feed_forward_length", 0)),
-        n_layer=need("block_count"),
-        n_head=need("attention.head_count"),
+        **shape,
         n_sub=int(g.tensors["a.conv1d.0.weight"].n_elements // 9),  # ([C, 1, 3, 3])
         n_text_embd=int(g.tensors["mm.a.mlp.3.weight"].n_elements // (g.tensors["mm.a.mlp.1.weight"].n_elements // E)),
     )

@@ -47,7 +47,7 @@ from . import lfm2a_audio as C  # (the FastConformer's functions; importing it n
 from .common import TENSOR_NAMES, WeightLoader
 from .deepseekocr_image import Kernel
 from .vit_ops import ops_of
-from .whisper_audio import HOP, SAMPLE_RATE, check_audio_mmproj, need_audio_key
+from .whisper_audio import HOP, SAMPLE_RATE, AudioTowerConfig, audio_tower_keys, check_audio_mmproj, need_audio_key, need_audio_tensors
 
 PROJECTOR = "parakeet"
 N_FFT, WINDOW, PREEMPH, LOG_EPS, STD_EPS = 512, 400, np.float32(0.97), 5.960464477539063e-08, 1e-5  # (the preprocessor's)
@@ -57,15 +57,9 @@ TENSOR_NAMES.update({"pk_norm_pre": "mm.a.norm_pre.weight", "pk_mlp2": "mm.a.mlp
 
 
 @dataclass(frozen=True)
-class ParakeetConfig:
+class ParakeetConfig(AudioTowerConfig):
     """The audio encoder's hyperparameters, as clip.cpp reads them (``clip.audio.*``; the rest from the tensors)."""
 
-    projector_type: str
-    n_mel: int
-    n_embd: int
-    n_ff: int
-    n_layer: int
-    n_head: int
     eps: float  # the LayerNorms' (clip.audio.attention.layer_norm_epsilon; clip.cpp's 1e-6 unless told)
     kernel: int  # the convolution module's depthwise kernel (clip.audio.conv_kernel_size)
     n_sub: int  # the subsampling's channels
@@ -89,22 +83,16 @@ def load_parakeet_config(g: GGUFFile) -> ParakeetConfig:
     def need(key: str) -> int:
         return int(need_audio_key(g, key))
 
-    for name in ("a.mel_filters", "a.window", "a.conv1d.0.weight", "a.pre_encode.out.weight", "mm.a.norm_pre.weight",
-                 "mm.a.mlp.1.weight", "mm.a.mlp.2.weight"):  # fmt: skip
-        if name not in g.tensors:
-            raise GGUFError(f"{g.path}: tensor {name!r} is missing; the projector file is incomplete")
+    need_audio_tensors(g, ("a.mel_filters", "a.window", "a.conv1d.0.weight", "a.pre_encode.out.weight", "mm.a.norm_pre.weight",
+                           "mm.a.mlp.1.weight", "mm.a.mlp.2.weight"))  # fmt: skip
     if need("subsampling_factor") != 8:  # (clip.cpp asserts it: the graph's three stride-2 convolutions)
         raise GGUFError(f"{g.path}: clip.audio.subsampling_factor is {need('subsampling_factor')}; Parakeet's encoder subsamples by 8")
-    E = need("embedding_length")
+    tower = audio_tower_keys(g, ff_optional=True)
+    E = tower["n_embd"]
     n_hid = g.tensors["mm.a.mlp.1.weight"].n_elements // E
     cfg = ParakeetConfig(
         projector_type=PROJECTOR,
-        n_mel=need("num_mel_bins"),
-        n_embd=E,
-        n_ff=int(g.get("clip.audio.feed_forward_length", 0)),
-        n_layer=need("block_count"),
-        n_head=need("attention.head_count"),
-        eps=float(g.get("clip.audio.attention.layer_norm_epsilon", 1e-6)),
+        **tower,
         kernel=need("conv_kernel_size"),
         n_sub=int(g.tensors["a.conv1d.0.weight"].n_elements // 9),  # ([C, 1, 3, 3])
         n_text_embd=int(g.tensors["mm.a.mlp.2.weight"].n_elements // max(n_hid, 1)),

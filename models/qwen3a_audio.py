@@ -43,7 +43,7 @@ from .common import TENSOR_NAMES, WeightLoader
 from .deepseekocr_image import Kernel
 from .siglip import vit_block
 from .vit_ops import ops_of
-from .whisper_audio import HOP, N_FFT, SAMPLE_RATE, audio_tower_keys, check_audio_mmproj, mel_filters
+from .whisper_audio import HOP, N_FFT, SAMPLE_RATE, AudioTowerConfig, audio_tower_keys, check_audio_mmproj, mel_filters, need_audio_tensors
 
 PROJECTOR = "qwen3a"
 F16 = 1  # ggml's type id of float16
@@ -63,15 +63,9 @@ ROWS_PER_CHUNK = conv_len(CHUNK)
 
 
 @dataclass(frozen=True)
-class Qwen3AudioConfig:
+class Qwen3AudioConfig(AudioTowerConfig):
     """The audio tower's hyperparameters, as clip.cpp reads them (``clip.audio.*``; the conv channels from the kernel)."""
 
-    projector_type: str
-    n_mel: int
-    n_embd: int
-    n_ff: int
-    n_layer: int
-    n_head: int
     eps: float
     n_down: int  # the convolutions' channels (downsample_hidden_size)
     n_text_embd: int
@@ -97,9 +91,7 @@ def is_qwen3a(g: GGUFFile) -> bool:
 def load_qwen3a_config(g: GGUFFile) -> Qwen3AudioConfig:
     """The config of an opened "qwen3a" mmproj file, or a one-line error."""
     check_audio_mmproj(g)
-    for name in ("a.conv2d.1.weight", "a.conv_out.weight", "mm.a.mlp.2.weight", "a.position_embd.weight"):
-        if name not in g.tensors:
-            raise GGUFError(f"{g.path}: tensor {name!r} is missing; the projector file is incomplete")
+    need_audio_tensors(g, ("a.conv2d.1.weight", "a.conv_out.weight", "mm.a.mlp.2.weight", "a.position_embd.weight"))
     tower = audio_tower_keys(g)
     cfg = Qwen3AudioConfig(
         projector_type=PROJECTOR,

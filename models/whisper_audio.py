@@ -98,8 +98,9 @@ TENSOR_NAMES.update({  # the audio encoder's names (clip.cpp's TN_*, prefix "a")
 
 
 @dataclass(frozen=True)
-class AudioConfig:
-    """An audio encoder's and projector's hyperparameters, as clip.cpp reads them (``clip.audio.*``)."""
+class AudioTowerConfig:
+    """What every audio encoder's config holds first, as clip.cpp reads it (``clip.audio.*``, :func:`audio_tower_shape`):
+    the projector type and the encoder's shape.  Each tower's config adds its own fields after these."""
 
     projector_type: str
     n_mel: int  # mel bins the encoder takes (Whisper large: 128)
@@ -107,6 +108,12 @@ class AudioConfig:
     n_ff: int
     n_layer: int
     n_head: int
+
+
+@dataclass(frozen=True)
+class AudioConfig(AudioTowerConfig):
+    """An audio encoder's and projector's hyperparameters, as clip.cpp reads them (``clip.audio.*``)."""
+
     eps: float  # the encoder's LayerNorms' epsilon
     stack_factor: int  # encoder rows stacked into one projector row (Ultravox: 8)
     n_text_embd: int  # the projector's output width: the text model's n_embd
@@ -142,16 +149,30 @@ def need_audio_key(g: GGUFFile, key: str) -> int | float:
     return v
 
 
-def audio_tower_keys(g: GGUFFile) -> dict[str, Any]:
-    """The audio encoder's hyperparameters every audio config holds, as clip.cpp reads them (``clip.audio.*``; the
-    LayerNorms' epsilon 1e-6 unless told): ``n_mel``, ``n_embd``, ``n_ff``, ``n_layer``, ``n_head``, ``eps``."""
+def need_audio_tensors(g: GGUFFile, names: tuple[str, ...]) -> None:
+    """A one-line error unless the opened projector holds every tensor of ``names`` (those a config is read from)."""
+    for name in names:
+        if name not in g.tensors:
+            raise GGUFError(f"{g.path}: tensor {name!r} is missing; the projector file is incomplete")
+
+
+def audio_tower_shape(g: GGUFFile, ff_optional: bool = False) -> dict[str, int]:
+    """The encoder's shape every audio config holds (:class:`AudioTowerConfig`'s fields after the projector type), as
+    clip.cpp reads it (``clip.audio.*``): ``n_mel``, ``n_embd``, ``n_ff`` (0 where ``ff_optional`` and the file has
+    none: the FastConformers' loaders never read it), ``n_layer``, ``n_head``."""
 
     def need(key: str) -> int:
         return int(need_audio_key(g, key))
 
-    return dict(n_mel=need("num_mel_bins"), n_embd=need("embedding_length"), n_ff=need("feed_forward_length"),
-                n_layer=need("block_count"), n_head=need("attention.head_count"),
-                eps=float(g.get("clip.audio.attention.layer_norm_epsilon", 1e-6)))  # fmt: skip
+    return dict(n_mel=need("num_mel_bins"), n_embd=need("embedding_length"),
+                n_ff=int(g.get("clip.audio.feed_forward_length", 0)) if ff_optional else need("feed_forward_length"),
+                n_layer=need("block_count"), n_head=need("attention.head_count"))  # fmt: skip
+
+
+def audio_tower_keys(g: GGUFFile, ff_optional: bool = False) -> dict[str, Any]:
+    """:func:`audio_tower_shape` and the LayerNorms' ``eps`` (``clip.audio.attention.layer_norm_epsilon``, 1e-6 unless
+    told), as clip.cpp reads them."""
+    return dict(audio_tower_shape(g, ff_optional), eps=float(g.get("clip.audio.attention.layer_norm_epsilon", 1e-6)))
 
 
 def load_audio_config(g: GGUFFile) -> AudioConfig:

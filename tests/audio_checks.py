@@ -1,7 +1,9 @@
 """What the tests of audio projectors held to libmtmd's ``audio_<name>.npz`` fixtures share (test_audio*.py): the
 clips (tools/make_audio_fixtures.py's), the tiny pair written again and checked against the fixture's digests, a
-projector's config, a clip's rows and its layout behind a lone marker, the logits after clips and text, and
-``kvrun run --audio``.  One body for every projector, so a check tightened here is tightened for all."""
+projector's config and CPU encoder, a clip's rows (from the WAV, or from libmtmd's own spectrogram) and its layout
+behind a lone marker, the logits after clips and text, ``kvrun run --audio`` and ``kvrun info``, the one-line errors
+every tower gives (a tensor missing, a text model of another width, a clip too short) and the encoder's rows on the
+GPU (the emulator without one).  One body for every projector, so a check tightened here is tightened for all."""
 
 from __future__ import annotations
 
@@ -11,12 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from vision_checks import check_files
+import pytest
+from vision_checks import check_files, one_line_error
+
+from kvrun.ops import gpu_available
+from kvrun.ops.gpu import emulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from make_audio_fixtures import clips  # noqa: E402
 
 CLIPS = clips()  # name: WAV bytes (short: 1.3 s, one 30 s chunk; long: 31.5 s, two)
+#: a test of the encoder on the GPU: skipped with neither a GPU nor the host C++ compiler the emulator needs
+needs_gpu = pytest.mark.skipif(not gpu_available() and not emulate.available(), reason="no GPU and no host C++ compiler for the emulator")
 
 
 def audio_pair(tmp_path_factory, name: str, write_text: Callable[[Path], Path], write_mmproj: Callable[[Path], Path], fx) -> dict:
@@ -48,6 +56,15 @@ def config_of(path: Path, load: Callable | None = None) -> Any:
         g.close()
 
 
+def cpu_encoder(path: Path, encoder: Callable, load: Callable) -> Any:
+    """The projector file's ``encoder`` (a tower's class) on the CPU, its config as ``load`` reads it."""
+    from kvrun.loaders.gguf_file import GGUFFile
+    from kvrun.ops import get_backend
+
+    g = GGUFFile(path)
+    return encoder(g, load(g), get_backend("cpu"))
+
+
 def check_clip_rows(encoder, fx, name: str, shape: tuple[int, int], atol: float) -> None:
     """The clip ``name`` encoded is ``embd_<name>`` of ``fx``, of ``shape``, within ``atol``."""
     from kvrun.models.whisper_audio import load_wav
@@ -55,6 +72,17 @@ def check_clip_rows(encoder, fx, name: str, shape: tuple[int, int], atol: float)
     rows, want = encoder.encode(load_wav(CLIPS[name])), fx[f"embd_{name}"]
     assert rows.shape == want.shape == shape
     np.testing.assert_allclose(rows, want, atol=atol)
+
+
+def check_mel_rows(encoder, fx, name: str, shape: tuple[int, int], atol: float, wav_atol: float,
+                   mels: Sequence[np.ndarray] | None = None) -> None:  # fmt: skip
+    """libmtmd's own spectrogram of the clip ``name`` (``mel_<name>``, or its pieces ``mels`` in turn) encoded is
+    ``embd_<name>`` of ``fx``, of ``shape``, within ``atol``; the clip from the WAV end to end within ``wav_atol``."""
+    want = fx[f"embd_{name}"]
+    rows = np.concatenate([encoder.encode_mel(m) for m in ([fx[f"mel_{name}"][0]] if mels is None else mels)])
+    assert rows.shape == want.shape == shape
+    np.testing.assert_allclose(rows, want, atol=atol)
+    check_clip_rows(encoder, fx, name, shape, wav_atol)
 
 
 def check_lone_marker(audio, fx, name: str) -> int:
@@ -70,9 +98,10 @@ def check_lone_marker(audio, fx, name: str) -> int:
     return n
 
 
-def check_logits(audio, fx, prompt: str, k: int, names: Sequence[str] = ("short", "long")) -> None:
+def check_logits(audio, fx, prompt: str, k: int, names: Sequence[str] = ("short", "long"), atol: float = 2e-3) -> None:
     """``prompt`` with the clips ``names`` taken in turn at its markers, as mtmd_helper_eval_chunks feeds it: the ids
-    and positions ``pids_<k>``, the cache at ``npast_<k>``, the logits within 2e-3 of ``logits_<k>``, the same argmax."""
+    and positions ``pids_<k>``, the cache at ``npast_<k>``, the logits within ``atol`` of ``logits_<k>``, the same
+    argmax."""
     from kvrun.runtime.vision import MARKER
 
     given = [CLIPS[names[j % len(names)]] for j in range(prompt.count(MARKER))]
@@ -81,7 +110,7 @@ def check_logits(audio, fx, prompt: str, k: int, names: Sequence[str] = ("short"
     cache = audio.engine.new_cache()
     logits = audio.engine.eval(cache, audio.prefill(cache, segs))[-1]
     assert cache.offset == int(fx[f"npast_{k}"])
-    np.testing.assert_allclose(logits, fx[f"logits_{k}"], atol=2e-3)
+    np.testing.assert_allclose(logits, fx[f"logits_{k}"], atol=atol)
     assert logits.argmax() == fx[f"logits_{k}"].argmax()
 
 
@@ -97,3 +126,62 @@ def check_run_takes_the_clip(pair: dict, n_ctx: int) -> None:
             "-n", "4", "--temp", "0", "--no-stats", "-c", str(n_ctx)]  # fmt: skip
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0 and r.stdout.startswith(prompt), r.output
+
+
+def check_info(pair: dict, *says: str) -> None:
+    """``kvrun info`` on the pair's projector: it runs and says each of ``says``."""
+    from click.testing import CliRunner
+
+    from kvrun.cli import main
+
+    r = CliRunner().invoke(main, ["info", str(pair["mmproj"])])
+    assert r.exit_code == 0 and all(t in r.output for t in says), r.output
+
+
+def check_missing_tensor(mmproj: Path, tmp_path: Path, name: str, renamed: str, load: Callable) -> None:
+    """The projector with its tensor ``name`` renamed ``renamed`` (the same length): ``load`` (a config's loader, or an
+    encoder's from the opened file) says in one line that ``name`` is missing."""
+    from kvrun.loaders.gguf_file import GGUFFile
+
+    (tmp_path / "broken.gguf").write_bytes(mmproj.read_bytes().replace(name.encode(), renamed.encode()))
+    g = GGUFFile(tmp_path / "broken.gguf")
+    try:
+        with one_line_error(f"'{name}' is missing"):
+            load(g)
+    finally:
+        g.close()
+
+
+def check_other_width(text: Path, write_mmproj: Callable[..., Path], tmp_path: Path) -> None:
+    """A projector making rows 48 wide beside the text model ``text`` (64 wide): a one-line error."""
+    from kvrun.runtime.engine import Engine
+    from kvrun.runtime.vision import Vision
+
+    engine = Engine(text, n_ctx=256, threads=1)
+    with one_line_error("makes rows 48 wide"):
+        Vision(engine, write_mmproj(tmp_path / "mm.gguf", n_text_embd=48))
+
+
+def check_too_short(encoder, n_samples: int, says: str) -> None:
+    """A clip of ``n_samples`` zeros, too short for the encoder: a one-line error that ``says``."""
+    with one_line_error(says):
+        encoder.encode(np.zeros(n_samples, np.float32))
+
+
+def check_gpu_mel_rows(write_mmproj: Callable[..., Path], tmp_path: Path, encoder: Callable, load: Callable, mel: np.ndarray,
+                       shape: tuple[int, int]) -> None:  # fmt: skip
+    """The projector with F16 matrices: its ``encoder`` on the GPU (the emulator without one; models/vit_device.py's
+    ops) makes the CPU one's rows of ``mel``, of ``shape``, brought down as a host array, within 2e-3 of their largest
+    (tests/test_gpu_audio.py's bound)."""
+    from gguf import GGMLQuantizationType as Q
+    from gpu_checks import rel_err
+
+    from kvrun.loaders.gguf_file import GGUFFile
+    from kvrun.ops import get_backend
+
+    path = write_mmproj(tmp_path / "f16.gguf", Q.F16)
+    cpu, gpu = (encoder(GGUFFile(path), load(GGUFFile(path)), get_backend(d)) for d in ("cpu", "gpu"))
+    assert type(gpu.be).__name__ == "GPUBackend"
+    want, got = cpu.encode_mel(mel), gpu.encode_mel(mel)
+    assert isinstance(got, np.ndarray) and got.shape == want.shape == shape
+    assert rel_err(want, got) < 2e-3

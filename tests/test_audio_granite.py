@@ -7,34 +7,30 @@ tools/make_audio_granite_fixtures.py).  The WAV files and where users put clips 
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from gguf import GGMLQuantizationType as Q
+from audio_checks import (CLIPS, audio_of, audio_pair, check_gpu_mel_rows, check_info, check_logits, check_lone_marker, check_mel_rows,
+                          check_missing_tensor, check_other_width, check_run_takes_the_clip, check_too_short, config_of, cpu_encoder,
+                          needs_gpu)  # fmt: skip
+from vision_checks import check_files
 
-from kvrun.cli import main
 from kvrun.loaders.gguf_file import GGUFFile
 from kvrun.models import granite_speech_audio as gsa
 from kvrun.models.granite_speech_audio import GraniteSpeechEncoder, load_granite_speech_config, log_mel
 from kvrun.models.whisper_audio import load_wav, mel_filters
-from kvrun.ops import get_backend, gpu_available
-from kvrun.ops.gpu import emulate
+from kvrun.ops import get_backend
 from kvrun.runtime.audio import Audio
-from kvrun.runtime.vision import MARKER, Vision
 from tiny_audio_granite import A_EMBD, A_LAYER, CHUNK, N_MEL, N_TEXT, write_tiny_granite_speech_mmproj, write_tiny_granite_speech_text
-from vision_checks import one_line_error
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from make_audio_fixtures import clips  # noqa: E402
 from make_audio_granite_fixtures import N_CTX, PLUS, PROMPTS  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIX = np.load(FIXTURES / "audio_granite.npz")
-CLIPS = clips()  # name: WAV bytes (short: 1.3 s, 131 mel frames; long: 31.5 s, 3151: one spectrogram each)
+# CLIPS (audio_checks'): short: 1.3 s, 131 mel frames; long: 31.5 s, 3151: one spectrogram each
 FRAMES = {"short": 65, "long": 1575}  # (pairs of mel frames, an odd last one dropped)
 ROWS = {"short": 15, "long": 315}  # (3 rows a started window of 15 stacked frames)
 #: the rows' bounds (tests/test_audio2.py's for the long clip; measured 1e-6 on the short clip's windows but one: there
@@ -49,31 +45,21 @@ MEL_ATOL, MEL_MEAN = 1e-4, 1e-5
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> dict:
     """The tiny text model and projector, the very bytes the fixture was made from."""
-    d = tmp_path_factory.mktemp("granite_speech")
-    files = {"text": write_tiny_granite_speech_text(d / "text.gguf"), "mmproj": write_tiny_granite_speech_mmproj(d / "mmproj.gguf")}
-    for k, p in files.items():
-        assert hashlib.sha256(p.read_bytes()).hexdigest() == str(FIX[f"sha256_{k}"]), f"{k}: not the fixture's file"
-    (d / "short.wav").write_bytes(CLIPS["short"])
-    return {"short": d / "short.wav", **files}
+    return audio_pair(tmp_path_factory, "granite_speech", write_tiny_granite_speech_text, write_tiny_granite_speech_mmproj, FIX)
 
 
 @pytest.fixture(scope="module")
 def encoder(pair) -> GraniteSpeechEncoder:
-    g = GGUFFile(pair["mmproj"])
-    return GraniteSpeechEncoder(g, load_granite_speech_config(g), get_backend("cpu"))
+    return cpu_encoder(pair["mmproj"], GraniteSpeechEncoder, load_granite_speech_config)
 
 
 @pytest.fixture(scope="module")
 def audio(pair) -> Audio:
-    from kvrun.runtime.engine import Engine
-
-    return Vision(Engine(pair["text"], n_ctx=N_CTX, n_batch=64, threads=1), pair["mmproj"])
+    return audio_of(pair, N_CTX)
 
 
 def test_the_config_reads_the_encoder_the_blocks_and_the_windows(pair):
-    g = GGUFFile(pair["mmproj"])
-    cfg = load_granite_speech_config(g)
-    g.close()
+    cfg = config_of(pair["mmproj"], load_granite_speech_config)
     assert (cfg.projector_type, cfg.n_mel, cfg.n_embd, cfg.n_layer, cfg.chunk, cfg.n_text_embd) == ("granite_speech", N_MEL, A_EMBD, A_LAYER, CHUNK, N_TEXT)
     assert (cfg.window, cfg.downsample, cfg.feature_layers, cfg.rows_per_chunk) == (15, 5, (), 300)
 
@@ -107,11 +93,7 @@ def test_the_spectrogram_fails_with_lfm2_audios_choices(monkeypatch, swap):
 def test_the_encoders_rows_are_libmtmds(encoder, name):
     """The rows the conformer and Q-Former make of libmtmd's own spectrogram, and of the WAV end to end: libmtmd's
     within the audio bounds."""
-    want = FIX[f"embd_{name}"]
-    rows = encoder.encode_mel(FIX[f"mel_{name}"][0])
-    assert rows.shape == want.shape == (ROWS[name], N_TEXT)
-    np.testing.assert_allclose(rows, want, atol=ATOL[name])
-    np.testing.assert_allclose(encoder.encode(load_wav(CLIPS[name])), want, atol=ATOL[name])
+    check_mel_rows(encoder, FIX, name, (ROWS[name], N_TEXT), ATOL[name], ATOL[name])
 
 
 def test_the_rows_fail_without_shaws_relative_positions(encoder, monkeypatch):
@@ -133,8 +115,7 @@ def test_granite_speech_plus_concatenates_its_feature_layers(tmp_path):
     """``clip.audio.feature_layer`` (Granite Speech Plus): the input projection's and block 2's outputs (before the
     CTC branch) beside the last block's, the Q-Former's keys and values three times as wide: libmtmd's rows."""
     plus = np.load(FIXTURES / "audio_granite_plus.npz")
-    path = write_tiny_granite_speech_mmproj(tmp_path / "plus.gguf", feature_layers=PLUS)
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == str(plus["sha256_mmproj"])
+    path = check_files({"mmproj": write_tiny_granite_speech_mmproj(tmp_path / "plus.gguf", feature_layers=PLUS)}, plus)["mmproj"]
     g = GGUFFile(path)
     cfg = load_granite_speech_config(g)
     assert cfg.feature_layers == PLUS
@@ -145,83 +126,44 @@ def test_granite_speech_plus_concatenates_its_feature_layers(tmp_path):
 @pytest.mark.parametrize("name", ["short", "long"])
 def test_a_lone_marker_is_the_clip_alone(audio, name):
     assert (audio.begin, audio.end) == ("", "")
-    segs = audio.segments(MARKER, [CLIPS[name]], encode=False)
-    n = audio.image_positions(load_wav(CLIPS[name]))
-    assert n == ROWS[name]
-    ids = [t for s in segs for t in (s if isinstance(s, list) else [-1] * n)]
-    assert ids == FIX[f"ids_{name}"].tolist()
+    assert check_lone_marker(audio, FIX, name) == ROWS[name]
 
 
 @pytest.mark.parametrize("k", range(2))
 def test_logits_after_audio_and_text_match_llama_cpp(audio, k):
     """mtmd_helper_eval_chunks feeds the text, the clips' rows and the text: the same ids and positions, logits within
     2e-3 of llama_get_logits_ith(-1)'s."""
-    prompt = PROMPTS[k]
-    given = [CLIPS[("short", "long")[j % 2]] for j in range(prompt.count(MARKER))]
-    segs = audio.segments(prompt, given)
-    assert [t for s in segs for t in (s if isinstance(s, list) else [-1] * len(s))] == FIX[f"pids_{k}"].tolist()
-    cache = audio.engine.new_cache()
-    logits = audio.engine.eval(cache, audio.prefill(cache, segs))[-1]
-    assert cache.offset == int(FIX[f"npast_{k}"])
-    np.testing.assert_allclose(logits, FIX[f"logits_{k}"], atol=2e-3)
-    assert logits.argmax() == FIX[f"logits_{k}"].argmax()
+    check_logits(audio, FIX, PROMPTS[k], k)
 
 
 def test_kvrun_run_takes_the_clip(pair):
-    prompt = f"Hear: {MARKER} what?"
-    args = ["run", str(pair["text"]), "--mmproj", str(pair["mmproj"]), "-p", prompt, "--audio", str(pair["short"]),
-            "-n", "4", "--temp", "0", "--no-stats", "-c", str(N_CTX)]  # fmt: skip
-    r = CliRunner().invoke(main, args)
-    assert r.exit_code == 0 and r.stdout.startswith(prompt), r.output
+    check_run_takes_the_clip(pair, N_CTX)
 
 
 def test_kvrun_info_describes_the_encoder(pair):
-    r = CliRunner().invoke(main, ["info", str(pair["mmproj"])])
-    assert r.exit_code == 0 and "granite_speech, a 3-layer conformer and Q-Former (Granite Speech)" in r.output, r.output
-    assert "300 rows per 30 s" in r.output
+    check_info(pair, "granite_speech, a 3-layer conformer and Q-Former (Granite Speech)", "300 rows per 30 s")
 
 
 def test_a_projector_without_its_queries_is_a_one_line_error(pair, tmp_path):
-    raw = pair["mmproj"].read_bytes().replace(b"a.proj_query", b"a.proj_queXy")
-    (tmp_path / "broken.gguf").write_bytes(raw)
-    g = GGUFFile(tmp_path / "broken.gguf")
-    with one_line_error("'a.proj_query' is missing"):
-        load_granite_speech_config(g)
-    g.close()
+    check_missing_tensor(pair["mmproj"], tmp_path, "a.proj_query", "a.proj_queXy", load_granite_speech_config)
 
 
 def test_a_projector_without_a_blocks_positions_is_a_one_line_error(pair, tmp_path):
-    raw = pair["mmproj"].read_bytes().replace(b"a.blk.1.attn_rel_pos_emb", b"a.blk.1.attn_rel_pos_emX")
-    (tmp_path / "broken.gguf").write_bytes(raw)
-    g = GGUFFile(tmp_path / "broken.gguf")
-    with one_line_error("'a.blk.1.attn_rel_pos_emb' is missing"):
-        GraniteSpeechEncoder(g, load_granite_speech_config(g), get_backend("cpu"))
-    g.close()
+    check_missing_tensor(pair["mmproj"], tmp_path, "a.blk.1.attn_rel_pos_emb", "a.blk.1.attn_rel_pos_emX",
+                         lambda g: GraniteSpeechEncoder(g, load_granite_speech_config(g), get_backend("cpu")))  # fmt: skip
 
 
 def test_a_text_model_of_another_width_is_a_one_line_error(tmp_path):
-    from kvrun.runtime.engine import Engine
-
-    engine = Engine(write_tiny_granite_speech_text(tmp_path / "text.gguf"), n_ctx=256, threads=1)
-    with one_line_error("makes rows 48 wide"):
-        Vision(engine, write_tiny_granite_speech_mmproj(tmp_path / "mm.gguf", n_text_embd=48))
+    check_other_width(write_tiny_granite_speech_text(tmp_path / "text.gguf"), write_tiny_granite_speech_mmproj, tmp_path)
 
 
 def test_a_clip_under_one_frame_is_a_one_line_error(encoder):
-    with one_line_error("takes at least 160"):
-        encoder.encode(np.zeros(100, np.float32))
+    check_too_short(encoder, 100, "takes at least 160")
 
 
-@pytest.mark.skipif(not gpu_available() and not emulate.available(), reason="no GPU and no host C++ compiler for the emulator")
+@needs_gpu
 def test_the_encoder_on_the_gpu_gives_the_cpus_rows(tmp_path, emulated):
     """The same forward on models/vit_device.py's ops (the emulator here), F16 matrices: the CPU's rows within 2e-3
     of their largest (tests/test_gpu_audio.py's bound)."""
-    from gpu_checks import rel_err
-
-    path = write_tiny_granite_speech_mmproj(tmp_path / "f16.gguf", Q.F16)
-    mel = FIX["mel_short"][0]
-    cpu, gpu = (GraniteSpeechEncoder(GGUFFile(path), load_granite_speech_config(GGUFFile(path)), get_backend(d)) for d in ("cpu", "gpu"))
-    assert type(gpu.be).__name__ == "GPUBackend"
-    want, got = cpu.encode_mel(mel), gpu.encode_mel(mel)
-    assert isinstance(got, np.ndarray) and got.shape == want.shape == (ROWS["short"], N_TEXT)
-    assert rel_err(want, got) < 2e-3
+    check_gpu_mel_rows(write_tiny_granite_speech_mmproj, tmp_path, GraniteSpeechEncoder, load_granite_speech_config, FIX["mel_short"][0],
+                       (ROWS["short"], N_TEXT))  # fmt: skip

@@ -8,65 +8,51 @@ Ultravox's (tests/test_audio.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from gguf import GGMLQuantizationType as Q
+from audio_checks import (CLIPS, audio_of, audio_pair, check_gpu_mel_rows, check_info, check_logits, check_lone_marker, check_mel_rows,
+                          check_missing_tensor, check_other_width, check_run_takes_the_clip, check_too_short, config_of, cpu_encoder,
+                          needs_gpu)  # fmt: skip
 
-from kvrun.cli import main
-from kvrun.loaders.gguf_file import GGUFFile
 from kvrun.models.parakeet_audio import ParakeetEncoder, load_parakeet_config, log_mel
 from kvrun.models.whisper_audio import load_wav
-from kvrun.ops import get_backend, gpu_available
-from kvrun.ops.gpu import emulate
 from kvrun.runtime.audio import Audio
-from kvrun.runtime.vision import MARKER, Vision
 from tiny_audio_parakeet import A_EMBD, C_SUB, K_DW, N_MEL, N_TEXT, write_tiny_parakeet_mmproj, write_tiny_parakeet_text
 from vision_checks import one_line_error
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from make_audio_fixtures import clips  # noqa: E402
 from make_audio_parakeet_fixtures import N_CTX, PROMPTS  # noqa: E402
 
 FIX = np.load(Path(__file__).parent / "fixtures" / "audio_parakeet.npz")
-CLIPS = clips()  # name: WAV bytes (short: 1.3 s, 131 frames; long: 31.5 s, 3151 frames: one spectrogram each)
+# CLIPS (audio_checks'): short: 1.3 s, 131 frames; long: 31.5 s, 3151 frames: one spectrogram each
 ROWS = {"short": 17, "long": 394}  # (the frames over 8, rounded up)
 ATOL = {"short": 1e-4, "long": 2e-3}  # (tests/test_audio2.py's bounds, rows from libmtmd's spectrogram; measured 3.7e-6, 6.3e-4)
 #: the spectrogram's bound (measured 1.3e-5: libmtmd's float32 FFT) and the rows' from the WAV end to end (measured
 #: 5.6e-5 short, 8.7e-4 long)
 MEL_ATOL, WAV_ATOL = 1e-4, 2e-3
+
+
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> dict:
     """The tiny text model and projector, the very bytes the fixture was made from."""
-    d = tmp_path_factory.mktemp("parakeet")
-    files = {"text": write_tiny_parakeet_text(d / "text.gguf"), "mmproj": write_tiny_parakeet_mmproj(d / "mmproj.gguf")}
-    for k, p in files.items():
-        assert hashlib.sha256(p.read_bytes()).hexdigest() == str(FIX[f"sha256_{k}"]), f"{k}: not the fixture's file"
-    (d / "short.wav").write_bytes(CLIPS["short"])
-    return {"short": d / "short.wav", **files}
+    return audio_pair(tmp_path_factory, "parakeet", write_tiny_parakeet_text, write_tiny_parakeet_mmproj, FIX)
 
 
 @pytest.fixture(scope="module")
 def encoder(pair) -> ParakeetEncoder:
-    g = GGUFFile(pair["mmproj"])
-    return ParakeetEncoder(g, load_parakeet_config(g), get_backend("cpu"))
+    return cpu_encoder(pair["mmproj"], ParakeetEncoder, load_parakeet_config)
 
 
 @pytest.fixture(scope="module")
 def audio(pair) -> Audio:
-    from kvrun.runtime.engine import Engine
-
-    return Vision(Engine(pair["text"], n_ctx=N_CTX, n_batch=64, threads=1), pair["mmproj"])
+    return audio_of(pair, N_CTX)
 
 
 def test_the_config_reads_the_encoder_the_subsamplings_width_and_the_kernel(pair):
-    g = GGUFFile(pair["mmproj"])
-    cfg = load_parakeet_config(g)
-    g.close()
+    cfg = config_of(pair["mmproj"], load_parakeet_config)
     assert (cfg.projector_type, cfg.n_mel, cfg.n_embd, cfg.n_sub, cfg.kernel, cfg.n_text_embd) == ("parakeet", N_MEL, A_EMBD, C_SUB, K_DW, N_TEXT)
     assert cfg.eps == pytest.approx(1e-5) and cfg.rows_per_chunk == 376
 
@@ -87,11 +73,7 @@ def test_the_spectrogram_is_libmtmds(encoder, name):
 def test_the_encoders_rows_are_libmtmds(encoder, name):
     """The rows the FastConformer and projector make of libmtmd's own spectrogram: libmtmd's within the audio bounds;
     from the WAV end to end too."""
-    want = FIX[f"embd_{name}"]
-    rows = encoder.encode_mel(FIX[f"mel_{name}"][0])
-    assert rows.shape == want.shape == (ROWS[name], N_TEXT)
-    np.testing.assert_allclose(rows, want, atol=ATOL[name])
-    np.testing.assert_allclose(encoder.encode(load_wav(CLIPS[name])), want, atol=WAV_ATOL)
+    check_mel_rows(encoder, FIX, name, (ROWS[name], N_TEXT), ATOL[name], WAV_ATOL)
 
 
 def test_the_rows_fail_with_float32_pointwise_convolutions(encoder, monkeypatch):
@@ -115,61 +97,34 @@ def test_the_rows_fail_without_the_batch_norms_running_statistics(encoder, monke
 @pytest.mark.parametrize("name", ["short", "long"])
 def test_a_lone_marker_is_the_clip_alone(audio, name):
     assert (audio.begin, audio.end) == ("", "")
-    segs = audio.segments(MARKER, [CLIPS[name]], encode=False)
-    n = audio.image_positions(load_wav(CLIPS[name]))
-    assert n == ROWS[name]
-    ids = [t for s in segs for t in (s if isinstance(s, list) else [-1] * n)]
-    assert ids == FIX[f"ids_{name}"].tolist()
+    assert check_lone_marker(audio, FIX, name) == ROWS[name]
 
 
 @pytest.mark.parametrize("k", range(2))
 def test_logits_after_audio_and_text_match_llama_cpp(audio, k):
     """mtmd_helper_eval_chunks feeds the text, the clips' rows and the text to Nemotron-H: the same ids and positions,
     logits within 2e-3 of llama_get_logits_ith(-1)'s."""
-    prompt = PROMPTS[k]
-    given = [CLIPS[("short", "long")[j % 2]] for j in range(prompt.count(MARKER))]
-    segs = audio.segments(prompt, given)
-    assert [t for s in segs for t in (s if isinstance(s, list) else [-1] * len(s))] == FIX[f"pids_{k}"].tolist()
-    cache = audio.engine.new_cache()
-    logits = audio.engine.eval(cache, audio.prefill(cache, segs))[-1]
-    assert cache.offset == int(FIX[f"npast_{k}"])
-    np.testing.assert_allclose(logits, FIX[f"logits_{k}"], atol=2e-3)
-    assert logits.argmax() == FIX[f"logits_{k}"].argmax()
+    check_logits(audio, FIX, PROMPTS[k], k)
 
 
 def test_kvrun_run_takes_the_clip(pair):
-    prompt = f"Hear: {MARKER} what?"
-    args = ["run", str(pair["text"]), "--mmproj", str(pair["mmproj"]), "-p", prompt, "--audio", str(pair["short"]),
-            "-n", "4", "--temp", "0", "--no-stats", "-c", str(N_CTX)]  # fmt: skip
-    r = CliRunner().invoke(main, args)
-    assert r.exit_code == 0 and r.stdout.startswith(prompt), r.output
+    check_run_takes_the_clip(pair, N_CTX)
 
 
 def test_kvrun_info_describes_the_encoder(pair):
-    r = CliRunner().invoke(main, ["info", str(pair["mmproj"])])
-    assert r.exit_code == 0 and "parakeet, a 2-layer FastConformer (Parakeet)" in r.output, r.output
+    check_info(pair, "parakeet, a 2-layer FastConformer (Parakeet)")
 
 
 def test_a_projector_without_its_mel_bank_is_a_one_line_error(pair, tmp_path):
-    raw = pair["mmproj"].read_bytes().replace(b"a.mel_filters", b"a.mel_filterX")
-    (tmp_path / "broken.gguf").write_bytes(raw)
-    g = GGUFFile(tmp_path / "broken.gguf")
-    with one_line_error("'a.mel_filters' is missing"):
-        load_parakeet_config(g)
-    g.close()
+    check_missing_tensor(pair["mmproj"], tmp_path, "a.mel_filters", "a.mel_filterX", load_parakeet_config)
 
 
 def test_a_text_model_of_another_width_is_a_one_line_error(pair, tmp_path):
-    from kvrun.runtime.engine import Engine
-
-    engine = Engine(pair["text"], n_ctx=256, threads=1)
-    with one_line_error("makes rows 48 wide"):
-        Vision(engine, write_tiny_parakeet_mmproj(tmp_path / "mm.gguf", n_text_embd=48))
+    check_other_width(pair["text"], write_tiny_parakeet_mmproj, tmp_path)
 
 
 def test_a_clip_under_two_frames_is_a_one_line_error(encoder):
-    with one_line_error("takes at least 320"):
-        encoder.encode(np.zeros(300, np.float32))
+    check_too_short(encoder, 300, "takes at least 320")
 
 
 def test_a_clip_past_llama_cpps_windowed_attention_is_a_one_line_error(encoder):
@@ -179,16 +134,8 @@ def test_a_clip_past_llama_cpps_windowed_attention_is_a_one_line_error(encoder):
         encoder.encode(np.broadcast_to(np.float32(0), (8192 * 8 * 160,)))
 
 
-@pytest.mark.skipif(not gpu_available() and not emulate.available(), reason="no GPU and no host C++ compiler for the emulator")
+@needs_gpu
 def test_the_encoder_on_the_gpu_gives_the_cpus_rows(tmp_path, emulated):
     """The same forward on models/vit_device.py's ops (the emulator here), F16 matrices: the CPU's rows within 2e-3
     of their largest (tests/test_gpu_audio.py's bound)."""
-    from gpu_checks import rel_err
-
-    path = write_tiny_parakeet_mmproj(tmp_path / "f16.gguf", Q.F16)
-    mel = FIX["mel_short"][0]
-    cpu, gpu = (ParakeetEncoder(GGUFFile(path), load_parakeet_config(GGUFFile(path)), get_backend(d)) for d in ("cpu", "gpu"))
-    assert type(gpu.be).__name__ == "GPUBackend"
-    want, got = cpu.encode_mel(mel), gpu.encode_mel(mel)
-    assert isinstance(got, np.ndarray) and got.shape == want.shape == (ROWS["short"], N_TEXT)
-    assert rel_err(want, got) < 2e-3
+    check_gpu_mel_rows(write_tiny_parakeet_mmproj, tmp_path, ParakeetEncoder, load_parakeet_config, FIX["mel_short"][0], (ROWS["short"], N_TEXT))

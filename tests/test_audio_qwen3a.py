@@ -11,17 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from audio_checks import CLIPS, audio_of, audio_pair, check_clip_rows, check_logits, check_lone_marker, check_run_takes_the_clip, config_of
-from click.testing import CliRunner
+from audio_checks import (CLIPS, audio_of, audio_pair, check_clip_rows, check_info, check_logits, check_lone_marker, check_missing_tensor,
+                          check_other_width, check_run_takes_the_clip, config_of, cpu_encoder, needs_gpu)  # fmt: skip
 from gguf import GGMLQuantizationType as Q
 
-from kvrun.cli import main
 from kvrun.loaders.gguf_file import GGUFFile
 from kvrun.models import qwen3a_audio
 from kvrun.models.qwen3a_audio import Qwen3AudioEncoder, load_qwen3a_config, log_mel_windows
 from kvrun.models.whisper_audio import load_wav
-from kvrun.ops import get_backend, gpu_available
-from kvrun.ops.gpu import emulate
+from kvrun.ops import get_backend
 from kvrun.runtime.audio import Audio
 from kvrun.runtime.vision import Vision
 from tiny_audio_qwen3a import A_EMBD, C_DOWN, N_MEL, write_tiny_qwen3a_mmproj, write_tiny_qwen3a_text
@@ -44,8 +42,7 @@ def pair(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def encoder(pair) -> Qwen3AudioEncoder:
-    g = GGUFFile(pair["mmproj"])
-    return Qwen3AudioEncoder(g, load_qwen3a_config(g), get_backend("cpu"))
+    return cpu_encoder(pair["mmproj"], Qwen3AudioEncoder, load_qwen3a_config)
 
 
 @pytest.fixture(scope="module")
@@ -111,25 +108,15 @@ def test_kvrun_run_takes_the_clip(pair):
 
 
 def test_kvrun_info_describes_the_tower(pair):
-    r = CliRunner().invoke(main, ["info", str(pair["mmproj"])])
-    assert r.exit_code == 0 and "qwen3a, a " in r.output and "Qwen3-Omni audio encoder" in r.output, r.output
+    check_info(pair, "qwen3a, a ", "Qwen3-Omni audio encoder")
 
 
 def test_a_projector_without_its_conv_out_is_a_one_line_error(pair, tmp_path):
-    raw = pair["mmproj"].read_bytes().replace(b"a.conv_out.weight", b"a.conv_ouX.weight")
-    (tmp_path / "broken.gguf").write_bytes(raw)
-    g = GGUFFile(tmp_path / "broken.gguf")
-    with one_line_error("'a.conv_out.weight' is missing"):
-        load_qwen3a_config(g)
-    g.close()
+    check_missing_tensor(pair["mmproj"], tmp_path, "a.conv_out.weight", "a.conv_ouX.weight", load_qwen3a_config)
 
 
 def test_a_text_model_of_another_width_is_a_one_line_error(tmp_path):
-    from kvrun.runtime.engine import Engine
-
-    engine = Engine(write_tiny_qwen3a_text(tmp_path / "text.gguf"), n_ctx=256, threads=1)
-    with one_line_error("makes rows 48 wide"):
-        Vision(engine, write_tiny_qwen3a_mmproj(tmp_path / "mm.gguf", n_text_embd=48))
+    check_other_width(write_tiny_qwen3a_text(tmp_path / "text.gguf"), write_tiny_qwen3a_mmproj, tmp_path)
 
 
 def test_a_text_model_with_deepstack_levels_is_a_one_line_error(pair, tmp_path):
@@ -142,7 +129,7 @@ def test_a_text_model_with_deepstack_levels_is_a_one_line_error(pair, tmp_path):
         audio.prefill(engine.new_cache(), audio.segments(PROMPTS[0], [CLIPS["short"]]))
 
 
-@pytest.mark.skipif(not gpu_available() and not emulate.available(), reason="no GPU and no host C++ compiler for the emulator")
+@needs_gpu
 def test_the_tower_on_the_gpu_gives_the_cpus_rows(tmp_path, emulated):
     """The same forward on models/vit_device.py's ops (the emulator here), F16 matrices: the CPU's rows within 2e-3
     of their largest (tests/test_gpu_audio.py's bound)."""
@@ -153,7 +140,7 @@ def test_the_tower_on_the_gpu_gives_the_cpus_rows(tmp_path, emulated):
     check_encoder_rows(cpu, gpu, load_wav(CLIPS["short"]), (ROWS["short"], 64))
 
 
-@pytest.mark.skipif(not gpu_available() and not emulate.available(), reason="no GPU and no host C++ compiler for the emulator")
+@needs_gpu
 def test_a_clip_beside_a_gpu_text_model_gives_libmtmds_logits(pair, emulated):
     """Beside a text model on the GPU the tower encodes there and the rows turn by their (p, p, p, p) positions on
     the device too: libmtmd's logits within the CPU's 2e-3."""

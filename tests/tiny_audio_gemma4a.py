@@ -22,8 +22,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType
 
+from tiny_audio import audio_mmproj_writer, float32_tensors
 from tiny_gemma4 import GEOMETRY, write_tiny_gemma4
 from tinymodel import _finish, _random_tensors
 
@@ -44,22 +45,9 @@ def write_tiny_gemma4a_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n_t
     ``clamps`` off: without the clippable-linear bounds."""
     rng = np.random.default_rng(seed)
     E = A_EMBD
-    w = GGUFWriter(str(path), "clip")
-    w.add_name("tiny-gemma4a-mmproj")
-    w.add_bool("clip.has_vision_encoder", False)
-    w.add_bool("clip.has_audio_encoder", True)
-    w.add_string("clip.projector_type", "gemma4a")
-    w.add_uint32("clip.audio.num_mel_bins", N_MEL)
-    w.add_uint32("clip.audio.embedding_length", E)
-    w.add_uint32("clip.audio.feed_forward_length", A_FF)
-    w.add_uint32("clip.audio.projection_dim", n_text_embd)
-    w.add_uint32("clip.audio.block_count", A_LAYER)
-    w.add_uint32("clip.audio.attention.head_count", A_HEAD)
-    w.add_float32("clip.audio.attention.layer_norm_epsilon", 1e-6)
+    w = audio_mmproj_writer(path, "tiny-gemma4a-mmproj", "gemma4a", n_text_embd, N_MEL, E, A_FF, A_LAYER, A_HEAD, eps=1e-6)
     mat, vec = _random_tensors(w, rng, qtype)
-
-    def arr(name: str, shape: tuple[int, ...], scale: float) -> None:
-        w.add_tensor(name, (rng.standard_normal(shape) * scale).astype(np.float32))
+    arr = float32_tensors(w, rng)
 
     arr("a.conv1d.0.weight", (C0, 1, 3, 3), 0.5)
     vec("a.conv1d.0.norm.weight", C0)

@@ -22,8 +22,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType
 
+from tiny_audio import audio_mmproj_writer, float32_tensors, write_macaron_ffns
 from tinymodel import _finish, _random_tensors, write_tiny_model
 
 Q = GGMLQuantizationType
@@ -38,18 +39,7 @@ def write_tiny_granite_speech_mmproj(path: Path, qtype: int = Q.F32, seed: int =
     """A random Granite Speech projector; its matrices stored as ``qtype`` (the convolution module's float32, as the
     converter forces them)."""
     rng = np.random.default_rng(seed)
-    w = GGUFWriter(str(path), "clip")
-    w.add_name("tiny-granite-speech-mmproj")
-    w.add_bool("clip.has_vision_encoder", False)
-    w.add_bool("clip.has_audio_encoder", True)
-    w.add_string("clip.projector_type", "granite_speech")
-    w.add_uint32("clip.audio.num_mel_bins", 2 * N_MEL)
-    w.add_uint32("clip.audio.embedding_length", A_EMBD)
-    w.add_uint32("clip.audio.feed_forward_length", A_FF)
-    w.add_uint32("clip.audio.projection_dim", n_text_embd)
-    w.add_uint32("clip.audio.block_count", A_LAYER)
-    w.add_uint32("clip.audio.attention.head_count", A_HEAD)
-    w.add_float32("clip.audio.attention.layer_norm_epsilon", 1e-5)
+    w = audio_mmproj_writer(path, "tiny-granite-speech-mmproj", "granite_speech", n_text_embd, 2 * N_MEL, A_EMBD, A_FF, A_LAYER, A_HEAD)
     w.add_uint32("clip.audio.chunk_size", CHUNK)
     w.add_uint32("clip.audio.conv_kernel_size", KERNEL)
     w.add_uint32("clip.audio.max_pos_emb", MAX_POS)
@@ -59,24 +49,14 @@ def write_tiny_granite_speech_mmproj(path: Path, qtype: int = Q.F32, seed: int =
     if feature_layers:
         w.add_array("clip.audio.feature_layer", list(feature_layers))
     mat, vec = _random_tensors(w, rng, qtype)
-
-    def arr(name: str, shape: tuple[int, ...], scale: float) -> None:
-        w.add_tensor(name, (rng.standard_normal(shape) * scale).astype(np.float32))
+    arr = float32_tensors(w, rng)
 
     E, d = A_EMBD, A_EMBD // A_HEAD
     mat("a.input_projection.weight", E, 2 * N_MEL, 0.3)
     vec("a.input_projection.bias", E, 0.0)
     for i in range(A_LAYER):
         b = f"a.blk.{i}."
-        for sfx in ("", "_1"):  # (the two half-step FFNs)
-            vec(b + f"ffn_norm{sfx}.weight", E)
-            vec(b + f"ffn_norm{sfx}.bias", E, 0.0)
-            mat(b + f"ffn_up{sfx}.weight", A_FF, E, 0.3)
-            vec(b + f"ffn_up{sfx}.bias", A_FF, 0.0)
-            mat(b + f"ffn_down{sfx}.weight", E, A_FF, 0.3)
-            vec(b + f"ffn_down{sfx}.bias", E, 0.0)
-        vec(b + "ln1.weight", E)
-        vec(b + "ln1.bias", E, 0.0)
+        write_macaron_ffns(mat, vec, b, E, A_FF)
         for t in ("attn_q", "attn_k", "attn_v"):
             mat(b + t + ".weight", E, E, 0.4)
         mat(b + "attn_out.weight", E, E, 0.3)

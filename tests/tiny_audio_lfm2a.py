@@ -19,8 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType
 
+from tiny_audio import audio_mmproj_writer, float32_tensors, write_conv_subsampling, write_fastconformer_blocks
 from tiny_vision_lfm2 import write_tiny_lfm2vl
 from tinymodel import _finish, _random_tensors
 
@@ -34,63 +35,13 @@ K_DW = 9  # the convolution module's depthwise kernel (clip.cpp pads it 4 a side
 def write_tiny_lfm2a_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n_text_embd: int = N_TEXT) -> Path:
     """A random LFM2-Audio projector; its matrices stored as ``qtype`` (the subsampling's kernels float32)."""
     rng = np.random.default_rng(seed)
-    w = GGUFWriter(str(path), "clip")
-    w.add_name("tiny-lfm2a-mmproj")
-    w.add_bool("clip.has_vision_encoder", False)
-    w.add_bool("clip.has_audio_encoder", True)
-    w.add_string("clip.projector_type", "lfm2a")
-    w.add_uint32("clip.audio.num_mel_bins", N_MEL)
-    w.add_uint32("clip.audio.embedding_length", A_EMBD)
-    w.add_uint32("clip.audio.feed_forward_length", A_FF)
-    w.add_uint32("clip.audio.projection_dim", n_text_embd)
-    w.add_uint32("clip.audio.block_count", A_LAYER)
-    w.add_uint32("clip.audio.attention.head_count", A_HEAD)
-    w.add_float32("clip.audio.attention.layer_norm_epsilon", 1e-5)
+    w = audio_mmproj_writer(path, "tiny-lfm2a-mmproj", "lfm2a", n_text_embd, N_MEL, A_EMBD, A_FF, A_LAYER, A_HEAD)
     mat, vec = _random_tensors(w, rng, qtype)
+    arr = float32_tensors(w, rng)
 
-    def arr(name: str, shape: tuple[int, ...], scale: float) -> None:
-        w.add_tensor(name, (rng.standard_normal(shape) * scale).astype(np.float32))
-
-    arr("a.conv1d.0.weight", (C_SUB, 1, 3, 3), 0.5)
-    arr("a.conv1d.0.bias", (C_SUB, 1, 1), 0.1)
-    for dw, pw in ((2, 3), (5, 6)):
-        arr(f"a.conv1d.{dw}.weight", (C_SUB, 1, 3, 3), 0.4)
-        arr(f"a.conv1d.{dw}.bias", (C_SUB, 1, 1), 0.1)
-        arr(f"a.conv1d.{pw}.weight", (C_SUB, C_SUB, 1, 1), 0.4)
-        arr(f"a.conv1d.{pw}.bias", (C_SUB, 1, 1), 0.1)
-    mat("a.pre_encode.out.weight", A_EMBD, C_SUB * F_OUT, 0.3)
-    vec("a.pre_encode.out.bias", A_EMBD, 0.0)
+    write_conv_subsampling(arr, mat, vec, C_SUB, F_OUT, A_EMBD)
     w.add_tensor("a.position_embd.weight", np.zeros((N_POS, n_text_embd), np.float32))
-    d = A_EMBD // A_HEAD
-    for i in range(A_LAYER):
-        b = f"a.blk.{i}."
-        for sfx in ("", "_1"):  # (the two half-step FFNs)
-            vec(b + f"ffn_norm{sfx}.weight", A_EMBD)
-            vec(b + f"ffn_norm{sfx}.bias", A_EMBD, 0.0)
-            mat(b + f"ffn_up{sfx}.weight", A_FF, A_EMBD, 0.3)
-            vec(b + f"ffn_up{sfx}.bias", A_FF, 0.0)
-            mat(b + f"ffn_down{sfx}.weight", A_EMBD, A_FF, 0.3)
-            vec(b + f"ffn_down{sfx}.bias", A_EMBD, 0.0)
-        vec(b + "ln1.weight", A_EMBD)
-        vec(b + "ln1.bias", A_EMBD, 0.0)
-        for t in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            mat(b + t + ".weight", A_EMBD, A_EMBD, 0.3)
-            vec(b + t + ".bias", A_EMBD, 0.0)
-        mat(b + "linear_pos.weight", A_EMBD, D_POS, 0.3)
-        arr(b + "pos_bias_u", (A_HEAD, d), 0.5)
-        arr(b + "pos_bias_v", (A_HEAD, d), 0.5)
-        vec(b + "norm_conv.weight", A_EMBD)
-        vec(b + "norm_conv.bias", A_EMBD, 0.0)
-        mat(b + "conv_pw1.weight", 2 * A_EMBD, A_EMBD, 0.3)
-        vec(b + "conv_pw1.bias", 2 * A_EMBD, 0.0)
-        arr(b + "conv_dw.weight", (A_EMBD, K_DW), 0.3)
-        vec(b + "conv_dw.bias", A_EMBD, 0.0)
-        vec(b + "conv_norm.weight", A_EMBD)
-        vec(b + "conv_norm.bias", A_EMBD, 0.0)
-        mat(b + "conv_pw2.weight", A_EMBD, A_EMBD, 0.3)
-        vec(b + "conv_pw2.bias", A_EMBD, 0.0)
-        vec(b + "ln2.weight", A_EMBD)
-        vec(b + "ln2.bias", A_EMBD, 0.0)
+    write_fastconformer_blocks(w, rng, mat, vec, arr, A_LAYER, A_EMBD, A_FF, A_HEAD, K_DW, D_POS)
     vec("mm.a.mlp.0.weight", A_EMBD)
     vec("mm.a.mlp.0.bias", A_EMBD, 0.0)
     mat("mm.a.mlp.1.weight", n_text_embd, A_EMBD, 0.3)

@@ -23,8 +23,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType
 
+from tiny_audio import audio_mmproj_writer, float32_tensors, write_conv_subsampling, write_fastconformer_blocks
 from tinymodel import _finish, _random_tensors, write_tiny_model
 
 Q = GGMLQuantizationType
@@ -40,63 +41,19 @@ def write_tiny_parakeet_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n_
     from kvrun.models.whisper_audio import mel_filters  # (the Slaney bank NeMo's featurizer stores)
 
     rng = np.random.default_rng(seed)
-    w = GGUFWriter(str(path), "clip")
-    w.add_name("tiny-parakeet-mmproj")
-    w.add_bool("clip.has_vision_encoder", False)
-    w.add_bool("clip.has_audio_encoder", True)
-    w.add_string("clip.audio.projector_type", "parakeet")
-    w.add_uint32("clip.audio.num_mel_bins", N_MEL)
-    w.add_uint32("clip.audio.embedding_length", A_EMBD)
-    w.add_uint32("clip.audio.feed_forward_length", A_FF)
-    w.add_uint32("clip.audio.projection_dim", n_text_embd)
-    w.add_uint32("clip.audio.block_count", A_LAYER)
-    w.add_uint32("clip.audio.attention.head_count", A_HEAD)
-    w.add_float32("clip.audio.attention.layer_norm_epsilon", 1e-5)
+    w = audio_mmproj_writer(path, "tiny-parakeet-mmproj", "parakeet", n_text_embd, N_MEL, A_EMBD, A_FF, A_LAYER, A_HEAD,
+                            type_key="clip.audio.projector_type")  # fmt: skip
     w.add_uint32("clip.audio.subsampling_factor", 8)
     w.add_uint32("clip.audio.conv_kernel_size", K_DW)
     mat, vec = _random_tensors(w, rng, qtype)
-
-    def arr(name: str, shape: tuple[int, ...], scale: float) -> None:
-        w.add_tensor(name, (rng.standard_normal(shape) * scale).astype(np.float32))
+    arr = float32_tensors(w, rng)
 
     w.add_tensor("a.mel_filters", mel_filters(N_MEL, N_FFT).astype(np.float32))
     # (NeMo's featurizer window: torch.hann_window(400, periodic=False), the symmetric one)
     w.add_tensor("a.window", (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(WINDOW) / (WINDOW - 1))).astype(np.float32))
-    arr("a.conv1d.0.weight", (C_SUB, 1, 3, 3), 0.5)
-    arr("a.conv1d.0.bias", (C_SUB, 1, 1), 0.1)
-    for dw, pw in ((2, 3), (5, 6)):
-        arr(f"a.conv1d.{dw}.weight", (C_SUB, 1, 3, 3), 0.4)
-        arr(f"a.conv1d.{dw}.bias", (C_SUB, 1, 1), 0.1)
-        arr(f"a.conv1d.{pw}.weight", (C_SUB, C_SUB, 1, 1), 0.4)
-        arr(f"a.conv1d.{pw}.bias", (C_SUB, 1, 1), 0.1)
-    mat("a.pre_encode.out.weight", A_EMBD, C_SUB * F_OUT, 0.3)
-    vec("a.pre_encode.out.bias", A_EMBD, 0.0)
-    d = A_EMBD // A_HEAD
-    for i in range(A_LAYER):
-        b = f"a.blk.{i}."
-        for sfx in ("", "_1"):  # (the two half-step FFNs)
-            vec(b + f"ffn_norm{sfx}.weight", A_EMBD)
-            vec(b + f"ffn_norm{sfx}.bias", A_EMBD, 0.0)
-            mat(b + f"ffn_up{sfx}.weight", A_FF, A_EMBD, 0.3)
-            mat(b + f"ffn_down{sfx}.weight", A_EMBD, A_FF, 0.3)
-        vec(b + "ln1.weight", A_EMBD)
-        vec(b + "ln1.bias", A_EMBD, 0.0)
-        for t in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            mat(b + t + ".weight", A_EMBD, A_EMBD, 0.3)
-        mat(b + "linear_pos.weight", A_EMBD, A_EMBD, 0.3)
-        arr(b + "pos_bias_u", (A_HEAD, d), 0.5)
-        arr(b + "pos_bias_v", (A_HEAD, d), 0.5)
-        vec(b + "norm_conv.weight", A_EMBD)
-        vec(b + "norm_conv.bias", A_EMBD, 0.0)
-        mat(b + "conv_pw1.weight", 2 * A_EMBD, A_EMBD, 0.3)
-        arr(b + "conv_dw.weight", (A_EMBD, K_DW), 0.3)
-        vec(b + "conv_norm.weight", A_EMBD)
-        vec(b + "conv_norm.bias", A_EMBD, 0.0)
-        vec(b + "conv_norm_mean", A_EMBD, 0.0, 0.2)
-        w.add_tensor(b + "conv_norm_var", rng.uniform(0.3, 2.0, A_EMBD).astype(np.float32))
-        mat(b + "conv_pw2.weight", A_EMBD, A_EMBD, 0.3)
-        vec(b + "ln2.weight", A_EMBD)
-        vec(b + "ln2.bias", A_EMBD, 0.0)
+    write_conv_subsampling(arr, mat, vec, C_SUB, F_OUT, A_EMBD)
+    # (linear_pos reads encoder-wide sinusoids; no biases on the products; the batch norm's running statistics)
+    write_fastconformer_blocks(w, rng, mat, vec, arr, A_LAYER, A_EMBD, A_FF, A_HEAD, K_DW, A_EMBD, biases=False, running_stats=True)
     vec("mm.a.norm_pre.weight", A_EMBD)
     mat("mm.a.mlp.1.weight", N_HID, A_EMBD, 0.15)
     mat("mm.a.mlp.2.weight", n_text_embd, N_HID, 0.2)

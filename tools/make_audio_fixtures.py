@@ -36,6 +36,9 @@ CLIPS = {"short": (1.3, 0), "long": (31.5, 1)}
 VARIANTS = {"ultravox": ("short", "long")}
 #: prompts with mtmd's media marker, the clips taken in the fixture's order
 PROMPTS = {"ultravox": ["Hear: <__media__> what?", "<__media__>a<__media__> two"]}
+#: a tower's fixture (tools/make_audio_<tower>_fixtures.py, :func:`run_tower`): both clips, and these prompts taking
+#: them in turn
+TOWER_CLIPS, TOWER_PROMPTS = ("short", "long"), ["Hear: <__media__> what?", "<__media__>a<__media__> two"]
 
 _ORACLE = r"""
 import ctypes, json, re, sys, numpy as np
@@ -182,6 +185,13 @@ def run_oracle(a: argparse.Namespace, name: str, write_text: Callable[[Path], Pa
         np.savez_compressed(a.out / f"audio_{name}.npz", **{f"sha256_{k}": sha256(p) for k, p in files.items()}, **res)
     for k, v in res.items():
         print(k, v.shape, v.tolist() if k.startswith(("ids", "pids", "npast")) and v.size < 40 else "")
+
+
+def run_tower(a: argparse.Namespace, name: str, write_text: Callable[[Path], Path], write_mmproj: Callable[[Path], Path],
+              n_ctx: int, mel: tuple[str, ...] = TOWER_CLIPS) -> None:  # fmt: skip
+    """A tower's fixture ``<a.out>/audio_<name>.npz``: :func:`run_oracle` on :data:`TOWER_CLIPS` and
+    :data:`TOWER_PROMPTS` (``mel``: the clips whose spectrogram it reads)."""
+    run_oracle(a, name, write_text, write_mmproj, TOWER_CLIPS, TOWER_PROMPTS, list(mel), n_ctx)
 
 
 if __name__ == "__main__":

@@ -17,19 +17,17 @@ from __future__ import annotations
 from functools import partial
 
 from fixture_oracle import parse_args  # (first: it puts tests/ on the path)
-from make_audio_fixtures import run_oracle
+from make_audio_fixtures import TOWER_PROMPTS, run_oracle, run_tower
 from tiny_audio_granite import write_tiny_granite_speech_mmproj, write_tiny_granite_speech_text
 
-CLIPS = ("short", "long")
-#: prompts with mtmd's media marker, the clips taken in turn
-PROMPTS = ["Hear: <__media__> what?", "<__media__>a<__media__> two"]
+PROMPTS = TOWER_PROMPTS  # (every tower's prompts, the clips taken in turn; its test reads them here)
 N_CTX = 512  # (the second prompt: 15 + 315 rows and its text)
 PLUS = (0, 2)  # Granite Speech Plus's layers concatenated: the input projection's and the second block's
 
 
 def main() -> None:
     a = parse_args(__doc__)
-    run_oracle(a, "granite", write_tiny_granite_speech_text, write_tiny_granite_speech_mmproj, CLIPS, PROMPTS, list(CLIPS), N_CTX)
+    run_tower(a, "granite", write_tiny_granite_speech_text, write_tiny_granite_speech_mmproj, N_CTX)
     plus = partial(write_tiny_granite_speech_mmproj, feature_layers=PLUS)
     run_oracle(a, "granite_plus", write_tiny_granite_speech_text, plus, ("short",), [], [], N_CTX)
 

@@ -14,17 +14,15 @@ row; mtmd.cpp puts no tokens around a Parakeet clip), ``embd_<clip>`` the clip's
 from __future__ import annotations
 
 from fixture_oracle import parse_args  # (first: it puts tests/ on the path)
-from make_audio_fixtures import run_oracle
+from make_audio_fixtures import TOWER_PROMPTS, run_tower
 from tiny_audio_parakeet import write_tiny_parakeet_mmproj, write_tiny_parakeet_text
 
-CLIPS = ("short", "long")
-#: prompts with mtmd's media marker, the clips taken in turn
-PROMPTS = ["Hear: <__media__> what?", "<__media__>a<__media__> two"]
+PROMPTS = TOWER_PROMPTS  # (every tower's prompts, the clips taken in turn; its test reads them here)
 N_CTX = 1024  # (the second prompt: 17 + 394 rows and its text)
 
 
 def main() -> None:
-    run_oracle(parse_args(__doc__), "parakeet", write_tiny_parakeet_text, write_tiny_parakeet_mmproj, CLIPS, PROMPTS, list(CLIPS), N_CTX)
+    run_tower(parse_args(__doc__), "parakeet", write_tiny_parakeet_text, write_tiny_parakeet_mmproj, N_CTX)
 
 
 if __name__ == "__main__":

@@ -14,17 +14,15 @@ flash attention) and ``npast_<k>``; ``sha256_*`` the files' digests.
 from __future__ import annotations
 
 from fixture_oracle import parse_args  # (first: it puts tests/ on the path)
-from make_audio_fixtures import run_oracle
+from make_audio_fixtures import TOWER_PROMPTS, run_tower
 from tiny_audio_qwen3a import write_tiny_qwen3a_mmproj, write_tiny_qwen3a_text
 
-CLIPS = ("short", "long")
-#: prompts with mtmd's media marker, the clips taken in turn
-PROMPTS = ["Hear: <__media__> what?", "<__media__>a<__media__> two"]
+PROMPTS = TOWER_PROMPTS  # (every tower's prompts, the clips taken in turn; its test reads them here)
 N_CTX = 1024  # (the second prompt: 26 + 416 rows and their markers)
 
 
 def main() -> None:
-    run_oracle(parse_args(__doc__), "qwen3a", write_tiny_qwen3a_text, write_tiny_qwen3a_mmproj, CLIPS, PROMPTS, ["short"], N_CTX)
+    run_tower(parse_args(__doc__), "qwen3a", write_tiny_qwen3a_text, write_tiny_qwen3a_mmproj, N_CTX, ("short",))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ class LayerSpec:
     head_dim_v: int
     window: int = 0  # sliding window in tokens (0: global attention)
     #: (a negative window -c: Llama 4's chunked attention, each query seeing the keys of its own chunk of c positions
-    #: from the chunk's start, ops/cpu/attention.py, ops/gpu/attention.cu; the plain caches keep the whole context for it)
+    #: from the chunk's start, ops/cpu/attention.py, ops/gpu/attention.cu; its caches a ring of c + n_batch slots, cache/plain.py)
     scale: float = 1.0  # multiplier of q.k
     softcap: float = 0.0  # attention logit soft-capping (0: off)
     #: gpt-oss's learned attention sinks: a logit per query head that joins the softmax's denominator

@@ -115,6 +115,10 @@ class CompressedLayerCache(LayerCache):
         else:
             budget = kv.budget_tokens(n_ctx)
             S, policy, merge, mixed = min(kv.sinks, budget), kv.policy, kv.merge, kv.mixed
+            if spec.window < 0:  # Llama 4's chunks (window -c): no query sees an older chunk, so the sinks, one chunk and
+                # a decode step's tokens are all a layer needs (llama.cpp's iSWA sizing); an older chunk's tokens leave
+                # first, by age without a policy (the pools' oldest, as a window layer's ring), else by the chunk rule
+                budget = min(budget, S - spec.window + MAX_DECODE_T)
         if mixed and policy is None:
             policy = "h2o"  # importance for precision only; nothing is evicted
         R = min(kv.residual_tokens, budget - S)

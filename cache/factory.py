@@ -27,12 +27,14 @@ def make_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int, kv: KVConfig | 
     n_ctx : int
         Context size (positions ``0 .. n_ctx-1``).
     n_batch : int
-        Largest chunk a forward call feeds (sizes the plain cache's window rings).
+        Largest chunk a forward call feeds (sizes the plain cache's window rings, and Llama 4's chunked layers' rings:
+        ``|window| + n_batch``, llama.cpp's iSWA size, cache/plain.py ``ring_capacity``).
     kv : KVConfig or None
         None, or 16 bits with no policy and no mixed precision: the plain fp16
         cache.  Otherwise :class:`CompressedLayerCache` per layer; sliding-window
         layers keep a ring of their window (quantized alike), the budget and the
-        policy apply to global layers.
+        policy apply to global layers; Llama 4's chunked layers at most the sinks,
+        one chunk and a decode step's tokens (cache/compressed.py).
     device : str
         ``"cpu"`` or ``"gpu"`` (the same choice with the GPU classes of
         :mod:`.gpu_plain` / :mod:`.gpu_compressed`).

@@ -17,6 +17,7 @@ from ..ops.gpu import batch_attention as batch_attn
 from ..ops.gpu import kernels as K
 from ..ops.gpu.arrays import device_out, is_device, positions, to_device
 from .base import LayerCache, LayerSpec
+from .plain import ring_capacity
 
 DECODE_MAX_TOKENS = 4  # as cache/plain.py: up to this many queries take the decode kernels
 
@@ -140,6 +141,12 @@ class GPUPlainLayerCache(LayerCache):
     def truncate(self, n_past: int) -> None:
         self.pos[self.pos >= n_past] = -1
 
+    def can_truncate(self, n_past: int) -> bool:
+        """As the CPU ring's: whether the next token at ``n_past`` finds every position it sees (one copy down)."""
+        from .plain import holds_seen
+
+        return self.spec.window == 0 or holds_seen(K.runtime().asnumpy(self.pos), self.spec, n_past)
+
 
 def batch_update_and_attend(layers: list[LayerCache], q: Any, k: Any, v: Any, pos: np.ndarray, bounds: list[int], out: Any) -> bool:
     """A batch's rows, sequence ``i`` rows ``bounds[i]:bounds[i + 1]`` into ``layers[i]`` (cache/batch.py): each
@@ -189,6 +196,5 @@ def make_gpu_plain_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int) -> li
 
             layers.append(GPUSharedLayerCache(spec, layers[spec.kv_from]))
             continue
-        cap = n_ctx if spec.window <= 0 else min(n_ctx, spec.window + n_batch)
-        layers.append(GPUPlainLayerCache(spec, cap))
+        layers.append(GPUPlainLayerCache(spec, ring_capacity(spec, n_ctx, n_batch)))  # (Llama 4's chunks a ring too)
     return layers

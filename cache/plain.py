@@ -2,7 +2,10 @@
 
 Global layers get one slot per context position; sliding-window layers get a
 ring of ``window + n_batch`` slots, enough that writing a prefill chunk never
-overwrites a key some query of that chunk still sees.
+overwrites a key some query of that chunk still sees.  Llama 4's chunked layers
+(window -c) get a ring of ``c + n_batch`` as llama.cpp's iSWA cache sizes them
+(``n_swa + n_ubatch``): a query at p sees from its chunk's start p - p % c, at
+most c - 1 positions back, so the same bound holds (:func:`ring_capacity`).
 """
 
 from __future__ import annotations
@@ -90,6 +93,10 @@ class PlainLayerCache(LayerCache):
     def truncate(self, n_past: int) -> None:
         self.pos[self.pos >= n_past] = -1
 
+    def can_truncate(self, n_past: int) -> bool:
+        """Whether the next token at ``n_past`` finds every position it sees (a ring may have written over them)."""
+        return self.spec.window == 0 or holds_seen(self.pos, self.spec, n_past)
+
     def copy_prefix(self, src: LayerCache, n_past: int) -> bool:
         """Hold what ``src`` (a cache of the same layer) holds at positions ``< n_past``, and nothing else: a
         server's new conversation takes the system prompt another slot evaluated, instead of evaluating it
@@ -108,6 +115,8 @@ class PlainLayerCache(LayerCache):
         self.truncate(n_past)
         # exact only if every position the next tokens attend to is here (a ring may have written over them)
         lo = max(0, n_past - self.spec.window) if self.spec.window > 0 else 0
+        if self.spec.window < 0:  # (chunked: the next token sees from its chunk's start)
+            lo = n_past - n_past % -self.spec.window
         held = self.pos[:hi]
         if int(((held >= lo) & (held < n_past)).sum()) != n_past - lo:
             self.reset()
@@ -169,6 +178,21 @@ def make_plain_cache(specs: list[LayerSpec], n_ctx: int, n_batch: int) -> list[L
         if spec.kv_from >= 0:
             layers.append(SharedLayerCache(spec, layers[spec.kv_from]))
             continue
-        cap = n_ctx if spec.window <= 0 else min(n_ctx, spec.window + n_batch)
-        layers.append(PlainLayerCache(spec, cap))
+        layers.append(PlainLayerCache(spec, ring_capacity(spec, n_ctx, n_batch)))
     return layers
+
+
+def ring_capacity(spec: LayerSpec, n_ctx: int, n_batch: int) -> int:
+    """Slots of a layer's fp16 ring (both devices'): the context for a global layer; ``|window| + n_batch`` for a
+    sliding window or Llama 4's chunks (window -c), as llama.cpp's iSWA cache (``n_swa + n_ubatch``, unpadded here).
+    A chunk of T <= n_batch tokens from p0 overwrites positions below p0 + T - capacity <= p0 - |window|, and its
+    first query sees back to p0 - |window| + 1 at most (a window's ``pq - pk < w``, a chunk's start p0 - p0 % c)."""
+    return n_ctx if spec.window == 0 else min(n_ctx, abs(spec.window) + n_batch)
+
+
+def holds_seen(pos: np.ndarray, spec: LayerSpec, n_past: int) -> bool:
+    """Whether slots holding positions ``pos`` (-1: empty) hold every position below ``n_past`` that a token at
+    ``n_past`` sees: back to the window's start, or the chunk's (window -c), or all of them (a global layer)."""
+    w = spec.window
+    lo = max(0, n_past - w + 1) if w > 0 else n_past - n_past % -w if w < 0 else 0
+    return int(((pos >= lo) & (pos < n_past)).sum()) == n_past - lo

@@ -553,7 +553,9 @@ class Engine:
                     return
                 if row is not logits:  # a confirmed draft token: already in the cache, its follower's logits known
                     continue
-                room = self.n_ctx - cache.offset - 1
+                # (at most a batch drafted: a window's or a chunk's ring holds n_batch tokens past what it needs, so a draft
+                # wholly refused can still be truncated away, cache/plain.py can_truncate)
+                room = min(self.n_ctx - cache.offset - 1, self.n_batch)
                 draft = []
                 if stats.n_gen >= resume_at:
                     if drafter is not None:  # (it feeds the draft model what it has not seen yet, then drafts)

@@ -82,6 +82,10 @@ SUPPORTED_PROJECTORS += ("granite4_vision",)  # Granite 4 Vision: SigLIP, Window
 PROJECTION_TENSORS["granite4_vision"] = "v.proj_blk.0.linear.weight"  # (one block's: n_text_embd is K times it, below)
 SUPPORTED_PROJECTORS += ("dots_ocr",)  # dots.ocr: a NaViT with a 2-D rope at the picture's own size, a 2x2 merger (models/dotsocr_image.py)
 PROJECTION_TENSORS["dots_ocr"] = "mm.2.weight"
+SUPPORTED_PROJECTORS += ("gemma4uv",)  # Gemma 4 12B's encoder-free "unified" embedder (models/gemma4uv_image.py)
+PROJECTION_TENSORS["gemma4uv"] = "mm.input_projection.weight"
+SUPPORTED_PROJECTORS += ("nemotron_v2_vl",)  # Nemotron Nano VL: RADIO ViT with registers, a 2x2 shuffle, RMSNorm + squared-ReLU MLP (models/nemotronvl_image.py)
+PROJECTION_TENSORS["nemotron_v2_vl"] = "mm.model.mlp.3.weight"
 #: projectors whose pictures keep their size within the file's (or clip.cpp's) pixel limits, ``image_size`` only
 #: nominal (PaddleOCR-VL's is sqrt(max_pixels), its position grid another size): :func:`pixel_limits_config`
 PIXEL_LIMIT_PROJECTORS = ("paddleocr", "hunyuanvl")
@@ -211,6 +215,9 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
         f = patch_size * n_merge
         op = "gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick"
         cfg = replace(cfg, min_pixels=GEMMA4V_TOKENS[0] * f * f, max_pixels=GEMMA4V_TOKENS[1] * f * f, ffn_op=op)
+    if ptype == "gemma4uv":  # (clip.cpp: the 3x3 pooling folded into the patch, n_merge 1; gemma4v's 70 to 1120 rows; no ViT)
+        f = patch_size * int(g.get("clip.vision.projector.scale_factor", 3) or 3)
+        return replace(cfg, patch_size=f, n_merge=1, min_pixels=GEMMA4V_TOKENS[0] * f * f, max_pixels=GEMMA4V_TOKENS[1] * f * f)
     if ptype == "kimivl":  # (Kimi-VL: clip.cpp's set_limit_image_tokens(8, 1024), merged rows' worth; its ViT MLP's activation)
         f = (patch_size * n_merge) ** 2
         cfg = replace(cfg, min_pixels=8 * f, max_pixels=1024 * f,

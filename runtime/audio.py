@@ -41,6 +41,7 @@ AUDIO_MARKERS["qwen3a"] = ("<|audio_start|>", "<|audio_end|>")  # (Qwen3-Omni: a
 AUDIO_MARKERS["lfm2a"] = ("", "")  # (LFM2-Audio: mtmd.cpp puts nothing around the clip's rows)
 AUDIO_MARKERS["granite_speech"] = ("", "")  # (Granite Speech: nothing around the clip's rows either)
 AUDIO_MARKERS["gemma4a"] = ("<|audio>", "<audio|>")  # (Gemma 4: around the whole clip, all its 30 s pieces)
+AUDIO_MARKERS["gemma4ua"] = ("<|audio>", "<audio|>")  # (Gemma 4 12B: around the whole clip, one chunk)
 AUDIO_MARKERS["parakeet"] = ("", "")  # (Parakeet, Nemotron Nano VL's: nothing around the clip's rows)
 
 

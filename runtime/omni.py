@@ -25,6 +25,7 @@ from ..loaders.gguf_file import GGUFFile
 from .audio import Audio, decode_audio
 from .engine import Engine, GenRequest, GenStats
 from .vision import MARKER, Segments, Vision, prefill_media
+from .vision_gemma4u import PictureRows
 from .vision_qwen2vl import GridRows
 
 
@@ -110,7 +111,7 @@ class Omni:
 
     def feed_rows(self, cache: Any, rows: np.ndarray) -> None:
         """Feed a picture's rows (they carry their grid: M-RoPE rows) or a clip's (one position each) after ``cache``."""
-        (self.pictures if isinstance(rows, GridRows) else self.audio).feed_rows(cache, rows)
+        (self.pictures if isinstance(rows, (GridRows, PictureRows)) else self.audio).feed_rows(cache, rows)  # (Gemma 4 12B's: PictureRows)
 
     def generate_text(self, cache: Any, segments: Segments, req: GenRequest, stats: GenStats | None = None) -> Iterator[str]:
         """Prefill ``segments`` and stream the reply's text (as :meth:`Vision.generate_text`)."""

@@ -60,7 +60,9 @@ PROJECTORS: dict[str, ProjectorKind] = {
     "deepseekocr": ProjectorKind("deepseekocr_image:DeepseekOCREncoder", "vision_deepseekocr:DeepseekOCRLayout", None),  # SAM + CLIP; tiles, then the view; its own "\n"
     "deepseekocr2": ProjectorKind("deepseekocr2_image:DeepseekOCR2Encoder", "vision_deepseekocr2:DeepseekOCR2Layout", None),  # SAM + Qwen2 queries; tiles, the view; "\n"
     "granite4_vision": ProjectorKind("granite4v_image:Granite4VisionEncoder", "vision_granite4:Granite4VisionLayout", None),  # overview, tiles, newlines; its own "\n"
+    "gemma4uv": ProjectorKind("gemma4uv_image:Gemma4UVEncoder", "vision_gemma4u:Gemma4UVLayout"),  # Gemma 4 12B: encoder-free, gemma4v's layout
     "dots_ocr": ProjectorKind("dotsocr_image:DotsOCREncoder", "vision_dotsocr:DotsOCRLayout"),  # raster-order NaViT, 2x2 merger; <|img|> .. <|endofimg|>
+    "nemotron_v2_vl": ProjectorKind("nemotronvl_image:NemotronVLEncoder", "vision_nemotronvl:NemotronVLLayout", None),  # RADIO, one fixed square, no markers
 }  # fmt: skip
 
 

@@ -78,8 +78,8 @@ class Vision:
         if not getattr(engine.model, "takes_images", False):
             if g is not None:
                 g.close()
-            raise KvrunError(f"{engine.cfg.arch} models take no images; kvrun runs images with Gemma 3, 3n and 4, SmolVLM, Qwen2-VL, "
-                             "Qwen3-VL, GLM-4.1V / 4.5V, LFM2-VL, InternVL, Pixtral / Mistral Small 3.1, MiniCPM-V (up to 4.6), Llama 4, Kimi-VL, PaddleOCR-VL, HunyuanOCR / Hunyuan-VL, LLaVA, MobileVLM, LightOnOCR, Janus-Pro, CogVLM, Step3-VL, Youtu-VL, dots.ocr, DeepSeek-OCR (1 and 2) and Granite 4 Vision "
+            raise KvrunError(f"{engine.cfg.arch} models take no images; kvrun runs images with Gemma 3, 3n and 4 (12B's unified too), SmolVLM, Qwen2-VL, "
+                             "Qwen3-VL, GLM-4.1V / 4.5V, LFM2-VL, InternVL, Pixtral / Mistral Small 3.1, MiniCPM-V (up to 4.6), Llama 4, Kimi-VL, PaddleOCR-VL, HunyuanOCR / Hunyuan-VL, LLaVA, MobileVLM, LightOnOCR, Janus-Pro, CogVLM, Step3-VL, Youtu-VL, dots.ocr, DeepSeek-OCR (1 and 2), Nemotron Nano VL and Granite 4 Vision "
                              "and their mmproj files")  # fmt: skip
         self.engine = engine
         self.encoder = load_encoder(mmproj if g is None else g, engine.backend)  # (its type's encoder and layout: runtime/projectors.py)

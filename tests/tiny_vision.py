@@ -321,6 +321,8 @@ TINY_MMPROJS: dict[str, Callable[[Path, int], Path]] = {
     "gemma3nv": _writer("tiny_vision_gemma3n", "write_tiny_gemma3nv_mmproj"),
     "granite4v": _writer("tiny_vision_granite4", "write_tiny_granite4v_mmproj"),  # (p109: tests/test_gpu_vision_granite4.py)
     "dotsocr": _writer("tiny_vision_dotsocr", "write_tiny_dotsocr_mmproj"),  # (p113: tests/test_gpu_vision_dotsocr.py)
+    "gemma4uv": _writer("tiny_vision_gemma4u", "write_tiny_gemma4u_mmproj", audio=False),  # (p117: tests/test_vision_gemma4u.py)
+    "nemotronvl": _writer("tiny_vision_nemotronvl", "write_tiny_nemotronvl_mmproj"),  # (p118: tests/test_vision_nemotronvl.py)
 }  # fmt: skip
 
 

@@ -379,10 +379,19 @@ def info(model: str | None, as_json: bool) -> None:
             sizes = (_tiled_sizes(c, tiled) if tiled else
                      f"{c.image_size}x{c.image_size} images in {c.patch_size}-pixel patches, {c.n_tokens} rows an image"
                      if not c.max_pixels else  # (Qwen2-VL's: a picture's own size, in 2x2 blocks of patches)
-                     f"pictures of any size in {c.patch_size}-pixel patches, {c.min_pixels // (2 * c.patch_size) ** 2} to "
-                     f"{c.max_pixels // (2 * c.patch_size) ** 2} rows a picture")  # fmt: skip
+                     f"pictures of any size in {c.patch_size}-pixel patches, {c.min_pixels // (c.n_merge * c.patch_size) ** 2} to "
+                     f"{c.max_pixels // (c.n_merge * c.patch_size) ** 2} rows a picture")  # (n_merge x n_merge patches a row)
+            heard = ""
+            if g.get("clip.has_audio_encoder", False):  # (a two-sided projector: Qwen2.5-Omni's, Nemotron Nano VL's, Gemma 4 12B's)
+                from .models.audio_towers import audio_tower
+
+                tower = audio_tower(g)
+                a = tower.load_config(g)
+                heard = (f"; and audio: {a.projector_type}, a {a.n_layer}-layer {tower.name}, {a.rows_per_chunk} rows per 30 s "
+                         "(--audio)")  # fmt: skip
             click.echo(f"multimodal projector ({path}): {c.projector_type}, a {c.n_layer}-layer vision encoder {c.n_embd} wide "
-                       f"({c.n_head} heads), {sizes} into a text model {c.n_text_embd} wide; give it with --mmproj beside that model")  # fmt: skip
+                       f"({c.n_head} heads), {sizes} into a text model {c.n_text_embd} wide{heard}; give it with --mmproj beside "
+                       "that model")  # fmt: skip
         return
     if g.get("general.type") == "adapter":  # a LoRA adapter is not a model: say what it is and how to use it
         from .loaders.lora import LoraAdapter

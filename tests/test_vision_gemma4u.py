@@ -215,3 +215,15 @@ def test_both_embedders_on_the_gpu_give_the_cpus_rows(pair, emulated):
     assert isinstance(got, np.ndarray) and got.shape == want.shape == (80, 64) and rel_err(want, got) < 2e-3
     want, got = clip_encoder(pair["f16"]).encode(MEDIA["long"]), clip_encoder(pair["f16"], "gpu").encode(MEDIA["long"])
     assert isinstance(got, np.ndarray) and got.shape == want.shape == (52, 64) and rel_err(want, got) < 2e-3
+
+
+def test_kvrun_info_says_both_sides_and_gemma4vs_row_range(tmp_path):
+    """One row per 48-pixel patch (the 3x3 pooling folded into the patch, no merge): gemma4v's 70 to 1120 rows a
+    picture, as clip.cpp limits them; and the audio side beside it."""
+    from click.testing import CliRunner
+
+    from kvrun.cli import main
+
+    r = CliRunner().invoke(main, ["info", str(write_tiny_gemma4u_mmproj(tmp_path / "u.gguf"))])
+    assert r.exit_code == 0, r.output
+    assert "70 to 1120 rows a picture" in r.output and "; and audio: gemma4ua, " in r.output and "750 rows per 30 s" in r.output

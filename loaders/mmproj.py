@@ -86,9 +86,14 @@ SUPPORTED_PROJECTORS += ("gemma4uv",)  # Gemma 4 12B's encoder-free "unified" em
 PROJECTION_TENSORS["gemma4uv"] = "mm.input_projection.weight"
 SUPPORTED_PROJECTORS += ("nemotron_v2_vl",)  # Nemotron Nano VL: RADIO ViT with registers, a 2x2 shuffle, RMSNorm + squared-ReLU MLP (models/nemotronvl_image.py)
 PROJECTION_TENSORS["nemotron_v2_vl"] = "mm.model.mlp.3.weight"
+SUPPORTED_PROJECTORS += ("mimovl",)  # MiMo-V2.5: Qwen2.5-VL's ViT, grouped heads, banded row/column windows with sinks (models/mimovl_image.py)
+PROJECTION_TENSORS["mimovl"] = "mm.2.weight"
+SUPPORTED_PROJECTORS += ("exaone4_5",)  # EXAONE 4.5: Qwen2.5-VL's ViT with grouped-query attention (models/exaone45_image.py)
+PROJECTION_TENSORS["exaone4_5"] = "mm.2.weight"
 #: projectors whose pictures keep their size within the file's (or clip.cpp's) pixel limits, ``image_size`` only
 #: nominal (PaddleOCR-VL's is sqrt(max_pixels), its position grid another size): :func:`pixel_limits_config`
 PIXEL_LIMIT_PROJECTORS = ("paddleocr", "hunyuanvl")
+PIXEL_LIMIT_PROJECTORS += ("mimovl",)  # (MiMo-V2.5: the file's image_min_pixels / image_max_pixels, required; 2x2 merges)
 #: Hunyuan-VL's fewest and most merged blocks a picture becomes where its file states no pixel limits (clip.cpp's
 #: set_limit_image_tokens(256, 16384))
 HUNYUANVL_TOKENS = (256, 16384)
@@ -271,6 +276,8 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
         return replace(pixel_limits_config(g, cfg), n_merge=n_merge)
     if ptype in PIXEL_LIMIT_PROJECTORS:  # (their image_size need not be whole patches: checked there)
         return pixel_limits_config(g, cfg)
+    if ptype == "exaone4_5":  # (EXAONE 4.5: the file's pixel limits and kv heads, Qwen2-VL's 2x2 merge: exaone45_config)
+        return exaone45_config(g, cfg)
     side = cfg.n_patches_side
     if patch_size <= 0 or image_size % patch_size or n_merge <= 0 or side % n_merge or n_embd % n_head:
         raise GGUFError(f"{g.path}: inconsistent vision hyperparameters (image_size {image_size}, patch_size {patch_size}, "
@@ -313,3 +320,27 @@ def pixel_limits_config(g: GGUFFile, cfg: MmprojConfig) -> MmprojConfig:
         raise GGUFError(f"{g.path}: inconsistent vision hyperparameters (patch_size {cfg.patch_size}, width {cfg.n_embd}, "
                         f"heads {cfg.n_head}, merge {merge}, pixels {lo} to {hi})")  # fmt: skip
     return replace(cfg, n_merge=merge, min_pixels=lo, max_pixels=hi, ffn_op="gelu" if hunyuan else op)
+
+
+def exaone45_config(g: GGUFFile, cfg: MmprojConfig) -> MmprojConfig:
+    """The config of an EXAONE 4.5 projector file, as clip.cpp reads it for PROJECTOR_TYPE_EXAONE4_5: n_merge
+    ``clip.vision.spatial_merge_size`` (2 unless stated; its graph merges 2x2), ``clip.vision.n_wa_pattern`` (0
+    unless stated: no windows), the pixel limits ``clip.vision.image_min_pixels`` / ``image_max_pixels`` and the
+    key/value heads ``clip.vision.attention.head_count_kv`` (all three required), the ViT MLP's activation as any
+    file's; ``image_size`` is nominal."""
+
+    def need(key: str) -> int:
+        v = g.get(f"clip.vision.{key}")
+        if v is None or int(v) <= 0:
+            raise GGUFError(f"{g.path}: clip.vision.{key} is missing; the exaone4_5 projector file is incomplete")
+        return int(v)
+
+    lo, hi, kv = need("image_min_pixels"), need("image_max_pixels"), need("attention.head_count_kv")
+    merge = int(g.get("clip.vision.spatial_merge_size", 2) or 2)
+    p, E, H = cfg.patch_size, cfg.n_embd, cfg.n_head
+    if merge != 2 or p <= 0 or E % H or H % kv or (E // H) % 4 or hi < lo:
+        raise GGUFError(f"{g.path}: inconsistent vision hyperparameters (patch_size {p}, spatial merge {merge}, width {E}, "
+                        f"heads {H}, kv heads {kv}, pixels {lo} to {hi}); llama.cpp's EXAONE 4.5 graph merges 2x2")  # fmt: skip
+    op = "gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick"
+    wa = int(g.get("clip.vision.n_wa_pattern", 0) or 0)
+    return replace(cfg, n_merge=2, min_pixels=lo, max_pixels=hi, n_wa_pattern=wa, ffn_op=op)

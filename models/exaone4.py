@@ -29,6 +29,7 @@ class Exaone4Model(Olmo2Model):
 
     archs = ("exaone4",)
     local_rope = False
+    takes_images = True  # OLMo 2's forward reads Model.input_embd (EXAONE 4.5's image rows: runtime/vision_exaone45.py)
 
     def load_layer(self, w: WeightLoader, i: int) -> Olmo2Layer:
         c = self.cfg

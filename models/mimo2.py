@@ -62,6 +62,7 @@ class Mimo2Layer:
 
 class Mimo2Model(LlamaModel):
     archs = ("mimo2",)
+    takes_images = True  # its forward reads Model.input_embd (MiMo-V2.5's image rows: runtime/vision_mimovl.py)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
@@ -110,7 +111,10 @@ class Mimo2Model(LlamaModel):
         x, xn = buf.get("x", T, c.n_embd), buf.get("xn", T, c.n_embd)
         q, att = buf.get("q", T, H * D), buf.get("att", T, H * Dv)
         q3, att3 = q.reshape(T, H, D), att.reshape(T, H, Dv)
-        be.get_rows(self.tok_embd, tokens, x)
+        if self.input_embd is not None:  # a picture's rows (MiMo-V2.5's, Engine.eval_embd), attended causally as llama.cpp
+            x[...] = be.vector(self.input_embd)
+        else:
+            be.get_rows(self.tok_embd, tokens, x)
         for il, L in enumerate(self.layers):
             k, v = buf.get(f"k{L.n_kv}", T, L.n_kv * D), buf.get(f"v{L.n_kv}", T, L.n_kv * Dv)  # (a buffer per KV width)
             be.norm_linear_many(x, L.attn_norm, c.norm_eps, xn, (L.wq, L.wk, L.wv), (q, k, v))

@@ -76,7 +76,10 @@ class Olmo2Model(LlamaModel):
         x, _, q, k, v, att, gate, up, q3, k3, v3, att3 = self.step_buffers(T)
         o = buf.get("o", T, c.n_embd)  # a block's output, normalised into x
 
-        be.get_rows(self.tok_embd, tokens, x)
+        if self.input_embd is not None:  # an image's rows (EXAONE 4.5's, runtime/vision_exaone45.py), as LlamaModel's forward
+            x[...] = be.vector(self.input_embd)
+        else:
+            be.get_rows(self.tok_embd, tokens, x)
         for il, L in enumerate(self.layers):
             be.linear_many((L.wq, L.wk, L.wv), x, (q, k, v))
             self.norm_rope_qk(L, il, q, k, q3, k3, pos)

@@ -63,6 +63,8 @@ PROJECTORS: dict[str, ProjectorKind] = {
     "gemma4uv": ProjectorKind("gemma4uv_image:Gemma4UVEncoder", "vision_gemma4u:Gemma4UVLayout"),  # Gemma 4 12B: encoder-free, gemma4v's layout
     "dots_ocr": ProjectorKind("dotsocr_image:DotsOCREncoder", "vision_dotsocr:DotsOCRLayout"),  # raster-order NaViT, 2x2 merger; <|img|> .. <|endofimg|>
     "nemotron_v2_vl": ProjectorKind("nemotronvl_image:NemotronVLEncoder", "vision_nemotronvl:NemotronVLLayout", None),  # RADIO, one fixed square, no markers
+    "mimovl": ProjectorKind("mimovl_image:MimoVLEncoder", "vision_mimovl:MimoVLLayout", ("VISION_START", "VISION_END")),  # MiMo-V2.5: Youtu-VL's layout, mimo2 text
+    "exaone4_5": ProjectorKind("exaone45_image:Exaone45Encoder", "vision_exaone45:Exaone45Layout", ("VISION_START", "VISION_END")),  # Qwen2.5-VL's ViT, GQA; <vision> .. </vision>
 }  # fmt: skip
 
 

@@ -323,6 +323,8 @@ TINY_MMPROJS: dict[str, Callable[[Path, int], Path]] = {
     "dotsocr": _writer("tiny_vision_dotsocr", "write_tiny_dotsocr_mmproj"),  # (p113: tests/test_gpu_vision_dotsocr.py)
     "gemma4uv": _writer("tiny_vision_gemma4u", "write_tiny_gemma4u_mmproj", audio=False),  # (p117: tests/test_vision_gemma4u.py)
     "nemotronvl": _writer("tiny_vision_nemotronvl", "write_tiny_nemotronvl_mmproj"),  # (p118: tests/test_vision_nemotronvl.py)
+    "mimovl": _writer("tiny_vision_mimovl", "write_tiny_mimovl_mmproj"),  # (p120: tests/test_vision_mimovl.py)
+    "exaone45": _writer("tiny_vision_exaone45", "write_tiny_exaone45_mmproj"),  # (p121: tests/test_vision_exaone45.py)
 }  # fmt: skip
 
 

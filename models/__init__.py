@@ -91,6 +91,7 @@ _CLASSES: dict[str, tuple[str, ...]] = {
     "arwkv7.ARWKV7Model": ("arwkv7",),
     "rwkv6qwen2.RWKV6Qwen2Model": ("rwkv6qwen2",),
     "gemma4.Gemma4Model": ("gemma4",),
+    "gemma4_assistant.Gemma4AssistantModel": ("gemma4-assistant",),
     "starcoder.StarCoderModel": ("starcoder",),
     "bloom.BloomModel": ("bloom",),
     "mpt.MptModel": ("mpt",),

@@ -253,7 +253,8 @@ class Engine:
             check_vocab(self, d)
             if not 0.0 <= draft_p_min < 1.0:
                 raise KvrunError(f"--draft-p-min must be in [0, 1), got {draft_p_min}")
-            self.draft = DraftModel(d, self.cfg.n_vocab, draft_p_min)
+            # (Gemma 4's MTP head drafts from the target's hidden state and cache: models/gemma4_assistant.py)
+            self.draft = d.model.drafter(self, draft_p_min) if hasattr(d.model, "drafter") else DraftModel(d, self.cfg.n_vocab, draft_p_min)
         #: continuous batching (runtime/batcher.py): evaluations from several threads (a server's parallel
         #: slots, an app's sessions) meet there and are fed through the model together, one forward at a time
         self.batcher = Batcher(self)
@@ -559,7 +560,7 @@ class Engine:
                 draft = []
                 if stats.n_gen >= resume_at:
                     if drafter is not None:  # (it feeds the draft model what it has not seen yet, then drafts)
-                        draft = drafter.draft(context + history, min(self.draft_max, room))
+                        draft = drafter.draft(context + history, min(self.draft_max, room), cache)
                         if not draft:  # the draft model was unsure: skip its forwards for a while, catch up in one
                             resume_at, backoff = stats.n_gen + backoff, min(2 * backoff, DRAFT_BACKOFF)
                     elif ngrams is not None:

@@ -50,8 +50,9 @@ class DraftModel:
         self.cache = engine.new_cache()
         self.held: list[int] = []  # the tokens in ``cache``, in order
 
-    def draft(self, tokens: list[int], k: int) -> list[int]:
-        """Up to ``k`` tokens the draft model would write greedily after ``tokens`` (the whole text)."""
+    def draft(self, tokens: list[int], k: int, target_cache: object = None) -> list[int]:
+        """Up to ``k`` tokens the draft model would write greedily after ``tokens`` (the whole text); ``target_cache``, the
+        target's, unread (a Gemma 4 assistant's reads it: models/gemma4_assistant.py)."""
         from .engine import shared_prefix
 
         eng, cache = self.engine, self.cache

@@ -1,0 +1,232 @@
+"""Gemma 4's assistant (llama.cpp's ``gemma4-assistant``): the MTP draft head Google ships beside a Gemma 4 as a GGUF
+of its own (``mtp-gemma-4-*.gguf``), for speculative decoding with ``-md``.
+
+It is no language model alone: each step reads three things of its target's, as llama.cpp's graph
+(src/models/gemma4-assistant.cpp) and its draft loop (common/speculative.cpp, ``draft-mtp`` with shared memory) do:
+
+- the target's token embedding of the token it drafts after, times sqrt(target width);
+- the target's post-final-norm hidden state ``h`` (llama.cpp's ``h_nextn``) of the position before, and later its own
+  ``h_next`` (``nextn.post_projection`` of its normed output, back to the target's width);
+- the target's KV cache: its blocks compute Q alone and attend over the target's last window layer (window blocks) or
+  its last global layer (global blocks), storing nothing.
+
+The two embeddings side by side go through ``nextn.pre_projection`` to the head's own width, then Gemma 4's blocks
+(sandwich norms, per-head Q norm, rope, unscaled attention, GELU-gated FFN, ``layer_output_scale``), the final norm, and
+the head's own ``token_embd`` as the output (no soft-cap).  Every drafted token sits at the same position: the one
+after what the target's cache holds (Transformers' Gemma 4 assistant, as llama.cpp has it).  CPU only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..cache.base import KVCache, LayerSpec
+from ..loaders.config import ModelConfig
+from ..loaders.errors import GGUFError, KvrunError
+from ..loaders.gguf_file import GGUFFile
+from ..ops.backend import Backend, Weight
+from .common import TENSOR_NAMES, Model, WeightLoader, make_rope
+from .gemma3n import Gemma3nModel
+
+TENSOR_NAMES.update({  # (layer_out_scale as models/gemma4.py names it)
+    "layer_out_scale": "blk.{i}.layer_output_scale.weight",
+    "nextn_pre": "nextn.pre_projection.weight",
+    "nextn_post": "nextn.post_projection.weight",
+})
+
+MAX_CACHES = 64  #: the sequences (caches) whose target rows are kept: a server's slots and sessions, at most this many
+TOP_K = 10  #: llama.cpp's MTP draft sampler: top-k 10, its first candidate's probability among them against p_min
+
+
+@dataclass
+class AssistantBlock:
+    """One of the head's blocks: Gemma 4's, less K and V (read from the target's cache)."""
+
+    swa: bool
+    head_dim: int
+    attn_norm: Any
+    wq: Weight
+    q_norm: Any
+    wo: Weight
+    attn_post_norm: Any
+    ffn_norm: Any
+    w_gate: Weight
+    w_up: Weight
+    w_down: Weight
+    ffn_post_norm: Any
+    out_scale: float
+
+
+class Gemma4AssistantModel(Model):
+    archs = ("gemma4-assistant",)
+
+    def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
+        if backend.name != "cpu":
+            raise KvrunError("the gemma4-assistant draft head runs on the CPU only: drop --device, or the draft")
+        Model.__init__(self, g, cfg, backend, n_ctx, n_batch)
+        c = cfg
+        w = WeightLoader(g, backend)
+        self.n_embd_out = int(g.arch_get("embedding_length_out", c.n_embd) or c.n_embd)
+        if self.n_embd_out == c.n_embd:
+            raise GGUFError(f"{g.path}: a Gemma 4 assistant's embedding_length_out carries the target's width; it is missing")
+        self.head_dim_swa = int(g.arch_get("attention.key_length_swa", c.head_dim))
+        self.tok_embd = w.matrix("tok_embd")  # (the output head: tied)
+        self.output_norm = w.vector("output_norm")
+        self.pre_proj = w.matrix("nextn_pre")
+        self.post_proj = w.matrix("nextn_post")
+        self.blocks = [self.load_block(w, i) for i in range(c.n_layer)]
+        freqs = w.host_vector("rope_freqs", required=not all(b.swa for b in self.blocks))
+        self.rope_global = make_rope(c, n_ctx, c.rope_theta, freqs)
+        c_swa = dataclasses.replace(c, rope_dim=int(g.arch_get("rope.dimension_count_swa", c.rope_dim)))
+        self.rope_local = make_rope(c_swa, n_ctx, c.rope_theta_swa or c.rope_theta)
+
+    def load_block(self, w: WeightLoader, i: int) -> AssistantBlock:
+        swa = self.cfg.is_swa(i)
+        return AssistantBlock(
+            swa=swa,
+            head_dim=self.head_dim_swa if swa else self.cfg.head_dim,
+            attn_norm=w.vector("attn_norm", i),
+            wq=w.matrix("wq", i),
+            q_norm=w.vector("q_norm", i),
+            wo=w.matrix("wo", i),
+            attn_post_norm=w.vector("attn_post_norm", i),
+            ffn_norm=w.vector("ffn_norm", i),
+            w_gate=w.matrix("w_gate", i),
+            w_up=w.matrix("w_up", i),
+            w_down=w.matrix("w_down", i),
+            ffn_post_norm=w.vector("ffn_post_norm", i),
+            out_scale=float(s[0]) if (s := w.host_vector("layer_out_scale", i, required=False)) is not None else 1.0,
+        )
+
+    # (Gemma 3n's host helpers: numpy rows through the backend's linear, RMSNorm and GELU)
+    linear = Gemma3nModel.linear
+    rms_norm = Gemma3nModel.rms_norm
+    gelu = Gemma3nModel.gelu
+
+    def layer_specs(self) -> list[LayerSpec]:
+        return []  # (it keeps no cache: it reads its target's)
+
+    def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
+        raise KvrunError("a gemma4-assistant file is a draft head, not a model: give it with -md beside its Gemma 4")
+
+    # ------------------------------------------------------------------ the draft side
+    def sources(self, target: Model) -> list[int]:
+        """The target layer whose K/V each block reads (llama.cpp: the target's last window layer for a window block,
+        its last global layer for a global one), after the target's own K/V sharing; a one-line error where the
+        head does not fit ``target``."""
+        t, c = target.cfg, self.cfg
+        if t.arch != "gemma4" or t.n_embd != self.n_embd_out:
+            raise KvrunError(f"the Gemma 4 assistant fits a gemma4 model {self.n_embd_out} wide; the target is "
+                             f"{t.arch} {t.n_embd} wide: give the assistant made for this model")  # fmt: skip
+        out = []
+        for b in self.blocks:
+            il = t.n_layer - 2 if b.swa else t.n_layer - 1
+            L = target.layers[il]
+            if L.swa != b.swa or L.head_dim != b.head_dim or c.n_head % L.n_head_kv:
+                raise KvrunError(f"the Gemma 4 assistant's {'window' if b.swa else 'global'} heads ({b.head_dim} wide) do not "
+                                 f"fit its target's layer {il}: give the assistant made for this model")  # fmt: skip
+            out.append(target.kv_source(il))
+        return out
+
+    def step(self, token: int, h: np.ndarray, pos: int, target: Model, cache: KVCache, sources: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """One draft step: the logits after ``token`` and the ``h_next`` the next step reads, ``h`` the target's
+        hidden state of the position before (or the last step's ``h_next``), ``pos`` the position after the cache's."""
+        c, be = self.cfg, self.be
+        e = np.empty((1, self.n_embd_out), np.float32)
+        be.get_rows(target.tok_embd, np.array([token], np.int32), e)
+        xh = np.concatenate([e * np.float32(math.sqrt(self.n_embd_out)), h.reshape(1, -1).astype(np.float32)], axis=1)
+        x = self.linear(self.pre_proj, xh)
+        p = np.array([pos], np.int32)
+        for b, src in zip(self.blocks, sources):
+            xn = self.rms_norm(x, b.attn_norm)
+            q3 = self.linear(b.wq, xn).reshape(1, c.n_head, b.head_dim)
+            be.rms_norm_heads(q3, b.q_norm, c.norm_eps)
+            cos, sin = self.rope_local if b.swa else self.rope_global
+            be.rope(q3, p, cos, sin, c.rope_neox)
+            layer = cache[src]
+            spec = LayerSpec(c.n_head, layer.spec.n_head_kv, b.head_dim, b.head_dim, c.sliding_window if b.swa else 0, 1.0)
+            att3 = np.empty_like(q3)
+            layer.attend(np.ascontiguousarray(q3), p, att3, spec)
+            a = self.rms_norm(self.linear(b.wo, att3.reshape(1, -1)), b.attn_post_norm) + x
+            f = self.rms_norm(a, b.ffn_norm)
+            f = self.linear(b.w_down, self.gelu(self.linear(b.w_gate, f)) * self.linear(b.w_up, f))
+            x = self.rms_norm(f, b.ffn_post_norm) + a
+            if b.out_scale != 1.0:
+                x = x * np.float32(b.out_scale)
+        xo = self.rms_norm(x, self.output_norm)
+        return self.linear(self.tok_embd, xo)[0], self.linear(self.post_proj, xo)[0]
+
+    def drafter(self, target: Any, p_min: float) -> Gemma4AssistantDraft:
+        """The draft side for ``target`` (an Engine: runtime/engine.py's ``-md``); a one-line error where it does not fit."""
+        return Gemma4AssistantDraft(self, target.model, target.cfg.n_vocab, p_min)
+
+
+class Gemma4AssistantDraft:
+    """Drafts with the head beside its target (``Engine.draft``: ``draft(tokens, k, cache)``, as runtime/speculative.py's
+    DraftModel).  It keeps the target's last forward's post-final-norm rows by position (llama.cpp's ``h_nextn``,
+    which its target context outputs for every token): the target's ``forward`` and ``final_norm`` are wrapped on this
+    one model, so its arithmetic is untouched."""
+
+    def __init__(self, head: Gemma4AssistantModel, target: Model, n_vocab: int, p_min: float) -> None:
+        self.head, self.target, self.n_vocab, self.p_min = head, target, n_vocab, p_min
+        self.sources = head.sources(target)
+        #: id(cache) -> {position: the target's normed hidden row there}, each cache's last forward's rows
+        #: (a server's batched forward: each sequence's rows under its own cache, cache/batch.py's bounds)
+        self.hidden: dict[int, dict[int, np.ndarray]] = {}
+        self._rows: np.ndarray | None = None
+        forward, final_norm = target.forward, target.final_norm
+
+        def capture_forward(tokens, pos, cache, out_rows, logits) -> None:
+            self._rows = None
+            forward(tokens, pos, cache, out_rows, logits)
+            if self._rows is None or not len(out_rows):
+                return
+            rows = np.asarray(out_rows)
+            at = np.asarray(pos)[rows].tolist()
+            caches, starts = getattr(cache, "caches", [cache]), np.asarray(getattr(cache, "bounds", [0]))
+            owner = np.searchsorted(starts, rows, side="right") - 1
+            for j in np.unique(owner).tolist():
+                mine = np.flatnonzero(owner == j)
+                self.hidden.pop(id(caches[j]), None)  # (newest last: the oldest caches' rows go first)
+                self.hidden[id(caches[j])] = {at[r]: self._rows[r] for r in mine.tolist()}
+            while len(self.hidden) > MAX_CACHES:
+                del self.hidden[next(iter(self.hidden))]
+
+        def capture_norm(x, out) -> None:
+            final_norm(x, out)
+            self._rows = np.array(out, np.float32, copy=True)
+
+        target.forward = capture_forward  # type: ignore[method-assign]
+        target.final_norm = capture_norm  # type: ignore[method-assign]
+
+    def hidden_state(self, cache: KVCache, pos: int) -> np.ndarray | None:
+        """The target's post-final-norm row at ``pos`` in ``cache``'s sequence, if its last forward gave it."""
+        return self.hidden.get(id(cache), {}).get(pos)
+
+    def draft(self, tokens: list[int], k: int, cache: KVCache | None = None) -> list[int]:
+        """Up to ``k`` tokens after ``tokens`` (the whole text; its last one not yet in ``cache``, the target's), each
+        step at the position after the cache's, stopping where the head is unsure (llama.cpp's top-10 probability
+        against ``--draft-p-min``); none without the target's hidden state of the position before."""
+        if cache is None or k <= 0:
+            return []
+        pos = cache.offset
+        h = self.hidden_state(cache, pos - 1)
+        if h is None or pos != len(tokens) - 1:
+            return []
+        out: list[int] = []
+        tok = tokens[-1]
+        while len(out) < k:
+            logits, h = self.head.step(tok, h, pos, self.target, cache, self.sources)
+            top = np.argpartition(logits, -TOP_K)[-TOP_K:] if logits.size > TOP_K else np.arange(logits.size)
+            t = int(top[np.argmax(logits[top])])
+            p = 1.0 / float(np.exp((logits[top] - logits[t]).astype(np.float64)).sum())
+            if p < self.p_min or t >= self.n_vocab:
+                break
+            out.append(t)
+            tok = t
+        return out

@@ -111,6 +111,11 @@ class Gemma4AssistantModel(Model):
     def layer_specs(self) -> list[LayerSpec]:
         return []  # (it keeps no cache: it reads its target's)
 
+    @classmethod
+    def cache_widths(cls, cfg: ModelConfig, g: GGUFFile, bits: int = 16) -> tuple[int, ...]:
+        """None of its layers keeps K/V (`kvrun info`'s KV cost: 0): its blocks read the target's cache."""
+        return (0,) * cfg.n_layer
+
     def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
         raise KvrunError("a gemma4-assistant file is a draft head, not a model: give it with -md beside its Gemma 4")
 

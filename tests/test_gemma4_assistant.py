@@ -105,3 +105,14 @@ def test_an_assistant_that_does_not_fit_is_refused_in_one_line(pair, tmp_path):
     with pytest.raises(KvrunError, match="is a draft head, not a model"):
         e = Engine(assistant, n_ctx=32)
         e.eval(e.new_cache(), [1, 2, 3])
+
+
+def test_kvrun_info_counts_no_kv_cache_for_the_head(tmp_path):
+    """The head's blocks read its target's K/V and store none: `kvrun info`'s KV cost is 0 at every width."""
+    from click.testing import CliRunner
+
+    from kvrun.cli import main
+    from tiny_gemma4_assistant import write_tiny_gemma4_assistant
+
+    r = CliRunner().invoke(main, ["info", str(write_tiny_gemma4_assistant(tmp_path / "a.gguf"))])
+    assert r.exit_code == 0 and "16-bit 0 B  8-bit 0 B  4-bit 0 B  2-bit 0 B" in r.output, r.output

@@ -42,6 +42,7 @@ AUDIO_MARKERS["lfm2a"] = ("", "")  # (LFM2-Audio: mtmd.cpp puts nothing around t
 AUDIO_MARKERS["granite_speech"] = ("", "")  # (Granite Speech: nothing around the clip's rows either)
 AUDIO_MARKERS["gemma4a"] = ("<|audio>", "<audio|>")  # (Gemma 4: around the whole clip, all its 30 s pieces)
 AUDIO_MARKERS["gemma4ua"] = ("<|audio>", "<audio|>")  # (Gemma 4 12B: around the whole clip, one chunk)
+AUDIO_MARKERS["dots3note_a"] = ("<|audio_comp_start|>", "<|audio_comp_end|>")  # (dots.note: around the whole clip)
 AUDIO_MARKERS["parakeet"] = ("", "")  # (Parakeet, Nemotron Nano VL's: nothing around the clip's rows)
 
 

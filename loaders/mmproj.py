@@ -90,6 +90,8 @@ SUPPORTED_PROJECTORS += ("mimovl",)  # MiMo-V2.5: Qwen2.5-VL's ViT, grouped head
 PROJECTION_TENSORS["mimovl"] = "mm.2.weight"
 SUPPORTED_PROJECTORS += ("exaone4_5",)  # EXAONE 4.5: Qwen2.5-VL's ViT with grouped-query attention (models/exaone45_image.py)
 PROJECTION_TENSORS["exaone4_5"] = "mm.2.weight"
+SUPPORTED_PROJECTORS += ("yasa2",)  # Reka Edge: Yasa2, a ConvNeXtV2 backbone pooled to 8 x 8, a two-layer MLP (models/yasa2_image.py)
+PROJECTION_TENSORS["yasa2"] = "mm.2.weight"
 #: projectors whose pictures keep their size within the file's (or clip.cpp's) pixel limits, ``image_size`` only
 #: nominal (PaddleOCR-VL's is sqrt(max_pixels), its position grid another size): :func:`pixel_limits_config`
 PIXEL_LIMIT_PROJECTORS = ("paddleocr", "hunyuanvl")

@@ -26,8 +26,9 @@ _TOWERS = {
     "granite_speech": ("granite_speech_audio", "load_granite_speech_config", "GraniteSpeechEncoder", "conformer and Q-Former (Granite Speech)"),
     "gemma4a": ("gemma4a_audio", "load_gemma4a_config", "Gemma4AudioEncoder", "Gemma 4 audio conformer"),
     "gemma4ua": ("gemma4ua_audio", "load_gemma4ua_config", "Gemma4UAudioEncoder", "Gemma 4 12B raw-waveform embedder"),
-    "dots3note_a": ("dots3note_audio", "load_dots3note_audio_config", "Dots3NoteAudioEncoder", "conv stem and rotary ViT (dots.note)"),
     "parakeet": ("parakeet_audio", "load_parakeet_config", "ParakeetEncoder", "FastConformer (Parakeet)"),
+    "mimo_audio": ("mimo_audio", "load_mimo_audio_config", "MimoAudioEncoder", "audio tokenizer and local transformer (MiMo-V2.5)"),
+    "dots3note_a": ("dots3note_audio", "load_dots3note_audio_config", "Dots3NoteAudioEncoder", "conv stem and rotary ViT (dots.note)"),
 }
 #: the projector types of the towers other than Whisper's (whose own are models/whisper_audio.py AUDIO_PROJECTORS)
 OTHER_TOWERS = tuple(_TOWERS)

@@ -42,8 +42,9 @@ AUDIO_MARKERS["lfm2a"] = ("", "")  # (LFM2-Audio: mtmd.cpp puts nothing around t
 AUDIO_MARKERS["granite_speech"] = ("", "")  # (Granite Speech: nothing around the clip's rows either)
 AUDIO_MARKERS["gemma4a"] = ("<|audio>", "<audio|>")  # (Gemma 4: around the whole clip, all its 30 s pieces)
 AUDIO_MARKERS["gemma4ua"] = ("<|audio>", "<audio|>")  # (Gemma 4 12B: around the whole clip, one chunk)
-AUDIO_MARKERS["dots3note_a"] = ("<|audio_comp_start|>", "<|audio_comp_end|>")  # (dots.note: around the whole clip)
 AUDIO_MARKERS["parakeet"] = ("", "")  # (Parakeet, Nemotron Nano VL's: nothing around the clip's rows)
+AUDIO_MARKERS["mimo_audio"] = ("<|mimo_audio_start|>", "<|mimo_audio_end|>")  # (MiMo-V2.5: around the whole clip)
+AUDIO_MARKERS["dots3note_a"] = ("<|audio_comp_start|>", "<|audio_comp_end|>")  # (dots.note: around the whole clip)
 
 
 def is_audio_projector(g: GGUFFile) -> bool:

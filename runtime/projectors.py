@@ -65,6 +65,7 @@ PROJECTORS: dict[str, ProjectorKind] = {
     "nemotron_v2_vl": ProjectorKind("nemotronvl_image:NemotronVLEncoder", "vision_nemotronvl:NemotronVLLayout", None),  # RADIO, one fixed square, no markers
     "mimovl": ProjectorKind("mimovl_image:MimoVLEncoder", "vision_mimovl:MimoVLLayout", ("VISION_START", "VISION_END")),  # MiMo-V2.5: Youtu-VL's layout, mimo2 text
     "exaone4_5": ProjectorKind("exaone45_image:Exaone45Encoder", "vision_exaone45:Exaone45Layout", ("VISION_START", "VISION_END")),  # Qwen2.5-VL's ViT, GQA; <vision> .. </vision>
+    "yasa2": ProjectorKind("yasa2_image:Yasa2Encoder", "vision_yasa2:Yasa2Layout"),  # Reka Edge: ConvNeXtV2, one stretched square, 64 rows; <image> .. </image>
 }  # fmt: skip
 
 

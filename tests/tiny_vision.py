@@ -325,6 +325,7 @@ TINY_MMPROJS: dict[str, Callable[[Path, int], Path]] = {
     "nemotronvl": _writer("tiny_vision_nemotronvl", "write_tiny_nemotronvl_mmproj"),  # (p118: tests/test_vision_nemotronvl.py)
     "mimovl": _writer("tiny_vision_mimovl", "write_tiny_mimovl_mmproj"),  # (p120: tests/test_vision_mimovl.py)
     "exaone45": _writer("tiny_vision_exaone45", "write_tiny_exaone45_mmproj"),  # (p121: tests/test_vision_exaone45.py)
+    "yasa2": _writer("tiny_vision_yasa2", "write_tiny_yasa2_mmproj"),  # (p124: tests/test_vision_yasa2.py)
 }  # fmt: skip
 
 

@@ -119,7 +119,11 @@ def test_pictures_go_up_as_cupy_takes_them_and_decode_brings_down_only_logits(tm
     from vision_checks import pictures
 
     with strict_stand_in():
-        m, _, (_, v) = _visions(name, tmp_path)
+        m, _, (c, v) = _visions(name, tmp_path)
+        # the crops' rows come down from the CPU's encoder (the GPU encoder's one copy down on this stand-in:
+        # tests/test_gpu_vision_encoders4.py; the emulator's forward of 4 crops is slow), the markers' rows are
+        # looked up here
+        v.encoder.encode = c.encoder.encode
         cache = v.engine.new_cache()
         v.engine.eval(cache, v.prefill(cache, v.segments(m.PROMPTS[0], [pictures(m.IMAGES)["wide"]])))
         v.engine.eval(cache, [STEPS[0]])  # (a capture, or a replay where the prompt's last token was captured)

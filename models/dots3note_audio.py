@@ -41,12 +41,12 @@ import numpy as np
 
 from ..loaders.errors import GGUFError, KvrunError
 from ..loaders.gguf_file import GGUFFile
-from ..loaders.quants import dequantize
 from ..ops.backend import Backend
 from .common import TENSOR_NAMES, WeightLoader
 from .deepseekocr_image import Kernel
+from .lfm2a_audio import check_mel, host_values
 from .vit_ops import ops_of
-from .whisper_audio import HOP, N_FFT, SAMPLE_RATE, check_audio_mmproj, mel_filters, need_audio_key
+from .whisper_audio import HOP, N_FFT, SAMPLE_RATE, check_audio_mmproj, mel_filters, need_audio_key, need_audio_tensors
 
 PROJECTOR = "dots3note_a"
 CHUNK_SAMPLES = 60 * SAMPLE_RATE  # (clip.cpp's audio_chunk_len 60 s: each chunk its own spectrogram and graph)
@@ -93,9 +93,7 @@ def n_rows(n_samples: int) -> int:
 def load_dots3note_audio_config(g: GGUFFile) -> Dots3NoteAudioConfig:
     """The config of an opened "dots3note_a" mmproj file, or a one-line error."""
     check_audio_mmproj(g)
-    for name in ("a.conv2d.1.weight", "a.conv2d.3.weight", "a.conv_out.weight", "mm.a.norm_pre.weight", "mm.a.mlp.3.weight"):
-        if name not in g.tensors:
-            raise GGUFError(f"{g.path}: tensor {name!r} is missing; the projector file is incomplete")
+    need_audio_tensors(g, ("a.conv2d.1.weight", "a.conv2d.3.weight", "a.conv_out.weight", "mm.a.norm_pre.weight", "mm.a.mlp.3.weight"))
     E = int(need_audio_key(g, "embedding_length"))
     n_mel = int(need_audio_key(g, "num_mel_bins"))
     n_conv = int(g.tensors["a.conv2d.1.weight"].n_elements // 9)  # ([C, 1, 3, 3])
@@ -162,14 +160,7 @@ class Dots3NoteAudioEncoder:
         E, C = cfg.n_embd, cfg.n_conv
 
         def host(name: str, n: int, required: bool = True) -> np.ndarray | None:
-            t = g.tensors.get(name)
-            if t is None:
-                if not required:
-                    return None
-                raise GGUFError(f"{g.path}: tensor {name!r} is missing; the projector file is incomplete")
-            if t.n_elements != n:
-                raise KvrunError(f"{g.path}: {name} has shape {t.shape}, expected {n} values: not a dots.note audio projector")
-            return dequantize(t.data, t.qtype, t.shape).reshape(-1).astype(np.float32)
+            return None if not required and name not in g.tensors else host_values(g, name, n, "a dots.note audio")
 
         ld = WeightLoader(g, backend)
 
@@ -212,8 +203,7 @@ class Dots3NoteAudioEncoder:
 
     def encode_mel(self, mel: np.ndarray) -> np.ndarray:
         """One chunk's spectrogram [n_mel, frames] -> its rows (:func:`_forward` on the encoder's device)."""
-        if mel.ndim != 2 or mel.shape[0] != self.cfg.n_mel or mel.shape[1] < 1:
-            raise KvrunError(f"the audio encoder takes a spectrogram [{self.cfg.n_mel}, frames], got {list(mel.shape)}")
+        check_mel(mel, self.cfg.n_mel, 1)
         return _forward(ops_of(self), self, mel)
 
 

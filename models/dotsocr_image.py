@@ -36,10 +36,13 @@ from ..loaders.errors import KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
 from ..ops.backend import Backend
-from .common import TENSOR_NAMES
-from .qwen2vl_image import QUERY_CHUNK, resize, smart_size, vision_rope
+from .common import TENSOR_NAMES, WeightLoader
+from .paddleocr_image import grid, preprocess, target_size  # (PaddleOCR-VL's sizing and pixels: block-aligned, bicubic, padded)
+from .qwen2vl_image import QUERY_CHUNK, vision_rope
 from .siglip import MmprojEncoder
 from .vit_ops import merge_permute, ops_of
+
+__all__ = ["DotsOCREncoder", "grid", "preprocess", "target_size"]
 
 F32 = np.float32
 TENSOR_NAMES.update({  # (dots.ocr's names as its converter writes them: clip.cpp's TN_* for PROJECTOR_TYPE_DOTS_OCR)
@@ -53,25 +56,21 @@ TENSOR_NAMES.update({  # (dots.ocr's names as its converter writes them: clip.cp
 MERGER_EPS = 1e-6  # clip.cpp's epsilon of the merger's LayerNorm (hard-coded, whatever the file's)
 
 
-def target_size(width: int, height: int, cfg: MmprojConfig) -> tuple[int, int]:
-    """(width, height) a picture is resized to: sides whole blocks of n_merge x n_merge patches, within the file's
-    pixel limits (libmtmd's ``mtmd_image_preprocessor_dyn_size``)."""
-    return smart_size(width, height, cfg.patch_size * cfg.n_merge, cfg)
-
-
-def grid(width: int, height: int, cfg: MmprojConfig) -> tuple[int, int]:
-    """(nx, ny): the merged rows a width x height picture becomes, a side."""
-    w, h = target_size(width, height, cfg)
-    f = cfg.patch_size * cfg.n_merge
-    return w // f, h // f
-
-
-def preprocess(img: np.ndarray, cfg: MmprojConfig) -> np.ndarray:
-    """uint8 RGB ``img`` [h, w, 3] -> normalised pixels [3, H, W] float32 at :func:`target_size` (bicubic, padded)."""
-    w, h = target_size(img.shape[1], img.shape[0], cfg)
-    a = resize(img, w, h).astype(F32) / F32(255.0)
-    mean, std = np.asarray(cfg.image_mean, F32), np.asarray(cfg.image_std, F32)
-    return np.ascontiguousarray(((a - mean) / std).transpose(2, 0, 1), F32)
+def fused_qkv_layer(ld: WeightLoader, i: int, E: int, kv: int, tag: str) -> dict[str, Any]:
+    """Block ``i``'s weights from the loader ``ld`` where Q, K and V are one fused ``<tag>_qkv`` [E + 2 kv, E] (its
+    optional bias likewise) and the MLP is SwiGLU with a ``<tag>_gate``: the norms ``ln1`` / ``ln2`` (biases optional),
+    ``q`` / ``k`` / ``v`` as clip.cpp's views of the fused product, ``o``, ``up``, ``down`` and ``gate`` (dots.ocr's;
+    EXAONE 4.5's with kv narrower)."""
+    L: dict[str, Any] = {}
+    for r in ("ln1", "ln2"):
+        L[r], L[r + "_b"] = ld.host_vector(f"v_{r}", i), ld.host_vector(f"v_{r}_b", i, required=False)
+    L["q"], L["k"], L["v"] = ld.matrix_rows(f"{tag}_qkv", i, (E, kv, kv))
+    b = ld.host_vector(f"{tag}_qkv_b", i, required=False)
+    L["q_b"], L["k_b"], L["v_b"] = (None,) * 3 if b is None else (b[:E], b[E : E + kv], b[E + kv :])
+    for r in ("o", "up", "down"):
+        L[r], L[r + "_b"] = ld.matrix(f"v_{r}", i), ld.host_vector(f"v_{r}_b", i, required=False)
+    L["gate"], L["gate_b"] = ld.matrix(f"{tag}_gate", i), ld.host_vector(f"{tag}_gate_b", i, required=False)
+    return L
 
 
 class DotsOCREncoder(MmprojEncoder):
@@ -83,16 +82,7 @@ class DotsOCREncoder(MmprojEncoder):
         self.pre_ln, self.pre_ln_b = ld.host_vector("dots_pre_ln", required=False), ld.host_vector("dots_pre_ln_b", required=False)
         self.layers = []
         for i in range(cfg.n_layer):
-            L: dict[str, Any] = {}
-            for r in ("ln1", "ln2"):
-                L[r], L[r + "_b"] = ld.host_vector(f"v_{r}", i), ld.host_vector(f"v_{r}_b", i, required=False)
-            L["q"], L["k"], L["v"] = ld.matrix_rows("dots_qkv", i, (E, E, E))  # (clip.cpp's views of the fused product)
-            qkv_b = ld.host_vector("dots_qkv_b", i, required=False)
-            L["q_b"], L["k_b"], L["v_b"] = (None,) * 3 if qkv_b is None else (qkv_b[:E], qkv_b[E : 2 * E], qkv_b[2 * E :])
-            for r in ("o", "up", "down"):
-                L[r], L[r + "_b"] = ld.matrix(f"v_{r}", i), ld.host_vector(f"v_{r}_b", i, required=False)
-            L["gate"], L["gate_b"] = ld.matrix("dots_gate", i), ld.host_vector("dots_gate_b", i, required=False)
-            self.layers.append(L)
+            self.layers.append(fused_qkv_layer(ld, i, E, E, "dots"))
         self.post_norm = ld.host_vector("dots_post_norm")
         self.in_norm, self.in_norm_b = ld.host_vector("dots_in_norm"), ld.host_vector("dots_in_norm_b")
         self.mm0, self.mm0_b = ld.matrix("dots_mm0"), ld.host_vector("dots_mm0_b")

@@ -33,11 +33,11 @@ import numpy as np
 from ..loaders.errors import KvrunError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
-from ..loaders.quants import dequantize
 from ..ops.backend import Backend
 from .common import TENSOR_NAMES
-from .qwen2vl_image import QUERY_CHUNK, check_pixels, patch_rows, preprocess, target_size, vision_rope, windows
-from .siglip import MmprojEncoder, _f16
+from .dotsocr_image import fused_qkv_layer
+from .qwen2vl_image import QUERY_CHUNK, check_pixels, patch_kernels, patch_rows, preprocess, target_size, vision_rope, windows
+from .siglip import MmprojEncoder
 from .vit_ops import ops_of
 
 __all__ = ["Exaone45Encoder", "grid", "preprocess", "target_size", "kv_heads"]
@@ -74,27 +74,12 @@ class Exaone45Encoder(MmprojEncoder):
         E, p, H = cfg.n_embd, cfg.patch_size, cfg.n_head
         self.n_head_kv = int(g.get("clip.vision.attention.head_count_kv", 0) or 0)  # (loaders/mmproj.py checked it)
         kv = E // H * self.n_head_kv
-        self.kernels = []
-        for name in ("v.patch_embd.weight", "v.patch_embd.weight.1"):
-            t = g.tensors.get(name)
-            if t is None:
-                raise KvrunError(f"{g.path}: tensor {name!r} is missing; the projector file is incomplete")
-            if t.n_elements != E * 3 * p * p:
-                raise KvrunError(f"{g.path}: {name} has shape {t.shape}, expected {(E, 3, p, p)}")
-            self.kernels.append(_f16(dequantize(t.data, t.qtype, t.shape).reshape(E, 3 * p * p).astype(F32)))
+        self.kernels = patch_kernels(g, E, p)
         if "v.patch_embd.bias" in g.tensors:  # (clip.cpp asserts there is none)
             raise UnsupportedModelError(f"{g.path}: v.patch_embd.bias is present; llama.cpp's EXAONE 4.5 graph has no patch bias")
         self.layers = []
         for i in range(cfg.n_layer):
-            L: dict[str, Any] = {}
-            for r in ("ln1", "ln2"):
-                L[r], L[r + "_b"] = ld.host_vector(f"v_{r}", i), ld.host_vector(f"v_{r}_b", i, required=False)
-            L["q"], L["k"], L["v"] = ld.matrix_rows("ex45_qkv", i, (E, kv, kv))  # (clip.cpp's views of the fused product)
-            b = ld.host_vector("ex45_qkv_b", i, required=False)
-            L["q_b"], L["k_b"], L["v_b"] = (None,) * 3 if b is None else (b[:E], b[E : E + kv], b[E + kv :])
-            for r in ("o", "up", "down"):
-                L[r], L[r + "_b"] = ld.matrix(f"v_{r}", i), ld.host_vector(f"v_{r}_b", i, required=False)
-            L["gate"], L["gate_b"] = ld.matrix("ex45_gate", i), ld.host_vector("ex45_gate_b", i, required=False)
+            L = fused_qkv_layer(ld, i, E, kv, "ex45")  # (dots.ocr's block weights, K and V narrower)
             if L["down"].shape[1] == E:  # (clip.cpp's fix for old files, up and down stored swapped: it swaps them back)
                 L["up"], L["down"], L["up_b"], L["down_b"] = L["down"], L["up"], L["down_b"], L["up_b"]
             self.layers.append(L)

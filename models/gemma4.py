@@ -97,6 +97,16 @@ class Gemma4Layer(Gemma3Layer):
     out_scale: float  # layer_output_scale (1: the file has none)
 
 
+def gemma4_ropes(g: GGUFFile, w: WeightLoader, c: ModelConfig, n_ctx: int, all_swa: bool) -> tuple[Any, Any]:
+    """(global, window) rope tables of Gemma 4 and its assistant: the global layers' proportional rope, rope_freqs' 1e30
+    leaving most pairs unturned (llama.cpp requires the tensor wherever a layer is global, so not where ``all_swa``);
+    the window layers' own base and width."""
+    freqs = w.host_vector("rope_freqs", required=not all_swa)
+    rope_global = make_rope(c, n_ctx, c.rope_theta, freqs)
+    c_swa = dataclasses.replace(c, rope_dim=int(g.arch_get("rope.dimension_count_swa", c.rope_dim)))
+    return rope_global, make_rope(c_swa, n_ctx, c.rope_theta_swa or c.rope_theta)
+
+
 class Gemma4Model(Gemma3nModel):
     archs = ("gemma4",)
     takes_images = True  # its forward reads Model.input_embd (a gemma4v picture's rows: runtime/vision_gemma4.py)
@@ -122,12 +132,7 @@ class Gemma4Model(Gemma3nModel):
             self.per_layer_model_proj = w.matrix("per_layer_model_proj")
             self.per_layer_proj_norm = w.vector("per_layer_proj_norm")
         self.layers = [self.load_layer(w, i) for i in range(c.n_layer)]
-        # the global layers' proportional rope: rope_freqs' 1e30 leaves most pairs unturned (llama.cpp requires it
-        # wherever a layer is global); the window layers' own base and width
-        freqs = w.host_vector("rope_freqs", required=not all(L.swa for L in self.layers))
-        self.rope_global = make_rope(c, n_ctx, c.rope_theta, freqs)
-        c_swa = dataclasses.replace(c, rope_dim=int(g.arch_get("rope.dimension_count_swa", c.rope_dim)))
-        self.rope_local = make_rope(c_swa, n_ctx, c.rope_theta_swa or c.rope_theta)
+        self.rope_global, self.rope_local = gemma4_ropes(g, w, c, n_ctx, all(L.swa for L in self.layers))
         self.ones = {d: backend.vector(np.ones(d, np.float32)) for d in {c.n_embd, c.head_dim, self.head_dim_swa}}  # (unweighted RMSNorms)
 
     def load_layer(self, w: WeightLoader, i: int) -> Gemma4Layer:  # type: ignore[override]

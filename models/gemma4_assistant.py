@@ -18,7 +18,6 @@ after what the target's cache holds (Transformers' Gemma 4 assistant, as llama.c
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -30,8 +29,9 @@ from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError, KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
-from .common import TENSOR_NAMES, Model, WeightLoader, make_rope
+from .common import TENSOR_NAMES, Model, WeightLoader
 from .gemma3n import Gemma3nModel
+from .gemma4 import gemma4_ropes
 
 TENSOR_NAMES.update({  # (layer_out_scale as models/gemma4.py names it)
     "layer_out_scale": "blk.{i}.layer_output_scale.weight",
@@ -80,10 +80,7 @@ class Gemma4AssistantModel(Model):
         self.pre_proj = w.matrix("nextn_pre")
         self.post_proj = w.matrix("nextn_post")
         self.blocks = [self.load_block(w, i) for i in range(c.n_layer)]
-        freqs = w.host_vector("rope_freqs", required=not all(b.swa for b in self.blocks))
-        self.rope_global = make_rope(c, n_ctx, c.rope_theta, freqs)
-        c_swa = dataclasses.replace(c, rope_dim=int(g.arch_get("rope.dimension_count_swa", c.rope_dim)))
-        self.rope_local = make_rope(c_swa, n_ctx, c.rope_theta_swa or c.rope_theta)
+        self.rope_global, self.rope_local = gemma4_ropes(g, w, c, n_ctx, all(b.swa for b in self.blocks))  # (Gemma 4's)
 
     def load_block(self, w: WeightLoader, i: int) -> AssistantBlock:
         swa = self.cfg.is_swa(i)

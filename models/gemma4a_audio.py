@@ -54,6 +54,7 @@ from ..ops.backend import Backend
 from .common import WeightLoader
 from .deepseekocr_image import Kernel
 from .gemma4v_image import CLAMP_KEYS, _HostOps
+from .lfm2a_audio import check_mel, host_values
 from .vit_ops import ops_of
 from .whisper_audio import HOP, SAMPLE_RATE, AudioTowerConfig, audio_tower_shape, check_audio_mmproj, need_audio_key, need_audio_tensors
 
@@ -210,14 +211,7 @@ class Gemma4AudioEncoder:
         self.clamps: dict[int, tuple[float, float, float, float]] = {}
 
         def vec(name: str, n: int | None, required: bool = True) -> np.ndarray | None:
-            t = g.tensors.get(name)
-            if t is None:
-                if required:
-                    raise GGUFError(f"{g.path}: tensor {name!r} is missing; the projector file is incomplete")
-                return None
-            if n is not None and t.n_elements != n:
-                raise KvrunError(f"{g.path}: {name} has shape {t.shape}, expected {n} values: not a Gemma 4 audio projector")
-            return dequantize(t.data, t.qtype, t.shape).reshape(-1).astype(F32)
+            return None if not required and name not in g.tensors else host_values(g, name, n, "a Gemma 4 audio")
 
         def mat(name: str, n_in: int, n_out: int | None = None, required: bool = True) -> Any:
             t = g.tensors.get(name)
@@ -289,8 +283,7 @@ class Gemma4AudioEncoder:
 
     def encode_mel(self, mel: np.ndarray) -> np.ndarray:
         """One piece's spectrogram [n_mel, frames] -> its rows (:func:`_forward` on the encoder's device)."""
-        if mel.ndim != 2 or mel.shape[0] != self.cfg.n_mel or mel.shape[1] < 1:
-            raise KvrunError(f"the audio encoder takes a spectrogram [{self.cfg.n_mel}, frames], got {list(mel.shape)}")
+        check_mel(mel, self.cfg.n_mel, 1)
         return _forward(ops_of(self, host=_HostOps), self, mel)
 
     @contextmanager

@@ -42,11 +42,11 @@ import numpy as np
 
 from ..loaders.errors import GGUFError, KvrunError
 from ..loaders.gguf_file import GGUFFile
-from ..loaders.quants import dequantize
 from ..ops.backend import Backend
 from .common import TENSOR_NAMES, WeightLoader
+from .lfm2a_audio import host_values
 from .vit_ops import ops_of
-from .whisper_audio import HOP, SAMPLE_RATE, check_audio_mmproj, need_audio_key
+from .whisper_audio import HOP, SAMPLE_RATE, check_audio_mmproj, need_audio_key, need_audio_tensors
 
 PROJECTOR = "granite_speech"
 N_FFT, WINDOW, MEL_FLOOR = 512, 400, 1e-10  # (clip.cpp's settings for the preprocessor)
@@ -105,9 +105,7 @@ def load_granite_speech_config(g: GGUFFile) -> GraniteSpeechConfig:
     def need(key: str) -> int:
         return int(need_audio_key(g, key))
 
-    for name in ("a.input_projection.weight", "a.enc_ctc_out.weight", "a.proj_query", "a.proj_linear.weight"):
-        if name not in g.tensors:
-            raise GGUFError(f"{g.path}: tensor {name!r} is missing; the projector file is incomplete")
+    need_audio_tensors(g, ("a.input_projection.weight", "a.enc_ctc_out.weight", "a.proj_query", "a.proj_linear.weight"))
     E = need("embedding_length")
     cfg = GraniteSpeechConfig(
         projector_type=PROJECTOR,
@@ -196,12 +194,7 @@ class GraniteSpeechEncoder:
         d = E // H
 
         def host(name: str, n: int) -> np.ndarray:
-            t = g.tensors.get(name)
-            if t is None:
-                raise GGUFError(f"{g.path}: tensor {name!r} is missing; the projector file is incomplete")
-            if t.n_elements != n:
-                raise KvrunError(f"{g.path}: {name} has shape {t.shape}, expected {n} values: not a Granite Speech projector")
-            return dequantize(t.data, t.qtype, t.shape).reshape(-1).astype(np.float32)
+            return host_values(g, name, n, "a Granite Speech")
 
         ld = WeightLoader(g, backend)
 

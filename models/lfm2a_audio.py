@@ -158,6 +158,25 @@ def rel_pos_table(T: int) -> np.ndarray:
     return out
 
 
+def host_values(g: GGUFFile, name: str, n: int | None, what: str) -> np.ndarray:
+    """The projector tensor ``name`` as ``n`` float32 values (any count where ``n`` is None), dequantized on the host:
+    a missing tensor a GGUFError, another count a KvrunError saying the file is not ``what`` ("an LFM2-Audio")
+    projector.  (The audio towers' small tensors: kernels, biases, tables, a bank or a window.)"""
+    t = g.tensors.get(name)
+    if t is None:
+        raise GGUFError(f"{g.path}: tensor {name!r} is missing; the projector file is incomplete")
+    if n is not None and t.n_elements != n:
+        raise KvrunError(f"{g.path}: {name} has shape {t.shape}, expected {n} values: not {what} projector")
+    return dequantize(t.data, t.qtype, t.shape).reshape(-1).astype(np.float32)
+
+
+def check_mel(mel: np.ndarray, n_mel: int, min_frames: int) -> None:
+    """A one-line error unless ``mel`` is a spectrogram [n_mel, frames] of ``min_frames`` frames or more (the audio
+    towers' :meth:`encode_mel`)."""
+    if mel.ndim != 2 or mel.shape[0] != n_mel or mel.shape[1] < min_frames:
+        raise KvrunError(f"the audio encoder takes a spectrogram [{n_mel}, frames], got {list(mel.shape)}")
+
+
 # --- the encoder -------------------------------------------------------------------------------------------------
 
 
@@ -169,12 +188,7 @@ class Lfm2AudioEncoder:
         E, C, H = cfg.n_embd, cfg.n_sub, cfg.n_head
 
         def host(name: str, n: int) -> np.ndarray:
-            t = g.tensors.get(name)
-            if t is None:
-                raise GGUFError(f"{g.path}: tensor {name!r} is missing; the projector file is incomplete")
-            if t.n_elements != n:
-                raise KvrunError(f"{g.path}: {name} has shape {t.shape}, expected {n} values: not an LFM2-Audio projector")
-            return dequantize(t.data, t.qtype, t.shape).reshape(-1).astype(np.float32)
+            return host_values(g, name, n, "an LFM2-Audio")
 
         # (ggml_conv_2d runs on F16 patches times the kernel rounded to F16, whatever type the file stores it in:
         # measured on the tiny pair with an F32 kernel, the rows 2e-3 off libmtmd's in float32, 2e-6 so)
@@ -224,8 +238,7 @@ class Lfm2AudioEncoder:
 
     def encode_mel(self, mel: np.ndarray) -> np.ndarray:
         """A spectrogram [n_mel, frames] -> its rows (:func:`_forward` on the encoder's device)."""
-        if mel.ndim != 2 or mel.shape[0] != self.cfg.n_mel or mel.shape[1] < 2:
-            raise KvrunError(f"the audio encoder takes a spectrogram [{self.cfg.n_mel}, frames], got {list(mel.shape)}")
+        check_mel(mel, self.cfg.n_mel, 2)
         return _forward(ops_of(self), self, mel)
 
 

@@ -51,7 +51,7 @@ from .common import TENSOR_NAMES, WeightLoader
 from .deepseekocr2_image import rope_table
 from .granite_speech_audio import htk_mel_filters
 from .vit_ops import ops_of
-from .whisper_audio import SAMPLE_RATE, _f16, check_audio_mmproj, need_audio_key, unfold3
+from .whisper_audio import SAMPLE_RATE, _f16, check_audio_mmproj, need_audio_key, need_audio_tensors, unfold3
 
 PROJECTOR = "mimo_audio"
 RATE, N_FFT, HOP, MEL_FLOOR = 24000, 960, 240, 1e-7  # (clip.cpp's settings for the preprocessor)
@@ -121,9 +121,8 @@ def load_mimo_audio_config(g: GGUFFile) -> MimoAudioConfig:
             raise GGUFError(f"{g.path}: {key} is missing; the projector file is incomplete")
         return tuple(int(x) for x in np.asarray(v, np.int64).reshape(-1))
 
-    for name in ("a.conv1d.1.weight", "a.downsample.conv.weight", "a.rvq.codebook.weight", "mm.a.code_embd.weight", "mm.a.mlp.2.weight"):
-        if name not in g.tensors:
-            raise GGUFError(f"{g.path}: tensor {name!r} is missing; the projector file is incomplete")
+    need_audio_tensors(g, ("a.conv1d.1.weight", "a.downsample.conv.weight", "a.rvq.codebook.weight", "mm.a.code_embd.weight",
+                           "mm.a.mlp.2.weight"))
     E = need("embedding_length")
     cfg = MimoAudioConfig(
         projector_type=PROJECTOR,

@@ -32,11 +32,10 @@ import numpy as np
 from ..loaders.errors import GGUFError, KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..loaders.mmproj import MmprojConfig
-from ..loaders.quants import dequantize
 from ..ops.backend import Backend
 from . import qwen2vl_image
-from .qwen2vl_image import MERGE, Qwen2VLEncoder, check_pixels, patch_rows, target_size, vision_rope
-from .siglip import MmprojEncoder, _f16
+from .qwen2vl_image import MERGE, Qwen2VLEncoder, check_pixels, patch_kernels, patch_rows, target_size, vision_rope
+from .siglip import MmprojEncoder
 from .vit_ops import ops_of
 
 POST_LN_EPS = 1e-6  # (clip_graph_mimovl's merger LayerNorm: fixed, not the file's)
@@ -96,14 +95,7 @@ class MimoVLEncoder(MmprojEncoder):
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
         ld = self._begin(g, cfg, backend, patches=False)  # (two patch kernels, below)
         E, p = cfg.n_embd, cfg.patch_size
-        self.kernels = []
-        for name in ("v.patch_embd.weight", "v.patch_embd.weight.1"):
-            t = g.tensors.get(name)
-            if t is None:
-                raise KvrunError(f"{g.path}: tensor {name!r} is missing; the projector file is incomplete")
-            if t.n_elements != E * 3 * p * p:
-                raise KvrunError(f"{g.path}: {name} has shape {t.shape}, expected {(E, 3, p, p)}")
-            self.kernels.append(_f16(dequantize(t.data, t.qtype, t.shape).reshape(E, 3 * p * p).astype(np.float32)))
+        self.kernels = patch_kernels(g, E, p)
         modes = g.get("clip.vision.wa_pattern_mode")
         self.n_head_kv = int(g.get("clip.vision.attention.head_count_kv", 0) or 0)
         self.window = int(g.get("clip.vision.window_size", 0) or 0)

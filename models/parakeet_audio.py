@@ -41,7 +41,6 @@ import numpy as np
 
 from ..loaders.errors import GGUFError, KvrunError
 from ..loaders.gguf_file import GGUFFile
-from ..loaders.quants import dequantize
 from ..ops.backend import Backend
 from . import lfm2a_audio as C  # (the FastConformer's functions; importing it names the "lfa_*" tensor roles)
 from .common import TENSOR_NAMES, WeightLoader
@@ -156,12 +155,7 @@ class ParakeetEncoder:
         E, Cs, H, K = cfg.n_embd, cfg.n_sub, cfg.n_head, cfg.kernel
 
         def host(name: str, n: int) -> np.ndarray:
-            t = g.tensors.get(name)
-            if t is None:
-                raise GGUFError(f"{g.path}: tensor {name!r} is missing; the projector file is incomplete")
-            if t.n_elements != n:
-                raise KvrunError(f"{g.path}: {name} has shape {t.shape}, expected {n} values: not a Parakeet projector")
-            return dequantize(t.data, t.qtype, t.shape).reshape(-1).astype(np.float32)
+            return C.host_values(g, name, n, "a Parakeet")
 
         self.filters = host("a.mel_filters", cfg.n_mel * (N_FFT // 2 + 1)).reshape(cfg.n_mel, N_FFT // 2 + 1)
         self.window = host("a.window", WINDOW)
@@ -226,8 +220,7 @@ class ParakeetEncoder:
 
     def encode_mel(self, mel: np.ndarray) -> np.ndarray:
         """A spectrogram [n_mel, frames] -> its rows (:func:`_forward` on the encoder's device)."""
-        if mel.ndim != 2 or mel.shape[0] != self.cfg.n_mel or mel.shape[1] < 2:
-            raise KvrunError(f"the audio encoder takes a spectrogram [{self.cfg.n_mel}, frames], got {list(mel.shape)}")
+        C.check_mel(mel, self.cfg.n_mel, 2)
         return _forward(ops_of(self), self, mel)
 
 

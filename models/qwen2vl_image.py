@@ -143,6 +143,21 @@ def windows(npx: int, npy: int, patch: int, window: int = WINDOW) -> np.ndarray:
     return (by // g) * (-(-nbx // g)) + bx // g
 
 
+def patch_kernels(g: GGUFFile, E: int, p: int) -> list[np.ndarray]:
+    """The two patch kernels ``v.patch_embd.weight`` and ``v.patch_embd.weight.1`` (clip.cpp's two frames of the
+    temporal patch) as [E, 3 p p] float32 rounded to F16 (ggml_conv_2d's kernel); a missing or misshapen one a
+    KvrunError.  (Qwen2-VL's layout, kept by the encoders built on it.)"""
+    kernels = []
+    for name in ("v.patch_embd.weight", "v.patch_embd.weight.1"):
+        t = g.tensors.get(name)
+        if t is None:
+            raise KvrunError(f"{g.path}: tensor {name!r} is missing; the projector file is incomplete")
+        if t.n_elements != E * 3 * p * p:
+            raise KvrunError(f"{g.path}: {name} has shape {t.shape}, expected {(E, 3, p, p)}")
+        kernels.append(_f16(dequantize(t.data, t.qtype, t.shape).reshape(E, 3 * p * p).astype(np.float32)))
+    return kernels
+
+
 class Qwen2VLEncoder(MmprojEncoder):
     """Qwen2-VL's or Qwen2.5-VL's vision encoder and merger from an mmproj file: :meth:`encode` pixels into rows."""
 
@@ -150,15 +165,7 @@ class Qwen2VLEncoder(MmprojEncoder):
         ld = self._begin(g, cfg, backend, patches=False)  # (two patch kernels, below)
         self.rms = cfg.projector_type == "qwen2.5vl_merger"  # (2.5: RMSNorm; 2: LayerNorm)
         E, p = cfg.n_embd, cfg.patch_size
-        self.kernels = []
-        for name in ("v.patch_embd.weight", "v.patch_embd.weight.1"):
-            t = g.tensors.get(name)
-            if t is None:
-                raise KvrunError(f"{g.path}: tensor {name!r} is missing; the projector file is incomplete")
-            if t.n_elements != E * 3 * p * p:
-                raise KvrunError(f"{g.path}: {name} has shape {t.shape}, expected {(E, 3, p, p)}")
-            k = dequantize(t.data, t.qtype, t.shape).reshape(E, 3 * p * p).astype(np.float32)
-            self.kernels.append(_f16(k))
+        self.kernels = patch_kernels(g, E, p)
         if "v.patch_embd.bias" in g.tensors:  # (clip.cpp asserts there is none)
             raise UnsupportedModelError(f"{g.path}: v.patch_embd.bias is present; llama.cpp's Qwen2-VL graph has no patch bias")
         self.layers = []

@@ -10,27 +10,18 @@ projector's width goes with it (the width is checked in runtime/vision.py).
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from ..models import nemotronvl_image
 from ..models.nemotronvl_image import NemotronVLEncoder
+from .vision_janus import JanusProLayout
 
 
-class NemotronVLLayout:
-    """The picture layout of a Nemotron Nano VL projector beside ``engine``'s model."""
+class NemotronVLLayout(JanusProLayout):
+    """The picture layout of a Nemotron Nano VL projector beside ``engine``'s model: Janus-Pro's (one square's rows
+    whatever the picture's size, -1 ids, no marker tokens), Nemotron Nano VL's pixels."""
 
-    def __init__(self, engine: Any, encoder: NemotronVLEncoder) -> None:
-        self.engine, self.encoder = engine, encoder
-
-    def ids(self, image: np.ndarray) -> list[int]:
-        """The image chunk's ids: -1 for each row (as the fixture records mtmd's chunks)."""
-        return [-1] * self.n_positions(image.shape[1], image.shape[0])
-
-    def n_positions(self, w: int, h: int) -> int:
-        """Positions a w x h picture's rows take: one square's, whatever its size."""
-        return self.encoder.cfg.n_tokens
+    encoder: NemotronVLEncoder
 
     def rows(self, image: np.ndarray) -> np.ndarray:
         """The picture's rows [n_positions, n_embd]: its square encoded."""

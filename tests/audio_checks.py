@@ -65,6 +65,28 @@ def cpu_encoder(path: Path, encoder: Callable, load: Callable) -> Any:
     return encoder(g, load(g), get_backend("cpu"))
 
 
+def tower_fixtures(name: str, write_text: Callable[[Path], Path], write_mmproj: Callable[[Path], Path], fx, tower: Callable,
+                   load: Callable, n_ctx: int) -> tuple[Callable, Callable, Callable]:  # fmt: skip
+    """A tower's three module fixtures, ``pair, encoder, audio = tower_fixtures(...)`` in its test file: ``pair`` the
+    tiny text model and projector written into a folder ``name`` (:func:`audio_pair`: the very bytes ``fx`` was made
+    from), ``encoder`` the projector's ``tower`` on the CPU (:func:`cpu_encoder`, its config as ``load`` reads it),
+    ``audio`` the text model of ``n_ctx`` with its projector (:func:`audio_of`)."""
+
+    @pytest.fixture(scope="module")
+    def pair(tmp_path_factory) -> dict:
+        return audio_pair(tmp_path_factory, name, write_text, write_mmproj, fx)
+
+    @pytest.fixture(scope="module")
+    def encoder(pair) -> Any:
+        return cpu_encoder(pair["mmproj"], tower, load)
+
+    @pytest.fixture(scope="module")
+    def audio(pair):
+        return audio_of(pair, n_ctx)
+
+    return pair, encoder, audio
+
+
 def check_clip_rows(encoder, fx, name: str, shape: tuple[int, int], atol: float) -> None:
     """The clip ``name`` encoded is ``embd_<name>`` of ``fx``, of ``shape``, within ``atol``."""
     from kvrun.models.whisper_audio import load_wav

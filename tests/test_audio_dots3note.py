@@ -13,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from audio_checks import (CLIPS, audio_of, audio_pair, check_clip_rows, check_gpu_mel_rows, check_info, check_logits, check_lone_marker,
-                          check_missing_tensor, check_other_width, check_run_takes_the_clip, check_too_short, config_of, cpu_encoder, needs_gpu)  # fmt: skip
+from audio_checks import (CLIPS, check_clip_rows, check_gpu_mel_rows, check_info, check_logits, check_lone_marker, check_missing_tensor,
+                          check_other_width, check_run_takes_the_clip, check_too_short, config_of, needs_gpu, tower_fixtures)  # fmt: skip
 
 from kvrun.models import dots3note_audio as d3a
 from kvrun.models.dots3note_audio import Dots3NoteAudioEncoder, load_dots3note_audio_config, log_mel, n_rows
 from kvrun.models.whisper_audio import load_wav
-from kvrun.runtime.audio import Audio
 from tiny_audio_dots3note import A_EMBD, A_LAYER, C_CONV, N_MEL, N_TEXT, write_tiny_dots3note_mmproj, write_tiny_dots3note_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
@@ -38,20 +37,9 @@ ATOL = {"short": 2e-4, "long": 2e-3}
 MEL_ATOL, MEL_MEAN = 1e-4, 1e-5
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> dict:
-    """The tiny text model and projector, the very bytes the fixture was made from."""
-    return audio_pair(tmp_path_factory, "dots3note", write_tiny_dots3note_text, write_tiny_dots3note_mmproj, FIX)
-
-
-@pytest.fixture(scope="module")
-def encoder(pair) -> Dots3NoteAudioEncoder:
-    return cpu_encoder(pair["mmproj"], Dots3NoteAudioEncoder, load_dots3note_audio_config)
-
-
-@pytest.fixture(scope="module")
-def audio(pair) -> Audio:
-    return audio_of(pair, N_CTX)
+# the tiny text model and projector (the very bytes the fixture was made from), its CPU Dots3NoteAudioEncoder and Audio
+pair, encoder, audio = tower_fixtures("dots3note", write_tiny_dots3note_text, write_tiny_dots3note_mmproj,
+                                      FIX, Dots3NoteAudioEncoder, load_dots3note_audio_config, N_CTX)
 
 
 def test_the_config_reads_the_stem_and_the_vit(pair):

@@ -14,14 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from audio_checks import (CLIPS, audio_of, audio_pair, check_gpu_mel_rows, check_info, check_logits, check_lone_marker, check_mel_rows,
-                          check_missing_tensor, check_other_width, check_run_takes_the_clip, check_too_short, config_of, cpu_encoder,
-                          needs_gpu)  # fmt: skip
+from audio_checks import (CLIPS, check_gpu_mel_rows, check_info, check_logits, check_lone_marker, check_mel_rows, check_missing_tensor,
+                          check_other_width, check_run_takes_the_clip, check_too_short, config_of, needs_gpu, tower_fixtures)  # fmt: skip
 
 from kvrun.models import gemma4a_audio
 from kvrun.models.gemma4a_audio import Gemma4AudioEncoder, load_gemma4a_config, log_mel
 from kvrun.models.whisper_audio import load_wav
-from kvrun.runtime.audio import Audio
 from tiny_audio_gemma4a import A_EMBD, AUDIO_TOKENS, N_MEL, N_TEXT, write_tiny_gemma4a_mmproj, write_tiny_gemma4a_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
@@ -38,20 +36,9 @@ MEL_ATOL, WAV_ATOL = 1e-4, 2e-3
 LOGITS_ATOL = 1e-2
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> dict:
-    """The tiny text model and projector, the very bytes the fixture was made from."""
-    return audio_pair(tmp_path_factory, "gemma4a", write_tiny_gemma4a_text, write_tiny_gemma4a_mmproj, FIX)
-
-
-@pytest.fixture(scope="module")
-def encoder(pair) -> Gemma4AudioEncoder:
-    return cpu_encoder(pair["mmproj"], Gemma4AudioEncoder, load_gemma4a_config)
-
-
-@pytest.fixture(scope="module")
-def audio(pair) -> Audio:
-    return audio_of(pair, N_CTX)
+# the tiny text model and projector (the very bytes the fixture was made from), its CPU Gemma4AudioEncoder and Audio
+pair, encoder, audio = tower_fixtures("gemma4a", write_tiny_gemma4a_text, write_tiny_gemma4a_mmproj,
+                                      FIX, Gemma4AudioEncoder, load_gemma4a_config, N_CTX)
 
 
 def pieces_of(name: str) -> list[np.ndarray]:

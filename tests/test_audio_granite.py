@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from audio_checks import (CLIPS, audio_of, audio_pair, check_gpu_mel_rows, check_info, check_logits, check_lone_marker, check_mel_rows,
-                          check_missing_tensor, check_other_width, check_run_takes_the_clip, check_too_short, config_of, cpu_encoder,
-                          needs_gpu)  # fmt: skip
+from audio_checks import (CLIPS, check_gpu_mel_rows, check_info, check_logits, check_lone_marker, check_mel_rows, check_missing_tensor,
+                          check_other_width, check_run_takes_the_clip, check_too_short, config_of, needs_gpu, tower_fixtures)  # fmt: skip
 from vision_checks import check_files
 
 from kvrun.loaders.gguf_file import GGUFFile
@@ -22,7 +21,6 @@ from kvrun.models import granite_speech_audio as gsa
 from kvrun.models.granite_speech_audio import GraniteSpeechEncoder, load_granite_speech_config, log_mel
 from kvrun.models.whisper_audio import load_wav, mel_filters
 from kvrun.ops import get_backend
-from kvrun.runtime.audio import Audio
 from tiny_audio_granite import A_EMBD, A_LAYER, CHUNK, N_MEL, N_TEXT, write_tiny_granite_speech_mmproj, write_tiny_granite_speech_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
@@ -42,20 +40,9 @@ ATOL = {"short": 2e-4, "long": 2e-3}
 MEL_ATOL, MEL_MEAN = 1e-4, 1e-5
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> dict:
-    """The tiny text model and projector, the very bytes the fixture was made from."""
-    return audio_pair(tmp_path_factory, "granite_speech", write_tiny_granite_speech_text, write_tiny_granite_speech_mmproj, FIX)
-
-
-@pytest.fixture(scope="module")
-def encoder(pair) -> GraniteSpeechEncoder:
-    return cpu_encoder(pair["mmproj"], GraniteSpeechEncoder, load_granite_speech_config)
-
-
-@pytest.fixture(scope="module")
-def audio(pair) -> Audio:
-    return audio_of(pair, N_CTX)
+# the tiny text model and projector (the very bytes the fixture was made from), its CPU GraniteSpeechEncoder and Audio
+pair, encoder, audio = tower_fixtures("granite_speech", write_tiny_granite_speech_text, write_tiny_granite_speech_mmproj,
+                                      FIX, GraniteSpeechEncoder, load_granite_speech_config, N_CTX)
 
 
 def test_the_config_reads_the_encoder_the_blocks_and_the_windows(pair):

@@ -12,14 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from audio_checks import (CLIPS, audio_of, audio_pair, check_gpu_mel_rows, check_info, check_logits, check_lone_marker, check_mel_rows,
-                          check_missing_tensor, check_other_width, check_run_takes_the_clip, check_too_short, config_of, cpu_encoder,
-                          needs_gpu)  # fmt: skip
+from audio_checks import (CLIPS, check_gpu_mel_rows, check_info, check_logits, check_lone_marker, check_mel_rows, check_missing_tensor,
+                          check_other_width, check_run_takes_the_clip, check_too_short, config_of, needs_gpu, tower_fixtures)  # fmt: skip
 
 from kvrun.models import lfm2a_audio
 from kvrun.models.lfm2a_audio import Lfm2AudioEncoder, load_lfm2a_config, log_mel
 from kvrun.models.whisper_audio import load_wav
-from kvrun.runtime.audio import Audio
 from tiny_audio_lfm2a import A_EMBD, C_SUB, N_MEL, N_TEXT, write_tiny_lfm2a_mmproj, write_tiny_lfm2a_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
@@ -36,20 +34,9 @@ ATOL = {"short": 1e-4, "long": 2e-3}  # (tests/test_audio2.py's bounds, rows fro
 MEL_ATOL, MEL_MEAN, WAV_ATOL = 1e-2, 1e-4, 2e-2
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> dict:
-    """The tiny text model and projector, the very bytes the fixture was made from."""
-    return audio_pair(tmp_path_factory, "lfm2a", write_tiny_lfm2a_text, write_tiny_lfm2a_mmproj, FIX)
-
-
-@pytest.fixture(scope="module")
-def encoder(pair) -> Lfm2AudioEncoder:
-    return cpu_encoder(pair["mmproj"], Lfm2AudioEncoder, load_lfm2a_config)
-
-
-@pytest.fixture(scope="module")
-def audio(pair) -> Audio:
-    return audio_of(pair, N_CTX)
+# the tiny text model and projector (the very bytes the fixture was made from), its CPU Lfm2AudioEncoder and Audio
+pair, encoder, audio = tower_fixtures("lfm2a", write_tiny_lfm2a_text, write_tiny_lfm2a_mmproj,
+                                      FIX, Lfm2AudioEncoder, load_lfm2a_config, N_CTX)
 
 
 def test_the_config_reads_the_encoder_and_the_subsamplings_width(pair):

@@ -13,15 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from audio_checks import (CLIPS, audio_of, audio_pair, check_clip_rows, check_gpu_mel_rows, check_info, check_logits, check_lone_marker,
-                          check_missing_tensor, check_other_width, check_run_takes_the_clip, check_too_short, config_of, cpu_encoder,
-                          needs_gpu)  # fmt: skip
+from audio_checks import (CLIPS, check_clip_rows, check_gpu_mel_rows, check_info, check_logits, check_lone_marker, check_missing_tensor,
+                          check_other_width, check_run_takes_the_clip, check_too_short, config_of, needs_gpu, tower_fixtures)  # fmt: skip
 
 from kvrun.models import mimo_audio as M
 from kvrun.models.mimo_audio import MimoAudioEncoder, load_mimo_audio_config, log_mel, resample
 from kvrun.models.whisper_audio import load_wav
 from kvrun.ops import get_backend
-from kvrun.runtime.audio import Audio
 from tiny_audio_mimo import A_EMBD, A_LAYER, BINS, GROUP, MARKERS, MODES, N_MEL, N_TEXT_EMBD, WINDOW
 from tiny_audio_mimo import write_tiny_mimo_audio_mmproj, write_tiny_mimo_audio_text
 
@@ -39,20 +37,9 @@ ATOL = {"short": 2e-4, "long": 2e-3}
 MEL_ATOL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> dict:
-    """The tiny text model and projector, the very bytes the fixture was made from."""
-    return audio_pair(tmp_path_factory, "mimo_audio", write_tiny_mimo_audio_text, write_tiny_mimo_audio_mmproj, FIX)
-
-
-@pytest.fixture(scope="module")
-def encoder(pair) -> MimoAudioEncoder:
-    return cpu_encoder(pair["mmproj"], MimoAudioEncoder, load_mimo_audio_config)
-
-
-@pytest.fixture(scope="module")
-def audio(pair) -> Audio:
-    return audio_of(pair, N_CTX)
+# the tiny text model and projector (the very bytes the fixture was made from), its CPU MimoAudioEncoder and Audio
+pair, encoder, audio = tower_fixtures("mimo_audio", write_tiny_mimo_audio_text, write_tiny_mimo_audio_mmproj,
+                                      FIX, MimoAudioEncoder, load_mimo_audio_config, N_CTX)
 
 
 def test_the_config_reads_the_encoder_the_quantizer_and_the_groups(pair):

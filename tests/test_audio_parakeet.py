@@ -13,13 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from audio_checks import (CLIPS, audio_of, audio_pair, check_gpu_mel_rows, check_info, check_logits, check_lone_marker, check_mel_rows,
-                          check_missing_tensor, check_other_width, check_run_takes_the_clip, check_too_short, config_of, cpu_encoder,
-                          needs_gpu)  # fmt: skip
+from audio_checks import (CLIPS, check_gpu_mel_rows, check_info, check_logits, check_lone_marker, check_mel_rows, check_missing_tensor,
+                          check_other_width, check_run_takes_the_clip, check_too_short, config_of, needs_gpu, tower_fixtures)  # fmt: skip
 
 from kvrun.models.parakeet_audio import ParakeetEncoder, load_parakeet_config, log_mel
 from kvrun.models.whisper_audio import load_wav
-from kvrun.runtime.audio import Audio
 from tiny_audio_parakeet import A_EMBD, C_SUB, K_DW, N_MEL, N_TEXT, write_tiny_parakeet_mmproj, write_tiny_parakeet_text
 from vision_checks import one_line_error
 
@@ -35,20 +33,9 @@ ATOL = {"short": 1e-4, "long": 2e-3}  # (tests/test_audio2.py's bounds, rows fro
 MEL_ATOL, WAV_ATOL = 1e-4, 2e-3
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> dict:
-    """The tiny text model and projector, the very bytes the fixture was made from."""
-    return audio_pair(tmp_path_factory, "parakeet", write_tiny_parakeet_text, write_tiny_parakeet_mmproj, FIX)
-
-
-@pytest.fixture(scope="module")
-def encoder(pair) -> ParakeetEncoder:
-    return cpu_encoder(pair["mmproj"], ParakeetEncoder, load_parakeet_config)
-
-
-@pytest.fixture(scope="module")
-def audio(pair) -> Audio:
-    return audio_of(pair, N_CTX)
+# the tiny text model and projector (the very bytes the fixture was made from), its CPU ParakeetEncoder and Audio
+pair, encoder, audio = tower_fixtures("parakeet", write_tiny_parakeet_text, write_tiny_parakeet_mmproj,
+                                      FIX, ParakeetEncoder, load_parakeet_config, N_CTX)
 
 
 def test_the_config_reads_the_encoder_the_subsamplings_width_and_the_kernel(pair):

@@ -19,8 +19,8 @@ from kvrun.ops import get_backend
 from kvrun.runtime import vision_deepseekocr
 from tiny_vision_deepseekocr import V_EMBD, write_tiny_deepseekocr_mmproj, write_tiny_deepseekocr_text
 from vision_checks import (
-    block_ids, check_between, check_cli_run, check_logits, fixture, load_vision, mmproj_config, one_line_error, pictures, tiny_pair,
-    without_tensor,
+    block_ids, check_cli_run, check_logits, check_newline_after, check_refused_beside, fixture, load_vision, mmproj_config, one_line_error,
+    pictures, tiny_pair, without_tensor,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
@@ -118,8 +118,7 @@ def test_the_fixture_tells_each_of_sams_attention_steps(layouts, monkeypatch, dr
 @pytest.mark.parametrize("name", list(IMAGES))
 def test_a_pictures_rows_come_before_a_newline(vision, name):
     """No token before the image chunk, ``"\\n"`` after it (libmtmd's img_end, tokenized on its own)."""
-    n = check_between(vision, FIX, PICTURES[name], f"f32_{name}", "", "")
-    assert FIX[f"ids_f32_{name}"][-1] == 10 and n == len(FIX[f"ids_f32_{name}"])
+    check_newline_after(vision, FIX, PICTURES[name], name)
 
 
 @pytest.mark.parametrize("k", range(len(PROMPTS)))
@@ -132,11 +131,8 @@ def test_logits_after_pictures_and_text_match_llama_cpp(vision, k):
 
 
 def test_another_text_model_is_refused_in_one_line(pair, tiny_llama_path):
-    from kvrun.runtime.engine import Engine
-    from kvrun.runtime.vision import Vision
-
-    with one_line_error(r"a deepseekocr projector goes with a DeepSeek-OCR text model \(deepseek2-ocr\), not llama"):
-        Vision(Engine(tiny_llama_path, n_ctx=64), pair["f32"])
+    says = r"a deepseekocr projector goes with a DeepSeek-OCR text model \(deepseek2-ocr\), not llama"
+    check_refused_beside(tiny_llama_path, pair["f32"], says)
 
 
 def test_cli_run_takes_a_deepseekocr_picture(pair, tmp_path):

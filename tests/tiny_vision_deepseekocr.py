@@ -17,6 +17,7 @@ in 16-pixel patches, 640-pixel tiles), so only the widths are toy: SAM 16 wide (
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 from gguf import GGMLQuantizationType
@@ -46,8 +47,27 @@ def write_tiny_deepseekocr_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0,
     w.add_uint32("clip.vision.window_size", WINDOW)
     mat, vec = _random_tensors(w, rng, qtype)
     tensor = tensor_writer(w, rng, qtype)
+    n_side = write_sam(w, mat, vec, tensor, rng, V_EMBD)
+    # CLIP-L: its patches are SAM's features, a CLS token first
+    w.add_tensor("v.class_embd", (rng.standard_normal(V_EMBD) * 0.5).astype(np.float32))
+    n_pos = (n_side // 4) ** 2 + 1
+    w.add_tensor("v.position_embd.weight", (rng.standard_normal((n_pos, V_EMBD)) * 0.5).astype(np.float32))
+    vec("v.pre_ln.weight", V_EMBD)
+    vec("v.pre_ln.bias", V_EMBD, 0.0)
+    write_vit_blocks(mat, vec, V_LAYER, V_EMBD, V_FF)
+    # the projector and its two rows
+    mat("mm.model.fc.weight", n_text_embd, 2 * V_EMBD, 0.08)  # (rows ~10, as the other tiny projectors')
+    vec("mm.model.fc.bias", n_text_embd, 0.0)
+    vec("v.image_newline", n_text_embd, 0.0, 1.0)
+    vec("v.view_seperator", n_text_embd, 0.0, 1.0)
+    return _finish(w, path)
+
+
+def write_sam(w: Any, mat: Callable, vec: Callable, tensor: Callable, rng: np.random.Generator, out: int) -> int:
+    """SAM ViT-B under ``v.sam.*`` as both DeepSeek-OCR converters write it, ``net_3`` making ``out`` channels (the
+    next encoder's width): the patch convolution, learned positions, the blocks (layer 2 global, the others windowed),
+    the neck and ``net_2`` / ``net_3``.  Returns the positions' side (the 1024-pixel view's patches a side)."""
     n_side, d = IMAGE_SIZE // PATCH, SAM_EMBD // SAM_HEAD
-    # SAM
     tensor("v.sam.patch_embd.weight", (SAM_EMBD, 3, PATCH, PATCH), 0.05)
     vec("v.sam.patch_embd.bias", SAM_EMBD, 0.0)
     w.add_tensor("v.sam.pos_embd.weight", (rng.standard_normal((1, n_side, n_side, SAM_EMBD)) * 0.5).astype(np.float32))
@@ -75,20 +95,8 @@ def write_tiny_deepseekocr_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0,
     vec("v.sam.neck.3.weight", NECK)
     vec("v.sam.neck.3.bias", NECK, 0.0)
     tensor("v.sam.net_2.weight", (2 * NECK, NECK, 3, 3), 0.15)
-    tensor("v.sam.net_3.weight", (V_EMBD, 2 * NECK, 3, 3), 0.1)
-    # CLIP-L: its patches are SAM's features, a CLS token first
-    w.add_tensor("v.class_embd", (rng.standard_normal(V_EMBD) * 0.5).astype(np.float32))
-    n_pos = (n_side // 4) ** 2 + 1
-    w.add_tensor("v.position_embd.weight", (rng.standard_normal((n_pos, V_EMBD)) * 0.5).astype(np.float32))
-    vec("v.pre_ln.weight", V_EMBD)
-    vec("v.pre_ln.bias", V_EMBD, 0.0)
-    write_vit_blocks(mat, vec, V_LAYER, V_EMBD, V_FF)
-    # the projector and its two rows
-    mat("mm.model.fc.weight", n_text_embd, 2 * V_EMBD, 0.08)  # (rows ~10, as the other tiny projectors')
-    vec("mm.model.fc.bias", n_text_embd, 0.0)
-    vec("v.image_newline", n_text_embd, 0.0, 1.0)
-    vec("v.view_seperator", n_text_embd, 0.0, 1.0)
-    return _finish(w, path)
+    tensor("v.sam.net_3.weight", (out, 2 * NECK, 3, 3), 0.1)
+    return n_side
 
 
 def write_tiny_deepseekocr_text(path: Path, qtype: int = Q.F32, seed: int = 1, chat_template: str | None = None) -> Path:

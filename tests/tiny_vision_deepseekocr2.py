@@ -22,13 +22,13 @@ from gguf import GGMLQuantizationType
 
 from tiny_text_sides import GEOMETRY, write_tiny_text_side
 from tiny_vision import mmproj_writer, tensor_writer
+from tiny_vision_deepseekocr import SAM_EMBD, SAM_HEAD, SAM_LAYER, WINDOW, write_sam  # (SAM: DeepSeek-OCR's)
 from tinymodel import _finish, _random_tensors
 
 Q = GGMLQuantizationType
 
 IMAGE_SIZE, PATCH, TILE = 1024, 16, 768
 V_EMBD, V_FF, V_LAYER, V_HEAD, V_HEAD_KV = 32, 48, 2, 4, 2  # the Qwen2 encoder
-SAM_EMBD, SAM_FF, SAM_LAYER, SAM_HEAD, WINDOW, NECK = 16, 32, 3, 2, 14, 8
 MEAN, STD = (0.5, 0.45, 0.4), (0.5, 0.55, 0.6)  # (DeepSeek-OCR 2's are 0.5 each: distinct ones catch a channel mix-up)
 N_TEXT_EMBD = GEOMETRY["deepseek2-ocr"][0]
 
@@ -48,36 +48,7 @@ def write_tiny_deepseekocr2_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0
     w.add_uint32("clip.vision.attention.head_count_kv", V_HEAD_KV)
     mat, vec = _random_tensors(w, rng, qtype)
     tensor = tensor_writer(w, rng, qtype)
-    n_side, d = IMAGE_SIZE // PATCH, SAM_EMBD // SAM_HEAD
-    # SAM (DeepSeek-OCR's)
-    tensor("v.sam.patch_embd.weight", (SAM_EMBD, 3, PATCH, PATCH), 0.05)
-    vec("v.sam.patch_embd.bias", SAM_EMBD, 0.0)
-    w.add_tensor("v.sam.pos_embd.weight", (rng.standard_normal((1, n_side, n_side, SAM_EMBD)) * 0.5).astype(np.float32))
-    for i in range(SAM_LAYER):
-        b = f"v.sam.blk.{i}."
-        side = n_side if i == 2 else WINDOW
-        vec(b + "pre_ln.weight", SAM_EMBD)
-        vec(b + "pre_ln.bias", SAM_EMBD, 0.0)
-        mat(b + "attn.qkv.weight", 3 * SAM_EMBD, SAM_EMBD, 0.3)
-        vec(b + "attn.qkv.bias", 3 * SAM_EMBD, 0.0)
-        w.add_tensor(b + "attn.pos_h.weight", (rng.standard_normal((2 * side - 1, d)) * 0.3).astype(np.float32))
-        w.add_tensor(b + "attn.pos_w.weight", (rng.standard_normal((2 * side - 1, d)) * 0.3).astype(np.float32))
-        mat(b + "attn.out.weight", SAM_EMBD, SAM_EMBD, 0.3)
-        vec(b + "attn.out.bias", SAM_EMBD, 0.0)
-        vec(b + "post_ln.weight", SAM_EMBD)
-        vec(b + "post_ln.bias", SAM_EMBD, 0.0)
-        mat(b + "mlp.lin1.weight", SAM_FF, SAM_EMBD, 0.3)
-        vec(b + "mlp.lin1.bias", SAM_FF, 0.0)
-        mat(b + "mlp.lin2.weight", SAM_EMBD, SAM_FF, 0.3)
-        vec(b + "mlp.lin2.bias", SAM_EMBD, 0.0)
-    tensor("v.sam.neck.0.weight", (NECK, SAM_EMBD, 1, 1), 0.3)
-    vec("v.sam.neck.1.weight", NECK)
-    vec("v.sam.neck.1.bias", NECK, 0.0)
-    tensor("v.sam.neck.2.weight", (NECK, NECK, 3, 3), 0.15)
-    vec("v.sam.neck.3.weight", NECK)
-    vec("v.sam.neck.3.bias", NECK, 0.0)
-    tensor("v.sam.net_2.weight", (2 * NECK, NECK, 3, 3), 0.15)
-    tensor("v.sam.net_3.weight", (V_EMBD, 2 * NECK, 3, 3), 0.1)
+    write_sam(w, mat, vec, tensor, rng, V_EMBD)  # (SAM: DeepSeek-OCR's, net_3 making the Qwen2 encoder's width)
     # the Qwen2 encoder: SAM's features then the learned queries
     kv = V_EMBD // V_HEAD * V_HEAD_KV
     for i in range(V_LAYER):

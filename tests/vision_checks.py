@@ -97,6 +97,23 @@ def one_line_error(match: str) -> Iterator[None]:
     assert "\n" not in str(e.value)
 
 
+def check_refused_beside(text: Path, mmproj: Path, match: str) -> None:
+    """The projector ``mmproj`` beside the text model ``text`` (not the one it goes with) is refused in one line
+    matching ``match``."""
+    from kvrun.runtime.engine import Engine
+    from kvrun.runtime.vision import Vision
+
+    with one_line_error(match):
+        Vision(Engine(text, n_ctx=64), mmproj)
+
+
+def check_newline_after(vision, fx, picture: np.ndarray, name: str) -> None:
+    """No token before the picture ``name``'s image chunk and ``"\\n"`` (id 10) after it: ``ids_f32_<name>`` of ``fx``,
+    every id (:func:`check_between`)."""
+    n = check_between(vision, fx, picture, f"f32_{name}", "", "")
+    assert fx[f"ids_f32_{name}"][-1] == 10 and n == len(fx[f"ids_f32_{name}"])
+
+
 def check_cli_run(text: Path, mmproj: Path, picture: np.ndarray, tmp_path: Path, n_rows: int, *args: str) -> None:
     """``kvrun run`` with ``picture``: it runs, the prompt ``n_rows`` (the picture's) and the 8 bytes of "describe"."""
     from click.testing import CliRunner

@@ -14,12 +14,7 @@ ids and ``logits_<k>`` the logits after them all (mtmd_helper_eval_chunks, then 
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
-from fixture_oracle import parse_args  # (first: it puts tests/ on the path)
-from gguf import GGMLQuantizationType as Q
-from mtmd_oracle import PAIR_KEYS, pictures, write_fixture
+from make_vision_deepseekocr_fixtures import make  # (first: its fixture_oracle puts tests/ on the path)
 from tiny_vision_deepseekocr2 import write_tiny_deepseekocr2_mmproj, write_tiny_deepseekocr2_text
 
 #: pictures (width, height, seed): no larger than a 768-pixel tile (the global view alone, letterboxed) and wide (2x1
@@ -32,15 +27,7 @@ STRIDE = {name: 3 for name in IMAGES}
 
 
 def main() -> None:
-    a = parse_args(__doc__)
-    with tempfile.TemporaryDirectory() as tmp:
-        t = Path(tmp)
-        files = {"text": write_tiny_deepseekocr2_text(t / "text.gguf"), "f32": write_tiny_deepseekocr2_mmproj(t / "mmproj-f32.gguf", Q.F32),
-                 "f16": write_tiny_deepseekocr2_mmproj(t / "mmproj-f16.gguf", Q.F16)}  # fmt: skip
-        projs = {q: (files[q], 0) for q in ("f32", "f16")}
-        res = write_fixture(a, "deepseekocr2", files, projs, pictures(IMAGES), PROMPTS, {"": "f32"}, PAIR_KEYS, n_ctx=2048, stride=STRIDE)
-        for k, v in res.items():
-            print(k, v.shape, v.tolist()[-3:] if k.startswith(("ids_f32", "pids")) else "")
+    make(__doc__, "deepseekocr2", write_tiny_deepseekocr2_text, write_tiny_deepseekocr2_mmproj, IMAGES, PROMPTS, STRIDE)
 
 
 if __name__ == "__main__":

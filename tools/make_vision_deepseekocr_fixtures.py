@@ -15,6 +15,7 @@ and ``logits_<k>`` the logits after them all (mtmd_helper_eval_chunks, then llam
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from fixture_oracle import parse_args  # (first: it puts tests/ on the path)
@@ -31,16 +32,23 @@ PROMPTS = ["Look: <__media__> what?", "<__media__>a<__media__> two"]
 STRIDE = {name: 3 for name in IMAGES}
 
 
-def main() -> None:
-    a = parse_args(__doc__)
+def make(doc: str, name: str, write_text: Callable[[Path], Path], write_mmproj: Callable[[Path, int], Path],
+         images: dict[str, tuple[int, int, int]], prompts: list[str], stride: dict[str, int]) -> None:  # fmt: skip
+    """The fixture ``vision_<name>.npz`` of a tiny pair (the text model, the projector stored F32 and F16) as the
+    module docstring ``doc`` says: DeepSeek-OCR's and DeepSeek-OCR 2's alike."""
+    a = parse_args(doc)
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        files = {"text": write_tiny_deepseekocr_text(t / "text.gguf"), "f32": write_tiny_deepseekocr_mmproj(t / "mmproj-f32.gguf", Q.F32),
-                 "f16": write_tiny_deepseekocr_mmproj(t / "mmproj-f16.gguf", Q.F16)}  # fmt: skip
+        files = {"text": write_text(t / "text.gguf"), "f32": write_mmproj(t / "mmproj-f32.gguf", Q.F32),
+                 "f16": write_mmproj(t / "mmproj-f16.gguf", Q.F16)}  # fmt: skip
         projs = {q: (files[q], 0) for q in ("f32", "f16")}
-        res = write_fixture(a, "deepseekocr", files, projs, pictures(IMAGES), PROMPTS, {"": "f32"}, PAIR_KEYS, n_ctx=2048, stride=STRIDE)
+        res = write_fixture(a, name, files, projs, pictures(images), prompts, {"": "f32"}, PAIR_KEYS, n_ctx=2048, stride=stride)
         for k, v in res.items():
             print(k, v.shape, v.tolist()[-3:] if k.startswith(("ids_f32", "pids")) else "")
+
+
+def main() -> None:
+    make(__doc__, "deepseekocr", write_tiny_deepseekocr_text, write_tiny_deepseekocr_mmproj, IMAGES, PROMPTS, STRIDE)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,7 @@ from ..loaders.gguf_file import GGUFFile
 from .audio import Audio, decode_audio
 from .engine import Engine, GenRequest, GenStats
 from .vision import MARKER, Segments, Vision, prefill_media
-from .vision_gemma4u import PictureRows
-from .vision_qwen2vl import GridRows
+from .vision_markers import PictureRows
 
 
 def is_omni_projector(g: GGUFFile) -> bool:
@@ -80,8 +79,11 @@ class Omni:
         return self.side(media).image_positions(media)
 
     def image_rows(self, media: Any) -> np.ndarray:
-        """A picture's rows (with their grid) or a clip's, by what ``media`` is."""
-        return self.side(media).image_rows(media)
+        """A picture's rows (a :class:`PictureRows` view, with their grid where the layout gives one) or a clip's, by
+        what ``media`` is: :meth:`feed_rows` sends them back to their side by that."""
+        side = self.side(media)
+        rows = side.image_rows(media)
+        return rows.view(PictureRows) if side is self.pictures and not isinstance(rows, PictureRows) else rows
 
     def segments(self, prompt: str, media: list[Any], add_bos: bool = True, encode: bool = True) -> Segments:
         """``prompt`` laid out with ``media``, pictures and clips mixed, one per ``<__media__>`` marker in order (where
@@ -101,7 +103,7 @@ class Omni:
             if text:
                 out.append(tok.encode(text, add_bos=None if i == 0 and add_bos else False, parse_special=True))
             if i < n:
-                out.append(sides[i].image_rows(media[i]) if encode else i)
+                out.append(self.image_rows(media[i]) if encode else i)
         return out
 
     def prefill(self, cache: Any, segments: Segments) -> list[int]:
@@ -110,8 +112,9 @@ class Omni:
                              "its pictures' and clips' rows included")  # fmt: skip
 
     def feed_rows(self, cache: Any, rows: np.ndarray) -> None:
-        """Feed a picture's rows (they carry their grid: M-RoPE rows) or a clip's (one position each) after ``cache``."""
-        (self.pictures if isinstance(rows, (GridRows, PictureRows)) else self.audio).feed_rows(cache, rows)  # (Gemma 4 12B's: PictureRows)
+        """Feed a picture's rows (:meth:`image_rows`' :class:`PictureRows`; M-RoPE rows carry their grid) or a clip's (one
+        position each) after ``cache``."""
+        (self.pictures if isinstance(rows, PictureRows) else self.audio).feed_rows(cache, rows)
 
     def generate_text(self, cache: Any, segments: Segments, req: GenRequest, stats: GenStats | None = None) -> Iterator[str]:
         """Prefill ``segments`` and stream the reply's text (as :meth:`Vision.generate_text`)."""

@@ -10,7 +10,7 @@ the markers tokenized with the text around them.  libmtmd decodes the rows with 
 model reads rows fed as embeddings (models/gemma4.py).
 
 The same file carries the audio side ("gemma4ua": models/gemma4ua_audio.py), whose rows are read causally; the file
-opens as runtime/omni.py's :class:`~.omni.Omni`, which sends the rows of a picture (:class:`PictureRows`, a view
+opens as runtime/omni.py's :class:`~.omni.Omni`, which sends the rows of a picture (runtime/vision_markers.py's :class:`PictureRows`, a view
 that says so) to the picture side and any other rows to the audio side.
 """
 
@@ -25,10 +25,6 @@ from ..models.gemma4uv_image import Gemma4UVEncoder
 from .vision_markers import require_text_model
 
 IMAGE_START, IMAGE_END = "<|image>", "<image|>"
-
-
-class PictureRows(np.ndarray):
-    """A picture's rows [n, n_embd] as a view that tells them from a clip's (runtime/omni.py's ``feed_rows``)."""
 
 
 class Gemma4UVLayout:
@@ -47,6 +43,6 @@ class Gemma4UVLayout:
         """Positions a w x h picture takes (without its markers), from its size alone."""
         return gemma4uv_image.n_rows(w, h, self.encoder.cfg)
 
-    def rows(self, image: np.ndarray) -> PictureRows:
+    def rows(self, image: np.ndarray) -> np.ndarray:
         """uint8 RGB ``image`` [h, w, 3] -> its rows [n_positions, n_embd]."""
-        return self.encoder.encode(gemma4uv_image.preprocess(image, self.encoder.cfg)).view(PictureRows)
+        return self.encoder.encode(gemma4uv_image.preprocess(image, self.encoder.cfg))

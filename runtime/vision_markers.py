@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..loaders.errors import KvrunError
+
+
+class PictureRows(np.ndarray):
+    """A picture's rows [n, n_embd] as a view that tells them from a clip's: a two-sided projector (runtime/omni.py's
+    ``feed_rows``) sends these to its picture side.  M-RoPE layouts' rows carry their grid too (vision_qwen2vl.py's
+    ``GridRows``)."""
 
 
 def require_arch(engine: Any, archs: tuple[str, ...], goes_with: str, takes_images: bool = False) -> None:

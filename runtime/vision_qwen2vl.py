@@ -18,12 +18,12 @@ import numpy as np
 from ..loaders.errors import KvrunError
 from ..models import qwen2vl_image
 from ..models.mrope_images import add_image
-from .vision_markers import require_arch, require_markers
+from .vision_markers import PictureRows, require_arch, require_markers
 
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 
 
-class GridRows(np.ndarray):
+class GridRows(PictureRows):
     """A picture's rows [ny * nx, n_embd] that know their grid (``grid``: (nx, ny)), for the cache to record."""
 
     grid: tuple[int, int] = (0, 0)

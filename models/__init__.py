@@ -134,9 +134,11 @@ _CLASSES: dict[str, tuple[str, ...]] = {
     "nemotron_h_moe.NemotronHMoeModel": ("nemotron_h_moe",),
     "t5.T5Model": ("t5",),
     "kimi_linear.KimiLinearModel": ("kimi-linear",),
+    "bailingmoe3.Bailingmoe3Model": ("bailingmoe3",),
     "cogvlm.CogVLMModel": ("cogvlm",),
     "deepseek2_ocr.Deepseek2OCRModel": ("deepseek2-ocr",),
     "glm_dsa.GlmDsaModel": ("glm-dsa",),
+    "dots3note.Dots3NoteModel": ("dots3note",),
     "hunyuan_vl.HunyuanVLModel": ("hunyuan_vl",),
     "paddleocr.PaddleOCRModel": ("paddleocr",),
 }

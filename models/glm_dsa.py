@@ -36,10 +36,10 @@ class GlmDsaModel(Deepseek2Model):
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         top_k = g.arch_get("attention.indexer.top_k")
         if top_k is None:
-            raise GGUFError(f"{g.path}: metadata glm-dsa.attention.indexer.top_k is missing; the file is not a complete GLM-DSA model")
+            raise GGUFError(f"{g.path}: metadata {g.architecture}.attention.indexer.top_k is missing; the file is not a complete model")
         self.indexer_top_k = int(top_k)
         if n_ctx > self.indexer_top_k:
-            raise UnsupportedModelError(f"{g.path}: glm-dsa's sparse attention past {self.indexer_top_k} tokens (its indexer's top_k) "
+            raise UnsupportedModelError(f"{g.path}: {g.architecture}'s sparse attention past {self.indexer_top_k} tokens (its indexer's top_k) "
                                         f"is not supported yet; use a context (--ctx-size) of at most {self.indexer_top_k}, not {n_ctx}")  # fmt: skip
         self._glm_gating = gating_func(g, GATING)
         super().__init__(g, cfg, backend, n_ctx, n_batch)

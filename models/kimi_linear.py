@@ -72,17 +72,18 @@ class KDA:
     wv: Weight
     conv: np.ndarray  # [d_conv, 3 * d_inner]: q's, k's and v's kernels side by side, oldest position first
     conv_b: np.ndarray  # [3 * d_inner]: zeros (the convolutions have none)
-    f_a: Weight  # [head_dim, n_embd]: the decay's low rank
-    f_b: Weight  # [d_inner, head_dim]
+    f_a: Weight  # [head_dim, n_embd]: the decay's low rank (Ling 3's: [d_inner, n_embd], full rank)
+    f_b: Weight | None  # [d_inner, head_dim] (None: f_a is full rank, bailingmoe3.py)
     dt_b: np.ndarray  # [d_inner]: per channel
     A: np.ndarray  # [n_head]: -exp(A_log), as the converter stores it
     wbeta: Weight  # [n_head, n_embd]
-    g_a: Weight  # [head_dim, n_embd]: the output gate's low rank
-    g_b: Weight  # [d_inner, head_dim]
+    g_a: Weight  # [head_dim, n_embd]: the output gate's low rank (Ling 3's: [d_inner, n_embd], full rank)
+    g_b: Weight | None  # [d_inner, head_dim] (None: g_a is full rank)
     norm: np.ndarray  # [head_dim]: the output norm's weight, every head's
     wo: Weight  # [n_embd, d_inner]
     k_of_v: np.ndarray  # [n_head] int64: head h reads key head h
     eps: float  # the L2 norms' (llama.cpp's: the RMS eps)
+    lower_bound: float = 0.0  # < 0: Ling 3's safe gate, decay log = lower_bound * sigmoid(A * (f + dt_b)), A = exp(A_log)
 
 
 @dataclass
@@ -99,29 +100,33 @@ class KDALayer:
 class KimiLinearModel(Deepseek2Model):
     archs = ("kimi-linear",)
     ROPE_ABSENCE = "Kimi's MLA: the KDA layers' convolutions carry position"  # (rope.dimension_count sizes the keys' shared part)
+    #: Ling 3's (bailingmoe3.py) differences that this class's loading takes as parameters: an MLA output gate
+    #: ``attn_gate`` (which the subclass reads), a head tied to ``token_embd``
+    GATED_MLA = False
+    TIED_OUTPUT = False
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         for key in ("attn_res_block_size", "moe_latent_size"):
             if int(g.arch_get(key, 0) or 0) > 0:
-                raise UnsupportedModelError(f"{g.path}: kimi-linear with {key} {g.arch_get(key)} is not supported yet")
+                raise UnsupportedModelError(f"{g.path}: {cfg.arch} with {key} {g.arch_get(key)} is not supported yet")
         act = str(g.arch_get("hidden_act", "silu") or "silu")
         if act not in ("silu", "swiglu"):
-            raise UnsupportedModelError(f"{g.path}: kimi-linear with hidden_act {act!r} is not supported (silu is)")
+            raise UnsupportedModelError(f"{g.path}: {cfg.arch} with hidden_act {act!r} is not supported (silu is)")
         if g.arch_get("expert_gating_func") is None:
-            raise GGUFError(f"{g.path}: metadata kimi-linear.expert_gating_func is missing; the file is not a complete model")
+            raise GGUFError(f"{g.path}: metadata {cfg.arch}.expert_gating_func is missing; the file is not a complete model")
         if len(cfg.ssm_layers) != cfg.n_layer or not any(cfg.ssm_layers):
-            raise GGUFError(f"{g.path}: kimi-linear.attention.head_count_kv must be a list of {cfg.n_layer} (0 for the KDA layers)")
+            raise GGUFError(f"{g.path}: {cfg.arch}.attention.head_count_kv must be a list of {cfg.n_layer} (0 for the KDA layers)")
         self.head_dim_kda = int(g.arch_get("kda.head_dim", 0) or 0)
         if self.head_dim_kda <= 0 or cfg.ssm_d_conv <= 0:
-            raise GGUFError(f"{g.path}: metadata kimi-linear.kda.head_dim and ssm.conv_kernel must be stated and > 0")
-        if "output.weight" not in g.tensors:  # (llama.cpp requires it: no tied head)
+            raise GGUFError(f"{g.path}: metadata {cfg.arch}.kda.head_dim and ssm.conv_kernel must be stated and > 0")
+        if "output.weight" not in g.tensors and not self.TIED_OUTPUT:  # (llama.cpp requires it: no tied head)
             raise GGUFError(f"{g.path}: tensor 'output.weight' is missing; the file is incomplete or not a supported model")
         super().__init__(g, cfg, backend, n_ctx, n_batch)  # (deepseek2's checks, then load_layer below for every layer)
         self.rope_cos = self.rope_sin = None  # (Kimi's MLA turns nothing)
 
     def load_layer(self, w: WeightLoader, i: int) -> Any:
         c = self.cfg
-        if w.has("attn_gate", i):
+        if w.has("attn_gate", i) and (c.ssm_layers[i] or not self.GATED_MLA):
             raise UnsupportedModelError(f"{w.g.path}: blk.{i}.attn_gate (a full-rank output gate) is not supported yet")
         if w.g.tensors.get(f"blk.{i}.ffn_gate_up_exps.weight") is not None:
             raise UnsupportedModelError(f"{w.g.path}: blk.{i}.ffn_gate_up_exps (fused gate and up experts) is not supported yet")
@@ -143,9 +148,11 @@ class KimiLinearModel(Deepseek2Model):
             L.moe.norm_weights = True  # (llama.cpp renormalises Kimi's chosen weights whatever the file says)
         return L
 
-    def load_kda(self, w: WeightLoader, i: int) -> KDA:
+    def load_kda(self, w: WeightLoader, i: int, low_rank: bool = True) -> KDA:
+        """Layer i's KDA weights (``low_rank`` False: Ling 3's full-rank ``ssm_f_a`` and ``ssm_g_a``, no ``_b``)."""
         path, n_embd, H, hd, d_conv = w.g.path, self.cfg.n_embd, self.cfg.n_head, self.head_dim_kda, self.cfg.ssm_d_conv
         d = H * hd
+        r = hd if low_rank else d
 
         def host(role: str, n: int) -> np.ndarray:
             v = w.host_vector(role, i)
@@ -165,8 +172,8 @@ class KimiLinearModel(Deepseek2Model):
         return KDA(
             wq=mat("wq", (d, n_embd)), wk=mat("wk", (d, n_embd)), wv=mat("wv", (d, n_embd)),
             conv=np.ascontiguousarray(conv.T), conv_b=np.zeros(3 * d, np.float32),
-            f_a=mat("ssm_f_a", (hd, n_embd)), f_b=mat("ssm_f_b", (d, hd)), dt_b=host("ssm_dt_b", d), A=host("ssm_a", H),
-            wbeta=mat("ssm_beta", (H, n_embd)), g_a=mat("ssm_g_a", (hd, n_embd)), g_b=mat("ssm_g_b", (d, hd)),
+            f_a=mat("ssm_f_a", (r, n_embd)), f_b=mat("ssm_f_b", (d, hd)) if low_rank else None, dt_b=host("ssm_dt_b", d), A=host("ssm_a", H),
+            wbeta=mat("ssm_beta", (H, n_embd)), g_a=mat("ssm_g_a", (r, n_embd)), g_b=mat("ssm_g_b", (d, hd)) if low_rank else None,
             norm=host("ssm_norm", hd), wo=mat("wo", (n_embd, d)),
             k_of_v=np.arange(H, dtype=np.int64), eps=float(self.cfg.norm_eps),
         )  # fmt: skip
@@ -187,14 +194,18 @@ class KimiLinearModel(Deepseek2Model):
         be, buf, H, hd = self.be, self.buf, self.cfg.n_head, self.head_dim_kda
         T, d = xn.shape[0], H * hd
         q, k, v = buf.get("kda_q", T, d), buf.get("kda_k", T, d), buf.get("kda_v", T, d)
-        fa, ga, beta = buf.get("kda_fa", T, hd), buf.get("kda_ga", T, hd), buf.get("kda_beta", T, H)
+        fa, ga, beta = buf.get("kda_fa", T, K.f_a.shape[0]), buf.get("kda_ga", T, K.g_a.shape[0]), buf.get("kda_beta", T, H)
         be.linear_many((K.wq, K.wk, K.wv, K.f_a, K.g_a, K.wbeta), xn, (q, k, v, fa, ga, beta))
         qkv = np.concatenate([q, k, v], axis=1)  # (the three convolutions as one: each channel is its own)
-        g, g2 = buf.get("kda_g", T, d), buf.get("kda_g2", T, d)
-        be.linear_many((K.f_b,), fa, (g,))
-        be.linear_many((K.g_b,), ga, (g2,))
+        g, g2 = (buf.get("kda_g", T, d), buf.get("kda_g2", T, d)) if K.f_b is not None else (fa, ga)  # (Ling's: full rank)
+        if K.f_b is not None:
+            be.linear_many((K.f_b,), fa, (g,))
+            be.linear_many((K.g_b,), ga, (g2,))
         gb = buf.get("kda_gb", T, d + H)  # every channel's decay log, then each head's write strength (what the cache keeps)
-        gb[:, :d] = (np.logaddexp(np.float32(0.0), g + K.dt_b).reshape(T, H, hd) * K.A[:, None]).reshape(T, d)  # (softplus)
+        if K.lower_bound < 0.0:  # (Ling 3's safe gate: the log bounded below by lower_bound)
+            gb[:, :d] = (_sigmoid((g + K.dt_b).reshape(T, H, hd) * K.A[:, None]) * np.float32(K.lower_bound)).reshape(T, d)
+        else:
+            gb[:, :d] = (np.logaddexp(np.float32(0.0), g + K.dt_b).reshape(T, H, hd) * K.A[:, None]).reshape(T, d)  # (softplus)
         gb[:, d:] = _sigmoid(beta)
         y = buf.get("kda_y", T, d)
         state.scan(qkv, gb, pos, K, y)
@@ -235,6 +246,8 @@ class KimiLinearModel(Deepseek2Model):
         T = len(tokens)
         x, xn = buf.get("x", T, c.n_embd), buf.get("xn", T, c.n_embd)
         be.get_rows(self.tok_embd, tokens, x)
+        if self.input_embd is not None:  # a picture's rows (Ling-3-VL's: bailingmoe3.py takes images), attended causally
+            x[...] = be.vector(self.input_embd)
         for il, L in enumerate(self.layers):
             be.rms_norm(x, L.attn_norm, c.norm_eps, xn)
             if isinstance(L, KDALayer):

@@ -91,18 +91,21 @@ def load_latent_weights(w: WeightLoader, be: Backend, i: int, H: int, nope: int,
     return be.vector(np.ascontiguousarray(wk)), be.vector(np.ascontiguousarray(wv))
 
 
-def latent_attend(model: Any, L: Any, q_raw: Any, kva: Any, pos: Any, layer_cache: Any, att: Any) -> None:
+def latent_attend(model: Any, L: Any, q_raw: Any, kva: Any, pos: Any, layer_cache: Any, att: Any,
+                  rank: int = 0, rope: tuple[Any, Any] | None = None) -> None:  # fmt: skip
     """One layer's attention in the absorbed form: from the heads' queries ``q_raw`` ``[T, H, nope + n_rot]`` and
     ``attn_kv_a_mqa``'s output ``kva`` ``[T, rank + n_rot]`` to the heads' outputs ``att`` ``[T, H, dv]`` (``wo``'s
-    input), the latent and its rope key stored in ``layer_cache``."""
+    input), the latent and its rope key stored in ``layer_cache``.  ``rank``, ``rope``: this layer's latent width and
+    (cos, sin) tables where they are not the model's (dots.note's window layers, models/dots3note.py)."""
     be, buf, c = model.be, model.buf, model.cfg
     T, H = q_raw.shape[0], q_raw.shape[1]
-    R, rank = model.n_rot, model.kv_rank
-    k, v = buf.get("lat_k", T, 1, R + rank), buf.get("lat_v", T, 1, rank)
-    q, att_lat = buf.get("lat_q", T, H, R + rank), buf.get("lat_att", T, H, rank)
+    R, sfx = model.n_rot, str(rank or "")  # (a buffer a latent width: layers of two widths reuse theirs)
+    rank = rank or model.kv_rank
+    k, v = buf.get("lat_k" + sfx, T, 1, R + rank), buf.get("lat_v" + sfx, T, 1, rank)
+    q, att_lat = buf.get("lat_q" + sfx, T, H, R + rank), buf.get("lat_att" + sfx, T, H, rank)
     be.mla_latent_kv(kva, L.kv_a_norm, c.norm_eps, k, v)  # the cache's rows: [k_rope, c] and c
     be.mla_absorb_q(q_raw, L.wk_lat, q)  # [q_rope, Wk_h^T q_nope]
-    be.rope_qk(q, k, pos, model.rope_cos, model.rope_sin, c.rope_neox)
+    be.rope_qk(q, k, pos, *(rope or (model.rope_cos, model.rope_sin)), c.rope_neox)
     layer_cache.update_and_attend(q, k, v, pos, att_lat)
     be.mla_heads_out(att_lat, L.wv_lat, att)
 

@@ -297,6 +297,10 @@ FIXTURE_MODELS: dict[str, dict] = {
     # Kimi Linear (tiny_kimi_linear.py): KDA layers (short convolutions, per-channel decay, sigmoid output gate) among
     # rope-less MLA layers, a leading dense layer, sigmoid-routed experts with exp_probs_b and a shared one
     "kimi-linear": {"arch": "kimi-linear"},
+    # Ling 3 (tiny_bailingmoe3.py): Kimi Linear's shape with full-rank safe KDA gates, gated and roped MLA (a query LoRA;
+    # "-mrope": the VL files' rope sections, attn_q), clamped SwiGLUs, a wider shared expert, an MTP layer left out
+    "bailingmoe3": {"arch": "bailingmoe3"},
+    "bailingmoe3-mrope": {"arch": "bailingmoe3", "variant": "mrope", "seed": 1},
     # text sides of VL/OCR models (tiny_text_sides.py): CogVLM (fused QKV, the visual expert's weights unread), DeepSeek-OCR
     # (plain attention in DeepSeek-V2's trunk), GLM-5 (MLA, sigmoid router unstated, NextN; the DSA indexer's top_k past the
     # prompt), HunyuanOCR (QK-norm after an M-RoPE with an unturned fourth section; "-plain": no sections), PaddleOCR-VL
@@ -306,6 +310,7 @@ FIXTURE_MODELS: dict[str, dict] = {
     "hunyuan_vl": {"arch": "hunyuan_vl"},
     "hunyuan_vl-plain": {"arch": "hunyuan_vl", "variant": "plain"},
     "paddleocr": {"arch": "paddleocr"},
+    "dots3note": {"arch": "dots3note"},  # dots.note (tiny_dots3note.py): glm-dsa's MLA, window layers of their own latent, heads and rope base, k_norm, a head gate
 }
 
 
@@ -396,6 +401,14 @@ def write_tiny_model(
         from tiny_kimi_linear import write_tiny_kimi_linear
 
         return write_tiny_kimi_linear(path, qtype, seed)
+    if arch == "bailingmoe3":  # (tiny_bailingmoe3.py: its ``variant``)
+        from tiny_bailingmoe3 import write_tiny_bailingmoe3
+
+        return write_tiny_bailingmoe3(path, qtype, seed, variant)
+    if arch == "dots3note":  # (tiny_dots3note.py)
+        from tiny_dots3note import write_tiny_dots3note
+
+        return write_tiny_dots3note(path, qtype, seed)
     if arch in ("dbrx", "arctic", "grok", "nemotron_h_moe"):  # (tiny_moe4.py: its ``variant``)
         from tiny_moe4 import write_tiny_moe4
 

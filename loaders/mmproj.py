@@ -56,6 +56,7 @@ GEMMA4V_TOKENS = (70, 1120)
 #: Qwen2-VL's and Qwen2.5-VL's projectors (models/qwen2vl_image.py): pictures of any size, M-RoPE positions; Qwen3-VL's
 #: sizes its pictures and places its rows alike (models/qwen3vl_image.py)
 QWEN2VL_PROJECTORS = ("qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger")
+QWEN2VL_PROJECTORS += ("ling3vl",)  # (Ling 3 VL: Qwen3-VL's tower, a norm-only merger, the MLP mm.0/mm.2; models/ling3vl_image.py)
 #: MiniCPM-V's versions (clip.minicpmv_version) whose resampler and layout libmtmd builds: 2 (2.5), 3 (2.6), 4 (4.0),
 #: 5 (4.5), 6 and 100045 (MiniCPM-o's); every one but 2 lays slices out as 2.6 does
 MINICPMV_VERSIONS = (2, 3, 4, 5, 6, 100045)
@@ -82,6 +83,8 @@ SUPPORTED_PROJECTORS += ("granite4_vision",)  # Granite 4 Vision: SigLIP, Window
 PROJECTION_TENSORS["granite4_vision"] = "v.proj_blk.0.linear.weight"  # (one block's: n_text_embd is K times it, below)
 SUPPORTED_PROJECTORS += ("dots_ocr",)  # dots.ocr: a NaViT with a 2-D rope at the picture's own size, a 2x2 merger (models/dotsocr_image.py)
 PROJECTION_TENSORS["dots_ocr"] = "mm.2.weight"
+SUPPORTED_PROJECTORS += ("dots3note_v",)  # dots.note: dots.ocr's NaViT with per-head Q/K norms and blocks of routed experts (models/dots3note_image.py)
+PROJECTION_TENSORS["dots3note_v"] = "mm.2.weight"
 SUPPORTED_PROJECTORS += ("gemma4uv",)  # Gemma 4 12B's encoder-free "unified" embedder (models/gemma4uv_image.py)
 PROJECTION_TENSORS["gemma4uv"] = "mm.input_projection.weight"
 SUPPORTED_PROJECTORS += ("nemotron_v2_vl",)  # Nemotron Nano VL: RADIO ViT with registers, a 2x2 shuffle, RMSNorm + squared-ReLU MLP (models/nemotronvl_image.py)
@@ -92,6 +95,8 @@ SUPPORTED_PROJECTORS += ("exaone4_5",)  # EXAONE 4.5: Qwen2.5-VL's ViT with grou
 PROJECTION_TENSORS["exaone4_5"] = "mm.2.weight"
 SUPPORTED_PROJECTORS += ("yasa2",)  # Reka Edge: Yasa2, a ConvNeXtV2 backbone pooled to 8 x 8, a two-layer MLP (models/yasa2_image.py)
 PROJECTION_TENSORS["yasa2"] = "mm.2.weight"
+SUPPORTED_PROJECTORS += ("ling3vl",)  # Ling 3 VL: Qwen3-VL's ViT without DeepStack, the merger norm mm.input_norm (models/ling3vl_image.py)
+PROJECTION_TENSORS["ling3vl"] = "mm.2.weight"
 #: projectors whose pictures keep their size within the file's (or clip.cpp's) pixel limits, ``image_size`` only
 #: nominal (PaddleOCR-VL's is sqrt(max_pixels), its position grid another size): :func:`pixel_limits_config`
 PIXEL_LIMIT_PROJECTORS = ("paddleocr", "hunyuanvl")
@@ -276,6 +281,10 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
         if int(g.get("clip.vision.projector.scale_factor", 0) or 0) < 2:
             raise GGUFError(f"{g.path}: clip.vision.projector.scale_factor is missing or under 2; the dots_ocr projector file is incomplete")
         return replace(pixel_limits_config(g, cfg), n_merge=n_merge)
+    if ptype == "dots3note_v":  # (dots.note: dots.ocr's config, its merge clip.vision.spatial_merge_size, required by clip.cpp)
+        if int(g.get("clip.vision.spatial_merge_size", 0) or 0) < 2:
+            raise GGUFError(f"{g.path}: clip.vision.spatial_merge_size is missing or under 2; the dots3note_v projector file is incomplete")
+        return replace(pixel_limits_config(g, cfg), n_merge=int(g.get("clip.vision.spatial_merge_size")))
     if ptype in PIXEL_LIMIT_PROJECTORS:  # (their image_size need not be whole patches: checked there)
         return pixel_limits_config(g, cfg)
     if ptype == "exaone4_5":  # (EXAONE 4.5: the file's pixel limits and kv heads, Qwen2-VL's 2x2 merge: exaone45_config)

@@ -221,6 +221,12 @@ class Model:
     #: what carries position where the attention rotates nothing, as `kvrun info` says it ("ALiBi"); None: rope, on
     #: every attention layer or on some (Llama 4's, SmolLM3's NoPE layers), or no attention to say it of (Mamba, RWKV)
     ROPE_ABSENCE: str | None = None
+    #: called by :meth:`output_head` with the rows it final-normed, ``(rows, out_rows, pos, cache)``: ``rows``
+    #: ``[len(out_rows), n_embd]`` (a backend array, valid during the call only: copy what you keep), ``out_rows`` the
+    #: batch indices they are, ``pos`` and ``cache`` the forward's (a batch's ``BatchedKVCache``: cache/batch.py's
+    #: ``caches``/``bounds`` say whose each row is), None where the model's forward does not hand them on (Gemma 4's
+    #: does); a reader of the target's hidden state sets it (Gemma 4's MTP draft head, models/gemma4_assistant.py)
+    hidden_sink: Callable[[Any, np.ndarray, np.ndarray | None, KVCache | None], None] | None = None
 
     @classmethod
     def rope_absence(cls, cfg: ModelConfig, g: GGUFFile) -> str | None:
@@ -282,8 +288,10 @@ class Model:
         """What the logits are multiplied by: Granite divides them by the file's ``logit_scale`` (Cohere multiplies)."""
         return 1.0 / self.cfg.logit_scale
 
-    def output_head(self, x: Any, out_rows: np.ndarray, logits: np.ndarray) -> None:
-        """Final norm, output projection (and soft-cap) of the rows ``out_rows`` of the residual stream ``x``.
+    def output_head(self, x: Any, out_rows: np.ndarray, logits: np.ndarray, pos: np.ndarray | None = None,
+                    cache: KVCache | None = None) -> None:  # fmt: skip
+        """Final norm, output projection (and soft-cap) of the rows ``out_rows`` of the residual stream ``x``; the
+        normed rows go to :attr:`hidden_sink` where one is set, with the forward's ``pos`` and ``cache`` where given.
 
         Consecutive rows (one sequence's) are taken as a slice, which every array type (device ones too) takes
         without an index upload; others (a batch of sequences, each wanting its last row) are gathered first.
@@ -298,11 +306,13 @@ class Model:
             rows = self.buf.get("xg", n, self.cfg.n_embd)
             rows[...] = x[np.asarray(out_rows)]
         c, be = self.cfg, self.be
-        if self.embedding:  # the final-normed hidden states themselves (Engine.embed): no projection
-            self.final_norm(rows, logits)
-            return
-        xo = self.buf.get("xo", n, c.n_embd)
+        # (Engine.embed: the final-normed hidden states themselves, no projection)
+        xo = logits if self.embedding else self.buf.get("xo", n, c.n_embd)
         self.final_norm(rows, xo)
+        if self.hidden_sink is not None:
+            self.hidden_sink(xo, out_rows, pos, cache)
+        if self.embedding:
+            return
         be.linear(self.output, xo, logits)
         if self.logit_multiplier() != 1.0:
             be.scale(logits, self.logit_multiplier())

@@ -91,7 +91,8 @@ def _geometry(g: GGUFFile, cfg: ModelConfig) -> list[LayerGeometry]:
 
 class Dots3NoteModel(GlmDsaModel):
     archs = ("dots3note",)
-    takes_images = True  # (the forward reads Model.input_embd: dots.note's audio rows, models/dots3note_audio.py)
+    takes_images = True  # (the forward reads Model.input_embd: dots.note's audio rows, models/dots3note_audio.py, and its
+    # pictures' rows, models/dots3note_image.py, as libmtmd feeds them: one position a row, causally)
 
     @classmethod
     def cache_widths(cls, cfg: ModelConfig, g: GGUFFile, bits: int = 16) -> tuple[int, ...]:

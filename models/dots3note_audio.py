@@ -27,8 +27,8 @@ The forward (:func:`_forward`) is written once against models/vit_ops.py's ops (
 code), so beside a text model on ``--device gpu`` it runs on the GPU (models/vit_device.py), rows within float32 noise
 of the CPU's (tests/test_audio_dots3note.py).
 
-Caveat: kvrun has no "dots3note" text model yet; the projector is held to libmtmd's rows, and its tests run it
-beside a stand-in text model of the projector's width (libmtmd checks only the width).
+Its tests run it beside dots.note's own text model (models/dots3note.py, which takes the rows through
+``Model.input_embd``). Caveat: that text model runs on the CPU only, so the GPU forward is reached by the tests alone.
 """
 
 from __future__ import annotations

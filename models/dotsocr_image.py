@@ -56,20 +56,21 @@ TENSOR_NAMES.update({  # (dots.ocr's names as its converter writes them: clip.cp
 MERGER_EPS = 1e-6  # clip.cpp's epsilon of the merger's LayerNorm (hard-coded, whatever the file's)
 
 
-def fused_qkv_layer(ld: WeightLoader, i: int, E: int, kv: int, tag: str) -> dict[str, Any]:
+def fused_qkv_layer(ld: WeightLoader, i: int, E: int, kv: int, tag: str, mlp: bool = True) -> dict[str, Any]:
     """Block ``i``'s weights from the loader ``ld`` where Q, K and V are one fused ``<tag>_qkv`` [E + 2 kv, E] (its
     optional bias likewise) and the MLP is SwiGLU with a ``<tag>_gate``: the norms ``ln1`` / ``ln2`` (biases optional),
     ``q`` / ``k`` / ``v`` as clip.cpp's views of the fused product, ``o``, ``up``, ``down`` and ``gate`` (dots.ocr's;
-    EXAONE 4.5's with kv narrower)."""
+    EXAONE 4.5's with kv narrower; without ``mlp``, no MLP: dots.note's blocks of experts)."""
     L: dict[str, Any] = {}
     for r in ("ln1", "ln2"):
         L[r], L[r + "_b"] = ld.host_vector(f"v_{r}", i), ld.host_vector(f"v_{r}_b", i, required=False)
     L["q"], L["k"], L["v"] = ld.matrix_rows(f"{tag}_qkv", i, (E, kv, kv))
     b = ld.host_vector(f"{tag}_qkv_b", i, required=False)
     L["q_b"], L["k_b"], L["v_b"] = (None,) * 3 if b is None else (b[:E], b[E : E + kv], b[E + kv :])
-    for r in ("o", "up", "down"):
+    for r in ("o", "up", "down") if mlp else ("o",):
         L[r], L[r + "_b"] = ld.matrix(f"v_{r}", i), ld.host_vector(f"v_{r}_b", i, required=False)
-    L["gate"], L["gate_b"] = ld.matrix(f"{tag}_gate", i), ld.host_vector(f"{tag}_gate_b", i, required=False)
+    if mlp:
+        L["gate"], L["gate_b"] = ld.matrix(f"{tag}_gate", i), ld.host_vector(f"{tag}_gate_b", i, required=False)
     return L
 
 
@@ -82,7 +83,7 @@ class DotsOCREncoder(MmprojEncoder):
         self.pre_ln, self.pre_ln_b = ld.host_vector("dots_pre_ln", required=False), ld.host_vector("dots_pre_ln_b", required=False)
         self.layers = []
         for i in range(cfg.n_layer):
-            self.layers.append(fused_qkv_layer(ld, i, E, E, "dots"))
+            self.layers.append(self.load_block(ld, i))
         self.post_norm = ld.host_vector("dots_post_norm")
         self.in_norm, self.in_norm_b = ld.host_vector("dots_in_norm"), ld.host_vector("dots_in_norm_b")
         self.mm0, self.mm0_b = ld.matrix("dots_mm0"), ld.host_vector("dots_mm0_b")
@@ -90,6 +91,20 @@ class DotsOCREncoder(MmprojEncoder):
         k = cfg.n_merge * cfg.n_merge
         if self.mm0.shape[1] != E * k:
             raise KvrunError(f"{g.path}: mm.0.weight takes {self.mm0.shape[1]} inputs, not {k} merged patches of {E}")
+
+    def load_block(self, ld: WeightLoader, i: int) -> dict[str, Any]:
+        """Block ``i``'s weights (dots.note's encoder, models/dots3note_image.py, adds its own)."""
+        return fused_qkv_layer(ld, i, self.cfg.n_embd, self.cfg.n_embd, "dots")
+
+    def heads(self, ops: Any, L: dict[str, Any], r: str, t: Any) -> Any:
+        """A block's queries (``r`` "q") or keys ("k") [T, H, D] before the rope: as they are (dots.note RMS-norms each
+        head here)."""
+        return t
+
+    def mlp(self, ops: Any, L: dict[str, Any], h: Any) -> Any:
+        """A block's MLP of its normed input ``h``: SwiGLU (dots.note routes some blocks' to experts)."""
+        act = ops.act(ops.linear(L["gate"], h, L["gate_b"]), self.cfg.ffn_op) * ops.linear(L["up"], h, L["up_b"])  # (silu: ggml's swiglu_split)
+        return ops.linear(L["down"], act, L["down_b"])
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Normalised ``pixels`` [3, H, W] (:func:`preprocess`; sides whole blocks) -> rows [blocks, n_text_embd]."""
@@ -116,12 +131,10 @@ def _forward(ops: Any, enc: DotsOCREncoder, pixels: np.ndarray) -> np.ndarray:
     scale = F32(1.0 / math.sqrt(D))
     for L in enc.layers:
         h = ops.rms_norm(x, L["ln1"], c.eps, L["ln1_b"])
-        q, k = ops.rope_neox(*(ops.linear(L[r], h, L[r + "_b"]).reshape(T, H, D) for r in ("q", "k")), cos, sin)
+        q, k = ops.rope_neox(*(enc.heads(ops, L, r, ops.linear(L[r], h, L[r + "_b"]).reshape(T, H, D)) for r in ("q", "k")), cos, sin)
         v = ops.linear(L["v"], h, L["v_b"]).reshape(T, H, D)
         x = x + ops.linear(L["o"], ops.attend(q, k, v, scale), L["o_b"])
-        h = ops.rms_norm(x, L["ln2"], c.eps, L["ln2_b"])
-        act = ops.act(ops.linear(L["gate"], h, L["gate_b"]), c.ffn_op) * ops.linear(L["up"], h, L["up_b"])  # (silu: ggml's swiglu_split)
-        x = x + ops.linear(L["down"], act, L["down_b"])
+        x = x + enc.mlp(ops, L, ops.rms_norm(x, L["ln2"], c.eps, L["ln2_b"]))
     x = ops.rms_norm(x, enc.post_norm, c.eps)
     x = merge_permute(ops.layer_norm(x, enc.in_norm, enc.in_norm_b, MERGER_EPS), nx, ny, m)
     x = ops.linear(enc.mm2, ops.act(ops.linear(enc.mm0, x, enc.mm0_b), "gelu_erf"), enc.mm2_b)

@@ -289,7 +289,7 @@ class Gemma4Model(Gemma3nModel):
             if L.out_scale != 1.0:
                 x *= np.float32(L.out_scale)
             self.trace("l_out", il, x)
-        self.output_head(np.ascontiguousarray(x, np.float32), out_rows, logits)
+        self.output_head(np.ascontiguousarray(x, np.float32), out_rows, logits, pos, cache)  # (pos, cache: for hidden_sink)
 
     # ------------------------------------------------------------------ the device forward (GPU)
     def device_experts(self, w: WeightLoader, i: int, down: Weight, scale: np.ndarray | None) -> Gemma4Experts:
@@ -405,4 +405,4 @@ class Gemma4Model(Gemma3nModel):
             if L.out_scale != 1.0:
                 be.scale(x, L.out_scale)
             self.trace("l_out", il, x)
-        self.output_head(x, out_rows, logits)
+        self.output_head(x, out_rows, logits, pos, cache)  # (pos, cache: for hidden_sink)

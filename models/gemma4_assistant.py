@@ -171,8 +171,8 @@ class Gemma4AssistantModel(Model):
 class Gemma4AssistantDraft:
     """Drafts with the head beside its target (``Engine.draft``: ``draft(tokens, k, cache)``, as runtime/speculative.py's
     DraftModel).  It keeps the target's last forward's post-final-norm rows by position (llama.cpp's ``h_nextn``,
-    which its target context outputs for every token): the target's ``forward`` and ``final_norm`` are wrapped on this
-    one model, so its arithmetic is untouched."""
+    which its target context outputs for every token), handed over by the target's output head through its
+    ``hidden_sink`` (models/common.py), so the target's arithmetic is untouched."""
 
     def __init__(self, head: Gemma4AssistantModel, target: Model, n_vocab: int, p_min: float) -> None:
         self.head, self.target, self.n_vocab, self.p_min = head, target, n_vocab, p_min
@@ -180,31 +180,25 @@ class Gemma4AssistantDraft:
         #: id(cache) -> {position: the target's normed hidden row there}, each cache's last forward's rows
         #: (a server's batched forward: each sequence's rows under its own cache, cache/batch.py's bounds)
         self.hidden: dict[int, dict[int, np.ndarray]] = {}
-        self._rows: np.ndarray | None = None
-        forward, final_norm = target.forward, target.final_norm
+        target.hidden_sink = self.keep_rows
 
-        def capture_forward(tokens, pos, cache, out_rows, logits) -> None:
-            self._rows = None
-            forward(tokens, pos, cache, out_rows, logits)
-            if self._rows is None or not len(out_rows):
-                return
-            rows = np.asarray(out_rows)
-            at = np.asarray(pos)[rows].tolist()
-            caches, starts = getattr(cache, "caches", [cache]), np.asarray(getattr(cache, "bounds", [0]))
-            owner = np.searchsorted(starts, rows, side="right") - 1
-            for j in np.unique(owner).tolist():
-                mine = np.flatnonzero(owner == j)
-                self.hidden.pop(id(caches[j]), None)  # (newest last: the oldest caches' rows go first)
-                self.hidden[id(caches[j])] = {at[r]: self._rows[r] for r in mine.tolist()}
-            while len(self.hidden) > MAX_CACHES:
-                del self.hidden[next(iter(self.hidden))]
-
-        def capture_norm(x, out) -> None:
-            final_norm(x, out)
-            self._rows = np.array(out, np.float32, copy=True)
-
-        target.forward = capture_forward  # type: ignore[method-assign]
-        target.final_norm = capture_norm  # type: ignore[method-assign]
+    def keep_rows(self, rows: Any, out_rows: np.ndarray, pos: np.ndarray | None, cache: KVCache | None) -> None:
+        """The target's ``hidden_sink``: files its forward's normed ``rows`` (batch indices ``out_rows`` at positions
+        ``pos``) under each one's sequence's cache, replacing what that cache's last forward left; the caches
+        seen longest ago dropped past :data:`MAX_CACHES`."""
+        if pos is None or cache is None:  # (Gemma 4's forwards hand both on; nothing to file a row under without)
+            return
+        rows = np.array(self.target.be.to_host(rows), np.float32, copy=True)
+        out_rows = np.asarray(out_rows)
+        at = np.asarray(self.target.be.to_host(pos))[out_rows].tolist()
+        caches, starts = getattr(cache, "caches", [cache]), np.asarray(getattr(cache, "bounds", [0]))
+        owner = np.searchsorted(starts, out_rows, side="right") - 1
+        for j in np.unique(owner).tolist():
+            mine = np.flatnonzero(owner == j)
+            self.hidden.pop(id(caches[j]), None)  # (newest last: the oldest caches' rows go first)
+            self.hidden[id(caches[j])] = {at[r]: rows[r] for r in mine.tolist()}
+        while len(self.hidden) > MAX_CACHES:
+            del self.hidden[next(iter(self.hidden))]
 
     def hidden_state(self, cache: KVCache, pos: int) -> np.ndarray | None:
         """The target's post-final-norm row at ``pos`` in ``cache``'s sequence, if its last forward gave it."""

@@ -62,10 +62,12 @@ PROJECTORS: dict[str, ProjectorKind] = {
     "granite4_vision": ProjectorKind("granite4v_image:Granite4VisionEncoder", "vision_granite4:Granite4VisionLayout", None),  # overview, tiles, newlines; its own "\n"
     "gemma4uv": ProjectorKind("gemma4uv_image:Gemma4UVEncoder", "vision_gemma4u:Gemma4UVLayout"),  # Gemma 4 12B: encoder-free, gemma4v's layout
     "dots_ocr": ProjectorKind("dotsocr_image:DotsOCREncoder", "vision_dotsocr:DotsOCRLayout"),  # raster-order NaViT, 2x2 merger; <|img|> .. <|endofimg|>
+    "dots3note_v": ProjectorKind("dots3note_image:Dots3NoteVisionEncoder", "vision_dots3note:Dots3NoteLayout"),  # dots.note: dots.ocr's, Q/K norms, experts; dots3note text
     "nemotron_v2_vl": ProjectorKind("nemotronvl_image:NemotronVLEncoder", "vision_nemotronvl:NemotronVLLayout", None),  # RADIO, one fixed square, no markers
     "mimovl": ProjectorKind("mimovl_image:MimoVLEncoder", "vision_mimovl:MimoVLLayout", ("VISION_START", "VISION_END")),  # MiMo-V2.5: Youtu-VL's layout, mimo2 text
     "exaone4_5": ProjectorKind("exaone45_image:Exaone45Encoder", "vision_exaone45:Exaone45Layout", ("VISION_START", "VISION_END")),  # Qwen2.5-VL's ViT, GQA; <vision> .. </vision>
     "yasa2": ProjectorKind("yasa2_image:Yasa2Encoder", "vision_yasa2:Yasa2Layout"),  # Reka Edge: ConvNeXtV2, one stretched square, 64 rows; <image> .. </image>
+    "ling3vl": ProjectorKind("ling3vl_image:Ling3VLEncoder", "vision_ling3vl:Ling3VLLayout", ("VISION_START", "VISION_END"), "mrope"),  # Ling 3 VL: Qwen3-VL's tower, norm-only merger; bailingmoe3 text
 }  # fmt: skip
 
 

@@ -3,8 +3,8 @@ per-60 s-chunk log10-mel spectrogram (200 samples reflected before a chunk, zero
 bank and periodic window, the chunk's own clamp, n / 160 frames kept), the stem of three stride-2 convolutions, the
 RMSNorm ViT with NEOX rope on half of each head and SwiGLU, the LayerNorm-GELU adapter, and ``<|audio_comp_start|>`` /
 ``<|audio_comp_end|>`` around the clip (runtime/audio.py), held to llama.cpp's libmtmd on the tiny pair of
-tiny_audio_dots3note.py (fixture: tools/make_audio_dots3note_fixtures.py).  kvrun has no "dots3note" text model, so
-the pair's text model is a stand-in of the projector's width (libmtmd checks only the width)."""
+tiny_audio_dots3note.py (fixture: tools/make_audio_dots3note_fixtures.py) beside dots.note's own text model
+(``dots3note``, models/dots3note.py), which takes the clip's rows through ``Model.input_embd``."""
 
 from __future__ import annotations
 

@@ -81,6 +81,29 @@ def test_a_batched_forward_keeps_each_sequences_hidden_rows_apart(tmp_path, pair
     np.testing.assert_allclose(e.draft.hidden_state(c2, 2), e.draft.hidden_state(d2, 2), atol=1e-5)
 
 
+def test_the_targets_output_head_hands_each_sequences_rows_to_the_head_through_its_hidden_sink(tmp_path, pair):
+    # (a hook on the model, models/common.py's Model.hidden_sink, no wrapper of its methods: one call per forward,
+    # and a batched forward of two sequences files every wanted row under its own sequence's cache at its position)
+    e = Engine(write_tiny_gemma4(tmp_path / "moe.gguf", variant="moe"), n_ctx=64, threads=1, draft=pair[1])
+    assert e.model.hidden_sink == e.draft.keep_rows and "forward" not in vars(e.model) and "final_norm" not in vars(e.model)
+    seen = []
+    keep = e.model.hidden_sink
+    e.model.hidden_sink = lambda rows, out_rows, pos, cache: (seen.append(np.asarray(out_rows).tolist()), keep(rows, out_rows, pos, cache))
+    a, b = [72, 101, 108, 108, 111], [33, 34, 35]
+    c1, c2 = e.new_cache(), e.new_cache()
+    outs = [np.empty((3, e.cfg.n_vocab), np.float32), np.empty((1, e.cfg.n_vocab), np.float32)]
+    e.forward_batch([c1, c2], [np.array(a, np.int32), np.array(b, np.int32)], [2, 2], outs)
+    assert seen == [[2, 3, 4, 7]]  # (one call: batch rows 2..4 are the first sequence's, row 7 the second's)
+    assert sorted(e.draft.hidden[id(c1)]) == [2, 3, 4] and sorted(e.draft.hidden[id(c2)]) == [2]
+    d1, d2 = e.new_cache(), e.new_cache()
+    e.forward_batch([d1], [np.array(a, np.int32)], [2], [np.empty((3, e.cfg.n_vocab), np.float32)])  # (each alone)
+    e.eval(d2, b)
+    for p in (2, 3, 4):
+        np.testing.assert_allclose(e.draft.hidden_state(c1, p), e.draft.hidden_state(d1, p), atol=1e-5)
+    np.testing.assert_allclose(e.draft.hidden_state(c2, 2), e.draft.hidden_state(d2, 2), atol=1e-5)
+    assert e.draft.hidden_state(c1, 1) is None and e.draft.hidden_state(c2, 1) is None  # (rows not wanted: not normed)
+
+
 def test_kvrun_run_drafts_with_the_assistant_and_prints_its_acceptance(pair):
     from click.testing import CliRunner
 

@@ -1,7 +1,7 @@
 """A tiny random dots.note audio projector ("dots3note_a"), for tests held to llama.cpp's libmtmd: an audio projector
-file (mmproj, ``general.architecture`` "clip", projector type "dots3note_a", an audio encoder and no vision one) and a
-text model whose width is the projector's output: tinymodel's llama (byte vocabulary), a stand-in, as kvrun has no
-"dots3note" text model (DeepSeek-V2-style MLA with sparse attention) and libmtmd checks only the width.
+file (mmproj, ``general.architecture`` "clip", projector type "dots3note_a", an audio encoder and no vision one) and
+dots.note's own text model (``dots3note``, tests/tiny_dots3note.py: latent attention with window layers, 64 wide, the
+projector's output width).
 
 The projector is laid out as llama.cpp's converter writes dots.note's audio side (conversion/dots3.py
 ``Dots3NoteMmprojModel``): ``a.conv2d.{1,2,3}`` three 3x3 stride-2 convolutions of ``C_CONV`` channels with biases
@@ -67,5 +67,5 @@ def write_tiny_dots3note_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n
 
 
 def write_tiny_dots3note_text(path: Path, qtype: int = Q.F32, seed: int = 1) -> Path:
-    """A random ``llama`` text model 64 wide (the stand-in for dots.note's own)."""
-    return write_tiny_model(path, "llama", qtype, seed)
+    """A random ``dots3note`` text model 64 wide (tests/tiny_dots3note.py)."""
+    return write_tiny_model(path, "dots3note", qtype, seed)

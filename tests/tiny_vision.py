@@ -321,11 +321,13 @@ TINY_MMPROJS: dict[str, Callable[[Path, int], Path]] = {
     "gemma3nv": _writer("tiny_vision_gemma3n", "write_tiny_gemma3nv_mmproj"),
     "granite4v": _writer("tiny_vision_granite4", "write_tiny_granite4v_mmproj"),  # (p109: tests/test_gpu_vision_granite4.py)
     "dotsocr": _writer("tiny_vision_dotsocr", "write_tiny_dotsocr_mmproj"),  # (p113: tests/test_gpu_vision_dotsocr.py)
+    "dots3note": _writer("tiny_vision_dots3note", "write_tiny_dots3note_v_mmproj"),  # (p130: tests/test_vision_dots3note.py)
     "gemma4uv": _writer("tiny_vision_gemma4u", "write_tiny_gemma4u_mmproj", audio=False),  # (p117: tests/test_vision_gemma4u.py)
     "nemotronvl": _writer("tiny_vision_nemotronvl", "write_tiny_nemotronvl_mmproj"),  # (p118: tests/test_vision_nemotronvl.py)
     "mimovl": _writer("tiny_vision_mimovl", "write_tiny_mimovl_mmproj"),  # (p120: tests/test_vision_mimovl.py)
     "exaone45": _writer("tiny_vision_exaone45", "write_tiny_exaone45_mmproj"),  # (p121: tests/test_vision_exaone45.py)
     "yasa2": _writer("tiny_vision_yasa2", "write_tiny_yasa2_mmproj"),  # (p124: tests/test_vision_yasa2.py)
+    "ling3vl": _writer("tiny_vision_ling3vl", "write_tiny_ling3vl_mmproj", extras=True),  # (p129: tests/test_vision_ling3vl.py)
 }  # fmt: skip
 
 

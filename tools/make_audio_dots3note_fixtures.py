@@ -6,7 +6,7 @@
 The oracle script of tools/make_audio_fixtures.py (its ``_ORACLE``) on its clips (short 1.3 s: 130 mel frames kept,
 17 rows; long 31.5 s: 3150 frames, one 60 s chunk, 394 rows): ``mel_<clip>`` the clip's spectrogram [1, n_mel, frames]
 from libmtmd's debug entry (6 decimals), ``ids_<clip>`` the layout of a lone marker (-1 for an audio row, the bytes of
-``<|audio_comp_start|>`` / ``<|audio_comp_end|>`` around them: the stand-in text model has no such tokens), ``embd_<clip>``
+``<|audio_comp_start|>`` / ``<|audio_comp_end|>`` around them: the tiny text model's byte vocabulary has no such tokens), ``embd_<clip>``
 the clip's rows, and for each prompt of ``TOWER_PROMPTS`` ``pids_<k>``, ``logits_<k>`` (the text model's context
 without flash attention) and ``npast_<k>``; ``sha256_*`` the files' digests.
 """

@@ -175,7 +175,9 @@ class Batcher:
         """(Holding ``cv``.)  Until the worker has fed ``job``.  Interrupted (Ctrl-C in a chat), the job is fed no
         further, and this returns only once no forward holds it: its cache is never fed after its thread left."""
         try:
-            while not job.done:
+            # (done, and out of the forward: _after has taken it off the queue in the same locked step, so this
+            # thread's next eval of the cache never finds it there, however early a notification woke this one)
+            while not job.done or job.in_flight:
                 self.cv.wait()
         except BaseException:
             job.cancelled = True

@@ -165,6 +165,34 @@ def test_a_long_prompt_is_fed_in_chunks_beside_the_others_decoding(tiny_llama_pa
     assert b.n_rows == 3 + 119 + 2 * 12
 
 
+def test_an_eval_returns_only_once_its_job_has_left_the_queue(tiny_llama_path, monkeypatch):
+    """A caller woken between its job's last tokens and the step's bookkeeping (any notification of the batcher's
+    condition wakes it) waits for the job to leave the forward and the queue: its next eval of the same cache is
+    never taken for a second thread feeding it (CI saw that once, as "one cache is being fed from two threads")."""
+    eng = Engine(tiny_llama_path, n_ctx=64, n_batch=8)
+    b, count, after = eng.batcher, Batcher._count, Batcher._after
+
+    def count_and_wake(self, plan):  # (a stray notification right after the tokens are through)
+        count(self, plan)
+        with self.cv:
+            self.cv.notify_all()
+
+    def late_after(self, plan):  # (the bookkeeping a moment later: the woken caller runs first)
+        threading.Event().wait(0.05)
+        after(self, plan)
+
+    monkeypatch.setattr(Batcher, "_count", count_and_wake)
+    monkeypatch.setattr(Batcher, "_after", late_after)
+    feeds, cache = ([1, 5, 9], [4], [50], [7]), eng.new_cache()
+    got = [eng.eval(cache, toks) for toks in feeds]  # (back to back: the next eval right after the wake)
+    assert b.queue == []
+    monkeypatch.undo()
+    want = Engine(tiny_llama_path, n_ctx=64, n_batch=8)
+    wc = want.new_cache()
+    for toks, rows in zip(feeds, got):
+        np.testing.assert_array_equal(rows, want.eval(wc, toks))
+
+
 def test_chat_sessions_in_threads_reply_as_each_alone(tiny_llama_path):
     """An app may chat in several threads on one model: the sessions are fed together, their replies unchanged."""
     m = Model(Engine(tiny_llama_path, n_ctx=256, n_batch=32))

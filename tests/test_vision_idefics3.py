@@ -58,8 +58,8 @@ def test_projectors_kvrun_does_not_run_are_still_refused_in_one_line(tmp_path):
     from kvrun.loaders.gguf_file import GGUFFile
     from kvrun.loaders.mmproj import load_mmproj_config
 
-    with pytest.raises(KvrunError, match="projector type 'ling3vl' is not supported; kvrun reads gemma3, idefics3") as e:
-        load_mmproj_config(GGUFFile(_clip_file(tmp_path / "l.gguf", "ling3vl")))  # (kimivl's, cogvlm's and yasa2's, once the example, are read now)
+    with pytest.raises(KvrunError, match="projector type 'deepseek4v' is not supported; kvrun reads gemma3, idefics3") as e:
+        load_mmproj_config(GGUFFile(_clip_file(tmp_path / "l.gguf", "deepseek4v")))  # (kimivl's, cogvlm's, yasa2's and ling3vl's, once the example, are read now)
     assert "\n" not in str(e.value)
 
 

@@ -15,7 +15,8 @@ Ling's own parts:
 * one multi-token-prediction layer counted in ``block_count`` (``nextn_predict_layers`` 1) whose tensors the file
   leaves out (llama.cpp then loads the trunk alone, as the converter's trunk-only export).
 
-``variant="tied"``: no ``output.weight`` (llama.cpp's head is then ``token_embd``).
+``variant="tied"``: no ``output.weight`` (llama.cpp's head is then ``token_embd``).  ``extra_tokens``: control tokens
+after the byte vocabulary (tiny_vision_ling3vl.py's text model: the "mrope" variant with Ling 3 VL's picture markers).
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ CLAMP_SHEXP = [0.25, 0.3, 0.0, 0.0, 0.0]
 SECTIONS = [2, 1, 1, 0]
 
 
-def write_tiny_bailingmoe3(path: Path, qtype: int = Q.F32, seed: int = 0, variant: str = "") -> Path:
-    """The model at ``path``, its matrices as ``qtype`` (``variant``: "", "mrope" or "tied", as the module says)."""
+def write_tiny_bailingmoe3(path: Path, qtype: int = Q.F32, seed: int = 0, variant: str = "",
+                           extra_tokens: tuple[str, ...] = ()) -> Path:  # fmt: skip
+    """The model at ``path``, its matrices as ``qtype`` (``variant``: "", "mrope" or "tied", as the module says;
+    ``extra_tokens`` after the vocabulary)."""
     from tinymodel import _add_byte_vocab, _file_type, _finish, _random_tensors, byte_vocab
 
     rng = np.random.default_rng(seed)
@@ -49,7 +52,7 @@ def write_tiny_bailingmoe3(path: Path, qtype: int = Q.F32, seed: int = 0, varian
     n_expert, n_used, n_ff_exp, n_ff_sh, n_shared, n_dense, scale = MOE
     d_inner = n_head * hd
     q_lora = variant != "mrope"
-    n_vocab = len(byte_vocab()[0])
+    n_vocab = len(byte_vocab()[0]) + len(extra_tokens)
     w = GGUFWriter(str(path), "bailingmoe3")
     A = "bailingmoe3."
     w.add_name("tiny-bailingmoe3")
@@ -88,7 +91,7 @@ def write_tiny_bailingmoe3(path: Path, qtype: int = Q.F32, seed: int = 0, varian
     w.add_swiglu_clamp_exp(CLAMP_EXP)
     w.add_swiglu_clamp_shexp(CLAMP_SHEXP)
     w.add_file_type(_file_type(qtype))
-    _add_byte_vocab(w)
+    _add_byte_vocab(w, extra_tokens)
 
     mat, vec = _random_tensors(w, rng, qtype)
 

@@ -97,6 +97,8 @@ SUPPORTED_PROJECTORS += ("yasa2",)  # Reka Edge: Yasa2, a ConvNeXtV2 backbone po
 PROJECTION_TENSORS["yasa2"] = "mm.2.weight"
 SUPPORTED_PROJECTORS += ("ling3vl",)  # Ling 3 VL: Qwen3-VL's ViT without DeepStack, the merger norm mm.input_norm (models/ling3vl_image.py)
 PROJECTION_TENSORS["ling3vl"] = "mm.2.weight"
+SUPPORTED_PROJECTORS += ("kimik25",)  # Kimi-K2.5: MoonViT3d, a 3-D position grid resized bicubic, a 2x2 merge (models/kimik25_image.py)
+PROJECTION_TENSORS["kimik25"] = "mm.2.weight"
 #: projectors whose pictures keep their size within the file's (or clip.cpp's) pixel limits, ``image_size`` only
 #: nominal (PaddleOCR-VL's is sqrt(max_pixels), its position grid another size): :func:`pixel_limits_config`
 PIXEL_LIMIT_PROJECTORS = ("paddleocr", "hunyuanvl")
@@ -233,6 +235,10 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
     if ptype == "kimivl":  # (Kimi-VL: clip.cpp's set_limit_image_tokens(8, 1024), merged rows' worth; its ViT MLP's activation)
         f = (patch_size * n_merge) ** 2
         cfg = replace(cfg, min_pixels=8 * f, max_pixels=1024 * f,
+                      ffn_op="gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick")
+    if ptype == "kimik25":  # (Kimi-K2.5: the file's pixel limits where it states both, else set_limit_image_tokens(2, 4096))
+        f, lo, hi = (patch_size * n_merge) ** 2, int(g.get("clip.vision.image_min_pixels", 0) or 0), int(g.get("clip.vision.image_max_pixels", 0) or 0)
+        cfg = replace(cfg, min_pixels=lo if lo > 0 and hi > 0 else 2 * f, max_pixels=hi if lo > 0 and hi > 0 else 4096 * f,
                       ffn_op="gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick")
     if ptype == "llama4":  # (Llama 4: the pixel shuffle's scale_factor read above; its ViT MLP's activation as any file's)
         cfg = replace(cfg, ffn_op="gelu" if g.get("clip.use_gelu", False) else "silu" if g.get("clip.use_silu", False) else "gelu_quick")

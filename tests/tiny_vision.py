@@ -328,6 +328,7 @@ TINY_MMPROJS: dict[str, Callable[[Path, int], Path]] = {
     "exaone45": _writer("tiny_vision_exaone45", "write_tiny_exaone45_mmproj"),  # (p121: tests/test_vision_exaone45.py)
     "yasa2": _writer("tiny_vision_yasa2", "write_tiny_yasa2_mmproj"),  # (p124: tests/test_vision_yasa2.py)
     "ling3vl": _writer("tiny_vision_ling3vl", "write_tiny_ling3vl_mmproj", extras=True),  # (p129: tests/test_vision_ling3vl.py)
+    "kimik25": _writer("tiny_vision_kimik25", "write_tiny_kimik25_mmproj"),  # (p132: tests/test_vision_kimik25.py)
 }  # fmt: skip
 
 

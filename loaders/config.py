@@ -38,12 +38,14 @@ SUPPORTED_ARCHITECTURES += ("internlm2", "olmo", "nemotron", "openelm")  # model
 SUPPORTED_ARCHITECTURES += ("qwen2vl", "qwen3vl", "qwen3vlmoe", "falcon", "chatglm")  # text only: models/qwen2vl.py, qwen3vl.py; falcon.py, chatglm.py
 SUPPORTED_ARCHITECTURES += ("mamba",)  # Mamba 1, Falcon-Mamba: the selective scan without heads (models/mamba.py)
 SUPPORTED_ARCHITECTURES += ("afmoe",)  # Arcee's Trinity: gated attention, sandwich norms, sigmoid-routed experts (models/afmoe.py)
+SUPPORTED_ARCHITECTURES += ("muse-glimmer",)  # Muse Glimmer: AFMoE's attention, a dense FFN, logit scale and softcap (models/muse_glimmer.py)
 SUPPORTED_ARCHITECTURES += ("exaone-moe",)  # K-EXAONE: EXAONE 4.0's attention, pre-norms, DeepSeek-V3's experts (models/exaone_moe.py)
 SUPPORTED_ARCHITECTURES += ("pangu-embedded",)  # openPangu-Embedded: Llama with attention biases (models/pangu_embedded.py)
 SUPPORTED_ARCHITECTURES += ("minicpm3",)  # MiniCPM3-4B: DeepSeek-V2's latent attention with muP (models/minicpm3.py)
 SUPPORTED_ARCHITECTURES += ("phimoe", "bailingmoe", "hunyuan-moe", "dots1", "rnd1", "grovemoe")  # mixtures of experts: models/<arch>.py
 SUPPORTED_ARCHITECTURES += ("dream", "llada", "llada-moe")  # diffusion language models (kvrun diffusion): models/dream.py, llada.py, llada_moe.py
 SUPPORTED_ARCHITECTURES += ("minimax-m2", "mimo2", "step35", "mistral4")  # models/minimax_m2.py, mimo2.py, step35.py, mistral4.py
+SUPPORTED_ARCHITECTURES += ("minimax-m3",)  # MiniMax-M3: MiniMax-M2's attention, DeepSeek-V3's experts, swigluoai, MSA's dense path (models/minimax_m3.py)
 SUPPORTED_ARCHITECTURES += ("modern-bert", "eurobert", "llama-embed", "t5encoder")  # encoders: models/modern_bert.py, eurobert.py, llama_embed.py, t5encoder.py
 SUPPORTED_ARCHITECTURES += ("qwen", "baichuan", "orion", "xverse", "plamo3", "maincoder", "jais2")  # the Llama block's kin: models/qwen.py, baichuan.py, orion.py, xverse.py, plamo3.py, maincoder.py, jais2.py
 SUPPORTED_ARCHITECTURES += ("t5",)  # T5 / Flan-T5 text generation: the encoder-decoder (models/t5.py)
@@ -149,11 +151,15 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # AFMoE (Trinity): neox rope; where a window is stated, 3 window layers then 1 global (llama.cpp's fixed pattern);
     # the chosen experts' weights as the router gave them unless expert_weights_norm says (llama.cpp's default)
     "afmoe": {"rope_neox": True, "swa_pattern": 4, "expert_weights_norm": False},
+    # Muse Glimmer: rope over consecutive pairs; the file's sliding_window_pattern, else 3 window layers then 1 global
+    "muse-glimmer": {"rope_neox": False, "swa_pattern": 4},
     # EXAONE MoE: neox rope; the file's sliding_window_pattern, else 3 window layers then 1 global; NextN layers after the trunk
     "exaone-moe": {"rope_neox": True, "swa_pattern": 4, "nextn": True},
     # MiniMax-M2, MiMo-V2-Flash, Step-3.5-Flash: neox rope; MiMo's and Step's windows where the file's pattern says (models/
     # minimax_m2.py, mimo2.py, step35.py); Mistral Small 4: deepseek2's latent attention and its defaults (models/mistral4.py)
     "minimax-m2": {"rope_neox": True},
+    # MiniMax-M3: neox rope; the chosen experts' weights as the router gave them unless expert_weights_norm says (llama.cpp's default)
+    "minimax-m3": {"rope_neox": True, "expert_weights_norm": False},
     "mimo2": {"rope_neox": True},
     "step35": {"rope_neox": True, "nextn": True},
     "mistral4": {"rope_neox": False, "expert_weights_norm": False},

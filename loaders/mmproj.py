@@ -99,6 +99,10 @@ SUPPORTED_PROJECTORS += ("ling3vl",)  # Ling 3 VL: Qwen3-VL's ViT without DeepSt
 PROJECTION_TENSORS["ling3vl"] = "mm.2.weight"
 SUPPORTED_PROJECTORS += ("kimik25",)  # Kimi-K2.5: MoonViT3d, a 3-D position grid resized bicubic, a 2x2 merge (models/kimik25_image.py)
 PROJECTION_TENSORS["kimik25"] = "mm.2.weight"
+SUPPORTED_PROJECTORS += ("muse-glimmer",)  # Muse Glimmer: a ViT with square windows and a 2-D rope, a channel-major 2x2 shuffle, 3 products (models/muse_glimmer_image.py)
+PROJECTION_TENSORS["muse-glimmer"] = "mm.2.weight"
+SUPPORTED_PROJECTORS += ("minimax_m3",)  # MiniMax-M3: Qwen2-VL's ViT, a partial 2-D rope, a per-patch MLP, a 2x2 merger MLP (models/minimax_m3_image.py)
+PROJECTION_TENSORS["minimax_m3"] = "mm.merger.fc2.weight"
 #: projectors whose pictures keep their size within the file's (or clip.cpp's) pixel limits, ``image_size`` only
 #: nominal (PaddleOCR-VL's is sqrt(max_pixels), its position grid another size): :func:`pixel_limits_config`
 PIXEL_LIMIT_PROJECTORS = ("paddleocr", "hunyuanvl")
@@ -281,6 +285,9 @@ def load_mmproj_config(g: GGUFFile) -> MmprojConfig:
         layers, win, qs = g.get("clip.vision.feature_layer"), g.get("clip.vision.projector.window_side"), g.get("clip.vision.projector.query_side")
         k = 1 if layers is None else max(1, len(layers))
         cfg = replace(cfg, n_text_embd=k * cfg.n_text_embd, n_merge=int(win) // int(qs) if win and qs and int(win) % int(qs) == 0 else 1)
+    if ptype == "minimax_m3":  # (clip.cpp: 2x2 merges unless the file says, set_limit_image_tokens(8, 576) merged rows' worth)
+        f = (patch_size * int(g.get("clip.vision.spatial_merge_size", 2) or 2)) ** 2
+        return replace(cfg, n_merge=int(g.get("clip.vision.spatial_merge_size", 2) or 2), min_pixels=8 * f, max_pixels=576 * f, ffn_op="gelu_erf")
     if ptype == "qwen2.5vl_merger" and cfg.n_wa_pattern <= 0:  # (clip.cpp requires it of 2.5's files)
         raise GGUFError(f"{g.path}: clip.vision.n_wa_pattern is missing; the Qwen2.5-VL projector file is incomplete")
     if ptype == "dots_ocr":  # (dots.ocr: clip.cpp's merge is the file's projector scale_factor, required; pixel limits as PaddleOCR-VL's)

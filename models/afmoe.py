@@ -55,14 +55,17 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 class AfmoeModel(LlamaModel):
     archs = ("afmoe",)
+    #: the metadata llama.cpp requires (Muse Glimmer's dense block: none of them)
+    required_keys: tuple[str, ...] = ("leading_dense_block_count", "expert_feed_forward_length", "expert_shared_count")
+    post_norm_eps = 0.0  # the post-norms' epsilon (0: the file's; Muse Glimmer's fixed 1e-8)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        for key in ("leading_dense_block_count", "expert_feed_forward_length", "expert_shared_count"):  # (llama.cpp requires them)
+        for key in self.required_keys:  # (llama.cpp requires them)
             if g.arch_get(key) is None:
-                raise GGUFError(f"{g.path}: metadata afmoe.{key} is missing; the file is not a complete model")
+                raise GGUFError(f"{g.path}: metadata {g.architecture}.{key} is missing; the file is not a complete model")
         self.gating = gating_func(g, GATING)
-        self.n_dense_lead = int(g.arch_get("leading_dense_block_count"))
-        self.n_shared = int(g.arch_get("expert_shared_count"))
+        self.n_dense_lead = int(g.arch_get("leading_dense_block_count", cfg.n_layer))  # (unstated: every layer dense)
+        self.n_shared = int(g.arch_get("expert_shared_count", 0))
         self.weights_scale = weights_scale(g)
         super().__init__(g, cfg, backend, n_ctx, n_batch)
         self.emb_scale = float(np.sqrt(np.float32(cfg.n_embd)))  # (llama.cpp's sqrtf)
@@ -101,13 +104,18 @@ class AfmoeModel(LlamaModel):
         return [LayerSpec(c.n_head, c.n_head_kv, c.head_dim, c.head_dim_v, c.sliding_window if c.is_swa(il) else 0, scale)
                 for il in range(c.n_layer)]  # fmt: skip
 
+    def embed(self, tokens: np.ndarray, x: Any, xn: Any) -> None:
+        """The residual stream's first rows ``x`` for ``tokens`` (``xn``: scratch): the embeddings times sqrt(n_embd)."""
+        self.be.get_rows(self.tok_embd, tokens, x)
+        self.be.scale(x, self.emb_scale)
+
     def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
         c, be, buf = self.cfg, self.be, self.buf
         T = len(tokens)
         x, xn, q, k, v, att, gate, up, q3, k3, v3, att3 = self.step_buffers(T)
         o, ag = buf.get("o", T, c.n_embd), buf.get("attn_gate", T, c.n_head * c.head_dim)  # a block's output; the gate
-        be.get_rows(self.tok_embd, tokens, x)
-        be.scale(x, self.emb_scale)
+        self.embed(tokens, x, xn)
+        post_eps = self.post_norm_eps or c.norm_eps
         for il, L in enumerate(self.layers):
             be.rms_norm(x, L.attn_norm, c.norm_eps, xn)
             be.linear_many((L.wq, L.wk, L.wv, L.attn_gate), xn, (q, k, v, ag))
@@ -124,13 +132,13 @@ class AfmoeModel(LlamaModel):
             else:  # (a kernel: a captured decode step brings nothing to the host)
                 be.sigmoid_mul(att, ag)
             be.linear(L.wo, att, o)
-            be.rms_norm_add(o, L.attn_post_norm, c.norm_eps, x)
+            be.rms_norm_add(o, L.attn_post_norm, post_eps, x)
             be.rms_norm(x, L.ffn_norm, c.norm_eps, xn)
             if L.moe is not None:
                 moe_add(be, L.moe, xn, o, buf, accumulate=False)
             else:
                 be.linear_many((L.w_gate, L.w_up), xn, (gate, up))
                 be.linear_glu(L.w_down, gate, up, o, "silu")
-            be.rms_norm_add(o, L.ffn_post_norm, c.norm_eps, x)
+            be.rms_norm_add(o, L.ffn_post_norm, post_eps, x)
             self.trace("l_out", il, x)
         self.output_head(x, out_rows, logits)

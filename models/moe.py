@@ -45,6 +45,7 @@ class SharedExpert:
     down: Weight  # [n_embd, n_ff_shexp]
     gate_inp: Weight | None = None  # [1, n_embd]: Qwen2-MoE's output scale, sigmoid(gate_inp . x) per token
     swiglu_limit: float = 0.0  # > 0: Step-3.5's clamped SwiGLU (:func:`swiglu_clamped`), llama.cpp's swiglu_clamp_shexp
+    act: str = "silu"  # or "swiglu_oai": gpt-oss's clamped GLU (MiniMax-M3's shared expert; host work, the CPU only)
 
 
 @dataclass
@@ -373,6 +374,12 @@ def shared_add(be: Backend, sh: SharedExpert, xn: np.ndarray, x: np.ndarray, buf
     n_ff = sh.gate.shape[0]
     g, u = buf.get("shexp_gate", T, n_ff), buf.get("shexp_up", T, n_ff)
     be.linear_many((sh.gate, sh.up), xn, (g, u))
+    if sh.act == "swiglu_oai":  # (MiniMax-M3's: never gated)
+        from ..ops.cpu.moe import swiglu_oai
+
+        swiglu_oai(g, u, g)
+        be.linear_add(sh.down, g, x)
+        return
     if sh.swiglu_limit > 0.0:  # (Step-3.5's clamped shared expert: never gated)
         clamped_glu(be, g, u, sh.swiglu_limit)
         be.linear_add(sh.down, g, x)

@@ -65,10 +65,12 @@ PROJECTORS: dict[str, ProjectorKind] = {
     "dots3note_v": ProjectorKind("dots3note_image:Dots3NoteVisionEncoder", "vision_dots3note:Dots3NoteLayout"),  # dots.note: dots.ocr's, Q/K norms, experts; dots3note text
     "nemotron_v2_vl": ProjectorKind("nemotronvl_image:NemotronVLEncoder", "vision_nemotronvl:NemotronVLLayout", None),  # RADIO, one fixed square, no markers
     "mimovl": ProjectorKind("mimovl_image:MimoVLEncoder", "vision_mimovl:MimoVLLayout", ("VISION_START", "VISION_END")),  # MiMo-V2.5: Youtu-VL's layout, mimo2 text
+    "minimax_m3": ProjectorKind("minimax_m3_image:MiniMaxM3Encoder", "vision_minimax_m3:MiniMaxM3Layout"),  # MiniMax-M3: Youtu-VL's layout, minimax-m3 text
     "exaone4_5": ProjectorKind("exaone45_image:Exaone45Encoder", "vision_exaone45:Exaone45Layout", ("VISION_START", "VISION_END")),  # Qwen2.5-VL's ViT, GQA; <vision> .. </vision>
     "yasa2": ProjectorKind("yasa2_image:Yasa2Encoder", "vision_yasa2:Yasa2Layout"),  # Reka Edge: ConvNeXtV2, one stretched square, 64 rows; <image> .. </image>
     "kimik25": ProjectorKind("kimik25_image:KimiK25Encoder", "vision_kimik25:KimiK25Layout"),  # Kimi-K2.5: Kimi-VL's with a 3-D grid resized bicubic; deepseek2 text
     "ling3vl": ProjectorKind("ling3vl_image:Ling3VLEncoder", "vision_ling3vl:Ling3VLLayout", ("VISION_START", "VISION_END"), "mrope"),  # Ling 3 VL: Qwen3-VL's tower, norm-only merger; bailingmoe3 text
+    "muse-glimmer": ProjectorKind("muse_glimmer_image:MuseGlimmerEncoder", "vision_muse_glimmer:MuseGlimmerLayout"),  # Muse Glimmer: windowed ViT, 2x2 shuffle, 3 products; <|image_start|> .. <|image_end|>
 }  # fmt: skip
 
 

@@ -79,7 +79,7 @@ class Vision:
             if g is not None:
                 g.close()
             raise KvrunError(f"{engine.cfg.arch} models take no images; kvrun runs images with Gemma 3, 3n and 4 (12B's unified too), SmolVLM, Qwen2-VL, "
-                             "Qwen3-VL, GLM-4.1V / 4.5V, LFM2-VL, InternVL, Pixtral / Mistral Small 3.1, MiniCPM-V (up to 4.6), Llama 4, Kimi-VL, Kimi-K2.5, PaddleOCR-VL, HunyuanOCR / Hunyuan-VL, LLaVA, MobileVLM, LightOnOCR, Janus-Pro, CogVLM, Step3-VL, Youtu-VL, MiMo-V2.5, dots.ocr, dots.note, DeepSeek-OCR (1 and 2), Nemotron Nano VL, EXAONE 4.5, Reka Edge, Ling 3 VL and Granite 4 Vision "
+                             "Qwen3-VL, GLM-4.1V / 4.5V, LFM2-VL, InternVL, Pixtral / Mistral Small 3.1, MiniCPM-V (up to 4.6), Llama 4, Kimi-VL, Kimi-K2.5, PaddleOCR-VL, HunyuanOCR / Hunyuan-VL, LLaVA, MobileVLM, LightOnOCR, Janus-Pro, CogVLM, Step3-VL, Youtu-VL, MiMo-V2.5, dots.ocr, dots.note, DeepSeek-OCR (1 and 2), Nemotron Nano VL, EXAONE 4.5, Reka Edge, Ling 3 VL, Muse Glimmer, MiniMax-M3 and Granite 4 Vision "
                              "and their mmproj files")  # fmt: skip
         self.engine = engine
         self.encoder = load_encoder(mmproj if g is None else g, engine.backend)  # (its type's encoder and layout: runtime/projectors.py)

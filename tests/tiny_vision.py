@@ -325,10 +325,12 @@ TINY_MMPROJS: dict[str, Callable[[Path, int], Path]] = {
     "gemma4uv": _writer("tiny_vision_gemma4u", "write_tiny_gemma4u_mmproj", audio=False),  # (p117: tests/test_vision_gemma4u.py)
     "nemotronvl": _writer("tiny_vision_nemotronvl", "write_tiny_nemotronvl_mmproj"),  # (p118: tests/test_vision_nemotronvl.py)
     "mimovl": _writer("tiny_vision_mimovl", "write_tiny_mimovl_mmproj"),  # (p120: tests/test_vision_mimovl.py)
+    "minimax_m3": _writer("tiny_vision_minimax_m3", "write_tiny_minimax_m3_mmproj"),  # (p134: tests/test_vision_minimax_m3.py)
     "exaone45": _writer("tiny_vision_exaone45", "write_tiny_exaone45_mmproj"),  # (p121: tests/test_vision_exaone45.py)
     "yasa2": _writer("tiny_vision_yasa2", "write_tiny_yasa2_mmproj"),  # (p124: tests/test_vision_yasa2.py)
     "ling3vl": _writer("tiny_vision_ling3vl", "write_tiny_ling3vl_mmproj", extras=True),  # (p129: tests/test_vision_ling3vl.py)
     "kimik25": _writer("tiny_vision_kimik25", "write_tiny_kimik25_mmproj"),  # (p132: tests/test_vision_kimik25.py)
+    "muse_glimmer": _writer("tiny_vision_muse_glimmer", "write_tiny_muse_glimmer_mmproj"),  # (p133: tests/test_vision_muse_glimmer.py)
 }  # fmt: skip
 
 

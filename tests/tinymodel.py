@@ -232,12 +232,16 @@ FIXTURE_MODELS: dict[str, dict] = {
     # per-head QK norm, windows on 3 layers of 4 (the 4th global, NoPE), a leading dense layer, sigmoid-routed experts
     # with exp_probs_b, renormalised and scaled, a shared expert
     "afmoe": {"arch": "afmoe"},
+    # Muse Glimmer (tiny_muse_glimmer.py): AFMoE's attention (sandwich norms, gate, per-head QK norm), the input RMS-normed,
+    # post-norms at 1e-8, rope (pairs) and windows on the layers the file's pattern array says, a dense FFN, logit scale, softcap
+    "muse-glimmer": {"arch": "muse-glimmer"},
     # EXAONE MoE, K-EXAONE (tiny_exaone_moe.py): pre-norms, per-head QK norm, windows on the layers the file's pattern says
     # (only they rotate, with Llama 3's factors), a leading dense layer, sigmoid-routed experts with exp_probs_b, a shared one
     "exaone-moe": {"arch": "exaone-moe", "seed": 1},  # (seed 0's logits tie two tokens at one position)
     # MiniMax-M2, MiMo-V2-Flash, Step-3.5-Flash, Mistral Small 4 (tiny_moe3.py): QK-norm over all heads, sigmoid routing;
     # sinks, windows, per-layer KV heads, value scale; gated attention, per-layer heads and rope; MLA as deepseek2
     "minimax-m2": {"arch": "minimax-m2"},
+    "minimax-m3": {"arch": "minimax-m3"},  # MiniMax-M3 (tiny_minimax_m3.py): per-head QK norm, swigluoai experts, MSA's dense path
     "mimo2": {"arch": "mimo2"},
     "step35": {"arch": "step35"},
     "mistral4": {"arch": "mistral4"},
@@ -445,6 +449,10 @@ def write_tiny_model(
         from tiny_gemma4 import write_tiny_gemma4
 
         return write_tiny_gemma4(path, qtype, seed, variant)
+    if arch == "minimax-m3":  # (tiny_minimax_m3.py)
+        from tiny_minimax_m3 import write_tiny_minimax_m3
+
+        return write_tiny_minimax_m3(path, qtype, seed)
     if arch in ("minimax-m2", "mimo2", "step35", "mistral4"):  # (tiny_moe3.py)
         from tiny_moe3 import write_tiny_moe3
 
@@ -453,6 +461,10 @@ def write_tiny_model(
         from tiny_exaone_moe import write_tiny_exaone_moe
 
         return write_tiny_exaone_moe(path, qtype, seed)
+    if arch == "muse-glimmer":  # (tiny_muse_glimmer.py)
+        from tiny_muse_glimmer import write_tiny_muse_glimmer
+
+        return write_tiny_muse_glimmer(path, qtype, seed)
     if arch == "afmoe":  # (tiny_afmoe.py)
         from tiny_afmoe import write_tiny_afmoe
 

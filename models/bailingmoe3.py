@@ -22,8 +22,12 @@ Ling's own parts, which are all this module adds:
   trunk never runs, and kvrun neither runs nor reads.
 
 The forward is Kimi Linear's (``KimiLinearModel.forward``: it takes picture rows, ``Model.input_embd``, for Ling-3-VL).
-Refused in one line: ``--device gpu`` (the safe gate and the full-rank gates have no GPU kernels yet), a missing
-``exp_probs_b``, a non-safe gate or a bound not below 0 (which llama.cpp asserts), and Kimi's refusals.
+On ``--device gpu`` it runs as Kimi's there (``models/gpu_delta.py``), every step a kernel so that a decode step is
+captured as a CUDA graph: the safe gate a flag of the decay kernel, the full-rank gates the products' outputs as they
+are, the rope parts turned by the backend's rope over the heads ``mla_qk`` lays out ``[pe, nope]`` (deepseek2's), the
+head gate a kernel.  Refused in one line: pictures in the cache on the GPU (their per-row M-RoPE tables, and the
+shifted text positions after them, are not carried over yet), a missing ``exp_probs_b``, a non-safe gate or a bound
+not below 0 (which llama.cpp asserts), and Kimi's refusals.
 """
 
 from __future__ import annotations
@@ -70,8 +74,6 @@ class Bailingmoe3Model(KimiLinearModel):
     takes_images = True  # Kimi's forward reads Model.input_embd (Ling-3-VL's picture rows)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: bailingmoe3 runs on --device cpu only for now (its KDA gates have no GPU kernels)")
         if not bool(g.arch_get("kda.safe_gate", True)):
             raise UnsupportedModelError(f"{g.path}: bailingmoe3 with kda.safe_gate false is not supported (llama.cpp requires the safe gate)")
         self.lower_bound = float(g.arch_get("kda.gate_lower_bound", 0.0) or 0.0)
@@ -121,6 +123,8 @@ class Bailingmoe3Model(KimiLinearModel):
         """Kimi's forward; where the cache holds pictures (M-RoPE files) each row's rope parts turn by its sections'
         positions, through per-row tables."""
         P = forward_positions(cache, pos, self.input_embd is not None) if self.sections is not None else None
+        if P is not None and self.be.name != "cpu":
+            raise UnsupportedModelError("Ling 3 VL pictures on --device gpu are not supported yet (their per-row M-RoPE); use --device cpu")
         if P is not None:
             cos, sin = mrope_rows(P, self.sections, self.neox_cos, self.neox_sin, self.rope_cos, self.rope_sin)
             self.row_rope = (np.arange(len(P), dtype=np.int32), cos, sin)
@@ -134,6 +138,10 @@ class Bailingmoe3Model(KimiLinearModel):
 
     def mla_attend(self, L: Any, lc: Any, xn: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """Kimi's MLA with the rope parts turned, each head's output times its sigmoid gate (before ``attn_output``)."""
+        if self.be.name == "gpu":  # (Kimi's kernels with the rope and the gate: a decode step is captured)
+            from .gpu_delta import kimi_mla_attend
+
+            return kimi_mla_attend(self, L, lc, xn, pos, (self.rope_cos, self.rope_sin, self.sections is not None), L.attn_gate)
         T, H = xn.shape[0], self.cfg.n_head
         att = super().mla_attend(L, _TurnedCache(self, lc), xn, pos)
         gate = self.buf.get("mla_gate", T, H)

@@ -1,6 +1,8 @@
 """The delta-rule mixers on ``--device gpu``: Gated DeltaNet's (``qwen35.py``'s ``deltanet_y``: qwen35, qwen35moe,
 qwen3next) and Kimi Delta Attention's (``kimi_linear.py``'s ``kda_y``), and the two models' numpy cuts beside them
-(Qwen's gated attention's query and output gate, Kimi's unturned MLA heads).
+(Qwen's gated attention's query and output gate, Kimi's unturned MLA heads).  Ling 3 (``bailingmoe3.py``) runs Kimi's
+steps with its parameters: full-rank decay and output gates (no ``_b`` product), the safe gate's bound (a flag of the
+decay kernel), its MLA's rope parts turned by the backend's rope and its per-head output gate a kernel.
 
 The same steps as the CPU's, in the same order, each a kernel on device buffers (``ops/gpu/delta.cu``; the products the
 backend's): the convolution and the delta rule run in the layer's GPU cache (``cache/gpu_delta.py``), which keeps the
@@ -38,25 +40,30 @@ def kda_y(model: Any, kd: Any, state: Any, xn: Any, pos: np.ndarray) -> Any:
     be, buf, H, hd = model.be, model.buf, model.cfg.n_head, model.head_dim_kda
     T, d = xn.shape[0], H * hd
     q, k, v = buf.get("kda_q", T, d), buf.get("kda_k", T, d), buf.get("kda_v", T, d)
-    fa, ga, beta = buf.get("kda_fa", T, hd), buf.get("kda_ga", T, hd), buf.get("kda_beta", T, H)
+    fa, ga, beta = buf.get("kda_fa", T, kd.f_a.shape[0]), buf.get("kda_ga", T, kd.g_a.shape[0]), buf.get("kda_beta", T, H)
     be.linear_many((kd.wq, kd.wk, kd.wv, kd.f_a, kd.g_a, kd.wbeta), xn, (q, k, v, fa, ga, beta))
     qkv = buf.get("kda_qkv", T, 3 * d)  # (the three convolutions as one: each channel is its own)
     for i, part in enumerate((q, k, v)):
         G.put_cols(part, qkv, i * d)
-    g, g2 = buf.get("kda_g", T, d), buf.get("kda_g2", T, d)
-    be.linear_many((kd.f_b,), fa, (g,))
-    be.linear_many((kd.g_b,), ga, (g2,))
+    g, g2 = fa, ga  # (Ling 3's full rank: f_a and g_a give them)
+    if kd.f_b is not None:
+        g, g2 = buf.get("kda_g", T, d), buf.get("kda_g2", T, d)
+        be.linear_many((kd.f_b,), fa, (g,))
+        be.linear_many((kd.g_b,), ga, (g2,))
     gb = buf.get("kda_gb", T, d + H)  # every channel's decay log, then each head's write strength
-    G.decay_beta(g, beta, G.const(kd.dt_b), G.const(kd.A), gb, hd)
+    G.decay_beta(g, beta, G.const(kd.dt_b), G.const(kd.A), gb, hd, kd.lower_bound)  # (< 0: Ling 3's safe gate)
     y = buf.get("kda_y", T, d)
     state.scan(qkv, gb, pos, kd, y)
     G.norm_gate(y, g2, G.const(kd.norm), model.cfg.norm_eps, sigmoid_gate=True)
     return y
 
 
-def kimi_mla_attend(model: Any, L: Any, lc: Any, xn: Any, pos: np.ndarray) -> Any:
+def kimi_mla_attend(model: Any, L: Any, lc: Any, xn: Any, pos: np.ndarray, rope: tuple[Any, Any, bool] | None = None,
+                    gate: Any = None) -> Any:  # fmt: skip
     """``KimiLinearModel.mla_attend`` on the GPU.  Kimi's heads are ``[nope, pe]`` unturned; ``mla_qk`` lays q's and k's
-    heads out ``[pe, nope]`` (deepseek2's kernel): the same permutation of both, so every score is the same sum."""
+    heads out ``[pe, nope]`` (deepseek2's kernel): the same permutation of both, so every score is the same sum.
+    Ling 3's (``Bailingmoe3Model.mla_attend``): ``rope`` (cos, sin, neox) turns the leading ``pe`` parts as deepseek2's
+    forward does, and ``gate`` [n_head, n_embd] gates each head's output by ``sigmoid(gate xn)``."""
     c, be, buf = model.cfg, model.be, model.buf
     T, H, D, Dv, R, nope, rank = xn.shape[0], c.n_head, c.head_dim, c.head_dim_v, model.n_rot, model.qk_nope, model.kv_rank
     q_raw, q, kva, kvc = buf.get("q_raw", T, H * D), buf.get("q", T, H * D), buf.get("kv_a", T, rank + R), buf.get("kv_c", T, rank)
@@ -64,5 +71,11 @@ def kimi_mla_attend(model: Any, L: Any, lc: Any, xn: Any, pos: np.ndarray) -> An
     mla_project(be, L, xn, buf, c.norm_eps, q_raw, kva, kvc, k_nope, v)
     q3, k3 = q.reshape(T, H, D), k.reshape(T, H, D)
     be.mla_qk(q_raw.reshape(T, H, D), k_nope.reshape(T, H, nope), kva, q3, k3)
+    if rope is not None:  # (every head's copy of the shared k_pe turned alike)
+        be.rope_qk(q3, k3, pos, *rope)
     lc.update_and_attend(q3, k3, v.reshape(T, H, Dv), pos, att.reshape(T, H, Dv))
+    if gate is not None:
+        s = buf.get("mla_gate", T, H)
+        be.linear(gate, xn, s)
+        G.head_gate(s, att.reshape(T, H, Dv))
     return att

@@ -131,14 +131,9 @@ def _refused(g, backend=None):
 
 
 def test_what_is_not_supported_is_refused_in_one_line(tmp_path):
-    """The GPU (no kernels for the safe gate yet), a non-safe gate, a bound not below 0 (llama.cpp asserts both), a
-    shared expert of another width than the file states, a full-rank gate on a KDA layer."""
-
-    class GPU:
-        name = "gpu"
-
+    """A non-safe gate, a bound not below 0 (llama.cpp asserts both), a shared expert of another width than the file
+    states, a full-rank gate on a KDA layer (the GPU runs it: tests/test_gpu_bailingmoe3.py)."""
     cases = [
-        (UnsupportedModelError, "--device cpu only", lambda g: None, GPU()),
         (UnsupportedModelError, "safe_gate", lambda g: g.metadata.__setitem__("bailingmoe3.kda.safe_gate", False), None),
         (GGUFError, "gate_lower_bound", lambda g: g.metadata.__setitem__("bailingmoe3.kda.gate_lower_bound", 0.5), None),
         (GGUFError, "expert_shared_feed_forward_length 40", lambda g: g.metadata.__setitem__("bailingmoe3.expert_shared_feed_forward_length", 40), None),

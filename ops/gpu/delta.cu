@@ -1,4 +1,4 @@
-// Gated DeltaNet (Qwen3.5, Qwen3-Next) and Kimi Delta Attention (Kimi Linear) on the GPU: the delta rule, the decay and
+// Gated DeltaNet (Qwen3.5, Qwen3-Next) and Kimi Delta Attention (Kimi Linear, Ling 3) on the GPU: the delta rule, the decay and
 // write strength before it, the gated output norms after it, and the small cuts of the gated attention beside it (the
 // CUDA twins of ops/cpu/deltanet.py, ops/cpu/kda.py and the numpy lines of models/qwen35.py / kimi_linear.py, float32
 // throughout, as llama.cpp's ggml_gated_delta_net and build_norm_gated).
@@ -15,21 +15,23 @@ __device__ __forceinline__ float delta_sigmoid(float x) { return 0.5f + 0.5f * t
 
 // ------------------------------------------------------------------ decay and write strength
 // gb[t, c] for c < n_g:  softplus(a[t, c] + dt_b[c]) * A[c / per]   (the decay's log: per 1 a head, per d_k a key channel)
+//                        or, lower_bound < 0 (Ling 3's safe gate, A = exp(A_log) > 0):
+//                        lower_bound * sigmoid(A[c / per] * (a[t, c] + dt_b[c]))
 // gb[t, n_g + h]:        sigmoid(beta[t, h])                         (the write strength)
 // grid-stride over T * (n_g + n_v)
-extern "C" __global__ void delta_gb_f32(const float* __restrict__ a,     // [T, n_g]: alpha (Qwen) or f_b's output (KDA)
+extern "C" __global__ void delta_gb_f32(const float* __restrict__ a,     // [T, n_g]: alpha (Qwen) or f_b's output (KDA; Ling 3's f_a's)
                                         const float* __restrict__ beta,  // [T, n_v]
                                         const float* __restrict__ dt_b,  // [n_g]
                                         const float* __restrict__ A,     // [n_g / per]
                                         float* __restrict__ gb,          // [T, n_g + n_v]
-                                        int T, int n_g, int n_v, int per) {
+                                        int T, int n_g, int n_v, int per, float lower_bound) {
     const int w = n_g + n_v;
     const long long total = (long long)T * w;
     for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total; idx += (long long)gridDim.x * blockDim.x) {
         const int t = (int)(idx / w), c = (int)(idx % w);
         if (c < n_g) {
             const float v = a[(size_t)t * n_g + c] + dt_b[c];
-            gb[idx] = (v > 20.0f ? v : log1pf(expf(v))) * A[c / per];
+            gb[idx] = lower_bound < 0.0f ? lower_bound * delta_sigmoid(A[c / per] * v) : (v > 20.0f ? v : log1pf(expf(v))) * A[c / per];
         } else {
             gb[idx] = delta_sigmoid(beta[(size_t)t * n_v + c - n_g]);
         }
@@ -150,7 +152,8 @@ extern "C" __global__ void delta_norm_gate_f32(float* __restrict__ y,       // [
 
 // ------------------------------------------------------------------ cuts
 // Qwen3.5's gated attention: q[r, i] = qg[r, i] (a head's query, the first half of its 2 d values in qg) where mode 0;
-// att[r, i] *= sigmoid(qg[r, d + i]) (its output gate, the second half) where mode 1.
+// att[r, i] *= sigmoid(qg[r, d + i]) (its output gate, the second half) where mode 1; Ling 3's MLA head gate,
+// att[r, i] *= sigmoid(qg[r]) (one value a head row r = t * n_head + h), where mode 2.
 // grid-stride over n_rows * d
 extern "C" __global__ void delta_qgate_f32(const float* __restrict__ qg, float* __restrict__ out, long long n_rows, int d, int mode) {
     const long long total = n_rows * d;
@@ -158,6 +161,7 @@ extern "C" __global__ void delta_qgate_f32(const float* __restrict__ qg, float* 
         const long long r = idx / d;
         const int i = (int)(idx % d);
         if (mode == 0) out[idx] = qg[r * 2 * d + i];
+        else if (mode == 2) out[idx] *= delta_sigmoid(qg[r]);
         else out[idx] *= delta_sigmoid(qg[r * 2 * d + d + i]);
     }
 }

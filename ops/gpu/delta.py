@@ -29,13 +29,14 @@ def const(a: np.ndarray, dtype: Any = np.float32) -> Any:
     return CONSTS.get(a, dtype)
 
 
-def decay_beta(a: Any, beta: Any, dt_b: Any, A: Any, gb: Any, per: int) -> None:
+def decay_beta(a: Any, beta: Any, dt_b: Any, A: Any, gb: Any, per: int, lower_bound: float = 0.0) -> None:
     """``gb`` [T, n_g + n_v]: ``softplus(a + dt_b) * A[c // per]`` (the decay's log: ``per`` 1 one a head, ``d_k`` KDA's
-    one a key channel), then ``sigmoid(beta)``.   a: [T, n_g]; beta: [T, n_v]."""
+    one a key channel; ``lower_bound`` < 0: Ling 3's safe gate ``lower_bound * sigmoid(A[c // per] * (a + dt_b))``),
+    then ``sigmoid(beta)``.   a: [T, n_g]; beta: [T, n_v]."""
     T, n_g = a.shape
     n_v = beta.shape[1]
     if T:
-        K.launch("delta_gb_f32", _ew(T * (n_g + n_v)), (_EW_BLOCK,), a, beta, dt_b, A, gb, T, n_g, n_v, per)
+        K.launch("delta_gb_f32", _ew(T * (n_g + n_v)), (_EW_BLOCK,), a, beta, dt_b, A, gb, T, n_g, n_v, per, float(lower_bound))
 
 
 def rule(state: Any, qkv: Any, gb: Any, gb_col0: int, k_of_v: Any, y: Any, ck: Any, n_ck: int, ck_buf: Any, n_k: int,
@@ -71,6 +72,13 @@ def sigmoid_gate(qg: Any, att: Any) -> None:
     T, H, d = att.shape
     if T:
         K.launch("delta_qgate_f32", _ew(T * H * d), (_EW_BLOCK,), qg, att, T * H, d, 1)
+
+
+def head_gate(gate: Any, att: Any) -> None:
+    """``att`` [T, H, d] *= ``sigmoid(gate)`` [T, H], one value a head (Ling 3's MLA output gate)."""
+    T, H, d = att.shape
+    if T:
+        K.launch("delta_qgate_f32", _ew(T * H * d), (_EW_BLOCK,), gate, att, T * H, d, 2)
 
 
 def put_cols(src: Any, dst: Any, col0: int) -> None:

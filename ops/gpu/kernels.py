@@ -204,7 +204,7 @@ _declare("recurrent.cu", "wkv_f32", "ppppp" + "i" * 6)  # state, x, y, ck, ck_bu
 _declare("recurrent.cu", "shortconv_f32", "ppppp" + "iiii")  # bcx, ring, pos, w, y, T, n, K, n_ring
 _declare("recurrent.cu", "shortconv_store_f32", "ppp" + "iiii")  # bcx, ring, pos, T, keep, n, n_ring
 # Gated DeltaNet and Kimi Delta Attention (delta.cu)
-_declare("delta.cu", "delta_gb_f32", "ppppp" + "iiii")  # a, beta, dt_b, A, gb, T, n_g, n_v, per
+_declare("delta.cu", "delta_gb_f32", "ppppp" + "iiiif")  # a, beta, dt_b, A, gb, T, n_g, n_v, per, lower_bound
 # state, qkv, gb, k_of_v, y, ck, ck_buf, T, n_v, n_k, d_v, d_k, gb_stride, gb_col0, per_channel, eps, n_ck
 _declare("delta.cu", "delta_rule_f32", "p" * 7 + "i" * 8 + "fi")
 _declare("delta.cu", "delta_norm_gate_f32", "pppiifi")  # y, z, w, n_rows, d, eps, sigmoid_gate

@@ -56,6 +56,7 @@ SUPPORTED_ARCHITECTURES += ("jais", "codeshell", "refact", "plm", "plamo", "cham
 SUPPORTED_ARCHITECTURES += ("dbrx", "arctic", "grok", "nemotron_h_moe")  # big mixtures of experts: models/dbrx.py, arctic.py, grok.py, nemotron_h_moe.py
 SUPPORTED_ARCHITECTURES += ("kimi-linear",)  # Kimi Linear: Kimi Delta Attention among rope-less MLA layers, experts (models/kimi_linear.py)
 SUPPORTED_ARCHITECTURES += ("bailingmoe3",)  # Ling 3: Kimi Linear's shape, full-rank KDA gates, gated and roped MLA (models/bailingmoe3.py)
+SUPPORTED_ARCHITECTURES += ("kimi-k3",)  # Kimi K3: Kimi Linear's layers, residual attention, latent experts, situ (models/kimi_k3.py)
 SUPPORTED_ARCHITECTURES += ("cogvlm", "deepseek2-ocr", "glm-dsa", "hunyuan_vl", "paddleocr")  # text sides of VL/OCR models: models/cogvlm.py, deepseek2_ocr.py, glm_dsa.py, hunyuan_vl.py, paddleocr.py
 SUPPORTED_ARCHITECTURES += ("dots3note",)  # rednote's dots.note: glm-dsa's MLA and DSA with window layers of their own geometry, a head gate (models/dots3note.py)
 
@@ -262,6 +263,8 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "kimi-linear": {"rope_neox": False},
     # Ling 3: Kimi Linear's layers (models/bailingmoe3.py: normal rope, halves where the VL files state sections), NextN layers past the trunk
     "bailingmoe3": {"rope_neox": False, "expert_weights_norm": False, "nextn": True},
+    # Kimi K3: Kimi Linear's layers (models/kimi_k3.py), the experts renormalised only where the file says
+    "kimi-k3": {"rope_neox": False, "expert_weights_norm": False},
     # Gemma 3n (E2B, E4B): 4 sliding-window layers then 1 global, local rope base 10k, attention unscaled (Q and K
     # are normed), logits soft-capped at 30; what llama.cpp fixes in code: layers from the 20th on keep no K/V
     # (they read an earlier layer's), the first 10 layers' FFN gates sparse (kept above mean + 1.645 std, the
@@ -437,7 +440,7 @@ def load_config(g: GGUFFile) -> ModelConfig:
     if arch == "minicpm3":  # (MLA as deepseek2; V's heads llama.cpp's n_embd_head_v: n_embd / n_head unless stated, not
         # key_length, which the converter states as qk_nope + qk_rope)
         head_dim_v, n_head_kv = int(g.arch_get("attention.value_length", n_embd // n_head)), n_head
-    if arch in ("kimi-linear", "bailingmoe3"):  # (MLA as deepseek2's, decompressed: llama.cpp requires key_length_mla and value_length_mla)
+    if arch in ("kimi-linear", "bailingmoe3", "kimi-k3"):  # (MLA as deepseek2's, decompressed: llama.cpp requires key_length_mla and value_length_mla)
         head_dim, head_dim_v, n_head_kv = int(_req(g, "attention.key_length_mla")), int(_req(g, "attention.value_length_mla")), n_head
     if "full_attention_interval" in d:  # (Qwen3.5's multi-token-prediction block comes after the trunk, counted in
         # block_count: llama.cpp's graph runs the trunk alone, and so does kvrun)
@@ -491,7 +494,7 @@ def load_config(g: GGUFFile) -> ModelConfig:
     ssm_layers = tuple(int(n) == 0 for n in kv_per_layer) if arch in ("mamba2", "granitehybrid") else ()
     if arch in ("jamba", "plamo2"):  # (their Mamba layers: head_count_kv 0; they keep no K/V)
         ssm_layers = tuple(int(n) == 0 for n in kv_per_layer)
-    if arch in ("kimi-linear", "bailingmoe3"):  # (its KDA layers: head_count_kv 0; the trunk's, past it NextN layers)
+    if arch in ("kimi-linear", "bailingmoe3", "kimi-k3"):  # (its KDA layers: head_count_kv 0; the trunk's, past it NextN layers)
         ssm_layers = tuple(int(n) == 0 for n in kv_per_layer)[:n_layer]
     rope_theta = float(g.arch_get("rope.freq_base", 10_000.0))
     alpha = float(g.arch_get("rope.scaling.alpha", 0.0) or 0.0)

@@ -137,6 +137,7 @@ _CLASSES: dict[str, tuple[str, ...]] = {
     "t5.T5Model": ("t5",),
     "kimi_linear.KimiLinearModel": ("kimi-linear",),
     "bailingmoe3.Bailingmoe3Model": ("bailingmoe3",),
+    "kimi_k3.KimiK3Model": ("kimi-k3",),
     "cogvlm.CogVLMModel": ("cogvlm",),
     "deepseek2_ocr.Deepseek2OCRModel": ("deepseek2-ocr",),
     "glm_dsa.GlmDsaModel": ("glm-dsa",),

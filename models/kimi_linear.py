@@ -60,6 +60,7 @@ TENSOR_NAMES.update({  # llama.cpp's LLM_TENSOR_SSM_CONV1D_Q/K/V, _SSM_F_A/B, _S
     "ssm_f_b": "blk.{i}.ssm_f_b.weight",
     "ssm_g_a": "blk.{i}.ssm_g_a.weight",
     "ssm_g_b": "blk.{i}.ssm_g_b.weight",
+    "ssm_g": "blk.{i}.ssm_g.weight",  # (Kimi K3's full-rank output gate)
 })  # fmt: skip
 
 
@@ -104,6 +105,8 @@ class KimiLinearModel(Deepseek2Model):
     #: ``attn_gate`` (which the subclass reads), a head tied to ``token_embd``
     GATED_MLA = False
     TIED_OUTPUT = False
+    #: Kimi K3's (kimi_k3.py) KDA output gate: one full-rank ``ssm_g`` beside the low-rank decay
+    FULL_KDA_GATE = False
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         for key in ("attn_res_block_size", "moe_latent_size"):
@@ -173,7 +176,9 @@ class KimiLinearModel(Deepseek2Model):
             wq=mat("wq", (d, n_embd)), wk=mat("wk", (d, n_embd)), wv=mat("wv", (d, n_embd)),
             conv=np.ascontiguousarray(conv.T), conv_b=np.zeros(3 * d, np.float32),
             f_a=mat("ssm_f_a", (r, n_embd)), f_b=mat("ssm_f_b", (d, hd)) if low_rank else None, dt_b=host("ssm_dt_b", d), A=host("ssm_a", H),
-            wbeta=mat("ssm_beta", (H, n_embd)), g_a=mat("ssm_g_a", (r, n_embd)), g_b=mat("ssm_g_b", (d, hd)) if low_rank else None,
+            wbeta=mat("ssm_beta", (H, n_embd)),
+            g_a=mat("ssm_g", (d, n_embd)) if self.FULL_KDA_GATE else mat("ssm_g_a", (r, n_embd)),
+            g_b=mat("ssm_g_b", (d, hd)) if low_rank and not self.FULL_KDA_GATE else None,
             norm=host("ssm_norm", hd), wo=mat("wo", (n_embd, d)),
             k_of_v=np.arange(H, dtype=np.int64), eps=float(self.cfg.norm_eps),
         )  # fmt: skip
@@ -197,9 +202,11 @@ class KimiLinearModel(Deepseek2Model):
         fa, ga, beta = buf.get("kda_fa", T, K.f_a.shape[0]), buf.get("kda_ga", T, K.g_a.shape[0]), buf.get("kda_beta", T, H)
         be.linear_many((K.wq, K.wk, K.wv, K.f_a, K.g_a, K.wbeta), xn, (q, k, v, fa, ga, beta))
         qkv = np.concatenate([q, k, v], axis=1)  # (the three convolutions as one: each channel is its own)
-        g, g2 = (buf.get("kda_g", T, d), buf.get("kda_g2", T, d)) if K.f_b is not None else (fa, ga)  # (Ling's: full rank)
+        g = buf.get("kda_g", T, d) if K.f_b is not None else fa  # (Ling's: full rank)
+        g2 = buf.get("kda_g2", T, d) if K.g_b is not None else ga  # (Ling's and K3's: full rank)
         if K.f_b is not None:
             be.linear_many((K.f_b,), fa, (g,))
+        if K.g_b is not None:
             be.linear_many((K.g_b,), ga, (g2,))
         gb = buf.get("kda_gb", T, d + H)  # every channel's decay log, then each head's write strength (what the cache keeps)
         if K.lower_bound < 0.0:  # (Ling 3's safe gate: the log bounded below by lower_bound)

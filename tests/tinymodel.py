@@ -305,6 +305,9 @@ FIXTURE_MODELS: dict[str, dict] = {
     # "-mrope": the VL files' rope sections, attn_q), clamped SwiGLUs, a wider shared expert, an MTP layer left out
     "bailingmoe3": {"arch": "bailingmoe3"},
     "bailingmoe3-mrope": {"arch": "bailingmoe3", "variant": "mrope", "seed": 1},
+    # Kimi K3 (tiny_kimi_k3.py): Kimi Linear's layers with cross-layer residual attention, latent experts, situ, a per-channel
+    # MLA output gate, a full-rank KDA output gate and the bounded decay
+    "kimi-k3": {"arch": "kimi-k3", "seed": 1},
     # text sides of VL/OCR models (tiny_text_sides.py): CogVLM (fused QKV, the visual expert's weights unread), DeepSeek-OCR
     # (plain attention in DeepSeek-V2's trunk), GLM-5 (MLA, sigmoid router unstated, NextN; the DSA indexer's top_k past the
     # prompt), HunyuanOCR (QK-norm after an M-RoPE with an unturned fourth section; "-plain": no sections), PaddleOCR-VL
@@ -405,6 +408,10 @@ def write_tiny_model(
         from tiny_kimi_linear import write_tiny_kimi_linear
 
         return write_tiny_kimi_linear(path, qtype, seed)
+    if arch == "kimi-k3":  # (tiny_kimi_k3.py)
+        from tiny_kimi_k3 import write_tiny_kimi_k3
+
+        return write_tiny_kimi_k3(path, qtype, seed)
     if arch == "bailingmoe3":  # (tiny_bailingmoe3.py: its ``variant``)
         from tiny_bailingmoe3 import write_tiny_bailingmoe3
 

@@ -21,13 +21,15 @@ Ling's own parts, which are all this module adds:
 * the last ``nextn_predict_layers`` of ``block_count`` are multi-token-prediction layers, which llama.cpp loads but its
   trunk never runs, and kvrun neither runs nor reads.
 
-The forward is Kimi Linear's (``KimiLinearModel.forward``: it takes picture rows, ``Model.input_embd``, for Ling-3-VL).
-On ``--device gpu`` it runs as Kimi's there (``models/gpu_delta.py``), every step a kernel so that a decode step is
-captured as a CUDA graph: the safe gate a flag of the decay kernel, the full-rank gates the products' outputs as they
-are, the rope parts turned by the backend's rope over the heads ``mla_qk`` lays out ``[pe, nope]`` (deepseek2's), the
-head gate a kernel.  Refused in one line: pictures in the cache on the GPU (their per-row M-RoPE tables, and the
-shifted text positions after them, are not carried over yet), a missing ``exp_probs_b``, a non-safe gate or a bound
-not below 0 (which llama.cpp asserts), and Kimi's refusals.
+The forward is Kimi Linear's (``KimiLinearModel.forward``: it takes picture rows, ``Model.input_embd``, for Ling-3-VL)
+inside models/mrope_text.py's ``MropeText.forward``, the M-RoPE of Qwen2-VL's and the others' (nothing where the file
+states no sections): a picture's own rows (a prefill) turn by per-row tables, the text after pictures by the text
+tables at its slot plus the pictures' shift, the positions made by the backend, the shift part of a captured decode
+step's key (``MropeText.decode_graph_key``).  On ``--device gpu`` it runs as Kimi's there (``models/gpu_delta.py``),
+every step a kernel so that a decode step is captured as a CUDA graph: the safe gate a flag of the decay kernel, the
+full-rank gates the products' outputs as they are, the rope parts turned by the backend's rope over the heads
+``mla_qk`` lays out ``[pe, nope]`` (deepseek2's) at those positions, the head gate a kernel.  Refused in one line: a
+missing ``exp_probs_b``, a non-safe gate or a bound not below 0 (which llama.cpp asserts), and Kimi's refusals.
 """
 
 from __future__ import annotations
@@ -44,15 +46,13 @@ from .common import WeightLoader, make_rope
 from .kimi_linear import KDA, KimiLinearModel
 from .mimo2 import per_layer
 from .moe import moe_or_swiglu_add
-from .mrope_images import forward_positions, mrope_rows
-from .mrope_text import mrope_tables, rope_sections
+from .mrope_text import MropeText, mrope_tables, rope_sections
 from .qwen35 import _sigmoid
 
 
 class _TurnedCache:
     """A layer cache seen through the rope: Kimi's ``mla_attend`` hands it each head's ``[nope, pe]`` query and key
-    (``k_pe`` every head's copy); it turns their ``pe`` parts at the rows' positions (or by the forward's per-row M-RoPE
-    tables), then attends as the cache."""
+    (``k_pe`` every head's copy); it turns their ``pe`` parts at the rows' rope positions, then attends as the cache."""
 
     def __init__(self, model: Bailingmoe3Model, lc: Any) -> None:
         self.model, self.lc = model, lc
@@ -60,13 +60,12 @@ class _TurnedCache:
     def update_and_attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
         m = self.model
         q_pe, k_pe = np.ascontiguousarray(q[..., m.qk_nope :]), np.ascontiguousarray(k[..., m.qk_nope :])
-        rows, cos, sin = m.row_rope or (pos, m.rope_cos, m.rope_sin)
-        m.be.rope_qk(q_pe, k_pe, rows, cos, sin, m.sections is not None)
+        m.be.rope_qk(q_pe, k_pe, *m.rope_rows(pos), m.sections is not None)
         q[..., m.qk_nope :], k[..., m.qk_nope :] = q_pe, k_pe
         self.lc.update_and_attend(q, k, v, pos, out)
 
 
-class Bailingmoe3Model(KimiLinearModel):
+class Bailingmoe3Model(MropeText, KimiLinearModel):
     archs = ("bailingmoe3",)
     ROPE_ABSENCE = None  # (its MLA turns q_pe and k_pe)
     GATED_MLA = True
@@ -90,8 +89,6 @@ class Bailingmoe3Model(KimiLinearModel):
         s = g.arch_get("rope.dimension_sections")
         #: llama.cpp's rope for the file: normal (None), or M-RoPE where the first two sections are above 0 (its use_mrope)
         self.sections = rope_sections(g) if s is not None and len(s) > 1 and int(s[0]) > 0 and int(s[1]) > 0 else None
-        #: the forward's rows' (positions, cos, sin) where the cache holds pictures (per-row tables), else None
-        self.row_rope: tuple | None = None
         if self.sections is not None:  # (the plain halves' tables kept for per-row ones, the text's llama.cpp's multimodal)
             self.neox_cos, self.neox_sin = self.rope_cos, self.rope_sin
             self.rope_cos, self.rope_sin = mrope_tables(self.rope_cos, self.rope_sin, self.sections)
@@ -119,19 +116,13 @@ class Bailingmoe3Model(KimiLinearModel):
         K.lower_bound = self.lower_bound
         return K
 
-    def forward(self, tokens, pos, cache, out_rows, logits) -> None:
-        """Kimi's forward; where the cache holds pictures (M-RoPE files) each row's rope parts turn by its sections'
-        positions, through per-row tables."""
-        P = forward_positions(cache, pos, self.input_embd is not None) if self.sections is not None else None
-        if P is not None and self.be.name != "cpu":
-            raise UnsupportedModelError("Ling 3 VL pictures on --device gpu are not supported yet (their per-row M-RoPE); use --device cpu")
-        if P is not None:
-            cos, sin = mrope_rows(P, self.sections, self.neox_cos, self.neox_sin, self.rope_cos, self.rope_sin)
-            self.row_rope = (np.arange(len(P), dtype=np.int32), cos, sin)
-        try:
-            super().forward(tokens, pos, cache, out_rows, logits)
-        finally:
-            self.row_rope = None
+    def rope_rows(self, pos: Any) -> tuple[Any, Any, Any]:
+        """What the forward's rows turn by: (positions, cos, sin): a picture's per-row tables at their rows, or the
+        text tables at the slots shifted by the pictures before them, or at the slots (``MropeText.forward`` sets
+        which)."""
+        if self._row_rope is not None:
+            return self._row_rope
+        return (pos if self._text_pos is None else self._text_pos), self.rope_cos, self.rope_sin
 
     def dense_ffn(self, L: Any, x: np.ndarray, xn: np.ndarray, o: Any) -> None:
         moe_or_swiglu_add(self.be, L, x, xn, self.cfg.norm_eps, self.buf, L.swiglu_limit)
@@ -141,7 +132,8 @@ class Bailingmoe3Model(KimiLinearModel):
         if self.be.name == "gpu":  # (Kimi's kernels with the rope and the gate: a decode step is captured)
             from .gpu_delta import kimi_mla_attend
 
-            return kimi_mla_attend(self, L, lc, xn, pos, (self.rope_cos, self.rope_sin, self.sections is not None), L.attn_gate)
+            rows, cos, sin = self.rope_rows(pos)
+            return kimi_mla_attend(self, L, lc, xn, pos, (cos, sin, self.sections is not None), L.attn_gate, rope_pos=rows)
         T, H = xn.shape[0], self.cfg.n_head
         att = super().mla_attend(L, _TurnedCache(self, lc), xn, pos)
         gate = self.buf.get("mla_gate", T, H)

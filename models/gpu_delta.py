@@ -59,11 +59,13 @@ def kda_y(model: Any, kd: Any, state: Any, xn: Any, pos: np.ndarray) -> Any:
 
 
 def kimi_mla_attend(model: Any, L: Any, lc: Any, xn: Any, pos: np.ndarray, rope: tuple[Any, Any, bool] | None = None,
-                    gate: Any = None) -> Any:  # fmt: skip
+                    gate: Any = None, rope_pos: Any = None) -> Any:  # fmt: skip
     """``KimiLinearModel.mla_attend`` on the GPU.  Kimi's heads are ``[nope, pe]`` unturned; ``mla_qk`` lays q's and k's
     heads out ``[pe, nope]`` (deepseek2's kernel): the same permutation of both, so every score is the same sum.
     Ling 3's (``Bailingmoe3Model.mla_attend``): ``rope`` (cos, sin, neox) turns the leading ``pe`` parts as deepseek2's
-    forward does, and ``gate`` [n_head, n_embd] gates each head's output by ``sigmoid(gate xn)``."""
+    forward does (at ``rope_pos`` where given: M-RoPE's rows into per-row tables, or text's shifted positions on the
+    device, models/mrope_text.py; else at the slots), and ``gate`` [n_head, n_embd] gates each head's output by
+    ``sigmoid(gate xn)``."""
     c, be, buf = model.cfg, model.be, model.buf
     T, H, D, Dv, R, nope, rank = xn.shape[0], c.n_head, c.head_dim, c.head_dim_v, model.n_rot, model.qk_nope, model.kv_rank
     q_raw, q, kva, kvc = buf.get("q_raw", T, H * D), buf.get("q", T, H * D), buf.get("kv_a", T, rank + R), buf.get("kv_c", T, rank)
@@ -72,7 +74,7 @@ def kimi_mla_attend(model: Any, L: Any, lc: Any, xn: Any, pos: np.ndarray, rope:
     q3, k3 = q.reshape(T, H, D), k.reshape(T, H, D)
     be.mla_qk(q_raw.reshape(T, H, D), k_nope.reshape(T, H, nope), kva, q3, k3)
     if rope is not None:  # (every head's copy of the shared k_pe turned alike)
-        be.rope_qk(q3, k3, pos, *rope)
+        be.rope_qk(q3, k3, pos if rope_pos is None else rope_pos, *rope)
     lc.update_and_attend(q3, k3, v.reshape(T, H, Dv), pos, att.reshape(T, H, Dv))
     if gate is not None:
         s = buf.get("mla_gate", T, H)

@@ -5,7 +5,10 @@ What Ling adds to Kimi's GPU steps, each a kernel: the KDA "safe gate" decay ``l
 dt_b))`` (a flag of delta.cu's decay kernel) from the full-rank ``ssm_f_a`` / ``ssm_g_a`` (no ``_b`` products), MLA's
 rope parts turned by the backend's rope (normal rope, or the M-RoPE text tables where the file states sections), the
 per-head sigmoid gate on MLA's output, and clamped SwiGLU experts and dense FFN (ops/gpu/moe2.cu's and the backend's
-clamp).  Pictures in the cache are refused on the GPU in one line.
+clamp).  Ling 3 VL's pictures: a picture's rows turn by per-row M-RoPE tables, the text after it by the text tables at
+its slot plus the pictures' shift, made on the device, the shift part of a captured step's key (models/mrope_text.py,
+as Qwen2-VL's: tests/test_gpu_vision2.py), on tiny_vision_ling3vl.py's pair with the prompts of
+tests/test_vision_ling3vl.py.
 
 Tolerances: tests/test_gpu_delta.py's (the kernels within 2e-5 of the CPU's numpy, the logits within 2e-3 of the CPU's largest, float32 weights), over a prefill of
 two chunks and decode steps, the first captured as a CUDA graph and the others replayed."""
@@ -65,17 +68,77 @@ def test_a_decode_step_copies_only_its_logits_down(monkeypatch, tmp_path):
     check_decode_copies_only_logits(monkeypatch, path, prompt=range(3, 10), steps=(5, 9))
 
 
-def test_pictures_on_the_gpu_are_refused_in_one_line(gpu_env, tmp_path):
-    """A picture's rows turn by per-row M-RoPE tables (and the text after it by shifted positions), which the GPU path
-    does not carry yet: refused in one line, the CPU's way named."""
-    from kvrun.loaders.errors import UnsupportedModelError
-    from kvrun.models.mrope_images import add_image
-    from kvrun.runtime.engine import Engine
+# ---------------------------------------------------------------- Ling 3 VL's pictures
 
-    gpu = Engine(write_tiny_model(tmp_path / "m.gguf", **FIXTURE_MODELS["bailingmoe3-mrope"]), device="gpu", n_ctx=64, n_batch=16)
-    cache = gpu.new_cache()
-    gpu.eval(cache, [1, 2, 3])
-    add_image(cache, 2, 2)
-    with pytest.raises(UnsupportedModelError, match="pictures on --device gpu") as e:
-        gpu.eval_embd(cache, np.zeros((4, gpu.cfg.n_embd), np.float32))
-    assert "\n" not in str(e.value) and "--device cpu" in str(e.value)
+STEPS = (5, 9, 14)  # decode steps after a prompt: the first captured, the others replayed
+
+
+@pytest.fixture(scope="module")
+def ling3vl(tmp_path_factory, emulated):
+    """tests/test_vision_ling3vl.py's tiny pair (F32 text model and projector, checked against the fixture's bytes) on
+    both backends, its pictures and prompts."""
+    import sys
+    from pathlib import Path
+
+    from vision_checks import check_files, fixture, pictures
+
+    from kvrun.runtime.engine import Engine
+    from kvrun.runtime.vision import Vision
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    from make_vision_ling3vl_fixtures import IMAGES, PAIRS, PROMPTS, write_pair
+
+    fx = fixture("ling3vl")
+    files = check_files(write_pair(tmp_path_factory.mktemp("gpu_ling3vl")), fx)
+    cpu, gpu = (Vision(Engine(files["text"], device=d, n_ctx=256, n_batch=64, threads=1), files[PAIRS["t"]]) for d in ("cpu", "gpu"))
+    return cpu, gpu, pictures(IMAGES), PROMPTS
+
+
+def _feed(v, cache, text: str, pics: list) -> np.ndarray:
+    """``text`` with ``pics`` at its media markers fed into ``cache`` (pictures' rows, then text): the last logits."""
+    return v.engine.eval(cache, v.prefill(cache, v.segments(text, pics)))[-1]
+
+
+def _decode(cpu, gpu, ca, cb, steps=STEPS) -> list[float]:
+    """``steps`` decoded on both backends: the GPU's logits' differences from the CPU's."""
+    return [rel_err(cpu.engine.eval(ca, [tok])[-1], gpu.engine.eval(cb, [tok])[-1]) for tok in steps]
+
+
+def _two_pictures_one_after_the_other(ling3vl) -> list[float]:
+    """Prompt 0 (one picture), decode steps, then a second picture of another shift on the same cache and decode steps
+    again, on both backends: the GPU's logits' differences from the CPU's after the second picture (its last token,
+    ``<|vision_end|>``, a decode step too) and at the steps after it."""
+    cpu, gpu, pics, prompts = ling3vl
+    names = list(pics)
+    ca, cb = cpu.engine.new_cache(), gpu.engine.new_cache()
+    assert rel_err(_feed(cpu, ca, prompts[0], [pics[names[0]]]), _feed(gpu, cb, prompts[0], [pics[names[0]]])) < BOUND
+    assert type(cb.layers[1]).__name__ != "GPUDeltaNetLayerCache"  # (an MLA layer: the rope's)
+    assert max(_decode(cpu, gpu, ca, cb)) < BOUND
+    after = rel_err(_feed(cpu, ca, " and <__media__>", [pics["tall"]]), _feed(gpu, cb, " and <__media__>", [pics["tall"]]))
+    return [after, *_decode(cpu, gpu, ca, cb)]
+
+
+def test_ling3vl_pictures_on_the_gpu_give_the_cpus_logits_and_then_decode_from_graphs(ling3vl):
+    """Prompt 1's two pictures between text (each picture's rows by per-row tables, the text after them shifted): the
+    CPU's logits within 2e-3, then decode steps captured once and replayed, each turned by its own position."""
+    cpu, gpu, pics, prompts = ling3vl
+    imgs = [pics[n] for n in list(pics)[: prompts[1].count("<__media__>")]]
+    ca, cb = cpu.engine.new_cache(), gpu.engine.new_cache()
+    assert rel_err(_feed(cpu, ca, prompts[1], imgs), _feed(gpu, cb, prompts[1], imgs)) < BOUND
+    r0 = gpu.engine.graphs.n_replays
+    assert max(_decode(cpu, gpu, ca, cb)) < BOUND
+    assert gpu.engine.graphs.n_replays - r0 >= len(STEPS) - 1
+
+
+def test_a_second_picture_decodes_by_its_own_shift_and_the_graph_key_has_teeth(ling3vl, monkeypatch):
+    """A second picture on the same cache moves the text's shift (the tall grid's): the steps after it are captured
+    anew, the shift in the graph's key, with the CPU's logits; left out of the key (``decode_graph_key`` 0), the steps
+    replay the first picture's shift and miss them by far."""
+    from kvrun.models.bailingmoe3 import Bailingmoe3Model
+
+    gpu = ling3vl[1]
+    n0 = gpu.engine.graphs.n_captures
+    assert max(_two_pictures_one_after_the_other(ling3vl)) < BOUND
+    assert gpu.engine.graphs.n_captures >= n0 + 2
+    monkeypatch.setattr(Bailingmoe3Model, "decode_graph_key", lambda self, cache, pos: 0)
+    assert max(_two_pictures_one_after_the_other(ling3vl)) > 10 * BOUND

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import test_ssm
+from kda_checks import each_kda, each_moe, kimi_decay, state_tolerance, weight
 from test_models import N_BATCH, N_CTX, _fixture_error
 from tinymodel import write_tiny_model
 
@@ -19,7 +20,7 @@ from kvrun.loaders.errors import GGUFError, UnsupportedModelError
 from kvrun.loaders.gguf_file import GGUFFile
 from kvrun.models import model_class
 from kvrun.models.bailingmoe3 import _TurnedCache
-from kvrun.models.kimi_linear import KDALayer, KimiLinearModel
+from kvrun.models.kimi_linear import KimiLinearModel
 from kvrun.ops import get_backend
 
 NAME = "bailingmoe3"
@@ -31,31 +32,13 @@ def path(tmp_path_factory):
     return write_tiny_model(tmp_path_factory.mktemp("ling3") / "m.gguf", NAME)
 
 
-# (as Kimi Linear's: the MLA layers' K and V kept fp16, whose roundings a chunk's float32 ones upstream flip)
-test_ssm.ATOL.setdefault(NAME, 2e-3)
+# (test_ssm.py's state tests on ``path`` above, with the MLA layers' fp16 tolerance: kda_checks.py)
+state_tolerance(NAME)
 test_chunks_and_single_tokens_give_the_same_logits = test_ssm.test_chunks_and_single_tokens_give_the_same_logits
 test_refused_drafts_always_go_back_exactly = test_ssm.test_refused_drafts_always_go_back_exactly
 test_lookup_and_chat_reuse_keep_greedy_text = test_ssm.test_lookup_and_chat_reuse_keep_greedy_text
 test_a_chat_saved_and_resumed_goes_on_alike = test_ssm.test_a_chat_saved_and_resumed_goes_on_alike
 test_going_back_is_exact_from_a_kept_copy_and_further_starts_over = test_ssm.test_going_back_is_exact_from_a_kept_copy_and_further_starts_over
-
-
-def _weight(m, a: np.ndarray):
-    a = np.ascontiguousarray(a, np.float32)
-    return m.be.upload(a.view(np.uint8), 0, a.shape)  # (0: GGML_TYPE_F32)
-
-
-def _kda(fn):
-    return lambda m: [fn(m, L.kda) for L in m.layers if isinstance(L, KDALayer)]
-
-
-def _moe(**fields):
-    return lambda m: [setattr(L.moe, f, v(L.moe)) for L in m.layers if L.moe is not None for f, v in fields.items()]
-
-
-def _kimi_gate(m, K):
-    """Kimi's decay in place of the safe gate: softplus(f + dt_b) * -a (a decay all the same, of another form)."""
-    K.lower_bound, K.A = 0.0, -K.A
 
 
 def _ungated_mla(m):
@@ -76,14 +59,14 @@ def _unclamped(m):
 
 
 DROPS = {
-    "safe gate": _kda(_kimi_gate),
-    "KDA output gate": _kda(lambda m, K: setattr(K, "g_a", _weight(m, np.zeros(K.g_a.shape, np.float32)))),
+    "safe gate": each_kda(kimi_decay),
+    "KDA output gate": each_kda(lambda m, K: setattr(K, "g_a", weight(m, np.zeros(K.g_a.shape, np.float32)))),
     "MLA output gate": _ungated_mla,
     "rope": _unturned,
     "clamped SwiGLU": _unclamped,
-    "renormalised": _moe(norm_weights=lambda e: False),
-    "scale": _moe(weights_scale=lambda e: 1.0),
-    "selection bias": _moe(bias=lambda e: np.zeros_like(e.bias)),
+    "renormalised": each_moe(norm_weights=lambda e: False),
+    "scale": each_moe(weights_scale=lambda e: 1.0),
+    "selection bias": each_moe(bias=lambda e: np.zeros_like(e.bias)),
 }
 
 

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import test_ssm
+from kda_checks import each_kda, each_moe, kimi_decay, state_tolerance
 from test_models import N_BATCH, N_CTX, _fixture_error
 from tinymodel import write_tiny_model
 
@@ -31,8 +32,8 @@ def path(tmp_path_factory):
     return write_tiny_model(tmp_path_factory.mktemp("k3") / "m.gguf", NAME, seed=1)
 
 
-# (as Kimi Linear's: the MLA layers' fp16 K and V round differently in chunks and carry that into the logits)
-test_ssm.ATOL.setdefault(NAME, 2e-3)
+# (test_ssm.py's state tests on ``path`` above, with the MLA layers' fp16 tolerance: kda_checks.py)
+state_tolerance(NAME)
 test_chunks_and_single_tokens_give_the_same_logits = test_ssm.test_chunks_and_single_tokens_give_the_same_logits
 test_refused_drafts_always_go_back_exactly = test_ssm.test_refused_drafts_always_go_back_exactly
 test_lookup_and_chat_reuse_keep_greedy_text = test_ssm.test_lookup_and_chat_reuse_keep_greedy_text
@@ -44,23 +45,16 @@ def _swiglu(g, u, beta, linear_beta):
     return (g / (1.0 + np.exp(-g)) * u).astype(np.float32)
 
 
-def _softplus_decay(m):
-    """Kimi Linear's decay, ``softplus(f + dt_b) * ssm_a``, in place of the bounded one."""
-    for L in m.layers:
-        if isinstance(L, KDALayer):
-            L.kda.A, L.kda.lower_bound = -L.kda.A, 0.0
-
-
 def test_the_fixture_sees_what_sets_kimi_k3_apart(tmp_path, monkeypatch):
     """Against llama.cpp's logits; each of K3's own steps dropped fails: the residual attention (the plain stream), the
     latent experts' norm, situ (SwiGLU, or the up branch unbent), the MLA output gate, the bounded KDA decay (Kimi's
     softplus), the experts' weights renormalised as the file says (Kimi's always)."""
     drops = {
         "residual attention": lambda m: setattr(m, "res_block", 0),
-        "latent experts' norm": lambda m: [setattr(L.moe, "routed_norm", None) for L in m.layers if L.moe is not None],
+        "latent experts' norm": each_moe(routed_norm=lambda e: None),
         "situ's up branch": lambda m: setattr(m, "situ_linear_beta", 0.0),
         "MLA output gate": lambda m: [setattr(L, "attn_gate", None) for L in m.layers if not isinstance(L, KDALayer)],
-        "bounded decay": _softplus_decay,
+        "bounded decay": each_kda(kimi_decay),
     }
     assert _fixture_error(tmp_path, NAME, lambda m: None) < 1e-3
     for what, drop in drops.items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import test_ssm
+from kda_checks import each_kda, each_moe, state_tolerance, weight
 from test_models import N_BATCH, N_CTX, _fixture_error
 from tinymodel import write_tiny_model
 
@@ -18,7 +19,6 @@ from kvrun.loaders.config import load_config
 from kvrun.loaders.errors import GGUFError, UnsupportedModelError
 from kvrun.loaders.gguf_file import GGUFFile
 from kvrun.models import model_class
-from kvrun.models.kimi_linear import KDALayer
 from kvrun.ops import get_backend
 from kvrun.ops.cpu.deltanet import gated_delta_rule
 from kvrun.ops.cpu.kda import kda_delta_rule
@@ -32,9 +32,8 @@ def path(tmp_path_factory):
     return write_tiny_model(tmp_path_factory.mktemp("kimi") / "m.gguf", NAME)
 
 
-# (the MLA layers' K and V are kept fp16: a chunk's float32 roundings upstream flip some of their roundings, as Qwen3.5's
-# keys', and this model carries that into the logits: 1.1e-3 of logits up to 15 fed in chunks of 9 against one chunk)
-test_ssm.ATOL.setdefault(NAME, 2e-3)
+# (test_ssm.py's state tests on ``path`` above, with the MLA layers' fp16 tolerance: kda_checks.py)
+state_tolerance(NAME)
 test_chunks_and_single_tokens_give_the_same_logits = test_ssm.test_chunks_and_single_tokens_give_the_same_logits
 test_refused_drafts_always_go_back_exactly = test_ssm.test_refused_drafts_always_go_back_exactly
 test_lookup_and_chat_reuse_keep_greedy_text = test_ssm.test_lookup_and_chat_reuse_keep_greedy_text
@@ -42,24 +41,11 @@ test_a_chat_saved_and_resumed_goes_on_alike = test_ssm.test_a_chat_saved_and_res
 test_going_back_is_exact_from_a_kept_copy_and_further_starts_over = test_ssm.test_going_back_is_exact_from_a_kept_copy_and_further_starts_over
 
 
-def _weight(m, a: np.ndarray):
-    a = np.ascontiguousarray(a, np.float32)
-    return m.be.upload(a.view(np.uint8), 0, a.shape)  # (0: GGML_TYPE_F32)
-
-
-def _kda(fn):
-    return lambda m: [fn(m, L.kda) for L in m.layers if isinstance(L, KDALayer)]
-
-
-def _moe(**fields):
-    return lambda m: [setattr(L.moe, f, v(L.moe)) for L in m.layers if L.moe is not None for f, v in fields.items()]
-
-
 def _per_head_decay(m, K):
     """One decay a head (Gated DeltaNet's): f_b's rows and dt_b averaged over each head's channels."""
     H, hd = m.cfg.n_head, m.head_dim_kda
     fb = m.be.to_host(K.f_b.data).view(np.float32).reshape(H, hd, -1)
-    K.f_b = _weight(m, np.repeat(fb.mean(1, keepdims=True), hd, 1).reshape(H * hd, -1))
+    K.f_b = weight(m, np.repeat(fb.mean(1, keepdims=True), hd, 1).reshape(H * hd, -1))
     K.dt_b = np.repeat(K.dt_b.reshape(H, hd).mean(1, keepdims=True), hd, 1).reshape(-1)
 
 
@@ -98,16 +84,16 @@ def test_the_fixture_sees_what_sets_kimi_linear_apart(tmp_path):
     ssm_norm's weights; MLA without rope (deepseek2's turned q_pe/k_pe fail); the experts' selection bias, their
     weights renormalised and scaled, the shared expert, the sigmoid router (softmax fails)."""
     drops = {
-        "per-channel decay": _kda(_per_head_decay),
-        "convolutions": _kda(_no_conv),
-        "output gate": _kda(lambda m, K: setattr(K, "g_b", _weight(m, np.zeros(K.g_b.shape, np.float32)))),
-        "ssm_norm": _kda(lambda m, K: setattr(K, "norm", np.ones_like(K.norm))),
+        "per-channel decay": each_kda(_per_head_decay),
+        "convolutions": each_kda(_no_conv),
+        "output gate": each_kda(lambda m, K: setattr(K, "g_b", weight(m, np.zeros(K.g_b.shape, np.float32)))),
+        "ssm_norm": each_kda(lambda m, K: setattr(K, "norm", np.ones_like(K.norm))),
         "MLA without rope": _roped_mla,
-        "selection bias": _moe(bias=lambda e: np.zeros_like(e.bias)),
-        "renormalised": _moe(norm_weights=lambda e: False),
-        "scale": _moe(weights_scale=lambda e: 1.0),
-        "shared expert": _moe(shared=lambda e: None),
-        "sigmoid router": _moe(gating=lambda e: "softmax"),
+        "selection bias": each_moe(bias=lambda e: np.zeros_like(e.bias)),
+        "renormalised": each_moe(norm_weights=lambda e: False),
+        "scale": each_moe(weights_scale=lambda e: 1.0),
+        "shared expert": each_moe(shared=lambda e: None),
+        "sigmoid router": each_moe(gating=lambda e: "softmax"),
     }
     assert _fixture_error(tmp_path, NAME, lambda m: None) < 1e-3
     for what, drop in drops.items():

@@ -24,7 +24,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import ExpertGatingFuncType, GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType, GGUFWriter
+from tiny_kimi_linear import add_kda_metadata, adders, ffn, kda_layer, mla_layer
 
 Q = GGMLQuantizationType
 
@@ -45,104 +46,40 @@ def write_tiny_bailingmoe3(path: Path, qtype: int = Q.F32, seed: int = 0, varian
                            extra_tokens: tuple[str, ...] = ()) -> Path:  # fmt: skip
     """The model at ``path``, its matrices as ``qtype`` (``variant``: "", "mrope" or "tied", as the module says;
     ``extra_tokens`` after the vocabulary)."""
-    from tinymodel import _add_byte_vocab, _file_type, _finish, _random_tensors, byte_vocab
+    from tinymodel import _add_byte_vocab, _file_type, _finish, byte_vocab
 
     rng = np.random.default_rng(seed)
     n_embd, n_head, hd, d_conv, nope, n_rot, dv, rank, q_rank, n_ff, n_layer = GEOMETRY
     n_expert, n_used, n_ff_exp, n_ff_sh, n_shared, n_dense, scale = MOE
-    d_inner = n_head * hd
     q_lora = variant != "mrope"
     n_vocab = len(byte_vocab()[0]) + len(extra_tokens)
     w = GGUFWriter(str(path), "bailingmoe3")
-    A = "bailingmoe3."
     w.add_name("tiny-bailingmoe3")
-    w.add_context_length(1024)
-    w.add_embedding_length(n_embd)
-    w.add_block_count(n_layer + 1)  # (the MTP layer's place counted, as the converter's)
-    w.add_nextn_predict_layers(1)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv([1 if i in MLA_LAYERS or i >= n_layer else 0 for i in range(n_layer + 1)])
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_vocab_size(n_vocab)
-    w.add_ssm_conv_kernel(d_conv)
-    w.add_kda_head_dim(hd)
-    w.add_bool(A + "kda.safe_gate", True)
-    w.add_float32(A + "kda.gate_lower_bound", -5.0)
-    if q_lora:
-        w.add_q_lora_rank(q_rank)
-    w.add_kv_lora_rank(rank)
-    w.add_rope_dimension_count(n_rot)
-    w.add_rope_freq_base(100.0)  # (a low base: the tiny prompt's positions turn the rope parts far)
-    if variant == "mrope":
-        w.add_rope_dimension_sections(SECTIONS)
-    w.add_key_length(rank + n_rot)
-    w.add_key_length_mla(nope + n_rot)
-    w.add_value_length_mla(dv)
-    w.add_expert_count(n_expert)
-    w.add_expert_used_count(n_used)
-    w.add_expert_feed_forward_length(n_ff_exp)
-    w.add_expert_shared_feed_forward_length(n_ff_sh)
-    w.add_expert_shared_count(n_shared)
-    w.add_leading_dense_block_count(n_dense)
-    w.add_expert_weights_scale(scale)
-    w.add_expert_weights_norm(True)
-    w.add_expert_gating_func(ExpertGatingFuncType.SIGMOID)
+    add_kda_metadata(
+        w, n_vocab, (n_embd, n_head, hd, d_conv, nope, n_rot, dv, rank, n_ff, n_layer),
+        (n_expert, n_used, n_ff_exp, n_shared, n_dense, scale), MLA_LAYERS,
+        n_mtp=1,  # (the MTP layer's place counted, as the converter's)
+        safe_gate=True, lower_bound=-5.0, q_rank=q_rank if q_lora else 0,
+        rope_base=100.0,  # (a low base: the tiny prompt's positions turn the rope parts far)
+        sections=SECTIONS if variant == "mrope" else None, latent_value_length=False, n_ff_shexp=n_ff_sh,
+        weights_norm=True,
+    )  # fmt: skip
     w.add_swiglu_clamp_exp(CLAMP_EXP)
     w.add_swiglu_clamp_shexp(CLAMP_SHEXP)
     w.add_file_type(_file_type(qtype))
     _add_byte_vocab(w, extra_tokens)
 
-    mat, vec = _random_tensors(w, rng, qtype)
-
-    def raw(name: str, a: np.ndarray) -> None:  # (float32 whatever qtype: experts stacked, the converter's shapes)
-        w.add_tensor(name, a.astype(np.float32))
-
-    mat("token_embd.weight", n_vocab, n_embd, 0.5)
-    vec("output_norm.weight", n_embd)
+    t = adders(w, rng, qtype)
+    t.mat("token_embd.weight", n_vocab, n_embd, 0.5)
+    t.vec("output_norm.weight", n_embd)
     if variant != "tied":
-        mat("output.weight", n_vocab, n_embd, 0.5)
+        t.mat("output.weight", n_vocab, n_embd, 0.5)
     for i in range(n_layer):
         b = f"blk.{i}."
-        vec(b + "attn_norm.weight", n_embd)
-        if i in MLA_LAYERS:
-            if q_lora:
-                mat(b + "attn_q_a.weight", q_rank, n_embd, 0.15)
-                vec(b + "attn_q_a_norm.weight", q_rank)
-                mat(b + "attn_q_b.weight", n_head * (nope + n_rot), q_rank, 0.2)
-            else:
-                mat(b + "attn_q.weight", n_head * (nope + n_rot), n_embd, 0.15)
-            mat(b + "attn_kv_a_mqa.weight", rank + n_rot, n_embd, 0.15)
-            vec(b + "attn_kv_a_norm.weight", rank)
-            raw(b + "attn_k_b.weight", rng.standard_normal((n_head, rank, nope)) * 0.3)  # (k_b transposed, as the converter)
-            raw(b + "attn_v_b.weight", rng.standard_normal((n_head, dv, rank)) * 0.2)
-            mat(b + "attn_gate.weight", n_head, n_embd, 0.4)
-            # (a small share of the stream, as tiny_kimi_linear.py's: llama.cpp's fp16 latent against kvrun's fp16 K and V)
-            mat(b + "attn_output.weight", n_embd, n_head * dv, 0.04)
-        else:
-            for c in "qkv":
-                mat(b + f"attn_{c}.weight", d_inner, n_embd, 0.2)
-            for c in "qkv":
-                raw(b + f"ssm_conv1d_{c}.weight", rng.standard_normal((1, d_inner, 1, d_conv)) * 0.5)
-            mat(b + "ssm_f_a.weight", d_inner, n_embd, 0.3)
-            raw(b + "ssm_dt.bias", rng.uniform(-1.0, 1.0, d_inner))
-            raw(b + "ssm_a", np.exp(rng.uniform(-1.0, 1.0, (n_head, 1))))  # (exp(A_log), as the converter)
-            mat(b + "ssm_beta.weight", n_head, n_embd, 0.3)
-            mat(b + "ssm_g_a.weight", d_inner, n_embd, 0.3)
-            vec(b + "ssm_norm.weight", hd)
-            mat(b + "attn_output.weight", n_embd, d_inner)
-        vec(b + "ffn_norm.weight", n_embd)
-        if i < n_dense:
-            mat(b + "ffn_gate.weight", n_ff, n_embd, 0.3)
-            mat(b + "ffn_up.weight", n_ff, n_embd, 0.3)
-            mat(b + "ffn_down.weight", n_embd, n_ff)
-            continue
-        raw(b + "ffn_gate_inp.weight", rng.standard_normal((n_expert, n_embd)) * 0.8)
-        raw(b + "exp_probs_b.bias", rng.standard_normal(n_expert) * 0.3)
-        raw(b + "ffn_gate_exps.weight", rng.standard_normal((n_expert, n_ff_exp, n_embd)) * 0.3)
-        raw(b + "ffn_up_exps.weight", rng.standard_normal((n_expert, n_ff_exp, n_embd)) * 0.3)
-        raw(b + "ffn_down_exps.weight", rng.standard_normal((n_expert, n_embd, n_ff_exp)) * 0.1)
-        mat(b + "ffn_gate_shexp.weight", n_ff_sh, n_embd, 0.3)
-        mat(b + "ffn_up_shexp.weight", n_ff_sh, n_embd, 0.3)
-        mat(b + "ffn_down_shexp.weight", n_embd, n_ff_sh)
+        t.vec(b + "attn_norm.weight", n_embd)
+        if i in MLA_LAYERS:  # (the head-wise output gate)
+            mla_layer(t, b, n_embd, n_head, nope, n_rot, dv, rank, q_rank=q_rank if q_lora else 0, gate_rows=n_head)
+        else:  # (full-rank decay and output gate; exp(A_log) [n_head, 1], as the converter)
+            kda_layer(t, b, n_embd, n_head, hd, d_conv, gate=("ssm_g_a",), a_shape=(n_head, 1), a_sign=1.0)
+        ffn(t, b, n_embd, n_ff, i < n_dense, n_expert, n_ff_exp, n_ff_sh)
     return _finish(w, path)

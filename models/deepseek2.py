@@ -277,13 +277,18 @@ class Deepseek2Model(LatentCache, Model):  # (LatentCache: the widths its cache 
                 cache[il].update_and_attend(q3, k3, v3, pos, att3)
             self.trace("kqv_out", il, att)
             self.add_output(x, o, lambda out, acc: (be.linear_add if acc else be.linear)(L.wo, att, out))
-            if L.moe is not None:
-                be.rms_norm(x, L.ffn_norm, c.norm_eps, xn)
-                moe_add(be, L.moe, xn, x, buf)
-            else:
-                self.dense_ffn(L, x, xn, o)
+            self.add_ffn(L, x, xn, o)
             self.trace("l_out", il, x)
         self.output_head(x, out_rows, logits)
+
+    def add_ffn(self, L: Deepseek2Layer, x: Any, xn: Any, o: Any) -> None:
+        """``x +=`` layer ``L``'s FFN: its experts of the RMSNormed stream, or a leading dense layer's (``o``:
+        add_output's scratch); every model of this trunk (Kimi Linear, Ling 3, dots.note) ends its layers so."""
+        if L.moe is not None:
+            self.be.rms_norm(x, L.ffn_norm, self.cfg.norm_eps, xn)
+            moe_add(self.be, L.moe, xn, x, self.buf)
+        else:
+            self.dense_ffn(L, x, xn, o)
 
     def load_dense_ffn(self, w: WeightLoader, i: int, L: Deepseek2Layer) -> None:
         """A dense layer's FFN weights into ``L``: SwiGLU's (PLM: an ungated squared ReLU's, models/plm.py)."""

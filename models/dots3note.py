@@ -46,7 +46,6 @@ from .deepseek2 import Deepseek2Layer
 from .glm_dsa import GlmDsaModel
 from .mimo2 import per_layer
 from .mla import latent_attend, latent_layer_spec, mla_query
-from .moe import moe_add
 from .step35 import _sigmoid  # (and step35's "attn_gate" tensor name)
 
 
@@ -156,10 +155,6 @@ class Dots3NoteModel(GlmDsaModel):
             att3 *= _sigmoid(gate)[:, :, None]
             self.trace("kqv_out", il, att)
             be.linear_add(L.wo, att, x)
-            if L.moe is not None:
-                be.rms_norm(x, L.ffn_norm, c.norm_eps, xn)
-                moe_add(be, L.moe, xn, x, buf)
-            else:
-                self.dense_ffn(L, x, xn, None)
+            self.add_ffn(L, x, xn, None)
             self.trace("l_out", il, x)
         self.output_head(x, out_rows, logits)

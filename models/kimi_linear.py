@@ -48,7 +48,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
 from .common import TENSOR_NAMES, WeightLoader
 from .deepseek2 import Deepseek2Model
-from .moe import MoE, load_moe, moe_add
+from .moe import MoE, load_moe
 from .qwen35 import _sigmoid
 
 TENSOR_NAMES.update({  # llama.cpp's LLM_TENSOR_SSM_CONV1D_Q/K/V, _SSM_F_A/B, _SSM_G_A/B (ssm_a, ssm_dt.bias, ssm_beta,
@@ -262,10 +262,6 @@ class KimiLinearModel(Deepseek2Model):
             else:
                 be.linear_add(L.wo, self.mla_attend(L, cache[il], xn, pos), x)
             self.trace("attn_out", il, x)
-            if L.moe is not None:
-                be.rms_norm(x, L.ffn_norm, c.norm_eps, xn)
-                moe_add(be, L.moe, xn, x, buf)
-            else:
-                self.dense_ffn(L, x, xn, None)
+            self.add_ffn(L, x, xn, None)
             self.trace("l_out", il, x)
         self.output_head(x, out_rows, logits)

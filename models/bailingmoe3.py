@@ -60,7 +60,7 @@ class _TurnedCache:
     def update_and_attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
         m = self.model
         q_pe, k_pe = np.ascontiguousarray(q[..., m.qk_nope :]), np.ascontiguousarray(k[..., m.qk_nope :])
-        m.be.rope_qk(q_pe, k_pe, *m.rope_rows(pos), m.sections is not None)
+        m.be.rope_qk(q_pe, k_pe, *m.rope_rows(pos, m.rope_cos, m.rope_sin), m.sections is not None)
         q[..., m.qk_nope :], k[..., m.qk_nope :] = q_pe, k_pe
         self.lc.update_and_attend(q, k, v, pos, out)
 
@@ -116,14 +116,6 @@ class Bailingmoe3Model(MropeText, KimiLinearModel):
         K.lower_bound = self.lower_bound
         return K
 
-    def rope_rows(self, pos: Any) -> tuple[Any, Any, Any]:
-        """What the forward's rows turn by: (positions, cos, sin): a picture's per-row tables at their rows, or the
-        text tables at the slots shifted by the pictures before them, or at the slots (``MropeText.forward`` sets
-        which)."""
-        if self._row_rope is not None:
-            return self._row_rope
-        return (pos if self._text_pos is None else self._text_pos), self.rope_cos, self.rope_sin
-
     def dense_ffn(self, L: Any, x: np.ndarray, xn: np.ndarray, o: Any) -> None:
         moe_or_swiglu_add(self.be, L, x, xn, self.cfg.norm_eps, self.buf, L.swiglu_limit)
 
@@ -132,7 +124,7 @@ class Bailingmoe3Model(MropeText, KimiLinearModel):
         if self.be.name == "gpu":  # (Kimi's kernels with the rope and the gate: a decode step is captured)
             from .gpu_delta import kimi_mla_attend
 
-            rows, cos, sin = self.rope_rows(pos)
+            rows, cos, sin = self.rope_rows(pos, self.rope_cos, self.rope_sin)
             return kimi_mla_attend(self, L, lc, xn, pos, (cos, sin, self.sections is not None), L.attn_gate, rope_pos=rows)
         T, H = xn.shape[0], self.cfg.n_head
         att = super().mla_attend(L, _TurnedCache(self, lc), xn, pos)

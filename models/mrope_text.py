@@ -117,9 +117,13 @@ class MropeText:
         """runtime/graphs.py's key part: the shift a text step after pictures turns by (:func:`decode_shift`)."""
         return decode_shift(cache, pos) if self.sections is not None else 0
 
-    def qk_norm_rope(self, L: LlamaLayer, q: Any, k: Any, q3: Any, k3: Any, pos: Any, cos: Any, sin: Any) -> None:
+    def rope_rows(self, pos: Any, cos: Any, sin: Any) -> tuple[Any, Any, Any]:
+        """What the forward's rows turn by, (positions, cos, sin): a picture's rows their per-row tables, text after
+        pictures the text tables at its shifted positions, else ``pos`` in the tables given (this forward's, set by
+        :meth:`forward`; Ling 3's MLA rope takes it too, models/bailingmoe3.py)."""
         if self._row_rope is not None:
-            pos, cos, sin = self._row_rope
-        elif self._text_pos is not None:
-            pos = self._text_pos
-        super().qk_norm_rope(L, q, k, q3, k3, pos, cos, sin)  # type: ignore[misc]
+            return self._row_rope
+        return (pos if self._text_pos is None else self._text_pos), cos, sin
+
+    def qk_norm_rope(self, L: LlamaLayer, q: Any, k: Any, q3: Any, k3: Any, pos: Any, cos: Any, sin: Any) -> None:
+        super().qk_norm_rope(L, q, k, q3, k3, *self.rope_rows(pos, cos, sin))  # type: ignore[misc]

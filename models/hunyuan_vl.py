@@ -29,7 +29,7 @@ from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .hunyuan_dense import HunyuanDenseModel
 from .llama import LlamaLayer
-from .mrope_text import mrope_tables, rope_sections
+from .mrope_text import mrope_tables, rope_rows, rope_sections
 
 
 def pictures_of(cache: Any) -> tuple[XdPicture, ...]:
@@ -126,6 +126,5 @@ class HunyuanVLModel(HunyuanDenseModel):
             self._row_rope = None
 
     def qk_norm_rope(self, L: LlamaLayer, q: Any, k: Any, q3: Any, k3: Any, pos: Any, cos: Any, sin: Any) -> None:
-        if self._row_rope is not None:
-            pos, cos, sin = self._row_rope
-        super().qk_norm_rope(L, q, k, q3, k3, pos, cos, sin)
+        # (no shifted text positions: under XD-RoPE a picture takes as many positions as rows, text keeps its slots)
+        super().qk_norm_rope(L, q, k, q3, k3, *rope_rows(self._row_rope, None, pos, cos, sin))

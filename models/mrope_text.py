@@ -76,6 +76,15 @@ def decode_shift(cache: Any, pos: int) -> int:
     return text_position(images, pos) - pos if images else 0
 
 
+
+def rope_rows(row_rope: tuple | None, text_pos: Any, pos: Any, cos: Any, sin: Any) -> tuple[Any, Any, Any]:
+    """What a forward's rows turn by, (positions, cos, sin): a picture's rows their own per-row tables (``row_rope``),
+    text after pictures the tables given at its shifted positions (``text_pos``), else ``pos`` in the tables given
+    (:meth:`MropeText.rope_rows`; Qwen3-VL's and Hunyuan-VL's text models, whose forwards are their own, call it too)."""
+    if row_rope is not None:
+        return row_rope
+    return (pos if text_pos is None else text_pos), cos, sin
+
 class MropeText:
     """Rows turned by per-section positions, for a Llama-like model (``LlamaModel`` after this in the bases): call
     :meth:`init_mrope` after the model's own __init__ built its rope tables; a model where it was not called (no
@@ -121,9 +130,7 @@ class MropeText:
         """What the forward's rows turn by, (positions, cos, sin): a picture's rows their per-row tables, text after
         pictures the text tables at its shifted positions, else ``pos`` in the tables given (this forward's, set by
         :meth:`forward`; Ling 3's MLA rope takes it too, models/bailingmoe3.py)."""
-        if self._row_rope is not None:
-            return self._row_rope
-        return (pos if self._text_pos is None else self._text_pos), cos, sin
+        return rope_rows(self._row_rope, self._text_pos, pos, cos, sin)
 
     def qk_norm_rope(self, L: LlamaLayer, q: Any, k: Any, q3: Any, k3: Any, pos: Any, cos: Any, sin: Any) -> None:
         super().qk_norm_rope(L, q, k, q3, k3, *self.rope_rows(pos, cos, sin))  # type: ignore[misc]

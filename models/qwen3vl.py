@@ -33,7 +33,7 @@ from ..ops.backend import Backend
 from .common import WeightLoader
 from .llama import LlamaLayer, LlamaModel
 from .mrope_images import forward_positions
-from .mrope_text import decode_shift, text_rope_positions
+from .mrope_text import decode_shift, rope_rows, text_rope_positions
 from .qwen2vl import rope_sections
 from .qwen3 import Qwen3Model
 from .qwen35 import imrope_tables
@@ -114,11 +114,7 @@ class _Qwen3VLText(LlamaModel):
         return decode_shift(cache, pos)
 
     def qk_norm_rope(self, L: LlamaLayer, q, k, q3, k3, pos, cos, sin) -> None:
-        if self._row_rope is not None:
-            pos, cos, sin = self._row_rope
-        elif self._text_pos is not None:
-            pos = self._text_pos
-        super().qk_norm_rope(L, q, k, q3, k3, pos, cos, sin)
+        super().qk_norm_rope(L, q, k, q3, k3, *rope_rows(self._row_rope, self._text_pos, pos, cos, sin))
 
     def _add_level(self, j: int, x) -> None:
         """DeepStack level j of the rows fed, where they carry one, into the residual stream ``x``."""

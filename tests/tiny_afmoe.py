@@ -10,6 +10,7 @@ layer 3 global, without rope: llama.cpp 0.3.36 crashes on a file that states no 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from gguf import ExpertGatingFuncType, GGMLQuantizationType, GGUFWriter
@@ -20,6 +21,28 @@ Q = GGMLQuantizationType
 #: n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer, n_expert, n_expert_used, n_ff_exp, n_shared
 GEOMETRY = (64, 4, 2, 16, 96, 4, 8, 2, 32, 1)
 WINDOW = 8
+
+
+def write_attention(mat: Callable[..., None], vec: Callable[..., None], b: str, geometry: tuple[int, int, int, int],
+                    out_scale: float = 0.1) -> None:  # fmt: skip
+    """Layer ``b``'s norms and gated attention through ``mat`` / ``vec`` (tinymodel's ``_random_tensors``), in order:
+    ``attn_norm``, q/k/v apart, ``attn_gate``, the per-head QK norms, ``attn_output`` (~ N(0, ``out_scale``²)),
+    ``post_attention_norm``, ``ffn_norm`` and ``post_ffw_norm``; ``geometry``: (n_embd, n_head, n_head_kv,
+    head_dim).  Muse Glimmer's layers have them too (tiny_muse_glimmer.py)."""
+    n_embd, n_head, n_head_kv, hd = geometry
+    vec(b + "attn_norm.weight", n_embd)
+    mat(b + "attn_q.weight", n_head * hd, n_embd)
+    mat(b + "attn_k.weight", n_head_kv * hd, n_embd)
+    mat(b + "attn_v.weight", n_head_kv * hd, n_embd)
+    mat(b + "attn_gate.weight", n_head * hd, n_embd, 0.5)
+    # (QK-normed heads of 16: norms of 0.5 keep the scores about 1, where both runtimes' fp16 K and llama.cpp's fp16
+    # Q, rounded, stay well under 1e-3 of the logits; norms of 1 reach 9e-4)
+    vec(b + "attn_q_norm.weight", hd, 0.5)
+    vec(b + "attn_k_norm.weight", hd, 0.5)
+    mat(b + "attn_output.weight", n_embd, n_head * hd, out_scale)
+    vec(b + "post_attention_norm.weight", n_embd)
+    vec(b + "ffn_norm.weight", n_embd)
+    vec(b + "post_ffw_norm.weight", n_embd)
 
 
 def write_tiny_afmoe(path: Path, qtype: int = Q.F32, seed: int = 0) -> Path:
@@ -59,19 +82,7 @@ def write_tiny_afmoe(path: Path, qtype: int = Q.F32, seed: int = 0) -> Path:
     mat("output.weight", n_vocab, n_embd, 0.5)
     for i in range(n_layer):
         b = f"blk.{i}."
-        vec(b + "attn_norm.weight", n_embd)
-        mat(b + "attn_q.weight", n_head * hd, n_embd)
-        mat(b + "attn_k.weight", n_head_kv * hd, n_embd)
-        mat(b + "attn_v.weight", n_head_kv * hd, n_embd)
-        mat(b + "attn_gate.weight", n_head * hd, n_embd, 0.5)
-        # (QK-normed heads of 16: norms of 0.5 keep the scores about 1, where both runtimes' fp16 K and llama.cpp's fp16
-        # Q, rounded, stay well under 1e-3 of the logits; norms of 1 reach 9e-4)
-        vec(b + "attn_q_norm.weight", hd, 0.5)
-        vec(b + "attn_k_norm.weight", hd, 0.5)
-        mat(b + "attn_output.weight", n_embd, n_head * hd)
-        vec(b + "post_attention_norm.weight", n_embd)
-        vec(b + "ffn_norm.weight", n_embd)
-        vec(b + "post_ffw_norm.weight", n_embd)
+        write_attention(mat, vec, b, (n_embd, n_head, n_head_kv, hd))
         if i < 1:
             mat(b + "ffn_gate.weight", n_ff, n_embd)
             mat(b + "ffn_up.weight", n_ff, n_embd)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 from gguf import ExpertGatingFuncType, GGMLQuantizationType, GGUFWriter
-from gguf.quants import quantize
 
 Q = GGMLQuantizationType
 
@@ -38,7 +37,7 @@ def write_tiny_dots3note(path: Path, qtype: int = Q.F32, seed: int = 0, drop: tu
                          top_k: int = INDEXER[2]) -> Path:  # fmt: skip
     """The model at ``path``, its matrices as ``qtype``; ``drop``: tensor names left out (drawn all the same, so the
     others do not move: the tests of a missing tensor's error); ``top_k``: the indexer's."""
-    from tinymodel import _add_byte_vocab, _file_type, _finish, _random_tensors, byte_vocab
+    from tinymodel import _add_byte_vocab, _file_type, _finish, _random_tensors_dropping, byte_vocab
 
     rng = np.random.default_rng(seed)
     n_expert, n_used, n_ff_exp, n_shared = EXPERTS
@@ -88,24 +87,7 @@ def write_tiny_dots3note(path: Path, qtype: int = Q.F32, seed: int = 0, drop: tu
     w.add_file_type(_file_type(qtype))
     _add_byte_vocab(w)
 
-    mat_, vec_ = _random_tensors(w, rng, qtype)
-
-    def mat(name: str, rows: int, cols: int, scale: float = 0.1) -> None:
-        if name in drop:
-            rng.standard_normal((rows, cols))
-        else:
-            mat_(name, rows, cols, scale)
-
-    def vec(name: str, n: int, base: float = 1.0, scale: float = 0.1) -> None:
-        if name in drop:
-            rng.standard_normal(n)
-        else:
-            vec_(name, n, base, scale)
-
-    def tensor3(name: str, shape: tuple[int, ...], scale: float = 0.1) -> None:
-        t = (rng.standard_normal(shape) * scale).astype(np.float32)
-        if name not in drop:
-            w.add_tensor(name, t if qtype == Q.F32 else quantize(t, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
+    mat, vec, tensor3 = _random_tensors_dropping(w, rng, qtype, drop)
 
     n_vocab = len(byte_vocab()[0])
     mat("token_embd.weight", n_vocab, N_EMBD, 0.5)

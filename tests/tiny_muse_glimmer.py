@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 
+from tiny_afmoe import write_attention
+
 Q = GGMLQuantizationType
 
 #: n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer
@@ -59,22 +61,12 @@ def write_tiny_muse_glimmer(path: Path, qtype: int = Q.F32, seed: int = 0, extra
     vec("output_norm.weight", n_embd)
     mat("output.weight", n_vocab, n_embd, 0.5)
     for i in range(n_layer):
+        # (AFMoE's norms and attention, tiny_afmoe.py: its QK norms of 0.5 keep the scores about 1, where the
+        # converter's q norm is qk_scale_factor broadcast and its k norm ones.  Layer 1's attention output and layer
+        # 2's FFN output small, their mean squares about 1e-5: the post-norms' epsilon of 1e-8 against the file's 1e-5
+        # shows)
         b = f"blk.{i}."
-        vec(b + "attn_norm.weight", n_embd)
-        mat(b + "attn_q.weight", n_head * hd, n_embd)
-        mat(b + "attn_k.weight", n_head_kv * hd, n_embd)
-        mat(b + "attn_v.weight", n_head_kv * hd, n_embd)
-        mat(b + "attn_gate.weight", n_head * hd, n_embd, 0.5)
-        # (the converter's q norm is qk_scale_factor broadcast, its k norm ones; norms of 0.5 keep the scores about 1,
-        # where both runtimes' fp16 K stays well under 1e-3 of the logits: tiny_afmoe.py)
-        vec(b + "attn_q_norm.weight", hd, 0.5)
-        vec(b + "attn_k_norm.weight", hd, 0.5)
-        # (layer 1's attention output and layer 2's FFN output small, their mean squares about 1e-5: the post-norms'
-        # epsilon of 1e-8 against the file's 1e-5 shows)
-        mat(b + "attn_output.weight", n_embd, n_head * hd, 0.002 if i == 1 else 0.1)
-        vec(b + "post_attention_norm.weight", n_embd)
-        vec(b + "ffn_norm.weight", n_embd)
-        vec(b + "post_ffw_norm.weight", n_embd)
+        write_attention(mat, vec, b, (n_embd, n_head, n_head_kv, hd), 0.002 if i == 1 else 0.1)
         mat(b + "ffn_gate.weight", n_ff, n_embd)
         mat(b + "ffn_up.weight", n_ff, n_embd)
         mat(b + "ffn_down.weight", n_embd, n_ff, 0.002 if i == 2 else 0.1)

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 from gguf import ExpertGatingFuncType, GGMLQuantizationType, GGUFWriter
-from gguf.quants import quantize
 
 Q = GGMLQuantizationType
 
@@ -50,7 +49,7 @@ def write_tiny_text_side(path: Path, arch: str, qtype: int = Q.F32, seed: int = 
     left out (drawn all the same, so the others do not move: the tests of a missing tensor's error).  The pairs'
     text models (tiny_vision_hunyuanvl.py): ``extra`` control tokens after the byte vocabulary (a picture's
     markers), ``name`` for ``general.name``, and a ``chat_template``."""
-    from tinymodel import _add_byte_vocab, _file_type, _finish, _random_tensors, byte_vocab
+    from tinymodel import _add_byte_vocab, _file_type, _finish, _random_tensors_dropping, byte_vocab
 
     rng = np.random.default_rng(seed)
     n_vocab = len(byte_vocab()[0]) + len(extra)
@@ -106,24 +105,7 @@ def write_tiny_text_side(path: Path, arch: str, qtype: int = Q.F32, seed: int = 
     if chat_template is not None:
         w.add_chat_template(chat_template)
 
-    mat_, vec_ = _random_tensors(w, rng, qtype)
-
-    def mat(name: str, rows: int, cols: int, scale: float = 0.1) -> None:
-        if name in drop:
-            rng.standard_normal((rows, cols))
-        else:
-            mat_(name, rows, cols, scale)
-
-    def vec(name: str, n: int, base: float = 1.0, scale: float = 0.1) -> None:
-        if name in drop:
-            rng.standard_normal(n)
-        else:
-            vec_(name, n, base, scale)
-
-    def tensor3(name: str, shape: tuple[int, ...], scale: float = 0.1) -> None:
-        a = (rng.standard_normal(shape) * scale).astype(np.float32)
-        if name not in drop:
-            w.add_tensor(name, a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
+    mat, vec, tensor3 = _random_tensors_dropping(w, rng, qtype, drop)
 
     def moe(b: str) -> None:
         if b + "ffn_gate_inp.weight" not in drop:

@@ -25,6 +25,7 @@ from gguf import GGMLQuantizationType
 
 from tiny_bailingmoe3 import GEOMETRY, write_tiny_bailingmoe3
 from tiny_vision import mmproj_writer, tensor_writer
+from tiny_vision_qwen3vl import write_qwen3vl_blocks
 from tinymodel import _finish, _random_tensors
 
 Q = GGMLQuantizationType
@@ -54,20 +55,7 @@ def write_tiny_ling3vl_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n_t
     if extras:
         vec("v.pre_ln.weight", E)
         vec("v.pre_ln.bias", E, 0.2)
-    for i in range(V_LAYER):
-        b = f"v.blk.{i}."
-        vec(b + "ln1.weight", E)
-        vec(b + "ln1.bias", E, 0.0)
-        mat(b + "attn_qkv.weight", 3 * E, E, 0.3)
-        vec(b + "attn_qkv.bias", 3 * E, 0.0)
-        mat(b + "attn_out.weight", E, E, 0.3)
-        vec(b + "attn_out.bias", E, 0.0)
-        vec(b + "ln2.weight", E)
-        vec(b + "ln2.bias", E, 0.0)
-        mat(b + "ffn_up.weight", V_FF, E, 0.3)
-        vec(b + "ffn_up.bias", V_FF, 0.0)
-        mat(b + "ffn_down.weight", E, V_FF, 0.3)
-        vec(b + "ffn_down.bias", E, 0.0)
+    write_qwen3vl_blocks(mat, vec, V_LAYER, E, V_FF)  # (Qwen3-VL's tower, without its DeepStack)
     if extras:
         vec("v.post_ln.weight", E)
         vec("v.post_ln.bias", E, 0.2)

@@ -19,6 +19,7 @@ wrong (t, h, w) shows in the logits, and ``n_deepstack_layers`` 2: layers 0 and 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from gguf import GGMLQuantizationType
@@ -36,6 +37,28 @@ IMAGE_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>")
 TEXT_GEOMETRY, SECTIONS = (64, 4, 2, 16, 96, 3), [4, 2, 1, 1]
 
 
+def write_qwen3vl_blocks(mat: Callable[..., None], vec: Callable[..., None], n_layer: int = V_LAYER, n_embd: int = V_EMBD,
+                        n_ff: int = V_FF) -> None:  # fmt: skip
+    """The encoder's ``v.blk.*`` tensors through ``mat`` / ``vec`` (tinymodel's ``_random_tensors``), layer by layer in
+    order: LayerNorms with biases, the fused ``attn_qkv`` and ``attn_out``, the GELU MLP's ``ffn_up`` and ``ffn_down``,
+    each with its bias (Ling 3 VL's tower too: tiny_vision_ling3vl.py)."""
+    E = n_embd
+    for i in range(n_layer):
+        b = f"v.blk.{i}."
+        vec(b + "ln1.weight", E)
+        vec(b + "ln1.bias", E, 0.0)
+        mat(b + "attn_qkv.weight", 3 * E, E, 0.3)
+        vec(b + "attn_qkv.bias", 3 * E, 0.0)
+        mat(b + "attn_out.weight", E, E, 0.3)
+        vec(b + "attn_out.bias", E, 0.0)
+        vec(b + "ln2.weight", E)
+        vec(b + "ln2.bias", E, 0.0)
+        mat(b + "ffn_up.weight", n_ff, E, 0.3)
+        vec(b + "ffn_up.bias", n_ff, 0.0)
+        mat(b + "ffn_down.weight", E, n_ff, 0.3)
+        vec(b + "ffn_down.bias", E, 0.0)
+
+
 def write_tiny_qwen3vl_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n_text_embd: int = TEXT_GEOMETRY[0]) -> Path:
     """A random Qwen3-VL projector; its matrices (patch kernels included) stored as ``qtype``."""
     rng = np.random.default_rng(seed)
@@ -50,20 +73,7 @@ def write_tiny_qwen3vl_mmproj(path: Path, qtype: int = Q.F32, seed: int = 0, n_t
     tensor("v.patch_embd.weight.1", (E, 3, p, p), 0.05)
     vec("v.patch_embd.bias", E, 0.0)
     w.add_tensor("v.position_embd.weight", (rng.standard_normal((POS_SIDE * POS_SIDE, E)) * 0.5).astype(np.float32))
-    for i in range(V_LAYER):
-        b = f"v.blk.{i}."
-        vec(b + "ln1.weight", E)
-        vec(b + "ln1.bias", E, 0.0)
-        mat(b + "attn_qkv.weight", 3 * E, E, 0.3)
-        vec(b + "attn_qkv.bias", 3 * E, 0.0)
-        mat(b + "attn_out.weight", E, E, 0.3)
-        vec(b + "attn_out.bias", E, 0.0)
-        vec(b + "ln2.weight", E)
-        vec(b + "ln2.bias", E, 0.0)
-        mat(b + "ffn_up.weight", V_FF, E, 0.3)
-        vec(b + "ffn_up.bias", V_FF, 0.0)
-        mat(b + "ffn_down.weight", E, V_FF, 0.3)
-        vec(b + "ffn_down.bias", E, 0.0)
+    write_qwen3vl_blocks(mat, vec)
     for i in DEEPSTACK:
         b = f"v.deepstack.{i}."
         vec(b + "norm.weight", 4 * E)

@@ -361,6 +361,33 @@ def _random_tensors(w: GGUFWriter, rng: np.random.Generator, qtype: int) -> tupl
     return mat, vec
 
 
+def _random_tensors_dropping(w: GGUFWriter, rng: np.random.Generator, qtype: int,
+                             drop: tuple[str, ...]) -> tuple[Callable[..., None], ...]:  # fmt: skip
+    """:func:`_random_tensors`' ``mat`` and ``vec`` and ``tensor3(name, shape, scale=0.1)`` (an N-d tensor stored as
+    ``qtype``), which leave out the tensors named in ``drop`` but draw their numbers all the same, so that the others
+    do not move (the tests of a missing tensor's error)."""
+    mat_, vec_ = _random_tensors(w, rng, qtype)
+
+    def mat(name: str, rows: int, cols: int, scale: float = 0.1, f32: bool = False) -> None:
+        if name in drop:
+            rng.standard_normal((rows, cols))
+        else:
+            mat_(name, rows, cols, scale, f32)
+
+    def vec(name: str, n: int, base: float = 1.0, scale: float = 0.1) -> None:
+        if name in drop:
+            rng.standard_normal(n)
+        else:
+            vec_(name, n, base, scale)
+
+    def tensor3(name: str, shape: tuple[int, ...], scale: float = 0.1) -> None:
+        a = (rng.standard_normal(shape) * scale).astype(np.float32)
+        if name not in drop:
+            w.add_tensor(name, a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
+
+    return mat, vec, tensor3
+
+
 def _finish(w: GGUFWriter, path: Path) -> Path:
     """Header, metadata and tensors out to ``path``."""
     w.write_header_to_file()

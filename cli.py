@@ -184,6 +184,10 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
         H, dc = cfg.n_head, cfg.ssm_d_conv
         kda = {"d_conv": dc, "d_inner": H * hd, "d_state": hd, "n_head": H, "n_group": H,
                "state_bytes_per_layer": 4 * H * hd * hd + 4 * (dc - 1) * 3 * H * hd}
+    lightning = None  # MiniMax-01's lightning layers: n_head heads of head_dim, a state [hd, hd] a head, no convolution
+    if cfg.arch == "minimax-01":
+        H, hd = cfg.n_head, cfg.head_dim
+        lightning = {"d_conv": 1, "d_inner": H * hd, "d_state": hd, "n_head": H, "n_group": H, "state_bytes_per_layer": 4 * H * hd * hd}
     return {
         "path": str(path),
         "name": cfg.name,
@@ -238,8 +242,8 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
         "ssm_parallel": cfg.ssm_parallel,
         # (Qwen3.5's, Qwen3-Next's: Gated DeltaNet, d_inner its value heads' width, d_state a head's, n_group its key heads;
         # the state's and the convolution's sizes come out of the same formula)
-        "ssm_kind": "Kimi Delta Attention" if kda else "Gated DeltaNet" if cfg.arch in ("qwen35", "qwen35moe", "qwen3next") else "Mamba 1" if cfg.arch == "jamba" else "Mamba-2",
-        "ssm": kda or {"d_conv": cfg.ssm_d_conv, "d_inner": cfg.ssm_d_inner, "d_state": cfg.ssm_d_state, "n_head": cfg.ssm_dt_rank,
+        "ssm_kind": "Kimi Delta Attention" if kda else "lightning attention" if lightning else "Gated DeltaNet" if cfg.arch in ("qwen35", "qwen35moe", "qwen3next") else "Mamba 1" if cfg.arch == "jamba" else "Mamba-2",
+        "ssm": kda or lightning or {"d_conv": cfg.ssm_d_conv, "d_inner": cfg.ssm_d_inner, "d_state": cfg.ssm_d_state, "n_head": cfg.ssm_dt_rank,
                 "n_group": cfg.ssm_n_group, "state_bytes_per_layer": 4 * cfg.ssm_d_inner * cfg.ssm_d_state
                 + 4 * (cfg.ssm_d_conv - 1) * (cfg.ssm_d_inner + 2 * cfg.ssm_n_group * cfg.ssm_d_state)}
         if any(cfg.ssm_layers) or cfg.ssm_parallel else None,
@@ -442,6 +446,8 @@ def info(model: str | None, as_json: bool) -> None:
             geo = f"d_inner {m['d_inner']}, state {m['d_state']}, convolution {m['d_conv']}"
         elif f["ssm_kind"] == "Kimi Delta Attention":
             geo = f"{m['n_head']} heads, each {m['d_state']} wide, a decay per key channel, convolution {m['d_conv']}"
+        elif f["ssm_kind"] == "lightning attention":  # (MiniMax-01's: a fixed decay a head, no convolution)
+            geo = f"{m['n_head']} heads, each {m['d_state']} wide, a fixed decay a head"
         elif f["ssm_kind"] == "Gated DeltaNet":
             geo = f"{m['n_head']} value heads over {m['n_group']} key heads, each {m['d_state']} wide, convolution {m['d_conv']}"
         else:

@@ -39,6 +39,8 @@ SUPPORTED_ARCHITECTURES += ("qwen2vl", "qwen3vl", "qwen3vlmoe", "falcon", "chatg
 SUPPORTED_ARCHITECTURES += ("mamba",)  # Mamba 1, Falcon-Mamba: the selective scan without heads (models/mamba.py)
 SUPPORTED_ARCHITECTURES += ("afmoe",)  # Arcee's Trinity: gated attention, sandwich norms, sigmoid-routed experts (models/afmoe.py)
 SUPPORTED_ARCHITECTURES += ("muse-glimmer",)  # Muse Glimmer: AFMoE's attention, a dense FFN, logit scale and softcap (models/muse_glimmer.py)
+SUPPORTED_ARCHITECTURES += ("laguna",)  # Poolside's Laguna: a softplus attention gate, per-layer heads and rope, sigmoid-routed experts (models/laguna.py)
+SUPPORTED_ARCHITECTURES += ("hy_v3",)  # Tencent's Hy3: Qwen3's attention, DeepSeek-V3's sigmoid-routed experts and a shared one (models/hy_v3.py)
 SUPPORTED_ARCHITECTURES += ("exaone-moe",)  # K-EXAONE: EXAONE 4.0's attention, pre-norms, DeepSeek-V3's experts (models/exaone_moe.py)
 SUPPORTED_ARCHITECTURES += ("pangu-embedded",)  # openPangu-Embedded: Llama with attention biases (models/pangu_embedded.py)
 SUPPORTED_ARCHITECTURES += ("minicpm3",)  # MiniCPM3-4B: DeepSeek-V2's latent attention with muP (models/minicpm3.py)
@@ -58,7 +60,17 @@ SUPPORTED_ARCHITECTURES += ("kimi-linear",)  # Kimi Linear: Kimi Delta Attention
 SUPPORTED_ARCHITECTURES += ("bailingmoe3",)  # Ling 3: Kimi Linear's shape, full-rank KDA gates, gated and roped MLA (models/bailingmoe3.py)
 SUPPORTED_ARCHITECTURES += ("kimi-k3",)  # Kimi K3: Kimi Linear's layers, residual attention, latent experts, situ (models/kimi_k3.py)
 SUPPORTED_ARCHITECTURES += ("cogvlm", "deepseek2-ocr", "glm-dsa", "hunyuan_vl", "paddleocr")  # text sides of VL/OCR models: models/cogvlm.py, deepseek2_ocr.py, glm_dsa.py, hunyuan_vl.py, paddleocr.py
+SUPPORTED_ARCHITECTURES += ("cohere2moe",)  # Cohere's MoE Command (North): Command R7B's parallel block, sigmoid-routed experts averaged with a shared one (models/cohere2moe.py)
+SUPPORTED_ARCHITECTURES += ("maple",)  # Maple: QK-norm, rope on the pattern's window layers only, softmax experts with a gate-first clamped SwiGLU (models/maple.py)
+SUPPORTED_ARCHITECTURES += ("spark2_5",)  # Spark-X2.5: window layers of their own rope, per-layer heads, a head-wise sigmoid gate, GELU FFN (models/spark2_5.py)
+SUPPORTED_ARCHITECTURES += ("hrm_text",)  # HRM-Text (DFM-Mimir): low and high stacks run in cycles, a cache slot a pass, gated attention (models/hrm_text.py)
+SUPPORTED_ARCHITECTURES += ("minimax-01",)  # MiniMax-Text-01, MiniMax-M1: lightning attention among softmax layers, postnorm residuals, experts (models/minimax_01.py)
 SUPPORTED_ARCHITECTURES += ("dots3note",)  # rednote's dots.note: glm-dsa's MLA and DSA with window layers of their own geometry, a head gate (models/dots3note.py)
+SUPPORTED_ARCHITECTURES += ("mellum",)  # JetBrains' Mellum 2: Qwen3-MoE's block, window layers with plain rope at the global base (models/mellum.py)
+SUPPORTED_ARCHITECTURES += ("graniteswitch",)  # IBM Granite Switch: Granite with LoRA adapters control tokens switch on, routed in-graph (models/graniteswitch.py)
+SUPPORTED_ARCHITECTURES += ("granite_swa",)  # IBM Granite SWA / MoE SWA: Granite's block, windows, sinks and rope by per-layer arrays (models/granite_swa.py)
+SUPPORTED_ARCHITECTURES += ("nanbeige",)  # Nanbeige: the Llama block, its layers run num_loops times over, output_norm between the loops (models/nanbeige.py)
+SUPPORTED_ARCHITECTURES += ("talkie",)  # Talkie: weightless RMSNorms, per-head Q gains after the rope, output gains, an embedding skip (models/talkie.py)
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -99,6 +111,8 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "smollm3": {"rope_neox": False},
     "granite": {"rope_neox": False},
     "granitemoe": {"rope_neox": False},  # (its chosen experts' weights renormalised)
+    "granite_swa": {"rope_neox": False},  # (windows and rope by the file's arrays: models/granite_swa.py)
+    "graniteswitch": {"rope_neox": False},  # (rope unless rope.scaling.finetuned is false: models/graniteswitch.py)
     "qwen2": {"rope_neox": True},
     "qwen2moe": {"rope_neox": True, "expert_weights_norm": False},  # its chosen experts' weights as the router gave them
     "deepseek": {"rope_neox": False, "expert_weights_norm": False},  # (DeepSeek-MoE: the same, times expert_weights_scale)
@@ -154,6 +168,11 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "afmoe": {"rope_neox": True, "swa_pattern": 4, "expert_weights_norm": False},
     # Muse Glimmer: rope over consecutive pairs; the file's sliding_window_pattern, else 3 window layers then 1 global
     "muse-glimmer": {"rope_neox": False, "swa_pattern": 4},
+    # Laguna: neox rope; where a window is stated, the file's sliding_window_pattern, else 1 global layer then 3 window
+    # ones (llama.cpp's pattern, global first); the chosen experts' weights as the router gave them unless expert_weights_norm says
+    "laguna": {"rope_neox": True, "swa_pattern": 4, "swa_dense_first": True, "expert_weights_norm": False},
+    # Hy3: neox rope; the chosen experts' weights as the router gave them unless expert_weights_norm says; NextN layers after the trunk
+    "hy_v3": {"rope_neox": True, "expert_weights_norm": False, "nextn": True},
     # EXAONE MoE: neox rope; the file's sliding_window_pattern, else 3 window layers then 1 global; NextN layers after the trunk
     "exaone-moe": {"rope_neox": True, "swa_pattern": 4, "nextn": True},
     # MiniMax-M2, MiMo-V2-Flash, Step-3.5-Flash: neox rope; MiMo's and Step's windows where the file's pattern says (models/
@@ -242,6 +261,15 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "command-r": {"rope_neox": False},
     # Command R7B: 3 window layers then 1 global (no rope); LayerNorms without bias (attention.layer_norm_epsilon)
     "cohere2": {"rope_neox": False, "swa_pattern": 4},
+    # Cohere2 MoE: the file's pattern array, else of every 4 layers the first global (dense_first); its experts' weights as the
+    # router gave them unless expert_weights_norm says; the MTP block after the trunk not run (models/cohere2moe.py)
+    "cohere2moe": {"rope_neox": False, "swa_pattern": 4, "swa_dense_first": True, "expert_weights_norm": False, "nextn": True},
+    # Maple: neox rope on the window layers of the file's (required) pattern array only (models/maple.py)
+    "maple": {"rope_neox": True},
+    # Spark-X2.5: neox rope on every layer, the window layers' own where the file's (required) pattern array says (models/spark2_5.py)
+    "spark2_5": {"rope_neox": True},
+    # HRM-Text: neox rope on every layer; block_count the cache slots of its stacks' passes (models/hrm_text.py)
+    "hrm_text": {"rope_neox": True},
     # Mamba-2: every layer a state-space (SSM) mixer, no attention, no rope
     "mamba2": {"rope_neox": False},
     "mamba": {"rope_neox": False},  # Mamba 1 (Falcon-Mamba: dt, B and C RMS-normed where ssm.dt_b_c_rms says)
@@ -259,6 +287,9 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "qwen35": {"rope_neox": True, "full_attention_interval": 4},
     "qwen35moe": {"rope_neox": True, "full_attention_interval": 4},
     "qwen3next": {"rope_neox": True, "full_attention_interval": 4},
+    # MiniMax-01: lightning-attention layers and, every full_attention_interval-th (8 unless stated, or the file's
+    # attention.recurrent_layers), softmax attention with partial neox rope (models/minimax_01.py)
+    "minimax-01": {"rope_neox": True, "full_attention_interval": 8},
     # Kimi Linear: KDA layers (head_count_kv 0) among MLA layers that turn nothing (models/kimi_linear.py)
     "kimi-linear": {"rope_neox": False},
     # Ling 3: Kimi Linear's layers (models/bailingmoe3.py: normal rope, halves where the VL files state sections), NextN layers past the trunk
@@ -291,6 +322,10 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "dots3note": {"rope_neox": False, "expert_weights_norm": False, "nextn": True},  # (models/dots3note.py: its MTP layer past the trunk)
     "hunyuan_vl": {"rope_neox": True, "rope_alpha": True},
     "paddleocr": {"rope_neox": True},
+    # Mellum 2: neox rope; the file's sliding_window_pattern, else 3 window layers then 1 global (models/mellum.py)
+    "mellum": {"rope_neox": True, "swa_pattern": 4},
+    "nanbeige": {"rope_neox": False},  # (Nanbeige: Llama's rope over consecutive pairs; models/nanbeige.py)
+    "talkie": {"rope_neox": True},  # (Talkie: rope over halves; models/talkie.py)
 }
 
 

@@ -84,6 +84,9 @@ class MoE:
     weight_before_ffn: bool = False
     #: > 0: Step-3.5's clamped SwiGLU experts (:func:`swiglu_clamped`), llama.cpp's ``swiglu_clamp_exp`` of the layer
     swiglu_limit: float = 0.0
+    #: with ``swiglu_limit``: the gate clamped before its SiLU, ``silu(min(gate, limit)) * clamp(up, -limit, limit)``
+    #: (ggml's ``swiglu_clamp``, llama.cpp's for Maple), not after it as Step-3.5's (host work: no device kernel)
+    clamp_gate_first: bool = False
 
 
 def expert(w: Weight, e: int, n_expert: int) -> Weight:
@@ -249,6 +252,8 @@ def device_unsupported(moe: MoE) -> str | None:
     renormalising and scaling, and silu, swiglu_oai (with gpt-oss's biases) and ReLU GLUs; without biases also
     Grok's float16-table GELU, Step-3.5's clamped SwiGLU and Llama 4's weight before the FFN (moe2.cu); and experts
     without a gate, Nemotron-H MoE's squared ReLU without biases (moe3.cu)."""
+    if moe.clamp_gate_first and moe.swiglu_limit > 0.0:
+        return "SwiGLU experts clamped before the SiLU"
     if moe.gate is None and moe.act == "relu_sqr" and not moe.weight_before_ffn and moe.swiglu_limit == 0.0:
         return "relu_sqr experts with biases" if moe.up_b is not None or moe.down_b is not None else None
     if moe.gate is None or moe.act not in ("silu", "swiglu_oai", "relu", "gelu"):
@@ -347,6 +352,8 @@ def experts_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffe
         if moe.up_b is not None:
             u += moe.up_b[e]
         if moe.swiglu_limit > 0.0:  # (Step-3.5's: host work, as the routing)
+            if moe.clamp_gate_first:  # (Maple's: silu(g) <= limit then, which swiglu_clamped's min leaves as it is)
+                np.minimum(g, np.float32(moe.swiglu_limit), out=g)
             swiglu_clamped(g, u, moe.swiglu_limit)
         elif moe.act == "swiglu_oai":
             from ..ops.cpu.moe import swiglu_oai  # (here, not at the top: `kvrun info` of a llama imports no kernels)

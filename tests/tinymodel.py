@@ -117,10 +117,25 @@ FIXTURE_MODELS: dict[str, dict] = {
     "exaone4": {"arch": "exaone4", "sliding_window": 8},  # 4 layers: the window ignored, rope in every layer, as llama.cpp runs the 1.2B
     "exaone4-swa": {"arch": "exaone4", "sliding_window": 8, "n_layer": 64},  # the 32B's depth: 3 window layers then 1 global without rope
     "cohere2": {"arch": "cohere2"},  # parallel blocks, windows on 3 layers of 4 (only they rotate), logits times 0.25
+    # Cohere2 MoE (tiny_cohere2moe.py): Command R7B's parallel block, a leading dense layer that rotates though global,
+    # sigmoid-routed experts averaged with a shared one, LayerNorms, an MTP block not run; "rms": RMSNorms, softmax, no shared
+    "cohere2moe": {"arch": "cohere2moe"},
+    "cohere2moe-rms": {"arch": "cohere2moe", "variant": "rms"},
+    # MiniMax-01 (tiny_minimax_01.py): lightning attention (a decay per head and layer) among softmax layers with partial
+    # rope, the normed stream as the residual times residual_scale, softmax experts; "array": attention.recurrent_layers
+    "minimax-01": {"arch": "minimax-01"},
+    "minimax-01-array": {"arch": "minimax-01", "variant": "array"},
     "arcee": {"arch": "arcee"},  # squared-ReLU FFN without a gate, a separate output head
     "mamba2": {"arch": "mamba2"},  # Mamba-2 mixers only, two groups, a tied output head
     "granitehybrid": {"arch": "granitehybrid"},  # Granite 4.0-H-Tiny/Small: Mamba-2 and NoPE attention, experts and a shared one
     "granitehybrid-dense-rope": {"arch": "granitehybrid", "n_expert": 0, "ssm_rope": True},  # H-Micro's dense FFN; rope (Bamba's)
+    # Granite SWA (tiny_granite_swa.py): Granite's multipliers, sinks, windows and rope by the file's arrays; "-moe": fused
+    # QKV and gate-up experts with biases, a fused shared expert
+    "granite_swa": {"arch": "granite_swa"},
+    "granite_swa-moe": {"arch": "granite_swa", "variant": "moe"},
+    # Granite Switch (tiny_graniteswitch.py): Granite's multipliers, fused QKV, 3 LoRA adapters on every projection that
+    # the prompt's control tokens switch on (slots 0, 1, then 2: the router's mean), each control token embedded as another
+    "graniteswitch": {"arch": "graniteswitch"},
     "falcon-h1": {"arch": "falcon-h1"},  # attention and Mamba-2 side by side, heads of key_length, no ssm_norm (_write_tiny_ssm_hybrid)
     "nemotron_h": {"arch": "nemotron_h"},  # Mamba-2, NoPE attention and squared-ReLU FFN layers of two widths
     "gemma3n": {"arch": "gemma3n"},  # AltUp, LAuReL, per-layer inputs, shared K/V, sparse FFN gates (_write_tiny_gemma3n)
@@ -235,6 +250,21 @@ FIXTURE_MODELS: dict[str, dict] = {
     # Muse Glimmer (tiny_muse_glimmer.py): AFMoE's attention (sandwich norms, gate, per-head QK norm), the input RMS-normed,
     # post-norms at 1e-8, rope (pairs) and windows on the layers the file's pattern array says, a dense FFN, logit scale, softcap
     "muse-glimmer": {"arch": "muse-glimmer"},
+    # Laguna (tiny_laguna.py): softplus attention gates (one a head, one a value), per-layer heads, per-head QK norm, the
+    # global layer YaRN-rotated over part of its heads, the window layers plainly at their own base, sigmoid-routed experts
+    "laguna": {"arch": "laguna"},
+    # Hy3 (tiny_hy_v3.py): per-head QK norm before the rope, a leading dense layer, sigmoid-routed experts with the
+    # suffixless exp_probs_b, renormalised and scaled, a shared expert; an MTP block past the trunk (not run)
+    "hy_v3": {"arch": "hy_v3", "seed": 1},  # (seed 0's logits all but tie two tokens at one position)
+    # Maple (tiny_maple.py): per-head QK norm, rope (partial) and windows on the layers the file's pattern array says, the
+    # window layers' own base, softmax-routed experts renormalised, their SwiGLU clamped gate first (one limit a layer)
+    "maple": {"arch": "maple"},
+    # Spark-X2.5 (tiny_spark2_5.py): fused QKV, per-layer heads, rope everywhere (the window layers' own base and partial
+    # width), windows on the layers the file's pattern array says, a sigmoid gate a head, a GELU-gated FFN, a tied head
+    "spark2_5": {"arch": "spark2_5"},
+    # HRM-Text (tiny_hrm_text.py): a low and a high stack of 2 layers run in 2 high cycles of 2 low ones (12 cache slots over
+    # 4 blocks), z_l_init, embedding scale, weightless norms, a gate as wide as the heads, no output norm but the last stack's
+    "hrm_text": {"arch": "hrm_text"},
     # EXAONE MoE, K-EXAONE (tiny_exaone_moe.py): pre-norms, per-head QK norm, windows on the layers the file's pattern says
     # (only they rotate, with Llama 3's factors), a leading dense layer, sigmoid-routed experts with exp_probs_b, a shared one
     "exaone-moe": {"arch": "exaone-moe", "seed": 1},  # (seed 0's logits tie two tokens at one position)
@@ -318,6 +348,14 @@ FIXTURE_MODELS: dict[str, dict] = {
     "hunyuan_vl-plain": {"arch": "hunyuan_vl", "variant": "plain"},
     "paddleocr": {"arch": "paddleocr"},
     "dots3note": {"arch": "dots3note"},  # dots.note (tiny_dots3note.py): glm-dsa's MLA, window layers of their own latent, heads and rope base, k_norm, a head gate
+    "mellum": {"arch": "mellum"},  # Mellum 2 (tiny_mellum.py): per-head QK norm, softmax experts in every layer, windows by the file's array, YaRN on the global layers
+    # Nanbeige (tiny_nanbeige.py): Llama's block with rope_freqs and a tied head, 3 layers run twice over, output_norm between
+    # the loops ("-skip": skip_loop_final_norm, none), an attention.scale unread
+    "nanbeige": {"arch": "nanbeige"},
+    "nanbeige-skip": {"arch": "nanbeige", "variant": "skip"},
+    # Talkie (tiny_talkie.py): weightless norms, per-head Q gains after the rope, attention/FFN output gains, the normed
+    # embeddings added to every layer's output (its own scale), logit scale
+    "talkie": {"arch": "talkie"},
 }
 
 
@@ -443,6 +481,26 @@ def write_tiny_model(
         from tiny_bailingmoe3 import write_tiny_bailingmoe3
 
         return write_tiny_bailingmoe3(path, qtype, seed, variant)
+    if arch == "talkie":  # (tiny_talkie.py)
+        from tiny_talkie import write_tiny_talkie
+
+        return write_tiny_talkie(path, qtype, seed)
+    if arch == "nanbeige":  # (tiny_nanbeige.py: its ``variant``)
+        from tiny_nanbeige import write_tiny_nanbeige
+
+        return write_tiny_nanbeige(path, qtype, seed, variant)
+    if arch == "graniteswitch":  # (tiny_graniteswitch.py)
+        from tiny_graniteswitch import write_tiny_graniteswitch
+
+        return write_tiny_graniteswitch(path, qtype, seed)
+    if arch == "granite_swa":  # (tiny_granite_swa.py: its ``variant``)
+        from tiny_granite_swa import write_tiny_granite_swa
+
+        return write_tiny_granite_swa(path, qtype, seed, variant)
+    if arch == "mellum":  # (tiny_mellum.py)
+        from tiny_mellum import write_tiny_mellum
+
+        return write_tiny_mellum(path, qtype, seed)
     if arch == "dots3note":  # (tiny_dots3note.py)
         from tiny_dots3note import write_tiny_dots3note
 
@@ -495,6 +553,34 @@ def write_tiny_model(
         from tiny_exaone_moe import write_tiny_exaone_moe
 
         return write_tiny_exaone_moe(path, qtype, seed)
+    if arch == "minimax-01":  # (tiny_minimax_01.py)
+        from tiny_minimax_01 import write_tiny_minimax_01
+
+        return write_tiny_minimax_01(path, qtype, seed, variant)
+    if arch == "cohere2moe":  # (tiny_cohere2moe.py)
+        from tiny_cohere2moe import write_tiny_cohere2moe
+
+        return write_tiny_cohere2moe(path, qtype, seed, variant)
+    if arch == "hrm_text":  # (tiny_hrm_text.py)
+        from tiny_hrm_text import write_tiny_hrm_text
+
+        return write_tiny_hrm_text(path, qtype, seed)
+    if arch == "spark2_5":  # (tiny_spark2_5.py)
+        from tiny_spark2_5 import write_tiny_spark2_5
+
+        return write_tiny_spark2_5(path, qtype, seed)
+    if arch == "maple":  # (tiny_maple.py)
+        from tiny_maple import write_tiny_maple
+
+        return write_tiny_maple(path, qtype, seed)
+    if arch == "hy_v3":  # (tiny_hy_v3.py)
+        from tiny_hy_v3 import write_tiny_hy_v3
+
+        return write_tiny_hy_v3(path, qtype, seed)
+    if arch == "laguna":  # (tiny_laguna.py)
+        from tiny_laguna import write_tiny_laguna
+
+        return write_tiny_laguna(path, qtype, seed)
     if arch == "muse-glimmer":  # (tiny_muse_glimmer.py)
         from tiny_muse_glimmer import write_tiny_muse_glimmer
 

@@ -1,0 +1,87 @@
+"""Maple (deepgrove's ``MapleForCausalLM``, maple-preview), as llama.cpp's ``maple`` graph.
+
+The pre-norm Llama block (``llama.py``: RMSNorm -> attention -> residual -> RMSNorm -> FFN -> residual) with Q and K
+RMS-normalised head by head (QK-norm), a mixture of experts in every layer, and what sets it apart:
+
+* hybrid attention: the layers the file's ``sliding_window_pattern`` array flags (required: the converter writes one flag
+  a layer) attend within ``sliding_window``; only they rotate (neox, over ``rope.dimension_count_swa`` where stated,
+  else ``rope.dimension_count``: the converter's partial rotary), at ``rope.freq_base_swa`` where stated, with the
+  file's rope scaling and no ``rope_freqs``; the global layers NoPE;
+* the experts routed by a softmax over all of them whatever ``expert_gating_func`` says, the chosen ``expert_used_count``
+  renormalised to sum 1 whatever ``expert_weights_norm`` says; no shared expert;
+* the experts' SwiGLU clamped as ggml's ``swiglu_clamp`` does it (``swiglu_clamp_exp``, required, one limit or one a
+  layer; the converter's 7.0): ``silu(min(gate, limit)) * clamp(up, -limit, limit)``, the gate clamped *before* its
+  SiLU (Step-3.5's clamps after it: ``moe.MoE.clamp_gate_first``);
+* an output head of its own (llama.cpp requires ``output.weight``: no tied fallback).
+
+The CPU only: the gate-first clamp has no device kernel (``moe.device_unsupported``), so ``--device gpu`` is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from ..cache.base import LayerSpec
+from ..loaders.config import ModelConfig
+from ..loaders.errors import GGUFError, UnsupportedModelError
+from ..loaders.gguf_file import GGUFFile
+from ..ops.backend import Backend
+from .common import WeightLoader, make_rope
+from .llama import LlamaLayer, LlamaModel
+from .mimo2 import per_layer
+from .moe import check_expert_counts
+
+#: llama.cpp's get_key / get_arr without a default for maple (the window and its pattern, the experts' width, the clamp)
+REQUIRED_KEYS = ("attention.sliding_window", "attention.sliding_window_pattern", "expert_feed_forward_length", "swiglu_clamp_exp")
+
+
+class MapleModel(LlamaModel):
+    archs = ("maple",)
+    head_qk_norms = "maple"  # (every layer's attn_q_norm/attn_k_norm, one head wide)
+
+    def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
+        if backend.name != "cpu":
+            raise UnsupportedModelError(f"{g.path}: maple runs on the CPU only for now (--device gpu: its experts' gate-first "
+                                        "clamped SwiGLU has no GPU kernel)")  # fmt: skip
+        for key in REQUIRED_KEYS:
+            if g.arch_get(key) is None:
+                raise GGUFError(f"{g.path}: metadata maple.{key} is missing; the file is not a complete model")
+        if not hasattr(g.arch_get("attention.sliding_window_pattern"), "__len__"):  # (llama.cpp's get_arr: an array)
+            raise GGUFError(f"{g.path}: metadata maple.attention.sliding_window_pattern is not an array of one flag a layer")
+        check_expert_counts(g, cfg.n_expert, cfg.n_expert_used)
+        if "output.weight" not in g.tensors:
+            raise GGUFError(f"{g.path}: tensor 'output.weight' is missing; maple has an output head of its own")
+        # (one limit or one a layer; llama.cpp clamps where it is above 1e-6)
+        self.clamp_exp = [v if v > 1e-6 else 0.0 for v in per_layer(g, "swiglu_clamp_exp", cfg.n_layer, 0, float)]
+        super().__init__(g, cfg, backend, n_ctx, n_batch)
+        # (only the window layers rotate: at their own base and width, the file's scaling; llama.cpp's *_train_swa)
+        n_rot_swa = int(g.arch_get("rope.dimension_count_swa", cfg.rope_dim) or cfg.rope_dim)
+        self.rope_cos, self.rope_sin = make_rope(dataclasses.replace(cfg, rope_dim=n_rot_swa), n_ctx, cfg.rope_theta_swa or cfg.rope_theta)
+
+    def rope_factors(self, w: WeightLoader, n_ctx: int) -> np.ndarray | None:
+        return None  # (llama.cpp's maple graph rotates without rope_freqs)
+
+    def load_layer(self, w: WeightLoader, i: int) -> LlamaLayer:
+        if not w.has("ffn_gate_inp", i):  # (a mixture of experts in every layer: the one-line error naming the router)
+            w.matrix("ffn_gate_inp", i)
+        L = super().load_layer(w, i)
+        L.rope = self.cfg.is_swa(i)  # (the global layers: NoPE)
+        L.moe.gating, L.moe.norm_weights = "softmax", True  # (fixed in llama.cpp's graph)
+        L.moe.swiglu_limit, L.moe.clamp_gate_first = self.clamp_exp[i], True
+        return L
+
+    def qk_norm_rope(self, L: LlamaLayer, q: Any, k: Any, q3: Any, k3: Any, pos: Any, cos: Any, sin: Any) -> None:
+        if L.rope:
+            super().qk_norm_rope(L, q, k, q3, k3, pos, cos, sin)
+        else:  # (a global layer: the per-head norms alone)
+            self.be.rms_norm_heads(q3, L.q_norm, self.cfg.norm_eps)
+            self.be.rms_norm_heads(k3, L.k_norm, self.cfg.norm_eps)
+
+    def layer_specs(self) -> list[LayerSpec]:
+        c = self.cfg
+        scale = 1.0 / np.sqrt(c.head_dim)
+        return [LayerSpec(c.n_head, c.n_head_kv, c.head_dim, c.head_dim_v, c.sliding_window if c.is_swa(il) else 0, scale)
+                for il in range(c.n_layer)]  # fmt: skip

@@ -41,6 +41,7 @@ SUPPORTED_ARCHITECTURES += ("afmoe",)  # Arcee's Trinity: gated attention, sandw
 SUPPORTED_ARCHITECTURES += ("muse-glimmer",)  # Muse Glimmer: AFMoE's attention, a dense FFN, logit scale and softcap (models/muse_glimmer.py)
 SUPPORTED_ARCHITECTURES += ("laguna",)  # Poolside's Laguna: a softplus attention gate, per-layer heads and rope, sigmoid-routed experts (models/laguna.py)
 SUPPORTED_ARCHITECTURES += ("hy_v3",)  # Tencent's Hy3: Qwen3's attention, DeepSeek-V3's sigmoid-routed experts and a shared one (models/hy_v3.py)
+SUPPORTED_ARCHITECTURES += ("hy_v4",)  # Tencent's HY V4: DeepSeek-V3's MLA and experts with hyper-connections, a gated MLA output, sinks (models/hy_v4.py)
 SUPPORTED_ARCHITECTURES += ("exaone-moe",)  # K-EXAONE: EXAONE 4.0's attention, pre-norms, DeepSeek-V3's experts (models/exaone_moe.py)
 SUPPORTED_ARCHITECTURES += ("pangu-embedded",)  # openPangu-Embedded: Llama with attention biases (models/pangu_embedded.py)
 SUPPORTED_ARCHITECTURES += ("minicpm3",)  # MiniCPM3-4B: DeepSeek-V2's latent attention with muP (models/minicpm3.py)
@@ -71,6 +72,7 @@ SUPPORTED_ARCHITECTURES += ("graniteswitch",)  # IBM Granite Switch: Granite wit
 SUPPORTED_ARCHITECTURES += ("granite_swa",)  # IBM Granite SWA / MoE SWA: Granite's block, windows, sinks and rope by per-layer arrays (models/granite_swa.py)
 SUPPORTED_ARCHITECTURES += ("nanbeige",)  # Nanbeige: the Llama block, its layers run num_loops times over, output_norm between the loops (models/nanbeige.py)
 SUPPORTED_ARCHITECTURES += ("talkie",)  # Talkie: weightless RMSNorms, per-head Q gains after the rope, output gains, an embedding skip (models/talkie.py)
+SUPPORTED_ARCHITECTURES += ("deepseek32",)  # DeepSeek-V3.2: DeepSeek-V3's MLA and experts, DSA's lightning indexer, its dense path up to top_k (models/deepseek32.py)
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -173,6 +175,7 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "laguna": {"rope_neox": True, "swa_pattern": 4, "swa_dense_first": True, "expert_weights_norm": False},
     # Hy3: neox rope; the chosen experts' weights as the router gave them unless expert_weights_norm says; NextN layers after the trunk
     "hy_v3": {"rope_neox": True, "expert_weights_norm": False, "nextn": True},
+    "hy_v4": {"rope_neox": False, "expert_weights_norm": False, "nextn": True},  # (HY V4: rope over consecutive pairs; models/hy_v4.py)
     # EXAONE MoE: neox rope; the file's sliding_window_pattern, else 3 window layers then 1 global; NextN layers after the trunk
     "exaone-moe": {"rope_neox": True, "swa_pattern": 4, "nextn": True},
     # MiniMax-M2, MiMo-V2-Flash, Step-3.5-Flash: neox rope; MiMo's and Step's windows where the file's pattern says (models/
@@ -326,6 +329,7 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "mellum": {"rope_neox": True, "swa_pattern": 4},
     "nanbeige": {"rope_neox": False},  # (Nanbeige: Llama's rope over consecutive pairs; models/nanbeige.py)
     "talkie": {"rope_neox": True},  # (Talkie: rope over halves; models/talkie.py)
+    "deepseek32": {"rope_neox": False, "expert_weights_norm": False, "nextn": True},  # (DeepSeek-V3.2: deepseek2's rope, its MTP layer past the trunk; models/deepseek32.py)
 }
 
 
@@ -465,7 +469,7 @@ def load_config(g: GGUFFile) -> ModelConfig:
     head_dim = int(g.arch_get("attention.key_length", n_embd // n_head if n_head else 0))
     head_dim_v = int(g.arch_get("attention.value_length", head_dim))
     n_layer = int(_req(g, "block_count"))
-    if arch in ("deepseek2", "mistral4", "glm-dsa"):  # (MLA: kvrun caches every head's decompressed K and V, llama.cpp's n_embd_head_k_mla and
+    if arch in ("deepseek2", "mistral4", "glm-dsa", "deepseek32"):  # (MLA: kvrun caches every head's decompressed K and V, llama.cpp's n_embd_head_k_mla and
         # n_embd_head_v_mla where the file states both (newer converters: key_length is then the latent's), as many
         # K/V heads as query heads)
         k_mla, v_mla = int(g.arch_get("attention.key_length_mla", 0) or 0), int(g.arch_get("attention.value_length_mla", 0) or 0)
@@ -475,7 +479,7 @@ def load_config(g: GGUFFile) -> ModelConfig:
     if arch == "minicpm3":  # (MLA as deepseek2; V's heads llama.cpp's n_embd_head_v: n_embd / n_head unless stated, not
         # key_length, which the converter states as qk_nope + qk_rope)
         head_dim_v, n_head_kv = int(g.arch_get("attention.value_length", n_embd // n_head)), n_head
-    if arch in ("kimi-linear", "bailingmoe3", "kimi-k3"):  # (MLA as deepseek2's, decompressed: llama.cpp requires key_length_mla and value_length_mla)
+    if arch in ("kimi-linear", "bailingmoe3", "kimi-k3", "hy_v4"):  # (MLA as deepseek2's, decompressed: llama.cpp requires key_length_mla and value_length_mla)
         head_dim, head_dim_v, n_head_kv = int(_req(g, "attention.key_length_mla")), int(_req(g, "attention.value_length_mla")), n_head
     if "full_attention_interval" in d:  # (Qwen3.5's multi-token-prediction block comes after the trunk, counted in
         # block_count: llama.cpp's graph runs the trunk alone, and so does kvrun)

@@ -134,6 +134,9 @@ def mla_project(be: Backend, L: Any, xn: Any, buf: Any, eps: float, q_raw: Any, 
 class Deepseek2Model(LatentCache, Model):  # (LatentCache: the widths its cache holds, told before it loads)
     archs = ("deepseek2",)
     add_output = LlamaModel.add_output  # (block outputs times cfg.residual_scale where it is not 1: MiniCPM3's muP, minicpm3.py)
+    #: the key YaRN's log multiplier is read from (the converter's 0.1 * mscale_all_dim), None where llama.cpp's graph
+    #: reads none and so scales by 0 (glm-dsa's)
+    yarn_log_mul_key: str | None = "rope.scaling.yarn_log_multiplier"
 
     @property
     def takes_images(self) -> bool:
@@ -167,7 +170,7 @@ class Deepseek2Model(LatentCache, Model):  # (LatentCache: the widths its cache 
         self.output = w.matrix("output", required=False) or self.tok_embd
         self.output_norm = w.vector("output_norm")
         self.layers = [self.load_layer(w, i) for i in range(c.n_layer)]
-        attn, self.mscale = mla_mscale(c, float(g.arch_get("rope.scaling.yarn_log_multiplier", 0.0) or 0.0))
+        attn, self.mscale = mla_mscale(c, float(g.arch_get(self.yarn_log_mul_key, 0.0) or 0.0) if self.yarn_log_mul_key else 0.0)
         self.rope_cos, self.rope_sin = make_rope(dataclasses.replace(c, yarn_attn_factor=attn), n_ctx, c.rope_theta)
 
     def _shape(self, w: WeightLoader, role: str, i: int, m: Weight, shape: tuple[int, int]) -> Weight:

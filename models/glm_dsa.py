@@ -32,6 +32,7 @@ GATING = {0: "sigmoid", 1: "softmax", 2: "sigmoid"}
 
 class GlmDsaModel(Deepseek2Model):
     archs = ("glm-dsa",)
+    yarn_log_mul_key = None  # (llama.cpp's glm-dsa reads no rope.scaling.yarn_log_multiplier: its mscale's is 0)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         top_k = g.arch_get("attention.indexer.top_k")

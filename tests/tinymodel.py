@@ -256,6 +256,9 @@ FIXTURE_MODELS: dict[str, dict] = {
     # Hy3 (tiny_hy_v3.py): per-head QK norm before the rope, a leading dense layer, sigmoid-routed experts with the
     # suffixless exp_probs_b, renormalised and scaled, a shared expert; an MTP block past the trunk (not run)
     "hy_v3": {"arch": "hy_v3", "seed": 1},  # (seed 0's logits all but tie two tokens at one position)
+    # HY V4 (tiny_hy_v4.py): deepseek2's MLA with 4 hyper-connection streams, a gate a value of the heads' outputs, sinks;
+    # a leading dense layer, sigmoid-routed experts (exp_probs_b, renormalised, scaled, clamped SwiGLU) and a shared one; DSA (dense)
+    "hy_v4": {"arch": "hy_v4", "seed": 2},  # (seed 0's top two logits 2e-4 apart at one position; seed 2's 1.9e-3)
     # Maple (tiny_maple.py): per-head QK norm, rope (partial) and windows on the layers the file's pattern array says, the
     # window layers' own base, softmax-routed experts renormalised, their SwiGLU clamped gate first (one limit a layer)
     "maple": {"arch": "maple"},
@@ -348,6 +351,7 @@ FIXTURE_MODELS: dict[str, dict] = {
     "hunyuan_vl-plain": {"arch": "hunyuan_vl", "variant": "plain"},
     "paddleocr": {"arch": "paddleocr"},
     "dots3note": {"arch": "dots3note"},  # dots.note (tiny_dots3note.py): glm-dsa's MLA, window layers of their own latent, heads and rope base, k_norm, a head gate
+    "deepseek32": {"arch": "deepseek32"},  # DeepSeek-V3.2 (tiny_deepseek32.py): V3's MLA, YaRN and grouped sigmoid experts, the DSA indexer (top_k past the prompt), an MTP layer
     "mellum": {"arch": "mellum"},  # Mellum 2 (tiny_mellum.py): per-head QK norm, softmax experts in every layer, windows by the file's array, YaRN on the global layers
     # Nanbeige (tiny_nanbeige.py): Llama's block with rope_freqs and a tied head, 3 layers run twice over, output_norm between
     # the loops ("-skip": skip_loop_final_norm, none), an attention.scale unread
@@ -505,6 +509,10 @@ def write_tiny_model(
         from tiny_dots3note import write_tiny_dots3note
 
         return write_tiny_dots3note(path, qtype, seed)
+    if arch == "deepseek32":  # (tiny_deepseek32.py)
+        from tiny_deepseek32 import write_tiny_deepseek32
+
+        return write_tiny_deepseek32(path, qtype, seed)
     if arch in ("dbrx", "arctic", "grok", "nemotron_h_moe"):  # (tiny_moe4.py: its ``variant``)
         from tiny_moe4 import write_tiny_moe4
 
@@ -573,6 +581,10 @@ def write_tiny_model(
         from tiny_maple import write_tiny_maple
 
         return write_tiny_maple(path, qtype, seed)
+    if arch == "hy_v4":  # (tiny_hy_v4.py)
+        from tiny_hy_v4 import write_tiny_hy_v4
+
+        return write_tiny_hy_v4(path, qtype, seed)
     if arch == "hy_v3":  # (tiny_hy_v3.py)
         from tiny_hy_v3 import write_tiny_hy_v3
 

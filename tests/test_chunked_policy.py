@@ -156,8 +156,9 @@ def test_a_budget_of_one_chunk_gives_the_logits_of_the_cache_that_keeps_every_to
 @pytest.mark.parametrize("policy", sorted(POLICIES))
 def test_a_budget_past_the_context_gives_the_policy_free_caches_logits(path, policy):
     """Nothing evicted (budget 64 = n_ctx): the policy cache's logits are the policy-free cache's (the older chunks'
-    window tokens it drops are masked in both; measured equal bit for bit)."""
-    assert _rel(_run(path, f"4,sinks=2,residual=4,policy={policy},budget=64"), _run(path, "4,sinks=2,residual=4")) < 1e-5
+    window tokens it drops are masked in both; float32 sums in another slot order: equal bit for bit on a VNNI host,
+    whose keys meet the queries as integers, 1.5e-5 apart on an AVX2 one)."""
+    assert _rel(_run(path, f"4,sinks=2,residual=4,policy={policy},budget=64"), _run(path, "4,sinks=2,residual=4")) < 1e-4
 
 
 # ----------------------------------------------------------------- (d) the device

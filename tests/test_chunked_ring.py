@@ -122,7 +122,7 @@ def test_the_ring_gives_the_whole_context_caches_logits(path, monkeypatch):
     full = eng.new_cache()
     assert all(layer.capacity == N_CTX for layer in full.layers)
     want = _feed(eng, full)
-    assert _rel(got, want) < 1e-6
+    assert _rel(got, want) < 1e-5  # (float32 sums over other slot orders: 0 on a VNNI host's integer keys, 3.9e-6 on AVX2)
 
 
 def test_the_compressed_ring_gives_the_whole_context_caches_logits(path, monkeypatch):

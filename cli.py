@@ -180,7 +180,7 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
         di, ds, dc = (int(g.arch_get(k, 0) or 0) for k in ("ssm.inner_size", "ssm.state_size", "ssm.conv_kernel"))
         mamba = {"d_inner": di, "d_state": ds, "d_conv": dc, "state_bytes_per_layer": 4 * di * ds + 4 * (dc - 1) * di}
     kda = None  # Kimi Linear's KDA layers: n_head heads of kda.head_dim (q, k, v alike), a state [hd, hd] a head, q/k/v's inputs
-    if cfg.arch in ("kimi-linear", "bailingmoe3", "kimi-k3") and (hd := int(g.arch_get("kda.head_dim", 0) or 0)):  # (and Ling 3's)
+    if cfg.arch in ("kimi-linear", "bailingmoe3", "kimi-k3", "glm5-next") and (hd := int(g.arch_get("kda.head_dim", 0) or 0)):  # (and Ling 3's)
         H, dc = cfg.n_head, cfg.ssm_d_conv
         kda = {"d_conv": dc, "d_inner": H * hd, "d_state": hd, "n_head": H, "n_group": H,
                "state_bytes_per_layer": 4 * H * hd * hd + 4 * (dc - 1) * 3 * H * hd}

@@ -73,6 +73,7 @@ SUPPORTED_ARCHITECTURES += ("granite_swa",)  # IBM Granite SWA / MoE SWA: Granit
 SUPPORTED_ARCHITECTURES += ("nanbeige",)  # Nanbeige: the Llama block, its layers run num_loops times over, output_norm between the loops (models/nanbeige.py)
 SUPPORTED_ARCHITECTURES += ("talkie",)  # Talkie: weightless RMSNorms, per-head Q gains after the rope, output gains, an embedding skip (models/talkie.py)
 SUPPORTED_ARCHITECTURES += ("deepseek32",)  # DeepSeek-V3.2: DeepSeek-V3's MLA and experts, DSA's lightning indexer, its dense path up to top_k (models/deepseek32.py)
+SUPPORTED_ARCHITECTURES += ("glm5-next",)  # GLM-5.3-Flash: Kimi Linear's KDA among nope MLA layers, mHC streams, a k-pool DSA indexer (dense), experts (models/glm5_next.py)
 
 # What llama.cpp fixes in code rather than reading from the file.
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -299,6 +300,8 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "bailingmoe3": {"rope_neox": False, "expert_weights_norm": False, "nextn": True},
     # Kimi K3: Kimi Linear's layers (models/kimi_k3.py), the experts renormalised only where the file says
     "kimi-k3": {"rope_neox": False, "expert_weights_norm": False},
+    # GLM-5.3-Flash: Kimi Linear's layer kinds with the MLA rope-less (models/glm5_next.py), the experts renormalised only where the file says, NextN layers past the trunk
+    "glm5-next": {"rope_neox": False, "expert_weights_norm": False, "nextn": True},
     # Gemma 3n (E2B, E4B): 4 sliding-window layers then 1 global, local rope base 10k, attention unscaled (Q and K
     # are normed), logits soft-capped at 30; what llama.cpp fixes in code: layers from the 20th on keep no K/V
     # (they read an earlier layer's), the first 10 layers' FFN gates sparse (kept above mean + 1.645 std, the
@@ -479,7 +482,7 @@ def load_config(g: GGUFFile) -> ModelConfig:
     if arch == "minicpm3":  # (MLA as deepseek2; V's heads llama.cpp's n_embd_head_v: n_embd / n_head unless stated, not
         # key_length, which the converter states as qk_nope + qk_rope)
         head_dim_v, n_head_kv = int(g.arch_get("attention.value_length", n_embd // n_head)), n_head
-    if arch in ("kimi-linear", "bailingmoe3", "kimi-k3", "hy_v4"):  # (MLA as deepseek2's, decompressed: llama.cpp requires key_length_mla and value_length_mla)
+    if arch in ("kimi-linear", "bailingmoe3", "kimi-k3", "hy_v4", "glm5-next"):  # (MLA as deepseek2's, decompressed: llama.cpp requires key_length_mla and value_length_mla)
         head_dim, head_dim_v, n_head_kv = int(_req(g, "attention.key_length_mla")), int(_req(g, "attention.value_length_mla")), n_head
     if "full_attention_interval" in d:  # (Qwen3.5's multi-token-prediction block comes after the trunk, counted in
         # block_count: llama.cpp's graph runs the trunk alone, and so does kvrun)
@@ -533,7 +536,7 @@ def load_config(g: GGUFFile) -> ModelConfig:
     ssm_layers = tuple(int(n) == 0 for n in kv_per_layer) if arch in ("mamba2", "granitehybrid") else ()
     if arch in ("jamba", "plamo2"):  # (their Mamba layers: head_count_kv 0; they keep no K/V)
         ssm_layers = tuple(int(n) == 0 for n in kv_per_layer)
-    if arch in ("kimi-linear", "bailingmoe3", "kimi-k3"):  # (its KDA layers: head_count_kv 0; the trunk's, past it NextN layers)
+    if arch in ("kimi-linear", "bailingmoe3", "kimi-k3", "glm5-next"):  # (its KDA layers: head_count_kv 0; the trunk's, past it NextN layers)
         ssm_layers = tuple(int(n) == 0 for n in kv_per_layer)[:n_layer]
     rope_theta = float(g.arch_get("rope.freq_base", 10_000.0))
     alpha = float(g.arch_get("rope.scaling.alpha", 0.0) or 0.0)

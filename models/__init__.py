@@ -148,6 +148,7 @@ _CLASSES: dict[str, tuple[str, ...]] = {
     "kimi_linear.KimiLinearModel": ("kimi-linear",),
     "bailingmoe3.Bailingmoe3Model": ("bailingmoe3",),
     "kimi_k3.KimiK3Model": ("kimi-k3",),
+    "glm5_next.Glm5NextModel": ("glm5-next",),
     "cogvlm.CogVLMModel": ("cogvlm",),
     "deepseek2_ocr.Deepseek2OCRModel": ("deepseek2-ocr",),
     "glm_dsa.GlmDsaModel": ("glm-dsa",),

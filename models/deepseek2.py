@@ -171,7 +171,9 @@ class Deepseek2Model(LatentCache, Model):  # (LatentCache: the widths its cache 
         self.output_norm = w.vector("output_norm")
         self.layers = [self.load_layer(w, i) for i in range(c.n_layer)]
         attn, self.mscale = mla_mscale(c, float(g.arch_get(self.yarn_log_mul_key, 0.0) or 0.0) if self.yarn_log_mul_key else 0.0)
-        self.rope_cos, self.rope_sin = make_rope(dataclasses.replace(c, yarn_attn_factor=attn), n_ctx, c.rope_theta)
+        self.rope_cos = self.rope_sin = None  # (no rope part: GLM-5.3-Flash's nope MLA, models/glm5_next.py)
+        if c.rope_dim:
+            self.rope_cos, self.rope_sin = make_rope(dataclasses.replace(c, yarn_attn_factor=attn), n_ctx, c.rope_theta)
 
     def _shape(self, w: WeightLoader, role: str, i: int, m: Weight, shape: tuple[int, int]) -> Weight:
         if tuple(m.shape) != shape:

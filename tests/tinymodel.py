@@ -341,6 +341,9 @@ FIXTURE_MODELS: dict[str, dict] = {
     # Kimi K3 (tiny_kimi_k3.py): Kimi Linear's layers with cross-layer residual attention, latent experts, situ, a per-channel
     # MLA output gate, a full-rank KDA output gate and the bounded decay
     "kimi-k3": {"arch": "kimi-k3", "seed": 1},
+    # GLM-5.3-Flash (tiny_glm5_next.py): Kimi Linear's KDA (the decay bounded) among rope-less MLA layers, 4 mHC streams
+    # (Sinkhorn-mixed), the k-pool DSA indexer (dense: top_k past the prompt), sigmoid experts clamped gate first, a shared one
+    "glm5-next": {"arch": "glm5-next"},
     # text sides of VL/OCR models (tiny_text_sides.py): CogVLM (fused QKV, the visual expert's weights unread), DeepSeek-OCR
     # (plain attention in DeepSeek-V2's trunk), GLM-5 (MLA, sigmoid router unstated, NextN; the DSA indexer's top_k past the
     # prompt), HunyuanOCR (QK-norm after an M-RoPE with an unturned fourth section; "-plain": no sections), PaddleOCR-VL
@@ -481,6 +484,10 @@ def write_tiny_model(
         from tiny_kimi_k3 import write_tiny_kimi_k3
 
         return write_tiny_kimi_k3(path, qtype, seed)
+    if arch == "glm5-next":  # (tiny_glm5_next.py)
+        from tiny_glm5_next import write_tiny_glm5_next
+
+        return write_tiny_glm5_next(path, qtype, seed)
     if arch == "bailingmoe3":  # (tiny_bailingmoe3.py: its ``variant``)
         from tiny_bailingmoe3 import write_tiny_bailingmoe3
 

@@ -195,7 +195,8 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
         "file_size": g.file_size,
         "n_params": n_params,
         "tensor_types": dict(types.most_common()),
-        "unsupported_types": sorted({t.type_name for t in g.tensors.values() if not is_supported(t.qtype)}),
+        # (integer tensors are index tables read as they are, EAGLE-3's d2t, not weights a kernel multiplies)
+        "unsupported_types": sorted({t.type_name for t in g.tensors.values() if not is_supported(t.qtype) and t.type_name not in ("I8", "I16", "I32", "I64")}),
         "file_type": _quant_label(cfg.file_type, dict(types)),
         "context_length": cfg.n_ctx_train,
         "n_layer": cfg.n_layer,

@@ -54,6 +54,7 @@ SUPPORTED_ARCHITECTURES += ("qwen", "baichuan", "orion", "xverse", "plamo3", "ma
 SUPPORTED_ARCHITECTURES += ("t5",)  # T5 / Flan-T5 text generation: the encoder-decoder (models/t5.py)
 SUPPORTED_ARCHITECTURES += ("gemma4",)  # Gemma 4: Gemma 3n's per-layer inputs and K/V sharing, heads of two widths, experts (models/gemma4.py)
 SUPPORTED_ARCHITECTURES += ("gemma4-assistant",)  # Gemma 4's MTP draft head, only beside its Gemma 4 with -md (models/gemma4_assistant.py)
+SUPPORTED_ARCHITECTURES += ("eagle3",)  # EAGLE-3 draft heads, only beside their target with -md: they read three of its layers (models/eagle3.py)
 SUPPORTED_ARCHITECTURES += ("jamba", "plamo2", "deci")  # Mamba 1 / Mamba-2-like layers among attention ones, per-layer blocks (models/jamba.py, plamo2.py, deci.py)
 SUPPORTED_ARCHITECTURES += ("jais", "codeshell", "refact", "plm", "plamo", "chameleon")  # older and niche decoders: models/jais.py, codeshell.py, refact.py, plm.py, plamo.py, chameleon.py
 SUPPORTED_ARCHITECTURES += ("dbrx", "arctic", "grok", "nemotron_h_moe")  # big mixtures of experts: models/dbrx.py, arctic.py, grok.py, nemotron_h_moe.py
@@ -314,6 +315,7 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # shared_kv_layers, embedding_length_per_layer_input, the window layers' heads and rope); rope over halves
     "gemma4": {"rope_neox": True},
     "gemma4-assistant": {"rope_neox": True},
+    "eagle3": {"rope_neox": False},  # (EAGLE-3 drafts: Llama's rope; models/eagle3.py)
     # DBRX, Arctic, Grok (softmax-routed experts, renormalised); Nemotron-H MoE: no rope, its sigmoid weights as the router
     # gave them unless expert_weights_norm says (models/dbrx.py, arctic.py, grok.py, nemotron_h_moe.py)
     "dbrx": {"rope_neox": True},

@@ -102,6 +102,7 @@ _CLASSES: dict[str, tuple[str, ...]] = {
     "rwkv6qwen2.RWKV6Qwen2Model": ("rwkv6qwen2",),
     "gemma4.Gemma4Model": ("gemma4",),
     "gemma4_assistant.Gemma4AssistantModel": ("gemma4-assistant",),
+    "eagle3.Eagle3Model": ("eagle3",),
     "starcoder.StarCoderModel": ("starcoder",),
     "bloom.BloomModel": ("bloom",),
     "mpt.MptModel": ("mpt",),

@@ -227,6 +227,12 @@ class Model:
     #: ``caches``/``bounds`` say whose each row is), None where the model's forward does not hand them on (Gemma 4's
     #: does); a reader of the target's hidden state sets it (Gemma 4's MTP draft head, models/gemma4_assistant.py)
     hidden_sink: Callable[[Any, np.ndarray, np.ndarray | None, KVCache | None], None] | None = None
+    #: a reader of some layers' outputs (EAGLE-3's draft, models/eagle3.py's ``Eagle3Draft``), with ``layers``, the
+    #: indices it reads: a forward that hands them on (Llama's and its kin's) calls ``begin(pos, cache)`` first, the
+    #: forward's positions and cache (a batch's ``BatchedKVCache``), then :meth:`trace` hands it ``take(il, x)``, the
+    #: residual stream ``x`` [T, n_embd] after each layer ``il`` of ``layers`` (``l_out``) for every token of the forward
+    #: (a backend array, valid during the call only)
+    layer_tap: Any = None
 
     @classmethod
     def rope_absence(cls, cfg: ModelConfig, g: GGUFFile) -> str | None:
@@ -254,6 +260,8 @@ class Model:
         """Debug hook: names intermediates like llama.cpp (``attn_norm-12``)."""
         if self.debug_hook is not None:
             self.debug_hook(f"{name}-{il}" if il >= 0 else name, self.be.to_host(x))
+        if self.layer_tap is not None and name == "l_out" and il in self.layer_tap.layers:
+            self.layer_tap.take(il, x)
 
     def layer_specs(self) -> list[LayerSpec]:
         raise NotImplementedError

@@ -164,6 +164,8 @@ class LlamaModel(Model):
         x, xn, q, k, v, att, gate, up, q3, k3, v3, att3 = self.step_buffers(T)
 
         o = buf.get("o", T, c.n_embd) if c.residual_scale != 1.0 else None  # (Granite) a block's output
+        if self.layer_tap is not None:  # (EAGLE-3's draft reads some layers' outputs: whose rows, at which positions)
+            self.layer_tap.begin(pos, cache)
         if self.input_embd is not None:  # an image's rows (SmolVLM's, Engine.eval_embd), attended causally as llama.cpp
             x[...] = be.vector(self.input_embd)  # (host rows: uploaded on the GPU, as is on the CPU)
         else:

@@ -118,3 +118,42 @@ def strict():
     prev = K.set_runtime(runtime)
     yield runtime
     K.set_runtime(prev)
+
+
+# ------------------------------------------------------------------ the emulated GPU tests' sample
+#: Where no GPU is, the GPU tests run their kernels on the emulator (ops/gpu/emulate.py: every CUDA thread a fiber on
+#: one CPU thread), about half of the suite's time on a 2-core host.  KVRUN_EMULATOR_TESTS=all runs every one of them;
+#: by default a sample does, so that CI stays in its time: of a test function that builds whole models on the emulated
+#: device (``gpu_env`` / ``emulated``), its first emulated parametrization (the others: the same kernels on other
+#: models), and none marked ``heavy_emulation`` (a whole picture, clip or many-step run; each has cheaper siblings).
+#: Kernel-level tests (the ``rt`` / ``gpu`` fixtures on small arrays) all run.  A real GPU runs everything.
+EMULATOR_TESTS = os.environ.get("KVRUN_EMULATOR_TESTS", "sample")
+_MODEL_LEVEL = {"gpu_env", "emulated"}
+
+
+def _on_the_emulated_device(item: pytest.Item) -> bool:
+    spec = getattr(item, "callspec", None)
+    if spec is not None and any(v == "cpu" for v in spec.params.values()):
+        return False  # (a ["cpu", "gpu"] parametrization's CPU side)
+    return bool(_MODEL_LEVEL & set(getattr(item, "fixturenames", ())))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if EMULATOR_TESTS == "all":
+        return
+    from kvrun.ops import gpu_available
+
+    if gpu_available():
+        return
+    why = "emulated GPU: a sample runs by default (KVRUN_EMULATOR_TESTS=all runs every one; a GPU runs them all)"
+    seen: set[tuple[str, str]] = set()
+    for item in items:
+        if item.get_closest_marker("heavy_emulation") is not None:
+            item.add_marker(pytest.mark.skip(reason=why))
+            continue
+        if not _on_the_emulated_device(item):
+            continue
+        key = (str(item.path), getattr(item, "originalname", item.name))
+        if key in seen:
+            item.add_marker(pytest.mark.skip(reason=why))
+        seen.add(key)

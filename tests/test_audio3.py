@@ -118,6 +118,7 @@ def test_a_text_model_of_another_width_is_a_one_line_error(tmp_path):
         Vision(Engine(text, n_ctx=64, threads=1), mmproj)
 
 
+@pytest.mark.heavy_emulation  # (on the emulator, tens of seconds: tests/conftest.py's sample leaves it out)
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_rows_on_the_gpu_are_the_cpus(tmp_path, emulated, kind):
     """Each encoder and projector (F16 weights) on the GPU backend (the kernel emulator here: models/vit_device.py

@@ -113,6 +113,7 @@ def test_a_mel_chunk_of_the_wrong_shape_is_a_one_line_error_on_the_gpu(tmp_path,
         gpu.encode_chunk(np.zeros((N_MEL, 2000), np.float32))
 
 
+@pytest.mark.heavy_emulation  # (on the emulator, tens of seconds: tests/conftest.py's sample leaves it out)
 def test_qwen25_omni_picture_and_clip_on_the_gpu_give_libmtmds_and_the_cpus_logits(tmp_path, emulated):
     """Qwen2.5-Omni's prompt with a picture and a clip (tests/test_omni.py's first), beside a GPU text model: the
     clip encoded on the GPU (the audio side, read as qwen2a), the picture too (its Qwen2.5-VL encoder: ON_GPU), the

@@ -32,7 +32,7 @@ from kvrun.runtime.engine import Engine
 pytestmark = pytest.mark.skipif(not gpu_available() and not emulate.available(), reason="no GPU and no host C++ compiler for the emulator")
 
 #: the fixtures of Gemma 3n and Gemma 4 (tests/tinymodel.py), every one running on the GPU
-ON_GPU = ["gemma3n", "gemma4", "gemma4_moe"]
+ON_GPU = [pytest.param("gemma3n", marks=pytest.mark.heavy_emulation), "gemma4", "gemma4_moe"]  # (on the emulator, tens of seconds: tests/conftest.py's sample leaves it out)
 
 TOL = 1e-5
 
@@ -142,7 +142,7 @@ def test_global_heads_wider_than_the_decode_kernels_take_the_tiled_one(gpu_env, 
     assert "CUDA graphs off" not in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name,qtype", [("gemma3n", Q.Q8_0), ("gemma4_moe", Q.Q4_0)])
+@pytest.mark.parametrize("name,qtype", [pytest.param("gemma3n", Q.Q8_0, marks=pytest.mark.heavy_emulation), ("gemma4_moe", Q.Q4_0)])
 def test_quantized_weights_give_the_cpus_logits_on_the_same_weights_dequantized(gpu_env, monkeypatch, tmp_path, name, qtype):
     """The GPU's products keep float32 activations, the CPU's round them to int8 (llama.cpp's), which these fixtures'
     sharp attention and near-tied experts amplify (up to 3e-1 here): so the GPU on quantized weights (AltUp's maps,

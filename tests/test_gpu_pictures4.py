@@ -68,7 +68,7 @@ def _prompt(vision, fx, pics: dict, prompt: str, key: str, tol: float, ids):
     return cache, logits
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.heavy_emulation) if n == "step3vl" else n for n in CASES])
 def test_pictures_on_the_gpu_give_the_cpus_rows_and_logits_and_libmtmds_then_decode_from_graphs(tmp_path, emulated, name):
     """The encoder on the GPU beside the GPU's text model (the CPU's rows within 2e-3), libmtmd's ids and logits after
     the prompt's pictures on both backends, the GPU's within 2e-3 of the CPU's, then decode steps from captured graphs."""

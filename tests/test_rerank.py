@@ -61,13 +61,18 @@ def test_each_pairs_prompt_is_llama_servers(reranker):
 
 
 def test_scores_are_llama_cpps(reranker):
-    """The head's every output (BERT's one score; Qwen3's P(yes), P(no)) within 1e-4 relative."""
+    """The head's every output (BERT's one score; Qwen3's P(yes), P(no)) within 1e-4 relative on a VNNI host, whose
+    products meet the activations as int8 as llama.cpp's do; within 5e-3 on an AVX2 one, whose many-token products
+    meet them in float32 (BERT's score 2.7e-3 off there)."""
+    from kvrun.ops.cpu.qmatmul import HAVE_VNNI
+
     m, fx = reranker
+    rtol = 1e-4 if HAVE_VNNI else 5e-3
     head = m.engine.model.rank_head
     for k, doc in enumerate(DOCS):
         got = head(m.engine.embed(prompt_ids(m, QUERY, doc)))
-        np.testing.assert_allclose(got, fx[f"out_{k}"], rtol=1e-4, err_msg=doc)
-    np.testing.assert_allclose(m.rerank(QUERY, DOCS), [fx[f"out_{k}"][0] for k in range(len(DOCS))], rtol=1e-4)
+        np.testing.assert_allclose(got, fx[f"out_{k}"], rtol=rtol, err_msg=doc)
+    np.testing.assert_allclose(m.rerank(QUERY, DOCS), [fx[f"out_{k}"][0] for k in range(len(DOCS))], rtol=rtol)
 
 
 def test_qwen3_reads_the_last_token_and_bert_the_first(reranker):

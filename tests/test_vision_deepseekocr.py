@@ -143,6 +143,7 @@ def test_cli_run_takes_a_deepseekocr_picture(pair, tmp_path):
 # ---------------------------------------------------------------- beside a text model on the GPU
 
 
+@pytest.mark.heavy_emulation  # (on the emulator, tens of seconds: tests/conftest.py's sample leaves it out)
 def test_on_the_gpu_the_cpus_rows_go_up_with_the_cpus_logits_then_decode_from_graphs(pair, emulated):
     """`--device gpu` (a real GPU, else the kernel emulator): the encoder runs on the GPU beside the GPU's deepseek2-ocr
     (models/siglip.py ON_GPU), its rows the CPU's within 2e-3 (tests/test_gpu_vision_encoders4.py), the logits after the

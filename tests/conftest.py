@@ -133,7 +133,7 @@ _MODEL_LEVEL = {"gpu_env", "emulated"}
 
 def _on_the_emulated_device(item: pytest.Item) -> bool:
     spec = getattr(item, "callspec", None)
-    if spec is not None and any(v == "cpu" for v in spec.params.values()):
+    if spec is not None and any(isinstance(v, str) and v == "cpu" for v in spec.params.values()):
         return False  # (a ["cpu", "gpu"] parametrization's CPU side)
     return bool(_MODEL_LEVEL & set(getattr(item, "fixturenames", ())))
 

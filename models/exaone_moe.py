@@ -31,7 +31,30 @@ from .moe import gating_func, weights_scale
 GATING = {1: "softmax", 2: "sigmoid"}
 
 
-class ExaoneMoeModel(LlamaModel):
+class WindowRopeModel(LlamaModel):
+    """The Llama block with Q and K RMS-normalised head by head in every layer, where only the layers the pattern flags
+    rotate and attend within the window, the global ones NoPE (EXAONE MoE's and Maple's graphs)."""
+
+    def load_layer(self, w: WeightLoader, i: int) -> LlamaLayer:
+        L = super().load_layer(w, i)
+        L.rope = self.cfg.is_swa(i)  # (the global layers: NoPE)
+        return L
+
+    def qk_norm_rope(self, L: LlamaLayer, q: Any, k: Any, q3: Any, k3: Any, pos: Any, cos: Any, sin: Any) -> None:
+        if L.rope:
+            super().qk_norm_rope(L, q, k, q3, k3, pos, cos, sin)
+        else:  # (a global layer: the per-head norms alone)
+            self.be.rms_norm_heads(q3, L.q_norm, self.cfg.norm_eps)
+            self.be.rms_norm_heads(k3, L.k_norm, self.cfg.norm_eps)
+
+    def layer_specs(self) -> list[LayerSpec]:
+        c = self.cfg
+        scale = 1.0 / np.sqrt(c.head_dim)
+        return [LayerSpec(c.n_head, c.n_head_kv, c.head_dim, c.head_dim_v, c.sliding_window if c.is_swa(il) else 0, scale)
+                for il in range(c.n_layer)]  # fmt: skip
+
+
+class ExaoneMoeModel(WindowRopeModel):
     archs = ("exaone-moe",)
     shared_expert = "plain"  # (every MoE layer has one, neither gated nor scaled)
 
@@ -54,20 +77,6 @@ class ExaoneMoeModel(LlamaModel):
         if (L.moe is None) != (i < self.n_dense_lead):
             raise GGUFError(f"{w.g.path}: blk.{i}.ffn_gate_inp.weight is {'missing' if L.moe is None else 'in a leading dense layer'}; "
                             "the file is not a supported model")  # fmt: skip
-        L.rope = c.is_swa(i)  # (the global layers: NoPE)
         if L.moe is not None:
             L.moe.gating, L.moe.weights_scale = self.gating, self.weights_scale
         return L
-
-    def qk_norm_rope(self, L: LlamaLayer, q: Any, k: Any, q3: Any, k3: Any, pos: Any, cos: Any, sin: Any) -> None:
-        if L.rope:
-            super().qk_norm_rope(L, q, k, q3, k3, pos, cos, sin)
-        else:  # (a global layer: the per-head norms alone)
-            self.be.rms_norm_heads(q3, L.q_norm, self.cfg.norm_eps)
-            self.be.rms_norm_heads(k3, L.k_norm, self.cfg.norm_eps)
-
-    def layer_specs(self) -> list[LayerSpec]:
-        c = self.cfg
-        scale = 1.0 / np.sqrt(c.head_dim)
-        return [LayerSpec(c.n_head, c.n_head_kv, c.head_dim, c.head_dim_v, c.sliding_window if c.is_swa(il) else 0, scale)
-                for il in range(c.n_layer)]  # fmt: skip

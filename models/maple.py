@@ -20,17 +20,16 @@ The CPU only: the gate-first clamp has no device kernel (``moe.device_unsupporte
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import numpy as np
 
-from ..cache.base import LayerSpec
 from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .common import WeightLoader, make_rope
-from .llama import LlamaLayer, LlamaModel
+from .exaone_moe import WindowRopeModel
+from .llama import LlamaLayer
 from .mimo2 import per_layer
 from .moe import check_expert_counts
 
@@ -38,7 +37,7 @@ from .moe import check_expert_counts
 REQUIRED_KEYS = ("attention.sliding_window", "attention.sliding_window_pattern", "expert_feed_forward_length", "swiglu_clamp_exp")
 
 
-class MapleModel(LlamaModel):
+class MapleModel(WindowRopeModel):
     archs = ("maple",)
     head_qk_norms = "maple"  # (every layer's attn_q_norm/attn_k_norm, one head wide)
 
@@ -68,20 +67,6 @@ class MapleModel(LlamaModel):
         if not w.has("ffn_gate_inp", i):  # (a mixture of experts in every layer: the one-line error naming the router)
             w.matrix("ffn_gate_inp", i)
         L = super().load_layer(w, i)
-        L.rope = self.cfg.is_swa(i)  # (the global layers: NoPE)
         L.moe.gating, L.moe.norm_weights = "softmax", True  # (fixed in llama.cpp's graph)
         L.moe.swiglu_limit, L.moe.clamp_gate_first = self.clamp_exp[i], True
         return L
-
-    def qk_norm_rope(self, L: LlamaLayer, q: Any, k: Any, q3: Any, k3: Any, pos: Any, cos: Any, sin: Any) -> None:
-        if L.rope:
-            super().qk_norm_rope(L, q, k, q3, k3, pos, cos, sin)
-        else:  # (a global layer: the per-head norms alone)
-            self.be.rms_norm_heads(q3, L.q_norm, self.cfg.norm_eps)
-            self.be.rms_norm_heads(k3, L.k_norm, self.cfg.norm_eps)
-
-    def layer_specs(self) -> list[LayerSpec]:
-        c = self.cfg
-        scale = 1.0 / np.sqrt(c.head_dim)
-        return [LayerSpec(c.n_head, c.n_head_kv, c.head_dim, c.head_dim_v, c.sliding_window if c.is_swa(il) else 0, scale)
-                for il in range(c.n_layer)]  # fmt: skip

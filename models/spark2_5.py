@@ -32,7 +32,7 @@ from ..ops.backend import Backend, Weight
 from .common import WeightLoader, make_rope
 from .llama import LlamaLayer, LlamaModel
 from .mimo2 import per_layer
-from .step35 import _sigmoid  # (also registers attn_gate's tensor name)
+from .step35 import gate_heads, head_buffers, per_layer_head_specs  # (step35 also registers attn_gate's tensor name)
 
 #: llama.cpp's get_key / get_arr without a default for spark2_5
 REQUIRED_KEYS = ("attention.sliding_window", "attention.sliding_window_pattern")
@@ -87,10 +87,7 @@ class Spark25Model(LlamaModel):
         )  # fmt: skip
 
     def layer_specs(self) -> list[LayerSpec]:
-        c = self.cfg
-        scale = 1.0 / np.sqrt(c.head_dim)
-        return [LayerSpec(L.n_head, L.n_kv, c.head_dim, c.head_dim_v, c.sliding_window if c.is_swa(il) else 0, scale)
-                for il, L in enumerate(self.layers)]  # fmt: skip
+        return per_layer_head_specs(self.cfg, self.layers)
 
     def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
         c, be, buf = self.cfg, self.be, self.buf
@@ -99,10 +96,7 @@ class Spark25Model(LlamaModel):
         gate, up = buf.get("gate", T, c.n_ff), buf.get("up", T, c.n_ff)
         be.get_rows(self.tok_embd, tokens, x)
         for il, L in enumerate(self.layers):
-            H, n_kv = L.n_head, L.n_kv
-            q, att = buf.get(f"q{H}", T, H * D), buf.get(f"att{H}", T, H * Dv)  # (a buffer per head count)
-            k, v = buf.get(f"k{n_kv}", T, n_kv * D), buf.get(f"v{n_kv}", T, n_kv * Dv)
-            q3, k3, v3, att3 = q.reshape(T, H, D), k.reshape(T, n_kv, D), v.reshape(T, n_kv, Dv), att.reshape(T, H, Dv)
+            q, k, v, att, q3, k3, v3, att3 = head_buffers(buf, T, L.n_head, L.n_kv, D, Dv)
             be.norm_linear_many(x, L.attn_norm, c.norm_eps, xn, (L.wq, L.wk, L.wv), (q, k, v))
             self.trace("attn_norm", il, xn)
             if L.bq is not None:
@@ -112,12 +106,7 @@ class Spark25Model(LlamaModel):
             cos, sin = self.rope_local if c.is_swa(il) else (self.rope_cos, self.rope_sin)
             be.rope_qk(q3, k3, pos, cos, sin, c.rope_neox)
             cache[il].update_and_attend(q3, k3, v3, pos, att3)
-            g = buf.get(f"attn_gate{H}", T, H)  # (one gate a head, of the attention's normed input)
-            be.linear(L.attn_gate, xn, g)
-            if be.name == "cpu":
-                att3 *= _sigmoid(g)[:, :, None]
-            else:  # (a kernel: a captured decode step brings nothing to the host)
-                be.sigmoid_mul(att3, g)
+            gate_heads(be, buf, L.attn_gate, xn, att3)  # (one gate a head, of the attention's normed input)
             self.trace("kqv_out", il, att)
             be.linear_add(L.wo, att, x)
             be.norm_linear_many(x, L.ffn_norm, c.norm_eps, xn, (L.w_gate, L.w_up), (gate, up))

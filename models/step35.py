@@ -36,7 +36,7 @@ from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
-from .common import TENSOR_NAMES, WeightLoader, make_rope
+from .common import TENSOR_NAMES, Buffers, WeightLoader, make_rope
 from .llama import LlamaModel
 from .mimo2 import per_layer
 from .moe import MoE, check_expert_counts, gating_func, load_moe, moe_or_swiglu_add, weights_scale
@@ -69,6 +69,33 @@ class Step35Layer:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 + 0.5 * np.tanh(0.5 * x)  # (without exp's overflow for large negative x)
+
+
+def per_layer_head_specs(cfg: ModelConfig, layers: list[Any]) -> list[LayerSpec]:
+    """Each layer's cache: its own query and KV heads (``L.n_head``, ``L.n_kv``), the window where the pattern flags
+    the layer, scores scaled by ``1/sqrt(key_length)``."""
+    scale = 1.0 / np.sqrt(cfg.head_dim)
+    return [LayerSpec(L.n_head, L.n_kv, cfg.head_dim, cfg.head_dim_v, cfg.sliding_window if cfg.is_swa(il) else 0, scale)
+            for il, L in enumerate(layers)]  # fmt: skip
+
+
+def head_buffers(buf: Buffers, T: int, H: int, n_kv: int, D: int, Dv: int) -> tuple[Any, ...]:
+    """A step's ``q, k, v, att`` for a layer of ``H`` query and ``n_kv`` KV heads (a buffer per head count), then the
+    same four by head (``q3, k3, v3, att3``)."""
+    q, att = buf.get(f"q{H}", T, H * D), buf.get(f"att{H}", T, H * Dv)
+    k, v = buf.get(f"k{n_kv}", T, n_kv * D), buf.get(f"v{n_kv}", T, n_kv * Dv)
+    return q, k, v, att, q.reshape(T, H, D), k.reshape(T, n_kv, D), v.reshape(T, n_kv, Dv), att.reshape(T, H, Dv)
+
+
+def gate_heads(be: Backend, buf: Buffers, attn_gate: Weight, xn: Any, att3: Any) -> None:
+    """``att3`` ``[T, H, Dv]`` times ``sigmoid(attn_gate xn)``, one gate a head, in place."""
+    T, H = att3.shape[0], att3.shape[1]
+    g = buf.get(f"attn_gate{H}", T, H)
+    be.linear(attn_gate, xn, g)
+    if be.name == "cpu":
+        att3 *= _sigmoid(g)[:, :, None]
+    else:  # (a kernel, one gate over each head's values: a captured decode step brings nothing to the host)
+        be.sigmoid_mul(att3, g)
 
 
 class Step35Model(LlamaModel):
@@ -130,10 +157,7 @@ class Step35Model(LlamaModel):
         return L
 
     def layer_specs(self) -> list[LayerSpec]:
-        c = self.cfg
-        scale = 1.0 / np.sqrt(c.head_dim)
-        return [LayerSpec(L.n_head, L.n_kv, c.head_dim, c.head_dim_v, c.sliding_window if c.is_swa(il) else 0, scale)
-                for il, L in enumerate(self.layers)]  # fmt: skip
+        return per_layer_head_specs(self.cfg, self.layers)
 
     def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
         c, be, buf = self.cfg, self.be, self.buf
@@ -141,10 +165,7 @@ class Step35Model(LlamaModel):
         x, xn = buf.get("x", T, c.n_embd), buf.get("xn", T, c.n_embd)
         be.get_rows(self.tok_embd, tokens, x)
         for il, L in enumerate(self.layers):
-            H, n_kv = L.n_head, L.n_kv
-            q, att = buf.get(f"q{H}", T, H * D), buf.get(f"att{H}", T, H * Dv)  # (a buffer per head count)
-            k, v = buf.get(f"k{n_kv}", T, n_kv * D), buf.get(f"v{n_kv}", T, n_kv * Dv)
-            q3, k3, v3, att3 = q.reshape(T, H, D), k.reshape(T, n_kv, D), v.reshape(T, n_kv, Dv), att.reshape(T, H, Dv)
+            q, k, v, att, q3, k3, v3, att3 = head_buffers(buf, T, L.n_head, L.n_kv, D, Dv)
             be.norm_linear_many(x, L.attn_norm, c.norm_eps, xn, (L.wq, L.wk, L.wv), (q, k, v))
             self.trace("attn_norm", il, xn)
             if L.q_norm is not None:
@@ -155,12 +176,7 @@ class Step35Model(LlamaModel):
             be.rope_qk(q3, k3, pos, cos, sin, c.rope_neox)
             cache[il].update_and_attend(q3, k3, v3, pos, att3)
             if L.attn_gate is not None:  # (one gate a head)
-                g = buf.get(f"attn_gate{H}", T, H)
-                be.linear(L.attn_gate, xn, g)
-                if be.name == "cpu":
-                    att3 *= _sigmoid(g)[:, :, None]
-                else:  # (a kernel, one gate over each head's values: a captured decode step brings nothing to the host)
-                    be.sigmoid_mul(att3, g)
+                gate_heads(be, buf, L.attn_gate, xn, att3)
             self.trace("kqv_out", il, att)
             be.linear_add(L.wo, att, x)
             moe_or_swiglu_add(be, L, x, xn, c.norm_eps, buf, L.swiglu_limit)

@@ -1,16 +1,20 @@
-"""What the tests of tinymodel's FIXTURE_MODELS architectures share (test_moe3.py, test_moe4.py): drops that take a
-feature of a built model away, the check that the fixture sees each, the model built on the CPU, the one-line
-refusals, ``kvrun info`` and ``kvrun run`` on the tiny files."""
+"""What the tests of tinymodel's FIXTURE_MODELS architectures share (test_moe3.py, test_moe4.py, test_maple.py...): the
+logits held to llama.cpp's fixture, drops that take a feature of a built model away, the check that the fixture sees
+each, the model built on the CPU, the one-line refusals, ``kvrun info`` and ``kvrun run`` on the tiny files.
+
+Where a check takes ``where``: the folder to write the tiny file in (a test's ``tmp_path``), or the tiny file itself (a
+module's fixture, a ``.gguf`` path)."""
 
 from __future__ import annotations
 
 import dataclasses
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
-from test_models import N_BATCH, N_CTX, _fixture_error
-from tinymodel import write_tiny_model
+from test_models import N_BATCH, N_CTX, _build, _fixture_error, _run
+from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.loaders.config import load_config
 from kvrun.loaders.errors import GGUFError, UnsupportedModelError
@@ -42,29 +46,59 @@ def _model(tmp_path, arch, g=None, **kw):
     return model_class(arch)(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
 
 
-def check_missing_tensor(tmp_path, arch, tensor, **kw):
-    g = GGUFFile(write_tiny_model(tmp_path / f"{arch}.gguf", arch, **kw))
+def _tiny_file(where: Path, arch: str, **kw) -> Path:
+    return where if where.suffix == ".gguf" else write_tiny_model(where / f"{arch}.gguf", arch, **kw)
+
+
+def check_logits_are_llamacpps(where: Path, name: str, chunk: int, tol: float) -> None:
+    """FIXTURE_MODELS[name]'s tiny model run ``chunk`` tokens a step: its logits within ``tol`` of llama.cpp's (relative
+    to their largest; fixtures/arch_<name>.npz), each position's argmax llama.cpp's."""
+    fix = np.load(Path(__file__).parent / "fixtures" / f"arch_{name}.npz")
+    path = where if where.suffix == ".gguf" else write_tiny_model(where / f"{name}.gguf", **FIXTURE_MODELS[name])
+    cfg, model = _build(path)
+    got = _run(model, cfg, fix["ids"], chunk)
+    err = np.abs(got - fix["logits"]).max() / np.abs(fix["logits"]).max()
+    assert err < tol, f"max relative logit error {err:.2e}"
+    assert (got.argmax(1) == fix["logits"].argmax(1)).all()
+
+
+def check_refused(g: GGUFFile, arch: str, error: type[Exception], match: str, n_ctx: int = N_CTX, backend=None) -> None:
+    """``arch``'s model of ``g`` (on the CPU unless ``backend``) refused with ``error`` saying ``match``, in one line."""
+    with pytest.raises(error, match=match) as e:
+        model_class(arch)(g, load_config(g), backend or get_backend("cpu"), n_ctx, N_BATCH)
+    assert "\n" not in str(e.value)
+
+
+def check_missing_tensor(where: Path, arch: str, tensor: str, named: str | None = None, **kw) -> None:
+    """The tiny file without ``tensor`` refused in one line naming it (or ``named``: the one asked for in its place)."""
+    g = GGUFFile(_tiny_file(where, arch, **kw))
     del g.tensors[tensor]
-    with pytest.raises(GGUFError, match=f"'{tensor}' is missing") as e:
-        _model(tmp_path, arch, g)
-    assert "\n" not in str(e.value)
+    check_refused(g, arch, GGUFError, f"'{named or tensor}' is missing")
 
 
-def check_gpu_refused(tmp_path, arch):
-    g = GGUFFile(write_tiny_model(tmp_path / f"{arch}.gguf", arch))
+def check_missing_key(where: Path, arch: str, key: str, says: str | None = None, **kw) -> None:
+    """The tiny file without the metadata ``<arch>.<key>`` refused in one line naming it (or saying ``says``)."""
+    g = GGUFFile(_tiny_file(where, arch, **kw))
+    del g.metadata[f"{arch}.{key}"]
+    check_refused(g, arch, GGUFError, says or f"metadata {arch}.{key} is missing")
+
+
+def check_gpu_refused(where: Path, arch: str) -> None:
     gpu = types.SimpleNamespace(name="gpu", zeros=np.zeros)
-    with pytest.raises(UnsupportedModelError, match="CPU only") as e:
-        model_class(arch)(g, load_config(g), gpu, N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
+    check_refused(GGUFFile(_tiny_file(where, arch)), arch, UnsupportedModelError, "CPU only", backend=gpu)
 
 
-def check_info_and_run(tmp_path, arch):
+def check_info_and_run(where: Path, arch: str, *run_options: str) -> str:
+    """``kvrun info`` names the tiny file's architecture, ``kvrun run`` (with ``run_options``) generates 4 tokens; what
+    ``info`` said, for a test to read on."""
     from click.testing import CliRunner
 
     from kvrun.cli import main
 
-    path = str(write_tiny_model(tmp_path / f"{arch}.gguf", arch))
+    path = str(_tiny_file(where, arch))
     r = CliRunner().invoke(main, ["info", path])
     assert r.exit_code == 0 and arch in r.output, r.output
-    r = CliRunner().invoke(main, ["run", path, "-p", "hi", "-n", "4"])
+    info = r.output
+    r = CliRunner().invoke(main, ["run", path, "-p", "hi", "-n", "4", *run_options])
     assert r.exit_code == 0, r.output
+    return info

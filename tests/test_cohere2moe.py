@@ -8,15 +8,13 @@ in both chunkings, and failed without each of what sets the architecture apart; 
 
 from __future__ import annotations
 
-import dataclasses
-
-import numpy as np
 import pytest
-from test_models import N_BATCH, N_CTX, _build, _fixture_error, _run
+from arch_checks import _cfg, _moe, check_info_and_run, check_logits_are_llamacpps, check_missing_key, check_missing_tensor, check_refused
+from test_models import N_BATCH, N_CTX, _fixture_error
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.loaders.config import load_config
-from kvrun.loaders.errors import GGUFError, UnsupportedModelError
+from kvrun.loaders.errors import UnsupportedModelError
 from kvrun.loaders.gguf_file import GGUFFile
 from kvrun.models import model_class
 from kvrun.models.common import make_rope
@@ -25,14 +23,6 @@ from kvrun.ops import get_backend
 NAME = "cohere2moe"
 #: the largest relative logit error measured against llama.cpp 0.3.36 (both runtimes' float16 K)
 TOLERANCE = 1e-3
-
-
-def _moe(**fields):
-    return lambda m: [setattr(L.moe, f, v) for L in m.layers if L.moe is not None for f, v in fields.items()]
-
-
-def _cfg(**fields):
-    return lambda m: setattr(m, "cfg", dataclasses.replace(m.cfg, **fields))
 
 
 def _layer(il, **fields):
@@ -46,12 +36,7 @@ def _model(tmp_path, name=NAME):
 
 @pytest.mark.parametrize("chunk", [N_BATCH, 1], ids=["prefill", "decode"])
 def test_the_logits_are_llamacpps(tmp_path, chunk):
-    fix = np.load(f"{__file__.rsplit('/', 1)[0]}/fixtures/arch_{NAME}.npz")
-    cfg, model = _build(write_tiny_model(tmp_path / "m.gguf", **FIXTURE_MODELS[NAME]))
-    got = _run(model, cfg, fix["ids"], chunk)
-    err = np.abs(got - fix["logits"]).max() / np.abs(fix["logits"]).max()
-    assert err < TOLERANCE, f"max relative logit error {err:.2e}"  # (measured: 2.3e-4, both chunkings; the "rms" variant 1.7e-4)
-    assert (got.argmax(1) == fix["logits"].argmax(1)).all()
+    check_logits_are_llamacpps(tmp_path, NAME, chunk, TOLERANCE)  # (measured: 2.3e-4, both chunkings; the "rms" variant 1.7e-4)
 
 
 def test_the_fixture_sees_what_sets_cohere2moe_apart(tmp_path, monkeypatch):
@@ -107,41 +92,23 @@ def test_the_layers(tmp_path):
 @pytest.mark.parametrize("tensor", ["output_norm.weight", "blk.0.ffn_up.weight", "blk.1.ffn_gate_inp.weight",
                                     "blk.2.ffn_down_shexp.weight", "blk.3.attn_k.weight"])  # fmt: skip
 def test_a_missing_tensor_is_one_line(tmp_path, tensor):
-    g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", NAME))
-    del g.tensors[tensor]
-    with pytest.raises(GGUFError, match=f"'{tensor}' is missing") as e:
-        model_class(NAME)(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
+    check_missing_tensor(tmp_path, NAME, tensor)
 
 
 @pytest.mark.parametrize("key", ["attention.sliding_window", "logit_scale", "leading_dense_block_count",
                                  "expert_feed_forward_length", "attention.layer_norm_epsilon", "expert_count"])  # fmt: skip
 def test_a_missing_key_is_one_line(tmp_path, key):
-    g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", NAME))
-    del g.metadata[f"{NAME}.{key}"]
-    with pytest.raises(GGUFError, match="states 0 experts" if key == "expert_count" else f"{NAME}.{key}") as e:
-        model_class(NAME)(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
+    check_missing_key(tmp_path, NAME, key, "states 0 experts" if key == "expert_count" else f"{NAME}.{key}")
 
 
 def test_fused_experts_are_refused_in_one_line(tmp_path):
     g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", NAME))
     g.tensors["blk.2.ffn_gate_up_exps.weight"] = g.tensors["blk.2.ffn_up_exps.weight"]
-    with pytest.raises(UnsupportedModelError, match="ffn_gate_up_exps") as e:
-        model_class(NAME)(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
+    check_refused(g, NAME, UnsupportedModelError, "ffn_gate_up_exps")
 
 
 def test_info_and_run(tmp_path):
-    from click.testing import CliRunner
-
-    from kvrun.cli import main
-
-    path = str(write_tiny_model(tmp_path / "m.gguf", NAME))
-    r = CliRunner().invoke(main, ["info", path])
-    assert r.exit_code == 0 and NAME in r.output, r.output
-    r = CliRunner().invoke(main, ["run", path, "-p", "hi", "-n", "4"])
-    assert r.exit_code == 0, r.output
+    check_info_and_run(tmp_path, NAME)
 
 
 def test_the_gpu_matches_the_cpu(gpu_env, tmp_path, capsys):

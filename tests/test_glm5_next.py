@@ -14,9 +14,10 @@ import types
 
 import numpy as np
 import pytest
-from arch_checks import _layers, _moe
+from arch_checks import (_layers, _moe, check_info_and_run, check_logits_are_llamacpps, check_missing_key, check_missing_tensor,
+                         check_refused)  # fmt: skip
 from kda_checks import each_kda, kimi_decay
-from test_models import N_BATCH, N_CTX, _build, _fixture_error, _run
+from test_models import N_BATCH, N_CTX, _fixture_error
 from tiny_glm5_next import CLAMP_EXP, CLAMP_SHEXP, HC, INDEXER, MLA_LAYERS
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
@@ -47,12 +48,7 @@ def _load(g: GGUFFile, n_ctx: int = N_CTX, backend=None):
 
 @pytest.mark.parametrize("chunk", [N_BATCH, 1], ids=["prefill", "decode"])
 def test_the_logits_are_llamacpps(path, chunk):
-    fix = np.load(f"{__file__.rsplit('/', 1)[0]}/fixtures/arch_{NAME}.npz")
-    cfg, model = _build(path)
-    got = _run(model, cfg, fix["ids"], chunk)
-    err = np.abs(got - fix["logits"]).max() / np.abs(fix["logits"]).max()
-    assert err < TOLERANCE, f"max relative logit error {err:.2e}"  # (measured: 6.1e-4, both chunkings)
-    assert (got.argmax(1) == fix["logits"].argmax(1)).all()
+    check_logits_are_llamacpps(path, NAME, chunk, TOLERANCE)  # (measured: 6.1e-4, both chunkings)
 
 
 def _hc(**fields):
@@ -126,21 +122,13 @@ def test_the_layers(path):
 @pytest.mark.parametrize("tensor", ["output.weight", "blk.1.hc_attn_fn.weight", "blk.2.hc_ffn_scale.weight", "blk.3.hc_ffn_base.weight",
                                     "blk.0.ssm_f_b.weight", "blk.1.attn_q_a.weight", "blk.3.exp_probs_b.bias"])  # fmt: skip
 def test_a_missing_tensor_is_one_line(path, tensor):
-    g = GGUFFile(path)
-    del g.tensors[tensor]
-    with pytest.raises(GGUFError, match=f"'{tensor}' is missing") as e:
-        _load(g)
-    assert "\n" not in str(e.value)
+    check_missing_tensor(path, NAME, tensor)
 
 
 @pytest.mark.parametrize("key", ["hyper_connection.count", "hyper_connection.sinkhorn_iterations", "hyper_connection.epsilon",
                                  "attention.indexer.kpool", "attention.q_lora_rank", "attention.key_length_mla", "kda.head_dim"])  # fmt: skip
 def test_a_missing_key_is_one_line(path, key):
-    g = GGUFFile(path)
-    del g.metadata[f"{NAME}.{key}"]
-    with pytest.raises(GGUFError, match=f"metadata {NAME}.{key} is missing") as e:
-        _load(g)
-    assert "\n" not in str(e.value)
+    check_missing_key(path, NAME, key)
 
 
 def test_the_indexer_is_never_read(path):
@@ -152,19 +140,13 @@ def test_the_indexer_is_never_read(path):
     _load(g)
 
 
-def _refused(g, error, match, n_ctx=N_CTX, backend=None):
-    with pytest.raises(error, match=match) as e:
-        _load(g, n_ctx, backend)
-    assert "\n" not in str(e.value)
-
-
 def test_what_is_not_supported_is_refused_in_one_line(path):
     """A context past the dense reach (llama.cpp chooses among the pools from top_k + kpool tokens on), a selection without
     the incomplete pool, the GPU, a decay bound not below 0; what llama.cpp asserts: kpool dividing top_k, 4 streams,
     no rope, an indexer owned by the first attention layer."""
     _load(GGUFFile(path), DENSE)
-    _refused(GGUFFile(path), UnsupportedModelError, f"sparse attention past {DENSE} tokens.*at most {DENSE}, not {DENSE + 1}", DENSE + 1)
-    _refused(GGUFFile(path), UnsupportedModelError, "CPU only", backend=types.SimpleNamespace(name="gpu"))
+    check_refused(GGUFFile(path), NAME, UnsupportedModelError, f"sparse attention past {DENSE} tokens.*at most {DENSE}, not {DENSE + 1}", DENSE + 1)
+    check_refused(GGUFFile(path), NAME, UnsupportedModelError, "CPU only", backend=types.SimpleNamespace(name="gpu"))
     edits = [
         ("attention.indexer.kpool_select_tail", False, UnsupportedModelError, "kpool_select_tail false"),
         ("kda.gate_lower_bound", 0.5, UnsupportedModelError, "gate_lower_bound 0.5"),
@@ -176,16 +158,9 @@ def test_what_is_not_supported_is_refused_in_one_line(path):
     for key, value, error, match in edits:
         g = GGUFFile(path)
         g.metadata[f"{NAME}.{key}"] = value
-        _refused(g, error, match)
+        check_refused(g, NAME, error, match)
 
 
 def test_info_and_run(path):
     """(``kvrun run`` within the dense reach: the file's context of 1024 is past it, refused as above.)"""
-    from click.testing import CliRunner
-
-    from kvrun.cli import main
-
-    r = CliRunner().invoke(main, ["info", str(path)])
-    assert r.exit_code == 0 and NAME in r.output, r.output
-    r = CliRunner().invoke(main, ["run", str(path), "-p", "hi", "-n", "4", "-c", str(DENSE)])
-    assert r.exit_code == 0, r.output
+    check_info_and_run(path, NAME, "-c", str(DENSE))

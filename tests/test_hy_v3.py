@@ -12,8 +12,9 @@ import types
 
 import numpy as np
 import pytest
-from test_models import N_BATCH, N_CTX, _build, _fixture_error, _run
-from tinymodel import FIXTURE_MODELS, write_tiny_model
+from arch_checks import _moe, check_info_and_run, check_logits_are_llamacpps, check_missing_key, check_missing_tensor, check_refused
+from test_models import N_BATCH, N_CTX, _fixture_error
+from tinymodel import write_tiny_model
 
 from kvrun.loaders.config import load_config
 from kvrun.loaders.errors import GGUFError, UnsupportedModelError
@@ -27,22 +28,13 @@ NAME = "hy_v3"
 TOLERANCE = 1e-3
 
 
-def _moe(**fields):
-    return lambda m: [setattr(L.moe, f, v) for L in m.layers if L.moe is not None for f, v in fields.items()]
-
-
 def _load(g: GGUFFile):
     return model_class(NAME)(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
 
 
 @pytest.mark.parametrize("chunk", [N_BATCH, 1], ids=["prefill", "decode"])
 def test_the_logits_are_llamacpps(tmp_path, chunk):
-    fix = np.load(f"{__file__.rsplit('/', 1)[0]}/fixtures/arch_{NAME}.npz")
-    cfg, model = _build(write_tiny_model(tmp_path / "m.gguf", **FIXTURE_MODELS[NAME]))
-    got = _run(model, cfg, fix["ids"], chunk)
-    err = np.abs(got - fix["logits"]).max() / np.abs(fix["logits"]).max()
-    assert err < TOLERANCE, f"max relative logit error {err:.2e}"  # (measured: 3.0e-4, both chunkings)
-    assert (got.argmax(1) == fix["logits"].argmax(1)).all()
+    check_logits_are_llamacpps(tmp_path, NAME, chunk, TOLERANCE)  # (measured: 3.0e-4, both chunkings)
 
 
 def test_the_fixture_sees_what_sets_hy_v3_apart(tmp_path):
@@ -78,20 +70,12 @@ def test_the_layers(tmp_path):
 
 @pytest.mark.parametrize("tensor", ["blk.0.ffn_up.weight", "blk.1.ffn_up_shexp.weight", "blk.2.attn_q_norm.weight"])
 def test_a_missing_tensor_is_one_line(tmp_path, tensor):
-    g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", NAME))
-    del g.tensors[tensor]
-    with pytest.raises(GGUFError, match=f"'{tensor}' is missing") as e:
-        _load(g)
-    assert "\n" not in str(e.value)
+    check_missing_tensor(tmp_path, NAME, tensor)
 
 
 @pytest.mark.parametrize("key", ["expert_feed_forward_length", "attention.layer_norm_rms_epsilon"])
 def test_a_missing_key_is_one_line(tmp_path, key):
-    g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", NAME))
-    del g.metadata[f"hy_v3.{key}"]
-    with pytest.raises(GGUFError, match=f"metadata hy_v3.{key} is missing") as e:
-        _load(g)
-    assert "\n" not in str(e.value)
+    check_missing_key(tmp_path, NAME, key)
 
 
 def test_what_is_not_supported_is_refused_in_one_line(tmp_path):
@@ -106,21 +90,11 @@ def test_what_is_not_supported_is_refused_in_one_line(tmp_path):
     g3.metadata["hy_v3.rope.dimension_count"] = 8
     for g, error, what in ((g1, GGUFError, "exp_probs_b.bias"), (g2, UnsupportedModelError, "ffn_gate_up_exps"),
                            (g3, GGUFError, "rope.dimension_count 8")):  # fmt: skip
-        with pytest.raises(error, match=what) as e:
-            _load(g)
-        assert "\n" not in str(e.value)
+        check_refused(g, NAME, error, what)
 
 
 def test_info_and_run(tmp_path):
-    from click.testing import CliRunner
-
-    from kvrun.cli import main
-
-    path = str(write_tiny_model(tmp_path / "m.gguf", NAME))
-    r = CliRunner().invoke(main, ["info", path])
-    assert r.exit_code == 0 and NAME in r.output, r.output
-    r = CliRunner().invoke(main, ["run", path, "-p", "hi", "-n", "4"])
-    assert r.exit_code == 0, r.output
+    check_info_and_run(tmp_path, NAME)
 
 
 def test_the_gpu_matches_the_cpu(gpu_env, tmp_path, capsys):

@@ -7,19 +7,16 @@ tests), a missing tensor and the GPU refused in one line, ``kvrun info`` and ``k
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import test_ssm
+from arch_checks import check_info_and_run, check_missing_tensor, check_refused
 from kda_checks import each_kda, each_moe, state_tolerance, weight
-from test_models import N_BATCH, N_CTX, _fixture_error
+from test_models import _fixture_error
 from tinymodel import write_tiny_model
 
-from kvrun.loaders.config import load_config
-from kvrun.loaders.errors import GGUFError, UnsupportedModelError
+from kvrun.loaders.errors import UnsupportedModelError
 from kvrun.loaders.gguf_file import GGUFFile
-from kvrun.models import model_class
-from kvrun.ops import get_backend
 from kvrun.ops.cpu.deltanet import gated_delta_rule
 from kvrun.ops.cpu.kda import kda_delta_rule
 
@@ -139,31 +136,17 @@ def test_the_layers_and_their_caches(tmp_path):
     "blk.1.ffn_up_shexp.weight", "blk.0.ffn_gate.weight", "output.weight",
 ])  # fmt: skip
 def test_a_missing_tensor_is_one_line(tmp_path, tensor):
-    g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", NAME))
-    del g.tensors[tensor]
-    with pytest.raises(GGUFError, match=f"tensor '{tensor}' is missing") as e:
-        model_class(NAME)(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
+    check_missing_tensor(tmp_path, NAME, tensor)
 
 
 def test_what_is_not_supported_is_refused_in_one_line(tmp_path):
     """(Kimi Linear runs on the GPU too: tests/test_gpu_delta.py.)"""
     g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", NAME))
     g.tensors["blk.2.attn_gate.weight"] = g.tensors["blk.2.ssm_g_b.weight"]
-    with pytest.raises(UnsupportedModelError, match="attn_gate") as e:
-        model_class(NAME)(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
+    check_refused(g, NAME, UnsupportedModelError, "attn_gate")
 
 
 def test_info_and_run(tmp_path):
-    from click.testing import CliRunner
-
-    from kvrun.cli import main
-
-    path = str(write_tiny_model(tmp_path / "m.gguf", NAME))
-    r = CliRunner().invoke(main, ["info", path])
-    assert r.exit_code == 0 and NAME in r.output, r.output
-    assert "2 of 4 Kimi Delta Attention (4 heads, each 16 wide, a decay per key channel, convolution 4); 6.25 KiB of state a layer" in r.output
-    assert "none (Kimi's MLA" in r.output, r.output
-    r = CliRunner().invoke(main, ["run", path, "-p", "hi", "-n", "4"])
-    assert r.exit_code == 0, r.output
+    info = check_info_and_run(tmp_path, NAME)
+    assert "2 of 4 Kimi Delta Attention (4 heads, each 16 wide, a decay per key channel, convolution 4); 6.25 KiB of state a layer" in info
+    assert "none (Kimi's MLA" in info, info

@@ -13,8 +13,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from test_models import N_BATCH, N_CTX, _build, _fixture_error, _run
-from tinymodel import FIXTURE_MODELS, write_tiny_model
+from arch_checks import (_cfg, _layers, _moe, check_info_and_run, check_logits_are_llamacpps, check_missing_key, check_missing_tensor,
+                         check_refused)  # fmt: skip
+from test_models import N_BATCH, N_CTX, _fixture_error
+from tinymodel import write_tiny_model
 
 from kvrun.loaders.config import load_config
 from kvrun.loaders.errors import GGUFError, UnsupportedModelError
@@ -26,18 +28,6 @@ from kvrun.ops import get_backend
 NAME = "laguna"
 #: the largest relative logit error measured against llama.cpp 0.3.36 (both runtimes' float16 K)
 TOLERANCE = 1e-3
-
-
-def _layers(**fields):
-    return lambda m: [setattr(L, f, v(L) if callable(v) else v) for L in m.layers for f, v in fields.items()]
-
-
-def _moe(**fields):
-    return lambda m: [setattr(L.moe, f, v) for L in m.layers if L.moe is not None for f, v in fields.items()]
-
-
-def _cfg(**fields):
-    return lambda m: setattr(m, "cfg", dataclasses.replace(m.cfg, **fields))
 
 
 def _rope(local: bool, theta: float, **fields):
@@ -55,12 +45,7 @@ def _rope(local: bool, theta: float, **fields):
 
 @pytest.mark.parametrize("chunk", [N_BATCH, 1], ids=["prefill", "decode"])
 def test_the_logits_are_llamacpps(tmp_path, chunk):
-    fix = np.load(f"{__file__.rsplit('/', 1)[0]}/fixtures/arch_{NAME}.npz")
-    cfg, model = _build(write_tiny_model(tmp_path / "m.gguf", **FIXTURE_MODELS[NAME]))
-    got = _run(model, cfg, fix["ids"], chunk)
-    err = np.abs(got - fix["logits"]).max() / np.abs(fix["logits"]).max()
-    assert err < TOLERANCE, f"max relative logit error {err:.2e}"  # (measured: 3.8e-4, both chunkings)
-    assert (got.argmax(1) == fix["logits"].argmax(1)).all()
+    check_logits_are_llamacpps(tmp_path, NAME, chunk, TOLERANCE)  # (measured: 3.8e-4, both chunkings)
 
 
 def test_the_fixture_sees_what_sets_laguna_apart(tmp_path, monkeypatch):
@@ -107,20 +92,12 @@ def test_the_layers(tmp_path):
 @pytest.mark.parametrize("tensor", ["blk.0.attn_gate.weight", "blk.3.attn_k_norm.weight", "blk.0.ffn_up.weight",
                                     "blk.1.exp_probs_b.bias", "blk.2.ffn_up_shexp.weight"])  # fmt: skip
 def test_a_missing_tensor_is_one_line(tmp_path, tensor):
-    g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", NAME))
-    del g.tensors[tensor]
-    with pytest.raises(GGUFError, match=f"'{tensor}' is missing") as e:
-        model_class(NAME)(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
+    check_missing_tensor(tmp_path, NAME, tensor)
 
 
 @pytest.mark.parametrize("key", ["leading_dense_block_count", "expert_feed_forward_length"])
 def test_a_missing_key_is_one_line(tmp_path, key):
-    g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", NAME))
-    del g.metadata[f"laguna.{key}"]
-    with pytest.raises(GGUFError, match=f"metadata laguna.{key} is missing") as e:
-        model_class(NAME)(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
+    check_missing_key(tmp_path, NAME, key)
 
 
 def test_what_is_not_supported_is_refused_in_one_line(tmp_path):
@@ -128,22 +105,10 @@ def test_what_is_not_supported_is_refused_in_one_line(tmp_path):
     path = write_tiny_model(tmp_path / "m.gguf", NAME)
     g = GGUFFile(path)
     g.tensors["blk.1.attn_gate.weight"] = g.tensors["blk.1.attn_k.weight"]  # (32 rows: neither 6 nor 96)
-    with pytest.raises(GGUFError, match="blk.1 attn_gate has shape") as e:
-        model_class(NAME)(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
+    check_refused(g, NAME, GGUFError, "blk.1 attn_gate has shape")
     g = GGUFFile(path)
-    with pytest.raises(UnsupportedModelError, match="--device gpu") as e:
-        model_class(NAME)(g, load_config(g), SimpleNamespace(name="gpu"), N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
+    check_refused(g, NAME, UnsupportedModelError, "--device gpu", backend=SimpleNamespace(name="gpu"))
 
 
 def test_info_and_run(tmp_path):
-    from click.testing import CliRunner
-
-    from kvrun.cli import main
-
-    path = str(write_tiny_model(tmp_path / "m.gguf", NAME))
-    r = CliRunner().invoke(main, ["info", path])
-    assert r.exit_code == 0 and NAME in r.output, r.output
-    r = CliRunner().invoke(main, ["run", path, "-p", "hi", "-n", "4"])
-    assert r.exit_code == 0, r.output
+    check_info_and_run(tmp_path, NAME)

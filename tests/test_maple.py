@@ -9,34 +9,24 @@ info`` and ``kvrun run``.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
-import numpy as np
 import pytest
-from arch_checks import _cfg, _layers, _model, _moe, _sees_apart, check_gpu_refused, check_info_and_run, check_missing_tensor
-from test_models import N_BATCH, N_CTX, _build, _run
-from tinymodel import FIXTURE_MODELS, write_tiny_model
+from arch_checks import (_cfg, _layers, _model, _moe, _sees_apart, check_gpu_refused, check_info_and_run, check_logits_are_llamacpps,
+                         check_missing_key, check_missing_tensor)  # fmt: skip
+from test_models import N_BATCH, N_CTX
 
-from kvrun.loaders.errors import GGUFError
-from kvrun.loaders.gguf_file import GGUFFile
 from kvrun.models.common import make_rope
 from kvrun.models.maple import REQUIRED_KEYS
 from kvrun.models.moe import device_unsupported
 
 ARCH = "maple"
-FIXTURE = np.load(Path(__file__).parent / "fixtures" / f"arch_{ARCH}.npz")
 #: the largest relative logit error measured against llama.cpp 0.3.36 (both runtimes' float16 K)
 TOLERANCE = 1e-3
 
 
 @pytest.mark.parametrize("chunk", [N_BATCH, 1], ids=["prefill", "decode"])
 def test_the_logits_are_llamacpps(tmp_path, chunk):
-    cfg, model = _build(write_tiny_model(tmp_path / "m.gguf", **FIXTURE_MODELS[ARCH]))
-    got = _run(model, cfg, FIXTURE["ids"], chunk)
-    ref = FIXTURE["logits"]
-    err = np.abs(got - ref).max() / np.abs(ref).max()
-    assert err < TOLERANCE, f"max relative logit error {err:.2e}"  # (measured: 3.5e-4, 6.2e-3 of 17.8)
-    assert (got.argmax(1) == ref.argmax(1)).all()
+    check_logits_are_llamacpps(tmp_path, ARCH, chunk, TOLERANCE)  # (measured: 3.5e-4, 6.2e-3 of 17.8)
 
 
 def test_the_fixture_sees_what_sets_maple_apart(tmp_path):
@@ -81,11 +71,7 @@ def test_a_missing_tensor_is_one_line(tmp_path, tensor):
 
 @pytest.mark.parametrize("key", REQUIRED_KEYS)
 def test_a_missing_key_is_one_line(tmp_path, key):
-    g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", ARCH))
-    del g.metadata[f"{ARCH}.{key}"]
-    with pytest.raises(GGUFError, match=f"{ARCH}.{key} is missing") as e:
-        _model(tmp_path, ARCH, g)
-    assert "\n" not in str(e.value)
+    check_missing_key(tmp_path, ARCH, key)
 
 
 def test_the_gpu_is_refused_in_one_line(tmp_path):

@@ -13,11 +13,12 @@ import dataclasses
 
 import numpy as np
 import pytest
-from test_models import N_BATCH, N_CTX, _build, _fixture_error, _run
+from arch_checks import _cfg, _moe, check_info_and_run, check_logits_are_llamacpps, check_missing_key, check_missing_tensor, check_refused
+from test_models import N_BATCH, N_CTX, _fixture_error
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.loaders.config import load_config
-from kvrun.loaders.errors import GGUFError, UnsupportedModelError
+from kvrun.loaders.errors import UnsupportedModelError
 from kvrun.loaders.gguf_file import GGUFFile
 from kvrun.models import model_class
 from kvrun.models.common import make_rope
@@ -34,14 +35,6 @@ def _lightning(**fields):
     return lambda m: [setattr(L.la, f, v(L.la) if callable(v) else v) for L in m.layers if hasattr(L, "la") for f, v in fields.items()]
 
 
-def _moe(**fields):
-    return lambda m: [setattr(L.moe, f, v) for L in m.layers for f, v in fields.items()]
-
-
-def _cfg(**fields):
-    return lambda m: setattr(m, "cfg", dataclasses.replace(m.cfg, **fields))
-
-
 def _swap_q_k(la):  # in_proj's rows v, k, q (then zeros) as v, q, k
     d = la.norm.shape[0]
     a = la.in_proj.data
@@ -55,12 +48,7 @@ def _model(tmp_path, name=NAME):
 
 @pytest.mark.parametrize("chunk", [N_BATCH, 1], ids=["prefill", "decode"])
 def test_the_logits_are_llamacpps(tmp_path, chunk):
-    fix = np.load(f"{__file__.rsplit('/', 1)[0]}/fixtures/arch_{NAME}.npz")
-    cfg, model = _build(write_tiny_model(tmp_path / "m.gguf", **FIXTURE_MODELS[NAME]))
-    got = _run(model, cfg, fix["ids"], chunk)
-    err = np.abs(got - fix["logits"]).max() / np.abs(fix["logits"]).max()
-    assert err < TOLERANCE, f"max relative logit error {err:.2e}"
-    assert (got.argmax(1) == fix["logits"].argmax(1)).all()
+    check_logits_are_llamacpps(tmp_path, NAME, chunk, TOLERANCE)
 
 
 def test_the_fixture_sees_what_sets_minimax_01_apart(tmp_path, monkeypatch):
@@ -126,40 +114,22 @@ def test_the_state_goes_back(tmp_path):
 @pytest.mark.parametrize("tensor", ["blk.0.attn_qkv.weight", "blk.0.attn_gate.weight", "blk.2.attn_norm_2.weight",
                                     "blk.1.attn_k.weight", "blk.3.ffn_gate_inp.weight", "blk.2.ffn_down_exps.weight"])  # fmt: skip
 def test_a_missing_tensor_is_one_line(tmp_path, tensor):
-    g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", NAME))
-    del g.tensors[tensor]
-    with pytest.raises(GGUFError, match=f"'{tensor}' is missing") as e:
-        model_class(NAME)(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
+    check_missing_tensor(tmp_path, NAME, tensor)
 
 
 @pytest.mark.parametrize("key,says", [("residual_scale", "minimax-01.residual_scale"), ("expert_count", "states 0 experts")])
 def test_a_missing_key_is_one_line(tmp_path, key, says):
-    g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", NAME))
-    del g.metadata[f"{NAME}.{key}"]
-    with pytest.raises(GGUFError, match=says) as e:
-        model_class(NAME)(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
+    check_missing_key(tmp_path, NAME, key, says)
 
 
 def test_ungated_experts_are_refused_in_one_line(tmp_path):
     g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", NAME))
     del g.tensors["blk.1.ffn_gate_exps.weight"]
-    with pytest.raises(UnsupportedModelError, match="ffn_gate_exps") as e:
-        model_class(NAME)(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
+    check_refused(g, NAME, UnsupportedModelError, "ffn_gate_exps")
 
 
 def test_info_and_run(tmp_path):
-    from click.testing import CliRunner
-
-    from kvrun.cli import main
-
-    path = str(write_tiny_model(tmp_path / "m.gguf", NAME))
-    r = CliRunner().invoke(main, ["info", path])
-    assert r.exit_code == 0 and NAME in r.output, r.output
-    r = CliRunner().invoke(main, ["run", path, "-p", "hi", "-n", "4"])
-    assert r.exit_code == 0, r.output
+    check_info_and_run(tmp_path, NAME)
 
 
 def test_the_gpu_matches_the_cpu(gpu_env, tmp_path, capsys):

@@ -8,15 +8,13 @@ run`` on the tiny file; the GPU (emulator where there is none) against the CPU.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
-from test_models import N_BATCH, N_CTX, _build, _fixture_error, _run
-from tinymodel import FIXTURE_MODELS, write_tiny_model
+from arch_checks import _cfg, _layers, check_info_and_run, check_logits_are_llamacpps, check_missing_key, check_missing_tensor
+from test_models import N_BATCH, N_CTX, _fixture_error
+from tinymodel import write_tiny_model
 
 from kvrun.loaders.config import load_config
-from kvrun.loaders.errors import GGUFError
 from kvrun.loaders.gguf_file import GGUFFile
 from kvrun.models import model_class
 from kvrun.models.afmoe import AfmoeModel
@@ -27,22 +25,9 @@ NAME = "muse-glimmer"
 TOLERANCE = 1e-3
 
 
-def _layers(**fields):
-    return lambda m: [setattr(L, f, v(L) if callable(v) else v) for L in m.layers for f, v in fields.items()]
-
-
-def _cfg(**fields):
-    return lambda m: setattr(m, "cfg", dataclasses.replace(m.cfg, **fields))
-
-
 @pytest.mark.parametrize("chunk", [N_BATCH, 1], ids=["prefill", "decode"])
 def test_the_logits_are_llamacpps(tmp_path, chunk):
-    fix = np.load(f"{__file__.rsplit('/', 1)[0]}/fixtures/arch_{NAME}.npz")
-    cfg, model = _build(write_tiny_model(tmp_path / "m.gguf", **FIXTURE_MODELS[NAME]))
-    got = _run(model, cfg, fix["ids"], chunk)
-    err = np.abs(got - fix["logits"]).max() / np.abs(fix["logits"]).max()
-    assert err < TOLERANCE, f"max relative logit error {err:.2e}"  # (measured: 6.1e-4)
-    assert (got.argmax(1) == fix["logits"].argmax(1)).all()
+    check_logits_are_llamacpps(tmp_path, NAME, chunk, TOLERANCE)  # (measured: 6.1e-4)
 
 
 def test_the_fixture_sees_what_sets_muse_glimmer_apart(tmp_path, monkeypatch):
@@ -84,32 +69,16 @@ def test_the_layers(tmp_path):
 @pytest.mark.parametrize("tensor", ["output.weight", "blk.0.attn_gate.weight", "blk.1.post_attention_norm.weight",
                                     "blk.2.post_ffw_norm.weight", "blk.3.attn_q_norm.weight", "blk.3.ffn_up.weight"])  # fmt: skip
 def test_a_missing_tensor_is_one_line(tmp_path, tensor):
-    g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", NAME))
-    del g.tensors[tensor]
-    with pytest.raises(GGUFError, match=f"'{tensor}' is missing") as e:
-        model_class(NAME)(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
+    check_missing_tensor(tmp_path, NAME, tensor)
 
 
 @pytest.mark.parametrize("key", ["attention.sliding_window", "logit_scale"])
 def test_a_missing_key_is_one_line(tmp_path, key):
-    g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", NAME))
-    del g.metadata[f"muse-glimmer.{key}"]
-    with pytest.raises(GGUFError, match=f"metadata muse-glimmer.{key} is missing") as e:
-        model_class(NAME)(g, load_config(g), get_backend("cpu"), N_CTX, N_BATCH)
-    assert "\n" not in str(e.value)
+    check_missing_key(tmp_path, NAME, key)
 
 
 def test_info_and_run(tmp_path):
-    from click.testing import CliRunner
-
-    from kvrun.cli import main
-
-    path = str(write_tiny_model(tmp_path / "m.gguf", NAME))
-    r = CliRunner().invoke(main, ["info", path])
-    assert r.exit_code == 0 and NAME in r.output, r.output
-    r = CliRunner().invoke(main, ["run", path, "-p", "hi", "-n", "4"])
-    assert r.exit_code == 0, r.output
+    check_info_and_run(tmp_path, NAME)
 
 
 def test_the_gpu_matches_the_cpu(gpu_env, tmp_path, capsys):

@@ -9,23 +9,20 @@ architecture apart, taken away, costs whole logits.  Besides: a missing tensor o
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
-from arch_checks import _cfg, _model, _sees_apart, check_info_and_run
-from test_models import N_BATCH, N_CTX, _build, _run
-from tinymodel import FIXTURE_MODELS, write_tiny_model
+from arch_checks import _cfg, _model, _sees_apart, check_info_and_run, check_logits_are_llamacpps, check_missing_key, check_missing_tensor
+from test_models import N_BATCH, N_CTX
+from tinymodel import write_tiny_model
 
 from kvrun.loaders.config import load_config
-from kvrun.loaders.errors import GGUFError
 from kvrun.loaders.gguf_file import GGUFFile
 from kvrun.models.common import make_rope
 from kvrun.models.spark2_5 import REQUIRED_KEYS
 from kvrun.ops.backend import Weight
 
 ARCH = "spark2_5"
-FIXTURE = np.load(Path(__file__).parent / "fixtures" / f"arch_{ARCH}.npz")
 #: the largest relative logit error measured against llama.cpp 0.3.36 (both runtimes' float16 K/V; llama.cpp's GELU
 #: through its float16 table)
 TOLERANCE = 1e-3
@@ -33,12 +30,7 @@ TOLERANCE = 1e-3
 
 @pytest.mark.parametrize("chunk", [N_BATCH, 1], ids=["prefill", "decode"])
 def test_the_logits_are_llamacpps(tmp_path, chunk):
-    cfg, model = _build(write_tiny_model(tmp_path / "m.gguf", **FIXTURE_MODELS[ARCH]))
-    got = _run(model, cfg, FIXTURE["ids"], chunk)
-    ref = FIXTURE["logits"]
-    err = np.abs(got - ref).max() / np.abs(ref).max()
-    assert err < TOLERANCE, f"max relative logit error {err:.2e}"  # (measured: 4.7e-4, 1.1e-2 of 24.0)
-    assert (got.argmax(1) == ref.argmax(1)).all()
+    check_logits_are_llamacpps(tmp_path, ARCH, chunk, TOLERANCE)  # (measured: 4.7e-4, 1.1e-2 of 24.0)
 
 
 def test_the_fixture_sees_what_sets_spark2_5_apart(tmp_path):
@@ -81,20 +73,12 @@ def test_the_layers(tmp_path):
                                           ("output_norm.weight",) * 2])  # fmt: skip
 def test_a_missing_tensor_is_one_line(tmp_path, tensor, named):
     """A missing fused ``attn_qkv`` is asked for apart, as llama.cpp's create_tensor_qkv does: its error names attn_q."""
-    g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", ARCH))
-    del g.tensors[tensor]
-    with pytest.raises(GGUFError, match=f"'{named}' is missing") as e:
-        _model(tmp_path, ARCH, g)
-    assert "\n" not in str(e.value)
+    check_missing_tensor(tmp_path, ARCH, tensor, named)
 
 
 @pytest.mark.parametrize("key", REQUIRED_KEYS)
 def test_a_missing_key_is_one_line(tmp_path, key):
-    g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", ARCH))
-    del g.metadata[f"{ARCH}.{key}"]
-    with pytest.raises(GGUFError, match=f"{ARCH}.{key} is missing") as e:
-        _model(tmp_path, ARCH, g)
-    assert "\n" not in str(e.value)
+    check_missing_key(tmp_path, ARCH, key)
 
 
 def test_info_and_run(tmp_path):

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from arch_checks import _cfg, _layers, _model, _sees_apart, check_gpu_refused, check_info_and_run, check_missing_tensor
-from test_models import N_BATCH, _build, _run
+from arch_checks import (_cfg, _layers, _model, _sees_apart, check_gpu_refused, check_info_and_run, check_logits_are_llamacpps,
+                         check_missing_key, check_missing_tensor)  # fmt: skip
+from test_models import N_BATCH
 from tiny_talkie import EPS, GEOMETRY, LOGIT_SCALE
-from tinymodel import FIXTURE_MODELS, write_tiny_model
+from tinymodel import write_tiny_model
 
-from kvrun.loaders.errors import GGUFError
 from kvrun.loaders.gguf_file import GGUFFile
 
 NAME = "talkie"
@@ -25,12 +25,7 @@ TOLERANCE = 1e-3
 
 @pytest.mark.parametrize("chunk", [N_BATCH, 1], ids=["prefill", "decode"])
 def test_the_logits_are_llamacpps(tmp_path, chunk):
-    fix = np.load(f"{__file__.rsplit('/', 1)[0]}/fixtures/arch_{NAME}.npz")
-    cfg, model = _build(write_tiny_model(tmp_path / "m.gguf", **FIXTURE_MODELS[NAME]))
-    got = _run(model, cfg, fix["ids"], chunk)
-    err = np.abs(got - fix["logits"]).max() / np.abs(fix["logits"]).max()
-    assert err < TOLERANCE, f"max relative logit error {err:.2e}"
-    assert (got.argmax(1) == fix["logits"].argmax(1)).all()
+    check_logits_are_llamacpps(tmp_path, NAME, chunk, TOLERANCE)
 
 
 def _unnormed_input(m):
@@ -77,11 +72,7 @@ def test_a_missing_tensor_is_one_line(tmp_path, tensor):
 
 @pytest.mark.parametrize("key", ["attention.layer_norm_rms_epsilon", "logit_scale"])
 def test_a_missing_key_is_one_line(tmp_path, key):
-    g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", NAME))
-    del g.metadata[f"{NAME}.{key}"]
-    with pytest.raises(GGUFError, match=f"metadata {NAME}.{key} is missing") as e:
-        _model(tmp_path, NAME, g)
-    assert "\n" not in str(e.value)
+    check_missing_key(tmp_path, NAME, key)
 
 
 def test_info_and_run(tmp_path):

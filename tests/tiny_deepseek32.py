@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import ExpertGatingFuncType, GGMLQuantizationType, GGUFWriter, RopeScalingType
+from gguf import GGMLQuantizationType, GGUFWriter, RopeScalingType
 
 Q = GGMLQuantizationType
 
@@ -37,7 +37,8 @@ def write_tiny_deepseek32(path: Path, qtype: int = Q.F32, seed: int = 0, drop: t
                           top_k: int = INDEXER[2]) -> Path:  # fmt: skip
     """The model at ``path``, its matrices as ``qtype``; ``drop``: tensor names left out (drawn all the same, so the
     others do not move: the tests of a missing tensor's error); ``top_k``: the indexer's."""
-    from tinymodel import _add_byte_vocab, _file_type, _finish, _random_tensors_dropping, byte_vocab
+    from tinymodel import (_add_byte_vocab, _add_v3_expert_keys, _file_type, _finish, _random_tensors_dropping, _write_experts,
+                           _write_indexer, _write_nextn, _write_swiglu, byte_vocab)  # fmt: skip
 
     rng = np.random.default_rng(seed)
     n_embd, n_head, nope, n_rot, dv, rank, q_rank, n_ff, n_layer = GEOMETRY
@@ -61,14 +62,7 @@ def write_tiny_deepseek32(path: Path, qtype: int = Q.F32, seed: int = 0, drop: t
     w.add_value_length_mla(dv)
     w.add_q_lora_rank(q_rank)
     w.add_kv_lora_rank(rank)
-    w.add_leading_dense_block_count(1)
-    w.add_expert_count(n_expert)
-    w.add_expert_used_count(n_used)
-    w.add_expert_feed_forward_length(n_ff_exp)
-    w.add_expert_shared_count(n_shared)
-    w.add_expert_weights_scale(2.5)
-    w.add_expert_weights_norm(True)
-    w.add_expert_gating_func(ExpertGatingFuncType.SIGMOID)
+    _add_v3_expert_keys(w, n_expert, n_used, n_ff_exp, n_shared)
     w.add_expert_group_count(n_group)
     w.add_expert_group_used_count(n_group_used)
     w.add_rope_scaling_type(RopeScalingType.YARN)
@@ -99,29 +93,16 @@ def write_tiny_deepseek32(path: Path, qtype: int = Q.F32, seed: int = 0, drop: t
         tensor3(b + "attn_k_b.weight", (n_head, rank, nope), ATTN_SCALE)
         tensor3(b + "attn_v_b.weight", (n_head, dv, rank), ATTN_SCALE)
         mat(b + "attn_output.weight", n_embd, n_head * dv)
-        vec(b + "indexer.k_norm.weight", ih_dim)
-        vec(b + "indexer.k_norm.bias", ih_dim, 0.0)
-        mat(b + "indexer.proj.weight", n_ih, n_embd)
-        mat(b + "indexer.attn_k.weight", ih_dim, n_embd)
-        mat(b + "indexer.attn_q_b.weight", n_ih * ih_dim, q_rank)
+        _write_indexer(mat, vec, b, n_embd, q_rank, n_ih, ih_dim)
         vec(b + "ffn_norm.weight", n_embd)
         if i == 0:  # the leading dense layer
-            mat(b + "ffn_gate.weight", n_ff, n_embd)
-            mat(b + "ffn_up.weight", n_ff, n_embd)
-            mat(b + "ffn_down.weight", n_embd, n_ff)
+            _write_swiglu(mat, b, n_embd, n_ff)
         else:
             if b + "ffn_gate_inp.weight" not in drop:
                 w.add_tensor(b + "ffn_gate_inp.weight", (rng.standard_normal((n_expert, n_embd)) * ROUTER_SCALE).astype(np.float32))
             vec(b + "exp_probs_b.bias", n_expert, 0.0, 0.3)
-            tensor3(b + "ffn_gate_exps.weight", (n_expert, n_ff_exp, n_embd))
-            tensor3(b + "ffn_up_exps.weight", (n_expert, n_ff_exp, n_embd))
-            tensor3(b + "ffn_down_exps.weight", (n_expert, n_embd, n_ff_exp))
-            mat(b + "ffn_gate_shexp.weight", n_shared * n_ff_exp, n_embd)
-            mat(b + "ffn_up_shexp.weight", n_shared * n_ff_exp, n_embd)
-            mat(b + "ffn_down_shexp.weight", n_embd, n_shared * n_ff_exp)
+            _write_experts(tensor3, b, n_embd, n_expert, n_ff_exp)
+            _write_swiglu(mat, b, n_embd, n_shared * n_ff_exp, "_shexp")
         if i >= n_layer:  # the MTP layer: loaded by llama.cpp, never run by its trunk
-            mat(b + "nextn.eh_proj.weight", n_embd, 2 * n_embd)
-            vec(b + "nextn.enorm.weight", n_embd)
-            vec(b + "nextn.hnorm.weight", n_embd)
-            vec(b + "nextn.shared_head_norm.weight", n_embd)
+            _write_nextn(mat, vec, b, n_embd)
     return _finish(w, path)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import ExpertGatingFuncType, GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType, GGUFWriter
 
 Q = GGMLQuantizationType
 
@@ -37,7 +37,8 @@ def write_tiny_dots3note(path: Path, qtype: int = Q.F32, seed: int = 0, drop: tu
                          top_k: int = INDEXER[2]) -> Path:  # fmt: skip
     """The model at ``path``, its matrices as ``qtype``; ``drop``: tensor names left out (drawn all the same, so the
     others do not move: the tests of a missing tensor's error); ``top_k``: the indexer's."""
-    from tinymodel import _add_byte_vocab, _file_type, _finish, _random_tensors_dropping, byte_vocab
+    from tinymodel import (_add_byte_vocab, _add_v3_expert_keys, _file_type, _finish, _random_tensors_dropping, _write_experts,
+                           _write_indexer, _write_nextn, _write_swiglu, byte_vocab)  # fmt: skip
 
     rng = np.random.default_rng(seed)
     n_expert, n_used, n_ff_exp, n_shared = EXPERTS
@@ -55,14 +56,7 @@ def write_tiny_dots3note(path: Path, qtype: int = Q.F32, seed: int = 0, drop: tu
     w.add_rope_freq_base(ROPE_BASE)
     w.add_rope_freq_base_swa(ROPE_BASE_SWA)
     w.add_rope_dimension_count(N_ROT)
-    w.add_leading_dense_block_count(1)
-    w.add_expert_count(n_expert)
-    w.add_expert_used_count(n_used)
-    w.add_expert_feed_forward_length(n_ff_exp)
-    w.add_expert_shared_count(n_shared)
-    w.add_expert_weights_scale(2.5)
-    w.add_expert_weights_norm(True)
-    w.add_expert_gating_func(ExpertGatingFuncType.SIGMOID)
+    _add_v3_expert_keys(w, n_expert, n_used, n_ff_exp, n_shared)
     _, nope, dv, rank = FULL
     _, nope_s, dv_s, rank_s = SWA
     w.add_q_lora_rank(Q_RANK)
@@ -109,29 +103,15 @@ def write_tiny_dots3note(path: Path, qtype: int = Q.F32, seed: int = 0, drop: tu
         mat(b + "attn_gate.weight", H, N_EMBD, 0.5)
         vec(b + "ffn_norm.weight", N_EMBD)
         if i < N_LAYER and not swa[i]:
-            n_ih, ih_dim, _ = INDEXER
-            vec(b + "indexer.k_norm.weight", ih_dim)
-            vec(b + "indexer.k_norm.bias", ih_dim, 0.0)
-            mat(b + "indexer.proj.weight", n_ih, N_EMBD)
-            mat(b + "indexer.attn_k.weight", ih_dim, N_EMBD)
-            mat(b + "indexer.attn_q_b.weight", n_ih * ih_dim, Q_RANK)
+            _write_indexer(mat, vec, b, N_EMBD, Q_RANK, INDEXER[0], INDEXER[1])
         if i == 0 or i >= N_LAYER:  # the leading dense layer, and the MTP layer's FFN
-            mat(b + "ffn_gate.weight", N_FF, N_EMBD)
-            mat(b + "ffn_up.weight", N_FF, N_EMBD)
-            mat(b + "ffn_down.weight", N_EMBD, N_FF)
+            _write_swiglu(mat, b, N_EMBD, N_FF)
         else:
             if b + "ffn_gate_inp.weight" not in drop:
                 w.add_tensor(b + "ffn_gate_inp.weight", (rng.standard_normal((n_expert, N_EMBD)) * 0.5).astype(np.float32))
             vec(b + "exp_probs_b.bias", n_expert, 0.0, 0.3)
-            tensor3(b + "ffn_gate_exps.weight", (n_expert, n_ff_exp, N_EMBD))
-            tensor3(b + "ffn_up_exps.weight", (n_expert, n_ff_exp, N_EMBD))
-            tensor3(b + "ffn_down_exps.weight", (n_expert, N_EMBD, n_ff_exp))
-            mat(b + "ffn_gate_shexp.weight", n_shared * n_ff_exp, N_EMBD)
-            mat(b + "ffn_up_shexp.weight", n_shared * n_ff_exp, N_EMBD)
-            mat(b + "ffn_down_shexp.weight", N_EMBD, n_shared * n_ff_exp)
+            _write_experts(tensor3, b, N_EMBD, n_expert, n_ff_exp)
+            _write_swiglu(mat, b, N_EMBD, n_shared * n_ff_exp, "_shexp")
         if i >= N_LAYER:  # the MTP layer: loaded by llama.cpp, never run
-            mat(b + "nextn.eh_proj.weight", N_EMBD, 2 * N_EMBD)
-            vec(b + "nextn.enorm.weight", N_EMBD)
-            vec(b + "nextn.hnorm.weight", N_EMBD)
-            vec(b + "nextn.shared_head_norm.weight", N_EMBD)
+            _write_nextn(mat, vec, b, N_EMBD)
     return _finish(w, path)

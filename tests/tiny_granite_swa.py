@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
-from gguf.quants import quantize
 
 Q = GGMLQuantizationType
 
@@ -36,7 +35,7 @@ MOE = (4, 2, 32)
 
 def write_tiny_granite_swa(path: Path, qtype: int = Q.F32, seed: int = 0, variant: str = "") -> Path:
     """The model at ``path``, its matrices as ``qtype``; ``variant`` "" (dense) or "moe"."""
-    from tinymodel import _add_byte_vocab, _file_type, _finish, _random_tensors, byte_vocab
+    from tinymodel import _add_byte_vocab, _file_type, _finish, _random_tensors_dropping, _write_swiglu, byte_vocab
 
     assert variant in ("", "moe"), variant
     moe = variant == "moe"
@@ -70,11 +69,7 @@ def write_tiny_granite_swa(path: Path, qtype: int = Q.F32, seed: int = 0, varian
     w.add_file_type(_file_type(qtype))
     _add_byte_vocab(w)
 
-    mat, vec = _random_tensors(w, rng, qtype)
-
-    def experts(name: str, rows: int, cols: int) -> None:
-        a = (rng.standard_normal((n_expert, rows, cols)) * 0.1).astype(np.float32)
-        w.add_tensor(name, a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
+    mat, vec, tensor3 = _random_tensors_dropping(w, rng, qtype, ())
 
     mat("token_embd.weight", n_vocab, n_embd, 0.5)
     vec("output_norm.weight", n_embd)
@@ -97,12 +92,10 @@ def write_tiny_granite_swa(path: Path, qtype: int = Q.F32, seed: int = 0, varian
         vec(b + "ffn_norm.weight", n_embd)
         if moe:
             mat(b + "ffn_gate_inp.weight", n_expert, n_embd, 0.5, f32=True)
-            experts(b + "ffn_gate_up_exps.weight", 2 * n_ff, n_embd)
-            experts(b + "ffn_down_exps.weight", n_embd, n_ff)
+            tensor3(b + "ffn_gate_up_exps.weight", (n_expert, 2 * n_ff, n_embd))
+            tensor3(b + "ffn_down_exps.weight", (n_expert, n_embd, n_ff))
             mat(b + "ffn_up_shexp.weight", 2 * n_ff_sh, n_embd)
             mat(b + "ffn_down_shexp.weight", n_embd, n_ff_sh)
         else:
-            mat(b + "ffn_gate.weight", n_ff, n_embd)
-            mat(b + "ffn_up.weight", n_ff, n_embd)
-            mat(b + "ffn_down.weight", n_embd, n_ff)
+            _write_swiglu(mat, b, n_embd, n_ff)
     return _finish(w, path)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import ExpertGatingFuncType, GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType, GGUFWriter
 
 Q = GGMLQuantizationType
 
@@ -34,7 +34,7 @@ INDEXER_TYPES = (True, False, True)
 
 def write_tiny_hy_v4(path: Path, qtype: int = Q.F32, seed: int = 0) -> Path:
     """The model at ``path``, its matrices as ``qtype`` (the hyper-connections' float32, as the converter forces them)."""
-    from tinymodel import _add_byte_vocab, _file_type, _finish, _random_tensors_dropping, byte_vocab
+    from tinymodel import _add_byte_vocab, _add_v3_expert_keys, _file_type, _finish, _random_tensors_dropping, _write_moe, _write_swiglu, byte_vocab
 
     rng = np.random.default_rng(seed)
     n_hc, hc_eps, hc_mag = HC
@@ -57,14 +57,7 @@ def write_tiny_hy_v4(path: Path, qtype: int = Q.F32, seed: int = 0) -> Path:
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(10000.0)
     w.add_rope_dimension_count(N_ROT)
-    w.add_leading_dense_block_count(1)
-    w.add_expert_count(n_expert)
-    w.add_expert_used_count(n_used)
-    w.add_expert_feed_forward_length(n_ff_exp)
-    w.add_expert_shared_count(n_shared)
-    w.add_expert_weights_scale(2.5)
-    w.add_expert_weights_norm(True)
-    w.add_expert_gating_func(ExpertGatingFuncType.SIGMOID)
+    _add_v3_expert_keys(w, n_expert, n_used, n_ff_exp, n_shared)
     w.add_swiglu_clamp_exp(list(CLAMP))
     w.add_uint32("hy_v4.hyper_connection.count", n_hc)  # (keys this gguf-py has no writer for)
     w.add_float32("hy_v4.hyper_connection.epsilon", hc_eps)
@@ -111,16 +104,7 @@ def write_tiny_hy_v4(path: Path, qtype: int = Q.F32, seed: int = 0) -> Path:
         hc(b + "hc_ffn", 2 * n_hc, 2)
         vec(b + "ffn_norm.weight", N_EMBD)
         if i == 0:
-            mat(b + "ffn_gate.weight", N_FF, N_EMBD)
-            mat(b + "ffn_up.weight", N_FF, N_EMBD)
-            mat(b + "ffn_down.weight", N_EMBD, N_FF)
+            _write_swiglu(mat, b, N_EMBD, N_FF)
             continue
-        mat(b + "ffn_gate_inp.weight", n_expert, N_EMBD, 0.5, f32=True)
-        vec(b + "exp_probs_b.bias", n_expert, 0.0, 0.3)
-        tensor3(b + "ffn_gate_exps.weight", (n_expert, n_ff_exp, N_EMBD))
-        tensor3(b + "ffn_up_exps.weight", (n_expert, n_ff_exp, N_EMBD))
-        tensor3(b + "ffn_down_exps.weight", (n_expert, N_EMBD, n_ff_exp))
-        mat(b + "ffn_gate_shexp.weight", n_ff_exp * n_shared, N_EMBD)
-        mat(b + "ffn_up_shexp.weight", n_ff_exp * n_shared, N_EMBD)
-        mat(b + "ffn_down_shexp.weight", N_EMBD, n_ff_exp * n_shared)
+        _write_moe(mat, vec, tensor3, b, N_EMBD, n_expert, n_ff_exp, probs_b="exp_probs_b.bias", probs_b_scale=0.3, n_ff_shexp=n_ff_exp * n_shared)
     return _finish(w, path)

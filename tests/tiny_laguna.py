@@ -15,8 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import ExpertGatingFuncType, GGMLQuantizationType, GGUFWriter, RopeScalingType
-from gguf.quants import quantize
+from gguf import ExpertGatingFuncType, GGMLQuantizationType, RopeScalingType
 
 Q = GGMLQuantizationType
 
@@ -31,21 +30,12 @@ WINDOW = 8
 
 def write_tiny_laguna(path: Path, qtype: int = Q.F32, seed: int = 0) -> Path:
     """The model at ``path``, its matrices as ``qtype``."""
-    from tinymodel import _add_byte_vocab, _file_type, _finish, _random_tensors, byte_vocab
+    from tinymodel import _add_byte_vocab, _file_type, _finish, _random_tensors_dropping, _start_writer, _write_moe, _write_swiglu, byte_vocab
 
     rng = np.random.default_rng(seed)
     n_embd, n_kv, hd, n_ff, n_layer, n_expert, n_used, n_ff_exp, n_ff_shexp = GEOMETRY
     n_vocab = len(byte_vocab()[0])
-    w = GGUFWriter(str(path), "laguna")
-    w.add_name("tiny-laguna")
-    w.add_context_length(1024)
-    w.add_embedding_length(n_embd)
-    w.add_block_count(n_layer)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(list(HEADS))
-    w.add_head_count_kv(n_kv)
-    w.add_key_length(hd)
-    w.add_value_length(hd)
+    w = _start_writer(path, "laguna", n_embd, n_layer, n_ff, list(HEADS), n_kv, hd)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_dimension_count(hd // 2)  # (XS.2's global layers: 64 of 128)
     w.add_rope_dimension_count_swa(hd)
@@ -67,7 +57,7 @@ def write_tiny_laguna(path: Path, qtype: int = Q.F32, seed: int = 0) -> Path:
     w.add_file_type(_file_type(qtype))
     _add_byte_vocab(w)
 
-    mat, vec = _random_tensors(w, rng, qtype)
+    mat, vec, tensor3 = _random_tensors_dropping(w, rng, qtype, ())
     mat("token_embd.weight", n_vocab, n_embd, 0.5)
     vec("output_norm.weight", n_embd)
     mat("output.weight", n_vocab, n_embd, 0.5)
@@ -84,16 +74,7 @@ def write_tiny_laguna(path: Path, qtype: int = Q.F32, seed: int = 0) -> Path:
         mat(b + "attn_output.weight", n_embd, H * hd)
         vec(b + "ffn_norm.weight", n_embd)
         if i < 1:
-            mat(b + "ffn_gate.weight", n_ff, n_embd)
-            mat(b + "ffn_up.weight", n_ff, n_embd)
-            mat(b + "ffn_down.weight", n_embd, n_ff)
+            _write_swiglu(mat, b, n_embd, n_ff)
             continue
-        w.add_tensor(b + "ffn_gate_inp.weight", (rng.standard_normal((n_expert, n_embd)) * 0.5).astype(np.float32))
-        w.add_tensor(b + "exp_probs_b.bias", (rng.standard_normal(n_expert) * 0.5).astype(np.float32))
-        for name, rows, cols in (("ffn_gate_exps", n_ff_exp, n_embd), ("ffn_up_exps", n_ff_exp, n_embd), ("ffn_down_exps", n_embd, n_ff_exp)):
-            a = (rng.standard_normal((n_expert, rows, cols)) * 0.1).astype(np.float32)
-            w.add_tensor(b + name + ".weight", a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
-        mat(b + "ffn_gate_shexp.weight", n_ff_shexp, n_embd)
-        mat(b + "ffn_up_shexp.weight", n_ff_shexp, n_embd)
-        mat(b + "ffn_down_shexp.weight", n_embd, n_ff_shexp)
+        _write_moe(mat, vec, tensor3, b, n_embd, n_expert, n_ff_exp, probs_b="exp_probs_b.bias", n_ff_shexp=n_ff_shexp)
     return _finish(w, path)

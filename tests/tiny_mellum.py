@@ -16,8 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter, RopeScalingType
-from gguf.quants import quantize
+from gguf import GGMLQuantizationType, RopeScalingType
 
 Q = GGMLQuantizationType
 
@@ -30,21 +29,12 @@ YARN = (4.0, 16)  # (factor, original context)
 
 def write_tiny_mellum(path: Path, qtype: int = Q.F32, seed: int = 0) -> Path:
     """The model at ``path``, its matrices as ``qtype``."""
-    from tinymodel import _add_byte_vocab, _file_type, _finish, _random_tensors, byte_vocab
+    from tinymodel import _add_byte_vocab, _file_type, _finish, _random_tensors_dropping, _start_writer, _write_moe, _write_qk_norm_attention, byte_vocab
 
     rng = np.random.default_rng(seed)
     n_embd, n_head, n_head_kv, hd, n_ff, n_layer, n_expert, n_used, n_ff_exp = GEOMETRY
     n_vocab = len(byte_vocab()[0])
-    w = GGUFWriter(str(path), "mellum")
-    w.add_name("tiny-mellum")
-    w.add_context_length(1024)
-    w.add_embedding_length(n_embd)
-    w.add_block_count(n_layer)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_head_kv)
-    w.add_key_length(hd)
-    w.add_value_length(hd)
+    w = _start_writer(path, "mellum", n_embd, n_layer, n_ff, n_head, n_head_kv, hd)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(10000.0)
     w.add_rope_freq_base_swa(1000.0)  # (read, unused by llama.cpp's graph)
@@ -61,24 +51,12 @@ def write_tiny_mellum(path: Path, qtype: int = Q.F32, seed: int = 0) -> Path:
     w.add_file_type(_file_type(qtype))
     _add_byte_vocab(w)
 
-    mat, vec = _random_tensors(w, rng, qtype)
+    mat, vec, tensor3 = _random_tensors_dropping(w, rng, qtype, ())
     mat("token_embd.weight", n_vocab, n_embd, 0.5)
     vec("output_norm.weight", n_embd)
     mat("output.weight", n_vocab, n_embd, 0.5)
     for i in range(n_layer):
         b = f"blk.{i}."
-        vec(b + "attn_norm.weight", n_embd)
-        mat(b + "attn_q.weight", n_head * hd, n_embd)
-        mat(b + "attn_k.weight", n_head_kv * hd, n_embd)
-        mat(b + "attn_v.weight", n_head_kv * hd, n_embd)
-        # (QK-normed heads of 16: norms of 0.5 keep the scores about 1, where both runtimes' fp16 K stays well under
-        # 1e-3 of the logits: tiny_afmoe.py)
-        vec(b + "attn_q_norm.weight", hd, 0.5)
-        vec(b + "attn_k_norm.weight", hd, 0.5)
-        mat(b + "attn_output.weight", n_embd, n_head * hd)
-        vec(b + "ffn_norm.weight", n_embd)
-        w.add_tensor(b + "ffn_gate_inp.weight", (rng.standard_normal((n_expert, n_embd)) * 0.5).astype(np.float32))
-        for name, rows, cols in (("ffn_gate_exps", n_ff_exp, n_embd), ("ffn_up_exps", n_ff_exp, n_embd), ("ffn_down_exps", n_embd, n_ff_exp)):
-            a = (rng.standard_normal((n_expert, rows, cols)) * 0.1).astype(np.float32)
-            w.add_tensor(b + name + ".weight", a if qtype == Q.F32 else quantize(a, qtype), raw_dtype=None if qtype == Q.F32 else qtype)
+        _write_qk_norm_attention(mat, vec, b, n_embd, n_head, n_head_kv, hd)
+        _write_moe(mat, vec, tensor3, b, n_embd, n_expert, n_ff_exp)
     return _finish(w, path)

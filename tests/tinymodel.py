@@ -433,6 +433,100 @@ def _random_tensors_dropping(w: GGUFWriter, rng: np.random.Generator, qtype: int
     return mat, vec, tensor3
 
 
+def _start_writer(path: Path, arch: str, n_embd: int, n_layer: int, n_ff: int, n_head: int | list[int], n_head_kv: int,
+                  head_dim: int) -> GGUFWriter:  # fmt: skip
+    """A writer of a tiny ``arch`` model at ``path`` with the keys a GQA model's converter writes first, in its order:
+    the name ("tiny-" and ``arch``, "-" for "_"), a context of 1024, the widths, ``n_layer`` blocks, the heads
+    (``n_head`` one count or one a layer) and the key and value lengths (both ``head_dim``)."""
+    w = GGUFWriter(str(path), arch)
+    w.add_name("tiny-" + arch.replace("_", "-"))
+    w.add_context_length(1024)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    return w
+
+
+def _add_v3_expert_keys(w: GGUFWriter, n_expert: int, n_used: int, n_ff_exp: int, n_shared: int) -> None:
+    """DeepSeek-V3's expert keys as its converters write them: one leading dense layer, ``n_expert`` experts
+    (``n_used`` a token, ``n_ff_exp`` wide) beside ``n_shared`` shared ones, a sigmoid router renormalised, times 2.5."""
+    w.add_leading_dense_block_count(1)
+    w.add_expert_count(n_expert)
+    w.add_expert_used_count(n_used)
+    w.add_expert_feed_forward_length(n_ff_exp)
+    w.add_expert_shared_count(n_shared)
+    w.add_expert_weights_scale(2.5)
+    w.add_expert_weights_norm(True)
+    w.add_expert_gating_func(ExpertGatingFuncType.SIGMOID)
+
+
+def _write_qk_norm_attention(mat: Callable[..., None], vec: Callable[..., None], b: str, n_embd: int, n_head: int, n_head_kv: int,
+                             head_dim: int) -> None:  # fmt: skip
+    """Layer ``b``'s pre-norm attention with per-head QK norms, in the converters' order: ``attn_norm``, q/k/v apart,
+    ``attn_q_norm``/``attn_k_norm``, ``attn_output``, then ``ffn_norm`` (through ``_random_tensors``' ``mat``/``vec``)."""
+    vec(b + "attn_norm.weight", n_embd)
+    mat(b + "attn_q.weight", n_head * head_dim, n_embd)
+    mat(b + "attn_k.weight", n_head_kv * head_dim, n_embd)
+    mat(b + "attn_v.weight", n_head_kv * head_dim, n_embd)
+    # (norms of 0.5 keep the QK-normed scores about 1, where both runtimes' fp16 K stays well under 1e-3: tiny_afmoe.py)
+    vec(b + "attn_q_norm.weight", head_dim, 0.5)
+    vec(b + "attn_k_norm.weight", head_dim, 0.5)
+    mat(b + "attn_output.weight", n_embd, n_head * head_dim)
+    vec(b + "ffn_norm.weight", n_embd)
+
+
+def _write_swiglu(mat: Callable[..., None], b: str, n_embd: int, n_ff: int, kind: str = "") -> None:
+    """Layer ``b``'s SwiGLU FFN ``n_ff`` wide: ``ffn_gate``, ``ffn_up``, ``ffn_down``; ``kind`` "_shexp": the shared
+    expert's."""
+    mat(b + f"ffn_gate{kind}.weight", n_ff, n_embd)
+    mat(b + f"ffn_up{kind}.weight", n_ff, n_embd)
+    mat(b + f"ffn_down{kind}.weight", n_embd, n_ff)
+
+
+def _write_experts(tensor3: Callable[..., None], b: str, n_embd: int, n_expert: int, n_ff_exp: int) -> None:
+    """Layer ``b``'s routed experts stacked, ``ffn_gate_exps``, ``ffn_up_exps``, ``ffn_down_exps`` (through
+    ``_random_tensors_dropping``' ``tensor3``: ~ N(0, 0.1²), stored as the matrices' type)."""
+    tensor3(b + "ffn_gate_exps.weight", (n_expert, n_ff_exp, n_embd))
+    tensor3(b + "ffn_up_exps.weight", (n_expert, n_ff_exp, n_embd))
+    tensor3(b + "ffn_down_exps.weight", (n_expert, n_embd, n_ff_exp))
+
+
+def _write_moe(mat: Callable[..., None], vec: Callable[..., None], tensor3: Callable[..., None], b: str, n_embd: int, n_expert: int,
+               n_ff_exp: int, probs_b: str = "", probs_b_scale: float = 0.5, n_ff_shexp: int = 0) -> None:  # fmt: skip
+    """Layer ``b``'s mixture of experts: the router (float32, as in real files, ~ N(0, 0.5²)), the selection bias
+    named ``probs_b`` where given (~ N(0, ``probs_b_scale``²)), the stacked experts (``_write_experts``) and, where
+    ``n_ff_shexp``, a shared expert that wide."""
+    mat(b + "ffn_gate_inp.weight", n_expert, n_embd, 0.5, f32=True)
+    if probs_b:
+        vec(b + probs_b, n_expert, 0.0, probs_b_scale)
+    _write_experts(tensor3, b, n_embd, n_expert, n_ff_exp)
+    if n_ff_shexp:
+        _write_swiglu(mat, b, n_embd, n_ff_shexp, "_shexp")
+
+
+def _write_nextn(mat: Callable[..., None], vec: Callable[..., None], b: str, n_embd: int) -> None:
+    """A multi-token-prediction block's NextN projections (which llama.cpp loads and its trunk never runs)."""
+    mat(b + "nextn.eh_proj.weight", n_embd, 2 * n_embd)
+    vec(b + "nextn.enorm.weight", n_embd)
+    vec(b + "nextn.hnorm.weight", n_embd)
+    vec(b + "nextn.shared_head_norm.weight", n_embd)
+
+
+def _write_indexer(mat: Callable[..., None], vec: Callable[..., None], b: str, n_embd: int, q_rank: int, n_head: int,
+                   key_length: int) -> None:  # fmt: skip
+    """Layer ``b``'s lightning indexer (DeepSeek-V3.2's) in its converter's order: the keys' LayerNorm, the head
+    weights, the key and query projections (the queries from the ``q_rank`` latent)."""
+    vec(b + "indexer.k_norm.weight", key_length)
+    vec(b + "indexer.k_norm.bias", key_length, 0.0)
+    mat(b + "indexer.proj.weight", n_head, n_embd)
+    mat(b + "indexer.attn_k.weight", key_length, n_embd)
+    mat(b + "indexer.attn_q_b.weight", n_head * key_length, q_rank)
+
+
 def _finish(w: GGUFWriter, path: Path) -> Path:
     """Header, metadata and tensors out to ``path``."""
     w.write_header_to_file()

@@ -445,6 +445,19 @@ def _req(g: GGUFFile, key: str) -> Any:
     return v
 
 
+
+def _expert_width(g: GGUFFile, arch: str, n_ff: int) -> int:
+    """An expert's FFN width: ``expert_feed_forward_length``, a number or (llama.cpp's get_key_or_arr) one a layer, the
+    dense layers' 0 among them; kvrun's experts are one width a model, so a file whose layers differ is refused."""
+    v = g.arch_get("expert_feed_forward_length", 0)
+    if hasattr(v, "__len__"):
+        widths = {int(x) for x in v if int(x)}
+        if len(widths) > 1:
+            raise UnsupportedModelError(f"{g.path}: {arch}.expert_feed_forward_length gives the layers' experts different "
+                                        f"widths ({', '.join(map(str, sorted(widths)))}); kvrun runs one width a model")  # fmt: skip
+        v = widths.pop() if widths else 0
+    return int(v or n_ff)
+
 def load_config(g: GGUFFile) -> ModelConfig:
     """Read a :class:`ModelConfig` from an open GGUF file.
 
@@ -492,7 +505,7 @@ def load_config(g: GGUFFile) -> ModelConfig:
     if d.get("nextn"):  # (GLM's NextN layers, the last nextn_predict_layers of block_count: the trunk alone runs)
         n_layer -= int(g.arch_get("nextn_predict_layers", 0) or 0)
     n_ff = g.arch_get("feed_forward_length")
-    if n_ff is None and arch in ("qwen35moe", "qwen3next") and g.arch_get("expert_feed_forward_length") is not None:
+    if n_ff is None and arch in ("qwen35moe", "qwen3next", "maple") and g.arch_get("expert_feed_forward_length") is not None:
         n_ff = 0  # (llama.cpp reads it optionally; a mixture of experts without a dense FFN need not state it)
     if n_ff is None:
         raise GGUFError(f"{g.path}: metadata {arch}.feed_forward_length is missing")
@@ -597,7 +610,7 @@ def load_config(g: GGUFFile) -> ModelConfig:
         logit_scale=float(g.arch_get("logit_scale", d.get("logit_scale", 1.0)) or 1.0),
         n_expert=int(g.arch_get("expert_count", 0) or 0),
         n_expert_used=int(g.arch_get("expert_used_count", 0) or 0),
-        n_ff_exp=int(g.arch_get("expert_feed_forward_length", 0) or n_ff),
+        n_ff_exp=_expert_width(g, arch, n_ff),
         expert_weights_norm=bool(g.arch_get("expert_weights_norm", d.get("expert_weights_norm", True))),
         ssm_d_conv=int(g.arch_get("ssm.conv_kernel", 0) or 0),
         ssm_d_inner=int(g.arch_get("ssm.inner_size", 0) or 0),

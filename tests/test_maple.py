@@ -14,6 +14,7 @@ import pytest
 from arch_checks import (_cfg, _layers, _model, _moe, _sees_apart, check_gpu_refused, check_info_and_run, check_logits_are_llamacpps,
                          check_missing_key, check_missing_tensor)  # fmt: skip
 from test_models import N_BATCH, N_CTX
+from tinymodel import write_tiny_model
 
 from kvrun.models.common import make_rope
 from kvrun.models.maple import REQUIRED_KEYS
@@ -80,3 +81,22 @@ def test_the_gpu_is_refused_in_one_line(tmp_path):
 
 def test_info_and_run(tmp_path):
     check_info_and_run(tmp_path, ARCH)
+
+
+def test_the_expert_width_may_come_a_layer_and_the_dense_width_unstated(tmp_path):
+    """llama.cpp reads ``expert_feed_forward_length`` as a number or one a layer (get_key_or_arr) and needs no
+    ``feed_forward_length`` for Maple (experts in every layer): the same model either way; layers whose experts differ
+    in width are refused in one line (kvrun's experts are one width a model)."""
+    from kvrun.loaders.config import load_config
+    from kvrun.loaders.errors import UnsupportedModelError
+    from kvrun.loaders.gguf_file import GGUFFile
+
+    g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", ARCH))
+    width, n_layer = g.metadata[f"{ARCH}.expert_feed_forward_length"], g.metadata[f"{ARCH}.block_count"]
+    del g.metadata[f"{ARCH}.feed_forward_length"]
+    g.metadata[f"{ARCH}.expert_feed_forward_length"] = [width] * n_layer
+    assert load_config(g).n_ff_exp == width and _model(tmp_path, ARCH, g).layers[0].moe is not None
+    g.metadata[f"{ARCH}.expert_feed_forward_length"] = [width] * (n_layer - 1) + [2 * width]
+    with pytest.raises(UnsupportedModelError, match="experts different widths") as e:
+        load_config(g)
+    assert "\n" not in str(e.value)

@@ -64,6 +64,7 @@ def test_the_exact_gelu_kernel_is_the_cpus(emulated):
     np.testing.assert_allclose(got, gelu_erf(x), rtol=0, atol=1e-6)
 
 
+@pytest.mark.heavy_emulation  # (on the emulator, over 10 s: tests/conftest.py's sample leaves it out)
 def test_ultravox_rows_on_the_gpu_are_the_cpus_and_come_down_once(tmp_path, emulated):
     """On the strict CuPy stand-in (tests/devicexp.py: host arrays refused in device arithmetic, every copy down
     logged), Ultravox's F16 projector encodes a clip with one copy down, its rows, which are the CPU encoder's within
@@ -91,6 +92,7 @@ def test_ultravox_rows_on_the_gpu_are_the_cpus_and_come_down_once(tmp_path, emul
     assert rel_err(want, rows) < BOUND
 
 
+@pytest.mark.heavy_emulation  # (on the emulator, over 10 s: tests/conftest.py's sample leaves it out)
 def test_voxtrals_pooled_encoder_on_the_gpu_gives_the_cpus_rows(tmp_path, emulated):
     """Voxtral's encoder (F16) pools the 1500 rows to 750 before the post LayerNorm, then stacks them into its
     GELU(erf) MLP, all on the device: the CPU's rows within 2e-3.  (Qwen2-Audio's pooled encoder and its linear

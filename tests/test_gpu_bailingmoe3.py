@@ -130,6 +130,7 @@ def test_ling3vl_pictures_on_the_gpu_give_the_cpus_logits_and_then_decode_from_g
     assert gpu.engine.graphs.n_replays - r0 >= len(STEPS) - 1
 
 
+@pytest.mark.heavy_emulation  # (on the emulator, over 10 s: tests/conftest.py's sample leaves it out)
 def test_a_second_picture_decodes_by_its_own_shift_and_the_graph_key_has_teeth(ling3vl, monkeypatch):
     """A second picture on the same cache moves the text's shift (the tall grid's): the steps after it are captured
     anew, the shift in the graph's key, with the CPU's logits; left out of the key (``decode_graph_key`` 0), the steps

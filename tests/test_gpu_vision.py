@@ -191,6 +191,7 @@ def chat_files(pair, tmp_path_factory) -> dict[str, Path]:
 SAMPLE = {"max_tokens": 8, "temperature": 0, "repeat_penalty": 3.0}  # (test_vision_chat.py's: every logit's ranking shows)
 
 
+@pytest.mark.heavy_emulation  # (on the emulator, over 10 s: tests/conftest.py's sample leaves it out)
 def test_a_chat_on_the_gpu_keeps_its_picture_in_the_gpu_cache_and_writes_the_cpus_text(chat_files, emulated, monkeypatch):
     import kvrun
 

@@ -127,6 +127,7 @@ def test_janus_pictures_encoded_on_the_gpu_give_libmtmds_and_the_cpus_logits(tmp
     _check(fx, pictures(IMAGES), PROMPTS[1], "1", 2e-2, files["text"], files["f32"])
 
 
+@pytest.mark.heavy_emulation  # (on the emulator, over 10 s: tests/conftest.py's sample leaves it out)
 def test_lfm2vl_pictures_encoded_on_the_gpu_give_libmtmds_and_the_cpus_logits(tmp_path_factory, emulated):
     """Two pictures of LFM2-VL's (its blocks between image markers, an LFM2 text model): libmtmd's logits within
     test_vision_lfm2.py's 1.5e-2, the CPU's within 2e-3, then decode steps from graphs."""

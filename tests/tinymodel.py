@@ -6,6 +6,7 @@ The vocabulary is GPT-2 byte-level: the 256 byte tokens plus a few merges and
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Callable
 
@@ -536,6 +537,26 @@ def _finish(w: GGUFWriter, path: Path) -> Path:
     return path
 
 
+#: the architectures whose tiny model tiny_<arch>.py writes alone: (that module, whether its writer takes ``variant``)
+OWN_WRITERS: dict[str, tuple[str, bool]] = {
+    "glm5-next": ("tiny_glm5_next", False),
+    "talkie": ("tiny_talkie", False),
+    "nanbeige": ("tiny_nanbeige", True),
+    "graniteswitch": ("tiny_graniteswitch", False),
+    "granite_swa": ("tiny_granite_swa", True),
+    "mellum": ("tiny_mellum", False),
+    "deepseek32": ("tiny_deepseek32", False),
+    "minimax-01": ("tiny_minimax_01", True),
+    "cohere2moe": ("tiny_cohere2moe", True),
+    "hrm_text": ("tiny_hrm_text", False),
+    "spark2_5": ("tiny_spark2_5", False),
+    "maple": ("tiny_maple", False),
+    "hy_v4": ("tiny_hy_v4", False),
+    "hy_v3": ("tiny_hy_v3", False),
+    "laguna": ("tiny_laguna", False),
+}
+
+
 def write_tiny_model(
     path: Path, arch: str = "llama", qtype: int = Q.F32, seed: int = 0, sliding_window: int | None = None, rope_freqs: bool = False,
     chat_template: str | None = None, n_expert: int | None = None, extra_tensor: tuple[str, int, int] | None = None,
@@ -562,6 +583,10 @@ def write_tiny_model(
     qwen3next: :func:`_write_tiny_qwen35` (qwen3next with ``split_qkv``: attn_qkv and attn_gate, not ssm_in).
     mistral3, ernie4_5-moe: :func:`_write_tiny_mistral3_ernie_moe` (mistral3's ``yarn_log_mul``).  hunyuan-dense,
     minicpm: :func:`_write_tiny_hunyuan_minicpm` (``rope_alpha``; minicpm's ``mup_defaults``, and ``rope_freqs``: LongRoPE)."""
+    if arch in OWN_WRITERS:  # (a writer of its own: tiny_<arch>.py's write_tiny_<arch>, with the variant where it takes one)
+        module, takes_variant = OWN_WRITERS[arch]
+        write = getattr(importlib.import_module(module), "write_" + module)
+        return write(path, qtype, seed, variant) if takes_variant else write(path, qtype, seed)
     if arch == "glm4moe" and variant == "mrope":  # (tiny_vision_glm45v.py: GLM-4.5V's text, rope sections)
         from tiny_vision_glm45v import write_tiny_glm45v_arch
 
@@ -578,42 +603,14 @@ def write_tiny_model(
         from tiny_kimi_k3 import write_tiny_kimi_k3
 
         return write_tiny_kimi_k3(path, qtype, seed)
-    if arch == "glm5-next":  # (tiny_glm5_next.py)
-        from tiny_glm5_next import write_tiny_glm5_next
-
-        return write_tiny_glm5_next(path, qtype, seed)
     if arch == "bailingmoe3":  # (tiny_bailingmoe3.py: its ``variant``)
         from tiny_bailingmoe3 import write_tiny_bailingmoe3
 
         return write_tiny_bailingmoe3(path, qtype, seed, variant)
-    if arch == "talkie":  # (tiny_talkie.py)
-        from tiny_talkie import write_tiny_talkie
-
-        return write_tiny_talkie(path, qtype, seed)
-    if arch == "nanbeige":  # (tiny_nanbeige.py: its ``variant``)
-        from tiny_nanbeige import write_tiny_nanbeige
-
-        return write_tiny_nanbeige(path, qtype, seed, variant)
-    if arch == "graniteswitch":  # (tiny_graniteswitch.py)
-        from tiny_graniteswitch import write_tiny_graniteswitch
-
-        return write_tiny_graniteswitch(path, qtype, seed)
-    if arch == "granite_swa":  # (tiny_granite_swa.py: its ``variant``)
-        from tiny_granite_swa import write_tiny_granite_swa
-
-        return write_tiny_granite_swa(path, qtype, seed, variant)
-    if arch == "mellum":  # (tiny_mellum.py)
-        from tiny_mellum import write_tiny_mellum
-
-        return write_tiny_mellum(path, qtype, seed)
     if arch == "dots3note":  # (tiny_dots3note.py)
         from tiny_dots3note import write_tiny_dots3note
 
         return write_tiny_dots3note(path, qtype, seed)
-    if arch == "deepseek32":  # (tiny_deepseek32.py)
-        from tiny_deepseek32 import write_tiny_deepseek32
-
-        return write_tiny_deepseek32(path, qtype, seed)
     if arch in ("dbrx", "arctic", "grok", "nemotron_h_moe"):  # (tiny_moe4.py: its ``variant``)
         from tiny_moe4 import write_tiny_moe4
 
@@ -662,38 +659,6 @@ def write_tiny_model(
         from tiny_exaone_moe import write_tiny_exaone_moe
 
         return write_tiny_exaone_moe(path, qtype, seed)
-    if arch == "minimax-01":  # (tiny_minimax_01.py)
-        from tiny_minimax_01 import write_tiny_minimax_01
-
-        return write_tiny_minimax_01(path, qtype, seed, variant)
-    if arch == "cohere2moe":  # (tiny_cohere2moe.py)
-        from tiny_cohere2moe import write_tiny_cohere2moe
-
-        return write_tiny_cohere2moe(path, qtype, seed, variant)
-    if arch == "hrm_text":  # (tiny_hrm_text.py)
-        from tiny_hrm_text import write_tiny_hrm_text
-
-        return write_tiny_hrm_text(path, qtype, seed)
-    if arch == "spark2_5":  # (tiny_spark2_5.py)
-        from tiny_spark2_5 import write_tiny_spark2_5
-
-        return write_tiny_spark2_5(path, qtype, seed)
-    if arch == "maple":  # (tiny_maple.py)
-        from tiny_maple import write_tiny_maple
-
-        return write_tiny_maple(path, qtype, seed)
-    if arch == "hy_v4":  # (tiny_hy_v4.py)
-        from tiny_hy_v4 import write_tiny_hy_v4
-
-        return write_tiny_hy_v4(path, qtype, seed)
-    if arch == "hy_v3":  # (tiny_hy_v3.py)
-        from tiny_hy_v3 import write_tiny_hy_v3
-
-        return write_tiny_hy_v3(path, qtype, seed)
-    if arch == "laguna":  # (tiny_laguna.py)
-        from tiny_laguna import write_tiny_laguna
-
-        return write_tiny_laguna(path, qtype, seed)
     if arch == "muse-glimmer":  # (tiny_muse_glimmer.py)
         from tiny_muse_glimmer import write_tiny_muse_glimmer
 

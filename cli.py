@@ -159,6 +159,18 @@ def cache_widths(cfg: Any, g: Any, bits: int = 16) -> tuple[int, ...]:
     return cfg.kv_values_by_layer() if cls is None else cls.cache_widths(cfg, g, bits)
 
 
+def class_words(hook: str, cfg: Any, g: Any) -> str | None:
+    """What the class that runs ``cfg.arch`` says through ``hook``, a hook only some classes have (its config ``cfg``,
+    its open file ``g``): ``rope_window``, the window layers' rope where the class sets it apart from the file's
+    ``rope.freq_base_swa`` (Mellum's: the global base, unscaled), and ``layer_passes``, the layers line where a token runs
+    the file's blocks more than once (Nanbeige's loops, HRM-Text's cycles); None where the class has no such hook or
+    kvrun does not run the architecture."""
+    from .models import MODEL_CLASSES
+
+    ask = getattr(MODEL_CLASSES.get(cfg.arch), hook, None)
+    return None if ask is None else ask(cfg, g)
+
+
 def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
     """Everything `kvrun info` prints, read from the header only (no weights touched); ``g``: the file, already open."""
     from .loaders.config import load_config
@@ -200,6 +212,7 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
         "file_type": _quant_label(cfg.file_type, dict(types)),
         "context_length": cfg.n_ctx_train,
         "n_layer": cfg.n_layer,
+        "layer_passes": class_words("layer_passes", cfg, g),  # (the blocks, and the passes a token runs them in)
         "n_embd": cfg.n_embd,
         "n_head": cfg.n_head,
         "n_head_kv": cfg.n_head_kv,
@@ -220,7 +233,9 @@ def model_facts(path: Path, g: Any = None) -> dict[str, Any]:
         # gpt-oss's learned attention sinks: a logit per head that takes its share of each softmax and adds no value
         "attention_sinks": "blk.0.attn_sinks.weight" in g.tensors,
         "rope_theta": cfg.rope_theta,
-        "rope_theta_swa": cfg.rope_theta_swa,
+        # (the window layers' own base, 0: the global one; a class that says how they rotate says it in rope_window)
+        "rope_theta_swa": cfg.rope_theta_swa if (rope_window := class_words("rope_window", cfg, g)) is None else 0.0,
+        "rope_window": rope_window,
         "rope_scaling": cfg.rope_scaling_type,
         "rope_neox": cfg.rope_neox,
         "rope_dim": cfg.rope_dim,
@@ -422,13 +437,14 @@ def info(model: str | None, as_json: bool) -> None:
         ("file size", _size(f["file_size"])),
         ("tensor types", f"{types}  ({f['file_type']})" + (f"; kvrun cannot run {', '.join(f['unsupported_types'])} yet" if f["unsupported_types"] else "")),
         ("context length", f["context_length"]),
-        ("layers", f["n_layer"]),
+        ("layers", f["layer_passes"] or f["n_layer"]),
         ("embedding", f["n_embd"]),
         ("heads (q / kv)", f"{f['n_head']} / {f['n_head_kv']}  (head_dim {f['head_dim']})" if not f["heads_by_layer"] else
                            "{}-{} / {}-{} by layer  (head_dim {})".format(*f["heads_by_layer"], f["head_dim"])),
         ("feed-forward", f"{f['n_expert_used']} of {f['n_expert']} experts a token, each {f['n_ff_exp']} wide" if f["n_expert"] else f["n_ff"]),
         ("shared expert", f"{f['n_ff_shexp']} wide" + (f" ({f['n_expert_shared']} experts as one)" if f["n_expert_shared"] > 1 else "") + ", on every token" + (", its output scaled by a sigmoid gate" if f["shexp_gated"] else "")),
         ("rope", f"theta {f['rope_theta']:g}" + (f", local {f['rope_theta_swa']:g}" if f["rope_theta_swa"] else "") + f", {'neox' if f['rope_neox'] else 'normal'}, scaling {f['rope_scaling']}"
+                 + (f" ({f['rope_window']})" if f["rope_window"] else "")
                  + (f", partial: {f['rope_dim']} of {f['head_dim']} dims" if f["rope_dim"] < f["head_dim"] else "")),
         ("sliding window", f"{f['sliding_window']} tokens on {f['n_swa_layers']} of {f['n_layer']} layers" if f["sliding_window"] else "none"),
         ("attention sinks", "a learned logit per head, beside every softmax's keys"),

@@ -59,6 +59,17 @@ class HrmLayer:
 class HrmTextModel(Model):
     archs = ("hrm_text",)
 
+    @classmethod
+    def layer_passes(cls, cfg: ModelConfig, g: GGUFFile) -> str | None:
+        """`kvrun info`'s layers line: the file's ``block_count`` counts cache slots (a layer pass each), not blocks, so
+        the blocks, the stacks they make and the cycles that run them (None where the file lacks a cycle key: it will
+        not load)."""
+        lps, h, lc = (int(g.arch_get(key, 0) or 0) for key in REQUIRED_KEYS)
+        if min(lps, h, lc) <= 0:
+            return None
+        return (f"{2 * lps}: a low and a high stack of {lps}, in {h} cycle{'s' if h > 1 else ''} of {lc} low "
+                f"pass{'es' if lc > 1 else ''} then a high one ({lps * h * (lc + 1)} layer passes)")  # fmt: skip
+
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         super().__init__(g, cfg, backend, n_ctx, n_batch)
         for key in REQUIRED_KEYS:

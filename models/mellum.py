@@ -43,6 +43,14 @@ class MellumModel(LlamaModel):
     archs = ("mellum",)
     required_keys = ("attention.layer_norm_rms_epsilon", "expert_feed_forward_length")  # (llama.cpp's, without a default)
 
+    @classmethod
+    def rope_window(cls, cfg: ModelConfig, g: GGUFFile) -> str:
+        """`kvrun info`'s words for the window layers' rope, in place of the file's ``rope.freq_base_swa`` (read, never
+        rotated with): the global base, without the scaling the global layers take; nothing where no layer is a window
+        one or the file scales none (every layer then rotates alike)."""
+        windowed = cfg.sliding_window and any(cfg.is_swa(il) for il in range(cfg.n_layer))
+        return "window layers unscaled" if windowed and cfg.rope_scaling_type != "none" else ""
+
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         for key in self.required_keys:
             if g.arch_get(key) is None:

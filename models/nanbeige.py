@@ -43,6 +43,13 @@ class NanbeigeModel(LlamaModel):
         """Every loop's layers cache their own K/V: the physical layers' widths, once a loop."""
         return cfg.kv_values_by_layer() * num_loops(g)
 
+    @classmethod
+    def layer_passes(cls, cfg: ModelConfig, g: GGUFFile) -> str | None:
+        """`kvrun info`'s layers line: the file's layers and the loops a token runs them in, a KV cache a pass (None:
+        one loop, the plain count)."""
+        n = num_loops(g)
+        return None if n == 1 else f"{cfg.n_layer}, run {n} times ({cfg.n_layer * n} passes)"
+
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         if g.arch_get("attention.layer_norm_rms_epsilon") is None:  # (llama.cpp's get_key without a default)
             raise GGUFError(f"{g.path}: metadata nanbeige.attention.layer_norm_rms_epsilon is missing; the file is not a complete model")

@@ -9,13 +9,19 @@ the CPU.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from arch_checks import (_cfg, _model, _sees_apart, check_info_and_run, check_logits_are_llamacpps, check_missing_key,
                          check_missing_tensor, check_refused)  # fmt: skip
+from click.testing import CliRunner
+from test_info_hooks import held_per_token, info_line
 from test_models import N_BATCH, _fixture_error
+from tiny_hrm_text import CYCLES
 from tinymodel import write_tiny_model
 
+from kvrun.cli import main
 from kvrun.loaders.errors import GGUFError
 from kvrun.loaders.gguf_file import GGUFFile
 from kvrun.models.hrm_text import REQUIRED_KEYS, HrmTextModel
@@ -87,7 +93,15 @@ def test_a_block_count_that_is_not_the_slots_is_one_line(tmp_path):
 
 
 def test_info_and_run(tmp_path):
-    check_info_and_run(tmp_path, ARCH)
+    """The layers line says the file's 4 blocks, its two stacks and their cycles, and the 12 passes block_count counts;
+    the KV cost is a cache a pass: what the runtime's cache holds a token."""
+    info = check_info_and_run(tmp_path, ARCH)
+    lps, h, lc = CYCLES
+    assert info_line(info, "layers") == (f"{2 * lps}: a low and a high stack of {lps}, in {h} cycles of {lc} low passes "
+                                         f"then a high one ({lps * h * (lc + 1)} layer passes)"), info  # fmt: skip
+    facts = json.loads(CliRunner().invoke(main, ["info", "--json", str(tmp_path / f"{ARCH}.gguf")]).output)
+    assert facts["n_layer"] == lps * h * (lc + 1)  # (the file's block_count, as llama.cpp reads it: the cache slots)
+    assert facts["kv_bytes_per_token"]["16"] == held_per_token(tmp_path / f"{ARCH}.gguf")
 
 
 def test_the_gpu_matches_the_cpu(gpu_env, tmp_path, capsys):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -27,6 +28,21 @@ from kvrun.ops import get_backend
 
 #: the multi-head latent attention fixtures (deepseek2's class and its subclasses; Kimi Linear's forward is its own)
 MLA_FIXTURES = ("deepseek2", "deepseek2-v3", "minicpm3", "plm", "mistral4", "glm-dsa", "kimi-linear")
+
+
+def info_line(output: str, key: str) -> str:
+    """The value `kvrun info` prints on its line ``key`` (the key, then two spaces or more)."""
+    return next(ln[len(key):].strip() for ln in output.splitlines() if ln.startswith(key + "  "))
+
+
+def held_per_token(path: Path) -> float:
+    """The K and V bytes a token takes in the plain fp16 cache the runtime allocates for the model at ``path``
+    (``Engine.new_cache``): each layer cache's K and V arrays over its slots (a window layer's ring has fewer), the
+    positions' bookkeeping aside; what `kvrun info`'s 16-bit KV cost must say."""
+    from kvrun.runtime.engine import Engine
+
+    cache = Engine(path, n_ctx=64, n_batch=16).new_cache()
+    return sum((L.k.nbytes + (0 if L.spec.v_in_k else L.v.nbytes)) / L.capacity for L in cache.layers)
 
 
 def _modules(code: str, prefix: str = "kvrun.models") -> set[str]:

@@ -9,14 +9,18 @@ of what sets Mellum apart (and with each key llama.cpp's graph overrides honoure
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 from arch_checks import (_cfg, _layers, _model, _moe, _sees_apart, check_info_and_run, check_logits_are_llamacpps, check_missing_key,
                          check_missing_tensor)  # fmt: skip
+from click.testing import CliRunner
+from test_info_hooks import held_per_token, info_line
 from test_models import N_BATCH, N_CTX
 from tiny_mellum import PATTERN, WINDOW
 from tinymodel import write_tiny_model
 
+from kvrun.cli import main
 from kvrun.models.common import make_rope
 
 NAME = "mellum"
@@ -81,7 +85,13 @@ def test_a_missing_key_is_one_line(tmp_path, key):
 
 
 def test_info_and_run(tmp_path):
-    check_info_and_run(tmp_path, NAME)
+    """The rope line names no local base (the file's freq_base_swa 1000 is read, never rotated with: the window layers
+    turn at the global base, without the global layers' YaRN); the KV cost is what the runtime's cache holds a token."""
+    info = check_info_and_run(tmp_path, NAME)
+    assert info_line(info, "rope") == "theta 10000, neox, scaling yarn (window layers unscaled)", info
+    facts = json.loads(CliRunner().invoke(main, ["info", "--json", str(tmp_path / f"{NAME}.gguf")]).output)
+    assert facts["rope_theta_swa"] == 0.0 and facts["rope_window"] == "window layers unscaled"
+    assert facts["kv_bytes_per_token"]["16"] == held_per_token(tmp_path / f"{NAME}.gguf")
 
 
 def test_the_gpu_matches_the_cpu(gpu_env, tmp_path, capsys):

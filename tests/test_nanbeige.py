@@ -10,14 +10,18 @@ and ``kvrun run`` on the tiny file; the GPU (emulator where there is none) again
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 from arch_checks import _cfg, _model, _sees_apart, check_info_and_run, check_missing_tensor
+from click.testing import CliRunner
+from test_info_hooks import held_per_token, info_line
 from test_models import N_BATCH, N_CTX, _build, _run
 from tiny_nanbeige import GEOMETRY, N_LOOPS
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
+from kvrun.cli import main
 from kvrun.loaders.config import load_config
 from kvrun.loaders.errors import GGUFError
 from kvrun.loaders.gguf_file import GGUFFile
@@ -94,7 +98,18 @@ def test_a_missing_key_or_no_loop_is_one_line(tmp_path):
 
 
 def test_info_and_run(tmp_path):
-    check_info_and_run(tmp_path, NAME)
+    """The layers line says the loops, and the KV cost is every pass's cache: what the runtime's cache holds a token."""
+    info = check_info_and_run(tmp_path, NAME)
+    n_layer = GEOMETRY[-1]
+    assert info_line(info, "layers") == f"{n_layer}, run {N_LOOPS} times ({n_layer * N_LOOPS} passes)", info
+    facts = json.loads(CliRunner().invoke(main, ["info", "--json", str(tmp_path / f"{NAME}.gguf")]).output)
+    assert facts["kv_bytes_per_token"]["16"] == held_per_token(tmp_path / f"{NAME}.gguf")
+
+
+def test_one_loop_is_the_plain_layer_count(tmp_path):
+    g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", NAME))
+    g.metadata["nanbeige.num_loops"] = 1
+    assert NanbeigeModel.layer_passes(load_config(g), g) is None  # (`kvrun info` then prints the file's block_count)
 
 
 def test_the_gpu_matches_the_cpu(gpu_env, tmp_path, capsys):

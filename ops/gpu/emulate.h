@@ -2,9 +2,13 @@
 // a kernel source to compile it with the host C++ compiler.
 //
 // Every thread of a block is a fiber on one OS thread; blocks run one after
-// another.  A fiber is started with makecontext/setcontext on its own stack
-// and then switched with _setjmp/_longjmp, which unlike swapcontext make no
-// system call (the emulated barriers switch fibers millions of times).  __syncthreads and the warp shuffles are barriers that
+// another.  The emulated barriers switch fibers millions of times, so on
+// x86-64 a switch is eight instructions of our own (emu_switch: the
+// callee-saved registers pushed, the stack pointer swapped, popped), not
+// glibc's _setjmp/_longjmp (signal masks, unwinding: ~40% of a GPU test's
+// time) nor swapcontext (a system call), which other hosts use.  A fiber is
+// made once and kept: after a block's thread returns it waits for the next
+// block, so a block costs no context set-up either.  __syncthreads and the warp shuffles are barriers that
 // switch fibers until every thread (or lane) has arrived, so code that relies
 // on them behaves as on a GPU, and code that forgets one usually shows it.
 // `__shared__` becomes `static` (one copy, shared by the block's fibers);
@@ -22,9 +26,11 @@
 #include <cstring>
 #include <functional>
 #include <algorithm>
+#include <memory>
 #include <vector>
-#include <csetjmp>
+#if !defined(__x86_64__)
 #include <ucontext.h>
+#endif
 
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
@@ -87,11 +93,46 @@ static inline void emu_check_aligned(const void* p, unsigned n) {
 }
 
 // ------------------------------------------------------------------ fibers
-struct EmuFiber {
-    ucontext_t ctx;  // for the first entry only
-    jmp_buf jb;      // where it yielded
+#if defined(__x86_64__)
+// A suspended fiber is its stack pointer; its callee-saved registers and resume address lie on its stack.
+struct EmuCtx {
+    void* sp = nullptr;
+};
+extern "C" void emu_switch(void** from_sp, void* to_sp);  // (System V: rdi, rsi)
+asm(".text\n.p2align 4\n.hidden emu_switch\n.globl emu_switch\n.type emu_switch,@function\nemu_switch:\n"
+    "  pushq %rbp\n  pushq %rbx\n  pushq %r12\n  pushq %r13\n  pushq %r14\n  pushq %r15\n"
+    "  movq %rsp, (%rdi)\n  movq %rsi, %rsp\n"
+    "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n  popq %rbx\n  popq %rbp\n  ret\n"
+    ".size emu_switch, .-emu_switch\n");
+static inline void emu_ctx_switch(EmuCtx& from, EmuCtx& to) { emu_switch(&from.sp, to.sp); }
+// A first switch into the fiber pops six zero registers and "returns" into fn, with the stack
+// aligned as after a call (fn never returns: the slot above it is a null return address).
+static void emu_ctx_make(EmuCtx& c, char* stack, size_t size, void (*fn)()) {
+    void** sp = (void**)(((uintptr_t)(stack + size)) & ~(uintptr_t)15);
+    *--sp = nullptr;
+    *--sp = (void*)fn;
+    for (int i = 0; i < 6; ++i) *--sp = nullptr;
+    c.sp = sp;
+}
+#else
+struct EmuCtx {
+    ucontext_t uc;
+};
+static inline void emu_ctx_switch(EmuCtx& from, EmuCtx& to) { swapcontext(&from.uc, &to.uc); }
+static void emu_ctx_make(EmuCtx& c, char* stack, size_t size, void (*fn)()) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = size;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, fn, 0);
+}
+#endif
+
+struct EmuFiber {  // one emulated thread; made once, reused by every block and launch
+    EmuCtx ctx;
+    std::unique_ptr<char[]> stack;  // (uninitialised: only the pages a kernel touches are mapped)
     dim3 tid;
-    bool started, done;
+    bool done = true;
 };
 
 struct EmuBarrier {
@@ -99,20 +140,17 @@ struct EmuBarrier {
     long gen = 0;
 };
 
-static jmp_buf emu_main;  // the scheduler
+static EmuCtx emu_main;  // the scheduler
 static std::vector<EmuFiber> emu_fibers;
-static std::vector<std::vector<char>> emu_stacks;
 static int emu_cur = 0;
 static const std::function<void()>* emu_body = nullptr;
 static char* emu_dyn_smem = nullptr;
 static EmuBarrier emu_block_bar;
 static std::vector<EmuBarrier> emu_warp_bar;
-static std::vector<float> emu_shfl;  // [n_threads] values exchanged by a shuffle
+static std::vector<float> emu_shfl;  // [2][n_threads] values exchanged by a shuffle
 static int emu_or_acc = 0;
 
-static inline void emu_yield() {
-    if (!_setjmp(emu_fibers[emu_cur].jb)) _longjmp(emu_main, 1);
-}
+static inline void emu_yield() { emu_ctx_switch(emu_fibers[emu_cur].ctx, emu_main); }
 
 static int emu_done_block = 0;         // threads of the block that have returned
 static std::vector<int> emu_done_warp;  // ... per warp
@@ -155,14 +193,16 @@ static inline int __syncthreads_or(int p) {
     return r;
 }
 
+// One barrier a shuffle: the values go to one of two buffers by the barrier's parity.  A lane
+// writes the buffer again only two shuffles later, after the next barrier, which every lane
+// reaches only once it has read this one.
 static inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
     const int t = emu_linear_tid(), w = t / 32;
     EmuBarrier& b = emu_warp_bar[w];
-    emu_shfl[t] = v;
+    float* buf = emu_shfl.data() + (b.gen & 1) * (emu_shfl.size() / 2);
+    buf[t] = v;
     emu_wait(b, 32, &emu_done_warp[w]);
-    const float r = emu_shfl[(t & ~31) | ((t & 31) ^ lane_mask)];
-    emu_wait(b, 32, &emu_done_warp[w]);
-    return r;
+    return buf[(t & ~31) | ((t & 31) ^ lane_mask)];
 }
 
 static inline int __shfl_xor_sync(unsigned m, int v, int lane_mask) {  // the bits travel through the float slot
@@ -179,12 +219,15 @@ static inline float __fmul_rn(float a, float b) { return a * b; }
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fdiv_rn(float a, float b) { return a / b; }
 
-static void emu_entry() {
-    (*emu_body)();
-    emu_fibers[emu_cur].done = true;
-    ++emu_done_block;
-    ++emu_done_warp[emu_cur / 32];
-    _longjmp(emu_main, 1);  // never returns: the scheduler sees done and moves on
+// A fiber's life: run the body for one block's thread, report done, wait to be sent into the next.
+static void emu_fiber_main() {
+    for (;;) {
+        (*emu_body)();
+        emu_fibers[emu_cur].done = true;
+        ++emu_done_block;
+        ++emu_done_warp[emu_cur / 32];
+        emu_yield();
+    }
 }
 
 // Run body once per thread of every block of the grid.
@@ -196,9 +239,15 @@ static void emu_launch(dim3 grid, dim3 block, size_t smem, const std::function<v
     blockDim = block;
     emu_body = &body;
     emu_dyn_smem = dyn.data();
-    emu_fibers.assign(n, EmuFiber{});
-    while ((int)emu_stacks.size() < n) emu_stacks.emplace_back(stack_size);
-    emu_shfl.assign(((n + 31) / 32) * 32, 0.0f);
+    while ((int)emu_fibers.size() < n) {  // (a vector of fibers that never moves a live one: grown only here, idle)
+        emu_fibers.emplace_back();
+        EmuFiber& f = emu_fibers.back();
+        f.stack.reset(new char[stack_size]);
+        emu_ctx_make(f.ctx, f.stack.get(), stack_size, emu_fiber_main);
+    }
+    for (int i = 0; i < n; ++i)
+        emu_fibers[i].tid = dim3{(unsigned)i % block.x, ((unsigned)i / block.x) % block.y, (unsigned)i / (block.x * block.y)};
+    emu_shfl.assign(2 * (((n + 31) / 32) * 32), 0.0f);
     for (unsigned bz = 0; bz < grid.z; ++bz)
         for (unsigned by = 0; by < grid.y; ++by)
             for (unsigned bx = 0; bx < grid.x; ++bx) {
@@ -209,16 +258,7 @@ static void emu_launch(dim3 grid, dim3 block, size_t smem, const std::function<v
                 emu_done_block = 0;
                 emu_done_warp.assign((n + 31) / 32, 0);
                 emu_or_acc = 0;
-                for (int i = 0; i < n; ++i) {
-                    EmuFiber& f = emu_fibers[i];
-                    f.tid = dim3{(unsigned)i % block.x, ((unsigned)i / block.x) % block.y, (unsigned)i / (block.x * block.y)};
-                    f.started = f.done = false;
-                    getcontext(&f.ctx);
-                    f.ctx.uc_stack.ss_sp = emu_stacks[i].data();
-                    f.ctx.uc_stack.ss_size = stack_size;
-                    f.ctx.uc_link = nullptr;
-                    makecontext(&f.ctx, emu_entry, 0);
-                }
+                for (int i = 0; i < n; ++i) emu_fibers[i].done = false;
                 int live = n;
                 while (live > 0) {  // round robin until every thread has returned
                     live = 0;
@@ -226,13 +266,7 @@ static void emu_launch(dim3 grid, dim3 block, size_t smem, const std::function<v
                         if (emu_fibers[i].done) continue;
                         emu_cur = i;
                         threadIdx = emu_fibers[i].tid;
-                        if (!_setjmp(emu_main)) {
-                            if (!emu_fibers[i].started) {
-                                emu_fibers[i].started = true;
-                                setcontext(&emu_fibers[i].ctx);
-                            }
-                            _longjmp(emu_fibers[i].jb, 1);
-                        }
+                        emu_ctx_switch(emu_main, emu_fibers[i].ctx);
                         live += !emu_fibers[i].done;
                     }
                 }

@@ -47,7 +47,6 @@ from .kimi_linear import KDA, KimiLinearModel
 from .mimo2 import per_layer
 from .moe import moe_or_swiglu_add
 from .mrope_text import MropeText, mrope_tables, rope_sections
-from .qwen35 import _sigmoid
 
 
 class _TurnedCache:
@@ -130,6 +129,5 @@ class Bailingmoe3Model(MropeText, KimiLinearModel):
         att = super().mla_attend(L, _TurnedCache(self, lc), xn, pos)
         gate = self.buf.get("mla_gate", T, H)
         self.be.linear(L.attn_gate, xn, gate)
-        att3 = att.reshape(T, H, -1)
-        att3 *= _sigmoid(gate)[:, :, None]
+        self.be.sigmoid_mul(att, gate)  # (one gate over each head's consecutive values)
         return att

@@ -209,7 +209,7 @@ class HyV4Model(Deepseek2Model):
             be.linear(L.wkv_a, xn, kva)
             latent_attend(self, L, q_raw.reshape(T, H, -1), kva, pos, cache[il], att.reshape(T, H, c.head_dim_v))
             be.linear(L.attn_gate, xn, gate)  # gated MLA: a sigmoid gate a value, of the attention's input
-            att *= _sigmoid(gate)
+            be.sigmoid_mul(att, gate)
             self.trace("attn_gated", il, att)
             be.linear(L.wo, att, out)
             streams += post[:, :, None] * out[:, None, :]  # (build_hc_post: each stream its share of the block's output)

@@ -159,7 +159,7 @@ class KimiK3Model(KimiLinearModel):
         if L.attn_gate is not None:
             gate = self.buf.get("k3_mla_gate", xn.shape[0], L.attn_gate.shape[0])
             self.be.linear(L.attn_gate, xn, gate)
-            att *= _sigmoid(gate)
+            self.be.sigmoid_mul(att, gate)
         return att
 
     def res_mix(self, banked: list[np.ndarray], x: np.ndarray, score: Any) -> np.ndarray:

@@ -67,7 +67,7 @@ class Step35Layer:
     swiglu_limit: float = 0.0  # > 0: the dense FFN's SwiGLU clamped (moe.swiglu_clamped; llama.cpp's swiglu_clamp_shexp)
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def _sigmoid(x: np.ndarray) -> np.ndarray:  # (hy_v4's hyper-connection mixes and dots3note's head gate; ours is sigmoid_mul)
     return 0.5 + 0.5 * np.tanh(0.5 * x)  # (without exp's overflow for large negative x)
 
 
@@ -92,10 +92,7 @@ def gate_heads(be: Backend, buf: Buffers, attn_gate: Weight, xn: Any, att3: Any)
     T, H = att3.shape[0], att3.shape[1]
     g = buf.get(f"attn_gate{H}", T, H)
     be.linear(attn_gate, xn, g)
-    if be.name == "cpu":
-        att3 *= _sigmoid(g)[:, :, None]
-    else:  # (a kernel, one gate over each head's values: a captured decode step brings nothing to the host)
-        be.sigmoid_mul(att3, g)
+    be.sigmoid_mul(att3, g)  # (one gate over each head's values; on the GPU a kernel: a captured decode step stays there)
 
 
 class Step35Model(LlamaModel):

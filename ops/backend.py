@@ -170,8 +170,15 @@ class Backend(Protocol):
         """``x[t] += sigmoid(s[t]) * y[t]`` (Qwen2-MoE's gated shared expert); ``s`` ``[T, 1]``, ``y`` is scratch."""
         ...
 
+    def sigmoid_mul(self, x: Any, s: Any) -> None:
+        """``x *= sigmoid(s)`` in place, each of ``s``'s values over ``x.size / s.size`` consecutive ones of ``x`` (in
+        row-major order: an attention gate element by element, or one a head, ``x`` ``[T, H, D]`` and ``s`` ``[T, H]``);
+        a ValueError where ``x`` is not a whole number of ``s``."""
+        ...
+
     # (the GPU backend also has Gemma 3n's and Gemma 4's own steps, AltUp's and the per-layer inputs' gate, which the
     # CPU's models do in host numpy: ops/gpu/gemma.py GemmaOps, called from those models' forward_device only)
     # (and the mixture-of-experts variants' device steps, which the CPU's models do in host numpy: ops/gpu/moe2.py
     # MoEVariantOps, called where ``name != "cpu"`` only: Grok's, Step-3.5's and Llama 4's experts, GroveMoE's chunk
-    # experts' routing, the float16-table GELU, the clamped SwiGLU, the sigmoid attention gates, a device copy)
+    # experts' routing, the float16-table GELU, the clamped SwiGLU, a device copy; the sigmoid attention gates are
+    # :meth:`sigmoid_mul`, above, on both)

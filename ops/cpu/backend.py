@@ -188,6 +188,18 @@ class CPUBackend:
         y *= 0.5 + 0.5 * np.tanh(0.5 * s)  # sigmoid, without exp's overflow for large negative s
         x += y
 
+    def sigmoid_mul(self, x, s) -> None:
+        n, m = x.size, s.size
+        if m == 0 or n % m:
+            raise ValueError(f"sigmoid_mul: x {tuple(x.shape)} is not a whole number of s {tuple(s.shape)}")
+        # (the tanh form, as the GPU's kernel and step35's and qwen35's _sigmoid: bit for bit what those models multiplied by)
+        g = 0.5 + 0.5 * np.tanh(0.5 * s.reshape(m, 1))
+        if x.flags.c_contiguous:  # (a view: each row one s value's run of x)
+            xv = x.reshape(m, n // m)
+            xv *= g
+        else:  # (a reshape would copy: the product written back)
+            x[...] = (x.reshape(m, n // m) * g).reshape(x.shape)
+
     def softcap(self, x, cap) -> None:
         nn.softcap_inplace(x, cap)
 

@@ -79,6 +79,9 @@ from .quant import CLIPS, TABLE_BYTES, hadamard
 
 _EMPTY2 = np.zeros((0, 0), np.float32)
 MAX_DECODE_T = 4  # chunks up to this size use the decode kernel
+#: the one-call policy steps' tuples of a policy's per-slot arrays and of the arrays a merge adds up in, padded to
+#: these lengths (the most any policy has: GKV's three and two); a policy with more compiles its own variant
+POLICY_STATE_SLOTS, POLICY_FOLD_SLOTS = 3, 2
 
 
 class CompressedLayerCache(LayerCache):
@@ -453,7 +456,12 @@ class CompressedLayerCache(LayerCache):
         (state, n_state, folds, n_fold, logw, mode, threshold, score), fixed as :attr:`_merge_args`."""
         mode, thr, score = self._merge_args
         state, folds = self._policy_state
-        return state, len(state), folds or (self._dummy,), len(folds), self.logw, mode, thr, _EMPTY2 if score is None else score
+        # padded with the dummy to fixed lengths: a tuple's length is part of its Numba type, and policies with 1, 2
+        # and 3 arrays had compiled each one-call step once for each (policy_push_tokens 4 times, ~16 s each, a first
+        # run); the kernels read the first n_state / n_fold only
+        state_p = state + (self._dummy,) * (POLICY_STATE_SLOTS - len(state))
+        folds_p = folds + (self._dummy,) * (POLICY_FOLD_SLOTS - len(folds))
+        return state_p, len(state), folds_p, len(folds), self.logw, mode, thr, _EMPTY2 if score is None else score
 
     @functools.cached_property
     def _fused_hooks(self) -> tuple[int, int, float] | None:
@@ -666,6 +674,8 @@ class CompressedLayerCache(LayerCache):
         (:func:`.insert.policy_push_tokens`; each token's first state from ``Policy.insert_chunk``).
         k: [T, n_kv, D] original basis; vr: [T, n_kv, Dv] already in the cache basis."""
         init = np.ascontiguousarray(self.policy.insert_chunk(pos, k, first), np.float32)
+        if not init.flags.writeable:  # (a policy's read-only view: one more compiled variant of the step for nothing)
+            init = init.copy()
         policy_push_tokens(
             np.ascontiguousarray(k, np.float32), np.ascontiguousarray(vr, np.float32), np.asarray(pos, np.int64),
             self.basis.rot is not None, False, *self._store_args(), *self._policy_args, init, self.policy.rank_pool, self._ranking,

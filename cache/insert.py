@@ -579,7 +579,7 @@ def policy_decode_step(
     """
     for t in range(q.shape[0]):
         j = policy_push(
-            q[t], k[t], v[t], int(qpos[t]), rot_k, rot_v, t_k, mu, k16, v16, pos, S, F, G, pool0, pool1, tmp,
+            q[t], k[t], v[t], np.int64(qpos[t]), rot_k, rot_v, t_k, mu, k16, v16, pos, S, F, G, pool0, pool1, tmp,
             state, n_state, folds, n_fold, logw, mode, threshold, score, pool_width, ranking, qr[t], chunk,
         )  # fmt: skip
         for a in range(n_state):  # Policy.on_insert, every head's slot j

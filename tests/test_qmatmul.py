@@ -123,7 +123,7 @@ def test_matvec_parallel(qtype, threads):
     Q.matvec(w, qtype, x, out)
     assert _rel(out, _ref(w, qtype, n, k) @ x) < _tol(qtype, True)
     out1 = np.empty_like(out)
-    Q._mv_1(Q._type(qtype)[0], w, x, out1, np.zeros(Q._scratch_bytes(k), np.uint8))
+    Q._mv_1(Q._type(qtype)[0], Q.readonly(w), x, out1, np.zeros(Q._scratch_bytes(k), np.uint8))  # (as matvec passes it)
     np.testing.assert_array_equal(out, out1)  # same per-row arithmetic on any thread
 
 
@@ -171,7 +171,7 @@ def test_matmul_parallel(qtype, threads):
     Q.matmul(w, qtype, x, out)
     assert _rel(out, x @ _ref(w, qtype, n, k).T) < _tol(qtype, True)
     out1 = np.empty_like(out)
-    Q._mm_int_1(Q._type(qtype)[0], w, x, out1, np.zeros((3, Q._scratch_bytes(k)), np.uint8))
+    Q._mm_int_1(Q._type(qtype)[0], Q.readonly(w), x, out1, np.zeros((3, Q._scratch_bytes(k)), np.uint8))
     np.testing.assert_array_equal(out, out1)
 
 

@@ -109,7 +109,8 @@ def matvecs(pre: int, x: np.ndarray, y: np.ndarray | None, nw: np.ndarray | None
     sc = _scratch.xsc.get(src.shape[1])
     if sc is None:
         sc = _scratch.x(src.shape[1])
-    wd = [w.data for w in ws] + [ws[0].data] * (3 - n_w)
+    wd = [qmatmul.readonly(w.data) for w in ws]
+    wd += [wd[0]] * (3 - n_w)
     od = [o[0] for o in outs] + [_NO_OUT] * (3 - n_w)
     kinds += [kinds[0]] * (3 - n_w)
     a = _NO_ROWS if acc is None else acc[0]

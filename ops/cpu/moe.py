@@ -18,7 +18,7 @@ import numba as nb
 import numpy as np
 
 from .parallel import prange_only
-from .qmatmul import BF16, Q8_0, _TYPES, _dot_rows, _quant_x, _scratch, _scratch_bytes, quant_x8, quant_x16
+from .qmatmul import BF16, Q8_0, _TYPES, _dot_rows, _quant_x, _scratch, _scratch_bytes, quant_x8, quant_x16, readonly
 
 _JIT = dict(cache=True, fastmath=True, nogil=True)
 
@@ -106,7 +106,7 @@ def moe_token(gate: np.ndarray, gate_type: int, up: np.ndarray, up_type: int, do
     sh = _scratch.get("moe_sh", k, _scratch_bytes(n_ff), np.uint8)
     sx = _scratch.x(n_embd)
     gb, ub, db = (np.ascontiguousarray(b, np.float32) for b in biases) if biases is not None else (_NO_BIAS,) * 3
-    _moe_token(kinds[0], gate, kinds[1], up, kinds[2], down, n_ff, np.asarray(experts, np.int64), np.asarray(wts, np.float32), xn, x, sx,
+    _moe_token(kinds[0], readonly(gate), kinds[1], readonly(up), kinds[2], readonly(down), n_ff, np.asarray(experts, np.int64), np.asarray(wts, np.float32), xn, x, sx,
                g, u, sh, d, gb, ub, db, ACT_OAI if act == "swiglu_oai" else ACT_SILU)  # fmt: skip
     return True
 

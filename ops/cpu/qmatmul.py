@@ -2093,6 +2093,16 @@ def _row_range(kind, w, out, t, nt, xq, xd, xs, x16):
 
 
 # ----------------------------------------------------------------- public API
+def readonly(w: np.ndarray) -> np.ndarray:
+    """``w`` as the kernels take weights (and other inputs): read-only, as a GGUF file's memory map is.  Writability is part of
+    Numba's array type, so an array made in memory (a test's, a converted tensor) would otherwise compile a
+    second copy of every product kernel (10-30 s of a first run: the suite compiled most of them twice)."""
+    if w.flags.writeable:
+        w = w.view()
+        w.flags.writeable = False
+    return w
+
+
 def matvec(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
     """out = W @ x (decode, one token).
 
@@ -2112,6 +2122,7 @@ def matvec(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
     """
     t = _TYPES.get(qtype)
     kind = t[0] if t is not None else _type(qtype)[0]
+    w = readonly(w)
     if kind <= BF16:
         sc = _EMPTY
     elif _USE_SIMD:
@@ -2151,6 +2162,7 @@ def matmul(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
     if n_tok == 1:
         matvec(w, qtype, x[0], out[0])
         return
+    w = readonly(w)
     if not x.flags.c_contiguous:
         x = np.ascontiguousarray(x)
     if kind > BF16 and _USE_SIMD and n_tok < (GEMM_MIN_TOKENS if _USE_VNNI else BLAS_MIN_TOKENS):
@@ -2197,7 +2209,7 @@ def get_rows(w: np.ndarray, qtype: int, ids: np.ndarray, out: np.ndarray) -> Non
     outside ``[0, n_rows)``.
     """
     kind = _type(qtype)[0]
-    (_gather_rows_simd if _USE_SIMD else _gather_rows)(kind, w, np.asarray(ids, np.int64).reshape(-1), out)
+    (_gather_rows_simd if _USE_SIMD else _gather_rows)(kind, readonly(w), np.asarray(ids, np.int64).reshape(-1), out)
 
 
-__all__ = ["matvec", "matmul", "get_rows", "kernel_kind", "SUPPORTED", "HAVE_AVX2", "HAVE_VNNI", "PAR_MIN_BYTES", "BLAS_MIN_TOKENS", "GEMM_MIN_TOKENS", "TILE_ROWS"]
+__all__ = ["matvec", "matmul", "get_rows", "readonly", "kernel_kind", "SUPPORTED", "HAVE_AVX2", "HAVE_VNNI", "PAR_MIN_BYTES", "BLAS_MIN_TOKENS", "GEMM_MIN_TOKENS", "TILE_ROWS"]

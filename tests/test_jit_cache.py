@@ -102,3 +102,22 @@ def test_a_fresh_copy_of_the_package_loads_the_kernels_another_copy_compiled(tmp
         runs.append(int(hits))
     assert runs == [0, 1]  # the first copy compiled, the second loaded
     assert [p.name for p in (tmp_path / "jit").iterdir()] == [jitstamp.kernel_sources_digest()]
+
+
+def test_where_the_shared_cache_cannot_be_written_kernels_still_compile_and_cache_beside_their_source(tmp_path):
+    """A read-only home (a container, a locked-down account) costs the cache's sharing, never a run: the kernels
+    then cache in the checkout's ``__pycache__`` as Numba's own do, stamped with the digest all the same."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")  # (a directory cannot be made under a file)
+    env = dict(os.environ, KVRUN_JIT_CACHE=str(blocked / "jit"))
+    env.pop("NUMBA_CACHE_DIR", None)
+    script = """
+from kvrun.ops.cpu import jitstamp, nn
+loc = nn.rms_norm._cache._impl.locator
+print(jitstamp.shared_cache_dir(), type(loc).__name__, loc.get_cache_path())
+"""
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    shared, locator, path = r.stdout.split()
+    assert shared == "None" and locator != "KvrunSharedCacheLocator"
+    assert path.endswith("__pycache__")

@@ -160,15 +160,12 @@ def cache_widths(cfg: Any, g: Any, bits: int = 16) -> tuple[int, ...]:
 
 
 def class_words(hook: str, cfg: Any, g: Any) -> str | None:
-    """What the class that runs ``cfg.arch`` says through ``hook``, a hook only some classes have (its config ``cfg``,
-    its open file ``g``): ``rope_window``, the window layers' rope where the class sets it apart from the file's
-    ``rope.freq_base_swa`` (Mellum's: the global base, unscaled), and ``layer_passes``, the layers line where a token runs
-    the file's blocks more than once (Nanbeige's loops, HRM-Text's cycles); None where the class has no such hook or
-    kvrun does not run the architecture."""
+    """What the class that runs ``cfg.arch`` says through its ``hook`` (its config ``cfg``, its open file ``g``):
+    models/common.py's ``Model.layer_passes`` or ``Model.rope_window``; None for an architecture kvrun does not run."""
     from .models import MODEL_CLASSES
 
-    ask = getattr(MODEL_CLASSES.get(cfg.arch), hook, None)
-    return None if ask is None else ask(cfg, g)
+    cls = MODEL_CLASSES.get(cfg.arch)
+    return None if cls is None else getattr(cls, hook)(cfg, g)
 
 
 def model_facts(path: Path, g: Any = None) -> dict[str, Any]:

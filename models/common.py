@@ -248,6 +248,18 @@ class Model:
         models/mla.py's ``LatentCache``)."""
         return cfg.kv_values_by_layer()
 
+    @classmethod
+    def layer_passes(cls, cfg: ModelConfig, g: GGUFFile) -> str | None:
+        """`kvrun info`'s layers line where a token runs the file's blocks more than once (Nanbeige's loops, HRM-Text's
+        cycles); None: the file's ``block_count`` says it."""
+        return None
+
+    @classmethod
+    def rope_window(cls, cfg: ModelConfig, g: GGUFFile) -> str | None:
+        """`kvrun info`'s words for how the window layers rotate where the class sets them apart from the file's
+        ``rope.freq_base_swa`` (Mellum's: the global base, unscaled); None: as the file says."""
+        return None
+
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         self.cfg = cfg
         self.be = backend

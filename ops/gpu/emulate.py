@@ -32,7 +32,7 @@ from .kernels import KERNEL_DIR, KERNELS, source
 
 _CTYPE = {"p": ("void*", ctypes.c_void_p), "i": ("int", ctypes.c_int), "l": ("long long", ctypes.c_longlong), "f": ("float", ctypes.c_float)}
 _DYN_SHARED = re.compile(r"extern\s+__shared__\s+float\s+(\w+)\s*\[\s*\]\s*;")
-CXX_FLAGS = ("-std=c++17", "-O1", "-shared", "-fPIC", "-w", "-U_FORTIFY_SOURCE")  # fortified longjmp refuses to switch stacks
+CXX_FLAGS = ("-std=c++17", "-O1", "-shared", "-fPIC", "-w")
 
 
 class EmulatorUnavailable(RuntimeError):

@@ -554,6 +554,18 @@ OWN_WRITERS: dict[str, tuple[str, bool]] = {
     "hy_v4": ("tiny_hy_v4", False),
     "hy_v3": ("tiny_hy_v3", False),
     "laguna": ("tiny_laguna", False),
+    "kimi-linear": ("tiny_kimi_linear", False),
+    "kimi-k3": ("tiny_kimi_k3", False),
+    "bailingmoe3": ("tiny_bailingmoe3", True),
+    "dots3note": ("tiny_dots3note", False),
+    "minicpm3": ("tiny_minicpm3", True),
+    "pangu-embedded": ("tiny_pangu", False),
+    "gemma4": ("tiny_gemma4", True),
+    "minimax-m3": ("tiny_minimax_m3", False),
+    "exaone-moe": ("tiny_exaone_moe", False),
+    "muse-glimmer": ("tiny_muse_glimmer", False),
+    "afmoe": ("tiny_afmoe", False),
+    "rwkv7": ("tiny_rwkv7", False),
 }
 
 
@@ -595,22 +607,6 @@ def write_tiny_model(
         from tiny_text_sides import write_tiny_text_side
 
         return write_tiny_text_side(path, arch, qtype, seed, variant)
-    if arch == "kimi-linear":  # (tiny_kimi_linear.py)
-        from tiny_kimi_linear import write_tiny_kimi_linear
-
-        return write_tiny_kimi_linear(path, qtype, seed)
-    if arch == "kimi-k3":  # (tiny_kimi_k3.py)
-        from tiny_kimi_k3 import write_tiny_kimi_k3
-
-        return write_tiny_kimi_k3(path, qtype, seed)
-    if arch == "bailingmoe3":  # (tiny_bailingmoe3.py: its ``variant``)
-        from tiny_bailingmoe3 import write_tiny_bailingmoe3
-
-        return write_tiny_bailingmoe3(path, qtype, seed, variant)
-    if arch == "dots3note":  # (tiny_dots3note.py)
-        from tiny_dots3note import write_tiny_dots3note
-
-        return write_tiny_dots3note(path, qtype, seed)
     if arch in ("dbrx", "arctic", "grok", "nemotron_h_moe"):  # (tiny_moe4.py: its ``variant``)
         from tiny_moe4 import write_tiny_moe4
 
@@ -635,38 +631,10 @@ def write_tiny_model(
         from tiny_mamba import write_tiny_mamba
 
         return write_tiny_mamba(path, qtype, seed, falcon=variant == "falcon")
-    if arch == "minicpm3":  # (tiny_minicpm3.py; ``variant`` "long": a training context short of the fixture's)
-        from tiny_minicpm3 import write_tiny_minicpm3
-
-        return write_tiny_minicpm3(path, qtype, seed, variant)
-    if arch == "pangu-embedded":  # (tiny_pangu.py)
-        from tiny_pangu import write_tiny_pangu
-
-        return write_tiny_pangu(path, qtype, seed)
-    if arch == "gemma4":  # (tiny_gemma4.py; ``variant`` "moe": the 26B-A4B's layout)
-        from tiny_gemma4 import write_tiny_gemma4
-
-        return write_tiny_gemma4(path, qtype, seed, variant)
-    if arch == "minimax-m3":  # (tiny_minimax_m3.py)
-        from tiny_minimax_m3 import write_tiny_minimax_m3
-
-        return write_tiny_minimax_m3(path, qtype, seed)
     if arch in ("minimax-m2", "mimo2", "step35", "mistral4"):  # (tiny_moe3.py)
         from tiny_moe3 import write_tiny_moe3
 
         return write_tiny_moe3(path, arch, qtype, seed)
-    if arch == "exaone-moe":  # (tiny_exaone_moe.py)
-        from tiny_exaone_moe import write_tiny_exaone_moe
-
-        return write_tiny_exaone_moe(path, qtype, seed)
-    if arch == "muse-glimmer":  # (tiny_muse_glimmer.py)
-        from tiny_muse_glimmer import write_tiny_muse_glimmer
-
-        return write_tiny_muse_glimmer(path, qtype, seed)
-    if arch == "afmoe":  # (tiny_afmoe.py)
-        from tiny_afmoe import write_tiny_afmoe
-
-        return write_tiny_afmoe(path, qtype, seed)
     if arch in ("qwen2vl", "qwen3vl", "qwen3vlmoe", "falcon", "chatglm"):  # (tiny_vl_falcon_chatglm.py: its ``variant``)
         from tiny_vl_falcon_chatglm import write_tiny_vl_falcon_chatglm
 
@@ -704,10 +672,6 @@ def write_tiny_model(
         from tiny_bitnet import write_tiny_bitnet
 
         return write_tiny_bitnet(path, qtype, seed, scales)
-    if arch == "rwkv7":
-        from tiny_rwkv7 import write_tiny_rwkv7
-
-        return write_tiny_rwkv7(path, qtype, seed)
     if arch == "arwkv7":  # (tiny_arwkv7.py; ``variant`` "nogate": no gate, five mus, no group norm)
         from tiny_arwkv7 import write_tiny_arwkv7
 

@@ -445,7 +445,6 @@ def _req(g: GGUFFile, key: str) -> Any:
     return v
 
 
-
 def _expert_width(g: GGUFFile, arch: str, n_ff: int) -> int:
     """An expert's FFN width: ``expert_feed_forward_length``, a number or (llama.cpp's get_key_or_arr) one a layer, the
     dense layers' 0 among them; kvrun's experts are one width a model, so a file whose layers differ is refused."""
@@ -457,6 +456,7 @@ def _expert_width(g: GGUFFile, arch: str, n_ff: int) -> int:
                                         f"widths ({', '.join(map(str, sorted(widths)))}); kvrun runs one width a model")  # fmt: skip
         v = widths.pop() if widths else 0
     return int(v or n_ff)
+
 
 def load_config(g: GGUFFile) -> ModelConfig:
     """Read a :class:`ModelConfig` from an open GGUF file.

@@ -14,7 +14,8 @@ RMS-normalised head by head (QK-norm), a mixture of experts in every layer, and 
   SiLU (Step-3.5's clamps after it: ``moe.MoE.clamp_gate_first``);
 * an output head of its own (llama.cpp requires ``output.weight``: no tied fallback).
 
-The CPU only: the gate-first clamp has no device kernel (``moe.device_unsupported``), so ``--device gpu`` is refused.
+On ``--device gpu`` too: the routing and the gate-first clamped experts are kernels (moe2.cu's ``"swiglu_clamp_first"``),
+the rest the Llama block's, so a decode step copies nothing to the host (a CUDA graph captures it).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import dataclasses
 import numpy as np
 
 from ..loaders.config import ModelConfig
-from ..loaders.errors import GGUFError, UnsupportedModelError
+from ..loaders.errors import GGUFError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from .common import WeightLoader, make_rope
@@ -42,9 +43,6 @@ class MapleModel(WindowRopeModel):
     head_qk_norms = "maple"  # (every layer's attn_q_norm/attn_k_norm, one head wide)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: maple runs on the CPU only for now (--device gpu: its experts' gate-first "
-                                        "clamped SwiGLU has no GPU kernel)")  # fmt: skip
         for key in REQUIRED_KEYS:
             if g.arch_get(key) is None:
                 raise GGUFError(f"{g.path}: metadata maple.{key} is missing; the file is not a complete model")

@@ -85,7 +85,8 @@ class MoE:
     #: > 0: Step-3.5's clamped SwiGLU experts (:func:`swiglu_clamped`), llama.cpp's ``swiglu_clamp_exp`` of the layer
     swiglu_limit: float = 0.0
     #: with ``swiglu_limit``: the gate clamped before its SiLU, ``silu(min(gate, limit)) * clamp(up, -limit, limit)``
-    #: (ggml's ``swiglu_clamp``, llama.cpp's for Maple), not after it as Step-3.5's (host work: no device kernel)
+    #: (ggml's ``swiglu_clamp``, llama.cpp's for Maple), not after it as Step-3.5's (the device's: moe2.cu's act
+    #: ``"swiglu_clamp_first"``)
     clamp_gate_first: bool = False
 
 
@@ -235,7 +236,9 @@ def moe_add(be: Backend, moe: MoE, xn: np.ndarray, x: np.ndarray, buf: Buffers, 
         h = buf.get("moe_h", T, moe.n_used * n_ff)
         if moe.weight_before_ffn or moe.swiglu_limit > 0.0 or moe.act == "gelu":  # (moe2.cu's variants; no biases)
             # (this module's "gelu" is Grok's float16-table GELU; the kernels' "gelu" Gemma 4's plain tanh one)
-            act = "swiglu_clamp" if moe.swiglu_limit > 0.0 else "gelu_f16" if moe.act == "gelu" else moe.act
+            # (the clamp before the SiLU or after it: Maple's, Step-3.5's)
+            clamp = "swiglu_clamp_first" if moe.clamp_gate_first else "swiglu_clamp"
+            act = clamp if moe.swiglu_limit > 0.0 else "gelu_f16" if moe.act == "gelu" else moe.act
             be.moe_experts_x(moe.gate, moe.up, moe.down, n_ff, ids, wts, xn, x, h, act, moe.swiglu_limit, moe.weight_before_ffn, accumulate)
         else:
             biases = None if moe.gate_b is None else (moe.gate_b, moe.up_b, moe.down_b)
@@ -250,10 +253,9 @@ def device_unsupported(moe: MoE) -> str | None:
     """What of ``moe`` the device kernels (``Backend.moe_route`` / ``moe_experts``, ``moe_experts_x``) do not do, or
     None: they do softmax, sigmoid and softmax_weight gating, the selection bias, group-limited routing,
     renormalising and scaling, and silu, swiglu_oai (with gpt-oss's biases) and ReLU GLUs; without biases also
-    Grok's float16-table GELU, Step-3.5's clamped SwiGLU and Llama 4's weight before the FFN (moe2.cu); and experts
-    without a gate, Nemotron-H MoE's squared ReLU without biases (moe3.cu)."""
-    if moe.clamp_gate_first and moe.swiglu_limit > 0.0:
-        return "SwiGLU experts clamped before the SiLU"
+    Grok's float16-table GELU, the clamped SwiGLUs (Step-3.5's, the clamp after the SiLU, and Maple's, before it) and
+    Llama 4's weight before the FFN (moe2.cu); and experts without a gate, Nemotron-H MoE's squared ReLU without
+    biases (moe3.cu)."""
     if moe.gate is None and moe.act == "relu_sqr" and not moe.weight_before_ffn and moe.swiglu_limit == 0.0:
         return "relu_sqr experts with biases" if moe.up_b is not None or moe.down_b is not None else None
     if moe.gate is None or moe.act not in ("silu", "swiglu_oai", "relu", "gelu"):

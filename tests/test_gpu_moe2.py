@@ -1,7 +1,7 @@
 """The mixture-of-experts variants moe.cu leaves out, on ``--device gpu`` (ops/gpu/moe2.cu): Grok's float16-table GELU
-experts, Step-3.5's clamped SwiGLU experts and shared expert, Llama 4's expert weighted before its FFN, GroveMoE's chunk
-experts, and what stood beside the experts on the host: SmallThinker's router input, AFMoE's and Step-3.5's sigmoid
-attention gates, DBRX's Q/K/V clip.  Each against the CPU: the kernels on random inputs, ``models/moe.py``'s
+experts, Step-3.5's clamped SwiGLU experts and shared expert, Maple's experts clamped before the SiLU, Llama 4's expert
+weighted before its FFN, GroveMoE's chunk experts, and what stood beside the experts on the host: SmallThinker's router
+input, AFMoE's and Step-3.5's sigmoid attention gates, DBRX's Q/K/V clip.  Each against the CPU: the kernels on random inputs, ``models/moe.py``'s
 ``moe_add`` on the two backends, and every such architecture over a prefill and decode steps replayed from captured CUDA
 graphs (float32 weights, test_gpu_archs2.py's bound 2e-3).
 
@@ -58,6 +58,37 @@ def test_the_clamped_swiglu_is_step35s(rt):
     np.testing.assert_allclose(rt.asnumpy(got), want, rtol=1e-5, atol=1e-6)
 
 
+def test_the_experts_clamp_the_gate_before_the_silu_as_maple(rt):
+    """moe2.cu's act ``"swiglu_clamp_first"`` (ggml's ``swiglu_clamp``, Maple's): each chosen expert's
+    ``silu(min(g, limit)) * clamp(u, -limit, limit)``, summed by the slots' weights, against numpy on float32 experts;
+    gates past the limit (a SiLU clamped after, Step-3.5's, gives other sums)."""
+    rng = np.random.default_rng(4)
+    T, k, n_expert, n_embd, n_ff, limit = 3, 2, 4, 64, 32, 0.5
+    wg, wu, wd = (rng.standard_normal((n_expert, r, c)).astype(np.float32) * 0.2 for r, c in ((n_ff, n_embd),) * 2 + ((n_embd, n_ff),))
+    xn = rng.standard_normal((T, n_embd)).astype(np.float32)
+    ids = np.array([[0, 3], [2, 1], [3, 2]], np.int32)
+    wts = rng.uniform(0.2, 0.8, (T, k)).astype(np.float32)
+    x = rng.standard_normal((T, n_embd)).astype(np.float32)
+    want, after = x.astype(np.float64), x.astype(np.float64)
+    for t in range(T):
+        for j, e in enumerate(ids[t]):
+            g, u = wg[e] @ xn[t].astype(np.float64), np.clip(wu[e] @ xn[t].astype(np.float64), -limit, limit)
+            assert (g > limit).any()  # (the clamp bites)
+            want[t] += wts[t, j] * (wd[e] @ (silu(np.minimum(g, limit)) * u))
+            after[t] += wts[t, j] * (wd[e] @ (np.minimum(silu(g), limit) * u))
+    be = GPUBackend()
+    gate, up, down = (be.upload(w.reshape(-1, w.shape[2]).view(np.uint8), Q.F32, (n_expert * w.shape[1], w.shape[2])) for w in (wg, wu, wd))
+    got = rt.xp.asarray(x.copy())
+    h = rt.xp.zeros((T, k * n_ff), np.float32)
+    be.moe_experts_x(gate, up, down, n_ff, rt.xp.asarray(ids), rt.xp.asarray(wts), rt.xp.asarray(xn), got, h, "swiglu_clamp_first", limit)
+    np.testing.assert_allclose(rt.asnumpy(got), want, rtol=1e-4, atol=1e-5)
+    assert np.abs(want - after).max() > 1e-2  # (the order shows)
+
+
+def silu(g: np.ndarray) -> np.ndarray:
+    return g / (1.0 + np.exp(-g))
+
+
 @pytest.mark.parametrize("per_head", [False, True], ids=["afmoe", "step35"])
 def test_the_attention_gate_multiplies_by_the_sigmoid(rt, per_head):
     """AFMoE's gate is as wide as the heads, Step-3.5's one value a head; large gates saturate without overflow."""
@@ -103,6 +134,7 @@ VARIANTS = {  # gating, k, act, swiglu_limit, weight_before_ffn, gate/up types, 
     "grok-gelu": ("softmax", 2, "gelu", 0.0, False, (Q.Q8_0, Q.Q8_0), None),
     "gelu-two-types": ("softmax", 2, "gelu", 0.0, False, (Q.F32, Q.Q8_0), None),  # (gate then up: two launches)
     "step35-clamped": ("sigmoid", 3, "silu", 0.5, False, (Q.Q8_0, Q.Q8_0), 0.5),  # (and its clamped shared expert)
+    "maple-clamped-first": ("softmax", 2, "silu", 0.5, False, (Q.Q8_0, Q.Q8_0), None),  # (the gate clamped before the SiLU)
     "llama4-one": ("sigmoid", 1, "silu", 0.0, True, (Q.Q8_0, Q.Q8_0), None),  # Scout's one expert a token
     "weight-before-two": ("sigmoid", 2, "silu", 0.0, True, (Q.Q8_0, Q.F32), None),
 }
@@ -126,7 +158,8 @@ def test_moe_add_on_the_device_equals_the_cpus(rt, name, T):
         w = {r: be.upload(d, q, s) for r, (d, q, s) in raw.items()}
         shared = None if sh_limit is None else SharedExpert(w["sh_gate"], w["sh_up"], w["sh_down"], swiglu_limit=sh_limit)
         moe = MoE(router=w["router"], gate=w["gate"], up=w["up"], down=w["down"], n_expert=n_expert, n_used=k, norm_weights=False,
-                  gating=gating, act=act, shared=shared, swiglu_limit=limit, weight_before_ffn=wbf)  # fmt: skip
+                  gating=gating, act=act, shared=shared, swiglu_limit=limit, weight_before_ffn=wbf,
+                  clamp_gate_first=name.startswith("maple"))  # fmt: skip
         assert device_unsupported(moe) is None
         out = be.vector(x.copy()) if be.name != "cpu" else x.copy()
         moe_add(be, moe, be.vector(xn) if be.name != "cpu" else xn, out, Buffers(8, be.zeros))
@@ -138,7 +171,7 @@ def test_the_variants_with_biases_are_still_named():
     """moe2.cu's experts take no biases (none of these architectures has them): such a mixture would route on the host."""
     w = Weight(np.zeros((8, 32), np.uint8), int(Q.Q8_0), (8, 32))
     b = np.zeros((4, 2), np.float32)
-    for change in ({"weight_before_ffn": True}, {"swiglu_limit": 7.0}, {"act": "gelu"}):
+    for change in ({"weight_before_ffn": True}, {"swiglu_limit": 7.0}, {"swiglu_limit": 7.0, "clamp_gate_first": True}, {"act": "gelu"}):
         moe = MoE(router=w, gate=w, up=w, down=w, n_expert=4, n_used=2, norm_weights=True, **change)
         assert device_unsupported(moe) is None
         assert "biases" in device_unsupported(MoE(**{**moe.__dict__, "gate_b": b, "up_b": b, "down_b": b}))

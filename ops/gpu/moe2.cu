@@ -4,8 +4,9 @@
 //   moe_gate_up_x_<type>  h = act(w? gate_e x, w? up_e x) for each token's k
 //                         experts, as moe.cu's moe_gate_up, with the GLUs moe.cu
 //                         lacks: Grok's GELU looked up in ggml's float16 table
-//                         and Step-3.5's clamped SwiGLU (its limit an argument);
-//                         and Llama 4's weight_before_ffn (w: the slot's weight
+//                         Step-3.5's clamped SwiGLU (its limit an argument), the
+//                         same gate-first (Maple's, ggml's swiglu_clamp); and
+//                         Llama 4's weight_before_ffn (w: the slot's weight
 //                         scales the expert's input, not its output)
 //   moe_down_x_<type>     x (+)= sum_j w_j down_e_j h_j (weight 1 where the
 //                         weight went before the FFN), as moe.cu's moe_down
@@ -27,6 +28,7 @@
 #define MOEX_GELU 3          // tanh GELU (Gemma 4's)
 #define MOEX_GELU_F16 4      // Grok's: ggml's CPU GELU, its float16 table
 #define MOEX_SWIGLU_CLAMP 5  // Step-3.5's: min(silu(g), limit) * clamp(u, -limit, limit)
+#define MOEX_SWIGLU_CLAMP_FIRST 6  // Maple's (ggml's swiglu_clamp): silu(min(g, limit)) * clamp(u, -limit, limit)
 
 // ggml's CPU GELU (GGML_GELU_FP16, models/bert.py gelu): the input rounded to
 // float16, the tanh GELU of it rounded to float16, inputs past +-10 passed / zeroed
@@ -45,6 +47,8 @@ __device__ __forceinline__ float swiglu_clamp_f(float g, float u, float limit) {
 __device__ __forceinline__ float moex_glu(float g, float u, int act, float limit) {
     if (act == MOEX_GELU_F16) return gelu_f16_f(g) * u;
     if (act == MOEX_SWIGLU_CLAMP) return swiglu_clamp_f(g, u, limit);
+    // (silu(min(g, limit)) <= limit: swiglu_clamp_f's min after the SiLU leaves it so, as the CPU's moe.experts_add)
+    if (act == MOEX_SWIGLU_CLAMP_FIRST) return swiglu_clamp_f(fminf(g, limit), u, limit);
     if (act == MOEX_RELU) return fmaxf(g, 0.0f) * u;
     if (act == MOEX_GELU) return gelu_f(g) * u;
     return silu_f(g) * u;

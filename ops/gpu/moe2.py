@@ -2,7 +2,8 @@
 so a decode step stays on the device (nothing to the host: it is captured as a CUDA graph).
 
 * Experts with Grok's float16-table GELU (``"gelu_f16"``, ggml's CPU GELU as models/bert.py ``gelu``), Step-3.5's
-  clamped SwiGLU (``"swiglu_clamp"`` with its limit) and Llama 4's ``weight_before_ffn`` (the slot's weight scales the
+  clamped SwiGLU (``"swiglu_clamp"`` with its limit), Maple's with the gate clamped before its SiLU
+  (``"swiglu_clamp_first"``, ggml's ``swiglu_clamp``) and Llama 4's ``weight_before_ffn`` (the slot's weight scales the
   expert's input), reading the ids and weights ``moe.cu``'s routing kernel wrote (:func:`experts`).
 * GroveMoE's chunk experts' ids and weights (:func:`chunk_route`).
 * Element-wise steps: Grok-2's dense GELU FFN, Step-3.5's clamped dense FFN and shared expert, the sigmoid attention
@@ -25,7 +26,7 @@ from .arrays import device_out, to_device
 from .moe import launch_experts
 
 WARP = 32
-ACT = {"silu": 0, "relu": 2, "gelu": 3, "gelu_f16": 4, "swiglu_clamp": 5}  # MOEX_SILU ... in moe2.cu
+ACT = {"silu": 0, "relu": 2, "gelu": 3, "gelu_f16": 4, "swiglu_clamp": 5, "swiglu_clamp_first": 6}  # MOEX_SILU ... in moe2.cu
 _EW_BLOCK, _EW_MAX_GRID = 256, 8192
 
 
@@ -36,9 +37,10 @@ def _ew(n: int) -> tuple[int]:
 def experts(gate: Weight, up: Weight, down: Weight, n_ff: int, ids: Any, wts: Any, xn: Any, x: Any, h: Any, act: str,
             limit: float = 0.0, weight_before: bool = False, accumulate: bool = True) -> None:  # fmt: skip
     """``x (+)= sum_j wts[:, j] * expert_{ids[:, j]}(xn)`` (``weight_before``: ``sum_j expert_{ids[:, j]}(wts[:, j] xn)``),
-    the GLU ``act`` (``limit``: ``"swiglu_clamp"``'s); ``h`` ``[T, k * n_ff]`` scratch.  As ``ops/gpu/moe.py``
-    ``experts`` (its launches, ``launch_experts``): one gate/up launch (two where gate and up are of two types), one
-    down launch."""
+    the GLU ``act`` (``limit``: ``"swiglu_clamp"``'s, ``min(silu(g), limit) * clamp(u, -limit, limit)``, or
+    ``"swiglu_clamp_first"``'s, ``silu(min(g, limit)) * clamp(u, -limit, limit)``); ``h`` ``[T, k * n_ff]`` scratch.
+    As ``ops/gpu/moe.py`` ``experts`` (its launches, ``launch_experts``): one gate/up launch (two where gate and up are
+    of two types), one down launch."""
     wbf = int(weight_before)
     launch_experts("_x", gate, up, down, n_ff, ids, wts, xn, x, h, accumulate, True, (), (ACT[act], wbf, limit), (), (wbf,))
 

@@ -30,11 +30,10 @@ from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
-from .common import TENSOR_NAMES, WeightLoader, make_rope
+from .common import WeightLoader, make_rope
 from .llama import LlamaLayer, LlamaModel
 from .moe import gating_func, load_moe, moe_add, weights_scale
 
-TENSOR_NAMES.update({"attn_gate": "blk.{i}.attn_gate.weight"})  # (llama.cpp's LLM_TENSOR_ATTN_GATE; Qwen3.5's too)
 
 #: llama.cpp's expert_gating_func values the graph runs (0, unstated: sigmoid, as llama.cpp defaults it for afmoe)
 GATING = {0: "sigmoid", 1: "softmax", 2: "sigmoid"}

@@ -54,6 +54,7 @@ TENSOR_NAMES: dict[str, str] = {
     "exp_probs_b": "blk.{i}.exp_probs_b.bias",
     # gpt-oss: learned attention sinks, and biases on the router and every expert
     "attn_sinks": "blk.{i}.attn_sinks.weight",
+    "attn_gate": "blk.{i}.attn_gate.weight",  # (LLM_TENSOR_ATTN_GATE: an attention output gate, AFMoE's, Step-3.5's, Laguna's, ...)
     "ffn_gate_inp_b": "blk.{i}.ffn_gate_inp.bias",
     "ffn_gate_exps_b": "blk.{i}.ffn_gate_exps.bias",
     "ffn_up_exps_b": "blk.{i}.ffn_up_exps.bias",

@@ -41,12 +41,12 @@ from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
+from ..ops.host import sigmoid
 from .common import WeightLoader, make_rope
 from .deepseek2 import Deepseek2Layer
 from .glm_dsa import GlmDsaModel
 from .mimo2 import per_layer
 from .mla import latent_attend, latent_layer_spec, mla_query
-from .step35 import _sigmoid  # (and step35's "attn_gate" tensor name)
 
 
 @dataclass
@@ -152,7 +152,7 @@ class Dots3NoteModel(GlmDsaModel):
             att3 = att.reshape(T, H, G.head_dim_v)
             latent_attend(self, L, q_raw.reshape(T, H, -1), kva, pos, cache[il], att3, rank, self.rope_swa if G.swa else None)
             be.linear(G.attn_gate, xn, gate)  # one gate a head, of the attention's input
-            att3 *= _sigmoid(gate)[:, :, None]
+            att3 *= sigmoid(gate)[:, :, None]
             self.trace("kqv_out", il, att)
             be.linear_add(L.wo, att, x)
             self.add_ffn(L, x, xn, None)

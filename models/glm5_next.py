@@ -49,6 +49,7 @@ from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
+from ..ops.host import sigmoid
 from .common import WeightLoader
 from .deepseek2 import Deepseek2Model
 from .glm_dsa import GATING
@@ -56,7 +57,6 @@ from .hy_v4 import HyperConnection, HyV4Model
 from .kimi_linear import KDA, KDALayer, KimiLinearModel
 from .mimo2 import per_layer
 from .moe import check_expert_counts, gating_func, moe_add, swiglu_clamped
-from .qwen35 import _sigmoid
 
 #: llama.cpp's get_key without a default for glm5-next (key_length_mla, value_length_mla: loaders/config.py)
 REQUIRED_KEYS = ("attention.layer_norm_rms_epsilon", "attention.q_lora_rank", "attention.kv_lora_rank", "ssm.conv_kernel", "kda.head_dim",
@@ -179,8 +179,8 @@ class Glm5NextModel(KimiLinearModel):
         and ``comb`` ``[T, src, dst]``, what the block's output and the streams go back in by (llama.cpp's ``build_hc_pre``)."""
         n, T = self.n_hc, streams.shape[0]
         mixes = self.hc_mixes(hc, streams)
-        pre = _sigmoid(mixes[:, :n] * hc.scale[0] + hc.base[:n]) + np.float32(self.hc_eps)
-        post = np.float32(self.hc_post_scale) * _sigmoid(mixes[:, n : 2 * n] * hc.scale[1] + hc.base[n : 2 * n])
+        pre = sigmoid(mixes[:, :n] * hc.scale[0] + hc.base[:n]) + np.float32(self.hc_eps)
+        post = np.float32(self.hc_post_scale) * sigmoid(mixes[:, n : 2 * n] * hc.scale[1] + hc.base[n : 2 * n])
         comb = sinkhorn((mixes[:, 2 * n :] * hc.scale[2] + hc.base[2 * n :]).reshape(T, n, n), self.hc_iters, self.hc_eps)
         np.einsum("th,the->te", pre, streams, out=cur)
         return post, comb

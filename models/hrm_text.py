@@ -32,7 +32,7 @@ from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
-from .afmoe import _sigmoid  # (also registers attn_gate's tensor name)
+from .afmoe import _sigmoid  # (the exp form, as AFMoE)
 from .common import TENSOR_NAMES, Model, WeightLoader, make_rope
 
 TENSOR_NAMES.update({"hrm_z_l_init": "hrm.z_l_init"})  # (llama.cpp's LLM_TENSOR_HRM_Z_L_INIT)

@@ -43,12 +43,12 @@ from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
+from ..ops.host import sigmoid
 from .common import TENSOR_NAMES, WeightLoader, make_rope
 from .deepseek2 import Deepseek2Layer, Deepseek2Model
 from .mimo2 import per_layer
 from .mla import latent_attend, latent_layer_spec, mla_query
 from .moe import check_expert_counts, gating_func, moe_add
-from .step35 import _sigmoid  # (and step35's "attn_gate" tensor name)
 
 TENSOR_NAMES.update({  # llama.cpp's LLM_TENSOR_HC_* (the iHC mixes of each layer's two sites and of the output)
     **{f"hc_{site}_{part}": f"blk.{{i}}.hc_{site}_{part}.weight" for site in ("attn", "ffn") for part in ("fn", "base", "scale")},
@@ -179,8 +179,8 @@ class HyV4Model(Deepseek2Model):
         what the block's output goes back into each stream times (llama.cpp's ``build_hc_pre``)."""
         n = self.n_hc
         mixes = self.hc_mixes(hc, streams)
-        pre = _sigmoid(mixes[:, :n] * hc.scale[0] + hc.base[:n]) + np.float32(self.hc_eps)
-        post = np.float32(self.hc_magnitude) * _sigmoid(mixes[:, n:] * hc.scale[1] + hc.base[n:]) + np.float32(self.hc_eps)
+        pre = sigmoid(mixes[:, :n] * hc.scale[0] + hc.base[:n]) + np.float32(self.hc_eps)
+        post = np.float32(self.hc_magnitude) * sigmoid(mixes[:, n:] * hc.scale[1] + hc.base[n:]) + np.float32(self.hc_eps)
         np.einsum("th,the->te", pre, streams, out=cur)
         return post
 
@@ -224,6 +224,6 @@ class HyV4Model(Deepseek2Model):
             streams += post[:, :, None] * out[:, None, :]
             self.trace("l_out", il, streams)
         mixes = self.hc_mixes(self.output_hc, streams)  # the head's reduce: hc mixes, scale and base shared
-        pre = _sigmoid(mixes * self.output_hc.scale[0] + self.output_hc.base) + np.float32(self.hc_eps)
+        pre = sigmoid(mixes * self.output_hc.scale[0] + self.output_hc.base) + np.float32(self.hc_eps)
         np.einsum("th,the->te", pre, streams, out=x)
         self.output_head(x, out_rows, logits)

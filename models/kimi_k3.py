@@ -41,10 +41,10 @@ from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
+from ..ops.host import sigmoid
 from .common import TENSOR_NAMES, WeightLoader
 from .kimi_linear import KDA, KDALayer, KimiLinearModel
 from .moe import MoE, expert, load_shared_expert, route
-from .qwen35 import _sigmoid
 
 TENSOR_NAMES.update({  # llama.cpp's LLM_TENSOR_ATTN_RES_SCORE, _FFN_RES_SCORE, _OUTPUT_RES_SCORE, _FFN_ROUTED_DOWN/UP/NORM
     "attn_res_score": "blk.{i}.attn_res_score.weight",
@@ -60,7 +60,7 @@ def situ(g: np.ndarray, u: np.ndarray, beta: float, linear_beta: float) -> np.nd
     """K3's GLU ``beta*tanh(g/beta)*sigmoid(g) * linear_beta*tanh(u/linear_beta)`` (``u`` as it is where
     ``linear_beta`` <= 0), float32, as llama.cpp's ``kimi_k3_situ``."""
     b = np.float32(beta)
-    a = b * np.tanh(g / b) * _sigmoid(g)
+    a = b * np.tanh(g / b) * sigmoid(g)
     if linear_beta > 0.0:
         lb = np.float32(linear_beta)
         u = lb * np.tanh(u / lb)

@@ -46,13 +46,14 @@ from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
-from .common import TENSOR_NAMES, WeightLoader
+from ..ops.host import sigmoid
+from .common import WeightLoader
 from .deepseek2 import Deepseek2Model
 from .moe import MoE, load_moe
-from .qwen35 import _sigmoid
+from .qwen35 import TENSOR_NAMES  # (with Qwen3.5's roles: ssm_a, ssm_dt_b, ssm_beta, ssm_norm)
 
 TENSOR_NAMES.update({  # llama.cpp's LLM_TENSOR_SSM_CONV1D_Q/K/V, _SSM_F_A/B, _SSM_G_A/B (ssm_a, ssm_dt.bias, ssm_beta,
-    # ssm_norm, attn_gate: qwen35.py's)
+    # ssm_norm: qwen35.py's; attn_gate: common.py's)
     "ssm_conv1d_q": "blk.{i}.ssm_conv1d_q.weight",
     "ssm_conv1d_k": "blk.{i}.ssm_conv1d_k.weight",
     "ssm_conv1d_v": "blk.{i}.ssm_conv1d_v.weight",
@@ -210,15 +211,15 @@ class KimiLinearModel(Deepseek2Model):
             be.linear_many((K.g_b,), ga, (g2,))
         gb = buf.get("kda_gb", T, d + H)  # every channel's decay log, then each head's write strength (what the cache keeps)
         if K.lower_bound < 0.0:  # (Ling 3's safe gate: the log bounded below by lower_bound)
-            gb[:, :d] = (_sigmoid((g + K.dt_b).reshape(T, H, hd) * K.A[:, None]) * np.float32(K.lower_bound)).reshape(T, d)
+            gb[:, :d] = (sigmoid((g + K.dt_b).reshape(T, H, hd) * K.A[:, None]) * np.float32(K.lower_bound)).reshape(T, d)
         else:
             gb[:, :d] = (np.logaddexp(np.float32(0.0), g + K.dt_b).reshape(T, H, hd) * K.A[:, None]).reshape(T, d)  # (softplus)
-        gb[:, d:] = _sigmoid(beta)
+        gb[:, d:] = sigmoid(beta)
         y = buf.get("kda_y", T, d)
         state.scan(qkv, gb, pos, K, y)
         y3 = y.reshape(T, H, hd)  # RMS-normed per head, times ssm_norm and the sigmoid gate
         inv = 1.0 / np.sqrt(np.mean(y3 * y3, axis=2, keepdims=True) + np.float32(self.cfg.norm_eps))
-        y3 *= inv * K.norm * _sigmoid(g2.reshape(T, H, hd))
+        y3 *= inv * K.norm * sigmoid(g2.reshape(T, H, hd))
         return y
 
     def mla_attend(self, L: Any, lc: Any, xn: np.ndarray, pos: np.ndarray) -> np.ndarray:

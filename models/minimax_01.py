@@ -52,10 +52,7 @@ from .common import TENSOR_NAMES, WeightLoader
 from .llama import LlamaLayer, LlamaModel
 from .moe import MoE, check_expert_counts, expert_groups, load_moe, moe_add
 
-TENSOR_NAMES.update({  # llama.cpp's LLM_TENSOR_ATTN_NORM_2, LLM_TENSOR_ATTN_GATE (afmoe.py's too)
-    "attn_norm_2": "blk.{i}.attn_norm_2.weight",
-    "attn_gate": "blk.{i}.attn_gate.weight",
-})  # fmt: skip
+TENSOR_NAMES.update({"attn_norm_2": "blk.{i}.attn_norm_2.weight"})  # (llama.cpp's LLM_TENSOR_ATTN_NORM_2)
 
 #: softplus(DT_ONE) = 1: the scan's dt (its raw columns zero), each step's decay exp(A) and write k^T v unscaled
 DT_ONE = math.log(math.e - 1.0)

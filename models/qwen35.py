@@ -51,12 +51,12 @@ from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
+from ..ops.host import sigmoid
 from ..ops.cpu.deltanet import gated_rms_norm
 from .common import TENSOR_NAMES, Model, WeightLoader, make_rope
 from .moe import MoE, load_moe, moe_add
 
-TENSOR_NAMES.update({  # llama.cpp's LLM_TENSOR_ATTN_GATE, LLM_TENSOR_SSM_* (ssm_a has no ".weight")
-    "attn_gate": "blk.{i}.attn_gate.weight",
+TENSOR_NAMES.update({  # llama.cpp's LLM_TENSOR_SSM_* (ssm_a has no ".weight")
     "ssm_conv1d": "blk.{i}.ssm_conv1d.weight",
     "ssm_dt_b": "blk.{i}.ssm_dt.bias",
     "ssm_a": "blk.{i}.ssm_a",
@@ -152,10 +152,6 @@ def imrope_tables(cos: np.ndarray, sin: np.ndarray, sections: list[int]) -> tupl
         if not turns:
             cos[:, i], sin[:, i] = 1.0, 0.0
     return cos, sin
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 + 0.5 * np.tanh(0.5 * x)  # (without exp's overflow for large negative x)
 
 
 class Qwen35Model(Model):
@@ -268,7 +264,7 @@ class Qwen35Model(Model):
         be.linear_many((D.wqkv, D.wz, D.wbeta, D.walpha), xn, (qkv, z, beta, alpha))
         gb = buf.get("dn_gb", T, 2 * nv)  # each head's decay log g, then its write strength beta (what the cache keeps)
         gb[:, :nv] = np.logaddexp(np.float32(0.0), alpha + D.dt_b) * D.A  # (softplus)
-        gb[:, nv:] = _sigmoid(beta)
+        gb[:, nv:] = sigmoid(beta)
         y = buf.get("dn_y", T, geo.d_inner)
         state.scan(qkv, gb, pos, D, y)
         gated_rms_norm(y, z, D.norm, self.cfg.norm_eps)
@@ -304,7 +300,7 @@ class Qwen35Model(Model):
                 if be.name == "gpu":
                     gpu_gate.sigmoid_gate(qg3, att3)
                 else:
-                    att3 *= _sigmoid(qg3[:, :, hd:])
+                    att3 *= sigmoid(qg3[:, :, hd:])
                 be.linear_add(L.wo, att, x)
             self.trace("attn_out", il, x)
             if L.moe is not None:

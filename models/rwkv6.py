@@ -32,8 +32,9 @@ import numpy as np
 from ..loaders.errors import GGUFError
 from ..ops.backend import Weight
 from ..ops.cpu.nn import layer_norm_heads
+from ..ops.host import sigmoid
 from .common import TENSOR_NAMES, WeightLoader
-from .rwkv7 import GROUP_NORM_EPS, RWKV7Model, _sigmoid
+from .rwkv7 import GROUP_NORM_EPS, RWKV7Model
 
 TENSOR_NAMES.update({  # llama.cpp's LLM_TENSOR_TIME_MIX_* and CHANNEL_MIX_* of RWKV-6 (RWKV-7's in models/rwkv7.py)
     **{f"time_mix_{n}": f"blk.{{i}}.time_mix_{n}.weight" for n in ("lerp_x", "lerp_w", "lerp_k", "lerp_v", "lerp_r",
@@ -51,7 +52,7 @@ LERPS = "wkvrg"
 
 def silu(x: np.ndarray) -> np.ndarray:
     """The time mix's gate: ``x sigmoid(x)``."""
-    return x * _sigmoid(x)
+    return x * sigmoid(x)
 
 
 @dataclass
@@ -259,7 +260,7 @@ class RWKV6Model(RWKV7Model):
         kv, r = buf.get("rwkv_cm_kv", T, self.cfg.n_embd), buf.get("rwkv_cm_r", T, self.cfg.n_embd)
         be.linear(L.cm_value, h, kv)
         be.linear(L.cm_receptance, xn + sx * L.cm_lerp_r, r)
-        x += _sigmoid(r) * kv
+        x += sigmoid(r) * kv
         if L.halve:
             x *= np.float32(0.5)
 

@@ -34,10 +34,10 @@ import numpy as np
 
 from ..loaders.errors import UnsupportedModelError
 from ..ops.backend import Weight
+from ..ops.host import sigmoid
 from .arwkv7 import ARWKV7Model
 from .common import WeightLoader
 from .rwkv6 import RWKV6Layer, RWKV6Model
-from .rwkv7 import _sigmoid
 
 
 @dataclass
@@ -85,7 +85,7 @@ class RWKV6Qwen2Model(RWKV6Model):
 
     def gate_act(self, g: np.ndarray) -> np.ndarray:
         """llama.cpp's qrwkv path gates with a sigmoid, not RWKV-6's SiLU."""
-        return _sigmoid(g)
+        return sigmoid(g)
 
     def recurrence(self, L: RWKV6Layer, state: Any, pos: np.ndarray, r: np.ndarray, w: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
         """Gated linear attention (ggml_gated_linear_attn) through the WKV-6 kernel: the key ``k (1 - w)``, the

@@ -39,6 +39,7 @@ from ..loaders.errors import GGUFError, UnsupportedModelError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
 from ..ops.cpu.nn import layer_norm_heads
+from ..ops.host import sigmoid
 from .common import TENSOR_NAMES, Model, WeightLoader
 
 TENSOR_NAMES.update({  # llama.cpp's LLM_TENSOR_TOKEN_EMBD_NORM, ATTN_NORM_2, TIME_MIX_*, CHANNEL_MIX_*
@@ -94,10 +95,6 @@ class RWKV7Layer:
     g2: Weight | None = None
     ln: np.ndarray | None = None  # [n_embd] and its bias: the group norm's (llama.cpp skips it where a file has none)
     ln_b: np.ndarray | None = None
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 + 0.5 * np.tanh(0.5 * x)  # (without exp's overflow for large negative x)
 
 
 class RWKV7Model(Model):
@@ -217,12 +214,12 @@ class RWKV7Model(Model):
         be.linear(L.wr, xr, r)
         be.linear(L.wk, xk, k)
         be.linear(L.wv, xv, v)
-        w[...] = np.exp(DECAY_SCALE * _sigmoid(self.lora(L.w1, L.w2, xw, np.tanh, "w") + L.w0))
+        w[...] = np.exp(DECAY_SCALE * sigmoid(self.lora(L.w1, L.w2, xw, np.tanh, "w") + L.w0))
         if L.v1 is None:
             v_first = v.copy()
         else:  # the value residual: toward layer 0's value, as far as its own LoRA says
-            v += (v_first - v) * _sigmoid(self.lora(L.v1, L.v2, xv, None, "v") + L.v0)
-        iclr = _sigmoid(self.lora(L.a1, L.a2, xa, None, "a") + L.a0)
+            v += (v_first - v) * sigmoid(self.lora(L.v1, L.v2, xv, None, "v") + L.v0)
+        iclr = sigmoid(self.lora(L.a1, L.a2, xa, None, "a") + L.a0)
         kk = (k * L.k_k).reshape(T, H, N)
         kk /= np.maximum(np.sqrt(np.einsum("thn,thn->th", kk, kk)), np.float32(1e-12))[:, :, None]  # (ggml_l2_norm)
         kk = kk.reshape(T, n)
@@ -238,7 +235,7 @@ class RWKV7Model(Model):
         bonus = np.einsum("thn,thn,hn->th", r.reshape(T, H, N), k.reshape(T, H, N), L.r_k.reshape(H, N))
         y3 += v.reshape(T, H, N) * bonus[:, :, None]
         if L.g1 is not None:
-            y *= self.lora(L.g1, L.g2, xx[5], _sigmoid, "g")
+            y *= self.lora(L.g1, L.g2, xx[5], sigmoid, "g")
         return y, v_first
 
     def channel_mix(self, L: RWKV7Layer, state: Any, xn: np.ndarray, pos: np.ndarray, x: np.ndarray) -> None:

@@ -36,12 +36,11 @@ from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
-from .common import TENSOR_NAMES, Buffers, WeightLoader, make_rope
+from .common import Buffers, WeightLoader, make_rope
 from .llama import LlamaModel
 from .mimo2 import per_layer
 from .moe import MoE, check_expert_counts, gating_func, load_moe, moe_or_swiglu_add, weights_scale
 
-TENSOR_NAMES.update({"attn_gate": "blk.{i}.attn_gate.weight"})  # (llama.cpp's LLM_TENSOR_ATTN_GATE)
 
 #: llama.cpp's expert_gating_func values the graph runs (0, unstated: sigmoid, as llama.cpp defaults it for step35)
 GATING = {0: "sigmoid", 1: "softmax", 2: "sigmoid"}
@@ -65,10 +64,6 @@ class Step35Layer:
     w_down: Weight | None = None
     moe: MoE | None = None  # the others' mixture of experts (with the shared expert)
     swiglu_limit: float = 0.0  # > 0: the dense FFN's SwiGLU clamped (moe.swiglu_clamped; llama.cpp's swiglu_clamp_shexp)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:  # (hy_v4's hyper-connection mixes and dots3note's head gate; ours is sigmoid_mul)
-    return 0.5 + 0.5 * np.tanh(0.5 * x)  # (without exp's overflow for large negative x)
 
 
 def per_layer_head_specs(cfg: ModelConfig, layers: list[Any]) -> list[LayerSpec]:

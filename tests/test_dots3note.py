@@ -49,7 +49,7 @@ def test_each_layer_has_its_kinds_geometry(tmp_path):
 
 
 def _no_gate(monkeypatch):
-    return lambda m: monkeypatch.setattr(dots3note, "_sigmoid", lambda g: np.ones_like(g))
+    return lambda m: monkeypatch.setattr(dots3note, "sigmoid", lambda g: np.ones_like(g))
 
 
 def _no_k_norm(m):

@@ -20,10 +20,10 @@ import pytest
 from gpu_checks import check_decode_copies_only_logits, check_prefill_and_replayed_decode, rel_err
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
-from kvrun.models.qwen35 import _sigmoid
 from kvrun.ops import gpu_available
 from kvrun.ops.gpu import delta as G
 from kvrun.ops.gpu import emulate
+from kvrun.ops.host import sigmoid
 
 pytestmark = pytest.mark.skipif(not gpu_available() and not emulate.available(), reason="no GPU and no host C++ compiler for the emulator")
 
@@ -42,12 +42,12 @@ def test_the_safe_gate_and_the_head_gate_as_the_cpu_computes_them(rt):
     T, H, d = 3, 4, 16
     f, beta = rng.standard_normal((T, H * d)).astype(np.float32) * 4, rng.standard_normal((T, H)).astype(np.float32) * 4
     dt_b, A = rng.uniform(-1, 1, H * d).astype(np.float32), np.exp(rng.uniform(-1, 1, H)).astype(np.float32)
-    want = np.concatenate([(_sigmoid((f + dt_b).reshape(T, H, d) * A[:, None]) * np.float32(-5.0)).reshape(T, -1), _sigmoid(beta)], 1)
+    want = np.concatenate([(sigmoid((f + dt_b).reshape(T, H, d) * A[:, None]) * np.float32(-5.0)).reshape(T, -1), sigmoid(beta)], 1)
     gb = rt.xp.zeros((T, H * d + H), np.float32)
     G.decay_beta(_dev(rt, f), _dev(rt, beta), _dev(rt, dt_b), _dev(rt, A), gb, d, -5.0)
     assert rel_err(want, rt.asnumpy(gb)) < 2e-5
     att, gate = rng.standard_normal((T, H, d)).astype(np.float32), rng.standard_normal((T, H)).astype(np.float32) * 3
-    want, got = att * _sigmoid(gate)[:, :, None], _dev(rt, att)
+    want, got = att * sigmoid(gate)[:, :, None], _dev(rt, att)
     G.head_gate(_dev(rt, gate), got)
     assert rel_err(want, rt.asnumpy(got)) < 2e-5
 

@@ -26,8 +26,11 @@ indexer (``attention.indexer.*``, its weights on the layers ``indexer.types`` fl
 kvrun runs that dense path only, a context (``--ctx-size``) past ``top_k`` refused in one line, the indexer's weights
 never read.  The all-full-attention checkpoints state no indexer and have no such limit.
 
-The CPU only: the hyper-connections' mixes are host work with no device kernel, so ``--device gpu`` is refused.
-``KVRUN_MLA=expanded`` is not honoured: the latent form only (dots3note's way).
+On ``--device gpu`` the trunk runs on deepseek2's kernels (the latent attention with the sinks, the gate's
+``sigmoid_mul``, the experts' gate-first clamp) and the streams' arithmetic, host numpy on the CPU, on hyper.cu's
+(``ops/gpu/hyper.py``: a site's pre and post weights with the reduce, the spread, the fill), so a decode step stays on
+the device and is captured as a CUDA graph.  ``KVRUN_MLA=expanded`` is not honoured: the latent form only (dots3note's
+way).
 """
 
 from __future__ import annotations
@@ -92,9 +95,6 @@ class HyV4Model(Deepseek2Model):
         return (cfg.rope_dim + (rank if bits >= 16 else 2 * rank),) * cfg.n_layer
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: hy_v4 runs on the CPU only for now (--device gpu: its hyper-connections' "
-                                        "mixes have no GPU kernel)")  # fmt: skip
         for key in REQUIRED_KEYS:
             if g.arch_get(key) is None:
                 raise GGUFError(f"{g.path}: metadata hy_v4.{key} is missing; the file is not a complete model")
@@ -108,6 +108,14 @@ class HyV4Model(Deepseek2Model):
         self.hc_magnitude = float(g.arch_get("hyper_connection.magnitude"))
         if self.n_hc < 1:
             raise GGUFError(f"{g.path}: hy_v4.hyper_connection.count is {self.n_hc}; the file is not a supported model")
+        self.hc_dev = None  # the device's hyper-connection kernels (ops/gpu/hyper.py); the CPU's are host numpy
+        if backend.name != "cpu":
+            from ..ops.gpu import hyper  # (only here: the CPU's runs never load the GPU's modules)
+
+            if self.n_hc > hyper.MAX_HC:
+                raise UnsupportedModelError(f"{g.path}: hy_v4 with {self.n_hc} hyper-connection streams on the GPU (its kernels "
+                                            f"hold at most {hyper.MAX_HC}); use --device cpu")  # fmt: skip
+            self.hc_dev = hyper.HyperConnections(self.hc_eps, self.hc_magnitude)
         self.indexer_top_k = self._indexer_top_k(g, cfg, n_ctx)
         self._gating = gating_func(g, GATING)
         # (llama.cpp clamps where the limit is above 1e-6; unstated, nowhere)
@@ -179,6 +187,10 @@ class HyV4Model(Deepseek2Model):
         what the block's output goes back into each stream times (llama.cpp's ``build_hc_pre``)."""
         n = self.n_hc
         mixes = self.hc_mixes(hc, streams)
+        if self.hc_dev is not None:
+            post = self.buf.get("hc_post", streams.shape[0], n)
+            self.hc_dev.pre(mixes, hc.base, hc.scale, streams, cur, post)
+            return post
         pre = sigmoid(mixes[:, :n] * hc.scale[0] + hc.base[:n]) + np.float32(self.hc_eps)
         post = np.float32(self.hc_magnitude) * sigmoid(mixes[:, n:] * hc.scale[1] + hc.base[n:]) + np.float32(self.hc_eps)
         np.einsum("th,the->te", pre, streams, out=cur)
@@ -192,6 +204,31 @@ class HyV4Model(Deepseek2Model):
         self.be.linear(hc.fn, flat, mixes)
         return mixes
 
+    def hc_head(self, streams: np.ndarray, x: np.ndarray) -> None:
+        """``x`` = the streams weighed into one row a token for the final norm and ``output`` (``output_hc``: ``hc``
+        mixes, one scale and base for them, no post)."""
+        hc = self.output_hc
+        mixes = self.hc_mixes(hc, streams)
+        if self.hc_dev is not None:
+            self.hc_dev.pre(mixes, hc.base, hc.scale, streams, x)
+            return
+        pre = sigmoid(mixes * hc.scale[0] + hc.base) + np.float32(self.hc_eps)
+        np.einsum("th,the->te", pre, streams, out=x)
+
+    def hc_post(self, streams: np.ndarray, post: np.ndarray, out: np.ndarray) -> None:
+        """Each stream its share of a block's output ``out``, times its ``post`` (llama.cpp's ``build_hc_post``)."""
+        if self.hc_dev is not None:
+            self.hc_dev.post(streams, post, out)
+        else:
+            streams += post[:, :, None] * out[:, None, :]
+
+    def hc_fill(self, streams: np.ndarray, x: np.ndarray) -> None:
+        """Every stream the row ``x`` (the token's embedding, at the start)."""
+        if self.hc_dev is not None:
+            self.hc_dev.fill(streams, x)
+        else:
+            streams[...] = x[:, None, :]
+
     def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
         c, be, buf, eps = self.cfg, self.be, self.buf, self.cfg.norm_eps
         T, H, R, rank, E = len(tokens), c.n_head, self.n_rot, self.kv_rank, c.n_embd
@@ -200,7 +237,7 @@ class HyV4Model(Deepseek2Model):
         q_raw, kva = buf.get("q_raw", T, H * c.head_dim), buf.get("kv_a", T, rank + R)
         att, gate = buf.get("att", T, H * c.head_dim_v), buf.get("attn_gate", T, H * c.head_dim_v)
         be.get_rows(self.tok_embd, tokens, x)
-        streams[...] = x[:, None, :]  # every stream the embedding
+        self.hc_fill(streams, x)  # every stream the embedding
         for il, L in enumerate(self.layers):
             post = self.hc_pre(L.hc_attn, streams, x)
             be.rms_norm(x, L.attn_norm, eps, xn)
@@ -212,7 +249,7 @@ class HyV4Model(Deepseek2Model):
             be.sigmoid_mul(att, gate)
             self.trace("attn_gated", il, att)
             be.linear(L.wo, att, out)
-            streams += post[:, :, None] * out[:, None, :]  # (build_hc_post: each stream its share of the block's output)
+            self.hc_post(streams, post, out)
             post = self.hc_pre(L.hc_ffn, streams, x)
             be.rms_norm(x, L.ffn_norm, eps, xn)
             if L.moe is not None:
@@ -221,9 +258,7 @@ class HyV4Model(Deepseek2Model):
                 g, u = buf.get("gate", T, L.w_gate.shape[0]), buf.get("up", T, L.w_gate.shape[0])
                 be.linear_many((L.w_gate, L.w_up), xn, (g, u))
                 be.linear_glu(L.w_down, g, u, out, "silu")
-            streams += post[:, :, None] * out[:, None, :]
+            self.hc_post(streams, post, out)
             self.trace("l_out", il, streams)
-        mixes = self.hc_mixes(self.output_hc, streams)  # the head's reduce: hc mixes, scale and base shared
-        pre = sigmoid(mixes * self.output_hc.scale[0] + self.output_hc.base) + np.float32(self.hc_eps)
-        np.einsum("th,the->te", pre, streams, out=x)
+        self.hc_head(streams, x)
         self.output_head(x, out_rows, logits)

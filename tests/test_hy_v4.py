@@ -4,7 +4,7 @@ of the heads' outputs, sinks and a clamped expert SwiGLU.
 The logits are llama.cpp's (tests/fixtures/arch_hy_v4.npz, from ``tools/make_arch_fixtures.py hy_v4``; test_models.py's
 FIXTURE_MODELS test runs it too), its DSA path up to top_k; here: the fixture held in both chunkings, and failed without
 each of what sets HY V4 apart; the layers' caches; a missing tensor or key and what is refused in one line (a context
-past the indexer's top_k, the GPU); ``kvrun info`` and ``kvrun run`` on the tiny file.
+past the indexer's top_k); ``--device gpu`` against the CPU; ``kvrun info`` and ``kvrun run`` on the tiny file.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import dataclasses
 
 import numpy as np
 import pytest
-from arch_checks import (_cfg, _moe, _sees_apart, check_gpu_refused, check_info_and_run, check_logits_are_llamacpps, check_missing_key,
-                         check_missing_tensor, check_refused)  # fmt: skip
+from arch_checks import (_cfg, _moe, _sees_apart, check_info_and_run, check_logits_are_llamacpps, check_missing_key, check_missing_tensor,
+                         check_refused)  # fmt: skip
 from test_models import N_BATCH, N_CTX
 from tiny_hy_v4 import CLAMP, HC, KV_RANK, N_ROT, QK_NOPE
 from tinymodel import FIXTURE_MODELS, write_tiny_model
@@ -129,8 +129,18 @@ def test_a_context_past_the_indexers_top_k_is_refused_in_one_line(path):
     assert _load(g, 64).indexer_top_k == 0
 
 
-def test_the_gpu_is_refused_in_one_line(tmp_path):
-    check_gpu_refused(tmp_path, NAME)
+def test_the_gpu_matches_the_cpu(gpu_env, tmp_path, capsys):
+    """``--device gpu`` (the kernel emulator without a GPU): a prefill and decode steps, the first captured, the others
+    replayed, within 2e-3 of the CPU's logits (the streams' pre, post and fill in hyper.cu; the latent attention with its
+    sinks, the gate and Maple's clamped experts the trunk's kernels)."""
+    from gpu_checks import check_prefill_and_replayed_decode
+
+    from kvrun.ops import gpu_available
+    from kvrun.ops.gpu import emulate
+
+    if not gpu_available() and not emulate.available():
+        pytest.skip("no GPU and no host C++ compiler for the emulator")
+    check_prefill_and_replayed_decode(write_tiny_model(tmp_path / "m.gguf", NAME), capsys=capsys, steps=(5, 9, 14))
 
 
 def test_info_and_run(tmp_path):

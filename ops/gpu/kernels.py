@@ -220,6 +220,10 @@ _declare("gemma.cu", "gemma_gaussian_topk_f32", "pif")  # x, n, std_mul
 _declare("gemma.cu", "gemma_gelu_mul_strided_f32", "ppiiil")  # g, pl, n, pl_stride, pl_off, total
 _declare("gemma.cu", "gemma_copy_f32", "ppl")  # src, dst, n
 _declare("gemma.cu", "gemma_scale_by_expert_f32", "pppl")  # wts, ids, scale, total
+# hyper-connections' streams (hyper.cu): mixes, base, streams, cur, post, n_hc, n_mix, n_embd, s_pre, s_post, eps, magnitude
+_declare("hyper.cu", "hc_pre_f32", "ppppp" + "iii" + "ffff")
+_declare("hyper.cu", "hc_post_f32", "pppiil")  # streams, post, out, n_hc, n_embd, total
+_declare("hyper.cu", "hc_fill_f32", "ppiil")  # x, streams, n_hc, n_embd, total
 # a picture's rows seeing each other both ways (picture.cu): q, k, v, kpos, qpos, out, T, n_slots, cap, n_head, n_kv, D,
 # Dv, pend, window, scale, softcap, BQ, BKV
 _declare("picture.cu", "attn_picture_f16", "pppppp" + "i" * 9 + "ff" + "ii")

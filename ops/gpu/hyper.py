@@ -1,0 +1,77 @@
+"""Launching hyper.cu: the hyper-connections' streams on the device (HY V4's iHC, models/hy_v4.py), as
+:class:`HyperConnections`.
+
+The residual is ``n_hc`` streams of ``n_embd`` a token, one ``[T, n_hc, n_embd]`` array.  The CPU's forward turns a
+site's mixes into its weights, reduces the streams into the block's input and spreads the block's output back in host
+numpy; here each of those is one launch reading and writing device buffers, so a decode step copies nothing to the host
+and is captured as a CUDA graph.  Rows are float32, C-contiguous.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+
+from . import kernels as K
+from .arrays import ConstCache, device_out, to_device
+
+_EW_BLOCK, _EW_MAX_GRID = 256, 8192
+MAX_HC = 16  # HYPER_MAX_HC in hyper.cu
+
+
+def _grid(n: int) -> tuple[int]:
+    return (max(1, min(K.cdiv(n, _EW_BLOCK), _EW_MAX_GRID)),)
+
+
+class HyperConnections:
+    """One model's hyper-connections on the device: its ``eps`` (added to every pre and post weight) and ``magnitude``
+    (the post weights' factor).  A site's ``base`` is handed in as the host array the model loaded and uploaded once
+    (a captured step uploads nothing)."""
+
+    def __init__(self, eps: float, magnitude: float) -> None:
+        self.eps, self.magnitude = float(eps), float(magnitude)
+        self._bases = ConstCache()
+
+    def pre(self, mixes: Any, base: np.ndarray, scale: np.ndarray, streams: Any, cur: Any, post: Any = None) -> None:
+        """``cur[t] = sum_h pre[t, h] streams[t, h]``, ``pre = sigmoid(mixes[:, :n_hc] * scale[0] + base[:n_hc])
+        + eps``; with ``post`` ``[T, n_hc]`` (a layer's site: ``mixes`` ``[T, 2 n_hc]``) also ``post = magnitude *
+        sigmoid(mixes[:, n_hc:] * scale[1] + base[n_hc:]) + eps``.  Without it ``mixes`` is ``[T, n_hc]``: the output
+        head's reduce."""
+        T, n_hc, n_embd = streams.shape
+        n_mix = mixes.shape[1]
+        if n_hc > MAX_HC or n_mix != n_hc * (1 if post is None else 2) or base.size != n_mix or tuple(cur.shape) != (T, n_embd) \
+                or (post is not None and tuple(post.shape) != (T, n_hc)) or mixes.shape[0] != T:  # fmt: skip
+            raise ValueError(f"hyper-connections' pre: mixes {tuple(mixes.shape)}, base {base.shape}, streams {tuple(streams.shape)}, "
+                             f"cur {tuple(cur.shape)}, post {None if post is None else tuple(post.shape)} do not match")  # fmt: skip
+        s_post = float(scale[1]) if post is not None else 0.0
+        md, bd, sd = to_device(mixes), self._bases.get(base), to_device(streams)
+        with device_out(cur) as cd, (nullcontext(cd) if post is None else device_out(post)) as pd:  # (no post: its pointer unread)
+            K.launch("hc_pre_f32", (T,), (_EW_BLOCK,), md, bd, sd, cd, pd, n_hc, n_mix, n_embd, float(scale[0]), s_post, self.eps,
+                     self.magnitude)  # fmt: skip
+
+    @staticmethod
+    def post(streams: Any, post: Any, out: Any) -> None:
+        """``streams += post[:, :, None] * out[:, None, :]``: each stream its share of a block's output ``out``
+        ``[T, n_embd]``."""
+        T, n_hc, n_embd = streams.shape
+        if tuple(post.shape) != (T, n_hc) or tuple(out.shape) != (T, n_embd):
+            raise ValueError(f"hyper-connections' post: streams {tuple(streams.shape)}, post {tuple(post.shape)}, "
+                             f"out {tuple(out.shape)} do not match")  # fmt: skip
+        total = math.prod(streams.shape)
+        pd, od = to_device(post), to_device(out)
+        with device_out(streams) as sd:
+            K.launch("hc_post_f32", _grid(total), (_EW_BLOCK,), sd, pd, od, n_hc, n_embd, total)
+
+    @staticmethod
+    def fill(streams: Any, x: Any) -> None:
+        """``streams[...] = x[:, None, :]``: every stream the row ``x`` ``[T, n_embd]`` (a token's embedding)."""
+        T, n_hc, n_embd = streams.shape
+        if tuple(x.shape) != (T, n_embd):
+            raise ValueError(f"hyper-connections' fill: streams {tuple(streams.shape)}, x {tuple(x.shape)} do not match")
+        total = math.prod(streams.shape)
+        xd = to_device(x)
+        with device_out(streams) as sd:
+            K.launch("hc_fill_f32", _grid(total), (_EW_BLOCK,), xd, sd, n_hc, n_embd, total)

@@ -19,7 +19,9 @@ scale), with what sets it apart:
   ``expert_shared_feed_forward_length`` wide (else ``expert_feed_forward_length`` x ``expert_shared_count``);
   the output head the token embeddings where the file has no ``output.weight``.
 
-The softplus gate is host work (numpy): ``--device gpu`` is refused in one line.
+On ``--device gpu`` the softplus gate is a kernel (the backend's ``softplus_mul``), the experts route in moe.cu's
+kernels (the selection bias and the shared expert included): a decode step brings nothing to the host and is
+captured as a CUDA graph.
 """
 
 from __future__ import annotations
@@ -32,16 +34,15 @@ import numpy as np
 
 from ..cache.base import KVCache, LayerSpec
 from ..loaders.config import ModelConfig
-from ..loaders.errors import GGUFError, UnsupportedModelError
+from ..loaders.errors import GGUFError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
-from .common import TENSOR_NAMES, WeightLoader, make_rope
+from .common import WeightLoader, make_rope
 from .llama import LlamaModel
 from .mimo2 import per_layer
 from .moe import expert_groups, gating_func, load_moe, moe_or_swiglu_add, weights_scale
 from .step35 import Step35Layer
 
-TENSOR_NAMES.update({"attn_gate": "blk.{i}.attn_gate.weight"})  # (llama.cpp's LLM_TENSOR_ATTN_GATE)
 
 #: llama.cpp's expert_gating_func values the graph runs (0, unstated: sigmoid, as llama.cpp defaults it for laguna)
 GATING = {0: "sigmoid", 1: "softmax", 2: "sigmoid"}
@@ -53,20 +54,12 @@ class LagunaLayer(Step35Layer):
     bqkv: tuple[Any, Any, Any] = (None, None, None)  # Q, K and V's biases, each where the file has it (create_tensor_qkv)
 
 
-def softplus(x: np.ndarray) -> np.ndarray:
-    """log(1 + e^x), x itself past 20 (ggml's ``ggml_compute_softplus_f32``), float32."""
-    return np.where(x > 20.0, x, np.log1p(np.exp(np.minimum(x, 20.0)))).astype(np.float32)
-
-
 class LagunaModel(LlamaModel):
     archs = ("laguna",)
     #: the metadata llama.cpp requires
     required_keys = ("attention.layer_norm_rms_epsilon", "leading_dense_block_count", "expert_feed_forward_length")
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: laguna on --device {backend.name} is not supported yet "
-                                        "(its softplus attention gate is host work); use --device cpu")  # fmt: skip
         for key in self.required_keys:
             if g.arch_get(key) is None:
                 raise GGUFError(f"{g.path}: metadata laguna.{key} is missing; the file is not a complete model")
@@ -149,10 +142,7 @@ class LagunaModel(LlamaModel):
             be.norm_rope_qk(q3, k3, L.q_norm, L.k_norm, c.norm_eps, pos, cos, sin, c.rope_neox)
             cache[il].update_and_attend(q3, k3, v3, pos, att3)
             self.trace("attn_out", il, att)
-            if L.gate_per_head:
-                att3 *= softplus(g)[:, :, None]
-            else:
-                att *= softplus(g)
+            be.softplus_mul(att, g)  # (g [T, H]: one gate over each head's D values; [T, H * D]: one a value)
             be.linear_add(L.wo, att, x)
             moe_or_swiglu_add(be, L, x, xn, c.norm_eps, buf)
             self.trace("l_out", il, x)

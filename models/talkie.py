@@ -5,15 +5,16 @@ and what sets it apart:
 * no norm has a weight: the input embeddings, each block's input, the final hidden state all RMS-normed plain (the
   checkpoint's ``F.rms_norm``, at the file's epsilon: the converter states float32's machine epsilon);
 * Q and K RMS-normalised per head *after* the rope (the reference's order), K without a weight, each of Q's heads times
-  a gain of its own (``attn_q_norm``, ``[n_head]`` values, one a head);
+  a gain of its own (``attn_q_norm``, ``[n_head]`` values, one a head: the backend's ``mul`` by each repeated over
+  its head, ggml_mul's broadcast);
 * the attention's and the FFN's outputs each times a gain (``attn_output.scale``, ``ffn_down.scale``: the checkpoint's
   ``attn_gain``/``mlp_gain``, 1 where a file has none, as llama.cpp's optional scale tensors) before their residual adds;
 * every layer adds the normed embeddings again, times its ``layer_output_scale``, to its output (a skip from the input);
 * the logits times ``logit_scale`` (the checkpoint's ``lm_head_gain``; required), from an output head of its own
   (``output.weight`` required: no tied fallback).
 
-Refused besides: ``--device gpu`` (each query head's own gain is host work here: the GPU's kernels have no per-head
-multiply).
+On ``--device gpu`` every step is a kernel (the heads' gains ``mul``, the embedding skip's copies the backend's
+``copy``): a decode step brings nothing to the host and is captured as a CUDA graph.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 
 from ..cache.base import KVCache, LayerSpec
 from ..loaders.config import ModelConfig
-from ..loaders.errors import GGUFError, UnsupportedModelError
+from ..loaders.errors import GGUFError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
 from .common import TENSOR_NAMES, Model, WeightLoader, make_rope
@@ -44,7 +45,7 @@ class TalkieLayer:
     bq: Any  # (optional biases, as llama.cpp's create_tensor_qkv reads them)
     bk: Any
     bv: Any
-    head_gain: np.ndarray  # [n_head]: each query head's gain after its norm (attn_q_norm)
+    head_gain: Any  # [n_head * head_dim] (a backend vector): each query head's gain after its norm (attn_q_norm), over its head
     w_gate: Weight  # [n_ff, n_embd]
     w_up: Weight  # [n_ff, n_embd]
     w_down: Weight  # [n_embd, n_ff]
@@ -58,8 +59,6 @@ class TalkieModel(Model):
     required_keys = ("attention.layer_norm_rms_epsilon", "logit_scale")  # (llama.cpp's get_key without a default)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":  # (each query head's gain: numpy on the host)
-            raise UnsupportedModelError(f"{g.path}: talkie runs on the CPU only for now (--device gpu is not supported for it yet)")
         for key in self.required_keys:
             if g.arch_get(key) is None:
                 raise GGUFError(f"{g.path}: metadata talkie.{key} is missing; the file is not a complete model")
@@ -80,8 +79,9 @@ class TalkieModel(Model):
         if gain.size != c.n_head:
             raise GGUFError(f"{w.g.path}: blk.{i}.attn_q_norm has {gain.size} values, expected one a head ({c.n_head}); "
                             "the file is not a supported model")  # fmt: skip
+        head_gain = self.be.vector(np.repeat(gain.astype(np.float32), c.head_dim))  # (one value a query value: be.mul's layout)
         return TalkieLayer(
-            wq=wq, wk=wk, wv=wv, wo=w.matrix("wo", i), bq=bq, bk=bk, bv=bv, head_gain=gain.reshape(1, c.n_head, 1),
+            wq=wq, wk=wk, wv=wv, wo=w.matrix("wo", i), bq=bq, bk=bk, bv=bv, head_gain=head_gain,
             w_gate=w.matrix("w_gate", i), w_up=w.matrix("w_up", i), w_down=w.matrix("w_down", i),
             attn_gain=self._scalar(w, "wo_s", i, required=False), ffn_gain=self._scalar(w, "w_down_s", i, required=False),
             skip_scale=self._scalar(w, "layer_out_scale", i, required=True),
@@ -113,7 +113,7 @@ class TalkieModel(Model):
         skip = buf.get("skip", T, c.n_embd)  # the normed embeddings every layer adds again
 
         self.embed(tokens, xn, skip)
-        x[...] = skip
+        self._copy(skip, x)
         for il, L in enumerate(self.layers):
             be.norm_linear_many(x, self.ones, c.norm_eps, xn, (L.wq, L.wk, L.wv), (q, k, v))
             self.trace("attn_norm", il, xn)
@@ -130,7 +130,7 @@ class TalkieModel(Model):
             be.norm_linear_many(x, self.ones, c.norm_eps, xn, (L.w_gate, L.w_up), (gate, up))
             be.linear_glu(L.w_down, gate, up, o, "silu")
             self._add_scaled(o, L.ffn_gain, x)
-            o[...] = skip
+            self._copy(skip, o)
             self._add_scaled(o, L.skip_scale, x)
             self.trace("l_out", il, x)
         self.output_head(x, out_rows, logits)
@@ -145,8 +145,16 @@ class TalkieModel(Model):
         """Each head of Q and K RMS-normed in place (after the rope, as the reference), Q's heads times their gains."""
         eps = self.cfg.norm_eps
         self.be.rms_norm_heads(q3, self.ones_head, eps)
-        q3 *= L.head_gain  # (host numpy: the CPU's arrays)
+        self.be.mul(q3, L.head_gain)
         self.be.rms_norm_heads(k3, self.ones_head, eps)
+
+    def _copy(self, src: Any, dst: Any) -> None:
+        """``dst[...] = src``: host numpy on the CPU, the backend's copy kernel on a device (one launch a captured decode
+        step holds, as hrm_text's and smallthinker's copies)."""
+        if self.be.name == "cpu":
+            np.copyto(dst, src)
+        else:
+            self.be.copy(src, dst)
 
     def _add_scaled(self, o: Any, s: float, x: Any) -> None:
         """``x += o * s`` (``o`` overwritten)."""

@@ -176,6 +176,17 @@ class Backend(Protocol):
         a ValueError where ``x`` is not a whole number of ``s``."""
         ...
 
+    def softplus_mul(self, x: Any, s: Any) -> None:
+        """``x *= softplus(s)`` in place, laid out as :meth:`sigmoid_mul` (Laguna's attention gate, element by element or
+        one a head); softplus as ggml's ``ggml_compute_softplus_f32``: ``s`` itself above 20, else ``log1p(exp(s))``."""
+        ...
+
+    def mul(self, x: Any, w: Any) -> None:
+        """``x *= w`` in place, ``w`` a vector of ``m`` values over each run of ``m`` consecutive values of ``x`` (``x``
+        viewed as ``[-1, m]``: ggml_mul's row broadcast, as Talkie's gain a query head, each repeated over its
+        head_dim); a ValueError where ``x`` is not a whole number of ``w``."""
+        ...
+
     # (the GPU backend also has Gemma 3n's and Gemma 4's own steps, AltUp's and the per-layer inputs' gate, which the
     # CPU's models do in host numpy: ops/gpu/gemma.py GemmaOps, called from those models' forward_device only)
     # (and the mixture-of-experts variants' device steps, which the CPU's models do in host numpy: ops/gpu/moe2.py

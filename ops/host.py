@@ -13,3 +13,9 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     so a gate multiplies by the same numbers on either device.  (AFMoE's family multiplies by the exp form, ggml's
     ``ggml_sigmoid``, on purpose: ``models/afmoe.py``.)"""
     return 0.5 + 0.5 * np.tanh(0.5 * x)
+
+
+def softplus(x: np.ndarray) -> np.ndarray:
+    """``log(1 + e^x)``, ``x`` itself above 20 (ggml's ``ggml_compute_softplus_f32``: where exp would overflow; the
+    minimum keeps the branch not taken from overflowing too), float32."""
+    return np.where(x > np.float32(20.0), x, np.log1p(np.exp(np.minimum(x, np.float32(20.0))))).astype(np.float32)

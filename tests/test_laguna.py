@@ -2,14 +2,13 @@
 
 The logits are llama.cpp's (tests/fixtures/arch_laguna.npz, from ``tools/make_arch_fixtures.py laguna``; test_models.py's
 FIXTURE_MODELS test runs it too); here: the fixture held in both chunkings, and failed without each of what sets Laguna
-apart; the layers as the file lays them out; a missing tensor or key, a gate of neither width and the GPU refused in one
-line; ``kvrun info`` and ``kvrun run`` on the tiny file.
+apart; the layers as the file lays them out; a missing tensor or key and a gate of neither width refused in one line;
+``kvrun info`` and ``kvrun run`` on the tiny file; the GPU (emulator where there is none) against the CPU.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,11 +18,12 @@ from test_models import N_BATCH, N_CTX, _fixture_error
 from tinymodel import write_tiny_model
 
 from kvrun.loaders.config import load_config
-from kvrun.loaders.errors import GGUFError, UnsupportedModelError
+from kvrun.loaders.errors import GGUFError
 from kvrun.loaders.gguf_file import GGUFFile
 from kvrun.models import model_class
 from kvrun.models.common import make_rope
 from kvrun.ops import get_backend
+from kvrun.ops.cpu.backend import CPUBackend
 
 NAME = "laguna"
 #: the largest relative logit error measured against llama.cpp 0.3.36 (both runtimes' float16 K)
@@ -53,8 +53,6 @@ def test_the_fixture_sees_what_sets_laguna_apart(tmp_path, monkeypatch):
     rope; the windows and the pattern's global layer first; exp_probs_b, the sigmoid router, the weights'
     renormalisation and scale, the shared expert; the softplus gate (a sigmoid instead): each taken away costs whole
     logits against llama.cpp's."""
-    import kvrun.models.laguna as laguna
-
     drops = {
         "QK norm": _layers(q_norm=lambda L: np.ones_like(L.q_norm) * 2.0),
         "global YaRN": _rope(False, 10000.0, rope_scaling_type="none"),
@@ -73,7 +71,7 @@ def test_the_fixture_sees_what_sets_laguna_apart(tmp_path, monkeypatch):
     assert _fixture_error(tmp_path, NAME, lambda m: None) < TOLERANCE
     for what, drop in drops.items():
         assert _fixture_error(tmp_path, NAME, drop) > 10 * TOLERANCE, what
-    monkeypatch.setattr(laguna, "softplus", lambda x: (1.0 / (1.0 + np.exp(-x))).astype(np.float32))
+    monkeypatch.setattr(CPUBackend, "softplus_mul", CPUBackend.sigmoid_mul)  # (the same layout, the sigmoid)
     assert _fixture_error(tmp_path, NAME, lambda m: None) > 10 * TOLERANCE, "softplus gate"
 
 
@@ -101,14 +99,25 @@ def test_a_missing_key_is_one_line(tmp_path, key):
 
 
 def test_what_is_not_supported_is_refused_in_one_line(tmp_path):
-    """A gate neither one a head nor one a value wide (llama.cpp aborts), and the GPU (the softplus gate is host work)."""
-    path = write_tiny_model(tmp_path / "m.gguf", NAME)
-    g = GGUFFile(path)
+    """A gate neither one a head nor one a value wide (llama.cpp aborts)."""
+    g = GGUFFile(write_tiny_model(tmp_path / "m.gguf", NAME))
     g.tensors["blk.1.attn_gate.weight"] = g.tensors["blk.1.attn_k.weight"]  # (32 rows: neither 6 nor 96)
     check_refused(g, NAME, GGUFError, "blk.1 attn_gate has shape")
-    g = GGUFFile(path)
-    check_refused(g, NAME, UnsupportedModelError, "--device gpu", backend=SimpleNamespace(name="gpu"))
 
 
 def test_info_and_run(tmp_path):
     check_info_and_run(tmp_path, NAME)
+
+
+def test_the_gpu_matches_the_cpu(gpu_env, tmp_path, capsys):
+    """``--device gpu`` (the kernel emulator without a GPU): a prefill and decode steps, the first captured, the others
+    replayed, within 2e-3 of the CPU's logits (the softplus gate ``softplus_mul``, one a head and one a value; the experts
+    routed in moe.cu's kernels with exp_probs_b and a shared expert; per-layer heads, the two ropes)."""
+    from gpu_checks import check_prefill_and_replayed_decode
+
+    from kvrun.ops import gpu_available
+    from kvrun.ops.gpu import emulate
+
+    if not gpu_available() and not emulate.available():
+        pytest.skip("no GPU and no host C++ compiler for the emulator")
+    check_prefill_and_replayed_decode(write_tiny_model(tmp_path / "m.gguf", NAME), capsys=capsys, steps=(5, 9, 14))

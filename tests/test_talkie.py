@@ -3,15 +3,15 @@
 The logits are llama.cpp's (tests/fixtures/arch_talkie.npz, from ``tools/make_arch_fixtures.py talkie``; test_models.py's
 FIXTURE_MODELS test runs it too, prefill and decode); here: the fixture held in both chunkings, and failed without each
 of what sets Talkie apart; a missing tensor or key in one line, the optional gains 1 where absent; ``kvrun info`` and
-``kvrun run`` on the tiny file; ``--device gpu`` refused in one line.
+``kvrun run`` on the tiny file; the GPU (emulator where there is none) against the CPU.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from arch_checks import (_cfg, _layers, _model, _sees_apart, check_gpu_refused, check_info_and_run, check_logits_are_llamacpps,
-                         check_missing_key, check_missing_tensor)  # fmt: skip
+from arch_checks import (_cfg, _layers, _model, _sees_apart, check_info_and_run, check_logits_are_llamacpps, check_missing_key,
+                         check_missing_tensor)  # fmt: skip
 from test_models import N_BATCH
 from tiny_talkie import EPS, GEOMETRY, LOGIT_SCALE
 from tinymodel import write_tiny_model
@@ -51,8 +51,10 @@ def test_the_fixture_sees_what_sets_talkie_apart(tmp_path):
 
 def test_the_layers(tmp_path):
     m = _model(tmp_path, NAME)
-    n_head, n_layer = GEOMETRY[1], GEOMETRY[5]
-    assert len(m.layers) == n_layer and all(L.head_gain.shape == (1, n_head, 1) for L in m.layers)
+    n_head, hd, n_layer = GEOMETRY[1], GEOMETRY[3], GEOMETRY[5]
+    assert len(m.layers) == n_layer and all(L.head_gain.shape == (n_head * hd,) for L in m.layers)
+    gains = m.layers[0].head_gain.reshape(n_head, hd)  # (each head's one gain over its head_dim values: be.mul's layout)
+    assert (gains == gains[:, :1]).all() and len(set(gains[:, 0])) == n_head
     assert all(0.5 < L.attn_gain < 0.8 and 1.3 < L.ffn_gain < 1.8 and 0.2 < L.skip_scale < 0.5 for L in m.layers)
     assert m.logit_multiplier() == LOGIT_SCALE and m.cfg.norm_eps == pytest.approx(EPS) and m.cfg.rope_neox
 
@@ -79,5 +81,14 @@ def test_info_and_run(tmp_path):
     check_info_and_run(tmp_path, NAME)
 
 
-def test_the_gpu_is_refused_in_one_line(tmp_path):
-    check_gpu_refused(tmp_path, NAME)
+def test_the_gpu_matches_the_cpu(gpu_env, tmp_path, capsys):
+    """``--device gpu`` (the kernel emulator without a GPU): a prefill and decode steps, the first captured, the others
+    replayed, within 2e-3 of the CPU's logits (the heads' gains ``mul``, the embedding skip's copies device kernels)."""
+    from gpu_checks import check_prefill_and_replayed_decode
+
+    from kvrun.ops import gpu_available
+    from kvrun.ops.gpu import emulate
+
+    if not gpu_available() and not emulate.available():
+        pytest.skip("no GPU and no host C++ compiler for the emulator")
+    check_prefill_and_replayed_decode(write_tiny_model(tmp_path / "m.gguf", NAME), capsys=capsys, steps=(5, 9, 14))

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import Weight
+from ..host import sigmoid, softplus
 from . import fused, nn, qmatmul
 from .blas import one_thread_beside_the_gemm
 
@@ -185,20 +186,20 @@ class CPUBackend:
         out[...] = np.matmul(att.transpose(1, 0, 2), wv).transpose(1, 0, 2)
 
     def sigmoid_gated_add(self, x, y, s) -> None:
-        y *= 0.5 + 0.5 * np.tanh(0.5 * s)  # sigmoid, without exp's overflow for large negative s
+        y *= sigmoid(s)
         x += y
 
     def sigmoid_mul(self, x, s) -> None:
-        n, m = x.size, s.size
-        if m == 0 or n % m:
-            raise ValueError(f"sigmoid_mul: x {tuple(x.shape)} is not a whole number of s {tuple(s.shape)}")
-        # (the tanh form, as the GPU's kernel and step35's and qwen35's _sigmoid: bit for bit what those models multiplied by)
-        g = 0.5 + 0.5 * np.tanh(0.5 * s.reshape(m, 1))
-        if x.flags.c_contiguous:  # (a view: each row one s value's run of x)
-            xv = x.reshape(m, n // m)
-            xv *= g
-        else:  # (a reshape would copy: the product written back)
-            x[...] = (x.reshape(m, n // m) * g).reshape(x.shape)
+        n, m = _runs("sigmoid_mul", x, s)
+        _times(x, sigmoid(s.reshape(m, 1)), (m, n // m))  # (each row one s value's run of x)
+
+    def softplus_mul(self, x, s) -> None:
+        n, m = _runs("softplus_mul", x, s)
+        _times(x, softplus(s.reshape(m, 1)), (m, n // m))
+
+    def mul(self, x, w) -> None:
+        n, m = _runs("mul", x, w, "w")
+        _times(x, w.reshape(m), (n // m, m))  # (each row one run of m values, times w)
 
     def softcap(self, x, cap) -> None:
         nn.softcap_inplace(x, cap)
@@ -211,3 +212,21 @@ class CPUBackend:
         from .jitcache import kernels_cached
 
         return kernels_cached()
+
+
+def _runs(op: str, x: np.ndarray, s: np.ndarray, name: str = "s") -> tuple[int, int]:
+    """``x``'s and ``s``'s sizes, where ``x`` is a whole number of ``s``'s (else the one-line ValueError)."""
+    n, m = x.size, s.size
+    if m == 0 or n % m:
+        raise ValueError(f"{op}: x {tuple(x.shape)} is not a whole number of {name} {tuple(s.shape)}")
+    return n, m
+
+
+def _times(x: np.ndarray, f: np.ndarray, shape: tuple[int, int]) -> None:
+    """``x *= f``, ``x`` seen as ``shape`` (``f`` broadcast over it): through a view where ``x`` is contiguous, else
+    (a reshape would copy) the product written back."""
+    if x.flags.c_contiguous:
+        xv = x.reshape(shape)
+        xv *= f
+    else:
+        x[...] = (x.reshape(shape) * f).reshape(x.shape)

@@ -373,6 +373,25 @@ class GPUBackend(GemmaOps, MoEVariantOps):  # (GemmaOps: Gemma 3n's and Gemma 4'
         """x[t] += sigmoid(s[t]) * y[t] in one launch (a captured step must not bring s to the host)."""
         gpu_moe.gated_add(x, y, s)
 
+    def softplus_mul(self, x: Any, s: Any) -> None:
+        """``x *= softplus(s)`` in one launch, laid out as ``sigmoid_mul`` (Laguna's attention gate: a captured decode
+        step must not bring the gate to the host)."""
+        n, m = math.prod(x.shape), math.prod(s.shape)
+        if m == 0 or n % m:
+            raise ValueError(f"softplus_mul: x {tuple(x.shape)} is not a whole number of s {tuple(s.shape)}")
+        sd = to_device(s)
+        with device_out(x) as xd:
+            K.launch("softplus_mul_f32", _ew_grid(n), (_EW_BLOCK,), xd, sd, n // m, n)
+
+    def mul(self, x: Any, w: Any) -> None:
+        """``x *= w`` in one launch, ``w`` over each run of ``w.size`` values of ``x`` (nn.cu's ``mul_vec_f32``)."""
+        n, m = math.prod(x.shape), math.prod(w.shape)
+        if m == 0 or n % m:
+            raise ValueError(f"mul: x {tuple(x.shape)} is not a whole number of w {tuple(w.shape)}")
+        wd = to_device(w)
+        with device_out(x) as xd:
+            K.launch("mul_vec_f32", _ew_grid(n), (_EW_BLOCK,), xd, wd, xd, m, n)
+
     def clamp(self, x: Any, limit: float) -> None:
         n = math.prod(x.shape)
         with device_out(x) as xd:

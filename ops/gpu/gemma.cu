@@ -2,7 +2,6 @@
 // CPU forwards do in host numpy, as kernels, so a decode step copies nothing to the host and is captured as a
 // CUDA graph with the rest.  Each follows the numpy expression it replaces (float32 throughout).
 //
-//   gemma_mul_vec_f32          out = x * w (a row vector): AltUp's correct_scale, Gemma 4's router scale
 //   gemma_match_norm_f32       out (+)= a * |src| / |a| per row: AltUp's streams made from, and merged into, one
 //   gemma_altup_coefs_f32      c = tanh(RMSNorm'd x / n_embd . router) @ coef.T (+ 1): AltUp's routed coefficients
 //   gemma_altup_predict_f32    every stream predicted as its routed mix of all of them, plus itself
@@ -12,6 +11,8 @@
 //   gemma_copy_f32             dst = src (Gemma 4's V as its K's projection, before K is normed)
 //   gemma_scale_by_expert_f32  each chosen expert's weight times its own scale (Gemma 4's ffn_down_exps.scale)
 //
+// (their row-vector products, AltUp's correct_scale and Gemma 4's router scale, are nn.cu's mul_vec_f32)
+//
 // The AltUp streams are one array [n_altup, n_batch, n_embd]: stream c of token t at c * stride + t * n_embd.
 #include "common.cuh"
 
@@ -20,11 +21,6 @@
          i += (long long)gridDim.x * blockDim.x)
 
 #define GEMMA_MAX_ALTUP 16  // streams the coefficient kernel keeps in shared memory (Gemma 3n has 4)
-
-// grid-stride, block 256.  out may be x.
-extern "C" __global__ void gemma_mul_vec_f32(const float* x, const float* __restrict__ w, float* out, int n, long long total) {
-    GEMMA_GRID_STRIDE(i, total) out[i] = x[i] * w[i % n];
-}
 
 // grid (T), block 256.  out (+)= a * (|src| / |a|) row by row, as the host's a * target / magnitude(a).
 extern "C" __global__ void gemma_match_norm_f32(const float* __restrict__ a, const float* __restrict__ src, float* out, int n, int acc) {

@@ -30,11 +30,12 @@ class GemmaOps:
     models do the same in host numpy, so the CPU backend has none of them."""
 
     def mul_vec(self, x: Any, w: Any, out: Any) -> None:
-        """``out = x * w``: rows ``[T, n]`` times a vector ``[n]``; out may be x."""
+        """``out = x * w``: rows ``[T, n]`` times a vector ``[n]``; out may be x (nn.cu's ``mul_vec_f32``, the backend's
+        :meth:`~kvrun.ops.gpu.backend.GPUBackend.mul` too)."""
         n, total = x.shape[-1], math.prod(x.shape)
         xd = to_device(x)
         with device_out(out) as od:
-            K.launch("gemma_mul_vec_f32", _grid(total), (_EW_BLOCK,), xd, to_device(w), od, n, total)
+            K.launch("mul_vec_f32", _grid(total), (_EW_BLOCK,), xd, to_device(w), od, n, total)
 
     def match_norm(self, a: Any, src: Any, out: Any, accumulate: bool = False) -> None:
         """``out (+)= a * |src| / |a|`` row by row (L2 norms): AltUp's streams rescaled to the norm of another."""

@@ -107,6 +107,8 @@ _declare("nn.cu", "add_bias_f32", "ppli")  # x, b, total, n
 _declare("nn.cu", "scale_f32", "pfl")  # x, s, n
 _declare("nn.cu", "softcap_f32", "pfl")  # x, cap, n
 _declare("nn.cu", "clamp_f32", "pfl")  # x, limit, n
+_declare("nn.cu", "mul_vec_f32", "pppil")  # x, w, out, n, total
+_declare("nn.cu", "softplus_mul_f32", "ppll")  # x, s, rep, n
 # k_new, v_new, pos, k_cache, v_cache, kpos, n_kv, D, Dv, cap
 _declare("attention.cu", "kv_store_f16", "ppppppiiii")
 # q, k, v, kpos, qpos, part_o, part_m, part_l, out, alibi, sinks, n_slots, cap, n_head, n_kv, D, Dv, window, scale, softcap,
@@ -211,7 +213,6 @@ _declare("delta.cu", "delta_norm_gate_f32", "pppiifi")  # y, z, w, n_rows, d, ep
 _declare("delta.cu", "delta_qgate_f32", "pplii")  # qg, out, n_rows, d, mode
 _declare("delta.cu", "delta_put_cols_f32", "ppiiii")  # src, dst, T, n, stride, col0
 # Gemma 3n's and Gemma 4's own steps (gemma.cu)
-_declare("gemma.cu", "gemma_mul_vec_f32", "pppil")  # x, w, out, n, total
 _declare("gemma.cu", "gemma_match_norm_f32", "pppii")  # a, src, out, n, acc
 _declare("gemma.cu", "gemma_altup_coefs_f32", "ppppiiiff")  # xr, router, coef, c, n_embd, n_altup, m, inv_n, add
 _declare("gemma.cu", "gemma_altup_predict_f32", "pppiiil")  # xs, coefs, pred, n_altup, T, n_embd, stride

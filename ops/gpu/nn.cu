@@ -244,6 +244,26 @@ extern "C" __global__ void add_bias_f32(float* x,                    // [T, n]
     GRID_STRIDE(i, total) x[i] += b[i % n];
 }
 
+// out = x * w, w a vector of n over each run of n values of x (ggml_mul's row broadcast: Talkie's gain a query head,
+// Gemma 3n's AltUp correct_scale, Gemma 4's router scale); out may be x.  grid-stride, block 256
+extern "C" __global__ void mul_vec_f32(const float* x,             // [total / n, n]
+                                       const float* __restrict__ w, // [n]
+                                       float* out,                  // [total / n, n]
+                                       int n, long long total) {
+    GRID_STRIDE(i, total) out[i] = x[i] * w[i % n];
+}
+
+// x[i] *= softplus(s[i / rep]), softplus as ggml's ggml_compute_softplus_f32 (s itself above 20, where expf would
+// overflow): Laguna's attention gate, element by element (rep 1) or one a head (rep head_dim)
+extern "C" __global__ void softplus_mul_f32(float* __restrict__ x,       // [n]
+                                            const float* __restrict__ s, // [n / rep]
+                                            long long rep, long long n) {
+    GRID_STRIDE(i, n) {
+        const float v = s[i / rep];
+        x[i] *= v > 20.0f ? v : log1pf(expf(v));
+    }
+}
+
 // x *= s
 extern "C" __global__ void scale_f32(float* x, // [n]
                                      float s, long long n) {

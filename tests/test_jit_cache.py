@@ -121,3 +121,50 @@ print(jitstamp.shared_cache_dir(), type(loc).__name__, loc.get_cache_path())
     shared, locator, path = r.stdout.split()
     assert shared == "None" and locator != "KvrunSharedCacheLocator"
     assert path.endswith("__pycache__")
+
+
+def _holding_the_index_lock(path: str):
+    """Another process's save under way: the index's lock held exclusively (``flock`` locks of two open file
+    descriptions conflict within one process too).  Closing the returned descriptor releases it."""
+    import fcntl
+
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_a_cache_entry_is_saved_and_loaded_only_while_no_other_save_is_under_way(tmp_path):
+    """Two processes filling one kernel cache at once (two chats started together) must not interleave Numba's
+    save (index read, a free data file named, index written, data written): the index could end naming a data file
+    the other wrote for another signature, whose machine code then ran for this one.  A save waits while another
+    holds the index's lock, and so does a load (it would read the new index before its data)."""
+    import threading
+
+    import pytest
+
+    from kvrun.ops.cpu import jitstamp
+
+    if jitstamp.fcntl is None:
+        pytest.skip("no flock here: Numba's cache is unlocked")
+    from numba.core.caching import IndexDataCacheFile
+
+    jitstamp.install()
+    f = IndexDataCacheFile(str(tmp_path), "kernel-12.py311", "stamp")
+    fd = _holding_the_index_lock(f._index_path)
+    save = threading.Thread(target=f.save, args=(("sig", "a"), b"code a"))
+    save.start()
+    save.join(0.5)
+    assert save.is_alive() and not os.path.exists(f._index_path)  # waiting for the other save
+    os.close(fd)
+    save.join(30)
+    assert not save.is_alive()
+
+    got: list = []
+    fd = _holding_the_index_lock(f._index_path)
+    load = threading.Thread(target=lambda: got.append(f.load(("sig", "a"))))
+    load.start()
+    load.join(0.5)
+    assert load.is_alive() and got == []
+    os.close(fd)
+    load.join(30)
+    assert got == [b"code a"]

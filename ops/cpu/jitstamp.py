@@ -19,10 +19,19 @@ clone whose kernels are the same loads them (about a second) instead of compilin
 (minutes for the test suite's variety, 20-40 s for a chat).  ``NUMBA_CACHE_DIR``, when set, wins
 (with the digest in its stamp); where the directory cannot be written, the ``__pycache__`` next
 to the source is used, stamped as well.  The newest :data:`KEEP` digests are kept.
+
+Two processes filling one cache at once (two chats started together, a test run beside a chat) could
+leave a function's index naming a data file that the other process wrote for another signature:
+Numba's save reads the index, picks the first free data file name, writes the index, then the data,
+with nothing in between to stop another process doing the same.  The machine code loaded for that
+signature was then another's (seen: a process aborted inside a decode step's kernel).
+:func:`install` therefore makes Numba's index-and-data save hold an exclusive ``flock`` on a lock
+file beside the index, and a load a shared one (POSIX; elsewhere as before).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -31,6 +40,11 @@ import time
 from pathlib import Path
 
 from numba.core import caching, config
+
+try:
+    import fcntl
+except ImportError:  # (not POSIX: Numba's cache unlocked, as before)
+    fcntl = None  # type: ignore[assignment]
 
 ROOT = Path(__file__).resolve().parents[2]  #: the kvrun package
 KERNEL_DIRS = ("ops/cpu", "cache")  #: where the njit code lives
@@ -155,10 +169,55 @@ def _numba(name: str):
     return getattr(caching, name, None) or getattr(caching, "_" + name, None)
 
 
+@contextlib.contextmanager
+def index_lock(index_path: str, exclusive: bool):
+    """An ``flock`` on ``<index_path>.lock`` (made if need be) while the block runs: exclusive to save an entry,
+    shared to load one.  No lock where the file cannot be made (a read-only cache: nothing writes it there) or
+    there is no ``fcntl``."""
+    fd = None
+    if fcntl is not None:
+        try:
+            fd = os.open(index_path + ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            fd = None
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # (releases the lock)
+
+
+def _locked(method, exclusive: bool):
+    """``IndexDataCacheFile.save``/``load`` run under :func:`index_lock`."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with index_lock(self._index_path, exclusive):
+            return method(self, *args, **kwargs)
+
+    run.kvrun_locked = True
+    return run
+
+
+def _lock_saves() -> None:
+    """Numba's index-and-data cache file saves and loads under :func:`index_lock` (idempotent; nothing where
+    Numba's class lacks what this expects)."""
+    cls = _numba("IndexDataCacheFile")
+    if cls is None or not all(callable(getattr(cls, m, None)) for m in ("save", "load")):
+        return
+    if getattr(cls.save, "kvrun_locked", False):
+        return
+    cls.save = _locked(cls.save, exclusive=True)
+    cls.load = _locked(cls.load, exclusive=False)
+
+
 def install() -> None:
     """Put the stamped locators first (idempotent).  Must run before the kernel modules are
     imported: Numba picks a function's locator when the decorator runs.  Where Numba's internals
     differ from what this expects, does nothing (the cache is then keyed per file, as before)."""
+    _lock_saves()
     impl = _numba("CacheImpl")
     bases = [_numba(n) for n in ("UserProvidedCacheLocator", "InTreeCacheLocator", "UserWideCacheLocator")]
     if impl is None or not isinstance(getattr(impl, "_locator_classes", None), list) or None in bases:

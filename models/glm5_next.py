@@ -35,7 +35,12 @@ Linear's two layer kinds (``kimi_linear.py``: Kimi Delta Attention where the per
   experts' where unstated), one limit or one a layer.
 
 NextN layers past the trunk (``nextn_predict_layers``) are loaded by llama.cpp for its draft graph and never run here.
-The CPU only: the streams' mixes and the clamped FFNs are host work, so ``--device gpu`` is refused in one line.
+
+On ``--device gpu`` the KDA and the nope MLA run on Kimi Linear's kernels (``gpu_delta.py``), the experts on moe2.cu's
+gate-first clamp (Maple's), the shared expert's and the dense layers' clamp on its element-wise form, and the streams'
+arithmetic, host numpy on the CPU, on hyper.cu's (``ops/gpu/hyper.py``, HY V4's: a site's pre and post weights with
+the reduce, the Sinkhorn mix, the spread, the fill, the mean), so a decode step stays on the device and is captured as
+a CUDA graph.
 """
 
 from __future__ import annotations
@@ -51,12 +56,12 @@ from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend
 from ..ops.host import sigmoid
 from .common import WeightLoader
-from .deepseek2 import Deepseek2Model
+from .deepseek2 import Deepseek2Model, mla_project
 from .glm_dsa import GATING
 from .hy_v4 import HyperConnection, HyV4Model
 from .kimi_linear import KDA, KDALayer, KimiLinearModel
 from .mimo2 import per_layer
-from .moe import check_expert_counts, gating_func, moe_add, swiglu_clamped
+from .moe import check_expert_counts, clamped_glu, gating_func, moe_add
 
 #: llama.cpp's get_key without a default for glm5-next (key_length_mla, value_length_mla: loaders/config.py)
 REQUIRED_KEYS = ("attention.layer_norm_rms_epsilon", "attention.q_lora_rank", "attention.kv_lora_rank", "ssm.conv_kernel", "kda.head_dim",
@@ -90,9 +95,6 @@ class Glm5NextModel(KimiLinearModel):
     hc_mixes = HyV4Model.hc_mixes
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: glm5-next runs on the CPU only for now (--device gpu: its mHC streams' mixes and "
-                                        "clamped FFNs have no GPU kernel)")  # fmt: skip
         for key in REQUIRED_KEYS:
             if g.arch_get(key) is None:
                 raise GGUFError(f"{g.path}: metadata glm5-next.{key} is missing; the file is not a complete model")
@@ -107,6 +109,11 @@ class Glm5NextModel(KimiLinearModel):
         self.hc_iters = int(g.arch_get("hyper_connection.sinkhorn_iterations"))
         self.hc_eps = float(g.arch_get("hyper_connection.epsilon"))
         self.hc_post_scale = 2.0  # (post's factor, which llama.cpp's mHC fixes: HY V4's iHC reads its magnitude from the file)
+        self.hc_dev = None  # the device's hyper-connection kernels (ops/gpu/hyper.py); the CPU's are host numpy
+        if backend.name != "cpu":
+            from ..ops.gpu import hyper  # (only here: the CPU's runs never load the GPU's modules)
+
+            self.hc_dev = hyper.HyperConnections(self.hc_eps, self.hc_post_scale, post_eps=0.0)  # (mHC's post has no eps)
         lb = g.arch_get("kda.gate_lower_bound")
         self.lower_bound = None if lb is None else float(lb)  # (None: Kimi's softplus decay)
         if self.lower_bound is not None and not self.lower_bound < 0.0:
@@ -174,20 +181,40 @@ class Glm5NextModel(KimiLinearModel):
             K.A, K.lower_bound = -K.A, self.lower_bound
         return K
 
+    def mla_attend(self, L: Any, lc: Any, xn: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """Kimi Linear's MLA; on the GPU without its ``mla_qk`` (which lays the heads out ``[pe, nope]`` and needs a
+        ``pe``): the nope MLA's queries and keys are ``q_raw``'s and ``k_nope``'s heads as they are."""
+        if self.be.name != "gpu":
+            return super().mla_attend(L, lc, xn, pos)
+        c, buf = self.cfg, self.buf
+        T, H, D, Dv, rank = xn.shape[0], c.n_head, c.head_dim, c.head_dim_v, self.kv_rank
+        q, kva, kvc = buf.get("q_raw", T, H * D), buf.get("kv_a", T, rank), buf.get("kv_c", T, rank)
+        k, v, att = buf.get("k_nope", T, H * D), buf.get("v", T, H * Dv), buf.get("att", T, H * Dv)
+        mla_project(self.be, L, xn, buf, c.norm_eps, q, kva, kvc, k, v)
+        lc.update_and_attend(q.reshape(T, H, D), k.reshape(T, H, D), v.reshape(T, H, Dv), pos, att.reshape(T, H, Dv))
+        return att
+
     def hc_pre(self, hc: HyperConnection, streams: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``cur`` = the streams ``[T, hc, n_embd]`` weighed by ``pre`` into one row a token; returns ``post`` ``[T, hc]``
         and ``comb`` ``[T, src, dst]``, what the block's output and the streams go back in by (llama.cpp's ``build_hc_pre``)."""
         n, T = self.n_hc, streams.shape[0]
         mixes = self.hc_mixes(hc, streams)
+        if self.hc_dev is not None:
+            post, comb = self.buf.get("hc_post", T, n), self.buf.get("hc_comb", T, n, n)
+            self.hc_dev.pre(mixes, hc.base, hc.scale, streams, cur, post)
+            self.hc_dev.sinkhorn(mixes, hc.base, hc.scale, comb, self.hc_iters)
+            return post, comb
         pre = sigmoid(mixes[:, :n] * hc.scale[0] + hc.base[:n]) + np.float32(self.hc_eps)
         post = np.float32(self.hc_post_scale) * sigmoid(mixes[:, n : 2 * n] * hc.scale[1] + hc.base[n : 2 * n])
         comb = sinkhorn((mixes[:, 2 * n :] * hc.scale[2] + hc.base[2 * n :]).reshape(T, n, n), self.hc_iters, self.hc_eps)
         np.einsum("th,the->te", pre, streams, out=cur)
         return post, comb
 
-    @staticmethod
-    def hc_post(streams: np.ndarray, out: np.ndarray, post: np.ndarray, comb: np.ndarray) -> None:
+    def hc_post(self, streams: np.ndarray, out: np.ndarray, post: np.ndarray, comb: np.ndarray) -> None:
         """``stream_dst = post_dst * out + sum_src comb[src, dst] stream_src`` in place (llama.cpp's ``build_hc_post``)."""
+        if self.hc_dev is not None:
+            self.hc_dev.mix(streams, post, comb, out)
+            return
         mixed = np.einsum("tsd,tse->tde", comb, streams)
         np.multiply(post[:, :, None], out[:, None, :], out=streams)
         streams += mixed
@@ -199,8 +226,7 @@ class Glm5NextModel(KimiLinearModel):
         g, u = self.buf.get("g5_gate", T, n_ff), self.buf.get("g5_up", T, n_ff)
         be.linear_many((gate, up), xn, (g, u))
         if limit > 0.0:
-            np.minimum(g, np.float32(limit), out=g)  # (the gate first: swiglu_clamped's min after the SiLU leaves it so)
-            swiglu_clamped(g, u, limit)
+            clamped_glu(be, g, u, limit, gate_first=True)
             (be.linear_add if accumulate else be.linear)(down, g, out)
         else:
             be.linear_glu(down, g, u, out, "silu", accumulate=accumulate)
@@ -220,7 +246,10 @@ class Glm5NextModel(KimiLinearModel):
         x, xn, out = buf.get("x", T, E), buf.get("xn", T, E), buf.get("o", T, E)
         streams = buf.get("hc_streams", T, self.n_hc, E)
         be.get_rows(self.tok_embd, tokens, x)
-        streams[...] = x[:, None, :]  # every stream the embedding
+        if self.hc_dev is not None:  # every stream the embedding
+            self.hc_dev.fill(streams, x)
+        else:
+            streams[...] = x[:, None, :]
         for il, L in enumerate(self.layers):
             post, comb = self.hc_pre(L.hc_attn, streams, x)
             be.rms_norm(x, L.attn_norm, eps, xn)
@@ -235,5 +264,8 @@ class Glm5NextModel(KimiLinearModel):
             self.ffn(L, xn, out)
             self.hc_post(streams, out, post, comb)
             self.trace("l_out", il, streams)
-        np.multiply(streams.sum(axis=1), np.float32(1.0 / self.n_hc), out=x)  # (the head reads the streams' mean)
+        if self.hc_dev is not None:  # (the head reads the streams' mean)
+            self.hc_dev.mean(streams, x)
+        else:
+            np.multiply(streams.sum(axis=1), np.float32(1.0 / self.n_hc), out=x)
         self.output_head(x, out_rows, logits)

@@ -22,7 +22,9 @@ takes ``min(top_k, blocks)`` blocks, and a query at position ``p`` sees ``p // b
 llama.cpp also runs it without flash attention).  kvrun runs that dense path only: a context (``--ctx-size``) past
 ``top_k * block_size`` is refused in one line, and the indexer's weights are checked, never read (glm_dsa.py's way).
 
-Refused besides: ``--device gpu`` (the shared expert's swiglu_oai has no device kernel outside the experts' own).
+``--device gpu``: the routed experts (and the dense layers' one) route and run in moe.cu's kernels, swiglu_oai their act;
+the shared expert's swiglu_oai is moe2.cu's element-wise kernel between its ordinary products; the attention (per-head
+QK-norm, partial rope) is the Llama block's.  A decode step launches kernels only (captured as a CUDA graph).
 """
 
 from __future__ import annotations
@@ -51,8 +53,6 @@ class MiniMaxM3Model(LlamaModel):
     head_qk_norms = "MiniMax-M3"  # (one head wide, every layer)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: minimax-m3 runs on the CPU only for now (--device gpu: its shared expert's swigluoai has no GPU kernel)")
         for key in REQUIRED_KEYS:
             if g.arch_get(key) is None:
                 raise GGUFError(f"{g.path}: metadata {g.architecture}.{key} is missing; the file is not a complete model")

@@ -15,7 +15,8 @@ raster order), LayerNorm blocks with biases and ``v.post_ln``.  What sets it apa
 * the projector: each patch through ``mm.1``, GELU (erf), ``mm.2``; each 2x2 block's 4 rows side by side through the
   merger ``mm.merger.fc1``, GELU (erf), ``mm.merger.fc2`` (biases all) -> [ny * nx, n_text_embd], blocks in raster order.
 
-It runs on the host (numpy): MiniMax-M3's text model runs on the CPU only (models/minimax_m3.py).
+The forward is written once against models/vit_ops.py's ops: on the CPU in numpy, beside a text model on ``--device gpu``
+on the device (models/vit_device.py; each rope part the backend's neox rope kernel), the rows brought down once.
 """
 
 from __future__ import annotations
@@ -69,25 +70,30 @@ def rope_tables(ys: np.ndarray, xs: np.ndarray, head_dim: int) -> tuple[np.ndarr
     return np.cos(ang), np.sin(ang)
 
 
-def rope(t: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-    """``t`` [T, H, D] with its row part (dimensions a..2a) and column part (2a..3a) neox-turned by :func:`rope_tables`."""
-    a = cos.shape[1]  # (each part's width; half of it pairs of angles)
-    half = a // 2
-    out = t.copy()
-    for part, lo in ((0, a), (1, 2 * a)):  # (the row's part, then the column's)
-        c, s = cos[:, None, part * half : (part + 1) * half], sin[:, None, part * half : (part + 1) * half]
-        x0, x1 = t[..., lo : lo + half], t[..., lo + half : lo + a]
-        out[..., lo : lo + half] = x0 * c - x1 * s
-        out[..., lo + half : lo + a] = x0 * s + x1 * c
-    return out
+def rope_parts(ops: Any, cos: np.ndarray, sin: np.ndarray) -> list[tuple[Any, Any]]:
+    """:func:`rope_tables`' cos, sin split into the row part's and the column part's [T, a/2] tables, on ``ops``' device."""
+    half = cos.shape[1] // 2
+    return [tuple(ops.vector(np.ascontiguousarray(t[:, p * half : (p + 1) * half])) for t in (cos, sin)) for p in (0, 1)]
+
+
+def rope(ops: Any, q: Any, k: Any, parts: list[tuple[Any, Any]]) -> tuple[Any, Any]:
+    """``q``, ``k`` [T, H, D] with their row part (dimensions a..2a) and column part (2a..3a) neox-turned, pairs
+    (i, i + a/2), by :func:`rope_parts`' tables (``ops.rope_neox`` over each part); the rest as they are."""
+    a = 2 * parts[0][0].shape[1]  # (each part's width; half of it pairs of angles)
+    qs, ks = [q[..., :a]], [k[..., :a]]  # (the time part: unturned)
+    for (c, s), lo in zip(parts, (a, 2 * a)):  # (the row's part, then the column's)
+        tq, tk = ops.rope_neox(q[..., lo : lo + a], k[..., lo : lo + a], c, s)
+        qs.append(tq)
+        ks.append(tk)
+    qs.append(q[..., 3 * a :])
+    ks.append(k[..., 3 * a :])
+    return ops.xp.concatenate(qs, axis=-1), ops.xp.concatenate(ks, axis=-1)
 
 
 class MiniMaxM3Encoder(MmprojEncoder):
     """MiniMax-M3's vision encoder and projector from an mmproj file: :meth:`encode` pixels into rows."""
 
     def __init__(self, g: GGUFFile, cfg: MmprojConfig, backend: Backend) -> None:
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: the minimax_m3 projector runs on the CPU only for now (as its text model)")
         ld = self._begin(g, cfg, backend, patches=False)  # (two patch kernels, below)
         self.kernels = patch_kernels(g, cfg.n_embd, cfg.patch_size)
         if "v.patch_embd.bias" in g.tensors:  # (clip.cpp asserts there is none)
@@ -121,12 +127,12 @@ def _forward(ops: Any, enc: MiniMaxM3Encoder, pixels: np.ndarray) -> np.ndarray:
     x, ys, xs = patch_rows(ops, enc, pixels)
     T, H = x.shape[0], c.n_head
     D = c.n_embd // H
-    cos, sin = rope_tables(ys, xs, D)
+    parts = rope_parts(ops, *rope_tables(ys, xs, D))
     everything = ops.window_groups(None, T)
     scale = np.float32(1.0 / math.sqrt(D))
     for L in enc.layers:
         h = norm(ops, enc, x, L["ln1"], L["ln1_b"])
-        q, k = (rope(ops.linear(L[r], h, L[r + "_b"]).reshape(T, H, D), cos, sin) for r in ("q", "k"))
+        q, k = rope(ops, *(ops.linear(L[r], h, L[r + "_b"]).reshape(T, H, D) for r in ("q", "k")), parts)
         v = ops.linear(L["v"], h, L["v_b"]).reshape(T, H, D)
         x = x + ops.linear(L["o"], ops.attend_windows(q, k, v, everything, scale), L["o_b"])
         h = norm(ops, enc, x, L["ln2"], L["ln2_b"])
@@ -136,4 +142,4 @@ def _forward(ops: Any, enc: MiniMaxM3Encoder, pixels: np.ndarray) -> np.ndarray:
     (w1, b1), (w2, b2), (f1, c1), (f2, c2) = enc.products
     x = ops.linear(w2, ops.act(ops.linear(w1, x, b1), "gelu_erf"), b2)
     x = x.reshape(T // 4, -1)  # (each block's 4 patches side by side)
-    return np.ascontiguousarray(ops.linear(f2, ops.act(ops.linear(f1, x, c1), "gelu_erf"), c2), np.float32)
+    return ops.to_host(ops.xp.ascontiguousarray(ops.linear(f2, ops.act(ops.linear(f1, x, c1), "gelu_erf"), c2), np.float32))

@@ -45,7 +45,7 @@ class SharedExpert:
     down: Weight  # [n_embd, n_ff_shexp]
     gate_inp: Weight | None = None  # [1, n_embd]: Qwen2-MoE's output scale, sigmoid(gate_inp . x) per token
     swiglu_limit: float = 0.0  # > 0: Step-3.5's clamped SwiGLU (:func:`swiglu_clamped`), llama.cpp's swiglu_clamp_shexp
-    act: str = "silu"  # or "swiglu_oai": gpt-oss's clamped GLU (MiniMax-M3's shared expert; host work, the CPU only)
+    act: str = "silu"  # or "swiglu_oai": gpt-oss's clamped GLU (MiniMax-M3's shared expert; a device's: moe2.cu's)
 
 
 @dataclass
@@ -318,13 +318,16 @@ def swiglu_clamped(g: np.ndarray, u: np.ndarray, limit: float) -> None:
     g *= u
 
 
-def clamped_glu(be: Backend, g: Any, u: Any, limit: float) -> None:
+def clamped_glu(be: Backend, g: Any, u: Any, limit: float, gate_first: bool = False) -> None:
     """``g = min(silu(g), limit) * clamp(u, -limit, limit)`` (:func:`swiglu_clamped`) on either backend: the CPU's in host
-    numpy, a device's in a kernel (a captured decode step brings nothing to the host)."""
+    numpy, a device's in a kernel (a captured decode step brings nothing to the host).  ``gate_first``: the gate
+    clamped before its SiLU, ``silu(min(g, limit)) * clamp(u, -limit, limit)`` (ggml's ``swiglu_clamp``)."""
     if be.name == "cpu":
+        if gate_first:  # (silu(g) <= limit then, which swiglu_clamped's min leaves as it is)
+            np.minimum(g, np.float32(limit), out=g)
         swiglu_clamped(g, u, limit)
     else:
-        be.swiglu_clamp(g, u, g, limit)
+        be.swiglu_clamp(g, u, g, limit, gate_first)
 
 
 def gelu_glu(be: Backend, g: Any, u: Any) -> None:
@@ -384,9 +387,12 @@ def shared_add(be: Backend, sh: SharedExpert, xn: np.ndarray, x: np.ndarray, buf
     g, u = buf.get("shexp_gate", T, n_ff), buf.get("shexp_up", T, n_ff)
     be.linear_many((sh.gate, sh.up), xn, (g, u))
     if sh.act == "swiglu_oai":  # (MiniMax-M3's: never gated)
-        from ..ops.cpu.moe import swiglu_oai
+        if be.name == "cpu":
+            from ..ops.cpu.moe import swiglu_oai
 
-        swiglu_oai(g, u, g)
+            swiglu_oai(g, u, g)
+        else:  # (a kernel: a captured decode step brings nothing to the host)
+            be.swiglu_oai(g, u, g)
         be.linear_add(sh.down, g, x)
         return
     if sh.swiglu_limit > 0.0:  # (Step-3.5's clamped shared expert: never gated)

@@ -4,13 +4,13 @@ indexer on its dense path, DeepSeek's experts clamped gate first.
 The logits are llama.cpp's (tests/fixtures/arch_glm5-next.npz, from ``tools/make_arch_fixtures.py glm5-next``;
 test_models.py's FIXTURE_MODELS test runs it too); here: the fixture held in both chunkings, and failed without each of
 what sets GLM-5.3-Flash apart; the layers; a missing tensor or key and what is refused in one line (a context past the
-indexer's dense reach, a selection without the tail, the GPU...); ``kvrun info`` and ``kvrun run`` on the tiny file.
+indexer's dense reach, a selection without the tail...); ``--device gpu`` against the CPU; ``kvrun info`` and ``kvrun
+run`` on the tiny file.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 
 import numpy as np
 import pytest
@@ -42,8 +42,8 @@ def path(tmp_path_factory):
     return write_tiny_model(tmp_path_factory.mktemp("glm5_next") / "m.gguf", **FIXTURE_MODELS[NAME])
 
 
-def _load(g: GGUFFile, n_ctx: int = N_CTX, backend=None):
-    return model_class(NAME)(g, load_config(g), backend or get_backend("cpu"), n_ctx, N_BATCH)
+def _load(g: GGUFFile, n_ctx: int = N_CTX):
+    return model_class(NAME)(g, load_config(g), get_backend("cpu"), n_ctx, N_BATCH)
 
 
 @pytest.mark.parametrize("chunk", [N_BATCH, 1], ids=["prefill", "decode"])
@@ -142,11 +142,10 @@ def test_the_indexer_is_never_read(path):
 
 def test_what_is_not_supported_is_refused_in_one_line(path):
     """A context past the dense reach (llama.cpp chooses among the pools from top_k + kpool tokens on), a selection without
-    the incomplete pool, the GPU, a decay bound not below 0; what llama.cpp asserts: kpool dividing top_k, 4 streams,
+    the incomplete pool, a decay bound not below 0; what llama.cpp asserts: kpool dividing top_k, 4 streams,
     no rope, an indexer owned by the first attention layer."""
     _load(GGUFFile(path), DENSE)
     check_refused(GGUFFile(path), NAME, UnsupportedModelError, f"sparse attention past {DENSE} tokens.*at most {DENSE}, not {DENSE + 1}", DENSE + 1)
-    check_refused(GGUFFile(path), NAME, UnsupportedModelError, "CPU only", backend=types.SimpleNamespace(name="gpu"))
     edits = [
         ("attention.indexer.kpool_select_tail", False, UnsupportedModelError, "kpool_select_tail false"),
         ("kda.gate_lower_bound", 0.5, UnsupportedModelError, "gate_lower_bound 0.5"),
@@ -159,6 +158,33 @@ def test_what_is_not_supported_is_refused_in_one_line(path):
         g = GGUFFile(path)
         g.metadata[f"{NAME}.{key}"] = value
         check_refused(g, NAME, error, match)
+
+
+def test_the_gpu_matches_the_cpu(gpu_env, tmp_path, capsys):
+    """``--device gpu`` (the kernel emulator without a GPU): a prefill and decode steps, the first captured, the others
+    replayed, within 2e-3 of the CPU's logits (the streams' pre and post weights, Sinkhorn mix, spread, fill and mean in
+    hyper.cu; the KDA and the nope MLA Kimi Linear's kernels; the experts' and the shared and dense FFNs' gate-first clamps
+    moe2.cu's)."""
+    from gpu_checks import check_prefill_and_replayed_decode
+
+    from kvrun.ops import gpu_available
+    from kvrun.ops.gpu import emulate
+
+    if not gpu_available() and not emulate.available():
+        pytest.skip("no GPU and no host C++ compiler for the emulator")
+    check_prefill_and_replayed_decode(write_tiny_model(tmp_path / "m.gguf", NAME), capsys=capsys, steps=(5, 9, 14))
+
+
+def test_a_gpu_decode_step_copies_only_its_logits_down(monkeypatch, path):
+    """On the strict CuPy stand-in (devicexp.py: no copy while a graph is captured, every copy down logged): a replayed
+    step brings down its logits alone; the streams' arithmetic, the Sinkhorn mix and the clamps are no host work."""
+    from gpu_checks import check_decode_copies_only_logits
+
+    from kvrun.ops.gpu import emulate
+
+    if not emulate.available():
+        pytest.skip("no host C++ compiler for the emulator")
+    check_decode_copies_only_logits(monkeypatch, path, steps=(5,))
 
 
 def test_info_and_run(path):

@@ -1,15 +1,20 @@
-"""The hyper-connections' streams on the device (ops/gpu/hyper.cu, HY V4's iHC): each kernel against the host numpy of
-models/hy_v4.py's CPU forward on random inputs, on the ``rt`` fixture (conftest.py: real CUDA where a GPU is, else the
-kernel emulator).  The model itself against the CPU, prefill and replayed decode steps, is tests/test_hy_v4.py's.
+"""The hyper-connections' streams on the device (ops/gpu/hyper.cu, HY V4's iHC and GLM-5.3-Flash's mHC): each kernel
+against the host numpy of models/hy_v4.py's and models/glm5_next.py's CPU forwards on random inputs, on the ``rt``
+fixture (conftest.py: real CUDA where a GPU is, else the kernel emulator).  The models themselves against the CPU,
+prefill and replayed decode steps, are tests/test_hy_v4.py's and tests/test_glm5_next.py's.
 
-Tolerances: the pre and post weights within 1e-5 relative, 1e-6 absolute (tanh against numpy's), the reduce and the
-spread likewise (a sum of a few products, in another order); the fill exact."""
+Tolerances: the pre and post weights within 1e-5 relative, 1e-6 absolute (tanh against numpy's), the reduce, the
+spread, the mHC mix and the mean likewise (a sum of a few products, in another order); the Sinkhorn matrix within 1e-5
+relative (expf against numpy's exp, then a few divisions); the fill exact."""
 
 from __future__ import annotations
+
+import types
 
 import numpy as np
 import pytest
 
+from kvrun.models.glm5_next import Glm5NextModel, sinkhorn
 from kvrun.ops import gpu_available
 from kvrun.ops.gpu import emulate
 from kvrun.ops.gpu.hyper import MAX_HC, HyperConnections
@@ -20,12 +25,12 @@ pytestmark = pytest.mark.skipif(not gpu_available() and not emulate.available(),
 EPS, MAGNITUDE = 0.05, 2.0  # (tests/tiny_hy_v4.py's: an epsilon large enough to be seen)
 
 
-def _site(rng, T: int, n_hc: int, n_embd: int, n_mix: int):
+def _site(rng, T: int, n_hc: int, n_embd: int, n_mix: int, n_scale: int = 2):
     """A site's mixes (some large: the sigmoid saturates), base and scale, and the streams."""
     mixes = (rng.standard_normal((T, n_mix)) * 4).astype(np.float32)
     mixes[0, 0], mixes[-1, -1] = 60.0, -60.0
     base = rng.standard_normal(n_mix).astype(np.float32)
-    scale = (1.0 + 0.2 * rng.standard_normal(2)).astype(np.float32)
+    scale = (1.0 + 0.2 * rng.standard_normal(n_scale)).astype(np.float32)
     streams = rng.standard_normal((T, n_hc, n_embd)).astype(np.float32)
     return mixes, base, scale, streams
 
@@ -99,8 +104,85 @@ def test_the_fill_makes_every_stream_the_embedding(rt):
     assert np.isnan(got[T:]).all()
 
 
+# ------------------------------------------------------------------------------------------------------- GLM's mHC
+MHC_EPS, MHC_ITERS = 0.05, 3  # (tests/tiny_glm5_next.py's)
+
+
+@pytest.mark.parametrize("T", [1, 5], ids=["decode", "prefill"])
+def test_an_mhc_site_gives_glms_pre_reduce_post_and_sinkhorn_mix(rt, T):
+    """GLM's ``(2 + hc) hc`` mixes (models/glm5_next.py ``hc_pre``): ``pre`` as HY V4's, ``post = 2 sigmoid(mixes[hc:2hc]
+    s1 + b[hc:2hc])`` with no eps, ``comb = sinkhorn(mixes[2hc:] s2 + b[2hc:])`` ``[src, dst]``; the kernels' answers
+    are the CPU model's own (its ``hc_pre`` on the same mixes)."""
+    rng = np.random.default_rng(20 + T)
+    n_hc, n_embd = 4, 300
+    mixes, base, scale, streams = _site(rng, T, n_hc, n_embd, (2 + n_hc) * n_hc, 3)
+    mixes[0, n_hc] = 60.0 / scale[1]  # (a post that saturates: 2 exactly, no eps on it)
+    cpu = types.SimpleNamespace(n_hc=n_hc, hc_eps=MHC_EPS, hc_post_scale=2.0, hc_iters=MHC_ITERS, hc_mixes=lambda hc, s: mixes,
+                                hc_dev=None)  # (the CPU model's attributes hc_pre reads)
+    want_cur = np.empty((T, n_embd), np.float32)
+    want_post, want_comb = Glm5NextModel.hc_pre(cpu, types.SimpleNamespace(base=base, scale=scale), streams, want_cur)
+    hc = HyperConnections(MHC_EPS, 2.0, post_eps=0.0)
+    cur, post = rt.xp.full((T, n_embd), np.nan, np.float32), rt.xp.full((T, n_hc), np.nan, np.float32)
+    comb = rt.xp.full((T, n_hc, n_hc), np.nan, np.float32)
+    hc.pre(rt.xp.asarray(mixes), base, scale, rt.xp.asarray(streams), cur, post)
+    hc.sinkhorn(rt.xp.asarray(mixes), base, scale, comb, MHC_ITERS)
+    np.testing.assert_allclose(rt.asnumpy(post), want_post, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rt.asnumpy(cur), want_cur, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rt.asnumpy(comb), want_comb, rtol=1e-5, atol=1e-7)
+    assert want_post[0, 0] == rt.asnumpy(post)[0, 0] == 2.0
+
+
+@pytest.mark.parametrize("n_iter", [1, 20])
+def test_the_sinkhorn_kernel_is_glm5_nexts(rt, n_iter):
+    """One iteration (the softmax and the columns) and many (near doubly stochastic), with logits far apart (a softmax
+    that would overflow without its max), each token its own matrix, as models/glm5_next.py ``sinkhorn``."""
+    rng = np.random.default_rng(30 + n_iter)
+    T, n_hc = 3, 4
+    mixes, base, scale, _ = _site(rng, T, n_hc, 8, (2 + n_hc) * n_hc, 3)
+    mixes[1, 2 * n_hc] = 100.0
+    want = sinkhorn((mixes[:, 2 * n_hc :] * scale[2] + base[2 * n_hc :]).reshape(T, n_hc, n_hc), n_iter, MHC_EPS)
+    got = rt.xp.full((T + 1, n_hc, n_hc), np.nan, np.float32)  # (a token past T: the kernel stays in its T)
+    HyperConnections(MHC_EPS, 2.0, post_eps=0.0).sinkhorn(rt.xp.asarray(mixes), base, scale, got[:T], n_iter)
+    got = rt.asnumpy(got)
+    np.testing.assert_allclose(got[:T], want, rtol=1e-5, atol=1e-7)
+    assert np.isnan(got[T]).all()
+    if n_iter == 20:  # (near doubly stochastic: each sum 1 less about what its eps keeps)
+        for axis in (1, 2):
+            assert (np.abs(got[:T].sum(axis=axis) - 1.0) < 2 * MHC_EPS).all()
+
+
+@pytest.mark.parametrize("T", [1, 5], ids=["decode", "prefill"])
+def test_the_mhc_mix_spreads_the_output_and_mixes_the_streams(rt, T):
+    """``stream_dst = post_dst * out + sum_src comb[src, dst] stream_src`` in place (models/glm5_next.py ``hc_post``);
+    a row wider than the block (300 > 256)."""
+    rng = np.random.default_rng(40 + T)
+    n_hc, n_embd = 4, 300
+    streams = rng.standard_normal((T, n_hc, n_embd)).astype(np.float32)
+    post = (rng.random((T, n_hc)) * 2).astype(np.float32)
+    comb = rng.random((T, n_hc, n_hc)).astype(np.float32)
+    out = rng.standard_normal((T, n_embd)).astype(np.float32)
+    want = streams.copy()
+    Glm5NextModel.hc_post(types.SimpleNamespace(hc_dev=None), want, out, post, comb)
+    got = rt.xp.asarray(streams.copy())
+    HyperConnections.mix(got, rt.xp.asarray(post), rt.xp.asarray(comb), rt.xp.asarray(out))
+    np.testing.assert_allclose(rt.asnumpy(got), want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_mean_is_the_streams_average(rt):
+    """The row GLM's final norm reads: the streams' mean, each token's; the rows past T untouched."""
+    rng = np.random.default_rng(50)
+    T, n_hc, n_embd = 3, 4, 300
+    streams = rng.standard_normal((T, n_hc, n_embd)).astype(np.float32)
+    x = rt.xp.full((T + 1, n_embd), np.nan, np.float32)
+    HyperConnections.mean(rt.xp.asarray(streams), x[:T])
+    got = rt.asnumpy(x)
+    np.testing.assert_allclose(got[:T], streams.mean(axis=1), rtol=1e-5, atol=1e-6)
+    assert np.isnan(got[T]).all()
+
+
 def test_shapes_that_do_not_match_are_refused(rt):
-    """More streams than the kernel holds, a mix count that is neither hc nor 2 hc, a post of another shape."""
+    """More streams than the kernel holds, a mix count that is neither hc, 2 hc nor (2 + hc) hc, a post of another shape;
+    a Sinkhorn matrix without its mixes, a mix or a mean of other shapes."""
     xp, hc = rt.xp, HyperConnections(EPS, MAGNITUDE)
     n = MAX_HC + 1
     with pytest.raises(ValueError, match="pre"):
@@ -111,3 +193,10 @@ def test_shapes_that_do_not_match_are_refused(rt):
                xp.zeros((1, 8), np.float32), xp.zeros((1, 4), np.float32))  # fmt: skip
     with pytest.raises(ValueError, match="post"):
         HyperConnections.post(xp.zeros((2, 4, 8), np.float32), xp.zeros((2, 3), np.float32), xp.zeros((2, 8), np.float32))
+    with pytest.raises(ValueError, match="sinkhorn"):  # (HY V4's 2 hc mixes: no Sinkhorn logits)
+        hc.sinkhorn(xp.zeros((1, 8), np.float32), np.zeros(8, np.float32), np.ones(3, np.float32), xp.zeros((1, 4, 4), np.float32), 3)
+    with pytest.raises(ValueError, match="mix"):
+        HyperConnections.mix(xp.zeros((2, 4, 8), np.float32), xp.zeros((2, 4), np.float32), xp.zeros((2, 4, 3), np.float32),
+                             xp.zeros((2, 8), np.float32))  # fmt: skip
+    with pytest.raises(ValueError, match="mean"):
+        HyperConnections.mean(xp.zeros((2, 4, 8), np.float32), xp.zeros((2, 4), np.float32))

@@ -1,9 +1,10 @@
 """The mixture-of-experts variants moe.cu leaves out, on ``--device gpu`` (ops/gpu/moe2.cu): Grok's float16-table GELU
 experts, Step-3.5's clamped SwiGLU experts and shared expert, Maple's experts clamped before the SiLU, Llama 4's expert
 weighted before its FFN, GroveMoE's chunk experts, and what stood beside the experts on the host: SmallThinker's router
-input, AFMoE's and Step-3.5's sigmoid attention gates, DBRX's Q/K/V clip.  Each against the CPU: the kernels on random inputs, ``models/moe.py``'s
-``moe_add`` on the two backends, and every such architecture over a prefill and decode steps replayed from captured CUDA
-graphs (float32 weights, test_gpu_archs2.py's bound 2e-3).
+input, AFMoE's and Step-3.5's sigmoid attention gates, DBRX's Q/K/V clip, the element-wise clamped SwiGLU (Step-3.5's
+and, gate first, GLM-5.3-Flash's) and gpt-oss's swiglu_oai (MiniMax-M3's shared expert).  Each against the CPU: the kernels on random inputs, ``models/moe.py``'s ``moe_add``
+on the two backends, and every such architecture over a prefill and decode steps replayed from captured CUDA graphs
+(float32 weights, test_gpu_archs2.py's bound 2e-3).
 
 Kernel-level checks run on the ``rt`` fixture (conftest.py: real CUDA where a GPU is, else the kernel emulator), the
 models on ``--device gpu`` (``KVRUN_GPU_EMULATE=1`` without a GPU).
@@ -24,7 +25,7 @@ from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.models.bert import gelu
 from kvrun.models.common import Buffers
-from kvrun.models.moe import MoE, SharedExpert, device_unsupported, moe_add, swiglu_clamped
+from kvrun.models.moe import MoE, SharedExpert, clamped_glu, device_unsupported, moe_add, swiglu_clamped
 from kvrun.ops import gpu_available
 from kvrun.ops.backend import Weight
 from kvrun.ops.cpu.backend import CPUBackend
@@ -55,6 +56,38 @@ def test_the_clamped_swiglu_is_step35s(rt):
     swiglu_clamped(want, u.copy(), 0.5)
     got = rt.xp.asarray(g.copy())
     GPUBackend().swiglu_clamp(got, rt.xp.asarray(u), got, 0.5)
+    np.testing.assert_allclose(rt.asnumpy(got), want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_clamped_swiglu_gate_first_is_ggmls(rt):
+    """GLM-5.3-Flash's shared expert and dense FFN (ggml's ``swiglu_clamp``): ``silu(min(g, l)) * clamp(u, -l, l)``, as
+    models/moe.py ``clamped_glu`` with ``gate_first`` on the CPU; large gates tell it from Step-3.5's (the SiLU first)."""
+    rng = np.random.default_rng(2)
+    g, u = ((rng.standard_normal((5, 64)) * 3).astype(np.float32) for _ in range(2))
+    limit = 0.5
+    want = g.copy()
+    clamped_glu(CPUBackend(), want, u.copy(), limit, gate_first=True)
+    step35 = g.copy()
+    swiglu_clamped(step35, u.copy(), limit)
+    assert np.abs(want - step35).max() > 1e-2  # (silu(min(g, l)) < min(silu(g), l) where g > l)
+    got = rt.xp.asarray(g.copy())
+    GPUBackend().swiglu_clamp(got, rt.xp.asarray(u), got, limit, gate_first=True)
+    np.testing.assert_allclose(rt.asnumpy(got), want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_element_wise_swiglu_oai_is_the_cpus(rt):
+    """MiniMax-M3's shared expert: gpt-oss's ``min(g, 7) sigmoid(1.702 min(g, 7)) (clamp(u, -7, 7) + 1)`` as
+    ops/cpu/moe.py ``swiglu_oai`` computes it, in place; gates and ups past the limit (the clamps bite)."""
+    from kvrun.ops.cpu.moe import swiglu_oai
+
+    rng = np.random.default_rng(3)
+    g, u = ((rng.standard_normal((5, 64)) * 6).astype(np.float32) for _ in range(2))
+    assert (g > 7).any() and (np.abs(u) > 7).any()
+    want = np.empty_like(g)
+    swiglu_oai(g, u, want)
+    assert np.abs(want - g / (1 + np.exp(-1.702 * g)) * (u + 1)).max() > 1.0  # (unclamped: other values)
+    got = rt.xp.asarray(g.copy())
+    GPUBackend().swiglu_oai(got, rt.xp.asarray(u), got)
     np.testing.assert_allclose(rt.asnumpy(got), want, rtol=1e-5, atol=1e-6)
 
 

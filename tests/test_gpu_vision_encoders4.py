@@ -14,7 +14,8 @@ LLaVA's ViT ("ldp": depthwise 3x3 convolutions on F16 maps, LayerNorms over chan
 float64 mean, the residual and a stride-2 block; "ldpv2": 2x2 average pooling and the positional convolution); Gemma
 3n's MobileNetV5 (convolutions with TF's SAME padding, full ones as products of im2col rows, depthwise ones as sums of
 their taps, RMSNorm over each pixel's channels, multi-query attention over a downsampled key and value, the multi-scale
-fusion upsampled, pooled) and its embedder.  (MobileVLM's projectors share LLaVA's ViT, checked in float32 in round 2:
+fusion upsampled, pooled) and its embedder; MiniMax-M3's (Qwen2-VL's ViT, its partial 2-D rope's row and column parts
+each the backend's neox rope, the per-patch MLP, the 2x2 merger).  (MobileVLM's projectors share LLaVA's ViT, checked in float32 in round 2:
 "ldp" here in F16, its float32 rows on the strict stand-in; "ldpv2" in float32.)  The rows come down once
 and are the CPU encoder's within 2e-3 of their largest."""
 
@@ -41,8 +42,9 @@ BOUND = 2e-3
 #: position grid, relative tables and CLIP's positions resized; 4 x 4 rows
 #: MobileVLM's ("ldp", "ldpv2") 48 x 48 (24 x 24 patches of 2: libmtmd's graphs are built for 24; 12 x 12 rows);
 #: Gemma 3n's 512 x 512, its one size (MobileNetV5's 4 stages down to 32 x 32, the fusion pooled to 16 x 16 rows)
+#: MiniMax-M3's 96 x 128 (6 x 8 patches of 16, 3 x 4 rows: within clip.cpp's 8 to 576)
 SHAPES = {"step3vl": (3, 56, 112), "youtuvl": (3, 64, 96), "cogvlm": (3, 40, 40), "deepseekocr": (3, 256, 256), "ldp": (3, 48, 48),
-          "ldpv2": (3, 48, 48), "gemma3nv": (3, 512, 512)}
+          "ldpv2": (3, 48, 48), "gemma3nv": (3, 512, 512), "minimax_m3": (3, 96, 128)}
 
 
 def _encoders(path):
@@ -74,6 +76,27 @@ def test_an_encoder_on_the_gpu_brings_its_rows_down_once(tmp_path, emulated, nam
     logged), a picture's forward makes one copy down, its rows: the tables go up, no activation visits the host."""
     path = tiny_mmproj(name, Q.F32, tmp_path)
     check_rows_come_down_once(lambda: _encoders(path), _pixels(name), BOUND)
+
+
+@pytest.mark.parametrize("qtype", [Q.F32, Q.F16], ids=["f32", "f16"])
+def test_minimax_m3s_encoder_runs_on_the_gpu_turning_its_rope_parts(tmp_path, emulated, qtype):
+    """MiniMax-M3's encoder beside a GPU text model gives the CPU encoder's rows within 2e-3, bringing them down once
+    (the strict stand-in); its rope dropped on the GPU puts them far off (the device turns the row's and the column's
+    parts)."""
+    from unittest import mock
+
+    from tiny_vision_minimax_m3 import write_tiny_minimax_m3_mmproj
+
+    from kvrun.models import minimax_m3_image
+
+    path = write_tiny_minimax_m3_mmproj(tmp_path / "m.gguf", qtype)
+    cpu, gpu = _encoders(path)
+    px = _pixels("minimax_m3")
+    check_encoder_rows(cpu, gpu, px, (12, 64), bound=BOUND)
+    check_rows_come_down_once(lambda: _encoders(path), px, BOUND)
+    want = cpu.encode(px)
+    with mock.patch.object(minimax_m3_image, "rope", lambda ops, q, k, parts: (q, k)):
+        assert rel_err(want, gpu.encode(px)) > 10 * BOUND
 
 
 def _whole_everywhere(enc) -> None:  # (every Youtu-VL layer seeing the whole picture: no windows)

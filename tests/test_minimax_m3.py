@@ -6,7 +6,8 @@ float16 KV cache), in one batch and token by token.  Each step that sets the arc
 logits.  MSA's dense path: the fixture is llama.cpp's run without flash attention (dense attention); its MSA graph
 (flash attention on) gives the same logits within 1.1e-2 on this model and prompt, 40 positions of the 64 (top_k 8 x
 block_size 8) it keeps every key of; past them it diverges (0.2-0.9 on a top_k 2 variant past 16), so a longer context
-is refused in one line.  Besides: a missing tensor or key, the GPU, in one line; ``kvrun info`` and ``kvrun run``.
+is refused in one line.  Besides: a missing tensor or key in one line; ``--device gpu`` against the CPU; ``kvrun info``
+and ``kvrun run``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from arch_checks import _model, _sees_apart, check_gpu_refused, check_missing_tensor
+from arch_checks import _model, _sees_apart, check_missing_tensor
 from test_models import N_BATCH, N_CTX, _build, _run
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
@@ -123,8 +124,18 @@ def test_a_missing_key_is_one_line(tmp_path, key):
     assert "\n" not in str(e.value)
 
 
-def test_the_gpu_is_refused_in_one_line(tmp_path):
-    check_gpu_refused(tmp_path, ARCH)
+def test_the_gpu_matches_the_cpu(gpu_env, tmp_path, capsys):
+    """``--device gpu`` (the kernel emulator without a GPU): a prefill and decode steps, the first captured, the others
+    replayed, within 2e-3 of the CPU's logits (the routed experts and the dense layer's one in moe.cu's kernels, the
+    shared expert's swiglu_oai moe2.cu's element-wise kernel, the per-head QK-norm the trunk's)."""
+    from gpu_checks import check_prefill_and_replayed_decode
+
+    from kvrun.ops import gpu_available
+    from kvrun.ops.gpu import emulate
+
+    if not gpu_available() and not emulate.available():
+        pytest.skip("no GPU and no host C++ compiler for the emulator")
+    check_prefill_and_replayed_decode(write_tiny_model(tmp_path / "m.gguf", ARCH), capsys=capsys, steps=(5, 9, 14))
 
 
 def test_info_and_run(tmp_path):

@@ -3,7 +3,7 @@ sized as Qwen2-VL's within clip.cpp's fixed 8 to 576 rows and stretched to it (n
 partial 2-D rope and erf GELU, the per-patch MLP and the 2x2 merger MLP (models/minimax_m3_image.py), laid out between
 ``]<]start of image[>[`` and ``]<]end of image[>[`` (runtime/vision_minimax_m3.py) and read causally by a minimax-m3
 text model (models/minimax_m3.py), held to llama.cpp's libmtmd on the tiny pair of tiny_vision_minimax_m3.py (fixture:
-tools/make_vision_minimax_m3_fixtures.py)."""
+tools/make_vision_minimax_m3_fixtures.py).  The encoder on ``--device gpu``: tests/test_gpu_vision_encoders4.py."""
 
 from __future__ import annotations
 
@@ -91,13 +91,13 @@ def test_the_fixture_tells_each_step_that_sets_minimax_m3_apart(encoders):
     assert _off(enc, "odd", preprocess=qwen2vl_image.preprocess) > 0.1
     rope, tables, act = minimax_m3_image.rope, minimax_m3_image.rope_tables, HostViT.act
 
-    def from_zero(t, cos, sin):  # (the row's part over dimensions 0..a, the column's over a..2a)
-        a = cos.shape[1]
-        out = rope(np.concatenate([t[..., a:], t[..., :a]], axis=-1), cos, sin)
-        return np.concatenate([out[..., -a:], out[..., :-a]], axis=-1)
+    def from_zero(ops, q, k, parts):  # (the row's part over dimensions 0..a, the column's over a..2a)
+        a = 2 * parts[0][0].shape[1]
+        out = rope(ops, *(np.concatenate([t[..., a:], t[..., :a]], axis=-1) for t in (q, k)), parts)
+        return tuple(np.concatenate([t[..., -a:], t[..., :-a]], axis=-1) for t in out)
 
     drops = {
-        "no rope": mock.patch.object(minimax_m3_image, "rope", lambda t, cos, sin: t),
+        "no rope": mock.patch.object(minimax_m3_image, "rope", lambda ops, q, k, parts: (q, k)),
         "rope from dimension 0": mock.patch.object(minimax_m3_image, "rope", from_zero),
         "row and column swapped": mock.patch.object(minimax_m3_image, "rope_tables", lambda ys, xs, d: tables(xs, ys, d)),
         "tanh GELU": mock.patch.object(HostViT, "act", staticmethod(lambda x, op: act(x, "gelu" if op == "gelu_erf" else op))),
@@ -136,16 +136,6 @@ def test_logits_after_pictures_and_text_match_llama_cpp(vision, k):
 def test_a_text_model_of_another_architecture_is_refused_in_one_line(pair, tiny_llama_path):
     check_refused_beside(tiny_llama_path, pair["f32"], r"a minimax_m3 projector goes with a MiniMax-M3 text model \(minimax-m3\), not llama")
 
-
-def test_the_gpu_is_refused_in_one_line(pair):
-    import types
-
-    from kvrun.loaders.errors import UnsupportedModelError
-
-    g, cfg = open_mmproj(pair["f32"])
-    with pytest.raises(UnsupportedModelError, match="CPU only") as e:
-        MiniMaxM3Encoder(g, cfg, types.SimpleNamespace(name="gpu"))
-    assert "\n" not in str(e.value)
 
 
 def test_cli_run_takes_a_minimax_m3_picture(pair, tmp_path):

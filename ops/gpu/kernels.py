@@ -168,7 +168,8 @@ for _sfx in QTYPE_SUFFIX.values():
     _declare("moe2.cu", f"moe_down_x_{_sfx}", "p" * 5 + "i" * 6)
 _declare("moe2.cu", "moe_chunk_route_f32", "ppppiiiif")  # logits, ids, cids, cw, n_expert, k, kc, group, scale
 _declare("moe2.cu", "gelu_f16_mul_f32", "pppl")  # g, u, out, n
-_declare("moe2.cu", "swiglu_clamp_f32", "pppfl")  # g, u, out, limit, n
+_declare("moe2.cu", "swiglu_clamp_f32", "pppfil")  # g, u, out, limit, gate_first, n
+_declare("moe2.cu", "swiglu_oai_f32", "pppl")  # g, u, out, n
 _declare("moe2.cu", "sigmoid_mul_f32", "ppll")  # x, s, rep, n
 _declare("moe2.cu", "copy_f32", "ppl")  # src, dst, n
 # ungated squared-ReLU experts (moe3.cu; their down products moe2.cu's moe_down_x): wu, x, ids, h, n_ff, n_cols, row_bytes, k
@@ -221,10 +222,14 @@ _declare("gemma.cu", "gemma_gaussian_topk_f32", "pif")  # x, n, std_mul
 _declare("gemma.cu", "gemma_gelu_mul_strided_f32", "ppiiil")  # g, pl, n, pl_stride, pl_off, total
 _declare("gemma.cu", "gemma_copy_f32", "ppl")  # src, dst, n
 _declare("gemma.cu", "gemma_scale_by_expert_f32", "pppl")  # wts, ids, scale, total
-# hyper-connections' streams (hyper.cu): mixes, base, streams, cur, post, n_hc, n_mix, n_embd, s_pre, s_post, eps, magnitude
-_declare("hyper.cu", "hc_pre_f32", "ppppp" + "iii" + "ffff")
+# hyper-connections' streams (hyper.cu): mixes, base, streams, cur, post, n_hc, n_mix, n_embd, s_pre, s_post, eps,
+# post_eps, magnitude
+_declare("hyper.cu", "hc_pre_f32", "ppppp" + "iii" + "fffff")
 _declare("hyper.cu", "hc_post_f32", "pppiil")  # streams, post, out, n_hc, n_embd, total
 _declare("hyper.cu", "hc_fill_f32", "ppiil")  # x, streams, n_hc, n_embd, total
+_declare("hyper.cu", "hc_sinkhorn_f32", "pppiifif")  # mixes, base, comb, n_hc, n_mix, s_comb, n_iter, eps
+_declare("hyper.cu", "hc_mix_f32", "ppppii")  # streams, post, comb, out, n_hc, n_embd
+_declare("hyper.cu", "hc_mean_f32", "ppiifl")  # streams, x, n_hc, n_embd, inv_n, total
 # a picture's rows seeing each other both ways (picture.cu): q, k, v, kpos, qpos, out, T, n_slots, cap, n_head, n_kv, D,
 # Dv, pend, window, scale, softcap, BQ, BKV
 _declare("picture.cu", "attn_picture_f16", "pppppp" + "i" * 9 + "ff" + "ii")

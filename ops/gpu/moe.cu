@@ -33,10 +33,7 @@
 #define MOE_GELU 3        // GeGLU, tanh GELU (Gemma 4's experts; not Grok's float16-table GELU)
 
 __device__ __forceinline__ float moe_glu(float g, float u, int act) {
-    if (act == MOE_SWIGLU_OAI) {
-        const float lim = 7.0f, x = fminf(g, lim);
-        return x / (1.0f + expf(-1.702f * x)) * (fmaxf(fminf(u, lim), -lim) + 1.0f);
-    }
+    if (act == MOE_SWIGLU_OAI) return swiglu_oai_f(g, u);
     if (act == MOE_RELU) return fmaxf(g, 0.0f) * u;
     if (act == MOE_GELU) return gelu_f(g) * u;
     return silu_f(g) * u;

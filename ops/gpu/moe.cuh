@@ -4,6 +4,13 @@
 
 #define MOE_WARPS 4  // rows per block of 128 threads (as qmatmul.cu's matvec)
 
+// gpt-oss's clamped SwiGLU (ops/cpu/moe.py swiglu_oai): the experts' MOE_SWIGLU_OAI (moe.cu), MiniMax-M3's shared
+// expert element by element (moe2.cu)
+__device__ __forceinline__ float swiglu_oai_f(float g, float u) {
+    const float lim = 7.0f, x = fminf(g, lim);
+    return x / (1.0f + expf(-1.702f * x)) * (fmaxf(fminf(u, lim), -lim) + 1.0f);
+}
+
 // One warp's dot products of one weight row (two, where r1 is given) with x: lanes
 // walk consecutive 8-weight chunks, as qmatmul.cu's matvec_row.
 template <class Q>

@@ -13,7 +13,10 @@
 //   moe_chunk_route_f32   GroveMoE's chunk experts' ids and weights, read off
 //                         the routed experts' ids and the router's logits
 //   gelu_f16_mul_f32      out = gelu_f16(g) * u       (Grok-2's dense FFN)
-//   swiglu_clamp_f32      out = min(silu(g), L) * clamp(u, -L, L)   (Step-3.5)
+//   swiglu_clamp_f32      out = min(silu(g), L) * clamp(u, -L, L)   (Step-3.5),
+//                         or gate first silu(min(g, L)) * ...      (GLM-5.3-Flash)
+//   swiglu_oai_f32        out = m sigmoid(1.702 m) (clamp(u, -7, 7) + 1), m =
+//                         min(g, 7): gpt-oss's GLU (MiniMax-M3's shared expert)
 //   sigmoid_mul_f32       x *= sigmoid(s), one s per `rep` values of x (the
 //                         attention gates: AFMoE's element by element,
 //                         Step-3.5's one a head)
@@ -159,9 +162,17 @@ extern "C" __global__ void gelu_f16_mul_f32(const float* g, const float* __restr
     MOEX_STRIDE(i, n) out[i] = gelu_f16_f(g[i]) * u[i];
 }
 
-// (out may be g)
-extern "C" __global__ void swiglu_clamp_f32(const float* g, const float* __restrict__ u, float* out, float limit, long long n) {
-    MOEX_STRIDE(i, n) out[i] = swiglu_clamp_f(g[i], u[i], limit);
+// (out may be g)  gate_first: the gate clamped before its SiLU (MOEX_SWIGLU_CLAMP_FIRST's, GLM-5.3-Flash's dense FFN
+// and shared expert), else after it (MOEX_SWIGLU_CLAMP's)
+extern "C" __global__ void swiglu_clamp_f32(const float* g, const float* __restrict__ u, float* out, float limit, int gate_first,
+                                            long long n) {
+    MOEX_STRIDE(i, n) out[i] = moex_glu(g[i], u[i], gate_first ? MOEX_SWIGLU_CLAMP_FIRST : MOEX_SWIGLU_CLAMP, limit);
+}
+
+// (out may be g)  gpt-oss's clamped GLU as moe.cu's experts compute it (MOE_SWIGLU_OAI; ops/cpu/moe.py swiglu_oai):
+// MiniMax-M3's shared expert, which runs beside its routed experts as an ordinary product
+extern "C" __global__ void swiglu_oai_f32(const float* g, const float* __restrict__ u, float* out, long long n) {
+    MOEX_STRIDE(i, n) out[i] = swiglu_oai_f(g[i], u[i]);
 }
 
 // x[i] *= sigmoid(s[i / rep])  (0.5 + 0.5 tanh(s / 2): no overflow either way)

@@ -6,8 +6,9 @@ so a decode step stays on the device (nothing to the host: it is captured as a C
   (``"swiglu_clamp_first"``, ggml's ``swiglu_clamp``) and Llama 4's ``weight_before_ffn`` (the slot's weight scales the
   expert's input), reading the ids and weights ``moe.cu``'s routing kernel wrote (:func:`experts`).
 * GroveMoE's chunk experts' ids and weights (:func:`chunk_route`).
-* Element-wise steps: Grok-2's dense GELU FFN, Step-3.5's clamped dense FFN and shared expert, the sigmoid attention
-  gates (AFMoE's, Step-3.5's), a device copy (SmallThinker's router input).
+* Element-wise steps: Grok-2's dense GELU FFN, Step-3.5's clamped dense FFN and shared expert (GLM-5.3-Flash's with
+  the gate clamped first), MiniMax-M3's shared expert (gpt-oss's ``swiglu_oai``), the sigmoid attention gates
+  (AFMoE's, Step-3.5's), a device copy (SmallThinker's router input).
 
 :class:`MoEVariantOps` is the GPU backend's side of them (a base of ``GPUBackend``, as ``GemmaOps``); the models call
 them on ``--device gpu`` only, where the CPU does the same in host numpy.
@@ -74,9 +75,15 @@ class MoEVariantOps:
         """``out = gelu(gate) * up``, ggml's float16-table GELU (models/bert.py ``gelu``); out may be gate."""
         self._ew3("gelu_f16_mul_f32", gate, up, out)
 
-    def swiglu_clamp(self, gate: Any, up: Any, out: Any, limit: float) -> None:
-        """``out = min(silu(gate), limit) * clamp(up, -limit, limit)`` (models/moe.py ``swiglu_clamped``); out may be gate."""
-        self._ew3("swiglu_clamp_f32", gate, up, out, limit)
+    def swiglu_clamp(self, gate: Any, up: Any, out: Any, limit: float, gate_first: bool = False) -> None:
+        """``out = min(silu(gate), limit) * clamp(up, -limit, limit)`` (models/moe.py ``swiglu_clamped``); ``gate_first``:
+        ``silu(min(gate, limit)) * clamp(up, -limit, limit)`` (ggml's ``swiglu_clamp``).  out may be gate."""
+        self._ew3("swiglu_clamp_f32", gate, up, out, limit, int(gate_first))
+
+    def swiglu_oai(self, gate: Any, up: Any, out: Any) -> None:
+        """``out = m sigmoid(1.702 m) (clamp(up, -7, 7) + 1)``, ``m = min(gate, 7)``: gpt-oss's clamped GLU (ops/cpu/moe.py
+        ``swiglu_oai``, moe.cu's experts' act), element by element; out may be gate."""
+        self._ew3("swiglu_oai_f32", gate, up, out)
 
     def sigmoid_mul(self, x: Any, s: Any) -> None:
         """``x *= sigmoid(s)`` in place, each of ``s``'s values over ``x.size / s.size`` consecutive ones of ``x`` (an

@@ -24,9 +24,12 @@ takes ``min(top_k, n_kv)`` keys, so up to ``top_k`` cached cells every key is ch
 kvrun runs that dense path only: a context past ``attention.indexer.top_k`` is refused in one line (``glm_dsa.py``), and
 the indexer's weights are never read.  The window layers have no indexer in either.
 
-Refused besides: ``--device gpu`` (the rope key's norm works on a slice of ``attn_kv_a_mqa``'s rows, which the GPU's
-kernels do not take: a norm inside ops/gpu's ``mla_latent_kv`` would).  ``KVRUN_MLA=expanded`` is not honoured: the
-latent form only.
+On ``--device gpu`` the trunk runs on glm-dsa's kernels (the absorbed latent attention at each kind's sizes and rope
+tables, the experts), the head gate is the backend's ``sigmoid_mul`` on both devices (one value a head), and the rope
+key's norm, numpy slices of ``attn_kv_a_mqa``'s rows on the CPU, is one kernel normalising it where it lies
+(``ops/gpu/mla.py``'s ``rope_key_norm``); a picture's or a clip's rows go in through the backend's ``copy``.  So a decode
+step launches only kernels and is captured as a CUDA graph.  ``KVRUN_MLA=expanded`` is not honoured: the latent form
+only.
 """
 
 from __future__ import annotations
@@ -36,12 +39,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..cache.base import KVCache, LayerSpec
 from ..loaders.config import ModelConfig
-from ..loaders.errors import GGUFError, UnsupportedModelError
+from ..loaders.errors import GGUFError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
-from ..ops.host import sigmoid
 from .common import WeightLoader, make_rope
 from .deepseek2 import Deepseek2Layer
 from .glm_dsa import GlmDsaModel
@@ -100,9 +104,12 @@ class Dots3NoteModel(GlmDsaModel):
         return tuple(cfg.rope_dim + (r if bits >= 16 else 2 * r) for r in ranks)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":  # (the rope key's norm sits inside the latent's row: the GPU has no kernel for it yet)
-            raise UnsupportedModelError(f"{g.path}: dots3note runs on the CPU only for now (--device gpu is not supported for it yet)")
         self.geom = _geometry(g, cfg)
+        self.mla_dev = None  # the device's norm of the rope key in place (ops/gpu/mla.py); the CPU's: numpy slices
+        if backend.name != "cpu":
+            from ..ops.gpu import mla as gpu_mla  # (only here: the CPU's runs never load the GPU's modules)
+
+            self.mla_dev = gpu_mla
         super().__init__(g, cfg, backend, n_ctx, n_batch)
         c = cfg
         # llama.cpp's generic rope (no DeepSeek YaRN magnitude), each kind at its base
@@ -134,10 +141,9 @@ class Dots3NoteModel(GlmDsaModel):
         c, be, buf = self.cfg, self.be, self.buf
         T, R = len(tokens), self.n_rot
         x, xn = buf.get("x", T, c.n_embd), buf.get("xn", T, c.n_embd)
-        k_rope = buf.get("k_rope", T, R)
         be.get_rows(self.tok_embd, tokens, x)
         if self.input_embd is not None:  # a clip's rows (Engine.eval_embd) in place of the tokens'
-            x[...] = be.vector(self.input_embd)
+            self._copy(be.vector(self.input_embd), x)
         for il, (L, G) in enumerate(zip(self.layers, self.geom)):
             H, rank, kind = G.n_head, G.kv_rank, "swa" if G.swa else "full"  # (a buffer of each kind's sizes)
             q_raw, kva = buf.get("q_raw_" + kind, T, H * (G.qk_nope + R)), buf.get("kv_a_" + kind, T, rank + R)
@@ -146,15 +152,31 @@ class Dots3NoteModel(GlmDsaModel):
             self.trace("attn_norm", il, xn)
             mla_query(be, L, xn, buf, c.norm_eps, q_raw)
             be.linear(L.wkv_a, xn, kva)
-            k_rope[...] = kva[:, rank:]  # the shared rope key RMS-normed before its rope (attn_k_norm)
-            be.rms_norm(k_rope, G.k_norm, c.norm_eps, k_rope)
-            kva[:, rank:] = k_rope
+            self.norm_rope_key(kva, G.k_norm, rank)  # the shared rope key RMS-normed before its rope (attn_k_norm)
             att3 = att.reshape(T, H, G.head_dim_v)
             latent_attend(self, L, q_raw.reshape(T, H, -1), kva, pos, cache[il], att3, rank, self.rope_swa if G.swa else None)
             be.linear(G.attn_gate, xn, gate)  # one gate a head, of the attention's input
-            att3 *= sigmoid(gate)[:, :, None]
+            be.sigmoid_mul(att3, gate)
             self.trace("kqv_out", il, att)
             be.linear_add(L.wo, att, x)
             self.add_ffn(L, x, xn, None)
             self.trace("l_out", il, x)
         self.output_head(x, out_rows, logits)
+
+    def norm_rope_key(self, kva: Any, w: Any, rank: int) -> None:
+        """``kva[:, rank:]`` (``attn_kv_a_mqa``'s rope key, past the latent) RMS-normed by ``w`` in place: numpy slices
+        through a scratch row on the CPU, one kernel on a device (a host slice of a device array would not be captured)."""
+        if self.mla_dev is not None:
+            self.mla_dev.rope_key_norm(kva, w, self.cfg.norm_eps)
+            return
+        k_rope = self.buf.get("k_rope", kva.shape[0], kva.shape[1] - rank)
+        k_rope[...] = kva[:, rank:]
+        self.be.rms_norm(k_rope, w, self.cfg.norm_eps, k_rope)
+        kva[:, rank:] = k_rope
+
+    def _copy(self, src: Any, dst: Any) -> None:
+        """``dst[...] = src``: host numpy on the CPU, the backend's copy kernel on a device (talkie.py's)."""
+        if self.be.name == "cpu":
+            np.copyto(dst, src)
+        else:
+            self.be.copy(src, dst)

@@ -2,8 +2,8 @@
 (tests/fixtures/arch_dots3note.npz, tools/make_arch_fixtures.py) over a prompt longer than the window, as one batch and
 token by token; the fixture fails without each step that sets dots.note apart from glm-dsa (the head gate, the rope key's
 norm, the window layers' rope base and window); a missing tensor or key is named in one line, and what kvrun does not
-run (the indexer's sparse choice past its top_k, the GPU) is refused in one line.  (test_models.test_forward_matches_llamacpp
-holds the fixture too, with every other architecture's.)"""
+run (the indexer's sparse choice past its top_k) is refused in one line; ``--device gpu`` gives the CPU's logits.
+(test_models.test_forward_matches_llamacpp holds the fixture too, with every other architecture's.)"""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from arch_checks import check_gpu_refused, check_info_and_run
+from arch_checks import check_info_and_run
 from test_models import N_BATCH, _build, _fixture_error, _run
 from tiny_dots3note import FULL, SWA, SWA_PATTERN, WINDOW, write_tiny_dots3note
 from tinymodel import FIXTURE_MODELS, write_tiny_model
@@ -19,9 +19,9 @@ from tinymodel import FIXTURE_MODELS, write_tiny_model
 from kvrun.loaders.config import load_config
 from kvrun.loaders.errors import GGUFError, UnsupportedModelError
 from kvrun.loaders.gguf_file import GGUFFile
-from kvrun.models import dots3note
 from kvrun.models.dots3note import Dots3NoteModel
 from kvrun.ops import get_backend
+from kvrun.ops.cpu.backend import CPUBackend
 
 
 @pytest.mark.parametrize("chunk", [N_BATCH, 1], ids=["prefill", "decode"])
@@ -49,7 +49,7 @@ def test_each_layer_has_its_kinds_geometry(tmp_path):
 
 
 def _no_gate(monkeypatch):
-    return lambda m: monkeypatch.setattr(dots3note, "sigmoid", lambda g: np.ones_like(g))
+    return lambda m: monkeypatch.setattr(CPUBackend, "sigmoid_mul", lambda self, x, s: None)  # (every head's gate 1)
 
 
 def _no_k_norm(m):
@@ -123,8 +123,50 @@ def test_a_context_past_the_indexers_top_k_is_refused_in_one_line(tmp_path):
     assert "\n" not in str(e.value)
 
 
-def test_the_gpu_is_refused_in_one_line(tmp_path):
-    check_gpu_refused(tmp_path, "dots3note")
+def test_the_gpu_matches_the_cpu(gpu_env, tmp_path, capsys):
+    """``--device gpu`` (the kernel emulator without a GPU): a prefill past the window and decode steps, the first
+    captured, the others replayed, within 2e-3 of the CPU's logits (the rope key normed in kva's rows by mla.cu, the
+    gate the backend's sigmoid_mul, the layers of both kinds at their own latent, heads and rope tables)."""
+    from gpu_checks import check_prefill_and_replayed_decode
+
+    from kvrun.ops import gpu_available
+    from kvrun.ops.gpu import emulate
+
+    if not gpu_available() and not emulate.available():
+        pytest.skip("no GPU and no host C++ compiler for the emulator")
+    check_prefill_and_replayed_decode(write_tiny_model(tmp_path / "d.gguf", **FIXTURE_MODELS["dots3note"]), capsys=capsys, steps=(5, 9, 14))
+
+
+def test_a_gpu_decode_step_brings_down_only_its_logits(monkeypatch, tmp_path):
+    """On the strict CuPy stand-in (no copy while a graph is captured): the rope key's norm and the gate are kernels."""
+    from gpu_checks import check_decode_copies_only_logits
+
+    from kvrun.ops.gpu import emulate
+
+    if not emulate.available():
+        pytest.skip("no host C++ compiler for the emulator")
+    check_decode_copies_only_logits(monkeypatch, write_tiny_model(tmp_path / "d.gguf", **FIXTURE_MODELS["dots3note"]))
+def test_a_pictures_rows_go_in_on_the_gpu_as_on_the_cpu(gpu_env, tmp_path):
+    """Rows fed in place of tokens (Engine.eval_embd: a picture's or a clip's, the backend's copy on the device) after a
+    prompt, then text: the GPU's logits within 2e-3 of the CPU's."""
+    from gpu_checks import rel_err
+
+    from kvrun.ops import gpu_available
+    from kvrun.ops.gpu import emulate
+    from kvrun.runtime.engine import Engine
+
+    if not gpu_available() and not emulate.available():
+        pytest.skip("no GPU and no host C++ compiler for the emulator")
+    path = write_tiny_model(tmp_path / "d.gguf", **FIXTURE_MODELS["dots3note"])
+    rows = np.random.default_rng(5).standard_normal((7, 64)).astype(np.float32)
+    got = []
+    for device in ("cpu", "gpu"):
+        eng = Engine(path, device=device, n_ctx=64, n_batch=16)
+        cache = eng.new_cache()
+        eng.eval(cache, [1, 2, 3])
+        eng.eval_embd(cache, rows)
+        got.append(eng.eval(cache, [4, 5], logits_all=True))
+    assert rel_err(*got) < 2e-3
 
 
 def test_info_and_run(tmp_path):

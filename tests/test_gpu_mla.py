@@ -7,7 +7,8 @@ absorbed form, models/mla.py; its kernels and models on the GPU: tests/test_mla_
 the latent decompressed into every head's K (``qk_nope + n_rot``) and V (``v_head_dim``), in the ordinary caches, whose
 kernels take ``head_dim != head_dim_v``.  What were numpy slices
 between the products are the two kernels of ``ops/gpu/mla.cu`` (``Backend.mla_latent_norm``, ``mla_qk``), so a decode
-step is all kernels and a graph holds it.
+step is all kernels and a graph holds it; a third, device-only, normalises dots.note's rope key inside ``attn_kv_a_mqa``'s
+rows (``ops/gpu/mla.py`` ``rope_key_norm``; the model: tests/test_dots3note.py).
 
 Kernel-level checks run on the ``rt`` fixture (conftest.py: real CUDA where a GPU is, else the kernel emulator), the
 models on ``--device gpu`` (``KVRUN_GPU_EMULATE=1`` without a GPU), as tests/test_gpu_moe.py.  Tolerances: the layout
@@ -65,6 +66,25 @@ def test_the_heads_are_laid_out_as_the_cpus_slices(rt, T):
     gpu_mla.qk(dev(q_raw), dev(k_nope), dev(kva), q, k)
     np.testing.assert_array_equal(rt.asnumpy(q), want_q)
     np.testing.assert_array_equal(rt.asnumpy(k), want_k)
+
+
+@pytest.mark.parametrize("T", [1, 6])
+def test_the_rope_key_is_normed_in_place_as_on_the_cpu(rt, T):
+    """dots.note's ``attn_k_norm`` (models/dots3note.py): ``kva[t, rank:]`` RMS-normed where it lies, as the CPU's
+    slices through a scratch row; the latent beside it left bit for bit.  (T 6: two blocks of four warps.)"""
+    rng = np.random.default_rng(T)
+    rank, R = 40, 8
+    kva = (rng.standard_normal((T, rank + R)) * 3).astype(np.float32)
+    w = rng.standard_normal(R).astype(np.float32)
+    want = kva.copy()
+    k_rope = want[:, rank:].copy()
+    CPUBackend().rms_norm(k_rope, w, 1e-6, k_rope)
+    want[:, rank:] = k_rope
+    got = rt.xp.asarray(kva)
+    gpu_mla.rope_key_norm(got, rt.xp.asarray(w), 1e-6)
+    got = rt.asnumpy(got)
+    np.testing.assert_array_equal(got[:, :rank], kva[:, :rank])
+    np.testing.assert_allclose(got[:, rank:], want[:, rank:], rtol=1e-6, atol=1e-6)
 
 
 # ----------------------------------------------------------------- models

@@ -178,6 +178,7 @@ for _sfx in QTYPE_SUFFIX.values():
 # multi-head latent attention (mla.cu): kva, w, kvc, rank, stride, eps; q_raw, k_nope, kva, q, k, T, n_head, nope, n_rot, stride
 _declare("mla.cu", "mla_latent_norm_f32", "pppiif")
 _declare("mla.cu", "mla_qk_f32", "pppppiiiii")
+_declare("mla.cu", "mla_rope_norm_f32", "ppiiif")  # kva, w, T, n_rot, stride, eps (dots.note's rope key norm, in place)
 # its absorbed form (mla_latent.cu): kva, w, k, v, rank, n_rot, eps; q_raw, wk, q, T, n_head, nope, n_rot, rank; att, wv, out,
 # T, n_head, rank, dv
 _declare("mla_latent.cu", "mla_latent_kv_f32", "ppppiif")

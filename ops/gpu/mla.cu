@@ -12,6 +12,9 @@
 //                        and key [k_rope, k_nope] with k_rope the one rope key
 //                        every head shares (the rope kernels turn a head's
 //                        leading dimensions; the scores are the same)
+//   mla_rope_norm_f32    kva[t, stride - n_rot:] = RMSNorm(that) * w in place:
+//                        the shared rope key normalised inside attn_kv_a_mqa's
+//                        rows before its rope (dots.note's attn_k_norm)
 #include "common.cuh"
 
 // grid (T), block 256
@@ -48,4 +51,21 @@ extern "C" __global__ void mla_qk_f32(const float* __restrict__ q_raw,  // [T, n
             k[e] = k_nope[th * nope + (d - n_rot)];
         }
     }
+}
+
+// The rope key is n_rot wide (64 in DeepSeek's geometry): too short for a block, so one warp a token, as
+// nn.cu's rms_norm_heads_f32.  In place: each lane reads its elements for the sum before any lane writes.
+// grid (ceil(T/4)), block 128
+extern "C" __global__ void mla_rope_norm_f32(float* kva,                  // [T, stride]: the rope key at [stride - n_rot, stride)
+                                             const float* __restrict__ w, // [n_rot]
+                                             int T, int n_rot, int stride, float eps) {
+    const int t = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+    const int lane = threadIdx.x % WARP;
+    if (t >= T) return;
+    float* xr = kva + (size_t)t * stride + (stride - n_rot);
+    float ss = 0.0f;
+    for (int i = lane; i < n_rot; i += WARP) ss += xr[i] * xr[i];
+    ss = warp_sum(ss);
+    const float inv = rsqrtf(ss / (float)n_rot + eps);
+    for (int i = lane; i < n_rot; i += WARP) xr[i] = xr[i] * inv * w[i];
 }

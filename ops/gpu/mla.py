@@ -1,6 +1,7 @@
 """Launchers for ``mla.cu``: multi-head latent attention's cuts and head layouts on the device (``GPUBackend.mla_latent_norm``
 / ``mla_qk``), the kernels that stand for the CPU's numpy slices in ``models/deepseek2.py`` so a decode step is all kernels
-(a CUDA graph captures it; a host slice between launches would not be replayed)."""
+(a CUDA graph captures it; a host slice between launches would not be replayed); and, device-only, :func:`rope_key_norm`
+(dots.note's norm of the shared rope key inside ``attn_kv_a_mqa``'s rows, models/dots3note.py)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,14 @@ def qk(q_raw: Any, k_nope: Any, kva: Any, q: Any, k: Any) -> None:
     grid = (min(K.cdiv(n, _EW_BLOCK), _EW_MAX_GRID),)
     with device_out(q) as qd, device_out(k) as kd:
         K.launch("mla_qk_f32", grid, (_EW_BLOCK,), to_device(q_raw), to_device(k_nope), to_device(kva), qd, kd, T, H, nope, n_rot, kva.shape[1])
+
+
+def rope_key_norm(kva: Any, w: Any, eps: float) -> None:
+    """``kva[t, -n_rot:] = RMSNorm(kva[t, -n_rot:]) * w`` in place, ``n_rot`` = ``w``'s size: the shared rope key normed
+    where it lies, the latent beside it untouched.   kva: [T, rank + n_rot]; w: [n_rot]."""
+    T, stride = kva.shape
+    n_rot = w.shape[-1]
+    if w.ndim != 1 or not 0 < n_rot <= stride:
+        raise ValueError(f"mla rope key norm: kva {tuple(kva.shape)}, w {tuple(w.shape)} do not match")
+    with device_out(kva) as kd:
+        K.launch("mla_rope_norm_f32", (K.cdiv(T, 4),), (128,), kd, to_device(w), T, n_rot, stride, eps)

@@ -18,9 +18,12 @@ LoRA adapters that control tokens switch on, token by token, inside the forward:
 Required besides Granite's: ``logit_scale``, ``adapters.count`` and ``adapters.lora_rank`` (each at most 4096), both
 token id arrays ``adapters.count`` long, the substitutes in the vocabulary; ``adapters.router_gain`` is 15 unstated.
 
-The LoRA products and the router's rounding are host work (numpy): ``--device gpu`` is refused in one line.  (A
-compressed KV cache keeps the router's layer as it keeps the others: a policy that evicts a control token there changes
-the slot, as it changes every layer's attention.)
+On the CPU the control tokens' lookups, the router's rounding and the LoRA products are host numpy; on ``--device gpu``
+they are lora.cu's kernels (``ops/gpu/lora.py``: the router's rows and the substitutes from vocabulary tables, the
+slots rounded into an int32 buffer, each token's adapter product), reading the step's token ids where they lie, so a
+decode step stays on the device and is captured as a CUDA graph.  (A compressed KV cache keeps the router's layer as
+it keeps the others: a policy that evicts a control token there changes the slot, as it changes every layer's
+attention.)
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import numpy as np
 
 from ..cache.base import KVCache, LayerSpec
 from ..loaders.config import ModelConfig
-from ..loaders.errors import GGUFError, UnsupportedModelError
+from ..loaders.errors import GGUFError
 from ..loaders.gguf_file import GGUFFile
 from ..loaders.quants import dequantize
 from ..ops.backend import Backend
@@ -50,7 +53,8 @@ ROUTER_GAIN = 15.0
 @dataclass
 class SwitchLayer(LlamaLayer):
     #: per projection of LORA_PROJECTIONS: its adapters' ``(A [n_slots, rank, in], B [n_slots, out, rank])``, float32
-    lora: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    #: (on the GPU's backend device arrays)
+    lora: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
 
 def lora_add(lora: tuple[np.ndarray, np.ndarray], x: np.ndarray, slots: np.ndarray, out: np.ndarray) -> None:
@@ -81,8 +85,6 @@ class GraniteSwitchModel(LlamaModel):
         return (*cfg.kv_values_by_layer(), 2 * cfg.head_dim)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":  # (the adapters' products and the router's rounding are numpy's)
-            raise UnsupportedModelError(f"{g.path}: graniteswitch runs on the CPU only for now (--device gpu is not supported for it yet)")
         for key in ("logit_scale", "adapters.count", "adapters.lora_rank"):  # (llama.cpp's get_key without a default)
             if g.arch_get(key) is None:
                 raise GGUFError(f"{g.path}: metadata {g.architecture}.{key} is missing; the file is not a complete model")
@@ -96,6 +98,11 @@ class GraniteSwitchModel(LlamaModel):
         self.router_gain = float(g.arch_get("adapters.router_gain", ROUTER_GAIN))
         self.slot_of, self.substitute_of = self.control_tokens(g, cfg.n_vocab)
         self.rope = bool(g.arch_get("rope.scaling.finetuned", True))
+        self.switch_dev = None  # the device's lookups, rounding and products (ops/gpu/lora.py); the CPU's are host numpy
+        if backend.name != "cpu":
+            from ..ops.gpu.lora import TokenSwitch  # (only here: the CPU's runs never load the GPU's modules)
+
+            self.switch_dev = TokenSwitch(self.slot_of, self.substitute_of, cfg.n_vocab, self.n_adapters, self.router_gain)
         super().__init__(g, cfg, backend, n_ctx, n_batch)
 
     def control_tokens(self, g: GGUFFile, n_vocab: int) -> tuple[dict[int, int], dict[int, int]]:
@@ -136,8 +143,9 @@ class GraniteSwitchModel(LlamaModel):
                   "ffn_gate": (c.n_embd, c.n_ff), "ffn_up": (c.n_embd, c.n_ff), "ffn_down": (c.n_ff, c.n_embd)}  # fmt: skip
         for proj in LORA_PROJECTIONS:
             n_in, n_out = widths[proj]
-            L.lora[proj] = (self.lora_tensor(w.g, f"blk.{i}.{proj}.lora_a", (self.rank, n_in)),
-                            self.lora_tensor(w.g, f"blk.{i}.{proj}.lora_b", (n_out, self.rank)))  # fmt: skip
+            ab = (self.lora_tensor(w.g, f"blk.{i}.{proj}.lora_a", (self.rank, n_in)),
+                  self.lora_tensor(w.g, f"blk.{i}.{proj}.lora_b", (n_out, self.rank)))  # fmt: skip
+            L.lora[proj] = ab if self.switch_dev is None else (self.switch_dev.upload(ab[0]), self.switch_dev.upload(ab[1]))
         return L
 
     def lora_tensor(self, g: GGUFFile, name: str, shape: tuple[int, int]) -> np.ndarray:
@@ -158,10 +166,17 @@ class GraniteSwitchModel(LlamaModel):
         c = self.cfg
         return [*super().layer_specs(), LayerSpec(1, 1, c.head_dim, c.head_dim, 0, 1.0)]
 
-    def route(self, tokens: np.ndarray, pos: np.ndarray, cache: KVCache) -> np.ndarray:
+    def route(self, tokens: Any, pos: np.ndarray, cache: KVCache) -> Any:
         """Each token's adapter slot: the router layer's attention over the sequence so far (its K and V stored in the
-        cache's last layer), clamped to [0, n_adapters] and rounded."""
+        cache's last layer), clamped to [0, n_adapters] and rounded (on the GPU an int32 device buffer)."""
         T, hd = len(tokens), self.cfg.head_dim
+        if self.switch_dev is not None:
+            q, k, v, out = (self.buf.get(f"router_{n}", T, 1, hd) for n in "qkvo")
+            slots = self.buf.get("slots", T, dtype=np.int32)
+            self.switch_dev.router_qkv(tokens, q, k, v)
+            cache[self.cfg.n_layer].update_and_attend(q, k, v, pos, out)
+            self.switch_dev.route(out, slots)
+            return slots
         slot = np.array([self.slot_of.get(int(t), 0) for t in tokens], np.float32)
         q, k, v, out = (np.zeros((T, 1, hd), np.float32) for _ in range(4))
         q[:, 0, 0] = 1.0
@@ -169,6 +184,21 @@ class GraniteSwitchModel(LlamaModel):
         v[:, 0, 0] = slot
         cache[self.cfg.n_layer].update_and_attend(q, k, v, pos, out)
         return round_half_away(np.clip(out[:, 0, 0], 0.0, float(self.n_adapters))).astype(np.int64)
+
+    def shown(self, tokens: Any) -> Any:
+        """The ids the tokens are embedded as: a control token's substitute, any other itself."""
+        if self.switch_dev is not None:
+            shown = self.buf.get("shown", len(tokens), dtype=np.int32)
+            self.switch_dev.substitute(tokens, shown)
+            return shown
+        return np.array([self.substitute_of.get(int(t), int(t)) for t in tokens], np.asarray(tokens).dtype)
+
+    def lora_add(self, L: SwitchLayer, proj: str, x: Any, slots: Any, out: Any) -> None:
+        """``out += B[s] (A[s] x)`` of ``proj``'s adapters, each token its slot's."""
+        if self.switch_dev is not None:
+            self.switch_dev.lora_add(L.lora[proj], x, slots, out)
+        else:
+            lora_add(L.lora[proj], x, slots, out)
 
     def residual_add(self, x: Any, o: Any) -> None:
         """``x += o`` (a block's output), times Granite's residual_scale first."""
@@ -182,27 +212,26 @@ class GraniteSwitchModel(LlamaModel):
         x, xn, q, k, v, att, gate, up, q3, k3, v3, att3 = self.step_buffers(T)
         o = self.buf.get("o", T, c.n_embd)
         slots = self.route(tokens, pos, cache)
-        shown = np.array([self.substitute_of.get(int(t), int(t)) for t in tokens], np.asarray(tokens).dtype)
-        be.get_rows(self.tok_embd, shown, x)
+        be.get_rows(self.tok_embd, self.shown(tokens), x)
         if c.embedding_scale != 1.0:
             be.scale(x, c.embedding_scale)
         for il, L in enumerate(self.layers):
             be.norm_linear_many(x, L.attn_norm, c.norm_eps, xn, (L.wq, L.wk, L.wv), (q, k, v))
             for proj, out in (("attn_q", q), ("attn_k", k), ("attn_v", v)):
-                lora_add(L.lora[proj], xn, slots, out)
+                self.lora_add(L, proj, xn, slots, out)
             if L.rope:
                 be.rope_qk(q3, k3, pos, self.rope_cos, self.rope_sin, c.rope_neox)
             cache[il].update_and_attend(q3, k3, v3, pos, att3)
             self.trace("kqv_out", il, att)
             be.linear(L.wo, att, o)
-            lora_add(L.lora["attn_output"], att, slots, o)
+            self.lora_add(L, "attn_output", att, slots, o)
             self.residual_add(x, o)
             be.norm_linear_many(x, L.ffn_norm, c.norm_eps, xn, (L.w_gate, L.w_up), (gate, up))
-            lora_add(L.lora["ffn_gate"], xn, slots, gate)
-            lora_add(L.lora["ffn_up"], xn, slots, up)
+            self.lora_add(L, "ffn_gate", xn, slots, gate)
+            self.lora_add(L, "ffn_up", xn, slots, up)
             be.silu_mul(gate, up, gate)
             be.linear(L.w_down, gate, o)
-            lora_add(L.lora["ffn_down"], gate, slots, o)
+            self.lora_add(L, "ffn_down", gate, slots, o)
             self.residual_add(x, o)
             self.trace("l_out", il, x)
         self.output_head(x, out_rows, logits)

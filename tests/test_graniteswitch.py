@@ -4,16 +4,17 @@ attention layer of its own.
 The logits are llama.cpp's (tests/fixtures/arch_graniteswitch.npz, from ``tools/make_arch_fixtures.py graniteswitch``;
 test_models.py's FIXTURE_MODELS test runs it too, prefill and decode); here: the fixture held in both chunkings, the
 router's slots for its prompt, and the fixture failed without each of what sets Granite Switch apart; a missing tensor
-or key, or adapter metadata llama.cpp refuses, in one line; ``kvrun info`` and ``kvrun run`` on the tiny file; the GPU
-refused.
+or key, or adapter metadata llama.cpp refuses, in one line; ``kvrun info`` and ``kvrun run`` on the tiny file;
+``--device gpu`` against the CPU, adapters switching in the prompt and in a replayed decode step.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from arch_checks import _cfg, _layers, _model, _sees_apart, check_gpu_refused, check_info_and_run, check_missing_tensor
+from arch_checks import _cfg, _layers, _model, _sees_apart, check_info_and_run, check_missing_tensor
 from test_models import N_BATCH, N_CTX, _build, _run
+from tiny_graniteswitch import ACTIVATE
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.cache.base import KVCache
@@ -134,8 +135,34 @@ def test_adapter_metadata_llamacpp_refuses_is_one_line(tmp_path, key, value, mes
     assert "\n" not in str(e.value)
 
 
-def test_the_gpu_is_refused_in_one_line(tmp_path):
-    check_gpu_refused(tmp_path, NAME)
+def test_the_gpu_matches_the_cpu(gpu_env, tmp_path, capsys):
+    """``--device gpu`` (the kernel emulator without a GPU): a prefill and decode steps, the first captured, the others
+    replayed, within 2e-3 of the CPU's logits (the control tokens' lookups, the router's rounding and the adapters'
+    products in lora.cu).  The prompt switches adapter 3 on at its token 116; the replayed step of token 14 switches
+    adapter 1 on too, the step after it routed to the mean of the two, 2: what the device's slots buffer holds last,
+    from the router's output 2 within 1e-5 (its layer's one head unscaled: scaled by 1/sqrt(head_dim) it would weigh
+    the 21 other tokens in: 1.988)."""
+    from gpu_checks import check_prefill_and_replayed_decode
+
+    from kvrun.ops import gpu_available
+    from kvrun.ops.gpu import emulate
+
+    if not gpu_available() and not emulate.available():
+        pytest.skip("no GPU and no host C++ compiler for the emulator")
+    steps = (5, ACTIVATE[0], 9)
+    assert ACTIVATE[2] in np.random.default_rng(3).integers(0, 200, 20)  # (gpu_checks' prompt)
+    gpu, _ = check_prefill_and_replayed_decode(write_tiny_model(tmp_path / "m.gguf", NAME), capsys=capsys, steps=steps)
+    assert gpu.backend.to_host(gpu.model.buf.arrays["slots"][:1]).tolist() == [2]
+    assert abs(float(gpu.backend.to_host(gpu.model.buf.arrays["router_o"][:1]).reshape(-1)[0]) - 2.0) < 1e-5
+
+
+def test_a_replayed_decode_step_copies_only_its_logits(tmp_path, monkeypatch):
+    """On the strict CuPy stand-in: steps that switch adapters (a control token, then the mean of two) bring down their
+    logits and nothing else: every lookup reads the step's token id on the device."""
+    from gpu_checks import check_decode_copies_only_logits
+
+    check_decode_copies_only_logits(monkeypatch, write_tiny_model(tmp_path / "m.gguf", NAME), prompt=[3, ACTIVATE[2], 27, 9],
+                                    steps=(ACTIVATE[0], 5, ACTIVATE[1]))  # fmt: skip
 
 
 def test_info_and_run(tmp_path):

@@ -231,6 +231,11 @@ _declare("hyper.cu", "hc_fill_f32", "ppiil")  # x, streams, n_hc, n_embd, total
 _declare("hyper.cu", "hc_sinkhorn_f32", "pppiifif")  # mixes, base, comb, n_hc, n_mix, s_comb, n_iter, eps
 _declare("hyper.cu", "hc_mix_f32", "ppppii")  # streams, post, comb, out, n_hc, n_embd
 _declare("hyper.cu", "hc_mean_f32", "ppiifl")  # streams, x, n_hc, n_embd, inv_n, total
+# token-switched LoRA adapters (lora.cu)
+_declare("lora.cu", "lora_router_qkv", "ppppp" + "iii" + "f")  # tokens, slot_of, q, k, v, T, hd, n_vocab, gain
+_declare("lora.cu", "lora_route_slots", "ppiii")  # att, slots, T, stride, n_adapters
+_declare("lora.cu", "lora_substitute", "pppii")  # tokens, shown_as, shown, T, n_vocab
+_declare("lora.cu", "lora_add_f32", "ppppp" + "iiii")  # a, b, x, slots, out, n_slots, rank, n_in, n_out
 # a picture's rows seeing each other both ways (picture.cu): q, k, v, kpos, qpos, out, T, n_slots, cap, n_head, n_kv, D,
 # Dv, pend, window, scale, softcap, BQ, BKV
 _declare("picture.cu", "attn_picture_f16", "pppppp" + "i" * 9 + "ff" + "ii")

@@ -28,7 +28,7 @@ code), so beside a text model on ``--device gpu`` it runs on the GPU (models/vit
 of the CPU's (tests/test_audio_dots3note.py).
 
 Its tests run it beside dots.note's own text model (models/dots3note.py, which takes the rows through
-``Model.input_embd``). Caveat: that text model runs on the CPU only, so the GPU forward is reached by the tests alone.
+``Model.input_embd``), on either device.
 """
 
 from __future__ import annotations

@@ -39,8 +39,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from ..cache.base import KVCache, LayerSpec
 from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError
@@ -143,7 +141,7 @@ class Dots3NoteModel(GlmDsaModel):
         x, xn = buf.get("x", T, c.n_embd), buf.get("xn", T, c.n_embd)
         be.get_rows(self.tok_embd, tokens, x)
         if self.input_embd is not None:  # a clip's rows (Engine.eval_embd) in place of the tokens'
-            self._copy(be.vector(self.input_embd), x)
+            self.copy(be.vector(self.input_embd), x)
         for il, (L, G) in enumerate(zip(self.layers, self.geom)):
             H, rank, kind = G.n_head, G.kv_rank, "swa" if G.swa else "full"  # (a buffer of each kind's sizes)
             q_raw, kva = buf.get("q_raw_" + kind, T, H * (G.qk_nope + R)), buf.get("kv_a_" + kind, T, rank + R)
@@ -173,10 +171,3 @@ class Dots3NoteModel(GlmDsaModel):
         k_rope[...] = kva[:, rank:]
         self.be.rms_norm(k_rope, w, self.cfg.norm_eps, k_rope)
         kva[:, rank:] = k_rope
-
-    def _copy(self, src: Any, dst: Any) -> None:
-        """``dst[...] = src``: host numpy on the CPU, the backend's copy kernel on a device (talkie.py's)."""
-        if self.be.name == "cpu":
-            np.copyto(dst, src)
-        else:
-            self.be.copy(src, dst)

@@ -29,8 +29,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from ..cache.base import LayerSpec
 from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError
@@ -82,11 +80,7 @@ class SmallThinkerModel(LlamaModel):
         )  # fmt: skip
 
     def layer_input(self, L: LlamaLayer, x: Any) -> None:
-        # (the attention adds into x before the router would read it; a device's copy a kernel a captured step holds)
-        if self.be.name == "cpu":
-            np.copyto(self.router_x[: x.shape[0]], x)
-        else:
-            self.be.copy(x, self.router_x[: x.shape[0]])
+        self.copy(x, self.router_x[: x.shape[0]])  # (the attention adds into x before the router would read it)
 
     def qk_norm_rope(self, L: SmallThinkerLayer, q: Any, k: Any, q3: Any, k3: Any, pos: Any, cos: Any, sin: Any) -> None:
         if L.swa and self.rope_swa is not None:

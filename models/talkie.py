@@ -113,7 +113,7 @@ class TalkieModel(Model):
         skip = buf.get("skip", T, c.n_embd)  # the normed embeddings every layer adds again
 
         self.embed(tokens, xn, skip)
-        self._copy(skip, x)
+        self.copy(skip, x)
         for il, L in enumerate(self.layers):
             be.norm_linear_many(x, self.ones, c.norm_eps, xn, (L.wq, L.wk, L.wv), (q, k, v))
             self.trace("attn_norm", il, xn)
@@ -130,7 +130,7 @@ class TalkieModel(Model):
             be.norm_linear_many(x, self.ones, c.norm_eps, xn, (L.w_gate, L.w_up), (gate, up))
             be.linear_glu(L.w_down, gate, up, o, "silu")
             self._add_scaled(o, L.ffn_gain, x)
-            self._copy(skip, o)
+            self.copy(skip, o)
             self._add_scaled(o, L.skip_scale, x)
             self.trace("l_out", il, x)
         self.output_head(x, out_rows, logits)
@@ -147,14 +147,6 @@ class TalkieModel(Model):
         self.be.rms_norm_heads(q3, self.ones_head, eps)
         self.be.mul(q3, L.head_gain)
         self.be.rms_norm_heads(k3, self.ones_head, eps)
-
-    def _copy(self, src: Any, dst: Any) -> None:
-        """``dst[...] = src``: host numpy on the CPU, the backend's copy kernel on a device (one launch a captured decode
-        step holds, as hrm_text's and smallthinker's copies)."""
-        if self.be.name == "cpu":
-            np.copyto(dst, src)
-        else:
-            self.be.copy(src, dst)
 
     def _add_scaled(self, o: Any, s: float, x: Any) -> None:
         """``x += o * s`` (``o`` overwritten)."""

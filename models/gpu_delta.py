@@ -45,10 +45,12 @@ def kda_y(model: Any, kd: Any, state: Any, xn: Any, pos: np.ndarray) -> Any:
     qkv = buf.get("kda_qkv", T, 3 * d)  # (the three convolutions as one: each channel is its own)
     for i, part in enumerate((q, k, v)):
         G.put_cols(part, qkv, i * d)
-    g, g2 = fa, ga  # (Ling 3's full rank: f_a and g_a give them)
+    g, g2 = fa, ga  # (Ling 3's full rank: f_a and g_a give them; Kimi K3's g_a, its full-rank ssm_g, the gate's)
     if kd.f_b is not None:
-        g, g2 = buf.get("kda_g", T, d), buf.get("kda_g2", T, d)
+        g = buf.get("kda_g", T, d)
         be.linear_many((kd.f_b,), fa, (g,))
+    if kd.g_b is not None:
+        g2 = buf.get("kda_g2", T, d)
         be.linear_many((kd.g_b,), ga, (g2,))
     gb = buf.get("kda_gb", T, d + H)  # every channel's decay log, then each head's write strength
     G.decay_beta(g, beta, G.const(kd.dt_b), G.const(kd.A), gb, hd, kd.lower_bound)  # (< 0: Ling 3's safe gate)

@@ -27,8 +27,12 @@ parts, which are all this module adds:
 * the experts' weights renormalised only where ``expert_weights_norm`` says (Kimi's always), times
   ``expert_weights_scale``.
 
-The residual mix and the FFNs are host work (numpy), on the CPU: ``--device gpu`` is refused in one line, as are a
-``kda.gate_lower_bound`` not below 0 and Kimi's refusals (fused gate-and-up experts).
+On ``--device gpu`` the KDA and the MLA run on Kimi Linear's kernels (``gpu_delta.py``), the MLA gate on the backend's
+``sigmoid_mul``; the checkpoints are slots of one device buffer and the residual mix one launch (attn_res.cu,
+``ops/gpu/attn_res.py``); the experts are routed on the device (``moe_route``) and run at the latent width with situ as
+moe2.cu's act ``"situ"``, the dense FFN's and the shared expert's situ its element-wise form (``situ_mul``).  The CPU's
+host numpy is kept there; a device decode step launches only kernels and is captured as a CUDA graph.  Refused in one
+line: a ``kda.gate_lower_bound`` not below 0 and Kimi's refusals (fused gate-and-up experts).
 """
 
 from __future__ import annotations
@@ -73,8 +77,6 @@ class KimiK3Model(KimiLinearModel):
     FULL_KDA_GATE = True
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: kimi-k3 on --device {backend.name} is not supported yet; use --device cpu")
         lb = g.arch_get("kda.gate_lower_bound")
         self.lower_bound = None if lb is None else float(lb)  # (None: Kimi's softplus decay)
         if self.lower_bound is not None and not self.lower_bound < 0.0:
@@ -94,6 +96,13 @@ class KimiK3Model(KimiLinearModel):
         super().__init__(g, cfg, backend, n_ctx, n_batch)
         w = WeightLoader(g, backend)
         self.output_res_score = w.vector("output_res_score") if self.res_block > 0 else None
+        #: the checkpoints a forward banks (layers 0, res_block, 2 res_block...): a device's bank buffer's slots
+        self.n_slots = -(-cfg.n_layer // self.res_block) if self.res_block > 0 else 0
+        self.res_dev = None  # the device's residual-mix kernels (ops/gpu/attn_res.py); the CPU's are host numpy
+        if backend.name != "cpu":
+            from ..ops.gpu import attn_res  # (only here: the CPU's runs never load the GPU's modules)
+
+            self.res_dev = attn_res
 
     def load_layer(self, w: WeightLoader, i: int) -> Any:
         c = self.cfg
@@ -174,10 +183,35 @@ class KimiK3Model(KimiLinearModel):
         p /= p.sum(axis=1, keepdims=True)
         return np.einsum("tc,tce->te", p, src).astype(np.float32)
 
+    def mix(self, banked: list[np.ndarray], n_bank: int, x: Any, score: Any) -> Any:
+        """:meth:`res_mix` of the ``n_bank`` checkpoints banked so far and the stream ``x``: the CPU's in host numpy
+        (``banked`` its host copies), a device's one launch reading the bank buffer's first ``n_bank`` slots."""
+        if self.res_dev is None or n_bank == 0:
+            return self.res_mix(banked, x, score)
+        T, E = x.shape
+        out = self.buf.get("k3_mix", T, E)
+        self.res_dev.mix(self.buf.get("k3_bank", T, self.n_slots, E), n_bank, x, score, self.cfg.norm_eps, out)
+        return out
+
+    def bank(self, banked: list[np.ndarray], n_bank: int, x: Any) -> None:
+        """``x`` kept as checkpoint ``n_bank``: a host copy appended to ``banked`` on the CPU, the bank buffer's slot on
+        a device."""
+        if self.res_dev is None:
+            banked.append(x.copy())
+        else:
+            self.res_dev.bank(x, self.buf.get("k3_bank", x.shape[0], self.n_slots, x.shape[1]), n_bank)
+
+    def situ_glu(self, g: Any, u: Any) -> Any:
+        """situ of ``g`` and ``u``: a new host array on the CPU (:func:`situ`), ``g`` in place on a device (a kernel)."""
+        if self.be.name == "cpu":
+            return situ(g, u, self.situ_beta, self.situ_linear_beta)
+        self.be.situ_mul(g, u, g, self.situ_beta, self.situ_linear_beta)
+        return g
+
     def ffn_add(self, L: Any, xn: np.ndarray, x: np.ndarray) -> None:
         """``x +=`` layer L's FFN of ``xn``: the dense situ FFN, or the latent experts plus the shared expert."""
         be, buf, T = self.be, self.buf, xn.shape[0]
-        act = lambda g, u: situ(g, u, self.situ_beta, self.situ_linear_beta)  # noqa: E731
+        act = self.situ_glu
         moe: MoE | None = L.moe
         if moe is None:
             n_ff = L.w_gate.shape[0]
@@ -187,13 +221,48 @@ class KimiK3Model(KimiLinearModel):
             return
         logits = buf.get("moe_router", T, moe.n_expert)
         be.linear(moe.router, xn, logits)  # (the router reads the full-width input)
+        if be.name != "cpu":
+            self.device_experts_add(moe, logits, xn, x)
+        else:
+            self.host_experts_add(moe, logits, xn, x)
+        sh = moe.shared
+        if sh is not None:  # (the shared expert at n_embd, on the un-projected input)
+            g, u = buf.get("shexp_gate", T, sh.gate.shape[0]), buf.get("shexp_up", T, sh.gate.shape[0])
+            be.linear_many((sh.gate, sh.up), xn, (g, u))
+            be.linear_add(sh.down, act(g, u), x)
+
+    def latent_in(self, moe: MoE, xn: Any) -> Any:
+        """The routed experts' input: ``ffn_routed_down xn`` at the latent width (``xn`` where the file has none)."""
+        if moe.routed_down is None:
+            return xn
+        xe = self.buf.get("k3_latent_in", xn.shape[0], moe.up.shape[1])
+        self.be.linear(moe.routed_down, xn, xe)
+        return xe
+
+    def device_experts_add(self, moe: MoE, logits: Any, xn: Any, x: Any) -> None:
+        """``x +=`` the routed experts on a device: chosen and weighed by ``moe_route``, run at the latent width by
+        moe2.cu with situ, their sum normed and brought back as the CPU's (nothing comes to the host)."""
+        be, buf, T = self.be, self.buf, xn.shape[0]
+        n_ff, k = moe.up.shape[0] // moe.n_expert, moe.n_used
+        ids, wts = buf.get("moe_ids", T, k, dtype=np.int32), buf.get("moe_wts", T, k)
+        be.moe_route(logits, k, moe.gating, moe.norm_weights, moe.weights_scale, moe.bias, None, (moe.n_group, moe.n_group_used), ids, wts)
+        xe = self.latent_in(moe, xn)
+        out = x if moe.routed_up is None else buf.get("k3_latent_out", T, moe.up.shape[1])
+        be.moe_experts_x(moe.gate, moe.up, moe.down, n_ff, ids, wts, xe, out, buf.get("moe_h", T, k * n_ff), "situ",
+                         self.situ_beta, accumulate=out is x, limit2=self.situ_linear_beta)  # fmt: skip
+        if moe.routed_norm is not None:
+            be.rms_norm(out, moe.routed_norm, self.cfg.norm_eps, out)
+        if moe.routed_up is not None:
+            be.linear_add(moe.routed_up, out, x)
+
+    def host_experts_add(self, moe: MoE, logits: np.ndarray, xn: np.ndarray, x: np.ndarray) -> None:
+        """``x +=`` the routed experts on the CPU: routed in host numpy, each chosen expert over its tokens."""
+        be, buf, T = self.be, self.buf, xn.shape[0]
+        act = self.situ_glu
         top, wts = route(np.asarray(logits), moe.n_used, moe.norm_weights, moe.gating, moe.bias, moe.n_group, moe.n_group_used)
         wts *= np.float32(moe.weights_scale)
         width = moe.up.shape[1]
-        xe = xn
-        if moe.routed_down is not None:
-            xe = buf.get("k3_latent_in", T, width)
-            be.linear(moe.routed_down, xn, xe)
+        xe = self.latent_in(moe, xn)
         n_ff = moe.up.shape[0] // moe.n_expert
         out = np.zeros((T, width), np.float32)
         for e in np.unique(top):
@@ -209,36 +278,33 @@ class KimiK3Model(KimiLinearModel):
             be.linear_add(moe.routed_up, out, x)
         else:
             x += out
-        sh = moe.shared
-        if sh is not None:  # (the shared expert at n_embd, on the un-projected input)
-            g, u = buf.get("shexp_gate", T, sh.gate.shape[0]), buf.get("shexp_up", T, sh.gate.shape[0])
-            be.linear_many((sh.gate, sh.up), xn, (g, u))
-            be.linear_add(sh.down, act(g, u), x)
 
     def forward(self, tokens, pos, cache, out_rows, logits) -> None:
         c, be, buf = self.cfg, self.be, self.buf
         T = len(tokens)
         x, xn, a = buf.get("x", T, c.n_embd), buf.get("xn", T, c.n_embd), buf.get("k3_mixer", T, c.n_embd)
         be.get_rows(self.tok_embd, tokens, x)
-        banked: list[np.ndarray] = []  # the checkpoints: the raw inputs of every res_block-th layer
+        banked: list[np.ndarray] = []  # the checkpoints: the raw inputs of every res_block-th layer (the CPU's)
+        n_bank = 0  # (as many on a device, in its bank buffer)
         for il, L in enumerate(self.layers):
-            h = self.res_mix(banked, x, L.attn_res_score)
+            h = self.mix(banked, n_bank, x, L.attn_res_score)
             bank = self.res_block > 0 and il % self.res_block == 0
             if bank:
-                banked.append(x.copy())
+                self.bank(banked, n_bank, x)
+                n_bank += 1
             be.rms_norm(h, L.attn_norm, c.norm_eps, xn)
             if isinstance(L, KDALayer):
                 be.linear(L.kda.wo, self.kda_y(L.kda, cache[il], xn, pos), a)
             else:
                 be.linear(L.wo, self.mla_attend(L, cache[il], xn, pos), a)
             if bank:  # (the stream restarts from the mixer's output; its input is kept as the checkpoint)
-                x[...] = a
+                self.copy(a, x)
             else:
-                x += a
+                be.add(x, a)
             self.trace("attn_out", il, x)
-            h = self.res_mix(banked, x, L.ffn_res_score)
+            h = self.mix(banked, n_bank, x, L.ffn_res_score)
             be.rms_norm(h, L.ffn_norm, c.norm_eps, xn)
             self.ffn_add(L, xn, x)
             self.trace("l_out", il, x)
-        h = self.res_mix(banked, x, self.output_res_score)
+        h = self.mix(banked, n_bank, x, self.output_res_score)
         self.output_head(h, out_rows, logits)

@@ -3,12 +3,11 @@ MLA output gate.
 
 The logits are llama.cpp's (the FIXTURE_MODELS test ``kimi-k3``); here: the fixture fails without each of what sets
 K3 apart from Kimi Linear, the KDA state in the cache (test_ssm.py's tests), a missing tensor and what is refused in
-one line, ``kvrun info`` and ``kvrun run`` on the tiny file.
+one line, ``--device gpu`` against the CPU (its kernels against numpy: test_gpu_kimi_k3.py), ``kvrun info`` and
+``kvrun run`` on the tiny file.
 """
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -102,11 +101,9 @@ def _cpu():
 
 
 def test_what_is_not_supported_is_refused_in_one_line(tmp_path):
-    """The GPU (the residual mix and the latent experts are host work), a decay bound not below 0, and Kimi's
-    refusals (an attn_gate on a KDA layer)."""
+    """A decay bound not below 0, and Kimi's refusals (an attn_gate on a KDA layer)."""
     path = write_tiny_model(tmp_path / "m.gguf", NAME, seed=1)
-    g = GGUFFile(path)
-    cases = [(SimpleNamespace(name="gpu"), g, "--device gpu")]
+    cases = []
     g2 = GGUFFile(path)
     g2.metadata["kimi-k3.kda.gate_lower_bound"] = 0.5
     cases.append((_cpu(), g2, "gate_lower_bound"))
@@ -117,6 +114,33 @@ def test_what_is_not_supported_is_refused_in_one_line(tmp_path):
         with pytest.raises(UnsupportedModelError, match=what) as e:
             model_class(NAME)(gg, load_config(gg), be, N_CTX, N_BATCH)
         assert "\n" not in str(e.value)
+
+
+def test_the_gpu_matches_the_cpu(gpu_env, tmp_path, capsys):
+    """``--device gpu`` (the kernel emulator without a GPU): a prefill and decode steps, the first captured, the others
+    replayed, within 2e-3 of the CPU's logits (the checkpoints' bank and the residual mix in attn_res.cu; the latent
+    experts routed on the device and run with situ by moe2.cu, the dense and shared situ its element-wise form; the KDA
+    and the gated MLA Kimi Linear's kernels)."""
+    from gpu_checks import check_prefill_and_replayed_decode
+
+    from kvrun.ops import gpu_available
+    from kvrun.ops.gpu import emulate
+
+    if not gpu_available() and not emulate.available():
+        pytest.skip("no GPU and no host C++ compiler for the emulator")
+    check_prefill_and_replayed_decode(write_tiny_model(tmp_path / "m.gguf", NAME, seed=1), capsys=capsys, steps=(5, 9, 14))
+
+
+def test_a_gpu_decode_step_copies_only_its_logits_down(monkeypatch, path):
+    """On the strict CuPy stand-in (devicexp.py: no copy while a graph is captured, every copy down logged): a replayed
+    step brings down its logits alone; the bank, the residual mixes, the experts' routing and situ are no host work."""
+    from gpu_checks import check_decode_copies_only_logits
+
+    from kvrun.ops.gpu import emulate
+
+    if not emulate.available():
+        pytest.skip("no host C++ compiler for the emulator")
+    check_decode_copies_only_logits(monkeypatch, path, steps=(5,))
 
 
 def test_info_and_run(tmp_path):

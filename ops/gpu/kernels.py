@@ -161,17 +161,21 @@ _declare("moe.cu", "moe_group_slots", "ppppii")
 _declare("moe.cu", "moe_gather_rows_f32", "pppiil")
 _declare("moe.cu", "moe_glu_rows_f32", "ppppppp" + "iii" + "l")
 _declare("moe.cu", "moe_scatter_rows_f32", "pppppp" + "iiii" + "l")
-# the mixture-of-experts variants (moe2.cu): wg, wu, x, ids, wts, g, h, n_ff, n_cols, row_bytes, k, mode, act, wbf, limit;
-# wd, h, ids, wts, x, n_embd, n_ff, row_bytes, k, acc, wbf
+# the mixture-of-experts variants (moe2.cu): wg, wu, x, ids, wts, g, h, n_ff, n_cols, row_bytes, k, mode, act, wbf, limit,
+# limit2; wd, h, ids, wts, x, n_embd, n_ff, row_bytes, k, acc, wbf
 for _sfx in QTYPE_SUFFIX.values():
-    _declare("moe2.cu", f"moe_gate_up_x_{_sfx}", "p" * 7 + "i" * 7 + "f")
+    _declare("moe2.cu", f"moe_gate_up_x_{_sfx}", "p" * 7 + "i" * 7 + "ff")
     _declare("moe2.cu", f"moe_down_x_{_sfx}", "p" * 5 + "i" * 6)
 _declare("moe2.cu", "moe_chunk_route_f32", "ppppiiiif")  # logits, ids, cids, cw, n_expert, k, kc, group, scale
 _declare("moe2.cu", "gelu_f16_mul_f32", "pppl")  # g, u, out, n
 _declare("moe2.cu", "swiglu_clamp_f32", "pppfil")  # g, u, out, limit, gate_first, n
 _declare("moe2.cu", "swiglu_oai_f32", "pppl")  # g, u, out, n
+_declare("moe2.cu", "situ_f32", "pppffl")  # g, u, out, beta, linear_beta, n
 _declare("moe2.cu", "sigmoid_mul_f32", "ppll")  # x, s, rep, n
 _declare("moe2.cu", "copy_f32", "ppl")  # src, dst, n
+# Kimi K3's cross-layer residual attention (attn_res.cu)
+_declare("attn_res.cu", "attn_res_bank_f32", "ppiiil")  # x, bank, slot, n_slot, n_embd, total
+_declare("attn_res.cu", "attn_res_mix_f32", "pppp" + "iii" + "f")  # bank, x, score, out, n_bank, n_slot, n_embd, eps
 # ungated squared-ReLU experts (moe3.cu; their down products moe2.cu's moe_down_x): wu, x, ids, h, n_ff, n_cols, row_bytes, k
 for _sfx in QTYPE_SUFFIX.values():
     _declare("moe3.cu", f"moe_up_sq_{_sfx}", "pppp" + "iiii")

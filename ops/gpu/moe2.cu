@@ -5,7 +5,8 @@
 //                         experts, as moe.cu's moe_gate_up, with the GLUs moe.cu
 //                         lacks: Grok's GELU looked up in ggml's float16 table
 //                         Step-3.5's clamped SwiGLU (its limit an argument), the
-//                         same gate-first (Maple's, ggml's swiglu_clamp); and
+//                         same gate-first (Maple's, ggml's swiglu_clamp), Kimi
+//                         K3's situ (its two betas arguments); and
 //                         Llama 4's weight_before_ffn (w: the slot's weight
 //                         scales the expert's input, not its output)
 //   moe_down_x_<type>     x (+)= sum_j w_j down_e_j h_j (weight 1 where the
@@ -17,6 +18,8 @@
 //                         or gate first silu(min(g, L)) * ...      (GLM-5.3-Flash)
 //   swiglu_oai_f32        out = m sigmoid(1.702 m) (clamp(u, -7, 7) + 1), m =
 //                         min(g, 7): gpt-oss's GLU (MiniMax-M3's shared expert)
+//   situ_f32              out = b tanh(g / b) sigmoid(g) * lb tanh(u / lb) (u
+//                         where lb <= 0): Kimi K3's dense FFN and shared expert
 //   sigmoid_mul_f32       x *= sigmoid(s), one s per `rep` values of x (the
 //                         attention gates: AFMoE's element by element,
 //                         Step-3.5's one a head)
@@ -32,6 +35,7 @@
 #define MOEX_GELU_F16 4      // Grok's: ggml's CPU GELU, its float16 table
 #define MOEX_SWIGLU_CLAMP 5  // Step-3.5's: min(silu(g), limit) * clamp(u, -limit, limit)
 #define MOEX_SWIGLU_CLAMP_FIRST 6  // Maple's (ggml's swiglu_clamp): silu(min(g, limit)) * clamp(u, -limit, limit)
+#define MOEX_SITU 7          // Kimi K3's: beta tanh(g / beta) sigmoid(g) * lb tanh(u / lb) (limit: beta; lb <= 0: u as it is)
 
 // ggml's CPU GELU (GGML_GELU_FP16, models/bert.py gelu): the input rounded to
 // float16, the tanh GELU of it rounded to float16, inputs past +-10 passed / zeroed
@@ -47,7 +51,15 @@ __device__ __forceinline__ float swiglu_clamp_f(float g, float u, float limit) {
     return fminf(s, limit) * fminf(fmaxf(u, -limit), limit);
 }
 
-__device__ __forceinline__ float moex_glu(float g, float u, int act, float limit) {
+// Kimi K3's situ as models/kimi_k3.py situ computes it in float32 (the sigmoid in the tanh form of ops/host.py's)
+__device__ __forceinline__ float situ_f(float g, float u, float beta, float lb) {
+    const float a = beta * tanhf(g / beta) * (0.5f + 0.5f * tanhf(0.5f * g));
+    return a * (lb > 0.0f ? lb * tanhf(u / lb) : u);
+}
+
+// (limit2: the act's second constant, situ's linear beta; unread by the others)
+__device__ __forceinline__ float moex_glu(float g, float u, int act, float limit, float limit2) {
+    if (act == MOEX_SITU) return situ_f(g, u, limit, limit2);
     if (act == MOEX_GELU_F16) return gelu_f16_f(g) * u;
     if (act == MOEX_SWIGLU_CLAMP) return swiglu_clamp_f(g, u, limit);
     // (silu(min(g, limit)) <= limit: swiglu_clamp_f's min after the SiLU leaves it so, as the CPU's moe.experts_add)
@@ -62,7 +74,7 @@ __device__ __forceinline__ float moex_glu(float g, float u, int act, float limit
 template <class Q>
 __device__ __forceinline__ void moex_gate_up_impl(const u8* wg, const u8* wu, const float* x, const int* ids, const float* wts,
                                                   float* g, float* h, int n_ff, int n_cols, int row_bytes, int k, int mode, int act,
-                                                  int wbf, float limit) {
+                                                  int wbf, float limit, float limit2) {
     const int row = blockIdx.x * MOE_WARPS + threadIdx.x / WARP;
     if (row >= n_ff) return;  // the whole warp leaves together
     const int slot = blockIdx.y, e = ids[slot];
@@ -80,7 +92,7 @@ __device__ __forceinline__ void moex_gate_up_impl(const u8* wg, const u8* wu, co
         g[o] = a0;
         return;
     }
-    h[o] = mode == 0 ? moex_glu(a0, a1, act, limit) : moex_glu(g[o], a0, act, limit);
+    h[o] = mode == 0 ? moex_glu(a0, a1, act, limit, limit2) : moex_glu(g[o], a0, act, limit, limit2);
 }
 
 template <class Q>
@@ -109,8 +121,8 @@ __device__ __forceinline__ void moex_down_impl(const u8* wd, const float* h, con
         const float* __restrict__ x,                          /* [T, n_cols] */                                   \
         const int* __restrict__ ids, const float* __restrict__ wts, /* [T, k] */                                  \
         float* __restrict__ g, float* __restrict__ h,         /* [T, k, n_ff] */                                  \
-        int n_ff, int n_cols, int row_bytes, int k, int mode, int act, int wbf, float limit) {                    \
-        moex_gate_up_impl<Q>(wg, wu, x, ids, wts, g, h, n_ff, n_cols, row_bytes, k, mode, act, wbf, limit);       \
+        int n_ff, int n_cols, int row_bytes, int k, int mode, int act, int wbf, float limit, float limit2) {      \
+        moex_gate_up_impl<Q>(wg, wu, x, ids, wts, g, h, n_ff, n_cols, row_bytes, k, mode, act, wbf, limit, limit2); \
     }                                                                                                             \
     /* grid (ceil(n_embd/4), T), block 128 */                                                                     \
     extern "C" __global__ void __launch_bounds__(MOE_WARPS * WARP) moe_down_x_##name(                           \
@@ -166,7 +178,7 @@ extern "C" __global__ void gelu_f16_mul_f32(const float* g, const float* __restr
 // and shared expert), else after it (MOEX_SWIGLU_CLAMP's)
 extern "C" __global__ void swiglu_clamp_f32(const float* g, const float* __restrict__ u, float* out, float limit, int gate_first,
                                             long long n) {
-    MOEX_STRIDE(i, n) out[i] = moex_glu(g[i], u[i], gate_first ? MOEX_SWIGLU_CLAMP_FIRST : MOEX_SWIGLU_CLAMP, limit);
+    MOEX_STRIDE(i, n) out[i] = moex_glu(g[i], u[i], gate_first ? MOEX_SWIGLU_CLAMP_FIRST : MOEX_SWIGLU_CLAMP, limit, 0.0f);
 }
 
 // (out may be g)  gpt-oss's clamped GLU as moe.cu's experts compute it (MOE_SWIGLU_OAI; ops/cpu/moe.py swiglu_oai):
@@ -176,6 +188,11 @@ extern "C" __global__ void swiglu_oai_f32(const float* g, const float* __restric
 }
 
 // x[i] *= sigmoid(s[i / rep])  (0.5 + 0.5 tanh(s / 2): no overflow either way)
+// (out may be g)  Kimi K3's situ (MOEX_SITU's) element by element: its dense FFN and shared expert
+extern "C" __global__ void situ_f32(const float* g, const float* __restrict__ u, float* out, float beta, float lb, long long n) {
+    MOEX_STRIDE(i, n) out[i] = situ_f(g[i], u[i], beta, lb);
+}
+
 extern "C" __global__ void sigmoid_mul_f32(float* __restrict__ x, const float* __restrict__ s, long long rep, long long n) {
     MOEX_STRIDE(i, n) x[i] *= 0.5f + 0.5f * tanhf(0.5f * s[i / rep]);
 }

@@ -20,7 +20,13 @@ It is no language model alone.  As llama.cpp's graph (src/models/eagle3.cpp) and
 
 Its target hands the layers' outputs over through ``Model.layer_tap`` (models/common.py): each forward of the Llama
 family's gives the tap its positions and cache, then its ``l_out`` rows of those layers (all the forward's tokens), so
-the target's arithmetic is untouched; a target whose forward does not is refused in one line.  CPU only.
+the target's arithmetic is untouched; a target whose forward does not is refused in one line.
+
+On ``--device gpu`` the head runs beside a target on the device: its encoder and block are backend ops on device
+buffers, and the tap files the layers' rows on the device (ops/gpu/ssm.py's ``store``: rows copied in at positions
+read from a device buffer), so the target's decode step, captured as a CUDA graph and replayed, files its row with
+the rest of the step and brings nothing down.  Drafting is host-driven, as llama.cpp's draft loop: each drafted
+token's draft logits come down once, where the loop picks it.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from gguf import GGMLQuantizationType
 from ..cache.base import KVCache, LayerSpec
 from ..cache.factory import make_cache
 from ..loaders.config import ModelConfig
-from ..loaders.errors import GGUFError, KvrunError, UnsupportedModelError
+from ..loaders.errors import GGUFError, KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
 from .common import TENSOR_NAMES, Model, WeightLoader, make_rope
@@ -67,9 +73,8 @@ class Eagle3Model(Model):
     archs = ("eagle3",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":
-            raise UnsupportedModelError(f"{g.path}: the eagle3 draft runs on the CPU only: drop --device, or the draft")
         super().__init__(g, cfg, backend, n_ctx, n_batch)
+        self.on_device = backend.name != "cpu"  # (the CPU's arithmetic is host numpy around the backend's ops)
         c, path = cfg, g.path
         if c.n_layer != 1:  # (llama.cpp's graph asserts it)
             raise GGUFError(f"{path}: an EAGLE-3 draft has one decoder block, this file states {c.n_layer}; it is not a supported draft")
@@ -154,20 +159,28 @@ class Eagle3Model(Model):
 
     def new_cache(self) -> KVCache:
         """An empty cache of the decoder's one block (its own K/V)."""
-        return KVCache(make_cache(self.layer_specs(), self.n_ctx, self.n_batch))
+        return KVCache(make_cache(self.layer_specs(), self.n_ctx, self.n_batch, device=self.be.name))
 
     def forward(self, tokens, pos, cache: KVCache, out_rows, logits) -> None:
         raise KvrunError("an eagle3 file is a draft head, not a model: give it with -md beside the model it was made for")
 
     # ------------------------------------------------------------------ the graph
-    def _linear(self, w: Weight, x: np.ndarray) -> np.ndarray:
-        out = np.empty((x.shape[0], w.n_rows), np.float32)
-        self.be.linear(w, np.ascontiguousarray(x, np.float32), out)
+    def _zeros(self, *shape: int) -> Any:
+        return self.be.zeros(shape) if self.on_device else np.zeros(shape, np.float32)
+
+    def _host(self, x: Any) -> Any:
+        """``x`` as the CPU's ops take it (contiguous float32); a device array as it is."""
+        return x if self.on_device else np.ascontiguousarray(x, np.float32)
+
+    def _linear(self, w: Weight, x: Any) -> Any:
+        out = self._zeros(x.shape[0], w.n_rows)
+        self.be.linear(w, self._host(x), out)
         return out
 
-    def _norm(self, x: np.ndarray, w: Any) -> np.ndarray:
-        out = np.empty_like(x)
-        self.be.rms_norm(np.ascontiguousarray(x, np.float32), w, self.cfg.norm_eps, out)
+    def _norm(self, x: Any, w: Any) -> Any:
+        x = self._host(x)
+        out = self._zeros(*x.shape)
+        self.be.rms_norm(x, w, self.cfg.norm_eps, out)
         return out
 
     def encode(self, features: np.ndarray) -> np.ndarray:
@@ -177,13 +190,21 @@ class Eagle3Model(Model):
             x = self._norm(x, self.enc_norm)
         return self._linear(self.fc, x)
 
+    def encode_into(self, features: Any, xn: Any, g: Any) -> None:
+        """:meth:`encode` into ``g``, ``xn`` the normed features' room: a device tap's fixed buffers, which a captured
+        decode step of the target writes again each replay."""
+        if self.enc_norm is not None:
+            self.be.rms_norm(features, self.enc_norm, self.cfg.norm_eps, xn)
+            features = xn
+        self.be.linear(self.fc, features, g)
+
     def decode(self, tokens: np.ndarray, g: np.ndarray, pos: np.ndarray, cache: KVCache, tok_embd: Weight) -> np.ndarray:
         """The decoder over the pairs (``tokens[i]``, ``g[i]``) at positions ``pos`` [T] after what ``cache`` (:meth:`new_cache`)
         holds, ``tok_embd`` the draft's or its target's: the pre-norm states ``[T, n_embd]`` (the next step's g)."""
         c, be, B = self.cfg, self.be, self.block
         T = len(tokens)
-        g = np.ascontiguousarray(g, np.float32).reshape(T, c.n_embd)
-        e = np.empty((T, c.n_embd), np.float32)
+        g = self._host(g).reshape(T, c.n_embd)
+        e = self._zeros(T, c.n_embd)
         be.get_rows(tok_embd, np.asarray(tokens, np.int32), e)
         gn = self._norm(g, B.attn_norm_2)
         x = self.concat(self._norm(e, B.attn_norm), gn)
@@ -192,28 +213,42 @@ class Eagle3Model(Model):
         v3 = self._linear(B.wv, x).reshape(T, c.n_head_kv, c.head_dim)
         pos = np.asarray(pos, np.int32)
         be.rope_qk(q3, k3, pos, self.rope_cos, self.rope_sin, c.rope_neox)
-        att3 = np.empty_like(q3)
+        att3 = self._zeros(*q3.shape)
         cache[0].update_and_attend(q3, k3, v3, pos, att3)
         cache.offset = int(pos[-1]) + 1
         h = self._linear(B.wo, att3.reshape(T, -1))
-        h += gn if self.norm_before_residual else g  # (llama.cpp: the raw g unless norm_before_residual)
+        res = gn if self.norm_before_residual else g  # (llama.cpp: the raw g unless norm_before_residual)
+        if self.on_device:
+            be.add(h, res)
+        else:
+            h += res
         hn = self._norm(h, B.ffn_norm)
         gate, up = self._linear(B.w_gate, hn), self._linear(B.w_up, hn)
-        f = np.empty_like(h)
+        f = self._zeros(*h.shape)
         be.linear_glu(B.w_down, gate, up, f, "silu")
+        if self.on_device:
+            be.add(f, h)
+            return f
         return f + h
 
-    def concat(self, embd_normed: np.ndarray, g_normed: np.ndarray) -> np.ndarray:
+    def concat(self, embd_normed: Any, g_normed: Any) -> Any:
         """What Q, K and V read: the normed token embedding, then normed g (llama.cpp's ggml_concat order)."""
-        return np.concatenate([embd_normed, g_normed], axis=1)
+        if not self.on_device:
+            return np.concatenate([embd_normed, g_normed], axis=1)
+        T, n = embd_normed.shape
+        x = self._zeros(T, 2 * n)
+        self.copy(embd_normed, x[:, :n])
+        self.copy(g_normed, x[:, n:])
+        return x
 
-    def draft_logits(self, prenorm: np.ndarray, output: Weight) -> np.ndarray:
-        """Logits over the draft vocabulary ``[T, n_draft_vocab]`` of pre-norm states, ``output`` the draft's or its target's."""
-        return self._linear(output, self._norm(np.ascontiguousarray(prenorm, np.float32), self.output_norm))
+    def draft_logits(self, prenorm: Any, output: Weight) -> Any:
+        """Logits over the draft vocabulary ``[T, n_draft_vocab]`` of pre-norm states, ``output`` the draft's or its
+        target's (a device array on a device: the draft loop brings down the row it picks from)."""
+        return self._linear(output, self._norm(prenorm, self.output_norm))
 
-    def target_logits(self, prenorm: np.ndarray, output: Weight) -> np.ndarray:
+    def target_logits(self, prenorm: Any, output: Weight) -> np.ndarray:
         """llama.cpp's logits ``[T, n_vocab]``: the draft vocabulary's spread over the target's by ``d2t``, -inf elsewhere."""
-        ld = self.draft_logits(prenorm, output)
+        ld = self.be.to_host(self.draft_logits(prenorm, output))
         if self.d2t is None:
             return ld
         out = np.full((ld.shape[0], self.cfg.n_vocab), -np.inf, np.float32)
@@ -232,7 +267,7 @@ class _Sequence:
     tokens its real pairs were made of."""
 
     cache: KVCache
-    g: np.ndarray  # [capacity, n_embd]; rows [0, n_valid) are the target's current positions'
+    g: Any  # [capacity, n_embd]; rows [0, n_valid) are the target's current positions' (on a device: n_ctx rows, fixed)
     n_valid: int = 0
     n_real: int = 0  # the draft cache's positions [0, n_real) hold real pairs (token at P + 1, g at P)
     held: tuple[int, ...] = ()  # the text those pairs were made of: held[P + 1] at P
@@ -245,7 +280,12 @@ class Eagle3Draft:
     by position under the forward's cache (each sequence of a batched forward its own, cache/batch.py's bounds);
     ``draft`` pairs them with the text in the draft's own cache (one per target cache) and drafts on from the last.
     (A cache that takes another's prefix without a forward, runtime/slots.py's copy_prefix, is not seen: its rows below
-    it may be of the text it held before, which costs kept drafts, never the text.)"""
+    it may be of the text it held before, which costs kept drafts, never the text.)
+
+    On a device the rows stay there: the forward's layers copied side by side into a fixed buffer, fused into g and
+    stored at their positions (read from the device) in each sequence's fixed g buffer, all kernels, so a decode step
+    captured as a CUDA graph files its row on each replay.  The host does not see a replay: there it takes every
+    position below the target cache's offset as filed (a prefix copied in without a forward as above)."""
 
     def __init__(self, head: Eagle3Model, target: Any, p_min: float) -> None:
         model, t = target.model, target.cfg
@@ -268,7 +308,14 @@ class Eagle3Draft:
             self.slots.setdefault(il - 1, []).append(k)
         self.layers = frozenset(self.slots)  # (what Model.trace asks)
         n = t.n_embd
-        self.features = np.zeros((target.n_batch, 3 * n), np.float32)  # the forward's rows, as they come
+        self.on_device = head.on_device
+        self.features = head._zeros(target.n_batch, 3 * n)  # the forward's rows, as they come
+        if self.on_device:  # (fixed buffers: a captured decode step of the target writes them again each replay)
+            from ..ops.gpu.arrays import to_device
+
+            self.rows = to_device(np.arange(target.n_batch, dtype=np.int32), np.int32)  # (where each row goes in features)
+            self.xn = head._zeros(target.n_batch, 3 * n) if head.enc_norm is not None else None
+            self.g = head._zeros(target.n_batch, c.n_embd)
         self.taken: set[int] = set()
         self.forward_at: tuple[Any, KVCache] | None = None  # the forward under way's positions and cache
         self.seqs: weakref.WeakKeyDictionary[KVCache, _Sequence] = weakref.WeakKeyDictionary()
@@ -300,9 +347,15 @@ class Eagle3Draft:
         """Layer ``il``'s output rows ``x`` [T, n_embd] of the forward under way (copied: the buffer moves on); once the
         last layer the head reads is in, the rows are fused into g and kept under each one's sequence at its position."""
         n = self.head.n_embd_tgt
-        rows = self.target.be.to_host(x)
-        for k in self.slots[il]:
-            self.features[: len(rows), k * n : (k + 1) * n] = rows
+        if self.on_device:
+            from ..ops.gpu import ssm
+
+            for k in self.slots[il]:  # (row t to features' row t, columns k * n ..: kernels, as a captured step needs)
+                ssm.store(x, n, 0, n, self.features, k * n, len(self.rows), self.rows, x.shape[0])
+        else:
+            rows = self.target.be.to_host(x)
+            for k in self.slots[il]:
+                self.features[: len(rows), k * n : (k + 1) * n] = rows
         self.taken.add(il)
         if self.taken != self.layers or self.forward_at is None:
             return
@@ -310,13 +363,33 @@ class Eagle3Draft:
         if self.probing:
             self.probed = True
             return
-        pos = np.asarray(self.target.be.to_host(pos))
+        pos = np.asarray(self.target.be.to_host(pos))  # (the host's positions: a captured step's are the capture's)
         T = len(pos)
-        g = self.head.encode(self.features[:T])
         caches, starts = getattr(cache, "caches", [cache]), list(getattr(cache, "bounds", [0]))
+        if self.on_device:
+            from ..ops.gpu.arrays import positions
+
+            self.head.encode_into(self.features[:T], self.xn[:T] if self.xn is not None else None, self.g[:T])
+            pd = positions(pos)  # (the forward's device positions: a captured step's the buffer each replay refills)
+            for seq_cache, lo, hi in zip(caches, starts, starts[1:] + [T]):
+                if hi > lo:
+                    self._keep_device(seq_cache, int(pos[lo]), self.g[lo:hi], pd[lo:hi])
+            return
+        g = self.head.encode(self.features[:T])
         for seq_cache, lo, hi in zip(caches, starts, starts[1:] + [T]):
             if hi > lo:
                 self._keep(seq_cache, int(pos[lo]), g[lo:hi])
+
+    def _keep_device(self, cache: KVCache, p0: int, g: Any, pd: Any) -> None:
+        """:meth:`_keep` on a device: ``g``'s rows stored at the positions ``pd`` (device) by a kernel."""
+        from ..ops.gpu import ssm
+
+        s = self.seqs.get(cache)
+        if s is None:
+            s = self.seqs[cache] = _Sequence(self.head.new_cache(), self.head._zeros(self.head.n_ctx, self.head.cfg.n_embd))
+        n = g.shape[1]
+        ssm.store(g, n, 0, n, s.g, 0, len(s.g), pd, g.shape[0])
+        s.n_valid = p0 + g.shape[0]
 
     def _keep(self, cache: KVCache, p0: int, g: np.ndarray) -> None:
         s = self.seqs.get(cache)
@@ -333,9 +406,11 @@ class Eagle3Draft:
         s.n_valid = end
 
     def g_rows(self, cache: KVCache, n: int) -> np.ndarray | None:
-        """g of positions [0, n) of ``cache``'s sequence, as the target's forwards filed them (None: not all filed)."""
+        """g of positions [0, n) of ``cache``'s sequence, as the target's forwards filed them (None: not all filed; on a
+        device, where replayed steps file unseen, not all below the cache's offset), brought down."""
         s = self.seqs.get(cache)
-        return None if s is None or s.n_valid < n else s.g[:n]
+        filed = 0 if s is None else cache.offset if self.on_device else s.n_valid
+        return None if filed < n else self.head.be.to_host(s.g[:n])
 
     # ------------------------------------------------------------------ drafting
     def pair_tokens(self, tokens: list[int], lo: int, hi: int) -> np.ndarray:
@@ -350,7 +425,8 @@ class Eagle3Draft:
         target's states of the text are not all at hand."""
         O = cache.offset
         s = self.seqs.get(cache)
-        if O < 1 or O != len(tokens) - 1 or s is None or s.n_valid < O:
+        # (on a device, replayed decode steps filed their rows unseen: every position below O is taken as filed)
+        if O < 1 or O != len(tokens) - 1 or s is None or (s.n_valid < O and not self.on_device):
             return None
         head = self.head
         # (g at P is the target's of the text up to P: where the text is unchanged, so are the pairs, whatever the
@@ -364,7 +440,15 @@ class Eagle3Draft:
             hi = min(O, lo + head.n_batch)
             states.append(head.decode(self.pair_tokens(tokens, lo, hi), s.g[lo:hi], np.arange(lo, hi), s.cache, self.tok_embd))
         s.n_real, s.held = O, tuple(tokens)
-        return np.concatenate(states)
+        if not self.on_device:
+            return np.concatenate(states)
+        if len(states) == 1:
+            return states[0]
+        out, r = head._zeros(sum(len(x) for x in states), head.cfg.n_embd), 0
+        for x in states:  # (the chunks side by side on the device)
+            head.copy(x, out[r : r + len(x)])
+            r += len(x)
+        return out
 
     def draft(self, tokens: list[int], k: int, cache: KVCache | None = None) -> list[int]:
         """Up to ``k`` tokens after ``tokens`` (the whole text; its last one not yet in ``cache``, the target's), each
@@ -377,7 +461,7 @@ class Eagle3Draft:
         s = self.seqs[cache]
         out: list[int] = []
         while True:
-            ld = head.draft_logits(h, self.output)[0]
+            ld = head.be.to_host(head.draft_logits(h, self.output))[0]  # (a device's: the one copy down a step)
             top = np.argpartition(ld, -TOP_K)[-TOP_K:] if ld.size > TOP_K else np.arange(ld.size)
             i = int(top[np.argmax(ld[top])])
             t = int(head.d2t[i]) if head.d2t is not None else i

@@ -13,12 +13,19 @@ It is no language model alone: each step reads three things of its target's, as 
 The two embeddings side by side go through ``nextn.pre_projection`` to the head's own width, then Gemma 4's blocks
 (sandwich norms, per-head Q norm, rope, unscaled attention, GELU-gated FFN, ``layer_output_scale``), the final norm, and
 the head's own ``token_embd`` as the output (no soft-cap).  Every drafted token sits at the same position: the one
-after what the target's cache holds (Transformers' Gemma 4 assistant, as llama.cpp has it).  CPU only.
+after what the target's cache holds (Transformers' Gemma 4 assistant, as llama.cpp has it).
+
+On ``--device gpu`` the head runs beside a target on the device: its blocks are backend ops on device buffers, Q
+attending over the target's device cache, and the target's hidden rows stay on the device, stored at their positions
+(read from a device buffer: ops/gpu/ssm.py's ``store``) in a ring each sequence keeps, so the target's decode step,
+captured as a CUDA graph and replayed, files its row and brings nothing down.  Drafting is host-driven, as llama.cpp's
+draft loop: each step's logits come down once, where the loop picks its token; ``h_next`` stays on the device.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,9 +73,8 @@ class Gemma4AssistantModel(Model):
     archs = ("gemma4-assistant",)
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
-        if backend.name != "cpu":
-            raise KvrunError("the gemma4-assistant draft head runs on the CPU only: drop --device, or the draft")
         Model.__init__(self, g, cfg, backend, n_ctx, n_batch)
+        self.on_device = backend.name != "cpu"  # (the CPU's arithmetic is host numpy around the backend's ops)
         c = cfg
         w = WeightLoader(g, backend)
         self.n_embd_out = int(g.arch_get("embedding_length_out", c.n_embd) or c.n_embd)
@@ -100,10 +106,35 @@ class Gemma4AssistantModel(Model):
             out_scale=float(s[0]) if (s := w.host_vector("layer_out_scale", i, required=False)) is not None else 1.0,
         )
 
-    # (Gemma 3n's host helpers: numpy rows through the backend's linear, RMSNorm and GELU)
-    linear = Gemma3nModel.linear
-    rms_norm = Gemma3nModel.rms_norm
-    gelu = Gemma3nModel.gelu
+    # (on the CPU Gemma 3n's host helpers: numpy rows through the backend's linear, RMSNorm and GELU; on a device the
+    # same ops into device arrays)
+    def linear(self, w: Weight, x: Any) -> Any:
+        if not self.on_device:
+            return Gemma3nModel.linear(self, w, x)
+        out = self.be.zeros((x.shape[0], w.n_rows))
+        self.be.linear(w, x, out)
+        return out
+
+    def rms_norm(self, x: Any, w: Any) -> Any:
+        if not self.on_device:
+            return Gemma3nModel.rms_norm(self, x, w)
+        out = self.be.zeros(x.shape)
+        self.be.rms_norm(x, w, self.cfg.norm_eps, out)
+        return out
+
+    def gelu(self, x: Any) -> Any:
+        if not self.on_device:
+            return Gemma3nModel.gelu(self, x)
+        out = self.be.zeros(x.shape)
+        self.be.gelu(x, out)
+        return out
+
+    def add(self, x: Any, y: Any) -> Any:
+        """``x + y``: a new host array on the CPU; on a device ``x`` itself, added to in place."""
+        if not self.on_device:
+            return x + y
+        self.be.add(x, y)
+        return x
 
     def layer_specs(self) -> list[LayerSpec]:
         return []  # (it keeps no cache: it reads its target's)
@@ -135,13 +166,22 @@ class Gemma4AssistantModel(Model):
             out.append(target.kv_source(il))
         return out
 
-    def step(self, token: int, h: np.ndarray, pos: int, target: Model, cache: KVCache, sources: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    def step(self, token: int, h: Any, pos: int, target: Model, cache: KVCache, sources: list[int]) -> tuple[np.ndarray, Any]:
         """One draft step: the logits after ``token`` and the ``h_next`` the next step reads, ``h`` the target's
-        hidden state of the position before (or the last step's ``h_next``), ``pos`` the position after the cache's."""
-        c, be = self.cfg, self.be
-        e = np.empty((1, self.n_embd_out), np.float32)
-        be.get_rows(target.tok_embd, np.array([token], np.int32), e)
-        xh = np.concatenate([e * np.float32(math.sqrt(self.n_embd_out)), h.reshape(1, -1).astype(np.float32)], axis=1)
+        hidden state of the position before (or the last step's ``h_next``), ``pos`` the position after the cache's.
+        On a device the logits come down (the draft loop picks from them); ``h`` and ``h_next`` stay there."""
+        c, be, n = self.cfg, self.be, self.n_embd_out
+        if self.on_device:
+            e = be.zeros((1, n))
+            be.get_rows(target.tok_embd, np.array([token], np.int32), e)
+            be.scale(e, float(np.float32(math.sqrt(n))))
+            xh = be.zeros((1, 2 * n))
+            self.copy(e, xh[:, :n])
+            self.copy(h.reshape(1, -1), xh[:, n:])
+        else:
+            e = np.empty((1, n), np.float32)
+            be.get_rows(target.tok_embd, np.array([token], np.int32), e)
+            xh = np.concatenate([e * np.float32(math.sqrt(n)), h.reshape(1, -1).astype(np.float32)], axis=1)
         x = self.linear(self.pre_proj, xh)
         p = np.array([pos], np.int32)
         for b, src in zip(self.blocks, sources):
@@ -152,15 +192,30 @@ class Gemma4AssistantModel(Model):
             be.rope(q3, p, cos, sin, c.rope_neox)
             layer = cache[src]
             spec = LayerSpec(c.n_head, layer.spec.n_head_kv, b.head_dim, b.head_dim, c.sliding_window if b.swa else 0, 1.0)
-            att3 = np.empty_like(q3)
-            layer.attend(np.ascontiguousarray(q3), p, att3, spec)
-            a = self.rms_norm(self.linear(b.wo, att3.reshape(1, -1)), b.attn_post_norm) + x
+            if self.on_device:
+                from ..ops.gpu.arrays import positions
+
+                att3 = be.zeros(q3.shape)
+                layer.attend(q3, positions(p), att3, spec)  # (the device cache's: device queries, positions, output)
+            else:
+                att3 = np.empty_like(q3)
+                layer.attend(np.ascontiguousarray(q3), p, att3, spec)
+            a = self.add(self.rms_norm(self.linear(b.wo, att3.reshape(1, -1)), b.attn_post_norm), x)
             f = self.rms_norm(a, b.ffn_norm)
-            f = self.linear(b.w_down, self.gelu(self.linear(b.w_gate, f)) * self.linear(b.w_up, f))
-            x = self.rms_norm(f, b.ffn_post_norm) + a
+            gate, up = self.gelu(self.linear(b.w_gate, f)), self.linear(b.w_up, f)
+            if self.on_device:
+                be.mul(gate, up.reshape(-1))  # (one row: up's values over it, element by element)
+            else:
+                gate = gate * up
+            x = self.add(self.rms_norm(self.linear(b.w_down, gate), b.ffn_post_norm), a)
             if b.out_scale != 1.0:
-                x = x * np.float32(b.out_scale)
+                if self.on_device:
+                    be.scale(x, b.out_scale)
+                else:
+                    x = x * np.float32(b.out_scale)
         xo = self.rms_norm(x, self.output_norm)
+        if self.on_device:
+            return be.to_host(self.linear(self.tok_embd, xo))[0], self.linear(self.post_proj, xo)
         return self.linear(self.tok_embd, xo)[0], self.linear(self.post_proj, xo)[0]
 
     def drafter(self, target: Any, p_min: float) -> Gemma4AssistantDraft:
@@ -172,7 +227,12 @@ class Gemma4AssistantDraft:
     """Drafts with the head beside its target (``Engine.draft``: ``draft(tokens, k, cache)``, as runtime/speculative.py's
     DraftModel).  It keeps the target's last forward's post-final-norm rows by position (llama.cpp's ``h_nextn``,
     which its target context outputs for every token), handed over by the target's output head through its
-    ``hidden_sink`` (models/common.py), so the target's arithmetic is untouched."""
+    ``hidden_sink`` (models/common.py), so the target's arithmetic is untouched.
+
+    On a device the rows stay there, each sequence's in a ring of its own (:attr:`rings`, row ``position % len``) that
+    a kernel stores them into at their positions read from the device, so a decode step captured as a CUDA graph files
+    its row on each replay.  The host does not see a replay: it reads the row the last forward at a position filed
+    there (the ring outlasts the rows a forward checks and its cache gives back: twice a batch)."""
 
     def __init__(self, head: Gemma4AssistantModel, target: Model, n_vocab: int, p_min: float) -> None:
         self.head, self.target, self.n_vocab, self.p_min = head, target, n_vocab, p_min
@@ -180,6 +240,9 @@ class Gemma4AssistantDraft:
         #: id(cache) -> {position: the target's normed hidden row there}, each cache's last forward's rows
         #: (a server's batched forward: each sequence's rows under its own cache, cache/batch.py's bounds)
         self.hidden: dict[int, dict[int, np.ndarray]] = {}
+        #: on a device, each sequence's ring of rows by position (fixed: a captured step writes it on each replay)
+        self.rings: weakref.WeakKeyDictionary[KVCache, Any] = weakref.WeakKeyDictionary()
+        self.n_ring = min(target.n_ctx, 2 * target.n_batch)
         target.hidden_sink = self.keep_rows
 
     def keep_rows(self, rows: Any, out_rows: np.ndarray, pos: np.ndarray | None, cache: KVCache | None) -> None:
@@ -187,6 +250,9 @@ class Gemma4AssistantDraft:
         ``pos``) under each one's sequence's cache, replacing what that cache's last forward left; the caches
         seen longest ago dropped past :data:`MAX_CACHES`."""
         if pos is None or cache is None:  # (Gemma 4's forwards hand both on; nothing to file a row under without)
+            return
+        if self.head.on_device:
+            self._keep_device(rows, np.asarray(out_rows), np.asarray(self.target.be.to_host(pos)), cache)
             return
         rows = np.array(self.target.be.to_host(rows), np.float32, copy=True)
         out_rows = np.asarray(out_rows)
@@ -200,9 +266,43 @@ class Gemma4AssistantDraft:
         while len(self.hidden) > MAX_CACHES:
             del self.hidden[next(iter(self.hidden))]
 
+    def _keep_device(self, rows: Any, out_rows: np.ndarray, pos: np.ndarray, cache: KVCache) -> None:
+        """:meth:`keep_rows` on a device: each sequence's rows stored by a kernel into its ring at their positions, read
+        from the forward's device positions (a captured step's: the buffer each replay refills)."""
+        from ..ops.gpu import ssm
+        from ..ops.gpu.arrays import positions, to_device
+
+        pd, n = positions(pos), rows.shape[1]
+        caches, starts = getattr(cache, "caches", [cache]), np.asarray(getattr(cache, "bounds", [0]))
+        owner = np.searchsorted(starts, out_rows, side="right") - 1
+        for j in np.unique(owner).tolist():
+            mine = np.flatnonzero(owner == j)  # (consecutive: out_rows increase)
+            at = out_rows[mine]
+            if (np.diff(at) == 1).all():  # (a captured step's rows are: a slice of the device positions)
+                p = pd[int(at[0]) : int(at[-1]) + 1]
+            else:  # (an eager batch's wanted rows apart: their positions uploaded)
+                p = to_device(pos[at], np.int32)
+            ring = self.rings.get(caches[j])
+            if ring is None:
+                ring = self.rings[caches[j]] = self.head.be.zeros((self.n_ring, n))
+            ssm.store(rows[int(mine[0]) : int(mine[-1]) + 1], n, 0, n, ring, 0, self.n_ring, p, len(mine))
+
     def hidden_state(self, cache: KVCache, pos: int) -> np.ndarray | None:
-        """The target's post-final-norm row at ``pos`` in ``cache``'s sequence, if its last forward gave it."""
+        """The target's post-final-norm row at ``pos`` in ``cache``'s sequence, if its last forward gave it (on a device:
+        the row filed last at ``pos``, brought down)."""
+        h = self._device_row(cache, pos)
+        if h is not None:
+            return self.head.be.to_host(h)[0]
         return self.hidden.get(id(cache), {}).get(pos)
+
+    def _device_row(self, cache: KVCache, pos: int) -> Any:
+        """On a device, the ring's row ``[1, n]`` filed last at ``pos`` (one of the last :attr:`n_ring` positions below
+        the cache's offset); None elsewhere."""
+        ring = self.rings.get(cache) if self.head.on_device else None
+        if ring is None or not 0 <= pos < cache.offset or cache.offset - pos > self.n_ring:
+            return None
+        r = pos % self.n_ring
+        return ring[r : r + 1]
 
     def draft(self, tokens: list[int], k: int, cache: KVCache | None = None) -> list[int]:
         """Up to ``k`` tokens after ``tokens`` (the whole text; its last one not yet in ``cache``, the target's), each
@@ -211,7 +311,7 @@ class Gemma4AssistantDraft:
         if cache is None or k <= 0:
             return []
         pos = cache.offset
-        h = self.hidden_state(cache, pos - 1)
+        h = self._device_row(cache, pos - 1) if self.head.on_device else self.hidden_state(cache, pos - 1)
         if h is None or pos != len(tokens) - 1:
             return []
         out: list[int] = []

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from draft_checks import check_batched_rows_are_the_cpus, check_drafts_are_the_cpus, check_replays_bring_down_only_logits
 from tiny_eagle3 import write_tiny_eagle3, write_tiny_eagle3_target
 
 from kvrun.loaders.config import load_config
@@ -203,74 +204,19 @@ def test_what_llama_cpp_refuses_is_one_line(tmp_path):
     _refused(write_tiny_eagle3(tmp_path / "b.gguf", n_layer=2), "one decoder block")
 
 
-def _rounds(e: Engine, prompt: list[int], plain: list[int]) -> tuple[list[int], list[list[int]], int, int]:
-    """``e`` generating after ``prompt``, its draft's rounds handed on twice as drafted (the tiny random draft's: the
-    target refuses them, then, the second time, decodes steps alone: captured, then replayed), then once as two tokens
-    of the greedy text ``plain`` and one refused: the text, each round's drafted tokens, the drafted and kept counts."""
-    draft, rounds = e.draft.draft, []
-
-    def in_turn(tokens, k, cache):
-        rounds.append(draft(tokens, k, cache))
-        return rounds[-1] if len(rounds) % 3 else (prompt + plain)[len(tokens) : len(tokens) + 2] + [0]
-
-    e.draft.draft = in_turn
-    st = GenStats()
-    text = list(e.generate_tokens(e.new_cache(), prompt, SHORT, st))
-    return text, rounds, st.n_drafted, st.n_accepted
-
-
-def _needs_a_device() -> None:
-    from kvrun.ops import gpu_available
-    from kvrun.ops.gpu import emulate
-
-    if not gpu_available() and not emulate.available():
-        pytest.skip("no GPU and no host C++ compiler for the emulator")
-
-
 @pytest.mark.parametrize("variant", FIX)
 def test_the_gpu_drafts_the_cpus_tokens(gpu_env, files, variant):
     """``--device gpu`` (the kernel emulator without a GPU), the head beside its target on the device: round by round
     the drafted tokens and the kept counts are the CPU's (the rows of the target's replayed decode steps among those
     they pair), and the text is greedy decoding's."""
-    _needs_a_device()
     target, drafts = files
-    prompt = FIX[variant]["prompt"].tolist()
-    ref = Engine(target, n_ctx=64, threads=1)
-    plain = list(ref.generate_tokens(ref.new_cache(), prompt, SHORT))
-    runs, engines = {}, {}
-    for device in ("cpu", "gpu"):
-        e = engines[device] = Engine(target, n_ctx=64, threads=1, device=device, draft=drafts[variant], draft_max=3, draft_p_min=0.0)
-        runs[device] = _rounds(e, prompt, plain)
-    assert engines["gpu"].backend.name == "gpu" and engines["gpu"].draft.head.be.name == "gpu"
-    assert runs["gpu"] == runs["cpu"]
-    text, rounds, n_drafted, n_kept = runs["gpu"]
-    assert text == plain and len(rounds) >= 4 and 0 < n_kept < n_drafted
-    assert engines["gpu"].graphs.n_captures == 1 and engines["gpu"].graphs.n_replays >= 1
+    check_drafts_are_the_cpus(target, drafts[variant], FIX[variant]["prompt"].tolist())
 
 
 def test_a_batched_forward_on_the_gpu_files_each_sequences_states_as_the_cpu(gpu_env, files):
     """(a server's slots on the device: a batched prefill, then one-token steps of both together, the first captured
     as a batch graph, the others replayed) each sequence's g rows [0, n) are the CPU's."""
-    from kvrun.ops import gpu_available
-    from kvrun.ops.gpu import emulate
-
-    if not gpu_available() and not emulate.available():
-        pytest.skip("no GPU and no host C++ compiler for the emulator")
-    target, draft = files[0], files[1][""]
-    rows = lambda e, c, n: e.draft.g_rows(c, n)
-    got = {}
-    for device in ("cpu", "gpu"):
-        e = Engine(target, n_ctx=64, threads=1, device=device, draft=draft)
-        c1, c2 = e.new_cache(), e.new_cache()
-        outs = [np.empty((3, e.cfg.n_vocab), np.float32), np.empty((1, e.cfg.n_vocab), np.float32)]
-        e.forward_batch([c1, c2], [np.array([72, 101, 108, 108, 111], np.int32), np.array([33, 34, 35], np.int32)], [2, 2], outs)
-        got[device] = [rows(e, c1, 5), rows(e, c2, 3)]
-        for tok in (5, 6, 7):
-            e.forward_batch([c1, c2], [np.array([tok], np.int32)] * 2, [0, 0], [np.empty((1, e.cfg.n_vocab), np.float32) for _ in range(2)])
-        got[device] += [rows(e, c1, 8), rows(e, c2, 6)]
-    assert (e.batch_graphs.n_captures, e.batch_graphs.n_replays) == (1, 2)
-    for want, have in zip(got["cpu"], got["gpu"]):
-        np.testing.assert_allclose(have, want, atol=1e-4)
+    check_batched_rows_are_the_cpus(files[0], files[1][""], lambda e, c, n: e.draft.g_rows(c, n))
 
 
 def test_the_targets_replayed_decode_steps_bring_down_only_their_logits(monkeypatch, files):
@@ -278,26 +224,8 @@ def test_the_targets_replayed_decode_steps_bring_down_only_their_logits(monkeypa
     tap in the target's forward, a decode step is captured and each replay brings down its logits alone; the rows the
     replays filed on the device are those the CPU's head drafts from (the same tokens), each drafted token's draft
     logits one copy down."""
-    from gpu_checks import check_steps_copy_only_logits, strict_stand_in
-
     target, drafts = files
-    prompt = FIX[""]["prompt"].tolist()
-    cpu = Engine(target, n_ctx=64, n_batch=16, threads=1, draft=drafts[""], draft_p_min=0.0)
-    ca = cpu.new_cache()
-    for tokens in (prompt, [4], [5], [9]):
-        cpu.eval(ca, tokens)
-    text = prompt + [4, 5, 9, 7]
-    want = cpu.draft.draft(text, 3, ca)
-    with strict_stand_in(monkeypatch) as copies:
-        e = Engine(target, n_ctx=64, n_batch=16, device="gpu", draft=drafts[""], draft_p_min=0.0)
-        cache = e.new_cache()
-        e.eval(cache, prompt)
-        e.eval(cache, [4])  # (captured here)
-        assert e.graphs.n_captures == 1
-        check_steps_copy_only_logits(e, cache, (5, 9))
-        copies.clear()
-        assert e.draft.draft(text, 3, cache) == want and len(want) == 3
-        assert copies == [("asnumpy", (1, e.draft.head.n_draft_vocab))] * 3
+    check_replays_bring_down_only_logits(monkeypatch, target, drafts[""], FIX[""]["prompt"].tolist(), lambda e: e.draft.head.n_draft_vocab)
 
 
 def test_a_draft_that_does_not_fit_its_target_is_refused_in_one_line(tmp_path, files):

@@ -35,7 +35,7 @@ from . import mla_latent as gpu_mla_latent
 from . import moe as gpu_moe
 from .moe2 import MoEVariantOps
 from .gemma import GemmaOps
-from .arrays import ConstCache, device_out, is_device, positions, to_device
+from .arrays import ConstCache, device_out, is_device, positions, to_device, whole_runs
 
 MATVEC_MAX_TOKENS = 4  # up to this many tokens, one warp per weight row per token (decode)
 _EW_BLOCK = 256  # element-wise kernels: threads per block
@@ -376,18 +376,14 @@ class GPUBackend(GemmaOps, MoEVariantOps):  # (GemmaOps: Gemma 3n's and Gemma 4'
     def softplus_mul(self, x: Any, s: Any) -> None:
         """``x *= softplus(s)`` in one launch, laid out as ``sigmoid_mul`` (Laguna's attention gate: a captured decode
         step must not bring the gate to the host)."""
-        n, m = math.prod(x.shape), math.prod(s.shape)
-        if m == 0 or n % m:
-            raise ValueError(f"softplus_mul: x {tuple(x.shape)} is not a whole number of s {tuple(s.shape)}")
+        n, m = whole_runs("softplus_mul", x, s)
         sd = to_device(s)
         with device_out(x) as xd:
             K.launch("softplus_mul_f32", _ew_grid(n), (_EW_BLOCK,), xd, sd, n // m, n)
 
     def mul(self, x: Any, w: Any) -> None:
         """``x *= w`` in one launch, ``w`` over each run of ``w.size`` values of ``x`` (nn.cu's ``mul_vec_f32``)."""
-        n, m = math.prod(x.shape), math.prod(w.shape)
-        if m == 0 or n % m:
-            raise ValueError(f"mul: x {tuple(x.shape)} is not a whole number of w {tuple(w.shape)}")
+        n, m = whole_runs("mul", x, w, "w")
         wd = to_device(w)
         with device_out(x) as xd:
             K.launch("mul_vec_f32", _ew_grid(n), (_EW_BLOCK,), xd, wd, xd, m, n)

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..backend import Weight
 from . import kernels as K
-from .arrays import device_out, to_device
+from .arrays import device_out, to_device, whole_runs
 from .moe import launch_experts
 
 WARP = 32
@@ -96,9 +96,7 @@ class MoEVariantOps:
     def sigmoid_mul(self, x: Any, s: Any) -> None:
         """``x *= sigmoid(s)`` in place, each of ``s``'s values over ``x.size / s.size`` consecutive ones of ``x`` (an
         attention gate element by element, or one a head)."""
-        n, m = math.prod(x.shape), math.prod(s.shape)
-        if m == 0 or n % m:
-            raise ValueError(f"sigmoid_mul: x {tuple(x.shape)} is not a whole number of s {tuple(s.shape)}")
+        n, m = whole_runs("sigmoid_mul", x, s)
         sd = to_device(s)
         with device_out(x) as xd:
             K.launch("sigmoid_mul_f32", _ew(n), (_EW_BLOCK,), xd, sd, n // m, n)

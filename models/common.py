@@ -171,14 +171,17 @@ class Buffers:
 
     n_batch: int
     zeros: Callable[..., Any] = np.zeros
-    arrays: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[tuple[str, tuple[int, ...], Any], Any] = field(default_factory=dict)
 
     def get(self, name: str, T: int, *dims: int, dtype: Any = np.float32) -> Any:
-        """A ``[T, *dims]`` view of a buffer shaped ``[n_batch, *dims]`` (float32 unless ``dtype`` says otherwise)."""
-        a = self.arrays.get(name)
-        if a is None or a.shape[1:] != dims or a.dtype != dtype:
-            a = self.zeros((self.n_batch, *dims), dtype)
-            self.arrays[name] = a
+        """A ``[T, *dims]`` view of a buffer shaped ``[n_batch, *dims]`` (float32 unless ``dtype`` says otherwise), one
+        a name, shape and type, kept for the model's life: layers of two shapes asking one name (a dense layer's
+        one-expert router and the experts', two kinds of latent attention) each keep theirs, so no step after the
+        first allocates, and a captured CUDA graph never points at a buffer another shape's call dropped."""
+        key = (name, dims, np.dtype(dtype))
+        a = self.arrays.get(key)
+        if a is None:
+            a = self.arrays[key] = self.zeros((self.n_batch, *dims), dtype)
         return a[:T]
 
 

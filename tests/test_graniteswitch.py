@@ -152,8 +152,8 @@ def test_the_gpu_matches_the_cpu(gpu_env, tmp_path, capsys):
     steps = (5, ACTIVATE[0], 9)
     assert ACTIVATE[2] in np.random.default_rng(3).integers(0, 200, 20)  # (gpu_checks' prompt)
     gpu, _ = check_prefill_and_replayed_decode(write_tiny_model(tmp_path / "m.gguf", NAME), capsys=capsys, steps=steps)
-    assert gpu.backend.to_host(gpu.model.buf.arrays["slots"][:1]).tolist() == [2]
-    assert abs(float(gpu.backend.to_host(gpu.model.buf.arrays["router_o"][:1]).reshape(-1)[0]) - 2.0) < 1e-5
+    assert gpu.backend.to_host(gpu.model.buf.get("slots", 1, dtype=np.int32)).tolist() == [2]
+    assert abs(float(gpu.backend.to_host(gpu.model.buf.get("router_o", 1, 1, gpu.cfg.head_dim)).reshape(-1)[0]) - 2.0) < 1e-5
 
 
 def test_a_replayed_decode_step_copies_only_its_logits(tmp_path, monkeypatch):

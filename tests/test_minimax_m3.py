@@ -150,3 +150,20 @@ def test_info_and_run(tmp_path):
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["run", path, "-p", "hi", "-n", "4"])  # (the default context: the model's 1024)
     assert r.exit_code != 0 and "--ctx-size) of at most 64" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_decode_steps_after_the_first_allocate_no_activation_buffer(tmp_path):
+    """Its leading dense layer runs the FFN as a one-expert mixture, the others route among 8 experts: one buffer name
+    at two shapes a step.  Each keeps its own buffer (models/common.py ``Buffers``), so a decode step after the first
+    allocates nothing (on the GPU a captured graph would point at a buffer the other shape's call had dropped)."""
+    from kvrun.runtime.engine import Engine
+
+    e = Engine(write_tiny_model(tmp_path / "m.gguf", ARCH), n_ctx=64, threads=1)
+    cache, made = e.new_cache(), []
+    e.eval(cache, [1, 2, 3])
+    e.eval(cache, [4])
+    zeros = e.model.buf.zeros
+    e.model.buf.zeros = lambda *a, **k: made.append(a) or zeros(*a, **k)
+    for tok in (5, 6, 7):
+        e.eval(cache, [tok])
+    assert made == []

@@ -59,7 +59,7 @@ def test_the_fixture_sees_what_sets_arctic_apart(tmp_path, monkeypatch):
     moe_add = arctic.moe_add
 
     def from_the_stream(m):  # (the experts reading what the dense FFN reads: the normed stream after the attention)
-        monkeypatch.setattr(arctic, "moe_add", lambda be, moe, xe, x, buf: moe_add(be, moe, buf.arrays["xn"][: len(xe)], x, buf))
+        monkeypatch.setattr(arctic, "moe_add", lambda be, moe, xe, x, buf: moe_add(be, moe, buf.get("xn", *xe.shape), x, buf))
 
     _sees_apart(tmp_path, "arctic", {
         "the layer's input": from_the_stream,

@@ -184,7 +184,7 @@ class Glm5NextModel(KimiLinearModel):
     def mla_attend(self, L: Any, lc: Any, xn: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """Kimi Linear's MLA; on the GPU without its ``mla_qk`` (which lays the heads out ``[pe, nope]`` and needs a
         ``pe``): the nope MLA's queries and keys are ``q_raw``'s and ``k_nope``'s heads as they are."""
-        if self.be.name != "gpu":
+        if self.be.name == "cpu":
             return super().mla_attend(L, lc, xn, pos)
         c, buf = self.cfg, self.buf
         T, H, D, Dv, rank = xn.shape[0], c.n_head, c.head_dim, c.head_dim_v, self.kv_rank

@@ -63,6 +63,14 @@ extern "C" __global__ void hc_fill_f32(const float* __restrict__ x, float* __res
     HYPER_GRID_STRIDE(i, total) streams[i] = x[i / ((long long)n_hc * n_embd) * n_embd + i % n_embd];
 }
 
+// c[i] over the sum of the n values of c from `first`, `step` apart (a row of the n x n matrix: step 1; a column:
+// step n) plus eps: one Sinkhorn half-step's new value of c[i]
+__device__ __forceinline__ float hc_over_sum(const float* c, int i, int first, int step, int n, float eps) {
+    float sum = 0.0f;
+    for (int k = 0; k < n; ++k) sum += c[first + k * step];
+    return c[i] / (sum + eps);
+}
+
 // grid (T), block n_hc^2 (or more: the rest idle).  comb[t] [n_hc, n_hc] ([src, dst]) of the logits
 // mixes[t, 2 n_hc:] * s_comb + base[2 n_hc:] (row-major [src, dst]), as glm5_next.sinkhorn: a softmax over dst plus eps,
 // the columns normalised (each dst's sum over src, + eps), then n_iter - 1 times the rows and the columns again.
@@ -88,20 +96,12 @@ extern "C" __global__ void hc_sinkhorn_f32(const float* __restrict__ mixes, cons
     __syncthreads();
     for (int it = 0; it < n_iter; ++it) {
         if (it > 0) {  // the rows: each src's sum over dst
-            if (live) {
-                float sum = 0.0f;
-                for (int d = 0; d < n; ++d) sum += c[src * n + d];
-                v = c[i] / (sum + eps);
-            }
+            if (live) v = hc_over_sum(c, i, src * n, 1, n, eps);
             __syncthreads();
             if (live) c[i] = v;
             __syncthreads();
         }
-        if (live) {  // the columns: each dst's sum over src
-            float sum = 0.0f;
-            for (int s = 0; s < n; ++s) sum += c[s * n + dst];
-            v = c[i] / (sum + eps);
-        }
+        if (live) v = hc_over_sum(c, i, dst, n, n, eps);  // the columns: each dst's sum over src
         __syncthreads();
         if (live) c[i] = v;
         __syncthreads();

@@ -44,6 +44,8 @@ from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError, KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
+from ..ops.gpu import ssm as gpu_ssm  # (the device tap's row store; importing ops.gpu loads no CuPy)
+from ..ops.gpu.arrays import positions, to_device
 from .common import TENSOR_NAMES, Model, WeightLoader, make_rope
 
 TENSOR_NAMES.update({
@@ -279,13 +281,14 @@ class Eagle3Draft:
     cache (:meth:`begin`), then the output of the layers the head reads (:meth:`take`), which it fuses into g rows kept
     by position under the forward's cache (each sequence of a batched forward its own, cache/batch.py's bounds);
     ``draft`` pairs them with the text in the draft's own cache (one per target cache) and drafts on from the last.
-    (A cache that takes another's prefix without a forward, runtime/slots.py's copy_prefix, is not seen: its rows below
-    it may be of the text it held before, which costs kept drafts, never the text.)
+    A cache that takes another's prefix without a forward (a server's slot: ``Engine.copy_prefix``) takes its rows
+    with it (:meth:`copy_prefix`), else the draft would pair the rows of the text it held before.
 
     On a device the rows stay there: the forward's layers copied side by side into a fixed buffer, fused into g and
     stored at their positions (read from the device) in each sequence's fixed g buffer, all kernels, so a decode step
     captured as a CUDA graph files its row on each replay.  The host does not see a replay: there it takes every
-    position below the target cache's offset as filed (a prefix copied in without a forward as above)."""
+    position below the target cache's offset as filed (a prefix copied in brings its rows, :meth:`copy_prefix`; a
+    sequence whose first forward the tap saw not at position 0 keeps none, and drafts nothing)."""
 
     def __init__(self, head: Eagle3Model, target: Any, p_min: float) -> None:
         model, t = target.model, target.cfg
@@ -311,8 +314,6 @@ class Eagle3Draft:
         self.on_device = head.on_device
         self.features = head._zeros(target.n_batch, 3 * n)  # the forward's rows, as they come
         if self.on_device:  # (fixed buffers: a captured decode step of the target writes them again each replay)
-            from ..ops.gpu.arrays import to_device
-
             self.rows = to_device(np.arange(target.n_batch, dtype=np.int32), np.int32)  # (where each row goes in features)
             self.xn = head._zeros(target.n_batch, 3 * n) if head.enc_norm is not None else None
             self.g = head._zeros(target.n_batch, c.n_embd)
@@ -348,10 +349,8 @@ class Eagle3Draft:
         last layer the head reads is in, the rows are fused into g and kept under each one's sequence at its position."""
         n = self.head.n_embd_tgt
         if self.on_device:
-            from ..ops.gpu import ssm
-
             for k in self.slots[il]:  # (row t to features' row t, columns k * n ..: kernels, as a captured step needs)
-                ssm.store(x, n, 0, n, self.features, k * n, len(self.rows), self.rows, x.shape[0])
+                gpu_ssm.store(x, n, 0, n, self.features, k * n, len(self.rows), self.rows, x.shape[0])
         else:
             rows = self.target.be.to_host(x)
             for k in self.slots[il]:
@@ -367,8 +366,6 @@ class Eagle3Draft:
         T = len(pos)
         caches, starts = getattr(cache, "caches", [cache]), list(getattr(cache, "bounds", [0]))
         if self.on_device:
-            from ..ops.gpu.arrays import positions
-
             self.head.encode_into(self.features[:T], self.xn[:T] if self.xn is not None else None, self.g[:T])
             pd = positions(pos)  # (the forward's device positions: a captured step's the buffer each replay refills)
             for seq_cache, lo, hi in zip(caches, starts, starts[1:] + [T]):
@@ -382,13 +379,13 @@ class Eagle3Draft:
 
     def _keep_device(self, cache: KVCache, p0: int, g: Any, pd: Any) -> None:
         """:meth:`_keep` on a device: ``g``'s rows stored at the positions ``pd`` (device) by a kernel."""
-        from ..ops.gpu import ssm
-
         s = self.seqs.get(cache)
         if s is None:
+            if p0 > 0:  # (positions before these never filed: a prefix copied in without its rows, a session loaded)
+                return  # (the host would take them as filed: no sequence, no drafts, until the cache starts over)
             s = self.seqs[cache] = _Sequence(self.head.new_cache(), self.head._zeros(self.head.n_ctx, self.head.cfg.n_embd))
         n = g.shape[1]
-        ssm.store(g, n, 0, n, s.g, 0, len(s.g), pd, g.shape[0])
+        gpu_ssm.store(g, n, 0, n, s.g, 0, len(s.g), pd, g.shape[0])
         s.n_valid = p0 + g.shape[0]
 
     def _keep(self, cache: KVCache, p0: int, g: np.ndarray) -> None:
@@ -404,6 +401,40 @@ class Eagle3Draft:
             s.g = grown
         s.g[p0:end] = g
         s.n_valid = end
+
+    def copy_prefix(self, dst: KVCache, src: KVCache, n: int) -> None:
+        """``dst`` now holds ``src``'s positions [0, n) without a forward (KVCache.copy_prefix): its sequence takes
+        ``src``'s g rows [0, n) (on a device, a copy kernel), and of the draft's own cache the real pairs made of that
+        prefix where the cache can copy them (else it is fed again from the start); with no rows of ``src`` to take,
+        ``dst``'s are unfiled."""
+        head, s = self.head, self.seqs.get(src)
+        if self.on_device:
+            if s is None:
+                self.seqs.pop(dst, None)  # (the next forward, not at 0, files nothing: see _keep_device)
+                return
+            d = self.seqs.get(dst)
+            if d is None:
+                d = self.seqs[dst] = _Sequence(head.new_cache(), head._zeros(head.n_ctx, head.cfg.n_embd))
+            if n > 0:
+                head.copy(s.g[:n], d.g[:n])
+            d.n_valid = n
+        else:
+            d = self.seqs.get(dst)
+            if d is None:
+                d = self.seqs[dst] = _Sequence(head.new_cache(), np.zeros((0, head.cfg.n_embd), np.float32))
+            filed = 0 if s is None else min(n, s.n_valid)  # (past src's filed rows: unfiled, _keep files nothing after)
+            if filed > len(d.g):
+                d.g = np.zeros((filed, head.cfg.n_embd), np.float32)
+            if filed:
+                d.g[:filed] = s.g[:filed]
+            d.n_valid = filed
+        # (pair P is (token P + 1, g at P): those below n - 1 are of the copied prefix alone)
+        m = 0 if s is None else min(s.n_real, n - 1)
+        if m > 0 and d.cache.copy_prefix(s.cache, m):
+            d.n_real, d.held = m, s.held[: m + 1]
+        else:
+            d.cache.reset()
+            d.n_real, d.held = 0, ()
 
     def g_rows(self, cache: KVCache, n: int) -> np.ndarray | None:
         """g of positions [0, n) of ``cache``'s sequence, as the target's forwards filed them (None: not all filed; on a

@@ -19,7 +19,8 @@ On ``--device gpu`` the head runs beside a target on the device: its blocks are 
 attending over the target's device cache, and the target's hidden rows stay on the device, stored at their positions
 (read from a device buffer: ops/gpu/ssm.py's ``store``) in a ring each sequence keeps, so the target's decode step,
 captured as a CUDA graph and replayed, files its row and brings nothing down.  Drafting is host-driven, as llama.cpp's
-draft loop: each step's logits come down once, where the loop picks its token; ``h_next`` stays on the device.
+draft loop: each step's logits come down once, where the loop picks its token; ``h_next`` stays on the device.  Each
+op of a step writes a fixed one-row buffer of the head's, so a drafted token allocates no device memory.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError, KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
-from .common import TENSOR_NAMES, Model, WeightLoader
+from ..ops.gpu import ssm as gpu_ssm  # (the device rows' store; importing ops.gpu loads no CuPy)
+from ..ops.gpu.arrays import positions, to_device
+from .common import TENSOR_NAMES, Buffers, Model, WeightLoader
 from .gemma3n import Gemma3nModel
 from .gemma4 import gemma4_ropes
 
@@ -75,6 +78,8 @@ class Gemma4AssistantModel(Model):
     def __init__(self, g: GGUFFile, cfg: ModelConfig, backend: Backend, n_ctx: int, n_batch: int) -> None:
         Model.__init__(self, g, cfg, backend, n_ctx, n_batch)
         self.on_device = backend.name != "cpu"  # (the CPU's arithmetic is host numpy around the backend's ops)
+        #: on a device, each op's output of a draft step (one token): allocated at the first step, written by each after
+        self.step_buf = Buffers(1, backend.zeros)
         c = cfg
         w = WeightLoader(g, backend)
         self.n_embd_out = int(g.arch_get("embedding_length_out", c.n_embd) or c.n_embd)
@@ -107,25 +112,29 @@ class Gemma4AssistantModel(Model):
         )
 
     # (on the CPU Gemma 3n's host helpers: numpy rows through the backend's linear, RMSNorm and GELU; on a device the
-    # same ops into device arrays)
-    def linear(self, w: Weight, x: Any) -> Any:
+    # same ops into the step's buffer ``name``: one row, written again by the next step)
+    def out(self, name: str, *dims: int) -> Any:
+        """The device buffer ``name`` ``[1, *dims]`` of a draft step (:attr:`step_buf`)."""
+        return self.step_buf.get(name, 1, *dims)
+
+    def linear(self, w: Weight, x: Any, name: str) -> Any:
         if not self.on_device:
             return Gemma3nModel.linear(self, w, x)
-        out = self.be.zeros((x.shape[0], w.n_rows))
+        out = self.out(name, w.n_rows)
         self.be.linear(w, x, out)
         return out
 
-    def rms_norm(self, x: Any, w: Any) -> Any:
+    def rms_norm(self, x: Any, w: Any, name: str) -> Any:
         if not self.on_device:
             return Gemma3nModel.rms_norm(self, x, w)
-        out = self.be.zeros(x.shape)
+        out = self.out(name, *x.shape[1:])
         self.be.rms_norm(x, w, self.cfg.norm_eps, out)
         return out
 
-    def gelu(self, x: Any) -> Any:
+    def gelu(self, x: Any, name: str) -> Any:
         if not self.on_device:
             return Gemma3nModel.gelu(self, x)
-        out = self.be.zeros(x.shape)
+        out = self.out(name, *x.shape[1:])
         self.be.gelu(x, out)
         return out
 
@@ -169,54 +178,53 @@ class Gemma4AssistantModel(Model):
     def step(self, token: int, h: Any, pos: int, target: Model, cache: KVCache, sources: list[int]) -> tuple[np.ndarray, Any]:
         """One draft step: the logits after ``token`` and the ``h_next`` the next step reads, ``h`` the target's
         hidden state of the position before (or the last step's ``h_next``), ``pos`` the position after the cache's.
-        On a device the logits come down (the draft loop picks from them); ``h`` and ``h_next`` stay there."""
+        On a device the logits come down (the draft loop picks from them); ``h`` and ``h_next`` stay there, both (the
+        emulator's logits too) the step's buffers, which the next step writes again."""
         c, be, n = self.cfg, self.be, self.n_embd_out
         if self.on_device:
-            e = be.zeros((1, n))
+            e = self.out("embd", n)
             be.get_rows(target.tok_embd, np.array([token], np.int32), e)
             be.scale(e, float(np.float32(math.sqrt(n))))
-            xh = be.zeros((1, 2 * n))
+            xh = self.out("embd_h", 2 * n)
             self.copy(e, xh[:, :n])
             self.copy(h.reshape(1, -1), xh[:, n:])
         else:
             e = np.empty((1, n), np.float32)
             be.get_rows(target.tok_embd, np.array([token], np.int32), e)
             xh = np.concatenate([e * np.float32(math.sqrt(n)), h.reshape(1, -1).astype(np.float32)], axis=1)
-        x = self.linear(self.pre_proj, xh)
+        x = self.linear(self.pre_proj, xh, "x")
         p = np.array([pos], np.int32)
-        for b, src in zip(self.blocks, sources):
-            xn = self.rms_norm(x, b.attn_norm)
-            q3 = self.linear(b.wq, xn).reshape(1, c.n_head, b.head_dim)
+        for b, src in zip(self.blocks, sources):  # (x: the last block's ffn_post, read before this one writes it again)
+            xn = self.rms_norm(x, b.attn_norm, "attn_in")
+            q3 = self.linear(b.wq, xn, "q").reshape(1, c.n_head, b.head_dim)
             be.rms_norm_heads(q3, b.q_norm, c.norm_eps)
             cos, sin = self.rope_local if b.swa else self.rope_global
             be.rope(q3, p, cos, sin, c.rope_neox)
             layer = cache[src]
             spec = LayerSpec(c.n_head, layer.spec.n_head_kv, b.head_dim, b.head_dim, c.sliding_window if b.swa else 0, 1.0)
             if self.on_device:
-                from ..ops.gpu.arrays import positions
-
-                att3 = be.zeros(q3.shape)
+                att3 = self.out("attn", c.n_head, b.head_dim)
                 layer.attend(q3, positions(p), att3, spec)  # (the device cache's: device queries, positions, output)
             else:
                 att3 = np.empty_like(q3)
                 layer.attend(np.ascontiguousarray(q3), p, att3, spec)
-            a = self.add(self.rms_norm(self.linear(b.wo, att3.reshape(1, -1)), b.attn_post_norm), x)
-            f = self.rms_norm(a, b.ffn_norm)
-            gate, up = self.gelu(self.linear(b.w_gate, f)), self.linear(b.w_up, f)
+            a = self.add(self.rms_norm(self.linear(b.wo, att3.reshape(1, -1), "attn_out"), b.attn_post_norm, "attn_post"), x)
+            f = self.rms_norm(a, b.ffn_norm, "ffn_in")
+            gate, up = self.gelu(self.linear(b.w_gate, f, "gate"), "gelu"), self.linear(b.w_up, f, "up")
             if self.on_device:
                 be.mul(gate, up.reshape(-1))  # (one row: up's values over it, element by element)
             else:
                 gate = gate * up
-            x = self.add(self.rms_norm(self.linear(b.w_down, gate), b.ffn_post_norm), a)
+            x = self.add(self.rms_norm(self.linear(b.w_down, gate, "ffn_out"), b.ffn_post_norm, "ffn_post"), a)
             if b.out_scale != 1.0:
                 if self.on_device:
                     be.scale(x, b.out_scale)
                 else:
                     x = x * np.float32(b.out_scale)
-        xo = self.rms_norm(x, self.output_norm)
+        xo = self.rms_norm(x, self.output_norm, "out_norm")
         if self.on_device:
-            return be.to_host(self.linear(self.tok_embd, xo))[0], self.linear(self.post_proj, xo)
-        return self.linear(self.tok_embd, xo)[0], self.linear(self.post_proj, xo)[0]
+            return be.to_host(self.linear(self.tok_embd, xo, "logits"))[0], self.linear(self.post_proj, xo, "h_next")
+        return self.linear(self.tok_embd, xo, "logits")[0], self.linear(self.post_proj, xo, "h_next")[0]
 
     def drafter(self, target: Any, p_min: float) -> Gemma4AssistantDraft:
         """The draft side for ``target`` (an Engine: runtime/engine.py's ``-md``); a one-line error where it does not fit."""
@@ -269,9 +277,6 @@ class Gemma4AssistantDraft:
     def _keep_device(self, rows: Any, out_rows: np.ndarray, pos: np.ndarray, cache: KVCache) -> None:
         """:meth:`keep_rows` on a device: each sequence's rows stored by a kernel into its ring at their positions, read
         from the forward's device positions (a captured step's: the buffer each replay refills)."""
-        from ..ops.gpu import ssm
-        from ..ops.gpu.arrays import positions, to_device
-
         pd, n = positions(pos), rows.shape[1]
         caches, starts = getattr(cache, "caches", [cache]), np.asarray(getattr(cache, "bounds", [0]))
         owner = np.searchsorted(starts, out_rows, side="right") - 1
@@ -285,7 +290,7 @@ class Gemma4AssistantDraft:
             ring = self.rings.get(caches[j])
             if ring is None:
                 ring = self.rings[caches[j]] = self.head.be.zeros((self.n_ring, n))
-            ssm.store(rows[int(mine[0]) : int(mine[-1]) + 1], n, 0, n, ring, 0, self.n_ring, p, len(mine))
+            gpu_ssm.store(rows[int(mine[0]) : int(mine[-1]) + 1], n, 0, n, ring, 0, self.n_ring, p, len(mine))
 
     def hidden_state(self, cache: KVCache, pos: int) -> np.ndarray | None:
         """The target's post-final-norm row at ``pos`` in ``cache``'s sequence, if its last forward gave it (on a device:

@@ -277,6 +277,19 @@ class Engine:
         """
         return KVCache(make_cache(self.model.layer_specs(), n_ctx, n_batch, kv, device=self.backend.name))
 
+    def copy_prefix(self, dst: KVCache, src: KVCache, n_past: int) -> bool:
+        """``dst`` holds exactly ``src``'s positions < ``n_past`` without a forward (KVCache.copy_prefix: a server's new
+        conversation takes another slot's system prompt), and a draft head's rows of them go with them; False, and
+        ``dst`` empty, where the cache cannot copy."""
+        if not dst.copy_prefix(src, n_past):
+            return False
+        # (EAGLE-3's tap keeps the target's rows by position: they follow.  A draft model's own cache follows the text,
+        # Gemma 4's assistant reads the row the next forward files: nothing to copy)
+        follow = getattr(self.draft, "copy_prefix", None)
+        if follow is not None:
+            follow(dst, src, n_past)
+        return True
+
     # ------------------------------------------------------------------ eval
     def eval(
         self, cache: KVCache, tokens: list[int] | np.ndarray, logits_all: bool = False, logits_start: int = 0, on_device: bool = False

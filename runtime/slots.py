@@ -95,7 +95,7 @@ class Slots:
         if n - mine < SHARE_MIN:
             return
         s = slot.session
-        if s.cache.copy_prefix(best.session.cache, n):
+        if s.engine.copy_prefix(s.cache, best.session.cache, n):  # (a draft head's rows go with the K/V)
             s.tokens = best.session.tokens[:n]
             self.n_shared += n
         else:  # (the cache is empty now: the prompt is evaluated whole)

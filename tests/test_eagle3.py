@@ -170,6 +170,78 @@ def test_a_batched_forward_files_each_sequences_states_apart(files):
     assert e.model.layer_tap is e.draft and "forward" not in vars(e.model) and "trace" not in vars(e.model)
 
 
+def _texts(n_system: int, n_other: int) -> tuple[list[int], list[int]]:
+    """A system prompt two conversations share and another conversation's text."""
+    rng = np.random.default_rng(5)
+    return rng.integers(3, 250, n_system).tolist(), rng.integers(3, 250, n_other).tolist()
+
+
+def test_a_slot_that_takes_anothers_prefix_takes_the_drafts_rows(files):
+    """(a server's slots, runtime/slots.py) a new conversation that takes another slot's system prompt without a
+    forward (Engine.copy_prefix) lands in a slot that held another text, yet the g rows the draft pairs there and what
+    it drafts are a fresh forward's of the prompt (the rows, and the draft cache's pairs of the prefix, copied over)."""
+    from kvrun.runtime.api import Model
+    from kvrun.runtime.slots import Slots
+
+    target, drafts = files
+    e = Engine(target, n_ctx=128, threads=1, draft=drafts[""], draft_p_min=0.0)
+    system, other = _texts(48, 80)
+    slots = Slots(Model(e), 2)
+    for slot, text in zip(slots.slots, (system + [7, 8], other)):
+        e.eval(slot.session.cache, text)
+        slot.session.tokens = text
+        assert len(e.draft.draft(text + [0], 3, slot.session.cache)) == 3  # (each draft cache holds its text's pairs)
+    prompt = system + [9, 10, 11]
+    with slots.take(prompt, id_slot=1) as slot:  # (the slot that held the other text)
+        cache = slot.session.cache
+        assert slots.n_shared == cache.offset == len(system)  # (copied from slot 0, not evaluated)
+        e.eval(cache, prompt[len(system) :])
+    fresh = e.new_cache()
+    e.eval(fresh, prompt)
+    np.testing.assert_allclose(e.draft.g_rows(cache, len(prompt)), e.draft.g_rows(fresh, len(prompt)), atol=1e-5)
+    text = prompt + [0]
+    assert _rel(e.draft.catch_up(text, cache)[-1], e.draft.catch_up(text, fresh)[-1]) < 1e-4
+    assert e.draft.draft(text, 3, cache) == e.draft.draft(text, 3, fresh)
+
+
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+def test_a_prefix_copied_without_a_forward_takes_its_rows_on_either_device(gpu_env, files, device):
+    """The tap's side of a prefix copy (Eagle3Draft.copy_prefix; a device's K/V caches copy no prefix, so the K/V here
+    are a forward's the tap does not see): a cache that held another text takes a sequence's rows [0, n), on the
+    device by a copy there, and the rows it pairs and its drafts are a fresh forward's."""
+    target, drafts = files
+    e = Engine(target, n_ctx=64, threads=1, device=device, draft=drafts[""], draft_p_min=0.0)
+    d = e.draft
+    system, other = _texts(24, 36)
+    a, b, fresh = e.new_cache(), e.new_cache(), e.new_cache()
+    for cache, text in ((a, system + [7, 8]), (b, other)):
+        e.eval(cache, text)
+        d.draft(text + [0], 3, cache)
+
+    def unseen(cache, tokens):  # (K/V as a prefix copy gives them: no forward the tap sees)
+        cache.truncate(0)
+        e.model.layer_tap = None
+        e.eval(cache, tokens)
+        e.model.layer_tap = d
+
+    unseen(b, system)
+    d.copy_prefix(b, a, len(system))
+    prompt = system + [9, 10, 11]
+    e.eval(b, prompt[len(system) :])
+    e.eval(fresh, prompt)
+    np.testing.assert_allclose(d.g_rows(b, len(prompt)), d.g_rows(fresh, len(prompt)), atol=1e-4)
+    text = prompt + [0]
+    assert d.draft(text, 3, b) == d.draft(text, 3, fresh) and len(d.draft(text, 3, fresh)) == 3
+    # the prefix of a cache the tap holds no rows of: the copy's rows are unfiled, the draft pairs none of them
+    lone = e.new_cache()
+    unseen(lone, system)
+    unseen(b, system)
+    d.copy_prefix(b, lone, len(system))
+    e.eval(b, prompt[len(system) :])
+    assert d.g_rows(b, len(prompt)) is None
+    assert d.draft(text, 3, b) == []
+
+
 def test_kvrun_run_drafts_with_eagle3_and_info_reads_the_draft(files):
     from click.testing import CliRunner
 

@@ -127,6 +127,25 @@ def test_the_gpu_drafts_the_cpus_tokens(gpu_env, pair, tmp_path, variant):
     check_drafts_are_the_cpus(write_tiny_gemma4(tmp_path / "target.gguf", variant=variant), pair[1], FIX["prompt"].tolist())
 
 
+def test_a_drafted_token_on_the_gpu_asks_the_backend_for_no_array(gpu_env, pair, monkeypatch):
+    """On ``--device gpu`` each op of a draft step writes one of the head's fixed buffers, made at its first step: a
+    second draft of the same text asks the backend for no array and drafts the same tokens."""
+    from kvrun.ops.gpu.backend import GPUBackend
+
+    asked, zeros = [], GPUBackend.zeros  # (every device array the backend makes, the buffers' too)
+    monkeypatch.setattr(GPUBackend, "zeros", lambda be, *a, **k: (asked.append(a), zeros(be, *a, **k))[1])
+    target, assistant = pair
+    e = Engine(target, n_ctx=64, threads=1, device="gpu", draft=assistant, draft_p_min=0.0)
+    prompt = FIX["prompt"].tolist()
+    cache = e.new_cache()
+    e.eval(cache, prompt)
+    text = prompt + [int(FIX["first"])]
+    first = e.draft.draft(text, 3, cache)
+    asked.clear()
+    assert e.draft.draft(text, 3, cache) == first and len(first) == 3
+    assert asked == []
+
+
 def test_a_batched_forward_on_the_gpu_files_each_sequences_hidden_rows_as_the_cpu(gpu_env, tmp_path, pair):
     """(a server's slots on the device: a batched prefill, then one-token steps of both together, the first captured
     as a batch graph, the others replayed) each sequence's hidden rows at the last position are the CPU's."""

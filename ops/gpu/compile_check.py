@@ -113,6 +113,43 @@ def _compile_nvcc(src: str, name: str, arch: str) -> str:
         return ptx.read_text()
 
 
+# ----------------------------------------------------------------- ptxas's report
+def _report_nvrtc(src: str, name: str, arch: str) -> tuple[str, str]:
+    nvrtc = _nvrtc()
+    prog = nvrtc.createProgram(src, name, [], [])
+    try:
+        try:  # (a real architecture, sm_XX: NVRTC runs ptxas, and -v puts its report in the log)
+            nvrtc.compileProgram(prog, [*compile_options(name), f"--gpu-architecture={arch}", "--ptxas-options=-v"])
+        except nvrtc.NVRTCError:
+            raise CompileError(name, nvrtc.getProgramLog(prog)) from None
+        ptx, log = nvrtc.getPTX(prog), nvrtc.getProgramLog(prog)
+        return (ptx.decode() if isinstance(ptx, bytes) else ptx), (log.decode() if isinstance(log, bytes) else log)
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+def _report_nvcc(src: str, name: str, arch: str) -> tuple[str, str]:
+    ptx = _compile_nvcc(src, name, arch)
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "in.ptx"
+        p.write_text(ptx)
+        r = subprocess.run(["ptxas", f"-arch={arch}", "-v", str(p), "-o", str(Path(d) / "out.cubin")], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise CompileError(name, r.stdout + r.stderr)
+        return ptx, r.stdout + r.stderr
+
+
+def ptxas_report(src: str, name: str, arch: str = "sm_90", compiler: str | None = None) -> tuple[str, str]:
+    """PTX of one source and ptxas's verbose report on it compiled for ``arch`` (``sm_90``: an H100): per kernel, the
+    registers, static shared memory and spills a launch will ask of the device (ops/gpu/resources.py reads it)."""
+    compiler = compiler or available_compiler()
+    if compiler == "nvrtc":
+        return _report_nvrtc(src, name, arch)
+    if compiler == "nvcc" and shutil.which("ptxas"):
+        return _report_nvcc(src, name, arch)
+    raise CompileSkipped(f"no CUDA compiler with ptxas: NVRTC unavailable ({_nvrtc_err}), ptxas not on PATH")
+
+
 # ----------------------------------------------------------------- public API
 def available_compiler() -> str:
     """``"nvrtc"``, ``"nvcc"`` or ``"skipped"``, in that order of preference.

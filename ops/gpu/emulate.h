@@ -16,7 +16,10 @@
 // per-launch buffer of the requested size.
 //
 // It checks what it can: 2-byte alignment of GGUF block loads (a misaligned
-// load faults on a GPU but not on x86).  It knows nothing of timing, memory
+// load faults on a GPU but not on x86); shared memory read before it is
+// written (NaN bytes); races between a block's threads, when a test runs the
+// threads in the other order too (emu_set_order: a block's threads last to
+// first between barriers; a race then gives other numbers).  It knows nothing of timing, memory
 // coalescing or real warp divergence: it is for correctness tests only.
 #pragma once
 #include <cmath>
@@ -28,6 +31,7 @@
 #include <algorithm>
 #include <memory>
 #include <vector>
+#include <csignal>
 #if !defined(__x86_64__)
 #include <ucontext.h>
 #endif
@@ -133,6 +137,7 @@ struct EmuFiber {  // one emulated thread; made once, reused by every block and 
     std::unique_ptr<char[]> stack;  // (uninitialised: only the pages a kernel touches are mapped)
     dim3 tid;
     bool done = true;
+    bool lost = false;  // left inside a kernel by a memory fault (emu_on_fault): made again before it runs
 };
 
 struct EmuBarrier {
@@ -151,6 +156,23 @@ static std::vector<float> emu_shfl;  // [2][n_threads] values exchanged by a shu
 static int emu_or_acc = 0;
 
 static inline void emu_yield() { emu_ctx_switch(emu_fibers[emu_cur].ctx, emu_main); }
+
+static int emu_reverse = 0;      // run a block's threads last to first between barriers (emulate.py's ORDERS)
+static long emu_block_serial = 0;  // one a block run, across launches: when a block's static shared memory starts
+
+extern "C" void emu_set_order(int reverse) { emu_reverse = reverse; }
+
+// A block's static __shared__ arrays start as NaN bytes (0xff: NaN floats, -1 ints), as the dynamic buffer does, so
+// a read before any thread wrote shows, where a `static` would hand the block what the previous block left.
+// emulate.py puts this after each declaration; the first thread of a block to pass it fills the array.
+#define EMU_POISON(name)                                         \
+    do {                                                         \
+        static long emu_stamp_ = -1;                             \
+        if (emu_stamp_ != emu_block_serial) {                    \
+            emu_stamp_ = emu_block_serial;                       \
+            std::memset((void*)&(name), 0xff, sizeof(name));     \
+        }                                                        \
+    } while (0)
 
 static int emu_done_block = 0;         // threads of the block that have returned
 static std::vector<int> emu_done_warp;  // ... per warp
@@ -219,6 +241,35 @@ static inline float __fmul_rn(float a, float b) { return a * b; }
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fdiv_rn(float a, float b) { return a / b; }
 
+// ------------------------------------------------------------------ memory faults (guard mode)
+// emulate.py's guard mode puts each argument array against an unmapped page, so a kernel that reads or writes past
+// an array's end faults, as it may on a GPU (where it can also land silently in a neighbour).  The fault is caught
+// here: the thread is given up as if it had returned (its fiber made again before it next runs), the launch goes on
+// to its end without blocking (as after any error) and the error names the address, block and thread.
+static int emu_guard = 0;
+static bool emu_in_fiber = false;
+static struct sigaction emu_prev_segv;
+
+extern "C" void emu_set_guard(int on) { emu_guard = on; }
+
+#if defined(__x86_64__)
+static void emu_on_fault(int sig, siginfo_t* si, void*) {
+    if (!emu_in_fiber) {  // not a kernel's: the handler from before (Python's faulthandler) takes it
+        sigaction(sig, &emu_prev_segv, nullptr);
+        return;  // (the faulting instruction runs again, under that handler)
+    }
+    if (!emu_error[0])
+        std::snprintf(emu_error, sizeof emu_error, "memory fault at %p, past the end of an argument array (block %u,%u,%u thread %u)",
+                      si->si_addr, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x);
+    EmuFiber& f = emu_fibers[emu_cur];
+    f.done = f.lost = true;
+    ++emu_done_block;
+    ++emu_done_warp[emu_cur / 32];
+    void* abandoned;
+    emu_switch(&abandoned, emu_main.sp);  // to the scheduler, as if the thread had returned; never back here
+}
+#endif
+
 // A fiber's life: run the body for one block's thread, report done, wait to be sent into the next.
 static void emu_fiber_main() {
     for (;;) {
@@ -247,30 +298,53 @@ static void emu_launch(dim3 grid, dim3 block, size_t smem, const std::function<v
     }
     for (int i = 0; i < n; ++i)
         emu_fibers[i].tid = dim3{(unsigned)i % block.x, ((unsigned)i / block.x) % block.y, (unsigned)i / (block.x * block.y)};
+#if defined(__x86_64__)
+    if (emu_guard) {
+        struct sigaction act {};
+        act.sa_sigaction = emu_on_fault;
+        act.sa_flags = SA_SIGINFO | SA_NODEFER;  // (the handler never returns: later faults must still come)
+        sigemptyset(&act.sa_mask);
+        sigaction(SIGSEGV, &act, &emu_prev_segv);
+    }
+#endif
     emu_shfl.assign(2 * (((n + 31) / 32) * 32), 0.0f);
     for (unsigned bz = 0; bz < grid.z; ++bz)
         for (unsigned by = 0; by < grid.y; ++by)
             for (unsigned bx = 0; bx < grid.x; ++bx) {
                 blockIdx = dim3{bx, by, bz};
+                ++emu_block_serial;
                 std::memset(emu_dyn_smem, 0xff, smem);  // NaN: a read of unwritten shared memory shows
                 emu_block_bar = EmuBarrier{};
                 emu_warp_bar.assign((n + 31) / 32, EmuBarrier{});
                 emu_done_block = 0;
                 emu_done_warp.assign((n + 31) / 32, 0);
                 emu_or_acc = 0;
-                for (int i = 0; i < n; ++i) emu_fibers[i].done = false;
+                for (int i = 0; i < n; ++i) {
+                    EmuFiber& f = emu_fibers[i];
+                    if (f.lost) {
+                        emu_ctx_make(f.ctx, f.stack.get(), stack_size, emu_fiber_main);
+                        f.lost = false;
+                    }
+                    f.done = false;
+                }
                 int live = n;
                 while (live > 0) {  // round robin until every thread has returned
                     live = 0;
-                    for (int i = 0; i < n; ++i) {
+                    for (int j = 0; j < n; ++j) {
+                        const int i = emu_reverse ? n - 1 - j : j;
                         if (emu_fibers[i].done) continue;
                         emu_cur = i;
                         threadIdx = emu_fibers[i].tid;
+                        emu_in_fiber = true;
                         emu_ctx_switch(emu_main, emu_fibers[i].ctx);
+                        emu_in_fiber = false;
                         live += !emu_fibers[i].done;
                     }
                 }
             }
+#if defined(__x86_64__)
+    if (emu_guard) sigaction(SIGSEGV, &emu_prev_segv, nullptr);
+#endif
 }
 
 // Pointer arguments come in as void*; this converts to whatever the kernel takes.

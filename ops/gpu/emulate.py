@@ -9,8 +9,11 @@ cache run unchanged, kernels included, and can be compared with the CPU
 backend.  It is slow (one OS thread) and knows nothing of timing: it checks
 the kernels' arithmetic, indexing and synchronisation, not their speed.
 
-The built libraries are cached under ``$KVRUN_EMU_CACHE`` (default
-``~/.cache/kvrun/gpu-emu``), keyed by the hash of their source.
+Each launch is first held to an H100's limits (resources.py: block and grid
+sizes, the registers and shared memory ptxas reports for the kernel), so a
+launch the device would refuse fails here too.  The built libraries are cached
+under ``$KVRUN_EMU_CACHE`` (default ``~/.cache/kvrun/gpu-emu``), keyed by the
+hash of their source.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import mmap
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -28,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from . import resources
 from .kernels import KERNEL_DIR, KERNELS, source
 
 _CTYPE = {"p": ("void*", ctypes.c_void_p), "i": ("int", ctypes.c_int), "l": ("long long", ctypes.c_longlong), "f": ("float", ctypes.c_float)}
@@ -54,15 +60,20 @@ def available() -> bool:
     return compiler() is not None
 
 
-def emulator_source(file: str) -> str:
-    """Host C++ text of one .cu file: prelude, kernels, and a launcher per kernel."""
-    body = _DYN_SHARED.sub(lambda m: f"float* {m.group(1)} = (float*)emu_dyn_smem;", source(file))
+# A static __shared__ declaration (the dynamic ones are rewritten first): `__shared__ float red[WARP];`, `__shared__ int last;`
+_STATIC_SHARED = re.compile(r"(__shared__\s+[\w:]+\s+(\w+)(?:\s*\[[^\];]*\])*\s*;)")
+
+
+def emulator_text(body: str, kernels: dict[str, str]) -> str:
+    """Host C++ text of a kernel source: the prelude, the kernels (shared memory rewritten: a block's static arrays
+    poisoned as it starts, the dynamic one a per-launch buffer) and a launcher per kernel (``kernels``: name ->
+    argument codes)."""
+    body = _DYN_SHARED.sub(lambda m: f"float* {m.group(1)} = (float*)emu_dyn_smem;", body)
+    body = _STATIC_SHARED.sub(lambda m: f"{m.group(1)} EMU_POISON({m.group(2)});", body)
     out = [(KERNEL_DIR / "emulate.h").read_text(), body]
-    for name, k in KERNELS.items():
-        if k.file != file:
-            continue
-        params = ", ".join(f"{_CTYPE[c][0]} a{i}" for i, c in enumerate(k.args))
-        call = ", ".join(f"EmuPtr{{a{i}}}" if c == "p" else f"a{i}" for i, c in enumerate(k.args))
+    for name, args in kernels.items():
+        params = ", ".join(f"{_CTYPE[c][0]} a{i}" for i, c in enumerate(args))
+        call = ", ".join(f"EmuPtr{{a{i}}}" if c == "p" else f"a{i}" for i, c in enumerate(args))
         out.append(
             f'extern "C" void emu_{name}(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, '
             f"unsigned long long smem, {params}) {{\n"
@@ -71,45 +82,143 @@ def emulator_source(file: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def _cache_dir() -> Path:
-    d = os.environ.get("KVRUN_EMU_CACHE")
-    return Path(d) if d else Path.home() / ".cache" / "kvrun" / "gpu-emu"
+def emulator_source(file: str) -> str:
+    """Host C++ text of one .cu file of ``kernels.KERNELS``."""
+    return emulator_text(source(file), {name: k.args for name, k in KERNELS.items() if k.file == file})
 
 
 @functools.lru_cache(maxsize=None)
-def library(file: str) -> ctypes.CDLL:
-    """The emulator build of one .cu file (compiled on first use, then cached on disk)."""
+def build(text: str, stem: str = "kernels") -> ctypes.CDLL:
+    """The host library of an emulator text (compiled on first use, then cached on disk by its hash)."""
     cxx = compiler()
     if cxx is None:
         raise EmulatorUnavailable("no host C++ compiler (g++/clang++) to build the GPU kernel emulator")
-    src = emulator_source(file)
-    key = hashlib.sha256((src + " ".join(CXX_FLAGS) + cxx).encode()).hexdigest()[:16]
-    cache = _cache_dir()
+    key = hashlib.sha256((text + " ".join(CXX_FLAGS) + cxx).encode()).hexdigest()[:16]
+    cache = resources.cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    so = cache / f"{Path(file).stem}-{key}.so"
+    so = cache / f"{stem}-{key}.so"
     if not so.exists():
         with tempfile.TemporaryDirectory() as d:
-            cpp = Path(d) / (Path(file).stem + ".cpp")
-            cpp.write_text(src)
+            cpp = Path(d) / (stem + ".cpp")
+            cpp.write_text(text)
             tmp = Path(d) / "lib.so"
             r = subprocess.run([cxx, *CXX_FLAGS, str(cpp), "-o", str(tmp)], capture_output=True, text=True)
             if r.returncode != 0:
-                raise RuntimeError(f"emulator build of {file} failed:\n{r.stdout}{r.stderr}")
+                raise RuntimeError(f"emulator build of {stem} failed:\n{r.stdout}{r.stderr}")
             part = so.with_suffix(f".{os.getpid()}.tmp")  # (one a process: parallel builds never write one file)
             shutil.move(str(tmp), str(part))
             os.replace(part, so)  # atomic: parallel test runs never load half a file
     lib = ctypes.CDLL(str(so))
     lib.emu_take_error.restype = ctypes.c_char_p
+    lib.emu_set_order.argtypes = [ctypes.c_int]
+    lib.emu_set_guard.argtypes = [ctypes.c_int]
     return lib
+
+
+def library(file: str) -> ctypes.CDLL:
+    """The emulator build of one .cu file."""
+    return build(emulator_source(file), Path(file).stem)
+
+
+def launcher(lib: ctypes.CDLL, name: str, args: str) -> Any:
+    """Kernel ``name``'s launcher in ``lib``, typed for its argument codes."""
+    fn = getattr(lib, f"emu_{name}")
+    fn.argtypes = [ctypes.c_uint] * 6 + [ctypes.c_ulonglong] + [_CTYPE[c][1] for c in args]
+    fn.restype = None
+    return fn
 
 
 @functools.lru_cache(maxsize=None)
 def _launcher(name: str) -> Any:
     k = KERNELS[name]
-    fn = getattr(library(k.file), f"emu_{name}")
-    fn.argtypes = [ctypes.c_uint] * 6 + [ctypes.c_ulonglong] + [_CTYPE[c][1] for c in k.args]
-    fn.restype = None
-    return fn
+    return launcher(library(k.file), name, k.args)
+
+
+#: The order a block's threads run in between two barriers: "forward" (thread 0 first) or "reverse".  A kernel whose
+#: threads read what another writes without a barrier between gives other numbers in the other order (a GPU's order is
+#: neither), so a test run in both orders (KVRUN_EMU_ORDER=reverse) shows the race.
+ORDERS = {"forward": 0, "reverse": 1}
+
+
+def run(lib: ctypes.CDLL, fn: Any, grid: tuple[int, ...], block: tuple[int, ...], args: tuple | list, shared_mem: int,
+        order: str = "forward", guard: bool = False) -> None:  # fmt: skip
+    """Run one launch of ``fn`` (:func:`launcher`) on ``args`` (numpy arrays and scalars) with a block's threads in
+    ``order`` and, with ``guard``, the arrays against unmapped pages (:class:`_Guarded`); what the emulator caught
+    becomes :class:`EmulatedKernelError`."""
+    guarded = _Guarded() if guard else None
+    conv = [(guarded.pointer(a) if guarded else a.ctypes.data) if isinstance(a, np.ndarray) else getattr(a, "item", lambda: a)()
+            for a in args]  # fmt: skip
+    try:
+        lib.emu_set_order(ORDERS[order])
+        lib.emu_set_guard(int(guard))
+        fn(*_dim3(grid), *_dim3(block), int(shared_mem), *conv)
+        err = lib.emu_take_error()
+    finally:
+        problem = guarded.finish() if guarded else None
+    if err:
+        raise EmulatedKernelError(err.decode())
+    if problem:
+        raise EmulatedKernelError(problem)
+
+
+class _Guarded:
+    """One launch's argument arrays in guard mode: each array's whole buffer (its base's) copied in so that its end
+    meets an unmapped page, a 64-byte NaN-filled canary before it and the few bytes its size leaves before the page
+    NaN-filled too.  A kernel reading or writing past the end faults (emulate.h's emu_on_fault names it), one reading
+    the canaries reads NaN, one writing them is named by :meth:`finish`, which copies the buffers back."""
+
+    FRONT = 64
+
+    def __init__(self) -> None:
+        self.maps: dict[int, tuple[np.ndarray, int, int, int, int]] = {}  # id(base): (base, map, size, start, nbytes)
+
+    def pointer(self, a: np.ndarray) -> int:
+        base = a
+        while isinstance(base.base, np.ndarray):
+            base = base.base
+        if not (base.flags.c_contiguous or base.flags.f_contiguous):
+            return a.ctypes.data  # (a base of strides: no one extent to guard)
+        m = self.maps.get(id(base))
+        if m is None:
+            nbytes = base.nbytes
+            body = -(-nbytes // 16) * 16  # (16-byte aligned start: the base's alignment, so its views' too)
+            size = (-(-(self.FRONT + body) // mmap.PAGESIZE) + 1) * mmap.PAGESIZE
+            addr = _libc().mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+            if addr in (None, ctypes.c_void_p(-1).value):
+                raise MemoryError("guard mode: mmap failed")
+            guard = addr + size - mmap.PAGESIZE
+            ctypes.memset(addr, 0xFF, size - mmap.PAGESIZE)
+            _libc().mprotect(guard, mmap.PAGESIZE, 0)  # (PROT_NONE)
+            start = guard - body
+            ctypes.memmove(start, base.ctypes.data, nbytes)
+            m = self.maps[id(base)] = (base, addr, size, start, nbytes)
+        return m[3] + (a.ctypes.data - m[0].ctypes.data)
+
+    def finish(self) -> str | None:
+        """Copy the buffers back and unmap them; what a kernel wrote outside its arrays, or None."""
+        problem = None
+        for i, (base, addr, size, start, nbytes) in enumerate(self.maps.values()):
+            body = -(-nbytes // 16) * 16
+            front = ctypes.string_at(start - self.FRONT, self.FRONT)
+            tail = ctypes.string_at(start + nbytes, body - nbytes)
+            if problem is None and (front.count(0xFF) != len(front) or tail.count(0xFF) != len(tail)):
+                where = "before the start" if front.count(0xFF) != len(front) else "past the end"
+                problem = f"a write {where} of an argument array (shape {base.shape}, {base.dtype})"
+            if base.flags.writeable:
+                ctypes.memmove(base.ctypes.data, start, nbytes)
+            _libc().munmap(addr, size)
+        self.maps.clear()
+        return problem
+
+
+@functools.lru_cache(maxsize=None)
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    return libc
 
 
 def _dim3(d: tuple[int, ...]) -> list[int]:
@@ -127,6 +236,17 @@ class EmulatedRuntime:
     records_xp = False
     _recording: list | None = None  # launches being captured (see capture)
 
+    def __init__(self, order: str | None = None, guard: bool | None = None) -> None:
+        """``order``: a block's threads' order (:data:`ORDERS`; default ``$KVRUN_EMU_ORDER`` or forward).  ``guard``
+        (default ``$KVRUN_EMU_GUARD=1``): each launch's arrays against unmapped pages (:class:`_Guarded`; x86-64 Linux),
+        so that a read or write past an array's end fails the launch, as it may fault on a GPU.  Slower: a debug mode."""
+        self.order = order or os.environ.get("KVRUN_EMU_ORDER", "forward")
+        if self.order not in ORDERS:
+            raise ValueError(f"KVRUN_EMU_ORDER={self.order!r}: use one of {', '.join(ORDERS)}")
+        self.guard = bool(int(os.environ.get("KVRUN_EMU_GUARD", "0") or 0)) if guard is None else guard
+        if self.guard and (platform.machine() != "x86_64" or platform.system() != "Linux"):
+            raise ValueError("KVRUN_EMU_GUARD=1 runs on x86-64 Linux only: unset it here")
+
     def capture(self, step: Any) -> "EmulatedGraph":
         """CUDA graph capture, emulated: ``step()``'s launches are recorded, not run, with
         their arguments as they are now; ``launch()`` replays them.  Like a CUDA graph,
@@ -143,15 +263,13 @@ class EmulatedRuntime:
         if self._recording is not None:
             self._recording.append((name, grid, block, args, shared_mem))
             return
-        if int(np.prod(block)) > 1024:
-            raise ValueError(f"{name}: {int(np.prod(block))} threads per block exceed CUDA's 1024")
-        if shared_mem > 48 * 1024:
-            raise ValueError(f"{name}: {shared_mem} bytes of dynamic shared memory exceed the 48 KiB default")
-        conv = [a.ctypes.data if isinstance(a, np.ndarray) else a.item() for a in args]
-        _launcher(name)(*_dim3(grid), *_dim3(block), int(shared_mem), *conv)
-        err = library(KERNELS[name].file).emu_take_error()
-        if err:
-            raise EmulatedKernelError(f"{name}: {err.decode()}")
+        problem = resources.launch_problem(name, grid, block, int(shared_mem), resources.usage(name))
+        if problem:  # (what an H100 would refuse to launch, the emulator refuses too)
+            raise EmulatedKernelError(problem)
+        try:
+            run(library(KERNELS[name].file), _launcher(name), grid, block, args, shared_mem, self.order, self.guard)
+        except EmulatedKernelError as e:
+            raise EmulatedKernelError(f"{name}: {e}") from None
 
     def asnumpy(self, a: Any) -> np.ndarray:
         return np.asarray(a)

@@ -279,14 +279,6 @@ class Model:
         if self.layer_tap is not None and name == "l_out" and il in self.layer_tap.layers:
             self.layer_tap.take(il, x)
 
-    def copy(self, src: Any, dst: Any) -> None:
-        """``dst[...] = src`` on the model's device: host numpy on the CPU, the backend's copy kernel on a device (an
-        assignment to a device array would run when called, and a captured decode step would not replay it)."""
-        if self.be.name == "cpu":
-            np.copyto(dst, src)
-        else:
-            self.be.copy(src, dst)
-
     def layer_specs(self) -> list[LayerSpec]:
         raise NotImplementedError
 

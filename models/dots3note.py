@@ -141,7 +141,7 @@ class Dots3NoteModel(GlmDsaModel):
         x, xn = buf.get("x", T, c.n_embd), buf.get("xn", T, c.n_embd)
         be.get_rows(self.tok_embd, tokens, x)
         if self.input_embd is not None:  # a clip's rows (Engine.eval_embd) in place of the tokens'
-            self.copy(be.vector(self.input_embd), x)
+            be.copy(be.vector(self.input_embd), x)
         for il, (L, G) in enumerate(zip(self.layers, self.geom)):
             H, rank, kind = G.n_head, G.kv_rank, "swa" if G.swa else "full"  # (a buffer of each kind's sizes)
             q_raw, kva = buf.get("q_raw_" + kind, T, H * (G.qk_nope + R)), buf.get("kv_a_" + kind, T, rank + R)

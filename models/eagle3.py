@@ -239,8 +239,8 @@ class Eagle3Model(Model):
             return np.concatenate([embd_normed, g_normed], axis=1)
         T, n = embd_normed.shape
         x = self._zeros(T, 2 * n)
-        self.copy(embd_normed, x[:, :n])
-        self.copy(g_normed, x[:, n:])
+        self.be.copy(embd_normed, x[:, :n])
+        self.be.copy(g_normed, x[:, n:])
         return x
 
     def draft_logits(self, prenorm: Any, output: Weight) -> Any:
@@ -416,7 +416,7 @@ class Eagle3Draft:
             if d is None:
                 d = self.seqs[dst] = _Sequence(head.new_cache(), head._zeros(head.n_ctx, head.cfg.n_embd))
             if n > 0:
-                head.copy(s.g[:n], d.g[:n])
+                head.be.copy(s.g[:n], d.g[:n])
             d.n_valid = n
         else:
             d = self.seqs.get(dst)
@@ -477,7 +477,7 @@ class Eagle3Draft:
             return states[0]
         out, r = head._zeros(sum(len(x) for x in states), head.cfg.n_embd), 0
         for x in states:  # (the chunks side by side on the device)
-            head.copy(x, out[r : r + len(x)])
+            head.be.copy(x, out[r : r + len(x)])
             r += len(x)
         return out
 

@@ -186,8 +186,8 @@ class Gemma4AssistantModel(Model):
             be.get_rows(target.tok_embd, np.array([token], np.int32), e)
             be.scale(e, float(np.float32(math.sqrt(n))))
             xh = self.out("embd_h", 2 * n)
-            self.copy(e, xh[:, :n])
-            self.copy(h.reshape(1, -1), xh[:, n:])
+            self.be.copy(e, xh[:, :n])
+            self.be.copy(h.reshape(1, -1), xh[:, n:])
         else:
             e = np.empty((1, n), np.float32)
             be.get_rows(target.tok_embd, np.array([token], np.int32), e)

@@ -123,7 +123,7 @@ class HrmTextModel(Model):
         be.get_rows(self.tok_embd, tokens, zH)
         if c.embedding_scale != 1.0:
             be.scale(zH, c.embedding_scale)
-        self.copy(zH, zL)  # (the first low pass's input, zH + z_l_init)
+        be.copy(zH, zL)  # (the first low pass's input, zH + z_l_init)
         be.add_bias(zL, self.z_l_init)
         for h in range(self.h_cycles):
             for lc in range(self.l_cycles):

@@ -298,7 +298,7 @@ class KimiK3Model(KimiLinearModel):
             else:
                 be.linear(L.wo, self.mla_attend(L, cache[il], xn, pos), a)
             if bank:  # (the stream restarts from the mixer's output; its input is kept as the checkpoint)
-                self.copy(a, x)
+                be.copy(a, x)
             else:
                 be.add(x, a)
             self.trace("attn_out", il, x)

@@ -80,7 +80,7 @@ class SmallThinkerModel(LlamaModel):
         )  # fmt: skip
 
     def layer_input(self, L: LlamaLayer, x: Any) -> None:
-        self.copy(x, self.router_x[: x.shape[0]])  # (the attention adds into x before the router would read it)
+        self.be.copy(x, self.router_x[: x.shape[0]])  # (the attention adds into x before the router would read it)
 
     def qk_norm_rope(self, L: SmallThinkerLayer, q: Any, k: Any, q3: Any, k3: Any, pos: Any, cos: Any, sin: Any) -> None:
         if L.swa and self.rope_swa is not None:

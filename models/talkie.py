@@ -113,7 +113,7 @@ class TalkieModel(Model):
         skip = buf.get("skip", T, c.n_embd)  # the normed embeddings every layer adds again
 
         self.embed(tokens, xn, skip)
-        self.copy(skip, x)
+        be.copy(skip, x)
         for il, L in enumerate(self.layers):
             be.norm_linear_many(x, self.ones, c.norm_eps, xn, (L.wq, L.wk, L.wv), (q, k, v))
             self.trace("attn_norm", il, xn)
@@ -130,7 +130,7 @@ class TalkieModel(Model):
             be.norm_linear_many(x, self.ones, c.norm_eps, xn, (L.w_gate, L.w_up), (gate, up))
             be.linear_glu(L.w_down, gate, up, o, "silu")
             self._add_scaled(o, L.ffn_gain, x)
-            self.copy(skip, o)
+            be.copy(skip, o)
             self._add_scaled(o, L.skip_scale, x)
             self.trace("l_out", il, x)
         self.output_head(x, out_rows, logits)

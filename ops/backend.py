@@ -181,6 +181,12 @@ class Backend(Protocol):
         one a head); softplus as ggml's ``ggml_compute_softplus_f32``: ``s`` itself above 20, else ``log1p(exp(s))``."""
         ...
 
+    def copy(self, src: Any, dst: Any) -> None:
+        """``dst[...] = src``, ``dst`` perhaps a view; the same shapes, else a one-line ValueError (no broadcast).  The
+        CPU's is ``np.copyto``; the GPU's a kernel, so a captured decode step replays it (an assignment to a device
+        array would run once, when called)."""
+        ...
+
     def mul(self, x: Any, w: Any) -> None:
         """``x *= w`` in place, ``w`` a vector of ``m`` values over each run of ``m`` consecutive values of ``x`` (``x``
         viewed as ``[-1, m]``: ggml_mul's row broadcast, as Talkie's gain a query head, each repeated over its
@@ -191,5 +197,5 @@ class Backend(Protocol):
     # CPU's models do in host numpy: ops/gpu/gemma.py GemmaOps, called from those models' forward_device only)
     # (and the mixture-of-experts variants' device steps, which the CPU's models do in host numpy: ops/gpu/moe2.py
     # MoEVariantOps, called where ``name != "cpu"`` only: Grok's, Step-3.5's and Llama 4's experts, GroveMoE's chunk
-    # experts' routing, the float16-table GELU, the clamped SwiGLU, a device copy; the sigmoid attention gates are
+    # experts' routing, the float16-table GELU, the clamped SwiGLU; the sigmoid attention gates are
     # :meth:`sigmoid_mul`, above, on both)

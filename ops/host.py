@@ -5,7 +5,20 @@ No Numba here: the models import this at the top, and ``kvrun info`` imports a m
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
+
+
+def whole_runs(op: str, x: Any, s: Any, name: str = "s") -> tuple[int, int]:
+    """``x``'s and ``s``'s sizes where ``x`` is a whole number of ``s``'s (an element-wise product of ``x`` by ``s``
+    repeated over runs or rows: the gates' and gains' layout), else a one-line ValueError, the same on every backend.
+    (Sizes from the shapes, so a device array serves as well as a host one.)"""
+    n, m = math.prod(x.shape), math.prod(s.shape)
+    if m == 0 or n % m:
+        raise ValueError(f"{op}: x {tuple(x.shape)} is not a whole number of {name} {tuple(s.shape)}")
+    return n, m
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

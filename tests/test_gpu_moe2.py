@@ -134,13 +134,28 @@ def test_the_attention_gate_multiplies_by_the_sigmoid(rt, per_head):
     np.testing.assert_allclose(rt.asnumpy(got), want, rtol=1e-5, atol=1e-6)
 
 
-def test_a_device_copy_copies_into_a_view(rt):
-    """SmallThinker's router input: the layer's input into the first T rows of an n_batch buffer."""
+@pytest.mark.parametrize("backend", ["gpu", "cpu"])
+def test_a_device_copy_copies_into_a_view(rt, gpu, cpu, backend):
+    """SmallThinker's router input: the layer's input into the first T rows of an n_batch buffer (``Backend.copy``: a
+    kernel on the GPU, ``np.copyto`` on the CPU)."""
+    be, xp = (gpu, rt.xp) if backend == "gpu" else (cpu, np)
     x = np.arange(24, dtype=np.float32).reshape(3, 8)
-    buf = rt.xp.full((5, 8), np.nan, np.float32)
-    GPUBackend().copy(rt.xp.asarray(x), buf[:3])
-    np.testing.assert_array_equal(rt.asnumpy(buf)[:3], x)
-    assert np.isnan(rt.asnumpy(buf)[3:]).all()
+    buf = xp.full((5, 8), np.nan, np.float32)
+    be.copy(xp.asarray(x), buf[:3])
+    np.testing.assert_array_equal(be.to_host(buf)[:3], x)
+    assert np.isnan(be.to_host(buf)[3:]).all()
+
+
+@pytest.mark.parametrize("backend", ["gpu", "cpu"])
+def test_a_copy_refuses_another_shape_in_one_line(rt, gpu, cpu, backend):
+    """The same shapes or nothing: no broadcast (``np.copyto`` would spread a row over the buffer), no copy of the same
+    count into another layout; the buffer is left as it was."""
+    be, xp = (gpu, rt.xp) if backend == "gpu" else (cpu, np)
+    buf = xp.zeros((3, 8), np.float32)
+    for src in (xp.ones((1, 8), np.float32), xp.ones((8, 3), np.float32)):
+        with pytest.raises(ValueError, match=r"^copy: \(\d+, \d+\) into \(3, 8\)$"):
+            be.copy(src, buf)
+    assert not be.to_host(buf).any()
 
 
 def test_the_chunk_experts_are_chosen_and_weighed_as_grovemoes_host_code(rt):

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import Weight
-from ..host import sigmoid, softplus
+from ..host import sigmoid, softplus, whole_runs
 from . import fused, nn, qmatmul
 from .blas import one_thread_beside_the_gemm
 
@@ -190,15 +190,20 @@ class CPUBackend:
         x += y
 
     def sigmoid_mul(self, x, s) -> None:
-        n, m = _runs("sigmoid_mul", x, s)
+        n, m = whole_runs("sigmoid_mul", x, s)
         _times(x, sigmoid(s.reshape(m, 1)), (m, n // m))  # (each row one s value's run of x)
 
     def softplus_mul(self, x, s) -> None:
-        n, m = _runs("softplus_mul", x, s)
+        n, m = whole_runs("softplus_mul", x, s)
         _times(x, softplus(s.reshape(m, 1)), (m, n // m))
 
+    def copy(self, src, dst) -> None:
+        if src.shape != dst.shape:
+            raise ValueError(f"copy: {tuple(src.shape)} into {tuple(dst.shape)}")
+        np.copyto(dst, src)
+
     def mul(self, x, w) -> None:
-        n, m = _runs("mul", x, w, "w")
+        n, m = whole_runs("mul", x, w, "w")
         _times(x, w.reshape(m), (n // m, m))  # (each row one run of m values, times w)
 
     def softcap(self, x, cap) -> None:
@@ -212,14 +217,6 @@ class CPUBackend:
         from .jitcache import kernels_cached
 
         return kernels_cached()
-
-
-def _runs(op: str, x: np.ndarray, s: np.ndarray, name: str = "s") -> tuple[int, int]:
-    """``x``'s and ``s``'s sizes, where ``x`` is a whole number of ``s``'s (else the one-line ValueError)."""
-    n, m = x.size, s.size
-    if m == 0 or n % m:
-        raise ValueError(f"{op}: x {tuple(x.shape)} is not a whole number of {name} {tuple(s.shape)}")
-    return n, m
 
 
 def _times(x: np.ndarray, f: np.ndarray, shape: tuple[int, int]) -> None:

@@ -34,15 +34,6 @@ def _c_contiguous(a: Any) -> bool:
 _HAS_BIT: dict[type, bool] = {}  # array type -> whether it has CuPy's _c_contiguous bit
 
 
-def whole_runs(op: str, x: Any, s: Any, name: str = "s") -> tuple[int, int]:
-    """``x``'s and ``s``'s sizes where ``x`` is a whole number of ``s``'s (an element-wise product of ``x`` by ``s``
-    repeated over runs or rows: the gates' and gains' layout), else the one-line ValueError the CPU's backend gives."""
-    n, m = int(np.prod(x.shape)), int(np.prod(s.shape))
-    if m == 0 or n % m:
-        raise ValueError(f"{op}: x {tuple(x.shape)} is not a whole number of {name} {tuple(s.shape)}")
-    return n, m
-
-
 def to_device(a: Any, dtype: Any = np.float32) -> Any:
     """``a`` as a C-contiguous device array of ``dtype`` (no copy when it already is one)."""
     xp = K.runtime().xp

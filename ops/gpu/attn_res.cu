@@ -10,14 +10,10 @@
 
 #define ATTN_RES_MAX_SRC 64  // checkpoints and the stream a block keeps the scores of (K3 banks n_layer / block_size)
 
-#define ATTN_RES_GRID_STRIDE(i, n)                                                          \
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (long long)(n); \
-         i += (long long)gridDim.x * blockDim.x)
-
 // grid-stride over T * n_embd, block 256.
 extern "C" __global__ void attn_res_bank_f32(const float* __restrict__ x, float* __restrict__ bank, int slot, int n_slot, int n_embd,
                                              long long total) {
-    ATTN_RES_GRID_STRIDE(i, total) {
+    GRID_STRIDE(i, total) {
         const long long t = i / n_embd;
         bank[(t * n_slot + slot) * n_embd + i % n_embd] = x[i];
     }

@@ -14,7 +14,6 @@ from typing import Any
 from . import kernels as K
 from .arrays import device_out, to_device
 
-_EW_BLOCK, _EW_MAX_GRID = 256, 8192
 MAX_SOURCES = 64  # ATTN_RES_MAX_SRC in attn_res.cu: the checkpoints and the stream one mix reads
 
 
@@ -26,7 +25,7 @@ def bank(x: Any, bank: Any, slot: int) -> None:
     total = math.prod(x.shape)
     xd = to_device(x)
     with device_out(bank) as bd:
-        K.launch("attn_res_bank_f32", (max(1, min(K.cdiv(total, _EW_BLOCK), _EW_MAX_GRID)),), (_EW_BLOCK,), xd, bd, slot, n_slot, n_embd, total)
+        K.launch("attn_res_bank_f32", K.ew_grid(total), (K.EW_BLOCK,), xd, bd, slot, n_slot, n_embd, total)
 
 
 def mix(bank: Any, n_bank: int, x: Any, score: Any, eps: float, out: Any) -> None:
@@ -39,4 +38,4 @@ def mix(bank: Any, n_bank: int, x: Any, score: Any, eps: float, out: Any) -> Non
                          f"score {tuple(score.shape)}, out {tuple(out.shape)} do not match")  # fmt: skip
     bd, xd, sd = to_device(bank), to_device(x), to_device(score)
     with device_out(out) as od:
-        K.launch("attn_res_mix_f32", (T,), (_EW_BLOCK,), bd, xd, sd, od, n_bank, n_slot, n_embd, float(eps))
+        K.launch("attn_res_mix_f32", (T,), (K.EW_BLOCK,), bd, xd, sd, od, n_bank, n_slot, n_embd, float(eps))

@@ -29,25 +29,20 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ..backend import Weight
+from ..host import whole_runs
 from . import kernels as K
 from . import mla as gpu_mla
 from . import mla_latent as gpu_mla_latent
 from . import moe as gpu_moe
 from .moe2 import MoEVariantOps
 from .gemma import GemmaOps
-from .arrays import ConstCache, device_out, is_device, positions, to_device, whole_runs
+from .arrays import ConstCache, device_out, is_device, positions, to_device
 
 MATVEC_MAX_TOKENS = 4  # up to this many tokens, one warp per weight row per token (decode)
-_EW_BLOCK = 256  # element-wise kernels: threads per block
-_EW_MAX_GRID = 8192  # ... and at most this many blocks (grid-stride loops do the rest)
 
 
 _ACT = {"silu": 1, "gelu": 2}  # ACT_SILU, ACT_GELU in qmatmul.cu
 _ACT_NORM = 3  # matvec reads RMSNorm(x) * up
-
-
-def _ew_grid(n: int) -> tuple[int]:
-    return (min(K.cdiv(n, _EW_BLOCK), _EW_MAX_GRID),)
 
 
 class GPUBackend(GemmaOps, MoEVariantOps):  # (GemmaOps: Gemma 3n's and Gemma 4's own steps, gemma.cu; MoEVariantOps: moe2.cu)
@@ -239,13 +234,13 @@ class GPUBackend(GemmaOps, MoEVariantOps):  # (GemmaOps: Gemma 3n's and Gemma 4'
         cd, sd = self._tables.get(cos), self._tables.get(sin)
         pd = positions(pos)
         with device_out(x) as xd:
-            K.launch("rope_f32", _ew_grid(T * H * half), (_EW_BLOCK,), xd, pd, cd, sd, T, H, D, half, int(bool(neox)))
+            K.launch("rope_f32", K.ew_grid(T * H * half), (K.EW_BLOCK,), xd, pd, cd, sd, T, H, D, half, int(bool(neox)))
 
     def shift_positions(self, pos: Any, shift: int, out: Any) -> None:
         """``out`` = ``pos`` + ``shift`` on the device (ops/gpu/mrope.cu): from the step's served positions in a capture."""
         T = len(out)
         with device_out(out, np.int32) as od:
-            K.launch("mrope_shift_positions", _ew_grid(T), (_EW_BLOCK,), positions(pos), od, int(shift), T)
+            K.launch("mrope_shift_positions", K.ew_grid(T), (K.EW_BLOCK,), positions(pos), od, int(shift), T)
 
     def rope_qk(self, q: Any, k: Any, pos: Any, cos: Any, sin: Any, neox: bool) -> None:
         """:meth:`rope` of q [T, n_head, D] and k [T, n_head_kv, D] in one launch."""
@@ -269,7 +264,7 @@ class GPUBackend(GemmaOps, MoEVariantOps):  # (GemmaOps: Gemma 3n's and Gemma 4'
         pd = positions(pos)
         with device_out(q) as qd, device_out(k) as kd:
             if norm is None:  # one thread per rotated pair
-                K.launch("rope_qk_f32", _ew_grid(T * (Hq + Hk) * half), (_EW_BLOCK,), qd, kd, pd, cd, sd, T, Hq, Hk, D, half, int(bool(neox)))
+                K.launch("rope_qk_f32", K.ew_grid(T * (Hq + Hk) * half), (K.EW_BLOCK,), qd, kd, pd, cd, sd, T, Hq, Hk, D, half, int(bool(neox)))
                 return
             K.launch(  # one warp per head row: the norm is a reduction over it
                 "rope_qk_norm_f32", (K.cdiv(T * (Hq + Hk), 4),), (128,),
@@ -286,13 +281,13 @@ class GPUBackend(GemmaOps, MoEVariantOps):  # (GemmaOps: Gemma 3n's and Gemma 4'
         n = math.prod(x.shape)
         xd = to_device(x)
         with device_out(out) as od:
-            K.launch("gelu_f32", _ew_grid(n), (_EW_BLOCK,), xd, od, n)
+            K.launch("gelu_f32", K.ew_grid(n), (K.EW_BLOCK,), xd, od, n)
 
     def relu_sqr(self, x: Any, out: Any) -> None:
         n = math.prod(x.shape)
         xd = to_device(x)
         with device_out(out) as od:
-            K.launch("relu_sqr_f32", _ew_grid(n), (_EW_BLOCK,), xd, od, n)
+            K.launch("relu_sqr_f32", K.ew_grid(n), (K.EW_BLOCK,), xd, od, n)
 
     def xielu(self, x: Any, out: Any, alpha_n: float, alpha_p: float, beta: float, eps: float) -> None:
         # the constraints on the host, as the CPU's ops/cpu/nn.xielu: softplus(a) = a above 20, else log1p(exp(a))
@@ -304,19 +299,19 @@ class GPUBackend(GemmaOps, MoEVariantOps):  # (GemmaOps: Gemma 3n's and Gemma 4'
         n = math.prod(x.shape)
         xd = to_device(x)
         with device_out(out) as od:
-            K.launch("xielu_f32", _ew_grid(n), (_EW_BLOCK,), xd, od, n, a_p, a_n, beta, eps)
+            K.launch("xielu_f32", K.ew_grid(n), (K.EW_BLOCK,), xd, od, n, a_p, a_n, beta, eps)
 
     def _glu(self, kernel: str, gate: Any, up: Any, out: Any) -> None:
         n = math.prod(gate.shape)
         gd, ud = to_device(gate), to_device(up)
         with device_out(out) as od:
-            K.launch(kernel, _ew_grid(n), (_EW_BLOCK,), gd, ud, od, n)
+            K.launch(kernel, K.ew_grid(n), (K.EW_BLOCK,), gd, ud, od, n)
 
     def add(self, x: Any, y: Any) -> None:
         n = math.prod(x.shape)
         yd = to_device(y)
         with device_out(x) as xd:
-            K.launch("add_f32", _ew_grid(n), (_EW_BLOCK,), xd, yd, n)
+            K.launch("add_f32", K.ew_grid(n), (K.EW_BLOCK,), xd, yd, n)
 
     def add_bias(self, x: Any, b: Any) -> None:
         """x[t, :] += b.   x: [T, n]; b: [n]."""
@@ -324,12 +319,12 @@ class GPUBackend(GemmaOps, MoEVariantOps):  # (GemmaOps: Gemma 3n's and Gemma 4'
         total = math.prod(x.shape)
         bd = to_device(b)
         with device_out(x) as xd:
-            K.launch("add_bias_f32", _ew_grid(total), (_EW_BLOCK,), xd, bd, total, n)
+            K.launch("add_bias_f32", K.ew_grid(total), (K.EW_BLOCK,), xd, bd, total, n)
 
     def scale(self, x: Any, s: float) -> None:
         n = math.prod(x.shape)
         with device_out(x) as xd:
-            K.launch("scale_f32", _ew_grid(n), (_EW_BLOCK,), xd, s, n)
+            K.launch("scale_f32", K.ew_grid(n), (K.EW_BLOCK,), xd, s, n)
 
     def moe_token(self, gate: Weight, up: Weight, down: Weight, n_ff: int, experts: Any, wts: Any, xn: Any, x: Any,
                   biases: Any = None, act: str = "silu") -> bool:  # fmt: skip
@@ -379,21 +374,31 @@ class GPUBackend(GemmaOps, MoEVariantOps):  # (GemmaOps: Gemma 3n's and Gemma 4'
         n, m = whole_runs("softplus_mul", x, s)
         sd = to_device(s)
         with device_out(x) as xd:
-            K.launch("softplus_mul_f32", _ew_grid(n), (_EW_BLOCK,), xd, sd, n // m, n)
+            K.launch("softplus_mul_f32", K.ew_grid(n), (K.EW_BLOCK,), xd, sd, n // m, n)
+
+    def copy(self, src: Any, dst: Any) -> None:
+        """``dst[...] = src`` in one launch (nn.cu's ``copy_f32``: a captured step records it, an array assignment it
+        would not); the same shapes, else the CPU's one-line ValueError."""
+        if tuple(src.shape) != tuple(dst.shape):
+            raise ValueError(f"copy: {tuple(src.shape)} into {tuple(dst.shape)}")
+        n = math.prod(src.shape)
+        sd = to_device(src)
+        with device_out(dst) as dd:
+            K.launch("copy_f32", K.ew_grid(n), (K.EW_BLOCK,), sd, dd, n)
 
     def mul(self, x: Any, w: Any) -> None:
         """``x *= w`` in one launch, ``w`` over each run of ``w.size`` values of ``x`` (nn.cu's ``mul_vec_f32``)."""
         n, m = whole_runs("mul", x, w, "w")
         wd = to_device(w)
         with device_out(x) as xd:
-            K.launch("mul_vec_f32", _ew_grid(n), (_EW_BLOCK,), xd, wd, xd, m, n)
+            K.launch("mul_vec_f32", K.ew_grid(n), (K.EW_BLOCK,), xd, wd, xd, m, n)
 
     def clamp(self, x: Any, limit: float) -> None:
         n = math.prod(x.shape)
         with device_out(x) as xd:
-            K.launch("clamp_f32", _ew_grid(n), (_EW_BLOCK,), xd, limit, n)
+            K.launch("clamp_f32", K.ew_grid(n), (K.EW_BLOCK,), xd, limit, n)
 
     def softcap(self, x: Any, cap: float) -> None:
         n = math.prod(x.shape)
         with device_out(x) as xd:
-            K.launch("softcap_f32", _ew_grid(n), (_EW_BLOCK,), xd, cap, n)
+            K.launch("softcap_f32", K.ew_grid(n), (K.EW_BLOCK,), xd, cap, n)

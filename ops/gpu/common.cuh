@@ -16,6 +16,12 @@ typedef signed char i8;
 #define FULL_MASK 0xffffffffu
 #define NEG_INF __int_as_float(0xff800000)
 
+// An element-wise kernel's loop: thread i of the grid takes i, then every (grid's threads)-th after it, so a grid
+// capped at some blocks (ops/gpu/kernels.py ew_grid) covers any n.  In 64 bits: n may pass 2^31.
+#define GRID_STRIDE(i, n)                                                                   \
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (long long)(n); \
+         i += (long long)gridDim.x * blockDim.x)
+
 // The #else branches are the same conversions in portable C++ for the CPU
 // emulator (emulate.py), which runs these kernels without a GPU in tests.
 

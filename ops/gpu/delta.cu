@@ -27,7 +27,7 @@ extern "C" __global__ void delta_gb_f32(const float* __restrict__ a,     // [T, 
                                         int T, int n_g, int n_v, int per, float lower_bound) {
     const int w = n_g + n_v;
     const long long total = (long long)T * w;
-    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total; idx += (long long)gridDim.x * blockDim.x) {
+    GRID_STRIDE(idx, total) {
         const int t = (int)(idx / w), c = (int)(idx % w);
         if (c < n_g) {
             const float v = a[(size_t)t * n_g + c] + dt_b[c];
@@ -157,7 +157,7 @@ extern "C" __global__ void delta_norm_gate_f32(float* __restrict__ y,       // [
 // grid-stride over n_rows * d
 extern "C" __global__ void delta_qgate_f32(const float* __restrict__ qg, float* __restrict__ out, long long n_rows, int d, int mode) {
     const long long total = n_rows * d;
-    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total; idx += (long long)gridDim.x * blockDim.x) {
+    GRID_STRIDE(idx, total) {
         const long long r = idx / d;
         const int i = (int)(idx % d);
         if (mode == 0) out[idx] = qg[r * 2 * d + i];
@@ -170,6 +170,6 @@ extern "C" __global__ void delta_qgate_f32(const float* __restrict__ qg, float* 
 // grid-stride over T * n
 extern "C" __global__ void delta_put_cols_f32(const float* __restrict__ src, float* __restrict__ dst, int T, int n, int stride, int col0) {
     const long long total = (long long)T * n;
-    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total; idx += (long long)gridDim.x * blockDim.x)
+    GRID_STRIDE(idx, total)
         dst[(size_t)(idx / n) * stride + col0 + idx % n] = src[idx];
 }

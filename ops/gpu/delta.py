@@ -15,13 +15,8 @@ import numpy as np
 from . import kernels as K
 from .ssm import CONSTS
 
-_EW_BLOCK, _EW_MAX_GRID = 256, 8192
 RULE_BLOCK = 128  # threads a block of delta_rule_f32: a warp per state row, 4 rows a block
 MAX_K = 256  # DELTA_MAX_K in delta.cu: the d_k a warp holds
-
-
-def _ew(n: int) -> tuple[int]:
-    return (max(1, min(K.cdiv(n, _EW_BLOCK), _EW_MAX_GRID)),)
 
 
 def const(a: np.ndarray, dtype: Any = np.float32) -> Any:
@@ -36,7 +31,7 @@ def decay_beta(a: Any, beta: Any, dt_b: Any, A: Any, gb: Any, per: int, lower_bo
     T, n_g = a.shape
     n_v = beta.shape[1]
     if T:
-        K.launch("delta_gb_f32", _ew(T * (n_g + n_v)), (_EW_BLOCK,), a, beta, dt_b, A, gb, T, n_g, n_v, per, float(lower_bound))
+        K.launch("delta_gb_f32", K.ew_grid(T * (n_g + n_v)), (K.EW_BLOCK,), a, beta, dt_b, A, gb, T, n_g, n_v, per, float(lower_bound))
 
 
 def rule(state: Any, qkv: Any, gb: Any, gb_col0: int, k_of_v: Any, y: Any, ck: Any, n_ck: int, ck_buf: Any, n_k: int,
@@ -64,25 +59,25 @@ def query(qg: Any, q: Any) -> None:
     """``q`` [T, H, d] = each head's first d values of ``qg`` [T, H, 2 d] (the query; its output gate after it)."""
     T, H, d = q.shape
     if T:
-        K.launch("delta_qgate_f32", _ew(T * H * d), (_EW_BLOCK,), qg, q, T * H, d, 0)
+        K.launch("delta_qgate_f32", K.ew_grid(T * H * d), (K.EW_BLOCK,), qg, q, T * H, d, 0)
 
 
 def sigmoid_gate(qg: Any, att: Any) -> None:
     """``att`` [T, H, d] *= sigmoid of each head's last d values of ``qg`` [T, H, 2 d]."""
     T, H, d = att.shape
     if T:
-        K.launch("delta_qgate_f32", _ew(T * H * d), (_EW_BLOCK,), qg, att, T * H, d, 1)
+        K.launch("delta_qgate_f32", K.ew_grid(T * H * d), (K.EW_BLOCK,), qg, att, T * H, d, 1)
 
 
 def head_gate(gate: Any, att: Any) -> None:
     """``att`` [T, H, d] *= ``sigmoid(gate)`` [T, H], one value a head (Ling 3's MLA output gate)."""
     T, H, d = att.shape
     if T:
-        K.launch("delta_qgate_f32", _ew(T * H * d), (_EW_BLOCK,), gate, att, T * H, d, 2)
+        K.launch("delta_qgate_f32", K.ew_grid(T * H * d), (K.EW_BLOCK,), gate, att, T * H, d, 2)
 
 
 def put_cols(src: Any, dst: Any, col0: int) -> None:
     """``dst``'s columns ``col0 .. col0 + n`` = ``src`` [T, n]."""
     T, n = src.shape
     if T:
-        K.launch("delta_put_cols_f32", _ew(T * n), (_EW_BLOCK,), src, dst, T, n, dst.shape[1], col0)
+        K.launch("delta_put_cols_f32", K.ew_grid(T * n), (K.EW_BLOCK,), src, dst, T, n, dst.shape[1], col0)

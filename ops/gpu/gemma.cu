@@ -8,17 +8,13 @@
 //   gemma_altup_correct_f32    every stream's prediction plus the active one's innovation times its coefficient
 //   gemma_gaussian_topk_f32    Gemma 3n's sparse FFN gates: relu(x - (mean + k std)) per row
 //   gemma_gelu_mul_strided_f32 g = gelu(g) * (one layer's slice of the per-layer inputs)
-//   gemma_copy_f32             dst = src (Gemma 4's V as its K's projection, before K is normed)
 //   gemma_scale_by_expert_f32  each chosen expert's weight times its own scale (Gemma 4's ffn_down_exps.scale)
 //
-// (their row-vector products, AltUp's correct_scale and Gemma 4's router scale, are nn.cu's mul_vec_f32)
+// (their row-vector products, AltUp's correct_scale and Gemma 4's router scale, are nn.cu's mul_vec_f32; Gemma 4's V as
+// its K's projection, before K is normed, nn.cu's copy_f32)
 //
 // The AltUp streams are one array [n_altup, n_batch, n_embd]: stream c of token t at c * stride + t * n_embd.
 #include "common.cuh"
-
-#define GEMMA_GRID_STRIDE(i, n)                                                             \
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (long long)(n); \
-         i += (long long)gridDim.x * blockDim.x)
 
 #define GEMMA_MAX_ALTUP 16  // streams the coefficient kernel keeps in shared memory (Gemma 3n has 4)
 
@@ -65,7 +61,7 @@ extern "C" __global__ void gemma_altup_coefs_f32(const float* __restrict__ xr, c
 extern "C" __global__ void gemma_altup_predict_f32(const float* __restrict__ xs, const float* __restrict__ coefs,
                                                    float* __restrict__ pred, int n_altup, int T, int n_embd, long long stride) {
     const long long per = (long long)T * n_embd;
-    GEMMA_GRID_STRIDE(i, n_altup * per) {
+    GRID_STRIDE(i, n_altup * per) {
         const int r = (int)(i / per);
         const long long te = i % per;
         const int t = (int)(te / n_embd);
@@ -82,7 +78,7 @@ extern "C" __global__ void gemma_altup_correct_f32(const float* __restrict__ pre
                                                    const float* __restrict__ coefs, float* __restrict__ xs,
                                                    int n_altup, int T, int n_embd, long long stride, int act) {
     const long long per = (long long)T * n_embd;
-    GEMMA_GRID_STRIDE(i, n_altup * per) {
+    GRID_STRIDE(i, n_altup * per) {
         const int r = (int)(i / per);
         const long long te = i % per;
         const int t = (int)(te / n_embd);
@@ -107,19 +103,14 @@ extern "C" __global__ void gemma_gaussian_topk_f32(float* x, int n, float std_mu
 // grid-stride over T * n, block 256.  g[t, a] = gelu(g[t, a]) * pl[t * pl_stride + pl_off + a].
 extern "C" __global__ void gemma_gelu_mul_strided_f32(float* g, const float* __restrict__ pl, int n, int pl_stride, int pl_off,
                                                       long long total) {
-    GEMMA_GRID_STRIDE(i, total) {
+    GRID_STRIDE(i, total) {
         const long long t = i / n;
         g[i] = gelu_f(g[i]) * pl[t * pl_stride + pl_off + i % n];
     }
 }
 
-// grid-stride, block 256.
-extern "C" __global__ void gemma_copy_f32(const float* __restrict__ src, float* __restrict__ dst, long long n) {
-    GEMMA_GRID_STRIDE(i, n) dst[i] = src[i];
-}
-
 // grid-stride over T * k, block 256.  wts[t, j] *= scale[ids[t, j]].
 extern "C" __global__ void gemma_scale_by_expert_f32(float* wts, const int* __restrict__ ids, const float* __restrict__ scale,
                                                      long long total) {
-    GEMMA_GRID_STRIDE(i, total) wts[i] *= scale[ids[i]];
+    GRID_STRIDE(i, total) wts[i] *= scale[ids[i]];
 }

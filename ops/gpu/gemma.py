@@ -17,12 +17,7 @@ import numpy as np
 from . import kernels as K
 from .arrays import device_out, to_device
 
-_EW_BLOCK, _EW_MAX_GRID = 256, 8192
 MAX_ALTUP = 16  # GEMMA_MAX_ALTUP in gemma.cu
-
-
-def _grid(n: int) -> tuple[int]:
-    return (max(1, min(K.cdiv(n, _EW_BLOCK), _EW_MAX_GRID)),)
 
 
 class GemmaOps:
@@ -35,14 +30,14 @@ class GemmaOps:
         n, total = x.shape[-1], math.prod(x.shape)
         xd = to_device(x)
         with device_out(out) as od:
-            K.launch("mul_vec_f32", _grid(total), (_EW_BLOCK,), xd, to_device(w), od, n, total)
+            K.launch("mul_vec_f32", K.ew_grid(total), (K.EW_BLOCK,), xd, to_device(w), od, n, total)
 
     def match_norm(self, a: Any, src: Any, out: Any, accumulate: bool = False) -> None:
         """``out (+)= a * |src| / |a|`` row by row (L2 norms): AltUp's streams rescaled to the norm of another."""
         T, n = a.shape
         ad, sd = to_device(a), to_device(src)
         with device_out(out) as od:
-            K.launch("gemma_match_norm_f32", (T,), (_EW_BLOCK,), ad, sd, od, n, int(accumulate))
+            K.launch("gemma_match_norm_f32", (T,), (K.EW_BLOCK,), ad, sd, od, n, int(accumulate))
 
     def altup_coefs(self, xr: Any, router: Any, coef: Any, out: Any, inv_n: float, add: float) -> None:
         """``out [T, m] = tanh((xr * inv_n) @ router.T) @ coef.T + add``: AltUp's routed coefficients from the
@@ -58,38 +53,31 @@ class GemmaOps:
     def altup_predict(self, xs: Any, coefs: Any, pred: Any, T: int) -> None:
         """``pred[r, :T] = sum_c coefs[t, r * n + c] * xs[c, :T] + xs[r, :T]`` over the streams ``[n, n_batch, n_embd]``."""
         n, _, n_embd = xs.shape
-        K.launch("gemma_altup_predict_f32", _grid(n * T * n_embd), (_EW_BLOCK,), xs, to_device(coefs), pred, n, T, n_embd,
+        K.launch("gemma_altup_predict_f32", K.ew_grid(n * T * n_embd), (K.EW_BLOCK,), xs, to_device(coefs), pred, n, T, n_embd,
                  xs.shape[1] * n_embd)  # fmt: skip
 
     def altup_correct(self, pred: Any, out: Any, coefs: Any, xs: Any, T: int, act: int) -> None:
         """``xs[r, :T] = pred[r, :T] + coefs[:, r] * (out - pred[act, :T])`` (``coefs`` ``[T, n]`` already + 1)."""
         n, _, n_embd = xs.shape
-        K.launch("gemma_altup_correct_f32", _grid(n * T * n_embd), (_EW_BLOCK,), pred, to_device(out), to_device(coefs), xs, n, T,
+        K.launch("gemma_altup_correct_f32", K.ew_grid(n * T * n_embd), (K.EW_BLOCK,), pred, to_device(out), to_device(coefs), xs, n, T,
                  n_embd, xs.shape[1] * n_embd, act)  # fmt: skip
 
     def gaussian_topk(self, x: Any, std_mul: float) -> None:
         """In place, each row ``x = max(x - (mean + std_mul * std), 0)``, std unbiased (Gemma 3n's sparse gates)."""
         T, n = x.shape
         with device_out(x) as xd:
-            K.launch("gemma_gaussian_topk_f32", (T,), (_EW_BLOCK,), xd, n, std_mul)
+            K.launch("gemma_gaussian_topk_f32", (T,), (K.EW_BLOCK,), xd, n, std_mul)
 
     def gelu_mul_strided(self, g: Any, pl: Any, offset: int) -> None:
         """In place, ``g[t] = gelu(g[t]) * pl[t, offset : offset + n]`` (``pl`` ``[T, width]``: every layer's per-layer
         inputs side by side, this layer's at ``offset``)."""
         T, n = g.shape
         with device_out(g) as gd:
-            K.launch("gemma_gelu_mul_strided_f32", _grid(T * n), (_EW_BLOCK,), gd, to_device(pl), n, pl.shape[1], offset, T * n)
-
-    def copy(self, src: Any, dst: Any) -> None:
-        """``dst = src`` in a kernel (a captured step records it; an array assignment the emulator would not)."""
-        n = math.prod(src.shape)
-        sd = to_device(src)
-        with device_out(dst) as dd:
-            K.launch("gemma_copy_f32", _grid(n), (_EW_BLOCK,), sd, dd, n)
+            K.launch("gemma_gelu_mul_strided_f32", K.ew_grid(T * n), (K.EW_BLOCK,), gd, to_device(pl), n, pl.shape[1], offset, T * n)
 
     def scale_by_expert(self, wts: Any, ids: Any, scale: Any) -> None:
         """In place, ``wts[t, j] *= scale[ids[t, j]]`` (the routed weights :meth:`moe_route` wrote)."""
         total = math.prod(wts.shape)
         idd = to_device(ids, np.int32)
         with device_out(wts) as wd:
-            K.launch("gemma_scale_by_expert_f32", _grid(total), (_EW_BLOCK,), wd, idd, to_device(scale), total)
+            K.launch("gemma_scale_by_expert_f32", K.ew_grid(total), (K.EW_BLOCK,), wd, idd, to_device(scale), total)

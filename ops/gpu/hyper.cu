@@ -13,10 +13,6 @@
 //   hc_mean_f32      the streams' mean, the row GLM's final norm reads
 #include "common.cuh"
 
-#define HYPER_GRID_STRIDE(i, n)                                                             \
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (long long)(n); \
-         i += (long long)gridDim.x * blockDim.x)
-
 #define HYPER_MAX_HC 16  // streams whose weights a block keeps in shared memory (HY V4 and GLM have 4)
 
 __device__ __forceinline__ float hyper_sigmoid(float x) { return 0.5f + 0.5f * tanhf(0.5f * x); }
@@ -52,7 +48,7 @@ extern "C" __global__ void hc_pre_f32(const float* __restrict__ mixes, const flo
 // grid-stride over T * n_hc * n_embd, block 256.  streams[t, h, e] += post[t, h] * out[t, e].
 extern "C" __global__ void hc_post_f32(float* __restrict__ streams, const float* __restrict__ post, const float* __restrict__ out,
                                        int n_hc, int n_embd, long long total) {
-    HYPER_GRID_STRIDE(i, total) {
+    GRID_STRIDE(i, total) {
         const long long th = i / n_embd;  // t * n_hc + h
         streams[i] += post[th] * out[th / n_hc * n_embd + i % n_embd];
     }
@@ -60,7 +56,7 @@ extern "C" __global__ void hc_post_f32(float* __restrict__ streams, const float*
 
 // grid-stride over T * n_hc * n_embd, block 256.  streams[t, h, e] = x[t, e].
 extern "C" __global__ void hc_fill_f32(const float* __restrict__ x, float* __restrict__ streams, int n_hc, int n_embd, long long total) {
-    HYPER_GRID_STRIDE(i, total) streams[i] = x[i / ((long long)n_hc * n_embd) * n_embd + i % n_embd];
+    GRID_STRIDE(i, total) streams[i] = x[i / ((long long)n_hc * n_embd) * n_embd + i % n_embd];
 }
 
 // c[i] over the sum of the n values of c from `first`, `step` apart (a row of the n x n matrix: step 1; a column:
@@ -134,7 +130,7 @@ extern "C" __global__ void hc_mix_f32(float* __restrict__ streams, const float* 
 // grid-stride over T * n_embd, block 256.  x[t, e] = (sum_h streams[t, h, e]) * inv_n (inv_n: 1 / n_hc).
 extern "C" __global__ void hc_mean_f32(const float* __restrict__ streams, float* __restrict__ x, int n_hc, int n_embd, float inv_n,
                                        long long total) {
-    HYPER_GRID_STRIDE(i, total) {
+    GRID_STRIDE(i, total) {
         const float* s = streams + i / n_embd * n_hc * n_embd + i % n_embd;
         float acc = 0.0f;
         for (int h = 0; h < n_hc; ++h) acc += s[(size_t)h * n_embd];

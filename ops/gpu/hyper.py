@@ -18,12 +18,7 @@ import numpy as np
 from . import kernels as K
 from .arrays import ConstCache, device_out, to_device
 
-_EW_BLOCK, _EW_MAX_GRID = 256, 8192
 MAX_HC = 16  # HYPER_MAX_HC in hyper.cu
-
-
-def _grid(n: int) -> tuple[int]:
-    return (max(1, min(K.cdiv(n, _EW_BLOCK), _EW_MAX_GRID)),)
 
 
 class HyperConnections:
@@ -52,7 +47,7 @@ class HyperConnections:
         s_post = float(scale[1]) if post is not None else 0.0
         md, bd, sd = to_device(mixes), self._bases.get(base), to_device(streams)
         with device_out(cur) as cd, (nullcontext(cd) if post is None else device_out(post)) as pd:  # (no post: its pointer unread)
-            K.launch("hc_pre_f32", (T,), (_EW_BLOCK,), md, bd, sd, cd, pd, n_hc, n_mix, n_embd, float(scale[0]), s_post, self.eps,
+            K.launch("hc_pre_f32", (T,), (K.EW_BLOCK,), md, bd, sd, cd, pd, n_hc, n_mix, n_embd, float(scale[0]), s_post, self.eps,
                      self.post_eps, self.magnitude)  # fmt: skip
 
     def sinkhorn(self, mixes: Any, base: np.ndarray, scale: np.ndarray, comb: Any, n_iter: int) -> None:
@@ -79,7 +74,7 @@ class HyperConnections:
                              f"out {tuple(out.shape)} do not match")  # fmt: skip
         pd, cd, od = to_device(post), to_device(comb), to_device(out)
         with device_out(streams) as sd:
-            K.launch("hc_mix_f32", (T,), (_EW_BLOCK,), sd, pd, cd, od, n_hc, n_embd)
+            K.launch("hc_mix_f32", (T,), (K.EW_BLOCK,), sd, pd, cd, od, n_hc, n_embd)
 
     @staticmethod
     def mean(streams: Any, x: Any) -> None:
@@ -90,7 +85,7 @@ class HyperConnections:
         total = T * n_embd
         sd = to_device(streams)
         with device_out(x) as xd:
-            K.launch("hc_mean_f32", _grid(total), (_EW_BLOCK,), sd, xd, n_hc, n_embd, 1.0 / n_hc, total)
+            K.launch("hc_mean_f32", K.ew_grid(total), (K.EW_BLOCK,), sd, xd, n_hc, n_embd, 1.0 / n_hc, total)
 
     @staticmethod
     def post(streams: Any, post: Any, out: Any) -> None:
@@ -103,7 +98,7 @@ class HyperConnections:
         total = math.prod(streams.shape)
         pd, od = to_device(post), to_device(out)
         with device_out(streams) as sd:
-            K.launch("hc_post_f32", _grid(total), (_EW_BLOCK,), sd, pd, od, n_hc, n_embd, total)
+            K.launch("hc_post_f32", K.ew_grid(total), (K.EW_BLOCK,), sd, pd, od, n_hc, n_embd, total)
 
     @staticmethod
     def fill(streams: Any, x: Any) -> None:
@@ -114,4 +109,4 @@ class HyperConnections:
         total = math.prod(streams.shape)
         xd = to_device(x)
         with device_out(streams) as sd:
-            K.launch("hc_fill_f32", _grid(total), (_EW_BLOCK,), xd, sd, n_hc, n_embd, total)
+            K.launch("hc_fill_f32", K.ew_grid(total), (K.EW_BLOCK,), xd, sd, n_hc, n_embd, total)

@@ -102,6 +102,7 @@ _declare("nn.cu", "gelu_mul_f32", "pppl")
 _declare("nn.cu", "gelu_f32", "ppl")  # x, out, n
 _declare("nn.cu", "relu_sqr_f32", "ppl")  # x, out, n
 _declare("nn.cu", "xielu_f32", "pplffff")  # x, out, n, a_p, a_n, beta, eps
+_declare("nn.cu", "copy_f32", "ppl")  # src, dst, n
 _declare("nn.cu", "add_f32", "ppl")  # x, y, n
 _declare("nn.cu", "add_bias_f32", "ppli")  # x, b, total, n
 _declare("nn.cu", "scale_f32", "pfl")  # x, s, n
@@ -172,7 +173,6 @@ _declare("moe2.cu", "swiglu_clamp_f32", "pppfil")  # g, u, out, limit, gate_firs
 _declare("moe2.cu", "swiglu_oai_f32", "pppl")  # g, u, out, n
 _declare("moe2.cu", "situ_f32", "pppffl")  # g, u, out, beta, linear_beta, n
 _declare("moe2.cu", "sigmoid_mul_f32", "ppll")  # x, s, rep, n
-_declare("moe2.cu", "copy_f32", "ppl")  # src, dst, n
 # Kimi K3's cross-layer residual attention (attn_res.cu)
 _declare("attn_res.cu", "attn_res_bank_f32", "ppiiil")  # x, bank, slot, n_slot, n_embd, total
 _declare("attn_res.cu", "attn_res_mix_f32", "pppp" + "iii" + "f")  # bank, x, score, out, n_bank, n_slot, n_embd, eps
@@ -225,7 +225,6 @@ _declare("gemma.cu", "gemma_altup_predict_f32", "pppiiil")  # xs, coefs, pred, n
 _declare("gemma.cu", "gemma_altup_correct_f32", "ppppiiili")  # pred, out, coefs, xs, n_altup, T, n_embd, stride, act
 _declare("gemma.cu", "gemma_gaussian_topk_f32", "pif")  # x, n, std_mul
 _declare("gemma.cu", "gemma_gelu_mul_strided_f32", "ppiiil")  # g, pl, n, pl_stride, pl_off, total
-_declare("gemma.cu", "gemma_copy_f32", "ppl")  # src, dst, n
 _declare("gemma.cu", "gemma_scale_by_expert_f32", "pppl")  # wts, ids, scale, total
 # hyper-connections' streams (hyper.cu): mixes, base, streams, cur, post, n_hc, n_mix, n_embd, s_pre, s_post, eps,
 # post_eps, magnitude
@@ -425,3 +424,13 @@ def launch(name: str, grid: tuple[int, ...], block: tuple[int, ...], *args: Any,
 
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+EW_BLOCK = 256  # element-wise kernels (common.cuh's GRID_STRIDE loops): threads a block
+EW_MAX_GRID = 8192  # ... and at most this many blocks (each thread's loop takes the rest)
+
+
+def ew_grid(n: int) -> tuple[int]:
+    """An element-wise kernel's grid over ``n`` values: a block per :data:`EW_BLOCK` of them, at most
+    :data:`EW_MAX_GRID` (none for an empty ``n``: :func:`launch` then launches nothing)."""
+    return (min(cdiv(n, EW_BLOCK), EW_MAX_GRID),)

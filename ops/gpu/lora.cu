@@ -14,7 +14,7 @@
 // grid-stride over T * hd, block 256.  tokens [T] int32, slot_of [n_vocab] int32 -> q, k, v [T, hd].
 extern "C" __global__ void lora_router_qkv(const int* __restrict__ tokens, const int* __restrict__ slot_of, float* __restrict__ q,
                                            float* __restrict__ k, float* __restrict__ v, int T, int hd, int n_vocab, float gain) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (long long)T * hd; i += (long long)gridDim.x * blockDim.x) {
+    GRID_STRIDE(i, (long long)T * hd) {
         if (i % hd != 0) {
             q[i] = k[i] = v[i] = 0.0f;
             continue;

@@ -17,12 +17,7 @@ import numpy as np
 from . import kernels as K
 from .arrays import device_out, to_device
 
-_EW_BLOCK, _EW_MAX_GRID = 256, 8192
 _LORA_BLOCK = 256  # (8 warps: a warp a row of A, then a thread a row of B)
-
-
-def _grid(n: int) -> tuple[int]:
-    return (max(1, min(K.cdiv(n, _EW_BLOCK), _EW_MAX_GRID)),)
 
 
 class TokenSwitch:
@@ -45,7 +40,7 @@ class TokenSwitch:
             raise ValueError(f"the router's rows: {T} tokens, q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not match")
         td = to_device(tokens, np.int32)
         with device_out(q) as qd, device_out(k) as kd, device_out(v) as vd:
-            K.launch("lora_router_qkv", _grid(T * hd), (_EW_BLOCK,), td, self.slot_of, qd, kd, vd, T, hd, self.n_vocab, self.gain)
+            K.launch("lora_router_qkv", K.ew_grid(T * hd), (K.EW_BLOCK,), td, self.slot_of, qd, kd, vd, T, hd, self.n_vocab, self.gain)
 
     def route(self, att: Any, slots: Any) -> None:
         """``slots`` ``[T]`` int32: the router's output ``att`` ``[T, 1, hd]`` (channel 0) clamped to ``[0, n_adapters]``
@@ -55,7 +50,7 @@ class TokenSwitch:
             raise ValueError(f"the router's slots: output {tuple(att.shape)}, slots {tuple(slots.shape)} do not match")
         ad = to_device(att)
         with device_out(slots, np.int32) as sd:
-            K.launch("lora_route_slots", _grid(T), (_EW_BLOCK,), ad, sd, T, att.size // max(T, 1), self.n_adapters)
+            K.launch("lora_route_slots", K.ew_grid(T), (K.EW_BLOCK,), ad, sd, T, att.size // max(T, 1), self.n_adapters)
 
     def substitute(self, tokens: Any, shown: Any) -> None:
         """``shown`` ``[T]`` int32: each of ``tokens`` as it is embedded (a control token's substitute, another itself)."""
@@ -64,7 +59,7 @@ class TokenSwitch:
             raise ValueError(f"the substitution: {T} tokens, {len(shown)} ids out")
         td = to_device(tokens, np.int32)
         with device_out(shown, np.int32) as sd:
-            K.launch("lora_substitute", _grid(T), (_EW_BLOCK,), td, self.shown_as, sd, T, self.n_vocab)
+            K.launch("lora_substitute", K.ew_grid(T), (K.EW_BLOCK,), td, self.shown_as, sd, T, self.n_vocab)
 
 
     @staticmethod

@@ -39,7 +39,7 @@ extern "C" __global__ void mla_qk_f32(const float* __restrict__ q_raw,  // [T, n
                                       int T, int n_head, int nope, int n_rot, int stride) {
     const int D = nope + n_rot;
     const long long n = (long long)T * n_head * D;
-    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < n; e += (long long)gridDim.x * blockDim.x) {
+    GRID_STRIDE(e, n) {
         const long long th = e / D;  // t * n_head + h
         const int d = (int)(e % D), t = (int)(th / n_head);
         const float* qh = q_raw + th * D;

@@ -10,8 +10,6 @@ from typing import Any
 from . import kernels as K
 from .arrays import device_out, to_device
 
-_EW_BLOCK, _EW_MAX_GRID = 256, 8192
-
 
 def latent_norm(kva: Any, w: Any, eps: float, kvc: Any) -> None:
     """``kvc[t] = RMSNorm(kva[t, :rank]) * w``, ``rank`` = ``kvc``'s width.   kva: [T, rank + n_rot]; kvc: [T, rank]."""
@@ -33,9 +31,9 @@ def qk(q_raw: Any, k_nope: Any, kva: Any, q: Any, k: Any) -> None:
         raise ValueError(f"mla qk: q_raw {tuple(q_raw.shape)}, k_nope {tuple(k_nope.shape)}, kva {tuple(kva.shape)}, q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)} do not match")  # fmt: skip
     n = T * H * D
-    grid = (min(K.cdiv(n, _EW_BLOCK), _EW_MAX_GRID),)
+    grid = K.ew_grid(n)
     with device_out(q) as qd, device_out(k) as kd:
-        K.launch("mla_qk_f32", grid, (_EW_BLOCK,), to_device(q_raw), to_device(k_nope), to_device(kva), qd, kd, T, H, nope, n_rot, kva.shape[1])
+        K.launch("mla_qk_f32", grid, (K.EW_BLOCK,), to_device(q_raw), to_device(k_nope), to_device(kva), qd, kd, T, H, nope, n_rot, kva.shape[1])
 
 
 def rope_key_norm(kva: Any, w: Any, eps: float) -> None:

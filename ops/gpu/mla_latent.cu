@@ -44,7 +44,7 @@ extern "C" __global__ void mla_absorb_q_f32(const float* __restrict__ q_raw, // 
                                             int T, int n_head, int nope, int n_rot, int rank) {
     const int D = n_rot + rank, Dr = nope + n_rot;
     const long long n = (long long)T * n_head * D;
-    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < n; e += (long long)gridDim.x * blockDim.x) {
+    GRID_STRIDE(e, n) {
         const long long th = e / D;  // t * n_head + h
         const int j = (int)(e % D), h = (int)(th % n_head);
         const float* qh = q_raw + th * Dr;
@@ -66,7 +66,7 @@ extern "C" __global__ void mla_heads_out_f32(const float* __restrict__ att, // [
                                              float* __restrict__ out,       // [T, n_head, dv]
                                              int T, int n_head, int rank, int dv) {
     const long long n = (long long)T * n_head * dv;
-    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < n; e += (long long)gridDim.x * blockDim.x) {
+    GRID_STRIDE(e, n) {
         const long long th = e / dv;
         const int d = (int)(e % dv), h = (int)(th % n_head);
         const float* a = att + th * rank;

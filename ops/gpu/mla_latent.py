@@ -9,12 +9,6 @@ from typing import Any
 from . import kernels as K
 from .arrays import device_out, to_device
 
-_EW_BLOCK, _EW_MAX_GRID = 256, 8192
-
-
-def _grid(n: int) -> tuple[int]:
-    return (min(K.cdiv(n, _EW_BLOCK), _EW_MAX_GRID),)
-
 
 def latent_kv(kva: Any, w: Any, eps: float, k: Any, v: Any) -> None:
     """``v[t] = RMSNorm(kva[t, :rank]) * w``, ``k[t] = [kva[t, rank:], v[t]]``.   kva: [T, rank + n_rot]; k: [T, 1, n_rot +
@@ -36,7 +30,7 @@ def absorb_q(q_raw: Any, wk: Any, q: Any) -> None:
     if tuple(wk.shape) != (H, nope, rank) or tuple(q.shape) != (T, H, n_rot + rank) or n_rot <= 0:
         raise ValueError(f"mla absorb q: q_raw {tuple(q_raw.shape)}, wk {tuple(wk.shape)}, q {tuple(q.shape)} do not match")
     with device_out(q) as qd:
-        K.launch("mla_absorb_q_f32", _grid(T * H * (n_rot + rank)), (_EW_BLOCK,), to_device(q_raw), to_device(wk), qd, T, H, nope, n_rot, rank)
+        K.launch("mla_absorb_q_f32", K.ew_grid(T * H * (n_rot + rank)), (K.EW_BLOCK,), to_device(q_raw), to_device(wk), qd, T, H, nope, n_rot, rank)
 
 
 def heads_out(att: Any, wv: Any, out: Any) -> None:
@@ -46,4 +40,4 @@ def heads_out(att: Any, wv: Any, out: Any) -> None:
     if tuple(wv.shape) != (H, rank, dv) or tuple(out.shape) != (T, H, dv):
         raise ValueError(f"mla heads out: att {tuple(att.shape)}, wv {tuple(wv.shape)}, out {tuple(out.shape)} do not match")
     with device_out(out) as od:
-        K.launch("mla_heads_out_f32", _grid(T * H * dv), (_EW_BLOCK,), to_device(att), to_device(wv), od, T, H, rank, dv)
+        K.launch("mla_heads_out_f32", K.ew_grid(T * H * dv), (K.EW_BLOCK,), to_device(att), to_device(wv), od, T, H, rank, dv)

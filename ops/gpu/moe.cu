@@ -224,8 +224,7 @@ FOR_EACH_QTYPE(MOE_KERNELS)
 // x[t, i] += sigmoid(s[t]) * y[t, i]  (the sigmoid as the CPU's: 0.5 + 0.5 tanh(s / 2), no exp overflow)
 extern "C" __global__ void moe_gated_add_f32(float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ s, int n,
                                              long long total) {
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x)
-        x[i] += y[i] * (0.5f + 0.5f * tanhf(0.5f * s[i / n]));
+    GRID_STRIDE(i, total) x[i] += y[i] * (0.5f + 0.5f * tanhf(0.5f * s[i / n]));
 }
 
 // ------------------------------------------------------------------ prefill grouped by expert
@@ -259,19 +258,17 @@ extern "C" __global__ void moe_group_slots(const int* __restrict__ ids, int* __r
     }
 }
 
-#define MOE_STRIDE(i, n) for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
-
 // xg[r] = x[order[r] / k]: each grouped row's token's input.  grid-stride over n * n_cols
 extern "C" __global__ void moe_gather_rows_f32(const float* __restrict__ x, const int* __restrict__ order, float* __restrict__ xg, int k,
                                                int n_cols, long long total) {
-    MOE_STRIDE(i, total) xg[i] = x[(size_t)(order[i / n_cols] / k) * n_cols + i % n_cols];
+    GRID_STRIDE(i, total) xg[i] = x[(size_t)(order[i / n_cols] / k) * n_cols + i % n_cols];
 }
 
 // h[r] = act(g[r] + gb[e], u[r] + ub[e]), e the expert of grouped row r (h may be g).  grid-stride over n * n_ff
 extern "C" __global__ void moe_glu_rows_f32(const float* g, const float* __restrict__ u, const int* __restrict__ ids,
                                             const int* __restrict__ order, const float* __restrict__ gb, const float* __restrict__ ub,
                                             float* h, int n_ff, int act, int has_b, long long total) {
-    MOE_STRIDE(i, total) {
+    GRID_STRIDE(i, total) {
         const int c = (int)(i % n_ff);
         float gv = g[i], uv = u[i];
         if (has_b) {
@@ -288,7 +285,7 @@ extern "C" __global__ void moe_glu_rows_f32(const float* g, const float* __restr
 extern "C" __global__ void moe_scatter_rows_f32(const float* __restrict__ d, const int* __restrict__ ids, const int* __restrict__ inv,
                                                 const float* __restrict__ wts, const float* __restrict__ db, float* __restrict__ x, int k,
                                                 int n_embd, int acc, int has_b, long long total) {
-    MOE_STRIDE(i, total) {
+    GRID_STRIDE(i, total) {
         const long long t = i / n_embd;
         const int c = (int)(i % n_embd);
         float s = 0.0f;

@@ -21,7 +21,6 @@ ROWS_PER_BLOCK = 4  # MOE_WARPS in moe.cuh: one warp per output row
 GATING = {"softmax": 0, "sigmoid": 1, "softmax_weight": 2}  # MOE_SOFTMAX ... in moe.cu
 ACT = {"silu": 0, "swiglu_oai": 1, "relu": 2, "gelu": 3}  # MOE_SILU ... in moe.cu (gelu: Gemma 4's tanh GELU)
 MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y: the gate/up launch's (token, slot) pairs
-_EW_BLOCK, _EW_MAX_GRID = 256, 8192
 
 
 def route(logits: Any, k: int, gating: str, norm_weights: bool, scale: float, bias: Any, router_b: Any, groups: tuple[int, int],
@@ -106,7 +105,7 @@ def grouped(gate: Weight, up: Weight, down: Weight, n_ff: int, ids: Any, wts: An
     order, inv, offs = xp.empty(n, np.int32), xp.empty(n, np.int32), xp.empty(n_expert + 1, np.int32)
     K.launch("moe_group_slots", (1,), (256,), idd, order, inv, offs, n, n_expert)
     xg = xp.empty((n, n_embd), np.float32)
-    K.launch("moe_gather_rows_f32", _ew(n * n_embd), (_EW_BLOCK,), xd, order, xg, k, n_embd, n * n_embd)
+    K.launch("moe_gather_rows_f32", K.ew_grid(n * n_embd), (K.EW_BLOCK,), xd, order, xg, k, n_embd, n * n_embd)
     bounds = rt.asnumpy(offs).tolist()
     busy = [(e, bounds[e], bounds[e + 1]) for e in range(n_expert) if bounds[e + 1] > bounds[e]]
 
@@ -121,17 +120,13 @@ def grouped(gate: Weight, up: Weight, down: Weight, n_ff: int, ids: Any, wts: An
         for e, lo, hi in busy:
             matmul(gate, n_ff, e, xg[lo:hi], g[lo:hi])
             matmul(up, n_ff, e, xg[lo:hi], u[lo:hi])
-        K.launch("moe_glu_rows_f32", _ew(n * n_ff), (_EW_BLOCK,), g, u, idd, order, gb, ub, g, n_ff, ACT[act], int(biases is not None), n * n_ff)
+        K.launch("moe_glu_rows_f32", K.ew_grid(n * n_ff), (K.EW_BLOCK,), g, u, idd, order, gb, ub, g, n_ff, ACT[act], int(biases is not None), n * n_ff)
         d = xp.empty((n, n_embd), np.float32)
         for e, lo, hi in busy:
             matmul(down, n_embd, e, g[lo:hi], d[lo:hi])
     with device_out(x) as od:
-        K.launch("moe_scatter_rows_f32", _ew(T * n_embd), (_EW_BLOCK,), d, idd, inv, wd, db, od, k, n_embd, int(accumulate),
+        K.launch("moe_scatter_rows_f32", K.ew_grid(T * n_embd), (K.EW_BLOCK,), d, idd, inv, wd, db, od, k, n_embd, int(accumulate),
                  int(biases is not None), T * n_embd)  # fmt: skip
-
-
-def _ew(n: int) -> tuple[int]:
-    return (min(K.cdiv(n, _EW_BLOCK), _EW_MAX_GRID),)
 
 
 def launch_experts(variant: str, gate: Weight, up: Weight, down: Weight, n_ff: int, ids: Any, wts: Any, xn: Any, x: Any,
@@ -178,4 +173,4 @@ def gated_add(x: Any, y: Any, s: Any) -> None:
     total = T * n
     yd, sd = to_device(y), to_device(s)
     with device_out(x) as xd:
-        K.launch("moe_gated_add_f32", (min(K.cdiv(total, _EW_BLOCK), _EW_MAX_GRID),), (_EW_BLOCK,), xd, yd, sd, n, total)
+        K.launch("moe_gated_add_f32", K.ew_grid(total), (K.EW_BLOCK,), xd, yd, sd, n, total)

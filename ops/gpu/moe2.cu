@@ -23,7 +23,6 @@
 //   sigmoid_mul_f32       x *= sigmoid(s), one s per `rep` values of x (the
 //                         attention gates: AFMoE's element by element,
 //                         Step-3.5's one a head)
-//   copy_f32              dst = src (SmallThinker's router input)
 //
 // No biases: none of these architectures has them on its experts.
 #include "moe.cuh"
@@ -167,36 +166,30 @@ extern "C" __global__ void moe_chunk_route_f32(const float* __restrict__ logits,
 }
 
 // ------------------------------------------------------------------ element-wise
-#define MOEX_STRIDE(i, n) for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
-
 // (out may be g)
 extern "C" __global__ void gelu_f16_mul_f32(const float* g, const float* __restrict__ u, float* out, long long n) {
-    MOEX_STRIDE(i, n) out[i] = gelu_f16_f(g[i]) * u[i];
+    GRID_STRIDE(i, n) out[i] = gelu_f16_f(g[i]) * u[i];
 }
 
 // (out may be g)  gate_first: the gate clamped before its SiLU (MOEX_SWIGLU_CLAMP_FIRST's, GLM-5.3-Flash's dense FFN
 // and shared expert), else after it (MOEX_SWIGLU_CLAMP's)
 extern "C" __global__ void swiglu_clamp_f32(const float* g, const float* __restrict__ u, float* out, float limit, int gate_first,
                                             long long n) {
-    MOEX_STRIDE(i, n) out[i] = moex_glu(g[i], u[i], gate_first ? MOEX_SWIGLU_CLAMP_FIRST : MOEX_SWIGLU_CLAMP, limit, 0.0f);
+    GRID_STRIDE(i, n) out[i] = moex_glu(g[i], u[i], gate_first ? MOEX_SWIGLU_CLAMP_FIRST : MOEX_SWIGLU_CLAMP, limit, 0.0f);
 }
 
 // (out may be g)  gpt-oss's clamped GLU as moe.cu's experts compute it (MOE_SWIGLU_OAI; ops/cpu/moe.py swiglu_oai):
 // MiniMax-M3's shared expert, which runs beside its routed experts as an ordinary product
 extern "C" __global__ void swiglu_oai_f32(const float* g, const float* __restrict__ u, float* out, long long n) {
-    MOEX_STRIDE(i, n) out[i] = swiglu_oai_f(g[i], u[i]);
+    GRID_STRIDE(i, n) out[i] = swiglu_oai_f(g[i], u[i]);
+}
+
+// (out may be g)  Kimi K3's situ (MOEX_SITU's) element by element: its dense FFN and shared expert
+extern "C" __global__ void situ_f32(const float* g, const float* __restrict__ u, float* out, float beta, float lb, long long n) {
+    GRID_STRIDE(i, n) out[i] = situ_f(g[i], u[i], beta, lb);
 }
 
 // x[i] *= sigmoid(s[i / rep])  (0.5 + 0.5 tanh(s / 2): no overflow either way)
-// (out may be g)  Kimi K3's situ (MOEX_SITU's) element by element: its dense FFN and shared expert
-extern "C" __global__ void situ_f32(const float* g, const float* __restrict__ u, float* out, float beta, float lb, long long n) {
-    MOEX_STRIDE(i, n) out[i] = situ_f(g[i], u[i], beta, lb);
-}
-
 extern "C" __global__ void sigmoid_mul_f32(float* __restrict__ x, const float* __restrict__ s, long long rep, long long n) {
-    MOEX_STRIDE(i, n) x[i] *= 0.5f + 0.5f * tanhf(0.5f * s[i / rep]);
-}
-
-extern "C" __global__ void copy_f32(const float* __restrict__ src, float* __restrict__ dst, long long n) {
-    MOEX_STRIDE(i, n) dst[i] = src[i];
+    GRID_STRIDE(i, n) x[i] *= 0.5f + 0.5f * tanhf(0.5f * s[i / rep]);
 }

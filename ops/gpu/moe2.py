@@ -9,7 +9,7 @@ so a decode step stays on the device (nothing to the host: it is captured as a C
 * GroveMoE's chunk experts' ids and weights (:func:`chunk_route`).
 * Element-wise steps: Grok-2's dense GELU FFN, Step-3.5's clamped dense FFN and shared expert (GLM-5.3-Flash's with
   the gate clamped first), Kimi K3's situ (its dense FFN and shared expert), MiniMax-M3's shared expert (gpt-oss's
-  ``swiglu_oai``), the sigmoid attention gates (AFMoE's, Step-3.5's), a device copy (SmallThinker's router input).
+  ``swiglu_oai``), the sigmoid attention gates (AFMoE's, Step-3.5's).  (A device copy is every backend's ``copy``.)
 
 :class:`MoEVariantOps` is the GPU backend's side of them (a base of ``GPUBackend``, as ``GemmaOps``); the models call
 them on ``--device gpu`` only, where the CPU does the same in host numpy.
@@ -23,17 +23,13 @@ from typing import Any
 import numpy as np
 
 from ..backend import Weight
+from ..host import whole_runs
 from . import kernels as K
-from .arrays import device_out, to_device, whole_runs
+from .arrays import device_out, to_device
 from .moe import launch_experts
 
 WARP = 32
 ACT = {"silu": 0, "relu": 2, "gelu": 3, "gelu_f16": 4, "swiglu_clamp": 5, "swiglu_clamp_first": 6, "situ": 7}  # MOEX_SILU ... in moe2.cu
-_EW_BLOCK, _EW_MAX_GRID = 256, 8192
-
-
-def _ew(n: int) -> tuple[int]:
-    return (min(K.cdiv(n, _EW_BLOCK), _EW_MAX_GRID),)
 
 
 def experts(gate: Weight, up: Weight, down: Weight, n_ff: int, ids: Any, wts: Any, xn: Any, x: Any, h: Any, act: str,
@@ -99,20 +95,11 @@ class MoEVariantOps:
         n, m = whole_runs("sigmoid_mul", x, s)
         sd = to_device(s)
         with device_out(x) as xd:
-            K.launch("sigmoid_mul_f32", _ew(n), (_EW_BLOCK,), xd, sd, n // m, n)
-
-    def copy(self, src: Any, dst: Any) -> None:
-        """``dst[...] = src`` on the device (same shape)."""
-        n = math.prod(src.shape)
-        if tuple(src.shape) != tuple(dst.shape):
-            raise ValueError(f"copy: {tuple(src.shape)} into {tuple(dst.shape)}")
-        sd = to_device(src)
-        with device_out(dst) as dd:
-            K.launch("copy_f32", _ew(n), (_EW_BLOCK,), sd, dd, n)
+            K.launch("sigmoid_mul_f32", K.ew_grid(n), (K.EW_BLOCK,), xd, sd, n // m, n)
 
     @staticmethod
     def _ew3(kernel: str, gate: Any, up: Any, out: Any, *scalars: float) -> None:
         n = math.prod(gate.shape)
         gd, ud = to_device(gate), to_device(up)
         with device_out(out) as od:
-            K.launch(kernel, _ew(n), (_EW_BLOCK,), gd, ud, od, *scalars, n)
+            K.launch(kernel, K.ew_grid(n), (K.EW_BLOCK,), gd, ud, od, *scalars, n)

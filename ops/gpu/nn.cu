@@ -182,10 +182,6 @@ extern "C" __global__ void rope_qk_norm_f32(float* q,                        // 
 }
 
 // ------------------------------------------------------------------ element-wise
-#define GRID_STRIDE(i, n)                                                                   \
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (long long)(n); \
-         i += (long long)gridDim.x * blockDim.x)
-
 // out = silu(gate) * up  (SwiGLU); out may alias gate.  grid-stride, block 256
 extern "C" __global__ void silu_mul_f32(const float* gate, // [n]
                                         const float* up,   // [n]
@@ -228,6 +224,14 @@ extern "C" __global__ void xielu_f32(const float* x, // [n]
         const float g = x[i];
         out[i] = (g > 0.0f ? a_p * g * g : a_n * (expm1f(fminf(g, eps)) - g)) + beta * g;
     }
+}
+
+// dst = src: Backend.copy, a copy a captured decode step records (an array assignment it would not; the CPU's is
+// np.copyto): Gemma 4's V as its K's projection, SmallThinker's router input, Talkie's skip, ...
+extern "C" __global__ void copy_f32(const float* __restrict__ src, // [n]
+                                    float* __restrict__ dst,       // [n]
+                                    long long n) {
+    GRID_STRIDE(i, n) dst[i] = src[i];
 }
 
 // x += y

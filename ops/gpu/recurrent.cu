@@ -32,7 +32,7 @@ extern "C" __global__ void rwkv_lerp_f32(const float* __restrict__ xn,   // [T, 
                                          float* out,                     // [m, plane]
                                          int T, int n, int m, int ring_w, int ring_col, int n_ring, int has_add, long long plane) {
     const long long total = (long long)m * T * n;
-    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total; idx += (long long)gridDim.x * blockDim.x) {
+    GRID_STRIDE(idx, total) {
         const int c = (int)(idx % n), t = (int)((idx / n) % T), j = (int)(idx / ((long long)T * n));
         const float x = xn[(size_t)t * n + c];
         float prev;
@@ -53,7 +53,7 @@ extern "C" __global__ void rwkv_lerp_f32(const float* __restrict__ xn,   // [T, 
 // grid-stride over m * T * E
 extern "C" __global__ void rwkv_act_split_f32(const float* h, float* out, int T, int E, int m, int act, long long plane) {
     const long long total = (long long)m * T * E;
-    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total; idx += (long long)gridDim.x * blockDim.x) {
+    GRID_STRIDE(idx, total) {
         const int e = (int)(idx % E), t = (int)((idx / E) % T), j = (int)(idx / ((long long)T * E));
         out[j * plane + (long long)t * E + e] = rec_act(h[(size_t)t * m * E + (size_t)j * E + e], act);
     }
@@ -63,7 +63,7 @@ extern "C" __global__ void rwkv_act_split_f32(const float* h, float* out, int T,
 // The decay in place: version 7 w = exp(-e^-0.5 sigmoid(x + base)), version 6 w = exp(-exp(x + base)).
 // grid-stride over total
 extern "C" __global__ void rwkv_decay_f32(float* __restrict__ x, const float* __restrict__ base, int n, long long total, int version) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
+    GRID_STRIDE(i, total) {
         const float z = x[i] + base[i % n];
         x[i] = version == 7 ? expf(-0.606531f * sigmoid_t(z)) : expf(-expf(z));
     }
@@ -72,7 +72,7 @@ extern "C" __global__ void rwkv_decay_f32(float* __restrict__ x, const float* __
 // RWKV-7's value residual in place: v += (v_first - v) * sigmoid(lo + v0).
 extern "C" __global__ void rwkv7_vres_f32(float* __restrict__ v, const float* __restrict__ vf, const float* __restrict__ lo,
                                           const float* __restrict__ v0, int n, long long total) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x)
+    GRID_STRIDE(i, total)
         v[i] += (vf[i] - v[i]) * sigmoid_t(lo[i] + v0[i % n]);
 }
 
@@ -106,7 +106,7 @@ extern "C" __global__ void rwkv7_kprep_f32(float* __restrict__ k, const float* _
 extern "C" __global__ void rwkv_pack_f32(float* src, const float* __restrict__ m, float* __restrict__ x, int T, int n, int stride,
                                          int col0, int mode) {
     const long long total = (long long)T * n;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
+    GRID_STRIDE(i, total) {
         const int t = (int)(i / n), c = (int)(i % n);
         float v = src[i];
         if (mode == 1) v *= m[i];
@@ -118,7 +118,7 @@ extern "C" __global__ void rwkv_pack_f32(float* src, const float* __restrict__ m
 // dst [T, H * N] = src [T, kvh * N] each K/V head read by H / kvh consecutive heads (ggml_repeat's layout: RWKV6-Qwen2).
 extern "C" __global__ void rwkv_repeat_heads_f32(const float* __restrict__ src, float* __restrict__ dst, int T, int H, int kvh, int N) {
     const long long total = (long long)T * H * N;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
+    GRID_STRIDE(i, total) {
         const int d = (int)(i % N), h = (int)((i / N) % H), t = (int)(i / ((long long)H * N));
         dst[i] = src[((size_t)t * kvh + h / (H / kvh)) * N + d];
     }
@@ -138,7 +138,7 @@ extern "C" __global__ void rwkv_bonus_f32(float* __restrict__ y, const float* __
 
 // y *= act(g) (the time mix's gates: RWKV-6's SiLU, RWKV6-Qwen2's sigmoid, RWKV-7's LoRA already activated: none).
 extern "C" __global__ void rwkv_mul_act_f32(float* __restrict__ y, const float* __restrict__ g, long long total, int act) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x)
+    GRID_STRIDE(i, total)
         y[i] *= rec_act(g[i], act);
 }
 
@@ -225,7 +225,7 @@ extern "C" __global__ void shortconv_f32(const float* __restrict__ bcx,  // [T, 
                                          float* __restrict__ y,          // [T, n]
                                          int T, int n, int K, int n_ring) {
     const long long total = (long long)T * n;
-    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total; idx += (long long)gridDim.x * blockDim.x) {
+    GRID_STRIDE(idx, total) {
         const int t = (int)(idx / n), c = (int)(idx % n);
         float acc = 0.0f;
         for (int j = 0; j < K; j++) {
@@ -249,7 +249,7 @@ extern "C" __global__ void shortconv_f32(const float* __restrict__ bcx,  // [T, 
 extern "C" __global__ void shortconv_store_f32(const float* __restrict__ bcx, float* __restrict__ ring, const int* __restrict__ pos,
                                                int T, int keep, int n, int n_ring) {
     const long long total = (long long)keep * n;
-    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total; idx += (long long)gridDim.x * blockDim.x) {
+    GRID_STRIDE(idx, total) {
         const int t = T - keep + (int)(idx / n), c = (int)(idx % n);
         const float* row = bcx + (size_t)t * 3 * n;
         ring[(size_t)(pos[t] % n_ring) * n + c] = row[c] * row[2 * n + c];

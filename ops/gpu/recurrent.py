@@ -15,15 +15,10 @@ import numpy as np
 from . import kernels as K
 from .arrays import ConstCache
 
-_EW_BLOCK, _EW_MAX_GRID = 256, 8192
 MAX_HEAD = 128  # WKV_MAX_HEAD in recurrent.cu: the head size a block of wkv_f32 keeps
 ACTS = {None: 0, "tanh": 1, "sigmoid": 2, "silu": 3}  # rec_act's codes
 
 CONSTS = ConstCache()  #: device copies of the layers' host vectors, by identity
-
-
-def _ew(n: int) -> tuple[int]:
-    return (max(1, min(K.cdiv(n, _EW_BLOCK), _EW_MAX_GRID)),)
 
 
 def const(a: np.ndarray) -> Any:
@@ -38,7 +33,7 @@ def lerp(xn: Any, ring: Any, ring_col: int, n_ring: int, pos: Any, mu: Any, out:
     T, n = xn.shape
     m = out.shape[0]
     if T:
-        K.launch("rwkv_lerp_f32", _ew(m * T * n), (_EW_BLOCK,), xn, ring, pos, mu, out if add is None else add, out,
+        K.launch("rwkv_lerp_f32", K.ew_grid(m * T * n), (K.EW_BLOCK,), xn, ring, pos, mu, out if add is None else add, out,
                  T, n, m, ring.shape[1], ring_col, n_ring, int(add is not None), out.shape[1] * n)  # fmt: skip
 
 
@@ -48,21 +43,21 @@ def act_split(h: Any, out: Any, act: str | None) -> None:
     m, E = out.shape[0], out.shape[2]
     T = h.shape[0]
     if T:
-        K.launch("rwkv_act_split_f32", _ew(m * T * E), (_EW_BLOCK,), h, out, T, E, m, ACTS[act], out.shape[1] * E)
+        K.launch("rwkv_act_split_f32", K.ew_grid(m * T * E), (K.EW_BLOCK,), h, out, T, E, m, ACTS[act], out.shape[1] * E)
 
 
 def decay(x: Any, base: Any, version: int) -> None:
     """In place: RWKV-7's ``exp(-e^-0.5 sigmoid(x + base))`` or RWKV-6's ``exp(-exp(x + base))``."""
     total = int(np.prod(x.shape))
     if total:
-        K.launch("rwkv_decay_f32", _ew(total), (_EW_BLOCK,), x, base, x.shape[-1], total, version)
+        K.launch("rwkv_decay_f32", K.ew_grid(total), (K.EW_BLOCK,), x, base, x.shape[-1], total, version)
 
 
 def value_residual(v: Any, v_first: Any, lo: Any, v0: Any) -> None:
     """In place: ``v += (v_first - v) * sigmoid(lo + v0)`` (RWKV-7's layers after the first)."""
     total = int(np.prod(v.shape))
     if total:
-        K.launch("rwkv7_vres_f32", _ew(total), (_EW_BLOCK,), v, v_first, lo, v0, v.shape[-1], total)
+        K.launch("rwkv7_vres_f32", K.ew_grid(total), (K.EW_BLOCK,), v, v_first, lo, v0, v.shape[-1], total)
 
 
 def key_prep(k: Any, lo: Any, a0: Any, k_k: Any, k_a: Any, x: Any, H: int, N: int) -> None:
@@ -77,14 +72,14 @@ def pack(src: Any, x: Any, col0: int, m: Any = None, mode: int = 0) -> None:
     """``x[:, col0 : col0 + n]`` = ``src`` [T, n] (mode 0), ``src * m`` (1), or ``src *= 1 - m`` then it (2)."""
     T, n = src.shape
     if T:
-        K.launch("rwkv_pack_f32", _ew(T * n), (_EW_BLOCK,), src, src if m is None else m, x, T, n, x.shape[1], col0, mode)
+        K.launch("rwkv_pack_f32", K.ew_grid(T * n), (K.EW_BLOCK,), src, src if m is None else m, x, T, n, x.shape[1], col0, mode)
 
 
 def repeat_heads(src: Any, dst: Any, kv_heads: int, N: int) -> None:
     """``dst`` [T, H * N]: each of ``src``'s kv_heads heads read by H / kv_heads consecutive heads (ggml_repeat)."""
     T, n = dst.shape
     if T:
-        K.launch("rwkv_repeat_heads_f32", _ew(T * n), (_EW_BLOCK,), src, dst, T, n // N, kv_heads, N)
+        K.launch("rwkv_repeat_heads_f32", K.ew_grid(T * n), (K.EW_BLOCK,), src, dst, T, n // N, kv_heads, N)
 
 
 def bonus(y: Any, r: Any, k: Any, v: Any, u: Any, N: int, scale: float = 1.0) -> None:
@@ -98,7 +93,7 @@ def mul_act(y: Any, g: Any, act: str | None) -> None:
     """In place: ``y *= act(g)``."""
     total = int(np.prod(y.shape))
     if total:
-        K.launch("rwkv_mul_act_f32", _ew(total), (_EW_BLOCK,), y, g, total, ACTS[act])
+        K.launch("rwkv_mul_act_f32", K.ew_grid(total), (K.EW_BLOCK,), y, g, total, ACTS[act])
 
 
 def wkv(state: Any, x: Any, y: Any, version: int, ck: Any, n_ck: int, ck_buf: Any) -> None:
@@ -120,5 +115,5 @@ def shortconv(bcx: Any, ring: Any, pos: Any, w: Any, y: Any) -> None:
     n_ring = ring.shape[0]
     keep = min(T, n_ring)
     if T:
-        K.launch("shortconv_f32", _ew(T * n), (_EW_BLOCK,), bcx, ring, pos, w, y, T, n, w.shape[1], n_ring)
-        K.launch("shortconv_store_f32", _ew(keep * n), (_EW_BLOCK,), bcx, ring, pos, T, keep, n, n_ring)
+        K.launch("shortconv_f32", K.ew_grid(T * n), (K.EW_BLOCK,), bcx, ring, pos, w, y, T, n, w.shape[1], n_ring)
+        K.launch("shortconv_store_f32", K.ew_grid(keep * n), (K.EW_BLOCK,), bcx, ring, pos, T, keep, n, n_ring)

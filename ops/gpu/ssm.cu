@@ -22,7 +22,7 @@ extern "C" __global__ void ssm_conv_f32(const float* __restrict__ x,    // [T, x
                                         float* __restrict__ out,        // [T, C]
                                         int T, int C, int K, int x_stride, int x_col0, int ring_w, int n_ring) {
     const long long total = (long long)T * C;
-    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total; idx += (long long)gridDim.x * blockDim.x) {
+    GRID_STRIDE(idx, total) {
         const int t = (int)(idx / C), c = (int)(idx % C);
         float acc = 0.0f;
         for (int j = 0; j < K; j++) {
@@ -45,7 +45,7 @@ extern "C" __global__ void ssm_conv_f32(const float* __restrict__ x,    // [T, x
 extern "C" __global__ void ssm_store_f32(const float* __restrict__ x, float* __restrict__ ring, const int* __restrict__ pos,
                                          int T, int keep, int n, int x_stride, int x_col0, int ring_w, int ring_col0, int n_ring) {
     const long long total = (long long)keep * n;
-    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total; idx += (long long)gridDim.x * blockDim.x) {
+    GRID_STRIDE(idx, total) {
         const int t = T - keep + (int)(idx / n), c = (int)(idx % n);
         ring[(size_t)(pos[t] % n_ring) * ring_w + ring_col0 + c] = x[(size_t)t * x_stride + x_col0 + c];
     }
@@ -168,7 +168,7 @@ extern "C" __global__ void ssm_rms_cols_f32(float* __restrict__ x, const float* 
 extern "C" __global__ void ssm_copy_cols_f32(const float* __restrict__ src, float* __restrict__ dst, int T, int n, int stride,
                                              int col0) {
     const long long total = (long long)T * n;
-    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total; idx += (long long)gridDim.x * blockDim.x)
+    GRID_STRIDE(idx, total)
         dst[idx] = src[(size_t)(idx / n) * stride + col0 + idx % n];
 }
 

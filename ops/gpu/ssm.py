@@ -15,15 +15,10 @@ import numpy as np
 from . import kernels as K
 from .arrays import ConstCache
 
-_EW_BLOCK, _EW_MAX_GRID = 256, 8192
 SCAN_BLOCK = 128  # threads a block of ssm_scan_f32: a warp per state row, 4 rows a block
 MAX_STATE = 256  # SSM_MAX_STATE in ssm.cu: the d_state a scan warp holds
 
 CONSTS = ConstCache()  #: device copies of the layers' host weights, by identity
-
-
-def _ew(n: int) -> tuple[int]:
-    return (max(1, min(K.cdiv(n, _EW_BLOCK), _EW_MAX_GRID)),)
 
 
 def const(a: np.ndarray) -> Any:
@@ -37,14 +32,14 @@ def conv(x: Any, x_stride: int, x_col0: int, ring: Any, n_ring: int, pos: Any, w
     T, C = out.shape
     Kc = w.shape[0]
     if T:
-        K.launch("ssm_conv_f32", _ew(T * C), (_EW_BLOCK,), x, ring, pos, w, b, out, T, C, Kc, x_stride, x_col0, ring.shape[1], n_ring)
+        K.launch("ssm_conv_f32", K.ew_grid(T * C), (K.EW_BLOCK,), x, ring, pos, w, b, out, T, C, Kc, x_stride, x_col0, ring.shape[1], n_ring)
 
 
 def store(x: Any, x_stride: int, x_col0: int, n: int, ring: Any, ring_col0: int, n_ring: int, pos: Any, T: int) -> None:
     """The chunk's last ``min(T, n_ring)`` rows of ``n`` columns (from ``x_col0``) into the ring at their positions."""
     keep = min(T, n_ring)
     if keep:
-        K.launch("ssm_store_f32", _ew(keep * n), (_EW_BLOCK,), x, ring, pos, T, keep, n, x_stride, x_col0, ring.shape[1], ring_col0, n_ring)
+        K.launch("ssm_store_f32", K.ew_grid(keep * n), (K.EW_BLOCK,), x, ring, pos, T, keep, n, x_stride, x_col0, ring.shape[1], ring_col0, n_ring)
 
 
 def scan(state: Any, x: Any, x_stride: int, dt: Any, dt_stride: int, dt_col0: int, dt_b: Any, A: Any, a_hs: int, a_ks: int,
@@ -79,7 +74,7 @@ def copy_cols(src: Any, col0: int, dst: Any) -> None:
     """``dst`` [T, n] = ``src``'s columns ``col0 .. col0 + n``."""
     T, n = dst.shape
     if T:
-        K.launch("ssm_copy_cols_f32", _ew(T * n), (_EW_BLOCK,), src, dst, T, n, src.shape[1], col0)
+        K.launch("ssm_copy_cols_f32", K.ew_grid(T * n), (K.EW_BLOCK,), src, dst, T, n, src.shape[1], col0)
 
 
 def rms_norm_heads_each(x: Any, w: Any, eps: float) -> None:

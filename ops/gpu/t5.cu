@@ -8,8 +8,6 @@
 //   relu_f32           out = max(x, 0) (the original T5's FFN)
 #include "common.cuh"
 
-#define T5_STRIDE(i, n) for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
-
 // ggml's CPU GELU (GGML_GELU_FP16): the input rounded to float16, the tanh GELU of it rounded to float16, inputs
 // past +-10 passed / zeroed (as moe2.cu's gelu_f16_f, which Grok's experts use)
 __device__ __forceinline__ float t5_gelu_f16(float x) {
@@ -20,15 +18,15 @@ __device__ __forceinline__ float t5_gelu_f16(float x) {
 
 // (out may be x)
 extern "C" __global__ void gelu_f16_f32(const float* x, float* out, long long n) {
-    T5_STRIDE(i, n) out[i] = t5_gelu_f16(x[i]);
+    GRID_STRIDE(i, n) out[i] = t5_gelu_f16(x[i]);
 }
 
 // (out may be g)
 extern "C" __global__ void gelu_f16_glu_f32(const float* g, const float* __restrict__ u, float* out, long long n) {
-    T5_STRIDE(i, n) out[i] = t5_gelu_f16(g[i]) * u[i];
+    GRID_STRIDE(i, n) out[i] = t5_gelu_f16(g[i]) * u[i];
 }
 
 // (out may be x)
 extern "C" __global__ void relu_f32(const float* x, float* out, long long n) {
-    T5_STRIDE(i, n) out[i] = fmaxf(x[i], 0.0f);
+    GRID_STRIDE(i, n) out[i] = fmaxf(x[i], 0.0f);
 }

@@ -8,7 +8,7 @@
 
 // (out may be x)
 extern "C" __global__ void gelu_erf_f32(const float* x, float* out, long long n) {
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+    GRID_STRIDE(i, n) {
         const float v = x[i];
         out[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
     }

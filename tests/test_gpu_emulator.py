@@ -11,6 +11,7 @@ the same bits in both.
 from __future__ import annotations
 
 import platform
+import re
 
 import numpy as np
 import pytest
@@ -20,7 +21,8 @@ from tinymodel import write_tiny_model
 from kvrun.ops.gpu import compile_check as cc
 from kvrun.ops.gpu import emulate
 from kvrun.ops.gpu import kernels as K
-from kvrun.ops.gpu.resources import Usage, launch_problem, parse_report, usage
+from kvrun.ops.gpu import resources
+from kvrun.ops.gpu.resources import Usage, launch_problem, most_threads, parse_report, usage
 
 needs_emulator = pytest.mark.skipif(not emulate.available(), reason="no host C++ compiler for the kernel emulator")
 needs_ptxas = pytest.mark.skipif(cc.available_compiler() == "skipped", reason="no CUDA compiler (NVRTC or nvcc) for ptxas's report")
@@ -74,6 +76,22 @@ def test_kvruns_kernels_report_their_registers_and_bounds():
     assert wkv.registers > 64 and launch_problem("wkv_f32", (1,), (512,), 0, wkv) is not None
     assert launch_problem("wkv_f32", (4,), (128,), 0, wkv) is None
     assert attn.max_threads == 128
+
+
+def test_the_largest_block_a_kernel_takes():
+    assert most_threads(Usage(130, 0, 0, None)) == 480  # (its registers)
+    assert most_threads(Usage(40, 0, 0, 128)) == 128  # (its launch bounds)
+    assert most_threads(Usage(16, 0, 0, None)) == 1024  # (the device's)
+
+
+@needs_ptxas
+def test_the_resource_report_names_every_file(capsys):
+    """``python -m kvrun.ops.gpu.resources``: a line a .cu file, before a GPU is at hand."""
+    assert resources.main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == K.cu_files()
+    rwkv = next(line for line in lines if line.startswith("recurrent.cu: "))
+    assert int(re.search(r"blocks of at most (\d+) threads", rwkv).group(1)) < 1024  # (WKV's registers: 480 with CUDA 12)
 
 
 @needs_emulator

@@ -145,10 +145,42 @@ def launch_problem(name: str, grid: tuple[int, ...], block: tuple[int, ...], dyn
         return None
     if u.max_threads is not None and threads > u.max_threads:
         return f"{name}: {threads} threads a block exceed its __launch_bounds__ of {u.max_threads}"
-    warps = -(-threads // 32)
     per_warp = -(-u.registers * 32 // lim.register_unit) * lim.register_unit
-    if warps * per_warp > lim.registers:
-        most = lim.registers // per_warp * 32
+    if -(-threads // 32) * per_warp > lim.registers:
         return (f"{name}: {threads} threads of {u.registers} registers exceed the device's {lim.registers} a block "
-                f"(at most {most} threads)")  # fmt: skip
+                f"(at most {lim.registers // per_warp * 32} threads)")  # fmt: skip
     return None
+
+
+def most_threads(u: Usage, lim: Limits = H100) -> int:
+    """The largest block (a multiple of 32) a kernel of ``u`` launches with: its launch bounds, the device's
+    threads, and the registers its warps take."""
+    per_warp = -(-u.registers * 32 // lim.register_unit) * lim.register_unit
+    most = min(lim.threads, lim.registers // per_warp * 32)
+    return min(most, u.max_threads) if u.max_threads else most
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m kvrun.ops.gpu.resources [sm_90]``: each .cu file's kernels as ptxas compiles them (the most
+    registers, the largest block they allow, shared memory, spills), for a look before a GPU is at hand."""
+    import sys
+
+    from .compile_check import CompileSkipped
+    from .kernels import cu_files
+
+    argv = sys.argv[1:] if argv is None else argv
+    arch = argv[0] if argv else "sm_90"
+    try:
+        for f in cu_files():
+            us = file_usage(f, arch)
+            spills = {k: u.spill_bytes for k, u in us.items() if u.spill_bytes}
+            print(f"{f}: {len(us)} kernels, at most {max(u.registers for u in us.values())} registers, blocks of at most "
+                  f"{min(most_threads(u) for u in us.values())} threads, {max(u.static_smem for u in us.values())} bytes of "
+                  f"static shared memory" + (f"; spills (bytes): {spills}" if spills else ""))  # fmt: skip
+    except CompileSkipped as e:
+        print(f"skipped: {e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -181,15 +181,15 @@ class _Guarded:
         m = self.maps.get(id(base))
         if m is None:
             nbytes = base.nbytes
-            body = -(-nbytes // 16) * 16  # (16-byte aligned start: the base's alignment, so its views' too)
-            size = (-(-(self.FRONT + body) // mmap.PAGESIZE) + 1) * mmap.PAGESIZE
+            size = (-(-(self.FRONT + nbytes + 16) // mmap.PAGESIZE) + 1) * mmap.PAGESIZE
             addr = _libc().mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
             if addr in (None, ctypes.c_void_p(-1).value):
                 raise MemoryError("guard mode: mmap failed")
             guard = addr + size - mmap.PAGESIZE
             ctypes.memset(addr, 0xFF, size - mmap.PAGESIZE)
             _libc().mprotect(guard, mmap.PAGESIZE, 0)  # (PROT_NONE)
-            start = guard - body
+            start = guard - nbytes
+            start -= (start - base.ctypes.data) % 16  # (the base's address modulo 16, so every view keeps its alignment)
             ctypes.memmove(start, base.ctypes.data, nbytes)
             m = self.maps[id(base)] = (base, addr, size, start, nbytes)
         return m[3] + (a.ctypes.data - m[0].ctypes.data)
@@ -197,10 +197,9 @@ class _Guarded:
     def finish(self) -> str | None:
         """Copy the buffers back and unmap them; what a kernel wrote outside its arrays, or None."""
         problem = None
-        for i, (base, addr, size, start, nbytes) in enumerate(self.maps.values()):
-            body = -(-nbytes // 16) * 16
+        for base, addr, size, start, nbytes in self.maps.values():
             front = ctypes.string_at(start - self.FRONT, self.FRONT)
-            tail = ctypes.string_at(start + nbytes, body - nbytes)
+            tail = ctypes.string_at(start + nbytes, addr + size - mmap.PAGESIZE - start - nbytes)
             if problem is None and (front.count(0xFF) != len(front) or tail.count(0xFF) != len(tail)):
                 where = "before the start" if front.count(0xFF) != len(front) else "past the end"
                 problem = f"a write {where} of an argument array (shape {base.shape}, {base.dtype})"

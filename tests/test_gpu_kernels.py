@@ -224,6 +224,28 @@ def test_get_rows(rt, gpu, cpu, qtype):
     np.testing.assert_array_equal(rt.asnumpy(out), want)  # decoding is exact on both
 
 
+def test_get_rows_past_4gib(rt, gpu):
+    """A row whose byte offset row * row_bytes passes 2^32 (Gemma 3's vocabulary, 262144 rows, at n_embd 4096 in F32:
+    16 KiB a row) is read from its own bytes: the offset is taken in 64 bits.  In 32 bits, row 262145's would wrap to
+    row 1's.  The 4 GiB weight is zeros but for the two rows read (numpy's zeros map their pages as they are touched,
+    so the emulator holds two rows of it; a GPU allocates it whole)."""
+    from kvrun.ops.backend import Weight
+
+    if getattr(rt, "guard", False):
+        pytest.skip("guard mode copies every argument array whole")
+    n_rows, n_cols = 262146, 4096
+    try:
+        data = rt.xp.zeros((n_rows, 4 * n_cols), np.uint8)
+    except MemoryError:
+        pytest.skip("no room for a 4 GiB weight here")
+    rows = np.stack([np.full(n_cols, -1.0, np.float32), np.arange(n_cols, dtype=np.float32)])
+    data[1] = dev(rt, rows[0].view(np.uint8))
+    data[n_rows - 1] = dev(rt, rows[1].view(np.uint8))
+    out = rt.xp.zeros((2, n_cols), np.float32)
+    gpu.get_rows(Weight(data, Q.F32, (n_rows, n_cols)), np.array([1, n_rows - 1], np.int32), out)
+    np.testing.assert_array_equal(rt.asnumpy(out), rows)
+
+
 def test_mxfp4_every_scale_exponent(rt, gpu):
     """MXFP4's E8M0 scale on the device as in gguf (2^(e - 128): subnormal for e < 2, 2^127 for 255), every e;
     rows of one 17-byte block, so every other row starts at an odd address (byte loads only).  On a GPU the subnormal

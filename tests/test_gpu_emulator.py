@@ -121,6 +121,9 @@ extern "C" __global__ void neighbour(float* out, int sync) {
     if (sync) __syncthreads();  // without it: a race, each thread reads a slot another writes
     out[threadIdx.x] = s[(threadIdx.x + 1) % blockDim.x];
 }
+extern "C" __global__ void chain(float* x) {  // x[b + 1] = x[b] + 1: each block reads what the one before wrote
+    if (threadIdx.x == 0) x[blockIdx.x + 1] = x[blockIdx.x] + 1.0f;
+}
 extern "C" __global__ void shifted(const float* x, float* out, int shift) {  // out[i] = x[i + shift]: past x's end
     out[threadIdx.x] = x[(int)threadIdx.x + shift];
 }
@@ -128,7 +131,7 @@ extern "C" __global__ void write_shifted(float* out, int shift) {
     out[(int)threadIdx.x + shift] = 1.0f;
 }
 """
-ARGS = {"first_block_writes": "p", "neighbour": "pi", "shifted": "ppi", "write_shifted": "pi"}
+ARGS = {"first_block_writes": "p", "neighbour": "pi", "chain": "p", "shifted": "ppi", "write_shifted": "pi"}
 
 
 def _launch(name: str, grid: int, block: int, *args, order: str = "forward", guard: bool = False) -> None:
@@ -157,6 +160,13 @@ def test_a_race_between_threads_shows_in_the_other_order():
     want = (np.arange(64, dtype=np.float32) + 1) % 64
     for order in ("forward", "reverse"):
         assert np.array_equal(_run("neighbour", 1, 64, 64, 1, order=order), want)  # with the barrier: one answer
+
+
+@needs_emulator
+def test_blocks_that_read_each_others_writes_show_in_the_other_order():
+    """A GPU runs a launch's blocks in any order and side by side: in the reverse order the blocks run last to first."""
+    assert np.array_equal(_run("chain", 7, 32, 8), np.arange(8, dtype=np.float32))
+    assert np.array_equal(_run("chain", 7, 32, 8, order="reverse"), np.minimum(np.arange(8), 1).astype(np.float32))
 
 
 needs_guard = pytest.mark.skipif(platform.machine() != "x86_64" or platform.system() != "Linux", reason="guard mode: x86-64 Linux")

@@ -17,10 +17,12 @@
 //
 // It checks what it can: 2-byte alignment of GGUF block loads (a misaligned
 // load faults on a GPU but not on x86); shared memory read before it is
-// written (NaN bytes); races between a block's threads, when a test runs the
-// threads in the other order too (emu_set_order: a block's threads last to
-// first between barriers; a race then gives other numbers).  It knows nothing of timing, memory
-// coalescing or real warp divergence: it is for correctness tests only.
+// written (NaN bytes); races between a block's threads or between blocks, when a
+// test runs in the other order too (emu_set_order: the blocks last to first, a
+// block's threads last to first between barriers; a race then gives other
+// numbers); with emulate.py's guard mode, reads and writes past an array's end.
+// It knows nothing of timing, memory coalescing or real warp divergence: it is
+// for correctness tests only.
 #pragma once
 #include <cmath>
 #include <cstddef>
@@ -308,40 +310,42 @@ static void emu_launch(dim3 grid, dim3 block, size_t smem, const std::function<v
     }
 #endif
     emu_shfl.assign(2 * (((n + 31) / 32) * 32), 0.0f);
-    for (unsigned bz = 0; bz < grid.z; ++bz)
-        for (unsigned by = 0; by < grid.y; ++by)
-            for (unsigned bx = 0; bx < grid.x; ++bx) {
-                blockIdx = dim3{bx, by, bz};
-                ++emu_block_serial;
-                std::memset(emu_dyn_smem, 0xff, smem);  // NaN: a read of unwritten shared memory shows
-                emu_block_bar = EmuBarrier{};
-                emu_warp_bar.assign((n + 31) / 32, EmuBarrier{});
-                emu_done_block = 0;
-                emu_done_warp.assign((n + 31) / 32, 0);
-                emu_or_acc = 0;
-                for (int i = 0; i < n; ++i) {
-                    EmuFiber& f = emu_fibers[i];
-                    if (f.lost) {
-                        emu_ctx_make(f.ctx, f.stack.get(), stack_size, emu_fiber_main);
-                        f.lost = false;
-                    }
-                    f.done = false;
-                }
-                int live = n;
-                while (live > 0) {  // round robin until every thread has returned
-                    live = 0;
-                    for (int j = 0; j < n; ++j) {
-                        const int i = emu_reverse ? n - 1 - j : j;
-                        if (emu_fibers[i].done) continue;
-                        emu_cur = i;
-                        threadIdx = emu_fibers[i].tid;
-                        emu_in_fiber = true;
-                        emu_ctx_switch(emu_main, emu_fibers[i].ctx);
-                        emu_in_fiber = false;
-                        live += !emu_fibers[i].done;
-                    }
-                }
+    // (reversed, the blocks run last to first too: a block that reads what another of the launch writes is a race
+    // on a GPU, which runs them in any order and side by side)
+    const unsigned long long n_blocks = (unsigned long long)grid.x * grid.y * grid.z;
+    for (unsigned long long b = 0; b < n_blocks; ++b) {
+        const unsigned long long lin = emu_reverse ? n_blocks - 1 - b : b;
+        blockIdx = dim3{(unsigned)(lin % grid.x), (unsigned)(lin / grid.x % grid.y), (unsigned)(lin / ((unsigned long long)grid.x * grid.y))};
+        ++emu_block_serial;
+        std::memset(emu_dyn_smem, 0xff, smem);  // NaN: a read of unwritten shared memory shows
+        emu_block_bar = EmuBarrier{};
+        emu_warp_bar.assign((n + 31) / 32, EmuBarrier{});
+        emu_done_block = 0;
+        emu_done_warp.assign((n + 31) / 32, 0);
+        emu_or_acc = 0;
+        for (int i = 0; i < n; ++i) {
+            EmuFiber& f = emu_fibers[i];
+            if (f.lost) {
+                emu_ctx_make(f.ctx, f.stack.get(), stack_size, emu_fiber_main);
+                f.lost = false;
             }
+            f.done = false;
+        }
+        int live = n;
+        while (live > 0) {  // round robin until every thread has returned
+            live = 0;
+            for (int j = 0; j < n; ++j) {
+                const int i = emu_reverse ? n - 1 - j : j;
+                if (emu_fibers[i].done) continue;
+                emu_cur = i;
+                threadIdx = emu_fibers[i].tid;
+                emu_in_fiber = true;
+                emu_ctx_switch(emu_main, emu_fibers[i].ctx);
+                emu_in_fiber = false;
+                live += !emu_fibers[i].done;
+            }
+        }
+    }
 #if defined(__x86_64__)
     if (emu_guard) sigaction(SIGSEGV, &emu_prev_segv, nullptr);
 #endif

@@ -134,8 +134,9 @@ def _launcher(name: str) -> Any:
     return launcher(library(k.file), name, k.args)
 
 
-#: The order a block's threads run in between two barriers: "forward" (thread 0 first) or "reverse".  A kernel whose
-#: threads read what another writes without a barrier between gives other numbers in the other order (a GPU's order is
+#: The order a launch's blocks run in, and a block's threads between two barriers: "forward" (block 0 and thread 0
+#: first) or "reverse" (last to first).  A kernel whose threads read what another writes without a barrier between, or
+#: whose blocks read what another block of the launch writes, gives other numbers in the other order (a GPU's order is
 #: neither), so a test run in both orders (KVRUN_EMU_ORDER=reverse) shows the race.
 ORDERS = {"forward": 0, "reverse": 1}
 

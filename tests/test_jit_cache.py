@@ -133,7 +133,7 @@ def _holding_the_index_lock(path: str):
     return fd
 
 
-def test_a_cache_entry_is_saved_and_loaded_only_while_no_other_save_is_under_way(tmp_path):
+def test_a_cache_entry_is_saved_and_loaded_only_while_no_other_save_is_under_way(tmp_path, monkeypatch):
     """Two processes filling one kernel cache at once (two chats started together) must not interleave Numba's
     save (index read, a free data file named, index written, data written): the index could end naming a data file
     the other wrote for another signature, whose machine code then ran for this one.  A save waits while another
@@ -148,8 +148,10 @@ def test_a_cache_entry_is_saved_and_loaded_only_while_no_other_save_is_under_way
         pytest.skip("no flock here: Numba's cache is unlocked")
     from numba.core.caching import IndexDataCacheFile
 
+    monkeypatch.setenv("KVRUN_JIT_CACHE", str(tmp_path / "jit"))  # (the shared cache's: kvrun's kernels)
     jitstamp.install()
-    f = IndexDataCacheFile(str(tmp_path), "kernel-12.py311", "stamp")
+    (tmp_path / "jit" / "digest").mkdir(parents=True)
+    f = IndexDataCacheFile(str(tmp_path / "jit" / "digest"), "kernel-12.py311", "stamp")
     fd = _holding_the_index_lock(f._index_path)
     save = threading.Thread(target=f.save, args=(("sig", "a"), b"code a"))
     save.start()
@@ -168,3 +170,28 @@ def test_a_cache_entry_is_saved_and_loaded_only_while_no_other_save_is_under_way
     os.close(fd)
     load.join(30)
     assert got == [b"code a"]
+
+
+def test_another_librarys_numba_cache_is_not_locked(tmp_path, monkeypatch):
+    """The lock is kvrun's: a cache elsewhere (another library's kernels in the same process) saves as Numba does,
+    whatever holds a lock file beside its index."""
+    import pytest
+
+    from kvrun.ops.cpu import jitstamp
+
+    if jitstamp.fcntl is None:
+        pytest.skip("no flock here")
+    from numba.core.caching import IndexDataCacheFile
+
+    monkeypatch.setenv("KVRUN_JIT_CACHE", str(tmp_path / "jit"))
+    jitstamp.install()
+    (tmp_path / "elsewhere").mkdir()
+    f = IndexDataCacheFile(str(tmp_path / "elsewhere"), "theirs-3.py311", "stamp")
+    fd = _holding_the_index_lock(f._index_path)
+    try:
+        f.save(("sig", "a"), b"code a")  # (no wait)
+        assert f.load(("sig", "a")) == b"code a"
+    finally:
+        os.close(fd)
+    assert jitstamp._kvruns(str(jitstamp.ROOT / "ops" / "cpu" / "__pycache__" / "nn.rms_norm-12.py311.nbi"))
+    assert not jitstamp._kvruns(f._index_path)

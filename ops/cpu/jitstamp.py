@@ -189,11 +189,21 @@ def index_lock(index_path: str, exclusive: bool):
             os.close(fd)  # (releases the lock)
 
 
+def _kvruns(index_path: str) -> bool:
+    """Whether a cache index is of kvrun's kernels: in the shared cache, or beside (or, under ``NUMBA_CACHE_DIR``, in
+    the mirror of) the package's sources.  Other libraries' Numba caches are left as Numba keeps them."""
+    p = os.path.realpath(index_path)
+    root = os.path.realpath(shared_cache_root())
+    return p.startswith(root + os.sep) or str(ROOT) + os.sep in p or str(ROOT).lstrip(os.sep) + os.sep in p
+
+
 def _locked(method, exclusive: bool):
-    """``IndexDataCacheFile.save``/``load`` run under :func:`index_lock`."""
+    """``IndexDataCacheFile.save``/``load`` run under :func:`index_lock`, for kvrun's caches (:func:`_kvruns`)."""
 
     @functools.wraps(method)
     def run(self, *args, **kwargs):
+        if not _kvruns(self._index_path):
+            return method(self, *args, **kwargs)
         with index_lock(self._index_path, exclusive):
             return method(self, *args, **kwargs)
 

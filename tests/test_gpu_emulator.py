@@ -78,6 +78,30 @@ def test_kvruns_kernels_report_their_registers_and_bounds():
     assert attn.max_threads == 128
 
 
+@needs_ptxas
+@pytest.mark.parametrize("module, kernel", [("qattention", "qattn_decode_partial"), ("batch_attention", "attn_decode_batch_f16")])
+def test_a_wrappers_shared_memory_budget_leaves_room_for_its_kernels_own(module, kernel):
+    """A wrapper that sizes a launch's dynamic shared memory to the 48 KiB a block has must leave out what the kernel
+    declares itself (ptxas's figure), or the largest launches it allows fail on the device alone."""
+    import importlib
+
+    assert usage(kernel).static_smem <= importlib.import_module(f"kvrun.ops.gpu.{module}").STATIC_SHARED
+
+
+@needs_ptxas
+def test_a_batch_of_48_query_heads_a_kv_head_goes_alone_not_to_a_launch_the_device_refuses():
+    """StarCoder's 48 heads on one KV head of 128: the batched decode's queries and logits take 48 KiB, the whole
+    of a block's shared memory, with its kernel's own 144 bytes beside them: too much on a device, so the sequences
+    decode one by one (attention.py's kernel declares none)."""
+    from kvrun.ops.gpu import batch_attention
+
+    dyn = 4 * 48 * (128 + batch_attention.DECODE_CHUNK)
+    assert launch_problem("attn_decode_batch_f16", (1, 1, 2), (128,), dyn, usage("attn_decode_batch_f16")) is not None
+    assert not batch_attention.fits(48, 1, 128)
+    assert launch_problem("attn_decode_partial_f16", (1, 1, 1), (128,), dyn, usage("attn_decode_partial_f16")) is None
+    assert batch_attention.fits(32, 1, 128)
+
+
 def test_the_largest_block_a_kernel_takes():
     assert most_threads(Usage(130, 0, 0, None)) == 480  # (its registers)
     assert most_threads(Usage(40, 0, 0, 128)) == 128  # (its launch bounds)

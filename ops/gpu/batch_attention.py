@@ -23,6 +23,10 @@ from . import kernels as K
 from .attention import DECODE_CHUNK, DECODE_MAX_D, SHARED_LIMIT
 from .arrays import to_device
 
+#: attn_decode_batch_f16's own __shared__ (scratch[WARP] and the split counter's `last`), as ptxas lays it out for
+#: sm_90: beside the launch's dynamic shared memory within SHARED_LIMIT (tests/test_gpu_emulator.py holds it to ptxas)
+STATIC_SHARED = 144
+
 TAB_W = 8  # int64 words per row of a table (TAB_W in batch_attention.cu)
 
 
@@ -67,7 +71,7 @@ def table(rings: list[Any], rows: list[int]) -> BatchTable:
 
 def fits(n_head: int, n_kv: int, head_dim: int) -> bool:
     """Whether a layer's heads fit the decode kernel (attention.attend_decode's limits; else the sequences go alone)."""
-    return head_dim <= DECODE_MAX_D and 4 * (n_head // n_kv) * (head_dim + DECODE_CHUNK) <= SHARED_LIMIT
+    return head_dim <= DECODE_MAX_D and 4 * (n_head // n_kv) * (head_dim + DECODE_CHUNK) <= SHARED_LIMIT - STATIC_SHARED
 
 
 def kv_store(k_new: Any, v_new: Any, pos: Any, t: BatchTable) -> None:

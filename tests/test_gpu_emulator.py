@@ -125,6 +125,23 @@ def test_an_emulated_launch_the_device_would_refuse_fails():
         emulate.EmulatedRuntime().launch("add_f32", (2,), (64, 32), (x, x, np.int64(4096)), 0)
 
 
+@needs_emulator
+def test_a_run_lists_the_kernels_it_launched(tmp_path):
+    """KVRUN_EMU_COVERAGE names a file each process adds its launched kernels to, so a whole run of the emulated
+    tests shows which kernels none of them runs."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import numpy as np; from kvrun.ops.gpu import emulate; x = np.zeros(4, np.float32); "
+            "emulate.EmulatedRuntime().launch('add_f32', (1,), (32,), (x, x, np.int64(4)), 0)")  # fmt: skip
+    cov = tmp_path / "launched.txt"
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, KVRUN_EMU_COVERAGE=str(cov)), capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+    assert cov.read_text() == "add_f32\nadd_f32\n"
+
+
 def test_an_unknown_thread_order_is_a_one_line_error(monkeypatch):
     monkeypatch.setenv("KVRUN_EMU_ORDER", "sideways")
     with pytest.raises(ValueError, match=r"^KVRUN_EMU_ORDER='sideways': use one of forward, reverse$"):

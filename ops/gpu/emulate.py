@@ -18,6 +18,7 @@ hash of their source.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
 import hashlib
@@ -270,12 +271,26 @@ class EmulatedRuntime:
             run(library(KERNELS[name].file), _launcher(name), grid, block, args, shared_mem, self.order, self.guard)
         except EmulatedKernelError as e:
             raise EmulatedKernelError(f"{name}: {e}") from None
+        LAUNCHED.add(name)
 
     def asnumpy(self, a: Any) -> np.ndarray:
         return np.asarray(a)
 
     def synchronize(self) -> None:
         pass
+
+
+#: The kernels this process ran on the emulator; with ``$KVRUN_EMU_COVERAGE`` (a file) their names are added to it at
+#: exit, one a line, so a run of the emulated tests says which kernels no test runs (untried device code).
+LAUNCHED: set[str] = set()
+
+
+@atexit.register
+def _write_coverage() -> None:
+    path = os.environ.get("KVRUN_EMU_COVERAGE")
+    if path and LAUNCHED:
+        with open(path, "a") as f:  # (several processes may add to one file)
+            f.write("".join(f"{n}\n" for n in sorted(LAUNCHED)))
 
 
 class EmulatedGraph:

@@ -44,6 +44,8 @@ from kvrun.ops.gpu import emulate
 IQ_TYPES = [Q.IQ3_XXS, Q.IQ3_S, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ1_S, Q.IQ1_M]
 QTYPES = [Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS, *IQ_TYPES,
           Q.MXFP4]
+#: every type the CPU backend reads (kernels.QTYPE_SUFFIX): QTYPES and the ternary ones (BitNet's)
+EVERY_QTYPE = [*QTYPES, Q.TQ1_0, Q.TQ2_0]
 
 # the `rt` fixture (real CUDA where a GPU is, else the kernel emulator) is in conftest.py
 
@@ -134,6 +136,28 @@ def test_linear_many_is_each_linear(rt, gpu, cpu, qtype, n_tok, rows):
     gpu.linear_many([gpu.upload(r, qtype, (n, n_cols)) for r, n in zip(raws, rows)], dev(rt, x), outs)
     for r, n, out in zip(raws, rows, outs):
         want = np.zeros((n_tok, n), np.float32)
+        cpu.linear(cpu.upload(r, qtype, (n, n_cols)), x, want)
+        assert nmse(rt.asnumpy(out), want) < 1e-3
+
+
+def test_every_qtype_is_every_type_the_kernels_read():
+    """The every-type tests launch each type's instantiation of a template: a type the kernels gain joins them."""
+    from kvrun.ops.gpu.kernels import QTYPE_SUFFIX
+
+    assert sorted(int(q) for q in EVERY_QTYPE) == sorted(QTYPE_SUFFIX)
+
+
+@pytest.mark.parametrize("qtype", EVERY_QTYPE, ids=lambda q: Q(q).name)
+def test_linear_many_reads_every_type(rt, gpu, cpu, qtype):
+    """matvec3_ of each type (one token, three small matrices, the last rows a partial block of 4) as the CPU's linear."""
+    rng = np.random.default_rng(int(qtype) + 100)
+    n_cols, rows = n_cols_for(qtype), (6, 4, 3)
+    raws = [random_weight(qtype, n, n_cols, rng) for n in rows]
+    x = rng.standard_normal((1, n_cols)).astype(np.float32)
+    outs = [rt.xp.full((1, n), np.nan, np.float32) for n in rows]
+    gpu.linear_many([gpu.upload(r, qtype, (n, n_cols)) for r, n in zip(raws, rows)], dev(rt, x), outs)
+    for r, n, out in zip(raws, rows, outs):
+        want = np.zeros((1, n), np.float32)
         cpu.linear(cpu.upload(r, qtype, (n, n_cols)), x, want)
         assert nmse(rt.asnumpy(out), want) < 1e-3
 

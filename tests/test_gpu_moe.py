@@ -19,7 +19,7 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize
 from gpu_checks import check_cli_text_matches_cpu, check_decode_copies_only_logits, check_prefill_and_replayed_decode
-from test_gpu_kernels import QTYPES, n_cols_for, nmse, random_weight
+from test_gpu_kernels import EVERY_QTYPE, n_cols_for, nmse, random_weight
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.models.moe import MoE, device_unsupported, route
@@ -132,7 +132,7 @@ def test_one_token_equals_the_cpus_one_call(rt, cpu, gu, down, oai):
     assert nmse(got, _reference(g, u, d, gu, gu, down, ids, wts, xn, x, n_ff, biases, act)) < 1e-9
 
 
-@pytest.mark.parametrize("qtype", QTYPES, ids=lambda q: Q(q).name)
+@pytest.mark.parametrize("qtype", EVERY_QTYPE, ids=lambda q: Q(q).name)
 def test_every_type_the_matvec_reads_runs_as_experts(rt, qtype):
     """Three tokens, two experts each, over the float64 product; the output written (Granite's, accumulate False)."""
     rng = np.random.default_rng(int(qtype))

@@ -19,8 +19,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
+from gguf.quants import dequantize
 from gpu_checks import check_decode_copies_only_logits, check_prefill_and_replayed_decode
-from test_gpu_kernels import nmse, random_weight
+from test_gpu_kernels import EVERY_QTYPE, n_cols_for, nmse, random_weight
 from tinymodel import FIXTURE_MODELS, write_tiny_model
 
 from kvrun.models.bert import gelu
@@ -213,6 +214,45 @@ def test_moe_add_on_the_device_equals_the_cpus(rt, name, T):
         moe_add(be, moe, be.vector(xn) if be.name != "cpu" else xn, out, Buffers(8, be.zeros))
         outs.append(be.to_host(out))
     assert nmse(outs[1] - x, outs[0] - x) < 1e-3
+
+
+@pytest.mark.parametrize("act", ["gelu", "relu_sqr"], ids=["gated", "ungated-relu-sqr"])
+@pytest.mark.parametrize("qtype", EVERY_QTYPE, ids=lambda q: Q(q).name)
+def test_every_type_runs_as_the_variants_experts(rt, qtype, act):
+    """moe2.cu's experts (Grok's GELU: moe_gate_up_x_, moe_down_x_) and the ungated squared-ReLU ones (Nemotron-H
+    MoE's: moe3.cu's moe_up_sq_, then moe_down_x_), all of one type, through ``moe_add`` on both backends: one token,
+    two of four experts, the narrowest width the type's blocks allow.  The device within NMSE 1e-9 of the float64
+    experts of the dequantized weights (1e-6 with the GELU: a gate on a float16 rounding boundary of its table may round
+    the other way) and 2e-2 of the CPU's: its int8 activations lose more on the random K-quant blocks, whose 6-bit
+    mins offset every weight (the products cancel), and a gate's error and an up's multiply (Q4_K's gated experts:
+    5e-3 from the CPU, 6e-13 from float64)."""
+    rng = np.random.default_rng(int(qtype) * 2 + (act == "gelu"))
+    n_expert, k, n = 4, 2, n_cols_for(qtype)  # (n_embd = n_ff)
+    raw = {"router": (Q.F32, n_expert, n), "up": (qtype, n_expert * n, n), "down": (qtype, n_expert * n, n)}
+    if act == "gelu":
+        raw["gate"] = (qtype, n_expert * n, n)
+    raw = {r: (random_weight(q, rows, cols, rng), q, (rows, cols)) for r, (q, rows, cols) in raw.items()}
+    xn = rng.standard_normal((1, n)).astype(np.float32)
+    x = rng.standard_normal((1, n)).astype(np.float32)
+    outs = []
+    for be in (CPUBackend(), GPUBackend()):
+        w = {r: be.upload(d, q, s) for r, (d, q, s) in raw.items()}
+        moe = MoE(router=w["router"], gate=w.get("gate"), up=w["up"], down=w["down"], n_expert=n_expert, n_used=k, norm_weights=True, act=act)
+        assert device_unsupported(moe) is None
+        out = be.vector(x.copy()) if be.name != "cpu" else x.copy()
+        moe_add(be, moe, be.vector(xn) if be.name != "cpu" else xn, out, Buffers(8, be.zeros))
+        outs.append(be.to_host(out)[0] - x[0])
+    W = {r: dequantize(d, q).reshape(s).astype(np.float64) for r, (d, q, s) in raw.items()}
+    p = np.exp(W["router"] @ xn[0])  # (softmax over the experts, the best two renormalised)
+    ids = np.argsort(-p)[:k]
+    want = np.zeros(n)
+    for e, wt in zip(ids, p[ids] / p[ids].sum()):
+        rows = slice(e * n, (e + 1) * n)
+        u = W["up"][rows] @ xn[0]
+        h = gelu((W["gate"][rows] @ xn[0]).astype(np.float32)) * u if act == "gelu" else np.maximum(u, 0.0) ** 2
+        want += wt * (W["down"][rows] @ h)
+    assert nmse(outs[1], want) < (1e-6 if act == "gelu" else 1e-9)
+    assert nmse(outs[1], outs[0]) < 2e-2
 
 
 def test_the_variants_with_biases_are_still_named():

@@ -145,18 +145,24 @@ def launch_problem(name: str, grid: tuple[int, ...], block: tuple[int, ...], dyn
         return None
     if u.max_threads is not None and threads > u.max_threads:
         return f"{name}: {threads} threads a block exceed its __launch_bounds__ of {u.max_threads}"
-    per_warp = -(-u.registers * 32 // lim.register_unit) * lim.register_unit
-    if -(-threads // 32) * per_warp > lim.registers:
+    most = _register_threads(u, lim)
+    if threads > most:
         return (f"{name}: {threads} threads of {u.registers} registers exceed the device's {lim.registers} a block "
-                f"(at most {lim.registers // per_warp * 32} threads)")  # fmt: skip
+                f"(at most {most} threads)")  # fmt: skip
     return None
+
+
+def _register_threads(u: Usage, lim: Limits) -> int:
+    """The most threads a block of ``u``'s registers can have: whole warps, each given its registers in units of
+    ``lim.register_unit``."""
+    per_warp = -(-u.registers * 32 // lim.register_unit) * lim.register_unit
+    return lim.registers // per_warp * 32
 
 
 def most_threads(u: Usage, lim: Limits = H100) -> int:
     """The largest block (a multiple of 32) a kernel of ``u`` launches with: its launch bounds, the device's
     threads, and the registers its warps take."""
-    per_warp = -(-u.registers * 32 // lim.register_unit) * lim.register_unit
-    most = min(lim.threads, lim.registers // per_warp * 32)
+    most = min(lim.threads, _register_threads(u, lim))
     return min(most, u.max_threads) if u.max_threads else most
 
 

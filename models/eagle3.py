@@ -379,19 +379,25 @@ class Eagle3Draft:
 
     def _keep_device(self, cache: KVCache, p0: int, g: Any, pd: Any) -> None:
         """:meth:`_keep` on a device: ``g``'s rows stored at the positions ``pd`` (device) by a kernel."""
-        s = self.seqs.get(cache)
-        if s is None:
-            if p0 > 0:  # (positions before these never filed: a prefix copied in without its rows, a session loaded)
-                return  # (the host would take them as filed: no sequence, no drafts, until the cache starts over)
-            s = self.seqs[cache] = _Sequence(self.head.new_cache(), self.head._zeros(self.head.n_ctx, self.head.cfg.n_embd))
+        if cache not in self.seqs and p0 > 0:  # (positions before these never filed: a prefix copied in without its
+            return  # rows, a session loaded; the host would take them as filed: no sequence, no drafts, until it starts over)
+        s = self._sequence(cache)
         n = g.shape[1]
         gpu_ssm.store(g, n, 0, n, s.g, 0, len(s.g), pd, g.shape[0])
         s.n_valid = p0 + g.shape[0]
 
-    def _keep(self, cache: KVCache, p0: int, g: np.ndarray) -> None:
+    def _sequence(self, cache: KVCache) -> _Sequence:
+        """``cache``'s sequence, made empty where it has none: its g on a device the fixed ``n_ctx`` rows captured
+        steps store into, on the host grown as rows are filed."""
         s = self.seqs.get(cache)
         if s is None:
-            s = self.seqs[cache] = _Sequence(self.head.new_cache(), np.zeros((0, self.head.cfg.n_embd), np.float32))
+            h = self.head
+            g = h._zeros(h.n_ctx, h.cfg.n_embd) if self.on_device else np.zeros((0, h.cfg.n_embd), np.float32)
+            s = self.seqs[cache] = _Sequence(h.new_cache(), g)
+        return s
+
+    def _keep(self, cache: KVCache, p0: int, g: np.ndarray) -> None:
+        s = self._sequence(cache)
         if p0 > s.n_valid:  # (positions before these never filed: a prefix copied in, a session loaded) nothing to pair
             return
         end = p0 + len(g)
@@ -412,16 +418,12 @@ class Eagle3Draft:
             if s is None:
                 self.seqs.pop(dst, None)  # (the next forward, not at 0, files nothing: see _keep_device)
                 return
-            d = self.seqs.get(dst)
-            if d is None:
-                d = self.seqs[dst] = _Sequence(head.new_cache(), head._zeros(head.n_ctx, head.cfg.n_embd))
+            d = self._sequence(dst)
             if n > 0:
                 head.be.copy(s.g[:n], d.g[:n])
             d.n_valid = n
         else:
-            d = self.seqs.get(dst)
-            if d is None:
-                d = self.seqs[dst] = _Sequence(head.new_cache(), np.zeros((0, head.cfg.n_embd), np.float32))
+            d = self._sequence(dst)
             filed = 0 if s is None else min(n, s.n_valid)  # (past src's filed rows: unfiled, _keep files nothing after)
             if filed > len(d.g):
                 d.g = np.zeros((filed, head.cfg.n_embd), np.float32)

@@ -125,6 +125,11 @@ class SharedKVLayerCache(LayerCache):
     def truncate(self, n_past: int) -> None:
         pass
 
+    def copy_prefix(self, src: LayerCache, n_past: int) -> bool:
+        """Nothing to copy: the source layer, earlier in the same cache, copies the K/V this one reads.  ``src`` must
+        be a sharing layer of the same kind and spec (KVCache.copy_prefix)."""
+        return type(src) is type(self) and src.spec == self.spec
+
 
 class Media(ABC):
     """What media (pictures) leave on a sequence's cache beside its layers' K/V, in :attr:`KVCache.media` under their
@@ -178,7 +183,8 @@ class KVCache:
 
     def copy_prefix(self, src: KVCache, n_past: int) -> bool:
         """Hold exactly what ``src`` holds at positions ``< n_past`` (each layer's ``copy_prefix``, where every layer
-        has one); False, and this cache empty, where a layer cannot (a compressed or recurrent cache)."""
+        has one); False, and this cache empty, where a layer cannot (a recurrent state, a ring or an eviction that
+        dropped a position the next token sees, a merging compressed cache, the GPU's compressed cache)."""
         if n_past > src.offset or len(src.layers) != len(self.layers):
             return False
         for mine, theirs in zip(self.layers, src.layers):

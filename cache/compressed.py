@@ -74,6 +74,7 @@ from .keybasis import KeyBasis
 from .merge import make_merger
 from .policies import make_policy
 from .insert import decode_step, fwht_copy, fwht_rows, policy_decode_step, policy_push, policy_push_tokens, push_tokens, ranking_scratch
+from .plain import holds_seen
 from .pool import Pool
 from .quant import CLIPS, TABLE_BYTES, hadamard
 
@@ -261,6 +262,23 @@ class CompressedLayerCache(LayerCache):
         for i, p in enumerate(self.pools):
             lo = self.lo[i]
             self._free[i][:] = (self.pos[:, lo : lo + p.cap] < 0).sum(axis=1)
+
+    def copy_prefix(self, src: LayerCache, n_past: int) -> bool:
+        """Hold what ``src`` (a compressed cache of the same layer and setting) holds at positions < ``n_past``: its
+        whole state (fp16 sinks and window, pools and their tables, key basis, the policy's scores) copied, then
+        truncated there, so this cache is what ``src.truncate(n_past)`` leaves ``src`` (a server's new conversation
+        taking the system prompt another slot holds, runtime/slots.py).  False (nothing copied) where ``src`` is
+        another kind or layout, where it no longer holds every position the next token sees (an eviction took one,
+        or a window's ring moved past it: evaluating the prefix again keeps more of it), or where it merges (a later
+        token, of another conversation, may have been folded into a prefix token's K/V)."""
+        if type(src) is not type(self) or src.spec != self.spec or src.kv != self.kv or src.N != self.N:
+            return False
+        if self.merger is not None or not all(holds_seen(row, self.spec, n_past) for row in src.pos):
+            return False
+        vars(self).update(copy.deepcopy(vars(src), {id(np): np}))  # (numpy, the policy's array module, shared)
+        self.shared_chunk = None  # (src's last prompt chunk, kept for its sharers: not this sequence's)
+        self.truncate(n_past)
+        return True
 
     # ------------------------------------------------------------ insertion
     @staticmethod

@@ -232,6 +232,12 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         self._pull()
         return super().stored_rows(h, spare)
 
+    def copy_prefix(self, src: LayerCache, n_past: int) -> bool:
+        """False (the prefix is evaluated again): the CPU's copy takes over the whole state, which here is host
+        bookkeeping beside device storage, tables and a policy's device arrays that captured CUDA graphs hold by
+        pointer, each to be copied in place."""
+        return False
+
     # ------------------------------------------------------------ session files (cache/hostcopy.py)
     def to_host(self, moved: dict[int, LayerCache]) -> CompressedLayerCache:
         """The CPU's :class:`~.compressed.CompressedLayerCache` holding what this one holds: the host bookkeeping and

@@ -113,12 +113,7 @@ class PlainLayerCache(LayerCache):
         self.pos[hi:] = -1
         self.used = hi
         self.truncate(n_past)
-        # exact only if every position the next tokens attend to is here (a ring may have written over them)
-        lo = max(0, n_past - self.spec.window) if self.spec.window > 0 else 0
-        if self.spec.window < 0:  # (chunked: the next token sees from its chunk's start)
-            lo = n_past - n_past % -self.spec.window
-        held = self.pos[:hi]
-        if int(((held >= lo) & (held < n_past)).sum()) != n_past - lo:
+        if not holds_seen(self.pos, self.spec, n_past):  # (exact only if every position the next token sees is here)
             self.reset()
             return False
         return True

@@ -85,7 +85,8 @@ class Slots:
     def _share_prefix(self, slot: Slot, others: list[Slot], prompt: list[int]) -> None:
         """(Holding ``cv``.)  Where another idle slot holds more of ``prompt`` than ``slot`` does, by
         ``SHARE_MIN`` tokens at least (a system prompt several conversations start with), ``slot`` takes a copy
-        of that prefix's K/V instead of evaluating it again (the fp16 cache; a compressed one evaluates it)."""
+        of that prefix's K/V instead of evaluating it again (a compressed cache's as that slot holds them: where it
+        no longer holds every prefix position, or merges, the prompt is evaluated)."""
         shares = {s.id: shared_prefix(s.session.tokens, prompt) for s in (slot, *others)}  # (each slot's once)
         best = max(others, key=lambda s: shares[s.id], default=None)
         if best is None:

@@ -206,9 +206,10 @@ def test_a_slot_that_takes_anothers_prefix_takes_the_drafts_rows(files):
 
 @pytest.mark.parametrize("device", ["cpu", "gpu"])
 def test_a_prefix_copied_without_a_forward_takes_its_rows_on_either_device(gpu_env, files, device):
-    """The tap's side of a prefix copy (Eagle3Draft.copy_prefix; a device's K/V caches copy no prefix, so the K/V here
-    are a forward's the tap does not see): a cache that held another text takes a sequence's rows [0, n), on the
-    device by a copy there, and the rows it pairs and its drafts are a fresh forward's."""
+    """The tap's side of a prefix copy (Eagle3Draft.copy_prefix alone, the K/V here a forward's the tap does not see;
+    Engine.copy_prefix's whole copy on the device: tests/test_gpu_copy_prefix.py): a cache that held another text
+    takes a sequence's rows [0, n), on the device by a copy there, and the rows it pairs and its drafts are a fresh
+    forward's."""
     target, drafts = files
     e = Engine(target, n_ctx=64, threads=1, device=device, draft=drafts[""], draft_p_min=0.0)
     d = e.draft

@@ -370,16 +370,20 @@ def gelu_erf(x: Any) -> Any:
 
 
 def _attend_windows(enc: Any, q: Any, k: Any, v: Any, groups: list[Any], scale: F32) -> Any:
-    """softmax(q k^T scale) v within each window: q, k, v [T, H, D] -> [T, H*D]."""
+    """softmax(q k^T scale) v within each window: q, k, v [T, H, D] -> [T, H*D].  The windows of a size go in one
+    launch as heads, so in runs of at most ``MAX_GRID_Y // H`` windows (a very large picture has more)."""
     from ..ops.gpu import encoder as E
+    from ..ops.gpu import kernels as K
 
     d, xp = of(enc), of(enc).xp
     T, H, D = q.shape
     out = d.be.zeros((T, H, D), F32)
-    for idx in groups:
-        n, s = idx.shape
-        qg, kg, vg = (xp.ascontiguousarray(xp.transpose(t[idx], (1, 0, 2, 3)).reshape(s, n * H, D)) for t in (q, k, v))
-        o = d.be.zeros((s, n * H, D), F32)
-        E.attend_full(qg, kg, vg, None, float(scale), o)
-        out[idx] = xp.transpose(o.reshape(s, n, H, D), (1, 0, 2, 3))
+    for windows in groups:
+        for lo in range(0, windows.shape[0], K.MAX_GRID_Y // H):
+            idx = windows[lo : lo + K.MAX_GRID_Y // H]
+            n, s = idx.shape
+            qg, kg, vg = (xp.ascontiguousarray(xp.transpose(t[idx], (1, 0, 2, 3)).reshape(s, n * H, D)) for t in (q, k, v))
+            o = d.be.zeros((s, n * H, D), F32)
+            E.attend_full(qg, kg, vg, None, float(scale), o)
+            out[idx] = xp.transpose(o.reshape(s, n, H, D), (1, 0, 2, 3))
     return out.reshape(T, H * D)

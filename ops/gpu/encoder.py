@@ -24,9 +24,12 @@ def fits(n_keys: int, head_dim: int) -> bool:
 
 
 def attend_full(q: Any, k: Any, v: Any, bias: Any, scale: float, out: Any) -> None:
-    """out = softmax(q k^T * scale + bias) v, every query row over every key row (grouped heads share a K/V head)."""
+    """out = softmax(q k^T * scale + bias) v, every query row over every key row (grouped heads share a K/V head).
+    A launch's grid.y is the heads: at most ``K.MAX_GRID_Y`` (a caller folding windows into heads cuts them into runs)."""
     Tq, H, D = q.shape
     Tk, n_kv, Dv = v.shape
+    if H > K.MAX_GRID_Y:
+        raise ValueError(f"attention over {H} heads in one launch: at most {K.MAX_GRID_Y} (CUDA's grid.y)")
     qd, kd, vd = to_device(q), to_device(k), to_device(v)
     if bias is not None and tuple(bias.shape[-2:]) != (Tq, Tk):  # (a bias broadcast over the queries or the keys: spelt out)
         xp = K.runtime().xp

@@ -428,6 +428,7 @@ def cdiv(a: int, b: int) -> int:
 
 EW_BLOCK = 256  # element-wise kernels (common.cuh's GRID_STRIDE loops): threads a block
 EW_MAX_GRID = 8192  # ... and at most this many blocks (each thread's loop takes the rest)
+MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y (and z): a launch whose rows outnumber it is cut into runs
 
 
 def ew_grid(n: int) -> tuple[int]:

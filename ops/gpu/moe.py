@@ -20,7 +20,7 @@ WARP = 32
 ROWS_PER_BLOCK = 4  # MOE_WARPS in moe.cuh: one warp per output row
 GATING = {"softmax": 0, "sigmoid": 1, "softmax_weight": 2}  # MOE_SOFTMAX ... in moe.cu
 ACT = {"silu": 0, "swiglu_oai": 1, "relu": 2, "gelu": 3}  # MOE_SILU ... in moe.cu (gelu: Gemma 4's tanh GELU)
-MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y: the gate/up launch's (token, slot) pairs
+MAX_GRID_Y = K.MAX_GRID_Y  # the gate/up launch's (token, slot) pairs a run
 
 
 def route(logits: Any, k: int, gating: str, norm_weights: bool, scale: float, bias: Any, router_b: Any, groups: tuple[int, int],

@@ -410,6 +410,20 @@ class Session:
     def send(self, user: str, **kw: Any) -> str:
         return "".join(self.stream(user, **kw))
 
+    def fork(self) -> Session:
+        """A second conversation that starts where this one stands (an app's "try another reply", a branch of a
+        chat): its messages, and its KV cache copied, not evaluated again (:meth:`Engine.copy_prefix`, a compressed
+        cache's as it is held).  Where the cache cannot copy (a compressed cache that evicted a token the next one
+        sees, or merges; a recurrent state) the fork's first reply evaluates the conversation.  The two go on apart."""
+        other = Session(self.model, self.system)
+        other.messages = [dict(m) for m in self.messages]
+        other.template_kwargs = dict(self.template_kwargs)
+        other.tools, other.images, other.n_shifts = self.tools, list(self.images), self.n_shifts
+        n = len(self.tokens)
+        if n and self.engine.copy_prefix(other.cache, self.cache, n):
+            other.tokens = list(self.tokens)
+        return other
+
     def save(self, path: str | os.PathLike) -> int:
         """Write the conversation and its KV cache to ``path`` (:mod:`.sessionfile`), to be resumed by
         :meth:`Model.load_session` exactly where it stopped; returns the file's size in bytes."""

@@ -17,6 +17,7 @@ Shapes::
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -106,6 +107,20 @@ class LayerCache(ABC):
         return True
 
 
+def copy_state(dst: LayerCache, src: LayerCache, n_past: int, keep: tuple[str, ...] = ()) -> bool:
+    """A recurrent layer's ``copy_prefix``: ``dst`` takes a copy of ``src``'s whole state (the state, the ring of recent
+    inputs, the checkpoints), gone back to ``n_past`` as ``src.truncate`` would go; False where ``src`` is another kind
+    or cannot go back that far.  ``keep``: attributes that stay ``dst``'s own (an attention cache it holds)."""
+    if type(src) is not type(dst) or src.spec != dst.spec or not src.can_truncate(n_past):
+        return False
+    state = copy.deepcopy({n: v for n, v in vars(src).items() if n not in keep}, {id(np): np})
+    own = {n: v for n, v in vars(dst).items() if n in keep}
+    vars(dst).clear()
+    vars(dst).update(state, **own)
+    dst.truncate(n_past)
+    return True
+
+
 class SharedKVLayerCache(LayerCache):
     """A layer that reads another layer's K/V (``spec.kv_from``, Gemma 3n's and Gemma 4's KV sharing) and stores none:
     its tokens are its ``source``'s, and resetting and truncating are the source's (cache/plain.py's, the compressed
@@ -183,8 +198,9 @@ class KVCache:
 
     def copy_prefix(self, src: KVCache, n_past: int) -> bool:
         """Hold exactly what ``src`` holds at positions ``< n_past`` (each layer's ``copy_prefix``, where every layer
-        has one); False, and this cache empty, where a layer cannot (a recurrent state, a ring or an eviction that
-        dropped a position the next token sees, a merging compressed cache, the GPU's compressed cache)."""
+        has one); False, and this cache empty, where a layer cannot (a ring or an eviction that dropped a position the
+        next token sees, a merging compressed cache, a recurrent state that cannot go back to ``n_past``, the GPU's
+        recurrent states)."""
         if n_past > src.offset or len(src.layers) != len(self.layers):
             return False
         for mine, theirs in zip(self.layers, src.layers):

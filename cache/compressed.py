@@ -275,7 +275,9 @@ class CompressedLayerCache(LayerCache):
             return False
         if self.merger is not None or not all(holds_seen(row, self.spec, n_past) for row in src.pos):
             return False
-        vars(self).update(copy.deepcopy(vars(src), {id(np): np}))  # (numpy, the policy's array module, shared)
+        state = copy.deepcopy(vars(src), {id(np): np})  # (numpy, the policy's array module, shared)
+        vars(self).clear()  # (nothing of this cache's own stays: what it derived from its basis is keyed by a version)
+        vars(self).update(state)
         self.shared_chunk = None  # (src's last prompt chunk, kept for its sharers: not this sequence's)
         self.truncate(n_past)
         return True

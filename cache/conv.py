@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import LayerCache, LayerSpec
+from .base import LayerCache, LayerSpec, copy_state
 
 RING = 64  #: inputs kept per layer (a draft is at most 16 tokens)
 
@@ -59,3 +59,7 @@ class ConvLayerCache(LayerCache):
 
     def truncate(self, n_past: int) -> None:
         self.offset = n_past
+
+    def copy_prefix(self, src: LayerCache, n_past: int) -> bool:
+        """``src``'s ring, gone back to ``n_past`` (as far as ``can_truncate`` reaches: a fork's whole text always)."""
+        return copy_state(self, src, n_past)

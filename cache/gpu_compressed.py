@@ -66,6 +66,7 @@ of every one of those paths, from the slots' stored positions, as on the host.
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Any, NamedTuple
 
@@ -148,6 +149,11 @@ class GPUCompressedLayerCache(CompressedLayerCache):
     def __init__(self, spec: LayerSpec, kv: KVConfig, n_ctx: int) -> None:
         super().__init__(spec, kv, n_ctx)
         self._host_names = tuple(vars(self))  # the CPU class's fields: what a session file keeps (to_host)
+        # bumped each time this cache takes over another state (load_host, copy_prefix), in graph_key: a captured CUDA
+        # graph keeps the pointers of the policy's arrays and the device key basis, which a takeover replaces, and the
+        # basis version restarts from the copied basis's, so without it a graph captured before could be replayed
+        # after over freed or stale arrays (runtime/graphs.py keys graphs by the cache object, which stays the same)
+        self._generation = 0
         n_kv = spec.n_head_kv
         # same pools, recording their writes (the parent's are still empty)
         self.pools = [_TrackedPool(n_kv, p.cap, p.D, p.Dv, p.bits_k, p.bits_v, p.G) for p in self.pools]
@@ -233,10 +239,25 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         return super().stored_rows(h, spare)
 
     def copy_prefix(self, src: LayerCache, n_past: int) -> bool:
-        """False (the prefix is evaluated again): the CPU's copy takes over the whole state, which here is host
-        bookkeeping beside device storage, tables and a policy's device arrays that captured CUDA graphs hold by
-        pointer, each to be copied in place."""
-        return False
+        """As the CPU's (:meth:`~.compressed.CompressedLayerCache.copy_prefix`): hold what ``src`` (a GPU compressed
+        cache of the same layer and setting) holds at positions < ``n_past``, which is what ``src.truncate(n_past)``
+        leaves ``src``, so a server's new conversation takes the system prompt another slot holds.  ``src``'s whole
+        state comes down (:meth:`to_host`), is copied and truncated on the host, and is taken over as a session file's
+        (:meth:`load_host`: the device storage, tables and positions written in place, the policy's scores and the
+        key basis as new device arrays, and a new generation in :meth:`graph_key`).  False (nothing copied) where
+        ``src`` is another kind or layout, no longer holds every position the next token sees (the device may know
+        the positions alone: ``held_positions``), or merges."""
+        from .plain import holds_seen
+
+        if type(src) is not type(self) or src.spec != self.spec or src.kv != self.kv or src.N != self.N:
+            return False
+        if self.merger is not None or not all(holds_seen(row, self.spec, n_past) for row in src.held_positions()):
+            return False
+        h = src.to_host({})  # (shares src's arrays: copied whole before anything changes)
+        h = copy.deepcopy(h, {id(np): np})  # (numpy, the host policy's array module, shared)
+        h.truncate(n_past)  # (only positions, merge weights and empty-slot counts change: no storage)
+        self.load_host(h)
+        return True
 
     # ------------------------------------------------------------ session files (cache/hostcopy.py)
     def to_host(self, moved: dict[int, LayerCache]) -> CompressedLayerCache:
@@ -268,6 +289,11 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         vars(self).update({n: v for n, v in vars(src).items() if n not in ("_ranking", "_sa", "_sa_key") and n not in cached})
         for n in cached:
             vars(self).pop(n, None)
+        # nor what this cache kept of its own state, which a cache used before (copy_prefix) holds: the host basis's
+        # dense arrays and the one-call steps' arguments, kept by the basis's version (which restarts from src's
+        # basis's, so could match), and its last prompt chunk, kept for its sharers
+        for n in ("_fb", "_fb_version", "_sa", "_sa_key", "shared_chunk"):
+            vars(self).pop(n, None)
         self.pools = [_TrackedPool.adopt(p) for p in src.pools]
         if self.policy is not None:
             self.policy = moved_arrays(src.policy, self._xp, self._xp.asarray)
@@ -280,6 +306,7 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         self._upload_luts()
         self._upload_meta()
         self._dirty16, self._d_basis, self._stale, self._pos_stale = set(), None, False, False
+        self._generation += 1  # (no graph captured before is replayed over the new policy and basis arrays)
 
     # ------------------------------------------------------------ device writes
     def _decode_on_device(self, q: Any, k: Any, v: Any, pos: np.ndarray, out: Any) -> None:
@@ -320,14 +347,14 @@ class GPUCompressedLayerCache(CompressedLayerCache):
         if not self._on_device or self._dirty16 or any(pl.dirty or pl.lut_dirty for pl in self.pools):
             return None
         if self._steady_state(p):
-            return ("compressed", self.basis.version)  # a new basis is new device arrays (_device_basis)
+            return ("compressed", self._generation, self.basis.version)  # a new basis is new device arrays (_device_basis)
         pol = self.policy
         if not (self._policy_steady(p) and pol.capturable and getattr(K.runtime(), "records_xp", False)):
             return None
         _, spill, took = self._window_entry(p)
         if not spill or any(t.any() for t in took):  # a head still has an empty pool slot: the host counts them
             return None
-        return ("policy", self.basis.version)
+        return ("policy", self._generation, self.basis.version)
 
     def graph_step(self, p: int) -> tuple[int, int, int]:
         """The host's part of a replayed decode step at ``p``: its slots, for the graph's input buffer."""

@@ -23,7 +23,7 @@ from ..ops.gpu import kernels as K
 from ..ops.gpu import recurrent as R
 from ..ops.gpu import ssm as S
 from ..ops.gpu.arrays import positions
-from .base import LayerSpec
+from .base import LayerCache, LayerSpec
 from .conv import RING as CONV_RING
 from .conv import ConvLayerCache
 from .gpu_ssm import _DeviceState
@@ -85,6 +85,10 @@ class GPUConvLayerCache(ConvLayerCache):
         self.ring = K.runtime().xp.zeros((CONV_RING, spec.conv), np.float32)
         self.offset = 0
         self._capturing = False
+
+    def copy_prefix(self, src: LayerCache, n_past: int) -> bool:
+        """False (the prefix is evaluated again), as the GPU's state-space caches (cache/gpu_ssm.py)."""
+        return False
 
     def window(self, bx, pos):  # (the CPU's protocol: the GPU model hands over the in-projection's rows instead)
         raise TypeError("the GPU's convolution cache takes the in-projection's rows: conv")

@@ -44,6 +44,11 @@ class _DeviceState:
     replay_from: int
     _plan: Any = None  # capturing a decode step: the device int32s (tokens, slot, -) its copy reads; None: not capturing
 
+    def copy_prefix(self, src: Any, n_past: int) -> bool:
+        """False (the prefix is evaluated again): the CPU's copy takes the state whole, where the device's arrays are
+        held by captured CUDA graphs and must be copied in place."""
+        return False
+
     def _alloc(self, shape: tuple[int, ...], ring_w: int) -> None:
         xp = K.runtime().xp
         self.state = xp.zeros(shape, np.float32)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..ops.cpu.ssm import ssm_conv, ssm_scan
-from .base import LayerCache, LayerSpec
+from .base import LayerCache, LayerSpec, copy_state
 
 RING = 64  #: positions whose inputs are kept (a draft is at most 16 tokens)
 EVERY = 32  #: a copy of the state at every position that is a multiple of this
@@ -137,6 +137,11 @@ class SSMLayerCache(LayerCache):
         self.ck_pos[self.ck_pos > n_past] = -1  # (copies of the positions left behind)
         self.offset, self.replay_from = n_past, c
 
+    def copy_prefix(self, src: LayerCache, n_past: int) -> bool:
+        """``src``'s state, kept inputs and copies, gone back to ``n_past`` (as far as ``can_truncate`` reaches: a
+        fork's whole text always; a server slot's system prompt where a copy at or before it is still kept)."""
+        return copy_state(self, src, n_past, keep=("kv",))
+
 
 class KVBeside:
     """The attention's K/V (``kv``) beside a state-space layer's state (Falcon-H1's layers, on the CPU and the GPU):
@@ -158,6 +163,10 @@ class KVBeside:
 
     def can_truncate(self, n_past: int) -> bool:
         return super().can_truncate(n_past) and self.kv.can_truncate(n_past)
+
+    def copy_prefix(self, src: LayerCache, n_past: int) -> bool:
+        """The state's copy and the K/V's, each by its own rule (``kv`` stays this layer's cache, taking ``src.kv``'s)."""
+        return super().copy_prefix(src, n_past) and hasattr(self.kv, "copy_prefix") and self.kv.copy_prefix(src.kv, n_past)
 
     def truncate(self, n_past: int) -> None:
         super().truncate(n_past)

@@ -39,6 +39,7 @@ def test_a_copied_prefix_goes_on_as_the_source_gone_back_to_it(tmp_path, arch, k
     assert isinstance(src.layers[0], CompressedLayerCache)
     n = 44 if arch == "gemma3" else 24  # (gemma3's window of 8 in rings of 12 slots: after 47 tokens they hold 35-46)
     dst = eng.new_cache()
+    eng.eval(dst, [5] * 30 + [6] * 4)  # (a cache that held another text: nothing of it may stay)
     assert dst.copy_prefix(src, n) and dst.offset == n
     got = eng.eval(dst, MORE, logits_all=True)
     gone_back = eng.new_cache()

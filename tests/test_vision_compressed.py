@@ -129,10 +129,10 @@ def test_the_other_kinds_causal_media_rows_go_through_the_compressed_cache(tmp_p
     assert _kl(ref, got) < 1e-4 and np.abs(got - ref).max() < 0.05
 
 
-def test_qwen2vl_positions_survive_truncation_and_a_refused_prefix_copy_on_a_compressed_cache(pairs):
+def test_qwen2vl_positions_survive_truncation_and_a_prefix_copy_on_a_compressed_cache(pairs):
     """The images' M-RoPE grids live on the KVCache beside any layer caches: text fed where a truncation dropped a
-    picture turns as plain text; a compressed cache cannot take another's prefix (KVCache.copy_prefix is False, the
-    cache empty) and the prompt fed again gives the same logits."""
+    picture turns as plain text; a compressed cache that takes another's prefix (KVCache.copy_prefix) takes its grids
+    with it, and the prompt's last tokens fed after it give the same logits."""
     from kvrun.models import mrope_images
 
     v = _vision(pairs["qwen2vl"], LOSSLESS)
@@ -147,8 +147,9 @@ def test_qwen2vl_positions_survive_truncation_and_a_refused_prefix_copy_on_a_com
     assert mrope_images.images_of(a) == []
     b, c = eng.new_cache(), eng.new_cache()
     last = v.prefill(b, segs)
-    assert not c.copy_prefix(b, b.offset) and c.offset == 0
-    np.testing.assert_allclose(eng.eval(c, v.prefill(c, segs))[-1], want, atol=1e-4)
+    assert c.copy_prefix(b, b.offset) and c.offset == b.offset
+    assert mrope_images.images_of(c) == mrope_images.images_of(b) != []
+    np.testing.assert_allclose(eng.eval(c, last)[-1], want, atol=1e-4)
 
 
 def test_a_chat_keeps_a_picture_in_its_compressed_cache(tmp_path):

@@ -7,15 +7,15 @@ worker that loses its time slice stalls every region, and two threads decode
 threads, 130 on one; quiet: ~170 against ~140).  Which case holds changes
 while a desktop app runs, so the tuner keeps measuring: it decodes with the
 faster count and, every ``probe_every`` steps, spends ``probe_len`` steps on
-the other to refresh its estimate.  Prefill follows the choice (numpy's BLAS
-pool is sized alike).
+the other to refresh its estimate.  Prefill's Numba kernels follow the choice;
+numpy's BLAS pool does not: OpenBLAS rounds a product otherwise on another
+thread count, so resizing it mid-chat made the same prompt give other logits
+later in the same process (it keeps the size ``--threads`` gave, or its own).
 """
 
 from __future__ import annotations
 
 import numba
-
-from ..ops.cpu.blas import set_blas_threads
 
 
 class ThreadTuner:
@@ -49,7 +49,7 @@ class ThreadTuner:
         return self.current
 
     def end(self, seconds: float) -> None:
-        """Record the step just run; after a probe the faster count becomes the default (BLAS follows)."""
+        """Record the step just run; after a probe the faster count becomes the default."""
         if self.step > 0:  # the very first step also loads kernels: not a speed sample
             t = self.time.get(self.current)
             self.time[self.current] = seconds if t is None else t + self.smooth * (seconds - t)
@@ -58,8 +58,6 @@ class ThreadTuner:
             self.probe_left -= 1
             if self.probe_left == 0 and len(self.time) == len(self.choices):
                 best = min(self.time, key=self.time.__getitem__)
-                if best != self.best:
-                    self.best = best
-                    set_blas_threads(best)
+                self.best = best
         if self.current != self.best:  # a probe step, or the choice just changed
             numba.set_num_threads(self.best)  # whatever runs next (a prefill) gets the chosen count

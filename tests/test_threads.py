@@ -127,3 +127,20 @@ def test_threads_hold_in_every_thread_that_evaluates(tmp_path):
     t.start()
     t.join()
     assert [n for _, n in seen] == [1, 1] and all(name != t.name for name, _ in seen)
+
+
+def test_the_tuners_switch_leaves_blas_and_a_prompts_logits_alone(tmp_path):
+    """A busy machine moves decode to one thread (the tuner's choice), and a prompt evaluated after gives the logits it
+    gave before: BLAS's pool keeps its size, for OpenBLAS rounds a product otherwise on another thread count (tiny
+    Gemma 3n's float32 per-layer projection, 16 x 64 by 6400 rows, moved its logits by 1e-3 when it followed)."""
+    from tinymodel import FIXTURE_MODELS, write_tiny_model
+
+    from kvrun.ops.cpu.blas import blas_threads
+    from kvrun.runtime.engine import Engine
+
+    eng = Engine(write_tiny_model(tmp_path / "g.gguf", **FIXTURE_MODELS["gemma3n"]), n_ctx=64, n_batch=16)  # (no --threads)
+    prompt = [int(t) for t in np.random.default_rng(3).integers(3, 60, 37)]
+    before, blas = eng.eval(eng.new_cache(), prompt), blas_threads()
+    _run(eng.tuner, {N: 1.0, 1: 0.1}, 12)
+    assert eng.tuner.best == 1 and blas_threads() == blas
+    np.testing.assert_array_equal(eng.eval(eng.new_cache(), prompt), before)

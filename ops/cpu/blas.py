@@ -40,8 +40,28 @@ def _function(names: tuple[str, ...]):
     return next((f for f in (getattr(lib, n, None) for n in names) if f is not None), None) if lib is not None else None
 
 
+_CHOSEN: list[int] = []  # the count set_blas_threads (``--threads``) gave last, if any
+
+
 def set_blas_threads(n: int) -> bool:
-    """Give numpy's OpenBLAS ``n`` threads; False where numpy's BLAS is another library (nothing changes)."""
+    """Give numpy's OpenBLAS ``n`` threads, the count its products run on from now (a prefill's holding
+    at one thread aside); False where numpy's BLAS is another library (nothing changes)."""
+    _CHOSEN[:] = [n]
+    return resize_blas_threads(n)
+
+
+def chosen_blas_threads() -> int:
+    """The BLAS thread count kvrun's float products run on: the last :func:`set_blas_threads`'s, else the count
+    OpenBLAS started with.  Fixed while a process runs, whatever Numba's count does meanwhile (the decode thread
+    tuner's switches): OpenBLAS rounds a product otherwise on another thread count."""
+    if not _CHOSEN:
+        _CHOSEN.append(_STARTED)
+    return _CHOSEN[0]
+
+
+def resize_blas_threads(n: int) -> bool:
+    """OpenBLAS at ``n`` threads for a while (a prefill's holding at one, a float product's at the chosen count), the
+    chosen count unchanged; False where numpy's BLAS is another library."""
     fn = _function(_SET)
     if fn is None:
         return False
@@ -66,11 +86,11 @@ def one_thread_beside_the_gemm() -> Iterator[None]:
     if held is None or held == 1:
         yield
         return
-    set_blas_threads(1)
+    resize_blas_threads(1)
     try:
         yield
     finally:
-        set_blas_threads(held)
+        resize_blas_threads(held)
 
 
 def blas_threads() -> int | None:
@@ -80,3 +100,6 @@ def blas_threads() -> int | None:
         return None
     fn.restype = ctypes.c_int
     return int(fn())
+
+
+_STARTED = blas_threads() or 1  # OpenBLAS's own count, read once at import (before any of kvrun's changes it)

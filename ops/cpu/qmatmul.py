@@ -52,7 +52,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ...loaders.quants import E8M0_HALF, IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS, MXFP4_VALUES
-from .blas import blas_threads, set_blas_threads
+from .blas import blas_threads, chosen_blas_threads, resize_blas_threads
 from .f16 import bf16_to_f32, f16_to_f32
 from .outline import outline
 from .parallel import EXACT_JIT, num_threads, prange_only
@@ -2177,11 +2177,11 @@ def matmul(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
 
         qgemm.matmul(w, kind, x, out)
         return
-    # a prefill holds BLAS at one thread beside the VNNI GEMM (blas.one_thread_beside_the_gemm):
-    # products that still run on it (float weights) get all of Numba's count
-    nt, held = _n_threads(), blas_threads()
+    # a prefill holds BLAS at one thread beside the VNNI GEMM (blas.one_thread_beside_the_gemm): products that still
+    # run on it (float weights) get the count --threads chose (not Numba's now: the tuner's switches would round them otherwise)
+    nt, held = chosen_blas_threads(), blas_threads()
     if held == 1 and nt > 1:
-        set_blas_threads(nt)
+        resize_blas_threads(nt)
     try:
         if kind == F32 and w.shape[1] == 4 * n_cols and w.strides[1] == 1 and w.strides[0] % 4 == 0:
             np.matmul(x, w.view(np.float32).T, out=out)  # already float32: no decoding
@@ -2194,7 +2194,7 @@ def matmul(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
             np.matmul(x, tile[:n].T, out=out[:, r0 : r0 + n])
     finally:
         if held == 1 and nt > 1:
-            set_blas_threads(1)
+            resize_blas_threads(1)
 
 
 def get_rows(w: np.ndarray, qtype: int, ids: np.ndarray, out: np.ndarray) -> None:

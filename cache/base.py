@@ -108,9 +108,11 @@ class LayerCache(ABC):
 
 
 def copy_state(dst: LayerCache, src: LayerCache, n_past: int, keep: tuple[str, ...] = ()) -> bool:
-    """A recurrent layer's ``copy_prefix``: ``dst`` takes a copy of ``src``'s whole state (the state, the ring of recent
-    inputs, the checkpoints), gone back to ``n_past`` as ``src.truncate`` would go; False where ``src`` is another kind
-    or cannot go back that far.  ``keep``: attributes that stay ``dst``'s own (an attention cache it holds)."""
+    """A host layer's ``copy_prefix`` (a recurrent layer's, the compressed cache's): ``dst`` takes a copy of ``src``'s
+    whole state (a state, its ring of recent inputs and copies; quantized pools, key basis and policy scores), gone back
+    to ``n_past`` as ``src.truncate`` would go, and nothing of its own (what it derived from its old state is gone
+    too); False where ``src`` is another kind or cannot go back that far.  ``keep``: attributes that stay ``dst``'s
+    own (an attention cache it holds beside its state)."""
     if type(src) is not type(dst) or src.spec != dst.spec or not src.can_truncate(n_past):
         return False
     state = copy.deepcopy({n: v for n, v in vars(src).items() if n not in keep}, {id(np): np})

@@ -68,7 +68,7 @@ from ..ops.cpu.f16 import through_f16
 from ..ops.cpu.parallel import split_threads
 from ..ops.cpu.qattention import attend_decode_q, decode_half_slots
 from ..ops.cpu.qkeys import INT_KEYS
-from .base import LayerCache, LayerSpec
+from .base import LayerCache, LayerSpec, copy_state
 from .kvconfig import KVConfig
 from .keybasis import KeyBasis
 from .merge import make_merger
@@ -271,15 +271,11 @@ class CompressedLayerCache(LayerCache):
         another kind or layout, where it no longer holds every position the next token sees (an eviction took one,
         or a window's ring moved past it: evaluating the prefix again keeps more of it), or where it merges (a later
         token, of another conversation, may have been folded into a prefix token's K/V)."""
-        if type(src) is not type(self) or src.spec != self.spec or src.kv != self.kv or src.N != self.N:
+        if type(src) is not type(self) or src.kv != self.kv or src.N != self.N or self.merger is not None:
             return False
-        if self.merger is not None or not all(holds_seen(row, self.spec, n_past) for row in src.pos):
+        if not all(holds_seen(row, self.spec, n_past) for row in src.pos) or not copy_state(self, src, n_past):
             return False
-        state = copy.deepcopy(vars(src), {id(np): np})  # (numpy, the policy's array module, shared)
-        vars(self).clear()  # (nothing of this cache's own stays: what it derived from its basis is keyed by a version)
-        vars(self).update(state)
         self.shared_chunk = None  # (src's last prompt chunk, kept for its sharers: not this sequence's)
-        self.truncate(n_past)
         return True
 
     # ------------------------------------------------------------ insertion

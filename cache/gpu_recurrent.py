@@ -87,8 +87,12 @@ class GPUConvLayerCache(ConvLayerCache):
         self._capturing = False
 
     def copy_prefix(self, src: LayerCache, n_past: int) -> bool:
-        """False (the prefix is evaluated again), as the GPU's state-space caches (cache/gpu_ssm.py)."""
-        return False
+        """``src``'s ring gone back to ``n_past``, copied in place (as the GPU's state-space caches, cache/gpu_ssm.py)."""
+        if type(src) is not type(self) or src.spec != self.spec or not src.can_truncate(n_past):
+            return False
+        self.restore(src.snapshot())
+        self.truncate(n_past)
+        return True
 
     def window(self, bx, pos):  # (the CPU's protocol: the GPU model hands over the in-projection's rows instead)
         raise TypeError("the GPU's convolution cache takes the in-projection's rows: conv")

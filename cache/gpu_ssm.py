@@ -45,9 +45,13 @@ class _DeviceState:
     _plan: Any = None  # capturing a decode step: the device int32s (tokens, slot, -) its copy reads; None: not capturing
 
     def copy_prefix(self, src: Any, n_past: int) -> bool:
-        """False (the prefix is evaluated again): the CPU's copy takes the state whole, where the device's arrays are
-        held by captured CUDA graphs and must be copied in place."""
-        return False
+        """As the CPU's (``copy_state``): ``src``'s state, copies and ring, gone back to ``n_past``; copied in place, as
+        :meth:`restore` puts a snapshot back (captured CUDA graphs hold these arrays' pointers)."""
+        if type(src) is not type(self) or src.spec != self.spec or not src.can_truncate(n_past):
+            return False
+        self.restore(src.snapshot())
+        self.truncate(n_past)
+        return True
 
     def _alloc(self, shape: tuple[int, ...], ring_w: int) -> None:
         xp = K.runtime().xp

@@ -257,13 +257,15 @@ def test_errors():
         Q.get_rows(w, T.Q8_0, np.array([8]), np.zeros((1, 64), np.float32))
 
 
-def test_float_products_get_all_threads_where_blas_holds_one(monkeypatch):
+def test_float_products_get_the_chosen_threads_where_blas_holds_one(monkeypatch):
     """Beside the VNNI GEMM BLAS keeps one thread (for attention); a float weight's prefill product still
-    runs on BLAS, with Numba's thread count, and leaves BLAS at one thread after."""
+    runs on BLAS, with the count ``--threads`` chose whatever Numba's is now (the decode tuner's switch: OpenBLAS
+    rounds otherwise on another count), and leaves BLAS at one thread after."""
     calls = []
     monkeypatch.setattr(Q, "blas_threads", lambda: 1)
-    monkeypatch.setattr(Q, "set_blas_threads", calls.append)
-    monkeypatch.setattr(Q, "_n_threads", lambda: 2)
+    monkeypatch.setattr(Q, "chosen_blas_threads", lambda: 2)
+    monkeypatch.setattr(Q, "resize_blas_threads", calls.append)
+    monkeypatch.setattr(Q, "_n_threads", lambda: 1)
     n, k = 24, 64
     w = _weights(T.F16, n, k)
     x = np.random.default_rng(8).standard_normal((Q.BLAS_MIN_TOKENS, k)).astype(np.float32)

@@ -1,7 +1,7 @@
-"""Recurrent layers copy a prefix (``copy_state``: LFM2's convolutions, Mamba-2 / Mamba / RWKV-7 / Gated DeltaNet
-states, Falcon-H1's state beside its K/V): a fork (``Session.fork``) or a server slot takes another cache's state gone
-back to the prefix, as far as that cache itself could go back (its ring of inputs and state copies), and the copy goes
-on exactly as the source gone back does; further back it refuses, and the prompt is evaluated."""
+"""Recurrent layers copy a prefix (``copy_state``; the GPU's in place): LFM2's convolutions, Mamba-2 / Mamba / RWKV-7 /
+Gated DeltaNet states, Falcon-H1's state beside its K/V.  A fork (``Session.fork``) or a server slot takes another
+cache's state gone back to the prefix, as far as that cache itself could go back (its ring of inputs and state copies),
+and the copy goes on exactly as the source gone back does; further back it refuses, and the prompt is evaluated."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ TEXT = list(np.arange(1, 100) % 90 + 1)
 MORE = [7, 8, 9]
 
 
-def _engine(tmp_path, name: str) -> Engine:
-    return Engine(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]), n_ctx=128, n_batch=8, threads=1)
+def _engine(tmp_path, name: str, device: str = "cpu") -> Engine:
+    return Engine(write_tiny_model(tmp_path / f"{name}.gguf", **FIXTURE_MODELS[name]), n_ctx=128, n_batch=8, threads=1, device=device)
 
 
+@pytest.mark.parametrize("device", ["cpu", "gpu"])  # (gpu: the kernel emulator where there is none; in place there)
 @pytest.mark.parametrize("name", ["lfm2", "mamba2", "falcon-h1", "qwen35", "rwkv7"])
-def test_a_copied_state_goes_on_as_the_source_gone_back(tmp_path, name):
-    eng = _engine(tmp_path, name)
+def test_a_copied_state_goes_on_as_the_source_gone_back(gpu_env, tmp_path, name, device):
+    eng = _engine(tmp_path, name, device)
     src = eng.new_cache()
     eng.eval(src, TEXT)
     for n in (len(TEXT), len(TEXT) - 3):  # (a fork's whole text; a refused draft's few tokens back)

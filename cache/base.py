@@ -201,8 +201,7 @@ class KVCache:
     def copy_prefix(self, src: KVCache, n_past: int) -> bool:
         """Hold exactly what ``src`` holds at positions ``< n_past`` (each layer's ``copy_prefix``, where every layer
         has one); False, and this cache empty, where a layer cannot (a ring or an eviction that dropped a position the
-        next token sees, a merging compressed cache, a recurrent state that cannot go back to ``n_past``, the GPU's
-        recurrent states)."""
+        next token sees, a merging compressed cache, a recurrent state that cannot go back to ``n_past``)."""
         if n_past > src.offset or len(src.layers) != len(self.layers):
             return False
         for mine, theirs in zip(self.layers, src.layers):

@@ -414,8 +414,7 @@ class Session:
         """A second conversation that starts where this one stands (an app's "try another reply", a branch of a
         chat): its messages, and its KV cache copied, not evaluated again (:meth:`Engine.copy_prefix`, a compressed
         cache's as it is held, a recurrent layer's state).  Where the cache cannot copy (a compressed cache that evicted
-        a token the next one sees, or merges; the GPU's recurrent states) the fork's first reply evaluates the
-        conversation.  The two go on apart."""
+        a token the next one sees, or merges) the fork's first reply evaluates the conversation.  The two go on apart."""
         other = Session(self.model, self.system)
         other.messages = [dict(m) for m in self.messages]
         other.template_kwargs = dict(self.template_kwargs)

@@ -49,6 +49,8 @@ def test_a_kernel_cache_entry_is_stale_when_any_kernel_file_changes(tmp_path):
     the attention kernels), so a cached kernel is stamped with every kernel file's source, not only
     its own: after a change that touched qmatmul.py alone, fused.py's cached products had run the old
     shape check and refused a new weight type."""
+    import shutil
+
     from kvrun.cache import insert
     from kvrun.ops.cpu import fused, jitstamp, qmatmul
 
@@ -56,16 +58,76 @@ def test_a_kernel_cache_entry_is_stale_when_any_kernel_file_changes(tmp_path):
         stamp = kernel._cache._impl.locator.get_source_stamp()  # the digest, or (Numba's own stamp, the digest)
         assert jitstamp.kernel_sources_digest() in (stamp if isinstance(stamp, tuple) else (stamp,))
 
-    for d in jitstamp.KERNEL_DIRS:  # a copy of the kernel sources: one edit anywhere changes the digest
-        for p in (jitstamp.ROOT / d).rglob("*.py"):
-            dst = tmp_path / p.relative_to(jitstamp.ROOT)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_bytes(p.read_bytes())
-    before = jitstamp.sources_digest(tmp_path)
+    # a copy of the package: one edit to a kernel file changes the digest
+    shutil.copytree(jitstamp.ROOT, tmp_path / "kvrun", ignore=shutil.ignore_patterns(
+        ".venv", ".git", "__pycache__", "tests", "*.gguf", "*.egg-info", "docs", "tools"))
+    root = tmp_path / "kvrun"
+    before = jitstamp.sources_digest(root)
     assert before == jitstamp.kernel_sources_digest()
-    q = tmp_path / "ops" / "cpu" / "qmatmul.py"
+
+    q = root / "ops" / "cpu" / "qmatmul.py"
     q.write_bytes(q.read_bytes() + b"\n# an edit\n")
-    assert jitstamp.sources_digest(tmp_path) != before
+    assert jitstamp.sources_digest(root) != before
+
+
+def test_the_digest_holds_what_a_kernel_can_reach_and_no_more(tmp_path):
+    """The digest covers the files under the kernel directories that import Numba and the package's modules they
+    import, transitively: qmatmul's kernels hold loaders/quants.py's grids as constants (an edit there once compiled
+    nothing), while the caches' Python orchestration reaches no kernel (an edit there recompiled the whole set: eight
+    minutes of the test suite)."""
+    import shutil
+
+    from kvrun.ops.cpu import jitstamp
+
+    shutil.copytree(jitstamp.ROOT, tmp_path / "kvrun", ignore=shutil.ignore_patterns(
+        ".venv", ".git", "__pycache__", "tests", "*.gguf", "*.egg-info", "docs", "tools"))
+    root = tmp_path / "kvrun"
+    sources = jitstamp.kernel_sources(root)
+    assert {"ops/cpu/qmatmul.py", "cache/insert.py", "loaders/quants.py", "ops/cpu/parallel.py"} <= set(sources)
+    assert not {"cache/compressed.py", "cache/gpu_compressed.py", "cache/factory.py", "models/llama.py"} & set(sources)
+    before = jitstamp.sources_digest(root)
+
+    def edit(rel: str, text: bytes) -> None:
+        (root / rel).write_bytes((root / rel).read_bytes() + text)
+
+    edit("cache/compressed.py", b"\n# the orchestration changes\n")
+    assert jitstamp.sources_digest(root) == before
+    edit("loaders/quants.py", b"\n# a grid changes\n")
+    assert jitstamp.sources_digest(root) != before
+
+    # a module a kernel file comes to import (a parenthesised list over lines, relative) joins the digest
+    before = jitstamp.sources_digest(root)
+    edit("cache/factory.py", b"\n# an edit\n")
+    assert jitstamp.sources_digest(root) == before
+    edit("cache/quant.py", b"\nfrom .policies import (\n    base,  # a comment\n)\nfrom . import (\n    factory as _f,\n)\n")
+    assert "cache/factory.py" in jitstamp.kernel_sources(root)
+    before = jitstamp.sources_digest(root)
+    edit("cache/factory.py", b"\n# another edit\n")
+    assert jitstamp.sources_digest(root) != before
+
+
+def test_a_kernel_outside_the_digest_is_stamped_with_its_own_file(tmp_path):
+    """A kernel defined outside the digest's files (the audio models' features) is keyed on its own file's contents
+    as well: Numba's index key holds a function's bytecode but not its constants, so an edited constant loaded the
+    old machine code."""
+    import shutil
+
+    from numba.core.registry import CPUDispatcher
+
+    from kvrun.models import whisper_audio
+    from kvrun.ops.cpu import jitstamp
+
+    assert "models/whisper_audio.py" not in jitstamp.kernel_sources()
+    kernel = next(v for v in vars(whisper_audio).values() if isinstance(v, CPUDispatcher))
+    locator = kernel._cache._impl.locator
+    if type(locator).__name__ == "KvrunSharedCacheLocator":
+        assert locator.get_source_stamp() == (jitstamp.kernel_sources_digest(), jitstamp.file_digest(whisper_audio.__file__))
+    copy = tmp_path / "whisper_audio.py"
+    shutil.copy(whisper_audio.__file__, copy)
+    before = jitstamp.file_digest(str(copy))
+    copy.write_bytes(copy.read_bytes() + b"\n# an edit\n")
+    jitstamp.file_digest.cache_clear()
+    assert jitstamp.file_digest(str(copy)) != before
 
 
 # one process: a small kernel called once; prints where kvrun was imported from and whether the

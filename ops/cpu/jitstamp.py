@@ -8,9 +8,16 @@ its machine code was the old callee's: a wrong result or a bogus error (seen: a 
 to ``qmatmul``, refused by ``fused.py``'s stale copy of the shape check).
 
 :func:`install` gives every function defined under the kvrun package a cache stamp that also
-holds a digest of all kernel sources (:data:`KERNEL_DIRS`), so a change to any of them makes
+holds a digest of the kernel sources (:func:`kernel_sources`), so a change to any of them makes
 every cached kernel compile again, once.  A pip upgrade rewrites every file and was not at risk;
 a git checkout was.
+
+The kernel sources are the files under :data:`KERNEL_DIRS` that import Numba and every module of the
+package they import, transitively: a compiled kernel can only hold what its own module's globals
+reach (Numba compiles no ``import`` inside a kernel), and those come from its imports.  So the
+quantization grids of ``loaders/quants.py``, frozen into ``qmatmul``'s kernels as constants, are in
+the digest; the caches' Python orchestration (``cache/compressed.py``, the GPU caches) is not, and an
+edit there recompiles nothing (the whole kernel set is minutes of compiling for the test suite).
 
 Where the cache lives: under ``~/.cache/kvrun/numba/<digest>/`` (``$KVRUN_JIT_CACHE``, else
 ``$XDG_CACHE_HOME/kvrun/numba``), keyed by that digest alone, not by the checkout's path or the
@@ -35,6 +42,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -51,20 +59,120 @@ KERNEL_DIRS = ("ops/cpu", "cache")  #: where the njit code lives
 KEEP = 4  #: digest directories kept in the shared cache (a kernel edit adds one)
 
 
-def sources_digest(root: Path = ROOT, dirs: tuple[str, ...] = KERNEL_DIRS) -> str:
-    """A digest of the ``.py`` files under ``root/dirs`` (names and contents)."""
-    h = hashlib.sha256()
+#: ``from X import a, b`` (the names may run on in parentheses) and ``import X``, on a line of their own; a match
+#: in a docstring only adds a file
+_FROM = re.compile(rb"[ \t]*from[ \t]+(\.*[\w.]*)[ \t]+import[ \t]+(.*)")
+_IMPORT = re.compile(rb"[ \t]*import[ \t]+(.*)")
+_USES_NUMBA = re.compile(rb"^[ \t]*(?:from|import)[ \t]+numba\b", re.M)
+
+
+def _import_statements(src: bytes):
+    """``(module, names)`` of each ``from`` import in ``src`` and ``(None, modules)`` of each ``import`` (the lines
+    that hold the word, found by ``bytes.find``: a regex or a loop over every line took 5-10 ms of every start)."""
+    at = src.find(b"import")
+    while at >= 0:
+        start = src.rfind(b"\n", 0, at) + 1
+        end = src.find(b"\n", at)
+        end = len(src) if end < 0 else end
+        line = src[start:end]
+        if m := _FROM.match(line):
+            names = m.group(2)
+            if names.lstrip().startswith(b"(") and b")" not in names:
+                close = src.find(b")", end)
+                end = len(src) if close < 0 else close
+                names = names + src[start + len(line):end]
+            yield m.group(1).decode(), re.sub(rb"#[^\n]*", b"", names).decode()
+        elif m := _IMPORT.match(line):
+            yield None, m.group(1).decode()
+        at = src.find(b"import", end)
+
+
+def _module_file(root: str, parts: tuple[str, ...], memo: dict) -> str | None:
+    """The file of the package's module ``parts`` (``a/b.py`` or ``a/b/__init__.py``), if there is one."""
+    if parts not in memo:
+        base = os.path.join(root, *parts)
+        memo[parts] = next((f for f in ((base + ".py") if parts else None, os.path.join(base, "__init__.py"))
+                            if f is not None and os.path.isfile(f)), None)
+    return memo[parts]
+
+
+def _imported(root: str, package: tuple[str, ...], src: bytes, memo: dict) -> set[str]:
+    """The package's modules that a source in ``package`` imports (at module level or in a function: a regex
+    over the text, which may name a module too many, never one too few)."""
+    found: set[str | None] = set()
+    for module, names in _import_statements(src):
+        if module is None:  # import kvrun.a.b [as c], ...
+            for n in names.split(","):
+                words = n.split()
+                if words and words[0].startswith("kvrun."):
+                    found.add(_module_file(root, tuple(words[0].split(".")[1:]), memo))
+            continue
+        dots = len(module) - len(module.lstrip("."))
+        name = module[dots:]
+        if dots:
+            parts = package[: len(package) - dots + 1] + (tuple(name.split(".")) if name else ())
+        elif name == "kvrun" or name.startswith("kvrun."):
+            parts = tuple(name.split(".")[1:])
+        else:
+            continue
+        found.add(_module_file(root, parts, memo))
+        for n in re.split(r"[,()\\]", names):
+            if n.strip():
+                found.add(_module_file(root, parts + (n.split()[0],), memo))
+    found.discard(None)
+    return found  # type: ignore[return-value]
+
+
+def kernel_sources(root: Path = ROOT, dirs: tuple[str, ...] = KERNEL_DIRS) -> dict[str, bytes]:
+    """The files whose text can reach a compiled kernel (paths relative to ``root``, with their contents): those
+    under ``root/dirs`` that import Numba, and the package's modules these import, transitively."""
+    top = str(root)
+    texts = {}
     for d in dirs:
-        for p in sorted((root / d).rglob("*.py")):
-            h.update(p.relative_to(root).as_posix().encode() + b"\0")
-            h.update(p.read_bytes())
+        for where, _, names in os.walk(os.path.join(top, d)):
+            for n in names:
+                if n.endswith(".py"):
+                    with open(os.path.join(where, n), "rb") as f:
+                        texts[os.path.join(where, n)] = f.read()
+    todo = [p for p, src in texts.items() if b"numba" in src and _USES_NUMBA.search(src)]
+    reached: dict[str, bytes] = {}
+    memo: dict = {}
+    while todo:
+        p = todo.pop()
+        if p in reached:
+            continue
+        if p not in texts:
+            with open(p, "rb") as f:
+                texts[p] = f.read()
+        reached[p] = texts[p]
+        package = tuple(Path(os.path.relpath(os.path.dirname(p), top)).parts)
+        todo += [f for f in _imported(top, package, reached[p], memo) if f not in reached]
+    return {Path(os.path.relpath(p, top)).as_posix(): src for p, src in reached.items()}
+
+
+def sources_digest(root: Path = ROOT, dirs: tuple[str, ...] = KERNEL_DIRS) -> str:
+    """A digest of :func:`kernel_sources` (names relative to ``root``, and contents)."""
+    h = hashlib.sha256()
+    sources = kernel_sources(root, dirs)
+    for rel in sorted(sources):
+        h.update(rel.encode() + b"\0")
+        h.update(sources[rel])
     return h.hexdigest()[:16]
 
 
 @functools.cache
 def kernel_sources_digest() -> str:
-    """:func:`sources_digest` of this installation, computed once a process (~2 ms)."""
+    """:func:`sources_digest` of this installation, computed once a process (a few ms)."""
     return sources_digest()
+
+
+@functools.cache
+def file_digest(py_file: str) -> str:
+    """A digest of one source file's contents: the shared cache's stamp holds its function's own file too (a kernel
+    outside :func:`kernel_sources`, as the audio models' feature kernels, would otherwise keep an edited constant:
+    Numba's index key holds a function's bytecode, not its constants)."""
+    with open(py_file, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
 def _ours(py_file: str) -> bool:
@@ -132,7 +240,8 @@ def shared_cache_dir() -> Path | None:
 
 
 def _shared_locator(base: type) -> type:
-    """A locator for kvrun's files in :func:`shared_cache_dir`, stamped with the digest alone."""
+    """A locator for kvrun's files in :func:`shared_cache_dir`, stamped with the digest and its file's contents (not
+    its path or time: another checkout's same file loads what this one compiled)."""
 
     class Locator(base):
         kvrun_stamped = True
@@ -147,7 +256,7 @@ def _shared_locator(base: type) -> type:
             return self._cache_path
 
         def get_source_stamp(self):
-            return kernel_sources_digest()
+            return (kernel_sources_digest(), file_digest(self._py_file))
 
         @classmethod
         def from_function(cls, py_func, py_file):

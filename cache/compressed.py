@@ -80,6 +80,8 @@ from .quant import CLIPS, TABLE_BYTES, hadamard
 
 _EMPTY2 = np.zeros((0, 0), np.float32)
 MAX_DECODE_T = 4  # chunks up to this size use the decode kernel
+#: scratch a decode step writes before it reads (attention scores, rotated queries, outputs): a copied cache keeps its own
+SCRATCH = ("_s", "_qr", "_or")
 #: the one-call policy steps' tuples of a policy's per-slot arrays and of the arrays a merge adds up in, padded to
 #: these lengths (the most any policy has: GKV's three and two); a policy with more compiles its own variant
 POLICY_STATE_SLOTS, POLICY_FOLD_SLOTS = 3, 2
@@ -273,7 +275,7 @@ class CompressedLayerCache(LayerCache):
         token, of another conversation, may have been folded into a prefix token's K/V)."""
         if type(src) is not type(self) or src.kv != self.kv or src.N != self.N or self.merger is not None:
             return False
-        if not all(holds_seen(row, self.spec, n_past) for row in src.pos) or not copy_state(self, src, n_past):
+        if not all(holds_seen(row, self.spec, n_past) for row in src.pos) or not copy_state(self, src, n_past, keep=SCRATCH):
             return False
         self.shared_chunk = None  # (src's last prompt chunk, kept for its sharers: not this sequence's)
         return True

@@ -17,7 +17,7 @@ from ..ops.gpu import batch_attention as batch_attn
 from ..ops.gpu import kernels as K
 from ..ops.gpu.arrays import device_out, is_device, positions, to_device
 from .base import LayerCache, LayerSpec
-from .plain import holds_seen, ring_capacity
+from .plain import copy_ring, holds_seen, ring_capacity
 
 DECODE_MAX_TOKENS = 4  # as cache/plain.py: up to this many queries take the decode kernels
 
@@ -146,25 +146,8 @@ class GPUPlainLayerCache(LayerCache):
         return self.spec.window == 0 or holds_seen(K.runtime().asnumpy(self.pos), self.spec, n_past)
 
     def copy_prefix(self, src: LayerCache, n_past: int) -> bool:
-        """As the CPU ring's (cache/plain.py): hold what ``src`` (a ring of the same layer) holds at positions
-        ``< n_past`` and nothing else, so that a server's new conversation takes the system prompt another slot
-        evaluated instead of evaluating it again.  The slots are copied device to device into this ring's own arrays
-        (a captured CUDA graph holds their addresses).  False (and this cache empty): ``src`` is another kind of
-        cache, or its ring has written over a position the next token attends to."""
-        if type(src) is not GPUPlainLayerCache or src.spec != self.spec or src.capacity != self.capacity:
-            return False
-        hi = min(src.used, n_past) if self.capacity >= n_past else src.used  # (positions < n_past sit in slots < n_past)
-        self.k[:, :hi] = src.k[:, :hi]
-        if not self.spec.v_in_k:  # (else V is K's last channels, copied with it)
-            self.v[:, :hi] = src.v[:, :hi]
-        self.pos[:hi] = src.pos[:hi]
-        self.pos[hi:] = -1
-        self.used = hi  # (decode_slots: a decode step spans the copied slots, rounded up to whole splits)
-        self.truncate(n_past)
-        if not holds_seen(K.runtime().asnumpy(self.pos), self.spec, n_past):
-            self.reset()
-            return False
-        return True
+        """As the CPU ring's (cache/plain.py :func:`~.plain.copy_ring`), device to device."""
+        return copy_ring(self, src, n_past, K.runtime().asnumpy)
 
 
 def batch_update_and_attend(layers: list[LayerCache], q: Any, k: Any, v: Any, pos: np.ndarray, bounds: list[int], out: Any) -> bool:

@@ -23,7 +23,7 @@ from ..ops.gpu import kernels as K
 from ..ops.gpu import recurrent as R
 from ..ops.gpu import ssm as S
 from ..ops.gpu.arrays import positions
-from .base import LayerCache, LayerSpec
+from .base import LayerSpec
 from .conv import RING as CONV_RING
 from .conv import ConvLayerCache
 from .gpu_ssm import _DeviceState
@@ -86,13 +86,7 @@ class GPUConvLayerCache(ConvLayerCache):
         self.offset = 0
         self._capturing = False
 
-    def copy_prefix(self, src: LayerCache, n_past: int) -> bool:
-        """``src``'s ring gone back to ``n_past``, copied in place (as the GPU's state-space caches, cache/gpu_ssm.py)."""
-        if type(src) is not type(self) or src.spec != self.spec or not src.can_truncate(n_past):
-            return False
-        self.restore(src.snapshot())
-        self.truncate(n_past)
-        return True
+    copy_prefix = _DeviceState.copy_prefix  # (src's ring gone back to n_past, put in place by restore)
 
     def window(self, bx, pos):  # (the CPU's protocol: the GPU model hands over the in-projection's rows instead)
         raise TypeError("the GPU's convolution cache takes the in-projection's rows: conv")

@@ -100,23 +100,29 @@ class PlainLayerCache(LayerCache):
     def copy_prefix(self, src: LayerCache, n_past: int) -> bool:
         """Hold what ``src`` (a cache of the same layer) holds at positions ``< n_past``, and nothing else: a
         server's new conversation takes the system prompt another slot evaluated, instead of evaluating it
-        again.  A global layer copies the first ``n_past`` slots; a sliding window's ring, all it used.  False (and
-        this cache empty): ``src`` is another kind of cache, or its ring has written over a position the next
-        tokens attend to."""
-        if type(src) is not PlainLayerCache or src.spec != self.spec or src.capacity != self.capacity:
-            return False
-        hi = min(src.used, n_past) if self.capacity >= n_past else src.used  # (positions < n_past sit in slots < n_past)
-        self.k[:, :hi] = src.k[:, :hi]
-        if not self.spec.v_in_k:
-            self.v[:, :hi] = src.v[:, :hi]
-        self.pos[:hi] = src.pos[:hi]
-        self.pos[hi:] = -1
-        self.used = hi
-        self.truncate(n_past)
-        if not holds_seen(self.pos, self.spec, n_past):  # (exact only if every position the next token sees is here)
-            self.reset()
-            return False
-        return True
+        again (:func:`copy_ring`)."""
+        return copy_ring(self, src, n_past)
+
+
+def copy_ring(dst: LayerCache, src: LayerCache, n_past: int, host=np.asarray) -> bool:
+    """Either device's fp16 ring's ``copy_prefix`` (``dst`` and ``src`` of one class; ``host`` brings positions down):
+    a global layer copies the first ``n_past`` slots, a sliding window's ring all it used, into ``dst``'s own arrays
+    (a captured CUDA graph holds their addresses).  False (and ``dst`` empty): ``src`` is another kind of cache, or
+    its ring has written over a position the next tokens attend to."""
+    if type(src) is not type(dst) or src.spec != dst.spec or src.capacity != dst.capacity:
+        return False
+    hi = min(src.used, n_past) if dst.capacity >= n_past else src.used  # (positions < n_past sit in slots < n_past)
+    dst.k[:, :hi] = src.k[:, :hi]
+    if not dst.spec.v_in_k:  # (else V is K's last channels, copied with it)
+        dst.v[:, :hi] = src.v[:, :hi]
+    dst.pos[:hi] = src.pos[:hi]
+    dst.pos[hi:] = -1
+    dst.used = hi  # (the GPU's decode_slots: a decode step spans the copied slots, rounded up to whole splits)
+    dst.truncate(n_past)
+    if not holds_seen(host(dst.pos), dst.spec, n_past):  # (exact only if every position the next token sees is here)
+        dst.reset()
+        return False
+    return True
 
 
 def decode_steps(layers: list[LayerCache], q, k, v, pos, bounds: list[int], out) -> bool:

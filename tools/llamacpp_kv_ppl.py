@@ -34,7 +34,7 @@ def ppl(path: str, text: str, n_ctx: int, kv_type: str, threads: int) -> tuple[f
     )  # fmt: skip
     add_bos = llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(llm.model))
     toks = llm.tokenize(text.encode(), add_bos=add_bos, special=False)
-    return window_perplexity(llm, toks, n_ctx, add_bos)
+    return window_perplexity(llm, toks, n_ctx, add_bos)[:2]
 
 
 def main() -> None:

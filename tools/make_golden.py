@@ -5,6 +5,7 @@ Needs llama-cpp-python (it builds llama.cpp from source)::
     python -m venv /tmp/oracle && /tmp/oracle/bin/pip install llama-cpp-python numpy
     /tmp/oracle/bin/python tools/make_golden.py SMOLLM2.gguf GEMMA3.gguf
     /tmp/oracle/bin/python tools/make_golden.py --greedy-only SMOLLM2.gguf GEMMA3.gguf  # greedy part only (seconds)
+    /tmp/oracle/bin/python tools/make_golden.py --perplexity-only SMOLLM2.gguf GEMMA3.gguf  # perplexity part only
     /tmp/oracle/bin/python tools/make_golden.py --out DIR OTHER.gguf ...  # any model: DIR/golden_<stem>.*,
         # then KVRUN_GOLDEN_EXTRA=DIR pytest tests/test_golden.py holds kvrun to it as to the committed ones
 
@@ -16,7 +17,8 @@ Writes ``tests/fixtures/golden_<name>.npz`` / ``.json`` per model:
   * greedy continuations (64 tokens) of 4 short prompts: ids, text, and at each
     step llama.cpp's margin (its top logit minus its second), which tells a
     clear choice from a near-tie that arithmetic noise may tip
-  * perplexity of GPL-3 at ctx 512 scored as llama-perplexity does.
+  * perplexity of GPL-3 at ctx 512 scored as llama-perplexity does, with each window's
+    negative log-likelihood (tests/test_golden.py scores the first windows only)
 It does not import kvrun.
 """
 
@@ -47,11 +49,11 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
-def window_perplexity(llm: Llama, toks: list[int], n_ctx: int, add_bos: bool, progress=None) -> tuple[float, int]:
+def window_perplexity(llm: Llama, toks: list[int], n_ctx: int, add_bos: bool, progress=None) -> tuple[float, int, list[float]]:
     """llama-perplexity's figure: non-overlapping windows of ``n_ctx`` (first token
     BOS when the model adds one), each evaluated in one batch on a fresh cache,
-    the second half scored.  Returns (perplexity, tokens scored)."""
-    nll, count = 0.0, 0
+    the second half scored.  Returns (perplexity, tokens scored, each window's summed NLL)."""
+    nll, count, windows = 0.0, 0, []
     for c in range(len(toks) // n_ctx):
         win = list(toks[c * n_ctx : (c + 1) * n_ctx])
         if add_bos:
@@ -60,11 +62,22 @@ def window_perplexity(llm: Llama, toks: list[int], n_ctx: int, add_bos: bool, pr
         llm.eval(win)
         lp = log_softmax(np.asarray(llm.scores[n_ctx // 2 : n_ctx - 1], np.float32))
         tgt = np.asarray(toks[c * n_ctx + n_ctx // 2 + 1 : (c + 1) * n_ctx])
-        nll -= float(lp[np.arange(len(tgt)), tgt].sum())
+        windows.append(-float(lp[np.arange(len(tgt)), tgt].sum()))
+        nll += windows[-1]
         count += len(tgt)
         if progress:
             progress(c + 1, math.exp(nll / count))
-    return math.exp(nll / count), count
+    return math.exp(nll / count), count, windows
+
+
+def perplexity_entry(llm: Llama, toks: list[int], add_bos: bool, name: str, n_ctx: int = 512) -> dict:
+    """The fixture's perplexity: the whole text's, and each window's NLL (so that a test may score the first few)."""
+    n_chunks = len(toks) // n_ctx
+    ppl, count, windows = window_perplexity(
+        llm, toks, n_ctx, add_bos,
+        progress=lambda c, p: print(f"{name}: window {c}/{n_chunks} ppl so far {p:.4f}", file=sys.stderr),
+    )  # fmt: skip
+    return {"text": str(TEXT), "ctx": n_ctx, "n_chunks": n_chunks, "n_scored": count, "ppl": ppl, "window_nll": windows}
 
 
 def greedy_continuations(llm: Llama, add_bos: bool, n: int = 64) -> list[dict]:
@@ -95,7 +108,8 @@ def name_of(path: str) -> str:
 def main(paths: list[str]) -> None:
     global FIX
     greedy_only = "--greedy-only" in paths
-    paths = [p for p in paths if p != "--greedy-only"]
+    perplexity_only = "--perplexity-only" in paths
+    paths = [p for p in paths if p not in ("--greedy-only", "--perplexity-only")]
     out = None
     if "--out" in paths:  # fixtures for other model files, named by file stem: KVRUN_GOLDEN_EXTRA in tests/test_golden.py
         i = paths.index("--out")
@@ -109,6 +123,13 @@ def main(paths: list[str]) -> None:
         llm = Llama(model_path=path, n_ctx=512, n_batch=512, logits_all=True, verbose=False, n_threads=2, seed=0)
         add_bos = llm._model.add_bos_token() if hasattr(llm._model, "add_bos_token") else True
         toks = llm.tokenize(text.encode(), add_bos=add_bos, special=False)
+
+        if perplexity_only:
+            meta = json.loads((FIX / f"golden_{name}.json").read_text())
+            meta["perplexity"] = perplexity_entry(llm, toks, add_bos, name)
+            (FIX / f"golden_{name}.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+            print(f"{name}: perplexity rewritten: {meta['perplexity']['ppl']:.4f}")
+            continue
 
         # 1. logits of a 256-token prompt
         prompt = toks[:256]
@@ -131,12 +152,7 @@ def main(paths: list[str]) -> None:
             continue
 
         # 3. perplexity, llama-perplexity style: windows of 512, second half scored
-        n_ctx = 512
-        n_chunks = len(toks) // n_ctx
-        ppl, count = window_perplexity(
-            llm, toks, n_ctx, add_bos,
-            progress=lambda c, p: print(f"{name}: window {c}/{n_chunks} ppl so far {p:.4f}", file=sys.stderr),
-        )  # fmt: skip
+        perplexity = perplexity_entry(llm, toks, add_bos, name)
 
         np.savez_compressed(FIX / f"golden_{name}.npz", prompt_ids=np.asarray(prompt, np.int32), top_ids=top.astype(np.int32), top_logp=top_logp)
         meta = {
@@ -145,11 +161,11 @@ def main(paths: list[str]) -> None:
             "model_path": str(Path(path).resolve()),
             "add_bos": bool(add_bos),
             "n_text_tokens": len(toks),
-            "perplexity": {"text": str(TEXT), "ctx": n_ctx, "n_chunks": n_chunks, "n_scored": count, "ppl": ppl},
+            "perplexity": perplexity,
             "greedy": greedy,
         }
         (FIX / f"golden_{name}.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
-        print(f"{name}: ppl {ppl:.4f} over {count} tokens; greedy[0]: {greedy[0]['text'][:60]!r}")
+        print(f"{name}: ppl {perplexity['ppl']:.4f} over {perplexity['n_scored']} tokens; greedy[0]: {greedy[0]['text'][:60]!r}")
 
 
 if __name__ == "__main__":

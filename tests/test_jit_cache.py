@@ -130,6 +130,51 @@ def test_a_kernel_outside_the_digest_is_stamped_with_its_own_file(tmp_path):
     assert jitstamp.file_digest(str(copy)) != before
 
 
+# a process that imports the kernels while the cache is empty, waits (stdin), then runs a kernel that calls an outlined C
+# function (ops/cpu/outline.py); argv[1] "no-hook": without jitstamp.LOAD_HOOKS
+_IMPORTED_EARLY = """
+import sys
+import numpy as np
+from kvrun.ops.cpu import jitstamp, qattention
+if sys.argv[1] == "no-hook":
+    getattr(jitstamp, "LOAD_HOOKS", []).clear()
+print("imported", flush=True)
+sys.stdin.readline()
+x = (np.arange(4 * 64, dtype=np.float32).reshape(4, 64) / 7).astype(np.float16).view(np.uint16)
+out = np.zeros((2, 64), np.float32)
+qattention.decode_half_slots(x, np.array([1, 3], np.int32), out)
+print(float(out.sum()), sum(qattention.decode_slots.stats.cache_hits.values()), flush=True)
+"""
+
+
+def test_a_kernel_another_process_cached_after_this_ones_import_finds_its_outlined_functions(tmp_path):
+    """Kernels call outlined C functions by name (ops/cpu/outline.py), registered at import where the cache holds them.
+    A process that imported while the cache was empty, then loaded a kernel another process had compiled and cached
+    since, called a name never registered, and died (the suite on two workers: ``matvec``, ``decode_half_slots``): the
+    C functions the cache holds are now registered before each kernel is loaded.  Without that hook, the same process
+    dies."""
+    env = dict(os.environ, KVRUN_JIT_CACHE=str(tmp_path / "jit"))
+    env.pop("NUMBA_CACHE_DIR", None)
+
+    def early(mode: str):
+        p = subprocess.Popen([sys.executable, "-c", _IMPORTED_EARLY, mode], env=env, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "imported"
+        return p
+
+    first, second = early("hook"), early("no-hook")
+    other = subprocess.run([sys.executable, "-c", _IMPORTED_EARLY, "hook"], env=env, input="\n", capture_output=True,
+                           text=True, timeout=600)  # (compiles and caches the kernel and its C functions)
+    assert other.returncode == 0, other.stderr[-2000:]
+    want, hits = other.stdout.split()[1:]
+    assert hits == "0"
+    out, err = first.communicate("\n", timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    assert out.split() == [want, "1"]  # the same figures, the kernel loaded from the cache
+    second.communicate("\n", timeout=600)
+    assert second.returncode != 0  # (the name unregistered: the call jumps to nothing)
+
+
 # one process: a small kernel called once; prints where kvrun was imported from and whether the
 # kernel came from the on-disk cache
 _ONE_KERNEL = """

@@ -57,6 +57,8 @@ except ImportError:  # (not POSIX: Numba's cache unlocked, as before)
 ROOT = Path(__file__).resolve().parents[2]  #: the kvrun package
 KERNEL_DIRS = ("ops/cpu", "cache")  #: where the njit code lives
 KEEP = 4  #: digest directories kept in the shared cache (a kernel edit adds one)
+#: called before each of kvrun's cache entries is loaded (outline.py registers the C functions a loaded kernel calls)
+LOAD_HOOKS: list = []
 
 
 #: ``from X import a, b`` (the names may run on in parentheses) and ``import X``, on a line of their own; a match
@@ -307,12 +309,16 @@ def _kvruns(index_path: str) -> bool:
 
 
 def _locked(method, exclusive: bool):
-    """``IndexDataCacheFile.save``/``load`` run under :func:`index_lock`, for kvrun's caches (:func:`_kvruns`)."""
+    """``IndexDataCacheFile.save``/``load`` run under :func:`index_lock`, for kvrun's caches (:func:`_kvruns`); a load
+    runs :data:`LOAD_HOOKS` first."""
 
     @functools.wraps(method)
     def run(self, *args, **kwargs):
         if not _kvruns(self._index_path):
             return method(self, *args, **kwargs)
+        if not exclusive:
+            for hook in LOAD_HOOKS:
+                hook()
         with index_lock(self._index_path, exclusive):
             return method(self, *args, **kwargs)
 

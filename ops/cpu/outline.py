@@ -12,7 +12,12 @@ Only scalar arguments (ints, floats: addresses and sizes), so the C signature is
 
 When: the C function is compiled when a caller is first compiled (typing the call), and loaded at
 import where Numba's cache already holds it, which it does wherever a cached caller exists (that
-caller's compile wrote it), so a caller loaded from the cache always finds the name registered.
+caller's compile wrote it).  Another process may fill the cache after this one's import (two chats
+started together, the test suite on two workers): a caller it compiled, loaded here, called a name
+never registered here, and the process died in the call (seen: ``matvec``, ``decode_half_slots``).
+So before each kernel is loaded from the cache (:data:`.jitstamp.LOAD_HOOKS`), the C functions the
+cache now holds are registered too (:func:`register_cached`): a cached caller's C functions were
+saved before it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from numba.core import cgutils, sigutils, types
 from numba.core.ccallback import CFunc
 from numba.extending import intrinsic
 
+from . import jitstamp
+
 
 class _Leaf:
     """The C function ``name`` compiled from ``py_func`` with signature ``sig``, registered on demand."""
@@ -37,6 +44,7 @@ class _Leaf:
         self.cfunc = CFunc(py_func, sigutils.normalize_signature(sig), locals={}, options=opts)  # as nb.cfunc builds it
         self.cfunc.enable_caching()
         self.ready = False
+        _LEAVES.append(self)
         if _in_cache(self.cfunc):
             self.ensure()
 
@@ -46,6 +54,27 @@ class _Leaf:
             self.cfunc.compile()
             llb.add_symbol(self.name, self.cfunc.address)
             self.ready = True
+
+
+_LEAVES: list[_Leaf] = []
+_registering = [False]  # (register_cached under way: a C function's own load comes through the hook again)
+
+
+def register_cached() -> None:
+    """Register every C function not yet registered that Numba's cache now holds (:data:`.jitstamp.LOAD_HOOKS`: before
+    a kernel is loaded from the cache, which may call them)."""
+    if _registering[0] or all(leaf.ready for leaf in _LEAVES):
+        return
+    _registering[0] = True
+    try:
+        for leaf in _LEAVES:
+            if not leaf.ready and _in_cache(leaf.cfunc):
+                leaf.ensure()
+    finally:
+        _registering[0] = False
+
+
+jitstamp.LOAD_HOOKS.append(register_cached)
 
 
 def _in_cache(cf: CFunc) -> bool:

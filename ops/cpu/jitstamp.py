@@ -65,7 +65,9 @@ LOAD_HOOKS: list = []
 #: in a docstring only adds a file
 _FROM = re.compile(rb"[ \t]*from[ \t]+(\.*[\w.]*)[ \t]+import[ \t]+(.*)")
 _IMPORT = re.compile(rb"[ \t]*import[ \t]+(.*)")
-_USES_NUMBA = re.compile(rb"^[ \t]*(?:from|import)[ \t]+numba\b", re.M)
+#: a kernel file holds one of these words (it imports Numba, or compiles through a name it was handed: ``njit``, our
+#: ``@outline``); a mention in a comment only adds a file
+KERNEL_WORDS = (b"numba", b"njit", b"@outline", b"@intrinsic")
 
 
 def _import_statements(src: bytes):
@@ -127,7 +129,7 @@ def _imported(root: str, package: tuple[str, ...], src: bytes, memo: dict) -> se
 
 def kernel_sources(root: Path = ROOT, dirs: tuple[str, ...] = KERNEL_DIRS) -> dict[str, bytes]:
     """The files whose text can reach a compiled kernel (paths relative to ``root``, with their contents): those
-    under ``root/dirs`` that import Numba, and the package's modules these import, transitively."""
+    under ``root/dirs`` that hold kernels (:data:`KERNEL_WORDS`), and the package's modules these import, transitively."""
     top = str(root)
     texts = {}
     for d in dirs:
@@ -136,7 +138,7 @@ def kernel_sources(root: Path = ROOT, dirs: tuple[str, ...] = KERNEL_DIRS) -> di
                 if n.endswith(".py"):
                     with open(os.path.join(where, n), "rb") as f:
                         texts[os.path.join(where, n)] = f.read()
-    todo = [p for p, src in texts.items() if b"numba" in src and _USES_NUMBA.search(src)]
+    todo = [p for p, src in texts.items() if any(w in src for w in KERNEL_WORDS)]
     reached: dict[str, bytes] = {}
     memo: dict = {}
     while todo:

@@ -175,6 +175,17 @@ def test_a_kernel_another_process_cached_after_this_ones_import_finds_its_outlin
     assert second.returncode != 0  # (the name unregistered: the call jumps to nothing)
 
 
+def test_each_process_names_its_compiled_functions_apart_from_anothers():
+    """Numba names a compiled function by its qualname and a per-process counter, and a process that loads kernels two
+    processes compiled keeps one definition of a name: two processes doing alike gave equal names to two closures of
+    one qualname (a sort's, with other captured values), and one ran the other's code.  kvrun starts the counter at a
+    random point of each process."""
+    script = ("from kvrun.ops import cpu\nfrom numba.core.bytecode import FunctionIdentity as F\n"
+              "print(next(F._unique_ids))\n")
+    starts = [int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120).stdout) for _ in range(2)]
+    assert starts[0] != starts[1] and min(starts) > 1 << 20
+
+
 # one process: a small kernel called once; prints where kvrun was imported from and whether the
 # kernel came from the on-disk cache
 _ONE_KERNEL = """

@@ -41,13 +41,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import os
 import re
 import shutil
 import time
 from pathlib import Path
 
-from numba.core import caching, config
+from numba.core import bytecode, caching, config
 
 try:
     import fcntl
@@ -340,11 +341,28 @@ def _lock_saves() -> None:
     cls.load = _locked(cls.load, exclusive=False)
 
 
+def _process_unique_names() -> None:
+    """Start Numba's function ids at a random point of this process (idempotent).
+
+    Numba names a compiled function ``<qualname>$<id>`` (an ABI tag of its symbol), the id from a counter that starts at
+    1 in every process.  A cached kernel holds the callees it linked (Numba's own closures among them: a sort's, an
+    ``np.empty``'s) as weak symbols of those names, and a process that loads kernels two processes compiled keeps one
+    definition of a name.  Two processes doing alike (two chats started together, the suite's two workers, a chat and
+    then a kv-eval) give equal ids to equal qualnames: two closures of one qualname with other captured values would
+    then run one another's code.  With a random start of 2**48 ids a process, two never meet."""
+    fi = getattr(bytecode, "FunctionIdentity", None)
+    if fi is None or not isinstance(getattr(fi, "_unique_ids", None), itertools.count) or getattr(fi, "kvrun_ids", False):
+        return
+    fi._unique_ids = itertools.count(int.from_bytes(os.urandom(6), "little") + 1)
+    fi.kvrun_ids = True
+
+
 def install() -> None:
     """Put the stamped locators first (idempotent).  Must run before the kernel modules are
     imported: Numba picks a function's locator when the decorator runs.  Where Numba's internals
     differ from what this expects, does nothing (the cache is then keyed per file, as before)."""
     _lock_saves()
+    _process_unique_names()
     impl = _numba("CacheImpl")
     bases = [_numba(n) for n in ("UserProvidedCacheLocator", "InTreeCacheLocator", "UserWideCacheLocator")]
     if impl is None or not isinstance(getattr(impl, "_locator_classes", None), list) or None in bases:

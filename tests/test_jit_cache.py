@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 # one process: the compressed cache's steady-state decode steps (insert.decode_step, which calls the
 # decode attention kernel from inside Numba) on a tiny model, printing a digest of every step's logits
@@ -31,6 +32,17 @@ def _digest(model: str, cache_dir: str) -> str:
     return r.stdout.strip().splitlines()[-1]
 
 
+def _copy_of_the_package(where: Path) -> Path:
+    """A copy of kvrun's sources at ``where/kvrun`` (no venv, tests, models, docs or build files)."""
+    import shutil
+
+    from kvrun.ops.cpu import jitstamp
+
+    shutil.copytree(jitstamp.ROOT, where / "kvrun", ignore=shutil.ignore_patterns(
+        ".venv", ".git", "__pycache__", "tests", "*.gguf", "*.egg-info", "docs", "tools"))
+    return where / "kvrun"
+
+
 def test_compiled_and_cached_kernels_give_the_same_logits(tmp_path):
     """Numba compiles a callee inside its caller's compilation: the decode attention kernel (parallel)
     called from the exact-arithmetic decode step took other rounding when compiled that way than when
@@ -49,8 +61,6 @@ def test_a_kernel_cache_entry_is_stale_when_any_kernel_file_changes(tmp_path):
     the attention kernels), so a cached kernel is stamped with every kernel file's source, not only
     its own: after a change that touched qmatmul.py alone, fused.py's cached products had run the old
     shape check and refused a new weight type."""
-    import shutil
-
     from kvrun.cache import insert
     from kvrun.ops.cpu import fused, jitstamp, qmatmul
 
@@ -59,9 +69,7 @@ def test_a_kernel_cache_entry_is_stale_when_any_kernel_file_changes(tmp_path):
         assert jitstamp.kernel_sources_digest() in (stamp if isinstance(stamp, tuple) else (stamp,))
 
     # a copy of the package: one edit to a kernel file changes the digest
-    shutil.copytree(jitstamp.ROOT, tmp_path / "kvrun", ignore=shutil.ignore_patterns(
-        ".venv", ".git", "__pycache__", "tests", "*.gguf", "*.egg-info", "docs", "tools"))
-    root = tmp_path / "kvrun"
+    root = _copy_of_the_package(tmp_path)
     before = jitstamp.sources_digest(root)
     assert before == jitstamp.kernel_sources_digest()
 
@@ -75,13 +83,9 @@ def test_the_digest_holds_what_a_kernel_can_reach_and_no_more(tmp_path):
     import, transitively: qmatmul's kernels hold loaders/quants.py's grids as constants (an edit there once compiled
     nothing), while the caches' Python orchestration reaches no kernel (an edit there recompiled the whole set: eight
     minutes of the test suite)."""
-    import shutil
-
     from kvrun.ops.cpu import jitstamp
 
-    shutil.copytree(jitstamp.ROOT, tmp_path / "kvrun", ignore=shutil.ignore_patterns(
-        ".venv", ".git", "__pycache__", "tests", "*.gguf", "*.egg-info", "docs", "tools"))
-    root = tmp_path / "kvrun"
+    root = _copy_of_the_package(tmp_path)
     sources = jitstamp.kernel_sources(root)
     assert {"ops/cpu/qmatmul.py", "cache/insert.py", "loaders/quants.py", "ops/cpu/parallel.py"} <= set(sources)
     assert not {"cache/compressed.py", "cache/gpu_compressed.py", "cache/factory.py", "models/llama.py"} & set(sources)
@@ -201,16 +205,13 @@ def test_a_fresh_copy_of_the_package_loads_the_kernels_another_copy_compiled(tmp
     """The shared kernel cache is keyed by the kernel sources' digest, not by the checkout's path or
     its files' times: a reinstall, a second venv or a fresh clone with the same kernels compiles
     nothing (CI's clean clone had compiled every kernel again: minutes of the suite)."""
-    import shutil
-
     from kvrun.ops.cpu import jitstamp
 
-    skip = shutil.ignore_patterns(".venv", ".git", "__pycache__", "tests", "*.gguf", "*.egg-info")
     env = dict(os.environ, KVRUN_JIT_CACHE=str(tmp_path / "jit"))
     env.pop("NUMBA_CACHE_DIR", None)
     runs = []
     for copy in ("a", "b"):  # two copies, at two paths, with their own file times
-        shutil.copytree(jitstamp.ROOT, tmp_path / copy / "kvrun", ignore=skip)
+        _copy_of_the_package(tmp_path / copy)
         env["PYTHONPATH"] = str(tmp_path / copy)
         r = subprocess.run([sys.executable, "-c", _ONE_KERNEL], env=env, capture_output=True, text=True, timeout=600,
                            cwd=tmp_path)

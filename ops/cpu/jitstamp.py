@@ -102,8 +102,8 @@ def _module_file(root: str, parts: tuple[str, ...], memo: dict) -> str | None:
 
 
 def _imported(root: str, package: tuple[str, ...], src: bytes, memo: dict) -> set[str]:
-    """The package's modules that a source in ``package`` imports (at module level or in a function: a regex
-    over the text, which may name a module too many, never one too few)."""
+    """The package's modules that a source in ``package`` imports (at module level or in a function: a scan of the
+    text, which may name a module too many, never one too few)."""
     found: set[str | None] = set()
     for module, names in _import_statements(src):
         if module is None:  # import kvrun.a.b [as c], ...

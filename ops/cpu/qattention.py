@@ -690,6 +690,45 @@ def _key_queries(H: int, G: int) -> tuple:
     return np.empty((H, G * KEY_LANES), np.int8), np.empty((H, 2 * KEY_LANES if G > 0 else 0), np.float32)
 
 
+# The prange's body is three plain calls (_keys, _logits, _pass): Numba's parfor lowering compiles a
+# loop body as a gufunc of its own, and with the softmax inlined into it (twice: with and without
+# ALiBi) a first run spent ~14 s there and ~9 s typing it, for the fp16 kernel alone.
+@nb.njit(**EXACT_JIT)
+def _logits(s: np.ndarray, j0: int, j1: int, kp: np.ndarray, pq: int, window: int, logw: np.ndarray, alibi: np.ndarray, kh: int,
+            gqa: int, sc: float, cap: float, softcap: float, mx: np.ndarray, tot: np.ndarray) -> None:
+    """Raw scores ``s[hh, j0:j1]`` (one KV head's, [gqa, N]) -> ``exp(logit - max)`` in place, with the
+    position mask (``kp``: the head's slot positions [N]; query at ``pq``; a sliding ``window`` > 0, a
+    chunk of ``-window`` < 0), merge log-weights ``logw[kh]`` and ALiBi slopes ``alibi[kh * gqa + hh]``
+    (either empty for none); each query head's max and sum of exps into ``mx[hh]``, ``tot[hh]``.
+
+    Flash-decoding: each work item keeps its own max; the probabilities stay unnormalised until the
+    items are combined."""
+    use_alibi = alibi.shape[0] > 0
+    bias = np.empty(j1 - j0, np.float32)
+    hbias = np.empty(j1 - j0 if use_alibi else 0, np.float32)  # a query head's own: bias + its ALiBi
+    lane = np.empty(SOFTMAX_LANES, np.float32)
+    lo = max(pq - window, -1) if window > 0 else -1  # visible: lo < position <= pq (and not -1: empty)
+    if window < 0:  # chunked (Llama 4): the keys from the start of the query's chunk of -window positions
+        lo = pq - pq % -window - 1
+    # (the loops run over slices from 0: an index from j0 could be negative to Numba, whose
+    # wraparound test keeps a loop from vectorising)
+    kpj = kp[j0:j1]
+    for j in range(j1 - j0):  # additive bias per slot, branch-free: the mask
+        bias[j] = np.float32(0.0) if (kpj[j] > lo) & (kpj[j] <= pq) else _NEG_INF
+    if logw.shape[0] > 0:  # merge log-weights
+        lw = logw[kh, j0:j1]
+        for j in range(j1 - j0):
+            bias[j] += lw[j]
+    for hh in range(gqa):
+        if use_alibi:  # (the true positions, so an evicted cache's gaps keep their distances)
+            sl = alibi[kh * gqa + hh]
+            for j in range(j1 - j0):
+                hbias[j] = bias[j] + sl * np.float32(kpj[j] - pq)
+            mx[hh], tot[hh] = _softmax_part(s[hh, j0:j1], hbias, sc, cap, softcap, lane)
+        else:
+            mx[hh], tot[hh] = _softmax_part(s[hh, j0:j1], bias, sc, cap, softcap, lane)
+
+
 # _keys and _pass are plain calls, not inline="always" (Numba's IR inlining copies a callee block by
 # block with its whole scope: a first --kv-bits 2 run compiled ~14 s longer with them inlined), and
 # EXACT_JIT, the flags of the kernel they were inlined into, so they round as the inlined code did.
@@ -738,10 +777,8 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
     gqa = H // n_kv
     sc = np.float32(scale)
     cap = np.float32(softcap)
-    use_logw = logw.shape[0] > 0
     use_acc = probs_acc.shape[0] > 0
     use_sinks = sink_logits.shape[0] > 0
-    use_alibi = alibi.shape[0] > 0  # ALiBi's slopes [n_head]: a bias per query head, from each slot's stored position
     ph = 1 if kpos.shape[0] > 1 else 0  # pos row stride over KV heads
     # the slots to read: the fp16 area and each pool up to its last held slot.  A pool is
     # sized for the whole context and fills from its first empty slot, so early in a long
@@ -792,35 +829,10 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
             kh = it // nc
             j0 = cj0[it % nc]
             j1 = cj1[it % nc]
-            s = s_all[kh]
-            prow = kh * ph
-            bias = np.empty(j1 - j0, np.float32)
-            hbias = np.empty(j1 - j0 if use_alibi else 0, np.float32)  # a query head's own: bias + its ALiBi
-            lane = np.empty(SOFTMAX_LANES, np.float32)
             # ---- raw scores q . k
             _keys(kh, j0, j1, k16, kc0, km0, klut0, kw0, kc1, km1, klut1, kw1, G, D, qt, s_all, gqa, ik0, ik1, kq0, kq1)
-            # ---- logits, masks, softmax over this item's slots (flash-decoding: each item keeps
-            # its own max; probabilities stay unnormalised until the items are combined)
-            lo = max(pq - window, -1) if window > 0 else -1  # visible: lo < position <= pq (and not -1: empty)
-            if window < 0:  # chunked (Llama 4): the keys from the start of the query's chunk of -window positions
-                lo = pq - pq % -window - 1
-            # (the loops run over slices from 0: an index from j0 could be negative to Numba, whose
-            # wraparound test keeps a loop from vectorising)
-            kp = kpos[prow, j0:j1]
-            for j in range(j1 - j0):  # additive bias per slot, branch-free: the mask
-                bias[j] = np.float32(0.0) if (kp[j] > lo) & (kp[j] <= pq) else _NEG_INF
-            if use_logw:  # merge log-weights
-                lw = logw[kh, j0:j1]
-                for j in range(j1 - j0):
-                    bias[j] += lw[j]
-            for hh in range(gqa):
-                if use_alibi:  # (the true positions, so an evicted cache's gaps keep their distances)
-                    sl = alibi[kh * gqa + hh]
-                    for j in range(j1 - j0):
-                        hbias[j] = bias[j] + sl * np.float32(kp[j] - pq)
-                    mx[it, hh], tot[it, hh] = _softmax_part(s[hh, j0:j1], hbias, sc, cap, softcap, lane)
-                else:
-                    mx[it, hh], tot[it, hh] = _softmax_part(s[hh, j0:j1], bias, sc, cap, softcap, lane)
+            # ---- logits, masks, softmax over this item's slots
+            _logits(s_all[kh], j0, j1, kpos[kh * ph], pq, window, logw, alibi, kh, gqa, sc, cap, softcap, mx[it], tot[it])
             # ---- values
             acc = part[it]
             acc[:] = 0.0
@@ -1017,8 +1029,11 @@ def _no_prep(q, w, G, qv, qf) -> None:
     """``prep_queries`` where no pool has integer keys."""
 
 
+# (_JIT: the flags the softmax had when it was inlined into the fp16 kernel)
+_logits16 = nb.njit(**_JIT)(_variant(_logits.py_func, "_logits16"))
+
 _attend_decode_f16 = nb.njit(parallel=prange_only(), **_JIT)(
-    _variant(_attend_decode_q.py_func, "_attend_decode_f16", _pass=_pass16, _keys=_keys16, prep_queries=_no_prep)
+    _variant(_attend_decode_q.py_func, "_attend_decode_f16", _pass=_pass16, _keys=_keys16, _logits=_logits16, prep_queries=_no_prep)
 )
 
 _NO_CODES = np.zeros((4096, 0, 1), np.uint8)  # no pools (0 slots; indexable by any KV head)

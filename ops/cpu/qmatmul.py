@@ -56,6 +56,7 @@ from .blas import blas_threads, chosen_blas_threads, resize_blas_threads
 from .f16 import bf16_to_f32, f16_to_f32
 from .outline import outline
 from .parallel import EXACT_JIT, num_threads, prange_only
+from .variant import variant
 from .qternary import emit_tq1_0, emit_tq2_0, row_tq1_0, row_tq2_0
 
 _JIT = dict(cache=True, fastmath=True, nogil=True)
@@ -1935,17 +1936,17 @@ def _mv_n(kind, w, x, out, sc, nt):
             _row_range(kind, w, out, t, nt, xq, xd, xs, x16)
 
 
-@nb.njit(parallel=prange_only(), **_JIT)
-def _mv_generic(kind, w, x, out, tmp):
-    """Fallback without AVX2: decode each row into a per-thread float buffer, then dot.  tmp: [n_threads, n_cols]."""
-    _check(kind, w, x.size, out.size)
+def _mv_generic(w, x, out, tmp):
+    """Fallback without AVX2: decode each row into a per-thread float buffer, then dot.  tmp: [n_threads, n_cols].
+    A template: :func:`_for_kind` makes a kernel of it per quant type."""
+    _check(_KIND, w, x.size, out.size)
     n_rows = w.shape[0]
     n_thr = tmp.shape[0]
     chunk = (n_rows + n_thr - 1) // n_thr
     for t in nb.prange(n_thr):
         buf = tmp[t]
         for r in range(t * chunk, min(n_rows, (t + 1) * chunk)):
-            _decode_row(kind, w[r], buf)
+            _decode_row(_KIND, w[r], buf)
             y = np.float32(0.0)
             for i in range(buf.size):
                 y += buf[i] * x[i]
@@ -2000,22 +2001,38 @@ def _mm_int_n(kind, w, x, out, sc, nt):
         _mm_rows(kind, w, x, out, sc, t * chunk, min(n, (t + 1) * chunk))
 
 
-@nb.njit(**_JIT_EXACT)
-def _decode_rows(kind, w, r0, tile):
-    """tile[i] = row r0+i of w, decoded.   tile: [n, n_cols] float32, C-contiguous.
+# ----------------------------------------------------------------- kernels made per quant type
+# The row decoders of all ~25 types compiled into one kernel took a first run ~13 s (SmolLM2's embedding
+# lookup alone, which needs one of them).  These kernels are templates: the quant type is the global
+# _KIND, a constant that Numba's branch pruning resolves through the inlined _decode_row, so each type's
+# kernel compiles that type's decoder alone, when a model first needs it.
+_KIND = -1
+_per_kind: dict = {}
+
+
+def _for_kind(template, kind: int, parallel: bool = False):
+    """``template`` compiled for quant type ``kind`` (made once; Numba caches each on disk by its name)."""
+    k = _per_kind.get((template, kind))
+    if k is None:
+        opts = dict(_JIT, parallel=prange_only()) if parallel else _JIT_EXACT
+        k = _per_kind[template, kind] = nb.njit(**opts)(variant(template, f"{template.__name__}_{kind}", _KIND=kind))
+    return k
+
+
+def _decode_rows(w, r0, tile):
+    """tile[i] = row r0+i of w, decoded.   tile: [n, n_cols] float32, C-contiguous.  A template (:func:`_for_kind`).
 
     Serial on purpose: BLAS runs its own threads right after, and two thread
     pools taking turns on two vCPUs spin against each other.
     """
     for i in range(tile.shape[0]):
-        _decode_row(kind, w[r0 + i], tile[i])
+        _decode_row(_KIND, w[r0 + i], tile[i])
 
 
-@nb.njit(**_JIT_EXACT)
-def _decode_rows_simd(kind, w, r0, tile):
-    """As _decode_rows with the AVX2 block decoders (bit-identical results)."""
+def _decode_rows_simd(w, r0, tile):
+    """As _decode_rows with the AVX2 block decoders (bit-identical results).  A template (:func:`_for_kind`)."""
     for i in range(tile.shape[0]):
-        _decode_row_simd(kind, w[r0 + i], tile[i])
+        _decode_row_simd(_KIND, w[r0 + i], tile[i])
 
 
 @nb.njit(inline="always", cache=True)
@@ -2030,18 +2047,18 @@ def _check_rows(kind, w, ids, out):
             raise IndexError("row id out of range")
 
 
-@nb.njit(**_JIT_EXACT)
-def _gather_rows(kind, w, ids, out):
-    _check_rows(kind, w, ids, out)
+def _gather_rows(w, ids, out):
+    """out[i] = row ids[i] of w, decoded.  A template (:func:`_for_kind`)."""
+    _check_rows(_KIND, w, ids, out)
     for i in range(ids.size):
-        _decode_row(kind, w[ids[i]], out[i])
+        _decode_row(_KIND, w[ids[i]], out[i])
 
 
-@nb.njit(**_JIT_EXACT)
-def _gather_rows_simd(kind, w, ids, out):
-    _check_rows(kind, w, ids, out)
+def _gather_rows_simd(w, ids, out):
+    """As _gather_rows with the AVX2 block decoders.  A template (:func:`_for_kind`)."""
+    _check_rows(_KIND, w, ids, out)
     for i in range(ids.size):
-        _decode_row_simd(kind, w[ids[i]], out[i])
+        _decode_row_simd(_KIND, w[ids[i]], out[i])
 
 
 # ----------------------------------------------------------------- scratch
@@ -2130,7 +2147,7 @@ def matvec(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
         if sc is None:
             sc = _scratch.x(x.shape[0])
     else:
-        _mv_generic(kind, w, x, out, _scratch.get("mv_tmp", _n_threads(), x.size))
+        _for_kind(_mv_generic, kind, parallel=True)(w, x, out, _scratch.get("mv_tmp", _n_threads(), x.size))
         return
     if w.nbytes >= PAR_MIN_BYTES and (nt := _n_threads()) > 1:
         _mv_n(kind, w, x, out, sc, nt)
@@ -2187,10 +2204,10 @@ def matmul(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
             np.matmul(x, w.view(np.float32).T, out=out)  # already float32: no decoding
             return
         tile = _scratch.get("tile", TILE_ROWS, n_cols)
-        decode = _decode_rows_simd if _USE_SIMD else _decode_rows
+        decode = _for_kind(_decode_rows_simd if _USE_SIMD else _decode_rows, kind)
         for r0 in range(0, n_rows, TILE_ROWS):
             n = min(TILE_ROWS, n_rows - r0)
-            decode(kind, w, r0, tile[:n])
+            decode(w, r0, tile[:n])
             np.matmul(x, tile[:n].T, out=out[:, r0 : r0 + n])
     finally:
         if held == 1 and nt > 1:
@@ -2209,7 +2226,7 @@ def get_rows(w: np.ndarray, qtype: int, ids: np.ndarray, out: np.ndarray) -> Non
     outside ``[0, n_rows)``.
     """
     kind = _type(qtype)[0]
-    (_gather_rows_simd if _USE_SIMD else _gather_rows)(kind, readonly(w), np.asarray(ids, np.int64).reshape(-1), out)
+    _for_kind(_gather_rows_simd if _USE_SIMD else _gather_rows, kind)(readonly(w), np.asarray(ids, np.int64).reshape(-1), out)
 
 
 __all__ = ["matvec", "matmul", "get_rows", "readonly", "kernel_kind", "SUPPORTED", "HAVE_AVX2", "HAVE_VNNI", "PAR_MIN_BYTES", "BLAS_MIN_TOKENS", "GEMM_MIN_TOKENS", "TILE_ROWS"]

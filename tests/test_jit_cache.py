@@ -314,3 +314,45 @@ def test_another_librarys_numba_cache_is_not_locked(tmp_path, monkeypatch):
         os.close(fd)
     assert jitstamp._kvruns(str(jitstamp.ROOT / "ops" / "cpu" / "__pycache__" / "nn.rms_norm-12.py311.nbi"))
     assert not jitstamp._kvruns(f._index_path)
+
+
+# a process that compiles nn.rms_norm while holding its compile lock from before the other process asks for it:
+# "locked" once it holds it, then waits for a line, compiles (and saves), prints its cache hits
+_COMPILES_HOLDING_THE_LOCK = """
+import sys
+import numpy as np
+from kvrun.ops.cpu import jitstamp, nn
+with jitstamp.compile_lock(nn.rms_norm._cache._cache_file._index_path):
+    print("locked", flush=True)
+    sys.stdin.readline()
+    nn.rms_norm(np.ones((2, 8), np.float32), np.ones(8, np.float32), 1e-6, np.empty((2, 8), np.float32))
+print(sum(nn.rms_norm.stats.cache_hits.values()))
+"""
+
+
+def test_a_kernel_another_process_is_compiling_is_waited_for_and_loaded_not_compiled_twice(tmp_path):
+    """Two processes that miss one kernel at once (the suite's two workers on an empty cache, two chats started
+    together) compiled it both.  The second now waits for the first's compile, then loads what it saved."""
+    from kvrun.ops.cpu import jitstamp
+
+    if jitstamp.fcntl is None:
+        import pytest
+
+        pytest.skip("no flock here: compiles are not locked")
+    env = dict(os.environ, KVRUN_JIT_CACHE=str(tmp_path / "jit"))
+    env.pop("NUMBA_CACHE_DIR", None)
+    first = subprocess.Popen([sys.executable, "-c", _COMPILES_HOLDING_THE_LOCK], env=env, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert first.stdout.readline().strip() == "locked"
+    second = subprocess.Popen([sys.executable, "-c", _ONE_KERNEL], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        second.wait(8)  # (unlocked, it would have compiled the kernel itself by now, and ended)
+    except subprocess.TimeoutExpired:
+        pass
+    assert second.poll() is None  # waiting for the first's compile
+    out, err = first.communicate("\n", timeout=600)
+    assert first.returncode == 0 and out.split() == ["0"], err[-2000:]
+    out, err = second.communicate(timeout=600)
+    assert second.returncode == 0, err[-2000:]
+    assert out.split()[-1] == "1"  # loaded from the cache the first filled

@@ -34,6 +34,12 @@ with nothing in between to stop another process doing the same.  The machine cod
 signature was then another's (seen: a process aborted inside a decode step's kernel).
 :func:`install` therefore makes Numba's index-and-data save hold an exclusive ``flock`` on a lock
 file beside the index, and a load a shared one (POSIX; elsewhere as before).
+
+Two processes that both miss a kernel (the suite's two workers on an empty cache, two chats started together)
+used to compile it both.  :func:`install` also makes a compile of one of kvrun's kernels hold an exclusive ``flock``
+on ``<index>.compile`` (:func:`compile_lock`): the second process waits, then loads what the first saved.  A caller
+holds its lock while its callees compile; kernels call each other without cycles, so two processes cannot wait on
+each other, and a wait gives up after :data:`COMPILE_WAIT_S` (a stopped process) and compiles.
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ import shutil
 import time
 from pathlib import Path
 
-from numba.core import bytecode, caching, config
+from numba.core import bytecode, caching, config, dispatcher, sigutils
+from numba.core.compiler_lock import global_compiler_lock
 
 try:
     import fcntl
@@ -60,6 +67,7 @@ KERNEL_DIRS = ("ops/cpu", "cache")  #: where the njit code lives
 KEEP = 4  #: digest directories kept in the shared cache (a kernel edit adds one)
 #: called before each of kvrun's cache entries is loaded (outline.py registers the C functions a loaded kernel calls)
 LOAD_HOOKS: list = []
+COMPILE_WAIT_S = 300.0  #: the longest a compile waits for another process compiling the same kernel
 
 
 #: ``from X import a, b`` (the names may run on in parentheses) and ``import X``, on a line of their own; a match
@@ -341,6 +349,70 @@ def _lock_saves() -> None:
     cls.load = _locked(cls.load, exclusive=False)
 
 
+_held: dict[str, list] = {}  # index path -> [fd, depth]: the compile locks this process holds
+
+
+@contextlib.contextmanager
+def compile_lock(index_path: str):
+    """An exclusive ``flock`` on ``<index_path>.compile`` while the block runs (a kernel's load-or-compile), re-entrant
+    within the process.  Waits at most :data:`COMPILE_WAIT_S`, polling, then runs the block unlocked; no lock where the
+    file cannot be made or there is no ``fcntl``.  Runs under Numba's compiler lock, so one thread at a time is here."""
+    held = _held.get(index_path)
+    if held is not None:
+        held[1] += 1
+        try:
+            yield
+        finally:
+            held[1] -= 1
+        return
+    fd = None
+    if fcntl is not None:
+        try:
+            fd = os.open(index_path + ".compile", os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            fd = None
+    if fd is not None:
+        end = time.monotonic() + COMPILE_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() > end:
+                    os.close(fd)
+                    fd = None
+                    break
+                time.sleep(0.02)
+    if fd is not None:
+        _held[index_path] = [fd, 1]
+    try:
+        yield
+    finally:
+        if fd is not None:
+            del _held[index_path]
+            os.close(fd)  # (releases the lock)
+
+
+def _lock_compiles() -> None:
+    """Numba's load-or-compile of a kvrun kernel under :func:`compile_lock` (idempotent)."""
+    cls = dispatcher.Dispatcher
+    if getattr(cls.compile, "kvrun_locked", False):
+        return
+    orig = cls.compile
+
+    @functools.wraps(orig)
+    def compile(self, sig):
+        path = getattr(getattr(self._cache, "_cache_file", None), "_index_path", None)
+        if path is None or tuple(sigutils.normalize_signature(sig)[0]) in self.overloads or not _kvruns(path):
+            return orig(self, sig)
+        with global_compiler_lock:  # (re-entrant; compile takes it too)
+            with compile_lock(path):
+                return orig(self, sig)
+
+    compile.kvrun_locked = True
+    cls.compile = compile
+
+
 def _process_unique_names() -> None:
     """Start Numba's function ids at a random point of this process (idempotent).
 
@@ -362,6 +434,7 @@ def install() -> None:
     imported: Numba picks a function's locator when the decorator runs.  Where Numba's internals
     differ from what this expects, does nothing (the cache is then keyed per file, as before)."""
     _lock_saves()
+    _lock_compiles()
     _process_unique_names()
     impl = _numba("CacheImpl")
     bases = [_numba(n) for n in ("UserProvidedCacheLocator", "InTreeCacheLocator", "UserWideCacheLocator")]

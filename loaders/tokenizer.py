@@ -705,18 +705,24 @@ def _build_bpe(tokens: list[str], merges: Iterable[str], regexes: list[str], ign
     from tokenizers import Tokenizer as HFTokenizer
 
     vocab = {t: i for i, t in enumerate(tokens)}
-    pairs, seen, dropped = [], set(), 0
-    for m in merges:
-        k = m.find(" ", 1)  # llama.cpp splits at the first space after the first character
-        a, b = (m[:k], m[k + 1 :]) if k >= 0 else ("", "")
-        if a in vocab and b in vocab and a + b in vocab and (a, b) not in seen:
-            pairs.append((a, b))
-            seen.add((a, b))
-        else:
-            dropped += 1
-    if dropped:
-        warnings.warn(f"{dropped} BPE merges name tokens outside the vocabulary; ignored", stacklevel=3)
-    tk = HFTokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges))
+    # llama.cpp splits a merge at the first space after the first character
+    pairs = [(m[:k], m[k + 1 :]) if k >= 0 else ("", "") for m in merges for k in (m.find(" ", 1),)]
+    # tokenizers wants each pair's tokens and their join in the vocabulary (else it errs, or panics), and a pair once.
+    # The usual file passes, checked in C loops (map); a pair at a time in Python cost SmolLM2's start ~0.3 s
+    firsts, seconds = zip(*pairs) if pairs else ((), ())
+    has = vocab.__contains__
+    if not (all(map(has, firsts)) and all(map(has, seconds)) and all(map(has, map(str.__add__, firsts, seconds)))
+            and len(set(pairs)) == len(pairs)):
+        valid, seen = [], set()
+        for a, b in pairs:
+            if a in vocab and b in vocab and a + b in vocab and (a, b) not in seen:
+                valid.append((a, b))
+                seen.add((a, b))
+        if len(valid) < len(pairs):
+            warnings.warn(f"{len(pairs) - len(valid)} BPE merges name tokens outside the vocabulary; ignored", stacklevel=3)
+        pairs = valid
+    model = models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges)
+    tk = HFTokenizer(model)
     tk.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes] + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
     )

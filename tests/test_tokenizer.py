@@ -153,6 +153,20 @@ def _tiny_bpe() -> Tokenizer:
     return Tokenizer.from_metadata(md)
 
 
+def test_bpe_merges_naming_tokens_outside_the_vocabulary_or_repeated_are_dropped_with_a_warning():
+    """A merge whose tokens (or their join) are not in the vocabulary, one without a space, and a repeat are dropped,
+    said once; the other merges apply as in a clean file (tokenizers would refuse, or panic, on such a list)."""
+    toks, merges, types = byte_vocab()
+    md = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "default", "tokenizer.ggml.tokens": toks,
+          "tokenizer.ggml.token_type": np.asarray(types, np.int32), "tokenizer.ggml.eos_token_id": len(toks) - 1}
+    clean = Tokenizer.from_metadata(dict(md, **{"tokenizer.ggml.merges": merges}))
+    bad = merges[:2] + ["h x", "nospace", "h e", "Ġ zz"] + merges[2:]
+    with pytest.warns(UserWarning, match="4 BPE merges"):
+        dirty = Tokenizer.from_metadata(dict(md, **{"tokenizer.ggml.merges": bad}))
+    text = " the hint in a thin hen"
+    assert dirty.encode(text) == clean.encode(text)
+
+
 def _tiny_spm(add_space_prefix: bool = True, extra: list[tuple[str, int]] = ()) -> Tokenizer:
     """<unk> <s> </s>, 256 byte tokens, a few pieces, then ``extra`` (text, type)."""
     toks = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]

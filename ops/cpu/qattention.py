@@ -638,7 +638,8 @@ def attend_decode_q(
 SOFTMAX_LANES = 16  # the softmax's max and sum run in this many independent lanes (see _softmax_part)
 
 
-@nb.njit(inline="always", **EXACT_JIT)
+# (a plain call: _logits calls it twice, and inlined it compiled twice)
+@nb.njit(**EXACT_JIT)
 def _softmax_part(sh: np.ndarray, bias: np.ndarray, sc: float, cap: float, softcap: float, lane: np.ndarray) -> tuple:
     """Scores ``sh`` -> logits (scaled, soft-capped, plus ``bias``) -> ``exp(logit - max)`` in place;
     returns (max, sum of the exps).  lane: [SOFTMAX_LANES] float32 scratch.
@@ -1030,7 +1031,8 @@ def _no_prep(q, w, G, qv, qf) -> None:
 
 
 # (_JIT: the flags the softmax had when it was inlined into the fp16 kernel)
-_logits16 = nb.njit(**_JIT)(_variant(_logits.py_func, "_logits16"))
+_softmax_part16 = nb.njit(**_JIT)(_variant(_softmax_part.py_func, "_softmax_part16"))
+_logits16 = nb.njit(**_JIT)(_variant(_logits.py_func, "_logits16", _softmax_part=_softmax_part16))
 
 _attend_decode_f16 = nb.njit(parallel=prange_only(), **_JIT)(
     _variant(_attend_decode_q.py_func, "_attend_decode_f16", _pass=_pass16, _keys=_keys16, _logits=_logits16, prep_queries=_no_prep)

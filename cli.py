@@ -802,7 +802,7 @@ def _engine(path: Any, text_generation: bool = False, **kw: Any):
         refuse_text_generation(eng.cfg.arch)
     if eng.kernels_cold:
         click.echo(
-            "kvrun: first run on this machine: compiling the CPU kernels (about 20 s, 30-40 with --kv-*; once; "
+            "kvrun: first run on this machine: compiling the CPU kernels (once; on 2 cores about a minute, 1-2 with --kv-*; "
             "later starts load them from the cache)",
             err=True,
         )

@@ -291,17 +291,23 @@ def _numba(name: str):
     return getattr(caching, name, None) or getattr(caching, "_" + name, None)
 
 
+def _lock_file(path: str) -> int | None:
+    """A descriptor of lock file ``path`` (made if need be); None where it cannot be made (a read-only cache: nothing
+    writes it there) or there is no ``fcntl``."""
+    if fcntl is None:
+        return None
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        return None
+
+
 @contextlib.contextmanager
 def index_lock(index_path: str, exclusive: bool):
     """An ``flock`` on ``<index_path>.lock`` (made if need be) while the block runs: exclusive to save an entry,
     shared to load one.  No lock where the file cannot be made (a read-only cache: nothing writes it there) or
     there is no ``fcntl``."""
-    fd = None
-    if fcntl is not None:
-        try:
-            fd = os.open(index_path + ".lock", os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError:
-            fd = None
+    fd = _lock_file(index_path + ".lock")
     try:
         if fd is not None:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
@@ -349,7 +355,7 @@ def _lock_saves() -> None:
     cls.load = _locked(cls.load, exclusive=False)
 
 
-_held: dict[str, list] = {}  # index path -> [fd, depth]: the compile locks this process holds
+_held: set[str] = set()  # the index paths whose compile lock this process holds
 
 
 @contextlib.contextmanager
@@ -357,20 +363,7 @@ def compile_lock(index_path: str):
     """An exclusive ``flock`` on ``<index_path>.compile`` while the block runs (a kernel's load-or-compile), re-entrant
     within the process.  Waits at most :data:`COMPILE_WAIT_S`, polling, then runs the block unlocked; no lock where the
     file cannot be made or there is no ``fcntl``.  Runs under Numba's compiler lock, so one thread at a time is here."""
-    held = _held.get(index_path)
-    if held is not None:
-        held[1] += 1
-        try:
-            yield
-        finally:
-            held[1] -= 1
-        return
-    fd = None
-    if fcntl is not None:
-        try:
-            fd = os.open(index_path + ".compile", os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError:
-            fd = None
+    fd = None if index_path in _held else _lock_file(index_path + ".compile")
     if fd is not None:
         end = time.monotonic() + COMPILE_WAIT_S
         while True:
@@ -384,12 +377,12 @@ def compile_lock(index_path: str):
                     break
                 time.sleep(0.02)
     if fd is not None:
-        _held[index_path] = [fd, 1]
+        _held.add(index_path)
     try:
         yield
     finally:
         if fd is not None:
-            del _held[index_path]
+            _held.discard(index_path)
             os.close(fd)  # (releases the lock)
 
 

@@ -57,21 +57,22 @@ class _Leaf:
 
 
 _LEAVES: list[_Leaf] = []
-_registering = [False]  # (register_cached under way: a C function's own load comes through the hook again)
+_registering = False  # (register_cached under way: a C function's own load comes through the hook again)
 
 
 def register_cached() -> None:
     """Register every C function not yet registered that Numba's cache now holds (:data:`.jitstamp.LOAD_HOOKS`: before
     a kernel is loaded from the cache, which may call them)."""
-    if _registering[0] or all(leaf.ready for leaf in _LEAVES):
+    global _registering
+    if _registering or all(leaf.ready for leaf in _LEAVES):
         return
-    _registering[0] = True
+    _registering = True
     try:
         for leaf in _LEAVES:
             if not leaf.ready and _in_cache(leaf.cfunc):
                 leaf.ensure()
     finally:
-        _registering[0] = False
+        _registering = False
 
 
 jitstamp.LOAD_HOOKS.append(register_cached)

@@ -109,14 +109,15 @@ class StringArray(Sequence[str]):
         return self.raw(i).decode("utf-8", errors="replace")
 
     def iter_bytes(self) -> Iterator[bytes]:
-        buf = self.data.tobytes()  # (one copy: a slice of bytes is ~2x faster than bytes() of a memoryview's)
+        # (one copy: a slice of bytes is ~2x faster than bytes() of a memoryview's; SmolLM2's 49k tokens, which a
+        # start builds its tokenizer from: 60 -> 30 ms)
+        buf = self.data.tobytes()
         for s, n in zip(self.starts.tolist(), self.lengths.tolist()):
             yield buf[s : s + n]
 
     def __iter__(self) -> Iterator[str]:
-        buf = self.data.tobytes()  # (SmolLM2's 49k tokens: 60 -> 30 ms, a start builds its tokenizer from them)
-        for s, n in zip(self.starts.tolist(), self.lengths.tolist()):
-            yield buf[s : s + n].decode("utf-8", errors="replace")
+        for b in self.iter_bytes():
+            yield b.decode("utf-8", errors="replace")
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (StringArray, list, tuple)):

@@ -23,12 +23,12 @@ from numba import types
 from numba.extending import intrinsic
 
 from .parallel import prange_only
-from .qattention import _JIT, _attend_decode_q, _keys16, _logits16, _no_prep, _pass16, _variant, decode_step_f16
+from .qattention import _JIT, F16_ROWS, _attend_decode_q, _variant, decode_step_f16
 
 # decode_step_f16 and the fp16 attention it calls, compiled without threads (a prange is a range): the same
 # arithmetic (a split-K plan is made for split_for, not for the threads that run it)
 _attend_decode_f16_serial = nb.njit(**_JIT)(
-    _variant(_attend_decode_q.py_func, "_attend_decode_f16_serial", _pass=_pass16, _keys=_keys16, _logits=_logits16, prep_queries=_no_prep)
+    _variant(_attend_decode_q.py_func, "_attend_decode_f16_serial", **F16_ROWS)
 )
 _decode_step_f16_serial = nb.njit(**_JIT)(
     _variant(decode_step_f16.py_func, "_decode_step_f16_serial", _attend_decode_f16=_attend_decode_f16_serial)

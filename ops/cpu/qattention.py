@@ -1034,9 +1034,9 @@ def _no_prep(q, w, G, qv, qf) -> None:
 _softmax_part16 = nb.njit(**_JIT)(_variant(_softmax_part.py_func, "_softmax_part16"))
 _logits16 = nb.njit(**_JIT)(_variant(_logits.py_func, "_logits16", _softmax_part=_softmax_part16))
 
-_attend_decode_f16 = nb.njit(parallel=prange_only(), **_JIT)(
-    _variant(_attend_decode_q.py_func, "_attend_decode_f16", _pass=_pass16, _keys=_keys16, _logits=_logits16, prep_queries=_no_prep)
-)
+#: the globals that cut _attend_decode_q to fp16 rows (its parallel form here, batchdecode's serial one)
+F16_ROWS = dict(_pass=_pass16, _keys=_keys16, _logits=_logits16, prep_queries=_no_prep)
+_attend_decode_f16 = nb.njit(parallel=prange_only(), **_JIT)(_variant(_attend_decode_q.py_func, "_attend_decode_f16", **F16_ROWS))
 
 _NO_CODES = np.zeros((4096, 0, 1), np.uint8)  # no pools (0 slots; indexable by any KV head)
 _NO_META = np.zeros((4096, 0, 1, 2), np.uint8)

@@ -6,7 +6,11 @@ set it off, and its seconds exclusive of the compiles nested in it (a caller com
     KVRUN_JIT_CACHE=$(mktemp -d) COMPILEPROF=/tmp/cp.jsonl PYTHONPATH=tools pytest -p compileprof tests/...
     python tools/compileprof.py /tmp/cp.jsonl [N]    # the N costliest functions, modules and test files
 
-Subprocesses (the CLI tests' ``kvrun`` runs, tests/test_jit_cache.py's) are not seen.  Stop 51's cold run on one
+Subprocesses (the CLI tests' ``kvrun`` runs, tests/test_jit_cache.py's) are not seen.  A first run of the CLI, in
+this process (how stop 52 found a first ``kvrun run`` spending 24 s in one attention kernel and 13 s in decoders)::
+
+    KVRUN_JIT_CACHE=$(mktemp -d) python tools/compileprof.py --cli /tmp/cp.jsonl run MODEL -p Hello -n 8
+  Stop 51's cold run on one
 worker: 474 s of compiling, ``qattention`` 123 s, ``cache/insert`` 75 s, ``_attend_decode_q`` 55 s over two signatures.
 """
 
@@ -23,9 +27,14 @@ _open: list[list[float]] = []  # [start, seconds of nested compiles] of each com
 
 
 def pytest_configure(config) -> None:
+    listen(os.environ.get("COMPILEPROF", "compileprof.jsonl"))
+
+
+def listen(path: str) -> None:
+    """Append a line to ``path`` for each Numba compile from now on."""
     from numba.core import event
 
-    out = open(os.environ.get("COMPILEPROF", "compileprof.jsonl"), "a")
+    out = open(path, "a")
 
     class Listener(event.Listener):
         def on_start(self, ev) -> None:
@@ -63,5 +72,24 @@ def report(path: str, n: int = 25) -> None:
             print(f"{s:8.1f} {c:4d}  {k}")
 
 
+def run_cli(path: str, args: list[str]) -> None:
+    """``kvrun ARGS`` in this process, its compiles recorded to ``path`` (emptied first), then their report."""
+    open(path, "w").close()
+    _test[0] = "kvrun " + " ".join(args)
+    listen(path)
+    from kvrun import cli
+
+    t0 = time.perf_counter()
+    try:
+        cli.main(args)
+    except SystemExit:
+        pass
+    print(f"-- kvrun took {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    report(path)
+
+
 if __name__ == "__main__":
-    report(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 25)
+    if sys.argv[1] == "--cli":
+        run_cli(sys.argv[2], sys.argv[3:])
+    else:
+        report(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 25)

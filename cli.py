@@ -801,6 +801,9 @@ def _engine(path: Any, text_generation: bool = False, **kw: Any):
 
         refuse_text_generation(eng.cfg.arch)
     if eng.kernels_cold:
+        from .runtime.prewarm import start
+
+        start(eng)  # (a second process compiles the decode attention meanwhile: runtime/prewarm.py)
         click.echo(
             "kvrun: first run on this machine: compiling the CPU kernels (once; on 2 cores about a minute, 1-2 with --kv-*; "
             "later starts load them from the cache)",

@@ -1,0 +1,142 @@
+"""A cold first run's second compiler: a helper process that compiles the decode step's attention kernels while
+the main process compiles the rest.
+
+On an empty kernel cache the first forward compiles every kernel it meets, in its order, on one core (Numba's
+compiler is one thread under a lock per process).  The decode step's attention comes last and costs the most: on
+a 2-core Zen 3, 27 of SmolLM2's ~50 s with the fp16 cache, 48 of ~106 s with ``--kv-bits 2``.  The helper starts
+with it: it steps each kind of layer cache through one-token decode steps from position 0 on, fed the model's own
+step buffers (so the kernels see the types the forward passes them), while the main process compiles the weight
+products, norms and RoPE on the other core.  Both share Numba's on-disk cache, and jitstamp's compile lock makes
+whichever process reaches a kernel second wait for the other's compile and load it (ops/cpu/jitstamp.py), so no
+kernel compiles twice and the first run takes about the longer of the two halves.
+
+``KVRUN_PREWARM=0`` turns the helper off; it is not started on one core, with ``--threads 1``, or on a GPU.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import pickle
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..cache.base import KVCache
+from ..cache.factory import make_cache
+from ..cache.kvconfig import KVConfig
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the helper needs to build the engine's layer caches and step buffers (no tokenizer, no LoRA: they do not
+    change a kernel's argument types)."""
+
+    path: str
+    n_ctx: int
+    n_batch: int
+    kv: KVConfig | None
+    steps: int
+
+
+def decode_steps(kv: KVConfig | None, n_ctx: int) -> int:
+    """One-token steps that reach every decode path of a cache: two for the fp16 ring; for a compressed one, past
+    its sinks, its fp16 window and the first spill into the pools (the largest default window is 80 + 4 sinks),
+    the steps ``Engine.warm_up`` takes after its prefill."""
+    return max(1, min(n_ctx - 2, 100 if kv is not None else 2))
+
+
+def wanted(engine: Any) -> bool:
+    """Whether a helper would shorten this engine's first forward: a cold kernel cache on the CPU, more than one core
+    to run on, and neither ``--threads 1`` nor ``KVRUN_PREWARM=0``."""
+    if os.environ.get("KVRUN_PREWARM", "1") == "0" or engine.backend.name != "cpu" or not engine.kernels_cold:
+        return False
+    if engine.threads == 1 or getattr(engine.model, "encoder", False):
+        return False
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores >= 2
+
+
+def start(engine: Any) -> subprocess.Popen | None:
+    """Start the helper for ``engine`` where :func:`wanted`; it is stopped when this process exits (a kernel it has
+    not finished is compiled by whichever process next needs it).  None where no helper was started."""
+    if not wanted(engine):
+        return None
+    job = Job(engine.path, engine.n_ctx, engine.n_batch, engine.kv, decode_steps(engine.kv, engine.n_ctx))
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+        proc.stdin.write(pickle.dumps(job))
+        proc.stdin.close()
+    except OSError:  # (no helper: the first run compiles alone, as it would without one)
+        return None
+    atexit.register(stop, proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """End the helper if it still runs (Numba writes a cache entry whole or not at all, so none is left half-made)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def attend_steps(model: Any, cache: KVCache, steps: int, seed: int = 0) -> int:
+    """Feed one layer cache of each kind (class and spec) ``steps`` one-token steps from position 0, random keys,
+    values and queries in the model's step buffers, as a decode step's ``update_and_attend`` calls come from the
+    forward.  Returns the layers stepped (a layer whose heads are not the step buffers' shape is left out: its model
+    attends through buffers of its own)."""
+    *_, q3, k3, v3, att3 = model.step_buffers(1)
+    layers, kinds = [], set()
+    for layer in cache.layers:
+        spec = getattr(layer, "spec", None)
+        kind = (type(layer), spec, getattr(layer, "capacity", None))
+        if spec is None or not hasattr(layer, "update_and_attend") or kind in kinds:
+            continue
+        if q3.shape[1:] != (spec.n_head, spec.head_dim) or k3.shape[1] != spec.n_head_kv or v3.shape[2] != spec.head_dim_v:
+            continue
+        kinds.add(kind)
+        layers.append(layer)
+    for layer in layers:
+        # A compressed cache attends its first tokens (its sinks) in a call of its own, then each step in one kernel
+        # that stores and attends (cache/insert.py's decode_step).  The main process meets that lone attention
+        # first, at position 0: the helper skips it and starts on the one-call step's store half, the other costly
+        # compile, so that each process compiles one of the two and the second to need the attention loads it
+        if hasattr(layer, "_attend_decode"):
+            layer._attend_decode = _no_attention
+    rng = np.random.default_rng(seed)
+    for p in range(steps):
+        pos = np.array([p], np.int32)
+        for layer in layers:
+            for a in (q3, k3, v3):
+                a[...] = rng.standard_normal(a.shape, np.float32)
+            layer.update_and_attend(q3, k3, v3, pos, att3)
+    return len(layers)
+
+
+def _no_attention(*args: Any, **kw: Any) -> None:
+    """A compressed layer's lone attention call, skipped in the helper (:func:`attend_steps`)."""
+
+
+def run(job: Job) -> int:
+    """The helper's work: the model's step buffers and layer caches, then :func:`attend_steps`."""
+    from ..loaders.config import load_config
+    from ..loaders.gguf_file import GGUFFile
+    from ..models import model_class
+    from ..ops import get_backend
+
+    g = GGUFFile(job.path)
+    cfg = load_config(g)
+    model = model_class(cfg.arch)(g, cfg, get_backend("cpu"), job.n_ctx, job.n_batch)
+    cache = KVCache(make_cache(model.layer_specs(), job.n_ctx, job.n_batch, job.kv, device="cpu"))
+    return attend_steps(model, cache, job.steps)
+
+
+if __name__ == "__main__":
+    run(pickle.loads(sys.stdin.buffer.read()))

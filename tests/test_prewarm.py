@@ -1,0 +1,105 @@
+"""The first run's helper process (runtime/prewarm.py): it must compile exactly the kernels the forward will load,
+with the argument types the forward passes, or it only takes a core from the main process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from numba.core.registry import CPUDispatcher
+
+from kvrun.cache.kvconfig import KVConfig
+from kvrun.runtime import prewarm
+from kvrun.runtime.engine import Engine
+
+
+def _signatures() -> dict[str, int]:
+    """How many signatures each of kvrun's kernels (module-level Numba dispatchers) has compiled or loaded."""
+    out = {}
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("kvrun.") and mod is not None:
+            for attr, obj in list(vars(mod).items()):
+                if isinstance(obj, CPUDispatcher):
+                    out[f"{name}.{attr}"] = len(obj.signatures)
+    return out
+
+
+def _decode_then_helper(path, kv: KVConfig | None) -> tuple[dict, dict, int]:
+    """One-token steps from position 0 through the engine, then the helper's steps on a fresh cache: the
+    kernels' signature counts after each, and the layers the helper stepped."""
+    eng = Engine(path, n_ctx=256, threads=2, kv=kv)
+    steps = prewarm.decode_steps(eng.kv, eng.n_ctx)
+    cache = eng.new_cache()
+    for t in range(steps):
+        eng.eval(cache, [t % eng.cfg.n_vocab])
+    before = _signatures()
+    stepped = prewarm.attend_steps(eng.model, eng.new_cache(), steps)
+    return before, _signatures(), stepped
+
+
+@pytest.mark.parametrize("kv", [None, KVConfig(bits=2), KVConfig(bits=4, policy="h2o", budget=96)], ids=["fp16", "kv2", "kv4-h2o"])
+def test_the_helper_compiles_nothing_the_forward_would_not_load(tiny_llama_path, kv):
+    before, after, stepped = _decode_then_helper(tiny_llama_path, kv)
+    assert stepped >= 1
+    added = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    assert added == {}, f"the helper compiled signatures the forward never used: {added}"
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("model", ["smollm2_path", "gemma3_path"])
+@pytest.mark.parametrize("kv", [None, KVConfig(bits=2)], ids=["fp16", "kv2"])
+def test_the_helper_compiles_nothing_a_real_models_forward_would_not_load(request, model, kv):
+    # (Gemma 3: sliding-window and global layers, two kinds of layer cache, both stepped)
+    before, after, stepped = _decode_then_helper(request.getfixturevalue(model), kv)
+    assert stepped >= (2 if model == "gemma3_path" else 1)
+    added = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    assert added == {}, f"the helper compiled signatures the forward never used: {added}"
+
+
+def _engine_like(**kw) -> SimpleNamespace:
+    base = dict(backend=SimpleNamespace(name="cpu"), kernels_cold=True, threads=None, model=SimpleNamespace(encoder=False))
+    return SimpleNamespace(**(base | kw))
+
+
+def test_a_helper_is_wanted_only_on_a_cold_cpu_cache_with_cores_to_spare(monkeypatch):
+    monkeypatch.delenv("KVRUN_PREWARM", raising=False)
+    monkeypatch.setattr(prewarm.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert prewarm.wanted(_engine_like())
+    assert not prewarm.wanted(_engine_like(kernels_cold=False))  # a warm cache loads in well under a second
+    assert not prewarm.wanted(_engine_like(backend=SimpleNamespace(name="gpu")))
+    assert not prewarm.wanted(_engine_like(threads=1))  # --threads 1: one core is what the user gave us
+    assert not prewarm.wanted(_engine_like(model=SimpleNamespace(encoder=True)))  # (an embedding model decodes nothing)
+    monkeypatch.setattr(prewarm.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert not prewarm.wanted(_engine_like())  # one core: two compilers would only take turns
+    monkeypatch.setattr(prewarm.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setenv("KVRUN_PREWARM", "0")
+    assert not prewarm.wanted(_engine_like())
+
+
+def test_the_helper_process_runs_the_engines_job_to_the_end(tiny_llama_path, monkeypatch):
+    monkeypatch.delenv("KVRUN_PREWARM", raising=False)
+    monkeypatch.setattr(prewarm.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    eng = Engine(tiny_llama_path, n_ctx=128, kv=KVConfig(bits=4))
+    eng.kernels_cold = True  # (as a first run: this suite's kernels are cached by now)
+    proc = prewarm.start(eng)
+    assert proc is not None
+    assert proc.wait(300) == 0
+    prewarm.stop(proc)  # (ended already: nothing to do)
+
+
+def test_a_helper_still_compiling_when_the_run_ends_is_stopped():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    prewarm.stop(proc)
+    assert proc.returncode is not None
+
+
+def test_the_helpers_random_steps_leave_the_engines_own_caches_alone(tiny_llama_path):
+    eng = Engine(tiny_llama_path, n_ctx=64)
+    cache = eng.new_cache()
+    logits = eng.eval(cache, [1, 2, 3]).copy()
+    prewarm.attend_steps(eng.model, eng.new_cache(), 4)
+    again = eng.new_cache()
+    np.testing.assert_array_equal(eng.eval(again, [1, 2, 3]), logits)

@@ -103,14 +103,18 @@ def attend_steps(model: Any, cache: KVCache, steps: int, seed: int = 0) -> int:
             continue
         kinds.add(kind)
         layers.append(layer)
-    for layer in layers:
-        # A compressed cache attends its first tokens (its sinks) in a call of its own, then each step in one kernel
-        # that stores and attends (cache/insert.py's decode_step).  The main process meets that lone attention
-        # first, at position 0: the helper skips it and starts on the one-call step's store half, the other costly
-        # compile, so that each process compiles one of the two and the second to need the attention loads it
-        if hasattr(layer, "_attend_decode"):
-            layer._attend_decode = _no_attention
     rng = np.random.default_rng(seed)
+    for layer in layers:
+        # A compressed cache's decode step is one kernel that stores and attends (cache/insert.py's decode_step),
+        # but for its first tokens (the sinks), stored and then attended in a call of their own.  The main process
+        # meets the one-call step first (after a prefill, or at once where a cache keeps no sinks) and compiles its
+        # store half first: the helper starts with the attention, called alone on the empty layer, and then skips
+        # the lone calls, so that the two costly halves compile side by side and the step's own compile loads both
+        lone = getattr(layer, "_attend_decode", None)
+        if lone is not None:
+            q3[...] = rng.standard_normal(q3.shape, np.float32)
+            lone(q3, np.zeros(1, np.int32), att3)
+            layer._attend_decode = _no_attention
     for p in range(steps):
         pos = np.array([p], np.int32)
         for layer in layers:

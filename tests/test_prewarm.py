@@ -82,7 +82,7 @@ def test_a_helper_is_wanted_only_on_a_cold_cpu_cache_with_cores_to_spare(monkeyp
 def test_the_helper_process_runs_the_engines_job_to_the_end(tiny_llama_path, monkeypatch):
     monkeypatch.delenv("KVRUN_PREWARM", raising=False)
     monkeypatch.setattr(prewarm.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    eng = Engine(tiny_llama_path, n_ctx=128, kv=KVConfig(bits=4))
+    eng = Engine(tiny_llama_path, n_ctx=256, kv=KVConfig(bits=2))  # (the kernels the kv2 case above loaded)
     eng.kernels_cold = True  # (as a first run: this suite's kernels are cached by now)
     proc = prewarm.start(eng)
     assert proc is not None

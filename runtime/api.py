@@ -24,6 +24,7 @@ from ..cache.kvconfig import KVConfig
 from ..loaders.chat_template import builtin_template, file_template, render_chat
 from ..loaders.errors import KvrunError
 from ..loaders.store import resolve
+from . import prewarm
 from .engine import Engine, GenRequest, GenStats, stream_text
 from .reasoning import is_harmony
 from .sampling import SamplerConfig
@@ -466,6 +467,10 @@ def load(
         of paths and ``(path, scale)`` pairs.
     mmproj : the model's multimodal projector (``mmproj-*.gguf``, Gemma 3's): chat messages may then carry
         images (``{"type": "image_url", ...}`` parts, ``{"type": "image", "image": path}``; runtime/vision_chat.py).
+
+    On a machine whose kernel cache is cold, the first generation compiles the kernels (tens of seconds, once): a
+    helper process started here compiles the decode attention meanwhile (runtime/prewarm.py; ``KVRUN_PREWARM=0``
+    turns it off).
     """
     if chat_template_kwargs is not None and not isinstance(chat_template_kwargs, dict):
         raise KvrunError(f"chat_template_kwargs must be a dict, got {type(chat_template_kwargs).__name__}")
@@ -478,6 +483,7 @@ def load(
     adapters = [lora] if isinstance(lora, (str, os.PathLike)) else list(lora or [])
     adapters = [(a, 1.0) if isinstance(a, (str, os.PathLike)) else (a[0], float(a[1])) for a in adapters]
     m = Model(Engine(path, device=device, n_ctx=n_ctx, n_batch=n_batch, threads=threads, kv=kv, lora=adapters))
+    prewarm.start(m.engine)  # (a cold kernel cache: a second process compiles the decode attention meanwhile)
     m.chat_template_kwargs = dict(chat_template_kwargs or {})
     if mmproj is not None:
         from .vision import Vision

@@ -10,7 +10,8 @@ products, norms and RoPE on the other core.  Both share Numba's on-disk cache, a
 whichever process reaches a kernel second wait for the other's compile and load it (ops/cpu/jitstamp.py), so no
 kernel compiles twice and the first run takes about the longer of the two halves.
 
-``KVRUN_PREWARM=0`` turns the helper off; it is not started on one core, with ``--threads 1``, or on a GPU.
+The CLI and :func:`kvrun.load` start it.  ``KVRUN_PREWARM=0`` turns it off; it is not started on one core, with
+``--threads 1``, on a GPU, or from a frozen app.
 """
 
 from __future__ import annotations
@@ -51,10 +52,12 @@ def decode_steps(kv: KVConfig | None, n_ctx: int) -> int:
 
 def wanted(engine: Any) -> bool:
     """Whether a helper would shorten this engine's first forward: a cold kernel cache on the CPU, more than one core
-    to run on, and neither ``--threads 1`` nor ``KVRUN_PREWARM=0``."""
+    to run on, neither ``--threads 1`` nor ``KVRUN_PREWARM=0``, and a Python that ``-m`` runs."""
     if os.environ.get("KVRUN_PREWARM", "1") == "0" or engine.backend.name != "cpu" or not engine.kernels_cold:
         return False
     if engine.threads == 1 or getattr(engine.model, "encoder", False):
+        return False
+    if getattr(sys, "frozen", False):  # (a frozen app's executable is the app: ``-m`` would start another of it)
         return False
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return cores >= 2

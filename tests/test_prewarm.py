@@ -75,6 +75,9 @@ def test_a_helper_is_wanted_only_on_a_cold_cpu_cache_with_cores_to_spare(monkeyp
     monkeypatch.setattr(prewarm.os, "sched_getaffinity", lambda pid: {0}, raising=False)
     assert not prewarm.wanted(_engine_like())  # one core: two compilers would only take turns
     monkeypatch.setattr(prewarm.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(prewarm.sys, "frozen", True, raising=False)
+    assert not prewarm.wanted(_engine_like())  # a frozen app's executable would start the app again
+    monkeypatch.delattr(prewarm.sys, "frozen")
     monkeypatch.setenv("KVRUN_PREWARM", "0")
     assert not prewarm.wanted(_engine_like())
 
@@ -103,3 +106,20 @@ def test_the_helpers_random_steps_leave_the_engines_own_caches_alone(tiny_llama_
     prewarm.attend_steps(eng.model, eng.new_cache(), 4)
     again = eng.new_cache()
     np.testing.assert_array_equal(eng.eval(again, [1, 2, 3]), logits)
+
+
+def test_the_cli_and_the_python_api_start_the_helper_for_the_engine_they_load(tiny_llama_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import kvrun
+    from kvrun.cli import main
+
+    seen = []
+    monkeypatch.setattr(prewarm, "start", lambda eng: seen.append(eng.path))
+    kvrun.load(tiny_llama_path, n_ctx=64)
+    assert seen == [str(tiny_llama_path)]
+    from kvrun.ops.cpu.backend import CPUBackend
+
+    monkeypatch.setattr(CPUBackend, "kernels_cached", lambda self: False)  # (the CLI asks only on a cold cache)
+    r = CliRunner().invoke(main, ["run", str(tiny_llama_path), "-p", "the", "-n", "1", "--no-stats"])
+    assert r.exit_code == 0 and seen == [str(tiny_llama_path)] * 2

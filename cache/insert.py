@@ -179,7 +179,7 @@ def plan_chunk(pos: np.ndarray, ppos: np.ndarray, S: int, F: int, lo: int, cap: 
     """:func:`plan_push` for each token of a chunk in turn (positions ``ppos`` [T]); returns (j, jq, jc) per token, [T, 3] int32."""
     out = np.empty((ppos.shape[0], 3), np.int32)
     for t in range(ppos.shape[0]):
-        j, jq, jc = plan_push(pos, ppos[t], S, F, lo, cap, free, lo1, cap1, free1)
+        j, jq, jc = plan_push(pos, np.int64(ppos[t]), S, F, lo, cap, free, lo1, cap1, free1)  # (int32: a compile of its own)
         out[t, 0], out[t, 1], out[t, 2] = j, jq, jc
     return out
 
@@ -208,7 +208,7 @@ def decode_push(q: np.ndarray, k: np.ndarray, v: np.ndarray, p: int, rot_k: bool
     n_kv, D = k.shape
     kf = np.empty(D, np.float32)
     vf = np.empty(v.shape[1], np.float32)
-    j, jq, jc = _plan(pos, p, S, F, pool0, pool1)
+    j, jq, jc = _plan(pos, np.int64(p), S, F, pool0, pool1)  # (decode_step's positions are int32, push_tokens' int64)
     for h in range(n_kv):
         _move_token(h, j, jq, jc, k16, v16, G, pool0, pool1, kf, vf, tmp)
         _new_token(h, j, q, k, v, rot_k, rot_v, t_k, mu, k16, v16, qr, kf, vf)

@@ -39,7 +39,6 @@ import numpy as np
 
 from ..ops.cpu.f16 import f32_to_f16
 from ..ops.cpu.qattention import dequantize_rows
-from ..ops.cpu.qmatmul import readonly
 
 _JIT = dict(cache=True, fastmath=False, nogil=True)
 
@@ -269,8 +268,9 @@ def quantize_into(x: np.ndarray, slots: np.ndarray, bits: int, G: int, lut: np.n
     x: [n_kv, D] float32; slots: [n_kv] int64 (-1: skip this head);
     codes: [n_kv, C, D*w/8] uint8; meta: [n_kv, C, D/G, 2] uint8.
     """
-    # (x read-only either way: writability is part of Numba's type, and callers pass both kinds)
-    _quantize_into(readonly(x), slots, bits, G, lut, CLIPS[bits], codes, meta, tmp)
+    # (x writable either way: writability is part of Numba's type, callers pass both kinds, and the one-call steps
+    # (cache/insert.py) hand quantize_row writable rows: a read-only x compiled it, ~5 s, a second time)
+    _quantize_into(x if x.flags.writeable else np.array(x, np.float32), slots, bits, G, lut, CLIPS[bits], codes, meta, tmp)
 
 
 @nb.njit(**_JIT)

@@ -6,7 +6,7 @@ compiler is one thread under a lock per process).  The decode step's attention c
 a 2-core Zen 3, 27 of SmolLM2's ~50 s with the fp16 cache, 48 of ~106 s with ``--kv-bits 2``.  The helper starts
 with it: it steps each kind of layer cache through one-token decode steps from position 0 on, fed the model's own
 step buffers (so the kernels see the types the forward passes them), while the main process compiles the weight
-products, norms and RoPE on the other core.  Both share Numba's on-disk cache, and jitstamp's compile lock makes
+products, norms and RoPE on the other core (a compressed cache's step is split further: :func:`attend_steps`).  Both share Numba's on-disk cache, and jitstamp's compile lock makes
 whichever process reaches a kernel second wait for the other's compile and load it (ops/cpu/jitstamp.py), so no
 kernel compiles twice and the first run takes about the longer of the two halves.
 
@@ -21,6 +21,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +78,7 @@ def start(engine: Any) -> subprocess.Popen | None:
     except OSError:  # (no helper: the first run compiles alone, as it would without one)
         return None
     atexit.register(stop, proc)
+    threading.Thread(target=proc.wait, daemon=True).start()  # (reaped when it ends: a server runs on for days)
     return proc
 
 

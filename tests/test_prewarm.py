@@ -30,7 +30,7 @@ def _signatures() -> dict[str, int]:
 def _decode_then_helper(path, kv: KVConfig | None) -> tuple[dict, dict, int]:
     """One-token steps from position 0 through the engine, then the helper's steps on a fresh cache: the
     kernels' signature counts after each, and the layers the helper stepped."""
-    eng = Engine(path, n_ctx=256, threads=2, kv=kv)
+    eng = Engine(path, n_ctx=256, kv=kv)
     steps = prewarm.decode_steps(eng.kv, eng.n_ctx)
     cache = eng.new_cache()
     for t in range(steps):
@@ -123,3 +123,24 @@ def test_the_cli_and_the_python_api_start_the_helper_for_the_engine_they_load(ti
     monkeypatch.setattr(CPUBackend, "kernels_cached", lambda self: False)  # (the CLI asks only on a cold cache)
     r = CliRunner().invoke(main, ["run", str(tiny_llama_path), "-p", "the", "-n", "1", "--no-stats"])
     assert r.exit_code == 0 and seen == [str(tiny_llama_path)] * 2
+
+
+def test_decode_kernels_compile_once_for_both_passes_and_every_caller(tiny_llama_path):
+    """A constant argument (``DOT``/``ADD``, a position of another integer width, a read-only row) made Numba compile
+    a kernel once more for each: 2-5 s of a first run apiece.  After fp16 and 2-bit decode steps none is left."""
+    from numba import types
+
+    from kvrun.cache import insert, quant
+    from kvrun.ops.cpu import qattention as qa
+
+    for kv in (None, KVConfig(bits=2)):
+        eng = Engine(tiny_llama_path, n_ctx=256, kv=kv)
+        cache = eng.new_cache()
+        eng.eval(cache, list(range(1, 20)))  # a prefill (push_tokens), then decode steps (decode_step)
+        for t in range(prewarm.decode_steps(kv, 256)):
+            eng.eval(cache, [1 + t % 7])
+    for k in (qa._pass, qa._pass16, qa._half_pass):
+        assert all(sig[0] == types.int64 for sig in k.signatures), k.signatures  # the pass, not Literal[int](1)
+    assert all(sig[-1] == types.int64 for sig in qa._half_pass.signatures)  # row0, not Literal[int](0)
+    assert all(sig[1] == types.int64 for sig in insert.plan_push.signatures)
+    assert all(not sig[0].readonly for sig in quant.quantize_row.signatures)

@@ -65,6 +65,8 @@ TILE = 64  # rows dequantized at a time into an L1-resident float scratch
 SPLIT_MIN_SLOTS = 256  # a KV head is split across threads from this many slots (split-K): Gemma 3's one KV head
 # over a 516-slot window, 2 threads: 51-66 -> 36 us (fp16), 54 -> 38 us (4-bit); 1024 left its sliding-window layers on one thread
 DOT, ADD = 1, 2  # the two passes of decode attention over a head's slots (see ``_pass``)
+# (kernels pass them as np.int64(DOT): a bare global is typed as its literal value, and each value compiled
+# ``_pass`` and its ``_half_pass`` calls once more, ~2-3 s of a first run each, for a branch that costs nothing)
 
 
 # ================================================================= row decoders (LLVM vector IR)
@@ -742,7 +744,7 @@ def _keys(kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, qt, s_all, 
     C0 = c0.shape[1]
     y = qt[kh * gqa : (kh + 1) * gqa]
     if not (ik0 or ik1):
-        _pass(DOT, kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, y, s_all, gqa)
+        _pass(np.int64(DOT), kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, y, s_all, gqa)
         return
     gs = np.empty((gqa, CHUNK_GROUPS), np.float32)
     lo, hi = kh * gqa, (kh + 1) * gqa
@@ -756,7 +758,7 @@ def _keys(kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, qt, s_all, 
         elif seg == 2 and ik1:
             key_scores(c1[kh], m1[kh], lut1, w1, G, a - F - C0, e - a, kq1[0][lo:hi], kq1[1][lo:hi], gs, s_all[kh], a)
         else:
-            _pass(DOT, kh, a, e, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, y, s_all, gqa)
+            _pass(np.int64(DOT), kh, a, e, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, y, s_all, gqa)
 
 
 # EXACT_JIT, not _JIT: cache/insert.py's decode_step (EXACT_JIT) calls this kernel from inside
@@ -837,7 +839,7 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
             # ---- values
             acc = part[it]
             acc[:] = 0.0
-            _pass(ADD, kh, j0, j1, v16, vc0, vm0, vlut0, vw0, vc1, vm1, vlut1, vw1, G, Dv, acc, s_all, gqa)
+            _pass(np.int64(ADD), kh, j0, j1, v16, vc0, vm0, vlut0, vw0, vc1, vm1, vlut1, vw1, G, Dv, acc, s_all, gqa)
         # ---- combine the items of each head
         for kh in range(n_kv):
             for hh in range(gqa):
@@ -944,7 +946,7 @@ def _pass(mode: int, kh: int, j0: int, j1: int, x16: np.ndarray, c0: np.ndarray,
     if vector and x16.strides[2] == 2 and x16.strides[1] % 2 == 0:  # the fp16 slots in place
         e = min(j1, F)
         if j0 < e:
-            _half_pass(mode, x16[kh], j0, e, R, y, s_all[kh], gqa, 0)
+            _half_pass(mode, x16[kh], j0, e, R, y, s_all[kh], gqa, np.int64(0))  # (a bare 0: a literal's compile of its own)
         a0 = max(j0, e)
         # 16-bit pools (an eviction policy over fp16 slots) in place too: decoded into the float tile
         # first, they had cost --kv-budget's attention twice as much a slot as the fp16 area
@@ -1022,7 +1024,7 @@ _pass16 = nb.njit(**_JIT)(_variant(_pass.py_func, "_pass16", _fill_tile=_fill_ti
 def _keys16(kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, qt, s_all, gqa, ik0, ik1, kq0, kq1) -> None:
     """``_keys`` for fp16 rows only: no pools, so no integer keys (whose kernels, compiled in, took the
     plain cache's first run 13 -> 24 s to compile)."""
-    _pass16(DOT, kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, qt[kh * gqa : (kh + 1) * gqa], s_all, gqa)
+    _pass16(np.int64(DOT), kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, qt[kh * gqa : (kh + 1) * gqa], s_all, gqa)
 
 
 @nb.njit(inline="always", **_JIT)
@@ -1069,9 +1071,10 @@ def decode_step_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray
         used = max(used, s + 1)
     qpos = pos.astype(np.int32)
     no_probs = np.zeros((0, 0), np.float32)  # (the globals are read-only in here, and the kernel may write these)
-    # (alibi: sink_logits[:0], empty: the plain cache's ALiBi is the keys' position channel, models/bloom.py)
-    _attend_decode_f16(q, qpos, k16[:, :used], v16[:, :used], _NO_CODES, _NO_META, _NO_CODES, _NO_META, 16, 16,
-                       _NO_CODES, _NO_META, _NO_CODES, _NO_META, 16, 16, _NO_LUT, _NO_LUT, _NO_LUT, _NO_LUT,
+    # (alibi: sink_logits[:0], empty: the plain cache's ALiBi is the keys' position channel, models/bloom.py; the
+    # empty pools' widths 0: constants that prune ``_pass``'s in-place branches for 16-bit pools, a compile less)
+    _attend_decode_f16(q, qpos, k16[:, :used], v16[:, :used], _NO_CODES, _NO_META, _NO_CODES, _NO_META, 0, 0,
+                       _NO_CODES, _NO_META, _NO_CODES, _NO_META, 0, 0, _NO_LUT, _NO_LUT, _NO_LUT, _NO_LUT,
                        32, kpos[:used].reshape((1, used)), no_probs, window, scale, softcap, out, s_all[:, :, :used], no_probs, split_for,
                        False, sink_logits, sink_logits[:0])  # fmt: skip
     return used

@@ -110,7 +110,8 @@ def test_the_gpu_cache_matches_the_cpus(gpu_env, monkeypatch, tmp_path, kv, boun
     (a mixed cache's global layers: over its stored slots), then decode steps, within ``bound`` of the CPU's; captured
     and replayed on a GPU (the emulator records no CuPy product in a capture: eager there).  Measured on the emulator:
     8 bits 1.5e-3 in the suite, 2.05e-3 at the first decode step run alone (bound 2e-3 until stop 53); mixed 8/4
-    4.4e-2, where tiny Gemma 3 without sharing drifts 6.5e-3 at 4 bits, and tiny Gemma 3n's 25 unscaled layers amplify it (its plain cache's 2.2e-4 against Gemma 3's 4e-5: tests/test_gpu_gemma_n4.py)."""
+    4.4e-2, where tiny Gemma 3 without sharing drifts 6.5e-3 at 4 bits, and tiny Gemma 3n's 25 unscaled layers
+    amplify it (its plain cache's 2.2e-4 against Gemma 3's 4e-5: tests/test_gpu_gemma_n4.py)."""
     from gpu_checks import check_prefill_and_replayed_decode
 
     from kvrun.cache.gpu_shared_compressed import GPUSharedCompressedLayerCache

@@ -169,6 +169,9 @@ def token_logprobs(logits: np.ndarray, tok: int, top: int) -> tuple[int, float, 
 
 
 DEFAULT_CTX = 4096  # tokens of context when none is asked for (or the model's training context, if shorter)
+#: tokens that take a compressed cache past its largest default fp16 window (80 + 4 sinks): it has spilled,
+#: calibrated and quantized by then (``Engine.warm_up``, runtime/prewarm.py)
+PAST_THE_WINDOW = 100
 
 
 class Engine:
@@ -496,8 +499,8 @@ class Engine:
             self.embed(np.arange(min(8, self.cfg.n_ctx_train), dtype=np.int32) % self.cfg.n_vocab)
             return
         cache = self.new_cache()
-        # the largest default window is 80 + 4 sinks; 32 tokens reach the prefill GEMM's parallel path
-        n = max(1, min(self.n_ctx - 2, 100 if self.kv is not None else 32))
+        # (32 tokens reach the prefill GEMM's parallel path)
+        n = max(1, min(self.n_ctx - 2, PAST_THE_WINDOW if self.kv is not None else 32))
         tokens = np.arange(n, dtype=np.int32) % self.cfg.n_vocab
         tuner, self.tuner = self.tuner, None
         try:

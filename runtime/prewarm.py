@@ -30,6 +30,7 @@ import numpy as np
 from ..cache.base import KVCache
 from ..cache.factory import make_cache
 from ..cache.kvconfig import KVConfig
+from .engine import PAST_THE_WINDOW
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,8 @@ class Job:
 
 def decode_steps(kv: KVConfig | None, n_ctx: int) -> int:
     """One-token steps that reach every decode path of a cache: two for the fp16 ring; for a compressed one, past
-    its sinks, its fp16 window and the first spill into the pools (the largest default window is 80 + 4 sinks),
-    the steps ``Engine.warm_up`` takes after its prefill."""
-    return max(1, min(n_ctx - 2, 100 if kv is not None else 2))
+    its sinks, its fp16 window and the first spill into the pools, as ``Engine.warm_up``'s prefill does."""
+    return max(1, min(n_ctx - 2, PAST_THE_WINDOW if kv is not None else 2))
 
 
 def wanted(engine: Any) -> bool:

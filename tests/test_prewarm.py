@@ -27,9 +27,10 @@ def _signatures() -> dict[str, int]:
     return out
 
 
-def _decode_then_helper(path, kv: KVConfig | None) -> tuple[dict, dict, int]:
-    """One-token steps from position 0 through the engine, then the helper's steps on a fresh cache: the
-    kernels' signature counts after each, and the layers the helper stepped."""
+def _decode_then_helper(path, kv: KVConfig | None) -> tuple[dict, int]:
+    """One-token steps from position 0 through the engine, then the helper's steps on a fresh cache: the signatures
+    each kernel gained in the helper's steps (none where it compiled only what the forward loads), and the layers
+    the helper stepped."""
     eng = Engine(path, n_ctx=256, kv=kv)
     steps = prewarm.decode_steps(eng.kv, eng.n_ctx)
     cache = eng.new_cache()
@@ -37,14 +38,14 @@ def _decode_then_helper(path, kv: KVConfig | None) -> tuple[dict, dict, int]:
         eng.eval(cache, [t % eng.cfg.n_vocab])
     before = _signatures()
     stepped = prewarm.attend_steps(eng.model, eng.new_cache(), steps)
-    return before, _signatures(), stepped
+    after = _signatures()
+    return {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}, stepped
 
 
 @pytest.mark.parametrize("kv", [None, KVConfig(bits=2), KVConfig(bits=4, policy="h2o", budget=96)], ids=["fp16", "kv2", "kv4-h2o"])
 def test_the_helper_compiles_nothing_the_forward_would_not_load(tiny_llama_path, kv):
-    before, after, stepped = _decode_then_helper(tiny_llama_path, kv)
+    added, stepped = _decode_then_helper(tiny_llama_path, kv)
     assert stepped >= 1
-    added = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
     assert added == {}, f"the helper compiled signatures the forward never used: {added}"
 
 
@@ -53,9 +54,8 @@ def test_the_helper_compiles_nothing_the_forward_would_not_load(tiny_llama_path,
 @pytest.mark.parametrize("kv", [None, KVConfig(bits=2)], ids=["fp16", "kv2"])
 def test_the_helper_compiles_nothing_a_real_models_forward_would_not_load(request, model, kv):
     # (Gemma 3: sliding-window and global layers, two kinds of layer cache, both stepped)
-    before, after, stepped = _decode_then_helper(request.getfixturevalue(model), kv)
+    added, stepped = _decode_then_helper(request.getfixturevalue(model), kv)
     assert stepped >= (2 if model == "gemma3_path" else 1)
-    added = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
     assert added == {}, f"the helper compiled signatures the forward never used: {added}"
 
 

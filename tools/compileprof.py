@@ -6,12 +6,13 @@ set it off, and its seconds exclusive of the compiles nested in it (a caller com
     KVRUN_JIT_CACHE=$(mktemp -d) COMPILEPROF=/tmp/cp.jsonl PYTHONPATH=tools pytest -p compileprof tests/...
     python tools/compileprof.py /tmp/cp.jsonl [N]    # the N costliest functions, modules and test files
 
-Subprocesses (the CLI tests' ``kvrun`` runs, tests/test_jit_cache.py's) are not seen.  A first run of the CLI, in
-this process (how stop 52 found a first ``kvrun run`` spending 24 s in one attention kernel and 13 s in decoders)::
+Subprocesses (the CLI tests' ``kvrun`` runs, tests/test_jit_cache.py's) are not seen.  Stop 51's cold run on one
+worker: 474 s of compiling, ``qattention`` 123 s, ``cache/insert`` 75 s, ``_attend_decode_q`` 55 s over two signatures.
+
+A first run of the CLI, in this process (how stop 52 found a first ``kvrun run`` spending 24 s in one attention
+kernel and 13 s in decoders)::
 
     KVRUN_JIT_CACHE=$(mktemp -d) python tools/compileprof.py --cli /tmp/cp.jsonl run MODEL -p Hello -n 8
-  Stop 51's cold run on one
-worker: 474 s of compiling, ``qattention`` 123 s, ``cache/insert`` 75 s, ``_attend_decode_q`` 55 s over two signatures.
 """
 
 from __future__ import annotations

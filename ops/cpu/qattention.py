@@ -64,9 +64,10 @@ _NEG_INF = np.float32(-1e30)  # masked logit: finite, so exp() needs no branch (
 TILE = 64  # rows dequantized at a time into an L1-resident float scratch
 SPLIT_MIN_SLOTS = 256  # a KV head is split across threads from this many slots (split-K): Gemma 3's one KV head
 # over a 516-slot window, 2 threads: 51-66 -> 36 us (fp16), 54 -> 38 us (4-bit); 1024 left its sliding-window layers on one thread
-DOT, ADD = 1, 2  # the two passes of decode attention over a head's slots (see ``_pass``)
-# (kernels pass them as np.int64(DOT): a bare global is typed as its literal value, and each value compiled
-# ``_pass`` and its ``_half_pass`` calls once more, ~2-3 s of a first run each, for a branch that costs nothing)
+#: the two passes of decode attention over a head's slots (see ``_pass``).  numpy scalars: Numba types a global int as
+#: its literal value, and each value compiled ``_pass`` and its ``_half_pass`` calls once more (~2-3 s of a first run
+#: each, for a branch that costs nothing); a numpy scalar is a plain int64
+DOT, ADD = np.int64(1), np.int64(2)
 
 
 # ================================================================= row decoders (LLVM vector IR)
@@ -744,7 +745,7 @@ def _keys(kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, qt, s_all, 
     C0 = c0.shape[1]
     y = qt[kh * gqa : (kh + 1) * gqa]
     if not (ik0 or ik1):
-        _pass(np.int64(DOT), kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, y, s_all, gqa)
+        _pass(DOT, kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, y, s_all, gqa)
         return
     gs = np.empty((gqa, CHUNK_GROUPS), np.float32)
     lo, hi = kh * gqa, (kh + 1) * gqa
@@ -758,7 +759,7 @@ def _keys(kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, qt, s_all, 
         elif seg == 2 and ik1:
             key_scores(c1[kh], m1[kh], lut1, w1, G, a - F - C0, e - a, kq1[0][lo:hi], kq1[1][lo:hi], gs, s_all[kh], a)
         else:
-            _pass(np.int64(DOT), kh, a, e, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, y, s_all, gqa)
+            _pass(DOT, kh, a, e, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, y, s_all, gqa)
 
 
 # EXACT_JIT, not _JIT: cache/insert.py's decode_step (EXACT_JIT) calls this kernel from inside
@@ -839,7 +840,7 @@ def _attend_decode_q(q, qpos, k16, v16, kc0, km0, vc0, vm0, kw0, vw0, kc1, km1, 
             # ---- values
             acc = part[it]
             acc[:] = 0.0
-            _pass(np.int64(ADD), kh, j0, j1, v16, vc0, vm0, vlut0, vw0, vc1, vm1, vlut1, vw1, G, Dv, acc, s_all, gqa)
+            _pass(ADD, kh, j0, j1, v16, vc0, vm0, vlut0, vw0, vc1, vm1, vlut1, vw1, G, Dv, acc, s_all, gqa)
         # ---- combine the items of each head
         for kh in range(n_kv):
             for hh in range(gqa):
@@ -1024,7 +1025,7 @@ _pass16 = nb.njit(**_JIT)(_variant(_pass.py_func, "_pass16", _fill_tile=_fill_ti
 def _keys16(kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, qt, s_all, gqa, ik0, ik1, kq0, kq1) -> None:
     """``_keys`` for fp16 rows only: no pools, so no integer keys (whose kernels, compiled in, took the
     plain cache's first run 13 -> 24 s to compile)."""
-    _pass16(np.int64(DOT), kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, qt[kh * gqa : (kh + 1) * gqa], s_all, gqa)
+    _pass16(DOT, kh, j0, j1, x16, c0, m0, lut0, w0, c1, m1, lut1, w1, G, D, qt[kh * gqa : (kh + 1) * gqa], s_all, gqa)
 
 
 @nb.njit(inline="always", **_JIT)

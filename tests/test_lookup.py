@@ -77,7 +77,7 @@ def test_kvrun_run_lookup(tiny_llama_path):
     args = ["run", str(tiny_llama_path), "-p", "the the the the the the", "-n", "16", "--temp", "0"]
     plain = CliRunner().invoke(main, [*args, "--no-stats"])
     fast = CliRunner().invoke(main, [*args, "--lookup", "4"])
-    assert fast.exit_code == 0 and fast.output.startswith(plain.output.rstrip("\n")) and "drafts: kept" in fast.output, fast.output
+    assert fast.exit_code == 0 and fast.stdout.startswith(plain.stdout.rstrip("\n")) and "drafts: kept" in fast.output, fast.output
     bad = CliRunner().invoke(main, [*args, "--lookup", "4", "--kv-bits", "2"])
     assert bad.exit_code == 2 and "--lookup needs the fp16 KV cache" in bad.output
     bad = CliRunner().invoke(main, ["run", str(tiny_llama_path), "-p", "x", "--lookup", "4", "--temp", "0.7"])

@@ -12,7 +12,7 @@ import functools
 import itertools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -243,6 +243,9 @@ class Engine:
             self.batch_graphs = BatchDecodeGraphs(self.graphs, self.cfg.n_vocab)
         # the first forward compiles the kernels when their on-disk cache is cold
         self.kernels_cold = not getattr(self.backend, "kernels_cached", lambda: True)()
+        #: run once, on the model's thread, before the first forward (runtime/prewarm.py: on a cold kernel cache the
+        #: weight products compile ahead of the attention, which the compile helper has under way)
+        self.before_first_forward: Callable[[], None] | None = None
         #: speculative decoding (runtime/speculative.py): a draft model drafting up to draft_max tokens a
         #: step for greedy requests
         self.draft: DraftModel | None = None
@@ -340,6 +343,8 @@ class Engine:
             raise KvrunError(f"{self.cfg.arch} on the {self.backend.name} backend feeds one sequence a forward: "
                              "its layers keep state that is not attention")  # fmt: skip
         chunks = [self._checked_tokens(t, c.offset) for t, c in zip(chunks, caches)]
+        if self.before_first_forward is not None:
+            self._first_forward()
         if self.batch_graphs is not None and all(len(t) == 1 for t in chunks) and not any(wants):
             # decode steps in one order whatever order the sequences queued in: one CUDA graph for the batch
             order = sorted(range(len(caches)), key=lambda i: id(caches[i]))
@@ -461,7 +466,15 @@ class Engine:
         with prefill() if len(tokens) > 1 and prefill is not None else contextlib.nullcontext():
             self._forward_chunks(cache, tokens, first, out, graphs)
 
+    def _first_forward(self) -> None:
+        """:attr:`before_first_forward`, once (the model's thread runs one forward at a time)."""
+        hook, self.before_first_forward = self.before_first_forward, None
+        if hook is not None:
+            hook()
+
     def _forward_chunks(self, cache: KVCache, tokens: np.ndarray, first: int, out, graphs: bool) -> None:
+        if self.before_first_forward is not None:
+            self._first_forward()
         n = len(tokens)
         if self.threads is not None and num_threads() != self.threads:
             numba.set_num_threads(self.threads)

@@ -17,6 +17,7 @@ The CLI and :func:`kvrun.load` start it.  ``KVRUN_PREWARM=0`` turns it off; it i
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import pickle
 import subprocess
@@ -25,6 +26,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import numba
 import numpy as np
 
 from ..cache.base import KVCache
@@ -71,15 +73,53 @@ def start(engine: Any) -> subprocess.Popen | None:
         return None
     job = Job(engine.path, engine.n_ctx, engine.n_batch, engine.kv, decode_steps(engine.kv, engine.n_ctx))
     try:
-        proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)  # fmt: skip
+        proc = subprocess.Popen(helper_command(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         proc.stdin.write(pickle.dumps(job))
         proc.stdin.close()
     except OSError:  # (no helper: the first run compiles alone, as it would without one)
         return None
     atexit.register(stop, proc)
     threading.Thread(target=proc.wait, daemon=True).start()  # (reaped when it ends: a server runs on for days)
+    engine.before_first_forward = functools.partial(products_first, engine)
     return proc
+
+
+def products_first(engine: Any) -> None:
+    """This process's share of a cold first run, compiled before its first forward waits on the helper's attention:
+    one forward of one token through a throwaway cache whose attention layers attend to nothing, on one thread and
+    then on the tuner's other count.  The decode-thread tuner (runtime/threads.py) first tries the other count at
+    its fifth step, so without this the products' other kernels (``_mv_1``/``_mv_n``, ``_fused_1``/``_fused_n``:
+    one or many threads) compiled after the attention was ready, ~4-6 s on the critical path of a 2-core first run;
+    now they compile while the helper still compiles the attention.  The forward's own arrays and calls, so every
+    kernel sees the types the real forwards pass.  Where the forward needs more of a cache than attention (a model
+    of its own kind), the first forward compiles what is left, as it would without this."""
+    cache = engine.cache_for(None, min(engine.n_ctx, 16), 1)  # (its attention unused: the smallest that builds)
+    for layer in cache.layers:
+        if hasattr(layer, "update_and_attend"):
+            layer.update_and_attend = _attend_nothing
+    counts = engine.tuner.choices if engine.tuner is not None else (engine.threads or numba.get_num_threads(),)
+    tokens, pos, rows = np.zeros(1, np.int32), np.zeros(1, np.int32), np.zeros(1, np.int64)
+    logits = np.empty((1, engine.cfg.n_vocab), np.float32)
+    before = numba.get_num_threads()
+    try:
+        for n in reversed(counts):  # (one thread first: the real first forward then compiles nothing the tuner adds)
+            numba.set_num_threads(n)
+            cache.reset()
+            engine.model.forward(tokens, pos, cache, rows, logits)
+    except Exception:  # noqa: BLE001 (a model this does not fit: its first forward compiles alone, as without a helper)
+        pass
+    finally:
+        numba.set_num_threads(before)
+
+
+def _attend_nothing(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
+    """A layer's attention in :func:`products_first`: zeros, where the forward reads it."""
+    out[...] = 0
+
+
+def helper_command() -> list[str]:
+    """The helper's command line, its :class:`Job` read from stdin (tools/compileprof.py's ``--cli`` traces it too)."""
+    return [sys.executable, "-m", __name__]
 
 
 def stop(proc: subprocess.Popen) -> None:

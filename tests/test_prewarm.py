@@ -152,3 +152,90 @@ def _compiled(kernel) -> list:
     sigs = list(kernel.signatures) + [key[0] for key in kernel._cache._cache_file._load_index()]
     assert sigs, f"{kernel.py_func.__name__} never ran"
     return sigs
+
+
+PRODUCTS = [("qmatmul", "_mv_1"), ("qmatmul", "_mv_n"), ("fused", "_fused_1"), ("fused", "_fused_n")]
+
+
+def _recording_products(monkeypatch) -> list[tuple[str, tuple]]:
+    """Each call of the weight products' one- and many-thread kernels from now on, as (kernel, argument types)."""
+    import importlib
+
+    import numba
+
+    calls = []
+    for mod, name in PRODUCTS:
+        m = importlib.import_module(f"kvrun.ops.cpu.{mod}")
+        kernel = getattr(m, name)
+
+        def record(*args, kernel=kernel, name=name):
+            calls.append((name, tuple(numba.typeof(a) for a in args)))
+            return kernel(*args)
+
+        monkeypatch.setattr(m, name, record)
+    return calls
+
+
+def _primed_and_met(eng, monkeypatch) -> tuple[set, list]:
+    """The product-kernel calls (kernel, argument types) of :func:`prewarm.products_first` on ``eng``, and those of ten
+    decode steps after it (the tuner, on both counts, first tries the other at its fifth)."""
+    from kvrun.runtime.threads import ThreadTuner
+
+    eng.tuner = ThreadTuner(2)
+    calls = _recording_products(monkeypatch)
+    prewarm.products_first(eng)
+    primed = set(calls)
+    calls.clear()
+    cache = eng.new_cache()
+    for t in range(10):
+        eng.eval(cache, [1 + t % 7])
+    assert set(eng.tuner.time) == {1, 2}  # (the steps ran on both counts)
+    return primed, calls
+
+
+TWO_THREADS = pytest.mark.skipif(__import__("numba").config.NUMBA_NUM_THREADS < 2, reason="one thread: no second count to try")
+
+
+@TWO_THREADS
+def test_the_priming_forward_runs_every_product_kernel_the_first_decode_steps_meet(tmp_path, monkeypatch):
+    """On a cold first run the main process runs one throwaway forward (attention left out) on one thread and on the
+    tuner's other count before its first real one (:func:`prewarm.products_first`), so that the products' kernels
+    for both counts compile while the helper compiles the attention, not after it (the tuner first tries the
+    other count at its fifth step).  The real steps, through that probe, may meet no product kernel or argument
+    type the priming forward did not run."""
+    from gguf import GGMLQuantizationType as Q
+    from tinymodel import write_tiny_model
+
+    from kvrun.ops.cpu import qmatmul
+
+    monkeypatch.setattr(qmatmul, "PAR_MIN_BYTES", 0)  # (the tiny model's matrices take the many-thread kernels too)
+    primed, met = _primed_and_met(Engine(write_tiny_model(tmp_path / "q8.gguf", "llama", qtype=Q.Q8_0), n_ctx=64), monkeypatch)
+    assert {name for name, _ in met} == {name for _, name in PRODUCTS}  # (the steps met all four kernels)
+    assert set(met) <= primed, set(met) - primed
+
+
+@TWO_THREADS
+@pytest.mark.real_model
+@pytest.mark.parametrize("model", ["smollm2_path", "gemma3_path"])
+def test_the_priming_forward_runs_every_product_kernel_a_real_models_decode_steps_meet(request, model, monkeypatch):
+    primed, met = _primed_and_met(Engine(request.getfixturevalue(model), n_ctx=64), monkeypatch)
+    assert {"_mv_1", "_mv_n"} <= {name for name, _ in met}
+    assert set(met) <= primed, set(met) - primed
+
+
+def test_the_helper_start_primes_the_engines_first_forward_once_and_leaves_its_text_alone(tiny_llama_path, monkeypatch):
+    monkeypatch.delenv("KVRUN_PREWARM", raising=False)
+    monkeypatch.setattr(prewarm.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(prewarm, "helper_command", lambda: [sys.executable, "-c", "pass"])
+    runs = []
+    products_first = prewarm.products_first
+    monkeypatch.setattr(prewarm, "products_first", lambda eng: (runs.append(eng), products_first(eng)))
+    plain = Engine(tiny_llama_path, n_ctx=64)
+    want = plain.eval(plain.new_cache(), [1, 2, 3]).copy()
+    eng = Engine(tiny_llama_path, n_ctx=64)
+    eng.kernels_cold = True  # (as a first run)
+    assert prewarm.start(eng) is not None and eng.before_first_forward is not None
+    cache = eng.new_cache()
+    np.testing.assert_array_equal(eng.eval(cache, [1, 2, 3]), want)  # (the throwaway forward touched no cache of the engine's)
+    eng.eval(cache, [4])
+    assert runs == [eng] and eng.before_first_forward is None

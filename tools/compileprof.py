@@ -13,6 +13,9 @@ A first run of the CLI, in this process (how stop 52 found a first ``kvrun run``
 kernel and 13 s in decoders)::
 
     KVRUN_JIT_CACHE=$(mktemp -d) python tools/compileprof.py --cli /tmp/cp.jsonl run MODEL -p Hello -n 8
+    python tools/compileprof.py --timeline /tmp/cp.jsonl    # each process's top-level compiles, in order
+
+``--cli`` traces the compile helper that a cold first run starts (runtime/prewarm.py) as well, into the same file.
 """
 
 from __future__ import annotations
@@ -31,25 +34,32 @@ def pytest_configure(config) -> None:
     listen(os.environ.get("COMPILEPROF", "compileprof.jsonl"))
 
 
-def listen(path: str) -> None:
-    """Append a line to ``path`` for each Numba compile from now on."""
+def listen(path: str, proc: str = "main", t0: float | None = None) -> None:
+    """Append a line to ``path`` for each Numba compile from now on: besides the fields above, ``proc`` (this process's
+    part: "main" or the compile "helper"), its start ``t`` in seconds since ``t0`` (a wall-clock ``time.time()``, so a
+    helper's and its parent's lines share one clock; now by default), ``incl`` (its seconds with its callees') and
+    ``depth`` (0: a compile that no other compile holds, the timeline's rows)."""
     from numba.core import event
 
     out = open(path, "a")
+    now = time.time()
+    shift = now - time.perf_counter() - (now if t0 is None else t0)  # perf_counter() + shift: seconds since t0
 
     class Listener(event.Listener):
         def on_start(self, ev) -> None:
             _open.append([time.perf_counter(), 0.0])
 
         def on_end(self, ev) -> None:
-            t0, nested = _open.pop()
-            took = time.perf_counter() - t0
+            start, nested = _open.pop()
+            took = time.perf_counter() - start
             if _open:
                 _open[-1][1] += took
             d = ev.data or {}
             f = getattr(d.get("dispatcher"), "py_func", None)
             name = f"{getattr(f, '__module__', '')}.{getattr(f, '__qualname__', d.get('dispatcher'))}"
-            out.write(json.dumps({"test": _test[0], "fn": name, "sig": str(d.get("args")), "excl": took - nested}) + "\n")
+            row = {"test": _test[0], "fn": name, "sig": str(d.get("args")), "excl": took - nested, "proc": proc,
+                   "t": start + shift, "incl": took, "depth": len(_open)}  # fmt: skip
+            out.write(json.dumps(row) + "\n")
             out.flush()
 
     event.register("numba:compile", Listener())
@@ -73,24 +83,53 @@ def report(path: str, n: int = 25) -> None:
             print(f"{s:8.1f} {c:4d}  {k}")
 
 
+def timeline(path: str) -> None:
+    """Each process's compiles that no other compile holds, in the order they started: where a first run's two
+    processes (kvrun and its compile helper, runtime/prewarm.py) each spend their time, and where one waits for the
+    other (a kernel the other is compiling is loaded once its compile ends: its row's seconds are mostly the wait)."""
+    rows = sorted((r for r in map(json.loads, open(path)) if r.get("depth") == 0), key=lambda r: r["t"])
+    print("   start    secs  proc    function")
+    for r in rows:
+        print(f"{r['t']:8.1f} {r['incl']:7.1f}  {r['proc']:6s}  {r['fn']}")
+
+
 def run_cli(path: str, args: list[str]) -> None:
-    """``kvrun ARGS`` in this process, its compiles recorded to ``path`` (emptied first), then their report."""
+    """``kvrun ARGS`` in this process, its compiles recorded to ``path`` (emptied first), and the compile helper's where
+    one starts (traced alike: its lines say ``proc: helper``); then their report and timeline."""
     open(path, "w").close()
     _test[0] = "kvrun " + " ".join(args)
-    listen(path)
+    t0 = time.time()
+    listen(path, "main", t0)
     from kvrun import cli
+    from kvrun.runtime import prewarm
 
-    t0 = time.perf_counter()
+    prewarm.helper_command = lambda: [sys.executable, os.path.abspath(__file__), "--helper", path, repr(t0)]
     try:
         cli.main(args)
     except SystemExit:
         pass
-    print(f"-- kvrun took {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    print(f"-- kvrun took {time.time() - t0:.1f} s", file=sys.stderr)
     report(path)
+    timeline(path)
+
+
+def run_helper(path: str, t0: float) -> None:
+    """The compile helper's work (its job on stdin, as ``python -m kvrun.runtime.prewarm``), its compiles recorded."""
+    import pickle
+
+    from kvrun.runtime import prewarm
+
+    _test[0] = "helper"
+    listen(path, "helper", t0)
+    prewarm.run(pickle.loads(sys.stdin.buffer.read()))
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "--cli":
         run_cli(sys.argv[2], sys.argv[3:])
+    elif sys.argv[1] == "--helper":
+        run_helper(sys.argv[2], float(sys.argv[3]))
+    elif sys.argv[1] == "--timeline":
+        timeline(sys.argv[2])
     else:
         report(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 25)

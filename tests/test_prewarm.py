@@ -212,6 +212,10 @@ def test_the_priming_forward_runs_every_product_kernel_the_first_decode_steps_me
     primed, met = _primed_and_met(Engine(write_tiny_model(tmp_path / "q8.gguf", "llama", qtype=Q.Q8_0), n_ctx=64), monkeypatch)
     assert {name for name, _ in met} == {name for _, name in PRODUCTS}  # (the steps met all four kernels)
     assert set(met) <= primed, set(met) - primed
+    from numba import types
+
+    for k in (qmatmul._rows_q, qmatmul._rows_f):  # one row range type for both counts: int64, not Literal[int](0)
+        assert all(sig[2] == types.int64 for sig in _compiled(k)), _compiled(k)
 
 
 @TWO_THREADS

@@ -26,7 +26,7 @@ import numpy as np
 from .nn import _gelu_mul_loop, _silu_mul_loop, rms_norm
 from .parallel import num_threads, prange_only
 from . import qmatmul
-from .qmatmul import _TYPES, BF16, Q8_0, _check, _quant_x, _row_range, _rows_q, _scratch
+from .qmatmul import _TYPES, BF16, Q8_0, ROW0, _check, _quant_x, _row_range, _rows_q, _scratch
 
 _JIT = dict(cache=True, fastmath=True, nogil=True)
 
@@ -68,11 +68,11 @@ def _input(pre, x, y, nw, eps, src, k0, k1, k2, n_w, w0, w1, w2, o0, o1, o2, sc)
 def _fused_1(pre, x, y, nw, eps, src, k0, k1, k2, n_w, w0, w1, w2, o0, o1, o2, acc, sc):
     """One thread: prologue, ``o_i = W_i @ src[0]`` for the first n_w, then ``acc += o0`` when acc is not empty."""
     xq, xd, xs, x16 = _input(pre, x, y, nw, eps, src, k0, k1, k2, n_w, w0, w1, w2, o0, o1, o2, sc)
-    _rows_q(k0, w0, 0, w0.shape[0], o0, xq, xd, xs, x16)
+    _rows_q(k0, w0, ROW0, w0.shape[0], o0, xq, xd, xs, x16)
     if n_w > 1:
-        _rows_q(k1, w1, 0, w1.shape[0], o1, xq, xd, xs, x16)
+        _rows_q(k1, w1, ROW0, w1.shape[0], o1, xq, xd, xs, x16)
     if n_w > 2:
-        _rows_q(k2, w2, 0, w2.shape[0], o2, xq, xd, xs, x16)
+        _rows_q(k2, w2, ROW0, w2.shape[0], o2, xq, xd, xs, x16)
     _add(acc, o0)
 
 

@@ -1909,15 +1909,21 @@ def _check(kind, w, n_cols, out_n):
 
 
 # ----------------------------------------------------------------- matvec kernels
+#: the first row, passed where a bare ``0`` would do: Numba types a bare constant argument ``Literal[int](0)`` and
+#: compiles the callee (``_rows_q``, ``_rows_f``) once more for it beside the many-thread kernels' int64 row, ~1.3 s
+#: of a first run; a numpy scalar is typed plain int64
+ROW0 = np.int64(0)
+
+
 @nb.njit(**_JIT)
 def _mv_1(kind, w, x, out, sc):
     """One thread: out[n_rows] = W @ x."""
     _check(kind, w, x.size, out.size)
     if kind <= BF16:
-        _rows_f(kind, w, 0, w.shape[0], out, x)
+        _rows_f(kind, w, ROW0, w.shape[0], out, x)
     else:
         xq, xd, xs, x16 = _quant_x(kind, x, sc)
-        _rows_q(kind, w, 0, w.shape[0], out, xq, xd, xs, x16)
+        _rows_q(kind, w, ROW0, w.shape[0], out, xq, xd, xs, x16)
 
 
 @nb.njit(parallel=prange_only(), **_JIT)
@@ -1986,7 +1992,7 @@ def _mm_int_1(kind, w, x, out, sc):
     _check(kind, w, x.shape[1], out.shape[1])
     for t in range(x.shape[0]):
         _quant_x(kind, x[t], sc[t])
-    _mm_rows(kind, w, x, out, sc, 0, w.shape[0])
+    _mm_rows(kind, w, x, out, sc, ROW0, w.shape[0])
 
 
 @nb.njit(parallel=prange_only(), **_JIT)

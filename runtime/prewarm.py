@@ -80,13 +80,33 @@ def start(engine: Any) -> subprocess.Popen | None:
         return None
     atexit.register(stop, proc)
     threading.Thread(target=proc.wait, daemon=True).start()  # (reaped when it ends: a server runs on for days)
-    engine.before_first_forward = functools.partial(products_first, engine)
+    engine.before_first_forward = functools.partial(prime, engine)
     return proc
 
 
+def prime(engine: Any) -> None:
+    """This process's share of a cold first run, compiled before its first forward meets the attention the helper
+    is compiling (and waits there for it): the weight products (:func:`products_first`), then, with a compressed
+    cache, the decode step's store half.  For that, one layer cache of each kind is stepped as the helper steps them
+    but without their lone attention calls (:func:`attend_steps`), so that this process compiles the one-call step's
+    store (``decode_push``, ~18 s) while the helper compiles its attention (``_attend_decode_q``); the step's own
+    compile then loads that.  Before, SmolLM2 (whose first token is a sink, stored and attended by a lone call)
+    waited at its first token for the helper's attention, then for the helper's compile of the whole step, on one
+    core.  Where anything here fails, the first forward compiles what is left, as it would without this."""
+    products_first(engine)
+    if engine.kv is not None:
+        try:
+            # (up to the first one-call steps, past the sinks: the first spill's calibration kernels, which a short
+            # run never meets, are the helper's, after its attention)
+            cache = engine.new_cache()
+            sinks = max((getattr(layer, "S", 0) for layer in cache.layers), default=0)
+            attend_steps(engine.model, cache, min(decode_steps(engine.kv, engine.n_ctx), sinks + 2), lone=False)
+        except Exception:  # noqa: BLE001 (as products_first)
+            pass
+
+
 def products_first(engine: Any) -> None:
-    """This process's share of a cold first run, compiled before its first forward waits on the helper's attention:
-    one forward of one token through a throwaway cache whose attention layers attend to nothing, on one thread and
+    """One forward of one token through a throwaway cache whose attention layers attend to nothing, on one thread and
     then on the tuner's other count.  The decode-thread tuner (runtime/threads.py) first tries the other count at
     its fifth step, so without this the products' other kernels (``_mv_1``/``_mv_n``, ``_fused_1``/``_fused_n``:
     one or many threads) compiled after the attention was ready, ~4-6 s on the critical path of a 2-core first run;
@@ -132,11 +152,12 @@ def stop(proc: subprocess.Popen) -> None:
             proc.kill()
 
 
-def attend_steps(model: Any, cache: KVCache, steps: int, seed: int = 0) -> int:
+def attend_steps(model: Any, cache: KVCache, steps: int, seed: int = 0, lone: bool = True) -> int:
     """Feed one layer cache of each kind (class and spec) ``steps`` one-token steps from position 0, random keys,
     values and queries in the model's step buffers, as a decode step's ``update_and_attend`` calls come from the
-    forward.  Returns the layers stepped (a layer whose heads are not the step buffers' shape is left out: its model
-    attends through buffers of its own)."""
+    forward.  A compressed layer's lone attention is called once first where ``lone`` (the helper's share), never
+    where not (the main process's, :func:`prime`).  Returns the layers stepped (a layer whose heads are not the step
+    buffers' shape is left out: its model attends through buffers of its own)."""
     *_, q3, k3, v3, att3 = model.step_buffers(1)
     layers, kinds = [], set()
     for layer in cache.layers:
@@ -155,10 +176,11 @@ def attend_steps(model: Any, cache: KVCache, steps: int, seed: int = 0) -> int:
         # meets the one-call step first (after a prefill, or at once where a cache keeps no sinks) and compiles its
         # store half first: the helper starts with the attention, called alone on the empty layer, and then skips
         # the lone calls, so that the two costly halves compile side by side and the step's own compile loads both
-        lone = getattr(layer, "_attend_decode", None)
-        if lone is not None:
-            q3[...] = rng.standard_normal(q3.shape, np.float32)
-            lone(q3, np.zeros(1, np.int32), att3)
+        alone = getattr(layer, "_attend_decode", None)
+        if alone is not None:
+            if lone:
+                q3[...] = rng.standard_normal(q3.shape, np.float32)
+                alone(q3, np.zeros(1, np.int32), att3)
             layer._attend_decode = _no_attention
     for p in range(steps):
         pos = np.array([p], np.int32)
@@ -170,7 +192,7 @@ def attend_steps(model: Any, cache: KVCache, steps: int, seed: int = 0) -> int:
 
 
 def _no_attention(*args: Any, **kw: Any) -> None:
-    """A compressed layer's lone attention call, skipped in the helper (:func:`attend_steps`)."""
+    """A compressed layer's lone attention call, skipped in :func:`attend_steps`."""
 
 
 def run(job: Job) -> int:

@@ -227,13 +227,41 @@ def test_the_priming_forward_runs_every_product_kernel_a_real_models_decode_step
     assert set(met) <= primed, set(met) - primed
 
 
+@pytest.mark.parametrize("model", ["tiny_llama_path", pytest.param("smollm2_path", marks=pytest.mark.real_model),
+                                   pytest.param("gemma3_path", marks=pytest.mark.real_model)])  # fmt: skip
+def test_the_main_process_primes_a_compressed_caches_one_call_step_with_the_types_the_forward_passes(request, model, monkeypatch):
+    """With a compressed cache :func:`prewarm.prime` also steps a throwaway layer cache into its one-call decode
+    steps (their lone attention left out, which the helper compiles), so this process compiles the step's store
+    half meanwhile: with the argument types the engine's own steps pass it afterwards."""
+    import numba
+
+    from kvrun.cache import compressed
+
+    calls = []
+    step = compressed.decode_step
+
+    def record(*args):
+        calls.append(tuple(numba.typeof(a) for a in args))
+        return step(*args)
+
+    monkeypatch.setattr(compressed, "decode_step", record)
+    eng = Engine(request.getfixturevalue(model), n_ctx=256, kv=KVConfig(bits=2))
+    prewarm.prime(eng)
+    primed = set(calls)
+    calls.clear()
+    cache = eng.new_cache()
+    for t in range(prewarm.decode_steps(eng.kv, eng.n_ctx)):
+        eng.eval(cache, [1 + t % 7])
+    assert primed and calls and set(calls) <= primed, set(calls) - primed
+
+
 def test_the_helper_start_primes_the_engines_first_forward_once_and_leaves_its_text_alone(tiny_llama_path, monkeypatch):
     monkeypatch.delenv("KVRUN_PREWARM", raising=False)
     monkeypatch.setattr(prewarm.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr(prewarm, "helper_command", lambda: [sys.executable, "-c", "pass"])
     runs = []
-    products_first = prewarm.products_first
-    monkeypatch.setattr(prewarm, "products_first", lambda eng: (runs.append(eng), products_first(eng)))
+    prime = prewarm.prime
+    monkeypatch.setattr(prewarm, "prime", lambda eng: (runs.append(eng), prime(eng)))
     plain = Engine(tiny_llama_path, n_ctx=64)
     want = plain.eval(plain.new_cache(), [1, 2, 3]).copy()
     eng = Engine(tiny_llama_path, n_ctx=64)

@@ -17,6 +17,7 @@ The CLI and :func:`kvrun.load` start it.  ``KVRUN_PREWARM=0`` turns it off; it i
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import os
 import pickle
@@ -30,9 +31,15 @@ import numba
 import numpy as np
 
 from ..cache.base import KVCache
+from ..cache.compressed import MAX_DECODE_T
 from ..cache.factory import make_cache
 from ..cache.kvconfig import KVConfig
 from .engine import PAST_THE_WINDOW
+
+
+#: the prompt chunk :func:`prompt_kernels` runs: past a decode step's tokens (``MAX_DECODE_T``) and
+#: ``qmatmul.BLAS_MIN_TOKENS``, so a prompt's own kernels run, not a decode step's
+PROMPT = 16
 
 
 @dataclass(frozen=True)
@@ -113,27 +120,38 @@ def products_first(engine: Any) -> None:
     now they compile while the helper still compiles the attention.  The forward's own arrays and calls, so every
     kernel sees the types the real forwards pass.  Where the forward needs more of a cache than attention (a model
     of its own kind), the first forward compiles what is left, as it would without this."""
-    cache = engine.cache_for(None, min(engine.n_ctx, 16), 1)  # (its attention unused: the smallest that builds)
+    counts = engine.tuner.choices if engine.tuner is not None else (engine.threads or numba.get_num_threads(),)
+    for n in reversed(counts):  # (one thread first: the real first forward then compiles nothing the tuner adds)
+        if not forward_without_attention(engine.model, engine.cfg.n_vocab, 1, n):
+            return
+
+
+def forward_without_attention(model: Any, n_vocab: int, n_tokens: int, threads: int | None = None) -> bool:
+    """One forward of ``n_tokens`` tokens from position 0 (on ``threads`` Numba threads; None: as set) through a
+    throwaway cache whose attention layers attend to nothing, the last token's logits wanted, as a prompt's.  False
+    where the forward failed (a model that needs more of its cache than attention)."""
+    cache = KVCache(make_cache(model.layer_specs(), max(16, n_tokens + 1), n_tokens, None, device="cpu"))
     for layer in cache.layers:
         if hasattr(layer, "update_and_attend"):
             layer.update_and_attend = _attend_nothing
-    counts = engine.tuner.choices if engine.tuner is not None else (engine.threads or numba.get_num_threads(),)
-    tokens, pos, rows = np.zeros(1, np.int32), np.zeros(1, np.int32), np.zeros(1, np.int64)
-    logits = np.empty((1, engine.cfg.n_vocab), np.float32)
+    tokens, pos = np.zeros(n_tokens, np.int32), np.arange(n_tokens, dtype=np.int32)
+    rows, logits = np.array([n_tokens - 1], np.int64), np.empty((1, n_vocab), np.float32)
     before = numba.get_num_threads()
+    prefill = getattr(model.be, "prefill", None)
     try:
-        for n in reversed(counts):  # (one thread first: the real first forward then compiles nothing the tuner adds)
-            numba.set_num_threads(n)
-            cache.reset()
-            engine.model.forward(tokens, pos, cache, rows, logits)
+        if threads is not None:
+            numba.set_num_threads(threads)
+        with prefill() if n_tokens > 1 and prefill is not None else contextlib.nullcontext():  # (as Engine._eval_chunks)
+            model.forward(tokens, pos, cache, rows, logits)
+        return True
     except Exception:  # noqa: BLE001 (a model this does not fit: its first forward compiles alone, as without a helper)
-        pass
+        return False
     finally:
         numba.set_num_threads(before)
 
 
 def _attend_nothing(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
-    """A layer's attention in :func:`products_first`: zeros, where the forward reads it."""
+    """A layer's attention in :func:`forward_without_attention`: zeros, where the forward reads it."""
     out[...] = 0
 
 
@@ -152,12 +170,13 @@ def stop(proc: subprocess.Popen) -> None:
             proc.kill()
 
 
-def attend_steps(model: Any, cache: KVCache, steps: int, seed: int = 0, lone: bool = True) -> int:
+def attend_steps(model: Any, cache: KVCache, steps: int, seed: int = 0, lone: bool = True, prompt: int = 0) -> int:
     """Feed one layer cache of each kind (class and spec) ``steps`` one-token steps from position 0, random keys,
     values and queries in the model's step buffers, as a decode step's ``update_and_attend`` calls come from the
     forward.  A compressed layer's lone attention is called once first where ``lone`` (the helper's share), never
-    where not (the main process's, :func:`prime`).  Returns the layers stepped (a layer whose heads are not the step
-    buffers' shape is left out: its model attends through buffers of its own)."""
+    where not (the main process's, :func:`prime`).  ``prompt``: then, before the steps, :func:`prompt_kernels` for
+    a prompt of that many tokens.  Returns the layers stepped (a layer whose heads are not the step buffers' shape
+    is left out: its model attends through buffers of its own)."""
     *_, q3, k3, v3, att3 = model.step_buffers(1)
     layers, kinds = [], set()
     for layer in cache.layers:
@@ -182,6 +201,8 @@ def attend_steps(model: Any, cache: KVCache, steps: int, seed: int = 0, lone: bo
                 q3[...] = rng.standard_normal(q3.shape, np.float32)
                 alone(q3, np.zeros(1, np.int32), att3)
             layer._attend_decode = _no_attention
+    if prompt:
+        prompt_kernels(model, [layer for layer in layers if hasattr(layer, "_attend_decode")], prompt, rng)
     for p in range(steps):
         pos = np.array([p], np.int32)
         for layer in layers:
@@ -189,6 +210,37 @@ def attend_steps(model: Any, cache: KVCache, steps: int, seed: int = 0, lone: bo
                 a[...] = rng.standard_normal(a.shape, np.float32)
             layer.update_and_attend(q3, k3, v3, pos, att3)
     return len(layers)
+
+
+def prompt_kernels(model: Any, layers: list, n: int, rng: np.random.Generator) -> None:
+    """A prompt's kernels and a compressed cache's first spill: the weight products of a prompt of ``n`` tokens and
+    of 2 (the BLAS tiles or the int8 GEMM, and the integer kernel: ``qmatmul.matmul``); a chunk of ``n`` tokens from
+    position 0 through each of ``layers`` (a compressed layer's prefill: its store and attention), where that is
+    more than a decode step's; one-token steps through each layer past its fp16 window by the steps' Python path
+    (its one-call steps switched off: the main process is compiling those), so that the first spill calibrates the
+    key basis and quantizes; each layer emptied again after.  With a compressed cache these were the main process's
+    last share of a first run, while the helper, done with the attention, waited for its compile of the step."""
+    for t in (n, 2):  # (first: a prompt's forward runs its products before its attention)
+        forward_without_attention(model, model.cfg.n_vocab, t)
+    *_, q, k, v, att = model.step_buffers(n)
+    *_, q3, k3, v3, att3 = model.step_buffers(1)
+    for layer in layers:
+        try:
+            if n > MAX_DECODE_T:
+                for a in (q, k, v):
+                    a[...] = rng.standard_normal(a.shape, np.float32)
+                layer.update_and_attend(q, k, v, np.arange(n, dtype=np.int32), att)
+                layer.reset()
+            layer.FAST_DECODE = False
+            for p in range(getattr(layer, "F", 0) + 1):  # (to the first spill: the steps after it are one-call steps)
+                for a in (q3, k3, v3):
+                    a[...] = rng.standard_normal(a.shape, np.float32)
+                layer.update_and_attend(q3, k3, v3, np.array([p], np.int32), att3)
+        except Exception:  # noqa: BLE001 (a layer kind this does not fit, one that reads another's K/V: its steps follow)
+            pass
+        finally:
+            vars(layer).pop("FAST_DECODE", None)  # (the class's again)
+            layer.reset()
 
 
 def _no_attention(*args: Any, **kw: Any) -> None:
@@ -206,7 +258,8 @@ def run(job: Job) -> int:
     cfg = load_config(g)
     model = model_class(cfg.arch)(g, cfg, get_backend("cpu"), job.n_ctx, job.n_batch)
     cache = KVCache(make_cache(model.layer_specs(), job.n_ctx, job.n_batch, job.kv, device="cpu"))
-    return attend_steps(model, cache, job.steps)
+    # (with a compressed cache the main process's share is the longer: the helper takes the prompt's kernels too)
+    return attend_steps(model, cache, job.steps, prompt=min(PROMPT, job.n_batch) if job.kv is not None else 0)
 
 
 if __name__ == "__main__":

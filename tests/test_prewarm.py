@@ -28,16 +28,18 @@ def _signatures() -> dict[str, int]:
 
 
 def _decode_then_helper(path, kv: KVConfig | None) -> tuple[dict, int]:
-    """One-token steps from position 0 through the engine, then the helper's steps on a fresh cache: the signatures
-    each kernel gained in the helper's steps (none where it compiled only what the forward loads), and the layers
-    the helper stepped."""
+    """Prompts of 2 and ``PROMPT`` tokens and one-token steps from position 0 through the engine, then the helper's
+    work on a fresh cache (with a compressed one, a prompt's kernels too): the signatures each kernel gained in the
+    helper's work (none where it compiled only what the forward loads), and the layers the helper stepped."""
     eng = Engine(path, n_ctx=256, kv=kv)
+    for n in (2, prewarm.PROMPT):
+        eng.eval(eng.new_cache(), [1 + t % 7 for t in range(n)])
     steps = prewarm.decode_steps(eng.kv, eng.n_ctx)
     cache = eng.new_cache()
     for t in range(steps):
         eng.eval(cache, [t % eng.cfg.n_vocab])
     before = _signatures()
-    stepped = prewarm.attend_steps(eng.model, eng.new_cache(), steps)
+    stepped = prewarm.attend_steps(eng.model, eng.new_cache(), steps, prompt=prewarm.PROMPT if kv is not None else 0)
     after = _signatures()
     return {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}, stepped
 
@@ -271,3 +273,18 @@ def test_the_helper_start_primes_the_engines_first_forward_once_and_leaves_its_t
     np.testing.assert_array_equal(eng.eval(cache, [1, 2, 3]), want)  # (the throwaway forward touched no cache of the engine's)
     eng.eval(cache, [4])
     assert runs == [eng] and eng.before_first_forward is None
+
+
+def test_the_helpers_prompt_kernels_reach_a_compressed_layers_first_spill_and_leave_it_empty(tiny_llama_path, monkeypatch):
+    """With a compressed cache the helper also runs a prompt's kernels and steps a layer to its first spill (the key
+    basis's calibration) by the steps' Python path, the one-call steps being the main process's compile then."""
+    from kvrun.cache.compressed import CompressedLayerCache
+
+    eng = Engine(tiny_llama_path, n_ctx=256, kv=KVConfig(bits=2))
+    layer = eng.new_cache().layers[0]
+    spills = []
+    spill = CompressedLayerCache._spill
+    monkeypatch.setattr(CompressedLayerCache, "_spill", lambda self, j: (spills.append(self.basis.calibrated), spill(self, j)))
+    prewarm.prompt_kernels(eng.model, [layer], prewarm.PROMPT, np.random.default_rng(0))
+    assert spills[:1] == [False]  # (the first spill, which calibrates)
+    assert layer.n_tokens() == 0 and "FAST_DECODE" not in vars(layer)

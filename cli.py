@@ -805,7 +805,7 @@ def _engine(path: Any, text_generation: bool = False, **kw: Any):
 
         start(eng)  # (a second process compiles the decode attention meanwhile: runtime/prewarm.py)
         click.echo(
-            "kvrun: first run on this machine: compiling the CPU kernels (once; on 2 cores about 30 s, 55 with --kv-*; "
+            "kvrun: first run on this machine: compiling the CPU kernels (once; on 2 cores about 25 s, 45 with --kv-*; "
             "later starts load them from the cache)",
             err=True,
         )

@@ -2,13 +2,20 @@
 the main process compiles the rest.
 
 On an empty kernel cache the first forward compiles every kernel it meets, in its order, on one core (Numba's
-compiler is one thread under a lock per process).  The decode step's attention comes last and costs the most: on
-a 2-core Zen 3, 27 of SmolLM2's ~50 s with the fp16 cache, 48 of ~106 s with ``--kv-bits 2``.  The helper starts
-with it: it steps each kind of layer cache through one-token decode steps from position 0 on, fed the model's own
-step buffers (so the kernels see the types the forward passes them), while the main process compiles the weight
-products, norms and RoPE on the other core (a compressed cache's step is split further: :func:`attend_steps`).  Both share Numba's on-disk cache, and jitstamp's compile lock makes
-whichever process reaches a kernel second wait for the other's compile and load it (ops/cpu/jitstamp.py), so no
-kernel compiles twice and the first run takes about the longer of the two halves.
+compiler is one thread under a lock per process).  The decode step's attention costs the most: on a 2-core Zen 3,
+27 of SmolLM2's ~50 s with the fp16 cache, 48 of ~106 s with ``--kv-bits 2``.  The helper starts with it: it
+steps each kind of layer cache through one-token decode steps from position 0 on, fed the model's own step buffers
+(so the kernels see the types the forward passes them).  Both processes share Numba's on-disk cache, and
+jitstamp's compile lock makes whichever process reaches a kernel second wait for the other's compile and load it
+(ops/cpu/jitstamp.py), so no kernel compiles twice and the first run takes about the longer of the two shares.
+
+The shares, so that neither process waits long on the other (``python tools/compileprof.py --cli`` traces both):
+
+- the helper: the attention (:func:`attend_steps`; a compressed cache's lone attention first); with a compressed
+  cache then a prompt's kernels and the first spill (:func:`prompt_kernels`); then the steps;
+- the main process, before its first forward (:func:`prime`, run by ``Engine.before_first_forward``): the weight
+  products for both decode thread counts (:func:`products_first`) and, with a compressed cache, the one-call step's
+  store half; then its forwards, which load what the helper compiled.
 
 The CLI and :func:`kvrun.load` start it.  ``KVRUN_PREWARM=0`` turns it off; it is not started on one core, with
 ``--threads 1``, on a GPU, or from a frozen app.

@@ -243,8 +243,8 @@ class Engine:
             self.batch_graphs = BatchDecodeGraphs(self.graphs, self.cfg.n_vocab)
         # the first forward compiles the kernels when their on-disk cache is cold
         self.kernels_cold = not getattr(self.backend, "kernels_cached", lambda: True)()
-        #: run once, on the model's thread, before the first forward (runtime/prewarm.py: on a cold kernel cache the
-        #: weight products compile ahead of the attention, which the compile helper has under way)
+        #: run once, on the model's thread, before the first forward (runtime/prewarm.py's prime: on a cold kernel
+        #: cache, this process's share of the compile, ahead of the attention the compile helper has under way)
         self.before_first_forward: Callable[[], None] | None = None
         #: speculative decoding (runtime/speculative.py): a draft model drafting up to draft_max tokens a
         #: step for greedy requests

@@ -112,7 +112,8 @@ def prime(engine: Any) -> None:
         try:
             # (up to the first one-call steps, past the sinks: the first spill's calibration kernels, which a short
             # run never meets, are the helper's, after its attention)
-            cache = engine.new_cache()
+            # (the compressed layers alone: a plain one's step is all attention, the helper's)
+            cache = KVCache([layer for layer in engine.new_cache().layers if hasattr(layer, "_attend_decode")])
             sinks = max((getattr(layer, "S", 0) for layer in cache.layers), default=0)
             attend_steps(engine.model, cache, min(decode_steps(engine.kv, engine.n_ctx), sinks + 2), lone=False)
         except Exception:  # noqa: BLE001 (as products_first)

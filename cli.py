@@ -790,9 +790,11 @@ def _constraint_flags(kw: dict[str, Any]) -> str | None:
     return text
 
 
-def _engine(path: Any, text_generation: bool = False, **kw: Any):
+def _engine(path: Any, text_generation: bool = False, decodes: bool = True, **kw: Any):
     """An Engine; on a cold kernel cache, one stderr line says why the first reply is slow.  ``text_generation``
-    (``kvrun run``): a diffusion model is refused in one line, from the config the engine read, before anything prints."""
+    (``kvrun run``): a diffusion model is refused in one line, from the config the engine read, before anything prints.
+    ``decodes``: the command runs decode steps, so on a cold cache the compile helper is started for them (not for
+    perplexity or embeddings, whose prompt-only forwards would gain nothing from it but a busy core)."""
     from .runtime.engine import Engine
 
     eng = Engine(path, **kw)
@@ -801,9 +803,10 @@ def _engine(path: Any, text_generation: bool = False, **kw: Any):
 
         refuse_text_generation(eng.cfg.arch)
     if eng.kernels_cold:
-        from .runtime.prewarm import start
+        if decodes:
+            from .runtime.prewarm import start
 
-        start(eng)  # (a second process compiles the decode attention meanwhile: runtime/prewarm.py)
+            start(eng)  # (a second process compiles the decode attention meanwhile: runtime/prewarm.py)
         click.echo(
             "kvrun: first run on this machine: compiling the CPU kernels (once; on 2 cores about 25 s, 45 with --kv-*; "
             "later starts load them from the cache)",
@@ -825,13 +828,13 @@ def _check_n_predict(n: int) -> None:
         raise KvrunError(str(e).replace("max_tokens", "-n", 1)) from None
 
 
-def _load(model: str | None, kw: dict[str, Any], text_generation: bool = False):
+def _load(model: str | None, kw: dict[str, Any], text_generation: bool = False, decodes: bool = True):
     from .runtime.api import Model
 
     kv = kv_config(kw)
     path = _resolve(model)
     draft = _resolve(kw["model_draft"]) if kw.get("model_draft") else None
-    return Model(_engine(path, text_generation=text_generation, device=kw["device"], n_ctx=kw["ctx_size"], n_batch=kw["n_batch"], threads=kw["threads"], kv=kv, lora=_lora(kw),
+    return Model(_engine(path, text_generation=text_generation, decodes=decodes, device=kw["device"], n_ctx=kw["ctx_size"], n_batch=kw["n_batch"], threads=kw["threads"], kv=kv, lora=_lora(kw),
                          draft=draft, draft_max=kw.get("draft_max", 8), draft_p_min=kw.get("draft_p_min", 0.75)))  # fmt: skip
 
 
@@ -1310,7 +1313,7 @@ def embed(model: str | None, texts: tuple[str, ...], pooling: str | None, no_nor
         texts = tuple(line.rstrip("\n") for line in sys.stdin if line.strip())
         if not texts:
             raise KvrunError("no text read from standard input; give texts with -p TEXT")
-    m = _load(model, {**kw, "kv_preset": None})
+    m = _load(model, {**kw, "kv_preset": None}, decodes=False)
     try:
         vecs = m.embed(list(texts), pooling=pooling, normalize=not no_normalize)
     except ValueError as e:
@@ -1335,7 +1338,7 @@ def rerank(model: str, query: str, documents: tuple[str, ...], as_json: bool, **
     /v1/rerank: one line a document, highest score first (score, its index among DOCUMENTS, the text)."""
     from .runtime.rerank import ranked
 
-    m = _load(model, {**kw, "kv_preset": None})
+    m = _load(model, {**kw, "kv_preset": None}, decodes=False)
     try:
         scores = m.rerank(query, list(documents))
     except ValueError as e:
@@ -1466,7 +1469,7 @@ def perplexity(model: str | None, text_file: str, n_ctx: int, chunks: int, n_bat
     kv = kv_config(kw)
     if n_batch is None:
         n_batch = 1 if kv is not None and kv.is_compressed else 512
-    eng = _engine(path, device=device, n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), threads=threads, kv=kv, lora=_lora(kw))
+    eng = _engine(path, decodes=False, device=device, n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), threads=threads, kv=kv, lora=_lora(kw))
     text = Path(text_file).read_text(encoding="utf-8", errors="replace")
     tokens = eng.tokenizer.encode(text, add_bos=True if eng.tokenizer.add_bos else False)
     bar = _LazyBar(desc="perplexity", unit="win", disable=as_json)

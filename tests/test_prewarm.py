@@ -125,6 +125,11 @@ def test_the_cli_and_the_python_api_start_the_helper_for_the_engine_they_load(ti
     monkeypatch.setattr(CPUBackend, "kernels_cached", lambda self: False)  # (the CLI asks only on a cold cache)
     r = CliRunner().invoke(main, ["run", str(tiny_llama_path), "-p", "the", "-n", "1", "--no-stats"])
     assert r.exit_code == 0 and seen == [str(tiny_llama_path)] * 2
+    # perplexity's forwards are prompts only: no helper, no priming (it would compile decode kernels on this core)
+    text = tiny_llama_path.parent / "text.txt"
+    text.write_text("the cat sat on the mat and the dog sat on the log " * 8)
+    r = CliRunner().invoke(main, ["perplexity", str(tiny_llama_path), "-f", str(text), "--ctx", "32", "--chunks", "1"])
+    assert r.exit_code == 0 and seen == [str(tiny_llama_path)] * 2, r.output
 
 
 def test_decode_kernels_compile_once_for_both_passes_and_every_caller(tiny_llama_path):

@@ -206,7 +206,7 @@ def attend_steps(model: Any, cache: KVCache, steps: int, seed: int = 0, lone: bo
         alone = getattr(layer, "_attend_decode", None)
         if alone is not None:
             if lone:
-                q3[...] = rng.standard_normal(q3.shape, np.float32)
+                _fill(rng, q3)
                 alone(q3, np.zeros(1, np.int32), att3)
             layer._attend_decode = _no_attention
     if prompt:
@@ -214,8 +214,7 @@ def attend_steps(model: Any, cache: KVCache, steps: int, seed: int = 0, lone: bo
     for p in range(steps):
         pos = np.array([p], np.int32)
         for layer in layers:
-            for a in (q3, k3, v3):
-                a[...] = rng.standard_normal(a.shape, np.float32)
+            _fill(rng, q3, k3, v3)
             layer.update_and_attend(q3, k3, v3, pos, att3)
     return len(layers)
 
@@ -235,20 +234,24 @@ def prompt_kernels(model: Any, layers: list, n: int, rng: np.random.Generator) -
     for layer in layers:
         try:
             if n > MAX_DECODE_T:
-                for a in (q, k, v):
-                    a[...] = rng.standard_normal(a.shape, np.float32)
+                _fill(rng, q, k, v)
                 layer.update_and_attend(q, k, v, np.arange(n, dtype=np.int32), att)
                 layer.reset()
             layer.FAST_DECODE = False
             for p in range(getattr(layer, "F", 0) + 1):  # (to the first spill: the steps after it are one-call steps)
-                for a in (q3, k3, v3):
-                    a[...] = rng.standard_normal(a.shape, np.float32)
+                _fill(rng, q3, k3, v3)
                 layer.update_and_attend(q3, k3, v3, np.array([p], np.int32), att3)
         except Exception:  # noqa: BLE001 (a layer kind this does not fit, one that reads another's K/V: its steps follow)
             pass
         finally:
             vars(layer).pop("FAST_DECODE", None)  # (the class's again)
             layer.reset()
+
+
+def _fill(rng: np.random.Generator, *arrays: np.ndarray) -> None:
+    """Random queries, keys and values into step buffers, in place."""
+    for a in arrays:
+        a[...] = rng.standard_normal(a.shape, np.float32)
 
 
 def _no_attention(*args: Any, **kw: Any) -> None:

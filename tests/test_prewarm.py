@@ -168,19 +168,24 @@ def _recording_products(monkeypatch) -> list[tuple[str, tuple]]:
     """Each call of the weight products' one- and many-thread kernels from now on, as (kernel, argument types)."""
     import importlib
 
+    calls: list = []
+    for mod, name in PRODUCTS:
+        _record(monkeypatch, importlib.import_module(f"kvrun.ops.cpu.{mod}"), name, calls)
+    return calls
+
+
+def _record(monkeypatch, module, name: str, calls: list) -> None:
+    """Calls of kernel ``module.name`` (a Numba dispatcher called from Python) from now on appended to ``calls`` as
+    (name, argument types)."""
     import numba
 
-    calls = []
-    for mod, name in PRODUCTS:
-        m = importlib.import_module(f"kvrun.ops.cpu.{mod}")
-        kernel = getattr(m, name)
+    kernel = getattr(module, name)
 
-        def record(*args, kernel=kernel, name=name):
-            calls.append((name, tuple(numba.typeof(a) for a in args)))
-            return kernel(*args)
+    def record(*args):
+        calls.append((name, tuple(numba.typeof(a) for a in args)))
+        return kernel(*args)
 
-        monkeypatch.setattr(m, name, record)
-    return calls
+    monkeypatch.setattr(module, name, record)
 
 
 def _primed_and_met(eng, monkeypatch) -> tuple[set, list]:
@@ -240,18 +245,10 @@ def test_the_main_process_primes_a_compressed_caches_one_call_step_with_the_type
     """With a compressed cache :func:`prewarm.prime` also steps a throwaway layer cache into its one-call decode
     steps (their lone attention left out, which the helper compiles), so this process compiles the step's store
     half meanwhile: with the argument types the engine's own steps pass it afterwards."""
-    import numba
-
     from kvrun.cache import compressed
 
-    calls = []
-    step = compressed.decode_step
-
-    def record(*args):
-        calls.append(tuple(numba.typeof(a) for a in args))
-        return step(*args)
-
-    monkeypatch.setattr(compressed, "decode_step", record)
+    calls: list = []
+    _record(monkeypatch, compressed, "decode_step", calls)
     eng = Engine(request.getfixturevalue(model), n_ctx=256, kv=KVConfig(bits=2))
     prewarm.prime(eng)
     primed = set(calls)

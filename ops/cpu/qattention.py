@@ -55,7 +55,7 @@ from .outline import outline
 from .parallel import EXACT_JIT, prange_only, split_threads
 from .variant import variant as _variant
 from .vexp import exp32
-from .qmatmul import HAVE_AVX512, LF16, LF32, LI8, LI16, LI32, LI64, V, _G, _i64, _switch_pairs
+from .qmatmul import HAVE_AVX512, LF16, LF32, LI8, LI16, LI32, LI64, ROW0, V, _G, _i64, _switch_pairs
 from .qkeys import CHUNK_GROUPS, INT_KEYS, key_kernel_ok, key_scores, prep_queries
 from .qkeys import L as KEY_LANES
 
@@ -947,7 +947,7 @@ def _pass(mode: int, kh: int, j0: int, j1: int, x16: np.ndarray, c0: np.ndarray,
     if vector and x16.strides[2] == 2 and x16.strides[1] % 2 == 0:  # the fp16 slots in place
         e = min(j1, F)
         if j0 < e:
-            _half_pass(mode, x16[kh], j0, e, R, y, s_all[kh], gqa, np.int64(0))  # (a bare 0: a literal's compile of its own)
+            _half_pass(mode, x16[kh], j0, e, R, y, s_all[kh], gqa, ROW0)  # (ROW0, not a bare 0: a literal's compile of its own)
         a0 = max(j0, e)
         # 16-bit pools (an eviction policy over fp16 slots) in place too: decoded into the float tile
         # first, they had cost --kv-budget's attention twice as much a slot as the fp16 area

@@ -1909,9 +1909,9 @@ def _check(kind, w, n_cols, out_n):
 
 
 # ----------------------------------------------------------------- matvec kernels
-#: the first row, passed where a bare ``0`` would do: Numba types a bare constant argument ``Literal[int](0)`` and
-#: compiles the callee (``_rows_q``, ``_rows_f``) once more for it beside the many-thread kernels' int64 row, ~1.3 s
-#: of a first run; a numpy scalar is typed plain int64
+#: the first row, passed where a bare ``0`` would do (here, and in qattention's ``_pass``): Numba types a bare constant
+#: argument ``Literal[int](0)`` and compiles the callee (``_rows_q``, ``_rows_f``, ``_half_pass``) once more for it
+#: beside the callers' int64 rows, ~1.3 s of a first run; a numpy scalar is typed plain int64
 ROW0 = np.int64(0)
 
 

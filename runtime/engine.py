@@ -243,8 +243,9 @@ class Engine:
             self.batch_graphs = BatchDecodeGraphs(self.graphs, self.cfg.n_vocab)
         # the first forward compiles the kernels when their on-disk cache is cold
         self.kernels_cold = not getattr(self.backend, "kernels_cached", lambda: True)()
-        #: run once, on the model's thread, before the first forward (runtime/prewarm.py's prime: on a cold kernel
-        #: cache, this process's share of the compile, ahead of the attention the compile helper has under way)
+        #: run once, on the model's thread, before the first forward that makes logits (runtime/prewarm.py's prime:
+        #: on a cold kernel cache, this process's share of the compile, ahead of the attention the compile helper has
+        #: under way; an app that only embeds never runs it)
         self.before_first_forward: Callable[[], None] | None = None
         #: speculative decoding (runtime/speculative.py): a draft model drafting up to draft_max tokens a
         #: step for greedy requests
@@ -473,8 +474,8 @@ class Engine:
             hook()
 
     def _forward_chunks(self, cache: KVCache, tokens: np.ndarray, first: int, out, graphs: bool) -> None:
-        if self.before_first_forward is not None:
-            self._first_forward()
+        if self.before_first_forward is not None and not self.model.embedding:  # (an embedding decodes nothing: the
+            self._first_forward()  # hook waits for a forward that makes logits)
         n = len(tokens)
         if self.threads is not None and num_threads() != self.threads:
             numba.set_num_threads(self.threads)

@@ -17,7 +17,8 @@ The shares, so that neither process waits long on the other (``python tools/comp
   products for both decode thread counts (:func:`products_first`) and, with a compressed cache, the one-call step's
   store half; then its forwards, which load what the helper compiled.
 
-The CLI's decoding commands and :func:`kvrun.load` start it.  ``KVRUN_PREWARM=0`` turns it off; it is not started
+The CLI's decoding commands and :func:`kvrun.load` start it (an app that then only embeds never runs :func:`prime`:
+the engine runs it before its first forward that makes logits).  ``KVRUN_PREWARM=0`` turns it off; it is not started
 on one core, with ``--threads 1``, on a GPU, or from a frozen app.
 """
 

@@ -277,6 +277,18 @@ def test_the_helper_start_primes_the_engines_first_forward_once_and_leaves_its_t
     assert runs == [eng] and eng.before_first_forward is None
 
 
+def test_an_embedding_leaves_the_first_forward_hook_for_the_first_forward_that_makes_logits(tiny_llama_path):
+    """An app that embeds with a decoder model (kvrun.load, then Model.embed) compiles no decode kernels on its own
+    core for a generation that may never come: the hook waits, and runs before the first forward with logits."""
+    eng = Engine(tiny_llama_path, n_ctx=64)
+    runs = []
+    eng.before_first_forward = lambda: runs.append(1)
+    eng.embed([1, 2, 3])
+    assert runs == [] and eng.before_first_forward is not None
+    eng.eval(eng.new_cache(), [1, 2])
+    assert runs == [1] and eng.before_first_forward is None
+
+
 def test_the_helpers_prompt_kernels_reach_a_compressed_layers_first_spill_and_leave_it_empty(tiny_llama_path, monkeypatch):
     """With a compressed cache the helper also runs a prompt's kernels and steps a layer to its first spill (the key
     basis's calibration) by the steps' Python path, the one-call steps being the main process's compile then."""

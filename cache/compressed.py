@@ -56,10 +56,11 @@ carry a large mean, +64% uncentered (first 2 windows) -> +10.7% centered ->
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -85,6 +86,11 @@ SCRATCH = ("_s", "_qr", "_or")
 #: the one-call policy steps' tuples of a policy's per-slot arrays and of the arrays a merge adds up in, padded to
 #: these lengths (the most any policy has: GKV's three and two); a policy with more compiles its own variant
 POLICY_STATE_SLOTS, POLICY_FOLD_SLOTS = 3, 2
+_POS0 = np.zeros(1, np.int32)  # (position 0: attend_alone's)
+
+
+def _no_attention(*args: Any, **kw: Any) -> None:
+    """The attention's call alone, left out within :meth:`CompressedLayerCache.steps_apart`."""
 
 
 class CompressedLayerCache(LayerCache):
@@ -279,6 +285,44 @@ class CompressedLayerCache(LayerCache):
             return False
         self.shared_chunk = None  # (src's last prompt chunk, kept for its sharers: not this sequence's)
         return True
+
+    # ------------------------------------------------------------ compile paths
+    # A cold first run compiles a decode step's store and its attention in two processes at once (runtime/prewarm.py):
+    # these drive each apart on a throwaway layer, so that each process compiles its half with the real types.
+    @property
+    def n_sinks(self) -> int:
+        """Attention sinks kept: the first tokens, each stored and then attended by a call of the attention alone
+        (:meth:`attend_alone`), not by the one-call step."""
+        return self.S
+
+    @property
+    def first_spill(self) -> int:
+        """The position whose step spills a token out of the full fp16 window into the pools for the first time
+        (the key basis's calibration, the pools' quantizer): steps from position 0 reach it after ``first_spill + 1``."""
+        return self.F
+
+    def attend_alone(self, q: np.ndarray, out: np.ndarray) -> None:
+        """A decode step's attention, called alone for a one-token query at position 0 (as a sink's step calls it once
+        the sink is stored): the attention kernel compiles without the store."""
+        self._attend_decode(q, _POS0, out)
+
+    @contextlib.contextmanager
+    def steps_apart(self, attention: bool = True, one_call: bool = True) -> Iterator[None]:
+        """Within, decode steps leave out the attention's calls alone (a sink's step stores only) unless
+        ``attention``, and store through the Python path, never the one-call step, unless ``one_call``; nested
+        settings add up.  The layer is emptied on the way out."""
+        saved = {name: vars(self)[name] for name in ("_attend_decode", "FAST_DECODE") if name in vars(self)}
+        if not attention:
+            self._attend_decode = _no_attention
+        if not one_call:
+            self.FAST_DECODE = False
+        try:
+            yield
+        finally:
+            vars(self).pop("_attend_decode", None)
+            vars(self).pop("FAST_DECODE", None)
+            vars(self).update(saved)
+            self.reset()
 
     # ------------------------------------------------------------ insertion
     @staticmethod

@@ -39,7 +39,7 @@ import numba
 import numpy as np
 
 from ..cache.base import KVCache
-from ..cache.compressed import MAX_DECODE_T
+from ..cache.compressed import MAX_DECODE_T, CompressedLayerCache
 from ..cache.factory import make_cache
 from ..cache.kvconfig import KVConfig
 from .engine import PAST_THE_WINDOW
@@ -114,8 +114,8 @@ def prime(engine: Any) -> None:
             # (up to the first one-call steps, past the sinks: the first spill's calibration kernels, which a short
             # run never meets, are the helper's, after its attention)
             # (the compressed layers alone: a plain one's step is all attention, the helper's)
-            cache = KVCache([layer for layer in engine.new_cache().layers if hasattr(layer, "_attend_decode")])
-            sinks = max((getattr(layer, "S", 0) for layer in cache.layers), default=0)
+            cache = KVCache([layer for layer in engine.new_cache().layers if isinstance(layer, CompressedLayerCache)])
+            sinks = max((layer.n_sinks for layer in cache.layers), default=0)
             attend_steps(engine.model, cache, min(decode_steps(engine.kv, engine.n_ctx), sinks + 2), lone=False)
         except Exception:  # noqa: BLE001 (as products_first)
             pass
@@ -198,25 +198,26 @@ def attend_steps(model: Any, cache: KVCache, steps: int, seed: int = 0, lone: bo
         kinds.add(kind)
         layers.append(layer)
     rng = np.random.default_rng(seed)
-    for layer in layers:
-        # A compressed cache's decode step is one kernel that stores and attends (cache/insert.py's decode_step),
-        # but for its first tokens (the sinks), stored and then attended in a call of their own.  The main process
-        # meets the one-call step first (after a prefill, or at once where a cache keeps no sinks) and compiles its
-        # store half first: the helper starts with the attention, called alone on the empty layer, and then skips
-        # the lone calls, so that the two costly halves compile side by side and the step's own compile loads both
-        alone = getattr(layer, "_attend_decode", None)
-        if alone is not None:
+    compressed = [layer for layer in layers if isinstance(layer, CompressedLayerCache)]
+    with contextlib.ExitStack() as apart:
+        for layer in compressed:
+            # A compressed cache's decode step is one kernel that stores and attends (cache/insert.py's decode_step),
+            # but for its first tokens (the sinks), stored and then attended by the attention alone.  The main
+            # process meets the one-call step first (after a prefill, or at once where a cache keeps no sinks) and
+            # compiles its store half first: the helper starts with the attention, called alone on the empty layer,
+            # and then leaves those calls out, so that the two costly halves compile side by side and the step's
+            # own compile loads both
             if lone:
                 _fill(rng, q3)
-                alone(q3, np.zeros(1, np.int32), att3)
-            layer._attend_decode = _no_attention
-    if prompt:
-        prompt_kernels(model, [layer for layer in layers if hasattr(layer, "_attend_decode")], prompt, rng)
-    for p in range(steps):
-        pos = np.array([p], np.int32)
-        for layer in layers:
-            _fill(rng, q3, k3, v3)
-            layer.update_and_attend(q3, k3, v3, pos, att3)
+                layer.attend_alone(q3, att3)
+            apart.enter_context(layer.steps_apart(attention=False))
+        if prompt:
+            prompt_kernels(model, compressed, prompt, rng)
+        for p in range(steps):
+            pos = np.array([p], np.int32)
+            for layer in layers:
+                _fill(rng, q3, k3, v3)
+                layer.update_and_attend(q3, k3, v3, pos, att3)
     return len(layers)
 
 
@@ -238,14 +239,11 @@ def prompt_kernels(model: Any, layers: list, n: int, rng: np.random.Generator) -
                 _fill(rng, q, k, v)
                 layer.update_and_attend(q, k, v, np.arange(n, dtype=np.int32), att)
                 layer.reset()
-            layer.FAST_DECODE = False
-            for p in range(getattr(layer, "F", 0) + 1):  # (to the first spill: the steps after it are one-call steps)
-                _fill(rng, q3, k3, v3)
-                layer.update_and_attend(q3, k3, v3, np.array([p], np.int32), att3)
-        except Exception:  # noqa: BLE001 (a layer kind this does not fit, one that reads another's K/V: its steps follow)
-            pass
-        finally:
-            vars(layer).pop("FAST_DECODE", None)  # (the class's again)
+            with layer.steps_apart(one_call=False):  # (emptied after)
+                for p in range(layer.first_spill + 1):  # (to the first spill: the steps after it are one-call steps)
+                    _fill(rng, q3, k3, v3)
+                    layer.update_and_attend(q3, k3, v3, np.array([p], np.int32), att3)
+        except Exception:  # noqa: BLE001 (a layer this does not fit: its steps follow)
             layer.reset()
 
 
@@ -253,10 +251,6 @@ def _fill(rng: np.random.Generator, *arrays: np.ndarray) -> None:
     """Random queries, keys and values into step buffers, in place."""
     for a in arrays:
         a[...] = rng.standard_normal(a.shape, np.float32)
-
-
-def _no_attention(*args: Any, **kw: Any) -> None:
-    """A compressed layer's lone attention call, skipped in :func:`attend_steps`."""
 
 
 def run(job: Job) -> int:

@@ -301,4 +301,42 @@ def test_the_helpers_prompt_kernels_reach_a_compressed_layers_first_spill_and_le
     monkeypatch.setattr(CompressedLayerCache, "_spill", lambda self, j: (spills.append(self.basis.calibrated), spill(self, j)))
     prewarm.prompt_kernels(eng.model, [layer], prewarm.PROMPT, np.random.default_rng(0))
     assert spills[:1] == [False]  # (the first spill, which calibrates)
-    assert layer.n_tokens() == 0 and "FAST_DECODE" not in vars(layer)
+    assert layer.n_tokens() == 0 and layer.FAST_DECODE
+
+
+def test_a_compressed_layers_steps_apart_leave_out_its_lone_attention_or_its_one_call_step_nest_and_empty_it(
+        tiny_llama_path, monkeypatch):  # fmt: skip
+    """The compile paths prewarm drives a throwaway compressed layer through (cache/compressed.py): a sink's step
+    stores without its attention's call alone, steps go through Python instead of the one-call kernel, an inner
+    setting restores the outer one, and the layer is empty and whole again after."""
+    from kvrun.cache.compressed import CompressedLayerCache
+
+    eng = Engine(tiny_llama_path, n_ctx=256, kv=KVConfig(bits=2))
+    layer = eng.new_cache().layers[0]
+    assert isinstance(layer, CompressedLayerCache) and 0 < layer.n_sinks < layer.first_spill
+    calls: list = []
+    attend, fast = CompressedLayerCache._attend_decode, CompressedLayerCache._decode_fast
+    monkeypatch.setattr(CompressedLayerCache, "_attend_decode", lambda self, *a, **kw: (calls.append("alone"), attend(self, *a, **kw)))
+    monkeypatch.setattr(CompressedLayerCache, "_decode_fast", lambda self, *a: (calls.append("one call"), fast(self, *a)))
+    *_, q, k, v, att = eng.model.step_buffers(1)
+    rng = np.random.default_rng(0)
+
+    def steps(first: int, last: int) -> list:
+        calls.clear()
+        for p in range(first, last):
+            prewarm._fill(rng, q, k, v)
+            layer.update_and_attend(q, k, v, np.array([p], np.int32), att)
+        return sorted(set(calls))
+
+    layer.attend_alone(q, att)
+    assert calls == ["alone"]
+    assert steps(0, 1) == ["alone"]  # (a sink: stored, then attended alone)
+    layer.reset()
+    with layer.steps_apart(attention=False):
+        assert steps(0, 1) == []
+        with layer.steps_apart(one_call=False):
+            assert steps(1, layer.first_spill + 1) == []  # (the Python path, its attention left out)
+        assert layer.n_tokens() == 0  # (emptied)
+        assert steps(0, layer.n_sinks + 2) == ["one call"]  # (the outer setting again: past the sinks, one call)
+    assert layer.n_tokens() == 0
+    assert steps(0, layer.n_sinks + 2) == ["alone", "one call"]

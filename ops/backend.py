@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,11 +23,14 @@ class Weight:
     data : raw blocks ``[n_rows, row_bytes]`` uint8 (CPU: a view of the memory map)
     qtype : ggml type id
     shape : logical ``(n_rows, n_cols)``; ``y = W @ x`` maps n_cols -> n_rows
+    plans : what a backend worked out once for calls on this weight, kept here so that it goes with the weight
+        (the CPU's fused decode products: ops/cpu/fused.py)
     """
 
     data: Any
     qtype: int
     shape: tuple[int, int]
+    plans: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def n_rows(self) -> int:

@@ -116,3 +116,21 @@ def test_backend_products_sharing_an_input_are_each_product(group, threads):
         want = np.empty(w.n_rows, np.float32)
         qmatmul.matvec(w.data, w.qtype, x[0], want)
         np.testing.assert_array_equal(out[0], want)
+
+
+def test_a_weight_first_in_two_groups_keeps_a_plan_for_each(threads):
+    """The weights' part of the arguments is worked out on a group's first call and kept on its first weight, by the
+    group: the same first weight with other weights after it, or alone, still gives each group its own products, and
+    a group that declines keeps declining."""
+    wq, wk, wf = _w(T.Q4_1, 40, seed=1), _w(T.Q4_1, 24, seed=2), _w(T.F16, 16, seed=3)
+    x = _row(N_EMBD, 9)
+    for _ in range(2):  # (the second time from the plans)
+        for group in ([wq, wk], [wq], [wq, wf]):
+            outs = [np.full((1, w.n_rows), np.nan, np.float32) for w in group]
+            fused_it = fused.matvecs(fused.NONE, x, None, None, 0.0, x, group, outs)
+            assert fused_it == all(w is not wf for w in group)
+            for w, out in zip(group, outs) if fused_it else ():
+                want = np.empty(w.n_rows, np.float32)
+                qmatmul.matvec(w.data, w.qtype, x[0], want)
+                np.testing.assert_array_equal(out[0], want)
+    assert len(wq.plans) == 3 and not wk.plans

@@ -42,6 +42,7 @@ from ..cache.base import KVCache
 from ..cache.compressed import MAX_DECODE_T, CompressedLayerCache
 from ..cache.factory import make_cache
 from ..cache.kvconfig import KVConfig
+from ..ops.cpu.topk import top_k
 from .engine import PAST_THE_WINDOW
 
 
@@ -109,7 +110,9 @@ def prime(engine: Any) -> None:
     waited at its first token for the helper's attention, then for the helper's compile of the whole step, on one
     core.  Where anything here fails, the first forward compiles what is left, as it would without this."""
     products_first(engine)
-    if engine.kv is not None:
+    if engine.kv is None:  # (the helper's share is the longer with the fp16 cache: this process takes the sampler's)
+        sampler_kernels()
+    else:
         try:
             # (up to the first one-call steps, past the sinks: the first spill's calibration kernels, which a short
             # run never meets, are the helper's, after its attention)
@@ -264,8 +267,20 @@ def run(job: Job) -> int:
     cfg = load_config(g)
     model = model_class(cfg.arch)(g, cfg, get_backend("cpu"), job.n_ctx, job.n_batch)
     cache = KVCache(make_cache(model.layer_specs(), job.n_ctx, job.n_batch, job.kv, device="cpu"))
-    # (with a compressed cache the main process's share is the longer: the helper takes the prompt's kernels too)
-    return attend_steps(model, cache, job.steps, prompt=min(PROMPT, job.n_batch) if job.kv is not None else 0)
+    # (with a compressed cache the main process's share is the longer: the helper takes the prompt's kernels and the
+    # sampler's too)
+    stepped = attend_steps(model, cache, job.steps, prompt=min(PROMPT, job.n_batch) if job.kv is not None else 0)
+    if job.kv is not None:
+        sampler_kernels()
+    return stepped
+
+
+def sampler_kernels() -> None:
+    """The sampler's top-k (ops/cpu/topk.py), ~1.5 s to compile, called as runtime/sampling.py calls it."""
+    try:
+        top_k(np.zeros(2, np.float32), 1)
+    except Exception:  # noqa: BLE001 (as products_first: the first sampled token compiles it)
+        pass
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..ops.cpu.topk import top_k
+
 
 @dataclass
 class SamplerConfig:
@@ -50,7 +52,7 @@ class Sampler:
 
     def __call__(self, logits: np.ndarray, history: list[int] | np.ndarray = ()) -> int:
         cfg = self.cfg
-        logits = np.asarray(logits, np.float32)
+        logits = np.asarray(logits, np.float32).reshape(-1)
         if self._penalises(history):
             logits = logits.copy()
             recent = np.asarray(history[-cfg.repeat_last_n :] if cfg.repeat_last_n > 0 else history, np.int64)
@@ -61,24 +63,21 @@ class Sampler:
             logits[ids] = sel
         if cfg.temperature <= 0:
             return int(np.argmax(logits))
-        k = cfg.top_k if 0 < cfg.top_k < logits.size else logits.size
-        if k < logits.size:
-            idx = np.argpartition(-logits, k - 1)[:k]
-        else:
-            idx = np.arange(logits.size)
+        idx = top_k(logits, cfg.top_k) if 0 < cfg.top_k < logits.size else np.arange(logits.size)
         return self._draw(idx, logits[idx])
 
     def sample(self, logits: Any, history: list[int] | np.ndarray, xp: Any, to_host: Callable[[Any], np.ndarray]) -> int:
         """The same draw from logits ``[n_vocab]`` of array module ``xp`` (a device's), bringing down only what it needs.
 
-        Greedy brings down one id, top-k sampling the k candidates (ids and
-        logits, one copy); penalties or a sampler without top-k need every
-        logit on the host, and get them.
+        On a device, greedy brings down one id, top-k sampling the k candidates
+        (ids and logits, one copy); penalties or a sampler without top-k need
+        every logit on the host, and get them.  Host logits (``xp`` numpy) are
+        drawn from as :meth:`__call__` draws.
         """
         cfg = self.cfg
         n = logits.size
-        if self._penalises(history) or (cfg.temperature > 0 and not 0 < cfg.top_k < n):
-            return self(to_host(logits), history)
+        if xp is np or self._penalises(history) or (cfg.temperature > 0 and not 0 < cfg.top_k < n):
+            return self(to_host(logits), history)  # (on the host: top-k by one pass, ops/cpu/topk.py)
         if cfg.temperature <= 0:
             return int(to_host(xp.argmax(logits)))
         k = cfg.top_k

@@ -340,3 +340,16 @@ def test_a_compressed_layers_steps_apart_leave_out_its_lone_attention_or_its_one
         assert steps(0, layer.n_sinks + 2) == ["one call"]  # (the outer setting again: past the sinks, one call)
     assert layer.n_tokens() == 0
     assert steps(0, layer.n_sinks + 2) == ["alone", "one call"]
+
+
+def test_the_sampler_kernel_a_first_run_compiles_is_the_one_a_sampled_token_runs(tiny_llama_path):
+    """prewarm.sampler_kernels calls top-k with the argument types the engine's sampling passes: a sampled reply then
+    compiles no other signature of it."""
+    from kvrun.ops.cpu import topk
+    from kvrun.runtime.api import Model
+
+    prewarm.sampler_kernels()
+    compiled = set(topk._top_k.signatures)
+    model = Model(Engine(tiny_llama_path, n_ctx=64))
+    model.complete("hello", max_tokens=3, temperature=0.8, top_k=2, seed=1)
+    assert compiled and set(topk._top_k.signatures) == compiled

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -69,7 +70,8 @@ def test_repeat_penalty_discourages_history():
     ids=["greedy", "top-k", "no-top-k", "penalty"],
 )
 def test_sample_from_an_array_module_draws_what_the_host_sampler_draws(cfg):
-    """Sampler.sample (device logits: only the id or the top-k candidates come down) follows __call__ draw for draw."""
+    """Sampler.sample (device logits: only the id or the top-k candidates come down) follows __call__ draw for draw
+    (a device's array module: numpy's functions under another module)."""
     logits = (np.random.default_rng(1).standard_normal(5000) * 3).astype(np.float32)
     host, dev = Sampler(cfg), Sampler(SamplerConfig(**vars(cfg)))
     pulled = []
@@ -79,7 +81,8 @@ def test_sample_from_an_array_module_draws_what_the_host_sampler_draws(cfg):
         return np.asarray(a)
 
     history = [5, 9, 9]
-    assert [host(logits, history) for _ in range(30)] == [dev.sample(logits, history, np, to_host) for _ in range(30)]
+    xp = SimpleNamespace(argmax=np.argmax, argpartition=np.argpartition, concatenate=np.concatenate, float64=np.float64)
+    assert [host(logits, history) for _ in range(30)] == [dev.sample(logits, history, xp, to_host) for _ in range(30)]
     want = {"greedy": (), "top-k": (2 * cfg.top_k,)}.get("greedy" if cfg.temperature <= 0 else "top-k")
     if cfg.repeat_penalty == 1.0 and cfg.top_k:
         assert set(pulled) == {want}

@@ -1,0 +1,42 @@
+"""ops/cpu/topk: the k largest logits in one pass, for top-k sampling (runtime/sampling.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kvrun.ops.cpu.topk import top_k
+
+
+def _best_first(x: np.ndarray, k: int) -> np.ndarray:
+    """What top-k must give: a stable sort's first k, so that of equal logits the lower id ranks first."""
+    return np.argsort(-x, kind="stable")[:k]
+
+
+@pytest.mark.parametrize("n", [1, 7, 1000, 49152])
+def test_the_k_largest_best_first(n):
+    x = (np.random.default_rng(n).standard_normal(n) * 3).astype(np.float32)
+    for k in sorted({1, min(n, 40), n}):
+        np.testing.assert_array_equal(top_k(x, k), _best_first(x, k))
+
+
+def test_of_equal_logits_the_lower_id_is_kept_and_ranks_first():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(1, 200))
+        k = int(rng.integers(1, n + 1))
+        x = rng.integers(-4, 4, n).astype(np.float32)  # (many ties, at the k-th place too)
+        np.testing.assert_array_equal(top_k(x, k), _best_first(x, k))
+
+
+def test_masked_and_nan_logits_rank_last():
+    x = np.array([np.nan, -np.inf, 2.0, -np.inf, 1.0], np.float32)
+    assert top_k(x, 2).tolist() == [2, 4]
+    assert set(top_k(x, 5)[:2].tolist()) == {2, 4}
+
+
+def test_a_k_outside_the_row_is_a_value_error():
+    with pytest.raises(ValueError, match="top-k of 0"):
+        top_k(np.zeros(3, np.float32), 0)
+    with pytest.raises(ValueError, match="top-k of 4"):
+        top_k(np.zeros(3, np.float32), 4)

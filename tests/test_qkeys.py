@@ -1,4 +1,4 @@
-"""Integer key scores (``kvrun.ops.cpu.qkeys``): 2- and 4-bit keys meet int8 queries in VNNI dot products.
+"""Integer key scores (``kvrun.ops.cpu.qkeys``): 2- and 4-bit keys meet int8 queries in integer dot products (VNNI, or AVX2).
 
 The specification: a key's score is ``q8 . k``, ``k`` the dequantized key and ``q8`` the query
 rounded to int8 per group of G (``dq = max|q_g| / 127``), to float32 rounding; nothing else is
@@ -15,7 +15,7 @@ from kvrun.cache.quant import dequantize, quantize
 from kvrun.ops.cpu import qkeys
 from kvrun.ops.cpu.qattention import attend_decode_q
 
-needs_vnni = pytest.mark.skipif(not qkeys.HAVE_VNNI, reason="integer key scores need a host with VNNI")
+needs_int_keys = pytest.mark.skipif(not qkeys.HAVE_INT_KEYS, reason="integer key scores need a host with VNNI or AVX2")
 
 
 def quantize_q(q: np.ndarray, G: int) -> np.ndarray:
@@ -43,7 +43,7 @@ def test_the_reduction_tree_sums_each_group_of_every_layout():
         assert len(levels) == (G * w // 32).bit_length() - 1
 
 
-@needs_vnni
+@needs_int_keys
 @pytest.mark.parametrize(
     "w, G, D, gqa, n, r0",
     [(4, 64, 64, 3, 203, 3), (2, 64, 64, 3, 100, 0), (4, 64, 256, 4, 77, 5), (2, 32, 64, 3, 50, 1), (4, 32, 128, 2, 33, 0),
@@ -100,7 +100,7 @@ def _cache(rng, n_kv, D, F, caps, widths, G):
     return k16, v16, pools, kf, vf
 
 
-@needs_vnni
+@needs_int_keys
 @pytest.mark.parametrize("n_kv, H, D, G, widths", [(3, 9, 64, 32, (4, 2)), (1, 4, 256, 64, (4, 2)), (2, 4, 128, 64, (2, 4)), (3, 9, 64, 64, (4, 3))])
 def test_decode_attention_with_integer_keys_scores_pool_slots_with_int8_queries(n_kv, H, D, G, widths):
     """fp16 slots, a pool of each width and a split over two threads: the output and probabilities of
@@ -142,7 +142,7 @@ def test_without_a_kernel_the_float_tiles_score_every_key():
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
-@needs_vnni
+@needs_int_keys
 def test_the_8_lane_kernel_of_avx_vnni_hosts(tmp_path):
     """AVX-VNNI hosts (no AVX-512) score keys on 8-lane ymm vectors: half the groups a block, a 4-bit group
     of 128 left to the float tiles.  Forced here in a subprocess with a Numba cache of its own."""

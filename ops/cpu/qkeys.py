@@ -17,7 +17,7 @@ bytes of each query head of the GQA group.  The float tile path
 FMAs it once per head.
 
 Layout of the work: a *block* is ``L`` groups (``L`` int32 lanes: 16 with
-AVX-512 VNNI, 8 with AVX-VNNI), ``nb = G w / 8`` bytes each, contiguous in the
+AVX-512 VNNI, 8 with AVX-VNNI or AVX2), ``nb = G w / 8`` bytes each, contiguous in the
 pool (rows are contiguous, a row's groups too), read as ``nb / 4`` loads of
 ``4 L`` bytes.  Byte ``i`` of a group holds values ``i, i + nb, ...`` at bit
 offsets ``0, w, ...`` (group-planar), so plane ``m`` of a load meets query
@@ -35,7 +35,9 @@ llama.cpp's); the keys' own 4-bit rounding is ~10%.  Exact otherwise: the
 integer sums are exact, and every row goes through the same vector arithmetic
 (a range's last rows from a padded copy of a block).
 
-Widths 3 and 8, and hosts without VNNI, use the float tile path.  The
+On an AVX2 host without VNNI each ``vpdpbusd`` is ``vpmaddubsw`` then ``vpmaddwd`` (as llama.cpp's AVX2
+dots): the same integers, since a pair of code x query products is at most 15 x 127 x 2, far from the
+int16 saturation.  Widths 3 and 8, and hosts without AVX2, use the float tile path.  The
 intrinsic lives in this file because Numba's cache is invalidated per
 defining file; its IR helpers are qmatmul's (clear Numba's cache after
 changing those).
@@ -56,12 +58,14 @@ from .arraycopy import copy_range
 from .outline import outline
 from .parallel import EXACT_JIT
 from .qgemm import LANES
-from .qmatmul import HAVE_VNNI, LF32, LI8, LI32, V, _G, _i64, _switch_pairs
+from .qmatmul import HAVE_AVX2, HAVE_VNNI, LF32, LI8, LI16, LI32, V, _cvec, _G, _i64, _switch_pairs
 
 L = LANES
+#: the host has the kernel's integer dots: VNNI's ``vpdpbusd``, or AVX2's two-instruction form of it
+HAVE_INT_KEYS = HAVE_VNNI or HAVE_AVX2
 #: the default of ``attend_decode_q``'s ``int_keys`` (and of a compressed cache's): on where the
-#: host has VNNI; ``KVRUN_INT_KEYS=0`` turns it off (to compare with the float tiles, or a GPU)
-INT_KEYS = HAVE_VNNI and os.environ.get("KVRUN_INT_KEYS", "1") != "0"
+#: host has the kernel; ``KVRUN_INT_KEYS=0`` turns it off (to compare with the float tiles, or a GPU)
+INT_KEYS = HAVE_INT_KEYS and os.environ.get("KVRUN_INT_KEYS", "1") != "0"
 #: (width, group) pairs with a kernel: 2 and 4 bits, a group's bytes within one load
 PAIRS = tuple((w, G) for w in (2, 4) for G in (32, 64, 128) if G * w // 8 <= 4 * L)
 #: groups a call of the vector kernel scores at most before the rows are summed (its float scratch)
@@ -109,13 +113,13 @@ def _scores_ir(typingctx, w, G, cp, mp, lp, zs, qv, qs, nph, qf, gs, hs, nblk, g
     group, their meta ((scale code, zero code) per group), the scale table (float*), zs (float32:
     zero code -> zero point), qv (int8 [gqa][nph phases][8/w planes][4L]: the query bytes each
 XX
-    output), hs (its head stride, floats), nblk, gqa.  Emits nothing on a host without VNNI
-    (never called there: :func:`key_kernel_ok`).
+    output), hs (its head stride, floats), nblk, gqa.  Emits nothing on a host without the integer
+    dots (never called there: :func:`key_kernel_ok`).
     """
 
     def codegen(context, builder, sig, args):
         b = builder
-        if not HAVE_VNNI:
+        if not HAVE_INT_KEYS:
             return context.get_dummy_value()
         w_, G_, cp, mp, lp, zs, qv, qs, nph, qf, gs, hs, nblk, gqa = args
         _switch_pairs(b, w_, G_, PAIRS, "keys", lambda w, G: _emit_blocks(_G(b), w, G, cp, mp, lp, zs, qv, qs, nph, qf, gs, hs, nblk, gqa))
@@ -133,8 +137,15 @@ def _emit_blocks(g: _G, w: int, G: int, cp, mp, lp, zs, qv, qs, nph, qf, gs, hs,
     fp = LF32.as_pointer()
     cpp, mpp, qvp = g.addr(cp), g.addr(mp), g.addr(qv)
     lpp, qfp, gsp = b.inttoptr(lp, fp), b.inttoptr(qf, fp), b.inttoptr(gs, fp)
-    dot = f"llvm.x86.avx512.vpdpbusd.{32 * L}"
     zero = ir.Constant(VI, [ir.Constant(LI32, 0)] * L)
+    ones16 = _cvec(LI16, 2 * L, 1)
+
+    def dot(acc: ir.Value, codes: ir.Value, qb: ir.Value) -> ir.Value:
+        """acc + the sums of each 4 u8 code x s8 query products, per int32 lane."""
+        if HAVE_VNNI:
+            return g.call(f"llvm.x86.avx512.vpdpbusd.{32 * L}", VI, [acc, codes, qb])
+        return b.add(acc, g.maddwd(g.maddubs(codes, qb), ones16))  # (AVX2, L = 8)
+
     levels, perm = _tree_plan(NL)
     masks = [(ir.Constant(V(LI32, L), e), ir.Constant(V(LI32, L), o)) for e, o in levels]
     zsv = g.splat(zs, L)
@@ -168,7 +179,7 @@ def _emit_blocks(g: _G, w: int, G: int, cp, mp, lp, zs, qv, qs, nph, qf, gs, hs,
                 a = zero
                 for m in range(planes):
                     qvec = g.load(qvp, b.add(qh, qoff[ld][m]), VB)
-                    a = g.call(dot, VI, [a, u[ld][m], qvec])
+                    a = dot(a, u[ld][m], qvec)
                 acc.append(a)
             for e, o in masks:
                 acc = [b.add(b.shuffle_vector(x, y, e), b.shuffle_vector(x, y, o)) for x, y in zip(acc[0::2], acc[1::2])]
@@ -184,7 +195,7 @@ def _emit_blocks(g: _G, w: int, G: int, cp, mp, lp, zs, qv, qs, nph, qf, gs, hs,
 @nb.njit(inline="always", **EXACT_JIT)
 def key_kernel_ok(w: int, G: int, D: int) -> bool:
     """Whether the integer kernel scores keys of this (width, group, head size) on this host."""
-    if not HAVE_VNNI or (w != 2 and w != 4) or (G != 32 and G != 64 and G != 128) or D % G != 0:
+    if not HAVE_INT_KEYS or (w != 2 and w != 4) or (G != 32 and G != 64 and G != 128) or D % G != 0:
         return False
     ngr = D // G
     return G * w // 8 <= 4 * L and ngr <= L and L % ngr == 0

@@ -267,12 +267,12 @@ def run(job: Job) -> int:
     cfg = load_config(g)
     model = model_class(cfg.arch)(g, cfg, get_backend("cpu"), job.n_ctx, job.n_batch)
     cache = KVCache(make_cache(model.layer_specs(), job.n_ctx, job.n_batch, job.kv, device="cpu"))
-    # (with a compressed cache the main process's share is the longer: the helper takes the prompt's kernels and the
-    # sampler's too)
-    stepped = attend_steps(model, cache, job.steps, prompt=min(PROMPT, job.n_batch) if job.kv is not None else 0)
+    # (with a compressed cache the main process's share is the longer: the helper takes the sampler's kernel, first,
+    # since its end is near the main process's first sampled token and the attention is not awaited before ~35 s, and
+    # the prompt's kernels)
     if job.kv is not None:
         sampler_kernels()
-    return stepped
+    return attend_steps(model, cache, job.steps, prompt=min(PROMPT, job.n_batch) if job.kv is not None else 0)
 
 
 def sampler_kernels() -> None:

@@ -40,3 +40,12 @@ def test_a_k_outside_the_row_is_a_value_error():
         top_k(np.zeros(3, np.float32), 0)
     with pytest.raises(ValueError, match="top-k of 4"):
         top_k(np.zeros(3, np.float32), 4)
+
+
+def test_its_heap_kernel_compiles_once():
+    """Every call of the heap's sift passes int64 positions (a bare 0 is typed Literal[int](0) and compiles a second copy:
+    ~0.5 s of a first run)."""
+    from kvrun.ops.cpu import topk
+
+    top_k(np.arange(50, dtype=np.float32), 7)
+    assert len(topk._sift_down.signatures) == 1

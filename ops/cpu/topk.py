@@ -12,6 +12,7 @@ import numba as nb
 import numpy as np
 
 _JIT = dict(cache=True, nogil=True)
+ROOT = np.int64(0)  # (the heap's root: an int64, as the loops' indices, where a bare 0 would compile _sift_down twice)
 
 
 @nb.njit(inline="always", **_JIT)
@@ -53,12 +54,12 @@ def _top_k(x, k):
         if v > hv[0]:  # (an equal logit stays out: the one kept has the lower id)
             hv[0] = v
             hi[0] = i
-            _sift_down(hv, hi, 0, k)
+            _sift_down(hv, hi, ROOT, k)
     out = np.empty(k, np.int64)
     for m in range(k - 1, -1, -1):  # (the worst out first, into the last place: heapsort, no sort kernel to compile)
         out[m] = hi[0]
         hv[0], hi[0] = hv[m], hi[m]
-        _sift_down(hv, hi, 0, m)
+        _sift_down(hv, hi, ROOT, m)
     return out
 
 

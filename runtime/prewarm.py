@@ -12,10 +12,12 @@ jitstamp's compile lock makes whichever process reaches a kernel second wait for
 The shares, so that neither process waits long on the other (``python tools/compileprof.py --cli`` traces both):
 
 - the helper: the attention (:func:`attend_steps`; a compressed cache's lone attention first); with a compressed
-  cache then a prompt's kernels and the first spill (:func:`prompt_kernels`); then the steps;
+  cache the sampler's top-k before it, and a prompt's kernels and the first spill (:func:`prompt_kernels`) after;
+  then the steps;
 - the main process, before its first forward (:func:`prime`, run by ``Engine.before_first_forward``): the weight
-  products for both decode thread counts (:func:`products_first`) and, with a compressed cache, the one-call step's
-  store half; then its forwards, which load what the helper compiled.
+  products for both decode thread counts (:func:`products_first`), then with the fp16 cache the sampler's top-k
+  (:func:`sampler_kernels`), with a compressed cache the one-call step's store half; then its forwards, which load
+  what the helper compiled.
 
 The CLI's decoding commands and :func:`kvrun.load` start it (an app that then only embeds never runs :func:`prime`:
 the engine runs it before its first forward that makes logits).  ``KVRUN_PREWARM=0`` turns it off; it is not started
@@ -102,8 +104,8 @@ def start(engine: Any) -> subprocess.Popen | None:
 
 def prime(engine: Any) -> None:
     """This process's share of a cold first run, compiled before its first forward meets the attention the helper
-    is compiling (and waits there for it): the weight products (:func:`products_first`), then, with a compressed
-    cache, the decode step's store half.  For that, one layer cache of each kind is stepped as the helper steps them
+    is compiling (and waits there for it): the weight products (:func:`products_first`), then the sampler's top-k
+    with the fp16 cache (whose helper has the longer share), or with a compressed cache the decode step's store half.  For that, one layer cache of each kind is stepped as the helper steps them
     but without their lone attention calls (:func:`attend_steps`), so that this process compiles the one-call step's
     store (``decode_push``, ~18 s) while the helper compiles its attention (``_attend_decode_q``); the step's own
     compile then loads that.  Before, SmolLM2 (whose first token is a sink, stored and attended by a lone call)

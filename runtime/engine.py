@@ -34,6 +34,7 @@ from ..models import model_class
 from ..ops import get_backend
 from ..ops.cpu.blas import set_blas_threads
 from ..ops.cpu.parallel import num_threads
+from ..ops.cpu.topk import top_k
 from .batcher import MODEL_THREAD, Batcher
 from .gbnf import compiled
 from .grammar import JSON_OBJECT, GrammarConstraint
@@ -161,11 +162,14 @@ class GenRequest:
 
 def token_logprobs(logits: np.ndarray, tok: int, top: int) -> tuple[int, float, list[tuple[int, float]]]:
     """``tok``'s log-probability under ``logits`` [n_vocab] and the ``top`` likeliest (id, logprob), float64."""
-    x = logits.astype(np.float64)
-    lse = x.max() + np.log(np.exp(x - x.max()).sum())
-    best = np.argpartition(-x, top)[:top] if 0 < top < x.size else np.arange(x.size if top else 0)
-    best = best[np.argsort(-x[best], kind="stable")]
-    return tok, float(x[tok] - lse), [(int(i), float(x[i] - lse)) for i in best]
+    m = float(logits.max())
+    # (the exponentials in float32, summed in float64: a float64 copy of a 262k vocabulary cost more than the rest)
+    lse = m + float(np.log(np.exp(logits - np.float32(m)).sum(dtype=np.float64)))
+    if 0 < top < logits.size:
+        best = top_k(logits, top)  # (best first, of equal logits the lower id: ops/cpu/topk.py)
+    else:
+        best = np.argsort(-logits, kind="stable") if top else np.arange(0)
+    return tok, float(logits[tok]) - lse, [(int(i), float(logits[i]) - lse) for i in best]
 
 
 DEFAULT_CTX = 4096  # tokens of context when none is asked for (or the model's training context, if shorter)

@@ -42,10 +42,31 @@ def test_a_k_outside_the_row_is_a_value_error():
         top_k(np.zeros(3, np.float32), 4)
 
 
-def test_its_heap_kernel_compiles_once():
+def test_its_heap_kernel_compiles_once(tmp_path):
     """Every call of the heap's sift passes int64 positions (a bare 0 is typed Literal[int](0) and compiles a second copy:
-    ~0.5 s of a first run)."""
-    from kvrun.ops.cpu import topk
+    ~0.5 s of a first run).  On an empty kernel cache, in a process of its own: a kernel loaded from the cache
+    compiles no callee."""
+    import os
+    import subprocess
+    import sys
 
-    top_k(np.arange(50, dtype=np.float32), 7)
-    assert len(topk._sift_down.signatures) == 1
+    code = ("import numpy as np; from kvrun.ops.cpu import topk; topk.top_k(np.arange(50, dtype=np.float32), 7); "
+            "print(len(topk._sift_down.signatures))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "KVRUN_JIT_CACHE": str(tmp_path)},
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert out.stdout.split() == ["1"]
+
+
+def test_token_logprobs_are_the_log_softmax_with_the_top_ones_best_first():
+    """runtime/engine.token_logprobs (the server's logprobs): the token's log-probability and the top ones', as a
+    float64 log-softmax gives them (the exponentials run in float32, summed in float64)."""
+    from kvrun.runtime.engine import token_logprobs
+
+    x = (np.random.default_rng(3).standard_normal(50_000) * 4).astype(np.float32)
+    x[[7, 9]] = x.max() + 1  # (a tie at the top: the lower id first)
+    ref = x.astype(np.float64) - np.log(np.exp(x.astype(np.float64) - x.max()).sum()) - x.max()
+    tok, lp, top = token_logprobs(x, 123, 5)
+    assert tok == 123 and abs(lp - ref[123]) < 1e-6
+    assert [i for i, _ in top] == _best_first(x, 5).tolist() and top[0][0] == 7
+    assert all(abs(v - ref[i]) < 1e-6 for i, v in top)
+    assert [i for i, _ in token_logprobs(x[:4], 0, 9)[2]] == _best_first(x[:4], 4).tolist()  # (all of a small row)

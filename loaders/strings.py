@@ -36,6 +36,7 @@ class StringArray(Sequence[str]):
         self.starts = np.asarray(starts, idx)
         self.lengths = np.asarray(lengths, idx)
         self._mv = memoryview(data)
+        self._by_length: tuple[np.ndarray, np.ndarray] | None = None  # (:meth:`find`'s index, built on its first call)
 
     # ------------------------------------------------------------ building
     @classmethod
@@ -132,13 +133,25 @@ class StringArray(Sequence[str]):
 
     # ------------------------------------------------------------ search
     def find(self, text: str) -> np.ndarray:
-        """Indices of the items equal to ``text`` (ascending)."""
+        """Indices of the items equal to ``text`` (ascending).  The items of its length come from an index sorted by
+        length (built once: a start looks up ~70 special texts in Gemma 3's 262k, 5 ms a scan), then each of its
+        bytes in turn narrows them down (most of Gemma 3's pieces begin with the same three bytes of ``▁``)."""
         b = np.frombuffer(text.encode("utf-8"), np.uint8)
-        cand = np.flatnonzero(self.lengths == len(b))
+        if self._by_length is None:
+            order = np.argsort(self.lengths, kind="stable")  # (stable: each length's items in ascending index)
+            self._by_length = order, self.lengths[order]
+        order, sorted_lengths = self._by_length
+        lo, hi = np.searchsorted(sorted_lengths, [len(b), len(b) + 1])
+        cand = order[lo:hi].astype(np.int64)
         if len(cand) == 0 or len(b) == 0:
             return cand
-        got = self.data[self.starts[cand][:, None] + np.arange(len(b))]
-        return cand[(got == b).all(axis=1)]
+        at = self.starts[cand].astype(np.int64)
+        for j in range(len(b)):
+            keep = self.data[at + j] == b[j]
+            cand, at = cand[keep], at[keep]
+            if len(cand) == 0:
+                break
+        return cand
 
     def last_index(self, text: str) -> int | None:
         """The last index holding ``text`` (as a text -> id map built in order would give), else None."""

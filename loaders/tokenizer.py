@@ -181,19 +181,12 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-_VARINTS = [_varint(i) for i in range(1 << 14)]
-
-
-def _vi(n: int) -> bytes:
-    return _VARINTS[n] if n < 16384 else _varint(n)
-
-
 def _field_bytes(num: int, data: bytes) -> bytes:
-    return _vi(num << 3 | 2) + _vi(len(data)) + data
+    return _varint(num << 3 | 2) + _varint(len(data)) + data
 
 
 def _field_varint(num: int, v: int) -> bytes:
-    return _vi(num << 3) + _varint(v)
+    return _varint(num << 3) + _varint(v)
 
 
 # sentencepiece_model.proto field numbers
@@ -203,30 +196,54 @@ _SP_NORMAL, _SP_UNKNOWN, _SP_BYTE = 1, 2, 6
 def _spm_model_proto(pieces: StringArray, scores: np.ndarray, sp_types: np.ndarray) -> bytes:
     """Serialise a sentencepiece ``ModelProto``: BPE, byte fallback, identity normaliser.
 
-    Written by hand rather than through protobuf's Python classes: it builds a
-    262k-piece model several times faster.  ``ModelProto``: 1 pieces, 2
-    trainer_spec, 3 normalizer_spec; ``SentencePiece``: 1 piece, 2 score
-    (float), 3 type; ``TrainerSpec``: 3 model_type (2 = BPE), 35 byte_fallback,
-    40-43 unk/bos/eos/pad ids; ``NormalizerSpec``: 1 name, 3 add_dummy_prefix,
-    4 remove_extra_whitespaces, 5 escape_whitespaces.
+    Written by hand rather than through protobuf's Python classes, and laid out with numpy, every piece at
+    once (Gemma 3's 262k pieces: ~30 ms, where a Python loop over them took 0.6-1.1 s of each start).
+    ``ModelProto``: 1 pieces, 2 trainer_spec, 3 normalizer_spec; ``SentencePiece``: 1 piece, 2 score
+    (float), 3 type; ``TrainerSpec``: 3 model_type (2 = BPE), 35 byte_fallback, 40-43 unk/bos/eos/pad
+    ids; ``NormalizerSpec``: 1 name, 3 add_dummy_prefix, 4 remove_extra_whitespaces, 5 escape_whitespaces.
     """
-    sc = np.ascontiguousarray(scores, "<f4").tobytes()
-    ty = sp_types.tolist()
-    typ = {t: b"\x18" + _vi(t) for t in set(ty)}
-    out = bytearray()  # appended in place: no list of 262k small bytes objects (peak memory)
-    for i, b in enumerate(pieces.iter_bytes()):
-        inner = b"\n" + _vi(len(b)) + b + b"\x15" + sc[4 * i : 4 * i + 4] + typ[ty[i]]
-        out += b"\n"
-        out += _vi(len(inner))
-        out += inner
-    unk = ty.index(_SP_UNKNOWN)
+    ty = np.asarray(sp_types, np.int64)
+    if ty.size and not (0 <= ty.min() and ty.max() < 128):
+        raise ValueError(f"sentencepiece piece types {ty.min()}..{ty.max()}: expected 0..127")
+    n_b = pieces.lengths.astype(np.int64)  # each piece: 0x0a varint(n_b) bytes 0x15 score(4) 0x18 type
+    inner = 8 + _varint_len(n_b) + n_b
+    head = 1 + _varint_len(inner)  # 0x0a varint(inner): the piece as field 1 of the model
+    size = head + inner
+    start = np.zeros(len(size), np.int64)
+    np.cumsum(size[:-1], out=start[1:])
+    out = np.empty(int(size.sum()), np.uint8)
+    out[start] = 0x0A
+    _put_varints(out, start + 1, inner)
+    at = start + head
+    out[at] = 0x0A
+    _put_varints(out, at + 1, n_b)
+    at = at + 1 + _varint_len(n_b)  # the piece's bytes, gathered from the vocabulary's buffer
+    ramp = np.arange(int(n_b.sum()), dtype=np.int64) - np.repeat(np.cumsum(n_b) - n_b, n_b)
+    out[np.repeat(at, n_b) + ramp] = pieces.data[np.repeat(pieces.starts.astype(np.int64), n_b) + ramp]
+    at = at + n_b
+    out[at] = 0x15
+    out[at[:, None] + np.arange(1, 5)] = np.ascontiguousarray(scores, "<f4").view(np.uint8).reshape(-1, 4)
+    out[at + 5] = 0x18
+    out[at + 6] = ty
+    unk = int(np.flatnonzero(ty == _SP_UNKNOWN)[0])
     minus1 = 0xFFFFFFFFFFFFFFFF  # int32 -1 as a protobuf varint
     trainer = _field_varint(3, 2) + _field_varint(35, 1) + _field_varint(40, unk)
     trainer += _field_varint(41, minus1) + _field_varint(42, minus1) + _field_varint(43, minus1)
     normalizer = _field_bytes(1, b"identity") + _field_varint(3, 0) + _field_varint(4, 0) + _field_varint(5, 0)
-    out += _field_bytes(2, trainer)
-    out += _field_bytes(3, normalizer)
-    return bytes(out)
+    return out.tobytes() + _field_bytes(2, trainer) + _field_bytes(3, normalizer)
+
+
+def _varint_len(n: np.ndarray) -> np.ndarray:
+    """Bytes of each protobuf varint of ``n`` (non-negative, below 2**28)."""
+    return 1 + (n >= 1 << 7) + (n >= 1 << 14) + (n >= 1 << 21)
+
+
+def _put_varints(out: np.ndarray, at: np.ndarray, n: np.ndarray) -> None:
+    """Write the varint of each ``n[i]`` into ``out`` from ``at[i]`` on (seven bits a byte, low first)."""
+    more = _varint_len(n)
+    for k in range(4):
+        w = more > k
+        out[at[w] + k] = ((n[w] >> (7 * k)) & 0x7F) | np.where(more[w] > k + 1, 0x80, 0)
 
 
 # ------------------------------------------------------------------ the tokenizer

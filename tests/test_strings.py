@@ -38,6 +38,11 @@ def test_lookup_finds_every_exact_match_and_the_last_wins():
     assert arr.find("hello").tolist() == [2, 5, 8]
     assert arr.last_index("hello") == 8
     assert arr.last_index("hell") is None and arr.last_index("héllo") == 4
+    rng = np.random.default_rng(1)  # (many items of one length and one first byte: the index narrows byte by byte)
+    words = ["".join(rng.choice(list("aéb"), rng.integers(0, 4))) for _ in range(400)]
+    arr = StringArray.from_strings(words)
+    for w in set(words) | {"x", "aaaa", "éé"}:
+        assert arr.find(w).tolist() == [i for i, v in enumerate(words) if v == w]
 
 
 def test_shadowed_items_are_those_repeated_later():

@@ -265,3 +265,27 @@ def test_unknown_pre_tokenizer_warns_and_uses_the_default():
 def test_unsupported_tokenizer_model_is_a_clear_error():
     with pytest.raises(ValueError, match="'plamo2' is not supported"):
         Tokenizer.from_metadata({"tokenizer.ggml.model": "plamo2", "tokenizer.ggml.tokens": ["a"]})
+
+
+def test_the_sentencepiece_model_proto_is_each_piece_serialised_in_turn():
+    """loaders/tokenizer._spm_model_proto lays every piece out at once with numpy; its bytes are the protobuf the
+    per-piece serialisation writes (field 1 per piece: piece bytes, float score, type), varints of every width."""
+    import numpy as np
+
+    from kvrun.loaders.strings import StringArray
+    from kvrun.loaders.tokenizer import _field_bytes, _field_varint, _spm_model_proto, _varint
+
+    items = ["a", "é" * 100, "x" * 20_000, "", "<0x0A>", "▁the"] + [f"t{i}" for i in range(300)]
+    pieces = StringArray.from_strings(items)
+    scores = np.linspace(-5, 5, len(items)).astype(np.float32)
+    types = np.array([2, 1, 1, 6, 6] + [1] * (len(items) - 5))
+    want = b""
+    for text, score, t in zip(items, scores, types.tolist()):
+        b = text.encode()
+        want += _field_bytes(1, _field_bytes(1, b) + b"\x15" + np.float32(score).tobytes() + _field_varint(3, t))
+    got = _spm_model_proto(pieces, scores, types)
+    assert got[: len(want)] == want
+    rest = got[len(want):]  # (then the trainer spec, field 2: BPE, byte fallback, unk at the first UNKNOWN piece)
+    spec = _field_varint(3, 2) + _field_varint(35, 1) + _field_varint(40, 0)
+    assert rest[0] == 0x12 and rest[2 : 2 + len(spec)] == spec
+    assert _varint(300) == b"\xac\x02"

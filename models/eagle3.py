@@ -44,6 +44,7 @@ from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError, KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
+from ..ops.cpu.topk import draft_pick
 from ..ops.gpu import ssm as gpu_ssm  # (the device tap's row store; importing ops.gpu loads no CuPy)
 from ..ops.gpu.arrays import positions, to_device
 from .common import TENSOR_NAMES, Model, WeightLoader, make_rope
@@ -495,10 +496,9 @@ class Eagle3Draft:
         out: list[int] = []
         while True:
             ld = head.be.to_host(head.draft_logits(h, self.output))[0]  # (a device's: the one copy down a step)
-            top = np.argpartition(ld, -TOP_K)[-TOP_K:] if ld.size > TOP_K else np.arange(ld.size)
-            i = int(top[np.argmax(ld[top])])
+            i, p = draft_pick(ld, TOP_K)
             t = int(head.d2t[i]) if head.d2t is not None else i
-            if 1.0 / float(np.exp((ld[top] - ld[i]).astype(np.float64)).sum()) < self.p_min or t >= self.n_vocab:
+            if p < self.p_min or t >= self.n_vocab:
                 break  # (the draft is unsure: such tokens are seldom kept)
             out.append(t)
             if len(out) == k:

@@ -37,6 +37,7 @@ from ..loaders.config import ModelConfig
 from ..loaders.errors import GGUFError, KvrunError
 from ..loaders.gguf_file import GGUFFile
 from ..ops.backend import Backend, Weight
+from ..ops.cpu.topk import draft_pick
 from ..ops.gpu import ssm as gpu_ssm  # (the device rows' store; importing ops.gpu loads no CuPy)
 from ..ops.gpu.arrays import positions, to_device
 from .common import TENSOR_NAMES, Buffers, Model, WeightLoader
@@ -323,9 +324,7 @@ class Gemma4AssistantDraft:
         tok = tokens[-1]
         while len(out) < k:
             logits, h = self.head.step(tok, h, pos, self.target, cache, self.sources)
-            top = np.argpartition(logits, -TOP_K)[-TOP_K:] if logits.size > TOP_K else np.arange(logits.size)
-            t = int(top[np.argmax(logits[top])])
-            p = 1.0 / float(np.exp((logits[top] - logits[t]).astype(np.float64)).sum())
+            t, p = draft_pick(logits, TOP_K)
             if p < self.p_min or t >= self.n_vocab:
                 break
             out.append(t)

@@ -70,3 +70,16 @@ def test_token_logprobs_are_the_log_softmax_with_the_top_ones_best_first():
     assert [i for i, _ in top] == _best_first(x, 5).tolist() and top[0][0] == 7
     assert all(abs(v - ref[i]) < 1e-6 for i, v in top)
     assert [i for i, _ in token_logprobs(x[:4], 0, 9)[2]] == _best_first(x[:4], 4).tolist()  # (all of a small row)
+
+
+def test_a_drafts_pick_is_the_best_logit_and_its_probability_among_the_k_largest():
+    """ops/cpu/topk.draft_pick, EAGLE-3's and the MTP head's draft sampler (llama.cpp's: top-k 10, the first
+    candidate's probability among them)."""
+    from kvrun.ops.cpu.topk import draft_pick
+
+    x = (np.random.default_rng(5).standard_normal(20_000) * 3).astype(np.float32)
+    top = _best_first(x, 10)
+    want = 1.0 / np.exp((x[top] - x[top[0]]).astype(np.float64)).sum()
+    best, p = draft_pick(x, 10)
+    assert best == int(top[0]) and p == pytest.approx(want, rel=1e-12)
+    assert draft_pick(x[:4], 10) == (int(np.argmax(x[:4])), pytest.approx(1.0 / np.exp((x[:4] - x[:4].max()).astype(np.float64)).sum()))

@@ -70,3 +70,12 @@ def top_k(logits: np.ndarray, k: int) -> np.ndarray:
     if not 0 < k <= x.size:
         raise ValueError(f"top-k of {k} from {x.size} logits")
     return _top_k(x, np.int64(k))
+
+
+def draft_pick(logits: np.ndarray, k: int) -> tuple[int, float]:
+    """llama.cpp's draft sampler (EAGLE-3's, an MTP head's): the best logit's id and its probability among the ``k``
+    largest (a softmax over them, in float64), which the drafter holds against ``p_min``."""
+    x = np.asarray(logits).reshape(-1)
+    top = top_k(x, k) if x.size > k else np.argsort(-x, kind="stable")
+    best = int(top[0])
+    return best, 1.0 / float(np.exp((x[top] - x[best]).astype(np.float64)).sum())
